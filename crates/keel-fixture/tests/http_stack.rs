@@ -1,0 +1,344 @@
+//! The HTTP stack, black-box, against a real server on an ephemeral port.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, client};
+use openmetrics_parser::PrometheusValue;
+use serde_json::Value;
+
+async fn json(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn assert_problem(resp: &reqwest::Response, status: u16) {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn hello_and_security_headers() {
+    let f = Fixture::start(&[]).await;
+    let resp = client().get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h.get("strict-transport-security").is_none(), "no HSTS without TLS");
+    assert_eq!(json(resp).await, serde_json::json!({"message": "hello"}));
+    f.stop().await;
+
+    let f = Fixture::start(&[("FIXTURE__HTTP__HSTS__ENABLED", "true")]).await;
+    let resp = client().get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000; includeSubDomains");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn request_id_accept_reject_generate() {
+    let f = Fixture::start(&[]).await;
+    let c = client();
+    // Accepted and echoed; the handler sees the same id.
+    let resp = c.get(f.url("/log")).header("x-request-id", "abc-123_x.y:z").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123_x.y:z");
+    assert_eq!(resp.text().await.unwrap(), "abc-123_x.y:z");
+    // Rejected (bad characters, too long) and replaced by a generated UUIDv7.
+    for bad in ["has space", "semi;colon", &"a".repeat(129), "newline\\n"] {
+        let resp = c.get(f.url("/log")).header("x-request-id", bad).send().await.unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, bad);
+        assert_eq!(uuid_version(&id), Some(7), "{id}");
+        assert_eq!(resp.text().await.unwrap(), id);
+    }
+    // Generated when absent.
+    let resp = c.get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(uuid_version(resp.headers()["x-request-id"].to_str().unwrap()), Some(7));
+    f.stop().await;
+}
+
+fn uuid_version(s: &str) -> Option<u32> {
+    let parts: Vec<&str> = s.split('-').collect();
+    (parts.len() == 5 && s.len() == 36).then(|| parts[2].chars().next().and_then(|c| c.to_digit(16))).flatten()
+}
+
+#[tokio::test]
+async fn body_limit_413_with_route_override_semantics() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__BODY_LIMIT", "1KiB")]).await;
+    let c = client();
+    let big = format!(r#"{{"name":"{}","age":1}}"#, "x".repeat(2000));
+    let resp = c.post(f.url("/echo")).header("content-type", "application/json").body(big).send().await.unwrap();
+    assert_problem(&resp, 413);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = json(resp).await;
+    assert_eq!(body["status"], 413);
+    assert_eq!(body["request_id"], id.as_str());
+    let small = r#"{"name":"a","age":1}"#;
+    let resp = c.post(f.url("/echo")).header("content-type", "application/json").body(small).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn timeout_gives_504_problem() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__REQUEST_TIMEOUT", "200ms")]).await;
+    let started = Instant::now();
+    let resp = client().get(f.url("/slow?ms=5000")).send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "the deadline cut the request short");
+    assert_problem(&resp, 504);
+    let body = json(resp).await;
+    assert_eq!(body["type"], "urn:keel:problem:timeout");
+    assert!(body["request_id"].is_string());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn panic_becomes_500_without_leaking() {
+    let f = Fixture::start(&[]).await;
+    let resp = client().get(f.url("/panic")).header("x-request-id", "panic-req-1").send().await.unwrap();
+    assert_problem(&resp, 500);
+    assert_eq!(resp.headers()["x-request-id"], "panic-req-1");
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("vault") && !text.contains("10.0.0.7") && !text.contains("panicked"), "{text}");
+    assert!(!text.contains(".rs"), "no source locations: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["request_id"], "panic-req-1");
+    // The server survives.
+    assert_eq!(client().get(f.url("/hello")).send().await.unwrap().status(), 200);
+    // A bare text 500 from a handler: the text stays in the log, not in the body.
+    let resp = client().get(f.url("/bare-error")).send().await.unwrap();
+    assert_problem(&resp, 500);
+    assert!(!resp.text().await.unwrap().contains("hunter2"));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn extractor_rejections_are_problems_naming_the_field() {
+    let f = Fixture::start(&[]).await;
+    let c = client();
+    let post = |body: &'static str, ct: Option<&'static str>| {
+        let mut r = c.post(f.url("/echo")).body(body);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r.send()
+    };
+    // Malformed JSON → 400.
+    let resp = post("{not json", Some("application/json")).await.unwrap();
+    assert_problem(&resp, 400);
+    // Wrong content type → 415.
+    let resp = post(r#"{"name":"a","age":1}"#, Some("text/plain")).await.unwrap();
+    assert_problem(&resp, 415);
+    let resp = post(r#"{"name":"a","age":1}"#, None).await.unwrap();
+    assert_problem(&resp, 415);
+    // Wrong type → 422 naming the field.
+    let resp = post(r#"{"name":"a","age":"old"}"#, Some("application/json")).await.unwrap();
+    assert_problem(&resp, 422);
+    let body = json(resp).await;
+    assert_eq!(body["errors"][0]["field"], "age", "{body}");
+    // Missing field → 422 naming it.
+    let resp = post(r#"{"age":3}"#, Some("application/json")).await.unwrap();
+    assert_problem(&resp, 422);
+    assert_eq!(json(resp).await["errors"][0]["field"], "name");
+    // Bad path parameter → 400.
+    let resp = c.get(f.url("/items/not-a-number")).send().await.unwrap();
+    assert_problem(&resp, 400);
+    assert!(json(resp).await["detail"].as_str().unwrap().contains("not-a-number"));
+    // Bad query → 400.
+    let resp = c.get(f.url("/slow?ms=soon")).send().await.unwrap();
+    assert_problem(&resp, 400);
+    // Unknown route → 404, wrong method → 405, both problems with request ids.
+    let resp = c.get(f.url("/no/such/route")).send().await.unwrap();
+    assert_problem(&resp, 404);
+    assert!(json(resp).await["request_id"].is_string());
+    let resp = c.delete(f.url("/hello")).send().await.unwrap();
+    assert_problem(&resp, 405);
+    // A handler's own Problem gets the request id.
+    let resp = c.get(f.url("/problem")).header("x-request-id", "p-1").send().await.unwrap();
+    assert_problem(&resp, 409);
+    let body = json(resp).await;
+    assert_eq!(body["request_id"], "p-1");
+    assert_eq!(body["detail"], "already there");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn overload_is_shed_with_retry_after() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__MAX_IN_FLIGHT", "2")]).await;
+    let c = client();
+    let slow: Vec<_> = (0..2).map(|_| tokio::spawn(c.get(f.url("/slow?ms=1500")).send())).collect();
+    let url = f.url("/hello");
+    common::eventually("two requests in flight", || async {
+        f.running().metrics().render().contains("http_server_requests_in_flight 2")
+    })
+    .await;
+    let resp = c.get(&url).send().await.unwrap();
+    assert_problem(&resp, 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(json(resp).await["code"], "OVERLOADED");
+    // Probes are never shed.
+    assert_eq!(c.get(f.url("/health/live")).send().await.unwrap().status(), 200);
+    for h in slow {
+        assert_eq!(h.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    assert!(f.running().metrics().render().contains("http_server_requests_shed_total 1"));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn cors_allow_deny_preflight_and_suffix_attack() {
+    let f = Fixture::start(&[
+        ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://example.com,http://localhost:5173"),
+        ("FIXTURE__CORS__ALLOW_CREDENTIALS", "true"),
+    ])
+    .await;
+    let c = client();
+    let origin_of = |resp: &reqwest::Response| {
+        resp.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned())
+    };
+    // Allowed origin.
+    let resp = c.get(f.url("/hello")).header("origin", "https://example.com").send().await.unwrap();
+    assert_eq!(origin_of(&resp).as_deref(), Some("https://example.com"));
+    assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
+    let resp = c.get(f.url("/hello")).header("origin", "http://localhost:5173").send().await.unwrap();
+    assert_eq!(origin_of(&resp).as_deref(), Some("http://localhost:5173"));
+    // Denied: other origins, the suffix attack, other scheme or port, a longer host.
+    for bad in [
+        "https://evil.com",
+        "https://evil-example.com",
+        "https://notexample.com",
+        "https://example.com.evil.io",
+        "http://example.com",
+        "https://example.com:8443",
+        "http://localhost:5174",
+        "null",
+    ] {
+        let resp = c.get(f.url("/hello")).header("origin", bad).send().await.unwrap();
+        assert_eq!(origin_of(&resp), None, "{bad} must not be allowed");
+    }
+    // Preflight: answered, with methods, headers and a cache lifetime.
+    let resp = c
+        .request(reqwest::Method::OPTIONS, f.url("/echo"))
+        .header("origin", "https://example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(origin_of(&resp).as_deref(), Some("https://example.com"));
+    assert!(resp.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(resp.headers()["access-control-allow-headers"].to_str().unwrap().contains("content-type"));
+    assert_eq!(resp.headers()["access-control-max-age"], "600");
+    // Preflight from a denied origin gets no grant.
+    let resp = c
+        .request(reqwest::Method::OPTIONS, f.url("/echo"))
+        .header("origin", "https://evil-example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(origin_of(&resp), None);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_parse_and_use_route_templates() {
+    let f = Fixture::start(&[]).await;
+    let c = client();
+    for id in [1, 2, 3] {
+        assert_eq!(c.get(f.url(&format!("/items/{id}"))).send().await.unwrap().status(), 200);
+    }
+    for junk in ["/a", "/b/c", "/d?e=f"] {
+        assert_eq!(c.get(f.url(junk)).send().await.unwrap().status(), 404);
+    }
+    let resp = c.get(format!("{}/metrics", f.mgmt)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = resp.text().await.unwrap();
+    // A full grammar parser of the Prometheus text format (label values with braces included).
+    let scrape = openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("invalid exposition: {e}\n{text}"));
+    let find = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        let family = scrape.families.get(name)?;
+        family.iter_samples().find_map(|s| {
+            let set = s.get_labelset().ok()?;
+            labels.iter().all(|(k, v)| set.get_label_value(k) == Some(*v)).then(|| match &s.value {
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                PrometheusValue::Gauge(v) | PrometheusValue::Unknown(v) => v.as_f64(),
+                PrometheusValue::Histogram(h) => h.count.map_or(f64::NAN, |c| c as f64),
+                PrometheusValue::Summary(_) => f64::NAN,
+            })
+        })
+    };
+    let requests = "http_server_requests_total";
+    assert_eq!(find(requests, &[("route", "/items/{id}"), ("method", "GET"), ("status", "200")]), Some(3.0));
+    assert_eq!(find(requests, &[("route", "unmatched"), ("status", "404")]), Some(3.0), "{text}");
+    // No label value holds a concrete id or junk path.
+    let routes: Vec<String> = scrape.families[requests]
+        .iter_samples()
+        .filter_map(|s| s.get_labelset().ok()?.get_label_value("route").map(str::to_owned))
+        .collect();
+    assert!(
+        routes.iter().all(|r| !r.contains("/items/1") && !r.starts_with("/a") && !r.starts_with("/b")),
+        "{routes:?}"
+    );
+    assert_eq!(find("http_server_request_duration_seconds", &[("route", "/items/{id}")]), Some(3.0));
+    assert_eq!(find("http_server_requests_in_flight", &[]), Some(0.0));
+    assert_eq!(find("build_info", &[("service", "fixture")]), Some(1.0));
+    for name in
+        ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"]
+    {
+        assert!(find(name, &[]).is_some_and(|v| v > 0.0 || name == "process_cpu_seconds_total"), "{name} missing");
+    }
+    assert_eq!(find("health_check_up", &[("check", "self")]), Some(1.0));
+    // Families: each declared once with HELP and TYPE.
+    let types: HashMap<&str, usize> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).fold(HashMap::new(), |mut m, l| {
+            *m.entry(l.split(' ').next().unwrap()).or_default() += 1;
+            m
+        });
+    assert!(types.values().all(|n| *n == 1), "{types:?}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn admin_log_level_needs_the_token() {
+    let f = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", "0123456789abcdef0123456789abcdef")]).await;
+    let c = client();
+    let url = format!("{}/admin/log-level", f.mgmt);
+    let resp = c.get(&url).send().await.unwrap();
+    assert_problem(&resp, 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let resp = c.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // Logging is not initialised in this test process, so a change is refused with a problem.
+    let resp = c.put(&url).bearer_auth("0123456789abcdef0123456789abcdef").body("loud").send().await.unwrap();
+    assert_problem(&resp, 400);
+    assert_eq!(json(resp).await["errors"][0]["field"], "level");
+    f.stop().await;
+
+    // No token configured: admin is closed to everyone.
+    let f = Fixture::start(&[]).await;
+    let resp = c.get(format!("{}/admin/log-level", f.mgmt)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn management_can_share_the_public_listener() {
+    // Pick a free port, then configure both listeners on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let f = Fixture::start(&[("FIXTURE__HTTP__PORT", &port.to_string()), ("FIXTURE__MANAGEMENT__ADDR", &addr)]).await;
+    assert_eq!(f.running().http_addr(), f.running().management_addr());
+    let resp = client().get(f.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("build_info"));
+    f.stop().await;
+}

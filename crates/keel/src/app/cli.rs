@@ -1,0 +1,87 @@
+//! The command line every Keel binary shares.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// `<service> [--config PATH] [serve | config check | healthcheck [--ready] | version]`
+#[derive(Debug, Parser)]
+#[command(disable_version_flag = true)]
+pub(crate) struct Cli {
+    /// Config file (YAML). Values in it may use ${VAR} and ${VAR:-default}.
+    #[arg(long, short = 'c', env = "KEEL_CONFIG", global = true, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Probe the running service on 127.0.0.1 (for container HEALTHCHECKs); exit 0 when healthy.
+    Healthcheck {
+        /// Probe readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Print name, version, git commit and build profile.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate the configuration; print it (secrets as "***") or every problem.
+    Check,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::duration::parse(s)
+}
+
+/// Exit codes.
+pub mod exit {
+    /// Healthcheck failed, or another runtime failure.
+    pub const FAILURE: u8 = 1;
+    /// Invalid configuration or command line (`EX_USAGE`).
+    pub const CONFIG: u8 = 64;
+    /// The service could not start: a port in use, a failing set-up (`EX_UNAVAILABLE`).
+    pub const START: u8 = 69;
+    /// Shutdown was forced by a second signal or the shutdown timeout (`EX_SOFTWARE`).
+    pub const FORCED_SHUTDOWN: u8 = 70;
+}
+
+/// GETs `http://127.0.0.1:<port><path>` with a deadline; returns the status code and body.
+pub(crate) async fn probe(port: u16, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            .header(http::header::USER_AGENT, "keel-healthcheck")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+}

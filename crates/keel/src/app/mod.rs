@@ -1,0 +1,237 @@
+//! Service lifecycle and the shared command line.
+//!
+//! [`crate::run`] is the whole `main` of a Keel binary:
+//!
+//! | command | does |
+//! |---|---|
+//! | `serve` (default) | load and validate config, start, serve until SIGTERM/SIGINT, shut down gracefully |
+//! | `config check` | print the effective config (secrets as `"***"`), or every problem; exit 0 / 64 |
+//! | `healthcheck [--ready]` | GET `http://127.0.0.1:<http.port>/health/live` (or `/health/ready`); exit 0 / 1 |
+//! | `version` | name, version, git commit, build profile |
+//!
+//! `--config PATH` (or `KEEL_CONFIG`) names the config file; `KEEL_ENV` picks the profile.
+//! Exit codes are in [`exit`].
+
+mod cli;
+mod lifecycle;
+mod management;
+mod service;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+pub use cli::exit;
+pub use lifecycle::{Running, ShutdownError, StartError, start};
+pub use service::{BuildInfo, Service, Setup, SetupError};
+
+use crate::config::{ConfigError, Loaded, Loader, Profile, Section};
+use crate::telemetry::{self, TelemetryOptions};
+use cli::{Cli, Command, ConfigCommand};
+
+/// Runs a service binary: parses the command line, loads configuration, and does what the
+/// command asks (see the module docs). Never panics; start-up failures print one structured
+/// error line and return a non-zero exit code.
+pub fn run<C: Section>(service: Service<C>) -> ExitCode {
+    let build = service.build.clone();
+    let name: &'static str = Box::leak(build.name.clone().into_boxed_str());
+    let cmd = Cli::command().name(name).about(format!("{} {}", build.name, build.version));
+    let cli = match cmd.try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { 0 });
+        }
+    };
+    if let Some(Command::Version) = cli.command {
+        println!(
+            "name: {}\nversion: {}\ncommit: {}\nbuild: {}",
+            build.name, build.version, build.commit, build.profile
+        );
+        return ExitCode::SUCCESS;
+    }
+    let profile = match Profile::parse(std::env::var(crate::config::PROFILE_ENV).ok().as_deref()) {
+        Ok(p) => p,
+        Err(e) => return config_failure(&build, &e, matches!(cli.command, Some(Command::Config { .. }))),
+    };
+    let mut loader = Loader::new(build.name.clone(), profile).process_env();
+    if let Some(path) = &cli.config {
+        loader = loader.file(path);
+    }
+    let loaded = loader.load::<C>();
+    match cli.command {
+        Some(Command::Config { command: ConfigCommand::Check }) => match loaded {
+            Ok(l) => {
+                print!("{}", l.to_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&build, &e, true),
+        },
+        Some(Command::Healthcheck { ready, timeout }) => {
+            let loaded = match loaded {
+                Ok(l) => l,
+                Err(e) => return config_failure(&build, &e, true),
+            };
+            healthcheck(&loaded, ready, timeout)
+        }
+        Some(Command::Version) => ExitCode::SUCCESS,
+        None | Some(Command::Serve) => match loaded {
+            Ok(l) => serve(service, l),
+            Err(e) => config_failure(&build, &e, false),
+        },
+    }
+}
+
+fn config_failure(build: &BuildInfo, e: &ConfigError, human: bool) -> ExitCode {
+    if human {
+        eprintln!("{e}");
+    } else {
+        let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+        startup_error(build, "invalid configuration", serde_json::json!({ "problems": problems }));
+    }
+    ExitCode::from(exit::CONFIG)
+}
+
+/// The one structured line a failed start-up leaves on stderr.
+fn startup_error(build: &BuildInfo, message: &str, details: serde_json::Value) {
+    let mut line = serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "level": "ERROR",
+        "service": build.name,
+        "message": message,
+    });
+    if let (Some(l), serde_json::Value::Object(d)) = (line.as_object_mut(), details) {
+        l.extend(d);
+    }
+    eprintln!("{line}");
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration) -> ExitCode {
+    let path = if ready { "/health/ready" } else { "/health/live" };
+    let port = loaded.config.keel.http.port;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match rt.block_on(cli::probe(port, path, timeout)) {
+        Ok((200, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            println!("{status} {body}");
+            ExitCode::from(exit::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+fn serve<C: Section>(service: Service<C>, loaded: Loaded<C>) -> ExitCode {
+    let build = service.build.clone();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            startup_error(&build, "cannot start the async runtime", serde_json::json!({ "error": e.to_string() }));
+            return ExitCode::from(exit::START);
+        }
+    };
+    let code = rt.block_on(async move {
+        let keel = &loaded.config.keel;
+        let opts = TelemetryOptions {
+            service: build.name.clone(),
+            version: build.version.clone(),
+            profile: loaded.profile,
+            level: keel.log.level.clone(),
+            format: keel.log.format,
+            telemetry: keel.telemetry.clone(),
+        };
+        let guard = match telemetry::init(&opts) {
+            Ok(g) => g,
+            Err(e) => {
+                startup_error(&build, "cannot set up telemetry", serde_json::json!({ "error": e.to_string() }));
+                return exit::START;
+            }
+        };
+        install_panic_hook();
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                startup_error(&build, "cannot listen for stop signals", serde_json::json!({ "error": e.to_string() }));
+                return exit::START;
+            }
+        };
+        let running = match start(service, loaded).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed");
+                guard.shutdown();
+                startup_error(&build, "start-up failed", serde_json::json!({ "error": e.to_string() }));
+                return exit::START;
+            }
+        };
+        let failed = running.failed();
+        tokio::select! {
+            sig = signals.next() => tracing::info!(signal = sig, "stop signal received"),
+            () = failed => tracing::error!("a listener failed; shutting down"),
+        }
+        let force = async move {
+            let sig = signals.next().await;
+            tracing::warn!(signal = sig, "second stop signal: forcing exit");
+        };
+        let code = match running.shutdown(force).await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "shutdown was not clean");
+                exit::FORCED_SHUTDOWN
+            }
+        };
+        guard.shutdown();
+        code
+    });
+    rt.shutdown_timeout(lifecycle::RUNTIME_GRACE);
+    ExitCode::from(code)
+}
+
+/// Panics are logged as structured `error` lines (with the request's span fields) instead of
+/// free text on stderr.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(panic = %message, location = %location, "panic");
+    }));
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! What a service declares: build info, config section, routes, checks and background tasks.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, KeelConfig, NoConfig, Profile, Section};
+use crate::health::{Health, HealthCheck};
+use crate::telemetry::Metrics;
+
+/// Name, version, commit and build profile of a binary. Make it with [`crate::build_info!`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// Service name: the env prefix (`HELLO__…`), the `service` log field and metric label.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Git commit the binary was built from, or `unknown`.
+    pub commit: String,
+    /// `debug` or `release`.
+    pub profile: String,
+}
+
+impl BuildInfo {
+    /// Build info; `commit` falls back to the commit Keel itself was built from.
+    pub fn new(name: &str, version: &str, commit: Option<&str>, profile: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            commit: commit.filter(|c| !c.is_empty()).unwrap_or(crate::BUILD_COMMIT).to_owned(),
+            profile: profile.to_owned(),
+        }
+    }
+
+    /// The same build under another service name (one binary, several services).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+/// Build info of the crate this macro is expanded in: package name and version, the commit
+/// from `KEEL_GIT_COMMIT` at build time (else the repository's `HEAD` when Keel was built), and
+/// `debug` or `release`.
+///
+/// ```
+/// let info = keel::build_info!();
+/// assert!(!info.version.is_empty());
+/// ```
+#[macro_export]
+macro_rules! build_info {
+    () => {
+        $crate::app::BuildInfo::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            option_env!("KEEL_GIT_COMMIT"),
+            if cfg!(debug_assertions) { "debug" } else { "release" },
+        )
+    };
+}
+
+/// An error from a service's set-up function.
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+type SetupFn<C> = Box<dyn FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send>;
+pub(crate) type TaskFn = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+pub(crate) type HookFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A service definition: hand it to [`crate::run`].
+///
+/// ```no_run
+/// use axum::{Json, Router, routing::get};
+///
+/// fn main() -> std::process::ExitCode {
+///     let service = keel::Service::new(keel::build_info!())
+///         .router(Router::new().route("/hello", get(|| async { Json(serde_json::json!({"message": "hello"})) })));
+///     keel::run(service)
+/// }
+/// ```
+pub struct Service<C = NoConfig> {
+    pub(crate) build: BuildInfo,
+    pub(crate) setup: SetupFn<C>,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> std::fmt::Debug for Service<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("build", &self.build).finish_non_exhaustive()
+    }
+}
+
+impl Service<NoConfig> {
+    /// A service with no routes of its own (probes and metrics only) and no `app` section.
+    pub fn new(build: BuildInfo) -> Self {
+        Self { build, setup: Box::new(|_| Ok(Router::new())), _config: PhantomData }
+    }
+}
+
+impl<C: Section> Service<C> {
+    /// A service whose `app` section is `C`.
+    pub fn with_config<D: Section>(self) -> Service<D> {
+        Service { build: self.build, setup: Box::new(|_| Ok(Router::new())), _config: PhantomData }
+    }
+
+    /// Serves these routes (for services that need nothing from their config).
+    pub fn router(mut self, router: Router) -> Self {
+        self.setup = Box::new(move |_| Ok(router));
+        self
+    }
+
+    /// Builds routes, checks and tasks from the loaded configuration. Runs once, after the
+    /// configuration is valid and before any port is bound; an error stops start-up.
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use keel::health::{Check, Kind, Outcome};
+    ///
+    /// let service = keel::Service::new(keel::build_info!()).setup(|s| {
+    ///     s.health_check(Check::new("self", Kind::Liveness, || async { Outcome::Up }));
+    ///     s.task("ticker", |stop| async move { stop.cancelled().await });
+    ///     Ok(Router::new().route("/ping", get(|| async { "pong" })))
+    /// });
+    /// ```
+    pub fn setup<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send + 'static,
+    {
+        self.setup = Box::new(f);
+        self
+    }
+
+    /// The build info.
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build
+    }
+
+    /// Renames the service (its env prefix, log `service` field and metric labels).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.build.name = name.into();
+        self
+    }
+}
+
+/// What a set-up function can use and declare.
+pub struct Setup<C> {
+    pub(crate) config: Arc<Config<C>>,
+    pub(crate) profile: Profile,
+    pub(crate) health: Health,
+    pub(crate) metrics: Metrics,
+    pub(crate) tasks: Vec<(String, TaskFn)>,
+    pub(crate) hooks: Vec<(String, HookFn)>,
+}
+
+impl<C: Section> Setup<C> {
+    /// The service's own `app` section.
+    pub fn config(&self) -> &C {
+        &self.config.app
+    }
+
+    /// The whole configuration, shareable with handlers.
+    pub fn full_config(&self) -> Arc<Config<C>> {
+        self.config.clone()
+    }
+
+    /// Keel's sections.
+    pub fn keel(&self) -> &KeelConfig {
+        &self.config.keel
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// The health registry (to add checks later or read probe state).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The service's metric registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Adds a health check.
+    pub fn health_check(&mut self, check: impl HealthCheck) -> &mut Self {
+        self.health.add(check);
+        self
+    }
+
+    /// Runs a background task from start-up until shutdown. The task gets a token that is
+    /// cancelled when shutdown reaches background tasks (after in-flight requests drained); it
+    /// must then return within `shutdown.timeout`, or the process exits non-zero and names it.
+    pub fn task<F, Fut>(&mut self, name: impl Into<String>, f: F) -> &mut Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push((name.into(), Box::new(move |t| Box::pin(f(t)))));
+        self
+    }
+
+    /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush
+    /// buffers). Hooks run in the order added, all within `shutdown.timeout`.
+    pub fn on_shutdown<F, Fut>(&mut self, name: impl Into<String>, f: F) -> &mut Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.push((name.into(), Box::new(move || Box::pin(f()))));
+        self
+    }
+}

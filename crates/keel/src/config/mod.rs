@@ -1,0 +1,664 @@
+//! Layered, validated configuration: built-in defaults < YAML file < environment variables.
+//!
+//! A service's configuration is Keel's sections ([`KeelConfig`]: `http`, `management`, `cors`,
+//! `log`, `shutdown`, `telemetry`, `health`) plus the service's own typed section under `app`.
+//!
+//! * **File** — `--config PATH` or `KEEL_CONFIG`. String values may use `${VAR}` and
+//!   `${VAR:-default}`; `$${` is a literal `${`.
+//! * **Environment** — `<SERVICE>__SECTION__KEY`, e.g. `HELLO__HTTP__PORT=9000` or
+//!   `HELLO__CORS__ALLOWED_ORIGINS=https://a.example,https://b.example` (lists are comma-separated).
+//! * **Secret files** — any setting `x` can be given as `x_file: /run/secrets/x`.
+//! * **Profile** — `KEEL_ENV` = `development` (default), `production` or `test`.
+//!
+//! Loading never stops at the first problem: unknown keys (named with the file or variable they
+//! came from), type errors (named by key path), unset variables, unreadable secret files,
+//! invalid values and production rules all come back together in one [`ConfigError`].
+//!
+//! # Example
+//!
+//! ```
+//! use keel::config::{Loader, NoConfig, Profile};
+//!
+//! let loaded = Loader::new("hello", Profile::Production)
+//!     .env([("HELLO__CORS__ALLOWED_ORIGINS", "https://app.example"), ("HELLO__HTTP__PORT", "9000")])
+//!     .load::<NoConfig>()
+//!     .unwrap();
+//! assert_eq!(loaded.config.keel.http.port, 9000);
+//!
+//! let err = Loader::new("hello", Profile::Production)
+//!     .env([("HELLO__HTTP__PROT", "1"), ("HELLO__LOG__LEVEL", "trace")])
+//!     .load::<NoConfig>()
+//!     .unwrap_err();
+//! let text = err.to_string();
+//! assert!(text.contains("unknown key `http.prot`"));
+//! assert!(text.contains("cors.allowed_origins"));
+//! assert!(text.contains("log.level"));
+//! ```
+
+pub mod bytes;
+pub mod duration;
+mod interpolate;
+mod secret;
+mod sections;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+pub use secret::{MASK, Secret};
+pub use sections::{
+    CorsConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig, LogConfig, LogFormat, ManagementConfig, OtlpConfig,
+    ShutdownConfig, TelemetryConfig,
+};
+use tree::{KeyPath, Tree, join};
+
+/// The environment variable that names the config file.
+pub const CONFIG_ENV: &str = "KEEL_CONFIG";
+/// The environment variable that selects the profile.
+pub const PROFILE_ENV: &str = "KEEL_ENV";
+/// The key of the service's own section.
+pub const APP_SECTION: &str = "app";
+
+const KEEL_SECTIONS: &[&str] = &["http", "management", "cors", "log", "shutdown", "telemetry", "health"];
+
+/// Which rules and defaults apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// A developer's machine: pretty logs, no drain delay, relaxed rules.
+    #[default]
+    Development,
+    /// Production: JSON logs, a drain delay, and strict rules (see [`Loader::load`]).
+    Production,
+    /// Automated tests: JSON logs, development rules.
+    Test,
+}
+
+impl Profile {
+    /// Reads `KEEL_ENV`'s value; unset means development.
+    pub fn parse(value: Option<&str>) -> Result<Self, ConfigError> {
+        match value.map(str::trim) {
+            None | Some("") | Some("development") | Some("dev") => Ok(Self::Development),
+            Some("production") | Some("prod") => Ok(Self::Production),
+            Some("test") => Ok(Self::Test),
+            Some(other) => Err(ConfigError::single(Problem {
+                path: PROFILE_ENV.into(),
+                source: Some(Source::Env(PROFILE_ENV.into())),
+                kind: ProblemKind::Invalid,
+                message: format!("`{other}` is not a profile: use development, production or test"),
+            })),
+        }
+    }
+
+    /// The profile's name as `KEEL_ENV` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+            Self::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// The config file; `interpolated` when the value came through `${VAR}`.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The value came through `${VAR}` interpolation.
+        interpolated: bool,
+    },
+    /// An environment variable.
+    Env(String),
+    /// A `<key>_file` secret file.
+    SecretFile(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File { path, interpolated: false } => write!(f, "{}", path.display()),
+            Self::File { path, interpolated: true } => write!(f, "{} (interpolated)", path.display()),
+            Self::Env(name) => write!(f, "env {name}"),
+            Self::SecretFile(path) => write!(f, "secret file {}", path.display()),
+        }
+    }
+}
+
+/// The class of a configuration problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// The file could not be read or parsed.
+    File,
+    /// A key no section knows.
+    UnknownKey,
+    /// A value of the wrong type.
+    Type,
+    /// `${VAR}` could not be resolved.
+    Interpolation,
+    /// A `<key>_file` could not be read, or conflicts with `<key>`.
+    SecretFile,
+    /// A value of the right type that is not acceptable.
+    Invalid,
+    /// Allowed elsewhere, refused in production.
+    Production,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path (`http.port`); empty for the file as a whole.
+    pub path: String,
+    /// Where the offending value came from, when known.
+    pub source: Option<Source>,
+    /// The class of problem.
+    pub kind: ProblemKind,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ProblemKind::UnknownKey => write!(f, "unknown key `{}`", self.path)?,
+            _ if self.path.is_empty() => {}
+            _ => write!(f, "{}", self.path)?,
+        }
+        if let Some(src) = &self.source {
+            write!(f, " (in {src})")?;
+        }
+        if self.kind == ProblemKind::UnknownKey {
+            return if self.message.is_empty() { Ok(()) } else { write!(f, ": {}", self.message) };
+        }
+        if self.path.is_empty() && self.source.is_none() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, ": {}", self.message)
+        }
+    }
+}
+
+/// Every problem found while loading, never just the first.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, list(.problems))]
+pub struct ConfigError {
+    /// The problems, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    fn single(p: Problem) -> Self {
+        Self { problems: vec![p] }
+    }
+}
+
+/// A service's own configuration section (the `app` key).
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// #[serde(default)]
+/// struct Greeter {
+///     /// What `/hello` answers.
+///     greeting: String,
+/// }
+///
+/// impl keel::config::Section for Greeter {
+///     fn validate(&self, v: &mut keel::config::Validation<'_>) {
+///         if self.greeting.len() > 64 {
+///             v.invalid("greeting", "at most 64 characters");
+///         }
+///     }
+/// }
+/// ```
+pub trait Section: Serialize + DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync + 'static {
+    /// Adds a problem for every invalid value; paths are relative to the section.
+    fn validate(&self, v: &mut Validation<'_>) {
+        let _ = v;
+    }
+}
+
+/// A service with no section of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NoConfig {}
+
+impl Section for NoConfig {}
+
+/// Collects validation problems for one section.
+pub struct Validation<'a> {
+    prefix: &'a str,
+    profile: Profile,
+    tree: &'a Tree,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Validation<'_> {
+    /// The profile being loaded.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Reports an unacceptable value at `path` (relative to the section).
+    pub fn invalid(&mut self, path: &str, message: impl Into<String>) {
+        self.push(path, ProblemKind::Invalid, message.into());
+    }
+
+    /// Reports a value that production refuses.
+    pub fn production(&mut self, path: &str, message: impl Into<String>) {
+        self.push(path, ProblemKind::Production, message.into());
+    }
+
+    fn push(&mut self, path: &str, kind: ProblemKind, message: String) {
+        let path = join(self.prefix, path);
+        let source = self.tree.source_of(&path).cloned();
+        self.problems.push(Problem { path, source, kind, message });
+    }
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config<C> {
+    /// Keel's sections.
+    #[serde(flatten)]
+    pub keel: KeelConfig,
+    /// The service's section.
+    pub app: C,
+}
+
+/// A loaded configuration and what is known about it.
+#[derive(Debug, Clone)]
+pub struct Loaded<C> {
+    /// The configuration.
+    pub config: Config<C>,
+    /// The profile it was loaded for.
+    pub profile: Profile,
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
+    /// Where each non-default value came from, by key path.
+    pub sources: BTreeMap<String, Source>,
+}
+
+impl<C: Serialize> Loaded<C> {
+    /// The effective configuration as YAML, every secret shown as `"***"` and the management
+    /// address resolved.
+    pub fn to_yaml(&self) -> String {
+        let mut cfg = self.config.keel.clone();
+        cfg.management.addr = cfg.management_addr();
+        let view = Config { keel: cfg, app: &self.config.app };
+        serde_yaml::to_string(&view).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Loads configuration for one service.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    service: String,
+    profile: Profile,
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl Loader {
+    /// A loader for `service` (its name gives the env prefix: `cityevents-auth` →
+    /// `CITYEVENTS_AUTH__`) with no file and no environment.
+    pub fn new(service: impl Into<String>, profile: Profile) -> Self {
+        Self { service: service.into(), profile, file: None, env: Vec::new() }
+    }
+
+    /// Reads this file.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Uses these environment variables (for `${VAR}` and `<SERVICE>__…` overrides).
+    pub fn env<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Uses the process environment.
+    pub fn process_env(self) -> Self {
+        self.env(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
+    }
+
+    /// The prefix of this service's variables, without the trailing `__`.
+    pub fn env_prefix(&self) -> String {
+        env_prefix(&self.service)
+    }
+
+    /// Loads, validates and returns the configuration, or every problem found.
+    ///
+    /// In `production` it also refuses: an empty CORS allowlist or one with `*`; a secret written
+    /// inline in the YAML file (use env, `${VAR}` or `<key>_file`); a `trace` log level.
+    pub fn load<C: Section>(&self) -> Result<Loaded<C>, ConfigError> {
+        let mut problems = Vec::new();
+        let defaults = KeelConfig::for_profile(self.profile);
+        let mut default_tree = to_value(&defaults);
+        if let Value::Mapping(m) = &mut default_tree {
+            m.insert(Value::String(APP_SECTION.into()), to_value(&C::default()));
+        }
+        let mut tree = Tree::new(default_tree);
+        let lookup = |name: &str| self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut raw = Vec::new();
+
+        if let Some(file) = &self.file {
+            match std::fs::read_to_string(file) {
+                Err(e) => problems.push(file_problem(file, format!("cannot read: {e}"))),
+                Ok(text) => match serde_yaml::from_str::<Value>(&text) {
+                    Err(e) => problems.push(file_problem(file, format!("not valid YAML: {e}"))),
+                    Ok(value) => tree.merge_file(file, value, &lookup, &mut raw),
+                },
+            }
+            for (path, message) in raw.drain(..) {
+                let source = Some(Source::File { path: file.clone(), interpolated: false });
+                problems.push(Problem { path, source, kind: ProblemKind::Interpolation, message });
+            }
+        }
+        tree.merge_env(&self.env_prefix(), self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        tree.resolve_files(&mut raw);
+        for (path, message) in raw {
+            let source = tree.source_of(&path).cloned();
+            problems.push(Problem { path, source, kind: ProblemKind::SecretFile, message });
+        }
+
+        // Deserialize section by section so one bad section does not hide the others.
+        let mut failed: Vec<&str> = Vec::new();
+        if let Value::Mapping(m) = &tree.root {
+            for key in m.keys() {
+                let name = key.as_str().unwrap_or_default();
+                if name != APP_SECTION && !KEEL_SECTIONS.contains(&name) {
+                    let path = name.to_owned();
+                    let source = tree.source_of(&path).cloned();
+                    problems.push(Problem { path, source, kind: ProblemKind::UnknownKey, message: String::new() });
+                }
+            }
+        }
+        let mut keel = defaults.clone();
+        macro_rules! section {
+            ($field:ident) => {
+                match section(&tree, stringify!($field), &mut problems) {
+                    Some(v) => keel.$field = v,
+                    None => failed.push(stringify!($field)),
+                }
+            };
+        }
+        section!(http);
+        section!(management);
+        section!(cors);
+        section!(log);
+        section!(shutdown);
+        section!(telemetry);
+        section!(health);
+        let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
+            failed.push(APP_SECTION);
+            C::default()
+        });
+
+        let mut found = Vec::new();
+        validate_keel(&keel, self.profile, &lookup, &tree, &mut found);
+        app.validate(&mut Validation { prefix: APP_SECTION, profile: self.profile, tree: &tree, problems: &mut found });
+        let config = Config { keel, app };
+        if self.profile == Profile::Production {
+            inline_secrets(&config, &tree, &mut found);
+        }
+        // Checks of a section that did not parse would only repeat its defaults.
+        found.retain(|p| !failed.iter().any(|s| p.path == *s || p.path.starts_with(&format!("{s}."))));
+        problems.extend(found);
+
+        if problems.is_empty() {
+            Ok(Loaded { config, profile: self.profile, file: self.file.clone(), sources: tree.sources })
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// `cityevents-auth` → `CITYEVENTS_AUTH`.
+pub(crate) fn env_prefix(service: &str) -> String {
+    service.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_yaml::to_value(v).unwrap_or(Value::Null)
+}
+
+fn file_problem(file: &Path, message: String) -> Problem {
+    Problem {
+        path: String::new(),
+        source: Some(Source::File { path: file.to_path_buf(), interpolated: false }),
+        kind: ProblemKind::File,
+        message,
+    }
+}
+
+/// Deserializes one top-level section, reporting every unknown key and every mistyped key.
+fn section<T: DeserializeOwned>(tree: &Tree, name: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    let value = tree.root.get(name).cloned().unwrap_or(Value::Null);
+    let value = if value.is_null() { Value::Mapping(Default::default()) } else { value };
+    let mut unknown = Vec::new();
+    let result = deserialize_tracking::<T>(value.clone(), &mut unknown);
+    for path in unknown {
+        let path = join(name, &path);
+        let source = tree.source_of(&path).cloned();
+        problems.push(Problem { path, source, kind: ProblemKind::UnknownKey, message: String::new() });
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(first) => {
+            // Find every bad key, not just the first: try each key alone on top of the defaults.
+            let mut bad = Vec::new();
+            if let (Value::Mapping(user), Some(Value::Mapping(defaults))) = (&value, tree.defaults.get(name)) {
+                for (k, v) in user {
+                    let mut candidate = defaults.clone();
+                    candidate.insert(k.clone(), v.clone());
+                    if let Err(e) = deserialize_tracking::<T>(Value::Mapping(candidate), &mut Vec::new()) {
+                        bad.push(e);
+                    }
+                }
+            }
+            if bad.is_empty() {
+                bad.push(first);
+            }
+            for (path, message) in bad {
+                let path = if path.is_empty() || path == "." { name.to_owned() } else { join(name, &path) };
+                let source = tree.source_of(&path).cloned();
+                problems.push(Problem { path, source, kind: ProblemKind::Type, message });
+            }
+            None
+        }
+    }
+}
+
+fn deserialize_tracking<T: DeserializeOwned>(value: Value, unknown: &mut Vec<String>) -> Result<T, (String, String)> {
+    let mut track = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut track);
+    serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
+}
+
+fn validate_keel(
+    k: &KeelConfig,
+    profile: Profile,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    tree: &Tree,
+    out: &mut Vec<Problem>,
+) {
+    let prod = profile == Profile::Production;
+    let mut v = Validation { prefix: "", profile, tree, problems: out };
+
+    if k.http.request_timeout.is_zero() {
+        v.invalid("http.request_timeout", "must be more than 0s");
+    }
+    if k.http.body_limit == 0 {
+        v.invalid("http.body_limit", "must be more than 0 bytes");
+    }
+    if k.http.max_in_flight == 0 {
+        v.invalid("http.max_in_flight", "must be at least 1");
+    }
+    match k.management_addr() {
+        None => v.invalid("management.addr", "http.port + 1000 is past 65535: set management.addr"),
+        Some(m) if m.port() != 0 && m.port() == k.http.port && m.ip() != k.http.addr => v.invalid(
+            "management.addr",
+            "uses the public port on another address; use the same address to share one listener",
+        ),
+        Some(_) => {}
+    }
+
+    let mut wildcard = false;
+    for (i, origin) in k.cors.allowed_origins.iter().enumerate() {
+        if origin == "*" {
+            wildcard = true;
+        } else if let Err(e) = crate::http::cors::normalize_origin(origin) {
+            v.invalid(&format!("cors.allowed_origins[{i}]"), e);
+        }
+    }
+    if wildcard && k.cors.allow_credentials {
+        v.invalid("cors.allowed_origins", "`*` cannot be combined with allow_credentials: list the origins");
+    }
+    for (i, m) in k.cors.allowed_methods.iter().enumerate() {
+        if http::Method::from_bytes(m.as_bytes()).is_err() {
+            v.invalid(&format!("cors.allowed_methods[{i}]"), format!("`{m}` is not an HTTP method"));
+        }
+    }
+    for (field, list) in
+        [("cors.allowed_headers", &k.cors.allowed_headers), ("cors.exposed_headers", &k.cors.exposed_headers)]
+    {
+        for (i, h) in list.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                v.invalid(&format!("{field}[{i}]"), format!("`{h}` is not a header name"));
+            }
+        }
+    }
+    if prod && k.cors.allowed_origins.is_empty() {
+        v.production("cors.allowed_origins", "production needs the list of browser origins allowed to call the API");
+    }
+    if prod && wildcard {
+        v.production("cors.allowed_origins", "`*` lets any site call the API: list the origins in production");
+    }
+
+    let rust_log = lookup("RUST_LOG").filter(|s| !s.trim().is_empty());
+    if let Err(e) = crate::telemetry::parse_filter(&k.log.level) {
+        v.invalid("log.level", e);
+    }
+    if prod && crate::telemetry::mentions_trace(&k.log.level) {
+        v.production("log.level", "`trace` logs too much (and may log secrets) for production");
+    }
+    if let Some(rl) = &rust_log {
+        let problem = match crate::telemetry::parse_filter(rl) {
+            Err(e) => Some((ProblemKind::Invalid, e)),
+            Ok(()) if prod && crate::telemetry::mentions_trace(rl) => {
+                Some((ProblemKind::Production, "`trace` logs too much (and may log secrets) for production".into()))
+            }
+            Ok(()) => None,
+        };
+        if let Some((kind, message)) = problem {
+            v.problems.push(Problem {
+                path: "RUST_LOG".into(),
+                source: Some(Source::Env("RUST_LOG".into())),
+                kind,
+                message,
+            });
+        }
+    }
+
+    if k.shutdown.timeout.is_zero() {
+        v.invalid("shutdown.timeout", "must be more than 0s");
+    }
+    if !(0.0..=1.0).contains(&k.telemetry.sampling_ratio) || k.telemetry.sampling_ratio.is_nan() {
+        v.invalid("telemetry.sampling_ratio", "must be between 0.0 and 1.0");
+    }
+    if let Some(ep) = &k.telemetry.otlp.endpoint {
+        let ok = ep
+            .parse::<http::Uri>()
+            .ok()
+            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            v.invalid(
+                "telemetry.otlp.endpoint",
+                format!("`{ep}` is not an http(s) URL such as http://otel-collector:4317"),
+            );
+        }
+    }
+    if k.health.interval.is_zero() {
+        v.invalid("health.interval", "must be more than 0s");
+    }
+    if k.health.ttl <= k.health.interval {
+        v.invalid("health.ttl", "must be longer than health.interval, or every result would be stale");
+    }
+}
+
+/// Production refuses secrets written literally into the YAML file.
+fn inline_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, out: &mut Vec<Problem>) {
+    let mut paths = Vec::new();
+    secret_paths(&to_value(config), "", &mut paths);
+    for path in paths {
+        if let Some(source @ Source::File { interpolated: false, .. }) = tree.sources.get(&path) {
+            out.push(Problem {
+                message: format!(
+                    "secrets may not be written in the file in production: use ${{VAR}}, `{path}_file`, or the variable {}",
+                    path_env(tree, &path)
+                ),
+                source: Some(source.clone()),
+                kind: ProblemKind::Production,
+                path,
+            });
+        }
+    }
+}
+
+fn path_env(_tree: &Tree, path: &str) -> String {
+    format!("<SERVICE>__{}", path.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Secrets serialize as [`MASK`]; that is how their paths are found.
+fn secret_paths(value: &Value, prefix: &str, out: &mut Vec<KeyPath>) {
+    match value {
+        Value::String(s) if s == MASK => out.push(prefix.to_owned()),
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                if let Some(k) = k.as_str() {
+                    secret_paths(v, &join(prefix, k), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_prefix_is_upper_snake() {
+        assert_eq!(env_prefix("cityevents-auth"), "CITYEVENTS_AUTH");
+        assert_eq!(env_prefix("hello"), "HELLO");
+    }
+
+    #[test]
+    fn profile_parsing() {
+        assert_eq!(Profile::parse(None).unwrap(), Profile::Development);
+        assert_eq!(Profile::parse(Some("production")).unwrap(), Profile::Production);
+        assert!(Profile::parse(Some("staging")).is_err());
+    }
+}

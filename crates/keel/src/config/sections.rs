@@ -1,0 +1,299 @@
+//! The configuration sections every Keel service has.
+//!
+//! Field doc comments are the reference for `docs/configuration.md`; keep the two in step.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Profile, Secret};
+
+/// Keel's own sections: everything at the top level of the config file except `app`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct KeelConfig {
+    /// The public (API and probes) listener.
+    pub http: HttpConfig,
+    /// The management listener (metrics, admin).
+    pub management: ManagementConfig,
+    /// Cross-origin resource sharing.
+    pub cors: CorsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Tracing export.
+    pub telemetry: TelemetryConfig,
+    /// Health-check scheduling.
+    pub health: HealthConfig,
+}
+
+impl KeelConfig {
+    /// The defaults for a profile: pretty logs and no drain delay in development, JSON logs and a
+    /// 5 s drain delay in production.
+    pub fn for_profile(profile: Profile) -> Self {
+        let prod = profile == Profile::Production;
+        Self {
+            http: HttpConfig::default(),
+            management: ManagementConfig::default(),
+            cors: CorsConfig::default(),
+            log: LogConfig {
+                format: if profile == Profile::Development { LogFormat::Pretty } else { LogFormat::Json },
+                ..LogConfig::default()
+            },
+            shutdown: ShutdownConfig {
+                drain_delay: if prod { Duration::from_secs(5) } else { Duration::ZERO },
+                ..ShutdownConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+            health: HealthConfig::default(),
+        }
+    }
+
+    /// The management listener's address: `management.addr`, else `127.0.0.1:<http.port + 1000>`
+    /// (port 0 stays 0, so tests get an ephemeral port for both).
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.management.addr {
+            return Some(addr);
+        }
+        let port = match self.http.port {
+            0 => 0,
+            p => p.checked_add(1000)?,
+        };
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    }
+
+    /// The public listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.http.addr, self.http.port)
+    }
+}
+
+impl Default for KeelConfig {
+    fn default() -> Self {
+        Self::for_profile(Profile::Development)
+    }
+}
+
+/// `http.*`: the public listener and its request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// IP address to bind. Default `0.0.0.0` (all interfaces, as containers need).
+    pub addr: IpAddr,
+    /// TCP port. Default `8080`; `0` picks a free port (tests).
+    pub port: u16,
+    /// Whole-request deadline; past it the client gets a 504 problem. Default `30s`.
+    #[serde(with = "super::duration")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted; larger ones get 413. Default `1MiB`. Routes can raise or
+    /// lower it with `axum::extract::DefaultBodyLimit`.
+    #[serde(with = "super::bytes")]
+    pub body_limit: usize,
+    /// Requests handled at once before new ones are shed with 503 + `Retry-After`. Default `1024`.
+    pub max_in_flight: usize,
+    /// gzip responses when the client accepts it. Default `true`.
+    pub compression: bool,
+    /// Strict-Transport-Security. Turn on when clients reach the service over TLS (usually
+    /// terminated at the ingress).
+    pub hsts: HstsConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+            request_timeout: Duration::from_secs(30),
+            body_limit: 1 << 20,
+            max_in_flight: 1024,
+            compression: true,
+            hsts: HstsConfig::default(),
+        }
+    }
+}
+
+/// `http.hsts.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct HstsConfig {
+    /// Send `Strict-Transport-Security`. Default `false`.
+    pub enabled: bool,
+    /// `max-age`. Default one year.
+    #[serde(with = "super::duration")]
+    pub max_age: Duration,
+    /// Add `includeSubDomains`. Default `true`.
+    pub include_subdomains: bool,
+}
+
+impl Default for HstsConfig {
+    fn default() -> Self {
+        Self { enabled: false, max_age: Duration::from_secs(365 * 24 * 3600), include_subdomains: true }
+    }
+}
+
+/// `management.*`: the listener for `/metrics` and `/admin`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ManagementConfig {
+    /// `ip:port` to bind. Default `127.0.0.1:<http.port + 1000>`. Set it equal to the public
+    /// address to serve everything on one port.
+    pub addr: Option<SocketAddr>,
+    /// Bearer token that `/admin/*` requires (a secret: env, `${VAR}` or `admin_token_file`).
+    /// Unset: `/admin/*` answers 401 for everyone.
+    pub admin_token: Option<Secret>,
+}
+
+/// `cors.*`: which browser origins may call the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`, scheme + host + port). In env, comma-separated.
+    /// Empty: no cross-origin access (refused in production). `*` is refused in production and
+    /// never combines with credentials.
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`. Default `false`.
+    pub allow_credentials: bool,
+    /// Methods allowed cross-origin.
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed cross-origin.
+    pub allowed_headers: Vec<String>,
+    /// Response headers readable cross-origin.
+    pub exposed_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer. Default `10m`.
+    #[serde(with = "super::duration")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            allowed_methods: s(&["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            allowed_headers: s(&["authorization", "content-type", "idempotency-key", "traceparent", "x-request-id"]),
+            exposed_headers: s(&[
+                "x-request-id",
+                "retry-after",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+            ]),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `log.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// Level or `tracing` filter directives (`info`, `info,sqlx=warn`). Default `info`.
+    /// `RUST_LOG`, when set, wins. `trace` is refused in production. Changeable at run time
+    /// through `PUT /admin/log-level`.
+    pub level: String,
+    /// `json` (one object per line) or `pretty`. Default: `pretty` in development, else `json`.
+    pub format: LogFormat,
+    /// One `info` line per finished request. Default `true`.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Pretty, access_log: true }
+    }
+}
+
+/// How log lines are written (always to stdout, never to files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, coloured when stdout is a terminal.
+    Pretty,
+}
+
+/// `shutdown.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// After a stop signal readiness fails at once; the listener keeps accepting for this long so
+    /// load balancers deregister the instance. Default `5s` in production, `0s` otherwise.
+    #[serde(with = "super::duration")]
+    pub drain_delay: Duration,
+    /// Time allowed, after the drain delay, for in-flight requests and background tasks to
+    /// finish; past it the process exits non-zero. Default `30s`.
+    #[serde(with = "super::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_delay: Duration::ZERO, timeout: Duration::from_secs(30) }
+    }
+}
+
+/// `telemetry.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct TelemetryConfig {
+    /// OTLP export.
+    pub otlp: OtlpConfig,
+    /// Fraction of new traces sampled, 0.0–1.0 (a sampled parent is always followed). Default `1.0`.
+    pub sampling_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp: OtlpConfig::default(), sampling_ratio: 1.0 }
+    }
+}
+
+/// `telemetry.otlp.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct OtlpConfig {
+    /// OTLP/gRPC collector endpoint (`http://otel-collector:4317`). Unset: spans are not exported
+    /// (trace ids are still made, logged and propagated).
+    pub endpoint: Option<String>,
+    /// Export deadline per batch. Default `10s`.
+    #[serde(with = "super::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self { endpoint: None, timeout: Duration::from_secs(10) }
+    }
+}
+
+/// `health.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// How often each check runs in the background. Default `5s`.
+    #[serde(with = "super::duration")]
+    pub interval: Duration,
+    /// A cached result older than this counts as down. Default `15s` (3 × interval).
+    #[serde(with = "super::duration")]
+    pub ttl: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(15) }
+    }
+}

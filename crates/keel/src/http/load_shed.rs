@@ -1,0 +1,141 @@
+//! Server-side load shedding: past `max_in_flight` concurrent requests, answer 503 at once.
+//!
+//! Shedding early keeps latency bounded for the requests already admitted, instead of letting
+//! every request slow down together until all of them time out. The shed response is a problem
+//! document with `Retry-After` and is counted in `http_server_requests_shed_total`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::Request;
+use pin_project_lite::pin_project;
+use prometheus::IntCounter;
+use tower::{Layer, Service};
+
+use super::problem::Problem;
+use super::request_id::RequestId;
+
+/// Seconds suggested in `Retry-After` when shedding.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Counts requests in flight and sheds past the limit. Clones share the count.
+#[derive(Debug, Clone)]
+pub struct LoadShedLayer {
+    max: usize,
+    in_flight: Arc<AtomicUsize>,
+    shed: Option<IntCounter>,
+}
+
+impl LoadShedLayer {
+    /// Sheds when more than `max` requests are in flight.
+    pub fn new(max: usize) -> Self {
+        Self { max, in_flight: Arc::default(), shed: None }
+    }
+
+    /// Counts shed requests in `http_server_requests_shed_total`.
+    pub fn with_metrics(mut self, metrics: &crate::telemetry::Metrics) -> Result<Self, prometheus::Error> {
+        let c = IntCounter::new(
+            "http_server_requests_shed_total",
+            "Requests refused with 503 because too many were in flight.",
+        )?;
+        metrics.register(c.clone())?;
+        self.shed = Some(c);
+        Ok(self)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl<S> Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+    fn layer(&self, inner: S) -> LoadShed<S> {
+        LoadShed { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`LoadShedLayer`].
+#[derive(Debug, Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    layer: LoadShedLayer,
+}
+
+struct Guard(Arc<AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for LoadShed<S>
+where
+    S: Service<Request<ReqB>, Response = http::Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let before = self.layer.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = Guard(self.layer.in_flight.clone());
+        if before >= self.layer.max {
+            drop(guard);
+            if let Some(c) = &self.layer.shed {
+                c.inc();
+            }
+            let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
+            let problem =
+                Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS).code("OVERLOADED");
+            return ResponseFuture { inner: None, shed: Some(problem.into_response_with_id(id)), _guard: None };
+        }
+        ResponseFuture { inner: Some(self.inner.call(req)), shed: None, _guard: Some(guard) }
+    }
+}
+
+pin_project! {
+    /// Response future of [`LoadShed`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        shed: Option<Response>,
+        _guard: Option<Guard>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResB>, E>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(resp) = this.shed.take() {
+            return Poll::Ready(Ok(resp));
+        }
+        match this.inner.as_pin_mut() {
+            Some(f) => f.poll(cx).map(|r| r.map(|resp| resp.map(Body::new))),
+            None => Poll::Ready(Ok(Problem::internal().into_response())),
+        }
+    }
+}
+
+use axum::response::IntoResponse as _;

@@ -1,0 +1,106 @@
+//! The HTTP server stack every Keel service gets, and its parts.
+//!
+//! Layers, outermost first (each is its own module with a `Layer` + `Service` pair):
+//!
+//! 1. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
+//! 2. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
+//! 3. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
+//! 4. [`metrics`] — `http_server_*` metrics labelled by route template.
+//! 5. [`timeout`] — `http.request_timeout`, then 504 problem.
+//! 6. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
+//!    a route can override it with its own `DefaultBodyLimit` route layer.
+//! 7. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
+//! 8. [`cors`] — exact-origin allowlist.
+//! 9. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
+//! 10. compression — gzip when the client accepts it.
+//! 11. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
+//!
+//! The order matters: request-id is outside trace so the span has the id; trace and metrics are
+//! outside timeout and shedding so those answers are traced and counted; everything runs after
+//! routing (`Router::layer`) so the route template is known.
+//!
+//! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only catch-panic, request-id and
+//! metrics: they are never shed, timed out, CORS-checked or access-logged, so an overloaded
+//! instance is not killed by its liveness probe and probe traffic does not flood the logs.
+
+pub mod catch_panic;
+pub mod cors;
+pub mod load_shed;
+pub mod metrics;
+pub mod problem;
+pub mod problems;
+pub mod request_id;
+pub mod security_headers;
+pub mod timeout;
+pub mod trace;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::compression::CompressionLayer;
+
+pub use problem::Problem;
+pub use request_id::RequestId;
+
+use crate::config::KeelConfig;
+use crate::telemetry::Metrics;
+
+/// Why the stack could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StackError {
+    /// CORS settings are unusable.
+    #[error(transparent)]
+    Cors(#[from] cors::CorsError),
+    /// A metric could not be registered (a name used twice).
+    #[error("cannot register HTTP metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The service declares a route Keel reserves for probes.
+    #[error(
+        "the service's routes overlap Keel's probe routes (/health/live, /health/ready, /health/startup, /healthz, /livez, /readyz)"
+    )]
+    RouteConflict,
+}
+
+/// What the stack hands back besides the router.
+#[derive(Debug, Clone)]
+pub struct StackHandle {
+    shed: load_shed::LoadShedLayer,
+}
+
+impl StackHandle {
+    /// API requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.shed.in_flight()
+    }
+}
+
+/// Wraps `api` in the full stack and `probes` in the light one, and merges them.
+pub fn stack(
+    service: &str,
+    cfg: &KeelConfig,
+    metrics: &Metrics,
+    api: Router,
+    probes: Router,
+) -> Result<(Router, StackHandle), StackError> {
+    let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
+    let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
+    let compression = CompressionLayer::new().gzip(cfg.http.compression);
+    let api = api
+        .layer(problems::ProblemsLayer)
+        .layer(compression)
+        .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
+        .layer(cors::layer(&cfg.cors)?)
+        .layer(shed.clone())
+        .layer(DefaultBodyLimit::max(cfg.http.body_limit))
+        .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
+        .layer(http_metrics.clone())
+        .layer(trace::TraceLayer::new(service, cfg.log.access_log))
+        .layer(request_id::RequestIdLayer)
+        .layer(catch_panic::CatchPanicLayer);
+    let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
+    // `merge` keeps the fallback of its argument when neither router set one: the API's,
+    // which has the full stack, so unmatched paths get problem responses.
+    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probes.merge(api)))
+        .map_err(|_| StackError::RouteConflict)?;
+    Ok((merged, StackHandle { shed }))
+}

@@ -1,0 +1,177 @@
+//! Makes every error response a problem document with the request id.
+//!
+//! Sits just above the routes. A [`Problem`] returned by a handler gets the request id filled
+//! in. A bare error from the framework — axum's plain-text extractor rejections (bad JSON → 400,
+//! wrong content type → 415, a JSON body of the wrong shape → 422 naming the field, bad path or
+//! query parameters → 400, body over the limit → 413), an unmatched route (404) or method (405) —
+//! is rewritten as a problem whose `detail` is the framework's message. The text of a bare 5xx
+//! is logged, not sent, because it may describe internals.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::response::Response;
+use http::{Request, StatusCode, header};
+use http_body::Body as _;
+use tower::{Layer, Service};
+
+use super::problem::{Problem, Rendered};
+use super::request_id::RequestId;
+
+/// Largest bare error body that is turned into `detail`; bigger ones are left alone.
+const MAX_TEXT: u64 = 8 * 1024;
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProblemsLayer;
+
+impl<S> Layer<S> for ProblemsLayer {
+    type Service = Problems<S>;
+    fn layer(&self, inner: S) -> Problems<S> {
+        Problems { inner }
+    }
+}
+
+/// The service made by [`ProblemsLayer`].
+#[derive(Debug, Clone)]
+pub struct Problems<S> {
+    inner: S,
+}
+
+type BoxFut<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+
+impl<S, ReqB> Service<Request<ReqB>> for Problems<S>
+where
+    S: Service<Request<ReqB>, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFut<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let id = req.extensions().get::<RequestId>().cloned();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(normalize(resp, id).await)
+        })
+    }
+}
+
+async fn normalize(resp: Response, id: Option<RequestId>) -> Response {
+    let id = id.as_ref().map(RequestId::as_str);
+    if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
+        if p.request_id.is_some() || id.is_none() {
+            return resp;
+        }
+        let p = p.clone();
+        let (parts, _) = resp.into_parts();
+        let mut fresh = p.into_response_with_id(id);
+        for (k, v) in &parts.headers {
+            if !fresh.headers().contains_key(k) {
+                fresh.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        return fresh;
+    }
+    let status = resp.status();
+    if status.as_u16() < 400 {
+        return resp;
+    }
+    let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let bare = ct.is_empty() || ct.starts_with("text/plain");
+    if !bare || resp.body().size_hint().upper().is_none_or(|n| n > MAX_TEXT) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_TEXT as usize).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let mut problem = from_status(status, &text);
+    if status.is_server_error() && !text.is_empty() {
+        tracing::error!(status = status.as_u16(), error = %text, "handler returned a bare server error");
+        problem.detail = None;
+    }
+    let mut fresh = problem.into_response_with_id(id);
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH && !fresh.headers().contains_key(k) {
+            fresh.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    fresh
+}
+
+/// A problem for a bare framework error of `status` whose body said `text`.
+fn from_status(status: StatusCode, text: &str) -> Problem {
+    let (slug, title) = match status {
+        StatusCode::BAD_REQUEST => ("bad-request", "Bad request"),
+        StatusCode::UNAUTHORIZED => ("unauthorized", "Unauthorized"),
+        StatusCode::FORBIDDEN => ("forbidden", "Forbidden"),
+        StatusCode::NOT_FOUND => ("not-found", "Not found"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "Request body too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("validation", "Request body is invalid"),
+        StatusCode::TOO_MANY_REQUESTS => ("rate-limited", "Too many requests"),
+        s if s.is_server_error() => ("internal", "Internal server error"),
+        s => ("error", s.canonical_reason().unwrap_or("Error")),
+    };
+    let mut p = Problem::new(status, slug, title);
+    if !text.is_empty() {
+        p.detail = Some(text.to_owned());
+        if let Some((field, message)) = json_field(text) {
+            p = p.field(field, message);
+        }
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        p.detail = Some("the request body is larger than this endpoint accepts".into());
+    }
+    p
+}
+
+/// axum's JSON data errors read `Failed to deserialize the JSON body into the target type:
+/// <path>: <message>`; pull out the field path.
+fn json_field(text: &str) -> Option<(String, String)> {
+    let rest = text.strip_prefix("Failed to deserialize the JSON body into the target type: ")?;
+    if let Some((path, message)) = rest.split_once(": ")
+        && !path.contains(' ')
+        && path != "."
+    {
+        return Some((path.to_owned(), message.to_owned()));
+    }
+    // A missing field has no path of its own: `missing field `name` at line 1 column 2`.
+    let start = rest.find("missing field `")? + "missing field `".len();
+    let end = rest[start..].find('`')? + start;
+    Some((rest[start..end].to_owned(), rest.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_field_paths() {
+        assert_eq!(
+            json_field(
+                "Failed to deserialize the JSON body into the target type: age: invalid type: string \"x\", expected u32 at line 1 column 9"
+            ),
+            Some(("age".into(), "invalid type: string \"x\", expected u32 at line 1 column 9".into()))
+        );
+        assert_eq!(
+            json_field(
+                "Failed to deserialize the JSON body into the target type: missing field `name` at line 1 column 2"
+            )
+            .map(|f| f.0),
+            Some("name".into())
+        );
+        assert_eq!(json_field("something else"), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! Request ids: accept a well-formed `X-Request-ID`, otherwise make one (UUIDv7), and echo it.
+//!
+//! An incoming id is kept only when it is 1–128 characters of `[A-Za-z0-9._:-]`; anything else
+//! (too long, spaces, control characters, log-injection attempts) is replaced. The id is put in
+//! the request extensions as [`RequestId`] (also an axum extractor), on the response, and — by
+//! the trace layer — in the request span, so every log line of the request carries it.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+/// `x-request-id`.
+pub static HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest incoming id that is kept.
+pub const MAX_LEN: usize = 128;
+
+/// The current request's id.
+///
+/// ```
+/// async fn handler(id: keel::http::RequestId) -> String {
+///     format!("your request is {id}")
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub(crate) HeaderValue);
+
+impl RequestId {
+    /// A new UUIDv7 id.
+    pub fn generate() -> Self {
+        let id = uuid::Uuid::now_v7().hyphenated().to_string();
+        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    /// Keeps `value` if it is a well-formed id.
+    pub fn parse(value: &HeaderValue) -> Option<Self> {
+        let b = value.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= MAX_LEN
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        ok.then(|| Self(value.clone()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate))
+    }
+}
+
+/// Adds [`RequestId`]s; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = SetRequestId<S>;
+    fn layer(&self, inner: S) -> SetRequestId<S> {
+        SetRequestId { inner }
+    }
+}
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct SetRequestId<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> Service<Request<B>> for SetRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = req.headers().get(&HEADER).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
+        req.headers_mut().insert(HEADER.clone(), id.0.clone());
+        if let Some(slot) = req.extensions().get::<super::catch_panic::PanicSlot>() {
+            slot.set(&id);
+        }
+        let header = id.0.clone();
+        req.extensions_mut().insert(id);
+        ResponseFuture { inner: self.inner.call(req), id: Some(header) }
+    }
+}
+
+pin_project! {
+    /// Response future of [`SetRequestId`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResB, E> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResB>, E>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            resp.headers_mut().insert(HEADER.clone(), id);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let ok = HeaderValue::from_static("abc-123_x.y:z");
+        assert!(RequestId::parse(&ok).is_some());
+        assert!(RequestId::parse(&HeaderValue::from_static("has space")).is_none());
+        assert!(RequestId::parse(&HeaderValue::from_static("")).is_none());
+        let long = HeaderValue::from_str(&"a".repeat(129)).unwrap();
+        assert!(RequestId::parse(&long).is_none());
+        let max = HeaderValue::from_str(&"a".repeat(128)).unwrap();
+        assert!(RequestId::parse(&max).is_some());
+        assert_eq!(RequestId::generate().as_str().len(), 36);
+    }
+}

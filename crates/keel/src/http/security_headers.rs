@@ -1,0 +1,101 @@
+//! Security response headers, added when the handler did not set them.
+//!
+//! `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer`,
+//! and `Strict-Transport-Security` when `http.hsts.enabled` (clients reach the service over TLS).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::config::HstsConfig;
+
+/// Adds the headers; see the module docs.
+#[derive(Debug, Clone)]
+pub struct SecurityHeadersLayer {
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl SecurityHeadersLayer {
+    /// The headers for this HSTS setting.
+    pub fn new(hsts: &HstsConfig) -> Self {
+        let mut headers = vec![
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        ];
+        if hsts.enabled {
+            let mut v = format!("max-age={}", hsts.max_age.as_secs());
+            if hsts.include_subdomains {
+                v.push_str("; includeSubDomains");
+            }
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.push((header::STRICT_TRANSPORT_SECURITY, v));
+            }
+        }
+        Self { headers }
+    }
+}
+
+impl<S> Layer<S> for SecurityHeadersLayer {
+    type Service = SecurityHeaders<S>;
+    fn layer(&self, inner: S) -> SecurityHeaders<S> {
+        SecurityHeaders { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`SecurityHeadersLayer`].
+#[derive(Debug, Clone)]
+pub struct SecurityHeaders<S> {
+    inner: S,
+    layer: SecurityHeadersLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for SecurityHeaders<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        ResponseFuture { inner: self.inner.call(req), layer: self.layer.clone() }
+    }
+}
+
+pin_project! {
+    /// Response future of [`SecurityHeaders`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        layer: SecurityHeadersLayer,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut out = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &mut out {
+            for (k, v) in &this.layer.headers {
+                if !resp.headers().contains_key(k) {
+                    resp.headers_mut().insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Poll::Ready(out)
+    }
+}

@@ -1,0 +1,102 @@
+//! A whole-request deadline that answers 504 with a problem document.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+use super::problem::Problem;
+use super::request_id::RequestId;
+
+/// Answers 504 when the inner service takes longer than the deadline (its future is dropped).
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// A deadline of `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout { inner, timeout: self.timeout }
+    }
+}
+
+/// The service made by [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Timeout<S>
+where
+    S: Service<Request<ReqB>, Response = http::Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let id = req.extensions().get::<RequestId>().cloned();
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep(self.timeout),
+            timeout: self.timeout,
+            id,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Timeout`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+        id: Option<RequestId>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResB>, E>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(out.map(|r| r.map(Body::new)));
+        }
+        std::task::ready!(this.sleep.poll(cx));
+        tracing::warn!(timeout_ms = this.timeout.as_millis() as u64, "request timed out");
+        let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out")
+            .detail(format!("the request did not complete within {}", humantime::format_duration(*this.timeout)));
+        Poll::Ready(Ok(problem.into_response_with_id(this.id.as_ref().map(RequestId::as_str))))
+    }
+}

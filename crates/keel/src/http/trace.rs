@@ -1,0 +1,136 @@
+//! One `request` span per request, continuing the caller's W3C trace, plus an access-log line.
+//!
+//! The span carries `service`, `method`, `route` (the matched template), `request_id`,
+//! `trace_id` and `span_id`, so every log line written while handling the request has them.
+//! It must sit inside the request-id layer (it reads [`RequestId`]) and after routing (it reads
+//! [`MatchedPath`]); Keel's stack applies it with `Router::layer`, which runs after routing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::MatchedPath;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::request_id::RequestId;
+
+/// The `route` label and span field of requests that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Adds request spans; see the module docs.
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    service: Arc<str>,
+    access_log: bool,
+}
+
+impl TraceLayer {
+    /// Spans tagged with `service`; `access_log` adds an `info` line per finished request.
+    pub fn new(service: impl Into<Arc<str>>, access_log: bool) -> Self {
+        Self { service: service.into(), access_log }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    layer: TraceLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Trace<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str);
+        let id = req.extensions().get::<RequestId>().map(RequestId::as_str).unwrap_or_default();
+        let method = req.method().as_str();
+        let span = tracing::info_span!(
+            "request",
+            service = &*self.layer.service,
+            method,
+            route,
+            request_id = id,
+            trace_id = Empty,
+            span_id = Empty,
+            status = Empty,
+            otel.name = format!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = method,
+            http.route = route,
+            url.path = req.uri().path(),
+            http.response.status_code = Empty,
+        );
+        let parent = crate::telemetry::extract_context(req.headers());
+        let _ = span.set_parent(parent.clone());
+        if let Some((trace_id, span_id)) = crate::telemetry::span_ids(&span, &parent) {
+            span.record("trace_id", trace_id);
+            span.record("span_id", span_id);
+        }
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Trace`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        start: Instant,
+        access_log: bool,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &out {
+            let status = resp.status().as_u16();
+            this.span.record("status", status);
+            this.span.record("http.response.status_code", status);
+            let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
+            if status >= 500 {
+                this.span.record("otel.status_code", "ERROR");
+                tracing::error!(status, latency_ms, "request failed");
+            } else if *this.access_log {
+                tracing::info!(status, latency_ms, "request finished");
+            }
+        }
+        Poll::Ready(out)
+    }
+}

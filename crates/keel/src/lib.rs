@@ -1,0 +1,43 @@
+//! # Keel
+//!
+//! A microservice chassis that makes a Rust service production-ready by default: one call,
+//! [`run`], gives a binary layered and validated configuration, health probes with cached
+//! checks, Prometheus metrics, JSON logs with request and trace ids, OpenTelemetry tracing, a
+//! hardened HTTP stack (request ids, timeouts, body limits, load shedding, exact-origin CORS,
+//! security headers, RFC 9457 problem responses, panic recovery) and graceful shutdown.
+//!
+//! ```no_run
+//! use axum::{Json, Router, routing::get};
+//! use serde_json::json;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     keel::run(keel::Service::new(keel::build_info!()).router(
+//!         Router::new().route("/hello", get(|| async { Json(json!({"message": "hello"})) })),
+//!     ))
+//! }
+//! ```
+//!
+//! | module | what it is for |
+//! |---|---|
+//! | [`app`] | service definition, start-up, graceful shutdown, the shared CLI |
+//! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules |
+//! | [`health`] | health checks and the live / ready / startup probes |
+//! | [`http`] | the server stack, one module per middleware, problem responses |
+//! | [`telemetry`] | logs, traces and metrics |
+//!
+//! See `docs/` in the repository for every config key, endpoint and metric.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod telemetry;
+
+pub use app::{BuildInfo, Running, Service, Setup, run};
+pub use config::Secret;
+pub use http::{Problem, RequestId};
+
+/// The git commit this copy of Keel was built from (`unknown` outside a git checkout).
+pub const BUILD_COMMIT: &str = env!("KEEL_BUILD_COMMIT");

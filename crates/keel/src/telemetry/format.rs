@@ -1,0 +1,109 @@
+//! The JSON log line: one object per event with the span context lifted to the top level.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Fields that every line carries at the top level when a surrounding span knows them.
+const LIFTED: &[&str] = &["service", "request_id", "trace_id", "span_id"];
+
+/// Writes `{"timestamp","level","target","message","service","request_id","trace_id","span_id",
+/// "fields":{…},"span":"name"}`.
+pub(crate) struct JsonFormat {
+    pub(crate) service: String,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert("timestamp".into(), Value::String(timestamp()));
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        line.insert("target".into(), Value::String(meta.target().to_owned()));
+
+        let mut span_fields = Map::new();
+        let mut span_name = None;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                span_name = Some(span.name());
+                let ext = span.extensions();
+                if let Some(f) = ext.get::<FormattedFields<JsonFields>>()
+                    && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(f.as_str())
+                {
+                    span_fields.extend(m);
+                }
+            }
+        }
+        let mut visitor = JsonVisitor::default();
+        event.record(&mut visitor);
+        let message = visitor.fields.remove("message").unwrap_or(Value::String(String::new()));
+        line.insert("message".into(), message);
+
+        for key in LIFTED {
+            let v = visitor.fields.remove(*key).or_else(|| span_fields.remove(*key));
+            match (key, v) {
+                (_, Some(v)) => {
+                    line.insert((*key).into(), v);
+                }
+                (&"service", None) => {
+                    line.insert("service".into(), Value::String(self.service.clone()));
+                }
+                _ => {}
+            }
+        }
+        // Span fields first, so an event's own field wins over a span's of the same name.
+        span_fields.retain(|k, _| !k.starts_with("otel."));
+        span_fields.extend(visitor.fields);
+        if !span_fields.is_empty() {
+            line.insert("fields".into(), Value::Object(span_fields));
+        }
+        if let Some(name) = span_name {
+            line.insert("span".into(), Value::String(name.to_owned()));
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+fn timestamp() -> String {
+    let now = std::time::SystemTime::now();
+    humantime::format_rfc3339_micros(now).to_string()
+}
+
+#[derive(Default)]
+struct JsonVisitor {
+    fields: Map<String, Value>,
+}
+
+impl Visit for JsonVisitor {
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.fields.insert(f.name().into(), serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number));
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.fields.insert(f.name().into(), Value::from(v));
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.fields.insert(f.name().into(), Value::from(v));
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.fields.insert(f.name().into(), Value::from(v));
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.fields.insert(f.name().into(), Value::from(v));
+    }
+    fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
+        self.fields.insert(f.name().into(), Value::from(v.to_string()));
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+        self.fields.insert(f.name().into(), Value::from(format!("{v:?}")));
+    }
+}

@@ -1,0 +1,280 @@
+//! Logs, traces and metrics.
+//!
+//! * **Logs** — `tracing` to stdout only: JSON lines in production and test, pretty in
+//!   development. Every line carries `service`, and `request_id`, `trace_id`, `span_id` when a
+//!   surrounding span knows them. The level comes from `log.level` (or `RUST_LOG`, which wins)
+//!   and can be changed at run time with `PUT /admin/log-level`.
+//! * **Traces** — OpenTelemetry. Trace ids are always made, logged and propagated (W3C
+//!   `traceparent`); spans are exported over OTLP/gRPC only when `telemetry.otlp.endpoint` is
+//!   set, with `service.name`, `service.version` and `deployment.environment.name` resource
+//!   attributes and `telemetry.sampling_ratio` applied to new traces.
+//! * **Metrics** — a Prometheus registry per service: [`Metrics`].
+//!
+//! Logging and tracing are process-wide (one subscriber per process), so [`init`] is called once
+//! per process by [`crate::run`]; later calls return a handle to the first set-up.
+
+mod format;
+mod metrics;
+
+use std::sync::{Mutex, OnceLock};
+
+use http::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue, global};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, reload};
+
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
+
+use crate::config::{LogFormat, Profile, TelemetryConfig};
+
+/// What [`init`] needs.
+#[derive(Debug, Clone)]
+pub struct TelemetryOptions {
+    /// `service.name`, and the `service` of lines logged outside any service span.
+    pub service: String,
+    /// `service.version`.
+    pub version: String,
+    /// `deployment.environment.name`.
+    pub profile: Profile,
+    /// Filter directives (`info`, `info,sqlx=warn`).
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+    /// OTLP export and sampling.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Errors setting up telemetry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("invalid log filter: {0}")]
+    Filter(String),
+    /// The OTLP exporter could not be built.
+    #[error("cannot set up OTLP export to {endpoint}: {message}")]
+    Otlp {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+}
+
+type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+struct Global {
+    reload: Reloader,
+    level: Mutex<String>,
+    provider: SdkTracerProvider,
+}
+
+static GLOBAL: OnceLock<Global> = OnceLock::new();
+
+/// Flushes and stops trace export; call at the end of shutdown.
+#[derive(Debug, Clone)]
+pub struct TelemetryGuard {
+    _private: (),
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Some(g) = GLOBAL.get()
+            && let Err(e) = g.provider.force_flush()
+        {
+            tracing::warn!(error = %e, "trace flush failed");
+        }
+    }
+
+    /// Flushes and shuts the exporter down. Later spans are dropped.
+    pub fn shutdown(&self) {
+        if let Some(g) = GLOBAL.get()
+            && let Err(e) = g.provider.shutdown()
+        {
+            tracing::warn!(error = %e, "trace exporter shutdown failed");
+        }
+    }
+}
+
+/// Sets up logging and tracing for the process. Must run inside a Tokio runtime when OTLP export
+/// is configured. The first call wins; later calls (several services in one process, tests)
+/// return a guard for the existing set-up.
+pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
+    if GLOBAL.get().is_some() {
+        return Ok(TelemetryGuard { _private: () });
+    }
+    let level = effective_level(&opts.level);
+    let filter = EnvFilter::try_new(&level).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+
+    let provider = tracer_provider(opts)?;
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let tracer = provider.tracer("keel");
+    // Spans go to OpenTelemetry whatever the log level, so traces stay whole when logs are quiet.
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO);
+
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = match opts.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(format::JsonFormat { service: opts.service.clone() })
+            .with_writer(std::io::stdout)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed(),
+    };
+    let installed = tracing_subscriber::registry().with(otel).with(fmt.with_filter(filter)).try_init().is_ok();
+    let reload: Reloader = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+    let _ = GLOBAL.set(Global { reload, level: Mutex::new(level), provider });
+    if !installed {
+        // Someone else (a test harness) owns the global subscriber; keep going with theirs.
+        tracing::debug!("a tracing subscriber was already installed");
+    }
+    Ok(TelemetryGuard { _private: () })
+}
+
+fn tracer_provider(opts: &TelemetryOptions) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(opts.service.clone())
+        .with_attributes([
+            KeyValue::new("service.version", opts.version.clone()),
+            KeyValue::new("deployment.environment.name", opts.profile.as_str()),
+        ])
+        .build();
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(opts.telemetry.sampling_ratio)));
+    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler);
+    if let Some(endpoint) = &opts.telemetry.otlp.endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(opts.telemetry.otlp.timeout)
+            .build()
+            .map_err(|e| TelemetryError::Otlp { endpoint: endpoint.clone(), message: e.to_string() })?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+fn effective_level(configured: &str) -> String {
+    std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| configured.to_owned())
+}
+
+/// Checks filter directives (`info`, `warn,keel=debug`).
+pub fn parse_filter(directives: &str) -> Result<(), String> {
+    if directives.trim().is_empty() {
+        return Err("is empty: use a level such as info".into());
+    }
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    for d in directives.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        // A bare target (`sqlx`) silently means "everything from sqlx at trace": ask for a level.
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "`{d}` has no level: use one of off, error, warn, info, debug, trace (e.g. info or info,sqlx=warn)"
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(directives)
+        .map(|_| ())
+        .map_err(|e| format!("`{directives}` is not a level or filter ({e}); use e.g. info or info,sqlx=warn"))
+}
+
+/// Whether directives enable `trace` anywhere.
+pub(crate) fn mentions_trace(directives: &str) -> bool {
+    directives.split(',').any(|d| {
+        let level = d.rsplit('=').next().unwrap_or(d).trim();
+        level.eq_ignore_ascii_case("trace")
+    })
+}
+
+/// The current log filter directives.
+pub fn log_level() -> Option<String> {
+    GLOBAL.get().and_then(|g| g.level.lock().ok().map(|l| l.clone()))
+}
+
+/// Replaces the log filter for the whole process, at once, without a restart.
+pub fn set_log_level(directives: &str) -> Result<(), String> {
+    parse_filter(directives)?;
+    let g = GLOBAL.get().ok_or_else(|| "logging is not initialised".to_owned())?;
+    let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+    (g.reload)(filter)?;
+    if let Ok(mut l) = g.level.lock() {
+        *l = directives.to_owned();
+    }
+    tracing::info!(level = directives, "log level changed");
+    Ok(())
+}
+
+/// Reads a W3C `traceparent` (and `tracestate`) from request headers.
+pub fn extract_context(headers: &HeaderMap) -> Context {
+    global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes the current span's W3C `traceparent` into outbound request headers.
+///
+/// ```
+/// let mut headers = http::HeaderMap::new();
+/// keel::telemetry::inject_current(&mut headers);
+/// ```
+pub fn inject_current(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+}
+
+/// The trace and span ids of a tracing span, as lowercase hex, when it has a valid context.
+pub(crate) fn span_ids(span: &tracing::Span, parent: &Context) -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        return Some((sc.trace_id().to_string(), sc.span_id().to_string()));
+    }
+    let psc = parent.span().span_context().clone();
+    psc.is_valid().then(|| (psc.trace_id().to_string(), psc.span_id().to_string()))
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value)) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert!(parse_filter("info").is_ok());
+        assert!(parse_filter("warn,keel=debug").is_ok());
+        assert!(parse_filter("loud").is_err());
+        assert!(parse_filter("").is_err());
+        assert!(mentions_trace("trace"));
+        assert!(mentions_trace("info,sqlx=trace"));
+        assert!(!mentions_trace("info,tracer=debug"));
+    }
+}

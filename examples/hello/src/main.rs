@@ -1,0 +1,12 @@
+//! The smallest Keel service. Run with `cargo run -p hello`, then `curl localhost:8080/hello`.
+
+use axum::{Json, Router, routing::get};
+use serde_json::{Value, json};
+
+async fn hello() -> Json<Value> {
+    Json(json!({ "message": "hello" }))
+}
+
+fn main() -> std::process::ExitCode {
+    keel::run(keel::Service::new(keel::build_info!()).router(Router::new().route("/hello", get(hello))))
+}
