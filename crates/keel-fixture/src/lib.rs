@@ -2,7 +2,7 @@
 //!
 //! Routes: `GET /hello`, `GET /items/{id}` (typed path), `POST /echo` (typed JSON body),
 //! `GET /slow?ms=N` (sleeps), `GET /panic`, `GET /problem`, `GET /log` (logs a line with a
-//! field), `GET /bare-error` (a bare text 500). Config section `app`: `greeting`, `api_key`
+//! field), `GET /traceparent` (what an outbound call would carry), `GET /bare-error` (a bare text 500). Config section `app`: `greeting`, `api_key`
 //! (a secret), and `slow_task` (a background task that ignores cancellation, to test forced
 //! shutdown).
 
@@ -94,6 +94,14 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 get(|id: RequestId| async move {
                     tracing::info!(marker = "fixture-log", "handler log line");
                     id.to_string()
+                }),
+            )
+            .route(
+                "/traceparent",
+                get(|| async {
+                    let mut headers = http::HeaderMap::new();
+                    keel::telemetry::inject_current(&mut headers);
+                    headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
                 }),
             )
             .route(

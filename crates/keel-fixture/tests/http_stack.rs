@@ -35,7 +35,7 @@ async fn hello_and_security_headers() {
 
     let f = Fixture::start(&[("FIXTURE__HTTP__HSTS__ENABLED", "true")]).await;
     let resp = client().get(f.url("/hello")).send().await.unwrap();
-    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000; includeSubDomains");
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31557600; includeSubDomains");
     f.stop().await;
 }
 

@@ -76,20 +76,28 @@ pub struct Proc {
     pub mgmt: Option<SocketAddr>,
 }
 
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_keel-fixture")
 }
 
 impl Proc {
-    /// Starts `keel-fixture serve` with `env` (and KEEL_ENV=test unless given) and waits for
-    /// its "listening" line.
+    /// Starts `keel-fixture serve` with `env` (and KEEL_ENV=test unless given) on two free
+    /// ports, and waits until it accepts connections.
     pub fn spawn(env: &[(&str, &str)]) -> Self {
+        let http_port = free_port();
+        let mgmt_port = free_port();
         let mut cmd = Command::new(bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KEEL_ENV", "test")
-            .env("FIXTURE__HTTP__PORT", "0")
+            .env("FIXTURE__HTTP__PORT", http_port.to_string())
             .env("FIXTURE__HTTP__ADDR", "127.0.0.1")
+            .env("FIXTURE__MANAGEMENT__ADDR", format!("127.0.0.1:{mgmt_port}"))
             .envs(env.iter().copied())
             .arg("serve")
             .stdout(Stdio::piped())
@@ -109,11 +117,18 @@ impl Proc {
                 let _ = tx2.send(format!("stderr: {line}"));
             }
         });
-        let mut p = Self { child, lines: rx, seen: Vec::new(), http: None, mgmt: None };
-        let line = p.wait_for("\"listening\"");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
-        p.http = v["fields"]["http"].as_str().and_then(|s| s.parse().ok());
-        p.mgmt = v["fields"]["management"].as_str().and_then(|s| s.parse().ok());
+        let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().expect("addr");
+        let mgmt: SocketAddr = format!("127.0.0.1:{mgmt_port}").parse().expect("addr");
+        let mut p = Self { child, lines: rx, seen: Vec::new(), http: Some(http), mgmt: Some(mgmt) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&http, Duration::from_millis(100)).is_err() {
+            if let Some(status) = p.child.try_wait().expect("try_wait") {
+                p.drain();
+                panic!("fixture exited with {status} before listening:\n{}", p.seen.join("\n"));
+            }
+            assert!(std::time::Instant::now() < deadline, "fixture never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         p
     }
 

@@ -420,7 +420,7 @@ impl Loader {
         app.validate(&mut Validation { prefix: APP_SECTION, profile: self.profile, tree: &tree, problems: &mut found });
         let config = Config { keel, app };
         if self.profile == Profile::Production {
-            inline_secrets(&config, &tree, &mut found);
+            inline_secrets(&config, &tree, &self.env_prefix(), &mut found);
         }
         // Checks of a section that did not parse would only repeat its defaults.
         found.retain(|p| !failed.iter().any(|s| p.path == *s || p.path.starts_with(&format!("{s}."))));
@@ -458,36 +458,36 @@ fn section<T: DeserializeOwned>(tree: &Tree, name: &str, problems: &mut Vec<Prob
     let value = if value.is_null() { Value::Mapping(Default::default()) } else { value };
     let mut unknown = Vec::new();
     let result = deserialize_tracking::<T>(value.clone(), &mut unknown);
+    let mut bad = Vec::new();
+    if let Err(first) = &result {
+        // Deserialization stopped at the first bad value, so keys after it were never seen. Try
+        // each user key alone on top of the defaults to find every bad value and unknown key.
+        if let (Value::Mapping(user), Some(Value::Mapping(defaults))) = (&value, tree.defaults.get(name)) {
+            for (k, v) in user {
+                let mut candidate = defaults.clone();
+                candidate.insert(k.clone(), v.clone());
+                if let Err(e) = deserialize_tracking::<T>(Value::Mapping(candidate), &mut unknown) {
+                    bad.push(e);
+                }
+            }
+        }
+        if bad.is_empty() {
+            bad.push(first.clone());
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
     for path in unknown {
         let path = join(name, &path);
         let source = tree.source_of(&path).cloned();
         problems.push(Problem { path, source, kind: ProblemKind::UnknownKey, message: String::new() });
     }
-    match result {
-        Ok(v) => Some(v),
-        Err(first) => {
-            // Find every bad key, not just the first: try each key alone on top of the defaults.
-            let mut bad = Vec::new();
-            if let (Value::Mapping(user), Some(Value::Mapping(defaults))) = (&value, tree.defaults.get(name)) {
-                for (k, v) in user {
-                    let mut candidate = defaults.clone();
-                    candidate.insert(k.clone(), v.clone());
-                    if let Err(e) = deserialize_tracking::<T>(Value::Mapping(candidate), &mut Vec::new()) {
-                        bad.push(e);
-                    }
-                }
-            }
-            if bad.is_empty() {
-                bad.push(first);
-            }
-            for (path, message) in bad {
-                let path = if path.is_empty() || path == "." { name.to_owned() } else { join(name, &path) };
-                let source = tree.source_of(&path).cloned();
-                problems.push(Problem { path, source, kind: ProblemKind::Type, message });
-            }
-            None
-        }
+    for (path, message) in bad {
+        let path = if path.is_empty() || path == "." { name.to_owned() } else { join(name, &path) };
+        let source = tree.source_of(&path).cloned();
+        problems.push(Problem { path, source, kind: ProblemKind::Type, message });
     }
+    result.ok()
 }
 
 fn deserialize_tracking<T: DeserializeOwned>(value: Value, unknown: &mut Vec<String>) -> Result<T, (String, String)> {
@@ -608,15 +608,15 @@ fn validate_keel(
 }
 
 /// Production refuses secrets written literally into the YAML file.
-fn inline_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, out: &mut Vec<Problem>) {
+fn inline_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, prefix: &str, out: &mut Vec<Problem>) {
     let mut paths = Vec::new();
     secret_paths(&to_value(config), "", &mut paths);
     for path in paths {
         if let Some(source @ Source::File { interpolated: false, .. }) = tree.sources.get(&path) {
             out.push(Problem {
                 message: format!(
-                    "secrets may not be written in the file in production: use ${{VAR}}, `{path}_file`, or the variable {}",
-                    path_env(tree, &path)
+                    "secrets may not be written in the file in production: use ${{VAR}}, `{path}_file`, or the variable {prefix}__{}",
+                    path.replace('.', "__").to_ascii_uppercase()
                 ),
                 source: Some(source.clone()),
                 kind: ProblemKind::Production,
@@ -624,10 +624,6 @@ fn inline_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, out: &mut Vec<P
             });
         }
     }
-}
-
-fn path_env(_tree: &Tree, path: &str) -> String {
-    format!("<SERVICE>__{}", path.replace('.', "__").to_ascii_uppercase())
 }
 
 /// Secrets serialize as [`MASK`]; that is how their paths are found.

@@ -123,7 +123,7 @@ impl Default for HttpConfig {
 pub struct HstsConfig {
     /// Send `Strict-Transport-Security`. Default `false`.
     pub enabled: bool,
-    /// `max-age`. Default one year.
+    /// `max-age`. Default `1year` (365.25 days).
     #[serde(with = "super::duration")]
     pub max_age: Duration,
     /// Add `includeSubDomains`. Default `true`.
@@ -132,7 +132,7 @@ pub struct HstsConfig {
 
 impl Default for HstsConfig {
     fn default() -> Self {
-        Self { enabled: false, max_age: Duration::from_secs(365 * 24 * 3600), include_subdomains: true }
+        Self { enabled: false, max_age: Duration::from_secs(31_557_600), include_subdomains: true }
     }
 }
 

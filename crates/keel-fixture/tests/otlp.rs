@@ -1,0 +1,124 @@
+//! Spans are exported over OTLP/gRPC: a receiver runs in this process and checks what arrives.
+//!
+//! Its own test binary, because logging and tracing are set up once per process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Fixture, client, eventually};
+use keel::config::{LogFormat, Profile, TelemetryConfig};
+use keel::telemetry::{TelemetryOptions, init};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(req.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
+}
+
+fn string(v: Option<&AnyValue>) -> Option<String> {
+    match v {
+        Some(AnyValue::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(receiver.clone()));
+    tokio::spawn(server.serve_with_incoming(incoming));
+
+    let mut telemetry = TelemetryConfig::default();
+    telemetry.otlp.endpoint = Some(format!("http://{addr}"));
+    telemetry.otlp.timeout = Duration::from_secs(5);
+    let guard = init(&TelemetryOptions {
+        service: "fixture".into(),
+        version: "9.9.9".into(),
+        profile: Profile::Test,
+        level: "warn".into(),
+        format: LogFormat::Json,
+        telemetry,
+    })
+    .unwrap();
+
+    let f = Fixture::start(&[]).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let resp = client()
+        .get(f.url("/items/7"))
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // What an outbound call made inside the handler would carry: same trace, the server span.
+    let outbound = client()
+        .get(f.url("/traceparent"))
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let parts: Vec<&str> = outbound.split('-').collect();
+    assert_eq!(parts.len(), 4, "{outbound}");
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id, "01"), "{outbound}");
+    assert_ne!(parts[2], parent, "the parent of an outbound call is the server span");
+    f.stop().await;
+    let g = guard.clone();
+    tokio::task::spawn_blocking(move || g.flush()).await.unwrap();
+
+    eventually("span exported", || {
+        let r = receiver.clone();
+        async move { !r.0.lock().unwrap().is_empty() }
+    })
+    .await;
+    let batches = receiver.0.lock().unwrap().clone();
+    let resource_spans: Vec<_> = batches.iter().flat_map(|b| b.resource_spans.iter()).collect();
+    let resource = resource_spans[0].resource.as_ref().expect("resource");
+    assert_eq!(string(attr(&resource.attributes, "service.name")).as_deref(), Some("fixture"));
+    assert_eq!(string(attr(&resource.attributes, "service.version")).as_deref(), Some("9.9.9"));
+    assert_eq!(string(attr(&resource.attributes, "deployment.environment.name")).as_deref(), Some("test"));
+
+    let spans: Vec<_> = resource_spans.iter().flat_map(|r| r.scope_spans.iter()).flat_map(|s| s.spans.iter()).collect();
+    let span = spans
+        .iter()
+        .find(|s| s.name == "GET /items/{id}")
+        .unwrap_or_else(|| panic!("no server span; got {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
+    assert_eq!(hex(&span.trace_id), trace_id, "continues the caller's trace");
+    assert_eq!(hex(&span.parent_span_id), parent, "child of the caller's span");
+    assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(string(attr(&span.attributes, "http.route")).as_deref(), Some("/items/{id}"));
+    assert_eq!(string(attr(&span.attributes, "http.request.method")).as_deref(), Some("GET"));
+    assert!(attr(&span.attributes, "request_id").is_some());
+    let outbound_parent = spans.iter().find(|s| s.name == "GET /traceparent").expect("second span");
+    assert_eq!(hex(&outbound_parent.span_id), parts[2], "injected span id is the server span's");
+    guard.shutdown();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,237 @@
+//! The fixture as a real process: signals, graceful and forced shutdown, the CLI, JSON logs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Proc, run_cli};
+use serde_json::Value;
+
+/// A raw HTTP/1.1 GET on its own connection, started now and read to the end later.
+fn start_get(addr: std::net::SocketAddr, path: &str) -> std::thread::JoinHandle<String> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
+#[test]
+fn sigterm_finishes_in_flight_request_and_refuses_new_connections() {
+    let mut p = Proc::spawn(&[]);
+    let addr = p.http.unwrap();
+    let slow = start_get(addr, "/slow?ms=1500");
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal("TERM");
+    p.wait_for("stopped accepting connections");
+    // New connections are refused while the slow request is still being served.
+    let refused = (0..50).any(|_| {
+        let r = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err();
+        if !r {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r
+    });
+    assert!(refused, "listener still accepting after shutdown began");
+    let response = slow.join().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "in-flight request completed: {response}");
+    assert!(response.ends_with("done"), "{response}");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    p.wait_for("shutdown complete");
+}
+
+#[test]
+fn shutdown_timeout_forces_a_non_zero_exit_naming_what_was_running() {
+    let mut p = Proc::spawn(&[("FIXTURE__SHUTDOWN__TIMEOUT", "500ms"), ("FIXTURE__APP__STUBBORN_TASK", "true")]);
+    let started = Instant::now();
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 70);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let line = p.wait_for("shutdown was not clean");
+    assert!(line.contains("stubborn") && line.contains("timeout"), "{line}");
+}
+
+#[test]
+fn slow_request_past_the_timeout_forces_exit_too() {
+    let mut p = Proc::spawn(&[("FIXTURE__SHUTDOWN__TIMEOUT", "300ms")]);
+    let _slow = start_get(p.http.unwrap(), "/slow?ms=10000");
+    std::thread::sleep(Duration::from_millis(200));
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 70);
+    let line = p.wait_for("shutdown was not clean");
+    assert!(line.contains("1 request(s) in flight"), "{line}");
+}
+
+#[test]
+fn second_signal_forces_exit() {
+    let mut p = Proc::spawn(&[("FIXTURE__SHUTDOWN__DRAIN_DELAY", "30s")]);
+    p.signal("TERM");
+    p.wait_for("shutdown started");
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 70);
+    p.wait_for("second signal");
+}
+
+#[test]
+fn logs_are_json_lines_with_service_request_and_trace_ids() {
+    let mut p = Proc::spawn(&[]);
+    let resp = std::thread::spawn({
+        let url = p.url("/log");
+        move || {
+            let mut s = TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/log")).unwrap();
+            s.write_all(b"GET /log HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-request-id: log-req-42\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"));
+    let line = p.wait_for("fixture-log");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["service"], "fixture");
+    assert_eq!(v["request_id"], "log-req-42");
+    assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "continues the caller's trace");
+    assert_eq!(v["span_id"].as_str().map(str::len), Some(16));
+    assert_ne!(v["span_id"], "00f067aa0ba902b7", "a new server span");
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["fields"]["marker"], "fixture-log");
+    // Every stdout line is JSON.
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
+    for l in p.seen.iter().filter(|l| !l.starts_with("stderr: ")) {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    }
+}
+
+#[test]
+fn panic_is_logged_as_a_structured_line() {
+    let mut p = Proc::spawn(&[]);
+    let resp = start_get(p.http.unwrap(), "/panic").join().unwrap();
+    assert!(resp.starts_with("HTTP/1.1 500"));
+    assert!(!resp.contains("vault"));
+    let line = p.wait_for("request handler panicked");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert!(v["fields"]["panic"].as_str().unwrap().contains("vault"), "the log keeps the detail: {line}");
+    assert!(v["request_id"].is_string());
+    assert!(!p.seen.iter().any(|l| l.starts_with("stderr: thread")), "no unstructured panic text: {:?}", p.seen);
+}
+
+#[test]
+fn runtime_log_level_change() {
+    let token = "0123456789abcdef0123456789abcdef";
+    let mut p = Proc::spawn(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", token), ("FIXTURE__LOG__LEVEL", "warn")]);
+    let mgmt = p.mgmt.unwrap();
+    let put = |body: &str| {
+        let mut s = TcpStream::connect(mgmt).unwrap();
+        let req = format!(
+            "PUT /admin/log-level HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    // At warn, the handler's info line is not written.
+    start_get(p.http.unwrap(), "/log").join().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    p.drain();
+    assert!(!p.seen.iter().any(|l| l.contains("fixture-log")));
+    let out = put(r#"{"level":"info"}"#);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    start_get(p.http.unwrap(), "/log").join().unwrap();
+    p.wait_for("fixture-log");
+    let out = put("very-loud");
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}
+
+#[test]
+fn bind_failure_exits_69_with_one_structured_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, stdout, stderr) = run_cli(
+        &["serve"],
+        &[("KEEL_ENV", "test"), ("FIXTURE__HTTP__ADDR", "127.0.0.1"), ("FIXTURE__HTTP__PORT", &port)],
+    );
+    assert_eq!(code, 69, "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["message"], "start-up failed");
+    assert!(v["error"].as_str().unwrap().contains(&port));
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn config_check_and_bad_config_exit_codes() {
+    let (code, stdout, _) = run_cli(&["config", "check"], &[("FIXTURE__APP__API_KEY", "super-secret-value")]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("api_key: '***'") && !stdout.contains("super-secret-value"), "{stdout}");
+    let parsed: Value = serde_yaml::from_str(&stdout).expect("config check prints YAML");
+    assert_eq!(parsed["http"]["port"], 8080);
+    // Every problem, not only the first; exit 64.
+    let (code, _, stderr) = run_cli(
+        &["config", "check"],
+        &[
+            ("KEEL_ENV", "production"),
+            ("FIXTURE__HTTP__PORT", "x"),
+            ("FIXTURE__LOG__LEVEL", "trace"),
+            ("FIXTURE__NOPE", "1"),
+        ],
+    );
+    assert_eq!(code, 64);
+    for needle in ["http.port", "log.level", "cors.allowed_origins", "unknown key `nope`"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    // `serve` with a bad config: one JSON line, exit 64, before any port is bound.
+    let (code, _, stderr) = run_cli(&["serve"], &[("FIXTURE__HTTP__PORT", "x")]);
+    assert_eq!(code, 64);
+    let v: Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(v["level"], "ERROR");
+    assert!(v["problems"][0].as_str().unwrap().contains("http.port"));
+    // A bad profile.
+    let (code, _, stderr) = run_cli(&["config", "check"], &[("KEEL_ENV", "staging")]);
+    assert_eq!(code, 64, "{stderr}");
+    // --config and KEEL_CONFIG.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, "http:\n  port: ${P:-7777}\n").unwrap();
+    let (code, stdout, _) = run_cli(&["--config", file.to_str().unwrap(), "config", "check"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("port: 7777"));
+    let (_, stdout, _) = run_cli(&["config", "check"], &[("KEEL_CONFIG", file.to_str().unwrap()), ("P", "7778")]);
+    assert!(stdout.contains("port: 7778"));
+}
+
+#[test]
+fn healthcheck_and_version_commands() {
+    let mut p = Proc::spawn(&[]);
+    let port = p.http.unwrap().port().to_string();
+    let env = [("FIXTURE__HTTP__PORT", port.as_str())];
+    let (code, stdout, _) = run_cli(&["healthcheck"], &env);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("\"status\":\"up\""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run_cli(&["healthcheck", "--ready"], &env).0 != 0 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
+    let (code, _, stderr) = run_cli(&["healthcheck", "--timeout", "500ms"], &env);
+    assert_eq!(code, 1, "nothing listening: {stderr}");
+    assert!(stderr.contains("127.0.0.1"), "{stderr}");
+
+    let (code, stdout, _) = run_cli(&["version"], &[]);
+    assert_eq!(code, 0);
+    for key in ["name: fixture", "version: 0.1.0", "commit: ", "build: "] {
+        assert!(stdout.contains(key), "{stdout}");
+    }
+}

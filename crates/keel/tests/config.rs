@@ -1,0 +1,257 @@
+//! Configuration loading: layers, interpolation, secrets, every error class, production rules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::time::Duration;
+
+use keel::config::{
+    ConfigError, Loaded, Loader, MASK, NoConfig, ProblemKind, Profile, Secret, Section, Source, Validation,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct App {
+    greeting: String,
+    retries: u32,
+    api_key: Option<Secret>,
+    #[serde(with = "keel::config::duration")]
+    poll: Duration,
+}
+
+impl Section for App {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if self.retries > 10 {
+            v.invalid("retries", "at most 10");
+        }
+    }
+}
+
+fn yaml(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn load(
+    profile: Profile,
+    file: Option<&tempfile::NamedTempFile>,
+    env: &[(&str, &str)],
+) -> Result<Loaded<App>, ConfigError> {
+    let mut l = Loader::new("svc", profile).env(env.iter().copied());
+    if let Some(f) = file {
+        l = l.file(f.path());
+    }
+    l.load::<App>()
+}
+
+fn problem<'a>(e: &'a ConfigError, path: &str) -> &'a keel::config::Problem {
+    e.problems.iter().find(|p| p.path == path).unwrap_or_else(|| panic!("no problem at {path}: {e}"))
+}
+
+/// A production config that passes every rule, to which tests add one fault at a time.
+const PROD_OK: &[(&str, &str)] = &[("SVC__CORS__ALLOWED_ORIGINS", "https://app.example.com")];
+
+#[test]
+fn defaults_per_profile() {
+    let dev = load(Profile::Development, None, &[]).unwrap();
+    let k = &dev.config.keel;
+    assert_eq!(k.http.port, 8080);
+    assert_eq!(k.log.level, "info");
+    assert_eq!(k.log.format, keel::config::LogFormat::Pretty);
+    assert_eq!(k.shutdown.drain_delay, Duration::ZERO);
+    assert_eq!(k.shutdown.timeout, Duration::from_secs(30));
+    assert_eq!(k.http.body_limit, 1 << 20);
+    assert_eq!(k.management_addr().unwrap().to_string(), "127.0.0.1:9080");
+    let prod = load(Profile::Production, None, PROD_OK).unwrap();
+    assert_eq!(prod.config.keel.log.format, keel::config::LogFormat::Json);
+    assert_eq!(prod.config.keel.shutdown.drain_delay, Duration::from_secs(5));
+}
+
+#[test]
+fn file_then_env_precedence() {
+    let f = yaml(
+        "http:\n  port: 7000\n  request_timeout: 250ms\nlog:\n  level: warn\napp:\n  greeting: from-file\n  retries: 2\n  poll: 1m\n",
+    );
+    let l = load(Profile::Test, Some(&f), &[("SVC__HTTP__PORT", "9000"), ("SVC__APP__GREETING", "from-env")]).unwrap();
+    let c = &l.config;
+    assert_eq!(c.keel.http.port, 9000, "env beats file");
+    assert_eq!(c.keel.http.request_timeout, Duration::from_millis(250), "file beats default");
+    assert_eq!(c.keel.log.level, "warn");
+    assert_eq!(c.app.greeting, "from-env");
+    assert_eq!(c.app.retries, 2);
+    assert_eq!(c.app.poll, Duration::from_secs(60));
+    assert_eq!(l.sources["http.port"], Source::Env("SVC__HTTP__PORT".into()));
+    assert!(matches!(&l.sources["http.request_timeout"], Source::File { interpolated: false, .. }));
+    // Lists from env are comma-separated; booleans and numbers are typed by the setting.
+    let l = load(
+        Profile::Test,
+        None,
+        &[
+            ("SVC__CORS__ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+            ("SVC__CORS__ALLOW_CREDENTIALS", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(l.config.keel.cors.allowed_origins, vec!["https://a.example", "https://b.example"]);
+    assert!(l.config.keel.cors.allow_credentials);
+    // A numeric-looking string setting stays a string.
+    let l = load(Profile::Test, None, &[("SVC__APP__GREETING", "12345")]).unwrap();
+    assert_eq!(l.config.app.greeting, "12345");
+}
+
+#[test]
+fn interpolation() {
+    let f = yaml(
+        "http:\n  port: ${PORT}\n  addr: ${ADDR:-127.0.0.1}\napp:\n  greeting: \"hi ${WHO:-there}, $${LITERAL}\"\n  retries: ${RETRIES:-3}\n",
+    );
+    let l = load(Profile::Test, Some(&f), &[("PORT", "8181")]).unwrap();
+    assert_eq!(l.config.keel.http.port, 8181);
+    assert_eq!(l.config.keel.http.addr.to_string(), "127.0.0.1");
+    assert_eq!(l.config.app.greeting, "hi there, ${LITERAL}");
+    assert_eq!(l.config.app.retries, 3);
+    assert!(matches!(&l.sources["http.port"], Source::File { interpolated: true, .. }));
+    // Unset without default: an error naming the variable and the key, with the rest still reported.
+    let f = yaml("http:\n  port: ${NOPE}\n  request_timeout: ${ALSO_NOPE}\n");
+    let e = load(Profile::Test, Some(&f), &[]).unwrap_err();
+    let p = problem(&e, "http.port");
+    assert_eq!(p.kind, ProblemKind::Interpolation);
+    assert!(p.message.contains("NOPE"), "{e}");
+    assert!(e.to_string().contains(&f.path().display().to_string()), "names the file: {e}");
+    assert!(e.problems.iter().any(|p| p.path == "http.request_timeout" && p.message.contains("ALSO_NOPE")), "{e}");
+}
+
+#[test]
+fn unknown_keys_name_key_and_source() {
+    let f = yaml("http:\n  prot: 1\n  port: 8000\nhtpp:\n  port: 1\napp:\n  greting: x\n");
+    let e = load(Profile::Test, Some(&f), &[("SVC__LOG__LEVL", "info")]).unwrap_err();
+    let file = f.path().display().to_string();
+    for (path, from) in [
+        ("http.prot", file.as_str()),
+        ("htpp", file.as_str()),
+        ("app.greting", file.as_str()),
+        ("log.levl", "env SVC__LOG__LEVL"),
+    ] {
+        let p = problem(&e, path);
+        assert_eq!(p.kind, ProblemKind::UnknownKey);
+        let text = p.to_string();
+        assert!(text.contains(&format!("unknown key `{path}`")) && text.contains(from), "{text}");
+    }
+    assert_eq!(e.problems.len(), 4, "all of them, not just the first: {e}");
+}
+
+#[test]
+fn type_errors_name_every_path() {
+    let f = yaml("http:\n  prot: 1\n  port: lots\n  request_timeout: 5\n  compression: maybe\napp:\n  retries: many\n");
+    let e = load(Profile::Test, Some(&f), &[("SVC__SHUTDOWN__TIMEOUT", "soon")]).unwrap_err();
+    for path in ["http.port", "http.request_timeout", "http.compression", "app.retries", "shutdown.timeout"] {
+        assert_eq!(problem(&e, path).kind, ProblemKind::Type, "{e}");
+    }
+    assert!(problem(&e, "http.request_timeout").message.contains("has no unit"), "{e}");
+    // An unknown key in a section that also has a type error is still reported.
+    assert_eq!(problem(&e, "http.prot").kind, ProblemKind::UnknownKey, "{e}");
+    assert!(problem(&e, "shutdown.timeout").to_string().contains("env SVC__SHUTDOWN__TIMEOUT"), "{e}");
+}
+
+#[test]
+fn invalid_values_are_all_reported() {
+    let e = load(
+        Profile::Test,
+        None,
+        &[
+            ("SVC__TELEMETRY__SAMPLING_RATIO", "1.5"),
+            ("SVC__TELEMETRY__OTLP__ENDPOINT", "not a url"),
+            ("SVC__CORS__ALLOWED_ORIGINS", "https://ok.example,example.com,https://x.example/path"),
+            ("SVC__LOG__LEVEL", "loud"),
+            ("SVC__HTTP__MAX_IN_FLIGHT", "0"),
+            ("SVC__APP__RETRIES", "11"),
+            ("SVC__HEALTH__TTL", "1s"),
+        ],
+    )
+    .unwrap_err();
+    for path in [
+        "telemetry.sampling_ratio",
+        "telemetry.otlp.endpoint",
+        "cors.allowed_origins[1]",
+        "cors.allowed_origins[2]",
+        "log.level",
+        "http.max_in_flight",
+        "app.retries",
+        "health.ttl",
+    ] {
+        assert_eq!(problem(&e, path).kind, ProblemKind::Invalid, "{path}: {e}");
+    }
+    // `*` with credentials is refused in every profile.
+    let e = load(
+        Profile::Development,
+        None,
+        &[("SVC__CORS__ALLOWED_ORIGINS", "*"), ("SVC__CORS__ALLOW_CREDENTIALS", "true")],
+    )
+    .unwrap_err();
+    assert!(problem(&e, "cors.allowed_origins").message.contains("credentials"));
+    // Bad YAML and a missing file are file problems.
+    let f = yaml("http: [unclosed\n");
+    let e = load(Profile::Test, Some(&f), &[]).unwrap_err();
+    assert_eq!(e.problems[0].kind, ProblemKind::File);
+    let e = Loader::new("svc", Profile::Test).file("/no/such/keel.yaml").load::<App>().unwrap_err();
+    assert!(e.to_string().contains("/no/such/keel.yaml"));
+}
+
+#[test]
+fn production_rules_list_every_violation() {
+    let f = yaml("management:\n  admin_token: inline-secret-value-123456\napp:\n  api_key: also-inline\n");
+    let e = load(
+        Profile::Production,
+        Some(&f),
+        &[("SVC__LOG__LEVEL", "trace"), ("SVC__CORS__ALLOWED_ORIGINS", "https://ok.example,*")],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    for path in ["management.admin_token", "app.api_key", "log.level", "cors.allowed_origins"] {
+        assert_eq!(problem(&e, path).kind, ProblemKind::Production, "{text}");
+    }
+    assert!(!text.contains("inline-secret-value") && !text.contains("also-inline"), "secrets never printed: {text}");
+    // Empty allowlist in production.
+    let e = load(Profile::Production, None, &[]).unwrap_err();
+    assert_eq!(problem(&e, "cors.allowed_origins").kind, ProblemKind::Production);
+    // RUST_LOG=trace counts too.
+    let mut env = PROD_OK.to_vec();
+    env.push(("RUST_LOG", "info,hyper=trace"));
+    let e = load(Profile::Production, None, &env).unwrap_err();
+    assert_eq!(problem(&e, "RUST_LOG").kind, ProblemKind::Production);
+    // The same file is fine in development.
+    assert!(load(Profile::Development, Some(&f), &[]).is_ok());
+}
+
+#[test]
+fn secrets_from_env_interpolation_and_files_are_accepted_in_production() {
+    let secret_file = yaml("from-a-file-0123456789\n");
+    let f = yaml("management:\n  admin_token: ${ADMIN_TOKEN}\n");
+    let mut env = PROD_OK.to_vec();
+    env.push(("ADMIN_TOKEN", "from-interpolation-0123"));
+    let path = secret_file.path().display().to_string();
+    env.push(("SVC__APP__API_KEY_FILE", &path));
+    let l = load(Profile::Production, Some(&f), &env).unwrap();
+    assert_eq!(l.config.keel.management.admin_token.as_ref().unwrap().expose(), "from-interpolation-0123");
+    assert_eq!(l.config.app.api_key.as_ref().unwrap().expose(), "from-a-file-0123456789", "trailing newline removed");
+    assert_eq!(l.sources["app.api_key"], Source::SecretFile(secret_file.path().to_path_buf()));
+    // The effective YAML masks every secret.
+    let y = l.to_yaml();
+    assert!(!y.contains("from-interpolation") && !y.contains("from-a-file"), "{y}");
+    assert_eq!(y.matches(MASK).count(), 2, "{y}");
+    assert!(y.contains("addr: 127.0.0.1:9080"), "management address resolved: {y}");
+    // `_file` in YAML works too; an unreadable file and a double definition are errors.
+    let f = yaml(&format!("app:\n  api_key_file: {path}\n"));
+    assert!(load(Profile::Test, Some(&f), &[]).unwrap().config.app.api_key.is_some());
+    let e = load(Profile::Test, None, &[("SVC__APP__API_KEY_FILE", "/no/such/secret")]).unwrap_err();
+    assert_eq!(problem(&e, "app.api_key_file").kind, ProblemKind::SecretFile);
+    let e = load(Profile::Test, None, &[("SVC__APP__API_KEY_FILE", &path), ("SVC__APP__API_KEY", "x")]).unwrap_err();
+    assert_eq!(problem(&e, "app.api_key").kind, ProblemKind::SecretFile);
+}
+
+#[test]
+fn profile_from_keel_env() {
+    assert!(Profile::parse(Some("staging")).unwrap_err().to_string().contains("KEEL_ENV"));
+    assert_eq!(Profile::parse(Some("test")).unwrap(), Profile::Test);
+    let _ = NoConfig::default();
+}
