@@ -41,3 +41,8 @@ pub use http::{Problem, RequestId};
 
 /// The git commit this copy of Keel was built from (`unknown` outside a git checkout).
 pub const BUILD_COMMIT: &str = env!("KEEL_BUILD_COMMIT");
+
+/// Compiles the README's example so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -125,9 +125,10 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = match opts.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .fmt_fields(format::NoFields)
             .event_format(format::JsonFormat { service: opts.service.clone() })
             .with_writer(std::io::stdout)
+            .and_then(format::SpanFieldsLayer)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed(),
     };

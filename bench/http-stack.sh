@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Requests/s of GET /hello: Keel's full stack against bare axum, measured in one run.
+#
+#   bash bench/http-stack.sh [SECONDS_PER_RUN] [ROUNDS]
+#
+# Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1, then runs wrk
+# against each target in turn, ROUNDS times, interleaved so drift affects all alike; reports the
+# median requests/s per target and its ratio to bare axum as a Markdown table. Access logs go to
+# /dev/null (the cost of formatting them is still paid). Only loopback is touched; every wrk run
+# is bounded by SECONDS_PER_RUN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-8}
+rounds=${2:-3}
+conns=${CONNS:-64}
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+
+cargo build --release -q -p keel-bench
+ports=$(mktemp)
+trap 'kill $pid 2>/dev/null || true; rm -f "$ports"' EXIT
+rm -f "$ports"
+./target/release/keel-bench "$ports" > /dev/null &
+pid=$!
+for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.1; done
+[ -s "$ports" ] || { echo "keel-bench did not start" >&2; exit 1; }
+addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
+
+targets=(bare keel keel_no_access_log)
+declare -A results
+for t in "${targets[@]}"; do
+  wrk -t1 -c"$conns" -d2s "http://$(addr "$t")/hello" > /dev/null   # warm-up
+done
+for r in $(seq "$rounds"); do
+  for t in "${targets[@]}"; do
+    rps=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")/hello" | awk '/Requests\/sec/ {print $2}')
+    results[$t]="${results[$t]:-} $rps"
+    echo "round $r $t: $rps req/s" >&2
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+base=$(echo "${results[bare]}" | median)
+echo
+echo "| target | median req/s | ratio to bare axum |"
+echo "|---|---|---|"
+for t in "${targets[@]}"; do
+  m=$(echo "${results[$t]}" | median)
+  echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") |"
+done
+echo
+echo "wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"
