@@ -221,6 +221,10 @@ async fn cors_allow_deny_preflight_and_suffix_attack() {
         let resp = c.get(f.url("/hello")).header("origin", bad).send().await.unwrap();
         assert_eq!(origin_of(&resp), None, "{bad} must not be allowed");
     }
+    // No Origin (server to server): no CORS grant, but caches are told answers vary by origin.
+    let resp = c.get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(origin_of(&resp), None);
+    assert!(resp.headers()["vary"].to_str().unwrap().contains("origin"));
     // Preflight: answered, with methods, headers and a cache lifetime.
     let resp = c
         .request(reqwest::Method::OPTIONS, f.url("/echo"))

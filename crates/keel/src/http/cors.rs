@@ -6,10 +6,16 @@
 //! with an explicit origin list. Preflights are answered by this layer and cached by browsers
 //! for `cors.max_age`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Method};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tower_http::cors::AllowOrigin;
 
 use crate::config::CorsConfig;
 
@@ -55,6 +61,10 @@ pub fn normalize_origin(origin: &str) -> Result<String, String> {
 /// Builds the layer, or says why the configuration is unusable (instead of panicking as
 /// `tower_http` would on `*` with credentials).
 pub fn layer(cfg: &CorsConfig) -> Result<CorsLayer, CorsError> {
+    Ok(CorsLayer { cors: Arc::new(tower_layer(cfg)?) })
+}
+
+fn tower_layer(cfg: &CorsConfig) -> Result<tower_http::cors::CorsLayer, CorsError> {
     let wildcard = cfg.allowed_origins.iter().any(|o| o == "*");
     if wildcard && cfg.allow_credentials {
         return Err(CorsError("`*` cannot be combined with credentials".into()));
@@ -82,11 +92,99 @@ pub fn layer(cfg: &CorsConfig) -> Result<CorsLayer, CorsError> {
             .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| CorsError(format!("`{h}` is not a header name"))))
             .collect::<Result<Vec<_>, _>>()
     };
-    Ok(CorsLayer::new()
+    Ok(tower_http::cors::CorsLayer::new()
         .allow_origin(origin)
         .allow_methods(methods)
         .allow_headers(names(&cfg.allowed_headers)?)
         .expose_headers(names(&cfg.exposed_headers)?)
         .allow_credentials(cfg.allow_credentials)
         .max_age(cfg.max_age))
+}
+
+/// What `tower_http::cors` puts in `Vary`, so caches keep per-origin answers apart.
+const VARY: HeaderValue =
+    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+
+/// CORS as `tower_http::cors` does it, with a fast path: a request without an `Origin` header
+/// (server to server, same-origin navigation) only gets `Vary`, and does not pay for cloning and
+/// evaluating the CORS rules. Made by [`layer`].
+#[derive(Debug, Clone)]
+pub struct CorsLayer {
+    cors: Arc<tower_http::cors::CorsLayer>,
+}
+
+impl<S> Layer<S> for CorsLayer {
+    type Service = Cors<S>;
+    fn layer(&self, inner: S) -> Cors<S> {
+        Cors { inner, cors: self.cors.clone() }
+    }
+}
+
+/// The service made by [`CorsLayer`].
+#[derive(Debug, Clone)]
+pub struct Cors<S> {
+    inner: S,
+    cors: Arc<tower_http::cors::CorsLayer>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Cors<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: Default,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if !req.headers().contains_key(header::ORIGIN) {
+            return ResponseFuture { kind: Kind::Plain { fut: self.inner.call(req) } };
+        }
+        // The ready inner service goes to tower_http's CORS; a clone stays for next time.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let mut cors = self.cors.layer(ready);
+        ResponseFuture { kind: Kind::Cors { fut: cors.call(req) } }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Cors`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Plain { #[pin] fut: F },
+        Cors { #[pin] fut: tower_http::cors::ResponseFuture<F> },
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Default,
+{
+    type Output = Result<Response<ResB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Cors { fut } => fut.poll(cx),
+            KindProj::Plain { fut } => {
+                let mut out = std::task::ready!(fut.poll(cx));
+                if let Ok(resp) = &mut out {
+                    resp.headers_mut().append(header::VARY, VARY);
+                }
+                Poll::Ready(out)
+            }
+        }
+    }
 }

@@ -78,7 +78,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str).to_owned();
+        let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
         self.layer.in_flight.inc();
         let guard = InFlight(self.layer.in_flight.clone());
@@ -99,7 +99,7 @@ impl Drop for InFlight {
 
 struct State {
     layer: HttpMetricsLayer,
-    route: String,
+    route: Option<MatchedPath>,
     method: Method,
     start: Instant,
     _guard: InFlight,
@@ -125,7 +125,8 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let (Some(s), Ok(resp)) = (this.state.take(), &out) {
             let status = resp.status();
-            let labels = [s.method.as_str(), s.route.as_str(), status.as_str()];
+            let route = s.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+            let labels = [s.method.as_str(), route, status.as_str()];
             s.layer.requests.with_label_values(&labels).inc();
             s.layer.duration.with_label_values(&labels).observe(s.start.elapsed().as_secs_f64());
         }

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use axum::response::Response;
 use http::{Request, StatusCode, header};
 use http_body::Body as _;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::problem::{Problem, Rendered};
@@ -39,17 +40,15 @@ pub struct Problems<S> {
     inner: S,
 }
 
-type BoxFut<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
+type BoxFut = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 impl<S, ReqB> Service<Request<ReqB>> for Problems<S>
 where
     S: Service<Request<ReqB>, Response = Response>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFut<S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -57,11 +56,44 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().cloned();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            Ok(normalize(resp, id).await)
-        })
+        ResponseFuture { inner: self.inner.call(req), id, rewriting: None }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Problems`]: success responses pass straight through; only an error
+    /// response that needs rewriting allocates.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<RequestId>,
+        rewriting: Option<BoxFut>,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(fut) = this.rewriting.as_mut() {
+            return fut.as_mut().poll(cx).map(Ok);
+        }
+        let resp = std::task::ready!(this.inner.poll(cx))?;
+        if resp.status().as_u16() < 400 {
+            return Poll::Ready(Ok(resp));
+        }
+        let mut fut: BoxFut = Box::pin(normalize(resp, this.id.take()));
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(resp) => Poll::Ready(Ok(resp)),
+            Poll::Pending => {
+                *this.rewriting = Some(fut);
+                Poll::Pending
+            }
+        }
     }
 }
 

@@ -31,10 +31,11 @@ pub const MAX_LEN: usize = 128;
 pub struct RequestId(pub(crate) HeaderValue);
 
 impl RequestId {
-    /// A new UUIDv7 id.
+    /// A new UUIDv7 id (time-ordered, so ids sort by arrival).
     pub fn generate() -> Self {
-        let id = uuid::Uuid::now_v7().hyphenated().to_string();
-        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        Self(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
     }
 
     /// Keeps `value` if it is a well-formed id.
@@ -63,6 +64,19 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
         Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate))
     }
+}
+
+/// The request's id: the one already decided for it, else a valid incoming `X-Request-ID`,
+/// else a new one. Records the decision in the request (header and extension), so every layer
+/// that asks gets the same id; the catch-panic layer, outside this one, asks first.
+pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        return id.clone();
+    }
+    let id = req.headers().get(&HEADER).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
+    req.headers_mut().insert(HEADER.clone(), id.0.clone());
+    req.extensions_mut().insert(id.clone());
+    id
 }
 
 /// Adds [`RequestId`]s; see the module docs.
@@ -95,14 +109,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = req.headers().get(&HEADER).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
-        req.headers_mut().insert(HEADER.clone(), id.0.clone());
-        if let Some(slot) = req.extensions().get::<super::catch_panic::PanicSlot>() {
-            slot.set(&id);
-        }
-        let header = id.0.clone();
-        req.extensions_mut().insert(id);
-        ResponseFuture { inner: self.inner.call(req), id: Some(header) }
+        let id = ensure(&mut req);
+        ResponseFuture { inner: self.inner.call(req), id: Some(id.0) }
     }
 }
 

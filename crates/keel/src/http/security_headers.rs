@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, header};
@@ -16,7 +17,8 @@ use crate::config::HstsConfig;
 /// Adds the headers; see the module docs.
 #[derive(Debug, Clone)]
 pub struct SecurityHeadersLayer {
-    headers: Vec<(HeaderName, HeaderValue)>,
+    // Shared, because axum clones the layered service for every request.
+    headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 impl SecurityHeadersLayer {
@@ -36,7 +38,7 @@ impl SecurityHeadersLayer {
                 headers.push((header::STRICT_TRANSPORT_SECURITY, v));
             }
         }
-        Self { headers }
+        Self { headers: headers.into() }
     }
 }
 
@@ -90,7 +92,7 @@ where
         let this = self.project();
         let mut out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &mut out {
-            for (k, v) in &this.layer.headers {
+            for (k, v) in this.layer.headers.iter() {
                 if !resp.headers().contains_key(k) {
                     resp.headers_mut().insert(k.clone(), v.clone());
                 }

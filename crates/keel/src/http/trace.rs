@@ -1,7 +1,8 @@
 //! One `request` span per request, continuing the caller's W3C trace, plus an access-log line.
 //!
-//! The span carries `service`, `method`, `route` (the matched template), `request_id`,
-//! `trace_id` and `span_id`, so every log line written while handling the request has them.
+//! The span carries `service`, `request_id`, `trace_id`, `span_id`, `http.request.method`,
+//! `http.route` (the matched template) and `http.response.status_code`, so every log line
+//! written while handling the request has them.
 //! It must sit inside the request-id layer (it reads [`RequestId`]) and after routing (it reads
 //! [`MatchedPath`]); Keel's stack applies it with `Router::layer`, which runs after routing.
 
@@ -67,29 +68,23 @@ where
         let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str);
         let id = req.extensions().get::<RequestId>().map(RequestId::as_str).unwrap_or_default();
         let method = req.method().as_str();
+        // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
+        // logs and exported spans; each field costs an allocation or two per request.
         let span = tracing::info_span!(
             "request",
             service = &*self.layer.service,
-            method,
-            route,
             request_id = id,
-            trace_id = Empty,
-            span_id = Empty,
-            status = Empty,
+            http.request.method = method,
+            http.route = route,
+            http.response.status_code = Empty,
             otel.name = format!("{method} {route}"),
             otel.kind = "server",
             otel.status_code = Empty,
-            http.request.method = method,
-            http.route = route,
-            url.path = req.uri().path(),
-            http.response.status_code = Empty,
         );
         let parent = crate::telemetry::extract_context(req.headers());
-        let _ = span.set_parent(parent.clone());
-        if let Some((trace_id, span_id)) = crate::telemetry::span_ids(&span, &parent) {
-            span.record("trace_id", trace_id);
-            span.record("span_id", span_id);
-        }
+        // `trace_id` and `span_id` are not span fields: the log formatter reads them from the
+        // OpenTelemetry context only when a line is written, so a quiet request pays nothing.
+        let _ = span.set_parent(parent);
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -121,7 +116,6 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
             let status = resp.status().as_u16();
-            this.span.record("status", status);
             this.span.record("http.response.status_code", status);
             let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
             if status >= 500 {

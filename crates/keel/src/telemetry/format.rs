@@ -34,14 +34,20 @@ where
 
         let mut span_fields = Map::new();
         let mut span_name = None;
+        let mut innermost = None;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 span_name = Some(span.name());
+                innermost = Some(span.id());
                 let ext = span.extensions();
                 if let Some(f) = ext.get::<SpanFields>() {
                     span_fields.extend(f.0.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
                 }
             }
+        }
+        if let Some((trace_id, span_id)) = innermost.and_then(|id| otel_ids(&id)) {
+            span_fields.insert("trace_id".into(), Value::String(trace_id));
+            span_fields.insert("span_id".into(), Value::String(span_id));
         }
         let mut visitor = JsonVisitor::default();
         event.record(&mut visitor);
@@ -61,7 +67,6 @@ where
             }
         }
         // Span fields first, so an event's own field wins over a span's of the same name.
-        span_fields.retain(|k, _| !k.starts_with("otel."));
         span_fields.extend(visitor.fields);
         if !span_fields.is_empty() {
             line.insert("fields".into(), Value::Object(span_fields));
@@ -72,6 +77,17 @@ where
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
+}
+
+/// The OpenTelemetry trace and span id of a span, when it has a valid context.
+fn otel_ids(id: &Id) -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt;
+    tracing::dispatcher::get_default(|dispatch| {
+        let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    })
 }
 
 fn timestamp() -> String {
@@ -92,6 +108,9 @@ pub(crate) struct SpanFields(Vec<(&'static str, Value)>);
 
 impl SpanFields {
     fn set(&mut self, key: &'static str, value: Value) {
+        if key.starts_with("otel.") {
+            return;
+        }
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.0.push((key, value)),

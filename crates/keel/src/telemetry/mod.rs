@@ -76,6 +76,8 @@ struct Global {
     reload: Reloader,
     level: Mutex<String>,
     provider: SdkTracerProvider,
+    /// Dropping it flushes the log writer's queue.
+    writer: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
@@ -96,12 +98,16 @@ impl TelemetryGuard {
         }
     }
 
-    /// Flushes and shuts the exporter down. Later spans are dropped.
+    /// Flushes and shuts the exporter down, then flushes queued log lines. Later spans are
+    /// dropped and later log lines are lost: call it last.
     pub fn shutdown(&self) {
-        if let Some(g) = GLOBAL.get()
-            && let Err(e) = g.provider.shutdown()
-        {
-            tracing::warn!(error = %e, "trace exporter shutdown failed");
+        if let Some(g) = GLOBAL.get() {
+            if let Err(e) = g.provider.shutdown() {
+                tracing::warn!(error = %e, "trace exporter shutdown failed");
+            }
+            if let Ok(mut w) = g.writer.lock() {
+                drop(w.take());
+            }
         }
     }
 }
@@ -120,21 +126,33 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("keel");
     // Spans go to OpenTelemetry whatever the log level, so traces stay whole when logs are quiet.
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO);
+    // Busy/idle tracking would read the clock on every poll of every span, and thread, source
+    // location and target attributes allocate per span; none is worth it per request.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_target(false)
+        .with_filter(LevelFilter::INFO);
 
     let (filter, handle) = reload::Layer::new(filter);
+    // Lines are written to stdout by a dedicated thread, so a request never waits on a write
+    // syscall; the queue is bounded and never drops lines (a full queue applies backpressure).
+    let (stdout, writer_guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
     let fmt = match opts.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(format::NoFields)
             .event_format(format::JsonFormat { service: opts.service.clone() })
-            .with_writer(std::io::stdout)
+            .with_writer(stdout)
             .and_then(format::SpanFieldsLayer)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(stdout).boxed(),
     };
     let installed = tracing_subscriber::registry().with(otel).with(fmt.with_filter(filter)).try_init().is_ok();
     let reload: Reloader = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-    let _ = GLOBAL.set(Global { reload, level: Mutex::new(level), provider });
+    let _ = GLOBAL.set(Global { reload, level: Mutex::new(level), provider, writer: Mutex::new(Some(writer_guard)) });
     if !installed {
         // Someone else (a test harness) owns the global subscriber; keep going with theirs.
         tracing::debug!("a tracing subscriber was already installed");
@@ -229,18 +247,6 @@ pub fn extract_context(headers: &HeaderMap) -> Context {
 pub fn inject_current(headers: &mut HeaderMap) {
     let cx = tracing::Span::current().context();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
-}
-
-/// The trace and span ids of a tracing span, as lowercase hex, when it has a valid context.
-pub(crate) fn span_ids(span: &tracing::Span, parent: &Context) -> Option<(String, String)> {
-    use opentelemetry::trace::TraceContextExt;
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        return Some((sc.trace_id().to_string(), sc.span_id().to_string()));
-    }
-    let psc = parent.span().span_context().clone();
-    psc.is_valid().then(|| (psc.trace_id().to_string(), psc.span_id().to_string()))
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
