@@ -85,18 +85,22 @@ pub fn stack(
     let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
     let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
     let compression = CompressionLayer::new().gzip(cfg.http.compression);
-    let api = api
-        .layer(problems::ProblemsLayer)
-        .layer(compression)
-        .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
-        .layer(cors::layer(&cfg.cors)?)
-        .layer(shed.clone())
-        .layer(DefaultBodyLimit::max(cfg.http.body_limit))
-        .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
-        .layer(http_metrics.clone())
-        .layer(trace::TraceLayer::new(service, cfg.log.access_log))
-        .layer(request_id::RequestIdLayer)
-        .layer(catch_panic::CatchPanicLayer);
+    // One `Router::layer` call with the whole stack: axum boxes the route again for every
+    // `layer` call, and each box is a clone and an allocation per request.
+    let api = api.layer(
+        tower::ServiceBuilder::new()
+            .layer(catch_panic::CatchPanicLayer)
+            .layer(request_id::RequestIdLayer)
+            .layer(trace::TraceLayer::new(service, cfg.log.access_log))
+            .layer(http_metrics.clone())
+            .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
+            .layer(DefaultBodyLimit::max(cfg.http.body_limit))
+            .layer(shed.clone())
+            .layer(cors::layer(&cfg.cors)?)
+            .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
+            .layer(compression)
+            .layer(problems::ProblemsLayer),
+    );
     let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
     // `merge` keeps the fallback of its argument when neither router set one: the API's,
     // which has the full stack, so unmatched paths get problem responses.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -10,9 +10,6 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
-
-/// Fields that every line carries at the top level when a surrounding span knows them.
-const LIFTED: &[&str] = &["service", "request_id", "trace_id", "span_id"];
 
 /// Writes `{"timestamp","level","target","message","service","request_id","trace_id","span_id",
 /// "fields":{…},"span":"name"}`.
@@ -27,56 +24,120 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(timestamp()));
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        line.insert("target".into(), Value::String(meta.target().to_owned()));
-
-        let mut span_fields = Map::new();
+        // Fields by precedence: span fields root to leaf, then the event's own; a later key
+        // replaces an earlier one. Small vectors, not maps: a line has a dozen fields.
+        let mut fields: Vec<(&'static str, Value)> = Vec::with_capacity(16);
         let mut span_name = None;
         let mut innermost = None;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 span_name = Some(span.name());
                 innermost = Some(span.id());
-                let ext = span.extensions();
-                if let Some(f) = ext.get::<SpanFields>() {
-                    span_fields.extend(f.0.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+                if let Some(f) = span.extensions().get::<SpanFields>() {
+                    for (k, v) in &f.0 {
+                        put(&mut fields, k, v.clone());
+                    }
                 }
             }
         }
-        if let Some((trace_id, span_id)) = innermost.and_then(|id| otel_ids(&id)) {
-            span_fields.insert("trace_id".into(), Value::String(trace_id));
-            span_fields.insert("span_id".into(), Value::String(span_id));
+        let mut own = SpanFields::default();
+        event.record(&mut own);
+        for (k, v) in own.0 {
+            put(&mut fields, k, v);
         }
-        let mut visitor = JsonVisitor::default();
-        event.record(&mut visitor);
-        let message = visitor.fields.remove("message").unwrap_or(Value::String(String::new()));
-        line.insert("message".into(), message);
+        let ids = innermost.and_then(|id| otel_ids(&id));
 
-        for key in LIFTED {
-            let v = visitor.fields.remove(*key).or_else(|| span_fields.remove(*key));
-            match (key, v) {
-                (_, Some(v)) => {
-                    line.insert((*key).into(), v);
-                }
-                (&"service", None) => {
-                    line.insert("service".into(), Value::String(self.service.clone()));
-                }
-                _ => {}
-            }
+        let mut line = String::with_capacity(256);
+        line.push('{');
+        key(&mut line, "timestamp", true);
+        string(&mut line, &timestamp());
+        key(&mut line, "level", false);
+        string(&mut line, meta.level().as_str());
+        key(&mut line, "target", false);
+        string(&mut line, meta.target());
+        key(&mut line, "message", false);
+        match take(&mut fields, "message") {
+            Some(Value::String(m)) => string(&mut line, &m),
+            Some(other) => value(&mut line, &other),
+            None => line.push_str("\"\""),
         }
-        // Span fields first, so an event's own field wins over a span's of the same name.
-        span_fields.extend(visitor.fields);
-        if !span_fields.is_empty() {
-            line.insert("fields".into(), Value::Object(span_fields));
+        key(&mut line, "service", false);
+        match take(&mut fields, "service") {
+            Some(v) => value(&mut line, &v),
+            None => string(&mut line, &self.service),
+        }
+        if let Some(v) = take(&mut fields, "request_id") {
+            key(&mut line, "request_id", false);
+            value(&mut line, &v);
+        }
+        if let Some((trace_id, span_id)) = &ids {
+            key(&mut line, "trace_id", false);
+            string(&mut line, trace_id);
+            key(&mut line, "span_id", false);
+            string(&mut line, span_id);
+        }
+        if !fields.is_empty() {
+            key(&mut line, "fields", false);
+            line.push('{');
+            for (i, (k, v)) in fields.iter().enumerate() {
+                key(&mut line, k, i == 0);
+                value(&mut line, v);
+            }
+            line.push('}');
         }
         if let Some(name) = span_name {
-            line.insert("span".into(), Value::String(name.to_owned()));
+            key(&mut line, "span", false);
+            string(&mut line, name);
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        line.push_str("}\n");
+        writer.write_str(&line)
     }
+}
+
+fn put(fields: &mut Vec<(&'static str, Value)>, k: &'static str, v: Value) {
+    match fields.iter_mut().find(|(key, _)| *key == k) {
+        Some(slot) => slot.1 = v,
+        None => fields.push((k, v)),
+    }
+}
+
+fn take(fields: &mut Vec<(&'static str, Value)>, k: &str) -> Option<Value> {
+    let i = fields.iter().position(|(key, _)| *key == k)?;
+    Some(fields.remove(i).1)
+}
+
+fn key(out: &mut String, k: &str, first: bool) {
+    if !first {
+        out.push(',');
+    }
+    string(out, k);
+    out.push(':');
+}
+
+fn value(out: &mut String, v: &Value) {
+    match v {
+        Value::String(s) => string(out, s),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Writes `s` as a JSON string.
+fn string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = fmt::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The OpenTelemetry trace and span id of a span, when it has a valid context.
@@ -93,11 +154,6 @@ fn otel_ids(id: &Id) -> Option<(String, String)> {
 fn timestamp() -> String {
     let now = std::time::SystemTime::now();
     humantime::format_rfc3339_micros(now).to_string()
-}
-
-#[derive(Default)]
-struct JsonVisitor {
-    fields: Map<String, Value>,
 }
 
 /// A span's fields, kept as values rather than as a formatted string: recording a field is a
@@ -177,26 +233,14 @@ impl<'w> FormatFields<'w> for NoFields {
     }
 }
 
-impl Visit for JsonVisitor {
-    fn record_f64(&mut self, f: &Field, v: f64) {
-        self.fields.insert(f.name().into(), serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number));
-    }
-    fn record_i64(&mut self, f: &Field, v: i64) {
-        self.fields.insert(f.name().into(), Value::from(v));
-    }
-    fn record_u64(&mut self, f: &Field, v: u64) {
-        self.fields.insert(f.name().into(), Value::from(v));
-    }
-    fn record_bool(&mut self, f: &Field, v: bool) {
-        self.fields.insert(f.name().into(), Value::from(v));
-    }
-    fn record_str(&mut self, f: &Field, v: &str) {
-        self.fields.insert(f.name().into(), Value::from(v));
-    }
-    fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
-        self.fields.insert(f.name().into(), Value::from(v.to_string()));
-    }
-    fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
-        self.fields.insert(f.name().into(), Value::from(format!("{v:?}")));
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = String::new();
+        super::string(&mut out, "a\"b\\c\nd\u{1}é");
+        assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é");
     }
 }

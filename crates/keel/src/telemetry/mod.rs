@@ -27,7 +27,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, reload};
@@ -125,7 +125,6 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("keel");
-    // Spans go to OpenTelemetry whatever the log level, so traces stay whole when logs are quiet.
     // Busy/idle tracking would read the clock on every poll of every span, and thread, source
     // location and target attributes allocate per span; none is worth it per request.
     let otel = tracing_opentelemetry::layer()
@@ -134,7 +133,7 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         .with_threads(false)
         .with_location(false)
         .with_target(false)
-        .with_filter(LevelFilter::INFO);
+        .with_filter(otel_filter());
 
     let (filter, handle) = reload::Layer::new(filter);
     // Lines are written to stdout by a dedicated thread, so a request never waits on a write
@@ -158,6 +157,16 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         tracing::debug!("a tracing subscriber was already installed");
     }
     Ok(TelemetryGuard { _private: () })
+}
+
+/// What becomes OpenTelemetry data: spans at `info` and above, whatever the log level (so traces
+/// stay whole when logs are quiet), and only `warn`/`error` events as span events (an `info` access
+/// line would only repeat what the span already says, at a cost on every request).
+fn otel_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        let max = if meta.is_span() { tracing::Level::INFO } else { tracing::Level::WARN };
+        *meta.level() <= max
+    })
 }
 
 fn tracer_provider(opts: &TelemetryOptions) -> Result<SdkTracerProvider, TelemetryError> {
