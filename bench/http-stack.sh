@@ -2,6 +2,7 @@
 # Requests/s of GET /hello: Keel's full stack against bare axum, measured in one run.
 #
 #   bash bench/http-stack.sh [SECONDS_PER_RUN] [ROUNDS]
+#   BENCH_PATH=/work bash bench/http-stack.sh      # a route with ~CPU work instead of none
 #
 # Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1, then runs wrk
 # against each target in turn, ROUNDS times, interleaved so drift affects all alike; reports the
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-8}
 rounds=${2:-3}
 conns=${CONNS:-64}
+path=${BENCH_PATH:-/hello}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --release -q -p keel-bench
@@ -28,11 +30,11 @@ addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
 targets=(bare keel keel_no_access_log)
 declare -A results
 for t in "${targets[@]}"; do
-  wrk -t1 -c"$conns" -d2s "http://$(addr "$t")/hello" > /dev/null   # warm-up
+  wrk -t1 -c"$conns" -d2s "http://$(addr "$t")$path" > /dev/null   # warm-up
 done
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
-    rps=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")/hello" | awk '/Requests\/sec/ {print $2}')
+    rps=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")$path" | awk '/Requests\/sec/ {print $2}')
     results[$t]="${results[$t]:-} $rps"
     echo "round $r $t: $rps req/s" >&2
   done
@@ -48,4 +50,4 @@ for t in "${targets[@]}"; do
   echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") |"
 done
 echo
-echo "wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"
+echo "GET $path, wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"

@@ -1,4 +1,5 @@
-//! Serves the same `GET /hello` three ways in one process, for `bench/http-stack.sh`:
+//! Serves the same `GET /hello` (trivial) and `GET /work` (some CPU work) three ways in one
+//! process, for `bench/http-stack.sh`:
 //!
 //! * `bare` — plain axum, no middleware (the baseline);
 //! * `keel` — a Keel service in the production profile: the full stack, JSON access logs;
@@ -18,8 +19,23 @@ async fn hello() -> Json<Value> {
     Json(json!({ "message": "hello" }))
 }
 
+/// A handler with some CPU work (about what parsing and validating a small JSON body and
+/// building a response costs): the same on every target, so it shows the stack's share on a
+/// route that does something.
+async fn work() -> Json<Value> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..20_000u64 {
+        x = std::hint::black_box(x.rotate_left(7) ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    }
+    Json(json!({ "message": "hello", "checksum": x }))
+}
+
+fn routes() -> Router {
+    Router::new().route("/hello", get(hello)).route("/work", get(work))
+}
+
 fn keel_service() -> keel::Service {
-    keel::Service::new(keel::build_info!()).router(Router::new().route("/hello", get(hello)))
+    keel::Service::new(keel::build_info!()).router(routes())
 }
 
 async fn start_keel(name: &str, access_log: bool) -> Result<keel::Running, String> {
@@ -65,7 +81,7 @@ async fn run(ports_file: &str) -> Result<(), String> {
 
     let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let bare_addr = bare_listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(async move { axum::serve(bare_listener, Router::new().route("/hello", get(hello))).await });
+    tokio::spawn(async move { axum::serve(bare_listener, routes()).await });
 
     let keel = start_keel("keel", true).await?;
     let quiet = start_keel("quiet", false).await?;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::Request;
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::problem::Problem;
 use super::request_id::RequestId;
@@ -55,12 +55,7 @@ impl LoadShedLayer {
     }
 }
 
-impl<S> Layer<S> for LoadShedLayer {
-    type Service = LoadShed<S>;
-    fn layer(&self, inner: S) -> LoadShed<S> {
-        LoadShed { inner, layer: self.clone() }
-    }
-}
+super::macros::layer_with_config!(LoadShedLayer => LoadShed);
 
 /// The service made by [`LoadShedLayer`].
 #[derive(Debug, Clone)]

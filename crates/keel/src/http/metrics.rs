@@ -16,7 +16,7 @@ use axum::extract::MatchedPath;
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::trace::UNMATCHED;
 use crate::telemetry::Metrics;
@@ -51,12 +51,7 @@ impl HttpMetricsLayer {
     }
 }
 
-impl<S> Layer<S> for HttpMetricsLayer {
-    type Service = HttpMetrics<S>;
-    fn layer(&self, inner: S) -> HttpMetrics<S> {
-        HttpMetrics { inner, layer: self.clone() }
-    }
-}
+super::macros::layer_with_config!(HttpMetricsLayer => HttpMetrics);
 
 /// The service made by [`HttpMetricsLayer`].
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@
 pub mod catch_panic;
 pub mod cors;
 pub mod load_shed;
+mod macros;
 pub mod metrics;
 pub mod problem;
 pub mod problems;

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response, header};
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use tower::Service;
 
 use crate::config::HstsConfig;
 
@@ -42,12 +42,7 @@ impl SecurityHeadersLayer {
     }
 }
 
-impl<S> Layer<S> for SecurityHeadersLayer {
-    type Service = SecurityHeaders<S>;
-    fn layer(&self, inner: S) -> SecurityHeaders<S> {
-        SecurityHeaders { inner, layer: self.clone() }
-    }
-}
+super::macros::layer_with_config!(SecurityHeadersLayer => SecurityHeaders);
 
 /// The service made by [`SecurityHeadersLayer`].
 #[derive(Debug, Clone)]

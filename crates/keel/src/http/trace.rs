@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::extract::MatchedPath;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -38,12 +38,7 @@ impl TraceLayer {
     }
 }
 
-impl<S> Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-    fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner, layer: self.clone() }
-    }
-}
+super::macros::layer_with_config!(TraceLayer => Trace);
 
 /// The service made by [`TraceLayer`].
 #[derive(Debug, Clone)]
@@ -120,9 +115,9 @@ where
             let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
             if status >= 500 {
                 this.span.record("otel.status_code", "ERROR");
-                tracing::error!(status, latency_ms, "request failed");
+                tracing::error!(latency_ms, "request failed");
             } else if *this.access_log {
-                tracing::info!(status, latency_ms, "request finished");
+                tracing::info!(latency_ms, "request finished");
             }
         }
         Poll::Ready(out)
