@@ -1,10 +1,12 @@
 //! A service that exercises every part of the Keel chassis, for Keel's black-box tests.
 //!
 //! Routes: `GET /hello`, `GET /items/{id}` (typed path), `POST /echo` (typed JSON body),
+//! `POST /upload` (raw body, its own 64 KiB limit),
 //! `GET /slow?ms=N` (sleeps), `GET /panic`, `GET /problem`, `GET /log` (logs a line with a
 //! field), `GET /traceparent` (what an outbound call would carry), `GET /bare-error` (a bare text 500). Config section `app`: `greeting`, `api_key`
-//! (a secret), and `slow_task` (a background task that ignores cancellation, to test forced
-//! shutdown).
+//! (a secret), `stubborn_task` (a background task that ignores cancellation, to test forced
+//! shutdown), `failing_check` (a readiness check that is always down) and `warmup` (a startup
+//! check that is down for that long).
 
 use std::time::Duration;
 
@@ -28,11 +30,20 @@ pub struct FixtureConfig {
     pub stubborn_task: bool,
     /// Add a readiness check that is always down.
     pub failing_check: bool,
+    /// A startup check that stays down this long after start.
+    #[serde(with = "keel::config::duration")]
+    pub warmup: Duration,
 }
 
 impl Default for FixtureConfig {
     fn default() -> Self {
-        Self { greeting: "hello".into(), api_key: None, stubborn_task: false, failing_check: false }
+        Self {
+            greeting: "hello".into(),
+            api_key: None,
+            stubborn_task: false,
+            failing_check: false,
+            warmup: Duration::ZERO,
+        }
     }
 }
 
@@ -65,6 +76,10 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 Outcome::down("connect postgres://app:hunter2@db:5432/app: connection refused")
             }));
         }
+        let warm_at = std::time::Instant::now() + s.config().warmup;
+        s.health_check(Check::new("warmup", Kind::Startup, move || async move {
+            if std::time::Instant::now() >= warm_at { Outcome::Up } else { Outcome::down("warming up") }
+        }));
         if s.config().stubborn_task {
             s.task("stubborn", |_stop| async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -75,6 +90,11 @@ pub fn service() -> keel::Service<FixtureConfig> {
             .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
             .route("/items/{id}", get(|Path(id): Path<u32>| async move { Json(serde_json::json!({ "id": id })) }))
             .route("/echo", post(|Json(e): Json<Echo>| async move { Json(e) }))
+            .route(
+                "/upload",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() })
+                    .route_layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
+            )
             .route(
                 "/slow",
                 get(|Query(q): Query<SlowQuery>| async move {
@@ -94,6 +114,13 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 get(|id: RequestId| async move {
                     tracing::info!(marker = "fixture-log", "handler log line");
                     id.to_string()
+                }),
+            )
+            .route(
+                "/warn",
+                get(|| async {
+                    tracing::warn!(marker = "fixture-warn", "handler warning");
+                    "warned"
                 }),
             )
             .route(

@@ -80,16 +80,30 @@ async fn body_limit_413_with_route_override_semantics() {
     let small = r#"{"name":"a","age":1}"#;
     let resp = c.post(f.url("/echo")).header("content-type", "application/json").body(small).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    // A route with its own, larger limit accepts what the global limit refuses…
+    let resp = c.post(f.url("/upload")).body(vec![b'x'; 4096]).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "4096");
+    // …and still has a limit.
+    let resp = c.post(f.url("/upload")).body(vec![b'x'; 100 * 1024]).send().await.unwrap();
+    assert_problem(&resp, 413);
     f.stop().await;
 }
 
 #[tokio::test]
 async fn timeout_gives_504_problem() {
-    let f = Fixture::start(&[("FIXTURE__HTTP__REQUEST_TIMEOUT", "200ms")]).await;
+    let f = Fixture::start(&[
+        ("FIXTURE__HTTP__REQUEST_TIMEOUT", "200ms"),
+        ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://app.example.com"),
+    ])
+    .await;
     let started = Instant::now();
-    let resp = client().get(f.url("/slow?ms=5000")).send().await.unwrap();
+    let resp = client().get(f.url("/slow?ms=5000")).header("origin", "https://app.example.com").send().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(4), "the deadline cut the request short");
     assert_problem(&resp, 504);
+    // The stack's own answers carry CORS and security headers, so a browser can read them.
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     let body = json(resp).await;
     assert_eq!(body["type"], "urn:keel:problem:timeout");
     assert!(body["request_id"].is_string());
@@ -147,10 +161,13 @@ async fn extractor_rejections_are_problems_naming_the_field() {
     // Bad path parameter → 400.
     let resp = c.get(f.url("/items/not-a-number")).send().await.unwrap();
     assert_problem(&resp, 400);
-    assert!(json(resp).await["detail"].as_str().unwrap().contains("not-a-number"));
-    // Bad query → 400.
+    let body = json(resp).await;
+    assert!(body["detail"].as_str().unwrap().contains("not-a-number"));
+    assert_eq!(body["errors"][0]["field"], "id", "named from the route template: {body}");
+    // Bad query → 400 naming the parameter.
     let resp = c.get(f.url("/slow?ms=soon")).send().await.unwrap();
     assert_problem(&resp, 400);
+    assert_eq!(json(resp).await["errors"][0]["field"], "ms");
     // Unknown route → 404, wrong method → 405, both problems with request ids.
     let resp = c.get(f.url("/no/such/route")).send().await.unwrap();
     assert_problem(&resp, 404);
@@ -336,6 +353,7 @@ async fn admin_log_level_needs_the_token() {
 
 #[tokio::test]
 async fn management_can_share_the_public_listener() {
+    // (below) unknown paths on the shared listener still get the API's full stack
     // Pick a free port, then configure both listeners on it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
@@ -344,5 +362,88 @@ async fn management_can_share_the_public_listener() {
     let resp = client().get(f.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("build_info"));
+    let resp = client().get(f.url("/nowhere")).send().await.unwrap();
+    assert_problem(&resp, 404);
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     f.stop().await;
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(started.elapsed() < Duration::from_secs(3), "within the header deadline: {:?}", started.elapsed());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    use tokio::io::AsyncWriteExt;
+    let f = Fixture::start(&[("FIXTURE__HTTP__MAX_CONNECTIONS", "2")]).await;
+    let addr = f.running().http_addr();
+    // Two connections hold both slots (a request in progress on each).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow?ms=800 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let resp = client().get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(5), "waited for a slot: {waited:?}");
+    drop(held);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn made_up_methods_share_one_metric_label() {
+    let f = Fixture::start(&[]).await;
+    for m in ["FOO", "BAR", "BAZ"] {
+        let _ =
+            client().request(reqwest::Method::from_bytes(m.as_bytes()).unwrap(), f.url("/hello")).send().await.unwrap();
+    }
+    let text = f.running().metrics().render();
+    assert!(!text.contains("FOO") && !text.contains("BAZ"), "{text}");
+    assert!(text.contains("method=\"_OTHER\""));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn admin_refuses_trace_in_production() {
+    let token = "0123456789abcdef0123456789abcdef";
+    let f = Fixture::start_profile(
+        keel::config::Profile::Production,
+        &[
+            ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://app.example.com"),
+            ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", token),
+            ("FIXTURE__SHUTDOWN__DRAIN_DELAY", "0s"),
+        ],
+    )
+    .await;
+    let resp =
+        client().put(format!("{}/admin/log-level", f.mgmt)).bearer_auth(token).body("trace").send().await.unwrap();
+    assert_problem(&resp, 400);
+    assert!(json(resp).await["detail"].as_str().unwrap().contains("production"));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn routes_that_collide_with_reserved_ones_fail_start_up_cleanly() {
+    let svc = keel::Service::new(keel::build_info!())
+        .router(axum::Router::new().route("/healthz", axum::routing::get(|| async { "mine" })));
+    let loaded = keel::config::Loader::new("clash", keel::config::Profile::Test)
+        .env([("CLASH__HTTP__PORT", "0"), ("CLASH__HTTP__ADDR", "127.0.0.1")])
+        .load()
+        .unwrap();
+    let err = keel::app::start(svc, loaded).await.unwrap_err();
+    assert!(err.to_string().contains("reserves"), "{err}");
 }

@@ -5,50 +5,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::otlp::{Receiver, attr, hex, string};
 use common::{Fixture, client, eventually};
 use keel::config::{LogFormat, Profile, TelemetryConfig};
 use keel::telemetry::{TelemetryOptions, init};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().push(req.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
-}
-
-fn string(v: Option<&AnyValue>) -> Option<String> {
-    match v {
-        Some(AnyValue::StringValue(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(receiver.clone()));
-    tokio::spawn(server.serve_with_incoming(incoming));
+    let addr = receiver.start().await;
 
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
@@ -117,8 +84,4 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let outbound_parent = spans.iter().find(|s| s.name == "GET /traceparent").expect("second span");
     assert_eq!(hex(&outbound_parent.span_id), parts[2], "injected span id is the server span's");
     guard.shutdown();
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

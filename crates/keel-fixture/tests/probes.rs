@@ -68,3 +68,19 @@ async fn readiness_turns_503_at_once_on_shutdown_while_serving_continues() {
     let err = client().get(&hello).timeout(Duration::from_secs(2)).send().await.unwrap_err();
     assert!(err.is_connect(), "{err}");
 }
+
+#[tokio::test]
+async fn startup_probe_waits_for_startup_checks() {
+    let f = Fixture::start(&[
+        ("FIXTURE__APP__WARMUP", "700ms"),
+        ("FIXTURE__HEALTH__INTERVAL", "50ms"),
+        ("FIXTURE__HEALTH__TTL", "1s"),
+    ])
+    .await;
+    let (status, body) = get(f.url("/health/startup")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["warmup"]["error"], "warming up");
+    assert_eq!(get(f.url("/health/live")).await.0, 200, "liveness is not startup");
+    eventually("warmed up", || async { get(f.url("/health/startup")).await.0 == 200 }).await;
+    f.stop().await;
+}

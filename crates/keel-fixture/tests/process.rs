@@ -139,6 +139,11 @@ fn runtime_log_level_change() {
         s.read_to_string(&mut out).unwrap();
         out
     };
+    // At warn, a warn line inside a request still carries the request's ids.
+    start_get(p.http.unwrap(), "/warn").join().unwrap();
+    let line = p.wait_for("fixture-warn");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert!(v["request_id"].is_string() && v["trace_id"].is_string() && v["span_id"].is_string(), "{line}");
     // At warn, the handler's info line is not written.
     start_get(p.http.unwrap(), "/log").join().unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -227,6 +232,16 @@ fn healthcheck_and_version_commands() {
     p.wait_exit(Duration::from_secs(10));
     let (code, _, stderr) = run_cli(&["healthcheck", "--timeout", "500ms"], &env);
     assert_eq!(code, 1, "nothing listening: {stderr}");
+    // Live but not ready: `healthcheck` passes, `healthcheck --ready` fails.
+    let mut p = Proc::spawn(&[("FIXTURE__APP__FAILING_CHECK", "true")]);
+    let port = p.http.unwrap().port().to_string();
+    let env = [("FIXTURE__HTTP__PORT", port.as_str())];
+    assert_eq!(run_cli(&["healthcheck"], &env).0, 0);
+    let (code, stdout, _) = run_cli(&["healthcheck", "--ready"], &env);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.starts_with("503"), "{stdout}");
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
     assert!(stderr.contains("127.0.0.1"), "{stderr}");
 
     let (code, stdout, _) = run_cli(&["version"], &[]);

@@ -15,6 +15,7 @@ struct App {
     greeting: String,
     retries: u32,
     api_key: Option<Secret>,
+    limit: Option<u32>,
     #[serde(with = "keel::config::duration")]
     poll: Duration,
 }
@@ -254,4 +255,32 @@ fn profile_from_keel_env() {
     assert!(Profile::parse(Some("staging")).unwrap_err().to_string().contains("KEEL_ENV"));
     assert_eq!(Profile::parse(Some("test")).unwrap(), Profile::Test);
     let _ = NoConfig::default();
+}
+
+#[test]
+fn env_text_is_kept_verbatim_unless_the_setting_wants_a_number() {
+    let l = load(
+        Profile::Test,
+        None,
+        &[("SVC__APP__API_KEY", "0x1f"), ("SVC__APP__LIMIT", "5"), ("SVC__TELEMETRY__OTLP__ENDPOINT", "http://c:4317")],
+    )
+    .unwrap();
+    assert_eq!(l.config.app.api_key.as_ref().unwrap().expose(), "0x1f", "a secret is never reinterpreted");
+    assert_eq!(l.config.app.limit, Some(5), "an optional number still reads from env");
+    for raw in ["null", "~", "1e5", "+123", "True", "00123456789012345678901234"] {
+        let l = load(Profile::Test, None, &[("SVC__APP__API_KEY", raw)]).unwrap();
+        assert_eq!(l.config.app.api_key.as_ref().unwrap().expose(), raw);
+    }
+    let e = load(Profile::Test, None, &[("SVC__APP__LIMIT", "lots")]).unwrap_err();
+    assert_eq!(problem(&e, "app.limit").kind, ProblemKind::Type);
+}
+
+#[test]
+fn an_interpolation_default_is_still_an_inline_secret_in_production() {
+    let f = yaml("management:\n  admin_token: ${ADMIN_TOKEN:-hunter2hunter2}\n");
+    let e = load(Profile::Production, Some(&f), PROD_OK).unwrap_err();
+    assert_eq!(problem(&e, "management.admin_token").kind, ProblemKind::Production);
+    let mut env = PROD_OK.to_vec();
+    env.push(("ADMIN_TOKEN", "from-the-environment-0123"));
+    assert!(load(Profile::Production, Some(&f), &env).is_ok(), "set from env: fine");
 }

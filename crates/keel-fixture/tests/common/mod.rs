@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use keel::config::{Loader, Profile};
 
+pub mod otlp;
+
 /// The fixture started in this process.
 pub struct Fixture {
     pub running: Option<keel::Running>,

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::management;
 use super::service::{HookFn, Service, Setup, SetupError};
+use super::{management, server};
 use crate::config::{Loaded, Section, ShutdownConfig};
 use crate::health::Health;
 use crate::http::{StackError, StackHandle};
@@ -255,7 +255,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let Setup { tasks: declared, hooks, .. } = setup;
 
     let (router, stack) = crate::http::stack(&build.name, &keel, &metrics, api, crate::health::router(health.clone()))?;
-    let management = management::router(metrics.clone(), keel.management.admin_token.clone());
+    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), loaded.profile);
     let http_addr = keel.http_addr();
     let mgmt_addr = keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
@@ -264,18 +264,25 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let bound_http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: http_addr, source })?;
     let stop_accepting = CancellationToken::new();
     let server_failed = CancellationToken::new();
+    let limits = server::Limits {
+        header_read_timeout: keel.http.header_read_timeout,
+        max_connections: keel.http.max_connections,
+    };
     let mut servers = Vec::new();
     let mut bound_mgmt = None;
     let router = if shared {
-        router.merge(management)
+        // `merge` keeps its argument's fallback: the API's, with the full stack. A service route
+        // on /metrics or /admin/* is a conflict reported as a start-up error, not a panic.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| management.merge(router)))
+            .map_err(|_| StartError::Stack(StackError::RouteConflict))?
     } else {
         let l = bind(mgmt_addr).await?;
         let addr = l.local_addr().map_err(|source| StartError::Bind { addr: mgmt_addr, source })?;
         bound_mgmt = Some(addr);
-        servers.push(serve(l, management, &stop_accepting, &server_failed, "management"));
+        servers.push(serve(l, management, limits, &stop_accepting, &server_failed, "management"));
         router
     };
-    servers.push(serve(http_listener, router, &stop_accepting, &server_failed, "http"));
+    servers.push(serve(http_listener, router, limits, &stop_accepting, &server_failed, "http"));
 
     let tracker = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
@@ -318,6 +325,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 fn serve(
     listener: TcpListener,
     router: Router,
+    limits: server::Limits,
     stop: &CancellationToken,
     failed: &CancellationToken,
     which: &'static str,
@@ -325,13 +333,9 @@ fn serve(
     let stop = stop.clone();
     let failed = failed.clone();
     tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await;
+        server::serve(listener, router, limits, stop.clone()).await;
         if !stop.is_cancelled() {
-            match result {
-                Ok(()) => tracing::error!(listener = which, "listener stopped unexpectedly"),
-                Err(e) => tracing::error!(listener = which, error = %e, "listener failed"),
-            }
+            tracing::error!(listener = which, "listener stopped unexpectedly");
             failed.cancel();
         }
     })

@@ -12,14 +12,15 @@ use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::config::{Profile, Secret};
 use crate::http::problem::Problem;
 use crate::http::{catch_panic, problems, request_id};
 use crate::telemetry::{self, METRICS_CONTENT_TYPE, Metrics};
 
-pub(crate) fn router(metrics: Metrics, admin_token: Option<Secret>) -> Router {
+pub(crate) fn router(metrics: Metrics, admin_token: Option<Secret>, profile: Profile) -> Router {
     let admin = Router::new()
         .route("/admin/log-level", get(get_level).put(put_level))
+        .with_state(profile)
         .layer(middleware::from_fn_with_state(admin_token, require_admin));
     Router::new()
         .route("/metrics", get(render))
@@ -66,9 +67,14 @@ async fn get_level() -> Response {
     axum::Json(Level { level: telemetry::log_level().unwrap_or_default() }).into_response()
 }
 
-async fn put_level(body: axum::body::Bytes) -> Response {
+async fn put_level(State(profile): State<Profile>, body: axum::body::Bytes) -> Response {
     let text = String::from_utf8_lossy(&body);
     let level = serde_json::from_str::<Level>(&text).map(|l| l.level).unwrap_or_else(|_| text.trim().to_owned());
+    if profile == Profile::Production && telemetry::mentions_trace(&level) {
+        return Problem::bad_request("`trace` is refused in production: it logs too much and may log secrets")
+            .field("level", "trace is not allowed in production")
+            .into_response();
+    }
     match telemetry::set_log_level(&level) {
         Ok(()) => axum::Json(Level { level }).into_response(),
         Err(e) => Problem::bad_request(e).field("level", "not a valid level or filter").into_response(),

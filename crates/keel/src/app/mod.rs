@@ -15,6 +15,7 @@
 mod cli;
 mod lifecycle;
 mod management;
+mod server;
 mod service;
 
 use std::process::ExitCode;
@@ -180,15 +181,23 @@ fn serve<C: Section>(service: Service<C>, loaded: Loaded<C>) -> ExitCode {
             }
         };
         let failed = running.failed();
-        tokio::select! {
-            sig = signals.next() => tracing::info!(signal = sig, "stop signal received"),
-            () = failed => tracing::error!("a listener failed; shutting down"),
-        }
+        let listener_failed = tokio::select! {
+            sig = signals.next() => {
+                tracing::info!(signal = sig, "stop signal received");
+                false
+            }
+            () = failed => {
+                tracing::error!("a listener failed; shutting down");
+                true
+            }
+        };
         let force = async move {
             let sig = signals.next().await;
             tracing::warn!(signal = sig, "second stop signal: forcing exit");
         };
         let code = match running.shutdown(force).await {
+            // A restart policy must see that the service did not stop on request.
+            Ok(()) if listener_failed => exit::FAILURE,
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!(error = %e, "shutdown was not clean");

@@ -52,8 +52,8 @@ use serde_yaml::Value;
 
 pub use secret::{MASK, Secret};
 pub use sections::{
-    CorsConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig, LogConfig, LogFormat, ManagementConfig, OtlpConfig,
-    ShutdownConfig, TelemetryConfig,
+    ConnectConfig, CorsConfig, DatabaseConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig, LogConfig, LogFormat,
+    ManagementConfig, OtlpConfig, PoolConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
 };
 use tree::{KeyPath, Tree, join};
 
@@ -64,7 +64,8 @@ pub const PROFILE_ENV: &str = "KEEL_ENV";
 /// The key of the service's own section.
 pub const APP_SECTION: &str = "app";
 
-const KEEL_SECTIONS: &[&str] = &["http", "management", "cors", "log", "shutdown", "telemetry", "health"];
+const KEEL_SECTIONS: &[&str] =
+    &["http", "management", "cors", "log", "shutdown", "telemetry", "health", "database", "redis"];
 
 /// Which rules and defaults apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -410,6 +411,8 @@ impl Loader {
         section!(shutdown);
         section!(telemetry);
         section!(health);
+        section!(database);
+        section!(redis);
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
@@ -455,9 +458,22 @@ fn file_problem(file: &Path, message: String) -> Problem {
 /// Deserializes one top-level section, reporting every unknown key and every mistyped key.
 fn section<T: DeserializeOwned>(tree: &Tree, name: &str, problems: &mut Vec<Problem>) -> Option<T> {
     let value = tree.root.get(name).cloned().unwrap_or(Value::Null);
-    let value = if value.is_null() { Value::Mapping(Default::default()) } else { value };
+    let mut value = if value.is_null() { Value::Mapping(Default::default()) } else { value };
     let mut unknown = Vec::new();
-    let result = deserialize_tracking::<T>(value.clone(), &mut unknown);
+    let mut result = deserialize_tracking::<T>(value.clone(), &mut unknown);
+    // Environment text for a setting of unknown type (an optional one) is kept as a string;
+    // where the target asked for a number or bool and the text reads as one, use that.
+    for _ in 0..32 {
+        let Err((path, message)) = &result else { break };
+        if !message.starts_with("invalid type: string") {
+            break;
+        }
+        let Some(slot) = value_at_mut(&mut value, path) else { break };
+        let Some(typed) = slot.as_str().and_then(tree::scalar) else { break };
+        *slot = typed;
+        unknown.clear();
+        result = deserialize_tracking::<T>(value.clone(), &mut unknown);
+    }
     let mut bad = Vec::new();
     if let Err(first) = &result {
         // Deserialization stopped at the first bad value, so keys after it were never seen. Try
@@ -490,6 +506,10 @@ fn section<T: DeserializeOwned>(tree: &Tree, name: &str, problems: &mut Vec<Prob
     result.ok()
 }
 
+fn value_at_mut<'a>(root: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    path.split('.').try_fold(root, |node, key| node.get_mut(key))
+}
+
 fn deserialize_tracking<T: DeserializeOwned>(value: Value, unknown: &mut Vec<String>) -> Result<T, (String, String)> {
     let mut track = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
     let de = serde_ignored::Deserializer::new(value, &mut track);
@@ -514,6 +534,12 @@ fn validate_keel(
     }
     if k.http.max_in_flight == 0 {
         v.invalid("http.max_in_flight", "must be at least 1");
+    }
+    if k.http.max_connections == 0 {
+        v.invalid("http.max_connections", "must be at least 1");
+    }
+    if k.http.header_read_timeout.is_zero() {
+        v.invalid("http.header_read_timeout", "must be more than 0s");
     }
     match k.management_addr() {
         None => v.invalid("management.addr", "http.port + 1000 is past 65535: set management.addr"),
@@ -599,11 +625,67 @@ fn validate_keel(
             );
         }
     }
+    validate_database(&k.database, prod, &mut v);
+    validate_redis(&k.redis, &mut v);
     if k.health.interval.is_zero() {
         v.invalid("health.interval", "must be more than 0s");
     }
     if k.health.ttl <= k.health.interval {
         v.invalid("health.ttl", "must be longer than health.interval, or every result would be stale");
+    }
+}
+
+fn validate_database(d: &DatabaseConfig, prod: bool, v: &mut Validation<'_>) {
+    if let Some(url) = &d.url {
+        let u = url.expose();
+        let known = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"];
+        if !known.iter().any(|p| u.starts_with(p)) {
+            v.invalid("database.url", "must start with postgres://, mysql://, mariadb:// or sqlite:");
+        }
+    }
+    if prod && d.auto_migrate {
+        v.production(
+            "database.auto_migrate",
+            "production never migrates on start-up: run `<service> migrate` as a separate step",
+        );
+    }
+    let p = &d.pool;
+    if p.max_connections == 0 {
+        v.invalid("database.pool.max_connections", "must be at least 1");
+    }
+    if p.min_connections > p.max_connections {
+        v.invalid("database.pool.min_connections", "must not exceed database.pool.max_connections");
+    }
+    if p.acquire_timeout.is_zero() {
+        v.invalid("database.pool.acquire_timeout", "must be more than 0s, or a lost database hangs requests");
+    }
+    if d.check_timeout.is_zero() {
+        v.invalid("database.check_timeout", "must be more than 0s");
+    }
+    validate_connect(&d.connect, "database.connect", v);
+}
+
+fn validate_redis(r: &RedisConfig, v: &mut Validation<'_>) {
+    if let Some(url) = &r.url
+        && !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.expose().starts_with(p))
+    {
+        v.invalid("redis.url", "must start with redis://, rediss:// or unix://");
+    }
+    if r.command_timeout.is_zero() {
+        v.invalid("redis.command_timeout", "must be more than 0s");
+    }
+    validate_connect(&r.connect, "redis.connect", v);
+}
+
+fn validate_connect(c: &ConnectConfig, prefix: &str, v: &mut Validation<'_>) {
+    if c.initial_delay.is_zero() {
+        v.invalid(&format!("{prefix}.initial_delay"), "must be more than 0s");
+    }
+    if c.max_delay < c.initial_delay {
+        v.invalid(&format!("{prefix}.max_delay"), "must be at least initial_delay");
+    }
+    if c.attempt_timeout.is_zero() {
+        v.invalid(&format!("{prefix}.attempt_timeout"), "must be more than 0s");
     }
 }
 

@@ -28,6 +28,10 @@ pub struct KeelConfig {
     pub telemetry: TelemetryConfig,
     /// Health-check scheduling.
     pub health: HealthConfig,
+    /// The SQL database, for services that declare one.
+    pub database: DatabaseConfig,
+    /// Redis, for services that declare it.
+    pub redis: RedisConfig,
 }
 
 impl KeelConfig {
@@ -49,6 +53,8 @@ impl KeelConfig {
             },
             telemetry: TelemetryConfig::default(),
             health: HealthConfig::default(),
+            database: DatabaseConfig { auto_migrate: !prod, ..DatabaseConfig::default() },
+            redis: RedisConfig::default(),
         }
     }
 
@@ -95,6 +101,13 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// Requests handled at once before new ones are shed with 503 + `Retry-After`. Default `1024`.
     pub max_in_flight: usize,
+    /// Open connections accepted at once; further clients wait in the kernel's backlog. Bounds
+    /// file descriptors against connection floods. Default `4096`.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this (slow-header attacks hold
+    /// connections open otherwise). Default `10s`.
+    #[serde(with = "super::duration")]
+    pub header_read_timeout: Duration,
     /// gzip responses when the client accepts it. Default `true`.
     pub compression: bool,
     /// Strict-Transport-Security. Turn on when clients reach the service over TLS (usually
@@ -110,6 +123,8 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             body_limit: 1 << 20,
             max_in_flight: 1024,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
             compression: true,
             hsts: HstsConfig::default(),
         }
@@ -295,5 +310,135 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(15) }
+    }
+}
+
+/// `database.*`: the SQL pool of a service that declares one (`Setup::database`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct DatabaseConfig {
+    /// **Secret.** `postgres://…`, `mysql://…` (or `mariadb://…`) or `sqlite://path`. Unset in
+    /// development and test: `sqlite://data/<service>.db` (created). Required in production.
+    pub url: Option<Secret>,
+    /// Readiness fails while the database is unreachable. `false`: the service stays ready as
+    /// `degraded` and database calls fail fast with 503. Default `true`.
+    pub required: bool,
+    /// Apply pending migrations when connecting. Default `true` in development and test,
+    /// `false` in production, where it is refused: run `<service> migrate` instead.
+    pub auto_migrate: bool,
+    /// Pool sizing and timeouts.
+    pub pool: PoolConfig,
+    /// Background connection retries.
+    pub connect: ConnectConfig,
+    /// Deadline of the readiness check (`SELECT 1`). Default `1s`.
+    #[serde(with = "super::duration")]
+    pub check_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            required: true,
+            auto_migrate: true,
+            pool: PoolConfig::default(),
+            connect: ConnectConfig::default(),
+            check_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `database.pool.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Most connections open at once. Default `10`.
+    pub max_connections: u32,
+    /// Connections kept open when idle. Default `0`.
+    pub min_connections: u32,
+    /// Longest wait for a free connection; then the call fails (503). Default `2s`.
+    #[serde(with = "super::duration")]
+    pub acquire_timeout: Duration,
+    /// Idle connections are closed after this. Default `10m`.
+    #[serde(with = "super::duration")]
+    pub idle_timeout: Duration,
+    /// Connections are replaced after this. Default `30m`.
+    #[serde(with = "super::duration")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            min_connections: 0,
+            acquire_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// `database.connect.*`, `redis.connect.*`: retries of the first connection, in the background,
+/// with exponential backoff and full jitter (each wait is random between 0 and the current cap).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ConnectConfig {
+    /// Cap of the first wait. Default `100ms`.
+    #[serde(with = "super::duration")]
+    pub initial_delay: Duration,
+    /// Largest cap; the cap doubles per attempt up to this. Default `10s`.
+    #[serde(with = "super::duration")]
+    pub max_delay: Duration,
+    /// Give up after this long without a first connection: the dependency's startup check goes
+    /// down (so an orchestrator restarts the instance) while retries go on. `0s`: never. Default `0s`.
+    #[serde(with = "super::duration")]
+    pub max_elapsed: Duration,
+    /// Deadline of one connection attempt. Default `5s`.
+    #[serde(with = "super::duration")]
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_elapsed: Duration::ZERO,
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `redis.*`: the Redis connection of a service that declares one (`Setup::redis`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// **Secret.** `redis://[:password@]host:6379/0`. Required when the service uses Redis.
+    pub url: Option<Secret>,
+    /// Readiness fails while Redis is unreachable. `false`: `degraded`, calls fail fast. Default `true`.
+    pub required: bool,
+    /// Prepended to every key made with `Redis::key`. Default `<service>:`.
+    pub key_prefix: Option<String>,
+    /// Deadline of one command. Default `1s`.
+    #[serde(with = "super::duration")]
+    pub command_timeout: Duration,
+    /// Background connection retries.
+    pub connect: ConnectConfig,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            required: true,
+            key_prefix: None,
+            command_timeout: Duration::from_secs(1),
+            connect: ConnectConfig::default(),
+        }
     }
 }

@@ -116,12 +116,14 @@ impl Tree {
         lookup: &dyn Fn(&str) -> Option<String>,
         problems: &mut Vec<(KeyPath, String)>,
     ) -> Value {
+        // "Interpolated" means "came from the environment": a `${VAR:-default}` that used its
+        // default is text written in the file, and counts as inline (for the secrets rule).
         let mut interpolated = false;
         let value = match value {
             Value::String(s) => match interpolate(&s, lookup) {
                 Ok(Some(out)) => {
-                    interpolated = true;
-                    coerce(&out, default)
+                    interpolated = !out.used_default;
+                    coerce(&out.value, default)
                 }
                 Ok(None) => Value::String(s),
                 Err(e) => {
@@ -135,8 +137,8 @@ impl Tree {
                     .map(|item| match item {
                         Value::String(s) => match interpolate(&s, lookup) {
                             Ok(Some(out)) => {
-                                interpolated = true;
-                                Value::String(out)
+                                interpolated = !out.used_default;
+                                Value::String(out.value)
                             }
                             Ok(None) => Value::String(s),
                             Err(e) => {
@@ -257,10 +259,19 @@ pub(crate) fn coerce(raw: &str, default: Option<&Value>) -> Value {
                 })
                 .collect(),
         ),
-        _ => match serde_yaml::from_str::<Value>(raw) {
-            Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Null)) if !raw.trim().is_empty() => v,
-            _ => Value::String(raw.to_owned()),
-        },
+        Some(Value::Bool(_)) | Some(Value::Number(_)) => scalar(raw).unwrap_or_else(|| Value::String(raw.to_owned())),
+        // Unknown type (an optional setting): keep the text. Tokens like `0x1f`, `1e5` or `null`
+        // must not be reinterpreted; a typed optional setting is retried as a scalar when the
+        // text does not fit (see `config::section`).
+        _ => Value::String(raw.to_owned()),
+    }
+}
+
+/// `raw` read as a YAML bool or number, if it is one.
+pub(crate) fn scalar(raw: &str) -> Option<Value> {
+    match serde_yaml::from_str::<Value>(raw) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_))) if !raw.trim().is_empty() => Some(v),
+        _ => None,
     }
 }
 
@@ -310,6 +321,8 @@ mod tests {
             coerce("https://a.example, https://b.example", Some(&seq)),
             serde_yaml::from_str::<Value>("[https://a.example, https://b.example]").unwrap()
         );
-        assert_eq!(coerce("true", None), Value::Bool(true));
+        assert_eq!(coerce("true", None), Value::String("true".into()), "unknown type stays text");
+        assert_eq!(coerce("0x1f", None), Value::String("0x1f".into()));
+        assert_eq!(coerce("null", None), Value::String("null".into()));
     }
 }

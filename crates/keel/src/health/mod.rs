@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use prometheus::IntGaugeVec;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -360,9 +361,15 @@ impl Health {
     async fn run_one(&self, entry: &Entry) {
         let started = Instant::now();
         let timeout = entry.check.timeout();
-        let outcome = match tokio::time::timeout(timeout, entry.check.check()).await {
-            Ok(o) => o,
-            Err(_) => Outcome::down(format!("timed out after {}", humantime::format_duration(timeout))),
+        // A panicking check must not end its loop (its result would freeze): it counts as down.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.check.check()));
+        let outcome = match run {
+            Err(_) => Outcome::down("the check panicked"),
+            Ok(fut) => match tokio::time::timeout(timeout, std::panic::AssertUnwindSafe(fut).catch_unwind()).await {
+                Ok(Ok(o)) => o,
+                Ok(Err(_)) => Outcome::down("the check panicked"),
+                Err(_) => Outcome::down(format!("timed out after {}", humantime::format_duration(timeout))),
+            },
         };
         let outcome = match outcome {
             Outcome::Down(e) => Outcome::Down(sanitize(&e)),
@@ -460,6 +467,18 @@ mod tests {
         h.run_all().await;
         assert_eq!(h.report(Kind::Readiness).status, Status::Down);
         assert_eq!(h.report(Kind::Liveness).status, Status::Up);
+    }
+
+    #[tokio::test]
+    #[allow(clippy::panic)]
+    async fn a_panicking_check_is_down_and_keeps_running() {
+        let h = health(Duration::from_secs(60));
+        h.add(Check::new("boom", Kind::Readiness, || async { panic!("check bug") }));
+        h.set_started();
+        h.run_all().await;
+        h.run_all().await;
+        let r = h.report(Kind::Readiness);
+        assert_eq!(r.checks["boom"].error.as_deref(), Some("the check panicked"));
     }
 
     #[tokio::test]

@@ -51,40 +51,81 @@ fn mask_userinfo(text: &str) -> String {
     out
 }
 
+/// Masks the value after a secret-looking key in the forms `key=v`, `key = v`, `key: v`,
+/// `"key":"v"` and `'key': 'v'`, and the credentials after `Bearer ` / `Basic `.
 fn mask_pairs(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
-    let bytes = text.as_bytes();
     while i < text.len() {
-        let hit = SECRET_KEYS.iter().find_map(|k| {
-            let after = i + k.len();
-            (lower[i..].starts_with(k)
-                && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
-                && matches!(bytes.get(after), Some(b'=') | Some(b':')))
-            .then_some(after + 1)
-        });
-        match hit {
-            Some(value_start) => {
-                let mut j = value_start;
-                while j < text.len() && bytes[j] == b' ' {
-                    j += 1;
-                }
-                let end = text[j..]
-                    .find(|c: char| c.is_whitespace() || c == '&' || c == ',' || c == ';')
-                    .map_or(text.len(), |e| j + e);
-                out.push_str(&text[i..j]);
-                out.push_str("***");
-                i = end;
+        if let Some(value_start) = secret_value_start(&lower, bytes, i) {
+            let (value_end, quoted) = value_end(bytes, value_start);
+            out.push_str(&text[i..value_start + usize::from(quoted)]);
+            out.push_str("***");
+            i = value_end;
+            if quoted && i < text.len() {
+                // keep the closing quote
+                out.push(bytes[i] as char);
+                i += 1;
             }
-            None => {
-                let ch = text[i..].chars().next().map_or(1, char::len_utf8);
-                out.push_str(&text[i..i + ch]);
-                i += ch;
-            }
+            continue;
         }
+        let ch = text[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&text[i..i + ch]);
+        i += ch;
     }
     out
+}
+
+/// If a secret key (or an auth scheme) starts at `i`, where its value starts.
+fn secret_value_start(lower: &str, bytes: &[u8], i: usize) -> Option<usize> {
+    let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+    if !boundary {
+        return None;
+    }
+    for scheme in ["bearer ", "basic "] {
+        if lower[i..].starts_with(scheme) {
+            let mut j = i + scheme.len();
+            while j < bytes.len() && bytes[j] == b' ' {
+                j += 1;
+            }
+            return (j < bytes.len() && !bytes[j].is_ascii_whitespace()).then_some(j);
+        }
+    }
+    let key = SECRET_KEYS.iter().find(|k| lower[i..].starts_with(**k))?;
+    let mut j = i + key.len();
+    if j < bytes.len() && (bytes[j] == b'"' || bytes[j] == b'\'') {
+        j += 1;
+    }
+    while j < bytes.len() && bytes[j] == b' ' {
+        j += 1;
+    }
+    if j >= bytes.len() || !(bytes[j] == b'=' || bytes[j] == b':') {
+        return None;
+    }
+    j += 1;
+    while j < bytes.len() && bytes[j] == b' ' {
+        j += 1;
+    }
+    Some(j)
+}
+
+/// Where a value starting at `start` ends, and whether it was quoted (the end is then the
+/// closing quote).
+fn value_end(bytes: &[u8], start: usize) -> (usize, bool) {
+    if let Some(&q @ (b'"' | b'\'')) = bytes.get(start) {
+        let mut j = start + 1;
+        while j < bytes.len() && bytes[j] != q {
+            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        }
+        return (j.min(bytes.len()), true);
+    }
+    let mut j = start;
+    while j < bytes.len() && !matches!(bytes[j], b' ' | b'\t' | b'\n' | b'\r' | b'&' | b',' | b';' | b'}' | b')') {
+        j += 1;
+    }
+    (j, false)
 }
 
 #[cfg(test)]
@@ -99,6 +140,12 @@ mod tests {
         assert_eq!(sanitize("token: abc def"), "token: *** def");
         assert_eq!(sanitize("?user=a&password=b&x=1"), "?user=a&password=***&x=1");
         assert_eq!(sanitize("mytoken=1"), "mytoken=1");
+        assert_eq!(sanitize(r#"{"user":"a","password":"p@ss word"}"#), r#"{"user":"a","password":"***"}"#);
+        assert_eq!(sanitize("password = hunter2 next"), "password = *** next");
+        assert_eq!(sanitize("'token': 'abc'"), "'token': '***'");
+        assert_eq!(sanitize("Authorization: Bearer eyJhbGciOi.x.y rest"), "Authorization: Bearer *** rest");
+        assert_eq!(sanitize("auth basic dXNlcjpwYXNz"), "auth basic ***");
+        assert_eq!(sanitize("Api_Key=XYZ"), "Api_Key=***");
         assert!(sanitize(&"é".repeat(400)).ends_with('…'));
     }
 }

@@ -84,6 +84,23 @@ where
     }
 }
 
+/// The method as a label: the standard ones by name, anything else as `_OTHER`, so made-up
+/// methods cannot create new series.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
 struct InFlight(IntGauge);
 
 impl Drop for InFlight {
@@ -121,7 +138,7 @@ where
         if let (Some(s), Ok(resp)) = (this.state.take(), &out) {
             let status = resp.status();
             let route = s.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-            let labels = [s.method.as_str(), route, status.as_str()];
+            let labels = [method_label(&s.method), route, status.as_str()];
             s.layer.requests.with_label_values(&labels).inc();
             s.layer.duration.with_label_values(&labels).observe(s.start.elapsed().as_secs_f64());
         }

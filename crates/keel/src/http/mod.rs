@@ -2,26 +2,30 @@
 //!
 //! Layers, outermost first (each is its own module with a `Layer` + `Service` pair):
 //!
-//! 1. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
-//! 2. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
-//! 3. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
-//! 4. [`metrics`] — `http_server_*` metrics labelled by route template.
-//! 5. [`timeout`] — `http.request_timeout`, then 504 problem.
-//! 6. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
+//! 1. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
+//! 2. [`cors`] — exact-origin allowlist; preflights answered here.
+//! 3. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
+//! 4. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
+//! 5. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
+//! 6. [`metrics`] — `http_server_*` metrics labelled by route template.
+//! 7. [`timeout`] — `http.request_timeout`, then 504 problem.
+//! 8. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
 //!    a route can override it with its own `DefaultBodyLimit` route layer.
-//! 7. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
-//! 8. [`cors`] — exact-origin allowlist.
-//! 9. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
+//! 9. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
 //! 10. compression — gzip when the client accepts it.
 //! 11. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
 //!
-//! The order matters: request-id is outside trace so the span has the id; trace and metrics are
-//! outside timeout and shedding so those answers are traced and counted; everything runs after
-//! routing (`Router::layer`) so the route template is known.
+//! The order matters: security headers and CORS are outermost so that the stack's own answers
+//! (a panic's 500, a timeout's 504, an overload 503) carry them too — a browser can then read
+//! the problem and its `Retry-After` instead of seeing an opaque CORS failure; the request id
+//! exists before the span so every log line has it; trace and metrics wrap timeout and
+//! shedding so those answers are traced and counted; everything runs after routing
+//! (`Router::layer`) so the route template is known.
 //!
-//! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only catch-panic, request-id and
-//! metrics: they are never shed, timed out, CORS-checked or access-logged, so an overloaded
-//! instance is not killed by its liveness probe and probe traffic does not flood the logs.
+//! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only security headers,
+//! catch-panic, request-id and metrics: they are never shed, timed out, CORS-checked or
+//! access-logged, so an overloaded instance is not killed by its liveness probe and probe
+//! traffic does not flood the logs.
 
 pub mod catch_panic;
 pub mod cors;
@@ -57,7 +61,7 @@ pub enum StackError {
     Metrics(#[from] prometheus::Error),
     /// The service declares a route Keel reserves for probes.
     #[error(
-        "the service's routes overlap Keel's probe routes (/health/live, /health/ready, /health/startup, /healthz, /livez, /readyz)"
+        "the service's routes overlap routes Keel reserves: /health/*, /healthz, /livez, /readyz (and /metrics, /admin/* when the management listener shares the public one)"
     )]
     RouteConflict,
 }
@@ -86,10 +90,13 @@ pub fn stack(
     let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
     let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
     let compression = CompressionLayer::new().gzip(cfg.http.compression);
+    let security_headers = security_headers::SecurityHeadersLayer::new(&cfg.http.hsts);
     // One `Router::layer` call with the whole stack: axum boxes the route again for every
     // `layer` call, and each box is a clone and an allocation per request.
     let api = api.layer(
         tower::ServiceBuilder::new()
+            .layer(security_headers.clone())
+            .layer(cors::layer(&cfg.cors)?)
             .layer(catch_panic::CatchPanicLayer)
             .layer(request_id::RequestIdLayer)
             .layer(trace::TraceLayer::new(service, cfg.log.access_log))
@@ -97,8 +104,6 @@ pub fn stack(
             .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
             .layer(DefaultBodyLimit::max(cfg.http.body_limit))
             .layer(shed.clone())
-            .layer(cors::layer(&cfg.cors)?)
-            .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
             .layer(compression)
             .layer(problems::ProblemsLayer),
     );

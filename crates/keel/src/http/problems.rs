@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::extract::MatchedPath;
 use axum::response::Response;
 use http::{Request, StatusCode, header};
 use http_body::Body as _;
@@ -56,7 +57,8 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().cloned();
-        ResponseFuture { inner: self.inner.call(req), id, rewriting: None }
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        ResponseFuture { inner: self.inner.call(req), id, route, rewriting: None }
     }
 }
 
@@ -67,6 +69,7 @@ pin_project! {
         #[pin]
         inner: F,
         id: Option<RequestId>,
+        route: Option<MatchedPath>,
         rewriting: Option<BoxFut>,
     }
 }
@@ -86,7 +89,7 @@ where
         if resp.status().as_u16() < 400 {
             return Poll::Ready(Ok(resp));
         }
-        let mut fut: BoxFut = Box::pin(normalize(resp, this.id.take()));
+        let mut fut: BoxFut = Box::pin(normalize(resp, this.id.take(), this.route.take()));
         match fut.as_mut().poll(cx) {
             Poll::Ready(resp) => Poll::Ready(Ok(resp)),
             Poll::Pending => {
@@ -97,7 +100,7 @@ where
     }
 }
 
-async fn normalize(resp: Response, id: Option<RequestId>) -> Response {
+async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
     let id = id.as_ref().map(RequestId::as_str);
     if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
         if p.request_id.is_some() || id.is_none() {
@@ -127,7 +130,7 @@ async fn normalize(resp: Response, id: Option<RequestId>) -> Response {
         Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
         Err(_) => String::new(),
     };
-    let mut problem = from_status(status, &text);
+    let mut problem = from_status(status, &text, route.as_ref().map(MatchedPath::as_str));
     if status.is_server_error() && !text.is_empty() {
         tracing::error!(status = status.as_u16(), error = %text, "handler returned a bare server error");
         problem.detail = None;
@@ -142,7 +145,7 @@ async fn normalize(resp: Response, id: Option<RequestId>) -> Response {
 }
 
 /// A problem for a bare framework error of `status` whose body said `text`.
-fn from_status(status: StatusCode, text: &str) -> Problem {
+fn from_status(status: StatusCode, text: &str, route: Option<&str>) -> Problem {
     let (slug, title) = match status {
         StatusCode::BAD_REQUEST => ("bad-request", "Bad request"),
         StatusCode::UNAUTHORIZED => ("unauthorized", "Unauthorized"),
@@ -159,7 +162,7 @@ fn from_status(status: StatusCode, text: &str) -> Problem {
     let mut p = Problem::new(status, slug, title);
     if !text.is_empty() {
         p.detail = Some(text.to_owned());
-        if let Some((field, message)) = json_field(text) {
+        if let Some((field, message)) = json_field(text).or_else(|| param_field(text, route)) {
             p = p.field(field, message);
         }
     }
@@ -167,6 +170,34 @@ fn from_status(status: StatusCode, text: &str) -> Problem {
         p.detail = Some("the request body is larger than this endpoint accepts".into());
     }
     p
+}
+
+/// axum's query and path rejections: `Failed to deserialize query string: ms: invalid digit…`,
+/// `Invalid URL: Cannot parse `id` with value `x` to a `u32``, or (one unnamed parameter)
+/// `Invalid URL: Cannot parse `x` to a `u32``, where the route template names it.
+fn param_field(text: &str, route: Option<&str>) -> Option<(String, String)> {
+    if let Some(rest) = text.strip_prefix("Failed to deserialize query string: ") {
+        return match rest.split_once(": ") {
+            Some((field, message)) if !field.contains(' ') => Some((field.to_owned(), message.to_owned())),
+            _ => {
+                let start = rest.find("missing field `")? + "missing field `".len();
+                let end = rest[start..].find('`')? + start;
+                Some((rest[start..end].to_owned(), rest.to_owned()))
+            }
+        };
+    }
+    let rest = text.strip_prefix("Invalid URL: ")?;
+    if let Some(named) = rest.strip_prefix("Cannot parse `")
+        && let Some((name, tail)) = named.split_once("` with value `")
+    {
+        return Some((name.to_owned(), format!("cannot parse `{tail}")));
+    }
+    let params: Vec<&str> =
+        route?.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+    match params.as_slice() {
+        [only] => Some(((*only).trim_start_matches('*').to_owned(), rest.to_owned())),
+        _ => None,
+    }
 }
 
 /// axum's JSON data errors read `Failed to deserialize the JSON body into the target type:
@@ -205,5 +236,18 @@ mod tests {
             Some("name".into())
         );
         assert_eq!(json_field("something else"), None);
+        assert_eq!(
+            param_field("Failed to deserialize query string: ms: invalid digit found in string", None).map(|f| f.0),
+            Some("ms".into())
+        );
+        assert_eq!(
+            param_field("Invalid URL: Cannot parse `id` with value `x` to a `u32`", None).map(|f| f.0),
+            Some("id".into())
+        );
+        assert_eq!(
+            param_field("Invalid URL: Cannot parse `x` to a `u32`", Some("/items/{id}")).map(|f| f.0),
+            Some("id".into())
+        );
+        assert_eq!(param_field("Invalid URL: Cannot parse `x` to a `u32`", Some("/a/{x}/{y}")), None);
     }
 }

@@ -87,8 +87,7 @@ where
         let this = self.project();
         let mut out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &mut out {
-            // Room for these and the few headers outer layers add (request id, CORS `Vary`), so
-            // the map grows once instead of once per insert.
+            // Room for these and the CORS headers, so the map grows once instead of per insert.
             resp.headers_mut().reserve(this.layer.headers.len() + 3);
             for (k, v) in this.layer.headers.iter() {
                 if !resp.headers().contains_key(k) {

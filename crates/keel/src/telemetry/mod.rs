@@ -149,7 +149,11 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(stdout).boxed(),
     };
-    let installed = tracing_subscriber::registry().with(otel).with(fmt.with_filter(filter)).try_init().is_ok();
+    // Spans at `info` always reach the fmt layer (they print nothing themselves), so a `warn`
+    // line logged inside a request still carries the request's ids when the level is `warn`.
+    let spans = tracing_subscriber::filter::filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::INFO);
+    let fmt_filter = tracing_subscriber::filter::FilterExt::or(filter, spans);
+    let installed = tracing_subscriber::registry().with(otel).with(fmt.with_filter(fmt_filter)).try_init().is_ok();
     let reload: Reloader = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
     let _ = GLOBAL.set(Global { reload, level: Mutex::new(level), provider, writer: Mutex::new(Some(writer_guard)) });
     if !installed {

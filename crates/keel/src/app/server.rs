@@ -1,0 +1,92 @@
+//! The accept loop: hyper with a header-read deadline, a connection cap, and graceful drain.
+//!
+//! `axum::serve` has neither a header-read timeout nor a connection limit, so a client that
+//! opens connections and sends headers a byte at a time can hold file descriptors forever
+//! (and, during shutdown, the drain). This loop serves the same router through hyper-util.
+//!
+//! # Shutdown
+//!
+//! When `stop` is cancelled the listener is dropped at once (new connections are refused), idle
+//! keep-alive connections are closed, and the returned future completes when every in-flight
+//! request has been answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then drains.
+pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let mut logged_full = false;
+    loop {
+        // A free slot first: at the cap, new clients wait in the kernel's backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if !logged_full {
+                    tracing::warn!(max = limits.max_connections, "connection limit reached; new clients wait");
+                    logged_full = true;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: back off briefly
+                    // instead of spinning, and keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        logged_full = false;
+        let _ = stream.set_nodelay(true);
+        let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
