@@ -33,6 +33,10 @@ pub struct FixtureConfig {
     /// A startup check that stays down this long after start.
     #[serde(with = "keel::config::duration")]
     pub warmup: Duration,
+    /// Use the SQL database (`database.*`): `/db/*` routes.
+    pub database: bool,
+    /// Use Redis (`redis.*`): `/cache/*` routes.
+    pub redis: bool,
 }
 
 impl Default for FixtureConfig {
@@ -43,6 +47,8 @@ impl Default for FixtureConfig {
             stubborn_task: false,
             failing_check: false,
             warmup: Duration::ZERO,
+            database: false,
+            redis: false,
         }
     }
 }
@@ -66,79 +72,201 @@ struct Echo {
     age: u32,
 }
 
+/// The fixture's migrations, one set per backend.
+pub fn migrations() -> keel::data::Migrations {
+    keel::data::Migrations::new()
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+}
+
 /// The fixture service.
 pub fn service() -> keel::Service<FixtureConfig> {
-    keel::Service::new(keel::build_info!()).name("fixture").with_config::<FixtureConfig>().setup(|s| {
-        let greeting = s.config().greeting.clone();
-        s.health_check(Check::new("self", Kind::Readiness, || async { Outcome::Up }));
-        if s.config().failing_check {
-            s.health_check(Check::new("broken", Kind::Readiness, || async {
-                Outcome::down("connect postgres://app:hunter2@db:5432/app: connection refused")
+    keel::Service::new(keel::build_info!())
+        .name("fixture")
+        .with_config::<FixtureConfig>()
+        .migrations(migrations())
+        .setup(|s| {
+            let greeting = s.config().greeting.clone();
+            s.health_check(Check::new("self", Kind::Readiness, || async { Outcome::Up }));
+            if s.config().failing_check {
+                s.health_check(Check::new("broken", Kind::Readiness, || async {
+                    Outcome::down("connect postgres://app:hunter2@db:5432/app: connection refused")
+                }));
+            }
+            let warm_at = std::time::Instant::now() + s.config().warmup;
+            s.health_check(Check::new("warmup", Kind::Startup, move || async move {
+                if std::time::Instant::now() >= warm_at { Outcome::Up } else { Outcome::down("warming up") }
             }));
-        }
-        let warm_at = std::time::Instant::now() + s.config().warmup;
-        s.health_check(Check::new("warmup", Kind::Startup, move || async move {
-            if std::time::Instant::now() >= warm_at { Outcome::Up } else { Outcome::down("warming up") }
-        }));
-        if s.config().stubborn_task {
-            s.task("stubborn", |_stop| async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            });
-        }
-        s.task("polite", |stop| async move { stop.cancelled().await });
-        Ok(Router::new()
-            .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
-            .route("/items/{id}", get(|Path(id): Path<u32>| async move { Json(serde_json::json!({ "id": id })) }))
-            .route("/echo", post(|Json(e): Json<Echo>| async move { Json(e) }))
-            .route(
-                "/upload",
-                post(|body: axum::body::Bytes| async move { body.len().to_string() })
-                    .route_layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
-            )
-            .route(
-                "/slow",
-                get(|Query(q): Query<SlowQuery>| async move {
-                    tokio::time::sleep(Duration::from_millis(q.ms)).await;
-                    "done"
-                }),
-            )
-            .route("/panic", get(panicking))
-            .route(
-                "/problem",
-                get(|| async {
-                    Problem::new(http::StatusCode::CONFLICT, "conflict", "Conflict").detail("already there")
-                }),
-            )
-            .route(
-                "/log",
-                get(|id: RequestId| async move {
-                    tracing::info!(marker = "fixture-log", "handler log line");
-                    id.to_string()
-                }),
-            )
-            .route(
-                "/warn",
-                get(|| async {
-                    tracing::warn!(marker = "fixture-warn", "handler warning");
-                    "warned"
-                }),
-            )
-            .route(
-                "/traceparent",
-                get(|| async {
-                    let mut headers = http::HeaderMap::new();
-                    keel::telemetry::inject_current(&mut headers);
-                    headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
-                }),
-            )
-            .route(
-                "/bare-error",
-                get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "db password=hunter2 refused") }),
-            ))
-    })
+            if s.config().stubborn_task {
+                s.task("stubborn", |_stop| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                });
+            }
+            s.task("polite", |stop| async move { stop.cancelled().await });
+            let deps = Deps {
+                db: if s.config().database { Some(s.database()?) } else { None },
+                redis: if s.config().redis { Some(s.redis()?) } else { None },
+            };
+            Ok(Router::new()
+                .merge(dependency_routes(deps))
+                .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
+                .route("/items/{id}", get(|Path(id): Path<u32>| async move { Json(serde_json::json!({ "id": id })) }))
+                .route("/echo", post(|Json(e): Json<Echo>| async move { Json(e) }))
+                .route(
+                    "/upload",
+                    post(|body: axum::body::Bytes| async move { body.len().to_string() })
+                        .route_layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
+                )
+                .route(
+                    "/slow",
+                    get(|Query(q): Query<SlowQuery>| async move {
+                        tokio::time::sleep(Duration::from_millis(q.ms)).await;
+                        "done"
+                    }),
+                )
+                .route("/panic", get(panicking))
+                .route(
+                    "/problem",
+                    get(|| async {
+                        Problem::new(http::StatusCode::CONFLICT, "conflict", "Conflict").detail("already there")
+                    }),
+                )
+                .route(
+                    "/log",
+                    get(|id: RequestId| async move {
+                        tracing::info!(marker = "fixture-log", "handler log line");
+                        id.to_string()
+                    }),
+                )
+                .route(
+                    "/warn",
+                    get(|| async {
+                        tracing::warn!(marker = "fixture-warn", "handler warning");
+                        "warned"
+                    }),
+                )
+                .route(
+                    "/traceparent",
+                    get(|| async {
+                        let mut headers = http::HeaderMap::new();
+                        keel::telemetry::inject_current(&mut headers);
+                        headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+                    }),
+                )
+                .route(
+                    "/bare-error",
+                    get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "db password=hunter2 refused") }),
+                ))
+        })
 }
 
 #[allow(clippy::panic)]
 async fn panicking() -> &'static str {
     panic!("secret internal detail: the vault is at 10.0.0.7")
+}
+
+#[derive(Clone)]
+struct Deps {
+    db: Option<keel::data::Db>,
+    redis: Option<keel::redis::Redis>,
+}
+
+#[derive(Deserialize)]
+struct NewItem {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Hold {
+    ms: u64,
+}
+
+fn dependency_routes(deps: Deps) -> Router {
+    use axum::extract::State;
+    use keel::data::DataError;
+
+    fn db(d: &Deps) -> Result<&keel::data::Db, Problem> {
+        d.db.as_ref().ok_or_else(Problem::not_found)
+    }
+    fn cache(d: &Deps) -> Result<&keel::redis::Redis, Problem> {
+        d.redis.as_ref().ok_or_else(Problem::not_found)
+    }
+    fn problem(e: impl axum::response::IntoResponse) -> axum::response::Response {
+        e.into_response()
+    }
+
+    Router::new()
+        .route(
+            "/db/items",
+            get(|State(d): State<Deps>| async move {
+                let db = db(&d).map_err(problem)?;
+                let mut conn = db.acquire().await.map_err(problem)?;
+                let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM items ORDER BY id")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(|e| problem(db.observe(e)))?;
+                Ok::<_, axum::response::Response>(Json(
+                    rows.into_iter().map(|(id, name)| serde_json::json!({"id": id, "name": name})).collect::<Vec<_>>(),
+                ))
+            })
+            .post(|State(d): State<Deps>, Json(item): Json<NewItem>| async move {
+                let db = db(&d).map_err(problem)?.clone();
+                let sql = db.sql("INSERT INTO items (name) VALUES ($1)").into_owned();
+                db.transaction(|tx| {
+                    Box::pin(async move {
+                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(item.name).execute(&mut **tx).await?;
+                        Ok::<_, DataError>(())
+                    })
+                })
+                .await
+                .map_err(problem)?;
+                Ok::<_, axum::response::Response>(http::StatusCode::CREATED)
+            }),
+        )
+        .route(
+            "/db/items/rollback",
+            post(|State(d): State<Deps>, Json(item): Json<NewItem>| async move {
+                // Inserts, then fails: the transaction must roll back.
+                let db = db(&d).map_err(problem)?.clone();
+                let sql = db.sql("INSERT INTO items (name) VALUES ($1)").into_owned();
+                let r: Result<(), DataError> = db
+                    .transaction(|tx| {
+                        Box::pin(async move {
+                            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(item.name).execute(&mut **tx).await?;
+                            Err(DataError::Config("deliberate failure after the insert".into()))
+                        })
+                    })
+                    .await;
+                Ok::<_, axum::response::Response>(format!("{}", r.is_err()))
+            }),
+        )
+        .route(
+            "/db/hold",
+            get(|State(d): State<Deps>, Query(h): Query<Hold>| async move {
+                let db = db(&d).map_err(problem)?;
+                let conn = db.acquire().await.map_err(problem)?;
+                tokio::time::sleep(Duration::from_millis(h.ms)).await;
+                drop(conn);
+                Ok::<_, axum::response::Response>("held")
+            }),
+        )
+        .route(
+            "/cache/{key}",
+            get(|State(d): State<Deps>, Path(key): Path<String>| async move {
+                let r = cache(&d).map_err(problem)?;
+                let v: Option<String> =
+                    r.query(keel::redis::driver::cmd("GET").arg(r.key(&key))).await.map_err(problem)?;
+                v.ok_or_else(|| problem(Problem::not_found()))
+            })
+            .put(|State(d): State<Deps>, Path(key): Path<String>, body: String| async move {
+                let r = cache(&d).map_err(problem)?;
+                let _: () = r
+                    .query(keel::redis::driver::cmd("SET").arg(r.key(&key)).arg(body).arg("EX").arg(300))
+                    .await
+                    .map_err(problem)?;
+                Ok::<_, axum::response::Response>(http::StatusCode::NO_CONTENT)
+            }),
+        )
+        .with_state(deps)
 }

@@ -31,13 +31,25 @@
 
 pub mod app;
 pub mod config;
+#[cfg(feature = "sql")]
+pub mod data;
 pub mod health;
 pub mod http;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod resilience;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use app::{BuildInfo, Running, Service, Setup, run};
 pub use config::Secret;
 pub use http::{Problem, RequestId};
+
+/// Seconds a client is asked to wait when a dependency is unavailable (503 `Retry-After`).
+pub(crate) const fn data_retry_after() -> u64 {
+    5
+}
 
 /// The git commit this copy of Keel was built from (`unknown` outside a git checkout).
 pub const BUILD_COMMIT: &str = env!("KEEL_BUILD_COMMIT");

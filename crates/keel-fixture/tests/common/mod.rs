@@ -91,6 +91,11 @@ impl Proc {
     /// Starts `keel-fixture serve` with `env` (and KEEL_ENV=test unless given) on two free
     /// ports, and waits until it accepts connections.
     pub fn spawn(env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(None, env)
+    }
+
+    /// [`Proc::spawn`] with a working directory.
+    pub fn spawn_in(dir: Option<&std::path::Path>, env: &[(&str, &str)]) -> Self {
         let http_port = free_port();
         let mgmt_port = free_port();
         let mut cmd = Command::new(bin());
@@ -104,6 +109,9 @@ impl Proc {
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
         let mut child = cmd.spawn().expect("spawn fixture");
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");

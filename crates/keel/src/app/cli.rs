@@ -36,6 +36,20 @@ pub(crate) enum Command {
     },
     /// Print name, version, git commit and build profile.
     Version,
+    /// Apply the service's pending database migrations (safe to run from several instances).
+    #[cfg(feature = "sql")]
+    Migrate {
+        #[command(subcommand)]
+        command: Option<MigrateCommand>,
+    },
+}
+
+/// `migrate` subcommands.
+#[cfg(feature = "sql")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum MigrateCommand {
+    /// List every migration as applied or pending; exit 0.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -244,6 +244,9 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let metrics = Metrics::for_service(&build)?;
     let health = Health::new(keel.health.interval, keel.health.ttl, Some(&metrics));
     let mut setup = Setup {
+        name: build.name.clone(),
+        #[cfg(feature = "sql")]
+        migrations: service.migrations.clone(),
         config: config.clone(),
         profile: loaded.profile,
         health: health.clone(),

@@ -15,6 +15,8 @@
 mod cli;
 mod lifecycle;
 mod management;
+#[cfg(feature = "sql")]
+mod migrate;
 mod server;
 mod service;
 
@@ -76,6 +78,11 @@ pub fn run<C: Section>(service: Service<C>) -> ExitCode {
             healthcheck(&loaded, ready, timeout)
         }
         Some(Command::Version) => ExitCode::SUCCESS,
+        #[cfg(feature = "sql")]
+        Some(Command::Migrate { command }) => match loaded {
+            Ok(l) => migrate::run(&service, &l, command.is_some()),
+            Err(e) => config_failure(&build, &e, true),
+        },
         None | Some(Command::Serve) => match loaded {
             Ok(l) => serve(service, l),
             Err(e) => config_failure(&build, &e, false),

@@ -85,6 +85,8 @@ pub(crate) type HookFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + S
 pub struct Service<C = NoConfig> {
     pub(crate) build: BuildInfo,
     pub(crate) setup: SetupFn<C>,
+    #[cfg(feature = "sql")]
+    pub(crate) migrations: Option<Arc<crate::data::Migrations>>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -97,14 +99,26 @@ impl<C> std::fmt::Debug for Service<C> {
 impl Service<NoConfig> {
     /// A service with no routes of its own (probes and metrics only) and no `app` section.
     pub fn new(build: BuildInfo) -> Self {
-        Self { build, setup: Box::new(|_| Ok(Router::new())), _config: PhantomData }
+        Self {
+            build,
+            setup: Box::new(|_| Ok(Router::new())),
+            #[cfg(feature = "sql")]
+            migrations: None,
+            _config: PhantomData,
+        }
     }
 }
 
 impl<C: Section> Service<C> {
     /// A service whose `app` section is `C`.
     pub fn with_config<D: Section>(self) -> Service<D> {
-        Service { build: self.build, setup: Box::new(|_| Ok(Router::new())), _config: PhantomData }
+        Service {
+            build: self.build,
+            setup: Box::new(|_| Ok(Router::new())),
+            #[cfg(feature = "sql")]
+            migrations: self.migrations,
+            _config: PhantomData,
+        }
     }
 
     /// Serves these routes (for services that need nothing from their config).
@@ -134,6 +148,14 @@ impl<C: Section> Service<C> {
         self
     }
 
+    /// The service's embedded migrations: `<service> migrate` applies them, `migrate status`
+    /// lists them, and [`Setup::database`] checks (production) or applies (development) them.
+    #[cfg(feature = "sql")]
+    pub fn migrations(mut self, migrations: crate::data::Migrations) -> Self {
+        self.migrations = Some(Arc::new(migrations));
+        self
+    }
+
     /// The build info.
     pub fn build_info(&self) -> &BuildInfo {
         &self.build
@@ -148,6 +170,9 @@ impl<C: Section> Service<C> {
 
 /// What a set-up function can use and declare.
 pub struct Setup<C> {
+    pub(crate) name: String,
+    #[cfg(feature = "sql")]
+    pub(crate) migrations: Option<Arc<crate::data::Migrations>>,
     pub(crate) config: Arc<Config<C>>,
     pub(crate) profile: Profile,
     pub(crate) health: Health,
@@ -203,6 +228,44 @@ impl<C: Section> Setup<C> {
     {
         self.tasks.push((name.into(), Box::new(move |t| Box::pin(f(t)))));
         self
+    }
+
+    /// The service's SQL database (`database.*`), connecting in the background: adds the
+    /// `database` readiness check and `database_connect` startup check, a connect task, and a
+    /// shutdown hook that closes the pool. Outside production an unset `database.url` means a
+    /// SQLite file `data/<service>.db`; in production it is an error.
+    #[cfg(feature = "sql")]
+    pub fn database(&mut self) -> Result<crate::data::Db, SetupError> {
+        let cfg = self.config.keel.database.clone();
+        let url = crate::data::resolve_url(&cfg, &self.name, self.profile == Profile::Production)?;
+        let db = crate::data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
+        self.health.add(db.readiness_check());
+        self.health.add(db.startup_check());
+        let (d, health) = (db.clone(), self.health.clone());
+        self.task("database-connect", move |stop| async move {
+            d.connect_in_background(stop).await;
+            health.trigger();
+        });
+        let d = db.clone();
+        self.on_shutdown("database-close", move || async move { d.close().await });
+        Ok(db)
+    }
+
+    /// The service's Redis (`redis.*`), connecting in the background: adds the `redis`
+    /// readiness check and `redis_connect` startup check and a connect task.
+    #[cfg(feature = "redis")]
+    pub fn redis(&mut self) -> Result<crate::redis::Redis, SetupError> {
+        let cfg = self.config.keel.redis.clone();
+        let url = cfg.url.as_ref().ok_or("redis.url is required (env <SERVICE>__REDIS__URL or redis.url_file)")?;
+        let redis = crate::redis::Redis::new(&self.name, url.expose(), &cfg, &self.metrics)?;
+        self.health.add(redis.readiness_check());
+        self.health.add(redis.startup_check());
+        let (r, health) = (redis.clone(), self.health.clone());
+        self.task("redis-connect", move |stop| async move {
+            r.connect_in_background(stop).await;
+            health.trigger();
+        });
+        Ok(redis)
     }
 
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush

@@ -216,6 +216,7 @@ struct Inner {
     interval: Duration,
     ttl: Duration,
     gauge: Option<IntGaugeVec>,
+    wake: tokio::sync::Notify,
 }
 
 /// The registry of a service's checks and its probe state. Cheap to clone.
@@ -292,6 +293,7 @@ impl Health {
                 interval,
                 ttl,
                 gauge,
+                wake: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -327,6 +329,11 @@ impl Health {
         self.inner.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// Runs every check again now instead of at its next interval (a dependency just came up).
+    pub fn trigger(&self) {
+        self.inner.wake.notify_waiters();
+    }
+
     /// Runs every check once now and caches the results.
     pub async fn run_all(&self) {
         let entries = self.entries();
@@ -348,6 +355,7 @@ impl Health {
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = tokio::time::sleep(every) => {}
+                        _ = this.inner.wake.notified() => {}
                     }
                 }
             });

@@ -26,30 +26,32 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// assert_eq!(resp.status(), 404);
 /// assert_eq!(resp.headers()["content-type"], "application/problem+json");
 /// ```
+#[derive(Debug, Clone)]
+pub struct Problem(pub(crate) Box<ProblemBody>);
+
+/// The fields of a [`Problem`], boxed so `Result<T, Problem>` stays small.
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
-    /// A URI reference naming the problem type (`urn:keel:problem:<slug>`).
+pub(crate) struct ProblemBody {
     #[serde(rename = "type")]
-    pub type_: String,
-    /// Short, human-readable summary of the type.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What happened this time; safe to show a client.
+    pub(crate) type_: String,
+    pub(crate) title: String,
+    pub(crate) status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// A stable, machine-readable code (`SERVICE_DEGRADED`).
+    pub(crate) detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// The request's id, filled in by Keel's stack.
+    pub(crate) code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    /// Per-field problems for validation errors.
+    pub(crate) request_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
-    /// Seconds to wait before retrying (also sent as `Retry-After`).
+    pub(crate) errors: Vec<FieldError>,
     #[serde(skip)]
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// One invalid field.
@@ -64,7 +66,7 @@ pub struct FieldError {
 impl Problem {
     /// A problem with status, type slug and title.
     pub fn new(status: StatusCode, slug: &str, title: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ProblemBody {
             type_: format!("urn:keel:problem:{slug}"),
             title: title.into(),
             status: status.as_u16(),
@@ -73,30 +75,30 @@ impl Problem {
             request_id: None,
             errors: Vec::new(),
             retry_after: None,
-        }
+        }))
     }
 
     /// Adds a detail line.
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     /// Adds a stable code.
     pub fn code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        self.0.code = Some(code.into());
         self
     }
 
     /// Adds a field error.
     pub fn field(mut self, field: impl Into<String>, message: impl Into<String>) -> Self {
-        self.errors.push(FieldError { field: field.into(), message: message.into() });
+        self.0.errors.push(FieldError { field: field.into(), message: message.into() });
         self
     }
 
     /// Asks the client to retry after `secs` seconds.
     pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
+        self.0.retry_after = Some(secs);
         self
     }
 
@@ -125,19 +127,49 @@ impl Problem {
 
     /// The status as a `StatusCode`.
     pub fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The `type` URI.
+    pub fn type_uri(&self) -> &str {
+        &self.0.type_
+    }
+
+    /// The title.
+    pub fn title(&self) -> &str {
+        &self.0.title
+    }
+
+    /// The detail, if any.
+    pub fn detail_text(&self) -> Option<&str> {
+        self.0.detail.as_deref()
+    }
+
+    /// The stable code, if any.
+    pub fn code_str(&self) -> Option<&str> {
+        self.0.code.as_deref()
+    }
+
+    /// The request id, once the stack filled it in.
+    pub fn request_id(&self) -> Option<&str> {
+        self.0.request_id.as_deref()
+    }
+
+    /// The field errors.
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.0.errors
     }
 
     /// Renders the response, with `request_id` when known.
     pub fn into_response_with_id(mut self, request_id: Option<&str>) -> Response {
-        if self.request_id.is_none() {
-            self.request_id = request_id.map(str::to_owned);
+        if self.0.request_id.is_none() {
+            self.0.request_id = request_id.map(str::to_owned);
         }
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status_code();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = self.0.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp.extensions_mut().insert(Rendered(self));
@@ -157,8 +189,8 @@ impl IntoResponse for Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status, self.title)?;
-        if let Some(d) = &self.detail {
+        write!(f, "{} {}", self.0.status, self.0.title)?;
+        if let Some(d) = &self.0.detail {
             write!(f, ": {d}")?;
         }
         Ok(())

@@ -103,7 +103,7 @@ where
 async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
     let id = id.as_ref().map(RequestId::as_str);
     if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
-        if p.request_id.is_some() || id.is_none() {
+        if p.request_id().is_some() || id.is_none() {
             return resp;
         }
         let p = p.clone();
@@ -133,7 +133,7 @@ async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedP
     let mut problem = from_status(status, &text, route.as_ref().map(MatchedPath::as_str));
     if status.is_server_error() && !text.is_empty() {
         tracing::error!(status = status.as_u16(), error = %text, "handler returned a bare server error");
-        problem.detail = None;
+        problem.0.detail = None;
     }
     let mut fresh = problem.into_response_with_id(id);
     for (k, v) in &parts.headers {
@@ -161,13 +161,13 @@ fn from_status(status: StatusCode, text: &str, route: Option<&str>) -> Problem {
     };
     let mut p = Problem::new(status, slug, title);
     if !text.is_empty() {
-        p.detail = Some(text.to_owned());
+        p.0.detail = Some(text.to_owned());
         if let Some((field, message)) = json_field(text).or_else(|| param_field(text, route)) {
             p = p.field(field, message);
         }
     }
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        p.detail = Some("the request body is larger than this endpoint accepts".into());
+        p.0.detail = Some("the request body is larger than this endpoint accepts".into());
     }
     p
 }

@@ -1,0 +1,416 @@
+//! SQL (PostgreSQL, MariaDB, SQLite) and Redis against the real local servers: start-up with the
+//! dependency away, outages mid-run, degraded mode, pool metrics, migrations, transactions.
+//!
+//! Every test gets its own database (or SQLite file, or Redis key prefix) and its own fault
+//! proxy, so they run in parallel. A test whose server is not running is skipped with a message,
+//! except under `CI=true`, where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fixture, Proc, client, eventually, run_cli};
+use keel::config::Profile;
+use keel::testing::{
+    FaultProxy, Mode, TestDatabase, TestRedis, host_port, mysql_url, postgres_url, redis_url, require,
+};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug)]
+enum Dep {
+    Postgres,
+    MariaDb,
+    Redis,
+}
+
+impl Dep {
+    fn name(self) -> &'static str {
+        match self {
+            Dep::Postgres => "PostgreSQL",
+            Dep::MariaDb => "MariaDB",
+            Dep::Redis => "Redis",
+        }
+    }
+    fn admin_url(self) -> String {
+        match self {
+            Dep::Postgres => postgres_url(),
+            Dep::MariaDb => mysql_url(),
+            Dep::Redis => redis_url(),
+        }
+    }
+    /// The check in /health/ready and a route that uses the dependency.
+    fn check(self) -> &'static str {
+        if matches!(self, Dep::Redis) { "redis" } else { "database" }
+    }
+    fn route(self) -> &'static str {
+        if matches!(self, Dep::Redis) { "/cache/k" } else { "/db/items" }
+    }
+}
+
+/// A dependency behind a fault proxy, plus what it takes to point the fixture at it.
+struct Setup {
+    proxy: FaultProxy,
+    env: Vec<(String, String)>,
+    _db: Option<TestDatabase>,
+    _redis: Option<TestRedis>,
+}
+
+/// Fast checks and retries so outages show within a second.
+const FAST: &[(&str, &str)] = &[
+    ("FIXTURE__HEALTH__INTERVAL", "100ms"),
+    ("FIXTURE__HEALTH__TTL", "1s"),
+    ("FIXTURE__DATABASE__CONNECT__INITIAL_DELAY", "50ms"),
+    ("FIXTURE__DATABASE__CONNECT__MAX_DELAY", "200ms"),
+    ("FIXTURE__DATABASE__CONNECT__ATTEMPT_TIMEOUT", "1s"),
+    ("FIXTURE__DATABASE__CHECK_TIMEOUT", "500ms"),
+    ("FIXTURE__DATABASE__POOL__ACQUIRE_TIMEOUT", "500ms"),
+    ("FIXTURE__REDIS__CONNECT__INITIAL_DELAY", "50ms"),
+    ("FIXTURE__REDIS__CONNECT__MAX_DELAY", "200ms"),
+    ("FIXTURE__REDIS__CONNECT__ATTEMPT_TIMEOUT", "1s"),
+    ("FIXTURE__REDIS__COMMAND_TIMEOUT", "500ms"),
+];
+
+async fn setup(dep: Dep, mode: Mode) -> Option<Setup> {
+    if !require(dep.name(), &dep.admin_url()) {
+        return None;
+    }
+    let target = host_port(&dep.admin_url()).unwrap();
+    let proxy = FaultProxy::start(target, mode).await.unwrap();
+    let mut env: Vec<(String, String)> = FAST.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    let db = match dep {
+        Dep::Postgres => Some(TestDatabase::postgres(&postgres_url()).await.unwrap()),
+        Dep::MariaDb => Some(TestDatabase::mysql(&mysql_url()).await.unwrap()),
+        Dep::Redis => None,
+    };
+    match (&db, dep) {
+        (Some(db), _) => {
+            let url = db.url().replace(&target.to_string(), &proxy.host_port());
+            env.push(("FIXTURE__APP__DATABASE".into(), "true".into()));
+            env.push(("FIXTURE__DATABASE__URL".into(), url));
+        }
+        (None, _) => {
+            let keys = TestRedis::new(&redis_url());
+            env.push(("FIXTURE__APP__REDIS".into(), "true".into()));
+            env.push(("FIXTURE__REDIS__URL".into(), format!("redis://{}", proxy.host_port())));
+            env.push(("FIXTURE__REDIS__KEY_PREFIX".into(), keys.prefix().to_owned()));
+            return Some(Setup { proxy, env, _db: None, _redis: Some(keys) });
+        }
+    }
+    Some(Setup { proxy, env, _db: db, _redis: None })
+}
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+async fn ready(f: &Fixture) -> (u16, Value) {
+    let resp = client().get(f.url("/health/ready")).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Exercises the dependency's route: write then read.
+async fn use_it(f: &Fixture, dep: Dep) -> u16 {
+    let c = client();
+    match dep {
+        Dep::Redis => {
+            let put = c.put(f.url("/cache/k")).body("v").send().await.unwrap().status().as_u16();
+            if put != 204 {
+                return put;
+            }
+            c.get(f.url("/cache/k")).send().await.unwrap().status().as_u16()
+        }
+        _ => {
+            let post = c.post(f.url("/db/items")).json(&serde_json::json!({"name": "x"})).send().await.unwrap();
+            if post.status() != 201 {
+                return post.status().as_u16();
+            }
+            c.get(f.url("/db/items")).send().await.unwrap().status().as_u16()
+        }
+    }
+}
+
+async fn start_away_then_recover_and_survive_an_outage(dep: Dep) {
+    let Some(s) = setup(dep, Mode::Refuse).await else { return };
+    let f = Fixture::start(&pairs(&s.env)).await;
+    // Unreachable at start: alive, not ready, with the reason.
+    assert_eq!(client().get(f.url("/health/live")).send().await.unwrap().status(), 200);
+    eventually("a first failed attempt", || async {
+        let (_, body) = ready(&f).await;
+        body["checks"][dep.check()]["error"].as_str().is_some_and(|e| e.contains("connecting (attempt"))
+    })
+    .await;
+    let (status, body) = ready(&f).await;
+    assert_eq!(status, 503, "{body}");
+    // Reachable: ready without a restart.
+    s.proxy.restore();
+    eventually("ready after the dependency came up", || async { ready(&f).await.0 == 200 }).await;
+    assert_eq!(use_it(&f, dep).await, 200);
+    // Cut mid-run: readiness goes down; restored: back up, and the dependency works again.
+    s.proxy.take_down();
+    eventually("not ready during the outage", || async { ready(&f).await.0 == 503 }).await;
+    assert_eq!(
+        client().get(f.url("/health/live")).send().await.unwrap().status(),
+        200,
+        "liveness never follows a dependency"
+    );
+    s.proxy.restore();
+    eventually("ready after the outage", || async { ready(&f).await.0 == 200 }).await;
+    eventually("usable after the outage", || async { use_it(&f, dep).await == 200 }).await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_start_away_recover_outage() {
+    start_away_then_recover_and_survive_an_outage(Dep::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_start_away_recover_outage() {
+    start_away_then_recover_and_survive_an_outage(Dep::MariaDb).await;
+}
+
+#[tokio::test]
+async fn redis_start_away_recover_outage() {
+    start_away_then_recover_and_survive_an_outage(Dep::Redis).await;
+}
+
+async fn degraded_mode_fails_fast(dep: Dep, stall: bool) {
+    let Some(s) = setup(dep, Mode::Forward).await else { return };
+    let mut env = s.env.clone();
+    let key = if matches!(dep, Dep::Redis) { "FIXTURE__REDIS__REQUIRED" } else { "FIXTURE__DATABASE__REQUIRED" };
+    env.push((key.into(), "false".into()));
+    let f = Fixture::start(&pairs(&env)).await;
+    // Optional: ready (degraded) even before it connects, so wait for "up".
+    eventually("up", || async { ready(&f).await.1["status"] == "up" }).await;
+    assert_eq!(use_it(&f, dep).await, 200);
+    // The dependency hangs (stall) or vanishes: still ready, as degraded…
+    if stall {
+        s.proxy.set_mode(Mode::Stall);
+    } else {
+        s.proxy.set_mode(Mode::Refuse);
+    }
+    s.proxy.cut();
+    eventually("degraded", || async {
+        let (status, body) = ready(&f).await;
+        status == 200 && body["status"] == "degraded"
+    })
+    .await;
+    // …its routes answer 503 at once (not after a pool or command timeout)…
+    let started = Instant::now();
+    let resp = client().get(f.url(dep.route())).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "SERVICE_DEGRADED", "{body}");
+    assert!(took < Duration::from_millis(300), "fast 503, took {took:?}");
+    // …and routes that do not need it still work.
+    assert_eq!(client().get(f.url("/hello")).send().await.unwrap().status(), 200);
+    s.proxy.restore();
+    eventually("usable again", || async { use_it(&f, dep).await == 200 }).await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_degraded_mode() {
+    degraded_mode_fails_fast(Dep::Postgres, false).await;
+}
+
+#[tokio::test]
+async fn mariadb_degraded_mode_when_the_server_hangs() {
+    degraded_mode_fails_fast(Dep::MariaDb, true).await;
+}
+
+#[tokio::test]
+async fn redis_degraded_mode() {
+    degraded_mode_fails_fast(Dep::Redis, false).await;
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn pool_metrics_move_under_load() {
+    let Some(s) = setup(Dep::Postgres, Mode::Forward).await else { return };
+    let mut env = s.env.clone();
+    env.push(("FIXTURE__DATABASE__POOL__MAX_CONNECTIONS".into(), "3".into()));
+    env.push(("FIXTURE__DATABASE__POOL__ACQUIRE_TIMEOUT".into(), "200ms".into()));
+    let f = Fixture::start(&pairs(&env)).await;
+    eventually("ready", || async { ready(&f).await.0 == 200 }).await;
+    let holds: Vec<_> = (0..5).map(|_| tokio::spawn(client().get(f.url("/db/hold?ms=700")).send())).collect();
+    let m = f.running().metrics().clone();
+    eventually("3 connections in use", || {
+        let m = m.clone();
+        async move { metric(&m.render(), "db_pool_connections{pool=\"fixture\",state=\"in_use\"}") == Some(3.0) }
+    })
+    .await;
+    let text = m.render();
+    assert_eq!(metric(&text, "db_pool_max_connections{pool=\"fixture\"}"), Some(3.0));
+    let statuses: Vec<u16> = futures_util::future::join_all(holds)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().status().as_u16())
+        .collect();
+    // Pool of 3, five holders for 700 ms, 200 ms acquire timeout: two time out with 503.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 2, "{statuses:?}");
+    let text = m.render();
+    assert_eq!(metric(&text, "db_pool_acquire_timeouts_total{pool=\"fixture\"}"), Some(2.0), "{text}");
+    assert!(metric(&text, "db_pool_acquire_duration_seconds_count{pool=\"fixture\"}").unwrap() >= 3.0);
+    assert!(metric(&text, "db_errors_total{kind=\"pool_timeout\",pool=\"fixture\"}").unwrap() >= 2.0, "{text}");
+    eventually("connections returned", || {
+        let m = m.clone();
+        async move { metric(&m.render(), "db_pool_connections{pool=\"fixture\",state=\"in_use\"}") == Some(0.0) }
+    })
+    .await;
+    f.stop().await;
+}
+
+fn migrate_cli(args: &[&str], url: &str) -> (i32, String, String) {
+    run_cli(
+        args,
+        &[
+            ("KEEL_ENV", "production"),
+            ("FIXTURE__DATABASE__URL", url),
+            ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://a.example"),
+        ],
+    )
+}
+
+async fn migrate_and_status(db: TestDatabase) {
+    let url = db.url().to_owned();
+    let (code, out, err) = migrate_cli(&["migrate", "status"], &url);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pending") && out.contains("0 applied, 2 pending"), "{out}");
+    // Two instances migrating at once: both succeed, each migration applied once.
+    let (a, b) = {
+        let u1 = url.clone();
+        let u2 = url.clone();
+        let t1 = std::thread::spawn(move || migrate_cli(&["migrate"], &u1));
+        let t2 = std::thread::spawn(move || migrate_cli(&["migrate"], &u2));
+        (t1.join().unwrap(), t2.join().unwrap())
+    };
+    assert_eq!((a.0, b.0), (0, 0), "{a:?} {b:?}");
+    let (code, out, _) = migrate_cli(&["migrate", "status"], &url);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 applied, 0 pending"), "{out}");
+    assert_eq!(out.matches("applied ").count(), 2, "{out}");
+}
+
+#[tokio::test]
+async fn postgres_migrate_and_status() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    migrate_and_status(TestDatabase::postgres(&postgres_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn mariadb_migrate_and_status() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    migrate_and_status(TestDatabase::mysql(&mysql_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn sqlite_migrate_and_status() {
+    migrate_and_status(TestDatabase::sqlite().unwrap()).await;
+}
+
+#[tokio::test]
+async fn production_serve_never_migrates_and_waits_for_migrate() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    let mut env: Vec<(&str, &str)> = FAST.to_vec();
+    env.extend([
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__DATABASE__URL", db.url()),
+        ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://a.example"),
+        ("FIXTURE__SHUTDOWN__DRAIN_DELAY", "0s"),
+    ]);
+    let f = Fixture::start_profile(Profile::Production, &env).await;
+    eventually("migrations reported pending", || async {
+        let (status, body) = ready(&f).await;
+        status == 503
+            && body["checks"]["database"]["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("migrations pending: run 'fixture migrate'"))
+    })
+    .await;
+    let (code, out, err) = migrate_cli(&["migrate"], db.url());
+    assert_eq!(code, 0, "{out}{err}");
+    eventually("ready once migrated", || async { ready(&f).await.0 == 200 }).await;
+    assert_eq!(use_it(&f, Dep::Postgres).await, 200);
+    f.stop().await;
+    // And production refuses auto_migrate outright.
+    let (code, _, err) = run_cli(
+        &["config", "check"],
+        &[
+            ("KEEL_ENV", "production"),
+            ("FIXTURE__DATABASE__AUTO_MIGRATE", "true"),
+            ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://a.example"),
+        ],
+    );
+    assert_eq!(code, 64);
+    assert!(err.contains("database.auto_migrate"), "{err}");
+}
+
+#[test]
+fn sqlite_works_with_zero_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Proc::spawn_in(
+        Some(dir.path()),
+        &[("KEEL_ENV", "development"), ("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__LOG__FORMAT", "json")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = std::process::Command::new(common::bin())
+            .env_clear()
+            .env("FIXTURE__HTTP__PORT", p.http.unwrap().port().to_string())
+            .args(["healthcheck", "--ready"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dir.path().join("data/fixture.db").exists());
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+}
+
+#[tokio::test]
+async fn transactions_roll_back_on_error_and_on_drop() {
+    let db = TestDatabase::sqlite().unwrap();
+    let f =
+        Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url()), FAST[0], FAST[1]])
+            .await;
+    eventually("ready", || async { ready(&f).await.0 == 200 }).await;
+    let c = client();
+    let resp = c.post(f.url("/db/items/rollback")).json(&serde_json::json!({"name": "ghost"})).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "true", "the closure failed");
+    let items: Value = c.get(f.url("/db/items")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(items, serde_json::json!([]), "rolled back on error");
+    f.stop().await;
+
+    // Dropped without commit: rolled back too.
+    let metrics = keel::telemetry::Metrics::new();
+    let cfg = keel::config::DatabaseConfig::default();
+    let kdb = keel::data::Db::new("t", db.url(), &cfg, None, &metrics).unwrap();
+    kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    {
+        let mut tx = kdb.begin().await.unwrap();
+        sqlx::query("INSERT INTO items (name) VALUES ('dropped')").execute(&mut *tx).await.unwrap();
+    }
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM items").fetch_one(kdb.pool()).await.unwrap();
+    assert_eq!(n.0, 0);
+    kdb.close().await;
+}

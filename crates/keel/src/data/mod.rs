@@ -1,0 +1,514 @@
+//! SQL databases: PostgreSQL, MySQL/MariaDB and SQLite through one `sqlx::AnyPool`.
+//!
+//! A service declares its database in set-up (`Setup::database`) and gets a [`Db`]:
+//!
+//! * **Eager, non-blocking start-up.** The service serves probes at once; the first connection
+//!   is made in the background with exponential backoff and full jitter (`database.connect.*`).
+//!   Until it succeeds readiness is down with the reason (`connecting (attempt 4): connection
+//!   refused`); liveness stays up; nothing panics or exits.
+//! * **Losing the database mid-run** flips readiness down (the `database` check runs `SELECT 1`
+//!   every `health.interval`) and back up when it returns, without a restart.
+//! * **Degraded mode** (`database.required: false`): readiness stays 200 as `degraded`, and
+//!   [`Db::acquire`] / [`Db::begin`] answer [`DataError::Unavailable`] (a 503 problem) at once
+//!   instead of waiting on the pool.
+//! * **Migrations** are embedded per backend ([`Migrations`]) and applied by `<service> migrate`;
+//!   in production `serve` never migrates, and readiness stays down while any is pending.
+//! * **Metrics**: `db_pool_connections{pool,state}`, `db_pool_max_connections{pool}`,
+//!   `db_pool_acquire_duration_seconds{pool}`, `db_pool_acquire_timeouts_total{pool}`,
+//!   `db_errors_total{pool,kind}`.
+//!
+//! Enable backends with the cargo features `postgres`, `mysql`, `sqlite`.
+
+mod error;
+mod metrics;
+mod migrate;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection, Transaction};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{DataError, RETRY_AFTER_SECS};
+pub use migrate::{MigrationState, Migrations};
+pub use sqlx;
+
+use crate::config::DatabaseConfig;
+use crate::health::{CheckFuture, HealthCheck, Kind, Outcome};
+use crate::resilience::Backoff;
+use crate::telemetry::Metrics;
+
+/// Which SQL dialect a [`Db`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn from_url(url: &str) -> Option<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            "mysql" | "mariadb" => Some(Self::MySql),
+            "sqlite" => Some(Self::Sqlite),
+            _ => None,
+        }
+    }
+}
+
+impl Backend {
+    /// `sql` with PostgreSQL-style placeholders (`$1`, `$2`, …, each used once, in order)
+    /// rewritten for this backend: MySQL and SQLite through `Any` take `?`. Text inside quotes
+    /// is left alone.
+    ///
+    /// ```
+    /// use keel::data::Backend;
+    /// let q = "INSERT INTO t (a, b) VALUES ($1, '$2 stays') RETURNING $2";
+    /// assert_eq!(Backend::Postgres.sql(q), q);
+    /// assert_eq!(Backend::Sqlite.sql("SELECT * FROM t WHERE a = $1 AND b = $2"), "SELECT * FROM t WHERE a = ? AND b = ?");
+    /// assert_eq!(Backend::MySql.sql("x = '$1' AND y = $1"), "x = '$1' AND y = ?");
+    /// ```
+    pub fn sql<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        if *self == Self::Postgres || !sql.contains('$') {
+            return std::borrow::Cow::Borrowed(sql);
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut quote: Option<char> = None;
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (Some(q), c) if c == q => {
+                    quote = None;
+                    out.push(c);
+                }
+                (Some(_), c) => out.push(c),
+                (None, '\'' | '"' | '`') => {
+                    quote = Some(c);
+                    out.push(c);
+                }
+                (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                    out.push('?');
+                }
+                (None, c) => out.push(c),
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Postgres => "PostgreSQL",
+            Self::MySql => "MySQL/MariaDB",
+            Self::Sqlite => "SQLite",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Connecting { attempts: u32, last_error: Option<String>, gave_up: bool },
+    Connected,
+    MigrationFailed(String),
+}
+
+struct Inner {
+    pool: AnyPool,
+    options: AnyConnectOptions,
+    backend: Backend,
+    service: String,
+    config: DatabaseConfig,
+    state: Mutex<State>,
+    available: AtomicBool,
+    migrations: Option<Arc<Migrations>>,
+    migrations_checked: AtomicBool,
+    metrics: metrics::DbMetrics,
+    connects: AtomicU32,
+}
+
+/// A service's database handle. Cheap to clone; share it with handlers through router state.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("backend", &self.inner.backend).finish_non_exhaustive()
+    }
+}
+
+/// The URL to use: `database.url`, else (outside production) a SQLite file under `data/`.
+pub fn resolve_url(cfg: &DatabaseConfig, service: &str, production: bool) -> Result<String, DataError> {
+    match &cfg.url {
+        Some(url) => Ok(url.expose().replacen("mariadb://", "mysql://", 1)),
+        None if production => Err(DataError::Config(
+            "database.url is required in production (env <SERVICE>__DATABASE__URL or database.url_file)".into(),
+        )),
+        None => {
+            std::fs::create_dir_all("data")
+                .map_err(|e| DataError::Config(format!("cannot create ./data for the SQLite default: {e}")))?;
+            Ok(format!("sqlite://data/{service}.db?mode=rwc"))
+        }
+    }
+}
+
+impl Db {
+    /// A pool for `url` that connects lazily: nothing is dialled until [`Db::connect_in_background`]
+    /// or the first query. Registers the pool metrics in `metrics`.
+    pub fn new(
+        service: &str,
+        url: &str,
+        config: &DatabaseConfig,
+        migrations: Option<Arc<Migrations>>,
+        metrics: &Metrics,
+    ) -> Result<Self, DataError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)
+            .ok_or_else(|| DataError::Config("database.url must be postgres://, mysql:// or sqlite:".into()))?;
+        let options: AnyConnectOptions = url.parse().map_err(DataError::Sql)?;
+        let p = &config.pool;
+        let pool = AnyPoolOptions::new()
+            .max_connections(p.max_connections)
+            .min_connections(p.min_connections)
+            .acquire_timeout(p.acquire_timeout)
+            .idle_timeout(Some(p.idle_timeout))
+            .max_lifetime(Some(p.max_lifetime))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Readers do not block the writer; writers wait instead of failing.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options.clone());
+        let metrics = metrics::DbMetrics::register(metrics, service, &pool, p.max_connections)
+            .map_err(|e| DataError::Config(format!("cannot register database metrics: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                backend,
+                service: service.to_owned(),
+                config: config.clone(),
+                state: Mutex::new(State::Connecting { attempts: 0, last_error: None, gave_up: false }),
+                available: AtomicBool::new(false),
+                migrations,
+                migrations_checked: AtomicBool::new(false),
+                metrics,
+                connects: AtomicU32::new(0),
+            }),
+        })
+    }
+
+    /// The dialect.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// [`Backend::sql`] for this database: write queries with `$1, $2, …`.
+    pub fn sql<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        self.inner.backend.sql(sql)
+    }
+
+    /// The pool, for queries. Calls through it skip the fail-fast check and the acquire metrics:
+    /// prefer [`Db::acquire`] and [`Db::begin`] in request handlers.
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Whether the database is believed reachable (last connection attempt or check succeeded).
+    pub fn is_available(&self) -> bool {
+        self.inner.available.load(Ordering::Relaxed)
+    }
+
+    fn unavailable(&self) -> DataError {
+        let reason = match &*self.lock_state() {
+            State::Connecting { attempts, last_error, .. } => match last_error {
+                Some(e) => format!("connecting (attempt {attempts}): {e}"),
+                None => "connecting".into(),
+            },
+            State::MigrationFailed(e) => format!("migration failed: {e}"),
+            State::Connected => "the last check failed".into(),
+        };
+        DataError::Unavailable { reason }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts and classifies an error from a query the caller ran; marks the database
+    /// unavailable when the error means the connection is gone. Returns it as a [`DataError`].
+    pub fn observe(&self, e: sqlx::Error) -> DataError {
+        self.inner.metrics.error(error::sql_kind(&e));
+        if error::is_connection_error(&e) {
+            self.inner.available.store(false, Ordering::Relaxed);
+        }
+        match e {
+            sqlx::Error::PoolTimedOut => DataError::AcquireTimeout,
+            e => DataError::Sql(e),
+        }
+    }
+
+    /// A connection from the pool, or at once [`DataError::Unavailable`] when the database is
+    /// known to be down; waits at most `database.pool.acquire_timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future gives up the wait.
+    pub async fn acquire(&self) -> Result<PoolConnection<Any>, DataError> {
+        if !self.is_available() {
+            return Err(self.unavailable());
+        }
+        let started = Instant::now();
+        match self.inner.pool.acquire().await {
+            Ok(c) => {
+                self.inner.metrics.acquired(started.elapsed());
+                Ok(c)
+            }
+            Err(e) => {
+                if matches!(e, sqlx::Error::PoolTimedOut) {
+                    self.inner.metrics.timeout();
+                }
+                Err(self.observe(e))
+            }
+        }
+    }
+
+    /// Begins a transaction. Dropping it without [`Transaction::commit`] rolls it back.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, DataError> {
+        let conn = self.acquire().await?;
+        Transaction::begin(conn, None).await.map_err(|e| self.observe(e))
+    }
+
+    /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns `Err`
+    /// (and when the future is dropped part-way).
+    ///
+    /// ```ignore
+    /// db.transaction(|tx| Box::pin(async move {
+    ///     sqlx::query("INSERT INTO items (name) VALUES ($1)").bind("a").execute(&mut **tx).await?;
+    ///     Ok::<_, keel::data::DataError>(())
+    /// })).await?;
+    /// ```
+    pub async fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut Transaction<'static, Any>) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>,
+        E: From<DataError>,
+    {
+        let mut tx = self.begin().await?;
+        match f(&mut tx).await {
+            Ok(v) => {
+                tx.commit().await.map_err(|e| E::from(self.observe(e)))?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(rb) = tx.rollback().await {
+                    tracing::warn!(error = %rb, "rollback failed; the connection is discarded");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Connects in the background until the first success, with backoff; then, if
+    /// `auto_migrate`, applies pending migrations. Stops early when `stop` is cancelled.
+    pub async fn connect_in_background(self, stop: CancellationToken) {
+        let cfg = self.inner.config.connect.clone();
+        let mut backoff = Backoff::from_config(&cfg);
+        let started = Instant::now();
+        loop {
+            let attempt = tokio::time::timeout(cfg.attempt_timeout, self.try_connect());
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                r = attempt => r,
+            };
+            match result {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => self.connect_failed(error::sql_kind(&e), crate::health::sanitize(&e.to_string())),
+                Err(_) => self.connect_failed(
+                    "timeout",
+                    format!("no answer within {}", humantime::format_duration(cfg.attempt_timeout)),
+                ),
+            }
+            let attempts = backoff.attempts() + 1;
+            if !cfg.max_elapsed.is_zero() && started.elapsed() > cfg.max_elapsed {
+                let mut st = self.lock_state();
+                if let State::Connecting { gave_up: gave_up @ false, .. } = &mut *st {
+                    *gave_up = true;
+                    tracing::error!(backend = %self.inner.backend, attempts, "giving up on the first database connection; startup probe is down, retries go on");
+                }
+            }
+            let wait = backoff.next_delay();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!(backend = %self.inner.backend, attempts = backoff.attempts() + 1, "database connected");
+        if self.inner.config.auto_migrate
+            && let Some(m) = &self.inner.migrations
+            && !m.is_empty()
+        {
+            match m.run(&self.inner.pool, self.inner.backend).await {
+                Ok(n) => {
+                    tracing::info!(applied = n, "migrations applied");
+                    self.inner.migrations_checked.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "migrations failed; readiness stays down");
+                    *self.lock_state() = State::MigrationFailed(crate::health::sanitize(&e.to_string()));
+                    return;
+                }
+            }
+        }
+        *self.lock_state() = State::Connected;
+        self.inner.available.store(true, Ordering::Relaxed);
+    }
+
+    async fn try_connect(&self) -> Result<(), sqlx::Error> {
+        self.inner.connects.fetch_add(1, Ordering::Relaxed);
+        let conn = sqlx::AnyConnection::connect_with(&self.inner.options).await?;
+        conn.close().await
+    }
+
+    fn connect_failed(&self, kind: &str, error: String) {
+        self.inner.metrics.error(kind);
+        let mut st = self.lock_state();
+        if let State::Connecting { attempts, last_error, .. } = &mut *st {
+            *attempts += 1;
+            if *attempts <= 3 || attempts.is_power_of_two() {
+                tracing::warn!(backend = %self.inner.backend, attempt = *attempts, error = %error, "database not reachable yet; retrying");
+            }
+            *last_error = Some(error);
+        }
+    }
+
+    /// `SELECT 1` within `database.check_timeout`, then (once, unless migrating automatically)
+    /// whether migrations are pending. Updates availability.
+    async fn check(&self) -> Outcome {
+        let state = self.lock_state().clone();
+        match state {
+            State::Connecting { .. } => return Outcome::Down(self.unavailable().to_string()),
+            State::MigrationFailed(e) => return Outcome::Down(format!("migration failed: {e}")),
+            State::Connected => {}
+        }
+        let ping =
+            tokio::time::timeout(self.inner.config.check_timeout, sqlx::query("SELECT 1").execute(&self.inner.pool));
+        match ping.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.inner.available.store(false, Ordering::Relaxed);
+                self.inner.metrics.error(error::sql_kind(&e));
+                return Outcome::Down(crate::health::sanitize(&e.to_string()));
+            }
+            Err(_) => {
+                self.inner.available.store(false, Ordering::Relaxed);
+                self.inner.metrics.error("timeout");
+                let t = humantime::format_duration(self.inner.config.check_timeout);
+                return Outcome::Down(format!("SELECT 1 did not answer within {t}"));
+            }
+        }
+        if let Some(m) = &self.inner.migrations
+            && !m.is_empty()
+            && !self.inner.migrations_checked.load(Ordering::Relaxed)
+        {
+            match m.pending(&self.inner.pool, self.inner.backend).await {
+                Ok(p) if p.is_empty() => self.inner.migrations_checked.store(true, Ordering::Relaxed),
+                Ok(p) => {
+                    self.inner.available.store(false, Ordering::Relaxed);
+                    return Outcome::Down(format!(
+                        "migrations pending: run '{} migrate' ({} pending, first {})",
+                        self.inner.service,
+                        p.len(),
+                        p[0].version
+                    ));
+                }
+                Err(e) => {
+                    return Outcome::Down(format!(
+                        "cannot read migration state: {}",
+                        crate::health::sanitize(&e.to_string())
+                    ));
+                }
+            }
+        }
+        self.inner.available.store(true, Ordering::Relaxed);
+        Outcome::Up
+    }
+
+    /// The readiness check (`database`): required unless `database.required: false`.
+    pub fn readiness_check(&self) -> DbCheck {
+        DbCheck { db: self.clone(), startup: false }
+    }
+
+    /// The startup check (`database_connect`): down once `database.connect.max_elapsed` passed
+    /// without a first connection.
+    pub fn startup_check(&self) -> DbCheck {
+        DbCheck { db: self.clone(), startup: true }
+    }
+
+    /// Closes the pool (waits for connections in use to be returned).
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// How many connection attempts the background loop has made (for tests and diagnostics).
+    pub fn connect_attempts(&self) -> u32 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+}
+
+/// A [`Db`]'s health check; see [`Db::readiness_check`] and [`Db::startup_check`].
+pub struct DbCheck {
+    db: Db,
+    startup: bool,
+}
+
+impl HealthCheck for DbCheck {
+    fn name(&self) -> &str {
+        if self.startup { "database_connect" } else { "database" }
+    }
+    fn kind(&self) -> Kind {
+        if self.startup { Kind::Startup } else { Kind::Readiness }
+    }
+    fn required(&self) -> bool {
+        self.startup || self.db.inner.config.required
+    }
+    fn timeout(&self) -> Duration {
+        // The check bounds its own query; this only guards against a stuck migration-state read.
+        self.db.inner.config.check_timeout * 3
+    }
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            if self.startup {
+                return match &*self.db.lock_state() {
+                    State::Connecting { gave_up: true, last_error, .. } => Outcome::Down(format!(
+                        "no connection within database.connect.max_elapsed: {}",
+                        last_error.as_deref().unwrap_or("unknown error")
+                    )),
+                    _ => Outcome::Up,
+                };
+            }
+            self.db.check().await
+        })
+    }
+}

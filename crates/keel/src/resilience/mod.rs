@@ -1,0 +1,7 @@
+//! Resilience primitives. Today: [`backoff`], used to (re)connect dependencies.
+//!
+//! Retries, circuit breakers, bulkheads and rate limits build on these.
+
+pub mod backoff;
+
+pub use backoff::Backoff;

@@ -1,0 +1,111 @@
+//! Test support (cargo feature `test-util`): take dependencies away and bring them back, and
+//! give every test its own database, schema or key prefix so tests run in parallel.
+//!
+//! * [`FaultProxy`] — a TCP proxy that forwards, refuses, stalls or cuts connections on command.
+//! * [`require`] — whether a local service is reachable; a test skips (with a message) when it
+//!   is not, except under `CI=true`, where the test fails.
+//! * [`TestDatabase`] — a fresh PostgreSQL or MariaDB database, or SQLite file, dropped after.
+//! * [`redis_prefix`] — a unique Redis key prefix.
+//!
+//! Server addresses default to the local services on 127.0.0.1 and can be moved with
+//! `KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_MYSQL_URL` and `KEEL_TEST_REDIS_URL`.
+
+mod proxy;
+#[cfg(feature = "sql")]
+mod sql;
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+pub use proxy::{FaultProxy, Mode};
+#[cfg(feature = "sql")]
+pub use sql::TestDatabase;
+
+/// PostgreSQL admin URL for tests.
+pub fn postgres_url() -> String {
+    std::env::var("KEEL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// MariaDB/MySQL admin URL for tests.
+pub fn mysql_url() -> String {
+    std::env::var("KEEL_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".into())
+}
+
+/// Redis URL for tests.
+pub fn redis_url() -> String {
+    std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `host:port` of a URL such as `postgres://user@host:5432/db`.
+pub fn host_port(url: &str) -> Option<SocketAddr> {
+    let after = url.split_once("://")?.1;
+    let authority = after.split(['/', '?']).next()?;
+    let hostport = authority.rsplit('@').next()?;
+    hostport.to_socket_addrs().ok()?.next()
+}
+
+/// Whether `name` answers at the address of `url`. When it does not: under `CI=true` this
+/// panics (the test fails: CI must have every service); otherwise it prints why the test is
+/// skipped and returns `false`.
+///
+/// ```no_run
+/// if !keel::testing::require("PostgreSQL", &keel::testing::postgres_url()) {
+///     return;
+/// }
+/// ```
+#[allow(clippy::panic)]
+pub fn require(name: &str, url: &str) -> bool {
+    let reachable =
+        host_port(url).is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return true;
+    }
+    let at = host_port(url).map_or_else(|| "an unparsable address".to_owned(), |a| a.to_string());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{name} is required but not reachable at {at} (CI=true: tests may not skip)");
+    }
+    eprintln!("SKIPPED: {name} is not reachable at {at}; start it (see README) to run this test");
+    false
+}
+
+/// A key prefix no other test uses.
+pub fn redis_prefix() -> String {
+    format!("keeltest:{}:", uuid::Uuid::now_v7().simple())
+}
+
+/// A Redis key prefix for one test; every key under it is deleted when this is dropped.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct TestRedis {
+    url: String,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl TestRedis {
+    /// A fresh prefix on the server of `url` (see [`redis_url`]).
+    pub fn new(url: &str) -> Self {
+        Self { url: url.to_owned(), prefix: redis_prefix() }
+    }
+
+    /// The prefix (`keeltest:<uuid>:`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let (url, pattern) = (self.url.clone(), format!("{}*", self.prefix));
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(url) else { return };
+            let Ok(mut conn) = client.get_connection() else { return };
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
