@@ -157,6 +157,16 @@ async fn start_away_then_recover_and_survive_an_outage(dep: Dep) {
     s.proxy.restore();
     eventually("ready after the outage", || async { ready(&f).await.0 == 200 }).await;
     eventually("usable after the outage", || async { use_it(&f, dep).await == 200 }).await;
+    let text = f.running().metrics().render();
+    match dep {
+        Dep::Redis => {
+            assert!(metric(&text, "redis_commands_total{outcome=\"ok\"}").unwrap() >= 4.0, "{text}");
+            assert!(metric(&text, "redis_command_duration_seconds_count").unwrap() >= 4.0, "{text}");
+        }
+        _ => {
+            assert!(metric(&text, "db_pool_acquire_duration_seconds_count{pool=\"fixture\"}").unwrap() >= 4.0, "{text}")
+        }
+    }
     f.stop().await;
 }
 
@@ -232,8 +242,17 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 }
 
 #[tokio::test]
-async fn pool_metrics_move_under_load() {
-    let Some(s) = setup(Dep::Postgres, Mode::Forward).await else { return };
+async fn postgres_pool_metrics_move_under_load() {
+    pool_metrics_move_under_load(Dep::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_pool_metrics_move_under_load() {
+    pool_metrics_move_under_load(Dep::MariaDb).await;
+}
+
+async fn pool_metrics_move_under_load(dep: Dep) {
+    let Some(s) = setup(dep, Mode::Forward).await else { return };
     let mut env = s.env.clone();
     env.push(("FIXTURE__DATABASE__POOL__MAX_CONNECTIONS".into(), "3".into()));
     env.push(("FIXTURE__DATABASE__POOL__ACQUIRE_TIMEOUT".into(), "200ms".into()));
@@ -321,11 +340,22 @@ async fn sqlite_migrate_and_status() {
 }
 
 #[tokio::test]
-async fn production_serve_never_migrates_and_waits_for_migrate() {
+async fn postgres_production_serve_never_migrates() {
     if !require("PostgreSQL", &postgres_url()) {
         return;
     }
-    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    production_serve_never_migrates_and_waits_for_migrate(TestDatabase::postgres(&postgres_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn mariadb_production_serve_never_migrates() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    production_serve_never_migrates_and_waits_for_migrate(TestDatabase::mysql(&mysql_url()).await.unwrap()).await;
+}
+
+async fn production_serve_never_migrates_and_waits_for_migrate(db: TestDatabase) {
     let mut env: Vec<(&str, &str)> = FAST.to_vec();
     env.extend([
         ("FIXTURE__APP__DATABASE", "true"),
@@ -345,7 +375,8 @@ async fn production_serve_never_migrates_and_waits_for_migrate() {
     let (code, out, err) = migrate_cli(&["migrate"], db.url());
     assert_eq!(code, 0, "{out}{err}");
     eventually("ready once migrated", || async { ready(&f).await.0 == 200 }).await;
-    assert_eq!(use_it(&f, Dep::Postgres).await, 200);
+    let dep = if db.url().starts_with("mysql") { Dep::MariaDb } else { Dep::Postgres };
+    assert_eq!(use_it(&f, dep).await, 200);
     f.stop().await;
     // And production refuses auto_migrate outright.
     let (code, _, err) = run_cli(

@@ -24,6 +24,10 @@
 //! | [`health`] | health checks and the live / ready / startup probes |
 //! | [`http`] | the server stack, one module per middleware, problem responses |
 //! | [`telemetry`] | logs, traces and metrics |
+//! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
+//! | `redis` | a managed Redis connection (feature `redis`) |
+//! | [`resilience`] | backoff (more to come) |
+//! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
 
