@@ -21,26 +21,41 @@ need() { # debian packages
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-start_postgres() {
-  need postgresql
+pg_login() { psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; }
+my_login() { mariadb -h 127.0.0.1 -u root -e 'select 1' >/dev/null 2>&1; }
+
+pg_trust() { # trust on loopback, as the tests expect; reload so a running cluster applies it
   local v conf
-  v=$(ls /etc/postgresql | sort -V | tail -n 1)
+  v=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$v" ] || return 1
   conf=/etc/postgresql/$v/main
   if ! grep -q 'keel-ci' "$conf/pg_hba.conf"; then
     sed -i '1i host all all 127.0.0.1/32 trust # keel-ci\nhost all all ::1/128 trust # keel-ci' "$conf/pg_hba.conf"
   fi
+  pg_ctlcluster --skip-systemctl-redirect "$v" main reload >/dev/null 2>&1 || true
+}
+
+start_postgres() {
+  need postgresql
+  pg_trust
+  local v
+  v=$(ls /etc/postgresql | sort -V | tail -n 1)
   pg_ctlcluster --skip-systemctl-redirect "$v" main start
+}
+
+my_root() { # root over TCP without a password (a fresh install allows the unix socket only)
+  mariadb -uroot -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket;
+    CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+    GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;"
 }
 
 start_mariadb() {
   need mariadb-server mariadb-client
   mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  # Debian's stock config leaves `user = mysql` commented out, and mariadbd refuses root.
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
   wait_up 3306 60 || return 1
-  # Root over TCP without a password, as the tests expect (a fresh install allows the socket only).
-  mariadb -uroot -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket;
-    CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
-    GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;" 2>/dev/null || true
+  my_root
 }
 
 start_redis() {
@@ -63,6 +78,9 @@ start_nats() {
 }
 
 failed=0
+# Servers that listen but refuse the tests' logins get the same set-up as fresh ones.
+if up 5432 && ! pg_login; then echo "  PostgreSQL: enabling trust on loopback"; pg_trust; fi
+if up 3306 && ! my_login; then echo "  MariaDB: enabling root over TCP"; my_root || echo "  MariaDB: could not set up root"; fi
 for spec in "PostgreSQL 5432 start_postgres 60" "MariaDB 3306 start_mariadb 60" "Redis 6379 start_redis 30" \
             "RabbitMQ 5672 start_rabbitmq 120" "NATS 4222 start_nats 30"; do
   set -- $spec
@@ -71,4 +89,6 @@ for spec in "PostgreSQL 5432 start_postgres 60" "MariaDB 3306 start_mariadb 60" 
   "$3" || true
   if wait_up "$2" "$4"; then echo "  $1 :$2 up"; else echo "  $1 :$2 STILL DOWN"; failed=1; fi
 done
+if ! pg_login; then echo "  PostgreSQL: the postgres user cannot log in over 127.0.0.1"; failed=1; fi
+if ! my_login; then echo "  MariaDB: root cannot log in over 127.0.0.1"; failed=1; fi
 exit "$failed"

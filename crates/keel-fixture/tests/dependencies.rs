@@ -237,6 +237,49 @@ async fn redis_degraded_mode() {
     degraded_mode_fails_fast(Dep::Redis, false).await;
 }
 
+#[tokio::test]
+async fn redis_degraded_mode_when_the_server_hangs() {
+    degraded_mode_fails_fast(Dep::Redis, true).await;
+}
+
+#[tokio::test]
+async fn startup_probe_gives_up_after_max_elapsed_and_recovers() {
+    let Some(s) = setup(Dep::Postgres, Mode::Refuse).await else { return };
+    let mut env = s.env.clone();
+    env.push(("FIXTURE__DATABASE__CONNECT__MAX_ELAPSED".into(), "300ms".into()));
+    let f = Fixture::start(&pairs(&env)).await;
+    eventually("startup probe down after giving up", || async {
+        let resp = client().get(f.url("/health/startup")).send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        status == 503 && body["checks"]["database_connect"]["error"].as_str().is_some_and(|e| e.contains("max_elapsed"))
+    })
+    .await;
+    s.proxy.restore();
+    eventually("startup probe up once connected", || async {
+        client().get(f.url("/health/startup")).send().await.unwrap().status() == 200
+    })
+    .await;
+    eventually("ready", || async { ready(&f).await.0 == 200 }).await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn redis_keys_carry_the_service_prefix() {
+    let Some(s) = setup(Dep::Redis, Mode::Forward).await else { return };
+    let f = Fixture::start(&pairs(&s.env)).await;
+    eventually("up", || async { ready(&f).await.1["status"] == "up" }).await;
+    assert_eq!(use_it(&f, Dep::Redis).await, 200);
+    let prefix = s.env.iter().find(|(k, _)| k == "FIXTURE__REDIS__KEY_PREFIX").unwrap().1.clone();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let raw: Option<String> = redis::cmd("GET").arg(format!("{prefix}k")).query_async(&mut conn).await.unwrap();
+    assert_eq!(raw.as_deref(), Some("v"));
+    let bare: Option<String> = redis::cmd("GET").arg("k").query_async(&mut conn).await.unwrap();
+    assert_eq!(bare, None);
+    f.stop().await;
+}
+
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
@@ -267,6 +310,10 @@ async fn pool_metrics_move_under_load(dep: Dep) {
     .await;
     let text = m.render();
     assert_eq!(metric(&text, "db_pool_max_connections{pool=\"fixture\"}"), Some(3.0));
+    // A saturated pool is not a dead database: readiness stays 200, reporting "degraded".
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, body) = ready(&f).await;
+    assert_eq!(status, 200, "{body}");
     let statuses: Vec<u16> = futures_util::future::join_all(holds)
         .await
         .into_iter()
@@ -421,9 +468,17 @@ fn sqlite_works_with_zero_setup() {
 #[tokio::test]
 async fn transactions_roll_back_on_error_and_on_drop() {
     let db = TestDatabase::sqlite().unwrap();
-    let f =
-        Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url()), FAST[0], FAST[1]])
-            .await;
+    // The URL comes from a secret file (database.url_file), as in Kubernetes.
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();
+    let f = Fixture::start(&[
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__DATABASE__URL_FILE", url_file.to_str().unwrap()),
+        FAST[0],
+        FAST[1],
+    ])
+    .await;
     eventually("ready", || async { ready(&f).await.0 == 200 }).await;
     let c = client();
     let resp = c.post(f.url("/db/items/rollback")).json(&serde_json::json!({"name": "ghost"})).send().await.unwrap();
@@ -441,6 +496,17 @@ async fn transactions_roll_back_on_error_and_on_drop() {
         let mut tx = kdb.begin().await.unwrap();
         sqlx::query("INSERT INTO items (name) VALUES ('dropped')").execute(&mut *tx).await.unwrap();
     }
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM items").fetch_one(kdb.pool()).await.unwrap();
+    assert_eq!(n.0, 0);
+    // A transaction() whose future is dropped part-way (a cancelled request) rolls back.
+    let stuck = kdb.transaction(|tx| {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO items (name) VALUES ('cancelled')").execute(&mut **tx).await?;
+            std::future::pending::<()>().await;
+            Ok::<_, keel::data::DataError>(())
+        })
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(100), stuck).await.is_err());
     let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM items").fetch_one(kdb.pool()).await.unwrap();
     assert_eq!(n.0, 0);
     kdb.close().await;

@@ -82,7 +82,14 @@ async fn status(m: &Migrations, pool: &sqlx::AnyPool, backend: Backend) -> ExitC
     match m.status(pool, backend).await {
         Ok(list) => {
             for s in &list {
-                println!("{:<8} {:>14}  {}", if s.applied { "applied" } else { "pending" }, s.version, s.description);
+                let state = if s.applied {
+                    "applied"
+                } else if s.failed {
+                    "FAILED"
+                } else {
+                    "pending"
+                };
+                println!("{state:<8} {:>14}  {}", s.version, s.description);
             }
             let pending = list.iter().filter(|s| !s.applied).count();
             println!("{} applied, {pending} pending ({backend})", list.len() - pending);

@@ -659,6 +659,12 @@ fn validate_database(d: &DatabaseConfig, prod: bool, v: &mut Validation<'_>) {
     if p.acquire_timeout.is_zero() {
         v.invalid("database.pool.acquire_timeout", "must be more than 0s, or a lost database hangs requests");
     }
+    if p.idle_timeout.is_zero() {
+        v.invalid("database.pool.idle_timeout", "must be more than 0s");
+    }
+    if p.max_lifetime.is_zero() {
+        v.invalid("database.pool.max_lifetime", "must be more than 0s");
+    }
     if d.check_timeout.is_zero() {
         v.invalid("database.check_timeout", "must be more than 0s");
     }
@@ -666,10 +672,16 @@ fn validate_database(d: &DatabaseConfig, prod: bool, v: &mut Validation<'_>) {
 }
 
 fn validate_redis(r: &RedisConfig, v: &mut Validation<'_>) {
-    if let Some(url) = &r.url
-        && !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.expose().starts_with(p))
-    {
-        v.invalid("redis.url", "must start with redis://, rediss:// or unix://");
+    if let Some(url) = &r.url {
+        let u = url.expose();
+        if u.starts_with("rediss://") {
+            v.invalid(
+                "redis.url",
+                "rediss:// (TLS) is not supported by this build: terminate TLS in front, or use redis://",
+            );
+        } else if !["redis://", "unix://", "redis+unix://"].iter().any(|p| u.starts_with(p)) {
+            v.invalid("redis.url", "must start with redis:// or unix://");
+        }
     }
     if r.command_timeout.is_zero() {
         v.invalid("redis.command_timeout", "must be more than 0s");

@@ -418,7 +418,8 @@ impl Default for ConnectConfig {
 #[serde(default)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// **Secret.** `redis://[:password@]host:6379/0`. Required when the service uses Redis.
+    /// **Secret.** `redis://[:password@]host:6379/0` or `unix:///path`. Required when the
+    /// service uses Redis. (`rediss://` needs TLS support this build does not include.)
     pub url: Option<Secret>,
     /// Readiness fails while Redis is unreachable. `false`: `degraded`, calls fail fast. Default `true`.
     pub required: bool,

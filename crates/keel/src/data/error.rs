@@ -65,9 +65,10 @@ pub(crate) fn sql_kind(e: &sqlx::Error) -> &'static str {
     }
 }
 
-/// Whether an error means the connection to the database is gone (as opposed to a bad query).
+/// Whether an error means the connection to the database is gone (as opposed to a bad query,
+/// or a pool that is merely busy: a pool timeout under load says nothing about the database).
 pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_))
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_))
 }
 
 impl IntoResponse for DataError {

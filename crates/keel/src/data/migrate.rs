@@ -1,7 +1,7 @@
 //! Embedded migrations, per backend, run as a separate step in production.
 
-use sqlx::migrate::{Migrate, Migrator};
-use sqlx::{Acquire, AnyPool};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Connection};
 
 use super::{Backend, DataError};
 
@@ -28,6 +28,9 @@ pub struct MigrationState {
     pub description: String,
     /// Whether it has been applied to this database.
     pub applied: bool,
+    /// It was started and failed part-way (sqlx marks it `success = false`): the database
+    /// needs repair before migrating on.
+    pub failed: bool,
 }
 
 impl Migrations {
@@ -68,19 +71,23 @@ impl Migrations {
         self.postgres.is_none() && self.mysql.is_none() && self.sqlite.is_none()
     }
 
-    /// Applies every pending migration. Safe when several instances run it at once: the run
-    /// holds a lock for its whole duration — PostgreSQL's advisory lock (taken by sqlx), a
-    /// checked `GET_LOCK` on MySQL/MariaDB (sqlx's ignores a failed or timed-out lock), and an OS
-    /// file lock beside a SQLite file (sqlx takes none).
+    /// Applies every pending migration; returns how many. A backend the service ships no
+    /// migrations for has nothing to apply.
+    ///
+    /// Safe when several instances run it at once: the run holds a lock for its whole duration —
+    /// PostgreSQL's advisory lock (taken by sqlx), a checked `GET_LOCK` on MySQL/MariaDB (sqlx's
+    /// ignores a failed or timed-out lock), and an OS file lock beside a SQLite file (sqlx takes
+    /// none). A connection whose run failed is closed, not returned to the pool, so no session
+    /// lock outlives the run.
     pub fn run<'a>(
         &'a self,
         pool: &'a AnyPool,
         backend: Backend,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, DataError>> + Send + 'a>> {
-        // Boxed with an explicit `Send`: sqlx's generic `Migrator::run` otherwise trips the
+        // Boxed with an explicit `Send`: sqlx's generic migration code otherwise trips the
         // compiler's higher-ranked `Send` inference in callers that spawn this future.
         Box::pin(async move {
-            let m = self.for_backend(backend).ok_or(DataError::NoMigrations(backend))?;
+            let Some(m) = self.for_backend(backend) else { return Ok(0) };
             let mut conn = pool.acquire().await?;
             let _file_lock = match backend {
                 Backend::Sqlite => Some(sqlite_lock(pool).await?),
@@ -95,59 +102,77 @@ impl Migrations {
                     return Err(DataError::Config(format!("another migration held the lock for {LOCK_WAIT_SECS} s")));
                 }
             }
-            let result = match pending_on(&mut conn, m).await {
-                Ok(before) => match m.run_direct(None, &mut *conn, false).await {
-                    Ok(()) => Ok(before),
-                    Err(e) => Err(DataError::from(e)),
-                },
-                Err(e) => Err(e),
-            };
+            // A read only (no DDL), so it cannot race another instance creating the table; on
+            // PostgreSQL it precedes sqlx's lock and only affects the count reported.
+            let before = applied_rows(&mut conn, backend).await?;
+            let result = m.run_direct(None, &mut *conn, false).await;
+            if let Err(e) = result {
+                // The session may still hold a migration lock: never give it back to the pool.
+                let _ = conn.detach().close().await;
+                return Err(e.into());
+            }
+            let after = applied_rows(&mut conn, backend).await?;
             if backend == Backend::MySql {
                 let _ =
                     sqlx::query("SELECT RELEASE_LOCK(CONCAT('keel_migrate_', DATABASE()))").execute(&mut *conn).await;
             }
-            result
+            let ok = |rows: &[(i64, bool)]| rows.iter().filter(|r| r.1).count();
+            Ok(ok(&after).saturating_sub(ok(&before)))
         })
     }
 
-    /// Every known migration, applied or pending, in version order.
+    /// Every known migration, applied, failed or pending, in version order. Reads only (no
+    /// DDL): before the first `migrate` every migration is pending.
     ///
     /// # Errors
     ///
-    /// [`DataError::NoMigrations`] when none are declared for `backend`; SQL errors otherwise.
+    /// SQL errors other than "the migrations table does not exist yet".
     pub async fn status(&self, pool: &AnyPool, backend: Backend) -> Result<Vec<MigrationState>, DataError> {
-        let m = self.for_backend(backend).ok_or(DataError::NoMigrations(backend))?;
+        let Some(m) = self.for_backend(backend) else { return Ok(Vec::new()) };
         let mut conn = pool.acquire().await?;
-        let conn = conn.acquire().await?;
-        conn.ensure_migrations_table("_sqlx_migrations").await?;
-        let applied = conn.list_applied_migrations("_sqlx_migrations").await?;
+        let rows = applied_rows(&mut conn, backend).await?;
         Ok(m.iter()
             .filter(|x| x.migration_type.is_up_migration())
-            .map(|x| MigrationState {
-                version: x.version,
-                description: x.description.to_string(),
-                applied: applied.iter().any(|a| a.version == x.version),
+            .map(|x| {
+                let row = rows.iter().find(|r| r.0 == x.version);
+                MigrationState {
+                    version: x.version,
+                    description: x.description.to_string(),
+                    applied: row.is_some_and(|r| r.1),
+                    failed: row.is_some_and(|r| !r.1),
+                }
             })
             .collect())
     }
 
-    /// The pending ones.
+    /// The ones not (successfully) applied.
     pub async fn pending(&self, pool: &AnyPool, backend: Backend) -> Result<Vec<MigrationState>, DataError> {
         Ok(self.status(pool, backend).await?.into_iter().filter(|s| !s.applied).collect())
     }
 }
 
+/// `(version, success)` of every row of sqlx's migrations table; none if it does not exist.
+async fn applied_rows(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
+) -> Result<Vec<(i64, bool)>, DataError> {
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT version, CASE WHEN success THEN 1::BIGINT ELSE 0::BIGINT END FROM _sqlx_migrations"
+        }
+        Backend::MySql => "SELECT version, CAST(success AS SIGNED) FROM _sqlx_migrations",
+        Backend::Sqlite => "SELECT version, CAST(success AS INTEGER) FROM _sqlx_migrations",
+    };
+    match sqlx::query_as::<_, (i64, i64)>(sql).fetch_all(&mut **conn).await {
+        Ok(rows) => Ok(rows.into_iter().map(|(v, ok)| (v, ok != 0)).collect()),
+        // No table yet: nothing applied.
+        Err(sqlx::Error::Database(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// How long a `migrate` waits for another instance's migration to finish.
 const LOCK_WAIT_SECS: i64 = 300;
-
-async fn pending_on(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, m: &Migrator) -> Result<usize, DataError> {
-    let c = conn.acquire().await?;
-    c.ensure_migrations_table("_sqlx_migrations").await?;
-    let applied = c.list_applied_migrations("_sqlx_migrations").await?;
-    Ok(m.iter()
-        .filter(|x| x.migration_type.is_up_migration() && !applied.iter().any(|a| a.version == x.version))
-        .count())
-}
 
 /// An exclusive OS lock on `<database file>.migrate-lock`, held until dropped.
 async fn sqlite_lock(pool: &AnyPool) -> Result<std::fs::File, DataError> {

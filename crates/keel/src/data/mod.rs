@@ -260,7 +260,10 @@ impl Db {
     /// Counts and classifies an error from a query the caller ran; marks the database
     /// unavailable when the error means the connection is gone. Returns it as a [`DataError`].
     pub fn observe(&self, e: sqlx::Error) -> DataError {
-        self.inner.metrics.error(error::sql_kind(&e));
+        // "No row" is an answer, not a failure of the database.
+        if !matches!(e, sqlx::Error::RowNotFound) {
+            self.inner.metrics.error(error::sql_kind(&e));
+        }
         if error::is_connection_error(&e) {
             self.inner.available.store(false, Ordering::Relaxed);
         }
@@ -278,14 +281,15 @@ impl Db {
     /// Cancel safe: dropping the future gives up the wait.
     pub async fn acquire(&self) -> Result<PoolConnection<Any>, DataError> {
         if !self.is_available() {
+            self.inner.metrics.error("unavailable");
             return Err(self.unavailable());
         }
         let started = Instant::now();
-        match self.inner.pool.acquire().await {
-            Ok(c) => {
-                self.inner.metrics.acquired(started.elapsed());
-                Ok(c)
-            }
+        let result = self.inner.pool.acquire().await;
+        // Failed waits are recorded too: a saturated pool shows in the latency, not as a gap.
+        self.inner.metrics.acquired(started.elapsed());
+        match result {
+            Ok(c) => Ok(c),
             Err(e) => {
                 if matches!(e, sqlx::Error::PoolTimedOut) {
                     self.inner.metrics.timeout();
@@ -366,18 +370,32 @@ impl Db {
         }
         tracing::info!(backend = %self.inner.backend, attempts = backoff.attempts() + 1, "database connected");
         if self.inner.config.auto_migrate
-            && let Some(m) = &self.inner.migrations
+            && let Some(m) = self.inner.migrations.clone()
             && !m.is_empty()
         {
-            match m.run(&self.inner.pool, self.inner.backend).await {
-                Ok(n) => {
-                    tracing::info!(applied = n, "migrations applied");
-                    self.inner.migrations_checked.store(true, Ordering::Relaxed);
+            // A failed run (a blip mid-migration) is retried with backoff; readiness says why.
+            backoff.reset();
+            loop {
+                let run = m.run(&self.inner.pool, self.inner.backend);
+                let result = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = run => r,
+                };
+                match result {
+                    Ok(n) => {
+                        tracing::info!(applied = n, "migrations applied");
+                        self.inner.migrations_checked.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        let e = crate::health::sanitize(&e.to_string());
+                        tracing::error!(error = %e, "migrations failed; readiness stays down; retrying");
+                        *self.lock_state() = State::MigrationFailed(e);
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "migrations failed; readiness stays down");
-                    *self.lock_state() = State::MigrationFailed(crate::health::sanitize(&e.to_string()));
-                    return;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }
@@ -414,8 +432,20 @@ impl Db {
         }
         let ping =
             tokio::time::timeout(self.inner.config.check_timeout, sqlx::query("SELECT 1").execute(&self.inner.pool));
+        let busy = || {
+            let p = &self.inner.pool;
+            p.size() >= self.inner.config.pool.max_connections && p.num_idle() == 0
+        };
         match ping.await {
             Ok(Ok(_)) => {}
+            // Every connection is in use: the database answers, the pool is the bottleneck.
+            // Say so without failing readiness or the fail-fast flag.
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) if busy() => {
+                return Outcome::degraded(format!(
+                    "pool busy: all {} connections in use",
+                    self.inner.config.pool.max_connections
+                ));
+            }
             Ok(Err(e)) => {
                 self.inner.available.store(false, Ordering::Relaxed);
                 self.inner.metrics.error(error::sql_kind(&e));
@@ -429,11 +459,19 @@ impl Db {
             }
         }
         if let Some(m) = &self.inner.migrations
-            && !m.is_empty()
+            && m.for_backend(self.inner.backend).is_some()
             && !self.inner.migrations_checked.load(Ordering::Relaxed)
         {
             match m.pending(&self.inner.pool, self.inner.backend).await {
                 Ok(p) if p.is_empty() => self.inner.migrations_checked.store(true, Ordering::Relaxed),
+                Ok(p) if p.iter().any(|s| s.failed) => {
+                    self.inner.available.store(false, Ordering::Relaxed);
+                    let v = p.iter().find(|s| s.failed).map_or(0, |s| s.version);
+                    return Outcome::Down(format!(
+                        "migration {v} failed part-way: repair the database, then run '{} migrate'",
+                        self.inner.service
+                    ));
+                }
                 Ok(p) => {
                     self.inner.available.store(false, Ordering::Relaxed);
                     return Outcome::Down(format!(

@@ -196,9 +196,15 @@ impl Redis {
                 self.inner.commands.with_label_values(&["ok"]).inc();
                 Ok(v)
             }
+            // The client's own response timeout and ours race; either way Redis did not answer.
+            Ok(Err(e)) if e.is_timeout() => {
+                self.inner.commands.with_label_values(&["timeout"]).inc();
+                self.inner.available.store(false, Ordering::Relaxed);
+                Err(RedisError::Timeout(limit))
+            }
             Ok(Err(e)) => {
                 self.inner.commands.with_label_values(&["error"]).inc();
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
                     self.inner.available.store(false, Ordering::Relaxed);
                 }
                 Err(RedisError::Redis(e))

@@ -3,5 +3,8 @@
 //! Retries, circuit breakers, bulkheads and rate limits build on these.
 
 pub mod backoff;
+pub mod breaker;
+pub mod bulkhead;
+pub mod retry;
 
 pub use backoff::Backoff;

@@ -14,7 +14,8 @@ pub enum Mode {
     Forward,
     /// Accept, then reset the connection at once (as if nothing listened).
     Refuse,
-    /// Accept and hold the connection without passing a byte (a hung dependency).
+    /// Accept new connections and hold them without passing a byte, and stop passing bytes on
+    /// open ones (a hung dependency). Leaving this mode closes the stalled connections.
     Stall,
 }
 
@@ -68,14 +69,24 @@ impl FaultProxy {
                             let _ = rx.changed().await;
                         })
                     }
-                    Mode::Forward => tokio::spawn(async move {
-                        let Ok(mut upstream) = TcpStream::connect(target).await else {
-                            refuse(client);
-                            return;
-                        };
-                        let mut client = client;
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }),
+                    Mode::Forward => {
+                        let mut rx = rx.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut upstream) = TcpStream::connect(target).await else {
+                                refuse(client);
+                                return;
+                            };
+                            let mut client = client;
+                            let stalled = tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => false,
+                                _ = rx.wait_for(|m| *m == Mode::Stall) => true,
+                            };
+                            if stalled {
+                                // Keep both sockets open and silent until the stall ends or a cut.
+                                let _ = rx.wait_for(|m| *m != Mode::Stall).await;
+                            }
+                        })
+                    }
                 };
                 if let Ok(mut c) = conns.lock() {
                     c.retain(|h| !h.is_finished());

@@ -1,0 +1,739 @@
+//! Circuit breakers: stop calling a dependency that is failing, and find out promptly when it
+//! has recovered.
+//!
+//! * **Closed** — calls pass; each outcome goes into a sliding window (the last `window.size`
+//!   calls, or the calls of the last `window.size` seconds). Once the window holds at least
+//!   `minimum_calls`, a failure rate ≥ `failure_rate` or a slow-call rate (calls slower than
+//!   `slow_call_duration`) ≥ `slow_call_rate` opens the breaker.
+//! * **Open** — calls are rejected at once (no dependency traffic) for `open_wait`.
+//! * **Half-open** — then up to `half_open_calls` trial calls pass. If their failure (or slow)
+//!   rate stays under the thresholds the breaker closes, else it opens for another `open_wait`.
+//!   A trial call that is dropped before it reports (a cancelled request) frees its slot, so
+//!   the breaker can never get stuck half-open — recovery takes `open_wait` plus the trial
+//!   calls, not minutes.
+//!
+//! Metrics: `circuit_breaker_state{name}` (0 closed, 1 open, 2 half-open),
+//! `circuit_breaker_calls_total{name,outcome="success|failure|rejected"}`,
+//! `circuit_breaker_transitions_total{name,from,to}`; every transition is logged.
+//!
+//! ```
+//! use keel::resilience::breaker::{BreakerConfig, CircuitBreaker};
+//!
+//! # async fn demo() {
+//! let breaker = CircuitBreaker::new("payments", BreakerConfig::default());
+//! let result = breaker.call(async { Ok::<_, std::io::Error>(42) }, |r| r.is_err()).await;
+//! assert_eq!(result.unwrap().unwrap(), 42);
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::Metrics;
+
+/// `circuit_breakers.<name>.*` (and `upstreams.<name>.breaker.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failure rate (0–1) that opens the breaker. Default `0.5`.
+    pub failure_rate: f64,
+    /// Slow-call rate (0–1) that opens the breaker. Default `1.0` (only if every call is slow).
+    pub slow_call_rate: f64,
+    /// A call at least this long counts as slow. Default `5s`.
+    #[serde(with = "crate::config::duration")]
+    pub slow_call_duration: Duration,
+    /// The sliding window.
+    pub window: WindowConfig,
+    /// Fewest calls in the window before rates are judged. Default `10`.
+    pub minimum_calls: u32,
+    /// How long the breaker stays open before trial calls. Default `5s`.
+    #[serde(with = "crate::config::duration")]
+    pub open_wait: Duration,
+    /// Trial calls let through when half-open. Default `3`.
+    pub half_open_calls: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_rate: 0.5,
+            slow_call_rate: 1.0,
+            slow_call_duration: Duration::from_secs(5),
+            window: WindowConfig::default(),
+            minimum_calls: 10,
+            open_wait: Duration::from_secs(5),
+            half_open_calls: 3,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Problems with the values, as `(field, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        for (field, v) in [("failure_rate", self.failure_rate), ("slow_call_rate", self.slow_call_rate)] {
+            if !(v > 0.0 && v <= 1.0) {
+                p.push((field, "must be more than 0 and at most 1".to_owned()));
+            }
+        }
+        if self.window.size == 0 {
+            p.push(("window.size", "must be at least 1".into()));
+        }
+        if self.minimum_calls == 0 {
+            p.push(("minimum_calls", "must be at least 1".into()));
+        }
+        if self.half_open_calls == 0 {
+            p.push(("half_open_calls", "must be at least 1".into()));
+        }
+        if self.open_wait.is_zero() {
+            p.push(("open_wait", "must be more than 0s".into()));
+        }
+        p
+    }
+}
+
+/// Count- or time-based sliding window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `count` (the last `size` calls) or `time` (the calls of the last `size` seconds).
+    pub kind: WindowKind,
+    /// Calls, or seconds. Default `20` calls.
+    pub size: u32,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self { kind: WindowKind::Count, size: 20 }
+    }
+}
+
+/// See [`WindowConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    /// The last N calls.
+    Count,
+    /// The calls of the last N seconds.
+    Time,
+}
+
+/// A breaker state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Calls pass.
+    Closed,
+    /// Calls are rejected.
+    Open,
+    /// A few trial calls pass.
+    HalfOpen,
+}
+
+impl State {
+    /// The value of `circuit_breaker_state`.
+    pub fn metric(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+
+    /// The name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It worked.
+    Success,
+    /// It failed (as the caller classifies it).
+    Failure,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    calls: u32,
+    failures: u32,
+    slow: u32,
+}
+
+impl Counts {
+    fn add(&mut self, failed: bool, slow: bool) {
+        self.calls += 1;
+        self.failures += u32::from(failed);
+        self.slow += u32::from(slow);
+    }
+}
+
+#[derive(Debug)]
+enum Window {
+    /// Outcomes of the last N calls: (failed, slow).
+    Count { ring: Vec<(bool, bool)>, next: usize, len: usize },
+    /// Per-second buckets: (second since origin, counts).
+    Time { buckets: Vec<(u64, Counts)>, origin: Instant },
+}
+
+impl Window {
+    fn new(cfg: &WindowConfig, now: Instant) -> Self {
+        let n = cfg.size.max(1) as usize;
+        match cfg.kind {
+            WindowKind::Count => Self::Count { ring: vec![(false, false); n], next: 0, len: 0 },
+            WindowKind::Time => Self::Time { buckets: vec![(u64::MAX, Counts::default()); n], origin: now },
+        }
+    }
+
+    fn push(&mut self, failed: bool, slow: bool, now: Instant) {
+        match self {
+            Self::Count { ring, next, len } => {
+                ring[*next] = (failed, slow);
+                *next = (*next + 1) % ring.len();
+                *len = (*len + 1).min(ring.len());
+            }
+            Self::Time { buckets, origin } => {
+                let sec = now.saturating_duration_since(*origin).as_secs();
+                let n = buckets.len();
+                let slot = &mut buckets[(sec % n as u64) as usize];
+                if slot.0 != sec {
+                    *slot = (sec, Counts::default());
+                }
+                slot.1.add(failed, slow);
+            }
+        }
+    }
+
+    fn counts(&self, now: Instant) -> Counts {
+        match self {
+            Self::Count { ring, len, .. } => {
+                // Until the ring is full the valid entries are its first `len`; after, all.
+                let mut c = Counts::default();
+                for (failed, slow) in ring.iter().take(*len) {
+                    c.add(*failed, *slow);
+                }
+                c
+            }
+            Self::Time { buckets, origin } => {
+                let sec = now.saturating_duration_since(*origin).as_secs();
+                let n = buckets.len() as u64;
+                let mut c = Counts::default();
+                for (s, b) in buckets {
+                    if *s != u64::MAX && *s <= sec && sec - *s < n {
+                        c.calls += b.calls;
+                        c.failures += b.failures;
+                        c.slow += b.slow;
+                    }
+                }
+                c
+            }
+        }
+    }
+}
+
+/// The breaker's state machine, without clocks or metrics: every method takes `now`.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    cfg: BreakerConfig,
+    state: State,
+    window: Window,
+    opened_at: Instant,
+    trials_admitted: u32,
+    trials: Counts,
+}
+
+/// A state change, for metrics and logs.
+pub(crate) type Transition = (State, State);
+
+impl Machine {
+    pub(crate) fn new(cfg: BreakerConfig, now: Instant) -> Self {
+        let window = Window::new(&cfg.window, now);
+        Self { cfg, state: State::Closed, window, opened_at: now, trials_admitted: 0, trials: Counts::default() }
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.state
+    }
+
+    /// Admits a call (`Ok(is_trial)`) or rejects it (`Err(time until trials)`).
+    pub(crate) fn admit(&mut self, now: Instant) -> (Result<bool, Duration>, Option<Transition>) {
+        match self.state {
+            State::Closed => (Ok(false), None),
+            State::Open => {
+                let waited = now.saturating_duration_since(self.opened_at);
+                if waited < self.cfg.open_wait {
+                    return (Err(self.cfg.open_wait - waited), None);
+                }
+                self.state = State::HalfOpen;
+                self.trials_admitted = 1;
+                self.trials = Counts::default();
+                (Ok(true), Some((State::Open, State::HalfOpen)))
+            }
+            State::HalfOpen => {
+                if self.trials_admitted < self.cfg.half_open_calls {
+                    self.trials_admitted += 1;
+                    (Ok(true), None)
+                } else {
+                    (Err(Duration::ZERO), None)
+                }
+            }
+        }
+    }
+
+    /// Records the end of an admitted call.
+    pub(crate) fn record(&mut self, trial: bool, outcome: Outcome, took: Duration, now: Instant) -> Option<Transition> {
+        let failed = outcome == Outcome::Failure;
+        let slow = took >= self.cfg.slow_call_duration;
+        match (self.state, trial) {
+            (State::HalfOpen, true) => {
+                self.trials.add(failed, slow);
+                if self.trials.calls < self.cfg.half_open_calls {
+                    return None;
+                }
+                if self.over_threshold(self.trials) {
+                    self.open(now);
+                    Some((State::HalfOpen, State::Open))
+                } else {
+                    self.state = State::Closed;
+                    self.window = Window::new(&self.cfg.window, now);
+                    Some((State::HalfOpen, State::Closed))
+                }
+            }
+            (State::Closed, false) => {
+                self.window.push(failed, slow, now);
+                let c = self.window.counts(now);
+                if c.calls >= self.cfg.minimum_calls && self.over_threshold(c) {
+                    self.open(now);
+                    Some((State::Closed, State::Open))
+                } else {
+                    None
+                }
+            }
+            // A late answer from a call admitted in an earlier state changes nothing.
+            _ => None,
+        }
+    }
+
+    /// Forgets every admitted trial (tests: in-flight calls that will never report).
+    #[cfg(test)]
+    fn abandon_all(&mut self) {
+        if self.state == State::HalfOpen {
+            self.trials_admitted = self.trials.calls;
+        }
+    }
+
+    /// A trial call that never reported (dropped): give its slot back.
+    pub(crate) fn abandon(&mut self, trial: bool) {
+        if trial && self.state == State::HalfOpen && self.trials_admitted > self.trials.calls {
+            self.trials_admitted -= 1;
+        }
+    }
+
+    fn over_threshold(&self, c: Counts) -> bool {
+        let calls = f64::from(c.calls.max(1));
+        f64::from(c.failures) / calls >= self.cfg.failure_rate || f64::from(c.slow) / calls >= self.cfg.slow_call_rate
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.state = State::Open;
+        self.opened_at = now;
+        self.trials_admitted = 0;
+        self.trials = Counts::default();
+    }
+}
+
+#[derive(Clone, Debug)]
+struct BreakerMetrics {
+    state: IntGaugeVec,
+    calls: IntCounterVec,
+    transitions: IntCounterVec,
+}
+
+/// A call was refused because the breaker is open (or half-open with no trial slot free).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("circuit breaker {name} is open; retry in {retry_in:?}")]
+pub struct Rejected {
+    /// The breaker.
+    pub name: String,
+    /// Time until it lets trial calls through.
+    pub retry_in: Duration,
+}
+
+/// A circuit breaker. Share it with `Arc` (a [`Registry`] does).
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    name: String,
+    machine: Mutex<Machine>,
+    metrics: Option<BreakerMetrics>,
+}
+
+/// Admission to call through a breaker; report how the call went with [`Permit::record`].
+/// Dropping it unreported counts as "abandoned" (the call was cancelled), not as a failure.
+#[must_use = "report the outcome with Permit::record"]
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    trial: bool,
+    started: Instant,
+    done: bool,
+}
+
+impl Permit<'_> {
+    /// Reports the outcome.
+    pub fn record(mut self, outcome: Outcome) {
+        self.done = true;
+        self.breaker.finish(self.trial, outcome, self.started.elapsed());
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.lock().abandon(self.trial);
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// A breaker without metrics.
+    pub fn new(name: impl Into<String>, cfg: BreakerConfig) -> Self {
+        Self { name: name.into(), machine: Mutex::new(Machine::new(cfg, Instant::now())), metrics: None }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.lock().state()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks to make a call.
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+        let (result, transition) = self.lock().admit(Instant::now());
+        if let Some(t) = transition {
+            self.transitioned(t);
+        }
+        match result {
+            Ok(trial) => Ok(Permit { breaker: self, trial, started: Instant::now(), done: false }),
+            Err(retry_in) => {
+                if let Some(m) = &self.metrics {
+                    m.calls.with_label_values(&[&self.name, "rejected"]).inc();
+                }
+                Err(Rejected { name: self.name.clone(), retry_in })
+            }
+        }
+    }
+
+    fn finish(&self, trial: bool, outcome: Outcome, took: Duration) {
+        let transition = self.lock().record(trial, outcome, took, Instant::now());
+        if let Some(m) = &self.metrics {
+            let label = if outcome == Outcome::Success { "success" } else { "failure" };
+            m.calls.with_label_values(&[&self.name, label]).inc();
+        }
+        if let Some(t) = transition {
+            self.transitioned(t);
+        }
+    }
+
+    fn transitioned(&self, (from, to): Transition) {
+        if to == State::Open {
+            tracing::warn!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker opened");
+        } else {
+            tracing::info!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker state changed");
+        }
+        if let Some(m) = &self.metrics {
+            m.state.with_label_values(&[&self.name]).set(to.metric());
+            m.transitions.with_label_values(&[&self.name, from.as_str(), to.as_str()]).inc();
+        }
+    }
+
+    /// Runs `fut` through the breaker; `is_failure` classifies its output.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call frees its permit without counting as a failure.
+    pub async fn call<T, F>(&self, fut: F, is_failure: impl FnOnce(&T) -> bool) -> Result<T, Rejected>
+    where
+        F: Future<Output = T>,
+    {
+        let permit = self.try_acquire()?;
+        let out = fut.await;
+        permit.record(if is_failure(&out) { Outcome::Failure } else { Outcome::Success });
+        Ok(out)
+    }
+}
+
+/// Breakers by name, with shared metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    breakers: Arc<Mutex<BTreeMap<String, Arc<CircuitBreaker>>>>,
+    metrics: Option<BreakerMetrics>,
+}
+
+impl Registry {
+    /// A registry reporting into `metrics`.
+    pub fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let state = IntGaugeVec::new(
+            Opts::new("circuit_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open."),
+            &["name"],
+        )?;
+        let calls = IntCounterVec::new(
+            Opts::new("circuit_breaker_calls_total", "Calls through circuit breakers by outcome."),
+            &["name", "outcome"],
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new("circuit_breaker_transitions_total", "Circuit breaker state changes."),
+            &["name", "from", "to"],
+        )?;
+        metrics.register(state.clone())?;
+        metrics.register(calls.clone())?;
+        metrics.register(transitions.clone())?;
+        Ok(Self { breakers: Arc::default(), metrics: Some(BreakerMetrics { state, calls, transitions }) })
+    }
+
+    /// The breaker called `name`, created with `cfg` on first use.
+    pub fn get_or_create(&self, name: &str, cfg: &BreakerConfig) -> Arc<CircuitBreaker> {
+        let mut map = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(name.to_owned())
+            .or_insert_with(|| {
+                if let Some(m) = &self.metrics {
+                    m.state.with_label_values(&[name]).set(0);
+                }
+                Arc::new(CircuitBreaker {
+                    name: name.to_owned(),
+                    machine: Mutex::new(Machine::new(cfg.clone(), Instant::now())),
+                    metrics: self.metrics.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// Every breaker and its state.
+    pub fn states(&self) -> Vec<(String, State)> {
+        let map = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(k, b)| (k.clone(), b.state())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
+            minimum_calls: 4,
+            window: WindowConfig { kind: WindowKind::Count, size: 4 },
+            open_wait: Duration::from_secs(5),
+            half_open_calls: 2,
+            ..BreakerConfig::default()
+        }
+    }
+
+    #[test]
+    fn opens_rejects_half_opens_and_closes() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(), t0);
+        let ms = Duration::from_millis(1);
+        for ok in [true, false, true, false] {
+            assert_eq!(m.admit(t0).0, Ok(false));
+            m.record(false, if ok { Outcome::Success } else { Outcome::Failure }, ms, t0);
+        }
+        assert_eq!(m.state(), State::Open, "2 of 4 failed = 50 %");
+        assert!(m.admit(t0 + Duration::from_secs(4)).0.is_err());
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(m.admit(t1), (Ok(true), Some((State::Open, State::HalfOpen))));
+        assert_eq!(m.admit(t1).0, Ok(true));
+        assert!(m.admit(t1).0.is_err(), "only 2 trial calls");
+        assert_eq!(m.record(true, Outcome::Success, ms, t1), None);
+        assert_eq!(m.record(true, Outcome::Success, ms, t1), Some((State::HalfOpen, State::Closed)));
+        assert_eq!(m.state(), State::Closed);
+    }
+
+    #[test]
+    fn a_failed_trial_reopens_and_abandoned_trials_free_their_slot() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(), t0);
+        for _ in 0..4 {
+            let _ = m.admit(t0);
+            m.record(false, Outcome::Failure, Duration::ZERO, t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(m.admit(t1).0, Ok(true));
+        assert_eq!(m.admit(t1).0, Ok(true));
+        m.abandon(true);
+        assert_eq!(m.admit(t1).0, Ok(true), "the abandoned slot is free again");
+        m.record(true, Outcome::Failure, Duration::ZERO, t1);
+        m.record(true, Outcome::Success, Duration::ZERO, t1);
+        assert_eq!(m.state(), State::Open, "half of the trials failed");
+    }
+
+    #[test]
+    fn slow_calls_open_too() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.slow_call_rate = 0.75;
+        c.slow_call_duration = Duration::from_millis(100);
+        let mut m = Machine::new(c, t0);
+        for took in [200, 200, 5, 200] {
+            let _ = m.admit(t0);
+            m.record(false, Outcome::Success, Duration::from_millis(took), t0);
+        }
+        assert_eq!(m.state(), State::Open);
+    }
+
+    #[test]
+    fn time_window_forgets_old_calls() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.window = WindowConfig { kind: WindowKind::Time, size: 2 };
+        let mut m = Machine::new(c, t0);
+        for _ in 0..3 {
+            m.record(false, Outcome::Failure, Duration::ZERO, t0);
+        }
+        // Three seconds later the failures have left the window.
+        let later = t0 + Duration::from_secs(3);
+        for _ in 0..3 {
+            m.record(false, Outcome::Success, Duration::ZERO, later);
+        }
+        assert_eq!(m.state(), State::Closed);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// Admit a call and report it (or abandon it: a cancelled request).
+            Call {
+                fail: bool,
+                slow: bool,
+                abandon: bool,
+            },
+            /// Admit a call and keep it in flight.
+            Start,
+            /// Report the oldest in-flight call.
+            Finish {
+                fail: bool,
+            },
+            Wait(u64),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                6 => (any::<bool>(), any::<bool>(), proptest::bool::weighted(0.1))
+                    .prop_map(|(fail, slow, abandon)| Step::Call { fail, slow, abandon }),
+                1 => Just(Step::Start),
+                1 => any::<bool>().prop_map(|fail| Step::Finish { fail }),
+                2 => (0u64..8_000).prop_map(Step::Wait),
+            ]
+        }
+
+        fn config(min: u32, size: u32, trials: u32) -> BreakerConfig {
+            BreakerConfig {
+                minimum_calls: min,
+                window: WindowConfig { kind: WindowKind::Count, size },
+                half_open_calls: trials,
+                open_wait: Duration::from_secs(5),
+                slow_call_duration: Duration::from_millis(100),
+                slow_call_rate: 0.9,
+                failure_rate: 0.5,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn state_machine_invariants(
+                steps in proptest::collection::vec(step(), 1..400),
+                min in 1u32..8, size in 1u32..12, trials in 1u32..4,
+            ) {
+                let cfg = config(min, size, trials);
+                let mut now = Instant::now();
+                let mut m = Machine::new(cfg.clone(), now);
+                let mut in_flight: Vec<bool> = Vec::new(); // trial?
+                for s in steps {
+                    match s {
+                        Step::Wait(ms) => now += Duration::from_millis(ms),
+                        Step::Start => {
+                            if let Ok(trial) = m.admit(now).0 {
+                                in_flight.push(trial);
+                            }
+                        }
+                        Step::Finish { fail } => {
+                            if !in_flight.is_empty() {
+                                let trial = in_flight.remove(0);
+                                let o = if fail { Outcome::Failure } else { Outcome::Success };
+                                check(m.record(trial, o, Duration::ZERO, now), &m, &cfg, now)?;
+                            }
+                        }
+                        Step::Call { fail, slow, abandon } => {
+                            let before = m.state();
+                            let open_for = now.saturating_duration_since(m.opened_at);
+                            let (admitted, t) = m.admit(now);
+                            if before == State::Open {
+                                // Rejects exactly until open_wait has passed, then lets a trial in.
+                                prop_assert_eq!(admitted.is_ok(), open_for >= cfg.open_wait);
+                            }
+                            if let Some(t) = t {
+                                prop_assert_eq!(t, (State::Open, State::HalfOpen));
+                            }
+                            if let Ok(trial) = admitted {
+                                if abandon {
+                                    m.abandon(trial);
+                                } else {
+                                    let took = if slow { Duration::from_millis(200) } else { Duration::ZERO };
+                                    let o = if fail { Outcome::Failure } else { Outcome::Success };
+                                    check(m.record(trial, o, took, now), &m, &cfg, now)?;
+                                }
+                            }
+                        }
+                    }
+                    if m.state() == State::HalfOpen {
+                        prop_assert!(m.trials_admitted <= cfg.half_open_calls);
+                    }
+                }
+                // Recovery: once the dependency is healthy the breaker closes within two rounds
+                // of open_wait plus trial calls (one round may still hold an earlier failure).
+                m.abandon_all();
+                for _ in 0..2 {
+                    now += cfg.open_wait;
+                    for _ in 0..cfg.half_open_calls {
+                        if let Ok(trial) = m.admit(now).0 {
+                            m.record(trial, Outcome::Success, Duration::ZERO, now);
+                        }
+                    }
+                }
+                prop_assert_eq!(m.state(), State::Closed);
+            }
+        }
+
+        fn check(t: Option<Transition>, m: &Machine, cfg: &BreakerConfig, now: Instant) -> Result<(), TestCaseError> {
+            if let Some((from, to)) = t {
+                prop_assert!(!(from == State::Closed && to == State::HalfOpen), "closed never goes half-open");
+                prop_assert!(!(from == State::Open && to == State::Closed), "open never closes without trials");
+                if (from, to) == (State::Closed, State::Open) {
+                    prop_assert!(m.window.counts(now).calls >= cfg.minimum_calls, "opens only with enough calls");
+                }
+            }
+            Ok(())
+        }
+    }
+}
