@@ -37,6 +37,8 @@ pub struct FixtureConfig {
     pub database: bool,
     /// Use Redis (`redis.*`): `/cache/*` routes.
     pub redis: bool,
+    /// `GET /limited` under the rate-limit policy `rate_limits.api`.
+    pub rate_limited: bool,
 }
 
 impl Default for FixtureConfig {
@@ -49,6 +51,7 @@ impl Default for FixtureConfig {
             warmup: Duration::ZERO,
             database: false,
             redis: false,
+            rate_limited: false,
         }
     }
 }
@@ -108,7 +111,13 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 db: if s.config().database { Some(s.database()?) } else { None },
                 redis: if s.config().redis { Some(s.redis()?) } else { None },
             };
+            let limited = if s.config().rate_limited {
+                Router::new().route("/limited", get(|| async { "ok" }).route_layer(s.rate_limit("api")?))
+            } else {
+                Router::new()
+            };
             Ok(Router::new()
+                .merge(limited)
                 .merge(dependency_routes(deps))
                 .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
                 .route("/items/{id}", get(|Path(id): Path<u32>| async move { Json(serde_json::json!({ "id": id })) }))

@@ -51,6 +51,7 @@ pub use config::Secret;
 pub use http::{Problem, RequestId};
 
 /// Seconds a client is asked to wait when a dependency is unavailable (503 `Retry-After`).
+#[cfg(any(feature = "sql", feature = "redis"))]
 pub(crate) const fn data_retry_after() -> u64 {
     5
 }

@@ -253,6 +253,9 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         metrics: metrics.clone(),
         tasks: Vec::new(),
         hooks: Vec::new(),
+        #[cfg(feature = "redis")]
+        redis: None,
+        rate_limit_metrics: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let Setup { tasks: declared, hooks, .. } = setup;

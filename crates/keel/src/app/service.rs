@@ -170,6 +170,7 @@ impl<C: Section> Service<C> {
 
 /// What a set-up function can use and declare.
 pub struct Setup<C> {
+    #[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
     pub(crate) name: String,
     #[cfg(feature = "sql")]
     pub(crate) migrations: Option<Arc<crate::data::Migrations>>,
@@ -179,6 +180,9 @@ pub struct Setup<C> {
     pub(crate) metrics: Metrics,
     pub(crate) tasks: Vec<(String, TaskFn)>,
     pub(crate) hooks: Vec<(String, HookFn)>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<crate::redis::Redis>,
+    pub(crate) rate_limit_metrics: Option<crate::resilience::rate_limit::RateLimitMetrics>,
 }
 
 impl<C: Section> Setup<C> {
@@ -265,7 +269,51 @@ impl<C: Section> Setup<C> {
             r.connect_in_background(stop).await;
             health.trigger();
         });
+        self.redis = Some(redis.clone());
         Ok(redis)
+    }
+
+    /// A layer applying the rate-limit policy `rate_limits.<name>`, for a router or a route.
+    /// A policy with `backend: redis` needs [`Setup::redis`] called first.
+    ///
+    /// ```ignore
+    /// let limit = s.rate_limit("api")?;
+    /// Ok(Router::new().route("/search", get(search)).layer(limit))
+    /// ```
+    pub fn rate_limit(&mut self, name: &str) -> Result<crate::resilience::rate_limit::RateLimitLayer, SetupError> {
+        use crate::resilience::rate_limit::{BackendKind, OnBackendError, RateLimitMetrics, RateLimiter};
+        let policy = self
+            .config
+            .keel
+            .rate_limits
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("rate_limits.{name} is not configured"))?;
+        if self.rate_limit_metrics.is_none() {
+            self.rate_limit_metrics = Some(RateLimitMetrics::new(&self.metrics)?);
+        }
+        let metrics = self.rate_limit_metrics.as_ref();
+        let on_error = policy.on_backend_error.unwrap_or(if self.profile == Profile::Production {
+            OnBackendError::FailClosed
+        } else {
+            OnBackendError::FailOpen
+        });
+        let limiter = match policy.backend {
+            BackendKind::Local => RateLimiter::local(name, policy, on_error, metrics),
+            #[cfg(feature = "redis")]
+            BackendKind::Redis => {
+                let redis = self.redis.clone().ok_or_else(|| {
+                    format!("rate_limits.{name} uses the redis backend: call Setup::redis() before Setup::rate_limit()")
+                })?;
+                RateLimiter::redis(name, policy, on_error, redis, metrics)
+            }
+            #[cfg(not(feature = "redis"))]
+            BackendKind::Redis => return Err(format!("rate_limits.{name}: this build has no redis support").into()),
+        };
+        Ok(crate::resilience::rate_limit::RateLimitLayer::new(
+            std::sync::Arc::new(limiter),
+            &self.config.keel.http.trusted_proxies,
+        ))
     }
 
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush

@@ -65,7 +65,7 @@ pub const PROFILE_ENV: &str = "KEEL_ENV";
 pub const APP_SECTION: &str = "app";
 
 const KEEL_SECTIONS: &[&str] =
-    &["http", "management", "cors", "log", "shutdown", "telemetry", "health", "database", "redis"];
+    &["http", "management", "cors", "log", "shutdown", "telemetry", "health", "database", "redis", "rate_limits"];
 
 /// Which rules and defaults apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -413,6 +413,7 @@ impl Loader {
         section!(health);
         section!(database);
         section!(redis);
+        section!(rate_limits);
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
@@ -469,7 +470,16 @@ fn section<T: DeserializeOwned>(tree: &Tree, name: &str, problems: &mut Vec<Prob
             break;
         }
         let Some(slot) = value_at_mut(&mut value, path) else { break };
-        let Some(typed) = slot.as_str().and_then(tree::scalar) else { break };
+        let Some(text) = slot.as_str() else { break };
+        let typed = if message.contains("expected a sequence") {
+            // A list given as text (env): comma-separated.
+            Value::Sequence(
+                text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
+            )
+        } else {
+            let Some(v) = tree::scalar(text) else { break };
+            v
+        };
         *slot = typed;
         unknown.clear();
         result = deserialize_tracking::<T>(value.clone(), &mut unknown);
@@ -623,6 +633,11 @@ fn validate_keel(
                 "telemetry.otlp.endpoint",
                 format!("`{ep}` is not an http(s) URL such as http://otel-collector:4317"),
             );
+        }
+    }
+    for (name, policy) in &k.rate_limits {
+        for (field, message) in policy.problems() {
+            v.invalid(&format!("rate_limits.{name}.{field}"), message);
         }
     }
     validate_database(&k.database, prod, &mut v);

@@ -32,6 +32,8 @@ pub struct KeelConfig {
     pub database: DatabaseConfig,
     /// Redis, for services that declare it.
     pub redis: RedisConfig,
+    /// Named rate-limit policies (`Setup::rate_limit("<name>")`).
+    pub rate_limits: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitPolicy>,
 }
 
 impl KeelConfig {
@@ -55,6 +57,7 @@ impl KeelConfig {
             health: HealthConfig::default(),
             database: DatabaseConfig { auto_migrate: !prod, ..DatabaseConfig::default() },
             redis: RedisConfig::default(),
+            rate_limits: std::collections::BTreeMap::new(),
         }
     }
 
@@ -113,6 +116,9 @@ pub struct HttpConfig {
     /// Strict-Transport-Security. Turn on when clients reach the service over TLS (usually
     /// terminated at the ingress).
     pub hsts: HstsConfig,
+    /// Proxies (CIDRs) allowed to tell the client's IP through `X-Forwarded-For` / `Forwarded`.
+    /// Default none: the socket peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -127,6 +133,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             compression: true,
             hsts: HstsConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -28,6 +28,7 @@
 //! traffic does not flood the logs.
 
 pub mod catch_panic;
+pub mod client_ip;
 pub mod cors;
 pub mod load_shed;
 mod macros;
@@ -44,6 +45,11 @@ use axum::extract::DefaultBodyLimit;
 use tower_http::compression::CompressionLayer;
 
 pub use problem::Problem;
+
+/// The authenticated caller, put in the request extensions by authentication middleware.
+/// Rate limits keyed by `user` count per principal (and per client IP when there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(pub String);
 pub use request_id::RequestId;
 
 use crate::config::KeelConfig;

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;
+pub mod rate_limit;
 pub mod retry;
 
 pub use backoff::Backoff;
