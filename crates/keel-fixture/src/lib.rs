@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use axum::extract::{Path, Query};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel::config::{Secret, Section, Validation};
@@ -39,6 +40,8 @@ pub struct FixtureConfig {
     pub redis: bool,
     /// `GET /limited` under the rate-limit policy `rate_limits.api`.
     pub rate_limited: bool,
+    /// `GET /proxy/{*path}`: forwards to the upstream `upstreams.echo`.
+    pub upstream: bool,
 }
 
 impl Default for FixtureConfig {
@@ -52,6 +55,7 @@ impl Default for FixtureConfig {
             database: false,
             redis: false,
             rate_limited: false,
+            upstream: false,
         }
     }
 }
@@ -116,8 +120,26 @@ pub fn service() -> keel::Service<FixtureConfig> {
             } else {
                 Router::new()
             };
+            let proxy = if s.config().upstream {
+                let client = s.http_client("echo")?;
+                Router::new().route(
+                    "/proxy/{*path}",
+                    get(move |Path(path): Path<String>| {
+                        let client = client.clone();
+                        async move {
+                            match client.get(&format!("/{path}")).await {
+                                Ok(r) => (r.status, r.body).into_response(),
+                                Err(e) => e.into_response(),
+                            }
+                        }
+                    }),
+                )
+            } else {
+                Router::new()
+            };
             Ok(Router::new()
                 .merge(limited)
+                .merge(proxy)
                 .merge(dependency_routes(deps))
                 .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
                 .route("/items/{id}", get(|Path(id): Path<u32>| async move { Json(serde_json::json!({ "id": id })) }))

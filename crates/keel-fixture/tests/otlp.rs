@@ -30,7 +30,18 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     })
     .unwrap();
 
-    let f = Fixture::start(&[]).await;
+    // An upstream that answers with the traceparent it received.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let echo = axum::Router::new().route(
+        "/trace",
+        axum::routing::get(|h: http::HeaderMap| async move {
+            h.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+        }),
+    );
+    tokio::spawn(async move { axum::serve(upstream, echo).await });
+    let base = format!("http://{upstream_addr}");
+    let f = Fixture::start(&[("FIXTURE__APP__UPSTREAM", "true"), ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", &base)]).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
     let resp = client()
@@ -54,6 +65,17 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     assert_eq!(parts.len(), 4, "{outbound}");
     assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id, "01"), "{outbound}");
     assert_ne!(parts[2], parent, "the parent of an outbound call is the server span");
+    // Keel's HTTP client sends it: the upstream sees the caller's trace.
+    let seen = client()
+        .get(f.url("/proxy/trace"))
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(seen.split('-').nth(1), Some(trace_id), "upstream got: {seen}");
     f.stop().await;
     let g = guard.clone();
     tokio::task::spawn_blocking(move || g.flush()).await.unwrap();

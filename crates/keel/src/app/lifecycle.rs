@@ -256,6 +256,9 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         #[cfg(feature = "redis")]
         redis: None,
         rate_limit_metrics: None,
+        breakers: None,
+        #[cfg(feature = "client")]
+        client_metrics: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let Setup { tasks: declared, hooks, .. } = setup;

@@ -183,6 +183,9 @@ pub struct Setup<C> {
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<crate::redis::Redis>,
     pub(crate) rate_limit_metrics: Option<crate::resilience::rate_limit::RateLimitMetrics>,
+    pub(crate) breakers: Option<crate::resilience::breaker::Registry>,
+    #[cfg(feature = "client")]
+    pub(crate) client_metrics: Option<crate::http::client::ClientMetrics>,
 }
 
 impl<C: Section> Setup<C> {
@@ -271,6 +274,36 @@ impl<C: Section> Setup<C> {
         });
         self.redis = Some(redis.clone());
         Ok(redis)
+    }
+
+    /// The service's circuit-breaker registry (metrics `circuit_breaker_*`).
+    pub fn breakers(&mut self) -> Result<crate::resilience::breaker::Registry, SetupError> {
+        if self.breakers.is_none() {
+            self.breakers = Some(crate::resilience::breaker::Registry::new(&self.metrics)?);
+        }
+        Ok(self.breakers.clone().unwrap_or_default())
+    }
+
+    /// A client for the upstream `upstreams.<name>`, with its breaker, bulkhead, retries,
+    /// timeouts and size cap; adds the readiness check `upstream:<name>` when `health_path` is set.
+    #[cfg(feature = "client")]
+    pub fn http_client(&mut self, name: &str) -> Result<crate::http::client::Client, SetupError> {
+        let cfg = self
+            .config
+            .keel
+            .upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("upstreams.{name} is not configured"))?;
+        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
+        if self.client_metrics.is_none() {
+            self.client_metrics = Some(crate::http::client::ClientMetrics::new(&self.metrics)?);
+        }
+        let client = crate::http::client::Client::new(name, &cfg, breaker, self.client_metrics.clone())?;
+        if let Some(check) = client.health_check() {
+            self.health.add(check);
+        }
+        Ok(client)
     }
 
     /// A layer applying the rate-limit policy `rate_limits.<name>`, for a router or a route.

@@ -53,7 +53,7 @@ use serde_yaml::Value;
 pub use secret::{MASK, Secret};
 pub use sections::{
     ConnectConfig, CorsConfig, DatabaseConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig, LogConfig, LogFormat,
-    ManagementConfig, OtlpConfig, PoolConfig, RedisConfig, ShutdownConfig, TelemetryConfig,
+    ManagementConfig, OtlpConfig, PoolConfig, RedisConfig, ShutdownConfig, TelemetryConfig, UpstreamConfig,
 };
 use tree::{KeyPath, Tree, join};
 
@@ -64,8 +64,19 @@ pub const PROFILE_ENV: &str = "KEEL_ENV";
 /// The key of the service's own section.
 pub const APP_SECTION: &str = "app";
 
-const KEEL_SECTIONS: &[&str] =
-    &["http", "management", "cors", "log", "shutdown", "telemetry", "health", "database", "redis", "rate_limits"];
+const KEEL_SECTIONS: &[&str] = &[
+    "http",
+    "management",
+    "cors",
+    "log",
+    "shutdown",
+    "telemetry",
+    "health",
+    "database",
+    "redis",
+    "rate_limits",
+    "upstreams",
+];
 
 /// Which rules and defaults apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -414,6 +425,7 @@ impl Loader {
         section!(database);
         section!(redis);
         section!(rate_limits);
+        section!(upstreams);
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
@@ -638,6 +650,34 @@ fn validate_keel(
     for (name, policy) in &k.rate_limits {
         for (field, message) in policy.problems() {
             v.invalid(&format!("rate_limits.{name}.{field}"), message);
+        }
+    }
+    for (name, u) in &k.upstreams {
+        let base = u.base_url.parse::<http::Uri>().ok();
+        if !base.is_some_and(|b| matches!(b.scheme_str(), Some("http" | "https")) && b.host().is_some()) {
+            v.invalid(&format!("upstreams.{name}.base_url"), "must be an http(s) URL such as http://events:8082");
+        }
+        for (field, d) in [("connect_timeout", u.connect_timeout), ("request_timeout", u.request_timeout)] {
+            if d.is_zero() {
+                v.invalid(&format!("upstreams.{name}.{field}"), "must be more than 0s: no call may wait forever");
+            }
+        }
+        if u.max_response_bytes == 0 {
+            v.invalid(&format!("upstreams.{name}.max_response_bytes"), "must be more than 0");
+        }
+        if u.retry.max_attempts == 0 {
+            v.invalid(&format!("upstreams.{name}.retry.max_attempts"), "must be at least 1 (1 = no retries)");
+        }
+        for (field, message) in u.breaker.problems() {
+            v.invalid(&format!("upstreams.{name}.breaker.{field}"), message);
+        }
+        if u.bulkhead.max_concurrent == 0 {
+            v.invalid(&format!("upstreams.{name}.bulkhead.max_concurrent"), "must be at least 1");
+        }
+        if let Some(p) = &u.health_path
+            && !p.starts_with('/')
+        {
+            v.invalid(&format!("upstreams.{name}.health_path"), "must start with /");
         }
     }
     validate_database(&k.database, prod, &mut v);

@@ -34,6 +34,8 @@ pub struct KeelConfig {
     pub redis: RedisConfig,
     /// Named rate-limit policies (`Setup::rate_limit("<name>")`).
     pub rate_limits: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitPolicy>,
+    /// Named upstream HTTP services (`Setup::http_client("<name>")`).
+    pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
 }
 
 impl KeelConfig {
@@ -58,6 +60,7 @@ impl KeelConfig {
             database: DatabaseConfig { auto_migrate: !prod, ..DatabaseConfig::default() },
             redis: RedisConfig::default(),
             rate_limits: std::collections::BTreeMap::new(),
+            upstreams: std::collections::BTreeMap::new(),
         }
     }
 
@@ -447,6 +450,51 @@ impl Default for RedisConfig {
             key_prefix: None,
             command_timeout: Duration::from_secs(1),
             connect: ConnectConfig::default(),
+        }
+    }
+}
+
+/// `upstreams.<name>.*`: an HTTP service this one calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// `http://events:8082`. Required.
+    pub base_url: String,
+    /// Deadline to open a connection. Default `2s`.
+    #[serde(with = "super::duration")]
+    pub connect_timeout: Duration,
+    /// Deadline of one attempt (also bounded by the caller's own remaining time). Default `10s`.
+    #[serde(with = "super::duration")]
+    pub request_timeout: Duration,
+    /// Largest response body read; past it the read stops with an error. Default `10MiB`.
+    #[serde(with = "super::bytes")]
+    pub max_response_bytes: usize,
+    /// Retries of idempotent requests (GET, HEAD, PUT, DELETE, OPTIONS, or any carrying an
+    /// `Idempotency-Key`) that failed to connect, timed out, or got 502/503/504.
+    pub retry: crate::resilience::retry::RetryConfig,
+    /// This upstream's circuit breaker (5xx, timeouts and connection errors are failures).
+    pub breaker: crate::resilience::breaker::BreakerConfig,
+    /// This upstream's bulkhead.
+    pub bulkhead: crate::resilience::bulkhead::BulkheadConfig,
+    /// When set, a readiness check `GET <base_url><health_path>` (`upstream:<name>`).
+    pub health_path: Option<String>,
+    /// Whether that check can fail readiness (else `degraded`). Default `true`.
+    pub required: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            max_response_bytes: 10 << 20,
+            retry: crate::resilience::retry::RetryConfig::default(),
+            breaker: crate::resilience::breaker::BreakerConfig::default(),
+            bulkhead: crate::resilience::bulkhead::BulkheadConfig::default(),
+            health_path: None,
+            required: true,
         }
     }
 }

@@ -28,7 +28,10 @@
 //! traffic does not flood the logs.
 
 pub mod catch_panic;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod client_ip;
+pub mod context;
 pub mod cors;
 pub mod load_shed;
 mod macros;

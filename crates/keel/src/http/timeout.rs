@@ -1,4 +1,8 @@
 //! A whole-request deadline that answers 504 with a problem document.
+//!
+//! The deadline is `http.request_timeout`, or sooner when the caller sent a smaller budget in
+//! `x-request-timeout-ms` (Keel's client does). The request runs inside a
+//! [`RequestContext`](super::context::RequestContext) carrying its id and deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,10 +63,19 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().cloned();
+        let asked = req
+            .headers()
+            .get(super::context::TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let timeout = asked.map_or(self.timeout, |a| a.min(self.timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ctx = super::context::RequestContext { request_id: id.clone(), deadline: Some(deadline) };
         ResponseFuture {
-            inner: self.inner.call(req),
-            sleep: tokio::time::sleep(self.timeout),
-            timeout: self.timeout,
+            inner: super::context::scope(ctx, self.inner.call(req)),
+            sleep: tokio::time::sleep_until(deadline),
+            timeout,
             id,
         }
     }
@@ -72,7 +85,7 @@ pin_project! {
     /// Response future of [`Timeout`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: tokio::task::futures::TaskLocalFuture<super::context::RequestContext, F>,
         #[pin]
         sleep: Sleep,
         timeout: Duration,
