@@ -56,9 +56,19 @@ async fn start_keel(name: &str, access_log: bool) -> Result<keel::Running, Strin
 #[tokio::main]
 async fn main() -> ExitCode {
     let Some(ports_file) = std::env::args().nth(1) else {
-        eprintln!("usage: keel-bench PORTS_FILE");
+        eprintln!("usage: keel-bench PORTS_FILE | keel-bench redis-limiter [REDIS_URL]");
         return ExitCode::from(64);
     };
+    if ports_file == "redis-limiter" {
+        let url = std::env::args().nth(2).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        return match redis_limiter(&url).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&ports_file).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -96,5 +106,89 @@ async fn run(ports_file: &str) -> Result<(), String> {
     let _ = keel.shutdown(std::future::pending()).await;
     let _ = quiet.shutdown(std::future::pending()).await;
     guard.shutdown();
+    Ok(())
+}
+
+/// Redis sliding-window limiter over one connection: decisions/s with `KEEL_BENCH_TASKS` (32) tasks sharing the one
+/// multiplexed connection, and per-decision latency percentiles; next to raw PING as the
+/// ceiling of the same connection.
+async fn redis_limiter(url: &str) -> Result<(), String> {
+    use keel::resilience::rate_limit::{OnBackendError, RateLimitPolicy, RateLimiter};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let mut cfg = keel::config::RedisConfig::default();
+    cfg.key_prefix = Some(format!("keelbench:{}:", std::process::id()));
+    let metrics = keel::telemetry::Metrics::new();
+    let redis = keel::redis::Redis::new("bench", url, &cfg, &metrics).map_err(|e| e.to_string())?;
+    redis.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    let policy = RateLimitPolicy { limit: 1_000_000_000, window: Duration::from_secs(1), ..RateLimitPolicy::default() };
+    let limiter = Arc::new(RateLimiter::redis("bench", policy, OnBackendError::FailClosed, redis.clone(), None));
+    let tasks: usize = std::env::var("KEEL_BENCH_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    const RUN: Duration = Duration::from_secs(5);
+
+    async fn run<F, Fut>(tasks: usize, f: F) -> (f64, Vec<Duration>)
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let started = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = 0usize;
+                    while started.elapsed() < RUN {
+                        let s = Instant::now();
+                        f(t * 1_000_000 + i).await;
+                        lat.push(s.elapsed());
+                        i += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in handles {
+            all.extend(t.await.unwrap_or_default());
+        }
+        let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+        all.sort();
+        (rate, all)
+    }
+    let pct = |v: &[Duration], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
+
+    let r = redis.clone();
+    let (ping_rate, ping) = run(tasks, move |_| {
+        let r = r.clone();
+        async move {
+            let _: Result<String, _> = r.query(&keel::redis::driver::cmd("PING")).await;
+        }
+    })
+    .await;
+    let l = limiter.clone();
+    let (rate, lat) = run(tasks, move |i| {
+        let l = l.clone();
+        async move {
+            let _ = l.check(&format!("ip=10.0.0.{}", i % 200)).await;
+        }
+    })
+    .await;
+    println!("| operation (one connection, {tasks} tasks, {}s) | ops/s | p50 | p99 |", RUN.as_secs());
+    println!("|---|---|---|---|");
+    println!("| PING (ceiling) | {ping_rate:.0} | {:?} | {:?} |", pct(&ping, 0.5), pct(&ping, 0.99));
+    println!("| sliding-window decision (Lua) | {rate:.0} | {:?} | {:?} |", pct(&lat, 0.5), pct(&lat, 0.99));
+    println!("| ratio to PING | {:.1}% | | |", rate / ping_rate * 100.0);
+    // Remove only this run's keys (never the whole database).
+    let keys: Vec<String> = redis
+        .query(keel::redis::driver::cmd("KEYS").arg(format!("{}*", redis.prefix())))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !keys.is_empty() {
+        let _: i64 = redis.query(keel::redis::driver::cmd("DEL").arg(keys)).await.map_err(|e| e.to_string())?;
+    }
     Ok(())
 }

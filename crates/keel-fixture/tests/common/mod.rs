@@ -50,6 +50,8 @@ impl Fixture {
 }
 
 pub fn client() -> reqwest::Client {
+    // reqwest is built without a bundled TLS provider (one provider per process: ring).
+    keel::http::client::install_tls_provider();
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().expect("client")
 }
 

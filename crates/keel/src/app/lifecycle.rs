@@ -238,6 +238,9 @@ impl Running {
 ///
 /// Must run inside a Tokio runtime. Telemetry is the caller's ([`crate::telemetry::init`]).
 pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<Running, StartError> {
+    // One rustls crypto provider for the whole process, before anything builds a TLS client.
+    #[cfg(feature = "client")]
+    crate::http::client::install_tls_provider();
     let build = service.build.clone();
     let config = Arc::new(loaded.config);
     let keel = config.keel.clone();

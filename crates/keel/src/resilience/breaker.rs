@@ -392,7 +392,7 @@ impl Permit<'_> {
     /// Reports the outcome.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.breaker.finish(self.trial, outcome, self.started.elapsed());
+        self.breaker.finish(self.trial, outcome, self.started);
     }
 }
 
@@ -426,12 +426,14 @@ impl CircuitBreaker {
 
     /// Asks to make a call.
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
-        let (result, transition) = self.lock().admit(Instant::now());
+        // One clock read for the decision and the start: clock reads are most of the cost.
+        let now = Instant::now();
+        let (result, transition) = self.lock().admit(now);
         if let Some(t) = transition {
             self.transitioned(t);
         }
         match result {
-            Ok(trial) => Ok(Permit { breaker: self, trial, started: Instant::now(), done: false }),
+            Ok(trial) => Ok(Permit { breaker: self, trial, started: now, done: false }),
             Err(retry_in) => {
                 if let Some(m) = &self.metrics {
                     m.calls.with_label_values(&[&self.name, "rejected"]).inc();
@@ -441,8 +443,9 @@ impl CircuitBreaker {
         }
     }
 
-    fn finish(&self, trial: bool, outcome: Outcome, took: Duration) {
-        let transition = self.lock().record(trial, outcome, took, Instant::now());
+    fn finish(&self, trial: bool, outcome: Outcome, started: Instant) {
+        let now = Instant::now();
+        let transition = self.lock().record(trial, outcome, now.saturating_duration_since(started), now);
         if let Some(m) = &self.metrics {
             let label = if outcome == Outcome::Success { "success" } else { "failure" };
             m.calls.with_label_values(&[&self.name, label]).inc();
