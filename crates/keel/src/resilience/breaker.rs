@@ -601,6 +601,31 @@ mod tests {
         assert_eq!(m.state(), State::Open);
     }
 
+    #[tokio::test]
+    async fn the_layer_opens_on_5xx_and_rejects_without_calling() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::{Layer, ServiceExt, service_fn};
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let breaker = Arc::new(CircuitBreaker::new("t", cfg()));
+        let c = calls.clone();
+        let svc = BreakerLayer::new(breaker.clone()).layer(service_fn(move |_: ()| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                let mut r = http::Response::new(());
+                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        }));
+        for _ in 0..4 {
+            assert_eq!(svc.clone().oneshot(()).await.unwrap().status(), 502);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        let err = svc.clone().oneshot(()).await.unwrap_err();
+        assert!(err.downcast_ref::<Rejected>().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "rejected without calling");
+    }
+
     #[test]
     fn time_window_forgets_old_calls() {
         let t0 = Instant::now();
@@ -741,5 +766,138 @@ mod tests {
             }
             Ok(())
         }
+    }
+}
+
+/// A permit that owns its breaker, for futures that outlive a borrow (the tower layer).
+#[must_use = "report the outcome with OwnedPermit::record"]
+#[derive(Debug)]
+pub struct OwnedPermit {
+    breaker: Arc<CircuitBreaker>,
+    trial: bool,
+    started: Instant,
+    done: bool,
+}
+
+impl OwnedPermit {
+    /// Reports the outcome.
+    pub fn record(mut self, outcome: Outcome) {
+        self.done = true;
+        self.breaker.finish(self.trial, outcome, self.started);
+    }
+}
+
+impl Drop for OwnedPermit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.lock().abandon(self.trial);
+        }
+    }
+}
+
+/// [`CircuitBreaker::try_acquire`] for an `Arc`ed breaker.
+pub fn try_acquire_owned(breaker: &Arc<CircuitBreaker>) -> Result<OwnedPermit, Rejected> {
+    let mut permit = breaker.try_acquire()?;
+    let (trial, started) = (permit.trial, permit.started);
+    // Ownership moves to the OwnedPermit: the borrowed one must not abandon its slot on drop.
+    permit.done = true;
+    Ok(OwnedPermit { breaker: breaker.clone(), trial, started, done: false })
+}
+
+/// Decides whether a call's result counts as a failure for the breaker.
+pub trait Classify<T, E>: Clone + Send + Sync + 'static {
+    /// `true` when the call failed.
+    fn is_failure(&self, result: &Result<T, E>) -> bool;
+}
+
+/// Errors, and HTTP responses with a 5xx status, are failures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerErrors;
+
+impl<B, E> Classify<http::Response<B>, E> for ServerErrors {
+    fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
+        result.as_ref().map_or(true, |r| r.status().is_server_error())
+    }
+}
+
+/// Wraps a tower service in a [`CircuitBreaker`]: rejected calls fail at once with
+/// [`Rejected`] (boxed), others are classified by `C` (default: errors and 5xx).
+///
+/// ```
+/// use std::sync::Arc;
+/// use keel::resilience::breaker::{BreakerConfig, BreakerLayer, CircuitBreaker};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # async fn demo() {
+/// let breaker = Arc::new(CircuitBreaker::new("inventory", BreakerConfig::default()));
+/// let svc = BreakerLayer::new(breaker).layer(service_fn(|_: ()| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// }));
+/// assert!(svc.oneshot(()).await.is_ok());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BreakerLayer<C = ServerErrors> {
+    breaker: Arc<CircuitBreaker>,
+    classify: C,
+}
+
+impl BreakerLayer<ServerErrors> {
+    /// Errors and 5xx responses count as failures.
+    pub fn new(breaker: Arc<CircuitBreaker>) -> Self {
+        Self { breaker, classify: ServerErrors }
+    }
+}
+
+impl<C> BreakerLayer<C> {
+    /// A custom classification.
+    pub fn with_classifier<D>(self, classify: D) -> BreakerLayer<D> {
+        BreakerLayer { breaker: self.breaker, classify }
+    }
+}
+
+impl<S, C: Clone> tower::Layer<S> for BreakerLayer<C> {
+    type Service = Breaker<S, C>;
+    fn layer(&self, inner: S) -> Breaker<S, C> {
+        Breaker { inner, breaker: self.breaker.clone(), classify: self.classify.clone() }
+    }
+}
+
+/// The service made by [`BreakerLayer`].
+#[derive(Debug, Clone)]
+pub struct Breaker<S, C> {
+    inner: S,
+    breaker: Arc<CircuitBreaker>,
+    classify: C,
+}
+
+impl<S, C, Req> tower::Service<Req> for Breaker<S, C>
+where
+    S: tower::Service<Req>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Response: Send + 'static,
+    C: Classify<S::Response, S::Error>,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let permit = match try_acquire_owned(&self.breaker) {
+            Ok(p) => p,
+            Err(rejected) => return Box::pin(std::future::ready(Err(rejected.into()))),
+        };
+        let fut = self.inner.call(req);
+        let classify = self.classify.clone();
+        Box::pin(async move {
+            let result = fut.await;
+            permit.record(if classify.is_failure(&result) { Outcome::Failure } else { Outcome::Success });
+            result.map_err(Into::into)
+        })
     }
 }

@@ -176,6 +176,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn the_layer_refuses_beyond_the_limit() {
+        use tower::{Layer, ServiceExt, service_fn};
+        let b = Bulkhead::new(
+            "t",
+            BulkheadConfig { max_concurrent: 1, max_queue: 0, queue_timeout: Duration::from_millis(10) },
+            None,
+        );
+        let svc = BulkheadLayer::new(b).layer(service_fn(|ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, std::convert::Infallible>(ms)
+        }));
+        let slow = tokio::spawn(svc.clone().oneshot(200));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let err = svc.clone().oneshot(0).await.unwrap_err();
+        assert!(err.downcast_ref::<BulkheadError>().is_some());
+        assert_eq!(slow.await.unwrap().unwrap(), 200);
+        assert_eq!(svc.oneshot(0).await.unwrap(), 0, "free again");
+    }
+
+    #[tokio::test]
     async fn limits_queues_and_rejects() {
         let b = Bulkhead::new(
             "t",
@@ -194,5 +214,58 @@ mod tests {
         // With both slots taken and nobody leaving, a queued call times out.
         let _s3 = b.acquire().await.unwrap();
         assert!(matches!(b.acquire().await, Err(BulkheadError::Timeout(_))));
+    }
+}
+
+/// Wraps a tower service in a [`Bulkhead`]: refused calls fail with [`BulkheadError`] (boxed).
+#[derive(Debug, Clone)]
+pub struct BulkheadLayer {
+    bulkhead: Bulkhead,
+}
+
+impl BulkheadLayer {
+    /// A layer sharing `bulkhead` between every service it wraps.
+    pub fn new(bulkhead: Bulkhead) -> Self {
+        Self { bulkhead }
+    }
+}
+
+impl<S> tower::Layer<S> for BulkheadLayer {
+    type Service = BulkheadService<S>;
+    fn layer(&self, inner: S) -> BulkheadService<S> {
+        BulkheadService { inner, bulkhead: self.bulkhead.clone() }
+    }
+}
+
+/// The service made by [`BulkheadLayer`].
+#[derive(Debug, Clone)]
+pub struct BulkheadService<S> {
+    inner: S,
+    bulkhead: Bulkhead,
+}
+
+impl<S, Req> tower::Service<Req> for BulkheadService<S>
+where
+    S: tower::Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let bulkhead = self.bulkhead.clone();
+        Box::pin(async move {
+            let _slot = bulkhead.acquire().await?;
+            inner.call(req).await.map_err(Into::into)
+        })
     }
 }
