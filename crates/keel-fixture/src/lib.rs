@@ -194,7 +194,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
 
 #[allow(clippy::panic)]
 async fn panicking() -> &'static str {
-    panic!("secret internal detail: the vault is at 10.0.0.7")
+    panic!("secret internal detail: the vault is at 10.0.0.7") // allow-panic: the route exists to test panic recovery
 }
 
 #[derive(Clone)]

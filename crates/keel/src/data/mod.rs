@@ -25,8 +25,8 @@ mod migrate;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -41,6 +41,7 @@ pub use sqlx;
 use crate::config::DatabaseConfig;
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome};
 use crate::resilience::Backoff;
+use crate::resilience::connect::{ConnectTracker, Phase};
 use crate::telemetry::Metrics;
 
 /// Which SQL dialect a [`Db`] speaks.
@@ -120,20 +121,13 @@ impl std::fmt::Display for Backend {
     }
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    Connecting { attempts: u32, last_error: Option<String>, gave_up: bool },
-    Connected,
-    MigrationFailed(String),
-}
-
 struct Inner {
     pool: AnyPool,
     options: AnyConnectOptions,
     backend: Backend,
     service: String,
     config: DatabaseConfig,
-    state: Mutex<State>,
+    connect: ConnectTracker,
     available: AtomicBool,
     migrations: Option<Arc<Migrations>>,
     migrations_checked: AtomicBool,
@@ -210,7 +204,7 @@ impl Db {
                 backend,
                 service: service.to_owned(),
                 config: config.clone(),
-                state: Mutex::new(State::Connecting { attempts: 0, last_error: None, gave_up: false }),
+                connect: ConnectTracker::new("database", config.connect.clone()),
                 available: AtomicBool::new(false),
                 migrations,
                 migrations_checked: AtomicBool::new(false),
@@ -242,19 +236,7 @@ impl Db {
     }
 
     fn unavailable(&self) -> DataError {
-        let reason = match &*self.lock_state() {
-            State::Connecting { attempts, last_error, .. } => match last_error {
-                Some(e) => format!("connecting (attempt {attempts}): {e}"),
-                None => "connecting".into(),
-            },
-            State::MigrationFailed(e) => format!("migration failed: {e}"),
-            State::Connected => "the last check failed".into(),
-        };
-        DataError::Unavailable { reason }
-    }
-
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        DataError::Unavailable { reason: self.inner.connect.reason() }
     }
 
     /// Counts and classifies an error from a query the caller ran; marks the database
@@ -337,44 +319,20 @@ impl Db {
     /// Connects in the background until the first success, with backoff; then, if
     /// `auto_migrate`, applies pending migrations. Stops early when `stop` is cancelled.
     pub async fn connect_in_background(self, stop: CancellationToken) {
-        let cfg = self.inner.config.connect.clone();
-        let mut backoff = Backoff::from_config(&cfg);
-        let started = Instant::now();
-        loop {
-            let attempt = tokio::time::timeout(cfg.attempt_timeout, self.try_connect());
-            let result = tokio::select! {
-                () = stop.cancelled() => return,
-                r = attempt => r,
-            };
-            match result {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => self.connect_failed(error::sql_kind(&e), crate::health::sanitize(&e.to_string())),
-                Err(_) => self.connect_failed(
-                    "timeout",
-                    format!("no answer within {}", humantime::format_duration(cfg.attempt_timeout)),
-                ),
-            }
-            let attempts = backoff.attempts() + 1;
-            if !cfg.max_elapsed.is_zero() && started.elapsed() > cfg.max_elapsed {
-                let mut st = self.lock_state();
-                if let State::Connecting { gave_up: gave_up @ false, .. } = &mut *st {
-                    *gave_up = true;
-                    tracing::error!(backend = %self.inner.backend, attempts, "giving up on the first database connection; startup probe is down, retries go on");
-                }
-            }
-            let wait = backoff.next_delay();
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-        tracing::info!(backend = %self.inner.backend, attempts = backoff.attempts() + 1, "database connected");
+        let attempt = || async {
+            self.try_connect().await.map_err(|e| (error::sql_kind(&e), crate::health::sanitize(&e.to_string())))
+        };
+        let Some(attempts) = self.inner.connect.connect(&stop, attempt, |kind| self.inner.metrics.error(kind)).await
+        else {
+            return;
+        };
+        tracing::info!(backend = %self.inner.backend, attempts, "database connected");
         if self.inner.config.auto_migrate
             && let Some(m) = self.inner.migrations.clone()
             && !m.is_empty()
         {
             // A failed run (a blip mid-migration) is retried with backoff; readiness says why.
-            backoff.reset();
+            let mut backoff = Backoff::from_config(&self.inner.config.connect);
             loop {
                 let run = m.run(&self.inner.pool, self.inner.backend);
                 let result = tokio::select! {
@@ -390,7 +348,7 @@ impl Db {
                     Err(e) => {
                         let e = crate::health::sanitize(&e.to_string());
                         tracing::error!(error = %e, "migrations failed; readiness stays down; retrying");
-                        *self.lock_state() = State::MigrationFailed(e);
+                        self.inner.connect.set(Phase::Failed(format!("migration failed: {e}")));
                     }
                 }
                 tokio::select! {
@@ -399,7 +357,7 @@ impl Db {
                 }
             }
         }
-        *self.lock_state() = State::Connected;
+        self.inner.connect.set(Phase::Connected);
         self.inner.available.store(true, Ordering::Relaxed);
     }
 
@@ -409,26 +367,13 @@ impl Db {
         conn.close().await
     }
 
-    fn connect_failed(&self, kind: &str, error: String) {
-        self.inner.metrics.error(kind);
-        let mut st = self.lock_state();
-        if let State::Connecting { attempts, last_error, .. } = &mut *st {
-            *attempts += 1;
-            if *attempts <= 3 || attempts.is_power_of_two() {
-                tracing::warn!(backend = %self.inner.backend, attempt = *attempts, error = %error, "database not reachable yet; retrying");
-            }
-            *last_error = Some(error);
-        }
-    }
-
     /// `SELECT 1` within `database.check_timeout`, then (once, unless migrating automatically)
     /// whether migrations are pending. Updates availability.
     async fn check(&self) -> Outcome {
-        let state = self.lock_state().clone();
-        match state {
-            State::Connecting { .. } => return Outcome::Down(self.unavailable().to_string()),
-            State::MigrationFailed(e) => return Outcome::Down(format!("migration failed: {e}")),
-            State::Connected => {}
+        match self.inner.connect.phase() {
+            Phase::Connecting { .. } => return Outcome::Down(self.unavailable().to_string()),
+            Phase::Failed(e) => return Outcome::Down(e),
+            Phase::Connected => {}
         }
         let ping =
             tokio::time::timeout(self.inner.config.check_timeout, sqlx::query("SELECT 1").execute(&self.inner.pool));
@@ -538,13 +483,7 @@ impl HealthCheck for DbCheck {
     fn check(&self) -> CheckFuture<'_> {
         Box::pin(async move {
             if self.startup {
-                return match &*self.db.lock_state() {
-                    State::Connecting { gave_up: true, last_error, .. } => Outcome::Down(format!(
-                        "no connection within database.connect.max_elapsed: {}",
-                        last_error.as_deref().unwrap_or("unknown error")
-                    )),
-                    _ => Outcome::Up,
-                };
+                return self.db.inner.connect.startup_outcome();
             }
             self.db.check().await
         })

@@ -15,8 +15,8 @@
 //! * **Metrics**: `redis_commands_total{outcome="ok|error|timeout|unavailable"}`,
 //!   `redis_command_duration_seconds`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,7 @@ pub use redis as driver;
 use crate::config::RedisConfig;
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
 use crate::http::Problem;
-use crate::resilience::Backoff;
+use crate::resilience::connect::{ConnectTracker, Phase};
 use crate::telemetry::Metrics;
 
 /// A Redis failure.
@@ -74,19 +74,13 @@ impl IntoResponse for RedisError {
     }
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    Connecting { attempts: u32, last_error: Option<String>, gave_up: bool },
-    Connected,
-}
-
 struct Inner {
     manager: ConnectionManager,
     client: redis::Client,
     prefix: String,
     config: RedisConfig,
     available: AtomicBool,
-    state: Mutex<State>,
+    connect: ConnectTracker,
     commands: IntCounterVec,
     duration: Histogram,
 }
@@ -134,7 +128,7 @@ impl Redis {
                 prefix,
                 config: config.clone(),
                 available: AtomicBool::new(false),
-                state: Mutex::new(State::Connecting { attempts: 0, last_error: None, gave_up: false }),
+                connect: ConnectTracker::new("redis", config.connect.clone()),
                 commands,
                 duration,
             }),
@@ -164,17 +158,8 @@ impl Redis {
         self.inner.manager.clone()
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn unavailable(&self) -> RedisError {
-        let reason = match &*self.lock_state() {
-            State::Connecting { attempts, last_error: Some(e), .. } => format!("connecting (attempt {attempts}): {e}"),
-            State::Connecting { .. } => "connecting".into(),
-            State::Connected => "the last check failed".into(),
-        };
-        RedisError::Unavailable { reason }
+        RedisError::Unavailable { reason: self.inner.connect.reason() }
     }
 
     /// Runs `f` on the connection with the fail-fast check, the deadline and the metrics.
@@ -238,46 +223,12 @@ impl Redis {
 
     /// Connects in the background until the first success, with backoff.
     pub async fn connect_in_background(self, stop: CancellationToken) {
-        let cfg = self.inner.config.connect.clone();
-        let mut backoff = Backoff::from_config(&cfg);
-        let started = Instant::now();
-        loop {
-            let attempt = tokio::time::timeout(cfg.attempt_timeout, self.try_connect());
-            let result = tokio::select! {
-                () = stop.cancelled() => return,
-                r = attempt => r,
-            };
-            let error = match result {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => sanitize(&e.to_string()),
-                Err(_) => format!("no answer within {}", humantime::format_duration(cfg.attempt_timeout)),
-            };
-            {
-                let mut st = self.lock_state();
-                if let State::Connecting { attempts, last_error, gave_up } = &mut *st {
-                    *attempts += 1;
-                    if *attempts <= 3 || attempts.is_power_of_two() {
-                        tracing::warn!(attempt = *attempts, error = %error, "redis not reachable yet; retrying");
-                    }
-                    *last_error = Some(error);
-                    if !cfg.max_elapsed.is_zero() && started.elapsed() > cfg.max_elapsed && !*gave_up {
-                        *gave_up = true;
-                        tracing::error!(
-                            attempts = *attempts,
-                            "giving up on the first redis connection; startup probe is down, retries go on"
-                        );
-                    }
-                }
-            }
-            let wait = backoff.next_delay();
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
+        let attempt = || async { self.try_connect().await.map_err(|e| ("connect", sanitize(&e.to_string()))) };
+        if self.inner.connect.connect(&stop, attempt, |_| {}).await.is_some() {
+            tracing::info!("redis connected");
+            self.inner.connect.set(Phase::Connected);
+            self.inner.available.store(true, Ordering::Relaxed);
         }
-        tracing::info!("redis connected");
-        *self.lock_state() = State::Connected;
-        self.inner.available.store(true, Ordering::Relaxed);
     }
 
     async fn try_connect(&self) -> redis::RedisResult<()> {
@@ -286,7 +237,7 @@ impl Redis {
     }
 
     async fn check(&self) -> Outcome {
-        if matches!(*self.lock_state(), State::Connecting { .. }) {
+        if matches!(self.inner.connect.phase(), Phase::Connecting { .. }) {
             return Outcome::Down(self.unavailable().to_string());
         }
         let mut conn = self.inner.manager.clone();
@@ -338,13 +289,7 @@ impl HealthCheck for RedisCheck {
     fn check(&self) -> CheckFuture<'_> {
         Box::pin(async move {
             if self.startup {
-                return match &*self.redis.lock_state() {
-                    State::Connecting { gave_up: true, last_error, .. } => Outcome::Down(format!(
-                        "no connection within redis.connect.max_elapsed: {}",
-                        last_error.as_deref().unwrap_or("unknown error")
-                    )),
-                    _ => Outcome::Up,
-                };
+                return self.redis.inner.connect.startup_outcome();
             }
             self.redis.check().await
         })

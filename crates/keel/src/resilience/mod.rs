@@ -5,6 +5,8 @@
 pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;
+#[cfg(any(feature = "sql", feature = "redis"))]
+pub(crate) mod connect;
 pub mod rate_limit;
 pub mod retry;
 

@@ -31,30 +31,23 @@ fn unique(prefix: &str) -> String {
 impl TestDatabase {
     /// A new PostgreSQL database on the server of `admin_url` (see `testing::postgres_url`).
     pub async fn postgres(admin_url: &str) -> Result<Self, sqlx::Error> {
-        sqlx::any::install_default_drivers();
-        let name = unique("keel_test");
-        let mut admin = AnyConnection::connect(admin_url).await?;
-        // The name is generated here (letters, digits, _), never input.
-        admin.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))).await?;
-        let _ = admin.close().await;
-        let url = replace_db(admin_url, &name);
-        Ok(Self {
-            url,
-            cleanup: Some((admin_url.to_owned(), format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))),
-            _dir: None,
-        })
+        Self::create(admin_url, "WITH (FORCE)").await
     }
 
     /// A new MariaDB/MySQL database on the server of `admin_url` (see `testing::mysql_url`).
     pub async fn mysql(admin_url: &str) -> Result<Self, sqlx::Error> {
+        Self::create(admin_url, "").await
+    }
+
+    async fn create(admin_url: &str, drop_options: &str) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let name = unique("keel_test");
         let mut admin = AnyConnection::connect(admin_url).await?;
         // The name is generated here (letters, digits, _), never input.
         admin.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))).await?;
         let _ = admin.close().await;
-        let url = replace_db(admin_url, &name);
-        Ok(Self { url, cleanup: Some((admin_url.to_owned(), format!("DROP DATABASE IF EXISTS {name}"))), _dir: None })
+        let drop_sql = format!("DROP DATABASE IF EXISTS {name} {drop_options}");
+        Ok(Self { url: replace_db(admin_url, &name), cleanup: Some((admin_url.to_owned(), drop_sql)), _dir: None })
     }
 
     /// A SQLite file in a new temporary directory.
