@@ -302,3 +302,40 @@ fn an_upstream_needs_a_base_url_and_finite_timeouts() {
     assert!(e.contains("upstreams.x.base_url") && e.contains("upstreams.x.request_timeout"), "{e}");
     let _ = CircuitBreaker::new("unused", Default::default());
 }
+
+#[tokio::test]
+async fn a_path_cannot_change_the_host() {
+    let (addr, _) = upstream().await;
+    let (client, _) = make("hosts", &cfg(addr));
+    for path in ["@evil.example/x", ".evil.example/x", "//evil.example/x", "evil"] {
+        let err = client.get(path).await.unwrap_err();
+        assert!(matches!(err, ClientError::Invalid { .. }), "{path}: {err}");
+    }
+    assert_eq!(client.breaker().state(), State::Closed, "the caller's mistakes are not the upstream's");
+}
+
+#[tokio::test]
+async fn the_callers_deadline_is_not_the_upstreams_failure() {
+    use keel::http::context::{RequestContext, scope};
+    let (addr, u) = upstream().await;
+    let mut c = cfg(addr);
+    c.breaker.minimum_calls = 2;
+    c.breaker.window.size = 2;
+    let (client, metrics) = make("deadline", &c);
+    for _ in 0..3 {
+        let ctx = RequestContext {
+            request_id: None,
+            deadline: Some(tokio::time::Instant::now() + Duration::from_millis(50)),
+        };
+        let err = scope(ctx, client.get("/slow")).await.unwrap_err();
+        assert!(matches!(err, ClientError::DeadlineExceeded { .. }), "{err}");
+    }
+    assert_eq!(client.breaker().state(), State::Closed);
+    let _ = u;
+    // Not retried either: one attempt per call.
+    assert!(
+        metrics
+            .render()
+            .contains("http_client_requests_total{method=\"GET\",status=\"error\",upstream=\"deadline\"} 3")
+    );
+}

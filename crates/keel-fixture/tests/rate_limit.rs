@@ -214,7 +214,10 @@ async fn redis_outage(on_error: &str, fallback: bool) {
         _ => assert!(during.iter().all(|s| *s == 200), "{during:?}"),
     }
     let m = f.running().metrics().render();
-    assert!(m.contains("rate_limit_decisions_total{decision=\"error\",policy=\"api\"} 5"), "{m}");
+    assert!(m.contains("rate_limit_backend_errors_total{policy=\"api\"} 5"), "{m}");
+    if !fallback {
+        assert!(m.contains("rate_limit_decisions_total{decision=\"error\",policy=\"api\"} 5"), "{m}");
+    }
     if on_error == "fail_closed" && !fallback {
         let resp = hit(&f, None).await;
         let body: Value = resp.json().await.unwrap();

@@ -262,6 +262,9 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         breakers: None,
         #[cfg(feature = "client")]
         client_metrics: None,
+        #[cfg(feature = "client")]
+        clients: std::collections::BTreeMap::new(),
+        limiters: std::collections::BTreeMap::new(),
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let Setup { tasks: declared, hooks, .. } = setup;

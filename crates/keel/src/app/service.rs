@@ -186,6 +186,10 @@ pub struct Setup<C> {
     pub(crate) breakers: Option<crate::resilience::breaker::Registry>,
     #[cfg(feature = "client")]
     pub(crate) client_metrics: Option<crate::http::client::ClientMetrics>,
+    /// Made once per name: asking twice must not double budgets, bulkheads or checks.
+    #[cfg(feature = "client")]
+    pub(crate) clients: std::collections::BTreeMap<String, crate::http::client::Client>,
+    pub(crate) limiters: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitLayer>,
 }
 
 impl<C: Section> Setup<C> {
@@ -288,6 +292,9 @@ impl<C: Section> Setup<C> {
     /// timeouts and size cap; adds the readiness check `upstream:<name>` when `health_path` is set.
     #[cfg(feature = "client")]
     pub fn http_client(&mut self, name: &str) -> Result<crate::http::client::Client, SetupError> {
+        if let Some(c) = self.clients.get(name) {
+            return Ok(c.clone());
+        }
         let cfg = self
             .config
             .keel
@@ -303,6 +310,7 @@ impl<C: Section> Setup<C> {
         if let Some(check) = client.health_check() {
             self.health.add(check);
         }
+        self.clients.insert(name.to_owned(), client.clone());
         Ok(client)
     }
 
@@ -315,6 +323,9 @@ impl<C: Section> Setup<C> {
     /// ```
     pub fn rate_limit(&mut self, name: &str) -> Result<crate::resilience::rate_limit::RateLimitLayer, SetupError> {
         use crate::resilience::rate_limit::{BackendKind, OnBackendError, RateLimitMetrics, RateLimiter};
+        if let Some(layer) = self.limiters.get(name) {
+            return Ok(layer.clone());
+        }
         let policy = self
             .config
             .keel
@@ -343,10 +354,12 @@ impl<C: Section> Setup<C> {
             #[cfg(not(feature = "redis"))]
             BackendKind::Redis => return Err(format!("rate_limits.{name}: this build has no redis support").into()),
         };
-        Ok(crate::resilience::rate_limit::RateLimitLayer::new(
+        let layer = crate::resilience::rate_limit::RateLimitLayer::new(
             std::sync::Arc::new(limiter),
             &self.config.keel.http.trusted_proxies,
-        ))
+        );
+        self.limiters.insert(name.to_owned(), layer.clone());
+        Ok(layer)
     }
 
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush

@@ -64,6 +64,13 @@ pub enum ClientError {
         /// Why.
         source: BulkheadError,
     },
+    /// The caller's own deadline (its remaining time) ran out: not the upstream's fault, so it is
+    /// neither retried nor counted by the breaker. Answers 504.
+    #[error("upstream {upstream}: the caller's deadline passed")]
+    DeadlineExceeded {
+        /// The upstream.
+        upstream: String,
+    },
     /// No answer in time. Answers 504.
     #[error("upstream {upstream}: no answer within {after:?}")]
     Timeout {
@@ -116,13 +123,19 @@ impl IntoResponse for ClientError {
                 "Service degraded",
                 Some("SERVICE_DEGRADED"),
             ),
-            Self::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timed out", None),
+            Self::Timeout { .. } | Self::DeadlineExceeded { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timed out", None)
+            }
             Self::Invalid { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", None),
             _ => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway", None),
         };
+        let retry_after = match &self {
+            Self::BreakerOpen { source, .. } => source.retry_in.as_secs().max(1),
+            _ => 1,
+        };
         let mut p = Problem::new(status, slug, title).detail("a service this one depends on did not answer properly");
         if let Some(c) = code {
-            p = p.code(c).retry_after(1);
+            p = p.code(c).retry_after(retry_after);
         }
         p.into_response()
     }
@@ -326,24 +339,41 @@ impl Client {
     }
 
     async fn attempt(&self, req: &Request, attempt: u32) -> Result<Response, ClientError> {
-        let permit = self
-            .breaker
-            .try_acquire()
-            .map_err(|source| ClientError::BreakerOpen { upstream: self.name.to_string(), source })?;
+        let upstream = || self.name.to_string();
+        // The path is joined to the base URL: it must stay a path, or `@evil.com/x` or
+        // `.evil.com` would change the host.
+        if !req.path.starts_with('/') || req.path.starts_with("//") {
+            return Err(ClientError::Invalid {
+                upstream: upstream(),
+                message: "the path must start with a single /".into(),
+            });
+        }
         let ctx = super::context::current();
         let mut timeout = self.cfg.request_timeout;
+        let mut cut_by_caller = false;
         if let Some(left) = ctx.as_ref().and_then(super::context::RequestContext::remaining) {
-            timeout = timeout.min(left);
+            if left < Duration::from_millis(1) {
+                return Err(ClientError::DeadlineExceeded { upstream: upstream() });
+            }
+            if left < timeout {
+                timeout = left;
+                cut_by_caller = true;
+            }
         }
+        let permit =
+            self.breaker.try_acquire().map_err(|source| ClientError::BreakerOpen { upstream: upstream(), source })?;
         let url = format!("{}{}", self.base, req.path);
+        // The path only: a query string may carry secrets.
+        let path = req.path.split('?').next().unwrap_or_default();
         let span = tracing::info_span!(
             "http.client",
             otel.name = %req.method,
             otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
             upstream = &*self.name,
             attempt,
             http.request.method = %req.method,
-            url.full = %url,
+            url.path = path,
             http.response.status_code = tracing::field::Empty,
         );
         let started = Instant::now();
@@ -378,17 +408,31 @@ impl Client {
         .instrument(span.clone())
         .await;
         let took = started.elapsed();
-        let failed = match &result {
-            Ok(r) => r.status.is_server_error(),
-            Err(_) => true,
+        // A timeout set by the caller's deadline is the caller's; an invalid request is ours.
+        let result = match result {
+            Err(ClientError::Timeout { .. }) if cut_by_caller => {
+                Err(ClientError::DeadlineExceeded { upstream: upstream() })
+            }
+            other => other,
         };
-        permit.record(if failed { BreakerOutcome::Failure } else { BreakerOutcome::Success });
+        match &result {
+            Ok(r) if r.status.is_server_error() => permit.record(BreakerOutcome::Failure),
+            Ok(_) => permit.record(BreakerOutcome::Success),
+            Err(ClientError::DeadlineExceeded { .. } | ClientError::Invalid { .. }) => drop(permit),
+            Err(_) => permit.record(BreakerOutcome::Failure),
+        }
         let status_label = match &result {
             Ok(r) => {
                 span.record("http.response.status_code", r.status.as_u16());
+                if r.status.is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
                 r.status.as_str().to_owned()
             }
-            Err(_) => "error".to_owned(),
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+                "error".to_owned()
+            }
         };
         if let Some(m) = &self.metrics {
             m.requests.with_label_values(&[&self.name, req.method.as_str(), &status_label]).inc();
@@ -398,7 +442,9 @@ impl Client {
     }
 
     fn transport(&self, e: reqwest::Error, timeout: Duration) -> ClientError {
-        if e.is_timeout() {
+        if e.is_builder() {
+            ClientError::Invalid { upstream: self.name.to_string(), message: crate::health::sanitize(&e.to_string()) }
+        } else if e.is_timeout() {
             ClientError::Timeout { upstream: self.name.to_string(), after: timeout }
         } else {
             ClientError::Transport { upstream: self.name.to_string(), message: crate::health::sanitize(&e.to_string()) }

@@ -27,6 +27,8 @@ pub use ipnet::IpNet;
 
 /// The client address for a request from `peer` with `headers`, given the trusted proxies.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; match them as IPv4.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -105,6 +107,11 @@ mod tests {
         );
         assert_eq!(client_ip(ip("10.1.1.1"), &h("x-forwarded-for", "garbage, 10.0.0.3"), &t), ip("10.0.0.3"));
         assert_eq!(client_ip(ip("10.1.1.1"), &HeaderMap::new(), &t), ip("10.1.1.1"));
+        assert_eq!(
+            client_ip(ip("::ffff:10.1.1.1"), &h("x-forwarded-for", "192.0.2.7"), &t),
+            ip("192.0.2.7"),
+            "IPv4-mapped peer"
+        );
     }
 
     mod properties {

@@ -182,9 +182,10 @@ impl Redis {
                 Ok(v)
             }
             // The client's own response timeout and ours race; either way Redis did not answer.
+            // One slow command does not switch on fail-fast (the readiness check decides that):
+            // under fail_closed rate limiting it would refuse every request until the next check.
             Ok(Err(e)) if e.is_timeout() => {
                 self.inner.commands.with_label_values(&["timeout"]).inc();
-                self.inner.available.store(false, Ordering::Relaxed);
                 Err(RedisError::Timeout(limit))
             }
             Ok(Err(e)) => {
@@ -196,7 +197,6 @@ impl Redis {
             }
             Err(_) => {
                 self.inner.commands.with_label_values(&["timeout"]).inc();
-                self.inner.available.store(false, Ordering::Relaxed);
                 Err(RedisError::Timeout(limit))
             }
         }

@@ -93,6 +93,9 @@ impl BreakerConfig {
         if self.open_wait.is_zero() {
             p.push(("open_wait", "must be more than 0s".into()));
         }
+        if self.window.kind == WindowKind::Count && self.minimum_calls > self.window.size {
+            p.push(("minimum_calls", "exceeds window.size: a count window that small could never open".into()));
+        }
         p
     }
 }
@@ -250,6 +253,8 @@ pub(crate) struct Machine {
     opened_at: Instant,
     trials_admitted: u32,
     trials: Counts,
+    /// Incremented each time half-open begins: a trial reports only into its own round.
+    round: u32,
 }
 
 /// A state change, for metrics and logs.
@@ -258,7 +263,15 @@ pub(crate) type Transition = (State, State);
 impl Machine {
     pub(crate) fn new(cfg: BreakerConfig, now: Instant) -> Self {
         let window = Window::new(&cfg.window, now);
-        Self { cfg, state: State::Closed, window, opened_at: now, trials_admitted: 0, trials: Counts::default() }
+        Self {
+            cfg,
+            state: State::Closed,
+            window,
+            opened_at: now,
+            trials_admitted: 0,
+            trials: Counts::default(),
+            round: 0,
+        }
     }
 
     pub(crate) fn state(&self) -> State {
@@ -275,6 +288,7 @@ impl Machine {
                     return (Err(self.cfg.open_wait - waited), None);
                 }
                 self.state = State::HalfOpen;
+                self.round = self.round.wrapping_add(1);
                 self.trials_admitted = 1;
                 self.trials = Counts::default();
                 (Ok(true), Some((State::Open, State::HalfOpen)))
@@ -290,8 +304,25 @@ impl Machine {
         }
     }
 
-    /// Records the end of an admitted call.
+    /// Records the end of a call admitted in the current round.
+    #[cfg(test)]
     pub(crate) fn record(&mut self, trial: bool, outcome: Outcome, took: Duration, now: Instant) -> Option<Transition> {
+        self.record_in(self.round, trial, outcome, took, now)
+    }
+
+    /// Records the end of a call admitted in half-open round `round` (or while closed).
+    pub(crate) fn record_in(
+        &mut self,
+        round: u32,
+        trial: bool,
+        outcome: Outcome,
+        took: Duration,
+        now: Instant,
+    ) -> Option<Transition> {
+        if trial && round != self.round {
+            // A late answer from an earlier trial round.
+            return None;
+        }
         let failed = outcome == Outcome::Failure;
         let slow = took >= self.cfg.slow_call_duration;
         match (self.state, trial) {
@@ -333,8 +364,14 @@ impl Machine {
     }
 
     /// A trial call that never reported (dropped): give its slot back.
+    #[cfg(test)]
     pub(crate) fn abandon(&mut self, trial: bool) {
-        if trial && self.state == State::HalfOpen && self.trials_admitted > self.trials.calls {
+        self.abandon_in(self.round, trial);
+    }
+
+    /// [`Machine::abandon`] for a call admitted in round `round`.
+    pub(crate) fn abandon_in(&mut self, round: u32, trial: bool) {
+        if trial && round == self.round && self.state == State::HalfOpen && self.trials_admitted > self.trials.calls {
             self.trials_admitted -= 1;
         }
     }
@@ -384,6 +421,7 @@ pub struct CircuitBreaker {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     trial: bool,
+    round: u32,
     started: Instant,
     done: bool,
 }
@@ -392,14 +430,14 @@ impl Permit<'_> {
     /// Reports the outcome.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.breaker.finish(self.trial, outcome, self.started);
+        self.breaker.finish(self.round, self.trial, outcome, self.started);
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker.lock().abandon(self.trial);
+            self.breaker.lock().abandon_in(self.round, self.trial);
         }
     }
 }
@@ -428,12 +466,17 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         // One clock read for the decision and the start: clock reads are most of the cost.
         let now = Instant::now();
-        let (result, transition) = self.lock().admit(now);
-        if let Some(t) = transition {
-            self.transitioned(t);
-        }
+        let (result, round) = {
+            let mut m = self.lock();
+            let (result, transition) = m.admit(now);
+            // Under the lock, so concurrent transitions set the state gauge in order.
+            if let Some(t) = transition {
+                self.transitioned(t);
+            }
+            (result, m.round)
+        };
         match result {
-            Ok(trial) => Ok(Permit { breaker: self, trial, started: now, done: false }),
+            Ok(trial) => Ok(Permit { breaker: self, trial, round, started: now, done: false }),
             Err(retry_in) => {
                 if let Some(m) = &self.metrics {
                     m.calls.with_label_values(&[&self.name, "rejected"]).inc();
@@ -443,15 +486,17 @@ impl CircuitBreaker {
         }
     }
 
-    fn finish(&self, trial: bool, outcome: Outcome, started: Instant) {
+    fn finish(&self, round: u32, trial: bool, outcome: Outcome, started: Instant) {
         let now = Instant::now();
-        let transition = self.lock().record(trial, outcome, now.saturating_duration_since(started), now);
+        {
+            let mut m = self.lock();
+            if let Some(t) = m.record_in(round, trial, outcome, now.saturating_duration_since(started), now) {
+                self.transitioned(t);
+            }
+        }
         if let Some(m) = &self.metrics {
             let label = if outcome == Outcome::Success { "success" } else { "failure" };
             m.calls.with_label_values(&[&self.name, label]).inc();
-        }
-        if let Some(t) = transition {
-            self.transitioned(t);
         }
     }
 
@@ -585,6 +630,29 @@ mod tests {
         m.record(true, Outcome::Failure, Duration::ZERO, t1);
         m.record(true, Outcome::Success, Duration::ZERO, t1);
         assert_eq!(m.state(), State::Open, "half of the trials failed");
+    }
+
+    #[test]
+    fn a_late_trial_from_an_earlier_round_is_ignored() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.half_open_calls = 1;
+        let mut m = Machine::new(c, t0);
+        for _ in 0..4 {
+            m.record(false, Outcome::Failure, Duration::ZERO, t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(m.admit(t1).0, Ok(true));
+        let round1 = m.round;
+        m.record(true, Outcome::Failure, Duration::ZERO, t1);
+        assert_eq!(m.state(), State::Open, "the trial failed");
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(m.admit(t2).0, Ok(true));
+        // A late answer from round 1 must not decide round 2.
+        assert_eq!(m.record_in(round1, true, Outcome::Success, Duration::ZERO, t2), None);
+        m.abandon_in(round1, true);
+        assert_eq!(m.state(), State::HalfOpen);
+        assert_eq!(m.record(true, Outcome::Success, Duration::ZERO, t2), Some((State::HalfOpen, State::Closed)));
     }
 
     #[test]
@@ -775,6 +843,7 @@ mod tests {
 pub struct OwnedPermit {
     breaker: Arc<CircuitBreaker>,
     trial: bool,
+    round: u32,
     started: Instant,
     done: bool,
 }
@@ -783,14 +852,14 @@ impl OwnedPermit {
     /// Reports the outcome.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.breaker.finish(self.trial, outcome, self.started);
+        self.breaker.finish(self.round, self.trial, outcome, self.started);
     }
 }
 
 impl Drop for OwnedPermit {
     fn drop(&mut self) {
         if !self.done {
-            self.breaker.lock().abandon(self.trial);
+            self.breaker.lock().abandon_in(self.round, self.trial);
         }
     }
 }
@@ -798,10 +867,10 @@ impl Drop for OwnedPermit {
 /// [`CircuitBreaker::try_acquire`] for an `Arc`ed breaker.
 pub fn try_acquire_owned(breaker: &Arc<CircuitBreaker>) -> Result<OwnedPermit, Rejected> {
     let mut permit = breaker.try_acquire()?;
-    let (trial, started) = (permit.trial, permit.started);
+    let (trial, round, started) = (permit.trial, permit.round, permit.started);
     // Ownership moves to the OwnedPermit: the borrowed one must not abandon its slot on drop.
     permit.done = true;
-    Ok(OwnedPermit { breaker: breaker.clone(), trial, started, done: false })
+    Ok(OwnedPermit { breaker: breaker.clone(), trial, round, started, done: false })
 }
 
 /// Decides whether a call's result counts as a failure for the breaker.

@@ -49,30 +49,50 @@ pub struct RateLimit<S> {
     layer: RateLimitLayer,
 }
 
-/// The key of a request under a policy's key parts.
+/// The key of a request under a policy's key parts. Each part is length-prefixed, so no value
+/// (a crafted header containing `|` or `=`) can make one request's key equal another's.
 fn key<B>(req: &Request<B>, parts: &[KeyPart], trusted: &[IpNet]) -> String {
     let ip = || {
         let peer =
             req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        client_ip(peer, req.headers(), trusted)
+        client_key(client_ip(peer, req.headers(), trusted))
     };
-    parts
-        .iter()
-        .map(|p| match p {
-            KeyPart::Ip => format!("ip={}", ip()),
+    let mut out = String::with_capacity(64);
+    for p in parts {
+        let (tag, value): (&str, std::borrow::Cow<'_, str>) = match p {
+            KeyPart::Ip => ("ip", ip().into()),
             KeyPart::User => match req.extensions().get::<crate::http::Principal>() {
-                Some(user) => format!("user={}", user.0),
-                None => format!("ip={}", ip()),
+                Some(user) => ("user", user.0.as_str().into()),
+                None => ("ip", ip().into()),
             },
+            // Unmatched paths share one key: they are the client's choice, not a resource.
             KeyPart::Route => {
-                format!("route={}", req.extensions().get::<MatchedPath>().map_or(req.uri().path(), MatchedPath::as_str))
+                ("route", req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).into())
             }
-            KeyPart::Header(h) => {
-                format!("{h}={}", req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or("-"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("|")
+            KeyPart::Header(h) => match req.headers().get(h) {
+                Some(v) => ("h", String::from_utf8_lossy(v.as_bytes())),
+                None => ("h-none", "".into()),
+            },
+        };
+        out.push_str(tag);
+        out.push(':');
+        out.push_str(&value.len().to_string());
+        out.push(':');
+        out.push_str(&value);
+        out.push('|');
+    }
+    out
+}
+
+/// An IPv6 client counts by its /64 (one host usually owns a whole /64); IPv4 by address.
+fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 fn secs_ceil(d: Duration) -> u64 {
@@ -122,6 +142,7 @@ where
                     put_headers(&mut resp, &d);
                     Ok(resp)
                 }
+                // No decision was made, so there are no RateLimit-* numbers to report.
                 Verdict::FailedOpen => inner.call(req).await,
                 Verdict::FailedClosed => {
                     Ok(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service degraded")
@@ -132,5 +153,27 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crafted_values_cannot_collide_and_ipv6_counts_by_64() {
+        let parts = [
+            KeyPart::Header(http::HeaderName::from_static("x-a")),
+            KeyPart::Header(http::HeaderName::from_static("x-b")),
+        ];
+        let req = |a: &str, b: &str| Request::builder().header("x-a", a).header("x-b", b).body(()).unwrap();
+        assert_ne!(key(&req("1|h:1:2", "3"), &parts, &[]), key(&req("1", "2|h:1:3"), &parts, &[]));
+        let missing = Request::builder().header("x-b", "v").body(()).unwrap();
+        assert_ne!(key(&missing, &parts, &[]), key(&req("", "v"), &parts, &[]));
+        assert_eq!(
+            client_key("2001:db8:1:2:3::9".parse().unwrap()),
+            client_key("2001:db8:1:2:ffff::1".parse().unwrap())
+        );
+        assert_ne!(client_key("2001:db8:1:2::1".parse().unwrap()), client_key("2001:db8:1:3::1".parse().unwrap()));
     }
 }

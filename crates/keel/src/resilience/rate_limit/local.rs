@@ -11,10 +11,12 @@ use governor::{Quota, RateLimiter};
 
 use super::{Decision, RateLimitPolicy};
 
-type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
 
 /// Drop the state of idle keys every this many decisions, so memory follows active clients.
 const CLEAN_EVERY: u64 = 4096;
+/// Above this many keys, idle ones are dropped at once rather than at the next round.
+const MAX_KEYS: usize = 100_000;
 
 /// A per-instance limiter: `limit` per `window`, replenished evenly (one request every
 /// `window / limit`), with bursts up to `burst`.
@@ -25,6 +27,7 @@ pub struct LocalLimiter {
     period: Duration,
     burst: u32,
     decisions: AtomicU64,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for LocalLimiter {
@@ -51,23 +54,35 @@ impl LocalLimiter {
         let clock = DefaultClock::default();
         let limiter =
             RateLimiter::dashmap_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
-        Self { limiter, clock, limit: policy.limit, period, burst, decisions: AtomicU64::new(0) }
+        Self {
+            limiter,
+            clock,
+            limit: policy.limit,
+            period,
+            burst,
+            decisions: AtomicU64::new(0),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
     }
 
     /// Decides for `key`.
     pub fn check(&self, key: &str) -> Decision {
-        if self.decisions.fetch_add(1, Ordering::Relaxed) % CLEAN_EVERY == CLEAN_EVERY - 1 {
+        // Keys are client-chosen text: keep a fixed-size hash (randomly seeded, so collisions
+        // cannot be aimed) and drop idle keys regularly, at once when there are too many.
+        let n = self.decisions.fetch_add(1, Ordering::Relaxed);
+        if n % CLEAN_EVERY == CLEAN_EVERY - 1 || (n.is_multiple_of(256) && self.limiter.len() > MAX_KEYS) {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
-        match self.limiter.check_key(&key.to_owned()) {
+        let hashed = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        match self.limiter.check_key(&hashed) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 Decision {
                     allowed: true,
-                    limit: self.limit,
+                    limit: self.limit.max(self.burst),
                     remaining,
-                    reset: self.period * self.burst.saturating_sub(remaining),
+                    reset: self.period.saturating_mul(self.burst.saturating_sub(remaining)),
                     retry_after: Duration::ZERO,
                 }
             }
@@ -75,9 +90,9 @@ impl LocalLimiter {
                 let wait = not_until.wait_time_from(self.clock.now());
                 Decision {
                     allowed: false,
-                    limit: self.limit,
+                    limit: self.limit.max(self.burst),
                     remaining: 0,
-                    reset: self.period * self.burst,
+                    reset: self.period.saturating_mul(self.burst),
                     retry_after: wait,
                 }
             }

@@ -18,7 +18,8 @@
 //! (seconds); a refused request gets a 429 problem (`RATE_LIMITED`) with `Retry-After`. When
 //! the backend fails, `fail_closed` answers 503 `SERVICE_DEGRADED` and `fail_open` lets the
 //! request through; both are counted. Metrics:
-//! `rate_limit_decisions_total{policy,decision="allowed|limited|error"}`,
+//! `rate_limit_decisions_total{policy,decision="allowed|limited|error"}` (one per request; `error`
+//! when the failure mode decided), `rate_limit_backend_errors_total{policy}`,
 //! `rate_limit_backend_duration_seconds{policy}`.
 
 mod layer;
@@ -207,6 +208,7 @@ enum Backend {
 #[derive(Clone, Debug)]
 struct LimiterMetrics {
     decisions: IntCounterVec,
+    backend_errors: IntCounterVec,
     duration: HistogramVec,
 }
 
@@ -226,9 +228,17 @@ impl RateLimitMetrics {
                 .buckets(vec![0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25]),
             &["policy"],
         )?;
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "rate_limit_backend_errors_total",
+                "Rate-limit backend failures (decided by the failure mode or the local fallback).",
+            ),
+            &["policy"],
+        )?;
         metrics.register(decisions.clone())?;
+        metrics.register(backend_errors.clone())?;
         metrics.register(duration.clone())?;
-        Ok(Self(LimiterMetrics { decisions, duration }))
+        Ok(Self(LimiterMetrics { decisions, backend_errors, duration }))
     }
 }
 
@@ -307,13 +317,17 @@ impl RateLimiter {
                 Verdict::Decided(d)
             }
             Err(e) => {
-                self.count("error");
                 tracing::warn!(policy = %self.name, error = %e, "rate-limit backend failed");
+                if let Some(m) = &self.metrics {
+                    m.backend_errors.with_label_values(&[&self.name]).inc();
+                }
                 if let Some(local) = &self.fallback {
+                    // Decided after all (locally): counted as that decision, plus a fallback.
                     let d = local.check(key);
                     self.count(if d.allowed { "allowed" } else { "limited" });
                     return Verdict::Decided(d);
                 }
+                self.count("error");
                 match self.on_error {
                     OnBackendError::FailOpen => Verdict::FailedOpen,
                     OnBackendError::FailClosed => Verdict::FailedClosed,

@@ -30,7 +30,10 @@ end
 local wait = window
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-return {allowed, limit - count, wait}
+local reset = window
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] then reset = tonumber(newest[2]) + window - now end
+return {allowed, limit - count, wait, reset}
 ";
 
 /// Sliding-window limiter over a service's [`Redis`].
@@ -60,15 +63,16 @@ impl RedisLimiter {
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut invocation = self.script.key(format!("{}{key}", self.prefix));
         invocation.arg(self.limit).arg(window_ms).arg(rand::random::<u64>());
-        let (allowed, remaining, wait_ms): (i64, i64, i64) =
+        let (allowed, remaining, wait_ms, reset_ms): (i64, i64, i64, i64) =
             self.redis.script(&invocation).await.map_err(|e| BackendError(e.to_string()))?;
-        let wait = Duration::from_millis(u64::try_from(wait_ms.max(0)).unwrap_or(0));
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v.max(0)).unwrap_or(0));
         Ok(Decision {
             allowed: allowed == 1,
             limit: self.limit,
             remaining: u32::try_from(remaining.max(0)).unwrap_or(0),
-            reset: wait,
-            retry_after: if allowed == 1 { Duration::ZERO } else { wait },
+            // Both backends: time until the whole quota is available again.
+            reset: ms(reset_ms),
+            retry_after: if allowed == 1 { Duration::ZERO } else { ms(wait_ms) },
         })
     }
 }
