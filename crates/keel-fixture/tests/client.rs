@@ -295,11 +295,22 @@ async fn request_id_and_deadline_follow_the_call_and_upstream_health_gates_readi
 #[test]
 fn an_upstream_needs_a_base_url_and_finite_timeouts() {
     let e = keel::config::Loader::new("svc", keel::config::Profile::Test)
-        .env([("SVC__UPSTREAMS__X__REQUEST_TIMEOUT", "0s")])
+        .env([
+            ("SVC__UPSTREAMS__X__REQUEST_TIMEOUT", "0s"),
+            ("SVC__UPSTREAMS__Y__BASE_URL", "http://y:1/?token=abc"),
+            ("SVC__UPSTREAMS__Y__RETRY__BUDGET__RATIO", "-1"),
+        ])
         .load::<keel::config::NoConfig>()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("upstreams.x.base_url") && e.contains("upstreams.x.request_timeout"), "{e}");
+    for key in [
+        "upstreams.x.base_url",
+        "upstreams.x.request_timeout",
+        "upstreams.y.base_url",
+        "upstreams.y.retry.budget.ratio",
+    ] {
+        assert!(e.contains(key), "{key}: {e}");
+    }
     let _ = CircuitBreaker::new("unused", Default::default());
 }
 

@@ -651,11 +651,25 @@ fn validate_keel(
         for (field, message) in policy.problems() {
             v.invalid(&format!("rate_limits.{name}.{field}"), message);
         }
+        if policy.burst.is_some() && policy.backend == crate::resilience::rate_limit::BackendKind::Redis {
+            v.invalid(
+                &format!("rate_limits.{name}.burst"),
+                "applies to the local backend only; the Redis sliding window allows `limit` per window",
+            );
+        }
     }
     for (name, u) in &k.upstreams {
         let base = u.base_url.parse::<http::Uri>().ok();
-        if !base.is_some_and(|b| matches!(b.scheme_str(), Some("http" | "https")) && b.host().is_some()) {
-            v.invalid(&format!("upstreams.{name}.base_url"), "must be an http(s) URL such as http://events:8082");
+        let plain = base.as_ref().is_some_and(|b| b.query().is_none() && !u.base_url.contains('#'));
+        if !plain || !base.is_some_and(|b| matches!(b.scheme_str(), Some("http" | "https")) && b.host().is_some()) {
+            v.invalid(
+                &format!("upstreams.{name}.base_url"),
+                "must be an http(s) URL without query or fragment, such as http://events:8082",
+            );
+        }
+        let ratio = u.retry.budget.ratio;
+        if !ratio.is_finite() || ratio < 0.0 {
+            v.invalid(&format!("upstreams.{name}.retry.budget.ratio"), "must be a number of at least 0");
         }
         for (field, d) in [("connect_timeout", u.connect_timeout), ("request_timeout", u.request_timeout)] {
             if d.is_zero() {
