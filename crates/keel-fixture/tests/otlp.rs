@@ -52,29 +52,20 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // What an outbound call made inside the handler would carry: same trace, the server span.
-    let outbound = client()
-        .get(f.url("/traceparent"))
-        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let traced = |path: &str| {
+        let url = f.url(path);
+        async move {
+            let header = format!("00-{trace_id}-{parent}-01");
+            client().get(url).header("traceparent", header).send().await.unwrap().text().await.unwrap()
+        }
+    };
+    let outbound = traced("/traceparent").await;
     let parts: Vec<&str> = outbound.split('-').collect();
     assert_eq!(parts.len(), 4, "{outbound}");
     assert_eq!((parts[0], parts[1], parts[3]), ("00", trace_id, "01"), "{outbound}");
     assert_ne!(parts[2], parent, "the parent of an outbound call is the server span");
     // Keel's HTTP client sends it: the upstream sees the caller's trace.
-    let seen = client()
-        .get(f.url("/proxy/trace"))
-        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let seen = traced("/proxy/trace").await;
     assert_eq!(seen.split('-').nth(1), Some(trace_id), "upstream got: {seen}");
     f.stop().await;
     let g = guard.clone();

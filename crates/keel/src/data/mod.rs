@@ -26,7 +26,7 @@ mod migrate;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -132,7 +132,6 @@ struct Inner {
     migrations: Option<Arc<Migrations>>,
     migrations_checked: AtomicBool,
     metrics: metrics::DbMetrics,
-    connects: AtomicU32,
 }
 
 /// A service's database handle. Cheap to clone; share it with handlers through router state.
@@ -209,7 +208,6 @@ impl Db {
                 migrations,
                 migrations_checked: AtomicBool::new(false),
                 metrics,
-                connects: AtomicU32::new(0),
             }),
         })
     }
@@ -362,7 +360,6 @@ impl Db {
     }
 
     async fn try_connect(&self) -> Result<(), sqlx::Error> {
-        self.inner.connects.fetch_add(1, Ordering::Relaxed);
         let conn = sqlx::AnyConnection::connect_with(&self.inner.options).await?;
         conn.close().await
     }
@@ -452,11 +449,6 @@ impl Db {
     /// Closes the pool (waits for connections in use to be returned).
     pub async fn close(&self) {
         self.inner.pool.close().await;
-    }
-
-    /// How many connection attempts the background loop has made (for tests and diagnostics).
-    pub fn connect_attempts(&self) -> u32 {
-        self.inner.connects.load(Ordering::Relaxed)
     }
 }
 
