@@ -21,6 +21,7 @@
 //! |---|---|
 //! | [`app`] | service definition, start-up, graceful shutdown, the shared CLI |
 //! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules |
+//! | `events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
 //! | [`health`] | health checks and the live / ready / startup probes |
 //! | [`http`] | the server stack, one module per middleware, problem responses |
 //! | [`telemetry`] | logs, traces and metrics |
@@ -37,6 +38,8 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "sql")]
 pub mod data;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod health;
 pub mod http;
 #[cfg(feature = "redis")]

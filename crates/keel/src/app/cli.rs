@@ -37,10 +37,43 @@ pub(crate) enum Command {
     /// Print name, version, git commit and build profile.
     Version,
     /// Apply the service's pending database migrations (safe to run from several instances).
+    /// Inspect, replay or purge a topic's dead-letter queue on the configured bus.
+    #[cfg(feature = "events")]
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     #[cfg(feature = "sql")]
     Migrate {
         #[command(subcommand)]
         command: Option<MigrateCommand>,
+    },
+}
+
+/// `dlq` subcommands.
+#[cfg(feature = "events")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Print the dead letters of TOPIC (JSON lines, oldest first) without removing them.
+    List {
+        /// The topic whose `<topic>.dlq` to read.
+        topic: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead letters back to the consumer group that gave up on them, with a fresh attempt count.
+    Replay {
+        /// The topic.
+        topic: String,
+        /// Only the event with this id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete the dead letters of TOPIC.
+    Purge {
+        /// The topic.
+        topic: String,
     },
 }
 

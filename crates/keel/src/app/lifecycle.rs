@@ -265,6 +265,12 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         #[cfg(feature = "client")]
         clients: std::collections::BTreeMap::new(),
         limiters: std::collections::BTreeMap::new(),
+        #[cfg(feature = "events")]
+        bus: None,
+        #[cfg(feature = "events")]
+        consumer_metrics: None,
+        #[cfg(all(feature = "events", feature = "sql"))]
+        outbox: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let Setup { tasks: declared, hooks, .. } = setup;

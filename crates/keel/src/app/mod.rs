@@ -78,6 +78,11 @@ pub fn run<C: Section>(service: Service<C>) -> ExitCode {
             healthcheck(&loaded, ready, timeout)
         }
         Some(Command::Version) => ExitCode::SUCCESS,
+        #[cfg(feature = "events")]
+        Some(Command::Dlq { command }) => match loaded {
+            Ok(l) => dlq(&build, &l, command),
+            Err(e) => config_failure(&build, &e, true),
+        },
         #[cfg(feature = "sql")]
         Some(Command::Migrate { command }) => match loaded {
             Ok(l) => migrate::run(&service, &l, command.is_some()),
@@ -88,6 +93,64 @@ pub fn run<C: Section>(service: Service<C>) -> ExitCode {
             Err(e) => config_failure(&build, &e, false),
         },
     }
+}
+
+/// `<service> dlq list | replay | purge`: talks to the configured broker directly.
+#[cfg(feature = "events")]
+fn dlq<C>(build: &BuildInfo, loaded: &Loaded<C>, command: cli::DlqCommand) -> ExitCode {
+    use crate::events::Bus;
+    let name = &build.name;
+    let cfg = &loaded.config.keel.bus;
+    if cfg.backend == crate::config::BusBackend::InProcess {
+        eprintln!(
+            "{name} dlq: bus.backend is in_process: its dead letters live in the serving process's memory and \
+             are not reachable from here (use nats or rabbitmq)"
+        );
+        return ExitCode::from(exit::CONFIG);
+    }
+    let bus = match Bus::new(cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{name} dlq: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name} dlq: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    rt.block_on(async {
+        if let Err(e) = bus.connect().await {
+            eprintln!("{name} dlq: {e}");
+            return ExitCode::from(exit::START);
+        }
+        let result = match &command {
+            cli::DlqCommand::List { topic, limit } => bus.dlq_list(topic, *limit).await.map(|list| {
+                for d in &list {
+                    println!("{}", serde_json::to_string(d).unwrap_or_default());
+                }
+                eprintln!("{} dead letter(s) in {topic}.dlq", list.len());
+            }),
+            cli::DlqCommand::Replay { topic, id } => bus
+                .dlq_replay(topic, id.as_deref())
+                .await
+                .map(|n| println!("replayed {n} dead letter(s) from {topic}.dlq")),
+            cli::DlqCommand::Purge { topic } => {
+                bus.dlq_purge(topic).await.map(|n| println!("purged {n} dead letter(s) from {topic}.dlq"))
+            }
+        };
+        bus.close().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name} dlq: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+    })
 }
 
 fn config_failure(build: &BuildInfo, e: &ConfigError, human: bool) -> ExitCode {

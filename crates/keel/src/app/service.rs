@@ -190,6 +190,12 @@ pub struct Setup<C> {
     #[cfg(feature = "client")]
     pub(crate) clients: std::collections::BTreeMap<String, crate::http::client::Client>,
     pub(crate) limiters: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitLayer>,
+    #[cfg(feature = "events")]
+    pub(crate) bus: Option<crate::events::Bus>,
+    #[cfg(feature = "events")]
+    pub(crate) consumer_metrics: Option<crate::events::metrics::ConsumerMetrics>,
+    #[cfg(all(feature = "events", feature = "sql"))]
+    pub(crate) outbox: Option<crate::events::outbox::Outbox>,
 }
 
 impl<C: Section> Setup<C> {
@@ -360,6 +366,75 @@ impl<C: Section> Setup<C> {
         );
         self.limiters.insert(name.to_owned(), layer.clone());
         Ok(layer)
+    }
+
+    /// The service's message bus (`bus.*`), connecting in the background: adds the `bus`
+    /// readiness check and `bus_connect` startup check, a connect task and a close hook. The
+    /// `in_process` backend is refused in production (it loses events on restart).
+    #[cfg(feature = "events")]
+    pub fn bus(&mut self) -> Result<crate::events::Bus, SetupError> {
+        if let Some(b) = &self.bus {
+            return Ok(b.clone());
+        }
+        let cfg = &self.config.keel.bus;
+        if self.profile == Profile::Production && cfg.backend == crate::config::BusBackend::InProcess {
+            return Err("bus.backend: in_process keeps events in memory and loses them on restart; \
+                        production needs nats or rabbitmq"
+                .into());
+        }
+        let bus = crate::events::Bus::new(cfg)?;
+        self.health.add(bus.readiness_check());
+        self.health.add(bus.startup_check());
+        let (b, health) = (bus.clone(), self.health.clone());
+        self.task("bus-connect", move |stop| async move {
+            b.connect_in_background(stop).await;
+            health.trigger();
+        });
+        let b = bus.clone();
+        self.on_shutdown("bus-close", move || async move { b.close().await });
+        self.bus = Some(bus.clone());
+        Ok(bus)
+    }
+
+    /// Runs `consumer` from start-up until shutdown (it stops fetching, finishes and settles
+    /// what is in flight, then returns), with the readiness check `consumer:<topic>:<group>` and
+    /// the `consumer_*` metrics.
+    ///
+    /// ```ignore
+    /// let bus = s.bus()?;
+    /// let db = s.database()?;
+    /// s.consume(Consumer::new(bus, "joins", "notifier", Notify).inbox(db))?;
+    /// ```
+    #[cfg(feature = "events")]
+    pub fn consume<H: crate::events::Handler>(
+        &mut self,
+        consumer: crate::events::Consumer<H>,
+    ) -> Result<&mut Self, SetupError> {
+        if self.consumer_metrics.is_none() {
+            self.consumer_metrics = Some(crate::events::metrics::ConsumerMetrics::new(&self.metrics)?);
+        }
+        let consumer = consumer.with_metrics(self.consumer_metrics.clone().ok_or("consumer metrics")?);
+        self.health.add(consumer.readiness_check());
+        let name = format!("{}:consumer", consumer.describe());
+        self.task(name, move |stop| consumer.run(stop));
+        Ok(self)
+    }
+
+    /// The transactional outbox on the service database, with its relay publishing to
+    /// [`Setup::bus`] until shutdown (`outbox.*`, metrics `outbox_*`). The `keel_outbox` table
+    /// comes from a migration with [`crate::events::outbox::schema`].
+    #[cfg(all(feature = "events", feature = "sql"))]
+    pub fn outbox(&mut self, db: &crate::data::Db) -> Result<crate::events::outbox::Outbox, SetupError> {
+        if let Some(o) = &self.outbox {
+            return Ok(o.clone());
+        }
+        let bus = self.bus()?;
+        let outbox =
+            crate::events::outbox::Outbox::new(db.clone(), &self.name, &self.config.keel.outbox, Some(&self.metrics))?;
+        let relay = outbox.clone();
+        self.task("outbox-relay", move |stop| relay.run(bus, stop));
+        self.outbox = Some(outbox.clone());
+        Ok(outbox)
     }
 
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush

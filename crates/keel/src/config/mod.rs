@@ -52,8 +52,9 @@ use serde_yaml::Value;
 
 pub use secret::{MASK, Secret};
 pub use sections::{
-    ConnectConfig, CorsConfig, DatabaseConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig, LogConfig, LogFormat,
-    ManagementConfig, OtlpConfig, PoolConfig, RedisConfig, ShutdownConfig, TelemetryConfig, UpstreamConfig,
+    BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig,
+    LogConfig, LogFormat, ManagementConfig, OtlpConfig, OutboxConfig, PoolConfig, RedisConfig, ShutdownConfig,
+    TelemetryConfig, UpstreamConfig,
 };
 use tree::{KeyPath, Tree, join};
 
@@ -76,6 +77,8 @@ const KEEL_SECTIONS: &[&str] = &[
     "redis",
     "rate_limits",
     "upstreams",
+    "bus",
+    "outbox",
 ];
 
 /// Which rules and defaults apply.
@@ -426,6 +429,8 @@ impl Loader {
         section!(redis);
         section!(rate_limits);
         section!(upstreams);
+        section!(bus);
+        section!(outbox);
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
@@ -696,6 +701,7 @@ fn validate_keel(
     }
     validate_database(&k.database, prod, &mut v);
     validate_redis(&k.redis, &mut v);
+    validate_bus(&k.bus, &k.outbox, &mut v);
     if k.health.interval.is_zero() {
         v.invalid("health.interval", "must be more than 0s");
     }
@@ -756,6 +762,42 @@ fn validate_redis(r: &RedisConfig, v: &mut Validation<'_>) {
         v.invalid("redis.command_timeout", "must be more than 0s");
     }
     validate_connect(&r.connect, "redis.connect", v);
+}
+
+fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
+    // Whether a broker is needed at all is known only once the service asks for the bus
+    // (`Setup::bus`), which is where a missing URL or `in_process` in production is refused.
+    match (b.backend, b.url.as_ref().map(Secret::expose)) {
+        (BusBackend::Nats, Some(u)) if !(u.starts_with("nats://") || u.starts_with("tls://")) => {
+            v.invalid("bus.url", "must start with nats:// for the nats backend")
+        }
+        (BusBackend::Rabbitmq, Some(u)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
+            v.invalid("bus.url", "must start with amqp:// or amqps:// for the rabbitmq backend")
+        }
+        _ => {}
+    }
+    if b.publish_timeout.is_zero() {
+        v.invalid("bus.publish_timeout", "must be more than 0s");
+    }
+    if b.capacity == 0 {
+        v.invalid("bus.capacity", "must be at least 1");
+    }
+    validate_connect(&b.connect, "bus.connect", v);
+    if o.batch_size == 0 {
+        v.invalid("outbox.batch_size", "must be at least 1");
+    }
+    if o.max_attempts == 0 {
+        v.invalid("outbox.max_attempts", "must be at least 1");
+    }
+    if o.max_in_flight == 0 {
+        v.invalid("outbox.max_in_flight", "must be at least 1");
+    }
+    if o.lease.is_zero() || o.poll_interval.is_zero() || o.backoff_min.is_zero() {
+        v.invalid("outbox", "lease, poll_interval and backoff_min must be more than 0s");
+    }
+    if o.backoff_max < o.backoff_min {
+        v.invalid("outbox.backoff_max", "must be at least outbox.backoff_min");
+    }
 }
 
 fn validate_connect(c: &ConnectConfig, prefix: &str, v: &mut Validation<'_>) {

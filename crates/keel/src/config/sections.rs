@@ -36,6 +36,10 @@ pub struct KeelConfig {
     pub rate_limits: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitPolicy>,
     /// Named upstream HTTP services (`Setup::http_client("<name>")`).
     pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
+    /// The message bus, for services that publish or consume events (`Setup::bus`).
+    pub bus: BusConfig,
+    /// The transactional outbox relay (`Setup::outbox`).
+    pub outbox: OutboxConfig,
 }
 
 impl KeelConfig {
@@ -61,6 +65,8 @@ impl KeelConfig {
             redis: RedisConfig::default(),
             rate_limits: std::collections::BTreeMap::new(),
             upstreams: std::collections::BTreeMap::new(),
+            bus: BusConfig::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 
@@ -495,6 +501,106 @@ impl Default for UpstreamConfig {
             bulkhead: crate::resilience::bulkhead::BulkheadConfig::default(),
             health_path: None,
             required: true,
+        }
+    }
+}
+
+/// Which message broker carries events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BusBackend {
+    /// In this process's memory: the zero-setup default outside production; not durable.
+    #[default]
+    InProcess,
+    /// NATS JetStream (`nats://host:4222`).
+    Nats,
+    /// RabbitMQ (`amqp://user:pass@host:5672/vhost`).
+    Rabbitmq,
+}
+
+impl std::fmt::Display for BusBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::InProcess => "in_process",
+            Self::Nats => "nats",
+            Self::Rabbitmq => "rabbitmq",
+        })
+    }
+}
+
+/// `bus.*`: the message bus of a service that publishes or consumes events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// `in_process` (default; refused in production: it is not durable), `nats` or `rabbitmq`.
+    pub backend: BusBackend,
+    /// **Secret.** The broker URL; required for `nats` and `rabbitmq`.
+    pub url: Option<Secret>,
+    /// Readiness fails while the broker is unreachable. Default `true`.
+    pub required: bool,
+    /// Deadline for a publish to be confirmed by the broker. Default `5s`.
+    #[serde(with = "super::duration")]
+    pub publish_timeout: Duration,
+    /// `in_process`: messages a topic (per consumer group) holds before publishes are refused. Default `10000`.
+    pub capacity: usize,
+    /// Background connection retries.
+    pub connect: ConnectConfig,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            backend: BusBackend::InProcess,
+            url: None,
+            required: true,
+            publish_timeout: Duration::from_secs(5),
+            capacity: 10_000,
+            connect: ConnectConfig::default(),
+        }
+    }
+}
+
+/// `outbox.*`: the relay that publishes events written to the `keel_outbox` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OutboxConfig {
+    /// Rows claimed per round. Default `500`.
+    pub batch_size: u32,
+    /// Wait between rounds when the outbox is empty. Default `200ms`.
+    #[serde(with = "super::duration")]
+    pub poll_interval: Duration,
+    /// How long a claim is held; rows of a relay that died are taken over after this. Default `30s`.
+    #[serde(with = "super::duration")]
+    pub lease: Duration,
+    /// Publish attempts before a row is marked dead. Default `12`.
+    pub max_attempts: u32,
+    /// Smallest wait before a failed row is retried (backoff `2^n s`, ±10 % jitter). Default `5s`.
+    #[serde(with = "super::duration")]
+    pub backoff_min: Duration,
+    /// Largest wait between attempts. Default `30m`.
+    #[serde(with = "super::duration")]
+    pub backoff_max: Duration,
+    /// Sent rows are deleted after this long. Default `24h`.
+    #[serde(with = "super::duration")]
+    pub retention: Duration,
+    /// Publishes in flight at once (rows with the same key are still published one by one). Default `256`.
+    pub max_in_flight: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+            lease: Duration::from_secs(30),
+            max_attempts: 12,
+            backoff_min: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(30 * 60),
+            retention: Duration::from_secs(24 * 3600),
+            max_in_flight: 256,
         }
     }
 }

@@ -262,6 +262,25 @@ pub fn inject_current(headers: &mut HeaderMap) {
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
+/// The current span's W3C `traceparent` and `tracestate`, for carriers that are not HTTP headers
+/// (event envelopes). `None` when there is no sampled-or-not trace context to pass on.
+pub fn current_trace_context() -> (Option<String>, Option<String>) {
+    let cx = tracing::Span::current().context();
+    let mut map = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
+    (map.remove("traceparent"), map.remove("tracestate").filter(|s: &String| !s.is_empty()))
+}
+
+/// The OpenTelemetry context a `traceparent` (and `tracestate`) describe, to parent a span on.
+pub fn context_from_traceparent(traceparent: &str, tracestate: Option<&str>) -> Context {
+    let mut map = std::collections::HashMap::new();
+    map.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(s) = tracestate {
+        map.insert("tracestate".to_owned(), s.to_owned());
+    }
+    global::get_text_map_propagator(|p| p.extract(&map))
+}
+
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {

@@ -8,7 +8,8 @@
 //! * [`redis_prefix`] — a unique Redis key prefix.
 //!
 //! Server addresses default to the local services on 127.0.0.1 and can be moved with
-//! `KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_MYSQL_URL` and `KEEL_TEST_REDIS_URL`.
+//! `KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_MYSQL_URL`, `KEEL_TEST_REDIS_URL`, `KEEL_TEST_NATS_URL` and
+//! `KEEL_TEST_RABBITMQ_URL`.
 
 mod proxy;
 #[cfg(feature = "sql")]
@@ -34,6 +35,21 @@ pub fn mysql_url() -> String {
 /// Redis URL for tests.
 pub fn redis_url() -> String {
     std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// NATS (JetStream) URL for tests.
+pub fn nats_url() -> String {
+    std::env::var("KEEL_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// RabbitMQ URL for tests.
+pub fn rabbitmq_url() -> String {
+    std::env::var("KEEL_TEST_RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A topic (or stream, or queue) name no other test uses: `<base>_<uuid>`.
+pub fn unique_topic(base: &str) -> String {
+    format!("{base}_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// `host:port` of a URL such as `postgres://user@host:5432/db`.

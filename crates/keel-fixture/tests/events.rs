@@ -1,0 +1,677 @@
+//! Events against the real brokers and databases: bus semantics on every backend (in-process,
+//! NATS JetStream, RabbitMQ), the outbox on PostgreSQL, MariaDB and SQLite, consumers with an
+//! inbox, dead-lettering and replay, broker cuts, killed consumers, `NO_ROUTE`, two relays.
+//!
+//! Every test uses its own topic names and database. NATS and RabbitMQ tests skip when the broker
+//! is unreachable, except under `CI=true`, where they fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
+use keel::data::{Backend, Db};
+use keel::events::consumer::handler_fn;
+use keel::events::outbox::{Outbox, schema};
+use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, Failure, Handler, Message, SubscribeOptions};
+use keel::testing::{self, FaultProxy, Mode, TestDatabase, unique_topic};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------------
+// Set-up helpers
+
+/// Polls `f` until it returns `Some`, failing the test after `limit`.
+async fn until<T, F, Fut>(limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Broker {
+    InProcess,
+    Nats,
+    Rabbit,
+}
+
+fn bus_config(broker: Broker, url: Option<String>) -> BusConfig {
+    let mut cfg = BusConfig::default();
+    cfg.backend = match broker {
+        Broker::InProcess => BusBackend::InProcess,
+        Broker::Nats => BusBackend::Nats,
+        Broker::Rabbit => BusBackend::Rabbitmq,
+    };
+    cfg.url = url.map(Secret::new);
+    cfg.publish_timeout = Duration::from_secs(3);
+    cfg.connect.attempt_timeout = Duration::from_secs(3);
+    cfg
+}
+
+/// A connected bus, or `None` (skipped) when the broker is not running here.
+async fn bus(broker: Broker) -> Option<Bus> {
+    let url = match broker {
+        Broker::InProcess => return Some(Bus::in_process(10_000)),
+        Broker::Nats => testing::nats_url(),
+        Broker::Rabbit => testing::rabbitmq_url(),
+    };
+    if !testing::require(&format!("{broker:?}"), &url) {
+        return None;
+    }
+    let bus = Bus::new(&bus_config(broker, Some(url))).unwrap();
+    bus.connect().await.unwrap();
+    Some(bus)
+}
+
+async fn database(backend: Backend) -> Option<(TestDatabase, Db)> {
+    let db = match backend {
+        Backend::Postgres => {
+            if !testing::require("PostgreSQL", &testing::postgres_url()) {
+                return None;
+            }
+            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
+        }
+        Backend::MySql => {
+            if !testing::require("MariaDB", &testing::mysql_url()) {
+                return None;
+            }
+            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
+        }
+        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
+    };
+    let mut cfg = DatabaseConfig::default();
+    cfg.pool.max_connections = 8;
+    let kdb = Db::new("events-test", db.url(), &cfg, None, &keel::telemetry::Metrics::new()).unwrap();
+    kdb.clone().connect_in_background(CancellationToken::new()).await;
+    let sql: String =
+        schema(backend).lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(kdb.pool()).await.unwrap();
+    }
+    sqlx::query("CREATE TABLE effects (message_id VARCHAR(64) NOT NULL)").execute(kdb.pool()).await.unwrap();
+    Some((db, kdb))
+}
+
+fn fast_outbox() -> OutboxConfig {
+    let mut cfg = OutboxConfig::default();
+    cfg.poll_interval = Duration::from_millis(20);
+    cfg.backoff_min = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(500);
+    cfg.lease = Duration::from_secs(10);
+    cfg
+}
+
+fn event(n: usize) -> Envelope {
+    Envelope::raw("events-test", "thing.happened", 1, serde_json::json!({ "n": n }))
+}
+
+/// Records every envelope id a consumer saw (with repeats).
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    fn ids(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn counts(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for id in self.ids() {
+            *m.entry(id).or_default() += 1;
+        }
+        m
+    }
+    fn handler(&self) -> impl Handler {
+        let seen = self.clone();
+        handler_fn(move |env: Envelope| {
+            let seen = seen.clone();
+            async move {
+                seen.0.lock().unwrap().push(env.id);
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Writes an effect row in the inbox transaction (so "applied once" is countable).
+struct Effect;
+
+impl Handler for Effect {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        let id = msg.envelope().id.clone();
+        let tx = msg.tx().ok_or_else(|| Failure::permanent("no inbox"))?;
+        sqlx::query(sqlx::AssertSqlSafe("INSERT INTO effects (message_id) VALUES ('".to_owned() + &id + "')"))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn effects(db: &Db) -> (i64, i64) {
+    use sqlx::Row;
+    let row =
+        sqlx::query("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM effects").fetch_one(db.pool()).await.unwrap();
+    (row.try_get(0).unwrap(), row.try_get(1).unwrap())
+}
+
+fn quick_consumer() -> ConsumerOptions {
+    ConsumerOptions::default()
+        .max_attempts(3)
+        .retry_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .subscribe(SubscribeOptions::default().ack_wait(Duration::from_secs(2)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bus semantics, the same on every backend
+
+async fn next(s: &mut keel::events::Subscription) -> keel::events::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("a delivery").unwrap().unwrap()
+}
+
+async fn bus_semantics(broker: Broker) {
+    let Some(bus) = bus(broker).await else { return };
+    let topic = unique_topic("sem");
+    let opts = SubscribeOptions::default().ack_wait(Duration::from_secs(2));
+    // RabbitMQ refuses (NO_ROUTE) until a group's queue exists: subscribe first, as consumers do.
+    let mut a = bus.subscribe(&topic, "a", &opts).await.unwrap();
+    let mut b = bus.subscribe(&topic, "b", &opts).await.unwrap();
+    let (e1, e2) = (event(1), event(2));
+    bus.publish(&topic, &e1).await.unwrap();
+    bus.publish(&topic, &e2).await.unwrap();
+
+    // Every group gets every message.
+    let d = next(&mut b).await;
+    assert_eq!(d.envelope().unwrap().id, e1.id);
+    d.ack().await.unwrap();
+    let d = next(&mut b).await;
+    assert_eq!(d.envelope().unwrap().id, e2.id);
+    d.ack().await.unwrap();
+
+    // Group a: the first delivery is retried after a delay, the second dropped unsettled (as if
+    // the consumer crashed); both come back with a higher attempt number.
+    let d = next(&mut a).await;
+    assert_eq!((d.envelope().unwrap().id.clone(), d.attempt()), (e1.id.clone(), 1));
+    d.retry(Duration::from_millis(100)).await.unwrap();
+    let d = next(&mut a).await;
+    assert_eq!((d.envelope().unwrap().id.clone(), d.attempt()), (e2.id.clone(), 1));
+    drop(d);
+    let mut again = HashMap::new();
+    for _ in 0..2 {
+        let d = next(&mut a).await;
+        again.insert(d.envelope().unwrap().id.clone(), d);
+    }
+    let d1 = again.remove(&e1.id).expect("the retried message comes back");
+    assert_eq!(d1.attempt(), 2, "{broker:?}: retried delivery carries attempt 2");
+    d1.ack().await.unwrap();
+    let d = again.remove(&e2.id).expect("a dropped delivery is redelivered");
+    assert!(d.attempt() >= 2, "{broker:?}: redelivery counts as an attempt ({})", d.attempt());
+    d.dead_letter("a", "boom: cannot handle").await.unwrap();
+
+    // The DLQ has it, with group, reason and attempts.
+    let dead = until(Duration::from_secs(5), || async {
+        let l = bus.dlq_list(&topic, 10).await.unwrap();
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].envelope.id, e2.id);
+    assert_eq!(dead[0].group, "a");
+    assert!(dead[0].reason.contains("boom"), "{:?}", dead[0]);
+    assert!(dead[0].attempts >= 2);
+    // Listing does not remove.
+    assert_eq!(bus.dlq_list(&topic, 10).await.unwrap().len(), 1);
+
+    // Replay goes back to group a only, with a fresh attempt count.
+    assert_eq!(bus.dlq_replay(&topic, None).await.unwrap(), 1);
+    let d = next(&mut a).await;
+    assert_eq!((d.envelope().unwrap().id.clone(), d.attempt()), (e2.id.clone(), 1));
+    d.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), b.next()).await.is_err(),
+        "{broker:?}: group b must not see a replay meant for a"
+    );
+    assert!(bus.dlq_list(&topic, 10).await.unwrap().is_empty());
+
+    // Purge.
+    bus.publish(&topic, &event(3)).await.unwrap();
+    next(&mut b).await.ack().await.unwrap();
+    next(&mut a).await.dead_letter("a", "again").await.unwrap();
+    until(Duration::from_secs(5), || async { (bus.dlq_list(&topic, 10).await.unwrap().len() == 1).then_some(()) })
+        .await;
+    assert_eq!(bus.dlq_purge(&topic).await.unwrap(), 1);
+    assert!(bus.dlq_list(&topic, 10).await.unwrap().is_empty());
+    bus.close().await;
+}
+
+#[tokio::test]
+async fn bus_semantics_in_process() {
+    bus_semantics(Broker::InProcess).await;
+}
+
+#[tokio::test]
+async fn bus_semantics_nats() {
+    bus_semantics(Broker::Nats).await;
+}
+
+#[tokio::test]
+async fn bus_semantics_rabbitmq() {
+    bus_semantics(Broker::Rabbit).await;
+}
+
+#[tokio::test]
+async fn in_process_bus_is_bounded() {
+    let bus = Bus::in_process(2);
+    let _sub = bus.subscribe("bounded", "g", &SubscribeOptions::default()).await.unwrap();
+    bus.publish("bounded", &event(1)).await.unwrap();
+    bus.publish("bounded", &event(2)).await.unwrap();
+    let err = bus.publish("bounded", &event(3)).await.unwrap_err();
+    assert!(matches!(err, keel::events::BusError::Full(_)), "{err}");
+    assert!(bus.publish("bad topic", &event(4)).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers: poison messages, retries, DLQ, replay
+
+async fn poison_goes_to_dlq_and_replay_brings_it_back(broker: Broker) {
+    let Some(bus) = bus(broker).await else { return };
+    let topic = unique_topic("poison");
+    let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled = Seen::default();
+    let (h, s) = (healed.clone(), handled.clone());
+    let handler = handler_fn(move |env: Envelope| {
+        let (h, s) = (h.clone(), s.clone());
+        async move {
+            if env.data["poison"] == true && !h.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Failure::retry("cannot parse the widget"));
+            }
+            s.0.lock().unwrap().push(env.id);
+            Ok(())
+        }
+    });
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(bus.clone(), &topic, "worker", handler).options(quick_consumer());
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    let poison = Envelope::raw("t", "thing", 1, serde_json::json!({"poison": true}));
+    let fine = event(1);
+    until(Duration::from_secs(10), || async { bus.publish(&topic, &poison).await.ok() }).await;
+    bus.publish(&topic, &fine).await.unwrap();
+
+    let dead = until(Duration::from_secs(15), || async {
+        let l = bus.dlq_list(&topic, 10).await.unwrap();
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(dead[0].envelope.id, poison.id);
+    assert_eq!(dead[0].attempts, 3, "{broker:?}: dead after max_attempts");
+    assert!(dead[0].reason.contains("gave up after 3 attempts: cannot parse the widget"), "{}", dead[0].reason);
+    assert_eq!(handled.ids(), vec![fine.id.clone()]);
+
+    healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(bus.dlq_replay(&topic, Some(&poison.id)).await.unwrap(), 1);
+    until(Duration::from_secs(10), || async { (handled.ids().len() == 2).then_some(()) }).await;
+    assert_eq!(handled.counts()[&poison.id], 1);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("consumer stops").unwrap();
+}
+
+#[tokio::test]
+async fn poison_message_dlq_and_replay_in_process() {
+    poison_goes_to_dlq_and_replay_brings_it_back(Broker::InProcess).await;
+}
+
+#[tokio::test]
+async fn poison_message_dlq_and_replay_nats() {
+    poison_goes_to_dlq_and_replay_brings_it_back(Broker::Nats).await;
+}
+
+#[tokio::test]
+async fn poison_message_dlq_and_replay_rabbitmq() {
+    poison_goes_to_dlq_and_replay_brings_it_back(Broker::Rabbit).await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_retried_not_fatal() {
+    let bus = Bus::in_process(100);
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let handler = handler_fn(move |_env: Envelope| {
+        let c = c.clone();
+        async move {
+            if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                panic!("handler bug");
+            }
+            Ok(())
+        }
+    });
+    let stop = CancellationToken::new();
+    let task =
+        tokio::spawn(Consumer::new(bus.clone(), "panics", "g", handler).options(quick_consumer()).run(stop.clone()));
+    bus.publish("panics", &event(1)).await.unwrap();
+    until(Duration::from_secs(5), || async { (calls.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(()) })
+        .await;
+    assert!(bus.dlq_list("panics", 10).await.unwrap().is_empty());
+    stop.cancel();
+    task.await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbox: a redelivery never applies an effect twice; a killed consumer's message comes back
+
+async fn killed_consumer_is_redelivered_and_applied_once(broker: Broker, backend: Backend) {
+    let Some(bus) = bus(broker).await else { return };
+    let Some((_guard, db)) = database(backend).await else { return };
+    let topic = unique_topic("killed");
+
+    // First consumer: writes the effect in the inbox transaction, then hangs before committing.
+    struct Hang;
+    impl Handler for Hang {
+        async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+            Effect.handle(msg).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+    let opts = quick_consumer().handler_timeout(Duration::from_secs(60));
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "effects", Hang).inbox(db.clone()).options(opts.clone()).run(stop.clone()),
+    );
+    let ev = event(1);
+    until(Duration::from_secs(10), || async { bus.publish(&topic, &ev).await.ok() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed mid-message: the task is dropped without settling or committing.
+    first.abort();
+    let _ = first.await;
+    assert_eq!(effects(&db).await.0, 0, "the killed handler's transaction rolled back");
+
+    let stop2 = CancellationToken::new();
+    let second = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "effects", Effect).inbox(db.clone()).options(opts).run(stop2.clone()),
+    );
+    until(Duration::from_secs(20), || async { (effects(&db).await.0 == 1).then_some(()) }).await;
+
+    // The same message again (a broker redelivery after a lost ack): acknowledged, not applied.
+    bus.publish(&topic, &ev).await.unwrap();
+    let other = event(2);
+    bus.publish(&topic, &other).await.unwrap();
+    until(Duration::from_secs(10), || async { (effects(&db).await.1 == 2).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(effects(&db).await, (2, 2), "{broker:?}/{backend}: each effect applied exactly once");
+    stop.cancel();
+    stop2.cancel();
+    tokio::time::timeout(Duration::from_secs(10), second).await.expect("consumer stops").unwrap();
+}
+
+#[tokio::test]
+async fn killed_consumer_applied_once_in_process_sqlite() {
+    killed_consumer_is_redelivered_and_applied_once(Broker::InProcess, Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn killed_consumer_applied_once_nats_postgres() {
+    killed_consumer_is_redelivered_and_applied_once(Broker::Nats, Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn killed_consumer_applied_once_rabbitmq_mariadb() {
+    killed_consumer_is_redelivered_and_applied_once(Broker::Rabbit, Backend::MySql).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbox
+
+async fn enqueue(outbox: &Outbox, db: &Db, topic: &str, n: usize, commit: bool) -> Vec<String> {
+    let mut tx = db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let e = event(i);
+        outbox.enqueue(&mut tx, topic, &e).await.unwrap();
+        ids.push(e.id);
+    }
+    if commit {
+        tx.commit().await.unwrap();
+    } else {
+        tx.rollback().await.unwrap();
+    }
+    ids
+}
+
+async fn outbox_publishes_committed_events_only(backend: Backend) {
+    let Some((_guard, db)) = database(backend).await else { return };
+    let bus = Bus::in_process(10_000);
+    let topic = unique_topic("ob");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(Consumer::new(bus.clone(), &topic, "g", seen.handler()).run(stop.clone()));
+    let metrics = keel::telemetry::Metrics::new();
+    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), Some(&metrics)).unwrap();
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+
+    let committed = enqueue(&outbox, &db, &topic, 50, true).await;
+    let rolled_back = enqueue(&outbox, &db, &topic, 5, false).await;
+    outbox.wake();
+    until(Duration::from_secs(15), || async { (seen.ids().len() >= 50).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = seen.counts();
+    assert_eq!(counts.len(), 50, "{backend}");
+    assert!(committed.iter().all(|id| counts.get(id) == Some(&1)), "{backend}: each committed event once");
+    assert!(rolled_back.iter().all(|id| !counts.contains_key(id)), "{backend}: rolled back events never published");
+    assert_eq!(outbox.pending().await.unwrap().0, 0);
+    let text = metrics.render();
+    assert!(text.contains("outbox_published_total 50"), "{text}");
+
+    // Oversized events and bad topics are refused at enqueue, with a clear error.
+    let mut tx = db.begin().await.unwrap();
+    let big = Envelope::raw("t", "big", 1, serde_json::json!("x".repeat(keel::events::outbox::MAX_PAYLOAD)));
+    let err = outbox.enqueue(&mut tx, &topic, &big).await.unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+    assert!(outbox.enqueue(&mut tx, "no spaces allowed", &event(1)).await.is_err());
+    drop(tx);
+
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn outbox_postgres() {
+    outbox_publishes_committed_events_only(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn outbox_mariadb() {
+    outbox_publishes_committed_events_only(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn outbox_sqlite() {
+    outbox_publishes_committed_events_only(Backend::Sqlite).await;
+}
+
+async fn two_relays_publish_each_event_once(backend: Backend) {
+    let Some((_guard, db)) = database(backend).await else { return };
+    let bus = Bus::in_process(100_000);
+    let topic = unique_topic("two");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(32))
+            .run(stop.clone()),
+    );
+    let mut cfg = fast_outbox();
+    cfg.batch_size = 50;
+    let (m1, m2) = (keel::telemetry::Metrics::new(), keel::telemetry::Metrics::new());
+    let r1 = Outbox::new(db.clone(), "events-test", &cfg, Some(&m1)).unwrap();
+    let r2 = Outbox::new(db.clone(), "events-test", &cfg, Some(&m2)).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(enqueue(&r1, &db, &topic, 100, true).await);
+    }
+    let t1 = tokio::spawn(r1.clone().run(bus.clone(), stop.clone()));
+    let t2 = tokio::spawn(r2.clone().run(bus.clone(), stop.clone()));
+    until(Duration::from_secs(30), || async { (seen.ids().len() >= 1000).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = seen.counts();
+    assert_eq!(seen.ids().len(), 1000, "{backend}: no event published twice");
+    assert!(ids.iter().all(|id| counts.get(id) == Some(&1)));
+    let published = |m: &keel::telemetry::Metrics| -> u64 {
+        m.render()
+            .lines()
+            .find_map(|l| l.strip_prefix("outbox_published_total "))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let (p1, p2) = (published(&m1), published(&m2));
+    assert_eq!(p1 + p2, 1000, "{backend}: {p1} + {p2}");
+    assert!(p1 > 0 && p2 > 0, "{backend}: both relays took a share ({p1}, {p2})");
+    stop.cancel();
+    for t in [t1, t2, consumer] {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_relays_postgres() {
+    two_relays_publish_each_event_once(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn two_relays_mariadb() {
+    two_relays_publish_each_event_once(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn outbox_keeps_per_key_order_across_failures() {
+    let Some((_guard, db)) = database(Backend::Postgres).await else { return };
+    let bus = Bus::in_process(10_000);
+    let topic = unique_topic("order");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(1))
+            .run(stop.clone()),
+    );
+    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), None).unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let mut want: HashMap<String, Vec<String>> = HashMap::new();
+    for i in 0..60 {
+        let key = format!("k{}", i % 3);
+        let e = event(i).with_key(&key);
+        outbox.enqueue(&mut tx, &topic, &e).await.unwrap();
+        want.entry(key).or_default().push(e.id);
+    }
+    tx.commit().await.unwrap();
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+    until(Duration::from_secs(15), || async { (seen.ids().len() >= 60).then_some(()) }).await;
+    let got = seen.ids();
+    for ids in want.values() {
+        let order: Vec<&String> = got.iter().filter(|id| ids.contains(id)).collect();
+        assert_eq!(order, ids.iter().collect::<Vec<_>>(), "events of one key arrive in order");
+    }
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn rabbitmq_no_route_is_not_marked_sent_and_is_retried() {
+    let Some(bus) = bus(Broker::Rabbit).await else { return };
+    let Some((_guard, db)) = database(Backend::Postgres).await else { return };
+    let topic = unique_topic("noroute");
+    let metrics = keel::telemetry::Metrics::new();
+    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), Some(&metrics)).unwrap();
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+    let ids = enqueue(&outbox, &db, &topic, 1, true).await;
+    outbox.wake();
+
+    // No queue is bound to the topic yet: NO_ROUTE. The row stays pending with the reason.
+    let err: String = until(Duration::from_secs(10), || async {
+        let row =
+            sqlx::query_as::<_, (i32, i32, Option<String>)>("SELECT status, attempts, last_error FROM keel_outbox")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        (row.1 >= 1).then(|| {
+            assert_eq!(row.0, 0, "not marked sent");
+            row.2.unwrap_or_default()
+        })
+    })
+    .await;
+    assert!(err.contains("unroutable"), "{err}");
+    assert!(metrics.render().contains("outbox_publish_failures_total"), "failures counted");
+
+    // A consumer group appears (its queue is bound): the retry gets through.
+    let seen = Seen::default();
+    let consumer = tokio::spawn(Consumer::new(bus.clone(), &topic, "late", seen.handler()).run(stop.clone()));
+    until(Duration::from_secs(20), || async { (seen.ids() == ids).then_some(()) }).await;
+    until(Duration::from_secs(5), || async { (outbox.pending().await.unwrap().0 == 0).then_some(()) }).await;
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn nats_cut_outbox_grows_then_drains_every_event_once() {
+    if !testing::require("NATS", &testing::nats_url()) {
+        return;
+    }
+    let Some((_guard, db)) = database(Backend::Postgres).await else { return };
+    let target = testing::host_port(&testing::nats_url()).unwrap();
+    let proxy = FaultProxy::start(target, Mode::Forward).await.unwrap();
+    // The relay reaches NATS through the proxy; the consumer directly.
+    let relay_bus = Bus::new(&bus_config(Broker::Nats, Some(format!("nats://{}", proxy.host_port())))).unwrap();
+    relay_bus.connect().await.unwrap();
+    let consumer_bus = bus(Broker::Nats).await.unwrap();
+    let topic = unique_topic("cut");
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(consumer_bus.clone(), &topic, "effects", Effect)
+            .inbox(db.clone())
+            .options(ConsumerOptions::default().concurrency(16))
+            .run(stop.clone()),
+    );
+    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), None).unwrap();
+    let relay = tokio::spawn(outbox.clone().run(relay_bus.clone(), stop.clone()));
+
+    let mut written = 0usize;
+    let mut max_pending = 0u64;
+    let writer_started = std::time::Instant::now();
+    let mut cut_at = None;
+    while writer_started.elapsed() < Duration::from_secs(14) {
+        enqueue(&outbox, &db, &topic, 20, true).await;
+        written += 20;
+        outbox.wake();
+        if cut_at.is_none() && writer_started.elapsed() > Duration::from_secs(2) {
+            proxy.take_down();
+            proxy.cut();
+            cut_at = Some(std::time::Instant::now());
+        }
+        if let Some(t) = cut_at {
+            max_pending = max_pending.max(outbox.pending().await.unwrap().0);
+            if t.elapsed() > Duration::from_secs(10) {
+                proxy.restore();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore();
+    assert!(max_pending >= 200, "the outbox grew while the broker was cut ({max_pending})");
+    until(Duration::from_secs(90), || async { (outbox.pending().await.unwrap().0 == 0).then_some(()) }).await;
+    until(Duration::from_secs(60), || async { (effects(&db).await.1 == written as i64).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(effects(&db).await, (written as i64, written as i64), "every event delivered and applied once");
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}

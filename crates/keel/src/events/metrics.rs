@@ -1,0 +1,80 @@
+//! Event metrics: registered once per service, shared by its consumers and outbox relay.
+
+use std::time::Duration;
+
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use crate::telemetry::Metrics;
+
+/// `consumer_messages_total`, `consumer_handle_duration_seconds`, `consumer_lag_messages`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerMetrics {
+    messages: IntCounterVec,
+    duration: HistogramVec,
+    lag: IntGaugeVec,
+}
+
+impl ConsumerMetrics {
+    pub(crate) fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let messages = IntCounterVec::new(
+            Opts::new("consumer_messages_total", "Messages handled, by outcome (ok, retry, dead)."),
+            &["topic", "group", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("consumer_handle_duration_seconds", "Time a handler took (including the inbox commit).")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            &["topic", "group"],
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new("consumer_lag_messages", "Messages waiting for the group, as the broker counts them."),
+            &["topic", "group"],
+        )?;
+        metrics.register(messages.clone())?;
+        metrics.register(duration.clone())?;
+        metrics.register(lag.clone())?;
+        Ok(Self { messages, duration, lag })
+    }
+
+    pub(crate) fn message(&self, topic: &str, group: &str, outcome: &str) {
+        self.messages.with_label_values(&[topic, group, outcome]).inc();
+    }
+
+    pub(crate) fn duration(&self, topic: &str, group: &str, took: Duration) {
+        self.duration.with_label_values(&[topic, group]).observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn lag(&self, topic: &str, group: &str, n: u64) {
+        self.lag.with_label_values(&[topic, group]).set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// `outbox_pending`, `outbox_oldest_pending_age_seconds`, `outbox_published_total`,
+/// `outbox_publish_failures_total`, `outbox_dead_total`.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboxMetrics {
+    pub(crate) pending: IntGauge,
+    pub(crate) oldest_age: Gauge,
+    pub(crate) published: IntCounter,
+    pub(crate) failures: IntCounter,
+    pub(crate) dead: IntCounter,
+}
+
+impl OutboxMetrics {
+    pub(crate) fn new(metrics: Option<&Metrics>) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            pending: IntGauge::new("outbox_pending", "Outbox rows not published yet (not dead).")?,
+            oldest_age: Gauge::new("outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row.")?,
+            published: IntCounter::new("outbox_published_total", "Outbox rows published and confirmed.")?,
+            failures: IntCounter::new("outbox_publish_failures_total", "Failed publish attempts of outbox rows.")?,
+            dead: IntCounter::new("outbox_dead_total", "Outbox rows marked dead after their last attempt.")?,
+        };
+        if let Some(metrics) = metrics {
+            metrics.register(m.pending.clone())?;
+            metrics.register(m.oldest_age.clone())?;
+            metrics.register(m.published.clone())?;
+            metrics.register(m.failures.clone())?;
+            metrics.register(m.dead.clone())?;
+        }
+        Ok(m)
+    }
+}
