@@ -6,7 +6,9 @@
 //! 2. Wait `shutdown.drain_delay` while still serving, so load balancers stop sending traffic.
 //! 3. Stop accepting: listeners close (new connections are refused); in-flight requests go on.
 //! 4. Wait for in-flight requests, within `shutdown.timeout` counted from step 3.
-//! 5. Cancel background tasks and health loops and wait for them, within the same deadline.
+//! 5. Cancel background tasks, workers and health loops and wait for them, within the same
+//!    deadline: every worker's `JoinHandle` is awaited; a worker still running at the deadline is
+//!    logged by name and aborted.
 //! 6. Run `on_shutdown` hooks (close pools), within the same deadline.
 //!
 //! A second stop signal, or the deadline, forces the end: [`ShutdownError::Forced`] lists
@@ -32,6 +34,7 @@ use crate::config::{Loaded, Section, ShutdownConfig};
 use crate::health::Health;
 use crate::http::{StackError, StackHandle};
 use crate::telemetry::Metrics;
+use crate::workers::Workers;
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,9 @@ pub enum StartError {
     /// A metric could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The worker registry could not be set up.
+    #[error(transparent)]
+    Workers(#[from] crate::workers::WorkerError),
     /// The management address cannot be derived from the configuration.
     #[error("management.addr is needed: http.port + 1000 is past 65535")]
     ManagementAddr,
@@ -122,6 +128,7 @@ pub struct Running {
     server_failed: CancellationToken,
     tracker: TaskTracker,
     tasks: Tasks,
+    workers: Workers,
     servers: Vec<JoinHandle<()>>,
     hooks: Vec<(String, HookFn)>,
     stack: StackHandle,
@@ -158,6 +165,11 @@ impl Running {
         &self.metrics
     }
 
+    /// The worker registry.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
     /// Completes if a listener stops on its own (an accept loop failed).
     pub fn failed(&self) -> impl Future<Output = ()> + Send + 'static {
         self.server_failed.clone().cancelled_owned()
@@ -174,6 +186,7 @@ impl Running {
         let stack = self.stack.clone();
         let stack_in_graceful = stack.clone();
         let tasks = self.tasks.clone();
+        let workers = self.workers.clone();
         let servers_abort: Vec<_> = self.servers.iter().map(JoinHandle::abort_handle).collect();
         let stop_tasks = self.stop_tasks.clone();
         let running_hook = Arc::new(Mutex::new(None::<String>));
@@ -196,7 +209,9 @@ impl Running {
             }
             self.stop_tasks.cancel();
             self.tracker.close();
-            if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
+            let (tracked, late) =
+                tokio::join!(tokio::time::timeout_at(deadline, self.tracker.wait()), self.workers.join(deadline));
+            if tracked.is_err() || !late.is_empty() {
                 return Err("timeout");
             }
             for (name, hook) in std::mem::take(&mut self.hooks) {
@@ -226,6 +241,7 @@ impl Running {
             still_running.push(format!("on_shutdown hook {h}"));
         }
         stop_tasks.cancel();
+        still_running.extend(workers.abort_all().into_iter().map(|w| format!("worker {w}")));
         for a in servers_abort {
             a.abort();
         }
@@ -246,6 +262,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let keel = config.keel.clone();
     let metrics = Metrics::for_service(&build)?;
     let health = Health::new(keel.health.interval, keel.health.ttl, Some(&metrics));
+    let workers = Workers::new(Some(&metrics), Some(&health))?;
     let mut setup = Setup {
         name: build.name.clone(),
         #[cfg(feature = "sql")]
@@ -255,6 +272,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         health: health.clone(),
         metrics: metrics.clone(),
         tasks: Vec::new(),
+        workers: workers.clone(),
         hooks: Vec::new(),
         #[cfg(feature = "redis")]
         redis: None,
@@ -306,6 +324,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     for (name, task) in declared {
         tasks.spawn(&tracker, name, task(stop_tasks.child_token()));
     }
+    workers.start(&stop_tasks);
     health.set_started();
     tracing::info!(
         service = %build.name,
@@ -327,6 +346,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         server_failed,
         tracker,
         tasks,
+        workers,
         servers,
         hooks,
         stack,
