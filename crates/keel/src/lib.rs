@@ -27,6 +27,7 @@
 //! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | `redis` | a managed Redis connection (feature `redis`) |
 //! | [`resilience`] | backoff, retries, circuit breakers, bulkheads, rate limits |
+//! | [`features`] | feature flags from a YAML file, hot-reloaded |
 //! | [`workers`] | supervised periodic and continuous background workers |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
@@ -38,6 +39,7 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "sql")]
 pub mod data;
+pub mod features;
 pub mod health;
 pub mod http;
 #[cfg(feature = "redis")]

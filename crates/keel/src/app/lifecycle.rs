@@ -30,7 +30,8 @@ use tokio_util::task::TaskTracker;
 
 use super::service::{HookFn, Service, Setup, SetupError};
 use super::{management, server};
-use crate::config::{Loaded, Section, ShutdownConfig};
+use crate::config::{Loaded, ReloadLog, Section, ShutdownConfig};
+use crate::features::{Flags, FlagsOptions};
 use crate::health::Health;
 use crate::http::{StackError, StackHandle};
 use crate::telemetry::Metrics;
@@ -57,6 +58,9 @@ pub enum StartError {
     /// A metric could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The feature flags file could not be loaded.
+    #[error(transparent)]
+    Features(#[from] crate::features::FlagsError),
     /// The worker registry could not be set up.
     #[error(transparent)]
     Workers(#[from] crate::workers::WorkerError),
@@ -263,6 +267,12 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let metrics = Metrics::for_service(&build)?;
     let health = Health::new(keel.health.interval, keel.health.ttl, Some(&metrics));
     let workers = Workers::new(Some(&metrics), Some(&health))?;
+    let reloads = ReloadLog::default();
+    let flag_options = FlagsOptions::new(loaded.profile.as_str()).metrics(&metrics).reloads(reloads.clone());
+    let flags = match &keel.features.file {
+        Some(file) => Flags::open(file, flag_options)?,
+        None => Flags::empty(flag_options)?,
+    };
     let mut setup = Setup {
         name: build.name.clone(),
         #[cfg(feature = "sql")]
@@ -273,6 +283,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         metrics: metrics.clone(),
         tasks: Vec::new(),
         workers: workers.clone(),
+        features: flags.clone(),
         hooks: Vec::new(),
         #[cfg(feature = "redis")]
         redis: None,
@@ -325,6 +336,10 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         tasks.spawn(&tracker, name, task(stop_tasks.child_token()));
     }
     workers.start(&stop_tasks);
+    if keel.features.reload && flags.file().is_some() {
+        let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
+        tasks.spawn(&tracker, "feature-flags-watch".into(), watch);
+    }
     health.set_started();
     tracing::info!(
         service = %build.name,

@@ -180,6 +180,7 @@ pub struct Setup<C> {
     pub(crate) metrics: Metrics,
     pub(crate) tasks: Vec<(String, TaskFn)>,
     pub(crate) workers: crate::workers::Workers,
+    pub(crate) features: crate::features::Flags,
     pub(crate) hooks: Vec<(String, HookFn)>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<crate::redis::Redis>,
@@ -262,6 +263,25 @@ impl<C: Section> Setup<C> {
     pub fn worker(&mut self, worker: crate::workers::Worker) -> Result<&mut Self, SetupError> {
         self.workers.add(worker)?;
         Ok(self)
+    }
+
+    /// The service's feature flags (`features.file`, hot-reloaded when `features.reload`);
+    /// clone it into handlers. Without a file every flag is off.
+    ///
+    /// ```
+    /// use keel::features::EvalContext;
+    ///
+    /// let service = keel::Service::new(keel::build_info!()).setup(|s| {
+    ///     let flags = s.features().clone();
+    ///     let router = axum::Router::new().route("/checkout", axum::routing::get(move || async move {
+    ///         if flags.is_enabled("new_checkout", &EvalContext::new().user("42")) { "new" } else { "old" }
+    ///     }));
+    ///     Ok(router)
+    /// });
+    /// # let _ = service;
+    /// ```
+    pub fn features(&self) -> &crate::features::Flags {
+        &self.features
     }
 
     /// The worker registry (to read worker states).

@@ -36,6 +36,8 @@ pub struct KeelConfig {
     pub rate_limits: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitPolicy>,
     /// Named upstream HTTP services (`Setup::http_client("<name>")`).
     pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
+    /// Feature flags (`keel::features`).
+    pub features: FeaturesConfig,
 }
 
 impl KeelConfig {
@@ -61,6 +63,7 @@ impl KeelConfig {
             redis: RedisConfig::default(),
             rate_limits: std::collections::BTreeMap::new(),
             upstreams: std::collections::BTreeMap::new(),
+            features: FeaturesConfig::default(),
         }
     }
 
@@ -496,5 +499,27 @@ impl Default for UpstreamConfig {
             health_path: None,
             required: true,
         }
+    }
+}
+
+/// `features.*`: feature flags from a YAML file (`keel::features`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FeaturesConfig {
+    /// The flags file. Unset: no flags (every flag evaluates to off). An invalid file is a
+    /// configuration error at start-up.
+    pub file: Option<std::path::PathBuf>,
+    /// Watch the file and apply changes without a restart; an invalid new version is rejected
+    /// as a whole and the last good set stays active. Default `true`.
+    pub reload: bool,
+    /// How often the file is checked for changes. Default `1s`.
+    #[serde(with = "super::duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self { file: None, reload: true, poll_interval: Duration::from_secs(1) }
     }
 }
