@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::service::{HookFn, Service, Setup, SetupError};
-use super::{management, server};
+use super::{management, server, status};
 use crate::config::{Loaded, ReloadLog, Section, ShutdownConfig};
 use crate::features::{Flags, FlagsOptions};
 use crate::health::Health;
@@ -261,6 +261,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     // One rustls crypto provider for the whole process, before anything builds a TLS client.
     #[cfg(feature = "client")]
     crate::http::client::install_tls_provider();
+    let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
     let build = service.build.clone();
     let config = Arc::new(loaded.config);
     let keel = config.keel.clone();
@@ -296,10 +297,22 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         limiters: std::collections::BTreeMap::new(),
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
-    let Setup { tasks: declared, hooks, .. } = setup;
+    let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
 
     let (router, stack) = crate::http::stack(&build.name, &keel, &metrics, api, crate::health::router(health.clone()))?;
-    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), loaded.profile);
+    let sources = status::Sources {
+        build: build.clone(),
+        profile: loaded.profile,
+        started_at,
+        started,
+        health: health.clone(),
+        breakers,
+        limiters: limiters.values().map(|l| l.limiter().clone()).collect(),
+        workers: workers.clone(),
+        flags: flags.clone(),
+        reloads,
+    };
+    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), sources);
     let http_addr = keel.http_addr();
     let mgmt_addr = keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
