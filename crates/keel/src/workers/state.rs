@@ -246,7 +246,7 @@ impl Shared {
                     let what = if s.last_success.is_some() { "no success for" } else { "no success yet after" };
                     let mut msg = format!(
                         "{what} {} (threshold {})",
-                        humantime::format_duration(Duration::from_secs(age.as_secs())),
+                        humantime::format_duration(coarse(age)),
                         humantime::format_duration(limit)
                     );
                     if let Some(e) = &s.last_error {
@@ -297,6 +297,15 @@ impl Shared {
             restarts: s.restarts,
             skipped_ticks: s.skipped,
         }
+    }
+}
+
+/// Whole milliseconds under 10 s, whole seconds above: readable, and never "0s" for a real delay.
+fn coarse(d: Duration) -> Duration {
+    if d < Duration::from_secs(10) {
+        Duration::from_millis(d.as_millis() as u64)
+    } else {
+        Duration::from_secs(d.as_secs())
     }
 }
 
