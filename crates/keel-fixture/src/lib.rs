@@ -6,7 +6,9 @@
 //! field), `GET /traceparent` (what an outbound call would carry), `GET /bare-error` (a bare text 500). Config section `app`: `greeting`, `api_key`
 //! (a secret), `stubborn_task` (a background task that ignores cancellation, to test forced
 //! shutdown), `failing_check` (a readiness check that is always down) and `warmup` (a startup
-//! check that is down for that long).
+//! check that is down for that long), `workers` (a periodic `ticker` and a continuous `listener`
+//! worker), `panicky_worker` (a periodic `crashy` worker whose every other run panics).
+//! `GET /flags/{key}?user=&env=` evaluates a feature flag (`features.file`).
 
 use std::time::Duration;
 
@@ -15,7 +17,9 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel::config::{Secret, Section, Validation};
+use keel::features::EvalContext;
 use keel::health::{Check, Kind, Outcome};
+use keel::workers::Worker;
 use keel::{Problem, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,10 @@ pub struct FixtureConfig {
     pub rate_limited: bool,
     /// `GET /proxy/{*path}`: forwards to the upstream `upstreams.echo`.
     pub upstream: bool,
+    /// Run a periodic worker `ticker` (every 50 ms) and a continuous worker `listener`.
+    pub workers: bool,
+    /// Run a periodic worker `crashy` whose every other run panics.
+    pub panicky_worker: bool,
 }
 
 impl Default for FixtureConfig {
@@ -56,6 +64,8 @@ impl Default for FixtureConfig {
             redis: false,
             rate_limited: false,
             upstream: false,
+            workers: false,
+            panicky_worker: false,
         }
     }
 }
@@ -66,6 +76,12 @@ impl Section for FixtureConfig {
             v.invalid("greeting", "must be 1 to 64 characters");
         }
     }
+}
+
+#[derive(Deserialize)]
+struct FlagQuery {
+    user: Option<String>,
+    env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +127,34 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 });
             }
             s.task("polite", |stop| async move { stop.cancelled().await });
+            if s.config().workers {
+                s.worker(Worker::periodic("ticker", Duration::from_millis(50), |_ctx| async {
+                    Ok::<_, keel::workers::RunError>(())
+                }))?;
+                s.worker(
+                    Worker::continuous("listener", |ctx| async move {
+                        loop {
+                            ctx.heartbeat();
+                            tokio::select! {
+                                _ = ctx.cancelled() => return Ok::<_, keel::workers::RunError>(()),
+                                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            }
+                        }
+                    })
+                    .stale_after(Duration::from_secs(5)),
+                )?;
+            }
+            if s.config().panicky_worker {
+                let runs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                s.worker(
+                    Worker::periodic("crashy", Duration::from_millis(50), move |_ctx| {
+                        let n = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        crashy(n)
+                    })
+                    .restart_backoff(Duration::from_millis(10), Duration::from_millis(50)),
+                )?;
+            }
+            let flags = s.features().clone();
             let deps = Deps {
                 db: if s.config().database { Some(s.database()?) } else { None },
                 redis: if s.config().redis { Some(s.redis()?) } else { None },
@@ -142,6 +186,19 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 .merge(proxy)
                 .merge(dependency_routes(deps))
                 .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
+                .route(
+                    "/flags/{key}",
+                    get(move |Path(key): Path<String>, Query(q): Query<FlagQuery>| async move {
+                        let mut ctx = EvalContext::new();
+                        if let Some(u) = q.user {
+                            ctx = ctx.user(u);
+                        }
+                        if let Some(e) = q.env {
+                            ctx = ctx.environment(e);
+                        }
+                        Json(serde_json::json!({ "flag": key, "enabled": flags.is_enabled(&key, &ctx) }))
+                    }),
+                )
                 .route("/items/{id}", get(|Path(id): Path<u32>| async move { Json(serde_json::json!({ "id": id })) }))
                 .route("/echo", post(|Json(e): Json<Echo>| async move { Json(e) }))
                 .route(
@@ -190,6 +247,14 @@ pub fn service() -> keel::Service<FixtureConfig> {
                     get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "db password=hunter2 refused") }),
                 ))
         })
+}
+
+#[allow(clippy::panic)]
+async fn crashy(run: u64) -> Result<(), keel::workers::RunError> {
+    if run.is_multiple_of(2) {
+        panic!("crashy worker run {run}"); // allow-panic: the worker exists to test panic recovery
+    }
+    Ok(())
 }
 
 #[allow(clippy::panic)]

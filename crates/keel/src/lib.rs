@@ -27,7 +27,9 @@
 //! | [`telemetry`] | logs, traces and metrics |
 //! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | `redis` | a managed Redis connection (feature `redis`) |
-//! | [`resilience`] | backoff (more to come) |
+//! | [`resilience`] | backoff, retries, circuit breakers, bulkheads, rate limits |
+//! | [`features`] | feature flags from a YAML file, hot-reloaded |
+//! | [`workers`] | supervised periodic and continuous background workers |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod data;
 #[cfg(feature = "events")]
 pub mod events;
+pub mod features;
 pub mod health;
 pub mod http;
 #[cfg(feature = "redis")]
@@ -48,6 +51,7 @@ pub mod resilience;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod workers;
 
 pub use app::{BuildInfo, Running, Service, Setup, run};
 pub use config::Secret;

@@ -284,3 +284,22 @@ fn an_interpolation_default_is_still_an_inline_secret_in_production() {
     env.push(("ADMIN_TOKEN", "from-the-environment-0123"));
     assert!(load(Profile::Production, Some(&f), &env).is_ok(), "set from env: fine");
 }
+
+#[test]
+fn a_bad_feature_flags_file_is_a_config_error() {
+    let flags = yaml("checkout: {enabled: true, strategy: percentage, rules: {percentage: 150}}\n");
+    let path = flags.path().to_str().unwrap();
+    let e = load(Profile::Test, None, &[("SVC__FEATURES__FILE", path)]).unwrap_err();
+    let p = problem(&e, "features.file");
+    assert_eq!(p.kind, ProblemKind::Invalid);
+    assert!(p.message.contains("checkout.rules.percentage"), "{p}");
+    let e = load(Profile::Test, None, &[("SVC__FEATURES__FILE", "/nonexistent/flags.yaml")]).unwrap_err();
+    assert!(problem(&e, "features.file").message.contains("cannot read"));
+    let e = load(Profile::Test, None, &[("SVC__FEATURES__POLL_INTERVAL", "0s")]).unwrap_err();
+    problem(&e, "features.poll_interval");
+
+    let good = yaml("checkout: {enabled: true}\n");
+    let l = load(Profile::Test, None, &[("SVC__FEATURES__FILE", good.path().to_str().unwrap())]).unwrap();
+    assert_eq!(l.config.keel.features.file.as_deref(), Some(good.path()));
+    assert!(l.config.keel.features.reload);
+}

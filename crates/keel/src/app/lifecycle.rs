@@ -6,7 +6,9 @@
 //! 2. Wait `shutdown.drain_delay` while still serving, so load balancers stop sending traffic.
 //! 3. Stop accepting: listeners close (new connections are refused); in-flight requests go on.
 //! 4. Wait for in-flight requests, within `shutdown.timeout` counted from step 3.
-//! 5. Cancel background tasks and health loops and wait for them, within the same deadline.
+//! 5. Cancel background tasks, workers and health loops and wait for them, within the same
+//!    deadline: every worker's `JoinHandle` is awaited; a worker still running at the deadline is
+//!    logged by name and aborted.
 //! 6. Run `on_shutdown` hooks (close pools), within the same deadline.
 //!
 //! A second stop signal, or the deadline, forces the end: [`ShutdownError::Forced`] lists
@@ -27,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::service::{HookFn, Service, Setup, SetupError};
-use super::{management, server};
-use crate::config::{Loaded, Section, ShutdownConfig};
+use super::{management, server, status};
+use crate::config::{Loaded, ReloadLog, Section, ShutdownConfig};
+use crate::features::{Flags, FlagsOptions};
 use crate::health::Health;
 use crate::http::{StackError, StackHandle};
 use crate::telemetry::Metrics;
+use crate::workers::Workers;
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,12 @@ pub enum StartError {
     /// A metric could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The feature flags file could not be loaded.
+    #[error(transparent)]
+    Features(#[from] crate::features::FlagsError),
+    /// The worker registry could not be set up.
+    #[error(transparent)]
+    Workers(#[from] crate::workers::WorkerError),
     /// The management address cannot be derived from the configuration.
     #[error("management.addr is needed: http.port + 1000 is past 65535")]
     ManagementAddr,
@@ -122,6 +132,7 @@ pub struct Running {
     server_failed: CancellationToken,
     tracker: TaskTracker,
     tasks: Tasks,
+    workers: Workers,
     servers: Vec<JoinHandle<()>>,
     hooks: Vec<(String, HookFn)>,
     stack: StackHandle,
@@ -158,6 +169,11 @@ impl Running {
         &self.metrics
     }
 
+    /// The worker registry.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
     /// Completes if a listener stops on its own (an accept loop failed).
     pub fn failed(&self) -> impl Future<Output = ()> + Send + 'static {
         self.server_failed.clone().cancelled_owned()
@@ -174,6 +190,7 @@ impl Running {
         let stack = self.stack.clone();
         let stack_in_graceful = stack.clone();
         let tasks = self.tasks.clone();
+        let workers = self.workers.clone();
         let servers_abort: Vec<_> = self.servers.iter().map(JoinHandle::abort_handle).collect();
         let stop_tasks = self.stop_tasks.clone();
         let running_hook = Arc::new(Mutex::new(None::<String>));
@@ -196,7 +213,9 @@ impl Running {
             }
             self.stop_tasks.cancel();
             self.tracker.close();
-            if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
+            let (tracked, late) =
+                tokio::join!(tokio::time::timeout_at(deadline, self.tracker.wait()), self.workers.join(deadline));
+            if tracked.is_err() || !late.is_empty() {
                 return Err("timeout");
             }
             for (name, hook) in std::mem::take(&mut self.hooks) {
@@ -226,6 +245,7 @@ impl Running {
             still_running.push(format!("on_shutdown hook {h}"));
         }
         stop_tasks.cancel();
+        still_running.extend(workers.abort_all().into_iter().map(|w| format!("worker {w}")));
         for a in servers_abort {
             a.abort();
         }
@@ -241,11 +261,19 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     // One rustls crypto provider for the whole process, before anything builds a TLS client.
     #[cfg(feature = "client")]
     crate::http::client::install_tls_provider();
+    let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
     let build = service.build.clone();
     let config = Arc::new(loaded.config);
     let keel = config.keel.clone();
     let metrics = Metrics::for_service(&build)?;
     let health = Health::new(keel.health.interval, keel.health.ttl, Some(&metrics));
+    let workers = Workers::new(Some(&metrics), Some(&health))?;
+    let reloads = ReloadLog::default();
+    let flag_options = FlagsOptions::new(loaded.profile.as_str()).metrics(&metrics).reloads(reloads.clone());
+    let flags = match &keel.features.file {
+        Some(file) => Flags::open(file, flag_options)?,
+        None => Flags::empty(flag_options)?,
+    };
     let mut setup = Setup {
         name: build.name.clone(),
         #[cfg(feature = "sql")]
@@ -255,6 +283,8 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         health: health.clone(),
         metrics: metrics.clone(),
         tasks: Vec::new(),
+        workers: workers.clone(),
+        features: flags.clone(),
         hooks: Vec::new(),
         #[cfg(feature = "redis")]
         redis: None,
@@ -273,10 +303,22 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         outbox: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
-    let Setup { tasks: declared, hooks, .. } = setup;
+    let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
 
     let (router, stack) = crate::http::stack(&build.name, &keel, &metrics, api, crate::health::router(health.clone()))?;
-    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), loaded.profile);
+    let sources = status::Sources {
+        build: build.clone(),
+        profile: loaded.profile,
+        started_at,
+        started,
+        health: health.clone(),
+        breakers,
+        limiters: limiters.values().map(|l| l.limiter().clone()).collect(),
+        workers: workers.clone(),
+        flags: flags.clone(),
+        reloads,
+    };
+    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), sources);
     let http_addr = keel.http_addr();
     let mgmt_addr = keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
@@ -312,6 +354,11 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     for (name, task) in declared {
         tasks.spawn(&tracker, name, task(stop_tasks.child_token()));
     }
+    workers.start(&stop_tasks);
+    if keel.features.reload && flags.file().is_some() {
+        let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
+        tasks.spawn(&tracker, "feature-flags-watch".into(), watch);
+    }
     health.set_started();
     tracing::info!(
         service = %build.name,
@@ -333,6 +380,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         server_failed,
         tracker,
         tasks,
+        workers,
         servers,
         hooks,
         stack,

@@ -19,6 +19,7 @@ mod management;
 mod migrate;
 mod server;
 mod service;
+mod status;
 
 use std::process::ExitCode;
 

@@ -179,6 +179,8 @@ pub struct Setup<C> {
     pub(crate) health: Health,
     pub(crate) metrics: Metrics,
     pub(crate) tasks: Vec<(String, TaskFn)>,
+    pub(crate) workers: crate::workers::Workers,
+    pub(crate) features: crate::features::Flags,
     pub(crate) hooks: Vec<(String, HookFn)>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<crate::redis::Redis>,
@@ -245,6 +247,52 @@ impl<C: Section> Setup<C> {
     {
         self.tasks.push((name.into(), Box::new(move |t| Box::pin(f(t)))));
         self
+    }
+
+    /// Registers a supervised [`Worker`](crate::workers::Worker): periodic or continuous, restarted
+    /// with backoff after a panic, with a `worker:<name>` health check and `worker_*` metrics.
+    /// Unlike [`Setup::task`] (a one-shot future), a worker is never left dead: see
+    /// [`crate::workers`]. A duplicate name or a zero interval is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel::workers::Worker;
+    ///
+    /// let service = keel::Service::new(keel::build_info!()).setup(|s| {
+    ///     s.worker(Worker::periodic("refresh", Duration::from_secs(30), |_ctx| async {
+    ///         Ok::<_, std::io::Error>(())
+    ///     }))?;
+    ///     Ok(axum::Router::new())
+    /// });
+    /// # let _ = service;
+    /// ```
+    pub fn worker(&mut self, worker: crate::workers::Worker) -> Result<&mut Self, SetupError> {
+        self.workers.add(worker)?;
+        Ok(self)
+    }
+
+    /// The service's feature flags (`features.file`, hot-reloaded when `features.reload`);
+    /// clone it into handlers. Without a file every flag is off.
+    ///
+    /// ```
+    /// use keel::features::EvalContext;
+    ///
+    /// let service = keel::Service::new(keel::build_info!()).setup(|s| {
+    ///     let flags = s.features().clone();
+    ///     let router = axum::Router::new().route("/checkout", axum::routing::get(move || async move {
+    ///         if flags.is_enabled("new_checkout", &EvalContext::new().user("42")) { "new" } else { "old" }
+    ///     }));
+    ///     Ok(router)
+    /// });
+    /// # let _ = service;
+    /// ```
+    pub fn features(&self) -> &crate::features::Flags {
+        &self.features
+    }
+
+    /// The worker registry (to read worker states).
+    pub fn workers(&self) -> &crate::workers::Workers {
+        &self.workers
     }
 
     /// The service's SQL database (`database.*`), connecting in the background: adds the

@@ -38,6 +38,7 @@
 pub mod bytes;
 pub mod duration;
 mod interpolate;
+mod reloads;
 mod secret;
 mod sections;
 mod tree;
@@ -50,11 +51,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
 pub use secret::{MASK, Secret};
 pub use sections::{
-    BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, HealthConfig, HstsConfig, HttpConfig, KeelConfig,
-    LogConfig, LogFormat, ManagementConfig, OtlpConfig, OutboxConfig, PoolConfig, RedisConfig, ShutdownConfig,
-    TelemetryConfig, UpstreamConfig,
+    BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, FeaturesConfig, HealthConfig, HstsConfig,
+    HttpConfig, KeelConfig, LogConfig, LogFormat, ManagementConfig, OtlpConfig, OutboxConfig, PoolConfig, RedisConfig,
+    ShutdownConfig, TelemetryConfig, UpstreamConfig,
 };
 use tree::{KeyPath, Tree, join};
 
@@ -79,6 +81,7 @@ const KEEL_SECTIONS: &[&str] = &[
     "upstreams",
     "bus",
     "outbox",
+    "features",
 ];
 
 /// Which rules and defaults apply.
@@ -431,6 +434,7 @@ impl Loader {
         section!(upstreams);
         section!(bus);
         section!(outbox);
+        section!(features);
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
@@ -707,6 +711,16 @@ fn validate_keel(
     }
     if k.health.ttl <= k.health.interval {
         v.invalid("health.ttl", "must be longer than health.interval, or every result would be stale");
+    }
+    if k.features.poll_interval.is_zero() {
+        v.invalid("features.poll_interval", "must be more than 0s");
+    }
+    // A bad flags file is a configuration error: refuse it before any port is bound, and let
+    // `config check` show every problem in it.
+    if let Some(file) = &k.features.file
+        && let Err(e) = crate::features::check_file(file)
+    {
+        v.invalid("features.file", e.to_string());
     }
 }
 

@@ -40,6 +40,8 @@ pub struct KeelConfig {
     pub bus: BusConfig,
     /// The transactional outbox relay (`Setup::outbox`).
     pub outbox: OutboxConfig,
+    /// Feature flags (`keel::features`).
+    pub features: FeaturesConfig,
 }
 
 impl KeelConfig {
@@ -67,6 +69,7 @@ impl KeelConfig {
             upstreams: std::collections::BTreeMap::new(),
             bus: BusConfig::default(),
             outbox: OutboxConfig::default(),
+            features: FeaturesConfig::default(),
         }
     }
 
@@ -602,5 +605,27 @@ impl Default for OutboxConfig {
             retention: Duration::from_secs(24 * 3600),
             max_in_flight: 256,
         }
+    }
+}
+
+/// `features.*`: feature flags from a YAML file (`keel::features`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FeaturesConfig {
+    /// The flags file. Unset: no flags (every flag evaluates to off). An invalid file is a
+    /// configuration error at start-up.
+    pub file: Option<std::path::PathBuf>,
+    /// Watch the file and apply changes without a restart; an invalid new version is rejected
+    /// as a whole and the last good set stays active. Default `true`.
+    pub reload: bool,
+    /// How often the file is checked for changes. Default `1s`.
+    #[serde(with = "super::duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self { file: None, reload: true, poll_interval: Duration::from_secs(1) }
     }
 }

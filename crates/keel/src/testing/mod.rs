@@ -3,7 +3,8 @@
 //!
 //! * [`FaultProxy`] — a TCP proxy that forwards, refuses, stalls or cuts connections on command.
 //! * [`require`] — whether a local service is reachable; a test skips (with a message) when it
-//!   is not, except under `CI=true`, where the test fails.
+//!   is not, except under `CI=true`, where the test fails. [`require_program`] does the same for
+//!   an external program (Chromium).
 //! * [`TestDatabase`] — a fresh PostgreSQL or MariaDB database, or SQLite file, dropped after.
 //! * [`redis_prefix`] — a unique Redis key prefix.
 //!
@@ -81,6 +82,27 @@ pub fn require(name: &str, url: &str) -> bool {
         panic!("{name} is required but not reachable at {at} (CI=true: tests may not skip)");
     }
     eprintln!("SKIPPED: {name} is not reachable at {at}; start it (see README) to run this test");
+    false
+}
+
+/// Whether the program `name` exists at `path` (an external tool such as Chromium). When it
+/// does not: under `CI=true` this panics (CI must install it); otherwise it prints why the test is
+/// skipped and returns `false` — the same rule as [`require`].
+///
+/// ```no_run
+/// if !keel::testing::require_program("Chromium", "/usr/bin/chromium") {
+///     return;
+/// }
+/// ```
+#[allow(clippy::panic)]
+pub fn require_program(name: &str, path: &str) -> bool {
+    if std::path::Path::new(path).is_file() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{name} is required but {path} does not exist (CI=true: tests may not skip)");
+    }
+    eprintln!("SKIPPED: {name} is not installed at {path}; install it (see README) to run this test");
     false
 }
 

@@ -33,6 +33,11 @@ impl RateLimitLayer {
     pub fn new(limiter: Arc<RateLimiter>, trusted_proxies: &[IpNet]) -> Self {
         Self { limiter, trusted: trusted_proxies.into() }
     }
+
+    /// The limiter it applies.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
 }
 
 impl<S> Layer<S> for RateLimitLayer {

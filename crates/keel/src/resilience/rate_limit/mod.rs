@@ -294,6 +294,11 @@ impl RateLimiter {
         &self.policy
     }
 
+    /// What happens when the backend fails (the policy's setting or the profile's default).
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_error
+    }
+
     fn count(&self, decision: &str) {
         if let Some(m) = &self.metrics {
             m.decisions.with_label_values(&[&self.name, decision]).inc();

@@ -1,0 +1,253 @@
+//! The admin routes (`/admin/status`, `/admin/flags`, `/admin/log-level`), workers and feature
+//! flags, seen from outside the running fixture.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fixture, client, eventually};
+use serde_json::Value;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+const FLAGS: &str = "\
+new_checkout:
+  enabled: true
+  strategy: percentage
+  rules: {percentage: 50}
+  description: The new checkout flow
+  tags: [checkout]
+beta:
+  enabled: true
+  strategy: user
+  rules: {users: [alice]}
+launch:
+  enabled: false
+";
+
+/// A fixture with workers, flags, a rate-limit policy and a circuit breaker, and its flags file.
+async fn full_fixture(dir: &tempfile::TempDir) -> (Fixture, std::path::PathBuf) {
+    let path = dir.path().join("flags.yaml");
+    std::fs::write(&path, FLAGS).unwrap();
+    let f = Fixture::start(&[
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+        ("FIXTURE__APP__WORKERS", "true"),
+        ("FIXTURE__APP__RATE_LIMITED", "true"),
+        ("FIXTURE__RATE_LIMITS__API__LIMIT", "100"),
+        ("FIXTURE__APP__UPSTREAM", "true"),
+        ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", "http://127.0.0.1:9"),
+        ("FIXTURE__FEATURES__FILE", path.to_str().unwrap()),
+        ("FIXTURE__FEATURES__POLL_INTERVAL", "50ms"),
+    ])
+    .await;
+    (f, path)
+}
+
+async fn admin_json(f: &Fixture, path: &str) -> Value {
+    let resp = client()
+        .get(format!("{}{path}", f.mgmt))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_admin_route_needs_the_token() {
+    let f = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN)]).await;
+    let c = client();
+    for path in ["/admin/status", "/admin/flags", "/admin/log-level"] {
+        let url = format!("{}{path}", f.mgmt);
+        let resp = c.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path} without a token");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        for wrong in ["wrong", &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN}x"), &TOKEN.to_uppercase()] {
+            let resp = c.get(&url).bearer_auth(wrong).send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{path} with {wrong}");
+        }
+        let resp = c.get(&url).header("authorization", format!("Basic {TOKEN}")).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}: only a bearer token counts");
+        let resp = c.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path} with the token");
+    }
+    f.stop().await;
+
+    // No token configured: closed to everyone, loopback included.
+    let f = Fixture::start(&[]).await;
+    for path in ["/admin/status", "/admin/flags"] {
+        let resp = client().get(format!("{}{path}", f.mgmt)).bearer_auth("").send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn status_json_shows_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _) = full_fixture(&dir).await;
+    // A rejected log-level change is a reload attempt too (logging is not set up in tests).
+    let resp =
+        client().put(format!("{}/admin/log-level", f.mgmt)).bearer_auth(TOKEN).body("loud").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let mut doc = Value::Null;
+    for _ in 0..400 {
+        doc = admin_json(&f, "/admin/status").await;
+        let ticker = doc["workers"].as_array().unwrap().iter().find(|w| w["name"] == "ticker").cloned();
+        if ticker.is_some_and(|t| t["runs"].as_u64().unwrap() > 0)
+            && doc["health"]["readiness"]["checks"]["self"]["latency_ms"].is_u64()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let s = &doc["service"];
+    assert_eq!(s["name"], "fixture");
+    assert_eq!(s["profile"], "test");
+    assert!(s["version"].is_string() && s["commit"].is_string() && s["uptime_seconds"].is_u64());
+    let ready = &doc["health"]["readiness"];
+    assert_eq!(ready["checks"]["self"]["status"], "up");
+    assert!(ready["checks"]["self"]["age_ms"].is_u64());
+    assert!(doc["health"]["liveness"]["checks"]["worker:ticker"].is_object());
+    assert!(doc["health"]["startup"]["checks"]["warmup"].is_object());
+    let workers = doc["workers"].as_array().unwrap();
+    let ticker = workers.iter().find(|w| w["name"] == "ticker").unwrap();
+    assert_eq!(ticker["schedule"], "periodic");
+    assert_eq!(ticker["interval_ms"], 50);
+    assert!(ticker["last_success"].is_string() && ticker["last_run_started"].is_string());
+    assert_eq!(ticker["healthy"], true);
+    let listener = workers.iter().find(|w| w["name"] == "listener").unwrap();
+    assert_eq!(listener["schedule"], "continuous");
+    assert_eq!(listener["alive"], true);
+    assert_eq!(doc["breakers"][0]["name"], "echo");
+    assert_eq!(doc["breakers"][0]["state"], "closed");
+    let limit = &doc["rate_limits"][0];
+    assert_eq!(
+        (limit["name"].as_str(), limit["policy"]["limit"].as_u64(), limit["policy"]["backend"].as_str()),
+        (Some("api"), Some(100), Some("local"))
+    );
+    assert_eq!(limit["on_backend_error"], "fail_open");
+    let flags = doc["flags"]["flags"].as_array().unwrap();
+    assert_eq!(
+        flags.iter().map(|f| f["key"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["beta", "launch", "new_checkout"]
+    );
+    assert!(doc["flags"]["file"].as_str().unwrap().ends_with("flags.yaml"));
+    let reload = &doc["reloads"][0];
+    assert_eq!((reload["what"].as_str(), reload["ok"].as_bool()), (Some("log level"), Some(false)));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn status_html_is_a_self_contained_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _) = full_fixture(&dir).await;
+    let resp = client()
+        .get(format!("{}/admin/status", f.mgmt))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let html = resp.text().await.unwrap();
+    for id in ["service", "health", "workers", "breakers", "rate-limits", "flags", "reloads"] {
+        assert!(html.contains(&format!("<section id=\"{id}\">")), "no {id} section");
+    }
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("<link"), "external assets");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn flags_evaluate_and_hot_reload_in_the_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, path) = full_fixture(&dir).await;
+    let c = client();
+    let flag = |key: &str, query: &str| {
+        let url = f.url(&format!("/flags/{key}{query}"));
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap()["enabled"].as_bool().unwrap() }
+    };
+    assert!(flag("beta", "?user=alice").await);
+    assert!(!flag("beta", "?user=bob").await);
+    assert!(!flag("launch", "").await);
+    // The same user gets the same answer every time.
+    let first = flag("new_checkout", "?user=u-17").await;
+    for _ in 0..5 {
+        assert_eq!(flag("new_checkout", "?user=u-17").await, first);
+    }
+    let listed = admin_json(&f, "/admin/flags").await;
+    assert_eq!(listed["flags"][0]["key"], "beta");
+    assert_eq!(listed["flags"][0]["rules"]["users"][0], "alice");
+    assert_eq!(listed["flags"][2]["description"], "The new checkout flow");
+
+    // A valid change applies without a restart.
+    std::fs::write(&path, FLAGS.replace("launch:\n  enabled: false", "launch:\n  enabled: true")).unwrap();
+    eventually("launch turns on", || flag("launch", "")).await;
+
+    // An invalid version is rejected whole: `launch` would turn off, but `beta` is broken.
+    std::fs::write(&path, "launch: {enabled: false}\nbeta: {enabled: true, strategy: user}\n").unwrap();
+    eventually("the rejection is recorded", || {
+        let f = &f;
+        async move {
+            let doc = admin_json(f, "/admin/status").await;
+            doc["reloads"][0]["ok"] == false
+                && doc["reloads"][0]["detail"].as_str().unwrap().contains("beta.rules.users")
+        }
+    })
+    .await;
+    assert!(flag("launch", "").await, "the last good set stays active");
+    assert!(flag("beta", "?user=alice").await);
+    let metrics = f.running().metrics().render();
+    assert!(metrics.contains(r#"feature_flags_reloads_total{outcome="error"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"feature_flags_reloads_total{outcome="ok"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"feature_flag_evaluations_total{flag="beta",result="on"}"#));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_worker_is_restarted_and_the_service_keeps_serving() {
+    let f = Fixture::start(&[("FIXTURE__APP__PANICKY_WORKER", "true"), ("FIXTURE__APP__WORKERS", "true")]).await;
+    let workers = f.running().workers().clone();
+    eventually("several panics and restarts", || {
+        let w = workers.clone();
+        async move {
+            let crashy = w.statuses().into_iter().find(|s| s.name == "crashy").unwrap();
+            crashy.panics >= 3 && crashy.restarts >= 3 && crashy.runs > crashy.panics
+        }
+    })
+    .await;
+    let resp = client().get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the process is alive and serving");
+    let text = f.running().metrics().render();
+    assert!(text.contains(r#"worker_runs_total{outcome="panic",worker="crashy"}"#), "{text}");
+    assert!(text.contains(r#"worker_runs_total{outcome="ok",worker="crashy"}"#), "{text}");
+    assert!(text.contains(r#"worker_restarts_total{worker="crashy"}"#), "{text}");
+    assert!(text.contains(r#"worker_last_success_timestamp_seconds{worker="ticker"}"#), "{text}");
+    assert_eq!(workers.alive(), 3);
+    f.stop().await;
+    // Shutdown returned: every worker task has been joined.
+    assert_eq!(workers.alive(), 0);
+    assert!(workers.statuses().iter().all(|w| !w.alive && !w.running));
+}
+
+#[tokio::test]
+async fn workers_are_named_when_shutdown_is_forced() {
+    // A forced shutdown (second signal) still accounts for every worker.
+    let f = Fixture::start(&[("FIXTURE__APP__WORKERS", "true"), ("FIXTURE__APP__STUBBORN_TASK", "true")]).await;
+    let workers = f.running().workers().clone();
+    let running = f.running.unwrap_or_else(|| panic!("running"));
+    let err = running.shutdown(tokio::time::sleep(Duration::from_millis(300))).await.unwrap_err();
+    let keel::app::ShutdownError::Forced { still_running, .. } = err else { panic!("not forced") };
+    assert!(still_running.iter().any(|t| t == "stubborn"), "{still_running:?}");
+    // The workers obeyed their token; none is left running.
+    assert!(!still_running.iter().any(|t| t.starts_with("worker ")), "{still_running:?}");
+    assert_eq!(workers.alive(), 0);
+}

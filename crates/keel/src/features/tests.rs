@@ -1,0 +1,258 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::*;
+
+const FLAGS: &str = r#"
+simple_on:
+  enabled: true
+  description: on for everyone
+  tags: [demo]
+killed:
+  enabled: false
+  strategy: user
+  rules: {users: [alice]}
+rollout:
+  enabled: true
+  strategy: percentage
+  rules: {percentage: 25}
+beta:
+  enabled: true
+  strategy: user
+  rules: {users: [alice, bob]}
+prod_only:
+  enabled: true
+  strategy: environment
+  rules: {environments: [production, staging]}
+past:
+  enabled: true
+  strategy: time
+  rules: {start: "2000-01-01T00:00:00Z", end: "2001-01-01T00:00:00+01:00"}
+current:
+  enabled: true
+  strategy: time
+  rules: {start: "2000-01-01T00:00:00Z"}
+future:
+  enabled: true
+  strategy: time
+  rules: {start: "2999-01-01T00:00:00-05:30"}
+pro_only:
+  enabled: true
+  rules:
+    attributes: {plan: [pro, enterprise]}
+"#;
+
+fn flags(env: &str) -> Flags {
+    Flags::from_yaml(FLAGS, FlagsOptions::new(env)).unwrap()
+}
+
+fn ctx() -> EvalContext {
+    EvalContext::new()
+}
+
+#[test]
+fn strategies() {
+    let f = flags("development");
+    assert!(f.is_enabled("simple_on", &ctx()));
+    assert!(!f.is_enabled("killed", &ctx().user("alice")), "enabled: false wins");
+    assert!(f.is_enabled("beta", &ctx().user("bob")));
+    assert!(!f.is_enabled("beta", &ctx().user("carol")));
+    assert!(!f.is_enabled("beta", &ctx()));
+    assert!(!f.is_enabled("prod_only", &ctx()), "default environment is the service's");
+    assert!(f.is_enabled("prod_only", &ctx().environment("Staging")));
+    assert!(flags("production").is_enabled("prod_only", &ctx()));
+    assert!(!f.is_enabled("past", &ctx()));
+    assert!(f.is_enabled("current", &ctx()));
+    assert!(!f.is_enabled("future", &ctx()));
+    assert!(f.is_enabled("pro_only", &ctx().attribute("plan", "pro")));
+    assert!(!f.is_enabled("pro_only", &ctx().attribute("plan", "free")));
+    assert!(!f.is_enabled("pro_only", &ctx()));
+    assert!(!f.is_enabled("rollout", &ctx()), "a percentage needs a user to bucket");
+    assert!(!f.is_enabled("nope", &ctx()));
+}
+
+#[test]
+fn offsets_are_applied() {
+    let utc = model::parse_time("2026-12-01T10:00:00Z").unwrap();
+    assert_eq!(model::parse_time("2026-12-01T11:00:00+01:00").unwrap(), utc);
+    assert_eq!(model::parse_time("2026-12-01T04:30:00-05:30").unwrap(), utc);
+    assert!(model::parse_time("2026-12-01").is_err());
+    assert!(model::parse_time("2026-12-01T10:00:00+25:00").is_err());
+}
+
+#[test]
+fn percentage_bucketing_is_deterministic_and_spread() {
+    // Pinned: a change of hash would silently move users between variants.
+    assert_eq!(bucket("rollout", "user-1"), bucket("rollout", "user-1"));
+    let golden = bucket("rollout", "user-1");
+    assert_eq!(golden, {
+        let d = Sha256::digest(b"rollout:user-1");
+        (u64::from_be_bytes(d[..8].try_into().unwrap()) % 10_000) as u32
+    });
+    let f = flags("test");
+    let n = 20_000;
+    let on = (0..n).filter(|i| f.is_enabled("rollout", &ctx().user(format!("user-{i}")))).count();
+    let share = on as f64 / n as f64;
+    assert!((0.23..0.27).contains(&share), "25% rollout gave {share}");
+    // A second instance answers the same for every user.
+    let g = flags("test");
+    assert!((0..500).all(|i| {
+        let c = ctx().user(format!("u{i}"));
+        f.is_enabled("rollout", &c) == g.is_enabled("rollout", &c)
+    }));
+    // Different flags bucket independently: the 25% of one flag is not the 25% of another.
+    let other = (0..n).filter(|i| bucket("other", &format!("user-{i}")) < 2500).count();
+    let both = (0..n)
+        .filter(|i| bucket("other", &format!("user-{i}")) < 2500 && bucket("rollout", &format!("user-{i}")) < 2500)
+        .count();
+    assert!((0.23..0.27).contains(&(other as f64 / n as f64)));
+    assert!((0.05..0.075).contains(&(both as f64 / n as f64)), "flags are correlated: {both}");
+    // Edges.
+    let edges = Flags::from_yaml(
+        "none: {enabled: true, strategy: percentage, rules: {percentage: 0}}\nall: {enabled: true, strategy: percentage, rules: {percentage: 100}}",
+        FlagsOptions::default(),
+    )
+    .unwrap();
+    assert!((0..1000).all(|i| !edges.is_enabled("none", &ctx().user(i.to_string()))));
+    assert!((0..1000).all(|i| edges.is_enabled("all", &ctx().user(i.to_string()))));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let bad = r#"
+ok_flag: {enabled: true}
+a: {enabled: true, strategy: sometimes}
+b: {enabled: true, strategy: percentage, rules: {percentage: 150}}
+c: {enabled: true, strategy: time, rules: {start: "2026-02-01T00:00:00Z", end: "2026-01-01T00:00:00Z"}}
+d: {enabled: true, colour: blue}
+e: {enabled: true, strategy: user}
+f: {enabled: true, strategy: simple, rules: {users: [x]}}
+g: {enabled: true, strategy: time, rules: {start: "tomorrow"}}
+"bad key!": {enabled: true}
+h: {enabled: true, strategy: percentage}
+"#;
+    let Err(FlagsError::Invalid { problems, .. }) = Flags::from_yaml(bad, FlagsOptions::default()) else {
+        panic!("accepted");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "a.strategy",
+        "b.rules.percentage",
+        "c.rules.end",
+        "d.colour",
+        "e.rules.users",
+        "f.rules.users",
+        "g.rules.start",
+        "bad key!",
+        "h.rules.percentage",
+    ] {
+        assert!(paths.contains(&want), "no problem at {want}: {problems:?}");
+    }
+    assert!(!paths.iter().any(|p| p.starts_with("ok_flag")));
+    let unknown = problems.iter().find(|p| p.path == "a.strategy").unwrap();
+    assert!(unknown.message.contains("unknown variant"), "{unknown:?}");
+    assert!(Flags::from_yaml("- a list", FlagsOptions::default()).is_err());
+    assert!(Flags::from_yaml("", FlagsOptions::default()).unwrap().is_empty());
+}
+
+#[test]
+fn an_invalid_reload_is_rejected_whole_and_the_last_good_set_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.yaml");
+    std::fs::write(&path, "a: {enabled: true}\nb: {enabled: false}\n").unwrap();
+    let metrics = Metrics::new();
+    let log = ReloadLog::default();
+    let f = Flags::open(&path, FlagsOptions::new("test").metrics(&metrics).reloads(log.clone())).unwrap();
+    assert!(f.is_enabled("a", &ctx()));
+    // `a` turns off, but `b` is broken: nothing of the new version may apply.
+    std::fs::write(&path, "a: {enabled: false}\nb: {enabled: true, strategy: percentage}\n").unwrap();
+    let e = f.reload().unwrap_err();
+    assert!(e.to_string().contains("b.rules.percentage"), "{e}");
+    assert!(f.is_enabled("a", &ctx()));
+    assert!(!f.is_enabled("b", &ctx()));
+    std::fs::write(&path, "a: {enabled: false}\nc: {enabled: true}\n").unwrap();
+    assert_eq!(f.reload().unwrap(), 2);
+    assert!(!f.is_enabled("a", &ctx()) && f.is_enabled("c", &ctx()) && !f.is_enabled("b", &ctx()));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(f.reload(), Err(FlagsError::Read { .. })));
+    assert!(f.is_enabled("c", &ctx()), "a vanished file keeps the flags");
+    let text = metrics.render();
+    assert!(text.contains(r#"feature_flags_reloads_total{outcome="ok"} 1"#), "{text}");
+    assert!(text.contains(r#"feature_flags_reloads_total{outcome="error"} 2"#), "{text}");
+    assert!(text.contains(r#"feature_flag_evaluations_total{flag="a",result="on"} 2"#), "{text}");
+    assert!(text.contains(r#"feature_flag_evaluations_total{flag="c",result="on"} 2"#), "{text}");
+    let events = log.recent();
+    assert_eq!(events.iter().map(|e| e.ok).collect::<Vec<_>>(), vec![false, true, false]);
+    assert!(events[2].detail.contains("b.rules.percentage"));
+    assert!(matches!(Flags::from_yaml("", FlagsOptions::default()).unwrap().reload(), Err(FlagsError::NoFile)));
+}
+
+#[tokio::test]
+async fn the_watcher_applies_changes_and_rejects_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.yaml");
+    std::fs::write(&path, "launch: {enabled: false}\n").unwrap();
+    let metrics = Metrics::new();
+    let f = Flags::open(&path, FlagsOptions::new("test").metrics(&metrics)).unwrap();
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(f.clone().watch(Duration::from_millis(20), stop.clone()));
+
+    std::fs::write(&path, "launch: {enabled: true}\n").unwrap();
+    eventually("the change applies", || f.is_enabled("launch", &ctx())).await;
+
+    std::fs::write(&path, "launch: {enabled: false, strategy: nonsense}\n").unwrap();
+    eventually("the bad version is rejected", || metrics.render().contains(r#"outcome="error"} 1"#)).await;
+    assert!(f.is_enabled("launch", &ctx()), "the last good set stays");
+    // Seen once, rejected once: the watcher does not count the same bad file on every poll.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(metrics.render().contains(r#"feature_flags_reloads_total{outcome="error"} 1"#));
+
+    std::fs::write(&path, "launch: {enabled: false}\n").unwrap();
+    eventually("the fixed version applies", || !f.is_enabled("launch", &ctx())).await;
+    stop.cancel();
+    watcher.await.unwrap();
+}
+
+#[test]
+fn readers_never_see_half_a_reload() {
+    // Every version has x == y; a reader pinned to one version must always see them agree.
+    let on = "x: {enabled: true}\ny: {enabled: true}\n";
+    let off = "x: {enabled: false}\ny: {enabled: false}\n";
+    let f = Flags::from_yaml(on, FlagsOptions::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (f, stop) = (f.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = [0u64; 2];
+                while !stop.load(Ordering::Relaxed) {
+                    let v = f.view();
+                    let (x, y) = (v.is_enabled("x", &EvalContext::new()), v.is_enabled("y", &EvalContext::new()));
+                    assert_eq!(x, y, "a view mixed two versions");
+                    seen[usize::from(x)] += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for i in 0..2_000 {
+        f.replace_yaml(if i % 2 == 0 { off } else { on }).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
