@@ -40,6 +40,11 @@ pub struct FixtureConfig {
     pub warmup: Duration,
     /// Use the SQL database (`database.*`): `/db/*` routes.
     pub database: bool,
+    /// Events (needs `database`): `POST /events` writes an item and enqueues `item.created` on
+    /// topic `items` through the outbox; consumer group `indexer` logs each one it handles.
+    pub events: bool,
+    /// The topic `POST /events` publishes to. Default `items`.
+    pub events_topic: String,
     /// Use Redis (`redis.*`): `/cache/*` routes.
     pub redis: bool,
     /// `GET /limited` under the rate-limit policy `rate_limits.api`.
@@ -61,6 +66,8 @@ impl Default for FixtureConfig {
             failing_check: false,
             warmup: Duration::ZERO,
             database: false,
+            events: false,
+            events_topic: "items".into(),
             redis: false,
             rate_limited: false,
             upstream: false,
@@ -159,6 +166,12 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 db: if s.config().database { Some(s.database()?) } else { None },
                 redis: if s.config().redis { Some(s.redis()?) } else { None },
             };
+            let events = if s.config().events {
+                let db = deps.db.clone().ok_or("app.events needs app.database")?;
+                events_routes(s, db)?
+            } else {
+                Router::new()
+            };
             let limited = if s.config().rate_limited {
                 Router::new().route("/limited", get(|| async { "ok" }).route_layer(s.rate_limit("api")?))
             } else {
@@ -182,6 +195,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 Router::new()
             };
             Ok(Router::new()
+                .merge(events)
                 .merge(limited)
                 .merge(proxy)
                 .merge(dependency_routes(deps))
@@ -247,6 +261,68 @@ pub fn service() -> keel::Service<FixtureConfig> {
                     get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "db password=hunter2 refused") }),
                 ))
         })
+}
+
+/// `item.created`, published when `POST /events` adds an item.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ItemCreated {
+    /// The item's name.
+    pub name: String,
+}
+
+impl keel::events::Event for ItemCreated {
+    const TYPE: &'static str = "item.created";
+    const VERSION: u32 = 1;
+}
+
+/// Logs each `item.created` it handles (inside the consumer span: the producer's request id and
+/// trace id are on the line); a name starting with `poison` fails until `POST /events/heal`.
+struct Indexer;
+
+static HEALED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl keel::events::Handler for Indexer {
+    async fn handle(&self, msg: &mut keel::events::Message) -> Result<(), keel::events::Failure> {
+        let item: ItemCreated = msg.decode()?;
+        if item.name.starts_with("poison") && !HEALED.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(keel::events::Failure::retry("cannot index a poisoned item"));
+        }
+        tracing::info!(marker = "event-handled", event_id = %msg.envelope().id, item = %item.name, "indexed item");
+        Ok(())
+    }
+}
+
+fn events_routes(s: &mut keel::Setup<FixtureConfig>, db: keel::data::Db) -> Result<Router, keel::app::SetupError> {
+    let bus = s.bus()?;
+    let outbox = s.outbox(&db)?;
+    let options = keel::events::ConsumerOptions::default()
+        .max_attempts(3)
+        .retry_backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let topic = s.config().events_topic.clone();
+    s.consume(keel::events::Consumer::new(bus, topic.clone(), "indexer", Indexer).inbox(db.clone()).options(options))?;
+    Ok(Router::new()
+        .route("/events/heal", post(|| async { HEALED.store(true, std::sync::atomic::Ordering::SeqCst) }))
+        .route(
+            "/events",
+            post(move |Json(item): Json<ItemCreated>| {
+                let (db, outbox, topic) = (db.clone(), outbox.clone(), topic.clone());
+                async move {
+                    let mut tx = db.begin().await.map_err(IntoResponse::into_response)?;
+                    sqlx::query(sqlx::AssertSqlSafe(db.sql("INSERT INTO items (name) VALUES ($1)").into_owned()))
+                        .bind(&item.name)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db.observe(e).into_response())?;
+                    let envelope = outbox.enqueue_event(&mut tx, &topic, &item).await.map_err(|e| {
+                        tracing::error!(error = %e, "enqueue failed");
+                        Problem::internal().into_response()
+                    })?;
+                    tx.commit().await.map_err(|e| db.observe(e).into_response())?;
+                    outbox.wake();
+                    Ok::<_, axum::response::Response>(Json(serde_json::json!({ "event_id": envelope.id })))
+                }
+            }),
+        ))
 }
 
 #[allow(clippy::panic)]
