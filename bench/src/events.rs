@@ -1,0 +1,206 @@
+//! Outbox → NATS JetStream → consumer, against raw JetStream publishing as the ceiling, in one
+//! run on this machine.
+//!
+//! `cargo run --release -p keel-bench --bin events-bench [EVENTS]` (default 50 000) with
+//! PostgreSQL and NATS running locally (`KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_NATS_URL`).
+//! Prints the raw publish rate, the end-to-end rate (first enqueue to last consumption), the
+//! end-to-end latency p50/p99 and whether every event arrived exactly once.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
+use keel::data::{Backend, Db};
+use keel::events::consumer::handler_fn;
+use keel::events::outbox::{Outbox, schema};
+use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, SubscribeOptions};
+use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Raw JetStream publishing, 256 acks in flight: the ceiling for anything built on it.
+async fn raw_publish(n: usize) -> Result<f64, BoxError> {
+    let client = async_nats::connect(nats_url()).await?;
+    let js = async_nats::jetstream::new(client);
+    let topic = unique_topic("rawbench");
+    let stream = topic.replace('.', "_");
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![topic.clone()],
+        ..Default::default()
+    })
+    .await?;
+    let payload = Envelope::raw("bench", "bench.raw", 1, serde_json::json!({ "n": 0, "at": 0 })).to_bytes()?;
+    let started = Instant::now();
+    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let (js, topic, payload) = (js.clone(), topic.clone(), payload.clone());
+            async move {
+                js.publish(topic, payload.into()).await?.await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    for r in results {
+        r?;
+    }
+    js.delete_stream(&stream).await?;
+    Ok(n as f64 / took.as_secs_f64())
+}
+
+struct Outcome {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    received: usize,
+    distinct: usize,
+}
+
+async fn pipeline(n: usize) -> Result<Outcome, BoxError> {
+    let test_db = TestDatabase::postgres(&postgres_url()).await?;
+    let mut db_cfg = DatabaseConfig::default();
+    db_cfg.pool.max_connections = 16;
+    let db = Db::new("bench", test_db.url(), &db_cfg, None, &keel::telemetry::Metrics::new())?;
+    db.clone().connect_in_background(CancellationToken::new()).await;
+    let sql: String =
+        schema(Backend::Postgres).lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(db.pool()).await?;
+    }
+    let mut bus_cfg = BusConfig::default();
+    bus_cfg.backend = BusBackend::Nats;
+    bus_cfg.url = Some(Secret::new(nats_url()));
+    let bus = Bus::new(&bus_cfg)?;
+    bus.connect().await?;
+
+    let topic = unique_topic("bench");
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let seen = Arc::new(Mutex::new(HashSet::with_capacity(n)));
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (l, s, r) = (latencies.clone(), seen.clone(), received.clone());
+    let handler = handler_fn(move |env: Envelope| {
+        let (l, s, r) = (l.clone(), s.clone(), r.clone());
+        async move {
+            let at = env.data["at"].as_i64().unwrap_or(0);
+            if let Ok(mut l) = l.lock() {
+                l.push((micros() - at) as f64 / 1000.0);
+            }
+            if let Ok(mut s) = s.lock() {
+                s.insert(env.id);
+            }
+            r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    });
+    let stop = CancellationToken::new();
+    let options = ConsumerOptions::default()
+        .concurrency(128)
+        .subscribe(SubscribeOptions::default().prefetch(512).ack_wait(Duration::from_secs(30)));
+    let consumer =
+        tokio::spawn(Consumer::new(bus.clone(), &topic, "bench", handler).options(options).run(stop.clone()));
+    // Let the durable consumer exist before the first publish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut cfg = OutboxConfig::default();
+    cfg.poll_interval = Duration::from_millis(5);
+    cfg.batch_size = 1000;
+    cfg.max_in_flight = 512;
+    let outbox = Outbox::new(db.clone(), "bench", &cfg, None)?;
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+
+    // Producers: 4 writers, 100 events per transaction, as fast as the database takes them.
+    let started = Instant::now();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (db, outbox, topic) = (db.clone(), outbox.clone(), topic.clone());
+            tokio::spawn(async move {
+                for batch in (w..n / 100).step_by(4) {
+                    let mut tx = db.begin().await?;
+                    for i in 0..100 {
+                        let env = Envelope::raw(
+                            "bench",
+                            "bench.event",
+                            1,
+                            serde_json::json!({ "n": batch * 100 + i, "at": micros() }),
+                        );
+                        outbox.enqueue(&mut tx, &topic, &env).await?;
+                    }
+                    tx.commit().await?;
+                    outbox.wake();
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while received.load(std::sync::atomic::Ordering::Relaxed) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    // Anything extra (a duplicate) would show up now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    relay.await?;
+    consumer.await?;
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let distinct = seen.lock().map(|s| s.len()).unwrap_or(0);
+    Ok(Outcome {
+        rate: n as f64 / took.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        received: received.load(std::sync::atomic::Ordering::Relaxed),
+        distinct,
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let raw = match raw_publish(n).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("raw JetStream publish failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("raw JetStream publish (256 in flight): {raw:.0} msgs/s");
+    match pipeline(n).await {
+        Ok(o) => {
+            println!(
+                "outbox -> NATS -> consumer: {:.0} events/s ({:.0} % of raw publish), end-to-end latency p50 {:.1} ms, p99 {:.1} ms",
+                o.rate,
+                100.0 * o.rate / raw,
+                o.p50,
+                o.p99
+            );
+            println!(
+                "events: {n} written, {} received, {} distinct (zero loss: {})",
+                o.received,
+                o.distinct,
+                o.distinct == n
+            );
+            if o.distinct == n { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("pipeline failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
