@@ -27,6 +27,7 @@
 //! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | `redis` | a managed Redis connection (feature `redis`) |
 //! | [`resilience`] | backoff (more to come) |
+//! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
@@ -42,6 +43,7 @@ pub mod http;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod resilience;
+pub mod security;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -162,6 +162,7 @@ fn serve<C: Section>(service: Service<C>, loaded: Loaded<C>) -> ExitCode {
             level: keel.log.level.clone(),
             format: keel.log.format,
             telemetry: keel.telemetry.clone(),
+            mask_fields: keel.log.mask_fields.clone(),
         };
         let guard = match telemetry::init(&opts) {
             Ok(g) => g,

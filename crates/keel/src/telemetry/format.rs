@@ -15,6 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 /// "fields":{…},"span":"name"}`.
 pub(crate) struct JsonFormat {
     pub(crate) service: String,
+    /// Sensitive field names become `***`; credentials in any text are scrubbed.
+    pub(crate) masker: crate::security::mask::Masker,
 }
 
 impl<S, N> FormatEvent<S, N> for JsonFormat
@@ -44,6 +46,9 @@ where
         event.record(&mut own);
         for (k, v) in own.0 {
             put(&mut fields, k, v);
+        }
+        for (k, v) in &mut fields {
+            mask_value(&self.masker, k, v);
         }
         let ids = innermost.and_then(|id| otel_ids(&id));
 
@@ -92,6 +97,41 @@ where
         line.push_str("}\n");
         writer.write_str(&line)
     }
+}
+
+/// Masks one field in place: a sensitive name hides the whole value, other text is scrubbed of
+/// bearer tokens and URL passwords (nested JSON values too).
+fn mask_value(masker: &crate::security::mask::Masker, k: &str, v: &mut Value) {
+    if masker.is_sensitive(k) {
+        if !v.is_null() {
+            *v = Value::String(crate::config::MASK.to_owned());
+        }
+        return;
+    }
+    match v {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(o) = crate::security::mask::scrub(s) {
+                *s = o;
+            }
+        }
+        Value::Object(_) | Value::Array(_) => masker.json(v),
+        _ => {}
+    }
+}
+
+/// Field formatting for the pretty format, with the same masking as the JSON lines.
+pub(crate) fn masked_pretty_fields(
+    masker: crate::security::mask::Masker,
+) -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(move |w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            return write!(w, "{}", crate::security::mask::scrub(&text));
+        }
+        write!(w, "{}={}", field.name(), masker.field(field.name(), &text))
+    })
+    .delimited(" ")
 }
 
 fn put(fields: &mut Vec<(&'static str, Value)>, k: &'static str, v: Value) {
@@ -235,6 +275,23 @@ impl<'w> FormatFields<'w> for NoFields {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sensitive_fields_and_bearer_tokens_are_masked() {
+        let m = crate::security::mask::Masker::new(["national_id"]);
+        let mut v = serde_json::json!("hunter2");
+        super::mask_value(&m, "password", &mut v);
+        assert_eq!(v, "***");
+        let mut v = serde_json::json!("AB123");
+        super::mask_value(&m, "national_id", &mut v);
+        assert_eq!(v, "***");
+        let mut v = serde_json::json!("got Bearer eyJabc.def.ghi from client");
+        super::mask_value(&m, "note", &mut v);
+        assert_eq!(v, "got Bearer *** from client");
+        let mut v = serde_json::json!(42);
+        super::mask_value(&m, "count", &mut v);
+        assert_eq!(v, 42);
+    }
+
     #[test]
     fn json_strings_are_escaped() {
         let mut out = String::new();
