@@ -50,7 +50,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
-
 pub use secret::{MASK, Secret, weak_secret};
 pub use sections::{
     ConnectConfig, CorsConfig, DatabaseConfig, EncryptionConfig, HealthConfig, HstsConfig, HttpConfig, JwtAlgorithm,
