@@ -6,7 +6,8 @@
 //! field), `GET /traceparent` (what an outbound call would carry), `GET /bare-error` (a bare text 500). Config section `app`: `greeting`, `api_key`
 //! (a secret), `stubborn_task` (a background task that ignores cancellation, to test forced
 //! shutdown), `failing_check` (a readiness check that is always down) and `warmup` (a startup
-//! check that is down for that long).
+//! check that is down for that long), `auth` (JWT-protected `/auth/*` routes). With `database`,
+//! `POST /audit` appends to the audit log.
 
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub struct FixtureConfig {
     pub rate_limited: bool,
     /// `GET /proxy/{*path}`: forwards to the upstream `upstreams.echo`.
     pub upstream: bool,
+    /// JWT-protected routes (`security.jwt.*`): `GET /auth/me`, `GET /auth/admin` (role
+    /// `admin`), and `POST /auth/login`, which logs the password and Authorization header it
+    /// gets (to prove the log masks them).
+    pub auth: bool,
 }
 
 impl Default for FixtureConfig {
@@ -56,6 +61,7 @@ impl Default for FixtureConfig {
             redis: false,
             rate_limited: false,
             upstream: false,
+            auth: false,
         }
     }
 }
@@ -137,7 +143,14 @@ pub fn service() -> keel::Service<FixtureConfig> {
             } else {
                 Router::new()
             };
+            let auth = if s.config().auth { auth_routes(s.jwt()?) } else { Router::new() };
+            let audit = match &deps.db {
+                Some(db) => audit_routes(s.audit_log(db)),
+                None => Router::new(),
+            };
             Ok(Router::new()
+                .merge(auth)
+                .merge(audit)
                 .merge(limited)
                 .merge(proxy)
                 .merge(dependency_routes(deps))
@@ -190,6 +203,96 @@ pub fn service() -> keel::Service<FixtureConfig> {
                     get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "db password=hunter2 refused") }),
                 ))
         })
+}
+
+/// The fixture's token claims: every field typed, so a token with a claim of the wrong type is
+/// refused rather than half-read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FixtureClaims {
+    /// Subject.
+    pub sub: String,
+    /// Expiry.
+    pub exp: u64,
+    /// One role.
+    pub role: String,
+    /// E-mail.
+    pub email: String,
+}
+
+impl keel::security::HasRoles for FixtureClaims {
+    fn has_role(&self, role: &str) -> bool {
+        self.role == role
+    }
+}
+
+struct Admin;
+
+impl keel::security::Role for Admin {
+    const NAME: &'static str = "admin";
+}
+
+#[derive(Deserialize)]
+struct Login {
+    email: String,
+    password: String,
+}
+
+fn auth_routes(jwt: keel::security::Jwt) -> Router {
+    use keel::security::{Auth, RequireRole};
+    Router::new()
+        .route(
+            "/auth/me",
+            get(|Auth(c): Auth<FixtureClaims>| async move { Json(serde_json::json!({"sub": c.sub, "role": c.role})) }),
+        )
+        .route(
+            "/auth/admin",
+            get(|r: RequireRole<Admin, FixtureClaims>| async move { format!("hello admin {}", r.claims().sub) }),
+        )
+        .route(
+            "/auth/login",
+            post(|headers: http::HeaderMap, Json(login): Json<Login>| async move {
+                let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                // Deliberately careless logging: the formatter must mask all of it.
+                tracing::info!(
+                    marker = "fixture-login",
+                    email = %login.email,
+                    password = %login.password,
+                    authorization = %authorization,
+                    note = %format!("client sent {authorization} with {}", login.password.len()),
+                    "login attempt"
+                );
+                http::StatusCode::NO_CONTENT
+            }),
+        )
+        .layer(jwt.extension())
+}
+
+#[derive(Deserialize)]
+struct AuditEvent {
+    actor: String,
+    action: String,
+    details: serde_json::Value,
+}
+
+fn audit_routes(log: keel::security::audit::AuditLog) -> Router {
+    Router::new().route(
+        "/audit",
+        post(move |Json(e): Json<AuditEvent>| {
+            let log = log.clone();
+            async move {
+                match log
+                    .record(&e.actor, &e.action, "fixture", keel::security::audit::Outcome::Success, e.details)
+                    .await
+                {
+                    Ok(entry) => Ok(Json(serde_json::json!({"id": entry.id, "hash": entry.hash}))),
+                    Err(err) => {
+                        tracing::error!(error = %err, "audit append failed");
+                        Err(Problem::internal())
+                    }
+                }
+            }
+        }),
+    )
 }
 
 #[allow(clippy::panic)]
