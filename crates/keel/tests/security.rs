@@ -13,7 +13,7 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use keel::config::{Loader, NoConfig, PasswordsConfig, ProblemKind, Profile, Secret};
 use keel::security::audit::{AuditLog, Outcome};
-use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, Role};
+use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, RequireRoleLayer, Role};
 use keel::security::password::{PasswordError, PasswordHasher};
 use keel::testing::{TestDatabase, mysql_url, postgres_url, require};
 use serde_json::{Value, json};
@@ -148,6 +148,12 @@ fn app(jwt: &Jwt) -> Router {
             get(|a: Option<Auth>| async move { a.map_or_else(|| "anonymous".to_owned(), |Auth(c)| c.sub) }),
         )
         .route("/admin", get(|r: RequireRole<Admin>| async move { r.into_inner().sub }))
+        .nest(
+            "/ops",
+            Router::new()
+                .route("/status", get(|axum::Extension(c): axum::Extension<Claims>| async move { c.sub }))
+                .layer(RequireRoleLayer::<Claims>::new("admin")),
+        )
         .layer(jwt.extension())
 }
 
@@ -184,7 +190,7 @@ async fn wrong_claim_types_are_a_401_problem_never_a_panic() {
         with("email", Value::Null),
         with("exp", json!("soon")),
     ] {
-        for path in ["/me", "/maybe", "/admin"] {
+        for path in ["/me", "/maybe", "/admin", "/ops/status"] {
             let (status, challenge, body) = call(&app, path, Some(&token)).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
             assert!(challenge.unwrap().starts_with("Bearer error=\"invalid_token\""));
@@ -209,6 +215,12 @@ async fn wrong_claim_types_are_a_401_problem_never_a_panic() {
     let mut admin = base.clone();
     admin["roles"] = json!(["reader", "admin"]);
     assert_eq!(call(&app, "/admin", Some(&s.issue(&admin).unwrap())).await.0, StatusCode::OK);
+    // The same guard as a layer over a router.
+    assert_eq!(call(&app, "/ops/status", None).await.0, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call(&app, "/ops/status", Some(&ok)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("`admin`"), "{body}");
+    assert_eq!(call(&app, "/ops/status", Some(&s.issue(&admin).unwrap())).await.2, "a");
 }
 
 fn cheap_passwords(cap: usize, queue: Duration) -> PasswordHasher {

@@ -12,6 +12,8 @@
 //! * **Extractors** — [`Auth<C>`] (401 problem without a valid token), `Option<Auth<C>>` (no
 //!   `Authorization` header → `None`; a bad token is still a 401) and [`RequireRole<R, C>`] (403
 //!   without the role). Every 401 carries `WWW-Authenticate: Bearer`.
+//! * **Layer** — [`RequireRoleLayer`] guards a whole router with a role and hands the verified
+//!   claims to handlers as an `Extension<C>`.
 //!
 //! # Example
 //!
@@ -510,7 +512,7 @@ impl<R, C> RequireRole<R, C> {
 pub struct AuthRejection {
     status: StatusCode,
     error: JwtError,
-    role: Option<&'static str>,
+    role: Option<Arc<str>>,
 }
 
 impl AuthRejection {
@@ -525,7 +527,7 @@ impl IntoResponse for AuthRejection {
         let (problem, challenge) = match (self.status, &self.error) {
             (StatusCode::FORBIDDEN, _) => (
                 Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-                    .detail(format!("this needs the role `{}`", self.role.unwrap_or_default())),
+                    .detail(format!("this needs the role `{}`", self.role.as_deref().unwrap_or_default())),
                 "Bearer error=\"insufficient_scope\"",
             ),
             (StatusCode::UNAUTHORIZED, JwtError::Missing) => (
@@ -614,6 +616,111 @@ impl<S: Send + Sync, C: DeserializeOwned + Send + 'static> OptionalFromRequestPa
     }
 }
 
+/// Guards every route below it: a valid bearer token whose claims have the role, else the same
+/// 401/403 problems as the extractors. The claims are inserted as an `Extension<C>`.
+///
+/// ```
+/// use axum::{Extension, Router, routing::get};
+/// use keel::security::jwt::{Claims, RequireRoleLayer};
+///
+/// # fn admin_routes(jwt: keel::security::jwt::Jwt) -> Router {
+/// Router::new()
+///     .route("/admin/users", get(|Extension(c): Extension<Claims>| async move { c.sub }))
+///     .layer(RequireRoleLayer::<Claims>::new("admin"))
+///     .layer(jwt.extension()) // outermost: the guard needs the verifier
+/// # }
+/// ```
+pub struct RequireRoleLayer<C = Claims> {
+    role: Arc<str>,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<C> RequireRoleLayer<C> {
+    /// Requires `role`.
+    pub fn new(role: impl Into<Arc<str>>) -> Self {
+        Self { role: role.into(), _claims: PhantomData }
+    }
+}
+
+impl<C> Clone for RequireRoleLayer<C> {
+    fn clone(&self) -> Self {
+        Self { role: self.role.clone(), _claims: PhantomData }
+    }
+}
+
+impl<C> std::fmt::Debug for RequireRoleLayer<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireRoleLayer").field("role", &self.role).finish()
+    }
+}
+
+impl<S, C> tower::Layer<S> for RequireRoleLayer<C> {
+    type Service = RequireRoleService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireRoleService { inner, role: self.role.clone(), _claims: PhantomData }
+    }
+}
+
+/// The service of [`RequireRoleLayer`].
+pub struct RequireRoleService<S, C = Claims> {
+    inner: S,
+    role: Arc<str>,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<S: Clone, C> Clone for RequireRoleService<S, C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), role: self.role.clone(), _claims: PhantomData }
+    }
+}
+
+impl<S: std::fmt::Debug, C> std::fmt::Debug for RequireRoleService<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireRoleService").field("inner", &self.inner).field("role", &self.role).finish()
+    }
+}
+
+impl<S, C, B> tower::Service<http::Request<B>> for RequireRoleService<S, C>
+where
+    S: tower::Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    C: DeserializeOwned + HasRoles + Clone + Send + Sync + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let verdict = match authenticate::<C>(&parts) {
+            Ok(Some(c)) if c.has_role(&self.role) => Ok(c),
+            Ok(Some(_)) => Err(AuthRejection {
+                status: StatusCode::FORBIDDEN,
+                error: JwtError::Missing,
+                role: Some(self.role.clone()),
+            }),
+            Ok(None) => Err(AuthRejection { status: StatusCode::UNAUTHORIZED, error: JwtError::Missing, role: None }),
+            Err(r) => Err(r),
+        };
+        match verdict {
+            Ok(claims) => {
+                parts.extensions.insert(claims);
+                // The clone that was polled ready serves this call; a fresh clone waits its turn.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(http::Request::from_parts(parts, body)).await })
+            }
+            Err(rejection) => Box::pin(async move { Ok(rejection.into_response()) }),
+        }
+    }
+}
+
 impl<S, R, C> FromRequestParts<S> for RequireRole<R, C>
 where
     S: Send + Sync,
@@ -627,7 +734,11 @@ where
         if claims.has_role(R::NAME) {
             Ok(RequireRole(claims, PhantomData))
         } else {
-            Err(AuthRejection { status: StatusCode::FORBIDDEN, error: JwtError::Missing, role: Some(R::NAME) })
+            Err(AuthRejection {
+                status: StatusCode::FORBIDDEN,
+                error: JwtError::Missing,
+                role: Some(Arc::from(R::NAME)),
+            })
         }
     }
 }

@@ -275,6 +275,69 @@ impl<'w> FormatFields<'w> for NoFields {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_a_login() {
+        let span = tracing::info_span!("request", authorization = "Bearer span.secret.token");
+        let _g = span.enter();
+        tracing::info!(
+            password = "hunter2-hunter2",
+            email = "alice@example.com",
+            Cookie = "sid=abc123",
+            national_id = "AB-123-456",
+            user_id = 7,
+            "login from postgres://app:db-pass-123@db/app with Bearer msg.secret.token"
+        );
+    }
+
+    fn assert_clean(out: &str) {
+        for secret in ["hunter2", "alice@example", "abc123", "AB-123", "secret.token", "db-pass-123"] {
+            assert!(!out.contains(secret), "{secret} leaked: {out}");
+        }
+        assert!(out.contains("***") && out.contains("user_id"), "{out}");
+    }
+
+    #[test]
+    fn both_formats_mask_what_a_careless_handler_logs() {
+        let masker = crate::security::mask::Masker::new(["national_id"]);
+        let json = Buffer::default();
+        let w = json.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(super::NoFields)
+            .event_format(super::JsonFormat { service: "t".into(), masker: masker.clone() })
+            .with_writer(move || w.clone())
+            .and_then(super::SpanFieldsLayer);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
+        let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        assert_clean(&out);
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(line["fields"]["authorization"], "***");
+
+        let pretty = Buffer::default();
+        let w = pretty.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(super::masked_pretty_fields(masker))
+            .with_ansi(false)
+            .with_writer(move || w.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
+        assert_clean(&String::from_utf8(pretty.0.lock().unwrap().clone()).unwrap());
+    }
     #[test]
     fn sensitive_fields_and_bearer_tokens_are_masked() {
         let m = crate::security::mask::Masker::new(["national_id"]);
