@@ -86,6 +86,7 @@ async fn run(ports_file: &str) -> Result<(), String> {
         level: "info".into(),
         format: keel::config::LogFormat::Json,
         telemetry: keel::config::TelemetryConfig::default(),
+        mask_fields: Vec::new(),
     };
     let guard = keel::telemetry::init(&opts).map_err(|e| e.to_string())?;
 

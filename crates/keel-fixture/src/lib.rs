@@ -8,6 +8,7 @@
 //! shutdown), `failing_check` (a readiness check that is always down) and `warmup` (a startup
 //! check that is down for that long), `workers` (a periodic `ticker` and a continuous `listener`
 //! worker), `panicky_worker` (a periodic `crashy` worker whose every other run panics).
+//! `auth` (JWT-protected `/auth/*` routes); with `database`, `POST /audit` appends to the audit log.
 //! `GET /flags/{key}?user=&env=` evaluates a feature flag (`features.file`).
 
 use std::time::Duration;
@@ -55,6 +56,10 @@ pub struct FixtureConfig {
     pub workers: bool,
     /// Run a periodic worker `crashy` whose every other run panics.
     pub panicky_worker: bool,
+    /// JWT-protected routes (`security.jwt.*`): `GET /auth/me`, `GET /auth/admin` (role
+    /// `admin`), and `POST /auth/login`, which logs the password and Authorization header it
+    /// gets (to prove the log masks them).
+    pub auth: bool,
 }
 
 impl Default for FixtureConfig {
@@ -73,6 +78,7 @@ impl Default for FixtureConfig {
             upstream: false,
             workers: false,
             panicky_worker: false,
+            auth: false,
         }
     }
 }
@@ -194,8 +200,15 @@ pub fn service() -> keel::Service<FixtureConfig> {
             } else {
                 Router::new()
             };
+            let auth = if s.config().auth { auth_routes(s.jwt()?) } else { Router::new() };
+            let audit = match &deps.db {
+                Some(db) => audit_routes(s.audit_log(db)),
+                None => Router::new(),
+            };
             Ok(Router::new()
                 .merge(events)
+                .merge(auth)
+                .merge(audit)
                 .merge(limited)
                 .merge(proxy)
                 .merge(dependency_routes(deps))
@@ -331,6 +344,96 @@ async fn crashy(run: u64) -> Result<(), keel::workers::RunError> {
         panic!("crashy worker run {run}"); // allow-panic: the worker exists to test panic recovery
     }
     Ok(())
+}
+
+/// The fixture's token claims: every field typed, so a token with a claim of the wrong type is
+/// refused rather than half-read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FixtureClaims {
+    /// Subject.
+    pub sub: String,
+    /// Expiry.
+    pub exp: u64,
+    /// One role.
+    pub role: String,
+    /// E-mail.
+    pub email: String,
+}
+
+impl keel::security::HasRoles for FixtureClaims {
+    fn has_role(&self, role: &str) -> bool {
+        self.role == role
+    }
+}
+
+struct Admin;
+
+impl keel::security::Role for Admin {
+    const NAME: &'static str = "admin";
+}
+
+#[derive(Deserialize)]
+struct Login {
+    email: String,
+    password: String,
+}
+
+fn auth_routes(jwt: keel::security::Jwt) -> Router {
+    use keel::security::{Auth, RequireRole};
+    Router::new()
+        .route(
+            "/auth/me",
+            get(|Auth(c): Auth<FixtureClaims>| async move { Json(serde_json::json!({"sub": c.sub, "role": c.role})) }),
+        )
+        .route(
+            "/auth/admin",
+            get(|r: RequireRole<Admin, FixtureClaims>| async move { format!("hello admin {}", r.claims().sub) }),
+        )
+        .route(
+            "/auth/login",
+            post(|headers: http::HeaderMap, Json(login): Json<Login>| async move {
+                let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                // Deliberately careless logging: the formatter must mask all of it.
+                tracing::info!(
+                    marker = "fixture-login",
+                    email = %login.email,
+                    password = %login.password,
+                    authorization = %authorization,
+                    note = %format!("client sent {authorization} with {}", login.password.len()),
+                    "login attempt"
+                );
+                http::StatusCode::NO_CONTENT
+            }),
+        )
+        .layer(jwt.extension())
+}
+
+#[derive(Deserialize)]
+struct AuditEvent {
+    actor: String,
+    action: String,
+    details: serde_json::Value,
+}
+
+fn audit_routes(log: keel::security::audit::AuditLog) -> Router {
+    Router::new().route(
+        "/audit",
+        post(move |Json(e): Json<AuditEvent>| {
+            let log = log.clone();
+            async move {
+                match log
+                    .record(&e.actor, &e.action, "fixture", keel::security::audit::Outcome::Success, e.details)
+                    .await
+                {
+                    Ok(entry) => Ok(Json(serde_json::json!({"id": entry.id, "hash": entry.hash}))),
+                    Err(err) => {
+                        tracing::error!(error = %err, "audit append failed");
+                        Err(Problem::internal())
+                    }
+                }
+            }
+        }),
+    )
 }
 
 #[allow(clippy::panic)]

@@ -27,6 +27,7 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         level: "warn".into(),
         format: LogFormat::Json,
         telemetry,
+        mask_fields: Vec::new(),
     })
     .unwrap();
 

@@ -26,6 +26,7 @@ async fn ratio_zero_samples_no_new_trace_but_follows_a_sampled_caller() {
         level: "warn".into(),
         format: LogFormat::Json,
         telemetry,
+        mask_fields: Vec::new(),
     })
     .unwrap();
 

@@ -30,6 +30,8 @@
 //! | [`resilience`] | backoff, retries, circuit breakers, bulkheads, rate limits |
 //! | [`features`] | feature flags from a YAML file, hot-reloaded |
 //! | [`workers`] | supervised periodic and continuous background workers |
+//! | [`resilience`] | backoff (more to come) |
+//! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
@@ -48,6 +50,7 @@ pub mod http;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod resilience;
+pub mod security;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

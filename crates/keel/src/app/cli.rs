@@ -48,6 +48,45 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: Option<MigrateCommand>,
     },
+    /// The tamper-evident audit log.
+    #[cfg(all(feature = "sql", feature = "security"))]
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Field-encryption keys (security.encryption.*).
+    #[cfg(feature = "security")]
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `audit` subcommands.
+#[cfg(all(feature = "sql", feature = "security"))]
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Walk the hash chain; exit 0 when intact, 1 naming the first broken row.
+    Verify,
+}
+
+/// `keys` subcommands.
+#[cfg(feature = "security")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print 32 random bytes in base64: a new master key or blind-index key.
+    Generate,
+    /// Print a new data key wrapped by the configured master key, as `<kid>: <wrapped>`.
+    New {
+        /// The new key's id (e.g. 2025-06).
+        kid: String,
+    },
+    /// Re-wrap every configured data key under a new master key; print the new `data_keys`.
+    Rewrap {
+        /// File holding the new master key (base64), e.g. a mounted secret.
+        #[arg(long, value_name = "PATH")]
+        new_master_key_file: PathBuf,
+    },
 }
 
 /// `dlq` subcommands.

@@ -60,7 +60,11 @@ pub(super) fn run<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>, s
     })
 }
 
-async fn connect(url: &str, cfg: &crate::config::DatabaseConfig, wait: Duration) -> Result<sqlx::AnyPool, String> {
+pub(super) async fn connect(
+    url: &str,
+    cfg: &crate::config::DatabaseConfig,
+    wait: Duration,
+) -> Result<sqlx::AnyPool, String> {
     sqlx::any::install_default_drivers();
     let started = Instant::now();
     let mut backoff = Backoff::from_config(&cfg.connect);

@@ -8,6 +8,9 @@
 //! | `config check` | print the effective config (secrets as `"***"`), or every problem; exit 0 / 64 |
 //! | `healthcheck [--ready]` | GET `http://127.0.0.1:<http.port>/health/live` (or `/health/ready`); exit 0 / 1 |
 //! | `version` | name, version, git commit, build profile |
+//! | `migrate [status]` | apply or list database migrations (SQL features) |
+//! | `audit verify` | walk the audit log's hash chain; exit 0 / 1 naming the first broken row (`security` + SQL) |
+//! | `keys generate \| new <kid> \| rewrap --new-master-key-file F` | field-encryption keys (`security`) |
 //!
 //! `--config PATH` (or `KEEL_CONFIG`) names the config file; `KEEL_ENV` picks the profile.
 //! Exit codes are in [`exit`].
@@ -17,6 +20,8 @@ mod lifecycle;
 mod management;
 #[cfg(feature = "sql")]
 mod migrate;
+#[cfg(feature = "security")]
+mod security;
 mod server;
 mod service;
 mod status;
@@ -87,6 +92,16 @@ pub fn run<C: Section>(service: Service<C>) -> ExitCode {
         #[cfg(feature = "sql")]
         Some(Command::Migrate { command }) => match loaded {
             Ok(l) => migrate::run(&service, &l, command.is_some()),
+            Err(e) => config_failure(&build, &e, true),
+        },
+        #[cfg(all(feature = "sql", feature = "security"))]
+        Some(Command::Audit { command: cli::AuditCommand::Verify }) => match loaded {
+            Ok(l) => security::audit_verify(&service, &l),
+            Err(e) => config_failure(&build, &e, true),
+        },
+        #[cfg(feature = "security")]
+        Some(Command::Keys { command }) => match loaded {
+            Ok(l) => security::keys(&l, command),
             Err(e) => config_failure(&build, &e, true),
         },
         None | Some(Command::Serve) => match loaded {
@@ -226,6 +241,7 @@ fn serve<C: Section>(service: Service<C>, loaded: Loaded<C>) -> ExitCode {
             level: keel.log.level.clone(),
             format: keel.log.format,
             telemetry: keel.telemetry.clone(),
+            mask_fields: keel.log.mask_fields.clone(),
         };
         let guard = match telemetry::init(&opts) {
             Ok(g) => g,

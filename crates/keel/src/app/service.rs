@@ -485,6 +485,44 @@ impl<C: Section> Setup<C> {
         Ok(outbox)
     }
 
+    /// The JWT verifier (and issuer) `security.jwt.*` describes; add `jwt.extension()` to the
+    /// router so the `Auth` extractors find it.
+    #[cfg(feature = "security")]
+    pub fn jwt(&self) -> Result<crate::security::jwt::Jwt, SetupError> {
+        Ok(crate::security::jwt::Jwt::from_config(&self.config.keel.security.jwt)?)
+    }
+
+    /// The password hasher and policy `security.passwords.*` describe.
+    #[cfg(feature = "security")]
+    pub fn passwords(
+        &self,
+    ) -> Result<(crate::security::password::PasswordHasher, crate::security::password::PasswordPolicy), SetupError>
+    {
+        let cfg = &self.config.keel.security.passwords;
+        Ok((
+            crate::security::password::PasswordHasher::from_config(cfg)?,
+            crate::security::password::PasswordPolicy::from_config(cfg),
+        ))
+    }
+
+    /// The field-encryption keyring `security.encryption.*` describes.
+    #[cfg(feature = "security")]
+    pub fn keyring(&self) -> Result<crate::security::crypto::Keyring, SetupError> {
+        Ok(crate::security::crypto::Keyring::from_config(&self.config.keel.security.encryption)?)
+    }
+
+    /// The blind index keyed by `security.encryption.blind_index_key`.
+    #[cfg(feature = "security")]
+    pub fn blind_index(&self) -> Result<crate::security::crypto::BlindIndex, SetupError> {
+        Ok(crate::security::crypto::BlindIndex::from_config(&self.config.keel.security.encryption)?)
+    }
+
+    /// The audit log in `db`, masking `log.mask_fields` in details as the logs do.
+    #[cfg(all(feature = "security", feature = "sql"))]
+    pub fn audit_log(&self, db: &crate::data::Db) -> crate::security::audit::AuditLog {
+        crate::security::audit::AuditLog::from_db(db).mask_fields(self.config.keel.log.mask_fields.iter())
+    }
+
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush
     /// buffers). Hooks run in the order added, all within `shutdown.timeout`.
     pub fn on_shutdown<F, Fut>(&mut self, name: impl Into<String>, f: F) -> &mut Self

@@ -39,7 +39,7 @@ pub mod bytes;
 pub mod duration;
 mod interpolate;
 mod reloads;
-mod secret;
+pub(crate) mod secret;
 mod sections;
 mod tree;
 
@@ -52,11 +52,12 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
-pub use secret::{MASK, Secret};
+pub use secret::{MASK, Secret, weak_secret};
 pub use sections::{
-    BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, FeaturesConfig, HealthConfig, HstsConfig,
-    HttpConfig, KeelConfig, LogConfig, LogFormat, ManagementConfig, OtlpConfig, OutboxConfig, PoolConfig, RedisConfig,
-    ShutdownConfig, TelemetryConfig, UpstreamConfig,
+    BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, EncryptionConfig, FeaturesConfig, HealthConfig,
+    HstsConfig, HttpConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, KeelConfig, LogConfig, LogFormat, ManagementConfig,
+    OtlpConfig, OutboxConfig, PasswordsConfig, PoolConfig, RedisConfig, SecurityConfig, ShutdownConfig,
+    TelemetryConfig, UpstreamConfig,
 };
 use tree::{KeyPath, Tree, join};
 
@@ -82,6 +83,7 @@ const KEEL_SECTIONS: &[&str] = &[
     "bus",
     "outbox",
     "features",
+    "security",
 ];
 
 /// Which rules and defaults apply.
@@ -368,7 +370,8 @@ impl Loader {
     /// Loads, validates and returns the configuration, or every problem found.
     ///
     /// In `production` it also refuses: an empty CORS allowlist or one with `*`; a secret written
-    /// inline in the YAML file (use env, `${VAR}` or `<key>_file`); a `trace` log level.
+    /// inline in the YAML file (use env, `${VAR}` or `<key>_file`); a known weak or default
+    /// secret value (see [`weak_secret`]); a `trace` log level.
     pub fn load<C: Section>(&self) -> Result<Loaded<C>, ConfigError> {
         let mut problems = Vec::new();
         let defaults = KeelConfig::for_profile(self.profile);
@@ -394,6 +397,7 @@ impl Loader {
             }
         }
         tree.merge_env(&self.env_prefix(), self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        jwt_key_templates(&mut tree);
         tree.resolve_files(&mut raw);
         for (path, message) in raw {
             let source = tree.source_of(&path).cloned();
@@ -435,6 +439,7 @@ impl Loader {
         section!(bus);
         section!(outbox);
         section!(features);
+        section!(security);
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
@@ -446,6 +451,7 @@ impl Loader {
         let config = Config { keel, app };
         if self.profile == Profile::Production {
             inline_secrets(&config, &tree, &self.env_prefix(), &mut found);
+            weak_secrets(&config, &tree, &mut found);
         }
         // Checks of a section that did not parse would only repeat its defaults.
         found.retain(|p| !failed.iter().any(|s| p.path == *s || p.path.starts_with(&format!("{s}."))));
@@ -703,6 +709,7 @@ fn validate_keel(
             v.invalid(&format!("upstreams.{name}.health_path"), "must start with /");
         }
     }
+    validate_security(&k.security, prod, &mut v);
     validate_database(&k.database, prod, &mut v);
     validate_redis(&k.redis, &mut v);
     validate_bus(&k.bus, &k.outbox, &mut v);
@@ -824,6 +831,129 @@ fn validate_connect(c: &ConnectConfig, prefix: &str, v: &mut Validation<'_>) {
     if c.attempt_timeout.is_zero() {
         v.invalid(&format!("{prefix}.attempt_timeout"), "must be more than 0s");
     }
+}
+
+/// `security.jwt.keys` is a map, so its entries have no defaults; give each entry the key
+/// template so `secret_file` / `private_key_file` resolve like any other secret.
+fn jwt_key_templates(tree: &mut Tree) {
+    let kids: Vec<Value> = match tree.root.get("security").and_then(|s| s.get("jwt")).and_then(|j| j.get("keys")) {
+        Some(Value::Mapping(m)) => m.keys().cloned().collect(),
+        _ => return,
+    };
+    let template = to_value(&JwtKeyConfig::default());
+    let Some(Value::Mapping(keys)) =
+        tree.defaults.get_mut("security").and_then(|s| s.get_mut("jwt")).and_then(|j| j.get_mut("keys"))
+    else {
+        return;
+    };
+    for kid in kids {
+        keys.entry(kid).or_insert_with(|| template.clone());
+    }
+}
+
+fn validate_security(s: &SecurityConfig, prod: bool, v: &mut Validation<'_>) {
+    let j = &s.jwt;
+    if j.leeway > std::time::Duration::from_secs(300) {
+        v.invalid("security.jwt.leeway", "at most 5m: a large leeway keeps expired tokens alive");
+    }
+    if j.ttl.is_zero() {
+        v.invalid("security.jwt.ttl", "must be more than 0s");
+    }
+    if let Some(kid) = &j.signing_key
+        && !j.keys.contains_key(kid)
+    {
+        v.invalid("security.jwt.signing_key", format!("`{kid}` is not one of security.jwt.keys"));
+    }
+    for (kid, key) in &j.keys {
+        let at = |f: &str| format!("security.jwt.keys.{kid}.{f}");
+        match key.algorithm {
+            None => v.invalid(&at("algorithm"), "required: HS256, RS256 or EdDSA"),
+            Some(JwtAlgorithm::HS256) => match &key.secret {
+                None => v.invalid(&at("secret"), "HS256 needs a secret (env or secret_file)"),
+                Some(secret) if secret.expose().len() < 32 => {
+                    v.invalid(&at("secret"), "HS256 needs at least 32 bytes (256 bits) of secret")
+                }
+                Some(_) => {}
+            },
+            Some(_) => {
+                if key.public_key.is_none() {
+                    v.invalid(&at("public_key"), "RS256 and EdDSA need the public key (PEM) to verify");
+                }
+                if key.secret.is_some() {
+                    v.invalid(&at("secret"), "only HS256 keys have a shared secret");
+                }
+            }
+        }
+        if j.signing_key.as_deref() == Some(kid.as_str())
+            && key.algorithm.is_some_and(|a| a != JwtAlgorithm::HS256)
+            && key.private_key.is_none()
+        {
+            v.invalid(&at("private_key"), "the signing key needs its private key (PEM)");
+        }
+    }
+    let p = &s.passwords;
+    if p.min_length == 0 || p.max_length < p.min_length || p.max_length > 4096 {
+        v.invalid("security.passwords.max_length", "must be at least min_length and at most 4096");
+    }
+    if prod && p.min_length < 12 {
+        v.production("security.passwords.min_length", "production needs passwords of at least 12 characters");
+    }
+    if p.iterations == 0 || p.parallelism == 0 || p.memory_kib < 8 * p.parallelism {
+        v.invalid(
+            "security.passwords",
+            "iterations and parallelism must be at least 1 and memory_kib at least 8 × parallelism",
+        );
+    }
+    if p.queue_timeout.is_zero() {
+        v.invalid("security.passwords.queue_timeout", "must be more than 0s");
+    }
+    let e = &s.encryption;
+    if let Some(active) = &e.active_key
+        && !e.data_keys.contains_key(active)
+    {
+        v.invalid("security.encryption.active_key", format!("`{active}` is not one of security.encryption.data_keys"));
+    }
+    if !e.data_keys.is_empty() && e.master_key.is_none() {
+        v.invalid("security.encryption.master_key", "data keys need the master key that wraps them");
+    }
+    for (name, key) in [("master_key", &e.master_key), ("blind_index_key", &e.blind_index_key)] {
+        if let Some(k) = key
+            && decoded_len(k.expose()).is_none_or(|n| n < 32)
+        {
+            v.invalid(&format!("security.encryption.{name}"), "must be at least 32 random bytes, base64-encoded");
+        }
+    }
+}
+
+/// Length of standard base64 (with or without padding), without pulling a base64 crate into
+/// builds that do not use `security`.
+fn decoded_len(b64: &str) -> Option<usize> {
+    let t = b64.trim().trim_end_matches('=');
+    if t.is_empty() || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/') {
+        return None;
+    }
+    Some(t.len() * 3 / 4)
+}
+
+/// Production refuses secrets whose value is a well-known default or a common password.
+fn weak_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, out: &mut Vec<Problem>) {
+    let mut paths = Vec::new();
+    secret_paths(&to_value(config), "", &mut paths);
+    for path in paths {
+        let Some(raw) = value_at(&tree.root, &path).and_then(Value::as_str) else { continue };
+        if let Some(why) = weak_secret(raw) {
+            out.push(Problem {
+                source: tree.source_of(&path).cloned(),
+                kind: ProblemKind::Production,
+                message: format!("{why}: production needs a strong, unique secret"),
+                path,
+            });
+        }
+    }
+}
+
+fn value_at<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(root, |node, key| node.get(key))
 }
 
 /// Production refuses secrets written literally into the YAML file.

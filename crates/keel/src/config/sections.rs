@@ -36,6 +36,8 @@ pub struct KeelConfig {
     pub rate_limits: std::collections::BTreeMap<String, crate::resilience::rate_limit::RateLimitPolicy>,
     /// Named upstream HTTP services (`Setup::http_client("<name>")`).
     pub upstreams: std::collections::BTreeMap<String, UpstreamConfig>,
+    /// JWT, passwords, field encryption.
+    pub security: SecurityConfig,
     /// The message bus, for services that publish or consume events (`Setup::bus`).
     pub bus: BusConfig,
     /// The transactional outbox relay (`Setup::outbox`).
@@ -70,6 +72,7 @@ impl KeelConfig {
             bus: BusConfig::default(),
             outbox: OutboxConfig::default(),
             features: FeaturesConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 
@@ -238,11 +241,15 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// One `info` line per finished request. Default `true`.
     pub access_log: bool,
+    /// Field names whose values are logged as `***` (compared case-insensitively, `-` = `_`),
+    /// added to the built-in list (`password`, `token`, `authorization`, `cookie`, `email`, …;
+    /// see `docs/security.md`). `Bearer <token>` is masked in every field regardless.
+    pub mask_fields: Vec<String>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Pretty, access_log: true }
+        Self { level: "info".into(), format: LogFormat::Pretty, access_log: true, mask_fields: Vec::new() }
     }
 }
 
@@ -628,4 +635,135 @@ impl Default for FeaturesConfig {
     fn default() -> Self {
         Self { file: None, reload: true, poll_interval: Duration::from_secs(1) }
     }
+}
+
+/// `security.*`: JWT keys, password hashing and field encryption (used by `keel::security`,
+/// cargo feature `security`). Every key, secret and data key is configuration: nothing has a
+/// default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SecurityConfig {
+    /// Issuing and verifying JSON Web Tokens.
+    pub jwt: JwtConfig,
+    /// Password hashing (Argon2id) and the password policy.
+    pub passwords: PasswordsConfig,
+    /// Envelope encryption of fields and blind indexes.
+    pub encryption: EncryptionConfig,
+}
+
+/// `security.jwt.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct JwtConfig {
+    /// Expected `iss`; tokens from another issuer are refused, and issued tokens carry it.
+    /// Unset: `iss` is not checked.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (a token must name one). Empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`. Default `30s`; at most `5m`.
+    #[serde(with = "super::duration")]
+    pub leeway: Duration,
+    /// Lifetime of issued tokens. Default `15m`.
+    #[serde(with = "super::duration")]
+    pub ttl: Duration,
+    /// The `kid` of the key new tokens are signed with. Unset: this service only verifies.
+    pub signing_key: Option<String>,
+    /// Verification (and signing) keys by `kid`. Each pins its algorithm.
+    pub keys: std::collections::BTreeMap<String, JwtKeyConfig>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: Vec::new(),
+            leeway: Duration::from_secs(30),
+            ttl: Duration::from_secs(900),
+            signing_key: None,
+            keys: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `security.jwt.keys.<kid>.*`: one key. Secrets come from env or `<field>_file`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct JwtKeyConfig {
+    /// `HS256`, `RS256` or `EdDSA`. Required: a token whose header names another algorithm is
+    /// refused, which is what stops `none` and algorithm-confusion attacks.
+    pub algorithm: Option<JwtAlgorithm>,
+    /// **Secret.** HS256 only: the shared key, at least 32 bytes.
+    pub secret: Option<Secret>,
+    /// RS256 / EdDSA: the public key (PEM) used to verify.
+    pub public_key: Option<String>,
+    /// **Secret.** RS256 / EdDSA: the private key (PEM), only where tokens are issued.
+    pub private_key: Option<Secret>,
+}
+
+/// A JWT signature algorithm Keel accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// `security.passwords.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct PasswordsConfig {
+    /// Argon2id memory cost in KiB. Default `19456` (19 MiB, the OWASP minimum).
+    pub memory_kib: u32,
+    /// Argon2id passes. Default `2`.
+    pub iterations: u32,
+    /// Argon2id lanes. Default `1`.
+    pub parallelism: u32,
+    /// Hashes computed at once (each on a blocking thread). `0`: the number of CPUs. Default `0`.
+    pub max_concurrent_hashes: usize,
+    /// Longest wait for a hashing slot; past it the call fails as overloaded (503) instead of
+    /// queueing without bound. Default `5s`.
+    #[serde(with = "super::duration")]
+    pub queue_timeout: Duration,
+    /// Shortest password accepted, in characters. Default `12`; production refuses less.
+    pub min_length: usize,
+    /// Longest password accepted, in bytes (bounds hashing cost). Default `128`.
+    pub max_length: usize,
+}
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent_hashes: 0,
+            queue_timeout: Duration::from_secs(5),
+            min_length: 12,
+            max_length: 128,
+        }
+    }
+}
+
+/// `security.encryption.*`: envelope encryption of fields (see `keel::security::crypto`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct EncryptionConfig {
+    /// **Secret.** The master key, 32 bytes in base64; it only wraps data keys.
+    pub master_key: Option<Secret>,
+    /// **Secret.** The blind-index (HMAC) key, at least 32 bytes in base64; keep it apart from
+    /// the master key.
+    pub blind_index_key: Option<Secret>,
+    /// The data key new values are encrypted with.
+    pub active_key: Option<String>,
+    /// Data keys by id, each wrapped by the master key (`<service> keys new <id>` makes one).
+    /// Wrapped keys are not secret; every listed key can still decrypt.
+    pub data_keys: std::collections::BTreeMap<String, String>,
 }

@@ -15,6 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 /// "fields":{…},"span":"name"}`.
 pub(crate) struct JsonFormat {
     pub(crate) service: String,
+    /// Sensitive field names become `***`; credentials in any text are scrubbed.
+    pub(crate) masker: crate::security::mask::Masker,
 }
 
 impl<S, N> FormatEvent<S, N> for JsonFormat
@@ -44,6 +46,9 @@ where
         event.record(&mut own);
         for (k, v) in own.0 {
             put(&mut fields, k, v);
+        }
+        for (k, v) in &mut fields {
+            mask_value(&self.masker, k, v);
         }
         let ids = innermost.and_then(|id| otel_ids(&id));
 
@@ -92,6 +97,41 @@ where
         line.push_str("}\n");
         writer.write_str(&line)
     }
+}
+
+/// Masks one field in place: a sensitive name hides the whole value, other text is scrubbed of
+/// bearer tokens and URL passwords (nested JSON values too).
+fn mask_value(masker: &crate::security::mask::Masker, k: &str, v: &mut Value) {
+    if masker.is_sensitive(k) {
+        if !v.is_null() {
+            *v = Value::String(crate::config::MASK.to_owned());
+        }
+        return;
+    }
+    match v {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(o) = crate::security::mask::scrub(s) {
+                *s = o;
+            }
+        }
+        Value::Object(_) | Value::Array(_) => masker.json(v),
+        _ => {}
+    }
+}
+
+/// Field formatting for the pretty format, with the same masking as the JSON lines.
+pub(crate) fn masked_pretty_fields(
+    masker: crate::security::mask::Masker,
+) -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(move |w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            return write!(w, "{}", crate::security::mask::scrub(&text));
+        }
+        write!(w, "{}={}", field.name(), masker.field(field.name(), &text))
+    })
+    .delimited(" ")
 }
 
 fn put(fields: &mut Vec<(&'static str, Value)>, k: &'static str, v: Value) {
@@ -235,6 +275,86 @@ impl<'w> FormatFields<'w> for NoFields {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_a_login() {
+        let span = tracing::info_span!("request", authorization = "Bearer span.secret.token");
+        let _g = span.enter();
+        tracing::info!(
+            password = "hunter2-hunter2",
+            email = "alice@example.com",
+            Cookie = "sid=abc123",
+            national_id = "AB-123-456",
+            user_id = 7,
+            "login from postgres://app:db-pass-123@db/app with Bearer msg.secret.token"
+        );
+    }
+
+    fn assert_clean(out: &str) {
+        for secret in ["hunter2", "alice@example", "abc123", "AB-123", "secret.token", "db-pass-123"] {
+            assert!(!out.contains(secret), "{secret} leaked: {out}");
+        }
+        assert!(out.contains("***") && out.contains("user_id"), "{out}");
+    }
+
+    #[test]
+    fn both_formats_mask_what_a_careless_handler_logs() {
+        let masker = crate::security::mask::Masker::new(["national_id"]);
+        let json = Buffer::default();
+        let w = json.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(super::NoFields)
+            .event_format(super::JsonFormat { service: "t".into(), masker: masker.clone() })
+            .with_writer(move || w.clone())
+            .and_then(super::SpanFieldsLayer);
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
+        let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        assert_clean(&out);
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(line["fields"]["authorization"], "***");
+
+        let pretty = Buffer::default();
+        let w = pretty.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(super::masked_pretty_fields(masker))
+            .with_ansi(false)
+            .with_writer(move || w.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
+        assert_clean(&String::from_utf8(pretty.0.lock().unwrap().clone()).unwrap());
+    }
+    #[test]
+    fn sensitive_fields_and_bearer_tokens_are_masked() {
+        let m = crate::security::mask::Masker::new(["national_id"]);
+        let mut v = serde_json::json!("hunter2");
+        super::mask_value(&m, "password", &mut v);
+        assert_eq!(v, "***");
+        let mut v = serde_json::json!("AB123");
+        super::mask_value(&m, "national_id", &mut v);
+        assert_eq!(v, "***");
+        let mut v = serde_json::json!("got Bearer eyJabc.def.ghi from client");
+        super::mask_value(&m, "note", &mut v);
+        assert_eq!(v, "got Bearer *** from client");
+        let mut v = serde_json::json!(42);
+        super::mask_value(&m, "count", &mut v);
+        assert_eq!(v, 42);
+    }
+
     #[test]
     fn json_strings_are_escaped() {
         let mut out = String::new();

@@ -3,7 +3,10 @@
 //! * **Logs** — `tracing` to stdout only: JSON lines in production and test, pretty in
 //!   development. Every line carries `service`, and `request_id`, `trace_id`, `span_id` when a
 //!   surrounding span knows them. The level comes from `log.level` (or `RUST_LOG`, which wins)
-//!   and can be changed at run time with `PUT /admin/log-level`.
+//!   and can be changed at run time with `PUT /admin/log-level`. Fields named like secrets or
+//!   personal data (`password`, `token`, `authorization`, `cookie`, `email`, … plus
+//!   `log.mask_fields`) are written as `***`, and `Bearer <token>` and URL passwords are
+//!   scrubbed from every field, in both formats.
 //! * **Traces** — OpenTelemetry. Trace ids are always made, logged and propagated (W3C
 //!   `traceparent`); spans are exported over OTLP/gRPC only when `telemetry.otlp.endpoint` is
 //!   set, with `service.name`, `service.version` and `deployment.environment.name` resource
@@ -51,6 +54,8 @@ pub struct TelemetryOptions {
     pub format: LogFormat,
     /// OTLP export and sampling.
     pub telemetry: TelemetryConfig,
+    /// Field names logged as `***`, beyond `keel::security::mask::DEFAULT_FIELDS` (`log.mask_fields`).
+    pub mask_fields: Vec<String>,
 }
 
 /// Errors setting up telemetry.
@@ -140,14 +145,18 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     // syscall; the queue is bounded and never drops lines (a full queue applies backpressure).
     let (stdout, writer_guard) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
+    let masker = crate::security::mask::Masker::new(opts.mask_fields.iter());
     let fmt = match opts.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(format::NoFields)
-            .event_format(format::JsonFormat { service: opts.service.clone() })
+            .event_format(format::JsonFormat { service: opts.service.clone(), masker })
             .with_writer(stdout)
             .and_then(format::SpanFieldsLayer)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(stdout).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .fmt_fields(format::masked_pretty_fields(masker))
+            .with_writer(stdout)
+            .boxed(),
     };
     // Spans at `info` always reach the fmt layer (they print nothing themselves), so a `warn`
     // line logged inside a request still carries the request's ids when the level is `warn`.

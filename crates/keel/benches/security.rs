@@ -1,0 +1,60 @@
+//! Security hot paths: JWT verification per algorithm, field encryption and decryption of a
+//! 64-byte value, and the blind index.
+//!
+//! Run with `cargo bench -p keel --features security --bench security`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keel::config::Secret;
+use keel::security::crypto::{BlindIndex, Keyring, MasterKey, generate_key};
+use keel::security::jwt::{Claims, Jwt, JwtKey};
+
+const RSA_PRIVATE: &str = include_str!("../tests/keys/rsa-private.pem");
+const RSA_PUBLIC: &str = include_str!("../tests/keys/rsa-public.pem");
+const ED_PRIVATE: &str = include_str!("../tests/keys/ed25519-private.pem");
+const ED_PUBLIC: &str = include_str!("../tests/keys/ed25519-public.pem");
+
+fn jwt(c: &mut Criterion) {
+    let keys = || -> Result<Vec<JwtKey>, keel::security::jwt::JwtError> {
+        Ok(vec![
+            JwtKey::hs256("hs", &Secret::new("a-benchmark-secret-of-at-least-32-bytes"))?,
+            JwtKey::rs256("rsa", RSA_PUBLIC, Some(&Secret::new(RSA_PRIVATE)))?,
+            JwtKey::eddsa("ed", ED_PUBLIC, Some(&Secret::new(ED_PRIVATE)))?,
+        ])
+    };
+    let Ok(all) = keys() else { return };
+    let mut group = c.benchmark_group("jwt_verify");
+    for kid in ["hs", "rsa", "ed"] {
+        let mut b = Jwt::builder().issuer("https://auth.bench").audience(["api"]).sign_with(kid);
+        for k in all.clone() {
+            b = b.key(k);
+        }
+        let Ok(jwt) = b.build() else { return };
+        let Ok(token) = jwt.issue(&jwt.claims("user-42").role("admin").email("a@example.com")) else { return };
+        let name = match kid {
+            "hs" => "HS256",
+            "rsa" => "RS256",
+            _ => "EdDSA",
+        };
+        group.bench_function(name, |b| b.iter(|| jwt.verify::<Claims>(black_box(&token)).is_ok()));
+    }
+    group.finish();
+}
+
+fn crypto(c: &mut Criterion) {
+    let Ok(master) = MasterKey::from_secret(&Secret::new(generate_key())) else { return };
+    let Ok(wrapped) = master.new_data_key("k1") else { return };
+    let Ok(ring) = Keyring::new(&master, [("k1", wrapped.as_str())], "k1") else { return };
+    let field = [7u8; 64];
+    let Ok(ct) = ring.encrypt(&field) else { return };
+    let Ok(index) = BlindIndex::new(&Secret::new(generate_key())) else { return };
+    let mut group = c.benchmark_group("field");
+    group.bench_function("encrypt_64B", |b| b.iter(|| ring.encrypt(black_box(&field)).is_ok()));
+    group.bench_function("decrypt_64B", |b| b.iter(|| ring.decrypt(black_box(&ct)).is_ok()));
+    group.bench_function("blind_index_email", |b| b.iter(|| index.email(black_box("Alice.Smith@Example.com"))));
+    group.finish();
+}
+
+criterion_group!(benches, jwt, crypto);
+criterion_main!(benches);

@@ -1,0 +1,100 @@
+//! `<service> audit verify` and `<service> keys …`.
+
+use std::process::ExitCode;
+
+use super::cli::{KeysCommand, exit};
+use crate::config::{Loaded, Secret, Section};
+use crate::security::crypto::{MasterKey, generate_key, rewrap};
+
+/// Walks the audit chain of the service's database.
+#[cfg(feature = "sql")]
+pub(super) fn audit_verify<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>) -> ExitCode {
+    use crate::data::{Backend, resolve_url};
+    let name = &service.build.name;
+    let cfg = &loaded.config.keel.database;
+    let url = match resolve_url(cfg, name, loaded.profile == crate::config::Profile::Production) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{name} audit verify: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let Some(backend) = Backend::from_url(&url) else {
+        eprintln!("{name} audit verify: database.url has an unknown scheme");
+        return ExitCode::from(exit::CONFIG);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name} audit verify: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let wait =
+        if cfg.connect.max_elapsed.is_zero() { std::time::Duration::from_secs(30) } else { cfg.connect.max_elapsed };
+    rt.block_on(async {
+        let pool = match super::migrate::connect(&url, cfg, wait).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{name} audit verify: cannot connect to {backend}: {e}");
+                return ExitCode::from(exit::START);
+            }
+        };
+        let log = crate::security::audit::AuditLog::new(pool.clone(), backend);
+        let code = match log.verify().await {
+            Ok(v) => match v.broken {
+                None => {
+                    println!("audit log intact: {} row(s) verified", v.rows);
+                    ExitCode::SUCCESS
+                }
+                Some(b) => {
+                    println!("audit log BROKEN at row {}: {} ({} row(s) before it verified)", b.id, b.reason, v.rows);
+                    ExitCode::from(exit::FAILURE)
+                }
+            },
+            Err(e) => {
+                eprintln!("{name} audit verify: {}", crate::health::sanitize(&e.to_string()));
+                ExitCode::from(exit::FAILURE)
+            }
+        };
+        pool.close().await;
+        code
+    })
+}
+
+/// Key management for field encryption. Prints keys to stdout only (pipe them into the secret
+/// store); never logs them.
+pub(super) fn keys<C: Section>(loaded: &Loaded<C>, command: KeysCommand) -> ExitCode {
+    let enc = &loaded.config.keel.security.encryption;
+    let master = || -> Result<MasterKey, String> {
+        let m = enc.master_key.as_ref().ok_or("security.encryption.master_key is not set")?;
+        MasterKey::from_secret(m).map_err(|e| e.to_string())
+    };
+    let result = match command {
+        KeysCommand::Generate => Ok(generate_key()),
+        KeysCommand::New { kid } => {
+            master().and_then(|m| m.new_data_key(&kid).map(|w| format!("{kid}: {w}")).map_err(|e| e.to_string()))
+        }
+        KeysCommand::Rewrap { new_master_key_file } => master().and_then(|old| {
+            let text = std::fs::read_to_string(&new_master_key_file)
+                .map_err(|e| format!("cannot read {}: {e}", new_master_key_file.display()))?;
+            let new = MasterKey::from_secret(&Secret::new(text.trim())).map_err(|e| e.to_string())?;
+            let mut out = String::from("data_keys:\n");
+            for (kid, wrapped) in &enc.data_keys {
+                let w = rewrap(&old, &new, kid, wrapped).map_err(|e| format!("data key `{kid}`: {e}"))?;
+                out.push_str(&format!("  {kid}: {w}\n"));
+            }
+            Ok(out.trim_end().to_owned())
+        }),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keys: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! PII masking: pure maskers for emails, phone numbers, card numbers and tokens, and the
+//! [`Masker`] the log formatter and the audit log run every field through.
+//!
+//! Log lines are the usual way personal data and credentials leak: a handler logs a request
+//! struct, an error message quotes a header. Masking in the formatter catches those without every
+//! call site having to remember.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::config::MASK;
+
+/// Field names masked by default (compared case-insensitively, with `-` read as `_`).
+pub const DEFAULT_FIELDS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "new_password",
+    "old_password",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "proxy_authorization",
+    "cookie",
+    "set_cookie",
+    "session",
+    "email",
+    "phone",
+    "card_number",
+    "pan",
+    "cvv",
+    "ssn",
+    "private_key",
+    "master_key",
+];
+
+/// `jo***@example.com`: the first character of the local part and the domain stay.
+///
+/// ```
+/// assert_eq!(keel::security::mask::email("john.doe@example.com"), "j***@example.com");
+/// assert_eq!(keel::security::mask::email("not an email"), "***");
+/// ```
+pub fn email(value: &str) -> String {
+    match value.trim().split_once('@') {
+        Some((local, domain)) if !local.is_empty() && domain.contains('.') => {
+            let first = local.chars().next().map(String::from).unwrap_or_default();
+            format!("{first}***@{domain}")
+        }
+        _ => MASK.to_owned(),
+    }
+}
+
+/// `***-***-1234`: only the last four digits stay (and only when there are at least eight).
+///
+/// ```
+/// assert_eq!(keel::security::mask::phone("+1 (555) 010-1234"), "***1234");
+/// ```
+pub fn phone(value: &str) -> String {
+    let digits: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 8 {
+        return MASK.to_owned();
+    }
+    let tail: String = digits[digits.len() - 4..].iter().collect();
+    format!("{MASK}{tail}")
+}
+
+/// `**** **** **** 4242`: only the last four digits stay (PCI DSS allows at most first six and
+/// last four; Keel keeps less).
+///
+/// ```
+/// assert_eq!(keel::security::mask::card_number("4242 4242 4242 4242"), "**** **** **** 4242");
+/// ```
+pub fn card_number(value: &str) -> String {
+    let digits: Vec<char> = value.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() < 12 {
+        return MASK.to_owned();
+    }
+    let tail: String = digits[digits.len() - 4..].iter().collect();
+    format!("**** **** **** {tail}")
+}
+
+/// `eyJh***`: the first four characters of a long token stay, enough to tell tokens apart in a
+/// log without making any of them usable.
+///
+/// ```
+/// assert_eq!(keel::security::mask::token("eyJhbGciOiJIUzI1NiJ9.e30.sig"), "eyJh***");
+/// assert_eq!(keel::security::mask::token("short"), "***");
+/// ```
+pub fn token(value: &str) -> String {
+    if value.chars().count() < 16 {
+        return MASK.to_owned();
+    }
+    let head: String = value.chars().take(4).collect();
+    format!("{head}{MASK}")
+}
+
+/// Replaces the credential after `Bearer ` / `Basic ` (any case) with `***`, and the password
+/// of `scheme://user:password@host` URLs.
+///
+/// ```
+/// use keel::security::mask::scrub;
+/// assert_eq!(scrub("header was Bearer abc.def.ghi, ok"), "header was Bearer ***, ok");
+/// assert_eq!(scrub("postgres://app:hunter2@db/app"), "postgres://app:***@db/app");
+/// assert_eq!(scrub("nothing here"), "nothing here");
+/// ```
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    let lower = text.to_ascii_lowercase();
+    if !lower.contains("bearer") && !lower.contains("basic") && !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &lower[i..];
+        let scheme = ["bearer ", "basic "].into_iter().find(|s| rest.starts_with(s));
+        if let Some(s) = scheme
+            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+        {
+            out.push_str(&text[i..i + s.len()]);
+            i += s.len();
+            while i < bytes.len() && bytes[i] == b' ' {
+                i += 1;
+            }
+            let start = i;
+            while i < bytes.len() && is_token_byte(bytes[i]) {
+                i += 1;
+            }
+            if i > start {
+                out.push_str(MASK);
+            }
+            continue;
+        }
+        if rest.starts_with("://")
+            && let Some(end) = url_password_end(&text[i + 3..])
+        {
+            // `://user:` is copied, the password replaced, `@` kept.
+            let userinfo = &text[i + 3..i + 3 + end];
+            if let Some((user, _)) = userinfo.split_once(':') {
+                out.push_str("://");
+                out.push_str(user);
+                out.push(':');
+                out.push_str(MASK);
+                i += 3 + end;
+                continue;
+            }
+        }
+        // Copy one whole character (text may be non-ASCII).
+        let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&text[i..i + ch_len]);
+        i += ch_len;
+    }
+    Cow::Owned(out)
+}
+
+/// Characters of a bearer token (RFC 6750 `b64token`) or a Basic credential.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Where the `@` of `user:password@` is, when the authority has a password.
+fn url_password_end(after_scheme: &str) -> Option<usize> {
+    let authority_end = after_scheme.find(['/', '?', '#', ' ', '"', '\'']).unwrap_or(after_scheme.len());
+    let at = after_scheme[..authority_end].rfind('@')?;
+    after_scheme[..at].contains(':').then_some(at)
+}
+
+/// Masks fields by name and credentials in any text. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Masker {
+    fields: std::sync::Arc<HashSet<String>>,
+}
+
+impl Default for Masker {
+    fn default() -> Self {
+        Self::new(std::iter::empty::<&str>())
+    }
+}
+
+impl Masker {
+    /// Masks [`DEFAULT_FIELDS`] plus `extra` field names.
+    pub fn new<S: AsRef<str>>(extra: impl IntoIterator<Item = S>) -> Self {
+        let fields = DEFAULT_FIELDS
+            .iter()
+            .map(|s| normalize(s))
+            .chain(extra.into_iter().map(|s| normalize(s.as_ref())))
+            .collect();
+        Self { fields: std::sync::Arc::new(fields) }
+    }
+
+    /// Whether values of the field `name` are masked whole.
+    pub fn is_sensitive(&self, name: &str) -> bool {
+        // Most field names are already lowercase snake case: avoid the allocation then.
+        if name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()) {
+            self.fields.contains(name)
+        } else {
+            self.fields.contains(&normalize(name))
+        }
+    }
+
+    /// The value to log for the field `name`: `***` for a sensitive field, else `value` with
+    /// credentials scrubbed.
+    pub fn field<'a>(&self, name: &str, value: &'a str) -> Cow<'a, str> {
+        if self.is_sensitive(name) { Cow::Borrowed(MASK) } else { scrub(value) }
+    }
+
+    /// Masks a JSON value in place: sensitive keys at any depth become `"***"`, every string is
+    /// scrubbed.
+    ///
+    /// ```
+    /// let mut v = serde_json::json!({"user": {"email": "a@b.co", "note": "Bearer abc"}, "n": 1});
+    /// keel::security::mask::Masker::default().json(&mut v);
+    /// assert_eq!(v, serde_json::json!({"user": {"email": "***", "note": "Bearer ***"}, "n": 1}));
+    /// ```
+    pub fn json(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if self.is_sensitive(k) {
+                        if !v.is_null() {
+                            *v = Value::String(MASK.to_owned());
+                        }
+                    } else {
+                        self.json(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.json(v)),
+            Value::String(s) => {
+                if let Cow::Owned(o) = scrub(s) {
+                    *s = o;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn normalize(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('-', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maskers() {
+        assert_eq!(email("@x.com"), "***");
+        assert_eq!(phone("12"), "***");
+        assert_eq!(card_number("4111-1111-1111-1111"), "**** **** **** 1111");
+        assert_eq!(scrub("Authorization: bearer   tok_123 next"), "Authorization: bearer *** next");
+        assert_eq!(scrub("Basic dXNlcjpwYXNz"), "Basic ***");
+        assert_eq!(scrub("rebasic stays"), "rebasic stays");
+        assert_eq!(scrub("é bearer x"), "é bearer ***");
+        assert_eq!(scrub("see https://example.com/a:b@c"), "see https://example.com/a:b@c");
+    }
+
+    #[test]
+    fn field_names_are_normalized() {
+        let m = Masker::new(["X-Api-Token"]);
+        assert!(m.is_sensitive("Authorization"));
+        assert!(m.is_sensitive("x_api_token"));
+        assert!(m.is_sensitive("set-cookie"));
+        assert!(!m.is_sensitive("user_id"));
+        assert_eq!(m.field("password", "hunter2"), "***");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scrub_never_keeps_a_bearer_token(prefix in "[a-z ]{0,10}", tok in "[A-Za-z0-9._~+/-]{1,40}") {
+            let text = format!("{prefix} Bearer {tok}");
+            let out = scrub(&text);
+            proptest::prop_assert!(out.ends_with("Bearer ***"), "{}", out);
+        }
+    }
+}

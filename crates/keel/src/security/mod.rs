@@ -1,0 +1,28 @@
+//! Security building blocks: JWT authentication, password hashing, envelope field encryption with
+//! blind indexes, PII masking and a tamper-evident audit log.
+//!
+//! | module | what it is for | feature |
+//! |---|---|---|
+//! | [`mask`] | maskers for emails, phones, cards, tokens; log masking | always |
+//! | `jwt` | issue and verify tokens; `Auth<C>` extractors and role guard | `security` |
+//! | `password` | Argon2id off the executor, with a concurrency cap and a policy | `security` |
+//! | `crypto` | AES-256-GCM envelope encryption, key rotation, HMAC blind index | `security` |
+//! | `audit` | hash-chained `audit_log` table and `<service> audit verify` | `security` + a SQL backend |
+//!
+//! Secrets themselves are [`crate::config::Secret`]s loaded from env or `<key>_file`; see
+//! `docs/security.md` for configuration and operations.
+
+#[cfg(all(feature = "security", feature = "sql"))]
+pub mod audit;
+#[cfg(feature = "security")]
+pub mod crypto;
+#[cfg(feature = "security")]
+pub mod jwt;
+pub mod mask;
+#[cfg(feature = "security")]
+pub mod password;
+
+#[cfg(feature = "security")]
+pub use jwt::{Auth, Claims, HasRoles, Jwt, JwtError, RequireRole, Role};
+#[cfg(feature = "security")]
+pub use password::{PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation};

@@ -1,0 +1,431 @@
+//! Security: JWT (algorithms, pinning, rotation, claims, extractors), secrets in config, the
+//! password hasher under load, and the audit log's hash chain on every SQL backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use keel::config::{Loader, NoConfig, PasswordsConfig, ProblemKind, Profile, Secret};
+use keel::security::audit::{AuditLog, Outcome};
+use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, RequireRoleLayer, Role};
+use keel::security::password::{PasswordError, PasswordHasher};
+use keel::testing::{TestDatabase, mysql_url, postgres_url, require};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const HS_SECRET: &str = "an-hs256-test-secret-of-more-than-32-bytes";
+const RSA_PRIVATE: &str = include_str!("keys/rsa-private.pem");
+const RSA_PUBLIC: &str = include_str!("keys/rsa-public.pem");
+const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
+const ED_PUBLIC: &str = include_str!("keys/ed25519-public.pem");
+
+fn hs(kid: &str, secret: &str) -> JwtKey {
+    JwtKey::hs256(kid, &Secret::new(secret)).unwrap()
+}
+
+fn verifier() -> Jwt {
+    Jwt::builder()
+        .issuer("https://auth.test")
+        .audience(["api"])
+        .leeway(Duration::from_secs(5))
+        .key(hs("hs", HS_SECRET))
+        .key(JwtKey::rs256("rsa", RSA_PUBLIC, Some(&Secret::new(RSA_PRIVATE))).unwrap())
+        .key(JwtKey::eddsa("ed", ED_PUBLIC, Some(&Secret::new(ED_PRIVATE))).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The same keys, signing with `kid`.
+fn signer(kid: &str) -> Jwt {
+    Jwt::builder()
+        .issuer("https://auth.test")
+        .audience(["api"])
+        .key(hs("hs", HS_SECRET))
+        .key(JwtKey::rs256("rsa", RSA_PUBLIC, Some(&Secret::new(RSA_PRIVATE))).unwrap())
+        .key(JwtKey::eddsa("ed", ED_PUBLIC, Some(&Secret::new(ED_PRIVATE))).unwrap())
+        .sign_with(kid)
+        .build()
+        .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn issues_and_verifies_with_each_algorithm() {
+    let v = verifier();
+    for kid in ["hs", "rsa", "ed"] {
+        let s = signer(kid);
+        let token = s.issue(&s.claims("alice").role("admin").email("alice@example.com")).unwrap();
+        let c: Claims = v.verify(&token).unwrap_or_else(|e| panic!("{kid}: {e}"));
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.role.as_deref(), Some("admin"));
+        assert_eq!(c.iss.as_deref(), Some("https://auth.test"));
+    }
+}
+
+#[test]
+fn short_hs256_secrets_are_refused() {
+    assert!(matches!(JwtKey::hs256("k", &Secret::new("too-short")), Err(JwtError::Key(_))));
+}
+
+#[test]
+fn alg_none_and_algorithm_confusion_are_refused() {
+    let v = verifier();
+    let claims = json!({"sub": "mallory", "exp": now() + 60, "iss": "https://auth.test", "aud": "api"});
+    for header in [json!({"alg": "none", "typ": "JWT"}), json!({"alg": "none", "kid": "hs"})] {
+        let token = format!("{}.{}.", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
+        assert_eq!(v.verify::<Claims>(&token).unwrap_err(), JwtError::Malformed);
+    }
+    // HS256 "signed" with the RSA public key as the HMAC secret, claiming the RSA key's kid.
+    let forger = Jwt::builder().key(hs("rsa", RSA_PUBLIC)).sign_with("rsa").build().unwrap();
+    let forged = forger.issue(&claims).unwrap();
+    assert_eq!(v.verify::<Claims>(&forged).unwrap_err(), JwtError::WrongAlgorithm);
+    // An EdDSA token presented under the HS256 key's kid.
+    let ed =
+        Jwt::builder().key(JwtKey::eddsa("hs", ED_PUBLIC, Some(&Secret::new(ED_PRIVATE))).unwrap()).sign_with("hs");
+    let token = ed.build().unwrap().issue(&claims).unwrap();
+    assert_eq!(v.verify::<Claims>(&token).unwrap_err(), JwtError::WrongAlgorithm);
+}
+
+#[test]
+fn rotation_by_kid() {
+    let old = Jwt::builder().key(hs("2024", HS_SECRET)).sign_with("2024").build().unwrap();
+    let new_secret = "a-second-secret-for-rotation-0123456789";
+    let new = Jwt::builder().key(hs("2025", new_secret)).sign_with("2025").build().unwrap();
+    let both = Jwt::builder().key(hs("2024", HS_SECRET)).key(hs("2025", new_secret)).build().unwrap();
+    let claims = json!({"sub": "a", "exp": now() + 60});
+    assert!(both.verify::<Claims>(&old.issue(&claims).unwrap()).is_ok());
+    assert!(both.verify::<Claims>(&new.issue(&claims).unwrap()).is_ok());
+    // Old key retired: its tokens are an unknown kid.
+    let only_new = Jwt::builder().key(hs("2025", new_secret)).key(hs("spare", HS_SECRET)).build().unwrap();
+    assert_eq!(only_new.verify::<Claims>(&old.issue(&claims).unwrap()).unwrap_err(), JwtError::UnknownKey);
+    // Same kid, different secret: bad signature.
+    let impostor = Jwt::builder().key(hs("2025", "an-impostor-secret-0123456789abcdef")).sign_with("2025");
+    let t = impostor.build().unwrap().issue(&claims).unwrap();
+    assert_eq!(both.verify::<Claims>(&t).unwrap_err(), JwtError::BadSignature);
+}
+
+#[test]
+fn registered_claims_are_enforced() {
+    let v = verifier();
+    let s = signer("hs");
+    let iss = "https://auth.test";
+    let cases = [
+        (json!({"sub": "a", "iss": iss, "aud": "api"}), "exp"),
+        (json!({"sub": "a", "exp": now() - 60, "iss": iss, "aud": "api"}), "expired"),
+        (json!({"sub": "a", "exp": now() + 60, "iss": "https://evil", "aud": "api"}), "issuer"),
+        (json!({"sub": "a", "exp": now() + 60, "aud": "api"}), "iss"),
+        (json!({"sub": "a", "exp": now() + 60, "iss": iss, "aud": "other"}), "audience"),
+        (json!({"sub": "a", "exp": now() + 60, "iss": iss, "aud": "api", "nbf": now() + 600}), "not yet"),
+    ];
+    for (claims, what) in cases {
+        let e = v.verify::<Claims>(&s.issue(&claims).unwrap()).unwrap_err();
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    }
+    // Within the leeway: accepted.
+    let fresh = json!({"sub": "a", "exp": now() - 2, "iss": iss, "aud": ["x", "api"]});
+    assert!(v.verify::<Claims>(&s.issue(&fresh).unwrap()).is_ok());
+}
+
+struct Admin;
+impl Role for Admin {
+    const NAME: &'static str = "admin";
+}
+
+fn app(jwt: &Jwt) -> Router {
+    Router::new()
+        .route("/me", get(|Auth(c): Auth| async move { c.sub }))
+        .route(
+            "/maybe",
+            get(|a: Option<Auth>| async move { a.map_or_else(|| "anonymous".to_owned(), |Auth(c)| c.sub) }),
+        )
+        .route("/admin", get(|r: RequireRole<Admin>| async move { r.into_inner().sub }))
+        .nest(
+            "/ops",
+            Router::new()
+                .route("/status", get(|axum::Extension(c): axum::Extension<Claims>| async move { c.sub }))
+                .layer(RequireRoleLayer::<Claims>::new("admin")),
+        )
+        .layer(jwt.extension())
+}
+
+async fn call(app: &Router, path: &str, token: Option<&str>) -> (StatusCode, Option<String>, String) {
+    let mut req = Request::get(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    if status.is_client_error() {
+        assert_eq!(ct.as_deref(), Some("application/problem+json"), "{body}");
+    }
+    (status, challenge, body)
+}
+
+#[tokio::test]
+async fn wrong_claim_types_are_a_401_problem_never_a_panic() {
+    let v = verifier();
+    let s = signer("hs");
+    let app = app(&v);
+    let base = json!({"sub": "a", "exp": now() + 60, "iss": "https://auth.test", "aud": "api"});
+    let with = |k: &str, val: Value| {
+        let mut c = base.clone();
+        c[k] = val;
+        s.issue(&c).unwrap()
+    };
+    for token in [
+        with("sub", json!(123)),
+        with("role", json!(["admin"])),
+        with("email", Value::Null),
+        with("exp", json!("soon")),
+    ] {
+        for path in ["/me", "/maybe", "/admin", "/ops/status"] {
+            let (status, challenge, body) = call(&app, path, Some(&token)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+            assert!(challenge.unwrap().starts_with("Bearer error=\"invalid_token\""));
+            let p: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(p["status"], 401);
+            assert_eq!(p["type"], "urn:keel:problem:invalid-token");
+        }
+    }
+    let ok = s.issue(&base).unwrap();
+    assert_eq!(call(&app, "/me", Some(&ok)).await.2, "a");
+    // Garbage and non-bearer schemes.
+    assert_eq!(call(&app, "/me", Some("not.a.jwt")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, challenge, _) = call(&app, "/me", None).await;
+    assert_eq!((status, challenge.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")));
+    // Optional auth: none → anonymous; a bad token is still refused.
+    assert_eq!(call(&app, "/maybe", None).await.2, "anonymous");
+    assert_eq!(call(&app, "/maybe", Some("x.y.z")).await.0, StatusCode::UNAUTHORIZED);
+    // The role guard.
+    let (status, challenge, _) = call(&app, "/admin", Some(&ok)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(challenge.unwrap().contains("insufficient_scope"));
+    let mut admin = base.clone();
+    admin["roles"] = json!(["reader", "admin"]);
+    assert_eq!(call(&app, "/admin", Some(&s.issue(&admin).unwrap())).await.0, StatusCode::OK);
+    // The same guard as a layer over a router.
+    assert_eq!(call(&app, "/ops/status", None).await.0, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call(&app, "/ops/status", Some(&ok)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("`admin`"), "{body}");
+    assert_eq!(call(&app, "/ops/status", Some(&s.issue(&admin).unwrap())).await.2, "a");
+}
+
+fn cheap_passwords(cap: usize, queue: Duration) -> PasswordHasher {
+    let mut cfg = PasswordsConfig::default();
+    cfg.memory_kib = 8 * 1024;
+    cfg.iterations = 2;
+    cfg.max_concurrent_hashes = cap;
+    cfg.queue_timeout = queue;
+    PasswordHasher::from_config(&cfg).unwrap()
+}
+
+#[tokio::test]
+async fn passwords_hash_verify_and_rehash() {
+    let h = cheap_passwords(2, Duration::from_secs(10));
+    let phc = h.hash("plum-harbor-velvet-42").await.unwrap();
+    assert!(phc.starts_with("$argon2id$v=19$m=8192,t=2,p=1$"), "{phc}");
+    assert!(h.verify("plum-harbor-velvet-42", &phc).await.unwrap());
+    assert!(!h.verify("plum-harbor-velvet-43", &phc).await.unwrap());
+    assert!(!h.verify_dummy("anything").await.unwrap());
+    assert!(matches!(h.verify("x", "not-a-phc").await, Err(PasswordError::MalformedHash)));
+    assert!(matches!(h.hash(&"x".repeat(200)).await, Err(PasswordError::TooLong(128))));
+    assert!(!h.needs_rehash(&phc));
+    assert!(cheap_passwords(1, Duration::from_secs(1)).needs_rehash(&phc.replace("t=2", "t=3")));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_login_storm_neither_starves_the_runtime_nor_queues_without_bound() {
+    let h = cheap_passwords(1, Duration::from_millis(50));
+    // Even on a single-threaded runtime, timers keep firing while hashes run.
+    let ticker = tokio::spawn(async {
+        let mut ticks = 0;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            ticks += 1;
+        }
+        ticks
+    });
+    let storm: Vec<_> = (0..16)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { h.hash(&format!("storm-password-{i:04}")).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for t in storm {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(PasswordError::Overloaded) => overloaded += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(ok >= 1, "some hashes complete");
+    assert!(overloaded >= 1, "callers past the queue timeout are told, not queued forever ({ok} ok)");
+    assert_eq!(ticker.await.unwrap(), 10);
+    assert_eq!(h.available_permits(), 1, "permits come back");
+}
+
+fn load(profile: Profile, env: &[(&str, &str)]) -> Result<keel::config::Loaded<NoConfig>, keel::config::ConfigError> {
+    let mut vars = vec![("SVC__CORS__ALLOWED_ORIGINS", "https://app.example")];
+    vars.extend_from_slice(env);
+    Loader::new("svc", profile).env(vars).load::<NoConfig>()
+}
+
+#[test]
+fn weak_and_default_secrets_are_refused_in_production() {
+    for (var, value, path) in [
+        ("SVC__MANAGEMENT__ADMIN_TOKEN", "changeme", "management.admin_token"),
+        ("SVC__MANAGEMENT__ADMIN_TOKEN", "Password123", "management.admin_token"),
+        ("SVC__DATABASE__URL", "postgres://app:postgres@db/app", "database.url"),
+        ("SVC__REDIS__URL", "redis://:secret@cache:6379", "redis.url"),
+    ] {
+        let e = load(Profile::Production, &[(var, value)]).unwrap_err();
+        let p = e.problems.iter().find(|p| p.path == path).unwrap_or_else(|| panic!("{path}: {e}"));
+        assert_eq!(p.kind, ProblemKind::Production);
+        assert!(!e.to_string().contains(value.rsplit(':').next().unwrap()), "the value is never echoed: {e}");
+        assert!(load(Profile::Development, &[(var, value)]).is_ok(), "development allows it");
+    }
+    assert!(load(Profile::Production, &[("SVC__MANAGEMENT__ADMIN_TOKEN", "kV8r2xQ0pLm4Zt7Wb1YcT5")]).is_ok());
+}
+
+#[test]
+fn no_secret_has_a_default() {
+    let l = load(Profile::Development, &[]).unwrap();
+    assert!(!l.to_yaml().contains(keel::config::MASK), "a default secret would show as ***:\n{}", l.to_yaml());
+}
+
+#[test]
+fn jwt_keys_load_from_secret_files_and_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs");
+    std::fs::write(&secret, format!("{HS_SECRET}\n")).unwrap();
+    let pem = dir.path().join("rsa.pem");
+    std::fs::write(&pem, RSA_PUBLIC).unwrap();
+    let secret_s = secret.display().to_string();
+    let pem_s = pem.display().to_string();
+    let l = load(
+        Profile::Production,
+        &[
+            ("SVC__SECURITY__JWT__ISSUER", "https://auth.test"),
+            ("SVC__SECURITY__JWT__KEYS__HS__ALGORITHM", "HS256"),
+            ("SVC__SECURITY__JWT__KEYS__HS__SECRET_FILE", &secret_s),
+            ("SVC__SECURITY__JWT__KEYS__RSA__ALGORITHM", "RS256"),
+            ("SVC__SECURITY__JWT__KEYS__RSA__PUBLIC_KEY_FILE", &pem_s),
+            ("SVC__SECURITY__JWT__SIGNING_KEY", "hs"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let yaml = l.to_yaml();
+    assert!(!yaml.contains(HS_SECRET), "{yaml}");
+    let jwt = Jwt::from_config(&l.config.keel.security.jwt).unwrap();
+    let token = jwt.issue(&jwt.claims("a")).unwrap();
+    assert_eq!(jwt.verify::<Claims>(&token).unwrap().sub, "a");
+
+    let e = load(
+        Profile::Development,
+        &[
+            ("SVC__SECURITY__JWT__KEYS__K__ALGORITHM", "HS256"),
+            ("SVC__SECURITY__JWT__KEYS__K__SECRET", "short-secret"),
+            ("SVC__SECURITY__JWT__SIGNING_KEY", "nope"),
+            ("SVC__SECURITY__JWT__LEEWAY", "1h"),
+        ],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    for needle in ["security.jwt.keys.k.secret", "security.jwt.signing_key", "security.jwt.leeway"] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    assert!(!text.contains("short-secret"), "{text}");
+}
+
+async fn audit_chain(url: &str) {
+    sqlx::any::install_default_drivers();
+    let backend = keel::data::Backend::from_url(url).unwrap();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(8).connect(url).await.unwrap();
+    let log = AuditLog::new(pool.clone(), backend);
+    assert_eq!(log.verify().await.unwrap().rows, 0);
+
+    // Concurrent writers still build one chain.
+    let writers: Vec<_> = (0..24)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.record(
+                    &format!("user:{i}"),
+                    "password.change",
+                    &format!("user:{i}"),
+                    Outcome::Success,
+                    json!({"ip": "10.0.0.1", "password": "hunter2-new", "note": "via Bearer abc.def.ghi"}),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for w in writers {
+        ids.push(w.await.unwrap().id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=24).collect::<Vec<i64>>());
+    let v = log.verify().await.unwrap();
+    assert_eq!((v.rows, v.broken), (24, None));
+
+    // Sensitive details never reach the table.
+    let details: Vec<String> = sqlx::query_scalar("SELECT details FROM audit_log").fetch_all(&pool).await.unwrap();
+    assert!(details.iter().all(|d| !d.contains("hunter2") && !d.contains("abc.def") && d.contains("***")));
+
+    // Tampering with one row is reported at that row.
+    let tamper = backend.sql("UPDATE audit_log SET details = $1 WHERE id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(tamper.into_owned()))
+        .bind("{\"ip\":\"1.2.3.4\"}")
+        .bind(7_i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let v = log.verify().await.unwrap();
+    let broken = v.broken.unwrap();
+    assert_eq!((broken.id, v.rows), (7, 6), "{}", broken.reason);
+    // Deleting a row is reported where the gap is.
+    sqlx::query("DELETE FROM audit_log WHERE id = 3").execute(&pool).await.unwrap();
+    assert_eq!(log.verify().await.unwrap().broken.unwrap().id, 4);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_on_postgres() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    audit_chain(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_on_mariadb() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    audit_chain(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_log_on_sqlite() {
+    let db = TestDatabase::sqlite().unwrap();
+    audit_chain(db.url()).await;
+}
