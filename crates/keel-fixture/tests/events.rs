@@ -431,12 +431,14 @@ async fn killed_consumer_applied_once_rabbitmq_mariadb() {
 
 async fn enqueue(outbox: &Outbox, db: &Db, topic: &str, n: usize, commit: bool) -> Vec<String> {
     let mut tx = db.begin().await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let e = event(i);
-        outbox.enqueue(&mut tx, topic, &e).await.unwrap();
-        ids.push(e.id);
+    let events: Vec<Envelope> = (0..n).map(event).collect();
+    // Half one by one, half in bulk: both paths write the same rows.
+    let (one_by_one, bulk) = events.split_at(n / 2);
+    for e in one_by_one {
+        outbox.enqueue(&mut tx, topic, e).await.unwrap();
     }
+    outbox.enqueue_all(&mut tx, topic, bulk).await.unwrap();
+    let ids = events.into_iter().map(|e| e.id).collect();
     if commit {
         tx.commit().await.unwrap();
     } else {
@@ -674,4 +676,12 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
     stop.cancel();
     relay.await.unwrap();
     consumer.await.unwrap();
+}
+
+#[test]
+fn fixture_migrations_carry_keels_events_schema_verbatim() {
+    // The service's migrations hold a copy (sqlx embeds migration files); it must not drift.
+    assert_eq!(include_str!("../migrations/postgres/0003_keel_events.sql"), schema(Backend::Postgres));
+    assert_eq!(include_str!("../migrations/mysql/0003_keel_events.sql"), schema(Backend::MySql));
+    assert_eq!(include_str!("../migrations/sqlite/0003_keel_events.sql"), schema(Backend::Sqlite));
 }

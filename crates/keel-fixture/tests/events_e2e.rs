@@ -65,10 +65,17 @@ async fn request_id_and_trace_reach_the_consumer_and_metrics_count_them() {
     assert!(has("consumer_handle_duration_seconds_count"), "{metrics}");
     assert!(has("outbox_pending 0") || !has("outbox_pending"), "{metrics}");
 
-    // Readiness names the bus and the consumer.
-    let ready: serde_json::Value = client().get(p.url("/health/ready")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(ready["checks"]["bus"]["status"], "up", "{ready}");
-    assert_eq!(ready["checks"][format!("consumer:{topic}:indexer")]["status"], "up", "{ready}");
+    // Readiness names the bus and the consumer (refreshed when the subscription is made).
+    let consumer_check = format!("consumer:{topic}:indexer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: serde_json::Value = client().get(p.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+        if ready["checks"]["bus"]["status"] == "up" && ready["checks"][&consumer_check]["status"] == "up" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! | `config check` | print the effective config (secrets as `"***"`), or every problem; exit 0 / 64 |
 //! | `healthcheck [--ready]` | GET `http://127.0.0.1:<http.port>/health/live` (or `/health/ready`); exit 0 / 1 |
 //! | `version` | name, version, git commit, build profile |
+//! | `dlq list\|replay\|purge TOPIC` | a topic's dead letters on the configured broker (feature `events`) |
 //! | `migrate [status]` | apply or list database migrations (SQL features) |
 //! | `audit verify` | walk the audit log's hash chain; exit 0 / 1 naming the first broken row (`security` + SQL) |
 //! | `keys generate \| new <kid> \| rewrap --new-master-key-file F` | field-encryption keys (`security`) |

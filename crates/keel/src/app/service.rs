@@ -461,7 +461,10 @@ impl<C: Section> Setup<C> {
         if self.consumer_metrics.is_none() {
             self.consumer_metrics = Some(crate::events::metrics::ConsumerMetrics::new(&self.metrics)?);
         }
-        let consumer = consumer.with_metrics(self.consumer_metrics.clone().ok_or("consumer metrics")?);
+        let health = self.health.clone();
+        let consumer = consumer
+            .with_metrics(self.consumer_metrics.clone().ok_or("consumer metrics")?)
+            .on_subscribed(move || health.trigger());
         self.health.add(consumer.readiness_check());
         let name = format!("{}:consumer", consumer.describe());
         self.task(name, move |stop| consumer.run(stop));

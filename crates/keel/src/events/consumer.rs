@@ -251,6 +251,8 @@ pub struct Consumer<H> {
     inbox: Option<crate::data::Db>,
     metrics: Option<ConsumerMetrics>,
     state: Arc<SubState>,
+    /// Called whenever the subscription is (re)made, so readiness need not wait for its interval.
+    on_subscribed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -272,6 +274,7 @@ impl<H: Handler> Consumer<H> {
             inbox: None,
             metrics: None,
             state: Arc::new(SubState::default()),
+            on_subscribed: None,
         }
     }
 
@@ -286,6 +289,12 @@ impl<H: Handler> Consumer<H> {
     #[cfg(feature = "sql")]
     pub fn inbox(mut self, db: crate::data::Db) -> Self {
         self.inbox = Some(db);
+        self
+    }
+
+    /// Runs `f` each time the subscription is made (Setup uses it to refresh readiness at once).
+    pub(crate) fn on_subscribed(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_subscribed = Some(Arc::new(f));
         self
     }
 
@@ -331,6 +340,9 @@ impl<H: Handler> Consumer<H> {
             };
             backoff.reset();
             this.state.set_up();
+            if let Some(f) = &this.on_subscribed {
+                f();
+            }
             tracing::info!(topic = %this.topic, group = %this.group, "consumer subscribed");
             let permits = Arc::new(Semaphore::new(this.options.concurrency));
             let mut in_flight = JoinSet::new();
