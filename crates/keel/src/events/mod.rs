@@ -304,8 +304,18 @@ impl Bus {
     /// queue (RabbitMQ, `mandatory`, so an unroutable message is [`BusError::Unroutable`]), or
     /// every group's in-process queue.
     pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
-        validate_name(topic)?;
         let payload = envelope.to_bytes()?;
+        self.publish_encoded(topic, envelope, payload).await
+    }
+
+    /// [`Bus::publish`] for an envelope already in wire form (the outbox stores it so).
+    pub(crate) async fn publish_encoded(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        payload: Vec<u8>,
+    ) -> Result<(), BusError> {
+        validate_name(topic)?;
         let timeout = self.inner.config.publish_timeout;
         let work = async {
             match self.conn()? {

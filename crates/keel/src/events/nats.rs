@@ -61,15 +61,21 @@ impl Conn {
         let _ = self.client.drain().await;
     }
 
-    /// Creates the topic's stream and its DLQ stream once per process.
-    async fn ensure(&self, topic: &str) -> Result<stream::Stream, BusError> {
+    /// The topic's stream (created, with its DLQ stream, if need be).
+    async fn stream(&self, topic: &str) -> Result<stream::Stream, BusError> {
+        self.ensure(topic).await?;
+        self.js.get_stream(stream_name(topic)).await.map_err(broker)
+    }
+
+    /// Creates the topic's stream and its DLQ stream once per process; after that it costs a
+    /// set lookup, not a round trip (publishing must not ask the server about the stream).
+    async fn ensure(&self, topic: &str) -> Result<(), BusError> {
         let name = stream_name(topic);
         let known = self.ready.lock().map(|r| r.contains(topic)).unwrap_or(false);
         if known {
-            return self.js.get_stream(&name).await.map_err(broker);
+            return Ok(());
         }
-        let s = self
-            .js
+        self.js
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
                 subjects: vec![topic.to_owned()],
@@ -94,7 +100,7 @@ impl Conn {
         if let Ok(mut r) = self.ready.lock() {
             r.insert(topic.to_owned());
         }
-        Ok(s)
+        Ok(())
     }
 
     pub(super) async fn publish(
@@ -125,7 +131,7 @@ impl Conn {
         group: &str,
         options: &SubscribeOptions,
     ) -> Result<consumer::PullConsumer, BusError> {
-        let stream = self.ensure(topic).await?;
+        let stream = self.stream(topic).await?;
         let durable = group.replace('.', "_");
         stream
             .get_or_create_consumer(

@@ -376,7 +376,7 @@ impl Outbox {
                 let mut rows = chain.into_iter();
                 for row in rows.by_ref() {
                     let published = match Envelope::from_bytes(row.payload.as_bytes()) {
-                        Ok(env) => bus.publish(&row.topic, &env).await,
+                        Ok(env) => bus.publish_encoded(&row.topic, &env, row.payload.into_bytes()).await,
                         Err(e) => Err(BusError::Event(e)),
                     };
                     match published {
