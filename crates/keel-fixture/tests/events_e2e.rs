@@ -23,6 +23,20 @@ fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
 }
 
+/// Waits until readiness is 200: the database, migrations, bus and consumer are all up.
+async fn wait_ready(p: &Proc) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client().get(p.url("/health/ready")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the fixture never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn post_item(p: &Proc, name: &str, headers: &[(&str, &str)]) -> String {
     let mut req = client().post(p.url("/events")).json(&serde_json::json!({ "name": name }));
     for (k, v) in headers {
@@ -40,6 +54,7 @@ async fn request_id_and_trace_reach_the_consumer_and_metrics_count_them() {
     let topic = keel::testing::unique_topic("items");
     let env = event_env(dir.path(), &topic);
     let mut p = Proc::spawn(&refs(&env));
+    wait_ready(&p).await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let id = post_item(
         &p,
@@ -90,6 +105,7 @@ async fn dlq_cli_lists_and_replays_a_poison_message_on_nats() {
     env.push(("FIXTURE__BUS__BACKEND".into(), "nats".into()));
     env.push(("FIXTURE__BUS__URL".into(), url.clone()));
     let mut p = Proc::spawn(&refs(&env));
+    wait_ready(&p).await;
     let id = post_item(&p, "poison-pill", &[]).await;
     post_item(&p, "fine", &[]).await;
     p.wait_for("\"item\":\"fine\"");
