@@ -47,8 +47,8 @@ impl Group {
                 s.ready.push_back(msg);
             }
         }
+        // Waiters register (`Notified::enable`) before looking at the queue: none is missed.
         self.notify.notify_waiters();
-        self.notify.notify_one();
     }
 
     fn settle(&self) {
@@ -268,10 +268,6 @@ impl Acker {
     }
 
     /// Dropped unsettled: back to the front of the queue, as a broker redelivers after a crash.
-    pub(super) fn abandon(mut self) {
-        self.requeue();
-    }
-
     fn requeue(&mut self) {
         if let Some(msg) = self.msg.take() {
             self.group.settle();

@@ -512,7 +512,7 @@ enum Acker {
 
 /// One delivery of a message. Settle it with [`Delivery::ack`], [`Delivery::retry`] or
 /// [`Delivery::dead_letter`]; dropping it unsettled makes the broker deliver it again (as if the
-/// consumer had crashed).
+/// consumer had crashed): each backend's acker does that in its own `Drop`.
 pub struct Delivery {
     payload: Result<Envelope, EventError>,
     attempt: u32,
@@ -596,19 +596,6 @@ impl Delivery {
             #[cfg(feature = "rabbitmq")]
             Some(Acker::Rabbit(a)) => a.dead_letter(dead).await,
             None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        match self.acker.take() {
-            Some(Acker::InProcess(a)) => a.abandon(),
-            #[cfg(feature = "nats")]
-            Some(Acker::Nats(a)) => a.abandon(),
-            #[cfg(feature = "rabbitmq")]
-            Some(Acker::Rabbit(a)) => a.abandon(),
-            None => {}
         }
     }
 }

@@ -293,10 +293,6 @@ impl Acker {
         self.send(AckKind::Term).await
     }
 
-    pub(super) fn abandon(mut self) {
-        self.nak_now();
-    }
-
     fn nak_now(&mut self) {
         if let (Some(a), Ok(rt)) = (self.acker.take(), tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {

@@ -418,10 +418,6 @@ impl Acker {
         self.ack().await
     }
 
-    pub(super) fn abandon(mut self) {
-        self.requeue();
-    }
-
     fn requeue(&mut self) {
         if let (Some(a), Ok(rt)) = (self.acker.take(), tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {
