@@ -1,0 +1,5 @@
+//! City Events launcher.
+
+fn main() -> std::process::ExitCode {
+    keel::run(cityevents_gateway::service())
+}

@@ -1,0 +1,183 @@
+//! The event catalogue: every event the platform publishes, its topic and its payload.
+//!
+//! | type | topic | producer | consumers | key |
+//! |---|---|---|---|---|
+//! | `event.published` | [`EVENTS_TOPIC`] | events | joins, notifier | event id |
+//! | `event.updated` | [`EVENTS_TOPIC`] | events | joins | event id |
+//! | `event.canceled` | [`EVENTS_TOPIC`] | events | joins, notifier | event id |
+//! | `join.confirmed` … `join.kicked` | [`JOINS_TOPIC`] | joins | notifier | event id |
+//!
+//! Payloads are versioned (`VERSION`); an incompatible change adds a new version and consumers
+//! keep decoding the old one. Times are RFC 3339 UTC on the wire.
+
+use keel::events::Event;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Topic of `event.*` (keyed by event id, so one event's changes arrive in order).
+pub const EVENTS_TOPIC: &str = "cityevents.events";
+/// Topic of `join.*` (keyed by event id).
+pub const JOINS_TOPIC: &str = "cityevents.joins";
+
+/// The state of an event that consumers need: sent whole in `event.published` and
+/// `event.updated`, so a consumer never has to call back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSnapshot {
+    /// Event id.
+    pub event_id: Uuid,
+    /// The user who created it.
+    pub organizer_id: Uuid,
+    /// Title.
+    pub title: String,
+    /// City.
+    pub city: String,
+    /// Category.
+    pub category: String,
+    /// Start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: OffsetDateTime,
+    /// End (after the start).
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+    /// Seats; `0` = unlimited.
+    pub capacity: u32,
+    /// `published` (or `canceled`).
+    pub status: String,
+}
+
+/// `event.published`: a draft became public; joins open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventPublished(pub EventSnapshot);
+
+/// `event.updated`: a published event changed (a capacity change may promote waitlisted users).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventUpdated(pub EventSnapshot);
+
+/// `event.canceled`: every join of the event is canceled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCanceled {
+    /// Event id.
+    pub event_id: Uuid,
+    /// The organizer.
+    pub organizer_id: Uuid,
+    /// Title (for notifications).
+    pub title: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub canceled_at: OffsetDateTime,
+}
+
+impl Event for EventPublished {
+    const TYPE: &'static str = "event.published";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.0.event_id.to_string())
+    }
+}
+
+impl Event for EventUpdated {
+    const TYPE: &'static str = "event.updated";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.0.event_id.to_string())
+    }
+}
+
+impl Event for EventCanceled {
+    const TYPE: &'static str = "event.canceled";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.event_id.to_string())
+    }
+}
+
+/// What every `join.*` event carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinChange {
+    /// Join id.
+    pub join_id: Uuid,
+    /// Event id.
+    pub event_id: Uuid,
+    /// The participant.
+    pub user_id: Uuid,
+    /// The event's title when it happened (for notifications).
+    pub event_title: String,
+    /// The join's status after the change: `confirmed`, `waitlisted` or `canceled`.
+    pub status: String,
+    /// Why, when it is not the user's own action: `event_canceled`, `kicked`, `banned`,
+    /// `capacity_increased`, `seat_freed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+macro_rules! join_event {
+    ($(#[$doc:meta])* $name:ident, $ty:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub JoinChange);
+
+        impl Event for $name {
+            const TYPE: &'static str = $ty;
+            const VERSION: u32 = 1;
+            fn key(&self) -> Option<String> {
+                Some(self.0.event_id.to_string())
+            }
+        }
+    };
+}
+
+join_event!(
+    /// `join.confirmed`: the user has a seat.
+    JoinConfirmed,
+    "join.confirmed"
+);
+join_event!(
+    /// `join.waitlisted`: the event was full; the user is on its FIFO waitlist.
+    JoinWaitlisted,
+    "join.waitlisted"
+);
+join_event!(
+    /// `join.promoted`: a seat freed up and the oldest waitlisted user got it.
+    JoinPromoted,
+    "join.promoted"
+);
+join_event!(
+    /// `join.canceled`: the user left, or the event was canceled (`reason`).
+    JoinCanceled,
+    "join.canceled"
+);
+join_event!(
+    /// `join.kicked`: the organizer removed the user (and maybe banned them: `reason`).
+    JoinKicked,
+    "join.kicked"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel::events::Envelope;
+
+    #[test]
+    fn join_events_round_trip_through_an_envelope() {
+        let change = JoinChange {
+            join_id: Uuid::now_v7(),
+            event_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            event_title: "Jazz".into(),
+            status: "confirmed".into(),
+            reason: None,
+            at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let env = Envelope::new("cityevents-joins", &JoinConfirmed(change.clone())).unwrap();
+        assert_eq!(env.ty, "join.confirmed");
+        assert_eq!(env.decode::<JoinConfirmed>().unwrap().0, change);
+        assert!(env.decode::<JoinPromoted>().is_err(), "type is checked on decode");
+    }
+}

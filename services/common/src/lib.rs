@@ -1,0 +1,35 @@
+//! What the City Events services share, and nothing else: the names and default ports of the
+//! services, the event catalogue (topics and typed payloads), keyset pagination, time helpers and
+//! small input-validation helpers that answer RFC 9457 problems.
+//!
+//! Anything service-specific stays in its service crate; anything generic belongs in `keel`.
+
+pub mod catalogue;
+pub mod page;
+pub mod time;
+pub mod validate;
+
+/// The services of the platform, their default ports (management listeners at +1000) and the
+/// name Keel knows each by (its env prefix: `cityevents-auth` → `CITYEVENTS_AUTH__…`).
+pub mod services {
+    /// The BFF gateway: the only public entry.
+    pub const GATEWAY: (&str, u16) = ("cityevents-gateway", 8080);
+    /// Accounts, tokens and lockout.
+    pub const AUTH: (&str, u16) = ("cityevents-auth", 8081);
+    /// Events (the things people join).
+    pub const EVENTS: (&str, u16) = ("cityevents-events", 8082);
+    /// Joins, capacity and waitlists.
+    pub const JOINS: (&str, u16) = ("cityevents-joins", 8083);
+    /// Per-user notifications.
+    pub const NOTIFIER: (&str, u16) = ("cityevents-notifier", 8084);
+    /// All of them, in start order (upstreams before the gateway).
+    pub const ALL: [(&str, u16); 5] = [AUTH, EVENTS, JOINS, NOTIFIER, GATEWAY];
+}
+
+/// Roles carried in the access token's `role` claim.
+pub mod roles {
+    /// Every registered account.
+    pub const USER: &str = "user";
+    /// Created only with `cityevents-auth admin create`.
+    pub const ADMIN: &str = "admin";
+}

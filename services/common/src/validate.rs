@@ -1,0 +1,48 @@
+//! Input checks that answer `400 application/problem+json` naming the field, so every limit in
+//! the API fails the same way.
+
+use keel::http::Problem;
+
+/// A 400 problem for one invalid field.
+pub fn invalid(field: &str, message: &str) -> Problem {
+    Problem::bad_request(format!("{field} {message}")).code("invalid_input").field(field, message)
+}
+
+/// Trims `value` and checks it is 1 to `max` characters.
+pub fn text(field: &str, value: &str, max: usize) -> Result<String, Problem> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if v.chars().count() > max {
+        return Err(invalid(field, &format!("must be at most {max} characters")));
+    }
+    if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(v.to_owned())
+}
+
+/// Like [`text`] but empty is allowed.
+pub fn optional_text(field: &str, value: &str, max: usize) -> Result<String, Problem> {
+    if value.trim().is_empty() { Ok(String::new()) } else { text(field, value, max) }
+}
+
+/// Parses a UUID path or body value.
+pub fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, Problem> {
+    uuid::Uuid::parse_str(value).map_err(|_| invalid(field, "must be a UUID"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_limits() {
+        assert_eq!(text("title", "  Jazz  ", 120).unwrap(), "Jazz");
+        assert!(text("title", "   ", 120).is_err());
+        assert!(text("title", &"x".repeat(121), 120).is_err());
+        assert!(text("title", "a\u{0}b", 120).is_err());
+        assert!(text("title", &"é".repeat(120), 120).is_ok(), "characters, not bytes");
+    }
+}

@@ -1,0 +1,5 @@
+//! The events service as its own process (see `cityevents` for all services in one).
+
+fn main() -> std::process::ExitCode {
+    keel::run(cityevents_events::service())
+}

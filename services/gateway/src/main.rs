@@ -1,0 +1,5 @@
+//! The gateway service as its own process (see `cityevents` for all services in one).
+
+fn main() -> std::process::ExitCode {
+    keel::run(cityevents_gateway::service())
+}

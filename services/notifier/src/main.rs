@@ -1,0 +1,5 @@
+//! The notifier service as its own process (see `cityevents` for all services in one).
+
+fn main() -> std::process::ExitCode {
+    keel::run(cityevents_notifier::service())
+}
