@@ -36,13 +36,13 @@ pub(crate) enum Command {
     },
     /// Print name, version, git commit and build profile.
     Version,
-    /// Apply the service's pending database migrations (safe to run from several instances).
     /// Inspect, replay or purge a topic's dead-letter queue on the configured bus.
     #[cfg(feature = "events")]
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Apply the service's pending database migrations (safe to run from several instances).
     #[cfg(feature = "sql")]
     Migrate {
         #[command(subcommand)]

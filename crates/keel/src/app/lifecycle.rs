@@ -149,6 +149,11 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The public listener's bound address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr

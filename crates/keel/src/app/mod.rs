@@ -13,10 +13,15 @@
 //! | `audit verify` | walk the audit log's hash chain; exit 0 / 1 naming the first broken row (`security` + SQL) |
 //! | `keys generate \| new <kid> \| rewrap --new-master-key-file F` | field-encryption keys (`security`) |
 //!
+//! A service adds commands of its own with [`Service::command`]. [`run_from`] takes the arguments
+//! from a list instead of the process (a launcher that hosts several services), and [`Group`]
+//! runs several services in one process.
+//!
 //! `--config PATH` (or `KEEL_CONFIG`) names the config file; `KEEL_ENV` picks the profile.
 //! Exit codes are in [`exit`].
 
 mod cli;
+mod group;
 mod lifecycle;
 mod management;
 #[cfg(feature = "sql")]
@@ -31,7 +36,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
+/// The `clap` Keel's CLI is built with, for [`Service::command`].
+pub use clap;
 pub use cli::exit;
+pub use group::{Group, GroupError};
 pub use lifecycle::{Running, ShutdownError, StartError, start};
 pub use service::{BuildInfo, Service, Setup, SetupError};
 
@@ -43,10 +51,47 @@ use cli::{Cli, Command, ConfigCommand};
 /// command asks (see the module docs). Never panics; start-up failures print one structured
 /// error line and return a non-zero exit code.
 pub fn run<C: Section>(service: Service<C>) -> ExitCode {
+    run_from(service, std::env::args_os())
+}
+
+/// [`run`] with the command line from `args` (the first item is the program name) instead of the
+/// process's.
+///
+/// ```no_run
+/// // `launcher hello serve` runs the hello service as if its own binary got `serve`.
+/// let args: Vec<String> = std::env::args().skip(1).collect();
+/// keel::app::run_from(keel::Service::new(keel::build_info!()), args);
+/// ```
+pub fn run_from<C, I, T>(mut service: Service<C>, args: I) -> ExitCode
+where
+    C: Section,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     let build = service.build.clone();
     let name: &'static str = Box::leak(build.name.clone().into_boxed_str());
-    let cmd = Cli::command().name(name).about(format!("{} {}", build.name, build.version));
-    let cli = match cmd.try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+    let mut cmd = Cli::command().name(name).about(format!("{} {}", build.name, build.version));
+    for (c, _) in &service.commands {
+        cmd = cmd.subcommand(c.clone());
+    }
+    let matches = match cmd.try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { 0 });
+        }
+    };
+    if let Some((sub, sub_matches)) = matches.subcommand()
+        && let Some(i) = service.commands.iter().position(|(c, _)| c.get_name() == sub)
+    {
+        let (_, run) = service.commands.swap_remove(i);
+        let config = matches.get_one::<std::path::PathBuf>("config").cloned();
+        return match load(&build, config.as_deref(), &service.config_defaults) {
+            Ok(loaded) => run(sub_matches, loaded),
+            Err(code) => code,
+        };
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -64,7 +109,8 @@ pub fn run<C: Section>(service: Service<C>) -> ExitCode {
         Ok(p) => p,
         Err(e) => return config_failure(&build, &e, matches!(cli.command, Some(Command::Config { .. }))),
     };
-    let mut loader = Loader::new(build.name.clone(), profile).process_env();
+    let mut loader =
+        Loader::new(build.name.clone(), profile).defaults(service.config_defaults.iter().cloned()).process_env();
     if let Some(path) = &cli.config {
         loader = loader.file(path);
     }
@@ -168,6 +214,21 @@ fn dlq<C>(build: &BuildInfo, loaded: &Loaded<C>, command: cli::DlqCommand) -> Ex
             }
         }
     })
+}
+
+/// Loads the configuration for a service command, printing every problem on failure.
+fn load<C: Section>(
+    build: &BuildInfo,
+    file: Option<&std::path::Path>,
+    defaults: &[(String, String)],
+) -> Result<Loaded<C>, ExitCode> {
+    let profile = Profile::parse(std::env::var(crate::config::PROFILE_ENV).ok().as_deref())
+        .map_err(|e| config_failure(build, &e, true))?;
+    let mut loader = Loader::new(build.name.clone(), profile).defaults(defaults.iter().cloned()).process_env();
+    if let Some(path) = file {
+        loader = loader.file(path);
+    }
+    loader.load::<C>().map_err(|e| config_failure(build, &e, true))
 }
 
 fn config_failure(build: &BuildInfo, e: &ConfigError, human: bool) -> ExitCode {

@@ -68,6 +68,8 @@ macro_rules! build_info {
 pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
 
 type SetupFn<C> = Box<dyn FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send>;
+pub(crate) type CommandFn<C> =
+    Box<dyn FnOnce(&clap::ArgMatches, crate::config::Loaded<C>) -> std::process::ExitCode + Send>;
 pub(crate) type TaskFn = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 pub(crate) type HookFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -87,6 +89,8 @@ pub struct Service<C = NoConfig> {
     pub(crate) setup: SetupFn<C>,
     #[cfg(feature = "sql")]
     pub(crate) migrations: Option<Arc<crate::data::Migrations>>,
+    pub(crate) commands: Vec<(clap::Command, CommandFn<C>)>,
+    pub(crate) config_defaults: Vec<(String, String)>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -104,6 +108,8 @@ impl Service<NoConfig> {
             setup: Box::new(|_| Ok(Router::new())),
             #[cfg(feature = "sql")]
             migrations: None,
+            commands: Vec::new(),
+            config_defaults: Vec::new(),
             _config: PhantomData,
         }
     }
@@ -117,6 +123,8 @@ impl<C: Section> Service<C> {
             setup: Box::new(|_| Ok(Router::new())),
             #[cfg(feature = "sql")]
             migrations: self.migrations,
+            commands: Vec::new(),
+            config_defaults: Vec::new(),
             _config: PhantomData,
         }
     }
@@ -153,6 +161,39 @@ impl<C: Section> Service<C> {
     #[cfg(feature = "sql")]
     pub fn migrations(mut self, migrations: crate::data::Migrations) -> Self {
         self.migrations = Some(Arc::new(migrations));
+        self
+    }
+
+    /// Adds a subcommand of the service's own to its CLI (`<service> <name> …`, listed in
+    /// `--help` beside `serve`, `migrate`…). `run` gets the subcommand's matches and the loaded,
+    /// validated configuration (the global `--config` and `KEEL_ENV` apply) and returns the exit
+    /// code; an invalid configuration exits 64 before `run` is called.
+    ///
+    /// ```
+    /// use std::process::ExitCode;
+    ///
+    /// let service = keel::Service::new(keel::build_info!()).command(
+    ///     clap::Command::new("greet").about("Print a greeting").arg(clap::Arg::new("who").required(true)),
+    ///     |args, _config| {
+    ///         println!("hello {}", args.get_one::<String>("who").map_or("", String::as_str));
+    ///         ExitCode::SUCCESS
+    ///     },
+    /// );
+    /// # let _ = service;
+    /// ```
+    pub fn command<F>(mut self, command: clap::Command, run: F) -> Self
+    where
+        F: FnOnce(&clap::ArgMatches, crate::config::Loaded<C>) -> std::process::ExitCode + Send + 'static,
+    {
+        self.commands.push((command, Box::new(run)));
+        self
+    }
+
+    /// Configuration defaults above the built-in ones and below the file and the environment,
+    /// as env variables of this service (see [`crate::config::Loader::defaults`]); every command
+    /// of [`crate::run`] loads with them.
+    pub fn config_defaults<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.config_defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 

@@ -336,13 +336,34 @@ pub struct Loader {
     profile: Profile,
     file: Option<PathBuf>,
     env: Vec<(String, String)>,
+    defaults: Vec<(String, String)>,
 }
 
 impl Loader {
     /// A loader for `service` (its name gives the env prefix: `cityevents-auth` →
     /// `CITYEVENTS_AUTH__`) with no file and no environment.
     pub fn new(service: impl Into<String>, profile: Profile) -> Self {
-        Self { service: service.into(), profile, file: None, env: Vec::new() }
+        Self { service: service.into(), profile, file: None, env: Vec::new(), defaults: Vec::new() }
+    }
+
+    /// Settings that override the built-in defaults but not the file or the environment, written
+    /// as this service's env variables (`<SERVICE>__HTTP__PORT=8081`): what a launcher that hosts
+    /// several services uses to give each its port. Variables of other services are ignored.
+    ///
+    /// ```
+    /// use keel::config::{Loader, NoConfig, Profile};
+    ///
+    /// let loaded = Loader::new("api", Profile::Test)
+    ///     .defaults([("API__HTTP__PORT", "8081"), ("API__LOG__LEVEL", "debug")])
+    ///     .env([("API__HTTP__PORT", "9000")])
+    ///     .load::<NoConfig>()
+    ///     .unwrap();
+    /// assert_eq!(loaded.config.keel.http.port, 9000); // the environment wins
+    /// assert_eq!(loaded.config.keel.log.level, "debug");
+    /// ```
+    pub fn defaults<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
     }
 
     /// Reads this file.
@@ -382,6 +403,7 @@ impl Loader {
         let mut tree = Tree::new(default_tree);
         let lookup = |name: &str| self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let mut raw = Vec::new();
+        tree.merge_env(&self.env_prefix(), self.defaults.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
         if let Some(file) = &self.file {
             match std::fs::read_to_string(file) {
@@ -785,6 +807,15 @@ fn validate_redis(r: &RedisConfig, v: &mut Validation<'_>) {
     validate_connect(&r.connect, "redis.connect", v);
 }
 
+/// The name in an in-process bus URL, `memory://<name>` (1–64 of `[A-Za-z0-9._-]`).
+pub(crate) fn memory_bus_name(url: &str) -> Option<&str> {
+    let name = url.strip_prefix("memory://")?;
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    ok.then_some(name)
+}
+
 fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
     // Whether a broker is needed at all is known only once the service asks for the bus
     // (`Setup::bus`), which is where a missing URL or `in_process` in production is refused.
@@ -795,6 +826,10 @@ fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
         (BusBackend::Rabbitmq, Some(u)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
             v.invalid("bus.url", "must start with amqp:// or amqps:// for the rabbitmq backend")
         }
+        (BusBackend::InProcess, Some(u)) if memory_bus_name(u).is_none() => v.invalid(
+            "bus.url",
+            "must be memory://<name> for the in_process backend (services with the same name share one bus)",
+        ),
         _ => {}
     }
     if b.publish_timeout.is_zero() {

@@ -546,7 +546,9 @@ impl std::fmt::Display for BusBackend {
 pub struct BusConfig {
     /// `in_process` (default; refused in production: it is not durable), `nats` or `rabbitmq`.
     pub backend: BusBackend,
-    /// **Secret.** The broker URL; required for `nats` and `rabbitmq`.
+    /// **Secret.** The broker URL; required for `nats` and `rabbitmq`. For `in_process`,
+    /// `memory://<name>` makes every service in the process with the same name share one bus
+    /// (several services in one process); unset gives the service a bus of its own.
     pub url: Option<Secret>,
     /// Readiness fails while the broker is unreachable. Default `true`.
     pub required: bool,

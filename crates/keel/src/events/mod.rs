@@ -113,6 +113,25 @@ pub fn validate_name(name: &str) -> Result<(), BusError> {
     if ok { Ok(()) } else { Err(BusError::InvalidName(name.to_owned())) }
 }
 
+/// In-process brokers shared by name (`bus.url: memory://<name>`), so several services in one
+/// process can talk over one bus. Held weakly: a broker lives while a bus uses it.
+static NAMED_BROKERS: std::sync::Mutex<Vec<(String, std::sync::Weak<in_process::Broker>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn in_process_broker(url: Option<&str>, capacity: usize) -> Arc<in_process::Broker> {
+    let Some(name) = url.and_then(crate::config::memory_bus_name) else {
+        return in_process::Broker::new(capacity);
+    };
+    let mut named = NAMED_BROKERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    named.retain(|(_, b)| b.strong_count() > 0);
+    if let Some(b) = named.iter().find(|(n, _)| n == name).and_then(|(_, b)| b.upgrade()) {
+        return b;
+    }
+    let b = in_process::Broker::new(capacity);
+    named.push((name.to_owned(), Arc::downgrade(&b)));
+    b
+}
+
 /// The connected backend.
 enum Conn {
     InProcess(Arc<in_process::Broker>),
@@ -253,7 +272,7 @@ impl Bus {
                     BusBackend::Rabbitmq => {
                         Conn::Rabbit(rabbitmq::Conn::connect(inner.url.as_deref().unwrap_or_default()).await?)
                     }
-                    _ => Conn::InProcess(in_process::Broker::new(inner.config.capacity)),
+                    _ => Conn::InProcess(in_process_broker(inner.url.as_deref(), inner.config.capacity)),
                 };
                 Ok::<_, BusError>(conn)
             })
@@ -637,6 +656,35 @@ mod tests {
         }
         for bad in ["", "a..b", ".a", "a.", "a b", "a*", "a>", "joins.dlq", &"x".repeat(101)] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn memory(url: Option<&str>) -> Bus {
+        let config = BusConfig { url: url.map(crate::config::Secret::new), ..BusConfig::default() };
+        Bus::new(&config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_process_buses_with_the_same_memory_name_share_messages() {
+        let (a, b, other, private) = (
+            memory(Some("memory://shared-test")),
+            memory(Some("memory://shared-test")),
+            memory(Some("memory://other")),
+            memory(None),
+        );
+        for bus in [&a, &b, &other, &private] {
+            bus.connect().await.unwrap();
+        }
+        let opts = SubscribeOptions::default();
+        let mut sub_b = b.subscribe("t", "g", &opts).await.unwrap();
+        let mut sub_other = other.subscribe("t", "g", &opts).await.unwrap();
+        let mut sub_private = private.subscribe("t", "g", &opts).await.unwrap();
+        a.publish("t", &Envelope::raw("test", "x.y", 1, serde_json::json!({"n": 1}))).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), sub_b.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got.envelope().unwrap().data["n"], 1);
+        got.ack().await.unwrap();
+        for sub in [&mut sub_other, &mut sub_private] {
+            assert!(tokio::time::timeout(Duration::from_millis(100), sub.next()).await.is_err(), "not shared");
         }
     }
 }
