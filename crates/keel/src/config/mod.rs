@@ -832,6 +832,16 @@ fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
         ),
         _ => {}
     }
+    if let Some(ns) = &b.namespace {
+        let ok = !ns.is_empty()
+            && ns.len() <= 50
+            && ns
+                .split('.')
+                .all(|w| !w.is_empty() && w.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
+        if !ok {
+            v.invalid("bus.namespace", "must be dot-separated words of [A-Za-z0-9_-], at most 50 characters");
+        }
+    }
     if b.publish_timeout.is_zero() {
         v.invalid("bus.publish_timeout", "must be more than 0s");
     }

@@ -550,6 +550,9 @@ pub struct BusConfig {
     /// `memory://<name>` makes every service in the process with the same name share one bus
     /// (several services in one process); unset gives the service a bus of its own.
     pub url: Option<Secret>,
+    /// Prefix of every topic on the broker (`<namespace>.<topic>`), so several environments or
+    /// test runs can share one broker without seeing each other's messages. Default unset.
+    pub namespace: Option<String>,
     /// Readiness fails while the broker is unreachable. Default `true`.
     pub required: bool,
     /// Deadline for a publish to be confirmed by the broker. Default `5s`.
@@ -566,6 +569,7 @@ impl Default for BusConfig {
         Self {
             backend: BusBackend::InProcess,
             url: None,
+            namespace: None,
             required: true,
             publish_timeout: Duration::from_secs(5),
             capacity: 10_000,

@@ -335,6 +335,7 @@ impl Bus {
         payload: Vec<u8>,
     ) -> Result<(), BusError> {
         validate_name(topic)?;
+        let topic = &*self.namespaced(topic);
         let timeout = self.inner.config.publish_timeout;
         let work = async {
             match self.conn()? {
@@ -361,6 +362,7 @@ impl Bus {
     ) -> Result<Subscription, BusError> {
         validate_name(topic)?;
         validate_name(group)?;
+        let topic = &*self.namespaced(topic);
         let inner = match self.conn()? {
             Conn::InProcess(b) => SubInner::InProcess(b.subscribe(topic, group)),
             #[cfg(feature = "nats")]
@@ -374,6 +376,7 @@ impl Bus {
 
     /// Messages of `group` on `topic` not yet delivered (consumer lag), as the broker counts them.
     pub async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
+        let topic = &*self.namespaced(topic);
         match self.conn()? {
             Conn::InProcess(b) => Ok(b.lag(topic, group)),
             #[cfg(feature = "nats")]
@@ -386,6 +389,7 @@ impl Bus {
     /// Up to `limit` dead letters of `topic`, oldest first, without removing them.
     pub async fn dlq_list(&self, topic: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         validate_name(topic)?;
+        let topic = &*self.namespaced(topic);
         match self.conn()? {
             Conn::InProcess(b) => Ok(b.dlq_list(topic, limit)),
             #[cfg(feature = "nats")]
@@ -399,6 +403,7 @@ impl Bus {
     /// that gave up on them, with a fresh attempt count. Returns how many were replayed.
     pub async fn dlq_replay(&self, topic: &str, id: Option<&str>) -> Result<usize, BusError> {
         validate_name(topic)?;
+        let topic = &*self.namespaced(topic);
         match self.conn()? {
             Conn::InProcess(b) => b.dlq_replay(topic, id),
             #[cfg(feature = "nats")]
@@ -411,12 +416,21 @@ impl Bus {
     /// Deletes the dead letters of `topic`. Returns how many.
     pub async fn dlq_purge(&self, topic: &str) -> Result<usize, BusError> {
         validate_name(topic)?;
+        let topic = &*self.namespaced(topic);
         match self.conn()? {
             Conn::InProcess(b) => Ok(b.dlq_purge(topic)),
             #[cfg(feature = "nats")]
             Conn::Nats(c) => c.dlq_purge(topic).await,
             #[cfg(feature = "rabbitmq")]
             Conn::Rabbit(c) => c.dlq_purge(topic).await,
+        }
+    }
+
+    /// `topic` as named on the broker: under `bus.namespace` when one is set.
+    fn namespaced<'a>(&self, topic: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.inner.config.namespace {
+            Some(ns) => std::borrow::Cow::Owned(format!("{ns}.{topic}")),
+            None => std::borrow::Cow::Borrowed(topic),
         }
     }
 
@@ -686,5 +700,30 @@ mod tests {
         for sub in [&mut sub_other, &mut sub_private] {
             assert!(tokio::time::timeout(Duration::from_millis(100), sub.next()).await.is_err(), "not shared");
         }
+    }
+
+    #[tokio::test]
+    async fn namespaces_keep_topics_apart_on_one_broker() {
+        let config = |ns: &str| BusConfig {
+            url: Some(crate::config::Secret::new("memory://namespaces-test")),
+            namespace: Some(ns.to_owned()),
+            ..BusConfig::default()
+        };
+        let (a, a2, b) = (
+            Bus::new(&config("run-a")).unwrap(),
+            Bus::new(&config("run-a")).unwrap(),
+            Bus::new(&config("run-b")).unwrap(),
+        );
+        for bus in [&a, &a2, &b] {
+            bus.connect().await.unwrap();
+        }
+        let opts = SubscribeOptions::default();
+        let mut sub_a2 = a2.subscribe("t", "g", &opts).await.unwrap();
+        let mut sub_b = b.subscribe("t", "g", &opts).await.unwrap();
+        a.publish("t", &Envelope::raw("test", "x.y", 1, serde_json::json!({}))).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), sub_a2.next()).await.unwrap().unwrap().unwrap();
+        got.ack().await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(100), sub_b.next()).await.is_err());
+        assert_eq!(a.lag("t", "g").await.unwrap(), 0);
     }
 }
