@@ -1,6 +1,117 @@
 //! City Events auth: accounts, access and refresh tokens, lockout, audit log.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /api/v1/auth/register` `{email, password, name}` | 201 user; 409 `email_taken` |
+//! | `POST /api/v1/auth/login` `{email, password}` | `{access_token, refresh_token, token_type, expires_in}`; 401 `invalid_credentials`; 429 `locked` |
+//! | `POST /api/v1/auth/refresh` `{refresh_token}` | a new pair in the same family; 401 `refresh_reused` / `invalid_refresh_token` |
+//! | `POST /api/v1/auth/logout` `{refresh_token}` | 204; revokes the token's family |
+//! | `GET /api/v1/me` (bearer) | `{id, email, name, role, created_at}` |
+//! | `PUT /api/v1/admin/users/{id}/role` `{role}` (role `admin`) | the user with the new role |
+//!
+//! * **Accounts**: addresses are trimmed and lowercased, stored encrypted
+//!   (`security.encryption.*`) with a keyed blind index for lookups; passwords pass
+//!   `security.passwords.*`'s policy and are hashed with Argon2id. Everyone registers as `user`;
+//!   admins come only from [`create_admin`] (the `admin create` command).
+//! * **Access tokens** are JWTs (`security.jwt.*`, which must name a `signing_key`): `sub` = user
+//!   id, `role`, the configured `iss`/`aud`, lifetime `security.jwt.ttl`.
+//! * **Refresh tokens** are opaque, stored as SHA-256, rotated on every use; reusing a spent
+//!   one revokes its whole family (all its tokens stop working).
+//! * **Lockout** per address, existing or not (`app.lockout.*`): after `max_failures` within
+//!   `window` the address is refused for `duration`, even with the right password. Unknown
+//!   addresses cost one dummy Argon2 verification, so timing does not reveal accounts.
+//! * **Audit log** (`audit_log` table): registrations, sign-ins and failures, lockouts,
+//!   sign-outs, refresh-token reuse, role changes — never a password or a clear address.
+//! * **Metrics**: `auth_login_attempts_total{outcome}` (`success`, `invalid_credentials`,
+//!   `locked`, `invalid_input`).
+
+mod accounts;
+mod admin;
+mod cli;
+mod config;
+mod error;
+mod json;
+mod lockout;
+mod metrics;
+mod routes;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::app::SetupError;
+use keel::workers::{RunError, Worker};
+
+pub use accounts::{Accounts, MAX_EMAIL, MAX_NAME, User, check_new_password, normalize_email, validate_name};
+pub use admin::{AdminCreated, AdminError, create_admin, run_admin_create};
+pub use config::{AuthConfig, LockoutConfig};
+pub use error::FieldError;
+
+/// How often expired refresh tokens and stale failure counters are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// The service's migrations (PostgreSQL, MySQL/MariaDB, SQLite): `users`, `refresh_tokens`,
+/// `login_failures`. The audit log creates its own table on first use.
+pub fn migrations() -> keel::data::Migrations {
+    keel::data::Migrations::new()
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+}
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
-pub fn service() -> keel::Service {
+pub fn service() -> keel::Service<AuthConfig> {
     keel::Service::new(keel::build_info!())
+        .name(cityevents_common::services::AUTH.0)
+        .with_config::<AuthConfig>()
+        .migrations(migrations())
+        .command(cli::admin_command(), cli::run_admin)
+        .setup(setup)
+}
+
+fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
+    if s.keel().security.jwt.signing_key.is_none() {
+        return Err("cityevents-auth issues access tokens: set security.jwt.signing_key and that key under \
+                    security.jwt.keys"
+            .into());
+    }
+    let jwt = s.jwt()?;
+    // Fail at start-up, not at the first sign-in, when the signing key cannot sign.
+    jwt.issue(&jwt.claims("start-up-check")).map_err(|e| format!("security.jwt cannot sign: {e}"))?;
+    let (hasher, policy) = s.passwords()?;
+    let keyring = s.keyring()?;
+    let index = s.blind_index()?;
+    let db = s.database()?;
+    let audit = s.audit_log(&db);
+    let login_metrics = metrics::LoginMetrics::register(s.metrics())?;
+    let cfg = s.config().clone();
+    let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);
+    let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
+    let refresh = tokens::RefreshTokens::new(db, cfg.refresh_ttl);
+    let (l, r) = (lockout.clone(), refresh.clone());
+    s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone())))?;
+    let state = routes::AppState {
+        accounts,
+        lockout,
+        refresh,
+        jwt,
+        access_ttl: s.keel().security.jwt.ttl.as_secs(),
+        metrics: login_metrics,
+        trusted_proxies: Arc::from(s.keel().http.trusted_proxies.clone()),
+    };
+    Ok(routes::router(state))
+}
+
+/// Deletes expired refresh tokens and finished failure counters. Best effort: a failure (the
+/// database is down) is logged and the next round tries again; the worker itself never fails.
+async fn prune(lockout: lockout::Lockout, refresh: tokens::RefreshTokens) -> Result<(), RunError> {
+    match (refresh.prune().await, lockout.prune().await) {
+        (Ok(tokens), Ok(counters)) => {
+            if tokens + counters > 0 {
+                tracing::debug!(tokens, counters, "pruned expired refresh tokens and failure counters");
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "pruning refresh tokens or failure counters failed"),
+    }
+    Ok(())
 }

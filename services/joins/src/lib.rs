@@ -1,6 +1,135 @@
-//! City Events joins: capacity under concurrency, FIFO waitlists, idempotent joins; consumes event.*, emits join.*.
+//! City Events joins: capacity under concurrency, FIFO waitlists, idempotent joins; consumes
+//! `event.*`, emits `join.*`.
+//!
+//! * **Capacity** is enforced in one transaction per join: the event's `event_capacity` row is
+//!   locked first (`SELECT … FOR UPDATE` on PostgreSQL and MySQL; on SQLite the transaction
+//!   starts with a write to that row, so the write lock is taken up front), then the join is
+//!   confirmed or waitlisted, the idempotency record stored and `join.*` enqueued in the outbox
+//!   before commit. Every change to an event's joins takes the same lock, so the counters on the
+//!   row are exact and the waitlist is served strictly first in, first out.
+//! * **Idempotency**: `POST …/join` needs an `Idempotency-Key`; a retry with the same key by the
+//!   same user answers the stored status and body, even after the state changed.
+//! * **Events in** (`cityevents.events`, group `joins`, with an inbox so a redelivery is applied
+//!   once): `event.published` creates the capacity row, `event.updated` changes it (a larger
+//!   capacity promotes waitlisted users), `event.canceled` cancels every join.
+//!
+//! See `docs/cityevents.md` for the platform contract.
+
+mod api;
+mod consumer;
+mod error;
+mod extract;
+mod store;
+
+use std::time::Duration;
+
+use keel::config::{Section, Validation};
+use serde::{Deserialize, Serialize};
+
+pub use consumer::{EventsHandler, apply_event};
+
+/// The joins service's `app` section (env `CITYEVENTS_JOINS__APP__…`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JoinsConfig {
+    /// How long an `Idempotency-Key` is remembered (a retry after that is a new request).
+    /// Default `24h`; 1 minute to 30 days.
+    #[serde(with = "keel::config::duration")]
+    pub idempotency_ttl: Duration,
+    /// `event.*` messages handled at once. Default `8`; 1 to 256.
+    pub consumer_concurrency: usize,
+    /// The topic `event.*` is consumed from. Default `cityevents.events` (the catalogue's); only
+    /// isolated test or staging set-ups change it.
+    pub events_topic: String,
+    /// The topic `join.*` is published to. Default `cityevents.joins` (the catalogue's).
+    pub joins_topic: String,
+}
+
+impl Default for JoinsConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            consumer_concurrency: 8,
+            events_topic: cityevents_common::catalogue::EVENTS_TOPIC.to_owned(),
+            joins_topic: cityevents_common::catalogue::JOINS_TOPIC.to_owned(),
+        }
+    }
+}
+
+impl Section for JoinsConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600)).contains(&self.idempotency_ttl) {
+            v.invalid("idempotency_ttl", "must be between 1m and 30d");
+        }
+        if !(1..=256).contains(&self.consumer_concurrency) {
+            v.invalid("consumer_concurrency", "must be between 1 and 256");
+        }
+        for (key, topic) in [("events_topic", &self.events_topic), ("joins_topic", &self.joins_topic)] {
+            if let Err(e) = keel::events::validate_name(topic) {
+                v.invalid(key, e.to_string());
+            }
+        }
+    }
+}
+
+/// The service's migrations, one set per backend (they include Keel's outbox and inbox tables).
+pub fn migrations() -> keel::data::Migrations {
+    keel::data::Migrations::new()
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+}
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
-pub fn service() -> keel::Service {
+pub fn service() -> keel::Service<JoinsConfig> {
     keel::Service::new(keel::build_info!())
+        .name(cityevents_common::services::JOINS.0)
+        .with_config::<JoinsConfig>()
+        .migrations(migrations())
+        .setup(|s| {
+            let cfg = s.config().clone();
+            let db = s.database()?;
+            let bus = s.bus()?;
+            let outbox = s.outbox(&db)?;
+            let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone());
+            let options = keel::events::ConsumerOptions::default().concurrency(cfg.consumer_concurrency);
+            s.consume(
+                keel::events::Consumer::new(bus, cfg.events_topic.clone(), "joins", handler)
+                    .inbox(db.clone())
+                    .options(options),
+            )?;
+            s.worker(store::idempotency_pruner(db.clone(), cfg.idempotency_ttl))?;
+            let jwt = s.jwt()?;
+            let state = api::Shared::new(db, outbox, &cfg);
+            Ok(api::router(state).layer(jwt.extension()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use keel::config::{Loader, Profile};
+
+    use super::JoinsConfig;
+
+    fn load(vars: &[(&str, &str)]) -> Result<JoinsConfig, String> {
+        Loader::new(cityevents_common::services::JOINS.0, Profile::Test)
+            .env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+            .load::<JoinsConfig>()
+            .map(|l| l.config.app.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        let cfg = load(&[]).unwrap();
+        assert_eq!(cfg.idempotency_ttl, std::time::Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.events_topic, "cityevents.events");
+        assert_eq!(cfg.joins_topic, "cityevents.joins");
+        let set = |k: &str, v: &str| load(&[(&format!("CITYEVENTS_JOINS__APP__{k}"), v)]);
+        assert!(set("IDEMPOTENCY_TTL", "1h").is_ok());
+        for (k, v) in [("IDEMPOTENCY_TTL", "1s"), ("CONSUMER_CONCURRENCY", "0"), ("EVENTS_TOPIC", "a b")] {
+            let err = set(k, v).err().unwrap_or_default();
+            assert!(err.contains(&k.to_lowercase()), "{k}={v}: {err}");
+        }
+    }
 }

@@ -31,6 +31,7 @@ use crate::telemetry::{self, TelemetryOptions};
 type StartFuture = Pin<Box<dyn Future<Output = Result<Running, StartError>> + Send>>;
 type LoadFn = Box<dyn FnOnce() -> Result<Prepared, ConfigError> + Send>;
 type StartedFn = Box<dyn FnOnce(&[Running]) + Send>;
+type Members = Vec<(String, Prepared)>;
 
 struct Prepared {
     keel: KeelConfig,
@@ -127,7 +128,7 @@ impl Group {
         self.members.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    fn prepare(self) -> Result<(Vec<(String, Prepared)>, Option<StartedFn>), Vec<GroupError>> {
+    fn prepare(self) -> Result<(Members, Option<StartedFn>), Vec<GroupError>> {
         let mut prepared = Vec::new();
         let mut errors = Vec::new();
         for (service, load) in self.members {
@@ -255,7 +256,7 @@ impl Group {
     }
 }
 
-async fn start_all(prepared: Vec<(String, Prepared)>) -> Result<Vec<Running>, GroupError> {
+async fn start_all(prepared: Members) -> Result<Vec<Running>, GroupError> {
     let mut running = Vec::with_capacity(prepared.len());
     for (service, p) in prepared {
         match (p.start)().await {

@@ -1,0 +1,360 @@
+//! Accounts: input rules, the `users` table, encrypted e-mail addresses and the audit trail.
+//!
+//! An address is stored only encrypted (`Keyring`, AES-256-GCM) beside its keyed blind index
+//! (`BlindIndex::email`, HMAC-SHA256 of the trimmed, lowercased address), which is what every
+//! lookup and the `UNIQUE` constraint use. Passwords are Argon2id PHC strings.
+
+use keel::data::{DataError, Db};
+use keel::security::audit::{AuditLog, Outcome};
+use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
+use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{FieldError, Observe};
+use cityevents_common::time::{from_micros, now, to_micros};
+
+/// Longest e-mail address accepted (RFC 5321's path limit), in characters.
+pub const MAX_EMAIL: usize = 254;
+/// Longest display name accepted, in characters.
+pub const MAX_NAME: usize = 100;
+/// Longest local part of an address (RFC 5321).
+const MAX_LOCAL: usize = 64;
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// UUIDv7.
+    pub id: Uuid,
+    /// The address, decrypted.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// `user` or `admin`.
+    pub role: String,
+    /// When the account was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A `users` row.
+#[derive(Debug, Clone)]
+pub(crate) struct UserRow {
+    pub(crate) id: String,
+    pub(crate) email_ciphertext: String,
+    pub(crate) password_hash: String,
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) created_at: i64,
+}
+
+type RowTuple = (String, String, String, String, String, i64);
+
+impl From<RowTuple> for UserRow {
+    fn from((id, email_ciphertext, password_hash, name, role, created_at): RowTuple) -> Self {
+        Self { id, email_ciphertext, password_hash, name, role, created_at }
+    }
+}
+
+/// Why an account could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("the e-mail address is taken")]
+    Taken,
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Taken => crate::error::email_taken().into(),
+            StoreError::Data(e) => e.into(),
+            StoreError::Crypto(e) => e.into(),
+            StoreError::Password(e) => e.into(),
+        }
+    }
+}
+
+/// Everything account operations need: the database, the keyring and blind index for e-mail
+/// addresses, the password hasher and policy, and the audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct Accounts {
+    pub(crate) db: Db,
+    keyring: Keyring,
+    index: BlindIndex,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) policy: PasswordPolicy,
+    audit: AuditLog,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts").field("db", &self.db).finish_non_exhaustive()
+    }
+}
+
+impl Accounts {
+    /// Bundles what account operations use (`Setup::database`, `Setup::keyring`,
+    /// `Setup::blind_index`, `Setup::passwords`, `Setup::audit_log` in a service).
+    pub fn new(
+        db: Db,
+        keyring: Keyring,
+        index: BlindIndex,
+        hasher: PasswordHasher,
+        policy: PasswordPolicy,
+        audit: AuditLog,
+    ) -> Self {
+        Self { db, keyring, index, hasher, policy, audit }
+    }
+
+    /// The blind index of a normalized address.
+    pub(crate) fn email_index(&self, email: &str) -> String {
+        self.index.email(email)
+    }
+
+    pub(crate) async fn by_email_index(&self, bidx: &str) -> Result<Option<UserRow>, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let row: Option<RowTuple> = sqlx::query_as(sql(
+            db,
+            "SELECT id, email_ciphertext, password_hash, name, role, created_at FROM users WHERE email_bidx = $1",
+        ))
+        .bind(bidx)
+        .fetch_optional(&mut *conn)
+        .await
+        .obs(db)?;
+        Ok(row.map(UserRow::from))
+    }
+
+    pub(crate) async fn by_id(&self, id: Uuid) -> Result<Option<UserRow>, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let row: Option<RowTuple> = sqlx::query_as(sql(
+            db,
+            "SELECT id, email_ciphertext, password_hash, name, role, created_at FROM users WHERE id = $1",
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .obs(db)?;
+        Ok(row.map(UserRow::from))
+    }
+
+    /// Hashes the password, encrypts the address and inserts the account. The inputs must be
+    /// validated already.
+    pub(crate) async fn insert(&self, email: &str, name: &str, password: &str, role: &str) -> Result<User, StoreError> {
+        let password_hash = self.hasher.hash(password).await?;
+        let email_ciphertext = self.keyring.encrypt_str(email)?;
+        let (id, created_at) = (Uuid::now_v7(), now());
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let inserted = sqlx::query(sql(
+            db,
+            "INSERT INTO users (id, email_ciphertext, email_bidx, password_hash, name, role, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ))
+        .bind(id.to_string())
+        .bind(&email_ciphertext)
+        .bind(self.email_index(email))
+        .bind(&password_hash)
+        .bind(name)
+        .bind(role)
+        .bind(to_micros(created_at))
+        .execute(&mut *conn)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::Taken),
+            Err(e) => return Err(db.observe(e).into()),
+        }
+        // Round through storage precision so the answer equals what `GET /me` shows later.
+        let created_at = from_micros(to_micros(created_at));
+        Ok(User { id, email: email.to_owned(), name: name.to_owned(), role: role.to_owned(), created_at })
+    }
+
+    /// Sets the role of an existing account.
+    pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        sqlx::query(sql(db, "UPDATE users SET role = $1 WHERE id = $2"))
+            .bind(role)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .obs(db)?;
+        Ok(())
+    }
+
+    /// Replaces the password hash (after a cost change, on the next successful sign-in).
+    pub(crate) async fn set_password_hash(&self, id: &str, phc: &str) -> Result<(), DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        sqlx::query(sql(db, "UPDATE users SET password_hash = $1 WHERE id = $2"))
+            .bind(phc)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .obs(db)?;
+        Ok(())
+    }
+
+    /// The API view of a row (decrypts the address).
+    pub(crate) fn user(&self, row: &UserRow) -> Result<User, crate::error::ApiError> {
+        let id = Uuid::parse_str(&row.id)
+            .map_err(|_| crate::error::ApiError::Internal("a users row has an id that is not a UUID".into()))?;
+        Ok(User {
+            id,
+            email: self.keyring.decrypt_str(&row.email_ciphertext)?,
+            name: row.name.clone(),
+            role: row.role.clone(),
+            created_at: from_micros(row.created_at),
+        })
+    }
+
+    /// Appends to the audit log. A failed append is logged, not returned: the action it
+    /// records has already happened and the caller must still get its answer.
+    pub(crate) async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        details: serde_json::Value,
+    ) {
+        if let Err(e) = self.audit.record(actor, action, target, outcome, details).await {
+            tracing::error!(error = %e, action, "cannot append to the audit log");
+        }
+    }
+}
+
+/// `$n` placeholders for this backend, as the statement text sqlx takes.
+pub(crate) fn sql(db: &Db, text: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(db.sql(text).into_owned())
+}
+
+/// Trims and lowercases an address and checks its length and basic syntax.
+pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
+    let email = raw.trim().to_lowercase();
+    if email.is_empty() {
+        return Err(FieldError::new("email", "is required"));
+    }
+    if email.chars().count() > MAX_EMAIL {
+        return Err(FieldError::new("email", format!("must be at most {MAX_EMAIL} characters")));
+    }
+    if !plausible_email(&email) {
+        return Err(FieldError::new("email", "is not an e-mail address"));
+    }
+    Ok(email)
+}
+
+/// `local@domain.tld`: one `@`, no spaces, quotes or brackets, a dotted domain of non-empty
+/// labels. Deliberately not the whole of RFC 5322: deliverability is for a confirmation mail.
+fn plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else { return false };
+    let bad_local = |c: char| c.is_whitespace() || c.is_control() || "\"(),:;<>[\\]@".contains(c);
+    if local.is_empty()
+        || local.chars().count() > MAX_LOCAL
+        || local.chars().any(bad_local)
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return false;
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.chars().count() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
+/// Trims a display name and checks it is 1 to [`MAX_NAME`] characters without control
+/// characters.
+pub fn validate_name(raw: &str) -> Result<String, FieldError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(FieldError::new("name", "is required"));
+    }
+    if name.chars().count() > MAX_NAME {
+        return Err(FieldError::new("name", format!("must be at most {MAX_NAME} characters")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(FieldError::new("name", "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks a new password against the policy (length, not the address, not a common password).
+pub fn check_new_password(policy: &PasswordPolicy, password: &str, email: &str) -> Result<(), FieldError> {
+    policy.check(password, Some(email)).map_err(|v| {
+        let message = match v {
+            PolicyViolation::TooShort(n) => format!("must be at least {n} characters"),
+            PolicyViolation::TooLong(n) => format!("must be at most {n} bytes"),
+            PolicyViolation::SameAsEmail => "must not be the e-mail address".to_owned(),
+            PolicyViolation::Common => "is too common".to_owned(),
+            other => other.to_string(),
+        };
+        FieldError::new("password", message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized_and_checked() {
+        assert_eq!(normalize_email("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        assert_eq!(normalize_email("a.b+tag@sub.example.co").unwrap(), "a.b+tag@sub.example.co");
+        for bad in [
+            "",
+            "   ",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@@example.com",
+            "a@exa mple.com",
+            "a@-example.com",
+            "a@example..com",
+            ".a@example.com",
+            "a\"b@example.com",
+            "a@example.com.",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@{}.com", "a".repeat(64), "b".repeat(186));
+        assert_eq!(long.len(), 255);
+        assert_eq!(normalize_email(&long).unwrap_err().field, "email");
+        assert!(normalize_email(&format!("{}@example.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        assert_eq!(validate_name("  Ada  ").unwrap(), "Ada");
+        assert!(validate_name(" ").is_err());
+        assert!(validate_name(&"é".repeat(100)).is_ok());
+        assert!(validate_name(&"é".repeat(101)).is_err());
+        assert!(validate_name("a\u{7}b").is_err());
+    }
+
+    #[test]
+    fn policy_messages_name_the_password() {
+        let p = PasswordPolicy::default();
+        let e = check_new_password(&p, "short", "a@example.com").unwrap_err();
+        assert_eq!((e.field, e.message.as_str()), ("password", "must be at least 12 characters"));
+        assert!(check_new_password(&p, "plum-harbor-velvet-42", "a@example.com").is_ok());
+    }
+}

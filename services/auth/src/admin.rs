@@ -1,0 +1,162 @@
+//! Administrators: there are no default users anywhere; an operator creates (or promotes) an
+//! admin from the command line, `cityevents-auth admin create --email … [--name …]`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::config::{Loaded, Profile};
+use keel::data::{DataError, Db};
+use keel::security::audit::{AuditLog, Outcome};
+use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
+use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::accounts::{Accounts, StoreError, check_new_password, normalize_email, validate_name};
+use crate::config::AuthConfig;
+use crate::error::FieldError;
+use cityevents_common::roles;
+
+/// The audit actor of command-line administration.
+const CLI_ACTOR: &str = "system:cli";
+/// How long the command waits for the database when `database.connect.max_elapsed` is 0.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// Why an admin could not be created. Messages never contain the password or the address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// An input is invalid (the password policy included).
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+    /// The configuration cannot be used (keys, database URL).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The database failed.
+    #[error("{0}")]
+    Database(#[from] DataError),
+    /// The database did not connect (and migrate, where automatic) in time.
+    #[error("the database was not ready within {}", humanize(*.0))]
+    Unreachable(Duration),
+    /// Migrations are pending and `database.auto_migrate` is off.
+    #[error("database migrations are pending: run `cityevents-auth migrate` first")]
+    MigrationsPending,
+    /// Hashing failed.
+    #[error("password hashing: {0}")]
+    Password(#[from] PasswordError),
+    /// Encrypting the address failed.
+    #[error("field encryption: {0}")]
+    Crypto(#[from] CryptoError),
+    /// Someone registered the address at the same moment.
+    #[error("the e-mail address was registered meanwhile; run the command again to promote it")]
+    Raced,
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Taken => Self::Raced,
+            StoreError::Data(e) => e.into(),
+            StoreError::Crypto(e) => e.into(),
+            StoreError::Password(e) => e.into(),
+        }
+    }
+}
+
+/// What [`create_admin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCreated {
+    /// A new account with role `admin`.
+    Created(Uuid),
+    /// An existing account was made `admin` (its name and password are unchanged).
+    Promoted(Uuid),
+    /// The account was already an admin; nothing changed.
+    AlreadyAdmin(Uuid),
+}
+
+impl AdminCreated {
+    /// The account's id.
+    pub fn id(self) -> Uuid {
+        match self {
+            Self::Created(id) | Self::Promoted(id) | Self::AlreadyAdmin(id) => id,
+        }
+    }
+}
+
+/// Creates an account with role `admin` (the password must pass the policy), or promotes the
+/// existing account with this address to `admin` — its name and password stay as they are.
+/// Both are audited (`auth.admin_create`, `auth.role_change`) with actor `system:cli`.
+pub async fn create_admin(
+    accounts: &Accounts,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> Result<AdminCreated, AdminError> {
+    let email = normalize_email(email)?;
+    let bidx = accounts.email_index(&email);
+    if let Some(row) = accounts.by_email_index(&bidx).await? {
+        let id = Uuid::parse_str(&row.id)
+            .map_err(|_| AdminError::Config("a users row has an id that is not a UUID".into()))?;
+        if row.role == roles::ADMIN {
+            return Ok(AdminCreated::AlreadyAdmin(id));
+        }
+        accounts.set_role(&row.id, roles::ADMIN).await?;
+        let details = json!({ "from": row.role, "to": roles::ADMIN });
+        accounts.audit(CLI_ACTOR, "auth.role_change", &format!("user:{id}"), Outcome::Success, details).await;
+        return Ok(AdminCreated::Promoted(id));
+    }
+    let name = validate_name(name)?;
+    check_new_password(&accounts.policy, password, &email)?;
+    let user = accounts.insert(&email, &name, password, roles::ADMIN).await?;
+    let target = format!("user:{}", user.id);
+    accounts.audit(CLI_ACTOR, "auth.admin_create", &target, Outcome::Success, json!({ "role": roles::ADMIN })).await;
+    Ok(AdminCreated::Created(user.id))
+}
+
+/// `cityevents-auth admin create`: builds what [`create_admin`] needs from the loaded
+/// configuration (database, keys, password settings), connects — applying migrations when
+/// `database.auto_migrate` is on, else refusing while any is pending — and creates or promotes
+/// the admin. Returns the account's id.
+pub async fn run_admin_create(
+    loaded: &Loaded<AuthConfig>,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> Result<Uuid, AdminError> {
+    let keel = &loaded.config.keel;
+    let service = cityevents_common::services::AUTH.0;
+    let config = |e: &dyn std::fmt::Display| AdminError::Config(e.to_string());
+    let keyring = Keyring::from_config(&keel.security.encryption).map_err(|e| config(&e))?;
+    let index = BlindIndex::from_config(&keel.security.encryption).map_err(|e| config(&e))?;
+    let hasher = PasswordHasher::from_config(&keel.security.passwords).map_err(|e| config(&e))?;
+    let policy = PasswordPolicy::from_config(&keel.security.passwords);
+    let url = keel::data::resolve_url(&keel.database, service, loaded.profile == Profile::Production)
+        .map_err(|e| config(&e))?;
+    let migrations = Arc::new(crate::migrations());
+    let db = Db::new(service, &url, &keel.database, Some(migrations.clone()), &keel::telemetry::Metrics::new())
+        .map_err(|e| config(&e))?;
+    let result = async {
+        let wait = match keel.database.connect.max_elapsed {
+            d if d.is_zero() => DEFAULT_WAIT,
+            d => d,
+        };
+        // Connects with backoff and, when `auto_migrate` is on, migrates.
+        tokio::time::timeout(wait, db.clone().connect_in_background(CancellationToken::new()))
+            .await
+            .map_err(|_| AdminError::Unreachable(wait))?;
+        if !keel.database.auto_migrate && !migrations.pending(db.pool(), db.backend()).await?.is_empty() {
+            return Err(AdminError::MigrationsPending);
+        }
+        let audit = AuditLog::from_db(&db).mask_fields(keel.log.mask_fields.iter());
+        let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);
+        create_admin(&accounts, email, name, password).await.map(AdminCreated::id)
+    }
+    .await;
+    db.close().await;
+    result
+}

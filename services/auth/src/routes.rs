@@ -1,0 +1,312 @@
+//! The HTTP API: register, sign in, rotate and revoke refresh tokens, `GET /me`, and the
+//! admin-only role change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+use keel::http::Problem;
+use keel::http::client_ip::{IpNet, client_ip};
+use keel::security::audit::Outcome;
+use keel::security::jwt::{Auth, Claims, Jwt, RequireRole, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::accounts::{Accounts, User, check_new_password, normalize_email, validate_name};
+use crate::error::{ApiError, FieldError, invalid_credentials, invalid_refresh_token, locked, refresh_reused};
+use crate::json::Json;
+use crate::lockout::{Gate, Lockout};
+use crate::metrics::{LoginMetrics, LoginOutcome};
+use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
+use cityevents_common::roles;
+
+/// Largest request body of any auth route (the longest valid one is well under 1 KiB).
+pub(crate) const BODY_LIMIT: usize = 8 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) accounts: Accounts,
+    pub(crate) lockout: Lockout,
+    pub(crate) refresh: RefreshTokens,
+    pub(crate) jwt: Jwt,
+    /// `security.jwt.ttl` in seconds: the access token's `expires_in`.
+    pub(crate) access_ttl: u64,
+    pub(crate) metrics: LoginMetrics,
+    pub(crate) trusted_proxies: Arc<[IpNet]>,
+}
+
+/// The routes, under the same paths the gateway exposes.
+pub(crate) fn router(state: AppState) -> Router {
+    let jwt = state.jwt.clone();
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/admin/users/{id}/role", put(set_role))
+        .route_layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(jwt.extension())
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+#[derive(Serialize)]
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// The admin role, for [`RequireRole`].
+struct Admin;
+
+impl Role for Admin {
+    const NAME: &'static str = roles::ADMIN;
+}
+
+/// The client's address for the audit log (`http.trusted_proxies` may tell it).
+struct ClientAddr(String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| client_ip(c.0.ip(), &parts.headers, &s.trusted_proxies).to_string())
+            .unwrap_or_default();
+        Ok(Self(ip))
+    }
+}
+
+fn user_target(id: &str) -> String {
+    format!("user:{id}")
+}
+
+fn not_found() -> Problem {
+    Problem::not_found().code("user_not_found").detail("no such account")
+}
+
+/// Tokens are secrets: no cache may keep the response.
+fn token_response(pair: TokenPair) -> Response {
+    let mut resp = axum::Json(pair).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn access_token(s: &AppState, user_id: &str, role: &str) -> Result<String, ApiError> {
+    Ok(s.jwt.issue(&s.jwt.claims(user_id).role(role))?)
+}
+
+async fn register(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<RegisterBody>,
+) -> Result<(StatusCode, axum::Json<User>), ApiError> {
+    let email = normalize_email(&b.email)?;
+    let name = validate_name(&b.name)?;
+    check_new_password(&s.accounts.policy, &b.password, &email)?;
+    // Checked before hashing so a taken address costs no Argon2 run; the UNIQUE index still
+    // decides a race.
+    if s.accounts.by_email_index(&s.accounts.email_index(&email)).await?.is_some() {
+        return Err(crate::error::email_taken().into());
+    }
+    let user = s.accounts.insert(&email, &name, &b.password, roles::USER).await?;
+    let target = user_target(&user.id.to_string());
+    s.accounts.audit(&target, "auth.register", &target, Outcome::Success, json!({ "ip": ip })).await;
+    Ok((StatusCode::CREATED, axum::Json(user)))
+}
+
+fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
+    let email = normalize_email(&b.email)?;
+    if b.password.is_empty() {
+        return Err(FieldError::new("password", "is required"));
+    }
+    if b.password.len() > s.accounts.policy.max_length {
+        return Err(FieldError::new("password", format!("must be at most {} bytes", s.accounts.policy.max_length)));
+    }
+    Ok(email)
+}
+
+async fn login(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    body: Result<Json<LoginBody>, Problem>,
+) -> Result<Response, ApiError> {
+    // A body that does not parse is an invalid attempt too: count it before refusing it.
+    let Json(b) = body.inspect_err(|_| s.metrics.count(LoginOutcome::InvalidInput))?;
+    let email = match login_input(&s, &b) {
+        Ok(e) => e,
+        Err(e) => {
+            s.metrics.count(LoginOutcome::InvalidInput);
+            return Err(e.into());
+        }
+    };
+    let bidx = s.accounts.email_index(&email);
+    let anonymous_target = format!("email_index:{bidx}");
+    // Before the account lookup and the password check: a locked address gets the same quick
+    // answer whether or not an account has it.
+    if let Gate::Locked(retry_after) = s.lockout.gate(&bidx).await? {
+        s.metrics.count(LoginOutcome::Locked);
+        let details = json!({ "reason": "locked", "ip": ip });
+        s.accounts.audit("anonymous", "auth.login", &anonymous_target, Outcome::Denied, details).await;
+        return Err(locked(retry_after).into());
+    }
+    let row = s.accounts.by_email_index(&bidx).await?;
+    let verified = match &row {
+        Some(r) => s.accounts.hasher.verify(&b.password, &r.password_hash).await?,
+        // The same Argon2 work as a real check, so timing does not tell which addresses exist.
+        None => s.accounts.hasher.verify_dummy(&b.password).await?,
+    };
+    let row = match row {
+        Some(r) if verified => r,
+        other => {
+            let newly_locked = s.lockout.record_failure(&bidx).await?;
+            s.metrics.count(LoginOutcome::InvalidCredentials);
+            let target = other.as_ref().map_or_else(|| anonymous_target.clone(), |r| user_target(&r.id));
+            let details = json!({ "reason": "invalid_credentials", "ip": ip });
+            s.accounts.audit("anonymous", "auth.login", &target, Outcome::Failure, details).await;
+            if newly_locked {
+                let details = json!({ "ip": ip });
+                s.accounts.audit("system", "auth.lockout", &target, Outcome::Success, details).await;
+            }
+            return Err(invalid_credentials().into());
+        }
+    };
+    s.lockout.reset(&bidx).await?;
+    if s.accounts.hasher.needs_rehash(&row.password_hash) {
+        // Best effort: the sign-in succeeds either way.
+        match s.accounts.hasher.hash(&b.password).await {
+            Ok(phc) => {
+                if let Err(e) = s.accounts.set_password_hash(&row.id, &phc).await {
+                    tracing::warn!(error = %e, "cannot store the re-hashed password");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot re-hash the password"),
+        }
+    }
+    let access = access_token(&s, &row.id, &row.role)?;
+    let refresh_token = s.refresh.issue(&row.id).await?;
+    s.metrics.count(LoginOutcome::Success);
+    let target = user_target(&row.id);
+    s.accounts.audit(&target, "auth.login", &target, Outcome::Success, json!({ "ip": ip })).await;
+    Ok(token_response(TokenPair {
+        access_token: access,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: s.access_ttl,
+    }))
+}
+
+fn refresh_input(token: &str) -> Result<&str, FieldError> {
+    if token.is_empty() {
+        return Err(FieldError::new("refresh_token", "is required"));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(FieldError::new("refresh_token", format!("must be at most {MAX_TOKEN_LEN} characters")));
+    }
+    Ok(token)
+}
+
+async fn refresh(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<RefreshBody>,
+) -> Result<Response, ApiError> {
+    let token = refresh_input(&b.refresh_token)?;
+    match s.refresh.rotate(token).await? {
+        Rotation::Rotated { token, user_id, role } => {
+            let access = access_token(&s, &user_id, &role)?;
+            Ok(token_response(TokenPair {
+                access_token: access,
+                refresh_token: token,
+                token_type: "Bearer",
+                expires_in: s.access_ttl,
+            }))
+        }
+        Rotation::Reused { user_id, family_id } => {
+            let details = json!({ "reason": "refresh_reused", "family_id": family_id, "ip": ip });
+            s.accounts.audit("anonymous", "auth.refresh", &user_target(&user_id), Outcome::Denied, details).await;
+            Err(refresh_reused().into())
+        }
+        Rotation::Invalid => Err(invalid_refresh_token().into()),
+    }
+}
+
+async fn logout(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<RefreshBody>,
+) -> Result<StatusCode, ApiError> {
+    let token = refresh_input(&b.refresh_token)?;
+    if let Some((user_id, family_id)) = s.refresh.revoke(token).await? {
+        let target = user_target(&user_id);
+        let details = json!({ "family_id": family_id, "ip": ip });
+        s.accounts.audit(&target, "auth.logout", &target, Outcome::Success, details).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<axum::Json<User>, ApiError> {
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    Ok(axum::Json(s.accounts.user(&row)?))
+}
+
+async fn set_role(
+    State(s): State<AppState>,
+    admin: RequireRole<Admin>,
+    ClientAddr(ip): ClientAddr,
+    Path(id): Path<String>,
+    Json(b): Json<RoleBody>,
+) -> Result<axum::Json<User>, ApiError> {
+    let id = cityevents_common::validate::uuid("id", &id)?;
+    if b.role != roles::USER && b.role != roles::ADMIN {
+        return Err(FieldError::new("role", "must be `user` or `admin`").into());
+    }
+    let mut row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if row.role != b.role {
+        s.accounts.set_role(&row.id, &b.role).await?;
+        let details = json!({ "from": row.role, "to": b.role, "ip": ip });
+        let actor = user_target(&admin.claims().sub);
+        s.accounts.audit(&actor, "auth.role_change", &user_target(&row.id), Outcome::Success, details).await;
+        row.role = b.role;
+    }
+    Ok(axum::Json(s.accounts.user(&row)?))
+}

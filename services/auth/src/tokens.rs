@@ -1,0 +1,221 @@
+//! Refresh tokens: opaque, random, stored only as their SHA-256, rotated on every use, and
+//! grouped in families (one per sign-in) so that a stolen token's reuse signs out the family.
+//!
+//! * **Rotation** spends the presented token with one conditional `UPDATE … WHERE used_at IS
+//!   NULL AND revoked_at IS NULL AND expires_at > now`: of two concurrent uses exactly one wins.
+//! * **Reuse**: presenting a spent token revokes every token of its family — the thief's and
+//!   the rightful client's newest — and is answered `refresh_reused`.
+//! * Unknown, expired and revoked tokens are all `invalid_refresh_token`.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keel::data::{DataError, Db};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::accounts::sql;
+use crate::error::Observe;
+use cityevents_common::time::{now, to_micros};
+
+/// Longest refresh token accepted as input (ours are 43 characters).
+pub(crate) const MAX_TOKEN_LEN: usize = 256;
+
+/// A fresh token: 32 random bytes (the thread RNG is a CSPRNG), base64url without padding.
+pub(crate) fn generate() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The stored form of a token: SHA-256, hex. The token has 256 bits of entropy, so a fast
+/// unsalted hash is enough (nothing to brute-force).
+pub(crate) fn hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What rotating a token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rotation {
+    /// Spent; here is its successor.
+    Rotated {
+        /// The new token (in clear, for the client).
+        token: String,
+        /// Its owner.
+        user_id: String,
+        /// The owner's current role.
+        role: String,
+    },
+    /// A spent token came back: its family is now revoked.
+    Reused {
+        /// The family's owner.
+        user_id: String,
+        /// The family.
+        family_id: String,
+    },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// The `refresh_tokens` table.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshTokens {
+    db: Db,
+    ttl: Duration,
+}
+
+impl RefreshTokens {
+    pub(crate) fn new(db: Db, ttl: Duration) -> Self {
+        Self { db, ttl }
+    }
+
+    fn expiry(&self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// Starts a new family for `user_id` (a sign-in); returns the token.
+    pub(crate) async fn issue(&self, user_id: &str) -> Result<String, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let token = generate();
+        let now = to_micros(now());
+        sqlx::query(sql(db, INSERT))
+            .bind(hash(&token))
+            .bind(Uuid::now_v7().to_string())
+            .bind(user_id)
+            .bind(self.expiry(now))
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .obs(db)?;
+        Ok(token)
+    }
+
+    /// Spends `token` and issues its successor in the same family, or says why not.
+    pub(crate) async fn rotate(&self, token: &str) -> Result<Rotation, DataError> {
+        let db = &self.db;
+        let token_hash = hash(token);
+        let now = to_micros(now());
+        let mut tx = db.begin().await?;
+        let spent = sqlx::query(sql(
+            db,
+            "UPDATE refresh_tokens SET used_at = $1 \
+             WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $3",
+        ))
+        .bind(now)
+        .bind(&token_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .obs(db)?
+        .rows_affected();
+        if spent == 1 {
+            let owner: Option<(String, String, String)> = sqlx::query_as(sql(
+                db,
+                "SELECT r.family_id, r.user_id, u.role FROM refresh_tokens r \
+                 JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1",
+            ))
+            .bind(&token_hash)
+            .fetch_optional(&mut *tx)
+            .await
+            .obs(db)?;
+            let Some((family_id, user_id, role)) = owner else {
+                return Ok(Rotation::Invalid);
+            };
+            let next = generate();
+            sqlx::query(sql(db, INSERT))
+                .bind(hash(&next))
+                .bind(&family_id)
+                .bind(&user_id)
+                .bind(self.expiry(now))
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .obs(db)?;
+            tx.commit().await.obs(db)?;
+            return Ok(Rotation::Rotated { token: next, user_id, role });
+        }
+        drop(tx);
+        let mut conn = db.acquire().await?;
+        let found: Option<(String, String, Option<i64>, i64)> = sqlx::query_as(sql(
+            db,
+            "SELECT family_id, user_id, used_at, expires_at FROM refresh_tokens WHERE token_hash = $1",
+        ))
+        .bind(&token_hash)
+        .fetch_optional(&mut *conn)
+        .await
+        .obs(db)?;
+        drop(conn);
+        match found {
+            Some((family_id, user_id, Some(_used), expires_at)) if expires_at > now => {
+                self.revoke_family(&family_id).await?;
+                Ok(Rotation::Reused { user_id, family_id })
+            }
+            _ => Ok(Rotation::Invalid),
+        }
+    }
+
+    /// Revokes the family of `token` (sign-out); returns its owner, or `None` when the token is
+    /// unknown.
+    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(String, String)>, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let found: Option<(String, String)> =
+            sqlx::query_as(sql(db, "SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1"))
+                .bind(hash(token))
+                .fetch_optional(&mut *conn)
+                .await
+                .obs(db)?;
+        drop(conn);
+        let Some((family_id, user_id)) = found else { return Ok(None) };
+        self.revoke_family(&family_id).await?;
+        Ok(Some((user_id, family_id)))
+    }
+
+    async fn revoke_family(&self, family_id: &str) -> Result<u64, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let done = sqlx::query(sql(
+            db,
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+        ))
+        .bind(to_micros(now()))
+        .bind(family_id)
+        .execute(&mut *conn)
+        .await
+        .obs(db)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes expired tokens (an expired token is refused the same whether or not its row
+    /// exists); returns how many.
+    pub(crate) async fn prune(&self) -> Result<u64, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let done = sqlx::query(sql(db, "DELETE FROM refresh_tokens WHERE expires_at <= $1"))
+            .bind(to_micros(now()))
+            .execute(&mut *conn)
+            .await
+            .obs(db)?;
+        Ok(done.rows_affected())
+    }
+}
+
+const INSERT: &str = "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, used_at, revoked_at, created_at) \
+                      VALUES ($1, $2, $3, $4, NULL, NULL, $5)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hashed_to_hex() {
+        let (a, b) = (generate(), generate());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        let h = hash(&a);
+        assert_eq!(h.len(), 64);
+        assert!(h.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

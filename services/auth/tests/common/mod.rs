@@ -1,0 +1,263 @@
+//! Starts cityevents-auth in-process on a private database (SQLite file, PostgreSQL or MariaDB
+//! database) with fresh keys, and talks to it over HTTP.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use cityevents_auth::AuthConfig;
+use keel::config::{Loaded, Loader, Profile, Secret};
+use keel::security::crypto::{MasterKey, generate_key};
+use keel::security::jwt::{Claims, Jwt, JwtKey};
+use keel::testing::{self, TestDatabase};
+use serde_json::Value;
+
+pub const NAME: &str = cityevents_common::services::AUTH.0;
+pub const PASSWORD: &str = "plum-harbor-velvet-42";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// The service, running.
+pub struct Svc {
+    running: Option<keel::Running>,
+    pub base: String,
+    pub mgmt: String,
+    pub loaded: Loaded<AuthConfig>,
+    pub http: reqwest::Client,
+    jwt_secret: String,
+    pub pool: sqlx::AnyPool,
+    // Last: dropped (and the database deleted) after the pool is closed.
+    pub db: TestDatabase,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_default()
+    }
+
+    pub fn field(&self) -> &str {
+        self.body["errors"][0]["field"].as_str().unwrap_or_default()
+    }
+
+    /// The body without what differs on every request.
+    pub fn shape(&self) -> Value {
+        let mut b = self.body.clone();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("request_id");
+        }
+        b
+    }
+
+    pub fn is_problem(&self) -> bool {
+        self.headers.get("content-type").is_some_and(|v| v == "application/problem+json")
+    }
+}
+
+pub fn env(db_url: &str, jwt_secret: &str) -> Vec<(String, String)> {
+    let master = generate_key();
+    let wrapped = MasterKey::from_secret(&Secret::new(master.clone())).unwrap().new_data_key("k1").unwrap();
+    let p = |k: &str| format!("CITYEVENTS_AUTH__{k}");
+    vec![
+        (p("HTTP__PORT"), "0".into()),
+        (p("HTTP__ADDR"), "127.0.0.1".into()),
+        (p("LOG__LEVEL"), "warn".into()),
+        (p("DATABASE__URL"), db_url.into()),
+        (p("SECURITY__JWT__ISSUER"), "cityevents".into()),
+        (p("SECURITY__JWT__AUDIENCE"), "cityevents".into()),
+        (p("SECURITY__JWT__SIGNING_KEY"), "k1".into()),
+        (p("SECURITY__JWT__KEYS__K1__ALGORITHM"), "HS256".into()),
+        (p("SECURITY__JWT__KEYS__K1__SECRET"), jwt_secret.into()),
+        (p("SECURITY__ENCRYPTION__MASTER_KEY"), master),
+        (p("SECURITY__ENCRYPTION__BLIND_INDEX_KEY"), generate_key()),
+        (p("SECURITY__ENCRYPTION__ACTIVE_KEY"), "k1".into()),
+        (p("SECURITY__ENCRYPTION__DATA_KEYS__K1"), wrapped),
+        // Cheap Argon2 so tests stay fast; the production default is 19 MiB × 2.
+        (p("SECURITY__PASSWORDS__MEMORY_KIB"), "256".into()),
+        (p("SECURITY__PASSWORDS__ITERATIONS"), "1".into()),
+    ]
+}
+
+/// A private database for `backend`, or `None` (test skipped) when its server is not running.
+async fn database(backend: Backend) -> Option<TestDatabase> {
+    Some(match backend {
+        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
+        Backend::Postgres => {
+            if !testing::require("PostgreSQL", &testing::postgres_url()) {
+                return None;
+            }
+            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
+        }
+        Backend::Mysql => {
+            if !testing::require("MariaDB", &testing::mysql_url()) {
+                return None;
+            }
+            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
+        }
+    })
+}
+
+impl Svc {
+    pub async fn start(backend: Backend) -> Option<Self> {
+        let db = database(backend).await?;
+        let jwt_secret = generate_key();
+        let loaded = Loader::new(NAME, Profile::Test).env(env(db.url(), &jwt_secret)).load::<AuthConfig>().unwrap();
+        let running = keel::app::start(cityevents_auth::service(), loaded.clone()).await.expect("starts");
+        keel::http::client::install_tls_provider();
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+        let base = format!("http://{}", running.http_addr());
+        let mgmt = format!("http://{}", running.management_addr());
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(db.url()).await.unwrap();
+        let svc = Self { running: Some(running), base, mgmt, loaded, http, jwt_secret, pool, db };
+        // The database connects and migrates in the background: wait until ready.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = svc.http.get(format!("{}/health/ready", svc.base)).send().await.unwrap();
+            if r.status() == 200 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never ready: {}", r.text().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Some(svc)
+    }
+
+    pub async fn stop(mut self) {
+        self.pool.close().await;
+        if let Some(r) = self.running.take() {
+            r.shutdown(std::future::pending()).await.expect("clean shutdown");
+        }
+    }
+
+    async fn read(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, headers, body }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        Self::read(self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap()).await
+    }
+
+    /// Posts raw bytes with a content type (or none).
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Reply {
+        let mut req = self.http.post(format!("{}{path}", self.base)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        Self::read(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.unwrap()).await
+    }
+
+    pub async fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
+        let mut req = self.http.put(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.unwrap()).await
+    }
+
+    /// Registers `email` with [`PASSWORD`]; returns the user's id.
+    pub async fn register(&self, email: &str, name: &str) -> String {
+        let r = self
+            .post("/api/v1/auth/register", &serde_json::json!({"email": email, "password": PASSWORD, "name": name}))
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/api/v1/auth/login", &serde_json::json!({"email": email, "password": password})).await
+    }
+
+    /// Signs in and returns (access, refresh).
+    pub async fn tokens(&self, email: &str) -> (String, String) {
+        let r = self.login(email, PASSWORD).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn refresh(&self, token: &str) -> Reply {
+        self.post("/api/v1/auth/refresh", &serde_json::json!({"refresh_token": token})).await
+    }
+
+    /// Verifies an access token the way every City Events service does.
+    pub fn claims(&self, token: &str) -> Claims {
+        Jwt::builder()
+            .issuer("cityevents")
+            .audience(["cityevents"])
+            .key(JwtKey::hs256("k1", &Secret::new(self.jwt_secret.clone())).unwrap())
+            .build()
+            .unwrap()
+            .verify(token)
+            .unwrap()
+    }
+
+    /// The audit log as `actor|action|target|outcome|details` lines.
+    pub async fn audit(&self) -> Vec<String> {
+        let rows: Vec<(String, String, String, String, String)> =
+            sqlx::query_as("SELECT actor, action, target, outcome, details FROM audit_log ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(a, b, c, d, e)| format!("{a}|{b}|{c}|{d}|{e}")).collect()
+    }
+
+    /// The management `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.mgmt)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+/// One test per backend for each scenario `async fn name(svc: &Svc)`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::common::{Backend, Svc};
+
+            async fn run(backend: Backend) {
+                let Some(svc) = Svc::start(backend).await else { return };
+                super::$name(&svc).await;
+                svc.stop().await;
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                run(Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                run(Backend::Postgres).await;
+            }
+
+            #[tokio::test]
+            async fn mysql() {
+                run(Backend::Mysql).await;
+            }
+        }
+    )*};
+}

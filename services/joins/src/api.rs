@@ -1,0 +1,622 @@
+//! The joins HTTP API (paths as the gateway exposes them; bearer required except `counts`).
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /api/v1/events/{id}/join` | user | join (header `Idempotency-Key`): 201 confirmed or waitlisted |
+//! | `DELETE /api/v1/events/{id}/join` | user | leave: 204; a freed seat goes to the oldest waitlisted user |
+//! | `GET /api/v1/events/{id}/join` | user | my participation, or 404 |
+//! | `GET /api/v1/me/joins` | user | my joins, newest first (keyset) |
+//! | `GET /api/v1/events/{id}/participants` | organizer, admin | confirmed joins (keyset) |
+//! | `GET /api/v1/events/{id}/waitlist` | organizer, admin | waitlisted joins in FIFO order with positions (keyset) |
+//! | `GET /api/v1/events/{id}/stats` | organizer, admin | `{capacity, confirmed, waitlisted, canceled, kicked}` |
+//! | `DELETE /api/v1/events/{id}/participants/{user_id}` | organizer, admin | kick: 204 |
+//! | `POST /api/v1/events/{id}/bans` | organizer, admin | `{user_id}`: ban (and kick): 201 |
+//! | `GET /api/v1/events/{id}/counts` | anyone | `{capacity, confirmed, waitlisted}` |
+//!
+//! Writes run in one transaction that locks the event's capacity row first (see [`crate::store`])
+//! and enqueue their `join.*` events in it; a transaction that hits a deadlock, a serialization
+//! failure or a busy SQLite is run again (a few times, with a short jittered pause).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cityevents_common::page::{Cursor, Page};
+use cityevents_common::time::{from_micros, now, to_micros};
+use cityevents_common::validate;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use keel::Problem;
+use keel::data::Db;
+use keel::events::outbox::Outbox;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{Fail, conflict, forbidden, not_found};
+use crate::extract::{Caller, JsonBody, RawPage, idempotency_key, path_uuid};
+use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
+
+/// Times a transaction is run when it keeps hitting transient conflicts.
+const MAX_TX_ATTEMPTS: u32 = 6;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct Shared(Arc<Inner>);
+
+struct Inner {
+    db: Db,
+    outbox: Outbox,
+    idempotency_ttl: Duration,
+    joins_topic: String,
+}
+
+impl Shared {
+    /// Handler state over the service's database and outbox.
+    pub(crate) fn new(db: Db, outbox: Outbox, cfg: &crate::JoinsConfig) -> Self {
+        Self(Arc::new(Inner { db, outbox, idempotency_ttl: cfg.idempotency_ttl, joins_topic: cfg.joins_topic.clone() }))
+    }
+}
+
+type AppState = axum::extract::State<Shared>;
+
+/// The routes (add `jwt.extension()` around them).
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/events/{id}/join", post(join).delete(leave).get(my_join))
+        .route("/api/v1/me/joins", get(my_joins))
+        .route("/api/v1/events/{id}/participants", get(participants))
+        .route("/api/v1/events/{id}/participants/{user_id}", axum::routing::delete(kick))
+        .route("/api/v1/events/{id}/waitlist", get(waitlist))
+        .route("/api/v1/events/{id}/stats", get(stats))
+        .route("/api/v1/events/{id}/bans", post(ban))
+        .route("/api/v1/events/{id}/counts", get(counts))
+        .with_state(state)
+}
+
+/// Runs `$body` (an expression using `$tx: &mut Tx` as a mutable binding) in a transaction:
+/// commits on `Ok`, rolls back on `Err`, and runs it again on a transient conflict.
+macro_rules! transaction {
+    ($db:expr, |$tx:ident| $body:expr) => {{
+        let db: &Db = $db;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result: Result<_, Fail> = async {
+                let mut $tx: Tx = db.begin().await?;
+                match $body.await {
+                    Ok(v) => {
+                        $tx.commit().await?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        if let Err(rb) = $tx.rollback().await {
+                            tracing::debug!(error = %rb, "rollback failed; the connection is discarded");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match result {
+                Err(e) if e.is_transient() && attempt < MAX_TX_ATTEMPTS => {
+                    tracing::debug!(attempt, error = ?e, "transient conflict; running the transaction again");
+                    let ms = rand_ms(5 * u64::from(attempt), 25 * u64::from(attempt));
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// A pause in `[lo, hi]` ms, spread by the clock's sub-microsecond noise (no RNG dependency).
+fn rand_ms(lo: u64, hi: u64) -> u64 {
+    let nanos = u64::from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos(),
+    );
+    lo + nanos % (hi.saturating_sub(lo) + 1)
+}
+
+/// Turns a handler result into the response.
+fn finish(st: &Shared, r: Result<Response, Fail>) -> Response {
+    r.unwrap_or_else(|f| f.into_response_with(&st.0.db))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views
+
+/// A participation as the API shows it.
+#[derive(Debug, Serialize)]
+struct JoinView {
+    join_id: Uuid,
+    event_id: Uuid,
+    user_id: Uuid,
+    status: String,
+    /// 1-based place in the waitlist (waitlisted joins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+impl JoinView {
+    fn new(j: &JoinRow, position: Option<i64>) -> Self {
+        Self {
+            join_id: j.id,
+            event_id: j.event_id,
+            user_id: j.user_id,
+            status: j.status.clone(),
+            position,
+            reason: j.reason.clone(),
+            created_at: from_micros(j.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct MyJoinItem {
+    join_id: Uuid,
+    event_id: Uuid,
+    status: String,
+    title: String,
+    #[serde(with = "time::serde::rfc3339")]
+    starts_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    ends_at: OffsetDateTime,
+    event_status: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize)]
+struct ParticipantItem {
+    join_id: Uuid,
+    user_id: Uuid,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
+    joined_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize)]
+struct Counts {
+    capacity: i64,
+    confirmed: i64,
+    waitlisted: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Stats {
+    capacity: i64,
+    confirmed: i64,
+    waitlisted: i64,
+    canceled: i64,
+    kicked: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    user_id: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BanView {
+    event_id: Uuid,
+    user_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+fn page_request(q: Result<Query<RawPage>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
+    match q {
+        Ok(Query(raw)) => raw.validate(),
+        Err(_) => Err(validate::invalid("query", "must be limit=1..100 and cursor=<next_cursor>")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Join (idempotent)
+
+enum Joined {
+    /// Made now; this is the answer (also stored under the key).
+    Created(StoredResponse),
+    /// The key was already used (by a concurrent request that won the lock).
+    Stored(StoredResponse),
+}
+
+async fn join(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = join_inner(&st, &caller, &id, &headers).await;
+    finish(&st, r)
+}
+
+async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap) -> Result<Response, Fail> {
+    let event_id = path_uuid("id", id)?;
+    let key = idempotency_key(headers)?;
+    let fingerprint = format!("POST /api/v1/events/{event_id}/join");
+    let db = &st.0.db;
+    let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);
+    if let Some(stored) = store::find_idempotency(db.pool(), db.backend(), caller.id, &key, cutoff).await? {
+        return replay(stored, &fingerprint);
+    }
+    let outcome = transaction!(db, |tx| join_tx(&mut tx, st, caller, event_id, &key, &fingerprint, cutoff))?;
+    match outcome {
+        Joined::Created(stored) => {
+            st.0.outbox.wake();
+            Ok(stored_response(stored, false))
+        }
+        Joined::Stored(stored) => replay(stored, &fingerprint),
+    }
+}
+
+async fn join_tx(
+    tx: &mut Tx,
+    st: &Shared,
+    caller: &Caller,
+    event_id: Uuid,
+    key: &str,
+    fingerprint: &str,
+    cutoff: i64,
+) -> Result<Joined, Fail> {
+    let backend = st.0.db.backend();
+    let now_us = to_micros(now());
+    let Some(mut ev) = store::lock_event(tx, backend, event_id).await? else {
+        return Err(not_found("no such event (or it is not published)").into());
+    };
+    // A concurrent request with the same key and event waited on the lock above: answer as it did.
+    if let Some(stored) = store::find_idempotency(&mut **tx, backend, caller.id, key, cutoff).await? {
+        return Ok(Joined::Stored(stored));
+    }
+    if !ev.is_open(now_us) {
+        return Err(conflict("event_closed", "the event is canceled or over; it takes no joins").into());
+    }
+    if store::is_banned(tx, backend, event_id, caller.id).await? {
+        return Err(forbidden("banned", "the organizer banned you from this event").into());
+    }
+    let existing = store::find_join(&mut **tx, backend, event_id, caller.id).await?;
+    if existing.as_ref().is_some_and(JoinRow::is_active) {
+        return Err(conflict("already_joined", "you already joined this event (or wait for a seat)").into());
+    }
+    let confirmed = ev.has_free_seat();
+    ev.next_seq += 1;
+    let j = JoinRow {
+        id: Uuid::now_v7(),
+        event_id,
+        user_id: caller.id,
+        status: if confirmed { status::CONFIRMED } else { status::WAITLISTED }.to_owned(),
+        reason: None,
+        queue_seq: ev.next_seq,
+        queued_at: now_us,
+        created_at: now_us,
+        updated_at: now_us,
+    };
+    store::put_join(tx, backend, &j, existing.is_some()).await?;
+    let position = if confirmed {
+        ev.confirmed += 1;
+        None
+    } else {
+        // Everyone waiting holds an earlier ticket: the newcomer is last.
+        ev.waitlisted += 1;
+        Some(ev.waitlisted)
+    };
+    store::save_event(tx, backend, &ev, now_us).await?;
+    let body = serde_json::to_string(&JoinView::new(&j, position)).map_err(|_| Problem::internal())?;
+    let stored = StoredResponse { fingerprint: fingerprint.to_owned(), status: StatusCode::CREATED.as_u16(), body };
+    store::store_idempotency(tx, backend, caller.id, key, &stored, cutoff, now_us).await?;
+    let kind = if confirmed { Announce::Confirmed } else { Announce::Waitlisted };
+    store::announce(tx, &st.0.outbox, &st.0.joins_topic, vec![(kind, store::change(&ev, &j, None))]).await?;
+    Ok(Joined::Created(stored))
+}
+
+/// The stored answer again, or 409 when the key was used for another request.
+fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Response, Fail> {
+    if stored.fingerprint != fingerprint {
+        return Err(conflict(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another request; use a new key per request",
+        )
+        .into());
+    }
+    Ok(stored_response(stored, true))
+}
+
+fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, stored.body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leave, kick, ban
+
+async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
+    let r = async {
+        let event_id = path_uuid("id", &id)?;
+        transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
+        st.0.outbox.wake();
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn leave_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<(), Fail> {
+    let backend = st.0.db.backend();
+    let now_us = to_micros(now());
+    let Some(mut ev) = store::lock_event(tx, backend, event_id).await? else {
+        return Err(not_found("no such event").into());
+    };
+    let Some(mut j) = store::find_join(&mut **tx, backend, event_id, caller.id).await?.filter(JoinRow::is_active)
+    else {
+        return Err(not_found("you have not joined this event").into());
+    };
+    let mut items = Vec::new();
+    end_and_refill(tx, st, &mut ev, &mut j, status::CANCELED, None, now_us, &mut items).await?;
+    store::save_event(tx, backend, &ev, now_us).await?;
+    store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
+    Ok(())
+}
+
+/// Ends `j` (left, kicked or banned) and gives a freed seat to the oldest waitlisted user;
+/// collects the announcements.
+#[allow(clippy::too_many_arguments)]
+async fn end_and_refill(
+    tx: &mut Tx,
+    st: &Shared,
+    ev: &mut EventRow,
+    j: &mut JoinRow,
+    new_status: &str,
+    reason: Option<&str>,
+    now_us: i64,
+    items: &mut Vec<(Announce, cityevents_common::catalogue::JoinChange)>,
+) -> Result<(), Fail> {
+    let backend = st.0.db.backend();
+    let had_seat = j.status == status::CONFIRMED;
+    store::end_join(tx, backend, ev, j, new_status, reason, now_us).await?;
+    let kind = if new_status == status::KICKED { Announce::Kicked } else { Announce::Canceled };
+    items.push((kind, store::change(ev, j, reason)));
+    if had_seat {
+        for p in store::promote(tx, backend, ev, now_us).await? {
+            items.push((Announce::Promoted, store::change(ev, &p, Some("seat_freed"))));
+        }
+    }
+    Ok(())
+}
+
+/// Locks the event for a management action: 404 unknown, 403 unless organizer or admin.
+async fn lock_managed(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Fail> {
+    let Some(ev) = store::lock_event(tx, st.0.db.backend(), event_id).await? else {
+        return Err(not_found("no such event").into());
+    };
+    if !ev.may_manage(caller.id, caller.admin) {
+        return Err(forbidden("not_organizer", "only the event's organizer may do this").into());
+    }
+    Ok(ev)
+}
+
+async fn kick(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> Response {
+    let r = async {
+        let event_id = path_uuid("id", &id)?;
+        let user_id = path_uuid("user_id", &user)?;
+        transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
+        st.0.outbox.wake();
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(), Fail> {
+    let backend = st.0.db.backend();
+    let now_us = to_micros(now());
+    let mut ev = lock_managed(tx, st, caller, event_id).await?;
+    let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) else {
+        return Err(not_found("that user has not joined this event").into());
+    };
+    let mut items = Vec::new();
+    end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("kicked"), now_us, &mut items).await?;
+    store::save_event(tx, backend, &ev, now_us).await?;
+    store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
+    Ok(())
+}
+
+async fn ban(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<BanBody>,
+) -> Response {
+    let r = async {
+        let event_id = path_uuid("id", &id)?;
+        let user_id = path_uuid("user_id", &body.user_id)?;
+        let at = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, event_id, user_id))?;
+        st.0.outbox.wake();
+        let view = BanView { event_id, user_id, created_at: from_micros(at) };
+        Ok((StatusCode::CREATED, Json(view)).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn ban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<i64, Fail> {
+    let backend = st.0.db.backend();
+    let now_us = to_micros(now());
+    let mut ev = lock_managed(tx, st, caller, event_id).await?;
+    let at = store::ban(tx, backend, event_id, user_id, caller.id, now_us).await?;
+    let mut items = Vec::new();
+    if let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) {
+        end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
+        store::save_event(tx, backend, &ev, now_us).await?;
+    }
+    store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
+    Ok(at)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
+    let r = async {
+        let event_id = path_uuid("id", &id)?;
+        let db = &st.0.db;
+        let Some(j) = store::find_join(db.pool(), db.backend(), event_id, caller.id).await? else {
+            return Err(not_found("you have not joined this event").into());
+        };
+        let position = if j.status == status::WAITLISTED {
+            Some(store::waitlist_position(db.pool(), db.backend(), event_id, j.queue_seq).await?)
+        } else {
+            None
+        };
+        Ok(Json(JoinView::new(&j, position)).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn my_joins(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    q: Result<Query<RawPage>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let page = page_request(q)?;
+        let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await?;
+        let page = Page::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
+        let page = page.map(|r| MyJoinItem {
+            join_id: r.join.id,
+            event_id: r.join.event_id,
+            status: r.join.status,
+            title: r.title,
+            starts_at: from_micros(r.starts_at),
+            ends_at: from_micros(r.ends_at),
+            event_status: r.event_status,
+            created_at: from_micros(r.join.created_at),
+        });
+        Ok(Json(page).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+/// The event, if the caller may manage it: 404 unknown, 403 otherwise.
+async fn managed(st: &Shared, caller: &Caller, id: &str) -> Result<EventRow, Fail> {
+    let event_id = path_uuid("id", id)?;
+    let Some(ev) = store::load_event(&st.0.db, event_id).await? else {
+        return Err(not_found("no such event").into());
+    };
+    if !ev.may_manage(caller.id, caller.admin) {
+        return Err(forbidden("not_organizer", "only the event's organizer may see this").into());
+    }
+    Ok(ev)
+}
+
+async fn participants(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<RawPage>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let ev = managed(&st, &caller, &id).await?;
+        let page = page_request(q)?;
+        let rows =
+            store::event_joins(&st.0.db, ev.event_id, status::CONFIRMED, page.after.as_ref(), page.limit).await?;
+        let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string())).map(|j| {
+            ParticipantItem {
+                join_id: j.id,
+                user_id: j.user_id,
+                status: j.status,
+                position: None,
+                joined_at: from_micros(j.created_at),
+            }
+        });
+        Ok(Json(page).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn waitlist(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<RawPage>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let ev = managed(&st, &caller, &id).await?;
+        let page = page_request(q)?;
+        let db = &st.0.db;
+        let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit).await?;
+        // Positions are contiguous in FIFO order: count those ahead of the first row once.
+        let first = match rows.first() {
+            Some(j) => store::waitlist_position(db.pool(), db.backend(), ev.event_id, j.queue_seq).await?,
+            None => 1,
+        };
+        let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));
+        let items = page
+            .items
+            .into_iter()
+            .zip(first..)
+            .map(|(j, position)| ParticipantItem {
+                join_id: j.id,
+                user_id: j.user_id,
+                status: j.status,
+                position: Some(position),
+                joined_at: from_micros(j.queued_at),
+            })
+            .collect();
+        Ok(Json(Page { items, next_cursor: page.next_cursor }).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
+    let r = async {
+        let ev = managed(&st, &caller, &id).await?;
+        let counts = store::status_counts(&st.0.db, ev.event_id).await?;
+        let of = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+        Ok(Json(Stats {
+            capacity: ev.capacity,
+            confirmed: of(status::CONFIRMED),
+            waitlisted: of(status::WAITLISTED),
+            canceled: of(status::CANCELED),
+            kicked: of(status::KICKED),
+        })
+        .into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+async fn counts(axum::extract::State(st): AppState, Path(id): Path<String>) -> Response {
+    let r = async {
+        let event_id = path_uuid("id", &id)?;
+        let Some(ev) = store::load_event(&st.0.db, event_id).await? else {
+            return Err(not_found("no such event").into());
+        };
+        Ok(Json(Counts { capacity: ev.capacity, confirmed: ev.confirmed, waitlisted: ev.waitlisted }).into_response())
+    }
+    .await;
+    finish(&st, r)
+}

@@ -1,0 +1,665 @@
+//! The joins service's tables and the statements on them, for all three SQL backends.
+//!
+//! Every change to an event's joins runs in a transaction that first locks the event's
+//! `event_capacity` row ([`lock_event`]); the row's `confirmed` / `waitlisted` counters and its
+//! `next_seq` (the FIFO ticket dispenser) are read under that lock, changed in memory and
+//! written back with [`save_event`] before commit. Because every writer of an event takes the same
+//! lock first, the counters cannot drift and two joins can never both take the last seat.
+
+use std::time::Duration;
+
+use cityevents_common::catalogue::{JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted};
+use cityevents_common::time::{from_micros, now, to_micros};
+use keel::data::{Backend, Db};
+use keel::events::outbox::{Outbox, OutboxError};
+use keel::events::{Envelope, Event};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use uuid::Uuid;
+
+/// A transaction on the service database.
+pub(crate) type Tx = Transaction<'static, Any>;
+
+/// Join statuses.
+pub(crate) mod status {
+    /// Has a seat.
+    pub(crate) const CONFIRMED: &str = "confirmed";
+    /// In the FIFO queue for a seat.
+    pub(crate) const WAITLISTED: &str = "waitlisted";
+    /// Left, or the event was canceled.
+    pub(crate) const CANCELED: &str = "canceled";
+    /// Removed by the organizer (and maybe banned).
+    pub(crate) const KICKED: &str = "kicked";
+}
+
+/// Event statuses (as the events service publishes them).
+pub(crate) mod event_status {
+    /// Open for joins (until it ends).
+    pub(crate) const PUBLISHED: &str = "published";
+    /// Closed for good.
+    pub(crate) const CANCELED: &str = "canceled";
+}
+
+/// Rows fetched per round when promoting or canceling in bulk.
+const BATCH: i64 = 500;
+
+/// `text` with placeholders for `backend`, marked as built from constants.
+pub(crate) fn sql(backend: Backend, text: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(backend.sql(text).into_owned())
+}
+
+fn uuid_at(row: &AnyRow, idx: usize) -> Result<Uuid, sqlx::Error> {
+    let text: String = row.try_get(idx)?;
+    Uuid::parse_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// What the service knows about an event, and its live counters.
+#[derive(Debug, Clone)]
+pub(crate) struct EventRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) organizer_id: Uuid,
+    pub(crate) title: String,
+    pub(crate) starts_at: i64,
+    pub(crate) ends_at: i64,
+    /// Seats; `0` = unlimited.
+    pub(crate) capacity: i64,
+    pub(crate) status: String,
+    pub(crate) confirmed: i64,
+    pub(crate) waitlisted: i64,
+    /// The last FIFO ticket handed out.
+    pub(crate) next_seq: i64,
+}
+
+const EVENT_COLUMNS: &str =
+    "event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, waitlisted, next_seq";
+
+impl EventRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event_id: uuid_at(row, 0)?,
+            organizer_id: uuid_at(row, 1)?,
+            title: row.try_get(2)?,
+            starts_at: row.try_get(3)?,
+            ends_at: row.try_get(4)?,
+            capacity: row.try_get(5)?,
+            status: row.try_get(6)?,
+            confirmed: row.try_get(7)?,
+            waitlisted: row.try_get(8)?,
+            next_seq: row.try_get(9)?,
+        })
+    }
+
+    /// Whether a new join gets a seat now (a shrunk capacity keeps its confirmed joins but
+    /// confirms no one new until enough leave).
+    pub(crate) fn has_free_seat(&self) -> bool {
+        self.capacity == 0 || self.confirmed < self.capacity
+    }
+
+    /// Whether joins are accepted at `now_us`: published and not over.
+    pub(crate) fn is_open(&self, now_us: i64) -> bool {
+        self.status == event_status::PUBLISHED && self.ends_at > now_us
+    }
+
+    /// Whether `user` may manage the event: its organizer, or an admin.
+    pub(crate) fn may_manage(&self, user: Uuid, admin: bool) -> bool {
+        admin || self.organizer_id == user
+    }
+}
+
+/// Locks the event's row for the rest of `tx` and returns it; `None` when the event is unknown.
+///
+/// PostgreSQL and MySQL: `SELECT … FOR UPDATE`. SQLite has no row locks: the transaction starts
+/// with a write to the row, which takes the database's write lock up front (a read first and a
+/// write later could deadlock two writers upgrading their locks); `busy_timeout` queues the rest.
+pub(crate) async fn lock_event(tx: &mut Tx, backend: Backend, event_id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
+    let id = event_id.to_string();
+    let select = format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id = $1");
+    if backend == Backend::Sqlite {
+        let bumped = sqlx::query(sql(backend, "UPDATE event_capacity SET version = version + 1 WHERE event_id = $1"))
+            .bind(&id)
+            .execute(&mut **tx)
+            .await?;
+        if bumped.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(sql(backend, &select)).bind(&id).fetch_optional(&mut **tx).await?;
+        return row.as_ref().map(EventRow::from_row).transpose();
+    }
+    let row = sqlx::query(sql(backend, &format!("{select} FOR UPDATE"))).bind(&id).fetch_optional(&mut **tx).await?;
+    row.as_ref().map(EventRow::from_row).transpose()
+}
+
+/// The event, read without a lock (for reads and authorization).
+pub(crate) async fn load_event(db: &Db, event_id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
+    let text = format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id = $1");
+    let row = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string()).fetch_optional(db.pool()).await?;
+    row.as_ref().map(EventRow::from_row).transpose()
+}
+
+/// Inserts a new event row (status `published`, no joins).
+pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(sql(
+        backend,
+        "INSERT INTO event_capacity (event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, \
+         waitlisted, next_seq, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, 0, 0, $8, $9)",
+    ))
+    .bind(ev.event_id.to_string())
+    .bind(ev.organizer_id.to_string())
+    .bind(&ev.title)
+    .bind(ev.starts_at)
+    .bind(ev.ends_at)
+    .bind(ev.capacity)
+    .bind(&ev.status)
+    .bind(now_us)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes back a locked event row: details, status, counters and the FIFO ticket.
+pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(sql(
+        backend,
+        "UPDATE event_capacity SET title = $1, starts_at = $2, ends_at = $3, capacity = $4, status = $5, confirmed = $6, \
+         waitlisted = $7, next_seq = $8, updated_at = $9 WHERE event_id = $10",
+    ))
+    .bind(&ev.title)
+    .bind(ev.starts_at)
+    .bind(ev.ends_at)
+    .bind(ev.capacity)
+    .bind(&ev.status)
+    .bind(ev.confirmed)
+    .bind(ev.waitlisted)
+    .bind(ev.next_seq)
+    .bind(now_us)
+    .bind(ev.event_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One user's participation in one event.
+#[derive(Debug, Clone)]
+pub(crate) struct JoinRow {
+    pub(crate) id: Uuid,
+    pub(crate) event_id: Uuid,
+    pub(crate) user_id: Uuid,
+    pub(crate) status: String,
+    pub(crate) reason: Option<String>,
+    /// FIFO ticket: lower joined earlier.
+    pub(crate) queue_seq: i64,
+    pub(crate) queued_at: i64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+const JOIN_COLUMNS: &str = "id, event_id, user_id, status, reason, queue_seq, queued_at, created_at, updated_at";
+
+impl JoinRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: uuid_at(row, 0)?,
+            event_id: uuid_at(row, 1)?,
+            user_id: uuid_at(row, 2)?,
+            status: row.try_get(3)?,
+            reason: row.try_get(4)?,
+            queue_seq: row.try_get(5)?,
+            queued_at: row.try_get(6)?,
+            created_at: row.try_get(7)?,
+            updated_at: row.try_get(8)?,
+        })
+    }
+
+    /// Whether it holds a seat or a place in the queue.
+    pub(crate) fn is_active(&self) -> bool {
+        self.status == status::CONFIRMED || self.status == status::WAITLISTED
+    }
+}
+
+/// The user's row for the event, whatever its status.
+pub(crate) async fn find_join<'c, E>(
+    exec: E,
+    backend: Backend,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<JoinRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let text = format!("SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND user_id = $2");
+    let row = sqlx::query(sql(backend, &text))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(exec)
+        .await?;
+    row.as_ref().map(JoinRow::from_row).transpose()
+}
+
+/// Stores a new participation: inserts the row, or (rejoin after leaving or a kick) gives the
+/// user's existing row a new id, status and FIFO ticket.
+pub(crate) async fn put_join(tx: &mut Tx, backend: Backend, j: &JoinRow, reuse: bool) -> Result<(), sqlx::Error> {
+    let text = if reuse {
+        "UPDATE joins SET id = $1, status = $2, reason = NULL, queue_seq = $3, queued_at = $4, created_at = $5, \
+         updated_at = $6 WHERE event_id = $7 AND user_id = $8"
+    } else {
+        "INSERT INTO joins (id, status, queue_seq, queued_at, created_at, updated_at, event_id, user_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+    sqlx::query(sql(backend, text))
+        .bind(j.id.to_string())
+        .bind(&j.status)
+        .bind(j.queue_seq)
+        .bind(j.queued_at)
+        .bind(j.created_at)
+        .bind(j.updated_at)
+        .bind(j.event_id.to_string())
+        .bind(j.user_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Ends a participation (`canceled` or `kicked`), keeping the event's counters in step.
+pub(crate) async fn end_join(
+    tx: &mut Tx,
+    backend: Backend,
+    ev: &mut EventRow,
+    j: &mut JoinRow,
+    new_status: &str,
+    reason: Option<&str>,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql(backend, "UPDATE joins SET status = $1, reason = $2, updated_at = $3 WHERE id = $4"))
+        .bind(new_status)
+        .bind(reason)
+        .bind(now_us)
+        .bind(j.id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    match j.status.as_str() {
+        status::CONFIRMED => ev.confirmed -= 1,
+        status::WAITLISTED => ev.waitlisted -= 1,
+        _ => {}
+    }
+    j.status = new_status.to_owned();
+    j.reason = reason.map(str::to_owned);
+    j.updated_at = now_us;
+    Ok(())
+}
+
+/// Gives free seats to the oldest waitlisted joins, in FIFO order, until the event is full or
+/// the waitlist empty; returns the promoted joins. Runs under the event lock (`ev` is locked).
+pub(crate) async fn promote(
+    tx: &mut Tx,
+    backend: Backend,
+    ev: &mut EventRow,
+    now_us: i64,
+) -> Result<Vec<JoinRow>, sqlx::Error> {
+    let mut promoted = Vec::new();
+    // The event lock already serializes writers; SKIP LOCKED keeps a picker from ever waiting
+    // on a row some other statement holds.
+    let lock = if backend == Backend::Sqlite { "" } else { " FOR UPDATE SKIP LOCKED" };
+    let pick = format!(
+        "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status = 'waitlisted' ORDER BY queue_seq LIMIT $2{lock}"
+    );
+    while ev.status == event_status::PUBLISHED && ev.waitlisted > 0 && ev.has_free_seat() {
+        let want = if ev.capacity == 0 { BATCH } else { (ev.capacity - ev.confirmed).min(BATCH) };
+        let rows =
+            sqlx::query(sql(backend, &pick)).bind(ev.event_id.to_string()).bind(want).fetch_all(&mut **tx).await?;
+        let mut batch = rows.iter().map(JoinRow::from_row).collect::<Result<Vec<_>, _>>()?;
+        if batch.is_empty() {
+            // The counter said someone waits but nobody does: trust the rows.
+            ev.waitlisted = 0;
+            break;
+        }
+        let ids = (0..batch.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
+        let text = format!("UPDATE joins SET status = $1, updated_at = $2 WHERE id IN ({ids})");
+        let mut q = sqlx::query(sql(backend, &text)).bind(status::CONFIRMED).bind(now_us);
+        for j in &batch {
+            q = q.bind(j.id.to_string());
+        }
+        q.execute(&mut **tx).await?;
+        let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        ev.confirmed += n;
+        ev.waitlisted -= n;
+        for j in &mut batch {
+            j.status = status::CONFIRMED.to_owned();
+            j.updated_at = now_us;
+        }
+        promoted.extend(batch);
+    }
+    Ok(promoted)
+}
+
+/// Cancels every confirmed or waitlisted join of a canceled event; returns them (canceled).
+pub(crate) async fn cancel_all(
+    tx: &mut Tx,
+    backend: Backend,
+    ev: &mut EventRow,
+    now_us: i64,
+) -> Result<Vec<JoinRow>, sqlx::Error> {
+    let text = format!(
+        "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status IN ('confirmed', 'waitlisted') ORDER BY queue_seq"
+    );
+    let rows = sqlx::query(sql(backend, &text)).bind(ev.event_id.to_string()).fetch_all(&mut **tx).await?;
+    let mut joins = rows.iter().map(JoinRow::from_row).collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(sql(
+        backend,
+        "UPDATE joins SET status = $1, reason = $2, updated_at = $3 \
+         WHERE event_id = $4 AND status IN ('confirmed', 'waitlisted')",
+    ))
+    .bind(status::CANCELED)
+    .bind("event_canceled")
+    .bind(now_us)
+    .bind(ev.event_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    ev.confirmed = 0;
+    ev.waitlisted = 0;
+    for j in &mut joins {
+        j.status = status::CANCELED.to_owned();
+        j.reason = Some("event_canceled".into());
+        j.updated_at = now_us;
+    }
+    Ok(joins)
+}
+
+/// The 1-based waitlist position of the join with ticket `queue_seq`.
+pub(crate) async fn waitlist_position<'c, E>(
+    exec: E,
+    backend: Backend,
+    event_id: Uuid,
+    queue_seq: i64,
+) -> Result<i64, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let ahead: i64 = sqlx::query_scalar(sql(
+        backend,
+        "SELECT COUNT(*) FROM joins WHERE event_id = $1 AND status = 'waitlisted' AND queue_seq < $2",
+    ))
+    .bind(event_id.to_string())
+    .bind(queue_seq)
+    .fetch_one(exec)
+    .await?;
+    Ok(ahead + 1)
+}
+
+/// Whether the user is banned from the event.
+pub(crate) async fn is_banned(
+    tx: &mut Tx,
+    backend: Backend,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(sql(backend, "SELECT COUNT(*) FROM bans WHERE event_id = $1 AND user_id = $2"))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Records a ban (once); returns when it was first made.
+pub(crate) async fn ban(
+    tx: &mut Tx,
+    backend: Backend,
+    event_id: Uuid,
+    user_id: Uuid,
+    by: Uuid,
+    now_us: i64,
+) -> Result<i64, sqlx::Error> {
+    let existing: Option<i64> =
+        sqlx::query_scalar(sql(backend, "SELECT created_at FROM bans WHERE event_id = $1 AND user_id = $2"))
+            .bind(event_id.to_string())
+            .bind(user_id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(at) = existing {
+        return Ok(at);
+    }
+    sqlx::query(sql(backend, "INSERT INTO bans (event_id, user_id, banned_by, created_at) VALUES ($1, $2, $3, $4)"))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .bind(by.to_string())
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+    Ok(now_us)
+}
+
+/// A stored answer to an idempotent request.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredResponse {
+    /// `METHOD path` of the request that made it.
+    pub(crate) fingerprint: String,
+    /// HTTP status.
+    pub(crate) status: u16,
+    /// JSON body.
+    pub(crate) body: String,
+}
+
+/// The user's live record for `key` (made at or after `not_before`, in microseconds).
+pub(crate) async fn find_idempotency<'c, E>(
+    exec: E,
+    backend: Backend,
+    user_id: Uuid,
+    key: &str,
+    not_before: i64,
+) -> Result<Option<StoredResponse>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let row = sqlx::query(sql(
+        backend,
+        "SELECT fingerprint, status_code, response FROM idempotency_keys \
+         WHERE user_id = $1 AND idem_key = $2 AND created_at >= $3",
+    ))
+    .bind(user_id.to_string())
+    .bind(key)
+    .bind(not_before)
+    .fetch_optional(exec)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let status: i64 = row.try_get(1)?;
+    Ok(Some(StoredResponse {
+        fingerprint: row.try_get(0)?,
+        status: u16::try_from(status).unwrap_or(500),
+        body: row.try_get(2)?,
+    }))
+}
+
+/// Stores the answer for `key` (replacing an expired record of the same key).
+pub(crate) async fn store_idempotency(
+    tx: &mut Tx,
+    backend: Backend,
+    user_id: Uuid,
+    key: &str,
+    stored: &StoredResponse,
+    not_before: i64,
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql(backend, "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND created_at < $3"))
+        .bind(user_id.to_string())
+        .bind(key)
+        .bind(not_before)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(sql(
+        backend,
+        "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, status_code, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    ))
+    .bind(user_id.to_string())
+    .bind(key)
+    .bind(&stored.fingerprint)
+    .bind(i64::from(stored.status))
+    .bind(&stored.body)
+    .bind(now_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Microseconds of `ttl` before now: records older than this are forgotten.
+pub(crate) fn idempotency_cutoff(ttl: Duration) -> i64 {
+    to_micros(now()).saturating_sub(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// A worker deleting idempotency records older than `ttl`, every 10 minutes.
+pub(crate) fn idempotency_pruner(db: Db, ttl: Duration) -> keel::workers::Worker {
+    keel::workers::Worker::periodic("idempotency-prune", Duration::from_secs(600), move |_ctx| {
+        let db = db.clone();
+        async move {
+            // Not connected yet (or down): nothing to prune, and not this worker's failure.
+            if !db.is_available() {
+                return Ok::<_, sqlx::Error>(());
+            }
+            let done = sqlx::query(sql(db.backend(), "DELETE FROM idempotency_keys WHERE created_at < $1"))
+                .bind(idempotency_cutoff(ttl))
+                .execute(db.pool())
+                .await?;
+            if done.rows_affected() > 0 {
+                tracing::debug!(rows = done.rows_affected(), "pruned expired idempotency keys");
+            }
+            Ok(())
+        }
+    })
+}
+
+/// Which `join.*` event a change is announced as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Announce {
+    /// `join.confirmed`.
+    Confirmed,
+    /// `join.waitlisted`.
+    Waitlisted,
+    /// `join.promoted`.
+    Promoted,
+    /// `join.canceled`.
+    Canceled,
+    /// `join.kicked`.
+    Kicked,
+}
+
+/// The `join.*` payload for a join of `ev` as it is now. Per the catalogue the status is
+/// `confirmed`, `waitlisted` or `canceled` (a kicked join is `canceled` with reason `kicked` or
+/// `banned`).
+pub(crate) fn change(ev: &EventRow, j: &JoinRow, reason: Option<&str>) -> JoinChange {
+    let status = if j.status == status::KICKED { status::CANCELED } else { j.status.as_str() };
+    JoinChange {
+        join_id: j.id,
+        event_id: ev.event_id,
+        user_id: j.user_id,
+        event_title: ev.title.clone(),
+        status: status.to_owned(),
+        reason: reason.map(str::to_owned),
+        at: from_micros(j.updated_at),
+    }
+}
+
+fn envelope<E: Event>(event: &E) -> Result<Envelope, OutboxError> {
+    Ok(Envelope::new(cityevents_common::services::JOINS.0, event)?)
+}
+
+/// Enqueues the announcements in `tx` (published only if it commits), in order.
+pub(crate) async fn announce(
+    tx: &mut Tx,
+    outbox: &Outbox,
+    topic: &str,
+    items: Vec<(Announce, JoinChange)>,
+) -> Result<(), OutboxError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let envelopes = items
+        .into_iter()
+        .map(|(kind, c)| {
+            let subject = c.join_id.to_string();
+            let env = match kind {
+                Announce::Confirmed => envelope(&JoinConfirmed(c)),
+                Announce::Waitlisted => envelope(&JoinWaitlisted(c)),
+                Announce::Promoted => envelope(&JoinPromoted(c)),
+                Announce::Canceled => envelope(&JoinCanceled(c)),
+                Announce::Kicked => envelope(&JoinKicked(c)),
+            }?;
+            Ok(env.with_subject(subject))
+        })
+        .collect::<Result<Vec<_>, OutboxError>>()?;
+    outbox.enqueue_all(tx, topic, &envelopes).await
+}
+
+/// One line of a user's joins list.
+#[derive(Debug, Clone)]
+pub(crate) struct UserJoin {
+    pub(crate) join: JoinRow,
+    pub(crate) title: String,
+    pub(crate) starts_at: i64,
+    pub(crate) ends_at: i64,
+    pub(crate) event_status: String,
+}
+
+/// The user's joins, newest first (`created_at`, then id, descending), after `after`; fetches
+/// `limit + 1` rows.
+pub(crate) async fn user_joins(
+    db: &Db,
+    user_id: Uuid,
+    after: Option<&cityevents_common::page::Cursor>,
+    limit: u32,
+) -> Result<Vec<UserJoin>, sqlx::Error> {
+    let cols = "j.id, j.event_id, j.user_id, j.status, j.reason, j.queue_seq, j.queued_at, j.created_at, j.updated_at, \
+                e.title, e.starts_at, e.ends_at, e.status";
+    let keyset = if after.is_some() { " AND (j.created_at < $2 OR (j.created_at = $3 AND j.id < $4))" } else { "" };
+    let lim = if after.is_some() { "$5" } else { "$2" };
+    let text = format!(
+        "SELECT {cols} FROM joins j JOIN event_capacity e ON e.event_id = j.event_id \
+         WHERE j.user_id = $1{keyset} ORDER BY j.created_at DESC, j.id DESC LIMIT {lim}"
+    );
+    let mut q = sqlx::query(sql(db.backend(), &text)).bind(user_id.to_string());
+    if let Some(c) = after {
+        q = q.bind(c.key).bind(c.key).bind(c.id.clone());
+    }
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UserJoin {
+                join: JoinRow::from_row(r)?,
+                title: r.try_get(9)?,
+                starts_at: r.try_get(10)?,
+                ends_at: r.try_get(11)?,
+                event_status: r.try_get(12)?,
+            })
+        })
+        .collect()
+}
+
+/// The event's joins with `status`, in FIFO order (ticket, then id), after `after`; fetches
+/// `limit + 1` rows.
+pub(crate) async fn event_joins(
+    db: &Db,
+    event_id: Uuid,
+    join_status: &str,
+    after: Option<&cityevents_common::page::Cursor>,
+    limit: u32,
+) -> Result<Vec<JoinRow>, sqlx::Error> {
+    let keyset = if after.is_some() { " AND (queue_seq > $3 OR (queue_seq = $4 AND id > $5))" } else { "" };
+    let lim = if after.is_some() { "$6" } else { "$3" };
+    let text = format!(
+        "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status = $2{keyset} ORDER BY queue_seq, id LIMIT {lim}"
+    );
+    let mut q = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string()).bind(join_status);
+    if let Some(c) = after {
+        q = q.bind(c.key).bind(c.key).bind(c.id.clone());
+    }
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
+    rows.iter().map(JoinRow::from_row).collect()
+}
+
+/// How many of the event's joins are in each status.
+pub(crate) async fn status_counts(db: &Db, event_id: Uuid) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(sql(db.backend(), "SELECT status, COUNT(*) FROM joins WHERE event_id = $1 GROUP BY status"))
+        .bind(event_id.to_string())
+        .fetch_all(db.pool())
+        .await
+}

@@ -1,0 +1,390 @@
+//! Shared helpers: start the joins service in-process on a private database, feed it `event.*`
+//! through a consumer that runs the service's own handler with its inbox, mint tokens, and read
+//! what it put in the outbox.
+//!
+//! The service's configured bus is an in-process one the test cannot reach, so a second
+//! consumer — `EventsHandler` with an inbox on the same database, group `joins`, exactly what
+//! the service registers — runs on a bus the test owns. (The NATS test drives the service's own
+//! consumer end to end instead.)
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use cityevents_common::catalogue::{
+    EVENTS_TOPIC, EventCanceled, EventPublished, EventSnapshot, EventUpdated, JOINS_TOPIC,
+};
+use cityevents_joins::{EventsHandler, JoinsConfig};
+use keel::config::{DatabaseConfig, Loader, OutboxConfig, Profile, Secret};
+use keel::data::{Backend, Db};
+use keel::events::outbox::Outbox;
+use keel::events::{Bus, Consumer, ConsumerOptions, Envelope};
+use keel::security::jwt::{Jwt, JwtKey};
+use keel::testing::{self, TestDatabase};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const SECRET: &str = "joins-test-hs256-secret-0123456789abcdef";
+
+/// Runs `$body(backend)` as one test per SQL backend (PostgreSQL and MariaDB skip when their
+/// server is not running, except under `CI=true`).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(keel::data::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(keel::data::Backend::Postgres).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mysql() {
+                super::$name(keel::data::Backend::MySql).await;
+            }
+        }
+    };
+}
+
+/// A private database for one test, or `None` (skipped) when its server is not running.
+pub async fn test_database(backend: Backend) -> Option<TestDatabase> {
+    Some(match backend {
+        Backend::Postgres => {
+            if !testing::require("PostgreSQL", &testing::postgres_url()) {
+                return None;
+            }
+            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
+        }
+        Backend::MySql => {
+            if !testing::require("MariaDB", &testing::mysql_url()) {
+                return None;
+            }
+            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
+        }
+        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
+    })
+}
+
+pub fn client() -> reqwest::Client {
+    keel::http::client::install_tls_provider();
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A token signer trusted by the service.
+pub fn signer() -> Jwt {
+    Jwt::builder()
+        .issuer("cityevents")
+        .audience(["cityevents"])
+        .key(JwtKey::hs256("k1", &Secret::new(SECRET)).unwrap())
+        .sign_with("k1")
+        .build()
+        .unwrap()
+}
+
+/// Polls `f` until it returns `Some`, failing after `limit`.
+pub async fn until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The joins service running in this process, with a test-owned feed of `event.*`.
+pub struct Svc {
+    pub running: Option<keel::Running>,
+    pub base: String,
+    pub backend: Backend,
+    pub db: Db,
+    pub bus: Bus,
+    pub http: reqwest::Client,
+    jwt: Jwt,
+    stop: CancellationToken,
+    consumer: Option<tokio::task::JoinHandle<()>>,
+    _database: TestDatabase,
+}
+
+/// A user with a token.
+#[derive(Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl Svc {
+    /// Starts the service on `backend`, or `None` when that server is not running here.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, &[]).await
+    }
+
+    pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
+        let database = test_database(backend).await?;
+        let mut vars: Vec<(String, String)> = vec![
+            ("CITYEVENTS_JOINS__HTTP__PORT".into(), "0".into()),
+            ("CITYEVENTS_JOINS__HTTP__ADDR".into(), "127.0.0.1".into()),
+            ("CITYEVENTS_JOINS__DATABASE__URL".into(), database.url().to_owned()),
+            ("CITYEVENTS_JOINS__DATABASE__POOL__MAX_CONNECTIONS".into(), "12".into()),
+            ("CITYEVENTS_JOINS__DATABASE__POOL__ACQUIRE_TIMEOUT".into(), "10s".into()),
+            ("CITYEVENTS_JOINS__OUTBOX__POLL_INTERVAL".into(), "50ms".into()),
+            ("CITYEVENTS_JOINS__SECURITY__JWT__ISSUER".into(), "cityevents".into()),
+            ("CITYEVENTS_JOINS__SECURITY__JWT__AUDIENCE".into(), "cityevents".into()),
+            ("CITYEVENTS_JOINS__SECURITY__JWT__KEYS__K1__ALGORITHM".into(), "HS256".into()),
+            ("CITYEVENTS_JOINS__SECURITY__JWT__KEYS__K1__SECRET".into(), SECRET.into()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let loaded = Loader::new(cityevents_common::services::JOINS.0, Profile::Test)
+            .env(vars)
+            .load::<JoinsConfig>()
+            .expect("valid config");
+        let running = keel::app::start(cityevents_joins::service(), loaded).await.expect("starts");
+        let base = format!("http://{}", running.http_addr());
+        let http = client();
+        until("the service to be ready", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), format!("{base}/health/ready"));
+            async move { http.get(url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        })
+        .await;
+
+        // The test's own handle on the database (migrated by now) and its event feed.
+        let mut cfg = DatabaseConfig::default();
+        cfg.pool.max_connections = 4;
+        let db = Db::new("joins-test", database.url(), &cfg, None, &keel::telemetry::Metrics::new()).unwrap();
+        db.clone().connect_in_background(CancellationToken::new()).await;
+        let outbox =
+            Outbox::new(db.clone(), cityevents_common::services::JOINS.0, &OutboxConfig::default(), None).unwrap();
+        let bus = Bus::in_process(10_000);
+        let stop = CancellationToken::new();
+        let options = ConsumerOptions::default()
+            .max_attempts(4)
+            .retry_backoff(Duration::from_millis(50), Duration::from_millis(200));
+        let consumer =
+            Consumer::new(bus.clone(), EVENTS_TOPIC, "joins", EventsHandler::new(backend, outbox, JOINS_TOPIC))
+                .inbox(db.clone())
+                .options(options);
+        let consumer = tokio::spawn(consumer.run(stop.clone()));
+        Some(Self {
+            running: Some(running),
+            base,
+            backend,
+            db,
+            bus,
+            http,
+            jwt: signer(),
+            stop,
+            consumer: Some(consumer),
+            _database: database,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn user(&self) -> User {
+        self.user_with_role("user")
+    }
+
+    pub fn admin(&self) -> User {
+        self.user_with_role("admin")
+    }
+
+    pub fn user_with_role(&self, role: &str) -> User {
+        let id = Uuid::now_v7();
+        let token = self.jwt.issue(&self.jwt.claims(id.to_string()).role(role)).unwrap();
+        User { id, token }
+    }
+
+    /// Publishes `env` on the event feed and waits until the consumer recorded it.
+    pub async fn feed(&self, env: &Envelope) {
+        self.feed_nowait(env).await;
+        self.wait_applied(&env.id).await;
+    }
+
+    pub async fn feed_nowait(&self, env: &Envelope) {
+        self.bus.publish(EVENTS_TOPIC, env).await.unwrap();
+    }
+
+    pub async fn wait_applied(&self, message_id: &str) {
+        let sql = self.db.sql("SELECT COUNT(*) FROM keel_inbox WHERE message_id = $1").into_owned();
+        until("the consumer to apply the event", Duration::from_secs(20), || {
+            let sql = sql.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(message_id)
+                    .fetch_one(self.db.pool())
+                    .await
+                    .unwrap();
+                (n == 1).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Publishes an event (as the events service would) and waits until joins knows it.
+    pub async fn publish_event(&self, organizer: Uuid, capacity: u32) -> EventSnapshot {
+        let s = snapshot(organizer, capacity);
+        self.feed(&Envelope::new("cityevents-events", &EventPublished(s.clone())).unwrap()).await;
+        s
+    }
+
+    pub async fn update_event(&self, s: &EventSnapshot) -> Envelope {
+        let env = Envelope::new("cityevents-events", &EventUpdated(s.clone())).unwrap();
+        self.feed(&env).await;
+        env
+    }
+
+    pub async fn cancel_event(&self, s: &EventSnapshot) -> Envelope {
+        let c = EventCanceled {
+            event_id: s.event_id,
+            organizer_id: s.organizer_id,
+            title: s.title.clone(),
+            canceled_at: OffsetDateTime::now_utc(),
+        };
+        let env = Envelope::new("cityevents-events", &c).unwrap();
+        self.feed(&env).await;
+        env
+    }
+
+    /// `POST /api/v1/events/{id}/join` with `key`: (status, body, replayed header).
+    pub async fn join(&self, u: &User, event: Uuid, key: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(&format!("/api/v1/events/{event}/join")))
+            .bearer_auth(&u.token)
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, u: Option<&User>, path: &str) -> (u16, Value) {
+        let mut r = self.http.get(self.url(path));
+        if let Some(u) = u {
+            r = r.bearer_auth(&u.token);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, u: &User, path: &str) -> (u16, Value) {
+        let r = self.http.delete(self.url(path)).bearer_auth(&u.token).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, u: &User, path: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&u.token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `{capacity, confirmed, waitlisted}` (public).
+    pub async fn counts(&self, event: Uuid) -> (i64, i64, i64) {
+        let (s, b) = self.get(None, &format!("/api/v1/events/{event}/counts")).await;
+        assert_eq!(s, 200, "{b}");
+        (b["capacity"].as_i64().unwrap(), b["confirmed"].as_i64().unwrap(), b["waitlisted"].as_i64().unwrap())
+    }
+
+    /// The caller's participation status (`None` when 404).
+    pub async fn my_status(&self, u: &User, event: Uuid) -> Option<Value> {
+        let (s, b) = self.get(Some(u), &format!("/api/v1/events/{event}/join")).await;
+        match s {
+            200 => Some(b),
+            404 => None,
+            other => panic!("GET my join: {other} {b}"),
+        }
+    }
+
+    /// Every `join.*` envelope in the outbox, in order.
+    pub async fn outbox(&self) -> Vec<Envelope> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT topic, payload FROM keel_outbox ORDER BY seq")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap();
+        rows.into_iter()
+            .filter(|(t, _)| t == JOINS_TOPIC)
+            .map(|(_, p)| Envelope::from_bytes(p.as_bytes()).unwrap())
+            .collect()
+    }
+
+    /// `join.*` envelopes of one event: (type, user_id, status, reason).
+    pub async fn announced(&self, event: Uuid) -> Vec<(String, Uuid, String, Option<String>)> {
+        self.outbox()
+            .await
+            .into_iter()
+            .filter(|e| e.data["event_id"] == event.to_string())
+            .map(|e| {
+                assert_eq!(e.key.as_deref(), Some(event.to_string().as_str()), "keyed by event id");
+                assert_eq!(e.source, "cityevents-joins");
+                (
+                    e.ty.clone(),
+                    Uuid::parse_str(e.data["user_id"].as_str().unwrap()).unwrap(),
+                    e.data["status"].as_str().unwrap().to_owned(),
+                    e.data["reason"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
+    /// Row counts by status straight from the table (to check the counters).
+    pub async fn table_counts(&self, event: Uuid) -> (i64, i64) {
+        let sql = self.db.sql("SELECT status, COUNT(*) FROM joins WHERE event_id = $1 GROUP BY status").into_owned();
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(event.to_string()).fetch_all(self.db.pool()).await.unwrap();
+        let of = |s: &str| rows.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+        (of("confirmed"), of("waitlisted"))
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(c) = self.consumer.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
+        }
+        if let Some(r) = self.running.take() {
+            r.shutdown(std::future::pending()).await.expect("clean shutdown");
+        }
+        self.db.close().await;
+    }
+}
+
+/// A published event starting tomorrow.
+pub fn snapshot(organizer: Uuid, capacity: u32) -> EventSnapshot {
+    let start = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::days(1);
+    EventSnapshot {
+        event_id: Uuid::now_v7(),
+        organizer_id: organizer,
+        title: "Jazz in the park".into(),
+        city: "Lisbon".into(),
+        category: "music".into(),
+        starts_at: start,
+        ends_at: start + time::Duration::hours(2),
+        capacity,
+        status: "published".into(),
+    }
+}
+
+/// A fresh idempotency key.
+pub fn key() -> String {
+    format!("k-{}", Uuid::now_v7().simple())
+}

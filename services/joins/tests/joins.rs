@@ -1,0 +1,526 @@
+//! The joins service end to end on SQLite, PostgreSQL and MariaDB: capacity and the FIFO
+//! waitlist, idempotent joins, 50 concurrent joins on 10 seats, leaving and promotion, kicks and
+//! bans, organizer-only routes, `event.*` handling (capacity changes, cancellation, redelivery,
+//! out-of-order and poison messages), keyset pages, and what lands in the outbox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Svc, key, snapshot};
+use keel::data::Backend;
+use keel::events::Envelope;
+use serde_json::Value;
+use uuid::Uuid;
+
+fn types(a: &[(String, Uuid, String, Option<String>)]) -> Vec<&str> {
+    a.iter().map(|(t, ..)| t.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn capacity_waitlist_idempotency_and_promotion(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let ev = svc.publish_event(organizer.id, 2).await;
+    let id = ev.event_id;
+    assert_eq!(svc.counts(id).await, (2, 0, 0));
+    let (a, b, c) = (svc.user(), svc.user(), svc.user());
+
+    let key_a = key();
+    let (s, first) = svc.join(&a, id, &key_a).await;
+    assert_eq!(s, 201, "{first}");
+    assert_eq!(first["status"], "confirmed");
+    assert_eq!(first["event_id"], id.to_string());
+    assert_eq!(first["user_id"], a.id.to_string());
+    assert!(first.get("position").is_none(), "{first}");
+    assert!(first["created_at"].as_str().unwrap().ends_with('Z'), "{first}");
+    assert_eq!(svc.join(&b, id, &key()).await.1["status"], "confirmed");
+    let (s, third) = svc.join(&c, id, &key()).await;
+    assert_eq!(
+        (s, third["status"].as_str(), third["position"].as_i64()),
+        (201, Some("waitlisted"), Some(1)),
+        "{third}"
+    );
+    assert_eq!(svc.counts(id).await, (2, 2, 1));
+
+    // The same key again: the same status and body, and no second join.
+    let r = svc
+        .http
+        .post(svc.url(&format!("/api/v1/events/{id}/join")))
+        .bearer_auth(&a.token)
+        .header("Idempotency-Key", &key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(r.json::<Value>().await.unwrap(), first);
+    assert_eq!(svc.counts(id).await, (2, 2, 1));
+    // A new key for an active join is a conflict.
+    let (s, p) = svc.join(&a, id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("already_joined")), "{p}");
+    // The same key for another event: refused.
+    let other = svc.publish_event(organizer.id, 5).await;
+    let (s, p) = svc.join(&a, other.event_id, &key_a).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("idempotency_key_reused")), "{p}");
+    assert_eq!(svc.counts(other.event_id).await, (5, 0, 0));
+    // The same key by another user is that user's own key.
+    assert_eq!(svc.join(&organizer, other.event_id, &key_a).await.0, 201);
+
+    // Missing or malformed keys.
+    let r = svc.http.post(svc.url(&format!("/api/v1/events/{id}/join"))).bearer_auth(&a.token).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["code"], "invalid_input");
+    assert_eq!(p["errors"][0]["field"], "Idempotency-Key");
+    for bad in ["has space", "x/y", &"k".repeat(129), ""] {
+        assert_eq!(svc.join(&a, id, bad).await.0, 400, "{bad:?}");
+    }
+    // Unknown event, bad id, no token.
+    assert_eq!(svc.join(&a, Uuid::now_v7(), &key()).await.0, 404);
+    let r = svc
+        .http
+        .post(svc.url("/api/v1/events/nope/join"))
+        .bearer_auth(&a.token)
+        .header("Idempotency-Key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = svc
+        .http
+        .post(svc.url(&format!("/api/v1/events/{id}/join")))
+        .header("Idempotency-Key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A leaves: C (the oldest waitlisted) gets the seat, in the same transaction.
+    assert_eq!(svc.delete(&a, &format!("/api/v1/events/{id}/join")).await.0, 204);
+    assert_eq!(svc.counts(id).await, (2, 2, 0));
+    assert_eq!(svc.my_status(&c, id).await.unwrap()["status"], "confirmed");
+    assert_eq!(svc.my_status(&a, id).await.unwrap()["status"], "canceled");
+    assert_eq!(svc.delete(&a, &format!("/api/v1/events/{id}/join")).await.0, 404, "not joined any more");
+    assert_eq!(svc.table_counts(id).await, (2, 0));
+
+    // A's old key still answers what it answered, though the state changed.
+    let (s, again) = svc.join(&a, id, &key_a).await;
+    assert_eq!((s, &again), (201, &first));
+    // A rejoins with a new key: now the event is full, so A waits.
+    let (s, rejoin) = svc.join(&a, id, &key()).await;
+    assert_eq!((s, rejoin["status"].as_str(), rejoin["position"].as_i64()), (201, Some("waitlisted"), Some(1)));
+    assert_ne!(rejoin["join_id"], first["join_id"]);
+    let mine = svc.my_status(&a, id).await.unwrap();
+    assert_eq!((mine["status"].as_str(), mine["position"].as_i64()), (Some("waitlisted"), Some(1)));
+
+    // The outbox holds one event per change, keyed by the event, with the catalogue payloads.
+    let got = svc.announced(id).await;
+    assert_eq!(
+        types(&got),
+        ["join.confirmed", "join.confirmed", "join.waitlisted", "join.canceled", "join.promoted", "join.waitlisted"]
+    );
+    assert_eq!(got[0].1, a.id);
+    assert_eq!(got[2], ("join.waitlisted".into(), c.id, "waitlisted".into(), None));
+    assert_eq!(got[3], ("join.canceled".into(), a.id, "canceled".into(), None));
+    assert_eq!(got[4], ("join.promoted".into(), c.id, "confirmed".into(), Some("seat_freed".into())));
+    let envs = svc.outbox().await;
+    let promoted = envs.iter().find(|e| e.ty == "join.promoted").unwrap();
+    let change = promoted.decode::<cityevents_common::catalogue::JoinPromoted>().unwrap().0;
+    assert_eq!((change.event_title.as_str(), change.event_id), ("Jazz in the park", id));
+    svc.stop().await;
+}
+on_every_backend!(capacity_waitlist_idempotency_and_promotion);
+
+// ---------------------------------------------------------------------------------------------
+
+async fn fifty_concurrent_joins_on_ten_seats(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let ev = svc.publish_event(svc.user().id, 10).await;
+    let id = ev.event_id;
+    let users: Vec<_> = (0..50).map(|_| svc.user()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for u in users.clone() {
+        let (http, url) = (svc.http.clone(), svc.url(&format!("/api/v1/events/{id}/join")));
+        tasks.spawn(async move {
+            let r = http.post(url).bearer_auth(&u.token).header("Idempotency-Key", key()).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        });
+    }
+    let mut confirmed = 0;
+    let mut positions = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (status, body) = r.unwrap();
+        assert_eq!(status, 201, "{body}");
+        match body["status"].as_str().unwrap() {
+            "confirmed" => confirmed += 1,
+            "waitlisted" => positions.push(body["position"].as_i64().unwrap()),
+            other => panic!("{other}"),
+        }
+    }
+    positions.sort_unstable();
+    assert_eq!(confirmed, 10, "exactly the capacity is confirmed");
+    assert_eq!(positions, (1..=40).collect::<Vec<_>>(), "every waitlisted join has its own place");
+    assert_eq!(svc.counts(id).await, (10, 10, 40));
+    assert_eq!(svc.table_counts(id).await, (10, 40), "the counters match the rows");
+    let got = svc.announced(id).await;
+    assert_eq!(got.iter().filter(|(t, ..)| t == "join.confirmed").count(), 10);
+    assert_eq!(got.iter().filter(|(t, ..)| t == "join.waitlisted").count(), 40);
+
+    // The waitlist is served in the order the seats were refused.
+    let organizer_view = svc.admin();
+    let (s, w) = svc.get(Some(&organizer_view), &format!("/api/v1/events/{id}/waitlist?limit=100")).await;
+    assert_eq!(s, 200, "{w}");
+    let waiting: Vec<Uuid> = w["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Uuid::parse_str(i["user_id"].as_str().unwrap()).unwrap())
+        .collect();
+    let first_waiting = users.iter().find(|u| u.id == waiting[0]).unwrap();
+    let confirmed_user = {
+        let (_, p) = svc.get(Some(&organizer_view), &format!("/api/v1/events/{id}/participants?limit=100")).await;
+        let uid = Uuid::parse_str(p["items"][0]["user_id"].as_str().unwrap()).unwrap();
+        users.iter().find(|u| u.id == uid).unwrap().clone()
+    };
+    assert_eq!(svc.delete(&confirmed_user, &format!("/api/v1/events/{id}/join")).await.0, 204);
+    assert_eq!(
+        svc.my_status(first_waiting, id).await.unwrap()["status"],
+        "confirmed",
+        "the head of the queue moves up"
+    );
+    assert_eq!(svc.counts(id).await, (10, 10, 39));
+    let second = users.iter().find(|u| u.id == waiting[1]).unwrap();
+    assert_eq!(svc.my_status(second, id).await.unwrap()["position"], 1);
+    svc.stop().await;
+}
+on_every_backend!(fifty_concurrent_joins_on_ten_seats);
+
+// ---------------------------------------------------------------------------------------------
+
+async fn organizer_tools_kick_ban_and_lists(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let ev = svc.publish_event(organizer.id, 1).await;
+    let id = ev.event_id;
+    let (u1, u2, u3, stranger) = (svc.user(), svc.user(), svc.user(), svc.user());
+    for u in [&u1, &u2, &u3] {
+        assert_eq!(svc.join(u, id, &key()).await.0, 201);
+    }
+
+    // Organizer-only routes: 403 for others, 404 for unknown events, 401 without a token.
+    for path in ["participants", "waitlist", "stats"] {
+        let (s, p) = svc.get(Some(&stranger), &format!("/api/v1/events/{id}/{path}")).await;
+        assert_eq!((s, p["code"].as_str()), (403, Some("not_organizer")), "{path}: {p}");
+        assert_eq!(svc.get(Some(&organizer), &format!("/api/v1/events/{}/{path}", Uuid::now_v7())).await.0, 404);
+        assert_eq!(svc.get(None, &format!("/api/v1/events/{id}/{path}")).await.0, 401);
+        assert_eq!(svc.get(Some(&svc.admin()), &format!("/api/v1/events/{id}/{path}")).await.0, 200, "admins may");
+    }
+    assert_eq!(svc.delete(&stranger, &format!("/api/v1/events/{id}/participants/{}", u1.id)).await.0, 403);
+    let ban_body = format!(r#"{{"user_id": "{}"}}"#, u1.id);
+    assert_eq!(svc.post_json(&stranger, &format!("/api/v1/events/{id}/bans"), &ban_body).await.0, 403);
+    assert_eq!(svc.counts(id).await, (1, 1, 2), "refused actions changed nothing");
+
+    // Lists: participants (confirmed), waitlist in FIFO order with positions, paged.
+    let (_, p) = svc.get(Some(&organizer), &format!("/api/v1/events/{id}/participants")).await;
+    assert_eq!(p["items"].as_array().unwrap().len(), 1);
+    assert_eq!(p["items"][0]["user_id"], u1.id.to_string());
+    assert!(p["next_cursor"].is_null());
+    let (_, w1) = svc.get(Some(&organizer), &format!("/api/v1/events/{id}/waitlist?limit=1")).await;
+    assert_eq!(
+        (w1["items"][0]["user_id"].as_str(), w1["items"][0]["position"].as_i64()),
+        (Some(u2.id.to_string().as_str()), Some(1))
+    );
+    let cursor = w1["next_cursor"].as_str().unwrap();
+    let (_, w2) = svc.get(Some(&organizer), &format!("/api/v1/events/{id}/waitlist?limit=1&cursor={cursor}")).await;
+    assert_eq!(
+        (w2["items"][0]["user_id"].as_str(), w2["items"][0]["position"].as_i64()),
+        (Some(u3.id.to_string().as_str()), Some(2))
+    );
+    assert!(w2["next_cursor"].is_null());
+    for bad in ["limit=0", "limit=101", "limit=abc", "cursor=%25%25"] {
+        let (s, p) = svc.get(Some(&organizer), &format!("/api/v1/events/{id}/waitlist?{bad}")).await;
+        assert_eq!((s, p["code"].as_str()), (400, Some("invalid_input")), "{bad}: {p}");
+    }
+
+    // Kick the confirmed user: the seat goes to u2.
+    assert_eq!(svc.delete(&organizer, &format!("/api/v1/events/{id}/participants/{}", u1.id)).await.0, 204);
+    assert_eq!(svc.delete(&organizer, &format!("/api/v1/events/{id}/participants/{}", u1.id)).await.0, 404);
+    assert_eq!(svc.delete(&organizer, &format!("/api/v1/events/{id}/participants/nope")).await.0, 400);
+    assert_eq!(svc.my_status(&u1, id).await.unwrap()["status"], "kicked");
+    assert_eq!(svc.my_status(&u2, id).await.unwrap()["status"], "confirmed");
+    // A kicked (not banned) user may join again.
+    let (s, j) = svc.join(&u1, id, &key()).await;
+    assert_eq!((s, j["status"].as_str(), j["position"].as_i64()), (201, Some("waitlisted"), Some(2)));
+
+    // Ban: bodies are checked; banning a waitlisted user kicks them; banned users cannot join.
+    let bans = format!("/api/v1/events/{id}/bans");
+    for bad in ["{", "[]", r#"{"user_id": "x"}"#, r#"{"user_id": 5}"#, r#"{"user_id": "{u}", "why": 1}"#, "{}"] {
+        let body = bad.replace("{u}", &u3.id.to_string());
+        let (s, p) = svc.post_json(&organizer, &bans, &body).await;
+        assert_eq!((s, p["code"].as_str()), (400, Some("invalid_input")), "{bad}: {p}");
+    }
+    let (s, p) = svc.post_json(&organizer, &bans, r#"{"user_id": "x"}"#).await;
+    assert_eq!((s, p["errors"][0]["field"].as_str()), (400, Some("user_id")));
+    let (s, p) = svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}", "why": 1}}"#, u3.id)).await;
+    assert_eq!((s, p["errors"][0]["field"].as_str()), (400, Some("why")));
+    let (s, b) = svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, u3.id)).await;
+    assert_eq!((s, b["user_id"].as_str()), (201, Some(u3.id.to_string().as_str())), "{b}");
+    assert_eq!(
+        svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, u3.id)).await.0,
+        201,
+        "a repeat is fine"
+    );
+    assert_eq!(svc.my_status(&u3, id).await.unwrap()["status"], "kicked");
+    let (s, p) = svc.join(&u3, id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("banned")), "{p}");
+    // u1 moved up to first place.
+    assert_eq!(svc.my_status(&u1, id).await.unwrap()["position"], 1);
+    // Ban the confirmed user: u1 is promoted.
+    let admin = svc.admin();
+    assert_eq!(svc.post_json(&admin, &bans, &format!(r#"{{"user_id": "{}"}}"#, u2.id)).await.0, 201, "admins may");
+    assert_eq!(svc.my_status(&u1, id).await.unwrap()["status"], "confirmed");
+
+    let (s, stats) = svc.get(Some(&organizer), &format!("/api/v1/events/{id}/stats")).await;
+    assert_eq!(s, 200);
+    assert_eq!(stats, serde_json::json!({"capacity": 1, "confirmed": 1, "waitlisted": 0, "canceled": 0, "kicked": 2}));
+    assert_eq!(svc.counts(id).await, (1, 1, 0));
+
+    let got = svc.announced(id).await;
+    let tail: Vec<_> = got.iter().skip(3).cloned().collect();
+    assert_eq!(
+        tail,
+        vec![
+            ("join.kicked".into(), u1.id, "canceled".into(), Some("kicked".into())),
+            ("join.promoted".into(), u2.id, "confirmed".into(), Some("seat_freed".into())),
+            ("join.waitlisted".into(), u1.id, "waitlisted".into(), None),
+            ("join.kicked".into(), u3.id, "canceled".into(), Some("banned".into())),
+            ("join.kicked".into(), u2.id, "canceled".into(), Some("banned".into())),
+            ("join.promoted".into(), u1.id, "confirmed".into(), Some("seat_freed".into())),
+        ]
+    );
+    svc.stop().await;
+}
+on_every_backend!(organizer_tools_kick_ban_and_lists);
+
+// ---------------------------------------------------------------------------------------------
+
+async fn event_changes_promote_and_cancel(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let mut ev = svc.publish_event(organizer.id, 1).await;
+    let id = ev.event_id;
+    let users: Vec<_> = (0..4).map(|_| svc.user()).collect();
+    for u in &users[..3] {
+        assert_eq!(svc.join(u, id, &key()).await.0, 201);
+    }
+    assert_eq!(svc.counts(id).await, (1, 1, 2));
+
+    // Capacity 1 → 2: the oldest waitlisted user is promoted.
+    ev.capacity = 2;
+    ev.title = "Jazz at the pier".into();
+    let grow = svc.update_event(&ev).await;
+    assert_eq!(svc.counts(id).await, (2, 2, 1));
+    assert_eq!(svc.my_status(&users[1], id).await.unwrap()["status"], "confirmed");
+    assert_eq!(svc.my_status(&users[2], id).await.unwrap()["position"], 1);
+    let promoted = svc.announced(id).await.pop().unwrap();
+    assert_eq!(promoted, ("join.promoted".into(), users[1].id, "confirmed".into(), Some("capacity_increased".into())));
+
+    // Redelivering the same envelope applies it once (the inbox).
+    let before = svc.outbox().await.len();
+    let updated_at = |svc: &Svc| {
+        let sql = svc.db.sql("SELECT updated_at FROM event_capacity WHERE event_id = $1").into_owned();
+        let pool = svc.db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_one(&pool).await.unwrap()
+        }
+    };
+    let stamp = updated_at(&svc).await;
+    svc.feed_nowait(&grow).await;
+    svc.feed_nowait(&grow).await;
+    common::until("redeliveries to be consumed", Duration::from_secs(10), || async {
+        (svc.bus.lag(cityevents_common::catalogue::EVENTS_TOPIC, "joins").await.unwrap() == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(updated_at(&svc).await, stamp, "a redelivery is not applied again");
+    assert_eq!(svc.outbox().await.len(), before);
+
+    // Capacity 2 → 1: nobody is bumped; a newcomer waits.
+    ev.capacity = 1;
+    svc.update_event(&ev).await;
+    assert_eq!(svc.counts(id).await, (1, 2, 1));
+    let (_, j) = svc.join(&users[3], id, &key()).await;
+    assert_eq!((j["status"].as_str(), j["position"].as_i64()), (Some("waitlisted"), Some(2)));
+    // A confirmed user leaving frees no seat while the event is over capacity.
+    assert_eq!(svc.delete(&users[0], &format!("/api/v1/events/{id}/join")).await.0, 204);
+    assert_eq!(svc.counts(id).await, (1, 1, 2));
+
+    // Unlimited (0): everyone waiting gets in, oldest first.
+    ev.capacity = 0;
+    svc.update_event(&ev).await;
+    assert_eq!(svc.counts(id).await, (0, 3, 0));
+    let got = svc.announced(id).await;
+    let promos: Vec<_> = got.iter().filter(|(t, ..)| t == "join.promoted").map(|(_, u, ..)| *u).collect();
+    assert_eq!(promos, vec![users[1].id, users[2].id, users[3].id]);
+
+    // me/joins shows the new title.
+    let (_, mine) = svc.get(Some(&users[2]), "/api/v1/me/joins").await;
+    assert_eq!(mine["items"][0]["title"], "Jazz at the pier");
+
+    // Canceled: every active join is canceled and announced; no one can join any more.
+    let cancel = svc.cancel_event(&ev).await;
+    assert_eq!(svc.counts(id).await, (0, 0, 0));
+    for u in &users[1..] {
+        assert_eq!(svc.my_status(u, id).await.unwrap()["status"], "canceled");
+    }
+    let got = svc.announced(id).await;
+    let canceled: HashSet<Uuid> = got
+        .iter()
+        .filter(|(t, _, _, r)| t == "join.canceled" && r.as_deref() == Some("event_canceled"))
+        .map(|(_, u, s, _)| {
+            assert_eq!(s, "canceled");
+            *u
+        })
+        .collect();
+    assert_eq!(canceled, users[1..].iter().map(|u| u.id).collect());
+    let (s, p) = svc.join(&svc.user(), id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("event_closed")));
+    assert_eq!(svc.delete(&users[1], &format!("/api/v1/events/{id}/join")).await.0, 404);
+    // A second cancel (another message) changes nothing.
+    let n = svc.outbox().await.len();
+    let _ = cancel;
+    svc.cancel_event(&ev).await;
+    assert_eq!(svc.outbox().await.len(), n);
+
+    // An update for an event not known yet is retried until its event.published arrives.
+    let late = snapshot(organizer.id, 7);
+    let update = Envelope::new("cityevents-events", &cityevents_common::catalogue::EventUpdated(late.clone())).unwrap();
+    svc.feed_nowait(&update).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(svc.get(None, &format!("/api/v1/events/{}/counts", late.event_id)).await.0, 404);
+    let mut first = late.clone();
+    first.capacity = 3;
+    svc.feed(&Envelope::new("cityevents-events", &cityevents_common::catalogue::EventPublished(first)).unwrap()).await;
+    svc.wait_applied(&update.id).await;
+    assert_eq!(svc.counts(late.event_id).await, (7, 0, 0));
+
+    // A payload of an unknown version, or that does not decode, goes to the DLQ at once.
+    let v2 = Envelope::raw("cityevents-events", "event.updated", 2, serde_json::to_value(&late).unwrap());
+    let garbage = Envelope::raw("cityevents-events", "event.canceled", 1, serde_json::json!({"event_id": 5}));
+    svc.feed_nowait(&v2).await;
+    svc.feed_nowait(&garbage).await;
+    let dead = common::until("poison messages in the DLQ", Duration::from_secs(10), || async {
+        let l = svc.bus.dlq_list(cityevents_common::catalogue::EVENTS_TOPIC, 10).await.unwrap();
+        (l.len() == 2).then_some(l)
+    })
+    .await;
+    for d in &dead {
+        assert_eq!(d.attempts, 1, "permanent: no retries ({})", d.reason);
+        assert!(d.reason.contains("permanent"), "{}", d.reason);
+    }
+    svc.stop().await;
+}
+on_every_backend!(event_changes_promote_and_cancel);
+
+// ---------------------------------------------------------------------------------------------
+
+async fn my_joins_pages_are_stable(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let me = svc.user();
+    let mut events = Vec::new();
+    for _ in 0..7 {
+        let ev = svc.publish_event(organizer.id, 0).await;
+        assert_eq!(svc.join(&me, ev.event_id, &key()).await.0, 201);
+        events.push(ev.event_id);
+    }
+    let page = |cursor: Option<String>| {
+        let path = match cursor {
+            Some(c) => format!("/api/v1/me/joins?limit=3&cursor={c}"),
+            None => "/api/v1/me/joins?limit=3".to_owned(),
+        };
+        let svc = &svc;
+        let me = me.clone();
+        async move {
+            let (s, b) = svc.get(Some(&me), &path).await;
+            assert_eq!(s, 200, "{b}");
+            b
+        }
+    };
+    let p1 = page(None).await;
+    // A join made while paging does not shift later pages.
+    let newer = svc.publish_event(organizer.id, 0).await;
+    assert_eq!(svc.join(&me, newer.event_id, &key()).await.0, 201);
+    let p2 = page(p1["next_cursor"].as_str().map(str::to_owned)).await;
+    let p3 = page(p2["next_cursor"].as_str().map(str::to_owned)).await;
+    assert!(p3["next_cursor"].is_null(), "{p3}");
+    let seen: Vec<Uuid> = [&p1, &p2, &p3]
+        .iter()
+        .flat_map(|p| p["items"].as_array().unwrap().iter())
+        .map(|i| {
+            assert_eq!(i["status"], "confirmed");
+            assert_eq!(i["title"], "Jazz in the park");
+            assert!(i["starts_at"].as_str().is_some());
+            Uuid::parse_str(i["event_id"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let newest_first: Vec<Uuid> = events.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first, "every join once, newest first");
+    let (_, all) = svc.get(Some(&me), "/api/v1/me/joins").await;
+    assert_eq!(all["items"][0]["event_id"], newer.event_id.to_string());
+    assert_eq!(all["items"].as_array().unwrap().len(), 8);
+    for bad in ["limit=0", "limit=-1", "cursor=bm90LWEtY3Vyc29y"] {
+        assert_eq!(svc.get(Some(&me), &format!("/api/v1/me/joins?{bad}")).await.0, 400, "{bad}");
+    }
+    assert_eq!(svc.get(None, "/api/v1/me/joins").await.0, 401);
+    svc.stop().await;
+}
+on_every_backend!(my_joins_pages_are_stable);
+
+// ---------------------------------------------------------------------------------------------
+
+async fn ended_events_and_bad_tokens(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let mut ended = snapshot(organizer.id, 5);
+    ended.starts_at -= time::Duration::days(3);
+    ended.ends_at -= time::Duration::days(3);
+    svc.feed(
+        &Envelope::new("cityevents-events", &cityevents_common::catalogue::EventPublished(ended.clone())).unwrap(),
+    )
+    .await;
+    let (s, p) = svc.join(&svc.user(), ended.event_id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("event_closed")), "{p}");
+    assert_eq!(p["type"], "urn:keel:problem:conflict");
+
+    // A token whose subject is not a user id is refused; so is a token from another issuer.
+    let signer = common::signer();
+    let odd = signer.issue(&signer.claims("not-a-uuid")).unwrap();
+    let r = svc.http.get(svc.url("/api/v1/me/joins")).bearer_auth(odd).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let other = keel::security::jwt::Jwt::builder()
+        .issuer("someone-else")
+        .audience(["cityevents"])
+        .key(keel::security::jwt::JwtKey::hs256("k1", &keel::Secret::new(common::SECRET)).unwrap())
+        .sign_with("k1")
+        .build()
+        .unwrap();
+    let t = other.issue(&other.claims(Uuid::now_v7().to_string())).unwrap();
+    assert_eq!(svc.http.get(svc.url("/api/v1/me/joins")).bearer_auth(t).send().await.unwrap().status(), 401);
+    svc.stop().await;
+}
+on_every_backend!(ended_events_and_bad_tokens);
+
+#[test]
+fn migrations_carry_keels_events_schema_verbatim() {
+    use keel::events::outbox::schema;
+    assert_eq!(include_str!("../migrations/postgres/0002_keel_events.sql"), schema(Backend::Postgres));
+    assert_eq!(include_str!("../migrations/mysql/0002_keel_events.sql"), schema(Backend::MySql));
+    assert_eq!(include_str!("../migrations/sqlite/0002_keel_events.sql"), schema(Backend::Sqlite));
+}
