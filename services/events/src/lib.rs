@@ -1,6 +1,64 @@
-//! City Events events: organizer CRUD, publish and cancel, public listing; emits event.* through the outbox.
+//! City Events events: organizer CRUD, publish and cancel, public listing; emits `event.*`
+//! through the outbox.
+//!
+//! Routes (all under the paths the gateway exposes):
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /api/v1/events` | any user | a new draft (201) |
+//! | `GET /api/v1/events/{id}` | anyone | public events (published, or canceled after publication); a draft only to its organizer (else 404) |
+//! | `PATCH /api/v1/events/{id}` | organizer | partial update; not once canceled (409 `event_canceled`) or over (409 `event_ended`) |
+//! | `POST /api/v1/events/{id}/publish` | organizer | a draft starting in the future becomes public (else 409 `not_publishable`) |
+//! | `POST /api/v1/events/{id}/cancel` | organizer, admin | calls the event off |
+//! | `GET /api/v1/events` | anyone | published events: `city`, `category`, `from`, `to`, `sort`, `limit`, `cursor` |
+//! | `POST /api/v1/events/batch` | anyone | `{ids: […1–100]}` → `{"events": {id: event}}`, only those visible |
+//! | `GET /api/v1/me/events` | any user | the caller's events, every status, newest first |
+//!
+//! Someone else's draft answers 404 (they may not know it exists); someone else's public event
+//! answers 403 to a change. Events (`cityevents_common::catalogue`, topic `cityevents.events`,
+//! keyed by event id) are enqueued in the transaction of the change: `event.published` on
+//! publish, `event.updated` on a change to a published event, `event.canceled` when a published
+//! event is canceled (a canceled draft was never public: nothing is sent, and it stays visible
+//! to its organizer only).
+//!
+//! Configuration: Keel's `database.*`, `bus.*`, `outbox.*` and `security.jwt.*` (verify only:
+//! `issuer` and `audience` `cityevents`, the keys auth signs with); the `app` section is empty.
+
+pub mod api;
+pub mod extract;
+pub mod list;
+pub mod model;
+pub mod store;
+
+use keel::config::Section;
+use serde::{Deserialize, Serialize};
+
+/// The service's `app` section. It has no settings: every limit is part of the API contract
+/// (see [`model`] and [`api::MAX_BATCH`]), not something to tune per deployment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {}
+
+impl Section for EventsConfig {}
+
+/// The migrations, one set per backend: the `events` table and Keel's outbox/inbox tables.
+pub fn migrations() -> keel::data::Migrations {
+    keel::data::Migrations::new()
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+}
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
-pub fn service() -> keel::Service {
+pub fn service() -> keel::Service<EventsConfig> {
     keel::Service::new(keel::build_info!())
+        .name(cityevents_common::services::EVENTS.0)
+        .with_config::<EventsConfig>()
+        .migrations(migrations())
+        .setup(|s| {
+            let db = s.database()?;
+            let outbox = s.outbox(&db)?;
+            let jwt = s.jwt()?;
+            Ok(api::router(api::AppState { db, outbox }).layer(jwt.extension()))
+        })
 }

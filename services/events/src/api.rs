@@ -1,0 +1,380 @@
+//! The HTTP API under `/api/v1`: organizer CRUD, publish and cancel, the public list, the batch
+//! lookup the gateway uses, and the organizer's own list.
+//!
+//! Every change that other services must hear about enqueues its event through the outbox in
+//! the transaction that makes the change (the envelope carries the request id and trace).
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json as JsonResponse, Router};
+use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated};
+use cityevents_common::page::Page;
+use cityevents_common::time::{now, to_micros};
+use cityevents_common::{roles, validate};
+use http::request::Parts;
+use http::{StatusCode, header};
+use keel::data::{DataError, Db};
+use keel::events::outbox::{Outbox, OutboxError};
+use keel::http::Problem;
+use keel::security::jwt::{Auth, Claims, HasRoles};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::extract::Json;
+use crate::list::{self, MINE, MineQuery, PublicQuery};
+use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict};
+use crate::store;
+
+/// Largest request body: a full event (4000-character description) or 100 ids fit many times.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most ids `POST /api/v1/events/batch` takes.
+pub const MAX_BATCH: usize = 100;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The service database.
+    pub db: Db,
+    /// The outbox on it.
+    pub outbox: Outbox,
+}
+
+/// The routes (add the JWT extension layer outside).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/events", get(list_public).post(create))
+        .route("/api/v1/events/batch", post(batch))
+        .route("/api/v1/events/{id}", get(show).patch(update))
+        .route("/api/v1/events/{id}/publish", post(publish))
+        .route("/api/v1/events/{id}/cancel", post(cancel))
+        .route("/api/v1/me/events", get(list_mine))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A handler failure, rendered as a problem (internal details only logged).
+#[derive(Debug)]
+pub enum ApiError {
+    /// A problem for the client.
+    Problem(Problem),
+    /// The database failed or is unavailable (503 or 500).
+    Data(DataError),
+    /// The outbox refused the event (500).
+    Outbox(OutboxError),
+}
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        Self::Problem(p)
+    }
+}
+
+impl From<DataError> for ApiError {
+    fn from(e: DataError) -> Self {
+        Self::Data(e)
+    }
+}
+
+impl From<OutboxError> for ApiError {
+    fn from(e: OutboxError) -> Self {
+        Self::Outbox(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Problem(p) => p.into_response(),
+            Self::Data(e) => e.into_response(),
+            Self::Outbox(OutboxError::Data(e)) => e.into_response(),
+            Self::Outbox(e) => {
+                tracing::error!(error = %e, "enqueueing an event failed");
+                Problem::internal().into_response()
+            }
+        }
+    }
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The caller behind verified claims; a `sub` that is not a user id is a 401.
+fn caller(claims: &Claims) -> Result<Caller, Problem> {
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| {
+        Problem::new(StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized")
+            .detail("the bearer token was refused: its subject is not a user id")
+    })?;
+    Ok(Caller { id, admin: claims.has_role(roles::ADMIN) })
+}
+
+/// The signed-in caller (401 without a valid token). Checked before the body is read, so a bad
+/// token is a 401 whatever the body holds.
+pub struct User(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for User {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Auth(claims) =
+            Auth::<Claims>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        caller(&claims).map(User).map_err(IntoResponse::into_response)
+    }
+}
+
+/// The caller when a token is sent (a bad one is still a 401), `None` when anonymous.
+pub struct MaybeUser(pub Option<Caller>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let auth = <Option<Auth<Claims>> as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match auth {
+            None => Ok(MaybeUser(None)),
+            Some(Auth(claims)) => caller(&claims).map(|c| MaybeUser(Some(c))).map_err(IntoResponse::into_response),
+        }
+    }
+}
+
+fn event_id(raw: &str) -> Result<Uuid, Problem> {
+    validate::uuid("id", raw)
+}
+
+fn query<T>(q: std::result::Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    q.map(|Query(v)| v).map_err(|_| validate::invalid("query", "is not a valid query string"))
+}
+
+/// `POST /api/v1/events`: a new draft of the caller's.
+async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json<NewEvent>) -> Result<Response> {
+    let f = body.validate()?;
+    let now = to_micros(now());
+    let event = Event {
+        id: Uuid::now_v7(),
+        organizer_id: caller.id,
+        title: f.title,
+        description: f.description,
+        city: f.city,
+        category: f.category,
+        starts_at: f.starts_at,
+        ends_at: f.ends_at,
+        capacity: f.capacity,
+        status: Status::Draft,
+        published_at: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = st.db.begin().await?;
+    store::insert(&st.db, &mut tx, &event).await?;
+    tx.commit().await.map_err(|e| st.db.observe(e))?;
+    let location = format!("/api/v1/events/{}", event.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], JsonResponse(event.view())).into_response())
+}
+
+/// `GET /api/v1/events/{id}`: public once published; a draft only to its organizer (404 to
+/// anyone else).
+async fn show(
+    State(st): State<AppState>,
+    MaybeUser(caller): MaybeUser,
+    Path(id): Path<String>,
+) -> Result<JsonResponse<EventView>> {
+    let id = event_id(&id)?;
+    match store::get(&st.db, id).await? {
+        Some(e) if e.visible_to(caller.as_ref()) => Ok(JsonResponse(e.view())),
+        _ => Err(Problem::not_found().into()),
+    }
+}
+
+/// The outcome of a change: what to write, and which event announces it.
+enum Plan {
+    /// Nothing changes (a patch equal to the current state).
+    Unchanged,
+    /// Write these fields and status, then enqueue `emit`.
+    Write { fields: Fields, status: Status, emit: Emit },
+}
+
+/// Which catalogue event a change enqueues.
+#[derive(Clone, Copy)]
+enum Emit {
+    Nothing,
+    Published,
+    Updated,
+    Canceled,
+}
+
+fn fields_of(e: &Event) -> Fields {
+    Fields {
+        title: e.title.clone(),
+        description: e.description.clone(),
+        city: e.city.clone(),
+        category: e.category.clone(),
+        starts_at: e.starts_at,
+        ends_at: e.ends_at,
+        capacity: e.capacity,
+    }
+}
+
+/// Locks and reads the event, lets `plan` check it and decide (at the current time), and writes
+/// the change with its event in the same transaction.
+async fn change(st: &AppState, id: Uuid, plan: impl FnOnce(&Event, i64) -> Result<Plan>) -> Result<Event> {
+    let mut tx = st.db.begin().await?;
+    // Dropping `tx` on any early return rolls it back and releases the lock.
+    let Some(current) = store::get_for_update(&st.db, &mut tx, id).await? else {
+        return Err(Problem::not_found().into());
+    };
+    let now = to_micros(now());
+    let (fields, status, emit) = match plan(&current, now)? {
+        Plan::Unchanged => return Ok(current),
+        Plan::Write { fields, status, emit } => (fields, status, emit),
+    };
+    let Some(new) = store::update(&st.db, &mut tx, &current, &fields, status, now).await? else {
+        return Err(
+            conflict("concurrent_change", "the event was changed by another request at the same time; retry").into()
+        );
+    };
+    match emit {
+        Emit::Nothing => {}
+        Emit::Published => {
+            st.outbox.enqueue_event(&mut tx, EVENTS_TOPIC, &EventPublished(new.snapshot())).await?;
+        }
+        Emit::Updated => {
+            st.outbox.enqueue_event(&mut tx, EVENTS_TOPIC, &EventUpdated(new.snapshot())).await?;
+        }
+        Emit::Canceled => {
+            st.outbox.enqueue_event(&mut tx, EVENTS_TOPIC, &new.canceled()).await?;
+        }
+    }
+    tx.commit().await.map_err(|e| st.db.observe(e))?;
+    if !matches!(emit, Emit::Nothing) {
+        st.outbox.wake();
+    }
+    Ok(new)
+}
+
+/// `PATCH /api/v1/events/{id}`: changes any field (organizer only; not once canceled or over).
+/// A change to a published event announces `event.updated` with the full new state.
+async fn update(
+    State(st): State<AppState>,
+    User(caller): User,
+    Path(id): Path<String>,
+    Json(patch): Json<EventPatch>,
+) -> Result<JsonResponse<EventView>> {
+    let id = event_id(&id)?;
+    let event = change(&st, id, |current, now| {
+        current.check_organizer(&caller)?;
+        current.check_editable(now)?;
+        let fields = patch.apply(current)?;
+        if fields.same_as(current) {
+            return Ok(Plan::Unchanged);
+        }
+        let emit = if current.status == Status::Published { Emit::Updated } else { Emit::Nothing };
+        Ok(Plan::Write { fields, status: current.status, emit })
+    })
+    .await?;
+    Ok(JsonResponse(event.view()))
+}
+
+/// `POST /api/v1/events/{id}/publish`: a draft that has not started becomes public
+/// (`event.published`).
+async fn publish(
+    State(st): State<AppState>,
+    User(caller): User,
+    Path(id): Path<String>,
+) -> Result<JsonResponse<EventView>> {
+    let id = event_id(&id)?;
+    let event = change(&st, id, |current, now| {
+        current.check_organizer(&caller)?;
+        current.check_publishable(now)?;
+        Ok(Plan::Write { fields: fields_of(current), status: Status::Published, emit: Emit::Published })
+    })
+    .await?;
+    Ok(JsonResponse(event.view()))
+}
+
+/// `POST /api/v1/events/{id}/cancel`: the organizer (or an admin) calls the event off. A
+/// published event announces `event.canceled`; a draft was never public and announces nothing.
+async fn cancel(
+    State(st): State<AppState>,
+    User(caller): User,
+    Path(id): Path<String>,
+) -> Result<JsonResponse<EventView>> {
+    let id = event_id(&id)?;
+    let event = change(&st, id, |current, now| {
+        current.check_can_cancel(&caller)?;
+        current.check_cancelable(now)?;
+        let emit = if current.status == Status::Published { Emit::Canceled } else { Emit::Nothing };
+        Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, emit })
+    })
+    .await?;
+    if caller.admin && caller.id != event.organizer_id {
+        tracing::info!(event_id = %event.id, admin = %caller.id, "an admin canceled another user's event");
+    }
+    Ok(JsonResponse(event.view()))
+}
+
+/// `GET /api/v1/events`: published events, filtered, sorted and keyset-paged.
+async fn list_public(
+    State(st): State<AppState>,
+    q: std::result::Result<Query<PublicQuery>, QueryRejection>,
+) -> Result<JsonResponse<Page<EventView>>> {
+    let list = query(q)?.validate()?;
+    let rows = store::list_public(&st.db, &list).await?;
+    let sort = list.sort;
+    let page = Page::from_rows(rows, list.limit, |e| list::cursor(sort.as_str(), sort.key_of(e), e.id));
+    Ok(JsonResponse(page.map(|e| e.view())))
+}
+
+/// `GET /api/v1/me/events`: the caller's events, every status, newest first.
+async fn list_mine(
+    State(st): State<AppState>,
+    User(caller): User,
+    q: std::result::Result<Query<MineQuery>, QueryRejection>,
+) -> Result<JsonResponse<Page<EventView>>> {
+    let (limit, after) = query(q)?.validate()?;
+    let rows = store::list_mine(&st.db, caller.id, limit, after).await?;
+    let page = Page::from_rows(rows, limit, |e| list::cursor(MINE, e.created_at, e.id));
+    Ok(JsonResponse(page.map(|e| e.view())))
+}
+
+/// `POST /api/v1/events/batch` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    ids: Vec<String>,
+}
+
+/// `POST /api/v1/events/batch` answer: the visible events by id.
+#[derive(Debug, Serialize)]
+struct BatchResponse {
+    events: BTreeMap<String, EventView>,
+}
+
+/// `POST /api/v1/events/batch`: up to 100 events by id in one call; unknown ids and drafts of
+/// other users are simply absent.
+async fn batch(
+    State(st): State<AppState>,
+    MaybeUser(caller): MaybeUser,
+    Json(body): Json<BatchRequest>,
+) -> Result<JsonResponse<BatchResponse>> {
+    if body.ids.is_empty() || body.ids.len() > MAX_BATCH {
+        return Err(validate::invalid("ids", &format!("must hold 1 to {MAX_BATCH} ids")).into());
+    }
+    let mut ids = Vec::with_capacity(body.ids.len());
+    for (i, raw) in body.ids.iter().enumerate() {
+        ids.push(validate::uuid(&format!("ids[{i}]"), raw)?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let events = store::get_many(&st.db, &ids)
+        .await?
+        .into_iter()
+        .filter(|e| e.visible_to(caller.as_ref()))
+        .map(|e| (e.id.to_string(), e.view()))
+        .collect();
+    Ok(JsonResponse(BatchResponse { events }))
+}

@@ -1,0 +1,539 @@
+//! The event aggregate: its fields and limits, its life cycle (`draft → published → canceled`)
+//! and the rules that decide who may change it and when.
+
+use cityevents_common::catalogue::{EventCanceled, EventSnapshot};
+use cityevents_common::time::{from_micros, to_micros};
+use cityevents_common::validate;
+use http::StatusCode;
+use keel::http::Problem;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+/// Longest title, in characters.
+pub const MAX_TITLE: usize = 120;
+/// Longest description, in characters (it may be empty).
+pub const MAX_DESCRIPTION: usize = 4000;
+/// Longest city name, in characters.
+pub const MAX_CITY: usize = 80;
+/// Longest category, in characters.
+pub const MAX_CATEGORY: usize = 80;
+/// Most seats an event may have; `0` means unlimited.
+pub const MAX_CAPACITY: i64 = 100_000;
+/// Earliest year an event may start or end in.
+pub const MIN_YEAR: i32 = 2000;
+/// Latest year an event may start or end in.
+pub const MAX_YEAR: i32 = 2200;
+
+/// Where an event is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Visible to its organizer only; may be edited and published.
+    Draft,
+    /// Public; joins are open.
+    Published,
+    /// Called off; kept for the record, immutable.
+    Canceled,
+}
+
+impl Status {
+    /// The stored and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Published => "published",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "draft" => Some(Self::Draft),
+            "published" => Some(Self::Published),
+            "canceled" => Some(Self::Canceled),
+            _ => None,
+        }
+    }
+}
+
+/// Who is calling, from the verified access token.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The user id (`sub`).
+    pub id: Uuid,
+    /// Whether the token carries the `admin` role.
+    pub admin: bool,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Event id (UUIDv7).
+    pub id: Uuid,
+    /// The user who created it.
+    pub organizer_id: Uuid,
+    /// Title, 1–120 characters.
+    pub title: String,
+    /// Description, up to 4000 characters, may be empty.
+    pub description: String,
+    /// City, 1–80 characters.
+    pub city: String,
+    /// Category, 1–80 characters.
+    pub category: String,
+    /// Start, microseconds since the epoch.
+    pub starts_at: i64,
+    /// End, microseconds since the epoch; after the start.
+    pub ends_at: i64,
+    /// Seats, `0` = unlimited.
+    pub capacity: i64,
+    /// Life-cycle state.
+    pub status: Status,
+    /// When it was published (micros); `None` while it never was.
+    pub published_at: Option<i64>,
+    /// Bumped on every change.
+    pub version: i64,
+    /// Creation time, microseconds since the epoch.
+    pub created_at: i64,
+    /// Last change, microseconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// A 409 problem with a stable `code`.
+pub fn conflict(code: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").code(code).detail(detail)
+}
+
+/// 403: the caller may see the event but not change it.
+pub fn forbidden(detail: &str) -> Problem {
+    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
+}
+
+impl Event {
+    /// Whether the event is public: published, or canceled after it was published (a draft
+    /// canceled before that was never public and stays private).
+    pub fn public(&self) -> bool {
+        match self.status {
+            Status::Published => true,
+            Status::Canceled => self.published_at.is_some(),
+            Status::Draft => false,
+        }
+    }
+
+    /// Whether `caller` may know the event exists: a public event, or one of their own.
+    pub fn visible_to(&self, caller: Option<&Caller>) -> bool {
+        self.public() || caller.is_some_and(|c| c.id == self.organizer_id)
+    }
+
+    /// Whether the event is over at `now` (micros).
+    pub fn ended(&self, now: i64) -> bool {
+        self.ends_at <= now
+    }
+
+    /// Checks that `caller` may edit or publish the event: 404 when they may not know it
+    /// exists (someone else's draft), 403 when it is someone else's public event.
+    pub fn check_organizer(&self, caller: &Caller) -> Result<(), Problem> {
+        if caller.id == self.organizer_id {
+            return Ok(());
+        }
+        if !self.visible_to(Some(caller)) {
+            return Err(Problem::not_found());
+        }
+        Err(forbidden("only the organizer may change this event"))
+    }
+
+    /// Checks that `caller` may cancel the event: its organizer, or an admin (any event).
+    pub fn check_can_cancel(&self, caller: &Caller) -> Result<(), Problem> {
+        if caller.admin { Ok(()) } else { self.check_organizer(caller) }
+    }
+
+    /// Checks that the event may still be edited at `now`.
+    pub fn check_editable(&self, now: i64) -> Result<(), Problem> {
+        if self.status == Status::Canceled {
+            return Err(conflict("event_canceled", "a canceled event cannot be changed"));
+        }
+        if self.ended(now) {
+            return Err(conflict("event_ended", "the event is over and cannot be changed"));
+        }
+        Ok(())
+    }
+
+    /// Checks that the event may be published at `now`: a draft that has not started yet.
+    pub fn check_publishable(&self, now: i64) -> Result<(), Problem> {
+        match self.status {
+            Status::Canceled => Err(conflict("event_canceled", "a canceled event cannot be published")),
+            Status::Published => Err(conflict("not_publishable", "the event is already published")),
+            Status::Draft if self.starts_at <= now => {
+                Err(conflict("not_publishable", "only an event that starts in the future can be published"))
+            }
+            Status::Draft => Ok(()),
+        }
+    }
+
+    /// Checks that the event may be canceled at `now`.
+    pub fn check_cancelable(&self, now: i64) -> Result<(), Problem> {
+        if self.status == Status::Canceled {
+            return Err(conflict("event_canceled", "the event is already canceled"));
+        }
+        if self.ended(now) {
+            return Err(conflict("event_ended", "the event is over and cannot be canceled"));
+        }
+        Ok(())
+    }
+
+    /// What `event.published` and `event.updated` carry.
+    pub fn snapshot(&self) -> EventSnapshot {
+        EventSnapshot {
+            event_id: self.id,
+            organizer_id: self.organizer_id,
+            title: self.title.clone(),
+            city: self.city.clone(),
+            category: self.category.clone(),
+            starts_at: from_micros(self.starts_at),
+            ends_at: from_micros(self.ends_at),
+            capacity: u32::try_from(self.capacity).unwrap_or(0),
+            status: self.status.as_str().to_owned(),
+        }
+    }
+
+    /// What `event.canceled` carries.
+    pub fn canceled(&self) -> EventCanceled {
+        EventCanceled {
+            event_id: self.id,
+            organizer_id: self.organizer_id,
+            title: self.title.clone(),
+            canceled_at: from_micros(self.updated_at),
+        }
+    }
+
+    /// The wire form.
+    pub fn view(&self) -> EventView {
+        EventView {
+            id: self.id,
+            organizer_id: self.organizer_id,
+            title: self.title.clone(),
+            description: self.description.clone(),
+            city: self.city.clone(),
+            category: self.category.clone(),
+            starts_at: from_micros(self.starts_at),
+            ends_at: from_micros(self.ends_at),
+            capacity: u32::try_from(self.capacity).unwrap_or(0),
+            status: self.status.as_str(),
+            created_at: from_micros(self.created_at),
+            updated_at: from_micros(self.updated_at),
+        }
+    }
+}
+
+/// An event as the API returns it (times RFC 3339 UTC).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    /// Event id.
+    pub id: Uuid,
+    /// The organizer's user id.
+    pub organizer_id: Uuid,
+    /// Title.
+    pub title: String,
+    /// Description (may be empty).
+    pub description: String,
+    /// City.
+    pub city: String,
+    /// Category.
+    pub category: String,
+    /// Start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: OffsetDateTime,
+    /// End.
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+    /// Seats, `0` = unlimited.
+    pub capacity: u32,
+    /// `draft`, `published` or `canceled`.
+    pub status: &'static str,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// `POST /api/v1/events`: every field but `description` and `capacity` is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    /// Title.
+    pub title: String,
+    /// Description; default empty.
+    #[serde(default)]
+    pub description: String,
+    /// City.
+    pub city: String,
+    /// Category.
+    pub category: String,
+    /// Start, RFC 3339.
+    pub starts_at: String,
+    /// End, RFC 3339.
+    pub ends_at: String,
+    /// Seats; default `0` (unlimited).
+    #[serde(default)]
+    pub capacity: i64,
+}
+
+/// `PATCH /api/v1/events/{id}`: the fields to change (absent or `null`: unchanged).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New description (`""` clears it).
+    pub description: Option<String>,
+    /// New city.
+    pub city: Option<String>,
+    /// New category.
+    pub category: Option<String>,
+    /// New start, RFC 3339.
+    pub starts_at: Option<String>,
+    /// New end, RFC 3339.
+    pub ends_at: Option<String>,
+    /// New capacity.
+    pub capacity: Option<i64>,
+}
+
+/// Collects the problems of one request so a client learns every bad field at once.
+#[derive(Debug, Default)]
+pub struct Errors(Option<Problem>);
+
+impl Errors {
+    /// Records `p` (its field errors join the first problem's).
+    pub fn push(&mut self, p: Problem) {
+        self.0 = Some(match self.0.take() {
+            None => p,
+            Some(first) => p.field_errors().iter().fold(first, |acc, f| acc.field(&f.field, &f.message)),
+        });
+    }
+
+    /// Keeps the value of `r`, or records its problem.
+    pub fn take<T>(&mut self, r: Result<T, Problem>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(p) => {
+                self.push(p);
+                None
+            }
+        }
+    }
+
+    /// `Ok` when nothing was recorded.
+    pub fn finish(self) -> Result<(), Problem> {
+        match self.0 {
+            None => Ok(()),
+            Some(p) => Err(p),
+        }
+    }
+}
+
+/// Parses an RFC 3339 time (any offset, kept as UTC) to microseconds, without range limits
+/// (for list filters).
+pub fn parse_time(field: &str, value: &str) -> Result<i64, Problem> {
+    if value.len() > 64 {
+        return Err(validate::invalid(field, "must be an RFC 3339 time"));
+    }
+    OffsetDateTime::parse(value.trim(), &Rfc3339)
+        .map(to_micros)
+        .map_err(|_| validate::invalid(field, "must be an RFC 3339 time, e.g. 2030-05-01T19:00:00Z"))
+}
+
+/// Parses an event time: RFC 3339 within years 2000–2200, to microseconds.
+pub fn parse_event_time(field: &str, value: &str) -> Result<i64, Problem> {
+    let micros = parse_time(field, value)?;
+    let year = from_micros(micros).year();
+    if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
+        return Err(validate::invalid(field, &format!("must be between the years {MIN_YEAR} and {MAX_YEAR}")));
+    }
+    Ok(micros)
+}
+
+fn capacity(value: i64) -> Result<i64, Problem> {
+    if (0..=MAX_CAPACITY).contains(&value) {
+        Ok(value)
+    } else {
+        Err(validate::invalid("capacity", &format!("must be between 0 and {MAX_CAPACITY} (0 = unlimited)")))
+    }
+}
+
+fn order(starts_at: i64, ends_at: i64) -> Result<(), Problem> {
+    if ends_at > starts_at { Ok(()) } else { Err(validate::invalid("ends_at", "must be after starts_at")) }
+}
+
+/// The validated fields of a new or changed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// City.
+    pub city: String,
+    /// Category.
+    pub category: String,
+    /// Start (micros).
+    pub starts_at: i64,
+    /// End (micros).
+    pub ends_at: i64,
+    /// Seats.
+    pub capacity: i64,
+}
+
+impl NewEvent {
+    /// Checks every limit; the problem names every bad field.
+    pub fn validate(self) -> Result<Fields, Problem> {
+        let mut e = Errors::default();
+        let title = e.take(validate::text("title", &self.title, MAX_TITLE));
+        let description = e.take(validate::optional_text("description", &self.description, MAX_DESCRIPTION));
+        let city = e.take(validate::text("city", &self.city, MAX_CITY));
+        let category = e.take(validate::text("category", &self.category, MAX_CATEGORY));
+        let starts_at = e.take(parse_event_time("starts_at", &self.starts_at));
+        let ends_at = e.take(parse_event_time("ends_at", &self.ends_at));
+        let capacity = e.take(capacity(self.capacity));
+        if let (Some(s), Some(en)) = (starts_at, ends_at) {
+            e.take(order(s, en));
+        }
+        e.finish()?;
+        match (title, description, city, category, starts_at, ends_at, capacity) {
+            (
+                Some(title),
+                Some(description),
+                Some(city),
+                Some(category),
+                Some(starts_at),
+                Some(ends_at),
+                Some(capacity),
+            ) => Ok(Fields { title, description, city, category, starts_at, ends_at, capacity }),
+            _ => Err(Problem::bad_request("invalid event")),
+        }
+    }
+}
+
+impl EventPatch {
+    /// The event's fields with this patch applied, every limit checked (including that the end
+    /// stays after the start).
+    pub fn apply(self, current: &Event) -> Result<Fields, Problem> {
+        let mut e = Errors::default();
+        let mut f = Fields {
+            title: current.title.clone(),
+            description: current.description.clone(),
+            city: current.city.clone(),
+            category: current.category.clone(),
+            starts_at: current.starts_at,
+            ends_at: current.ends_at,
+            capacity: current.capacity,
+        };
+        if let Some(v) = self.title.and_then(|v| e.take(validate::text("title", &v, MAX_TITLE))) {
+            f.title = v;
+        }
+        if let Some(v) =
+            self.description.and_then(|v| e.take(validate::optional_text("description", &v, MAX_DESCRIPTION)))
+        {
+            f.description = v;
+        }
+        if let Some(v) = self.city.and_then(|v| e.take(validate::text("city", &v, MAX_CITY))) {
+            f.city = v;
+        }
+        if let Some(v) = self.category.and_then(|v| e.take(validate::text("category", &v, MAX_CATEGORY))) {
+            f.category = v;
+        }
+        let mut times_ok = true;
+        if let Some(v) = self.starts_at {
+            match parse_event_time("starts_at", &v) {
+                Ok(v) => f.starts_at = v,
+                Err(p) => {
+                    times_ok = false;
+                    e.push(p);
+                }
+            }
+        }
+        if let Some(v) = self.ends_at {
+            match parse_event_time("ends_at", &v) {
+                Ok(v) => f.ends_at = v,
+                Err(p) => {
+                    times_ok = false;
+                    e.push(p);
+                }
+            }
+        }
+        if times_ok {
+            e.take(order(f.starts_at, f.ends_at));
+        }
+        if let Some(v) = self.capacity.and_then(|v| e.take(capacity(v))) {
+            f.capacity = v;
+        }
+        e.finish()?;
+        Ok(f)
+    }
+}
+
+impl Fields {
+    /// Whether these are exactly `event`'s current fields (a patch that changes nothing).
+    pub fn same_as(&self, event: &Event) -> bool {
+        self.title == event.title
+            && self.description == event.description
+            && self.city == event.city
+            && self.category == event.category
+            && self.starts_at == event.starts_at
+            && self.ends_at == event.ends_at
+            && self.capacity == event.capacity
+    }
+}
+
+/// The lowercased form the city and category filters compare (Unicode-aware, the same on every
+/// database).
+pub fn key(value: &str) -> String {
+    value.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn new(starts: &str, ends: &str) -> NewEvent {
+        NewEvent {
+            title: "Jazz".into(),
+            description: String::new(),
+            city: "Lyon".into(),
+            category: "music".into(),
+            starts_at: starts.into(),
+            ends_at: ends.into(),
+            capacity: 10,
+        }
+    }
+
+    #[test]
+    fn times_are_parsed_to_utc_micros_and_bounded() {
+        let f = new("2030-05-01T19:00:00+02:00", "2030-05-01T18:00:00.5Z").validate().unwrap();
+        assert_eq!(from_micros(f.starts_at).hour(), 17);
+        assert_eq!(f.ends_at - f.starts_at, 3_600_000_000 + 500_000);
+        for bad in ["1999-12-31T23:59:59Z", "2201-01-01T00:00:00Z", "2030-05-01 19:00", "tomorrow", ""] {
+            let p = new(bad, "2030-05-01T18:00:00Z").validate().unwrap_err();
+            assert_eq!(p.field_errors()[0].field, "starts_at", "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let mut n = new("2030-05-01T19:00:00Z", "2030-05-01T19:00:00Z");
+        n.title = " ".into();
+        n.capacity = -1;
+        let p = n.validate().unwrap_err();
+        let fields: Vec<_> = p.field_errors().iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["title", "capacity", "ends_at"]);
+        assert_eq!(p.code_str(), Some("invalid_input"));
+    }
+
+    #[test]
+    fn keys_fold_case() {
+        assert_eq!(key(" ÉVRY "), "évry");
+    }
+}

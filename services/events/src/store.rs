@@ -1,0 +1,273 @@
+//! The `events` table: one portable SQL dialect (`$n` placeholders rewritten by `Db::sql`) for
+//! PostgreSQL, MySQL/MariaDB and SQLite through sqlx's `Any` driver.
+//!
+//! A change locks its row first with a no-op `UPDATE` in its transaction (a row lock on
+//! PostgreSQL and MySQL, the database write lock on SQLite), then reads, checks and writes it:
+//! concurrent changes of one event queue up and each decides on the state the previous one left.
+//! The write is also conditional on the version read, as a second guard.
+
+use keel::data::{DataError, Db};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use uuid::Uuid;
+
+use crate::list::{After, PublicList, Sort};
+use crate::model::{self, Event, Fields, Status};
+
+const COLUMNS: &str = "id, organizer_id, title, description, city, category, starts_at, ends_at, capacity, status, published_at, version, \
+     created_at, updated_at";
+
+/// A value bound to a dynamic statement, in placeholder order.
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// Builds a statement with numbered placeholders, keeping the binds in step.
+#[derive(Default)]
+struct Query {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Query {
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.text.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    fn bind(&mut self, value: Bind) -> &mut Self {
+        self.binds.push(value);
+        let n = self.binds.len();
+        self.text.push_str(&format!("${n}"));
+        self
+    }
+
+    async fn fetch_all(self, db: &Db) -> Result<Vec<AnyRow>, DataError> {
+        let sql = db.sql(&self.text).into_owned();
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in self.binds {
+            q = match b {
+                Bind::Int(v) => q.bind(v),
+                Bind::Text(v) => q.bind(v),
+            };
+        }
+        let mut conn = db.acquire().await?;
+        q.fetch_all(&mut *conn).await.map_err(|e| db.observe(e))
+    }
+}
+
+fn uuid_column(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn from_row(row: &AnyRow) -> Result<Event, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(Event {
+        id: uuid_column(row, "id")?,
+        organizer_id: uuid_column(row, "organizer_id")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        city: row.try_get("city")?,
+        category: row.try_get("category")?,
+        starts_at: row.try_get("starts_at")?,
+        ends_at: row.try_get("ends_at")?,
+        capacity: row.try_get("capacity")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event status {status:?}").into()))?,
+        published_at: row.try_get("published_at")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn from_rows(db: &Db, rows: &[AnyRow]) -> Result<Vec<Event>, DataError> {
+    rows.iter().map(from_row).collect::<Result<_, _>>().map_err(|e| db.observe(e))
+}
+
+/// Locks the event's row in `tx` and reads it; `None` when there is no such event.
+pub async fn get_for_update(db: &Db, tx: &mut Transaction<'static, Any>, id: Uuid) -> Result<Option<Event>, DataError> {
+    let lock = db.sql("UPDATE events SET version = version WHERE id = $1");
+    sqlx::query(AssertSqlSafe(lock.into_owned()))
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db.observe(e))?;
+    let text = format!("SELECT {COLUMNS} FROM events WHERE id = $1");
+    let row = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| db.observe(e))?;
+    row.as_ref().map(from_row).transpose().map_err(|e| db.observe(e))
+}
+
+/// Inserts a new draft in `tx`.
+pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) -> Result<(), DataError> {
+    let sql = db.sql(
+        "INSERT INTO events (id, organizer_id, title, description, city, city_key, category, category_key, \
+         starts_at, ends_at, capacity, status, published_at, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    );
+    sqlx::query(AssertSqlSafe(sql.into_owned()))
+        .bind(event.id.to_string())
+        .bind(event.organizer_id.to_string())
+        .bind(&event.title)
+        .bind(&event.description)
+        .bind(&event.city)
+        .bind(model::key(&event.city))
+        .bind(&event.category)
+        .bind(model::key(&event.category))
+        .bind(event.starts_at)
+        .bind(event.ends_at)
+        .bind(event.capacity)
+        .bind(event.status.as_str())
+        .bind(event.published_at)
+        .bind(event.version)
+        .bind(event.created_at)
+        .bind(event.updated_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db.observe(e))?;
+    Ok(())
+}
+
+/// One event by id.
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<Event>, DataError> {
+    let mut q = Query::default();
+    q.push(&format!("SELECT {COLUMNS} FROM events WHERE id = ")).bind(Bind::Text(id.to_string()));
+    let rows = q.fetch_all(db).await?;
+    Ok(from_rows(db, &rows)?.into_iter().next())
+}
+
+/// The events among `ids` that exist (any order).
+pub async fn get_many(db: &Db, ids: &[Uuid]) -> Result<Vec<Event>, DataError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = Query::default();
+    q.push(&format!("SELECT {COLUMNS} FROM events WHERE id IN ("));
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind(Bind::Text(id.to_string()));
+    }
+    q.push(")");
+    let rows = q.fetch_all(db).await?;
+    from_rows(db, &rows)
+}
+
+/// Writes `fields` and `status` over `current` if the row is still at `current.version`; the
+/// new row, or `None` when someone else changed it first.
+pub async fn update(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    current: &Event,
+    fields: &Fields,
+    status: Status,
+    now: i64,
+) -> Result<Option<Event>, DataError> {
+    let sql = db.sql(
+        "UPDATE events SET title = $1, description = $2, city = $3, city_key = $4, category = $5, \
+         category_key = $6, starts_at = $7, ends_at = $8, capacity = $9, status = $10, published_at = $11, \
+         version = $12, updated_at = $13 WHERE id = $14 AND version = $15",
+    );
+    let updated_at = now.max(current.updated_at);
+    let published_at = match (status, current.published_at) {
+        (Status::Published, None) => Some(now),
+        (_, at) => at,
+    };
+    let done = sqlx::query(AssertSqlSafe(sql.into_owned()))
+        .bind(&fields.title)
+        .bind(&fields.description)
+        .bind(&fields.city)
+        .bind(model::key(&fields.city))
+        .bind(&fields.category)
+        .bind(model::key(&fields.category))
+        .bind(fields.starts_at)
+        .bind(fields.ends_at)
+        .bind(fields.capacity)
+        .bind(status.as_str())
+        .bind(published_at)
+        .bind(current.version + 1)
+        .bind(updated_at)
+        .bind(current.id.to_string())
+        .bind(current.version)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db.observe(e))?;
+    if done.rows_affected() != 1 {
+        return Ok(None);
+    }
+    Ok(Some(Event {
+        title: fields.title.clone(),
+        description: fields.description.clone(),
+        city: fields.city.clone(),
+        category: fields.category.clone(),
+        starts_at: fields.starts_at,
+        ends_at: fields.ends_at,
+        capacity: fields.capacity,
+        status,
+        published_at,
+        version: current.version + 1,
+        updated_at,
+        ..current.clone()
+    }))
+}
+
+/// Appends `(col > key OR (col = key AND id > id))` (or `<` when descending): the rows after a
+/// cursor in a keyset order.
+fn keyset(q: &mut Query, column: &str, descending: bool, after: After) {
+    let op = if descending { "<" } else { ">" };
+    q.push(&format!(" AND ({column} {op} ")).bind(Bind::Int(after.key));
+    q.push(&format!(" OR ({column} = ")).bind(Bind::Int(after.key));
+    q.push(&format!(" AND id {op} ")).bind(Bind::Text(after.id.to_string()));
+    q.push("))");
+}
+
+fn order_by(q: &mut Query, column: &str, descending: bool, limit: u32) {
+    let dir = if descending { "DESC" } else { "ASC" };
+    q.push(&format!(" ORDER BY {column} {dir}, id {dir} LIMIT ")).bind(Bind::Int(i64::from(limit) + 1));
+}
+
+/// Up to `limit + 1` published events matching `list`, in its order.
+pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<Event>, DataError> {
+    let mut q = Query::default();
+    q.push(&format!("SELECT {COLUMNS} FROM events WHERE status = "))
+        .bind(Bind::Text(Status::Published.as_str().to_owned()));
+    if let Some(city) = &list.city {
+        q.push(" AND city_key = ").bind(Bind::Text(city.clone()));
+    }
+    if let Some(category) = &list.category {
+        q.push(" AND category_key = ").bind(Bind::Text(category.clone()));
+    }
+    if let Some(from) = list.from {
+        q.push(" AND starts_at >= ").bind(Bind::Int(from));
+    }
+    if let Some(to) = list.to {
+        q.push(" AND starts_at < ").bind(Bind::Int(to));
+    }
+    let sort: Sort = list.sort;
+    if let Some(after) = list.after {
+        keyset(&mut q, sort.column(), sort.descending(), after);
+    }
+    order_by(&mut q, sort.column(), sort.descending(), list.limit);
+    let rows = q.fetch_all(db).await?;
+    from_rows(db, &rows)
+}
+
+/// Up to `limit + 1` of the organizer's events, every status, newest first.
+pub async fn list_mine(db: &Db, organizer: Uuid, limit: u32, after: Option<After>) -> Result<Vec<Event>, DataError> {
+    let mut q = Query::default();
+    q.push(&format!("SELECT {COLUMNS} FROM events WHERE organizer_id = ")).bind(Bind::Text(organizer.to_string()));
+    if let Some(after) = after {
+        keyset(&mut q, "created_at", true, after);
+    }
+    order_by(&mut q, "created_at", true, limit);
+    let rows = q.fetch_all(db).await?;
+    from_rows(db, &rows)
+}

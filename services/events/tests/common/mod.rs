@@ -1,0 +1,311 @@
+//! Shared test helpers: the events service started in this process on port 0 against its own
+//! database (SQLite file, or a fresh PostgreSQL / MariaDB database), with a private in-process
+//! bus the test taps, and JWTs minted with the test key.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cityevents_common::catalogue::EVENTS_TOPIC;
+use keel::config::{BusBackend, BusConfig, Loader, Profile, Secret};
+use keel::data::Backend;
+use keel::events::{Bus, Envelope, SubscribeOptions};
+use keel::security::jwt::{Jwt, JwtKey};
+use keel::testing::{self, TestDatabase};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+pub const SECRET: &str = "cityevents-events-tests-hs256-secret-0123456789";
+const PREFIX: &str = "CITYEVENTS_EVENTS__";
+
+/// Runs the listed async test functions (each taking a `Backend`) on SQLite, PostgreSQL and
+/// MariaDB; a server that is not running skips its tests (except under `CI=true`).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(keel::data::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(keel::data::Backend::Postgres).await })*
+        }
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(keel::data::Backend::MySql).await })*
+        }
+    };
+}
+
+/// A test database for `backend`, or `None` when its server is unreachable (skip).
+pub async fn database(backend: Backend) -> Option<TestDatabase> {
+    Some(match backend {
+        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
+        Backend::Postgres => {
+            if !testing::require("PostgreSQL", &testing::postgres_url()) {
+                return None;
+            }
+            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
+        }
+        Backend::MySql => {
+            if !testing::require("MariaDB", &testing::mysql_url()) {
+                return None;
+            }
+            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
+        }
+    })
+}
+
+/// Every envelope published on `cityevents.events`, in arrival order.
+#[derive(Clone, Default)]
+pub struct Seen(pub Arc<Mutex<Vec<Envelope>>>);
+
+impl Seen {
+    pub fn all(&self) -> Vec<Envelope> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// `(type, key)` of every envelope about `id`, in order.
+    pub fn about(&self, id: &str) -> Vec<Envelope> {
+        self.all().into_iter().filter(|e| e.key.as_deref() == Some(id)).collect()
+    }
+
+    /// Waits until `n` envelopes about `id` arrived; returns them.
+    pub async fn wait_for(&self, id: &str, n: usize) -> Vec<Envelope> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.about(id);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} events about {id} arrived: {got:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The service under test.
+pub struct Svc {
+    running: Option<keel::Running>,
+    pub base: String,
+    pub http: reqwest::Client,
+    jwt: Jwt,
+    /// What reached the bus (in-process backend only).
+    pub seen: Seen,
+    _bus: Option<Bus>,
+    _db: TestDatabase,
+}
+
+/// `now + offset` as RFC 3339.
+pub fn at(offset: time::Duration) -> String {
+    (OffsetDateTime::now_utc() + offset).format(&Rfc3339).unwrap()
+}
+
+pub fn hours(h: i64) -> time::Duration {
+    time::Duration::hours(h)
+}
+
+impl Svc {
+    /// Starts the service on `backend` with a private in-process bus the test taps.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        let db = database(backend).await?;
+        let bus_url = format!("memory://events-test-{}", Uuid::now_v7().simple());
+        let mut cfg = BusConfig::default();
+        cfg.backend = BusBackend::InProcess;
+        cfg.url = Some(Secret::new(bus_url.clone()));
+        let bus = Bus::new(&cfg).unwrap();
+        bus.connect().await.unwrap();
+        // Subscribe before anything is published: a new group sees only later messages.
+        let mut sub = bus.subscribe(EVENTS_TOPIC, "test-tap", &SubscribeOptions::default()).await.unwrap();
+        let seen = Seen::default();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = sub.next().await {
+                if let Ok(env) = d.envelope() {
+                    s.0.lock().unwrap().push(env.clone());
+                }
+                let _ = d.ack().await;
+            }
+        });
+        let mut svc = Self::start_with(db, &[("BUS__URL", bus_url.as_str())]).await;
+        svc.seen = seen;
+        svc._bus = Some(bus);
+        Some(svc)
+    }
+
+    /// Starts the service on `db` with extra settings (keys without the env prefix).
+    pub async fn start_with(db: TestDatabase, extra: &[(&str, &str)]) -> Self {
+        let mut vars: Vec<(String, String)> = [
+            ("HTTP__PORT", "0"),
+            ("HTTP__ADDR", "127.0.0.1"),
+            ("DATABASE__URL", db.url()),
+            ("DATABASE__POOL__MAX_CONNECTIONS", "5"),
+            ("OUTBOX__POLL_INTERVAL", "50ms"),
+            ("SECURITY__JWT__ISSUER", "cityevents"),
+            ("SECURITY__JWT__AUDIENCE", "cityevents"),
+            ("SECURITY__JWT__KEYS__K1__ALGORITHM", "HS256"),
+            ("SECURITY__JWT__KEYS__K1__SECRET", SECRET),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned()))
+        .collect();
+        vars.sort();
+        vars.dedup_by(|a, b| a.0 == b.0);
+        let loaded =
+            Loader::new(cityevents_common::services::EVENTS.0, Profile::Test).env(vars).load().expect("config");
+        let running = keel::app::start(cityevents_events::service(), loaded).await.expect("starts");
+        keel::http::client::install_tls_provider();
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
+        let jwt = Jwt::builder()
+            .issuer("cityevents")
+            .audience(["cityevents"])
+            .key(JwtKey::hs256("k1", &Secret::new(SECRET)).unwrap())
+            .sign_with("k1")
+            .build()
+            .unwrap();
+        let svc = Self {
+            base: format!("http://{}", running.http_addr()),
+            running: Some(running),
+            http,
+            jwt,
+            seen: Seen::default(),
+            _bus: None,
+            _db: db,
+        };
+        svc.wait_ready().await;
+        svc
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health/ready", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the service never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An access token for `user` with `role`, as auth would issue it.
+    pub fn token(&self, user: Uuid, role: &str) -> String {
+        self.jwt.issue(&self.jwt.claims(user.to_string()).role(role)).unwrap()
+    }
+
+    /// An access token with an arbitrary subject.
+    pub fn token_for(&self, sub: &str) -> String {
+        self.jwt.issue(&self.jwt.claims(sub).role("user")).unwrap()
+    }
+
+    /// Sends a request; returns status, body (JSON or `null`) and headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, body, headers)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let (s, b, _) = self.send(Method::GET, path, token, None, &[]).await;
+        (s, b)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let (s, b, _) = self.send(Method::POST, path, token, Some(body), &[]).await;
+        (s, b)
+    }
+
+    pub async fn post_empty(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let (s, b, _) = self.send(Method::POST, path, token, None, &[]).await;
+        (s, b)
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let (s, b, _) = self.send(Method::PATCH, path, token, Some(body), &[]).await;
+        (s, b)
+    }
+
+    /// Creates an event from defaults (tomorrow, Lyon, music, 50 seats) overridden by `fields`;
+    /// asserts 201 and returns it.
+    pub async fn create(&self, token: &str, fields: Value) -> Value {
+        let mut body = json!({
+            "title": "Jazz night",
+            "description": "Live jazz by the river.",
+            "city": "Lyon",
+            "category": "music",
+            "starts_at": at(hours(24)),
+            "ends_at": at(hours(27)),
+            "capacity": 50,
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, event) = self.post("/api/v1/events", Some(token), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{event}");
+        event
+    }
+
+    /// Creates and publishes an event; returns it (published).
+    pub async fn create_published(&self, token: &str, fields: Value) -> Value {
+        let e = self.create(token, fields).await;
+        let (status, e) = self.post_empty(&format!("/api/v1/events/{}/publish", id(&e)), Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{e}");
+        e
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(std::future::pending()).await.expect("clean shutdown");
+        }
+    }
+}
+
+/// The `id` of an event body.
+pub fn id(event: &Value) -> String {
+    event["id"].as_str().unwrap().to_owned()
+}
+
+/// Asserts a 400 problem with `code: invalid_input` naming `field`.
+pub fn assert_invalid(status: StatusCode, body: &Value, field: &str) {
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
+    assert_eq!(body["code"], "invalid_input", "{field}: {body}");
+    let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&field), "expected {field} in {fields:?}: {body}");
+}
+
+/// Asserts a 409 problem with `code`.
+pub fn assert_conflict(status: StatusCode, body: &Value, code: &str) {
+    assert_eq!(status, StatusCode::CONFLICT, "{code}: {body}");
+    assert_eq!(body["code"], code, "{body}");
+}

@@ -1,0 +1,229 @@
+//! Create, read, update, publish and cancel, with every rule: drafts are private, only the
+//! organizer changes an event (admins may cancel any), only a future draft is published, a
+//! canceled or ended event is immutable.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Svc, assert_conflict, assert_invalid, at, hours, id};
+use keel::data::Backend;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+crate::on_every_backend!(crud_and_visibility, publish_and_cancel_rules, ended_events_are_immutable);
+
+async fn crud_and_visibility(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let (ta, tb) = (s.token(alice, "user"), s.token(bob, "user"));
+
+    // Creating needs a token.
+    let (status, body) = s.post("/api/v1/events", None, json!({"title": "x"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = s.post("/api/v1/events", Some("not-a-jwt"), json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A subject that is not a user id is refused.
+    let (status, body) = s.post("/api/v1/events", Some(&s.token_for("robot")), json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let starts = "2031-06-01T19:00:00+02:00";
+    let (status, e, headers) = s
+        .send(
+            Method::POST,
+            "/api/v1/events",
+            Some(&ta),
+            Some(json!({"title": "  Jazz night ", "city": "Lyon", "category": "music",
+                        "starts_at": starts, "ends_at": "2031-06-01T22:30:00.25Z", "capacity": 40})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{e}");
+    let eid = id(&e);
+    assert_eq!(headers["location"], format!("/api/v1/events/{eid}").as_str());
+    assert_eq!(Uuid::parse_str(&eid).unwrap().get_version_num(), 7);
+    assert_eq!(e["organizer_id"], alice.to_string());
+    assert_eq!(e["title"], "Jazz night", "trimmed");
+    assert_eq!(e["description"], "", "defaults to empty");
+    assert_eq!(e["starts_at"], "2031-06-01T17:00:00Z", "stored and shown in UTC");
+    assert_eq!(e["ends_at"], "2031-06-01T22:30:00.25Z");
+    assert_eq!(e["capacity"], 40);
+    assert_eq!(e["status"], "draft");
+    assert_eq!(e["created_at"], e["updated_at"]);
+    let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut expected = [
+        "id",
+        "organizer_id",
+        "title",
+        "description",
+        "city",
+        "category",
+        "starts_at",
+        "ends_at",
+        "capacity",
+        "status",
+        "created_at",
+        "updated_at",
+    ];
+    expected.sort_unstable();
+    let mut keys = keys;
+    keys.sort_unstable();
+    assert_eq!(keys, expected);
+
+    // A draft is its organizer's only; anyone else gets 404, as if it did not exist.
+    let path = format!("/api/v1/events/{eid}");
+    assert_eq!(s.get(&path, Some(&ta)).await, (StatusCode::OK, e.clone()));
+    assert_eq!(s.get(&path, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get(&path, Some(&tb)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.patch(&path, Some(&tb), json!({"title": "mine now"})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.post_empty(&format!("{path}/publish"), Some(&tb)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.post_empty(&format!("{path}/cancel"), Some(&tb)).await.0, StatusCode::NOT_FOUND);
+
+    // Partial update: only the given fields change.
+    let (status, u) = s.patch(&path, Some(&ta), json!({"title": "Jazz & blues", "description": "Bring a chair"})).await;
+    assert_eq!(status, StatusCode::OK, "{u}");
+    assert_eq!(u["title"], "Jazz & blues");
+    assert_eq!(u["description"], "Bring a chair");
+    for same in ["city", "category", "starts_at", "ends_at", "capacity", "status", "created_at"] {
+        assert_eq!(u[same], e[same], "{same}");
+    }
+    assert!(u["updated_at"].as_str() >= e["updated_at"].as_str());
+    // Every field can be changed, and a change that changes nothing is a no-op.
+    let (status, u2) = s
+        .patch(
+            &path,
+            Some(&ta),
+            json!({"city": "Paris", "category": "jazz", "starts_at": "2031-07-01T18:00:00Z",
+                   "ends_at": "2031-07-01T21:00:00Z", "capacity": 0, "description": ""}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{u2}");
+    assert_eq!(
+        (&u2["city"], &u2["category"], &u2["starts_at"], &u2["ends_at"], &u2["capacity"], &u2["description"]),
+        (
+            &json!("Paris"),
+            &json!("jazz"),
+            &json!("2031-07-01T18:00:00Z"),
+            &json!("2031-07-01T21:00:00Z"),
+            &json!(0),
+            &json!("")
+        )
+    );
+    let (status, u3) = s.patch(&path, Some(&ta), json!({"city": "Paris"})).await;
+    assert_eq!((status, &u3), (StatusCode::OK, &u2));
+    let (status, u4) = s.patch(&path, Some(&ta), json!({})).await;
+    assert_eq!((status, &u4), (StatusCode::OK, &u2));
+
+    // Published: everyone sees it, only the organizer changes it (403 for others).
+    let (status, p) = s.post_empty(&format!("{path}/publish"), Some(&ta)).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["status"], "published");
+    assert_eq!(s.get(&path, None).await, (StatusCode::OK, p.clone()));
+    assert_eq!(s.get(&path, Some(&tb)).await, (StatusCode::OK, p.clone()));
+    let (status, body) = s.patch(&path, Some(&tb), json!({"title": "mine now"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(s.post_empty(&format!("{path}/cancel"), Some(&tb)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.post_empty(&format!("{path}/publish"), Some(&tb)).await.0, StatusCode::FORBIDDEN);
+    let (status, p2) = s.patch(&path, Some(&ta), json!({"capacity": 100})).await;
+    assert_eq!((status, &p2["capacity"], &p2["status"]), (StatusCode::OK, &json!(100), &json!("published")));
+
+    // Unknown and malformed ids.
+    let unknown = format!("/api/v1/events/{}", Uuid::now_v7());
+    assert_eq!(s.get(&unknown, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.patch(&unknown, Some(&ta), json!({"title": "x"})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.post_empty(&format!("{unknown}/publish"), Some(&ta)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.post_empty(&format!("{unknown}/cancel"), Some(&ta)).await.0, StatusCode::NOT_FOUND);
+    let (status, body) = s.get("/api/v1/events/not-a-uuid", None).await;
+    assert_invalid(status, &body, "id");
+    // Changes need a token.
+    assert_eq!(s.patch(&path, None, json!({"title": "x"})).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.post_empty(&format!("{path}/cancel"), None).await.0, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+async fn publish_and_cancel_rules(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let (alice, bob, admin) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (ta, tb, tadmin) = (s.token(alice, "user"), s.token(bob, "user"), s.token(admin, "admin"));
+
+    // Only a draft that starts in the future is publishable.
+    let started = s.create(&ta, json!({"starts_at": at(hours(-1)), "ends_at": at(hours(2))})).await;
+    let (status, body) = s.post_empty(&format!("/api/v1/events/{}/publish", id(&started)), Some(&ta)).await;
+    assert_conflict(status, &body, "not_publishable");
+    let e = s.create_published(&ta, json!({})).await;
+    let path = format!("/api/v1/events/{}", id(&e));
+    let (status, body) = s.post_empty(&format!("{path}/publish"), Some(&ta)).await;
+    assert_conflict(status, &body, "not_publishable");
+
+    // An admin may cancel anyone's event; it stays public, and is frozen.
+    let (status, c) = s.post_empty(&format!("{path}/cancel"), Some(&tadmin)).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["status"], "canceled");
+    assert_eq!(c["organizer_id"], alice.to_string());
+    assert_eq!(s.get(&path, Some(&tb)).await, (StatusCode::OK, c.clone()));
+    let (status, body) = s.patch(&path, Some(&ta), json!({"title": "Back on"})).await;
+    assert_conflict(status, &body, "event_canceled");
+    let (status, body) = s.post_empty(&format!("{path}/publish"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_canceled");
+    let (status, body) = s.post_empty(&format!("{path}/cancel"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_canceled");
+    assert_eq!(s.get(&path, None).await.1, c, "nothing changed");
+
+    // An admin has no other powers: no edits of others' events.
+    let other = s.create_published(&tb, json!({})).await;
+    let (status, _) = s.patch(&format!("/api/v1/events/{}", id(&other)), Some(&tadmin), json!({"title": "x"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The organizer cancels a draft: it never was public and stays private.
+    let draft = s.create(&ta, json!({})).await;
+    let dpath = format!("/api/v1/events/{}", id(&draft));
+    let (status, d) = s.post_empty(&format!("{dpath}/cancel"), Some(&ta)).await;
+    assert_eq!((status, &d["status"]), (StatusCode::OK, &json!("canceled")));
+    assert_eq!(s.get(&dpath, Some(&ta)).await, (StatusCode::OK, d.clone()));
+    assert_eq!(s.get(&dpath, Some(&tb)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get(&dpath, None).await.0, StatusCode::NOT_FOUND);
+    let (status, body) = s.post_empty(&format!("{dpath}/publish"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_canceled");
+    // An admin may cancel a draft too (it is not visible to them otherwise).
+    let draft2 = s.create(&tb, json!({})).await;
+    let (status, d2) = s.post_empty(&format!("/api/v1/events/{}/cancel", id(&draft2)), Some(&tadmin)).await;
+    assert_eq!((status, &d2["status"]), (StatusCode::OK, &json!("canceled")));
+    s.stop().await;
+}
+
+async fn ended_events_are_immutable(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let alice = Uuid::now_v7();
+    let ta = s.token(alice, "user");
+
+    // A draft that is already over.
+    let past = s.create(&ta, json!({"starts_at": at(hours(-3)), "ends_at": at(hours(-1))})).await;
+    let path = format!("/api/v1/events/{}", id(&past));
+    let (status, body) = s.patch(&path, Some(&ta), json!({"title": "again"})).await;
+    assert_conflict(status, &body, "event_ended");
+    let (status, body) = s.post_empty(&format!("{path}/cancel"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_ended");
+    let (status, body) = s.post_empty(&format!("{path}/publish"), Some(&ta)).await;
+    assert_conflict(status, &body, "not_publishable");
+
+    // A published event that ends while we wait (the lead leaves time to publish it first).
+    let soon = time::Duration::milliseconds(2500);
+    let e = s
+        .create_published(&ta, json!({"starts_at": at(soon), "ends_at": at(soon + time::Duration::milliseconds(300))}))
+        .await;
+    let path = format!("/api/v1/events/{}", id(&e));
+    let ends =
+        time::OffsetDateTime::parse(e["ends_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let wait = ends - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(200);
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
+    let (status, body) = s.patch(&path, Some(&ta), json!({"capacity": 3})).await;
+    assert_conflict(status, &body, "event_ended");
+    let (status, body) = s.post_empty(&format!("{path}/cancel"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_ended");
+    let (status, body): (StatusCode, Value) = s.get(&path, None).await;
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("published")));
+    s.stop().await;
+}
