@@ -63,6 +63,7 @@ pub fn migrations() -> keel::data::Migrations {
 pub fn service() -> keel::Service<AuthConfig> {
     keel::Service::new(keel::build_info!())
         .name(cityevents_common::services::AUTH.0)
+        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::AUTH))
         .with_config::<AuthConfig>()
         .migrations(migrations())
         .command(cli::admin_command(), cli::run_admin)

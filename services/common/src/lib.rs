@@ -24,6 +24,14 @@ pub mod services {
     pub const NOTIFIER: (&str, u16) = ("cityevents-notifier", 8084);
     /// All of them, in start order (upstreams before the gateway).
     pub const ALL: [(&str, u16); 5] = [AUTH, EVENTS, JOINS, NOTIFIER, GATEWAY];
+
+    /// The configuration defaults every binary of `service` starts from (below its config file
+    /// and environment): its port. Use with `keel::Service::config_defaults`.
+    pub fn defaults((name, port): (&str, u16)) -> Vec<(String, String)> {
+        let prefix: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        vec![(format!("{prefix}__HTTP__PORT"), port.to_string())]
+    }
 }
 
 /// Roles carried in the access token's `role` claim.

@@ -55,7 +55,10 @@ impl PageQuery {
         }
         let after = match self.cursor.as_deref().filter(|c| !c.is_empty()) {
             None => None,
-            Some(c) => Some(Cursor::decode(c).ok_or_else(|| crate::validate::invalid("cursor", "is not a cursor from this endpoint"))?),
+            Some(c) => Some(
+                Cursor::decode(c)
+                    .ok_or_else(|| crate::validate::invalid("cursor", "is not a cursor from this endpoint"))?,
+            ),
         };
         Ok(PageRequest { limit, after })
     }

@@ -53,6 +53,7 @@ pub fn migrations() -> keel::data::Migrations {
 pub fn service() -> keel::Service<EventsConfig> {
     keel::Service::new(keel::build_info!())
         .name(cityevents_common::services::EVENTS.0)
+        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::EVENTS))
         .with_config::<EventsConfig>()
         .migrations(migrations())
         .setup(|s| {

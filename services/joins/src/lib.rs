@@ -84,6 +84,7 @@ pub fn migrations() -> keel::data::Migrations {
 pub fn service() -> keel::Service<JoinsConfig> {
     keel::Service::new(keel::build_info!())
         .name(cityevents_common::services::JOINS.0)
+        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::JOINS))
         .with_config::<JoinsConfig>()
         .migrations(migrations())
         .setup(|s| {

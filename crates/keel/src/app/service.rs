@@ -116,7 +116,8 @@ impl Service<NoConfig> {
 }
 
 impl<C: Section> Service<C> {
-    /// A service whose `app` section is `C`.
+    /// A service whose `app` section is `C`. Keeps the name, migrations and config defaults;
+    /// call it before [`Service::setup`] and [`Service::command`], which depend on `C`.
     pub fn with_config<D: Section>(self) -> Service<D> {
         Service {
             build: self.build,
@@ -124,7 +125,7 @@ impl<C: Section> Service<C> {
             #[cfg(feature = "sql")]
             migrations: self.migrations,
             commands: Vec::new(),
-            config_defaults: Vec::new(),
+            config_defaults: self.config_defaults,
             _config: PhantomData,
         }
     }

@@ -51,6 +51,7 @@ impl ConsumerMetrics {
 /// `outbox_pending`, `outbox_oldest_pending_age_seconds`, `outbox_published_total`,
 /// `outbox_publish_failures_total`, `outbox_dead_total`.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 pub(crate) struct OutboxMetrics {
     pub(crate) pending: IntGauge,
     pub(crate) oldest_age: Gauge,
@@ -59,6 +60,7 @@ pub(crate) struct OutboxMetrics {
     pub(crate) dead: IntCounter,
 }
 
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 impl OutboxMetrics {
     pub(crate) fn new(metrics: Option<&Metrics>) -> Result<Self, prometheus::Error> {
         let m = Self {

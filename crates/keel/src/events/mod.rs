@@ -635,6 +635,7 @@ impl Delivery {
 
 /// Milliseconds since the Unix epoch (the outbox and inbox store times as integers so every SQL
 /// backend compares them the same way).
+#[cfg(feature = "sql")]
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

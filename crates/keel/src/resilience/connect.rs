@@ -19,6 +19,7 @@ pub(crate) enum Phase {
     /// Connected (and, for SQL, migrated when asked to).
     Connected,
     /// Connected, but a required step failed (auto-migration); the text says why.
+    #[cfg_attr(not(feature = "sql"), allow(dead_code))]
     Failed(String),
 }
 
@@ -42,6 +43,7 @@ impl ConnectTracker {
         self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    #[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
     pub(crate) fn phase(&self) -> Phase {
         self.lock().clone()
     }

@@ -5,7 +5,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod bulkhead;
-#[cfg(any(feature = "sql", feature = "redis"))]
+#[cfg(any(feature = "sql", feature = "redis", feature = "events"))]
 pub(crate) mod connect;
 pub mod rate_limit;
 pub mod retry;

@@ -1,0 +1,114 @@
+//! Forwarding: a table route goes to its service with the same method, path, query and body and
+//! the headers the contract names; the answer's status, body and a few headers come back as they
+//! are. Keel's client adds the request id, the trace context and the remaining deadline, and
+//! applies the upstream's timeouts, retries (idempotent calls only), breaker and size cap; its
+//! failures answer 502/503/504 problems.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, Request};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use keel::http::client::{self, Client, ClientError};
+use keel::http::client_ip::{IpNet, client_ip};
+
+use crate::edge;
+use crate::routes::{Route, Upstream};
+
+/// Request headers passed to a service. The request id and `traceparent` are set by Keel's
+/// client from the request context (the caller's values when valid); they are copied here too so
+/// they survive where no tracing pipeline is installed.
+const REQUEST_HEADERS: [HeaderName; 7] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    HeaderName::from_static("idempotency-key"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// Response headers passed back to the client; everything else a service sets stays inside.
+const RESPONSE_HEADERS: [HeaderName; 4] =
+    [header::CONTENT_TYPE, header::RETRY_AFTER, header::LOCATION, header::WWW_AUTHENTICATE];
+
+/// What the handlers share.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    pub(crate) clients: HashMap<Upstream, Client>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+}
+
+impl Gateway {
+    /// The client of `upstream`; a 500 problem (never expected: set-up makes one per upstream).
+    pub(crate) fn client(&self, upstream: Upstream) -> Result<&Client, Box<Response>> {
+        self.clients.get(&upstream).ok_or_else(|| {
+            tracing::error!(upstream = upstream.name(), "no client for this upstream");
+            Box::new(keel::Problem::internal().into_response())
+        })
+    }
+
+    /// Forwards `req` as `route` says.
+    pub(crate) async fn forward(self: Arc<Self>, route: &'static Route, req: Request) -> Response {
+        let (mut parts, body) = req.into_parts();
+        // Refused at the edge: nothing reaches a service, and the body is never read.
+        if let Err(refused) = edge::authorize(&mut parts, route.access).await {
+            return refused;
+        }
+        let client = match self.client(route.upstream) {
+            Ok(c) => c,
+            Err(resp) => return *resp,
+        };
+        let target =
+            parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let mut out = client::Request::new(parts.method.clone(), target);
+        for name in &REQUEST_HEADERS {
+            for value in parts.headers.get_all(name) {
+                out = out.header(name.clone(), value.clone());
+            }
+        }
+        out = out.header(HeaderName::from_static("x-forwarded-for"), self.client_address(&parts));
+        let method = parts.method.clone();
+        // Bounded by `http.body_limit` (Keel's stack) or the route's own limit: 413 past it.
+        let body = match Bytes::from_request(Request::from_parts(parts, body), &()).await {
+            Ok(b) => b,
+            Err(rejection) => return rejection.into_response(),
+        };
+        if !body.is_empty() || matches!(method, Method::POST | Method::PUT | Method::PATCH) {
+            out = out.body(body);
+        }
+        relay(client.send(out).await)
+    }
+
+    /// The client's address as the gateway resolved it (trusted proxies only), for services that
+    /// trust the gateway as their proxy.
+    fn client_address(&self, parts: &http::request::Parts) -> HeaderValue {
+        let peer =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let ip = client_ip(peer, &parts.headers, &self.trusted_proxies);
+        HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.0.0.0"))
+    }
+}
+
+/// The service's answer as the client's: status, body and the listed headers unchanged; a call
+/// that failed is Keel's 502/503/504 problem.
+pub(crate) fn relay(result: Result<client::Response, ClientError>) -> Response {
+    match result {
+        Ok(resp) => {
+            let mut headers = HeaderMap::new();
+            for name in &RESPONSE_HEADERS {
+                for value in resp.headers.get_all(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            let mut out = Response::new(Body::from(resp.body));
+            *out.status_mut() = resp.status;
+            *out.headers_mut() = headers;
+            out
+        }
+        Err(e) => e.into_response(),
+    }
+}

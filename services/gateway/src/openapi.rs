@@ -1,0 +1,126 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the whole public API, kept as a static
+//! file in the crate and tested against the route table ([`crate::routes::ROUTES`]).
+
+use std::collections::BTreeSet;
+
+use axum::response::IntoResponse;
+use http::header;
+
+/// The document.
+pub const DOCUMENT: &str = include_str!("openapi.json");
+
+/// The operations a document describes, as `(METHOD, path)`.
+pub fn operations(doc: &serde_json::Value) -> BTreeSet<(String, String)> {
+    const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    let mut out = BTreeSet::new();
+    if let Some(paths) = doc.get("paths").and_then(serde_json::Value::as_object) {
+        for (path, item) in paths {
+            for m in METHODS {
+                if item.get(m).is_some() {
+                    out.insert((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) async fn serve(req: axum::extract::Request) -> axum::response::Response {
+    // Public, but a token that is sent must verify, as on every route.
+    let (mut parts, _) = req.into_parts();
+    if let Err(refused) = crate::edge::authorize(&mut parts, crate::routes::Access::Public).await {
+        return refused;
+    }
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::routes::{Access, ROUTES};
+
+    fn doc() -> Value {
+        serde_json::from_str(DOCUMENT).unwrap()
+    }
+
+    #[test]
+    fn is_openapi_3_1_and_lists_exactly_the_route_table() {
+        let doc = doc();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."), "{}", doc["openapi"]);
+        let table: BTreeSet<(String, String)> =
+            ROUTES.iter().map(|r| (r.verb.method().to_string(), r.path.to_owned())).collect();
+        assert_eq!(operations(&doc), table);
+    }
+
+    #[test]
+    fn security_matches_each_routes_access() {
+        let doc = doc();
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.verb.openapi_key()];
+            let security = op["security"].as_array().unwrap();
+            let anonymous = security.iter().any(|s| s.as_object().is_some_and(serde_json::Map::is_empty));
+            assert_eq!(anonymous, r.access == Access::Public, "{r:?}");
+            assert!(security.iter().any(|s| s.get("bearer").is_some()), "{r:?}");
+            assert!(op["responses"].as_object().unwrap().keys().any(|k| k.starts_with('2')), "{r:?}: a success answer");
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(v: &Value, doc: &Value) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        let pointer = r.strip_prefix('#').unwrap();
+                        assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+                    }
+                    m.values().for_each(|v| walk(v, doc));
+                }
+                Value::Array(a) => a.iter().for_each(|v| walk(v, doc)),
+                _ => {}
+            }
+        }
+        let doc = doc();
+        walk(&doc, &doc);
+    }
+
+    #[test]
+    fn lists_take_limit_and_cursor_and_join_takes_an_idempotency_key() {
+        let doc = doc();
+        let params = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| p["$ref"].as_str().unwrap_or(p["name"].as_str().unwrap_or("")).to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for path in [
+            "/api/v1/events",
+            "/api/v1/me/events",
+            "/api/v1/me/joins",
+            "/api/v1/events/{id}/participants",
+            "/api/v1/events/{id}/waitlist",
+            "/api/v1/me/notifications",
+        ] {
+            let p = params(path, "get");
+            assert!(p.contains(&"#/components/parameters/Limit".to_owned()), "{path}: {p:?}");
+            assert!(p.contains(&"#/components/parameters/Cursor".to_owned()), "{path}: {p:?}");
+        }
+        assert!(
+            params("/api/v1/events/{id}/join", "post").contains(&"#/components/parameters/IdempotencyKey".to_owned())
+        );
+        let key = &doc["components"]["parameters"]["IdempotencyKey"];
+        assert_eq!(
+            (key["in"].as_str(), key["name"].as_str(), key["required"].as_bool()),
+            (Some("header"), Some("Idempotency-Key"), Some(true))
+        );
+        assert_eq!(doc["components"]["schemas"]["Problem"]["properties"]["status"]["type"], "integer");
+        assert!(doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"].is_object());
+    }
+}

@@ -1,0 +1,171 @@
+//! The route table: every public path, which service answers it and whether it needs a user.
+//!
+//! It is the one list the gateway's router, its edge authentication and the OpenAPI document are
+//! checked against (`openapi.json` must describe exactly these operations), so they cannot drift.
+//! Paths use axum's `{param}` syntax, which is also OpenAPI's.
+
+/// Who answers a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    /// `cityevents-auth`.
+    Auth,
+    /// `cityevents-events`.
+    Events,
+    /// `cityevents-joins`.
+    Joins,
+    /// `cityevents-notifier`.
+    Notifier,
+    /// The gateway itself (the aggregate view, the OpenAPI document).
+    Gateway,
+}
+
+impl Upstream {
+    /// The forwarding upstreams, with their `upstreams.<name>` key and development port.
+    pub const FORWARDED: [(Upstream, &'static str, u16); 4] = [
+        (Upstream::Auth, "auth", cityevents_common::services::AUTH.1),
+        (Upstream::Events, "events", cityevents_common::services::EVENTS.1),
+        (Upstream::Joins, "joins", cityevents_common::services::JOINS.1),
+        (Upstream::Notifier, "notifier", cityevents_common::services::NOTIFIER.1),
+    ];
+
+    /// The `upstreams.<name>` key (`gateway` for the gateway's own routes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Events => "events",
+            Self::Joins => "joins",
+            Self::Notifier => "notifier",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+/// Whether a route needs a signed-in user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone; a token, when sent, must still be valid (and is forwarded).
+    Public,
+    /// A valid bearer token, checked at the edge before any upstream call.
+    User,
+}
+
+/// The HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+    /// PATCH.
+    Patch,
+    /// DELETE.
+    Delete,
+}
+
+impl Verb {
+    /// The method.
+    pub fn method(self) -> http::Method {
+        match self {
+            Self::Get => http::Method::GET,
+            Self::Post => http::Method::POST,
+            Self::Patch => http::Method::PATCH,
+            Self::Delete => http::Method::DELETE,
+        }
+    }
+
+    /// The lowercase name OpenAPI uses as the operation key.
+    pub fn openapi_key(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Post => "post",
+            Self::Patch => "patch",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub(crate) fn filter(self) -> axum::routing::MethodFilter {
+        use axum::routing::MethodFilter;
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+            Self::Patch => MethodFilter::PATCH,
+            Self::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// One operation of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Method.
+    pub verb: Verb,
+    /// Path template (`/api/v1/events/{id}`); forwarded unchanged.
+    pub path: &'static str,
+    /// Who answers.
+    pub upstream: Upstream,
+    /// Whether a user is required.
+    pub access: Access,
+}
+
+const fn r(verb: Verb, path: &'static str, upstream: Upstream, access: Access) -> Route {
+    Route { verb, path, upstream, access }
+}
+
+use Access::{Public, User};
+use Upstream::{Auth, Events, Gateway, Joins, Notifier};
+use Verb::{Delete, Get, Patch, Post};
+
+/// Path of the aggregate event page.
+pub const VIEW_PATH: &str = "/api/v1/events/{id}/view";
+/// Path of the OpenAPI document.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// Every public operation (docs/cityevents.md, "Service APIs").
+pub const ROUTES: &[Route] = &[
+    // auth
+    r(Post, "/api/v1/auth/register", Auth, Public),
+    r(Post, "/api/v1/auth/login", Auth, Public),
+    r(Post, "/api/v1/auth/refresh", Auth, Public),
+    r(Post, "/api/v1/auth/logout", Auth, Public),
+    r(Get, "/api/v1/me", Auth, User),
+    // events
+    r(Get, "/api/v1/events", Events, Public),
+    r(Post, "/api/v1/events", Events, User),
+    r(Post, "/api/v1/events/batch", Events, Public),
+    r(Get, "/api/v1/events/{id}", Events, Public),
+    r(Patch, "/api/v1/events/{id}", Events, User),
+    r(Post, "/api/v1/events/{id}/publish", Events, User),
+    r(Post, "/api/v1/events/{id}/cancel", Events, User),
+    r(Get, "/api/v1/me/events", Events, User),
+    // joins
+    r(Post, "/api/v1/events/{id}/join", Joins, User),
+    r(Delete, "/api/v1/events/{id}/join", Joins, User),
+    r(Get, "/api/v1/events/{id}/join", Joins, User),
+    r(Get, "/api/v1/me/joins", Joins, User),
+    r(Get, "/api/v1/events/{id}/participants", Joins, User),
+    r(Get, "/api/v1/events/{id}/waitlist", Joins, User),
+    r(Get, "/api/v1/events/{id}/stats", Joins, User),
+    r(Delete, "/api/v1/events/{id}/participants/{user_id}", Joins, User),
+    r(Post, "/api/v1/events/{id}/bans", Joins, User),
+    r(Get, "/api/v1/events/{id}/counts", Joins, Public),
+    // notifier
+    r(Get, "/api/v1/me/notifications", Notifier, User),
+    r(Post, "/api/v1/me/notifications/{id}/read", Notifier, User),
+    // the gateway's own
+    r(Get, VIEW_PATH, Gateway, Public),
+    r(Get, OPENAPI_PATH, Gateway, Public),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_operation_is_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for route in ROUTES {
+            assert!(seen.insert((route.verb, route.path)), "{route:?} twice");
+            assert!(route.path.starts_with("/api/v1/"), "{route:?}");
+        }
+    }
+}

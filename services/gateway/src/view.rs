@@ -1,0 +1,90 @@
+//! `GET /api/v1/events/{id}/view`: the event, the caller's participation and the seat counts,
+//! fetched in parallel. The event is critical (its error is the answer); the other two are not:
+//! when their service fails they are `{"unavailable": true}` and the page still renders.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Request};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, StatusCode, header};
+use keel::http::client::{self, ClientError};
+use serde_json::{Value, json};
+
+use crate::edge;
+use crate::forward::{Gateway, relay};
+use crate::routes::{Access, Upstream};
+
+/// What a non-critical part becomes.
+fn part(result: Option<Result<client::Response, ClientError>>, what: &str) -> Value {
+    match result {
+        None => Value::Null,
+        Some(Ok(r)) if r.status == StatusCode::OK => r.json::<Value>().unwrap_or_else(|e| {
+            tracing::warn!(part = what, error = %e, "unreadable answer; marked unavailable");
+            json!({ "unavailable": true })
+        }),
+        Some(Ok(r)) if r.status == StatusCode::NOT_FOUND => Value::Null,
+        Some(Ok(r)) => {
+            tracing::warn!(part = what, status = r.status.as_u16(), "part failed; marked unavailable");
+            json!({ "unavailable": true })
+        }
+        Some(Err(e)) => {
+            tracing::warn!(part = what, error = %e, "part failed; marked unavailable");
+            json!({ "unavailable": true })
+        }
+    }
+}
+
+pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
+    let (mut parts, _) = req.into_parts();
+    let claims = match edge::authorize(&mut parts, Access::Public).await {
+        Ok(c) => c,
+        Err(refused) => return refused,
+    };
+    let id = match Path::<String>::from_request_parts(&mut parts, &()).await {
+        Ok(Path(id)) => id,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // The id goes into upstream paths: only a UUID may (a decoded `/` would change the path).
+    let id = match cityevents_common::validate::uuid("id", &id) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    let (events, joins) = match (gw.client(Upstream::Events), gw.client(Upstream::Joins)) {
+        (Ok(e), Ok(j)) => (e, j),
+        (Err(resp), _) | (_, Err(resp)) => return *resp,
+    };
+    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    let get = |path: String, with_token: bool| {
+        let mut r = client::Request::new(Method::GET, path)
+            .header(header::ACCEPT, HeaderValue::from_static("application/json"));
+        if let (true, Some(a)) = (with_token, &authorization) {
+            r = r.header(header::AUTHORIZATION, a.clone());
+        }
+        r
+    };
+    let event = events.send(get(format!("/api/v1/events/{id}"), true));
+    // Only a signed-in caller has a participation; without a token it is `null`, no call made.
+    let participation = async {
+        match claims {
+            Some(_) => Some(joins.send(get(format!("/api/v1/events/{id}/join"), true)).await),
+            None => None,
+        }
+    };
+    let counts = async { Some(joins.send(get(format!("/api/v1/events/{id}/counts"), false)).await) };
+    let (event, participation, counts) = tokio::join!(event, participation, counts);
+
+    let event = match event {
+        Ok(r) if r.status == StatusCode::OK => match r.json::<Value>() {
+            Ok(v) => v,
+            Err(e) => return e.into_response(),
+        },
+        other => return relay(other),
+    };
+    Json(json!({
+        "event": event,
+        "participation": part(participation, "participation"),
+        "counts": part(counts, "counts"),
+    }))
+    .into_response()
+}

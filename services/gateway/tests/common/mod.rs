@@ -1,0 +1,218 @@
+//! Shared helpers: small axum "services" on port 0 that record what reaches them, the gateway
+//! started in-process in front of them, and tokens.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use keel::config::{Loader, Profile, Secret};
+use keel::security::jwt::{Jwt, JwtKey};
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "cityevents-gateway-test-hs256-secret-0123456789";
+
+pub fn signer() -> Jwt {
+    Jwt::builder()
+        .issuer("cityevents")
+        .audience(["cityevents"])
+        .key(JwtKey::hs256("test", &Secret::new(SECRET)).unwrap())
+        .sign_with("test")
+        .build()
+        .unwrap()
+}
+
+/// A valid access token for `sub`.
+pub fn token(sub: &str) -> String {
+    let jwt = signer();
+    jwt.issue(&jwt.claims(sub).role("user")).unwrap()
+}
+
+/// A token signed with the right key but with these claims.
+pub fn token_with(claims: Value) -> String {
+    signer().issue(&claims).unwrap()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// One request as a service received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A fake service on 127.0.0.1:0 recording every request.
+pub struct Stub {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Stub {
+    /// Serves `router`, recording requests first.
+    pub async fn start(name: &'static str, router: Router) -> Self {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let router = router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                log.lock().unwrap().push(Seen {
+                    method: parts.method.clone(),
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().map(str::to_owned),
+                    headers: parts.headers.clone(),
+                    body: bytes.clone(),
+                });
+                next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self { name, addr, seen }
+    }
+
+    /// Echoes what it got as JSON. `?_status=N` sets the status; `?_extra=1` adds `Location`,
+    /// `Retry-After` and a header the gateway must not pass on.
+    pub async fn echo(name: &'static str) -> Self {
+        let router = Router::new().fallback(move |req: Request| async move { echo(name, req).await });
+        Self::start(name, router).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+async fn echo(name: &str, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_owned);
+    let status = param("_status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap(),
+        axum::Json(json!({
+            "upstream": name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "body": String::from_utf8_lossy(&body),
+        })),
+    )
+        .into_response();
+    if param("_extra").is_some() {
+        let h = resp.headers_mut();
+        h.insert("location", HeaderValue::from_static("/api/v1/somewhere"));
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        h.insert("x-internal", HeaderValue::from_static("do-not-leak"));
+    }
+    resp
+}
+
+/// A port nothing listens on.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Gateway {
+    pub running: Option<keel::Running>,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// The environment of a gateway whose upstreams are `upstreams` (name → base URL), with a
+/// generous per-user rate limit, plus `extra`.
+pub fn env(upstreams: &[(&str, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("CITYEVENTS_GATEWAY__HTTP__PORT".into(), "0".into()),
+        ("CITYEVENTS_GATEWAY__HTTP__ADDR".into(), "127.0.0.1".into()),
+        ("CITYEVENTS_GATEWAY__SECURITY__JWT__ISSUER".into(), "cityevents".into()),
+        ("CITYEVENTS_GATEWAY__SECURITY__JWT__AUDIENCE".into(), "cityevents".into()),
+        ("CITYEVENTS_GATEWAY__SECURITY__JWT__KEYS__TEST__ALGORITHM".into(), "HS256".into()),
+        ("CITYEVENTS_GATEWAY__SECURITY__JWT__KEYS__TEST__SECRET".into(), SECRET.into()),
+        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT".into(), "10000".into()),
+        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__KEY".into(), "user".into()),
+    ];
+    for (name, url) in upstreams {
+        let n = name.to_uppercase();
+        env.push((format!("CITYEVENTS_GATEWAY__UPSTREAMS__{n}__BASE_URL"), url.clone()));
+        env.push((format!("CITYEVENTS_GATEWAY__UPSTREAMS__{n}__CONNECT_TIMEOUT"), "500ms".into()));
+        env.push((format!("CITYEVENTS_GATEWAY__UPSTREAMS__{n}__REQUEST_TIMEOUT"), "2s".into()));
+    }
+    // Later entries win: a test's own settings replace the defaults above.
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+impl Gateway {
+    pub async fn try_start(env: Vec<(String, String)>) -> Result<Self, keel::app::StartError> {
+        Self::try_start_profile(Profile::Test, env).await
+    }
+
+    pub async fn try_start_profile(
+        profile: Profile,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, keel::app::StartError> {
+        let loaded = Loader::new(cityevents_common::services::GATEWAY.0, profile).env(env).load().expect("config");
+        let running = keel::app::start(cityevents_gateway::service(), loaded).await?;
+        keel::http::client::install_tls_provider();
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
+        Ok(Self { base: format!("http://{}", running.http_addr()), running: Some(running), http })
+    }
+
+    /// A gateway in front of these stubs (each under its own name).
+    pub async fn start(stubs: &[&Stub], extra: &[(&str, &str)]) -> Self {
+        let ups: Vec<(&str, String)> = stubs.iter().map(|s| (s.name, s.url())).collect();
+        Self::try_start(env(&ups, extra)).await.expect("starts")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(std::future::pending()).await.expect("clean shutdown");
+        }
+    }
+}
+
+/// The four echo services.
+pub async fn echoes() -> [Stub; 4] {
+    [Stub::echo("auth").await, Stub::echo("events").await, Stub::echo("joins").await, Stub::echo("notifier").await]
+}
+
+/// Asserts `resp` is a problem document with `status`; returns its body.
+pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "{:?}", resp.headers());
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    body
+}

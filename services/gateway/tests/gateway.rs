@@ -1,0 +1,542 @@
+//! The gateway in-process (port 0) in front of small axum services started by each test:
+//! routing of every table entry, edge authentication, rate limits (in process and shared through
+//! Redis), the aggregate view with failing parts, upstream failures, body limits, unknown paths,
+//! the OpenAPI document, and refusing to start without an upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use cityevents_gateway::routes::{Access, ROUTES, Upstream};
+use common::{Gateway, Stub, closed_port, echoes, env, now, problem, token, token_with};
+use http::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A concrete path for a template.
+fn concrete(template: &str) -> String {
+    template.replace("{id}", &Uuid::now_v7().to_string()).replace("{user_id}", &Uuid::now_v7().to_string())
+}
+
+fn stub_for(stubs: &[Stub; 4], upstream: Upstream) -> &Stub {
+    stubs.iter().find(|s| s.name == upstream.name()).unwrap()
+}
+
+fn counts(stubs: &[Stub; 4]) -> Vec<usize> {
+    stubs.iter().map(Stub::count).collect()
+}
+
+#[tokio::test]
+async fn every_route_reaches_its_service_with_method_path_query_body_and_headers() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[]).await;
+    let bearer = format!("Bearer {}", token(&Uuid::now_v7().to_string()));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut forwarded = 0;
+    for (i, route) in ROUTES.iter().enumerate().filter(|(_, r)| r.upstream != Upstream::Gateway) {
+        let stub = stub_for(&stubs, route.upstream);
+        let before = counts(&stubs);
+        let path = concrete(route.path);
+        let query = "q=caf%C3%A9%20au%20lait&limit=5&_status=201&_extra=1";
+        let body = format!("{{\"route\":{i},\"text\":\"h\u{e9}llo\"}}");
+        let has_body = matches!(route.verb.method(), http::Method::POST | http::Method::PATCH);
+        let mut req = gw
+            .http
+            .request(route.verb.method(), gw.url(&format!("{path}?{query}")))
+            .header("authorization", &bearer)
+            .header("accept", "application/json")
+            .header("idempotency-key", format!("key-{i}"))
+            .header("x-request-id", format!("req-{i}"))
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .header("cookie", "session=secret")
+            .header("x-custom", "not-forwarded");
+        if has_body {
+            req = req.header("content-type", "application/json").body(body.clone());
+        }
+        let resp = req.send().await.unwrap();
+        let what = format!("{} {}", route.verb.method(), route.path);
+        assert_eq!(resp.status(), 201, "{what}: the service's status comes back");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{what}");
+        assert_eq!(resp.headers()["location"], "/api/v1/somewhere", "{what}");
+        assert_eq!(resp.headers()["retry-after"], "7", "{what}");
+        assert!(!resp.headers().contains_key("x-internal"), "{what}: other service headers stay inside");
+        assert_eq!(resp.headers()["x-request-id"], format!("req-{i}").as_str(), "{what}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["upstream"], route.upstream.name(), "{what}");
+
+        // Exactly one request reached exactly that service, as sent.
+        let mut want = before.clone();
+        let at = stubs.iter().position(|s| s.name == stub.name).unwrap();
+        want[at] += 1;
+        assert_eq!(counts(&stubs), want, "{what}");
+        let seen = stub.requests().pop().unwrap();
+        assert_eq!(seen.method, route.verb.method(), "{what}");
+        assert_eq!(seen.path, path, "{what}");
+        assert_eq!(seen.query.as_deref(), Some(query), "{what}");
+        let h = &seen.headers;
+        assert_eq!(h["authorization"], bearer.as_str(), "{what}");
+        assert_eq!(h["accept"], "application/json", "{what}");
+        assert_eq!(h["idempotency-key"], format!("key-{i}").as_str(), "{what}");
+        assert_eq!(h["x-request-id"], format!("req-{i}").as_str(), "{what}: the request id follows the call");
+        let tp = h["traceparent"].to_str().unwrap();
+        assert_eq!(tp.split('-').nth(1), Some(trace_id), "{what}: the trace continues ({tp})");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{what}");
+        assert!(!h.contains_key("cookie") && !h.contains_key("x-custom"), "{what}: {h:?}");
+        if has_body {
+            assert_eq!(h["content-type"], "application/json", "{what}");
+            assert_eq!(seen.body, body.as_bytes(), "{what}");
+        } else {
+            assert!(seen.body.is_empty(), "{what}");
+        }
+        forwarded += 1;
+    }
+    assert_eq!(forwarded, 25, "every forwarded operation was tried");
+
+    // A public route without a token is forwarded without one.
+    let resp = gw.http.get(gw.url("/api/v1/events?city=Berlin")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = stubs[1].requests().pop().unwrap();
+    assert!(!seen.headers.contains_key("authorization"));
+    assert_eq!(seen.query.as_deref(), Some("city=Berlin"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_or_missing_tokens_are_refused_at_the_edge() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[]).await;
+    let sub = Uuid::now_v7().to_string();
+    let expired = token_with(json!({"sub": sub, "exp": now() - 3600, "iss": "cityevents", "aud": "cityevents"}));
+    let foreign = token_with(json!({"sub": sub, "exp": now() + 300, "iss": "elsewhere", "aud": "cityevents"}));
+    let forged = {
+        let other = keel::security::jwt::Jwt::builder()
+            .issuer("cityevents")
+            .audience(["cityevents"])
+            .key(
+                keel::security::jwt::JwtKey::hs256(
+                    "test",
+                    &keel::config::Secret::new("another-secret-of-at-least-32-bytes!!"),
+                )
+                .unwrap(),
+            )
+            .sign_with("test")
+            .build()
+            .unwrap();
+        other.issue(&other.claims(&sub)).unwrap()
+    };
+    for route in ROUTES {
+        let path = concrete(route.path);
+        let what = format!("{} {}", route.verb.method(), route.path);
+        if route.access == Access::User {
+            let resp = gw.http.request(route.verb.method(), gw.url(&path)).send().await.unwrap();
+            assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"), "{what}");
+            let body = problem(resp, 401).await;
+            assert_eq!(body["type"], "urn:keel:problem:unauthorized", "{what}");
+        }
+        for bad in [
+            "Bearer garbage",
+            "Basic dXNlcjpwYXNz",
+            &format!("Bearer {expired}"),
+            &format!("Bearer {foreign}"),
+            &format!("Bearer {forged}"),
+        ] {
+            let resp =
+                gw.http.request(route.verb.method(), gw.url(&path)).header("authorization", bad).send().await.unwrap();
+            let body = problem(resp, 401).await;
+            assert_eq!(body["type"], "urn:keel:problem:invalid-token", "{what} with {bad}");
+        }
+    }
+    assert_eq!(counts(&stubs), vec![0, 0, 0, 0], "nothing reached a service");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_problems() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[]).await;
+    let t = token("u1");
+    problem(gw.http.get(gw.url("/api/v1/nope")).bearer_auth(&t).send().await.unwrap(), 404).await;
+    problem(gw.http.get(gw.url("/api/v2/events")).send().await.unwrap(), 404).await;
+    problem(gw.http.get(gw.url("/api/v1/auth/login")).send().await.unwrap(), 405).await;
+    problem(gw.http.put(gw.url("/api/v1/me")).bearer_auth(&t).send().await.unwrap(), 405).await;
+    assert_eq!(counts(&stubs), vec![0, 0, 0, 0]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_past_the_limit_are_refused_with_413() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[("CITYEVENTS_GATEWAY__APP__MAX_BODY", "1KiB")]).await;
+    let big = json!({"title": "x".repeat(4096)}).to_string();
+    let resp = gw
+        .http
+        .post(gw.url("/api/v1/events"))
+        .bearer_auth(token("u1"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 413).await;
+    assert_eq!(counts(&stubs), vec![0, 0, 0, 0]);
+    let ok = gw
+        .http
+        .post(gw.url("/api/v1/events"))
+        .bearer_auth(token("u1"))
+        .header("content-type", "application/json")
+        .body(json!({"title": "Jazz"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_route_table() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[]).await;
+    let resp = gw.http.get(gw.url("/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
+    let table: BTreeSet<(String, String)> =
+        ROUTES.iter().map(|r| (r.verb.method().to_string(), r.path.to_owned())).collect();
+    assert_eq!(cityevents_gateway::openapi::operations(&doc), table);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_an_upstream() {
+    let stubs = echoes().await;
+    let ups: Vec<(&str, String)> = stubs.iter().filter(|s| s.name != "notifier").map(|s| (s.name, s.url())).collect();
+    let err = Gateway::try_start(env(&ups, &[])).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("upstreams.notifier"), "{text}");
+}
+
+#[tokio::test]
+async fn development_defaults_need_no_upstream_or_rate_limit_settings() {
+    // Only the JWT keys: upstreams default to the services' local ports, the limit to 600/min.
+    let jwt_only: Vec<(String, String)> =
+        env(&[], &[]).into_iter().filter(|(k, _)| !k.contains("__RATE_LIMITS__")).collect();
+    let gw = Gateway::try_start_profile(keel::config::Profile::Development, jwt_only).await.expect("starts");
+    let resp = gw.http.get(gw.url("/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["ratelimit-limit"], "600");
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limits
+
+async fn get_as(gw: &Gateway, who: Option<&str>) -> reqwest::Response {
+    let mut r = gw.http.get(gw.url("/api/v1/events"));
+    if let Some(t) = who {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
+async fn assert_limited(resp: reqwest::Response, limit: &str) {
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert_eq!(resp.headers()["ratelimit-limit"], limit);
+    assert_eq!(resp.headers()["ratelimit-remaining"], "0");
+    assert!(resp.headers().contains_key("ratelimit-reset"));
+    let body = problem(resp, 429).await;
+    assert_eq!(body["code"], "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn rate_limit_counts_per_user_else_per_ip() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT", "3")])
+        .await;
+    let (alice, bob) = (token("alice"), token("bob"));
+    for remaining in ["2", "1", "0"] {
+        let resp = get_as(&gw, Some(&alice)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["ratelimit-limit"], "3");
+        assert_eq!(resp.headers()["ratelimit-remaining"], remaining);
+    }
+    assert_limited(get_as(&gw, Some(&alice)).await, "3").await;
+    // Another user from the same address has a quota of their own, and so has anonymous traffic.
+    assert_eq!(get_as(&gw, Some(&bob)).await.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(get_as(&gw, None).await.status(), 200);
+    }
+    assert_limited(get_as(&gw, None).await, "3").await;
+    assert_eq!(stubs[1].count(), 3 + 1 + 3, "refused requests never reach the service");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_shared_through_redis() {
+    let url = keel::testing::redis_url();
+    if !keel::testing::require("Redis", &url) {
+        return;
+    }
+    let keys = keel::testing::TestRedis::new(&url);
+    let stubs = echoes().await;
+    let extra = [
+        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT", "3"),
+        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__BACKEND", "redis"),
+        ("CITYEVENTS_GATEWAY__REDIS__URL", url.as_str()),
+        ("CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX", keys.prefix()),
+    ];
+    let one = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &extra).await;
+    let two = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &extra).await;
+    // Redis connects in the background: wait until the first decision is made (headers present).
+    let alice = token(&Uuid::now_v7().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut probe = token(&Uuid::now_v7().to_string());
+    while !get_as(&one, Some(&probe)).await.headers().contains_key("ratelimit-limit") {
+        assert!(Instant::now() < deadline, "the Redis limiter never decided");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        probe = token(&Uuid::now_v7().to_string());
+    }
+    assert_eq!(get_as(&one, Some(&alice)).await.headers()["ratelimit-remaining"], "2");
+    assert_eq!(get_as(&two, Some(&alice)).await.headers()["ratelimit-remaining"], "1");
+    assert_eq!(get_as(&one, Some(&alice)).await.status(), 200);
+    assert_limited(get_as(&two, Some(&alice)).await, "3").await;
+    assert_eq!(get_as(&two, Some(&token("someone-else"))).await.status(), 200);
+    one.stop().await;
+    two.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream failures
+
+#[tokio::test]
+async fn unreachable_slow_or_failing_services_answer_problems_quickly() {
+    // events always fails (500); joins is slow; auth is not running at all.
+    let events = Stub::start(
+        "events",
+        Router::new().fallback(|| async {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [("content-type", "application/problem+json")],
+                r#"{"status":500,"title":"boom","type":"urn:x"}"#,
+            )
+        }),
+    )
+    .await;
+    let joins = Stub::start(
+        "joins",
+        Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "late"
+        }),
+    )
+    .await;
+    let notifier = Stub::echo("notifier").await;
+    let ups = vec![
+        ("auth", format!("http://127.0.0.1:{}", closed_port())),
+        ("events", events.url()),
+        ("joins", joins.url()),
+        ("notifier", notifier.url()),
+    ];
+    let gw = Gateway::try_start(env(
+        &ups,
+        &[
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__BREAKER__MINIMUM_CALLS", "2"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__BREAKER__OPEN_WAIT", "30s"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__RETRY__MAX_ATTEMPTS", "1"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__REQUEST_TIMEOUT", "300ms"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__RETRY__MAX_ATTEMPTS", "1"),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    // Not running: 502, at once.
+    let started = Instant::now();
+    let resp = gw
+        .http
+        .post(gw.url("/api/v1/auth/login"))
+        .json(&json!({"email": "a@b.c", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 502).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // Too slow: 504 after the upstream's timeout, not the service's 3 s.
+    let started = Instant::now();
+    let id = Uuid::now_v7();
+    problem(gw.http.get(gw.url(&format!("/api/v1/events/{id}/counts"))).send().await.unwrap(), 504).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // A service's own 500 problem comes back as it is, until the breaker opens: then 503 at once.
+    for _ in 0..2 {
+        let resp = gw.http.get(gw.url("/api/v1/events")).send().await.unwrap();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.json::<Value>().await.unwrap()["title"], "boom");
+    }
+    let resp = gw.http.get(gw.url("/api/v1/events")).send().await.unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let body = problem(resp, 503).await;
+    assert_eq!(body["code"], "SERVICE_DEGRADED");
+    assert_eq!(events.count(), 2, "an open breaker sends nothing");
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The aggregate view
+
+const MISSING: &str = "00000000-0000-7000-8000-000000000404";
+const NOT_JOINED: &str = "00000000-0000-7000-8000-000000000001";
+const BROKEN: &str = "00000000-0000-7000-8000-000000000500";
+
+async fn view_services() -> (Stub, Stub) {
+    let events = Stub::start(
+        "events",
+        Router::new().route(
+            "/api/v1/events/{id}",
+            get(|Path(id): Path<String>| async move {
+                if id == MISSING {
+                    return (
+                        StatusCode::NOT_FOUND,
+                        [("content-type", "application/problem+json")],
+                        r#"{"type":"urn:keel:problem:not-found","title":"Not found","status":404,"detail":"no such event"}"#,
+                    )
+                        .into_response();
+                }
+                axum::Json(json!({"id": id, "title": "Jazz", "capacity": 10, "status": "published"})).into_response()
+            }),
+        ),
+    )
+    .await;
+    let joins = Stub::start(
+        "joins",
+        Router::new()
+            .route(
+                "/api/v1/events/{id}/join",
+                get(|Path(id): Path<String>| async move {
+                    match id.as_str() {
+                        NOT_JOINED => StatusCode::NOT_FOUND.into_response(),
+                        BROKEN => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            "late".into_response()
+                        }
+                        _ => {
+                            axum::Json(json!({"join_id": "j1", "event_id": id, "status": "confirmed"})).into_response()
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/events/{id}/counts",
+                get(|Path(id): Path<String>| async move {
+                    if id == BROKEN {
+                        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
+                    axum::Json(json!({"capacity": 10, "confirmed": 3, "waitlisted": 0})).into_response()
+                }),
+            ),
+    )
+    .await;
+    (events, joins)
+}
+
+fn view_env() -> [(&'static str, &'static str); 3] {
+    [
+        ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__REQUEST_TIMEOUT", "300ms"),
+        ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__RETRY__MAX_ATTEMPTS", "1"),
+        ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__RETRY__MAX_ATTEMPTS", "1"),
+    ]
+}
+
+#[tokio::test]
+async fn view_aggregates_event_participation_and_counts() {
+    let (events, joins) = view_services().await;
+    let (auth, notifier) = (Stub::echo("auth").await, Stub::echo("notifier").await);
+    let gw = Gateway::start(&[&auth, &events, &joins, &notifier], &view_env()).await;
+    let t = token(&Uuid::now_v7().to_string());
+    let view = |id: String, with_token: bool| {
+        let mut r = gw.http.get(gw.url(&format!("/api/v1/events/{id}/view")));
+        if with_token {
+            r = r.bearer_auth(&t);
+        }
+        r.send()
+    };
+
+    let id = Uuid::now_v7().to_string();
+    let resp = view(id.clone(), true).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["event"]["id"], id.as_str());
+    assert_eq!(v["participation"]["status"], "confirmed");
+    assert_eq!(v["counts"], json!({"capacity": 10, "confirmed": 3, "waitlisted": 0}));
+    let seen_event = events.requests().pop().unwrap();
+    assert_eq!(
+        seen_event.headers["authorization"],
+        format!("Bearer {t}").as_str(),
+        "drafts need the organizer's token"
+    );
+
+    // Without a token: no participation, and joins is not asked for it.
+    let joins_before = joins.requests().len();
+    let v: Value = view(id.clone(), false).await.unwrap().json().await.unwrap();
+    assert_eq!(v["participation"], Value::Null);
+    assert_eq!(v["counts"]["capacity"], 10);
+    let asked: Vec<String> = joins.requests()[joins_before..].iter().map(|s| s.path.clone()).collect();
+    assert_eq!(asked, vec![format!("/api/v1/events/{id}/counts")]);
+
+    // Not joined: null.
+    let v: Value = view(NOT_JOINED.into(), true).await.unwrap().json().await.unwrap();
+    assert_eq!(v["participation"], Value::Null);
+    assert_eq!(v["event"]["title"], "Jazz");
+
+    // joins times out on one part and fails on the other: both unavailable, the page still answers.
+    let started = Instant::now();
+    let resp = view(BROKEN.into(), true).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(v["participation"], json!({"unavailable": true}));
+    assert_eq!(v["counts"], json!({"unavailable": true}));
+    assert_eq!(v["event"]["title"], "Jazz");
+
+    // The event is critical: its 404 is the answer, as events sent it.
+    let resp = view(MISSING.into(), true).await.unwrap();
+    let body = problem(resp, 404).await;
+    assert_eq!(body["detail"], "no such event");
+
+    // A bad id never reaches a service.
+    let before = (events.count(), joins.count());
+    let body = problem(view("..%2F..%2Fme".into(), true).await.unwrap(), 400).await;
+    assert_eq!(body["errors"][0]["field"], "id");
+    assert_eq!((events.count(), joins.count()), before);
+
+    // A bad token is refused even though the page is public.
+    problem(gw.http.get(gw.url(&format!("/api/v1/events/{id}/view"))).bearer_auth("nope").send().await.unwrap(), 401)
+        .await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn view_fails_when_the_events_service_is_down() {
+    let (_, joins) = view_services().await;
+    let (auth, notifier) = (Stub::echo("auth").await, Stub::echo("notifier").await);
+    let ups = vec![
+        ("auth", auth.url()),
+        ("events", format!("http://127.0.0.1:{}", closed_port())),
+        ("joins", joins.url()),
+        ("notifier", notifier.url()),
+    ];
+    let gw = Gateway::try_start(env(&ups, &view_env())).await.unwrap();
+    let started = Instant::now();
+    let resp = gw.http.get(gw.url(&format!("/api/v1/events/{}/view", Uuid::now_v7()))).send().await.unwrap();
+    problem(resp, 502).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    gw.stop().await;
+}

@@ -1,0 +1,135 @@
+//! The notifier's HTTP API: the caller's notifications, newest first, and marking one read.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cityevents_common::page::{Cursor, Page, PageQuery};
+use cityevents_common::validate;
+use http::StatusCode;
+use keel::data::Db;
+use keel::security::jwt::{Auth, Claims};
+use serde::Serialize;
+use sqlx::Row;
+use time::format_description::well_known::Rfc3339;
+
+/// The routes; the caller adds the JWT extension.
+pub(crate) fn router(db: Db) -> Router {
+    Router::new()
+        .route("/api/v1/me/notifications", get(list))
+        .route("/api/v1/me/notifications/{id}/read", post(mark_read))
+        .with_state(db)
+}
+
+/// One notification on the wire.
+#[derive(Debug, Serialize)]
+struct Item {
+    id: String,
+    kind: String,
+    event_id: String,
+    message: String,
+    created_at: String,
+    read_at: Option<String>,
+}
+
+fn rfc3339(micros: i64) -> String {
+    cityevents_common::time::from_micros(micros).format(&Rfc3339).unwrap_or_default()
+}
+
+/// `?limit=&cursor=&unread=`: read as text so a bad value is a 400 naming the field.
+fn parse_query(q: &HashMap<String, String>) -> Result<(PageQuery, bool), keel::Problem> {
+    let limit = match q.get("limit") {
+        None => None,
+        Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be a whole number"))?),
+    };
+    let unread = match q.get("unread").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(validate::invalid("unread", "must be true or false")),
+    };
+    Ok((PageQuery { limit, cursor: q.get("cursor").cloned() }, unread))
+}
+
+fn db_error(db: &Db, e: sqlx::Error) -> Response {
+    db.observe(e).into_response()
+}
+
+async fn list(
+    State(db): State<Db>,
+    Auth(claims): Auth<Claims>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Page<Item>>, Response> {
+    let (page, unread) = parse_query(&q).map_err(IntoResponse::into_response)?;
+    let page = page.validate().map_err(IntoResponse::into_response)?;
+    let mut sql =
+        String::from("SELECT id, kind, event_id, message, created_at, read_at FROM notifications WHERE user_id = $1");
+    if unread {
+        sql.push_str(" AND read_at IS NULL");
+    }
+    if page.after.is_some() {
+        sql.push_str(" AND (created_at < $2 OR (created_at = $3 AND id < $4))");
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ");
+    sql.push_str(&(i64::from(page.limit) + 1).to_string());
+    let sql = db.sql(&sql).into_owned();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(claims.sub.clone());
+    if let Some(after) = &page.after {
+        // Each placeholder once and in order (MySQL and SQLite take `?` positionally).
+        query = query.bind(after.key).bind(after.key).bind(after.id.clone());
+    }
+    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let rows = query.fetch_all(&mut *conn).await.map_err(|e| db_error(&db, e))?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let created: i64 = row.try_get("created_at").map_err(|e| db_error(&db, e))?;
+        let read: Option<i64> = row.try_get("read_at").map_err(|e| db_error(&db, e))?;
+        items.push((
+            created,
+            Item {
+                id: row.try_get("id").map_err(|e| db_error(&db, e))?,
+                kind: row.try_get("kind").map_err(|e| db_error(&db, e))?,
+                event_id: row.try_get("event_id").map_err(|e| db_error(&db, e))?,
+                message: row.try_get("message").map_err(|e| db_error(&db, e))?,
+                created_at: rfc3339(created),
+                read_at: read.map(rfc3339),
+            },
+        ));
+    }
+    let page = Page::from_rows(items, page.limit, |(k, item)| Cursor::new(*k, item.id.clone()));
+    Ok(Json(page.map(|(_, item)| item)))
+}
+
+async fn mark_read(
+    State(db): State<Db>,
+    Auth(claims): Auth<Claims>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Response> {
+    let id = validate::uuid("id", &id).map_err(IntoResponse::into_response)?.to_string();
+    let now = cityevents_common::time::to_micros(cityevents_common::time::now());
+    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let update = db.sql("UPDATE notifications SET read_at = $1 WHERE id = $2 AND user_id = $3 AND read_at IS NULL");
+    let done = sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
+        .bind(now)
+        .bind(&id)
+        .bind(&claims.sub)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error(&db, e))?;
+    if done.rows_affected() > 0 {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // Nothing changed: already read (idempotent 204), or not the caller's (404, whoever owns it).
+    let exists = db.sql("SELECT 1 FROM notifications WHERE id = $1 AND user_id = $2");
+    let found = sqlx::query(sqlx::AssertSqlSafe(exists.into_owned()))
+        .bind(&id)
+        .bind(&claims.sub)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_error(&db, e))?;
+    match found {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(keel::Problem::not_found().detail("no such notification").into_response()),
+    }
+}

@@ -1,0 +1,151 @@
+//! The two consumers: `join.*` → a notification for the participant, `event.canceled` → one for
+//! the organizer. Each writes in the inbox transaction, so a redelivery is acknowledged without
+//! writing again; what can never be handled (bad payload, unknown type, unsupported version) is a
+//! permanent failure and goes to the dead-letter queue.
+
+use cityevents_common::catalogue::{
+    EventCanceled, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted,
+};
+use keel::data::Db;
+use keel::events::{Event, Failure, Handler, Message};
+use uuid::Uuid;
+
+/// Longest title quoted in a message (characters); the catalogue does not bound it.
+const MAX_TITLE: usize = 200;
+
+/// What one notification says, by event type; `None` for a type that makes no notification.
+///
+/// ```
+/// use cityevents_notifier::notification_text;
+/// assert_eq!(notification_text("join.confirmed", "Jazz", None).as_deref(), Some("You're in: Jazz"));
+/// assert_eq!(notification_text("join.canceled", "Jazz", Some("event_canceled")).as_deref(), Some("Jazz was canceled"));
+/// ```
+pub fn notification_text(kind: &str, title: &str, reason: Option<&str>) -> Option<String> {
+    let title: String = title.trim().chars().take(MAX_TITLE).collect();
+    Some(match kind {
+        JoinConfirmed::TYPE => format!("You're in: {title}"),
+        JoinWaitlisted::TYPE => format!("You're on the waitlist for {title}"),
+        JoinPromoted::TYPE => format!("A seat opened up: you're in for {title}"),
+        JoinCanceled::TYPE if reason == Some("event_canceled") => format!("{title} was canceled"),
+        JoinCanceled::TYPE => format!("You left {title}"),
+        JoinKicked::TYPE => format!("You were removed from {title}"),
+        EventCanceled::TYPE => format!("Your event {title} was canceled"),
+        _ => return None,
+    })
+}
+
+/// Inserts one notification with the inbox transaction of `msg`.
+async fn notify(
+    db: &Db,
+    msg: &mut Message,
+    user_id: Uuid,
+    kind: &str,
+    event_id: Uuid,
+    text: String,
+) -> Result<(), Failure> {
+    let sql = db
+        .sql(
+            "INSERT INTO notifications (id, user_id, kind, event_id, message, created_at, read_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .into_owned();
+    // Without the inbox transaction the write would not be exactly-once: refuse rather than guess.
+    let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(Uuid::now_v7().to_string())
+        .bind(user_id.to_string())
+        .bind(kind)
+        .bind(event_id.to_string())
+        .bind(text)
+        .bind(cityevents_common::time::to_micros(cityevents_common::time::now()))
+        .bind(None::<i64>)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Failure::retry(db.observe(e)))?;
+    Ok(())
+}
+
+/// Handles `join.*` on the joins topic: one notification for the participant each.
+#[derive(Debug, Clone)]
+pub struct JoinsHandler {
+    db: Db,
+}
+
+impl JoinsHandler {
+    /// A handler writing to `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+fn change(msg: &Message) -> Result<JoinChange, Failure> {
+    // `decode` checks type and version: a mismatch is permanent (it would fail every time).
+    Ok(match msg.envelope().ty.as_str() {
+        JoinConfirmed::TYPE => msg.decode::<JoinConfirmed>()?.0,
+        JoinWaitlisted::TYPE => msg.decode::<JoinWaitlisted>()?.0,
+        JoinPromoted::TYPE => msg.decode::<JoinPromoted>()?.0,
+        JoinCanceled::TYPE => msg.decode::<JoinCanceled>()?.0,
+        JoinKicked::TYPE => msg.decode::<JoinKicked>()?.0,
+        other => return Err(Failure::permanent(format!("unknown event type on the joins topic: {other:.64}"))),
+    })
+}
+
+impl Handler for JoinsHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        let c = change(msg)?;
+        let kind = msg.envelope().ty.clone();
+        let text = notification_text(&kind, &c.event_title, c.reason.as_deref())
+            .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
+        notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
+        tracing::debug!(kind = %kind, event_id = %c.event_id, "notification written");
+        Ok(())
+    }
+}
+
+/// Handles the events topic: `event.canceled` tells the organizer; every other type is
+/// acknowledged and ignored (they are for other consumers).
+#[derive(Debug, Clone)]
+pub struct EventsHandler {
+    db: Db,
+}
+
+impl EventsHandler {
+    /// A handler writing to `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+impl Handler for EventsHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        if msg.envelope().ty != EventCanceled::TYPE {
+            return Ok(());
+        }
+        let e = msg.decode::<EventCanceled>()?;
+        let text = notification_text(EventCanceled::TYPE, &e.title, None)
+            .ok_or_else(|| Failure::permanent("no notification for event.canceled"))?;
+        notify(&self.db, msg, e.organizer_id, EventCanceled::TYPE, e.event_id, text).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_join_type_has_a_message() {
+        for (kind, want) in [
+            ("join.confirmed", "You're in: Jazz"),
+            ("join.waitlisted", "You're on the waitlist for Jazz"),
+            ("join.promoted", "A seat opened up: you're in for Jazz"),
+            ("join.canceled", "You left Jazz"),
+            ("join.kicked", "You were removed from Jazz"),
+            ("event.canceled", "Your event Jazz was canceled"),
+        ] {
+            assert_eq!(notification_text(kind, "Jazz", None).as_deref(), Some(want), "{kind}");
+        }
+        assert_eq!(notification_text("event.published", "Jazz", None), None);
+        let long = "x".repeat(1000);
+        assert!(notification_text("join.kicked", &long, None).unwrap().chars().count() < 260);
+    }
+}

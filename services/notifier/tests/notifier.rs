@@ -1,0 +1,423 @@
+//! The notifier end to end, started in-process on port 0:
+//!
+//! * the API on SQLite, PostgreSQL and MariaDB: 401 without a token, newest-first keyset pages
+//!   that stay stable while rows arrive, the unread filter, mark-read (204, idempotent), 404 for
+//!   someone else's notification, 400 naming a bad parameter;
+//! * the consumers through NATS on SQLite and PostgreSQL: every `join.*` and `event.canceled`
+//!   becomes a notification, other `event.*` are ignored, a redelivered message is applied once,
+//!   and poison messages land in `<topic>.dlq`.
+//!
+//! Tests skip when their server is not running here, except under `CI=true`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use cityevents_common::catalogue::{
+    EVENTS_TOPIC, EventCanceled, EventPublished, EventSnapshot, JOINS_TOPIC, JoinCanceled, JoinChange, JoinConfirmed,
+    JoinKicked, JoinPromoted, JoinWaitlisted,
+};
+use common::{Broker, Notifier, database, pool, seed, token};
+use keel::config::{BusBackend, BusConfig, Secret};
+use keel::data::Backend;
+use keel::events::outbox::schema;
+use keel::events::{Bus, Envelope, Event};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[test]
+fn migrations_carry_keels_events_schema_verbatim() {
+    // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
+    assert_eq!(include_str!("../migrations/postgres/0002_keel_events.sql"), schema(Backend::Postgres));
+    assert_eq!(include_str!("../migrations/mysql/0002_keel_events.sql"), schema(Backend::MySql));
+    assert_eq!(include_str!("../migrations/sqlite/0002_keel_events.sql"), schema(Backend::Sqlite));
+}
+
+// ---------------------------------------------------------------------------------------------
+// API
+
+async fn api(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    let n = Notifier::start(db, &Broker::InProcess).await;
+    let seeded = pool(&n.db).await;
+    let (alice, bob) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+
+    // Five for Alice: two share a timestamp (the id breaks the tie); one for Bob.
+    let ids: Vec<String> = (0..5).map(|_| Uuid::now_v7().to_string()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let at = 1_700_000_000_000_000 + (i.min(3) as i64) * 1_000_000;
+        seed(&seeded, backend, id, &alice, at).await;
+    }
+    let bobs = Uuid::now_v7().to_string();
+    seed(&seeded, backend, &bobs, &bob, 1_700_000_000_000_000).await;
+    // Newest first: (t3, ids[4]), (t3, ids[3]), t2, t1, t0.
+    let want: Vec<&str> = [4, 3, 2, 1, 0].iter().map(|&i| ids[i].as_str()).collect();
+
+    // No token, or a bad one: 401 problems.
+    for path in ["/api/v1/me/notifications".to_owned(), format!("/api/v1/me/notifications/{}/read", ids[0])] {
+        let r = if path.ends_with("/read") { n.http.post(n.url(&path)) } else { n.http.get(n.url(&path)) };
+        let resp = r.try_clone().unwrap().send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        assert_eq!(r.bearer_auth("not-a-token").send().await.unwrap().status(), 401, "{path}");
+    }
+
+    // Pages of two, following cursors; a row arriving meanwhile (newer) shifts nothing.
+    let (status, first) = n.list(&alice, "?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    let page_ids = |v: &Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut got = page_ids(&first);
+    let item = &first["items"][0];
+    assert_eq!(item["kind"], "join.confirmed");
+    assert!(item["event_id"].is_string() && item["message"].is_string());
+    assert_eq!(item["created_at"], "2023-11-14T22:13:23Z");
+    assert_eq!(item["read_at"], Value::Null);
+    seed(&seeded, backend, &Uuid::now_v7().to_string(), &alice, 1_800_000_000_000_000).await;
+    let mut cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    loop {
+        let (status, page) = n.list(&alice, &format!("?limit=2&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{page}");
+        got.extend(page_ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(got, want, "newest first, each once, unaffected by the newer row");
+    assert_eq!(n.all(&alice).await.len(), 6);
+    assert_eq!(n.all(&bob).await.len(), 1, "each user sees only their own");
+
+    // Mark read: 204, and again 204; the unread filter drops it; read_at is set.
+    let read = |id: &str, user: &str| {
+        n.http.post(n.url(&format!("/api/v1/me/notifications/{id}/read"))).bearer_auth(token(user)).send()
+    };
+    assert_eq!(read(&ids[2], &alice).await.unwrap().status(), 204);
+    assert_eq!(read(&ids[2], &alice).await.unwrap().status(), 204, "idempotent");
+    let (_, unread) = n.list(&alice, "?unread=true").await;
+    let unread_ids = page_ids(&unread);
+    assert_eq!(unread_ids.len(), 5);
+    assert!(!unread_ids.contains(&ids[2]));
+    let all = n.all(&alice).await;
+    let marked = all.iter().find(|i| i["id"] == ids[2].as_str()).unwrap();
+    assert!(marked["read_at"].as_str().unwrap().ends_with('Z'), "{marked}");
+    let (_, unread_paged) = n.list(&alice, "?unread=true&limit=4").await;
+    assert_eq!(page_ids(&unread_paged).len(), 4);
+    let c = unread_paged["next_cursor"].as_str().unwrap();
+    let (_, rest) = n.list(&alice, &format!("?unread=true&limit=4&cursor={c}")).await;
+    assert_eq!(page_ids(&rest), vec![ids[0].clone()]);
+    assert_eq!(rest["next_cursor"], Value::Null);
+
+    // Someone else's, or none at all: 404. Bob's stays unread.
+    let resp = read(&bobs, &alice).await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert_eq!(read(&Uuid::now_v7().to_string(), &alice).await.unwrap().status(), 404);
+    assert_eq!(n.all(&bob).await[0]["read_at"], Value::Null);
+
+    // Bad input: 400 naming the field.
+    let bad = read("not-a-uuid", &alice).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["errors"][0]["field"], "id");
+    for (q, field) in
+        [("?limit=0", "limit"), ("?limit=x", "limit"), ("?cursor=zzz", "cursor"), ("?unread=maybe", "unread")]
+    {
+        let (status, body) = n.list(&alice, q).await;
+        assert_eq!(status, 400, "{q}");
+        assert_eq!(body["code"], "invalid_input", "{q}");
+        assert_eq!(body["errors"][0]["field"], field, "{q}");
+    }
+
+    seeded.close().await;
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn api_sqlite() {
+    api(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn api_postgres() {
+    api(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn api_mariadb() {
+    api(Backend::MySql).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers (through NATS, so the test can publish to the service's bus)
+
+/// A NATS bus under `namespace`, as the service under test sees it.
+async fn nats_bus(namespace: &str) -> Option<Bus> {
+    if !keel::testing::require("NATS", &keel::testing::nats_url()) {
+        return None;
+    }
+    let mut cfg = BusConfig::default();
+    cfg.backend = BusBackend::Nats;
+    cfg.url = Some(Secret::new(keel::testing::nats_url()));
+    cfg.namespace = Some(namespace.to_owned());
+    cfg.publish_timeout = Duration::from_secs(5);
+    let bus = Bus::new(&cfg).unwrap();
+    bus.connect().await.unwrap();
+    Some(bus)
+}
+
+fn change(user: Uuid, event: Uuid, title: &str, reason: Option<&str>) -> JoinChange {
+    JoinChange {
+        join_id: Uuid::now_v7(),
+        event_id: event,
+        user_id: user,
+        event_title: title.into(),
+        status: "confirmed".into(),
+        reason: reason.map(str::to_owned),
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+fn envelope<E: Event>(e: &E) -> Envelope {
+    Envelope::new("cityevents-test", e).unwrap()
+}
+
+async fn consumers(backend: Backend) {
+    let namespace = keel::testing::unique_topic("notifier-test");
+    let Some(bus) = nats_bus(&namespace).await else { return };
+    let Some(db) = database(backend).await else { return };
+    let (joins, events) = (JOINS_TOPIC, EVENTS_TOPIC);
+    let n = Notifier::start(db, &Broker::Nats { namespace }).await;
+    let (user, organizer, event) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+
+    // Every join.* type for one user, and the organizer's event.canceled.
+    let confirmed = envelope(&JoinConfirmed(change(user, event, "Jazz", None)));
+    let sent = [
+        confirmed.clone(),
+        envelope(&JoinWaitlisted(change(user, event, "Jazz", None))),
+        envelope(&JoinPromoted(change(user, event, "Jazz", Some("seat_freed")))),
+        envelope(&JoinCanceled(change(user, event, "Jazz", None))),
+        envelope(&JoinCanceled(change(user, event, "Jazz", Some("event_canceled")))),
+        envelope(&JoinKicked(change(user, event, "Jazz", Some("kicked")))),
+    ];
+    for e in &sent {
+        bus.publish(joins, e).await.unwrap();
+    }
+    let snapshot = EventSnapshot {
+        event_id: event,
+        organizer_id: organizer,
+        title: "Jazz".into(),
+        city: "Berlin".into(),
+        category: "music".into(),
+        starts_at: OffsetDateTime::now_utc(),
+        ends_at: OffsetDateTime::now_utc() + time::Duration::hours(2),
+        capacity: 10,
+        status: "published".into(),
+    };
+    bus.publish(events, &envelope(&EventPublished(snapshot))).await.unwrap();
+    let canceled = EventCanceled {
+        event_id: event,
+        organizer_id: organizer,
+        title: "Jazz".into(),
+        canceled_at: OffsetDateTime::now_utc(),
+    };
+    bus.publish(events, &envelope(&canceled)).await.unwrap();
+
+    let mut got: Vec<(String, String)> = n
+        .wait_for(&user.to_string(), sent.len())
+        .await
+        .iter()
+        .map(|i| {
+            assert_eq!(i["event_id"], event.to_string().as_str());
+            (i["kind"].as_str().unwrap().to_owned(), i["message"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = [
+        ("join.canceled", "Jazz was canceled"),
+        ("join.canceled", "You left Jazz"),
+        ("join.confirmed", "You're in: Jazz"),
+        ("join.kicked", "You were removed from Jazz"),
+        ("join.promoted", "A seat opened up: you're in for Jazz"),
+        ("join.waitlisted", "You're on the waitlist for Jazz"),
+    ]
+    .iter()
+    .map(|(k, m)| ((*k).to_owned(), (*m).to_owned()))
+    .collect();
+    want.sort();
+    assert_eq!(got, want);
+    let org = n.wait_for(&organizer.to_string(), 1).await;
+    assert_eq!(org.len(), 1, "event.published is ignored: {org:?}");
+    assert_eq!(org[0]["kind"], "event.canceled");
+    assert_eq!(org[0]["message"], "Your event Jazz was canceled");
+
+    // A second publish of the same envelope is dropped by JetStream's duplicate window; the
+    // inbox's part (a redelivery after a lost ack) is proven below on the in-process bus.
+    bus.publish(joins, &confirmed).await.unwrap();
+    let marker = envelope(&JoinConfirmed(change(user, event, "Blues", None)));
+    bus.publish(joins, &marker).await.unwrap();
+    n.wait_for(&user.to_string(), sent.len() + 1).await;
+
+    // Poison: an unknown type, a payload of the wrong shape, an unsupported version.
+    let poison = [
+        Envelope::raw("cityevents-test", "join.exploded", 1, json!({"x": 1})),
+        Envelope::raw("cityevents-test", "join.confirmed", 1, json!({"not": "a join"})),
+        Envelope::raw(
+            "cityevents-test",
+            "join.confirmed",
+            99,
+            serde_json::to_value(change(user, event, "X", None)).unwrap(),
+        ),
+    ];
+    for p in &poison {
+        bus.publish(joins, p).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let dead = bus.dlq_list(joins, 10).await.unwrap();
+        if dead.len() >= poison.len() {
+            break dead;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "dead letters so far: {dead:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut dead_ids: Vec<&str> = dead.iter().map(|d| d.envelope.id.as_str()).collect();
+    let mut poison_ids: Vec<&str> = poison.iter().map(|p| p.id.as_str()).collect();
+    dead_ids.sort_unstable();
+    poison_ids.sort_unstable();
+    assert_eq!(dead_ids, poison_ids);
+    for d in &dead {
+        assert_eq!(d.group, "notifier");
+        assert_eq!(d.attempts, 1, "permanent: no retries ({})", d.reason);
+        assert!(d.reason.contains("permanent"), "{}", d.reason);
+    }
+    let all = n.all(&user.to_string()).await;
+    assert_eq!(all.len(), sent.len() + 1, "no duplicate, and poison wrote nothing: {all:?}");
+
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_nats_sqlite() {
+    consumers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn consumers_nats_postgres() {
+    consumers(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redelivery: the service's handlers with Keel's inbox, on a bus the test shares
+
+async fn redelivery_is_applied_once(backend: Backend) {
+    use std::sync::Arc;
+
+    use keel::events::{Consumer, ConsumerOptions};
+    use tokio_util::sync::CancellationToken;
+
+    let Some(test_db) = database(backend).await else { return };
+    let db = keel::data::Db::new(
+        "notifier-test",
+        test_db.url(),
+        &keel::config::DatabaseConfig::default(),
+        Some(Arc::new(cityevents_notifier::migrations())),
+        &keel::telemetry::Metrics::new(),
+    )
+    .unwrap();
+    // Connects and applies the service's migrations (auto_migrate is on by default).
+    db.clone().connect_in_background(CancellationToken::new()).await;
+    let bus = Bus::in_process(1000);
+    let (topic, events_topic) = (JOINS_TOPIC, EVENTS_TOPIC);
+    let stop = CancellationToken::new();
+    let options = ConsumerOptions::default().retry_backoff(Duration::from_millis(20), Duration::from_millis(100));
+    let joins = tokio::spawn(
+        Consumer::new(bus.clone(), topic, "notifier", cityevents_notifier::JoinsHandler::new(db.clone()))
+            .inbox(db.clone())
+            .options(options.clone())
+            .run(stop.clone()),
+    );
+    let events = tokio::spawn(
+        Consumer::new(bus.clone(), events_topic, "notifier", cityevents_notifier::EventsHandler::new(db.clone()))
+            .inbox(db.clone())
+            .options(options)
+            .run(stop.clone()),
+    );
+    let count = |user: Uuid| {
+        let db = db.clone();
+        async move {
+            let sql = db.sql("SELECT COUNT(*) FROM notifications WHERE user_id = $1").into_owned();
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(user.to_string()).fetch_one(db.pool()).await.unwrap();
+            n
+        }
+    };
+    let until = |user: Uuid, want: i64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count(user).await < want {
+            assert!(tokio::time::Instant::now() < deadline, "{backend}: fewer than {want} notifications");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let (user, event) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = envelope(&JoinConfirmed(change(user, event, "Jazz", None)));
+    // The consumer subscribes in the background: publish until a delivery happened.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        bus.publish(topic, &first).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), until(user, 1)).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the consumer never handled a message");
+    }
+    // The same message, redelivered several times, then a new one.
+    for _ in 0..3 {
+        bus.publish(topic, &first).await.unwrap();
+    }
+    bus.publish(topic, &envelope(&JoinWaitlisted(change(user, event, "Jazz", None)))).await.unwrap();
+    until(user, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(user).await, 2, "{backend}: each message applied once");
+
+    // event.canceled for the organizer; event.published ignored; a poison message to the DLQ.
+    let organizer = Uuid::now_v7();
+    let canceled = EventCanceled {
+        event_id: event,
+        organizer_id: organizer,
+        title: "Jazz".into(),
+        canceled_at: OffsetDateTime::now_utc(),
+    };
+    bus.publish(events_topic, &envelope(&canceled)).await.unwrap();
+    until(organizer, 1).await;
+    let poison = Envelope::raw("cityevents-test", "join.confirmed", 1, json!("garbage"));
+    bus.publish(topic, &poison).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bus.dlq_list(topic, 10).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{backend}: nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bus.dlq_list(topic, 10).await.unwrap()[0].envelope.id, poison.id);
+
+    stop.cancel();
+    joins.await.unwrap();
+    events.await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn redelivery_applied_once_sqlite() {
+    redelivery_is_applied_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn redelivery_applied_once_postgres() {
+    redelivery_is_applied_once(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn redelivery_applied_once_mariadb() {
+    redelivery_is_applied_once(Backend::MySql).await;
+}
