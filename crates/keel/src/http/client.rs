@@ -255,6 +255,9 @@ pub struct Client {
     metrics: Option<ClientMetrics>,
 }
 
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 impl Client {
     /// A client for upstream `name`; `breaker` comes from the service's breaker registry.
     pub fn new(
@@ -266,7 +269,10 @@ impl Client {
         install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Shorter than the servers' idle keep-alive (Keel's closes idle connections after
+            // `http.header_read_timeout`, 10 s; Node's after 5 s): reusing a connection the server
+            // is closing fails a request that was never seen, and a POST cannot be retried.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()

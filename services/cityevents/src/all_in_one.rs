@@ -1,0 +1,188 @@
+//! Zero-setup mode: every service in one process on embedded defaults, and the defaults the
+//! launcher gives each service (ports, upstream URLs, the shared in-process bus and, in the
+//! development profile, development secrets kept in `data/dev-secrets.json`).
+//!
+//! Defaults sit below a service's config file and environment: `CITYEVENTS_AUTH__HTTP__PORT=9001`
+//! still wins.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use cityevents_common::services;
+use keel::config::{Loader, Profile};
+use keel::security::crypto::{MasterKey, generate_key};
+use serde::{Deserialize, Serialize};
+
+/// Where development secrets live (created on first run, mode 0600).
+const DEV_SECRETS: &str = "data/dev-secrets.json";
+/// The JWT key id used in development.
+const DEV_KID: &str = "dev";
+
+/// Randomly generated on first run so no secret is ever written in the source or a template.
+#[derive(Serialize, Deserialize)]
+struct DevSecrets {
+    jwt_secret: String,
+    master_key: String,
+    blind_index_key: String,
+    data_key: String,
+}
+
+/// The profile from `KEEL_ENV`, or the exit code for an invalid one.
+pub fn profile() -> Result<Profile, ExitCode> {
+    Profile::parse(std::env::var(keel::config::PROFILE_ENV).ok().as_deref()).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(keel::app::exit::CONFIG)
+    })
+}
+
+fn dev_secrets() -> Result<DevSecrets, String> {
+    let path = Path::new(DEV_SECRETS);
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)"));
+    }
+    let master_key = generate_key();
+    let master = MasterKey::from_secret(&keel::config::Secret::new(master_key.clone())).map_err(|e| e.to_string())?;
+    let secrets = DevSecrets {
+        jwt_secret: generate_key(),
+        data_key: master.new_data_key(DEV_KID).map_err(|e| e.to_string())?,
+        master_key,
+        blind_index_key: generate_key(),
+    };
+    std::fs::create_dir_all("data").map_err(|e| format!("cannot create ./data: {e}"))?;
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "jwt_secret": secrets.jwt_secret,
+        "master_key": secrets.master_key,
+        "blind_index_key": secrets.blind_index_key,
+        "data_key": secrets.data_key,
+    }))
+    .map_err(|e| e.to_string())?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {DEV_SECRETS}: {e}"))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("cannot write {DEV_SECRETS}: {e}"))?;
+    Ok(secrets)
+}
+
+/// The env prefix of a service (`cityevents-auth` → `CITYEVENTS_AUTH`).
+fn prefix(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+/// The defaults the launcher gives service `name` (a Keel name from [`services`]): its port,
+/// the gateway's upstream URLs, the shared in-process bus, JWT issuer and audience, and in
+/// development the secrets from `data/dev-secrets.json` (created on first use).
+pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, String> {
+    let p = prefix(name);
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| vars.push((format!("{p}__{k}"), v));
+    if let Some((_, port)) = services::ALL.iter().find(|(n, _)| *n == name) {
+        set("HTTP__PORT", port.to_string());
+    }
+    // One bus for the whole process when the backend is in_process (ignored by brokers).
+    set("BUS__URL", "memory://cityevents".into());
+    set("SECURITY__JWT__ISSUER", "cityevents".into());
+    set("SECURITY__JWT__AUDIENCE", "cityevents".into());
+    if name == services::GATEWAY.0 {
+        for (upstream, (_, port)) in [
+            ("AUTH", services::AUTH),
+            ("EVENTS", services::EVENTS),
+            ("JOINS", services::JOINS),
+            ("NOTIFIER", services::NOTIFIER),
+        ] {
+            set(&format!("UPSTREAMS__{upstream}__BASE_URL"), format!("http://127.0.0.1:{port}"));
+        }
+    } else {
+        // Behind the gateway: not reachable from other machines.
+        set("HTTP__ADDR", "127.0.0.1".into());
+    }
+    if profile == Profile::Development {
+        let s = dev_secrets()?;
+        set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__ALGORITHM"), "HS256".into());
+        set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__SECRET"), s.jwt_secret);
+        if name == services::AUTH.0 {
+            set("SECURITY__JWT__SIGNING_KEY", DEV_KID.into());
+            set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key);
+            set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", s.blind_index_key);
+            set("SECURITY__ENCRYPTION__ACTIVE_KEY", DEV_KID.into());
+            set(&format!("SECURITY__ENCRYPTION__DATA_KEYS__{DEV_KID}"), s.data_key);
+        }
+    }
+    Ok(vars)
+}
+
+fn loader(name: &str, profile: Profile) -> Result<Loader, String> {
+    Ok(Loader::new(name, profile).defaults(defaults(name, profile)?).process_env())
+}
+
+/// Runs every service in this process (the launcher without arguments).
+pub fn run(args: &[OsString]) -> ExitCode {
+    if args.len() > 2 {
+        eprintln!(
+            "cityevents: the all-in-one mode takes no options; configure each service by env \
+             (CITYEVENTS_<SERVICE>__…), or run one with `cityevents serve <service> --config FILE`"
+        );
+        return ExitCode::from(keel::app::exit::CONFIG);
+    }
+    let profile = match profile() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let group = (|| -> Result<keel::app::Group, String> {
+        Ok(keel::app::Group::new(keel::build_info!())
+            .add(cityevents_auth::service(), loader(services::AUTH.0, profile)?)
+            .add(cityevents_events::service(), loader(services::EVENTS.0, profile)?)
+            .add(cityevents_joins::service(), loader(services::JOINS.0, profile)?)
+            .add(cityevents_notifier::service(), loader(services::NOTIFIER.0, profile)?)
+            .add(cityevents_gateway::service(), loader(services::GATEWAY.0, profile)?))
+    })();
+    let group = match group {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("cityevents: {e}");
+            return ExitCode::from(keel::app::exit::CONFIG);
+        }
+    };
+    group
+        .on_started(move |running| {
+            let mut out = String::from("\nCity Events is running, every service in this process");
+            out.push_str(&format!(" ({profile} profile).\n\n"));
+            for r in running {
+                out.push_str(&format!("  {:<22} http://{}\n", r.name(), r.http_addr()));
+            }
+            if let Some(gw) = running.iter().find(|r| r.name() == services::GATEWAY.0) {
+                let port = gw.http_addr().port();
+                out.push_str(&format!(
+                    "\nPublic API:  http://127.0.0.1:{port}/api/v1/   (OpenAPI: http://127.0.0.1:{port}/api/v1/openapi.json)\n"
+                ));
+            }
+            out.push_str(
+                "First admin: cargo run --release -p cityevents -- auth admin create --email you@example.com\n\
+                 \x20            (reads the password from stdin; there are no default users)\n",
+            );
+            println!("{out}");
+        })
+        .run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_give_each_service_its_port_and_the_gateway_its_upstreams() {
+        let gw = defaults(services::GATEWAY.0, Profile::Production).unwrap();
+        assert!(gw.contains(&("CITYEVENTS_GATEWAY__HTTP__PORT".into(), "8080".into())));
+        assert!(
+            gw.contains(&("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into()))
+        );
+        let auth = defaults(services::AUTH.0, Profile::Production).unwrap();
+        assert!(auth.contains(&("CITYEVENTS_AUTH__HTTP__ADDR".into(), "127.0.0.1".into())));
+        assert!(!auth.iter().any(|(k, _)| k.contains("SECRET") || k.contains("KEY")), "no secrets in production");
+    }
+}

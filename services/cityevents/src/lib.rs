@@ -1,0 +1,4 @@
+//! The City Events launcher's library: the defaults it gives each service and the all-in-one
+//! mode, so tests run exactly what the binary runs.
+
+pub mod all_in_one;

@@ -1,0 +1,456 @@
+//! City Events end to end, through the gateway only, in both ways to run it: the all-in-one
+//! binary (SQLite, in-process bus and limiter) and the distributed script (five processes in
+//! production profile on PostgreSQL, Redis and NATS JetStream). The same scenario runs in both.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::Platform;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn client() -> reqwest::Client {
+    keel::http::client::install_tls_provider();
+    // Idle connections are dropped before the gateway's keep-alive closes them (10 s).
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(4))
+        .build()
+        .unwrap()
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Clone)]
+struct User {
+    id: String,
+    email: String,
+    access: String,
+    refresh: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn problem(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.body);
+        let ct = self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(ct.starts_with("application/problem+json"), "{status}: content-type {ct}: {}", self.body);
+        &self.body
+    }
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, headers, body }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::GET, path, token, None, &[]).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::POST, path, token, Some(body), &[]).await
+    }
+
+    async fn register(&self, name: &str) -> User {
+        let email = format!("{}@example.com", common::unique(name));
+        let r =
+            self.post("/api/v1/auth/register", None, json!({"email": email, "password": PASSWORD, "name": name})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "register: {}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let t = self.login(&email, PASSWORD).await;
+        assert_eq!(t.status, StatusCode::OK, "login: {}", t.body);
+        User {
+            id,
+            email,
+            access: t.body["access_token"].as_str().unwrap().to_owned(),
+            refresh: t.body["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/api/v1/auth/login", None, json!({"email": email, "password": password})).await
+    }
+
+    async fn create_event(&self, org: &User, title: &str, city: &str, starts_in_h: i64, capacity: u32) -> Value {
+        let now = time::OffsetDateTime::now_utc();
+        let starts = now + time::Duration::hours(starts_in_h);
+        let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+        let body = json!({
+            "title": title, "description": "end-to-end", "city": city, "category": "music",
+            "starts_at": fmt(starts), "ends_at": fmt(starts + time::Duration::hours(2)), "capacity": capacity,
+        });
+        let r = self.post("/api/v1/events", Some(&org.access), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "create event: {}", r.body);
+        r.body
+    }
+
+    /// Creates and publishes an event, then waits until joins has its capacity (the
+    /// `event.published` event travelled through the outbox and the bus).
+    async fn published_event(&self, org: &User, title: &str, city: &str, starts_in_h: i64, capacity: u32) -> String {
+        let ev = self.create_event(org, title, city, starts_in_h, capacity).await;
+        let id = ev["id"].as_str().unwrap().to_owned();
+        let r = self.post(&format!("/api/v1/events/{id}/publish"), Some(&org.access), json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "publish: {}", r.body);
+        assert_eq!(r.body["status"], "published");
+        let path = format!("/api/v1/events/{id}/counts");
+        eventually("joins learns about the published event", || async {
+            self.get(&path, None).await.status == StatusCode::OK
+        })
+        .await;
+        id
+    }
+
+    async fn join(&self, user: &User, event: &str, key: &str) -> Reply {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/events/{event}/join"),
+            Some(&user.access),
+            None,
+            &[("idempotency-key", key)],
+        )
+        .await
+    }
+
+    async fn notification_kinds(&self, user: &User) -> Vec<String> {
+        let r = self.get("/api/v1/me/notifications?limit=100", Some(&user.access)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body["items"].as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn scenario(base: &str) {
+    let api = Api { http: client(), base: base.to_owned() };
+
+    // The public contract is documented where clients find it.
+    let doc = api.get("/api/v1/openapi.json", None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc.body["openapi"]);
+
+    // --- auth: register, login, me; refresh rotation and reuse detection
+    let org = api.register("organizer").await;
+    let me = api.get("/api/v1/me", Some(&org.access)).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!((me.body["id"].as_str(), me.body["email"].as_str()), (Some(org.id.as_str()), Some(org.email.as_str())));
+    assert_eq!(api.get("/api/v1/me", None).await.problem(401)["status"], 401);
+
+    let r1 = org.refresh.clone();
+    let rotated = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r1})).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let r2 = rotated.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(r1, r2, "rotated");
+    let reuse = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r1})).await;
+    assert_eq!(reuse.problem(401)["code"], "refresh_reused");
+    let after = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r2})).await;
+    after.problem(401);
+
+    // --- lockout after 5 failures, the same answer whether or not the account exists
+    let victim = api.register("victim").await;
+    let ghost = format!("{}@example.com", common::unique("ghost"));
+    for email in [&victim.email, &ghost] {
+        for _ in 0..5 {
+            let r = api.login(email, "wrong password, wrong").await;
+            assert_eq!(r.problem(401)["code"], "invalid_credentials");
+        }
+        let locked = api.login(email, PASSWORD).await;
+        assert_eq!(locked.problem(429)["code"], "locked", "{email}");
+        assert!(locked.headers.contains_key("retry-after"));
+    }
+
+    // --- capacity 2: three joins → 2 confirmed, 1 waitlisted; idempotent retry
+    let (u1, u2, u3) = (api.register("u1").await, api.register("u2").await, api.register("u3").await);
+    let ev = api.published_event(&org, "Jazz night", "Lisbon", 48, 2).await;
+    let first = api.join(&u1, &ev, "key-u1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.body["status"], "confirmed");
+    assert_eq!(api.join(&u2, &ev, "key-u2").await.body["status"], "confirmed");
+    let third = api.join(&u3, &ev, "key-u3").await;
+    assert_eq!(third.body["status"], "waitlisted", "{}", third.body);
+    let again = api.join(&u1, &ev, "key-u1").await;
+    assert_eq!((again.status, &again.body), (first.status, &first.body), "same key, same answer");
+    api.join(&u1, &ev, "another-key").await.problem(409);
+    api.call(Method::POST, &format!("/api/v1/events/{ev}/join"), Some(&u1.access), None, &[]).await.problem(400);
+
+    // The aggregate view: event + my participation + counts.
+    let view = api.get(&format!("/api/v1/events/{ev}/view"), Some(&u3.access)).await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert_eq!(view.body["event"]["id"], ev.as_str());
+    assert_eq!(view.body["participation"]["status"], "waitlisted", "{}", view.body);
+    assert_eq!(view.body["counts"]["confirmed"], 2, "{}", view.body);
+
+    // --- one leaves → the waitlisted user is promoted and told
+    let left = api.call(Method::DELETE, &format!("/api/v1/events/{ev}/join"), Some(&u1.access), None, &[]).await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{}", left.body);
+    let mine = format!("/api/v1/events/{ev}/join");
+    let r = api.get(&mine, Some(&u3.access)).await;
+    assert_eq!(r.body["status"], "confirmed", "promoted in the same transaction: {}", r.body);
+    eventually("u3 is notified of the promotion", || async {
+        api.notification_kinds(&u3).await.iter().any(|k| k == "join.promoted")
+    })
+    .await;
+
+    // Organizer-only views.
+    let stats = api.get(&format!("/api/v1/events/{ev}/stats"), Some(&org.access)).await;
+    assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);
+    assert_eq!((stats.body["confirmed"].as_u64(), stats.body["waitlisted"].as_u64()), (Some(2), Some(0)));
+    api.get(&format!("/api/v1/events/{ev}/participants"), Some(&u2.access)).await.problem(403);
+    let participants = api.get(&format!("/api/v1/events/{ev}/participants"), Some(&org.access)).await;
+    assert_eq!(participants.body["items"].as_array().unwrap().len(), 2, "{}", participants.body);
+
+    // --- the organizer cancels → every participant is notified
+    let canceled = api.post(&format!("/api/v1/events/{ev}/cancel"), Some(&org.access), json!({})).await;
+    assert_eq!(canceled.status, StatusCode::OK, "{}", canceled.body);
+    for u in [&u2, &u3] {
+        eventually("participants are notified of the cancellation", || async {
+            api.notification_kinds(u).await.iter().any(|k| k == "join.canceled")
+        })
+        .await;
+    }
+    let n = api.get("/api/v1/me/notifications", Some(&u2.access)).await;
+    let id = n.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let read = api.post(&format!("/api/v1/me/notifications/{id}/read"), Some(&u2.access), json!({})).await;
+    assert_eq!(read.status, StatusCode::NO_CONTENT, "{}", read.body);
+    api.post(&format!("/api/v1/me/notifications/{id}/read"), Some(&u3.access), json!({})).await.problem(404);
+
+    // --- 50 concurrent joins on capacity 10 → exactly 10 confirmed
+    let crowd: Vec<User> = futures_util::future::join_all((0..50).map(|i| {
+        let api = &api;
+        async move { api.register(&format!("crowd{i}")).await }
+    }))
+    .await;
+    let big = api.published_event(&org, "Rooftop", "Porto", 72, 10).await;
+    let answers = futures_util::future::join_all(crowd.iter().enumerate().map(|(i, u)| {
+        let (api, big) = (&api, &big);
+        async move { api.join(u, big, &format!("crowd-{i}")).await }
+    }))
+    .await;
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        *by_status.entry(a.body["status"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(by_status.get("confirmed"), Some(&10), "{by_status:?}");
+    assert_eq!(by_status.get("waitlisted"), Some(&40), "{by_status:?}");
+    let counts = api.get(&format!("/api/v1/events/{big}/counts"), None).await;
+    assert_eq!((counts.body["confirmed"].as_u64(), counts.body["waitlisted"].as_u64()), (Some(10), Some(40)));
+
+    // --- batch: known ids come back in a map, unknown ones are absent
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let batch = api.post("/api/v1/events/batch", None, json!({"ids": [big, ev, unknown]})).await;
+    assert_eq!(batch.status, StatusCode::OK, "{}", batch.body);
+    let got: BTreeSet<&str> = batch.body["events"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(got, BTreeSet::from([big.as_str(), ev.as_str()]));
+    let too_many: Vec<String> = (0..101).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    api.post("/api/v1/events/batch", None, json!({"ids": too_many})).await.problem(400);
+
+    // --- keyset pagination is stable under inserts
+    let city = common::unique("Town");
+    let mut originals = Vec::new();
+    for h in [100, 110, 120, 130, 140] {
+        originals.push(api.published_event(&org, &format!("E{h}"), &city, h, 0).await);
+    }
+    let list = |cursor: Option<String>| {
+        let (api, city) = (&api, &city);
+        async move {
+            let mut path = format!("/api/v1/events?city={city}&limit=2");
+            if let Some(c) = cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let r = api.get(&path, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let ids: Vec<String> =
+                r.body["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+            (ids, r.body["next_cursor"].as_str().map(str::to_owned))
+        }
+    };
+    let (mut seen, mut cursor) = list(None).await;
+    assert_eq!(seen, originals[..2]);
+    // Inserted before the cursor (earlier start) and after it (later start).
+    api.published_event(&org, "early", &city, 90, 0).await;
+    let late = api.published_event(&org, "late", &city, 150, 0).await;
+    while let Some(c) = cursor {
+        let (ids, next) = list(Some(c)).await;
+        seen.extend(ids);
+        cursor = next;
+    }
+    let mut expected = originals.clone();
+    expected.push(late);
+    assert_eq!(seen, expected, "no item skipped or repeated");
+
+    // --- every input limit → a 4xx problem
+    let long = |n: usize| "x".repeat(n);
+    let now = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let t = |d: i64| (now + time::Duration::hours(d)).format(&time::format_description::well_known::Rfc3339).unwrap();
+    let valid = json!({"title": "ok", "description": "", "city": "c", "category": "k", "starts_at": t(0), "ends_at": t(1), "capacity": 5});
+    for (field, value) in [
+        ("title", json!(long(121))),
+        ("description", json!(long(4001))),
+        ("city", json!(long(81))),
+        ("category", json!(long(81))),
+        ("ends_at", json!(t(-1))),
+        ("starts_at", json!("tomorrow")),
+        ("capacity", json!(-1)),
+    ] {
+        let mut body = valid.clone();
+        body[field] = value;
+        let r = api.post("/api/v1/events", Some(&org.access), body).await;
+        assert!(r.status.is_client_error(), "{field}: {}", r.status);
+        r.problem(r.status.as_u16());
+    }
+    for path in [
+        "/api/v1/events?limit=101",
+        "/api/v1/events?limit=0",
+        "/api/v1/events?cursor=garbage",
+        "/api/v1/events?sort=title",
+    ] {
+        api.get(path, None).await.problem(400);
+    }
+    for body in [
+        json!({"email": "not-an-email", "password": PASSWORD, "name": "n"}),
+        json!({"email": format!("{}@example.com", long(250)), "password": PASSWORD, "name": "n"}),
+        json!({"email": "short@example.com", "password": "short", "name": "n"}),
+        json!({"email": "name@example.com", "password": PASSWORD, "name": long(101)}),
+        json!({"email": "extra@example.com", "password": PASSWORD, "name": "n", "role": "admin"}),
+    ] {
+        api.post("/api/v1/auth/register", None, body).await.problem(400);
+    }
+    // On its own client: the gateway answers 413 without reading the body and then closes the
+    // connection, which must not be pooled for the next request.
+    let huge = client()
+        .post(format!("{base}/api/v1/events"))
+        .bearer_auth(&org.access)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    api.join(&u2, &big, &long(200)).await.problem(400);
+    api.get("/api/v1/events/not-a-uuid", None).await.problem(400);
+    api.get("/api/v1/nothing-here", None).await.problem(404);
+
+    // --- the gateway's rate limit → 429 with headers
+    let hammer = api.register("hammer").await;
+    let mut limited = None;
+    for _ in 0..400 {
+        let r = api.get("/api/v1/me", Some(&hammer.access)).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("the rate limit answers 429 within 400 requests");
+    limited.problem(429);
+    assert!(limited.headers.contains_key("retry-after"), "{:?}", limited.headers);
+    // Another user is not throttled by the hammer.
+    assert_eq!(api.get("/api/v1/me", Some(&u2.access)).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_in_one_zero_setup() {
+    let mut platform = Platform::all_in_one(&[]);
+    let banner = platform.wait_for_line("First admin:", Duration::from_secs(5));
+    assert!(banner.contains("admin create"), "{banner}");
+    scenario(&platform.base).await;
+
+    // The first admin, as the banner says: the launcher's auth CLI on the same data, password on stdin.
+    let email = format!("{}@example.com", common::unique("admin"));
+    let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_cityevents"))
+        .args(["auth", "admin", "create", "--email", &email])
+        .current_dir(platform.dir())
+        .env("KEEL_ENV", "development")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        admin.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    }
+    let out = admin.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let api = Api { http: client(), base: platform.base.clone() };
+    let login = api.login(&email, PASSWORD).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let me = api.get("/api/v1/me", login.body["access_token"].as_str()).await;
+    assert_eq!(me.body["role"], "admin", "{}", me.body);
+
+    let status = platform.stop();
+    assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_postgres_redis_and_nats() {
+    let needs = [
+        ("PostgreSQL", keel::testing::postgres_url()),
+        ("Redis", keel::testing::redis_url()),
+        ("NATS", keel::testing::nats_url()),
+    ];
+    for (name, url) in needs {
+        if !keel::testing::require(name, &url) {
+            return;
+        }
+    }
+    for program in ["psql", "openssl"] {
+        if !keel::testing::require_program(program, &common::which(program)) {
+            return;
+        }
+    }
+    let mut platform = Platform::distributed(&[]);
+    scenario(&platform.base).await;
+    let status = platform.stop();
+    assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+}
