@@ -4,6 +4,7 @@
 # and NATS JetStream (or RabbitMQ: CITYEVENTS_BUS_BACKEND=rabbitmq).
 #
 #   deploy/local/run-distributed.sh            build (release), migrate, start; Ctrl-C stops all
+#   deploy/local/run-distributed.sh admin --email you@example.com    the first admin (password on stdin)
 #
 # What it does, in order:
 #   1. builds `cityevents` (skipped when CITYEVENTS_BIN points at a built binary);
@@ -76,7 +77,9 @@ export CITYEVENTS_AUTH_DATA_KEY
 export CITYEVENTS_REDIS_URL=${CITYEVENTS_REDIS_URL:-redis://127.0.0.1:6379/0}
 export CITYEVENTS_BUS_BACKEND=${CITYEVENTS_BUS_BACKEND:-nats}
 if [[ "$CITYEVENTS_BUS_BACKEND" == rabbitmq ]]; then
-  export CITYEVENTS_BUS_URL=${CITYEVENTS_BUS_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+  # No default: production refuses RabbitMQ's well-known guest/guest. Create a user, e.g.
+  #   rabbitmqctl add_user cityevents "$PASS" && rabbitmqctl set_permissions cityevents '.*' '.*' '.*'
+  [[ -n "${CITYEVENTS_BUS_URL:-}" ]] || die "set CITYEVENTS_BUS_URL=amqp://<user>:<password>@127.0.0.1:5672/%2f for rabbitmq"
 else
   export CITYEVENTS_BUS_URL=${CITYEVENTS_BUS_URL:-nats://127.0.0.1:4222}
 fi
@@ -93,6 +96,12 @@ for svc in auth events joins notifier; do
     export "$url_var"="http://127.0.0.1:${!port_var}"
   fi
 done
+
+# `run-distributed.sh admin --email …`: the first admin, with the same databases and secrets.
+if [[ "${1:-}" == admin ]]; then
+  shift
+  exec "$CITYEVENTS_BIN" auth --config deploy/config/auth.yaml admin create "$@"
+fi
 
 # --- 4. migrations
 for svc in auth events joins notifier; do
@@ -128,7 +137,8 @@ gateway_port=${CITYEVENTS_GATEWAY_PORT:-8080}
 ready=false
 for _ in $(seq 1 120); do
   if "$CITYEVENTS_BIN" gateway --config deploy/config/gateway.yaml healthcheck --ready >/dev/null 2>&1; then
-    log "ready: http://127.0.0.1:$gateway_port/api/v1/  (first admin: $CITYEVENTS_BIN auth --config deploy/config/auth.yaml admin create --email you@example.com)"
+    log "ready: http://127.0.0.1:$gateway_port/api/v1/"
+    log "first admin: STATE=$STATE CITYEVENTS_DB_PREFIX=$PREFIX $0 admin --email you@example.com   (password on stdin)"
     ready=true
     break
   fi

@@ -30,7 +30,6 @@ mod admin;
 mod cli;
 mod config;
 mod error;
-mod json;
 mod lockout;
 mod metrics;
 mod routes;

@@ -20,10 +20,10 @@ use uuid::Uuid;
 
 use crate::accounts::{Accounts, User, check_new_password, normalize_email, validate_name};
 use crate::error::{ApiError, FieldError, invalid_credentials, invalid_refresh_token, locked, refresh_reused};
-use crate::json::Json;
 use crate::lockout::{Gate, Lockout};
 use crate::metrics::{LoginMetrics, LoginOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
+use cityevents_common::json::Json;
 use cityevents_common::roles;
 
 /// Largest request body of any auth route (the longest valid one is well under 1 KiB).
@@ -182,7 +182,7 @@ async fn login(
     let anonymous_target = format!("email_index:{bidx}");
     // Before the account lookup and the password check: a locked address gets the same quick
     // answer whether or not an account has it.
-    if let Gate::Locked(retry_after) = s.lockout.gate(&bidx).await? {
+    if let Gate::Locked(retry_after) = s.lockout.attempt(&bidx).await? {
         s.metrics.count(LoginOutcome::Locked);
         let details = json!({ "reason": "locked", "ip": ip });
         s.accounts.audit("anonymous", "auth.login", &anonymous_target, Outcome::Denied, details).await;

@@ -6,6 +6,7 @@
 
 mod common;
 
+use cityevents_common::testing::TestKey;
 use common::{PASSWORD, Svc};
 use keel::config::{Loader, Profile};
 use serde_json::json;
@@ -16,6 +17,7 @@ on_every_backend!(
     refresh_rotates_and_reuse_revokes_the_family,
     logout_revokes_the_family,
     lockout_after_repeated_failures,
+    concurrent_attempts_cannot_exceed_the_lockout_budget,
     admins_come_from_create_admin_and_guard_roles,
     login_metrics_are_counted,
 );
@@ -256,6 +258,18 @@ async fn lockout_after_repeated_failures(s: &Svc) {
     }
 }
 
+/// Attempts are counted before their password is checked: 20 at once get at most 5 guesses.
+async fn concurrent_attempts_cannot_exceed_the_lockout_budget(s: &Svc) {
+    s.register("rush@example.com", "Rush").await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| s.login("rush@example.com", "wrong-password-123"))).await;
+    let guesses = answers.iter().filter(|r| r.status == 401).count();
+    let locked = answers.iter().filter(|r| r.status == 429).count();
+    assert_eq!(guesses + locked, 20, "{answers:?}");
+    assert!(guesses <= 5, "{guesses} passwords were tried");
+    assert_eq!(s.login("rush@example.com", PASSWORD).await.status, 429, "locked even for the right password");
+}
+
 async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users").fetch_one(&s.pool).await.unwrap();
     assert_eq!(n, 0, "no default users");
@@ -331,7 +345,8 @@ async fn login_metrics_are_counted(s: &Svc) {
 #[tokio::test]
 async fn refuses_to_start_without_a_signing_key() {
     let db = keel::testing::TestDatabase::sqlite().unwrap();
-    let env: Vec<_> = common::env(db.url(), &keel::security::crypto::generate_key())
+    let env: Vec<_> = common::env(db.url(), &TestKey::random("k1"))
+        .into_vars()
         .into_iter()
         .filter(|(k, _)| !k.ends_with("JWT__SIGNING_KEY"))
         .collect();

@@ -84,8 +84,10 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
     if let Some((_, port)) = services::ALL.iter().find(|(n, _)| *n == name) {
         set("HTTP__PORT", port.to_string());
     }
-    // One bus for the whole process when the backend is in_process (ignored by brokers).
-    set("BUS__URL", "memory://cityevents".into());
+    if profile != Profile::Production {
+        // One bus for the whole process when the backend is in_process (ignored by brokers).
+        set("BUS__URL", "memory://cityevents".into());
+    }
     set("SECURITY__JWT__ISSUER", "cityevents".into());
     set("SECURITY__JWT__AUDIENCE", "cityevents".into());
     if name == services::GATEWAY.0 {
@@ -97,9 +99,13 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
         ] {
             set(&format!("UPSTREAMS__{upstream}__BASE_URL"), format!("http://127.0.0.1:{port}"));
         }
-    } else {
+    } else if profile != Profile::Production {
         // Behind the gateway: not reachable from other machines.
         set("HTTP__ADDR", "127.0.0.1".into());
+    }
+    if name == services::AUTH.0 {
+        // The gateway's X-Forwarded-For gives the audit log the client's address.
+        set("HTTP__TRUSTED_PROXIES", "127.0.0.1/32".into());
     }
     if profile == Profile::Development {
         let s = dev_secrets()?;
@@ -182,7 +188,7 @@ mod tests {
             gw.contains(&("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into()))
         );
         let auth = defaults(services::AUTH.0, Profile::Production).unwrap();
-        assert!(auth.contains(&("CITYEVENTS_AUTH__HTTP__ADDR".into(), "127.0.0.1".into())));
+        assert!(!auth.iter().any(|(k, _)| k.ends_with("HTTP__ADDR") || k.ends_with("BUS__URL")), "{auth:?}");
         assert!(!auth.iter().any(|(k, _)| k.contains("SECRET") || k.contains("KEY")), "no secrets in production");
     }
 }

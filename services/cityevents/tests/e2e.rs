@@ -220,6 +220,7 @@ async fn scenario(base: &str) {
     assert_eq!(third.body["status"], "waitlisted", "{}", third.body);
     let again = api.join(&u1, &ev, "key-u1").await;
     assert_eq!((again.status, &again.body), (first.status, &first.body), "same key, same answer");
+    assert_eq!(again.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     api.join(&u1, &ev, "another-key").await.problem(409);
     api.call(Method::POST, &format!("/api/v1/events/{ev}/join"), Some(&u1.access), None, &[]).await.problem(400);
 
@@ -393,7 +394,9 @@ async fn scenario(base: &str) {
     }
     let limited = limited.expect("the rate limit answers 429 within 400 requests");
     limited.problem(429);
-    assert!(limited.headers.contains_key("retry-after"), "{:?}", limited.headers);
+    for h in ["retry-after", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
+        assert!(limited.headers.contains_key(h), "{h}: {:?}", limited.headers);
+    }
     // Another user is not throttled by the hammer.
     assert_eq!(api.get("/api/v1/me", Some(&u2.access)).await.status, StatusCode::OK);
 }

@@ -1,11 +1,15 @@
 //! What the City Events services share, and nothing else: the names and default ports of the
-//! services, the event catalogue (topics and typed payloads), keyset pagination, time helpers and
-//! small input-validation helpers that answer RFC 9457 problems.
+//! services, the event catalogue (topics and typed payloads), keyset pagination, time helpers,
+//! small input-validation helpers and the JSON body extractor, which answer RFC 9457 problems,
+//! and (cargo feature `testing`) what their integration tests share.
 //!
 //! Anything service-specific stays in its service crate; anything generic belongs in `keel`.
 
 pub mod catalogue;
+pub mod json;
 pub mod page;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod validate;
 

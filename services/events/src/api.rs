@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
 use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated};
+use cityevents_common::json::Json;
 use cityevents_common::page::Page;
 use cityevents_common::time::{now, to_micros};
 use cityevents_common::{roles, validate};
@@ -24,7 +25,6 @@ use keel::security::jwt::{Auth, Claims, HasRoles};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::extract::Json;
 use crate::list::{self, MINE, MineQuery, PublicQuery};
 use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict};
 use crate::store;

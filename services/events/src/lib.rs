@@ -25,7 +25,6 @@
 //! `issuer` and `audience` `cityevents`, the keys auth signs with); the `app` section is empty.
 
 pub mod api;
-pub mod extract;
 pub mod list;
 pub mod model;
 pub mod store;

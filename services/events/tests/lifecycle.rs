@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-crate::on_every_backend!(crud_and_visibility, publish_and_cancel_rules, ended_events_are_immutable);
+cityevents_common::on_every_backend!(crud_and_visibility, publish_and_cancel_rules, ended_events_are_immutable);
 
 async fn crud_and_visibility(backend: Backend) {
     let Some(s) = Svc::start(backend).await else { return };

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-crate::on_every_backend!(filters_and_sorts, keyset_pages_are_stable_under_inserts, my_events, batch_lookup);
+cityevents_common::on_every_backend!(filters_and_sorts, keyset_pages_are_stable_under_inserts, my_events, batch_lookup);
 
 /// Follows `next_cursor` from `first` (a query string without `cursor`) to the end.
 async fn walk(s: &Svc, path: &str, query: &str, token: Option<&str>) -> Vec<Value> {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cityevents_common::catalogue::{EVENTS_TOPIC, EventCanceled, EventPublished, EventUpdated};
+use cityevents_common::testing::eventually;
 use common::{Svc, id};
 use futures_util::future::join_all;
 use keel::data::Backend;
@@ -23,7 +24,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-crate::on_every_backend!(the_outbox_emits_exactly_the_right_events, concurrent_changes_have_one_winner);
+cityevents_common::on_every_backend!(the_outbox_emits_exactly_the_right_events, concurrent_changes_have_one_winner);
 
 fn time(v: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
@@ -172,15 +173,10 @@ async fn published_events_reach_a_nats_consumer() {
     let t = s.token(Uuid::now_v7(), "user");
     let e = s.create_published(&t, json!({"title": "Over NATS"})).await;
     let eid = id(&e);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let env = loop {
-        let found = seen.lock().unwrap().iter().find(|env| env.key.as_deref() == Some(eid.as_str())).cloned();
-        if let Some(env) = found {
-            break env;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "event.published never reached the NATS consumer");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let env = eventually("event.published to reach the NATS consumer", Duration::from_secs(30), || async {
+        seen.lock().unwrap().iter().find(|env| env.key.as_deref() == Some(eid.as_str())).cloned()
+    })
+    .await;
     let p: EventPublished = env.decode().unwrap();
     same_snapshot(&p.0, &e);
     assert_eq!(p.0.title, "Over NATS");

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-crate::on_every_backend!(event_limits, list_and_batch_limits);
+cityevents_common::on_every_backend!(event_limits, list_and_batch_limits);
 
 fn valid() -> Value {
     json!({

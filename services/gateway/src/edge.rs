@@ -36,6 +36,10 @@ pub(crate) async fn identify(State(jwt): State<Jwt>, mut req: Request, next: Nex
 /// The caller's claims as `access` requires them: `Err` is the 401 problem to answer (no token
 /// where one is needed, or a token that does not verify, on any route).
 pub(crate) async fn authorize(parts: &mut Parts, access: Access) -> Result<Option<Claims>, Response> {
+    if access == Access::Anonymous {
+        parts.headers.remove(http::header::AUTHORIZATION);
+        return Ok(None);
+    }
     if let Some(Identity(claims)) = parts.extensions.get::<Identity>() {
         return Ok(Some(claims.clone()));
     }
@@ -45,9 +49,11 @@ pub(crate) async fn authorize(parts: &mut Parts, access: Access) -> Result<Optio
             Ok(Auth(claims)) => Ok(Some(claims)),
             Err(rejection) => Err(rejection.into_response()),
         },
-        Access::Public => match <Auth<Claims> as OptionalFromRequestParts<()>>::from_request_parts(parts, &()).await {
-            Ok(auth) => Ok(auth.map(|Auth(claims)| claims)),
-            Err(rejection) => Err(rejection.into_response()),
-        },
+        Access::Public | Access::Anonymous => {
+            match <Auth<Claims> as OptionalFromRequestParts<()>>::from_request_parts(parts, &()).await {
+                Ok(auth) => Ok(auth.map(|Auth(claims)| claims)),
+                Err(rejection) => Err(rejection.into_response()),
+            }
+        }
     }
 }

@@ -32,8 +32,14 @@ const REQUEST_HEADERS: [HeaderName; 7] = [
 ];
 
 /// Response headers passed back to the client; everything else a service sets stays inside.
-const RESPONSE_HEADERS: [HeaderName; 4] =
-    [header::CONTENT_TYPE, header::RETRY_AFTER, header::LOCATION, header::WWW_AUTHENTICATE];
+const RESPONSE_HEADERS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::RETRY_AFTER,
+    header::LOCATION,
+    header::WWW_AUTHENTICATE,
+    header::CACHE_CONTROL,
+    HeaderName::from_static("idempotent-replayed"),
+];
 
 /// What the handlers share.
 #[derive(Debug)]

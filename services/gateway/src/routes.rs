@@ -45,6 +45,9 @@ impl Upstream {
 pub enum Access {
     /// Anyone; a token, when sent, must still be valid (and is forwarded).
     Public,
+    /// Signing in, refreshing and signing out: any `Authorization` header is dropped unread, so a
+    /// client holding an expired access token can still get a new one.
+    Anonymous,
     /// A valid bearer token, checked at the edge before any upstream call.
     User,
 }
@@ -111,7 +114,7 @@ const fn r(verb: Verb, path: &'static str, upstream: Upstream, access: Access) -
     Route { verb, path, upstream, access }
 }
 
-use Access::{Public, User};
+use Access::{Anonymous, Public, User};
 use Upstream::{Auth, Events, Gateway, Joins, Notifier};
 use Verb::{Delete, Get, Patch, Post};
 
@@ -123,10 +126,10 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Every public operation (docs/cityevents.md, "Service APIs").
 pub const ROUTES: &[Route] = &[
     // auth
-    r(Post, "/api/v1/auth/register", Auth, Public),
-    r(Post, "/api/v1/auth/login", Auth, Public),
-    r(Post, "/api/v1/auth/refresh", Auth, Public),
-    r(Post, "/api/v1/auth/logout", Auth, Public),
+    r(Post, "/api/v1/auth/register", Auth, Anonymous),
+    r(Post, "/api/v1/auth/login", Auth, Anonymous),
+    r(Post, "/api/v1/auth/refresh", Auth, Anonymous),
+    r(Post, "/api/v1/auth/logout", Auth, Anonymous),
     r(Get, "/api/v1/me", Auth, User),
     // events
     r(Get, "/api/v1/events", Events, Public),

@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query};
+use axum::extract::{DefaultBodyLimit, Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cityevents_common::json::Json as JsonBody;
 use cityevents_common::page::{Cursor, Page};
 use cityevents_common::time::{from_micros, now, to_micros};
 use cityevents_common::validate;
@@ -37,9 +38,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Fail, conflict, forbidden, not_found};
-use crate::extract::{Caller, JsonBody, RawPage, idempotency_key, path_uuid};
+use crate::extract::{Caller, RawPage, idempotency_key, path_uuid};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
 
+/// Largest JSON body accepted, in bytes (a ban is well under 1 KiB).
+const MAX_BODY: usize = 16 * 1024;
 /// Times a transaction is run when it keeps hitting transient conflicts.
 const MAX_TX_ATTEMPTS: u32 = 6;
 
@@ -74,6 +77,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/events/{id}/stats", get(stats))
         .route("/api/v1/events/{id}/bans", post(ban))
         .route("/api/v1/events/{id}/counts", get(counts))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

@@ -1,7 +1,7 @@
-//! Request inputs checked at the edge: the caller (from the bearer token), JSON bodies that
-//! refuse unknown fields and answer 400 problems, the `Idempotency-Key` header and page queries.
+//! Request inputs checked at the edge: the caller (from the bearer token), the `Idempotency-Key`
+//! header and page queries. JSON bodies are `cityevents_common::json::Json`.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use cityevents_common::page::{PageQuery, PageRequest};
 use cityevents_common::validate;
@@ -9,11 +9,8 @@ use http::request::Parts;
 use keel::Problem;
 use keel::security::jwt::{Auth, Claims};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-/// Largest JSON body accepted, in bytes.
-const MAX_BODY: usize = 16 * 1024;
 /// Longest `Idempotency-Key`.
 pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -40,38 +37,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         let admin = claims.role.as_deref() == Some(cityevents_common::roles::ADMIN)
             || claims.roles.iter().any(|r| r == cityevents_common::roles::ADMIN);
         Ok(Self { id, admin })
-    }
-}
-
-/// A JSON body of `T` (which should `deny_unknown_fields`): malformed JSON, a wrong type, a
-/// missing or unknown field, or a body over 16 KiB is a 400 problem naming what is wrong.
-#[derive(Debug)]
-pub(crate) struct JsonBody<T>(pub(crate) T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|_| {
-            validate::invalid("body", &format!("must be a JSON object of at most {MAX_BODY} bytes")).into_response()
-        })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| json_problem(&e).into_response())
-    }
-}
-
-/// A 400 problem for a body serde refused, naming the field when serde does.
-fn json_problem(e: &serde_json::Error) -> Problem {
-    let message = e.to_string();
-    // serde names fields in backticks: "unknown field `x`, expected …", "missing field `x`".
-    let names_field = message.starts_with("unknown field") || message.starts_with("missing field");
-    let field = message.split('`').nth(1).filter(|f| names_field && !f.is_empty() && f.len() <= 64 && !f.contains(' '));
-    let text = match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "is not valid JSON".to_owned(),
-        _ => message.split(" at line ").next().unwrap_or("is not acceptable").to_owned(),
-    };
-    match (e.classify(), field) {
-        (serde_json::error::Category::Data, Some(f)) => validate::invalid(f, &text),
-        _ => validate::invalid("body", &text),
     }
 }
 
@@ -138,22 +103,6 @@ mod tests {
         }
         h.append("idempotency-key", http::HeaderValue::from_static("second"));
         assert!(idempotency_key(&h).is_err(), "twice");
-    }
-
-    #[test]
-    fn json_problems_name_the_field() {
-        #[derive(Debug, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
-        struct B {
-            user_id: String,
-        }
-        let p = |s: &str| json_problem(&serde_json::from_str::<B>(s).unwrap_err());
-        assert_eq!(p(r#"{"user_id": "a", "x": 1}"#).field_errors()[0].field, "x");
-        assert_eq!(p("{}").field_errors()[0].field, "user_id");
-        assert_eq!(p(r#"{"user_id": 5}"#).field_errors()[0].field, "body");
-        assert_eq!(p("{").field_errors()[0].field, "body");
-        assert_eq!(p("{").status_code(), 400);
     }
 
     #[test]

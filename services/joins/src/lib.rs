@@ -36,7 +36,8 @@ pub struct JoinsConfig {
     /// Default `24h`; 1 minute to 30 days.
     #[serde(with = "keel::config::duration")]
     pub idempotency_ttl: Duration,
-    /// `event.*` messages handled at once. Default `8`; 1 to 256.
+    /// `event.*` messages handled at once. Default `1`: one event's snapshots then apply in the
+    /// order they were published (more is faster but may apply an older snapshot last). 1 to 256.
     pub consumer_concurrency: usize,
     /// The topic `event.*` is consumed from. Default `cityevents.events` (the catalogue's); only
     /// isolated test or staging set-ups change it.
@@ -49,7 +50,7 @@ impl Default for JoinsConfig {
     fn default() -> Self {
         Self {
             idempotency_ttl: Duration::from_secs(24 * 3600),
-            consumer_concurrency: 8,
+            consumer_concurrency: 1,
             events_topic: cityevents_common::catalogue::EVENTS_TOPIC.to_owned(),
             joins_topic: cityevents_common::catalogue::JOINS_TOPIC.to_owned(),
         }
@@ -93,7 +94,12 @@ pub fn service() -> keel::Service<JoinsConfig> {
             let bus = s.bus()?;
             let outbox = s.outbox(&db)?;
             let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone());
-            let options = keel::events::ConsumerOptions::default().concurrency(cfg.consumer_concurrency);
+            // A broker or database outage must not dead-letter an event that opens or cancels
+            // joins: retry for about half an hour before giving up.
+            let options = keel::events::ConsumerOptions::default()
+                .concurrency(cfg.consumer_concurrency)
+                .max_attempts(12)
+                .retry_backoff(std::time::Duration::from_secs(1), std::time::Duration::from_secs(300));
             s.consume(
                 keel::events::Consumer::new(bus, cfg.events_topic.clone(), "joins", handler)
                     .inbox(db.clone())

@@ -10,7 +10,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Svc, key, snapshot};
+use cityevents_common::on_every_backend;
+use cityevents_common::testing::eventually;
+use common::{KEY, Svc, key, snapshot};
 use keel::data::Backend;
 use keel::events::Envelope;
 use serde_json::Value;
@@ -343,7 +345,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     let stamp = updated_at(&svc).await;
     svc.feed_nowait(&grow).await;
     svc.feed_nowait(&grow).await;
-    common::until("redeliveries to be consumed", Duration::from_secs(10), || async {
+    eventually("redeliveries to be consumed", Duration::from_secs(10), || async {
         (svc.bus.lag(cityevents_common::catalogue::EVENTS_TOPIC, "joins").await.unwrap() == 0).then_some(())
     })
     .await;
@@ -415,7 +417,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     let garbage = Envelope::raw("cityevents-events", "event.canceled", 1, serde_json::json!({"event_id": 5}));
     svc.feed_nowait(&v2).await;
     svc.feed_nowait(&garbage).await;
-    let dead = common::until("poison messages in the DLQ", Duration::from_secs(10), || async {
+    let dead = eventually("poison messages in the DLQ", Duration::from_secs(10), || async {
         let l = svc.bus.dlq_list(cityevents_common::catalogue::EVENTS_TOPIC, 10).await.unwrap();
         (l.len() == 2).then_some(l)
     })
@@ -500,15 +502,15 @@ async fn ended_events_and_bad_tokens(backend: Backend) {
     assert_eq!(p["type"], "urn:keel:problem:conflict");
 
     // A token whose subject is not a user id is refused; so is a token from another issuer.
-    let signer = common::signer();
+    let signer = KEY.jwt();
     let odd = signer.issue(&signer.claims("not-a-uuid")).unwrap();
     let r = svc.http.get(svc.url("/api/v1/me/joins")).bearer_auth(odd).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let other = keel::security::jwt::Jwt::builder()
         .issuer("someone-else")
         .audience(["cityevents"])
-        .key(keel::security::jwt::JwtKey::hs256("k1", &keel::Secret::new(common::SECRET)).unwrap())
-        .sign_with("k1")
+        .key(keel::security::jwt::JwtKey::hs256(KEY.kid(), &keel::Secret::new(KEY.secret())).unwrap())
+        .sign_with(KEY.kid())
         .build()
         .unwrap();
     let t = other.issue(&other.claims(Uuid::now_v7().to_string())).unwrap();

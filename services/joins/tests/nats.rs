@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use cityevents_common::catalogue::{EventPublished, JoinConfirmed};
-use common::{Svc, key, snapshot, until};
+use cityevents_common::testing::eventually;
+use common::{Svc, key, snapshot};
 use keel::config::{BusBackend, BusConfig, Secret};
 use keel::data::Backend;
 use keel::events::{Bus, Envelope, SubscribeOptions};
@@ -25,10 +26,10 @@ async fn events_in_and_joins_out_through_nats() {
         (testing::unique_topic("cityevents_events"), testing::unique_topic("cityevents_joins"));
     let nats = testing::nats_url();
     let env = [
-        ("CITYEVENTS_JOINS__BUS__BACKEND", "nats"),
-        ("CITYEVENTS_JOINS__BUS__URL", nats.as_str()),
-        ("CITYEVENTS_JOINS__APP__EVENTS_TOPIC", events_topic.as_str()),
-        ("CITYEVENTS_JOINS__APP__JOINS_TOPIC", joins_topic.as_str()),
+        ("BUS__BACKEND", "nats"),
+        ("BUS__URL", nats.as_str()),
+        ("APP__EVENTS_TOPIC", events_topic.as_str()),
+        ("APP__JOINS_TOPIC", joins_topic.as_str()),
     ];
     let Some(svc) = Svc::start_with(Backend::Sqlite, &env).await else { return };
 
@@ -43,7 +44,7 @@ async fn events_in_and_joins_out_through_nats() {
     bus.publish(&events_topic, &Envelope::new("cityevents-events", &EventPublished(ev.clone())).unwrap())
         .await
         .unwrap();
-    until("the service's consumer to open the event", Duration::from_secs(20), || async {
+    eventually("the service's consumer to open the event", Duration::from_secs(20), || async {
         (svc.get(None, &format!("/api/v1/events/{}/counts", ev.event_id)).await.0 == 200).then_some(())
     })
     .await;

@@ -18,6 +18,7 @@ use cityevents_common::catalogue::{
     EVENTS_TOPIC, EventCanceled, EventPublished, EventSnapshot, JOINS_TOPIC, JoinCanceled, JoinChange, JoinConfirmed,
     JoinKicked, JoinPromoted, JoinWaitlisted,
 };
+use cityevents_common::testing::eventually;
 use common::{Broker, Notifier, database, pool, seed, token};
 use keel::config::{BusBackend, BusConfig, Secret};
 use keel::data::Backend;
@@ -135,20 +136,7 @@ async fn api(backend: Backend) {
     n.stop().await;
 }
 
-#[tokio::test]
-async fn api_sqlite() {
-    api(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn api_postgres() {
-    api(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn api_mariadb() {
-    api(Backend::MySql).await;
-}
+cityevents_common::on_every_backend!(api);
 
 // ---------------------------------------------------------------------------------------------
 // Consumers (through NATS, so the test can publish to the service's bus)
@@ -274,15 +262,11 @@ async fn consumers(backend: Backend) {
     for p in &poison {
         bus.publish(joins, p).await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let dead = loop {
+    let dead = eventually("every poison message in the DLQ", Duration::from_secs(20), || async {
         let dead = bus.dlq_list(joins, 10).await.unwrap();
-        if dead.len() >= poison.len() {
-            break dead;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "dead letters so far: {dead:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (dead.len() >= poison.len()).then_some(dead)
+    })
+    .await;
     let mut dead_ids: Vec<&str> = dead.iter().map(|d| d.envelope.id.as_str()).collect();
     let mut poison_ids: Vec<&str> = poison.iter().map(|p| p.id.as_str()).collect();
     dead_ids.sort_unstable();
@@ -394,12 +378,11 @@ async fn redelivery_is_applied_once(backend: Backend) {
     until(organizer, 1).await;
     let poison = Envelope::raw("cityevents-test", "join.confirmed", 1, json!("garbage"));
     bus.publish(topic, &poison).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bus.dlq_list(topic, 10).await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "{backend}: nothing dead-lettered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(bus.dlq_list(topic, 10).await.unwrap()[0].envelope.id, poison.id);
+    let dead = eventually(&format!("{backend}: the poison message in the DLQ"), Duration::from_secs(10), || async {
+        bus.dlq_list(topic, 10).await.unwrap().into_iter().next()
+    })
+    .await;
+    assert_eq!(dead.envelope.id, poison.id);
 
     stop.cancel();
     joins.await.unwrap();
@@ -407,17 +390,4 @@ async fn redelivery_is_applied_once(backend: Backend) {
     db.close().await;
 }
 
-#[tokio::test]
-async fn redelivery_applied_once_sqlite() {
-    redelivery_is_applied_once(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn redelivery_applied_once_postgres() {
-    redelivery_is_applied_once(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn redelivery_applied_once_mariadb() {
-    redelivery_is_applied_once(Backend::MySql).await;
-}
+cityevents_common::on_every_backend!(redelivery_is_applied_once);

@@ -9,7 +9,7 @@ CREATE TABLE users (
     name VARCHAR(100) NOT NULL,
     role VARCHAR(16) NOT NULL CHECK (role IN ('user', 'admin')),
     created_at BIGINT NOT NULL
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARACTER SET utf8mb4;
 
 -- Only the SHA-256 (hex) of a refresh token is stored. Rotation spends a token (`used_at`);
 -- presenting a spent token again revokes its whole family. (InnoDB indexes `user_id` for the
@@ -25,7 +25,7 @@ CREATE TABLE refresh_tokens (
     INDEX refresh_tokens_family (family_id),
     INDEX refresh_tokens_expires (expires_at),
     FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARACTER SET utf8mb4;
 
 -- Failed sign-ins per e-mail blind index, whether or not the account exists.
 CREATE TABLE login_failures (
@@ -34,4 +34,4 @@ CREATE TABLE login_failures (
     window_started_at BIGINT NOT NULL,
     locked_until BIGINT NULL,
     INDEX login_failures_window (window_started_at)
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARACTER SET utf8mb4;

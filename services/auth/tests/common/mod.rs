@@ -2,33 +2,24 @@
 //! database) with fresh keys, and talks to it over HTTP.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use cityevents_auth::AuthConfig;
-use keel::config::{Loaded, Loader, Profile, Secret};
+pub use cityevents_common::testing::Backend;
+use cityevents_common::testing::{TestEnv, TestKey, TestService, database};
+use keel::config::{Loaded, Secret};
 use keel::security::crypto::{MasterKey, generate_key};
-use keel::security::jwt::{Claims, Jwt, JwtKey};
-use keel::testing::{self, TestDatabase};
+use keel::security::jwt::Claims;
+use keel::testing::TestDatabase;
 use serde_json::Value;
 
 pub const NAME: &str = cityevents_common::services::AUTH.0;
 pub const PASSWORD: &str = "plum-harbor-velvet-42";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-    Mysql,
-}
-
 /// The service, running.
 pub struct Svc {
-    running: Option<keel::Running>,
-    pub base: String,
-    pub mgmt: String,
+    app: TestService,
     pub loaded: Loaded<AuthConfig>,
-    pub http: reqwest::Client,
-    jwt_secret: String,
+    /// The key auth signs with (a fresh one per service).
+    key: TestKey,
     pub pool: sqlx::AnyPool,
     // Last: dropped (and the database deleted) after the pool is closed.
     pub db: TestDatabase,
@@ -65,80 +56,39 @@ impl Reply {
     }
 }
 
-pub fn env(db_url: &str, jwt_secret: &str) -> Vec<(String, String)> {
+/// The service's settings on `db_url`, signing with `key`, with fresh encryption keys.
+pub fn env(db_url: &str, key: &TestKey) -> TestEnv {
     let master = generate_key();
     let wrapped = MasterKey::from_secret(&Secret::new(master.clone())).unwrap().new_data_key("k1").unwrap();
-    let p = |k: &str| format!("CITYEVENTS_AUTH__{k}");
-    vec![
-        (p("HTTP__PORT"), "0".into()),
-        (p("HTTP__ADDR"), "127.0.0.1".into()),
-        (p("LOG__LEVEL"), "warn".into()),
-        (p("DATABASE__URL"), db_url.into()),
-        (p("SECURITY__JWT__ISSUER"), "cityevents".into()),
-        (p("SECURITY__JWT__AUDIENCE"), "cityevents".into()),
-        (p("SECURITY__JWT__SIGNING_KEY"), "k1".into()),
-        (p("SECURITY__JWT__KEYS__K1__ALGORITHM"), "HS256".into()),
-        (p("SECURITY__JWT__KEYS__K1__SECRET"), jwt_secret.into()),
-        (p("SECURITY__ENCRYPTION__MASTER_KEY"), master),
-        (p("SECURITY__ENCRYPTION__BLIND_INDEX_KEY"), generate_key()),
-        (p("SECURITY__ENCRYPTION__ACTIVE_KEY"), "k1".into()),
-        (p("SECURITY__ENCRYPTION__DATA_KEYS__K1"), wrapped),
+    TestEnv::new(NAME)
+        .trust(key)
+        .set("LOG__LEVEL", "warn")
+        .set("DATABASE__URL", db_url)
+        .set("SECURITY__JWT__SIGNING_KEY", key.kid())
+        .set("SECURITY__ENCRYPTION__MASTER_KEY", master)
+        .set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", generate_key())
+        .set("SECURITY__ENCRYPTION__ACTIVE_KEY", "k1")
+        .set("SECURITY__ENCRYPTION__DATA_KEYS__K1", wrapped)
         // Cheap Argon2 so tests stay fast; the production default is 19 MiB × 2.
-        (p("SECURITY__PASSWORDS__MEMORY_KIB"), "256".into()),
-        (p("SECURITY__PASSWORDS__ITERATIONS"), "1".into()),
-    ]
-}
-
-/// A private database for `backend`, or `None` (test skipped) when its server is not running.
-async fn database(backend: Backend) -> Option<TestDatabase> {
-    Some(match backend {
-        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
-        Backend::Postgres => {
-            if !testing::require("PostgreSQL", &testing::postgres_url()) {
-                return None;
-            }
-            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
-        }
-        Backend::Mysql => {
-            if !testing::require("MariaDB", &testing::mysql_url()) {
-                return None;
-            }
-            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
-        }
-    })
+        .set("SECURITY__PASSWORDS__MEMORY_KIB", "256")
+        .set("SECURITY__PASSWORDS__ITERATIONS", "1")
 }
 
 impl Svc {
+    /// Starts the service on `backend`, or `None` (test skipped) when its server is not running.
     pub async fn start(backend: Backend) -> Option<Self> {
         let db = database(backend).await?;
-        let jwt_secret = generate_key();
-        let loaded = Loader::new(NAME, Profile::Test).env(env(db.url(), &jwt_secret)).load::<AuthConfig>().unwrap();
-        let running = keel::app::start(cityevents_auth::service(), loaded.clone()).await.expect("starts");
-        keel::http::client::install_tls_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
-        let base = format!("http://{}", running.http_addr());
-        let mgmt = format!("http://{}", running.management_addr());
+        let key = TestKey::random("k1");
+        let loaded = env(db.url(), &key).load::<AuthConfig>();
+        let app = TestService::start(cityevents_auth::service(), loaded.clone()).await;
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(db.url()).await.unwrap();
-        let svc = Self { running: Some(running), base, mgmt, loaded, http, jwt_secret, pool, db };
-        // The database connects and migrates in the background: wait until ready.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = svc.http.get(format!("{}/health/ready", svc.base)).send().await.unwrap();
-            if r.status() == 200 {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never ready: {}", r.text().await.unwrap());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Some(svc)
+        Some(Self { app, loaded, key, pool, db })
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         self.pool.close().await;
-        if let Some(r) = self.running.take() {
-            r.shutdown(std::future::pending()).await.expect("clean shutdown");
-        }
+        self.app.stop().await;
     }
 
     async fn read(resp: reqwest::Response) -> Reply {
@@ -151,12 +101,12 @@ impl Svc {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        Self::read(self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap()).await
+        Self::read(self.app.http.post(self.app.url(path)).json(body).send().await.unwrap()).await
     }
 
     /// Posts raw bytes with a content type (or none).
     pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Reply {
-        let mut req = self.http.post(format!("{}{path}", self.base)).body(body);
+        let mut req = self.app.http.post(self.app.url(path)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -164,7 +114,7 @@ impl Svc {
     }
 
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+        let mut req = self.app.http.get(self.app.url(path));
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
@@ -172,7 +122,7 @@ impl Svc {
     }
 
     pub async fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
-        let mut req = self.http.put(format!("{}{path}", self.base)).json(body);
+        let mut req = self.app.http.put(self.app.url(path)).json(body);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
@@ -205,14 +155,7 @@ impl Svc {
 
     /// Verifies an access token the way every City Events service does.
     pub fn claims(&self, token: &str) -> Claims {
-        Jwt::builder()
-            .issuer("cityevents")
-            .audience(["cityevents"])
-            .key(JwtKey::hs256("k1", &Secret::new(self.jwt_secret.clone())).unwrap())
-            .build()
-            .unwrap()
-            .verify(token)
-            .unwrap()
+        self.key.jwt().verify(token).unwrap()
     }
 
     /// The audit log as `actor|action|target|outcome|details` lines.
@@ -227,7 +170,7 @@ impl Svc {
 
     /// The management `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.mgmt)).send().await.unwrap().text().await.unwrap()
+        self.app.http.get(self.app.management_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
 }
 
@@ -256,7 +199,7 @@ macro_rules! on_every_backend {
 
             #[tokio::test]
             async fn mysql() {
-                run(Backend::Mysql).await;
+                run(Backend::MySql).await;
             }
         }
     )*};

@@ -3,62 +3,25 @@
 //! bus the test taps, and JWTs minted with the test key.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cityevents_common::catalogue::EVENTS_TOPIC;
-use keel::config::{BusBackend, BusConfig, Loader, Profile, Secret};
+pub use cityevents_common::testing::database;
+use cityevents_common::testing::{TestEnv, TestKey, TestService, eventually};
+use keel::config::{BusBackend, BusConfig, Secret};
 use keel::data::Backend;
 use keel::events::{Bus, Envelope, SubscribeOptions};
-use keel::security::jwt::{Jwt, JwtKey};
-use keel::testing::{self, TestDatabase};
+use keel::testing::TestDatabase;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-pub const SECRET: &str = "cityevents-events-tests-hs256-secret-0123456789";
-const PREFIX: &str = "CITYEVENTS_EVENTS__";
-
-/// Runs the listed async test functions (each taking a `Backend`) on SQLite, PostgreSQL and
-/// MariaDB; a server that is not running skips its tests (except under `CI=true`).
-#[macro_export]
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(keel::data::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(keel::data::Backend::Postgres).await })*
-        }
-        mod mysql {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(keel::data::Backend::MySql).await })*
-        }
-    };
-}
-
-/// A test database for `backend`, or `None` when its server is unreachable (skip).
-pub async fn database(backend: Backend) -> Option<TestDatabase> {
-    Some(match backend {
-        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
-        Backend::Postgres => {
-            if !testing::require("PostgreSQL", &testing::postgres_url()) {
-                return None;
-            }
-            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
-        }
-        Backend::MySql => {
-            if !testing::require("MariaDB", &testing::mysql_url()) {
-                return None;
-            }
-            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
-        }
-    })
-}
+/// The key the service trusts and the tests sign with.
+pub const KEY: TestKey = TestKey::new("k1", "cityevents-events-tests-hs256-secret-0123456789");
 
 /// Every envelope published on `cityevents.events`, in arrival order.
 #[derive(Clone, Default)]
@@ -76,28 +39,17 @@ impl Seen {
 
     /// Waits until `n` envelopes about `id` arrived; returns them.
     pub async fn wait_for(&self, id: &str, n: usize) -> Vec<Envelope> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(&format!("{n} events about {id}"), Duration::from_secs(20), || async {
             let got = self.about(id);
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {n} events about {id} arrived: {got:?}",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (got.len() >= n).then_some(got)
+        })
+        .await
     }
 }
 
-/// The service under test.
+/// The service under test (its base URL and client through `Deref`).
 pub struct Svc {
-    running: Option<keel::Running>,
-    pub base: String,
-    pub http: reqwest::Client,
-    jwt: Jwt,
+    app: TestService,
     /// What reached the bus (in-process backend only).
     pub seen: Seen,
     _bus: Option<Bus>,
@@ -143,69 +95,26 @@ impl Svc {
 
     /// Starts the service on `db` with extra settings (keys without the env prefix).
     pub async fn start_with(db: TestDatabase, extra: &[(&str, &str)]) -> Self {
-        let mut vars: Vec<(String, String)> = [
-            ("HTTP__PORT", "0"),
-            ("HTTP__ADDR", "127.0.0.1"),
-            ("DATABASE__URL", db.url()),
-            ("DATABASE__POOL__MAX_CONNECTIONS", "5"),
-            ("OUTBOX__POLL_INTERVAL", "50ms"),
-            ("SECURITY__JWT__ISSUER", "cityevents"),
-            ("SECURITY__JWT__AUDIENCE", "cityevents"),
-            ("SECURITY__JWT__KEYS__K1__ALGORITHM", "HS256"),
-            ("SECURITY__JWT__KEYS__K1__SECRET", SECRET),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned()))
-        .collect();
-        vars.sort();
-        vars.dedup_by(|a, b| a.0 == b.0);
-        let loaded =
-            Loader::new(cityevents_common::services::EVENTS.0, Profile::Test).env(vars).load().expect("config");
-        let running = keel::app::start(cityevents_events::service(), loaded).await.expect("starts");
-        keel::http::client::install_tls_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
-        let jwt = Jwt::builder()
-            .issuer("cityevents")
-            .audience(["cityevents"])
-            .key(JwtKey::hs256("k1", &Secret::new(SECRET)).unwrap())
-            .sign_with("k1")
-            .build()
-            .unwrap();
-        let svc = Self {
-            base: format!("http://{}", running.http_addr()),
-            running: Some(running),
-            http,
-            jwt,
-            seen: Seen::default(),
-            _bus: None,
-            _db: db,
-        };
-        svc.wait_ready().await;
-        svc
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/health/ready", self.base)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the service never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut env = TestEnv::new(cityevents_common::services::EVENTS.0)
+            .trust(&KEY)
+            .set("DATABASE__URL", db.url())
+            .set("DATABASE__POOL__MAX_CONNECTIONS", "5")
+            .set("OUTBOX__POLL_INTERVAL", "50ms");
+        for (k, v) in extra {
+            env = env.set(k, *v);
         }
+        let app = TestService::start(cityevents_events::service(), env.load()).await;
+        Self { app, seen: Seen::default(), _bus: None, _db: db }
     }
 
     /// An access token for `user` with `role`, as auth would issue it.
     pub fn token(&self, user: Uuid, role: &str) -> String {
-        self.jwt.issue(&self.jwt.claims(user.to_string()).role(role)).unwrap()
+        KEY.token(&user.to_string(), role)
     }
 
     /// An access token with an arbitrary subject.
     pub fn token_for(&self, sub: &str) -> String {
-        self.jwt.issue(&self.jwt.claims(sub).role("user")).unwrap()
+        KEY.token(sub, "user")
     }
 
     /// Sends a request; returns status, body (JSON or `null`) and headers.
@@ -217,7 +126,7 @@ impl Svc {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self.app.http.request(method, self.app.url(path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -284,10 +193,16 @@ impl Svc {
         e
     }
 
-    pub async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown(std::future::pending()).await.expect("clean shutdown");
-        }
+    pub async fn stop(self) {
+        self.app.stop().await;
+    }
+}
+
+impl Deref for Svc {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.app
     }
 }
 

@@ -3,40 +3,30 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use cityevents_common::testing::{TestEnv, TestKey, TestService};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use keel::config::{Loader, Profile, Secret};
-use keel::security::jwt::{Jwt, JwtKey};
+use keel::config::{Loader, Profile};
 use serde_json::{Value, json};
 
-pub const SECRET: &str = "cityevents-gateway-test-hs256-secret-0123456789";
-
-pub fn signer() -> Jwt {
-    Jwt::builder()
-        .issuer("cityevents")
-        .audience(["cityevents"])
-        .key(JwtKey::hs256("test", &Secret::new(SECRET)).unwrap())
-        .sign_with("test")
-        .build()
-        .unwrap()
-}
+/// The key the gateway trusts and the tests sign with.
+pub const KEY: TestKey = TestKey::new("test", "cityevents-gateway-test-hs256-secret-0123456789");
 
 /// A valid access token for `sub`.
 pub fn token(sub: &str) -> String {
-    let jwt = signer();
-    jwt.issue(&jwt.claims(sub).role("user")).unwrap()
+    KEY.token(sub, "user")
 }
 
 /// A token signed with the right key but with these claims.
 pub fn token_with(claims: Value) -> String {
-    signer().issue(&claims).unwrap()
+    KEY.jwt().issue(&claims).unwrap()
 }
 
 pub fn now() -> u64 {
@@ -137,37 +127,29 @@ pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The gateway running in this process (its base URL and client through `Deref`).
 pub struct Gateway {
-    pub running: Option<keel::Running>,
-    pub base: String,
-    pub http: reqwest::Client,
+    app: TestService,
 }
 
 /// The environment of a gateway whose upstreams are `upstreams` (name → base URL), with a
-/// generous per-user rate limit, plus `extra`.
+/// generous per-user rate limit, plus `extra` (variables in full, replacing the defaults).
 pub fn env(upstreams: &[(&str, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        ("CITYEVENTS_GATEWAY__HTTP__PORT".into(), "0".into()),
-        ("CITYEVENTS_GATEWAY__HTTP__ADDR".into(), "127.0.0.1".into()),
-        ("CITYEVENTS_GATEWAY__SECURITY__JWT__ISSUER".into(), "cityevents".into()),
-        ("CITYEVENTS_GATEWAY__SECURITY__JWT__AUDIENCE".into(), "cityevents".into()),
-        ("CITYEVENTS_GATEWAY__SECURITY__JWT__KEYS__TEST__ALGORITHM".into(), "HS256".into()),
-        ("CITYEVENTS_GATEWAY__SECURITY__JWT__KEYS__TEST__SECRET".into(), SECRET.into()),
-        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT".into(), "10000".into()),
-        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__KEY".into(), "user".into()),
-    ];
+    let mut env = TestEnv::new(cityevents_common::services::GATEWAY.0)
+        .trust(&KEY)
+        .set("RATE_LIMITS__API__LIMIT", "10000")
+        .set("RATE_LIMITS__API__KEY", "user");
     for (name, url) in upstreams {
         let n = name.to_uppercase();
-        env.push((format!("CITYEVENTS_GATEWAY__UPSTREAMS__{n}__BASE_URL"), url.clone()));
-        env.push((format!("CITYEVENTS_GATEWAY__UPSTREAMS__{n}__CONNECT_TIMEOUT"), "500ms".into()));
-        env.push((format!("CITYEVENTS_GATEWAY__UPSTREAMS__{n}__REQUEST_TIMEOUT"), "2s".into()));
+        env = env
+            .set(&format!("UPSTREAMS__{n}__BASE_URL"), url)
+            .set(&format!("UPSTREAMS__{n}__CONNECT_TIMEOUT"), "500ms")
+            .set(&format!("UPSTREAMS__{n}__REQUEST_TIMEOUT"), "2s");
     }
-    // Later entries win: a test's own settings replace the defaults above.
     for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push(((*k).to_owned(), (*v).to_owned()));
+        env = env.var(*k, *v);
     }
-    env
+    env.into_vars()
 }
 
 impl Gateway {
@@ -180,10 +162,8 @@ impl Gateway {
         env: Vec<(String, String)>,
     ) -> Result<Self, keel::app::StartError> {
         let loaded = Loader::new(cityevents_common::services::GATEWAY.0, profile).env(env).load().expect("config");
-        let running = keel::app::start(cityevents_gateway::service(), loaded).await?;
-        keel::http::client::install_tls_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
-        Ok(Self { base: format!("http://{}", running.http_addr()), running: Some(running), http })
+        let app = TestService::try_start(cityevents_gateway::service(), loaded).await?;
+        Ok(Self { app })
     }
 
     /// A gateway in front of these stubs (each under its own name).
@@ -192,14 +172,16 @@ impl Gateway {
         Self::try_start(env(&ups, extra)).await.expect("starts")
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    pub async fn stop(self) {
+        self.app.stop().await;
     }
+}
 
-    pub async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown(std::future::pending()).await.expect("clean shutdown");
-        }
+impl Deref for Gateway {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.app
     }
 }
 

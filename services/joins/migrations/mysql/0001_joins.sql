@@ -15,7 +15,7 @@ CREATE TABLE event_capacity (
     version BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
-);
+) DEFAULT CHARACTER SET utf8mb4;
 
 CREATE TABLE joins (
     id VARCHAR(36) NOT NULL PRIMARY KEY,
@@ -30,7 +30,7 @@ CREATE TABLE joins (
     UNIQUE KEY joins_event_user (event_id, user_id),
     INDEX joins_event_status_seq (event_id, status, queue_seq),
     INDEX joins_user_created (user_id, created_at, id)
-);
+) DEFAULT CHARACTER SET utf8mb4;
 
 CREATE TABLE bans (
     event_id VARCHAR(36) NOT NULL,
@@ -38,7 +38,7 @@ CREATE TABLE bans (
     banned_by VARCHAR(36) NOT NULL,
     created_at BIGINT NOT NULL,
     PRIMARY KEY (event_id, user_id)
-);
+) DEFAULT CHARACTER SET utf8mb4;
 
 CREATE TABLE idempotency_keys (
     user_id VARCHAR(36) NOT NULL,
@@ -49,4 +49,4 @@ CREATE TABLE idempotency_keys (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (user_id, idem_key),
     INDEX idempotency_keys_created (created_at)
-);
+) DEFAULT CHARACTER SET utf8mb4;

@@ -8,107 +8,34 @@
 //! consumer end to end instead.)
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use cityevents_common::catalogue::{
     EVENTS_TOPIC, EventCanceled, EventPublished, EventSnapshot, EventUpdated, JOINS_TOPIC,
 };
+use cityevents_common::testing::{TestEnv, TestKey, TestService, database, eventually};
 use cityevents_joins::{EventsHandler, JoinsConfig};
-use keel::config::{DatabaseConfig, Loader, OutboxConfig, Profile, Secret};
+use keel::config::{DatabaseConfig, OutboxConfig};
 use keel::data::{Backend, Db};
 use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope};
-use keel::security::jwt::{Jwt, JwtKey};
-use keel::testing::{self, TestDatabase};
+use keel::testing::TestDatabase;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const SECRET: &str = "joins-test-hs256-secret-0123456789abcdef";
+/// The key the service trusts and the tests sign with.
+pub const KEY: TestKey = TestKey::new("k1", "joins-test-hs256-secret-0123456789abcdef");
 
-/// Runs `$body(backend)` as one test per SQL backend (PostgreSQL and MariaDB skip when their
-/// server is not running, except under `CI=true`).
-#[macro_export]
-macro_rules! on_every_backend {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name(keel::data::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name(keel::data::Backend::Postgres).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mysql() {
-                super::$name(keel::data::Backend::MySql).await;
-            }
-        }
-    };
-}
-
-/// A private database for one test, or `None` (skipped) when its server is not running.
-pub async fn test_database(backend: Backend) -> Option<TestDatabase> {
-    Some(match backend {
-        Backend::Postgres => {
-            if !testing::require("PostgreSQL", &testing::postgres_url()) {
-                return None;
-            }
-            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
-        }
-        Backend::MySql => {
-            if !testing::require("MariaDB", &testing::mysql_url()) {
-                return None;
-            }
-            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
-        }
-        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
-    })
-}
-
-pub fn client() -> reqwest::Client {
-    keel::http::client::install_tls_provider();
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap()
-}
-
-/// A token signer trusted by the service.
-pub fn signer() -> Jwt {
-    Jwt::builder()
-        .issuer("cityevents")
-        .audience(["cityevents"])
-        .key(JwtKey::hs256("k1", &Secret::new(SECRET)).unwrap())
-        .sign_with("k1")
-        .build()
-        .unwrap()
-}
-
-/// Polls `f` until it returns `Some`, failing after `limit`.
-pub async fn until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// The joins service running in this process, with a test-owned feed of `event.*`.
+/// The joins service running in this process, with a test-owned feed of `event.*` (its base URL
+/// and client through `Deref`).
 pub struct Svc {
-    pub running: Option<keel::Running>,
-    pub base: String,
+    app: TestService,
     pub backend: Backend,
     pub db: Db,
     pub bus: Bus,
-    pub http: reqwest::Client,
-    jwt: Jwt,
     stop: CancellationToken,
     consumer: Option<tokio::task::JoinHandle<()>>,
     _database: TestDatabase,
@@ -127,33 +54,19 @@ impl Svc {
         Self::start_with(backend, &[]).await
     }
 
+    /// Starts the service on `backend` with extra settings (keys without the env prefix).
     pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
-        let database = test_database(backend).await?;
-        let mut vars: Vec<(String, String)> = vec![
-            ("CITYEVENTS_JOINS__HTTP__PORT".into(), "0".into()),
-            ("CITYEVENTS_JOINS__HTTP__ADDR".into(), "127.0.0.1".into()),
-            ("CITYEVENTS_JOINS__DATABASE__URL".into(), database.url().to_owned()),
-            ("CITYEVENTS_JOINS__DATABASE__POOL__MAX_CONNECTIONS".into(), "12".into()),
-            ("CITYEVENTS_JOINS__DATABASE__POOL__ACQUIRE_TIMEOUT".into(), "10s".into()),
-            ("CITYEVENTS_JOINS__OUTBOX__POLL_INTERVAL".into(), "50ms".into()),
-            ("CITYEVENTS_JOINS__SECURITY__JWT__ISSUER".into(), "cityevents".into()),
-            ("CITYEVENTS_JOINS__SECURITY__JWT__AUDIENCE".into(), "cityevents".into()),
-            ("CITYEVENTS_JOINS__SECURITY__JWT__KEYS__K1__ALGORITHM".into(), "HS256".into()),
-            ("CITYEVENTS_JOINS__SECURITY__JWT__KEYS__K1__SECRET".into(), SECRET.into()),
-        ];
-        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let loaded = Loader::new(cityevents_common::services::JOINS.0, Profile::Test)
-            .env(vars)
-            .load::<JoinsConfig>()
-            .expect("valid config");
-        let running = keel::app::start(cityevents_joins::service(), loaded).await.expect("starts");
-        let base = format!("http://{}", running.http_addr());
-        let http = client();
-        until("the service to be ready", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), format!("{base}/health/ready"));
-            async move { http.get(url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-        })
-        .await;
+        let database = database(backend).await?;
+        let mut env = TestEnv::new(cityevents_common::services::JOINS.0)
+            .trust(&KEY)
+            .set("DATABASE__URL", database.url())
+            .set("DATABASE__POOL__MAX_CONNECTIONS", "12")
+            .set("DATABASE__POOL__ACQUIRE_TIMEOUT", "10s")
+            .set("OUTBOX__POLL_INTERVAL", "50ms");
+        for (k, v) in extra {
+            env = env.set(k, *v);
+        }
+        let app = TestService::start(cityevents_joins::service(), env.load::<JoinsConfig>()).await;
 
         // The test's own handle on the database (migrated by now) and its event feed.
         let mut cfg = DatabaseConfig::default();
@@ -172,22 +85,7 @@ impl Svc {
                 .inbox(db.clone())
                 .options(options);
         let consumer = tokio::spawn(consumer.run(stop.clone()));
-        Some(Self {
-            running: Some(running),
-            base,
-            backend,
-            db,
-            bus,
-            http,
-            jwt: signer(),
-            stop,
-            consumer: Some(consumer),
-            _database: database,
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        Some(Self { app, backend, db, bus, stop, consumer: Some(consumer), _database: database })
     }
 
     pub fn user(&self) -> User {
@@ -200,7 +98,7 @@ impl Svc {
 
     pub fn user_with_role(&self, role: &str) -> User {
         let id = Uuid::now_v7();
-        let token = self.jwt.issue(&self.jwt.claims(id.to_string()).role(role)).unwrap();
+        let token = KEY.token(&id.to_string(), role);
         User { id, token }
     }
 
@@ -216,7 +114,7 @@ impl Svc {
 
     pub async fn wait_applied(&self, message_id: &str) {
         let sql = self.db.sql("SELECT COUNT(*) FROM keel_inbox WHERE message_id = $1").into_owned();
-        until("the consumer to apply the event", Duration::from_secs(20), || {
+        eventually("the consumer to apply the event", Duration::from_secs(20), || {
             let sql = sql.clone();
             async move {
                 let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -361,10 +259,16 @@ impl Svc {
         if let Some(c) = self.consumer.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
         }
-        if let Some(r) = self.running.take() {
-            r.shutdown(std::future::pending()).await.expect("clean shutdown");
-        }
+        self.app.stop().await;
         self.db.close().await;
+    }
+}
+
+impl Deref for Svc {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.app
     }
 }
 

@@ -7,6 +7,6 @@ CREATE TABLE notifications (
     message TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     read_at BIGINT NULL
-);
+) DEFAULT CHARACTER SET utf8mb4;
 -- A user's list, newest first, keyset-paged on (created_at, id).
 CREATE INDEX notifications_user_created ON notifications (user_id, created_at, id);

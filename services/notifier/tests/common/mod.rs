@@ -2,49 +2,21 @@
 //! with private topics), sign tokens, read and seed notifications.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::ops::Deref;
 use std::time::Duration;
 
-use keel::config::{Loader, Profile, Secret};
+pub use cityevents_common::testing::database;
+use cityevents_common::testing::{TestEnv, TestKey, TestService, eventually};
 use keel::data::Backend;
-use keel::security::jwt::{Jwt, JwtKey};
 use keel::testing::{self, TestDatabase};
 use serde_json::Value;
 
-pub const SECRET: &str = "cityevents-notifier-test-hs256-secret-0123456789";
+/// The key the service trusts and the tests sign with.
+pub const KEY: TestKey = TestKey::new("test", "cityevents-notifier-test-hs256-secret-0123456789");
 
-/// Signs tokens the service accepts (issuer and audience `cityevents`, key `test`).
-pub fn signer() -> Jwt {
-    Jwt::builder()
-        .issuer("cityevents")
-        .audience(["cityevents"])
-        .key(JwtKey::hs256("test", &Secret::new(SECRET)).unwrap())
-        .sign_with("test")
-        .build()
-        .unwrap()
-}
-
+/// A user's access token for `sub`.
 pub fn token(sub: &str) -> String {
-    let jwt = signer();
-    jwt.issue(&jwt.claims(sub).role("user")).unwrap()
-}
-
-/// A private database of `backend`, or `None` (skipped) when its server is not running here.
-pub async fn database(backend: Backend) -> Option<TestDatabase> {
-    Some(match backend {
-        Backend::Postgres => {
-            if !testing::require("PostgreSQL", &testing::postgres_url()) {
-                return None;
-            }
-            TestDatabase::postgres(&testing::postgres_url()).await.unwrap()
-        }
-        Backend::MySql => {
-            if !testing::require("MariaDB", &testing::mysql_url()) {
-                return None;
-            }
-            TestDatabase::mysql(&testing::mysql_url()).await.unwrap()
-        }
-        Backend::Sqlite => TestDatabase::sqlite().unwrap(),
-    })
+    KEY.token(sub, "user")
 }
 
 /// Where the service gets its events from.
@@ -55,57 +27,21 @@ pub enum Broker {
     Nats { namespace: String },
 }
 
+/// The notifier running in this process (its base URL and client through `Deref`).
 pub struct Notifier {
-    pub running: Option<keel::Running>,
-    pub base: String,
+    app: TestService,
     pub db: TestDatabase,
-    pub http: reqwest::Client,
 }
 
 impl Notifier {
+    /// Starts the service on `db`; ready once migrated and every consumer is subscribed.
     pub async fn start(db: TestDatabase, broker: &Broker) -> Self {
-        let mut env: Vec<(String, String)> = vec![
-            ("CITYEVENTS_NOTIFIER__HTTP__PORT".into(), "0".into()),
-            ("CITYEVENTS_NOTIFIER__HTTP__ADDR".into(), "127.0.0.1".into()),
-            ("CITYEVENTS_NOTIFIER__DATABASE__URL".into(), db.url().to_owned()),
-            ("CITYEVENTS_NOTIFIER__SECURITY__JWT__ISSUER".into(), "cityevents".into()),
-            ("CITYEVENTS_NOTIFIER__SECURITY__JWT__AUDIENCE".into(), "cityevents".into()),
-            ("CITYEVENTS_NOTIFIER__SECURITY__JWT__KEYS__TEST__ALGORITHM".into(), "HS256".into()),
-            ("CITYEVENTS_NOTIFIER__SECURITY__JWT__KEYS__TEST__SECRET".into(), SECRET.into()),
-        ];
+        let mut env = TestEnv::new(cityevents_common::services::NOTIFIER.0).trust(&KEY).set("DATABASE__URL", db.url());
         if let Broker::Nats { namespace } = broker {
-            env.extend([
-                ("CITYEVENTS_NOTIFIER__BUS__BACKEND".into(), "nats".into()),
-                ("CITYEVENTS_NOTIFIER__BUS__URL".into(), testing::nats_url()),
-                ("CITYEVENTS_NOTIFIER__BUS__NAMESPACE".into(), namespace.clone()),
-            ]);
+            env = env.set("BUS__BACKEND", "nats").set("BUS__URL", testing::nats_url()).set("BUS__NAMESPACE", namespace);
         }
-        let loaded =
-            Loader::new(cityevents_common::services::NOTIFIER.0, Profile::Test).env(env).load().expect("config");
-        let running = keel::app::start(cityevents_notifier::service(), loaded).await.expect("starts");
-        keel::http::client::install_tls_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
-        let n = Self { base: format!("http://{}", running.http_addr()), running: Some(running), db, http };
-        n.wait_ready().await;
-        n
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Waits until the database is migrated and every consumer is subscribed.
-    async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.http.get(self.url("/health/ready")).send().await.unwrap();
-            if r.status() == 200 {
-                return;
-            }
-            let body = r.text().await.unwrap_or_default();
-            assert!(tokio::time::Instant::now() < deadline, "never ready: {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let app = TestService::start(cityevents_notifier::service(), env.load()).await;
+        Self { app, db }
     }
 
     /// `GET /api/v1/me/notifications{query}` as `user`: status and body.
@@ -141,21 +77,23 @@ impl Notifier {
 
     /// Polls until `user` has at least `n` notifications.
     pub async fn wait_for(&self, user: &str, n: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually(&format!("{n} notifications for {user}"), Duration::from_secs(20), || async {
             let all = self.all(user).await;
-            if all.len() >= n {
-                return all;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "only {} of {n} notifications: {all:?}", all.len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (all.len() >= n).then_some(all)
+        })
+        .await
     }
 
-    pub async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown(std::future::pending()).await.expect("clean shutdown");
-        }
+    pub async fn stop(self) {
+        self.app.stop().await;
+    }
+}
+
+impl Deref for Notifier {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.app
     }
 }
 

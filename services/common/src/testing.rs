@@ -1,0 +1,295 @@
+//! What the services' integration tests share (cargo feature `testing`; enable it from a
+//! service's `[dev-dependencies]` only):
+//!
+//! * [`TestKey`] — an HS256 key with the platform's issuer and audience: the settings that make a
+//!   service trust it, and tokens signed with it as auth would issue them;
+//! * [`TestEnv`] — a service's environment for a test: its keys named with the service's prefix,
+//!   listening on `127.0.0.1` port 0, later settings replacing earlier ones;
+//! * [`TestService`] — a service started in this process (`keel::app::start`) and ready, with its
+//!   base URL and an HTTP [`client`];
+//! * [`database`] — a private PostgreSQL or MariaDB database or SQLite file, or a skip;
+//! * [`eventually`] — polls until something holds;
+//! * [`on_every_backend!`](crate::on_every_backend) — one test per SQL backend.
+//!
+//! ```no_run
+//! # async fn example(service: keel::Service<keel::config::NoConfig>) {
+//! use cityevents_common::testing::{Backend, TestEnv, TestKey, TestService, database};
+//!
+//! const KEY: TestKey = TestKey::new("k1", "a-test-only-hs256-secret-0123456789abcdef");
+//! let Some(db) = database(Backend::Sqlite).await else { return };
+//! let env = TestEnv::new("cityevents-events").trust(&KEY).set("DATABASE__URL", db.url());
+//! let svc = TestService::start(service, env.load()).await;
+//! let token = KEY.token("0190b8f0-0000-7000-8000-000000000000", "user");
+//! let resp = svc.http.get(svc.url("/api/v1/me/events")).bearer_auth(token).send().await.unwrap();
+//! svc.stop().await;
+//! # }
+//! ```
+//!
+//! Everything here panics on failure: it runs inside tests, where a panic is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::time::Duration;
+
+use keel::app::StartError;
+use keel::config::{Loaded, Loader, Profile, Secret, Section};
+pub use keel::data::Backend;
+use keel::security::jwt::{Jwt, JwtKey};
+use keel::testing::{self, TestDatabase};
+use keel::{Running, Service};
+
+/// The `iss` of every City Events access token.
+pub const ISSUER: &str = "cityevents";
+/// The `aud` of every City Events access token.
+pub const AUDIENCE: &str = "cityevents";
+/// How long [`TestService::start`] waits for `/health/ready`.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// An HS256 JWT key (id and secret) shared by a test and the services it starts.
+#[derive(Debug, Clone)]
+pub struct TestKey {
+    kid: Cow<'static, str>,
+    secret: Cow<'static, str>,
+}
+
+impl TestKey {
+    /// The key `kid` with this secret (a test-only value; at least 32 bytes).
+    pub const fn new(kid: &'static str, secret: &'static str) -> Self {
+        Self { kid: Cow::Borrowed(kid), secret: Cow::Borrowed(secret) }
+    }
+
+    /// The key `kid` with a fresh random secret.
+    pub fn random(kid: &str) -> Self {
+        Self { kid: Cow::Owned(kid.to_owned()), secret: Cow::Owned(keel::security::crypto::generate_key()) }
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The shared secret.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Signs with this key and verifies tokens signed with it, with the platform's issuer and
+    /// audience — what auth and every service use.
+    pub fn jwt(&self) -> Jwt {
+        Jwt::builder()
+            .issuer(ISSUER)
+            .audience([AUDIENCE])
+            .key(JwtKey::hs256(self.kid(), &Secret::new(self.secret())).expect("a valid HS256 key"))
+            .sign_with(self.kid())
+            .build()
+            .expect("a valid JWT configuration")
+    }
+
+    /// An access token for `sub` with `role`, as auth would issue it.
+    pub fn token(&self, sub: &str, role: &str) -> String {
+        let jwt = self.jwt();
+        jwt.issue(&jwt.claims(sub).role(role)).expect("a token")
+    }
+}
+
+/// A service's environment variables for a test. Starts listening on `127.0.0.1` port 0 (a free
+/// port); [`TestEnv::set`] and [`TestEnv::var`] replace an earlier value of the same variable.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    service: String,
+    prefix: String,
+    vars: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    /// The environment of the service Keel knows as `service` (e.g.
+    /// [`services::EVENTS`](crate::services::EVENTS)`.0`).
+    pub fn new(service: &str) -> Self {
+        let prefix = Loader::new(service, Profile::Test).env_prefix();
+        Self { service: service.to_owned(), prefix, vars: Vec::new() }
+            .set("HTTP__PORT", "0")
+            .set("HTTP__ADDR", "127.0.0.1")
+    }
+
+    /// Sets the configuration key `key` written as the service's variable without its prefix:
+    /// `DATABASE__URL`, `APP__JOINS_TOPIC`.
+    #[must_use]
+    pub fn set(self, key: &str, value: impl Into<String>) -> Self {
+        let name = format!("{}__{key}", self.prefix);
+        self.var(name, value)
+    }
+
+    /// Sets the variable `name`, written in full (`CITYEVENTS_GATEWAY__APP__MAX_BODY`).
+    #[must_use]
+    pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.vars.retain(|(n, _)| *n != name);
+        self.vars.push((name, value.into()));
+        self
+    }
+
+    /// Makes the service verify tokens signed with `key` (`security.jwt.issuer`, `audience` and
+    /// `keys.<kid>`), as every service verifies auth's.
+    #[must_use]
+    pub fn trust(self, key: &TestKey) -> Self {
+        let kid = key.kid().to_ascii_uppercase();
+        self.set("SECURITY__JWT__ISSUER", ISSUER)
+            .set("SECURITY__JWT__AUDIENCE", AUDIENCE)
+            .set(&format!("SECURITY__JWT__KEYS__{kid}__ALGORITHM"), "HS256")
+            .set(&format!("SECURITY__JWT__KEYS__{kid}__SECRET"), key.secret())
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The variables, in the order they were set.
+    pub fn vars(&self) -> &[(String, String)] {
+        &self.vars
+    }
+
+    /// The variables, for a `keel::config::Loader` of another profile.
+    pub fn into_vars(self) -> Vec<(String, String)> {
+        self.vars
+    }
+
+    /// The service's configuration from these variables, under the `test` profile.
+    pub fn load<C: Section>(&self) -> Loaded<C> {
+        Loader::new(&self.service, Profile::Test)
+            .env(self.vars.iter().cloned())
+            .load()
+            .unwrap_or_else(|e| panic!("{}: invalid test configuration: {e}", self.service))
+    }
+}
+
+/// A service running in this process, ready (`/health/ready` answered 200).
+#[derive(Debug)]
+pub struct TestService {
+    running: Running,
+    /// `http://127.0.0.1:<port>` of its public listener.
+    pub base: String,
+    /// A client for it (see [`client`]).
+    pub http: reqwest::Client,
+}
+
+impl TestService {
+    /// Starts `service` with `loaded` and waits until it is ready.
+    pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Self {
+        Self::try_start(service, loaded).await.expect("the service starts")
+    }
+
+    /// Like [`TestService::start`], but a service that refuses to start is an error (for tests
+    /// of what it refuses).
+    pub async fn try_start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<Self, StartError> {
+        let running = keel::app::start(service, loaded).await?;
+        let svc = Self { base: format!("http://{}", running.http_addr()), http: client(), running };
+        svc.wait_ready().await;
+        Ok(svc)
+    }
+
+    /// Until its probes say ready (databases migrated, consumers subscribed).
+    async fn wait_ready(&self) {
+        let url = self.url("/health/ready");
+        eventually("the service to be ready", READY_WITHIN, || async {
+            let r = self.http.get(&url).send().await.ok()?;
+            (r.status() == reqwest::StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+
+    /// The URL of `path` (with its query) on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The URL of `path` on the management listener (`/metrics`).
+    pub fn management_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.management_addr())
+    }
+
+    /// The running service.
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// Shuts it down and waits until it stopped cleanly.
+    pub async fn stop(self) {
+        self.running.shutdown(std::future::pending()).await.expect("clean shutdown");
+    }
+}
+
+/// An HTTP client for services under test: no proxy, a 30 s timeout, Keel's TLS provider
+/// installed.
+pub fn client() -> reqwest::Client {
+    keel::http::client::install_tls_provider();
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("an HTTP client")
+}
+
+/// A private database on `backend` for one test, or `None` when its server is not running here
+/// (the test skips, except under `CI=true`, where it fails).
+pub async fn database(backend: Backend) -> Option<TestDatabase> {
+    Some(match backend {
+        Backend::Sqlite => TestDatabase::sqlite().expect("a SQLite file"),
+        Backend::Postgres => {
+            if !testing::require("PostgreSQL", &testing::postgres_url()) {
+                return None;
+            }
+            TestDatabase::postgres(&testing::postgres_url()).await.expect("a PostgreSQL database")
+        }
+        Backend::MySql => {
+            if !testing::require("MariaDB", &testing::mysql_url()) {
+                return None;
+            }
+            TestDatabase::mysql(&testing::mysql_url()).await.expect("a MariaDB database")
+        }
+    })
+}
+
+/// Calls `check` every 25 ms until it returns `Some`, and returns that; fails the test, naming
+/// `what` it waited for, after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// For each `async fn name(backend: Backend)` listed, a module `name` with one multi-threaded
+/// `#[tokio::test]` per SQL backend: `name::sqlite`, `name::postgres`, `name::mysql`. The test
+/// function calls [`database`] (or similar) itself, so a server that is not running skips.
+///
+/// ```ignore
+/// async fn joins_and_leaves(backend: Backend) { /* … */ }
+/// cityevents_common::on_every_backend!(joins_and_leaves);
+/// ```
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::testing::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::testing::Backend::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mysql() {
+                super::$name($crate::testing::Backend::MySql).await;
+            }
+        }
+    )+};
+}
