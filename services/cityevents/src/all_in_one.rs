@@ -37,7 +37,13 @@ pub fn profile() -> Result<Profile, ExitCode> {
     })
 }
 
-fn dev_secrets() -> Result<DevSecrets, String> {
+/// The development secrets, read (or created) once per process: every service asks for them.
+fn dev_secrets() -> Result<&'static DevSecrets, String> {
+    static SECRETS: std::sync::OnceLock<Result<DevSecrets, String>> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(load_or_create_dev_secrets).as_ref().map_err(Clone::clone)
+}
+
+fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
     let path = Path::new(DEV_SECRETS);
     if let Ok(text) = std::fs::read_to_string(path) {
         return serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)"));
@@ -51,13 +57,7 @@ fn dev_secrets() -> Result<DevSecrets, String> {
         blind_index_key: generate_key(),
     };
     std::fs::create_dir_all("data").map_err(|e| format!("cannot create ./data: {e}"))?;
-    let text = serde_json::to_string_pretty(&serde_json::json!({
-        "jwt_secret": secrets.jwt_secret,
-        "master_key": secrets.master_key,
-        "blind_index_key": secrets.blind_index_key,
-        "data_key": secrets.data_key,
-    }))
-    .map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -69,16 +69,11 @@ fn dev_secrets() -> Result<DevSecrets, String> {
     Ok(secrets)
 }
 
-/// The env prefix of a service (`cityevents-auth` → `CITYEVENTS_AUTH`).
-fn prefix(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
-}
-
 /// The defaults the launcher gives service `name` (a Keel name from [`services`]): its port,
 /// the gateway's upstream URLs, the shared in-process bus, JWT issuer and audience, and in
 /// development the secrets from `data/dev-secrets.json` (created on first use).
 pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, String> {
-    let p = prefix(name);
+    let p = keel::config::env_prefix(name);
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| vars.push((format!("{p}__{k}"), v));
     if let Some((_, port)) = services::ALL.iter().find(|(n, _)| *n == name) {
@@ -110,13 +105,13 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
     if profile == Profile::Development {
         let s = dev_secrets()?;
         set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__ALGORITHM"), "HS256".into());
-        set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__SECRET"), s.jwt_secret);
+        set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__SECRET"), s.jwt_secret.clone());
         if name == services::AUTH.0 {
             set("SECURITY__JWT__SIGNING_KEY", DEV_KID.into());
-            set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key);
-            set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", s.blind_index_key);
+            set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key.clone());
+            set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", s.blind_index_key.clone());
             set("SECURITY__ENCRYPTION__ACTIVE_KEY", DEV_KID.into());
-            set(&format!("SECURITY__ENCRYPTION__DATA_KEYS__{DEV_KID}"), s.data_key);
+            set(&format!("SECURITY__ENCRYPTION__DATA_KEYS__{DEV_KID}"), s.data_key.clone());
         }
     }
     Ok(vars)

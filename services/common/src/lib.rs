@@ -32,9 +32,7 @@ pub mod services {
     /// The configuration defaults every binary of `service` starts from (below its config file
     /// and environment): its port. Use with `keel::Service::config_defaults`.
     pub fn defaults((name, port): (&str, u16)) -> Vec<(String, String)> {
-        let prefix: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-        vec![(format!("{prefix}__HTTP__PORT"), port.to_string())]
+        vec![(format!("{}__HTTP__PORT", keel::config::env_prefix(name)), port.to_string())]
     }
 }
 

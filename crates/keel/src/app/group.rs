@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::lifecycle::{Running, StartError, start};
 use super::service::{BuildInfo, Service};
 use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error};
-use crate::config::{ConfigError, KeelConfig, Loader, Profile, Section};
+use crate::config::{ConfigError, KeelConfig, Loaded, Loader, Profile, Section};
 use crate::telemetry::{self, TelemetryOptions};
 
 type StartFuture = Pin<Box<dyn Future<Output = Result<Running, StartError>> + Send>>;
@@ -103,17 +103,20 @@ impl Group {
 
     /// Adds `service`, configured by `loader` (give it the service's own name so its env prefix
     /// is its own). Configuration is loaded when the group starts.
+    ///
+    /// The service's own [`Service::config_defaults`] apply beneath the loader's defaults.
     pub fn add<C: Section>(mut self, service: Service<C>, loader: Loader) -> Self {
         let name = service.build.name.clone();
-        let load: LoadFn = Box::new(move || {
-            let loaded = loader.load::<C>()?;
-            Ok(Prepared {
-                keel: loaded.config.keel.clone(),
-                profile: loaded.profile,
-                start: Box::new(move || Box::pin(start(service, loaded))),
-            })
-        });
+        let loader = loader.beneath_defaults(service.config_defaults.iter().cloned());
+        let load: LoadFn = Box::new(move || Ok(prepare(service, loader.load::<C>()?)));
         self.members.push((name, load));
+        self
+    }
+
+    /// Adds `service` with a configuration already loaded (what [`crate::run`] does for one).
+    pub(crate) fn add_loaded<C: Section>(mut self, service: Service<C>, loaded: Loaded<C>) -> Self {
+        let name = service.build.name.clone();
+        self.members.push((name, Box::new(move || Ok(prepare(service, loaded)))));
         self
     }
 
@@ -218,7 +221,13 @@ impl Group {
                 Err(e) => {
                     tracing::error!(error = %e, "start-up failed");
                     guard.shutdown();
-                    startup_error(&build, "start-up failed", serde_json::json!({ "error": e.to_string() }));
+                    let details = match &e {
+                        GroupError::Start { service, error } => {
+                            serde_json::json!({ "error": error.to_string(), "member": service })
+                        }
+                        other => serde_json::json!({ "error": other.to_string() }),
+                    };
+                    startup_error(&build, "start-up failed", details);
                     return exit::START;
                 }
             };
@@ -253,6 +262,14 @@ impl Group {
         });
         rt.shutdown_timeout(super::lifecycle::RUNTIME_GRACE);
         ExitCode::from(code)
+    }
+}
+
+fn prepare<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Prepared {
+    Prepared {
+        keel: loaded.config.keel.clone(),
+        profile: loaded.profile,
+        start: Box::new(move || Box::pin(start(service, loaded))),
     }
 }
 

@@ -44,7 +44,6 @@ pub use lifecycle::{Running, ShutdownError, StartError, start};
 pub use service::{BuildInfo, Service, Setup, SetupError};
 
 use crate::config::{ConfigError, Loaded, Loader, Profile, Section};
-use crate::telemetry::{self, TelemetryOptions};
 use cli::{Cli, Command, ConfigCommand};
 
 /// Runs a service binary: parses the command line, loads configuration, and does what the
@@ -285,79 +284,9 @@ fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration)
     }
 }
 
+/// One service as the process: a group of one (same telemetry, signals and shutdown).
 fn serve<C: Section>(service: Service<C>, loaded: Loaded<C>) -> ExitCode {
-    let build = service.build.clone();
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            startup_error(&build, "cannot start the async runtime", serde_json::json!({ "error": e.to_string() }));
-            return ExitCode::from(exit::START);
-        }
-    };
-    let code = rt.block_on(async move {
-        let keel = &loaded.config.keel;
-        let opts = TelemetryOptions {
-            service: build.name.clone(),
-            version: build.version.clone(),
-            profile: loaded.profile,
-            level: keel.log.level.clone(),
-            format: keel.log.format,
-            telemetry: keel.telemetry.clone(),
-            mask_fields: keel.log.mask_fields.clone(),
-        };
-        let guard = match telemetry::init(&opts) {
-            Ok(g) => g,
-            Err(e) => {
-                startup_error(&build, "cannot set up telemetry", serde_json::json!({ "error": e.to_string() }));
-                return exit::START;
-            }
-        };
-        install_panic_hook();
-        let mut signals = match Signals::new() {
-            Ok(s) => s,
-            Err(e) => {
-                startup_error(&build, "cannot listen for stop signals", serde_json::json!({ "error": e.to_string() }));
-                return exit::START;
-            }
-        };
-        let running = match start(service, loaded).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "start-up failed");
-                guard.shutdown();
-                startup_error(&build, "start-up failed", serde_json::json!({ "error": e.to_string() }));
-                return exit::START;
-            }
-        };
-        let failed = running.failed();
-        let listener_failed = tokio::select! {
-            sig = signals.next() => {
-                tracing::info!(signal = sig, "stop signal received");
-                false
-            }
-            () = failed => {
-                tracing::error!("a listener failed; shutting down");
-                true
-            }
-        };
-        let force = async move {
-            let sig = signals.next().await;
-            tracing::warn!(signal = sig, "second stop signal: forcing exit");
-        };
-        let code = match running.shutdown(force).await {
-            // A restart policy must see that the service did not stop on request.
-            Ok(()) if listener_failed => exit::FAILURE,
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!(error = %e, "shutdown was not clean");
-                exit::FORCED_SHUTDOWN
-            }
-        };
-        guard.shutdown();
-        code
-    });
-    rt.shutdown_timeout(lifecycle::RUNTIME_GRACE);
-    ExitCode::from(code)
+    Group::new(service.build.clone()).add_loaded(service, loaded).run()
 }
 
 /// Panics are logged as structured `error` lines (with the request's span fields) instead of

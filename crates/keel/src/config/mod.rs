@@ -372,6 +372,14 @@ impl Loader {
         self
     }
 
+    /// Defaults beneath those given to [`Loader::defaults`] (a service's own, under a launcher's).
+    pub(crate) fn beneath_defaults(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut below: Vec<(String, String)> = vars.into_iter().collect();
+        below.append(&mut self.defaults);
+        self.defaults = below;
+        self
+    }
+
     /// Uses these environment variables (for `${VAR}` and `<SERVICE>__…` overrides).
     pub fn env<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
         self.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
@@ -487,8 +495,13 @@ impl Loader {
     }
 }
 
+/// The env prefix of a service's variables, without the trailing `__`:
 /// `cityevents-auth` → `CITYEVENTS_AUTH`.
-pub(crate) fn env_prefix(service: &str) -> String {
+///
+/// ```
+/// assert_eq!(keel::config::env_prefix("cityevents-auth"), "CITYEVENTS_AUTH");
+/// ```
+pub fn env_prefix(service: &str) -> String {
     service.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
 
