@@ -1,6 +1,7 @@
 //! City Events end to end, through the gateway only, in both ways to run it: the all-in-one
 //! binary (SQLite, in-process bus and limiter) and the distributed script (five processes in
-//! production profile on PostgreSQL, Redis and NATS JetStream). The same scenario runs in both.
+//! production profile on PostgreSQL, Redis and NATS JetStream, then again with RabbitMQ as the
+//! bus). The same scenario runs in every one.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -437,24 +438,100 @@ async fn all_in_one_zero_setup() {
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn distributed_on_postgres_redis_and_nats() {
-    let needs = [
-        ("PostgreSQL", keel::testing::postgres_url()),
-        ("Redis", keel::testing::redis_url()),
-        ("NATS", keel::testing::nats_url()),
-    ];
+/// The script's settings for the servers the tests use (`KEEL_TEST_*_URL`, else the local
+/// defaults), so the distributed platform talks to the same servers the checks above reached.
+fn server_env(postgres: &str, redis: &str) -> Vec<(String, String)> {
+    let pg = reqwest::Url::parse(postgres).unwrap();
+    vec![
+        ("PGHOST".into(), pg.host_str().unwrap_or("127.0.0.1").into()),
+        ("PGPORT".into(), pg.port().unwrap_or(5432).to_string()),
+        ("PGUSER".into(), if pg.username().is_empty() { "postgres".into() } else { pg.username().into() }),
+        ("CITYEVENTS_REDIS_URL".into(), redis.into()),
+    ]
+}
+
+/// Whether every server and program the distributed script needs is here (else skipped, or a
+/// failure under `CI=true`).
+fn distributed_prerequisites(bus: (&str, String)) -> bool {
+    let needs = [("PostgreSQL", keel::testing::postgres_url()), ("Redis", keel::testing::redis_url()), bus];
     for (name, url) in needs {
         if !keel::testing::require(name, &url) {
-            return;
+            return false;
         }
     }
-    for program in ["psql", "openssl"] {
-        if !keel::testing::require_program(program, &common::which(program)) {
-            return;
-        }
+    ["psql", "openssl"].iter().all(|program| keel::testing::require_program(program, &common::which(program)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_postgres_redis_and_nats() {
+    if !distributed_prerequisites(("NATS", keel::testing::nats_url())) {
+        return;
     }
-    let mut platform = Platform::distributed(&[]);
+    let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
+    env.push(("CITYEVENTS_BUS_URL".into(), keel::testing::nats_url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut platform = Platform::distributed(&env);
+    scenario(&platform.base).await;
+    let status = platform.stop();
+    assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+}
+
+/// A RabbitMQ user of its own for one test, removed on drop: production refuses the well-known
+/// guest/guest, so the distributed platform needs real credentials.
+struct RabbitUser {
+    name: String,
+    url: String,
+}
+
+impl RabbitUser {
+    /// Created with `rabbitmqctl` (the local broker's admin tool); `None` (skipped, or a failure
+    /// under `CI=true`) when it is missing or not allowed to manage the broker.
+    fn create() -> Option<Self> {
+        let ctl = common::which("rabbitmqctl");
+        if !keel::testing::require_program("rabbitmqctl", &ctl) {
+            return None;
+        }
+        let name = common::unique("ce-e2e-");
+        let password = format!("{}{}", uuid::Uuid::now_v7().simple(), uuid::Uuid::now_v7().simple());
+        let run = |args: &[&str]| std::process::Command::new(&ctl).args(args).output();
+        let made = run(&["add_user", &name, &password])
+            .and_then(|o| if o.status.success() { run(&["set_permissions", &name, ".*", ".*", ".*"]) } else { Ok(o) });
+        match made {
+            Ok(o) if o.status.success() => {}
+            other => {
+                let why = format!("rabbitmqctl could not create a user: {other:?}");
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("{why} (CI=true: tests may not skip)");
+                }
+                eprintln!("SKIPPED: {why}");
+                return None;
+            }
+        }
+        let amqp = reqwest::Url::parse(&keel::testing::rabbitmq_url()).unwrap();
+        let host = amqp.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = amqp.port().unwrap_or(5672);
+        let url = format!("amqp://{name}:{password}@{host}:{port}/%2f");
+        Some(Self { name, url })
+    }
+}
+
+impl Drop for RabbitUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::which("rabbitmqctl")).args(["delete_user", &self.name]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_postgres_redis_and_rabbitmq() {
+    if !distributed_prerequisites(("RabbitMQ", keel::testing::rabbitmq_url())) {
+        return;
+    }
+    let Some(user) = RabbitUser::create() else { return };
+    let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
+    env.push(("CITYEVENTS_BUS_BACKEND".into(), "rabbitmq".into()));
+    env.push(("CITYEVENTS_BUS_URL".into(), user.url.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut platform = Platform::distributed(&env);
     scenario(&platform.base).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));

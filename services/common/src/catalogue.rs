@@ -9,6 +9,12 @@
 //!
 //! Payloads are versioned (`VERSION`); an incompatible change adds a new version and consumers
 //! keep decoding the old one. Times are RFC 3339 UTC on the wire.
+//!
+//! `event.*` payloads also carry the event's own `version` (it grows with every change the
+//! events service commits). A consumer remembers the last version it applied and ignores an
+//! older one, so a redelivered or retried `event.updated` can never overwrite a newer state,
+//! whatever order the broker hands them out in. `0` means "unknown" (a payload written before
+//! the field existed) and is applied as before.
 
 use keel::events::Event;
 use serde::{Deserialize, Serialize};
@@ -44,6 +50,10 @@ pub struct EventSnapshot {
     pub capacity: u32,
     /// `published` (or `canceled`).
     pub status: String,
+    /// The event's version in the events service when this was sent; newer is larger. `0`
+    /// (absent) = unknown.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// `event.published`: a draft became public; joins open.
@@ -68,6 +78,9 @@ pub struct EventCanceled {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub canceled_at: OffsetDateTime,
+    /// The event's version after the cancel (see [`EventSnapshot::version`]).
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Event for EventPublished {

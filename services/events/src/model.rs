@@ -194,6 +194,7 @@ impl Event {
             ends_at: from_micros(self.ends_at),
             capacity: u32::try_from(self.capacity).unwrap_or(0),
             status: self.status.as_str().to_owned(),
+            version: u64::try_from(self.version).unwrap_or(0),
         }
     }
 
@@ -204,6 +205,7 @@ impl Event {
             organizer_id: self.organizer_id,
             title: self.title.clone(),
             canceled_at: from_micros(self.updated_at),
+            version: u64::try_from(self.version).unwrap_or(0),
         }
     }
 

@@ -54,13 +54,20 @@ struct Inner {
     db: Db,
     outbox: Outbox,
     idempotency_ttl: Duration,
+    change_batch: i64,
     joins_topic: String,
 }
 
 impl Shared {
     /// Handler state over the service's database and outbox.
     pub(crate) fn new(db: Db, outbox: Outbox, cfg: &crate::JoinsConfig) -> Self {
-        Self(Arc::new(Inner { db, outbox, idempotency_ttl: cfg.idempotency_ttl, joins_topic: cfg.joins_topic.clone() }))
+        Self(Arc::new(Inner {
+            db,
+            outbox,
+            idempotency_ttl: cfg.idempotency_ttl,
+            change_batch: i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
+            joins_topic: cfg.joins_topic.clone(),
+        }))
     }
 }
 
@@ -396,7 +403,7 @@ async fn end_and_refill(
     let kind = if new_status == status::KICKED { Announce::Kicked } else { Announce::Canceled };
     items.push((kind, store::change(ev, j, reason)));
     if had_seat {
-        for p in store::promote(tx, backend, ev, now_us).await? {
+        for p in store::promote(tx, backend, ev, now_us, st.0.change_batch).await? {
             items.push((Announce::Promoted, store::change(ev, &p, Some("seat_freed"))));
         }
     }

@@ -10,6 +10,12 @@
 //! | `event.updated` | new title, times, capacity; free seats go to the oldest waitlisted users (`join.promoted`); a smaller capacity bumps no one |
 //! | `event.canceled` | the event is closed; every confirmed or waitlisted join is canceled (`join.canceled`, reason `event_canceled`) |
 //!
+//! Snapshots carry the event's version: one older than (or equal to) the version already
+//! applied is acknowledged and ignored, so a retried or reordered `event.updated` never rolls
+//! an event back. A cancel or capacity increase changes at most `change_batch` joins in the
+//! message's transaction; the rest is finished by the service's settle worker
+//! (`store::settle_pending`), batch by batch, each batch announced as it commits.
+//!
 //! An update or cancel for an event not known yet is retried (its `event.published` may still
 //! be on its way); a payload that does not decode, or an unknown schema version, goes to the
 //! DLQ at once. Other `event.*` types are acknowledged and ignored.
@@ -21,7 +27,7 @@ use keel::events::outbox::Outbox;
 use keel::events::{Envelope, Event, Failure, Handler, Message};
 use sqlx::{Any, Transaction};
 
-use crate::store::{self, Announce, EventRow, event_status};
+use crate::store::{self, EventRow, event_status};
 
 /// The `event.*` handler the service registers (group `joins`, with the inbox).
 #[derive(Debug, Clone)]
@@ -29,13 +35,22 @@ pub struct EventsHandler {
     backend: Backend,
     outbox: Outbox,
     joins_topic: String,
+    batch: i64,
 }
 
 impl EventsHandler {
     /// A handler for a database of `backend`, announcing `join.*` through `outbox` on
     /// `joins_topic`.
     pub fn new(backend: Backend, outbox: Outbox, joins_topic: impl Into<String>) -> Self {
-        Self { backend, outbox, joins_topic: joins_topic.into() }
+        Self { backend, outbox, joins_topic: joins_topic.into(), batch: store::DEFAULT_CHANGE_BATCH }
+    }
+
+    /// Joins changed in the message's own transaction when an event is canceled or its
+    /// capacity grows (default 500); the rest is left `pending` for the service's settle
+    /// worker, which must use the same database.
+    pub fn change_batch(mut self, batch: usize) -> Self {
+        self.batch = i64::try_from(batch).unwrap_or(i64::MAX).max(1);
+        self
     }
 }
 
@@ -43,37 +58,59 @@ impl Handler for EventsHandler {
     async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
         let envelope = msg.envelope().clone();
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the joins consumer must run with an inbox"))?;
-        apply_event(tx, self.backend, &self.outbox, &self.joins_topic, &envelope).await
+        let to = Target { backend: self.backend, outbox: &self.outbox, topic: &self.joins_topic, batch: self.batch };
+        apply_event(tx, &to, &envelope).await
     }
 }
 
+/// Where [`apply_event`] writes: the database kind, the outbox and topic for `join.*`, and how
+/// many joins one transaction may change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    /// The database's backend.
+    pub(crate) backend: Backend,
+    /// The outbox `join.*` goes through.
+    pub(crate) outbox: &'a Outbox,
+    /// The `join.*` topic.
+    pub(crate) topic: &'a str,
+    /// Joins changed per transaction (see [`EventsHandler::change_batch`]).
+    pub(crate) batch: i64,
+}
+
 /// Applies one `event.*` envelope in `tx` (the inbox transaction), enqueueing the `join.*` it
-/// causes through `outbox` on `joins_topic`. The caller commits.
-pub async fn apply_event(
+/// causes. The caller commits.
+pub(crate) async fn apply_event(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
-    outbox: &Outbox,
-    joins_topic: &str,
+    to: &Target<'_>,
     envelope: &Envelope,
 ) -> Result<(), Failure> {
     match envelope.ty.as_str() {
         EventPublished::TYPE => {
             let EventPublished(snapshot) = envelope.decode().map_err(Failure::permanent)?;
-            apply_snapshot(tx, backend, outbox, joins_topic, &snapshot, true).await
+            apply_snapshot(tx, to, &snapshot, true).await
         }
         EventUpdated::TYPE => {
             let EventUpdated(snapshot) = envelope.decode().map_err(Failure::permanent)?;
-            apply_snapshot(tx, backend, outbox, joins_topic, &snapshot, false).await
+            apply_snapshot(tx, to, &snapshot, false).await
         }
         EventCanceled::TYPE => {
             let canceled: EventCanceled = envelope.decode().map_err(Failure::permanent)?;
-            apply_cancel(tx, backend, outbox, joins_topic, &canceled).await
+            apply_cancel(tx, to, &canceled).await
         }
         other => {
             tracing::debug!(ty = %other, "not an event the joins service acts on; acknowledged");
             Ok(())
         }
     }
+}
+
+fn version_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Whether a payload at `incoming` is older than (or the same as) what the row has applied.
+fn is_stale(ev: &EventRow, incoming: u64) -> bool {
+    incoming != 0 && version_of(incoming) <= ev.source_version
 }
 
 fn row_from(s: &EventSnapshot) -> Result<EventRow, Failure> {
@@ -91,65 +128,60 @@ fn row_from(s: &EventSnapshot) -> Result<EventRow, Failure> {
         confirmed: 0,
         waitlisted: 0,
         next_seq: 0,
+        source_version: version_of(s.version),
     })
 }
 
 async fn apply_snapshot(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
-    outbox: &Outbox,
-    topic: &str,
+    to: &Target<'_>,
     s: &EventSnapshot,
     published: bool,
 ) -> Result<(), Failure> {
     let fresh = row_from(s)?;
     let now_us = to_micros(now());
-    let Some(mut ev) = store::lock_event(tx, backend, s.event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, to.backend, s.event_id).await? else {
         if !published {
             return Err(Failure::retry(format!(
                 "event {} is not known yet (its event.published may still be on its way)",
                 s.event_id
             )));
         }
-        store::insert_event(tx, backend, &fresh, now_us).await?;
+        store::insert_event(tx, to.backend, &fresh, now_us).await?;
         tracing::info!(event_id = %s.event_id, capacity = s.capacity, "event opened for joins");
         return Ok(());
     };
+    if is_stale(&ev, s.version) {
+        tracing::info!(
+            event_id = %s.event_id, version = s.version, applied = ev.source_version,
+            "an older snapshot of the event arrived after a newer one; ignored"
+        );
+        return Ok(());
+    }
     ev.title = fresh.title;
     ev.starts_at = fresh.starts_at;
     ev.ends_at = fresh.ends_at;
     ev.capacity = fresh.capacity;
-    let mut items = Vec::new();
+    ev.source_version = ev.source_version.max(fresh.source_version);
     if fresh.status == event_status::CANCELED {
-        if ev.status != event_status::CANCELED {
-            ev.status = event_status::CANCELED.to_owned();
-            for j in store::cancel_all(tx, backend, &mut ev, now_us).await? {
-                items.push((Announce::Canceled, store::change(&ev, &j, Some("event_canceled"))));
-            }
-        }
-    } else if ev.status == event_status::PUBLISHED {
-        // A larger (or unlimited) capacity frees seats; a smaller one leaves confirmed joins be.
-        for j in store::promote(tx, backend, &mut ev, now_us).await? {
-            items.push((Announce::Promoted, store::change(&ev, &j, Some("capacity_increased"))));
-        }
+        ev.status = event_status::CANCELED.to_owned();
     }
-    store::save_event(tx, backend, &ev, now_us).await?;
-    if !items.is_empty() {
-        tracing::info!(event_id = %ev.event_id, changed = items.len(), "event change moved joins");
+    // A larger (or unlimited) capacity frees seats; a smaller one leaves confirmed joins be.
+    let items = store::settle(tx, to.backend, &mut ev, now_us, to.batch, "capacity_increased").await?;
+    store::save_event(tx, to.backend, &ev, now_us).await?;
+    if !items.is_empty() || ev.unsettled() {
+        tracing::info!(
+            event_id = %ev.event_id, changed = items.len(), pending = ev.unsettled(),
+            "event change moved joins"
+        );
     }
-    store::announce(tx, outbox, topic, items).await?;
+    store::announce(tx, to.outbox, to.topic, items).await?;
     Ok(())
 }
 
-async fn apply_cancel(
-    tx: &mut Transaction<'static, Any>,
-    backend: Backend,
-    outbox: &Outbox,
-    topic: &str,
-    c: &EventCanceled,
-) -> Result<(), Failure> {
+async fn apply_cancel(tx: &mut Transaction<'static, Any>, to: &Target<'_>, c: &EventCanceled) -> Result<(), Failure> {
     let now_us = to_micros(now());
-    let Some(mut ev) = store::lock_event(tx, backend, c.event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, to.backend, c.event_id).await? else {
         return Err(Failure::retry(format!(
             "event {} is not known yet (its event.published may still be on its way)",
             c.event_id
@@ -160,11 +192,14 @@ async fn apply_cancel(
     }
     ev.status = event_status::CANCELED.to_owned();
     ev.title = c.title.clone();
-    let canceled = store::cancel_all(tx, backend, &mut ev, now_us).await?;
-    let items: Vec<_> =
-        canceled.iter().map(|j| (Announce::Canceled, store::change(&ev, j, Some("event_canceled")))).collect();
-    store::save_event(tx, backend, &ev, now_us).await?;
-    tracing::info!(event_id = %ev.event_id, canceled = items.len(), "event canceled; its joins are canceled");
-    store::announce(tx, outbox, topic, items).await?;
+    // Canceled is final: a newer version only records that older snapshots are now stale.
+    ev.source_version = ev.source_version.max(version_of(c.version));
+    let items = store::settle(tx, to.backend, &mut ev, now_us, to.batch, "capacity_increased").await?;
+    store::save_event(tx, to.backend, &ev, now_us).await?;
+    tracing::info!(
+        event_id = %ev.event_id, canceled = items.len(), pending = ev.unsettled(),
+        "event canceled; its joins are canceled"
+    );
+    store::announce(tx, to.outbox, to.topic, items).await?;
     Ok(())
 }

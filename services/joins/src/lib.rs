@@ -26,7 +26,7 @@ use std::time::Duration;
 use keel::config::{Section, Validation};
 use serde::{Deserialize, Serialize};
 
-pub use consumer::{EventsHandler, apply_event};
+pub use consumer::EventsHandler;
 
 /// The joins service's `app` section (env `CITYEVENTS_JOINS__APP__…`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,14 +36,23 @@ pub struct JoinsConfig {
     /// Default `24h`; 1 minute to 30 days.
     #[serde(with = "keel::config::duration")]
     pub idempotency_ttl: Duration,
-    /// `event.*` messages handled at once. Default `1`: one event's snapshots then apply in the
-    /// order they were published (more is faster but may apply an older snapshot last). 1 to 256.
+    /// `event.*` messages handled at once. Default `1`. More handles several events in
+    /// parallel; snapshots carry the event's version, so one arriving after a newer one is
+    /// ignored either way. 1 to 256.
     pub consumer_concurrency: usize,
     /// The topic `event.*` is consumed from. Default `cityevents.events` (the catalogue's); only
     /// isolated test or staging set-ups change it.
     pub events_topic: String,
     /// The topic `join.*` is published to. Default `cityevents.joins` (the catalogue's).
     pub joins_topic: String,
+    /// Joins changed per transaction when an event is canceled or its capacity grows. The
+    /// message's own transaction changes this many; the settle worker does the rest, batch by
+    /// batch, so no transaction or lock grows with an event's size. Default `500`; 1 to 10000.
+    pub change_batch: usize,
+    /// How often the settle worker looks for events left with joins to change. Default `5s`;
+    /// 50ms to 10m.
+    #[serde(with = "keel::config::duration")]
+    pub settle_interval: Duration,
 }
 
 impl Default for JoinsConfig {
@@ -53,6 +62,8 @@ impl Default for JoinsConfig {
             consumer_concurrency: 1,
             events_topic: cityevents_common::catalogue::EVENTS_TOPIC.to_owned(),
             joins_topic: cityevents_common::catalogue::JOINS_TOPIC.to_owned(),
+            change_batch: 500,
+            settle_interval: Duration::from_secs(5),
         }
     }
 }
@@ -64,6 +75,12 @@ impl Section for JoinsConfig {
         }
         if !(1..=256).contains(&self.consumer_concurrency) {
             v.invalid("consumer_concurrency", "must be between 1 and 256");
+        }
+        if !(1..=10_000).contains(&self.change_batch) {
+            v.invalid("change_batch", "must be between 1 and 10000");
+        }
+        if !(Duration::from_millis(50)..=Duration::from_secs(600)).contains(&self.settle_interval) {
+            v.invalid("settle_interval", "must be between 50ms and 10m");
         }
         for (key, topic) in [("events_topic", &self.events_topic), ("joins_topic", &self.joins_topic)] {
             if let Err(e) = keel::events::validate_name(topic) {
@@ -93,7 +110,8 @@ pub fn service() -> keel::Service<JoinsConfig> {
             let db = s.database()?;
             let bus = s.bus()?;
             let outbox = s.outbox(&db)?;
-            let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone());
+            let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone())
+                .change_batch(cfg.change_batch);
             // A broker or database outage must not dead-letter an event that opens or cancels
             // joins: retry for about half an hour before giving up.
             let options = keel::events::ConsumerOptions::default()
@@ -106,6 +124,13 @@ pub fn service() -> keel::Service<JoinsConfig> {
                     .options(options),
             )?;
             s.worker(store::idempotency_pruner(db.clone(), cfg.idempotency_ttl))?;
+            s.worker(store::settle_pending(
+                db.clone(),
+                outbox.clone(),
+                cfg.joins_topic.clone(),
+                i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
+                cfg.settle_interval,
+            ))?;
             let jwt = s.jwt()?;
             let state = api::Shared::new(db, outbox, &cfg);
             Ok(api::router(state).layer(jwt.extension()))
@@ -134,7 +159,14 @@ mod tests {
         assert_eq!(cfg.joins_topic, "cityevents.joins");
         let set = |k: &str, v: &str| load(&[(&format!("CITYEVENTS_JOINS__APP__{k}"), v)]);
         assert!(set("IDEMPOTENCY_TTL", "1h").is_ok());
-        for (k, v) in [("IDEMPOTENCY_TTL", "1s"), ("CONSUMER_CONCURRENCY", "0"), ("EVENTS_TOPIC", "a b")] {
+        assert_eq!((cfg.change_batch, cfg.settle_interval), (500, std::time::Duration::from_secs(5)));
+        for (k, v) in [
+            ("IDEMPOTENCY_TTL", "1s"),
+            ("CONSUMER_CONCURRENCY", "0"),
+            ("EVENTS_TOPIC", "a b"),
+            ("CHANGE_BATCH", "0"),
+            ("SETTLE_INTERVAL", "1ms"),
+        ] {
             let err = set(k, v).err().unwrap_or_default();
             assert!(err.contains(&k.to_lowercase()), "{k}={v}: {err}");
         }

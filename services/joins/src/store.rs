@@ -5,6 +5,11 @@
 //! `next_seq` (the FIFO ticket dispenser) are read under that lock, changed in memory and
 //! written back with [`save_event`] before commit. Because every writer of an event takes the same
 //! lock first, the counters cannot drift and two joins can never both take the last seat.
+//!
+//! Bulk changes (an event canceled, a capacity raised) touch at most `change_batch` joins per
+//! transaction, so no transaction — and no lock on a busy event — grows with the number of
+//! joins. The row is then left `pending`, and [`settle_pending`] finishes it in further
+//! transactions of the same size.
 
 use std::time::Duration;
 
@@ -40,8 +45,8 @@ pub(crate) mod event_status {
     pub(crate) const CANCELED: &str = "canceled";
 }
 
-/// Rows fetched per round when promoting or canceling in bulk.
-const BATCH: i64 = 500;
+/// Joins changed per transaction when an event changes in bulk (the `change_batch` default).
+pub(crate) const DEFAULT_CHANGE_BATCH: i64 = 500;
 
 /// `text` with placeholders for `backend`, marked as built from constants.
 pub(crate) fn sql(backend: Backend, text: &str) -> AssertSqlSafe<String> {
@@ -68,10 +73,11 @@ pub(crate) struct EventRow {
     pub(crate) waitlisted: i64,
     /// The last FIFO ticket handed out.
     pub(crate) next_seq: i64,
+    /// The events service's version of the last snapshot applied (`0` = unknown).
+    pub(crate) source_version: i64,
 }
 
-const EVENT_COLUMNS: &str =
-    "event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, waitlisted, next_seq";
+const EVENT_COLUMNS: &str = "event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, waitlisted, next_seq, source_version";
 
 impl EventRow {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -86,7 +92,17 @@ impl EventRow {
             confirmed: row.try_get(7)?,
             waitlisted: row.try_get(8)?,
             next_seq: row.try_get(9)?,
+            source_version: row.try_get(10)?,
         })
+    }
+
+    /// Whether joins still have to change to match the event: a canceled event with active
+    /// joins, or free seats while someone waits. Such a row is saved `pending`.
+    pub(crate) fn unsettled(&self) -> bool {
+        if self.status == event_status::CANCELED {
+            return self.confirmed > 0 || self.waitlisted > 0;
+        }
+        self.status == event_status::PUBLISHED && self.waitlisted > 0 && self.has_free_seat()
     }
 
     /// Whether a new join gets a seat now (a shrunk capacity keeps its confirmed joins but
@@ -141,7 +157,8 @@ pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, n
     sqlx::query(sql(
         backend,
         "INSERT INTO event_capacity (event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, \
-         waitlisted, next_seq, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, 0, 0, $8, $9)",
+         waitlisted, next_seq, version, source_version, pending, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, 0, 0, $8, 0, $9, $10)",
     ))
     .bind(ev.event_id.to_string())
     .bind(ev.organizer_id.to_string())
@@ -150,6 +167,7 @@ pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, n
     .bind(ev.ends_at)
     .bind(ev.capacity)
     .bind(&ev.status)
+    .bind(ev.source_version)
     .bind(now_us)
     .bind(now_us)
     .execute(&mut **tx)
@@ -157,12 +175,13 @@ pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, n
     Ok(())
 }
 
-/// Writes back a locked event row: details, status, counters and the FIFO ticket.
+/// Writes back a locked event row: details, status, counters, the FIFO ticket, the source
+/// version, and whether joins are left to settle ([`EventRow::unsettled`]).
 pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
     sqlx::query(sql(
         backend,
         "UPDATE event_capacity SET title = $1, starts_at = $2, ends_at = $3, capacity = $4, status = $5, confirmed = $6, \
-         waitlisted = $7, next_seq = $8, updated_at = $9 WHERE event_id = $10",
+         waitlisted = $7, next_seq = $8, source_version = $9, pending = $10, updated_at = $11 WHERE event_id = $12",
     ))
     .bind(&ev.title)
     .bind(ev.starts_at)
@@ -172,6 +191,8 @@ pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now
     .bind(ev.confirmed)
     .bind(ev.waitlisted)
     .bind(ev.next_seq)
+    .bind(ev.source_version)
+    .bind(i64::from(ev.unsettled()))
     .bind(now_us)
     .bind(ev.event_id.to_string())
     .execute(&mut **tx)
@@ -288,13 +309,15 @@ pub(crate) async fn end_join(
     Ok(())
 }
 
-/// Gives free seats to the oldest waitlisted joins, in FIFO order, until the event is full or
-/// the waitlist empty; returns the promoted joins. Runs under the event lock (`ev` is locked).
+/// Gives free seats to the oldest waitlisted joins, in FIFO order, until the event is full, the
+/// waitlist empty or `limit` joins are promoted; returns the promoted joins. Runs under the
+/// event lock (`ev` is locked).
 pub(crate) async fn promote(
     tx: &mut Tx,
     backend: Backend,
     ev: &mut EventRow,
     now_us: i64,
+    limit: i64,
 ) -> Result<Vec<JoinRow>, sqlx::Error> {
     let mut promoted = Vec::new();
     // The event lock already serializes writers; SKIP LOCKED keeps a picker from ever waiting
@@ -303,8 +326,9 @@ pub(crate) async fn promote(
     let pick = format!(
         "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status = 'waitlisted' ORDER BY queue_seq LIMIT $2{lock}"
     );
-    while ev.status == event_status::PUBLISHED && ev.waitlisted > 0 && ev.has_free_seat() {
-        let want = if ev.capacity == 0 { BATCH } else { (ev.capacity - ev.confirmed).min(BATCH) };
+    let mut left = limit;
+    while left > 0 && ev.status == event_status::PUBLISHED && ev.waitlisted > 0 && ev.has_free_seat() {
+        let want = if ev.capacity == 0 { left } else { (ev.capacity - ev.confirmed).min(left) };
         let rows =
             sqlx::query(sql(backend, &pick)).bind(ev.event_id.to_string()).bind(want).fetch_all(&mut **tx).await?;
         let mut batch = rows.iter().map(JoinRow::from_row).collect::<Result<Vec<_>, _>>()?;
@@ -323,6 +347,7 @@ pub(crate) async fn promote(
         let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
         ev.confirmed += n;
         ev.waitlisted -= n;
+        left -= n;
         for j in &mut batch {
             j.status = status::CONFIRMED.to_owned();
             j.updated_at = now_us;
@@ -332,37 +357,118 @@ pub(crate) async fn promote(
     Ok(promoted)
 }
 
-/// Cancels every confirmed or waitlisted join of a canceled event; returns them (canceled).
-pub(crate) async fn cancel_all(
+/// Cancels up to `limit` confirmed or waitlisted joins of a canceled event, oldest first;
+/// returns them (canceled). Runs under the event lock (`ev` is locked).
+pub(crate) async fn cancel_some(
     tx: &mut Tx,
     backend: Backend,
     ev: &mut EventRow,
     now_us: i64,
+    limit: i64,
 ) -> Result<Vec<JoinRow>, sqlx::Error> {
     let text = format!(
-        "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status IN ('confirmed', 'waitlisted') ORDER BY queue_seq"
+        "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status IN ('confirmed', 'waitlisted') \
+         ORDER BY queue_seq LIMIT $2"
     );
-    let rows = sqlx::query(sql(backend, &text)).bind(ev.event_id.to_string()).fetch_all(&mut **tx).await?;
+    let rows = sqlx::query(sql(backend, &text)).bind(ev.event_id.to_string()).bind(limit).fetch_all(&mut **tx).await?;
     let mut joins = rows.iter().map(JoinRow::from_row).collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(sql(
-        backend,
-        "UPDATE joins SET status = $1, reason = $2, updated_at = $3 \
-         WHERE event_id = $4 AND status IN ('confirmed', 'waitlisted')",
-    ))
-    .bind(status::CANCELED)
-    .bind("event_canceled")
-    .bind(now_us)
-    .bind(ev.event_id.to_string())
-    .execute(&mut **tx)
-    .await?;
-    ev.confirmed = 0;
-    ev.waitlisted = 0;
+    if joins.is_empty() {
+        // The counters said someone is left but nobody is: trust the rows.
+        ev.confirmed = 0;
+        ev.waitlisted = 0;
+        return Ok(joins);
+    }
+    let ids = (0..joins.len()).map(|i| format!("${}", i + 4)).collect::<Vec<_>>().join(", ");
+    let text = format!("UPDATE joins SET status = $1, reason = $2, updated_at = $3 WHERE id IN ({ids})");
+    let mut q = sqlx::query(sql(backend, &text)).bind(status::CANCELED).bind("event_canceled").bind(now_us);
+    for j in &joins {
+        q = q.bind(j.id.to_string());
+    }
+    q.execute(&mut **tx).await?;
     for j in &mut joins {
+        if j.status == status::CONFIRMED {
+            ev.confirmed -= 1;
+        } else {
+            ev.waitlisted -= 1;
+        }
         j.status = status::CANCELED.to_owned();
         j.reason = Some("event_canceled".into());
         j.updated_at = now_us;
     }
+    ev.confirmed = ev.confirmed.max(0);
+    ev.waitlisted = ev.waitlisted.max(0);
     Ok(joins)
+}
+
+/// Moves the joins of a locked event towards what it needs by at most `limit` joins: cancels
+/// them when the event is canceled, promotes waitlisted ones into free seats when it is
+/// published. Returns the announcements (with `promoted_reason` on promotions).
+pub(crate) async fn settle(
+    tx: &mut Tx,
+    backend: Backend,
+    ev: &mut EventRow,
+    now_us: i64,
+    limit: i64,
+    promoted_reason: &str,
+) -> Result<Vec<(Announce, JoinChange)>, sqlx::Error> {
+    if ev.status == event_status::CANCELED {
+        let canceled = cancel_some(tx, backend, ev, now_us, limit).await?;
+        return Ok(canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some("event_canceled")))).collect());
+    }
+    let promoted = promote(tx, backend, ev, now_us, limit).await?;
+    Ok(promoted.iter().map(|j| (Announce::Promoted, change(ev, j, Some(promoted_reason)))).collect())
+}
+
+/// A worker finishing the events left `pending` by a bulk change, `batch` joins per
+/// transaction, each transaction announcing its own changes through `outbox` on `topic`.
+/// Runs every `interval` and then until nothing is pending.
+pub(crate) fn settle_pending(
+    db: Db,
+    outbox: Outbox,
+    topic: String,
+    batch: i64,
+    interval: Duration,
+) -> keel::workers::Worker {
+    keel::workers::Worker::periodic("joins-settle", interval, move |ctx| {
+        let (db, outbox, topic) = (db.clone(), outbox.clone(), topic.clone());
+        async move {
+            if !db.is_available() {
+                return Ok::<_, OutboxError>(());
+            }
+            let pick = db.backend().sql("SELECT event_id FROM event_capacity WHERE pending = 1 LIMIT 32").into_owned();
+            loop {
+                let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(pick.clone())).fetch_all(db.pool()).await?;
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                for id in ids {
+                    if ctx.is_cancelled() {
+                        return Ok(());
+                    }
+                    let id = Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                    settle_one(&db, &outbox, &topic, id, batch).await?;
+                    ctx.heartbeat();
+                }
+            }
+        }
+    })
+}
+
+async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch: i64) -> Result<(), OutboxError> {
+    let backend = db.backend();
+    let mut tx = db.pool().begin().await?;
+    let Some(mut ev) = lock_event(&mut tx, backend, event_id).await? else {
+        return Ok(());
+    };
+    let now_us = to_micros(now());
+    let items = settle(&mut tx, backend, &mut ev, now_us, batch, "capacity_increased").await?;
+    save_event(&mut tx, backend, &ev, now_us).await?;
+    let n = items.len();
+    announce(&mut tx, outbox, topic, items).await?;
+    tx.commit().await?;
+    outbox.wake();
+    tracing::debug!(%event_id, changed = n, left = ev.unsettled(), "settled pending joins");
+    Ok(())
 }
 
 /// The 1-based waitlist position of the join with ticket `queue_seq`.

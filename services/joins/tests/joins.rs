@@ -10,9 +10,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use cityevents_common::catalogue::EventSnapshot;
 use cityevents_common::on_every_backend;
 use cityevents_common::testing::eventually;
-use common::{KEY, Svc, key, snapshot};
+use common::{KEY, Svc, User, key, snapshot};
 use keel::data::Backend;
 use keel::events::Envelope;
 use serde_json::Value;
@@ -324,6 +325,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     assert_eq!(svc.counts(id).await, (1, 1, 2));
 
     // Capacity 1 → 2: the oldest waitlisted user is promoted.
+    ev.version += 1;
     ev.capacity = 2;
     ev.title = "Jazz at the pier".into();
     let grow = svc.update_event(&ev).await;
@@ -354,6 +356,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     assert_eq!(svc.outbox().await.len(), before);
 
     // Capacity 2 → 1: nobody is bumped; a newcomer waits.
+    ev.version += 1;
     ev.capacity = 1;
     svc.update_event(&ev).await;
     assert_eq!(svc.counts(id).await, (1, 2, 1));
@@ -364,6 +367,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     assert_eq!(svc.counts(id).await, (1, 1, 2));
 
     // Unlimited (0): everyone waiting gets in, oldest first.
+    ev.version += 1;
     ev.capacity = 0;
     svc.update_event(&ev).await;
     assert_eq!(svc.counts(id).await, (0, 3, 0));
@@ -408,6 +412,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     assert_eq!(svc.get(None, &format!("/api/v1/events/{}/counts", late.event_id)).await.0, 404);
     let mut first = late.clone();
     first.capacity = 3;
+    first.version = 1;
     svc.feed(&Envelope::new("cityevents-events", &cityevents_common::catalogue::EventPublished(first)).unwrap()).await;
     svc.wait_applied(&update.id).await;
     assert_eq!(svc.counts(late.event_id).await, (7, 0, 0));
@@ -429,6 +434,100 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
     svc.stop().await;
 }
 on_every_backend!(event_changes_promote_and_cancel);
+
+// ---------------------------------------------------------------------------------------------
+
+/// An event with capacity 1 and six joins (one confirmed, five waitlisted, in order).
+async fn crowded(svc: &Svc) -> (EventSnapshot, Vec<User>) {
+    let organizer = svc.user();
+    let ev = svc.publish_event(organizer.id, 1).await;
+    let users: Vec<_> = (0..6).map(|_| svc.user()).collect();
+    for u in &users {
+        assert_eq!(svc.join(u, ev.event_id, &key()).await.0, 201);
+    }
+    assert_eq!(svc.counts(ev.event_id).await, (1, 1, 5));
+    (ev, users)
+}
+
+async fn pending(svc: &Svc, event: Uuid) -> i64 {
+    let sql = svc.db.sql("SELECT pending FROM event_capacity WHERE event_id = $1").into_owned();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(event.to_string()).fetch_one(svc.db.pool()).await.unwrap()
+}
+
+async fn stale_snapshots_are_ignored_and_bulk_changes_go_in_batches(backend: Backend) {
+    // Two joins per transaction, and a settle worker that (after its first run at start) does
+    // not run during the test: what one message's transaction does is visible exactly.
+    let settings = [("APP__CHANGE_BATCH", "2"), ("APP__SETTLE_INTERVAL", "10m")];
+    let Some(svc) = Svc::start_with(backend, &settings).await else { return };
+    let (mut ev, users) = crowded(&svc).await;
+    let id = ev.event_id;
+
+    // An older snapshot arriving late (here: version 1 after the published version 2) and a
+    // repeat of the current version are acknowledged and change nothing.
+    let mut old = ev.clone();
+    old.version = 1;
+    old.capacity = 10;
+    let env = svc.update_event(&old).await;
+    svc.wait_applied(&env.id).await;
+    old.version = ev.version;
+    svc.update_event(&old).await;
+    assert_eq!(svc.counts(id).await, (1, 1, 5), "stale snapshots are ignored");
+
+    // Unlimited: the message's transaction promotes two, oldest first; the rest is pending.
+    ev.version += 1;
+    ev.capacity = 0;
+    svc.update_event(&ev).await;
+    assert_eq!(svc.counts(id).await, (0, 3, 3));
+    assert_eq!(pending(&svc, id).await, 1);
+    let promoted: Vec<Uuid> =
+        svc.announced(id).await.into_iter().filter(|a| a.0 == "join.promoted").map(|a| a.1).collect();
+    assert_eq!(promoted, vec![users[1].id, users[2].id]);
+
+    // Canceled: two joins canceled in the message's transaction, oldest first.
+    svc.cancel_event(&ev).await;
+    assert_eq!(svc.counts(id).await, (0, 1, 3));
+    assert_eq!(pending(&svc, id).await, 1);
+    assert_eq!(svc.my_status(&users[0], id).await.unwrap()["status"], "canceled");
+    assert_eq!(svc.my_status(&users[2], id).await.unwrap()["status"], "confirmed");
+    svc.stop().await;
+
+    // With a settle worker that runs, the rest follows in batches until nothing is pending.
+    let settings = [("APP__CHANGE_BATCH", "2"), ("APP__SETTLE_INTERVAL", "100ms")];
+    let Some(svc) = Svc::start_with(backend, &settings).await else { return };
+    let (mut ev, users) = crowded(&svc).await;
+    let id = ev.event_id;
+    ev.version += 1;
+    ev.capacity = 0;
+    svc.update_event(&ev).await;
+    eventually("every waitlisted user to be promoted", Duration::from_secs(20), || async {
+        (svc.counts(id).await == (0, 6, 0)).then_some(())
+    })
+    .await;
+    let promoted: Vec<Uuid> =
+        svc.announced(id).await.into_iter().filter(|a| a.0 == "join.promoted").map(|a| a.1).collect();
+    assert_eq!(promoted, users[1..].iter().map(|u| u.id).collect::<Vec<_>>(), "FIFO, each once");
+    assert_eq!(pending(&svc, id).await, 0);
+
+    svc.cancel_event(&ev).await;
+    eventually("every join to be canceled", Duration::from_secs(20), || async {
+        (svc.counts(id).await == (0, 0, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(pending(&svc, id).await, 0);
+    let canceled: Vec<Uuid> = svc
+        .announced(id)
+        .await
+        .into_iter()
+        .filter(|a| a.0 == "join.canceled" && a.3.as_deref() == Some("event_canceled"))
+        .map(|a| a.1)
+        .collect();
+    assert_eq!(canceled, users.iter().map(|u| u.id).collect::<Vec<_>>(), "oldest first, each once");
+    for u in &users {
+        assert_eq!(svc.my_status(u, id).await.unwrap()["status"], "canceled");
+    }
+    svc.stop().await;
+}
+on_every_backend!(stale_snapshots_are_ignored_and_bulk_changes_go_in_batches);
 
 // ---------------------------------------------------------------------------------------------
 

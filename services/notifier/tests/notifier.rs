@@ -203,6 +203,7 @@ async fn consumers(backend: Backend) {
         ends_at: OffsetDateTime::now_utc() + time::Duration::hours(2),
         capacity: 10,
         status: "published".into(),
+        version: 2,
     };
     bus.publish(events, &envelope(&EventPublished(snapshot))).await.unwrap();
     let canceled = EventCanceled {
@@ -210,6 +211,7 @@ async fn consumers(backend: Backend) {
         organizer_id: organizer,
         title: "Jazz".into(),
         canceled_at: OffsetDateTime::now_utc(),
+        version: 3,
     };
     bus.publish(events, &envelope(&canceled)).await.unwrap();
 
@@ -373,6 +375,7 @@ async fn redelivery_is_applied_once(backend: Backend) {
         organizer_id: organizer,
         title: "Jazz".into(),
         canceled_at: OffsetDateTime::now_utc(),
+        version: 3,
     };
     bus.publish(events_topic, &envelope(&canceled)).await.unwrap();
     until(organizer, 1).await;

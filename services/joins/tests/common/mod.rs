@@ -66,7 +66,9 @@ impl Svc {
         for (k, v) in extra {
             env = env.set(k, *v);
         }
-        let app = TestService::start(cityevents_joins::service(), env.load::<JoinsConfig>()).await;
+        let loaded = env.load::<JoinsConfig>();
+        let batch = loaded.config.app.change_batch;
+        let app = TestService::start(cityevents_joins::service(), loaded).await;
 
         // The test's own handle on the database (migrated by now) and its event feed.
         let mut cfg = DatabaseConfig::default();
@@ -80,10 +82,14 @@ impl Svc {
         let options = ConsumerOptions::default()
             .max_attempts(4)
             .retry_backoff(Duration::from_millis(50), Duration::from_millis(200));
-        let consumer =
-            Consumer::new(bus.clone(), EVENTS_TOPIC, "joins", EventsHandler::new(backend, outbox, JOINS_TOPIC))
-                .inbox(db.clone())
-                .options(options);
+        let consumer = Consumer::new(
+            bus.clone(),
+            EVENTS_TOPIC,
+            "joins",
+            EventsHandler::new(backend, outbox, JOINS_TOPIC).change_batch(batch),
+        )
+        .inbox(db.clone())
+        .options(options);
         let consumer = tokio::spawn(consumer.run(stop.clone()));
         Some(Self { app, backend, db, bus, stop, consumer: Some(consumer), _database: database })
     }
@@ -147,6 +153,7 @@ impl Svc {
             organizer_id: s.organizer_id,
             title: s.title.clone(),
             canceled_at: OffsetDateTime::now_utc(),
+            version: s.version + 1,
         };
         let env = Envelope::new("cityevents-events", &c).unwrap();
         self.feed(&env).await;
@@ -285,6 +292,7 @@ pub fn snapshot(organizer: Uuid, capacity: u32) -> EventSnapshot {
         ends_at: start + time::Duration::hours(2),
         capacity,
         status: "published".into(),
+        version: 2,
     }
 }
 
