@@ -404,12 +404,53 @@ async fn scenario(base: &str) {
     assert_eq!(api.get("/api/v1/me", Some(&u2.access)).await.status, StatusCode::OK);
 }
 
+/// CORS at the gateway: a preflight from `allowed` (if any) is answered for exactly that origin
+/// with the headers a browser client needs; any other origin gets no CORS grant, and a simple
+/// cross-origin request from it carries no `Access-Control-Allow-Origin` either.
+async fn cors(base: &str, allowed: Option<&str>) {
+    let http = client();
+    let preflight = |origin: &str| {
+        http.request(Method::OPTIONS, format!("{base}/api/v1/events/00000000-0000-0000-0000-000000000000/join"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type, idempotency-key")
+            .send()
+    };
+    let acao =
+        |r: &reqwest::Response| r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
+    if let Some(origin) = allowed {
+        let r = preflight(origin).await.unwrap();
+        assert!(r.status().is_success(), "preflight from {origin}: {}", r.status());
+        assert_eq!(acao(&r).as_deref(), Some(origin));
+        let headers = r.headers()["access-control-allow-headers"].to_str().unwrap().to_lowercase();
+        for h in ["authorization", "content-type", "idempotency-key"] {
+            assert!(headers.contains(h), "{h} allowed: {headers}");
+        }
+        let get = http.get(format!("{base}/api/v1/events")).header("origin", origin).send().await.unwrap();
+        assert_eq!(acao(&get).as_deref(), Some(origin));
+        let exposed = get.headers()["access-control-expose-headers"].to_str().unwrap().to_lowercase();
+        assert!(exposed.contains("x-request-id") && exposed.contains("retry-after"), "{exposed}");
+    }
+    for origin in ["https://evil.example", "http://127.0.0.1:3000.evil.example", "null"] {
+        if Some(origin) == allowed {
+            continue;
+        }
+        let r = preflight(origin).await.unwrap();
+        assert_eq!(acao(&r), None, "preflight from {origin} is not granted");
+        let get = http.get(format!("{base}/api/v1/events")).header("origin", origin).send().await.unwrap();
+        assert_eq!(get.status(), StatusCode::OK);
+        assert_eq!(acao(&get), None, "{origin} may not read the answer");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn all_in_one_zero_setup() {
     let mut platform = Platform::all_in_one(&[]);
     let banner = platform.wait_for_line("First admin:", Duration::from_secs(5));
     assert!(banner.contains("admin create"), "{banner}");
     scenario(&platform.base).await;
+    // No browser origin is configured in the zero-setup default: no cross-origin reads.
+    cors(&platform.base, None).await;
 
     // The first admin, as the banner says: the launcher's auth CLI on the same data, password on stdin.
     let email = format!("{}@example.com", common::unique("admin"));
@@ -447,6 +488,7 @@ fn server_env(postgres: &str, redis: &str) -> Vec<(String, String)> {
         ("PGPORT".into(), pg.port().unwrap_or(5432).to_string()),
         ("PGUSER".into(), if pg.username().is_empty() { "postgres".into() } else { pg.username().into() }),
         ("CITYEVENTS_REDIS_URL".into(), redis.into()),
+        ("CITYEVENTS_ORIGIN".into(), "http://127.0.0.1:3000".into()),
     ]
 }
 
@@ -472,6 +514,7 @@ async fn distributed_on_postgres_redis_and_nats() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::distributed(&env);
     scenario(&platform.base).await;
+    cors(&platform.base, Some("http://127.0.0.1:3000")).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
 }
@@ -533,6 +576,7 @@ async fn distributed_on_postgres_redis_and_rabbitmq() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::distributed(&env);
     scenario(&platform.base).await;
+    cors(&platform.base, Some("http://127.0.0.1:3000")).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
 }
