@@ -14,7 +14,7 @@ use std::time::Duration;
 use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
 use keel::data::{Backend, Db};
 use keel::events::consumer::handler_fn;
-use keel::events::outbox::{Outbox, schema};
+use keel::events::outbox::{Outbox, schema_steps};
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, Failure, Handler, Message, SubscribeOptions};
 use keel::testing::{self, FaultProxy, Mode, TestDatabase, unique_topic};
 use tokio_util::sync::CancellationToken;
@@ -93,8 +93,12 @@ async fn database(backend: Backend) -> Option<(TestDatabase, Db)> {
     cfg.pool.max_connections = 8;
     let kdb = Db::new("events-test", db.url(), &cfg, None, &keel::telemetry::Metrics::new()).unwrap();
     kdb.clone().connect_in_background(CancellationToken::new()).await;
-    let sql: String =
-        schema(backend).lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    let sql: String = schema_steps(backend)
+        .join("\n")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
     for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(kdb.pool()).await.unwrap();
     }
@@ -681,7 +685,25 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
 #[test]
 fn fixture_migrations_carry_keels_events_schema_verbatim() {
     // The service's migrations hold a copy (sqlx embeds migration files); it must not drift.
-    assert_eq!(include_str!("../migrations/postgres/0003_keel_events.sql"), schema(Backend::Postgres));
-    assert_eq!(include_str!("../migrations/mysql/0003_keel_events.sql"), schema(Backend::MySql));
-    assert_eq!(include_str!("../migrations/sqlite/0003_keel_events.sql"), schema(Backend::Sqlite));
+    keel::testing::assert_events_schema(
+        Backend::Postgres,
+        &[
+            include_str!("../migrations/postgres/0003_keel_events.sql"),
+            include_str!("../migrations/postgres/0004_keel_events_2.sql"),
+        ],
+    );
+    keel::testing::assert_events_schema(
+        Backend::MySql,
+        &[
+            include_str!("../migrations/mysql/0003_keel_events.sql"),
+            include_str!("../migrations/mysql/0004_keel_events_2.sql"),
+        ],
+    );
+    keel::testing::assert_events_schema(
+        Backend::Sqlite,
+        &[
+            include_str!("../migrations/sqlite/0003_keel_events.sql"),
+            include_str!("../migrations/sqlite/0004_keel_events_2.sql"),
+        ],
+    );
 }

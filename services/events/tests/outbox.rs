@@ -15,7 +15,6 @@ use common::{Svc, id};
 use futures_util::future::join_all;
 use keel::data::Backend;
 use keel::events::consumer::handler_fn;
-use keel::events::outbox::schema;
 use keel::events::{Bus, Consumer, Envelope};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -189,7 +188,25 @@ async fn published_events_reach_a_nats_consumer() {
 #[test]
 fn migrations_carry_keels_events_schema_verbatim() {
     // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
-    assert_eq!(include_str!("../migrations/postgres/0002_keel_events.sql"), schema(Backend::Postgres));
-    assert_eq!(include_str!("../migrations/mysql/0002_keel_events.sql"), schema(Backend::MySql));
-    assert_eq!(include_str!("../migrations/sqlite/0002_keel_events.sql"), schema(Backend::Sqlite));
+    keel::testing::assert_events_schema(
+        Backend::Postgres,
+        &[
+            include_str!("../migrations/postgres/0002_keel_events.sql"),
+            include_str!("../migrations/postgres/0003_keel_events_2.sql"),
+        ],
+    );
+    keel::testing::assert_events_schema(
+        Backend::MySql,
+        &[
+            include_str!("../migrations/mysql/0002_keel_events.sql"),
+            include_str!("../migrations/mysql/0003_keel_events_2.sql"),
+        ],
+    );
+    keel::testing::assert_events_schema(
+        Backend::Sqlite,
+        &[
+            include_str!("../migrations/sqlite/0002_keel_events.sql"),
+            include_str!("../migrations/sqlite/0003_keel_events_2.sql"),
+        ],
+    );
 }

@@ -620,8 +620,25 @@ on_every_backend!(ended_events_and_bad_tokens);
 
 #[test]
 fn migrations_carry_keels_events_schema_verbatim() {
-    use keel::events::outbox::schema;
-    assert_eq!(include_str!("../migrations/postgres/0002_keel_events.sql"), schema(Backend::Postgres));
-    assert_eq!(include_str!("../migrations/mysql/0002_keel_events.sql"), schema(Backend::MySql));
-    assert_eq!(include_str!("../migrations/sqlite/0002_keel_events.sql"), schema(Backend::Sqlite));
+    keel::testing::assert_events_schema(
+        Backend::Postgres,
+        &[
+            include_str!("../migrations/postgres/0002_keel_events.sql"),
+            include_str!("../migrations/postgres/0004_keel_events_2.sql"),
+        ],
+    );
+    keel::testing::assert_events_schema(
+        Backend::MySql,
+        &[
+            include_str!("../migrations/mysql/0002_keel_events.sql"),
+            include_str!("../migrations/mysql/0004_keel_events_2.sql"),
+        ],
+    );
+    keel::testing::assert_events_schema(
+        Backend::Sqlite,
+        &[
+            include_str!("../migrations/sqlite/0002_keel_events.sql"),
+            include_str!("../migrations/sqlite/0004_keel_events_2.sql"),
+        ],
+    );
 }

@@ -324,6 +324,17 @@ impl<H: Handler> Consumer<H> {
         let mut prune_at: Option<Instant> = None;
         let mut backoff = crate::resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
+            #[cfg(feature = "sql")]
+            if let Some(db) = &this.inbox
+                && !db.is_available()
+            {
+                // Every message needs the inbox: take none before its database is ready.
+                this.state.set_down("waiting for the inbox database".into());
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
             let mut sub = match this.bus.subscribe(&this.topic, &this.group, &this.options.subscribe).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -345,6 +356,8 @@ impl<H: Handler> Consumer<H> {
             }
             tracing::info!(topic = %this.topic, group = %this.group, "consumer subscribed");
             let permits = Arc::new(Semaphore::new(this.options.concurrency));
+            let idle = tokio::time::sleep(this.options.lag_interval);
+            tokio::pin!(idle);
             let mut in_flight = JoinSet::new();
             let ended = loop {
                 while in_flight.try_join_next().is_some() {}
@@ -361,10 +374,16 @@ impl<H: Handler> Consumer<H> {
                     () = stop.cancelled() => break false,
                     p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break false },
                 };
+                // One timer per idle stretch, not one per message: it only has to wake the loop
+                // for the lag gauge and the inbox pruning when no message comes.
                 let next = tokio::select! {
+                    biased;
                     () = stop.cancelled() => break false,
-                    () = tokio::time::sleep(this.options.lag_interval) => continue,
                     d = sub.next() => d,
+                    () = &mut idle => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + this.options.lag_interval);
+                        continue;
+                    }
                 };
                 match next {
                     Some(Ok(delivery)) => {
@@ -403,6 +422,9 @@ impl<H: Handler> Consumer<H> {
     #[cfg(feature = "sql")]
     async fn prune_inbox(&self) {
         let Some(db) = &self.inbox else { return };
+        if !db.is_available() {
+            return;
+        }
         let cutoff = super::now_ms() - i64::try_from(self.options.inbox_retention.as_millis()).unwrap_or(i64::MAX);
         let sql = db.sql("DELETE FROM keel_inbox WHERE consumer_group = $1 AND processed_at < $2");
         if let Err(e) =

@@ -12,7 +12,10 @@
 //! * **Per-key ordering**: a row with a key is claimed only when no earlier unsent row has the
 //!   same key, so events of one aggregate reach the broker in order even across relays and
 //!   retries; rows without a key go out in parallel.
-//! * Sent rows are deleted after `outbox.retention`.
+//! * Sent rows are deleted after `outbox.retention` (`0s`: at once, instead of being marked
+//!   sent — the fastest setting, without the trail of what was published).
+//! * The relay records a batch's results while it publishes the next batch (the recorded rows
+//!   stay leased until then), so the database and the broker work at the same time.
 //!
 //! The tables come from [`schema`]: put its SQL in one of the service's migrations.
 
@@ -57,17 +60,38 @@ pub enum OutboxError {
     Invalid(String),
 }
 
-/// The SQL that creates `keel_outbox` and `keel_inbox` for `backend`: put it in a migration.
+/// The SQL that creates `keel_outbox` and `keel_inbox` for `backend` (step 1 of
+/// [`schema_steps`]): put it in a migration, and every later step in a migration after it.
 ///
 /// ```
 /// let sql = keel::events::outbox::schema(keel::data::Backend::Postgres);
 /// assert!(sql.contains("keel_outbox") && sql.contains("keel_inbox"));
 /// ```
 pub fn schema(backend: Backend) -> &'static str {
+    schema_steps(backend)[0]
+}
+
+/// Every step of the events tables' schema for `backend`, oldest first; put each in its own
+/// migration, in this order. A step never changes once released (migration tools check what was
+/// applied), so a new Keel version adds steps instead: a database at step 1 gets only the later
+/// ones.
+///
+/// | step | what |
+/// |---|---|
+/// | 1 | `keel_outbox` and `keel_inbox` |
+/// | 2 | claims walk `(status, seq)`: cheap however long the backlog; drops two unused indexes |
+///
+/// ```
+/// use keel::data::Backend;
+/// let steps = keel::events::outbox::schema_steps(Backend::Sqlite);
+/// assert_eq!(steps[0], keel::events::outbox::schema(Backend::Sqlite));
+/// assert!(steps[1].contains("keel_outbox_pending"));
+/// ```
+pub fn schema_steps(backend: Backend) -> [&'static str; 2] {
     match backend {
-        Backend::Postgres => include_str!("sql/postgres.sql"),
-        Backend::MySql => include_str!("sql/mysql.sql"),
-        Backend::Sqlite => include_str!("sql/sqlite.sql"),
+        Backend::Postgres => [include_str!("sql/postgres.sql"), include_str!("sql/postgres_2.sql")],
+        Backend::MySql => [include_str!("sql/mysql.sql"), include_str!("sql/mysql_2.sql")],
+        Backend::Sqlite => [include_str!("sql/sqlite.sql"), include_str!("sql/sqlite_2.sql")],
     }
 }
 
@@ -100,6 +124,42 @@ struct Claimed {
     key: Option<String>,
     payload: String,
     attempts: i32,
+}
+
+impl Claimed {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            seq: r.try_get(0)?,
+            topic: r.try_get(1)?,
+            key: r.try_get(2)?,
+            payload: r.try_get(3)?,
+            attempts: r.try_get(4)?,
+        })
+    }
+}
+
+/// The relay's one round being recorded in the background while the next is published.
+#[derive(Default)]
+struct Settling(Option<tokio::task::JoinHandle<()>>);
+
+impl Settling {
+    fn start(&mut self, outbox: Outbox, claim: String, round: Round) {
+        self.0 = Some(tokio::spawn(async move {
+            if let Err(e) = outbox.settle(&claim, round).await {
+                tracing::warn!(error = %e, "recording outbox results failed; the leases will expire and rows be retried");
+            }
+        }));
+    }
+
+    /// Waits for the recording in flight, if any (a panic in it is logged, not propagated: the
+    /// rows' leases expire and they are published again).
+    async fn finish(&mut self) {
+        if let Some(task) = self.0.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "recording outbox results panicked; the leases will expire and rows be retried");
+        }
+    }
 }
 
 /// What publishing a claimed batch came to.
@@ -208,20 +268,31 @@ impl Outbox {
         self.inner.wake.notify_one();
     }
 
-    /// The relay: publishes due rows to `bus` until `stop`, then releases its claims.
+    /// The relay: publishes due rows to `bus` until `stop`.
+    ///
+    /// It works in rounds of up to `batch_size` rows, three stages deep: while one batch is
+    /// published, the next is claimed and the previous one's results are recorded. Claimed and
+    /// unrecorded rows stay leased, so no relay takes them twice and a later row with the same
+    /// key waits for them. On `stop` it finishes the batch being published, records it, and
+    /// gives back the batch it had claimed ahead, so another relay can take it at once.
     pub async fn run(self, bus: Bus, stop: CancellationToken) {
         let cfg = &self.inner.config;
         let mut gauges_at: Option<Instant> = None;
         let mut prune_at: Option<Instant> = None;
         let mut failures = crate::resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut settling = Settling::default();
+        let mut ahead: Option<(String, Vec<Claimed>)> = None;
         while !stop.is_cancelled() {
-            if gauges_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            // Until the database is connected (and migrated, where that is automatic) there is
+            // no table to read: wait quietly instead of logging failures.
+            let ready = bus.is_connected() && self.inner.db.is_available();
+            if ready && gauges_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                 gauges_at = Some(Instant::now());
                 if let Err(e) = self.update_gauges().await {
                     tracing::debug!(error = %e, "cannot read outbox gauges");
                 }
             }
-            if prune_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            if ready && prune_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 prune_at = Some(Instant::now());
                 match self.prune().await {
                     Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned sent outbox rows"),
@@ -229,17 +300,27 @@ impl Outbox {
                     Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
                 }
             }
-            let claimed = if bus.is_connected() { self.claim().await } else { Ok((String::new(), Vec::new())) };
+            let claimed = match ahead.take() {
+                Some(batch) => Ok(batch),
+                None if ready => self.claim().await,
+                None => Ok((String::new(), Vec::new())),
+            };
             match claimed {
                 Ok((claim, rows)) if !rows.is_empty() => {
                     failures.reset();
-                    let full = rows.len() >= cfg.batch_size as usize;
-                    let round = self.publish(&bus, rows).await;
-                    if let Err(e) = self.settle(&claim, round).await {
-                        tracing::warn!(error = %e, "recording outbox results failed; the leases will expire and rows be retried");
-                    }
-                    if full {
-                        continue;
+                    let claim_ahead = async {
+                        if bus.is_connected() && !stop.is_cancelled() { Some(self.claim().await) } else { None }
+                    };
+                    let (round, next) = tokio::join!(self.publish(&bus, rows), claim_ahead);
+                    settling.finish().await;
+                    settling.start(self.clone(), claim, round);
+                    match next {
+                        Some(Ok(batch)) if !batch.1.is_empty() => {
+                            ahead = Some(batch);
+                            continue;
+                        }
+                        Some(Err(e)) => tracing::warn!(error = %e, "claiming outbox rows failed; trying again"),
+                        _ => {}
                     }
                 }
                 Ok(_) => failures.reset(),
@@ -252,10 +333,18 @@ impl Outbox {
                     }
                 }
             }
+            settling.finish().await;
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(cfg.poll_interval) => {}
                 () = self.inner.wake.notified() => {}
+            }
+        }
+        settling.finish().await;
+        if let Some((claim, rows)) = ahead {
+            let round = Round { released: rows.iter().map(|r| r.seq).collect(), ..Round::default() };
+            if let Err(e) = self.settle(&claim, round).await {
+                tracing::warn!(error = %e, "giving back claimed outbox rows failed; their leases will expire");
             }
         }
     }
@@ -282,75 +371,63 @@ impl Outbox {
         };
         match db.backend() {
             Backend::MySql => {
-                // MySQL cannot UPDATE a table it selects from in a subquery: select, then update.
+                // MySQL cannot UPDATE a table it selects from in a subquery: lock and read the
+                // rows, then lease them, in one transaction.
                 let mut tx = db.begin().await?;
                 let text = format!(
-                    "SELECT seq FROM keel_outbox o WHERE {} ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    "SELECT seq, topic, partition_key, payload, attempts FROM keel_outbox o WHERE {} \
+                     ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
                     due(1)
                 );
-                let seqs: Vec<i64> = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
+                let rows = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
                     .bind(now)
                     .bind(now)
                     .bind(limit)
                     .fetch_all(&mut *tx)
                     .await?
                     .iter()
-                    .map(|r| r.try_get::<i64, _>(0))
-                    .collect::<Result<_, _>>()?;
-                if seqs.is_empty() {
+                    .map(Claimed::from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if rows.is_empty() {
                     tx.rollback().await?;
-                    return Ok((claim, Vec::new()));
+                    return Ok((claim, rows));
                 }
                 let text = format!(
                     "UPDATE keel_outbox SET locked_until = $1, claim = $2 WHERE seq IN ({})",
-                    marks(3, seqs.len())
+                    marks(3, rows.len())
                 );
                 let mut q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned())).bind(until).bind(&claim);
-                for s in &seqs {
-                    q = q.bind(*s);
+                for r in &rows {
+                    q = q.bind(r.seq);
                 }
                 q.execute(&mut *tx).await?;
                 tx.commit().await?;
+                Ok((claim, rows))
             }
             backend => {
+                // One statement claims and returns the rows (PostgreSQL, SQLite ≥ 3.35).
                 let lock = if backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
                 let text = format!(
                     "UPDATE keel_outbox SET locked_until = $1, claim = $2 WHERE seq IN \
-                     (SELECT seq FROM keel_outbox o WHERE {} ORDER BY seq LIMIT $5{lock})",
+                     (SELECT seq FROM keel_outbox o WHERE {} ORDER BY seq LIMIT $5{lock}) \
+                     RETURNING seq, topic, partition_key, payload, attempts",
                     due(3)
                 );
                 let sql = db.sql(&text);
-                let done = sqlx::query(AssertSqlSafe(sql.into_owned()))
+                let rows = sqlx::query(AssertSqlSafe(sql.into_owned()))
                     .bind(until)
                     .bind(&claim)
                     .bind(now)
                     .bind(now)
                     .bind(limit)
-                    .execute(db.pool())
+                    .fetch_all(db.pool())
                     .await?;
-                if done.rows_affected() == 0 {
-                    return Ok((claim, Vec::new()));
-                }
+                let mut rows = rows.iter().map(Claimed::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
+                // RETURNING has no order; per-key chains need it.
+                rows.sort_unstable_by_key(|r| r.seq);
+                Ok((claim, rows))
             }
         }
-        let sql = db
-            .sql("SELECT seq, topic, partition_key, payload, attempts FROM keel_outbox WHERE claim = $1 ORDER BY seq");
-        let rows = sqlx::query(AssertSqlSafe(sql.into_owned()))
-            .bind(&claim)
-            .fetch_all(db.pool())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Claimed {
-                    seq: r.try_get(0)?,
-                    topic: r.try_get(1)?,
-                    key: r.try_get(2)?,
-                    payload: r.try_get(3)?,
-                    attempts: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok((claim, rows))
     }
 
     /// Publishes claimed rows: rows with the same key one after another (stopping at the first
@@ -409,13 +486,20 @@ impl Outbox {
         let m = &self.inner.metrics;
         let now = now_ms();
         for chunk in round.sent.chunks(500) {
-            let text = format!(
-                "UPDATE keel_outbox SET status = {SENT}, sent_at = $1, locked_until = 0, claim = NULL \
-                 WHERE claim = $2 AND seq IN ({})",
-                marks(3, chunk.len())
-            );
+            // `retention: 0s`: nothing is kept, so a sent row is deleted instead of rewritten.
+            let (text, keep) = if cfg.retention.is_zero() {
+                (format!("DELETE FROM keel_outbox WHERE claim = $1 AND seq IN ({})", marks(2, chunk.len())), false)
+            } else {
+                let text = format!(
+                    "UPDATE keel_outbox SET status = {SENT}, sent_at = $1, locked_until = 0, claim = NULL \
+                     WHERE claim = $2 AND seq IN ({})",
+                    marks(3, chunk.len())
+                );
+                (text, true)
+            };
             let sql = db.sql(&text);
-            let mut q = sqlx::query(AssertSqlSafe(sql.into_owned())).bind(now).bind(claim);
+            let q = sqlx::query(AssertSqlSafe(sql.into_owned()));
+            let mut q = if keep { q.bind(now).bind(claim) } else { q.bind(claim) };
             for s in chunk {
                 q = q.bind(*s);
             }

@@ -147,3 +147,33 @@ impl Drop for TestRedis {
         .join();
     }
 }
+
+/// Asserts that a service's migrations carry Keel's events schema verbatim: for each backend,
+/// `files` are the service's copies of every step of [`crate::events::outbox::schema_steps`], in
+/// order. sqlx embeds migration files, so a service keeps copies; this keeps them from drifting
+/// and points at the step a service forgot to add after a Keel upgrade.
+///
+/// ```ignore
+/// keel::testing::assert_events_schema(Backend::Sqlite, &[
+///     include_str!("../migrations/sqlite/0002_keel_events.sql"),
+///     include_str!("../migrations/sqlite/0003_keel_events_2.sql"),
+/// ]);
+/// ```
+#[cfg(all(feature = "events", feature = "sql"))]
+#[allow(clippy::panic)]
+pub fn assert_events_schema(backend: crate::data::Backend, files: &[&str]) {
+    let steps = crate::events::outbox::schema_steps(backend);
+    if files.len() != steps.len() {
+        panic!(
+            "{backend:?}: Keel's events schema has {} steps but the migrations carry {}: add the missing steps \
+             (keel::events::outbox::schema_steps) as new migrations",
+            steps.len(),
+            files.len()
+        );
+    }
+    for (i, (file, step)) in files.iter().zip(steps).enumerate() {
+        if *file != step {
+            panic!("{backend:?}: the migration with step {} of Keel's events schema differs from it", i + 1);
+        }
+    }
+}

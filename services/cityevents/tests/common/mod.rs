@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 pub const SERVICES: [&str; 5] = ["auth", "events", "joins", "notifier", "gateway"];
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 pub fn unique(base: &str) -> String {
     format!("{base}{}", uuid::Uuid::now_v7().simple().to_string().get(20..).unwrap())
 }
@@ -184,8 +180,12 @@ impl Drop for Platform {
 fn ports(cmd: &mut Command, distributed: bool) -> u16 {
     let mut gateway = 0;
     let mut urls = Vec::new();
-    for svc in SERVICES {
-        let port = free_port();
+    // Every listener is held until all five ports are known, so no two services get one port.
+    let held: Vec<std::net::TcpListener> =
+        SERVICES.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    for (svc, listener) in SERVICES.iter().zip(&held) {
+        let svc = *svc;
+        let port = listener.local_addr().unwrap().port();
         let up = svc.to_ascii_uppercase();
         cmd.env(format!("CITYEVENTS_{up}__MANAGEMENT__ADDR"), "127.0.0.1:0");
         if distributed {
