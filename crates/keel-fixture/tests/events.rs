@@ -685,25 +685,5 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
 #[test]
 fn fixture_migrations_carry_keels_events_schema_verbatim() {
     // The service's migrations hold a copy (sqlx embeds migration files); it must not drift.
-    keel::testing::assert_events_schema(
-        Backend::Postgres,
-        &[
-            include_str!("../migrations/postgres/0003_keel_events.sql"),
-            include_str!("../migrations/postgres/0004_keel_events_2.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::MySql,
-        &[
-            include_str!("../migrations/mysql/0003_keel_events.sql"),
-            include_str!("../migrations/mysql/0004_keel_events_2.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::Sqlite,
-        &[
-            include_str!("../migrations/sqlite/0003_keel_events.sql"),
-            include_str!("../migrations/sqlite/0004_keel_events_2.sql"),
-        ],
-    );
+    keel::assert_events_schema_migrations!("../migrations", ["0003_keel_events.sql", "0004_keel_events_2.sql"]);
 }

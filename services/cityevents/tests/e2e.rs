@@ -504,19 +504,25 @@ fn distributed_prerequisites(bus: (&str, String)) -> bool {
     ["psql", "openssl"].iter().all(|program| keel::testing::require_program(program, &common::which(program)))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn distributed_on_postgres_redis_and_nats() {
-    if !distributed_prerequisites(("NATS", keel::testing::nats_url())) {
-        return;
-    }
+/// The distributed platform on the local servers with `bus` settings: the scenario, CORS, and
+/// a clean shutdown.
+async fn distributed(bus: &[(&str, &str)]) {
     let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
-    env.push(("CITYEVENTS_BUS_URL".into(), keel::testing::nats_url()));
+    env.extend(bus.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::distributed(&env);
     scenario(&platform.base).await;
     cors(&platform.base, Some("http://127.0.0.1:3000")).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_postgres_redis_and_nats() {
+    if !distributed_prerequisites(("NATS", keel::testing::nats_url())) {
+        return;
+    }
+    distributed(&[("CITYEVENTS_BUS_URL", &keel::testing::nats_url())]).await;
 }
 
 /// A RabbitMQ user of its own for one test, removed on drop: production refuses the well-known
@@ -570,13 +576,5 @@ async fn distributed_on_postgres_redis_and_rabbitmq() {
         return;
     }
     let Some(user) = RabbitUser::create() else { return };
-    let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
-    env.push(("CITYEVENTS_BUS_BACKEND".into(), "rabbitmq".into()));
-    env.push(("CITYEVENTS_BUS_URL".into(), user.url.clone()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut platform = Platform::distributed(&env);
-    scenario(&platform.base).await;
-    cors(&platform.base, Some("http://127.0.0.1:3000")).await;
-    let status = platform.stop();
-    assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+    distributed(&[("CITYEVENTS_BUS_BACKEND", "rabbitmq"), ("CITYEVENTS_BUS_URL", &user.url)]).await;
 }

@@ -188,25 +188,5 @@ async fn published_events_reach_a_nats_consumer() {
 #[test]
 fn migrations_carry_keels_events_schema_verbatim() {
     // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
-    keel::testing::assert_events_schema(
-        Backend::Postgres,
-        &[
-            include_str!("../migrations/postgres/0002_keel_events.sql"),
-            include_str!("../migrations/postgres/0003_keel_events_2.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::MySql,
-        &[
-            include_str!("../migrations/mysql/0002_keel_events.sql"),
-            include_str!("../migrations/mysql/0003_keel_events_2.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::Sqlite,
-        &[
-            include_str!("../migrations/sqlite/0002_keel_events.sql"),
-            include_str!("../migrations/sqlite/0003_keel_events_2.sql"),
-        ],
-    );
+    keel::assert_events_schema_migrations!("../migrations", ["0002_keel_events.sql", "0003_keel_events_2.sql"]);
 }

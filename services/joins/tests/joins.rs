@@ -620,25 +620,5 @@ on_every_backend!(ended_events_and_bad_tokens);
 
 #[test]
 fn migrations_carry_keels_events_schema_verbatim() {
-    keel::testing::assert_events_schema(
-        Backend::Postgres,
-        &[
-            include_str!("../migrations/postgres/0002_keel_events.sql"),
-            include_str!("../migrations/postgres/0004_keel_events_2.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::MySql,
-        &[
-            include_str!("../migrations/mysql/0002_keel_events.sql"),
-            include_str!("../migrations/mysql/0004_keel_events_2.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::Sqlite,
-        &[
-            include_str!("../migrations/sqlite/0002_keel_events.sql"),
-            include_str!("../migrations/sqlite/0004_keel_events_2.sql"),
-        ],
-    );
+    keel::assert_events_schema_migrations!("../migrations", ["0002_keel_events.sql", "0004_keel_events_2.sql"]);
 }

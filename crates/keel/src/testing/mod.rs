@@ -177,3 +177,29 @@ pub fn assert_events_schema(backend: crate::data::Backend, files: &[&str]) {
         }
     }
 }
+
+/// [`assert_events_schema`] for every backend, with the migration files named once:
+/// `dir` is the migrations folder relative to the calling file, holding `postgres/`, `mysql/`
+/// and `sqlite/`; the files are the steps' migrations, in order.
+///
+/// ```ignore
+/// keel::assert_events_schema_migrations!("../migrations", ["0002_keel_events.sql", "0003_keel_events_2.sql"]);
+/// ```
+#[cfg(all(feature = "events", feature = "sql"))]
+#[macro_export]
+macro_rules! assert_events_schema_migrations {
+    ($dir:literal, [$($file:literal),+ $(,)?]) => {{
+        $crate::testing::assert_events_schema(
+            $crate::data::Backend::Postgres,
+            &[$(include_str!(concat!($dir, "/postgres/", $file))),+],
+        );
+        $crate::testing::assert_events_schema(
+            $crate::data::Backend::MySql,
+            &[$(include_str!(concat!($dir, "/mysql/", $file))),+],
+        );
+        $crate::testing::assert_events_schema(
+            $crate::data::Backend::Sqlite,
+            &[$(include_str!(concat!($dir, "/sqlite/", $file))),+],
+        );
+    }};
+}
