@@ -511,3 +511,29 @@ async fn transactions_roll_back_on_error_and_on_drop() {
     assert_eq!(n.0, 0);
     kdb.close().await;
 }
+
+/// A test that leaves a MariaDB connection inside a transaction must not hang the test run when
+/// its database is dropped: the drop ends the database's other sessions first.
+#[tokio::test]
+async fn mariadb_test_database_drops_despite_an_open_transaction() {
+    use sqlx::{Connection, Executor};
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    let name = db.url().rsplit_once('/').unwrap().1.to_owned();
+    let mut open = sqlx::AnyConnection::connect(db.url()).await.unwrap();
+    open.execute("CREATE TABLE t (x INT)").await.unwrap();
+    open.execute("BEGIN").await.unwrap();
+    open.execute("INSERT INTO t VALUES (1)").await.unwrap();
+    let dropped = tokio::task::spawn_blocking(move || drop(db));
+    tokio::time::timeout(Duration::from_secs(60), dropped).await.expect("the drop does not hang").unwrap();
+    let mut admin = sqlx::AnyConnection::connect(&mysql_url()).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} is gone");
+    drop(open);
+}

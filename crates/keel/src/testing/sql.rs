@@ -67,17 +67,46 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let Some((admin_url, drop_sql)) = self.cleanup.take() else { return };
+        // MySQL has no `DROP DATABASE … WITH (FORCE)`: its sessions are ended first, so a
+        // connection a test left inside a transaction cannot hold the drop on a metadata lock.
+        let mysql = admin_url.starts_with("mysql:").then(|| db_name(&self.url));
         // Drop runs outside any runtime guarantee: do the cleanup on a thread of its own.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 if let Ok(mut admin) = AnyConnection::connect(&admin_url).await {
+                    if let Some(name) = mysql.as_deref() {
+                        force_mysql(&mut admin, name).await;
+                    }
                     let _ = admin.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql))).await;
                     let _ = admin.close().await;
                 }
             });
         })
         .join();
+    }
+}
+
+/// The database part of `scheme://user@host:port/<db>?query`.
+fn db_name(url: &str) -> String {
+    let base = url.split_once('?').map_or(url, |(b, _)| b);
+    base.rsplit_once('/').map_or("", |(_, d)| d).to_owned()
+}
+
+/// Ends every other session on database `name` and bounds how long the drop may wait for a
+/// lock, so cleanup never hangs a test run.
+async fn force_mysql(admin: &mut AnyConnection, name: &str) {
+    let _ = admin.execute(sqlx::raw_sql("SET SESSION lock_wait_timeout = 20")).await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+    )
+    .bind(name)
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap_or_default();
+    for id in ids {
+        // Ids come from the server, never input.
+        let _ = admin.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))).await;
     }
 }
 
@@ -104,5 +133,6 @@ mod tests {
         assert_eq!(super::replace_db("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
         assert_eq!(super::replace_db("mysql://root@h:3306", "x"), "mysql://root@h:3306/x");
         assert_eq!(super::replace_db("postgres://u@h/p?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(super::db_name("mysql://root@h:3306/keel_test_1?ssl-mode=disabled"), "keel_test_1");
     }
 }
