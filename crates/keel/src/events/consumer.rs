@@ -324,17 +324,6 @@ impl<H: Handler> Consumer<H> {
         let mut prune_at: Option<Instant> = None;
         let mut backoff = crate::resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            #[cfg(feature = "sql")]
-            if let Some(db) = &this.inbox
-                && !db.is_available()
-            {
-                // Every message needs the inbox: take none before its database is ready.
-                this.state.set_down("waiting for the inbox database".into());
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
-            }
             let mut sub = match this.bus.subscribe(&this.topic, &this.group, &this.options.subscribe).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -350,6 +339,19 @@ impl<H: Handler> Consumer<H> {
                 }
             };
             backoff.reset();
+            // Subscribed first, so the group's queue or durable consumer exists and keeps what is
+            // published meanwhile; but every message needs the inbox, so none is taken before
+            // its database is ready.
+            #[cfg(feature = "sql")]
+            if let Some(db) = &this.inbox {
+                while !db.is_available() {
+                    this.state.set_down("waiting for the inbox database".into());
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
             this.state.set_up();
             if let Some(f) = &this.on_subscribed {
                 f();
