@@ -120,9 +120,11 @@ async fn event_limits(backend: Backend) {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    // A huge body is refused before it is parsed.
+    // A body over the 64 KiB limit is refused before it is parsed. Just over: the server answers
+    // 413 and closes without reading the rest, and a body much larger than the socket buffers
+    // could still be being written then (the client would see a reset instead of the answer).
     let (status, _, _) =
-        s.send(Method::POST, "/api/v1/events", Some(&t), Some(with("description", long(200_000))), &[]).await;
+        s.send(Method::POST, "/api/v1/events", Some(&t), Some(with("description", long(80_000))), &[]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // The largest values are accepted and stored whole (multi-byte characters count as one).
