@@ -151,24 +151,62 @@ pub fn run(args: &[OsString]) -> ExitCode {
     };
     group
         .on_started(move |running| {
-            let mut out = String::from("\nCity Events is running, every service in this process");
-            out.push_str(&format!(" ({profile} profile).\n\n"));
-            for r in running {
-                out.push_str(&format!("  {:<22} http://{}\n", r.name(), r.http_addr()));
-            }
-            if let Some(gw) = running.iter().find(|r| r.name() == services::GATEWAY.0) {
-                let port = gw.http_addr().port();
-                out.push_str(&format!(
-                    "\nPublic API:  http://127.0.0.1:{port}/api/v1/   (OpenAPI: http://127.0.0.1:{port}/api/v1/openapi.json)\n"
-                ));
-            }
-            out.push_str(
-                "First admin: cargo run --release -p cityevents -- auth admin create --email you@example.com\n\
-                 \x20            (reads the password from stdin; there are no default users)\n",
-            );
-            println!("{out}");
+            let banner = banner(running, profile);
+            let members: Vec<(String, keel::health::Health)> =
+                running.iter().map(|r| (r.name().to_owned(), r.health().clone())).collect();
+            // Listening is not usable yet: databases connect and migrate in the background. The
+            // banner (and its "running") waits until every service is ready, or says who is not.
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + READY_WAIT;
+                loop {
+                    let mut waiting = Vec::new();
+                    for (name, health) in &members {
+                        health.run_all().await;
+                        if !health.report(keel::health::Kind::Readiness).is_ok() {
+                            waiting.push(name.as_str());
+                        }
+                    }
+                    if waiting.is_empty() {
+                        println!("{banner}");
+                        return;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        println!("{banner}");
+                        tracing::warn!(
+                            not_ready = ?waiting,
+                            "started, but not every service is ready yet; their /readyz says why"
+                        );
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            });
         })
         .run()
+}
+
+/// How long the banner waits for every service to be ready before printing anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the launcher prints once the platform is ready: where each service listens, the public
+/// API, and how to create the first admin.
+fn banner(running: &[keel::Running], profile: Profile) -> String {
+    let mut out = String::from("\nCity Events is running, every service in this process");
+    out.push_str(&format!(" ({profile} profile).\n\n"));
+    for r in running {
+        out.push_str(&format!("  {:<22} http://{}\n", r.name(), r.http_addr()));
+    }
+    if let Some(gw) = running.iter().find(|r| r.name() == services::GATEWAY.0) {
+        let port = gw.http_addr().port();
+        out.push_str(&format!(
+            "\nPublic API:  http://127.0.0.1:{port}/api/v1/   (OpenAPI: http://127.0.0.1:{port}/api/v1/openapi.json)\n"
+        ));
+    }
+    out.push_str(
+        "First admin: cargo run --release -p cityevents -- auth admin create --email you@example.com\n\
+         \x20            (reads the password from stdin; there are no default users)\n",
+    );
+    out
 }
 
 #[cfg(test)]
