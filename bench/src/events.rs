@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
-use keel::data::{Backend, Db};
+use keel::data::Db;
 use keel::events::consumer::handler_fn;
-use keel::events::outbox::{Outbox, schema_steps};
+use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, SubscribeOptions};
 use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
 use tokio_util::sync::CancellationToken;
@@ -81,15 +81,7 @@ async fn pipeline(n: usize, retention: Duration, pace: Option<f64>) -> Result<Ou
     db_cfg.pool.max_connections = 16;
     let db = Db::new("bench", test_db.url(), &db_cfg, None, &keel::telemetry::Metrics::new())?;
     db.clone().connect_in_background(CancellationToken::new()).await;
-    let sql: String = schema_steps(Backend::Postgres)
-        .join("\n")
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(db.pool()).await?;
-    }
+    keel::testing::create_events_tables(&db).await?;
     let mut bus_cfg = BusConfig::default();
     bus_cfg.backend = BusBackend::Nats;
     bus_cfg.url = Some(Secret::new(nats_url()));

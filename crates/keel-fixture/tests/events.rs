@@ -14,7 +14,7 @@ use std::time::Duration;
 use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
 use keel::data::{Backend, Db};
 use keel::events::consumer::handler_fn;
-use keel::events::outbox::{Outbox, schema_steps};
+use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, Failure, Handler, Message, SubscribeOptions};
 use keel::testing::{self, FaultProxy, Mode, TestDatabase, unique_topic};
 use tokio_util::sync::CancellationToken;
@@ -93,15 +93,7 @@ async fn database(backend: Backend) -> Option<(TestDatabase, Db)> {
     cfg.pool.max_connections = 8;
     let kdb = Db::new("events-test", db.url(), &cfg, None, &keel::telemetry::Metrics::new()).unwrap();
     kdb.clone().connect_in_background(CancellationToken::new()).await;
-    let sql: String = schema_steps(backend)
-        .join("\n")
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned())).execute(kdb.pool()).await.unwrap();
-    }
+    keel::testing::create_events_tables(&kdb).await.unwrap();
     sqlx::query("CREATE TABLE effects (message_id VARCHAR(64) NOT NULL)").execute(kdb.pool()).await.unwrap();
     Some((db, kdb))
 }

@@ -412,11 +412,17 @@ async fn end_and_refill(
 
 /// Locks the event for a management action: 404 unknown, 403 unless organizer or admin.
 async fn lock_managed(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Fail> {
-    let Some(ev) = store::lock_event(tx, st.0.db.backend(), event_id).await? else {
+    let ev = store::lock_event(tx, st.0.db.backend(), event_id).await?;
+    manageable(ev, caller, "do this")
+}
+
+/// `ev` if `caller` may manage it: 404 when there is no such event, 403 unless organizer or admin.
+fn manageable(ev: Option<EventRow>, caller: &Caller, action: &str) -> Result<EventRow, Fail> {
+    let Some(ev) = ev else {
         return Err(not_found("no such event").into());
     };
     if !ev.may_manage(caller.id, caller.admin) {
-        return Err(forbidden("not_organizer", "only the event's organizer may do this").into());
+        return Err(forbidden("not_organizer", &format!("only the event's organizer may {action}")).into());
     }
     Ok(ev)
 }
@@ -532,13 +538,7 @@ async fn my_joins(
 /// The event, if the caller may manage it: 404 unknown, 403 otherwise.
 async fn managed(st: &Shared, caller: &Caller, id: &str) -> Result<EventRow, Fail> {
     let event_id = path_uuid("id", id)?;
-    let Some(ev) = store::load_event(&st.0.db, event_id).await? else {
-        return Err(not_found("no such event").into());
-    };
-    if !ev.may_manage(caller.id, caller.admin) {
-        return Err(forbidden("not_organizer", "only the event's organizer may see this").into());
-    }
-    Ok(ev)
+    manageable(store::load_event(&st.0.db, event_id).await?, caller, "see this")
 }
 
 async fn participants(

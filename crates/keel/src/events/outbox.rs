@@ -17,7 +17,8 @@
 //! * The relay records a batch's results while it publishes the next batch (the recorded rows
 //!   stay leased until then), so the database and the broker work at the same time.
 //!
-//! The tables come from [`schema`]: put its SQL in one of the service's migrations.
+//! The tables come from [`schema_steps`]: put each step's SQL in a migration of the service, in
+//! order.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -148,6 +148,17 @@ impl Drop for TestRedis {
     }
 }
 
+/// Creates Keel's events tables (`keel_outbox`, `keel_inbox`) in `db` by running every step of
+/// [`crate::events::outbox::schema_steps`], for tests and benchmarks that use no migrations.
+#[cfg(all(feature = "events", feature = "sql"))]
+pub async fn create_events_tables(db: &crate::data::Db) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    for step in crate::events::outbox::schema_steps(db.backend()) {
+        db.pool().execute(sqlx::raw_sql(sqlx::AssertSqlSafe(step))).await?;
+    }
+    Ok(())
+}
+
 /// Asserts that a service's migrations carry Keel's events schema verbatim: for each backend,
 /// `files` are the service's copies of every step of [`crate::events::outbox::schema_steps`], in
 /// order. sqlx embeds migration files, so a service keeps copies; this keeps them from drifting
