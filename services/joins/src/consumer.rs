@@ -58,30 +58,15 @@ impl Handler for EventsHandler {
     async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
         let envelope = msg.envelope().clone();
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the joins consumer must run with an inbox"))?;
-        let to = Target { backend: self.backend, outbox: &self.outbox, topic: &self.joins_topic, batch: self.batch };
-        apply_event(tx, &to, &envelope).await
+        apply_event(tx, self, &envelope).await
     }
-}
-
-/// Where [`apply_event`] writes: the database kind, the outbox and topic for `join.*`, and how
-/// many joins one transaction may change.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Target<'a> {
-    /// The database's backend.
-    pub(crate) backend: Backend,
-    /// The outbox `join.*` goes through.
-    pub(crate) outbox: &'a Outbox,
-    /// The `join.*` topic.
-    pub(crate) topic: &'a str,
-    /// Joins changed per transaction (see [`EventsHandler::change_batch`]).
-    pub(crate) batch: i64,
 }
 
 /// Applies one `event.*` envelope in `tx` (the inbox transaction), enqueueing the `join.*` it
 /// causes. The caller commits.
 pub(crate) async fn apply_event(
     tx: &mut Transaction<'static, Any>,
-    to: &Target<'_>,
+    to: &EventsHandler,
     envelope: &Envelope,
 ) -> Result<(), Failure> {
     match envelope.ty.as_str() {
@@ -134,7 +119,7 @@ fn row_from(s: &EventSnapshot) -> Result<EventRow, Failure> {
 
 async fn apply_snapshot(
     tx: &mut Transaction<'static, Any>,
-    to: &Target<'_>,
+    to: &EventsHandler,
     s: &EventSnapshot,
     published: bool,
 ) -> Result<(), Failure> {
@@ -167,19 +152,18 @@ async fn apply_snapshot(
         ev.status = event_status::CANCELED.to_owned();
     }
     // A larger (or unlimited) capacity frees seats; a smaller one leaves confirmed joins be.
-    let items = store::settle(tx, to.backend, &mut ev, now_us, to.batch, "capacity_increased").await?;
-    store::save_event(tx, to.backend, &ev, now_us).await?;
-    if !items.is_empty() || ev.unsettled() {
-        tracing::info!(
-            event_id = %ev.event_id, changed = items.len(), pending = ev.unsettled(),
-            "event change moved joins"
-        );
+    let changed = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+    if changed > 0 || ev.unsettled() {
+        tracing::info!(event_id = %ev.event_id, changed, pending = ev.unsettled(), "event change moved joins");
     }
-    store::announce(tx, to.outbox, to.topic, items).await?;
     Ok(())
 }
 
-async fn apply_cancel(tx: &mut Transaction<'static, Any>, to: &Target<'_>, c: &EventCanceled) -> Result<(), Failure> {
+async fn apply_cancel(
+    tx: &mut Transaction<'static, Any>,
+    to: &EventsHandler,
+    c: &EventCanceled,
+) -> Result<(), Failure> {
     let now_us = to_micros(now());
     let Some(mut ev) = store::lock_event(tx, to.backend, c.event_id).await? else {
         return Err(Failure::retry(format!(
@@ -194,12 +178,7 @@ async fn apply_cancel(tx: &mut Transaction<'static, Any>, to: &Target<'_>, c: &E
     ev.title = c.title.clone();
     // Canceled is final: a newer version only records that older snapshots are now stale.
     ev.source_version = ev.source_version.max(version_of(c.version));
-    let items = store::settle(tx, to.backend, &mut ev, now_us, to.batch, "capacity_increased").await?;
-    store::save_event(tx, to.backend, &ev, now_us).await?;
-    tracing::info!(
-        event_id = %ev.event_id, canceled = items.len(), pending = ev.unsettled(),
-        "event canceled; its joins are canceled"
-    );
-    store::announce(tx, to.outbox, to.topic, items).await?;
+    let canceled = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+    tracing::info!(event_id = %ev.event_id, canceled, pending = ev.unsettled(), "event canceled; its joins are canceled");
     Ok(())
 }

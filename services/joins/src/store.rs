@@ -400,23 +400,30 @@ pub(crate) async fn cancel_some(
     Ok(joins)
 }
 
-/// Moves the joins of a locked event towards what it needs by at most `limit` joins: cancels
-/// them when the event is canceled, promotes waitlisted ones into free seats when it is
-/// published. Returns the announcements (with `promoted_reason` on promotions).
+/// Moves the joins of a locked event towards what it needs by at most `limit` joins — cancels
+/// them when the event is canceled, promotes waitlisted ones into free seats (reason
+/// `capacity_increased`) when it is published — then writes the row back (`pending` if more is
+/// left) and enqueues the announcements through `outbox` on `topic`. Returns how many joins
+/// changed.
 pub(crate) async fn settle(
     tx: &mut Tx,
     backend: Backend,
+    (outbox, topic): (&Outbox, &str),
     ev: &mut EventRow,
     now_us: i64,
     limit: i64,
-    promoted_reason: &str,
-) -> Result<Vec<(Announce, JoinChange)>, sqlx::Error> {
-    if ev.status == event_status::CANCELED {
+) -> Result<usize, OutboxError> {
+    let items: Vec<_> = if ev.status == event_status::CANCELED {
         let canceled = cancel_some(tx, backend, ev, now_us, limit).await?;
-        return Ok(canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some("event_canceled")))).collect());
-    }
-    let promoted = promote(tx, backend, ev, now_us, limit).await?;
-    Ok(promoted.iter().map(|j| (Announce::Promoted, change(ev, j, Some(promoted_reason)))).collect())
+        canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some("event_canceled")))).collect()
+    } else {
+        let promoted = promote(tx, backend, ev, now_us, limit).await?;
+        promoted.iter().map(|j| (Announce::Promoted, change(ev, j, Some("capacity_increased")))).collect()
+    };
+    save_event(tx, backend, ev, now_us).await?;
+    let n = items.len();
+    announce(tx, outbox, topic, items).await?;
+    Ok(n)
 }
 
 /// A worker finishing the events left `pending` by a bulk change, `batch` joins per
@@ -460,11 +467,7 @@ async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch
     let Some(mut ev) = lock_event(&mut tx, backend, event_id).await? else {
         return Ok(());
     };
-    let now_us = to_micros(now());
-    let items = settle(&mut tx, backend, &mut ev, now_us, batch, "capacity_increased").await?;
-    save_event(&mut tx, backend, &ev, now_us).await?;
-    let n = items.len();
-    announce(&mut tx, outbox, topic, items).await?;
+    let n = settle(&mut tx, backend, (outbox, topic), &mut ev, to_micros(now()), batch).await?;
     tx.commit().await?;
     outbox.wake();
     tracing::debug!(%event_id, changed = n, left = ev.unsettled(), "settled pending joins");
