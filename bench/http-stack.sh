@@ -21,7 +21,7 @@ cargo build --release -q -p keel-bench
 ports=$(mktemp)
 trap 'kill $pid 2>/dev/null || true; rm -f "$ports"' EXIT
 rm -f "$ports"
-./target/release/keel-bench "$ports" > /dev/null &
+"${CARGO_TARGET_DIR:-target}/release/keel-bench" "$ports" > /dev/null &
 pid=$!
 for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.1; done
 [ -s "$ports" ] || { echo "keel-bench did not start" >&2; exit 1; }

@@ -34,6 +34,11 @@ pub(crate) struct Limits {
 
 /// Serves `router` on `listener` until `stop` is cancelled, then drains.
 pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
+    // `with_state(())` turns every handler into a finished route once, here. A router served
+    // without it (as `Router<()>` straight into hyper) rebuilds each handler's route, and
+    // applies every layer of the stack to it again, on every request; `axum::serve` does the
+    // same conversion for the same reason.
+    let router = router.with_state(());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
