@@ -44,7 +44,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::ConsumerMetrics;
 use super::{Bus, Delivery, Envelope, Event, SubscribeOptions};
@@ -452,7 +451,10 @@ impl<H: Handler> Consumer<H> {
                     request_id = env.request_id.as_deref(),
                 );
                 if let Some(tp) = &env.traceparent {
-                    let _ = span.set_parent(crate::telemetry::context_from_traceparent(tp, env.tracestate.as_deref()));
+                    crate::telemetry::set_parent(
+                        &span,
+                        crate::telemetry::context_from_traceparent(tp, env.tracestate.as_deref()),
+                    );
                 }
                 (span, delivery.attempt())
             }

@@ -17,12 +17,13 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::request_id::RequestId;
 
 /// The `route` label and span field of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
+
+const TRACEPARENT: &str = "traceparent";
 
 /// Adds request spans; see the module docs.
 #[derive(Debug, Clone)]
@@ -64,7 +65,8 @@ where
         let id = req.extensions().get::<RequestId>().map(RequestId::as_str).unwrap_or_default();
         let method = req.method().as_str();
         // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
-        // logs and exported spans; each field costs an allocation or two per request.
+        // logs and exported spans. `otel.name` is shown only by exported spans, so it is not
+        // formatted when nothing exports.
         let span = tracing::info_span!(
             "request",
             service = &*self.layer.service,
@@ -72,14 +74,18 @@ where
             http.request.method = method,
             http.route = route,
             http.response.status_code = Empty,
-            otel.name = format!("{method} {route}"),
+            otel.name = Empty,
             otel.kind = "server",
             otel.status_code = Empty,
         );
-        let parent = crate::telemetry::extract_context(req.headers());
-        // `trace_id` and `span_id` are not span fields: the log formatter reads them from the
-        // OpenTelemetry context only when a line is written, so a quiet request pays nothing.
-        let _ = span.set_parent(parent);
+        if crate::telemetry::exporting() {
+            span.record("otel.name", format!("{method} {route}"));
+        }
+        // Continue the caller's trace. `trace_id` and `span_id` are not span fields: the log
+        // formatter reads them from the span's trace context only when a line is written.
+        if req.headers().contains_key(TRACEPARENT) {
+            crate::telemetry::set_parent(&span, crate::telemetry::extract_context(req.headers()));
+        }
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)

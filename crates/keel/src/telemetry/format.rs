@@ -34,12 +34,12 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 span_name = Some(span.name());
-                innermost = Some(span.id());
                 if let Some(f) = span.extensions().get::<SpanFields>() {
                     for (k, v) in &f.0 {
                         put(&mut fields, k, v.clone());
                     }
                 }
+                innermost = Some(span);
             }
         }
         let mut own = SpanFields::default();
@@ -50,7 +50,7 @@ where
         for (k, v) in &mut fields {
             mask_value(&self.masker, k, v);
         }
-        let ids = innermost.and_then(|id| otel_ids(&id));
+        let ids = innermost.as_ref().and_then(super::ids::log_ids);
 
         let mut line = String::with_capacity(256);
         line.push('{');
@@ -178,17 +178,6 @@ fn string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
-}
-
-/// The OpenTelemetry trace and span id of a span, when it has a valid context.
-fn otel_ids(id: &Id) -> Option<(String, String)> {
-    use opentelemetry::trace::TraceContextExt;
-    tracing::dispatcher::get_default(|dispatch| {
-        let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
-    })
 }
 
 fn timestamp() -> String {

@@ -17,24 +17,25 @@
 //! per process by [`crate::run`]; later calls return a handle to the first set-up.
 
 mod format;
+mod ids;
 mod metrics;
 
 use std::sync::{Mutex, OnceLock};
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, reload};
 
+pub use ids::{set_parent, span_context};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 
 use crate::config::{LogFormat, Profile, TelemetryConfig};
@@ -81,6 +82,8 @@ struct Global {
     reload: Reloader,
     level: Mutex<String>,
     provider: SdkTracerProvider,
+    /// Whether spans go to an OTLP exporter.
+    exporting: bool,
     /// Dropping it flushes the log writer's queue.
     writer: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
 }
@@ -129,16 +132,22 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
 
     let provider = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let tracer = provider.tracer("keel");
+    // With an exporter, `tracing-opentelemetry` turns spans into OpenTelemetry spans. Without
+    // one those would be built only to be dropped, so the light `IdsLayer` gives spans their
+    // W3C ids instead (see `ids`).
+    let exporting = opts.telemetry.otlp.endpoint.is_some();
     // Busy/idle tracking would read the clock on every poll of every span, and thread, source
     // location and target attributes allocate per span; none is worth it per request.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_tracked_inactivity(false)
-        .with_threads(false)
-        .with_location(false)
-        .with_target(false)
-        .with_filter(otel_filter());
+    let otel = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("keel"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
+            .with_filter(otel_filter())
+    });
+    let ids = (!exporting).then(|| ids::IdsLayer::new(opts.telemetry.sampling_ratio).with_filter(otel_filter()));
 
     let (filter, handle) = reload::Layer::new(filter);
     // Lines are written to stdout by a dedicated thread, so a request never waits on a write
@@ -162,9 +171,16 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     // line logged inside a request still carries the request's ids when the level is `warn`.
     let spans = tracing_subscriber::filter::filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::INFO);
     let fmt_filter = tracing_subscriber::filter::FilterExt::or(filter, spans);
-    let installed = tracing_subscriber::registry().with(otel).with(fmt.with_filter(fmt_filter)).try_init().is_ok();
+    let installed =
+        tracing_subscriber::registry().with(otel).with(ids).with(fmt.with_filter(fmt_filter)).try_init().is_ok();
     let reload: Reloader = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-    let _ = GLOBAL.set(Global { reload, level: Mutex::new(level), provider, writer: Mutex::new(Some(writer_guard)) });
+    let _ = GLOBAL.set(Global {
+        reload,
+        level: Mutex::new(level),
+        provider,
+        exporting,
+        writer: Mutex::new(Some(writer_guard)),
+    });
     if !installed {
         // Someone else (a test harness) owns the global subscriber; keep going with theirs.
         tracing::debug!("a tracing subscriber was already installed");
@@ -255,6 +271,18 @@ pub fn set_log_level(directives: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether spans are exported (`telemetry.otlp.endpoint` is set): span attributes that only
+/// exported spans show (`otel.name`) need not be computed otherwise.
+pub(crate) fn exporting() -> bool {
+    GLOBAL.get().is_some_and(|g| g.exporting)
+}
+
+/// The current span's trace context, as an OpenTelemetry context to inject.
+fn current_context() -> Context {
+    let sc = span_context(&tracing::Span::current());
+    if sc.is_valid() { Context::new().with_remote_span_context(sc) } else { Context::new() }
+}
+
 /// Reads a W3C `traceparent` (and `tracestate`) from request headers.
 pub fn extract_context(headers: &HeaderMap) -> Context {
     global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
@@ -267,14 +295,14 @@ pub fn extract_context(headers: &HeaderMap) -> Context {
 /// keel::telemetry::inject_current(&mut headers);
 /// ```
 pub fn inject_current(headers: &mut HeaderMap) {
-    let cx = tracing::Span::current().context();
+    let cx = current_context();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
 /// The current span's W3C `traceparent` and `tracestate`, for carriers that are not HTTP headers
 /// (event envelopes). `None` when there is no sampled-or-not trace context to pass on.
 pub fn current_trace_context() -> (Option<String>, Option<String>) {
-    let cx = tracing::Span::current().context();
+    let cx = current_context();
     let mut map = std::collections::HashMap::new();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
     (map.remove("traceparent"), map.remove("tracestate").filter(|s: &String| !s.is_empty()))
