@@ -7,15 +7,19 @@
 //! `route` is the matched route template (`/items/{id}`), or `unmatched`, so a scan of random
 //! URLs cannot blow up the number of series. Apply after routing (`Router::layer`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 use tower::Service;
 
 use super::trace::UNMATCHED;
@@ -28,9 +32,78 @@ pub const DURATION_BUCKETS: &[f64] =
 /// Records HTTP metrics; see the module docs.
 #[derive(Debug, Clone)]
 pub struct HttpMetricsLayer {
+    // One `Arc`: the layer is cloned with the route on every request.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Tells this layer's entries in the per-thread handle cache from other layers'.
+    id: u64,
     requests: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGauge,
+}
+
+static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Entries kept per thread before the cache starts over (routes × methods × statuses of every
+/// service in the process; far more than a real service has).
+const MAX_CACHED: usize = 4096;
+
+/// A request's series, found by label values once and then by this cheap key: the route
+/// template's address (axum keeps one `Arc<str>` per route for the router's life), the method
+/// and the status. The template's text is kept to detect an address reused by another router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    layer: u64,
+    route: usize,
+    method: &'static str,
+    status: u16,
+}
+
+struct Handles {
+    route: Box<str>,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+thread_local! {
+    // Per thread, so a hit takes no lock and touches no shared cache line; `with_label_values`
+    // hashes three strings and takes a read lock on every call.
+    static HANDLES: RefCell<HashMap<Key, Handles>> = RefCell::new(HashMap::new());
+}
+
+impl Inner {
+    fn record(&self, method: &'static str, route: &str, status: http::StatusCode, secs: f64) {
+        let key = Key { layer: self.id, route: route.as_ptr() as usize, method, status: status.as_u16() };
+        let cached = HANDLES.try_with(|cell| {
+            let Ok(mut map) = cell.try_borrow_mut() else { return false };
+            if let Some(h) = map.get(&key).filter(|h| &*h.route == route) {
+                h.requests.inc();
+                h.duration.observe(secs);
+                return true;
+            }
+            if map.len() >= MAX_CACHED {
+                map.clear();
+            }
+            let labels = [method, route, status.as_str()];
+            let h = Handles {
+                route: route.into(),
+                requests: self.requests.with_label_values(&labels),
+                duration: self.duration.with_label_values(&labels),
+            };
+            h.requests.inc();
+            h.duration.observe(secs);
+            map.insert(key, h);
+            true
+        });
+        if !matches!(cached, Ok(true)) {
+            let labels = [method, route, status.as_str()];
+            self.requests.with_label_values(&labels).inc();
+            self.duration.with_label_values(&labels).observe(secs);
+        }
+    }
 }
 
 impl HttpMetricsLayer {
@@ -47,7 +120,8 @@ impl HttpMetricsLayer {
         metrics.register(requests.clone())?;
         metrics.register(duration.clone())?;
         metrics.register(in_flight.clone())?;
-        Ok(Self { requests, duration, in_flight })
+        let id = NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Self { inner: Arc::new(Inner { id, requests, duration, in_flight }) })
     }
 }
 
@@ -74,12 +148,12 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let route = req.extensions().get::<MatchedPath>().cloned();
-        let method = req.method().clone();
-        self.layer.in_flight.inc();
-        let guard = InFlight(self.layer.in_flight.clone());
+        let method = method_label(req.method());
+        self.layer.inner.in_flight.inc();
+        let guard = InFlight(self.layer.inner.in_flight.clone());
         ResponseFuture {
             inner: self.inner.call(req),
-            state: Some(State { layer: self.layer.clone(), route, method, start: Instant::now(), _guard: guard }),
+            state: Some(State { layer: self.layer.inner.clone(), route, method, start: Instant::now(), _guard: guard }),
         }
     }
 }
@@ -110,9 +184,9 @@ impl Drop for InFlight {
 }
 
 struct State {
-    layer: HttpMetricsLayer,
+    layer: Arc<Inner>,
     route: Option<MatchedPath>,
-    method: Method,
+    method: &'static str,
     start: Instant,
     _guard: InFlight,
 }
@@ -136,12 +210,60 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let (Some(s), Ok(resp)) = (this.state.take(), &out) {
-            let status = resp.status();
             let route = s.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-            let labels = [method_label(&s.method), route, status.as_str()];
-            s.layer.requests.with_label_values(&labels).inc();
-            s.layer.duration.with_label_values(&labels).observe(s.start.elapsed().as_secs_f64());
+            s.layer.record(s.method, route, resp.status(), s.start.elapsed().as_secs_f64());
         }
         Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, route: &str, status: &str) -> u64 {
+        m.registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "http_server_requests_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|s| {
+                let l = s.get_label();
+                l.iter().any(|p| p.name() == "route" && p.value() == route)
+                    && l.iter().any(|p| p.name() == "status" && p.value() == status)
+            })
+            .map(|s| s.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn cached_handles_count_per_layer_route_and_status() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let (la, lb) = (HttpMetricsLayer::new(&a).unwrap(), HttpMetricsLayer::new(&b).unwrap());
+        let route: Arc<str> = Arc::from("/items/{id}");
+        for _ in 0..3 {
+            la.inner.record("GET", &route, http::StatusCode::OK, 0.001);
+        }
+        la.inner.record("GET", &route, http::StatusCode::NOT_FOUND, 0.001);
+        lb.inner.record("GET", &route, http::StatusCode::OK, 0.001);
+        assert_eq!(count(&a, "/items/{id}", "200"), 3);
+        assert_eq!(count(&a, "/items/{id}", "404"), 1);
+        assert_eq!(count(&b, "/items/{id}", "200"), 1, "another layer's cache entry is not reused");
+    }
+
+    #[test]
+    fn a_reused_address_with_other_text_gets_its_own_series() {
+        let m = Metrics::new();
+        let layer = HttpMetricsLayer::new(&m).unwrap();
+        // Same buffer (same address), different template text: the cache must not mix them up.
+        let mut buf = String::with_capacity(16);
+        buf.push_str("/a");
+        layer.inner.record("GET", &buf, http::StatusCode::OK, 0.001);
+        buf.clear();
+        buf.push_str("/b");
+        layer.inner.record("GET", &buf, http::StatusCode::OK, 0.001);
+        layer.inner.record("GET", &buf, http::StatusCode::OK, 0.001);
+        assert_eq!(count(&m, "/a", "200"), 1);
+        assert_eq!(count(&m, "/b", "200"), 2);
     }
 }
