@@ -152,8 +152,12 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let (filter, handle) = reload::Layer::new(filter);
     // Lines are written to stdout by a dedicated thread, so a request never waits on a write
     // syscall; the queue is bounded and never drops lines (a full queue applies backpressure).
-    let (stdout, writer_guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
+    // The thread buffers what it takes off the queue and flushes whenever the queue is empty:
+    // one write per burst of lines instead of one per line (stdout alone flushes at every
+    // newline), and no line waits once the burst is written.
+    let (stdout, writer_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let masker = crate::security::mask::Masker::new(opts.mask_fields.iter());
     let fmt = match opts.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
