@@ -6,7 +6,9 @@
 #
 # Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1, then runs wrk
 # against each target in turn, ROUNDS times, interleaved so drift affects all alike; reports the
-# median requests/s per target and its ratio to bare axum as a Markdown table. Access logs go to
+# median requests/s per target and its ratio to bare axum as a Markdown table, with the server's
+# CPU time per request (user + system, from /proc) — steadier than requests/s on a shared
+# machine, since wrk and the server compete for the same cores. Access logs go to
 # /dev/null (the cost of formatting them is still paid). Only loopback is touched; every wrk run
 # is bounded by SECONDS_PER_RUN.
 set -euo pipefail
@@ -28,26 +30,36 @@ for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.1; done
 addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
 
 targets=(bare keel keel_no_access_log)
-declare -A results
+declare -A results cpu
+tick=$(getconf CLK_TCK)
+cputime() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 for t in "${targets[@]}"; do
   wrk -t1 -c"$conns" -d2s "http://$(addr "$t")$path" > /dev/null   # warm-up
 done
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
-    rps=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")$path" | awk '/Requests\/sec/ {print $2}')
+    c0=$(cputime)
+    out=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")$path")
+    c1=$(cputime)
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    us=$(python3 -c "print(f'{($c1 - $c0) / $tick * 1e6 / $n:.2f}')")
     results[$t]="${results[$t]:-} $rps"
-    echo "round $r $t: $rps req/s" >&2
+    cpu[$t]="${cpu[$t]:-} $us"
+    echo "round $r $t: $rps req/s, $us µs CPU/request" >&2
   done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 base=$(echo "${results[bare]}" | median)
 echo
-echo "| target | median req/s | ratio to bare axum |"
-echo "|---|---|---|"
+cbase=$(echo "${cpu[bare]}" | median)
+echo "| target | median req/s | ratio to bare axum | server CPU µs/request | bare's CPU / this |"
+echo "|---|---|---|---|---|"
 for t in "${targets[@]}"; do
   m=$(echo "${results[$t]}" | median)
-  echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") |"
+  c=$(echo "${cpu[$t]}" | median)
+  echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") | $c | $(python3 -c "print(f'{$cbase/$c:.1%}')") |"
 done
 echo
 echo "GET $path, wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"

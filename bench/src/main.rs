@@ -10,6 +10,12 @@
 
 use std::process::ExitCode;
 
+// The same allocator as Keel's service binaries (both targets share it); `--features sysalloc`
+// measures with glibc's malloc instead.
+#[cfg(not(feature = "sysalloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use axum::routing::get;
 use axum::{Json, Router};
 use keel::config::{Loader, Profile};

@@ -10,6 +10,12 @@
 //!
 //! Services: `auth`, `events`, `joins`, `notifier`, `gateway`. See `docs/cityevents.md`.
 
+// mimalloc instead of the system allocator: under load glibc's malloc serialises threads that
+// free memory another thread allocated (tokio moves tasks between workers), see
+// docs/benchmarks.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 
