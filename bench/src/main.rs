@@ -84,6 +84,18 @@ async fn main() -> ExitCode {
     }
 }
 
+/// No exporter by default (a service's default). `KEEL_BENCH_OTLP_ENDPOINT` sets one, and
+/// `KEEL_BENCH_SAMPLING_RATIO` the ratio: with ratio 0 and no collector listening, nothing is
+/// sent, which measures what OpenTelemetry spans cost a request before any export.
+fn bench_telemetry() -> keel::config::TelemetryConfig {
+    let mut t = keel::config::TelemetryConfig::default();
+    t.otlp.endpoint = std::env::var("KEEL_BENCH_OTLP_ENDPOINT").ok();
+    if let Some(r) = std::env::var("KEEL_BENCH_SAMPLING_RATIO").ok().and_then(|r| r.parse().ok()) {
+        t.sampling_ratio = r;
+    }
+    t
+}
+
 async fn run(ports_file: &str) -> Result<(), String> {
     let opts = keel::telemetry::TelemetryOptions {
         service: "keel-bench".into(),
@@ -91,7 +103,7 @@ async fn run(ports_file: &str) -> Result<(), String> {
         profile: Profile::Production,
         level: "info".into(),
         format: keel::config::LogFormat::Json,
-        telemetry: keel::config::TelemetryConfig::default(),
+        telemetry: bench_telemetry(),
         mask_fields: Vec::new(),
     };
     let guard = keel::telemetry::init(&opts).map_err(|e| e.to_string())?;

@@ -104,7 +104,7 @@ pub fn set_parent(span: &Span, cx: Context) {
     }
 }
 
-/// The trace context of `span`: from [`IdsLayer`] or from OpenTelemetry, whichever is installed.
+/// The trace context of `span`: from Keel's light id layer or from OpenTelemetry, whichever is installed.
 /// Invalid when neither knows the span.
 pub fn span_context(span: &Span) -> SpanContext {
     with_ids(span, |ids| ids.0.clone()).unwrap_or_else(|| span.context().span().span_context().clone())

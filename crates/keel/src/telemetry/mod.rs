@@ -10,7 +10,8 @@
 //! * **Traces** — OpenTelemetry. Trace ids are always made, logged and propagated (W3C
 //!   `traceparent`); spans are exported over OTLP/gRPC only when `telemetry.otlp.endpoint` is
 //!   set, with `service.name`, `service.version` and `deployment.environment.name` resource
-//!   attributes and `telemetry.sampling_ratio` applied to new traces.
+//!   attributes and `telemetry.sampling_ratio` applied to new traces. Without an endpoint no
+//!   OpenTelemetry spans are built; a light layer gives spans their ids (see [`span_context`]).
 //! * **Metrics** — a Prometheus registry per service: [`Metrics`].
 //!
 //! Logging and tracing are process-wide (one subscriber per process), so [`init`] is called once
