@@ -72,12 +72,7 @@ where
         let timeout = asked.map_or(self.timeout, |a| a.min(self.timeout));
         let deadline = tokio::time::Instant::now() + timeout;
         let ctx = super::context::RequestContext { request_id: id.clone(), deadline: Some(deadline) };
-        ResponseFuture {
-            inner: super::context::scope(ctx, self.inner.call(req)),
-            sleep: tokio::time::sleep_until(deadline),
-            timeout,
-            id,
-        }
+        ResponseFuture { inner: super::context::scope(ctx, self.inner.call(req)), sleep: None, deadline, timeout, id }
     }
 }
 
@@ -86,8 +81,12 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: tokio::task::futures::TaskLocalFuture<super::context::RequestContext, F>,
+        // Made on the first `Pending` only: a request answered in one poll never touches the
+        // runtime's timer (looking up its handle and creating the entry cost more than the
+        // rest of this layer).
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
+        deadline: tokio::time::Instant,
         timeout: Duration,
         id: Option<RequestId>,
     }
@@ -106,7 +105,13 @@ where
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out.map(|r| r.map(Body::new)));
         }
-        std::task::ready!(this.sleep.poll(cx));
+        let mut sleep = this.sleep;
+        if sleep.is_none() {
+            sleep.set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        if let Some(sleep) = sleep.as_pin_mut() {
+            std::task::ready!(sleep.poll(cx));
+        }
         tracing::warn!(timeout_ms = this.timeout.as_millis() as u64, "request timed out");
         let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out")
             .detail(format!("the request did not complete within {}", humantime::format_duration(*this.timeout)));
