@@ -78,31 +78,39 @@ impl Inner {
     fn record(&self, method: &'static str, route: &str, status: http::StatusCode, secs: f64) {
         let key = Key { layer: self.id, route: route.as_ptr() as usize, method, status: status.as_u16() };
         let cached = HANDLES.try_with(|cell| {
-            let Ok(mut map) = cell.try_borrow_mut() else { return false };
+            let mut map = cell.try_borrow_mut().ok()?;
             if let Some(h) = map.get(&key).filter(|h| &*h.route == route) {
-                h.requests.inc();
-                h.duration.observe(secs);
-                return true;
+                h.observe(secs);
+                return Some(());
             }
             if map.len() >= MAX_CACHED {
                 map.clear();
             }
-            let labels = [method, route, status.as_str()];
-            let h = Handles {
-                route: route.into(),
-                requests: self.requests.with_label_values(&labels),
-                duration: self.duration.with_label_values(&labels),
-            };
-            h.requests.inc();
-            h.duration.observe(secs);
+            let h = self.series(method, route, status);
+            h.observe(secs);
             map.insert(key, h);
-            true
+            Some(())
         });
-        if !matches!(cached, Ok(true)) {
-            let labels = [method, route, status.as_str()];
-            self.requests.with_label_values(&labels).inc();
-            self.duration.with_label_values(&labels).observe(secs);
+        // No cache on this thread (being torn down): look the series up directly.
+        if !matches!(cached, Ok(Some(()))) {
+            self.series(method, route, status).observe(secs);
         }
+    }
+
+    fn series(&self, method: &'static str, route: &str, status: http::StatusCode) -> Handles {
+        let labels = [method, route, status.as_str()];
+        Handles {
+            route: route.into(),
+            requests: self.requests.with_label_values(&labels),
+            duration: self.duration.with_label_values(&labels),
+        }
+    }
+}
+
+impl Handles {
+    fn observe(&self, secs: f64) {
+        self.requests.inc();
+        self.duration.observe(secs);
     }
 }
 

@@ -148,7 +148,7 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
             .with_target(false)
             .with_filter(otel_filter())
     });
-    let ids = (!exporting).then(|| ids::IdsLayer::new(opts.telemetry.sampling_ratio).with_filter(otel_filter()));
+    let ids = (!exporting).then(|| ids::IdsLayer::new(opts.telemetry.sampling_ratio).with_filter(info_spans()));
 
     let (filter, handle) = reload::Layer::new(filter);
     // Lines are written to stdout by a dedicated thread, so a request never waits on a write
@@ -174,8 +174,7 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     };
     // Spans at `info` always reach the fmt layer (they print nothing themselves), so a `warn`
     // line logged inside a request still carries the request's ids when the level is `warn`.
-    let spans = tracing_subscriber::filter::filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::INFO);
-    let fmt_filter = tracing_subscriber::filter::FilterExt::or(filter, spans);
+    let fmt_filter = tracing_subscriber::filter::FilterExt::or(filter, info_spans());
     let installed =
         tracing_subscriber::registry().with(otel).with(ids).with(fmt.with_filter(fmt_filter)).try_init().is_ok();
     let reload: Reloader = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
@@ -191,6 +190,12 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         tracing::debug!("a tracing subscriber was already installed");
     }
     Ok(TelemetryGuard { _private: () })
+}
+
+/// Spans at `info` and above, whatever the log level: they carry the ids and fields of every
+/// line logged inside them.
+fn info_spans() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::INFO)
 }
 
 /// What becomes OpenTelemetry data: spans at `info` and above, whatever the log level (so traces
@@ -284,8 +289,8 @@ pub(crate) fn exporting() -> bool {
 
 /// The current span's trace context, as an OpenTelemetry context to inject.
 fn current_context() -> Context {
-    let sc = span_context(&tracing::Span::current());
-    if sc.is_valid() { Context::new().with_remote_span_context(sc) } else { Context::new() }
+    // An invalid context injects nothing: the propagator checks.
+    Context::new().with_remote_span_context(span_context(&tracing::Span::current()))
 }
 
 /// Reads a W3C `traceparent` (and `tracestate`) from request headers.
