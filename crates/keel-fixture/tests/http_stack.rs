@@ -40,6 +40,41 @@ async fn hello_and_security_headers() {
 }
 
 #[tokio::test]
+async fn responses_are_gzipped_only_when_the_client_accepts_it() {
+    use std::io::Read as _;
+    let body = serde_json::json!({ "name": "x".repeat(4000), "age": 7 });
+    let f = Fixture::start(&[]).await;
+    let c = client();
+    // Offered: compressed, and caches are told the answer depends on Accept-Encoding.
+    let resp = c.post(f.url("/echo")).header("accept-encoding", "gzip").json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let vary: Vec<_> = resp.headers().get_all("vary").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert!(vary.iter().any(|v| v.contains("accept-encoding")), "{vary:?}");
+    let zipped = resp.bytes().await.unwrap();
+    assert!(zipped.len() < 1000, "4 kB of one letter compresses well: {} bytes", zipped.len());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&zipped[..]).read_to_string(&mut text).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), body);
+    // Not offered: the body as the handler made it.
+    let resp = c.post(f.url("/echo")).json(&body).send().await.unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+    assert_eq!(json(resp).await, body);
+    // Small answers are not worth it.
+    let resp = c.get(f.url("/hello")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+    assert_eq!(json(resp).await, serde_json::json!({"message": "hello"}));
+    f.stop().await;
+
+    // Switched off: never compressed.
+    let f = Fixture::start(&[("FIXTURE__HTTP__COMPRESSION", "false")]).await;
+    let resp = c.post(f.url("/echo")).header("accept-encoding", "gzip").json(&body).send().await.unwrap();
+    assert!(resp.headers().get("content-encoding").is_none());
+    assert_eq!(json(resp).await, body);
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn request_id_accept_reject_generate() {
     let f = Fixture::start(&[]).await;
     let c = client();

@@ -15,6 +15,10 @@ use super::RequestId;
 /// The header that carries a caller's remaining time budget, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
+/// [`TIMEOUT_HEADER`] as a header name (looked up on every request; a `&str` key is parsed on
+/// every lookup).
+pub static TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
+
 tokio::task_local! {
     static CONTEXT: RequestContext;
 }

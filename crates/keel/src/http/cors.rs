@@ -101,9 +101,11 @@ fn tower_layer(cfg: &CorsConfig) -> Result<tower_http::cors::CorsLayer, CorsErro
         .max_age(cfg.max_age))
 }
 
-/// What `tower_http::cors` puts in `Vary`, so caches keep per-origin answers apart.
-const VARY: HeaderValue =
-    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+/// `Vary` of an answer to a request without `Origin`, so a cache never hands it to a browser
+/// that needs CORS headers. Only `Origin` matters here: `tower_http::cors` adds the preflight
+/// headers (`access-control-request-method`, `-headers`) to the answers it makes, and a request
+/// without `Origin` is never a preflight. Every response carries this, so it is kept short.
+const VARY: HeaderValue = HeaderValue::from_static("origin");
 
 /// CORS as `tower_http::cors` does it, with a fast path: a request without an `Origin` header
 /// (server to server, same-origin navigation) only gets `Vary`, and does not pay for cloning and

@@ -12,7 +12,7 @@
 //! 8. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
 //!    a route can override it with its own `DefaultBodyLimit` route layer.
 //! 9. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
-//! 10. compression — gzip when the client accepts it.
+//! 10. [`compression`] — gzip when the client accepts it.
 //! 11. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
 //!
 //! The order matters: security headers and CORS are outermost so that the stack's own answers
@@ -31,6 +31,7 @@ pub mod catch_panic;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod client_ip;
+pub mod compression;
 pub mod context;
 pub mod cors;
 pub mod load_shed;
@@ -45,7 +46,6 @@ pub mod trace;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use tower_http::compression::CompressionLayer;
 
 pub use problem::Problem;
 
@@ -98,7 +98,7 @@ pub fn stack(
 ) -> Result<(Router, StackHandle), StackError> {
     let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
     let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
-    let compression = CompressionLayer::new().gzip(cfg.http.compression);
+    let compression = compression::CompressionLayer::new(cfg.http.compression);
     let security_headers = security_headers::SecurityHeadersLayer::new(&cfg.http.hsts);
     // One `Router::layer` call with the whole stack: axum boxes the route again for every
     // `layer` call, and each box is a clone and an allocation per request.

@@ -31,10 +31,14 @@ pub const MAX_LEN: usize = 128;
 pub struct RequestId(pub(crate) HeaderValue);
 
 impl RequestId {
-    /// A new UUIDv7 id (time-ordered, so ids sort by arrival).
+    /// A new UUIDv7 id: time-ordered to the millisecond, so ids sort by arrival, with random
+    /// bits after that.
     pub fn generate() -> Self {
+        // `Uuid::now_v7` orders ids within a millisecond too, through a process-wide mutex that
+        // every worker thread would take on every request; the millisecond is order enough.
+        let ts = uuid::Timestamp::now(uuid::NoContext);
         let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let id = uuid::Uuid::new_v7(ts).hyphenated().encode_lower(&mut buf);
         Self(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
     }
 
@@ -73,8 +77,27 @@ pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
     if let Some(id) = req.extensions().get::<RequestId>() {
         return id.clone();
     }
-    let id = req.headers().get(&HEADER).and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
-    req.headers_mut().insert(HEADER.clone(), id.0.clone());
+    // One lookup for reading and replacing the header.
+    let id = match req.headers_mut().entry(&HEADER) {
+        http::header::Entry::Occupied(mut e) => match RequestId::parse(e.get()) {
+            // Duplicates are dropped, so the header says what the request id is.
+            Some(id) if e.iter().nth(1).is_none() => id,
+            Some(id) => {
+                e.insert(id.0.clone());
+                id
+            }
+            None => {
+                let id = RequestId::generate();
+                e.insert(id.0.clone());
+                id
+            }
+        },
+        http::header::Entry::Vacant(e) => {
+            let id = RequestId::generate();
+            e.insert(id.0.clone());
+            id
+        }
+    };
     req.extensions_mut().insert(id.clone());
     id
 }

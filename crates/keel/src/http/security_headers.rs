@@ -17,28 +17,48 @@ use crate::config::HstsConfig;
 /// Adds the headers; see the module docs.
 #[derive(Debug, Clone)]
 pub struct SecurityHeadersLayer {
-    // Shared, because axum clones the layered service for every request.
-    headers: Arc<[(HeaderName, HeaderValue)]>,
+    headers: Headers,
+}
+
+/// The headers without HSTS are the same for every service: a static list, so the clone axum
+/// makes of the layered service for every request (and the one each response future keeps)
+/// touches no reference count shared between worker threads. With HSTS the list is shared.
+#[derive(Debug, Clone)]
+enum Headers {
+    Default,
+    Custom(Arc<[(HeaderName, HeaderValue)]>),
+}
+
+static DEFAULT: [(HeaderName, HeaderValue); 3] = [
+    (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+];
+
+impl Headers {
+    fn list(&self) -> &[(HeaderName, HeaderValue)] {
+        match self {
+            Headers::Default => &DEFAULT,
+            Headers::Custom(list) => list,
+        }
+    }
 }
 
 impl SecurityHeadersLayer {
     /// The headers for this HSTS setting.
     pub fn new(hsts: &HstsConfig) -> Self {
-        let mut headers = vec![
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-        ];
-        if hsts.enabled {
-            let mut v = format!("max-age={}", hsts.max_age.as_secs());
-            if hsts.include_subdomains {
-                v.push_str("; includeSubDomains");
-            }
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.push((header::STRICT_TRANSPORT_SECURITY, v));
-            }
+        if !hsts.enabled {
+            return Self { headers: Headers::Default };
         }
-        Self { headers: headers.into() }
+        let mut headers = DEFAULT.to_vec();
+        let mut v = format!("max-age={}", hsts.max_age.as_secs());
+        if hsts.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.push((header::STRICT_TRANSPORT_SECURITY, v));
+        }
+        Self { headers: Headers::Custom(headers.into()) }
     }
 }
 
@@ -87,11 +107,12 @@ where
         let this = self.project();
         let mut out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &mut out {
-            // Room for these and the CORS headers, so the map grows once instead of per insert.
-            resp.headers_mut().reserve(this.layer.headers.len() + 3);
-            for (k, v) in this.layer.headers.iter() {
-                if !resp.headers().contains_key(k) {
-                    resp.headers_mut().insert(k.clone(), v.clone());
+            // Room for all of them, so the map grows at most once.
+            let list = this.layer.headers.list();
+            resp.headers_mut().reserve(list.len());
+            for (k, v) in list {
+                if let http::header::Entry::Vacant(e) = resp.headers_mut().entry(k.clone()) {
+                    e.insert(v.clone());
                 }
             }
         }

@@ -65,7 +65,7 @@ where
         let id = req.extensions().get::<RequestId>().cloned();
         let asked = req
             .headers()
-            .get(super::context::TIMEOUT_HEADER)
+            .get(&super::context::TIMEOUT_HEADER_NAME)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_millis);
@@ -83,9 +83,8 @@ pin_project! {
         inner: tokio::task::futures::TaskLocalFuture<super::context::RequestContext, F>,
         // Made on the first `Pending` only: a request answered in one poll never touches the
         // runtime's timer (looking up its handle and creating the entry cost more than the
-        // rest of this layer).
-        #[pin]
-        sleep: Option<Sleep>,
+        // rest of this layer). Boxed, so the future every request moves about stays small.
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: tokio::time::Instant,
         timeout: Duration,
         id: Option<RequestId>,
@@ -105,13 +104,8 @@ where
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out.map(|r| r.map(Body::new)));
         }
-        let mut sleep = this.sleep;
-        if sleep.is_none() {
-            sleep.set(Some(tokio::time::sleep_until(*this.deadline)));
-        }
-        if let Some(sleep) = sleep.as_pin_mut() {
-            std::task::ready!(sleep.poll(cx));
-        }
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
+        std::task::ready!(sleep.as_mut().poll(cx));
         tracing::warn!(timeout_ms = this.timeout.as_millis() as u64, "request timed out");
         let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out")
             .detail(format!("the request did not complete within {}", humantime::format_duration(*this.timeout)));

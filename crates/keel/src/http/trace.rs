@@ -23,7 +23,7 @@ use super::request_id::RequestId;
 /// The `route` label and span field of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
-const TRACEPARENT: &str = "traceparent";
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Adds request spans; see the module docs.
 #[derive(Debug, Clone)]
@@ -83,13 +83,14 @@ where
         }
         // Continue the caller's trace. `trace_id` and `span_id` are not span fields: the log
         // formatter reads them from the span's trace context only when a line is written.
-        if req.headers().contains_key(TRACEPARENT) {
+        if req.headers().contains_key(&TRACEPARENT) {
             crate::telemetry::set_parent(&span, crate::telemetry::extract_context(req.headers()));
         }
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
+        // The span is entered while the response future is polled, which is where everything
+        // below runs: the layers under this one log nothing in `call`, and axum calls the
+        // route (and the handler) on the first poll. Not entering it here too saves an
+        // enter and exit per request.
+        let inner = self.inner.call(req);
         ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
     }
 }
@@ -118,12 +119,12 @@ where
         if let Ok(resp) = &out {
             let status = resp.status().as_u16();
             this.span.record("http.response.status_code", status);
-            let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
+            let latency_ms = || this.start.elapsed().as_secs_f64() * 1000.0;
             if status >= 500 {
                 this.span.record("otel.status_code", "ERROR");
-                tracing::error!(latency_ms, "request failed");
+                tracing::error!(latency_ms = latency_ms(), "request failed");
             } else if *this.access_log {
-                tracing::info!(latency_ms, "request finished");
+                tracing::info!(latency_ms = latency_ms(), "request finished");
             }
         }
         Poll::Ready(out)

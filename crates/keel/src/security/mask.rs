@@ -112,10 +112,12 @@ pub fn token(value: &str) -> String {
 /// assert_eq!(scrub("nothing here"), "nothing here");
 /// ```
 pub fn scrub(text: &str) -> Cow<'_, str> {
-    let lower = text.to_ascii_lowercase();
-    if !lower.contains("bearer") && !lower.contains("basic") && !text.contains("://") {
+    // Every string field of every log line comes through here: decide without allocating.
+    let has = |needle: &[u8]| text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
+    if !has(b"bearer") && !has(b"basic") && !text.contains("://") {
         return Cow::Borrowed(text);
     }
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -198,8 +200,9 @@ impl Masker {
 
     /// Whether values of the field `name` are masked whole.
     pub fn is_sensitive(&self, name: &str) -> bool {
-        // Most field names are already lowercase snake case: avoid the allocation then.
-        if name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()) {
+        // Most field names are already lowercase snake case, or dotted (`http.route`): avoid
+        // the allocation then.
+        if name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.' || b.is_ascii_digit()) {
             self.fields.contains(name)
         } else {
             self.fields.contains(&normalize(name))

@@ -4,12 +4,13 @@ use std::fmt;
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
+
+use super::layer::SpanState;
 
 /// Writes `{"timestamp","level","target","message","service","request_id","trace_id","span_id",
 /// "fields":{…},"span":"name"}`.
@@ -19,24 +20,24 @@ pub(crate) struct JsonFormat {
     pub(crate) masker: crate::security::mask::Masker,
 }
 
-impl<S, N> FormatEvent<S, N> for JsonFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+impl JsonFormat {
+    /// The line for `event`, newline included.
+    pub(crate) fn line<S>(&self, ctx: &Context<'_, S>, event: &Event<'_>) -> String
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let meta = event.metadata();
         // Fields by precedence: span fields root to leaf, then the event's own; a later key
         // replaces an earlier one. Small vectors, not maps: a line has a dozen fields.
         let mut fields: Vec<(&'static str, Value)> = Vec::with_capacity(16);
         let mut span_name = None;
         let mut innermost = None;
-        if let Some(scope) = ctx.event_scope() {
+        if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 span_name = Some(span.name());
-                if let Some(f) = span.extensions().get::<SpanFields>() {
-                    for (k, v) in &f.0 {
-                        put(&mut fields, k, v.clone());
+                if let Some(state) = span.extensions().get::<SpanState>() {
+                    for (k, v) in state.fields.json() {
+                        put(&mut fields, k, v);
                     }
                 }
                 innermost = Some(span);
@@ -44,7 +45,7 @@ where
         }
         let mut own = SpanFields::default();
         event.record(&mut own);
-        for (k, v) in own.0 {
+        for (k, v) in own.json() {
             put(&mut fields, k, v);
         }
         for (k, v) in &mut fields {
@@ -95,7 +96,7 @@ where
             string(&mut line, name);
         }
         line.push_str("}\n");
-        writer.write_str(&line)
+        line
     }
 }
 
@@ -196,78 +197,86 @@ fn timestamp() -> String {
 
 /// A span's fields, kept as values rather than as a formatted string: recording a field is a
 /// push, not a parse-and-reserialize of the span's JSON (which cost a fifth of the CPU of a
-/// request in the benchmark).
-#[derive(Default)]
-pub(crate) struct SpanFields(Vec<(&'static str, Value)>);
+/// request in the benchmark). Text values share one buffer, so a request span's four text
+/// fields cost one allocation, not four; they become JSON values only when a line is written.
+#[derive(Debug, Default)]
+pub(crate) struct SpanFields {
+    text: String,
+    values: Vec<(&'static str, FieldValue)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FieldValue {
+    /// A range of `SpanFields::text`.
+    Text(usize, usize),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+}
 
 impl SpanFields {
-    fn set(&mut self, key: &'static str, value: Value) {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self { text: String::with_capacity(n * 16), values: Vec::with_capacity(n) }
+    }
+
+    fn set(&mut self, key: &'static str, value: FieldValue) {
         if key.starts_with("otel.") {
             return;
         }
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
+        match self.values.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
-            None => self.0.push((key, value)),
+            None => self.values.push((key, value)),
         }
+    }
+
+    fn set_text(&mut self, key: &'static str, text: &str) {
+        let start = self.text.len();
+        self.text.push_str(text);
+        self.set(key, FieldValue::Text(start, self.text.len()));
+    }
+
+    /// The fields as JSON values, in the order they were first recorded.
+    pub(crate) fn json(&self) -> impl Iterator<Item = (&'static str, Value)> + '_ {
+        self.values.iter().map(|(k, v)| {
+            let v = match *v {
+                FieldValue::Text(a, b) => Value::from(self.text.get(a..b).unwrap_or_default()),
+                FieldValue::I64(n) => Value::from(n),
+                FieldValue::U64(n) => Value::from(n),
+                FieldValue::F64(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                FieldValue::Bool(b) => Value::from(b),
+            };
+            (*k, v)
+        })
     }
 }
 
 impl Visit for SpanFields {
     fn record_f64(&mut self, f: &Field, v: f64) {
-        self.set(f.name(), serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number));
+        self.set(f.name(), FieldValue::F64(v));
     }
     fn record_i64(&mut self, f: &Field, v: i64) {
-        self.set(f.name(), Value::from(v));
+        self.set(f.name(), FieldValue::I64(v));
     }
     fn record_u64(&mut self, f: &Field, v: u64) {
-        self.set(f.name(), Value::from(v));
+        self.set(f.name(), FieldValue::U64(v));
     }
     fn record_bool(&mut self, f: &Field, v: bool) {
-        self.set(f.name(), Value::from(v));
+        self.set(f.name(), FieldValue::Bool(v));
     }
     fn record_str(&mut self, f: &Field, v: &str) {
-        self.set(f.name(), Value::from(v));
+        self.set_text(f.name(), v);
     }
     fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
-        self.set(f.name(), Value::from(v.to_string()));
+        self.set_text(f.name(), &v.to_string());
     }
     fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
-        self.set(f.name(), Value::from(format!("{v:?}")));
-    }
-}
-
-/// Keeps [`SpanFields`] up to date for the spans the JSON formatter will print. Shares the
-/// formatter's filter (see `telemetry::init`), so disabled spans cost nothing here.
-pub(crate) struct SpanFieldsLayer;
-
-impl<S> tracing_subscriber::Layer<S> for SpanFieldsLayer
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            let mut fields = SpanFields::default();
-            attrs.record(&mut fields);
-            span.extensions_mut().insert(fields);
+        if f.name().starts_with("otel.") {
+            return;
         }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
-        {
-            values.record(fields);
-        }
-    }
-}
-
-/// Formats nothing: the JSON formatter reads [`SpanFields`] and the event itself, so the fmt
-/// layer's own per-span string is never needed.
-pub(crate) struct NoFields;
-
-impl<'w> FormatFields<'w> for NoFields {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(&self, _: Writer<'w>, _: R) -> fmt::Result {
-        Ok(())
+        let start = self.text.len();
+        let _ = fmt::Write::write_fmt(&mut self.text, format_args!("{v:?}"));
+        self.set(f.name(), FieldValue::Text(start, self.text.len()));
     }
 }
 
@@ -275,7 +284,6 @@ impl<'w> FormatFields<'w> for NoFields {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
 
     #[derive(Clone, Default)]
@@ -316,11 +324,12 @@ mod tests {
         let masker = crate::security::mask::Masker::new(["national_id"]);
         let json = Buffer::default();
         let w = json.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .fmt_fields(super::NoFields)
-            .event_format(super::JsonFormat { service: "t".into(), masker: masker.clone() })
-            .with_writer(move || w.clone())
-            .and_then(super::SpanFieldsLayer);
+        let layer = super::super::layer::LogLayer::json(
+            super::super::filter::LogFilter::new("info").unwrap(),
+            None,
+            super::JsonFormat { service: "t".into(), masker: masker.clone() },
+            move || w.clone(),
+        );
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
         let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
         assert_clean(&out);

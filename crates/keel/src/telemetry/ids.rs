@@ -4,36 +4,33 @@
 //! With `telemetry.otlp.endpoint` set, `tracing-opentelemetry` turns every `info` span into an
 //! OpenTelemetry span: each field becomes an attribute (an allocation or two), and closing the
 //! span builds, samples and drops an SDK span. Without an exporter all of that is thrown away,
-//! yet it was the largest single cost of a request in the HTTP benchmark. [`IdsLayer`] takes its
-//! place then: it gives each span a [`SpanContext`] (trace id inherited from the parent span or
-//! the remote caller, a fresh span id, the sampled flag decided by `telemetry.sampling_ratio`
-//! for new traces so downstream services sample consistently) and nothing else.
+//! yet it was the largest single cost of a request in the HTTP benchmark. Keel's log layer then
+//! gives each span a [`SpanContext`] from an [`IdSource`] instead (trace id inherited from the
+//! parent span or the remote caller, a fresh span id, the sampled flag decided by
+//! `telemetry.sampling_ratio` for new traces so downstream services sample consistently) and
+//! nothing else.
 //!
-//! The rest of Keel does not care which layer is installed: [`set_parent`] and
-//! [`span_context`] work with either.
+//! The rest of Keel does not care which is in use: [`set_parent`] and [`span_context`] work
+//! with either.
 
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample};
-use tracing::span::{Attributes, Id};
-use tracing::{Span, Subscriber};
+use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Registry;
-use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 
-/// A span's trace context, in the span's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct Ids(pub(crate) SpanContext);
+use super::layer::SpanState;
 
-/// Gives every span it sees a [`SpanContext`]; see the module docs.
+/// Makes the ids of new spans; see the module docs.
 #[derive(Debug)]
-pub(crate) struct IdsLayer {
+pub(crate) struct IdSource {
     sampler: Sampler,
     ids: RandomIdGenerator,
 }
 
-impl IdsLayer {
+impl IdSource {
     /// New traces get the sampled flag at `ratio` (the same rule as the SDK's sampler).
     pub(crate) fn new(ratio: f64) -> Self {
         Self { sampler: Sampler::TraceIdRatioBased(ratio), ids: RandomIdGenerator::default() }
@@ -47,18 +44,11 @@ impl IdsLayer {
             TraceFlags::default()
         }
     }
-}
 
-impl<S> tracing_subscriber::Layer<S> for IdsLayer
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: LayerContext<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let parent =
-            if attrs.is_contextual() { ctx.lookup_current() } else { attrs.parent().and_then(|p| ctx.span(p)) };
-        let inherited = parent.and_then(|p| p.extensions().get::<Ids>().map(|i| i.0.clone()));
-        let sc = match inherited {
+    /// The context of a new span: in its parent's trace when it has a parent with ids, else
+    /// at the start of a new trace.
+    pub(crate) fn child_of(&self, parent: Option<&SpanContext>) -> SpanContext {
+        match parent {
             Some(p) => {
                 SpanContext::new(p.trace_id(), self.ids.new_span_id(), p.trace_flags(), false, p.trace_state().clone())
             }
@@ -66,18 +56,17 @@ where
                 let trace_id = self.ids.new_trace_id();
                 SpanContext::new(trace_id, self.ids.new_span_id(), self.flags(trace_id), false, TraceState::default())
             }
-        };
-        span.extensions_mut().insert(Ids(sc));
+        }
     }
 }
 
-/// Runs `f` on the [`Ids`] of `span`, when [`IdsLayer`] gave it some.
-fn with_ids<R>(span: &Span, f: impl FnOnce(&mut Ids) -> R) -> Option<R> {
+/// Runs `f` on the ids of `span`, when Keel's log layer gave it some.
+fn with_ids<R>(span: &Span, f: impl FnOnce(&mut SpanContext) -> R) -> Option<R> {
     span.with_subscriber(|(id, dispatch)| {
         let registry = dispatch.downcast_ref::<Registry>()?;
         let data = registry.span(id)?;
         let mut ext = data.extensions_mut();
-        ext.get_mut::<Ids>().map(f)
+        ext.get_mut::<SpanState>().and_then(|s| s.ids.as_mut()).map(f)
     })
     .flatten()
 }
@@ -91,9 +80,9 @@ pub fn set_parent(span: &Span, cx: Context) {
         return;
     }
     let updated = with_ids(span, |ids| {
-        ids.0 = SpanContext::new(
+        *ids = SpanContext::new(
             remote.trace_id(),
-            ids.0.span_id(),
+            ids.span_id(),
             remote.trace_flags(),
             false,
             remote.trace_state().clone(),
@@ -107,7 +96,7 @@ pub fn set_parent(span: &Span, cx: Context) {
 /// The trace context of `span`: from Keel's light id layer or from OpenTelemetry, whichever is installed.
 /// Invalid when neither knows the span.
 pub fn span_context(span: &Span) -> SpanContext {
-    with_ids(span, |ids| ids.0.clone()).unwrap_or_else(|| span.context().span().span_context().clone())
+    with_ids(span, |ids| ids.clone()).unwrap_or_else(|| span.context().span().span_context().clone())
 }
 
 /// The trace and span id of a span the log formatter is looking at, as lower-case hex.
@@ -115,8 +104,8 @@ pub(crate) fn log_ids<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) ->
 where
     S: for<'a> LookupSpan<'a>,
 {
-    let sc = match span.extensions().get::<Ids>() {
-        Some(ids) => ids.0.clone(),
+    let sc = match span.extensions().get::<SpanState>().and_then(|s| s.ids.clone()) {
+        Some(ids) => ids,
         None => tracing::dispatcher::get_default(|dispatch| {
             tracing_opentelemetry::get_otel_context(&span.id(), dispatch).map(|cx| cx.span().span_context().clone())
         })?,
@@ -131,7 +120,8 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     fn with_layer<R>(ratio: f64, f: impl FnOnce() -> R) -> R {
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(IdsLayer::new(ratio)), f)
+        let layer = super::super::layer::LogLayer::ids_only(IdSource::new(ratio));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), f)
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //! Logging and tracing are process-wide (one subscriber per process), so [`init`] is called once
 //! per process by [`crate::run`]; later calls return a handle to the first set-up.
 
+mod filter;
 mod format;
 mod ids;
+mod layer;
 mod metrics;
 
 use std::sync::{Mutex, OnceLock};
@@ -31,10 +33,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_subscriber::filter::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{Layer, reload};
 
 pub use ids::{set_parent, span_context};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
@@ -77,10 +78,8 @@ pub enum TelemetryError {
     },
 }
 
-type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
-
 struct Global {
-    reload: Reloader,
+    filter: filter::LogFilter,
     level: Mutex<String>,
     provider: SdkTracerProvider,
     /// Whether spans go to an OTLP exporter.
@@ -129,13 +128,13 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         return Ok(TelemetryGuard { _private: () });
     }
     let level = effective_level(&opts.level);
-    let filter = EnvFilter::try_new(&level).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let filter = filter::LogFilter::new(&level).map_err(TelemetryError::Filter)?;
 
     let provider = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
     // With an exporter, `tracing-opentelemetry` turns spans into OpenTelemetry spans. Without
-    // one those would be built only to be dropped, so the light `IdsLayer` gives spans their
-    // W3C ids instead (see `ids`).
+    // one those would be built only to be dropped, so Keel's log layer gives spans their W3C
+    // ids instead (see `ids`).
     let exporting = opts.telemetry.otlp.endpoint.is_some();
     // Busy/idle tracking would read the clock on every poll of every span, and thread, source
     // location and target attributes allocate per span; none is worth it per request.
@@ -148,9 +147,8 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
             .with_target(false)
             .with_filter(otel_filter())
     });
-    let ids = (!exporting).then(|| ids::IdsLayer::new(opts.telemetry.sampling_ratio).with_filter(info_spans()));
+    let ids = (!exporting).then(|| ids::IdSource::new(opts.telemetry.sampling_ratio));
 
-    let (filter, handle) = reload::Layer::new(filter);
     // Lines are written to stdout by a dedicated thread, so a request never waits on a write
     // syscall; the queue is bounded and never drops lines (a full queue applies backpressure).
     // The thread buffers what it takes off the queue and flushes whenever the queue is empty:
@@ -160,26 +158,24 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         .lossy(false)
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let masker = crate::security::mask::Masker::new(opts.mask_fields.iter());
-    let fmt = match opts.format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(format::NoFields)
-            .event_format(format::JsonFormat { service: opts.service.clone(), masker })
-            .with_writer(stdout)
-            .and_then(format::SpanFieldsLayer)
-            .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .fmt_fields(format::masked_pretty_fields(masker))
-            .with_writer(stdout)
-            .boxed(),
+    let registry = tracing_subscriber::registry().with(otel);
+    let installed = match opts.format {
+        LogFormat::Json => {
+            let format = format::JsonFormat { service: opts.service.clone(), masker };
+            registry.with(layer::LogLayer::json(filter.clone(), ids, format, stdout)).try_init().is_ok()
+        }
+        LogFormat::Pretty => {
+            // Spans at `info` always reach the fmt layer (they print nothing themselves), so a
+            // `warn` line logged inside a request still shows the request's span.
+            let pretty = tracing_subscriber::fmt::layer()
+                .fmt_fields(format::masked_pretty_fields(masker))
+                .with_writer(stdout)
+                .with_filter(tracing_subscriber::filter::FilterExt::or(filter.clone(), info_spans()));
+            registry.with(layer::LogLayer::new(filter.clone(), ids)).with(pretty).try_init().is_ok()
+        }
     };
-    // Spans at `info` always reach the fmt layer (they print nothing themselves), so a `warn`
-    // line logged inside a request still carries the request's ids when the level is `warn`.
-    let fmt_filter = tracing_subscriber::filter::FilterExt::or(filter, info_spans());
-    let installed =
-        tracing_subscriber::registry().with(otel).with(ids).with(fmt.with_filter(fmt_filter)).try_init().is_ok();
-    let reload: Reloader = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
     let _ = GLOBAL.set(Global {
-        reload,
+        filter,
         level: Mutex::new(level),
         provider,
         exporting,
@@ -249,10 +245,7 @@ pub fn parse_filter(directives: &str) -> Result<(), String> {
             ));
         }
     }
-    EnvFilter::builder()
-        .parse(directives)
-        .map(|_| ())
-        .map_err(|e| format!("`{directives}` is not a level or filter ({e}); use e.g. info or info,sqlx=warn"))
+    filter::parse(directives).map(|_| ())
 }
 
 /// Whether directives enable `trace` anywhere.
@@ -272,8 +265,7 @@ pub fn log_level() -> Option<String> {
 pub fn set_log_level(directives: &str) -> Result<(), String> {
     parse_filter(directives)?;
     let g = GLOBAL.get().ok_or_else(|| "logging is not initialised".to_owned())?;
-    let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
-    (g.reload)(filter)?;
+    g.filter.set(directives)?;
     if let Ok(mut l) = g.level.lock() {
         *l = directives.to_owned();
     }
