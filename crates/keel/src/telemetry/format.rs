@@ -1,6 +1,7 @@
 //! The JSON log line: one object per event with the span context lifted to the top level.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -53,10 +54,11 @@ impl JsonFormat {
         }
         let ids = innermost.as_ref().and_then(super::ids::log_ids);
 
-        let mut line = String::with_capacity(256);
+        // An access line is about 450 bytes: one allocation.
+        let mut line = String::with_capacity(512);
         line.push('{');
         key(&mut line, "timestamp", true);
-        string(&mut line, &timestamp());
+        let _ = write!(line, "\"{}\"", humantime::format_rfc3339_micros(std::time::SystemTime::now()));
         key(&mut line, "level", false);
         string(&mut line, meta.level().as_str());
         key(&mut line, "target", false);
@@ -77,10 +79,11 @@ impl JsonFormat {
             value(&mut line, &v);
         }
         if let Some((trace_id, span_id)) = &ids {
+            // Hex digits: nothing to escape.
             key(&mut line, "trace_id", false);
-            string(&mut line, trace_id);
+            let _ = write!(line, "\"{trace_id}\"");
             key(&mut line, "span_id", false);
-            string(&mut line, span_id);
+            let _ = write!(line, "\"{span_id}\"");
         }
         if !fields.is_empty() {
             key(&mut line, "fields", false);
@@ -158,6 +161,12 @@ fn key(out: &mut String, k: &str, first: bool) {
 fn value(out: &mut String, v: &Value) {
     match v {
         Value::String(s) => string(out, s),
+        // Numbers, booleans and null print as JSON already; objects and arrays are serialised.
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.push_str("null"),
         other => out.push_str(&other.to_string()),
     }
 }
@@ -188,11 +197,6 @@ fn string(out: &mut String, s: &str) {
     }
     out.push_str(&s[start..]);
     out.push('"');
-}
-
-fn timestamp() -> String {
-    let now = std::time::SystemTime::now();
-    humantime::format_rfc3339_micros(now).to_string()
 }
 
 /// A span's fields, kept as values rather than as a formatted string: recording a field is a

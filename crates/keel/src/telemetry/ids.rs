@@ -99,8 +99,10 @@ pub fn span_context(span: &Span) -> SpanContext {
     with_ids(span, |ids| ids.clone()).unwrap_or_else(|| span.context().span().span_context().clone())
 }
 
-/// The trace and span id of a span the log formatter is looking at, as lower-case hex.
-pub(crate) fn log_ids<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> Option<(String, String)>
+/// The trace and span id of a span the log formatter is looking at (printed as lower-case hex).
+pub(crate) fn log_ids<S>(
+    span: &tracing_subscriber::registry::SpanRef<'_, S>,
+) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>
 where
     S: for<'a> LookupSpan<'a>,
 {
@@ -110,7 +112,7 @@ where
             tracing_opentelemetry::get_otel_context(&span.id(), dispatch).map(|cx| cx.span().span_context().clone())
         })?,
     };
-    sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
 }
 
 #[cfg(test)]

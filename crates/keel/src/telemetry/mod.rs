@@ -22,6 +22,7 @@ mod format;
 mod ids;
 mod layer;
 mod metrics;
+mod writer;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -68,6 +69,9 @@ pub enum TelemetryError {
     /// The log filter does not parse.
     #[error("invalid log filter: {0}")]
     Filter(String),
+    /// The log writer thread could not be started.
+    #[error("cannot start the log writer thread: {0}")]
+    Writer(#[source] std::io::Error),
     /// The OTLP exporter could not be built.
     #[error("cannot set up OTLP export to {endpoint}: {message}")]
     Otlp {
@@ -85,7 +89,7 @@ struct Global {
     /// Whether spans go to an OTLP exporter.
     exporting: bool,
     /// Dropping it flushes the log writer's queue.
-    writer: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
+    writer: Mutex<Option<writer::WriterGuard>>,
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
@@ -149,14 +153,9 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     });
     let ids = (!exporting).then(|| ids::IdSource::new(opts.telemetry.sampling_ratio));
 
-    // Lines are written to stdout by a dedicated thread, so a request never waits on a write
-    // syscall; the queue is bounded and never drops lines (a full queue applies backpressure).
-    // The thread buffers what it takes off the queue and flushes whenever the queue is empty:
-    // one write per burst of lines instead of one per line (stdout alone flushes at every
-    // newline), and no line waits once the burst is written.
-    let (stdout, writer_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    // Lines are written to stdout by a dedicated thread, in batches, so a request never waits
+    // on a write syscall and nothing is dropped (see `writer`).
+    let (stdout, writer_guard) = writer::LineWriter::new(std::io::stdout()).map_err(TelemetryError::Writer)?;
     let masker = crate::security::mask::Masker::new(opts.mask_fields.iter());
     let registry = tracing_subscriber::registry().with(otel);
     let installed = match opts.format {
