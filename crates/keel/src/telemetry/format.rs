@@ -174,6 +174,13 @@ fn value(out: &mut String, v: &Value) {
 /// Writes `s` as a JSON string.
 fn string(out: &mut String, s: &str) {
     out.push('"');
+    // Almost every value needs no escape at all: one pass without early exit (which the
+    // compiler turns into wide compares), then one copy.
+    if !s.bytes().fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // Copy runs of characters that need no escape in one go; only `"`, `\\` and control
     // characters (all ASCII, so byte positions are char boundaries) are escaped.
     let mut start = 0;
