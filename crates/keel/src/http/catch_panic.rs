@@ -55,10 +55,10 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let id = request_id::ensure(&mut req);
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(fut) => ResponseFuture { inner: Some(AssertUnwindSafe(fut).catch_unwind()), early: None, id },
+            Ok(fut) => ResponseFuture { kind: Kind::Running { inner: AssertUnwindSafe(fut).catch_unwind() }, id },
             Err(payload) => {
                 let resp = panic_response(&id, payload);
-                ResponseFuture { inner: None, early: Some(resp), id }
+                ResponseFuture { kind: Kind::Answered { resp: Some(resp) }, id }
             }
         }
     }
@@ -68,9 +68,19 @@ pin_project! {
     /// Response future of [`CatchPanic`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<CatchUnwind<AssertUnwindSafe<F>>>,
-        early: Option<Response>,
+        kind: Kind<F>,
         id: RequestId,
+    }
+}
+
+pin_project! {
+    // An enum, not both fields: every layer above moves this future, and a response is
+    // 128 bytes.
+    #[project = KindProj]
+    enum Kind<F> {
+        Running { #[pin] inner: CatchUnwind<AssertUnwindSafe<F>> },
+        // The call itself panicked; `None` once the answer has been returned.
+        Answered { resp: Option<Response> },
     }
 }
 
@@ -84,11 +94,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(resp) = this.early.take() {
-            return Poll::Ready(Ok(resp));
-        }
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Ok(Problem::internal().into_response_with_id(Some(this.id.as_str()))));
+        let inner = match this.kind.project() {
+            KindProj::Running { inner } => inner,
+            KindProj::Answered { resp } => {
+                let resp =
+                    resp.take().unwrap_or_else(|| Problem::internal().into_response_with_id(Some(this.id.as_str())));
+                return Poll::Ready(Ok(resp));
+            }
         };
         match std::task::ready!(inner.poll(cx)) {
             Ok(res) => Poll::Ready(res.map(|r| r.map(Body::new))),

@@ -79,7 +79,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if self.enabled && req.headers().contains_key(header::ACCEPT_ENCODING) {
-            ResponseFuture { kind: Kind::Negotiated { fut: self.inner.call(req) } }
+            ResponseFuture { kind: Kind::Negotiated { fut: Box::pin(self.inner.call(req)) } }
         } else {
             ResponseFuture { kind: Kind::Plain { fut: self.inner.get_mut().call(req) } }
         }
@@ -98,7 +98,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Plain { #[pin] fut: F },
-        Negotiated { #[pin] fut: tower_http::compression::ResponseFuture<F, tower_http::compression::DefaultPredicate> },
+        // Boxed: tower-http's future carries its predicate and negotiated coding (about 170
+        // bytes), which every request would otherwise move through the layers above.
+        Negotiated { fut: Pin<Box<tower_http::compression::ResponseFuture<F, tower_http::compression::DefaultPredicate>>> },
     }
 }
 
@@ -111,7 +113,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Plain { fut } => fut.poll(cx),
-            KindProj::Negotiated { fut } => fut.poll(cx).map_ok(|r| r.map(Body::new)),
+            KindProj::Negotiated { fut } => fut.as_mut().poll(cx).map_ok(|r| r.map(Body::new)),
         }
     }
 }

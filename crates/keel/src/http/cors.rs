@@ -150,7 +150,7 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let mut cors = self.cors.layer(ready);
-        ResponseFuture { kind: Kind::Cors { fut: cors.call(req) } }
+        ResponseFuture { kind: Kind::Cors { fut: Box::pin(cors.call(req)) } }
     }
 }
 
@@ -166,7 +166,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Plain { #[pin] fut: F },
-        Cors { #[pin] fut: tower_http::cors::ResponseFuture<F> },
+        // Boxed: tower-http's future carries the CORS headers it will add (about 180 bytes),
+        // and every request, CORS or not, would move them through the layers above.
+        Cors { fut: Pin<Box<tower_http::cors::ResponseFuture<F>>> },
     }
 }
 
@@ -179,7 +181,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Cors { fut } => fut.poll(cx),
+            KindProj::Cors { fut } => fut.as_mut().poll(cx),
             KindProj::Plain { fut } => {
                 let mut out = std::task::ready!(fut.poll(cx));
                 if let Ok(resp) = &mut out {

@@ -97,9 +97,9 @@ where
             let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
             let problem =
                 Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS).code("OVERLOADED");
-            return ResponseFuture { inner: None, shed: Some(problem.into_response_with_id(id)), _guard: None };
+            return ResponseFuture { kind: Kind::Shed { resp: Some(problem.into_response_with_id(id)) } };
         }
-        ResponseFuture { inner: Some(self.inner.call(req)), shed: None, _guard: Some(guard) }
+        ResponseFuture { kind: Kind::Running { inner: self.inner.call(req), _guard: guard } }
     }
 }
 
@@ -107,9 +107,18 @@ pin_project! {
     /// Response future of [`LoadShed`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<F>,
-        shed: Option<Response>,
-        _guard: Option<Guard>,
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    // An enum, not both fields: every layer above moves this future, and a response is
+    // 128 bytes.
+    #[project = KindProj]
+    enum Kind<F> {
+        Running { #[pin] inner: F, _guard: Guard },
+        // `None` once the 503 has been returned.
+        Shed { resp: Option<Response> },
     }
 }
 
@@ -122,13 +131,11 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(resp) = this.shed.take() {
-            return Poll::Ready(Ok(resp));
-        }
-        match this.inner.as_pin_mut() {
-            Some(f) => f.poll(cx).map(|r| r.map(|resp| resp.map(Body::new))),
-            None => Poll::Ready(Ok(Problem::internal().into_response())),
+        match self.project().kind.project() {
+            KindProj::Running { inner, .. } => inner.poll(cx).map(|r| r.map(|resp| resp.map(Body::new))),
+            KindProj::Shed { resp } => {
+                Poll::Ready(Ok(resp.take().unwrap_or_else(|| Problem::internal().into_response())))
+            }
         }
     }
 }
