@@ -28,14 +28,20 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
     max: usize,
-    in_flight: Arc<AtomicUsize>,
+    // One `Arc` for the count and the counter: axum clones the layered service per request.
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    in_flight: AtomicUsize,
     shed: Option<IntCounter>,
 }
 
 impl LoadShedLayer {
     /// Sheds when more than `max` requests are in flight.
     pub fn new(max: usize) -> Self {
-        Self { max, in_flight: Arc::default(), shed: None }
+        Self { max, shared: Arc::default() }
     }
 
     /// Counts shed requests in `http_server_requests_shed_total`.
@@ -45,13 +51,13 @@ impl LoadShedLayer {
             "Requests refused with 503 because too many were in flight.",
         )?;
         metrics.register(c.clone())?;
-        self.shed = Some(c);
+        self.shared = Arc::new(Shared { in_flight: AtomicUsize::new(self.in_flight()), shed: Some(c) });
         Ok(self)
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.shared.in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -64,11 +70,11 @@ pub struct LoadShed<S> {
     layer: LoadShedLayer,
 }
 
-struct Guard(Arc<AtomicUsize>);
+struct Guard(Arc<Shared>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -87,11 +93,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let before = self.layer.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = Guard(self.layer.in_flight.clone());
+        let before = self.layer.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = Guard(self.layer.shared.clone());
         if before >= self.layer.max {
             drop(guard);
-            if let Some(c) = &self.layer.shed {
+            if let Some(c) = &self.layer.shared.shed {
                 c.inc();
             }
             let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
