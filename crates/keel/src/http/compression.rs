@@ -7,9 +7,13 @@
 //!
 //! A request that offers no coding at all (no `Accept-Encoding`: most API clients, probes and
 //! load generators) goes straight to the inner service, as does every request when
-//! `http.compression` is `false`. tower-http would answer those identically, but only after
-//! wrapping the body in its pass-through `CompressionBody`, which axum then boxes once more: an
-//! allocation and an indirection on every body read of a request that can never be compressed.
+//! `http.compression` is `false`. tower-http would send the same body, but only after wrapping
+//! it in its pass-through `CompressionBody`, which axum then boxes once more: an allocation and
+//! an indirection on every body read of a request that can never be compressed. tower-http
+//! would also add `Vary: Accept-Encoding` to such an answer when it would have compressed it
+//! for another client; it is left out here. That is safe for caches: the uncompressed body
+//! suits every client, and every compressed answer does carry the `Vary`, so a cache never
+//! hands gzip to a client that did not ask for it.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -158,10 +158,9 @@ where
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = method_label(req.method());
         self.layer.inner.in_flight.inc();
-        ResponseFuture {
-            inner: self.inner.call(req),
-            state: Some(State { layer: self.layer.inner.clone(), route, method, start: Instant::now() }),
-        }
+        // Made before the inner call: if that panics, unwinding drops it and counts it out.
+        let state = State { layer: self.layer.inner.clone(), route, method, start: Instant::now() };
+        ResponseFuture { inner: self.inner.call(req), state: Some(state) }
     }
 }
 

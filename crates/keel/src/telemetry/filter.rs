@@ -60,9 +60,15 @@ pub(crate) fn parse(directives: &str) -> Result<Targets, String> {
             "`{directives}`: span and field filters ([span{{field}}]) are not supported; use levels per target, e.g. info,sqlx=warn"
         ));
     }
-    directives.parse::<Targets>().map_err(|e| {
+    normalize(directives).parse::<Targets>().map_err(|e| {
         format!("`{directives}` is not a level or target=level list ({e}); use e.g. info or info,sqlx=warn")
     })
+}
+
+/// `directives` without blanks around each directive and without empty ones: `Targets` reads
+/// `info, sqlx=warn` as a target named " sqlx", and `info,` as a second default at `error`.
+pub(crate) fn normalize(directives: &str) -> String {
+    directives.split(',').map(str::trim).filter(|d| !d.is_empty()).collect::<Vec<_>>().join(",")
 }
 
 impl<S> Filter<S> for LogFilter {
@@ -118,6 +124,19 @@ mod tests {
             log_all();
             assert_eq!(seen.swap(0, Ordering::SeqCst), 0);
         });
+    }
+
+    #[test]
+    fn blanks_and_empty_directives_are_ignored() {
+        use tracing::Level;
+        for d in ["info, noisy=warn", " info ,noisy=warn ,", "info,,noisy=warn"] {
+            let t = parse(d).unwrap();
+            assert!(t.would_enable("app", &Level::INFO), "{d}");
+            assert!(!t.would_enable("app", &Level::DEBUG), "{d}");
+            assert!(!t.would_enable("noisy::db", &Level::INFO), "{d}: the target rule applies");
+            assert!(t.would_enable("noisy::db", &Level::WARN), "{d}");
+        }
+        assert_eq!(normalize(" info , sqlx=warn ,"), "info,sqlx=warn");
     }
 
     #[test]

@@ -242,6 +242,9 @@ impl SpanFields {
     }
 
     fn set_text(&mut self, key: &'static str, text: &str) {
+        if key.starts_with("otel.") {
+            return;
+        }
         let start = self.text.len();
         self.text.push_str(text);
         self.set(key, FieldValue::Text(start, self.text.len()));

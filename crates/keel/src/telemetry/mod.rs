@@ -84,6 +84,8 @@ pub enum TelemetryError {
 
 struct Global {
     filter: filter::LogFilter,
+    /// Whether Keel's subscriber is the process's (another may have been installed first).
+    installed: bool,
     level: Mutex<String>,
     provider: SdkTracerProvider,
     /// Whether spans go to an OTLP exporter.
@@ -175,7 +177,8 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     };
     let _ = GLOBAL.set(Global {
         filter,
-        level: Mutex::new(level),
+        installed,
+        level: Mutex::new(filter::normalize(&level)),
         provider,
         exporting,
         writer: Mutex::new(Some(writer_guard)),
@@ -264,9 +267,12 @@ pub fn log_level() -> Option<String> {
 pub fn set_log_level(directives: &str) -> Result<(), String> {
     parse_filter(directives)?;
     let g = GLOBAL.get().ok_or_else(|| "logging is not initialised".to_owned())?;
+    if !g.installed {
+        return Err("another tracing subscriber is installed; Keel's log filter is not in effect".into());
+    }
     g.filter.set(directives)?;
     if let Ok(mut l) = g.level.lock() {
-        *l = directives.to_owned();
+        *l = filter::normalize(directives);
     }
     tracing::info!(level = directives, "log level changed");
     Ok(())

@@ -10,7 +10,8 @@
 //! Nothing is ever dropped: when stdout cannot keep up and [`MAX_BUFFERED`] bytes are waiting,
 //! a thread that logs waits for the writer (backpressure) instead of losing the line. Dropping
 //! the [`WriterGuard`] writes out what is buffered and stops the thread (waiting at most
-//! [`FLUSH_TIMEOUT`] for a stuck stdout); lines logged after that are written directly.
+//! [`FLUSH_TIMEOUT`] for a stuck stdout); lines logged after the thread has stopped are written
+//! directly. A stdout opened non-blocking is waited for, not given up on.
 //!
 //! `tracing-appender`'s worker, used before, spins between lines (crossbeam's backoff:
 //! `pause`, then `sched_yield`): under load that cost about 2.5 µs of CPU per line on a thread
@@ -42,7 +43,10 @@ struct Shared {
 struct State {
     buf: Vec<u8>,
     writer_waiting: bool,
+    /// The guard was dropped: the writer drains what is buffered, then stops.
     closed: bool,
+    /// The writer thread has stopped: lines go straight to stdout.
+    finished: bool,
 }
 
 impl Shared {
@@ -77,6 +81,8 @@ impl LineWriter {
         let (done_tx, done) = std::sync::mpsc::channel();
         let worker = shared.clone();
         std::thread::Builder::new().name("keel-log-writer".into()).spawn(move || {
+            // However the thread ends, loggers stop waiting for it and write directly.
+            let _finished = Finished(worker.clone());
             let mut batch = Vec::new();
             loop {
                 {
@@ -86,14 +92,20 @@ impl LineWriter {
                         st = worker.lines.wait(st).unwrap_or_else(|e| e.into_inner());
                     }
                     if st.buf.is_empty() {
+                        // Closed and drained. Decided under the lock, so no line can slip in
+                        // between: from here on loggers write directly.
+                        st.finished = true;
                         break;
                     }
                     std::mem::swap(&mut st.buf, &mut batch);
                 }
                 worker.space.notify_all();
-                // Nowhere to report a failed write to stdout; the next batch tries again.
-                let _ = out.write_all(&batch).and_then(|()| out.flush());
+                write_batch(&mut out, &batch);
                 batch.clear();
+                // A burst's buffer is not kept for the life of the process.
+                if batch.capacity() > KEEP_CAPACITY {
+                    batch = Vec::new();
+                }
                 std::thread::sleep(BATCH_INTERVAL);
             }
             let _ = out.flush();
@@ -105,10 +117,12 @@ impl LineWriter {
     /// Queues `bytes` (whole lines) for stdout; waits while the buffer is full.
     pub(crate) fn write_line(&self, bytes: &[u8]) {
         let mut st = self.shared.lock();
-        while st.buf.len() >= self.shared.max && !st.closed {
+        while st.buf.len() >= self.shared.max && !st.finished {
             st = self.shared.space.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        if st.closed {
+        // While the writer drains at shutdown, lines still queue behind the buffered ones, so
+        // the order holds; once it has stopped they are written here.
+        if st.finished {
             drop(st);
             let _ = io::stdout().lock().write_all(bytes);
             return;
@@ -121,11 +135,41 @@ impl LineWriter {
     }
 }
 
+/// Bytes of batch buffer the writer keeps between batches.
+const KEEP_CAPACITY: usize = 1 << 20;
+
+/// Writes `batch` whole. A stdout opened non-blocking (`EAGAIN`) is waited for; a stdout that
+/// fails otherwise (closed, broken pipe) cannot take the lines and nothing can report it.
+fn write_batch<W: Write>(out: &mut W, mut batch: &[u8]) {
+    while !batch.is_empty() {
+        match out.write(batch) {
+            Ok(0) => return,
+            Ok(n) => batch = batch.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(BATCH_INTERVAL),
+            Err(_) => return,
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Marks the writer stopped when its thread ends.
+struct Finished(Arc<Shared>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.closed = true;
+        st.finished = true;
+        drop(st);
+        self.0.space.notify_all();
+    }
+}
+
 impl Drop for WriterGuard {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.lines.notify_one();
-        self.shared.space.notify_all();
         let _ = self.done.recv_timeout(FLUSH_TIMEOUT);
     }
 }
@@ -201,6 +245,34 @@ mod tests {
                 .collect();
             assert_eq!(mine, (0..1000).collect::<Vec<_>>(), "thread {t}'s lines, in order");
         }
+    }
+
+    /// A non-blocking stdout: refuses every other write and takes at most 3 bytes at a time.
+    struct Reluctant {
+        bytes: Vec<u8>,
+        calls: usize,
+    }
+
+    impl Write for Reluctant {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = b.len().min(3);
+            self.bytes.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn short_and_refused_writes_are_retried_not_dropped() {
+        let mut out = Reluctant { bytes: Vec::new(), calls: 0 };
+        write_batch(&mut out, b"line one\nline two\n");
+        assert_eq!(out.bytes, b"line one\nline two\n");
     }
 
     #[test]
