@@ -36,7 +36,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tracing::Instrument;
 
 use super::Problem;
-use super::context::TIMEOUT_HEADER;
+use super::context::TIMEOUT_HEADER_NAME;
 use crate::config::UpstreamConfig;
 use crate::health::{Check, Kind, Outcome};
 use crate::resilience::breaker::{CircuitBreaker, Outcome as BreakerOutcome, Rejected};
@@ -389,7 +389,7 @@ impl Client {
             if let Some(id) = ctx.as_ref().and_then(|c| c.request_id.clone()) {
                 headers.insert(super::request_id::HEADER.clone(), id.0);
             }
-            headers.insert(HeaderName::from_static(TIMEOUT_HEADER), HeaderValue::from(timeout.as_millis() as u64));
+            headers.insert(TIMEOUT_HEADER_NAME.clone(), HeaderValue::from(timeout.as_millis() as u64));
             let mut builder = self.http.request(req.method.clone(), &url).headers(headers).timeout(timeout);
             if let Some(b) = &req.body {
                 builder = builder.body(b.clone());

@@ -138,8 +138,9 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some((format, writer)) = &self.json else { return };
-        // Enabled for OpenTelemetry only.
-        if !self.filter.would_enable(event.metadata()) {
+        // Only while exporting can an event be on without the log filter enabling it (a `warn`
+        // kept for OpenTelemetry); otherwise `enabled` has already asked the filter.
+        if self.exporting && !self.filter.would_enable(event.metadata()) {
             return;
         }
         let line = format.line(&ctx, event);
