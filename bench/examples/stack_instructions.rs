@@ -1,0 +1,97 @@
+//! Calls `GET /hello` N times in process, bare or through `keel::http::stack`, for counting
+//! instructions per request with callgrind — repeatable to the instruction on a machine whose
+//! timings drift by several percent between runs:
+//!
+//! ```text
+//! bash bench/stack-instructions.sh        # builds it, runs it under callgrind, prints a table
+//! ```
+//!
+//! `stack_instructions TARGET N` with TARGET `bare`, `keel` (the production stack, no access
+//! line), `keel_access_log` (with one) or `ablate` (the stack built layer by layer, leaving out
+//! the layers named in `SKIP=a,b`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::{Json, Router};
+use http::Request;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+async fn hello() -> Json<Value> {
+    Json(json!({ "message": "hello" }))
+}
+
+fn routes() -> Router {
+    Router::new().route("/hello", get(hello))
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let target = args.next().unwrap_or_else(|| "keel".into());
+    let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let opts = keel::telemetry::TelemetryOptions {
+        service: "bench".into(),
+        version: "0".into(),
+        profile: keel::config::Profile::Production,
+        level: "info".into(),
+        format: keel::config::LogFormat::Json,
+        telemetry: keel::config::TelemetryConfig::default(),
+        mask_fields: Vec::new(),
+    };
+    let _guard = keel::telemetry::init(&opts).unwrap();
+    let mut cfg = keel::config::KeelConfig::default();
+    cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
+    cfg.log.access_log = target == "keel_access_log";
+    let metrics = keel::telemetry::Metrics::new();
+    let router = match target.as_str() {
+        "bare" => routes(),
+        "keel" | "keel_access_log" => keel::http::stack("bench", &cfg, &metrics, routes(), Router::new()).unwrap().0,
+        "ablate" => ablate(&cfg, &metrics),
+        other => {
+            eprintln!("unknown target {other}: bare | keel | keel_access_log | ablate");
+            std::process::exit(64);
+        }
+    }
+    .with_state::<()>(());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for _ in 0..n {
+            let req = Request::get("/hello").header("host", "127.0.0.1").body(Body::empty()).unwrap();
+            let resp = ServiceExt::<Request<Body>>::oneshot(router.clone(), req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            std::hint::black_box(body);
+        }
+    });
+}
+
+/// Keel's API stack built layer by layer, leaving out those named in `SKIP` (comma-separated:
+/// security_headers, cors, catch_panic, request_id, trace, metrics, timeout, body_limit,
+/// load_shed, compression, problems), to count what each layer costs.
+fn ablate(cfg: &keel::config::KeelConfig, metrics: &keel::telemetry::Metrics) -> Router {
+    use keel::http::*;
+    let skip = std::env::var("SKIP").unwrap_or_default();
+    let on = |name: &str| !skip.split(',').any(|s| s == name);
+    let some = |name: &str| on(name).then_some(());
+    routes().layer(
+        tower::ServiceBuilder::new()
+            .option_layer(
+                some("security_headers").map(|()| security_headers::SecurityHeadersLayer::new(&cfg.http.hsts)),
+            )
+            .option_layer(some("cors").map(|()| cors::layer(&cfg.cors).unwrap()))
+            .option_layer(some("catch_panic").map(|()| catch_panic::CatchPanicLayer))
+            .option_layer(some("request_id").map(|()| request_id::RequestIdLayer))
+            .option_layer(some("trace").map(|()| trace::TraceLayer::new("bench", false)))
+            .option_layer(some("metrics").map(|()| metrics::HttpMetricsLayer::new(metrics).unwrap()))
+            .option_layer(some("timeout").map(|()| timeout::TimeoutLayer::new(cfg.http.request_timeout)))
+            .option_layer(some("body_limit").map(|()| axum::extract::DefaultBodyLimit::max(cfg.http.body_limit)))
+            .option_layer(some("load_shed").map(|()| load_shed::LoadShedLayer::new(cfg.http.max_in_flight)))
+            .option_layer(some("compression").map(|()| compression::CompressionLayer::new(cfg.http.compression)))
+            .option_layer(some("problems").map(|()| problems::ProblemsLayer))
+            .map_response(axum::response::IntoResponse::into_response),
+    )
+}
