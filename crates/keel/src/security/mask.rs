@@ -113,13 +113,19 @@ pub fn token(value: &str) -> String {
 /// ```
 pub fn scrub(text: &str) -> Cow<'_, str> {
     // Every string field of every log line comes through here: decide without allocating.
-    let has = |needle: &[u8]| text.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle));
-    if !has(b"bearer") && !has(b"basic") && !text.contains("://") {
+    // One pass that stops only at a `b`/`B` or a `:`, where a pattern could start.
+    let bytes = text.as_bytes();
+    let at = |i: usize, p: &[u8]| bytes.get(i..i + p.len()).is_some_and(|r| r.eq_ignore_ascii_case(p));
+    let suspect = bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'b' | b'B' => at(i, b"bearer") || at(i, b"basic"),
+        b':' => at(i, b"://"),
+        _ => false,
+    });
+    if !suspect {
         return Cow::Borrowed(text);
     }
     let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         let rest = &lower[i..];
@@ -178,7 +184,10 @@ fn url_password_end(after_scheme: &str) -> Option<usize> {
 /// Masks fields by name and credentials in any text. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Masker {
-    fields: std::sync::Arc<HashSet<String>>,
+    // foldhash: every field of every log line is looked up here, and SipHash cost more than
+    // the rest of the lookup. The set is fixed after start-up, so keys a client chooses (JSON
+    // bodies) cannot degrade it.
+    fields: std::sync::Arc<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl Default for Masker {

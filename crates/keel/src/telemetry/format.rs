@@ -3,7 +3,6 @@
 use std::fmt;
 use std::fmt::Write as _;
 
-use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::FormatFields;
@@ -29,97 +28,144 @@ impl JsonFormat {
     {
         let meta = event.metadata();
         // Fields by precedence: span fields root to leaf, then the event's own; a later key
-        // replaces an earlier one. Small vectors, not maps: a line has a dozen fields.
-        let mut fields: Vec<(&'static str, Value)> = Vec::with_capacity(16);
+        // replaces an earlier one and keeps its place. Their text is copied into one buffer
+        // rather than made into a JSON value each: building those values cost more than the
+        // rest of the line.
+        let mut fields = SpanFields::with_capacity(16);
         let mut span_name = None;
         let mut innermost = None;
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 span_name = Some(span.name());
                 if let Some(state) = span.extensions().get::<SpanState>() {
-                    for (k, v) in state.fields.json() {
-                        put(&mut fields, k, v);
-                    }
+                    fields.extend_from(&state.fields);
                 }
                 innermost = Some(span);
             }
         }
-        let mut own = SpanFields::default();
-        event.record(&mut own);
-        for (k, v) in own.json() {
-            put(&mut fields, k, v);
-        }
-        for (k, v) in &mut fields {
-            mask_value(&self.masker, k, v);
-        }
+        event.record(&mut fields);
         let ids = innermost.as_ref().and_then(super::ids::log_ids);
 
         // An access line is about 450 bytes: one allocation.
         let mut line = String::with_capacity(512);
-        line.push('{');
-        key(&mut line, "timestamp", true);
-        let _ = write!(line, "\"{}\"", humantime::format_rfc3339_micros(std::time::SystemTime::now()));
-        key(&mut line, "level", false);
+        line.push_str("{\"timestamp\":\"");
+        timestamp(&mut line, std::time::SystemTime::now());
+        line.push_str("\",\"level\":");
         string(&mut line, meta.level().as_str());
-        key(&mut line, "target", false);
+        line.push_str(",\"target\":");
         string(&mut line, meta.target());
-        key(&mut line, "message", false);
-        match take(&mut fields, "message") {
-            Some(Value::String(m)) => string(&mut line, &m),
-            Some(other) => value(&mut line, &other),
+        line.push_str(",\"message\":");
+        match fields.get("message") {
+            Some(v) => self.value(&mut line, &fields, "message", v),
             None => line.push_str("\"\""),
         }
-        key(&mut line, "service", false);
-        match take(&mut fields, "service") {
-            Some(v) => value(&mut line, &v),
+        line.push_str(",\"service\":");
+        match fields.get("service") {
+            Some(v) => self.value(&mut line, &fields, "service", v),
             None => string(&mut line, &self.service),
         }
-        if let Some(v) = take(&mut fields, "request_id") {
-            key(&mut line, "request_id", false);
-            value(&mut line, &v);
+        if let Some(v) = fields.get("request_id") {
+            line.push_str(",\"request_id\":");
+            self.value(&mut line, &fields, "request_id", v);
         }
         if let Some((trace_id, span_id)) = &ids {
-            // Hex digits: nothing to escape.
-            key(&mut line, "trace_id", false);
-            let _ = write!(line, "\"{trace_id}\"");
-            key(&mut line, "span_id", false);
-            let _ = write!(line, "\"{span_id}\"");
+            line.push_str(",\"trace_id\":\"");
+            hex(&mut line, &trace_id.to_bytes());
+            line.push_str("\",\"span_id\":\"");
+            hex(&mut line, &span_id.to_bytes());
+            line.push('"');
         }
-        if !fields.is_empty() {
-            key(&mut line, "fields", false);
-            line.push('{');
-            for (i, (k, v)) in fields.iter().enumerate() {
-                key(&mut line, k, i == 0);
-                value(&mut line, v);
+        let mut first = true;
+        for &(k, v) in &fields.values {
+            if matches!(k, "message" | "service" | "request_id") {
+                continue;
             }
+            line.push_str(if first { ",\"fields\":{" } else { "," });
+            first = false;
+            string(&mut line, k);
+            line.push(':');
+            self.value(&mut line, &fields, k, v);
+        }
+        if !first {
             line.push('}');
         }
         if let Some(name) = span_name {
-            key(&mut line, "span", false);
+            line.push_str(",\"span\":");
             string(&mut line, name);
         }
         line.push_str("}\n");
         line
     }
+
+    /// Writes the field `k`, masked: a sensitive name hides the whole value; text is scrubbed
+    /// of bearer tokens and URL passwords.
+    fn value(&self, out: &mut String, fields: &SpanFields, k: &str, v: FieldValue) {
+        if let FieldValue::F64(n) = v
+            && !n.is_finite()
+        {
+            // Not a JSON number (serde_json writes null too).
+            out.push_str("null");
+            return;
+        }
+        if self.masker.is_sensitive(k) {
+            string(out, crate::config::MASK);
+            return;
+        }
+        match v {
+            FieldValue::Text(a, b) => string(out, &crate::security::mask::scrub(fields.text(a, b))),
+            FieldValue::I64(n) => out.push_str(itoa::Buffer::new().format(n)),
+            FieldValue::U64(n) => out.push_str(itoa::Buffer::new().format(n)),
+            // The shortest form that reads back the same, as serde_json prints it.
+            FieldValue::F64(n) => out.push_str(ryu::Buffer::new().format_finite(n)),
+            FieldValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        }
+    }
 }
 
-/// Masks one field in place: a sensitive name hides the whole value, other text is scrubbed of
-/// bearer tokens and URL passwords (nested JSON values too).
-fn mask_value(masker: &crate::security::mask::Masker, k: &str, v: &mut Value) {
-    if masker.is_sensitive(k) {
-        if !v.is_null() {
-            *v = Value::String(crate::config::MASK.to_owned());
-        }
-        return;
+/// `2026-11-21T22:55:26.123456Z` (RFC 3339, UTC, microseconds). The part up to the second is
+/// formatted once per second per thread.
+fn timestamp(out: &mut String, now: std::time::SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
     }
-    match v {
-        Value::String(s) => {
-            if let std::borrow::Cow::Owned(o) = crate::security::mask::scrub(s) {
-                *s = o;
-            }
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let prefix = SECOND.try_with(|c| {
+        let (cached, text) = c.get();
+        if cached == secs {
+            return Some(text);
         }
-        Value::Object(_) | Value::Array(_) => masker.json(v),
-        _ => {}
+        let whole = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+        let text: [u8; 19] = formatted.as_bytes().get(..19)?.try_into().ok()?;
+        c.set((secs, text));
+        Some(text)
+    });
+    match prefix.ok().flatten().as_ref().and_then(|p| std::str::from_utf8(p).ok()) {
+        Some(p) => {
+            out.push_str(p);
+            out.push('.');
+            let mut micros = since.subsec_micros();
+            let mut digits = [b'0'; 6];
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + u8::try_from(micros % 10).unwrap_or(0);
+                micros /= 10;
+            }
+            out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+            out.push('Z');
+        }
+        None => {
+            let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+        }
+    }
+}
+
+/// Lowercase hex, as W3C trace context writes ids.
+fn hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -136,39 +182,6 @@ pub(crate) fn masked_pretty_fields(
         write!(w, "{}={}", field.name(), masker.field(field.name(), &text))
     })
     .delimited(" ")
-}
-
-fn put(fields: &mut Vec<(&'static str, Value)>, k: &'static str, v: Value) {
-    match fields.iter_mut().find(|(key, _)| *key == k) {
-        Some(slot) => slot.1 = v,
-        None => fields.push((k, v)),
-    }
-}
-
-fn take(fields: &mut Vec<(&'static str, Value)>, k: &str) -> Option<Value> {
-    let i = fields.iter().position(|(key, _)| *key == k)?;
-    Some(fields.remove(i).1)
-}
-
-fn key(out: &mut String, k: &str, first: bool) {
-    if !first {
-        out.push(',');
-    }
-    string(out, k);
-    out.push(':');
-}
-
-fn value(out: &mut String, v: &Value) {
-    match v {
-        Value::String(s) => string(out, s),
-        // Numbers, booleans and null print as JSON already; objects and arrays are serialised.
-        Value::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Null => out.push_str("null"),
-        other => out.push_str(&other.to_string()),
-    }
 }
 
 /// Writes `s` as a JSON string.
@@ -217,7 +230,7 @@ pub(crate) struct SpanFields {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum FieldValue {
+pub(crate) enum FieldValue {
     /// A range of `SpanFields::text`.
     Text(usize, usize),
     I64(i64),
@@ -250,18 +263,24 @@ impl SpanFields {
         self.set(key, FieldValue::Text(start, self.text.len()));
     }
 
-    /// The fields as JSON values, in the order they were first recorded.
-    pub(crate) fn json(&self) -> impl Iterator<Item = (&'static str, Value)> + '_ {
-        self.values.iter().map(|(k, v)| {
-            let v = match *v {
-                FieldValue::Text(a, b) => Value::from(self.text.get(a..b).unwrap_or_default()),
-                FieldValue::I64(n) => Value::from(n),
-                FieldValue::U64(n) => Value::from(n),
-                FieldValue::F64(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
-                FieldValue::Bool(b) => Value::from(b),
-            };
-            (*k, v)
-        })
+    /// The value of `key`, if recorded.
+    pub(crate) fn get(&self, key: &str) -> Option<FieldValue> {
+        self.values.iter().find(|(k, _)| *k == key).map(|&(_, v)| v)
+    }
+
+    /// The text of a [`FieldValue::Text`].
+    pub(crate) fn text(&self, a: usize, b: usize) -> &str {
+        self.text.get(a..b).unwrap_or_default()
+    }
+
+    /// Records every field of `other` over these.
+    pub(crate) fn extend_from(&mut self, other: &SpanFields) {
+        for &(k, v) in &other.values {
+            match v {
+                FieldValue::Text(a, b) => self.set_text(k, other.text(a, b)),
+                v => self.set(k, v),
+            }
+        }
     }
 }
 
@@ -361,19 +380,90 @@ mod tests {
     }
     #[test]
     fn sensitive_fields_and_bearer_tokens_are_masked() {
-        let m = crate::security::mask::Masker::new(["national_id"]);
-        let mut v = serde_json::json!("hunter2");
-        super::mask_value(&m, "password", &mut v);
-        assert_eq!(v, "***");
-        let mut v = serde_json::json!("AB123");
-        super::mask_value(&m, "national_id", &mut v);
-        assert_eq!(v, "***");
-        let mut v = serde_json::json!("got Bearer eyJabc.def.ghi from client");
-        super::mask_value(&m, "note", &mut v);
-        assert_eq!(v, "got Bearer *** from client");
-        let mut v = serde_json::json!(42);
-        super::mask_value(&m, "count", &mut v);
-        assert_eq!(v, 42);
+        use tracing::field::Visit;
+        let format =
+            super::JsonFormat { service: "t".into(), masker: crate::security::mask::Masker::new(["national_id"]) };
+        let mut fields = super::SpanFields::default();
+        // Field handles need a callsite; one span declares every name used below.
+        let span = tracing::info_span!("t", password = 1, national_id = 1, note = 1, count = 1, ratio = 1);
+        let meta = span.metadata().unwrap();
+        let f = |name: &str| meta.fields().field(name).unwrap();
+        fields.record_str(&f("password"), "hunter2");
+        fields.record_str(&f("national_id"), "AB123");
+        fields.record_str(&f("note"), "got Bearer eyJabc.def.ghi from client");
+        fields.record_u64(&f("count"), 42);
+        fields.record_f64(&f("ratio"), f64::NAN);
+        let written = |k: &str| {
+            let mut out = String::new();
+            format.value(&mut out, &fields, k, fields.get(k).unwrap());
+            out
+        };
+        assert_eq!(written("password"), r#""***""#);
+        assert_eq!(written("national_id"), r#""***""#);
+        assert_eq!(written("note"), r#""got Bearer *** from client""#);
+        assert_eq!(written("count"), "42");
+        assert_eq!(written("ratio"), "null");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_795_000_000, 7_000);
+        let mut out = String::new();
+        super::timestamp(&mut out, t);
+        assert_eq!(out, humantime::format_rfc3339_micros(t).to_string());
+        // Cached second, other microseconds.
+        let t = t + std::time::Duration::from_micros(123_456);
+        let mut out = String::new();
+        super::timestamp(&mut out, t);
+        assert_eq!(out, humantime::format_rfc3339_micros(t).to_string());
+    }
+
+    #[test]
+    fn an_access_line_has_every_field_once_in_place() {
+        let json = Buffer::default();
+        let w = json.clone();
+        let layer = super::super::layer::LogLayer::json(
+            super::super::filter::LogFilter::new("info").unwrap(),
+            None,
+            super::JsonFormat { service: "proc".into(), masker: Default::default() },
+            move || w.clone(),
+        );
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let outer = tracing::info_span!("request", service = "auth", request_id = "r-1", http.route = "/a/{id}");
+            let _o = outer.enter();
+            let inner = tracing::info_span!("db", http.route = "/b", n = tracing::field::Empty);
+            inner.record("n", -3i64);
+            let _i = inner.enter();
+            tracing::info!(latency_ms = 1.5, ok = true, "request \"finished\"");
+        });
+        let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        // In this order, each once (serde_json's map sorts keys, so the text is read).
+        let at = |needle: &str| {
+            assert_eq!(out.matches(needle).count(), 1, "{needle} in {out}");
+            out.find(needle).unwrap()
+        };
+        let order = ["\"timestamp\":", "\"level\":", "\"target\":", "\"message\":", "\"service\":", "\"request_id\":"];
+        let order = order.iter().chain(&[
+            "\"fields\":",
+            "\"http.route\":",
+            "\"n\":",
+            "\"latency_ms\":",
+            "\"ok\":",
+            "\"span\":",
+        ]);
+        let positions: Vec<usize> = order.map(|k| at(k)).collect();
+        assert!(positions.is_sorted(), "{out}");
+        assert_eq!(line["message"], "request \"finished\"");
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["service"], "auth", "the span's service wins over the process's");
+        assert_eq!(line["request_id"], "r-1");
+        assert_eq!(line["span"], "db");
+        assert_eq!(
+            line["fields"],
+            serde_json::json!({"http.route": "/b", "n": -3, "latency_ms": 1.5, "ok": true}),
+            "{out}"
+        );
     }
 
     #[test]
