@@ -1,14 +1,15 @@
 //! One `request` span per request, continuing the caller's W3C trace, plus an access-log line.
 //!
-//! The span carries `service`, `request_id`, `trace_id`, `span_id`, `http.request.method`,
-//! `http.route` (the matched template) and `http.response.status_code`, so every log line
-//! written while handling the request has them.
+//! The span carries `service`, `request_id`, `trace_id`, `span_id`, `http.request.method` and
+//! `http.route` (the matched template), so every log line written while handling the request
+//! has them. The status (`http.response.status_code`) is a field of the access line, and of
+//! the span when spans are exported.
 //! It must sit inside the request-id layer (it reads [`RequestId`]) and after routing (it reads
 //! [`MatchedPath`]); Keel's stack applies it with `Router::layer`, which runs after routing.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -26,17 +27,34 @@ pub const UNMATCHED: &str = "unmatched";
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Adds request spans; see the module docs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct TraceLayer {
-    service: Arc<str>,
+    service: &'static str,
     access_log: bool,
 }
 
 impl TraceLayer {
     /// Spans tagged with `service`; `access_log` adds an `info` line per finished request.
-    pub fn new(service: impl Into<Arc<str>>, access_log: bool) -> Self {
-        Self { service: service.into(), access_log }
+    pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
+        Self { service: intern(service.as_ref()), access_log }
     }
+}
+
+/// The process's copy of a service name, made once per distinct name.
+///
+/// A `&'static str` rather than an `Arc<str>`: axum clones the layered route, and this layer
+/// with it, on every request, and an `Arc`'s count is one cache line that every worker thread
+/// would write on every request. A process serves a handful of services, so this keeps a
+/// handful of names.
+fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let new: &'static str = Box::leak(name.into());
+    names.push(new);
+    new
 }
 
 super::macros::layer_with_config!(TraceLayer => Trace);
@@ -67,20 +85,31 @@ where
         // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
         // logs and exported spans. `otel.name` is shown only by exported spans, so it is not
         // formatted when nothing exports.
-        let span = tracing::info_span!(
-            "request",
-            service = &*self.layer.service,
-            request_id = id,
-            http.request.method = method,
-            http.route = route,
-            http.response.status_code = Empty,
-            otel.name = Empty,
-            otel.kind = "server",
-            otel.status_code = Empty,
-        );
-        if crate::telemetry::exporting() {
+        // Without an exporter the OpenTelemetry fields would only be visited and skipped.
+        let exporting = crate::telemetry::exporting();
+        let span = if exporting {
+            let span = tracing::info_span!(
+                "request",
+                service = self.layer.service,
+                request_id = id,
+                http.request.method = method,
+                http.route = route,
+                http.response.status_code = Empty,
+                otel.name = Empty,
+                otel.kind = "server",
+                otel.status_code = Empty,
+            );
             span.record("otel.name", format!("{method} {route}"));
-        }
+            span
+        } else {
+            tracing::info_span!(
+                "request",
+                service = self.layer.service,
+                request_id = id,
+                http.request.method = method,
+                http.route = route,
+            )
+        };
         // Continue the caller's trace. `trace_id` and `span_id` are not span fields: the log
         // formatter reads them from the span's trace context only when a line is written.
         if req.headers().contains_key(&TRACEPARENT) {
@@ -91,7 +120,7 @@ where
         // route (and the handler) on the first poll. Not entering it here too saves an
         // enter and exit per request.
         let inner = self.inner.call(req);
-        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log, exporting }
     }
 }
 
@@ -103,6 +132,7 @@ pin_project! {
         span: tracing::Span,
         start: Instant,
         access_log: bool,
+        exporting: bool,
     }
 }
 
@@ -118,13 +148,19 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
             let status = resp.status().as_u16();
-            this.span.record("http.response.status_code", status);
+            // A field of the span only for the exporter: recording it costs a lookup of the
+            // span, and the lines that need it (these two) carry it themselves.
+            if *this.exporting {
+                this.span.record("http.response.status_code", status);
+            }
             let latency_ms = || this.start.elapsed().as_secs_f64() * 1000.0;
             if status >= 500 {
-                this.span.record("otel.status_code", "ERROR");
-                tracing::error!(latency_ms = latency_ms(), "request failed");
+                if *this.exporting {
+                    this.span.record("otel.status_code", "ERROR");
+                }
+                tracing::error!(http.response.status_code = status, latency_ms = latency_ms(), "request failed");
             } else if *this.access_log {
-                tracing::info!(latency_ms = latency_ms(), "request finished");
+                tracing::info!(http.response.status_code = status, latency_ms = latency_ms(), "request finished");
             }
         }
         Poll::Ready(out)
