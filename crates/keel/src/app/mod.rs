@@ -21,6 +21,7 @@
 //! Exit codes are in [`exit`].
 
 mod cli;
+mod conn_timer;
 mod group;
 mod lifecycle;
 mod management;

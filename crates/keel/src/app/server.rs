@@ -42,7 +42,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http1().header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let mut logged_full = false;
     loop {
@@ -83,6 +83,9 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         });
+        // The header-read deadline runs on a timer of the connection's own (see `conn_timer`).
+        let mut builder = builder.clone();
+        builder.http1().timer(super::conn_timer::ConnTimer::default());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
