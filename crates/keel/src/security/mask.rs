@@ -188,6 +188,9 @@ pub struct Masker {
     // the rest of the lookup. The set is fixed after start-up, so keys a client chooses (JSON
     // bodies) cannot degrade it.
     fields: std::sync::Arc<HashSet<String, foldhash::fast::RandomState>>,
+    /// Tells this masker's remembered answers from another's (see `is_sensitive_name`); an
+    /// address could be reused by a later masker with other fields.
+    id: u64,
 }
 
 impl Default for Masker {
@@ -204,7 +207,8 @@ impl Masker {
             .map(|s| normalize(s))
             .chain(extra.into_iter().map(|s| normalize(s.as_ref())))
             .collect();
-        Self { fields: std::sync::Arc::new(fields) }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self { fields: std::sync::Arc::new(fields), id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
     }
 
     /// Whether values of the field `name` are masked whole.
@@ -216,6 +220,35 @@ impl Masker {
         } else {
             self.fields.contains(&normalize(name))
         }
+    }
+
+    /// [`Masker::is_sensitive`] for a field name that lives for the whole program (tracing's
+    /// field names), remembered per thread by the name's address: log lines ask for the same
+    /// dozen names on every line.
+    pub(crate) fn is_sensitive_name(&self, name: &'static str) -> bool {
+        type Key = (u64, usize, usize);
+        thread_local! {
+            static KNOWN: std::cell::RefCell<std::collections::HashMap<Key, bool, foldhash::fast::FixedState>> =
+                std::cell::RefCell::new(std::collections::HashMap::with_hasher(foldhash::fast::FixedState::default()));
+        }
+        let key = (self.id, name.as_ptr() as usize, name.len());
+        KNOWN
+            .try_with(|known| {
+                let mut known = known.try_borrow_mut().ok()?;
+                if let Some(&s) = known.get(&key) {
+                    return Some(s);
+                }
+                // Bounded: names come from the program's call sites, maskers from its set-up.
+                if known.len() >= 4096 {
+                    known.clear();
+                }
+                let s = self.is_sensitive(name);
+                known.insert(key, s);
+                Some(s)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.is_sensitive(name))
     }
 
     /// The value to log for the field `name`: `***` for a sensitive field, else `value` with
@@ -274,6 +307,18 @@ mod tests {
         assert_eq!(scrub("rebasic stays"), "rebasic stays");
         assert_eq!(scrub("é bearer x"), "é bearer ***");
         assert_eq!(scrub("see https://example.com/a:b@c"), "see https://example.com/a:b@c");
+    }
+
+    #[test]
+    fn remembered_answers_are_per_masker() {
+        let plain = Masker::default();
+        let strict = Masker::new(["national_id"]);
+        for _ in 0..2 {
+            assert!(!plain.is_sensitive_name("national_id"));
+            assert!(strict.is_sensitive_name("national_id"));
+            assert!(plain.is_sensitive_name("Authorization"));
+            assert!(!strict.is_sensitive_name("user_id"));
+        }
     }
 
     #[test]
