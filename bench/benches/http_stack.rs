@@ -10,29 +10,15 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
-use axum::{Json, Router};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::Request;
-use serde_json::{Value, json};
+use keel_bench::{hello_request, hello_router as routes, production_logs};
 use tower::ServiceExt;
 
-async fn hello() -> Json<Value> {
-    Json(json!({ "message": "hello" }))
-}
-
-fn routes() -> Router {
-    Router::new().route("/hello", get(hello))
-}
-
-/// What `wrk` sends.
-fn request() -> Request<Body> {
-    Request::get("/hello").header("host", "127.0.0.1").body(Body::empty()).unwrap()
-}
-
 async fn call(router: Router) -> usize {
-    let resp = ServiceExt::<Request<Body>>::oneshot(router, request()).await.unwrap();
+    let resp = ServiceExt::<Request<Body>>::oneshot(router, hello_request()).await.unwrap();
     assert_eq!(resp.status(), 200);
     axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().len()
 }
@@ -40,16 +26,7 @@ async fn call(router: Router) -> usize {
 fn stack(c: &mut Criterion) {
     // Keel's log pipeline as a production service has it (JSON, info); no access log, so
     // nothing is written and the figure is the stack's own.
-    let opts = keel::telemetry::TelemetryOptions {
-        service: "bench".into(),
-        version: "0".into(),
-        profile: keel::config::Profile::Production,
-        level: "info".into(),
-        format: keel::config::LogFormat::Json,
-        telemetry: keel::config::TelemetryConfig::default(),
-        mask_fields: Vec::new(),
-    };
-    let _guard = keel::telemetry::init(&opts).unwrap();
+    let _guard = keel::telemetry::init(&production_logs()).unwrap();
     let mut cfg = keel::config::KeelConfig::default();
     cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
     cfg.log.access_log = false;

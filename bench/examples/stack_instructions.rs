@@ -14,35 +14,17 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
-use axum::{Json, Router};
 use http::Request;
-use serde_json::{Value, json};
+use keel_bench::{hello_request, hello_router as routes, production_logs};
 use tower::ServiceExt;
-
-async fn hello() -> Json<Value> {
-    Json(json!({ "message": "hello" }))
-}
-
-fn routes() -> Router {
-    Router::new().route("/hello", get(hello))
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let target = args.next().unwrap_or_else(|| "keel".into());
     let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
-    let opts = keel::telemetry::TelemetryOptions {
-        service: "bench".into(),
-        version: "0".into(),
-        profile: keel::config::Profile::Production,
-        level: "info".into(),
-        format: keel::config::LogFormat::Json,
-        telemetry: keel::config::TelemetryConfig::default(),
-        mask_fields: Vec::new(),
-    };
-    let _guard = keel::telemetry::init(&opts).unwrap();
+    let _guard = keel::telemetry::init(&production_logs()).unwrap();
     let mut cfg = keel::config::KeelConfig::default();
     cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
     cfg.log.access_log = target == "keel_access_log";
@@ -60,8 +42,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         for _ in 0..n {
-            let req = Request::get("/hello").header("host", "127.0.0.1").body(Body::empty()).unwrap();
-            let resp = ServiceExt::<Request<Body>>::oneshot(router.clone(), req).await.unwrap();
+            let resp = ServiceExt::<Request<Body>>::oneshot(router.clone(), hello_request()).await.unwrap();
             assert_eq!(resp.status(), 200);
             let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
             std::hint::black_box(body);

@@ -19,11 +19,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use axum::routing::get;
 use axum::{Json, Router};
 use keel::config::{Loader, Profile};
+use keel_bench::hello;
 use serde_json::{Value, json};
-
-async fn hello() -> Json<Value> {
-    Json(json!({ "message": "hello" }))
-}
 
 /// A handler with some CPU work (about what parsing and validating a small JSON body and
 /// building a response costs): the same on every target, so it shows the stack's share on a
