@@ -418,6 +418,27 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test]
+async fn slow_headers_after_a_keep_alive_request_are_cut_off_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The connection's one timer, armed for the first request, is re-armed for the second.
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server closed the connection");
+    assert!(!rest.starts_with(b"HTTP/1.1 200"), "the stalled request was not answered");
+    assert!(started.elapsed() < Duration::from_secs(3), "within the header deadline: {:?}", started.elapsed());
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     use tokio::io::AsyncWriteExt;
     let f = Fixture::start(&[("FIXTURE__HTTP__MAX_CONNECTIONS", "2")]).await;

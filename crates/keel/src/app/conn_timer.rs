@@ -28,9 +28,19 @@ pub(crate) struct ConnTimer {
     armed: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
 }
 
+// Time is tokio's clock throughout, as `hyper_util`'s `TokioTimer` has it: the same as the
+// system's, except under tokio's paused test clock, where mixing the two would re-arm a timer
+// for a moment already past, over and over.
 impl Timer for ConnTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        let now = self.now();
+        // Far enough to mean never, as tokio's `sleep` does with an unrepresentable deadline.
+        let never = || now + Duration::from_secs(86_400 * 365 * 30);
+        self.sleep_until(now.checked_add(duration).unwrap_or_else(never))
+    }
+
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
@@ -50,10 +60,10 @@ impl Future for ConnSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        if tokio::time::Instant::now() >= deadline {
             return Poll::Ready(());
         }
-        let deadline = tokio::time::Instant::from_std(self.deadline);
         let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
         let sleep = armed.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         // Fired already (for an earlier deadline), or set for later than this one: move it here.

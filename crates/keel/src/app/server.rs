@@ -42,6 +42,8 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
+    // A template: each connection gets a copy with a timer of its own (below). Served as is,
+    // hyper would refuse it (a header deadline without a timer).
     builder.http1().header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let mut logged_full = false;

@@ -35,6 +35,9 @@ pub struct TraceLayer {
 
 impl TraceLayer {
     /// Spans tagged with `service`; `access_log` adds an `info` line per finished request.
+    ///
+    /// The process keeps one copy of each distinct service name for its life, so `service`
+    /// should be a name from configuration, not something made per request.
     pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
         Self { service: intern(service.as_ref()), access_log }
     }

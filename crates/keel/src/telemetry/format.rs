@@ -123,7 +123,7 @@ impl JsonFormat {
 }
 
 /// `2026-11-21T22:55:26.123456Z` (RFC 3339, UTC, microseconds). The part up to the second is
-/// formatted once per second per thread.
+/// formatted once per second per thread. A clock before 1970 reads as 1970.
 fn timestamp(out: &mut String, now: std::time::SystemTime) {
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
@@ -136,7 +136,10 @@ fn timestamp(out: &mut String, now: std::time::SystemTime) {
             return Some(text);
         }
         let whole = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-        let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+        // humantime refuses years past 9999 with an error, which `to_string` would turn into a
+        // panic.
+        let mut formatted = String::with_capacity(20);
+        write!(formatted, "{}", humantime::format_rfc3339_seconds(whole)).ok()?;
         let text: [u8; 19] = formatted.as_bytes().get(..19)?.try_into().ok()?;
         c.set((secs, text));
         Some(text)
@@ -154,8 +157,9 @@ fn timestamp(out: &mut String, now: std::time::SystemTime) {
             out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
             out.push('Z');
         }
+        // Past year 9999: the seconds since 1970, still a JSON string.
         None => {
-            let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+            let _ = write!(out, "{}.{:06}", since.as_secs(), since.subsec_micros());
         }
     }
 }
@@ -432,6 +436,13 @@ mod tests {
         let mut out = String::new();
         super::timestamp(&mut out, t);
         assert_eq!(out, humantime::format_rfc3339_micros(t).to_string());
+        // Clocks gone wrong write something, and do not panic.
+        let mut out = String::new();
+        super::timestamp(&mut out, std::time::UNIX_EPOCH - std::time::Duration::from_secs(5));
+        assert_eq!(out, "1970-01-01T00:00:00.000000Z");
+        let mut out = String::new();
+        super::timestamp(&mut out, std::time::UNIX_EPOCH + std::time::Duration::from_secs(300_000_000_000));
+        assert_eq!(out, "300000000000.000000");
     }
 
     #[test]
@@ -480,6 +491,42 @@ mod tests {
             serde_json::json!({"http.route": "/b", "n": -3, "latency_ms": 1.5, "ok": true}),
             "{out}"
         );
+    }
+
+    #[tokio::test]
+    async fn access_and_failure_lines_carry_the_status_once() {
+        use tower::{Layer, ServiceExt};
+        let json = Buffer::default();
+        let w = json.clone();
+        let layer = super::super::layer::LogLayer::json(
+            super::super::filter::LogFilter::new("info").unwrap(),
+            None,
+            super::JsonFormat { service: "t".into(), masker: Default::default() },
+            move || w.clone(),
+        );
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        for status in [200u16, 500] {
+            let answer = tower::service_fn(move |_: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(()).unwrap())
+            });
+            let svc = crate::http::trace::TraceLayer::new("t", true).layer(answer);
+            svc.oneshot(http::Request::get("/x").body(()).unwrap()).await.unwrap();
+        }
+        let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].contains(r#""level":"INFO""#) && lines[0].contains(r#""message":"request finished""#),
+            "{out}"
+        );
+        assert_eq!(lines[0].matches(r#""http.response.status_code":200"#).count(), 1, "{out}");
+        assert!(lines[1].contains(r#""level":"ERROR""#) && lines[1].contains(r#""message":"request failed""#), "{out}");
+        assert_eq!(lines[1].matches(r#""http.response.status_code":500"#).count(), 1, "{out}");
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["span"], "request", "{line}");
+            assert!(v["fields"]["latency_ms"].is_number(), "{line}");
+        }
     }
 
     #[test]
