@@ -52,7 +52,8 @@ fn main() {
 
 /// Keel's API stack built layer by layer, leaving out those named in `SKIP` (comma-separated:
 /// security_headers, cors, catch_panic, request_id, trace, metrics, timeout, body_limit,
-/// load_shed, compression, problems), to count what each layer costs.
+/// load_shed, compression, problems), to count what each layer costs. The order is
+/// `keel::http::stack`'s (crates/keel/src/http/mod.rs); keep the two in step.
 fn ablate(cfg: &keel::config::KeelConfig, metrics: &keel::telemetry::Metrics) -> Router {
     use keel::http::*;
     let skip = std::env::var("SKIP").unwrap_or_default();

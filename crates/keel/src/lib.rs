@@ -47,6 +47,7 @@ pub mod events;
 pub mod features;
 pub mod health;
 pub mod http;
+mod intern;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod resilience;

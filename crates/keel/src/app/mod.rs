@@ -69,7 +69,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let build = service.build.clone();
-    let name: &'static str = Box::leak(build.name.clone().into_boxed_str());
+    let name = crate::intern::intern(&build.name);
     let mut cmd = Cli::command().name(name).about(format!("{} {}", build.name, build.version));
     for (c, _) in &service.commands {
         cmd = cmd.subcommand(c.clone());

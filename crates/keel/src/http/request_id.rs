@@ -78,23 +78,21 @@ pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
         return id.clone();
     }
     // One lookup for reading and replacing the header.
-    let mut entry = match req.headers_mut().entry(&HEADER) {
-        http::header::Entry::Occupied(e) => e,
+    let id = match req.headers_mut().entry(&HEADER) {
         http::header::Entry::Vacant(e) => {
             let id = RequestId::generate();
             e.insert(id.0.clone());
-            req.extensions_mut().insert(id.clone());
-            return id;
-        }
-    };
-    let id = match RequestId::parse(entry.get()) {
-        Some(id) if entry.iter().nth(1).is_none() => id,
-        // Replaced when invalid; duplicates dropped, so the header says what the request id is.
-        kept => {
-            let id = kept.unwrap_or_else(RequestId::generate);
-            entry.insert(id.0.clone());
             id
         }
+        http::header::Entry::Occupied(mut e) => match RequestId::parse(e.get()) {
+            Some(id) if e.iter().nth(1).is_none() => id,
+            // Replaced when invalid; duplicates dropped, so the header says what the request id is.
+            kept => {
+                let id = kept.unwrap_or_else(RequestId::generate);
+                e.insert(id.0.clone());
+                id
+            }
+        },
     };
     req.extensions_mut().insert(id.clone());
     id

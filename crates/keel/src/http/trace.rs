@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -39,25 +38,8 @@ impl TraceLayer {
     /// The process keeps one copy of each distinct service name for its life, so `service`
     /// should be a name from configuration, not something made per request.
     pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
-        Self { service: intern(service.as_ref()), access_log }
+        Self { service: crate::intern::intern(service.as_ref()), access_log }
     }
-}
-
-/// The process's copy of a service name, made once per distinct name.
-///
-/// A `&'static str` rather than an `Arc<str>`: axum clones the layered route, and this layer
-/// with it, on every request, and an `Arc`'s count is one cache line that every worker thread
-/// would write on every request. A process serves a handful of services, so this keeps a
-/// handful of names.
-fn intern(name: &str) -> &'static str {
-    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(known) = names.iter().find(|n| **n == name) {
-        return known;
-    }
-    let new: &'static str = Box::leak(name.into());
-    names.push(new);
-    new
 }
 
 super::macros::layer_with_config!(TraceLayer => Trace);
@@ -86,9 +68,8 @@ where
         let id = req.extensions().get::<RequestId>().map(RequestId::as_str).unwrap_or_default();
         let method = req.method().as_str();
         // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
-        // logs and exported spans. `otel.name` is shown only by exported spans, so it is not
-        // formatted when nothing exports.
-        // Without an exporter the OpenTelemetry fields would only be visited and skipped.
+        // logs and exported spans. The `otel.*` fields are read only by the exporter: without
+        // one they are left out rather than formatted, visited and skipped.
         let exporting = crate::telemetry::exporting();
         let span = if exporting {
             let span = tracing::info_span!(

@@ -352,6 +352,22 @@ mod tests {
         }
     }
 
+    /// A JSON log subscriber for `service` writing into the returned buffer.
+    fn json_subscriber(
+        service: &str,
+        masker: crate::security::mask::Masker,
+    ) -> (Buffer, impl tracing::Subscriber + Send + Sync) {
+        let json = Buffer::default();
+        let w = json.clone();
+        let layer = super::super::layer::LogLayer::json(
+            super::super::filter::LogFilter::new("info").unwrap(),
+            None,
+            super::JsonFormat { service: service.into(), masker },
+            move || w.clone(),
+        );
+        (json, tracing_subscriber::registry().with(layer))
+    }
+
     fn log_a_login() {
         let span = tracing::info_span!("request", authorization = "Bearer span.secret.token");
         let _g = span.enter();
@@ -375,15 +391,8 @@ mod tests {
     #[test]
     fn both_formats_mask_what_a_careless_handler_logs() {
         let masker = crate::security::mask::Masker::new(["national_id"]);
-        let json = Buffer::default();
-        let w = json.clone();
-        let layer = super::super::layer::LogLayer::json(
-            super::super::filter::LogFilter::new("info").unwrap(),
-            None,
-            super::JsonFormat { service: "t".into(), masker: masker.clone() },
-            move || w.clone(),
-        );
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
+        let (json, subscriber) = json_subscriber("t", masker.clone());
+        tracing::subscriber::with_default(subscriber, log_a_login);
         let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
         assert_clean(&out);
         let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -447,15 +456,8 @@ mod tests {
 
     #[test]
     fn an_access_line_has_every_field_once_in_place() {
-        let json = Buffer::default();
-        let w = json.clone();
-        let layer = super::super::layer::LogLayer::json(
-            super::super::filter::LogFilter::new("info").unwrap(),
-            None,
-            super::JsonFormat { service: "proc".into(), masker: Default::default() },
-            move || w.clone(),
-        );
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let (json, subscriber) = json_subscriber("proc", Default::default());
+        tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!("request", service = "auth", request_id = "r-1", http.route = "/a/{id}");
             let _o = outer.enter();
             let inner = tracing::info_span!("db", http.route = "/b", n = tracing::field::Empty);
@@ -496,15 +498,8 @@ mod tests {
     #[tokio::test]
     async fn access_and_failure_lines_carry_the_status_once() {
         use tower::{Layer, ServiceExt};
-        let json = Buffer::default();
-        let w = json.clone();
-        let layer = super::super::layer::LogLayer::json(
-            super::super::filter::LogFilter::new("info").unwrap(),
-            None,
-            super::JsonFormat { service: "t".into(), masker: Default::default() },
-            move || w.clone(),
-        );
-        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let (json, subscriber) = json_subscriber("t", Default::default());
+        let _default = tracing::subscriber::set_default(subscriber);
         for status in [200u16, 500] {
             let answer = tower::service_fn(move |_: http::Request<()>| async move {
                 Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(()).unwrap())
