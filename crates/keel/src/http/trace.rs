@@ -3,7 +3,8 @@
 //! The span carries `service`, `request_id`, `trace_id`, `span_id`, `http.request.method` and
 //! `http.route` (the matched template), so every log line written while handling the request
 //! has them. The status (`http.response.status_code`) is a field of the access line, and of
-//! the span when spans are exported.
+//! the span when spans are exported. With JSON lines and no span export the span is made only
+//! if the request needs it; its lines are the same either way (see `keel::telemetry`).
 //! It must sit inside the request-id layer (it reads [`RequestId`]) and after routing (it reads
 //! [`MatchedPath`]); Keel's stack applies it with `Router::layer`, which runs after routing.
 
@@ -16,14 +17,12 @@ use axum::extract::MatchedPath;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
-use tracing::field::Empty;
 
 use super::request_id::RequestId;
+use crate::telemetry::RequestSpan;
 
 /// The `route` label and span field of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
-
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Adds request spans; see the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -64,47 +63,22 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, MatchedPath::as_str);
-        let id = req.extensions().get::<RequestId>().map(RequestId::as_str).unwrap_or_default();
-        let method = req.method().as_str();
         // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
-        // logs and exported spans. The `otel.*` fields are read only by the exporter: without
-        // one they are left out rather than formatted, visited and skipped.
-        let exporting = crate::telemetry::exporting();
-        let span = if exporting {
-            let span = tracing::info_span!(
-                "request",
-                service = self.layer.service,
-                request_id = id,
-                http.request.method = method,
-                http.route = route,
-                http.response.status_code = Empty,
-                otel.name = Empty,
-                otel.kind = "server",
-                otel.status_code = Empty,
-            );
-            span.record("otel.name", format!("{method} {route}"));
-            span
-        } else {
-            tracing::info_span!(
-                "request",
-                service = self.layer.service,
-                request_id = id,
-                http.request.method = method,
-                http.route = route,
-            )
-        };
-        // Continue the caller's trace. `trace_id` and `span_id` are not span fields: the log
-        // formatter reads them from the span's trace context only when a line is written.
-        if req.headers().contains_key(&TRACEPARENT) {
-            crate::telemetry::set_parent(&span, crate::telemetry::extract_context(req.headers()));
-        }
+        // logs and exported spans. Without export and with JSON lines, the span itself is made
+        // only if the request needs it (see `keel::telemetry`'s `deferred` module).
+        let span = RequestSpan::new(
+            self.layer.service,
+            req.extensions().get::<RequestId>(),
+            req.method(),
+            req.extensions().get::<MatchedPath>(),
+            req.headers(),
+        );
         // The span is entered while the response future is polled, which is where everything
         // below runs: the layers under this one log nothing in `call`, and axum calls the
         // route (and the handler) on the first poll. Not entering it here too saves an
         // enter and exit per request.
         let inner = self.inner.call(req);
-        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log, exporting }
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
     }
 }
 
@@ -113,10 +87,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
+        span: RequestSpan,
         start: Instant,
         access_log: bool,
-        exporting: bool,
     }
 }
 
@@ -128,25 +101,31 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
-        let out = std::task::ready!(this.inner.poll(cx));
-        if let Ok(resp) = &out {
-            let status = resp.status().as_u16();
-            // A field of the span only for the exporter: recording it costs a lookup of the
-            // span, and the lines that need it (these two) carry it themselves.
-            if *this.exporting {
-                this.span.record("http.response.status_code", status);
+        let (inner, start, access_log) = (this.inner, *this.start, *this.access_log);
+        this.span.in_scope(|span| {
+            let out = std::task::ready!(inner.poll(cx));
+            if let Ok(resp) = &out {
+                finished(span, resp.status().as_u16(), start, access_log);
             }
-            let latency_ms = || this.start.elapsed().as_secs_f64() * 1000.0;
-            if status >= 500 {
-                if *this.exporting {
-                    this.span.record("otel.status_code", "ERROR");
-                }
-                tracing::error!(http.response.status_code = status, latency_ms = latency_ms(), "request failed");
-            } else if *this.access_log {
-                tracing::info!(http.response.status_code = status, latency_ms = latency_ms(), "request finished");
-            }
+            Poll::Ready(out)
+        })
+    }
+}
+
+/// Logs the access or failure line (with the status, so it need not be a span field), and gives
+/// an exported span its status.
+fn finished(span: Option<&tracing::Span>, status: u16, start: Instant, access_log: bool) {
+    let exporting = crate::telemetry::exporting();
+    if exporting && let Some(span) = span {
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
         }
-        Poll::Ready(out)
+    }
+    let latency_ms = || start.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::error!(http.response.status_code = status, latency_ms = latency_ms(), "request failed");
+    } else if access_log {
+        tracing::info!(http.response.status_code = status, latency_ms = latency_ms(), "request finished");
     }
 }

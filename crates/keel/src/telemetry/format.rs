@@ -10,6 +10,9 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use opentelemetry::trace::SpanContext;
+
+use super::ids::IdSource;
 use super::layer::SpanState;
 
 /// Writes `{"timestamp","level","target","message","service","request_id","trace_id","span_id",
@@ -21,8 +24,10 @@ pub(crate) struct JsonFormat {
 }
 
 impl JsonFormat {
-    /// The line for `event`, newline included.
-    pub(crate) fn line<S>(&self, ctx: &Context<'_, S>, event: &Event<'_>) -> String
+    /// The line for `event`, newline included. A line logged outside any span, in a request
+    /// whose span is deferred, gets that span's fields and ids (made from `ids_source` the first time;
+    /// see [`super::deferred`]).
+    pub(crate) fn line<S>(&self, ctx: &Context<'_, S>, event: &Event<'_>, ids_source: Option<&IdSource>) -> String
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
@@ -43,8 +48,15 @@ impl JsonFormat {
                 innermost = Some(span);
             }
         }
+        let mut ids = innermost.as_ref().and_then(super::ids::log_ids);
+        if span_name.is_none()
+            && event.is_contextual()
+            && let Some(lent) = super::deferred::lent_fields(&mut fields, ids_source)
+        {
+            span_name = Some("request");
+            ids = lent.filter(SpanContext::is_valid).map(|sc| (sc.trace_id(), sc.span_id()));
+        }
         event.record(&mut fields);
-        let ids = innermost.as_ref().and_then(super::ids::log_ids);
 
         // An access line is about 450 bytes: one allocation.
         let mut line = String::with_capacity(512);
@@ -274,7 +286,7 @@ impl SpanFields {
         }
     }
 
-    fn set_text(&mut self, key: &'static str, text: &str) {
+    pub(crate) fn set_text(&mut self, key: &'static str, text: &str) {
         if key.starts_with("otel.") {
             return;
         }

@@ -16,7 +16,8 @@
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample};
-use tracing::Span;
+use tracing::span::Id;
+use tracing::{Dispatch, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Registry;
 use tracing_subscriber::registry::LookupSpan;
@@ -62,13 +63,24 @@ impl IdSource {
 
 /// Runs `f` on the ids of `span`, when Keel's log layer gave it some.
 fn with_ids<R>(span: &Span, f: impl FnOnce(&mut SpanContext) -> R) -> Option<R> {
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<Registry>()?;
-        let data = registry.span(id)?;
-        let mut ext = data.extensions_mut();
-        ext.get_mut::<SpanState>().and_then(|s| s.ids.as_mut()).map(f)
-    })
-    .flatten()
+    span.with_subscriber(|(id, dispatch)| with_ids_of(id, dispatch, f)).flatten()
+}
+
+/// Runs `f` on the ids of the span `id` of `dispatch`, when Keel's log layer gave it some.
+pub(crate) fn with_ids_of<R>(id: &Id, dispatch: &Dispatch, f: impl FnOnce(&mut SpanContext) -> R) -> Option<R> {
+    let registry = dispatch
+        .downcast_ref::<Registry>()
+        .or_else(|| dispatch.downcast_ref::<super::deferred::Deferring>().and_then(|d| d.registry()))?;
+    let data = registry.span(id)?;
+    let mut ext = data.extensions_mut();
+    ext.get_mut::<SpanState>().and_then(|s| s.ids.as_mut()).map(f)
+}
+
+/// Puts `ids` in the remote trace `remote`: its trace id, sampled flag and trace state, and
+/// `ids`' own span id.
+pub(crate) fn continue_trace(ids: &mut SpanContext, remote: &SpanContext) {
+    *ids =
+        SpanContext::new(remote.trace_id(), ids.span_id(), remote.trace_flags(), false, remote.trace_state().clone());
 }
 
 /// Makes `span` continue the remote trace in `cx` (a caller's `traceparent`): same trace id,
@@ -79,16 +91,7 @@ pub fn set_parent(span: &Span, cx: Context) {
     if !remote.is_valid() {
         return;
     }
-    let updated = with_ids(span, |ids| {
-        *ids = SpanContext::new(
-            remote.trace_id(),
-            ids.span_id(),
-            remote.trace_flags(),
-            false,
-            remote.trace_state().clone(),
-        );
-    });
-    if updated.is_none() {
+    if with_ids(span, |ids| continue_trace(ids, &remote)).is_none() {
         let _ = span.set_parent(cx);
     }
 }

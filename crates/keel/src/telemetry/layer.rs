@@ -143,7 +143,7 @@ where
         if self.exporting && !self.filter.would_enable(event.metadata()) {
             return;
         }
-        let line = format.line(&ctx, event);
+        let line = format.line(&ctx, event, self.ids.as_ref());
         // A log line that cannot be written has nowhere to be reported.
         let _ = writer.make_writer_for(event.metadata()).write_all(line.as_bytes());
     }

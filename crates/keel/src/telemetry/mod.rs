@@ -12,11 +12,15 @@
 //!   set, with `service.name`, `service.version` and `deployment.environment.name` resource
 //!   attributes and `telemetry.sampling_ratio` applied to new traces. Without an endpoint no
 //!   OpenTelemetry spans are built; a light layer gives spans their ids (see [`span_context`]).
+//!   With JSON lines and no export, a request's span is made only when something needs it
+//!   (`Span::current()`, a span opened inside the request); until then lines logged in the
+//!   request are written from its fields, as if it existed.
 //! * **Metrics** — a Prometheus registry per service: [`Metrics`].
 //!
 //! Logging and tracing are process-wide (one subscriber per process), so [`init`] is called once
 //! per process by [`crate::run`]; later calls return a handle to the first set-up.
 
+mod deferred;
 mod filter;
 mod format;
 mod ids;
@@ -38,6 +42,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub(crate) use deferred::RequestSpan;
 pub use ids::{set_parent, span_context};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 
@@ -163,7 +168,13 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let installed = match opts.format {
         LogFormat::Json => {
             let format = format::JsonFormat { service: opts.service.clone(), masker };
-            registry.with(layer::LogLayer::json(filter.clone(), ids, format, stdout)).try_init().is_ok()
+            let json = registry.with(layer::LogLayer::json(filter.clone(), ids, format, stdout));
+            if exporting {
+                json.try_init().is_ok()
+            } else {
+                // Request spans are made only when needed (see `deferred`).
+                deferred::Deferring::new(json).try_init().is_ok()
+            }
         }
         LogFormat::Pretty => {
             // Spans at `info` always reach the fmt layer (they print nothing themselves), so a

@@ -1,0 +1,609 @@
+//! The request span, made only when something needs it.
+//!
+//! A `tracing` span costs a request a slab slot, an extension box, its fields' text, its ids,
+//! an enter, an exit and a close: about 3 000 instructions, a quarter of Keel's whole HTTP stack
+//! on a trivial route. Most requests need none of it — they log their access line and nothing
+//! else. So when lines are JSON and nothing exports spans (production without
+//! `telemetry.otlp.endpoint`), Keel's subscriber is a [`Deferring`] one, and the trace layer
+//! keeps each request's span fields in a [`RequestSpan`] instead, lent to the thread while the
+//! request's future is polled ([`RequestSpan::in_scope`]):
+//!
+//! * a line logged in the request (the access line too) is written from the lent fields and
+//!   ids, exactly as it would be from the span;
+//! * whatever needs the span itself makes it on the spot, from the same fields and with the ids
+//!   lines already carry, and enters it: opening a span inside the request (`#[instrument]`,
+//!   Keel's HTTP client) and `Span::current()` (`Span::current().record(..)`,
+//!   `.in_current_span()`, trace context passed on to outbound calls and events).
+//!
+//! Code written against `tracing` sees no difference; only the cost moves to the requests that
+//! use the span. With pretty lines (development) or span export, the span is made at once, as
+//! the fmt and OpenTelemetry layers need it.
+//!
+//! The lent span is made only while no other span has been entered since the poll began: a
+//! span the handler entered on purpose outside the request (`parent: None`) stays the current
+//! one, as it would have been.
+
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+
+use axum::extract::MatchedPath;
+use http::{HeaderMap, Method};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use tracing::dispatcher::WeakDispatch;
+use tracing::field::Value;
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Metadata, Span, Subscriber};
+use tracing_core::callsite::DefaultCallsite;
+use tracing_core::span::Current;
+use tracing_subscriber::Registry;
+
+use super::format::SpanFields;
+use super::ids::IdSource;
+use crate::http::RequestId;
+
+/// Keel's subscriber when request spans are deferred: the JSON log stack, plus making the lent
+/// request span when something asks for the current span or opens one inside it.
+pub(crate) struct Deferring {
+    inner: Box<dyn Subscriber + Send + Sync>,
+    /// The dispatcher this subscriber is in, to make spans through from inside a call to it.
+    dispatch: OnceLock<WeakDispatch>,
+}
+
+impl Deferring {
+    pub(crate) fn new(inner: impl Subscriber + Send + Sync) -> Self {
+        Self { inner: Box::new(inner), dispatch: OnceLock::new() }
+    }
+
+    /// The registry under the layers, where spans keep their data.
+    pub(crate) fn registry(&self) -> Option<&Registry> {
+        self.inner.downcast_ref::<Registry>()
+    }
+
+    /// Makes the lent span, if there is one and no other span was entered since the poll
+    /// began, and enters it.
+    fn make_lent(&self) {
+        let _ = LENT.try_with(|cell| {
+            // Busy: this is the span being made, calling back.
+            let Ok(mut slot) = cell.try_borrow_mut() else { return };
+            let Some(lent) = slot.as_mut() else { return };
+            let RequestSpan::Pending(p) = &lent.span else { return };
+            if DEPTH.try_with(Cell::get).ok() != Some(lent.base_depth) {
+                return;
+            }
+            let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else { return };
+            let id = p.with_values(|values| dispatch.new_span(&Attributes::new(&META, values)));
+            match &p.ids {
+                Ids::Made(ids) => {
+                    super::ids::with_ids_of(&id, &dispatch, |own| *own = ids.clone());
+                }
+                Ids::Later(Some(remote)) => {
+                    super::ids::with_ids_of(&id, &dispatch, |own| super::ids::continue_trace(own, remote));
+                }
+                Ids::Later(None) => {}
+            }
+            dispatch.enter(&id);
+            lent.span = RequestSpan::MadeLater(MadeLater { id, dispatch });
+            lent.entered_when_made = true;
+        });
+    }
+}
+
+thread_local! {
+    /// The request whose future this thread is polling, while its span is not made.
+    static LENT: RefCell<Option<Lent>> = const { RefCell::new(None) };
+    /// Spans entered on this thread through a [`Deferring`] subscriber and not exited yet.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Subscriber for Deferring {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+        self.inner.on_register_dispatch(subscriber);
+    }
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        self.inner.register_callsite(meta)
+    }
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        self.inner.enabled(meta)
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.inner.max_level_hint()
+    }
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        if attrs.is_contextual() {
+            self.make_lent();
+        }
+        self.inner.new_span(attrs)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        self.inner.record(span, values);
+    }
+    fn record_follows_from(&self, span: &Id, follows: &Id) {
+        self.inner.record_follows_from(span, follows);
+    }
+    fn event_enabled(&self, event: &Event<'_>) -> bool {
+        self.inner.event_enabled(event)
+    }
+    fn event(&self, event: &Event<'_>) {
+        self.inner.event(event);
+    }
+    fn enter(&self, span: &Id) {
+        let _ = DEPTH.try_with(|d| d.set(d.get() + 1));
+        self.inner.enter(span);
+    }
+    fn exit(&self, span: &Id) {
+        self.inner.exit(span);
+        let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
+    }
+    fn clone_span(&self, id: &Id) -> Id {
+        self.inner.clone_span(id)
+    }
+    fn try_close(&self, id: Id) -> bool {
+        self.inner.try_close(id)
+    }
+    fn current_span(&self) -> Current {
+        self.make_lent();
+        self.inner.current_span()
+    }
+}
+
+/// The `request` span's callsite (without export fields), declared as `tracing`'s macros
+/// declare one, so the span can also be made from inside a call to the subscriber, where
+/// `tracing::Span::new` finds no subscriber (tracing does not re-enter it) and the macros make
+/// disabled spans.
+static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
+static META: Metadata<'static> = tracing_core::metadata! {
+    name: "request",
+    target: module_path!(),
+    level: tracing::Level::INFO,
+    fields: &["service", "request_id", "http.request.method", "http.route"],
+    callsite: &CALLSITE,
+    kind: tracing_core::metadata::Kind::SPAN,
+};
+
+/// A request's span: made, or kept as its fields until something needs it.
+#[derive(Debug, Default)]
+pub(crate) enum RequestSpan {
+    /// Made at once.
+    Made(Span),
+    /// Made while lent.
+    MadeLater(MadeLater),
+    /// Not made yet. Boxed so that lending it to the thread and back on every poll moves a
+    /// pointer, not the fields.
+    Pending(Box<Pending>),
+    /// Lent to the thread right now.
+    #[default]
+    Lent,
+}
+
+/// What the span would be made from.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    service: &'static str,
+    request_id: Option<RequestId>,
+    method: Method,
+    route: Option<MatchedPath>,
+    ids: Ids,
+}
+
+impl Pending {
+    fn with_values<R>(&self, f: impl FnOnce(&tracing::field::ValueSet<'_>) -> R) -> R {
+        values(self.service, self.id(), self.method.as_str(), self.route(), f)
+    }
+    fn id(&self) -> &str {
+        self.request_id.as_ref().map(RequestId::as_str).unwrap_or_default()
+    }
+    fn route(&self) -> &str {
+        self.route.as_ref().map_or(crate::http::trace::UNMATCHED, MatchedPath::as_str)
+    }
+}
+
+/// The span's field values, in [`META`]'s order.
+fn values<R>(
+    service: &str,
+    request_id: &str,
+    method: &str,
+    route: &str,
+    f: impl FnOnce(&tracing::field::ValueSet<'_>) -> R,
+) -> R {
+    let values: [Option<&dyn Value>; 4] = [Some(&service), Some(&request_id), Some(&method), Some(&route)];
+    f(&META.fields().value_set_all(&values))
+}
+
+#[derive(Debug)]
+enum Ids {
+    /// Not needed yet; the caller's context when it sent a valid `traceparent`.
+    Later(Option<SpanContext>),
+    /// Made for a line: the span, if made later, gets the same.
+    Made(SpanContext),
+}
+
+/// What is lent to the thread during a poll.
+#[derive(Debug)]
+struct Lent {
+    span: RequestSpan,
+    /// [`DEPTH`] when the poll began.
+    base_depth: usize,
+    /// The span was made during the loan, so entered then, and is to be exited when it ends.
+    entered_when_made: bool,
+}
+
+impl RequestSpan {
+    /// The `request` span of a request with these fields, or their promise when the current
+    /// subscriber defers it. Continues the caller's trace from a `traceparent` in `headers`.
+    pub(crate) fn new(
+        service: &'static str,
+        request_id: Option<&RequestId>,
+        method: &Method,
+        route: Option<&MatchedPath>,
+        headers: &HeaderMap,
+    ) -> Self {
+        let remote = headers
+            .contains_key(&TRACEPARENT)
+            .then(|| super::extract_context(headers))
+            .map(|cx| cx.span().span_context().clone())
+            .filter(SpanContext::is_valid);
+        // The callsite is registered (every subscriber told of it) as a macro's would be; whether
+        // the span is on is asked of the current subscriber itself, as the cached interest is
+        // the union of every subscriber's.
+        let _ = CALLSITE.interest();
+        let (deferring, enabled) = tracing::dispatcher::get_default(|d| {
+            let deferring = d.is::<Deferring>();
+            (deferring, deferring || d.enabled(&META))
+        });
+        if deferring {
+            let pending = Pending {
+                service,
+                request_id: request_id.cloned(),
+                method: method.clone(),
+                route: route.cloned(),
+                ids: Ids::Later(remote),
+            };
+            return Self::Pending(Box::new(pending));
+        }
+        let id = request_id.map(RequestId::as_str).unwrap_or_default();
+        let route = route.map_or(crate::http::trace::UNMATCHED, MatchedPath::as_str);
+        let span = if super::exporting() {
+            // The `otel.*` fields are read only by the exporter.
+            let span = tracing::info_span!(
+                "request",
+                service,
+                request_id = id,
+                http.request.method = method.as_str(),
+                http.route = route,
+                http.response.status_code = tracing::field::Empty,
+                otel.name = tracing::field::Empty,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+            );
+            span.record("otel.name", format!("{method} {route}"));
+            span
+        } else if enabled {
+            values(service, id, method.as_str(), route, |values| Span::new(&META, values))
+        } else {
+            Span::none()
+        };
+        if let Some(remote) = remote {
+            super::set_parent(&span, opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        Self::Made(span)
+    }
+
+    /// Runs `f` inside the request span: entered when made (and passed to `f` when made at
+    /// once), else lent to this thread for the duration (and made by whatever needs it, then
+    /// left entered until `f` returns). Everything is put back even if `f` unwinds.
+    pub(crate) fn in_scope<R>(&mut self, f: impl FnOnce(Option<&Span>) -> R) -> R {
+        match self {
+            Self::Made(span) => return span.in_scope(|| f(Some(span))),
+            Self::MadeLater(MadeLater { id, dispatch }) => {
+                dispatch.enter(id);
+                let _exit = Exit(id, dispatch);
+                return f(None);
+            }
+            Self::Pending(_) => {}
+            Self::Lent => return f(None),
+        }
+        let base_depth = DEPTH.try_with(Cell::get).unwrap_or_default();
+        let lent = Lent { span: std::mem::take(self), base_depth, entered_when_made: false };
+        let Ok(previous) = LENT.try_with(|l| l.replace(Some(lent))) else {
+            return f(None); // The thread is being torn down: no loan, no span.
+        };
+        let _guard = Return { span: self, previous };
+        f(None)
+    }
+}
+
+/// A span made while lent: the dispatcher's handle on it, closed when dropped (as a
+/// [`Span`] would be).
+#[derive(Debug)]
+pub(crate) struct MadeLater {
+    id: Id,
+    dispatch: Dispatch,
+}
+
+impl Drop for MadeLater {
+    fn drop(&mut self) {
+        self.dispatch.try_close(self.id.clone());
+    }
+}
+
+/// Exits a span when dropped.
+struct Exit<'a>(&'a Id, &'a Dispatch);
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        self.1.exit(self.0);
+    }
+}
+
+/// Gives the lent span back, and the thread its previous loan (a request polled inside
+/// another's poll), when dropped — also when the poll unwinds. Exits the span if it was made
+/// (and entered) during the loan.
+struct Return<'a> {
+    span: &'a mut RequestSpan,
+    previous: Option<Lent>,
+}
+
+impl Drop for Return<'_> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        if let Ok(Some(lent)) = LENT.try_with(|l| l.replace(previous)) {
+            *self.span = lent.span;
+            if lent.entered_when_made
+                && let RequestSpan::MadeLater(MadeLater { id, dispatch }) = &*self.span
+            {
+                dispatch.exit(id);
+            }
+        }
+    }
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// For a line logged outside any span: the lent request's span fields (recorded into `fields`
+/// as the span would have them) and its ids, made from `source` the first time. `None` when no
+/// request is lent, or its span is made.
+pub(crate) fn lent_fields(fields: &mut SpanFields, source: Option<&IdSource>) -> Option<Option<SpanContext>> {
+    LENT.try_with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        let RequestSpan::Pending(p) = &mut slot.as_mut()?.span else { return None };
+        fields.set_text("service", p.service);
+        fields.set_text("request_id", p.id());
+        fields.set_text("http.request.method", p.method.as_str());
+        fields.set_text("http.route", p.route());
+        let ids = match (&p.ids, source) {
+            (Ids::Made(ids), _) => Some(ids.clone()),
+            (Ids::Later(remote), Some(source)) => {
+                let ids = source.child_of(remote.as_ref());
+                p.ids = Ids::Made(ids.clone());
+                Some(ids)
+            }
+            (Ids::Later(_), None) => None,
+        };
+        Some(ids)
+    })
+    .ok()
+    .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
+    use tower::{Layer as _, ServiceExt as _};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+    use crate::http::trace::TraceLayer;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buffer {
+        fn lines(&self) -> Vec<Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        }
+    }
+
+    /// Counts the spans made.
+    struct Spans(Arc<AtomicUsize>);
+
+    impl<S: Subscriber> tracing_subscriber::Layer<S> for Spans {
+        fn on_new_span(&self, _: &Attributes<'_>, _: &Id, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Keel's JSON stack, deferring or not; its lines and a count of the spans it made.
+    fn subscriber(deferring: bool) -> (tracing::Dispatch, Buffer, Arc<AtomicUsize>) {
+        let (out, made) = (Buffer::default(), Arc::new(AtomicUsize::new(0)));
+        let w = out.clone();
+        let json = tracing_subscriber::registry().with(Spans(made.clone())).with(super::super::layer::LogLayer::json(
+            super::super::filter::LogFilter::new("info").unwrap(),
+            Some(IdSource::new(1.0)),
+            super::super::format::JsonFormat { service: "proc".into(), masker: Default::default() },
+            move || w.clone(),
+        ));
+        let dispatch =
+            if deferring { tracing::Dispatch::new(Deferring::new(json)) } else { tracing::Dispatch::new(json) };
+        (dispatch, out, made)
+    }
+
+    /// Serves one request through the trace layer (with a request id and a matched route, as
+    /// in Keel's stack), running `handler` in the request.
+    async fn serve<F, Fut>(traceparent: Option<&str>, handler: F)
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let svc = tower::service_fn(move |_: http::Request<axum::body::Body>| {
+            let handler = handler.clone();
+            async move {
+                handler().await;
+                Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+            }
+        });
+        let router = axum::Router::new()
+            .route_service("/items/{id}", TraceLayer::new("svc", true).layer(svc))
+            .layer(crate::http::request_id::RequestIdLayer);
+        let mut req = http::Request::get("/items/7").header("x-request-id", "req-1");
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        let resp = router.oneshot(req.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    /// The parts of a line that do not change from run to run.
+    fn stable(line: &Value) -> Value {
+        let mut line = line.clone();
+        for k in ["timestamp", "trace_id", "span_id"] {
+            assert!(line[k].is_string(), "{k} in {line}");
+            line[k] = Value::Null;
+        }
+        line["fields"]["latency_ms"] = Value::Null;
+        line
+    }
+
+    #[tokio::test]
+    async fn a_deferred_request_logs_the_same_lines_without_making_its_span() {
+        let mut runs = Vec::new();
+        for deferring in [true, false] {
+            let (dispatch, out, made) = subscriber(deferring);
+            let _default = tracing::dispatcher::set_default(&dispatch);
+            serve(None, || async { tracing::warn!(n = 1, "inside") }).await;
+            let lines = out.lines();
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert_eq!(lines[0]["trace_id"], lines[1]["trace_id"], "one request, one trace: {lines:?}");
+            assert_eq!(lines[0]["span_id"], lines[1]["span_id"]);
+            assert_eq!(made.load(Ordering::SeqCst), usize::from(!deferring), "deferring: {deferring}");
+            runs.push(lines.iter().map(stable).collect::<Vec<_>>());
+        }
+        assert_eq!(runs[0], runs[1]);
+        let inside = &runs[0][0];
+        assert_eq!(inside["service"], "svc");
+        assert_eq!(inside["request_id"], "req-1");
+        assert_eq!(inside["span"], "request");
+        assert_eq!(inside["fields"]["http.route"], "/items/{id}");
+        assert_eq!(inside["fields"]["http.request.method"], "GET");
+        assert_eq!(runs[0][1]["message"], "request finished");
+    }
+
+    #[tokio::test]
+    async fn the_span_is_made_when_asked_for_with_the_ids_lines_already_carry() {
+        let (dispatch, out, made) = subscriber(true);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        serve(None, move || {
+            let s = s.clone();
+            async move {
+                tracing::info!("before");
+                let current = Span::current();
+                assert_eq!(current.metadata().map(Metadata::name), Some("request"));
+                *s.lock().unwrap() = Some(super::super::span_context(&current));
+                tracing::info!("after");
+                tracing::info_span!("db").in_scope(|| tracing::info!("in a child"));
+            }
+        })
+        .await;
+        assert_eq!(made.load(Ordering::SeqCst), 2, "the request span, made, and the child");
+        let lines = out.lines();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let sc = seen.lock().unwrap().clone().unwrap();
+        for line in &lines[..2] {
+            assert_eq!(line["trace_id"], sc.trace_id().to_string(), "{line}");
+            assert_eq!(line["span_id"], sc.span_id().to_string(), "{line}");
+            assert_eq!(line["span"], "request");
+        }
+        assert_eq!(lines[2]["span"], "db");
+        assert_eq!(lines[2]["trace_id"], sc.trace_id().to_string(), "a child span is in the request's trace");
+        assert_ne!(lines[2]["span_id"], sc.span_id().to_string());
+        assert_eq!(lines[2]["request_id"], "req-1", "the child's lines have the request's fields");
+        assert_eq!(lines[3]["message"], "request finished");
+        for k in ["service", "request_id", "fields"] {
+            assert_eq!(lines[0][k], lines[1][k], "the made span has the fields lines had without it: {k}");
+        }
+        assert_eq!(lines[3]["span_id"], sc.span_id().to_string());
+        assert_eq!(DEPTH.with(Cell::get), 0, "every span entered was exited");
+        assert!(LENT.with(|l| l.borrow().is_none()), "the loan was returned");
+    }
+
+    #[tokio::test]
+    async fn the_callers_trace_is_continued_whether_or_not_the_span_is_made() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // What `telemetry::init` sets up.
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        for make in [false, true] {
+            let (dispatch, out, _) = subscriber(true);
+            let _default = tracing::dispatcher::set_default(&dispatch);
+            serve(Some(tp), move || async move {
+                tracing::info!("before");
+                if make {
+                    let _ = Span::current();
+                }
+            })
+            .await;
+            let lines = out.lines();
+            assert_eq!(lines.len(), 2);
+            for line in &lines {
+                assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
+                assert_ne!(line["span_id"], "00f067aa0ba902b7", "the request has its own span id: {line}");
+            }
+            assert_eq!(lines[0]["span_id"], lines[1]["span_id"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_span_entered_outside_the_request_stays_current() {
+        let (dispatch, out, made) = subscriber(true);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        serve(None, || async {
+            let root = tracing::info_span!(parent: None, "job");
+            let _g = root.enter();
+            assert_eq!(Span::current().metadata().map(Metadata::name), Some("job"));
+            tracing::info!("in the job");
+        })
+        .await;
+        assert_eq!(made.load(Ordering::SeqCst), 1, "only the job's span");
+        let lines = out.lines();
+        assert_eq!(lines[0]["span"], "job");
+        assert!(lines[0].get("request_id").is_none(), "{}", lines[0]);
+        assert_eq!(lines[1]["span"], "request");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_poll_returns_the_loan() {
+        let (dispatch, _out, _) = subscriber(true);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        for make in [false, true] {
+            let caught =
+                futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(serve(None, move || async move {
+                    if make {
+                        let _ = Span::current();
+                    }
+                    panic!("handler bug");
+                })))
+                .await;
+            assert!(caught.is_err());
+            assert!(LENT.with(|l| l.borrow().is_none()), "no request stays lent");
+            assert_eq!(DEPTH.with(Cell::get), 0, "the made span was exited");
+            assert_eq!(Span::current().metadata(), None, "no span stays current");
+        }
+    }
+}
