@@ -29,7 +29,7 @@ for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.1; done
 [ -s "$ports" ] || { echo "keel-bench did not start" >&2; exit 1; }
 addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
 
-targets=(bare keel keel_no_access_log)
+targets=(bare bare_headers keel keel_no_access_log)
 declare -A results cpu
 tick=$(getconf CLK_TCK)
 cputime() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

@@ -1,11 +1,14 @@
-//! Serves the same `GET /hello` (trivial) and `GET /work` (some CPU work) three ways in one
+//! Serves the same `GET /hello` (trivial) and `GET /work` (some CPU work) four ways in one
 //! process, for `bench/http-stack.sh`:
 //!
 //! * `bare` — plain axum, no middleware (the baseline);
+//! * `bare_headers` — plain axum answering with the five headers Keel's stack adds (request id,
+//!   `Vary`, three security headers; constant values of the same length): what the bigger
+//!   answer alone costs, the server's encoding and wrk's parsing included;
 //! * `keel` — a Keel service in the production profile: the full stack, JSON access logs;
 //! * `keel_no_access_log` — the same with `log.access_log: false`.
 //!
-//! Run with `cargo run --release -p keel-bench -- PORTS_FILE`; it writes the three addresses
+//! Run with `cargo run --release -p keel-bench -- PORTS_FILE`; it writes the four addresses
 //! as JSON to `PORTS_FILE` and serves until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
@@ -16,6 +19,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use keel::config::{Loader, Profile};
@@ -35,6 +39,24 @@ async fn work() -> Json<Value> {
 
 fn routes() -> Router {
     Router::new().route("/hello", get(hello)).route("/work", get(work))
+}
+
+/// The headers Keel's stack adds to these answers, with constant values of the same length.
+fn keel_headers() -> [(HeaderName, HeaderValue); 5] {
+    [
+        (HeaderName::from_static("x-request-id"), HeaderValue::from_static("01a200bb-6276-7a19-b9f2-5351b29844ed")),
+        (header::VARY, HeaderValue::from_static("origin")),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    ]
+}
+
+/// The same routes answering with [`keel_headers`].
+fn routes_with_headers() -> Router {
+    Router::new()
+        .route("/hello", get(|| async { (keel_headers(), hello().await) }))
+        .route("/work", get(|| async { (keel_headers(), work().await) }))
 }
 
 fn keel_service() -> keel::Service {
@@ -108,11 +130,15 @@ async fn run(ports_file: &str) -> Result<(), String> {
     let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let bare_addr = bare_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move { axum::serve(bare_listener, routes()).await });
+    let headers_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let headers_addr = headers_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move { axum::serve(headers_listener, routes_with_headers()).await });
 
     let keel = start_keel("keel", true).await?;
     let quiet = start_keel("quiet", false).await?;
     let ports = json!({
         "bare": bare_addr.to_string(),
+        "bare_headers": headers_addr.to_string(),
         "keel": keel.http_addr().to_string(),
         "keel_no_access_log": quiet.http_addr().to_string(),
     });

@@ -52,11 +52,16 @@ pub(crate) struct Deferring {
 }
 
 impl Deferring {
+    /// Wraps Keel's JSON log stack. A lent span is made from inside another span's
+    /// `new_span` (after that span's `enabled` check), so `inner` must have no per-layer
+    /// filters, which keep state between the two calls; Keel's stack has none.
     pub(crate) fn new(inner: impl Subscriber + Send + Sync) -> Self {
         Self { inner: Box::new(inner), dispatch: OnceLock::new() }
     }
 
-    /// The registry under the layers, where spans keep their data.
+    /// The registry under the layers, where spans keep their data. (A dispatcher's
+    /// `downcast_ref::<Registry>()` does not reach it: forwarding `Subscriber::downcast_raw`
+    /// takes `unsafe`, which this crate forbids, so Keel's id helpers ask here.)
     pub(crate) fn registry(&self) -> Option<&Registry> {
         self.inner.downcast_ref::<Registry>()
     }
@@ -150,9 +155,10 @@ impl Subscriber for Deferring {
 }
 
 /// The `request` span's callsite (without export fields), declared as `tracing`'s macros
-/// declare one, so the span can also be made from inside a call to the subscriber, where
-/// `tracing::Span::new` finds no subscriber (tracing does not re-enter it) and the macros make
-/// disabled spans.
+/// declare one, so the span can also be made from inside a call to the subscriber. There the
+/// macros may find no subscriber: while a scoped dispatcher is set anywhere in the process
+/// (`tracing::subscriber::with_default`, tests), tracing does not re-enter the current one and
+/// hands out a no-op, so a macro would make a disabled span.
 static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
 static META: Metadata<'static> = tracing_core::metadata! {
     name: "request",
@@ -305,10 +311,28 @@ impl RequestSpan {
             Self::Pending(_) => {}
             Self::Lent => return f(None),
         }
+        // A request polled inside another's loan (served in process by a handler): the other's
+        // span is made first, so this one nests in it as an eager span would.
+        if LENT
+            .try_with(|l| l.try_borrow().is_ok_and(|l| l.as_ref().is_some_and(|l| l.span.is_pending())))
+            .unwrap_or(false)
+        {
+            tracing::dispatcher::get_default(|d| {
+                if let Some(deferring) = d.downcast_ref::<Deferring>() {
+                    deferring.make_lent();
+                }
+            });
+        }
         let base_depth = DEPTH.try_with(Cell::get).unwrap_or_default();
         let lent = Lent { span: std::mem::take(self), base_depth, entered_when_made: false };
-        let Ok(previous) = LENT.try_with(|l| l.replace(Some(lent))) else {
-            return f(None); // The thread is being torn down: no loan, no span.
+        let previous = match swap_lent(Some(lent)) {
+            Ok(previous) => previous,
+            // The thread is being torn down, or its loan is being read: no loan, no span.
+            Err(Some(lent)) => {
+                *self = lent.span;
+                return f(None);
+            }
+            Err(None) => return f(None),
         };
         let _guard = Return { span: self, previous };
         f(None)
@@ -349,7 +373,7 @@ struct Return<'a> {
 impl Drop for Return<'_> {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        if let Ok(Some(lent)) = LENT.try_with(|l| l.replace(previous)) {
+        if let Ok(Some(lent)) = swap_lent(previous) {
             *self.span = lent.span;
             if lent.entered_when_made
                 && let RequestSpan::MadeLater(MadeLater { id, dispatch }) = &*self.span
@@ -360,15 +384,45 @@ impl Drop for Return<'_> {
     }
 }
 
+/// Puts `lent` in the thread's slot and gives back what was there; gives `lent` back as the
+/// error if the slot cannot be had (the thread is being torn down, or the slot is borrowed by
+/// a line or a span being made on this thread right now).
+fn swap_lent(lent: Option<Lent>) -> Result<Option<Lent>, Option<Lent>> {
+    let mut lent = Some(lent);
+    let swapped = LENT.try_with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        Some(std::mem::replace(&mut *slot, lent.take().flatten()))
+    });
+    match swapped {
+        Ok(Some(previous)) => Ok(previous),
+        _ => Err(lent.flatten()),
+    }
+}
+
+impl RequestSpan {
+    fn is_pending(&self) -> bool {
+        matches!(self, Self::Pending(_))
+    }
+}
+
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-/// For a line logged outside any span: the lent request's span fields (recorded into `fields`
-/// as the span would have them) and its ids, made from `source` the first time. `None` when no
-/// request is lent, or its span is made.
-pub(crate) fn lent_fields(fields: &mut SpanFields, source: Option<&IdSource>) -> Option<Option<SpanContext>> {
+/// For a line logged in a lent request (no span entered since its poll began): its span's
+/// fields, recorded into `fields` over those of the spans around it, and its ids, made the first
+/// time from `source` as a child of `parent` (the innermost span's) or of the caller's trace.
+/// `None` when no request is lent, its span is made, or a span was entered inside it.
+pub(crate) fn lent_fields(
+    fields: &mut SpanFields,
+    source: Option<&IdSource>,
+    parent: impl FnOnce() -> Option<SpanContext>,
+) -> Option<Option<SpanContext>> {
     LENT.try_with(|cell| {
         let mut slot = cell.try_borrow_mut().ok()?;
-        let RequestSpan::Pending(p) = &mut slot.as_mut()?.span else { return None };
+        let lent = slot.as_mut()?;
+        if DEPTH.try_with(Cell::get).ok() != Some(lent.base_depth) {
+            return None;
+        }
+        let RequestSpan::Pending(p) = &mut lent.span else { return None };
         fields.set_text("service", p.service);
         fields.set_text("request_id", p.id());
         fields.set_text("http.request.method", p.method.as_str());
@@ -376,7 +430,10 @@ pub(crate) fn lent_fields(fields: &mut SpanFields, source: Option<&IdSource>) ->
         let ids = match (&p.ids, source) {
             (Ids::Made(ids), _) => Some(ids.clone()),
             (Ids::Later(remote), Some(source)) => {
-                let ids = source.child_of(remote.as_ref());
+                let ids = match remote {
+                    Some(remote) => source.child_of(Some(remote)),
+                    None => source.child_of(parent().as_ref()),
+                };
                 p.ids = Ids::Made(ids.clone());
                 Some(ids)
             }
@@ -420,20 +477,33 @@ mod tests {
         }
     }
 
-    /// Counts the spans made.
-    struct Spans(Arc<AtomicUsize>);
+    /// Counts the spans made, and those closed.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<AtomicUsize>, Arc<AtomicUsize>);
 
     impl<S: Subscriber> tracing_subscriber::Layer<S> for Spans {
         fn on_new_span(&self, _: &Attributes<'_>, _: &Id, _: tracing_subscriber::layer::Context<'_, S>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+        fn on_close(&self, _: Id, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Spans {
+        fn made(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn closed(&self) -> usize {
+            self.1.load(Ordering::SeqCst)
+        }
     }
 
     /// Keel's JSON stack, deferring or not; its lines and a count of the spans it made.
-    fn subscriber(deferring: bool) -> (tracing::Dispatch, Buffer, Arc<AtomicUsize>) {
-        let (out, made) = (Buffer::default(), Arc::new(AtomicUsize::new(0)));
+    fn subscriber(deferring: bool) -> (tracing::Dispatch, Buffer, Spans) {
+        let (out, made) = (Buffer::default(), Spans::default());
         let w = out.clone();
-        let json = tracing_subscriber::registry().with(Spans(made.clone())).with(super::super::layer::LogLayer::json(
+        let json = tracing_subscriber::registry().with(made.clone()).with(super::super::layer::LogLayer::json(
             super::super::filter::LogFilter::new("info").unwrap(),
             Some(IdSource::new(1.0)),
             super::super::format::JsonFormat { service: "proc".into(), masker: Default::default() },
@@ -451,6 +521,15 @@ mod tests {
         F: Fn() -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send,
     {
+        serve_as("req-1", traceparent, handler).await;
+    }
+
+    /// [`serve`] with the request id `id`.
+    async fn serve_as<F, Fut>(id: &str, traceparent: Option<&str>, handler: F)
+    where
+        F: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let svc = tower::service_fn(move |_: http::Request<axum::body::Body>| {
             let handler = handler.clone();
             async move {
@@ -461,7 +540,7 @@ mod tests {
         let router = axum::Router::new()
             .route_service("/items/{id}", TraceLayer::new("svc", true).layer(svc))
             .layer(crate::http::request_id::RequestIdLayer);
-        let mut req = http::Request::get("/items/7").header("x-request-id", "req-1");
+        let mut req = http::Request::get("/items/7").header("x-request-id", id);
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);
         }
@@ -491,7 +570,7 @@ mod tests {
             assert_eq!(lines.len(), 2, "{lines:?}");
             assert_eq!(lines[0]["trace_id"], lines[1]["trace_id"], "one request, one trace: {lines:?}");
             assert_eq!(lines[0]["span_id"], lines[1]["span_id"]);
-            assert_eq!(made.load(Ordering::SeqCst), usize::from(!deferring), "deferring: {deferring}");
+            assert_eq!(made.made(), usize::from(!deferring), "deferring: {deferring}");
             runs.push(lines.iter().map(stable).collect::<Vec<_>>());
         }
         assert_eq!(runs[0], runs[1]);
@@ -522,7 +601,8 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(made.load(Ordering::SeqCst), 2, "the request span, made, and the child");
+        assert_eq!(made.made(), 2, "the request span, made, and the child");
+        assert_eq!(made.closed(), 2, "both closed when the request ends");
         let lines = out.lines();
         assert_eq!(lines.len(), 4, "{lines:?}");
         let sc = seen.lock().unwrap().clone().unwrap();
@@ -549,12 +629,16 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         // What `telemetry::init` sets up.
         opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-        for make in [false, true] {
+        // Never made; made after a line (with that line's ids); made before any line.
+        for (make_before, make_after) in [(false, false), (false, true), (true, false)] {
             let (dispatch, out, _) = subscriber(true);
             let _default = tracing::dispatcher::set_default(&dispatch);
             serve(Some(tp), move || async move {
-                tracing::info!("before");
-                if make {
+                if make_before {
+                    let _ = Span::current();
+                }
+                tracing::info!("inside");
+                if make_after {
                     let _ = Span::current();
                 }
             })
@@ -569,6 +653,76 @@ mod tests {
         }
     }
 
+    /// Lines of a request served inside a span entered around it, and of a request served in
+    /// process by another's handler, deferring and not.
+    async fn surrounded_and_nested(deferring: bool) -> (Vec<Value>, Spans, String) {
+        let (dispatch, out, spans) = subscriber(deferring);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        let conn = tracing::info_span!("conn", peer = "10.0.0.1");
+        {
+            let _g = conn.enter();
+            serve(None, || async { tracing::info!("in a surrounded request") }).await;
+        }
+        let conn_trace = super::super::span_context(&conn).trace_id().to_string();
+        drop(conn);
+        serve_as("outer", None, || async {
+            tracing::info!("in the outer request");
+            serve_as("inner", None, || async {
+                tokio::task::yield_now().await;
+                tracing::info!("in the inner request");
+            })
+            .await;
+        })
+        .await;
+        (out.lines(), spans, conn_trace)
+    }
+
+    #[tokio::test]
+    async fn surrounded_and_nested_requests_log_as_with_made_spans() {
+        let (lines, spans, conn_trace) = surrounded_and_nested(true).await;
+        let (eager, _, _) = surrounded_and_nested(false).await;
+        assert_eq!(lines.iter().map(stable).collect::<Vec<_>>(), eager.iter().map(stable).collect::<Vec<_>>());
+        let by_message = |m: &str| lines.iter().find(|l| l["message"] == m).unwrap().clone();
+        let surrounded = by_message("in a surrounded request");
+        assert_eq!(surrounded["request_id"], "req-1");
+        assert_eq!(surrounded["span"], "request");
+        assert_eq!(surrounded["fields"]["peer"], "10.0.0.1", "the surrounding span's fields are kept");
+        assert_eq!(surrounded["trace_id"], conn_trace, "the request is in the surrounding span's trace");
+        let (outer, inner) = (by_message("in the outer request"), by_message("in the inner request"));
+        assert_eq!(outer["request_id"], "outer");
+        assert_eq!(inner["request_id"], "inner");
+        assert_eq!(inner["trace_id"], outer["trace_id"], "the inner request is in the outer's trace");
+        assert_ne!(inner["span_id"], outer["span_id"]);
+        let inner_access = lines.iter().find(|l| l["message"] == "request finished" && l["request_id"] == "inner");
+        assert_eq!(inner_access.unwrap()["span_id"], inner["span_id"]);
+        assert_eq!(spans.made(), spans.closed(), "every span made was closed");
+        assert_eq!(spans.made(), 2, "the surrounding span, and the outer request's (for the inner one to nest in)");
+    }
+
+    #[tokio::test]
+    async fn a_span_made_across_polls_or_dropped_mid_request_is_exited_and_closed() {
+        let (dispatch, out, spans) = subscriber(true);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        serve(None, || async {
+            let _ = Span::current();
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+                assert_eq!(Span::current().metadata().map(Metadata::name), Some("request"), "entered on every poll");
+            }
+        })
+        .await;
+        assert_eq!(Span::current().metadata(), None);
+        let stalled = serve(None, || async {
+            let _ = Span::current();
+            std::future::pending::<()>().await;
+        });
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(10), stalled).await;
+        assert!(timed_out.is_err());
+        assert_eq!((spans.made(), spans.closed()), (2, 2), "made and closed, also when dropped mid-request");
+        assert_eq!(DEPTH.with(Cell::get), 0);
+        assert_eq!(out.lines().len(), 1, "the finished request's access line");
+    }
+
     #[tokio::test]
     async fn a_span_entered_outside_the_request_stays_current() {
         let (dispatch, out, made) = subscriber(true);
@@ -580,7 +734,7 @@ mod tests {
             tracing::info!("in the job");
         })
         .await;
-        assert_eq!(made.load(Ordering::SeqCst), 1, "only the job's span");
+        assert_eq!(made.made(), 1, "only the job's span");
         let lines = out.lines();
         assert_eq!(lines[0]["span"], "job");
         assert!(lines[0].get("request_id").is_none(), "{}", lines[0]);

@@ -49,9 +49,12 @@ impl JsonFormat {
             }
         }
         let mut ids = innermost.as_ref().and_then(super::ids::log_ids);
-        if span_name.is_none()
-            && event.is_contextual()
-            && let Some(lent) = super::deferred::lent_fields(&mut fields, ids_source)
+        // The request span, were it made, would be the innermost span: its fields go on top and
+        // its ids are a child's of the innermost span's.
+        let parent =
+            || innermost.as_ref().and_then(|s| s.extensions().get::<SpanState>().and_then(|st| st.ids.clone()));
+        if event.is_contextual()
+            && let Some(lent) = super::deferred::lent_fields(&mut fields, ids_source, parent)
         {
             span_name = Some("request");
             ids = lent.filter(SpanContext::is_valid).map(|sc| (sc.trace_id(), sc.span_id()));
