@@ -113,8 +113,12 @@ pub fn token(value: &str) -> String {
 /// ```
 pub fn scrub(text: &str) -> Cow<'_, str> {
     // Every string field of every log line comes through here: decide without allocating.
-    // One pass that stops only at a `b`/`B` or a `:`, where a pattern could start.
+    // Nothing shorter than `://:p@` can hold a credential. Otherwise one pass that stops only at
+    // a `b`/`B` or a `:`, where a pattern could start.
     let bytes = text.as_bytes();
+    if bytes.len() < 6 {
+        return Cow::Borrowed(text);
+    }
     let at = |i: usize, p: &[u8]| bytes.get(i..i + p.len()).is_some_and(|r| r.eq_ignore_ascii_case(p));
     let suspect = bytes.iter().enumerate().any(|(i, &b)| match b {
         b'b' | b'B' => at(i, b"bearer") || at(i, b"basic"),
@@ -226,27 +230,28 @@ impl Masker {
     /// field names), remembered per thread by the name's address: log lines ask for the same
     /// dozen names on every line.
     pub(crate) fn is_sensitive_name(&self, name: &'static str) -> bool {
-        type Key = (u64, usize, usize);
+        /// Answers remembered per thread, one per slot, by masker id and name: a handful of
+        /// comparisons rather than a hash map lookup. A name whose slot is taken by another is
+        /// answered afresh and takes the slot.
+        type Slot = Option<(u64, &'static str, bool)>;
+        const SLOTS: usize = 64;
         thread_local! {
-            static KNOWN: std::cell::RefCell<std::collections::HashMap<Key, (&'static str, bool), foldhash::fast::FixedState>> =
-                std::cell::RefCell::new(std::collections::HashMap::with_hasher(foldhash::fast::FixedState::default()));
+            static KNOWN: std::cell::RefCell<[Slot; SLOTS]> = const { std::cell::RefCell::new([None; SLOTS]) };
         }
-        let key = (self.id, name.as_ptr() as usize, name.len());
+        let i = ((name.as_ptr() as usize >> 3) ^ name.len() ^ (self.id as usize).wrapping_mul(31)) % SLOTS;
         KNOWN
             .try_with(|known| {
                 let mut known = known.try_borrow_mut().ok()?;
+                let slot = known.get_mut(i)?;
                 // The text is compared too: an address is only as good as the name behind it.
-                if let Some(&(known_name, s)) = known.get(&key)
+                if let Some((id, known_name, s)) = *slot
+                    && id == self.id
                     && known_name == name
                 {
                     return Some(s);
                 }
-                // Bounded: names come from the program's call sites, maskers from its set-up.
-                if known.len() >= 4096 {
-                    known.clear();
-                }
                 let s = self.is_sensitive(name);
-                known.insert(key, (name, s));
+                *slot = Some((self.id, name, s));
                 Some(s)
             })
             .ok()
@@ -323,6 +328,31 @@ mod tests {
             assert!(strict.is_sensitive_name(name));
             assert!(plain.is_sensitive_name("Authorization"));
             assert!(!strict.is_sensitive_name("user_id"));
+        }
+    }
+
+    #[test]
+    fn patterns_are_found_at_every_offset_and_the_shortest_is_masked() {
+        for pad in 0..20 {
+            let p = "x".repeat(pad);
+            assert_eq!(scrub(&format!("{p} Bearer tok")), format!("{p} Bearer ***"), "{pad}");
+            assert_eq!(scrub(&format!("{p}:basic tok")), format!("{p}:basic ***"), "{pad}");
+            assert_eq!(scrub(&format!("{p}pg://u:pw@h")), format!("{p}pg://u:***@h"), "{pad}");
+            assert_eq!(scrub(&format!("{p}://:p@")), format!("{p}://:***@"), "the shortest credential: {pad}");
+        }
+    }
+
+    #[test]
+    fn remembered_answers_survive_many_names_sharing_slots() {
+        let strict = Masker::new(["national_id"]);
+        // More names than the per-thread slots: every answer stays right when slots are reused.
+        let names: Vec<&'static str> = (0..200).map(|i| &*Box::leak(format!("field_{i}").into_boxed_str())).collect();
+        for _ in 0..2 {
+            for n in &names {
+                assert!(!strict.is_sensitive_name(n));
+            }
+            assert!(strict.is_sensitive_name("national_id"));
+            assert!(strict.is_sensitive_name("password"));
         }
     }
 

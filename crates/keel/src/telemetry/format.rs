@@ -182,10 +182,14 @@ fn timestamp(out: &mut String, now: std::time::SystemTime) {
 /// Lowercase hex, as W3C trace context writes ids.
 fn hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    // Trace ids are 16 bytes: one copy into the line, not a push per digit.
+    let mut buf = [0u8; 32];
+    for (pair, &b) in buf.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
+    let n = 2 * bytes.len().min(16);
+    out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
 }
 
 /// Field formatting for the pretty format, with the same masking as the JSON lines.
