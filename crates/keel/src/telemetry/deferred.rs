@@ -454,21 +454,9 @@ mod tests {
     use tower::{Layer as _, ServiceExt as _};
     use tracing_subscriber::layer::SubscriberExt as _;
 
+    use super::super::format::tests::Buffer;
     use super::*;
     use crate::http::trace::TraceLayer;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     impl Buffer {
         fn lines(&self) -> Vec<Value> {
