@@ -19,9 +19,12 @@
 //! use the span. With pretty lines (development) or span export, the span is made at once, as
 //! the fmt and OpenTelemetry layers need it.
 //!
-//! The lent span is made only while no other span has been entered since the poll began: a
-//! span the handler entered on purpose outside the request (`parent: None`) stays the current
-//! one, as it would have been.
+//! The lent span stands for a span made when the poll began: the innermost one then. So lines
+//! take its fields over those of spans entered around the request (a connection span), and its
+//! ids in their trace; and it is made, or stands in, only while no other span has been entered
+//! since the poll began — a span the handler entered on purpose outside the request
+//! (`parent: None`) stays the current one, as it would have been. A request polled inside
+//! another's loan (served in process by a handler) first makes the other's span, to nest in it.
 
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
