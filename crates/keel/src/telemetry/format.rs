@@ -1,5 +1,6 @@
 //! The JSON log line: one object per event with the span context lifted to the top level.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::fmt::Write as _;
 
@@ -24,11 +25,57 @@ pub(crate) struct JsonFormat {
 }
 
 impl JsonFormat {
-    /// The line for `event`, newline included. A line logged outside any span, in a request
-    /// whose span is deferred, gets that span's fields and ids (made from `ids_source` the first time;
-    /// see [`super::deferred`]).
-    pub(crate) fn line<S>(&self, ctx: &Context<'_, S>, event: &Event<'_>, ids_source: Option<&IdSource>) -> String
-    where
+    /// Calls `f` with the line for `event`, newline included, written in per-thread buffers
+    /// kept from line to line (a line allocates nothing once they have grown to size). A line
+    /// logged in a request whose span is deferred gets that span's fields and ids (made from
+    /// `ids_source` the first time; see [`super::deferred`]).
+    pub(crate) fn with_line<S>(
+        &self,
+        ctx: &Context<'_, S>,
+        event: &Event<'_>,
+        ids_source: Option<&IdSource>,
+        f: impl FnOnce(&str),
+    ) where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        thread_local! {
+            static SCRATCH: RefCell<(SpanFields, String)> =
+                RefCell::new((SpanFields::with_capacity(16), String::with_capacity(LINE)));
+        }
+        let mut f = Some(f);
+        let _ = SCRATCH.try_with(|scratch| {
+            // Busy: a line written while this thread writes one (a writer that logs).
+            let Ok(mut scratch) = scratch.try_borrow_mut() else { return };
+            let Some(f) = f.take() else { return };
+            let (fields, line) = &mut *scratch;
+            fields.clear();
+            line.clear();
+            self.write_line(ctx, event, ids_source, fields, line);
+            f(line);
+            // A huge line (a huge field) does not keep its memory for the thread's life.
+            if line.capacity() > KEEP {
+                *line = String::with_capacity(LINE);
+            }
+            if fields.text.capacity() > KEEP {
+                *fields = SpanFields::with_capacity(16);
+            }
+        });
+        if let Some(f) = f {
+            let (mut fields, mut line) = (SpanFields::with_capacity(16), String::with_capacity(LINE));
+            self.write_line(ctx, event, ids_source, &mut fields, &mut line);
+            f(&line);
+        }
+    }
+
+    /// Writes the line for `event` into `line`, merging fields in `fields` (both empty).
+    fn write_line<S>(
+        &self,
+        ctx: &Context<'_, S>,
+        event: &Event<'_>,
+        ids_source: Option<&IdSource>,
+        fields: &mut SpanFields,
+        line: &mut String,
+    ) where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let meta = event.metadata();
@@ -36,7 +83,6 @@ impl JsonFormat {
         // replaces an earlier one and keeps its place. Their text is copied into one buffer
         // rather than made into a JSON value each: building those values cost more than the
         // rest of the line.
-        let mut fields = SpanFields::with_capacity(16);
         let mut span_name = None;
         let mut innermost = None;
         if let Some(scope) = ctx.event_scope(event) {
@@ -54,40 +100,38 @@ impl JsonFormat {
         let parent =
             || innermost.as_ref().and_then(|s| s.extensions().get::<SpanState>().and_then(|st| st.ids.clone()));
         if event.is_contextual()
-            && let Some(lent) = super::deferred::lent_fields(&mut fields, ids_source, parent)
+            && let Some(lent) = super::deferred::lent_fields(fields, ids_source, parent)
         {
             span_name = Some("request");
             ids = lent.filter(SpanContext::is_valid).map(|sc| (sc.trace_id(), sc.span_id()));
         }
-        event.record(&mut fields);
+        event.record(fields);
 
-        // An access line is about 450 bytes: one allocation.
-        let mut line = String::with_capacity(512);
         line.push_str("{\"timestamp\":\"");
-        timestamp(&mut line, std::time::SystemTime::now());
+        timestamp(line, std::time::SystemTime::now());
         line.push_str("\",\"level\":");
-        string(&mut line, meta.level().as_str());
+        string(line, meta.level().as_str());
         line.push_str(",\"target\":");
-        string(&mut line, meta.target());
+        string(line, meta.target());
         line.push_str(",\"message\":");
         match fields.get("message") {
-            Some(v) => self.value(&mut line, &fields, "message", v),
+            Some(v) => self.value(line, fields, "message", v),
             None => line.push_str("\"\""),
         }
         line.push_str(",\"service\":");
         match fields.get("service") {
-            Some(v) => self.value(&mut line, &fields, "service", v),
-            None => string(&mut line, &self.service),
+            Some(v) => self.value(line, fields, "service", v),
+            None => string(line, &self.service),
         }
         if let Some(v) = fields.get("request_id") {
             line.push_str(",\"request_id\":");
-            self.value(&mut line, &fields, "request_id", v);
+            self.value(line, fields, "request_id", v);
         }
         if let Some((trace_id, span_id)) = &ids {
             line.push_str(",\"trace_id\":\"");
-            hex(&mut line, &trace_id.to_bytes());
+            hex(line, &trace_id.to_bytes());
             line.push_str("\",\"span_id\":\"");
-            hex(&mut line, &span_id.to_bytes());
+            hex(line, &span_id.to_bytes());
             line.push('"');
         }
         let mut first = true;
@@ -97,19 +141,18 @@ impl JsonFormat {
             }
             line.push_str(if first { ",\"fields\":{" } else { "," });
             first = false;
-            string(&mut line, k);
+            string(line, k);
             line.push(':');
-            self.value(&mut line, &fields, k, v);
+            self.value(line, fields, k, v);
         }
         if !first {
             line.push('}');
         }
         if let Some(name) = span_name {
             line.push_str(",\"span\":");
-            string(&mut line, name);
+            string(line, name);
         }
         line.push_str("}\n");
-        line
     }
 
     /// Writes the field `k`, masked: a sensitive name hides the whole value; text is scrubbed
@@ -136,6 +179,12 @@ impl JsonFormat {
         }
     }
 }
+
+/// Room for a line: an access line is about 450 bytes.
+const LINE: usize = 512;
+
+/// Largest line or field text whose buffer a thread keeps for the next line.
+const KEEP: usize = 16 << 10;
 
 /// `2026-11-21T22:55:26.123456Z` (RFC 3339, UTC, microseconds). The part up to the second is
 /// formatted once per second per thread. A clock before 1970 reads as 1970.
@@ -302,6 +351,12 @@ impl SpanFields {
         self.set(key, FieldValue::Text(start, self.text.len()));
     }
 
+    /// Empties it, keeping its memory.
+    pub(crate) fn clear(&mut self) {
+        self.text.clear();
+        self.values.clear();
+    }
+
     /// The value of `key`, if recorded.
     pub(crate) fn get(&self, key: &str) -> Option<FieldValue> {
         self.values.iter().find(|(k, _)| *k == key).map(|&(_, v)| v)
@@ -452,6 +507,24 @@ pub(super) mod tests {
         assert_eq!(written("note"), r#""got Bearer *** from client""#);
         assert_eq!(written("count"), "42");
         assert_eq!(written("ratio"), "null");
+    }
+
+    #[test]
+    fn lines_written_in_turn_share_nothing_but_buffers() {
+        let (json, subscriber) = json_subscriber("t", Default::default());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(big = "x".repeat(40_000).as_str(), "huge");
+            let span = tracing::info_span!("request", request_id = "r-2");
+            span.in_scope(|| tracing::info!(n = 1, "small"));
+            tracing::info!("bare");
+        });
+        let out = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["fields"]["big"].as_str().map(str::len), Some(40_000));
+        assert_eq!(lines[1]["fields"], serde_json::json!({"n": 1}), "{}", lines[1]);
+        assert_eq!(lines[1]["request_id"], "r-2");
+        assert!(lines[2].get("fields").is_none() && lines[2].get("request_id").is_none(), "{}", lines[2]);
     }
 
     #[test]

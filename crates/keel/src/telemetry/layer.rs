@@ -143,8 +143,9 @@ where
         if self.exporting && !self.filter.would_enable(event.metadata()) {
             return;
         }
-        let line = format.line(&ctx, event, self.ids.as_ref());
-        // A log line that cannot be written has nowhere to be reported.
-        let _ = writer.make_writer_for(event.metadata()).write_all(line.as_bytes());
+        format.with_line(&ctx, event, self.ids.as_ref(), |line| {
+            // A log line that cannot be written has nowhere to be reported.
+            let _ = writer.make_writer_for(event.metadata()).write_all(line.as_bytes());
+        });
     }
 }
