@@ -375,6 +375,9 @@ struct Return<'a> {
 
 impl Drop for Return<'_> {
     fn drop(&mut self) {
+        // The swap cannot fail here: the slot is borrowed only inside `make_lent` and
+        // `lent_fields`, which run no future and so never drop this guard; and a thread being
+        // torn down has no poll in progress.
         let previous = self.previous.take();
         if let Ok(Some(lent)) = swap_lent(previous) {
             *self.span = lent.span;

@@ -38,33 +38,10 @@ impl JsonFormat {
     ) where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
-        thread_local! {
-            static SCRATCH: RefCell<(SpanFields, String)> =
-                RefCell::new((SpanFields::with_capacity(16), String::with_capacity(LINE)));
-        }
-        let mut f = Some(f);
-        let _ = SCRATCH.try_with(|scratch| {
-            // Busy: a line written while this thread writes one (a writer that logs).
-            let Ok(mut scratch) = scratch.try_borrow_mut() else { return };
-            let Some(f) = f.take() else { return };
-            let (fields, line) = &mut *scratch;
-            fields.clear();
-            line.clear();
+        with_scratch(|fields, line| {
             self.write_line(ctx, event, ids_source, fields, line);
             f(line);
-            // A huge line (a huge field) does not keep its memory for the thread's life.
-            if line.capacity() > KEEP {
-                *line = String::with_capacity(LINE);
-            }
-            if fields.text.capacity() > KEEP {
-                *fields = SpanFields::with_capacity(16);
-            }
         });
-        if let Some(f) = f {
-            let (mut fields, mut line) = (SpanFields::with_capacity(16), String::with_capacity(LINE));
-            self.write_line(ctx, event, ids_source, &mut fields, &mut line);
-            f(&line);
-        }
     }
 
     /// Writes the line for `event` into `line`, merging fields in `fields` (both empty).
@@ -182,6 +159,34 @@ impl JsonFormat {
 
 /// Room for a line: an access line is about 450 bytes.
 const LINE: usize = 512;
+
+/// Runs `f` with this thread's line buffers, emptied (fresh ones when they are in use: a line
+/// written while this thread writes one, by a writer that logs). A buffer a huge line (a huge
+/// field) grew past [`KEEP`] is not kept for the thread's life.
+fn with_scratch(f: impl FnOnce(&mut SpanFields, &mut String)) {
+    thread_local! {
+        static SCRATCH: RefCell<(SpanFields, String)> =
+            RefCell::new((SpanFields::with_capacity(16), String::with_capacity(LINE)));
+    }
+    let mut f = Some(f);
+    let _ = SCRATCH.try_with(|scratch| {
+        let Ok(mut scratch) = scratch.try_borrow_mut() else { return };
+        let Some(f) = f.take() else { return };
+        let (fields, line) = &mut *scratch;
+        fields.clear();
+        line.clear();
+        f(fields, line);
+        if line.capacity() > KEEP {
+            *line = String::with_capacity(LINE);
+        }
+        if fields.text.capacity() > KEEP {
+            *fields = SpanFields::with_capacity(16);
+        }
+    });
+    if let Some(f) = f {
+        f(&mut SpanFields::with_capacity(16), &mut String::with_capacity(LINE));
+    }
+}
 
 /// Largest line or field text whose buffer a thread keeps for the next line.
 const KEEP: usize = 16 << 10;
@@ -507,6 +512,29 @@ pub(super) mod tests {
         assert_eq!(written("note"), r#""got Bearer *** from client""#);
         assert_eq!(written("count"), "42");
         assert_eq!(written("ratio"), "null");
+    }
+
+    #[test]
+    fn line_buffers_are_emptied_fresh_when_busy_and_not_kept_huge() {
+        let addr = |line: &String| line.as_ptr() as usize;
+        let mut first = 0;
+        super::with_scratch(|fields, line| {
+            first = addr(line);
+            line.push_str(&"x".repeat(super::KEEP * 2));
+            fields.set_text("k", "v");
+            // A line written meanwhile (by a writer that logs) gets buffers of its own.
+            super::with_scratch(|inner_fields, inner| {
+                assert!(inner.is_empty() && inner_fields.get("k").is_none());
+                assert_ne!(addr(inner), addr(line));
+            });
+        });
+        super::with_scratch(|fields, line| {
+            assert!(line.is_empty() && fields.get("k").is_none(), "emptied");
+            assert!(line.capacity() <= super::KEEP, "the huge buffer was let go");
+            line.push_str("short");
+            first = addr(line);
+        });
+        super::with_scratch(|_, line| assert_eq!(addr(line), first, "a normal buffer is kept"));
     }
 
     #[test]
