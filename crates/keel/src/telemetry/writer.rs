@@ -1,20 +1,14 @@
 //! Where log lines go: a bounded buffer that one thread writes to stdout in batches.
 //!
-//! A request never waits on a write syscall: logging a line appends it to the logging thread's
-//! own buffer (a copy under a mutex only that thread and the writer take). A dedicated thread
-//! takes every thread's buffer at once, writes them with one call, then lets lines gather for
-//! [`BATCH_INTERVAL`] before taking the next batch, so under load stdout sees about a thousand
-//! writes a second however many lines there are. When every buffer is empty the thread sleeps
-//! until the next line arrives (no CPU while idle), so a line logged at rest is out at once.
+//! A request never waits on a write syscall: logging a line appends it to a shared buffer (a
+//! copy under a mutex). A dedicated thread takes the whole buffer at once, writes it with one
+//! call, then lets lines gather for [`BATCH_INTERVAL`] before taking the next batch, so under
+//! load stdout sees about a thousand writes a second however many lines there are. When the
+//! buffer is empty the thread sleeps until the next line arrives (no CPU while idle), so a line
+//! logged at rest is out at once.
 //!
-//! One buffer per thread, not one for all: with one, every line moved the buffer's end and its
-//! mutex between the cores of the threads that log (about 1 µs a line in the HTTP benchmark).
-//! Each thread's lines keep their order; lines of different threads are written thread by
-//! thread within a batch (a millisecond), each with its own timestamp.
-//!
-//! Nothing is ever dropped: when stdout cannot keep up and [`MAX_BUFFERED`] bytes of one
-//! thread's lines are waiting, that thread waits for the writer (backpressure) instead of
-//! losing the line. Dropping
+//! Nothing is ever dropped: when stdout cannot keep up and [`MAX_BUFFERED`] bytes are waiting,
+//! a thread that logs waits for the writer (backpressure) instead of losing the line. Dropping
 //! the [`WriterGuard`] writes out what is buffered and stops the thread (waiting at most
 //! [`FLUSH_TIMEOUT`] for a stuck stdout); lines logged after the thread has stopped are written
 //! directly. A stdout opened non-blocking is waited for, not given up on.
@@ -23,106 +17,43 @@
 //! `pause`, then `sched_yield`): under load that cost about 2.5 µs of CPU per line on a thread
 //! that competes with the request workers for the same cores.
 
-use std::cell::RefCell;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long the writer lets lines gather after writing a batch.
 pub(crate) const BATCH_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Bytes buffered per thread before a thread that logs waits for the writer.
+/// Bytes buffered before a thread that logs waits for the writer.
 pub(crate) const MAX_BUFFERED: usize = 4 << 20;
 
 /// How long dropping the guard waits for buffered lines to be written.
 pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Shared {
-    /// Whether the guard was dropped; the writer sleeps on it when nothing is buffered.
     state: Mutex<State>,
-    /// Signalled when lines arrive while the writer sleeps, and on close.
+    /// Signalled when lines arrive while the writer waits, and on close.
     lines: Condvar,
-    /// Set by the writer before it sleeps: a thread that logs then wakes it.
-    writer_waiting: AtomicBool,
-    /// Every thread's buffer, for the writer to collect.
-    shards: Mutex<Shards>,
-    /// Tells this writer's buffers from another's in a thread's list.
-    id: u64,
+    /// Signalled when the writer has taken the buffer.
+    space: Condvar,
     max: usize,
-    /// [`IDLE_CHECK`], longer in tests that prove a line wakes the writer.
-    idle_check: Duration,
 }
 
 #[derive(Default)]
 struct State {
+    buf: Vec<u8>,
+    writer_waiting: bool,
     /// The guard was dropped: the writer drains what is buffered, then stops.
     closed: bool,
-}
-
-#[derive(Default)]
-struct Shards {
-    list: Vec<Arc<Shard>>,
-    /// The writer has stopped: new buffers are born finished.
+    /// The writer thread has stopped: lines go straight to stdout.
     finished: bool,
-}
-
-/// One thread's lines waiting for the writer.
-#[derive(Default)]
-struct Shard {
-    buf: Mutex<ShardBuf>,
-    /// Signalled when the writer has taken this buffer's lines.
-    space: Condvar,
-}
-
-#[derive(Default)]
-struct ShardBuf {
-    bytes: Vec<u8>,
-    /// The writer has stopped: lines go straight to stdout.
-    finished: bool,
-    /// Threads waiting for room (only the owner, or a line written at its exit).
-    waiting: usize,
-}
-
-/// A poisoned lock (a panic while holding it) cannot leave a buffer half-written in a way
-/// that matters more than losing logs: keep going.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
-    /// A new buffer in the writer's list (finished if the writer has stopped).
-    fn register(&self) -> Arc<Shard> {
-        let mut shards = lock(&self.shards);
-        let shard = Arc::new(Shard::default());
-        lock(&shard.buf).finished = shards.finished;
-        shards.list.push(shard.clone());
-        shard
-    }
-
-    /// Moves every thread's lines into `batch` (each thread's in order), lets go of buffers
-    /// whose thread has ended, and with `finish` marks every buffer finished, under its lock.
-    fn collect(&self, batch: &mut Vec<u8>, finish: bool) {
-        let mut shards = lock(&self.shards);
-        shards.finished |= finish;
-        shards.list.retain(|shard| {
-            let mut buf = lock(&shard.buf);
-            batch.extend_from_slice(&buf.bytes);
-            buf.bytes.clear();
-            if buf.bytes.capacity() > KEEP_CAPACITY || finish {
-                buf.bytes = Vec::new();
-            }
-            buf.finished |= finish;
-            if buf.waiting > 0 {
-                shard.space.notify_all();
-            }
-            // The list's and the thread's: fewer means the thread is gone.
-            Arc::strong_count(shard) > 1
-        });
-    }
-
-    fn anything_buffered(&self) -> bool {
-        lock(&self.shards).list.iter().any(|shard| !lock(&shard.buf).bytes.is_empty())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the buffer half-written in a way that
+        // matters more than losing logs: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -138,32 +69,15 @@ pub(crate) struct WriterGuard {
     done: std::sync::mpsc::Receiver<()>,
 }
 
-thread_local! {
-    /// This thread's buffers, one per writer (by writer id).
-    static MINE: RefCell<Vec<(u64, Arc<Shard>)>> = const { RefCell::new(Vec::new()) };
-}
-
 impl LineWriter {
     /// Starts the writer thread on `out`.
     pub(crate) fn new<W: Write + Send + 'static>(out: W) -> io::Result<(Self, WriterGuard)> {
-        Self::with_capacity(out, MAX_BUFFERED, IDLE_CHECK)
+        Self::with_capacity(out, MAX_BUFFERED)
     }
 
-    fn with_capacity<W: Write + Send + 'static>(
-        mut out: W,
-        max: usize,
-        idle_check: Duration,
-    ) -> io::Result<(Self, WriterGuard)> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            lines: Condvar::new(),
-            writer_waiting: AtomicBool::new(false),
-            shards: Mutex::new(Shards::default()),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            max,
-            idle_check,
-        });
+    fn with_capacity<W: Write + Send + 'static>(mut out: W, max: usize) -> io::Result<(Self, WriterGuard)> {
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State::default()), lines: Condvar::new(), space: Condvar::new(), max });
         let (done_tx, done) = std::sync::mpsc::channel();
         let worker = shared.clone();
         std::thread::Builder::new().name("keel-log-writer".into()).spawn(move || {
@@ -171,27 +85,21 @@ impl LineWriter {
             let _finished = Finished(worker.clone());
             let mut batch = Vec::new();
             loop {
-                worker.collect(&mut batch, false);
-                if batch.is_empty() {
-                    let st = lock(&worker.state);
-                    if st.closed {
-                        // Drained; what arrived since is taken with every buffer marked
-                        // finished under its lock, so no line slips in between: from here on
-                        // loggers write directly.
-                        drop(st);
-                        worker.collect(&mut batch, true);
-                        write_batch(&mut out, &batch);
+                {
+                    let mut st = worker.lock();
+                    while st.buf.is_empty() && !st.closed {
+                        st.writer_waiting = true;
+                        st = worker.lines.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if st.buf.is_empty() {
+                        // Closed and drained. Decided under the lock, so no line can slip in
+                        // between: from here on loggers write directly.
+                        st.finished = true;
                         break;
                     }
-                    // Announced before looking once more, so a line appended after the look
-                    // sees the flag and wakes the writer (it takes `state` to do so).
-                    worker.writer_waiting.store(true, Ordering::SeqCst);
-                    if !worker.anything_buffered() {
-                        let _ = worker.lines.wait_timeout(st, worker.idle_check);
-                    }
-                    worker.writer_waiting.store(false, Ordering::SeqCst);
-                    continue;
+                    std::mem::swap(&mut st.buf, &mut batch);
                 }
+                worker.space.notify_all();
                 write_batch(&mut out, &batch);
                 batch.clear();
                 // A burst's buffer is not kept for the life of the process.
@@ -206,44 +114,22 @@ impl LineWriter {
         Ok((Self { shared: shared.clone() }, WriterGuard { shared, done }))
     }
 
-    /// Queues `bytes` (whole lines) for stdout; waits while this thread's buffer is full.
+    /// Queues `bytes` (whole lines) for stdout; waits while the buffer is full.
     pub(crate) fn write_line(&self, bytes: &[u8]) {
-        let queued = MINE.try_with(|mine| {
-            let mut mine = mine.try_borrow_mut().ok()?;
-            let shard = match mine.iter().find(|(id, _)| *id == self.shared.id) {
-                Some((_, shard)) => shard.clone(),
-                None => {
-                    let shard = self.shared.register();
-                    mine.push((self.shared.id, shard.clone()));
-                    shard
-                }
-            };
-            drop(mine);
-            Some(shard)
-        });
-        // A thread being torn down has no list: a buffer for this line alone.
-        let shard = queued.ok().flatten().unwrap_or_else(|| self.shared.register());
-        self.append(&shard, bytes);
-    }
-
-    fn append(&self, shard: &Shard, bytes: &[u8]) {
-        let mut buf = lock(&shard.buf);
-        while buf.bytes.len() >= self.shared.max && !buf.finished {
-            buf.waiting += 1;
-            buf = shard.space.wait(buf).unwrap_or_else(|e| e.into_inner());
-            buf.waiting -= 1;
+        let mut st = self.shared.lock();
+        while st.buf.len() >= self.shared.max && !st.finished {
+            st = self.shared.space.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        // Once the writer has stopped, lines are written here.
-        if buf.finished {
-            drop(buf);
+        // While the writer drains at shutdown, lines still queue behind the buffered ones, so
+        // the order holds; once it has stopped they are written here.
+        if st.finished {
+            drop(st);
             let _ = io::stdout().lock().write_all(bytes);
             return;
         }
-        buf.bytes.extend_from_slice(bytes);
-        drop(buf);
-        if self.shared.writer_waiting.load(Ordering::SeqCst) {
-            // Taken so the writer is either still looking (and sees the line) or asleep.
-            let _st = lock(&self.shared.state);
+        st.buf.extend_from_slice(bytes);
+        if std::mem::take(&mut st.writer_waiting) {
+            drop(st);
             self.shared.lines.notify_one();
         }
     }
@@ -251,10 +137,6 @@ impl LineWriter {
 
 /// Bytes of batch buffer the writer keeps between batches.
 const KEEP_CAPACITY: usize = 1 << 20;
-
-/// How long the idle writer sleeps before looking again on its own (a safety net: a line
-/// wakes it at once).
-const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// Writes `batch` whole. A stdout opened non-blocking (`EAGAIN`) is waited for; a stdout that
 /// fails otherwise (closed, broken pipe) cannot take the lines and nothing can report it.
@@ -271,20 +153,22 @@ fn write_batch<W: Write>(out: &mut W, mut batch: &[u8]) {
     let _ = out.flush();
 }
 
-/// Marks the writer stopped when its thread ends (also by a panic): loggers write directly.
+/// Marks the writer stopped when its thread ends.
 struct Finished(Arc<Shared>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        lock(&self.0.state).closed = true;
-        let mut lost = Vec::new();
-        self.0.collect(&mut lost, true);
+        let mut st = self.0.lock();
+        st.closed = true;
+        st.finished = true;
+        drop(st);
+        self.0.space.notify_all();
     }
 }
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        lock(&self.shared.state).closed = true;
+        self.shared.lock().closed = true;
         self.shared.lines.notify_one();
         let _ = self.done.recv_timeout(FLUSH_TIMEOUT);
     }
@@ -363,38 +247,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_line_logged_at_rest_is_out_at_once_and_ended_threads_buffers_are_let_go() {
-        let out = Out::default();
-        // The writer never looks on its own within the test: only a line can wake it.
-        let (writer, guard) = LineWriter::with_capacity(out.clone(), MAX_BUFFERED, Duration::from_secs(3600)).unwrap();
-        let written = |n: usize| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while out.bytes.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            String::from_utf8(out.bytes.lock().unwrap().clone()).unwrap()
-        };
-        for round in 0..3 {
-            // Let the writer fall asleep, then log from a thread that ends at once.
-            std::thread::sleep(Duration::from_millis(20));
-            let w = writer.clone();
-            std::thread::spawn(move || w.write_line(format!("line {round}\n").as_bytes())).join().unwrap();
-            let text = written(7 * (round + 1));
-            assert!(text.ends_with(&format!("line {round}\n")), "woken, not left for the idle check: {text}");
-        }
-        // The ended threads' buffers are dropped once their lines are out.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !writer.shared.shards.lock().unwrap().list.is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(writer.shared.shards.lock().unwrap().list.is_empty());
-        drop(guard);
-        // After the writer stops, lines go straight to stdout (not into a buffer nobody reads).
-        writer.write_line(b"");
-        assert!(lock(&writer.shared.shards).finished);
-    }
-
     /// A non-blocking stdout: refuses every other write and takes at most 3 bytes at a time.
     struct Reluctant {
         bytes: Vec<u8>,
@@ -427,7 +279,7 @@ mod tests {
     fn a_full_buffer_makes_loggers_wait_instead_of_dropping_lines() {
         let out = Out::default();
         let stuck = out.gate.lock().unwrap();
-        let (writer, guard) = LineWriter::with_capacity(out.clone(), 64, IDLE_CHECK).unwrap();
+        let (writer, guard) = LineWriter::with_capacity(out.clone(), 64).unwrap();
         let (finished_tx, finished) = std::sync::mpsc::channel();
         let producer = std::thread::spawn(move || {
             for i in 0..20 {
