@@ -202,11 +202,21 @@ impl Pending {
         values(self.service, self.id(), self.method.as_str(), self.route(), f)
     }
     fn id(&self) -> &str {
-        self.request_id.as_ref().map(RequestId::as_str).unwrap_or_default()
+        id_text(self.request_id.as_ref())
     }
     fn route(&self) -> &str {
-        self.route.as_ref().map_or(crate::http::trace::UNMATCHED, MatchedPath::as_str)
+        route_text(self.route.as_ref())
     }
+}
+
+/// The `request_id` field's text: empty when the request has no id.
+fn id_text(id: Option<&RequestId>) -> &str {
+    id.map(RequestId::as_str).unwrap_or_default()
+}
+
+/// The `http.route` field's text: the matched template, or [`crate::http::trace::UNMATCHED`].
+fn route_text(route: Option<&MatchedPath>) -> &str {
+    route.map_or(crate::http::trace::UNMATCHED, MatchedPath::as_str)
 }
 
 /// The span's field values, in [`META`]'s order.
@@ -272,8 +282,7 @@ impl RequestSpan {
             };
             return Self::Pending(Box::new(pending));
         }
-        let id = request_id.map(RequestId::as_str).unwrap_or_default();
-        let route = route.map_or(crate::http::trace::UNMATCHED, MatchedPath::as_str);
+        let (id, route) = (id_text(request_id), route_text(route));
         let span = if super::exporting() {
             // The `otel.*` fields are read only by the exporter.
             let span = tracing::info_span!(

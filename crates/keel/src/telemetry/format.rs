@@ -71,16 +71,14 @@ impl JsonFormat {
                 innermost = Some(span);
             }
         }
-        let mut ids = innermost.as_ref().and_then(super::ids::log_ids);
+        let mut ids = innermost.as_ref().and_then(super::ids::log_context);
         // The request span, were it made, would be the innermost span: its fields go on top and
         // its ids are a child's of the innermost span's.
-        let parent =
-            || innermost.as_ref().and_then(|s| s.extensions().get::<SpanState>().and_then(|st| st.ids.clone()));
         if event.is_contextual()
-            && let Some(lent) = super::deferred::lent_fields(fields, ids_source, parent)
+            && let Some(lent) = super::deferred::lent_fields(fields, ids_source, || ids.clone())
         {
             span_name = Some("request");
-            ids = lent.filter(SpanContext::is_valid).map(|sc| (sc.trace_id(), sc.span_id()));
+            ids = lent.filter(SpanContext::is_valid);
         }
         event.record(fields);
 
@@ -104,11 +102,11 @@ impl JsonFormat {
             line.push_str(",\"request_id\":");
             self.value(line, fields, "request_id", v);
         }
-        if let Some((trace_id, span_id)) = &ids {
+        if let Some(sc) = &ids {
             line.push_str(",\"trace_id\":\"");
-            hex(line, &trace_id.to_bytes());
+            hex(line, &sc.trace_id().to_bytes());
             line.push_str("\",\"span_id\":\"");
-            hex(line, &span_id.to_bytes());
+            hex(line, &sc.span_id().to_bytes());
             line.push('"');
         }
         let mut first = true;

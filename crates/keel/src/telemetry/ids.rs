@@ -102,10 +102,9 @@ pub fn span_context(span: &Span) -> SpanContext {
     with_ids(span, |ids| ids.clone()).unwrap_or_else(|| span.context().span().span_context().clone())
 }
 
-/// The trace and span id of a span the log formatter is looking at (printed as lower-case hex).
-pub(crate) fn log_ids<S>(
-    span: &tracing_subscriber::registry::SpanRef<'_, S>,
-) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>
+/// The trace context of a span the log formatter is looking at, when valid: from Keel's ids or
+/// from OpenTelemetry (its trace and span id are printed as lower-case hex).
+pub(crate) fn log_context<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> Option<SpanContext>
 where
     S: for<'a> LookupSpan<'a>,
 {
@@ -115,7 +114,7 @@ where
             tracing_opentelemetry::get_otel_context(&span.id(), dispatch).map(|cx| cx.span().span_context().clone())
         })?,
     };
-    sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+    sc.is_valid().then_some(sc)
 }
 
 #[cfg(test)]
