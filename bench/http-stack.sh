@@ -3,6 +3,8 @@
 #
 #   bash bench/http-stack.sh [SECONDS_PER_RUN] [ROUNDS]
 #   BENCH_PATH=/work bash bench/http-stack.sh      # a route with ~CPU work instead of none
+#   KEEL_BENCH_ABLATE='none;trace;metrics,timeout' TARGETS='skip:none skip:trace skip:metrics,timeout' \
+#     bash bench/http-stack.sh                       # what layers cost in time (src/main.rs)
 #
 # Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1, then runs wrk
 # against each target in turn, ROUNDS times, interleaved so drift affects all alike; reports the
@@ -29,7 +31,8 @@ for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.1; done
 [ -s "$ports" ] || { echo "keel-bench did not start" >&2; exit 1; }
 addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
 
-targets=(bare bare_headers keel keel_no_access_log)
+# shellcheck disable=SC2206 # a list of names, split on purpose
+targets=(${TARGETS:-bare bare_headers keel keel_no_access_log})
 declare -A results cpu
 tick=$(getconf CLK_TCK)
 cputime() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

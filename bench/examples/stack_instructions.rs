@@ -32,7 +32,10 @@ fn main() {
     let router = match target.as_str() {
         "bare" => routes(),
         "keel" | "keel_access_log" => keel::http::stack("bench", &cfg, &metrics, routes(), Router::new()).unwrap().0,
-        "ablate" => ablate(&cfg, &metrics),
+        "ablate" => {
+            let skip = std::env::var("SKIP").unwrap_or_default();
+            keel_bench::ablated_stack(&cfg, &metrics, &skip.split(',').collect::<Vec<_>>()).unwrap()
+        }
         other => {
             eprintln!("unknown target {other}: bare | keel | keel_access_log | ablate");
             std::process::exit(64);
@@ -48,32 +51,4 @@ fn main() {
             std::hint::black_box(body);
         }
     });
-}
-
-/// Keel's API stack built layer by layer, leaving out those named in `SKIP` (comma-separated:
-/// security_headers, cors, catch_panic, request_id, trace, metrics, timeout, body_limit,
-/// load_shed, compression, problems), to count what each layer costs. The order is
-/// `keel::http::stack`'s (crates/keel/src/http/mod.rs); keep the two in step.
-fn ablate(cfg: &keel::config::KeelConfig, metrics: &keel::telemetry::Metrics) -> Router {
-    use keel::http::*;
-    let skip = std::env::var("SKIP").unwrap_or_default();
-    let on = |name: &str| !skip.split(',').any(|s| s == name);
-    let some = |name: &str| on(name).then_some(());
-    routes().layer(
-        tower::ServiceBuilder::new()
-            .option_layer(
-                some("security_headers").map(|()| security_headers::SecurityHeadersLayer::new(&cfg.http.hsts)),
-            )
-            .option_layer(some("cors").map(|()| cors::layer(&cfg.cors).unwrap()))
-            .option_layer(some("catch_panic").map(|()| catch_panic::CatchPanicLayer))
-            .option_layer(some("request_id").map(|()| request_id::RequestIdLayer))
-            .option_layer(some("trace").map(|()| trace::TraceLayer::new("bench", false)))
-            .option_layer(some("metrics").map(|()| metrics::HttpMetricsLayer::new(metrics).unwrap()))
-            .option_layer(some("timeout").map(|()| timeout::TimeoutLayer::new(cfg.http.request_timeout)))
-            .option_layer(some("body_limit").map(|()| axum::extract::DefaultBodyLimit::max(cfg.http.body_limit)))
-            .option_layer(some("load_shed").map(|()| load_shed::LoadShedLayer::new(cfg.http.max_in_flight)))
-            .option_layer(some("compression").map(|()| compression::CompressionLayer::new(cfg.http.compression)))
-            .option_layer(some("problems").map(|()| problems::ProblemsLayer))
-            .map_response(axum::response::IntoResponse::into_response),
-    )
 }

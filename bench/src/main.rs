@@ -1,4 +1,4 @@
-//! Serves the same `GET /hello` (trivial) and `GET /work` (some CPU work) four ways in one
+//! Serves the same `GET /hello` (trivial) and `GET /work` (some CPU work) several ways in one
 //! process, for `bench/http-stack.sh`:
 //!
 //! * `bare` — plain axum, no middleware (the baseline);
@@ -6,10 +6,14 @@
 //!   `Vary`, three security headers; constant values of the same length): what the bigger
 //!   answer alone costs, the server's encoding and wrk's parsing included;
 //! * `keel` — a Keel service in the production profile: the full stack, JSON access logs;
-//! * `keel_no_access_log` — the same with `log.access_log: false`.
+//! * `keel_no_access_log` — the same with `log.access_log: false`;
+//! * `floor` — bare axum under one layer doing the least the foundation requires per request
+//!   (see `floor_routes`);
+//! * `skip:SET`, one per set in `KEEL_BENCH_ABLATE` — Keel's stack without some layers (see
+//!   `serve_ablated`).
 //!
-//! Run with `cargo run --release -p keel-bench -- PORTS_FILE`; it writes the four addresses
-//! as JSON to `PORTS_FILE` and serves until SIGTERM/SIGINT.
+//! Run with `cargo run --release -p keel-bench -- PORTS_FILE`; it writes the targets'
+//! addresses as JSON to `PORTS_FILE` and serves until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
@@ -57,6 +61,60 @@ fn routes_with_headers() -> Router {
     Router::new()
         .route("/hello", get(|| async { (keel_headers(), hello().await) }))
         .route("/work", get(|| async { (keel_headers(), work().await) }))
+}
+
+/// The `floor` target: the least per-request work the foundation requires, written as one
+/// `axum::middleware::from_fn` layer over the routes (so with the same per-route boxing as
+/// Keel's stack), with nothing configurable and nothing that costs only when used: accept or
+/// make a request id and put it in the extensions, count the request in flight, record a
+/// counter and a duration histogram (handles resolved once, no label lookup), and add the five
+/// headers. No span or log context, timeout, load shedding, CORS check or panic catching —
+/// each of those costs more than nothing, so Keel's full stack cannot be cheaper than this.
+/// If this falls short of a ratio to bare axum, no arrangement of the stack's layers reaches it.
+fn floor_routes() -> Result<Router, prometheus::Error> {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use axum::extract::{MatchedPath, Request};
+    use axum::middleware::Next;
+    use keel::http::RequestId;
+
+    #[derive(Clone)]
+    struct Floor {
+        in_flight: prometheus::IntGauge,
+        requests: prometheus::IntCounter,
+        duration: prometheus::Histogram,
+    }
+    let opts = |n: &str| prometheus::Opts::new(n, "floor");
+    let floor = Arc::new(Floor {
+        in_flight: prometheus::IntGauge::with_opts(opts("in_flight"))?,
+        requests: prometheus::IntCounter::with_opts(opts("requests"))?,
+        duration: prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("duration", "floor").buckets(keel::http::metrics::DURATION_BUCKETS.to_vec()),
+        )?,
+    });
+    Ok(routes().layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
+        let floor = floor.clone();
+        async move {
+            let start = Instant::now();
+            floor.in_flight.inc();
+            let id = req.headers().get("x-request-id").and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
+            let header = HeaderValue::from_str(id.as_str()).unwrap_or(HeaderValue::from_static("-"));
+            req.extensions_mut().insert(id);
+            let _route = req.extensions().get::<MatchedPath>().cloned();
+            let mut resp = next.run(req).await;
+            floor.requests.inc();
+            floor.duration.observe(start.elapsed().as_secs_f64());
+            floor.in_flight.dec();
+            let h = resp.headers_mut();
+            h.insert(HeaderName::from_static("x-request-id"), header);
+            h.insert(header::VARY, HeaderValue::from_static("origin"));
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            resp
+        }
+    })))
 }
 
 fn keel_service() -> keel::Service {
@@ -134,14 +192,23 @@ async fn run(ports_file: &str) -> Result<(), String> {
     let headers_addr = headers_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move { axum::serve(headers_listener, routes_with_headers()).await });
 
+    let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let floor_addr = floor_listener.local_addr().map_err(|e| e.to_string())?;
+    let floor = floor_routes().map_err(|e| e.to_string())?;
+    tokio::spawn(async move { axum::serve(floor_listener, floor).await });
+
     let keel = start_keel("keel", true).await?;
     let quiet = start_keel("quiet", false).await?;
-    let ports = json!({
+    let mut ports = json!({
         "bare": bare_addr.to_string(),
         "bare_headers": headers_addr.to_string(),
+        "floor": floor_addr.to_string(),
         "keel": keel.http_addr().to_string(),
         "keel_no_access_log": quiet.http_addr().to_string(),
     });
+    for (name, addr) in serve_ablated().await? {
+        ports[name] = Value::String(addr);
+    }
     std::fs::write(ports_file, ports.to_string()).map_err(|e| e.to_string())?;
 
     let _ = tokio::signal::ctrl_c().await;
@@ -149,6 +216,32 @@ async fn run(ports_file: &str) -> Result<(), String> {
     let _ = quiet.shutdown(std::future::pending()).await;
     guard.shutdown();
     Ok(())
+}
+
+/// `KEEL_BENCH_ABLATE=SET;SET;…`, each SET a comma-separated list of layers of Keel's stack
+/// (`keel_bench::LAYERS`, or `none`): one more target per set, `skip:SET`, serving `/hello`
+/// through the stack without those layers, under `axum::serve` like the bare targets. Against
+/// `skip:none`, each shows what its layers cost in time, which instruction counts miss
+/// (atomics shared between cores, clock reads, cache misses).
+async fn serve_ablated() -> Result<Vec<(String, String)>, String> {
+    let Ok(sets) = std::env::var("KEEL_BENCH_ABLATE") else {
+        return Ok(Vec::new());
+    };
+    let mut cfg = keel::config::KeelConfig::default();
+    cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
+    let mut served = Vec::new();
+    for set in sets.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let skip: Vec<&str> = set.split(',').map(str::trim).collect();
+        if let Some(bad) = skip.iter().find(|l| **l != "none" && !keel_bench::LAYERS.contains(l)) {
+            return Err(format!("KEEL_BENCH_ABLATE: no layer `{bad}`; layers: {}", keel_bench::LAYERS.join(", ")));
+        }
+        let router =
+            keel_bench::ablated_stack(&cfg, &keel::telemetry::Metrics::new(), &skip).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        served.push((format!("skip:{set}"), listener.local_addr().map_err(|e| e.to_string())?.to_string()));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
+    Ok(served)
 }
 
 /// Redis sliding-window limiter over one connection: decisions/s with `KEEL_BENCH_TASKS` (32) tasks sharing the one
