@@ -37,9 +37,15 @@ impl RequestId {
         // `Uuid::now_v7` orders ids within a millisecond too, through a process-wide mutex that
         // every worker thread would take on every request; the millisecond is order enough.
         let ts = uuid::Timestamp::now(uuid::NoContext);
-        let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v7(ts).hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::new_v7(ts).hyphenated().encode_lower(&mut buf);
+        // The id is shared by the request's extensions, the response header and the log
+        // context: owned by one reference-counted allocation from the start. A copied slice
+        // would take a second allocation when first shared.
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        )
     }
 
     /// Keeps `value` if it is a well-formed id.
