@@ -411,7 +411,11 @@ impl<C: Section> Setup<C> {
     }
 
     /// A layer applying the rate-limit policy `rate_limits.<name>`, for a router or a route.
-    /// A policy with `backend: redis` needs [`Setup::redis`] called first.
+    #[cfg_attr(feature = "redis", doc = "A policy with `backend: redis` needs [`Setup::redis`] called first.")]
+    #[cfg_attr(
+        not(feature = "redis"),
+        doc = "A policy with `backend: redis` needs keel's `redis` feature, and `Setup::redis` called first."
+    )]
     ///
     /// ```ignore
     /// let limit = s.rate_limit("api")?;
