@@ -12,28 +12,31 @@
 # and prints both CPU figures; the summary gives medians, each build's ratio to bare axum,
 # and the per-round NEW − BASE CPU differences with their median. Needs wrk.
 set -euo pipefail
+shopt -s inherit_errexit
 base=${1:?BASE_BIN}; new=${2:?NEW_BIN}; target=${3:-keel_no_access_log}
 secs=${4:-4}; rounds=${5:-8}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-pa=$(mktemp -u); pb=$(mktemp -u)
+dir=$(mktemp -d); pa=$dir/base.json; pb=$dir/new.json; ia=; ib=
+trap 'kill $ia $ib 2>/dev/null || true; rm -rf "$dir"' EXIT
 "$base" "$pa" >/dev/null & ia=$!
 "$new" "$pb" >/dev/null & ib=$!
-trap 'kill $ia $ib 2>/dev/null || true; rm -f "$pa" "$pb"' EXIT
 for _ in $(seq 100); do [ -s "$pa" ] && [ -s "$pb" ] && break; sleep 0.1; done
 [ -s "$pa" ] && [ -s "$pb" ] || { echo "a keel-bench did not start" >&2; exit 1; }
 addr() { python3 -c "import json; print(json.load(open('$1'))['$2'])"; }
 tick=$(getconf CLK_TCK)
+# utime + stime, counted from after the command name (which may hold spaces).
+cputime() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 run() { # PID ADDR -> "req/s µs-CPU-per-request"
   local c0 c1 out n
-  c0=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  c0=$(cputime "$1")
   out=$(wrk -t1 -c64 -d"${secs}s" "http://$2/hello")
-  c1=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  c1=$(cputime "$1")
   n=$(echo "$out" | awk '/requests in/ {print $1}')
+  [[ $n =~ ^[0-9]+$ && $n -gt 0 ]] || { echo "wrk got no answers from $2" >&2; return 1; }
   echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(python3 -c "print(f'{($c1 - $c0) / $tick * 1e6 / $n:.2f}')")"
 }
 A=$(addr "$pa" "$target"); B=$(addr "$pb" "$target"); BARE=$(addr "$pa" bare)
-wrk -t1 -c64 -d2s "http://$A/hello" >/dev/null
-wrk -t1 -c64 -d2s "http://$B/hello" >/dev/null
+for warm in "$A" "$B" "$BARE"; do wrk -t1 -c64 -d2s "http://$warm/hello" >/dev/null; done
 for r in $(seq "$rounds"); do
   if (( r % 2 )); then x=$(run $ia "$A"); y=$(run $ib "$B"); else y=$(run $ib "$B"); x=$(run $ia "$A"); fi
   echo "$r $x $y $(run $ia "$BARE")"

@@ -3,7 +3,7 @@
 #
 #   bash bench/http-stack.sh [SECONDS_PER_RUN] [ROUNDS]
 #   BENCH_PATH=/work bash bench/http-stack.sh      # a route with ~CPU work instead of none
-#   KEEL_BENCH_ABLATE='none;trace;metrics,timeout' TARGETS='skip:none skip:trace skip:metrics,timeout' \
+#   KEEL_BENCH_ABLATE='none;trace;metrics,timeout' TARGETS='bare skip:none skip:trace skip:metrics,timeout' \
 #     bash bench/http-stack.sh                       # what layers cost in time (src/main.rs)
 #
 # Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1, then runs wrk
@@ -33,9 +33,12 @@ addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
 
 # shellcheck disable=SC2206 # a list of names, split on purpose
 targets=(${TARGETS:-bare bare_headers keel keel_no_access_log})
+# Every ratio is to bare axum, so it is always measured.
+[[ " ${targets[*]} " == *" bare "* ]] || targets=(bare "${targets[@]}")
 declare -A results cpu
 tick=$(getconf CLK_TCK)
-cputime() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# utime + stime, counted from after the command name (which may hold spaces).
+cputime() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat"; }
 for t in "${targets[@]}"; do
   wrk -t1 -c"$conns" -d2s "http://$(addr "$t")$path" > /dev/null   # warm-up
 done

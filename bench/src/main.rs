@@ -8,7 +8,7 @@
 //! * `keel` — a Keel service in the production profile: the full stack, JSON access logs;
 //! * `keel_no_access_log` — the same with `log.access_log: false`;
 //! * `floor` — bare axum under one layer doing the least the foundation requires per request
-//!   (see `floor_routes`);
+//!   (see `floor.rs`);
 //! * `skip:SET`, one per set in `KEEL_BENCH_ABLATE` — Keel's stack without some layers (see
 //!   `serve_ablated`).
 //!
@@ -16,6 +16,8 @@
 //! addresses as JSON to `PORTS_FILE` and serves until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
+
+mod floor;
 
 // The same allocator as Keel's service binaries (both targets share it); `--features sysalloc`
 // measures with glibc's malloc instead.
@@ -61,60 +63,6 @@ fn routes_with_headers() -> Router {
     Router::new()
         .route("/hello", get(|| async { (keel_headers(), hello().await) }))
         .route("/work", get(|| async { (keel_headers(), work().await) }))
-}
-
-/// The `floor` target: the least per-request work the foundation requires, written as one
-/// `axum::middleware::from_fn` layer over the routes (so with the same per-route boxing as
-/// Keel's stack), with nothing configurable and nothing that costs only when used: accept or
-/// make a request id and put it in the extensions, count the request in flight, record a
-/// counter and a duration histogram (handles resolved once, no label lookup), and add the five
-/// headers. No span or log context, timeout, load shedding, CORS check or panic catching —
-/// each of those costs more than nothing, so Keel's full stack cannot be cheaper than this.
-/// If this falls short of a ratio to bare axum, no arrangement of the stack's layers reaches it.
-fn floor_routes() -> Result<Router, prometheus::Error> {
-    use std::sync::Arc;
-    use std::time::Instant;
-
-    use axum::extract::{MatchedPath, Request};
-    use axum::middleware::Next;
-    use keel::http::RequestId;
-
-    #[derive(Clone)]
-    struct Floor {
-        in_flight: prometheus::IntGauge,
-        requests: prometheus::IntCounter,
-        duration: prometheus::Histogram,
-    }
-    let opts = |n: &str| prometheus::Opts::new(n, "floor");
-    let floor = Arc::new(Floor {
-        in_flight: prometheus::IntGauge::with_opts(opts("in_flight"))?,
-        requests: prometheus::IntCounter::with_opts(opts("requests"))?,
-        duration: prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new("duration", "floor").buckets(keel::http::metrics::DURATION_BUCKETS.to_vec()),
-        )?,
-    });
-    Ok(routes().layer(axum::middleware::from_fn(move |mut req: Request, next: Next| {
-        let floor = floor.clone();
-        async move {
-            let start = Instant::now();
-            floor.in_flight.inc();
-            let id = req.headers().get("x-request-id").and_then(RequestId::parse).unwrap_or_else(RequestId::generate);
-            let header = HeaderValue::from_str(id.as_str()).unwrap_or(HeaderValue::from_static("-"));
-            req.extensions_mut().insert(id);
-            let _route = req.extensions().get::<MatchedPath>().cloned();
-            let mut resp = next.run(req).await;
-            floor.requests.inc();
-            floor.duration.observe(start.elapsed().as_secs_f64());
-            floor.in_flight.dec();
-            let h = resp.headers_mut();
-            h.insert(HeaderName::from_static("x-request-id"), header);
-            h.insert(header::VARY, HeaderValue::from_static("origin"));
-            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-            resp
-        }
-    })))
 }
 
 fn keel_service() -> keel::Service {
@@ -194,7 +142,7 @@ async fn run(ports_file: &str) -> Result<(), String> {
 
     let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let floor_addr = floor_listener.local_addr().map_err(|e| e.to_string())?;
-    let floor = floor_routes().map_err(|e| e.to_string())?;
+    let floor = floor::floor_routes(routes()).map_err(|e| e.to_string())?;
     tokio::spawn(async move { axum::serve(floor_listener, floor).await });
 
     let keel = start_keel("keel", true).await?;

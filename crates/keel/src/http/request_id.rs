@@ -61,6 +61,12 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         self.0.to_str().unwrap_or_default()
     }
+
+    /// The id as a header value, e.g. to send it on to another service; cloning it shares the
+    /// id's bytes instead of copying them.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
 }
 
 impl std::fmt::Display for RequestId {
@@ -177,6 +183,11 @@ mod tests {
         assert!(RequestId::parse(&long).is_none());
         let max = HeaderValue::from_str(&"a".repeat(128)).unwrap();
         assert!(RequestId::parse(&max).is_some());
-        assert_eq!(RequestId::generate().as_str().len(), 36);
+        let id = RequestId::generate();
+        let id = id.as_str();
+        assert_eq!(id.len(), 36);
+        let parsed = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.hyphenated().to_string(), id, "lower-case and hyphenated");
     }
 }
