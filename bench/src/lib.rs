@@ -52,18 +52,23 @@ pub const LAYERS: [&str; 11] = [
 ];
 
 /// [`hello_router`] under Keel's API stack built layer by layer, leaving out the layers named
-/// in `skip` (names from [`LAYERS`]), to measure what each layer costs. The order is
-/// `keel::http::stack`'s (crates/keel/src/http/mod.rs); keep the two in step. The trace layer
-/// writes no access line. Registers the HTTP metrics in `metrics`.
+/// in `skip` (names from [`LAYERS`]; `none` and empty names leave nothing out), to measure what
+/// each layer costs. The order is `keel::http::stack`'s (crates/keel/src/http/mod.rs); keep the
+/// two in step. The trace layer writes no access line. Registers the HTTP metrics in `metrics`.
+/// An unknown name is an error listing the layers, so a typo cannot measure the whole stack.
 pub fn ablated_stack(
     cfg: &keel::config::KeelConfig,
     metrics: &keel::telemetry::Metrics,
     skip: &[&str],
-) -> Result<Router, keel::http::StackError> {
+) -> Result<Router, String> {
     use keel::http::*;
+    if let Some(bad) = skip.iter().find(|l| !l.is_empty() && **l != "none" && !LAYERS.contains(l)) {
+        return Err(format!("no layer `{bad}`; layers: {}", LAYERS.join(", ")));
+    }
     let some = |name: &str| (!skip.contains(&name)).then_some(());
-    let cors = some("cors").map(|()| cors::layer(&cfg.cors)).transpose()?;
-    let http_metrics = some("metrics").map(|()| metrics::HttpMetricsLayer::new(metrics)).transpose()?;
+    let cors = some("cors").map(|()| cors::layer(&cfg.cors)).transpose().map_err(|e| e.to_string())?;
+    let http_metrics =
+        some("metrics").map(|()| metrics::HttpMetricsLayer::new(metrics)).transpose().map_err(|e| e.to_string())?;
     Ok(hello_router().layer(
         tower::ServiceBuilder::new()
             .option_layer(
