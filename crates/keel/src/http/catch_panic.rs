@@ -109,7 +109,8 @@ where
     }
 }
 
-fn panic_response(id: &RequestId, payload: Box<dyn Any + Send>) -> Response {
+/// The 500 answer to a panic with `payload`; the panic message is logged, never sent.
+pub(crate) fn panic_response(id: &RequestId, payload: Box<dyn Any + Send>) -> Response {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

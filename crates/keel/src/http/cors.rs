@@ -105,7 +105,7 @@ fn tower_layer(cfg: &CorsConfig) -> Result<tower_http::cors::CorsLayer, CorsErro
 /// that needs CORS headers. Only `Origin` matters here: `tower_http::cors` adds the preflight
 /// headers (`access-control-request-method`, `-headers`) to the answers it makes, and a request
 /// without `Origin` is never a preflight. Every response carries this, so it is kept short.
-const VARY: HeaderValue = HeaderValue::from_static("origin");
+pub(crate) const VARY: HeaderValue = HeaderValue::from_static("origin");
 
 /// CORS as `tower_http::cors` does it, with a fast path: a request without an `Origin` header
 /// (server to server, same-origin navigation) only gets `Vary`, and does not pay for cloning and
@@ -113,6 +113,13 @@ const VARY: HeaderValue = HeaderValue::from_static("origin");
 #[derive(Debug, Clone)]
 pub struct CorsLayer {
     cors: Arc<tower_http::cors::CorsLayer>,
+}
+
+impl CorsLayer {
+    /// The `tower_http` layer that handles requests with an `Origin`.
+    pub(crate) fn tower(&self) -> &tower_http::cors::CorsLayer {
+        &self.cors
+    }
 }
 
 impl<S> Layer<S> for CorsLayer {

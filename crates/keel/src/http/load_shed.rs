@@ -70,6 +70,34 @@ pub struct LoadShed<S> {
     layer: LoadShedLayer,
 }
 
+impl LoadShedLayer {
+    /// Takes a place among the requests in flight, or counts the request as shed when there is
+    /// none. A place taken is given back with [`release`](Self::release).
+    pub(crate) fn admit(&self) -> bool {
+        let before = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        if before < self.max {
+            return true;
+        }
+        self.release();
+        if let Some(c) = &self.shared.shed {
+            c.inc();
+        }
+        false
+    }
+
+    /// Gives back a place taken by [`admit`](Self::admit).
+    pub(crate) fn release(&self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The 503 answer to a shed request.
+pub(crate) fn shed_response(id: Option<&RequestId>) -> Response {
+    Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS)
+        .code("OVERLOADED")
+        .into_response_with_id(id.map(RequestId::as_str))
+}
+
 struct Guard(Arc<Shared>);
 
 impl Drop for Guard {
@@ -93,18 +121,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let before = self.layer.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = Guard(self.layer.shared.clone());
-        if before >= self.layer.max {
-            drop(guard);
-            if let Some(c) = &self.layer.shared.shed {
-                c.inc();
-            }
-            let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
-            let problem =
-                Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS).code("OVERLOADED");
-            return ResponseFuture { kind: Kind::Shed { resp: Some(problem.into_response_with_id(id)) } };
+        if !self.layer.admit() {
+            let resp = shed_response(req.extensions().get::<RequestId>());
+            return ResponseFuture { kind: Kind::Shed { resp: Some(resp) } };
         }
+        let guard = Guard(self.layer.shared.clone());
         ResponseFuture { kind: Kind::Running { inner: self.inner.call(req), _guard: guard } }
     }
 }

@@ -62,6 +62,20 @@ impl SecurityHeadersLayer {
     }
 }
 
+impl SecurityHeadersLayer {
+    /// Adds the headers `headers` does not have yet.
+    pub(crate) fn apply(&self, headers: &mut http::HeaderMap) {
+        // Room for all of them, so the map grows at most once.
+        let list = self.headers.list();
+        headers.reserve(list.len());
+        for (k, v) in list {
+            if let http::header::Entry::Vacant(e) = headers.entry(k.clone()) {
+                e.insert(v.clone());
+            }
+        }
+    }
+}
+
 super::macros::layer_with_config!(SecurityHeadersLayer => SecurityHeaders);
 
 /// The service made by [`SecurityHeadersLayer`].
@@ -107,14 +121,7 @@ where
         let this = self.project();
         let mut out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &mut out {
-            // Room for all of them, so the map grows at most once.
-            let list = this.layer.headers.list();
-            resp.headers_mut().reserve(list.len());
-            for (k, v) in list {
-                if let http::header::Entry::Vacant(e) = resp.headers_mut().entry(k.clone()) {
-                    e.insert(v.clone());
-                }
-            }
+            this.layer.apply(resp.headers_mut());
         }
         Poll::Ready(out)
     }

@@ -31,6 +31,10 @@ impl TimeoutLayer {
     pub fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 impl<S> Layer<S> for TimeoutLayer {
@@ -63,17 +67,30 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().cloned();
-        let asked = req
-            .headers()
-            .get(&super::context::TIMEOUT_HEADER_NAME)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis);
-        let timeout = asked.map_or(self.timeout, |a| a.min(self.timeout));
+        let timeout = budget(req.headers(), self.timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         let ctx = super::context::RequestContext { request_id: id.clone(), deadline: Some(deadline) };
         ResponseFuture { inner: super::context::scope(ctx, self.inner.call(req)), sleep: None, deadline, timeout, id }
     }
+}
+
+/// The request's time: `configured`, or less when the caller asked for less in
+/// `x-request-timeout-ms`.
+pub(crate) fn budget(headers: &http::HeaderMap, configured: Duration) -> Duration {
+    let asked = headers
+        .get(&super::context::TIMEOUT_HEADER_NAME)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    asked.map_or(configured, |a| a.min(configured))
+}
+
+/// The 504 answer to a request that ran out of `timeout`; logs it.
+pub(crate) fn timed_out(timeout: Duration, id: Option<&RequestId>) -> Response {
+    tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
+    let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out")
+        .detail(format!("the request did not complete within {}", humantime::format_duration(timeout)));
+    problem.into_response_with_id(id.map(RequestId::as_str))
 }
 
 pin_project! {
@@ -106,9 +123,6 @@ where
         }
         let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
         std::task::ready!(sleep.as_mut().poll(cx));
-        tracing::warn!(timeout_ms = this.timeout.as_millis() as u64, "request timed out");
-        let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out")
-            .detail(format!("the request did not complete within {}", humantime::format_duration(*this.timeout)));
-        Poll::Ready(Ok(problem.into_response_with_id(this.id.as_ref().map(RequestId::as_str))))
+        Poll::Ready(Ok(timed_out(*this.timeout, this.id.as_ref())))
     }
 }

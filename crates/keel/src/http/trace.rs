@@ -39,6 +39,14 @@ impl TraceLayer {
     pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
         Self { service: crate::intern::intern(service.as_ref()), access_log }
     }
+
+    pub(crate) fn service(&self) -> &'static str {
+        self.service
+    }
+
+    pub(crate) fn access_log(&self) -> bool {
+        self.access_log
+    }
 }
 
 super::macros::layer_with_config!(TraceLayer => Trace);
@@ -114,7 +122,7 @@ where
 
 /// Logs the access or failure line (with the status, so it need not be a span field), and gives
 /// an exported span its status.
-fn finished(span: Option<&tracing::Span>, status: u16, start: Instant, access_log: bool) {
+pub(crate) fn finished(span: Option<&tracing::Span>, status: u16, start: Instant, access_log: bool) {
     let exporting = crate::telemetry::exporting();
     if exporting && let Some(span) = span {
         span.record("http.response.status_code", status);
