@@ -110,9 +110,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if !req.headers().contains_key(header::ORIGIN) {
+        let seen = Seen::scan(req.headers());
+        if !seen.origin {
             // No CORS to do but `Vary`, added with the security headers when the core is done.
-            return ResponseFuture { kind: Kind::Plain { fut: self.inner.start(req, true) } };
+            return ResponseFuture { kind: Kind::Plain { fut: self.inner.start(req, seen, true) } };
         }
         // The ready inner service goes to tower_http's CORS; a clone stays for next time.
         let clone = self.inner.clone();
@@ -181,23 +182,62 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        self.start(req, false)
+        let seen = Seen::scan(req.headers());
+        self.start(req, seen, false)
+    }
+}
+
+/// The request headers the pipeline reads, found in one pass over them: a request carries
+/// few headers, and looking each of these up by name hashed the name every time (the custom
+/// ones byte by byte).
+struct Seen {
+    origin: bool,
+    traceparent: bool,
+    /// The first `X-Request-ID` made an id (if valid), and how many were sent.
+    request_id: Option<RequestId>,
+    request_ids: usize,
+    /// What `x-request-timeout-ms` asked for.
+    asked: Option<Duration>,
+}
+
+impl Seen {
+    fn scan(headers: &http::HeaderMap) -> Self {
+        let mut seen = Seen { origin: false, traceparent: false, request_id: None, request_ids: 0, asked: None };
+        for (name, value) in headers {
+            // The length first: most names differ from all four in it.
+            match name.as_str().len() {
+                6 if name == header::ORIGIN => seen.origin = true,
+                11 if name == crate::telemetry::TRACEPARENT => seen.traceparent = true,
+                12 if name == request_id::HEADER => {
+                    if seen.request_ids == 0 {
+                        seen.request_id = RequestId::parse(value);
+                    }
+                    seen.request_ids += 1;
+                }
+                20 if name == context::TIMEOUT_HEADER_NAME && seen.asked.is_none() => {
+                    seen.asked = timeout::asked(value);
+                }
+                _ => {}
+            }
+        }
+        seen
     }
 }
 
 impl<S> Core<S> {
     /// Starts a request. `edge`: the answer also gets `Vary: origin` and the security headers
     /// (no CORS layer around this one to do the rest).
-    fn start<ReqB, ResB>(&mut self, mut req: Request<ReqB>, edge: bool) -> CoreFuture<S::Future>
+    fn start<ReqB, ResB>(&mut self, mut req: Request<ReqB>, seen: Seen, edge: bool) -> CoreFuture<S::Future>
     where
         S: Service<Request<ReqB>, Response = http::Response<ResB>>,
     {
         let shared = &self.shared;
-        let id = request_id::ensure(&mut req);
+        let id = request_id::settle(&mut req, seen.request_id, seen.request_ids);
         let route = req.extensions().get::<MatchedPath>().cloned();
-        let span = RequestSpan::new(shared.trace.service(), Some(&id), req.method(), route.as_ref(), req.headers());
+        let (service, method) = (shared.trace.service(), req.method());
+        let span = RequestSpan::continuing(service, Some(&id), method, route.as_ref(), req.headers(), seen.traceparent);
         let method = super::metrics::method_label(req.method());
-        let timeout = timeout::budget(req.headers(), shared.timeout);
+        let timeout = seen.asked.map_or(shared.timeout, |a| a.min(shared.timeout));
         // One clock reading serves the deadline, the latency in the access line and the
         // duration metric.
         let start = Instant::now();
@@ -446,6 +486,8 @@ mod tests {
         let cases: Vec<Case> = vec![
             ("GET", "/hello", vec![ID], ""),
             ("GET", "/hello", vec![ID, ORIGIN], ""),
+            ("GET", "/hello", vec![("x-request-id", "first"), ("x-request-id", "second")], ""),
+            ("GET", "/hello", vec![ID, ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], ""),
             ("GET", "/hello", vec![ID, ("origin", "https://evil-app.example.com")], ""),
             (
                 "OPTIONS",
@@ -476,7 +518,7 @@ mod tests {
             assert_eq!(got, want, "{method} {uri} {headers:?}");
         }
         // Counted as the stacked layers count them (the preflight is answered by CORS, uncounted).
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/hello"), ("status", "200")]), 3.0);
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/hello"), ("status", "200")]), 5.0);
         assert_eq!(value(&a, "http_server_requests_total", &[("route", "/slow"), ("status", "504")]), 2.0);
         assert_eq!(value(&a, "http_server_requests_total", &[("route", "unmatched"), ("status", "404")]), 1.0);
         // The one difference, on purpose: a panic is counted as the 500 it becomes. Stacked,

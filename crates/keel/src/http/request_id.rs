@@ -89,22 +89,28 @@ pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
     if let Some(id) = req.extensions().get::<RequestId>() {
         return id.clone();
     }
-    // One lookup for reading and replacing the header.
-    let id = match req.headers_mut().entry(&HEADER) {
-        http::header::Entry::Vacant(e) => {
-            let id = RequestId::generate();
-            e.insert(id.0.clone());
+    let values = req.headers().get_all(&HEADER);
+    let first = values.iter().next().and_then(RequestId::parse);
+    let sent = values.iter().count();
+    settle(req, first, sent)
+}
+
+/// [`ensure`] for a caller that has already read the request's `X-Request-ID` values:
+/// `first` is the first of them made an id (`None` if it is not a valid one), `sent` how many
+/// there were. The same decision, without looking the header up again.
+pub(crate) fn settle<B>(req: &mut Request<B>, first: Option<RequestId>, sent: usize) -> RequestId {
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        return id.clone();
+    }
+    let id = match (first, sent) {
+        (Some(id), 1) => id,
+        // Replaced when invalid or missing; duplicates dropped, so the header says what the
+        // request id is.
+        (kept, _) => {
+            let id = kept.unwrap_or_else(RequestId::generate);
+            req.headers_mut().insert(HEADER.clone(), id.0.clone());
             id
         }
-        http::header::Entry::Occupied(mut e) => match RequestId::parse(e.get()) {
-            Some(id) if e.iter().nth(1).is_none() => id,
-            // Replaced when invalid; duplicates dropped, so the header says what the request id is.
-            kept => {
-                let id = kept.unwrap_or_else(RequestId::generate);
-                e.insert(id.0.clone());
-                id
-            }
-        },
     };
     req.extensions_mut().insert(id.clone());
     id

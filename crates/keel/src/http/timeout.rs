@@ -77,12 +77,13 @@ where
 /// The request's time: `configured`, or less when the caller asked for less in
 /// `x-request-timeout-ms`.
 pub(crate) fn budget(headers: &http::HeaderMap, configured: Duration) -> Duration {
-    let asked = headers
-        .get(&super::context::TIMEOUT_HEADER_NAME)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis);
+    let asked = headers.get(&super::context::TIMEOUT_HEADER_NAME).and_then(asked);
     asked.map_or(configured, |a| a.min(configured))
+}
+
+/// The time asked for in an `x-request-timeout-ms` value, if it is a number of milliseconds.
+pub(crate) fn asked(value: &http::HeaderValue) -> Option<Duration> {
+    value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
 }
 
 /// The 504 answer to a request that ran out of `timeout`; logs it.

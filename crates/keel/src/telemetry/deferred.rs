@@ -259,8 +259,20 @@ impl RequestSpan {
         route: Option<&MatchedPath>,
         headers: &HeaderMap,
     ) -> Self {
-        let remote = headers
-            .contains_key(&TRACEPARENT)
+        Self::continuing(service, request_id, method, route, headers, headers.contains_key(&TRACEPARENT))
+    }
+
+    /// [`new`](Self::new) for a caller that has already looked for a `traceparent` in `headers`
+    /// (`traceparent`: whether there is one).
+    pub(crate) fn continuing(
+        service: &'static str,
+        request_id: Option<&RequestId>,
+        method: &Method,
+        route: Option<&MatchedPath>,
+        headers: &HeaderMap,
+        traceparent: bool,
+    ) -> Self {
+        let remote = traceparent
             .then(|| super::extract_context(headers))
             .map(|cx| cx.span().span_context().clone())
             .filter(SpanContext::is_valid);
@@ -420,7 +432,7 @@ impl RequestSpan {
     }
 }
 
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub(crate) static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// For a line logged in a lent request (no span entered since its poll began): its span's
 /// fields, recorded into `fields` over those of the spans around it, and its ids, made the first
