@@ -68,6 +68,24 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Compression<S> {
     }
 }
 
+impl<S> Compression<S> {
+    /// Whether a request with these headers gets tower-http's compression (else it goes
+    /// straight to the inner service).
+    pub(crate) fn negotiates(&self, headers: &http::HeaderMap) -> bool {
+        self.enabled && headers.contains_key(header::ACCEPT_ENCODING)
+    }
+
+    /// Whether this layer compresses at all (`http.compression`).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The service under this one.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        self.inner.get_mut()
+    }
+}
+
 impl<S, ReqB> Service<Request<ReqB>> for Compression<S>
 where
     S: Service<Request<ReqB>, Response = Response<Body>>,
@@ -82,7 +100,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if self.enabled && req.headers().contains_key(header::ACCEPT_ENCODING) {
+        if self.negotiates(req.headers()) {
             ResponseFuture { kind: Kind::Negotiated { fut: Box::pin(self.inner.call(req)) } }
         } else {
             ResponseFuture { kind: Kind::Plain { fut: self.inner.get_mut().call(req) } }

@@ -22,10 +22,10 @@
 //! shedding so those answers are traced and counted; everything runs after routing
 //! (`Router::layer`) so the route template is known.
 //!
-//! [`stack`] runs layers 1–7 and 9 as one service (the private `pipeline` module) over the
-//! body limit, compression and problems layers: the same answers, without the cost of
-//! stacking (each layer moving the request and the response future once more). The modules
-//! above remain, each usable on its own.
+//! [`stack`] runs all these but the body limit as one service (the private `pipeline`
+//! module) over the body limit: the same answers, without the cost of stacking (each layer
+//! moving the request and the response future once more). The modules above remain, each
+//! usable on its own.
 //!
 //! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only security headers,
 //! catch-panic, request-id and metrics: they are never shed, timed out, CORS-checked or
@@ -108,23 +108,19 @@ pub fn stack(
     let security_headers = security_headers::SecurityHeadersLayer::new(&cfg.http.hsts);
     // One `Router::layer` call with the whole stack: axum boxes the route again for every
     // `layer` call, and each box is a clone and an allocation per request.
-    // Layers 1–7 and 9 as one service (see `pipeline`); the body limit goes below it, which
-    // is the same: it only sets an extension, read when a handler reads the body.
-    let pipeline = pipeline::PipelineLayer::new(
+    // The whole stack but the body limit as one service (see `pipeline`); the body limit goes
+    // below it, which is the same: it only sets an extension, read when a handler reads the
+    // body.
+    let pipeline = pipeline::PipelineLayer::new(pipeline::Layers {
         security_headers,
-        cors::layer(&cfg.cors)?,
-        trace::TraceLayer::new(service, cfg.log.access_log),
-        http_metrics.clone(),
-        timeout::TimeoutLayer::new(cfg.http.request_timeout),
-        shed.clone(),
-    );
-    let api = api.layer(
-        tower::ServiceBuilder::new()
-            .layer(pipeline)
-            .layer(DefaultBodyLimit::max(cfg.http.body_limit))
-            .layer(compression)
-            .layer(problems::ProblemsLayer),
-    );
+        cors: cors::layer(&cfg.cors)?,
+        trace: trace::TraceLayer::new(service, cfg.log.access_log),
+        metrics: http_metrics.clone(),
+        timeout: timeout::TimeoutLayer::new(cfg.http.request_timeout),
+        shed: shed.clone(),
+        compression,
+    });
+    let api = api.layer(tower::ServiceBuilder::new().layer(pipeline).layer(DefaultBodyLimit::max(cfg.http.body_limit)));
     let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
     // `merge` keeps the fallback of its argument when neither router set one: the API's,
     // which has the full stack, so unmatched paths get problem responses.

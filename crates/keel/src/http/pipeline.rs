@@ -1,21 +1,26 @@
-//! Layers 1–7 and 9 of Keel's stack (security headers to load shedding) as one service.
+//! Keel's stack, but for the body limit, as one service.
 //!
 //! [`stack`](super::stack) uses this instead of stacking [`SecurityHeadersLayer`], the CORS
 //! layer, [`CatchPanicLayer`](super::catch_panic::CatchPanicLayer),
 //! [`RequestIdLayer`](super::request_id::RequestIdLayer), [`TraceLayer`],
-//! [`HttpMetricsLayer`], [`TimeoutLayer`](super::timeout::TimeoutLayer) and
-//! [`LoadShedLayer`]. It answers every request as that stack would, through the same functions
-//! of those modules, but in one `call` and one response future. Stacked, each layer moved the
-//! request (about 250 bytes) and the growing response future once more, cloned its own shared
-//! state for every request, read the clock on its own and polled the layer under it: on
-//! `GET /hello` that was about a tenth of the server's time.
+//! [`HttpMetricsLayer`], [`TimeoutLayer`](super::timeout::TimeoutLayer), [`LoadShedLayer`],
+//! [`CompressionLayer`] and [`ProblemsLayer`]. It answers every request as that stack would,
+//! through the same functions of those modules, but in one `call` and one response future.
+//! Stacked, each layer moved the request (about 250 bytes) and the growing response future
+//! once more, cloned its own shared state for every request, looked up the request headers it
+//! needs by name, read the clock on its own and polled the layer under it.
+//!
+//! Compression and problems keep their own services here, under the rest: a request that
+//! offers an encoding goes through both, as stacked. One that offers none (or with
+//! `http.compression` off) cannot be compressed, so it goes past them to the routes, and the
+//! pipeline makes its error answers problem documents itself, with the id and route it already
+//! holds, as the problems layer would.
 //!
 //! The stacked layers stay, for use on their own. One difference, on purpose: a panic is
 //! caught inside the request span, metrics and access log, so it is counted and logged as a
 //! 500 like any other; stacked, catch-panic sits outside them and such a request was neither.
 //!
-//! Body limit, compression and problems stay separate layers below this one: the body limit
-//! is an extension a route can override, and the other two change the response body.
+//! The body limit stays a layer below this one: it is an extension a route can override.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -24,26 +29,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::response::Response;
-use bytes::Bytes;
 use http::{Request, header};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use super::compression::{Compression, CompressionLayer};
 use super::cors::CorsLayer;
 use super::load_shed::LoadShedLayer;
 use super::metrics::HttpMetricsLayer;
 use super::problem::Problem;
+use super::problems::{Problems, ProblemsLayer};
 use super::request_id::{self, RequestId};
 use super::security_headers::SecurityHeadersLayer;
 use super::trace::TraceLayer;
-use super::{catch_panic, context, load_shed, timeout, trace};
+use super::{catch_panic, compression, context, load_shed, problems, timeout, trace};
 use crate::telemetry::RequestSpan;
 
-/// The outer part of Keel's stack as one layer; see the module docs.
+/// Keel's stack as one layer; see the module docs.
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineLayer {
     // One `Arc`: axum clones the layered service for every request.
@@ -58,26 +63,41 @@ struct Shared {
     metrics: HttpMetricsLayer,
     timeout: Duration,
     shed: LoadShedLayer,
+    compression: CompressionLayer,
+}
+
+/// The layers [`PipelineLayer`] does the work of, outermost first (the body limit aside).
+#[derive(Debug)]
+pub(crate) struct Layers {
+    pub(crate) security_headers: SecurityHeadersLayer,
+    pub(crate) cors: CorsLayer,
+    pub(crate) trace: TraceLayer,
+    pub(crate) metrics: HttpMetricsLayer,
+    pub(crate) timeout: timeout::TimeoutLayer,
+    pub(crate) shed: LoadShedLayer,
+    pub(crate) compression: CompressionLayer,
 }
 
 impl PipelineLayer {
-    /// Does what these layers, stacked outermost first, would do.
-    pub(crate) fn new(
-        security_headers: SecurityHeadersLayer,
-        cors: CorsLayer,
-        trace: TraceLayer,
-        metrics: HttpMetricsLayer,
-        timeout: timeout::TimeoutLayer,
-        shed: LoadShedLayer,
-    ) -> Self {
-        let timeout = timeout.timeout();
-        Self { shared: Arc::new(Shared { security_headers, cors, trace, metrics, timeout, shed }) }
+    /// Does what these layers, stacked as [`stack`](super::stack) documents, would do.
+    pub(crate) fn new(l: Layers) -> Self {
+        let shared = Shared {
+            security_headers: l.security_headers,
+            cors: l.cors,
+            trace: l.trace,
+            metrics: l.metrics,
+            timeout: l.timeout.timeout(),
+            shed: l.shed,
+            compression: l.compression,
+        };
+        Self { shared: Arc::new(shared) }
     }
 }
 
 impl<S> Layer<S> for PipelineLayer {
     type Service = Pipeline<S>;
     fn layer(&self, inner: S) -> Pipeline<S> {
+        let inner = self.shared.compression.layer(ProblemsLayer.layer(inner));
         Pipeline { inner: Core { inner, shared: self.shared.clone() } }
     }
 }
@@ -88,25 +108,23 @@ pub(crate) struct Pipeline<S> {
     inner: Core<S>,
 }
 
-/// Everything from catch-panic to load shedding.
+/// Everything from catch-panic to the routes.
 #[derive(Debug, Clone)]
 pub(crate) struct Core<S> {
-    inner: S,
+    inner: Compression<Problems<S>>,
     shared: Arc<Shared>,
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Pipeline<S>
+impl<S, ReqB> Service<Request<ReqB>> for Pipeline<S>
 where
-    S: Service<Request<ReqB>, Response = http::Response<ResB>> + Clone,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    S: Service<Request<ReqB>, Response = Response> + Clone,
 {
     type Response = Response;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.inner.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -145,11 +163,9 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
+impl<F, E> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<http::Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    F: Future<Output = Result<Response, E>>,
 {
     type Output = Result<Response, E>;
 
@@ -167,18 +183,17 @@ where
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Core<S>
+impl<S, ReqB> Service<Request<ReqB>> for Core<S>
 where
-    S: Service<Request<ReqB>, Response = http::Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    S: Service<Request<ReqB>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
     type Future = CoreFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        // The compression and problems services' readiness is their inner service's.
+        self.inner.inner_mut().inner_mut().poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -193,6 +208,7 @@ where
 struct Seen {
     origin: bool,
     traceparent: bool,
+    accept_encoding: bool,
     /// The first `X-Request-ID` made an id (if valid), and how many were sent.
     request_id: Option<RequestId>,
     request_ids: usize,
@@ -202,9 +218,16 @@ struct Seen {
 
 impl Seen {
     fn scan(headers: &http::HeaderMap) -> Self {
-        let mut seen = Seen { origin: false, traceparent: false, request_id: None, request_ids: 0, asked: None };
+        let mut seen = Seen {
+            origin: false,
+            traceparent: false,
+            accept_encoding: false,
+            request_id: None,
+            request_ids: 0,
+            asked: None,
+        };
         for (name, value) in headers {
-            // The length first: most names differ from all four in it.
+            // The length first: most names differ from all five in it.
             match name.as_str().len() {
                 6 if name == header::ORIGIN => seen.origin = true,
                 11 if name == crate::telemetry::TRACEPARENT => seen.traceparent = true,
@@ -214,6 +237,7 @@ impl Seen {
                     }
                     seen.request_ids += 1;
                 }
+                15 if name == header::ACCEPT_ENCODING => seen.accept_encoding = true,
                 20 if name == context::TIMEOUT_HEADER_NAME && seen.asked.is_none() => {
                     seen.asked = timeout::asked(value);
                 }
@@ -227,9 +251,9 @@ impl Seen {
 impl<S> Core<S> {
     /// Starts a request. `edge`: the answer also gets `Vary: origin` and the security headers
     /// (no CORS layer around this one to do the rest).
-    fn start<ReqB, ResB>(&mut self, mut req: Request<ReqB>, seen: Seen, edge: bool) -> CoreFuture<S::Future>
+    fn start<ReqB>(&mut self, mut req: Request<ReqB>, seen: Seen, edge: bool) -> CoreFuture<S::Future>
     where
-        S: Service<Request<ReqB>, Response = http::Response<ResB>>,
+        S: Service<Request<ReqB>, Response = Response>,
     {
         let shared = &self.shared;
         let id = request_id::settle(&mut req, seen.request_id, seen.request_ids);
@@ -249,7 +273,16 @@ impl<S> Core<S> {
             Stage::Answered { resp: Some(load_shed::shed_response(Some(&state.id))) }
         } else {
             let ctx = context::RequestContext { request_id: Some(state.id.clone()), deadline: Some(start + timeout) };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            let negotiated = self.inner.enabled() && seen.accept_encoding;
+            let inner = &mut self.inner;
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if negotiated {
+                    Inner::Negotiated { fut: inner.call(req) }
+                } else {
+                    Inner::Plain { fut: inner.inner_mut().inner_mut().call(req) }
+                }
+            }));
+            match called {
                 Ok(fut) => Stage::Running { fut: context::scope(ctx, fut) },
                 Err(payload) => Stage::Answered { resp: Some(catch_panic::panic_response(&state.id, payload)) },
             }
@@ -268,6 +301,12 @@ struct State {
     start: Instant,
     timeout: Duration,
     admitted: bool,
+}
+
+impl State {
+    fn deadline(&self) -> Instant {
+        self.start + self.timeout
+    }
 }
 
 impl Drop for State {
@@ -297,17 +336,41 @@ pin_project! {
 pin_project! {
     #[project = StageProj]
     enum Stage<F> {
-        Running { #[pin] fut: tokio::task::futures::TaskLocalFuture<context::RequestContext, F> },
+        Running { #[pin] fut: tokio::task::futures::TaskLocalFuture<context::RequestContext, Inner<F>> },
+        // An error answer being made a problem document.
+        Rewriting { fut: problems::BoxFut },
         // Shed, or the inner call panicked; `None` once returned.
         Answered { resp: Option<Response> },
     }
 }
 
-impl<F, ResB, E> Future for CoreFuture<F>
+pin_project! {
+    /// The routes' future, through compression and problems or straight.
+    #[project = InnerProj]
+    enum Inner<F> {
+        Plain { #[pin] fut: F },
+        Negotiated { #[pin] fut: compression::ResponseFuture<problems::ResponseFuture<F>> },
+    }
+}
+
+impl<F, E> Future for Inner<F>
 where
-    F: Future<Output = Result<http::Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    F: Future<Output = Result<Response, E>>,
+{
+    /// The answer, and whether it still has to go through problems.
+    type Output = Result<(Response, bool), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            InnerProj::Plain { fut } => fut.poll(cx).map_ok(|r| (r, true)),
+            InnerProj::Negotiated { fut } => fut.poll(cx).map_ok(|r| (r, false)),
+        }
+    }
+}
+
+impl<F, E> Future for CoreFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
 {
     type Output = Result<Response, E>;
 
@@ -318,20 +381,34 @@ where
             // polled again.
             return Poll::Ready(Ok(Problem::internal().into_response()));
         };
-        let (stage, sleep) = (this.stage, this.sleep);
+        let (mut stage, sleep) = (this.stage, this.sleep);
+        // Past the deadline, or still in time.
+        let mut expired = |cx: &mut Context<'_>| -> Poll<Response> {
+            let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(state.deadline())));
+            std::task::ready!(sleep.as_mut().poll(cx));
+            Poll::Ready(timeout::timed_out(state.timeout, Some(&state.id)))
+        };
         let polled = this.span.in_scope(|span| {
-            let resp = match stage.project() {
-                StageProj::Answered { resp } => resp.take().unwrap_or_else(|| Problem::internal().into_response()),
-                StageProj::Running { fut } => match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-                    Ok(Poll::Ready(Ok(resp))) => resp.map(Body::new),
-                    Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-                    Ok(Poll::Pending) => {
-                        let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(state.deadline())));
-                        std::task::ready!(sleep.as_mut().poll(cx));
-                        timeout::timed_out(state.timeout, Some(&state.id))
+            let resp = loop {
+                let polled = match stage.as_mut().project() {
+                    StageProj::Answered { resp } => {
+                        break resp.take().unwrap_or_else(|| Problem::internal().into_response());
                     }
-                    Err(payload) => catch_panic::panic_response(&state.id, payload),
-                },
+                    StageProj::Rewriting { fut } => {
+                        std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx).map(|r| Ok((r, false)))))
+                    }
+                    StageProj::Running { fut } => std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))),
+                };
+                match polled {
+                    Ok(Poll::Ready(Ok((resp, true)))) if problems::is_error(resp.status()) => {
+                        let rewrite = problems::normalize(resp, Some(state.id.clone()), state.route.clone());
+                        stage.set(Stage::Rewriting { fut: Box::pin(rewrite) });
+                    }
+                    Ok(Poll::Ready(Ok((resp, _)))) => break resp,
+                    Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                    Ok(Poll::Pending) => break std::task::ready!(expired(cx)),
+                    Err(payload) => break catch_panic::panic_response(&state.id, payload),
+                }
             };
             let status = resp.status();
             let start = state.start.into_std();
@@ -349,12 +426,6 @@ where
             state.shared.security_headers.apply(headers);
         }
         Poll::Ready(Ok(resp))
-    }
-}
-
-impl State {
-    fn deadline(&self) -> Instant {
-        self.start + self.timeout
     }
 }
 
@@ -503,6 +574,8 @@ mod tests {
             ("GET", "/long", vec![ID, ("accept-encoding", "gzip")], ""),
             ("GET", "/long", vec![ID, ORIGIN, ("accept-encoding", "gzip")], ""),
             ("GET", "/missing", vec![ID], ""),
+            ("GET", "/missing", vec![ID, ("accept-encoding", "gzip")], ""),
+            ("GET", "/items/x", vec![ID, ORIGIN, ("accept-encoding", "gzip")], ""),
             ("DELETE", "/hello", vec![ID], ""),
             ("GET", "/items/x", vec![ID], ""),
             ("POST", "/echo", vec![ID, ("content-type", "text/plain")], "a body well over sixteen bytes"),
@@ -520,7 +593,7 @@ mod tests {
         // Counted as the stacked layers count them (the preflight is answered by CORS, uncounted).
         assert_eq!(value(&a, "http_server_requests_total", &[("route", "/hello"), ("status", "200")]), 5.0);
         assert_eq!(value(&a, "http_server_requests_total", &[("route", "/slow"), ("status", "504")]), 2.0);
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "unmatched"), ("status", "404")]), 1.0);
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "unmatched"), ("status", "404")]), 2.0);
         // The one difference, on purpose: a panic is counted as the 500 it becomes. Stacked,
         // catch-panic sits outside the metrics layer and the request went uncounted.
         assert_eq!(value(&a, "http_server_requests_total", &[("route", "/panic"), ("status", "500")]), 2.0);

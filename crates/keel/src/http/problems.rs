@@ -41,7 +41,19 @@ pub struct Problems<S> {
     inner: S,
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Response> + Send>>;
+impl<S> Problems<S> {
+    /// The service under this one.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+/// Whether an answer with `status` goes through [`normalize`].
+pub(crate) fn is_error(status: StatusCode) -> bool {
+    status.as_u16() >= 400
+}
+
+pub(crate) type BoxFut = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 impl<S, ReqB> Service<Request<ReqB>> for Problems<S>
 where
@@ -86,7 +98,7 @@ where
             return fut.as_mut().poll(cx).map(Ok);
         }
         let resp = std::task::ready!(this.inner.poll(cx))?;
-        if resp.status().as_u16() < 400 {
+        if !is_error(resp.status()) {
             return Poll::Ready(Ok(resp));
         }
         let mut fut: BoxFut = Box::pin(normalize(resp, this.id.take(), this.route.take()));
@@ -100,7 +112,8 @@ where
     }
 }
 
-async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
+/// The answer with its error made a problem document, if it needs it (`resp` is an error).
+pub(crate) async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
     let id = id.as_ref().map(RequestId::as_str);
     if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
         if p.request_id().is_some() || id.is_none() {
@@ -117,7 +130,7 @@ async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedP
         return fresh;
     }
     let status = resp.status();
-    if status.as_u16() < 400 {
+    if !is_error(status) {
         return resp;
     }
     let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
