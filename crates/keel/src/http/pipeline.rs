@@ -445,8 +445,8 @@ mod tests {
     use tower::ServiceExt;
 
     use crate::config::KeelConfig;
+    use crate::http::{RequestId, timeout, trace};
     use crate::http::{catch_panic, compression, cors, load_shed, metrics, problems, request_id, security_headers};
-    use crate::http::{timeout, trace};
     use crate::telemetry::Metrics;
 
     fn routes() -> Router {
@@ -466,6 +466,13 @@ mod tests {
             .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
             .route("/items/{id}", get(|Path(id): Path<u32>| async move { id.to_string() }))
             .route("/echo", post(|body: String| async move { body }))
+            .route(
+                "/id",
+                get(|id: RequestId, headers: http::HeaderMap| async move {
+                    let raw = headers.get("x-request-id").map(|v| v.to_str().unwrap_or("?").to_owned());
+                    format!("{id} {}", raw.as_deref().unwrap_or("-"))
+                }),
+            )
     }
 
     /// A service that panics in `call` itself, before any future exists.
@@ -617,6 +624,19 @@ mod tests {
                 ["x-content-type-options", "x-frame-options", "referrer-policy", "strict-transport-security", "vary"]
             {
                 assert!(names.contains(&h), "{h} missing with {headers:?}: {names:?}");
+            }
+        }
+        // Handlers get the id echoed; the request's own header holds it only when one was sent
+        // (replaced when invalid), never an unchecked value.
+        for (sent, raw_is_id) in [(None, false), (Some("has space"), true), (Some("ok-1"), true)] {
+            let headers: Vec<(&str, &str)> = sent.map(|v| ("x-request-id", v)).into_iter().collect();
+            let (_, got, body) = answer(&fused, request("GET", "/id", &headers, "")).await;
+            let echoed = got.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            let raw = if raw_is_id { echoed.clone() } else { "-".to_owned() };
+            assert_eq!(body, format!("{echoed} {raw}"), "sent {sent:?}");
+            if sent == Some("ok-1") {
+                assert_eq!(echoed, "ok-1");
             }
         }
         // The id of a problem the stack makes itself is the one echoed.

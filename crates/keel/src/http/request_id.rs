@@ -83,8 +83,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 }
 
 /// The request's id: the one already decided for it, else a valid incoming `X-Request-ID`,
-/// else a new one. Records the decision in the request (header and extension), so every layer
-/// that asks gets the same id; the catch-panic layer, outside this one, asks first.
+/// else a new one. Records the decision in the request's extensions (and in its header when one
+/// was sent but not kept as it was), so every layer that asks gets the same id; the catch-panic
+/// layer, outside this one, asks first.
 pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
     if let Some(id) = req.extensions().get::<RequestId>() {
         return id.clone();
@@ -104,8 +105,12 @@ pub(crate) fn settle<B>(req: &mut Request<B>, first: Option<RequestId>, sent: us
     }
     let id = match (first, sent) {
         (Some(id), 1) => id,
-        // Replaced when invalid or missing; duplicates dropped, so the header says what the
-        // request id is.
+        // None sent: the new id is in the extensions, where handlers and layers read it (as
+        // `RequestId`); writing it into the request's headers too cost more than the rest of
+        // the decision.
+        (None, 0) => RequestId::generate(),
+        // Replaced when invalid; duplicates dropped, so a header that is there says what the
+        // request id is, and code reading the raw header never sees an unchecked value.
         (kept, _) => {
             let id = kept.unwrap_or_else(RequestId::generate);
             req.headers_mut().insert(HEADER.clone(), id.0.clone());
