@@ -60,12 +60,16 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 base=$(echo "${results[bare]}" | median)
 echo
 cbase=$(echo "${cpu[bare]}" | median)
-echo "| target | median req/s | ratio to bare axum | server CPU µs/request | bare's CPU / this |"
-echo "|---|---|---|---|---|"
+# Two views of the same rounds: the ratio of the medians, and the median of each round's ratio
+# (the target against bare axum measured seconds before it), which a machine whose speed drifts
+# between rounds moves less.
+paired() { python3 -c "import statistics as s; a='$1'.split(); b='$2'.split(); print(f'{s.median(float(x)/float(y) for x, y in zip(a, b)):.1%}')"; }
+echo "| target | median req/s | ratio to bare axum | median of per-round ratios | server CPU µs/request | bare's CPU / this |"
+echo "|---|---|---|---|---|---|"
 for t in "${targets[@]}"; do
   m=$(echo "${results[$t]}" | median)
   c=$(echo "${cpu[$t]}" | median)
-  echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") | $c | $(python3 -c "print(f'{$cbase/$c:.1%}')") |"
+  echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") | $(paired "${results[$t]}" "${results[bare]}") | $c | $(python3 -c "print(f'{$cbase/$c:.1%}')") |"
 done
 echo
 echo "GET $path, wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"

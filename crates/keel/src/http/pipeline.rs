@@ -192,8 +192,7 @@ where
     type Future = CoreFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The compression and problems services' readiness is their inner service's.
-        self.inner.inner_mut().inner_mut().poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -212,8 +211,8 @@ struct Seen {
     /// The first `X-Request-ID` made an id (if valid), and how many were sent.
     request_id: Option<RequestId>,
     request_ids: usize,
-    /// What `x-request-timeout-ms` asked for.
-    asked: Option<Duration>,
+    /// What the first `x-request-timeout-ms` asked for (`None` inside if it is not a number).
+    asked: Option<Option<Duration>>,
 }
 
 impl Seen {
@@ -239,7 +238,7 @@ impl Seen {
                 }
                 15 if name == header::ACCEPT_ENCODING => seen.accept_encoding = true,
                 20 if name == context::TIMEOUT_HEADER_NAME && seen.asked.is_none() => {
-                    seen.asked = timeout::asked(value);
+                    seen.asked = Some(timeout::asked(value));
                 }
                 _ => {}
             }
@@ -259,20 +258,26 @@ impl<S> Core<S> {
         let id = request_id::settle(&mut req, seen.request_id, seen.request_ids);
         let route = req.extensions().get::<MatchedPath>().cloned();
         let (service, method) = (shared.trace.service(), req.method());
-        let span = RequestSpan::continuing(service, Some(&id), method, route.as_ref(), req.headers(), seen.traceparent);
+        // Caught as the catch-panic layer caught the trace layer's panics; without a span, the
+        // request's lines lack its fields, and it is answered all the same.
+        let span = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            RequestSpan::continuing(service, Some(&id), method, route.as_ref(), req.headers(), seen.traceparent)
+        }))
+        .unwrap_or_default();
         let method = super::metrics::method_label(req.method());
-        let timeout = seen.asked.map_or(shared.timeout, |a| a.min(shared.timeout));
+        let timeout = seen.asked.flatten().map_or(shared.timeout, |a| a.min(shared.timeout));
         // One clock reading serves the deadline, the latency in the access line and the
         // duration metric.
         let start = Instant::now();
         shared.metrics.in_flight().inc();
         let admitted = shared.shed.admit();
-        // Made before the inner call: if that panics, dropping it counts the request out.
+        // From here until it is dropped, the request counts as in flight (and holds its place
+        // among the admitted).
         let state = State { shared: shared.clone(), id, route, method, start, timeout, admitted };
         let stage = if !admitted {
             Stage::Answered { resp: Some(load_shed::shed_response(Some(&state.id))) }
         } else {
-            let ctx = context::RequestContext { request_id: Some(state.id.clone()), deadline: Some(start + timeout) };
+            let ctx = state.context();
             let negotiated = self.inner.enabled() && seen.accept_encoding;
             let inner = &mut self.inner;
             let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -306,6 +311,11 @@ struct State {
 impl State {
     fn deadline(&self) -> Instant {
         self.start + self.timeout
+    }
+
+    /// What outbound calls made for the request read (see `context`).
+    fn context(&self) -> context::RequestContext {
+        context::RequestContext { request_id: Some(self.id.clone()), deadline: Some(self.deadline()) }
     }
 }
 
@@ -388,34 +398,45 @@ where
             std::task::ready!(sleep.as_mut().poll(cx));
             Poll::Ready(timeout::timed_out(state.timeout, Some(&state.id)))
         };
-        let polled = this.span.in_scope(|span| {
-            let resp = loop {
-                let polled = match stage.as_mut().project() {
-                    StageProj::Answered { resp } => {
-                        break resp.take().unwrap_or_else(|| Problem::internal().into_response());
+        let span = this.span;
+        // The rest of what the stacked catch-panic layer covered: the deadline, and recording
+        // the answer (a subscriber that panics on the access line, say).
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            span.in_scope(|span| {
+                let resp = loop {
+                    let polled = match stage.as_mut().project() {
+                        StageProj::Answered { resp } => {
+                            break resp.take().unwrap_or_else(|| Problem::internal().into_response());
+                        }
+                        // Caught here, so the panic's 500 is counted and logged like any answer.
+                        StageProj::Rewriting { fut } => {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx).map(|r| Ok((r, false)))))
+                        }
+                        StageProj::Running { fut } => std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))),
+                    };
+                    match polled {
+                        Ok(Poll::Ready(Ok((resp, true)))) if problems::is_error(resp.status()) => {
+                            // In the request's context, as the problems layer ran inside the
+                            // timeout layer's.
+                            let ctx = state.context();
+                            let rewrite = problems::normalize(resp, Some(state.id.clone()), state.route.clone());
+                            stage.set(Stage::Rewriting { fut: Box::pin(context::scope(ctx, rewrite)) });
+                        }
+                        Ok(Poll::Ready(Ok((resp, _)))) => break resp,
+                        Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                        Ok(Poll::Pending) => break std::task::ready!(expired(cx)),
+                        Err(payload) => break catch_panic::panic_response(&state.id, payload),
                     }
-                    StageProj::Rewriting { fut } => {
-                        std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx).map(|r| Ok((r, false)))))
-                    }
-                    StageProj::Running { fut } => std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))),
                 };
-                match polled {
-                    Ok(Poll::Ready(Ok((resp, true)))) if problems::is_error(resp.status()) => {
-                        let rewrite = problems::normalize(resp, Some(state.id.clone()), state.route.clone());
-                        stage.set(Stage::Rewriting { fut: Box::pin(rewrite) });
-                    }
-                    Ok(Poll::Ready(Ok((resp, _)))) => break resp,
-                    Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-                    Ok(Poll::Pending) => break std::task::ready!(expired(cx)),
-                    Err(payload) => break catch_panic::panic_response(&state.id, payload),
-                }
-            };
-            let status = resp.status();
-            let start = state.start.into_std();
-            state.shared.metrics.record(state.method, state.route.as_ref(), status, start.elapsed().as_secs_f64());
-            trace::finished(span, status.as_u16(), start, state.shared.trace.access_log());
-            Poll::Ready(Ok(resp))
-        });
+                let status = resp.status();
+                // The clock the deadline runs on (tokio's, which tests may pause).
+                let elapsed = state.start.elapsed();
+                state.shared.metrics.record(state.method, state.route.as_ref(), status, elapsed.as_secs_f64());
+                trace::finished(span, status.as_u16(), || elapsed, state.shared.trace.access_log());
+                Poll::Ready(Ok(resp))
+            })
+        }))
+        .unwrap_or_else(|payload| Poll::Ready(Ok(catch_panic::panic_response(&state.id, payload))));
         let Poll::Ready(out) = polled else { return Poll::Pending };
         let Some(state) = this.state.take() else { return Poll::Ready(out) };
         let Ok(mut resp) = out else { return Poll::Ready(out) };
@@ -467,6 +488,10 @@ mod tests {
             .route("/items/{id}", get(|Path(id): Path<u32>| async move { id.to_string() }))
             .route("/echo", post(|body: String| async move { body }))
             .route(
+                "/problem",
+                get(|| async { crate::http::Problem::new(StatusCode::CONFLICT, "taken", "Already taken") }),
+            )
+            .route(
                 "/id",
                 get(|id: RequestId, headers: http::HeaderMap| async move {
                     let raw = headers.get("x-request-id").map(|v| v.to_str().unwrap_or("?").to_owned());
@@ -488,7 +513,7 @@ mod tests {
         cfg.cors.allow_credentials = true;
         cfg.http.body_limit = 16;
         cfg.http.max_in_flight = max_in_flight;
-        cfg.http.request_timeout = Duration::from_secs(5);
+        cfg.http.request_timeout = Duration::from_millis(300);
         cfg.http.hsts.enabled = true;
         cfg
     }
@@ -517,7 +542,24 @@ mod tests {
         crate::http::stack("test", &cfg, m, routes(), Router::new()).unwrap()
     }
 
-    async fn answer(router: &Router, req: Request<Body>) -> (StatusCode, Vec<(String, String)>, bytes::Bytes) {
+    type Answer = (StatusCode, Vec<(String, String)>, bytes::Bytes);
+
+    /// The answer with a new id replaced by a placeholder (it differs between two stacks).
+    async fn answer(router: &Router, req: Request<Body>) -> Answer {
+        let (status, mut headers, body) = raw(router, req).await;
+        // Only a new id, a UUIDv7, is replaced; an id the caller sent is compared as it is.
+        let echoed = headers.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone());
+        let Some(id) = echoed.filter(|v| uuid::Uuid::parse_str(v).is_ok_and(|u| u.get_version_num() == 7)) else {
+            return (status, headers, body);
+        };
+        for (_, v) in &mut headers {
+            *v = v.replace(&id, "<id>");
+        }
+        let body = String::from_utf8_lossy(&body).replace(&id, "<id>");
+        (status, headers, bytes::Bytes::from(body))
+    }
+
+    async fn raw(router: &Router, req: Request<Body>) -> Answer {
         let resp = router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let mut headers: Vec<_> = resp
@@ -561,7 +603,46 @@ mod tests {
         let (a, b) = (Metrics::new(), Metrics::new());
         let (fused, handle) = fused(&cfg, &a);
         let layered = layered(&cfg, &b);
-        let cases: Vec<Case> = vec![
+        for (method, uri, headers, body) in cases() {
+            let got = answer(&fused, request(method, uri, &headers, body)).await;
+            let want = answer(&layered, request(method, uri, &headers, body)).await;
+            assert_eq!(got, want, "{method} {uri} {headers:?}");
+        }
+        // Counted as the stacked layers count them (the preflight is answered by CORS, uncounted).
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/hello"), ("status", "200")]), 8.0);
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/slow"), ("status", "504")]), 4.0);
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "unmatched"), ("status", "404")]), 3.0);
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/problem"), ("status", "409")]), 2.0);
+        for (route, status) in [("/hello", "200"), ("/slow", "504"), ("unmatched", "404"), ("/items/{id}", "400")] {
+            let labels = [("route", route), ("status", status)];
+            let want = value(&b, "http_server_requests_total", &labels);
+            assert_eq!(value(&a, "http_server_requests_total", &labels), want, "{route} {status}");
+        }
+        // The one difference, on purpose: a panic is counted as the 500 it becomes. Stacked,
+        // catch-panic sits outside the metrics layer and the request went uncounted.
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/panic"), ("status", "500")]), 2.0);
+        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/panic-in-call"), ("status", "500")]), 2.0);
+        assert_eq!(value(&b, "http_server_requests_total", &[("route", "/panic"), ("status", "500")]), 0.0);
+        assert_eq!(value(&a, "http_server_requests_in_flight", &[]), 0.0);
+        assert_eq!(value(&b, "http_server_requests_in_flight", &[]), 0.0);
+        assert_eq!(handle.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn answers_as_the_stacked_layers_with_compression_off() {
+        let mut cfg = config(64);
+        cfg.http.compression = false;
+        let (fused, _) = fused(&cfg, &Metrics::new());
+        let layered = layered(&cfg, &Metrics::new());
+        for (method, uri, headers, body) in cases() {
+            let got = answer(&fused, request(method, uri, &headers, body)).await;
+            let want = answer(&layered, request(method, uri, &headers, body)).await;
+            assert_eq!(got, want, "{method} {uri} {headers:?}");
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
             ("GET", "/hello", vec![ID], ""),
             ("GET", "/hello", vec![ID, ORIGIN], ""),
             ("GET", "/hello", vec![("x-request-id", "first"), ("x-request-id", "second")], ""),
@@ -591,23 +672,19 @@ mod tests {
             ("GET", "/panic-in-call", vec![ID], ""),
             ("GET", "/slow", vec![ID, ("x-request-timeout-ms", "20")], ""),
             ("GET", "/slow", vec![ID, ORIGIN, ("x-request-timeout-ms", "20")], ""),
-        ];
-        for (method, uri, headers, body) in cases {
-            let got = answer(&fused, request(method, uri, &headers, body)).await;
-            let want = answer(&layered, request(method, uri, &headers, body)).await;
-            assert_eq!(got, want, "{method} {uri} {headers:?}");
-        }
-        // Counted as the stacked layers count them (the preflight is answered by CORS, uncounted).
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/hello"), ("status", "200")]), 5.0);
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/slow"), ("status", "504")]), 2.0);
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "unmatched"), ("status", "404")]), 2.0);
-        // The one difference, on purpose: a panic is counted as the 500 it becomes. Stacked,
-        // catch-panic sits outside the metrics layer and the request went uncounted.
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/panic"), ("status", "500")]), 2.0);
-        assert_eq!(value(&a, "http_server_requests_total", &[("route", "/panic-in-call"), ("status", "500")]), 1.0);
-        assert_eq!(value(&b, "http_server_requests_total", &[("route", "/panic"), ("status", "500")]), 0.0);
-        assert_eq!(value(&a, "http_server_requests_in_flight", &[]), 0.0);
-        assert_eq!(handle.in_flight(), 0);
+            // Only the first value counts; it is not a number, so the configured 300 ms apply.
+            ("GET", "/slow", vec![ID, ("x-request-timeout-ms", "soon"), ("x-request-timeout-ms", "20")], ""),
+            // New ids (compared as a placeholder).
+            ("GET", "/hello", vec![], ""),
+            ("GET", "/hello", vec![ORIGIN, ("accept-encoding", "identity")], ""),
+            ("GET", "/missing", vec![ORIGIN], ""),
+            ("GET", "/slow", vec![("x-request-timeout-ms", "20")], ""),
+            ("GET", "/panic-in-call", vec![ORIGIN], ""),
+            ("GET", "/problem", vec![], ""),
+            // Compressed: a sent id, so the bodies can be compared as they are.
+            ("GET", "/problem", vec![ID, ("accept-encoding", "gzip")], ""),
+            ("GET", "/hello", vec![("x-request-id", "has space"), ("x-request-id", "ok")], ""),
+        ]
     }
 
     #[tokio::test]
@@ -615,7 +692,7 @@ mod tests {
         let cfg = config(64);
         let (fused, _) = fused(&cfg, &Metrics::new());
         for headers in [vec![], vec![("x-request-id", "has space")], vec![ORIGIN]] {
-            let (status, got, _) = answer(&fused, request("GET", "/hello", &headers, "")).await;
+            let (status, got, _) = raw(&fused, request("GET", "/hello", &headers, "")).await;
             assert_eq!(status, StatusCode::OK);
             let id = got.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap();
             assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7, "{headers:?}");
@@ -630,7 +707,7 @@ mod tests {
         // (replaced when invalid), never an unchecked value.
         for (sent, raw_is_id) in [(None, false), (Some("has space"), true), (Some("ok-1"), true)] {
             let headers: Vec<(&str, &str)> = sent.map(|v| ("x-request-id", v)).into_iter().collect();
-            let (_, got, body) = answer(&fused, request("GET", "/id", &headers, "")).await;
+            let (_, got, body) = raw(&fused, request("GET", "/id", &headers, "")).await;
             let echoed = got.iter().find(|(k, _)| k == "x-request-id").map(|(_, v)| v.clone()).unwrap();
             let body = String::from_utf8(body.to_vec()).unwrap();
             let raw = if raw_is_id { echoed.clone() } else { "-".to_owned() };

@@ -113,7 +113,7 @@ where
         this.span.in_scope(|span| {
             let out = std::task::ready!(inner.poll(cx));
             if let Ok(resp) = &out {
-                finished(span, resp.status().as_u16(), start, access_log);
+                finished(span, resp.status().as_u16(), || start.elapsed(), access_log);
             }
             Poll::Ready(out)
         })
@@ -122,7 +122,13 @@ where
 
 /// Logs the access or failure line (with the status, so it need not be a span field), and gives
 /// an exported span its status.
-pub(crate) fn finished(span: Option<&tracing::Span>, status: u16, start: Instant, access_log: bool) {
+/// `elapsed` is read only when a line is written.
+pub(crate) fn finished(
+    span: Option<&tracing::Span>,
+    status: u16,
+    elapsed: impl FnOnce() -> std::time::Duration,
+    access_log: bool,
+) {
     let exporting = crate::telemetry::exporting();
     if exporting && let Some(span) = span {
         span.record("http.response.status_code", status);
@@ -130,7 +136,7 @@ pub(crate) fn finished(span: Option<&tracing::Span>, status: u16, start: Instant
             span.record("otel.status_code", "ERROR");
         }
     }
-    let latency_ms = || start.elapsed().as_secs_f64() * 1000.0;
+    let latency_ms = || elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::error!(http.response.status_code = status, latency_ms = latency_ms(), "request failed");
     } else if access_log {
