@@ -52,18 +52,7 @@ use crate::telemetry::RequestSpan;
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineLayer {
     // One `Arc`: axum clones the layered service for every request.
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    security_headers: SecurityHeadersLayer,
-    cors: CorsLayer,
-    trace: TraceLayer,
-    metrics: HttpMetricsLayer,
-    timeout: Duration,
-    shed: LoadShedLayer,
-    compression: CompressionLayer,
+    shared: Arc<Layers>,
 }
 
 /// The layers [`PipelineLayer`] does the work of, outermost first (the body limit aside).
@@ -80,17 +69,8 @@ pub(crate) struct Layers {
 
 impl PipelineLayer {
     /// Does what these layers, stacked as [`stack`](super::stack) documents, would do.
-    pub(crate) fn new(l: Layers) -> Self {
-        let shared = Shared {
-            security_headers: l.security_headers,
-            cors: l.cors,
-            trace: l.trace,
-            metrics: l.metrics,
-            timeout: l.timeout.timeout(),
-            shed: l.shed,
-            compression: l.compression,
-        };
-        Self { shared: Arc::new(shared) }
+    pub(crate) fn new(layers: Layers) -> Self {
+        Self { shared: Arc::new(layers) }
     }
 }
 
@@ -112,7 +92,7 @@ pub(crate) struct Pipeline<S> {
 #[derive(Debug, Clone)]
 pub(crate) struct Core<S> {
     inner: Compression<Problems<S>>,
-    shared: Arc<Shared>,
+    shared: Arc<Layers>,
 }
 
 impl<S, ReqB> Service<Request<ReqB>> for Pipeline<S>
@@ -265,7 +245,8 @@ impl<S> Core<S> {
         }))
         .unwrap_or_default();
         let method = super::metrics::method_label(req.method());
-        let timeout = seen.asked.flatten().map_or(shared.timeout, |a| a.min(shared.timeout));
+        let configured = shared.timeout.timeout();
+        let timeout = seen.asked.flatten().map_or(configured, |a| a.min(configured));
         // One clock reading serves the deadline, the latency in the access line and the
         // duration metric.
         let start = Instant::now();
@@ -299,7 +280,7 @@ impl<S> Core<S> {
 /// A request being handled: counted out of the in-flight gauge (and given back its place
 /// among the admitted) when dropped, answered or cancelled.
 struct State {
-    shared: Arc<Shared>,
+    shared: Arc<Layers>,
     id: RequestId,
     route: Option<MatchedPath>,
     method: &'static str,
