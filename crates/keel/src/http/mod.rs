@@ -24,8 +24,9 @@
 //!
 //! [`stack`] runs all these but the body limit as one service (the private `pipeline`
 //! module) over the body limit: the same answers, without the cost of stacking (each layer
-//! moving the request and the response future once more). The modules above remain, each
-//! usable on its own.
+//! moving the request and the response future once more), and a panic in a handler counted as
+//! the 500 it becomes (see the module's docs for the exact differences). The modules above
+//! remain, each usable on its own.
 //!
 //! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only security headers,
 //! catch-panic, request-id and metrics: they are never shed, timed out, CORS-checked or

@@ -4,8 +4,9 @@
 //! layer, [`CatchPanicLayer`](super::catch_panic::CatchPanicLayer),
 //! [`RequestIdLayer`](super::request_id::RequestIdLayer), [`TraceLayer`],
 //! [`HttpMetricsLayer`], [`TimeoutLayer`](super::timeout::TimeoutLayer), [`LoadShedLayer`],
-//! [`CompressionLayer`] and [`ProblemsLayer`]. It answers every request as that stack would,
-//! through the same functions of those modules, but in one `call` and one response future.
+//! [`CompressionLayer`] and [`ProblemsLayer`]. It answers requests as that stack would (but for
+//! the differences below), through the same functions of those modules, but in one `call` and
+//! one response future.
 //! Stacked, each layer moved the request (about 250 bytes) and the growing response future
 //! once more, cloned its own shared state for every request, looked up the request headers it
 //! needs by name, read the clock on its own and polled the layer under it.
@@ -16,9 +17,13 @@
 //! pipeline makes its error answers problem documents itself, with the id and route it already
 //! holds, as the problems layer would.
 //!
-//! The stacked layers stay, for use on their own. One difference, on purpose: a panic is
-//! caught inside the request span, metrics and access log, so it is counted and logged as a
-//! 500 like any other; stacked, catch-panic sits outside them and such a request was neither.
+//! The stacked layers stay, for use on their own. Differences, on purpose: a panic in the
+//! routes (their `call`, their future, the rewrite of their error) is caught inside the request
+//! span, metrics and access log, so it is counted and logged as a 500 like any other; stacked,
+//! catch-panic sits outside them and such a request was neither. A panic in Keel's own
+//! recording of the answer (a subscriber that panics, say) is still answered with a 500, not
+//! counted. A panic while making the request span is logged and the request served without
+//! the span; stacked, it was answered with a 500.
 //!
 //! The body limit stays a layer below this one: it is an extension a route can override.
 
@@ -238,12 +243,16 @@ impl<S> Core<S> {
         let id = request_id::settle(&mut req, seen.request_id, seen.request_ids);
         let route = req.extensions().get::<MatchedPath>().cloned();
         let (service, method) = (shared.trace.service(), req.method());
-        // Caught as the catch-panic layer caught the trace layer's panics; without a span, the
-        // request's lines lack its fields, and it is answered all the same.
+        // A panic here (in a propagator or subscriber) loses the span, not the request: it is
+        // logged, and the request is served without the span's fields on its lines. Stacked,
+        // catch-panic answered it with a 500.
         let span = std::panic::catch_unwind(AssertUnwindSafe(|| {
             RequestSpan::continuing(service, Some(&id), method, route.as_ref(), req.headers(), seen.traceparent)
         }))
-        .unwrap_or_default();
+        .unwrap_or_else(|_| {
+            tracing::error!(request_id = id.as_str(), "making the request span panicked; serving without it");
+            RequestSpan::Made(tracing::Span::none())
+        });
         let method = super::metrics::method_label(req.method());
         let configured = shared.timeout.timeout();
         let timeout = seen.asked.flatten().map_or(configured, |a| a.min(configured));
@@ -291,7 +300,7 @@ struct State {
 
 impl State {
     fn deadline(&self) -> Instant {
-        self.start + self.timeout
+        timeout::deadline(self.start, self.timeout)
     }
 
     /// What outbound calls made for the request read (see `context`).

@@ -68,7 +68,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().cloned();
         let timeout = budget(req.headers(), self.timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline(tokio::time::Instant::now(), timeout);
         let ctx = super::context::RequestContext { request_id: id.clone(), deadline: Some(deadline) };
         ResponseFuture { inner: super::context::scope(ctx, self.inner.call(req)), sleep: None, deadline, timeout, id }
     }
@@ -84,6 +84,12 @@ pub(crate) fn budget(headers: &http::HeaderMap, configured: Duration) -> Duratio
 /// The time asked for in an `x-request-timeout-ms` value, if it is a number of milliseconds.
 pub(crate) fn asked(value: &http::HeaderValue) -> Option<Duration> {
     value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+/// `start + timeout`, or a year from `start` when that is past what the clock can hold (a
+/// configured timeout of centuries would otherwise panic on every request).
+pub(crate) fn deadline(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    start.checked_add(timeout).or_else(|| start.checked_add(Duration::from_secs(365 * 86_400))).unwrap_or(start)
 }
 
 /// The 504 answer to a request that ran out of `timeout`; logs it.
@@ -125,5 +131,18 @@ where
         let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*this.deadline)));
         std::task::ready!(sleep.as_mut().poll(cx));
         Poll::Ready(Ok(timed_out(*this.timeout, this.id.as_ref())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deadline_past_what_the_clock_holds_is_a_year_away() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(deadline(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        let far = deadline(now, Duration::MAX);
+        assert_eq!(far, now + Duration::from_secs(365 * 86_400));
     }
 }
