@@ -69,12 +69,6 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Compression<S> {
 }
 
 impl<S> Compression<S> {
-    /// Whether a request with these headers gets tower-http's compression (else it goes
-    /// straight to the inner service).
-    pub(crate) fn negotiates(&self, headers: &http::HeaderMap) -> bool {
-        self.enabled && headers.contains_key(header::ACCEPT_ENCODING)
-    }
-
     /// Whether this layer compresses at all (`http.compression`).
     pub(crate) fn enabled(&self) -> bool {
         self.enabled
@@ -100,7 +94,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if self.negotiates(req.headers()) {
+        if self.enabled && req.headers().contains_key(header::ACCEPT_ENCODING) {
             ResponseFuture { kind: Kind::Negotiated { fut: Box::pin(self.inner.call(req)) } }
         } else {
             ResponseFuture { kind: Kind::Plain { fut: self.inner.get_mut().call(req) } }

@@ -98,11 +98,12 @@ pub(crate) fn shed_response(id: Option<&RequestId>) -> Response {
         .into_response_with_id(id.map(RequestId::as_str))
 }
 
-struct Guard(Arc<Shared>);
+/// A place taken by [`LoadShedLayer::admit`], given back when dropped.
+struct Guard(LoadShedLayer);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.release();
     }
 }
 
@@ -125,7 +126,7 @@ where
             let resp = shed_response(req.extensions().get::<RequestId>());
             return ResponseFuture { kind: Kind::Shed { resp: Some(resp) } };
         }
-        let guard = Guard(self.layer.shared.clone());
+        let guard = Guard(self.layer.clone());
         ResponseFuture { kind: Kind::Running { inner: self.inner.call(req), _guard: guard } }
     }
 }

@@ -254,8 +254,7 @@ impl<S> Core<S> {
             RequestSpan::Made(tracing::Span::none())
         });
         let method = super::metrics::method_label(req.method());
-        let configured = shared.timeout.timeout();
-        let timeout = seen.asked.flatten().map_or(configured, |a| a.min(configured));
+        let timeout = timeout::budget(seen.asked.flatten(), shared.timeout.timeout());
         // One clock reading serves the deadline, the latency in the access line and the
         // duration metric.
         let start = Instant::now();

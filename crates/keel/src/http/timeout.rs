@@ -67,17 +67,17 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let id = req.extensions().get::<RequestId>().cloned();
-        let timeout = budget(req.headers(), self.timeout);
+        let asked = req.headers().get(&super::context::TIMEOUT_HEADER_NAME).and_then(asked);
+        let timeout = budget(asked, self.timeout);
         let deadline = deadline(tokio::time::Instant::now(), timeout);
         let ctx = super::context::RequestContext { request_id: id.clone(), deadline: Some(deadline) };
         ResponseFuture { inner: super::context::scope(ctx, self.inner.call(req)), sleep: None, deadline, timeout, id }
     }
 }
 
-/// The request's time: `configured`, or less when the caller asked for less in
+/// The request's time: `configured`, or less when the caller `asked` for less in
 /// `x-request-timeout-ms`.
-pub(crate) fn budget(headers: &http::HeaderMap, configured: Duration) -> Duration {
-    let asked = headers.get(&super::context::TIMEOUT_HEADER_NAME).and_then(asked);
+pub(crate) fn budget(asked: Option<Duration>, configured: Duration) -> Duration {
     asked.map_or(configured, |a| a.min(configured))
 }
 
