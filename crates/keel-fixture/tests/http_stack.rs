@@ -439,6 +439,74 @@ async fn slow_headers_after_a_keep_alive_request_are_cut_off_too() {
 }
 
 #[tokio::test]
+async fn headers_trickled_in_are_cut_off_at_the_deadline_all_the_same() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A byte every 50 ms: the connection is never silent for long, but its head is never done.
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter()
+    {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("answered a head that never ended: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the connection stayed open for {:?}", started.elapsed());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "closed after {took:?}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_header_deadline_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The deadline is for heads; a request being handled keeps its connection however long it
+    // takes (the request timeout bounds that).
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "200ms")]).await;
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    s.write_all(b"GET /slow?ms=900 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Then the same connection serves another request sent at once.
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // And, idle past the deadline, it is closed.
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    let idle = started.elapsed();
+    assert!(idle >= Duration::from_millis(200) && idle < Duration::from_secs(2), "closed after {idle:?} idle");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_head_does_not_hold_up_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let f =
+        Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms"), ("FIXTURE__SHUTDOWN__TIMEOUT", "20s")]).await;
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    f.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "drained in {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     use tokio::io::AsyncWriteExt;
     let f = Fixture::start(&[("FIXTURE__HTTP__MAX_CONNECTIONS", "2")]).await;

@@ -21,8 +21,8 @@
 //! Exit codes are in [`exit`].
 
 mod cli;
-mod conn_timer;
 mod group;
+mod head_deadline;
 mod lifecycle;
 mod management;
 #[cfg(feature = "sql")]

@@ -25,6 +25,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::head_deadline::{Deadlines, Watched, WatchedIo};
+
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -42,61 +44,75 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
-    // A template: each connection gets a copy with a timer of its own (below). Served as is,
-    // hyper would refuse it (a header deadline without a timer).
-    builder.http1().header_read_timeout(limits.header_read_timeout);
+    // The header-read deadline is kept beside hyper (see `head_deadline`), not by hyper's own
+    // timer: that one costs a timer and an extra poll per request.
+    builder.http1().header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
-    let mut logged_full = false;
-    loop {
-        // A free slot first: at the cap, new clients wait in the kernel's backlog.
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(s) => s,
-            Err(_) => {
-                if !logged_full {
-                    tracing::warn!(max = limits.max_connections, "connection limit reached; new clients wait");
-                    logged_full = true;
+    let deadlines = Deadlines::new(limits.header_read_timeout);
+    let sweeping = deadlines.clone().run();
+    tokio::pin!(sweeping);
+    let accepting = async {
+        let mut logged_full = false;
+        loop {
+            // A free slot first: at the cap, new clients wait in the kernel's backlog.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(s) => s,
+                Err(_) => {
+                    if !logged_full {
+                        tracing::warn!(max = limits.max_connections, "connection limit reached; new clients wait");
+                        logged_full = true;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        s = slots.clone().acquire_owned() => match s {
+                            Ok(s) => s,
+                            Err(_) => break,
+                        },
+                    }
                 }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    s = slots.clone().acquire_owned() => match s {
-                        Ok(s) => s,
-                        Err(_) => break,
-                    },
+            };
+            let (stream, peer) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors or a connection reset before accept: back off
+                        // briefly instead of spinning, and keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            logged_full = false;
+            let _ = stream.set_nodelay(true);
+            let watch = deadlines.watch();
+            let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+            let service = TowerToHyperService::new(Watched::new(service, watch.clone()));
+            let io = TokioIo::new(WatchedIo::new(stream, watch));
+            let conn = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: back off briefly
-                    // instead of spinning, and keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        logged_full = false;
-        let _ = stream.set_nodelay(true);
-        let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
-        });
-        // The header-read deadline runs on a timer of the connection's own (see `conn_timer`).
-        let mut builder = builder.clone();
-        builder.http1().timer(super::conn_timer::ConnTimer::default());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-            drop(slot);
-        });
+                drop(slot);
+            });
+        }
+        // New connections are refused from here.
+        drop(listener);
+    };
+    // The deadlines are swept while connections are accepted and while they drain: a client
+    // stalled in the middle of a head must not hold up the shutdown.
+    tokio::select! {
+        () = accepting => {}
+        () = &mut sweeping => {}
     }
-    drop(listener);
-    graceful.shutdown().await;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = sweeping => {}
+    }
 }
