@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /hello`, `GET /items/{id}` (typed path), `POST /echo` (typed JSON body),
 //! `POST /upload` (raw body, its own 64 KiB limit),
-//! `GET /slow?ms=N` (sleeps), `GET /panic`, `GET /problem`, `GET /log` (logs a line with a
+//! `GET /slow?ms=N` (sleeps), `GET /stream?ms=N` (two chunks `ms` apart), `GET /peer` (the
+//! client's address), `GET /panic`, `GET /problem`, `GET /log` (logs a line with a
 //! field), `GET /traceparent` (what an outbound call would carry), `GET /bare-error` (a bare text 500). Config section `app`: `greeting`, `api_key`
 //! (a secret), `stubborn_task` (a background task that ignores cancellation, to test forced
 //! shutdown), `failing_check` (a readiness check that is always down) and `warmup` (a startup
@@ -213,6 +214,29 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 .merge(proxy)
                 .merge(dependency_routes(deps))
                 .route("/hello", get(move || async move { Json(serde_json::json!({ "message": greeting })) }))
+                .route(
+                    "/peer",
+                    get(|axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>| async move {
+                        peer.to_string()
+                    }),
+                )
+                .route(
+                    "/stream",
+                    get(|Query(q): Query<SlowQuery>| async move {
+                        // Two chunks, `ms` apart: an answer still being sent.
+                        let chunks = futures_util::stream::unfold(0u8, move |n| async move {
+                            match n {
+                                0 => Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"first ")), 1)),
+                                1 => {
+                                    tokio::time::sleep(Duration::from_millis(q.ms)).await;
+                                    Some((Ok(bytes::Bytes::from_static(b"second")), 2))
+                                }
+                                _ => None,
+                            }
+                        });
+                        axum::body::Body::from_stream(chunks)
+                    }),
+                )
                 .route(
                     "/flags/{key}",
                     get(move |Path(key): Path<String>, Query(q): Query<FlagQuery>| async move {

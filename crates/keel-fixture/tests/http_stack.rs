@@ -420,7 +420,7 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test]
 async fn slow_headers_after_a_keep_alive_request_are_cut_off_too() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // The connection's one timer, armed for the first request, is re-armed for the second.
+    // Idle again after the first answer: the deadline holds for the second head too.
     let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
     let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
     s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
@@ -481,15 +481,103 @@ async fn a_request_slower_than_the_header_deadline_is_answered() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
     // Then the same connection serves another request sent at once.
+    let started = Instant::now();
     s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
-    // And, idle past the deadline, it is closed.
-    let started = Instant::now();
+    // And, idle past the deadline, it is closed. (Timed from before the last request, so the
+    // time measured here is never shorter than the server's idle time.)
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0, "closed, not answered");
     let idle = started.elapsed();
     assert!(idle >= Duration::from_millis(200) && idle < Duration::from_secs(2), "closed after {idle:?} idle");
+    f.stop().await;
+}
+
+/// Reads until the server closes the connection (or 5 s pass); what it sent.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    all
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_deadline() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    assert!(read_until_closed(&mut s).await.is_empty());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "closed after {took:?}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_connect_keeps_the_connection_under_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    // hyper makes a tunnel only of a 2xx answer to CONNECT; after a refusal the connection
+    // reads heads again, and a stalled one is cut off like any other.
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    s.write_all(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let all = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&all);
+    assert!(!text.starts_with("HTTP/1.1 2"), "refused: {text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "the stalled request was not answered: {text}");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn answers_and_uploads_slower_than_the_header_deadline_are_not_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "200ms")]).await;
+    // An answer whose second chunk comes 700 ms after its first.
+    let resp = client().get(f.url("/stream?ms=700")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "first second");
+    // A body sent a byte every 100 ms, for a second: the head was in time.
+    let mut s = tokio::net::TcpStream::connect(f.running().http_addr()).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n").await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("10"), "{text}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn http2_connections_outlive_the_header_deadline_http1_ones_do_not() {
+    // The same client twice, a pause longer than the deadline in between: the port it is seen
+    // from tells whether the connection was kept.
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "200ms")]).await;
+    keel::http::client::install_tls_provider();
+    let peer = |c: reqwest::Client| {
+        let url = f.url("/peer");
+        async move {
+            let first = c.get(&url).send().await.unwrap().text().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let second = c.get(&url).send().await.unwrap().text().await.unwrap();
+            (first, second)
+        }
+    };
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let (a, b) = peer(h2).await;
+    assert_eq!(a, b, "HTTP/2: the same connection");
+    let h1 = reqwest::Client::builder().no_proxy().http1_only().build().unwrap();
+    let (a, b) = peer(h1).await;
+    assert_ne!(a, b, "HTTP/1.1: the idle connection was closed, a new one made");
     f.stop().await;
 }
 

@@ -9,22 +9,26 @@
 //! instructions per request on `GET /hello`: the largest single cost of Keel's server against
 //! `axum::serve` (see docs/benchmarks.md).
 //!
-//! Here each connection only records, with a few uncontended atomic operations per request,
-//! whether it is busy and since when it has been idle. It is busy from the moment a request is
-//! handed to the routes until hyper drops its answer's body. One sweep per listener, run every
-//! eighth of the deadline (at most every second), ends the connections that have been idle
-//! longer than the deadline: it marks them and wakes them, and their next read fails. That
+//! Here each connection only records, with a few uncontended atomic operations and one clock
+//! reading per request, whether it is busy and since when it has been idle. It is busy from the
+//! moment a request is handed to the routes until hyper drops its answer's body (once the
+//! body's last frame is buffered: the final flush to a slow reader counts as idle, as it did
+//! with hyper's deadline). One sweep per listener, run every eighth of the deadline (between
+//! 5 ms and 1 s), ends the connections that have been idle longer than the deadline: it marks
+//! them and wakes them, and their next read, once no request is in progress, fails. That
 //! closes them as hyper's own deadline did.
 //!
-//! A connection is therefore closed between one deadline and about a quarter more after it
-//! went idle. The bounds hold whatever the sweep's lag: the idle time a connection records is
-//! read off a clock the sweep keeps, one sweep period coarse, and the sweep adds that period
-//! before judging.
+//! A connection is therefore never closed before it has been idle for the deadline, and
+//! closed at most one sweep period later (a quarter more for deadlines of 40 ms and up), plus
+//! however late the sweep runs on a busy runtime.
 //!
-//! Once a connection stops being HTTP/1 requests and answers, it is left alone:
+//! A connection that sends nothing, or stalls in the HTTP/2 preface, is closed at the
+//! deadline as well; hyper's own deadline did not cover that. Once a connection stops being
+//! HTTP/1 requests and answers, it is left alone:
 //! - HTTP/2, after its first request; hyper has no header deadline for HTTP/2 either;
 //! - after an upgrade (`101 Switching Protocols`);
-//! - after a `CONNECT` tunnel.
+//! - after a tunnel (a `2xx` answer to `CONNECT`; any other answer keeps the connection
+//!   HTTP/1, and under the deadline).
 //!
 //! # Cancellation
 //!
@@ -37,14 +41,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tower::Service;
 
 /// The deadline of one listener's connections, and their sweep.
@@ -52,10 +56,9 @@ use tower::Service;
 pub(crate) struct Deadlines {
     timeout_ms: u64,
     period: Duration,
+    /// The std clock, not tokio's: under tokio's paused test clock the sweeps come as fast as
+    /// virtual time allows, and idle times must still be real ones.
     origin: Instant,
-    /// Milliseconds since `origin` at the last sweep: what connections stamp their idle
-    /// time with, so that recording it reads no clock.
-    now_ms: AtomicU64,
     watched: Mutex<Vec<Weak<Watch>>>,
 }
 
@@ -66,7 +69,6 @@ impl Deadlines {
             timeout_ms: millis(timeout),
             period: (timeout / 8).clamp(Duration::from_millis(5), Duration::from_secs(1)),
             origin: Instant::now(),
-            now_ms: AtomicU64::new(0),
             watched: Mutex::new(Vec::new()),
         })
     }
@@ -76,7 +78,7 @@ impl Deadlines {
         let watch = Arc::new(Watch {
             deadlines: self.clone(),
             busy: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(self.now_ms.load(Ordering::Relaxed)),
+            idle_since: AtomicU64::new(self.now()),
             exempt: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -91,17 +93,18 @@ impl Deadlines {
         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            let now = millis(self.origin.elapsed());
-            self.now_ms.store(now, Ordering::Relaxed);
-            self.sweep(now);
+            self.sweep(self.now());
         }
+    }
+
+    /// Milliseconds since `origin`.
+    fn now(&self) -> u64 {
+        millis(self.origin.elapsed())
     }
 
     /// Ends the connections idle for longer than the deadline at `now` (milliseconds since
     /// `origin`), and forgets those that are gone or exempt.
     fn sweep(&self, now: u64) {
-        // A stamp can be one period older than the moment it stands for.
-        let limit = self.timeout_ms.saturating_add(millis(self.period));
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         watched.retain(|weak| {
             let Some(watch) = weak.upgrade() else { return false };
@@ -111,7 +114,7 @@ impl Deadlines {
             // `busy` first: a request that ended stamped its idle time before it stopped
             // counting as busy.
             if watch.busy.load(Ordering::Acquire) > 0
-                || now.saturating_sub(watch.idle_since.load(Ordering::Relaxed)) < limit
+                || now.saturating_sub(watch.idle_since.load(Ordering::Relaxed)) < self.timeout_ms
             {
                 return true;
             }
@@ -144,6 +147,13 @@ impl Watch {
         self.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
+
+    /// Whether reads must fail: expired, and no request in progress. A sweep that judged the
+    /// connection idle an instant before a request was handed over must not cut that request
+    /// off; the read after its answer fails instead.
+    fn cut_off(&self) -> bool {
+        self.expired.load(Ordering::Acquire) && self.busy.load(Ordering::Acquire) == 0
+    }
 }
 
 /// A request in progress on a connection: the connection is busy until this is dropped.
@@ -155,7 +165,7 @@ impl Drop for Busy {
         let watch = &self.0;
         // Stamped first, so that a sweep that sees the connection no longer busy also sees
         // since when.
-        watch.idle_since.store(watch.deadlines.now_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        watch.idle_since.store(watch.deadlines.now(), Ordering::Relaxed);
         watch.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -184,7 +194,7 @@ fn expired() -> io::Error {
 impl<T: AsyncRead> AsyncRead for WatchedIo<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.watch.expired.load(Ordering::Acquire) {
+        if this.watch.cut_off() {
             return Poll::Ready(Err(expired()));
         }
         let polled = this.io.poll_read(cx, buf);
@@ -193,8 +203,10 @@ impl<T: AsyncRead> AsyncRead for WatchedIo<T> {
                 this.watch.waker.register(cx.waker());
                 *this.registered = Some(cx.waker().clone());
             }
-            // A sweep between the check above and the registration woke no one.
-            if this.watch.expired.load(Ordering::Acquire) {
+            // A sweep between the check above and the registration woke no one. (Skipping the
+            // registration of the same waker is safe: the slot is only emptied by the sweep's
+            // wake, which follows `expired` being set for good.)
+            if this.watch.cut_off() {
                 return Poll::Ready(Err(expired()));
             }
         }
@@ -254,11 +266,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if req.version() == Version::HTTP_2 || req.method() == Method::CONNECT {
+        if req.version() == Version::HTTP_2 {
             self.watch.exempt.store(true, Ordering::Relaxed);
         }
+        let connect = req.method() == Method::CONNECT;
         let busy = self.watch.begin();
-        WatchedFuture { fut: self.inner.call(req), busy: Some(busy) }
+        WatchedFuture { fut: self.inner.call(req), busy: Some(busy), connect }
     }
 }
 
@@ -268,6 +281,7 @@ pin_project! {
         #[pin]
         fut: F,
         busy: Option<Busy>,
+        connect: bool,
     }
 }
 
@@ -281,10 +295,13 @@ where
         let this = self.project();
         let out = std::task::ready!(this.fut.poll(cx));
         let busy = this.busy.take();
+        let connect = *this.connect;
         Poll::Ready(out.map(|resp| {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                && let Some(busy) = &busy
-            {
+            // What makes hyper hand the connection over (h1 `role.rs`): a 101, or a 2xx to
+            // CONNECT.
+            let handed_over =
+                resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+            if handed_over && let Some(busy) = &busy {
                 busy.0.exempt.store(true, Ordering::Relaxed);
             }
             resp.map(|body| WatchedBody { body, _busy: busy })
@@ -326,6 +343,14 @@ mod tests {
         Deadlines::new(Duration::from_millis(timeout_ms))
     }
 
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn the_sweep_period_is_an_eighth_of_the_deadline_within_bounds() {
         assert_eq!(deadlines(8_000).period, Duration::from_secs(1));
@@ -335,28 +360,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_connection_expires_only_past_the_deadline_and_one_period() {
-        let d = deadlines(800); // period 100 ms
+    async fn an_idle_connection_expires_once_idle_for_the_deadline_not_before() {
+        let d = deadlines(800);
         let w = d.watch();
-        d.sweep(899);
-        assert!(!w.expired.load(Ordering::Acquire), "one period of grace for the coarse stamp");
-        d.sweep(900);
+        w.idle_since.store(1_000, Ordering::Relaxed);
+        d.sweep(1_799);
+        assert!(!w.expired.load(Ordering::Acquire));
+        d.sweep(1_800);
         assert!(w.expired.load(Ordering::Acquire));
         assert!(d.watched.lock().unwrap().is_empty(), "an expired connection is forgotten");
     }
 
     #[tokio::test]
-    async fn a_busy_connection_never_expires_and_its_idle_time_restarts_after() {
+    async fn a_busy_connection_never_expires_and_is_idle_from_its_answer() {
         let d = deadlines(800);
         let w = d.watch();
+        // Opened long ago.
+        w.idle_since.store(0, Ordering::Relaxed);
         let busy = w.begin();
-        d.sweep(10_000);
+        d.sweep(1_000_000);
         assert!(!w.expired.load(Ordering::Acquire), "a request in progress is not cut off");
-        d.now_ms.store(10_000, Ordering::Relaxed);
+        let before = d.now();
         drop(busy);
-        d.sweep(10_899);
+        let answered = w.idle_since.load(Ordering::Relaxed);
+        assert!(answered >= before, "stamped when the answer was done");
+        d.sweep(answered + 799);
         assert!(!w.expired.load(Ordering::Acquire), "idle since the answer, not since it opened");
-        d.sweep(10_900);
+        d.sweep(answered + 800);
         assert!(w.expired.load(Ordering::Acquire));
     }
 
@@ -366,34 +396,49 @@ mod tests {
         let exempt = d.watch();
         exempt.exempt.store(true, Ordering::Relaxed);
         drop(d.watch());
-        d.sweep(100_000);
+        d.sweep(100_000_000);
         assert!(!exempt.expired.load(Ordering::Acquire));
         assert!(d.watched.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
-    async fn an_expired_connection_is_woken_and_its_read_fails() {
-        struct Flag(AtomicBool);
-        impl std::task::Wake for Flag {
-            fn wake(self: Arc<Self>) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
+    async fn an_expired_connection_is_woken_and_its_read_fails_even_if_its_waker_was_kept() {
         let (_client, server) = tokio::io::duplex(64);
         let d = deadlines(800);
-        let mut io = Box::pin(WatchedIo::new(server, d.watch()));
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
-        let waker = Waker::from(flag.clone());
+        let w = d.watch();
+        let mut io = Box::pin(WatchedIo::new(server, w.clone()));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut bytes = [0u8; 8];
         let mut buf = ReadBuf::new(&mut bytes);
+        // Twice with the same waker: the second skips registering it again.
         assert!(io.as_mut().poll_read(&mut cx, &mut buf).is_pending(), "nothing sent yet");
-        d.sweep(10_000);
-        assert!(flag.0.load(Ordering::SeqCst), "the sweep wakes the connection");
+        assert!(io.as_mut().poll_read(&mut cx, &mut buf).is_pending());
+        d.sweep(w.idle_since.load(Ordering::Relaxed) + 800);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the sweep wakes the connection");
         match io.as_mut().poll_read(&mut cx, &mut buf) {
             Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
             other => panic!("expected a timed-out read, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_handed_over_as_the_sweep_expires_the_connection_is_not_cut_off() {
+        let (_client, server) = tokio::io::duplex(64);
+        let d = deadlines(800);
+        let w = d.watch();
+        let mut io = Box::pin(WatchedIo::new(server, w.clone()));
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let mut bytes = [0u8; 8];
+        let mut buf = ReadBuf::new(&mut bytes);
+        // The sweep judged it idle; the request's head was handed over in the same instant.
+        w.expired.store(true, Ordering::Release);
+        let busy = w.begin();
+        assert!(io.as_mut().poll_read(&mut cx, &mut buf).is_pending(), "reads go on while it is answered");
+        drop(busy);
+        assert!(matches!(io.as_mut().poll_read(&mut cx, &mut buf), Poll::Ready(Err(_))), "then it is closed");
     }
 
     async fn answer(d: &Arc<Deadlines>, req: Request<()>, status: StatusCode) -> Arc<Watch> {
@@ -412,11 +457,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http1_requests_and_answers_stay_under_the_deadline() {
+    async fn http1_requests_and_answers_keep_the_connection_under_the_deadline() {
         let d = deadlines(800);
-        let w = answer(&d, Request::new(()), StatusCode::OK).await;
-        d.sweep(10_000);
-        assert!(w.expired.load(Ordering::Acquire));
+        let plain = answer(&d, Request::new(()), StatusCode::OK).await;
+        // A CONNECT refused (hyper keeps the connection HTTP/1, reading the next head).
+        let refused =
+            answer(&d, Request::builder().method(Method::CONNECT).body(()).unwrap(), StatusCode::METHOD_NOT_ALLOWED)
+                .await;
+        d.sweep(100_000_000);
+        assert!(plain.expired.load(Ordering::Acquire));
+        assert!(refused.expired.load(Ordering::Acquire));
     }
 
     #[tokio::test]
@@ -425,7 +475,7 @@ mod tests {
         let h2 = answer(&d, Request::builder().version(Version::HTTP_2).body(()).unwrap(), StatusCode::OK).await;
         let upgraded = answer(&d, Request::new(()), StatusCode::SWITCHING_PROTOCOLS).await;
         let tunnel = answer(&d, Request::builder().method(Method::CONNECT).body(()).unwrap(), StatusCode::OK).await;
-        d.sweep(10_000);
+        d.sweep(100_000_000);
         for w in [h2, upgraded, tunnel] {
             assert!(!w.expired.load(Ordering::Acquire));
         }
