@@ -63,8 +63,18 @@ cbase=$(echo "${cpu[bare]}" | median)
 # Two views of the same rounds: the ratio of the medians, and the median of each round's ratio
 # (the target against bare axum measured seconds before it), which a machine whose speed drifts
 # between rounds moves less.
-paired() { python3 -c "import statistics as s; a='$1'.split(); b='$2'.split(); print(f'{s.median(float(x)/float(y) for x, y in zip(a, b)):.1%}')"; }
-echo "| target | median req/s | ratio to bare axum | median of per-round ratios | server CPU µs/request | bare's CPU / this |"
+# With it, a 95 % bootstrap interval of that median (resampling rounds, fixed seed): whether a
+# target is above a ratio beyond the noise of this run, not just in its middle value.
+paired() {
+  python3 - "$1" "$2" <<'PY'
+import random, statistics as s, sys
+r = [float(x) / float(y) for x, y in zip(sys.argv[1].split(), sys.argv[2].split())]
+rng = random.Random(1)
+boot = sorted(s.median(rng.choices(r, k=len(r))) for _ in range(2000))
+print(f"{s.median(r):.1%} ({boot[50]:.1%}–{boot[1949]:.1%})")
+PY
+}
+echo "| target | median req/s | ratio to bare axum | median of per-round ratios (95 % interval) | server CPU µs/request | bare's CPU / this |"
 echo "|---|---|---|---|---|---|"
 for t in "${targets[@]}"; do
   m=$(echo "${results[$t]}" | median)
