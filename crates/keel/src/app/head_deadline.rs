@@ -401,23 +401,41 @@ mod tests {
         assert!(d.watched.lock().unwrap().is_empty());
     }
 
+    /// A watched socket nothing is sent to, read by hand with a waker that counts its wakes.
+    struct Reader {
+        io: Pin<Box<WatchedIo<tokio::io::DuplexStream>>>,
+        _client: tokio::io::DuplexStream,
+        wakes: Arc<Count>,
+    }
+
+    impl Reader {
+        fn new(w: &Arc<Watch>) -> Self {
+            let (client, server) = tokio::io::duplex(64);
+            Self {
+                io: Box::pin(WatchedIo::new(server, w.clone())),
+                _client: client,
+                wakes: Arc::new(Count(AtomicUsize::new(0))),
+            }
+        }
+
+        fn poll(&mut self) -> Poll<io::Result<()>> {
+            let waker = Waker::from(self.wakes.clone());
+            let mut bytes = [0u8; 8];
+            self.io.as_mut().poll_read(&mut Context::from_waker(&waker), &mut ReadBuf::new(&mut bytes))
+        }
+    }
+
     #[tokio::test]
     async fn an_expired_connection_is_woken_and_its_read_fails_even_if_its_waker_was_kept() {
-        let (_client, server) = tokio::io::duplex(64);
         let d = deadlines(800);
         let w = d.watch();
-        let mut io = Box::pin(WatchedIo::new(server, w.clone()));
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut bytes = [0u8; 8];
-        let mut buf = ReadBuf::new(&mut bytes);
+        let mut r = Reader::new(&w);
         // Twice with the same waker: the second skips registering it again.
-        assert!(io.as_mut().poll_read(&mut cx, &mut buf).is_pending(), "nothing sent yet");
-        assert!(io.as_mut().poll_read(&mut cx, &mut buf).is_pending());
+        assert!(r.poll().is_pending(), "nothing sent yet");
+        assert!(r.poll().is_pending());
         d.sweep(w.idle_since.load(Ordering::Relaxed) + 800);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the sweep wakes the connection");
-        match io.as_mut().poll_read(&mut cx, &mut buf) {
+        assert_eq!(r.wakes.0.load(Ordering::SeqCst), 1, "the sweep wakes the connection");
+        match r.poll() {
             Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
             other => panic!("expected a timed-out read, got {other:?}"),
         }
@@ -425,20 +443,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_handed_over_as_the_sweep_expires_the_connection_is_not_cut_off() {
-        let (_client, server) = tokio::io::duplex(64);
         let d = deadlines(800);
         let w = d.watch();
-        let mut io = Box::pin(WatchedIo::new(server, w.clone()));
-        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
-        let mut cx = Context::from_waker(&waker);
-        let mut bytes = [0u8; 8];
-        let mut buf = ReadBuf::new(&mut bytes);
+        let mut r = Reader::new(&w);
         // The sweep judged it idle; the request's head was handed over in the same instant.
         w.expired.store(true, Ordering::Release);
         let busy = w.begin();
-        assert!(io.as_mut().poll_read(&mut cx, &mut buf).is_pending(), "reads go on while it is answered");
+        assert!(r.poll().is_pending(), "reads go on while it is answered");
         drop(busy);
-        assert!(matches!(io.as_mut().poll_read(&mut cx, &mut buf), Poll::Ready(Err(_))), "then it is closed");
+        assert!(matches!(r.poll(), Poll::Ready(Err(_))), "then it is closed");
     }
 
     async fn answer(d: &Arc<Deadlines>, req: Request<()>, status: StatusCode) -> Arc<Watch> {
