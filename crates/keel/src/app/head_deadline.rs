@@ -32,9 +32,9 @@
 //!
 //! # Cancellation
 //!
-//! [`Deadlines::run`] sweeps until its future is dropped. The accept loop runs it beside
-//! accepting and beside the drain, so a connection stalled in the middle of a head cannot hold
-//! up a graceful shutdown.
+//! [`Deadlines::run`] sweeps until its future is dropped. The accept loop runs it as a task
+//! through accepting and the drain, so a connection stalled in the middle of a head cannot hold
+//! up a graceful shutdown, and aborts it when it returns or is dropped.
 
 use std::io;
 use std::pin::Pin;

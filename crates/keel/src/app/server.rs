@@ -23,6 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tower::ServiceExt;
 
 use super::head_deadline::{Deadlines, Watched, WatchedIo};
@@ -49,70 +50,59 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     builder.http1().header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let deadlines = Deadlines::new(limits.header_read_timeout);
-    let sweeping = deadlines.clone().run();
-    tokio::pin!(sweeping);
-    let accepting = async {
-        let mut logged_full = false;
-        loop {
-            // A free slot first: at the cap, new clients wait in the kernel's backlog.
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(s) => s,
-                Err(_) => {
-                    if !logged_full {
-                        tracing::warn!(max = limits.max_connections, "connection limit reached; new clients wait");
-                        logged_full = true;
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        s = slots.clone().acquire_owned() => match s {
-                            Ok(s) => s,
-                            Err(_) => break,
-                        },
-                    }
+    // Swept while connections are accepted and while they drain (a client stalled in the
+    // middle of a head must not hold up the shutdown); stopped when this returns or is dropped.
+    let _sweeping = AbortOnDropHandle::new(tokio::spawn(deadlines.clone().run()));
+    let mut logged_full = false;
+    loop {
+        // A free slot first: at the cap, new clients wait in the kernel's backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if !logged_full {
+                    tracing::warn!(max = limits.max_connections, "connection limit reached; new clients wait");
+                    logged_full = true;
                 }
-            };
-            let (stream, peer) = tokio::select! {
-                () = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of descriptors or a connection reset before accept: back off
-                        // briefly instead of spinning, and keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            logged_full = false;
-            let _ = stream.set_nodelay(true);
-            let watch = deadlines.watch();
-            let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            });
-            let service = TowerToHyperService::new(Watched::new(service, watch.clone()));
-            let io = TokioIo::new(WatchedIo::new(stream, watch));
-            let conn = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
                 }
-                drop(slot);
-            });
-        }
-        // New connections are refused from here.
-        drop(listener);
-    };
-    // The deadlines are swept while connections are accepted and while they drain: a client
-    // stalled in the middle of a head must not hold up the shutdown.
-    tokio::select! {
-        () = accepting => {}
-        () = &mut sweeping => {}
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: back off briefly
+                    // instead of spinning, and keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        logged_full = false;
+        let _ = stream.set_nodelay(true);
+        let watch = deadlines.watch();
+        let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let service = TowerToHyperService::new(Watched::new(service, watch.clone()));
+        let io = TokioIo::new(WatchedIo::new(stream, watch));
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
     }
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = sweeping => {}
-    }
+    drop(listener);
+    graceful.shutdown().await;
 }
