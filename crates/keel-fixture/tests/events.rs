@@ -495,6 +495,49 @@ async fn outbox_sqlite() {
     outbox_publishes_committed_events_only(Backend::Sqlite).await;
 }
 
+/// A service's transaction enqueues one event, the relay claims a batch meanwhile, then the
+/// transaction enqueues another. On MySQL/MariaDB under repeatable read, the claim locked the
+/// gap at the end of the table, the second insert waited for it, the claim's lease waited for
+/// the first insert's row: a deadlock, and the service's transaction failed.
+async fn an_open_enqueue_survives_a_claim(backend: Backend) {
+    let Some((_guard, db)) = database(backend).await else { return };
+    let bus = Bus::in_process(10_000);
+    let topic = unique_topic("open");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(Consumer::new(bus.clone(), &topic, "g", seen.handler()).run(stop.clone()));
+    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), None).unwrap();
+    let mut ids = enqueue(&outbox, &db, &topic, 50, true).await;
+
+    let mut tx = db.begin().await.unwrap();
+    let (first, second) = (event(1_000), event(1_001));
+    outbox.enqueue(&mut tx, &topic, &first).await.unwrap();
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+    // The relay claims the 50 committed rows now (and, under the old locking, waited here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    outbox.enqueue(&mut tx, &topic, &second).await.unwrap_or_else(|e| panic!("{backend}: {e}"));
+    tx.commit().await.unwrap();
+    ids.extend([first.id, second.id]);
+    outbox.wake();
+
+    until(Duration::from_secs(15), || async { (seen.ids().len() >= 52).then_some(()) }).await;
+    let counts = seen.counts();
+    assert!(ids.iter().all(|id| counts.get(id) == Some(&1)), "{backend}: each event once");
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn open_enqueue_mariadb() {
+    an_open_enqueue_survives_a_claim(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn open_enqueue_postgres() {
+    an_open_enqueue_survives_a_claim(Backend::Postgres).await;
+}
+
 async fn two_relays_publish_each_event_once(backend: Backend) {
     let Some((_guard, db)) = database(backend).await else { return };
     let bus = Bus::in_process(100_000);

@@ -373,8 +373,13 @@ impl Outbox {
         match db.backend() {
             Backend::MySql => {
                 // MySQL cannot UPDATE a table it selects from in a subquery: lock and read the
-                // rows, then lease them, in one transaction.
-                let mut tx = db.begin().await?;
+                // rows, then lease them, in one transaction. Read committed, so that InnoDB locks
+                // only the rows it reads, not the gaps between them: under its default
+                // (repeatable read), a service's transaction inserting into the outbox at the
+                // same moment could deadlock with the relay, and fail.
+                let mut conn = db.acquire().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
+                let mut tx = Transaction::begin(conn, None).await?;
                 let text = format!(
                     "SELECT seq, topic, partition_key, payload, attempts FROM keel_outbox o WHERE {} \
                      ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
