@@ -598,6 +598,27 @@ async fn a_stalled_head_does_not_hold_up_the_drain() {
 }
 
 #[tokio::test]
+async fn the_drain_finishes_http2_and_keep_alive_connections_and_their_requests() {
+    // Idle connections of both protocols, kept open by their clients' pools, and a request in
+    // progress on an HTTP/2 one: the drain answers the request, then closes them all.
+    let f =
+        Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "30s"), ("FIXTURE__SHUTDOWN__TIMEOUT", "20s")]).await;
+    keel::http::client::install_tls_provider();
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let h1 = reqwest::Client::builder().no_proxy().http1_only().build().unwrap();
+    for c in [&h2, &h1] {
+        assert_eq!(c.get(f.url("/hello")).send().await.unwrap().status(), 200);
+    }
+    let slow = tokio::spawn(h2.get(f.url("/slow?ms=500")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    f.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "drained in {:?}", started.elapsed());
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "the request in progress was answered");
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     use tokio::io::AsyncWriteExt;
     let f = Fixture::start(&[("FIXTURE__HTTP__MAX_CONNECTIONS", "2")]).await;

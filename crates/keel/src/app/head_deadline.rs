@@ -30,15 +30,26 @@
 //! - after a tunnel (a `2xx` answer to `CONNECT`; any other answer keeps the connection
 //!   HTTP/1, and under the deadline).
 //!
+//! # Drain
+//!
+//! The same registry drains the connections at shutdown: [`Deadlines::drain`] marks the
+//! listener draining and wakes every connection, and each one, wrapped in [`Drained`], starts
+//! hyper's graceful shutdown on its next poll (HTTP/1: finish the request in progress, then
+//! close; HTTP/2: `GOAWAY`). That replaces hyper-util's `GracefulShutdown`, whose watch was
+//! polled on every poll of every connection.
+//!
 //! # Cancellation
 //!
-//! [`Deadlines::run`] sweeps until its future is dropped. The accept loop runs it as a task
-//! through accepting and the drain, so a connection stalled in the middle of a head cannot hold
-//! up a graceful shutdown, and aborts it when it returns or is dropped.
+//! [`Deadlines::sweep_in_background`] sweeps, on a thread of its own, until the [`Sweeping`]
+//! it returns is dropped. The accept loop keeps it through accepting and the drain, so a
+//! connection stalled in the middle of a head cannot hold up a graceful shutdown, and drops it
+//! when it returns or is dropped. That ends the thread at once: it waits on a channel, which
+//! dropping the `Sweeping` disconnects.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -49,6 +60,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::MissedTickBehavior;
+use tokio_util::task::AbortOnDropHandle;
 use tower::Service;
 
 /// The deadline of one listener's connections, and their sweep.
@@ -60,6 +72,7 @@ pub(crate) struct Deadlines {
     /// virtual time allows, and idle times must still be real ones.
     origin: Instant,
     watched: Mutex<Vec<Weak<Watch>>>,
+    draining: AtomicBool,
 }
 
 impl Deadlines {
@@ -70,6 +83,7 @@ impl Deadlines {
             period: (timeout / 8).clamp(Duration::from_millis(5), Duration::from_secs(1)),
             origin: Instant::now(),
             watched: Mutex::new(Vec::new()),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -82,18 +96,57 @@ impl Deadlines {
             exempt: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            drain_waker: AtomicWaker::new(),
         });
         self.watched.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&watch));
         watch
     }
 
-    /// Sweeps every period until dropped.
-    pub(crate) async fn run(self: Arc<Self>) {
+    /// Starts sweeping every period, on a thread of its own, until the returned [`Sweeping`]
+    /// is dropped.
+    ///
+    /// A thread, not a task: a runtime with a timer armed does more work every time a worker
+    /// parks, which is after nearly every request on a keep-alive connection (about 250
+    /// instructions per request on `GET /hello`). Should the thread fail to start, the sweep
+    /// runs as a task instead.
+    pub(crate) fn sweep_in_background(self: &Arc<Self>) -> Sweeping {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let deadlines = self.clone();
+        let thread = std::thread::Builder::new().name("keel-header-deadline".into()).spawn(move || {
+            // Disconnected (the `Sweeping` was dropped) ends the loop; nothing is ever sent.
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(deadlines.period) {
+                deadlines.sweep(deadlines.now());
+            }
+        });
+        match thread {
+            Ok(_) => Sweeping { _stop: Some(stop), _task: None },
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the header-deadline thread; sweeping on the runtime");
+                Sweeping { _stop: None, _task: Some(AbortOnDropHandle::new(tokio::spawn(self.clone().run()))) }
+            }
+        }
+    }
+
+    /// Sweeps every period until dropped (the fallback of [`Deadlines::sweep_in_background`]).
+    async fn run(self: Arc<Self>) {
         let mut every = tokio::time::interval(self.period);
         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             every.tick().await;
             self.sweep(self.now());
+        }
+    }
+
+    /// Starts the drain: every connection, from now on, is shut down gracefully (see
+    /// [`Drained`]). Connections accepted later are drained on their first poll.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        // Each wake takes the waker: a connection is woken to drain at most once, which is all
+        // it needs.
+        for weak in self.watched.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            if let Some(watch) = weak.upgrade() {
+                watch.drain_waker.wake();
+            }
         }
     }
 
@@ -103,13 +156,14 @@ impl Deadlines {
     }
 
     /// Ends the connections idle for longer than the deadline at `now` (milliseconds since
-    /// `origin`), and forgets those that are gone or exempt.
+    /// `origin`), and forgets those that are gone or ended. Exempt connections are kept (the
+    /// drain still needs them) but never ended.
     fn sweep(&self, now: u64) {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         watched.retain(|weak| {
             let Some(watch) = weak.upgrade() else { return false };
             if watch.exempt.load(Ordering::Relaxed) {
-                return false;
+                return true;
             }
             // `busy` first: a request that ended stamped its idle time before it stopped
             // counting as busy.
@@ -125,6 +179,14 @@ impl Deadlines {
     }
 }
 
+/// The background sweep of [`Deadlines::sweep_in_background`]: stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Sweeping {
+    /// Dropping it disconnects the thread's channel, which ends the thread.
+    _stop: Option<std::sync::mpsc::Sender<()>>,
+    _task: Option<AbortOnDropHandle<()>>,
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -138,8 +200,11 @@ pub(crate) struct Watch {
     idle_since: AtomicU64,
     exempt: AtomicBool,
     expired: AtomicBool,
-    /// The connection's task, woken to find its connection expired.
+    /// The connection's task, woken to find its connection expired (registered by its reads).
     waker: AtomicWaker,
+    /// The same task, woken to drain (registered by [`Drained`]). A slot of its own: each
+    /// wake empties its slot, and a connection may need both wakes.
+    drain_waker: AtomicWaker,
 }
 
 impl Watch {
@@ -237,6 +302,54 @@ impl<T: AsyncWrite> AsyncWrite for WatchedIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
+    }
+}
+
+pin_project! {
+    /// A connection, shut down gracefully once its listener drains ([`Deadlines::drain`]).
+    ///
+    /// This replaces hyper-util's `GracefulShutdown`, whose watch channel was polled on every
+    /// poll of every connection (about 170 instructions per request): here a poll reads one
+    /// flag, and registers the task's waker only when it changed.
+    pub(crate) struct Drained<C, F> {
+        #[pin]
+        conn: C,
+        watch: Arc<Watch>,
+        shutdown: F,
+        // The waker last registered for the drain: registering the same one again is skipped
+        // (the slot is only emptied by the drain's wake, after which it is not needed).
+        registered: Option<Waker>,
+        drained: bool,
+    }
+}
+
+impl<C, F: FnMut(Pin<&mut C>)> Drained<C, F> {
+    /// `conn`, on which `shutdown` starts a graceful shutdown (hyper's `graceful_shutdown`).
+    pub(crate) fn new(conn: C, watch: Arc<Watch>, shutdown: F) -> Self {
+        Self { conn, watch, shutdown, registered: None, drained: false }
+    }
+}
+
+impl<C: Future, F: FnMut(Pin<&mut C>)> Future for Drained<C, F> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if !*this.drained {
+            let draining = || this.watch.deadlines.draining.load(Ordering::Acquire);
+            let mut drain = draining();
+            if !drain && !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                this.watch.drain_waker.register(cx.waker());
+                *this.registered = Some(cx.waker().clone());
+                // A drain between the check above and the registration woke no one.
+                drain = draining();
+            }
+            if drain {
+                *this.drained = true;
+                (this.shutdown)(this.conn.as_mut());
+            }
+        }
+        this.conn.poll(cx)
     }
 }
 
@@ -391,14 +504,90 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exempt_and_closed_connections_are_forgotten() {
+    async fn closed_connections_are_forgotten_and_exempt_ones_kept_for_the_drain() {
         let d = deadlines(800);
         let exempt = d.watch();
         exempt.exempt.store(true, Ordering::Relaxed);
         drop(d.watch());
         d.sweep(100_000_000);
         assert!(!exempt.expired.load(Ordering::Acquire));
-        assert!(d.watched.lock().unwrap().is_empty());
+        let watched = d.watched.lock().unwrap();
+        assert_eq!(watched.len(), 1);
+        assert!(Arc::ptr_eq(&watched[0].upgrade().unwrap(), &exempt));
+    }
+
+    #[test]
+    fn the_background_sweep_ends_idle_connections_and_stops_when_dropped() {
+        let d = deadlines(40);
+        let w = d.watch();
+        let sweeping = d.sweep_in_background();
+        let patience = Instant::now() + Duration::from_secs(10);
+        while !w.expired.load(Ordering::Acquire) {
+            assert!(Instant::now() < patience, "not swept within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(d.now() - w.idle_since.load(Ordering::Relaxed) >= 40, "not before the deadline");
+        // The thread holds the third reference (after `d` and the watch's).
+        assert_eq!(Arc::strong_count(&d), 3);
+        drop(sweeping);
+        while Arc::strong_count(&d) > 2 {
+            assert!(Instant::now() < patience, "the sweep thread did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A connection that never ends on its own, and counts its graceful shutdowns.
+    fn drained(w: &Arc<Watch>, shutdowns: &Arc<AtomicUsize>) -> Pin<Box<impl Future<Output = ()>>> {
+        let shutdowns = shutdowns.clone();
+        Box::pin(Drained::new(std::future::pending::<()>(), w.clone(), move |_: Pin<&mut _>| {
+            shutdowns.fetch_add(1, Ordering::SeqCst);
+        }))
+    }
+
+    #[test]
+    fn a_drain_wakes_each_connection_and_shuts_it_down_once() {
+        let d = deadlines(800);
+        let w = d.watch();
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let mut conn = drained(&w, &shutdowns);
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(conn.as_mut().poll(&mut cx).is_pending());
+        assert!(conn.as_mut().poll(&mut cx).is_pending(), "the same waker, kept");
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 0, "not before the drain");
+        d.drain();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the drain wakes the connection");
+        assert!(conn.as_mut().poll(&mut cx).is_pending(), "it goes on until the connection ends");
+        assert!(conn.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1, "shut down once");
+    }
+
+    #[test]
+    fn a_connection_first_polled_after_the_drain_began_is_drained_at_once() {
+        let d = deadlines(800);
+        let w = d.watch();
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let mut conn = drained(&w, &shutdowns);
+        d.drain();
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn exempt_connections_are_drained_too() {
+        let d = deadlines(800);
+        let w = d.watch();
+        w.exempt.store(true, Ordering::Relaxed);
+        d.sweep(100_000_000);
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let mut conn = drained(&w, &shutdowns);
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        d.drain();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "an HTTP/2 or upgraded connection is woken as well");
     }
 
     /// A watched socket nothing is sent to, read by hand with a waker that counts its wakes.

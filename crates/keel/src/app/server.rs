@@ -8,8 +8,10 @@
 //!
 //! When `stop` is cancelled the listener is dropped at once (new connections are refused), idle
 //! keep-alive connections are closed, and the returned future completes when every in-flight
-//! request has been answered.
+//! request has been answered. The drain goes through each connection's watch (see
+//! `head_deadline`), and the connections' tasks are counted by a `TaskTracker`.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,15 +20,14 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::head_deadline::{Deadlines, Watched, WatchedIo};
+use super::head_deadline::{Deadlines, Drained, Watched, WatchedIo};
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +43,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     // applies every layer of the stack to it again, on every request; `axum::serve` does the
     // same conversion for the same reason.
     let router = router.with_state(());
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
     // The header-read deadline is kept beside hyper (see `head_deadline`), not by hyper's own
@@ -52,7 +53,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     let deadlines = Deadlines::new(limits.header_read_timeout);
     // Swept while connections are accepted and while they drain (a client stalled in the
     // middle of a head must not hold up the shutdown); stopped when this returns or is dropped.
-    let _sweeping = AbortOnDropHandle::new(tokio::spawn(deadlines.clone().run()));
+    let _sweeping = deadlines.sweep_in_background();
     let mut logged_full = false;
     loop {
         // A free slot first: at the cap, new clients wait in the kernel's backlog.
@@ -94,9 +95,10 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
             req
         });
         let service = TowerToHyperService::new(Watched::new(service, watch.clone()));
-        let io = TokioIo::new(WatchedIo::new(stream, watch));
-        let conn = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
-        tokio::spawn(async move {
+        let io = TokioIo::new(WatchedIo::new(stream, watch.clone()));
+        let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let conn = Drained::new(conn, watch, |conn: Pin<&mut _>| conn.graceful_shutdown());
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -104,5 +106,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    deadlines.drain();
+    connections.close();
+    connections.wait().await;
 }
