@@ -610,12 +610,17 @@ async fn the_drain_finishes_http2_and_keep_alive_connections_and_their_requests(
         assert_eq!(c.get(f.url("/hello")).send().await.unwrap().status(), 200);
     }
     let slow = tokio::spawn(h2.get(f.url("/slow?ms=500")).send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually("the slow request in flight", || async {
+        f.running().metrics().render().contains("http_server_requests_in_flight 1")
+    })
+    .await;
     let started = Instant::now();
     f.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "drained in {:?}", started.elapsed());
+    let drained = started.elapsed();
+    assert!(drained < Duration::from_secs(5), "drained in {drained:?}");
     let resp = slow.await.unwrap().unwrap();
     assert_eq!(resp.status(), 200, "the request in progress was answered");
+    assert_eq!(resp.text().await.unwrap(), "done", "in full");
 }
 
 #[tokio::test]

@@ -94,6 +94,7 @@ impl Deadlines {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(self.now()),
             exempt: AtomicBool::new(false),
+            done: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             drain_waker: AtomicWaker::new(),
@@ -137,10 +138,19 @@ impl Deadlines {
         }
     }
 
-    /// Starts the drain: every connection, from now on, is shut down gracefully (see
+    /// A guard that starts the drain when dropped: the accept loop holds one, so that its
+    /// connections are shut down gracefully even if the loop itself is dropped part-way (its
+    /// task aborted), as hyper-util's `GracefulShutdown` did when dropped.
+    pub(crate) fn drain_on_drop(self: &Arc<Self>) -> DrainOnDrop {
+        DrainOnDrop(self.clone())
+    }
+
+    /// Starts the drain (once; later calls do nothing): every connection, from now on, is shut down gracefully (see
     /// [`Drained`]). Connections accepted later are drained on their first poll.
     pub(crate) fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
         // Each wake takes the waker: a connection is woken to drain at most once, which is all
         // it needs.
         for weak in self.watched.lock().unwrap_or_else(PoisonError::into_inner).iter() {
@@ -156,12 +166,15 @@ impl Deadlines {
     }
 
     /// Ends the connections idle for longer than the deadline at `now` (milliseconds since
-    /// `origin`), and forgets those that are gone or ended. Exempt connections are kept (the
-    /// drain still needs them) but never ended.
+    /// `origin`), and forgets those that are gone or ended. Exempt connections are kept while
+    /// hyper still serves them (the drain needs them), but never ended.
     fn sweep(&self, now: u64) {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         watched.retain(|weak| {
             let Some(watch) = weak.upgrade() else { return false };
+            if watch.done.load(Ordering::Acquire) {
+                return false;
+            }
             if watch.exempt.load(Ordering::Relaxed) {
                 return true;
             }
@@ -199,6 +212,9 @@ pub(crate) struct Watch {
     busy: AtomicUsize,
     idle_since: AtomicU64,
     exempt: AtomicBool,
+    /// hyper is done with the connection: closed, or handed over by an upgrade or a tunnel
+    /// (whose socket, and so this watch, lives on). Nothing is left to drain.
+    done: AtomicBool,
     expired: AtomicBool,
     /// The connection's task, woken to find its connection expired (registered by its reads).
     waker: AtomicWaker,
@@ -349,7 +365,22 @@ impl<C: Future, F: FnMut(Pin<&mut C>)> Future for Drained<C, F> {
                 (this.shutdown)(this.conn.as_mut());
             }
         }
-        this.conn.poll(cx)
+        let out = std::task::ready!(this.conn.poll(cx));
+        // An upgraded connection's socket keeps the watch: it must not keep this task's waker
+        // (and with it the finished task's memory), nor a place in the list.
+        this.watch.done.store(true, Ordering::Release);
+        drop(this.watch.drain_waker.take());
+        Poll::Ready(out)
+    }
+}
+
+/// Starts the drain when dropped (see [`Deadlines::drain_on_drop`]).
+#[derive(Debug)]
+pub(crate) struct DrainOnDrop(Arc<Deadlines>);
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        self.0.drain();
     }
 }
 
@@ -576,18 +607,51 @@ mod tests {
     }
 
     #[test]
-    fn exempt_connections_are_drained_too() {
+    fn http2_connections_are_drained_too() {
         let d = deadlines(800);
         let w = d.watch();
+        // What `Watched` does on an HTTP/2 request.
         w.exempt.store(true, Ordering::Relaxed);
         d.sweep(100_000_000);
         let shutdowns = Arc::new(AtomicUsize::new(0));
         let mut conn = drained(&w, &shutdowns);
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
-        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        let mut cx = Context::from_waker(&waker);
+        assert!(conn.as_mut().poll(&mut cx).is_pending());
         d.drain();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "an HTTP/2 or upgraded connection is woken as well");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken by the drain");
+        assert!(conn.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1, "and shut down");
+    }
+
+    #[test]
+    fn a_connection_hyper_is_done_with_lets_go_of_its_task_and_its_place() {
+        // An upgrade: hyper's connection future ends, the socket (and its watch) live on.
+        let d = deadlines(800);
+        let w = d.watch();
+        w.exempt.store(true, Ordering::Relaxed);
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut conn = Box::pin(Drained::new(std::future::ready(()), w.clone(), |_: Pin<&mut _>| {}));
+        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
+        assert!(w.drain_waker.take().is_none(), "the finished task's waker is not kept");
+        d.sweep(1);
+        assert!(d.watched.lock().unwrap().is_empty(), "nor its place in the list");
+    }
+
+    #[test]
+    fn the_drain_runs_once() {
+        let d = deadlines(800);
+        let w = d.watch();
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let mut conn = drained(&w, &shutdowns);
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        drop(d.drain_on_drop());
+        d.drain();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "a guard dropped drains; a second drain does nothing");
     }
 
     /// A watched socket nothing is sent to, read by hand with a waker that counts its wakes.

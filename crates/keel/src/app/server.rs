@@ -54,6 +54,8 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     // Swept while connections are accepted and while they drain (a client stalled in the
     // middle of a head must not hold up the shutdown); stopped when this returns or is dropped.
     let _sweeping = deadlines.sweep_in_background();
+    // Dropped first: should this future be dropped part-way, its connections still drain.
+    let _drain = deadlines.drain_on_drop();
     let mut logged_full = false;
     loop {
         // A free slot first: at the cap, new clients wait in the kernel's backlog.
@@ -109,4 +111,36 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, limits: Limits,
     deadlines.drain();
     connections.close();
     connections.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_still_drain_when_the_accept_loop_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        // A header deadline far beyond the test: only the drain can close the connection.
+        let limits = Limits { header_read_timeout: Duration::from_secs(600), max_connections: 8 };
+        let serving = tokio::spawn(serve(listener, router, limits, CancellationToken::new()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"hi") {
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        // Idle and kept alive; then the loop's task is aborted.
+        serving.abort();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the idle connection was not closed: {read:?}");
+    }
 }
