@@ -466,6 +466,7 @@ async fn outbox_publishes_committed_events_only(backend: Backend) {
     assert_eq!(outbox.pending().await.unwrap().0, 0);
     let text = metrics.render();
     assert!(text.contains("outbox_published_total 50"), "{text}");
+    assert_eq!(outbox.prune().await.unwrap(), 0, "{backend}: nothing sent before the retention");
 
     // Oversized events and bad topics are refused at enqueue, with a clear error.
     let mut tx = db.begin().await.unwrap();
@@ -506,7 +507,9 @@ async fn an_open_enqueue_survives_a_claim(backend: Backend) {
     let seen = Seen::default();
     let stop = CancellationToken::new();
     let consumer = tokio::spawn(Consumer::new(bus.clone(), &topic, "g", seen.handler()).run(stop.clone()));
-    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), None).unwrap();
+    let mut cfg = fast_outbox();
+    cfg.retention = Duration::from_millis(1);
+    let outbox = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
     let mut ids = enqueue(&outbox, &db, &topic, 50, true).await;
 
     let mut tx = db.begin().await.unwrap();
@@ -526,6 +529,12 @@ async fn an_open_enqueue_survives_a_claim(backend: Backend) {
     stop.cancel();
     relay.await.unwrap();
     consumer.await.unwrap();
+    // Sent rows past the retention are pruned (on MySQL/MariaDB at READ COMMITTED as well).
+    until(Duration::from_secs(15), || async { (outbox.pending().await.unwrap().0 == 0).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    outbox.prune().await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keel_outbox").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(left, 0, "{backend}");
 }
 
 #[tokio::test]

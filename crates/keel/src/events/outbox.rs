@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, SqlSafeStr, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -373,13 +373,8 @@ impl Outbox {
         match db.backend() {
             Backend::MySql => {
                 // MySQL cannot UPDATE a table it selects from in a subquery: lock and read the
-                // rows, then lease them, in one transaction. Read committed, so that InnoDB locks
-                // only the rows it reads, not the gaps between them: under its default
-                // (repeatable read), a service's transaction inserting into the outbox at the
-                // same moment could deadlock with the relay, and fail.
-                let mut conn = db.acquire().await?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
-                let mut tx = Transaction::begin(conn, None).await?;
+                // rows, then lease them, in one transaction.
+                let mut tx = read_committed(db).await?;
                 let text = format!(
                     "SELECT seq, topic, partition_key, payload, attempts FROM keel_outbox o WHERE {} \
                      ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
@@ -589,15 +584,36 @@ impl Outbox {
 
     /// Deletes sent rows older than `outbox.retention`.
     pub async fn prune(&self) -> Result<u64, OutboxError> {
+        let db = &self.inner.db;
         let keep = i64::try_from(self.inner.config.retention.as_millis()).unwrap_or(i64::MAX);
         let text = format!("DELETE FROM keel_outbox WHERE status = {SENT} AND sent_at < $1");
-        let sql = self.inner.db.sql(&text);
-        let done = sqlx::query(AssertSqlSafe(sql.into_owned()))
-            .bind(now_ms().saturating_sub(keep))
-            .execute(self.inner.db.pool())
-            .await?;
+        let q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned())).bind(now_ms().saturating_sub(keep));
+        let done = if db.backend() == Backend::MySql {
+            // Its scan of the (status, seq) index would otherwise lock the gap every new
+            // pending row goes into, and hold up every enqueue until the delete is done.
+            let mut tx = read_committed(db).await?;
+            let done = q.execute(&mut *tx).await?;
+            tx.commit().await?;
+            done
+        } else {
+            q.execute(db.pool()).await?
+        };
         Ok(done.rows_affected())
     }
+}
+
+/// A MySQL/MariaDB transaction at `READ COMMITTED`, where InnoDB locks only the rows a
+/// statement takes, not the gaps between them. Under its default (repeatable read), the relay's
+/// locks covered the gap at the end of `keel_outbox`, and a service's transaction that
+/// enqueued before and after a claim could deadlock with it, and fail.
+///
+/// The level and the start go in one round trip: a `SET TRANSACTION` sent on its own would
+/// stay pending on the pooled connection, for whatever transaction comes next, if the start
+/// failed or the task were cancelled in between.
+async fn read_committed(db: &Db) -> Result<Transaction<'static, Any>, OutboxError> {
+    let conn = db.acquire().await?;
+    let begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION".into_sql_str();
+    Ok(Transaction::begin(conn, Some(begin)).await?)
 }
 
 /// `$from, $from+1, …` (n placeholders) for an `IN` list.
