@@ -567,43 +567,60 @@ mod tests {
         }
     }
 
-    /// A connection that never ends on its own, and counts its graceful shutdowns.
-    fn drained(w: &Arc<Watch>, shutdowns: &Arc<AtomicUsize>) -> Pin<Box<impl Future<Output = ()>>> {
-        let shutdowns = shutdowns.clone();
-        Box::pin(Drained::new(std::future::pending::<()>(), w.clone(), move |_: Pin<&mut _>| {
-            shutdowns.fetch_add(1, Ordering::SeqCst);
-        }))
+    /// A connection that never ends on its own, polled by hand with a waker that counts its
+    /// wakes; counts its graceful shutdowns.
+    struct Conn {
+        fut: Pin<Box<dyn Future<Output = ()>>>,
+        shutdowns: Arc<AtomicUsize>,
+        wakes: Arc<Count>,
+    }
+
+    impl Conn {
+        fn new(w: &Arc<Watch>) -> Self {
+            let shutdowns = Arc::new(AtomicUsize::new(0));
+            let counted = shutdowns.clone();
+            let fut = Drained::new(std::future::pending::<()>(), w.clone(), move |_: Pin<&mut _>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+            Self { fut: Box::pin(fut), shutdowns, wakes: Arc::new(Count(AtomicUsize::new(0))) }
+        }
+
+        /// Polled with the same waker every time (as a task's).
+        fn poll(&mut self) -> Poll<()> {
+            let waker = Waker::from(self.wakes.clone());
+            self.fut.as_mut().poll(&mut Context::from_waker(&waker))
+        }
+
+        fn shutdowns(&self) -> usize {
+            self.shutdowns.load(Ordering::SeqCst)
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
     }
 
     #[test]
     fn a_drain_wakes_each_connection_and_shuts_it_down_once() {
         let d = deadlines(800);
-        let w = d.watch();
-        let shutdowns = Arc::new(AtomicUsize::new(0));
-        let mut conn = drained(&w, &shutdowns);
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
-        assert!(conn.as_mut().poll(&mut cx).is_pending());
-        assert!(conn.as_mut().poll(&mut cx).is_pending(), "the same waker, kept");
-        assert_eq!(shutdowns.load(Ordering::SeqCst), 0, "not before the drain");
+        let mut conn = Conn::new(&d.watch());
+        assert!(conn.poll().is_pending());
+        assert!(conn.poll().is_pending(), "the same waker, kept");
+        assert_eq!(conn.shutdowns(), 0, "not before the drain");
         d.drain();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the drain wakes the connection");
-        assert!(conn.as_mut().poll(&mut cx).is_pending(), "it goes on until the connection ends");
-        assert!(conn.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(shutdowns.load(Ordering::SeqCst), 1, "shut down once");
+        assert_eq!(conn.wakes(), 1, "the drain wakes the connection");
+        assert!(conn.poll().is_pending(), "it goes on until the connection ends");
+        assert!(conn.poll().is_pending());
+        assert_eq!(conn.shutdowns(), 1, "shut down once");
     }
 
     #[test]
     fn a_connection_first_polled_after_the_drain_began_is_drained_at_once() {
         let d = deadlines(800);
-        let w = d.watch();
-        let shutdowns = Arc::new(AtomicUsize::new(0));
-        let mut conn = drained(&w, &shutdowns);
+        let mut conn = Conn::new(&d.watch());
         d.drain();
-        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
-        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
-        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+        assert!(conn.poll().is_pending());
+        assert_eq!(conn.shutdowns(), 1);
     }
 
     #[test]
@@ -613,16 +630,12 @@ mod tests {
         // What `Watched` does on an HTTP/2 request.
         w.exempt.store(true, Ordering::Relaxed);
         d.sweep(100_000_000);
-        let shutdowns = Arc::new(AtomicUsize::new(0));
-        let mut conn = drained(&w, &shutdowns);
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
-        assert!(conn.as_mut().poll(&mut cx).is_pending());
+        let mut conn = Conn::new(&w);
+        assert!(conn.poll().is_pending());
         d.drain();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken by the drain");
-        assert!(conn.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(shutdowns.load(Ordering::SeqCst), 1, "and shut down");
+        assert_eq!(conn.wakes(), 1, "woken by the drain");
+        assert!(conn.poll().is_pending());
+        assert_eq!(conn.shutdowns(), 1, "and shut down");
     }
 
     #[test]
@@ -631,8 +644,7 @@ mod tests {
         let d = deadlines(800);
         let w = d.watch();
         w.exempt.store(true, Ordering::Relaxed);
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
         let mut conn = Box::pin(Drained::new(std::future::ready(()), w.clone(), |_: Pin<&mut _>| {}));
         assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
         assert!(w.drain_waker.take().is_none(), "the finished task's waker is not kept");
@@ -643,15 +655,11 @@ mod tests {
     #[test]
     fn the_drain_runs_once() {
         let d = deadlines(800);
-        let w = d.watch();
-        let shutdowns = Arc::new(AtomicUsize::new(0));
-        let mut conn = drained(&w, &shutdowns);
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(wakes.clone());
-        assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        let mut conn = Conn::new(&d.watch());
+        assert!(conn.poll().is_pending());
         drop(d.drain_on_drop());
         d.drain();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "a guard dropped drains; a second drain does nothing");
+        assert_eq!(conn.wakes(), 1, "a guard dropped drains; a second drain does nothing");
     }
 
     /// A watched socket nothing is sent to, read by hand with a waker that counts its wakes.
