@@ -145,8 +145,9 @@ impl Deadlines {
         DrainOnDrop(self.clone())
     }
 
-    /// Starts the drain (once; later calls do nothing): every connection, from now on, is shut down gracefully (see
-    /// [`Drained`]). Connections accepted later are drained on their first poll.
+    /// Starts the drain (once; later calls do nothing): every connection, from now on, is
+    /// shut down gracefully (see [`Drained`]). Connections accepted later are drained on their
+    /// first poll.
     pub(crate) fn drain(&self) {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
@@ -280,6 +281,12 @@ impl<T: AsyncRead> AsyncRead for WatchedIo<T> {
         }
         let polled = this.io.poll_read(cx, buf);
         if polled.is_pending() {
+            if this.watch.exempt.load(Ordering::Relaxed) {
+                // Never swept again (HTTP/2, or an upgraded socket read by its handler's
+                // task): no waker is needed, and none of the connection task's is kept.
+                *this.registered = None;
+                return polled;
+            }
             if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 this.watch.waker.register(cx.waker());
                 *this.registered = Some(cx.waker().clone());
@@ -366,10 +373,12 @@ impl<C: Future, F: FnMut(Pin<&mut C>)> Future for Drained<C, F> {
             }
         }
         let out = std::task::ready!(this.conn.poll(cx));
-        // An upgraded connection's socket keeps the watch: it must not keep this task's waker
-        // (and with it the finished task's memory), nor a place in the list.
+        // An upgraded connection's socket keeps the watch: the watch must not keep this
+        // finished task's wakers (and with them its memory), nor the socket a place in the
+        // list. (The socket's own copy goes at its first read by the handler's task.)
         this.watch.done.store(true, Ordering::Release);
         drop(this.watch.drain_waker.take());
+        drop(this.watch.waker.take());
         Poll::Ready(out)
     }
 }
@@ -647,7 +656,8 @@ mod tests {
         let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
         let mut conn = Box::pin(Drained::new(std::future::ready(()), w.clone(), |_: Pin<&mut _>| {}));
         assert!(conn.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
-        assert!(w.drain_waker.take().is_none(), "the finished task's waker is not kept");
+        assert!(w.drain_waker.take().is_none(), "the finished task's wakers are not kept");
+        assert!(w.waker.take().is_none());
         d.sweep(1);
         assert!(d.watched.lock().unwrap().is_empty(), "nor its place in the list");
     }
@@ -655,11 +665,16 @@ mod tests {
     #[test]
     fn the_drain_runs_once() {
         let d = deadlines(800);
-        let mut conn = Conn::new(&d.watch());
+        let w = d.watch();
+        let mut conn = Conn::new(&w);
         assert!(conn.poll().is_pending());
         drop(d.drain_on_drop());
+        assert_eq!(conn.wakes(), 1, "a guard dropped drains");
+        // Registered again by hand (a drained connection never does): a second drain would
+        // wake it.
+        w.drain_waker.register(&Waker::from(conn.wakes.clone()));
         d.drain();
-        assert_eq!(conn.wakes(), 1, "a guard dropped drains; a second drain does nothing");
+        assert_eq!(conn.wakes(), 1, "a second drain does nothing");
     }
 
     /// A watched socket nothing is sent to, read by hand with a waker that counts its wakes.
@@ -700,6 +715,19 @@ mod tests {
             Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
             other => panic!("expected a timed-out read, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_exempt_connection_reads_without_keeping_a_waker() {
+        let d = deadlines(800);
+        let w = d.watch();
+        let mut r = Reader::new(&w);
+        assert!(r.poll().is_pending());
+        assert!(r.io.registered.is_some());
+        // HTTP/2 from now on, or upgraded and read by another task.
+        w.exempt.store(true, Ordering::Relaxed);
+        assert!(r.poll().is_pending());
+        assert!(r.io.registered.is_none(), "the earlier task's waker is let go");
     }
 
     #[tokio::test]
