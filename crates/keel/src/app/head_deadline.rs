@@ -120,10 +120,10 @@ impl Deadlines {
             }
         });
         match thread {
-            Ok(_) => Sweeping { _stop: Some(stop), _task: None },
+            Ok(_) => Sweeping::Thread { _stop: stop },
             Err(e) => {
                 tracing::warn!(error = %e, "could not start the header-deadline thread; sweeping on the runtime");
-                Sweeping { _stop: None, _task: Some(AbortOnDropHandle::new(tokio::spawn(self.clone().run()))) }
+                Sweeping::Task { _task: AbortOnDropHandle::new(tokio::spawn(self.clone().run())) }
             }
         }
     }
@@ -195,10 +195,35 @@ impl Deadlines {
 
 /// The background sweep of [`Deadlines::sweep_in_background`]: stops when dropped.
 #[derive(Debug)]
-pub(crate) struct Sweeping {
-    /// Dropping it disconnects the thread's channel, which ends the thread.
-    _stop: Option<std::sync::mpsc::Sender<()>>,
-    _task: Option<AbortOnDropHandle<()>>,
+pub(crate) enum Sweeping {
+    /// Dropping the sender disconnects the thread's channel, which ends the thread.
+    Thread { _stop: std::sync::mpsc::Sender<()> },
+    /// The fallback task, aborted when dropped.
+    Task { _task: AbortOnDropHandle<()> },
+}
+
+/// The waker a poll last registered in an [`AtomicWaker`], so that registering the same one
+/// again (every poll of the same task) is skipped. Only for slots emptied by a wake after
+/// which no further wake is needed: an emptied slot is not refilled while the waker is the
+/// same.
+#[derive(Debug, Default)]
+struct Registered(Option<Waker>);
+
+impl Registered {
+    /// Registers `waker` in `slot` unless it is the one registered last; whether it did.
+    fn register(&mut self, slot: &AtomicWaker, waker: &Waker) -> bool {
+        if self.0.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return false;
+        }
+        slot.register(waker);
+        self.0 = Some(waker.clone());
+        true
+    }
+
+    /// Lets go of the waker kept.
+    fn forget(&mut self) {
+        self.0 = None;
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -258,14 +283,14 @@ pin_project! {
         #[pin]
         io: T,
         watch: Arc<Watch>,
-        // The waker last registered with the watch: registering the same one again is skipped.
-        registered: Option<Waker>,
+        // In `watch.waker` (emptied only by the sweep's wake, after `expired` is set for good).
+        registered: Registered,
     }
 }
 
 impl<T> WatchedIo<T> {
     pub(crate) fn new(io: T, watch: Arc<Watch>) -> Self {
-        Self { io, watch, registered: None }
+        Self { io, watch, registered: Registered::default() }
     }
 }
 
@@ -284,16 +309,11 @@ impl<T: AsyncRead> AsyncRead for WatchedIo<T> {
             if this.watch.exempt.load(Ordering::Relaxed) {
                 // Never swept again (HTTP/2, or an upgraded socket read by its handler's
                 // task): no waker is needed, and none of the connection task's is kept.
-                *this.registered = None;
+                this.registered.forget();
                 return polled;
             }
-            if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                this.watch.waker.register(cx.waker());
-                *this.registered = Some(cx.waker().clone());
-            }
-            // A sweep between the check above and the registration woke no one. (Skipping the
-            // registration of the same waker is safe: the slot is only emptied by the sweep's
-            // wake, which follows `expired` being set for good.)
+            this.registered.register(&this.watch.waker, cx.waker());
+            // A sweep between the check above and the registration woke no one.
             if this.watch.cut_off() {
                 return Poll::Ready(Err(expired()));
             }
@@ -339,9 +359,9 @@ pin_project! {
         conn: C,
         watch: Arc<Watch>,
         shutdown: F,
-        // The waker last registered for the drain: registering the same one again is skipped
-        // (the slot is only emptied by the drain's wake, after which it is not needed).
-        registered: Option<Waker>,
+        // In `watch.drain_waker` (emptied only by the drain's wake, after which it is not
+        // needed).
+        registered: Registered,
         drained: bool,
     }
 }
@@ -349,7 +369,7 @@ pin_project! {
 impl<C, F: FnMut(Pin<&mut C>)> Drained<C, F> {
     /// `conn`, on which `shutdown` starts a graceful shutdown (hyper's `graceful_shutdown`).
     pub(crate) fn new(conn: C, watch: Arc<Watch>, shutdown: F) -> Self {
-        Self { conn, watch, shutdown, registered: None, drained: false }
+        Self { conn, watch, shutdown, registered: Registered::default(), drained: false }
     }
 }
 
@@ -360,13 +380,8 @@ impl<C: Future, F: FnMut(Pin<&mut C>)> Future for Drained<C, F> {
         let mut this = self.project();
         if !*this.drained {
             let draining = || this.watch.deadlines.draining.load(Ordering::Acquire);
-            let mut drain = draining();
-            if !drain && !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                this.watch.drain_waker.register(cx.waker());
-                *this.registered = Some(cx.waker().clone());
-                // A drain between the check above and the registration woke no one.
-                drain = draining();
-            }
+            // A drain between the first check and the registration woke no one.
+            let drain = draining() || (this.registered.register(&this.watch.drain_waker, cx.waker()) && draining());
             if drain {
                 *this.drained = true;
                 (this.shutdown)(this.conn.as_mut());
@@ -723,11 +738,11 @@ mod tests {
         let w = d.watch();
         let mut r = Reader::new(&w);
         assert!(r.poll().is_pending());
-        assert!(r.io.registered.is_some());
+        assert!(r.io.registered.0.is_some());
         // HTTP/2 from now on, or upgraded and read by another task.
         w.exempt.store(true, Ordering::Relaxed);
         assert!(r.poll().is_pending());
-        assert!(r.io.registered.is_none(), "the earlier task's waker is let go");
+        assert!(r.io.registered.0.is_none(), "the earlier task's waker is let go");
     }
 
     #[tokio::test]

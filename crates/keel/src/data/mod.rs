@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Connection, Transaction};
+use sqlx::{Any, AnyPool, Connection, SqlSafeStr, Transaction};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{DataError, RETRY_AFTER_SECS};
@@ -283,6 +283,16 @@ impl Db {
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, DataError> {
         let conn = self.acquire().await?;
         Transaction::begin(conn, None).await.map_err(|e| self.observe(e))
+    }
+
+    /// Begins a transaction with `statement` instead of the backend's plain `BEGIN`, such as
+    /// MySQL's `SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION`. Both go in
+    /// one round trip: a `SET TRANSACTION` sent on its own would stay pending on the pooled
+    /// connection, for whatever transaction comes next, if the start failed or the task were
+    /// cancelled in between.
+    pub async fn begin_with(&self, statement: &'static str) -> Result<Transaction<'static, Any>, DataError> {
+        let conn = self.acquire().await?;
+        Transaction::begin(conn, Some(statement.into_sql_str())).await.map_err(|e| self.observe(e))
     }
 
     /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns `Err`

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use sqlx::{Any, AssertSqlSafe, Row, SqlSafeStr, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -374,7 +374,7 @@ impl Outbox {
             Backend::MySql => {
                 // MySQL cannot UPDATE a table it selects from in a subquery: lock and read the
                 // rows, then lease them, in one transaction.
-                let mut tx = read_committed(db).await?;
+                let mut tx = db.begin_with(READ_COMMITTED).await?;
                 let text = format!(
                     "SELECT seq, topic, partition_key, payload, attempts FROM keel_outbox o WHERE {} \
                      ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED",
@@ -591,7 +591,7 @@ impl Outbox {
         let done = if db.backend() == Backend::MySql {
             // Its scan of the (status, seq) index would otherwise lock the gap every new
             // pending row goes into, and hold up every enqueue until the delete is done.
-            let mut tx = read_committed(db).await?;
+            let mut tx = db.begin_with(READ_COMMITTED).await?;
             let done = q.execute(&mut *tx).await?;
             tx.commit().await?;
             done
@@ -602,19 +602,11 @@ impl Outbox {
     }
 }
 
-/// A MySQL/MariaDB transaction at `READ COMMITTED`, where InnoDB locks only the rows a
-/// statement takes, not the gaps between them. Under its default (repeatable read), the relay's
-/// locks covered the gap at the end of `keel_outbox`, and a service's transaction that
-/// enqueued before and after a claim could deadlock with it, and fail.
-///
-/// The level and the start go in one round trip: a `SET TRANSACTION` sent on its own would
-/// stay pending on the pooled connection, for whatever transaction comes next, if the start
-/// failed or the task were cancelled in between.
-async fn read_committed(db: &Db) -> Result<Transaction<'static, Any>, OutboxError> {
-    let conn = db.acquire().await?;
-    let begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION".into_sql_str();
-    Ok(Transaction::begin(conn, Some(begin)).await?)
-}
+/// How the relay starts its MySQL/MariaDB transactions: at `READ COMMITTED`, where InnoDB locks
+/// only the rows a statement takes, not the gaps between them. Under its default (repeatable
+/// read), the relay's locks covered the gap at the end of `keel_outbox`, and a service's
+/// transaction that enqueued before and after a claim could deadlock with it, and fail.
+const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
 
 /// `$from, $from+1, …` (n placeholders) for an `IN` list.
 fn marks(from: usize, n: usize) -> String {
