@@ -450,10 +450,10 @@ pub(crate) fn lent_fields(
             return None;
         }
         let RequestSpan::Pending(p) = &mut lent.span else { return None };
-        fields.set_text("service", p.service);
-        fields.set_text("request_id", p.id());
-        fields.set_text("http.request.method", p.method.as_str());
-        fields.set_text("http.route", p.route());
+        fields.set_own("service", p.service);
+        fields.set_own("request_id", p.id());
+        fields.set_own("http.request.method", p.method.as_str());
+        fields.set_own("http.route", p.route());
         let ids = match (&p.ids, source) {
             (Ids::Made(ids), _) => Some(ids.clone()),
             (Ids::Later(remote), Some(source)) => {
@@ -521,7 +521,7 @@ mod tests {
         let json = tracing_subscriber::registry().with(made.clone()).with(super::super::layer::LogLayer::json(
             super::super::filter::LogFilter::new("info").unwrap(),
             Some(IdSource::new(1.0)),
-            super::super::format::JsonFormat { service: "proc".into(), masker: Default::default() },
+            super::super::format::JsonFormat::new("proc".into(), Default::default()),
             move || w.clone(),
         ));
         let dispatch =

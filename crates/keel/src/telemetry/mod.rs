@@ -168,7 +168,7 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let registry = tracing_subscriber::registry().with(otel);
     let installed = match opts.format {
         LogFormat::Json => {
-            let format = format::JsonFormat { service: opts.service.clone(), masker };
+            let format = format::JsonFormat::new(opts.service.clone(), masker);
             let json = registry.with(layer::LogLayer::json(filter.clone(), ids, format, stdout));
             if exporting {
                 json.try_init().is_ok()
