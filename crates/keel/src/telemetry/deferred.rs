@@ -443,6 +443,29 @@ pub(crate) fn lent_fields(
     source: Option<&IdSource>,
     parent: impl FnOnce() -> Option<SpanContext>,
 ) -> Option<Option<SpanContext>> {
+    with_lent(source, parent, |lent, ids| {
+        fields.set_own("service", lent.service);
+        fields.set_own("request_id", lent.request_id);
+        fields.set_own("http.request.method", lent.method);
+        fields.set_own("http.route", lent.route);
+        ids
+    })
+}
+
+/// The lent request's span fields, as [`lent_fields`] records them.
+pub(crate) struct LentFields<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) route: &'a str,
+}
+
+/// [`lent_fields`], handing the fields and ids to `f` instead of recording them.
+pub(crate) fn with_lent<R>(
+    source: Option<&IdSource>,
+    parent: impl FnOnce() -> Option<SpanContext>,
+    f: impl FnOnce(LentFields<'_>, Option<SpanContext>) -> R,
+) -> Option<R> {
     LENT.try_with(|cell| {
         let mut slot = cell.try_borrow_mut().ok()?;
         let lent = slot.as_mut()?;
@@ -450,10 +473,6 @@ pub(crate) fn lent_fields(
             return None;
         }
         let RequestSpan::Pending(p) = &mut lent.span else { return None };
-        fields.set_own("service", p.service);
-        fields.set_own("request_id", p.id());
-        fields.set_own("http.request.method", p.method.as_str());
-        fields.set_own("http.route", p.route());
         let ids = match (&p.ids, source) {
             (Ids::Made(ids), _) => Some(ids.clone()),
             (Ids::Later(remote), Some(source)) => {
@@ -466,7 +485,8 @@ pub(crate) fn lent_fields(
             }
             (Ids::Later(_), None) => None,
         };
-        Some(ids)
+        let fields = LentFields { service: p.service, request_id: p.id(), method: p.method.as_str(), route: p.route() };
+        Some(f(fields, ids))
     })
     .ok()
     .flatten()
@@ -516,12 +536,20 @@ mod tests {
 
     /// Keel's JSON stack, deferring or not; its lines and a count of the spans it made.
     fn subscriber(deferring: bool) -> (tracing::Dispatch, Buffer, Spans) {
+        subscriber_with(deferring, super::super::format::JsonFormat::new("proc".into(), Default::default()))
+    }
+
+    /// [`subscriber`] with lines written by `format`.
+    fn subscriber_with(
+        deferring: bool,
+        format: super::super::format::JsonFormat,
+    ) -> (tracing::Dispatch, Buffer, Spans) {
         let (out, made) = (Buffer::default(), Spans::default());
         let w = out.clone();
         let json = tracing_subscriber::registry().with(made.clone()).with(super::super::layer::LogLayer::json(
             super::super::filter::LogFilter::new("info").unwrap(),
             Some(IdSource::new(1.0)),
-            super::super::format::JsonFormat::new("proc".into(), Default::default()),
+            format,
             move || w.clone(),
         ));
         let dispatch =
@@ -596,6 +624,72 @@ mod tests {
         assert_eq!(inside["fields"]["http.route"], "/items/{id}");
         assert_eq!(inside["fields"]["http.request.method"], "GET");
         assert_eq!(runs[0][1]["message"], "request finished");
+    }
+
+    /// A line's text with the values that change from run to run (the time, the ids, the
+    /// latency) replaced, everything else (key order, spacing, escapes) kept.
+    fn stable_text(line: &str) -> String {
+        let parsed: Value = serde_json::from_str(line).unwrap();
+        let mut text = line.to_owned();
+        for k in ["timestamp", "trace_id", "span_id"] {
+            if let Some(v) = parsed[k].as_str() {
+                text = text.replace(&format!("\"{k}\":\"{v}\""), &format!("\"{k}\":\"<{k}>\""));
+            }
+        }
+        if let Some(at) = text.find("\"latency_ms\":") {
+            let from = at + "\"latency_ms\":".len();
+            let to = from + text[from..].find(['}', ',']).unwrap();
+            text.replace_range(from..to, "<latency>");
+        }
+        text
+    }
+
+    /// The lines of one request served with `format`, through a deferring subscriber.
+    async fn access_lines(
+        format: super::super::format::JsonFormat,
+        traceparent: Option<&str>,
+        outer: bool,
+    ) -> Vec<String> {
+        let (dispatch, out, _) = subscriber_with(true, format);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        let outer = outer.then(|| tracing::info_span!("conn", peer = "10.0.0.1").entered());
+        serve(traceparent, || async { tracing::info!("inside") }).await;
+        drop(outer);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn the_access_line_is_the_line_the_generic_path_writes_byte_for_byte() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (traceparent, outer) in [(None, false), (Some(tp), false), (None, true)] {
+            let format = || super::super::format::JsonFormat::new("proc".into(), Default::default());
+            let stable = |lines: Vec<String>| lines.iter().map(|l| stable_text(l)).collect::<Vec<_>>();
+            let fast = stable(access_lines(format(), traceparent, outer).await);
+            let generic = stable(access_lines(format().generic_only(), traceparent, outer).await);
+            assert_eq!(fast.len(), 2, "{fast:?}");
+            assert_eq!(fast, generic, "traceparent {traceparent:?}, outer span {outer}");
+            assert!(fast[1].contains("\"message\":\"request finished\""), "{}", fast[1]);
+            assert!(fast[1].contains("\"trace_id\":\"<trace_id>\""), "{}", fast[1]);
+            if outer {
+                assert!(fast[1].contains("\"peer\":\"10.0.0.1\""), "{}", fast[1]);
+            }
+            assert!(fast[1].contains("\"http.response.status_code\":200,"), "{}", fast[1]);
+        }
+        // The ids continue the caller's trace on the fast path too.
+        let (dispatch, out, _) = subscriber(true);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        serve(Some(tp), || async {}).await;
+        let lines = out.lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[tokio::test]
+    async fn a_masked_access_field_is_masked_on_the_access_line() {
+        let masker = crate::security::mask::Masker::new(["latency_ms"]);
+        let lines = access_lines(super::super::format::JsonFormat::new("proc".into(), masker), None, false).await;
+        assert!(lines[1].contains("\"latency_ms\":\"***\""), "{}", lines[1]);
     }
 
     #[tokio::test]
