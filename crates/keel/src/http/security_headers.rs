@@ -173,4 +173,17 @@ mod tests {
         assert_eq!(h["referrer-policy"], "no-referrer");
         assert!(!h.contains_key(header::STRICT_TRANSPORT_SECURITY));
     }
+
+    #[test]
+    fn a_handler_s_hsts_and_repeated_values_are_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=60"));
+        h.append(header::REFERRER_POLICY, HeaderValue::from_static("origin"));
+        h.append(header::REFERRER_POLICY, HeaderValue::from_static("strict-origin"));
+        let h = applied(h, true);
+        assert_eq!(h.get_all(header::STRICT_TRANSPORT_SECURITY).iter().collect::<Vec<_>>(), ["max-age=60"]);
+        assert_eq!(h.get_all(header::REFERRER_POLICY).iter().collect::<Vec<_>>(), ["origin", "strict-origin"]);
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
 }

@@ -147,9 +147,15 @@ pub(crate) fn finished(
 /// `tracing::info!(http.response.status_code = status, latency_ms, "request finished")`, from
 /// a callsite of Keel's own ([`ACCESS`]), so that the JSON format knows the line by its
 /// metadata and writes it without looking up its fields (see `telemetry::format`). Subscribers
-/// see the same event as from the macro: same target, level, fields and message.
+/// see an event with the same target, level, fields and message as the macro's (its metadata's
+/// name and line differ). Before any subscriber is set, the macro itself is used: it also hands
+/// the line to the `log` crate then.
 fn access_line(status: u16, latency_ms: impl FnOnce() -> f64) {
     if !tracing::level_enabled!(tracing::Level::INFO) {
+        return;
+    }
+    if !tracing::dispatcher::has_been_set() {
+        tracing::info!(http.response.status_code = status, latency_ms = latency_ms(), "request finished");
         return;
     }
     let interest = ACCESS_CALLSITE.interest();

@@ -217,6 +217,8 @@ impl JsonFormat {
                     line.push_str("null");
                 }
                 line.push_str("},\"span\":\"request\"}\n");
+                #[cfg(test)]
+                tests::ACCESS_LINES.with(|n| n.set(n.get() + 1));
             },
         )
         .is_some()
@@ -500,7 +502,7 @@ impl SpanFields {
         self.values.iter().find(|(k, _)| *k == key).map(|&(_, v)| v)
     }
 
-    /// The text of a [`FieldValue::Text`].
+    /// The text of a [`FieldValue::Text`] or [`FieldValue::Own`].
     pub(crate) fn text(&self, a: usize, b: usize) -> &str {
         self.text.get(a..b).unwrap_or_default()
     }
@@ -551,6 +553,11 @@ pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::layer::SubscriberExt;
+
+    thread_local! {
+        /// Access lines written by `JsonFormat::access_line` on this thread.
+        pub(crate) static ACCESS_LINES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     /// A log writer into memory, for tests of what lines say.
     #[derive(Clone, Default)]
