@@ -22,11 +22,11 @@
 //! shedding so those answers are traced and counted; everything runs after routing
 //! (`Router::layer`) so the route template is known.
 //!
-//! [`stack`] runs all these but the body limit as one service (the private `pipeline`
-//! module) over the body limit: the same answers, without the cost of stacking (each layer
-//! moving the request and the response future once more), and a panic in a handler counted as
-//! the 500 it becomes (see the module's docs for the exact differences). The modules above
-//! remain, each usable on its own.
+//! [`stack`] runs all these as one service (the private `pipeline` module): the same answers,
+//! without the cost of stacking (each layer moving the request and the response future once
+//! more), and a panic in a handler counted as the 500 it becomes (see the module's docs for the
+//! exact differences). It sets the body limit only on requests that have a body. The modules
+//! above remain, each usable on its own.
 //!
 //! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only security headers,
 //! catch-panic, request-id and metrics: they are never shed, timed out, CORS-checked or
@@ -109,9 +109,7 @@ pub fn stack(
     let security_headers = security_headers::SecurityHeadersLayer::new(&cfg.http.hsts);
     // One `Router::layer` call with the whole stack: axum boxes the route again for every
     // `layer` call, and each box is a clone and an allocation per request.
-    // The whole stack but the body limit as one service (see `pipeline`); the body limit goes
-    // below it, which is the same: it only sets an extension, read when a handler reads the
-    // body.
+    // The whole stack as one service (see `pipeline`).
     let pipeline = pipeline::PipelineLayer::new(pipeline::Layers {
         security_headers,
         cors: cors::layer(&cfg.cors)?,
@@ -120,8 +118,9 @@ pub fn stack(
         timeout: timeout::TimeoutLayer::new(cfg.http.request_timeout),
         shed: shed.clone(),
         compression,
+        body_limit: DefaultBodyLimit::max(cfg.http.body_limit),
     });
-    let api = api.layer(tower::ServiceBuilder::new().layer(pipeline).layer(DefaultBodyLimit::max(cfg.http.body_limit)));
+    let api = api.layer(pipeline);
     let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
     // `merge` keeps the fallback of its argument when neither router set one: the API's,
     // which has the full stack, so unmatched paths get problem responses.
