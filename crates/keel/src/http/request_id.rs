@@ -201,4 +201,24 @@ mod tests {
         assert_eq!(parsed.get_version_num(), 7);
         assert_eq!(parsed.hyphenated().to_string(), id, "lower-case and hyphenated");
     }
+
+    #[test]
+    fn generated_ids_are_uuid_v7_in_time_order() {
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        let ids: Vec<uuid::Uuid> =
+            (0..200).map(|_| uuid::Uuid::parse_str(RequestId::generate().as_str()).unwrap()).collect();
+        let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            let millis = u128::from(secs) * 1000 + u128::from(nanos / 1_000_000);
+            assert!((before..=after).contains(&millis), "{millis} not in {before}..={after}");
+        }
+        // Ordered to the millisecond, random after it.
+        let millis = |id: &uuid::Uuid| id.as_u128() >> 80;
+        assert!(ids.windows(2).all(|w| millis(&w[0]) <= millis(&w[1])));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }
