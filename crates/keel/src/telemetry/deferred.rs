@@ -662,6 +662,8 @@ mod tests {
     #[tokio::test]
     async fn the_access_line_is_the_line_the_generic_path_writes_byte_for_byte() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // What `telemetry::init` sets up (global: whichever test runs first must set it).
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         for (traceparent, outer) in [(None, false), (Some(tp), false), (None, true)] {
             let format = || super::super::format::JsonFormat::new("proc".into(), Default::default());
             let stable = |lines: Vec<String>| lines.iter().map(|l| stable_text(l)).collect::<Vec<_>>();

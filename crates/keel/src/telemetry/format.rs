@@ -109,12 +109,7 @@ impl JsonFormat {
         }
         event.record(fields);
 
-        line.push_str("{\"timestamp\":\"");
-        timestamp(line, std::time::SystemTime::now());
-        line.push_str("\",\"level\":");
-        string(line, meta.level().as_str());
-        line.push_str(",\"target\":");
-        string(line, meta.target());
+        line_head(line, meta);
         line.push_str(",\"message\":");
         match fields.get("message") {
             Some(v) => self.value(line, fields, "message", v),
@@ -130,11 +125,7 @@ impl JsonFormat {
             self.value(line, fields, "request_id", v);
         }
         if let Some(sc) = &ids {
-            line.push_str(",\"trace_id\":\"");
-            hex(line, &sc.trace_id().to_bytes());
-            line.push_str("\",\"span_id\":\"");
-            hex(line, &sc.span_id().to_bytes());
-            line.push('"');
+            line_ids(line, sc);
         }
         let mut first = true;
         for &(k, v) in &fields.values {
@@ -187,22 +178,13 @@ impl JsonFormat {
             ids_source,
             || None,
             |lent, ids| {
-                line.push_str("{\"timestamp\":\"");
-                timestamp(line, std::time::SystemTime::now());
-                line.push_str("\",\"level\":");
-                string(line, meta.level().as_str());
-                line.push_str(",\"target\":");
-                string(line, meta.target());
+                line_head(line, meta);
                 line.push_str(",\"message\":\"request finished\",\"service\":");
                 string(line, lent.service);
                 line.push_str(",\"request_id\":");
                 string(line, lent.request_id);
                 if let Some(sc) = ids.filter(SpanContext::is_valid) {
-                    line.push_str(",\"trace_id\":\"");
-                    hex(line, &sc.trace_id().to_bytes());
-                    line.push_str("\",\"span_id\":\"");
-                    hex(line, &sc.span_id().to_bytes());
-                    line.push('"');
+                    line_ids(line, &sc);
                 }
                 line.push_str(",\"fields\":{\"http.request.method\":");
                 string(line, lent.method);
@@ -354,6 +336,25 @@ fn timestamp(out: &mut String, now: std::time::SystemTime) {
             let _ = write!(out, "{}.{:06}", since.as_secs(), since.subsec_micros());
         }
     }
+}
+
+/// A line's start: `{"timestamp":"…","level":"…","target":"…"`.
+fn line_head(line: &mut String, meta: &tracing::Metadata<'_>) {
+    line.push_str("{\"timestamp\":\"");
+    timestamp(line, std::time::SystemTime::now());
+    line.push_str("\",\"level\":");
+    string(line, meta.level().as_str());
+    line.push_str(",\"target\":");
+    string(line, meta.target());
+}
+
+/// `,"trace_id":"…","span_id":"…"`.
+fn line_ids(line: &mut String, sc: &SpanContext) {
+    line.push_str(",\"trace_id\":\"");
+    hex(line, &sc.trace_id().to_bytes());
+    line.push_str("\",\"span_id\":\"");
+    hex(line, &sc.span_id().to_bytes());
+    line.push('"');
 }
 
 /// Lowercase hex, as W3C trace context writes ids.
