@@ -1,10 +1,10 @@
-//! Keel's stack, but for the body limit, as one service.
+//! Keel's stack as one service.
 //!
 //! [`stack`](super::stack) uses this instead of stacking [`SecurityHeadersLayer`], the CORS
 //! layer, [`CatchPanicLayer`](super::catch_panic::CatchPanicLayer),
 //! [`RequestIdLayer`](super::request_id::RequestIdLayer), [`TraceLayer`],
-//! [`HttpMetricsLayer`], [`TimeoutLayer`](super::timeout::TimeoutLayer), [`LoadShedLayer`],
-//! [`CompressionLayer`] and [`ProblemsLayer`]. It answers requests as that stack would (but for
+//! [`HttpMetricsLayer`], [`TimeoutLayer`](super::timeout::TimeoutLayer), `DefaultBodyLimit`,
+//! [`LoadShedLayer`], [`CompressionLayer`] and [`ProblemsLayer`]. It answers requests as that stack would (but for
 //! the differences below), through the same functions of those modules, but in one `call` and
 //! one response future.
 //! Stacked, each layer moved the request (about 250 bytes) and the growing response future
@@ -26,8 +26,10 @@
 //! the span; stacked, it was answered with a 500.
 //!
 //! The body limit is set here too, as `DefaultBodyLimit`'s layer sets it (an extension a route
-//! can override with its own), but only on requests that have a body: one without can exceed
-//! no limit, and the extension cost an allocation and a map insert per request.
+//! can override with its own), but only on requests whose body is not known to be empty
+//! (`is_end_stream`): an empty one can exceed no limit, and the extension cost an allocation
+//! and a map insert per request. (A route middleware that swapped an empty body for another
+//! would get axum's default limit for it.)
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -62,7 +64,7 @@ pub(crate) struct PipelineLayer {
     shared: Arc<Layers>,
 }
 
-/// The layers [`PipelineLayer`] does the work of, outermost first (the body limit aside).
+/// The layers [`PipelineLayer`] does the work of, outermost first.
 #[derive(Debug)]
 pub(crate) struct Layers {
     pub(crate) security_headers: SecurityHeadersLayer,
@@ -485,6 +487,8 @@ mod tests {
             .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
             .route("/items/{id}", get(|Path(id): Path<u32>| async move { id.to_string() }))
             .route("/echo", post(|body: String| async move { body }))
+            .route("/echo-64", post(|body: String| async move { body }).layer(DefaultBodyLimit::max(64)))
+            .route("/echo-any", post(|body: String| async move { body }).layer(DefaultBodyLimit::disable()))
             .route(
                 "/problem",
                 get(|| async { crate::http::Problem::new(StatusCode::CONFLICT, "taken", "Already taken") }),
@@ -688,28 +692,43 @@ mod tests {
     #[tokio::test]
     async fn a_body_of_unknown_length_is_limited_as_stacked() {
         // Set only on requests with a body: one streamed in chunks, with no length known
-        // beforehand, is one of them.
+        // beforehand, is one of them. A route's own limit, or none, still wins.
         let cfg = config(64);
         let (fused, _) = fused(&cfg, &Metrics::new());
         let layered = layered(&cfg, &Metrics::new());
-        let streamed = |text: &'static str, gzip: bool| {
+        let streamed = |path: &str, text: &'static str, extra: Option<(&str, &str)>| {
             let chunks = text.as_bytes().chunks(5).map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from_static(c)));
-            let mut b = Request::post("/echo").header("x-request-id", "req-1").header("content-type", "text/plain");
-            if gzip {
-                b = b.header("accept-encoding", "gzip");
+            let mut b = Request::post(path).header("x-request-id", "req-1").header("content-type", "text/plain");
+            if let Some((k, v)) = extra {
+                b = b.header(k, v);
             }
             b.body(Body::from_stream(futures_util::stream::iter(chunks))).unwrap()
         };
-        for gzip in [false, true] {
-            let over = answer(&fused, streamed("a body well over sixteen bytes", gzip)).await;
-            assert_eq!(over.0, StatusCode::PAYLOAD_TOO_LARGE, "gzip {gzip}");
-            assert_eq!(over, answer(&layered, streamed("a body well over sixteen bytes", gzip)).await);
-            let under = answer(&fused, streamed("short", gzip)).await;
-            assert_eq!((under.0, &under.2[..]), (StatusCode::OK, &b"short"[..]), "gzip {gzip}");
+        const OVER_16: &str = "a body well over sixteen bytes";
+        const OVER_64: &str = "a body well over sixty-four bytes, which is the limit of that one route alone";
+        let cases = [
+            ("/echo", OVER_16, StatusCode::PAYLOAD_TOO_LARGE),
+            ("/echo", "short", StatusCode::OK),
+            ("/echo-64", OVER_16, StatusCode::OK),
+            ("/echo-64", OVER_64, StatusCode::PAYLOAD_TOO_LARGE),
+            ("/echo-any", OVER_64, StatusCode::OK),
+        ];
+        for (path, text, status) in cases {
+            for extra in [None, Some(("accept-encoding", "gzip")), Some(ORIGIN)] {
+                let got = answer(&fused, streamed(path, text, extra)).await;
+                assert_eq!(got.0, status, "{path} {text} {extra:?}");
+                // (Gzipped when offered and worth it.)
+                if status == StatusCode::OK && !got.1.iter().any(|(k, _)| k == "content-encoding") {
+                    assert_eq!(&got.2[..], text.as_bytes(), "{path} {extra:?}");
+                }
+                assert_eq!(got, answer(&layered, streamed(path, text, extra)).await, "{path} {text} {extra:?}");
+            }
         }
-        // No body, no limit to apply: the answer is the same.
+        // No body, no limit to apply: answered the same, and as an empty body.
         let empty = || request("POST", "/echo", &[ID, ("content-type", "text/plain")], "");
-        assert_eq!(answer(&fused, empty()).await, answer(&layered, empty()).await);
+        let got = answer(&fused, empty()).await;
+        assert_eq!((got.0, &got.2[..]), (StatusCode::OK, &b""[..]));
+        assert_eq!(got, answer(&layered, empty()).await);
     }
 
     #[tokio::test]

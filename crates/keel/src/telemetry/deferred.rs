@@ -591,6 +591,12 @@ mod tests {
         assert_eq!(resp.status(), 200);
     }
 
+    /// The W3C propagator `telemetry::init` sets up. Global: every test that reads a
+    /// `traceparent` sets it, whichever runs first.
+    fn w3c_propagator() {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    }
+
     /// The parts of a line that do not change from run to run.
     fn stable(line: &Value) -> Value {
         let mut line = line.clone();
@@ -662,8 +668,7 @@ mod tests {
     #[tokio::test]
     async fn the_access_line_is_the_line_the_generic_path_writes_byte_for_byte() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        // What `telemetry::init` sets up (global: whichever test runs first must set it).
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        w3c_propagator();
         for (traceparent, outer) in [(None, false), (Some(tp), false), (None, true)] {
             let format = || super::super::format::JsonFormat::new("proc".into(), Default::default());
             let stable = |lines: Vec<String>| lines.iter().map(|l| stable_text(l)).collect::<Vec<_>>();
@@ -738,8 +743,7 @@ mod tests {
     #[tokio::test]
     async fn the_callers_trace_is_continued_whether_or_not_the_span_is_made() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        // What `telemetry::init` sets up.
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        w3c_propagator();
         // Never made; made after a line (with that line's ids); made before any line.
         for (make_before, make_after) in [(false, false), (false, true), (true, false)] {
             let (dispatch, out, _) = subscriber(true);
