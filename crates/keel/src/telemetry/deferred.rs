@@ -650,52 +650,79 @@ mod tests {
         text
     }
 
-    /// The lines of one request served with `format`, through a deferring subscriber.
+    /// The lines of one request served with `format`, through a deferring subscriber (the
+    /// handler logs a line first when `inside`), and how many of them the access-line path
+    /// wrote.
     async fn access_lines(
         format: super::super::format::JsonFormat,
         traceparent: Option<&str>,
         outer: bool,
-    ) -> Vec<String> {
+        inside: bool,
+    ) -> (Vec<String>, usize) {
+        use super::super::format::tests::ACCESS_LINES;
         let (dispatch, out, _) = subscriber_with(true, format);
         let _default = tracing::dispatcher::set_default(&dispatch);
         let outer = outer.then(|| tracing::info_span!("conn", peer = "10.0.0.1").entered());
-        serve(traceparent, || async { tracing::info!("inside") }).await;
+        let before = ACCESS_LINES.with(std::cell::Cell::get);
+        serve(traceparent, move || async move {
+            if inside {
+                tracing::info!("inside");
+            }
+        })
+        .await;
+        let fast = ACCESS_LINES.with(std::cell::Cell::get) - before;
         drop(outer);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
+        (text.lines().map(str::to_owned).collect(), fast)
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "current_thread")]
     async fn the_access_line_is_the_line_the_generic_path_writes_byte_for_byte() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         w3c_propagator();
-        for (traceparent, outer) in [(None, false), (Some(tp), false), (None, true)] {
+        // The ids made by the access line itself (no line before it), by a line before it, or
+        // continuing the caller's trace; an outer span sends the line down the generic path.
+        let cases = [
+            (None, false, false),
+            (None, false, true),
+            (Some(tp), false, false),
+            (Some(tp), false, true),
+            (None, true, true),
+        ];
+        for (traceparent, outer, inside) in cases {
             let format = || super::super::format::JsonFormat::new("proc".into(), Default::default());
-            let stable = |lines: Vec<String>| lines.iter().map(|l| stable_text(l)).collect::<Vec<_>>();
-            let fast = stable(access_lines(format(), traceparent, outer).await);
-            let generic = stable(access_lines(format().generic_only(), traceparent, outer).await);
-            assert_eq!(fast.len(), 2, "{fast:?}");
-            assert_eq!(fast, generic, "traceparent {traceparent:?}, outer span {outer}");
-            assert!(fast[1].contains("\"message\":\"request finished\""), "{}", fast[1]);
-            assert!(fast[1].contains("\"trace_id\":\"<trace_id>\""), "{}", fast[1]);
-            if outer {
-                assert!(fast[1].contains("\"peer\":\"10.0.0.1\""), "{}", fast[1]);
+            let stable = |lines: &[String]| lines.iter().map(|l| stable_text(l)).collect::<Vec<_>>();
+            let (fast, taken) = access_lines(format(), traceparent, outer, inside).await;
+            let (generic, not_taken) = access_lines(format().generic_only(), traceparent, outer, inside).await;
+            let case = format!("traceparent {traceparent:?}, outer span {outer}, a line before {inside}");
+            assert_eq!((taken, not_taken), (usize::from(!outer), 0), "{case}");
+            assert_eq!(fast.len(), 1 + usize::from(inside), "{fast:?}");
+            assert_eq!(stable(&fast), stable(&generic), "{case}");
+            let access = fast.last().unwrap();
+            let line: Value = serde_json::from_str(access).unwrap();
+            assert_eq!(line["message"], "request finished", "{access}");
+            assert_eq!(line["fields"]["http.response.status_code"], 200, "{access}");
+            assert!(line["fields"]["latency_ms"].as_f64().unwrap() >= 0.0, "{access}");
+            assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{access}");
+            if let Some(tp) = traceparent {
+                assert_eq!(line["trace_id"], tp[3..35], "{case}");
             }
-            assert!(fast[1].contains("\"http.response.status_code\":200,"), "{}", fast[1]);
+            if inside {
+                let first: Value = serde_json::from_str(&fast[0]).unwrap();
+                assert_eq!((&first["trace_id"], &first["span_id"]), (&line["trace_id"], &line["span_id"]), "{case}");
+            }
+            if outer {
+                assert_eq!(line["fields"]["peer"], "10.0.0.1", "{access}");
+            }
         }
-        // The ids continue the caller's trace on the fast path too.
-        let (dispatch, out, _) = subscriber(true);
-        let _default = tracing::dispatcher::set_default(&dispatch);
-        serve(Some(tp), || async {}).await;
-        let lines = out.lines();
-        assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "current_thread")]
     async fn a_masked_access_field_is_masked_on_the_access_line() {
         let masker = crate::security::mask::Masker::new(["latency_ms"]);
-        let lines = access_lines(super::super::format::JsonFormat::new("proc".into(), masker), None, false).await;
+        let format = super::super::format::JsonFormat::new("proc".into(), masker);
+        let (lines, fast) = access_lines(format, None, false, true).await;
+        assert_eq!(fast, 0, "masked: the generic path");
         assert!(lines[1].contains("\"latency_ms\":\"***\""), "{}", lines[1]);
     }
 
