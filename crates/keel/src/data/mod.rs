@@ -281,8 +281,7 @@ impl Db {
 
     /// Begins a transaction. Dropping it without [`Transaction::commit`] rolls it back.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, DataError> {
-        let conn = self.acquire().await?;
-        Transaction::begin(conn, None).await.map_err(|e| self.observe(e))
+        self.start(None).await
     }
 
     /// Begins a transaction with `statement` instead of the backend's plain `BEGIN`, such as
@@ -291,8 +290,13 @@ impl Db {
     /// connection, for whatever transaction comes next, if the start failed or the task were
     /// cancelled in between.
     pub async fn begin_with(&self, statement: &'static str) -> Result<Transaction<'static, Any>, DataError> {
+        self.start(Some(statement.into_sql_str())).await
+    }
+
+    /// A transaction on a pooled connection, begun with `statement` or the plain `BEGIN`.
+    async fn start(&self, statement: Option<sqlx::SqlStr>) -> Result<Transaction<'static, Any>, DataError> {
         let conn = self.acquire().await?;
-        Transaction::begin(conn, Some(statement.into_sql_str())).await.map_err(|e| self.observe(e))
+        Transaction::begin(conn, statement).await.map_err(|e| self.observe(e))
     }
 
     /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns `Err`

@@ -4,9 +4,9 @@
 //! layer, [`CatchPanicLayer`](super::catch_panic::CatchPanicLayer),
 //! [`RequestIdLayer`](super::request_id::RequestIdLayer), [`TraceLayer`],
 //! [`HttpMetricsLayer`], [`TimeoutLayer`](super::timeout::TimeoutLayer), `DefaultBodyLimit`,
-//! [`LoadShedLayer`], [`CompressionLayer`] and [`ProblemsLayer`]. It answers requests as that stack would (but for
-//! the differences below), through the same functions of those modules, but in one `call` and
-//! one response future.
+//! [`LoadShedLayer`], [`CompressionLayer`] and [`ProblemsLayer`]. It answers requests as that
+//! stack would (but for the differences below), through the same functions of those modules,
+//! but in one `call` and one response future.
 //! Stacked, each layer moved the request (about 250 bytes) and the growing response future
 //! once more, cloned its own shared state for every request, looked up the request headers it
 //! needs by name, read the clock on its own and polled the layer under it.

@@ -474,12 +474,7 @@ impl SpanFields {
     }
 
     pub(crate) fn set_text(&mut self, key: &'static str, text: &str) {
-        if key.starts_with("otel.") {
-            return;
-        }
-        let start = self.text.len();
-        self.text.push_str(text);
-        self.set(key, FieldValue::Text(start, self.text.len()));
+        self.set_range(key, text, FieldValue::Text);
     }
 
     /// [`set_text`](Self::set_text) for one of the request span's [`OWN_FIELDS`], whose text
@@ -487,9 +482,17 @@ impl SpanFields {
     /// method (an HTTP token: no space, `:` or `/`), a route template (the service's own code).
     /// Lines write it unscrubbed, and unmasked unless the masker masks one of those names.
     pub(crate) fn set_own(&mut self, key: &'static str, text: &str) {
+        self.set_range(key, text, FieldValue::Own);
+    }
+
+    /// Copies `text` into the buffer and records its range as `key`'s value, made by `value`.
+    fn set_range(&mut self, key: &'static str, text: &str, value: fn(usize, usize) -> FieldValue) {
+        if key.starts_with("otel.") {
+            return;
+        }
         let start = self.text.len();
         self.text.push_str(text);
-        self.set(key, FieldValue::Own(start, self.text.len()));
+        self.set(key, value(start, self.text.len()));
     }
 
     /// Empties it, keeping its memory.
