@@ -1,13 +1,26 @@
 //! The current request's id and deadline, for code that has no access to the request (an
 //! outbound HTTP call deep inside a handler).
 //!
-//! The timeout layer runs every request inside a [`RequestContext`] scope. Keel's HTTP client
-//! reads it to send `X-Request-ID` and the remaining time (`x-request-timeout-ms`) upstream, so
-//! request ids follow a call chain and an upstream never works past its caller's deadline.
+//! Keel's stack runs every request's future with its [`RequestContext`] set as the current
+//! one while it is polled. Keel's HTTP client reads it to send `X-Request-ID` and the
+//! remaining time (`x-request-timeout-ms`) upstream, so request ids follow a call chain and an
+//! upstream never works past its caller's deadline.
+//!
+//! Like a tokio task-local, the context belongs to the future it was given to: it is set on
+//! the polling thread only while that future is polled, and put back as it was when the poll
+//! returns (or unwinds), so a request served inside another's poll sees its own and then
+//! hands the outer one back. A task spawned from a handler does not inherit it. Unlike a
+//! task-local, it is kept in a plain thread-local cell: setting and restoring it is two moves
+//! of the context, with no borrow flag and no second scope to drop the future in (a request
+//! pays for it on every poll).
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::RequestId;
@@ -19,8 +32,9 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 /// every lookup).
 pub static TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
 
-tokio::task_local! {
-    static CONTEXT: RequestContext;
+thread_local! {
+    /// The context of the future this thread is polling, if it was given one.
+    static CURRENT: Cell<Option<RequestContext>> = const { Cell::new(None) };
 }
 
 /// What is known about the request being handled.
@@ -39,12 +53,137 @@ impl RequestContext {
     }
 }
 
-/// The context of the request this task is handling, if any.
+/// The context of the request whose future this thread is polling, if any.
+///
+/// ```
+/// use keel::http::context::{self, RequestContext};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert!(context::current().is_none());
+/// let ctx = RequestContext { request_id: None, deadline: Some(tokio::time::Instant::now()) };
+/// let seen = context::scope(ctx, async { context::current() }).await;
+/// assert!(seen.is_some_and(|c| c.deadline.is_some()));
+/// assert!(context::current().is_none());
+/// # }
+/// ```
 pub fn current() -> Option<RequestContext> {
-    CONTEXT.try_with(Clone::clone).ok()
+    CURRENT
+        .try_with(|cell| {
+            let ctx = cell.take();
+            let copy = ctx.clone();
+            cell.set(ctx);
+            copy
+        })
+        .ok()
+        .flatten()
 }
 
-/// Runs `fut` with `ctx` as the current request context.
-pub fn scope<F: Future>(ctx: RequestContext, fut: F) -> tokio::task::futures::TaskLocalFuture<RequestContext, F> {
-    CONTEXT.scope(ctx, fut)
+/// Runs `fut` with `ctx` as the current request context whenever it is polled.
+pub fn scope<F: Future>(ctx: RequestContext, fut: F) -> Scoped<F> {
+    Scoped { ctx: Some(ctx), fut }
+}
+
+pin_project! {
+    /// A future run with a request context: see [`scope`].
+    #[derive(Debug)]
+    pub struct Scoped<F> {
+        ctx: Option<RequestContext>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        enter(this.ctx, || this.fut.poll(cx))
+    }
+}
+
+/// Runs `f` with the context in `slot` as the current one, and puts it back in `slot` when
+/// `f` returns or unwinds (the thread's previous context, if any, is current again). Runs `f`
+/// without it if the thread is being torn down.
+pub(crate) fn enter<R>(slot: &mut Option<RequestContext>, f: impl FnOnce() -> R) -> R {
+    let Ok(previous) = CURRENT.try_with(|cell| cell.replace(slot.take())) else { return f() };
+    let _restore = Restore { slot, previous };
+    f()
+}
+
+/// Gives the context back to its future, and the thread its previous one, when dropped.
+struct Restore<'a> {
+    slot: &'a mut Option<RequestContext>,
+    previous: Option<RequestContext>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        if let Ok(ctx) = CURRENT.try_with(|cell| cell.replace(previous)) {
+            *self.slot = ctx;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(id: &str) -> RequestContext {
+        RequestContext {
+            request_id: Some(RequestId(http::HeaderValue::from_str(id).unwrap())),
+            deadline: Some(Instant::now()),
+        }
+    }
+
+    fn current_id() -> Option<String> {
+        current().and_then(|c| c.request_id).map(|id| id.as_str().to_owned())
+    }
+
+    #[tokio::test]
+    async fn set_only_while_its_future_is_polled() {
+        assert_eq!(current_id(), None);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut fut = Box::pin(scope(ctx("a"), async move {
+            let before = current_id();
+            rx.await.unwrap();
+            (before, current_id())
+        }));
+        // First poll: pending, and the context is gone again afterwards.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(current_id(), None);
+        tx.send(()).unwrap();
+        // Second poll: the context is there again, moved back and forth without loss.
+        let (before, after) = fut.await;
+        assert_eq!(before.as_deref(), Some("a"));
+        assert_eq!(after.as_deref(), Some("a"));
+        assert_eq!(current_id(), None);
+    }
+
+    #[tokio::test]
+    async fn nested_scopes_restore_the_outer_one() {
+        let seen = scope(ctx("outer"), async {
+            let inner = scope(ctx("inner"), async { current_id() }).await;
+            (inner, current_id())
+        })
+        .await;
+        assert_eq!(seen, (Some("inner".to_owned()), Some("outer".to_owned())));
+    }
+
+    #[test]
+    fn restored_when_the_poll_unwinds() {
+        let mut slot = Some(ctx("a"));
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            enter(&mut slot, || {
+                assert_eq!(current_id().as_deref(), Some("a"));
+                panic!("in the poll");
+            })
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(current_id(), None, "the thread's context is put back");
+        assert!(slot.is_some_and(|c| c.request_id.is_some()), "and the future's is given back to it");
+    }
 }

@@ -277,7 +277,6 @@ impl<S> Core<S> {
         let stage = if !admitted {
             Stage::Answered { resp: Some(load_shed::shed_response(Some(&state.id))) }
         } else {
-            let ctx = state.context();
             let negotiated = self.inner.enabled() && seen.accept_encoding;
             let inner = &mut self.inner;
             let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -288,11 +287,12 @@ impl<S> Core<S> {
                 }
             }));
             match called {
-                Ok(fut) => Stage::Running { fut: context::scope(ctx, fut) },
+                Ok(fut) => Stage::Running { fut },
                 Err(payload) => Stage::Answered { resp: Some(catch_panic::panic_response(&state.id, payload)) },
             }
         };
-        CoreFuture { stage, span, state: Some(state), sleep: None, edge }
+        let ctx = Some(state.context());
+        CoreFuture { stage, span, ctx, state: Some(state), sleep: None, edge }
     }
 }
 
@@ -334,6 +334,9 @@ pin_project! {
         #[pin]
         stage: Stage<F>,
         span: RequestSpan,
+        // Current while the routes' future (or the rewrite of its error) is polled; `None`
+        // only during such a poll.
+        ctx: Option<context::RequestContext>,
         // `None` once answered.
         state: Option<State>,
         // Made on the first `Pending` only: a request answered in one poll never touches the
@@ -346,7 +349,7 @@ pin_project! {
 pin_project! {
     #[project = StageProj]
     enum Stage<F> {
-        Running { #[pin] fut: tokio::task::futures::TaskLocalFuture<context::RequestContext, Inner<F>> },
+        Running { #[pin] fut: Inner<F> },
         // An error answer being made a problem document.
         Rewriting { fut: problems::BoxFut },
         // Shed, or the inner call panicked; `None` once returned.
@@ -391,7 +394,7 @@ where
             // polled again.
             return Poll::Ready(Ok(Problem::internal().into_response()));
         };
-        let (mut stage, sleep) = (this.stage, this.sleep);
+        let (mut stage, sleep, ctx) = (this.stage, this.sleep, this.ctx);
         // Past the deadline, or still in time.
         let mut expired = |cx: &mut Context<'_>| -> Poll<Response> {
             let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(state.deadline())));
@@ -409,18 +412,19 @@ where
                             break resp.take().unwrap_or_else(|| Problem::internal().into_response());
                         }
                         // Caught here, so the panic's 500 is counted and logged like any answer.
-                        StageProj::Rewriting { fut } => {
-                            std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx).map(|r| Ok((r, false)))))
+                        StageProj::Rewriting { fut } => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            context::enter(ctx, || fut.as_mut().poll(cx).map(|r| Ok((r, false))))
+                        })),
+                        StageProj::Running { fut } => {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| context::enter(ctx, || fut.poll(cx))))
                         }
-                        StageProj::Running { fut } => std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))),
                     };
                     match polled {
                         Ok(Poll::Ready(Ok((resp, true)))) if problems::is_error(resp.status()) => {
-                            // In the request's context, as the problems layer ran inside the
-                            // timeout layer's.
-                            let ctx = state.context();
+                            // Polled in the request's context too, as the problems layer ran
+                            // inside the timeout layer's.
                             let rewrite = problems::normalize(resp, Some(state.id.clone()), state.route.clone());
-                            stage.set(Stage::Rewriting { fut: Box::pin(context::scope(ctx, rewrite)) });
+                            stage.set(Stage::Rewriting { fut: Box::pin(rewrite) });
                         }
                         Ok(Poll::Ready(Ok((resp, _)))) => break resp,
                         Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),

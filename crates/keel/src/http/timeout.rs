@@ -104,7 +104,7 @@ pin_project! {
     /// Response future of [`Timeout`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: tokio::task::futures::TaskLocalFuture<super::context::RequestContext, F>,
+        inner: super::context::Scoped<F>,
         // Made on the first `Pending` only: a request answered in one poll never touches the
         // runtime's timer (looking up its handle and creating the entry cost more than the
         // rest of this layer). Boxed, so the future every request moves about stays small.
