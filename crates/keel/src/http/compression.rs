@@ -43,6 +43,11 @@ impl CompressionLayer {
     pub fn new(enabled: bool) -> Self {
         Self { enabled }
     }
+
+    /// Whether this layer compresses at all (`http.compression`).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
 }
 
 impl<S> Layer<S> for CompressionLayer {
@@ -65,18 +70,6 @@ pub struct Compression<S> {
 impl<S: std::fmt::Debug> std::fmt::Debug for Compression<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compression").field("inner", self.inner.get_ref()).field("enabled", &self.enabled).finish()
-    }
-}
-
-impl<S> Compression<S> {
-    /// Whether this layer compresses at all (`http.compression`).
-    pub(crate) fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// The service under this one.
-    pub(crate) fn inner_mut(&mut self) -> &mut S {
-        self.inner.get_mut()
     }
 }
 

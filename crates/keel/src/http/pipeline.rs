@@ -12,10 +12,11 @@
 //! needs by name, read the clock on its own and polled the layer under it.
 //!
 //! Compression and problems keep their own services here, under the rest: a request that
-//! offers an encoding goes through both, as stacked. One that offers none (or with
-//! `http.compression` off) cannot be compressed, so it goes past them to the routes, and the
-//! pipeline makes its error answers problem documents itself, with the id and route it already
-//! holds, as the problems layer would.
+//! offers an encoding goes through both, as stacked (put around the routes for that request
+//! only, so the service axum clones for every request stays the routes and one `Arc`). One
+//! that offers none (or with `http.compression` off) cannot be compressed, so it goes past
+//! them to the routes, and the pipeline makes its error answers problem documents itself,
+//! with the id and route it already holds, as the problems layer would.
 //!
 //! The stacked layers stay, for use on their own. Differences, on purpose: a panic in the
 //! routes (their `call`, their future, the rewrite of their error) is caught inside the request
@@ -45,12 +46,12 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use super::compression::{Compression, CompressionLayer};
+use super::compression::CompressionLayer;
 use super::cors::CorsLayer;
 use super::load_shed::LoadShedLayer;
 use super::metrics::HttpMetricsLayer;
 use super::problem::Problem;
-use super::problems::{Problems, ProblemsLayer};
+use super::problems::ProblemsLayer;
 use super::request_id::{self, RequestId};
 use super::security_headers::SecurityHeadersLayer;
 use super::trace::TraceLayer;
@@ -87,7 +88,6 @@ impl PipelineLayer {
 impl<S> Layer<S> for PipelineLayer {
     type Service = Pipeline<S>;
     fn layer(&self, inner: S) -> Pipeline<S> {
-        let inner = self.shared.compression.layer(ProblemsLayer.layer(inner));
         Pipeline { inner: Core { inner, shared: self.shared.clone() } }
     }
 }
@@ -99,9 +99,14 @@ pub(crate) struct Pipeline<S> {
 }
 
 /// Everything from catch-panic to the routes.
+///
+/// Only the routes and the shared layers: axum clones the layered service for every request,
+/// so compression and problems are put around the routes only for a request that offers an
+/// encoding (cloning and dropping tower-http's compression settings cost every request
+/// otherwise).
 #[derive(Debug, Clone)]
 pub(crate) struct Core<S> {
-    inner: Compression<Problems<S>>,
+    inner: S,
     shared: Arc<Layers>,
 }
 
@@ -176,7 +181,7 @@ where
 
 impl<S, ReqB> Service<Request<ReqB>> for Core<S>
 where
-    S: Service<Request<ReqB>, Response = Response>,
+    S: Service<Request<ReqB>, Response = Response> + Clone,
     ReqB: http_body::Body,
 {
     type Response = Response;
@@ -244,7 +249,7 @@ impl<S> Core<S> {
     /// (no CORS layer around this one to do the rest).
     fn start<ReqB>(&mut self, mut req: Request<ReqB>, seen: Seen, edge: bool) -> CoreFuture<S::Future>
     where
-        S: Service<Request<ReqB>, Response = Response>,
+        S: Service<Request<ReqB>, Response = Response> + Clone,
         ReqB: http_body::Body,
     {
         let shared = &self.shared;
@@ -273,17 +278,20 @@ impl<S> Core<S> {
         let admitted = shared.shed.admit();
         // From here until it is dropped, the request counts as in flight (and holds its place
         // among the admitted).
+        // What outbound calls made for the request read (see `context`).
+        let ctx =
+            context::RequestContext { request_id: Some(id.clone()), deadline: Some(timeout::deadline(start, timeout)) };
         let state = State { shared: shared.clone(), id, route, method, start, timeout, admitted };
         let stage = if !admitted {
             Stage::Answered { resp: Some(load_shed::shed_response(Some(&state.id))) }
         } else {
-            let negotiated = self.inner.enabled() && seen.accept_encoding;
+            let negotiated = shared.compression.enabled() && seen.accept_encoding;
             let inner = &mut self.inner;
             let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if negotiated {
-                    Inner::Negotiated { fut: inner.call(req) }
+                    negotiate(inner, shared.compression, req)
                 } else {
-                    Inner::Plain { fut: inner.inner_mut().inner_mut().call(req) }
+                    Inner::Plain { fut: inner.call(req) }
                 }
             }));
             match called {
@@ -291,9 +299,21 @@ impl<S> Core<S> {
                 Err(payload) => Stage::Answered { resp: Some(catch_panic::panic_response(&state.id, payload)) },
             }
         };
-        let ctx = Some(state.context());
-        CoreFuture { stage, span, ctx, state: Some(state), sleep: None, edge }
+        CoreFuture { stage, span, ctx: Some(ctx), state: Some(state), sleep: None, edge }
     }
+}
+
+/// Calls the routes under compression and problems (a request that offers an encoding). The
+/// ready routes go under them; a clone stays for next time. Out of line: most requests offer
+/// none, and the rest pay far more for compressing.
+#[inline(never)]
+fn negotiate<S, ReqB>(routes: &mut S, compression: CompressionLayer, req: Request<ReqB>) -> Inner<S::Future>
+where
+    S: Service<Request<ReqB>, Response = Response> + Clone,
+{
+    let clone = routes.clone();
+    let ready = std::mem::replace(routes, clone);
+    Inner::Negotiated { fut: compression.layer(ProblemsLayer.layer(ready)).call(req) }
 }
 
 /// A request being handled: counted out of the in-flight gauge (and given back its place
@@ -311,11 +331,6 @@ struct State {
 impl State {
     fn deadline(&self) -> Instant {
         timeout::deadline(self.start, self.timeout)
-    }
-
-    /// What outbound calls made for the request read (see `context`).
-    fn context(&self) -> context::RequestContext {
-        context::RequestContext { request_id: Some(self.id.clone()), deadline: Some(self.deadline()) }
     }
 }
 

@@ -41,13 +41,6 @@ pub struct Problems<S> {
     inner: S,
 }
 
-impl<S> Problems<S> {
-    /// The service under this one.
-    pub(crate) fn inner_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-}
-
 /// Whether an answer with `status` goes through [`normalize`].
 pub(crate) fn is_error(status: StatusCode) -> bool {
     status.as_u16() >= 400
