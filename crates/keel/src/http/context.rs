@@ -11,8 +11,10 @@
 //! returns (or unwinds), so a request served inside another's poll sees its own and then
 //! hands the outer one back. A task spawned from a handler does not inherit it. Unlike a
 //! task-local, it is kept in a plain thread-local cell: setting and restoring it is two moves
-//! of the context, with no borrow flag and no second scope to drop the future in (a request
-//! pays for it on every poll).
+//! of the context, with no borrow flag (a request pays for it on every poll). And unlike
+//! tokio's scope, it is not set while the future is dropped (completed, timed out or
+//! cancelled): a `Drop` that calls [`current`] sees the context of whatever is being polled
+//! around it, if anything.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -79,7 +81,8 @@ pub fn current() -> Option<RequestContext> {
         .flatten()
 }
 
-/// Runs `fut` with `ctx` as the current request context whenever it is polled.
+/// Runs `fut` with `ctx` as the current request context whenever it is polled (not while it is
+/// dropped; see the module docs).
 pub fn scope<F: Future>(ctx: RequestContext, fut: F) -> Scoped<F> {
     Scoped { ctx: Some(ctx), fut }
 }
@@ -175,15 +178,23 @@ mod tests {
 
     #[test]
     fn restored_when_the_poll_unwinds() {
-        let mut slot = Some(ctx("a"));
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            enter(&mut slot, || {
-                assert_eq!(current_id().as_deref(), Some("a"));
-                panic!("in the poll");
-            })
-        }));
-        assert!(unwound.is_err());
-        assert_eq!(current_id(), None, "the thread's context is put back");
-        assert!(slot.is_some_and(|c| c.request_id.is_some()), "and the future's is given back to it");
+        let mut outer = Some(ctx("outer"));
+        enter(&mut outer, || {
+            let mut slot = Some(ctx("a"));
+            let mut seen = None;
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                enter(&mut slot, || {
+                    seen = current_id();
+                    std::panic::panic_any("in the poll");
+                })
+            }));
+            assert_eq!(unwound.unwrap_err().downcast_ref::<&str>(), Some(&"in the poll"));
+            assert_eq!(seen.as_deref(), Some("a"), "set during the poll");
+            assert_eq!(current_id().as_deref(), Some("outer"), "the thread's previous context is put back");
+            let back = slot.and_then(|c| c.request_id).map(|id| id.as_str().to_owned());
+            assert_eq!(back.as_deref(), Some("a"), "and the future's is given back to it");
+        });
+        assert_eq!(current_id(), None);
+        assert!(outer.is_some());
     }
 }

@@ -11,10 +11,9 @@
 //! once more, cloned its own shared state for every request, looked up the request headers it
 //! needs by name, read the clock on its own and polled the layer under it.
 //!
-//! Compression and problems keep their own services here, under the rest: a request that
-//! offers an encoding goes through both, as stacked (put around the routes for that request
-//! only, so the service axum clones for every request stays the routes and one `Arc`). One
-//! that offers none (or with `http.compression` off) cannot be compressed, so it goes past
+//! Compression and problems are not kept here: a request that offers an encoding has both
+//! put around the routes for it alone, and goes through them as stacked (so the service axum
+//! clones for every request stays the routes and one `Arc`). One that offers none (or with `http.compression` off) cannot be compressed, so it goes past
 //! them to the routes, and the pipeline makes its error answers problem documents itself,
 //! with the id and route it already holds, as the problems layer would.
 //!
@@ -274,13 +273,13 @@ impl<S> Core<S> {
         // One clock reading serves the deadline, the latency in the access line and the
         // duration metric.
         let start = Instant::now();
+        // What outbound calls made for the request read (see `context`).
+        let ctx =
+            context::RequestContext { request_id: Some(id.clone()), deadline: Some(timeout::deadline(start, timeout)) };
         shared.metrics.in_flight().inc();
         let admitted = shared.shed.admit();
         // From here until it is dropped, the request counts as in flight (and holds its place
         // among the admitted).
-        // What outbound calls made for the request read (see `context`).
-        let ctx =
-            context::RequestContext { request_id: Some(id.clone()), deadline: Some(timeout::deadline(start, timeout)) };
         let state = State { shared: shared.clone(), id, route, method, start, timeout, admitted };
         let stage = if !admitted {
             Stage::Answered { resp: Some(load_shed::shed_response(Some(&state.id))) }
@@ -349,8 +348,8 @@ pin_project! {
         #[pin]
         stage: Stage<F>,
         span: RequestSpan,
-        // Current while the routes' future (or the rewrite of its error) is polled; `None`
-        // only during such a poll.
+        // Made current while the routes' future (or the rewrite of its error) is polled, not
+        // while either is called or dropped; `None` only during such a poll.
         ctx: Option<context::RequestContext>,
         // `None` once answered.
         state: Option<State>,
@@ -489,9 +488,40 @@ mod tests {
     use crate::http::{catch_panic, compression, cors, load_shed, metrics, problems, request_id, security_headers};
     use crate::telemetry::Metrics;
 
+    /// The request context as a handler sees it, before and after a yield (so on two polls):
+    /// its id, and whether its deadline is within 20 ms and within 300 ms. Short, so an offered
+    /// gzip never applies and bodies compare as they are.
+    async fn context_seen() -> String {
+        let before = context_now();
+        tokio::task::yield_now().await;
+        format!("{before} {}", context_now())
+    }
+
+    fn context_now() -> String {
+        let ctx = crate::http::context::current();
+        let id = ctx.as_ref().and_then(|c| c.request_id.as_ref()).map_or("-", RequestId::as_str).to_owned();
+        let left = ctx.as_ref().and_then(crate::http::context::RequestContext::remaining);
+        let within = |ms| left.map_or("-", |l| if l <= Duration::from_millis(ms) { "y" } else { "n" });
+        format!("{id} {} {}", within(20), within(300))
+    }
+
+    /// What `/outer` serves its inner request through.
+    static NESTED: std::sync::OnceLock<Router> = std::sync::OnceLock::new();
+
     fn routes() -> Router {
         Router::new()
             .route("/hello", get(|| async { axum::Json(serde_json::json!({ "message": "hello" })) }))
+            .route("/ctx", get(context_seen))
+            // A request served in process, inside this one's poll (short enough not to be gzipped).
+            .route(
+                "/outer",
+                get(|| async {
+                    let Some(router) = NESTED.get() else { return "-".to_owned() };
+                    let inner = request("GET", "/ctx", &[("x-request-id", "in-1")], "");
+                    let (_, _, body) = raw(router, inner).await;
+                    format!("{}|{}", String::from_utf8_lossy(&body), context_now())
+                }),
+            )
             .route("/long", get(|| async { "a".repeat(300) }))
             .route(
                 "/panic",
@@ -706,6 +736,40 @@ mod tests {
             ("GET", "/problem", vec![ID, ("accept-encoding", "gzip")], ""),
             ("GET", "/hello", vec![("x-request-id", "has space"), ("x-request-id", "ok")], ""),
         ]
+    }
+
+    #[tokio::test]
+    async fn the_routes_see_the_request_context_and_it_does_not_outlive_the_poll() {
+        let cfg = config(64);
+        let (fused, _) = fused(&cfg, &Metrics::new());
+        let layered = layered(&cfg, &Metrics::new());
+        let (gzip, asked) = (("accept-encoding", "gzip"), ("x-request-timeout-ms", "20"));
+        let cases = [
+            (vec![ID], "req-1 n y req-1 n y"),
+            (vec![ID, gzip], "req-1 n y req-1 n y"),
+            (vec![ID, ORIGIN], "req-1 n y req-1 n y"),
+            (vec![ID, ORIGIN, gzip], "req-1 n y req-1 n y"),
+            (vec![ID, asked], "req-1 y y req-1 y y"),
+            (vec![ID, ORIGIN, gzip, asked], "req-1 y y req-1 y y"),
+        ];
+        for (headers, want) in cases {
+            for (name, router) in [("fused", &fused), ("stacked", &layered)] {
+                let (status, _, body) = raw(router, request("GET", "/ctx", &headers, "")).await;
+                assert_eq!(
+                    (status, String::from_utf8_lossy(&body).as_ref()),
+                    (StatusCode::OK, want),
+                    "{name} {headers:?}"
+                );
+                assert_eq!(context_now(), "- - -", "{name} {headers:?}: still set after the request");
+            }
+        }
+        // Served inside another request's poll: the inner request sees its own context, and the
+        // outer one its own again afterwards.
+        let _ = NESTED.set(fused.clone());
+        for headers in [vec![ID], vec![ID, ORIGIN, gzip]] {
+            let (_, _, body) = raw(&fused, request("GET", "/outer", &headers, "")).await;
+            assert_eq!(String::from_utf8_lossy(&body), "in-1 n y in-1 n y|req-1 n y", "{headers:?}");
+        }
     }
 
     #[tokio::test]

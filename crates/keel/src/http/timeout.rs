@@ -1,8 +1,9 @@
 //! A whole-request deadline that answers 504 with a problem document.
 //!
 //! The deadline is `http.request_timeout`, or sooner when the caller sent a smaller budget in
-//! `x-request-timeout-ms` (Keel's client does). The request runs inside a
-//! [`RequestContext`](super::context::RequestContext) carrying its id and deadline.
+//! `x-request-timeout-ms` (Keel's client does). The request's future is polled with a
+//! [`RequestContext`](super::context::RequestContext) carrying its id and deadline as the
+//! current one.
 
 use std::future::Future;
 use std::pin::Pin;
