@@ -111,12 +111,20 @@ where
 
 /// The 500 answer to a panic with `payload`; the panic message is logged, never sent.
 pub(crate) fn panic_response(id: &RequestId, payload: Box<dyn Any + Send>) -> Response {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into());
-    tracing::error!(panic = %message, request_id = id.as_str(), "request handler panicked");
+    // Logged (and the payload dropped) under a guard of its own: a subscriber that panics on
+    // this line as well must not turn the 500 into a dropped connection.
+    let logged = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        tracing::error!(panic = %message, request_id = id.as_str(), "request handler panicked");
+    }));
+    if let Err(second) = logged {
+        // Not dropped: its `Drop` could panic too, and nothing would catch that one.
+        std::mem::forget(second);
+    }
     let mut resp = Problem::internal().into_response_with_id(Some(id.as_str()));
     resp.headers_mut().insert(HEADER.clone(), id.0.clone());
     resp

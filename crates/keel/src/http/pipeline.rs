@@ -479,9 +479,10 @@ mod tests {
     use axum::Router;
     use axum::body::Body;
     use axum::extract::{DefaultBodyLimit, Path};
+    use axum::response::IntoResponse as _;
     use axum::routing::{get, post};
     use http::{Request, StatusCode};
-    use tower::ServiceExt;
+    use tower::{Service, ServiceExt};
 
     use crate::config::KeelConfig;
     use crate::http::{RequestId, timeout, trace};
@@ -769,6 +770,92 @@ mod tests {
         for headers in [vec![ID], vec![ID, ORIGIN, gzip]] {
             let (_, _, body) = raw(&fused, request("GET", "/outer", &headers, "")).await;
             assert_eq!(String::from_utf8_lossy(&body), "in-1 n y in-1 n y|req-1 n y", "{headers:?}");
+        }
+    }
+
+    /// A service that must be polled ready before each call, as tower's contract asks;
+    /// a clone starts out not ready (axum's routes are always ready, so this is what shows
+    /// which instance the pipeline calls).
+    #[derive(Default)]
+    struct ReadyFirst {
+        ready: bool,
+    }
+
+    impl Clone for ReadyFirst {
+        fn clone(&self) -> Self {
+            Self { ready: false }
+        }
+    }
+
+    impl Service<Request<Body>> for ReadyFirst {
+        type Response = axum::response::Response;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            self.ready = true;
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            let status = if std::mem::take(&mut self.ready) { StatusCode::OK } else { StatusCode::IM_A_TEAPOT };
+            std::future::ready(Ok((status, "a body long enough to be worth compressing, more or less").into_response()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_instance_polled_ready_is_the_one_called() {
+        let cfg = config(64);
+        let m = Metrics::new();
+        let layers = super::Layers {
+            security_headers: security_headers::SecurityHeadersLayer::new(&cfg.http.hsts),
+            cors: cors::layer(&cfg.cors).unwrap(),
+            trace: trace::TraceLayer::new("test", false),
+            metrics: metrics::HttpMetricsLayer::new(&m).unwrap(),
+            timeout: timeout::TimeoutLayer::new(cfg.http.request_timeout),
+            shed: load_shed::LoadShedLayer::new(64).with_metrics(&m).unwrap(),
+            compression: compression::CompressionLayer::new(true),
+            body_limit: DefaultBodyLimit::max(cfg.http.body_limit),
+        };
+        let mut svc = tower::Layer::layer(&super::PipelineLayer::new(layers), ReadyFirst::default());
+        let gzip = ("accept-encoding", "gzip");
+        for headers in [vec![ID], vec![ID, gzip], vec![ID, ORIGIN], vec![ID, ORIGIN, gzip]] {
+            // Twice each: the instance left behind must be polled ready again, not called as is.
+            for _ in 0..2 {
+                let resp = svc.ready().await.unwrap().call(request("GET", "/", &headers, "")).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "{headers:?}");
+                let gzipped = resp.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+                assert_eq!(gzipped, headers.contains(&gzip), "{headers:?}");
+            }
+        }
+    }
+
+    /// Panics on every error line: a broken subscriber.
+    struct PanicsOnErrors;
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicsOnErrors {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                panic!("the subscriber failed too");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_answered_500_even_when_logging_it_panics() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(PanicsOnErrors));
+        let cfg = config(64);
+        let (fused, _) = fused(&cfg, &Metrics::new());
+        let layered = layered(&cfg, &Metrics::new());
+        for (name, router) in [("fused", &fused), ("stacked", &layered)] {
+            for path in ["/panic", "/panic-in-call"] {
+                let (status, headers, body) = raw(router, request("GET", path, &[ID], "")).await;
+                assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{name} {path}");
+                assert!(headers.contains(&("x-request-id".to_owned(), "req-1".to_owned())), "{name} {path}");
+                let text = String::from_utf8_lossy(&body);
+                assert!(text.contains("req-1") && !text.contains("secret") && !text.contains("subscriber"), "{text}");
+            }
         }
     }
 
