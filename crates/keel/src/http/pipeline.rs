@@ -13,9 +13,10 @@
 //!
 //! Compression and problems are not kept here: a request that offers an encoding has both
 //! put around the routes for it alone, and goes through them as stacked (so the service axum
-//! clones for every request stays the routes and one `Arc`). One that offers none (or with `http.compression` off) cannot be compressed, so it goes past
-//! them to the routes, and the pipeline makes its error answers problem documents itself,
-//! with the id and route it already holds, as the problems layer would.
+//! clones for every request stays the routes and one `Arc`). One that offers none (or with
+//! `http.compression` off) cannot be compressed, so it goes past them to the routes, and the
+//! pipeline makes its error answers problem documents itself, with the id and route it
+//! already holds, as the problems layer would.
 //!
 //! The stacked layers stay, for use on their own. Differences, on purpose: a panic in the
 //! routes (their `call`, their future, the rewrite of their error) is caught inside the request
@@ -97,12 +98,8 @@ pub(crate) struct Pipeline<S> {
     inner: Core<S>,
 }
 
-/// Everything from catch-panic to the routes.
-///
-/// Only the routes and the shared layers: axum clones the layered service for every request,
-/// so compression and problems are put around the routes only for a request that offers an
-/// encoding (cloning and dropping tower-http's compression settings cost every request
-/// otherwise).
+/// Everything from catch-panic to the routes: only the routes and the shared layers (see the
+/// module docs on compression and problems).
 #[derive(Debug, Clone)]
 pub(crate) struct Core<S> {
     inner: S,
