@@ -456,11 +456,13 @@ where
         let Some(state) = this.state.take() else { return Poll::Ready(out) };
         let Ok(mut resp) = out else { return Poll::Ready(out) };
         let headers = resp.headers_mut();
-        headers.insert(request_id::HEADER.clone(), state.id.header_value().clone());
         if *this.edge {
+            // First: each is added only if the handler did not set it, which takes a pass over
+            // the answer's header names, two fewer before the id and `Vary` are in.
+            state.shared.security_headers.apply_and_reserve(headers, 2);
             headers.append(header::VARY, super::cors::VARY);
-            state.shared.security_headers.apply(headers);
         }
+        headers.insert(request_id::HEADER.clone(), state.id.header_value().clone());
         Poll::Ready(Ok(resp))
     }
 }

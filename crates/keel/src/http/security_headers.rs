@@ -65,9 +65,14 @@ impl SecurityHeadersLayer {
 impl SecurityHeadersLayer {
     /// Adds the headers `headers` does not have yet.
     pub(crate) fn apply(&self, headers: &mut http::HeaderMap) {
+        self.apply_and_reserve(headers, 0);
+    }
+
+    /// [`apply`](Self::apply), leaving room for `more` headers the caller adds next.
+    pub(crate) fn apply_and_reserve(&self, headers: &mut http::HeaderMap, more: usize) {
         // Room for all of them, so the map grows at most once.
         let list = self.headers.list();
-        headers.reserve(list.len());
+        headers.reserve(list.len() + more);
         // A handler rarely sets any of them, and an answer carries few headers: one pass over
         // those (comparing standard names is comparing two small integers) tells whether the
         // cheaper `append` may be used for all. An entry lookup per header cost about 70
