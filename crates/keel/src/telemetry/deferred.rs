@@ -26,7 +26,7 @@
 //! (`parent: None`) stays the current one, as it would have been. A request polled inside
 //! another's loan (served in process by a handler) first makes the other's span, to nest in it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use axum::extract::MatchedPath;
@@ -72,10 +72,8 @@ impl Deferring {
     /// Makes the lent span, if there is one and no other span was entered since the poll
     /// began, and enters it.
     fn make_lent(&self) {
-        let _ = LENT.try_with(|cell| {
-            // Busy: this is the span being made, calling back.
-            let Ok(mut slot) = cell.try_borrow_mut() else { return };
-            let Some(lent) = slot.as_mut() else { return };
+        // No loan also while this span is being made (it calls back here).
+        with_loan(|lent| {
             let RequestSpan::Pending(p) = &lent.span else { return };
             if DEPTH.try_with(Cell::get).ok() != Some(lent.base_depth) {
                 return;
@@ -99,8 +97,9 @@ impl Deferring {
 }
 
 thread_local! {
-    /// The request whose future this thread is polling, while its span is not made.
-    static LENT: RefCell<Option<Lent>> = const { RefCell::new(None) };
+    /// The request whose future this thread is polling, while its span is not made. Empty
+    /// also while its span is being made or a line reads it ([`with_loan`] takes it out).
+    static LENT: Cell<Option<Lent>> = const { Cell::new(None) };
     /// Spans entered on this thread through a [`Deferring`] subscriber and not exited yet.
     static DEPTH: Cell<usize> = const { Cell::new(0) };
 }
@@ -335,29 +334,25 @@ impl RequestSpan {
             Self::Pending(_) => {}
             Self::Lent => return f(None),
         }
-        // A request polled inside another's loan (served in process by a handler): the other's
-        // span is made first, so this one nests in it as an eager span would.
-        if LENT
-            .try_with(|l| l.try_borrow().is_ok_and(|l| l.as_ref().is_some_and(|l| l.span.is_pending())))
-            .unwrap_or(false)
-        {
+        let Ok(mut previous) = LENT.try_with(Cell::take) else {
+            // The thread is being torn down: no loan, no span.
+            return f(None);
+        };
+        if previous.as_ref().is_some_and(|p| p.span.is_pending()) {
+            // A request polled inside another's loan (served in process by a handler): the
+            // other's span is made first, so this one nests in it as an eager span would.
+            let _ = LENT.try_with(|cell| cell.set(previous.take()));
             tracing::dispatcher::get_default(|d| {
                 if let Some(deferring) = d.downcast_ref::<Deferring>() {
                     deferring.make_lent();
                 }
             });
+            previous = LENT.try_with(Cell::take).ok().flatten();
         }
         let base_depth = DEPTH.try_with(Cell::get).unwrap_or_default();
         let lent = Lent { span: std::mem::take(self), base_depth, entered_when_made: false };
-        let previous = match swap_lent(Some(lent)) {
-            Ok(previous) => previous,
-            // The thread is being torn down, or its loan is being read: no loan, no span.
-            Err(Some(lent)) => {
-                *self = lent.span;
-                return f(None);
-            }
-            Err(None) => return f(None),
-        };
+        // The slot was had a moment ago, so it is still there.
+        let _ = LENT.try_with(|cell| cell.set(Some(lent)));
         let _guard = Return { span: self, previous };
         f(None)
     }
@@ -396,11 +391,11 @@ struct Return<'a> {
 
 impl Drop for Return<'_> {
     fn drop(&mut self) {
-        // The swap cannot fail here: the slot is borrowed only inside `make_lent` and
-        // `lent_fields`, which run no future and so never drop this guard; and a thread being
-        // torn down has no poll in progress.
+        // The loan is in the slot: it is taken out only inside `make_lent` and `with_lent`,
+        // which run no future and so never drop this guard; and a thread being torn down has
+        // no poll in progress.
         let previous = self.previous.take();
-        if let Ok(Some(lent)) = swap_lent(previous) {
+        if let Ok(Some(lent)) = LENT.try_with(|cell| cell.replace(previous)) {
             *self.span = lent.span;
             if lent.entered_when_made
                 && let RequestSpan::MadeLater(MadeLater { id, dispatch }) = &*self.span
@@ -411,18 +406,29 @@ impl Drop for Return<'_> {
     }
 }
 
-/// Puts `lent` in the thread's slot and gives back what was there; gives `lent` back as the
-/// error if the slot cannot be had (the thread is being torn down, or the slot is borrowed by
-/// a line or a span being made on this thread right now).
-fn swap_lent(lent: Option<Lent>) -> Result<Option<Lent>, Option<Lent>> {
-    let mut lent = Some(lent);
-    let swapped = LENT.try_with(|cell| {
-        let mut slot = cell.try_borrow_mut().ok()?;
-        Some(std::mem::replace(&mut *slot, lent.take().flatten()))
-    });
-    match swapped {
-        Ok(Some(previous)) => Ok(previous),
-        _ => Err(lent.flatten()),
+/// Runs `f` on the thread's loan, if there is one. The loan is out of the slot meanwhile (so
+/// a call back from inside `f`, a span being made, finds none) and put back after, also if `f`
+/// unwinds.
+fn with_loan<R>(f: impl FnOnce(&mut Lent) -> R) -> Option<R> {
+    LENT.try_with(|cell| {
+        let mut out = Out { cell, lent: cell.take() };
+        let lent = out.lent.as_mut()?;
+        Some(f(lent))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Puts a loan taken out by [`with_loan`] back in its slot when dropped.
+struct Out<'a> {
+    cell: &'a Cell<Option<Lent>>,
+    lent: Option<Lent>,
+}
+
+impl Drop for Out<'_> {
+    fn drop(&mut self) {
+        // The slot is empty: nothing lends while a loan is out (no future is polled there).
+        self.cell.set(self.lent.take());
     }
 }
 
@@ -466,9 +472,7 @@ pub(crate) fn with_lent<R>(
     parent: impl FnOnce() -> Option<SpanContext>,
     f: impl FnOnce(LentFields<'_>, Option<SpanContext>) -> R,
 ) -> Option<R> {
-    LENT.try_with(|cell| {
-        let mut slot = cell.try_borrow_mut().ok()?;
-        let lent = slot.as_mut()?;
+    with_loan(|lent| {
         if DEPTH.try_with(Cell::get).ok() != Some(lent.base_depth) {
             return None;
         }
@@ -488,7 +492,6 @@ pub(crate) fn with_lent<R>(
         let fields = LentFields { service: p.service, request_id: p.id(), method: p.method.as_str(), route: p.route() };
         Some(f(fields, ids))
     })
-    .ok()
     .flatten()
 }
 
@@ -496,6 +499,16 @@ pub(crate) fn with_lent<R>(
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
+
+    /// Whether this thread holds no loan (looked at and put back).
+    fn no_loan() -> bool {
+        LENT.with(|cell| {
+            let lent = cell.take();
+            let none = lent.is_none();
+            cell.set(lent);
+            none
+        })
+    }
 
     use serde_json::Value;
     use tower::{Layer as _, ServiceExt as _};
@@ -764,7 +777,7 @@ mod tests {
         }
         assert_eq!(lines[3]["span_id"], sc.span_id().to_string());
         assert_eq!(DEPTH.with(Cell::get), 0, "every span entered was exited");
-        assert!(LENT.with(|l| l.borrow().is_none()), "the loan was returned");
+        assert!(no_loan(), "the loan was returned");
     }
 
     #[tokio::test]
@@ -897,7 +910,7 @@ mod tests {
                 })))
                 .await;
             assert!(caught.is_err());
-            assert!(LENT.with(|l| l.borrow().is_none()), "no request stays lent");
+            assert!(no_loan(), "no request stays lent");
             assert_eq!(DEPTH.with(Cell::get), 0, "the made span was exited");
             assert_eq!(Span::current().metadata(), None, "no span stays current");
         }
