@@ -456,13 +456,18 @@ where
         let Some(state) = this.state.take() else { return Poll::Ready(out) };
         let Ok(mut resp) = out else { return Poll::Ready(out) };
         let headers = resp.headers_mut();
-        if *this.edge {
-            // First: each is added only if the handler did not set it, which takes a pass over
-            // the answer's header names, two fewer before the id and `Vary` are in.
-            state.shared.security_headers.apply_and_reserve(headers, 2);
-            headers.append(header::VARY, super::cors::VARY);
+        let id = state.id.header_value().clone();
+        if !*this.edge {
+            headers.insert(request_id::HEADER.clone(), id);
+            return Poll::Ready(Ok(resp));
         }
-        headers.insert(request_id::HEADER.clone(), state.id.header_value().clone());
+        // The security headers are added only where the handler did not set them, which takes
+        // a pass over the answer's header names: made before the id and `Vary` are in (they
+        // still go first on the wire, as the stacked layers put them).
+        state.shared.security_headers.apply_after(headers, 2, |headers| {
+            headers.insert(request_id::HEADER.clone(), id);
+            headers.append(header::VARY, super::cors::VARY);
+        });
         Poll::Ready(Ok(resp))
     }
 }
@@ -688,6 +693,24 @@ mod tests {
         for (method, uri, headers, body) in cases() {
             let got = answer(&fused, request(method, uri, &headers, body)).await;
             let want = answer(&layered, request(method, uri, &headers, body)).await;
+            assert_eq!(got, want, "{method} {uri} {headers:?}");
+        }
+    }
+
+    /// The answer's header names in the order they go on the wire.
+    async fn names_in_order(router: &Router, req: Request<Body>) -> Vec<String> {
+        let resp = router.clone().oneshot(req).await.unwrap();
+        resp.headers().keys().map(|k| k.as_str().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn answers_list_their_headers_in_the_stacked_order() {
+        let cfg = config(64);
+        let (fused, _) = fused(&cfg, &Metrics::new());
+        let layered = layered(&cfg, &Metrics::new());
+        for (method, uri, headers, body) in cases() {
+            let got = names_in_order(&fused, request(method, uri, &headers, body)).await;
+            let want = names_in_order(&layered, request(method, uri, &headers, body)).await;
             assert_eq!(got, want, "{method} {uri} {headers:?}");
         }
     }

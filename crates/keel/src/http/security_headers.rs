@@ -65,12 +65,18 @@ impl SecurityHeadersLayer {
 impl SecurityHeadersLayer {
     /// Adds the headers `headers` does not have yet.
     pub(crate) fn apply(&self, headers: &mut http::HeaderMap) {
-        self.apply_and_reserve(headers, 0);
+        self.apply_after(headers, 0, |_| {});
     }
 
-    /// [`apply`](Self::apply), leaving room for `more` headers the caller adds next.
-    pub(crate) fn apply_and_reserve(&self, headers: &mut http::HeaderMap, more: usize) {
-        // Room for all of them, so the map grows at most once.
+    /// [`apply`](Self::apply), with `more` other headers (none of these) added by `before`
+    /// ahead of them: room is made for all, so the map grows at most once, and the answer's
+    /// header names are looked through before `before` adds to them.
+    pub(crate) fn apply_after(
+        &self,
+        headers: &mut http::HeaderMap,
+        more: usize,
+        before: impl FnOnce(&mut http::HeaderMap),
+    ) {
         let list = self.headers.list();
         headers.reserve(list.len() + more);
         // A handler rarely sets any of them, and an answer carries few headers: one pass over
@@ -78,6 +84,7 @@ impl SecurityHeadersLayer {
         // cheaper `append` may be used for all. An entry lookup per header cost about 70
         // instructions more each.
         let set = headers.keys().any(|name| list.iter().any(|(k, _)| k == name));
+        before(headers);
         for (k, v) in list {
             if !set {
                 headers.append(k.clone(), v.clone());
