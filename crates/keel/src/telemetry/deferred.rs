@@ -391,9 +391,9 @@ struct Return<'a> {
 
 impl Drop for Return<'_> {
     fn drop(&mut self) {
-        // The loan is in the slot: it is taken out only inside `make_lent` and `with_lent`,
-        // which run no future and so never drop this guard; and a thread being torn down has
-        // no poll in progress.
+        // The loan is in the slot: it is taken out only by `with_loan` (a line reading it, a
+        // span being made), which runs no future, so never drops this guard, and puts it back;
+        // and a thread being torn down has no poll in progress.
         let previous = self.previous.take();
         if let Ok(Some(lent)) = LENT.try_with(|cell| cell.replace(previous)) {
             *self.span = lent.span;
@@ -427,7 +427,8 @@ struct Out<'a> {
 
 impl Drop for Out<'_> {
     fn drop(&mut self) {
-        // The slot is empty: nothing lends while a loan is out (no future is polled there).
+        // The slot is empty again by then: a request lent from inside `f` (polled by a line's
+        // writer, say) has been given back.
         self.cell.set(self.lent.take());
     }
 }
@@ -852,6 +853,45 @@ mod tests {
         assert_eq!(inner_access.unwrap()["span_id"], inner["span_id"]);
         assert_eq!(spans.made(), spans.closed(), "every span made was closed");
         assert_eq!(spans.made(), 2, "the surrounding span, and the outer request's (for the inner one to nest in)");
+        assert!(no_loan(), "both loans were returned");
+        assert_eq!(DEPTH.with(Cell::get), 0, "every span entered was exited");
+    }
+
+    /// Panics when a `request` span is made.
+    struct PanicOnRequestSpan;
+
+    impl<S: Subscriber> tracing_subscriber::Layer<S> for PanicOnRequestSpan {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: tracing_subscriber::layer::Context<'_, S>) {
+            if attrs.metadata().name() == "request" {
+                panic!("subscriber bug");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_the_span_is_made_puts_the_loan_back() {
+        let out = Buffer::default();
+        let w = out.clone();
+        let json = tracing_subscriber::registry().with(PanicOnRequestSpan).with(super::super::layer::LogLayer::json(
+            super::super::filter::LogFilter::new("info").unwrap(),
+            Some(IdSource::new(1.0)),
+            super::super::format::JsonFormat::new("proc".into(), Default::default()),
+            move || w.clone(),
+        ));
+        let dispatch = tracing::Dispatch::new(Deferring::new(json));
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        serve(None, || async {
+            assert!(std::panic::catch_unwind(|| drop(Span::current())).is_err(), "making the span panicked");
+            tracing::info!("after the panic");
+        })
+        .await;
+        let lines = out.lines();
+        let after = lines.iter().find(|l| l["message"] == "after the panic").unwrap();
+        assert_eq!(after["request_id"], "req-1", "the loan is back: the line has the request's fields");
+        let access = lines.iter().find(|l| l["message"] == "request finished").unwrap();
+        assert_eq!(access["request_id"], "req-1");
+        assert!(no_loan(), "the loan was returned");
+        assert_eq!(DEPTH.with(Cell::get), 0, "no span was entered");
     }
 
     #[tokio::test]
