@@ -615,15 +615,15 @@ mod tests {
         (status, headers, bytes::Bytes::from(body))
     }
 
+    /// The answer's status, headers (in the order they go on the wire) and body.
     async fn raw(router: &Router, req: Request<Body>) -> Answer {
         let resp = router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let mut headers: Vec<_> = resp
+        let headers: Vec<_> = resp
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").to_owned()))
             .collect();
-        headers.sort();
         (status, headers, axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap())
     }
 
@@ -693,24 +693,6 @@ mod tests {
         for (method, uri, headers, body) in cases() {
             let got = answer(&fused, request(method, uri, &headers, body)).await;
             let want = answer(&layered, request(method, uri, &headers, body)).await;
-            assert_eq!(got, want, "{method} {uri} {headers:?}");
-        }
-    }
-
-    /// The answer's header names in the order they go on the wire.
-    async fn names_in_order(router: &Router, req: Request<Body>) -> Vec<String> {
-        let resp = router.clone().oneshot(req).await.unwrap();
-        resp.headers().keys().map(|k| k.as_str().to_owned()).collect()
-    }
-
-    #[tokio::test]
-    async fn answers_list_their_headers_in_the_stacked_order() {
-        let cfg = config(64);
-        let (fused, _) = fused(&cfg, &Metrics::new());
-        let layered = layered(&cfg, &Metrics::new());
-        for (method, uri, headers, body) in cases() {
-            let got = names_in_order(&fused, request(method, uri, &headers, body)).await;
-            let want = names_in_order(&layered, request(method, uri, &headers, body)).await;
             assert_eq!(got, want, "{method} {uri} {headers:?}");
         }
     }
