@@ -462,8 +462,8 @@ where
             return Poll::Ready(Ok(resp));
         }
         // The security headers are added only where the handler did not set them, which takes
-        // a pass over the answer's header names: made before the id and `Vary` are in (they
-        // still go first on the wire, as the stacked layers put them).
+        // a pass over the answer's header names: made before the id and `Vary` are in, though
+        // those two still go first on the wire, as the stacked layers put them.
         state.shared.security_headers.apply_after(headers, 2, |headers| {
             headers.insert(request_id::HEADER.clone(), id);
             headers.append(header::VARY, super::cors::VARY);

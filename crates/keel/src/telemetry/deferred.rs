@@ -351,7 +351,7 @@ impl RequestSpan {
         }
         let base_depth = DEPTH.try_with(Cell::get).unwrap_or_default();
         let lent = Lent { span: std::mem::take(self), base_depth, entered_when_made: false };
-        // The slot was had a moment ago, so it is still there.
+        // The slot was there a moment ago, so it still is.
         let _ = LENT.try_with(|cell| cell.set(Some(lent)));
         let _guard = Return { span: self, previous };
         f(None)
@@ -501,6 +501,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
+    use serde_json::Value;
+    use tower::{Layer as _, ServiceExt as _};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::super::format::tests::Buffer;
+    use super::*;
+    use crate::http::trace::TraceLayer;
+
     /// Whether this thread holds no loan (looked at and put back).
     fn no_loan() -> bool {
         LENT.with(|cell| {
@@ -510,14 +518,6 @@ mod tests {
             none
         })
     }
-
-    use serde_json::Value;
-    use tower::{Layer as _, ServiceExt as _};
-    use tracing_subscriber::layer::SubscriberExt as _;
-
-    use super::super::format::tests::Buffer;
-    use super::*;
-    use crate::http::trace::TraceLayer;
 
     impl Buffer {
         fn lines(&self) -> Vec<Value> {
