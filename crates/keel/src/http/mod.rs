@@ -52,7 +52,6 @@ pub mod timeout;
 pub mod trace;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 
 pub use problem::Problem;
 
@@ -103,24 +102,12 @@ pub fn stack(
     api: Router,
     probes: Router,
 ) -> Result<(Router, StackHandle), StackError> {
-    let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
-    let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
-    let compression = compression::CompressionLayer::new(cfg.http.compression);
-    let security_headers = security_headers::SecurityHeadersLayer::new(&cfg.http.hsts);
-    // One `Router::layer` call with the whole stack: axum boxes the route again for every
-    // `layer` call, and each box is a clone and an allocation per request.
-    // The whole stack as one service (see `pipeline`).
-    let pipeline = pipeline::PipelineLayer::new(pipeline::Layers {
-        security_headers,
-        cors: cors::layer(&cfg.cors)?,
-        trace: trace::TraceLayer::new(service, cfg.log.access_log),
-        metrics: http_metrics.clone(),
-        timeout: timeout::TimeoutLayer::new(cfg.http.request_timeout),
-        shed: shed.clone(),
-        compression,
-        body_limit: DefaultBodyLimit::max(cfg.http.body_limit),
-    });
-    let api = api.layer(pipeline);
+    let layers = pipeline::Layers::from_config(service, cfg, metrics)?;
+    let (http_metrics, shed) = (layers.metrics.clone(), layers.shed.clone());
+    // One `Router::layer` call with the whole stack as one service (see `pipeline`): axum
+    // boxes the route again for every `layer` call, and each box is a clone and an
+    // allocation per request.
+    let api = api.layer(pipeline::PipelineLayer::new(layers));
     let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
     // `merge` keeps the fallback of its argument when neither router set one: the API's,
     // which has the full stack, so unmatched paths get problem responses.

@@ -78,6 +78,26 @@ pub(crate) struct Layers {
     pub(crate) body_limit: axum::extract::DefaultBodyLimit,
 }
 
+impl Layers {
+    /// The layers of Keel's stack for `service`, as `cfg` sets them, recording into `metrics`.
+    pub(crate) fn from_config(
+        service: &str,
+        cfg: &crate::config::KeelConfig,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Self, super::StackError> {
+        Ok(Self {
+            security_headers: SecurityHeadersLayer::new(&cfg.http.hsts),
+            cors: super::cors::layer(&cfg.cors)?,
+            trace: TraceLayer::new(service, cfg.log.access_log),
+            metrics: HttpMetricsLayer::new(metrics)?,
+            timeout: timeout::TimeoutLayer::new(cfg.http.request_timeout),
+            shed: LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?,
+            compression: CompressionLayer::new(cfg.http.compression),
+            body_limit: axum::extract::DefaultBodyLimit::max(cfg.http.body_limit),
+        })
+    }
+}
+
 impl PipelineLayer {
     /// Does what these layers, stacked as [`stack`](super::stack) documents, would do.
     pub(crate) fn new(layers: Layers) -> Self {
@@ -809,18 +829,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_instance_polled_ready_is_the_one_called() {
-        let cfg = config(64);
-        let m = Metrics::new();
-        let layers = super::Layers {
-            security_headers: security_headers::SecurityHeadersLayer::new(&cfg.http.hsts),
-            cors: cors::layer(&cfg.cors).unwrap(),
-            trace: trace::TraceLayer::new("test", false),
-            metrics: metrics::HttpMetricsLayer::new(&m).unwrap(),
-            timeout: timeout::TimeoutLayer::new(cfg.http.request_timeout),
-            shed: load_shed::LoadShedLayer::new(64).with_metrics(&m).unwrap(),
-            compression: compression::CompressionLayer::new(true),
-            body_limit: DefaultBodyLimit::max(cfg.http.body_limit),
-        };
+        let mut cfg = config(64);
+        (cfg.log.access_log, cfg.http.compression) = (false, true);
+        let layers = super::Layers::from_config("test", &cfg, &Metrics::new()).unwrap();
         let mut svc = tower::Layer::layer(&super::PipelineLayer::new(layers), ReadyFirst::default());
         let gzip = ("accept-encoding", "gzip");
         for headers in [vec![ID], vec![ID, gzip], vec![ID, ORIGIN], vec![ID, ORIGIN, gzip]] {
