@@ -390,7 +390,7 @@ async fn admin_log_level_needs_the_token() {
 async fn management_can_share_the_public_listener() {
     // (below) unknown paths on the shared listener still get the API's full stack
     // Pick a free port, then configure both listeners on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let f = Fixture::start(&[("FIXTURE__HTTP__PORT", &port.to_string()), ("FIXTURE__MANAGEMENT__ADDR", &addr)]).await;
     assert_eq!(f.running().http_addr(), f.running().management_addr());

@@ -80,9 +80,20 @@ pub struct Proc {
     pub mgmt: Option<SocketAddr>,
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and not handed out before by this test binary: the
+/// kernel may give a port just released again, and two tests running in parallel would then
+/// start their fixtures on one port (one fails to bind, and the other's readiness check is
+/// answered by the wrong process).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn bin() -> &'static str {
