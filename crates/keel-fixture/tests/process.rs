@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 use common::{Proc, run_cli};
 use serde_json::Value;
 
+/// Held for the whole of each test here: they start fixture processes on ports picked a moment
+/// before (one also binds one on purpose, and a fixture that fails to start may hold its
+/// management port, `http.port + 1000`, for a moment), so run side by side a port could be
+/// taken between the pick and the bind, and a readiness check answered by another test's
+/// process: seen as refused connections in CI.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A raw HTTP/1.1 GET on its own connection, started now and read to the end later.
 fn start_get(addr: std::net::SocketAddr, path: &str) -> std::thread::JoinHandle<String> {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -23,6 +33,7 @@ fn start_get(addr: std::net::SocketAddr, path: &str) -> std::thread::JoinHandle<
 
 #[test]
 fn sigterm_finishes_in_flight_request_and_refuses_new_connections() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[]);
     let addr = p.http.unwrap();
     let slow = start_get(addr, "/slow?ms=1500");
@@ -47,6 +58,7 @@ fn sigterm_finishes_in_flight_request_and_refuses_new_connections() {
 
 #[test]
 fn shutdown_timeout_forces_a_non_zero_exit_naming_what_was_running() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[("FIXTURE__SHUTDOWN__TIMEOUT", "500ms"), ("FIXTURE__APP__STUBBORN_TASK", "true")]);
     let started = Instant::now();
     p.signal("TERM");
@@ -58,6 +70,7 @@ fn shutdown_timeout_forces_a_non_zero_exit_naming_what_was_running() {
 
 #[test]
 fn slow_request_past_the_timeout_forces_exit_too() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[("FIXTURE__SHUTDOWN__TIMEOUT", "300ms")]);
     let _slow = start_get(p.http.unwrap(), "/slow?ms=10000");
     std::thread::sleep(Duration::from_millis(200));
@@ -69,6 +82,7 @@ fn slow_request_past_the_timeout_forces_exit_too() {
 
 #[test]
 fn second_signal_forces_exit() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[("FIXTURE__SHUTDOWN__DRAIN_DELAY", "30s")]);
     p.signal("TERM");
     p.wait_for("shutdown started");
@@ -79,6 +93,7 @@ fn second_signal_forces_exit() {
 
 #[test]
 fn logs_are_json_lines_with_service_request_and_trace_ids() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[]);
     let resp = std::thread::spawn({
         let url = p.url("/log");
@@ -112,6 +127,7 @@ fn logs_are_json_lines_with_service_request_and_trace_ids() {
 
 #[test]
 fn panic_is_logged_as_a_structured_line() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[]);
     let resp = start_get(p.http.unwrap(), "/panic").join().unwrap();
     assert!(resp.starts_with("HTTP/1.1 500"));
@@ -125,6 +141,7 @@ fn panic_is_logged_as_a_structured_line() {
 
 #[test]
 fn runtime_log_level_change() {
+    let _one_at_a_time = serial();
     let token = "0123456789abcdef0123456789abcdef";
     let mut p = Proc::spawn(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", token), ("FIXTURE__LOG__LEVEL", "warn")]);
     let mgmt = p.mgmt.unwrap();
@@ -159,6 +176,7 @@ fn runtime_log_level_change() {
 
 #[test]
 fn bind_failure_exits_69_with_one_structured_line() {
+    let _one_at_a_time = serial();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let (code, stdout, stderr) = run_cli(
@@ -176,6 +194,7 @@ fn bind_failure_exits_69_with_one_structured_line() {
 
 #[test]
 fn config_check_and_bad_config_exit_codes() {
+    let _one_at_a_time = serial();
     let (code, stdout, _) = run_cli(&["config", "check"], &[("FIXTURE__APP__API_KEY", "super-secret-value")]);
     assert_eq!(code, 0);
     assert!(stdout.contains("api_key: '***'") && !stdout.contains("super-secret-value"), "{stdout}");
@@ -217,6 +236,7 @@ fn config_check_and_bad_config_exit_codes() {
 
 #[test]
 fn healthcheck_and_version_commands() {
+    let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[]);
     let port = p.http.unwrap().port().to_string();
     let env = [("FIXTURE__HTTP__PORT", port.as_str())];
