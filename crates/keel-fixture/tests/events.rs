@@ -633,6 +633,200 @@ async fn outbox_keeps_per_key_order_across_failures() {
     consumer.await.unwrap();
 }
 
+/// Ids per key in enqueue order, for `backlog` rows over `keys` keys, committed in one go.
+async fn enqueue_keyed(
+    outbox: &Outbox,
+    db: &Db,
+    topic: &str,
+    rows: usize,
+    keys: usize,
+) -> HashMap<String, Vec<String>> {
+    let mut want: HashMap<String, Vec<String>> = HashMap::new();
+    let mut tx = db.begin().await.unwrap();
+    let envelopes: Vec<Envelope> = (0..rows)
+        .map(|i| {
+            let key = format!("k{}", i % keys);
+            let e = event(i).with_key(&key);
+            want.entry(key).or_default().push(e.id.clone());
+            e
+        })
+        .collect();
+    outbox.enqueue_all(&mut tx, topic, &envelopes).await.unwrap();
+    tx.commit().await.unwrap();
+    want
+}
+
+/// Every key's events arrived in enqueue order, each once.
+fn assert_per_key_order(backend: Backend, got: &[String], want: &HashMap<String, Vec<String>>) {
+    let total: usize = want.values().map(Vec::len).sum();
+    assert_eq!(got.len(), total, "{backend}: every event once");
+    for (key, ids) in want {
+        let order: Vec<&String> = got.iter().filter(|id| ids.contains(id)).collect();
+        assert_eq!(order, ids.iter().collect::<Vec<_>>(), "{backend}: events of {key} arrive in order");
+    }
+}
+
+/// A backlog over a few keys goes out in runs: a claim takes many consecutive rows of each key,
+/// not one per key, and the relay claims again at once instead of waiting for its poll. (The
+/// claim that took one row per key and then slept drained this backlog at 3 rows a minute.)
+async fn a_backlog_over_few_keys_drains_in_runs(backend: Backend) {
+    let Some((_guard, db)) = database(backend).await else { return };
+    let bus = Bus::in_process(10_000);
+    let topic = unique_topic("runs");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(1))
+            .run(stop.clone()),
+    );
+    let mut cfg = fast_outbox();
+    cfg.batch_size = 100;
+    cfg.poll_interval = Duration::from_secs(60);
+    let metrics = keel::telemetry::Metrics::new();
+    let outbox = Outbox::new(db.clone(), "events-test", &cfg, Some(&metrics)).unwrap();
+    let want = enqueue_keyed(&outbox, &db, &topic, 600, 3).await;
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+    until(Duration::from_secs(30), || async { (seen.ids().len() >= 600).then_some(()) }).await;
+    until(Duration::from_secs(5), || async { (outbox.pending().await.unwrap().0 == 0).then_some(()) }).await;
+    assert_per_key_order(backend, &seen.ids(), &want);
+    let claims: u64 = metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("outbox_claim_duration_seconds_count "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    assert!((6..=20).contains(&claims), "{backend}: 600 rows in batches of 100 took {claims} claims");
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn backlog_runs_postgres() {
+    a_backlog_over_few_keys_drains_in_runs(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn backlog_runs_mariadb() {
+    a_backlog_over_few_keys_drains_in_runs(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn backlog_runs_sqlite() {
+    a_backlog_over_few_keys_drains_in_runs(Backend::Sqlite).await;
+}
+
+/// Two relays on one keyed backlog: each event once, every key in order, whatever relay took it.
+async fn two_relays_keep_per_key_order(backend: Backend) {
+    let Some((_guard, db)) = database(backend).await else { return };
+    let bus = Bus::in_process(100_000);
+    let topic = unique_topic("tworder");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(1))
+            .run(stop.clone()),
+    );
+    let mut cfg = fast_outbox();
+    cfg.batch_size = 40;
+    let r1 = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
+    let r2 = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
+    let mut want = enqueue_keyed(&r1, &db, &topic, 1000, 25).await;
+    let t1 = tokio::spawn(r1.clone().run(bus.clone(), stop.clone()));
+    let t2 = tokio::spawn(r2.clone().run(bus.clone(), stop.clone()));
+    // More rows while both relays work.
+    for round in 0..5 {
+        let more = enqueue_keyed(&r2, &db, &topic, 100, 25).await;
+        for (k, ids) in more {
+            want.entry(k).or_default().extend(ids);
+        }
+        let _ = round;
+        r1.wake();
+        r2.wake();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(Duration::from_secs(60), || async { (seen.ids().len() >= 1500).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_per_key_order(backend, &seen.ids(), &want);
+    stop.cancel();
+    for t in [t1, t2, consumer] {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_relays_keyed_postgres() {
+    two_relays_keep_per_key_order(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn two_relays_keyed_mariadb() {
+    two_relays_keep_per_key_order(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn two_relays_keyed_sqlite() {
+    two_relays_keep_per_key_order(Backend::Sqlite).await;
+}
+
+/// A key whose oldest row cannot be published (RabbitMQ `NO_ROUTE`) holds back its later rows,
+/// and only its own: other keys keep flowing, and the held key follows in order once the row
+/// gets through.
+#[tokio::test]
+async fn a_failing_row_holds_back_its_key_only() {
+    let Some(bus) = bus(Broker::Rabbit).await else { return };
+    let Some((_guard, db)) = database(Backend::Postgres).await else { return };
+    let (nowhere, open) = (unique_topic("held"), unique_topic("flowing"));
+    let stop = CancellationToken::new();
+    let seen = Seen::default();
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &open, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(1))
+            .run(stop.clone()),
+    );
+    // The consumer's queue exists before anything is published to `open`.
+    until(Duration::from_secs(10), || async { bus.lag(&open, "g").await.ok() }).await;
+    let mut cfg = fast_outbox();
+    cfg.max_attempts = 1000;
+    let outbox = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
+    let head = event(0).with_key("a");
+    let mut tx = db.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &nowhere, &head).await.unwrap();
+    let a_later: Vec<Envelope> = (1..4).map(|i| event(i).with_key("a")).collect();
+    outbox.enqueue_all(&mut tx, &open, &a_later).await.unwrap();
+    let b: Vec<Envelope> = (4..10).map(|i| event(i).with_key("b")).collect();
+    outbox.enqueue_all(&mut tx, &open, &b).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+
+    let b_ids: Vec<String> = b.iter().map(|e| e.id.clone()).collect();
+    until(Duration::from_secs(15), || async { (seen.ids() == b_ids).then_some(()) }).await;
+    // The head has failed at least once by now; key a's later rows have not gone out.
+    until(Duration::from_secs(10), || async {
+        let attempts: i32 =
+            sqlx::query_scalar("SELECT attempts FROM keel_outbox WHERE partition_key = 'a' ORDER BY seq LIMIT 1")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        (attempts >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(seen.ids(), b_ids, "key a's later rows wait for its head");
+
+    // A queue is bound to the head's topic: the head goes, then a's later rows, in order.
+    let seen_head = Seen::default();
+    let late = tokio::spawn(Consumer::new(bus.clone(), &nowhere, "g", seen_head.handler()).run(stop.clone()));
+    until(Duration::from_secs(20), || async { (seen_head.ids() == vec![head.id.clone()]).then_some(()) }).await;
+    let mut want = b_ids.clone();
+    want.extend(a_later.iter().map(|e| e.id.clone()));
+    until(Duration::from_secs(20), || async { (seen.ids() == want).then_some(()) }).await;
+    stop.cancel();
+    for t in [relay, consumer, late] {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn rabbitmq_no_route_is_not_marked_sent_and_is_retried() {
     let Some(bus) = bus(Broker::Rabbit).await else { return };
@@ -691,10 +885,13 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
             .options(ConsumerOptions::default().concurrency(16))
             .run(stop.clone()),
     );
-    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), None).unwrap();
+    let metrics = keel::telemetry::Metrics::new();
+    let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), Some(&metrics)).unwrap();
     let relay = tokio::spawn(outbox.clone().run(relay_bus.clone(), stop.clone()));
+    let paused = || metrics.render().lines().any(|l| l == "outbox_relay_paused 1");
 
     let mut written = 0usize;
+    let mut seen_paused = false;
     let mut max_pending = 0u64;
     let writer_started = std::time::Instant::now();
     let mut cut_at = None;
@@ -709,6 +906,7 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
         }
         if let Some(t) = cut_at {
             max_pending = max_pending.max(outbox.pending().await.unwrap().0);
+            seen_paused |= paused();
             if t.elapsed() > Duration::from_secs(10) {
                 proxy.restore();
             }
@@ -717,7 +915,12 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
     }
     proxy.restore();
     assert!(max_pending >= 200, "the outbox grew while the broker was cut ({max_pending})");
+    assert!(seen_paused, "outbox_relay_paused showed the wait for the broker");
     until(Duration::from_secs(90), || async { (outbox.pending().await.unwrap().0 == 0).then_some(()) }).await;
+    let spent: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM keel_outbox WHERE attempts > 0").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(spent, 0, "the broker's outage spent no row's attempts");
+    assert!(!paused(), "the relay resumed");
     until(Duration::from_secs(60), || async { (effects(&db).await.1 == written as i64).then_some(()) }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(effects(&db).await, (written as i64, written as i64), "every event delivered and applied once");
@@ -729,5 +932,8 @@ async fn nats_cut_outbox_grows_then_drains_every_event_once() {
 #[test]
 fn fixture_migrations_carry_keels_events_schema_verbatim() {
     // The service's migrations hold a copy (sqlx embeds migration files); it must not drift.
-    keel::assert_events_schema_migrations!("../migrations", ["0003_keel_events.sql", "0004_keel_events_2.sql"]);
+    keel::assert_events_schema_migrations!(
+        "../migrations",
+        ["0003_keel_events.sql", "0004_keel_events_2.sql", "0005_keel_events_3.sql"]
+    );
 }

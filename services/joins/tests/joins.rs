@@ -620,5 +620,8 @@ on_every_backend!(ended_events_and_bad_tokens);
 
 #[test]
 fn migrations_carry_keels_events_schema_verbatim() {
-    keel::assert_events_schema_migrations!("../migrations", ["0002_keel_events.sql", "0004_keel_events_2.sql"]);
+    keel::assert_events_schema_migrations!(
+        "../migrations",
+        ["0002_keel_events.sql", "0004_keel_events_2.sql", "0005_keel_events_3.sql"]
+    );
 }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use crate::telemetry::Metrics;
 
@@ -49,7 +51,8 @@ impl ConsumerMetrics {
 }
 
 /// `outbox_pending`, `outbox_oldest_pending_age_seconds`, `outbox_published_total`,
-/// `outbox_publish_failures_total`, `outbox_dead_total`.
+/// `outbox_publish_failures_total`, `outbox_dead_total`, `outbox_claim_duration_seconds`,
+/// `outbox_relay_paused`.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "sql"), allow(dead_code))]
 pub(crate) struct OutboxMetrics {
@@ -58,6 +61,8 @@ pub(crate) struct OutboxMetrics {
     pub(crate) published: IntCounter,
     pub(crate) failures: IntCounter,
     pub(crate) dead: IntCounter,
+    pub(crate) claim_duration: Histogram,
+    pub(crate) paused: IntGauge,
 }
 
 #[cfg_attr(not(feature = "sql"), allow(dead_code))]
@@ -69,6 +74,14 @@ impl OutboxMetrics {
             published: IntCounter::new("outbox_published_total", "Outbox rows published and confirmed.")?,
             failures: IntCounter::new("outbox_publish_failures_total", "Failed publish attempts of outbox rows.")?,
             dead: IntCounter::new("outbox_dead_total", "Outbox rows marked dead after their last attempt.")?,
+            claim_duration: Histogram::with_opts(
+                HistogramOpts::new("outbox_claim_duration_seconds", "Time the relay took to claim a batch of rows.")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )?,
+            paused: IntGauge::new(
+                "outbox_relay_paused",
+                "1 while the relay waits for an unreachable broker (no attempt is spent meanwhile).",
+            )?,
         };
         if let Some(metrics) = metrics {
             metrics.register(m.pending.clone())?;
@@ -76,6 +89,8 @@ impl OutboxMetrics {
             metrics.register(m.published.clone())?;
             metrics.register(m.failures.clone())?;
             metrics.register(m.dead.clone())?;
+            metrics.register(m.claim_duration.clone())?;
+            metrics.register(m.paused.clone())?;
         }
         Ok(m)
     }
