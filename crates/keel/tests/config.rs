@@ -303,3 +303,15 @@ fn a_bad_feature_flags_file_is_a_config_error() {
     assert_eq!(l.config.keel.features.file.as_deref(), Some(good.path()));
     assert!(l.config.keel.features.reload);
 }
+
+#[test]
+fn outbox_batch_size_is_bounded() {
+    for (value, ok) in [("0", false), ("1", true), ("10000", true), ("10001", false)] {
+        let r = load(Profile::Development, None, &[("SVC__OUTBOX__BATCH_SIZE", value)]);
+        match (r, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => assert!(problem(&e, "outbox.batch_size").message.contains("must be at"), "{e}"),
+            (r, _) => panic!("outbox.batch_size {value}: {:?}", r.err()),
+        }
+    }
+}

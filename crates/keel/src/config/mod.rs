@@ -829,6 +829,9 @@ pub(crate) fn memory_bus_name(url: &str) -> Option<&str> {
     ok.then_some(name)
 }
 
+/// The largest `outbox.batch_size`.
+const MAX_OUTBOX_BATCH: u32 = 10_000;
+
 fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
     // Whether a broker is needed at all is known only once the service asks for the bus
     // (`Setup::bus`), which is where a missing URL or `in_process` in production is refused.
@@ -864,6 +867,9 @@ fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
     validate_connect(&b.connect, "bus.connect", v);
     if o.batch_size == 0 {
         v.invalid("outbox.batch_size", "must be at least 1");
+    } else if o.batch_size > MAX_OUTBOX_BATCH {
+        // One statement binds a parameter per claimed row; SQLite takes at most 32 766.
+        v.invalid("outbox.batch_size", format!("must be at most {MAX_OUTBOX_BATCH}"));
     }
     if o.max_attempts == 0 {
         v.invalid("outbox.max_attempts", "must be at least 1");
