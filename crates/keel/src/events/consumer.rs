@@ -24,7 +24,8 @@
 //! * **Tracing**: the handler runs in a `consume <topic>` span whose parent is the producer's
 //!   `traceparent`, with the producer's `request_id` on every log line.
 //! * **Graceful stop**: when the stop token fires, no more messages are fetched; in-flight
-//!   handlers finish and their messages are settled; then [`Consumer::run`] returns.
+//!   handlers finish and their messages are settled, held messages are handed back unsettled
+//!   (their next delivery counts one attempt); then [`Consumer::run`] returns.
 //!
 //! ```
 //! use keel::events::{Bus, Consumer, Envelope, Failure, Message};
@@ -273,11 +274,13 @@ impl<F: Fn() -> bool + Send + Sync + 'static> Dependency for FnDependency<F> {
 }
 
 /// A dependency under another name (the inbox database is reported as `inbox database`).
+#[cfg(feature = "sql")]
 struct Named<D> {
     name: &'static str,
     dep: D,
 }
 
+#[cfg(feature = "sql")]
 impl<D: Dependency> Dependency for Named<D> {
     fn name(&self) -> &str {
         self.name
