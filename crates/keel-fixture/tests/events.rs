@@ -423,6 +423,155 @@ async fn killed_consumer_applied_once_rabbitmq_mariadb() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Consumers wait out an outage of their inbox database instead of dead-lettering
+
+/// Writes an effect in the inbox transaction and records the attempt it succeeded at.
+struct Recorder(Arc<Mutex<Vec<u32>>>);
+
+impl Handler for Recorder {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        Effect.handle(msg).await?;
+        self.0.lock().unwrap().push(msg.attempt());
+        Ok(())
+    }
+}
+
+/// The value of the sample `name{labels}` in `metrics`, 0 if absent.
+fn sample(metrics: &keel::telemetry::Metrics, name: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The consumer's PostgreSQL inbox (reached through a fault proxy, so only this test's
+/// connections break) refuses connections for a few seconds while messages are published.
+/// With two attempts and 50-200 ms between them, a consumer spending attempts on the outage
+/// would dead-letter them; this one pauses, and after the outage handles each message exactly
+/// once at attempt 1.
+async fn consumer_waits_out_an_inbox_outage(broker: Broker) {
+    let Some(bus) = bus(broker).await else { return };
+    if !testing::require("PostgreSQL", &testing::postgres_url()) {
+        return;
+    }
+    let test_db = TestDatabase::postgres(&testing::postgres_url()).await.unwrap();
+    let target = testing::host_port(test_db.url()).unwrap();
+    let proxy = FaultProxy::start(target, Mode::Forward).await.unwrap();
+    let url = test_db.url().replacen(&target.to_string(), &proxy.host_port(), 1);
+    let mut cfg = DatabaseConfig::default();
+    cfg.pool.max_connections = 4;
+    cfg.pool.acquire_timeout = Duration::from_secs(1);
+    let db = Db::new("events-test", &url, &cfg, None, &keel::telemetry::Metrics::new()).unwrap();
+    db.clone().connect_in_background(CancellationToken::new()).await;
+    keel::testing::create_events_tables(&db).await.unwrap();
+    sqlx::query("CREATE TABLE effects (message_id VARCHAR(64) NOT NULL)").execute(db.pool()).await.unwrap();
+    // What a service's health loop does: the readiness check marks the database down and up.
+    let stop = CancellationToken::new();
+    let health = {
+        let (db, stop) = (db.clone(), stop.clone());
+        tokio::spawn(async move {
+            use keel::health::HealthCheck;
+            let check = db.readiness_check();
+            while !stop.is_cancelled() {
+                let _ = check.check().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let topic = unique_topic("outage");
+    let metrics = keel::telemetry::Metrics::new();
+    let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let opts = ConsumerOptions::default()
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .pause_poll(Duration::from_millis(50))
+        .subscribe(SubscribeOptions::default().ack_wait(Duration::from_secs(10)));
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "effects", Recorder(attempts.clone()))
+            .inbox(db.clone())
+            .options(opts)
+            .with_metrics(keel::events::ConsumerMetrics::new(&metrics).unwrap())
+            .run(stop.clone()),
+    );
+    let before: Vec<Envelope> = (0..5).map(event).collect();
+    until(Duration::from_secs(10), || async { bus.publish(&topic, &before[0]).await.ok() }).await;
+    for ev in &before[1..] {
+        bus.publish(&topic, ev).await.unwrap();
+    }
+    until(Duration::from_secs(10), || async { (effects(&db).await.1 == 5).then_some(()) }).await;
+
+    proxy.take_down();
+    for n in 5..25 {
+        bus.publish(&topic, &event(n)).await.unwrap();
+    }
+    let paused = format!("consumer_paused{{group=\"effects\",topic=\"{topic}\"}}");
+    until(Duration::from_secs(10), || async { (sample(&metrics, &paused) == 1.0).then_some(()) }).await;
+    // Long enough for two attempts 50-200 ms apart to have been spent many times over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sample(&metrics, &paused), 1.0, "{broker:?}: paused for the whole outage");
+    assert!(bus.dlq_list(&topic, 10).await.unwrap().is_empty(), "{broker:?}: nothing dead-lettered in the outage");
+
+    proxy.restore();
+    until(Duration::from_secs(20), || async { (effects(&db).await.1 == 25).then_some(()) }).await;
+    until(Duration::from_secs(5), || async { (sample(&metrics, &paused) == 0.0).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(effects(&db).await, (25, 25), "{broker:?}: every message applied exactly once");
+    assert!(bus.dlq_list(&topic, 10).await.unwrap().is_empty(), "{broker:?}: nothing dead-lettered");
+    let attempts = attempts.lock().unwrap().clone();
+    assert!(attempts.iter().all(|a| *a == 1), "{broker:?}: no attempt spent on the outage: {attempts:?}");
+    let pauses = format!("consumer_pauses_total{{group=\"effects\",topic=\"{topic}\"}}");
+    assert!(sample(&metrics, &pauses) >= 1.0);
+    for outcome in ["retry", "dead"] {
+        let name = format!("consumer_messages_total{{group=\"effects\",outcome=\"{outcome}\",topic=\"{topic}\"}}");
+        assert_eq!(sample(&metrics, &name), 0.0, "{broker:?}: no {outcome}");
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), consumer).await.expect("consumer stops").unwrap();
+    health.await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn consumer_waits_out_an_inbox_outage_in_process() {
+    consumer_waits_out_an_inbox_outage(Broker::InProcess).await;
+}
+
+#[tokio::test]
+async fn consumer_waits_out_an_inbox_outage_nats() {
+    consumer_waits_out_an_inbox_outage(Broker::Nats).await;
+}
+
+#[tokio::test]
+async fn consumer_waits_out_an_inbox_outage_rabbitmq() {
+    consumer_waits_out_an_inbox_outage(Broker::Rabbit).await;
+}
+
+/// A delivery held with in-progress acks is not redelivered after `ack_wait` (JetStream).
+#[tokio::test]
+async fn nats_in_progress_keeps_a_held_delivery() {
+    let Some(bus) = bus(Broker::Nats).await else { return };
+    let topic = unique_topic("held");
+    let opts = SubscribeOptions::default().ack_wait(Duration::from_secs(1));
+    let mut sub = bus.subscribe(&topic, "g", &opts).await.unwrap();
+    bus.publish(&topic, &event(1)).await.unwrap();
+    let held = next(&mut sub).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.in_progress().await.unwrap();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err(),
+        "held for 3 s with a 1 s ack_wait, yet not redelivered"
+    );
+    assert_eq!(held.attempt(), 1);
+    held.ack().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Outbox
 
 async fn enqueue(outbox: &Outbox, db: &Db, topic: &str, n: usize, commit: bool) -> Vec<String> {

@@ -112,12 +112,10 @@ pub fn service() -> keel::Service<JoinsConfig> {
             let outbox = s.outbox(&db)?;
             let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone())
                 .change_batch(cfg.change_batch);
-            // A broker or database outage must not dead-letter an event that opens or cancels
-            // joins: retry for about half an hour before giving up.
-            let options = keel::events::ConsumerOptions::default()
-                .concurrency(cfg.consumer_concurrency)
-                .max_attempts(12)
-                .retry_backoff(std::time::Duration::from_secs(1), std::time::Duration::from_secs(300));
+            // Keel's retry defaults (16 deliveries, 1 s doubling to 5 min: over half an hour)
+            // outlast an event that arrives before its `event.published`; a database outage
+            // pauses the consumer and spends no attempt.
+            let options = keel::events::ConsumerOptions::default().concurrency(cfg.consumer_concurrency);
             s.consume(
                 keel::events::Consumer::new(bus, cfg.events_topic.clone(), "joins", handler)
                     .inbox(db.clone())

@@ -61,7 +61,8 @@ async fn notify(
         .bind(None::<i64>)
         .execute(&mut **tx)
         .await
-        .map_err(|e| Failure::retry(db.observe(e)))?;
+        // A lost connection marks the database down and pauses the consumer (no attempt spent).
+        .map_err(|e| Failure::transient(&db.observe(e)))?;
     Ok(())
 }
 

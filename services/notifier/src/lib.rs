@@ -10,9 +10,10 @@
 //!   `POST /api/v1/me/notifications/{id}/read` (204, idempotent; 404 for someone else's).
 //!
 //! Config (`app`): `concurrency` (messages handled at once per consumer, default 8) and
-//! `max_attempts` (deliveries of a failing message before it is dead-lettered, default 5). The
-//! topics are the catalogue's; `bus.namespace` keeps environments (and test runs) apart on one
-//! broker.
+//! `max_attempts` (deliveries of a message failing for a reason of its own before it is
+//! dead-lettered, default 16, Keel's default: more than half an hour of retries). A database
+//! outage spends no attempt: the consumers pause until the database is back. The topics are the
+//! catalogue's; `bus.namespace` keeps environments (and test runs) apart on one broker.
 
 mod api;
 mod consumers;
@@ -33,14 +34,16 @@ pub const GROUP: &str = "notifier";
 pub struct NotifierConfig {
     /// Messages handled at once by each consumer. Default `8`.
     pub concurrency: usize,
-    /// Deliveries of a message that keeps failing (a database outage) before it goes to the
-    /// dead-letter queue. Default `5`.
+    /// Deliveries of a message that keeps failing for a reason of its own before it goes to the
+    /// dead-letter queue (a database outage pauses the consumers and spends none). Default `16`:
+    /// retries 1 s apart doubling to 5 min, more than half an hour in all.
     pub max_attempts: u32,
 }
 
 impl Default for NotifierConfig {
     fn default() -> Self {
-        Self { concurrency: 8, max_attempts: 5 }
+        let consumer = ConsumerOptions::default();
+        Self { concurrency: consumer.concurrency, max_attempts: consumer.max_attempts }
     }
 }
 

@@ -394,3 +394,92 @@ async fn redelivery_is_applied_once(backend: Backend) {
 }
 
 cityevents_common::on_every_backend!(redelivery_is_applied_once);
+
+// ---------------------------------------------------------------------------------------------
+// A database outage: the notifier's consumers pause instead of dead-lettering
+
+/// The notifier's database (behind a fault proxy: only this test's connections break) refuses
+/// connections for three seconds while `join.*` messages arrive. With the notifier's own
+/// attempts and a fast retry backoff, a consumer spending attempts on the outage would
+/// dead-letter them (as the measured 30-second outage did); it pauses instead, and afterwards
+/// every message becomes exactly one notification.
+#[tokio::test]
+async fn a_database_outage_dead_letters_nothing() {
+    use std::sync::Arc;
+
+    use keel::events::{Consumer, ConsumerOptions};
+    use keel::health::HealthCheck;
+    use keel::testing::{FaultProxy, Mode};
+    use tokio_util::sync::CancellationToken;
+
+    let Some(test_db) = database(Backend::Postgres).await else { return };
+    let target = keel::testing::host_port(test_db.url()).unwrap();
+    let proxy = FaultProxy::start(target, Mode::Forward).await.unwrap();
+    let url = test_db.url().replacen(&target.to_string(), &proxy.host_port(), 1);
+    let mut cfg = keel::config::DatabaseConfig::default();
+    cfg.pool.acquire_timeout = Duration::from_secs(1);
+    let db = keel::data::Db::new(
+        "notifier-test",
+        &url,
+        &cfg,
+        Some(Arc::new(cityevents_notifier::migrations())),
+        &keel::telemetry::Metrics::new(),
+    )
+    .unwrap();
+    db.clone().connect_in_background(CancellationToken::new()).await;
+    let stop = CancellationToken::new();
+    // The service's health loop: its database check marks the database down and up again.
+    let health = {
+        let (check, stop) = (db.readiness_check(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = check.check().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let bus = Bus::in_process(1000);
+    let config = cityevents_notifier::NotifierConfig::default();
+    let options = ConsumerOptions::default()
+        .concurrency(config.concurrency)
+        .max_attempts(config.max_attempts)
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100));
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), JOINS_TOPIC, "notifier", cityevents_notifier::JoinsHandler::new(db.clone()))
+            .inbox(db.clone())
+            .options(options)
+            .run(stop.clone()),
+    );
+    let user = Uuid::now_v7();
+    let count = || {
+        let db = db.clone();
+        async move {
+            let sql = db.sql("SELECT COUNT(*) FROM notifications WHERE user_id = $1").into_owned();
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(user.to_string()).fetch_one(db.pool()).await
+        }
+    };
+    let first = envelope(&JoinConfirmed(change(user, Uuid::now_v7(), "Jazz", None)));
+    bus.publish(JOINS_TOPIC, &first).await.unwrap();
+    eventually("the first notification", Duration::from_secs(10), || async {
+        (count().await.ok()? == 1).then_some(())
+    })
+    .await;
+
+    proxy.take_down();
+    for _ in 0..20 {
+        let e = envelope(&JoinPromoted(change(user, Uuid::now_v7(), "Jazz", None)));
+        bus.publish(JOINS_TOPIC, &e).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bus.dlq_list(JOINS_TOPIC, 10).await.unwrap().is_empty(), "nothing dead-lettered during the outage");
+
+    proxy.restore();
+    eventually("every notification", Duration::from_secs(20), || async { (count().await.ok()? == 21).then_some(()) })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count().await.unwrap(), 21, "each message notified exactly once");
+    assert!(bus.dlq_list(JOINS_TOPIC, 10).await.unwrap().is_empty(), "nothing dead-lettered");
+    stop.cancel();
+    consumer.await.unwrap();
+    health.await.unwrap();
+}

@@ -8,18 +8,27 @@ use prometheus::{
 
 use crate::telemetry::Metrics;
 
-/// `consumer_messages_total`, `consumer_handle_duration_seconds`, `consumer_lag_messages`.
+/// The consumer metrics: `consumer_messages_total`, `consumer_handle_duration_seconds`,
+/// `consumer_lag_messages`, `consumer_paused`, `consumer_pauses_total`. Register them once per
+/// registry and share them between consumers ([`Consumer::with_metrics`](super::Consumer::with_metrics));
+/// `Setup::consume` does both.
 #[derive(Debug, Clone)]
-pub(crate) struct ConsumerMetrics {
+pub struct ConsumerMetrics {
     messages: IntCounterVec,
     duration: HistogramVec,
     lag: IntGaugeVec,
+    paused: IntGaugeVec,
+    pauses: IntCounterVec,
 }
 
 impl ConsumerMetrics {
-    pub(crate) fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+    /// Registers the consumer metrics in `metrics` (an error if they already are).
+    pub fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
         let messages = IntCounterVec::new(
-            Opts::new("consumer_messages_total", "Messages handled, by outcome (ok, retry, dead)."),
+            Opts::new(
+                "consumer_messages_total",
+                "Handler runs, by outcome (ok, retry, dead; unavailable: held for a dependency, no attempt spent).",
+            ),
             &["topic", "group", "outcome"],
         )?;
         let duration = HistogramVec::new(
@@ -31,10 +40,20 @@ impl ConsumerMetrics {
             Opts::new("consumer_lag_messages", "Messages waiting for the group, as the broker counts them."),
             &["topic", "group"],
         )?;
+        let paused = IntGaugeVec::new(
+            Opts::new("consumer_paused", "1 while the consumer takes no messages because a dependency is unavailable."),
+            &["topic", "group"],
+        )?;
+        let pauses = IntCounterVec::new(
+            Opts::new("consumer_pauses_total", "Times the consumer paused for an unavailable dependency."),
+            &["topic", "group"],
+        )?;
         metrics.register(messages.clone())?;
         metrics.register(duration.clone())?;
         metrics.register(lag.clone())?;
-        Ok(Self { messages, duration, lag })
+        metrics.register(paused.clone())?;
+        metrics.register(pauses.clone())?;
+        Ok(Self { messages, duration, lag, paused, pauses })
     }
 
     pub(crate) fn message(&self, topic: &str, group: &str, outcome: &str) {
@@ -47,6 +66,14 @@ impl ConsumerMetrics {
 
     pub(crate) fn lag(&self, topic: &str, group: &str, n: u64) {
         self.lag.with_label_values(&[topic, group]).set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn set_paused(&self, topic: &str, group: &str, paused: bool) {
+        self.paused.with_label_values(&[topic, group]).set(i64::from(paused));
+    }
+
+    pub(crate) fn pause(&self, topic: &str, group: &str) {
+        self.pauses.with_label_values(&[topic, group]).inc();
     }
 }
 

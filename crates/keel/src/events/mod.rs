@@ -36,8 +36,9 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-pub use consumer::{Consumer, ConsumerOptions, Failure, Handler, Message};
+pub use consumer::{Consumer, ConsumerOptions, Dependency, Failure, Handler, Message};
 pub use envelope::{Envelope, Event};
+pub use metrics::ConsumerMetrics;
 
 use crate::config::{BusBackend, BusConfig};
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
@@ -586,6 +587,18 @@ impl Delivery {
             #[cfg(feature = "rabbitmq")]
             Some(Acker::Rabbit(a)) => a.ack().await,
             None => Ok(()),
+        }
+    }
+
+    /// Still being worked on: keeps the broker from delivering it again while the consumer holds
+    /// it (NATS: an in-progress ack, which restarts `ack_wait`). RabbitMQ and the in-process bus
+    /// keep an unsettled delivery with its consumer as long as the subscription lives, so there
+    /// it does nothing.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        match &self.acker {
+            #[cfg(feature = "nats")]
+            Some(Acker::Nats(a)) => a.in_progress().await,
+            _ => Ok(()),
         }
     }
 

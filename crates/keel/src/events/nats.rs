@@ -272,6 +272,14 @@ impl Acker {
         self.send(AckKind::Ack).await
     }
 
+    /// Restarts the message's `ack_wait` (JetStream `+WPI`); may be sent any number of times.
+    pub(super) async fn in_progress(&self) -> Result<(), BusError> {
+        match &self.acker {
+            Some(a) => a.ack_with(AckKind::Progress).await.map_err(broker),
+            None => Ok(()),
+        }
+    }
+
     pub(super) async fn retry(self, delay: Duration) -> Result<(), BusError> {
         self.send(AckKind::Nak(Some(delay))).await
     }
