@@ -309,6 +309,14 @@ impl Db {
         self.inner.metrics.acquired(started.elapsed());
         match result {
             Ok(c) => Ok(c),
+            Err(sqlx::Error::PoolTimedOut) if !self.pool_busy() => {
+                // The pool had room but could not open a connection in time (sqlx retries a
+                // refused connection until the deadline): the database is unreachable, not busy.
+                self.inner.metrics.error("connection_lost");
+                self.inner.available.lose();
+                let t = humantime::format_duration(self.inner.config.pool.acquire_timeout);
+                Err(DataError::Unavailable { reason: format!("no connection could be opened within {t}") })
+            }
             Err(e) => {
                 if matches!(e, sqlx::Error::PoolTimedOut) {
                     self.inner.metrics.timeout();
@@ -316,6 +324,12 @@ impl Db {
                 Err(self.observe(e))
             }
         }
+    }
+
+    /// Whether every connection the pool may open is open and in use.
+    fn pool_busy(&self) -> bool {
+        let p = &self.inner.pool;
+        p.size() >= self.inner.config.pool.max_connections && p.num_idle() == 0
     }
 
     /// Begins a transaction. Dropping it without [`Transaction::commit`] rolls it back.
@@ -427,10 +441,7 @@ impl Db {
         }
         let ping =
             tokio::time::timeout(self.inner.config.check_timeout, sqlx::query("SELECT 1").execute(&self.inner.pool));
-        let busy = || {
-            let p = &self.inner.pool;
-            p.size() >= self.inner.config.pool.max_connections && p.num_idle() == 0
-        };
+        let busy = || self.pool_busy();
         match ping.await {
             Ok(Ok(_)) => {}
             // Every connection is in use: the database answers, the pool is the bottleneck.
