@@ -377,3 +377,53 @@ async fn mariadb_read_only_transaction_is_a_503_that_does_not_mark_down() {
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key(http::header::RETRY_AFTER));
 }
+
+/// An upstream whose breaker opened: trial calls start as soon as its readiness path answers
+/// 2xx, not after `open_wait` (60 s here).
+#[tokio::test]
+async fn an_open_breaker_half_opens_when_the_upstream_readiness_returns() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::routing::get;
+    use keel::http::client::{Client, ClientError};
+    use keel::resilience::breaker::{CircuitBreaker, State};
+
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let answer = move || {
+        let up = h.load(Ordering::SeqCst);
+        async move { if up { (http::StatusCode::OK, "ok") } else { (http::StatusCode::SERVICE_UNAVAILABLE, "down") } }
+    };
+    let app = axum::Router::new().route("/work", get(answer.clone())).route("/health/ready", get(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut cfg = keel::config::UpstreamConfig::default();
+    cfg.base_url = format!("http://{addr}");
+    cfg.health_path = Some("/health/ready".into());
+    cfg.retry.max_attempts = 1;
+    cfg.breaker.minimum_calls = 2;
+    cfg.breaker.half_open_calls = 1;
+    cfg.breaker.open_wait = Duration::from_secs(60);
+    let breaker = Arc::new(CircuitBreaker::new("work", cfg.breaker.clone()));
+    let client = Client::new("work", &cfg, breaker.clone(), None).unwrap();
+    for _ in 0..2 {
+        assert_eq!(client.get("/work").await.unwrap().status, 503);
+    }
+    assert_eq!(breaker.state(), State::Open);
+    assert!(matches!(client.get("/work").await, Err(ClientError::BreakerOpen { .. })));
+
+    healthy.store(true, Ordering::SeqCst);
+    let took = first_success("upstream behind an open breaker", || async {
+        match client.get("/work").await {
+            Ok(r) if r.status.is_success() => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    eprintln!("breaker: first success {took:?} after the upstream was ready");
+    assert_eq!(breaker.state(), State::Closed);
+}
