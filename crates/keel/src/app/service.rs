@@ -350,8 +350,15 @@ impl<C: Section> Setup<C> {
         self.health.add(db.startup_check());
         let (d, health) = (db.clone(), self.health.clone());
         self.task("database-connect", move |stop| async move {
-            d.connect_in_background(stop).await;
+            d.clone().connect_in_background(stop.clone()).await;
             health.trigger();
+            // A re-probe that finds the database back re-runs the checks: readiness follows at once.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = d.recovered() => health.trigger(),
+                }
+            }
         });
         let d = db.clone();
         self.on_shutdown("database-close", move || async move { d.close().await });
@@ -369,8 +376,15 @@ impl<C: Section> Setup<C> {
         self.health.add(redis.startup_check());
         let (r, health) = (redis.clone(), self.health.clone());
         self.task("redis-connect", move |stop| async move {
-            r.connect_in_background(stop).await;
+            r.clone().connect_in_background(stop.clone()).await;
             health.trigger();
+            // A re-probe that finds the redis back re-runs the checks: readiness follows at once.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = r.recovered() => health.trigger(),
+                }
+            }
         });
         self.redis = Some(redis.clone());
         Ok(redis)

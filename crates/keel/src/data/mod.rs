@@ -7,7 +7,14 @@
 //!   Until it succeeds readiness is down with the reason (`connecting (attempt 4): connection
 //!   refused`); liveness stays up; nothing panics or exits.
 //! * **Losing the database mid-run** flips readiness down (the `database` check runs `SELECT 1`
-//!   every `health.interval`) and back up when it returns, without a restart.
+//!   every `health.interval`) and back up when it returns, without a restart. A connection
+//!   error on a call marks it down at once; while down, calls fail fast and the next call after
+//!   a short back-off (200 ms doubling to 1 s) starts one background re-probe, whose success
+//!   clears the mark at once (`keel::resilience` re-probe rules).
+//! * **Transient errors** (a server shutting down, too many connections, a read-only server,
+//!   serialization failures and deadlocks) answer 503 with `Retry-After`, by the table
+//!   [`RETRYABLE`] of SQLSTATEs and MySQL error numbers; only connection-class errors mark
+//!   the database down.
 //! * **Degraded mode** (`database.required: false`): readiness stays 200 as `degraded`, and
 //!   [`Db::acquire`] / [`Db::begin`] answer [`DataError::Unavailable`] (a 503 problem) at once
 //!   instead of waiting on the pool.
@@ -34,7 +41,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection, SqlSafeStr, Transaction};
 use tokio_util::sync::CancellationToken;
 
-pub use error::{DataError, RETRY_AFTER_SECS};
+pub use error::{
+    DataError, RETRY_AFTER_SECS, RETRYABLE, RetryKind, RetryableCode, lookup as lookup_retryable, retry_kind,
+};
 pub use migrate::{MigrationState, Migrations};
 pub use sqlx;
 
@@ -42,6 +51,7 @@ use crate::config::DatabaseConfig;
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome};
 use crate::resilience::Backoff;
 use crate::resilience::connect::{ConnectTracker, Phase};
+use crate::resilience::reprobe::Availability;
 use crate::telemetry::Metrics;
 
 /// Which SQL dialect a [`Db`] speaks.
@@ -128,7 +138,7 @@ struct Inner {
     service: String,
     config: DatabaseConfig,
     connect: ConnectTracker,
-    available: AtomicBool,
+    available: Availability,
     migrations: Option<Arc<Migrations>>,
     migrations_checked: AtomicBool,
     metrics: metrics::DbMetrics,
@@ -204,7 +214,7 @@ impl Db {
                 service: service.to_owned(),
                 config: config.clone(),
                 connect: ConnectTracker::new("database", config.connect.clone()),
-                available: AtomicBool::new(false),
+                available: Availability::default(),
                 migrations,
                 migrations_checked: AtomicBool::new(false),
                 metrics,
@@ -230,7 +240,35 @@ impl Db {
 
     /// Whether the database is believed reachable (last connection attempt or check succeeded).
     pub fn is_available(&self) -> bool {
-        self.inner.available.load(Ordering::Relaxed)
+        self.inner.available.is_up()
+    }
+
+    /// Completes when a re-probe next finds the database back (set-up re-runs the health
+    /// checks then, so readiness follows at once).
+    pub async fn recovered(&self) {
+        self.inner.available.recovered().await;
+    }
+
+    /// While the database is down after a lost connection: starts one background re-probe if it
+    /// is due (one in flight at most, backed off), a fresh connection bounded by
+    /// `database.check_timeout`. A success marks it available at once.
+    fn reprobe(&self) {
+        if !self.inner.available.probe_due() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.inner.available.probed(false);
+            return;
+        };
+        let db = self.clone();
+        rt.spawn(async move {
+            let limit = db.inner.config.check_timeout.min(db.inner.config.connect.attempt_timeout);
+            let ok = matches!(tokio::time::timeout(limit, db.try_connect()).await, Ok(Ok(())));
+            if ok {
+                tracing::info!(backend = %db.inner.backend, "database answers again (re-probe)");
+            }
+            db.inner.available.probed(ok);
+        });
     }
 
     fn unavailable(&self) -> DataError {
@@ -245,7 +283,7 @@ impl Db {
             self.inner.metrics.error(error::sql_kind(&e));
         }
         if error::is_connection_error(&e) {
-            self.inner.available.store(false, Ordering::Relaxed);
+            self.inner.available.lose();
         }
         match e {
             sqlx::Error::PoolTimedOut => DataError::AcquireTimeout,
@@ -262,6 +300,7 @@ impl Db {
     pub async fn acquire(&self) -> Result<PoolConnection<Any>, DataError> {
         if !self.is_available() {
             self.inner.metrics.error("unavailable");
+            self.reprobe();
             return Err(self.unavailable());
         }
         let started = Instant::now();
@@ -270,6 +309,14 @@ impl Db {
         self.inner.metrics.acquired(started.elapsed());
         match result {
             Ok(c) => Ok(c),
+            Err(sqlx::Error::PoolTimedOut) if !self.pool_busy() => {
+                // The pool had room but could not open a connection in time (sqlx retries a
+                // refused connection until the deadline): the database is unreachable, not busy.
+                self.inner.metrics.error("connection_lost");
+                self.inner.available.lose();
+                let t = humantime::format_duration(self.inner.config.pool.acquire_timeout);
+                Err(DataError::Unavailable { reason: format!("no connection could be opened within {t}") })
+            }
             Err(e) => {
                 if matches!(e, sqlx::Error::PoolTimedOut) {
                     self.inner.metrics.timeout();
@@ -277,6 +324,12 @@ impl Db {
                 Err(self.observe(e))
             }
         }
+    }
+
+    /// Whether every connection the pool may open is open and in use.
+    fn pool_busy(&self) -> bool {
+        let p = &self.inner.pool;
+        p.size() >= self.inner.config.pool.max_connections && p.num_idle() == 0
     }
 
     /// Begins a transaction. Dropping it without [`Transaction::commit`] rolls it back.
@@ -370,7 +423,7 @@ impl Db {
             }
         }
         self.inner.connect.set(Phase::Connected);
-        self.inner.available.store(true, Ordering::Relaxed);
+        self.inner.available.set_up();
     }
 
     async fn try_connect(&self) -> Result<(), sqlx::Error> {
@@ -388,10 +441,7 @@ impl Db {
         }
         let ping =
             tokio::time::timeout(self.inner.config.check_timeout, sqlx::query("SELECT 1").execute(&self.inner.pool));
-        let busy = || {
-            let p = &self.inner.pool;
-            p.size() >= self.inner.config.pool.max_connections && p.num_idle() == 0
-        };
+        let busy = || self.pool_busy();
         match ping.await {
             Ok(Ok(_)) => {}
             // Every connection is in use: the database answers, the pool is the bottleneck.
@@ -403,12 +453,12 @@ impl Db {
                 ));
             }
             Ok(Err(e)) => {
-                self.inner.available.store(false, Ordering::Relaxed);
+                self.inner.available.lose();
                 self.inner.metrics.error(error::sql_kind(&e));
                 return Outcome::Down(crate::health::sanitize(&e.to_string()));
             }
             Err(_) => {
-                self.inner.available.store(false, Ordering::Relaxed);
+                self.inner.available.lose();
                 self.inner.metrics.error("timeout");
                 let t = humantime::format_duration(self.inner.config.check_timeout);
                 return Outcome::Down(format!("SELECT 1 did not answer within {t}"));
@@ -421,7 +471,7 @@ impl Db {
             match m.pending(&self.inner.pool, self.inner.backend).await {
                 Ok(p) if p.is_empty() => self.inner.migrations_checked.store(true, Ordering::Relaxed),
                 Ok(p) if p.iter().any(|s| s.failed) => {
-                    self.inner.available.store(false, Ordering::Relaxed);
+                    self.inner.available.set_down();
                     let v = p.iter().find(|s| s.failed).map_or(0, |s| s.version);
                     return Outcome::Down(format!(
                         "migration {v} failed part-way: repair the database, then run '{} migrate'",
@@ -429,7 +479,7 @@ impl Db {
                     ));
                 }
                 Ok(p) => {
-                    self.inner.available.store(false, Ordering::Relaxed);
+                    self.inner.available.set_down();
                     return Outcome::Down(format!(
                         "migrations pending: run '{} migrate' ({} pending, first {})",
                         self.inner.service,
@@ -445,7 +495,7 @@ impl Db {
                 }
             }
         }
-        self.inner.available.store(true, Ordering::Relaxed);
+        self.inner.available.set_up();
         Outcome::Up
     }
 

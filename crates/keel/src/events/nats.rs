@@ -35,6 +35,20 @@ fn stream_name(topic: &str) -> String {
     topic.replace('.', "_")
 }
 
+/// The wait before reconnection attempt `attempts` (1-based): none for the first, then 100 ms
+/// doubling to 1 s, each drawn from the upper half of its cap (jitter spreads a fleet's
+/// reconnections; the half-cap floor keeps a lone client from dialling in a tight loop). The
+/// client's default grows to 4 s, so it found a returning server up to 4 s late.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(4);
+    let cap = (Duration::from_millis(100) * (1u32 << doublings)).min(Duration::from_secs(1));
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::random_range(nanos / 2..=nanos))
+}
+
 pub(super) struct Conn {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -46,6 +60,7 @@ impl Conn {
         let client = async_nats::ConnectOptions::new()
             .name("keel")
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .connect(url)
             .await
             .map_err(|e| BusError::Unavailable(sanitize(&e.to_string())))?;
@@ -313,5 +328,20 @@ impl Acker {
 impl Drop for Acker {
     fn drop(&mut self) {
         self.nak_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_stay_within_a_second() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        for attempts in 2..200 {
+            let d = reconnect_delay(attempts);
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_secs(1), "{attempts}: {d:?}");
+        }
+        assert!(reconnect_delay(50) >= Duration::from_millis(500), "backed off at the cap");
     }
 }

@@ -47,6 +47,8 @@ pub(super) struct Conn {
     url: String,
     live: Mutex<Option<Live>>,
     connected: std::sync::atomic::AtomicBool,
+    /// The back-off between reconnection attempts (the `live` lock keeps them one at a time).
+    reconnect: crate::resilience::reprobe::ProbeGate,
 }
 
 fn queue_opts() -> QueueDeclareOptions {
@@ -93,6 +95,7 @@ impl Conn {
             url: url.to_owned(),
             live: Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
+            reconnect: crate::resilience::reprobe::ProbeGate::default(),
         });
         conn.publisher().await?;
         Ok(conn)
@@ -114,7 +117,16 @@ impl Conn {
             guard.as_ref().is_some_and(|l| l.connection.status().connected() && l.publish.status().connected());
         if !healthy {
             *guard = None;
-            match self.open().await {
+            // While the broker is away, callers fail fast between reconnection attempts (200 ms
+            // doubling to 1 s, jittered): the broker is found again within about a second of its
+            // return, and is not dialled by every call meanwhile.
+            if !self.reconnect.due(std::time::Instant::now()) {
+                self.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+                return Err(BusError::Unavailable("connection lost; reconnecting".into()));
+            }
+            let opened = self.open().await;
+            self.reconnect.finish(opened.is_ok(), std::time::Instant::now());
+            match opened {
                 Ok(l) => *guard = Some(l),
                 Err(e) => {
                     self.connected.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -3,7 +3,9 @@
 //! Checks run in the background, each on its own interval, and their results are cached with a
 //! time-to-live; probes only read the cache, so probe traffic never reaches a dependency, and a
 //! result older than the TTL counts as down (a cache that never expires would report a dead
-//! dependency as healthy). A check that overruns its timeout counts as down.
+//! dependency as healthy). A check that overruns its timeout counts as down. A check that is
+//! down runs again after 200 ms, doubling to 1 s (jittered, never later than its interval), so
+//! readiness comes back within about a second of the dependency.
 //!
 //! | endpoint | answers 200 when |
 //! |---|---|
@@ -49,6 +51,11 @@ pub use sanitize::sanitize;
 
 /// A check's default timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The first wait before a check that is down runs again.
+const DOWN_RECHECK_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait before a check that is down runs again (unless its interval is shorter).
+const DOWN_RECHECK_MAX: Duration = Duration::from_secs(1);
 
 /// Which probe a check feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -347,14 +354,29 @@ impl Health {
             let token = token.clone();
             let every = entry.check.interval().unwrap_or(self.inner.interval);
             tracker.spawn(async move {
+                // A check that is down runs again sooner (200 ms doubling to 1 s, jittered, never
+                // later than its interval): readiness follows a dependency's return within about
+                // a second instead of an interval.
+                let mut retry = crate::resilience::Backoff::new(DOWN_RECHECK_FIRST, DOWN_RECHECK_MAX);
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => break,
                         _ = this.run_one(&entry) => {}
                     }
+                    let down = entry
+                        .last
+                        .read()
+                        .ok()
+                        .is_some_and(|l| l.as_ref().is_some_and(|r| matches!(r.outcome, Outcome::Down(_))));
+                    let wait = if down {
+                        retry.next_delay_equal_jitter().min(every)
+                    } else {
+                        retry.reset();
+                        every
+                    };
                     tokio::select! {
                         _ = token.cancelled() => break,
-                        _ = tokio::time::sleep(every) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = this.inner.wake.notified() => {}
                     }
                 }
@@ -487,6 +509,31 @@ mod tests {
         h.run_all().await;
         let r = h.report(Kind::Readiness);
         assert_eq!(r.checks["boom"].error.as_deref(), Some("the check panicked"));
+    }
+
+    #[tokio::test]
+    async fn a_down_check_runs_again_well_before_its_interval() {
+        use std::sync::atomic::AtomicU32;
+        let h = Health::new(Duration::from_secs(30), Duration::from_secs(60), None);
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        h.add(Check::new("db", Kind::Readiness, move || {
+            // Down for the first two runs, then back.
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            async move { if n < 2 { Outcome::down("refused") } else { Outcome::Up } }
+        }));
+        h.set_started();
+        let (tracker, token) = (TaskTracker::new(), CancellationToken::new());
+        h.spawn(&tracker, &token);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.report(Kind::Readiness).status != Status::Up {
+            assert!(Instant::now() < deadline, "readiness did not come back before the 30 s interval");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "and once up, it waits its interval again");
     }
 
     #[tokio::test]

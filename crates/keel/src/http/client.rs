@@ -7,7 +7,8 @@
 //!    DELETE, OPTIONS, or any with an `Idempotency-Key`) that failed to connect, timed out, or got
 //!    502/503/504;
 //! 3. per attempt, the upstream's **circuit breaker** (5xx, timeouts and connection errors are
-//!    failures; an open breaker answers at once without a request);
+//!    failures; an open breaker answers at once without a request; with `health_path` set, a
+//!    readiness probe of that path while open starts the trial calls as soon as it answers 2xx);
 //! 4. a **connect timeout** and a **request timeout** (never infinite; also cut to the caller's
 //!    own remaining time);
 //! 5. a **response size cap**: the body is read chunk by chunk and the read stops with
@@ -278,6 +279,15 @@ impl Client {
             .build()
             .map_err(|e| ClientError::Invalid { upstream: name.to_owned(), message: e.to_string() })?;
         let bulkhead = Bulkhead::new(name, cfg.bulkhead.clone(), metrics.as_ref().map(|m| m.bulkhead.clone()));
+        if let Some(path) = &cfg.health_path {
+            // While the breaker is open, the upstream's readiness decides when trials start.
+            let (probe_http, url) = (http.clone(), format!("{}{path}", cfg.base_url.trim_end_matches('/')));
+            let limit = cfg.request_timeout.min(Duration::from_secs(1));
+            breaker.set_readiness_probe(Arc::new(move || {
+                let request = probe_http.get(&url).timeout(limit).send();
+                Box::pin(async move { request.await.is_ok_and(|r| r.status().is_success()) })
+            }));
+        }
         Ok(Self {
             name: name.into(),
             base: cfg.base_url.trim_end_matches('/').to_owned(),

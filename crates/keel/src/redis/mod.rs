@@ -9,14 +9,15 @@
 //! * **Readiness**: `PING` within `redis.command_timeout`, every `health.interval`; losing Redis
 //!   flips readiness down and back when it returns. `redis.required: false`: `degraded`.
 //! * **Fail fast**: while Redis is known down, commands return [`RedisError::Unavailable`] (a 503
-//!   problem) at once; every command has a deadline (`redis.command_timeout`).
+//!   problem) at once; every command has a deadline (`redis.command_timeout`). A connection
+//!   error marks Redis down at once; the next command after a short back-off (200 ms doubling to
+//!   1 s) starts one background `PING`, whose success clears the mark at once.
 //! * **Key prefix**: [`Redis::key`] prepends `redis.key_prefix` (default `<service>:`), so
 //!   services (and tests) sharing one Redis never collide.
 //! * **Metrics**: `redis_commands_total{outcome="ok|error|timeout|unavailable"}`,
 //!   `redis_command_duration_seconds`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,7 @@ use crate::config::RedisConfig;
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
 use crate::http::Problem;
 use crate::resilience::connect::{ConnectTracker, Phase};
+use crate::resilience::reprobe::Availability;
 use crate::telemetry::Metrics;
 
 /// A Redis failure.
@@ -79,7 +81,7 @@ struct Inner {
     client: redis::Client,
     prefix: String,
     config: RedisConfig,
-    available: AtomicBool,
+    available: Availability,
     connect: ConnectTracker,
     commands: IntCounterVec,
     duration: Histogram,
@@ -127,7 +129,7 @@ impl Redis {
                 client,
                 prefix,
                 config: config.clone(),
-                available: AtomicBool::new(false),
+                available: Availability::default(),
                 connect: ConnectTracker::new("redis", config.connect.clone()),
                 commands,
                 duration,
@@ -149,7 +151,46 @@ impl Redis {
 
     /// Whether Redis is believed reachable.
     pub fn is_available(&self) -> bool {
-        self.inner.available.load(Ordering::Relaxed)
+        self.inner.available.is_up()
+    }
+
+    /// Completes when a re-probe next finds Redis back (set-up re-runs the health checks then).
+    pub async fn recovered(&self) {
+        self.inner.available.recovered().await;
+    }
+
+    /// While Redis is down after a lost connection: starts one background `PING` through the
+    /// managed connection (which reconnects) if due; a success marks Redis available at once.
+    fn reprobe(&self) {
+        if !self.inner.available.probe_due() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.inner.available.probed(false);
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let ok = this.ping().await.is_ok();
+            if ok {
+                tracing::info!("redis answers again (re-probe)");
+            }
+            this.inner.available.probed(ok);
+        });
+    }
+
+    /// `PING` within `redis.command_timeout`.
+    async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.inner.manager.clone();
+        let cmd = redis::cmd("PING");
+        match tokio::time::timeout(self.inner.config.command_timeout, cmd.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(sanitize(&e.to_string())),
+            Err(_) => Err(format!(
+                "PING did not answer within {}",
+                humantime::format_duration(self.inner.config.command_timeout)
+            )),
+        }
     }
 
     /// The managed connection, for commands the helpers below do not cover (they are then not
@@ -170,6 +211,7 @@ impl Redis {
     {
         if !self.is_available() {
             self.inner.commands.with_label_values(&["unavailable"]).inc();
+            self.reprobe();
             return Err(self.unavailable());
         }
         let started = Instant::now();
@@ -191,7 +233,7 @@ impl Redis {
             Ok(Err(e)) => {
                 self.inner.commands.with_label_values(&["error"]).inc();
                 if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    self.inner.available.store(false, Ordering::Relaxed);
+                    self.inner.available.lose();
                 }
                 Err(RedisError::Redis(e))
             }
@@ -227,7 +269,7 @@ impl Redis {
         if self.inner.connect.connect(&stop, attempt, |_| {}).await.is_some() {
             tracing::info!("redis connected");
             self.inner.connect.set(Phase::Connected);
-            self.inner.available.store(true, Ordering::Relaxed);
+            self.inner.available.set_up();
         }
     }
 
@@ -240,19 +282,16 @@ impl Redis {
         if matches!(self.inner.connect.phase(), Phase::Connecting { .. }) {
             return Outcome::Down(self.unavailable().to_string());
         }
-        let mut conn = self.inner.manager.clone();
-        let cmd = redis::cmd("PING");
-        let ping = tokio::time::timeout(self.inner.config.command_timeout, cmd.query_async::<String>(&mut conn));
-        let outcome = match ping.await {
-            Ok(Ok(_)) => Outcome::Up,
-            Ok(Err(e)) => Outcome::Down(sanitize(&e.to_string())),
-            Err(_) => Outcome::Down(format!(
-                "PING did not answer within {}",
-                humantime::format_duration(self.inner.config.command_timeout)
-            )),
-        };
-        self.inner.available.store(outcome == Outcome::Up, Ordering::Relaxed);
-        outcome
+        match self.ping().await {
+            Ok(()) => {
+                self.inner.available.set_up();
+                Outcome::Up
+            }
+            Err(e) => {
+                self.inner.available.lose();
+                Outcome::Down(e)
+            }
+        }
     }
 
     /// The readiness check (`redis`): required unless `redis.required: false`.

@@ -51,6 +51,16 @@ impl Backoff {
         Duration::from_nanos(rand::random_range(0..=nanos))
     }
 
+    /// The next wait, uniform in `[cap / 2, cap]` ("equal jitter"); then the cap doubles. For
+    /// re-probes, where a wait near zero would probe in a tight loop: the half-cap floor bounds
+    /// the rate, the jitter still spreads a fleet out.
+    pub fn next_delay_equal_jitter(&mut self) -> Duration {
+        let cap = self.cap();
+        self.attempt = self.attempt.saturating_add(1);
+        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rand::random_range(nanos / 2..=nanos))
+    }
+
     /// Attempts made since the last reset.
     pub fn attempts(&self) -> u32 {
         self.attempt
@@ -81,6 +91,15 @@ mod tests {
             b.next_delay();
         }
         assert_eq!(b.cap(), Duration::from_secs(1), "no overflow after many attempts");
+    }
+
+    #[test]
+    fn equal_jitter_stays_in_the_upper_half_of_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+        for cap in [200, 400, 800, 1000, 1000] {
+            let d = b.next_delay_equal_jitter();
+            assert!(d >= Duration::from_millis(cap / 2) && d <= Duration::from_millis(cap), "{d:?} for cap {cap} ms");
+        }
     }
 
     #[test]

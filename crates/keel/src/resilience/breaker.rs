@@ -5,7 +5,13 @@
 //!   calls, or the calls of the last `window.size` seconds). Once the window holds at least
 //!   `minimum_calls`, a failure rate ≥ `failure_rate` or a slow-call rate (calls slower than
 //!   `slow_call_duration`) ≥ `slow_call_rate` opens the breaker.
-//! * **Open** — calls are rejected at once (no dependency traffic) for `open_wait`.
+//! * **Open** — calls are rejected at once (no dependency traffic) for `open_wait`. A breaker
+//!   given a readiness probe ([`CircuitBreaker::set_readiness_probe`]; Keel's HTTP client uses
+//!   the upstream's `health_path`) goes half-open as soon as the probe succeeds instead: a call
+//!   rejected while open starts one probe in the background (one in flight at most, 200 ms
+//!   doubling to 1 s between probes, jittered), so trial calls start within about a second of
+//!   the upstream's readiness returning, and a long `open_wait` only bounds the case where no
+//!   probe is configured.
 //! * **Half-open** — then up to `half_open_calls` trial calls pass. If their failure (or slow)
 //!   rate stays under the thresholds the breaker closes, else it opens for another `open_wait`.
 //!   A trial call that is dropped before it reports (a cancelled request) frees its slot, so
@@ -28,12 +34,14 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 
+use crate::resilience::reprobe::ProbeGate;
 use crate::telemetry::Metrics;
 
 /// `circuit_breakers.<name>.*` (and `upstreams.<name>.breaker.*`).
@@ -255,6 +263,8 @@ pub(crate) struct Machine {
     trials: Counts,
     /// Incremented each time half-open begins: a trial reports only into its own round.
     round: u32,
+    /// A readiness probe found the dependency back while open: trials may start now.
+    ready_early: bool,
 }
 
 /// A state change, for metrics and logs.
@@ -271,6 +281,7 @@ impl Machine {
             trials_admitted: 0,
             trials: Counts::default(),
             round: 0,
+            ready_early: false,
         }
     }
 
@@ -284,7 +295,7 @@ impl Machine {
             State::Closed => (Ok(false), None),
             State::Open => {
                 let waited = now.saturating_duration_since(self.opened_at);
-                if waited < self.cfg.open_wait {
+                if waited < self.cfg.open_wait && !self.ready_early {
                     return (Err(self.cfg.open_wait - waited), None);
                 }
                 self.state = State::HalfOpen;
@@ -381,8 +392,16 @@ impl Machine {
         f64::from(c.failures) / calls >= self.cfg.failure_rate || f64::from(c.slow) / calls >= self.cfg.slow_call_rate
     }
 
+    /// A readiness probe found the dependency back: if still open, the next call is a trial.
+    pub(crate) fn upstream_ready(&mut self) {
+        if self.state == State::Open {
+            self.ready_early = true;
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.state = State::Open;
+        self.ready_early = false;
         self.opened_at = now;
         self.trials_admitted = 0;
         self.trials = Counts::default();
@@ -406,12 +425,29 @@ pub struct Rejected {
     pub retry_in: Duration,
 }
 
+/// A readiness probe: resolves to `true` when the dependency says it is ready. It must bound
+/// its own time.
+pub type ReadinessProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+#[derive(Default)]
+struct Probing {
+    probe: OnceLock<ReadinessProbe>,
+    gate: ProbeGate,
+}
+
+impl std::fmt::Debug for Probing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probing").field("configured", &self.probe.get().is_some()).finish_non_exhaustive()
+    }
+}
+
 /// A circuit breaker. Share it with `Arc` (a [`Registry`] does).
 #[derive(Debug)]
 pub struct CircuitBreaker {
     name: String,
-    machine: Mutex<Machine>,
+    machine: Arc<Mutex<Machine>>,
     metrics: Option<BreakerMetrics>,
+    probing: Arc<Probing>,
 }
 
 /// Admission to call through a breaker; report how the call went with [`Permit::record`].
@@ -445,7 +481,37 @@ impl Drop for Permit<'_> {
 impl CircuitBreaker {
     /// A breaker without metrics.
     pub fn new(name: impl Into<String>, cfg: BreakerConfig) -> Self {
-        Self { name: name.into(), machine: Mutex::new(Machine::new(cfg, Instant::now())), metrics: None }
+        Self {
+            name: name.into(),
+            machine: Arc::new(Mutex::new(Machine::new(cfg, Instant::now()))),
+            metrics: None,
+            probing: Arc::default(),
+        }
+    }
+
+    /// Sets the readiness probe that ends the open state early (the first one set stays; a
+    /// breaker shared by several clients of one upstream probes one readiness path). See the
+    /// module docs.
+    pub fn set_readiness_probe(&self, probe: ReadinessProbe) {
+        let _ = self.probing.probe.set(probe);
+    }
+
+    /// While open: starts one readiness probe in the background if one is due.
+    fn probe_if_due(&self, now: Instant) {
+        let Some(probe) = self.probing.probe.get().cloned() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        if !self.probing.gate.try_start(now) {
+            return;
+        }
+        let (probing, machine, name) = (self.probing.clone(), self.machine.clone(), self.name.clone());
+        rt.spawn(async move {
+            let ok = probe().await;
+            probing.gate.finish(ok, Instant::now());
+            if ok {
+                machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner).upstream_ready();
+                tracing::info!(breaker = %name, "readiness probe answered: trial calls may start");
+            }
+        });
     }
 
     /// The name.
@@ -466,20 +532,23 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         // One clock read for the decision and the start: clock reads are most of the cost.
         let now = Instant::now();
-        let (result, round) = {
+        let (result, round, open) = {
             let mut m = self.lock();
             let (result, transition) = m.admit(now);
             // Under the lock, so concurrent transitions set the state gauge in order.
             if let Some(t) = transition {
                 self.transitioned(t);
             }
-            (result, m.round)
+            (result, m.round, m.state() == State::Open)
         };
         match result {
             Ok(trial) => Ok(Permit { breaker: self, trial, round, started: now, done: false }),
             Err(retry_in) => {
                 if let Some(m) = &self.metrics {
                     m.calls.with_label_values(&[&self.name, "rejected"]).inc();
+                }
+                if open {
+                    self.probe_if_due(now);
                 }
                 Err(Rejected { name: self.name.clone(), retry_in })
             }
@@ -502,6 +571,8 @@ impl CircuitBreaker {
 
     fn transitioned(&self, (from, to): Transition) {
         if to == State::Open {
+            // The first readiness probe waits a back-off: the upstream has only just failed.
+            self.probing.gate.arm(Instant::now());
             tracing::warn!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker opened");
         } else {
             tracing::info!(breaker = %self.name, from = from.as_str(), to = to.as_str(), "circuit breaker state changed");
@@ -566,8 +637,9 @@ impl Registry {
                 }
                 Arc::new(CircuitBreaker {
                     name: name.to_owned(),
-                    machine: Mutex::new(Machine::new(cfg.clone(), Instant::now())),
+                    machine: Arc::new(Mutex::new(Machine::new(cfg.clone(), Instant::now()))),
                     metrics: self.metrics.clone(),
+                    probing: Arc::default(),
                 })
             })
             .clone()
@@ -653,6 +725,60 @@ mod tests {
         m.abandon_in(round1, true);
         assert_eq!(m.state(), State::HalfOpen);
         assert_eq!(m.record(true, Outcome::Success, Duration::ZERO, t2), Some((State::HalfOpen, State::Closed)));
+    }
+
+    #[test]
+    fn a_ready_upstream_ends_the_open_state_early() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(), t0);
+        for _ in 0..4 {
+            m.record(false, Outcome::Failure, Duration::ZERO, t0);
+        }
+        assert!(m.admit(t0).0.is_err());
+        m.upstream_ready();
+        assert_eq!(m.admit(t0), (Ok(true), Some((State::Open, State::HalfOpen))), "trials start at once");
+        m.record(true, Outcome::Failure, Duration::ZERO, t0);
+        m.record(true, Outcome::Failure, Duration::ZERO, t0);
+        assert_eq!(m.state(), State::Open);
+        assert!(m.admit(t0).0.is_err(), "reopening forgets the early readiness");
+    }
+
+    #[tokio::test]
+    async fn a_readiness_probe_half_opens_the_breaker_long_before_open_wait() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let mut c = cfg();
+        c.open_wait = Duration::from_secs(60);
+        let breaker = CircuitBreaker::new("probed", c);
+        let (ready, probes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (r, n) = (ready.clone(), probes.clone());
+        breaker.set_readiness_probe(Arc::new(move || {
+            n.fetch_add(1, Ordering::SeqCst);
+            let ready = r.load(Ordering::SeqCst);
+            Box::pin(async move { ready })
+        }));
+        for _ in 0..4 {
+            breaker.try_acquire().unwrap().record(Outcome::Failure);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        // Rejected calls probe, but not in a tight loop: the upstream is still not ready.
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            assert!(breaker.try_acquire().is_err());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let made = probes.load(Ordering::SeqCst);
+        assert!((1..=4).contains(&made), "{made} probes in 700 ms: backed off, one at a time");
+        ready.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let permit = loop {
+            if let Ok(p) = breaker.try_acquire() {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no trial call within 5 s of readiness (open_wait is 60 s)");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(breaker.state(), State::HalfOpen);
+        permit.record(Outcome::Success);
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl ConnectTracker {
             Phase::Connecting { attempts, last_error: Some(e), .. } => format!("connecting (attempt {attempts}): {e}"),
             Phase::Connecting { .. } => "connecting".into(),
             Phase::Failed(e) => e.clone(),
-            Phase::Connected => "the last check failed".into(),
+            Phase::Connected => "the connection was lost; re-probing".into(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod bulkhead;
 #[cfg(any(feature = "sql", feature = "redis", feature = "events"))]
 pub(crate) mod connect;
 pub mod rate_limit;
+pub(crate) mod reprobe;
 pub mod retry;
 
 pub use backoff::Backoff;
