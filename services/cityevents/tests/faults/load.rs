@@ -262,15 +262,16 @@ impl Client {
                 }
             }
             Slot::In { join_id, .. } | Slot::Leaving { join_id } => {
-                let was_leaving = matches!(self.told.slots.get(event), Some(Slot::Leaving { .. }));
                 let a = self.request(Class::Leave, Method::DELETE, &path, true, None, None).await;
                 match a.status {
                     204 => {
                         self.told.slots.insert(event.to_owned(), Slot::Out);
                         true
                     }
-                    // An earlier leave whose answer was lost did happen.
-                    404 if was_leaving => {
+                    // Not joined: an earlier leave whose answer was lost did happen, or the
+                    // gateway retried this one after it had happened. Had the join itself been
+                    // lost, the announcements and the rows say so (checks.rs).
+                    404 => {
                         self.told.slots.insert(event.to_owned(), Slot::Out);
                         true
                     }
