@@ -1,0 +1,589 @@
+//! Fault injection: City Events distributed (`deploy/local/run-distributed.sh`: five processes in
+//! production profile) under a steady mixed load, with one dependency taken away at a time, then
+//! the invariants checked in the databases. Every experiment starts its own PostgreSQL, Redis and
+//! broker (NATS JetStream, or RabbitMQ) on free ports, so stopping one never touches the shared
+//! servers; the experiments run one at a time, each bounded in time. See docs/operations.md
+//! ("Fault-injection suite").
+//!
+//! Run one: `cargo test -p cityevents --test faults redis_down -- --nocapture` (the report of each
+//! experiment is printed; a failed invariant fails the test with every finding listed).
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "faults/checks.rs"]
+mod checks;
+#[path = "faults/load.rs"]
+mod load;
+#[path = "faults/platform.rs"]
+mod platform;
+#[path = "faults/servers.rs"]
+mod servers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use load::{Api, Class, Load};
+use platform::{Bus, Platform};
+use servers::{Nats, Postgres, Rabbit, Redis};
+
+/// Users of the mixed load (plus the organizer and the probe).
+const USERS: usize = 24;
+/// Capacities of the load's events: small, so waitlists and promotions are frequent.
+const CAPACITIES: [u32; 4] = [2, 3, 4, 5];
+/// Load before the fault.
+const WARM: Duration = Duration::from_secs(5);
+/// Load after the dependency is back.
+const AFTER: Duration = Duration::from_secs(10);
+/// How long the load goes on after the dependency is back while the probe has not succeeded.
+const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+/// How long the clients retry requests whose outcome they do not know, after the load.
+const SETTLE_BOUND: Duration = Duration::from_secs(60);
+/// Once the load has stopped, the outboxes must be empty within this (the backlog is a few
+/// hundred rows; a relay that drains thousands a second needs well under a second).
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+/// The same after a service was killed: the rows its relay had claimed wait for their lease
+/// (`outbox.lease`, 30 s) to run out.
+const DRAIN_BOUND_AFTER_KILL: Duration = Duration::from_secs(40);
+/// Once the outboxes are empty, every announcement must have become a notification within this.
+const NOTIFY_BOUND: Duration = Duration::from_secs(30);
+/// The issue's target is a first success within 1 s of Redis, PostgreSQL or NATS answering
+/// again; asserted with room for a loaded CI machine.
+const RECOVERY_BOUND: Duration = Duration::from_secs(3);
+/// A whole experiment, set-up to clean-up.
+const EXPERIMENT_BOUND: Duration = Duration::from_secs(300);
+
+/// One experiment at a time: each runs five services, its own servers and a load on a 2-core CI
+/// machine, and a fault in one must not be measured by another.
+/// (An async mutex: it is held across the experiment's awaits; a panic does not poison it.)
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// --- small shared helpers --------------------------------------------------------------------
+
+pub fn unique(base: &str) -> String {
+    format!("{base}{}", uuid::Uuid::now_v7().simple().to_string().get(20..).unwrap())
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The program's path on `PATH` (or its bare name, which then fails the existence check).
+pub fn which(program: &str) -> String {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+        .map_or_else(|| program.to_owned(), |p| p.display().to_string())
+}
+
+/// A free port on 127.0.0.1, never the same twice in this process.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// Runs `cmd`; panics with its output when it fails.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    i64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+// --- the experiments -------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Broker {
+    Nats,
+    Rabbit,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `pg_ctl stop -m fast`, 20 s, start again.
+    PostgresStopped,
+    /// The notifier's database refuses connections for 30 s (`ALLOW_CONNECTIONS false` and its
+    /// sessions terminated), then allows them again.
+    NotifierDatabaseRefusing,
+    /// The broker stopped for 30 s.
+    BrokerDown,
+    /// Redis stopped for 20 s.
+    RedisDown,
+    /// `kill -<signal>` of the joins service under load.
+    Signal(&'static str),
+}
+
+/// Everything an experiment started; dropped (stopped, removed) whatever happens.
+struct World {
+    pg: Postgres,
+    redis: Redis,
+    nats: Option<Nats>,
+    rabbit: Option<Rabbit>,
+    platform: Option<Platform>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The platform goes before the servers it uses.
+        drop(self.platform.take());
+    }
+}
+
+/// What the fault step measured.
+#[derive(Default)]
+struct FaultTimes {
+    /// When the fault began.
+    down: Option<Instant>,
+    /// When the dependency answered again (`Instant`, and wall-clock ms for database times).
+    back: Option<(Instant, i64)>,
+    /// A killed service did not come back: what depends on it cannot be checked.
+    service_lost: bool,
+}
+
+fn prerequisites(broker: Broker) -> bool {
+    Postgres::available()
+        && Redis::available()
+        && match broker {
+            Broker::Nats => Nats::available(),
+            Broker::Rabbit => Rabbit::available(),
+        }
+        && servers::tool("openssl", &which("openssl")).is_some()
+}
+
+async fn experiment(name: &str, broker: Broker, fault: Fault) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !prerequisites(broker) {
+        return;
+    }
+    match tokio::time::timeout(EXPERIMENT_BOUND, body(name, broker, fault)).await {
+        Ok(()) => {}
+        Err(_) => panic!("{name}: not finished within {EXPERIMENT_BOUND:?}"),
+    }
+}
+
+async fn body(name: &str, broker: Broker, fault: Fault) {
+    let started = Instant::now();
+    let mut world = blocking(|| {
+        let pg = Postgres::start();
+        let redis = Redis::start();
+        let (nats, rabbit) = match broker {
+            Broker::Nats => (Some(Nats::start()), None),
+            Broker::Rabbit => (None, Some(Rabbit::start())),
+        };
+        World { pg, redis, nats, rabbit, platform: None }
+    });
+    let bus = match (&world.nats, &world.rabbit) {
+        (Some(n), _) => Bus { backend: "nats", url: n.url() },
+        (_, Some(r)) => Bus { backend: "rabbitmq", url: r.url.clone() },
+        _ => unreachable!(),
+    };
+    let redis_url = world.redis.url();
+    world.platform = Some(blocking(|| Platform::start(&world.pg, &redis_url, &bus)));
+    let base = world.platform.as_ref().unwrap().base.clone();
+    let api = Api::new(&base);
+
+    // --- set-up: an organizer, the users, the events, the probe's user and event
+    let org = api.user("organizer").await;
+    let mut users = Vec::new();
+    for chunk in (0..USERS).collect::<Vec<_>>().chunks(6) {
+        let api = &api;
+        let made =
+            futures_util::future::join_all(chunk.iter().map(|i| async move { api.user(&format!("u{i}")).await })).await;
+        users.extend(made);
+    }
+    let mut events = Vec::new();
+    for (i, cap) in CAPACITIES.iter().enumerate() {
+        events.push(api.event(&org, &format!("Fault {i}"), *cap).await);
+    }
+    let probe_user = api.user("probe").await;
+    let probe_event = api.event(&org, "Probe", 0).await;
+    let setup = started.elapsed();
+
+    // --- load, fault, load
+    let load = Load::start(&api, &users, &events, &probe_user, &probe_event);
+    tokio::time::sleep(WARM).await;
+    let mut findings: Vec<String> = Vec::new();
+    let mut report = String::new();
+    let times = inject(&mut world, fault, &mut findings, &mut report).await;
+    // At least AFTER more load, and on until the probe succeeds (at most RECOVERY_WAIT), so a
+    // slow recovery is measured rather than cut off.
+    let after_from = times.back.map_or_else(Instant::now, |b| b.0);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let recovered = load::first_success(&load.records.lock().unwrap(), &[Class::Probe], after_from).is_some();
+        if after_from.elapsed() >= RECOVERY_WAIT || (recovered && after_from.elapsed() >= AFTER) {
+            break;
+        }
+        if times.service_lost || !world.platform.as_mut().unwrap().script_alive() {
+            break;
+        }
+    }
+    // Unknown outcomes are settled by retrying, unless there is no platform left to ask.
+    let up = !times.service_lost && world.platform.as_mut().unwrap().script_alive();
+    let settle = if up { SETTLE_BOUND } else { Duration::ZERO };
+    let (told, records) = load.finish(settle).await;
+    let mut all_users = users.clone();
+    all_users.push(probe_user.clone());
+
+    let platform = world.platform.as_mut().unwrap();
+    let alive = platform.script_alive();
+    let pg = &world.pg;
+    let p = world.platform.as_ref().unwrap();
+
+    // --- answers
+    let tally = load::tally(&records);
+    let count = |pred: &dyn Fn(Class, u16) -> bool| {
+        tally.iter().filter(|((c, s), _)| pred(*c, *s)).map(|(_, n)| n).sum::<usize>()
+    };
+    let total = count(&|_, _| true);
+    let five_hundreds = count(&|_, s| s == 500);
+    let _ = writeln!(
+        report,
+        "set-up {:.1} s; {} requests; answers by class and status: {:?}",
+        setup.as_secs_f64(),
+        total,
+        tally
+    );
+    let _ = writeln!(
+        report,
+        "5xx: {} (500: {five_hundreds}, 502: {}, 503: {}, 504: {}); no answer: {}",
+        count(&|_, s| s >= 500),
+        count(&|_, s| s == 502),
+        count(&|_, s| s == 503),
+        count(&|_, s| s == 504),
+        count(&|_, s| s == 0)
+    );
+    if five_hundreds > 0 {
+        findings.push(format!("{five_hundreds} answer(s) were 500 (a dependency fault must be a 503)"));
+    }
+
+    // --- recovery: the first success after the dependency answered again
+    if let Some((back, back_ms)) = times.back {
+        let write = load::first_success(&records, &[Class::Probe], back);
+        let any = load::first_success(&records, &[Class::Probe, Class::Join, Class::Leave, Class::List], back);
+        let _ = writeln!(report, "first probe write after recovery: {write:?}; first success of any kind: {any:?}");
+        let bounded = matches!(fault, Fault::PostgresStopped | Fault::RedisDown);
+        match write {
+            Some(d) if bounded && d > RECOVERY_BOUND => {
+                findings.push(format!(
+                    "first success {:.2} s after the dependency was back (bound {RECOVERY_BOUND:?})",
+                    d.as_secs_f64()
+                ));
+            }
+            None if bounded => {
+                findings.push(format!("no success within {RECOVERY_WAIT:?} of the dependency being back"))
+            }
+            _ => {}
+        }
+        if matches!(fault, Fault::BrokerDown) && alive {
+            // The relay's first publish after the broker is back, from the outbox's own times.
+            let first_sent = pg.query(
+                &p.database("joins"),
+                &format!("SELECT MIN(sent_at) FROM keel_outbox WHERE status = 1 AND sent_at >= {back_ms}"),
+            );
+            let first = first_sent.first().and_then(|r| r.first()).and_then(|v| v.parse::<i64>().ok());
+            let _ = writeln!(
+                report,
+                "first outbox row published after the broker was back: {:?} ms",
+                first.map(|f| f - back_ms)
+            );
+            match first {
+                Some(f)
+                    if broker == Broker::Nats && f - back_ms > i64::try_from(RECOVERY_BOUND.as_millis()).unwrap() =>
+                {
+                    findings.push(format!(
+                        "the relay's first publish {} ms after NATS was back (bound {RECOVERY_BOUND:?})",
+                        f - back_ms
+                    ));
+                }
+                None => findings.push("nothing published after the broker was back".into()),
+                _ => {}
+            }
+        }
+        if matches!(fault, Fault::NotifierDatabaseRefusing) {
+            let first = pg.query(
+                &p.database("notifier"),
+                &format!("SELECT MIN(created_at) FROM notifications WHERE created_at >= {}", back_ms * 1000),
+            );
+            let first = first.first().and_then(|r| r.first()).and_then(|v| v.parse::<i64>().ok());
+            let _ = writeln!(
+                report,
+                "first notification written after the database was back: {:?} ms",
+                first.map(|f| f / 1000 - back_ms)
+            );
+        }
+    }
+    if let (Some(down), Some((back, _))) = (times.down, times.back) {
+        let _ = writeln!(report, "dependency away for {:.1} s", (back - down).as_secs_f64());
+    }
+
+    if !alive {
+        findings.push("run-distributed.sh exited: the platform stopped".into());
+    } else if times.service_lost {
+        // Its outbox, its consumers and its answers are gone: the checks below would only
+        // repeat that.
+    } else {
+        // --- the outboxes drain
+        let drain_bound = if matches!(fault, Fault::Signal(_)) { DRAIN_BOUND_AFTER_KILL } else { DRAIN_BOUND };
+        let drain_start = Instant::now();
+        let mut drained = None;
+        let mut backlog = 0;
+        while drain_start.elapsed() < drain_bound {
+            let pending: i64 = ["events", "joins"]
+                .iter()
+                .map(|s| pg.count(&p.database(s), "SELECT COUNT(*) FROM keel_outbox WHERE status = 0"))
+                .sum();
+            backlog = backlog.max(pending);
+            if pending == 0 {
+                drained = Some(drain_start.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = writeln!(report, "outbox pending at the load's end: {backlog}; empty after {drained:?}");
+        if drained.is_none() {
+            let left: i64 = ["events", "joins"]
+                .iter()
+                .map(|s| pg.count(&p.database(s), "SELECT COUNT(*) FROM keel_outbox WHERE status = 0"))
+                .sum();
+            findings
+                .push(format!("outbox not empty {drain_bound:?} after the load ended: {left} pending (was {backlog})"));
+        }
+        let dead_rows: i64 = ["events", "joins"]
+            .iter()
+            .map(|s| pg.count(&p.database(s), "SELECT COUNT(*) FROM keel_outbox WHERE status = 2"))
+            .sum();
+        if dead_rows > 0 {
+            findings.push(format!("{dead_rows} outbox row(s) dead"));
+        }
+
+        // --- every announcement becomes exactly one notification
+        let notify_start = Instant::now();
+        let (mut expected, mut got);
+        loop {
+            expected = checks::expected_notifications(&checks::announced(pg, p));
+            got = checks::notified(pg, p);
+            if expected == got || notify_start.elapsed() > NOTIFY_BOUND {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let want: i64 = expected.values().sum();
+        let have: i64 = got.values().sum();
+        let _ = writeln!(report, "notifications: {have} of {want} after {:.1} s", notify_start.elapsed().as_secs_f64());
+        if expected != got {
+            let mut missing = 0;
+            let mut doubled = 0;
+            for k in expected.keys().chain(got.keys()).collect::<BTreeSet<_>>() {
+                let (e, g) = (expected.get(k).copied().unwrap_or(0), got.get(k).copied().unwrap_or(0));
+                missing += (e - g).max(0);
+                doubled += (g - e).max(0);
+            }
+            let promotions = |m: &BTreeMap<(String, String, String), i64>| {
+                m.iter().filter(|((_, k, _), _)| k == "join.promoted").map(|(_, n)| n).sum::<i64>()
+            };
+            findings.push(format!(
+                "notifications differ from the announcements after {NOTIFY_BOUND:?}: {missing} missing, {doubled} extra \
+                 (promotions announced {}, notified {})",
+                promotions(&expected),
+                promotions(&got)
+            ));
+        }
+
+        // --- nothing dead-lettered
+        let dlq: Vec<(&str, usize)> =
+            ["cityevents.joins", "cityevents.events"].iter().map(|t| (*t, p.dead_letters(t))).collect();
+        let dead_logged = p.count_lines("dead-lettering");
+        let _ = writeln!(report, "dead letters: {dlq:?}; `dead-lettering` log lines: {dead_logged}");
+        let dead: usize = dlq.iter().map(|(_, n)| n).sum();
+        if dead > 0 || dead_logged > 0 {
+            findings.push(format!("dead-lettered: {dead} on the broker {dlq:?}, {dead_logged} logged"));
+        }
+
+        // --- capacity, FIFO, exactly once, the clients' view
+        for t in &told {
+            for u in &t.unexpected {
+                findings.push(format!("client: {u}"));
+            }
+        }
+        checks::invariants(pg, p, &api, &all_users, &told, &mut findings).await;
+        checks::notifications_seen(pg, p, &api, &all_users, &mut findings).await;
+    }
+
+    let _ = writeln!(report, "took {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("=== {name}\n{report}=== {name}: {} finding(s)\n{}", findings.len(), findings.join("\n"));
+    assert!(
+        findings.is_empty(),
+        "{name}: {} finding(s):\n{}\n--- report\n{report}",
+        findings.len(),
+        findings.join("\n")
+    );
+}
+
+/// Applies `fault`; returns when the dependency is back (or the service restarted).
+async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, report: &mut String) -> FaultTimes {
+    let mut t = FaultTimes::default();
+    let now_back = || Some((Instant::now(), unix_ms(SystemTime::now())));
+    match fault {
+        Fault::PostgresStopped => {
+            t.down = Some(Instant::now());
+            blocking(|| world.pg.stop());
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            blocking(|| world.pg.up());
+            t.back = now_back();
+        }
+        Fault::NotifierDatabaseRefusing => {
+            let db = world.platform.as_ref().unwrap().database("notifier");
+            t.down = Some(Instant::now());
+            world.pg.query("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"));
+            world.pg.query(
+                "postgres",
+                &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"),
+            );
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            world.pg.query("postgres", &format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"));
+            t.back = now_back();
+        }
+        Fault::BrokerDown => {
+            t.down = Some(Instant::now());
+            if let Some(n) = world.nats.as_mut() {
+                blocking(|| n.stop());
+            }
+            if let Some(r) = world.rabbit.as_mut() {
+                blocking(|| r.stop());
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            if let Some(n) = world.nats.as_mut() {
+                blocking(|| n.up());
+            }
+            if let Some(r) = world.rabbit.as_mut() {
+                blocking(|| r.up());
+            }
+            t.back = now_back();
+        }
+        Fault::RedisDown => {
+            // Anonymous reads while Redis is down, apart from the load's.
+            let api = Api::new(&world.platform.as_ref().unwrap().base);
+            t.down = Some(Instant::now());
+            blocking(|| world.redis.stop());
+            let until = Instant::now() + Duration::from_secs(20);
+            let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
+            while Instant::now() < until {
+                let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
+                *reads.entry(a.status).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            blocking(|| world.redis.up());
+            t.back = now_back();
+            let failed: usize = reads.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
+            let _ = writeln!(report, "anonymous GET /api/v1/events while Redis was down: {reads:?}");
+            if failed > 0 {
+                findings.push(format!(
+                    "anonymous GET /api/v1/events while Redis was down: {failed} of {} not answered 200 ({reads:?})",
+                    reads.values().sum::<usize>()
+                ));
+            }
+        }
+        Fault::Signal(signal) => {
+            let platform = world.platform.as_mut().unwrap();
+            t.down = Some(Instant::now());
+            let old = platform.signal("joins", signal);
+            // The platform keeps answering what does not need joins, and joins comes back.
+            let api = Api::new(&platform.base);
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
+            let mut restarted = None;
+            while Instant::now() < until {
+                let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
+                *reads.entry(a.status).or_default() += 1;
+                if restarted.is_none()
+                    && platform.service_pid("joins").is_some_and(|p| p != old)
+                    && api.get("/api/v1/events/00000000-0000-7000-8000-000000000000/counts", None).await.status == 404
+                {
+                    restarted = Some(Instant::now());
+                    break;
+                }
+                if !platform.script_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = writeln!(
+                report,
+                "kill -{signal} joins: anonymous GET /api/v1/events meanwhile {reads:?}; joins answering again after {:?}",
+                restarted.map(|r| r - t.down.unwrap())
+            );
+            let failed: usize = reads.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
+            if failed > 0 {
+                findings.push(format!(
+                    "after kill -{signal} of joins, GET /api/v1/events failed {failed} time(s): {reads:?}"
+                ));
+            }
+            match restarted {
+                Some(r) => t.back = Some((r, unix_ms(SystemTime::now()))),
+                None => {
+                    t.service_lost = true;
+                    findings.push(format!("joins not running and answering again within 30 s of kill -{signal}"));
+                }
+            }
+        }
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_20s() {
+    experiment("postgres_stopped_20s", Broker::Nats, Fault::PostgresStopped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notifier_database_refusing_30s() {
+    experiment("notifier_database_refusing_30s", Broker::Nats, Fault::NotifierDatabaseRefusing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_down_30s() {
+    experiment("nats_down_30s", Broker::Nats, Fault::BrokerDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_down_30s() {
+    experiment("rabbitmq_down_30s", Broker::Rabbit, Fault::BrokerDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_20s() {
+    experiment("redis_down_20s", Broker::Nats, Fault::RedisDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_sigterm_under_load() {
+    experiment("joins_sigterm_under_load", Broker::Nats, Fault::Signal("TERM")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_kill9_under_load() {
+    experiment("joins_kill9_under_load", Broker::Nats, Fault::Signal("KILL")).await;
+}
