@@ -129,8 +129,9 @@ impl<E: std::error::Error + 'static> From<E> for Failure {
 ///
 /// * Keel's [`DataError::Unavailable`](crate::data::DataError::Unavailable) and
 ///   [`DataError::AcquireTimeout`](crate::data::DataError::AcquireTimeout);
-/// * a `sqlx` I/O, TLS or protocol error, a pool timeout or closed pool, and SQLSTATE class
-///   `08` (connection exception) or `57P01`–`57P03` (the server shutting down or starting);
+/// * a `sqlx` error the data layer's table ([`RETRYABLE`](crate::data::RETRYABLE)) calls a lost
+///   connection, a server shutting down, too many connections or a read-only server, and a
+///   pool timeout;
 /// * Keel's `RedisError::Unavailable` / `Timeout` and a Redis connection or I/O error;
 /// * an outbound call refused by an open breaker or failing to connect (`ClientError`);
 /// * [`BusError::Unavailable`](super::BusError::Unavailable) and
@@ -150,21 +151,17 @@ pub fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
 fn says_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     #[cfg(feature = "sql")]
     {
+        // The data layer's table of transient errors (`data::RETRYABLE`) says which; a conflict
+        // between transactions (serialization, deadlock, lock timeout) is the message's to retry.
+        let outage = |k: crate::data::RetryKind| {
+            use crate::data::RetryKind::{ConnectionLost, ReadOnly, Shutdown, TooManyConnections};
+            matches!(k, ConnectionLost | Shutdown | TooManyConnections | ReadOnly)
+        };
         if let Some(d) = e.downcast_ref::<crate::data::DataError>() {
-            return matches!(d, crate::data::DataError::Unavailable { .. } | crate::data::DataError::AcquireTimeout);
+            return d.retry_kind().is_some_and(outage);
         }
         if let Some(s) = e.downcast_ref::<sqlx::Error>() {
-            return match s {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed => true,
-                sqlx::Error::Database(d) => {
-                    d.code().is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03"))
-                }
-                _ => false,
-            };
+            return matches!(s, sqlx::Error::PoolTimedOut) || crate::data::retry_kind(s).is_some_and(outage);
         }
     }
     #[cfg(feature = "redis")]
@@ -593,7 +590,8 @@ impl<H: Handler> Consumer<H> {
         let mut lag_at: Option<Instant> = None;
         #[cfg(feature = "sql")]
         let mut prune_at: Option<Instant> = None;
-        let mut backoff = crate::resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        // Capped at 1 s, so a consumer subscribes again within a second of the broker's return.
+        let mut backoff = crate::resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         // When the current pause began; kept across re-subscriptions.
         let mut paused: Option<Instant> = None;
         loop {

@@ -346,7 +346,8 @@ impl Outbox {
         let cfg = &self.inner.config;
         let mut gauges_at: Option<Instant> = None;
         let mut prune_at: Option<Instant> = None;
-        let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        // Capped at 1 s, so the relay is back within a second of the database.
+        let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let mut outages = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         let mut settling = Settling::default();
         let mut stopped = Stopped::default();
@@ -416,8 +417,11 @@ impl Outbox {
                 }
                 Ok(_) => failures.reset(),
                 Err(e) => {
+                    // Every failure is retried; the first few and then every power of two logged.
+                    if failures.attempts() < 3 || failures.attempts().is_power_of_two() {
+                        tracing::warn!(error = %e, failures = failures.attempts() + 1, "claiming outbox rows failed; retrying");
+                    }
                     let wait = failures.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?wait, "claiming outbox rows failed");
                     tokio::select! {
                         () = stop.cancelled() => break,
                         () = tokio::time::sleep(wait) => continue,
