@@ -13,13 +13,22 @@
 #      the private key), the field-encryption master and blind-index keys, a wrapped data key;
 #   4. runs `migrate` for every service (production never migrates on start-up);
 #   5. starts auth, events, joins, notifier, then the gateway, each with deploy/config/<svc>.yaml,
-#      its output prefixed with its name, and waits until the gateway is ready;
-#   6. on SIGINT/SIGTERM stops the gateway first, then the rest, gracefully.
+#      its output prefixed with its name, and waits until the gateway is ready (60 s at most);
+#   6. keeps them running: a service that exits is restarted after a back-off, and the script
+#      says so (`<svc> exited with status N (SIGNAME) after Xs; restarting it in Ds (restart K)`);
+#      the delay starts at CITYEVENTS_RESTART_DELAY, doubles after each exit up to
+#      CITYEVENTS_RESTART_MAX_DELAY, and starts over once a run lasted that long;
+#   7. on SIGINT/SIGTERM stops the gateway first, then the four others together, each with
+#      SIGTERM (a graceful shutdown), then SIGKILL if still running after
+#      CITYEVENTS_STOP_TIMEOUT; exits 0. The services run in process groups of their own, so
+#      Ctrl-C reaches them only through this order.
 #
 # Settings (env): CITYEVENTS_BIN, STATE (default data/distributed), CITYEVENTS_DB_PREFIX
 # (cityevents), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/postgres), CITYEVENTS_REDIS_URL,
 # CITYEVENTS_BUS_BACKEND (nats|rabbitmq), CITYEVENTS_BUS_URL, CITYEVENTS_BUS_NAMESPACE,
-# CITYEVENTS_ORIGIN, CITYEVENTS_<SERVICE>_PORT, and any CITYEVENTS_<SERVICE>__… Keel override.
+# CITYEVENTS_ORIGIN, CITYEVENTS_<SERVICE>_PORT, and any CITYEVENTS_<SERVICE>__… Keel override;
+# CITYEVENTS_RESTART_DELAY (seconds, default 1), CITYEVENTS_RESTART_MAX_DELAY (30),
+# CITYEVENTS_STOP_TIMEOUT (seconds per service, default 40: above Keel's 30 s shutdown.timeout).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,9 +38,18 @@ PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}
 SERVICES=(auth events joins notifier gateway)
+RESTART_DELAY=${CITYEVENTS_RESTART_DELAY:-1}
+RESTART_MAX_DELAY=${CITYEVENTS_RESTART_MAX_DELAY:-30}
+STOP_TIMEOUT=${CITYEVENTS_STOP_TIMEOUT:-40}
 
 log() { printf '%s run-distributed: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+for setting in RESTART_DELAY RESTART_MAX_DELAY STOP_TIMEOUT; do
+  [[ "${!setting}" =~ ^[0-9]+$ && "${!setting}" -gt 0 ]] ||
+    die "CITYEVENTS_$setting must be a whole number of seconds, at least 1 (got '${!setting}')"
+done
+(( RESTART_MAX_DELAY >= RESTART_DELAY )) || die "CITYEVENTS_RESTART_MAX_DELAY is less than CITYEVENTS_RESTART_DELAY"
 
 if [[ -z "${CITYEVENTS_BIN:-}" ]]; then
   log "building cityevents (release)"
@@ -59,8 +77,8 @@ if [[ ! -f "$STATE/jwt-private.pem" ]]; then
   log "creating secrets in $STATE"
   openssl genpkey -algorithm ed25519 -out "$STATE/jwt-private.pem" 2>/dev/null
   openssl pkey -in "$STATE/jwt-private.pem" -pubout -out "$STATE/jwt-public.pem" 2>/dev/null
-  KEEL_ENV=test "$CITYEVENTS_BIN" auth keys generate >"$STATE/master.key"
-  KEEL_ENV=test "$CITYEVENTS_BIN" auth keys generate >"$STATE/blind-index.key"
+  KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/master.key"
+  KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/blind-index.key"
   KEEL_ENV=test CITYEVENTS_AUTH__SECURITY__ENCRYPTION__MASTER_KEY_FILE="$STATE/master.key" \
     "$CITYEVENTS_BIN" auth keys new k1 | sed -e 's/^k1: //' >"$STATE/data-key"
 fi
@@ -109,29 +127,115 @@ for svc in auth events joins notifier; do
   "$CITYEVENTS_BIN" "$svc" --config "deploy/config/$svc.yaml" migrate
 done
 
-# --- 5. start, gateway last
-declare -A PIDS
-stop() {
-  local code=${1:-0}
-  trap - INT TERM
-  log "stopping"
-  for svc in gateway notifier joins events auth; do
-    if [[ -n "${PIDS[$svc]:-}" ]]; then
-      kill -TERM "${PIDS[$svc]}" 2>/dev/null || true
-      wait "${PIDS[$svc]}" 2>/dev/null || true
+# --- 5. start, gateway last; 6. restart what exits; 7. stop in order
+# Microseconds since the epoch (EPOCHREALTIME without its decimal separator, whatever the locale).
+now_us() { local t=${EPOCHREALTIME//[!0-9]/}; echo "$((10#$t))"; }
+secs_since() { local us=$(($(now_us) - $1)); printf '%d.%01d' $((us / 1000000)) $((us % 1000000 / 100000)); }
+
+# How a wait status reads: `0`, `1`, `143 (SIGTERM)`.
+describe_status() {
+  local status=$1 name
+  if ((status > 128)) && name=$(kill -l $((status - 128)) 2>/dev/null); then
+    echo "$status (SIG$name)"
+  else
+    echo "$status"
+  fi
+}
+
+# One service, kept running until this supervisor gets SIGTERM; then it stops the service:
+# SIGTERM, SIGKILL after STOP_TIMEOUT.
+supervise() {
+  local svc=$1 delay=$RESTART_DELAY restarts=0 child="" stopping=false started status sleeper
+  trap 'stopping=true; if [[ -n "$child" ]]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+  while true; do
+    started=$(now_us)
+    # exec keeps the PID the service's own, so the TERM above reaches it; output is prefixed.
+    ( exec "$CITYEVENTS_BIN" serve "$svc" --config "deploy/config/$svc.yaml" ) > >(sed -u "s/^/[$svc] /") 2>&1 &
+    child=$!
+    if $stopping; then kill -TERM "$child" 2>/dev/null || true; fi
+    status=0
+    wait "$child" || status=$?
+    if $stopping; then
+      stop_child "$svc" "$child" "$status"
+      exit 0
     fi
+    child=""
+    restarts=$((restarts + 1))
+    local ran
+    ran=$(secs_since "$started")
+    if (((($(now_us) - started) / 1000000) >= RESTART_MAX_DELAY)); then
+      delay=$RESTART_DELAY
+    fi
+    log "$svc exited with status $(describe_status "$status") after ${ran}s; restarting it in ${delay}s (restart $restarts)"
+    sleep "$delay" &
+    sleeper=$!
+    wait "$sleeper" || true
+    if $stopping; then
+      kill "$sleeper" 2>/dev/null || true
+      log "$svc stopped (it was waiting to restart)"
+      exit 0
+    fi
+    delay=$((delay * 2 > RESTART_MAX_DELAY ? RESTART_MAX_DELAY : delay * 2))
   done
-  log "stopped"
+}
+
+# Waits for the service the supervisor has sent SIGTERM to; SIGKILL after STOP_TIMEOUT.
+stop_child() {
+  local svc=$1 pid=$2 status=$3 since watchdog sleeper
+  since=$(now_us)
+  (
+    sleep "$STOP_TIMEOUT" &
+    sleeper=$!
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    wait "$sleeper"
+    log "$svc did not stop within ${STOP_TIMEOUT}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  ) &
+  watchdog=$!
+  # `wait` also returns when a signal interrupts it: wait again while the service runs.
+  while kill -0 "$pid" 2>/dev/null; do
+    status=0
+    wait "$pid" || status=$?
+  done
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+  log "$svc stopped with status $(describe_status "$status") in $(secs_since "$since")s"
+}
+
+declare -A PIDS
+# Sends SIGTERM to these services' supervisors at once and waits for all of them.
+stop_services() {
+  local svc
+  for svc in "$@"; do
+    if [[ -n "${PIDS[$svc]:-}" ]]; then kill -TERM "${PIDS[$svc]}" 2>/dev/null || true; fi
+  done
+  for svc in "$@"; do
+    [[ -n "${PIDS[$svc]:-}" ]] && { wait "${PIDS[$svc]}" 2>/dev/null || true; }
+  done
+}
+
+stop() {
+  local code=${1:-0} since
+  trap - INT TERM
+  since=$(now_us)
+  log "stopping: the gateway first"
+  stop_services gateway
+  log "stopping: auth, events, joins and notifier together"
+  stop_services auth events joins notifier
+  log "stopped in $(secs_since "$since")s"
   exit "$code"
 }
 trap stop INT TERM
 
+# Job control: each supervisor (and its service) runs in a process group of its own, so a Ctrl-C
+# in the terminal reaches only this script, which then stops them in order.
+set -m
 for svc in "${SERVICES[@]}"; do
   log "starting $svc"
-  # exec keeps the PID the service's own, so the TERM above reaches it; output is prefixed.
-  ( exec "$CITYEVENTS_BIN" serve "$svc" --config "deploy/config/$svc.yaml" ) > >(sed -u "s/^/[$svc] /") 2>&1 &
+  supervise "$svc" &
   PIDS[$svc]=$!
 done
+set +m
 
 gateway_port=${CITYEVENTS_GATEWAY_PORT:-8080}
 ready=false
@@ -142,15 +246,12 @@ for _ in $(seq 1 120); do
     ready=true
     break
   fi
-  for svc in "${SERVICES[@]}"; do
-    kill -0 "${PIDS[$svc]}" 2>/dev/null || { log "$svc exited during start-up"; stop 1; }
-  done
   sleep 0.5
 done
 
 $ready || { log "the gateway did not become ready within 60s"; stop 1; }
 
-# Any service exiting stops the rest.
+# The supervisors run until told to stop; one that ends otherwise is a bug: stop everything.
 wait -n "${PIDS[@]}" || true
-log "a service exited"
+log "a supervisor exited unexpectedly"
 stop 1

@@ -161,7 +161,7 @@ async fn three_instances_sharing_redis_never_exceed_the_limit() {
     assert!(times.len() >= 40, "the limit is reached again in later windows: {}", times.len());
 }
 
-async fn redis_fixture(proxy: &FaultProxy, keys: &TestRedis, on_error: &str, fallback: bool) -> Fixture {
+async fn redis_fixture(proxy: &FaultProxy, keys: &TestRedis, on_error: &str) -> Fixture {
     let url = format!("redis://{}", proxy.host_port());
     let f = Fixture::start(&env(&[
         ("FIXTURE__APP__REDIS", "true"),
@@ -175,7 +175,6 @@ async fn redis_fixture(proxy: &FaultProxy, keys: &TestRedis, on_error: &str, fal
         ("FIXTURE__RATE_LIMITS__API__LIMIT", "3"),
         ("FIXTURE__RATE_LIMITS__API__BACKEND", "redis"),
         ("FIXTURE__RATE_LIMITS__API__ON_BACKEND_ERROR", on_error),
-        ("FIXTURE__RATE_LIMITS__API__LOCAL_FALLBACK", if fallback { "true" } else { "false" }),
     ]))
     .await;
     eventually("redis up", || async {
@@ -187,13 +186,14 @@ async fn redis_fixture(proxy: &FaultProxy, keys: &TestRedis, on_error: &str, fal
     f
 }
 
-async fn redis_outage(on_error: &str, fallback: bool) {
+async fn redis_outage(on_error: &str) {
+    let fallback = on_error == "fallback_local";
     if !require("Redis", &redis_url()) {
         return;
     }
     let keys = TestRedis::new(&redis_url());
     let proxy = FaultProxy::start(host_port(&redis_url()).unwrap(), Mode::Forward).await.unwrap();
-    let f = redis_fixture(&proxy, &keys, on_error, fallback).await;
+    let f = redis_fixture(&proxy, &keys, on_error).await;
     // Shared limiting works: 3 allowed, the 4th limited.
     for _ in 0..3 {
         assert_eq!(hit(&f, None).await.status(), 200);
@@ -218,30 +218,38 @@ async fn redis_outage(on_error: &str, fallback: bool) {
     if !fallback {
         assert!(m.contains("rate_limit_decisions_total{decision=\"error\",policy=\"api\"} 5"), "{m}");
     }
-    if on_error == "fail_closed" && !fallback {
+    let active = if fallback { "local" } else { "none" };
+    assert!(m.contains(&format!("rate_limit_backend_active{{backend=\"{active}\",policy=\"api\"}} 1")), "{m}");
+    assert!(m.contains("rate_limit_backend_active{backend=\"redis\",policy=\"api\"} 0"), "{m}");
+    if on_error == "fail_closed" {
         let resp = hit(&f, None).await;
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "SERVICE_DEGRADED");
     }
     // Redis back: shared limiting resumes (the key's earlier hits still count).
     proxy.restore();
-    eventually("limiting resumes", || async { hit(&f, None).await.status() == 429 }).await;
+    // (With the fallback, its exhausted local limiter answers 429 too: Redis must be in force.)
+    let redis_active =
+        || f.running().metrics().render().contains("rate_limit_backend_active{backend=\"redis\",policy=\"api\"} 1");
+    eventually("limiting resumes", || async { hit(&f, None).await.status() == 429 && redis_active() }).await;
+    let m = f.running().metrics().render();
+    assert!(m.contains(&format!("rate_limit_backend_active{{backend=\"{active}\",policy=\"api\"}} 0")), "{m}");
     f.stop().await;
 }
 
 #[tokio::test]
 async fn redis_outage_fail_closed_refuses_with_503() {
-    redis_outage("fail_closed", false).await;
+    redis_outage("fail_closed").await;
 }
 
 #[tokio::test]
 async fn redis_outage_fail_open_lets_requests_through() {
-    redis_outage("fail_open", false).await;
+    redis_outage("fail_open").await;
 }
 
 #[tokio::test]
 async fn redis_outage_with_local_fallback_still_limits() {
-    redis_outage("fail_closed", true).await;
+    redis_outage("fallback_local").await;
 }
 
 #[test]

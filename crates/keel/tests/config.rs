@@ -314,4 +314,125 @@ fn outbox_batch_size_is_bounded() {
             (r, _) => panic!("outbox.batch_size {value}: {:?}", r.err()),
         }
     }
+
+fn rate_limit_rules_report_every_problem() {
+    let f = yaml(
+        "rate_limits:
+  api:
+    backend: redis
+    on_backend_error: fail_closed
+    rules:
+      reads:
+        methods: [GET, GTE]
+        paths: [\"/api/v1/**\", \"api/v1/events\", \"/api/v1/ev*\"]
+        on_backend_error: fallback_local
+      everything: {}
+      also_reads:
+        methods: [get]
+        paths: [\"/api/v1/events/{id}\"]
+        burst: 3
+        limit: 0
+  small:
+    backend: local
+    on_backend_error: fallback_local
+",
+    );
+    let e = load(Profile::Test, Some(&f), &[]).unwrap_err();
+    let text = e.to_string();
+    for (path, says) in [
+        ("rate_limits.api.rules.reads.methods[1]", "`GTE` is not an HTTP method"),
+        ("rate_limits.api.rules.reads.paths[1]", "must start with /"),
+        ("rate_limits.api.rules.reads.paths[2]", "whole segments"),
+        ("rate_limits.api.rules.everything", "matches every request"),
+        ("rate_limits.api.rules.also_reads.limit", "at least 1"),
+        ("rate_limits.api.rules.also_reads.burst", "local backend only"),
+        ("rate_limits.small.on_backend_error", "needs backend: redis"),
+    ] {
+        let p = problem(&e, path);
+        assert!(p.message.contains(says), "{path}: {} ({text})", p.message);
+        assert_eq!(p.kind, ProblemKind::Invalid, "{path}");
+    }
+
+    // Overlapping rules: the second (by name) names the first.
+    let f = yaml(
+        "rate_limits:
+  api:
+    backend: redis
+    rules:
+      a_reads: { methods: [GET], paths: [\"/api/**\"] }
+      b_event: { paths: [\"/api/v1/events/{id}\"], on_backend_error: fail_closed }
+      c_writes: { methods: [POST], paths: [\"/api/v1/auth/login\"], limit: 5 }
+",
+    );
+    let e = load(Profile::Test, Some(&f), &[]).unwrap_err();
+    assert!(problem(&e, "rate_limits.api.rules.b_event").message.contains("overlaps rule `a_reads`"), "{e}");
+    assert!(
+        e.problems.iter().all(|p| p.path != "rate_limits.api.rules.c_writes"),
+        "POST /api/v1/auth/login overlaps neither: {e}"
+    );
+    let b = e.problems.iter().find(|p| p.path == "rate_limits.api.rules.b_event").unwrap();
+    assert!(b.message.contains("overlaps rule `a_reads`") && !b.message.contains("c_writes"), "{e}");
+}
+
+#[test]
+fn rate_limit_unknown_mode_is_a_type_error_naming_the_choices() {
+    let e = load(
+        Profile::Test,
+        None,
+        &[
+            ("SVC__RATE_LIMITS__API__BACKEND", "redis"),
+            ("SVC__RATE_LIMITS__API__RULES__READS__METHODS", "GET,HEAD"),
+            ("SVC__RATE_LIMITS__API__RULES__READS__ON_BACKEND_ERROR", "fallback"),
+        ],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("rate_limits.api"), "{text}");
+    assert!(text.contains("`fallback`") && text.contains("fallback_local"), "{text}");
+}
+
+#[test]
+fn rate_limit_rules_from_env_and_production_refuses_failing_open_on_writes() {
+    let env = [
+        ("SVC__RATE_LIMITS__API__BACKEND", "redis"),
+        ("SVC__RATE_LIMITS__API__KEY", "user"),
+        ("SVC__RATE_LIMITS__API__ON_BACKEND_ERROR", "fail_closed"),
+        ("SVC__RATE_LIMITS__API__RULES__READS__METHODS", "GET,HEAD"),
+        ("SVC__RATE_LIMITS__API__RULES__READS__PATHS", "/api/v1/**"),
+        ("SVC__RATE_LIMITS__API__RULES__READS__ON_BACKEND_ERROR", "fallback_local"),
+        ("SVC__RATE_LIMITS__API__RULES__LOGIN__METHODS", "POST"),
+        ("SVC__RATE_LIMITS__API__RULES__LOGIN__PATHS", "/api/v1/auth/login"),
+        ("SVC__RATE_LIMITS__API__RULES__LOGIN__LIMIT", "10"),
+        ("SVC__RATE_LIMITS__API__RULES__LOGIN__WINDOW", "5m"),
+    ];
+    let mut prod: Vec<(&str, &str)> = PROD_OK.to_vec();
+    prod.extend(env);
+    let loaded = load(Profile::Production, None, &prod).unwrap();
+    let api = &loaded.config.keel.rate_limits["api"];
+    let reads = &api.rules["reads"];
+    assert_eq!(reads.methods, ["GET", "HEAD"]);
+    assert_eq!(reads.on_backend_error, Some(keel::resilience::rate_limit::OnBackendError::FallbackLocal));
+    assert!(!reads.counts_separately(), "only the failure mode changes: one budget with the policy");
+    let login = &api.rules["login"];
+    assert_eq!((login.limit, login.window), (Some(10), Some(Duration::from_secs(300))));
+    assert!(login.counts_separately());
+    let specs = api.limiter_specs("api", keel::resilience::rate_limit::OnBackendError::FailClosed).unwrap();
+    let names: Vec<(&str, &str)> = specs.iter().map(|s| (s.name.as_str(), s.counter.as_str())).collect();
+    assert_eq!(names, [("api", "api"), ("api.login", "api.login"), ("api.reads", "api")]);
+
+    // Failing open: refused in production where writes are covered, allowed for reads only.
+    let mut open = prod.clone();
+    open.push(("SVC__RATE_LIMITS__API__RULES__LOGIN__ON_BACKEND_ERROR", "fail_open"));
+    open.push(("SVC__RATE_LIMITS__API__RULES__READS__ON_BACKEND_ERROR", "fail_open"));
+    let e = load(Profile::Production, None, &open).unwrap_err();
+    let p = problem(&e, "rate_limits.api.rules.login.on_backend_error");
+    assert_eq!(p.kind, ProblemKind::Production);
+    assert!(p.message.contains("writes through unlimited"), "{e}");
+    assert!(e.problems.iter().all(|p| p.path != "rate_limits.api.rules.reads.on_backend_error"), "{e}");
+    let mut open_policy = prod.clone();
+    open_policy.push(("SVC__RATE_LIMITS__API__ON_BACKEND_ERROR", "fail_open"));
+    let e = load(Profile::Production, None, &open_policy).unwrap_err();
+    assert_eq!(problem(&e, "rate_limits.api.on_backend_error").kind, ProblemKind::Production);
+    let dev: Vec<(&str, &str)> = open.iter().copied().filter(|(k, _)| k.starts_with("SVC__RATE")).collect();
+    load(Profile::Development, None, &dev).expect("failing open is allowed outside production");
 }

@@ -13,7 +13,9 @@
 //!   reaches a service.
 //! * **Rate limit** — Keel's limiter with the policy `rate_limits.api`, counted per user (the
 //!   token's `sub`, with `key: [user]`) or else per client IP; 429 problem with `Retry-After` and
-//!   `RateLimit-*`. `backend: redis` shares the counts between instances.
+//!   `RateLimit-*`. `backend: redis` shares the counts between instances; the policy's `rules`
+//!   give routes their own failure mode or limit (the shipped config serves reads with an
+//!   in-process limiter while Redis is down and refuses writes and sign-in).
 //! * **`GET /api/v1/events/{id}/view`** — the event, the caller's participation and the seat
 //!   counts fetched in parallel; the event's error is the answer, a failing non-critical part is
 //!   `{"unavailable": true}`.

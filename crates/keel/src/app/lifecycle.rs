@@ -318,7 +318,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         started,
         health: health.clone(),
         breakers,
-        limiters: limiters.values().map(|l| l.limiter().clone()).collect(),
+        limiters: limiters.values().flat_map(|l| l.limiters().cloned()).collect(),
         workers: workers.clone(),
         flags: flags.clone(),
         reloads,

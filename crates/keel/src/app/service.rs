@@ -456,20 +456,32 @@ impl<C: Section> Setup<C> {
         } else {
             OnBackendError::FailOpen
         });
-        let limiter = match policy.backend {
-            BackendKind::Local => RateLimiter::local(name, policy, on_error, metrics),
-            #[cfg(feature = "redis")]
-            BackendKind::Redis => {
-                let redis = self.redis.clone().ok_or_else(|| {
-                    format!("rate_limits.{name} uses the redis backend: call Setup::redis() before Setup::rate_limit()")
-                })?;
-                RateLimiter::redis(name, policy, on_error, redis, metrics)
-            }
-            #[cfg(not(feature = "redis"))]
-            BackendKind::Redis => return Err(format!("rate_limits.{name}: this build has no redis support").into()),
-        };
-        let layer = crate::resilience::rate_limit::RateLimitLayer::new(
-            std::sync::Arc::new(limiter),
+        let mut built = Vec::new();
+        for spec in policy.limiter_specs(name, on_error)? {
+            let limiter = match spec.policy.backend {
+                BackendKind::Local => RateLimiter::local(&spec.name, spec.policy, spec.on_error, metrics),
+                #[cfg(feature = "redis")]
+                BackendKind::Redis => {
+                    let redis = self.redis.clone().ok_or_else(|| {
+                        format!(
+                            "rate_limits.{name} uses the redis backend: call Setup::redis() before Setup::rate_limit()"
+                        )
+                    })?;
+                    RateLimiter::redis_sharing(&spec.name, &spec.counter, spec.policy, spec.on_error, redis, metrics)
+                }
+                #[cfg(not(feature = "redis"))]
+                BackendKind::Redis => {
+                    return Err(format!("rate_limits.{name}: this build has no redis support").into());
+                }
+            };
+            built.push((spec.route, std::sync::Arc::new(limiter)));
+        }
+        let mut built = built.into_iter();
+        let (_, own) = built.next().ok_or_else(|| format!("rate_limits.{name}: no limiter was built"))?;
+        let rules = built.filter_map(|(route, l)| route.map(|r| (r, l))).collect();
+        let layer = crate::resilience::rate_limit::RateLimitLayer::with_rules(
+            own,
+            rules,
             &self.config.keel.http.trusted_proxies,
         );
         self.limiters.insert(name.to_owned(), layer.clone());

@@ -72,6 +72,10 @@ struct RateLimitInfo {
     name: String,
     /// The effective failure mode (the policy's, else the profile's default).
     on_backend_error: crate::resilience::rate_limit::OnBackendError,
+    /// What decides now: `backend`, `local_fallback` or `failure_mode`.
+    in_force: crate::resilience::rate_limit::InForce,
+    /// The backend deciding now: `redis`, `local`, or `none` (the failure mode).
+    active_backend: &'static str,
     policy: RateLimitPolicy,
 }
 
@@ -105,6 +109,8 @@ impl Sources {
                 .map(|l| RateLimitInfo {
                     name: l.name().to_owned(),
                     on_backend_error: l.on_backend_error(),
+                    in_force: l.in_force(),
+                    active_backend: l.active_backend(),
                     policy: l.policy().clone(),
                 })
                 .collect(),
@@ -157,6 +163,16 @@ fn status_badge(s: Status) -> String {
         Status::Down => "down",
     };
     badge(t, t)
+}
+
+/// A limiter's decider now: its backend (up), the local fallback or the failure mode (degraded).
+fn in_force_badge(now: crate::resilience::rate_limit::InForce, backend: &str) -> String {
+    use crate::resilience::rate_limit::InForce;
+    match now {
+        InForce::Backend => badge("up", backend),
+        InForce::LocalFallback => badge("degraded", "local fallback"),
+        InForce::FailureMode => badge("down", "failure mode"),
+    }
 }
 
 fn opt(v: Option<&str>) -> String {
@@ -296,7 +312,7 @@ pub(crate) fn render_html(doc: &StatusDoc) -> String {
 
     o.push_str(
         "<section id=\"rate-limits\"><h2>Rate limits</h2><table><thead><tr><th>policy</th><th>backend</th><th>limit</th>\
-         <th>window</th><th>key</th><th>on backend error</th><th>local fallback</th></tr></thead><tbody>",
+         <th>window</th><th>key</th><th>on backend error</th><th>in force</th></tr></thead><tbody>",
     );
     if doc.rate_limits.is_empty() {
         empty_row(&mut o, 7, "no rate-limit policies in use");
@@ -312,14 +328,14 @@ pub(crate) fn render_html(doc: &StatusDoc) -> String {
             .unwrap_or_default();
         let _ = write!(
             o,
-            "<tr class=\"rate-limit\"><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"rate-limit\"><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"in-force\">{}</td></tr>",
             escape(&r.name),
             escape(&backend),
             p.limit,
             escape(&humantime::format_duration(p.window).to_string()),
             escape(&key),
             escape(&on_error),
-            if p.local_fallback { "yes" } else { "no" },
+            in_force_badge(r.in_force, r.active_backend),
         );
     }
     o.push_str("</tbody></table></section>");

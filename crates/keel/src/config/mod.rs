@@ -701,11 +701,12 @@ fn validate_keel(
         for (field, message) in policy.problems() {
             v.invalid(&format!("rate_limits.{name}.{field}"), message);
         }
-        if policy.burst.is_some() && policy.backend == crate::resilience::rate_limit::BackendKind::Redis {
-            v.invalid(
-                &format!("rate_limits.{name}.burst"),
-                "applies to the local backend only; the Redis sliding window allows `limit` per window",
-            );
+        if prod {
+            for (field, message) in
+                policy.production_problems(crate::resilience::rate_limit::OnBackendError::FailClosed)
+            {
+                v.production(&format!("rate_limits.{name}.{field}"), message);
+            }
         }
     }
     for (name, u) in &k.upstreams {

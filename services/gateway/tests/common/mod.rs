@@ -172,6 +172,11 @@ impl Gateway {
         Self::try_start(env(&ups, extra)).await.expect("starts")
     }
 
+    /// A gateway started by the test itself (from its own configuration).
+    pub fn from_service(app: TestService) -> Self {
+        Self { app }
+    }
+
     pub async fn stop(self) {
         self.app.stop().await;
     }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use tower::{Layer, Service};
 
-use super::{Decision, KeyPart, RateLimiter, Verdict};
+use super::{Decision, KeyPart, RateLimiter, RouteMatch, Verdict};
 use crate::http::Problem;
 use crate::http::client_ip::{IpNet, client_ip};
 
@@ -20,23 +20,45 @@ static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// Applies a [`RateLimiter`]. Put it on a router (`Router::layer`) or a route
-/// (`MethodRouter::route_layer`); build it with `Setup::rate_limit("<policy>")`.
+/// Applies a policy's [`RateLimiter`]s: the one of the rule a request matches, else the
+/// policy's own. Put it on a router (`Router::layer`) or a route (`MethodRouter::route_layer`);
+/// build it with `Setup::rate_limit("<policy>")`.
 #[derive(Clone, Debug)]
 pub struct RateLimitLayer {
     limiter: Arc<RateLimiter>,
+    rules: Arc<[(RouteMatch, Arc<RateLimiter>)]>,
     trusted: Arc<[IpNet]>,
 }
 
 impl RateLimitLayer {
     /// A layer for `limiter`; `trusted_proxies` may tell the client IP (see `http::client_ip`).
     pub fn new(limiter: Arc<RateLimiter>, trusted_proxies: &[IpNet]) -> Self {
-        Self { limiter, trusted: trusted_proxies.into() }
+        Self::with_rules(limiter, Vec::new(), trusted_proxies)
     }
 
-    /// The limiter it applies.
+    /// A layer deciding with the limiter of the first of `rules` a request matches, else with
+    /// `limiter`.
+    pub fn with_rules(
+        limiter: Arc<RateLimiter>,
+        rules: Vec<(RouteMatch, Arc<RateLimiter>)>,
+        trusted_proxies: &[IpNet],
+    ) -> Self {
+        Self { limiter, rules: rules.into(), trusted: trusted_proxies.into() }
+    }
+
+    /// The policy's own limiter (for requests no rule matches).
     pub fn limiter(&self) -> &Arc<RateLimiter> {
         &self.limiter
+    }
+
+    /// Every limiter: the policy's own, then the rules'.
+    pub fn limiters(&self) -> impl Iterator<Item = &Arc<RateLimiter>> {
+        std::iter::once(&self.limiter).chain(self.rules.iter().map(|(_, l)| l))
+    }
+
+    /// The limiter deciding a request with `method` and `path`.
+    pub fn limiter_for(&self, method: &http::Method, path: &str) -> &Arc<RateLimiter> {
+        self.rules.iter().find(|(m, _)| m.matches(method, path)).map_or(&self.limiter, |(_, l)| l)
     }
 }
 
@@ -131,8 +153,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let k = key(&req, &layer.limiter.policy.key, &layer.trusted);
-            match layer.limiter.check(&k).await {
+            let limiter = layer.limiter_for(req.method(), req.uri().path());
+            let k = key(&req, &limiter.policy.key, &layer.trusted);
+            match limiter.check(&k).await {
                 Verdict::Decided(d) if d.allowed => {
                     let mut resp = inner.call(req).await?;
                     put_headers(&mut resp, &d);
@@ -140,7 +163,7 @@ where
                 }
                 Verdict::Decided(d) => {
                     let mut resp = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
-                        .detail(format!("the {} rate limit is reached; retry after the given time", layer.limiter.name))
+                        .detail(format!("the {} rate limit is reached; retry after the given time", limiter.name))
                         .code("RATE_LIMITED")
                         .retry_after(secs_ceil(d.retry_after).max(1))
                         .into_response();

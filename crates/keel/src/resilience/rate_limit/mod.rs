@@ -1,5 +1,5 @@
 //! Rate limiting: named policies, an in-process (GCRA) or a shared Redis (sliding window)
-//! backend, and a tower layer keyed by client IP, user, route and/or a header.
+//! backend, per-route rules, and a tower layer keyed by client IP, user, route and/or a header.
 //!
 //! ```yaml
 //! http:
@@ -10,32 +10,45 @@
 //!     window: 1m
 //!     key: [ip]             # ip | user | route | header:<name>, combined
 //!     backend: redis        # local (per instance, GCRA) | redis (shared, sliding window)
-//!     on_backend_error: fail_closed   # production default; fail_open elsewhere
-//!     local_fallback: true  # when Redis fails, decide with an in-process limiter instead
+//!     on_backend_error: fail_closed   # fail_open | fail_closed | fallback_local
+//!     rules:                # requests matching a rule get its settings instead
+//!       reads:
+//!         methods: [GET, HEAD]
+//!         paths: ["/api/**"]
+//!         on_backend_error: fallback_local   # Redis down: an in-process limiter decides
 //! ```
 //!
 //! Every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
 //! (seconds); a refused request gets a 429 problem (`RATE_LIMITED`) with `Retry-After`. When
-//! the backend fails, `fail_closed` answers 503 `SERVICE_DEGRADED` and `fail_open` lets the
-//! request through; both are counted. Metrics:
+//! the backend fails, `fail_closed` answers 503 `SERVICE_DEGRADED`, `fail_open` lets the
+//! request through and `fallback_local` decides with an in-process limiter of the same limit;
+//! all are counted. A rule that sets none of `limit`, `window`, `burst` or `key` counts with its
+//! policy (one budget); one that does counts on its own. Rules may not overlap, so a request
+//! matches at most one. Metrics:
 //! `rate_limit_decisions_total{policy,decision="allowed|limited|error"}` (one per request; `error`
 //! when the failure mode decided), `rate_limit_backend_errors_total{policy}`,
-//! `rate_limit_backend_duration_seconds{policy}`.
+//! `rate_limit_backend_duration_seconds{policy}` and
+//! `rate_limit_backend_active{policy,backend="redis|local|none"}` (1 for what decides now;
+//! `none`: the failure mode). A rule's `policy` label is `<policy>.<rule>`.
 
 mod layer;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+mod route;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use layer::{RateLimit, RateLimitLayer};
 pub use local::LocalLimiter;
 #[cfg(feature = "redis")]
 pub use redis::RedisLimiter;
+pub use route::{PathPattern, RouteMatch};
 
 use crate::telemetry::Metrics;
 
@@ -56,9 +69,8 @@ pub struct RateLimitPolicy {
     pub backend: BackendKind,
     /// What to do when the backend fails. Default `fail_closed` in production, else `fail_open`.
     pub on_backend_error: Option<OnBackendError>,
-    /// When the backend fails, decide with an in-process limiter of the same policy instead.
-    /// Default `false`.
-    pub local_fallback: bool,
+    /// Per-route rules by name: a request matching one gets its settings. Default none.
+    pub rules: BTreeMap<String, RateLimitRule>,
 }
 
 impl Default for RateLimitPolicy {
@@ -70,31 +82,221 @@ impl Default for RateLimitPolicy {
             key: vec![KeyPart::Ip],
             backend: BackendKind::Local,
             on_backend_error: None,
-            local_fallback: false,
+            rules: BTreeMap::new(),
         }
+    }
+}
+
+/// `rate_limits.<name>.rules.<rule>.*`: settings for the requests a rule matches; what it leaves
+/// unset is the policy's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitRule {
+    /// Methods it applies to (`GET`, `POST`, …). Empty: any method.
+    pub methods: Vec<String>,
+    /// Path patterns it applies to (`/api/v1/events/{id}`, `/api/v1/**`). Empty: any path.
+    pub paths: Vec<String>,
+    /// Requests allowed per window (then it counts on its own).
+    pub limit: Option<u32>,
+    /// The window (then it counts on its own).
+    #[serde(with = "opt_duration")]
+    pub window: Option<Duration>,
+    /// Local backend only: the GCRA burst (then it counts on its own).
+    pub burst: Option<u32>,
+    /// What requests are counted by (then it counts on its own).
+    pub key: Option<Vec<KeyPart>>,
+    /// What to do when the backend fails.
+    pub on_backend_error: Option<OnBackendError>,
+}
+
+impl RateLimitRule {
+    /// Whether it counts on its own rather than with its policy.
+    pub fn counts_separately(&self) -> bool {
+        self.limit.is_some() || self.window.is_some() || self.burst.is_some() || self.key.is_some()
+    }
+
+    /// The policy this rule makes of `base` (without rules).
+    pub fn apply(&self, base: &RateLimitPolicy) -> RateLimitPolicy {
+        RateLimitPolicy {
+            limit: self.limit.unwrap_or(base.limit),
+            window: self.window.unwrap_or(base.window),
+            burst: if self.counts_separately() { self.burst } else { base.burst },
+            key: self.key.clone().unwrap_or_else(|| base.key.clone()),
+            backend: base.backend,
+            on_backend_error: self.on_backend_error.or(base.on_backend_error),
+            rules: BTreeMap::new(),
+        }
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => crate::config::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "crate::config::duration")] Duration);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+fn limit_problems(
+    p: &mut Vec<(String, String)>,
+    at: &str,
+    limit: Option<u32>,
+    window: Option<Duration>,
+    burst: Option<u32>,
+    key: Option<&[KeyPart]>,
+    backend: BackendKind,
+) {
+    if limit == Some(0) {
+        p.push((format!("{at}limit"), "must be at least 1".into()));
+    }
+    if window.is_some_and(|w| w.is_zero()) {
+        p.push((format!("{at}window"), "must be more than 0s".into()));
+    }
+    if burst == Some(0) {
+        p.push((format!("{at}burst"), "must be at least 1".into()));
+    }
+    if burst.is_some() && backend == BackendKind::Redis {
+        p.push((
+            format!("{at}burst"),
+            "applies to the local backend only; the Redis sliding window allows `limit` per window".into(),
+        ));
+    }
+    if key.is_some_and(<[KeyPart]>::is_empty) {
+        p.push((format!("{at}key"), "needs at least one part (ip, user, route, header:<name>)".into()));
     }
 }
 
 impl RateLimitPolicy {
-    /// Problems with the values, as `(field, message)`.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Problems with the values, as `(field, message)`: every one, rules included.
+    pub fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
-        if self.limit == 0 {
-            p.push(("limit", "must be at least 1".into()));
+        limit_problems(&mut p, "", Some(self.limit), Some(self.window), self.burst, Some(&self.key), self.backend);
+        let local_fallback = |mode: Option<OnBackendError>| {
+            mode == Some(OnBackendError::FallbackLocal) && self.backend == BackendKind::Local
+        };
+        if local_fallback(self.on_backend_error) {
+            p.push((
+                "on_backend_error".into(),
+                "fallback_local needs backend: redis (the local backend cannot fail)".into(),
+            ));
         }
-        if self.window.is_zero() {
-            p.push(("window", "must be more than 0s".into()));
+        let mut parsed: Vec<(&str, RouteMatch)> = Vec::new();
+        for (name, rule) in &self.rules {
+            let at = format!("rules.{name}.");
+            if name.trim().is_empty() || name.contains(['.', ' ']) {
+                p.push((format!("rules.{name}"), "a rule name is a word without dots or spaces".into()));
+            }
+            if rule.methods.is_empty() && rule.paths.is_empty() {
+                p.push((
+                    format!("rules.{name}"),
+                    "matches every request: give `methods`, `paths` or both (or change the policy itself)".into(),
+                ));
+            }
+            limit_problems(&mut p, &at, rule.limit, rule.window, rule.burst, rule.key.as_deref(), self.backend);
+            if local_fallback(rule.on_backend_error) {
+                p.push((
+                    format!("{at}on_backend_error"),
+                    "fallback_local needs backend: redis (the local backend cannot fail)".into(),
+                ));
+            }
+            match RouteMatch::parse(&rule.methods, &rule.paths) {
+                Ok(m) => parsed.push((name.as_str(), m)),
+                Err(problems) => p.extend(problems.into_iter().map(|(f, m)| (format!("{at}{f}"), m))),
+            }
         }
-        if self.burst == Some(0) {
-            p.push(("burst", "must be at least 1".into()));
-        }
-        if self.key.is_empty() {
-            p.push(("key", "needs at least one part (ip, user, route, header:<name>)".into()));
+        for (i, (a, ma)) in parsed.iter().enumerate() {
+            for (b, mb) in &parsed[i + 1..] {
+                if ma.overlaps(mb) {
+                    p.push((
+                        format!("rules.{b}"),
+                        format!(
+                            "overlaps rule `{a}`: some request matches both; rules must be disjoint (methods or paths)"
+                        ),
+                    ));
+                }
+            }
         }
         p
     }
+
+    /// Problems production refuses, with `default_mode` the profile's failure mode: a Redis
+    /// policy or rule that fails open while covering writes (they would go unlimited during an
+    /// outage).
+    pub fn production_problems(&self, default_mode: OnBackendError) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if self.backend != BackendKind::Redis {
+            return p;
+        }
+        let why = "lets writes through unlimited while Redis is down: use fail_closed, fallback_local, \
+                   or a rule failing open for safe methods (GET, HEAD) only";
+        if self.on_backend_error.unwrap_or(default_mode) == OnBackendError::FailOpen {
+            p.push(("on_backend_error".into(), why.into()));
+        }
+        for (name, rule) in &self.rules {
+            let safe = RouteMatch::parse(&rule.methods, &rule.paths).is_ok_and(|m| m.only_safe_methods());
+            if rule.on_backend_error == Some(OnBackendError::FailOpen) && !safe {
+                p.push((format!("rules.{name}.on_backend_error"), why.into()));
+            }
+        }
+        p
+    }
+
+    /// The limiters this policy needs: its own, then one per rule (named `<policy>.<rule>`).
+    pub fn limiter_specs(&self, name: &str, default_mode: OnBackendError) -> Result<Vec<LimiterSpec>, String> {
+        let mut specs = vec![LimiterSpec {
+            name: name.to_owned(),
+            counter: name.to_owned(),
+            policy: RateLimitPolicy { rules: BTreeMap::new(), ..self.clone() },
+            on_error: self.on_backend_error.unwrap_or(default_mode),
+            route: None,
+        }];
+        for (rule_name, rule) in &self.rules {
+            let route = RouteMatch::parse(&rule.methods, &rule.paths).map_err(|problems| {
+                problems
+                    .into_iter()
+                    .map(|(f, m)| format!("rate_limits.{name}.rules.{rule_name}.{f}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+            let policy = rule.apply(self);
+            let full = format!("{name}.{rule_name}");
+            specs.push(LimiterSpec {
+                counter: if rule.counts_separately() { full.clone() } else { name.to_owned() },
+                name: full,
+                on_error: policy.on_backend_error.unwrap_or(default_mode),
+                policy,
+                route: Some(route),
+            });
+        }
+        Ok(specs)
+    }
 }
 
+/// One limiter of a policy (see [`RateLimitPolicy::limiter_specs`]).
+#[derive(Debug, Clone)]
+pub struct LimiterSpec {
+    /// Its name in metrics and on the status page: `<policy>` or `<policy>.<rule>`.
+    pub name: String,
+    /// Whose counts it shares in the backend: its own name, or its policy's.
+    pub counter: String,
+    /// The settings it applies (a rule's merged over its policy's).
+    pub policy: RateLimitPolicy,
+    /// The failure mode in force (the setting, else the profile's default).
+    pub on_error: OnBackendError,
+    /// The requests it applies to (`None`: the policy's own, for requests no rule matches).
+    pub route: Option<RouteMatch>,
+}
 /// One part of a rate-limit key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
@@ -166,6 +368,9 @@ pub enum OnBackendError {
     FailOpen,
     /// Refuse with 503 `SERVICE_DEGRADED` (counted as `error`).
     FailClosed,
+    /// Decide with an in-process limiter of the same limit (per instance) until the backend
+    /// answers again (counted as its decision). Needs `backend: redis`.
+    FallbackLocal,
 }
 
 /// What a backend decided.
@@ -210,6 +415,7 @@ struct LimiterMetrics {
     decisions: IntCounterVec,
     backend_errors: IntCounterVec,
     duration: HistogramVec,
+    active: IntGaugeVec,
 }
 
 /// Metric families shared by a service's limiters.
@@ -235,10 +441,19 @@ impl RateLimitMetrics {
             ),
             &["policy"],
         )?;
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "rate_limit_backend_active",
+                "1 for what decides a limiter's requests now: its backend (redis or local), the local \
+                 fallback (local) or the failure mode (none).",
+            ),
+            &["policy", "backend"],
+        )?;
         metrics.register(decisions.clone())?;
         metrics.register(backend_errors.clone())?;
         metrics.register(duration.clone())?;
-        Ok(Self(LimiterMetrics { decisions, backend_errors, duration }))
+        metrics.register(active.clone())?;
+        Ok(Self(LimiterMetrics { decisions, backend_errors, duration, active }))
     }
 }
 
@@ -250,6 +465,30 @@ pub struct RateLimiter {
     backend: Backend,
     fallback: Option<LocalLimiter>,
     metrics: Option<LimiterMetrics>,
+    /// What decides now (an [`InForce`] as `u8`): changes only on a backend failure or recovery.
+    in_force: AtomicU8,
+}
+
+/// What decides a limiter's requests at the moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InForce {
+    /// The configured backend (`local` or `redis`).
+    Backend,
+    /// The backend failed: the in-process fallback limiter (`fallback_local`).
+    LocalFallback,
+    /// The backend failed: the failure mode (`fail_open` lets through, `fail_closed` refuses).
+    FailureMode,
+}
+
+impl InForce {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::LocalFallback,
+            2 => Self::FailureMode,
+            _ => Self::Backend,
+        }
+    }
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -259,6 +498,28 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
+    fn build(
+        name: &str,
+        policy: RateLimitPolicy,
+        on_error: OnBackendError,
+        backend: Backend,
+        metrics: Option<&RateLimitMetrics>,
+    ) -> Self {
+        let fallback = (on_error == OnBackendError::FallbackLocal && !matches!(backend, Backend::Local(_)))
+            .then(|| LocalLimiter::new(&policy));
+        let limiter = Self {
+            name: name.to_owned(),
+            policy,
+            on_error,
+            backend,
+            fallback,
+            metrics: metrics.map(|m| m.0.clone()),
+            in_force: AtomicU8::new(InForce::Backend as u8),
+        };
+        limiter.publish(InForce::Backend);
+        limiter
+    }
+
     /// An in-process limiter for `policy`.
     pub fn local(
         name: &str,
@@ -267,7 +528,7 @@ impl RateLimiter {
         metrics: Option<&RateLimitMetrics>,
     ) -> Self {
         let backend = Backend::Local(LocalLimiter::new(&policy));
-        Self { name: name.to_owned(), policy, on_error, backend, fallback: None, metrics: metrics.map(|m| m.0.clone()) }
+        Self::build(name, policy, on_error, backend, metrics)
     }
 
     /// A Redis-backed limiter for `policy`; keys live under `redis`'s prefix.
@@ -279,12 +540,25 @@ impl RateLimiter {
         redis: crate::redis::Redis,
         metrics: Option<&RateLimitMetrics>,
     ) -> Self {
-        let fallback = policy.local_fallback.then(|| LocalLimiter::new(&policy));
-        let backend = Backend::Redis(RedisLimiter::new(name, &policy, redis));
-        Self { name: name.to_owned(), policy, on_error, backend, fallback, metrics: metrics.map(|m| m.0.clone()) }
+        Self::redis_sharing(name, name, policy, on_error, redis, metrics)
     }
 
-    /// The policy's name.
+    /// A Redis-backed limiter named `name` that shares the counts of `counter` (a rule that
+    /// counts with its policy).
+    #[cfg(feature = "redis")]
+    pub fn redis_sharing(
+        name: &str,
+        counter: &str,
+        policy: RateLimitPolicy,
+        on_error: OnBackendError,
+        redis: crate::redis::Redis,
+        metrics: Option<&RateLimitMetrics>,
+    ) -> Self {
+        let backend = Backend::Redis(RedisLimiter::new(counter, &policy, redis));
+        Self::build(name, policy, on_error, backend, metrics)
+    }
+
+    /// The limiter's name (`<policy>` or `<policy>.<rule>`).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -297,6 +571,66 @@ impl RateLimiter {
     /// What happens when the backend fails (the policy's setting or the profile's default).
     pub fn on_backend_error(&self) -> OnBackendError {
         self.on_error
+    }
+
+    /// What decides now.
+    pub fn in_force(&self) -> InForce {
+        InForce::from_u8(self.in_force.load(Ordering::Relaxed))
+    }
+
+    /// The backend deciding now, as in `rate_limit_backend_active`: `redis`, `local`, or
+    /// `none` when the failure mode decides.
+    pub fn active_backend(&self) -> &'static str {
+        match self.in_force() {
+            InForce::Backend => self.backend_name(),
+            InForce::LocalFallback => "local",
+            InForce::FailureMode => "none",
+        }
+    }
+
+    fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Local(_) => "local",
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    fn publish(&self, now: InForce) {
+        let Some(m) = &self.metrics else { return };
+        let active = match now {
+            InForce::Backend => self.backend_name(),
+            InForce::LocalFallback => "local",
+            InForce::FailureMode => "none",
+        };
+        let mut backends = vec!["local", "none"];
+        if self.backend_name() == "redis" {
+            backends.push("redis");
+        }
+        for b in backends {
+            m.active.with_label_values(&[&self.name, b]).set(i64::from(b == active));
+        }
+    }
+
+    /// Records what decides now; logs and publishes a change.
+    fn switch(&self, now: InForce, error: Option<&BackendError>) {
+        let before = InForce::from_u8(self.in_force.swap(now as u8, Ordering::Relaxed));
+        if before == now {
+            return;
+        }
+        self.publish(now);
+        match (now, error) {
+            (InForce::Backend, _) => {
+                tracing::info!(policy = %self.name, backend = self.backend_name(), "rate-limit backend is back in force");
+            }
+            (_, e) => tracing::warn!(
+                policy = %self.name,
+                error = e.map(tracing::field::display),
+                now = self.active_backend(),
+                on_backend_error = ?self.on_error,
+                "rate-limit backend failed; deciding with the failure mode until it answers again"
+            ),
+        }
     }
 
     fn count(&self, decision: &str) {
@@ -318,24 +652,27 @@ impl RateLimiter {
         }
         match result {
             Ok(d) => {
+                self.switch(InForce::Backend, None);
                 self.count(if d.allowed { "allowed" } else { "limited" });
                 Verdict::Decided(d)
             }
             Err(e) => {
-                tracing::warn!(policy = %self.name, error = %e, "rate-limit backend failed");
+                tracing::debug!(policy = %self.name, error = %e, "rate-limit backend failed");
                 if let Some(m) = &self.metrics {
                     m.backend_errors.with_label_values(&[&self.name]).inc();
                 }
                 if let Some(local) = &self.fallback {
-                    // Decided after all (locally): counted as that decision, plus a fallback.
+                    // Decided after all (locally): counted as that decision.
+                    self.switch(InForce::LocalFallback, Some(&e));
                     let d = local.check(key);
                     self.count(if d.allowed { "allowed" } else { "limited" });
                     return Verdict::Decided(d);
                 }
+                self.switch(InForce::FailureMode, Some(&e));
                 self.count("error");
                 match self.on_error {
                     OnBackendError::FailOpen => Verdict::FailedOpen,
-                    OnBackendError::FailClosed => Verdict::FailedClosed,
+                    OnBackendError::FailClosed | OnBackendError::FallbackLocal => Verdict::FailedClosed,
                 }
             }
         }

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Tests deploy/local/run-distributed.sh's supervision with stub services (no database, broker or
+# build needed): a service that exits is restarted with back-off and the script says so; the
+# others keep running; SIGTERM stops the gateway first, then the rest together, and kills one
+# that ignores SIGTERM after CITYEVENTS_STOP_TIMEOUT; nothing is left running.
+#
+#   deploy/local/test-run-distributed.sh      exits 0 when every check passes
+#
+# RUN_DISTRIBUTED names another copy of the script to test (default: the one beside this file).
+#
+# Run by `cargo test -p cityevents --test run_distributed` (so by `cargo test --workspace`).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+WORK=$(mktemp -d)
+STUB="$WORK/cityevents-stub"
+LOG="$WORK/script.log"
+EVENTS="$WORK/events"
+SCRIPT_PID=""
+
+fail() {
+  echo "FAIL: $*" >&2
+  echo "--- script output" >&2
+  cat "$LOG" >&2 || true
+  echo "--- stub events" >&2
+  cat "$EVENTS" >&2 || true
+  exit 1
+}
+
+cleanup() {
+  # Only what this test started: the script, then any stub still recorded as running.
+  if [[ -n "$SCRIPT_PID" ]] && kill -0 "$SCRIPT_PID" 2>/dev/null; then kill -KILL "$SCRIPT_PID" 2>/dev/null || true; fi
+  for f in "$WORK"/pids/*; do
+    [[ -f "$f" ]] || continue
+    while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$f"
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# --- the stub: `cityevents` as the script calls it
+mkdir -p "$WORK/bin" "$WORK/pids"
+cat >"$STUB" <<'STUB'
+#!/usr/bin/env bash
+# serve <svc>: runs until SIGTERM, then takes STUB_STOP_SECONDS to stop (or ignores SIGTERM when
+# <svc> is in STUB_IGNORE_TERM); every start and stop is written to $STUB_EVENTS.
+set -euo pipefail
+now() { local t=${EPOCHREALTIME//[!0-9]/}; echo "$((10#$t))"; }
+case "${1:-}" in
+  serve)
+    svc=$2
+    echo "$$" >>"$STUB_PIDS/$svc"
+    echo "$svc start $$ $(now)" >>"$STUB_EVENTS"
+    if [[ " ${STUB_IGNORE_TERM:-} " == *" $svc "* ]]; then
+      trap 'echo "$svc ignored-term $$ $(now)" >>"$STUB_EVENTS"' TERM
+    else
+      trap 'echo "$svc stop-begin $$ $(now)" >>"$STUB_EVENTS"; sleep "$STUB_STOP_SECONDS";
+            echo "$svc stop-end $$ $(now)" >>"$STUB_EVENTS"; exit 0' TERM
+    fi
+    echo "serving $svc"
+    while true; do sleep 0.1 & wait $! || true; done
+    ;;
+  auth)
+    case "$*" in
+      *"keys generate"*) echo "c3R1Yi1rZXk=" ;;
+      *"keys new"*) echo "k1: stub-data-key" ;;
+      *migrate*) ;;
+      *) exit 64 ;;
+    esac
+    ;;
+  gateway)
+    # healthcheck --ready: ready once a gateway stub runs.
+    pid=$(tail -n 1 "$STUB_PIDS/gateway" 2>/dev/null) && kill -0 "$pid" 2>/dev/null
+    ;;
+  events | joins | notifier) ;; # migrate
+  *) exit 64 ;;
+esac
+STUB
+chmod +x "$STUB"
+# psql as the script uses it: every database already exists.
+printf '#!/usr/bin/env bash\necho 1\n' >"$WORK/bin/psql"
+chmod +x "$WORK/bin/psql"
+
+# The recorded process ids of a service, oldest first; its current one.
+pids_of() { cat "$WORK/pids/$1" 2>/dev/null || true; }
+current() { pids_of "$1" | tail -n 1; }
+# Waits up to $2 seconds (in 0.1 s steps) for the command "$3…" to succeed.
+within() {
+  local what=$1 tries=$(($2 * 10))
+  shift 2
+  until "$@"; do
+    tries=$((tries - 1))
+    ((tries > 0)) || fail "not within the time allowed: $what"
+    sleep 0.1
+  done
+}
+log_has() { grep -qE "$1" "$LOG"; }
+started_n() { [[ $(pids_of "$1" | wc -l) -ge $2 ]]; }
+dead() { ! kill -0 "$1" 2>/dev/null; }
+
+# --- start
+STUB_EVENTS=$EVENTS STUB_PIDS="$WORK/pids" STUB_STOP_SECONDS=1 STUB_IGNORE_TERM=notifier \
+  PATH="$WORK/bin:$PATH" CITYEVENTS_BIN="$STUB" STATE="$WORK/state" CITYEVENTS_DB_PREFIX=stubtest \
+  CITYEVENTS_RESTART_DELAY=1 CITYEVENTS_RESTART_MAX_DELAY=8 CITYEVENTS_STOP_TIMEOUT=3 \
+  CITYEVENTS_GATEWAY_PORT=1 \
+  bash "${RUN_DISTRIBUTED:-deploy/local/run-distributed.sh}" >"$LOG" 2>&1 </dev/null &
+SCRIPT_PID=$!
+within "the script says ready" 30 log_has 'run-distributed: ready'
+for svc in auth events joins notifier gateway; do
+  [[ $(pids_of "$svc" | wc -l) -eq 1 ]] || fail "$svc started $(pids_of "$svc" | wc -l) times"
+  log_has "^\[$svc\] serving $svc" || fail "$svc's output is not prefixed with its name"
+done
+before_auth=$(current auth)
+before_gateway=$(current gateway)
+
+# --- a service that exits is restarted, with back-off, and the script says which, how, when
+first=$(current joins)
+kill -KILL "$first"
+within "joins restarted" 10 started_n joins 2
+log_has 'joins exited with status 137 \(SIGKILL\) after [0-9.]+s; restarting it in 1s \(restart 1\)' ||
+  fail "no restart line for joins"
+second=$(current joins)
+if [[ "$second" == "$first" ]] || dead "$second"; then fail "joins is not running again"; fi
+kill -TERM "$second" # a graceful exit is restarted too, after a doubled delay
+within "joins restarted again" 10 started_n joins 3
+log_has 'joins exited with status 0 after [0-9.]+s; restarting it in 2s \(restart 2\)' ||
+  fail "no doubled back-off for joins' second exit"
+[[ $(current auth) == "$before_auth" && $(current gateway) == "$before_gateway" ]] ||
+  fail "another service was restarted"
+if dead "$before_auth" || dead "$before_gateway"; then fail "another service stopped"; fi
+if log_has 'stopping'; then fail "the script began stopping when one service exited"; fi
+
+# --- SIGTERM: gateway first, then the rest together; one ignoring SIGTERM is killed
+all_pids=$(cat "$WORK"/pids/*)
+started=${EPOCHREALTIME//[!0-9]/}
+kill -TERM "$SCRIPT_PID"
+status=0
+within "the script exits" 30 dead "$SCRIPT_PID"
+wait "$SCRIPT_PID" || status=$?
+took=$(((${EPOCHREALTIME//[!0-9]/} - started) / 1000))
+SCRIPT_PID=""
+[[ $status -eq 0 ]] || fail "the script exited with $status after SIGTERM"
+for pid in $all_pids; do dead "$pid" || fail "service process $pid still runs"; done
+if pgrep -f "$STUB" >/dev/null; then fail "stub processes are left: $(pgrep -af "$STUB")"; fi
+log_has 'notifier did not stop within 3s; killing it' || fail "notifier was not killed after the bound"
+log_has 'run-distributed: stopped in' || fail "no final stop line"
+
+# Times (µs) of one event of one service's current process.
+at() { awk -v s="$1" -v e="$2" -v p="$3" '$1 == s && $2 == e && $3 == p { print $4 }' "$EVENTS"; }
+gateway_end=$(at gateway stop-end "$before_gateway")
+[[ -n "$gateway_end" ]] || fail "the gateway did not stop gracefully"
+latest_begin=0
+earliest_end=""
+for svc in auth events joins; do
+  b=$(at "$svc" stop-begin "$(current "$svc")")
+  e=$(at "$svc" stop-end "$(current "$svc")")
+  [[ -n "$b" && -n "$e" ]] || fail "$svc did not stop gracefully"
+  ((b > gateway_end)) || fail "$svc was told to stop before the gateway had stopped"
+  ((b > latest_begin)) && latest_begin=$b
+  if [[ -z "$earliest_end" ]] || ((e < earliest_end)); then earliest_end=$e; fi
+done
+notifier_term=$(at notifier ignored-term "$(current notifier)")
+[[ -n "$notifier_term" ]] || fail "notifier got no SIGTERM"
+((notifier_term > gateway_end)) || fail "notifier was told to stop before the gateway had stopped"
+# Together: each of them was told to stop before any of them had finished stopping.
+((latest_begin < earliest_end && notifier_term < earliest_end)) ||
+  fail "auth, events, joins and notifier were not stopped together"
+
+echo "ok: restart with back-off, gateway first, then the rest together; SIGTERM to exit: ${took} ms" \
+  "(each stub takes 1 s to stop; notifier is killed after 3 s)"
