@@ -314,7 +314,9 @@ fn outbox_batch_size_is_bounded() {
             (r, _) => panic!("outbox.batch_size {value}: {:?}", r.err()),
         }
     }
+}
 
+#[test]
 fn rate_limit_rules_report_every_problem() {
     let f = yaml(
         "rate_limits:
