@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
 use keel::data::Db;
 use keel::events::consumer::handler_fn;
@@ -22,43 +21,10 @@ use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, SubscribeOptions};
 use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
 use tokio_util::sync::CancellationToken;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use keel_bench::BoxError;
 
 fn micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
-
-/// Raw JetStream publishing, 256 acks in flight: the ceiling for anything built on it.
-async fn raw_publish(n: usize) -> Result<f64, BoxError> {
-    let client = async_nats::connect(nats_url()).await?;
-    let js = async_nats::jetstream::new(client);
-    let topic = unique_topic("rawbench");
-    let stream = topic.replace('.', "_");
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![topic.clone()],
-        ..Default::default()
-    })
-    .await?;
-    let payload = Envelope::raw("bench", "bench.raw", 1, serde_json::json!({ "n": 0, "at": 0 })).to_bytes()?;
-    let started = Instant::now();
-    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (js, topic, payload) = (js.clone(), topic.clone(), payload.clone());
-            async move {
-                js.publish(topic, payload.into()).await?.await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
-    let took = started.elapsed();
-    for r in results {
-        r?;
-    }
-    js.delete_stream(&stream).await?;
-    Ok(n as f64 / took.as_secs_f64())
 }
 
 struct Outcome {
@@ -183,7 +149,7 @@ async fn pipeline(n: usize, retention: Duration, pace: Option<f64>) -> Result<Ou
 #[tokio::main]
 async fn main() -> ExitCode {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
-    let raw = match raw_publish(n).await {
+    let raw = match keel_bench::raw_jetstream_publish(n).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("raw JetStream publish failed: {e}");

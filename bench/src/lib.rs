@@ -87,3 +87,41 @@ pub fn ablated_stack(
             .map_response(axum::response::IntoResponse::into_response),
     ))
 }
+
+/// What the events benchmarks return on failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Raw JetStream publishing of `n` messages, 256 acks in flight, to a stream of its own (deleted
+/// after): the ceiling for anything built on it. Messages/s.
+pub async fn raw_jetstream_publish(n: usize) -> Result<f64, BoxError> {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(keel::testing::nats_url()).await?;
+    let js = async_nats::jetstream::new(client);
+    let topic = keel::testing::unique_topic("rawbench");
+    let stream = topic.replace('.', "_");
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![topic.clone()],
+        ..Default::default()
+    })
+    .await?;
+    let payload = keel::events::Envelope::raw("bench", "bench.raw", 1, json!({ "n": 0, "at": 0 })).to_bytes()?;
+    let started = std::time::Instant::now();
+    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let (js, topic, payload) = (js.clone(), topic.clone(), payload.clone());
+            async move {
+                js.publish(topic, payload.into()).await?.await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    for r in results {
+        r?;
+    }
+    js.delete_stream(&stream).await?;
+    Ok(n as f64 / took.as_secs_f64())
+}

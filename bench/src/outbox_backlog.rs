@@ -12,7 +12,6 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
 use keel::data::Db;
 use keel::events::outbox::Outbox;
@@ -20,39 +19,7 @@ use keel::events::{Bus, Envelope};
 use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
 use tokio_util::sync::CancellationToken;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn raw_publish(n: usize) -> Result<f64, BoxError> {
-    let client = async_nats::connect(nats_url()).await?;
-    let js = async_nats::jetstream::new(client);
-    let topic = unique_topic("rawbacklog");
-    let stream = topic.replace('.', "_");
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![topic.clone()],
-        ..Default::default()
-    })
-    .await?;
-    let payload = Envelope::raw("bench", "bench.raw", 1, serde_json::json!({ "n": 0 })).to_bytes()?;
-    let started = Instant::now();
-    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (js, topic, payload) = (js.clone(), topic.clone(), payload.clone());
-            async move {
-                js.publish(topic, payload.into()).await?.await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
-    let took = started.elapsed();
-    for r in results {
-        r?;
-    }
-    js.delete_stream(&stream).await?;
-    Ok(n as f64 / took.as_secs_f64())
-}
+use keel_bench::BoxError;
 
 /// The claims' count and total seconds so far, from the rendered metrics.
 fn claims(metrics: &keel::telemetry::Metrics) -> (f64, f64) {
@@ -145,7 +112,7 @@ async fn drain(rows: usize, keys: Option<usize>) -> Result<Drain, BoxError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let raw = match raw_publish(rows).await {
+    let raw = match keel_bench::raw_jetstream_publish(rows).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("raw JetStream publish failed: {e}");

@@ -253,15 +253,8 @@ impl Db {
     /// is due (one in flight at most, backed off), a fresh connection bounded by
     /// `database.check_timeout`. A success marks it available at once.
     fn reprobe(&self) {
-        if !self.inner.available.probe_due() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.inner.available.probed(false);
-            return;
-        };
         let db = self.clone();
-        rt.spawn(async move {
+        self.inner.available.spawn_probe(async move {
             let limit = db.inner.config.check_timeout.min(db.inner.config.connect.attempt_timeout);
             let ok = matches!(tokio::time::timeout(limit, db.try_connect()).await, Ok(Ok(())));
             if ok {

@@ -31,6 +31,19 @@ fn broker(e: impl std::fmt::Display) -> BusError {
     BusError::Broker(sanitize(&e.to_string()))
 }
 
+/// A publish that got no confirmation (the connection broke, or JetStream did not answer in
+/// time) says the broker is away, not that the message is bad: the outbox then pauses instead of
+/// spending the row's attempts. Any other refusal is the broker's answer about this message.
+fn publish_error(e: jetstream::context::PublishError) -> BusError {
+    use jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+            BusError::Unavailable(sanitize(&format!("no confirmation from JetStream: {e}")))
+        }
+        _ => broker(e),
+    }
+}
+
 fn stream_name(topic: &str) -> String {
     topic.replace('.', "_")
 }
@@ -135,8 +148,9 @@ impl Conn {
             }
             None => headers.insert(MSG_ID, envelope.id.as_str()),
         }
-        let ack = self.js.publish_with_headers(topic.to_owned(), headers, payload.into()).await.map_err(broker)?;
-        ack.await.map_err(broker)?;
+        let ack =
+            self.js.publish_with_headers(topic.to_owned(), headers, payload.into()).await.map_err(publish_error)?;
+        ack.await.map_err(publish_error)?;
         Ok(())
     }
 

@@ -162,15 +162,8 @@ impl Redis {
     /// While Redis is down after a lost connection: starts one background `PING` through the
     /// managed connection (which reconnects) if due; a success marks Redis available at once.
     fn reprobe(&self) {
-        if !self.inner.available.probe_due() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            self.inner.available.probed(false);
-            return;
-        };
         let this = self.clone();
-        rt.spawn(async move {
+        self.inner.available.spawn_probe(async move {
             let ok = this.ping().await.is_ok();
             if ok {
                 tracing::info!("redis answers again (re-probe)");

@@ -140,6 +140,19 @@ impl Availability {
         }
     }
 
+    /// Starts `probe` in the background when a re-probe is due ([`Availability::probe_due`]);
+    /// `probe` must end with [`Availability::probed`]. Outside a runtime the probe counts as
+    /// failed, so the next call may try again.
+    pub(crate) fn spawn_probe(&self, probe: impl std::future::Future<Output = ()> + Send + 'static) {
+        if !self.probe_due() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(probe)),
+            Err(_) => self.probed(false),
+        }
+    }
+
     /// Completes when a re-probe next finds the dependency back.
     pub(crate) async fn recovered(&self) {
         self.recovered.notified().await;
