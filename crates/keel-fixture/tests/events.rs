@@ -885,12 +885,11 @@ async fn two_relays_keep_per_key_order(backend: Backend) {
     let t1 = tokio::spawn(r1.clone().run(bus.clone(), stop.clone()));
     let t2 = tokio::spawn(r2.clone().run(bus.clone(), stop.clone()));
     // More rows while both relays work.
-    for round in 0..5 {
+    for _ in 0..5 {
         let more = enqueue_keyed(&r2, &db, &topic, 100, 25).await;
         for (k, ids) in more {
             want.entry(k).or_default().extend(ids);
         }
-        let _ = round;
         r1.wake();
         r2.wake();
         tokio::time::sleep(Duration::from_millis(50)).await;

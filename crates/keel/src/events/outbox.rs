@@ -547,7 +547,7 @@ impl Outbox {
         let set =
             format!("UPDATE keel_outbox SET locked_until = $1, claim = $2 WHERE seq IN ({})", marks(3, picked.len()));
         let returning = " RETURNING seq, topic, partition_key, payload, attempts";
-        let text = if backend == Backend::MySql { set.clone() } else { set.clone() + returning };
+        let text = if backend == Backend::MySql { set } else { set + returning };
         let mut q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned())).bind(until).bind(&claim);
         for seq in &picked {
             q = q.bind(*seq);
