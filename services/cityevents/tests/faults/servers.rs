@@ -3,9 +3,12 @@
 //! (5432, 6379, 4222, 5672) other tests use. Each is stopped the way its package stops it and
 //! started again on the same port and data; dropping one kills it and removes its directory.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{free_port, port_open, run, which};
 
@@ -271,6 +274,51 @@ impl Nats {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c, Duration::from_secs(30));
         }
+    }
+
+    /// Subscribes (core NATS, beside JetStream) to `subject` and returns, through the
+    /// receiver, the Unix time in ms at which the first message on it arrived. Subscribed
+    /// before this returns, so a publish after that is seen; it measures when a publisher's
+    /// message reached the server, which the publisher's own records only show once it has
+    /// written them (the outbox records a batch when every row of it is confirmed).
+    pub fn first_message(&self, subject: &str) -> mpsc::Receiver<i64> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO "), "NATS greeted with {line:?}");
+        write!(conn, "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {subject} 1\r\nPING\r\n").unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "NATS refused the subscription: {line}");
+            if line.starts_with("PONG") {
+                break;
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line.starts_with("PING") => {
+                        if conn.write_all(b"PONG\r\n").is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) if line.starts_with("MSG ") || line.starts_with("HMSG ") => {
+                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+                        let _ = tx.send(i64::try_from(now).unwrap());
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+        rx
     }
 }
 
