@@ -156,6 +156,14 @@ async fn panic_becomes_500_without_leaking() {
     assert!(!text.contains(".rs"), "no source locations: {text}");
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["request_id"], "panic-req-1");
+    // Caught inside the metrics (and the request span): counted as the 500 it became.
+    let text = f.running().metrics().render();
+    assert!(
+        text.lines().any(|l| l.starts_with("http_server_requests_total")
+            && l.contains(r#"route="/panic""#)
+            && l.contains(r#"status="500""#)),
+        "{text}"
+    );
     // The server survives.
     assert_eq!(client().get(f.url("/hello")).send().await.unwrap().status(), 200);
     // A bare text 500 from a handler: the text stays in the log, not in the body.

@@ -1,7 +1,7 @@
 //! Turns a panic anywhere below it into a 500 problem, logging the panic instead of sending it.
 //!
-//! It is the outermost layer, outside the request-id layer, yet its 500 carries the request id:
-//! it settles the id first (the same way the request-id layer does, which then finds it).
+//! Its 500 carries the request id wherever the layer sits: it settles the id first, the same
+//! way the request-id layer does (in Keel's stack that layer is outside it and already has).
 
 use std::any::Any;
 use std::future::Future;
@@ -110,7 +110,7 @@ where
 }
 
 /// The 500 answer to a panic with `payload`; the panic message is logged, never sent.
-pub(crate) fn panic_response(id: &RequestId, payload: Box<dyn Any + Send>) -> Response {
+fn panic_response(id: &RequestId, payload: Box<dyn Any + Send>) -> Response {
     // Logged (and the payload dropped) under a guard of its own: a subscriber that panics on
     // this line as well must not turn the 500 into a dropped connection.
     let logged = std::panic::catch_unwind(AssertUnwindSafe(move || {

@@ -43,11 +43,6 @@ impl CompressionLayer {
     pub fn new(enabled: bool) -> Self {
         Self { enabled }
     }
-
-    /// Whether this layer compresses at all (`http.compression`).
-    pub(crate) fn enabled(&self) -> bool {
-        self.enabled
-    }
 }
 
 impl<S> Layer<S> for CompressionLayer {

@@ -109,7 +109,7 @@ impl<F: Future> Future for Scoped<F> {
 /// Runs `f` with the context in `slot` as the current one, and puts it back in `slot` when
 /// `f` returns or unwinds (the thread's previous context, if any, is current again). Runs `f`
 /// without it if the thread is being torn down.
-pub(crate) fn enter<R>(slot: &mut Option<RequestContext>, f: impl FnOnce() -> R) -> R {
+fn enter<R>(slot: &mut Option<RequestContext>, f: impl FnOnce() -> R) -> R {
     let Ok(previous) = CURRENT.try_with(|cell| cell.replace(slot.take())) else { return f() };
     let _restore = Restore { slot, previous };
     f()

@@ -115,13 +115,6 @@ pub struct CorsLayer {
     cors: Arc<tower_http::cors::CorsLayer>,
 }
 
-impl CorsLayer {
-    /// The `tower_http` layer that handles requests with an `Origin`.
-    pub(crate) fn tower(&self) -> &tower_http::cors::CorsLayer {
-        &self.cors
-    }
-}
-
 impl<S> Layer<S> for CorsLayer {
     type Service = Cors<S>;
     fn layer(&self, inner: S) -> Cors<S> {

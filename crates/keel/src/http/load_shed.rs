@@ -73,7 +73,7 @@ pub struct LoadShed<S> {
 impl LoadShedLayer {
     /// Takes a place among the requests in flight, or counts the request as shed when there is
     /// none. A place taken is given back with [`release`](Self::release).
-    pub(crate) fn admit(&self) -> bool {
+    fn admit(&self) -> bool {
         let before = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         if before < self.max {
             return true;
@@ -86,13 +86,13 @@ impl LoadShedLayer {
     }
 
     /// Gives back a place taken by [`admit`](Self::admit).
-    pub(crate) fn release(&self) {
+    fn release(&self) {
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// The 503 answer to a shed request.
-pub(crate) fn shed_response(id: Option<&RequestId>) -> Response {
+fn shed_response(id: Option<&RequestId>) -> Response {
     Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS)
         .code("OVERLOADED")
         .into_response_with_id(id.map(RequestId::as_str))

@@ -136,24 +136,6 @@ impl HttpMetricsLayer {
     }
 }
 
-impl HttpMetricsLayer {
-    /// `http_server_requests_in_flight`.
-    pub(crate) fn in_flight(&self) -> &IntGauge {
-        &self.inner.in_flight
-    }
-
-    /// Counts a finished request and observes its duration.
-    pub(crate) fn record(
-        &self,
-        method: &'static str,
-        route: Option<&MatchedPath>,
-        status: http::StatusCode,
-        secs: f64,
-    ) {
-        self.inner.record(method, route.map_or(UNMATCHED, MatchedPath::as_str), status, secs);
-    }
-}
-
 super::macros::layer_with_config!(HttpMetricsLayer => HttpMetrics);
 
 /// The service made by [`HttpMetricsLayer`].
@@ -187,7 +169,7 @@ where
 
 /// The method as a label: the standard ones by name, anything else as `_OTHER`, so made-up
 /// methods cannot create new series.
-pub(crate) fn method_label(m: &Method) -> &'static str {
+fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",

@@ -4,10 +4,10 @@
 //!
 //! 1. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
 //! 2. [`cors`] — exact-origin allowlist; preflights answered here.
-//! 3. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
-//! 4. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
-//! 5. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
-//! 6. [`metrics`] — `http_server_*` metrics labelled by route template.
+//! 3. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
+//! 4. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
+//! 5. [`metrics`] — `http_server_*` metrics labelled by route template.
+//! 6. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
 //! 7. [`timeout`] — `http.request_timeout`, then 504 problem.
 //! 8. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
 //!    a route can override it with its own `DefaultBodyLimit` route layer.
@@ -18,15 +18,13 @@
 //! The order matters: security headers and CORS are outermost so that the stack's own answers
 //! (a panic's 500, a timeout's 504, an overload 503) carry them too — a browser can then read
 //! the problem and its `Retry-After` instead of seeing an opaque CORS failure; the request id
-//! exists before the span so every log line has it; trace and metrics wrap timeout and
-//! shedding so those answers are traced and counted; everything runs after routing
+//! exists before the span so every log line has it; trace and metrics wrap catch-panic,
+//! timeout and shedding so those answers are traced and counted (a handler's panic is a 500
+//! in the access log and in `http_server_requests_total`); everything runs after routing
 //! (`Router::layer`) so the route template is known.
 //!
-//! [`stack`] runs all these as one service (the private `pipeline` module): the same answers,
-//! without the cost of stacking (each layer moving the request and the response future once
-//! more), and a panic in a handler counted as the 500 it becomes (see the module's docs for the
-//! exact differences). It sets the body limit only on requests that have a body. The modules
-//! above remain, each usable on its own.
+//! [`stack`] builds exactly this with one `tower::ServiceBuilder`; each module is also usable
+//! on its own, around any `tower::Service<http::Request<B>>`.
 //!
 //! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only security headers,
 //! catch-panic, request-id and metrics: they are never shed, timed out, CORS-checked or
@@ -43,7 +41,6 @@ pub mod cors;
 pub mod load_shed;
 mod macros;
 pub mod metrics;
-mod pipeline;
 pub mod problem;
 pub mod problems;
 pub mod request_id;
@@ -102,12 +99,23 @@ pub fn stack(
     api: Router,
     probes: Router,
 ) -> Result<(Router, StackHandle), StackError> {
-    let layers = pipeline::Layers::from_config(service, cfg, metrics)?;
-    let (http_metrics, shed) = (layers.metrics.clone(), layers.shed.clone());
-    // One `Router::layer` call with the whole stack as one service (see `pipeline`): axum
-    // boxes the route again for every `layer` call, and each box is a clone and an
-    // allocation per request.
-    let api = api.layer(pipeline::PipelineLayer::new(layers));
+    let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
+    let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
+    // Outermost first, in the order the module docs give. One `Router::layer` call: axum boxes
+    // the route once per call.
+    let layers = tower::ServiceBuilder::new()
+        .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
+        .layer(cors::layer(&cfg.cors)?)
+        .layer(request_id::RequestIdLayer)
+        .layer(trace::TraceLayer::new(service, cfg.log.access_log))
+        .layer(http_metrics.clone())
+        .layer(catch_panic::CatchPanicLayer)
+        .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.http.body_limit))
+        .layer(shed.clone())
+        .layer(compression::CompressionLayer::new(cfg.http.compression))
+        .layer(problems::ProblemsLayer);
+    let api = api.layer(layers);
     let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
     // `merge` keeps the fallback of its argument when neither router set one: the API's,
     // which has the full stack, so unmatched paths get problem responses.

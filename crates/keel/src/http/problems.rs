@@ -42,7 +42,7 @@ pub struct Problems<S> {
 }
 
 /// Whether an answer with `status` goes through [`normalize`].
-pub(crate) fn is_error(status: StatusCode) -> bool {
+fn is_error(status: StatusCode) -> bool {
     status.as_u16() >= 400
 }
 
@@ -106,7 +106,7 @@ where
 }
 
 /// The answer with its error made a problem document, if it needs it (`resp` is an error).
-pub(crate) async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
+async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
     let id = id.as_ref().map(RequestId::as_str);
     if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
         if p.request_id().is_some() || id.is_none() {

@@ -99,7 +99,7 @@ pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
 /// [`ensure`] for a caller that has already read the request's `X-Request-ID` values:
 /// `first` is the first of them made an id (`None` if it is not a valid one), `sent` how many
 /// there were. The same decision, without looking the header up again.
-pub(crate) fn settle<B>(req: &mut Request<B>, first: Option<RequestId>, sent: usize) -> RequestId {
+fn settle<B>(req: &mut Request<B>, first: Option<RequestId>, sent: usize) -> RequestId {
     if let Some(id) = req.extensions().get::<RequestId>() {
         return id.clone();
     }

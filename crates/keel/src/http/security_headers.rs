@@ -64,19 +64,14 @@ impl SecurityHeadersLayer {
 
 impl SecurityHeadersLayer {
     /// Adds the headers `headers` does not have yet.
-    pub(crate) fn apply(&self, headers: &mut http::HeaderMap) {
+    fn apply(&self, headers: &mut http::HeaderMap) {
         self.apply_after(headers, 0, |_| {});
     }
 
     /// [`apply`](Self::apply), with `more` other headers (none of these) added by `before`
     /// ahead of them: room is made for all, so the map grows at most once, and the answer's
     /// header names are looked through before `before` adds to them.
-    pub(crate) fn apply_after(
-        &self,
-        headers: &mut http::HeaderMap,
-        more: usize,
-        before: impl FnOnce(&mut http::HeaderMap),
-    ) {
+    fn apply_after(&self, headers: &mut http::HeaderMap, more: usize, before: impl FnOnce(&mut http::HeaderMap)) {
         let list = self.headers.list();
         headers.reserve(list.len() + more);
         // A handler rarely sets any of them, and an answer carries few headers: one pass over

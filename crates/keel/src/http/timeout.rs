@@ -32,10 +32,6 @@ impl TimeoutLayer {
     pub fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
-
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
-    }
 }
 
 impl<S> Layer<S> for TimeoutLayer {
@@ -78,23 +74,23 @@ where
 
 /// The request's time: `configured`, or less when the caller `asked` for less in
 /// `x-request-timeout-ms`.
-pub(crate) fn budget(asked: Option<Duration>, configured: Duration) -> Duration {
+fn budget(asked: Option<Duration>, configured: Duration) -> Duration {
     asked.map_or(configured, |a| a.min(configured))
 }
 
 /// The time asked for in an `x-request-timeout-ms` value, if it is a number of milliseconds.
-pub(crate) fn asked(value: &http::HeaderValue) -> Option<Duration> {
+fn asked(value: &http::HeaderValue) -> Option<Duration> {
     value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
 }
 
 /// `start + timeout`, or a year from `start` when that is past what the clock can hold (a
 /// configured timeout of centuries would otherwise panic on every request).
-pub(crate) fn deadline(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+fn deadline(start: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
     start.checked_add(timeout).or_else(|| start.checked_add(Duration::from_secs(365 * 86_400))).unwrap_or(start)
 }
 
 /// The 504 answer to a request that ran out of `timeout`; logs it.
-pub(crate) fn timed_out(timeout: Duration, id: Option<&RequestId>) -> Response {
+fn timed_out(timeout: Duration, id: Option<&RequestId>) -> Response {
     tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
     let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out")
         .detail(format!("the request did not complete within {}", humantime::format_duration(timeout)));

@@ -39,14 +39,6 @@ impl TraceLayer {
     pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
         Self { service: crate::intern::intern(service.as_ref()), access_log }
     }
-
-    pub(crate) fn service(&self) -> &'static str {
-        self.service
-    }
-
-    pub(crate) fn access_log(&self) -> bool {
-        self.access_log
-    }
 }
 
 super::macros::layer_with_config!(TraceLayer => Trace);
@@ -123,7 +115,7 @@ where
 /// Logs the access or failure line (with the status, so it need not be a span field), and gives
 /// an exported span its status.
 /// `elapsed` is read only when a line is written.
-pub(crate) fn finished(
+fn finished(
     span: Option<&tracing::Span>,
     status: u16,
     elapsed: impl FnOnce() -> std::time::Duration,

@@ -21,7 +21,6 @@
 //! per process by [`crate::run`]; later calls return a handle to the first set-up.
 
 mod deferred;
-pub(crate) use deferred::TRACEPARENT;
 mod filter;
 mod format;
 mod ids;
