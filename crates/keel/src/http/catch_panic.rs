@@ -1,7 +1,7 @@
 //! Turns a panic anywhere below it into a 500 problem, logging the panic instead of sending it.
 //!
-//! Its 500 carries the request id wherever the layer sits: it settles the id first, the same
-//! way the request-id layer does (in Keel's stack that layer is outside it and already has).
+//! Its 500 carries the request id that the request-id layer (outside it in Keel's stack) gave
+//! the request; used without that layer, it makes one for the problem.
 
 use std::any::Any;
 use std::future::Future;
@@ -19,7 +19,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::problem::Problem;
-use super::request_id::{self, HEADER, RequestId};
+use super::request_id::{HEADER, RequestId};
 
 /// Catches panics; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,8 +52,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let id = request_id::ensure(&mut req);
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let id = RequestId::from_extensions(req.extensions()).unwrap_or_else(RequestId::generate);
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(fut) => ResponseFuture { kind: Kind::Running { inner: AssertUnwindSafe(fut).catch_unwind() }, id },
             Err(payload) => {

@@ -6,16 +6,11 @@
 //! with an explicit origin list. Preflights are answered by this layer and cached by browsers
 //! for `cors.max_age`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Method, Request, Response, header};
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::AllowOrigin;
+pub use tower_http::cors::CorsLayer;
 
 use crate::config::CorsConfig;
 
@@ -61,10 +56,6 @@ pub fn normalize_origin(origin: &str) -> Result<String, String> {
 /// Builds the layer, or says why the configuration is unusable (instead of panicking as
 /// `tower_http` would on `*` with credentials).
 pub fn layer(cfg: &CorsConfig) -> Result<CorsLayer, CorsError> {
-    Ok(CorsLayer { cors: Arc::new(tower_layer(cfg)?) })
-}
-
-fn tower_layer(cfg: &CorsConfig) -> Result<tower_http::cors::CorsLayer, CorsError> {
     let wildcard = cfg.allowed_origins.iter().any(|o| o == "*");
     if wildcard && cfg.allow_credentials {
         return Err(CorsError("`*` cannot be combined with credentials".into()));
@@ -99,96 +90,4 @@ fn tower_layer(cfg: &CorsConfig) -> Result<tower_http::cors::CorsLayer, CorsErro
         .expose_headers(names(&cfg.exposed_headers)?)
         .allow_credentials(cfg.allow_credentials)
         .max_age(cfg.max_age))
-}
-
-/// `Vary` of an answer to a request without `Origin`, so a cache never hands it to a browser
-/// that needs CORS headers. Only `Origin` matters here: `tower_http::cors` adds the preflight
-/// headers (`access-control-request-method`, `-headers`) to the answers it makes, and a request
-/// without `Origin` is never a preflight. Every response carries this, so it is kept short.
-pub(crate) const VARY: HeaderValue = HeaderValue::from_static("origin");
-
-/// CORS as `tower_http::cors` does it, with a fast path: a request without an `Origin` header
-/// (server to server, same-origin navigation) only gets `Vary`, and does not pay for cloning and
-/// evaluating the CORS rules. Made by [`layer`].
-#[derive(Debug, Clone)]
-pub struct CorsLayer {
-    cors: Arc<tower_http::cors::CorsLayer>,
-}
-
-impl<S> Layer<S> for CorsLayer {
-    type Service = Cors<S>;
-    fn layer(&self, inner: S) -> Cors<S> {
-        Cors { inner, cors: self.cors.clone() }
-    }
-}
-
-/// The service made by [`CorsLayer`].
-#[derive(Debug, Clone)]
-pub struct Cors<S> {
-    inner: S,
-    cors: Arc<tower_http::cors::CorsLayer>,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Cors<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: Default,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if !req.headers().contains_key(header::ORIGIN) {
-            return ResponseFuture { kind: Kind::Plain { fut: self.inner.call(req) } };
-        }
-        // The ready inner service goes to tower_http's CORS; a clone stays for next time.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        let mut cors = self.cors.layer(ready);
-        ResponseFuture { kind: Kind::Cors { fut: Box::pin(cors.call(req)) } }
-    }
-}
-
-pin_project! {
-    /// Response future of [`Cors`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Plain { #[pin] fut: F },
-        // Boxed: tower-http's future carries the CORS headers it will add (about 180 bytes),
-        // and every request, CORS or not, would move them through the layers above.
-        Cors { fut: Pin<Box<tower_http::cors::ResponseFuture<F>>> },
-    }
-}
-
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: Default,
-{
-    type Output = Result<Response<ResB>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Cors { fut } => fut.as_mut().poll(cx),
-            KindProj::Plain { fut } => {
-                let mut out = std::task::ready!(fut.poll(cx));
-                if let Ok(resp) = &mut out {
-                    resp.headers_mut().append(header::VARY, VARY);
-                }
-                Poll::Ready(out)
-            }
-        }
-    }
 }

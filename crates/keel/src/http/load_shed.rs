@@ -123,7 +123,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if !self.layer.admit() {
-            let resp = shed_response(req.extensions().get::<RequestId>());
+            let resp = shed_response(RequestId::from_extensions(req.extensions()).as_ref());
             return ResponseFuture { kind: Kind::Shed { resp: Some(resp) } };
         }
         let guard = Guard(self.layer.clone());

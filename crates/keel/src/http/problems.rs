@@ -61,7 +61,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let id = req.extensions().get::<RequestId>().cloned();
+        let id = RequestId::from_extensions(req.extensions());
         let route = req.extensions().get::<MatchedPath>().cloned();
         ResponseFuture { inner: self.inner.call(req), id, route, rewriting: None }
     }

@@ -1,18 +1,32 @@
 //! Request ids: accept a well-formed `X-Request-ID`, otherwise make one (UUIDv7), and echo it.
 //!
 //! An incoming id is kept only when it is 1–128 characters of `[A-Za-z0-9._:-]`; anything else
-//! (too long, spaces, control characters, log-injection attempts) is replaced. The id is put in
-//! the request extensions as [`RequestId`] (also an axum extractor), on the response, and — by
-//! the trace layer — in the request span, so every log line of the request carries it.
+//! (too long, spaces, control characters, log-injection attempts) is replaced, and of several
+//! `X-Request-ID` headers only the first is kept. [`RequestIdLayer`] is that check
+//! ([`ValidateRequestIdLayer`]) in front of `tower_http::request_id`'s `SetRequestIdLayer` (which
+//! makes the missing ids with [`MakeRequestIdV7`]) and `PropagateRequestIdLayer` (which echoes
+//! the id on the response). Handlers and layers read the id as [`RequestId`] (also an axum
+//! extractor); the trace layer puts it in the request span, so every log line of the request
+//! carries it.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use keel::http::{RequestId, request_id::RequestIdLayer};
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|id: RequestId| async move { format!("your request is {id}") }))
+//!     .layer(RequestIdLayer);
+//! ```
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
+use http::{Extensions, HeaderName, HeaderValue, Request};
+use tower::layer::util::Stack;
 use tower::{Layer, Service};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, SetRequestIdLayer};
 
 /// `x-request-id`.
 pub static HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -67,6 +81,12 @@ impl RequestId {
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
+
+    /// The id `tower_http::request_id` recorded in these extensions (a request's, after
+    /// [`RequestIdLayer`]), if any.
+    pub fn from_extensions(extensions: &Extensions) -> Option<Self> {
+        extensions.get::<tower_http::request_id::RequestId>().map(|id| Self(id.header_value().clone()))
+    }
 }
 
 impl std::fmt::Display for RequestId {
@@ -78,111 +98,137 @@ impl std::fmt::Display for RequestId {
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(RequestId::generate))
+        Ok(RequestId::from_extensions(&parts.extensions).unwrap_or_else(RequestId::generate))
     }
 }
 
-/// The request's id: the one already decided for it, else a valid incoming `X-Request-ID`,
-/// else a new one. Records the decision in the request's extensions (and in its header when one
-/// was sent but not kept as it was), so every layer that asks gets the same id; the catch-panic
-/// layer, outside this one, asks first.
-pub(crate) fn ensure<B>(req: &mut Request<B>) -> RequestId {
-    if let Some(id) = req.extensions().get::<RequestId>() {
-        return id.clone();
+/// Makes the ids of requests that came without a (valid) one: [`RequestId::generate`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeRequestIdV7;
+
+impl MakeRequestId for MakeRequestIdV7 {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<tower_http::request_id::RequestId> {
+        Some(tower_http::request_id::RequestId::new(RequestId::generate().0))
     }
-    let values = req.headers().get_all(&HEADER);
-    let first = values.iter().next().and_then(RequestId::parse);
-    let sent = values.iter().count();
-    settle(req, first, sent)
 }
 
-/// [`ensure`] for a caller that has already read the request's `X-Request-ID` values:
-/// `first` is the first of them made an id (`None` if it is not a valid one), `sent` how many
-/// there were. The same decision, without looking the header up again.
-fn settle<B>(req: &mut Request<B>, first: Option<RequestId>, sent: usize) -> RequestId {
-    if let Some(id) = req.extensions().get::<RequestId>() {
-        return id.clone();
-    }
-    let id = match (first, sent) {
-        (Some(id), 1) => id,
-        // None sent: the new id is in the extensions, where handlers and layers read it (as
-        // `RequestId`); writing it into the request's headers too cost more than the rest of
-        // the decision.
-        (None, 0) => RequestId::generate(),
-        // Replaced when invalid; duplicates dropped, so a header that is there says what the
-        // request id is, and code reading the raw header never sees an unchecked value.
-        (kept, _) => {
-            let id = kept.unwrap_or_else(RequestId::generate);
-            req.headers_mut().insert(HEADER.clone(), id.0.clone());
-            id
-        }
-    };
-    req.extensions_mut().insert(id.clone());
-    id
-}
-
-/// Adds [`RequestId`]s; see the module docs.
+/// Keel's request ids: [`ValidateRequestIdLayer`], then `tower_http`'s set and propagate
+/// layers for `x-request-id`; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer;
 
+type Layers = Stack<PropagateRequestIdLayer, Stack<SetRequestIdLayer<MakeRequestIdV7>, ValidateRequestIdLayer>>;
+
 impl<S> Layer<S> for RequestIdLayer {
-    type Service = SetRequestId<S>;
-    fn layer(&self, inner: S) -> SetRequestId<S> {
-        SetRequestId { inner }
+    type Service = <Layers as Layer<S>>::Service;
+    fn layer(&self, inner: S) -> Self::Service {
+        let layers: Layers = Stack::new(
+            PropagateRequestIdLayer::new(HEADER.clone()),
+            Stack::new(SetRequestIdLayer::new(HEADER.clone(), MakeRequestIdV7), ValidateRequestIdLayer),
+        );
+        layers.layer(inner)
     }
 }
 
-/// The service made by [`RequestIdLayer`].
+/// Removes an `X-Request-ID` that is not a well-formed id, and all but the first of several,
+/// so a header that is there says what the request id is and code reading the raw header
+/// never sees an unchecked value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidateRequestIdLayer;
+
+impl<S> Layer<S> for ValidateRequestIdLayer {
+    type Service = ValidateRequestId<S>;
+    fn layer(&self, inner: S) -> ValidateRequestId<S> {
+        ValidateRequestId { inner }
+    }
+}
+
+/// The service made by [`ValidateRequestIdLayer`].
 #[derive(Debug, Clone)]
-pub struct SetRequestId<S> {
+pub struct ValidateRequestId<S> {
     inner: S,
 }
 
-impl<S, B, ResB> Service<Request<B>> for SetRequestId<S>
+impl<S, B> Service<Request<B>> for ValidateRequestId<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>>,
 {
-    type Response = Response<ResB>;
+    type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = ensure(&mut req);
-        ResponseFuture { inner: self.inner.call(req), id: Some(id.0) }
+        validate(req.headers_mut());
+        self.inner.call(req)
     }
 }
 
-pin_project! {
-    /// Response future of [`SetRequestId`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        id: Option<HeaderValue>,
-    }
-}
-
-impl<F, ResB, E> std::future::Future for ResponseFuture<F>
-where
-    F: std::future::Future<Output = Result<Response<ResB>, E>>,
-{
-    type Output = Result<Response<ResB>, E>;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut resp = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
-            resp.headers_mut().insert(HEADER.clone(), id);
+fn validate(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(&HEADER).iter();
+    let first = values.next().map(|v| RequestId::parse(v).is_some());
+    let more = values.next().is_some();
+    match (first, more) {
+        (None, _) | (Some(true), false) => {}
+        (Some(true), true) => {
+            if let Some(v) = headers.get(&HEADER).cloned() {
+                headers.insert(HEADER.clone(), v);
+            }
         }
-        Poll::Ready(Ok(resp))
+        (Some(false), _) => {
+            headers.remove(&HEADER);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn served(values: &[&str]) -> (Option<String>, String) {
+        let svc = RequestIdLayer.layer(tower::service_fn(|req: Request<()>| async move {
+            let id = RequestId::from_extensions(req.extensions()).map(|i| i.to_string());
+            let raw: Vec<String> =
+                req.headers().get_all(&HEADER).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+            assert!(raw.len() <= 1, "one header at most reaches the handler: {raw:?}");
+            assert_eq!(raw.first(), id.as_ref(), "the header and the extension agree");
+            Ok::<_, Infallible>(http::Response::new(id))
+        }));
+        let mut req = Request::new(());
+        for v in values {
+            req.headers_mut().append(HEADER.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        let resp = futures_util::FutureExt::now_or_never(tower::ServiceExt::oneshot(svc, req)).unwrap().unwrap();
+        let echoed = resp.headers()[&HEADER].to_str().unwrap().to_owned();
+        (resp.into_body(), echoed)
+    }
+
+    #[test]
+    fn a_valid_id_is_kept_and_echoed() {
+        let (seen, echoed) = served(&["abc-123"]);
+        assert_eq!(seen.as_deref(), Some("abc-123"));
+        assert_eq!(echoed, "abc-123");
+    }
+
+    #[test]
+    fn a_missing_or_invalid_id_is_replaced_by_a_v7() {
+        for sent in [&[][..], &["has space"], &["<script>"], &["a".repeat(129).as_str()]] {
+            let (seen, echoed) = served(sent);
+            let seen = seen.unwrap();
+            assert_eq!(uuid::Uuid::parse_str(&seen).unwrap().get_version_num(), 7, "{sent:?}");
+            assert_eq!(echoed, seen);
+        }
+    }
+
+    #[test]
+    fn of_several_ids_the_first_valid_one_is_kept() {
+        assert_eq!(served(&["first", "second"]).0.as_deref(), Some("first"));
+        let (seen, _) = served(&["bad id", "second"]);
+        assert_ne!(seen.as_deref(), Some("second"), "an invalid first id is replaced, not skipped");
+    }
 
     #[test]
     fn validation() {

@@ -63,7 +63,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let id = req.extensions().get::<RequestId>().cloned();
+        let id = RequestId::from_extensions(req.extensions());
         let asked = req.headers().get(&super::context::TIMEOUT_HEADER_NAME).and_then(asked);
         let timeout = budget(asked, self.timeout);
         let deadline = deadline(tokio::time::Instant::now(), timeout);

@@ -66,9 +66,10 @@ where
         // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
         // logs and exported spans. Without export and with JSON lines, the span itself is made
         // only if the request needs it (see `keel::telemetry`'s `deferred` module).
+        let id = RequestId::from_extensions(req.extensions());
         let span = RequestSpan::new(
             self.layer.service,
-            req.extensions().get::<RequestId>(),
+            id.as_ref(),
             req.method(),
             req.extensions().get::<MatchedPath>(),
             req.headers(),
