@@ -725,6 +725,22 @@ async fn an_http2_connection_that_never_sends_a_request_is_closed_at_the_header_
 }
 
 #[tokio::test]
+async fn http2_header_lists_over_the_limit_are_refused() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__HTTP2__MAX_HEADER_LIST_SIZE", "2KiB")]).await;
+    let addr = f.running().http_addr();
+    let (mut send, _conn) = h2_connect(addr).await;
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    let req = http::Request::get(format!("http://{addr}/hello"))
+        .header("x-big", "a".repeat(4096))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 431);
+    // The connection goes on.
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_over_its_per_ip_cap_cannot_stop_another_from_being_served() {
     // One client (127.0.0.1) opens three times its cap of idle HTTP/2 connections, one
     // request on each, and keeps them; another client (127.0.0.2) is still served at once.
