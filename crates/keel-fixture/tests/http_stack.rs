@@ -653,6 +653,154 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     f.stop().await;
 }
 
+/// An HTTP/2 (prior knowledge) connection to `addr` made with hyper's client; the connection
+/// task ends when the server closes the connection.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, tokio::task::JoinHandle<()>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .handshake(io)
+        .await
+        .unwrap();
+    (send, tokio::spawn(async move { drop(conn.await) }))
+}
+
+/// One GET on `send`; its status and body.
+async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(format!("http://{addr}{path}")).body(http_body_util::Empty::new()).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_within_its_idle_timeout() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__HTTP2__IDLE_TIMEOUT", "300ms")]).await;
+    let addr = f.running().http_addr();
+    let (mut send, conn) = h2_connect(addr).await;
+    // Timed from before the request, so never shorter than the server's idle time.
+    let idle_from = Instant::now();
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    tokio::time::timeout(Duration::from_secs(5), conn).await.expect("the idle connection was closed").unwrap();
+    assert_closed_at_deadline(idle_from, 300);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_a_request_in_progress_outlives_the_idle_timeout() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__HTTP2__IDLE_TIMEOUT", "200ms")]).await;
+    let addr = f.running().http_addr();
+    let (mut send, mut conn) = h2_connect(addr).await;
+    // A handler four idle timeouts long, then an answer with a pause three and a half long in
+    // it; after each, the same connection serves another request (a `GOAWAY` would refuse it).
+    assert_eq!(h2_get(&mut send, addr, "/slow?ms=800").await, (200, "done".to_owned()));
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    assert_eq!(h2_get(&mut send, addr, "/stream?ms=700").await, (200, "first second".to_owned()));
+    let idle_from = Instant::now();
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    assert!(!conn.is_finished(), "still open");
+    tokio::time::timeout(Duration::from_secs(5), &mut conn).await.expect("closed once idle").unwrap();
+    assert_closed_at_deadline(idle_from, 200);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_never_sends_a_request_is_closed_at_the_header_deadline() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
+    let addr = f.running().http_addr();
+    // The preface and settings, then nothing.
+    let started = Instant::now();
+    let (_send, conn) = h2_connect(addr).await;
+    tokio::time::timeout(Duration::from_secs(5), conn).await.expect("closed").unwrap();
+    assert_closed_at_deadline(started, 300);
+    // Half a preface, then nothing.
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(read_until_closed(&mut s).await.is_empty());
+    assert_closed_at_deadline(started, 300);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn http2_header_lists_over_the_limit_are_refused() {
+    let f = Fixture::start(&[("FIXTURE__HTTP__HTTP2__MAX_HEADER_LIST_SIZE", "2KiB")]).await;
+    let addr = f.running().http_addr();
+    let (mut send, _conn) = h2_connect(addr).await;
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    let req = http::Request::get(format!("http://{addr}/hello"))
+        .header("x-big", "a".repeat(4096))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 431);
+    // The connection goes on.
+    assert_eq!(h2_get(&mut send, addr, "/hello").await.0, 200);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_per_ip_cap_cannot_stop_another_from_being_served() {
+    // One client (127.0.0.1) opens three times its cap of idle HTTP/2 connections, one
+    // request on each, and keeps them; another client (127.0.0.2) is still served at once.
+    let f = Fixture::start(&[
+        ("FIXTURE__HTTP__MAX_CONNECTIONS", "16"),
+        ("FIXTURE__HTTP__MAX_CONNECTIONS_PER_IP", "8"),
+        ("FIXTURE__HTTP__HTTP2__IDLE_TIMEOUT", "60s"),
+    ])
+    .await;
+    keel::http::client::install_tls_provider();
+    let mut held = Vec::new();
+    let mut served = 0;
+    for _ in 0..24 {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        if c.get(f.url("/hello")).send().await.is_ok_and(|r| r.status() == 200) {
+            served += 1;
+        }
+        held.push(c);
+    }
+    assert_eq!(served, 8, "the first client got its cap");
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let resp = other.get(f.url("/peer")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().starts_with("127.0.0.2:"), "from the other address");
+    assert!(started.elapsed() < Duration::from_secs(2), "served promptly: {:?}", started.elapsed());
+    // The first client's connections are all still open (kept alive by its clients).
+    for c in &held[..8] {
+        assert_eq!(c.get(f.url("/hello")).send().await.unwrap().status(), 200);
+    }
+    let text = client().get(format!("{}/metrics", f.mgmt)).send().await.unwrap().text().await.unwrap();
+    let refused: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("http_server_connections_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the refusals are counted");
+    assert!(refused >= 16.0, "{refused} refused");
+    drop(held);
+    f.stop().await;
+}
+
 #[tokio::test]
 async fn made_up_methods_share_one_metric_label() {
     let f = Fixture::start(&[]).await;

@@ -182,6 +182,32 @@ fn invalid_values_are_all_reported() {
     ] {
         assert_eq!(problem(&e, path).kind, ProblemKind::Invalid, "{path}: {e}");
     }
+    // The connection limits and HTTP/2 settings are bounded.
+    let e = load(
+        Profile::Test,
+        None,
+        &[
+            ("SVC__HTTP__MAX_CONNECTIONS_PER_IP", "0"),
+            ("SVC__HTTP__HTTP2__IDLE_TIMEOUT", "0s"),
+            ("SVC__HTTP__HTTP2__KEEP_ALIVE_INTERVAL", "0s"),
+            ("SVC__HTTP__HTTP2__KEEP_ALIVE_TIMEOUT", "0s"),
+            ("SVC__HTTP__HTTP2__MAX_CONCURRENT_STREAMS", "0"),
+            ("SVC__HTTP__HTTP2__MAX_HEADER_LIST_SIZE", "32MiB"),
+        ],
+    )
+    .unwrap_err();
+    for path in [
+        "http.max_connections_per_ip",
+        "http.http2.idle_timeout",
+        "http.http2.keep_alive_interval",
+        "http.http2.keep_alive_timeout",
+        "http.http2.max_concurrent_streams",
+        "http.http2.max_header_list_size",
+    ] {
+        assert_eq!(problem(&e, path).kind, ProblemKind::Invalid, "{path}: {e}");
+    }
+    let e = load(Profile::Test, None, &[("SVC__HTTP__HTTP2__MAX_HEADER_LIST_SIZE", "512")]).unwrap_err();
+    assert!(problem(&e, "http.http2.max_header_list_size").message.contains("1KiB"), "{e}");
     // `*` with credentials is refused in every profile.
     let e = load(
         Profile::Development,

@@ -332,10 +332,9 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let bound_http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: http_addr, source })?;
     let stop_accepting = CancellationToken::new();
     let server_failed = CancellationToken::new();
-    let limits = server::Limits {
-        header_read_timeout: keel.http.header_read_timeout,
-        max_connections: keel.http.max_connections,
-    };
+    let refused = server::refused_counter()?;
+    metrics.register(refused.clone())?;
+    let limits = server::Limits::new(&keel.http, refused);
     let mut servers = Vec::new();
     let mut bound_mgmt = None;
     let router = if shared {
@@ -347,7 +346,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         let l = bind(mgmt_addr).await?;
         let addr = l.local_addr().map_err(|source| StartError::Bind { addr: mgmt_addr, source })?;
         bound_mgmt = Some(addr);
-        servers.push(serve(l, management, limits, &stop_accepting, &server_failed, "management"));
+        servers.push(serve(l, management, limits.clone(), &stop_accepting, &server_failed, "management"));
         router
     };
     servers.push(serve(http_listener, router, limits, &stop_accepting, &server_failed, "http"));

@@ -22,7 +22,7 @@
 
 mod cli;
 mod group;
-mod head_deadline;
+mod idle;
 mod lifecycle;
 mod management;
 #[cfg(feature = "sql")]

@@ -55,9 +55,9 @@ pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
 pub use secret::{MASK, Secret, weak_secret};
 pub use sections::{
     BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, EncryptionConfig, FeaturesConfig, HealthConfig,
-    HstsConfig, HttpConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, KeelConfig, LogConfig, LogFormat, ManagementConfig,
-    OtlpConfig, OutboxConfig, PasswordsConfig, PoolConfig, RedisConfig, SecurityConfig, ShutdownConfig,
-    TelemetryConfig, UpstreamConfig,
+    HstsConfig, Http2Config, HttpConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, KeelConfig, LogConfig, LogFormat,
+    ManagementConfig, OtlpConfig, OutboxConfig, PasswordsConfig, PoolConfig, RedisConfig, SecurityConfig,
+    ShutdownConfig, TelemetryConfig, UpstreamConfig,
 };
 use tree::{KeyPath, Tree, join};
 
@@ -610,8 +610,27 @@ fn validate_keel(
     if k.http.max_connections == 0 {
         v.invalid("http.max_connections", "must be at least 1");
     }
+    if k.http.max_connections_per_ip == 0 {
+        v.invalid("http.max_connections_per_ip", "must be at least 1");
+    }
     if k.http.header_read_timeout.is_zero() {
         v.invalid("http.header_read_timeout", "must be more than 0s");
+    }
+    let h2 = &k.http.http2;
+    for (key, d) in [
+        ("http.http2.idle_timeout", h2.idle_timeout),
+        ("http.http2.keep_alive_interval", h2.keep_alive_interval),
+        ("http.http2.keep_alive_timeout", h2.keep_alive_timeout),
+    ] {
+        if d.is_zero() {
+            v.invalid(key, "must be more than 0s");
+        }
+    }
+    if h2.max_concurrent_streams == 0 {
+        v.invalid("http.http2.max_concurrent_streams", "must be at least 1");
+    }
+    if !(1 << 10..=MAX_HEADER_LIST_SIZE).contains(&h2.max_header_list_size) {
+        v.invalid("http.http2.max_header_list_size", "must be between 1KiB and 16MiB");
     }
     match k.management_addr() {
         None => v.invalid("management.addr", "http.port + 1000 is past 65535: set management.addr"),
@@ -832,6 +851,9 @@ pub(crate) fn memory_bus_name(url: &str) -> Option<&str> {
 
 /// The largest `outbox.batch_size`.
 const MAX_OUTBOX_BATCH: u32 = 10_000;
+
+/// The largest `http.http2.max_header_list_size`: far beyond any real request's headers.
+const MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
 fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
     // Whether a broker is needed at all is known only once the service asks for the bus

@@ -122,10 +122,17 @@ pub struct HttpConfig {
     /// Open connections accepted at once; further clients wait in the kernel's backlog. Bounds
     /// file descriptors against connection floods. Default `4096`.
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv4 address, or an IPv6 /64) at once;
+    /// its further connections are closed as soon as they are accepted. Counted per TCP peer:
+    /// behind a proxy, the proxy is the client. Default `256`.
+    pub max_connections_per_ip: usize,
     /// A client must send a request's headers within this (slow-header attacks hold
-    /// connections open otherwise). Default `10s`.
+    /// connections open otherwise); it is also the first request's deadline on a new
+    /// connection, and the idle timeout of an HTTP/1 keep-alive connection. Default `10s`.
     #[serde(with = "super::duration")]
     pub header_read_timeout: Duration,
+    /// HTTP/2 connections.
+    pub http2: Http2Config,
     /// gzip responses when the client accepts it. Default `true`.
     pub compression: bool,
     /// Strict-Transport-Security. Turn on when clients reach the service over TLS (usually
@@ -145,10 +152,47 @@ impl Default for HttpConfig {
             body_limit: 1 << 20,
             max_in_flight: 1024,
             max_connections: 4096,
+            max_connections_per_ip: 256,
             header_read_timeout: Duration::from_secs(10),
+            http2: Http2Config::default(),
             compression: true,
             hsts: HstsConfig::default(),
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `http.http2.*`: HTTP/2 connections (cleartext with prior knowledge, or TLS with ALPN at a
+/// proxy in front).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Http2Config {
+    /// A connection with no stream open for this long is sent `GOAWAY` and closed; if it has
+    /// still opened none after as long again, it is dropped. Default `30s`.
+    #[serde(with = "super::duration")]
+    pub idle_timeout: Duration,
+    /// Interval of the keep-alive `PING`s the server sends. Default `20s`.
+    #[serde(with = "super::duration")]
+    pub keep_alive_interval: Duration,
+    /// A `PING` not acknowledged within this closes the connection. Default `20s`.
+    #[serde(with = "super::duration")]
+    pub keep_alive_timeout: Duration,
+    /// Streams (requests) a client may have open at once on one connection. Default `100`.
+    pub max_concurrent_streams: u32,
+    /// Largest header list (decoded, as HTTP/2 counts it) a request may send. Default `32KiB`.
+    #[serde(with = "super::bytes")]
+    pub max_header_list_size: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(20),
+            keep_alive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 100,
+            max_header_list_size: 32 << 10,
         }
     }
 }

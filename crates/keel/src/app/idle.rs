@@ -1,0 +1,500 @@
+//! Closing connections that carry no request, around hyper's own connection.
+//!
+//! hyper bounds an HTTP/1 connection waiting for a request head (`header_read_timeout`, which
+//! also covers the wait between keep-alive requests), but has no such bound for the bytes
+//! hyper-util reads to tell HTTP/1 from HTTP/2, for the HTTP/2 preface, or for an HTTP/2
+//! connection that keeps no stream open: such a connection lives as long as its client
+//! wants, holding a slot of `http.max_connections`. This module adds that bound:
+//!
+//! - [`Track`] wraps the service of one connection and counts its requests in progress: from
+//!   the call until the answer's body is dropped (hyper drops it once it has taken its last
+//!   frame, or when the stream is reset). It also records the connection's protocol from its
+//!   first request.
+//! - [`Watchdog`] wraps the connection future. A connection that has had no request in
+//!   progress for its deadline is asked to shut down gracefully (hyper-util's
+//!   `graceful_shutdown`: HTTP/2 sends `GOAWAY` and ends once its streams have; a connection
+//!   whose protocol is not known yet is closed at once). If it is still open, with no request
+//!   in progress, a full deadline later, it is dropped, which closes it: a client that ignores
+//!   the `GOAWAY` (or never acknowledges its `PING`) cannot keep it.
+//!
+//! The deadline is `http.header_read_timeout` until the first request (for both protocols:
+//! it bounds the version sniffing, the preface and the first head), then
+//! `http.http2.idle_timeout` on an HTTP/2 connection. An HTTP/1 connection is left to hyper
+//! once its first request has arrived: hyper's header-read timeout ends it when idle, and an
+//! upgrade (`101`) hands its socket to the handler.
+//!
+//! The watchdog also carries the drain: once the server's drain token is cancelled it asks
+//! the connection to shut down gracefully (HTTP/1: finish the request in progress, then close;
+//! HTTP/2: `GOAWAY`, then the open streams finish), and the rule above still closes a
+//! connection that stays open with nothing in progress. hyper-util's `GracefulShutdown` does
+//! the drain part alone, but it cannot be combined with the idle shutdown: it watches only
+//! hyper's own connection types (its `GracefulConnection` trait is sealed) and returns a
+//! future nothing else can shut down. So the watchdog calls the same `graceful_shutdown`
+//! itself, on a cancellation token.
+//!
+//! The timer is lazy: a request only updates two atomics, and the watchdog's one `Sleep`, when
+//! it fires, re-arms itself for the deadline as it stands then. The one change that can bring
+//! a deadline forward, the first request, is judged at once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tower::Service;
+
+/// No request has arrived yet.
+const FRESH: u8 = 0;
+/// The first request was HTTP/1: hyper's header-read timeout takes over.
+const HTTP1: u8 = 1;
+/// The first request was HTTP/2.
+const HTTP2: u8 = 2;
+
+/// What one connection is doing, shared by its [`Track`] and its [`Watchdog`].
+#[derive(Debug)]
+pub(crate) struct Activity {
+    origin: Instant,
+    protocol: AtomicU8,
+    in_flight: AtomicUsize,
+    /// Nanoseconds from `origin` to the end of the last request in progress (rounding down
+    /// to milliseconds could close a connection a moment early).
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    /// A connection accepted now.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Instant::now(),
+            protocol: AtomicU8::new(FRESH),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        })
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
+    }
+}
+
+/// Counts one request in progress until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // The idle time first: the watchdog reads the count, then the time.
+        self.0.idle_since.store(self.0.nanos(Instant::now()), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's service, counting its requests in progress (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Track<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Track<S> {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Track<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<TrackBody<ResBody>>;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let a = &self.activity;
+        let mut protocol = a.protocol.load(Ordering::Relaxed);
+        if protocol == FRESH {
+            protocol = if req.version() == Version::HTTP_2 { HTTP2 } else { HTTP1 };
+            a.protocol.store(protocol, Ordering::Relaxed);
+        }
+        // HTTP/1 connections are hyper's to time out: nothing to count.
+        let in_flight = (protocol == HTTP2).then(|| InFlight::start(a));
+        TrackFuture { inner: self.inner.call(req), in_flight }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Track`].
+    pub(crate) struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.inner.poll(cx));
+        // An error drops the count here; an answer carries it in its body.
+        let in_flight = this.in_flight.take();
+        Poll::Ready(res.map(|r| r.map(|inner| TrackBody { inner, _in_flight: in_flight })))
+    }
+}
+
+pin_project! {
+    /// The response body of [`Track`]: the request is in progress until it is dropped.
+    pub(crate) struct TrackBody<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for TrackBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The deadlines of a [`Watchdog`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    /// Until the first request.
+    pub(crate) first_request: Duration,
+    /// Between requests on an HTTP/2 connection.
+    pub(crate) http2_idle: Duration,
+}
+
+pin_project! {
+    /// A connection future that is shut down when idle or drained (see the module docs).
+    pub(crate) struct Watchdog<C, F> {
+        #[pin]
+        conn: C,
+        #[pin]
+        drain: WaitForCancellationFutureOwned,
+        #[pin]
+        timer: Sleep,
+        shutdown: F,
+        activity: Arc<Activity>,
+        deadlines: Deadlines,
+        drained: bool,
+        // `graceful_shutdown` was called (for idleness or the drain).
+        shutting_down: bool,
+        // HTTP/1 after its first request: hyper's own timeout governs.
+        disarmed: bool,
+        // The protocol as of the last verdict.
+        judged: u8,
+    }
+}
+
+impl<C, F> Watchdog<C, F>
+where
+    C: Future,
+    F: FnMut(Pin<&mut C>),
+{
+    /// Watches `conn`, whose requests `activity` counts; `shutdown` starts its graceful
+    /// shutdown, and `drain` is the server's drain token.
+    pub(crate) fn new(
+        conn: C,
+        activity: Arc<Activity>,
+        deadlines: Deadlines,
+        drain: WaitForCancellationFutureOwned,
+        shutdown: F,
+    ) -> Self {
+        let timer = tokio::time::sleep_until(activity.origin + deadlines.first_request);
+        Self {
+            conn,
+            drain,
+            timer,
+            shutdown,
+            activity,
+            deadlines,
+            drained: false,
+            shutting_down: false,
+            disarmed: false,
+            judged: FRESH,
+        }
+    }
+}
+
+/// What a [`Watchdog`] does with its connection when its timer fires.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Look again at this instant.
+    Wait(Instant),
+    /// Start the graceful shutdown, look again at this instant.
+    Shutdown(Instant),
+    /// Drop the connection.
+    Close,
+    /// Stop watching (hyper times HTTP/1 out itself).
+    Disarm,
+}
+
+fn verdict(activity: &Activity, deadlines: Deadlines, shutting_down: bool, now: Instant) -> Verdict {
+    let deadline = match activity.protocol.load(Ordering::Relaxed) {
+        FRESH => deadlines.first_request,
+        HTTP2 => deadlines.http2_idle,
+        _ => return Verdict::Disarm,
+    };
+    if activity.in_flight.load(Ordering::Acquire) > 0 {
+        return Verdict::Wait(now + deadline);
+    }
+    let due = activity.idle_since() + deadline;
+    if now < due {
+        Verdict::Wait(due)
+    } else if shutting_down {
+        Verdict::Close
+    } else {
+        Verdict::Shutdown(now + deadline)
+    }
+}
+
+impl<C, F, E> Future for Watchdog<C, F>
+where
+    C: Future<Output = Result<(), E>>,
+    F: FnMut(Pin<&mut C>),
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if !*this.drained && this.drain.as_mut().poll(cx).is_ready() {
+            *this.drained = true;
+            if !*this.shutting_down {
+                *this.shutting_down = true;
+                (this.shutdown)(this.conn.as_mut());
+            }
+        }
+        loop {
+            if !*this.disarmed {
+                // A first request changes the deadline, possibly to an earlier one than the
+                // timer is set for: judge at once then, as when the timer fires.
+                let protocol = this.activity.protocol.load(Ordering::Relaxed);
+                let mut due = protocol != *this.judged || this.timer.as_mut().poll(cx).is_ready();
+                *this.judged = protocol;
+                while due {
+                    match verdict(this.activity, *this.deadlines, *this.shutting_down, Instant::now()) {
+                        Verdict::Wait(at) => this.timer.as_mut().reset(at),
+                        Verdict::Shutdown(at) => {
+                            *this.shutting_down = true;
+                            (this.shutdown)(this.conn.as_mut());
+                            this.timer.as_mut().reset(at);
+                        }
+                        Verdict::Close => return Poll::Ready(Ok(())),
+                        Verdict::Disarm => {
+                            *this.disarmed = true;
+                            break;
+                        }
+                    }
+                    due = this.timer.as_mut().poll(cx).is_ready();
+                }
+            }
+            match this.conn.as_mut().poll(cx) {
+                Poll::Ready(res) => return Poll::Ready(res),
+                // hyper calls the service inside that poll: a first request may just have set
+                // the protocol; judge again before waiting.
+                Poll::Pending if !*this.disarmed && this.activity.protocol.load(Ordering::Relaxed) != *this.judged => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, Empty};
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const DEADLINES: Deadlines =
+        Deadlines { first_request: Duration::from_millis(100), http2_idle: Duration::from_millis(1000) };
+
+    fn request(version: Version) -> Request<Empty<bytes::Bytes>> {
+        Request::builder().version(version).body(Empty::new()).unwrap()
+    }
+
+    type Answer = Result<Response<Empty<bytes::Bytes>>, Infallible>;
+
+    fn echo(
+        activity: &Arc<Activity>,
+    ) -> Track<
+        impl Service<
+            Request<Empty<bytes::Bytes>>,
+            Response = Response<Empty<bytes::Bytes>>,
+            Error = Infallible,
+            Future = impl Future<Output = Answer>,
+        > + Clone,
+    > {
+        Track::new(tower::service_fn(|_| async { Answer::Ok(Response::new(Empty::new())) }), activity.clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_request_is_in_progress_until_its_body_is_dropped() {
+        let a = Activity::new();
+        let svc = echo(&a);
+        let resp = svc.clone().oneshot(request(Version::HTTP_2)).await.unwrap();
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 1);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        assert_eq!(verdict(&a, DEADLINES, false, now), Verdict::Wait(now + DEADLINES.http2_idle));
+        drop(resp.into_body().collect().await);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+        // Idle from the body's drop, against the HTTP/2 deadline.
+        assert_eq!(verdict(&a, DEADLINES, false, now), Verdict::Wait(now + DEADLINES.http2_idle));
+        let later = now + DEADLINES.http2_idle;
+        assert_eq!(verdict(&a, DEADLINES, false, later), Verdict::Shutdown(later + DEADLINES.http2_idle));
+        assert_eq!(verdict(&a, DEADLINES, true, later), Verdict::Close);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_http2_request_is_no_longer_in_progress() {
+        let a = Activity::new();
+        let svc = echo(&a);
+        let mut svc = svc;
+        let fut = svc.call(request(Version::HTTP_2));
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 1);
+        drop(fut);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http1_is_left_to_hyper_after_its_first_request() {
+        let a = Activity::new();
+        let svc = echo(&a);
+        let now = Instant::now();
+        assert_eq!(verdict(&a, DEADLINES, false, now), Verdict::Wait(now + DEADLINES.first_request));
+        let _resp = svc.oneshot(request(Version::HTTP_11)).await.unwrap();
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0, "not counted");
+        assert_eq!(verdict(&a, DEADLINES, false, now), Verdict::Disarm);
+    }
+
+    /// A connection that never ends by itself; counts its graceful shutdowns.
+    fn pending_conn() -> std::future::Pending<Result<(), Infallible>> {
+        std::future::pending()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_shut_down_then_closed() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let drain = CancellationToken::new();
+        let started = Instant::now();
+        let dog = Watchdog::new(
+            pending_conn(),
+            Activity::new(),
+            DEADLINES,
+            drain.cancelled_owned(),
+            move |_: Pin<&mut _>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        dog.await.unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "asked once to shut down");
+        assert_eq!(started.elapsed(), DEADLINES.first_request * 2, "dropped a deadline after");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_shuts_the_connection_down_at_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let drain = CancellationToken::new();
+        let activity = Activity::new();
+        activity.protocol.store(HTTP2, Ordering::Relaxed);
+        let _busy = InFlight::start(&activity);
+        let dog = Watchdog::new(
+            pending_conn(),
+            activity,
+            DEADLINES,
+            drain.clone().cancelled_owned(),
+            move |_: Pin<&mut _>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        let mut dog = boxed(dog);
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending(), "a request is in progress");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        // Busy for far longer than any deadline: never closed.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_gets_its_idle_deadline_from_its_first_request() {
+        // The first-request deadline far longer than the idle one: the idle one still holds.
+        let deadlines = Deadlines { first_request: Duration::from_secs(10), http2_idle: Duration::from_secs(1) };
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let a = Activity::new();
+        let started = Instant::now();
+        let dog = Watchdog::new(
+            pending_conn(),
+            a.clone(),
+            deadlines,
+            CancellationToken::new().cancelled_owned(),
+            move |_: Pin<&mut _>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        let mut dog = boxed(dog);
+        assert!(poll_once(dog.as_mut()).is_pending());
+        drop(echo(&a).oneshot(request(Version::HTTP_2)).await.unwrap());
+        dog.await.unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "asked once to shut down");
+        assert_eq!(started.elapsed(), Duration::from_secs(2), "two idle deadlines, not the first request's");
+    }
+
+    fn boxed<T>(t: T) -> Pin<Box<T>> {
+        Box::pin(t)
+    }
+
+    fn poll_once<T: Future>(f: Pin<&mut T>) -> Poll<T::Output> {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut Context::from_waker(waker))
+    }
+}
