@@ -38,7 +38,7 @@ if [ "${1:-}" = "--layers" ]; then
   echo
   echo "| layer | instructions/request it adds |"
   echo "|---|---|"
-  for l in security_headers cors catch_panic request_id trace metrics timeout body_limit load_shed compression problems; do
+  for l in security_headers cors request_id context trace metrics catch_panic timeout body_limit load_shed compression problems; do
     echo "| $l | $((whole - $(per_request ablate "$l"))) |"
   done
 fi

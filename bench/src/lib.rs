@@ -37,13 +37,14 @@ pub fn production_logs() -> keel::telemetry::TelemetryOptions {
 }
 
 /// The layers of Keel's API stack, outermost first, by the names [`ablated_stack`] takes.
-pub const LAYERS: [&str; 11] = [
+pub const LAYERS: [&str; 12] = [
     "security_headers",
     "cors",
-    "catch_panic",
     "request_id",
+    "context",
     "trace",
     "metrics",
+    "catch_panic",
     "timeout",
     "body_limit",
     "load_shed",
@@ -75,10 +76,11 @@ pub fn ablated_stack(
                 some("security_headers").map(|()| security_headers::SecurityHeadersLayer::new(&cfg.http.hsts)),
             )
             .option_layer(cors)
-            .option_layer(some("catch_panic").map(|()| catch_panic::CatchPanicLayer))
             .option_layer(some("request_id").map(|()| request_id::RequestIdLayer))
+            .option_layer(some("context").map(|()| context::RequestContextLayer))
             .option_layer(some("trace").map(|()| trace::TraceLayer::new("bench", false)))
             .option_layer(http_metrics)
+            .option_layer(some("catch_panic").map(|()| catch_panic::CatchPanicLayer))
             .option_layer(some("timeout").map(|()| timeout::TimeoutLayer::new(cfg.http.request_timeout)))
             .option_layer(some("body_limit").map(|()| axum::extract::DefaultBodyLimit::max(cfg.http.body_limit)))
             .option_layer(some("load_shed").map(|()| load_shed::LoadShedLayer::new(cfg.http.max_in_flight)))

@@ -24,7 +24,7 @@ use super::status::Sources;
 
 use crate::config::{Profile, Secret};
 use crate::http::problem::Problem;
-use crate::http::{catch_panic, problems, request_id};
+use crate::http::{catch_panic, context, problems, request_id};
 use crate::telemetry::{self, METRICS_CONTENT_TYPE, Metrics};
 
 pub(crate) fn router(metrics: Metrics, admin_token: Option<Secret>, sources: Sources) -> Router {
@@ -34,13 +34,13 @@ pub(crate) fn router(metrics: Metrics, admin_token: Option<Secret>, sources: Sou
         .route("/admin/flags", get(flags))
         .with_state(sources)
         .layer(middleware::from_fn_with_state(admin_token, require_admin));
-    Router::new()
-        .route("/metrics", get(render))
-        .with_state(metrics)
-        .merge(admin)
-        .layer(problems::ProblemsLayer)
-        .layer(request_id::RequestIdLayer)
-        .layer(catch_panic::CatchPanicLayer)
+    Router::new().route("/metrics", get(render)).with_state(metrics).merge(admin).layer(
+        tower::ServiceBuilder::new()
+            .layer(request_id::RequestIdLayer)
+            .layer(context::RequestContextLayer)
+            .layer(catch_panic::CatchPanicLayer)
+            .layer(problems::ProblemsLayer),
+    )
 }
 
 async fn render(State(m): State<Metrics>) -> Response {

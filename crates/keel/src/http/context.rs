@@ -130,6 +130,42 @@ impl Drop for Restore<'_> {
     }
 }
 
+/// Sets the [`RequestContext`] (its id, from [`RequestIdLayer`](super::request_id::RequestIdLayer),
+/// which must be outside it) around everything below it; the timeout layer adds the deadline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContextLayer;
+
+impl<S> tower::Layer<S> for RequestContextLayer {
+    type Service = SetRequestContext<S>;
+    fn layer(&self, inner: S) -> SetRequestContext<S> {
+        SetRequestContext { inner }
+    }
+}
+
+/// The service made by [`RequestContextLayer`].
+#[derive(Debug, Clone)]
+pub struct SetRequestContext<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for SetRequestContext<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Scoped<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let ctx = RequestContext { request_id: RequestId::from_extensions(req.extensions()), deadline: None };
+        scope(ctx, self.inner.call(req))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,15 +5,16 @@
 //! 1. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
 //! 2. [`cors`] — exact-origin allowlist; preflights answered here.
 //! 3. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
-//! 4. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
-//! 5. [`metrics`] — `http_server_*` metrics labelled by route template.
-//! 6. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
-//! 7. [`timeout`] — `http.request_timeout`, then 504 problem.
-//! 8. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
+//! 4. [`context`] — the request's id as the current [`context::RequestContext`] below it.
+//! 5. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
+//! 6. [`metrics`] — `http_server_*` metrics labelled by route template.
+//! 7. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
+//! 8. [`timeout`] — `http.request_timeout`, then 504 problem.
+//! 9. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
 //!    a route can override it with its own `DefaultBodyLimit` route layer.
-//! 9. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
-//! 10. [`compression`] — gzip when the client accepts it.
-//! 11. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
+//! 10. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
+//! 11. [`compression`] — gzip when the client accepts it.
+//! 12. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
 //!
 //! The order matters: security headers and CORS are outermost so that the stack's own answers
 //! (a panic's 500, a timeout's 504, an overload 503) carry them too — a browser can then read
@@ -27,7 +28,7 @@
 //! on its own, around any `tower::Service<http::Request<B>>`.
 //!
 //! Probes (`/health/*`, `/healthz`, `/livez`, `/readyz`) get only security headers,
-//! catch-panic, request-id and metrics: they are never shed, timed out, CORS-checked or
+//! request-id, context, metrics and catch-panic: they are never shed, timed out, CORS-checked or
 //! access-logged, so an overloaded instance is not killed by its liveness probe and probe
 //! traffic does not flood the logs.
 
@@ -107,6 +108,7 @@ pub fn stack(
         .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
         .layer(cors::layer(&cfg.cors)?)
         .layer(request_id::RequestIdLayer)
+        .layer(context::RequestContextLayer)
         .layer(trace::TraceLayer::new(service, cfg.log.access_log))
         .layer(http_metrics.clone())
         .layer(catch_panic::CatchPanicLayer)
@@ -116,7 +118,14 @@ pub fn stack(
         .layer(compression::CompressionLayer::new(cfg.http.compression))
         .layer(problems::ProblemsLayer);
     let api = api.layer(layers);
-    let probes = probes.layer(http_metrics).layer(request_id::RequestIdLayer).layer(catch_panic::CatchPanicLayer);
+    let probes = probes.layer(
+        tower::ServiceBuilder::new()
+            .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
+            .layer(request_id::RequestIdLayer)
+            .layer(context::RequestContextLayer)
+            .layer(http_metrics)
+            .layer(catch_panic::CatchPanicLayer),
+    );
     // `merge` keeps the fallback of its argument when neither router set one: the API's,
     // which has the full stack, so unmatched paths get problem responses.
     let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probes.merge(api)))
