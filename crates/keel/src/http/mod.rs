@@ -50,6 +50,8 @@ pub mod timeout;
 pub mod trace;
 
 use axum::Router;
+use tower::Layer;
+use tower::layer::util::{Identity, Stack};
 
 pub use problem::Problem;
 
@@ -92,7 +94,99 @@ impl StackHandle {
     }
 }
 
-/// Wraps `api` in the full stack and `probes` in the light one, and merges them.
+/// The API stack's layers, outermost last (as `tower::ServiceBuilder` nests them).
+type ApiLayers = Stack<
+    problems::ProblemsLayer,
+    Stack<
+        compression::CompressionLayer,
+        Stack<
+            load_shed::LoadShedLayer,
+            Stack<
+                axum::extract::DefaultBodyLimit,
+                Stack<
+                    timeout::TimeoutLayer,
+                    Stack<
+                        catch_panic::CatchPanicLayer,
+                        Stack<
+                            metrics::HttpMetricsLayer,
+                            Stack<
+                                trace::TraceLayer,
+                                Stack<
+                                    context::RequestContextLayer,
+                                    Stack<
+                                        request_id::RequestIdLayer,
+                                        Stack<cors::CorsLayer, Stack<security_headers::SecurityHeadersLayer, Identity>>,
+                                    >,
+                                >,
+                            >,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// Keel's API stack as one `tower::Layer`, in the order the module docs give, for any inner
+/// `tower::Service<http::Request<B>>` whose body and response types the layers accept (axum's
+/// `Router` and routes, a `tower::service_fn`, later a tonic service). [`stack`] puts it around
+/// a service's routes; [`KeelLayer::handle`] reports on it.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use keel::config::KeelConfig;
+/// use keel::http::KeelLayer;
+/// use keel::telemetry::Metrics;
+///
+/// let cfg = KeelConfig::default();
+/// let metrics = Metrics::new();
+/// let layer = KeelLayer::from_config("demo", &cfg, &metrics).unwrap();
+/// let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeelLayer {
+    layers: ApiLayers,
+    http_metrics: metrics::HttpMetricsLayer,
+    shed: load_shed::LoadShedLayer,
+}
+
+impl KeelLayer {
+    /// The stack for `service` as `cfg` sets it, recording into `metrics` (registers the
+    /// `http_server_*` metrics there, so build one per registry).
+    pub fn from_config(service: &str, cfg: &KeelConfig, metrics: &Metrics) -> Result<Self, StackError> {
+        let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
+        let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
+        let layers = tower::ServiceBuilder::new()
+            .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
+            .layer(cors::layer(&cfg.cors)?)
+            .layer(request_id::RequestIdLayer)
+            .layer(context::RequestContextLayer)
+            .layer(trace::TraceLayer::new(service, cfg.log.access_log))
+            .layer(http_metrics.clone())
+            .layer(catch_panic::CatchPanicLayer)
+            .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
+            .layer(axum::extract::DefaultBodyLimit::max(cfg.http.body_limit))
+            .layer(shed.clone())
+            .layer(compression::CompressionLayer::new(cfg.http.compression))
+            .layer(problems::ProblemsLayer)
+            .into_inner();
+        Ok(Self { layers, http_metrics, shed })
+    }
+
+    /// What the stack reports while it serves.
+    pub fn handle(&self) -> StackHandle {
+        StackHandle { shed: self.shed.clone() }
+    }
+}
+
+impl<S> Layer<S> for KeelLayer {
+    type Service = <ApiLayers as Layer<S>>::Service;
+    fn layer(&self, inner: S) -> Self::Service {
+        self.layers.layer(inner)
+    }
+}
+
+/// Wraps `api` in the full stack ([`KeelLayer`]) and `probes` in the light one, and merges them.
 pub fn stack(
     service: &str,
     cfg: &KeelConfig,
@@ -100,24 +194,10 @@ pub fn stack(
     api: Router,
     probes: Router,
 ) -> Result<(Router, StackHandle), StackError> {
-    let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
-    let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
-    // Outermost first, in the order the module docs give. One `Router::layer` call: axum boxes
-    // the route once per call.
-    let layers = tower::ServiceBuilder::new()
-        .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
-        .layer(cors::layer(&cfg.cors)?)
-        .layer(request_id::RequestIdLayer)
-        .layer(context::RequestContextLayer)
-        .layer(trace::TraceLayer::new(service, cfg.log.access_log))
-        .layer(http_metrics.clone())
-        .layer(catch_panic::CatchPanicLayer)
-        .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.http.body_limit))
-        .layer(shed.clone())
-        .layer(compression::CompressionLayer::new(cfg.http.compression))
-        .layer(problems::ProblemsLayer);
-    let api = api.layer(layers);
+    let keel = KeelLayer::from_config(service, cfg, metrics)?;
+    let (http_metrics, handle) = (keel.http_metrics.clone(), keel.handle());
+    // One `Router::layer` call: axum boxes the route once per call.
+    let api = api.layer(keel);
     let probes = probes.layer(
         tower::ServiceBuilder::new()
             .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
@@ -130,5 +210,37 @@ pub fn stack(
     // which has the full stack, so unmatched paths get problem responses.
     let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probes.merge(api)))
         .map_err(|_| StackError::RouteConflict)?;
-    Ok((merged, StackHandle { shed }))
+    Ok((merged, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::Body;
+    use tower::{Layer, ServiceExt};
+
+    use super::KeelLayer;
+    use crate::config::KeelConfig;
+    use crate::telemetry::Metrics;
+
+    #[tokio::test]
+    async fn the_layer_wraps_a_plain_tower_service() {
+        let metrics = Metrics::new();
+        let layer = KeelLayer::from_config("plain", &KeelConfig::default(), &metrics).unwrap();
+        let svc = layer.layer(tower::service_fn(|_: http::Request<Body>| async {
+            Ok::<_, Infallible>(http::Response::new(Body::from("plain")))
+        }));
+        let req = http::Request::builder().uri("/x").header("x-request-id", "abc-1").body(Body::empty()).unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"], "abc-1");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+        let text = metrics.render();
+        assert!(
+            text.lines().any(|l| l.starts_with("http_server_requests_total") && l.contains("status=\"200\"")),
+            "{text}"
+        );
+        assert_eq!(layer.handle().in_flight(), 0);
+    }
 }
