@@ -496,8 +496,8 @@ use axum::response::IntoResponse as _;
 
 #[cfg(test)]
 mod tests {
-    //! The pipeline against the layers it replaces, stacked in the order `stack` used before:
-    //! every answer must be the same, byte for byte.
+    //! The pipeline against the layers it stands for, stacked in the order listed in the
+    //! `http` module docs: every answer must be the same, byte for byte.
     use std::time::Duration;
 
     use axum::Router;
