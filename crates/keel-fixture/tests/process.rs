@@ -283,7 +283,8 @@ fn a_bad_yaml_file_names_its_line_and_column_and_exits_78() {
     std::fs::write(&file, "http:\n  port: 8080\n  addr: [unclosed\n").unwrap();
     let (code, _, stderr) = run_cli(&["--config", file.to_str().unwrap(), "config", "check"], &[]);
     assert_eq!(code, 78, "{stderr}");
-    assert!(stderr.contains(file.to_str().unwrap()) && stderr.contains("not valid YAML"), "{stderr}");
+    let problem = format!("  - (in {}): not valid YAML: ", file.display());
+    assert!(stderr.contains(&problem), "{stderr}");
     assert!(stderr.contains(" line 3 column "), "the position of the problem: {stderr}");
 }
 

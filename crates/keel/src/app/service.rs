@@ -187,7 +187,7 @@ impl<C: Section> Service<C> {
     /// Adds a subcommand of the service's own to its CLI (`<service> <name> …`, listed in
     /// `--help` beside `serve`, `migrate`…). `run` gets the subcommand's matches and the loaded,
     /// validated configuration (the global `--config` and `KEEL_ENV` apply) and returns the exit
-    /// code; an invalid configuration exits 64 before `run` is called.
+    /// code; an invalid configuration exits 78 before `run` is called.
     ///
     /// ```
     /// use std::process::ExitCode;

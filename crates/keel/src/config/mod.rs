@@ -200,7 +200,8 @@ impl fmt::Display for Problem {
             _ => write!(f, "{}", self.path)?,
         }
         if let Some(src) = &self.source {
-            write!(f, " (in {src})")?;
+            let space = if self.path.is_empty() && self.kind != ProblemKind::UnknownKey { "" } else { " " };
+            write!(f, "{space}(in {src})")?;
         }
         if self.kind == ProblemKind::UnknownKey {
             return if self.message.is_empty() { Ok(()) } else { write!(f, ": {}", self.message) };
