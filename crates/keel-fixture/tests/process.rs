@@ -305,6 +305,18 @@ fn a_set_up_step_refusing_the_configuration_exits_78_and_a_bad_command_line_64()
     assert_eq!(code, 78, "{stderr}");
     let line: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
     assert!(line["error"].as_str().unwrap().contains("redis.url"), "{stderr}");
+    let (code, _, stderr) = run_cli(
+        &["serve"],
+        &[
+            ("KEEL_ENV", "test"),
+            ("FIXTURE__HTTP__ADDR", "127.0.0.1"),
+            ("FIXTURE__HTTP__PORT", "0"),
+            ("FIXTURE__APP__DATABASE", "true"),
+            ("FIXTURE__DATABASE__URL", "oracle://db/app"),
+        ],
+    );
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("database.url"), "{stderr}");
     for args in [&["--no-such-option"][..], &["no-such-command"][..], &["healthcheck", "--timeout", "soon"][..]] {
         let (code, _, stderr) = run_cli(args, &[]);
         assert_eq!(code, 64, "{args:?}: {stderr}");

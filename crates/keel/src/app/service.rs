@@ -363,15 +363,17 @@ impl<C: Section> Setup<C> {
     #[cfg(feature = "sql")]
     pub fn database(&mut self) -> Result<crate::data::Db, SetupError> {
         let cfg = self.config.keel.database.clone();
-        let url = crate::data::resolve_url(&cfg, &self.name, self.profile == Profile::Production)
-            .map_err(|e| misconfigured("database.url", e))?;
-        let db =
-            crate::data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics).map_err(
-                |e| match e {
-                    crate::data::DataError::Config(m) => misconfigured("database.url", m),
-                    other => other.into(),
-                },
-            )?;
+        let production = self.profile == Profile::Production;
+        // In production the only failure is a missing URL; elsewhere it is the SQLite default's
+        // directory that could not be made, which is the environment's fault.
+        let url = crate::data::resolve_url(&cfg, &self.name, production).map_err(|e| match e {
+            crate::data::DataError::Config(m) if production => misconfigured("database", m),
+            other => other.into(),
+        })?;
+        if crate::data::Backend::from_url(&url).is_none() {
+            return Err(misconfigured("database.url", "must be postgres://, mysql:// or sqlite:"));
+        }
+        let db = crate::data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
         self.health.add(db.readiness_check());
         self.health.add(db.startup_check());
         let (d, health) = (db.clone(), self.health.clone());
@@ -400,10 +402,10 @@ impl<C: Section> Setup<C> {
             .url
             .as_ref()
             .ok_or_else(|| misconfigured("redis.url", "is required (env <SERVICE>__REDIS__URL or redis.url_file)"))?;
-        let redis = crate::redis::Redis::new(&self.name, url.expose(), &cfg, &self.metrics).map_err(|e| match e {
-            crate::redis::RedisError::Config(m) => misconfigured("redis", m),
-            other => other.into(),
-        })?;
+        if let Err(e) = ::redis::Client::open(url.expose()) {
+            return Err(misconfigured("redis.url", crate::health::sanitize(&e.to_string())));
+        }
+        let redis = crate::redis::Redis::new(&self.name, url.expose(), &cfg, &self.metrics)?;
         self.health.add(redis.readiness_check());
         self.health.add(redis.startup_check());
         let (r, health) = (redis.clone(), self.health.clone());

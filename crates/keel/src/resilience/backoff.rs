@@ -43,8 +43,8 @@ pub enum Jitter {
     /// Uniform in `[base / 2, base]` ("equal jitter"): the half-base floor bounds how often a
     /// loop runs, the jitter still spreads a fleet out.
     Equal,
-    /// Uniform in `[base · (1 − f), base · (1 + f)]`, `f` taken within `[0, 1]`: the wait stays
-    /// near the documented schedule.
+    /// Uniform in `[base · (1 − f), base · (1 + f)]`: the wait stays near the documented
+    /// schedule. An `f` outside `[0, 1]` (or not a number) means no jitter.
     Proportional(f64),
     /// Exactly the base.
     None,

@@ -146,7 +146,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
             b'=' => keyed_value(bytes, i),
             _ => None,
         };
-        let Some(Found { keep_to, secret_end, resume }) = found else {
+        let Some(Found { keep_to, secret_end }) = found else {
             i += 1;
             continue;
         };
@@ -154,7 +154,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
         o.push_str(&text[copied..keep_to]);
         o.push_str(MASK);
         copied = secret_end;
-        i = resume.max(secret_end);
+        i = secret_end;
     }
     match out {
         None => Cow::Borrowed(text),
@@ -166,12 +166,11 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
 }
 
 /// A credential found by [`scrub`]: text up to `keep_to` stays, `keep_to..secret_end` becomes
-/// `***`, and the scan goes on at `resume`. All three are char boundaries (the patterns are
-/// ASCII and end before or at ASCII bytes).
+/// `***`, and the scan goes on at `secret_end`. Both are char boundaries: the patterns are ASCII
+/// and a secret ends at an ASCII byte or at the end of the text.
 struct Found {
     keep_to: usize,
     secret_end: usize,
-    resume: usize,
 }
 
 /// `Bearer <token>` / `Basic <credentials>` starting at `i`, as a whole word. The spaces after
@@ -191,7 +190,7 @@ fn auth_scheme_credential(bytes: &[u8], i: usize) -> Option<Found> {
     while j < bytes.len() && is_token_byte(bytes[j]) {
         j += 1;
     }
-    (j > start).then_some(Found { keep_to, secret_end: j, resume: j })
+    (j > start).then_some(Found { keep_to, secret_end: j })
 }
 
 /// The userinfo of a URL whose `://` is at `i`: the password of `user:password@`, or a
@@ -206,7 +205,7 @@ fn url_credential(text: &str, i: usize) -> Option<Found> {
         Some(colon) => start + colon + 1,
         None => start,
     };
-    Some(Found { keep_to, secret_end: start + at, resume: start + at })
+    Some(Found { keep_to, secret_end: start + at })
 }
 
 /// The value after a secret-looking key, when the `=` or `:` at `sep` follows one.
@@ -240,13 +239,13 @@ fn keyed_value(bytes: &[u8], sep: usize) -> Option<Found> {
             end += if bytes[end] == b'\\' { 2 } else { 1 };
         }
         let end = end.min(bytes.len());
-        return (end > j + 1).then_some(Found { keep_to: j + 1, secret_end: end, resume: end });
+        return (end > j + 1).then_some(Found { keep_to: j + 1, secret_end: end });
     }
     let mut end = j;
     while end < bytes.len() && !matches!(bytes[end], b' ' | b'\t' | b'\n' | b'\r' | b'&' | b',' | b';' | b'}' | b')') {
         end += 1;
     }
-    (end > j).then_some(Found { keep_to: j, secret_end: end, resume: end })
+    (end > j).then_some(Found { keep_to: j, secret_end: end })
 }
 
 /// `password`, `API-Key`, `db_password`, `x-api-key`: a [`SECRET_KEYS`] name, alone or after
@@ -496,6 +495,18 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn scrub_takes_any_text_and_keeps_text_without_a_pattern(
+            parts in proptest::collection::vec("password|token|bearer |Basic |://|u:p@|[a-zé€ :=\"'\\\\@/_-]{0,6}", 0..12),
+            plain in "[ac-zAC-Z0-9é€ .,/-]{0,40}",
+        ) {
+            // Any mix of the patterns' pieces and non-ASCII text: no panic, no slicing inside a
+            // character; and text that cannot hold a credential comes back untouched.
+            let text = parts.concat();
+            let _ = scrub(&text);
+            proptest::prop_assert!(matches!(scrub(&plain), Cow::Borrowed(p) if p == plain));
+        }
+
         #[test]
         fn scrub_never_keeps_a_bearer_token(prefix in "[a-z ]{0,10}", tok in "[A-Za-z0-9._~+/-]{1,40}") {
             let text = format!("{prefix} Bearer {tok}");
