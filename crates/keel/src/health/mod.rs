@@ -15,7 +15,8 @@
 //!
 //! Body: `{"status":"up|down|degraded","checks":{"<name>":{"status":…,"latency_ms":…,"age_ms":…,"error":…}}}`.
 //! An optional check that is down makes the status `degraded` but the probe still answers 200.
-//! Error texts are sanitized: URL passwords and `password=`/`token=` values are masked.
+//! Error texts go through [`sanitize`]: credentials become `***` (the crate's one scrubber,
+//! [`scrub`](crate::security::mask::scrub)) and the text is capped at 300 bytes.
 //!
 //! # Example
 //!
