@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// `<service> [--config PATH] [serve | config check | healthcheck [--ready] | version]`, or `<service> --version`
+/// `<service> [--config PATH] [serve | config check | healthcheck [--ready] | version]`, or
+/// `<service> --version`
 #[derive(Debug, Parser)]
 #[command(disable_version_flag = true)]
 pub(crate) struct Cli {
@@ -156,7 +157,8 @@ pub mod exit {
     /// required setting or secret is missing, or a set-up step refuses what the configuration
     /// gives it (`EX_CONFIG`). `config check` exits with it too.
     pub const CONFIG: u8 = 78;
-    /// The service could not start: a port in use, a failing set-up (`EX_UNAVAILABLE`).
+    /// The service could not start for a reason outside its configuration: a port in use, an
+    /// unreachable dependency a command needs, a set-up step failing (`EX_UNAVAILABLE`).
     pub const START: u8 = 69;
     /// Shutdown was forced by a second signal or the shutdown timeout (`EX_SOFTWARE`).
     pub const FORCED_SHUTDOWN: u8 = 70;
