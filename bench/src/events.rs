@@ -148,6 +148,9 @@ async fn pipeline(n: usize, retention: Duration, pace: Option<f64>) -> Result<Ou
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if keel::app::print_version_if_asked(&keel::build_info!().named("events-bench"), std::env::args_os()) {
+        return ExitCode::SUCCESS;
+    }
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
     let raw = match keel_bench::raw_jetstream_publish(n).await {
         Ok(r) => r,

@@ -86,9 +86,12 @@ async fn start_keel(name: &str, access_log: bool) -> Result<keel::Running, Strin
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if keel::app::print_version_if_asked(&keel::build_info!().named("keel-bench"), std::env::args_os()) {
+        return ExitCode::SUCCESS;
+    }
     let Some(ports_file) = std::env::args().nth(1) else {
-        eprintln!("usage: keel-bench PORTS_FILE | keel-bench redis-limiter [REDIS_URL]");
-        return ExitCode::from(64);
+        eprintln!("usage: keel-bench PORTS_FILE | keel-bench redis-limiter [REDIS_URL] | keel-bench --version");
+        return ExitCode::from(keel::app::exit::USAGE);
     };
     if ports_file == "redis-limiter" {
         let url = std::env::args().nth(2).unwrap_or_else(|| "redis://127.0.0.1:6379".into());

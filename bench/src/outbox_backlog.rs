@@ -111,6 +111,9 @@ async fn drain(rows: usize, keys: Option<usize>) -> Result<Drain, BoxError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if keel::app::print_version_if_asked(&keel::build_info!().named("outbox-backlog"), std::env::args_os()) {
+        return ExitCode::SUCCESS;
+    }
     let rows: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let raw = match keel_bench::raw_jetstream_publish(rows).await {
         Ok(r) => r,

@@ -74,6 +74,11 @@ async fn every_admin_route_needs_the_token() {
         assert_eq!(resp.status(), 401, "{path}: only a bearer token counts");
         let resp = c.get(&url).bearer_auth(TOKEN).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path} with the token");
+        // The auth-scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let resp = c.get(&url).header("authorization", format!("{scheme} {TOKEN}")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{path} with scheme {scheme}");
+        }
     }
     f.stop().await;
 

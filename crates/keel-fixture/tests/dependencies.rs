@@ -434,7 +434,7 @@ async fn production_serve_never_migrates_and_waits_for_migrate(db: TestDatabase)
             ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://a.example"),
         ],
     );
-    assert_eq!(code, 64);
+    assert_eq!(code, 78);
     assert!(err.contains("database.auto_migrate"), "{err}");
 }
 

@@ -140,6 +140,6 @@ async fn dlq_cli_lists_and_replays_a_poison_message_on_nats() {
     assert!(err.contains("invalid name"), "{err}");
     // The in-process bus has no reachable DLQ: said plainly.
     let (code, _, err) = run_cli(&["dlq", "list", &topic], &[("KEEL_ENV", "test")]);
-    assert_eq!(code, 64, "{err}");
+    assert_eq!(code, 78, "{err}");
     assert!(err.contains("in_process"), "{err}");
 }

@@ -107,7 +107,7 @@ fn a_bad_command_line_exits_64_without_running_anything() {
     let seen = Arc::new(Mutex::new(None));
     for args in [&["greeter", "greet"][..], &["greeter", "nonsense"][..]] {
         let code = keel::app::run_from(greet_service(seen.clone()), args.iter().copied());
-        assert_eq!(format!("{code:?}"), format!("{:?}", ExitCode::from(keel::app::exit::CONFIG)), "{args:?}");
+        assert_eq!(format!("{code:?}"), format!("{:?}", ExitCode::from(keel::app::exit::USAGE)), "{args:?}");
     }
     assert!(seen.lock().unwrap().is_none());
 }

@@ -198,9 +198,9 @@ fn config_check_and_bad_config_exit_codes() {
     let (code, stdout, _) = run_cli(&["config", "check"], &[("FIXTURE__APP__API_KEY", "super-secret-value")]);
     assert_eq!(code, 0);
     assert!(stdout.contains("api_key: '***'") && !stdout.contains("super-secret-value"), "{stdout}");
-    let parsed: Value = serde_yaml::from_str(&stdout).expect("config check prints YAML");
+    let parsed: Value = serde_norway::from_str(&stdout).expect("config check prints YAML");
     assert_eq!(parsed["http"]["port"], 8080);
-    // Every problem, not only the first; exit 64.
+    // Every problem, not only the first; exit 78 (EX_CONFIG).
     let (code, _, stderr) = run_cli(
         &["config", "check"],
         &[
@@ -210,19 +210,19 @@ fn config_check_and_bad_config_exit_codes() {
             ("FIXTURE__NOPE", "1"),
         ],
     );
-    assert_eq!(code, 64);
+    assert_eq!(code, 78);
     for needle in ["http.port", "log.level", "cors.allowed_origins", "unknown key `nope`"] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
-    // `serve` with a bad config: one JSON line, exit 64, before any port is bound.
+    // `serve` with a bad config: one JSON line, exit 78, before any port is bound.
     let (code, _, stderr) = run_cli(&["serve"], &[("FIXTURE__HTTP__PORT", "x")]);
-    assert_eq!(code, 64);
+    assert_eq!(code, 78);
     let v: Value = serde_json::from_str(stderr.trim()).unwrap();
     assert_eq!(v["level"], "ERROR");
     assert!(v["problems"][0].as_str().unwrap().contains("http.port"));
     // A bad profile.
     let (code, _, stderr) = run_cli(&["config", "check"], &[("KEEL_ENV", "staging")]);
-    assert_eq!(code, 64, "{stderr}");
+    assert_eq!(code, 78, "{stderr}");
     // --config and KEEL_CONFIG.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.yaml");
@@ -269,4 +269,68 @@ fn healthcheck_and_version_commands() {
     for key in ["name: fixture", "version: 0.1.0", "commit: ", "build: "] {
         assert!(stdout.contains(key), "{stdout}");
     }
+    // `--version` and `-V` print the same, without loading any configuration.
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run_cli(&[flag], &[("FIXTURE__HTTP__PORT", "not-a-port")]);
+        assert_eq!((code, out.as_str()), (0, stdout.as_str()), "{flag}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_yaml_file_names_its_line_and_column_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "http:\n  port: 8080\n  addr: [unclosed\n").unwrap();
+    let (code, _, stderr) = run_cli(&["--config", file.to_str().unwrap(), "config", "check"], &[]);
+    assert_eq!(code, 78, "{stderr}");
+    let problem = format!("  - (in {}): not valid YAML: ", file.display());
+    assert!(stderr.contains(&problem), "{stderr}");
+    assert!(stderr.contains(" line 3 column "), "the position of the problem: {stderr}");
+}
+
+#[test]
+fn a_set_up_step_refusing_the_configuration_exits_78_and_a_bad_command_line_64() {
+    let _one_at_a_time = serial();
+    // `app.redis` makes the set-up ask for Redis, and `redis.url` is missing: the configuration
+    // is at fault, not the environment.
+    let (code, _, stderr) = run_cli(
+        &["serve"],
+        &[
+            ("KEEL_ENV", "test"),
+            ("FIXTURE__HTTP__ADDR", "127.0.0.1"),
+            ("FIXTURE__HTTP__PORT", "0"),
+            ("FIXTURE__APP__REDIS", "true"),
+        ],
+    );
+    assert_eq!(code, 78, "{stderr}");
+    let line: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert!(line["error"].as_str().unwrap().contains("redis.url"), "{stderr}");
+    let (code, _, stderr) = run_cli(
+        &["serve"],
+        &[
+            ("KEEL_ENV", "test"),
+            ("FIXTURE__HTTP__ADDR", "127.0.0.1"),
+            ("FIXTURE__HTTP__PORT", "0"),
+            ("FIXTURE__APP__DATABASE", "true"),
+            ("FIXTURE__DATABASE__URL", "oracle://db/app"),
+        ],
+    );
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("database.url"), "{stderr}");
+    for args in [&["--no-such-option"][..], &["no-such-command"][..], &["healthcheck", "--timeout", "soon"][..]] {
+        let (code, _, stderr) = run_cli(args, &[]);
+        assert_eq!(code, 64, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn pretty_logs_redirected_to_a_pipe_have_no_colour() {
+    let _one_at_a_time = serial();
+    let mut p = Proc::spawn(&[("KEEL_ENV", "development"), ("FIXTURE__LOG__FORMAT", "pretty")]);
+    p.wait_for("listening");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    let all = p.seen.join("\n");
+    assert!(all.contains("INFO"), "pretty lines were written: {all}");
+    assert!(!all.contains('\x1b'), "escape codes in a redirected log: {all:?}");
 }

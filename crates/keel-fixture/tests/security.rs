@@ -156,6 +156,12 @@ fn keys_cli_generates_wraps_and_rewraps_data_keys() {
     assert_eq!(code, 0);
     let master = master.trim().to_owned();
     assert_eq!(master.len(), 44, "{master}");
+    // No master key configured, or one that is not a key: the configuration's fault.
+    for env in [&[][..], &[("FIXTURE__SECURITY__ENCRYPTION__MASTER_KEY", "not-base64!")][..]] {
+        let (code, _, stderr) = run_cli(&["keys", "new", "k1"], env);
+        assert_eq!(code, 78, "{env:?}: {stderr}");
+        assert!(stderr.contains("security.encryption.master_key"), "{stderr}");
+    }
     let (code, line, stderr) =
         run_cli(&["keys", "new", "k1"], &[("FIXTURE__SECURITY__ENCRYPTION__MASTER_KEY", &master)]);
     assert_eq!(code, 0, "{stderr}");

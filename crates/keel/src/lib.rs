@@ -30,7 +30,6 @@
 //! | [`resilience`] | backoff, retries, circuit breakers, bulkheads, rate limits |
 //! | [`features`] | feature flags from a YAML file, hot-reloaded |
 //! | [`workers`] | supervised periodic and continuous background workers |
-//! | [`resilience`] | backoff (more to come) |
 //! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!

@@ -201,6 +201,15 @@ async fn wrong_claim_types_are_a_401_problem_never_a_panic() {
     }
     let ok = s.issue(&base).unwrap();
     assert_eq!(call(&app, "/me", Some(&ok)).await.2, "a");
+    // The auth-scheme is case-insensitive (RFC 9110 §11.1); another scheme is refused.
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let req = Request::get("/me").header("authorization", format!("{scheme} {ok}"));
+        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
+    }
+    let req = Request::get("/me").header("authorization", format!("Basic {ok}"));
+    let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // Garbage and non-bearer schemes.
     assert_eq!(call(&app, "/me", Some("not.a.jwt")).await.0, StatusCode::UNAUTHORIZED);
     let (status, challenge, _) = call(&app, "/me", None).await;

@@ -28,7 +28,7 @@ pub(crate) fn admin_command() -> Command {
 pub(crate) fn run_admin(args: &ArgMatches, loaded: Loaded<AuthConfig>) -> ExitCode {
     let Some(("create", args)) = args.subcommand() else {
         eprintln!("admin: use `admin create --email …`");
-        return ExitCode::from(keel::app::exit::CONFIG);
+        return ExitCode::from(keel::app::exit::USAGE);
     };
     let email = args.get_one::<String>("email").cloned().unwrap_or_default();
     let name = args.get_one::<String>("name").cloned().unwrap_or_default();
@@ -36,7 +36,7 @@ pub(crate) fn run_admin(args: &ArgMatches, loaded: Loaded<AuthConfig>) -> ExitCo
         Ok(p) => p,
         Err(e) => {
             eprintln!("admin create: {e}");
-            return ExitCode::from(keel::app::exit::CONFIG);
+            return ExitCode::from(keel::app::exit::USAGE);
         }
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -356,3 +356,8 @@ async fn refuses_to_start_without_a_signing_key() {
     };
     assert!(err.to_string().contains("signing_key"), "{err}");
 }
+
+#[test]
+fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
+    cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-auth"), "cityevents-auth");
+}

@@ -128,7 +128,7 @@ pub fn run(args: &[OsString]) -> ExitCode {
             "cityevents: the all-in-one mode takes no options; configure each service by env \
              (CITYEVENTS_<SERVICE>__…), or run one with `cityevents serve <service> --config FILE`"
         );
-        return ExitCode::from(keel::app::exit::CONFIG);
+        return ExitCode::from(keel::app::exit::USAGE);
     }
     let profile = match profile() {
         Ok(p) => p,

@@ -6,6 +6,7 @@
 //! cityevents serve <service>         one service (same as its own binary with `serve`)
 //! cityevents <service> <command…>    that service's CLI: `cityevents auth admin create --email …`,
 //!                                    `cityevents events migrate`, `cityevents joins dlq list …`
+//! cityevents --version               the launcher's name, version, commit and build profile
 //! ```
 //!
 //! Services: `auth`, `events`, `joins`, `notifier`, `gateway`. See `docs/cityevents.md`.
@@ -29,6 +30,7 @@ usage:
   cityevents serve <service> [args…]    run one service, as its own binary would
   cityevents <service> <command> […]    that service's commands (serve, migrate, config check,
                                         healthcheck, dlq, audit, keys, admin create…)
+  cityevents --version                  name, version, git commit and build profile
 
 services: auth, events, joins, notifier, gateway
 ";
@@ -71,10 +73,14 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
+        Some("-V") | Some("--version") | Some("version") => {
+            println!("{}", keel::build_info!());
+            ExitCode::SUCCESS
+        }
         Some("serve") => {
             let Some(name) = args.get(2).and_then(|a| a.to_str()).map(str::to_owned) else {
                 eprint!("cityevents serve: which service?\n\n{USAGE}");
-                return ExitCode::from(keel::app::exit::CONFIG);
+                return ExitCode::from(keel::app::exit::USAGE);
             };
             // `cityevents serve joins --config f` → `cityevents-joins --config f serve`.
             let rest = args.iter().skip(3).cloned();
@@ -105,6 +111,6 @@ fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
     });
     result.unwrap_or_else(|| {
         eprint!("cityevents: unknown service or command `{name}`\n\n{USAGE}");
-        ExitCode::from(keel::app::exit::CONFIG)
+        ExitCode::from(keel::app::exit::USAGE)
     })
 }

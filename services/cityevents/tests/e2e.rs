@@ -578,3 +578,19 @@ async fn distributed_on_postgres_redis_and_rabbitmq() {
     let Some(user) = RabbitUser::create() else { return };
     distributed(&[("CITYEVENTS_BUS_BACKEND", "rabbitmq"), ("CITYEVENTS_BUS_URL", &user.url)]).await;
 }
+
+#[test]
+fn the_launcher_answers_version_and_exits_64_on_a_bad_command_line() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cityevents")).args(args).env_remove("KEEL_ENV").output().unwrap()
+    };
+    for flag in ["--version", "-V", "version"] {
+        let out = run(&[flag]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {out:?}");
+        assert!(text.starts_with("name: cityevents\nversion: ") && text.contains("\ncommit: "), "{flag}: {text}");
+    }
+    for args in [&["serve"][..], &["no-such-service"][..], &["all", "--port", "1"][..]] {
+        assert_eq!(run(args).status.code(), Some(64), "{args:?}");
+    }
+}

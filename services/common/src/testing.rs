@@ -9,6 +9,7 @@
 //!   base URL and an HTTP [`client`];
 //! * [`database`] — a private PostgreSQL or MariaDB database or SQLite file, or a skip;
 //! * [`eventually`] — polls until something holds;
+//! * [`check_binary_cli`] — a service binary's `--version` and exit codes;
 //! * [`on_every_backend!`](crate::on_every_backend) — one test per SQL backend.
 //!
 //! ```no_run
@@ -292,4 +293,35 @@ macro_rules! on_every_backend {
             }
         }
     )+};
+}
+
+/// Runs the service binary `bin` (from `env!("CARGO_BIN_EXE_<name>")`) the way an operator
+/// would and checks what every Keel binary promises: `--version`, `-V` and `version` print its
+/// name, version, commit and build profile and exit 0; an invalid configuration exits 78
+/// (`EX_CONFIG`) under `config check` and `serve`; an unknown option exits 64 (`EX_USAGE`).
+pub fn check_binary_cli(bin: &str, name: &str) {
+    use std::process::{Command, Output};
+    let run = |args: &[&str], env: &[(&str, &str)]| -> Output {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env_remove("KEEL_ENV").env_remove("KEEL_CONFIG").env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    for flag in ["--version", "-V", "version"] {
+        let out = run(&[flag], &[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name} {flag}: {out:?}");
+        assert!(text.starts_with(&format!("name: {name}\nversion: ")), "{name} {flag}: {text}");
+        assert!(text.contains("\ncommit: ") && text.contains("\nbuild: "), "{name} {flag}: {text}");
+    }
+    let port = format!("{}__HTTP__PORT", keel::config::env_prefix(name));
+    for args in [&["config", "check"][..], &["serve"][..]] {
+        let out = run(args, &[(port.as_str(), "not-a-port")]);
+        assert_eq!(out.status.code(), Some(78), "{name} {args:?} with a bad config: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("http.port"), "{name} {args:?}: {out:?}");
+    }
+    let out = run(&["--no-such-option"], &[]);
+    assert_eq!(out.status.code(), Some(64), "{name} with a bad command line: {out:?}");
 }

@@ -227,3 +227,8 @@ async fn ended_events_are_immutable(backend: Backend) {
     assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("published")));
     s.stop().await;
 }
+
+#[test]
+fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
+    cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-events"), "cityevents-events");
+}

@@ -23,9 +23,8 @@ pub(crate) async fn identify(State(jwt): State<Jwt>, mut req: Request, next: Nex
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
+        .and_then(keel::http::bearer_token)
+        .map(str::to_owned);
     if let Some(claims) = token.and_then(|t| jwt.verify::<Claims>(&t).ok()) {
         req.extensions_mut().insert(Principal(claims.sub.clone()));
         req.extensions_mut().insert(Identity(claims));

@@ -559,3 +559,8 @@ async fn view_fails_when_the_events_service_is_down() {
     assert!(started.elapsed() < Duration::from_secs(3));
     gw.stop().await;
 }
+
+#[test]
+fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
+    cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-gateway"), "cityevents-gateway");
+}

@@ -15,7 +15,8 @@
 //!
 //! Writes run in one transaction that locks the event's capacity row first (see [`crate::store`])
 //! and enqueue their `join.*` events in it; a transaction that hits a deadlock, a serialization
-//! failure or a busy SQLite is run again (a few times, with a short jittered pause).
+//! failure or a busy SQLite is run again (up to six runs in all, with a jittered pause from
+//! `keel::resilience::Backoff` between them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,14 @@ use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status
 const MAX_BODY: usize = 16 * 1024;
 /// Times a transaction is run when it keeps hitting transient conflicts.
 const MAX_TX_ATTEMPTS: u32 = 6;
+
+/// The pauses between those runs: 25 ms growing by half each time up to 125 ms, each drawn from
+/// the upper half of its base so that a conflict is never retried at once (at most 330 ms in all).
+fn tx_backoff() -> keel::resilience::Backoff {
+    keel::resilience::Backoff::new(Duration::from_millis(25), Duration::from_millis(125))
+        .multiplier(1.5)
+        .jitter(keel::resilience::backoff::Jitter::Equal)
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -94,6 +103,7 @@ macro_rules! transaction {
     ($db:expr, |$tx:ident| $body:expr) => {{
         let db: &Db = $db;
         let mut attempt = 0u32;
+        let mut backoff = tx_backoff();
         loop {
             attempt += 1;
             let result: Result<_, Fail> = async {
@@ -115,21 +125,12 @@ macro_rules! transaction {
             match result {
                 Err(e) if e.is_transient() && attempt < MAX_TX_ATTEMPTS => {
                     tracing::debug!(attempt, error = ?e, "transient conflict; running the transaction again");
-                    let ms = rand_ms(5 * u64::from(attempt), 25 * u64::from(attempt));
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 other => break other,
             }
         }
     }};
-}
-
-/// A pause in `[lo, hi]` ms, spread by the clock's sub-microsecond noise (no RNG dependency).
-fn rand_ms(lo: u64, hi: u64) -> u64 {
-    let nanos = u64::from(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos(),
-    );
-    lo + nanos % (hi.saturating_sub(lo) + 1)
 }
 
 /// Turns a handler result into the response.
@@ -630,4 +631,20 @@ async fn counts(axum::extract::State(st): AppState, Path(id): Path<String>) -> R
     }
     .await;
     finish(&st, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_pauses_are_short_bounded_and_never_zero() {
+        for _ in 0..100 {
+            let mut b = tx_backoff();
+            let pauses: Vec<Duration> = (1..MAX_TX_ATTEMPTS).map(|_| b.next_delay()).collect();
+            assert!(pauses[0] >= Duration::from_micros(12_500) && pauses[0] <= Duration::from_millis(25), "{pauses:?}");
+            assert!(pauses.iter().all(|p| *p <= Duration::from_millis(125)), "{pauses:?}");
+            assert!(pauses.iter().sum::<Duration>() <= Duration::from_millis(330), "{pauses:?}");
+        }
+    }
 }

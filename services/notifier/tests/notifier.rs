@@ -483,3 +483,8 @@ async fn a_database_outage_dead_letters_nothing() {
     consumer.await.unwrap();
     health.await.unwrap();
 }
+
+#[test]
+fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
+    cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-notifier"), "cityevents-notifier");
+}

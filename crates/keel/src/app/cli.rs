@@ -5,13 +5,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-/// `<service> [--config PATH] [serve | config check | healthcheck [--ready] | version]`
+/// `<service> [--config PATH] [serve | config check | healthcheck [--ready] | version]`, or
+/// `<service> --version`
 #[derive(Debug, Parser)]
 #[command(disable_version_flag = true)]
 pub(crate) struct Cli {
     /// Config file (YAML). Values in it may use ${VAR} and ${VAR:-default}.
     #[arg(long, short = 'c', env = "KEEL_CONFIG", global = true, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
+    /// Print name, version, git commit and build profile (as the `version` command does).
+    #[arg(long = "version", short = 'V')]
+    pub(crate) print_version: bool,
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
 }
@@ -134,13 +138,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::duration::parse(s)
 }
 
-/// Exit codes.
+/// Exit codes, from BSD's `sysexits.h` where one fits.
+///
+/// | code | constant | meaning |
+/// |---|---|---|
+/// | 0 | | success |
+/// | 1 | [`FAILURE`] | a healthcheck failed, or a command failed at run time |
+/// | 64 | [`USAGE`] | the command line is wrong (`EX_USAGE`) |
+/// | 69 | [`START`] | the service could not start: a port in use, the runtime, telemetry (`EX_UNAVAILABLE`) |
+/// | 70 | [`FORCED_SHUTDOWN`] | shutdown was forced (`EX_SOFTWARE`) |
+/// | 78 | [`CONFIG`] | the configuration is invalid (`EX_CONFIG`) |
 pub mod exit {
     /// Healthcheck failed, or another runtime failure.
     pub const FAILURE: u8 = 1;
-    /// Invalid configuration or command line (`EX_USAGE`).
-    pub const CONFIG: u8 = 64;
-    /// The service could not start: a port in use, a failing set-up (`EX_UNAVAILABLE`).
+    /// The command line is wrong: an unknown command or option, a missing argument (`EX_USAGE`).
+    pub const USAGE: u8 = 64;
+    /// The configuration is invalid: the file does not parse, a value fails validation, a
+    /// required setting or secret is missing, or a set-up step refuses what the configuration
+    /// gives it (`EX_CONFIG`). `config check` exits with it too.
+    pub const CONFIG: u8 = 78;
+    /// The service could not start for a reason outside its configuration: a port in use, an
+    /// unreachable dependency a command needs, a set-up step failing (`EX_UNAVAILABLE`).
     pub const START: u8 = 69;
     /// Shutdown was forced by a second signal or the shutdown timeout (`EX_SOFTWARE`).
     pub const FORCED_SHUTDOWN: u8 = 70;

@@ -11,7 +11,8 @@
 //!
 //! Members start in the order they were added, each fully (listeners bound, start-up checks
 //! scheduled) before the next; put upstreams before the services that call them. If one fails
-//! to start, the ones already started are shut down and the process exits 69. On a stop signal
+//! to start, the ones already started are shut down and the process exits 69, or 78 when the
+//! configuration is at fault ([`StartError::is_config`]). On a stop signal
 //! (or a listener failing) members shut down in **reverse** order, one after the other, each
 //! with its own drain delay and deadline, so a gateway stops taking requests before the services
 //! behind it go. A second signal forces every remaining shutdown.
@@ -221,14 +222,15 @@ impl Group {
                 Err(e) => {
                     tracing::error!(error = %e, "start-up failed");
                     guard.shutdown();
-                    let details = match &e {
-                        GroupError::Start { service, error } => {
-                            serde_json::json!({ "error": error.to_string(), "member": service })
-                        }
-                        other => serde_json::json!({ "error": other.to_string() }),
+                    let (details, code) = match &e {
+                        GroupError::Start { service, error } => (
+                            serde_json::json!({ "error": error.to_string(), "member": service }),
+                            if error.is_config() { exit::CONFIG } else { exit::START },
+                        ),
+                        GroupError::Config { .. } => (serde_json::json!({ "error": e.to_string() }), exit::CONFIG),
                     };
                     startup_error(&build, "start-up failed", details);
-                    return exit::START;
+                    return code;
                 }
             };
             if let Some(f) = on_started {

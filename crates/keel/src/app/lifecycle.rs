@@ -69,6 +69,20 @@ pub enum StartError {
     ManagementAddr,
 }
 
+impl StartError {
+    /// Whether the configuration is at fault (exit [`exit::CONFIG`](super::exit::CONFIG)) rather
+    /// than the environment (exit [`exit::START`](super::exit::START)): a set-up step that
+    /// returned a [`ConfigError`](crate::config::ConfigError), a feature-flags file that does not
+    /// load, or a management address the configuration cannot give.
+    pub fn is_config(&self) -> bool {
+        match self {
+            Self::Setup(e) => e.is::<crate::config::ConfigError>(),
+            Self::Features(_) | Self::ManagementAddr => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why shutdown was not clean.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -6,8 +6,8 @@
 //! | `GET /admin/flags` | the active feature flags (JSON) |
 //! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
 //!
-//! Every `/admin/*` route requires `Authorization: Bearer <management.admin_token>` on every
-//! address, loopback included: a local process (a sidecar, a compromised neighbour) is not
+//! Every `/admin/*` route requires `Authorization: Bearer <management.admin_token>` (the scheme
+//! in any case) on every address, loopback included: a local process (a sidecar, a compromised neighbour) is not
 //! trusted by position. The comparison takes the same time wherever the given token differs.
 //! With no token configured every `/admin/*` route answers 401: admin is closed, not open.
 
@@ -61,7 +61,7 @@ async fn require_admin(State(token): State<Option<Secret>>, req: Request, next: 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::http::bearer_token)
         .unwrap_or("");
     if token_matches(given.as_bytes(), token.expose().as_bytes()) {
         next.run(req).await

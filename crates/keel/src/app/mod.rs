@@ -5,9 +5,9 @@
 //! | command | does |
 //! |---|---|
 //! | `serve` (default) | load and validate config, start, serve until SIGTERM/SIGINT, shut down gracefully |
-//! | `config check` | print the effective config (secrets as `"***"`), or every problem; exit 0 / 64 |
+//! | `config check` | print the effective config (secrets as `"***"`), or every problem; exit 0 / 78 |
 //! | `healthcheck [--ready]` | GET `http://127.0.0.1:<http.port>/health/live` (or `/health/ready`); exit 0 / 1 |
-//! | `version` | name, version, git commit, build profile |
+//! | `version` (or `--version`, `-V`) | name, version, git commit, build profile |
 //! | `dlq list\|replay\|purge TOPIC` | a topic's dead letters on the configured broker (feature `events`) |
 //! | `migrate [status]` | apply or list database migrations (SQL features) |
 //! | `audit verify` | walk the audit log's hash chain; exit 0 / 1 naming the first broken row (`security` + SQL) |
@@ -78,9 +78,13 @@ where
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { 0 });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
+    if matches.get_flag("print_version") {
+        println!("{build}");
+        return ExitCode::SUCCESS;
+    }
     if let Some((sub, sub_matches)) = matches.subcommand()
         && let Some(i) = service.commands.iter().position(|(c, _)| c.get_name() == sub)
     {
@@ -95,14 +99,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { 0 });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
     if let Some(Command::Version) = cli.command {
-        println!(
-            "name: {}\nversion: {}\ncommit: {}\nbuild: {}",
-            build.name, build.version, build.commit, build.profile
-        );
+        println!("{build}");
         return ExitCode::SUCCESS;
     }
     let profile = match Profile::parse(std::env::var(crate::config::PROFILE_ENV).ok().as_deref()) {
@@ -214,6 +215,27 @@ fn dlq<C>(build: &BuildInfo, loaded: &Loaded<C>, command: cli::DlqCommand) -> Ex
             }
         }
     })
+}
+
+/// For a binary with a command line of its own (a benchmark, a launcher): when the first
+/// argument is `--version` or `-V`, prints `build` as the `version` command does and returns
+/// `true`; the caller then exits 0.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if keel::app::print_version_if_asked(&keel::build_info!(), std::env::args_os()) {
+///         return std::process::ExitCode::SUCCESS;
+///     }
+///     // … the binary's own work
+///     std::process::ExitCode::SUCCESS
+/// }
+/// ```
+pub fn print_version_if_asked(build: &BuildInfo, args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    let asked = args.into_iter().nth(1).is_some_and(|a| a == "--version" || a == "-V");
+    if asked {
+        println!("{build}");
+    }
+    asked
 }
 
 /// Loads the configuration for a service command, printing every problem on failure.

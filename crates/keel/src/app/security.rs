@@ -66,22 +66,25 @@ pub(super) fn audit_verify<C: Section>(service: &super::Service<C>, loaded: &Loa
 /// store); never logs them.
 pub(super) fn keys<C: Section>(loaded: &Loaded<C>, command: KeysCommand) -> ExitCode {
     let enc = &loaded.config.keel.security.encryption;
-    let master = || -> Result<MasterKey, String> {
-        let m = enc.master_key.as_ref().ok_or("security.encryption.master_key is not set")?;
-        MasterKey::from_secret(m).map_err(|e| e.to_string())
+    // A missing or unusable configured master key is the configuration's fault (exit 78); the
+    // rest fail at run time (exit 1).
+    let failed = |e: String| (exit::FAILURE, e);
+    let master = || -> Result<MasterKey, (u8, String)> {
+        let m =
+            enc.master_key.as_ref().ok_or((exit::CONFIG, "security.encryption.master_key is not set".to_owned()))?;
+        MasterKey::from_secret(m).map_err(|e| (exit::CONFIG, format!("security.encryption.master_key: {e}")))
     };
     let result = match command {
         KeysCommand::Generate => Ok(generate_key()),
-        KeysCommand::New { kid } => {
-            master().and_then(|m| m.new_data_key(&kid).map(|w| format!("{kid}: {w}")).map_err(|e| e.to_string()))
-        }
+        KeysCommand::New { kid } => master()
+            .and_then(|m| m.new_data_key(&kid).map(|w| format!("{kid}: {w}")).map_err(|e| failed(e.to_string()))),
         KeysCommand::Rewrap { new_master_key_file } => master().and_then(|old| {
             let text = std::fs::read_to_string(&new_master_key_file)
-                .map_err(|e| format!("cannot read {}: {e}", new_master_key_file.display()))?;
-            let new = MasterKey::from_secret(&Secret::new(text.trim())).map_err(|e| e.to_string())?;
+                .map_err(|e| failed(format!("cannot read {}: {e}", new_master_key_file.display())))?;
+            let new = MasterKey::from_secret(&Secret::new(text.trim())).map_err(|e| failed(e.to_string()))?;
             let mut out = String::from("data_keys:\n");
             for (kid, wrapped) in &enc.data_keys {
-                let w = rewrap(&old, &new, kid, wrapped).map_err(|e| format!("data key `{kid}`: {e}"))?;
+                let w = rewrap(&old, &new, kid, wrapped).map_err(|e| failed(format!("data key `{kid}`: {e}")))?;
                 out.push_str(&format!("  {kid}: {w}\n"));
             }
             Ok(out.trim_end().to_owned())
@@ -92,9 +95,9 @@ pub(super) fn keys<C: Section>(loaded: &Loaded<C>, command: KeysCommand) -> Exit
             println!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("keys: {e}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(code)
         }
     }
 }

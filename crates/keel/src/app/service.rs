@@ -9,7 +9,7 @@ use axum::Router;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, KeelConfig, NoConfig, Profile, Section};
+use crate::config::{Config, ConfigError, KeelConfig, NoConfig, Profile, Section};
 use crate::health::{Health, HealthCheck};
 use crate::telemetry::Metrics;
 
@@ -44,6 +44,19 @@ impl BuildInfo {
     }
 }
 
+/// What `version` and `--version` print: one `key: value` line each for name, version, commit
+/// and build profile.
+///
+/// ```
+/// let info = keel::app::BuildInfo::new("hello", "1.2.3", Some("abc123"), "release");
+/// assert_eq!(info.to_string(), "name: hello\nversion: 1.2.3\ncommit: abc123\nbuild: release");
+/// ```
+impl std::fmt::Display for BuildInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "name: {}\nversion: {}\ncommit: {}\nbuild: {}", self.name, self.version, self.commit, self.profile)
+    }
+}
+
 /// Build info of the crate this macro is expanded in: package name and version, the commit
 /// from `KEEL_GIT_COMMIT` at build time (else the repository's `HEAD` when Keel was built), and
 /// `debug` or `release`.
@@ -66,6 +79,12 @@ macro_rules! build_info {
 
 /// An error from a service's set-up function.
 pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A set-up step refused what the configuration at `path` gives it: a [`ConfigError`], so the
+/// process exits with [`exit::CONFIG`](super::exit::CONFIG).
+fn misconfigured(path: &str, e: impl std::fmt::Display) -> SetupError {
+    Box::new(ConfigError::invalid(path, e.to_string()))
+}
 
 type SetupFn<C> = Box<dyn FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send>;
 pub(crate) type CommandFn<C> =
@@ -168,7 +187,7 @@ impl<C: Section> Service<C> {
     /// Adds a subcommand of the service's own to its CLI (`<service> <name> …`, listed in
     /// `--help` beside `serve`, `migrate`…). `run` gets the subcommand's matches and the loaded,
     /// validated configuration (the global `--config` and `KEEL_ENV` apply) and returns the exit
-    /// code; an invalid configuration exits 64 before `run` is called.
+    /// code; an invalid configuration exits 78 before `run` is called.
     ///
     /// ```
     /// use std::process::ExitCode;
@@ -344,7 +363,16 @@ impl<C: Section> Setup<C> {
     #[cfg(feature = "sql")]
     pub fn database(&mut self) -> Result<crate::data::Db, SetupError> {
         let cfg = self.config.keel.database.clone();
-        let url = crate::data::resolve_url(&cfg, &self.name, self.profile == Profile::Production)?;
+        let production = self.profile == Profile::Production;
+        // In production the only failure is a missing URL; elsewhere it is the SQLite default's
+        // directory that could not be made, which is the environment's fault.
+        let url = crate::data::resolve_url(&cfg, &self.name, production).map_err(|e| match e {
+            crate::data::DataError::Config(m) if production => misconfigured("database", m),
+            other => other.into(),
+        })?;
+        if crate::data::Backend::from_url(&url).is_none() {
+            return Err(misconfigured("database.url", "must be postgres://, mysql:// or sqlite:"));
+        }
         let db = crate::data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
         self.health.add(db.readiness_check());
         self.health.add(db.startup_check());
@@ -370,7 +398,13 @@ impl<C: Section> Setup<C> {
     #[cfg(feature = "redis")]
     pub fn redis(&mut self) -> Result<crate::redis::Redis, SetupError> {
         let cfg = self.config.keel.redis.clone();
-        let url = cfg.url.as_ref().ok_or("redis.url is required (env <SERVICE>__REDIS__URL or redis.url_file)")?;
+        let url = cfg
+            .url
+            .as_ref()
+            .ok_or_else(|| misconfigured("redis.url", "is required (env <SERVICE>__REDIS__URL or redis.url_file)"))?;
+        if let Err(e) = ::redis::Client::open(url.expose()) {
+            return Err(misconfigured("redis.url", crate::health::sanitize(&e.to_string())));
+        }
         let redis = crate::redis::Redis::new(&self.name, url.expose(), &cfg, &self.metrics)?;
         self.health.add(redis.readiness_check());
         self.health.add(redis.startup_check());
@@ -411,7 +445,7 @@ impl<C: Section> Setup<C> {
             .upstreams
             .get(name)
             .cloned()
-            .ok_or_else(|| format!("upstreams.{name} is not configured"))?;
+            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))?;
         let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
         if self.client_metrics.is_none() {
             self.client_metrics = Some(crate::http::client::ClientMetrics::new(&self.metrics)?);
@@ -446,7 +480,7 @@ impl<C: Section> Setup<C> {
             .rate_limits
             .get(name)
             .cloned()
-            .ok_or_else(|| format!("rate_limits.{name} is not configured"))?;
+            .ok_or_else(|| misconfigured(&format!("rate_limits.{name}"), "is not configured"))?;
         if self.rate_limit_metrics.is_none() {
             self.rate_limit_metrics = Some(RateLimitMetrics::new(&self.metrics)?);
         }
@@ -457,7 +491,9 @@ impl<C: Section> Setup<C> {
             OnBackendError::FailOpen
         });
         let mut built = Vec::new();
-        for spec in policy.limiter_specs(name, on_error)? {
+        let specs =
+            policy.limiter_specs(name, on_error).map_err(|e| misconfigured(&format!("rate_limits.{name}"), e))?;
+        for spec in specs {
             let limiter = match spec.policy.backend {
                 BackendKind::Local => RateLimiter::local(&spec.name, spec.policy, spec.on_error, metrics),
                 #[cfg(feature = "redis")]
@@ -498,11 +534,15 @@ impl<C: Section> Setup<C> {
         }
         let cfg = &self.config.keel.bus;
         if self.profile == Profile::Production && cfg.backend == crate::config::BusBackend::InProcess {
-            return Err("bus.backend: in_process keeps events in memory and loses them on restart; \
-                        production needs nats or rabbitmq"
-                .into());
+            return Err(misconfigured(
+                "bus.backend",
+                "in_process keeps events in memory and loses them on restart; production needs nats or rabbitmq",
+            ));
         }
-        let bus = crate::events::Bus::new(cfg)?;
+        let bus = crate::events::Bus::new(cfg).map_err(|e| match e {
+            crate::events::BusError::Config(m) => misconfigured("bus", m),
+            other => other.into(),
+        })?;
         self.health.add(bus.readiness_check());
         self.health.add(bus.startup_check());
         let (b, health) = (bus.clone(), self.health.clone());
@@ -564,7 +604,8 @@ impl<C: Section> Setup<C> {
     /// router so the `Auth` extractors find it.
     #[cfg(feature = "security")]
     pub fn jwt(&self) -> Result<crate::security::jwt::Jwt, SetupError> {
-        Ok(crate::security::jwt::Jwt::from_config(&self.config.keel.security.jwt)?)
+        crate::security::jwt::Jwt::from_config(&self.config.keel.security.jwt)
+            .map_err(|e| misconfigured("security.jwt", e))
     }
 
     /// The password hasher and policy `security.passwords.*` describe.
@@ -575,7 +616,8 @@ impl<C: Section> Setup<C> {
     {
         let cfg = &self.config.keel.security.passwords;
         Ok((
-            crate::security::password::PasswordHasher::from_config(cfg)?,
+            crate::security::password::PasswordHasher::from_config(cfg)
+                .map_err(|e| misconfigured("security.passwords", e))?,
             crate::security::password::PasswordPolicy::from_config(cfg),
         ))
     }
@@ -583,13 +625,15 @@ impl<C: Section> Setup<C> {
     /// The field-encryption keyring `security.encryption.*` describes.
     #[cfg(feature = "security")]
     pub fn keyring(&self) -> Result<crate::security::crypto::Keyring, SetupError> {
-        Ok(crate::security::crypto::Keyring::from_config(&self.config.keel.security.encryption)?)
+        crate::security::crypto::Keyring::from_config(&self.config.keel.security.encryption)
+            .map_err(|e| misconfigured("security.encryption", e))
     }
 
     /// The blind index keyed by `security.encryption.blind_index_key`.
     #[cfg(feature = "security")]
     pub fn blind_index(&self) -> Result<crate::security::crypto::BlindIndex, SetupError> {
-        Ok(crate::security::crypto::BlindIndex::from_config(&self.config.keel.security.encryption)?)
+        crate::security::crypto::BlindIndex::from_config(&self.config.keel.security.encryption)
+            .map_err(|e| misconfigured("security.encryption.blind_index_key", e))
     }
 
     /// The audit log in `db`, masking `log.mask_fields` in details as the logs do.

@@ -54,10 +54,10 @@ mod tests {
             #[serde(with = "super")]
             d: Duration,
         }
-        let y = serde_yaml::to_string(&T { d: Duration::from_millis(1500) }).unwrap();
+        let y = serde_norway::to_string(&T { d: Duration::from_millis(1500) }).unwrap();
         assert_eq!(y.trim(), "d: 1s 500ms");
-        assert_eq!(serde_yaml::from_str::<T>(&y).unwrap().d, Duration::from_millis(1500));
-        let err = serde_yaml::from_str::<T>("d: 5").unwrap_err().to_string();
+        assert_eq!(serde_norway::from_str::<T>(&y).unwrap().d, Duration::from_millis(1500));
+        let err = serde_norway::from_str::<T>("d: 5").unwrap_err().to_string();
         assert!(err.contains("has no unit"), "{err}");
     }
 }

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
 pub use secret::{MASK, Secret, weak_secret};
@@ -200,7 +200,8 @@ impl fmt::Display for Problem {
             _ => write!(f, "{}", self.path)?,
         }
         if let Some(src) = &self.source {
-            write!(f, " (in {src})")?;
+            let space = if self.path.is_empty() && self.kind != ProblemKind::UnknownKey { "" } else { " " };
+            write!(f, "{space}(in {src})")?;
         }
         if self.kind == ProblemKind::UnknownKey {
             return if self.message.is_empty() { Ok(()) } else { write!(f, ": {}", self.message) };
@@ -228,6 +229,18 @@ fn list(problems: &[Problem]) -> String {
 impl ConfigError {
     fn single(p: Problem) -> Self {
         Self { problems: vec![p] }
+    }
+
+    /// One invalid value at `path`, found after loading: a set-up step that refuses what the
+    /// configuration gives it returns this, so the process exits with
+    /// [`exit::CONFIG`](crate::app::exit::CONFIG) rather than as a failed start.
+    ///
+    /// ```
+    /// let e = keel::config::ConfigError::invalid("redis.url", "is required");
+    /// assert_eq!(e.to_string(), "invalid configuration (1 problem):\n  - redis.url: is required");
+    /// ```
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::single(Problem { path: path.into(), source: None, kind: ProblemKind::Invalid, message: message.into() })
     }
 }
 
@@ -325,7 +338,7 @@ impl<C: Serialize> Loaded<C> {
         let mut cfg = self.config.keel.clone();
         cfg.management.addr = cfg.management_addr();
         let view = Config { keel: cfg, app: &self.config.app };
-        serde_yaml::to_string(&view).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        serde_norway::to_string(&view).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
@@ -416,7 +429,7 @@ impl Loader {
         if let Some(file) = &self.file {
             match std::fs::read_to_string(file) {
                 Err(e) => problems.push(file_problem(file, format!("cannot read: {e}"))),
-                Ok(text) => match serde_yaml::from_str::<Value>(&text) {
+                Ok(text) => match serde_norway::from_str::<Value>(&text) {
                     Err(e) => problems.push(file_problem(file, format!("not valid YAML: {e}"))),
                     Ok(value) => tree.merge_file(file, value, &lookup, &mut raw),
                 },
@@ -506,7 +519,7 @@ pub fn env_prefix(service: &str) -> String {
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {
-    serde_yaml::to_value(v).unwrap_or(Value::Null)
+    serde_norway::to_value(v).unwrap_or(Value::Null)
 }
 
 fn file_problem(file: &Path, message: String) -> Problem {

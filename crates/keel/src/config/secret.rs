@@ -185,10 +185,10 @@ mod tests {
     fn never_prints_itself() {
         let s = Secret::new("hunter2hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(serde_yaml::to_string(&s).unwrap().trim(), "'***'");
-        let n: Secret = serde_yaml::from_str("123456").unwrap();
+        assert_eq!(serde_norway::to_string(&s).unwrap().trim(), "'***'");
+        let n: Secret = serde_norway::from_str("123456").unwrap();
         assert_eq!(n.expose(), "123456");
-        assert!(serde_yaml::from_str::<Secret>("''").is_err());
+        assert!(serde_norway::from_str::<Secret>("''").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::Source;
 use super::interpolate::interpolate;
@@ -269,7 +269,7 @@ pub(crate) fn coerce(raw: &str, default: Option<&Value>) -> Value {
 
 /// `raw` read as a YAML bool or number, if it is one.
 pub(crate) fn scalar(raw: &str) -> Option<Value> {
-    match serde_yaml::from_str::<Value>(raw) {
+    match serde_norway::from_str::<Value>(raw) {
         Ok(v @ (Value::Bool(_) | Value::Number(_))) if !raw.trim().is_empty() => Some(v),
         _ => None,
     }
@@ -302,7 +302,7 @@ fn render_key(k: &Value) -> String {
 }
 
 fn render(v: &Value) -> String {
-    serde_yaml::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_default()
+    serde_norway::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -312,14 +312,14 @@ mod tests {
     #[test]
     fn coercion_follows_the_default_type() {
         let s = Value::String("x".into());
-        let n: Value = serde_yaml::from_str("8080").unwrap();
-        let seq: Value = serde_yaml::from_str("[]").unwrap();
+        let n: Value = serde_norway::from_str("8080").unwrap();
+        let seq: Value = serde_norway::from_str("[]").unwrap();
         assert_eq!(coerce("123", Some(&s)), Value::String("123".into()));
-        assert_eq!(coerce("9000", Some(&n)), serde_yaml::from_str::<Value>("9000").unwrap());
+        assert_eq!(coerce("9000", Some(&n)), serde_norway::from_str::<Value>("9000").unwrap());
         assert_eq!(coerce("abc", Some(&n)), Value::String("abc".into()));
         assert_eq!(
             coerce("https://a.example, https://b.example", Some(&seq)),
-            serde_yaml::from_str::<Value>("[https://a.example, https://b.example]").unwrap()
+            serde_norway::from_str::<Value>("[https://a.example, https://b.example]").unwrap()
         );
         assert_eq!(coerce("true", None), Value::String("true".into()), "unknown type stays text");
         assert_eq!(coerce("0x1f", None), Value::String("0x1f".into()));

@@ -825,8 +825,9 @@ impl<H: Handler> Consumer<H> {
                     delivery.ack().await
                 }
                 Err(Failure::Retry { reason, after }) if attempt < self.options.max_attempts => {
-                    let delay = after
-                        .unwrap_or_else(|| super::backoff(attempt, self.options.retry_initial, self.options.retry_max));
+                    let delay = after.unwrap_or_else(|| {
+                        super::redelivery(self.options.retry_initial, self.options.retry_max).delay(attempt)
+                    });
                     tracing::warn!(error = %reason, attempt, retry_in = ?delay, "handler failed; will retry");
                     self.count("retry");
                     delivery.retry(delay).await

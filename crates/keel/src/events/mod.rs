@@ -656,11 +656,10 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `min · 2^(attempt-1)`, clamped to `[min, max]`, then ±10 % jitter so retries spread out.
-pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
-    let base = min.checked_mul(factor).unwrap_or(max).clamp(min, max.max(min));
-    base.mul_f64(rand::random_range(0.9..=1.1))
+/// The redelivery schedule of consumers and the outbox: the `n`-th wait is `min · 2^(n-1)`,
+/// clamped to `[min, max]`, then ±10 % jitter so retries spread out.
+pub(crate) fn redelivery(min: Duration, max: Duration) -> crate::resilience::Backoff {
+    crate::resilience::Backoff::new(min, max).jitter(crate::resilience::backoff::Jitter::Proportional(0.1))
 }
 
 #[cfg(test)]
@@ -668,10 +667,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_within_bounds_with_jitter() {
+    fn redelivery_doubles_within_bounds_with_jitter() {
         let (min, max) = (Duration::from_secs(5), Duration::from_secs(1800));
         for attempt in 1..40 {
-            let d = backoff(attempt, min, max);
+            let d = redelivery(min, max).delay(attempt);
             let base = (5.0 * 2f64.powi(attempt as i32 - 1)).clamp(5.0, 1800.0);
             assert!(d.as_secs_f64() >= base * 0.9 - 1e-9 && d.as_secs_f64() <= base * 1.1 + 1e-9, "{attempt}: {d:?}");
         }

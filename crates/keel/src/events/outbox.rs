@@ -6,7 +6,8 @@
 //! * [`Outbox::run`] (the relay; `Setup::outbox` starts it) claims batches of rows and leases
 //!   them (`outbox.lease`), so several relay instances share one outbox and a dead relay's rows
 //!   are taken over. It publishes with broker confirmation, marks rows sent, and on failure holds
-//!   the row back for `2^n s` clamped to `[backoff_min, backoff_max]` with ±10 % jitter; after
+//!   the row back for `backoff_min` doubling per failed attempt up to `backoff_max`, ±10 %
+//!   jitter (a [`Backoff`](crate::resilience::Backoff) with proportional jitter); after
 //!   `max_attempts` a row is **dead**, its last error kept.
 //! * **Per-key ordering**: a row with a key is published only after every earlier row with that
 //!   key, even across relays and retries. A claim takes, oldest first, every row whose key has no
@@ -678,7 +679,8 @@ impl Outbox {
         for (seq, attempts, error) in round.failed {
             let attempts = attempts.saturating_add(1);
             let dead = u32::try_from(attempts).unwrap_or(u32::MAX) >= cfg.max_attempts;
-            let wait = super::backoff(u32::try_from(attempts).unwrap_or(1), cfg.backoff_min, cfg.backoff_max);
+            let wait =
+                super::redelivery(cfg.backoff_min, cfg.backoff_max).delay(u32::try_from(attempts).unwrap_or(u32::MAX));
             let next = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
             let error: String = error.chars().take(1000).collect();
             let status = if dead { DEAD } else { PENDING };

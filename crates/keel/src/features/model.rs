@@ -163,8 +163,8 @@ const MAX_KEY_LEN: usize = 100;
 /// Parses and validates a whole file; every problem is reported, each naming its path.
 pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, FlagDef>, Vec<FlagProblem>> {
     let problem = |path: &str, message: String| FlagProblem { path: path.to_owned(), message };
-    let raw: Option<BTreeMap<String, serde_yaml::Value>> =
-        serde_yaml::from_str(text).map_err(|e| vec![problem("", format!("not a map of flags: {e}"))])?;
+    let raw: Option<BTreeMap<String, serde_norway::Value>> =
+        serde_norway::from_str(text).map_err(|e| vec![problem("", format!("not a map of flags: {e}"))])?;
     let mut problems = Vec::new();
     let mut flags = BTreeMap::new();
     for (key, value) in raw.unwrap_or_default() {
@@ -178,7 +178,7 @@ pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, FlagDef>, Vec<FlagPro
             ));
             continue;
         }
-        let value = if value.is_null() { serde_yaml::Value::Mapping(Default::default()) } else { value };
+        let value = if value.is_null() { serde_norway::Value::Mapping(Default::default()) } else { value };
         match serde_path_to_error::deserialize::<_, FlagDef>(value) {
             Err(e) => {
                 let at = e.path().to_string();

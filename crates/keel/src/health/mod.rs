@@ -15,7 +15,8 @@
 //!
 //! Body: `{"status":"up|down|degraded","checks":{"<name>":{"status":…,"latency_ms":…,"age_ms":…,"error":…}}}`.
 //! An optional check that is down makes the status `degraded` but the probe still answers 200.
-//! Error texts are sanitized: URL passwords and `password=`/`token=` values are masked.
+//! Error texts go through [`sanitize`]: credentials become `***` (the crate's one scrubber,
+//! [`scrub`](crate::security::mask::scrub)) and the text is capped at 300 bytes.
 //!
 //! # Example
 //!
@@ -357,7 +358,8 @@ impl Health {
                 // A check that is down runs again sooner (200 ms doubling to 1 s, jittered, never
                 // later than its interval): readiness follows a dependency's return within about
                 // a second instead of an interval.
-                let mut retry = crate::resilience::Backoff::new(DOWN_RECHECK_FIRST, DOWN_RECHECK_MAX);
+                let mut retry = crate::resilience::Backoff::new(DOWN_RECHECK_FIRST, DOWN_RECHECK_MAX)
+                    .jitter(crate::resilience::backoff::Jitter::Equal);
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => break,
@@ -369,7 +371,7 @@ impl Health {
                         .ok()
                         .is_some_and(|l| l.as_ref().is_some_and(|r| matches!(r.outcome, Outcome::Down(_))));
                     let wait = if down {
-                        retry.next_delay_equal_jitter().min(every)
+                        retry.next_delay().min(every)
                     } else {
                         retry.reset();
                         every

@@ -61,6 +61,25 @@ pub use problem::Problem;
 pub struct Principal(pub String);
 pub use request_id::RequestId;
 
+/// The token of an `Authorization` header value that uses the `Bearer` scheme, or `None` for
+/// another scheme or an empty token. The scheme is matched in any case (`Bearer`, `bearer`,
+/// `BEARER`: RFC 9110 §11.1 makes auth-schemes case-insensitive); spaces around the token are
+/// not part of it. The admin endpoints and the JWT extractors read the header with this.
+///
+/// ```
+/// use keel::http::bearer_token;
+/// assert_eq!(bearer_token("Bearer abc.def"), Some("abc.def"));
+/// assert_eq!(bearer_token("bEaReR   abc "), Some("abc"));
+/// assert_eq!(bearer_token("Basic dXNlcjpwYXNz"), None);
+/// assert_eq!(bearer_token("Bearer "), None);
+/// assert_eq!(bearer_token("Bearerabc"), None);
+/// ```
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 use crate::config::KeelConfig;
 use crate::telemetry::Metrics;
 

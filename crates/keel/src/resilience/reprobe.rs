@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Backoff;
+use super::backoff::{Backoff, Jitter};
 
 /// The first wait before a re-probe.
 pub(crate) const FIRST_WAIT: Duration = Duration::from_millis(200);
@@ -36,7 +36,11 @@ pub(crate) struct ProbeGate {
 impl Default for ProbeGate {
     fn default() -> Self {
         Self {
-            state: Mutex::new(GateState { in_flight: false, next: None, backoff: Backoff::new(FIRST_WAIT, MAX_WAIT) }),
+            state: Mutex::new(GateState {
+                in_flight: false,
+                next: None,
+                backoff: Backoff::new(FIRST_WAIT, MAX_WAIT).jitter(Jitter::Equal),
+            }),
         }
     }
 }
@@ -50,7 +54,7 @@ impl ProbeGate {
     pub(crate) fn arm(&self, now: Instant) {
         let mut s = self.lock();
         s.backoff.reset();
-        let wait = s.backoff.next_delay_equal_jitter();
+        let wait = s.backoff.next_delay();
         s.next = Some(now + wait);
     }
 
@@ -79,7 +83,7 @@ impl ProbeGate {
             s.backoff.reset();
             s.next = None;
         } else {
-            let wait = s.backoff.next_delay_equal_jitter();
+            let wait = s.backoff.next_delay();
             s.next = Some(now + wait);
         }
     }

@@ -564,12 +564,7 @@ fn public_reason(e: &JwtError) -> &'static str {
 fn bearer(parts: &Parts) -> Result<Option<&str>, JwtError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value.to_str().map_err(|_| JwtError::Malformed)?;
-    match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(Some(token.trim()))
-        }
-        _ => Err(JwtError::Malformed),
-    }
+    crate::http::bearer_token(value).map(Some).ok_or(JwtError::Malformed)
 }
 
 fn authenticate<C: DeserializeOwned>(parts: &Parts) -> Result<Option<C>, AuthRejection> {

@@ -3,7 +3,7 @@
 //!
 //! | module | what it is for | feature |
 //! |---|---|---|
-//! | [`mask`] | maskers for emails, phones, cards, tokens; log masking | always |
+//! | [`mask`] | maskers for emails, phones, cards, tokens; log masking; `scrub`, the one credential scrubber | always |
 //! | `jwt` | issue and verify tokens; `Auth<C>` extractors and role guard | `security` |
 //! | `password` | Argon2id off the executor, with a concurrency cap and a policy | `security` |
 //! | `crypto` | AES-256-GCM envelope encryption, key rotation, HMAC blind index | `security` |

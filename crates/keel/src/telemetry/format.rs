@@ -385,6 +385,27 @@ pub(crate) fn masked_pretty_fields(
     .delimited(" ")
 }
 
+/// Whether the pretty format writes colour (ANSI escapes): only to a terminal, so a log
+/// redirected to a file or a pipe stays plain text, and never while `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org>).
+pub(crate) fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+/// The pretty (development) format: `tracing-subscriber`'s fmt layer with masked fields, writing
+/// colour only when `ansi` (see [`colour`]).
+pub(crate) fn pretty_layer<S, W>(
+    masker: crate::security::mask::Masker,
+    ansi: bool,
+    writer: W,
+) -> impl tracing_subscriber::Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer().fmt_fields(masked_pretty_fields(masker)).with_ansi(ansi).with_writer(writer)
+}
+
 /// Writes `s` as a JSON string.
 fn string(out: &mut String, s: &str) {
     out.push('"');
@@ -623,14 +644,39 @@ pub(super) mod tests {
         let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(line["fields"]["authorization"], "***");
 
-        let pretty = Buffer::default();
-        let w = pretty.clone();
-        let layer = tracing_subscriber::fmt::layer()
-            .fmt_fields(super::masked_pretty_fields(masker))
-            .with_ansi(false)
-            .with_writer(move || w.clone());
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
-        assert_clean(&String::from_utf8(pretty.0.lock().unwrap().clone()).unwrap());
+        for ansi in [false, true] {
+            let pretty = Buffer::default();
+            let w = pretty.clone();
+            let layer = super::pretty_layer(masker.clone(), ansi, move || w.clone());
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log_a_login);
+            assert_clean(&String::from_utf8(pretty.0.lock().unwrap().clone()).unwrap());
+        }
+    }
+
+    #[test]
+    fn pretty_lines_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        assert!(!super::colour(false, None), "a file or a pipe");
+        assert!(!super::colour(false, Some(OsStr::new("1"))));
+        let write = |ansi: bool| {
+            let out = Buffer::default();
+            let w = out.clone();
+            let layer = super::pretty_layer(crate::security::mask::Masker::default(), ansi, move || w.clone());
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+                let span = tracing::info_span!("request", request_id = "r-1");
+                let _g = span.enter();
+                tracing::warn!(user_id = 7, "disk nearly full");
+            });
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+        };
+        let redirected = write(super::colour(false, None));
+        assert!(redirected.contains("disk nearly full") && redirected.contains("user_id=7"), "{redirected}");
+        assert!(!redirected.contains('\x1b'), "escape codes in a redirected log: {redirected:?}");
+        let terminal = write(super::colour(true, None));
+        assert!(terminal.contains('\x1b'), "a terminal gets colour: {terminal:?}");
     }
     #[test]
     fn sensitive_fields_and_bearer_tokens_are_masked() {

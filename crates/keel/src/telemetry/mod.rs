@@ -1,12 +1,13 @@
 //! Logs, traces and metrics.
 //!
 //! * **Logs** — `tracing` to stdout only: JSON lines in production and test, pretty in
-//!   development. Every line carries `service`, and `request_id`, `trace_id`, `span_id` when a
-//!   surrounding span knows them. The level comes from `log.level` (or `RUST_LOG`, which wins)
+//!   development (in colour only when stdout is a terminal and `NO_COLOR` is unset or empty).
+//!   Every line carries `service`, and `request_id`, `trace_id`, `span_id` when a surrounding
+//!   span knows them. The level comes from `log.level` (or `RUST_LOG`, which wins)
 //!   and can be changed at run time with `PUT /admin/log-level`. Fields named like secrets or
 //!   personal data (`password`, `token`, `authorization`, `cookie`, `email`, … plus
-//!   `log.mask_fields`) are written as `***`, and `Bearer <token>` and URL passwords are
-//!   scrubbed from every field, in both formats.
+//!   `log.mask_fields`) are written as `***`, and every other field and the message go through
+//!   [`scrub`](crate::security::mask::scrub) (credentials become `***`), in both formats.
 //! * **Traces** — OpenTelemetry. Trace ids are always made, logged and propagated (W3C
 //!   `traceparent`); spans are exported over OTLP/gRPC only when `telemetry.otlp.endpoint` is
 //!   set, with `service.name`, `service.version` and `deployment.environment.name` resource
@@ -28,6 +29,7 @@ mod layer;
 mod metrics;
 mod writer;
 
+use std::io::IsTerminal as _;
 use std::sync::{Mutex, OnceLock};
 
 use http::HeaderMap;
@@ -179,9 +181,8 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         LogFormat::Pretty => {
             // Spans at `info` always reach the fmt layer (they print nothing themselves), so a
             // `warn` line logged inside a request still shows the request's span.
-            let pretty = tracing_subscriber::fmt::layer()
-                .fmt_fields(format::masked_pretty_fields(masker))
-                .with_writer(stdout)
+            let ansi = format::colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            let pretty = format::pretty_layer(masker, ansi, stdout)
                 .with_filter(tracing_subscriber::filter::FilterExt::or(filter.clone(), info_spans()));
             registry.with(layer::LogLayer::new(filter.clone(), ids)).with(pretty).try_init().is_ok()
         }

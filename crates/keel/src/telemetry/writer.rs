@@ -13,9 +13,9 @@
 //! [`FLUSH_TIMEOUT`] for a stuck stdout); lines logged after the thread has stopped are written
 //! directly. A stdout opened non-blocking is waited for, not given up on.
 //!
-//! `tracing-appender`'s worker, used before, spins between lines (crossbeam's backoff:
-//! `pause`, then `sched_yield`): under load that cost about 2.5 µs of CPU per line on a thread
-//! that competes with the request workers for the same cores.
+//! Why not `tracing-appender`: its worker spins between lines (crossbeam's backoff: `pause`,
+//! then `sched_yield`), which under load costs about 2.5 µs of CPU per line on a thread that
+//! competes with the request workers for the same cores.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
