@@ -17,7 +17,9 @@
 #   6. keeps them running: a service that exits is restarted after a back-off, and the script
 #      says so (`<svc> exited with status N (SIGNAME) after Xs; restarting it in Ds (restart K)`);
 #      the delay starts at CITYEVENTS_RESTART_DELAY, doubles after each exit up to
-#      CITYEVENTS_RESTART_MAX_DELAY, and starts over once a run lasted that long;
+#      CITYEVENTS_RESTART_MAX_DELAY, and starts over once a run lasted that long. A service that
+#      exits 78 (EX_CONFIG: its configuration is invalid) is not restarted: the script says so,
+#      stops the others as in 7 and exits 78;
 #   7. on SIGINT/SIGTERM stops the gateway first, then the four others together, each with
 #      SIGTERM (a graceful shutdown), then SIGKILL if still running after
 #      CITYEVENTS_STOP_TIMEOUT; exits 0. The services run in process groups of their own, so
@@ -160,6 +162,11 @@ supervise() {
       exit 0
     fi
     child=""
+    if ((status == 78)); then
+      # EX_CONFIG: a restart would fail the same way.
+      log "$svc exited with status 78 (configuration error); not restarting it: fix deploy/config/$svc.yaml or its CITYEVENTS_* settings and start again"
+      exit 78
+    fi
     restarts=$((restarts + 1))
     local ran
     ran=$(secs_since "$started")
@@ -239,7 +246,12 @@ set +m
 
 gateway_port=${CITYEVENTS_GATEWAY_PORT:-8080}
 ready=false
+all_running() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || return 1; done
+}
 for _ in $(seq 1 120); do
+  all_running || break
   if "$CITYEVENTS_BIN" gateway --config deploy/config/gateway.yaml healthcheck --ready >/dev/null 2>&1; then
     log "ready: http://127.0.0.1:$gateway_port/api/v1/"
     log "first admin: STATE=$STATE CITYEVENTS_DB_PREFIX=$PREFIX $0 admin --email you@example.com   (password on stdin)"
@@ -249,9 +261,18 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-$ready || { log "the gateway did not become ready within 60s"; stop 1; }
+if ! $ready && all_running; then
+  log "the gateway did not become ready within 60s"
+  stop 1
+fi
 
-# The supervisors run until told to stop; one that ends otherwise is a bug: stop everything.
-wait -n "${PIDS[@]}" || true
+# The supervisors run until told to stop. One that ends has a service with a configuration error
+# (78: stop everything and exit 78) or is a bug (stop everything, exit 1).
+code=0
+wait -n "${PIDS[@]}" || code=$?
+if ((code == 78)); then
+  log "stopping: a service's configuration is invalid"
+  stop 78
+fi
 log "a supervisor exited unexpectedly"
 stop 1

@@ -2,7 +2,8 @@
 # Tests deploy/local/run-distributed.sh's supervision with stub services (no database, broker or
 # build needed): a service that exits is restarted with back-off and the script says so; the
 # others keep running; SIGTERM stops the gateway first, then the rest together, and kills one
-# that ignores SIGTERM after CITYEVENTS_STOP_TIMEOUT; nothing is left running.
+# that ignores SIGTERM after CITYEVENTS_STOP_TIMEOUT; nothing is left running. A service that
+# exits 78 (configuration error) is not restarted, and the script stops the rest and exits 78.
 #
 #   deploy/local/test-run-distributed.sh      exits 0 when every check passes
 #
@@ -44,7 +45,8 @@ mkdir -p "$WORK/bin" "$WORK/pids"
 cat >"$STUB" <<'STUB'
 #!/usr/bin/env bash
 # serve <svc>: runs until SIGTERM, then takes STUB_STOP_SECONDS to stop (or ignores SIGTERM when
-# <svc> is in STUB_IGNORE_TERM); every start and stop is written to $STUB_EVENTS.
+# <svc> is in STUB_IGNORE_TERM; exits 78 at once when it is STUB_CONFIG_ERROR); every start and
+# stop is written to $STUB_EVENTS.
 set -euo pipefail
 now() { local t=${EPOCHREALTIME//[!0-9]/}; echo "$((10#$t))"; }
 case "${1:-}" in
@@ -52,6 +54,10 @@ case "${1:-}" in
     svc=$2
     echo "$$" >>"$STUB_PIDS/$svc"
     echo "$svc start $$ $(now)" >>"$STUB_EVENTS"
+    if [[ "${STUB_CONFIG_ERROR:-}" == "$svc" ]]; then
+      echo "config error" >&2
+      exit 78
+    fi
     if [[ " ${STUB_IGNORE_TERM:-} " == *" $svc "* ]]; then
       trap 'echo "$svc ignored-term $$ $(now)" >>"$STUB_EVENTS"' TERM
     else
@@ -167,5 +173,26 @@ notifier_term=$(at notifier ignored-term "$(current notifier)")
 ((latest_begin < earliest_end && notifier_term < earliest_end)) ||
   fail "auth, events, joins and notifier were not stopped together"
 
+# --- a service with a configuration error (exit 78) is not restarted; the script stops all, 78
+rm -f "$WORK"/pids/* "$EVENTS"
+: >"$LOG"
+STUB_EVENTS=$EVENTS STUB_PIDS="$WORK/pids" STUB_STOP_SECONDS=0 STUB_CONFIG_ERROR=events \
+  PATH="$WORK/bin:$PATH" CITYEVENTS_BIN="$STUB" STATE="$WORK/state" CITYEVENTS_DB_PREFIX=stubtest \
+  CITYEVENTS_RESTART_DELAY=1 CITYEVENTS_RESTART_MAX_DELAY=8 CITYEVENTS_STOP_TIMEOUT=3 \
+  CITYEVENTS_GATEWAY_PORT=1 \
+  bash "${RUN_DISTRIBUTED:-deploy/local/run-distributed.sh}" >"$LOG" 2>&1 </dev/null &
+SCRIPT_PID=$!
+within "the script exits after the configuration error" 30 dead "$SCRIPT_PID"
+status=0
+wait "$SCRIPT_PID" || status=$?
+SCRIPT_PID=""
+[[ $status -eq 78 ]] || fail "the script exited with $status, not 78, after a configuration error"
+[[ $(pids_of events | wc -l) -eq 1 ]] || fail "events was started $(pids_of events | wc -l) times"
+log_has 'events exited with status 78 \(configuration error\); not restarting it' ||
+  fail "no line saying events is not restarted"
+if log_has 'restarting it in'; then fail "a service was restarted"; fi
+log_has 'run-distributed: stopped in' || fail "the others were not stopped"
+if pgrep -f "$STUB" >/dev/null; then fail "stub processes are left: $(pgrep -af "$STUB")"; fi
+
 echo "ok: restart with back-off, gateway first, then the rest together; SIGTERM to exit: ${took} ms" \
-  "(each stub takes 1 s to stop; notifier is killed after 3 s)"
+  "(each stub takes 1 s to stop; notifier is killed after 3 s); a configuration error exits 78"
