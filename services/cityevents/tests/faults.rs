@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use load::{Api, Class, Load};
@@ -79,13 +78,7 @@ pub fn which(program: &str) -> String {
 
 /// A free port on 127.0.0.1, never the same twice in this process.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
+    keel::testing::unused_port()
 }
 
 pub fn port_open(port: u16) -> bool {

@@ -106,6 +106,29 @@ pub fn require_program(name: &str, path: &str) -> bool {
     false
 }
 
+/// A loopback TCP port for a server a test starts, below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so no `bind(…:0)` and no outgoing connection can take it
+/// between this call and the server's bind; free when checked, and never given twice in one
+/// process.
+pub fn unused_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    // Below the ephemeral range and above the well-known and common service ports.
+    let (from, to) = if low > 20_000 { (15_000, low) } else { (49_152, 65_535) };
+    loop {
+        let port = rand::random_range(from..to);
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if free && given.insert(port) {
+            return port;
+        }
+    }
+}
+
 /// A key prefix no other test uses.
 pub fn redis_prefix() -> String {
     format!("keeltest:{}:", uuid::Uuid::now_v7().simple())

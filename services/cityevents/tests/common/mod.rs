@@ -180,12 +180,11 @@ impl Drop for Platform {
 fn ports(cmd: &mut Command, distributed: bool) -> u16 {
     let mut gateway = 0;
     let mut urls = Vec::new();
-    // Every listener is held until all five ports are known, so no two services get one port.
-    let held: Vec<std::net::TcpListener> =
-        SERVICES.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    for (svc, listener) in SERVICES.iter().zip(&held) {
-        let svc = *svc;
-        let port = listener.local_addr().unwrap().port();
+    // Below the ephemeral range: an ephemeral port released here could be taken by another
+    // service's management listener (`:0`) or an outgoing connection before its service binds
+    // it, and the gateway would then call the wrong listener.
+    for svc in SERVICES {
+        let port = keel::testing::unused_port();
         let up = svc.to_ascii_uppercase();
         cmd.env(format!("CITYEVENTS_{up}__MANAGEMENT__ADDR"), "127.0.0.1:0");
         if distributed {
