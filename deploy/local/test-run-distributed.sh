@@ -105,13 +105,19 @@ log_has() { grep -qE "$1" "$LOG"; }
 started_n() { [[ $(pids_of "$1" | wc -l) -ge $2 ]]; }
 dead() { ! kill -0 "$1" 2>/dev/null; }
 
+# Starts the script on the stubs in the background (SCRIPT_PID), with the stub settings "$@"
+# (NAME=value) on top of the common ones.
+start_script() {
+  env STUB_EVENTS="$EVENTS" STUB_PIDS="$WORK/pids" "$@" \
+    PATH="$WORK/bin:$PATH" CITYEVENTS_BIN="$STUB" STATE="$WORK/state" CITYEVENTS_DB_PREFIX=stubtest \
+    CITYEVENTS_RESTART_DELAY=1 CITYEVENTS_RESTART_MAX_DELAY=8 CITYEVENTS_STOP_TIMEOUT=3 \
+    CITYEVENTS_GATEWAY_PORT=1 \
+    bash "${RUN_DISTRIBUTED:-deploy/local/run-distributed.sh}" >"$LOG" 2>&1 </dev/null &
+  SCRIPT_PID=$!
+}
+
 # --- start
-STUB_EVENTS=$EVENTS STUB_PIDS="$WORK/pids" STUB_STOP_SECONDS=1 STUB_IGNORE_TERM=notifier \
-  PATH="$WORK/bin:$PATH" CITYEVENTS_BIN="$STUB" STATE="$WORK/state" CITYEVENTS_DB_PREFIX=stubtest \
-  CITYEVENTS_RESTART_DELAY=1 CITYEVENTS_RESTART_MAX_DELAY=8 CITYEVENTS_STOP_TIMEOUT=3 \
-  CITYEVENTS_GATEWAY_PORT=1 \
-  bash "${RUN_DISTRIBUTED:-deploy/local/run-distributed.sh}" >"$LOG" 2>&1 </dev/null &
-SCRIPT_PID=$!
+start_script STUB_STOP_SECONDS=1 STUB_IGNORE_TERM=notifier
 within "the script says ready" 30 log_has 'run-distributed: ready'
 for svc in auth events joins notifier gateway; do
   [[ $(pids_of "$svc" | wc -l) -eq 1 ]] || fail "$svc started $(pids_of "$svc" | wc -l) times"
@@ -176,12 +182,7 @@ notifier_term=$(at notifier ignored-term "$(current notifier)")
 # --- a service with a configuration error (exit 78) is not restarted; the script stops all, 78
 rm -f "$WORK"/pids/* "$EVENTS"
 : >"$LOG"
-STUB_EVENTS=$EVENTS STUB_PIDS="$WORK/pids" STUB_STOP_SECONDS=0 STUB_CONFIG_ERROR=events \
-  PATH="$WORK/bin:$PATH" CITYEVENTS_BIN="$STUB" STATE="$WORK/state" CITYEVENTS_DB_PREFIX=stubtest \
-  CITYEVENTS_RESTART_DELAY=1 CITYEVENTS_RESTART_MAX_DELAY=8 CITYEVENTS_STOP_TIMEOUT=3 \
-  CITYEVENTS_GATEWAY_PORT=1 \
-  bash "${RUN_DISTRIBUTED:-deploy/local/run-distributed.sh}" >"$LOG" 2>&1 </dev/null &
-SCRIPT_PID=$!
+start_script STUB_STOP_SECONDS=0 STUB_CONFIG_ERROR=events
 within "the script exits after the configuration error" 30 dead "$SCRIPT_PID"
 status=0
 wait "$SCRIPT_PID" || status=$?
