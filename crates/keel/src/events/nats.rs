@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 
 use super::{Acker as BusAcker, BusError, DeadLetter, Delivery, Envelope, SubscribeOptions};
 use crate::health::sanitize;
+use crate::resilience::backoff::{Backoff, Jitter};
 
 const MSG_ID: &str = "Nats-Msg-Id";
 const REPLAY_GROUP: &str = "Keel-Replay-Group";
@@ -49,17 +50,16 @@ fn stream_name(topic: &str) -> String {
 }
 
 /// The wait before reconnection attempt `attempts` (1-based): none for the first, then 100 ms
-/// doubling to 1 s, each drawn from the upper half of its cap (jitter spreads a fleet's
-/// reconnections; the half-cap floor keeps a lone client from dialling in a tight loop). The
-/// client's default grows to 4 s, so it found a returning server up to 4 s late.
+/// doubling to 1 s with equal jitter (jitter spreads a fleet's reconnections; the half-base
+/// floor keeps a lone client from dialling in a tight loop). The client's default grows to 4 s,
+/// so it found a returning server up to 4 s late.
 fn reconnect_delay(attempts: usize) -> Duration {
     if attempts <= 1 {
         return Duration::ZERO;
     }
-    let doublings = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(4);
-    let cap = (Duration::from_millis(100) * (1u32 << doublings)).min(Duration::from_secs(1));
-    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rand::random_range(nanos / 2..=nanos))
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(1))
+        .jitter(Jitter::Equal)
+        .delay(u32::try_from(attempts - 1).unwrap_or(u32::MAX))
 }
 
 pub(super) struct Conn {
