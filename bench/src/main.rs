@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 /// route that does something.
 async fn work() -> Json<Value> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in 0..20_000u64 {
+    for i in 0..62_000u64 {
         x = std::hint::black_box(x.rotate_left(7) ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
     }
     Json(json!({ "message": "hello", "checksum": x }))

@@ -69,8 +69,17 @@ async fn request_id_and_trace_reach_the_consumer_and_metrics_count_them() {
     assert_eq!(log["fields"]["event_id"], id, "{line}");
     assert_eq!(log["span"], "consume", "{line}");
 
-    let metrics =
-        client().get(format!("http://{}/metrics", p.mgmt.unwrap())).send().await.unwrap().text().await.unwrap();
+    // The relay counts a publish when the broker confirms it, which may come after the
+    // consumer has already handled the message.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics =
+            client().get(format!("http://{}/metrics", p.mgmt.unwrap())).send().await.unwrap().text().await.unwrap();
+        if metrics.lines().any(|l| l.starts_with("outbox_published_total 1")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let has = |needle: &str| metrics.lines().any(|l| l.starts_with(needle));
     assert!(has("outbox_published_total 1"), "{metrics}");
     assert!(

@@ -36,6 +36,7 @@ type Members = Vec<(String, Prepared)>;
 
 struct Prepared {
     keel: KeelConfig,
+    tracing_layers: Vec<telemetry::BoxLayer>,
     profile: Profile,
     start: Box<dyn FnOnce() -> StartFuture + Send>,
 }
@@ -161,7 +162,7 @@ impl Group {
     /// or SIGINT, and shuts them down. Returns the exit code ([`exit`]).
     pub fn run(self) -> ExitCode {
         let build = self.build.clone();
-        let (prepared, on_started) = match self.prepare() {
+        let (mut prepared, on_started) = match self.prepare() {
             Ok(p) => p,
             Err(errors) => {
                 let problems: Vec<String> = errors
@@ -197,8 +198,10 @@ impl Group {
                 return ExitCode::from(exit::START);
             }
         };
+        let layers: Vec<telemetry::BoxLayer> =
+            prepared.iter_mut().flat_map(|(_, p)| std::mem::take(&mut p.tracing_layers)).collect();
         let code = rt.block_on(async move {
-            let guard = match telemetry::init(&opts) {
+            let guard = match telemetry::init_with_layers(&opts, layers) {
                 Ok(g) => g,
                 Err(e) => {
                     startup_error(&build, "cannot set up telemetry", serde_json::json!({ "error": e.to_string() }));
@@ -267,8 +270,9 @@ impl Group {
     }
 }
 
-fn prepare<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Prepared {
+fn prepare<C: Section>(mut service: Service<C>, loaded: Loaded<C>) -> Prepared {
     Prepared {
+        tracing_layers: std::mem::take(&mut service.tracing_layers),
         keel: loaded.config.keel.clone(),
         profile: loaded.profile,
         start: Box::new(move || Box::pin(start(service, loaded))),

@@ -110,6 +110,7 @@ pub struct Service<C = NoConfig> {
     pub(crate) migrations: Option<Arc<crate::data::Migrations>>,
     pub(crate) commands: Vec<(clap::Command, CommandFn<C>)>,
     pub(crate) config_defaults: Vec<(String, String)>,
+    pub(crate) tracing_layers: Vec<crate::telemetry::BoxLayer>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -129,6 +130,7 @@ impl Service<NoConfig> {
             migrations: None,
             commands: Vec::new(),
             config_defaults: Vec::new(),
+            tracing_layers: Vec::new(),
             _config: PhantomData,
         }
     }
@@ -145,6 +147,7 @@ impl<C: Section> Service<C> {
             migrations: self.migrations,
             commands: Vec::new(),
             config_defaults: self.config_defaults,
+            tracing_layers: self.tracing_layers,
             _config: PhantomData,
         }
     }
@@ -214,6 +217,29 @@ impl<C: Section> Service<C> {
     /// of [`crate::run`] loads with them.
     pub fn config_defaults<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
         self.config_defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Adds a tracing layer of the application's own (an error reporter, `console-subscriber`,
+    /// a second exporter) to the process's subscriber, under Keel's: it sees every span
+    /// (the `request` span of each HTTP request included) and every event, filtered only by its
+    /// own filter (`Layer::with_filter`). Layers take effect when [`crate::run`] sets telemetry
+    /// up; a group collects every member's.
+    ///
+    /// ```
+    /// use tracing_subscriber::Layer as _;
+    ///
+    /// let errors_to_stderr = tracing_subscriber::fmt::layer()
+    ///     .with_writer(std::io::stderr)
+    ///     .with_filter(tracing_subscriber::filter::LevelFilter::ERROR);
+    /// let service = keel::Service::new(keel::build_info!()).tracing_layer(errors_to_stderr);
+    /// # let _ = service;
+    /// ```
+    pub fn tracing_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+    {
+        self.tracing_layers.push(Box::new(layer));
         self
     }
 

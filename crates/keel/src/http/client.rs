@@ -256,6 +256,31 @@ pub struct Client {
     metrics: Option<ClientMetrics>,
 }
 
+/// The host and port of a base URL (`http://users:8080`), the port defaulting to the scheme's.
+fn server_address(base: &str) -> (Option<&str>, Option<u16>) {
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let default = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if h.ends_with(']') || !h.contains(':') => (h, p.parse().ok()),
+        _ => (authority, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() { (None, None) } else { (Some(host), Some(port.unwrap_or(default))) }
+}
+
+/// `base` with any `user:password@` replaced as the semantic conventions ask (`url.full` must not
+/// carry credentials).
+fn without_credentials(base: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = base.split_once("://") else { return base.into() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://REDACTED:REDACTED@{host}{path}").into(),
+        None => base.into(),
+    }
+}
+
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -381,6 +406,7 @@ impl Client {
         let url = format!("{}{}", self.base, req.path);
         // The path only: a query string may carry secrets.
         let path = req.path.split('?').next().unwrap_or_default();
+        let (host, port) = server_address(&self.base);
         let span = tracing::info_span!(
             "http.client",
             otel.name = %req.method,
@@ -389,7 +415,12 @@ impl Client {
             upstream = &*self.name,
             attempt,
             http.request.method = %req.method,
+            url.full = format_args!("{}{path}", without_credentials(&self.base)),
             url.path = path,
+            server.address = host,
+            server.port = port,
+            // Semantic conventions: set only on a resend.
+            http.request.resend_count = (attempt > 1).then(|| attempt - 1),
             http.response.status_code = tracing::field::Empty,
         );
         let started = Instant::now();
@@ -494,5 +525,24 @@ fn should_retry(out: &Result<Response, ClientError>) -> bool {
         }
         Err(ClientError::Timeout { .. } | ClientError::Transport { .. }) => true,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_address_of_a_base_url() {
+        assert_eq!(server_address("http://users:8080"), (Some("users"), Some(8080)));
+        assert_eq!(server_address("https://api.example/v1"), (Some("api.example"), Some(443)));
+        assert_eq!(server_address("http://u:p@[::1]:9000/x"), (Some("::1"), Some(9000)));
+        assert_eq!(server_address("http://"), (None, None));
+    }
+
+    #[test]
+    fn url_full_never_carries_credentials() {
+        assert_eq!(without_credentials("http://u:secret@users:8080/v1"), "http://REDACTED:REDACTED@users:8080/v1");
+        assert_eq!(without_credentials("http://users:8080"), "http://users:8080");
     }
 }

@@ -1,28 +1,21 @@
 //! The current request's id and deadline, for code that has no access to the request (an
 //! outbound HTTP call deep inside a handler).
 //!
-//! Keel's stack runs every request's future with its [`RequestContext`] set as the current
-//! one while it is polled. Keel's HTTP client reads it to send `X-Request-ID` and the
-//! remaining time (`x-request-timeout-ms`) upstream, so request ids follow a call chain and an
-//! upstream never works past its caller's deadline.
+//! Keel's stack runs every request's future inside a `tokio::task_local!` scope holding its
+//! [`RequestContext`]. Keel's HTTP client reads it to send `X-Request-ID` and the remaining
+//! time (`x-request-timeout-ms`) upstream, so request ids follow a call chain and an upstream
+//! never works past its caller's deadline.
 //!
-//! Like a tokio task-local, the context belongs to the future it was given to: it is set on
-//! the polling thread only while that future is polled, and put back as it was when the poll
-//! returns (or unwinds), so a request served inside another's poll sees its own and then
-//! hands the outer one back. A task spawned from a handler does not inherit it. Unlike a
-//! task-local, it is kept in a plain thread-local cell: setting and restoring it is two moves
-//! of the context, with no borrow flag (a request pays for it on every poll). And unlike
-//! tokio's scope, it is not set while the future is dropped (completed, timed out or
-//! cancelled): a `Drop` that calls [`current`] sees the context of whatever is being polled
-//! around it, if anything.
+//! The semantics are tokio's [`LocalKey::scope`](tokio::task::LocalKey::scope): the context
+//! belongs to the future it was given to and is set while that future is polled (and while it
+//! is dropped); a request served inside another's poll sees its own, then the outer one again.
+//! A task spawned from a handler does not inherit it: pass it on with [`scope`].
 
-use std::cell::Cell;
 use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 
 use super::RequestId;
@@ -34,9 +27,8 @@ pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 /// every lookup).
 pub static TIMEOUT_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(TIMEOUT_HEADER);
 
-thread_local! {
-    /// The context of the future this thread is polling, if it was given one.
-    static CURRENT: Cell<Option<RequestContext>> = const { Cell::new(None) };
+tokio::task_local! {
+    static CURRENT: RequestContext;
 }
 
 /// What is known about the request being handled.
@@ -55,7 +47,7 @@ impl RequestContext {
     }
 }
 
-/// The context of the request whose future this thread is polling, if any.
+/// The context of the request whose future is being polled, if any.
 ///
 /// ```
 /// use keel::http::context::{self, RequestContext};
@@ -70,65 +62,16 @@ impl RequestContext {
 /// # }
 /// ```
 pub fn current() -> Option<RequestContext> {
-    CURRENT
-        .try_with(|cell| {
-            let ctx = cell.take();
-            let copy = ctx.clone();
-            cell.set(ctx);
-            copy
-        })
-        .ok()
-        .flatten()
+    CURRENT.try_with(RequestContext::clone).ok()
 }
 
-/// Runs `fut` with `ctx` as the current request context whenever it is polled (not while it is
-/// dropped; see the module docs).
+/// Runs `fut` with `ctx` as the current request context (see the module docs).
 pub fn scope<F: Future>(ctx: RequestContext, fut: F) -> Scoped<F> {
-    Scoped { ctx: Some(ctx), fut }
+    CURRENT.scope(ctx, fut)
 }
 
-pin_project! {
-    /// A future run with a request context: see [`scope`].
-    #[derive(Debug)]
-    pub struct Scoped<F> {
-        ctx: Option<RequestContext>,
-        #[pin]
-        fut: F,
-    }
-}
-
-impl<F: Future> Future for Scoped<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        enter(this.ctx, || this.fut.poll(cx))
-    }
-}
-
-/// Runs `f` with the context in `slot` as the current one, and puts it back in `slot` when
-/// `f` returns or unwinds (the thread's previous context, if any, is current again). Runs `f`
-/// without it if the thread is being torn down.
-fn enter<R>(slot: &mut Option<RequestContext>, f: impl FnOnce() -> R) -> R {
-    let Ok(previous) = CURRENT.try_with(|cell| cell.replace(slot.take())) else { return f() };
-    let _restore = Restore { slot, previous };
-    f()
-}
-
-/// Gives the context back to its future, and the thread its previous one, when dropped.
-struct Restore<'a> {
-    slot: &'a mut Option<RequestContext>,
-    previous: Option<RequestContext>,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        let previous = self.previous.take();
-        if let Ok(ctx) = CURRENT.try_with(|cell| cell.replace(previous)) {
-            *self.slot = ctx;
-        }
-    }
-}
+/// A future run with a request context: see [`scope`].
+pub type Scoped<F> = TaskLocalFuture<RequestContext, F>;
 
 /// Sets the [`RequestContext`] (its id, from [`RequestIdLayer`](super::request_id::RequestIdLayer),
 /// which must be outside it) around everything below it; the timeout layer adds the deadline.
@@ -212,25 +155,19 @@ mod tests {
         assert_eq!(seen, (Some("inner".to_owned()), Some("outer".to_owned())));
     }
 
-    #[test]
-    fn restored_when_the_poll_unwinds() {
-        let mut outer = Some(ctx("outer"));
-        enter(&mut outer, || {
-            let mut slot = Some(ctx("a"));
-            let mut seen = None;
-            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                enter(&mut slot, || {
-                    seen = current_id();
-                    std::panic::panic_any("in the poll");
-                })
-            }));
-            assert_eq!(unwound.unwrap_err().downcast_ref::<&str>(), Some(&"in the poll"));
-            assert_eq!(seen.as_deref(), Some("a"), "set during the poll");
-            assert_eq!(current_id().as_deref(), Some("outer"), "the thread's previous context is put back");
-            let back = slot.and_then(|c| c.request_id).map(|id| id.as_str().to_owned());
-            assert_eq!(back.as_deref(), Some("a"), "and the future's is given back to it");
-        });
+    #[tokio::test]
+    async fn restored_when_the_poll_unwinds() {
+        let seen = scope(ctx("outer"), async {
+            let unwound = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(scope(ctx("a"), async {
+                let seen = current_id();
+                std::panic::panic_any(seen);
+            })))
+            .await;
+            let inner = unwound.unwrap_err().downcast::<Option<String>>().map(|b| *b).ok().flatten();
+            (inner, current_id())
+        })
+        .await;
+        assert_eq!(seen, (Some("a".to_owned()), Some("outer".to_owned())));
         assert_eq!(current_id(), None);
-        assert!(outer.is_some());
     }
 }

@@ -180,7 +180,7 @@ impl KeelLayer {
             .layer(cors::layer(&cfg.cors)?)
             .layer(request_id::RequestIdLayer)
             .layer(context::RequestContextLayer)
-            .layer(trace::TraceLayer::new(service, cfg.log.access_log))
+            .layer(trace::TraceLayer::new(service, cfg.log.access_log).trusted_proxies(&cfg.http.trusted_proxies))
             .layer(http_metrics.clone())
             .layer(catch_panic::CatchPanicLayer)
             .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))

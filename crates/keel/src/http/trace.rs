@@ -1,34 +1,53 @@
 //! One `request` span per request, continuing the caller's W3C trace, plus an access-log line.
 //!
-//! The span carries `service`, `request_id`, `trace_id`, `span_id`, `http.request.method` and
-//! `http.route` (the matched template), so every log line written while handling the request
-//! has them. The status (`http.response.status_code`) is a field of the access line, and of
-//! the span when spans are exported. With JSON lines and no span export the span is made only
-//! if the request needs it; its lines are the same either way (see `keel::telemetry`).
+//! The span is an ordinary `tracing` span, entered whenever the response future is polled, so
+//! every layer of the process's subscriber sees it and every event inside it: Keel's log lines
+//! (which lift its `service`, `request_id`, `trace_id` and `span_id` to the top level),
+//! OpenTelemetry export, and an application's own layers. Its fields follow OpenTelemetry's
+//! current HTTP server semantic conventions:
+//!
+//! | field | value |
+//! |---|---|
+//! | `http.request.method` | `GET` |
+//! | `http.route` | the matched template (`/items/{id}`), only when a route matched |
+//! | `http.response.status_code` | recorded when the response is ready |
+//! | `url.path`, `url.scheme` | the request's path (never the query, which may carry secrets) and scheme |
+//! | `server.address`, `server.port` | from `Host` (or the HTTP/2 authority) |
+//! | `client.address` | the client, through `http.trusted_proxies` (see [`super::client_ip`]) |
+//! | `user_agent.original` | `User-Agent` |
+//! | `network.protocol.version` | `1.0`, `1.1`, `2` |
+//!
+//! plus Keel's `service` and `request_id`, and `otel.kind = server` and, when spans are
+//! exported, `otel.name = "{method} {route}"`. A 5xx sets `otel.status_code = error`.
+//!
 //! It must sit inside the request-id layer (it reads [`RequestId`]) and after routing (it reads
 //! [`MatchedPath`]); Keel's stack applies it with `Router::layer`, which runs after routing.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::MatchedPath;
-use http::{Request, Response};
+use axum::extract::{ConnectInfo, MatchedPath};
+use http::{Request, Response, Version};
 use pin_project_lite::pin_project;
 use tower::Service;
+use tracing::field::Empty;
 
+use super::client_ip::IpNet;
 use super::request_id::RequestId;
-use crate::telemetry::RequestSpan;
 
-/// The `route` label and span field of requests that matched no route.
+/// The `route` label of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
 /// Adds request spans; see the module docs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TraceLayer {
     service: &'static str,
     access_log: bool,
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 impl TraceLayer {
@@ -37,11 +56,23 @@ impl TraceLayer {
     /// The process keeps one copy of each distinct service name for its life, so `service`
     /// should be a name from configuration, not something made per request.
     pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
-        Self { service: crate::intern::intern(service.as_ref()), access_log }
+        Self { service: crate::intern::intern(service.as_ref()), access_log, trusted_proxies: Arc::from([]) }
+    }
+
+    /// Reads `client.address` through these proxies (`http.trusted_proxies`); without them it
+    /// is the socket peer.
+    pub fn trusted_proxies(mut self, proxies: &[IpNet]) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
     }
 }
 
-super::macros::layer_with_config!(TraceLayer => Trace);
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner, layer: self.clone() }
+    }
+}
 
 /// The service made by [`TraceLayer`].
 #[derive(Debug, Clone)]
@@ -63,23 +94,88 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // Field names follow OpenTelemetry's HTTP semantic conventions, so the same names serve
-        // logs and exported spans. Without export and with JSON lines, the span itself is made
-        // only if the request needs it (see `keel::telemetry`'s `deferred` module).
-        let id = RequestId::from_extensions(req.extensions());
-        let span = RequestSpan::new(
-            self.layer.service,
-            id.as_ref(),
-            req.method(),
-            req.extensions().get::<MatchedPath>(),
-            req.headers(),
-        );
+        let span = request_span(&self.layer, &req);
         // The span is entered while the response future is polled, which is where everything
-        // below runs: the layers under this one log nothing in `call`, and axum calls the
-        // route (and the handler) on the first poll. Not entering it here too saves an
-        // enter and exit per request.
+        // below runs: axum calls the route (and the handler) on the first poll.
         let inner = self.inner.call(req);
         ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+    }
+}
+
+/// The request's span, its parent the caller's `traceparent` if it sent one.
+fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
+    let id = RequestId::from_extensions(req.extensions());
+    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let method = req.method().as_str();
+    let (host, port) = server_address(req);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = peer.map(|p| client_address(p, req.headers(), &layer.trusted_proxies));
+    let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        service = layer.service,
+        request_id = id.as_ref().map(RequestId::as_str),
+        http.request.method = method,
+        http.route = route,
+        url.path = req.uri().path(),
+        url.scheme = req.uri().scheme_str().unwrap_or("http"),
+        server.address = host,
+        server.port = port,
+        client.address = client.map(tracing::field::display),
+        user_agent.original = user_agent,
+        network.protocol.version = protocol_version(req.version()),
+        http.response.status_code = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if crate::telemetry::exporting() {
+        // Semantic conventions: `{method} {route}`, or the method alone without a route (a
+        // path would make one span name per URL).
+        match route {
+            Some(r) => span.record("otel.name", format!("{method} {r}")),
+            None => span.record("otel.name", method),
+        };
+    }
+    if req.headers().contains_key("traceparent") {
+        crate::telemetry::set_parent(&span, crate::telemetry::extract_context(req.headers()));
+    }
+    span
+}
+
+/// `Host` (or the authority of an HTTP/2 or absolute-form request), split into address and
+/// port; the port defaults to the scheme's.
+fn server_address<B>(req: &Request<B>) -> (Option<&str>, Option<u16>) {
+    let authority = req
+        .uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()));
+    let Some(authority) = authority else { return (None, None) };
+    let default_port = if req.uri().scheme_str() == Some("https") { 443 } else { 80 };
+    // `[::1]:8080`, `example.com:8080`, `example.com`.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => (h, p.parse().ok()),
+        _ => (authority, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (Some(host), Some(port.unwrap_or(default_port)))
+}
+
+fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() { peer.to_canonical() } else { super::client_ip::client_ip(peer, headers, trusted) }
+}
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }
 
@@ -88,7 +184,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: RequestSpan,
+        span: tracing::Span,
         start: Instant,
         access_log: bool,
     }
@@ -102,76 +198,54 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let (inner, start, access_log) = (this.inner, *this.start, *this.access_log);
-        this.span.in_scope(|span| {
-            let out = std::task::ready!(inner.poll(cx));
-            if let Ok(resp) = &out {
-                finished(span, resp.status().as_u16(), || start.elapsed(), access_log);
-            }
-            Poll::Ready(out)
-        })
-    }
-}
-
-/// Logs the access or failure line (with the status, so it need not be a span field), and gives
-/// an exported span its status.
-/// `elapsed` is read only when a line is written.
-fn finished(
-    span: Option<&tracing::Span>,
-    status: u16,
-    elapsed: impl FnOnce() -> std::time::Duration,
-    access_log: bool,
-) {
-    let exporting = crate::telemetry::exporting();
-    if exporting && let Some(span) = span {
-        span.record("http.response.status_code", status);
-        if status >= 500 {
-            span.record("otel.status_code", "ERROR");
+        let _entered = this.span.enter();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &out {
+            finished(this.span, resp.status().as_u16(), *this.start, *this.access_log);
         }
+        Poll::Ready(out)
     }
-    let latency_ms = || elapsed().as_secs_f64() * 1000.0;
+}
+
+/// Gives the span its status, and logs the access or failure line.
+fn finished(span: &tracing::Span, status: u16, start: Instant, access_log: bool) {
+    span.record("http.response.status_code", status);
     if status >= 500 {
-        tracing::error!(http.response.status_code = status, latency_ms = latency_ms(), "request failed");
+        span.record("otel.status_code", "error");
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        tracing::error!(http.response.status_code = status, latency_ms, "request failed");
     } else if access_log {
-        access_line(status, latency_ms);
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(http.response.status_code = status, latency_ms, "request finished");
     }
 }
 
-/// `tracing::info!(http.response.status_code = status, latency_ms, "request finished")`, from
-/// a callsite of Keel's own ([`ACCESS`]), so that the JSON format knows the line by its
-/// metadata and writes it without looking up its fields (see `telemetry::format`). Subscribers
-/// see an event with the same target, level, fields and message as the macro's (its metadata's
-/// name and line differ). Before any subscriber is set, the macro itself is used: it also hands
-/// the line to the `log` crate then.
-fn access_line(status: u16, latency_ms: impl FnOnce() -> f64) {
-    if !tracing::level_enabled!(tracing::Level::INFO) {
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
     }
-    if !tracing::dispatcher::has_been_set() {
-        tracing::info!(http.response.status_code = status, latency_ms = latency_ms(), "request finished");
-        return;
+
+    #[test]
+    fn server_address_and_port_come_from_the_authority_or_host() {
+        assert_eq!(server_address(&req("/x", Some("api.example:8443"))), (Some("api.example"), Some(8443)));
+        assert_eq!(server_address(&req("/x", Some("api.example"))), (Some("api.example"), Some(80)));
+        assert_eq!(server_address(&req("/x", Some("[::1]:9000"))), (Some("::1"), Some(9000)));
+        assert_eq!(server_address(&req("/x", Some("[::1]"))), (Some("::1"), Some(80)));
+        assert_eq!(server_address(&req("https://h.example/x", None)), (Some("h.example"), Some(443)));
+        assert_eq!(server_address(&req("/x", None)), (None, None));
     }
-    let interest = ACCESS_CALLSITE.interest();
-    if interest.is_never() {
-        return;
+
+    #[test]
+    fn protocol_versions_are_written_as_the_conventions_say() {
+        assert_eq!(protocol_version(Version::HTTP_11), "1.1");
+        assert_eq!(protocol_version(Version::HTTP_2), "2");
+        assert_eq!(protocol_version(Version::HTTP_10), "1.0");
     }
-    if !interest.is_always() && !tracing::dispatcher::get_default(|d| d.enabled(&ACCESS)) {
-        return;
-    }
-    let message = format_args!("request finished");
-    let latency_ms = latency_ms();
-    let values: [Option<&dyn tracing::Value>; 3] = [Some(&message), Some(&status), Some(&latency_ms)];
-    tracing::Event::dispatch(&ACCESS, &ACCESS.fields().value_set_all(&values));
 }
-
-static ACCESS_CALLSITE: tracing_core::callsite::DefaultCallsite = tracing_core::callsite::DefaultCallsite::new(&ACCESS);
-
-/// The access line's metadata: the fields in [`access_line`]'s order.
-pub(crate) static ACCESS: tracing::Metadata<'static> = tracing_core::metadata! {
-    name: "request finished",
-    target: module_path!(),
-    level: tracing::Level::INFO,
-    fields: &["message", "http.response.status_code", "latency_ms"],
-    callsite: &ACCESS_CALLSITE,
-    kind: tracing_core::metadata::Kind::EVENT,
-};

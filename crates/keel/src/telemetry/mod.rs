@@ -1,54 +1,61 @@
-//! Logs, traces and metrics.
+//! Logs, traces and metrics, on `tracing-subscriber`'s [`Registry`] and its layers.
 //!
-//! * **Logs** — `tracing` to stdout only: JSON lines in production and test, pretty in
-//!   development (in colour only when stdout is a terminal and `NO_COLOR` is unset or empty).
-//!   Every line carries `service`, and `request_id`, `trace_id`, `span_id` when a surrounding
-//!   span knows them. The level comes from `log.level` (or `RUST_LOG`, which wins)
-//!   and can be changed at run time with `PUT /admin/log-level`. Fields named like secrets or
-//!   personal data (`password`, `token`, `authorization`, `cookie`, `email`, … plus
-//!   `log.mask_fields`) are written as `***`, and every other field and the message go through
-//!   [`scrub`](crate::security::mask::scrub) (credentials become `***`), in both formats.
-//! * **Traces** — OpenTelemetry. Trace ids are always made, logged and propagated (W3C
-//!   `traceparent`); spans are exported over OTLP/gRPC only when `telemetry.otlp.endpoint` is
-//!   set, with `service.name`, `service.version` and `deployment.environment.name` resource
-//!   attributes and `telemetry.sampling_ratio` applied to new traces. Without an endpoint no
-//!   OpenTelemetry spans are built; a light layer gives spans their ids (see [`span_context`]).
-//!   With JSON lines and no export, a request's span is made only when something needs it
-//!   (`Span::current()`, a span opened inside the request); until then lines logged in the
-//!   request are written from its fields, as if it existed.
+//! [`init`] installs one subscriber for the process: a `Registry` with, in order,
+//!
+//! 1. the application's own layers (given to [`init_with_layers`], or to the service builder's
+//!    `tracing_layer`): they see every span and event, filtered only by their own filters;
+//! 2. `tracing-opentelemetry`, which gives every span at `info` and above its W3C trace and span
+//!    ids, continues a caller's `traceparent` ([`set_parent`]), and exports spans over OTLP when
+//!    `telemetry.otlp.endpoint` is set (with `service.name`, `service.version` and
+//!    `deployment.environment.name`, sampled parent-based at `telemetry.sampling_ratio`);
+//!    `warn` and `error` events become span events;
+//! 3. the fmt layer writing log lines to stdout through `tracing-appender`'s non-blocking writer
+//!    (a dedicated thread; a full queue makes loggers wait rather than drop lines): JSON lines
+//!    in production and test ([`json`]'s layout: `service`, `request_id`, `trace_id`, `span_id`
+//!    lifted to the top level), `tracing-subscriber`'s pretty format in development (colour only
+//!    on a terminal with `NO_COLOR` unset or empty). Its filter is an `EnvFilter` from
+//!    `log.level` (or `RUST_LOG`, which wins) behind a reload handle, so `PUT /admin/log-level`
+//!    changes it at run time; spans at `info` always pass, so a `warn` line inside a request
+//!    still carries the request's fields and ids.
+//!
+//! Fields named like secrets or personal data (`password`, `token`, `authorization`, `cookie`,
+//! `email`, … plus `log.mask_fields`) are written as `***`, and every other field and the message
+//! go through [`scrub`](crate::security::mask::scrub) (credentials become `***`), in both formats.
+//!
 //! * **Metrics** — a Prometheus registry per service: [`Metrics`].
 //!
 //! Logging and tracing are process-wide (one subscriber per process), so [`init`] is called once
 //! per process by [`crate::run`]; later calls return a handle to the first set-up.
 
-mod deferred;
-mod filter;
-mod format;
-mod ids;
-mod layer;
+mod json;
 mod metrics;
-mod writer;
+mod pretty;
 
 use std::io::IsTerminal as _;
 use std::sync::{Mutex, OnceLock};
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_subscriber::Layer;
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-pub(crate) use deferred::RequestSpan;
-pub use ids::{set_parent, span_context};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 
 use crate::config::{LogFormat, Profile, TelemetryConfig};
+
+/// A tracing layer of the application's own (an error reporter, `console-subscriber`, a
+/// second exporter), added to Keel's subscriber by [`init_with_layers`].
+pub type BoxLayer = Box<dyn Layer<Registry> + Send + Sync + 'static>;
 
 /// What [`init`] needs.
 #[derive(Debug, Clone)]
@@ -76,9 +83,6 @@ pub enum TelemetryError {
     /// The log filter does not parse.
     #[error("invalid log filter: {0}")]
     Filter(String),
-    /// The log writer thread could not be started.
-    #[error("cannot start the log writer thread: {0}")]
-    Writer(#[source] std::io::Error),
     /// The OTLP exporter could not be built.
     #[error("cannot set up OTLP export to {endpoint}: {message}")]
     Otlp {
@@ -89,8 +93,11 @@ pub enum TelemetryError {
     },
 }
 
+/// Replaces the fmt layer's filter.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
 struct Global {
-    filter: filter::LogFilter,
+    set_filter: SetFilter,
     /// Whether Keel's subscriber is the process's (another may have been installed first).
     installed: bool,
     level: Mutex<String>,
@@ -98,7 +105,7 @@ struct Global {
     /// Whether spans go to an OTLP exporter.
     exporting: bool,
     /// Dropping it flushes the log writer's queue.
-    writer: Mutex<Option<writer::WriterGuard>>,
+    writer: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
@@ -133,64 +140,75 @@ impl TelemetryGuard {
     }
 }
 
-/// Sets up logging and tracing for the process. Must run inside a Tokio runtime when OTLP export
-/// is configured. The first call wins; later calls (several services in one process, tests)
-/// return a guard for the existing set-up.
+/// Lines queued for the writer thread before loggers wait for it.
+const LOG_QUEUE_LINES: usize = 128_000;
+
+/// Sets up logging and tracing for the process: [`init_with_layers`] without layers of the
+/// application's own.
 pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
+    init_with_layers(opts, Vec::new())
+}
+
+/// Sets up logging and tracing for the process (see the module docs), with `layers` of the
+/// application's own under Keel's. Must run inside a Tokio runtime when OTLP export is
+/// configured. The first call wins; later calls (several services in one process, tests)
+/// return a guard for the existing set-up and drop their `layers`.
+///
+/// ```no_run
+/// use keel::config::{LogFormat, Profile, TelemetryConfig};
+/// use keel::telemetry::{BoxLayer, TelemetryOptions, init_with_layers};
+/// use tracing_subscriber::Layer as _;
+///
+/// # #[tokio::main] async fn main() {
+/// let mine: BoxLayer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed();
+/// let opts = TelemetryOptions {
+///     service: "hello".into(),
+///     version: "1.0.0".into(),
+///     profile: Profile::Development,
+///     level: "info".into(),
+///     format: LogFormat::Json,
+///     telemetry: TelemetryConfig::default(),
+///     mask_fields: Vec::new(),
+/// };
+/// let guard = init_with_layers(&opts, vec![mine]).unwrap();
+/// # guard.shutdown(); }
+/// ```
+pub fn init_with_layers(opts: &TelemetryOptions, layers: Vec<BoxLayer>) -> Result<TelemetryGuard, TelemetryError> {
     if GLOBAL.get().is_some() {
         return Ok(TelemetryGuard { _private: () });
     }
     let level = effective_level(&opts.level);
-    let filter = filter::LogFilter::new(&level).map_err(TelemetryError::Filter)?;
+    let filter = env_filter(&level).map_err(TelemetryError::Filter)?;
 
     let provider = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
-    // With an exporter, `tracing-opentelemetry` turns spans into OpenTelemetry spans. Without
-    // one those would be built only to be dropped, so Keel's log layer gives spans their W3C
-    // ids instead (see `ids`).
     let exporting = opts.telemetry.otlp.endpoint.is_some();
     // Busy/idle tracking would read the clock on every poll of every span, and thread, source
     // location and target attributes allocate per span; none is worth it per request.
-    let otel = exporting.then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("keel"))
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_target(false)
-            .with_filter(otel_filter())
-    });
-    let ids = (!exporting).then(|| ids::IdSource::new(opts.telemetry.sampling_ratio));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("keel"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_target(false)
+        .with_filter(otel_filter());
 
-    // Lines are written to stdout by a dedicated thread, in batches, so a request never waits
-    // on a write syscall and nothing is dropped (see `writer`).
-    let (stdout, writer_guard) = writer::LineWriter::new(std::io::stdout()).map_err(TelemetryError::Writer)?;
+    let (stdout, writer_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("keel-log-writer")
+        .finish(std::io::stdout());
     let masker = crate::security::mask::Masker::new(opts.mask_fields.iter());
-    let registry = tracing_subscriber::registry().with(otel);
-    let installed = match opts.format {
-        LogFormat::Json => {
-            let format = format::JsonFormat::new(opts.service.clone(), masker);
-            let json = registry.with(layer::LogLayer::json(filter.clone(), ids, format, stdout));
-            if exporting {
-                json.try_init().is_ok()
-            } else {
-                // Request spans are made only when needed (see `deferred`).
-                deferred::Deferring::new(json).try_init().is_ok()
-            }
-        }
-        LogFormat::Pretty => {
-            // Spans at `info` always reach the fmt layer (they print nothing themselves), so a
-            // `warn` line logged inside a request still shows the request's span.
-            let ansi = format::colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-            let pretty = format::pretty_layer(masker, ansi, stdout)
-                .with_filter(tracing_subscriber::filter::FilterExt::or(filter.clone(), info_spans()));
-            registry.with(layer::LogLayer::new(filter.clone(), ids)).with(pretty).try_init().is_ok()
-        }
-    };
+    // No layers is `None`, not an empty `Vec`: an empty `Vec` layer is interested in no callsite,
+    // which would turn every other layer off.
+    let layers = (!layers.is_empty()).then_some(layers);
+    let subscriber = tracing_subscriber::registry().with(layers).with(otel);
+    let (lines, set_filter) = log_layer(opts, filter, masker, stdout);
+    let installed = subscriber.with(lines).try_init().is_ok();
     let _ = GLOBAL.set(Global {
-        filter,
+        set_filter,
         installed,
-        level: Mutex::new(filter::normalize(&level)),
+        level: Mutex::new(normalize(&level)),
         provider,
         exporting,
         writer: Mutex::new(Some(writer_guard)),
@@ -200,6 +218,40 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
         tracing::debug!("a tracing subscriber was already installed");
     }
     Ok(TelemetryGuard { _private: () })
+}
+
+/// The fmt layer for `opts.format`, filtered by `filter` behind a reload handle, and the
+/// function that replaces the filter.
+fn log_layer<S>(
+    opts: &TelemetryOptions,
+    filter: EnvFilter,
+    masker: crate::security::mask::Masker,
+    writer: tracing_appender::non_blocking::NonBlocking,
+) -> (Box<dyn Layer<S> + Send + Sync>, SetFilter)
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static,
+{
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let filter = tracing_subscriber::filter::FilterExt::or(filter, info_spans());
+    let layer: Box<dyn Layer<S> + Send + Sync> = match opts.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(json::JsonFields::new(masker))
+            .event_format(json::JsonLine::new(opts.service.clone()))
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => {
+            let ansi = pretty::colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(pretty::fields(masker))
+                .with_ansi(ansi)
+                .with_writer(writer)
+                .with_filter(filter)
+                .boxed()
+        }
+    };
+    let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+    (layer, set)
 }
 
 /// Spans at `info` and above, whatever the log level: they carry the ids and fields of every
@@ -259,7 +311,20 @@ pub fn parse_filter(directives: &str) -> Result<(), String> {
             ));
         }
     }
-    filter::parse(directives).map(|_| ())
+    env_filter(directives).map(|_| ())
+}
+
+/// An `EnvFilter` from `directives`, never from the environment (`RUST_LOG` is read once, by
+/// [`init`]).
+fn env_filter(directives: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder().parse(normalize(directives)).map_err(|e| {
+        format!("`{directives}` is not a level or target=level list ({e}); use e.g. info or info,sqlx=warn")
+    })
+}
+
+/// `directives` without blanks around each directive and without empty ones.
+fn normalize(directives: &str) -> String {
+    directives.split(',').map(str::trim).filter(|d| !d.is_empty()).collect::<Vec<_>>().join(",")
 }
 
 /// Whether directives enable `trace` anywhere.
@@ -282,9 +347,9 @@ pub fn set_log_level(directives: &str) -> Result<(), String> {
     if !g.installed {
         return Err("another tracing subscriber is installed; Keel's log filter is not in effect".into());
     }
-    g.filter.set(directives)?;
+    (g.set_filter)(env_filter(directives)?)?;
     if let Ok(mut l) = g.level.lock() {
-        *l = filter::normalize(directives);
+        *l = normalize(directives);
     }
     tracing::info!(level = directives, "log level changed");
     Ok(())
@@ -300,6 +365,18 @@ pub(crate) fn exporting() -> bool {
 fn current_context() -> Context {
     // An invalid context injects nothing: the propagator checks.
     Context::new().with_remote_span_context(span_context(&tracing::Span::current()))
+}
+
+/// Makes `cx` (a caller's trace, from [`extract_context`] or [`context_from_traceparent`]) the
+/// parent of `span`. Call it before the span is first entered.
+pub fn set_parent(span: &tracing::Span, cx: Context) {
+    // Fails only for a span no OpenTelemetry layer sees (disabled, or another subscriber).
+    let _ = span.set_parent(cx);
+}
+
+/// The W3C trace context of `span`: invalid for a span no OpenTelemetry layer sees.
+pub fn span_context(span: &tracing::Span) -> SpanContext {
+    span.context().span().span_context().clone()
 }
 
 /// Reads a W3C `traceparent` (and `tracestate`) from request headers.
