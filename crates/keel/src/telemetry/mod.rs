@@ -27,6 +27,7 @@ mod format;
 mod ids;
 mod layer;
 mod metrics;
+pub(crate) mod otlp;
 mod writer;
 
 use std::io::IsTerminal as _;
@@ -35,11 +36,9 @@ use std::sync::{Mutex, OnceLock};
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
+use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -143,12 +142,11 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let level = effective_level(&opts.level);
     let filter = filter::LogFilter::new(&level).map_err(TelemetryError::Filter)?;
 
-    let provider = tracer_provider(opts)?;
+    let (provider, exporting) = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
     // With an exporter, `tracing-opentelemetry` turns spans into OpenTelemetry spans. Without
     // one those would be built only to be dropped, so Keel's log layer gives spans their W3C
     // ids instead (see `ids`).
-    let exporting = opts.telemetry.otlp.endpoint.is_some();
     // Busy/idle tracking would read the clock on every poll of every span, and thread, source
     // location and target attributes allocate per span; none is worth it per request.
     let otel = exporting.then(|| {
@@ -160,7 +158,7 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
             .with_target(false)
             .with_filter(otel_filter())
     });
-    let ids = (!exporting).then(|| ids::IdSource::new(opts.telemetry.sampling_ratio));
+    let ids = (!exporting).then(|| ids::IdSource::new(otlp::sampling_ratio(&opts.telemetry)));
 
     // Lines are written to stdout by a dedicated thread, in batches, so a request never waits
     // on a write syscall and nothing is dropped (see `writer`).
@@ -218,26 +216,8 @@ fn otel_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metad
     })
 }
 
-fn tracer_provider(opts: &TelemetryOptions) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = Resource::builder()
-        .with_service_name(opts.service.clone())
-        .with_attributes([
-            KeyValue::new("service.version", opts.version.clone()),
-            KeyValue::new("deployment.environment.name", opts.profile.as_str()),
-        ])
-        .build();
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(opts.telemetry.sampling_ratio)));
-    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler);
-    if let Some(endpoint) = &opts.telemetry.otlp.endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(opts.telemetry.otlp.timeout)
-            .build()
-            .map_err(|e| TelemetryError::Otlp { endpoint: endpoint.clone(), message: e.to_string() })?;
-        builder = builder.with_batch_exporter(exporter);
-    }
-    Ok(builder.build())
+fn tracer_provider(opts: &TelemetryOptions) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+    otlp::tracer_provider(&opts.service, &opts.version, opts.profile, &opts.telemetry)
 }
 
 fn effective_level(configured: &str) -> String {
