@@ -118,9 +118,7 @@ async fn main() -> ExitCode {
 fn bench_telemetry() -> keel::config::TelemetryConfig {
     let mut t = keel::config::TelemetryConfig::default();
     t.otlp.endpoint = std::env::var("KEEL_BENCH_OTLP_ENDPOINT").ok();
-    if let Some(r) = std::env::var("KEEL_BENCH_SAMPLING_RATIO").ok().and_then(|r| r.parse().ok()) {
-        t.sampling_ratio = r;
-    }
+    t.sampling_ratio = std::env::var("KEEL_BENCH_SAMPLING_RATIO").ok().and_then(|r| r.parse().ok());
     t
 }
 

@@ -19,7 +19,7 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
 
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
-    telemetry.otlp.timeout = Duration::from_secs(5);
+    telemetry.otlp.timeout = Some(Duration::from_secs(5));
     let guard = init(&TelemetryOptions {
         service: "fixture".into(),
         version: "9.9.9".into(),

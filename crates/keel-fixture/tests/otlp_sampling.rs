@@ -18,7 +18,7 @@ async fn ratio_zero_samples_no_new_trace_but_follows_a_sampled_caller() {
 
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
-    telemetry.sampling_ratio = 0.0;
+    telemetry.sampling_ratio = Some(0.0);
     let guard = init(&TelemetryOptions {
         service: "fixture".into(),
         version: "1".into(),

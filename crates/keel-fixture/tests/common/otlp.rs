@@ -9,9 +9,9 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-/// Collects every export it is sent.
+/// Collects every export it is sent, and the metadata (headers) each came with.
 #[derive(Clone, Default)]
-pub struct Receiver(pub Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+pub struct Receiver(pub Arc<Mutex<Vec<ExportTraceServiceRequest>>>, pub Arc<Mutex<Vec<http::HeaderMap>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -19,6 +19,7 @@ impl TraceService for Receiver {
         &self,
         req: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.1.lock().unwrap().push(req.metadata().clone().into_headers());
         self.0.lock().unwrap().push(req.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -35,6 +36,21 @@ impl Receiver {
         addr
     }
 
+    /// Serves over TLS with `cert_pem` and `key_pem` on an ephemeral port; returns the address.
+    pub async fn start_tls(&self, cert_pem: &str, key_pem: &str) -> SocketAddr {
+        use tonic::transport::{Identity, ServerTlsConfig};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(TraceServiceServer::new(self.clone()));
+        tokio::spawn(server.serve_with_incoming(incoming));
+        addr
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
         self.0
@@ -46,6 +62,22 @@ impl Receiver {
             .flat_map(|s| s.spans.iter().cloned())
             .collect()
     }
+}
+
+/// A CA, and a server certificate it signed for `localhost` and `127.0.0.1`: (CA PEM, server
+/// certificate PEM, server key PEM).
+pub fn test_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+    (ca_cert.pem(), server_cert.pem(), server_key.serialize_pem())
 }
 
 pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {

@@ -56,7 +56,7 @@ pub use secret::{MASK, Secret, weak_secret};
 pub use sections::{
     BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, EncryptionConfig, FeaturesConfig, HealthConfig,
     HstsConfig, Http2Config, HttpConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, KeelConfig, LogConfig, LogFormat,
-    ManagementConfig, OtlpConfig, OutboxConfig, PasswordsConfig, PoolConfig, RedisConfig, SecurityConfig,
+    ManagementConfig, OtlpConfig, OtlpProtocol, OutboxConfig, PasswordsConfig, PoolConfig, RedisConfig, SecurityConfig,
     ShutdownConfig, TelemetryConfig, UpstreamConfig,
 };
 use tree::{KeyPath, Tree, join};
@@ -441,6 +441,7 @@ impl Loader {
         }
         tree.merge_env(&self.env_prefix(), self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         jwt_key_templates(&mut tree);
+        otlp_header_templates(&mut tree);
         tree.resolve_files(&mut raw);
         for (path, message) in raw {
             let source = tree.source_of(&path).cloned();
@@ -714,19 +715,16 @@ fn validate_keel(
     if k.shutdown.timeout.is_zero() {
         v.invalid("shutdown.timeout", "must be more than 0s");
     }
-    if !(0.0..=1.0).contains(&k.telemetry.sampling_ratio) || k.telemetry.sampling_ratio.is_nan() {
-        v.invalid("telemetry.sampling_ratio", "must be between 0.0 and 1.0");
-    }
-    if let Some(ep) = &k.telemetry.otlp.endpoint {
-        let ok = ep
-            .parse::<http::Uri>()
-            .ok()
-            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-        if !ok {
-            v.invalid(
-                "telemetry.otlp.endpoint",
-                format!("`{ep}` is not an http(s) URL such as http://otel-collector:4317"),
-            );
+    // Keel's telemetry keys and the `OTEL_*` variables beneath them.
+    for p in crate::telemetry::otlp::problems(&k.telemetry, lookup) {
+        match p.origin {
+            crate::telemetry::otlp::Origin::Key(path) => v.invalid(&path, p.message),
+            crate::telemetry::otlp::Origin::Env(var) => v.problems.push(Problem {
+                path: var.into(),
+                source: Some(Source::Env(var.into())),
+                kind: ProblemKind::Invalid,
+                message: p.message,
+            }),
         }
     }
     for (name, policy) in &k.rate_limits {
@@ -948,6 +946,27 @@ fn jwt_key_templates(tree: &mut Tree) {
     };
     for kid in kids {
         keys.entry(kid).or_insert_with(|| template.clone());
+    }
+}
+
+/// `telemetry.otlp.headers` is a map too: give `<name>_file` entries their `<name>` so header
+/// values resolve from secret files.
+fn otlp_header_templates(tree: &mut Tree) {
+    let names: Vec<Value> = match tree.root.get("telemetry").and_then(|t| t.get("otlp")).and_then(|o| o.get("headers"))
+    {
+        Some(Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().and_then(|k| k.strip_suffix("_file")).map(|b| Value::String(b.to_owned())))
+            .collect(),
+        _ => return,
+    };
+    let Some(Value::Mapping(headers)) =
+        tree.defaults.get_mut("telemetry").and_then(|t| t.get_mut("otlp")).and_then(|o| o.get_mut("headers"))
+    else {
+        return;
+    };
+    for name in names {
+        headers.entry(name).or_insert_with(|| Value::String(String::new()));
     }
 }
 

@@ -328,39 +328,68 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// `telemetry.*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `telemetry.*`. The standard `OTEL_*` variables fill in what these keys leave unset (see
+/// `docs/configuration.md`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct TelemetryConfig {
     /// OTLP export.
     pub otlp: OtlpConfig,
-    /// Fraction of new traces sampled, 0.0–1.0 (a sampled parent is always followed). Default `1.0`.
-    pub sampling_ratio: f64,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self { otlp: OtlpConfig::default(), sampling_ratio: 1.0 }
-    }
+    /// Fraction of new traces sampled, 0.0–1.0 (a sampled parent is always followed). Unset:
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, else `1.0`.
+    pub sampling_ratio: Option<f64>,
+    /// The `service.name` resource attribute. Unset: `OTEL_SERVICE_NAME`, else the service's name.
+    pub service_name: Option<String>,
 }
 
 /// `telemetry.otlp.*`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct OtlpConfig {
-    /// OTLP/gRPC collector endpoint (`http://otel-collector:4317`). Unset: spans are not exported
-    /// (trace ids are still made, logged and propagated).
+    /// Collector endpoint (`http://otel-collector:4317`, `https://…`). With `http/protobuf`,
+    /// `/v1/traces` is appended. Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (as is), else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; with neither, spans are not exported (trace ids are still
+    /// made, logged and propagated).
     pub endpoint: Option<String>,
-    /// Export deadline per batch. Default `10s`.
-    #[serde(with = "super::duration")]
-    pub timeout: Duration,
+    /// `grpc` or `http/protobuf`. Unset: `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, else `grpc`.
+    pub protocol: Option<OtlpProtocol>,
+    /// Export deadline per batch. Unset: `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` (milliseconds),
+    /// else `10s`.
+    #[serde(with = "crate::telemetry::otlp::optional_duration")]
+    pub timeout: Option<Duration>,
+    /// **Secret values.** Headers (gRPC metadata) sent with every export, e.g. an API key;
+    /// over those of `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`.
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// A PEM file of CA certificates trusted for an `https://` endpoint, beside the system's.
+    /// Unset: `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A PEM client certificate for mutual TLS (with `client_key_file`). Unset:
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE`.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of `client_cert_file`. Unset: `OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_KEY`.
+    pub client_key_file: Option<std::path::PathBuf>,
 }
 
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        Self { endpoint: None, timeout: Duration::from_secs(10) }
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` and `telemetry.otlp.protocol` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 //! 1. the application's own layers (given to [`init_with_layers`], or to the service builder's
 //!    `tracing_layer`): they see every span and event, filtered only by their own filters;
 //! 2. `tracing-opentelemetry`, which gives every span at `info` and above its W3C trace and span
-//!    ids, continues a caller's `traceparent` ([`set_parent`]), and exports spans over OTLP when
-//!    `telemetry.otlp.endpoint` is set (with `service.name`, `service.version` and
-//!    `deployment.environment.name`, sampled parent-based at `telemetry.sampling_ratio`);
-//!    `warn` and `error` events become span events;
+//!    ids, continues a caller's `traceparent` ([`set_parent`]), and exports spans over OTLP
+//!    (gRPC or HTTP/protobuf, TLS for `https://`, with headers) when `telemetry.otlp.endpoint`
+//!    or `OTEL_EXPORTER_OTLP_ENDPOINT` is set; the standard `OTEL_*` variables apply beneath
+//!    Keel's `telemetry.*` keys (see `otlp`). `warn` and `error` events become span events;
 //! 3. the fmt layer writing log lines to stdout through `tracing-appender`'s non-blocking writer
 //!    (a dedicated thread; a full queue makes loggers wait rather than drop lines): JSON lines
 //!    in production and test ([`json`]'s layout: `service`, `request_id`, `trace_id`, `span_id`
@@ -29,6 +29,7 @@
 
 mod json;
 mod metrics;
+pub(crate) mod otlp;
 mod pretty;
 
 use std::io::IsTerminal as _;
@@ -37,11 +38,9 @@ use std::sync::{Mutex, OnceLock};
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
+use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt;
@@ -180,9 +179,8 @@ pub fn init_with_layers(opts: &TelemetryOptions, layers: Vec<BoxLayer>) -> Resul
     let level = effective_level(&opts.level);
     let filter = env_filter(&level).map_err(TelemetryError::Filter)?;
 
-    let provider = tracer_provider(opts)?;
+    let (provider, exporting) = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let exporting = opts.telemetry.otlp.endpoint.is_some();
     // Busy/idle tracking would read the clock on every poll of every span, and thread, source
     // location and target attributes allocate per span; none is worth it per request.
     let otel = tracing_opentelemetry::layer()
@@ -270,26 +268,8 @@ fn otel_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metad
     })
 }
 
-fn tracer_provider(opts: &TelemetryOptions) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = Resource::builder()
-        .with_service_name(opts.service.clone())
-        .with_attributes([
-            KeyValue::new("service.version", opts.version.clone()),
-            KeyValue::new("deployment.environment.name", opts.profile.as_str()),
-        ])
-        .build();
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(opts.telemetry.sampling_ratio)));
-    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(sampler);
-    if let Some(endpoint) = &opts.telemetry.otlp.endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(opts.telemetry.otlp.timeout)
-            .build()
-            .map_err(|e| TelemetryError::Otlp { endpoint: endpoint.clone(), message: e.to_string() })?;
-        builder = builder.with_batch_exporter(exporter);
-    }
-    Ok(builder.build())
+fn tracer_provider(opts: &TelemetryOptions) -> Result<(SdkTracerProvider, bool), TelemetryError> {
+    otlp::tracer_provider(&opts.service, &opts.version, opts.profile, &opts.telemetry)
 }
 
 fn effective_level(configured: &str) -> String {
