@@ -41,14 +41,32 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "sql")]
 pub mod data;
+/// The `database` section; the pool needs a SQL feature (`postgres`, `mysql`, `sqlite`).
+#[cfg(not(feature = "sql"))]
+pub mod data {
+    mod config;
+    pub use config::{DatabaseConfig, PoolConfig};
+}
 #[cfg(feature = "events")]
 pub mod events;
+/// The `bus` and `outbox` sections; the bus needs the `events` feature.
+#[cfg(not(feature = "events"))]
+pub mod events {
+    mod config;
+    pub use config::{BusBackend, BusConfig, OutboxConfig};
+}
 pub mod features;
 pub mod health;
 pub mod http;
 mod intern;
 #[cfg(feature = "redis")]
 pub mod redis;
+/// The `redis` section; the connection needs the `redis` feature.
+#[cfg(not(feature = "redis"))]
+pub mod redis {
+    mod config;
+    pub use config::RedisConfig;
+}
 pub mod resilience;
 pub mod security;
 pub mod telemetry;
