@@ -20,7 +20,7 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`app`] | service definition, start-up, graceful shutdown, the shared CLI |
-//! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules |
+//! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; names no other module |
 //! | `events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
 //! | [`health`] | health checks and the live / ready / startup probes |
 //! | [`http`] | the server stack, one module per middleware, problem responses |
@@ -32,6 +32,11 @@
 //! | [`workers`] | supervised periodic and continuous background workers |
 //! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
+//!
+//! Each module owns its configuration section (`http::HttpConfig`, `data::DatabaseConfig`, …),
+//! which validates itself through [`config::Section`]; `app::KeelConfig` gathers them. Without
+//! their cargo features, `data`, `events`, `redis` and `http::client` hold just their sections,
+//! so a config file loads the same in every build.
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
 
