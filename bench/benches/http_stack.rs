@@ -27,7 +27,7 @@ fn stack(c: &mut Criterion) {
     // Keel's log pipeline as a production service has it (JSON, info); no access log, so
     // nothing is written and the figure is the stack's own.
     let _guard = keel::telemetry::init(&production_logs()).unwrap();
-    let mut cfg = keel::config::KeelConfig::default();
+    let mut cfg = keel::app::KeelConfig::default();
     cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
     cfg.log.access_log = false;
     let metrics = keel::telemetry::Metrics::new();

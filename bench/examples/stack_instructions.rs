@@ -25,7 +25,7 @@ fn main() {
     let target = args.next().unwrap_or_else(|| "keel".into());
     let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let _guard = keel::telemetry::init(&production_logs()).unwrap();
-    let mut cfg = keel::config::KeelConfig::default();
+    let mut cfg = keel::app::KeelConfig::default();
     cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
     cfg.log.access_log = target == "keel_access_log";
     let metrics = keel::telemetry::Metrics::new();

@@ -13,11 +13,13 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
+use keel::config::Secret;
+use keel::data::DatabaseConfig;
 use keel::data::Db;
 use keel::events::consumer::handler_fn;
 use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, SubscribeOptions};
+use keel::events::{BusBackend, BusConfig, OutboxConfig};
 use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
 use tokio_util::sync::CancellationToken;
 

@@ -58,7 +58,7 @@ pub const LAYERS: [&str; 12] = [
 /// two in step. The trace layer writes no access line. Registers the HTTP metrics in `metrics`.
 /// An unknown name is an error listing the layers, so a typo cannot measure the whole stack.
 pub fn ablated_stack(
-    cfg: &keel::config::KeelConfig,
+    cfg: &keel::app::KeelConfig,
     metrics: &keel::telemetry::Metrics,
     skip: &[&str],
 ) -> Result<Router, String> {

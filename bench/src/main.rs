@@ -28,7 +28,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::routing::get;
 use axum::{Json, Router};
-use keel::config::{Loader, Profile};
+use keel::app::Loader;
+use keel::config::Profile;
 use keel_bench::hello;
 use serde_json::{Value, json};
 
@@ -176,7 +177,7 @@ async fn serve_ablated() -> Result<Vec<(String, String)>, String> {
     let Ok(sets) = std::env::var("KEEL_BENCH_ABLATE") else {
         return Ok(Vec::new());
     };
-    let mut cfg = keel::config::KeelConfig::default();
+    let mut cfg = keel::app::KeelConfig::default();
     cfg.cors.allowed_origins = vec!["https://app.example.com".into()];
     let mut served = Vec::new();
     for set in sets.split(';').map(str::trim).filter(|s| !s.is_empty()) {
@@ -198,7 +199,7 @@ async fn redis_limiter(url: &str) -> Result<(), String> {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    let mut cfg = keel::config::RedisConfig::default();
+    let mut cfg = keel::redis::RedisConfig::default();
     cfg.key_prefix = Some(format!("keelbench:{}:", std::process::id()));
     let metrics = keel::telemetry::Metrics::new();
     let redis = keel::redis::Redis::new("bench", url, &cfg, &metrics).map_err(|e| e.to_string())?;

@@ -12,10 +12,12 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
+use keel::config::Secret;
+use keel::data::DatabaseConfig;
 use keel::data::Db;
 use keel::events::outbox::Outbox;
 use keel::events::{Bus, Envelope};
+use keel::events::{BusBackend, BusConfig, OutboxConfig};
 use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
 use tokio_util::sync::CancellationToken;
 

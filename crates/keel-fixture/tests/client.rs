@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use common::{Fixture, client, eventually};
-use keel::config::UpstreamConfig;
+use keel::http::client::UpstreamConfig;
 use keel::http::client::{Client, ClientError, ClientMetrics, Request};
 use keel::resilience::breaker::{CircuitBreaker, Registry, State};
 use serde_json::Value;
@@ -294,7 +294,7 @@ async fn request_id_and_deadline_follow_the_call_and_upstream_health_gates_readi
 
 #[test]
 fn an_upstream_needs_a_base_url_and_finite_timeouts() {
-    let e = keel::config::Loader::new("svc", keel::config::Profile::Test)
+    let e = keel::app::Loader::new("svc", keel::config::Profile::Test)
         .env([
             ("SVC__UPSTREAMS__X__REQUEST_TIMEOUT", "0s"),
             ("SVC__UPSTREAMS__Y__BASE_URL", "http://y:1/?token=abc"),

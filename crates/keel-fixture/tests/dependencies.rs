@@ -489,7 +489,7 @@ async fn transactions_roll_back_on_error_and_on_drop() {
 
     // Dropped without commit: rolled back too.
     let metrics = keel::telemetry::Metrics::new();
-    let cfg = keel::config::DatabaseConfig::default();
+    let cfg = keel::data::DatabaseConfig::default();
     let kdb = keel::data::Db::new("t", db.url(), &cfg, None, &metrics).unwrap();
     kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
     {

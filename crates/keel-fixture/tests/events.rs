@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::config::{BusBackend, BusConfig, DatabaseConfig, OutboxConfig, Secret};
+use keel::config::Secret;
+use keel::data::DatabaseConfig;
 use keel::data::{Backend, Db};
 use keel::events::consumer::handler_fn;
 use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, Failure, Handler, Message, SubscribeOptions};
+use keel::events::{BusBackend, BusConfig, OutboxConfig};
 use keel::testing::{self, FaultProxy, Mode, TestDatabase, unique_topic};
 use tokio_util::sync::CancellationToken;
 

@@ -7,8 +7,8 @@ mod common;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use keel::app::{Group, GroupError, clap};
-use keel::config::{Loader, Profile};
+use keel::app::{Group, GroupError, Loader, clap};
+use keel::config::Profile;
 
 fn loader(name: &str, env: &[(&str, &str)]) -> Loader {
     let prefix = name.to_ascii_uppercase().replace('-', "_");

@@ -837,7 +837,7 @@ async fn admin_refuses_trace_in_production() {
 async fn routes_that_collide_with_reserved_ones_fail_start_up_cleanly() {
     let svc = keel::Service::new(keel::build_info!())
         .router(axum::Router::new().route("/healthz", axum::routing::get(|| async { "mine" })));
-    let loaded = keel::config::Loader::new("clash", keel::config::Profile::Test)
+    let loaded = keel::app::Loader::new("clash", keel::config::Profile::Test)
         .env([("CLASH__HTTP__PORT", "0"), ("CLASH__HTTP__ADDR", "127.0.0.1")])
         .load()
         .unwrap();

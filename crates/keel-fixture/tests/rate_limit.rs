@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, client, eventually};
-use keel::config::RedisConfig;
+use keel::redis::RedisConfig;
 use keel::resilience::rate_limit::{OnBackendError, RateLimitMetrics, RateLimitPolicy, RateLimiter, Verdict};
 use keel::testing::{FaultProxy, Mode, TestRedis, host_port, redis_url, require};
 use serde_json::Value;
@@ -254,7 +254,7 @@ async fn redis_outage_with_local_fallback_still_limits() {
 
 #[test]
 fn a_policy_with_a_bad_key_is_a_config_error() {
-    let e = keel::config::Loader::new("svc", keel::config::Profile::Test)
+    let e = keel::app::Loader::new("svc", keel::config::Profile::Test)
         .env([("SVC__RATE_LIMITS__API__KEY", "ip,cookie"), ("SVC__RATE_LIMITS__API__LIMIT", "0")])
         .load::<keel::config::NoConfig>()
         .unwrap_err()

@@ -16,9 +16,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::response::IntoResponse;
-use keel::config::{BusBackend, BusConfig, DatabaseConfig, RedisConfig, Secret};
+use keel::config::Secret;
+use keel::data::DatabaseConfig;
 use keel::data::{Db, RetryKind};
 use keel::events::{Bus, Envelope};
+use keel::events::{BusBackend, BusConfig};
+use keel::redis::RedisConfig;
 use keel::telemetry::Metrics;
 use keel::testing;
 use sqlx::{Connection, Executor};
@@ -400,7 +403,7 @@ async fn an_open_breaker_half_opens_when_the_upstream_readiness_returns() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let mut cfg = keel::config::UpstreamConfig::default();
+    let mut cfg = keel::http::client::UpstreamConfig::default();
     cfg.base_url = format!("http://{addr}");
     cfg.health_path = Some("/health/ready".into());
     cfg.retry.max_attempts = 1;

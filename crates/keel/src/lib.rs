@@ -20,7 +20,7 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`app`] | service definition, start-up, graceful shutdown, the shared CLI |
-//! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules |
+//! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; names no other module |
 //! | `events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
 //! | [`health`] | health checks and the live / ready / startup probes |
 //! | [`http`] | the server stack, one module per middleware, problem responses |
@@ -33,6 +33,11 @@
 //! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
 //! | `testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
+//! Each module owns its configuration section (`http::HttpConfig`, `data::DatabaseConfig`, …),
+//! which validates itself through [`config::Section`]; `app::KeelConfig` gathers them. Without
+//! their cargo features, `data`, `events`, `redis` and `http::client` hold just their sections,
+//! so a config file loads the same in every build.
+//!
 //! See `docs/` in the repository for every config key, endpoint and metric.
 
 #![forbid(unsafe_code)]
@@ -41,14 +46,32 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "sql")]
 pub mod data;
+/// The `database` section; the pool needs a SQL feature (`postgres`, `mysql`, `sqlite`).
+#[cfg(not(feature = "sql"))]
+pub mod data {
+    mod config;
+    pub use config::{DatabaseConfig, PoolConfig};
+}
 #[cfg(feature = "events")]
 pub mod events;
+/// The `bus` and `outbox` sections; the bus needs the `events` feature.
+#[cfg(not(feature = "events"))]
+pub mod events {
+    mod config;
+    pub use config::{BusBackend, BusConfig, OutboxConfig};
+}
 pub mod features;
 pub mod health;
 pub mod http;
 mod intern;
 #[cfg(feature = "redis")]
 pub mod redis;
+/// The `redis` section; the connection needs the `redis` feature.
+#[cfg(not(feature = "redis"))]
+pub mod redis {
+    mod config;
+    pub use config::RedisConfig;
+}
 pub mod resilience;
 pub mod security;
 pub mod telemetry;

@@ -4,9 +4,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use keel::config::{
-    ConfigError, Loaded, Loader, MASK, NoConfig, ProblemKind, Profile, Secret, Section, Source, Validation,
-};
+use keel::app::{Loaded, Loader};
+use keel::config::{ConfigError, MASK, NoConfig, ProblemKind, Profile, Secret, Section, Source, Validation};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -11,7 +11,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use keel::config::{Loader, NoConfig, PasswordsConfig, ProblemKind, Profile, Secret};
+use keel::app::Loader;
+use keel::config::{NoConfig, ProblemKind, Profile, Secret};
+use keel::security::PasswordsConfig;
 use keel::security::audit::{AuditLog, Outcome};
 use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, RequireRoleLayer, Role};
 use keel::security::password::{PasswordError, PasswordHasher};
@@ -288,7 +290,7 @@ async fn a_login_storm_neither_starves_the_runtime_nor_queues_without_bound() {
     assert_eq!(h.available_permits(), 1, "permits come back");
 }
 
-fn load(profile: Profile, env: &[(&str, &str)]) -> Result<keel::config::Loaded<NoConfig>, keel::config::ConfigError> {
+fn load(profile: Profile, env: &[(&str, &str)]) -> Result<keel::app::Loaded<NoConfig>, keel::config::ConfigError> {
     let mut vars = vec![("SVC__CORS__ALLOWED_ORIGINS", "https://app.example")];
     vars.extend_from_slice(env);
     Loader::new("svc", profile).env(vars).load::<NoConfig>()

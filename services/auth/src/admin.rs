@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::config::{Loaded, Profile};
+use keel::app::Loaded;
+use keel::config::Profile;
 use keel::data::{DataError, Db};
 use keel::security::audit::{AuditLog, Outcome};
 use keel::security::crypto::{BlindIndex, CryptoError, Keyring};

@@ -5,8 +5,8 @@
 use std::io::Read as _;
 use std::process::ExitCode;
 
+use keel::app::Loaded;
 use keel::app::clap::{Arg, ArgMatches, Command};
-use keel::config::Loaded;
 
 use crate::AuthConfig;
 

@@ -79,7 +79,8 @@ impl Section for AuthConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use keel::config::{Loader, Profile};
+    use keel::app::Loader;
+    use keel::config::Profile;
 
     fn load(env: &[(&str, &str)]) -> Result<AuthConfig, String> {
         Loader::new("cityevents-auth", Profile::Test)

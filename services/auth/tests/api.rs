@@ -8,7 +8,8 @@ mod common;
 
 use cityevents_common::testing::TestKey;
 use common::{PASSWORD, Svc};
-use keel::config::{Loader, Profile};
+use keel::app::Loader;
+use keel::config::Profile;
 use serde_json::json;
 
 on_every_backend!(

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use cityevents_common::services;
-use keel::config::{Loader, Profile};
+use keel::app::Loader;
+use keel::config::Profile;
 use keel::security::crypto::{MasterKey, generate_key};
 use serde::{Deserialize, Serialize};
 

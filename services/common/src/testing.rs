@@ -33,8 +33,8 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::time::Duration;
 
-use keel::app::StartError;
-use keel::config::{Loaded, Loader, Profile, Secret, Section};
+use keel::app::{Loaded, Loader, StartError};
+use keel::config::{Profile, Secret, Section};
 pub use keel::data::Backend;
 use keel::security::jwt::{Jwt, JwtKey};
 use keel::testing::{self, TestDatabase};
@@ -151,7 +151,7 @@ impl TestEnv {
         &self.vars
     }
 
-    /// The variables, for a `keel::config::Loader` of another profile.
+    /// The variables, for a `keel::app::Loader` of another profile.
     pub fn into_vars(self) -> Vec<(String, String)> {
         self.vars
     }

@@ -146,8 +146,8 @@ async fn published_events_reach_a_nats_consumer() {
     let db = common::database(Backend::Sqlite).await.unwrap();
     let s = Svc::start_with(db, &[("BUS__BACKEND", "nats"), ("BUS__URL", url.as_str())]).await;
 
-    let mut cfg = keel::config::BusConfig::default();
-    cfg.backend = keel::config::BusBackend::Nats;
+    let mut cfg = keel::events::BusConfig::default();
+    cfg.backend = keel::events::BusBackend::Nats;
     cfg.url = Some(keel::Secret::new(url.clone()));
     let bus = Bus::new(&cfg).unwrap();
     bus.connect().await.unwrap();

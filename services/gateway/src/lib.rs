@@ -40,8 +40,9 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::MethodRouter;
 use keel::Setup;
 use keel::app::SetupError;
-use keel::config::{Profile, Section, UpstreamConfig, Validation};
+use keel::config::{Profile, Section, Validation};
 use keel::http::client::Client;
+use keel::http::client::UpstreamConfig;
 use keel::resilience::rate_limit::{
     BackendKind, KeyPart, OnBackendError, RateLimitLayer, RateLimitMetrics, RateLimitPolicy, RateLimiter,
 };

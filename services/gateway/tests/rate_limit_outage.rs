@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use cityevents_common::testing::eventually;
 use common::{Gateway, Stub, echoes, problem, token};
-use keel::config::{Loader, Profile};
+use keel::app::Loader;
+use keel::config::Profile;
 use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "rate-limit-outage-admin-token-0123456789abcdef";

@@ -137,7 +137,8 @@ pub fn service() -> keel::Service<JoinsConfig> {
 
 #[cfg(test)]
 mod tests {
-    use keel::config::{Loader, Profile};
+    use keel::app::Loader;
+    use keel::config::Profile;
 
     use super::JoinsConfig;
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 use cityevents_common::catalogue::{EventPublished, JoinConfirmed};
 use cityevents_common::testing::eventually;
 use common::{Svc, key, snapshot};
-use keel::config::{BusBackend, BusConfig, Secret};
+use keel::config::Secret;
 use keel::data::Backend;
 use keel::events::{Bus, Envelope, SubscribeOptions};
+use keel::events::{BusBackend, BusConfig};
 use keel::testing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,9 +20,10 @@ use cityevents_common::catalogue::{
 };
 use cityevents_common::testing::eventually;
 use common::{Broker, Notifier, database, pool, seed, token};
-use keel::config::{BusBackend, BusConfig, Secret};
+use keel::config::Secret;
 use keel::data::Backend;
 use keel::events::{Bus, Envelope, Event};
+use keel::events::{BusBackend, BusConfig};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -308,7 +309,7 @@ async fn redelivery_is_applied_once(backend: Backend) {
     let db = keel::data::Db::new(
         "notifier-test",
         test_db.url(),
-        &keel::config::DatabaseConfig::default(),
+        &keel::data::DatabaseConfig::default(),
         Some(Arc::new(cityevents_notifier::migrations())),
         &keel::telemetry::Metrics::new(),
     )
@@ -416,7 +417,7 @@ async fn a_database_outage_dead_letters_nothing() {
     let target = keel::testing::host_port(test_db.url()).unwrap();
     let proxy = FaultProxy::start(target, Mode::Forward).await.unwrap();
     let url = test_db.url().replacen(&target.to_string(), &proxy.host_port(), 1);
-    let mut cfg = keel::config::DatabaseConfig::default();
+    let mut cfg = keel::data::DatabaseConfig::default();
     cfg.pool.acquire_timeout = Duration::from_secs(1);
     let db = keel::data::Db::new(
         "notifier-test",

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use keel::config::{Loader, Profile};
+use keel::app::Loader;
+use keel::config::Profile;
 
 pub mod otlp;
 

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{Running, StartError, start};
 use super::service::{BuildInfo, Service};
+use super::{KeelConfig, Loaded, Loader};
 use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error};
-use crate::config::{ConfigError, KeelConfig, Loaded, Loader, Profile, Section};
+use crate::config::{ConfigError, Profile, Section};
 use crate::telemetry::{self, TelemetryOptions};
 
 type StartFuture = Pin<Box<dyn Future<Output = Result<Running, StartError>> + Send>>;
@@ -67,7 +68,8 @@ pub enum GroupError {
 ///
 /// ```no_run
 /// use keel::app::Group;
-/// use keel::config::{Loader, Profile};
+/// use keel::app::Loader;
+/// use keel::config::Profile;
 ///
 /// fn main() -> std::process::ExitCode {
 ///     let profile = Profile::Development;

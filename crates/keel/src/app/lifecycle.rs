@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::service::{HookFn, Service, Setup, SetupError};
+use super::{Loaded, ShutdownConfig};
 use super::{management, server, status};
-use crate::config::{Loaded, ReloadLog, Section, ShutdownConfig};
+use crate::config::{ReloadLog, Section};
 use crate::features::{Flags, FlagsOptions};
 use crate::health::Health;
 use crate::http::{StackError, StackHandle};

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::any::AnyPoolOptions;
 
+use super::Loaded;
 use super::exit;
-use crate::config::{Loaded, Profile, Section};
+use crate::config::{Profile, Section};
 use crate::data::{Backend, Migrations, resolve_url};
 use crate::resilience::Backoff;
 
@@ -62,7 +63,7 @@ pub(super) fn run<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>, s
 
 pub(super) async fn connect(
     url: &str,
-    cfg: &crate::config::DatabaseConfig,
+    cfg: &crate::data::DatabaseConfig,
     wait: Duration,
 ) -> Result<sqlx::AnyPool, String> {
     sqlx::any::install_default_drivers();

@@ -21,6 +21,7 @@
 //! Exit codes are in [`exit`].
 
 mod cli;
+mod config;
 mod group;
 mod idle;
 mod lifecycle;
@@ -40,11 +41,12 @@ use clap::{CommandFactory, FromArgMatches};
 /// The `clap` Keel's CLI is built with, for [`Service::command`].
 pub use clap;
 pub use cli::exit;
+pub use config::{Config, KeelConfig, Loaded, Loader, ManagementConfig, ShutdownConfig};
 pub use group::{Group, GroupError};
 pub use lifecycle::{Running, ShutdownError, StartError, start};
 pub use service::{BuildInfo, Service, Setup, SetupError};
 
-use crate::config::{ConfigError, Loaded, Loader, Profile, Section};
+use crate::config::{ConfigError, Profile, Section};
 use cli::{Cli, Command, ConfigCommand};
 
 /// Runs a service binary: parses the command line, loads configuration, and does what the
@@ -165,7 +167,7 @@ fn dlq<C>(build: &BuildInfo, loaded: &Loaded<C>, command: cli::DlqCommand) -> Ex
     use crate::events::Bus;
     let name = &build.name;
     let cfg = &loaded.config.keel.bus;
-    if cfg.backend == crate::config::BusBackend::InProcess {
+    if cfg.backend == crate::events::BusBackend::InProcess {
         eprintln!(
             "{name} dlq: bus.backend is in_process: its dead letters live in the serving process's memory and \
              are not reachable from here (use nats or rabbitmq)"

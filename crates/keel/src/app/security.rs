@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
+use super::Loaded;
 use super::cli::{KeysCommand, exit};
-use crate::config::{Loaded, Secret, Section};
+use crate::config::{Secret, Section};
 use crate::security::crypto::{MasterKey, generate_key, rewrap};
 
 /// Walks the audit chain of the service's database.

@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::idle::{Activity, Deadlines, Track, Watchdog};
-use crate::config::HttpConfig;
+use crate::http::HttpConfig;
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]

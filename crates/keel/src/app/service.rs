@@ -9,7 +9,8 @@ use axum::Router;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, KeelConfig, NoConfig, Profile, Section};
+use super::{Config, KeelConfig};
+use crate::config::{ConfigError, NoConfig, Profile, Section};
 use crate::health::{Health, HealthCheck};
 use crate::telemetry::Metrics;
 
@@ -87,8 +88,7 @@ fn misconfigured(path: &str, e: impl std::fmt::Display) -> SetupError {
 }
 
 type SetupFn<C> = Box<dyn FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send>;
-pub(crate) type CommandFn<C> =
-    Box<dyn FnOnce(&clap::ArgMatches, crate::config::Loaded<C>) -> std::process::ExitCode + Send>;
+pub(crate) type CommandFn<C> = Box<dyn FnOnce(&clap::ArgMatches, super::Loaded<C>) -> std::process::ExitCode + Send>;
 pub(crate) type TaskFn = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 pub(crate) type HookFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
@@ -206,14 +206,14 @@ impl<C: Section> Service<C> {
     /// ```
     pub fn command<F>(mut self, command: clap::Command, run: F) -> Self
     where
-        F: FnOnce(&clap::ArgMatches, crate::config::Loaded<C>) -> std::process::ExitCode + Send + 'static,
+        F: FnOnce(&clap::ArgMatches, super::Loaded<C>) -> std::process::ExitCode + Send + 'static,
     {
         self.commands.push((command, Box::new(run)));
         self
     }
 
     /// Configuration defaults above the built-in ones and below the file and the environment,
-    /// as env variables of this service (see [`crate::config::Loader::defaults`]); every command
+    /// as env variables of this service (see [`Loader::defaults`](crate::config::Loader::defaults)); every command
     /// of [`crate::run`] loads with them.
     pub fn config_defaults<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
         self.config_defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
@@ -559,7 +559,7 @@ impl<C: Section> Setup<C> {
             return Ok(b.clone());
         }
         let cfg = &self.config.keel.bus;
-        if self.profile == Profile::Production && cfg.backend == crate::config::BusBackend::InProcess {
+        if self.profile == Profile::Production && cfg.backend == crate::events::BusBackend::InProcess {
             return Err(misconfigured(
                 "bus.backend",
                 "in_process keeps events in memory and loses them on restart; production needs nats or rabbitmq",

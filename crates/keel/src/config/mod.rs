@@ -1,7 +1,10 @@
 //! Layered, validated configuration: built-in defaults < YAML file < environment variables.
 //!
-//! A service's configuration is Keel's sections ([`KeelConfig`]: `http`, `management`, `cors`,
-//! `log`, `shutdown`, `telemetry`, `health`) plus the service's own typed section under `app`.
+//! A service's configuration is a set of top-level sections (an [`Aggregate`]; Keel's is
+//! `keel::app::KeelConfig`: `http`, `management`, `cors`, `log`, …) plus the service's own typed
+//! section under `app`. Each section is a [`Section`]: it validates itself, production rules
+//! included, and knows nothing of the others. This module names no section but `log` and
+//! `telemetry`, and depends on no other Keel module.
 //!
 //! * **File** — `--config PATH` or `KEEL_CONFIG`. String values may use `${VAR}` and
 //!   `${VAR:-default}`; `$${` is a literal `${`.
@@ -17,7 +20,8 @@
 //! # Example
 //!
 //! ```
-//! use keel::config::{Loader, NoConfig, Profile};
+//! use keel::app::Loader;
+//! use keel::config::{NoConfig, Profile};
 //!
 //! let loaded = Loader::new("hello", Profile::Production)
 //!     .env([("HELLO__CORS__ALLOWED_ORIGINS", "https://app.example"), ("HELLO__HTTP__PORT", "9000")])
@@ -45,6 +49,7 @@ mod tree;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -53,12 +58,7 @@ use serde_norway::Value;
 
 pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
 pub use secret::{MASK, Secret, weak_secret};
-pub use sections::{
-    BusBackend, BusConfig, ConnectConfig, CorsConfig, DatabaseConfig, EncryptionConfig, FeaturesConfig, HealthConfig,
-    HstsConfig, Http2Config, HttpConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, KeelConfig, LogConfig, LogFormat,
-    ManagementConfig, OtlpConfig, OtlpProtocol, OutboxConfig, PasswordsConfig, PoolConfig, RedisConfig, SecurityConfig,
-    ShutdownConfig, TelemetryConfig, UpstreamConfig,
-};
+pub use sections::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 use tree::{KeyPath, Tree, join};
 
 /// The environment variable that names the config file.
@@ -67,24 +67,6 @@ pub const CONFIG_ENV: &str = "KEEL_CONFIG";
 pub const PROFILE_ENV: &str = "KEEL_ENV";
 /// The key of the service's own section.
 pub const APP_SECTION: &str = "app";
-
-const KEEL_SECTIONS: &[&str] = &[
-    "http",
-    "management",
-    "cors",
-    "log",
-    "shutdown",
-    "telemetry",
-    "health",
-    "database",
-    "redis",
-    "rate_limits",
-    "upstreams",
-    "bus",
-    "outbox",
-    "features",
-    "security",
-];
 
 /// Which rules and defaults apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -232,8 +214,8 @@ impl ConfigError {
     }
 
     /// One invalid value at `path`, found after loading: a set-up step that refuses what the
-    /// configuration gives it returns this, so the process exits with
-    /// [`exit::CONFIG`](crate::app::exit::CONFIG) rather than as a failed start.
+    /// configuration gives it returns this, so the process exits with the configuration exit
+    /// code (`keel::app::exit::CONFIG`) rather than as a failed start.
     ///
     /// ```
     /// let e = keel::config::ConfigError::invalid("redis.url", "is required");
@@ -244,7 +226,9 @@ impl ConfigError {
     }
 }
 
-/// A service's own configuration section (the `app` key).
+/// A configuration section: one top-level key of the file (`http`, `database`, or a service's
+/// own under `app`), or a part of one (`database.connect`). It checks its own values,
+/// production rules included, with paths relative to where it sits.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -269,6 +253,20 @@ pub trait Section: Serialize + DeserializeOwned + Default + Clone + fmt::Debug +
     fn validate(&self, v: &mut Validation<'_>) {
         let _ = v;
     }
+
+    /// Gives the entries of maps in this section defaults (see [`Templates::map_entries`]).
+    fn templates(t: &mut Templates<'_>) {
+        let _ = t;
+    }
+}
+
+/// A map of named sections (`upstreams.<name>`): each entry validates itself under its name.
+impl<T: Section> Section for BTreeMap<String, T> {
+    fn validate(&self, v: &mut Validation<'_>) {
+        for (name, entry) in self {
+            v.section(name, entry);
+        }
+    }
 }
 
 /// A service with no section of its own.
@@ -277,11 +275,105 @@ pub struct NoConfig {}
 
 impl Section for NoConfig {}
 
+/// The top-level sections a framework gives every service: everything in the file but `app`.
+/// Keel's is `keel::app::KeelConfig`; the [`Loader`] is generic over it so that this module
+/// need not name a section.
+pub trait Aggregate: Serialize + Clone + fmt::Debug + Send + Sync + 'static {
+    /// The defaults for a profile.
+    fn for_profile(profile: Profile) -> Self;
+
+    /// Names each section with [`Reader::section`], in the order they are read and reported.
+    fn read(&mut self, r: &mut Reader<'_>);
+
+    /// Validates every section ([`Validation::section`]) and the rules that span sections.
+    fn validate(&self, v: &mut Validation<'_>);
+
+    /// The configuration as `config check` prints it: settings derived from others filled in.
+    fn shown(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// Reads an [`Aggregate`]'s sections out of the merged tree, one at a time so one bad section
+/// does not hide the others.
+pub struct Reader<'a> {
+    mode: ReadMode<'a>,
+}
+
+enum ReadMode<'a> {
+    /// Collects the section names and applies their templates, before secret files resolve.
+    Declare { tree: &'a mut Tree, names: &'a mut Vec<&'static str> },
+    /// Deserializes each section, reporting every unknown key and mistyped value.
+    Parse { tree: &'a Tree, problems: &'a mut Vec<Problem>, failed: &'a mut Vec<&'static str> },
+}
+
+impl Reader<'_> {
+    /// The top-level section `name`, read into `slot`; a section that does not parse keeps
+    /// its defaults and its problems are reported.
+    pub fn section<T: Section>(&mut self, name: &'static str, slot: &mut T) {
+        match &mut self.mode {
+            ReadMode::Declare { tree, names } => {
+                names.push(name);
+                T::templates(&mut Templates { prefix: name.to_owned(), tree });
+            }
+            ReadMode::Parse { tree, problems, failed } => match section(tree, name, problems) {
+                Some(v) => *slot = v,
+                None => failed.push(name),
+            },
+        }
+    }
+}
+
+/// Defaults for the entries of a map, which has none of its own.
+pub struct Templates<'a> {
+    prefix: String,
+    tree: &'a mut Tree,
+}
+
+impl Templates<'_> {
+    /// Gives every entry of the map at `path` (relative to the section) the defaults of
+    /// `template`, so that its `<key>_file` settings resolve like any other secret's.
+    pub fn map_entries<T: Serialize>(&mut self, path: &str, template: &T) {
+        let path = join(&self.prefix, path);
+        let names: Vec<Value> = match value_at(&self.tree.root, &path) {
+            Some(Value::Mapping(m)) => m.keys().cloned().collect(),
+            _ => return,
+        };
+        let template = to_value(template);
+        let Some(Value::Mapping(entries)) = value_at_mut(&mut self.tree.defaults, &path) else {
+            return;
+        };
+        for name in names {
+            entries.entry(name).or_insert_with(|| template.clone());
+        }
+    }
+
+    /// Gives every `<name>_file` entry of the map at `path` (relative to the section) an empty
+    /// `<name>`, so that a map of secrets (`headers: {x-api-key_file: …}`) resolves its files.
+    pub fn file_entries(&mut self, path: &str) {
+        let path = join(&self.prefix, path);
+        let names: Vec<Value> = match value_at(&self.tree.root, &path) {
+            Some(Value::Mapping(m)) => m
+                .keys()
+                .filter_map(|k| k.as_str().and_then(|k| k.strip_suffix("_file")).map(|b| Value::String(b.to_owned())))
+                .collect(),
+            _ => return,
+        };
+        let Some(Value::Mapping(entries)) = value_at_mut(&mut self.tree.defaults, &path) else {
+            return;
+        };
+        for name in names {
+            entries.entry(name).or_insert_with(|| Value::String(String::new()));
+        }
+    }
+}
+
 /// Collects validation problems for one section.
 pub struct Validation<'a> {
     prefix: &'a str,
     profile: Profile,
     tree: &'a Tree,
+    env: &'a dyn Fn(&str) -> Option<String>,
     problems: &'a mut Vec<Problem>,
 }
 
@@ -291,7 +383,8 @@ impl Validation<'_> {
         self.profile
     }
 
-    /// Reports an unacceptable value at `path` (relative to the section).
+    /// Reports an unacceptable value at `path` (relative to the section; empty for the section
+    /// itself).
     pub fn invalid(&mut self, path: &str, message: impl Into<String>) {
         self.push(path, ProblemKind::Invalid, message.into());
     }
@@ -301,28 +394,44 @@ impl Validation<'_> {
         self.push(path, ProblemKind::Production, message.into());
     }
 
+    /// Validates `section`, which sits at `path` relative to this one.
+    pub fn section<S: Section>(&mut self, path: &str, section: &S) {
+        let prefix = self.path(path);
+        section.validate(&mut Validation {
+            prefix: &prefix,
+            profile: self.profile,
+            tree: self.tree,
+            env: self.env,
+            problems: &mut *self.problems,
+        });
+    }
+
+    fn path(&self, path: &str) -> String {
+        if path.is_empty() { self.prefix.to_owned() } else { join(self.prefix, path) }
+    }
+
     fn push(&mut self, path: &str, kind: ProblemKind, message: String) {
-        let path = join(self.prefix, path);
+        let path = self.path(path);
         let source = self.tree.source_of(&path).cloned();
         self.problems.push(Problem { path, source, kind, message });
     }
 }
 
-/// The whole effective configuration.
+/// The whole effective configuration: the framework's sections (`K`) and the service's (`C`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Config<C> {
-    /// Keel's sections.
+pub struct Config<K, C> {
+    /// The framework's sections.
     #[serde(flatten)]
-    pub keel: KeelConfig,
+    pub keel: K,
     /// The service's section.
     pub app: C,
 }
 
 /// A loaded configuration and what is known about it.
 #[derive(Debug, Clone)]
-pub struct Loaded<C> {
+pub struct Loaded<K, C> {
     /// The configuration.
-    pub config: Config<C>,
+    pub config: Config<K, C>,
     /// The profile it was loaded for.
     pub profile: Profile,
     /// The file it was read from, if any.
@@ -331,32 +440,38 @@ pub struct Loaded<C> {
     pub sources: BTreeMap<String, Source>,
 }
 
-impl<C: Serialize> Loaded<C> {
-    /// The effective configuration as YAML, every secret shown as `"***"` and the management
-    /// address resolved.
+impl<K: Aggregate, C: Serialize> Loaded<K, C> {
+    /// The effective configuration as YAML, every secret shown as `"***"` and settings derived
+    /// from others (such as the management address) filled in.
     pub fn to_yaml(&self) -> String {
-        let mut cfg = self.config.keel.clone();
-        cfg.management.addr = cfg.management_addr();
-        let view = Config { keel: cfg, app: &self.config.app };
+        let view = Config { keel: self.config.keel.shown(), app: &self.config.app };
         serde_norway::to_string(&view).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
-/// Loads configuration for one service.
+/// Loads configuration for one service whose framework sections are `K`.
 #[derive(Debug, Clone)]
-pub struct Loader {
+pub struct Loader<K> {
     service: String,
     profile: Profile,
     file: Option<PathBuf>,
     env: Vec<(String, String)>,
     defaults: Vec<(String, String)>,
+    sections: PhantomData<fn() -> K>,
 }
 
-impl Loader {
+impl<K: Aggregate> Loader<K> {
     /// A loader for `service` (its name gives the env prefix: `cityevents-auth` →
     /// `CITYEVENTS_AUTH__`) with no file and no environment.
     pub fn new(service: impl Into<String>, profile: Profile) -> Self {
-        Self { service: service.into(), profile, file: None, env: Vec::new(), defaults: Vec::new() }
+        Self {
+            service: service.into(),
+            profile,
+            file: None,
+            env: Vec::new(),
+            defaults: Vec::new(),
+            sections: PhantomData,
+        }
     }
 
     /// Settings that override the built-in defaults but not the file or the environment, written
@@ -364,7 +479,8 @@ impl Loader {
     /// several services uses to give each its port. Variables of other services are ignored.
     ///
     /// ```
-    /// use keel::config::{Loader, NoConfig, Profile};
+    /// use keel::app::Loader;
+    /// use keel::config::{NoConfig, Profile};
     ///
     /// let loaded = Loader::new("api", Profile::Test)
     ///     .defaults([("API__HTTP__PORT", "8081"), ("API__LOG__LEVEL", "debug")])
@@ -374,7 +490,7 @@ impl Loader {
     /// assert_eq!(loaded.config.keel.http.port, 9000); // the environment wins
     /// assert_eq!(loaded.config.keel.log.level, "debug");
     /// ```
-    pub fn defaults<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn defaults<N: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (N, V)>) -> Self {
         self.defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
@@ -394,7 +510,7 @@ impl Loader {
     }
 
     /// Uses these environment variables (for `${VAR}` and `<SERVICE>__…` overrides).
-    pub fn env<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn env<N: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (N, V)>) -> Self {
         self.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
@@ -411,12 +527,12 @@ impl Loader {
 
     /// Loads, validates and returns the configuration, or every problem found.
     ///
-    /// In `production` it also refuses: an empty CORS allowlist or one with `*`; a secret written
-    /// inline in the YAML file (use env, `${VAR}` or `<key>_file`); a known weak or default
-    /// secret value (see [`weak_secret`]); a `trace` log level.
-    pub fn load<C: Section>(&self) -> Result<Loaded<C>, ConfigError> {
+    /// Each section validates itself ([`Section::validate`]); in `production` the loader also
+    /// refuses a secret written inline in the YAML file (use env, `${VAR}` or `<key>_file`) and
+    /// a known weak or default secret value (see [`weak_secret`]).
+    pub fn load<C: Section>(&self) -> Result<Loaded<K, C>, ConfigError> {
         let mut problems = Vec::new();
-        let defaults = KeelConfig::for_profile(self.profile);
+        let defaults = K::for_profile(self.profile);
         let mut default_tree = to_value(&defaults);
         if let Value::Mapping(m) = &mut default_tree {
             m.insert(Value::String(APP_SECTION.into()), to_value(&C::default()));
@@ -440,58 +556,37 @@ impl Loader {
             }
         }
         tree.merge_env(&self.env_prefix(), self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        jwt_key_templates(&mut tree);
-        otlp_header_templates(&mut tree);
+        let mut keel = defaults.clone();
+        let mut names = Vec::new();
+        keel.read(&mut Reader { mode: ReadMode::Declare { tree: &mut tree, names: &mut names } });
+        C::templates(&mut Templates { prefix: APP_SECTION.to_owned(), tree: &mut tree });
         tree.resolve_files(&mut raw);
         for (path, message) in raw {
             let source = tree.source_of(&path).cloned();
             problems.push(Problem { path, source, kind: ProblemKind::SecretFile, message });
         }
 
-        // Deserialize section by section so one bad section does not hide the others.
         let mut failed: Vec<&str> = Vec::new();
         if let Value::Mapping(m) = &tree.root {
             for key in m.keys() {
                 let name = key.as_str().unwrap_or_default();
-                if name != APP_SECTION && !KEEL_SECTIONS.contains(&name) {
+                if name != APP_SECTION && !names.contains(&name) {
                     let path = name.to_owned();
                     let source = tree.source_of(&path).cloned();
                     problems.push(Problem { path, source, kind: ProblemKind::UnknownKey, message: String::new() });
                 }
             }
         }
-        let mut keel = defaults.clone();
-        macro_rules! section {
-            ($field:ident) => {
-                match section(&tree, stringify!($field), &mut problems) {
-                    Some(v) => keel.$field = v,
-                    None => failed.push(stringify!($field)),
-                }
-            };
-        }
-        section!(http);
-        section!(management);
-        section!(cors);
-        section!(log);
-        section!(shutdown);
-        section!(telemetry);
-        section!(health);
-        section!(database);
-        section!(redis);
-        section!(rate_limits);
-        section!(upstreams);
-        section!(bus);
-        section!(outbox);
-        section!(features);
-        section!(security);
+        keel.read(&mut Reader { mode: ReadMode::Parse { tree: &tree, problems: &mut problems, failed: &mut failed } });
         let app: C = section(&tree, APP_SECTION, &mut problems).unwrap_or_else(|| {
             failed.push(APP_SECTION);
             C::default()
         });
 
         let mut found = Vec::new();
-        validate_keel(&keel, self.profile, &lookup, &tree, &mut found);
-        app.validate(&mut Validation { prefix: APP_SECTION, profile: self.profile, tree: &tree, problems: &mut found });
+        let mut v = Validation { prefix: "", profile: self.profile, tree: &tree, env: &lookup, problems: &mut found };
+        keel.validate(&mut v);
+        v.section(APP_SECTION, &app);
         let config = Config { keel, app };
         if self.profile == Profile::Production {
             inline_secrets(&config, &tree, &self.env_prefix(), &mut found);
@@ -602,460 +697,8 @@ fn deserialize_tracking<T: DeserializeOwned>(value: Value, unknown: &mut Vec<Str
     serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.inner().to_string()))
 }
 
-fn validate_keel(
-    k: &KeelConfig,
-    profile: Profile,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    tree: &Tree,
-    out: &mut Vec<Problem>,
-) {
-    let prod = profile == Profile::Production;
-    let mut v = Validation { prefix: "", profile, tree, problems: out };
-
-    if k.http.request_timeout.is_zero() {
-        v.invalid("http.request_timeout", "must be more than 0s");
-    }
-    if k.http.body_limit == 0 {
-        v.invalid("http.body_limit", "must be more than 0 bytes");
-    }
-    if k.http.max_in_flight == 0 {
-        v.invalid("http.max_in_flight", "must be at least 1");
-    }
-    if k.http.max_connections == 0 {
-        v.invalid("http.max_connections", "must be at least 1");
-    }
-    if k.http.max_connections_per_ip == 0 {
-        v.invalid("http.max_connections_per_ip", "must be at least 1");
-    }
-    if k.http.header_read_timeout.is_zero() {
-        v.invalid("http.header_read_timeout", "must be more than 0s");
-    }
-    let h2 = &k.http.http2;
-    for (key, d) in [
-        ("http.http2.idle_timeout", h2.idle_timeout),
-        ("http.http2.keep_alive_interval", h2.keep_alive_interval),
-        ("http.http2.keep_alive_timeout", h2.keep_alive_timeout),
-    ] {
-        if d.is_zero() {
-            v.invalid(key, "must be more than 0s");
-        }
-    }
-    if h2.max_concurrent_streams == 0 {
-        v.invalid("http.http2.max_concurrent_streams", "must be at least 1");
-    }
-    if !(1 << 10..=MAX_HEADER_LIST_SIZE).contains(&h2.max_header_list_size) {
-        v.invalid("http.http2.max_header_list_size", "must be between 1KiB and 16MiB");
-    }
-    match k.management_addr() {
-        None => v.invalid("management.addr", "http.port + 1000 is past 65535: set management.addr"),
-        Some(m) if m.port() != 0 && m.port() == k.http.port && m.ip() != k.http.addr => v.invalid(
-            "management.addr",
-            "uses the public port on another address; use the same address to share one listener",
-        ),
-        Some(_) => {}
-    }
-
-    let mut wildcard = false;
-    for (i, origin) in k.cors.allowed_origins.iter().enumerate() {
-        if origin == "*" {
-            wildcard = true;
-        } else if let Err(e) = crate::http::cors::normalize_origin(origin) {
-            v.invalid(&format!("cors.allowed_origins[{i}]"), e);
-        }
-    }
-    if wildcard && k.cors.allow_credentials {
-        v.invalid("cors.allowed_origins", "`*` cannot be combined with allow_credentials: list the origins");
-    }
-    for (i, m) in k.cors.allowed_methods.iter().enumerate() {
-        if http::Method::from_bytes(m.as_bytes()).is_err() {
-            v.invalid(&format!("cors.allowed_methods[{i}]"), format!("`{m}` is not an HTTP method"));
-        }
-    }
-    for (field, list) in
-        [("cors.allowed_headers", &k.cors.allowed_headers), ("cors.exposed_headers", &k.cors.exposed_headers)]
-    {
-        for (i, h) in list.iter().enumerate() {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                v.invalid(&format!("{field}[{i}]"), format!("`{h}` is not a header name"));
-            }
-        }
-    }
-    if prod && k.cors.allowed_origins.is_empty() {
-        v.production("cors.allowed_origins", "production needs the list of browser origins allowed to call the API");
-    }
-    if prod && wildcard {
-        v.production("cors.allowed_origins", "`*` lets any site call the API: list the origins in production");
-    }
-
-    let rust_log = lookup("RUST_LOG").filter(|s| !s.trim().is_empty());
-    if let Err(e) = crate::telemetry::parse_filter(&k.log.level) {
-        v.invalid("log.level", e);
-    }
-    if prod && crate::telemetry::mentions_trace(&k.log.level) {
-        v.production("log.level", "`trace` logs too much (and may log secrets) for production");
-    }
-    if let Some(rl) = &rust_log {
-        let problem = match crate::telemetry::parse_filter(rl) {
-            Err(e) => Some((ProblemKind::Invalid, e)),
-            Ok(()) if prod && crate::telemetry::mentions_trace(rl) => {
-                Some((ProblemKind::Production, "`trace` logs too much (and may log secrets) for production".into()))
-            }
-            Ok(()) => None,
-        };
-        if let Some((kind, message)) = problem {
-            v.problems.push(Problem {
-                path: "RUST_LOG".into(),
-                source: Some(Source::Env("RUST_LOG".into())),
-                kind,
-                message,
-            });
-        }
-    }
-
-    if k.shutdown.timeout.is_zero() {
-        v.invalid("shutdown.timeout", "must be more than 0s");
-    }
-    // Keel's telemetry keys and the `OTEL_*` variables beneath them.
-    for p in crate::telemetry::otlp::problems(&k.telemetry, lookup) {
-        match p.origin {
-            crate::telemetry::otlp::Origin::Key(path) => v.invalid(&path, p.message),
-            crate::telemetry::otlp::Origin::Env(var) => v.problems.push(Problem {
-                path: var.into(),
-                source: Some(Source::Env(var.into())),
-                kind: ProblemKind::Invalid,
-                message: p.message,
-            }),
-        }
-    }
-    for (name, policy) in &k.rate_limits {
-        for (field, message) in policy.problems() {
-            v.invalid(&format!("rate_limits.{name}.{field}"), message);
-        }
-        if prod {
-            for (field, message) in
-                policy.production_problems(crate::resilience::rate_limit::OnBackendError::FailClosed)
-            {
-                v.production(&format!("rate_limits.{name}.{field}"), message);
-            }
-        }
-    }
-    for (name, u) in &k.upstreams {
-        let base = u.base_url.parse::<http::Uri>().ok();
-        let plain = base.as_ref().is_some_and(|b| b.query().is_none() && !u.base_url.contains('#'));
-        if !plain || !base.is_some_and(|b| matches!(b.scheme_str(), Some("http" | "https")) && b.host().is_some()) {
-            v.invalid(
-                &format!("upstreams.{name}.base_url"),
-                "must be an http(s) URL without query or fragment, such as http://events:8082",
-            );
-        }
-        let ratio = u.retry.budget.ratio;
-        if !ratio.is_finite() || ratio < 0.0 {
-            v.invalid(&format!("upstreams.{name}.retry.budget.ratio"), "must be a number of at least 0");
-        }
-        for (field, d) in [("connect_timeout", u.connect_timeout), ("request_timeout", u.request_timeout)] {
-            if d.is_zero() {
-                v.invalid(&format!("upstreams.{name}.{field}"), "must be more than 0s: no call may wait forever");
-            }
-        }
-        if u.max_response_bytes == 0 {
-            v.invalid(&format!("upstreams.{name}.max_response_bytes"), "must be more than 0");
-        }
-        if u.retry.max_attempts == 0 {
-            v.invalid(&format!("upstreams.{name}.retry.max_attempts"), "must be at least 1 (1 = no retries)");
-        }
-        for (field, message) in u.breaker.problems() {
-            v.invalid(&format!("upstreams.{name}.breaker.{field}"), message);
-        }
-        if u.bulkhead.max_concurrent == 0 {
-            v.invalid(&format!("upstreams.{name}.bulkhead.max_concurrent"), "must be at least 1");
-        }
-        if let Some(p) = &u.health_path
-            && !p.starts_with('/')
-        {
-            v.invalid(&format!("upstreams.{name}.health_path"), "must start with /");
-        }
-    }
-    validate_security(&k.security, prod, &mut v);
-    validate_database(&k.database, prod, &mut v);
-    validate_redis(&k.redis, &mut v);
-    validate_bus(&k.bus, &k.outbox, &mut v);
-    if k.health.interval.is_zero() {
-        v.invalid("health.interval", "must be more than 0s");
-    }
-    if k.health.ttl <= k.health.interval {
-        v.invalid("health.ttl", "must be longer than health.interval, or every result would be stale");
-    }
-    if k.features.poll_interval.is_zero() {
-        v.invalid("features.poll_interval", "must be more than 0s");
-    }
-    // A bad flags file is a configuration error: refuse it before any port is bound, and let
-    // `config check` show every problem in it.
-    if let Some(file) = &k.features.file
-        && let Err(e) = crate::features::check_file(file)
-    {
-        v.invalid("features.file", e.to_string());
-    }
-}
-
-fn validate_database(d: &DatabaseConfig, prod: bool, v: &mut Validation<'_>) {
-    if let Some(url) = &d.url {
-        let u = url.expose();
-        let known = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"];
-        if !known.iter().any(|p| u.starts_with(p)) {
-            v.invalid("database.url", "must start with postgres://, mysql://, mariadb:// or sqlite:");
-        }
-    }
-    if prod && d.auto_migrate {
-        v.production(
-            "database.auto_migrate",
-            "production never migrates on start-up: run `<service> migrate` as a separate step",
-        );
-    }
-    let p = &d.pool;
-    if p.max_connections == 0 {
-        v.invalid("database.pool.max_connections", "must be at least 1");
-    }
-    if p.min_connections > p.max_connections {
-        v.invalid("database.pool.min_connections", "must not exceed database.pool.max_connections");
-    }
-    if p.acquire_timeout.is_zero() {
-        v.invalid("database.pool.acquire_timeout", "must be more than 0s, or a lost database hangs requests");
-    }
-    if p.idle_timeout.is_zero() {
-        v.invalid("database.pool.idle_timeout", "must be more than 0s");
-    }
-    if p.max_lifetime.is_zero() {
-        v.invalid("database.pool.max_lifetime", "must be more than 0s");
-    }
-    if d.check_timeout.is_zero() {
-        v.invalid("database.check_timeout", "must be more than 0s");
-    }
-    validate_connect(&d.connect, "database.connect", v);
-}
-
-fn validate_redis(r: &RedisConfig, v: &mut Validation<'_>) {
-    if let Some(url) = &r.url {
-        let u = url.expose();
-        if u.starts_with("rediss://") {
-            v.invalid(
-                "redis.url",
-                "rediss:// (TLS) is not supported by this build: terminate TLS in front, or use redis://",
-            );
-        } else if !["redis://", "unix://", "redis+unix://"].iter().any(|p| u.starts_with(p)) {
-            v.invalid("redis.url", "must start with redis:// or unix://");
-        }
-    }
-    if r.command_timeout.is_zero() {
-        v.invalid("redis.command_timeout", "must be more than 0s");
-    }
-    validate_connect(&r.connect, "redis.connect", v);
-}
-
-/// The name in an in-process bus URL, `memory://<name>` (1–64 of `[A-Za-z0-9._-]`).
-pub(crate) fn memory_bus_name(url: &str) -> Option<&str> {
-    let name = url.strip_prefix("memory://")?;
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    ok.then_some(name)
-}
-
-/// The largest `outbox.batch_size`.
-const MAX_OUTBOX_BATCH: u32 = 10_000;
-
-/// The largest `http.http2.max_header_list_size`: far beyond any real request's headers.
-const MAX_HEADER_LIST_SIZE: usize = 16 << 20;
-
-fn validate_bus(b: &BusConfig, o: &OutboxConfig, v: &mut Validation<'_>) {
-    // Whether a broker is needed at all is known only once the service asks for the bus
-    // (`Setup::bus`), which is where a missing URL or `in_process` in production is refused.
-    match (b.backend, b.url.as_ref().map(Secret::expose)) {
-        (BusBackend::Nats, Some(u)) if !(u.starts_with("nats://") || u.starts_with("tls://")) => {
-            v.invalid("bus.url", "must start with nats:// for the nats backend")
-        }
-        (BusBackend::Rabbitmq, Some(u)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
-            v.invalid("bus.url", "must start with amqp:// or amqps:// for the rabbitmq backend")
-        }
-        (BusBackend::InProcess, Some(u)) if memory_bus_name(u).is_none() => v.invalid(
-            "bus.url",
-            "must be memory://<name> for the in_process backend (services with the same name share one bus)",
-        ),
-        _ => {}
-    }
-    if let Some(ns) = &b.namespace {
-        let ok = !ns.is_empty()
-            && ns.len() <= 50
-            && ns
-                .split('.')
-                .all(|w| !w.is_empty() && w.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
-        if !ok {
-            v.invalid("bus.namespace", "must be dot-separated words of [A-Za-z0-9_-], at most 50 characters");
-        }
-    }
-    if b.publish_timeout.is_zero() {
-        v.invalid("bus.publish_timeout", "must be more than 0s");
-    }
-    if b.capacity == 0 {
-        v.invalid("bus.capacity", "must be at least 1");
-    }
-    validate_connect(&b.connect, "bus.connect", v);
-    if o.batch_size == 0 {
-        v.invalid("outbox.batch_size", "must be at least 1");
-    } else if o.batch_size > MAX_OUTBOX_BATCH {
-        // One statement binds a parameter per claimed row; SQLite takes at most 32 766.
-        v.invalid("outbox.batch_size", format!("must be at most {MAX_OUTBOX_BATCH}"));
-    }
-    if o.max_attempts == 0 {
-        v.invalid("outbox.max_attempts", "must be at least 1");
-    }
-    if o.max_in_flight == 0 {
-        v.invalid("outbox.max_in_flight", "must be at least 1");
-    }
-    if o.lease.is_zero() || o.poll_interval.is_zero() || o.backoff_min.is_zero() {
-        v.invalid("outbox", "lease, poll_interval and backoff_min must be more than 0s");
-    }
-    if o.backoff_max < o.backoff_min {
-        v.invalid("outbox.backoff_max", "must be at least outbox.backoff_min");
-    }
-}
-
-fn validate_connect(c: &ConnectConfig, prefix: &str, v: &mut Validation<'_>) {
-    if c.initial_delay.is_zero() {
-        v.invalid(&format!("{prefix}.initial_delay"), "must be more than 0s");
-    }
-    if c.max_delay < c.initial_delay {
-        v.invalid(&format!("{prefix}.max_delay"), "must be at least initial_delay");
-    }
-    if c.attempt_timeout.is_zero() {
-        v.invalid(&format!("{prefix}.attempt_timeout"), "must be more than 0s");
-    }
-}
-
-/// `security.jwt.keys` is a map, so its entries have no defaults; give each entry the key
-/// template so `secret_file` / `private_key_file` resolve like any other secret.
-fn jwt_key_templates(tree: &mut Tree) {
-    let kids: Vec<Value> = match tree.root.get("security").and_then(|s| s.get("jwt")).and_then(|j| j.get("keys")) {
-        Some(Value::Mapping(m)) => m.keys().cloned().collect(),
-        _ => return,
-    };
-    let template = to_value(&JwtKeyConfig::default());
-    let Some(Value::Mapping(keys)) =
-        tree.defaults.get_mut("security").and_then(|s| s.get_mut("jwt")).and_then(|j| j.get_mut("keys"))
-    else {
-        return;
-    };
-    for kid in kids {
-        keys.entry(kid).or_insert_with(|| template.clone());
-    }
-}
-
-/// `telemetry.otlp.headers` is a map too: give `<name>_file` entries their `<name>` so header
-/// values resolve from secret files.
-fn otlp_header_templates(tree: &mut Tree) {
-    let names: Vec<Value> = match tree.root.get("telemetry").and_then(|t| t.get("otlp")).and_then(|o| o.get("headers"))
-    {
-        Some(Value::Mapping(m)) => m
-            .keys()
-            .filter_map(|k| k.as_str().and_then(|k| k.strip_suffix("_file")).map(|b| Value::String(b.to_owned())))
-            .collect(),
-        _ => return,
-    };
-    let Some(Value::Mapping(headers)) =
-        tree.defaults.get_mut("telemetry").and_then(|t| t.get_mut("otlp")).and_then(|o| o.get_mut("headers"))
-    else {
-        return;
-    };
-    for name in names {
-        headers.entry(name).or_insert_with(|| Value::String(String::new()));
-    }
-}
-
-fn validate_security(s: &SecurityConfig, prod: bool, v: &mut Validation<'_>) {
-    let j = &s.jwt;
-    if j.leeway > std::time::Duration::from_secs(300) {
-        v.invalid("security.jwt.leeway", "at most 5m: a large leeway keeps expired tokens alive");
-    }
-    if j.ttl.is_zero() {
-        v.invalid("security.jwt.ttl", "must be more than 0s");
-    }
-    if let Some(kid) = &j.signing_key
-        && !j.keys.contains_key(kid)
-    {
-        v.invalid("security.jwt.signing_key", format!("`{kid}` is not one of security.jwt.keys"));
-    }
-    for (kid, key) in &j.keys {
-        let at = |f: &str| format!("security.jwt.keys.{kid}.{f}");
-        match key.algorithm {
-            None => v.invalid(&at("algorithm"), "required: HS256, RS256 or EdDSA"),
-            Some(JwtAlgorithm::HS256) => match &key.secret {
-                None => v.invalid(&at("secret"), "HS256 needs a secret (env or secret_file)"),
-                Some(secret) if secret.expose().len() < 32 => {
-                    v.invalid(&at("secret"), "HS256 needs at least 32 bytes (256 bits) of secret")
-                }
-                Some(_) => {}
-            },
-            Some(_) => {
-                if key.public_key.is_none() {
-                    v.invalid(&at("public_key"), "RS256 and EdDSA need the public key (PEM) to verify");
-                }
-                if key.secret.is_some() {
-                    v.invalid(&at("secret"), "only HS256 keys have a shared secret");
-                }
-            }
-        }
-        if j.signing_key.as_deref() == Some(kid.as_str())
-            && key.algorithm.is_some_and(|a| a != JwtAlgorithm::HS256)
-            && key.private_key.is_none()
-        {
-            v.invalid(&at("private_key"), "the signing key needs its private key (PEM)");
-        }
-    }
-    let p = &s.passwords;
-    if p.min_length == 0 || p.max_length < p.min_length || p.max_length > 4096 {
-        v.invalid("security.passwords.max_length", "must be at least min_length and at most 4096");
-    }
-    if prod && p.min_length < 12 {
-        v.production("security.passwords.min_length", "production needs passwords of at least 12 characters");
-    }
-    if p.iterations == 0 || p.parallelism == 0 || p.memory_kib < 8 * p.parallelism {
-        v.invalid(
-            "security.passwords",
-            "iterations and parallelism must be at least 1 and memory_kib at least 8 × parallelism",
-        );
-    }
-    if p.queue_timeout.is_zero() {
-        v.invalid("security.passwords.queue_timeout", "must be more than 0s");
-    }
-    let e = &s.encryption;
-    if let Some(active) = &e.active_key
-        && !e.data_keys.contains_key(active)
-    {
-        v.invalid("security.encryption.active_key", format!("`{active}` is not one of security.encryption.data_keys"));
-    }
-    if !e.data_keys.is_empty() && e.master_key.is_none() {
-        v.invalid("security.encryption.master_key", "data keys need the master key that wraps them");
-    }
-    for (name, key) in [("master_key", &e.master_key), ("blind_index_key", &e.blind_index_key)] {
-        if let Some(k) = key
-            && decoded_len(k.expose()).is_none_or(|n| n < 32)
-        {
-            v.invalid(&format!("security.encryption.{name}"), "must be at least 32 random bytes, base64-encoded");
-        }
-    }
-}
-
-/// Length of standard base64 (with or without padding), without pulling a base64 crate into
-/// builds that do not use `security`.
-fn decoded_len(b64: &str) -> Option<usize> {
-    let t = b64.trim().trim_end_matches('=');
-    if t.is_empty() || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/') {
-        return None;
-    }
-    Some(t.len() * 3 / 4)
-}
-
 /// Production refuses secrets whose value is a well-known default or a common password.
-fn weak_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, out: &mut Vec<Problem>) {
+fn weak_secrets(config: &impl Serialize, tree: &Tree, out: &mut Vec<Problem>) {
     let mut paths = Vec::new();
     secret_paths(&to_value(config), "", &mut paths);
     for path in paths {
@@ -1076,7 +719,7 @@ fn value_at<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Production refuses secrets written literally into the YAML file.
-fn inline_secrets<C: Serialize>(config: &Config<C>, tree: &Tree, prefix: &str, out: &mut Vec<Problem>) {
+fn inline_secrets(config: &impl Serialize, tree: &Tree, prefix: &str, out: &mut Vec<Problem>) {
     let mut paths = Vec::new();
     secret_paths(&to_value(config), "", &mut paths);
     for path in paths {

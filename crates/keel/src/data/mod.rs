@@ -26,6 +26,7 @@
 //!
 //! Enable backends with the cargo features `postgres`, `mysql`, `sqlite`.
 
+mod config;
 mod error;
 mod metrics;
 mod migrate;
@@ -41,13 +42,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Connection, SqlSafeStr, Transaction};
 use tokio_util::sync::CancellationToken;
 
+pub use config::{DatabaseConfig, PoolConfig};
 pub use error::{
     DataError, RETRY_AFTER_SECS, RETRYABLE, RetryKind, RetryableCode, lookup as lookup_retryable, retry_kind,
 };
 pub use migrate::{MigrationState, Migrations};
 pub use sqlx;
 
-use crate::config::DatabaseConfig;
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome};
 use crate::resilience::Backoff;
 use crate::resilience::connect::{ConnectTracker, Phase};

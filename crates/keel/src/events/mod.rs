@@ -19,6 +19,7 @@
 //!
 //! See `docs/events.md` for configuration, metrics and the `dlq` command.
 
+mod config;
 pub mod consumer;
 mod envelope;
 mod in_process;
@@ -36,11 +37,12 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use config::memory_bus_name;
+pub use config::{BusBackend, BusConfig, OutboxConfig};
 pub use consumer::{Consumer, ConsumerOptions, Dependency, Failure, Handler, Message};
 pub use envelope::{Envelope, Event};
 pub use metrics::ConsumerMetrics;
 
-use crate::config::{BusBackend, BusConfig};
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
 use crate::resilience::connect::{ConnectTracker, Phase};
 
@@ -120,7 +122,7 @@ static NAMED_BROKERS: std::sync::Mutex<Vec<(String, std::sync::Weak<in_process::
     std::sync::Mutex::new(Vec::new());
 
 fn in_process_broker(url: Option<&str>, capacity: usize) -> Arc<in_process::Broker> {
-    let Some(name) = url.and_then(crate::config::memory_bus_name) else {
+    let Some(name) = url.and_then(memory_bus_name) else {
         return in_process::Broker::new(capacity);
     };
     let mut named = NAMED_BROKERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -40,9 +40,9 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::OutboxConfig;
 use super::metrics::OutboxMetrics;
 use super::{Bus, BusError, Envelope, Event, EventError, now_ms};
-use crate::config::OutboxConfig;
 use crate::data::{Backend, DataError, Db};
 use crate::health::sanitize;
 use crate::resilience::Backoff;

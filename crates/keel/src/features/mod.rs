@@ -30,6 +30,7 @@
 //! assert!(!flags.is_enabled("no_such_flag", &EvalContext::new()));
 //! ```
 
+mod config;
 mod error;
 mod model;
 
@@ -44,6 +45,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+pub use config::FeaturesConfig;
 pub use error::{FlagProblem, FlagsError};
 pub use model::{FlagDef, Rules, Strategy, bucket};
 

@@ -31,6 +31,7 @@
 //! # let _ = disk;
 //! ```
 
+mod config;
 mod routes;
 mod sanitize;
 
@@ -47,6 +48,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use config::HealthConfig;
 pub(crate) use routes::router;
 pub use sanitize::sanitize;
 

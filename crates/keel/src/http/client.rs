@@ -27,6 +27,8 @@
 //! let event: Event = resp.json()?;
 //! ```
 
+mod config;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +38,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tracing::Instrument;
 
+pub use config::UpstreamConfig;
+
 use super::Problem;
 use super::context::TIMEOUT_HEADER_NAME;
-use crate::config::UpstreamConfig;
 use crate::health::{Check, Kind, Outcome};
 use crate::resilience::breaker::{CircuitBreaker, Outcome as BreakerOutcome, Rejected};
 use crate::resilience::bulkhead::{Bulkhead, BulkheadError, BulkheadMetrics};

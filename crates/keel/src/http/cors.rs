@@ -7,12 +7,91 @@
 //! for `cors.max_age`.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use serde::{Deserialize, Serialize};
 use tower_http::cors::AllowOrigin;
 pub use tower_http::cors::CorsLayer;
 
-use crate::config::CorsConfig;
+use crate::config::{Profile, Section, Validation};
+
+/// `cors.*`: which browser origins may call the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`, scheme + host + port). In env, comma-separated.
+    /// Empty: no cross-origin access (refused in production). `*` is refused in production and
+    /// never combines with credentials.
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`. Default `false`.
+    pub allow_credentials: bool,
+    /// Methods allowed cross-origin.
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed cross-origin.
+    pub allowed_headers: Vec<String>,
+    /// Response headers readable cross-origin.
+    pub exposed_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer. Default `10m`.
+    #[serde(with = "crate::config::duration")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            allowed_methods: s(&["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            allowed_headers: s(&["authorization", "content-type", "idempotency-key", "traceparent", "x-request-id"]),
+            exposed_headers: s(&[
+                "x-request-id",
+                "retry-after",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+            ]),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Section for CorsConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        let prod = v.profile() == Profile::Production;
+        let mut wildcard = false;
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            if origin == "*" {
+                wildcard = true;
+            } else if let Err(e) = normalize_origin(origin) {
+                v.invalid(&format!("allowed_origins[{i}]"), e);
+            }
+        }
+        if wildcard && self.allow_credentials {
+            v.invalid("allowed_origins", "`*` cannot be combined with allow_credentials: list the origins");
+        }
+        for (i, m) in self.allowed_methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                v.invalid(&format!("allowed_methods[{i}]"), format!("`{m}` is not an HTTP method"));
+            }
+        }
+        for (field, list) in [("allowed_headers", &self.allowed_headers), ("exposed_headers", &self.exposed_headers)] {
+            for (i, h) in list.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    v.invalid(&format!("{field}[{i}]"), format!("`{h}` is not a header name"));
+                }
+            }
+        }
+        if prod && self.allowed_origins.is_empty() {
+            v.production("allowed_origins", "production needs the list of browser origins allowed to call the API");
+        }
+        if prod && wildcard {
+            v.production("allowed_origins", "`*` lets any site call the API: list the origins in production");
+        }
+    }
+}
 
 /// Why a CORS configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -35,8 +35,15 @@
 pub mod catch_panic;
 #[cfg(feature = "client")]
 pub mod client;
+/// The `upstreams` sections; the client itself needs the `client` feature.
+#[cfg(not(feature = "client"))]
+pub mod client {
+    mod config;
+    pub use config::UpstreamConfig;
+}
 pub mod client_ip;
 pub mod compression;
+mod config;
 pub mod context;
 pub mod cors;
 pub mod load_shed;
@@ -53,7 +60,10 @@ use axum::Router;
 use tower::Layer;
 use tower::layer::util::{Identity, Stack};
 
+pub use config::{Http2Config, HttpConfig};
+pub use cors::CorsConfig;
 pub use problem::Problem;
+pub use security_headers::HstsConfig;
 
 /// The authenticated caller, put in the request extensions by authentication middleware.
 /// Rate limits keyed by `user` count per principal (and per client IP when there is none).
@@ -80,8 +90,27 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-use crate::config::KeelConfig;
 use crate::telemetry::Metrics;
+
+/// The settings the stack is built from: `http.*`, `cors.*` and `log.access_log`. A
+/// `&keel::app::KeelConfig` converts into it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct StackConfig<'a> {
+    /// The request limits, compression and HSTS.
+    pub http: &'a HttpConfig,
+    /// Cross-origin resource sharing.
+    pub cors: &'a CorsConfig,
+    /// One `info` line per finished request.
+    pub access_log: bool,
+}
+
+impl<'a> StackConfig<'a> {
+    /// The stack for these sections.
+    pub fn new(http: &'a HttpConfig, cors: &'a CorsConfig, access_log: bool) -> Self {
+        Self { http, cors, access_log }
+    }
+}
 
 /// Why the stack could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +182,7 @@ type ApiLayers = Stack<
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use keel::config::KeelConfig;
+/// use keel::app::KeelConfig;
 /// use keel::http::KeelLayer;
 /// use keel::telemetry::Metrics;
 ///
@@ -172,15 +201,20 @@ pub struct KeelLayer {
 impl KeelLayer {
     /// The stack for `service` as `cfg` sets it, recording into `metrics` (registers the
     /// `http_server_*` metrics there, so build one per registry).
-    pub fn from_config(service: &str, cfg: &KeelConfig, metrics: &Metrics) -> Result<Self, StackError> {
+    pub fn from_config<'a>(
+        service: &str,
+        cfg: impl Into<StackConfig<'a>>,
+        metrics: &Metrics,
+    ) -> Result<Self, StackError> {
+        let cfg = cfg.into();
         let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
         let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
         let layers = tower::ServiceBuilder::new()
             .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
-            .layer(cors::layer(&cfg.cors)?)
+            .layer(cors::layer(cfg.cors)?)
             .layer(request_id::RequestIdLayer)
             .layer(context::RequestContextLayer)
-            .layer(trace::TraceLayer::new(service, cfg.log.access_log).trusted_proxies(&cfg.http.trusted_proxies))
+            .layer(trace::TraceLayer::new(service, cfg.access_log).trusted_proxies(&cfg.http.trusted_proxies))
             .layer(http_metrics.clone())
             .layer(catch_panic::CatchPanicLayer)
             .layer(timeout::TimeoutLayer::new(cfg.http.request_timeout))
@@ -206,13 +240,14 @@ impl<S> Layer<S> for KeelLayer {
 }
 
 /// Wraps `api` in the full stack ([`KeelLayer`]) and `probes` in the light one, and merges them.
-pub fn stack(
+pub fn stack<'a>(
     service: &str,
-    cfg: &KeelConfig,
+    cfg: impl Into<StackConfig<'a>>,
     metrics: &Metrics,
     api: Router,
     probes: Router,
 ) -> Result<(Router, StackHandle), StackError> {
+    let cfg = cfg.into();
     let keel = KeelLayer::from_config(service, cfg, metrics)?;
     let (http_metrics, handle) = (keel.http_metrics.clone(), keel.handle());
     // One `Router::layer` call: axum boxes the route once per call.
@@ -239,14 +274,18 @@ mod tests {
     use axum::body::Body;
     use tower::{Layer, ServiceExt};
 
-    use super::KeelLayer;
-    use crate::config::KeelConfig;
+    use super::{CorsConfig, HttpConfig, KeelLayer, StackConfig};
     use crate::telemetry::Metrics;
 
     #[tokio::test]
     async fn the_layer_wraps_a_plain_tower_service() {
         let metrics = Metrics::new();
-        let layer = KeelLayer::from_config("plain", &KeelConfig::default(), &metrics).unwrap();
+        let layer = KeelLayer::from_config(
+            "plain",
+            StackConfig::new(&HttpConfig::default(), &CorsConfig::default(), true),
+            &metrics,
+        )
+        .unwrap();
         let svc = layer.layer(tower::service_fn(|_: http::Request<Body>| async {
             Ok::<_, Infallible>(http::Response::new(Body::from("plain")))
         }));

@@ -11,15 +11,40 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hi" }))
-//!     .layer(SecurityHeadersLayer::new(&keel::config::HstsConfig::default()));
+//!     .layer(SecurityHeadersLayer::new(&keel::http::security_headers::HstsConfig::default()));
 //! ```
 
+use std::time::Duration;
+
 use http::{HeaderValue, header};
+use serde::{Deserialize, Serialize};
 use tower::Layer;
 use tower::layer::util::Stack;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::config::HstsConfig;
+use crate::config::Section;
+
+/// `http.hsts.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct HstsConfig {
+    /// Send `Strict-Transport-Security`. Default `false`.
+    pub enabled: bool,
+    /// `max-age`. Default `1year` (365.25 days).
+    #[serde(with = "crate::config::duration")]
+    pub max_age: Duration,
+    /// Add `includeSubDomains`. Default `true`.
+    pub include_subdomains: bool,
+}
+
+impl Default for HstsConfig {
+    fn default() -> Self {
+        Self { enabled: false, max_age: Duration::from_secs(31_557_600), include_subdomains: true }
+    }
+}
+
+impl Section for HstsConfig {}
 
 type Headers = Stack<
     SetResponseHeaderLayer<Option<HeaderValue>>,
@@ -72,7 +97,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue, Request, Response, header};
     use tower::{Layer, ServiceExt};
 
-    use crate::config::HstsConfig;
+    use super::HstsConfig;
 
     fn applied(headers: HeaderMap, hsts: bool) -> HeaderMap {
         let cfg = HstsConfig { enabled: hsts, ..HstsConfig::default() };

@@ -17,6 +17,8 @@
 //! * **Metrics**: `redis_commands_total{outcome="ok|error|timeout|unavailable"}`,
 //!   `redis_command_duration_seconds`.
 
+mod config;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +29,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, Pipeline, ScriptInvocation};
 use tokio_util::sync::CancellationToken;
 
+pub use config::RedisConfig;
 pub use redis as driver;
 
-use crate::config::RedisConfig;
 use crate::health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
 use crate::http::Problem;
 use crate::resilience::connect::{ConnectTracker, Phase};

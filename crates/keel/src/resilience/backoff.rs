@@ -34,6 +34,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Section, Validation};
+
 /// How a wait is spread around its base; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -68,7 +72,7 @@ impl Backoff {
     }
 
     /// From `database.connect` / `redis.connect`.
-    pub fn from_config(c: &crate::config::ConnectConfig) -> Self {
+    pub fn from_config(c: &ConnectConfig) -> Self {
         Self::new(c.initial_delay, c.max_delay)
     }
 
@@ -138,6 +142,52 @@ impl Backoff {
     /// Back to the first wait (after a success).
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// `database.connect.*`, `redis.connect.*`: retries of the first connection, in the background,
+/// with exponential backoff and full jitter (each wait is random between 0 and the current cap).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ConnectConfig {
+    /// Cap of the first wait. Default `100ms`.
+    #[serde(with = "crate::config::duration")]
+    pub initial_delay: Duration,
+    /// Largest cap; the cap doubles per attempt up to this. Default `10s`.
+    #[serde(with = "crate::config::duration")]
+    pub max_delay: Duration,
+    /// Give up after this long without a first connection: the dependency's startup check goes
+    /// down (so an orchestrator restarts the instance) while retries go on. `0s`: never. Default `0s`.
+    #[serde(with = "crate::config::duration")]
+    pub max_elapsed: Duration,
+    /// Deadline of one connection attempt. Default `5s`.
+    #[serde(with = "crate::config::duration")]
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_elapsed: Duration::ZERO,
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Section for ConnectConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if self.initial_delay.is_zero() {
+            v.invalid("initial_delay", "must be more than 0s");
+        }
+        if self.max_delay < self.initial_delay {
+            v.invalid("max_delay", "must be at least initial_delay");
+        }
+        if self.attempt_timeout.is_zero() {
+            v.invalid("attempt_timeout", "must be more than 0s");
+        }
     }
 }
 

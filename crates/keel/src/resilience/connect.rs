@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
-use crate::config::ConnectConfig;
+use super::ConnectConfig;
 use crate::health::Outcome;
 
 /// Where a dependency's start-up stands.

@@ -21,4 +21,4 @@ pub mod rate_limit;
 pub(crate) mod reprobe;
 pub mod retry;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, ConnectConfig};

@@ -37,7 +37,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{EncryptionConfig, Secret};
+use super::EncryptionConfig;
+use crate::config::Secret;
 
 /// The ciphertext format version.
 pub const VERSION: &str = "v1";

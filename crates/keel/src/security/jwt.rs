@@ -57,7 +57,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::{JwtAlgorithm, JwtConfig, Secret};
+use super::{JwtAlgorithm, JwtConfig};
+use crate::config::Secret;
 use crate::http::Problem;
 
 /// Shortest HS256 secret accepted: the hash size, as RFC 7518 §3.2 requires.

@@ -14,6 +14,7 @@
 
 #[cfg(all(feature = "security", feature = "sql"))]
 pub mod audit;
+mod config;
 #[cfg(feature = "security")]
 pub mod crypto;
 #[cfg(feature = "security")]
@@ -22,6 +23,7 @@ pub mod mask;
 #[cfg(feature = "security")]
 pub mod password;
 
+pub use config::{EncryptionConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, PasswordsConfig, SecurityConfig};
 #[cfg(feature = "security")]
 pub use jwt::{Auth, Claims, HasRoles, Jwt, JwtError, RequireRole, Role};
 #[cfg(feature = "security")]

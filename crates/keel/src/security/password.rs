@@ -10,7 +10,7 @@
 //! # tokio_test_block_on(async {
 //! use keel::security::password::{PasswordHasher, PasswordPolicy};
 //!
-//! let mut cfg = keel::config::PasswordsConfig::default();
+//! let mut cfg = keel::security::PasswordsConfig::default();
 //! cfg.memory_kib = 1024; // cheap for the example; keep the default (19 MiB) in production
 //! let hasher = PasswordHasher::from_config(&cfg).unwrap();
 //! let policy = PasswordPolicy::default();
@@ -33,7 +33,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use http::StatusCode;
 use tokio::sync::Semaphore;
 
-use crate::config::PasswordsConfig;
+use super::PasswordsConfig;
 use crate::http::Problem;
 
 /// Errors hashing or verifying.

@@ -945,8 +945,8 @@ mod tests {
     fn load(
         file: Option<&Path>,
         vars: &[(&str, &str)],
-    ) -> Result<crate::config::Loaded<crate::config::NoConfig>, crate::config::ConfigError> {
-        let mut loader = crate::config::Loader::new("svc", Profile::Test).env(vars.iter().copied());
+    ) -> Result<crate::app::Loaded<crate::config::NoConfig>, crate::config::ConfigError> {
+        let mut loader = crate::app::Loader::new("svc", Profile::Test).env(vars.iter().copied());
         if let Some(f) = file {
             loader = loader.file(f);
         }

@@ -5,7 +5,8 @@
 use cityevents_auth::AuthConfig;
 pub use cityevents_common::testing::Backend;
 use cityevents_common::testing::{TestEnv, TestKey, TestService, database};
-use keel::config::{Loaded, Secret};
+use keel::app::Loaded;
+use keel::config::Secret;
 use keel::security::crypto::{MasterKey, generate_key};
 use keel::security::jwt::Claims;
 use keel::testing::TestDatabase;

@@ -13,7 +13,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cityevents_common::testing::{TestEnv, TestKey, TestService};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use keel::config::{Loader, Profile};
+use keel::app::Loader;
+use keel::config::Profile;
 use serde_json::{Value, json};
 
 /// The key the gateway trusts and the tests sign with.

@@ -16,8 +16,9 @@ use cityevents_common::catalogue::{
 };
 use cityevents_common::testing::{TestEnv, TestKey, TestService, database, eventually};
 use cityevents_joins::{EventsHandler, JoinsConfig};
-use keel::config::{DatabaseConfig, OutboxConfig};
+use keel::data::DatabaseConfig;
 use keel::data::{Backend, Db};
+use keel::events::OutboxConfig;
 use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope};
 use keel::testing::TestDatabase;

@@ -50,6 +50,7 @@ pub use local::LocalLimiter;
 pub use redis::RedisLimiter;
 pub use route::{PathPattern, RouteMatch};
 
+use crate::config::{Profile, Section, Validation};
 use crate::telemetry::Metrics;
 
 /// `rate_limits.<name>.*`: one named policy.
@@ -174,6 +175,19 @@ fn limit_problems(
     }
     if key.is_some_and(<[KeyPart]>::is_empty) {
         p.push((format!("{at}key"), "needs at least one part (ip, user, route, header:<name>)".into()));
+    }
+}
+
+impl Section for RateLimitPolicy {
+    fn validate(&self, v: &mut Validation<'_>) {
+        for (field, message) in self.problems() {
+            v.invalid(&field, message);
+        }
+        if v.profile() == Profile::Production {
+            for (field, message) in self.production_problems(OnBackendError::FailClosed) {
+                v.production(&field, message);
+            }
+        }
     }
 }
 

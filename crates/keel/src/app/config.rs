@@ -1,0 +1,227 @@
+//! Keel's sections as one [`KeelConfig`], the management and shutdown sections, and the rules
+//! that span sections.
+//!
+//! Field doc comments are the reference for `docs/configuration.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Aggregate, LogConfig, LogFormat, Profile, Reader, Secret, Section, TelemetryConfig, Validation};
+use crate::data::DatabaseConfig;
+use crate::events::{BusConfig, OutboxConfig};
+use crate::features::FeaturesConfig;
+use crate::health::HealthConfig;
+use crate::http::client::UpstreamConfig;
+use crate::http::cors::CorsConfig;
+use crate::http::{HttpConfig, StackConfig};
+use crate::redis::RedisConfig;
+use crate::resilience::rate_limit::RateLimitPolicy;
+use crate::security::SecurityConfig;
+
+/// Loads a service's configuration: Keel's sections and the service's own.
+pub type Loader = crate::config::Loader<KeelConfig>;
+/// A loaded configuration and what is known about it.
+pub type Loaded<C> = crate::config::Loaded<KeelConfig, C>;
+/// The whole effective configuration: Keel's sections and the service's (`app`).
+pub type Config<C> = crate::config::Config<KeelConfig, C>;
+
+/// Keel's own sections: everything at the top level of the config file except `app`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct KeelConfig {
+    /// The public (API and probes) listener.
+    pub http: HttpConfig,
+    /// The management listener (metrics, admin).
+    pub management: ManagementConfig,
+    /// Cross-origin resource sharing.
+    pub cors: CorsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Tracing export.
+    pub telemetry: TelemetryConfig,
+    /// Health-check scheduling.
+    pub health: HealthConfig,
+    /// The SQL database, for services that declare one.
+    pub database: DatabaseConfig,
+    /// Redis, for services that declare it.
+    pub redis: RedisConfig,
+    /// Named rate-limit policies (`Setup::rate_limit("<name>")`).
+    pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+    /// Named upstream HTTP services (`Setup::http_client("<name>")`).
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// JWT, passwords, field encryption.
+    pub security: SecurityConfig,
+    /// The message bus, for services that publish or consume events (`Setup::bus`).
+    pub bus: BusConfig,
+    /// The transactional outbox relay (`Setup::outbox`).
+    pub outbox: OutboxConfig,
+    /// Feature flags (`keel::features`).
+    pub features: FeaturesConfig,
+}
+
+impl KeelConfig {
+    /// The defaults for a profile: pretty logs and no drain delay in development, JSON logs and a
+    /// 5 s drain delay in production.
+    pub fn for_profile(profile: Profile) -> Self {
+        let prod = profile == Profile::Production;
+        Self {
+            http: HttpConfig::default(),
+            management: ManagementConfig::default(),
+            cors: CorsConfig::default(),
+            log: LogConfig {
+                format: if profile == Profile::Development { LogFormat::Pretty } else { LogFormat::Json },
+                ..LogConfig::default()
+            },
+            shutdown: ShutdownConfig {
+                drain_delay: if prod { Duration::from_secs(5) } else { Duration::ZERO },
+                ..ShutdownConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+            health: HealthConfig::default(),
+            database: DatabaseConfig { auto_migrate: !prod, ..DatabaseConfig::default() },
+            redis: RedisConfig::default(),
+            rate_limits: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            bus: BusConfig::default(),
+            outbox: OutboxConfig::default(),
+            features: FeaturesConfig::default(),
+            security: SecurityConfig::default(),
+        }
+    }
+
+    /// The management listener's address: `management.addr`, else `127.0.0.1:<http.port + 1000>`
+    /// (port 0 stays 0, so tests get an ephemeral port for both).
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.management.addr {
+            return Some(addr);
+        }
+        let port = match self.http.port {
+            0 => 0,
+            p => p.checked_add(1000)?,
+        };
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    }
+
+    /// The public listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.http.addr, self.http.port)
+    }
+}
+
+impl Default for KeelConfig {
+    fn default() -> Self {
+        Self::for_profile(Profile::Development)
+    }
+}
+
+impl<'a> From<&'a KeelConfig> for StackConfig<'a> {
+    fn from(k: &'a KeelConfig) -> Self {
+        StackConfig::new(&k.http, &k.cors, k.log.access_log)
+    }
+}
+
+impl Aggregate for KeelConfig {
+    fn for_profile(profile: Profile) -> Self {
+        Self::for_profile(profile)
+    }
+
+    fn read(&mut self, r: &mut Reader<'_>) {
+        r.section("http", &mut self.http);
+        r.section("management", &mut self.management);
+        r.section("cors", &mut self.cors);
+        r.section("log", &mut self.log);
+        r.section("shutdown", &mut self.shutdown);
+        r.section("telemetry", &mut self.telemetry);
+        r.section("health", &mut self.health);
+        r.section("database", &mut self.database);
+        r.section("redis", &mut self.redis);
+        r.section("rate_limits", &mut self.rate_limits);
+        r.section("upstreams", &mut self.upstreams);
+        r.section("bus", &mut self.bus);
+        r.section("outbox", &mut self.outbox);
+        r.section("features", &mut self.features);
+        r.section("security", &mut self.security);
+    }
+
+    fn validate(&self, v: &mut Validation<'_>) {
+        v.section("http", &self.http);
+        match self.management_addr() {
+            None => v.invalid("management.addr", "http.port + 1000 is past 65535: set management.addr"),
+            Some(m) if m.port() != 0 && m.port() == self.http.port && m.ip() != self.http.addr => v.invalid(
+                "management.addr",
+                "uses the public port on another address; use the same address to share one listener",
+            ),
+            Some(_) => {}
+        }
+        v.section("management", &self.management);
+        v.section("cors", &self.cors);
+        v.section("log", &self.log);
+        v.section("shutdown", &self.shutdown);
+        v.section("telemetry", &self.telemetry);
+        v.section("rate_limits", &self.rate_limits);
+        v.section("upstreams", &self.upstreams);
+        v.section("security", &self.security);
+        v.section("database", &self.database);
+        v.section("redis", &self.redis);
+        v.section("bus", &self.bus);
+        v.section("outbox", &self.outbox);
+        v.section("health", &self.health);
+        v.section("features", &self.features);
+    }
+
+    fn shown(&self) -> Self {
+        let mut shown = self.clone();
+        shown.management.addr = self.management_addr();
+        shown
+    }
+}
+
+/// `management.*`: the listener for `/metrics` and `/admin`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ManagementConfig {
+    /// `ip:port` to bind. Default `127.0.0.1:<http.port + 1000>`. Set it equal to the public
+    /// address to serve everything on one port.
+    pub addr: Option<SocketAddr>,
+    /// Bearer token that `/admin/*` requires (a secret: env, `${VAR}` or `admin_token_file`).
+    /// Unset: `/admin/*` answers 401 for everyone.
+    pub admin_token: Option<Secret>,
+}
+
+impl Section for ManagementConfig {}
+
+/// `shutdown.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// After a stop signal readiness fails at once; the listener keeps accepting for this long so
+    /// load balancers deregister the instance. Default `5s` in production, `0s` otherwise.
+    #[serde(with = "crate::config::duration")]
+    pub drain_delay: Duration,
+    /// Time allowed, after the drain delay, for in-flight requests and background tasks to
+    /// finish; past it the process exits non-zero. Default `30s`.
+    #[serde(with = "crate::config::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_delay: Duration::ZERO, timeout: Duration::from_secs(30) }
+    }
+}
+
+impl Section for ShutdownConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if self.timeout.is_zero() {
+            v.invalid("timeout", "must be more than 0s");
+        }
+    }
+}
