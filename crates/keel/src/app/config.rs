@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Aggregate, LogConfig, LogFormat, Profile, Reader, Secret, Section, TelemetryConfig, Validation};
+use crate::config::{Aggregate, Profile, Reader, Secret, Section, Validation};
 use crate::data::DatabaseConfig;
 use crate::events::{BusConfig, OutboxConfig};
 use crate::features::FeaturesConfig;
@@ -20,6 +20,7 @@ use crate::http::{HttpConfig, StackConfig};
 use crate::redis::RedisConfig;
 use crate::resilience::rate_limit::RateLimitPolicy;
 use crate::security::SecurityConfig;
+use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// Loads a service's configuration: Keel's sections and the service's own.
 pub type Loader = crate::config::Loader<KeelConfig>;

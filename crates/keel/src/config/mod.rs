@@ -3,8 +3,8 @@
 //! A service's configuration is a set of top-level sections (an [`Aggregate`]; Keel's is
 //! `keel::app::KeelConfig`: `http`, `management`, `cors`, `log`, …) plus the service's own typed
 //! section under `app`. Each section is a [`Section`]: it validates itself, production rules
-//! included, and knows nothing of the others. This module names no section but `log` and
-//! `telemetry`, and depends on no other Keel module.
+//! included, and knows nothing of the others. This module names no section and depends on no
+//! other Keel module.
 //!
 //! * **File** — `--config PATH` or `KEEL_CONFIG`. String values may use `${VAR}` and
 //!   `${VAR:-default}`; `$${` is a literal `${`.
@@ -44,7 +44,6 @@ pub mod duration;
 mod interpolate;
 mod reloads;
 pub(crate) mod secret;
-mod sections;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -58,7 +57,6 @@ use serde_norway::Value;
 
 pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
 pub use secret::{MASK, Secret, weak_secret};
-pub use sections::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 use tree::{KeyPath, Tree, join};
 
 /// The environment variable that names the config file.
@@ -394,6 +392,23 @@ impl Validation<'_> {
         self.push(path, ProblemKind::Production, message.into());
     }
 
+    /// An environment variable of the configuration's environment (the process's, or the one
+    /// given to [`Loader::env`]), for a section whose settings have variables beneath them.
+    pub fn env(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// Reports an unacceptable value of the environment variable `var` (not a key of the file):
+    /// the problem's path is the variable's name.
+    pub fn invalid_env(&mut self, var: &str, message: impl Into<String>) {
+        self.push_env(var, ProblemKind::Invalid, message.into());
+    }
+
+    /// Reports a value of the environment variable `var` that production refuses.
+    pub fn production_env(&mut self, var: &str, message: impl Into<String>) {
+        self.push_env(var, ProblemKind::Production, message.into());
+    }
+
     /// Validates `section`, which sits at `path` relative to this one.
     pub fn section<S: Section>(&mut self, path: &str, section: &S) {
         let prefix = self.path(path);
@@ -414,6 +429,10 @@ impl Validation<'_> {
         let path = self.path(path);
         let source = self.tree.source_of(&path).cloned();
         self.problems.push(Problem { path, source, kind, message });
+    }
+
+    fn push_env(&mut self, var: &str, kind: ProblemKind, message: String) {
+        self.problems.push(Problem { path: var.into(), source: Some(Source::Env(var.into())), kind, message });
     }
 }
 
