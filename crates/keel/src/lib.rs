@@ -27,7 +27,7 @@
 //! | [`telemetry`] | logs, traces and metrics; the `log` and `telemetry` sections |
 //! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | `redis` | a managed Redis connection (feature `redis`) |
-//! | [`resilience`] | backoff, retries, circuit breakers, bulkheads, rate limits |
+//! | [`resilience`] | backoff, retries, circuit breakers, bulkheads (the `keel-resilience` crate), rate limits |
 //! | [`features`] | feature flags from a YAML file, hot-reloaded |
 //! | [`workers`] | supervised periodic and continuous background workers |
 //! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
