@@ -30,8 +30,8 @@ pub fn production_logs() -> keel::telemetry::TelemetryOptions {
         version: "0".into(),
         profile: keel::config::Profile::Production,
         level: "info".into(),
-        format: keel::config::LogFormat::Json,
-        telemetry: keel::config::TelemetryConfig::default(),
+        format: keel::telemetry::LogFormat::Json,
+        telemetry: keel::telemetry::TelemetryConfig::default(),
         mask_fields: Vec::new(),
     }
 }

@@ -116,8 +116,8 @@ async fn main() -> ExitCode {
 /// No exporter by default (a service's default). `KEEL_BENCH_OTLP_ENDPOINT` sets one, and
 /// `KEEL_BENCH_SAMPLING_RATIO` the ratio: with ratio 0 and no collector listening, nothing is
 /// sent, which measures what OpenTelemetry spans cost a request before any export.
-fn bench_telemetry() -> keel::config::TelemetryConfig {
-    let mut t = keel::config::TelemetryConfig::default();
+fn bench_telemetry() -> keel::telemetry::TelemetryConfig {
+    let mut t = keel::telemetry::TelemetryConfig::default();
     t.otlp.endpoint = std::env::var("KEEL_BENCH_OTLP_ENDPOINT").ok();
     t.sampling_ratio = std::env::var("KEEL_BENCH_SAMPLING_RATIO").ok().and_then(|r| r.parse().ok());
     t
@@ -129,7 +129,7 @@ async fn run(ports_file: &str) -> Result<(), String> {
         version: env!("CARGO_PKG_VERSION").into(),
         profile: Profile::Production,
         level: "info".into(),
-        format: keel::config::LogFormat::Json,
+        format: keel::telemetry::LogFormat::Json,
         telemetry: bench_telemetry(),
         mask_fields: Vec::new(),
     };

@@ -122,7 +122,7 @@ fn cfg(addr: SocketAddr) -> UpstreamConfig {
 
 fn make(name: &str, c: &UpstreamConfig) -> (Client, keel::telemetry::Metrics) {
     let metrics = keel::telemetry::Metrics::new();
-    let registry = Registry::new(&metrics).unwrap();
+    let registry = Registry::new(metrics.registry()).unwrap();
     let breaker = registry.get_or_create(name, &c.breaker);
     (Client::new(name, c, breaker, Some(ClientMetrics::new(&metrics).unwrap())).unwrap(), metrics)
 }

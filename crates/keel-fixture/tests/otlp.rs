@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::otlp::{Receiver, attr, hex, string};
 use common::{Fixture, client, eventually};
-use keel::config::{LogFormat, Profile, TelemetryConfig};
-use keel::telemetry::{TelemetryOptions, init};
+use keel::config::Profile;
+use keel::telemetry::{LogFormat, TelemetryConfig, TelemetryOptions, init};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {

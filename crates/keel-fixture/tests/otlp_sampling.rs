@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::otlp::{Receiver, hex};
 use common::{Fixture, client, eventually};
-use keel::config::{LogFormat, Profile, TelemetryConfig};
-use keel::telemetry::{TelemetryOptions, init};
+use keel::config::Profile;
+use keel::telemetry::{LogFormat, TelemetryConfig, TelemetryOptions, init};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratio_zero_samples_no_new_trace_but_follows_a_sampled_caller() {

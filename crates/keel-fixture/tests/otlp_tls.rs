@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::eventually;
 use common::otlp::{Receiver, attr, string, test_pki};
-use keel::config::{LogFormat, Profile, Secret, TelemetryConfig};
-use keel::telemetry::{TelemetryOptions, init};
+use keel::config::{Profile, Secret};
+use keel::telemetry::{LogFormat, TelemetryConfig, TelemetryOptions, init};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_tls_receiver_with_the_configured_headers() {

@@ -20,14 +20,14 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`app`] | service definition, start-up, graceful shutdown, the shared CLI |
-//! | [`config`] | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; names no other module |
+//! | [`config`] | the `keel-config` crate: defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; depends on no other Keel crate |
 //! | `events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
 //! | [`health`] | health checks and the live / ready / startup probes |
 //! | [`http`] | the server stack, one module per middleware, problem responses |
-//! | [`telemetry`] | logs, traces and metrics |
+//! | [`telemetry`] | logs, traces and metrics; the `log` and `telemetry` sections |
 //! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | `redis` | a managed Redis connection (feature `redis`) |
-//! | [`resilience`] | backoff, retries, circuit breakers, bulkheads, rate limits |
+//! | [`resilience`] | backoff, retries, circuit breakers, bulkheads (the `keel-resilience` crate), rate limits |
 //! | [`features`] | feature flags from a YAML file, hot-reloaded |
 //! | [`workers`] | supervised periodic and continuous background workers |
 //! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
@@ -43,7 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod config;
+pub use keel_config as config;
 #[cfg(feature = "sql")]
 pub mod data;
 /// The `database` section; the pool needs a SQL feature (`postgres`, `mysql`, `sqlite`).

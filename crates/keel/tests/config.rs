@@ -58,13 +58,13 @@ fn defaults_per_profile() {
     let k = &dev.config.keel;
     assert_eq!(k.http.port, 8080);
     assert_eq!(k.log.level, "info");
-    assert_eq!(k.log.format, keel::config::LogFormat::Pretty);
+    assert_eq!(k.log.format, keel::telemetry::LogFormat::Pretty);
     assert_eq!(k.shutdown.drain_delay, Duration::ZERO);
     assert_eq!(k.shutdown.timeout, Duration::from_secs(30));
     assert_eq!(k.http.body_limit, 1 << 20);
     assert_eq!(k.management_addr().unwrap().to_string(), "127.0.0.1:9080");
     let prod = load(Profile::Production, None, PROD_OK).unwrap();
-    assert_eq!(prod.config.keel.log.format, keel::config::LogFormat::Json);
+    assert_eq!(prod.config.keel.log.format, keel::telemetry::LogFormat::Json);
     assert_eq!(prod.config.keel.shutdown.drain_delay, Duration::from_secs(5));
 }
 

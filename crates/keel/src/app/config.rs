@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Aggregate, LogConfig, LogFormat, Profile, Reader, Secret, Section, TelemetryConfig, Validation};
+use crate::config::{Aggregate, Profile, Reader, Secret, Section, Validation};
 use crate::data::DatabaseConfig;
 use crate::events::{BusConfig, OutboxConfig};
 use crate::features::FeaturesConfig;
@@ -20,8 +20,38 @@ use crate::http::{HttpConfig, StackConfig};
 use crate::redis::RedisConfig;
 use crate::resilience::rate_limit::RateLimitPolicy;
 use crate::security::SecurityConfig;
+use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
-/// Loads a service's configuration: Keel's sections and the service's own.
+/// Loads a service's configuration: Keel's sections and the service's own (see [`crate::config`]).
+///
+/// ```
+/// use keel::app::Loader;
+/// use keel::config::{NoConfig, Profile};
+///
+/// let loaded = Loader::new("hello", Profile::Production)
+///     .env([("HELLO__CORS__ALLOWED_ORIGINS", "https://app.example"), ("HELLO__HTTP__PORT", "9000")])
+///     .load::<NoConfig>()
+///     .unwrap();
+/// assert_eq!(loaded.config.keel.http.port, 9000);
+///
+/// let err = Loader::new("hello", Profile::Production)
+///     .env([("HELLO__HTTP__PROT", "1"), ("HELLO__LOG__LEVEL", "trace")])
+///     .load::<NoConfig>()
+///     .unwrap_err();
+/// let text = err.to_string();
+/// assert!(text.contains("unknown key `http.prot`"));
+/// assert!(text.contains("cors.allowed_origins"));
+/// assert!(text.contains("log.level"));
+///
+/// // Settings a launcher gives beneath the file and the environment.
+/// let loaded = Loader::new("api", Profile::Test)
+///     .defaults([("API__HTTP__PORT", "8081"), ("API__LOG__LEVEL", "debug")])
+///     .env([("API__HTTP__PORT", "9000")])
+///     .load::<NoConfig>()
+///     .unwrap();
+/// assert_eq!(loaded.config.keel.http.port, 9000); // the environment wins
+/// assert_eq!(loaded.config.keel.log.level, "debug");
+/// ```
 pub type Loader = crate::config::Loader<KeelConfig>;
 /// A loaded configuration and what is known about it.
 pub type Loaded<C> = crate::config::Loaded<KeelConfig, C>;

@@ -453,7 +453,7 @@ impl<C: Section> Setup<C> {
     /// The service's circuit-breaker registry (metrics `circuit_breaker_*`).
     pub fn breakers(&mut self) -> Result<crate::resilience::breaker::Registry, SetupError> {
         if self.breakers.is_none() {
-            self.breakers = Some(crate::resilience::breaker::Registry::new(&self.metrics)?);
+            self.breakers = Some(crate::resilience::breaker::Registry::new(self.metrics.registry())?);
         }
         Ok(self.breakers.clone().unwrap_or_default())
     }

@@ -237,7 +237,7 @@ impl ClientMetrics {
         metrics.register(requests.clone())?;
         metrics.register(duration.clone())?;
         metrics.register(retries.clone())?;
-        Ok(Self { requests, duration, retries, bulkhead: BulkheadMetrics::new(metrics)? })
+        Ok(Self { requests, duration, retries, bulkhead: BulkheadMetrics::new(metrics.registry())? })
     }
 }
 

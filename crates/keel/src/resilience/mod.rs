@@ -9,16 +9,15 @@
 //! | [`bulkhead`] | a concurrency limit with a bounded, timed queue |
 //! | [`rate_limit`] | named rate-limit policies: in-process (GCRA) or shared in Redis, as a tower layer |
 //!
-//! Inside the crate, `connect` runs a dependency's first connection in the background (SQL,
-//! Redis, the bus) and `reprobe` re-probes a dependency believed down when it is next used.
+//! `backoff`, `retry`, `breaker` and `bulkhead` are the `keel-resilience` crate; `rate_limit`,
+//! which needs `http` and `redis`, lives here. Inside the crate, `connect` runs a dependency's
+//! first connection in the background (SQL, Redis, the bus) and `reprobe` re-probes a dependency
+//! believed down when it is next used.
 
-pub mod backoff;
-pub mod breaker;
-pub mod bulkhead;
 #[cfg(any(feature = "sql", feature = "redis", feature = "events"))]
 pub(crate) mod connect;
 pub mod rate_limit;
-pub(crate) mod reprobe;
-pub mod retry;
 
-pub use backoff::{Backoff, ConnectConfig};
+#[cfg(any(feature = "sql", feature = "redis", feature = "rabbitmq"))]
+pub(crate) use keel_resilience::reprobe;
+pub use keel_resilience::{Backoff, ConnectConfig, backoff, breaker, bulkhead, retry};

@@ -274,7 +274,7 @@ impl PasswordPolicy {
                 return Err(PolicyViolation::SameAsEmail);
             }
         }
-        if crate::config::secret::is_common_password(&lower) {
+        if crate::config::is_common_password(&lower) {
             return Err(PolicyViolation::Common);
         }
         Ok(())

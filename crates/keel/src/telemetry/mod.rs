@@ -27,6 +27,7 @@
 //! Logging and tracing are process-wide (one subscriber per process), so [`init`] is called once
 //! per process by [`crate::run`]; later calls return a handle to the first set-up.
 
+mod config;
 mod json;
 mod metrics;
 pub(crate) mod otlp;
@@ -48,9 +49,10 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+pub use config::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 
-use crate::config::{LogFormat, Profile, TelemetryConfig};
+use crate::config::Profile;
 
 /// A tracing layer of the application's own (an error reporter, `console-subscriber`, a
 /// second exporter), added to Keel's subscriber by [`init_with_layers`].
@@ -154,7 +156,8 @@ pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
 /// return a guard for the existing set-up and drop their `layers`.
 ///
 /// ```no_run
-/// use keel::config::{LogFormat, Profile, TelemetryConfig};
+/// use keel::config::Profile;
+/// use keel::telemetry::{LogFormat, TelemetryConfig};
 /// use keel::telemetry::{BoxLayer, TelemetryOptions, init_with_layers};
 /// use tracing_subscriber::Layer as _;
 ///

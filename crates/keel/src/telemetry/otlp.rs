@@ -25,8 +25,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
-use super::TelemetryError;
-use crate::config::{OtlpProtocol, Profile, TelemetryConfig};
+use super::{OtlpProtocol, TelemetryConfig, TelemetryError};
+use crate::config::Profile;
 
 /// The export deadline when neither `telemetry.otlp.timeout` nor a variable sets one.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -933,12 +933,12 @@ mod tests {
 
     #[test]
     fn optional_timeout_serde() {
-        let cfg: crate::config::OtlpConfig = serde_norway::from_str("timeout: 250ms").unwrap();
+        let cfg: crate::telemetry::OtlpConfig = serde_norway::from_str("timeout: 250ms").unwrap();
         assert_eq!(cfg.timeout, Some(Duration::from_millis(250)));
-        let cfg: crate::config::OtlpConfig = serde_norway::from_str("timeout: null").unwrap();
+        let cfg: crate::telemetry::OtlpConfig = serde_norway::from_str("timeout: null").unwrap();
         assert_eq!(cfg.timeout, None);
-        assert!(serde_norway::from_str::<crate::config::OtlpConfig>("timeout: 5").is_err());
-        let yaml = serde_norway::to_string(&crate::config::OtlpConfig::default()).unwrap();
+        assert!(serde_norway::from_str::<crate::telemetry::OtlpConfig>("timeout: 5").is_err());
+        let yaml = serde_norway::to_string(&crate::telemetry::OtlpConfig::default()).unwrap();
         assert!(yaml.contains("timeout: null"), "{yaml}");
     }
 

@@ -26,7 +26,7 @@ pub struct ReloadEvent {
 /// The last [`RELOAD_LOG_CAPACITY`] reloads, newest first. Cheap to clone; clones share.
 ///
 /// ```
-/// let log = keel::config::ReloadLog::default();
+/// let log = keel_config::ReloadLog::default();
 /// log.record("log level", true, "debug");
 /// assert_eq!(log.recent()[0].detail, "debug");
 /// ```

@@ -1,10 +1,12 @@
 //! Layered, validated configuration: built-in defaults < YAML file < environment variables.
 //!
+//! This is `keel-config`, re-exported by `keel` as `keel::config`. It depends on no other Keel
+//! crate: every other one owns its configuration section and depends on this one.
+//!
 //! A service's configuration is a set of top-level sections (an [`Aggregate`]; Keel's is
 //! `keel::app::KeelConfig`: `http`, `management`, `cors`, `log`, …) plus the service's own typed
 //! section under `app`. Each section is a [`Section`]: it validates itself, production rules
-//! included, and knows nothing of the others. This module names no section but `log` and
-//! `telemetry`, and depends on no other Keel module.
+//! included, and knows nothing of the others. This crate names no section.
 //!
 //! * **File** — `--config PATH` or `KEEL_CONFIG`. String values may use `${VAR}` and
 //!   `${VAR:-default}`; `$${` is a literal `${`.
@@ -19,32 +21,63 @@
 //!
 //! # Example
 //!
-//! ```
-//! use keel::app::Loader;
-//! use keel::config::{NoConfig, Profile};
+//! An aggregate of one section, `http` (Keel's `KeelConfig` is the same, with more sections):
 //!
-//! let loaded = Loader::new("hello", Profile::Production)
-//!     .env([("HELLO__CORS__ALLOWED_ORIGINS", "https://app.example"), ("HELLO__HTTP__PORT", "9000")])
+//! ```
+//! use keel_config::{Aggregate, Loader, NoConfig, Profile, Reader, Section, Validation};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+//! #[serde(default)]
+//! struct Http {
+//!     port: u16,
+//! }
+//!
+//! impl Section for Http {
+//!     fn validate(&self, v: &mut Validation<'_>) {
+//!         if v.profile() == Profile::Production && self.port < 1024 {
+//!             v.production("port", "use a port of 1024 or more");
+//!         }
+//!     }
+//! }
+//!
+//! #[derive(Debug, Clone, Serialize)]
+//! struct Sections {
+//!     http: Http,
+//! }
+//!
+//! impl Aggregate for Sections {
+//!     fn for_profile(_: Profile) -> Self {
+//!         Self { http: Http { port: 8080 } }
+//!     }
+//!     fn read(&mut self, r: &mut Reader<'_>) {
+//!         r.section("http", &mut self.http);
+//!     }
+//!     fn validate(&self, v: &mut Validation<'_>) {
+//!         v.section("http", &self.http);
+//!     }
+//! }
+//!
+//! let loaded = Loader::<Sections>::new("hello", Profile::Production)
+//!     .env([("HELLO__HTTP__PORT", "9000")])
 //!     .load::<NoConfig>()
 //!     .unwrap();
 //! assert_eq!(loaded.config.keel.http.port, 9000);
 //!
-//! let err = Loader::new("hello", Profile::Production)
-//!     .env([("HELLO__HTTP__PROT", "1"), ("HELLO__LOG__LEVEL", "trace")])
+//! let err = Loader::<Sections>::new("hello", Profile::Production)
+//!     .env([("HELLO__HTTP__PROT", "1"), ("HELLO__HTTP__PORT", "80")])
 //!     .load::<NoConfig>()
 //!     .unwrap_err();
 //! let text = err.to_string();
 //! assert!(text.contains("unknown key `http.prot`"));
-//! assert!(text.contains("cors.allowed_origins"));
-//! assert!(text.contains("log.level"));
+//! assert!(text.contains("http.port (in env HELLO__HTTP__PORT): use a port of 1024 or more"));
 //! ```
 
 pub mod bytes;
 pub mod duration;
 mod interpolate;
 mod reloads;
-pub(crate) mod secret;
-mod sections;
+mod secret;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -57,8 +90,9 @@ use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
 pub use reloads::{RELOAD_LOG_CAPACITY, ReloadEvent, ReloadLog};
+#[doc(hidden)]
+pub use secret::is_common_password;
 pub use secret::{MASK, Secret, weak_secret};
-pub use sections::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 use tree::{KeyPath, Tree, join};
 
 /// The environment variable that names the config file.
@@ -218,7 +252,7 @@ impl ConfigError {
     /// code (`keel::app::exit::CONFIG`) rather than as a failed start.
     ///
     /// ```
-    /// let e = keel::config::ConfigError::invalid("redis.url", "is required");
+    /// let e = keel_config::ConfigError::invalid("redis.url", "is required");
     /// assert_eq!(e.to_string(), "invalid configuration (1 problem):\n  - redis.url: is required");
     /// ```
     pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
@@ -240,8 +274,8 @@ impl ConfigError {
 ///     greeting: String,
 /// }
 ///
-/// impl keel::config::Section for Greeter {
-///     fn validate(&self, v: &mut keel::config::Validation<'_>) {
+/// impl keel_config::Section for Greeter {
+///     fn validate(&self, v: &mut keel_config::Validation<'_>) {
 ///         if self.greeting.len() > 64 {
 ///             v.invalid("greeting", "at most 64 characters");
 ///         }
@@ -276,7 +310,7 @@ pub struct NoConfig {}
 impl Section for NoConfig {}
 
 /// The top-level sections a framework gives every service: everything in the file but `app`.
-/// Keel's is `keel::app::KeelConfig`; the [`Loader`] is generic over it so that this module
+/// Keel's is `keel::app::KeelConfig`; the [`Loader`] is generic over it so that this crate
 /// need not name a section.
 pub trait Aggregate: Serialize + Clone + fmt::Debug + Send + Sync + 'static {
     /// The defaults for a profile.
@@ -394,6 +428,23 @@ impl Validation<'_> {
         self.push(path, ProblemKind::Production, message.into());
     }
 
+    /// An environment variable of the configuration's environment (the process's, or the one
+    /// given to [`Loader::env`]), for a section whose settings have variables beneath them.
+    pub fn env(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// Reports an unacceptable value of the environment variable `var` (not a key of the file):
+    /// the problem's path is the variable's name.
+    pub fn invalid_env(&mut self, var: &str, message: impl Into<String>) {
+        self.push_env(var, ProblemKind::Invalid, message.into());
+    }
+
+    /// Reports a value of the environment variable `var` that production refuses.
+    pub fn production_env(&mut self, var: &str, message: impl Into<String>) {
+        self.push_env(var, ProblemKind::Production, message.into());
+    }
+
     /// Validates `section`, which sits at `path` relative to this one.
     pub fn section<S: Section>(&mut self, path: &str, section: &S) {
         let prefix = self.path(path);
@@ -414,6 +465,10 @@ impl Validation<'_> {
         let path = self.path(path);
         let source = self.tree.source_of(&path).cloned();
         self.problems.push(Problem { path, source, kind, message });
+    }
+
+    fn push_env(&mut self, var: &str, kind: ProblemKind, message: String) {
+        self.problems.push(Problem { path: var.into(), source: Some(Source::Env(var.into())), kind, message });
     }
 }
 
@@ -479,16 +534,28 @@ impl<K: Aggregate> Loader<K> {
     /// several services uses to give each its port. Variables of other services are ignored.
     ///
     /// ```
-    /// use keel::app::Loader;
-    /// use keel::config::{NoConfig, Profile};
+    /// use keel_config::{Aggregate, Loader, NoConfig, Profile, Reader, Section, Validation};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    /// # #[serde(default)]
+    /// # struct Http { port: u16, host: String }
+    /// # impl Section for Http {}
+    /// # #[derive(Debug, Clone, Default, Serialize)]
+    /// # struct Sections { http: Http }
+    /// # impl Aggregate for Sections {
+    /// #     fn for_profile(_: Profile) -> Self { Self::default() }
+    /// #     fn read(&mut self, r: &mut Reader<'_>) { r.section("http", &mut self.http); }
+    /// #     fn validate(&self, v: &mut Validation<'_>) { v.section("http", &self.http); }
+    /// # }
     ///
-    /// let loaded = Loader::new("api", Profile::Test)
-    ///     .defaults([("API__HTTP__PORT", "8081"), ("API__LOG__LEVEL", "debug")])
+    /// // `Sections` is an aggregate with an `http` section of `port` and `host`.
+    /// let loaded = Loader::<Sections>::new("api", Profile::Test)
+    ///     .defaults([("API__HTTP__PORT", "8081"), ("API__HTTP__HOST", "::")])
     ///     .env([("API__HTTP__PORT", "9000")])
     ///     .load::<NoConfig>()
     ///     .unwrap();
     /// assert_eq!(loaded.config.keel.http.port, 9000); // the environment wins
-    /// assert_eq!(loaded.config.keel.log.level, "debug");
+    /// assert_eq!(loaded.config.keel.http.host, "::");
     /// ```
     pub fn defaults<N: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (N, V)>) -> Self {
         self.defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
@@ -502,7 +569,8 @@ impl<K: Aggregate> Loader<K> {
     }
 
     /// Defaults beneath those given to [`Loader::defaults`] (a service's own, under a launcher's).
-    pub(crate) fn beneath_defaults(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+    #[doc(hidden)]
+    pub fn beneath_defaults(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
         let mut below: Vec<(String, String)> = vars.into_iter().collect();
         below.append(&mut self.defaults);
         self.defaults = below;
@@ -608,7 +676,7 @@ impl<K: Aggregate> Loader<K> {
 /// `cityevents-auth` → `CITYEVENTS_AUTH`.
 ///
 /// ```
-/// assert_eq!(keel::config::env_prefix("cityevents-auth"), "CITYEVENTS_AUTH");
+/// assert_eq!(keel_config::env_prefix("cityevents-auth"), "CITYEVENTS_AUTH");
 /// ```
 pub fn env_prefix(service: &str) -> String {
     service.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()

@@ -16,7 +16,7 @@ pub const MASK: &str = "***";
 /// `config check`; read it with [`Secret::expose`] only where it is used.
 ///
 /// ```
-/// let token = keel::config::Secret::new("s3cr3t");
+/// let token = keel_config::Secret::new("s3cr3t");
 /// assert_eq!(format!("{token:?}"), "Secret(***)");
 /// assert_eq!(token.expose(), "s3cr3t");
 /// ```
@@ -124,7 +124,7 @@ const PLACEHOLDERS: &[&str] = &["changeme", "change-me", "change_me", "replace-m
 /// than 12 characters. For a URL only its password counts (a URL without one is not weak here).
 ///
 /// ```
-/// use keel::config::weak_secret;
+/// use keel_config::weak_secret;
 /// assert!(weak_secret("changeme").is_some());
 /// assert!(weak_secret("postgres://app:postgres@db/app").is_some());
 /// assert!(weak_secret("postgres://app@db/app").is_none());
@@ -167,11 +167,13 @@ fn url_password(value: &str) -> Option<&str> {
     (!password.is_empty()).then_some(password)
 }
 
-/// The bundled list of common passwords (lowercase), also used by the password policy.
-pub(crate) const COMMON_PASSWORDS: &str = include_str!("../security/common-passwords.txt");
+/// The bundled list of common passwords (lowercase).
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
 
-/// Whether `lowercase` is on the bundled common-password list.
-pub(crate) fn is_common_password(lowercase: &str) -> bool {
+/// Whether `lowercase` is on the bundled common-password list (`keel::security`'s password
+/// policy refuses these too).
+#[doc(hidden)]
+pub fn is_common_password(lowercase: &str) -> bool {
     static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
     SET.get_or_init(|| COMMON_PASSWORDS.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect())
         .contains(lowercase)

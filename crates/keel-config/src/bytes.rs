@@ -1,6 +1,7 @@
 //! Serde helpers for byte sizes: `1048576`, `512KiB`, `1MiB`, `10MB`.
 //!
-//! Use with `#[serde(with = "keel::config::bytes")]` on a `usize` field.
+//! Use with `#[serde(with = "keel::config::bytes")]` (`keel_config::bytes` without the `keel` facade)
+//! on a `usize` field.
 
 use serde::{Deserialize, Deserializer, Serializer, de};
 

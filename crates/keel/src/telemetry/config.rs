@@ -1,4 +1,4 @@
-//! The `log` and `telemetry` sections, until `keel::telemetry` owns them.
+//! The `log` and `telemetry` sections.
 //!
 //! Field doc comments are the reference for `docs/configuration.md`; keep the two in step.
 
@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Problem, ProblemKind, Profile, Secret, Section, Source, Templates, Validation};
-// The one import from outside this module: the filter syntax belongs to telemetry, which will
-// own these sections.
-use crate::telemetry::{mentions_trace, parse_filter};
+use super::otlp::{self, Origin};
+use super::{mentions_trace, parse_filter};
+use crate::config::{Profile, Secret, Section, Templates, Validation};
 
 /// `log.*`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +74,7 @@ pub struct OtlpConfig {
     pub protocol: Option<OtlpProtocol>,
     /// Export deadline per batch. Unset: `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` (milliseconds),
     /// else `10s`.
-    #[serde(with = "crate::telemetry::otlp::optional_duration")]
+    #[serde(with = "otlp::optional_duration")]
     pub timeout: Option<Duration>,
     /// **Secret values.** Headers (gRPC metadata) sent with every export, e.g. an API key;
     /// over those of `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`.
@@ -113,29 +112,19 @@ impl OtlpProtocol {
 
 impl Section for LogConfig {
     fn validate(&self, v: &mut Validation<'_>) {
+        const TRACE: &str = "`trace` logs too much (and may log secrets) for production";
         let prod = v.profile() == Profile::Production;
-        let rust_log = (v.env)("RUST_LOG").filter(|s| !s.trim().is_empty());
         if let Err(e) = parse_filter(&self.level) {
             v.invalid("level", e);
         }
         if prod && mentions_trace(&self.level) {
-            v.production("level", "`trace` logs too much (and may log secrets) for production");
+            v.production("level", TRACE);
         }
-        if let Some(rl) = &rust_log {
-            let problem = match parse_filter(rl) {
-                Err(e) => Some((ProblemKind::Invalid, e)),
-                Ok(()) if prod && mentions_trace(rl) => {
-                    Some((ProblemKind::Production, "`trace` logs too much (and may log secrets) for production".into()))
-                }
-                Ok(()) => None,
-            };
-            if let Some((kind, message)) = problem {
-                v.problems.push(Problem {
-                    path: "RUST_LOG".into(),
-                    source: Some(Source::Env("RUST_LOG".into())),
-                    kind,
-                    message,
-                });
+        if let Some(rl) = v.env("RUST_LOG").filter(|s| !s.trim().is_empty()) {
+            match parse_filter(&rl) {
+                Err(e) => v.invalid_env("RUST_LOG", e),
+                Ok(()) if prod && mentions_trace(&rl) => v.production_env("RUST_LOG", TRACE),
+                Ok(()) => {}
             }
         }
     }
@@ -144,18 +133,14 @@ impl Section for LogConfig {
 impl Section for TelemetryConfig {
     fn validate(&self, v: &mut Validation<'_>) {
         // Keel's keys, and the `OTEL_*` variables beneath them.
-        for p in crate::telemetry::otlp::problems(self, v.env) {
+        let problems = otlp::problems(self, &|name| v.env(name));
+        for p in problems {
             match p.origin {
-                crate::telemetry::otlp::Origin::Key(path) => {
+                Origin::Key(path) => {
                     let path = path.strip_prefix("telemetry.").unwrap_or(&path).to_owned();
                     v.invalid(&path, p.message);
                 }
-                crate::telemetry::otlp::Origin::Env(var) => v.problems.push(Problem {
-                    path: var.into(),
-                    source: Some(Source::Env(var.into())),
-                    kind: ProblemKind::Invalid,
-                    message: p.message,
-                }),
+                Origin::Env(var) => v.invalid_env(var, p.message),
             }
         }
     }

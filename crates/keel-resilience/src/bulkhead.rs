@@ -6,7 +6,7 @@
 //! `bulkhead_rejected_total{name,reason="full|timeout"}`.
 //!
 //! ```
-//! use keel::resilience::bulkhead::{Bulkhead, BulkheadConfig};
+//! use keel_resilience::bulkhead::{Bulkhead, BulkheadConfig};
 //!
 //! # async fn demo() {
 //! let b = Bulkhead::new("search", BulkheadConfig::default(), None);
@@ -24,8 +24,6 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::telemetry::Metrics;
-
 /// `…bulkhead.*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,7 +33,7 @@ pub struct BulkheadConfig {
     /// Calls waiting for a slot; beyond it calls are rejected at once. Default `64`.
     pub max_queue: usize,
     /// Longest wait in the queue. Default `1s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub queue_timeout: Duration,
 }
 
@@ -66,17 +64,17 @@ pub struct BulkheadMetrics {
 }
 
 impl BulkheadMetrics {
-    /// Registers the families in `metrics`.
-    pub fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+    /// Registers the families in `metrics` (a service's is `keel::telemetry::Metrics::registry`).
+    pub fn new(metrics: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         let in_flight = IntGaugeVec::new(Opts::new("bulkhead_in_flight", "Calls running in the bulkhead."), &["name"])?;
         let queued = IntGaugeVec::new(Opts::new("bulkhead_queued", "Calls waiting for a bulkhead slot."), &["name"])?;
         let rejected = IntCounterVec::new(
             Opts::new("bulkhead_rejected_total", "Calls refused by a bulkhead."),
             &["name", "reason"],
         )?;
-        metrics.register(in_flight.clone())?;
-        metrics.register(queued.clone())?;
-        metrics.register(rejected.clone())?;
+        metrics.register(Box::new(in_flight.clone()))?;
+        metrics.register(Box::new(queued.clone()))?;
+        metrics.register(Box::new(rejected.clone()))?;
         Ok(Self { in_flight, queued, rejected })
     }
 }

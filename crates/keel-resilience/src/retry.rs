@@ -6,7 +6,7 @@
 //! `max_attempts`.
 //!
 //! ```
-//! use keel::resilience::retry::{Retry, RetryConfig};
+//! use keel_resilience::retry::{Retry, RetryConfig};
 //!
 //! # async fn demo() {
 //! let retry = Retry::new(RetryConfig::default());
@@ -34,10 +34,10 @@ pub struct RetryConfig {
     /// Attempts in all, the first included; `1` turns retries off. Default `3`.
     pub max_attempts: u32,
     /// Cap of the first backoff wait. Default `50ms`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub initial_delay: Duration,
     /// Largest backoff cap. Default `1s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub max_delay: Duration,
     /// The retry budget.
     pub budget: BudgetConfig,

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use super::backoff::{Backoff, Jitter};
 
 /// The first wait before a re-probe.
-pub(crate) const FIRST_WAIT: Duration = Duration::from_millis(200);
+pub const FIRST_WAIT: Duration = Duration::from_millis(200);
 /// The longest wait between re-probes.
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(1);
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct GateState {
@@ -29,7 +29,7 @@ struct GateState {
 
 /// One probe in flight at most, and a back-off between probes.
 #[derive(Debug)]
-pub(crate) struct ProbeGate {
+pub struct ProbeGate {
     state: Mutex<GateState>,
 }
 
@@ -51,7 +51,7 @@ impl ProbeGate {
     }
 
     /// The dependency just went down: the first probe may start after the first back-off.
-    pub(crate) fn arm(&self, now: Instant) {
+    pub fn arm(&self, now: Instant) {
         let mut s = self.lock();
         s.backoff.reset();
         let wait = s.backoff.next_delay();
@@ -59,7 +59,7 @@ impl ProbeGate {
     }
 
     /// Whether a probe may start now; if so it is in flight until [`ProbeGate::finish`].
-    pub(crate) fn try_start(&self, now: Instant) -> bool {
+    pub fn try_start(&self, now: Instant) -> bool {
         let mut s = self.lock();
         if s.in_flight || s.next.is_some_and(|n| now < n) {
             return false;
@@ -70,13 +70,12 @@ impl ProbeGate {
 
     /// Whether the back-off has passed, for a caller that serializes its attempts itself (and
     /// may be cancelled mid-attempt: it must not leave a probe marked in flight).
-    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
-    pub(crate) fn due(&self, now: Instant) -> bool {
+    pub fn due(&self, now: Instant) -> bool {
         self.lock().next.is_none_or(|n| now >= n)
     }
 
     /// The probe ended: a failure waits longer before the next one, a success resets the wait.
-    pub(crate) fn finish(&self, ok: bool, now: Instant) {
+    pub fn finish(&self, ok: bool, now: Instant) {
         let mut s = self.lock();
         s.in_flight = false;
         if ok {
@@ -91,8 +90,7 @@ impl ProbeGate {
 
 /// Whether a dependency is believed reachable, with the re-probe that clears a lost connection.
 #[derive(Debug, Default)]
-#[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
-pub(crate) struct Availability {
+pub struct Availability {
     up: AtomicBool,
     /// Down because a connection failed: a re-probe may clear it. Down for another reason
     /// (migrations pending) only the periodic check clears it.
@@ -101,26 +99,25 @@ pub(crate) struct Availability {
     recovered: tokio::sync::Notify,
 }
 
-#[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
 impl Availability {
-    pub(crate) fn is_up(&self) -> bool {
+    pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// Reachable (a check or the first connection succeeded).
-    pub(crate) fn set_up(&self) {
+    pub fn set_up(&self) {
         self.lost.store(false, Ordering::Relaxed);
         self.up.store(true, Ordering::Relaxed);
     }
 
     /// Down for a reason a connection probe cannot judge (migrations pending or failed).
-    pub(crate) fn set_down(&self) {
+    pub fn set_down(&self) {
         self.lost.store(false, Ordering::Relaxed);
         self.up.store(false, Ordering::Relaxed);
     }
 
     /// The connection was lost: down, and re-probed on use.
-    pub(crate) fn lose(&self) {
+    pub fn lose(&self) {
         let was_up = self.up.swap(false, Ordering::Relaxed);
         let was_lost = self.lost.swap(true, Ordering::Relaxed);
         if was_up || !was_lost {
@@ -130,13 +127,13 @@ impl Availability {
 
     /// Whether the caller should start a re-probe now (down with a lost connection, none in
     /// flight, the back-off passed). It must then call [`Availability::probed`].
-    pub(crate) fn probe_due(&self) -> bool {
+    pub fn probe_due(&self) -> bool {
         !self.is_up() && self.lost.load(Ordering::Relaxed) && self.gate.try_start(Instant::now())
     }
 
     /// A re-probe's result: a success marks the dependency up at once (unless something else
     /// marked it down meanwhile) and wakes [`Availability::recovered`].
-    pub(crate) fn probed(&self, ok: bool) {
+    pub fn probed(&self, ok: bool) {
         self.gate.finish(ok, Instant::now());
         if ok && self.lost.load(Ordering::Relaxed) {
             self.set_up();
@@ -147,7 +144,7 @@ impl Availability {
     /// Starts `probe` in the background when a re-probe is due ([`Availability::probe_due`]);
     /// `probe` must end with [`Availability::probed`]. Outside a runtime the probe counts as
     /// failed, so the next call may try again.
-    pub(crate) fn spawn_probe(&self, probe: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn spawn_probe(&self, probe: impl std::future::Future<Output = ()> + Send + 'static) {
         if !self.probe_due() {
             return;
         }
@@ -158,7 +155,7 @@ impl Availability {
     }
 
     /// Completes when a re-probe next finds the dependency back.
-    pub(crate) async fn recovered(&self) {
+    pub async fn recovered(&self) {
         self.recovered.notified().await;
     }
 }

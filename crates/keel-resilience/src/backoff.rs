@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use keel::resilience::backoff::{Backoff, Jitter};
+//! use keel_resilience::backoff::{Backoff, Jitter};
 //!
 //! let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 //! for _ in 0..20 {
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Section, Validation};
+use keel_config::{Section, Validation};
 
 /// How a wait is spread around its base; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,17 +152,17 @@ impl Backoff {
 #[non_exhaustive]
 pub struct ConnectConfig {
     /// Cap of the first wait. Default `100ms`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub initial_delay: Duration,
     /// Largest cap; the cap doubles per attempt up to this. Default `10s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub max_delay: Duration,
     /// Give up after this long without a first connection: the dependency's startup check goes
     /// down (so an orchestrator restarts the instance) while retries go on. `0s`: never. Default `0s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub max_elapsed: Duration,
     /// Deadline of one connection attempt. Default `5s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub attempt_timeout: Duration,
 }
 

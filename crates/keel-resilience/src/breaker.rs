@@ -23,7 +23,7 @@
 //! `circuit_breaker_transitions_total{name,from,to}`; every transition is logged.
 //!
 //! ```
-//! use keel::resilience::breaker::{BreakerConfig, CircuitBreaker};
+//! use keel_resilience::breaker::{BreakerConfig, CircuitBreaker};
 //!
 //! # async fn demo() {
 //! let breaker = CircuitBreaker::new("payments", BreakerConfig::default());
@@ -41,8 +41,7 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 
-use crate::resilience::reprobe::ProbeGate;
-use crate::telemetry::Metrics;
+use crate::reprobe::ProbeGate;
 
 /// `circuit_breakers.<name>.*` (and `upstreams.<name>.breaker.*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,14 +52,14 @@ pub struct BreakerConfig {
     /// Slow-call rate (0–1) that opens the breaker. Default `1.0` (only if every call is slow).
     pub slow_call_rate: f64,
     /// A call at least this long counts as slow. Default `5s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub slow_call_duration: Duration,
     /// The sliding window.
     pub window: WindowConfig,
     /// Fewest calls in the window before rates are judged. Default `10`.
     pub minimum_calls: u32,
     /// How long the breaker stays open before trial calls. Default `5s`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "keel_config::duration")]
     pub open_wait: Duration,
     /// Trial calls let through when half-open. Default `3`.
     pub half_open_calls: u32,
@@ -607,8 +606,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry reporting into `metrics`.
-    pub fn new(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+    /// A registry reporting into `metrics` (a service's is `keel::telemetry::Metrics::registry`).
+    pub fn new(metrics: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         let state = IntGaugeVec::new(
             Opts::new("circuit_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open."),
             &["name"],
@@ -621,9 +620,9 @@ impl Registry {
             Opts::new("circuit_breaker_transitions_total", "Circuit breaker state changes."),
             &["name", "from", "to"],
         )?;
-        metrics.register(state.clone())?;
-        metrics.register(calls.clone())?;
-        metrics.register(transitions.clone())?;
+        metrics.register(Box::new(state.clone()))?;
+        metrics.register(Box::new(calls.clone()))?;
+        metrics.register(Box::new(transitions.clone()))?;
         Ok(Self { breakers: Arc::default(), metrics: Some(BreakerMetrics { state, calls, transitions }) })
     }
 
@@ -1020,7 +1019,7 @@ impl<B, E> Classify<http::Response<B>, E> for ServerErrors {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use keel::resilience::breaker::{BreakerConfig, BreakerLayer, CircuitBreaker};
+/// use keel_resilience::breaker::{BreakerConfig, BreakerLayer, CircuitBreaker};
 /// use tower::{Layer, ServiceExt, service_fn};
 ///
 /// # async fn demo() {

@@ -1,6 +1,7 @@
 //! Serde helpers for human-readable durations: `250ms`, `5s`, `1m`, `1h 30m`.
 //!
-//! Use with `#[serde(with = "keel::config::duration")]`. A bare number is rejected on purpose:
+//! Use with `#[serde(with = "keel::config::duration")]` (`keel_config::duration` without the
+//! `keel` facade). A bare number is rejected on purpose:
 //! `timeout: 5` could mean seconds or milliseconds, and a wrong guess is a production incident.
 
 use std::time::Duration;
