@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::otlp::{Receiver, attr, hex, string};
 use common::{Fixture, client, eventually};
-use keel::config::Profile;
-use keel::telemetry::{LogFormat, TelemetryConfig, TelemetryOptions, init};
+use keel::telemetry::TelemetryConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
@@ -20,16 +19,7 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
     telemetry.otlp.timeout = Some(Duration::from_secs(5));
-    let guard = init(&TelemetryOptions {
-        service: "fixture".into(),
-        version: "9.9.9".into(),
-        profile: Profile::Test,
-        level: "warn".into(),
-        format: LogFormat::Json,
-        telemetry,
-        mask_fields: Vec::new(),
-    })
-    .unwrap();
+    let guard = common::otlp::init_json("9.9.9", telemetry);
 
     // An upstream that answers with the traceparent it received.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::otlp::{Receiver, hex};
 use common::{Fixture, client, eventually};
-use keel::config::Profile;
-use keel::telemetry::{LogFormat, TelemetryConfig, TelemetryOptions, init};
+use keel::telemetry::TelemetryConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratio_zero_samples_no_new_trace_but_follows_a_sampled_caller() {
@@ -19,16 +18,7 @@ async fn ratio_zero_samples_no_new_trace_but_follows_a_sampled_caller() {
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
     telemetry.sampling_ratio = Some(0.0);
-    let guard = init(&TelemetryOptions {
-        service: "fixture".into(),
-        version: "1".into(),
-        profile: Profile::Test,
-        level: "warn".into(),
-        format: LogFormat::Json,
-        telemetry,
-        mask_fields: Vec::new(),
-    })
-    .unwrap();
+    let guard = common::otlp::init_json("1", telemetry);
 
     let f = Fixture::start(&[]).await;
     for _ in 0..20 {

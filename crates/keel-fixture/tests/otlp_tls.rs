@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::eventually;
 use common::otlp::{Receiver, attr, string, test_pki};
-use keel::config::{Profile, Secret};
-use keel::telemetry::{LogFormat, TelemetryConfig, TelemetryOptions, init};
+use keel::config::Secret;
+use keel::telemetry::TelemetryConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_tls_receiver_with_the_configured_headers() {
@@ -27,16 +27,7 @@ async fn spans_reach_a_tls_receiver_with_the_configured_headers() {
     telemetry.otlp.ca_file = Some(ca_file);
     telemetry.otlp.headers.insert("x-api-key".into(), Secret::new("secret"));
     telemetry.otlp.timeout = Some(Duration::from_secs(5));
-    let guard = init(&TelemetryOptions {
-        service: "fixture".into(),
-        version: "1.0.0".into(),
-        profile: Profile::Test,
-        level: "warn".into(),
-        format: LogFormat::Json,
-        telemetry,
-        mask_fields: Vec::new(),
-    })
-    .unwrap();
+    let guard = common::otlp::init_json("1.0.0", telemetry);
 
     tracing::info_span!("over tls").in_scope(|| tracing::warn!("inside"));
     let g = guard.clone();

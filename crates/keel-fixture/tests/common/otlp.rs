@@ -94,3 +94,17 @@ pub fn string(v: Option<&AnyValue>) -> Option<String> {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Sets up telemetry for the fixture with JSON lines at `warn` and `telemetry`'s export.
+pub fn init_json(version: &str, telemetry: keel::telemetry::TelemetryConfig) -> keel::telemetry::TelemetryGuard {
+    keel::telemetry::init(&keel::telemetry::TelemetryOptions {
+        service: "fixture".into(),
+        version: version.into(),
+        profile: keel::config::Profile::Test,
+        level: "warn".into(),
+        format: keel::telemetry::LogFormat::Json,
+        telemetry,
+        mask_fields: Vec::new(),
+    })
+    .unwrap()
+}

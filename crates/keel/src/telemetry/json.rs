@@ -324,26 +324,11 @@ fn string(out: &mut String, s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use serde_json::Value;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
-
-    /// A log writer into memory.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_writer::Buffer;
 
     impl Buffer {
         fn lines(&self) -> Vec<Value> {

@@ -32,6 +32,8 @@ mod json;
 mod metrics;
 pub(crate) mod otlp;
 mod pretty;
+#[cfg(test)]
+mod test_writer;
 
 use std::io::IsTerminal as _;
 use std::sync::{Mutex, OnceLock};
@@ -144,6 +146,9 @@ impl TelemetryGuard {
 /// Lines queued for the writer thread before loggers wait for it.
 const LOG_QUEUE_LINES: usize = 128_000;
 
+/// The writer thread's buffer in front of stdout.
+const LOG_BUFFER_BYTES: usize = 64 << 10;
+
 /// Sets up logging and tracing for the process: [`init_with_layers`] without layers of the
 /// application's own.
 pub fn init(opts: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
@@ -198,7 +203,9 @@ pub fn init_with_layers(opts: &TelemetryOptions, layers: Vec<BoxLayer>) -> Resul
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("keel-log-writer")
-        .finish(std::io::stdout());
+        // The writer thread writes every line it finds queued into this buffer and flushes when
+        // the queue is empty: under load, one write to stdout per batch rather than per line.
+        .finish(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stdout()));
     let masker = crate::security::mask::Masker::new(opts.mask_fields.iter());
     // No layers is `None`, not an empty `Vec`: an empty `Vec` layer is interested in no callsite,
     // which would turn every other layer off.

@@ -30,24 +30,10 @@ pub(crate) fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> b
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_writer::Buffer;
 
     fn write(masker: Masker, ansi: bool, f: impl FnOnce()) -> String {
         let out = Buffer::default();
