@@ -54,7 +54,7 @@ pub const LAYERS: [&str; 12] = [
 
 /// [`hello_router`] under Keel's API stack built layer by layer, leaving out the layers named
 /// in `skip` (names from [`LAYERS`]; `none` and empty names leave nothing out), to measure what
-/// each layer costs. The order is `keel::http::stack`'s (crates/keel/src/http/mod.rs); keep the
+/// each layer costs. The order is `keel::http::stack`'s (crates/keel-http/src/lib.rs); keep the
 /// two in step. The trace layer writes no access line. Registers the HTTP metrics in `metrics`.
 /// An unknown name is an error listing the layers, so a typo cannot measure the whole stack.
 pub fn ablated_stack(

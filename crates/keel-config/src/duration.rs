@@ -35,6 +35,29 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration ({e}): write a duration such as 250ms, 5s or 1m"))
 }
 
+/// The same for an optional duration: a duration (`5s`), or unset (`null` or absent with
+/// `#[serde(default)]`). Use with `#[serde(with = "keel_config::duration::option")]`.
+pub mod option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the duration, or `null`.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads a duration or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super")] Duration);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(d)| d))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +81,21 @@ mod tests {
         let y = serde_norway::to_string(&T { d: Duration::from_millis(1500) }).unwrap();
         assert_eq!(y.trim(), "d: 1s 500ms");
         assert_eq!(serde_norway::from_str::<T>(&y).unwrap().d, Duration::from_millis(1500));
+        let err = serde_norway::from_str::<T>("d: 5").unwrap_err().to_string();
+        assert!(err.contains("has no unit"), "{err}");
+    }
+
+    #[test]
+    fn an_optional_duration_is_a_duration_or_null() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct T {
+            #[serde(default, with = "super::option")]
+            d: Option<Duration>,
+        }
+        assert_eq!(serde_norway::from_str::<T>("d: 250ms").unwrap().d, Some(Duration::from_millis(250)));
+        assert_eq!(serde_norway::from_str::<T>("d: null").unwrap().d, None);
+        assert_eq!(serde_norway::from_str::<T>("{}").unwrap().d, None);
+        assert!(serde_norway::to_string(&T { d: None }).unwrap().contains("d: null"));
         let err = serde_norway::from_str::<T>("d: 5").unwrap_err().to_string();
         assert!(err.contains("has no unit"), "{err}");
     }

@@ -70,12 +70,14 @@ async fn request_id_and_trace_reach_the_consumer_and_metrics_count_them() {
     assert_eq!(log["span"], "consume", "{line}");
 
     // The relay counts a publish when the broker confirms it, which may come after the
-    // consumer has already handled the message.
+    // consumer has already handled the message; the pending gauge is refreshed on the
+    // relay's next poll after that.
     let mut metrics = String::new();
-    for _ in 0..100 {
+    for _ in 0..200 {
         metrics =
             client().get(format!("http://{}/metrics", p.mgmt.unwrap())).send().await.unwrap().text().await.unwrap();
-        if metrics.lines().any(|l| l.starts_with("outbox_published_total 1")) {
+        let has = |needle: &str| metrics.lines().any(|l| l.starts_with(needle));
+        if has("outbox_published_total 1") && (has("outbox_pending 0") || !has("outbox_pending")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -17,80 +17,73 @@
 //! }
 //! ```
 //!
-//! | module | what it is for |
-//! |---|---|
-//! | [`app`] | service definition, start-up, graceful shutdown, the shared CLI |
-//! | [`config`] | the `keel-config` crate: defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; depends on no other Keel crate |
-//! | `events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
-//! | [`health`] | health checks and the live / ready / startup probes |
-//! | [`http`] | the server stack, one module per middleware, problem responses |
-//! | [`telemetry`] | logs, traces and metrics; the `log` and `telemetry` sections |
-//! | `data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
-//! | `redis` | a managed Redis connection (feature `redis`) |
-//! | [`resilience`] | backoff, retries, circuit breakers, bulkheads (the `keel-resilience` crate), rate limits |
-//! | [`features`] | feature flags from a YAML file, hot-reloaded |
-//! | [`workers`] | supervised periodic and continuous background workers |
-//! | [`security`] | PII masking; JWT, passwords, field encryption, audit log (feature `security`) |
-//! | `testing` | fault proxy and per-test databases (feature `test-util`) |
+//! This crate is the facade: each concern is a crate of its own, re-exported here under its
+//! module name, so a service depends on `keel` alone and picks backends with its features.
+//! The crates form layers (each depends only on those above it in this table), so an import
+//! cycle is a compile error:
 //!
-//! Each module owns its configuration section (`http::HttpConfig`, `data::DatabaseConfig`, …),
+//! | module | crate | what it is for |
+//! |---|---|---|
+//! | [`config`] | `keel-config` | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; the `Section` trait each crate's sections implement |
+//! | [`resilience`] | `keel-resilience`, `keel-rate-limit` | backoff, retries, circuit breakers, bulkheads; rate limits as a tower layer |
+//! | [`telemetry`] | `keel-telemetry` | logs, traces and metrics; PII masking; the `log` and `telemetry` sections |
+//! | [`health`] | `keel-health` | health checks, the live / ready / startup probes, dependency connection state |
+//! | [`http`] | `keel-http` | the HTTP stack as tower layers, problem responses, the outbound client (feature `client`) |
+//! | [`server`] | `keel-server` | the accept loop: hyper's timeouts, HTTP/2 settings, connection caps, drain |
+//! | [`data`] | `keel-data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
+//! | [`redis`] | `keel-redis` | a managed Redis connection (feature `redis`) |
+//! | [`security`] | `keel-security` | JWT, passwords, field encryption, audit log (feature `security`) |
+//! | [`features`] | `keel-features` | feature flags from a YAML file, hot-reloaded |
+//! | [`workers`] | `keel-workers` | supervised periodic and continuous background workers |
+//! | [`events`] | `keel-events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
+//! | [`slo`] | `keel-slo` | SLO files turned into Prometheus recording rules and burn-rate alerts, beside alerts on Keel's own metrics (`<binary> slo rules`) |
+//! | [`app`] | `keel-app` | service definition, start-up, graceful shutdown, the shared CLI, the management listener |
+//! | `testing` | `keel-testing` | fault proxy and per-test databases (feature `test-util`) |
+//!
+//! Each crate owns its configuration section (`http::HttpConfig`, `data::DatabaseConfig`, …),
 //! which validates itself through [`config::Section`]; `app::KeelConfig` gathers them. Without
 //! their cargo features, `data`, `events`, `redis` and `http::client` hold just their sections,
 //! so a config file loads the same in every build.
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
 
-#![forbid(unsafe_code)]
-
-pub mod app;
+pub use keel_app as app;
 pub use keel_config as config;
-#[cfg(feature = "sql")]
-pub mod data;
-/// The `database` section; the pool needs a SQL feature (`postgres`, `mysql`, `sqlite`).
-#[cfg(not(feature = "sql"))]
-pub mod data {
-    mod config;
-    pub use config::{DatabaseConfig, PoolConfig};
-}
-#[cfg(feature = "events")]
-pub mod events;
-/// The `bus` and `outbox` sections; the bus needs the `events` feature.
-#[cfg(not(feature = "events"))]
-pub mod events {
-    mod config;
-    pub use config::{BusBackend, BusConfig, OutboxConfig};
-}
-pub mod features;
-pub mod health;
-pub mod http;
-mod intern;
-#[cfg(feature = "redis")]
-pub mod redis;
-/// The `redis` section; the connection needs the `redis` feature.
-#[cfg(not(feature = "redis"))]
-pub mod redis {
-    mod config;
-    pub use config::RedisConfig;
-}
-pub mod resilience;
-pub mod security;
-pub mod telemetry;
+pub use keel_data as data;
+pub use keel_events as events;
+pub use keel_features as features;
+pub use keel_health as health;
+pub use keel_http as http;
+pub use keel_redis as redis;
+pub use keel_security as security;
+pub use keel_server as server;
+pub use keel_slo as slo;
+pub use keel_telemetry as telemetry;
 #[cfg(feature = "test-util")]
-pub mod testing;
-pub mod workers;
+pub use keel_testing as testing;
+pub use keel_workers as workers;
 
-pub use app::{BuildInfo, Running, Service, Setup, run};
+pub mod resilience {
+    //! Resilience primitives: how a service waits, retries and limits itself when a dependency or a
+    //! client misbehaves.
+    //!
+    //! | module | what it is for |
+    //! |---|---|
+    //! | [`backoff`] | [`Backoff`]: exponential backoff with jitter, the one schedule behind every retry |
+    //! | [`retry`] | retries of a classified outcome, with a retry budget |
+    //! | [`breaker`] | circuit breakers per dependency, with a registry and metrics |
+    //! | [`bulkhead`] | a concurrency limit with a bounded, timed queue |
+    //! | [`rate_limit`] | named rate-limit policies: in-process (GCRA) or shared in Redis, as a tower layer |
+
+    pub use keel_rate_limit as rate_limit;
+    pub use keel_resilience::{Backoff, ConnectConfig, backoff, breaker, bulkhead, retry};
+}
+
+pub use app::{BUILD_COMMIT, BuildInfo, Running, Service, Setup, build_info, run};
 pub use config::Secret;
 pub use http::{Problem, RequestId};
-
-/// Seconds a client is asked to wait when a dependency is unavailable (503 `Retry-After`).
-#[cfg(any(feature = "sql", feature = "redis"))]
-pub(crate) const fn data_retry_after() -> u64 {
-    5
-}
-
-/// The git commit this copy of Keel was built from (`unknown` outside a git checkout).
-pub const BUILD_COMMIT: &str = env!("KEEL_BUILD_COMMIT");
+#[cfg(feature = "test-util")]
+pub use keel_testing::assert_events_schema_migrations;
 
 /// Compiles the README's example so it cannot rot.
 #[cfg(doctest)]

@@ -1,0 +1,211 @@
+//! The command line every Keel binary shares.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// `<service> [--config PATH] [serve | config check | healthcheck [--ready] | version]`, or
+/// `<service> --version`
+#[derive(Debug, Parser)]
+#[command(disable_version_flag = true)]
+pub(crate) struct Cli {
+    /// Config file (YAML). Values in it may use ${VAR} and ${VAR:-default}.
+    #[arg(long, short = 'c', env = "KEEL_CONFIG", global = true, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print name, version, git commit and build profile (as the `version` command does).
+    #[arg(long = "version", short = 'V')]
+    pub(crate) print_version: bool,
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Probe the running service on 127.0.0.1 (for container HEALTHCHECKs); exit 0 when healthy.
+    Healthcheck {
+        /// Probe readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Print name, version, git commit and build profile.
+    Version,
+    /// Service level objectives.
+    Slo {
+        #[command(subcommand)]
+        command: SloCommand,
+    },
+    /// Inspect, replay or purge a topic's dead-letter queue on the configured bus.
+    #[cfg(feature = "events")]
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Apply the service's pending database migrations (safe to run from several instances).
+    /// Without the `sql` feature the service has none: it says so and exits 0, so every
+    /// service's release takes the same steps.
+    Migrate {
+        #[command(subcommand)]
+        command: Option<MigrateCommand>,
+    },
+    /// The tamper-evident audit log.
+    #[cfg(all(feature = "sql", feature = "security"))]
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Field-encryption keys (security.encryption.*).
+    #[cfg(feature = "security")]
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `slo` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SloCommand {
+    /// Print the Prometheus rule file for these SLO files: recording rules, burn-rate alerts and
+    /// alerts on Keel's own metrics; exit 78 naming every problem of an invalid file.
+    Rules {
+        /// One SLO file per service (YAML).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Base URL of the runbooks; each alert links `<URL>/<AlertName>.md`.
+        #[arg(long, value_name = "URL", default_value = keel_slo::DEFAULT_RUNBOOKS)]
+        runbooks: String,
+    },
+}
+
+/// `audit` subcommands.
+#[cfg(all(feature = "sql", feature = "security"))]
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Walk the hash chain; exit 0 when intact, 1 naming the first broken row.
+    Verify,
+}
+
+/// `keys` subcommands.
+#[cfg(feature = "security")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print 32 random bytes in base64: a new master key or blind-index key.
+    Generate,
+    /// Print a new data key wrapped by the configured master key, as `<kid>: <wrapped>`.
+    New {
+        /// The new key's id (e.g. 2025-06).
+        kid: String,
+    },
+    /// Re-wrap every configured data key under a new master key; print the new `data_keys`.
+    Rewrap {
+        /// File holding the new master key (base64), e.g. a mounted secret.
+        #[arg(long, value_name = "PATH")]
+        new_master_key_file: PathBuf,
+    },
+}
+
+/// `dlq` subcommands.
+#[cfg(feature = "events")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Print the dead letters of TOPIC (JSON lines, oldest first) without removing them.
+    List {
+        /// The topic whose `<topic>.dlq` to read.
+        topic: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead letters back to the consumer group that gave up on them, with a fresh attempt count.
+    Replay {
+        /// The topic.
+        topic: String,
+        /// Only the event with this id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete the dead letters of TOPIC.
+    Purge {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// `migrate` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MigrateCommand {
+    /// List every migration as applied or pending; exit 0.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate the configuration; print it (secrets as "***") or every problem.
+    Check,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    keel_config::duration::parse(s)
+}
+
+/// Exit codes, from BSD's `sysexits.h` where one fits.
+///
+/// | code | constant | meaning |
+/// |---|---|---|
+/// | 0 | | success |
+/// | 1 | [`FAILURE`](exit::FAILURE) | a healthcheck failed, or a command failed at run time |
+/// | 64 | [`USAGE`](exit::USAGE) | the command line is wrong (`EX_USAGE`) |
+/// | 69 | [`START`](exit::START) | the service could not start: a port in use, the runtime, telemetry (`EX_UNAVAILABLE`) |
+/// | 70 | [`FORCED_SHUTDOWN`](exit::FORCED_SHUTDOWN) | shutdown was forced (`EX_SOFTWARE`) |
+/// | 78 | [`CONFIG`](exit::CONFIG) | the configuration is invalid (`EX_CONFIG`) |
+pub mod exit {
+    /// Healthcheck failed, or another runtime failure.
+    pub const FAILURE: u8 = 1;
+    /// The command line is wrong: an unknown command or option, a missing argument (`EX_USAGE`).
+    pub const USAGE: u8 = 64;
+    /// The configuration is invalid: the file does not parse, a value fails validation, a
+    /// required setting or secret is missing, or a set-up step refuses what the configuration
+    /// gives it (`EX_CONFIG`). `config check` exits with it too.
+    pub const CONFIG: u8 = 78;
+    /// The service could not start for a reason outside its configuration: a port in use, an
+    /// unreachable dependency a command needs, a set-up step failing (`EX_UNAVAILABLE`).
+    pub const START: u8 = 69;
+    /// Shutdown was forced by a second signal or the shutdown timeout (`EX_SOFTWARE`).
+    pub const FORCED_SHUTDOWN: u8 = 70;
+}
+
+/// GETs `http://127.0.0.1:<port><path>` with a deadline; returns the status code and body.
+pub(crate) async fn probe(port: u16, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            .header(http::header::USER_AGENT, "keel-healthcheck")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+}

@@ -1,0 +1,258 @@
+//! Keel's sections as one [`KeelConfig`], the management and shutdown sections, and the rules
+//! that span sections.
+//!
+//! Field doc comments are the reference for `docs/configuration.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use keel_config::{Aggregate, Profile, Reader, Secret, Section, Validation};
+use keel_data::DatabaseConfig;
+use keel_events::{BusConfig, OutboxConfig};
+use keel_features::FeaturesConfig;
+use keel_health::HealthConfig;
+use keel_http::client::UpstreamConfig;
+use keel_http::cors::CorsConfig;
+use keel_http::{HttpConfig, StackConfig};
+use keel_rate_limit::RateLimitPolicy;
+use keel_redis::RedisConfig;
+use keel_security::SecurityConfig;
+use keel_telemetry::{LogConfig, LogFormat, TelemetryConfig};
+
+/// Loads a service's configuration: Keel's sections and the service's own (see [`keel_config`]).
+///
+/// ```
+/// use keel_app::Loader;
+/// use keel_config::{NoConfig, Profile};
+///
+/// let loaded = Loader::new("hello", Profile::Production)
+///     .env([("HELLO__CORS__ALLOWED_ORIGINS", "https://app.example"), ("HELLO__HTTP__PORT", "9000")])
+///     .load::<NoConfig>()
+///     .unwrap();
+/// assert_eq!(loaded.config.keel.http.port, 9000);
+///
+/// let err = Loader::new("hello", Profile::Production)
+///     .env([("HELLO__HTTP__PROT", "1"), ("HELLO__LOG__LEVEL", "trace")])
+///     .load::<NoConfig>()
+///     .unwrap_err();
+/// let text = err.to_string();
+/// assert!(text.contains("unknown key `http.prot`"));
+/// assert!(text.contains("cors.allowed_origins"));
+/// assert!(text.contains("log.level"));
+///
+/// // Settings a launcher gives beneath the file and the environment.
+/// let loaded = Loader::new("api", Profile::Test)
+///     .defaults([("API__HTTP__PORT", "8081"), ("API__LOG__LEVEL", "debug")])
+///     .env([("API__HTTP__PORT", "9000")])
+///     .load::<NoConfig>()
+///     .unwrap();
+/// assert_eq!(loaded.config.keel.http.port, 9000); // the environment wins
+/// assert_eq!(loaded.config.keel.log.level, "debug");
+/// ```
+pub type Loader = keel_config::Loader<KeelConfig>;
+/// A loaded configuration and what is known about it.
+pub type Loaded<C> = keel_config::Loaded<KeelConfig, C>;
+/// The whole effective configuration: Keel's sections and the service's (`app`).
+pub type Config<C> = keel_config::Config<KeelConfig, C>;
+
+/// Keel's own sections: everything at the top level of the config file except `app`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct KeelConfig {
+    /// The public (API and probes) listener.
+    pub http: HttpConfig,
+    /// The management listener (metrics, admin).
+    pub management: ManagementConfig,
+    /// Cross-origin resource sharing.
+    pub cors: CorsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Tracing export.
+    pub telemetry: TelemetryConfig,
+    /// Health-check scheduling.
+    pub health: HealthConfig,
+    /// The SQL database, for services that declare one.
+    pub database: DatabaseConfig,
+    /// Redis, for services that declare it.
+    pub redis: RedisConfig,
+    /// Named rate-limit policies (`Setup::rate_limit("<name>")`).
+    pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+    /// Named upstream HTTP services (`Setup::http_client("<name>")`).
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// JWT, passwords, field encryption.
+    pub security: SecurityConfig,
+    /// The message bus, for services that publish or consume events (`Setup::bus`).
+    pub bus: BusConfig,
+    /// The transactional outbox relay (`Setup::outbox`).
+    pub outbox: OutboxConfig,
+    /// Feature flags (`keel_features`).
+    pub features: FeaturesConfig,
+}
+
+impl KeelConfig {
+    /// The defaults for a profile: pretty logs and no drain delay in development, JSON logs and a
+    /// 5 s drain delay in production.
+    pub fn for_profile(profile: Profile) -> Self {
+        let prod = profile == Profile::Production;
+        let mut log = LogConfig::default();
+        log.format = if profile == Profile::Development { LogFormat::Pretty } else { LogFormat::Json };
+        let mut database = DatabaseConfig::default();
+        database.auto_migrate = !prod;
+        Self {
+            http: HttpConfig::default(),
+            management: ManagementConfig::default(),
+            cors: CorsConfig::default(),
+            log,
+            shutdown: ShutdownConfig {
+                drain_delay: if prod { Duration::from_secs(5) } else { Duration::ZERO },
+                ..ShutdownConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+            health: HealthConfig::default(),
+            database,
+            redis: RedisConfig::default(),
+            rate_limits: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            bus: BusConfig::default(),
+            outbox: OutboxConfig::default(),
+            features: FeaturesConfig::default(),
+            security: SecurityConfig::default(),
+        }
+    }
+
+    /// The management listener's address: `management.addr`, else `127.0.0.1:<http.port + 1000>`
+    /// (port 0 stays 0, so tests get an ephemeral port for both).
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.management.addr {
+            return Some(addr);
+        }
+        let port = match self.http.port {
+            0 => 0,
+            p => p.checked_add(1000)?,
+        };
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    }
+
+    /// The public listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.http.addr, self.http.port)
+    }
+}
+
+impl Default for KeelConfig {
+    fn default() -> Self {
+        Self::for_profile(Profile::Development)
+    }
+}
+
+impl<'a> From<&'a KeelConfig> for StackConfig<'a> {
+    fn from(k: &'a KeelConfig) -> Self {
+        StackConfig::new(&k.http, &k.cors, k.log.access_log)
+    }
+}
+
+impl Aggregate for KeelConfig {
+    fn for_profile(profile: Profile) -> Self {
+        Self::for_profile(profile)
+    }
+
+    fn read(&mut self, r: &mut Reader<'_>) {
+        r.section("http", &mut self.http);
+        r.section("management", &mut self.management);
+        r.section("cors", &mut self.cors);
+        r.section("log", &mut self.log);
+        r.section("shutdown", &mut self.shutdown);
+        r.section("telemetry", &mut self.telemetry);
+        r.section("health", &mut self.health);
+        r.section("database", &mut self.database);
+        r.section("redis", &mut self.redis);
+        r.section("rate_limits", &mut self.rate_limits);
+        r.section("upstreams", &mut self.upstreams);
+        r.section("bus", &mut self.bus);
+        r.section("outbox", &mut self.outbox);
+        r.section("features", &mut self.features);
+        r.section("security", &mut self.security);
+    }
+
+    fn validate(&self, v: &mut Validation<'_>) {
+        v.section("http", &self.http);
+        match self.management_addr() {
+            None => v.invalid("management.addr", "http.port + 1000 is past 65535: set management.addr"),
+            Some(m) if m.port() != 0 && m.port() == self.http.port && m.ip() != self.http.addr => v.invalid(
+                "management.addr",
+                "uses the public port on another address; use the same address to share one listener",
+            ),
+            Some(_) => {}
+        }
+        v.section("management", &self.management);
+        v.section("cors", &self.cors);
+        v.section("log", &self.log);
+        v.section("shutdown", &self.shutdown);
+        v.section("telemetry", &self.telemetry);
+        v.section("rate_limits", &self.rate_limits);
+        v.section("upstreams", &self.upstreams);
+        v.section("security", &self.security);
+        v.section("database", &self.database);
+        v.section("redis", &self.redis);
+        v.section("bus", &self.bus);
+        v.section("outbox", &self.outbox);
+        v.section("health", &self.health);
+        v.section("features", &self.features);
+    }
+
+    fn shown(&self) -> Self {
+        let mut shown = self.clone();
+        shown.management.addr = self.management_addr();
+        shown
+    }
+}
+
+/// `management.*`: the listener for `/metrics` and `/admin`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ManagementConfig {
+    /// `ip:port` to bind. Default `127.0.0.1:<http.port + 1000>`. Set it equal to the public
+    /// address to serve everything on one port.
+    pub addr: Option<SocketAddr>,
+    /// Bearer token that `/admin/*` requires (a secret: env, `${VAR}` or `admin_token_file`).
+    /// Unset: `/admin/*` answers 401 for everyone.
+    pub admin_token: Option<Secret>,
+}
+
+impl Section for ManagementConfig {}
+
+/// `shutdown.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ShutdownConfig {
+    /// After a stop signal readiness fails at once; the listener keeps accepting for this long so
+    /// load balancers deregister the instance. Default `5s` in production, `0s` otherwise.
+    #[serde(with = "keel_config::duration")]
+    pub drain_delay: Duration,
+    /// Time allowed, after the drain delay, for in-flight requests and background tasks to
+    /// finish; past it the process exits non-zero. Default `30s`.
+    #[serde(with = "keel_config::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_delay: Duration::ZERO, timeout: Duration::from_secs(30) }
+    }
+}
+
+impl Section for ShutdownConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if self.timeout.is_zero() {
+            v.invalid("timeout", "must be more than 0s");
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Start-up and graceful shutdown of one service.
+//!
+//! # Shutdown order
+//!
+//! 1. Readiness answers 503 at once (`shutting down`).
+//! 2. Wait `shutdown.drain_delay` while still serving, so load balancers stop sending traffic.
+//! 3. Stop accepting: listeners close (new connections are refused); in-flight requests go on.
+//! 4. Wait for in-flight requests, within `shutdown.timeout` counted from step 3.
+//! 5. Cancel background tasks, workers and health loops and wait for them, within the same
+//!    deadline: every worker's `JoinHandle` is awaited; a worker still running at the deadline is
+//!    logged by name and aborted.
+//! 6. Run `on_shutdown` hooks (close pools), within the same deadline.
+//!
+//! A second stop signal, or the deadline, forces the end: [`ShutdownError::Forced`] lists
+//! what was still running and the process exits non-zero.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::service::{HookFn, Service, Setup, SetupError};
+use super::{Loaded, ShutdownConfig};
+use super::{management, status};
+use keel_config::{ReloadLog, Section};
+use keel_features::{Flags, FlagsOptions};
+use keel_health::Health;
+use keel_http::{StackError, StackHandle};
+use keel_telemetry::Metrics;
+use keel_workers::Workers;
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The service's set-up function failed.
+    #[error("service set-up failed: {0}")]
+    Setup(SetupError),
+    /// The HTTP stack could not be built.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// A metric could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The feature flags file could not be loaded.
+    #[error(transparent)]
+    Features(#[from] keel_features::FlagsError),
+    /// The worker registry could not be set up.
+    #[error(transparent)]
+    Workers(#[from] keel_workers::WorkerError),
+    /// The management address cannot be derived from the configuration.
+    #[error("management.addr is needed: http.port + 1000 is past 65535")]
+    ManagementAddr,
+}
+
+impl StartError {
+    /// Whether the configuration is at fault (exit [`exit::CONFIG`](super::exit::CONFIG)) rather
+    /// than the environment (exit [`exit::START`](super::exit::START)): a set-up step that
+    /// returned a [`ConfigError`](keel_config::ConfigError), a feature-flags file that does not
+    /// load, or a management address the configuration cannot give.
+    pub fn is_config(&self) -> bool {
+        match self {
+            Self::Setup(e) => e.is::<keel_config::ConfigError>(),
+            Self::Features(_) | Self::ManagementAddr => true,
+            _ => false,
+        }
+    }
+}
+
+/// Why shutdown was not clean.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// Shutdown was cut short; the process should exit non-zero.
+    #[error("shutdown forced ({reason}): {in_flight} request(s) in flight, still running: [{}]", .still_running.join(", "))]
+    Forced {
+        /// A second signal, or the timeout.
+        reason: &'static str,
+        /// HTTP requests still being handled.
+        in_flight: usize,
+        /// Background tasks and hooks that had not finished.
+        still_running: Vec<String>,
+    },
+}
+
+/// Names of the background tasks that are still running.
+#[derive(Clone, Default)]
+struct Tasks {
+    next: Arc<AtomicU64>,
+    live: Arc<Mutex<BTreeMap<u64, String>>>,
+}
+
+impl Tasks {
+    fn spawn(&self, tracker: &TaskTracker, name: String, fut: impl Future<Output = ()> + Send + 'static) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = self.live.lock() {
+            l.insert(id, name.clone());
+        }
+        let live = self.live.clone();
+        tracker.spawn(async move {
+            struct Done(Arc<Mutex<BTreeMap<u64, String>>>, u64);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    if let Ok(mut l) = self.0.lock() {
+                        l.remove(&self.1);
+                    }
+                }
+            }
+            let _done = Done(live, id);
+            fut.await;
+            tracing::debug!(task = %name, "background task finished");
+        });
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.live.lock().map(|l| l.values().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// A started service.
+pub struct Running {
+    name: String,
+    http_addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
+    health: Health,
+    metrics: Metrics,
+    shutdown_cfg: ShutdownConfig,
+    stop_accepting: CancellationToken,
+    stop_tasks: CancellationToken,
+    server_failed: CancellationToken,
+    tracker: TaskTracker,
+    tasks: Tasks,
+    workers: Workers,
+    servers: Vec<JoinHandle<()>>,
+    hooks: Vec<(String, HookFn)>,
+    stack: StackHandle,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("name", &self.name)
+            .field("http_addr", &self.http_addr)
+            .field("management_addr", &self.management_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The public listener's bound address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The management listener's bound address (the public one when they share it).
+    pub fn management_addr(&self) -> SocketAddr {
+        self.management_addr.unwrap_or(self.http_addr)
+    }
+
+    /// The health registry.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The metric registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The worker registry.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    /// Completes if a listener stops on its own (an accept loop failed).
+    pub fn failed(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.server_failed.clone().cancelled_owned()
+    }
+
+    /// Shuts down gracefully (see the module docs); `force` completing (a second signal) cuts it
+    /// short.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future part-way leaves the service half stopped. Use
+    /// `force` to cut it short instead.
+    pub async fn shutdown(mut self, force: impl Future<Output = ()>) -> Result<(), ShutdownError> {
+        let stack = self.stack.clone();
+        let stack_in_graceful = stack.clone();
+        let tasks = self.tasks.clone();
+        let workers = self.workers.clone();
+        let servers_abort: Vec<_> = self.servers.iter().map(JoinHandle::abort_handle).collect();
+        let stop_tasks = self.stop_tasks.clone();
+        let running_hook = Arc::new(Mutex::new(None::<String>));
+        let hook_name = running_hook.clone();
+
+        let graceful = async move {
+            self.health.set_shutting_down();
+            tracing::info!(
+                service = %self.name,
+                drain_delay_ms = self.shutdown_cfg.drain_delay.as_millis() as u64,
+                "shutdown started: readiness is down"
+            );
+            tokio::time::sleep(self.shutdown_cfg.drain_delay).await;
+            self.stop_accepting.cancel();
+            tracing::info!(service = %self.name, in_flight = stack_in_graceful.in_flight(), "stopped accepting connections; draining");
+            let deadline = Instant::now() + self.shutdown_cfg.timeout;
+            let servers = futures_util::future::join_all(std::mem::take(&mut self.servers));
+            if tokio::time::timeout_at(deadline, servers).await.is_err() {
+                return Err("timeout");
+            }
+            self.stop_tasks.cancel();
+            self.tracker.close();
+            let (tracked, late) =
+                tokio::join!(tokio::time::timeout_at(deadline, self.tracker.wait()), self.workers.join(deadline));
+            if tracked.is_err() || !late.is_empty() {
+                return Err("timeout");
+            }
+            for (name, hook) in std::mem::take(&mut self.hooks) {
+                if let Ok(mut h) = hook_name.lock() {
+                    *h = Some(name.clone());
+                }
+                if tokio::time::timeout_at(deadline, hook()).await.is_err() {
+                    return Err("timeout");
+                }
+            }
+            if let Ok(mut h) = hook_name.lock() {
+                *h = None;
+            }
+            tracing::info!(service = %self.name, "shutdown complete");
+            Ok(())
+        };
+        let reason = tokio::select! {
+            r = graceful => match r {
+                Ok(()) => return Ok(()),
+                Err(reason) => reason,
+            },
+            () = force => "second signal",
+        };
+        let in_flight = stack.in_flight();
+        let mut still_running = tasks.names();
+        if let Some(h) = running_hook.lock().ok().and_then(|h| h.clone()) {
+            still_running.push(format!("on_shutdown hook {h}"));
+        }
+        stop_tasks.cancel();
+        still_running.extend(workers.abort_all().into_iter().map(|w| format!("worker {w}")));
+        for a in servers_abort {
+            a.abort();
+        }
+        Err(ShutdownError::Forced { reason, in_flight, still_running })
+    }
+}
+
+/// Builds and starts a service on a loaded configuration: runs its set-up, binds its
+/// listeners, starts health checks and background tasks, and marks start-up finished.
+///
+/// Must run inside a Tokio runtime. Telemetry is the caller's ([`keel_telemetry::init`]).
+pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<Running, StartError> {
+    // One rustls crypto provider for the whole process, before anything builds a TLS client.
+    #[cfg(feature = "client")]
+    keel_http::client::install_tls_provider();
+    let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let build = service.build.clone();
+    let config = Arc::new(loaded.config);
+    let keel = config.keel.clone();
+    let metrics = Metrics::for_service(&build.name, &build.version, &build.commit)?;
+    let health = Health::new(keel.health.interval, keel.health.ttl, Some(&metrics));
+    let workers = Workers::new(Some(&metrics), Some(&health))?;
+    let reloads = ReloadLog::default();
+    let flag_options = FlagsOptions::new(loaded.profile.as_str()).metrics(&metrics).reloads(reloads.clone());
+    let flags = match &keel.features.file {
+        Some(file) => Flags::open(file, flag_options)?,
+        None => Flags::empty(flag_options)?,
+    };
+    let mut setup = Setup {
+        name: build.name.clone(),
+        #[cfg(feature = "sql")]
+        migrations: service.migrations.clone(),
+        config: config.clone(),
+        profile: loaded.profile,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        tasks: Vec::new(),
+        workers: workers.clone(),
+        features: flags.clone(),
+        hooks: Vec::new(),
+        #[cfg(feature = "redis")]
+        redis: None,
+        rate_limit_metrics: None,
+        breakers: None,
+        #[cfg(feature = "client")]
+        client_metrics: None,
+        #[cfg(feature = "client")]
+        clients: std::collections::BTreeMap::new(),
+        limiters: std::collections::BTreeMap::new(),
+        #[cfg(feature = "events")]
+        bus: None,
+        #[cfg(feature = "events")]
+        consumer_metrics: None,
+        #[cfg(all(feature = "events", feature = "sql"))]
+        outbox: None,
+    };
+    let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
+    let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
+
+    let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
+    let sources = status::Sources {
+        build: build.clone(),
+        profile: loaded.profile,
+        started_at,
+        started,
+        health: health.clone(),
+        breakers,
+        limiters: limiters.values().flat_map(|l| l.limiters().cloned()).collect(),
+        workers: workers.clone(),
+        flags: flags.clone(),
+        reloads,
+    };
+    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), sources);
+    let http_addr = keel.http_addr();
+    let mgmt_addr = keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    let shared = mgmt_addr == http_addr && http_addr.port() != 0;
+
+    let http_listener = bind(http_addr).await?;
+    let bound_http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: http_addr, source })?;
+    let stop_accepting = CancellationToken::new();
+    let server_failed = CancellationToken::new();
+    let refused = keel_server::refused_counter()?;
+    metrics.register(refused.clone())?;
+    let limits = keel_server::Limits::new(&keel.http, refused);
+    let mut servers = Vec::new();
+    let mut bound_mgmt = None;
+    let router = if shared {
+        // `merge` keeps its argument's fallback: the API's, with the full stack. A service route
+        // on /metrics or /admin/* is a conflict reported as a start-up error, not a panic.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| management.merge(router)))
+            .map_err(|_| StartError::Stack(StackError::RouteConflict))?
+    } else {
+        let l = bind(mgmt_addr).await?;
+        let addr = l.local_addr().map_err(|source| StartError::Bind { addr: mgmt_addr, source })?;
+        bound_mgmt = Some(addr);
+        servers.push(serve(l, management, limits.clone(), &stop_accepting, &server_failed, "management"));
+        router
+    };
+    servers.push(serve(http_listener, router, limits, &stop_accepting, &server_failed, "http"));
+
+    let tracker = TaskTracker::new();
+    let stop_tasks = CancellationToken::new();
+    let tasks = Tasks::default();
+    health.spawn(&tracker, &stop_tasks);
+    for (name, task) in declared {
+        tasks.spawn(&tracker, name, task(stop_tasks.child_token()));
+    }
+    workers.start(&stop_tasks);
+    if keel.features.reload && flags.file().is_some() {
+        let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
+        tasks.spawn(&tracker, "feature-flags-watch".into(), watch);
+    }
+    health.set_started();
+    tracing::info!(
+        service = %build.name,
+        version = %build.version,
+        profile = %loaded.profile,
+        http = %bound_http,
+        management = %bound_mgmt.unwrap_or(bound_http),
+        "listening"
+    );
+    Ok(Running {
+        name: build.name,
+        http_addr: bound_http,
+        management_addr: bound_mgmt,
+        health,
+        metrics,
+        shutdown_cfg: keel.shutdown.clone(),
+        stop_accepting,
+        stop_tasks,
+        server_failed,
+        tracker,
+        tasks,
+        workers,
+        servers,
+        hooks,
+        stack,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: keel_server::Limits,
+    stop: &CancellationToken,
+    failed: &CancellationToken,
+    which: &'static str,
+) -> JoinHandle<()> {
+    let stop = stop.clone();
+    let failed = failed.clone();
+    tokio::spawn(async move {
+        keel_server::serve(listener, router, limits, stop.clone()).await;
+        if !stop.is_cancelled() {
+            tracing::error!(listener = which, "listener stopped unexpectedly");
+            failed.cancel();
+        }
+    })
+}
+
+/// How long [`crate::run`] lets the runtime finish leftover tasks after a forced shutdown.
+pub(crate) const RUNTIME_GRACE: Duration = Duration::from_millis(250);

@@ -1,0 +1,104 @@
+//! `<service> audit verify` and `<service> keys …`.
+
+use std::process::ExitCode;
+
+use super::Loaded;
+use super::cli::{KeysCommand, exit};
+use keel_config::{Secret, Section};
+use keel_security::crypto::{MasterKey, generate_key, rewrap};
+
+/// Walks the audit chain of the service's database.
+#[cfg(feature = "sql")]
+pub(super) fn audit_verify<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>) -> ExitCode {
+    use keel_data::{Backend, resolve_url};
+    let name = &service.build.name;
+    let cfg = &loaded.config.keel.database;
+    let url = match resolve_url(cfg, name, loaded.profile == keel_config::Profile::Production) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{name} audit verify: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let Some(backend) = Backend::from_url(&url) else {
+        eprintln!("{name} audit verify: database.url has an unknown scheme");
+        return ExitCode::from(exit::CONFIG);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name} audit verify: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let wait =
+        if cfg.connect.max_elapsed.is_zero() { std::time::Duration::from_secs(30) } else { cfg.connect.max_elapsed };
+    rt.block_on(async {
+        let pool = match super::migrate::connect(&url, cfg, wait).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{name} audit verify: cannot connect to {backend}: {e}");
+                return ExitCode::from(exit::START);
+            }
+        };
+        let log = keel_security::audit::AuditLog::new(pool.clone(), backend);
+        let code = match log.verify().await {
+            Ok(v) => match v.broken {
+                None => {
+                    println!("audit log intact: {} row(s) verified", v.rows);
+                    ExitCode::SUCCESS
+                }
+                Some(b) => {
+                    println!("audit log BROKEN at row {}: {} ({} row(s) before it verified)", b.id, b.reason, v.rows);
+                    ExitCode::from(exit::FAILURE)
+                }
+            },
+            Err(e) => {
+                eprintln!("{name} audit verify: {}", keel_health::sanitize(&e.to_string()));
+                ExitCode::from(exit::FAILURE)
+            }
+        };
+        pool.close().await;
+        code
+    })
+}
+
+/// Key management for field encryption. Prints keys to stdout only (pipe them into the secret
+/// store); never logs them.
+pub(super) fn keys<C: Section>(loaded: &Loaded<C>, command: KeysCommand) -> ExitCode {
+    let enc = &loaded.config.keel.security.encryption;
+    // A missing or unusable configured master key is the configuration's fault (exit 78); the
+    // rest fail at run time (exit 1).
+    let failed = |e: String| (exit::FAILURE, e);
+    let master = || -> Result<MasterKey, (u8, String)> {
+        let m =
+            enc.master_key.as_ref().ok_or((exit::CONFIG, "security.encryption.master_key is not set".to_owned()))?;
+        MasterKey::from_secret(m).map_err(|e| (exit::CONFIG, format!("security.encryption.master_key: {e}")))
+    };
+    let result = match command {
+        KeysCommand::Generate => Ok(generate_key()),
+        KeysCommand::New { kid } => master()
+            .and_then(|m| m.new_data_key(&kid).map(|w| format!("{kid}: {w}")).map_err(|e| failed(e.to_string()))),
+        KeysCommand::Rewrap { new_master_key_file } => master().and_then(|old| {
+            let text = std::fs::read_to_string(&new_master_key_file)
+                .map_err(|e| failed(format!("cannot read {}: {e}", new_master_key_file.display())))?;
+            let new = MasterKey::from_secret(&Secret::new(text.trim())).map_err(|e| failed(e.to_string()))?;
+            let mut out = String::from("data_keys:\n");
+            for (kid, wrapped) in &enc.data_keys {
+                let w = rewrap(&old, &new, kid, wrapped).map_err(|e| failed(format!("data key `{kid}`: {e}")))?;
+                out.push_str(&format!("  {kid}: {w}\n"));
+            }
+            Ok(out.trim_end().to_owned())
+        }),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("keys: {e}");
+            ExitCode::from(code)
+        }
+    }
+}

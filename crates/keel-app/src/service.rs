@@ -1,0 +1,708 @@
+//! What a service declares: build info, config section, routes, checks and background tasks.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{Config, KeelConfig};
+use keel_config::{ConfigError, NoConfig, Profile, Section};
+use keel_health::{Health, HealthCheck};
+use keel_telemetry::Metrics;
+
+/// Name, version, commit and build profile of a binary. Make it with [`crate::build_info!`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// Service name: the env prefix (`HELLO__…`), the `service` log field and metric label.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Git commit the binary was built from, or `unknown`.
+    pub commit: String,
+    /// `debug` or `release`.
+    pub profile: String,
+}
+
+impl BuildInfo {
+    /// Build info; `commit` falls back to the commit Keel itself was built from.
+    pub fn new(name: &str, version: &str, commit: Option<&str>, profile: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            commit: commit.filter(|c| !c.is_empty()).unwrap_or(crate::BUILD_COMMIT).to_owned(),
+            profile: profile.to_owned(),
+        }
+    }
+
+    /// The same build under another service name (one binary, several services).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+/// What `version` and `--version` print: one `key: value` line each for name, version, commit
+/// and build profile.
+///
+/// ```
+/// let info = keel_app::BuildInfo::new("hello", "1.2.3", Some("abc123"), "release");
+/// assert_eq!(info.to_string(), "name: hello\nversion: 1.2.3\ncommit: abc123\nbuild: release");
+/// ```
+impl std::fmt::Display for BuildInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "name: {}\nversion: {}\ncommit: {}\nbuild: {}", self.name, self.version, self.commit, self.profile)
+    }
+}
+
+/// Build info of the crate this macro is expanded in: package name and version, the commit
+/// from `KEEL_GIT_COMMIT` at build time (else the repository's `HEAD` when Keel was built), and
+/// `debug` or `release`.
+///
+/// ```
+/// let info = keel_app::build_info!();
+/// assert!(!info.version.is_empty());
+/// ```
+#[macro_export]
+macro_rules! build_info {
+    () => {
+        $crate::BuildInfo::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            option_env!("KEEL_GIT_COMMIT"),
+            if cfg!(debug_assertions) { "debug" } else { "release" },
+        )
+    };
+}
+
+/// An error from a service's set-up function.
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A set-up step refused what the configuration at `path` gives it: a [`ConfigError`], so the
+/// process exits with [`exit::CONFIG`](super::exit::CONFIG).
+fn misconfigured(path: &str, e: impl std::fmt::Display) -> SetupError {
+    Box::new(ConfigError::invalid(path, e.to_string()))
+}
+
+type SetupFn<C> = Box<dyn FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send>;
+pub(crate) type CommandFn<C> = Box<dyn FnOnce(&clap::ArgMatches, super::Loaded<C>) -> std::process::ExitCode + Send>;
+pub(crate) type TaskFn = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+pub(crate) type HookFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A service definition: hand it to [`crate::run`].
+///
+/// ```no_run
+/// use axum::{Json, Router, routing::get};
+///
+/// fn main() -> std::process::ExitCode {
+///     let service = keel_app::Service::new(keel_app::build_info!())
+///         .router(Router::new().route("/hello", get(|| async { Json(serde_json::json!({"message": "hello"})) })));
+///     keel_app::run(service)
+/// }
+/// ```
+pub struct Service<C = NoConfig> {
+    pub(crate) build: BuildInfo,
+    pub(crate) setup: SetupFn<C>,
+    #[cfg(feature = "sql")]
+    pub(crate) migrations: Option<Arc<keel_data::Migrations>>,
+    pub(crate) commands: Vec<(clap::Command, CommandFn<C>)>,
+    pub(crate) config_defaults: Vec<(String, String)>,
+    pub(crate) tracing_layers: Vec<keel_telemetry::BoxLayer>,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> std::fmt::Debug for Service<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("build", &self.build).finish_non_exhaustive()
+    }
+}
+
+impl Service<NoConfig> {
+    /// A service with no routes of its own (probes and metrics only) and no `app` section.
+    pub fn new(build: BuildInfo) -> Self {
+        Self {
+            build,
+            setup: Box::new(|_| Ok(Router::new())),
+            #[cfg(feature = "sql")]
+            migrations: None,
+            commands: Vec::new(),
+            config_defaults: Vec::new(),
+            tracing_layers: Vec::new(),
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C: Section> Service<C> {
+    /// A service whose `app` section is `C`. Keeps the name, migrations and config defaults;
+    /// call it before [`Service::setup`] and [`Service::command`], which depend on `C`.
+    pub fn with_config<D: Section>(self) -> Service<D> {
+        Service {
+            build: self.build,
+            setup: Box::new(|_| Ok(Router::new())),
+            #[cfg(feature = "sql")]
+            migrations: self.migrations,
+            commands: Vec::new(),
+            config_defaults: self.config_defaults,
+            tracing_layers: self.tracing_layers,
+            _config: PhantomData,
+        }
+    }
+
+    /// Serves these routes (for services that need nothing from their config).
+    pub fn router(mut self, router: Router) -> Self {
+        self.setup = Box::new(move |_| Ok(router));
+        self
+    }
+
+    /// Builds routes, checks and tasks from the loaded configuration. Runs once, after the
+    /// configuration is valid and before any port is bound; an error stops start-up.
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use keel_health::{Check, Kind, Outcome};
+    ///
+    /// let service = keel_app::Service::new(keel_app::build_info!()).setup(|s| {
+    ///     s.health_check(Check::new("self", Kind::Liveness, || async { Outcome::Up }));
+    ///     s.task("ticker", |stop| async move { stop.cancelled().await });
+    ///     Ok(Router::new().route("/ping", get(|| async { "pong" })))
+    /// });
+    /// ```
+    pub fn setup<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send + 'static,
+    {
+        self.setup = Box::new(f);
+        self
+    }
+
+    /// The service's embedded migrations: `<service> migrate` applies them, `migrate status`
+    /// lists them, and [`Setup::database`] checks (production) or applies (development) them.
+    #[cfg(feature = "sql")]
+    pub fn migrations(mut self, migrations: keel_data::Migrations) -> Self {
+        self.migrations = Some(Arc::new(migrations));
+        self
+    }
+
+    /// Adds a subcommand of the service's own to its CLI (`<service> <name> …`, listed in
+    /// `--help` beside `serve`, `migrate`…). `run` gets the subcommand's matches and the loaded,
+    /// validated configuration (the global `--config` and `KEEL_ENV` apply) and returns the exit
+    /// code; an invalid configuration exits 78 before `run` is called.
+    ///
+    /// ```
+    /// use std::process::ExitCode;
+    ///
+    /// let service = keel_app::Service::new(keel_app::build_info!()).command(
+    ///     clap::Command::new("greet").about("Print a greeting").arg(clap::Arg::new("who").required(true)),
+    ///     |args, _config| {
+    ///         println!("hello {}", args.get_one::<String>("who").map_or("", String::as_str));
+    ///         ExitCode::SUCCESS
+    ///     },
+    /// );
+    /// # let _ = service;
+    /// ```
+    pub fn command<F>(mut self, command: clap::Command, run: F) -> Self
+    where
+        F: FnOnce(&clap::ArgMatches, super::Loaded<C>) -> std::process::ExitCode + Send + 'static,
+    {
+        self.commands.push((command, Box::new(run)));
+        self
+    }
+
+    /// Configuration defaults above the built-in ones and below the file and the environment,
+    /// as env variables of this service (see [`Loader::defaults`](keel_config::Loader::defaults)); every command
+    /// of [`crate::run`] loads with them.
+    pub fn config_defaults<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.config_defaults.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Adds a tracing layer of the application's own (an error reporter, `console-subscriber`,
+    /// a second exporter) to the process's subscriber, under Keel's: it sees every span
+    /// (the `request` span of each HTTP request included) and every event, filtered only by its
+    /// own filter (`Layer::with_filter`). Layers take effect when [`crate::run`] sets telemetry
+    /// up; a group collects every member's.
+    ///
+    /// ```
+    /// use tracing_subscriber::Layer as _;
+    ///
+    /// let errors_to_stderr = tracing_subscriber::fmt::layer()
+    ///     .with_writer(std::io::stderr)
+    ///     .with_filter(tracing_subscriber::filter::LevelFilter::ERROR);
+    /// let service = keel_app::Service::new(keel_app::build_info!()).tracing_layer(errors_to_stderr);
+    /// # let _ = service;
+    /// ```
+    pub fn tracing_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+    {
+        self.tracing_layers.push(Box::new(layer));
+        self
+    }
+
+    /// The build info.
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build
+    }
+
+    /// Renames the service (its env prefix, log `service` field and metric labels).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.build.name = name.into();
+        self
+    }
+}
+
+/// What a set-up function can use and declare.
+pub struct Setup<C> {
+    #[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
+    pub(crate) name: String,
+    #[cfg(feature = "sql")]
+    pub(crate) migrations: Option<Arc<keel_data::Migrations>>,
+    pub(crate) config: Arc<Config<C>>,
+    pub(crate) profile: Profile,
+    pub(crate) health: Health,
+    pub(crate) metrics: Metrics,
+    pub(crate) tasks: Vec<(String, TaskFn)>,
+    pub(crate) workers: keel_workers::Workers,
+    pub(crate) features: keel_features::Flags,
+    pub(crate) hooks: Vec<(String, HookFn)>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<keel_redis::Redis>,
+    pub(crate) rate_limit_metrics: Option<keel_rate_limit::RateLimitMetrics>,
+    pub(crate) breakers: Option<keel_resilience::breaker::Registry>,
+    #[cfg(feature = "client")]
+    pub(crate) client_metrics: Option<keel_http::client::ClientMetrics>,
+    /// Made once per name: asking twice must not double budgets, bulkheads or checks.
+    #[cfg(feature = "client")]
+    pub(crate) clients: std::collections::BTreeMap<String, keel_http::client::Client>,
+    pub(crate) limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
+    #[cfg(feature = "events")]
+    pub(crate) bus: Option<keel_events::Bus>,
+    #[cfg(feature = "events")]
+    pub(crate) consumer_metrics: Option<keel_events::ConsumerMetrics>,
+    #[cfg(all(feature = "events", feature = "sql"))]
+    pub(crate) outbox: Option<keel_events::outbox::Outbox>,
+}
+
+impl<C: Section> Setup<C> {
+    /// The service's own `app` section.
+    pub fn config(&self) -> &C {
+        &self.config.app
+    }
+
+    /// The whole configuration, shareable with handlers.
+    pub fn full_config(&self) -> Arc<Config<C>> {
+        self.config.clone()
+    }
+
+    /// Keel's sections.
+    pub fn keel(&self) -> &KeelConfig {
+        &self.config.keel
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// The health registry (to add checks later or read probe state).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The service's metric registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Adds a health check.
+    pub fn health_check(&mut self, check: impl HealthCheck) -> &mut Self {
+        self.health.add(check);
+        self
+    }
+
+    /// Runs a background task from start-up until shutdown. The task gets a token that is
+    /// cancelled when shutdown reaches background tasks (after in-flight requests drained); it
+    /// must then return within `shutdown.timeout`, or the process exits non-zero and names it.
+    pub fn task<F, Fut>(&mut self, name: impl Into<String>, f: F) -> &mut Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push((name.into(), Box::new(move |t| Box::pin(f(t)))));
+        self
+    }
+
+    /// Registers a supervised [`Worker`](keel_workers::Worker): periodic or continuous, restarted
+    /// with backoff after a panic, with a `worker:<name>` health check and `worker_*` metrics.
+    /// Unlike [`Setup::task`] (a one-shot future), a worker is never left dead: see
+    /// [`keel_workers`]. A duplicate name or a zero interval is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_workers::Worker;
+    ///
+    /// let service = keel_app::Service::new(keel_app::build_info!()).setup(|s| {
+    ///     s.worker(Worker::periodic("refresh", Duration::from_secs(30), |_ctx| async {
+    ///         Ok::<_, std::io::Error>(())
+    ///     }))?;
+    ///     Ok(axum::Router::new())
+    /// });
+    /// # let _ = service;
+    /// ```
+    pub fn worker(&mut self, worker: keel_workers::Worker) -> Result<&mut Self, SetupError> {
+        self.workers.add(worker)?;
+        Ok(self)
+    }
+
+    /// The service's feature flags (`features.file`, hot-reloaded when `features.reload`);
+    /// clone it into handlers. Without a file every flag is off.
+    ///
+    /// ```
+    /// use keel_features::EvalContext;
+    ///
+    /// let service = keel_app::Service::new(keel_app::build_info!()).setup(|s| {
+    ///     let flags = s.features().clone();
+    ///     let router = axum::Router::new().route("/checkout", axum::routing::get(move || async move {
+    ///         if flags.is_enabled("new_checkout", &EvalContext::new().user("42")) { "new" } else { "old" }
+    ///     }));
+    ///     Ok(router)
+    /// });
+    /// # let _ = service;
+    /// ```
+    pub fn features(&self) -> &keel_features::Flags {
+        &self.features
+    }
+
+    /// The worker registry (to read worker states).
+    pub fn workers(&self) -> &keel_workers::Workers {
+        &self.workers
+    }
+
+    /// The service's SQL database (`database.*`), connecting in the background: adds the
+    /// `database` readiness check and `database_connect` startup check, a connect task, and a
+    /// shutdown hook that closes the pool. Outside production an unset `database.url` means a
+    /// SQLite file `data/<service>.db`; in production it is an error.
+    #[cfg(feature = "sql")]
+    pub fn database(&mut self) -> Result<keel_data::Db, SetupError> {
+        let cfg = self.config.keel.database.clone();
+        let production = self.profile == Profile::Production;
+        // In production the only failure is a missing URL; elsewhere it is the SQLite default's
+        // directory that could not be made, which is the environment's fault.
+        let url = keel_data::resolve_url(&cfg, &self.name, production).map_err(|e| match e {
+            keel_data::DataError::Config(m) if production => misconfigured("database", m),
+            other => other.into(),
+        })?;
+        if keel_data::Backend::from_url(&url).is_none() {
+            return Err(misconfigured("database.url", "must be postgres://, mysql:// or sqlite:"));
+        }
+        let db = keel_data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
+        self.health.add(db.readiness_check());
+        self.health.add(db.startup_check());
+        let (d, health) = (db.clone(), self.health.clone());
+        self.task("database-connect", move |stop| async move {
+            d.clone().connect_in_background(stop.clone()).await;
+            health.trigger();
+            // A re-probe that finds the database back re-runs the checks: readiness follows at once.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = d.recovered() => health.trigger(),
+                }
+            }
+        });
+        let d = db.clone();
+        self.on_shutdown("database-close", move || async move { d.close().await });
+        Ok(db)
+    }
+
+    /// The service's Redis (`redis.*`), connecting in the background: adds the `redis`
+    /// readiness check and `redis_connect` startup check and a connect task. Later calls
+    /// return the same client.
+    #[cfg(feature = "redis")]
+    pub fn redis(&mut self) -> Result<keel_redis::Redis, SetupError> {
+        if let Some(r) = &self.redis {
+            return Ok(r.clone());
+        }
+        let cfg = self.config.keel.redis.clone();
+        let url = cfg
+            .url
+            .as_ref()
+            .ok_or_else(|| misconfigured("redis.url", "is required (env <SERVICE>__REDIS__URL or redis.url_file)"))?;
+        if let Err(e) = keel_redis::driver::Client::open(url.expose()) {
+            return Err(misconfigured("redis.url", keel_health::sanitize(&e.to_string())));
+        }
+        let redis = keel_redis::Redis::new(&self.name, url.expose(), &cfg, &self.metrics)?;
+        self.health.add(redis.readiness_check());
+        self.health.add(redis.startup_check());
+        let (r, health) = (redis.clone(), self.health.clone());
+        self.task("redis-connect", move |stop| async move {
+            r.clone().connect_in_background(stop.clone()).await;
+            health.trigger();
+            // A re-probe that finds the redis back re-runs the checks: readiness follows at once.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = r.recovered() => health.trigger(),
+                }
+            }
+        });
+        self.redis = Some(redis.clone());
+        Ok(redis)
+    }
+
+    /// The service's circuit-breaker registry (metrics `circuit_breaker_*`).
+    pub fn breakers(&mut self) -> Result<keel_resilience::breaker::Registry, SetupError> {
+        if self.breakers.is_none() {
+            self.breakers = Some(keel_resilience::breaker::Registry::new(self.metrics.registry())?);
+        }
+        Ok(self.breakers.clone().unwrap_or_default())
+    }
+
+    /// A client for the upstream `upstreams.<name>`, with its breaker, bulkhead, retries,
+    /// timeouts and size cap; adds the readiness check `upstream:<name>` when `health_path` is set.
+    #[cfg(feature = "client")]
+    pub fn http_client(&mut self, name: &str) -> Result<keel_http::client::Client, SetupError> {
+        if let Some(c) = self.clients.get(name) {
+            return Ok(c.clone());
+        }
+        let cfg = self
+            .config
+            .keel
+            .upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))?;
+        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
+        if self.client_metrics.is_none() {
+            self.client_metrics = Some(keel_http::client::ClientMetrics::new(&self.metrics)?);
+        }
+        let client = keel_http::client::Client::new(name, &cfg, breaker, self.client_metrics.clone())?;
+        if let Some(check) = client.health_check() {
+            self.health.add(check);
+        }
+        self.clients.insert(name.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// A layer applying the rate-limit policy `rate_limits.<name>`, for a router or a route.
+    #[cfg_attr(feature = "redis", doc = "A policy with `backend: redis` needs [`Setup::redis`] called first.")]
+    #[cfg_attr(
+        not(feature = "redis"),
+        doc = "A policy with `backend: redis` needs keel's `redis` feature, and `Setup::redis` called first."
+    )]
+    ///
+    /// ```ignore
+    /// let limit = s.rate_limit("api")?;
+    /// Ok(Router::new().route("/search", get(search)).layer(limit))
+    /// ```
+    pub fn rate_limit(&mut self, name: &str) -> Result<keel_rate_limit::RateLimitLayer, SetupError> {
+        if let Some(layer) = self.limiters.get(name) {
+            return Ok(layer.clone());
+        }
+        let policy = self
+            .config
+            .keel
+            .rate_limits
+            .get(name)
+            .cloned()
+            .ok_or_else(|| misconfigured(&format!("rate_limits.{name}"), "is not configured"))?;
+        self.build_rate_limit(name, policy)
+    }
+
+    /// Like [`Setup::rate_limit`], with the service's own `default` policy when
+    /// `rate_limits.<name>` is not configured; a configured policy replaces it whole. The
+    /// limiter shares the metrics, status page and failure-mode defaults of configured ones.
+    ///
+    /// ```ignore
+    /// let signup = RateLimitPolicy { limit: 20, window: Duration::from_secs(600), ..Default::default() };
+    /// let limit = s.rate_limit_or("signup", signup)?;
+    /// ```
+    pub fn rate_limit_or(
+        &mut self,
+        name: &str,
+        default: keel_rate_limit::RateLimitPolicy,
+    ) -> Result<keel_rate_limit::RateLimitLayer, SetupError> {
+        if let Some(layer) = self.limiters.get(name) {
+            return Ok(layer.clone());
+        }
+        let policy = self.config.keel.rate_limits.get(name).cloned().unwrap_or(default);
+        self.build_rate_limit(name, policy)
+    }
+
+    fn build_rate_limit(
+        &mut self,
+        name: &str,
+        policy: keel_rate_limit::RateLimitPolicy,
+    ) -> Result<keel_rate_limit::RateLimitLayer, SetupError> {
+        use keel_rate_limit::{BackendKind, OnBackendError, RateLimitMetrics, RateLimiter};
+        if self.rate_limit_metrics.is_none() {
+            self.rate_limit_metrics = Some(RateLimitMetrics::new(&self.metrics)?);
+        }
+        let metrics = self.rate_limit_metrics.as_ref();
+        let on_error = policy.on_backend_error.unwrap_or(if self.profile == Profile::Production {
+            OnBackendError::FailClosed
+        } else {
+            OnBackendError::FailOpen
+        });
+        let mut built = Vec::new();
+        let specs =
+            policy.limiter_specs(name, on_error).map_err(|e| misconfigured(&format!("rate_limits.{name}"), e))?;
+        for spec in specs {
+            let limiter = match spec.policy.backend {
+                BackendKind::Local => RateLimiter::local(&spec.name, spec.policy, spec.on_error, metrics),
+                #[cfg(feature = "redis")]
+                BackendKind::Redis => {
+                    let redis = self.redis.clone().ok_or_else(|| {
+                        format!(
+                            "rate_limits.{name} uses the redis backend: call Setup::redis() before Setup::rate_limit()"
+                        )
+                    })?;
+                    RateLimiter::redis_sharing(&spec.name, &spec.counter, spec.policy, spec.on_error, redis, metrics)
+                }
+                #[cfg(not(feature = "redis"))]
+                BackendKind::Redis => {
+                    return Err(format!("rate_limits.{name}: this build has no redis support").into());
+                }
+            };
+            built.push((spec.route, std::sync::Arc::new(limiter)));
+        }
+        let mut built = built.into_iter();
+        let (_, own) = built.next().ok_or_else(|| format!("rate_limits.{name}: no limiter was built"))?;
+        let rules = built.filter_map(|(route, l)| route.map(|r| (r, l))).collect();
+        let layer = keel_rate_limit::RateLimitLayer::with_rules(own, rules, &self.config.keel.http.trusted_proxies);
+        self.limiters.insert(name.to_owned(), layer.clone());
+        Ok(layer)
+    }
+
+    /// The service's message bus (`bus.*`), connecting in the background: adds the `bus`
+    /// readiness check and `bus_connect` startup check, a connect task and a close hook. The
+    /// `in_process` backend is refused in production (it loses events on restart).
+    #[cfg(feature = "events")]
+    pub fn bus(&mut self) -> Result<keel_events::Bus, SetupError> {
+        if let Some(b) = &self.bus {
+            return Ok(b.clone());
+        }
+        let cfg = &self.config.keel.bus;
+        if self.profile == Profile::Production && cfg.backend == keel_events::BusBackend::InProcess {
+            return Err(misconfigured(
+                "bus.backend",
+                "in_process keeps events in memory and loses them on restart; production needs nats or rabbitmq",
+            ));
+        }
+        let bus = keel_events::Bus::new(cfg).map_err(|e| match e {
+            keel_events::BusError::Config(m) => misconfigured("bus", m),
+            other => other.into(),
+        })?;
+        self.health.add(bus.readiness_check());
+        self.health.add(bus.startup_check());
+        let (b, health) = (bus.clone(), self.health.clone());
+        self.task("bus-connect", move |stop| async move {
+            b.connect_in_background(stop).await;
+            health.trigger();
+        });
+        let b = bus.clone();
+        self.on_shutdown("bus-close", move || async move { b.close().await });
+        self.bus = Some(bus.clone());
+        Ok(bus)
+    }
+
+    /// Runs `consumer` from start-up until shutdown (it stops fetching, finishes and settles
+    /// what is in flight, then returns), with the readiness check `consumer:<topic>:<group>` and
+    /// the `consumer_*` metrics.
+    ///
+    /// ```ignore
+    /// let bus = s.bus()?;
+    /// let db = s.database()?;
+    /// s.consume(Consumer::new(bus, "joins", "notifier", Notify).inbox(db))?;
+    /// ```
+    #[cfg(feature = "events")]
+    pub fn consume<H: keel_events::Handler>(
+        &mut self,
+        consumer: keel_events::Consumer<H>,
+    ) -> Result<&mut Self, SetupError> {
+        if self.consumer_metrics.is_none() {
+            self.consumer_metrics = Some(keel_events::ConsumerMetrics::new(&self.metrics)?);
+        }
+        let health = self.health.clone();
+        let consumer = consumer
+            .with_metrics(self.consumer_metrics.clone().ok_or("consumer metrics")?)
+            .on_subscribed(move || health.trigger());
+        self.health.add(consumer.readiness_check());
+        let name = format!("{}:consumer", consumer.describe());
+        self.task(name, move |stop| consumer.run(stop));
+        Ok(self)
+    }
+
+    /// The transactional outbox on the service database, with its relay publishing to
+    /// [`Setup::bus`] until shutdown (`outbox.*`, metrics `outbox_*`). The `keel_outbox` table
+    /// comes from a migration with [`keel_events::outbox::schema`].
+    #[cfg(all(feature = "events", feature = "sql"))]
+    pub fn outbox(&mut self, db: &keel_data::Db) -> Result<keel_events::outbox::Outbox, SetupError> {
+        if let Some(o) = &self.outbox {
+            return Ok(o.clone());
+        }
+        let bus = self.bus()?;
+        let outbox =
+            keel_events::outbox::Outbox::new(db.clone(), &self.name, &self.config.keel.outbox, Some(&self.metrics))?;
+        let relay = outbox.clone();
+        self.task("outbox-relay", move |stop| relay.run(bus, stop));
+        self.outbox = Some(outbox.clone());
+        Ok(outbox)
+    }
+
+    /// The JWT verifier (and issuer) `security.jwt.*` describes; add `jwt.extension()` to the
+    /// router so the `Auth` extractors find it.
+    #[cfg(feature = "security")]
+    pub fn jwt(&self) -> Result<keel_security::jwt::Jwt, SetupError> {
+        keel_security::jwt::Jwt::from_config(&self.config.keel.security.jwt)
+            .map_err(|e| misconfigured("security.jwt", e))
+    }
+
+    /// The password hasher and policy `security.passwords.*` describe.
+    #[cfg(feature = "security")]
+    pub fn passwords(
+        &self,
+    ) -> Result<(keel_security::password::PasswordHasher, keel_security::password::PasswordPolicy), SetupError> {
+        let cfg = &self.config.keel.security.passwords;
+        Ok((
+            keel_security::password::PasswordHasher::from_config(cfg)
+                .map_err(|e| misconfigured("security.passwords", e))?,
+            keel_security::password::PasswordPolicy::from_config(cfg),
+        ))
+    }
+
+    /// The field-encryption keyring `security.encryption.*` describes.
+    #[cfg(feature = "security")]
+    pub fn keyring(&self) -> Result<keel_security::crypto::Keyring, SetupError> {
+        keel_security::crypto::Keyring::from_config(&self.config.keel.security.encryption)
+            .map_err(|e| misconfigured("security.encryption", e))
+    }
+
+    /// The blind index keyed by `security.encryption.blind_index_key`.
+    #[cfg(feature = "security")]
+    pub fn blind_index(&self) -> Result<keel_security::crypto::BlindIndex, SetupError> {
+        keel_security::crypto::BlindIndex::from_config(&self.config.keel.security.encryption)
+            .map_err(|e| misconfigured("security.encryption.blind_index_key", e))
+    }
+
+    /// The audit log in `db`, masking `log.mask_fields` in details as the logs do.
+    #[cfg(all(feature = "security", feature = "sql"))]
+    pub fn audit_log(&self, db: &keel_data::Db) -> keel_security::audit::AuditLog {
+        keel_security::audit::AuditLog::from_db(db).mask_fields(self.config.keel.log.mask_fields.iter())
+    }
+
+    /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush
+    /// buffers). Hooks run in the order added, all within `shutdown.timeout`.
+    pub fn on_shutdown<F, Fut>(&mut self, name: impl Into<String>, f: F) -> &mut Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.push((name.into(), Box::new(move || Box::pin(f()))));
+        self
+    }
+}

@@ -1,0 +1,1258 @@
+//! Consumers: a [`Handler`] per topic and consumer group, run with bounded concurrency, retries
+//! with backoff, then the dead-letter queue.
+//!
+//! * **Outcomes**: a handler returns `Ok(())`, [`Failure::retry`] (optionally after a delay),
+//!   [`Failure::permanent`] or [`Failure::unavailable`]. Retries back off exponentially
+//!   (`retry_initial` doubling up to `retry_max`, ±10 % jitter); after `max_attempts` deliveries,
+//!   or on a permanent failure, the message goes to `<topic>.dlq` with the reason and attempt
+//!   count. A panicking handler, or one past `handler_timeout`, is a retry, not a lost message.
+//! * **Attempts count only failures of the message itself.** A failure that says a dependency is
+//!   unavailable ([`Failure::unavailable`], or any error [`Failure::transient`] recognises: the
+//!   database or Redis known down, a connection error, a pool timeout, an open breaker) spends
+//!   no attempt: the message is held unsettled and the consumer **pauses** (takes no new
+//!   message) until the dependency is back, then runs the handler again with the same attempt
+//!   number. The consumer also pauses, before taking a message, while a [`Dependency`] it waits
+//!   for ([`Consumer::depends_on`]; the inbox database always) reports itself down. While
+//!   paused it polls every `pause_poll`, so work resumes within a second of the dependency.
+//!   The pause is logged once when it starts and once when it ends, counted in
+//!   `consumer_paused` / `consumer_pauses_total`, and reported by the readiness check as
+//!   degraded.
+//! * **Idempotent by default** (with [`Consumer::inbox`]): the message id is recorded in the
+//!   `keel_inbox` table in the same transaction as the handler's writes ([`Message::tx`]), so a
+//!   redelivery (a crash between commit and ack, a broker redelivering) is acknowledged without
+//!   running the handler again.
+//! * **Tracing**: the handler runs in a `consume <topic>` span whose parent is the producer's
+//!   `traceparent`, with the producer's `request_id` on every log line.
+//! * **Graceful stop**: when the stop token fires, no more messages are fetched; in-flight
+//!   handlers finish and their messages are settled, held messages are handed back unsettled
+//!   (their next delivery counts one attempt); then [`Consumer::run`] returns.
+//!
+//! ```
+//! use keel_events::{Bus, Consumer, Envelope, Failure, Message};
+//!
+//! struct Notify;
+//! impl keel_events::Handler for Notify {
+//!     async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+//!         let env = msg.envelope();
+//!         tracing::info!(id = %env.id, "notifying");
+//!         Ok(())
+//!     }
+//! }
+//! # async fn demo() {
+//! let bus = Bus::in_process(100);
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! tokio::spawn(Consumer::new(bus, "joins", "notifier", Notify).run(stop));
+//! # }
+//! ```
+
+use std::fmt::Display;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::metrics::ConsumerMetrics;
+use super::{Bus, Delivery, Envelope, Event, SubscribeOptions};
+use keel_health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
+
+/// Why a handler did not succeed.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Try again (after `after`, or the consumer's backoff) until `max_attempts`.
+    Retry {
+        /// What went wrong.
+        reason: String,
+        /// Wait at least this long.
+        after: Option<Duration>,
+    },
+    /// Trying again cannot help: straight to the DLQ.
+    Permanent {
+        /// What went wrong.
+        reason: String,
+    },
+    /// Something the handler needs is unavailable; the message itself is fine. The consumer
+    /// holds the message (spending no attempt), pauses until its dependencies are back, then
+    /// runs the handler on it again.
+    Unavailable {
+        /// What is unavailable.
+        reason: String,
+    },
+}
+
+impl Failure {
+    /// A transient failure: retried with backoff.
+    pub fn retry(reason: impl Display) -> Self {
+        Self::Retry { reason: reason.to_string(), after: None }
+    }
+    /// A transient failure to retry no sooner than `after`.
+    pub fn retry_after(reason: impl Display, after: Duration) -> Self {
+        Self::Retry { reason: reason.to_string(), after: Some(after) }
+    }
+    /// A failure that no retry can fix: dead-lettered at once.
+    pub fn permanent(reason: impl Display) -> Self {
+        Self::Permanent { reason: reason.to_string() }
+    }
+    /// A dependency is unavailable: the consumer pauses, holding the message, without counting
+    /// an attempt.
+    pub fn unavailable(reason: impl Display) -> Self {
+        Self::Unavailable { reason: reason.to_string() }
+    }
+    /// The failure `error` stands for: [`Failure::Unavailable`] when it (or an error it wraps)
+    /// says a dependency is unavailable (see [`is_unavailable`]), else [`Failure::Retry`]. What
+    /// `?` does in a handler.
+    pub fn transient(error: &(dyn std::error::Error + 'static)) -> Self {
+        if is_unavailable(error) { Self::unavailable(error) } else { Self::retry(error) }
+    }
+    fn reason(&self) -> &str {
+        match self {
+            Self::Retry { reason, .. } | Self::Permanent { reason } | Self::Unavailable { reason } => reason,
+        }
+    }
+}
+
+/// Any error is a transient failure, so `?` works in handlers: one that says a dependency is
+/// unavailable pauses the consumer, any other is a retry (see [`Failure::transient`]).
+impl<E: std::error::Error + 'static> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::transient(&e)
+    }
+}
+
+/// Whether `error`, or an error in its [`source`](std::error::Error::source) chain, says a
+/// dependency is unavailable rather than that the message is at fault:
+///
+/// * Keel's [`DataError::Unavailable`](keel_data::DataError::Unavailable) and
+///   [`DataError::AcquireTimeout`](keel_data::DataError::AcquireTimeout);
+/// * a `sqlx` error the data layer's table ([`RETRYABLE`](keel_data::RETRYABLE)) calls a lost
+///   connection, a server shutting down, too many connections or a read-only server, and a
+///   pool timeout;
+/// * Keel's `RedisError::Unavailable` / `Timeout` and a Redis connection or I/O error;
+/// * an outbound call refused by an open breaker or failing to connect (`ClientError`);
+/// * [`BusError::Unavailable`](super::BusError::Unavailable) and
+///   [`BusError::Timeout`](super::BusError::Timeout);
+/// * an [`std::io::Error`] of a connection kind (refused, reset, aborted, timed out, …).
+pub fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if says_unavailable(e) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn says_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    #[cfg(feature = "sql")]
+    {
+        // The data layer's table of transient errors (`data::RETRYABLE`) says which; a conflict
+        // between transactions (serialization, deadlock, lock timeout) is the message's to retry.
+        let outage = |k: keel_data::RetryKind| {
+            use keel_data::RetryKind::{ConnectionLost, ReadOnly, Shutdown, TooManyConnections};
+            matches!(k, ConnectionLost | Shutdown | TooManyConnections | ReadOnly)
+        };
+        if let Some(d) = e.downcast_ref::<keel_data::DataError>() {
+            return d.retry_kind().is_some_and(outage);
+        }
+        if let Some(s) = e.downcast_ref::<sqlx::Error>() {
+            return matches!(s, sqlx::Error::PoolTimedOut) || keel_data::retry_kind(s).is_some_and(outage);
+        }
+    }
+    #[cfg(feature = "redis")]
+    if let Some(r) = e.downcast_ref::<keel_redis::RedisError>() {
+        return match r {
+            keel_redis::RedisError::Unavailable { .. } | keel_redis::RedisError::Timeout(_) => true,
+            keel_redis::RedisError::Redis(r) => {
+                r.is_io_error() || r.is_connection_refusal() || r.is_connection_dropped() || r.is_timeout()
+            }
+            _ => false,
+        };
+    }
+    #[cfg(feature = "client")]
+    if let Some(c) = e.downcast_ref::<keel_http::client::ClientError>() {
+        return matches!(
+            c,
+            keel_http::client::ClientError::BreakerOpen { .. } | keel_http::client::ClientError::Transport { .. }
+        );
+    }
+    if let Some(b) = e.downcast_ref::<super::BusError>() {
+        return matches!(b, super::BusError::Unavailable(_) | super::BusError::Timeout(_));
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind as K;
+        return matches!(
+            io.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::TimedOut
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::NetworkDown
+                | K::AddrNotAvailable
+        );
+    }
+    false
+}
+
+/// Something a handler needs, whose availability the consumer can read without I/O. While one
+/// the consumer waits for is down, it takes no message (see the module docs).
+///
+/// Implemented for [`Db`](keel_data::Db) and `Redis` (their `is_available`); for anything
+/// else use [`dependency_fn`].
+pub trait Dependency: Send + Sync + 'static {
+    /// A short name for logs and readiness (`database`, `smtp`).
+    fn name(&self) -> &str;
+    /// Whether it is believed available now. Called before taking each message and every
+    /// `pause_poll` while paused: must be cheap and must not block.
+    fn is_available(&self) -> bool;
+}
+
+#[cfg(feature = "sql")]
+impl Dependency for keel_data::Db {
+    fn name(&self) -> &str {
+        "database"
+    }
+    fn is_available(&self) -> bool {
+        keel_data::Db::is_available(self)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Dependency for keel_redis::Redis {
+    fn name(&self) -> &str {
+        "redis"
+    }
+    fn is_available(&self) -> bool {
+        keel_redis::Redis::is_available(self)
+    }
+}
+
+/// A [`Dependency`] named `name` that is available while `f` returns `true`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+///
+/// let smtp_up = Arc::new(AtomicBool::new(true));
+/// let flag = smtp_up.clone();
+/// let smtp = keel_events::consumer::dependency_fn("smtp", move || flag.load(Ordering::Relaxed));
+/// # let _ = smtp;
+/// ```
+pub fn dependency_fn<F>(name: impl Into<String>, f: F) -> FnDependency<F>
+where
+    F: Fn() -> bool + Send + Sync + 'static,
+{
+    FnDependency { name: name.into(), f }
+}
+
+/// See [`dependency_fn`].
+#[derive(Debug, Clone)]
+pub struct FnDependency<F> {
+    name: String,
+    f: F,
+}
+
+impl<F: Fn() -> bool + Send + Sync + 'static> Dependency for FnDependency<F> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn is_available(&self) -> bool {
+        (self.f)()
+    }
+}
+
+/// A dependency under another name (the inbox database is reported as `inbox database`).
+#[cfg(feature = "sql")]
+struct Named<D> {
+    name: &'static str,
+    dep: D,
+}
+
+#[cfg(feature = "sql")]
+impl<D: Dependency> Dependency for Named<D> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn is_available(&self) -> bool {
+        self.dep.is_available()
+    }
+}
+
+/// What a handler gets: the envelope, the attempt, and (with an inbox) the transaction its
+/// writes must use to be applied exactly once.
+pub struct Message {
+    envelope: Envelope,
+    attempt: u32,
+    #[cfg(feature = "sql")]
+    tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message").field("id", &self.envelope.id).field("attempt", &self.attempt).finish_non_exhaustive()
+    }
+}
+
+impl Message {
+    /// The envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The payload as `E`; a wrong type, version or shape is a permanent failure.
+    pub fn decode<E: Event>(&self) -> Result<E, Failure> {
+        self.envelope.decode().map_err(Failure::permanent)
+    }
+
+    /// Which delivery this is (1 the first time).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The inbox transaction: writes made with it commit together with the "processed" mark.
+    /// `None` when the consumer has no inbox.
+    #[cfg(feature = "sql")]
+    pub fn tx(&mut self) -> Option<&mut sqlx::Transaction<'static, sqlx::Any>> {
+        self.tx.as_mut()
+    }
+}
+
+/// Handles messages of one topic for one group.
+///
+/// Implement it with `async fn handle(&self, msg: &mut Message) -> Result<(), Failure>`; for a
+/// closure over the envelope use [`handler_fn`].
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message.
+    fn handle(&self, msg: &mut Message) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// A handler from a closure taking the envelope (no access to the inbox transaction).
+///
+/// ```
+/// let h = keel_events::consumer::handler_fn(|env: keel_events::Envelope| async move {
+///     tracing::info!(ty = %env.ty, "got");
+///     Ok(())
+/// });
+/// # let _ = h;
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
+where
+    F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    FnHandler(f)
+}
+
+/// See [`handler_fn`].
+#[derive(Debug, Clone)]
+pub struct FnHandler<F>(F);
+
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    fn handle(&self, msg: &mut Message) -> impl Future<Output = Result<(), Failure>> + Send {
+        (self.0)(msg.envelope.clone())
+    }
+}
+
+/// How a consumer runs.
+///
+/// The retry defaults are sized so that a message failing for a reason the consumer cannot
+/// recognise as an outage is still retried for more than half an hour before it is
+/// dead-lettered: 16 deliveries, 15 waits of 1 s doubling to 5 min, at least 34 min in all
+/// after jitter. A recognised outage spends no attempt at all (see [`Failure::Unavailable`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// Handlers running at once. Default `8`.
+    pub concurrency: usize,
+    /// Deliveries before a failing message is dead-lettered. Default `16`.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt. Default `1s`.
+    pub retry_initial: Duration,
+    /// Largest retry delay. Default `5m`.
+    pub retry_max: Duration,
+    /// A handler still running after this is abandoned and retried. Default `30s`.
+    pub handler_timeout: Duration,
+    /// While paused, how often the dependencies are looked at again. Default `200ms`.
+    pub pause_poll: Duration,
+    /// How often consumer lag is read from the broker. Default `15s`.
+    pub lag_interval: Duration,
+    /// Inbox rows older than this are pruned (a redelivery later than that is not recognised).
+    /// Default `7d`.
+    pub inbox_retention: Duration,
+    /// Broker subscription settings.
+    pub subscribe: SubscribeOptions,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            max_attempts: 16,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            handler_timeout: Duration::from_secs(30),
+            pause_poll: Duration::from_millis(200),
+            lag_interval: Duration::from_secs(15),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            subscribe: SubscribeOptions::default(),
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// Sets the concurrency (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+    /// Sets the attempts before the DLQ (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+    /// Sets the retry backoff bounds.
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry_initial = initial;
+        self.retry_max = max.max(initial);
+        self
+    }
+    /// Sets the handler timeout.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = d;
+        self
+    }
+    /// Sets how often a paused consumer looks at its dependencies (10 ms to 1 s).
+    pub fn pause_poll(mut self, d: Duration) -> Self {
+        self.pause_poll = d.clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self
+    }
+    /// Sets the broker subscription settings.
+    pub fn subscribe(mut self, s: SubscribeOptions) -> Self {
+        self.subscribe = s;
+        self
+    }
+}
+
+/// Longest wait between two tries of a held message when no registered dependency is down
+/// (the handler reported an outage the consumer cannot watch): keeps recovery within a second.
+const PROBE_MAX: Duration = Duration::from_secs(1);
+
+/// Messages held because their dependency is unavailable, shared by the fetch loop and the
+/// handler tasks.
+#[derive(Default)]
+struct Held {
+    count: std::sync::atomic::AtomicUsize,
+    /// The last unavailability a handler reported (for the log and readiness).
+    reason: std::sync::Mutex<String>,
+    /// Wakes the fetch loop when a message is put on hold, so it stops taking more.
+    wake: Notify,
+}
+
+/// One held message: counted while it lives.
+struct HeldGuard<'a>(&'a Held);
+
+impl<'a> HeldGuard<'a> {
+    fn new(held: &'a Held, reason: &str) -> Self {
+        *held.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = sanitize(reason);
+        held.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        held.wake.notify_one();
+        Self(held)
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A consumer: see the module docs.
+pub struct Consumer<H> {
+    bus: Bus,
+    topic: String,
+    group: String,
+    handler: Arc<H>,
+    options: ConsumerOptions,
+    #[cfg(feature = "sql")]
+    inbox: Option<keel_data::Db>,
+    /// What the handler needs: no message is taken while one is down.
+    dependencies: Vec<Arc<dyn Dependency>>,
+    held: Held,
+    metrics: Option<ConsumerMetrics>,
+    state: Arc<SubState>,
+    /// Called whenever readiness changes (subscribed, paused, resumed), so it need not wait
+    /// for the check's interval.
+    on_subscribed: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl<H> std::fmt::Debug for Consumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("topic", &self.topic).field("group", &self.group).finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Consumer<H> {
+    /// A consumer of `topic` in group `group`.
+    pub fn new(bus: Bus, topic: impl Into<String>, group: impl Into<String>, handler: H) -> Self {
+        Self {
+            bus,
+            topic: topic.into(),
+            group: group.into(),
+            handler: Arc::new(handler),
+            options: ConsumerOptions::default(),
+            #[cfg(feature = "sql")]
+            inbox: None,
+            dependencies: Vec::new(),
+            held: Held::default(),
+            metrics: None,
+            state: Arc::new(SubState::default()),
+            on_subscribed: None,
+        }
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: ConsumerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Records processed message ids in `db`'s `keel_inbox` table (see [`super::outbox::schema`]),
+    /// in the handler's transaction: redeliveries are acknowledged without effect. The consumer
+    /// waits for `db` (as the dependency `inbox database`): it takes no message while `db` is
+    /// known to be down.
+    #[cfg(feature = "sql")]
+    pub fn inbox(mut self, db: keel_data::Db) -> Self {
+        self.dependencies.push(Arc::new(Named { name: "inbox database", dep: db.clone() }));
+        self.inbox = Some(db);
+        self
+    }
+
+    /// Waits for `dependency`: while it reports itself down the consumer takes no message
+    /// (messages stay with the broker, unconsumed) and spends no attempt.
+    ///
+    /// ```
+    /// # fn demo(bus: keel_events::Bus, smtp_is_up: fn() -> bool) {
+    /// use keel_events::consumer::{dependency_fn, handler_fn};
+    /// let consumer = keel_events::Consumer::new(bus, "joins", "mailer", handler_fn(|_env| async { Ok(()) }))
+    ///     .depends_on(dependency_fn("smtp", smtp_is_up));
+    /// # let _ = consumer;
+    /// # }
+    /// ```
+    pub fn depends_on(mut self, dependency: impl Dependency) -> Self {
+        self.dependencies.push(Arc::new(dependency));
+        self
+    }
+
+    /// Counts messages, handling time, lag and pauses in `metrics` (Setup does this for the
+    /// consumers it runs).
+    pub fn with_metrics(mut self, metrics: ConsumerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs `f` each time the readiness this consumer reports changes: subscribed, paused,
+    /// resumed (Setup uses it to refresh readiness at once).
+    pub fn on_subscribed(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_subscribed = Some(Arc::new(f));
+        self
+    }
+
+    /// `<topic>:<group>`.
+    pub fn describe(&self) -> String {
+        format!("{}:{}", self.topic, self.group)
+    }
+
+    /// The readiness check `consumer:<topic>:<group>`: down until the subscription exists, with
+    /// the reason it could not be made; degraded while the consumer is paused (it will resume by
+    /// itself, and the missing dependency has its own check), so a pause alone does not take
+    /// the service out of rotation.
+    pub fn readiness_check(&self) -> ConsumerCheck {
+        ConsumerCheck { name: format!("consumer:{}:{}", self.topic, self.group), state: self.state.clone() }
+    }
+
+    /// Subscribes (retrying with backoff until `stop`) and handles messages until `stop` fires;
+    /// then finishes the messages in flight and returns.
+    pub async fn run(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let mut lag_at: Option<Instant> = None;
+        #[cfg(feature = "sql")]
+        let mut prune_at: Option<Instant> = None;
+        // Capped at 1 s, so a consumer subscribes again within a second of the broker's return.
+        let mut backoff = keel_resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        // When the current pause began; kept across re-subscriptions.
+        let mut paused: Option<Instant> = None;
+        loop {
+            let mut sub = match this.bus.subscribe(&this.topic, &this.group, &this.options.subscribe).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let reason = sanitize(&e.to_string());
+                    if backoff.attempts() < 3 || backoff.attempts().is_power_of_two() {
+                        tracing::warn!(topic = %this.topic, group = %this.group, error = %reason, "cannot subscribe yet; retrying");
+                    }
+                    this.state.set(Status::Down(reason));
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            // Subscribed first, so the group's queue or durable consumer exists and keeps what is
+            // published meanwhile; no message is taken while a dependency is down (the pause
+            // below), so none is taken before the inbox database is ready.
+            this.state.set(Status::Up);
+            this.changed();
+            tracing::info!(topic = %this.topic, group = %this.group, "consumer subscribed");
+            let permits = Arc::new(Semaphore::new(this.options.concurrency));
+            let idle = tokio::time::sleep(this.options.lag_interval);
+            tokio::pin!(idle);
+            let mut in_flight = JoinSet::new();
+            let ended = loop {
+                while in_flight.try_join_next().is_some() {}
+                if lag_at.is_none_or(|t| t.elapsed() >= this.options.lag_interval) {
+                    lag_at = Some(Instant::now());
+                    this.record_lag().await;
+                }
+                #[cfg(feature = "sql")]
+                if prune_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                    prune_at = Some(Instant::now());
+                    this.prune_inbox().await;
+                }
+                if let Some(reason) = this.pause_reason() {
+                    if paused.is_none() {
+                        paused = Some(Instant::now());
+                        this.pause(&reason);
+                    }
+                    this.state.set(Status::Paused(reason));
+                    tokio::select! {
+                        () = stop.cancelled() => break false,
+                        () = tokio::time::sleep(this.options.pause_poll) => continue,
+                    }
+                }
+                if let Some(since) = paused.take() {
+                    this.resume(since.elapsed());
+                }
+                let permit = tokio::select! {
+                    () = stop.cancelled() => break false,
+                    () = this.held.wake.notified() => continue,
+                    p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break false },
+                };
+                // One timer per idle stretch, not one per message: it only has to wake the loop
+                // for the lag gauge and the inbox pruning when no message comes.
+                let next = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break false,
+                    // A handler found a dependency down: take nothing more until it is back.
+                    () = this.held.wake.notified() => continue,
+                    d = sub.next() => d,
+                    () = &mut idle => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + this.options.lag_interval);
+                        continue;
+                    }
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        let (this, stop) = (this.clone(), stop.clone());
+                        in_flight.spawn(async move {
+                            this.process(delivery, &stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(topic = %this.topic, group = %this.group, error = %e, "receiving failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    None => break true,
+                }
+            };
+            // Settling needs the subscription's connection: keep it until every handler is done.
+            while in_flight.join_next().await.is_some() {}
+            drop(sub);
+            if !ended || stop.is_cancelled() {
+                break;
+            }
+            this.state.set(Status::Down("the subscription ended; subscribing again".into()));
+            tracing::warn!(topic = %this.topic, group = %this.group, "subscription ended; subscribing again");
+        }
+        // A stopped consumer is not a paused one.
+        if paused.is_some()
+            && let Some(m) = &this.metrics
+        {
+            m.set_paused(&this.topic, &this.group, false);
+        }
+    }
+
+    /// Why the consumer must not take a message now: a dependency it waits for is down, or a
+    /// handler is holding a message because one is.
+    fn pause_reason(&self) -> Option<String> {
+        if let Some(d) = self.dependencies.iter().find(|d| !d.is_available()) {
+            return Some(format!("{} unavailable", d.name()));
+        }
+        if self.held.count.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            let reason = self.held.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            return Some(format!("a handler reported a dependency unavailable: {reason}"));
+        }
+        None
+    }
+
+    /// Whether a dependency it waits for (registered, or the inbox database) is down.
+    fn dependency_down(&self) -> bool {
+        self.dependencies.iter().any(|d| !d.is_available())
+    }
+
+    fn pause(&self, reason: &str) {
+        tracing::warn!(
+            topic = %self.topic, group = %self.group, reason = %reason,
+            "consumer paused: taking no messages and spending no attempts until the dependency is back"
+        );
+        if let Some(m) = &self.metrics {
+            m.set_paused(&self.topic, &self.group, true);
+            m.pause(&self.topic, &self.group);
+        }
+        self.changed();
+    }
+
+    fn resume(&self, paused_for: Duration) {
+        tracing::info!(topic = %self.topic, group = %self.group, paused_for = ?paused_for, "consumer resumed");
+        if let Some(m) = &self.metrics {
+            m.set_paused(&self.topic, &self.group, false);
+        }
+        self.state.set(Status::Up);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        if let Some(f) = &self.on_subscribed {
+            f();
+        }
+    }
+
+    async fn record_lag(&self) {
+        let Some(m) = &self.metrics else { return };
+        match self.bus.lag(&self.topic, &self.group).await {
+            Ok(n) => m.lag(&self.topic, &self.group, n),
+            Err(e) => tracing::debug!(error = %e, "cannot read consumer lag"),
+        }
+    }
+
+    #[cfg(feature = "sql")]
+    async fn prune_inbox(&self) {
+        let Some(db) = &self.inbox else { return };
+        if !db.is_available() {
+            return;
+        }
+        let cutoff = super::now_ms() - i64::try_from(self.options.inbox_retention.as_millis()).unwrap_or(i64::MAX);
+        let sql = db.sql("DELETE FROM keel_inbox WHERE consumer_group = $1 AND processed_at < $2");
+        if let Err(e) =
+            sqlx::query(sqlx::AssertSqlSafe(sql.into_owned())).bind(&self.group).bind(cutoff).execute(db.pool()).await
+        {
+            tracing::warn!(error = %e, "pruning the inbox failed");
+        }
+    }
+
+    async fn process(&self, delivery: Delivery, stop: &CancellationToken) {
+        let (span, attempt) = match delivery.envelope() {
+            Ok(env) => {
+                let span = tracing::info_span!(
+                    "consume",
+                    otel.name = format!("{} process", self.topic),
+                    otel.kind = "consumer",
+                    messaging.system = %self.bus.backend(),
+                    messaging.destination.name = %self.topic,
+                    messaging.consumer.group.name = %self.group,
+                    messaging.message.id = %env.id,
+                    event.r#type = %env.ty,
+                    attempt = delivery.attempt(),
+                    request_id = env.request_id.as_deref(),
+                );
+                if let Some(tp) = &env.traceparent {
+                    keel_telemetry::set_parent(
+                        &span,
+                        keel_telemetry::context_from_traceparent(tp, env.tracestate.as_deref()),
+                    );
+                }
+                (span, delivery.attempt())
+            }
+            Err(e) => {
+                tracing::error!(topic = %self.topic, group = %self.group, error = %e, "undecodable message; dead-lettering");
+                self.count("dead");
+                if let Err(e) = delivery.dead_letter(&self.group, "undecodable message").await {
+                    tracing::error!(error = %e, "dead-lettering failed; the message will be redelivered");
+                }
+                return;
+            }
+        };
+        async move {
+            // Taken just as a dependency went down: held without running the handler.
+            let mut result = if self.dependency_down() {
+                self.count("unavailable");
+                Err(Failure::unavailable("a dependency is unavailable"))
+            } else {
+                self.run_handler(&delivery).await
+            };
+            if let Err(Failure::Unavailable { reason }) = &result {
+                let reason = reason.clone();
+                match self.hold(&delivery, &reason, stop).await {
+                    Some(r) => result = r,
+                    None => {
+                        // Stopping: dropped unsettled, the broker delivers it again.
+                        tracing::info!(attempt, "stopping while the message waits for a dependency; handing it back");
+                        return;
+                    }
+                }
+            }
+            // `hold` returns no `Unavailable`; were one to get here it would be a plain retry.
+            let result = result.map_err(|f| match f {
+                Failure::Unavailable { reason } => Failure::retry(reason),
+                f => f,
+            });
+            let settled = match result {
+                Ok(()) => {
+                    self.count("ok");
+                    delivery.ack().await
+                }
+                Err(Failure::Retry { reason, after }) if attempt < self.options.max_attempts => {
+                    let delay = after.unwrap_or_else(|| {
+                        super::redelivery(self.options.retry_initial, self.options.retry_max).delay(attempt)
+                    });
+                    tracing::warn!(error = %reason, attempt, retry_in = ?delay, "handler failed; will retry");
+                    self.count("retry");
+                    delivery.retry(delay).await
+                }
+                Err(failure) => {
+                    let reason = match &failure {
+                        Failure::Retry { reason, .. } | Failure::Unavailable { reason } => {
+                            format!("gave up after {attempt} attempts: {reason}")
+                        }
+                        Failure::Permanent { reason } => format!("permanent failure: {reason}"),
+                    };
+                    tracing::error!(error = %failure.reason(), attempt, "handler failed for good; dead-lettering");
+                    self.count("dead");
+                    delivery.dead_letter(&self.group, &reason).await
+                }
+            };
+            if let Err(e) = settled {
+                tracing::warn!(error = %e, "settling the message failed; the broker will redeliver it");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.message(&self.topic, &self.group, outcome);
+        }
+    }
+
+    /// [`Self::handle`], timed; an `Unavailable` outcome is counted here (the others once settled).
+    async fn run_handler(&self, delivery: &Delivery) -> Result<(), Failure> {
+        let started = Instant::now();
+        let result = self.handle(delivery).await;
+        if let Some(m) = &self.metrics {
+            m.duration(&self.topic, &self.group, started.elapsed());
+        }
+        // A retry while a dependency the consumer waits for is down is most likely caused by it
+        // (a handler that maps every error to a retry): it spends no attempt either.
+        let result = match result {
+            Err(Failure::Retry { reason, .. }) if self.dependency_down() => Err(Failure::Unavailable { reason }),
+            r => r,
+        };
+        if let Err(Failure::Unavailable { reason }) = &result {
+            tracing::debug!(reason = %sanitize(reason), "a dependency is unavailable; holding the message");
+            self.count("unavailable");
+        }
+        result
+    }
+
+    /// Holds `delivery` unsettled (on NATS with in-progress acks, so it is not redelivered
+    /// elsewhere) while the consumer's dependencies are down, then runs the handler on it again
+    /// with the same attempt number, until it no longer fails with `Unavailable`. When no
+    /// registered dependency is down (the handler reported something the consumer cannot
+    /// watch), the handler is tried again after `pause_poll`, doubling up to a second. `None`
+    /// when the consumer is stopping.
+    async fn hold(&self, delivery: &Delivery, reason: &str, stop: &CancellationToken) -> Option<Result<(), Failure>> {
+        let _held = HeldGuard::new(&self.held, reason);
+        let poll = self.options.pause_poll;
+        let touch_every = (self.options.subscribe.ack_wait / 3).max(poll);
+        let mut touched = Instant::now();
+        let mut probe = poll;
+        loop {
+            let failed_at = Instant::now();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(poll) => {}
+                }
+                if touched.elapsed() >= touch_every {
+                    touched = Instant::now();
+                    if let Err(e) = delivery.in_progress().await {
+                        tracing::debug!(error = %e, "cannot tell the broker the held message is in progress");
+                    }
+                }
+                if failed_at.elapsed() >= probe && !self.dependency_down() {
+                    break;
+                }
+            }
+            match self.run_handler(delivery).await {
+                Err(Failure::Unavailable { reason }) => {
+                    *self.held.reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = sanitize(&reason);
+                    probe = (probe * 2).min(PROBE_MAX.max(poll));
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// Runs the handler (in the inbox transaction when there is one), bounded and panic-safe.
+    async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
+        let Ok(envelope) = delivery.envelope() else { return Err(Failure::permanent("undecodable message")) };
+        let mut msg = Message {
+            envelope: envelope.clone(),
+            attempt: delivery.attempt(),
+            #[cfg(feature = "sql")]
+            tx: None,
+        };
+        #[cfg(feature = "sql")]
+        if let Some(db) = &self.inbox {
+            let mut tx = db.begin().await.map_err(|e| Failure::transient(&e))?;
+            let sql = db.sql(match db.backend() {
+                keel_data::Backend::Postgres => {
+                    "INSERT INTO keel_inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+                }
+                keel_data::Backend::MySql => {
+                    "INSERT IGNORE INTO keel_inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, $3)"
+                }
+                keel_data::Backend::Sqlite => {
+                    "INSERT OR IGNORE INTO keel_inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, $3)"
+                }
+            });
+            let inserted = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                .bind(&self.group)
+                .bind(&envelope.id)
+                .bind(super::now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Failure::transient(&db.observe(e)))?;
+            if inserted.rows_affected() == 0 {
+                tracing::info!("already processed (inbox); acknowledging without handling again");
+                return Ok(());
+            }
+            msg.tx = Some(tx);
+        }
+        let run = AssertUnwindSafe(self.handler.handle(&mut msg)).catch_unwind();
+        let result = match tokio::time::timeout(self.options.handler_timeout, run).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Failure::retry("the handler panicked")),
+            Err(_) => {
+                Err(Failure::retry(format!("the handler did not finish within {:?}", self.options.handler_timeout)))
+            }
+        };
+        #[cfg(feature = "sql")]
+        if let (Some(tx), Some(db)) = (msg.tx.take(), &self.inbox) {
+            return match result {
+                Ok(()) => tx.commit().await.map_err(|e| Failure::transient(&db.observe(e))),
+                Err(f) => Err(f), // dropping the transaction rolls it back
+            };
+        }
+        result
+    }
+}
+
+/// What the consumer's readiness check reports.
+#[derive(Debug, Clone)]
+enum Status {
+    /// Subscribed and taking messages.
+    Up,
+    /// Subscribed, but taking none until a dependency is back.
+    Paused(String),
+    /// Not subscribed, and why.
+    Down(String),
+}
+
+#[derive(Debug)]
+struct SubState(std::sync::Mutex<Status>);
+
+impl Default for SubState {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Status::Down("not subscribed yet".into())))
+    }
+}
+
+impl SubState {
+    fn set(&self, v: Status) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+    }
+    fn get(&self) -> Status {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// A consumer's readiness check.
+#[derive(Debug, Clone)]
+pub struct ConsumerCheck {
+    name: String,
+    state: Arc<SubState>,
+}
+
+impl HealthCheck for ConsumerCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> Kind {
+        Kind::Readiness
+    }
+    fn check(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            match self.state.get() {
+                Status::Up => Outcome::Up,
+                Status::Paused(reason) => Outcome::degraded(format!("paused: {reason}")),
+                Status::Down(reason) => Outcome::Down(format!("not subscribed: {reason}")),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+    use keel_telemetry::Metrics;
+
+    /// Counts log events by message.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<String>>>);
+
+    impl Logs {
+        fn count(&self, prefix: &str) -> usize {
+            self.0.lock().unwrap().iter().filter(|m| m.starts_with(prefix)).count()
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+    }
+
+    fn metric(metrics: &Metrics, name: &str) -> i64 {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as i64)
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A dependency ("store") goes down while messages arrive. With `registered`, the consumer
+    /// waits for it; without, only the handler's `Failure::unavailable` says so. Either way
+    /// nothing is dead-lettered even with one attempt allowed, every message is handled once
+    /// at attempt 1 after the store is back, and the pause is visible in metrics and logged once.
+    async fn waits_out_an_outage(registered: bool) {
+        let logs = Logs::default();
+        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+        // Tests run side by side with other subscribers (or none): recompute which callsites
+        // are enabled now that this one is in place.
+        tracing::callsite::rebuild_interest_cache();
+        let up = Arc::new(AtomicBool::new(true));
+        let handled: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+        let calls_while_down = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (u, h, c) = (up.clone(), handled.clone(), calls_while_down.clone());
+        let handler = handler_fn(move |env: Envelope| {
+            let (u, h, c) = (u.clone(), h.clone(), c.clone());
+            async move {
+                if !u.load(Ordering::SeqCst) {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    return Err(Failure::unavailable("store down"));
+                }
+                h.lock().unwrap().push((env.id, 0));
+                Ok::<_, Failure>(())
+            }
+        });
+        // `handler_fn` does not see the attempt: record it through a wrapper.
+        struct Attempts<H>(H, Arc<Mutex<Vec<(String, u32)>>>);
+        impl<H: Handler> Handler for Attempts<H> {
+            async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+                let r = self.0.handle(msg).await;
+                if r.is_ok()
+                    && let Some(last) = self.1.lock().unwrap().last_mut()
+                {
+                    last.1 = msg.attempt();
+                }
+                r
+            }
+        }
+        let bus = Bus::in_process(1000);
+        let metrics = Metrics::new();
+        let options = ConsumerOptions::default()
+            .max_attempts(1)
+            .concurrency(1)
+            .retry_backoff(Duration::from_millis(10), Duration::from_millis(20))
+            .pause_poll(Duration::from_millis(20));
+        let mut consumer = Consumer::new(bus.clone(), "store", "writer", Attempts(handler, handled.clone()))
+            .options(options)
+            .with_metrics(ConsumerMetrics::new(&metrics).unwrap());
+        if registered {
+            let flag = up.clone();
+            consumer = consumer.depends_on(dependency_fn("store", move || flag.load(Ordering::SeqCst)));
+        }
+        let check = consumer.readiness_check();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        let publish = |n: usize| {
+            let bus = bus.clone();
+            async move {
+                bus.publish("store", &Envelope::raw("test", "thing", 1, serde_json::json!({ "n": n }))).await.unwrap();
+            }
+        };
+
+        publish(0).await;
+        until("the first message", || handled.lock().unwrap().len() == 1).await;
+        up.store(false, Ordering::SeqCst);
+        for n in 1..=20 {
+            publish(n).await;
+        }
+        let paused = "consumer_paused{group=\"writer\",topic=\"store\"}";
+        until("the pause", || metric(&metrics, paused) == 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(metric(&metrics, paused), 1, "still paused while the store is down");
+        assert!(matches!(check.check().await, Outcome::Degraded(r) if r.contains("paused")), "degraded, not down");
+        assert!(bus.dlq_list("store", 10).await.unwrap().is_empty(), "nothing dead-lettered during the outage");
+        if registered {
+            assert_eq!(calls_while_down.load(Ordering::SeqCst), 0, "no message taken while the store is known down");
+        } else {
+            // One message held and probed; the rest wait with the broker.
+            assert!(bus.lag("store", "writer").await.unwrap() >= 19);
+        }
+
+        up.store(true, Ordering::SeqCst);
+        until("every message", || handled.lock().unwrap().len() == 21).await;
+        until("the resume", || metric(&metrics, paused) == 0).await;
+        assert_eq!(check.check().await, Outcome::Up);
+        let handled = handled.lock().unwrap().clone();
+        let ids: std::collections::HashSet<_> = handled.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(ids.len(), 21, "each message handled exactly once");
+        assert!(handled.iter().all(|(_, a)| *a == 1), "no attempt spent: {handled:?}");
+        assert!(bus.dlq_list("store", 10).await.unwrap().is_empty());
+        assert_eq!(metric(&metrics, "consumer_pauses_total{group=\"writer\",topic=\"store\"}"), 1);
+        assert_eq!(metric(&metrics, "consumer_messages_total{group=\"writer\",outcome=\"retry\""), 0);
+        assert_eq!(metric(&metrics, "consumer_messages_total{group=\"writer\",outcome=\"dead\""), 0);
+        assert_eq!(logs.count("consumer paused"), 1, "the pause is logged once: {:?}", logs.0.lock().unwrap());
+        assert_eq!(logs.count("consumer resumed"), 1, "the resume is logged once");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_registered_dependency_down_pauses_without_spending_attempts() {
+        waits_out_an_outage(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_handler_reporting_unavailable_holds_the_message_without_spending_attempts() {
+        waits_out_an_outage(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_held_message_is_handed_back_on_stop_not_dead_lettered() {
+        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(Logs::default()));
+        let bus = Bus::in_process(10);
+        let handler = handler_fn(|_env: Envelope| async { Err::<(), _>(Failure::unavailable("never back")) });
+        let options = ConsumerOptions::default().max_attempts(1).pause_poll(Duration::from_millis(20));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Consumer::new(bus.clone(), "held", "g", handler).options(options).run(stop.clone()));
+        let mut sub_check = None;
+        for _ in 0..3 {
+            if bus.publish("held", &Envelope::raw("test", "thing", 1, serde_json::json!({}))).await.is_ok() {
+                sub_check = Some(());
+                break;
+            }
+        }
+        assert!(sub_check.is_some());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops while holding").unwrap();
+        assert!(bus.dlq_list("held", 10).await.unwrap().is_empty());
+        // Handed back: the next subscriber of the group gets it.
+        let mut sub = bus.subscribe("held", "g", &SubscribeOptions::default()).await.unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(2), sub.next()).await.unwrap().unwrap().unwrap();
+        d.ack().await.unwrap();
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("loading the user failed")]
+        struct Wrapped(#[source] std::io::Error);
+
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_unavailable(&refused));
+        assert!(matches!(Failure::from(Wrapped(refused)), Failure::Unavailable { .. }), "found in the source chain");
+        assert!(matches!(Failure::from(super::super::BusError::Unavailable("x".into())), Failure::Unavailable { .. }));
+        assert!(matches!(Failure::from(std::io::Error::other("bad input")), Failure::Retry { .. }));
+        assert!(matches!(Failure::from(super::super::BusError::Full("t".into())), Failure::Retry { .. }));
+        #[cfg(feature = "sql")]
+        {
+            use keel_data::DataError;
+            assert!(matches!(
+                Failure::from(DataError::Unavailable { reason: "x".into() }),
+                Failure::Unavailable { .. }
+            ));
+            assert!(matches!(Failure::from(DataError::AcquireTimeout), Failure::Unavailable { .. }));
+            assert!(matches!(Failure::from(DataError::Sql(sqlx::Error::PoolTimedOut)), Failure::Unavailable { .. }));
+            assert!(matches!(Failure::from(sqlx::Error::PoolClosed), Failure::Unavailable { .. }));
+            assert!(matches!(Failure::from(DataError::Sql(sqlx::Error::RowNotFound)), Failure::Retry { .. }));
+        }
+    }
+
+    #[test]
+    fn default_retries_outlast_a_half_hour_outage() {
+        let o = ConsumerOptions::default();
+        // The shortest schedule jitter can make: every wait at 90 % of its base.
+        let shortest: f64 = (1..o.max_attempts)
+            .map(|attempt| {
+                let factor = 2f64.powi(i32::try_from(attempt - 1).unwrap());
+                (o.retry_initial.as_secs_f64() * factor).clamp(o.retry_initial.as_secs_f64(), o.retry_max.as_secs_f64())
+                    * 0.9
+            })
+            .sum();
+        assert!(shortest > 30.0 * 60.0, "{shortest} s");
+        assert!(o.pause_poll <= Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,200 @@
+//! RFC 9457 `application/problem+json` error responses.
+//!
+//! Every error Keel produces (and every error a handler returns as a [`Problem`]) leaves the
+//! service as a problem document carrying the request id. Bodies never hold stack traces, panic
+//! messages or internal error texts: those go to the log.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// The media type of problem documents.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use keel_http::Problem;
+///
+/// async fn handler() -> Result<&'static str, Problem> {
+///     Err(Problem::new(http::StatusCode::CONFLICT, "already-joined", "Already joined")
+///         .detail("you have already joined this event"))
+/// }
+/// let resp = Problem::not_found().into_response();
+/// assert_eq!(resp.status(), 404);
+/// assert_eq!(resp.headers()["content-type"], "application/problem+json");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Problem(pub(crate) Box<ProblemBody>);
+
+/// The fields of a [`Problem`], boxed so `Result<T, Problem>` stays small.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProblemBody {
+    #[serde(rename = "type")]
+    pub(crate) type_: String,
+    pub(crate) title: String,
+    pub(crate) status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) request_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) errors: Vec<FieldError>,
+    #[serde(skip)]
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field (`email`, `items[2].qty`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with status, type slug and title.
+    pub fn new(status: StatusCode, slug: &str, title: impl Into<String>) -> Self {
+        Self(Box::new(ProblemBody {
+            type_: format!("urn:keel:problem:{slug}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: None,
+            code: None,
+            request_id: None,
+            errors: Vec::new(),
+            retry_after: None,
+        }))
+    }
+
+    /// Adds a detail line.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.0.detail = Some(detail.into());
+        self
+    }
+
+    /// Adds a stable code.
+    pub fn code(mut self, code: impl Into<String>) -> Self {
+        self.0.code = Some(code.into());
+        self
+    }
+
+    /// Adds a field error.
+    pub fn field(mut self, field: impl Into<String>, message: impl Into<String>) -> Self {
+        self.0.errors.push(FieldError { field: field.into(), message: message.into() });
+        self
+    }
+
+    /// Asks the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.0.retry_after = Some(secs);
+        self
+    }
+
+    /// 400.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").detail(detail)
+    }
+
+    /// 404.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+    }
+
+    /// 500, with nothing about the cause.
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error")
+            .detail("the server failed to handle the request; quote the request id when reporting it")
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail(detail)
+            .retry_after(retry_after)
+    }
+
+    /// The status as a `StatusCode`.
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The `type` URI.
+    pub fn type_uri(&self) -> &str {
+        &self.0.type_
+    }
+
+    /// The title.
+    pub fn title(&self) -> &str {
+        &self.0.title
+    }
+
+    /// The detail, if any.
+    pub fn detail_text(&self) -> Option<&str> {
+        self.0.detail.as_deref()
+    }
+
+    /// The stable code, if any.
+    pub fn code_str(&self) -> Option<&str> {
+        self.0.code.as_deref()
+    }
+
+    /// The request id, once the stack filled it in.
+    pub fn request_id(&self) -> Option<&str> {
+        self.0.request_id.as_deref()
+    }
+
+    /// The field errors.
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.0.errors
+    }
+
+    /// Renders the response, with `request_id` when known.
+    pub fn into_response_with_id(mut self, request_id: Option<&str>) -> Response {
+        if self.0.request_id.is_none() {
+            self.0.request_id = request_id.map(str::to_owned);
+        }
+        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = self.status_code();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(secs) = self.0.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(Rendered(self));
+        resp
+    }
+}
+
+/// Marks a response whose body is a problem document, so the stack can add the request id.
+#[derive(Debug, Clone)]
+pub(crate) struct Rendered(pub(crate) Problem);
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        self.into_response_with_id(None)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0.status, self.0.title)?;
+        if let Some(d) = &self.0.detail {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problem {}

@@ -1,0 +1,252 @@
+//! One `request` span per request, continuing the caller's W3C trace, plus an access-log line.
+//!
+//! The span is an ordinary `tracing` span, entered whenever the response future is polled, so
+//! every layer of the process's subscriber sees it and every event inside it: Keel's log lines
+//! (which lift its `service`, `request_id`, `trace_id` and `span_id` to the top level),
+//! OpenTelemetry export, and an application's own layers. Its fields follow OpenTelemetry's
+//! current HTTP server semantic conventions:
+//!
+//! | field | value |
+//! |---|---|
+//! | `http.request.method` | `GET` |
+//! | `http.route` | the matched template (`/items/{id}`), only when a route matched |
+//! | `http.response.status_code` | recorded when the response is ready |
+//! | `url.path`, `url.scheme` | the request's path (never the query, which may carry secrets) and scheme |
+//! | `server.address`, `server.port` | from `Host` (or the HTTP/2 authority) |
+//! | `client.address` | the client, through `http.trusted_proxies` (see [`super::client_ip`]) |
+//! | `user_agent.original` | `User-Agent` |
+//! | `network.protocol.version` | `1.0`, `1.1`, `2` |
+//!
+//! plus Keel's `service` and `request_id`, and `otel.kind = server` and, when spans are
+//! exported, `otel.name = "{method} {route}"`. A 5xx sets `otel.status_code = error`.
+//!
+//! It must sit inside the request-id layer (it reads its
+//! [`RequestId`](super::request_id::RequestId)) and after routing (it reads [`MatchedPath`]);
+//! Keel's stack applies it with `Router::layer`, which runs after routing.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath};
+use http::{Request, Response, Version};
+use pin_project_lite::pin_project;
+use tower::Service;
+use tracing::field::Empty;
+
+use super::client_ip::IpNet;
+
+/// The `route` label of requests that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Adds request spans; see the module docs.
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    service: &'static str,
+    access_log: bool,
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+impl TraceLayer {
+    /// Spans tagged with `service`; `access_log` adds an `info` line per finished request.
+    ///
+    /// The process keeps one copy of each distinct service name for its life, so `service`
+    /// should be a name from configuration, not something made per request.
+    pub fn new(service: impl AsRef<str>, access_log: bool) -> Self {
+        Self { service: keel_telemetry::intern::intern(service.as_ref()), access_log, trusted_proxies: Arc::from([]) }
+    }
+
+    /// Reads `client.address` through these proxies (`http.trusted_proxies`); without them it
+    /// is the socket peer.
+    pub fn trusted_proxies(mut self, proxies: &[IpNet]) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    layer: TraceLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Trace<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let span = request_span(&self.layer, &req);
+        // The span is entered while the response future is polled, which is where everything
+        // below runs: axum calls the route (and the handler) on the first poll.
+        let inner = self.inner.call(req);
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+    }
+}
+
+/// The request's span, its parent the caller's `traceparent` if it sent one.
+fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
+    // Borrowed, not `RequestId::from_extensions`: a clone of the header value per request.
+    let id = req.extensions().get::<tower_http::request_id::RequestId>().map(|id| id.header_value());
+    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let method = req.method().as_str();
+    let (host, port) = server_address(req);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = peer.map(|p| client_address(p, req.headers(), &layer.trusted_proxies));
+    let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        service = layer.service,
+        request_id = id.map(|v| v.to_str().unwrap_or_default()),
+        http.request.method = method,
+        http.route = route,
+        url.path = req.uri().path(),
+        url.scheme = req.uri().scheme_str().unwrap_or("http"),
+        server.address = host,
+        server.port = port,
+        client.address = client.map(tracing::field::display),
+        user_agent.original = user_agent,
+        network.protocol.version = protocol_version(req.version()),
+        http.response.status_code = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if keel_telemetry::exporting() {
+        // Semantic conventions: `{method} {route}`, or the method alone without a route (a
+        // path would make one span name per URL).
+        match route {
+            Some(r) => span.record("otel.name", format!("{method} {r}")),
+            None => span.record("otel.name", method),
+        };
+    }
+    if req.headers().contains_key("traceparent") {
+        keel_telemetry::set_parent(&span, keel_telemetry::extract_context(req.headers()));
+    }
+    span
+}
+
+/// `Host` (or the authority of an HTTP/2 or absolute-form request), split into address and
+/// port; the port defaults to the scheme's.
+fn server_address<B>(req: &Request<B>) -> (Option<&str>, Option<u16>) {
+    let authority = req
+        .uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()));
+    let Some(authority) = authority else { return (None, None) };
+    let default_port = if req.uri().scheme_str() == Some("https") { 443 } else { 80 };
+    // `[::1]:8080`, `example.com:8080`, `example.com`.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => (h, p.parse().ok()),
+        _ => (authority, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (Some(host), Some(port.unwrap_or(default_port)))
+}
+
+fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() { peer.to_canonical() } else { super::client_ip::client_ip(peer, headers, trusted) }
+}
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+pin_project! {
+    /// Response future of [`Trace`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        start: Instant,
+        access_log: bool,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &out {
+            finished(this.span, resp.status().as_u16(), *this.start, *this.access_log);
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Gives the span its status, and logs the access or failure line.
+fn finished(span: &tracing::Span, status: u16, start: Instant, access_log: bool) {
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        tracing::error!(http.response.status_code = status, latency_ms, "request failed");
+    } else if access_log {
+        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(http.response.status_code = status, latency_ms, "request finished");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn server_address_and_port_come_from_the_authority_or_host() {
+        assert_eq!(server_address(&req("/x", Some("api.example:8443"))), (Some("api.example"), Some(8443)));
+        assert_eq!(server_address(&req("/x", Some("api.example"))), (Some("api.example"), Some(80)));
+        assert_eq!(server_address(&req("/x", Some("[::1]:9000"))), (Some("::1"), Some(9000)));
+        assert_eq!(server_address(&req("/x", Some("[::1]"))), (Some("::1"), Some(80)));
+        assert_eq!(server_address(&req("https://h.example/x", None)), (Some("h.example"), Some(443)));
+        assert_eq!(server_address(&req("/x", None)), (None, None));
+    }
+
+    #[test]
+    fn protocol_versions_are_written_as_the_conventions_say() {
+        assert_eq!(protocol_version(Version::HTTP_11), "1.1");
+        assert_eq!(protocol_version(Version::HTTP_2), "2");
+        assert_eq!(protocol_version(Version::HTTP_10), "1.0");
+    }
+}

@@ -1,0 +1,248 @@
+//! The `security` section: JWT keys, password hashing and field encryption. It exists without
+//! the `security` feature too, so a file that sets it loads the same in every build.
+//!
+//! Field doc comments are the reference for `docs/configuration.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use keel_config::{Profile, Secret, Section, Templates, Validation};
+
+/// `security.*`: JWT keys, password hashing and field encryption (used by `keel_security`,
+/// cargo feature `security`). Every key, secret and data key is configuration: nothing has a
+/// default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SecurityConfig {
+    /// Issuing and verifying JSON Web Tokens.
+    pub jwt: JwtConfig,
+    /// Password hashing (Argon2id) and the password policy.
+    pub passwords: PasswordsConfig,
+    /// Envelope encryption of fields and blind indexes.
+    pub encryption: EncryptionConfig,
+}
+
+/// `security.jwt.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct JwtConfig {
+    /// Expected `iss`; tokens from another issuer are refused, and issued tokens carry it.
+    /// Unset: `iss` is not checked.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (a token must name one). Empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`. Default `30s`; at most `5m`.
+    #[serde(with = "keel_config::duration")]
+    pub leeway: Duration,
+    /// Lifetime of issued tokens. Default `15m`.
+    #[serde(with = "keel_config::duration")]
+    pub ttl: Duration,
+    /// The `kid` of the key new tokens are signed with. Unset: this service only verifies.
+    pub signing_key: Option<String>,
+    /// Verification (and signing) keys by `kid`. Each pins its algorithm.
+    pub keys: BTreeMap<String, JwtKeyConfig>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: Vec::new(),
+            leeway: Duration::from_secs(30),
+            ttl: Duration::from_secs(900),
+            signing_key: None,
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+/// `security.jwt.keys.<kid>.*`: one key. Secrets come from env or `<field>_file`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct JwtKeyConfig {
+    /// `HS256`, `RS256` or `EdDSA`. Required: a token whose header names another algorithm is
+    /// refused, which is what stops `none` and algorithm-confusion attacks.
+    pub algorithm: Option<JwtAlgorithm>,
+    /// **Secret.** HS256 only: the shared key, at least 32 bytes.
+    pub secret: Option<Secret>,
+    /// RS256 / EdDSA: the public key (PEM) used to verify.
+    pub public_key: Option<String>,
+    /// **Secret.** RS256 / EdDSA: the private key (PEM), only where tokens are issued.
+    pub private_key: Option<Secret>,
+}
+
+/// A JWT signature algorithm Keel accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// `security.passwords.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct PasswordsConfig {
+    /// Argon2id memory cost in KiB. Default `19456` (19 MiB, the OWASP minimum).
+    pub memory_kib: u32,
+    /// Argon2id passes. Default `2`.
+    pub iterations: u32,
+    /// Argon2id lanes. Default `1`.
+    pub parallelism: u32,
+    /// Hashes computed at once (each on a blocking thread). `0`: the number of CPUs. Default `0`.
+    pub max_concurrent_hashes: usize,
+    /// Longest wait for a hashing slot; past it the call fails as overloaded (503) instead of
+    /// queueing without bound. Default `5s`.
+    #[serde(with = "keel_config::duration")]
+    pub queue_timeout: Duration,
+    /// Shortest password accepted, in characters. Default `12`; production refuses less.
+    pub min_length: usize,
+    /// Longest password accepted, in bytes (bounds hashing cost). Default `128`.
+    pub max_length: usize,
+}
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent_hashes: 0,
+            queue_timeout: Duration::from_secs(5),
+            min_length: 12,
+            max_length: 128,
+        }
+    }
+}
+
+/// `security.encryption.*`: envelope encryption of fields (see `keel_security::crypto`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct EncryptionConfig {
+    /// **Secret.** The master key, 32 bytes in base64; it only wraps data keys.
+    pub master_key: Option<Secret>,
+    /// **Secret.** The blind-index (HMAC) key, at least 32 bytes in base64; keep it apart from
+    /// the master key.
+    pub blind_index_key: Option<Secret>,
+    /// The data key new values are encrypted with.
+    pub active_key: Option<String>,
+    /// Data keys by id, each wrapped by the master key (`<service> keys new <id>` makes one).
+    /// Wrapped keys are not secret; every listed key can still decrypt.
+    pub data_keys: BTreeMap<String, String>,
+}
+
+impl Section for SecurityConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        v.section("jwt", &self.jwt);
+        v.section("passwords", &self.passwords);
+        v.section("encryption", &self.encryption);
+    }
+
+    fn templates(t: &mut Templates<'_>) {
+        // `security.jwt.keys` is a map, so its entries have no defaults; give each entry the key
+        // template so `secret_file` / `private_key_file` resolve like any other secret.
+        t.map_entries("jwt.keys", &JwtKeyConfig::default());
+    }
+}
+
+impl Section for JwtConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if self.leeway > Duration::from_secs(300) {
+            v.invalid("leeway", "at most 5m: a large leeway keeps expired tokens alive");
+        }
+        if self.ttl.is_zero() {
+            v.invalid("ttl", "must be more than 0s");
+        }
+        if let Some(kid) = &self.signing_key
+            && !self.keys.contains_key(kid)
+        {
+            v.invalid("signing_key", format!("`{kid}` is not one of security.jwt.keys"));
+        }
+        for (kid, key) in &self.keys {
+            let at = |f: &str| format!("keys.{kid}.{f}");
+            match key.algorithm {
+                None => v.invalid(&at("algorithm"), "required: HS256, RS256 or EdDSA"),
+                Some(JwtAlgorithm::HS256) => match &key.secret {
+                    None => v.invalid(&at("secret"), "HS256 needs a secret (env or secret_file)"),
+                    Some(secret) if secret.expose().len() < 32 => {
+                        v.invalid(&at("secret"), "HS256 needs at least 32 bytes (256 bits) of secret")
+                    }
+                    Some(_) => {}
+                },
+                Some(_) => {
+                    if key.public_key.is_none() {
+                        v.invalid(&at("public_key"), "RS256 and EdDSA need the public key (PEM) to verify");
+                    }
+                    if key.secret.is_some() {
+                        v.invalid(&at("secret"), "only HS256 keys have a shared secret");
+                    }
+                }
+            }
+            if self.signing_key.as_deref() == Some(kid.as_str())
+                && key.algorithm.is_some_and(|a| a != JwtAlgorithm::HS256)
+                && key.private_key.is_none()
+            {
+                v.invalid(&at("private_key"), "the signing key needs its private key (PEM)");
+            }
+        }
+    }
+}
+
+impl Section for JwtKeyConfig {}
+
+impl Section for PasswordsConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if self.min_length == 0 || self.max_length < self.min_length || self.max_length > 4096 {
+            v.invalid("max_length", "must be at least min_length and at most 4096");
+        }
+        if v.profile() == Profile::Production && self.min_length < 12 {
+            v.production("min_length", "production needs passwords of at least 12 characters");
+        }
+        if self.iterations == 0 || self.parallelism == 0 || self.memory_kib < 8 * self.parallelism {
+            v.invalid("", "iterations and parallelism must be at least 1 and memory_kib at least 8 × parallelism");
+        }
+        if self.queue_timeout.is_zero() {
+            v.invalid("queue_timeout", "must be more than 0s");
+        }
+    }
+}
+
+impl Section for EncryptionConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if let Some(active) = &self.active_key
+            && !self.data_keys.contains_key(active)
+        {
+            v.invalid("active_key", format!("`{active}` is not one of security.encryption.data_keys"));
+        }
+        if !self.data_keys.is_empty() && self.master_key.is_none() {
+            v.invalid("master_key", "data keys need the master key that wraps them");
+        }
+        for (name, key) in [("master_key", &self.master_key), ("blind_index_key", &self.blind_index_key)] {
+            if let Some(k) = key
+                && decoded_len(k.expose()).is_none_or(|n| n < 32)
+            {
+                v.invalid(name, "must be at least 32 random bytes, base64-encoded");
+            }
+        }
+    }
+}
+
+/// Length of standard base64 (with or without padding), without pulling a base64 crate into
+/// builds that do not use `security`.
+fn decoded_len(b64: &str) -> Option<usize> {
+    let t = b64.trim().trim_end_matches('=');
+    if t.is_empty() || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/') {
+        return None;
+    }
+    Some(t.len() * 3 / 4)
+}

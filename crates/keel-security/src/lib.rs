@@ -1,0 +1,33 @@
+//! Security building blocks: JWT authentication, password hashing, envelope field encryption with
+//! blind indexes, PII masking and a tamper-evident audit log.
+//!
+//! This is `keel-security`, re-exported by `keel` as `keel::security`; of Keel's crates it depends
+//! on `keel-config`, `keel-telemetry`, `keel-http` and `keel-data`.
+//!
+//! | module | what it is for | feature |
+//! |---|---|---|
+//! | [`mask`] | maskers for emails, phones, cards, tokens; log masking; `scrub`, the one credential scrubber (from `keel-telemetry`, whose log formatter uses them) | always |
+//! | `jwt` | issue and verify tokens; `Auth<C>` extractors and role guard | `security` |
+//! | `password` | Argon2id off the executor, with a concurrency cap and a policy | `security` |
+//! | `crypto` | AES-256-GCM envelope encryption, key rotation, HMAC blind index | `security` |
+//! | `audit` | hash-chained `audit_log` table and `<service> audit verify` | `security` + a SQL backend |
+//!
+//! Secrets themselves are [`keel_config::Secret`]s loaded from env or `<key>_file`; see
+//! `docs/security.md` for configuration and operations.
+
+#[cfg(all(feature = "security", feature = "sql"))]
+pub mod audit;
+mod config;
+#[cfg(feature = "security")]
+pub mod crypto;
+#[cfg(feature = "security")]
+pub mod jwt;
+pub use keel_telemetry::mask;
+#[cfg(feature = "security")]
+pub mod password;
+
+pub use config::{EncryptionConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, PasswordsConfig, SecurityConfig};
+#[cfg(feature = "security")]
+pub use jwt::{Auth, Claims, HasRoles, Jwt, JwtError, RequireRole, Role};
+#[cfg(feature = "security")]
+pub use password::{PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation};

@@ -1,0 +1,302 @@
+//! Password hashing with Argon2id, off the async executor, with a policy.
+//!
+//! Argon2id is deliberately slow (tens of milliseconds and tens of MiB per hash). Run on the
+//! async executor, a burst of logins would block every worker thread and starve all other
+//! requests; so each hash runs on a blocking thread, at most `max_concurrent_hashes` at once, and
+//! a caller waits at most `queue_timeout` for a slot before getting [`PasswordError::Overloaded`]
+//! (a 503) — a login storm degrades logins, not the whole service.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use keel_security::password::{PasswordHasher, PasswordPolicy};
+//!
+//! let mut cfg = keel_security::PasswordsConfig::default();
+//! cfg.memory_kib = 1024; // cheap for the example; keep the default (19 MiB) in production
+//! let hasher = PasswordHasher::from_config(&cfg).unwrap();
+//! let policy = PasswordPolicy::default();
+//! assert!(policy.check("password1234", Some("a@b.co")).is_err());
+//! let phc = hasher.hash("correct horse battery staple").await.unwrap();
+//! assert!(hasher.verify("correct horse battery staple", &phc).await.unwrap());
+//! assert!(!hasher.verify("wrong", &phc).await.unwrap());
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
+use http::StatusCode;
+use tokio::sync::Semaphore;
+
+use super::PasswordsConfig;
+use keel_http::Problem;
+
+/// Errors hashing or verifying.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PasswordError {
+    /// Every hashing slot stayed busy for `queue_timeout`.
+    #[error("password hashing is overloaded; retry shortly")]
+    Overloaded,
+    /// The stored hash is not a valid PHC string.
+    #[error("the stored password hash is malformed")]
+    MalformedHash,
+    /// The password is longer than the policy's maximum (refused before hashing, to bound cost).
+    #[error("the password is longer than {0} bytes")]
+    TooLong(usize),
+    /// Invalid cost parameters.
+    #[error("invalid Argon2 parameters: {0}")]
+    Params(String),
+    /// The hashing thread failed.
+    #[error("password hashing failed: {0}")]
+    Internal(String),
+}
+
+impl From<PasswordError> for Problem {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Overloaded => Problem::unavailable("too many sign-ins at once; retry shortly", 1),
+            PasswordError::TooLong(n) => {
+                Problem::bad_request(format!("passwords are at most {n} bytes")).code("password-too-long")
+            }
+            other => {
+                tracing::error!(error = %other, "password hashing failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl axum::response::IntoResponse for PasswordError {
+    fn into_response(self) -> axum::response::Response {
+        Problem::from(self).into_response()
+    }
+}
+
+/// Hashes and verifies passwords with Argon2id. Cheap to clone; share one per service.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    queue_timeout: Duration,
+    max_length: usize,
+    /// A hash of a random password, verified against when the user does not exist, so that
+    /// "no such user" takes as long as "wrong password".
+    dummy: Arc<str>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("m_cost", &self.params.m_cost())
+            .field("t_cost", &self.params.t_cost())
+            .field("p_cost", &self.params.p_cost())
+            .field("available_permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordHasher {
+    /// A hasher from `security.passwords.*`.
+    pub fn from_config(cfg: &PasswordsConfig) -> Result<Self, PasswordError> {
+        let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
+            .map_err(|e| PasswordError::Params(e.to_string()))?;
+        let cap = match cfg.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let random = format!("{:032x}", rand::random::<u128>());
+        let dummy = argon.hash_password(random.as_bytes()).map_err(|e| PasswordError::Params(e.to_string()))?;
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(cap)),
+            queue_timeout: cfg.queue_timeout,
+            max_length: cfg.max_length,
+            dummy: dummy.to_string().into(),
+        })
+    }
+
+    /// Hashes `password` into a PHC string (`$argon2id$v=19$m=…`) with a random salt.
+    pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        self.check_length(password)?;
+        let (params, password) = (self.params.clone(), zeroizing(password));
+        self.blocking(move || {
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| PasswordError::Internal(e.to_string()))
+        })
+        .await
+    }
+
+    /// Whether `password` matches the PHC string `phc`. The comparison is constant-time, and
+    /// the hash's own parameters are used (so old hashes verify after a cost change).
+    pub async fn verify(&self, password: &str, phc: &str) -> Result<bool, PasswordError> {
+        if password.len() > self.max_length {
+            return Ok(false);
+        }
+        let parsed = PasswordHash::new(phc).map_err(|_| PasswordError::MalformedHash)?;
+        let password = zeroizing(password);
+        self.blocking(move || match Argon2::default().verify_password(password.as_bytes(), &parsed) {
+            Ok(()) => Ok(true),
+            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+            Err(_) => Err(PasswordError::MalformedHash),
+        })
+        .await
+    }
+
+    /// Spends the time of one verification and returns `false`: call it when the user does not
+    /// exist, so response times do not reveal which accounts exist.
+    pub async fn verify_dummy(&self, password: &str) -> Result<bool, PasswordError> {
+        let dummy = self.dummy.clone();
+        self.verify(password, &dummy).await.map(|_| false)
+    }
+
+    /// Whether the PHC string was made with other parameters than the current ones (rehash it
+    /// after the next successful login).
+    pub fn needs_rehash(&self, phc: &str) -> bool {
+        match PasswordHash::new(phc) {
+            Ok(h) => Params::try_from(&h).map_or(true, |p| {
+                p.m_cost() != self.params.m_cost()
+                    || p.t_cost() != self.params.t_cost()
+                    || p.p_cost() != self.params.p_cost()
+            }),
+            Err(_) => true,
+        }
+    }
+
+    /// Hashing slots free right now.
+    pub fn available_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    fn check_length(&self, password: &str) -> Result<(), PasswordError> {
+        if password.len() > self.max_length { Err(PasswordError::TooLong(self.max_length)) } else { Ok(()) }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| PasswordError::Overloaded)?
+            .map_err(|_| PasswordError::Overloaded)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| PasswordError::Internal(e.to_string()))?
+    }
+}
+
+/// A copy of the password that is wiped when dropped (the hashing thread owns it).
+fn zeroizing(password: &str) -> secrecy::SecretString {
+    secrecy::SecretString::from(password.to_owned())
+}
+
+trait AsBytes {
+    fn as_bytes(&self) -> &[u8];
+}
+
+impl AsBytes for secrecy::SecretString {
+    fn as_bytes(&self) -> &[u8] {
+        secrecy::ExposeSecret::expose_secret(self).as_bytes()
+    }
+}
+
+/// What a new password must satisfy.
+#[derive(Debug, Clone)]
+pub struct PasswordPolicy {
+    /// Fewest characters. Default 12.
+    pub min_length: usize,
+    /// Most bytes (bounds hashing cost). Default 128.
+    pub max_length: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self { min_length: 12, max_length: 128 }
+    }
+}
+
+/// Why a password was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyViolation {
+    /// Shorter than the minimum.
+    #[error("use at least {0} characters")]
+    TooShort(usize),
+    /// Longer than the maximum.
+    #[error("use at most {0} bytes")]
+    TooLong(usize),
+    /// The same as the account's e-mail address (or its local part).
+    #[error("do not use your e-mail address")]
+    SameAsEmail,
+    /// On the list of common passwords.
+    #[error("this password is too common")]
+    Common,
+}
+
+impl From<PolicyViolation> for Problem {
+    fn from(v: PolicyViolation) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "weak-password", "Password refused")
+            .field("password", v.to_string())
+    }
+}
+
+impl PasswordPolicy {
+    /// The policy `security.passwords.*` describes.
+    pub fn from_config(cfg: &PasswordsConfig) -> Self {
+        Self { min_length: cfg.min_length, max_length: cfg.max_length }
+    }
+
+    /// Checks a new password for the account with `email`.
+    pub fn check(&self, password: &str, email: Option<&str>) -> Result<(), PolicyViolation> {
+        if password.len() > self.max_length {
+            return Err(PolicyViolation::TooLong(self.max_length));
+        }
+        if password.chars().count() < self.min_length {
+            return Err(PolicyViolation::TooShort(self.min_length));
+        }
+        let lower = password.trim().to_lowercase();
+        if let Some(email) = email {
+            let email = email.trim().to_lowercase();
+            let local = email.split('@').next().unwrap_or_default();
+            if lower == email || (!local.is_empty() && lower == local) {
+                return Err(PolicyViolation::SameAsEmail);
+            }
+        }
+        if keel_config::is_common_password(&lower) {
+            return Err(PolicyViolation::Common);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy() {
+        let p = PasswordPolicy::default();
+        assert_eq!(p.check("short", None), Err(PolicyViolation::TooShort(12)));
+        assert_eq!(p.check(&"x".repeat(129), None), Err(PolicyViolation::TooLong(128)));
+        assert_eq!(p.check("Password1234", None), Err(PolicyViolation::Common));
+        assert_eq!(p.check("QWERTYUIOP12", None), Err(PolicyViolation::Common), "case-insensitive");
+        assert_eq!(
+            p.check("alice.smith@example.com", Some("Alice.Smith@example.com")),
+            Err(PolicyViolation::SameAsEmail)
+        );
+        assert_eq!(p.check("alice.smith1", Some("alice.smith1@example.com")), Err(PolicyViolation::SameAsEmail));
+        assert!(p.check("plum-harbor-velvet-42", Some("alice@example.com")).is_ok());
+    }
+}

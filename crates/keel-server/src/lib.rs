@@ -1,0 +1,374 @@
+//! The accept loop: hyper with its timeouts and HTTP/2 settings, connection caps, and a
+//! graceful drain.
+//!
+//! This is `keel-server`, re-exported by `keel` as `keel::server`; of Keel's crates it depends on
+//! `keel-http`.
+//!
+//! `axum::serve` has neither a header-read timeout nor a connection limit, so a client that
+//! opens connections and sends headers a byte at a time can hold file descriptors forever
+//! (and, during shutdown, the drain). This loop serves the same router through hyper-util's
+//! `auto` builder (HTTP/1, and HTTP/2 with prior knowledge):
+//!
+//! - HTTP/1: hyper's `header_read_timeout`. hyper arms it whenever it waits for a request
+//!   head, the wait between keep-alive requests included, so it is also the keep-alive idle
+//!   timeout.
+//! - HTTP/2: hyper's keep-alive `PING`s and their timeout, the concurrent stream cap and the
+//!   header list cap.
+//! - Both: the deadline of a connection with no request in progress (the first request's,
+//!   then HTTP/2's idle timeout), and the drain, by the `Watchdog` around each connection
+//!   (see `idle`).
+//! - A global connection cap (a semaphore: at the cap, new clients wait in the kernel's
+//!   backlog) and a per-client-IP one (a client at its cap has its new connections closed at
+//!   once). The IP is the TCP peer's: behind a proxy, the proxy's.
+//!
+//! # Shutdown
+//!
+//! When `stop` is cancelled, or this future is dropped, the listener is dropped at once (new
+//! connections are refused) and every connection is asked to shut down gracefully: idle ones
+//! close at once, in-flight requests are answered first (HTTP/2: `GOAWAY`). When `stop` is
+//! cancelled the returned future completes once every connection has closed; the caller
+//! bounds that wait (`shutdown.timeout`). A connection with nothing in progress that stays
+//! open is closed by its watchdog one deadline later.
+
+#![forbid(unsafe_code)]
+
+mod idle;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use prometheus::IntCounter;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::idle::{Activity, Deadlines, Track, Watchdog};
+use keel_http::HttpConfig;
+
+/// Limits of one listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) http2_idle_timeout: Duration,
+    pub(crate) http2_keep_alive_interval: Duration,
+    pub(crate) http2_keep_alive_timeout: Duration,
+    pub(crate) http2_max_concurrent_streams: u32,
+    pub(crate) http2_max_header_list_size: u32,
+    /// `http_server_connections_refused_total`.
+    pub(crate) refused: IntCounter,
+}
+
+impl Limits {
+    /// The limits of `http`, counting refused connections in `refused`.
+    pub fn new(http: &HttpConfig, refused: IntCounter) -> Self {
+        Self {
+            header_read_timeout: http.header_read_timeout,
+            max_connections: http.max_connections,
+            max_connections_per_ip: http.max_connections_per_ip,
+            http2_idle_timeout: http.http2.idle_timeout,
+            http2_keep_alive_interval: http.http2.keep_alive_interval,
+            http2_keep_alive_timeout: http.http2.keep_alive_timeout,
+            http2_max_concurrent_streams: http.http2.max_concurrent_streams,
+            // Validated to at most 16 MiB.
+            http2_max_header_list_size: u32::try_from(http.http2.max_header_list_size).unwrap_or(u32::MAX),
+            refused,
+        }
+    }
+
+    fn builder(&self) -> Builder<TokioExecutor> {
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.http2_keep_alive_interval)
+            .keep_alive_timeout(self.http2_keep_alive_timeout)
+            .max_concurrent_streams(self.http2_max_concurrent_streams)
+            .max_header_list_size(self.http2_max_header_list_size);
+        builder
+    }
+}
+
+/// The `http_server_connections_refused_total` counter (register it once per service).
+pub fn refused_counter() -> Result<IntCounter, prometheus::Error> {
+    IntCounter::new(
+        "http_server_connections_refused_total",
+        "Connections closed at once because their client IP was at http.max_connections_per_ip.",
+    )
+}
+
+/// How often, at most, refusals of clients over their per-IP cap are logged.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stop` is cancelled, then drains.
+pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
+    // `with_state(())` turns every handler into a finished route once, here. A router served
+    // without it (as `Router<()>` straight into hyper) rebuilds each handler's route, and
+    // applies every layer of the stack to it again, on every request; `axum::serve` does the
+    // same conversion for the same reason.
+    let router = router.with_state(());
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = PerIp::new(limits.max_connections_per_ip);
+    let builder = limits.builder();
+    let deadlines = Deadlines { first_request: limits.header_read_timeout, http2_idle: limits.http2_idle_timeout };
+    // Cancelled when the loop stops or this future is dropped part-way: either way the
+    // connections drain.
+    let drain = CancellationToken::new();
+    let _drain_on_drop = drain.clone().drop_guard();
+    let mut logged_full = false;
+    let mut refusals = Refusals::default();
+    loop {
+        // A free slot first: at the cap, new clients wait in the kernel's backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if !logged_full {
+                    tracing::warn!(max = limits.max_connections, "connection limit reached; new clients wait");
+                    logged_full = true;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: back off briefly
+                    // instead of spinning, and keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        logged_full = false;
+        let Some(ip_slot) = per_ip.try_open(peer.ip()) else {
+            // Closed at once (dropped): the client's other connections are not touched.
+            limits.refused.inc();
+            drop(stream);
+            refusals.refused(peer.ip(), limits.max_connections_per_ip);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let service = TowerToHyperService::new(Track::new(service, activity.clone()));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = Watchdog::new(conn, activity, deadlines, drain.clone().cancelled_owned(), |c: Pin<&mut _>| {
+            c.graceful_shutdown();
+        });
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(ip_slot);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    drain.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+/// Open connections per client address, against `http.max_connections_per_ip`.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { max, open: Mutex::new(HashMap::new()) })
+    }
+
+    /// A slot for one more connection from `ip`, or `None` at its cap.
+    fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let key = client_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { per_ip: self.clone(), key })
+    }
+}
+
+/// One open connection of a client; released when dropped.
+#[derive(Debug)]
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The address a client is counted under: an IPv4 address (an IPv4-mapped IPv6 one as
+/// such), or an IPv6 address's /64, the block one host is usually given.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// Logs refused connections at most once per [`REFUSAL_LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct Refusals {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn refused(&mut self, ip: IpAddr, max: usize) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self.logged_at.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            client = %ip,
+            max_per_ip = max,
+            refused = self.unlogged,
+            "client at its connection limit; new connections closed"
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn limits(header_read_timeout: Duration, max_connections_per_ip: usize) -> Limits {
+        let mut http = HttpConfig::default();
+        http.header_read_timeout = header_read_timeout;
+        http.max_connections = 8;
+        http.max_connections_per_ip = max_connections_per_ip;
+        Limits::new(&http, refused_counter().unwrap())
+    }
+
+    #[tokio::test]
+    async fn connections_still_drain_when_the_accept_loop_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        // A header deadline far beyond the test: only the drain can close the connection.
+        let limits = limits(Duration::from_secs(600), 8);
+        let serving = tokio::spawn(serve(listener, router, limits, CancellationToken::new()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"hi") {
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        // Idle and kept alive; then the loop's task is aborted.
+        serving.abort();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the idle connection was not closed: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_cap_is_closed_and_counted_others_are_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        let limits = limits(Duration::from_secs(600), 2);
+        let refused = limits.refused.clone();
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve(listener, router, limits, stop.clone()));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection was not closed: {read:?}");
+        assert_eq!(refused.get(), 1);
+        // Another address is not affected.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = other.connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        // A closed connection frees its place.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        stop.cancel();
+        drop(held);
+        serving.await.unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let per_ip = PerIp::new(1);
+        let slot = per_ip.try_open(a);
+        assert!(slot.is_some());
+        assert!(per_ip.try_open(b).is_none(), "same /64");
+        assert!(per_ip.try_open(c).is_some(), "another /64");
+        drop(slot);
+        assert!(per_ip.try_open(b).is_some(), "released");
+        assert!(per_ip.open.lock().unwrap().is_empty(), "empty entries removed");
+    }
+}

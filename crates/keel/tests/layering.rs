@@ -1,0 +1,89 @@
+//! Keel's crates form layers: each depends (normal or dev) only on crates below it in
+//! [`LAYERS`], `keel-config` on no other Keel crate, and `keel` (the facade) on all of them.
+//! Cargo already refuses a cycle; this keeps the order the docs give, so a new dependency that
+//! reaches up a layer fails here, with the edge named, before it grows into a tangle.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// Bottom first: the order of `crates/keel/src/lib.rs`'s table and the README's layout.
+const LAYERS: &[&str] = &[
+    "keel-config",
+    "keel-resilience",
+    "keel-slo",
+    "keel-telemetry",
+    "keel-health",
+    "keel-http",
+    "keel-server",
+    "keel-data",
+    "keel-redis",
+    "keel-rate-limit",
+    "keel-security",
+    "keel-features",
+    "keel-workers",
+    "keel-events",
+    "keel-app",
+    "keel-testing",
+];
+
+/// Each workspace package whose name starts with `keel` → the `keel*` packages it depends on.
+fn keel_dependencies() -> BTreeMap<String, Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let mut graph = BTreeMap::new();
+    for pkg in meta["packages"].as_array().expect("packages") {
+        let name = pkg["name"].as_str().expect("name");
+        if !name.starts_with("keel") || name == "keel-bench" || name == "keel-fixture" {
+            continue;
+        }
+        let deps = pkg["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter_map(|d| d["name"].as_str())
+            .filter(|d| d.starts_with("keel"))
+            .map(str::to_owned)
+            .collect();
+        graph.insert(name.to_owned(), deps);
+    }
+    graph
+}
+
+#[test]
+fn every_keel_crate_is_in_a_layer_and_depends_only_on_lower_ones() {
+    let graph = keel_dependencies();
+    let layer = |name: &str| LAYERS.iter().position(|l| *l == name);
+    for (name, deps) in &graph {
+        if name == "keel" {
+            continue;
+        }
+        let Some(own) = layer(name) else {
+            panic!("{name} is a Keel crate missing from LAYERS (and from the docs' crate table)");
+        };
+        for dep in deps {
+            let Some(theirs) = layer(dep) else { panic!("{name} depends on {dep}, which is in no layer") };
+            assert!(theirs < own, "{name} depends on {dep}, which is not below it in the layers");
+        }
+    }
+    assert_eq!(graph.get("keel-config").map(Vec::len), Some(0), "keel-config depends on no other Keel crate");
+    for l in LAYERS {
+        assert!(graph.contains_key(*l), "{l} is listed but is not a workspace crate");
+    }
+}
+
+#[test]
+fn the_facade_re_exports_every_layer() {
+    let graph = keel_dependencies();
+    let facade = graph.get("keel").expect("the keel crate");
+    for l in LAYERS {
+        assert!(facade.iter().any(|d| d == l), "keel does not depend on {l}");
+    }
+}
