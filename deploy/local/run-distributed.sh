@@ -5,6 +5,7 @@
 #
 #   deploy/local/run-distributed.sh            build (release), migrate, start; Ctrl-C stops all
 #   deploy/local/run-distributed.sh admin --email you@example.com    the first admin (password on stdin)
+#   deploy/local/run-distributed.sh exec auth audit verify           any service command, same settings
 #
 # What it does, in order:
 #   1. builds `cityevents` (skipped when CITYEVENTS_BIN points at a built binary);
@@ -121,6 +122,13 @@ done
 if [[ "${1:-}" == admin ]]; then
   shift
   exec "$CITYEVENTS_BIN" auth --config deploy/config/auth.yaml admin create "$@"
+fi
+# `run-distributed.sh exec <service> <command…>`: any command of a service (`audit verify`,
+# `migrate status`, `dlq list TOPIC`, …) with the same databases, secrets and settings.
+if [[ "${1:-}" == exec ]]; then
+  svc=${2:?usage: run-distributed.sh exec <service> <command…>}
+  shift 2
+  exec "$CITYEVENTS_BIN" "$svc" --config "deploy/config/$svc.yaml" "$@"
 fi
 
 # --- 4. migrations
