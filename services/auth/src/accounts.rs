@@ -1,8 +1,9 @@
 //! Accounts: input rules, the `users` table, encrypted e-mail addresses and the audit trail.
 //!
 //! An address is stored only encrypted (`Keyring`, AES-256-GCM) beside its keyed blind index
-//! (`BlindIndex::email`, HMAC-SHA256 of the trimmed, lowercased address), which is what every
-//! lookup and the `UNIQUE` constraint use. Passwords are Argon2id PHC strings.
+//! (`BlindIndex::email`, HMAC-SHA256 of the address as [`normalize_email`] makes it: NFC, lower
+//! case, the domain mapped with IDNA), which is what every lookup and the `UNIQUE` constraint
+//! use. Passwords are Argon2id PHC strings.
 
 use keel::data::{DataError, Db};
 use keel::security::audit::{AuditLog, Outcome};
@@ -10,6 +11,8 @@ use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
 use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation};
 use serde::Serialize;
 use time::OffsetDateTime;
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_security::{GeneralSecurityProfile as _, MixedScript as _};
 use uuid::Uuid;
 
 use crate::error::{FieldError, Observe};
@@ -116,6 +119,11 @@ impl Accounts {
     /// The blind index of a normalized address.
     pub(crate) fn email_index(&self, email: &str) -> String {
         self.index.email(email)
+    }
+
+    /// The blind index of a client IP (sign-in throttling keeps no clear address).
+    pub(crate) fn client_index(&self, ip: &str) -> String {
+        self.index.exact(&format!("client-ip:{ip}"))
     }
 
     pub(crate) async fn by_email_index(&self, bidx: &str) -> Result<Option<UserRow>, DataError> {
@@ -238,44 +246,60 @@ pub(crate) fn sql(db: &Db, text: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(db.sql(text).into_owned())
 }
 
-/// Trims and lowercases an address and checks its length and basic syntax.
+/// Normalizes an address and checks its length, syntax and characters: trimmed, Unicode NFC,
+/// lowercased, the domain validated and mapped with IDNA (UTS #46) and kept in its canonical
+/// Unicode form; a local part or domain label that mixes scripts (`pаypal` with a Cyrillic `а`)
+/// or holds a character Unicode does not allow in identifiers (invisible joiners, symbols) is
+/// refused, so look-alike addresses cannot be registered.
 pub fn normalize_email(raw: &str) -> Result<String, FieldError> {
-    let email = raw.trim().to_lowercase();
+    let invalid = || FieldError::new("email", "is not an e-mail address");
+    // Checked on the input (bounds the work below) and on the result (IDNA mapping may lengthen).
+    let too_long = |e: &str| {
+        (e.chars().count() > MAX_EMAIL)
+            .then(|| FieldError::new("email", format!("must be at most {MAX_EMAIL} characters")))
+    };
+    let email: String = raw.trim().nfc().collect::<String>().to_lowercase();
     if email.is_empty() {
         return Err(FieldError::new("email", "is required"));
     }
-    if email.chars().count() > MAX_EMAIL {
-        return Err(FieldError::new("email", format!("must be at most {MAX_EMAIL} characters")));
+    if let Some(e) = too_long(&email) {
+        return Err(e);
     }
-    if !plausible_email(&email) {
-        return Err(FieldError::new("email", "is not an e-mail address"));
+    let Some((local, domain)) = email.split_once('@') else { return Err(invalid()) };
+    if !plausible_local(local) {
+        return Err(invalid());
     }
-    Ok(email)
+    // UTS #46 (non-transitional, as browsers and registries now use): validates the labels and
+    // maps them; the Unicode form of the ASCII one is canonical.
+    // Strict: letters, digits and inner hyphens only, DNS lengths; a host needs a dot.
+    let ascii = idna::domain_to_ascii_strict(domain).map_err(|_| invalid())?;
+    if ascii.split('.').count() < 2 || ascii.split('.').any(str::is_empty) {
+        return Err(invalid());
+    }
+    let (domain, checked) = idna::domain_to_unicode(&ascii);
+    checked.map_err(|_| invalid())?;
+    for part in std::iter::once(local).chain(domain.split('.')) {
+        if !part.chars().all(|c| c.is_ascii() || c.identifier_allowed()) || !part.is_single_script() {
+            return Err(FieldError::new("email", "mixes scripts or has characters not allowed in an address"));
+        }
+    }
+    let email = format!("{local}@{domain}");
+    match too_long(&email) {
+        Some(e) => Err(e),
+        None => Ok(email),
+    }
 }
 
-/// `local@domain.tld`: one `@`, no spaces, quotes or brackets, a dotted domain of non-empty
-/// labels. Deliberately not the whole of RFC 5322: deliverability is for a confirmation mail.
-fn plausible_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else { return false };
-    let bad_local = |c: char| c.is_whitespace() || c.is_control() || "\"(),:;<>[\\]@".contains(c);
-    if local.is_empty()
-        || local.chars().count() > MAX_LOCAL
-        || local.chars().any(bad_local)
-        || local.starts_with('.')
-        || local.ends_with('.')
-        || local.contains("..")
-    {
-        return false;
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.chars().count() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        })
+/// The local part: no spaces, quotes or brackets, no leading, trailing or doubled dot.
+/// Deliberately not the whole of RFC 5322: deliverability is for a confirmation mail.
+fn plausible_local(local: &str) -> bool {
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "\"(),:;<>[\\]@".contains(c);
+    !local.is_empty()
+        && local.chars().count() <= MAX_LOCAL
+        && !local.chars().any(bad)
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
 }
 
 /// Trims a display name and checks it is 1 to [`MAX_NAME`] characters without control
@@ -339,6 +363,26 @@ mod tests {
         assert_eq!(long.len(), 255);
         assert_eq!(normalize_email(&long).unwrap_err().field, "email");
         assert!(normalize_email(&format!("{}@example.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn unicode_addresses_have_one_form_and_look_alikes_are_refused() {
+        // NFC, lower case, and the domain in its canonical Unicode form, however it was typed.
+        let canonical = "ádmin@exämple.com";
+        for typed in ["ÁDMIN@EXÄMPLE.COM", "a\u{301}dmin@exa\u{308}mple.com", "ádmin@xn--exmple-cua.com"] {
+            assert_eq!(normalize_email(typed).unwrap(), canonical, "{typed:?}");
+        }
+        assert_eq!(normalize_email("Иван@Пример.рф").unwrap(), "иван@пример.рф");
+        for look_alike in [
+            "p\u{430}ypal@example.com",  // Cyrillic а among Latin letters
+            "paypal@p\u{430}ypal.com",   // … in the domain
+            "ad\u{200d}min@example.com", // an invisible joiner
+            "\u{ff41}dmin@example.com",  // a full-width letter
+            "admin\u{2060}@example.com", // a word joiner
+        ] {
+            let e = normalize_email(look_alike).unwrap_err();
+            assert_eq!(e.field, "email", "{look_alike:?}");
+        }
     }
 
     #[test]

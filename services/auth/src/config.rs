@@ -1,12 +1,16 @@
-//! The service's `app` section: sign-in lockout and refresh-token lifetime.
+//! The service's `app` section: sign-in throttling and refresh-token lifetime.
 //!
 //! ```yaml
 //! app:
 //!   lockout:
-//!     max_failures: 5   # failed sign-ins for one e-mail address …
-//!     window: 15m       # … within this long lock it …
-//!     duration: 15m     # … for this long
+//!     free_failures: 5            # failed sign-ins for one account from one client IP …
+//!     ip_free_failures: 50        # … from one client IP, any account …
+//!     account_free_failures: 100  # … for one account, any client IP, before delays start
+//!     base_delay: 1s              # the first delay; it doubles with each further failure …
+//!     max_delay: 15m              # … up to this
+//!     window: 1h                  # a counter is forgotten this long after its last failure
 //!   refresh_ttl: 30d
+//!   refresh_reuse_grace: 10s   # a spent refresh token used again this soon gets the same successor
 //! ```
 
 use std::time::Duration;
@@ -14,63 +18,107 @@ use std::time::Duration;
 use keel::config::{Section, Validation};
 use serde::{Deserialize, Serialize};
 
-/// Longest lockout window and lockout duration accepted.
+/// Longest throttling window accepted.
 const MAX_LOCKOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Shortest and longest refresh-token lifetime accepted.
 const MIN_REFRESH_TTL: Duration = Duration::from_secs(60);
 const MAX_REFRESH_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest grace window for a spent refresh token: longer would let a stolen token in unseen.
+const MAX_REUSE_GRACE: Duration = Duration::from_secs(60);
 
 /// `app.*` of `cityevents-auth`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
-    /// Locking an e-mail address after repeated failed sign-ins.
+    /// Delaying sign-ins after repeated failures.
     pub lockout: LockoutConfig,
     /// Lifetime of a refresh token (each rotation issues a new one with a fresh lifetime).
     /// Default `30days`.
     #[serde(with = "keel::config::duration")]
     pub refresh_ttl: Duration,
+    /// A refresh token used again within this long after its rotation (two tabs refreshing at
+    /// once) is answered with the same successor instead of counting as reuse; later, a second
+    /// use revokes the family. `0s` turns the window off. Default `10s`, at most `1m`.
+    #[serde(with = "keel::config::duration")]
+    pub refresh_reuse_grace: Duration,
 }
 
-/// `app.lockout.*`.
+/// `app.lockout.*`: failed sign-ins are counted per account and client IP, per client IP and per
+/// account; once a counter holds its free failures, each further attempt it covers must wait a
+/// delay that doubles with every failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LockoutConfig {
-    /// Failed sign-ins within `window` that lock the address. Default `5`.
-    pub max_failures: u32,
-    /// Failures older than this (counted from the first of the window) are forgotten.
-    /// Default `15m`.
+    /// Failed sign-ins for one account from one client IP before delays start. Default `5`.
+    pub free_failures: u32,
+    /// Failed sign-ins from one client IP, whatever the account, before delays start (password
+    /// spraying). Default `50`.
+    pub ip_free_failures: u32,
+    /// Failed sign-ins for one account from all client IPs together before delays start for
+    /// every IP, the owner's included: far above what a forgetful owner makes. Default `100`.
+    pub account_free_failures: u32,
+    /// The first delay; each further failure doubles it. Default `1s`.
+    #[serde(with = "keel::config::duration")]
+    pub base_delay: Duration,
+    /// The longest delay. Default `15m`, at most `window`.
+    #[serde(with = "keel::config::duration")]
+    pub max_delay: Duration,
+    /// A counter is forgotten this long after its last failure. Default `1h`.
     #[serde(with = "keel::config::duration")]
     pub window: Duration,
-    /// How long a locked address is refused, even with the right password. Default `15m`.
-    #[serde(with = "keel::config::duration")]
-    pub duration: Duration,
 }
 
 impl Default for LockoutConfig {
     fn default() -> Self {
-        Self { max_failures: 5, window: Duration::from_secs(15 * 60), duration: Duration::from_secs(15 * 60) }
+        Self {
+            free_failures: 5,
+            ip_free_failures: 50,
+            account_free_failures: 100,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(15 * 60),
+            window: Duration::from_secs(3600),
+        }
     }
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { lockout: LockoutConfig::default(), refresh_ttl: Duration::from_secs(30 * 24 * 3600) }
+        Self {
+            lockout: LockoutConfig::default(),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(10),
+        }
     }
 }
 
 impl Section for AuthConfig {
     fn validate(&self, v: &mut Validation<'_>) {
-        if !(1..=1000).contains(&self.lockout.max_failures) {
-            v.invalid("lockout.max_failures", "must be between 1 and 1000");
+        let l = &self.lockout;
+        if !(1..=1000).contains(&l.free_failures) {
+            v.invalid("lockout.free_failures", "must be between 1 and 1000");
         }
-        for (path, d) in [("lockout.window", self.lockout.window), ("lockout.duration", self.lockout.duration)] {
-            if d < Duration::from_secs(1) || d > MAX_LOCKOUT {
-                v.invalid(path, "must be between 1s and 7days");
+        for (path, n) in [
+            ("lockout.ip_free_failures", l.ip_free_failures),
+            ("lockout.account_free_failures", l.account_free_failures),
+        ] {
+            if n < l.free_failures || n > 1_000_000 {
+                v.invalid(path, "must be at least lockout.free_failures and at most 1000000");
             }
+        }
+        if l.window < Duration::from_secs(60) || l.window > MAX_LOCKOUT {
+            v.invalid("lockout.window", "must be between 1m and 7days");
+        }
+        if l.base_delay < Duration::from_millis(100) || l.base_delay > Duration::from_secs(3600) {
+            v.invalid("lockout.base_delay", "must be between 100ms and 1h");
+        }
+        if l.max_delay < l.base_delay || l.max_delay > l.window {
+            v.invalid("lockout.max_delay", "must be at least lockout.base_delay and at most lockout.window");
         }
         if self.refresh_ttl < MIN_REFRESH_TTL || self.refresh_ttl > MAX_REFRESH_TTL {
             v.invalid("refresh_ttl", "must be between 1m and 365days");
+        }
+        if self.refresh_reuse_grace > MAX_REUSE_GRACE {
+            v.invalid("refresh_reuse_grace", "must be at most 1m");
         }
     }
 }
@@ -94,24 +142,35 @@ mod tests {
     fn defaults_and_overrides() {
         let d = load(&[]).unwrap();
         assert_eq!(d, AuthConfig::default());
-        assert_eq!(d.lockout.max_failures, 5);
-        assert_eq!(d.lockout.window, Duration::from_secs(900));
+        assert_eq!(
+            (d.lockout.free_failures, d.lockout.ip_free_failures, d.lockout.account_free_failures),
+            (5, 50, 100)
+        );
+        assert_eq!((d.lockout.base_delay, d.lockout.max_delay), (Duration::from_secs(1), Duration::from_secs(900)));
+        assert_eq!(d.lockout.window, Duration::from_secs(3600));
         assert_eq!(d.refresh_ttl, Duration::from_secs(30 * 86_400));
-        let c = load(&[("LOCKOUT__MAX_FAILURES", "3"), ("LOCKOUT__DURATION", "1h"), ("REFRESH_TTL", "7days")]).unwrap();
-        assert_eq!((c.lockout.max_failures, c.lockout.duration), (3, Duration::from_secs(3600)));
+        assert_eq!(d.refresh_reuse_grace, Duration::from_secs(10));
+        assert_eq!(load(&[("REFRESH_REUSE_GRACE", "0s")]).unwrap().refresh_reuse_grace, Duration::ZERO);
+        let c =
+            load(&[("LOCKOUT__FREE_FAILURES", "3"), ("LOCKOUT__MAX_DELAY", "1h"), ("REFRESH_TTL", "7days")]).unwrap();
+        assert_eq!((c.lockout.free_failures, c.lockout.max_delay), (3, Duration::from_secs(3600)));
         assert_eq!(c.refresh_ttl, Duration::from_secs(7 * 86_400));
     }
 
     #[test]
     fn nonsense_is_refused_naming_the_key() {
         for (key, value) in [
-            ("LOCKOUT__MAX_FAILURES", "0"),
+            ("LOCKOUT__FREE_FAILURES", "0"),
+            ("LOCKOUT__IP_FREE_FAILURES", "2"),
+            ("LOCKOUT__ACCOUNT_FREE_FAILURES", "4"),
             ("LOCKOUT__WINDOW", "0s"),
-            ("LOCKOUT__DURATION", "0s"),
-            ("LOCKOUT__DURATION", "30days"),
+            ("LOCKOUT__BASE_DELAY", "0s"),
+            ("LOCKOUT__MAX_DELAY", "2h"),
+            ("LOCKOUT__DURATION", "15m"),
             ("REFRESH_TTL", "10s"),
             ("REFRESH_TTL", "5"),
-            ("LOCKOUT__MAX_FAILUREZ", "3"),
+            ("REFRESH_REUSE_GRACE", "2m"),
+            ("LOCKOUT__FREE_FAILUREZ", "3"),
         ] {
             let e = load(&[(key, value)]).unwrap_err();
             let path = format!("app.{}", key.to_lowercase().replace("__", "."));

@@ -9,21 +9,27 @@
 //! | `GET /api/v1/me` (bearer) | `{id, email, name, role, created_at}` |
 //! | `PUT /api/v1/admin/users/{id}/role` `{role}` (role `admin`) | the user with the new role |
 //!
-//! * **Accounts**: addresses are trimmed and lowercased, stored encrypted
+//! * **Accounts**: addresses are normalized ([`normalize_email`]: NFC, lower case, IDNA domain;
+//!   look-alikes mixing scripts refused), stored encrypted
 //!   (`security.encryption.*`) with a keyed blind index for lookups; passwords pass
 //!   `security.passwords.*`'s policy and are hashed with Argon2id. Everyone registers as `user`;
 //!   admins come only from [`create_admin`] (the `admin create` command).
 //! * **Access tokens** are JWTs (`security.jwt.*`, which must name a `signing_key`): `sub` = user
 //!   id, `role`, the configured `iss`/`aud`, lifetime `security.jwt.ttl`.
 //! * **Refresh tokens** are opaque, stored as SHA-256, rotated on every use; reusing a spent
-//!   one revokes its whole family (all its tokens stop working).
-//! * **Lockout** per address, existing or not (`app.lockout.*`): after `max_failures` within
-//!   `window` the address is refused for `duration`, even with the right password. Unknown
-//!   addresses cost one dummy Argon2 verification, so timing does not reveal accounts.
+//!   one revokes its whole family (all its tokens stop working), except within
+//!   `app.refresh_reuse_grace` of its rotation, when the same successor is returned (two tabs).
+//! * **Sign-in throttling** (`app.lockout.*`), for existing and unknown addresses alike: failures
+//!   are counted per account and client IP, per client IP and per account; past a counter's free
+//!   failures each further attempt waits a delay that doubles with every failure (429 `locked`
+//!   with `Retry-After`). A client IP with no failures of its own for an account is delayed only
+//!   when the account-wide count is far above normal, so an attacker cannot lock the owner out.
+//!   Unknown addresses cost one dummy Argon2 verification, so timing does not reveal accounts.
 //! * **Audit log** (`audit_log` table): registrations, sign-ins and failures, lockouts,
 //!   sign-outs, refresh-token reuse, role changes — never a password or a clear address.
 //! * **Metrics**: `auth_login_attempts_total{outcome}` (`success`, `invalid_credentials`,
-//!   `locked`, `invalid_input`).
+//!   `locked`, `invalid_input`); `auth_refresh_total{outcome}` (`rotated`, `repeated`, `reused`,
+//!   `invalid`); `auth_login_throttled_total{scope}` (`account_ip`, `ip`, `account`).
 
 mod accounts;
 mod admin;
@@ -50,7 +56,7 @@ pub use error::FieldError;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The service's migrations (PostgreSQL, MySQL/MariaDB, SQLite): `users`, `refresh_tokens`,
-/// `login_failures`. The audit log creates its own table on first use.
+/// `login_throttle`. The audit log creates its own table on first use.
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
@@ -83,11 +89,11 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let index = s.blind_index()?;
     let db = s.database()?;
     let audit = s.audit_log(&db);
-    let login_metrics = metrics::LoginMetrics::register(s.metrics())?;
+    let auth_metrics = metrics::AuthMetrics::register(s.metrics())?;
     let cfg = s.config().clone();
-    let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);
+    let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit);
     let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
-    let refresh = tokens::RefreshTokens::new(db, cfg.refresh_ttl);
+    let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace);
     let (l, r) = (lockout.clone(), refresh.clone());
     s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone())))?;
     let state = routes::AppState {
@@ -96,7 +102,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         refresh,
         jwt,
         access_ttl: s.keel().security.jwt.ttl.as_secs(),
-        metrics: login_metrics,
+        metrics: auth_metrics,
         trusted_proxies: Arc::from(s.keel().http.trusted_proxies.clone()),
     };
     Ok(routes::router(state))

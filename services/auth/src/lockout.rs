@@ -1,34 +1,156 @@
-//! Sign-in lockout per e-mail blind index, for existing and unknown addresses alike.
+//! Sign-in throttling: failures are counted per account and client IP, per client IP and per
+//! account, for existing and unknown addresses alike, and answered with progressive delays.
 //!
-//! A row in `login_failures` counts failures since `window_started_at`; a failure after the
-//! window has passed starts a new window. An attempt is counted before its password is checked
-//! (so concurrent attempts cannot exceed the budget); reaching `max_failures` sets `locked_until`
-//! and clears the count, so after the lock a fresh window begins. While locked, attempts are
-//! refused before any password check and are not counted. A success deletes the row.
+//! Each counter is a row of `login_throttle`: its failures and when the last one happened; it is
+//! forgotten `window` after its last failure. Once a counter holds its free failures, the next
+//! attempt must wait `base_delay`, then twice as long after each further failure, up to
+//! `max_delay`. The three counters, and why each exists:
 //!
-//! Every step is a single-row statement inside one transaction that starts with a write, so
-//! concurrent failures serialize on the row (and SQLite takes its write lock up front instead
-//! of failing a read-to-write upgrade).
+//! * **account and IP** (`free_failures`, default 5): someone guessing one account's password
+//!   from one place. It never delays the owner signing in from another address.
+//! * **IP** (`ip_free_failures`, default 50): one place trying many accounts (password spraying).
+//! * **account** (`account_free_failures`, default 100): an account attacked from many
+//!   addresses at once. Only far above normal does it delay everyone, the owner included.
+//!
+//! All three gate an attempt, in one transaction that locks their rows in a fixed order
+//! (account, pair, IP). The account-and-IP counter counts the attempt **before** its password is
+//! checked, so concurrent guesses at one account from one place cannot exceed its budget; a
+//! success deletes it. The other two count failures once known: many people signing in at once
+//! from one address (an office, a test) must not look like failures while in flight. While a
+//! delay runs, attempts are refused before any password check and are not counted.
 
 use std::time::Duration;
 
-use keel::data::{Backend, DataError, Db};
+use keel::data::{Backend, DataError, Db, RetryKind};
 
 use crate::accounts::sql;
 use crate::config::LockoutConfig;
 use crate::error::Observe;
 use cityevents_common::time::{now, to_micros};
 
-/// Whether an address may try to sign in.
+/// Which counter: the `scope` of audit entries and of `auth_login_throttled_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Gate {
-    /// It may.
-    Open,
-    /// It is locked; retry after this many seconds.
-    Locked(u64),
+pub(crate) enum Scope {
+    /// One account from one client IP.
+    AccountIp,
+    /// One client IP, any account.
+    Ip,
+    /// One account, any client IP.
+    Account,
 }
 
-/// The lockout rules over `login_failures`.
+impl Scope {
+    pub(crate) const ALL: [Self; 3] = [Self::AccountIp, Self::Ip, Self::Account];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::AccountIp => "account_ip",
+            Self::Ip => "ip",
+            Self::Account => "account",
+        }
+    }
+}
+
+/// Whether a sign-in attempt may go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// It may, and is counted. `spent`: this attempt brought the account-and-IP counter to its
+    /// free failures; if it fails, the next attempt is delayed.
+    Open { spent: bool },
+    /// A delay runs; retry after this many seconds.
+    Locked { retry_after: u64, scope: Scope },
+}
+
+/// The counters one attempt touches, in the order their rows are locked.
+struct Counters<'a> {
+    keys: [(Scope, String, Option<&'a str>, u32); 3],
+}
+
+impl<'a> Counters<'a> {
+    fn new(cfg: &LockoutConfig, bidx: &'a str, client: &str) -> Self {
+        Self {
+            keys: [
+                (Scope::Account, format!("a:{bidx}"), Some(bidx), cfg.account_free_failures),
+                (Scope::AccountIp, format!("p:{bidx}:{client}"), Some(bidx), cfg.free_failures),
+                (Scope::Ip, format!("i:{client}"), None, cfg.ip_free_failures),
+            ],
+        }
+    }
+}
+
+/// How MySQL/MariaDB transactions start here: at `READ COMMITTED`. At InnoDB's default
+/// `REPEATABLE READ` a plain `SELECT` reads the transaction's snapshot, so it would miss a row,
+/// or a count, that a concurrent attempt committed after the snapshot, although the `UPDATE`
+/// before it holds the row's lock.
+const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
+
+/// Tries for a transaction that loses a conflict (deadlock, serialization failure) before the
+/// error is answered (503 with `Retry-After`).
+const TRIES: u32 = 3;
+
+async fn begin(db: &Db) -> Result<sqlx::Transaction<'static, sqlx::Any>, DataError> {
+    match db.backend() {
+        Backend::MySql => db.begin_with(READ_COMMITTED).await,
+        Backend::Postgres | Backend::Sqlite => db.begin().await,
+    }
+}
+
+/// Whether the transaction lost to a concurrent one and may simply run again.
+fn lost_conflict(e: &DataError) -> bool {
+    matches!(e.retry_kind(), Some(RetryKind::Deadlock | RetryKind::Serialization))
+}
+
+/// Makes the counter's row, with no failures, unless it exists.
+fn ensure_sql(db: &Db) -> &'static str {
+    match db.backend() {
+        Backend::MySql => {
+            "INSERT INTO login_throttle (bucket, email_bidx, failures, last_failure_at) \
+             VALUES ($1, $2, 0, $3) ON DUPLICATE KEY UPDATE bucket = bucket"
+        }
+        Backend::Postgres | Backend::Sqlite => {
+            "INSERT INTO login_throttle (bucket, email_bidx, failures, last_failure_at) \
+             VALUES ($1, $2, 0, $3) ON CONFLICT (bucket) DO NOTHING"
+        }
+    }
+}
+
+/// Forgets the failures of a counter whose last one is older than the window (`stale`).
+/// As a write, it also locks the row, so a read after it sees every concurrent attempt.
+async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, stale: i64) -> Result<(), DataError> {
+    sqlx::query(sql(
+        db,
+        "UPDATE login_throttle SET failures = CASE WHEN last_failure_at <= $1 THEN 0 ELSE failures END \
+         WHERE bucket = $2",
+    ))
+    .bind(stale)
+    .bind(key)
+    .execute(conn)
+    .await
+    .obs(db)?;
+    Ok(())
+}
+
+/// The counter's failures and the time of its last one.
+async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64, i64), DataError> {
+    sqlx::query_as(sql(db, "SELECT failures, last_failure_at FROM login_throttle WHERE bucket = $1"))
+        .bind(key)
+        .fetch_one(conn)
+        .await
+        .obs(db)
+}
+
+/// One more failure on the counter `key`.
+async fn count_failure(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, now: i64) -> Result<(), DataError> {
+    sqlx::query(sql(db, "UPDATE login_throttle SET failures = failures + 1, last_failure_at = $1 WHERE bucket = $2"))
+        .bind(now)
+        .bind(key)
+        .execute(conn)
+        .await
+        .obs(db)?;
+    Ok(())
+}
+
+/// The throttling rules over `login_throttle`.
 #[derive(Debug, Clone)]
 pub(crate) struct Lockout {
     db: Db,
@@ -39,10 +161,13 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// `Locked`, rounded up: a client that waits exactly this long is let in.
-fn locked_for(until: i64, now: i64) -> Gate {
-    let secs = (until - now).div_euclid(1_000_000) + 1;
-    Gate::Locked(u64::try_from(secs).unwrap_or(1))
+/// How long after its last failure a counter holding `failures` makes the next attempt wait.
+fn delay(cfg: &LockoutConfig, failures: i64, free: u32) -> Duration {
+    let Some(over) = failures.checked_sub(i64::from(free)).filter(|o| *o >= 0) else {
+        return Duration::ZERO;
+    };
+    let factor = 1u32 << u32::try_from(over.min(30)).unwrap_or(30);
+    cfg.base_delay.saturating_mul(factor).min(cfg.max_delay)
 }
 
 impl Lockout {
@@ -50,133 +175,139 @@ impl Lockout {
         Self { db, cfg }
     }
 
-    /// Starts a sign-in attempt for `bidx`: refused while locked; otherwise counted **before**
-    /// the password is checked, so concurrent attempts cannot all pass the gate and together
-    /// try more than `max_failures` passwords. A success then deletes the count ([`Self::reset`]).
-    pub(crate) async fn attempt(&self, bidx: &str) -> Result<Gate, DataError> {
+    /// Starts a sign-in attempt for the address `bidx` from the client `client` (both blind
+    /// indexes): refused while a delay of any counter runs; otherwise counted in the
+    /// account-and-IP counter before the password is checked. Then [`Self::failed`] or
+    /// [`Self::succeeded`].
+    pub(crate) async fn attempt(&self, bidx: &str, client: &str) -> Result<Gate, DataError> {
+        let mut tries = 1;
+        loop {
+            match self.try_attempt(bidx, client).await {
+                Err(e) if tries < TRIES && lost_conflict(&e) => tries += 1,
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_attempt(&self, bidx: &str, client: &str) -> Result<Gate, DataError> {
         let db = &self.db;
         let now = to_micros(now());
-        let window_start = now.saturating_sub(micros(self.cfg.window));
-        let until = now.saturating_add(micros(self.cfg.duration));
-        let max = i64::from(self.cfg.max_failures);
-        let mut tx = db.begin().await?;
-        let ensure = match db.backend() {
-            Backend::MySql => {
-                "INSERT INTO login_failures (email_bidx, failures, window_started_at, locked_until) \
-                 VALUES ($1, 0, $2, NULL) ON DUPLICATE KEY UPDATE email_bidx = email_bidx"
-            }
-            Backend::Postgres | Backend::Sqlite => {
-                "INSERT INTO login_failures (email_bidx, failures, window_started_at, locked_until) \
-                 VALUES ($1, 0, $2, NULL) ON CONFLICT (email_bidx) DO NOTHING"
-            }
-        };
-        sqlx::query(sql(db, ensure)).bind(bidx).bind(now).execute(&mut *tx).await.obs(db)?;
-        // Locks the row whatever its state, so the read below sees every concurrent attempt.
-        sqlx::query(sql(db, "UPDATE login_failures SET failures = failures WHERE email_bidx = $1"))
-            .bind(bidx)
-            .execute(&mut *tx)
-            .await
-            .obs(db)?;
-        sqlx::query(sql(
-            db,
-            "UPDATE login_failures SET failures = 0, window_started_at = $1 \
-             WHERE email_bidx = $2 AND window_started_at <= $3 AND (locked_until IS NULL OR locked_until <= $4)",
-        ))
-        .bind(now)
-        .bind(bidx)
-        .bind(window_start)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .obs(db)?;
-        let (failures, locked_until): (i64, Option<i64>) =
-            sqlx::query_as(sql(db, "SELECT failures, locked_until FROM login_failures WHERE email_bidx = $1"))
-                .bind(bidx)
-                .fetch_one(&mut *tx)
-                .await
-                .obs(db)?;
-        let gate = match locked_until {
-            Some(t) if t > now => locked_for(t, now),
-            _ if failures >= max => {
-                // Every allowed attempt of the window is taken (some may still be in flight).
-                sqlx::query(sql(
-                    db,
-                    "UPDATE login_failures SET locked_until = $1, failures = 0, window_started_at = $2 \
-                     WHERE email_bidx = $3",
-                ))
-                .bind(until)
-                .bind(now)
-                .bind(bidx)
-                .execute(&mut *tx)
-                .await
-                .obs(db)?;
-                locked_for(until, now)
-            }
-            _ => {
-                sqlx::query(sql(db, "UPDATE login_failures SET failures = failures + 1 WHERE email_bidx = $1"))
-                    .bind(bidx)
-                    .execute(&mut *tx)
-                    .await
-                    .obs(db)?;
-                Gate::Open
-            }
-        };
+        let stale = now.saturating_sub(micros(self.cfg.window));
+        let counters = Counters::new(&self.cfg, bidx, client);
+        let mut tx = begin(db).await?;
+        let mut counts = Vec::with_capacity(3);
+        for (scope, key, email, free) in &counters.keys {
+            sqlx::query(sql(db, ensure_sql(db))).bind(key).bind(*email).bind(now).execute(&mut *tx).await.obs(db)?;
+            forget_if_stale(db, &mut tx, key, stale).await?;
+            let (failures, last) = read(db, &mut tx, key).await?;
+            counts.push((*scope, failures, last, *free));
+        }
+        let refused = counts
+            .iter()
+            .filter_map(|&(scope, failures, last, free)| {
+                let wait = delay(&self.cfg, failures, free);
+                let until = last.saturating_add(micros(wait));
+                // `last` may be a concurrent attempt's, a little after this one's `now`.
+                (!wait.is_zero() && until > now).then_some((until, scope))
+            })
+            .max_by_key(|(until, _)| *until);
+        if let Some((until, scope)) = refused {
+            tx.commit().await.obs(db)?;
+            // Rounded up: a client that waits exactly this long is let in.
+            let secs = (until - now).div_euclid(1_000_000) + 1;
+            return Ok(Gate::Locked { retry_after: u64::try_from(secs).unwrap_or(1), scope });
+        }
+        let [_, (_, pair, _, _), _] = &counters.keys;
+        count_failure(db, &mut tx, pair, now).await?;
         tx.commit().await.obs(db)?;
-        Ok(gate)
+        // The pair is the second counter (see `Counters::new`).
+        let (_, pair_failures, _, pair_free) = counts[1];
+        Ok(Gate::Open { spent: pair_failures + 1 == i64::from(pair_free) })
     }
 
-    /// Records that the attempt [`Self::attempt`] counted failed; `true` when the address is
-    /// now locked (this was the last allowed failure).
-    pub(crate) async fn record_failure(&self, bidx: &str) -> Result<bool, DataError> {
+    /// The attempt [`Self::attempt`] let in failed: counted for the account and the client IP.
+    /// Returns the counters it brought to their free failures (each further attempt they cover
+    /// is delayed), the account-and-IP one first when `attempt` said so.
+    pub(crate) async fn failed(&self, bidx: &str, client: &str, pair_spent: bool) -> Result<Vec<Scope>, DataError> {
+        let mut tries = 1;
+        loop {
+            match self.try_failed(bidx, client, pair_spent).await {
+                Err(e) if tries < TRIES && lost_conflict(&e) => tries += 1,
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_failed(&self, bidx: &str, client: &str, pair_spent: bool) -> Result<Vec<Scope>, DataError> {
         let db = &self.db;
         let now = to_micros(now());
-        let until = now.saturating_add(micros(self.cfg.duration));
-        let mut conn = db.acquire().await?;
-        let locked = sqlx::query(sql(
-            db,
-            "UPDATE login_failures SET locked_until = $1, failures = 0, window_started_at = $2 \
-             WHERE email_bidx = $3 AND failures >= $4 AND (locked_until IS NULL OR locked_until <= $5)",
-        ))
-        .bind(until)
-        .bind(now)
-        .bind(bidx)
-        .bind(i64::from(self.cfg.max_failures))
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .obs(db)?
-        .rows_affected()
-            > 0;
-        Ok(locked)
+        let stale = now.saturating_sub(micros(self.cfg.window));
+        let counters = Counters::new(&self.cfg, bidx, client);
+        let mut spent = Vec::new();
+        if pair_spent {
+            spent.push(Scope::AccountIp);
+        }
+        let mut tx = begin(db).await?;
+        for (scope, key, email, free) in &counters.keys {
+            if *scope == Scope::AccountIp {
+                continue;
+            }
+            // Made by `attempt`, unless pruned since.
+            sqlx::query(sql(db, ensure_sql(db))).bind(key).bind(*email).bind(now).execute(&mut *tx).await.obs(db)?;
+            forget_if_stale(db, &mut tx, key, stale).await?;
+            count_failure(db, &mut tx, key, now).await?;
+            let (failures, _) = read(db, &mut tx, key).await?;
+            if failures == i64::from(*free) {
+                spent.push(*scope);
+            }
+        }
+        tx.commit().await.obs(db)?;
+        Ok(spent)
     }
 
-    /// Forgets the failures of `bidx` (after a successful sign-in).
-    pub(crate) async fn reset(&self, bidx: &str) -> Result<(), DataError> {
+    /// The attempt [`Self::attempt`] let in succeeded: its account-and-IP counter is deleted.
+    pub(crate) async fn succeeded(&self, bidx: &str, client: &str) -> Result<(), DataError> {
         let db = &self.db;
+        let counters = Counters::new(&self.cfg, bidx, client);
+        let [_, (_, pair, _, _), _] = &counters.keys;
         let mut conn = db.acquire().await?;
-        sqlx::query(sql(db, "DELETE FROM login_failures WHERE email_bidx = $1"))
-            .bind(bidx)
+        sqlx::query(sql(db, "DELETE FROM login_throttle WHERE bucket = $1"))
+            .bind(pair)
             .execute(&mut *conn)
             .await
             .obs(db)?;
         Ok(())
     }
 
-    /// Deletes rows whose window and lock are both over; returns how many.
+    /// Deletes counters whose last failure is older than the window (no delay can still run:
+    /// `max_delay` is at most `window`); returns how many.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
         let db = &self.db;
         let now = to_micros(now());
         let mut conn = db.acquire().await?;
-        let done = sqlx::query(sql(
-            db,
-            "DELETE FROM login_failures WHERE window_started_at <= $1 \
-             AND (locked_until IS NULL OR locked_until <= $2)",
-        ))
-        .bind(now.saturating_sub(micros(self.cfg.window)))
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .obs(db)?;
+        let done = sqlx::query(sql(db, "DELETE FROM login_throttle WHERE last_failure_at <= $1"))
+            .bind(now.saturating_sub(micros(self.cfg.window)))
+            .execute(&mut *conn)
+            .await
+            .obs(db)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_start_after_the_free_failures_and_double_up_to_the_cap() {
+        let cfg = LockoutConfig {
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            ..LockoutConfig::default()
+        };
+        let secs = |n| delay(&cfg, n, 5).as_secs();
+        assert_eq!([secs(0), secs(4)], [0, 0]);
+        assert_eq!([secs(5), secs(6), secs(7), secs(10)], [1, 2, 4, 32]);
+        assert_eq!([secs(11), secs(40), secs(i64::MAX)], [60, 60, 60]);
     }
 }

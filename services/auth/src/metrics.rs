@@ -2,6 +2,8 @@
 
 use prometheus::{IntCounterVec, Opts};
 
+use crate::lockout::Scope;
+
 /// How a sign-in attempt ended: the `outcome` label of `auth_login_attempts_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LoginOutcome {
@@ -24,13 +26,38 @@ impl LoginOutcome {
     }
 }
 
-/// `auth_login_attempts_total{outcome}`.
-#[derive(Debug, Clone)]
-pub(crate) struct LoginMetrics {
-    attempts: IntCounterVec,
+/// How a refresh ended: the `outcome` label of `auth_refresh_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefreshOutcome {
+    Rotated,
+    Repeated,
+    Reused,
+    Invalid,
 }
 
-impl LoginMetrics {
+impl RefreshOutcome {
+    const ALL: [Self; 4] = [Self::Rotated, Self::Repeated, Self::Reused, Self::Invalid];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Rotated => "rotated",
+            Self::Repeated => "repeated",
+            Self::Reused => "reused",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// `auth_login_attempts_total{outcome}`, `auth_refresh_total{outcome}` and
+/// `auth_login_throttled_total{scope}`.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthMetrics {
+    attempts: IntCounterVec,
+    refreshes: IntCounterVec,
+    throttled: IntCounterVec,
+}
+
+impl AuthMetrics {
     /// Registers the counters in `metrics`, every outcome present from the start (at 0), so
     /// rates and alerts work before the first failure.
     pub(crate) fn register(metrics: &keel::telemetry::Metrics) -> Result<Self, prometheus::Error> {
@@ -40,10 +67,35 @@ impl LoginMetrics {
             attempts.with_label_values(&[o.label()]);
         }
         metrics.register(attempts.clone())?;
-        Ok(Self { attempts })
+        let refreshes =
+            IntCounterVec::new(Opts::new("auth_refresh_total", "Refresh-token uses by outcome."), &["outcome"])?;
+        for o in RefreshOutcome::ALL {
+            refreshes.with_label_values(&[o.label()]);
+        }
+        metrics.register(refreshes.clone())?;
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "auth_login_throttled_total",
+                "Sign-in failure counters that reached their free failures (further attempts are delayed), by scope.",
+            ),
+            &["scope"],
+        )?;
+        for scope in Scope::ALL {
+            throttled.with_label_values(&[scope.label()]);
+        }
+        metrics.register(throttled.clone())?;
+        Ok(Self { attempts, refreshes, throttled })
     }
 
     pub(crate) fn count(&self, outcome: LoginOutcome) {
         self.attempts.with_label_values(&[outcome.label()]).inc();
+    }
+
+    pub(crate) fn throttled(&self, scope: Scope) {
+        self.throttled.with_label_values(&[scope.label()]).inc();
+    }
+
+    pub(crate) fn refreshed(&self, outcome: RefreshOutcome) {
+        self.refreshes.with_label_values(&[outcome.label()]).inc();
     }
 }

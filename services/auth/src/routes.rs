@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::accounts::{Accounts, User, check_new_password, normalize_email, validate_name};
 use crate::error::{ApiError, FieldError, invalid_credentials, invalid_refresh_token, locked, refresh_reused};
 use crate::lockout::{Gate, Lockout};
-use crate::metrics::{LoginMetrics, LoginOutcome};
+use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
 use cityevents_common::json::Json;
 use cityevents_common::roles;
@@ -38,7 +38,7 @@ pub(crate) struct AppState {
     pub(crate) jwt: Jwt,
     /// `security.jwt.ttl` in seconds: the access token's `expires_in`.
     pub(crate) access_ttl: u64,
-    pub(crate) metrics: LoginMetrics,
+    pub(crate) metrics: AuthMetrics,
     pub(crate) trusted_proxies: Arc<[IpNet]>,
 }
 
@@ -52,6 +52,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
+        // Every answer is about an account: its address, its tokens, its failures.
+        .route_layer(cityevents_common::private::no_store())
         .route_layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(jwt.extension())
         .with_state(state)
@@ -179,15 +181,19 @@ async fn login(
         }
     };
     let bidx = s.accounts.email_index(&email);
+    let client = s.accounts.client_index(&ip);
     let anonymous_target = format!("email_index:{bidx}");
-    // Before the account lookup and the password check: a locked address gets the same quick
+    // Before the account lookup and the password check: a delayed address gets the same quick
     // answer whether or not an account has it.
-    if let Gate::Locked(retry_after) = s.lockout.attempt(&bidx).await? {
-        s.metrics.count(LoginOutcome::Locked);
-        let details = json!({ "reason": "locked", "ip": ip });
-        s.accounts.audit("anonymous", "auth.login", &anonymous_target, Outcome::Denied, details).await;
-        return Err(locked(retry_after).into());
-    }
+    let spent = match s.lockout.attempt(&bidx, &client).await? {
+        Gate::Open { spent } => spent,
+        Gate::Locked { retry_after, scope } => {
+            s.metrics.count(LoginOutcome::Locked);
+            let details = json!({ "reason": "locked", "scope": scope.label(), "ip": ip });
+            s.accounts.audit("anonymous", "auth.login", &anonymous_target, Outcome::Denied, details).await;
+            return Err(locked(retry_after).into());
+        }
+    };
     let row = s.accounts.by_email_index(&bidx).await?;
     let verified = match &row {
         Some(r) => s.accounts.hasher.verify(&b.password, &r.password_hash).await?,
@@ -197,19 +203,20 @@ async fn login(
     let row = match row {
         Some(r) if verified => r,
         other => {
-            let newly_locked = s.lockout.record_failure(&bidx).await?;
             s.metrics.count(LoginOutcome::InvalidCredentials);
             let target = other.as_ref().map_or_else(|| anonymous_target.clone(), |r| user_target(&r.id));
             let details = json!({ "reason": "invalid_credentials", "ip": ip });
             s.accounts.audit("anonymous", "auth.login", &target, Outcome::Failure, details).await;
-            if newly_locked {
-                let details = json!({ "ip": ip });
+            // These counters now delay each further attempt they cover.
+            for scope in s.lockout.failed(&bidx, &client, spent).await? {
+                s.metrics.throttled(scope);
+                let details = json!({ "scope": scope.label(), "ip": ip });
                 s.accounts.audit("system", "auth.lockout", &target, Outcome::Success, details).await;
             }
             return Err(invalid_credentials().into());
         }
     };
-    s.lockout.reset(&bidx).await?;
+    s.lockout.succeeded(&bidx, &client).await?;
     if s.accounts.hasher.needs_rehash(&row.password_hash) {
         // Best effort: the sign-in succeeds either way.
         match s.accounts.hasher.hash(&b.password).await {
@@ -252,21 +259,36 @@ async fn refresh(
     let token = refresh_input(&b.refresh_token)?;
     match s.refresh.rotate(token).await? {
         Rotation::Rotated { token, user_id, role } => {
-            let access = access_token(&s, &user_id, &role)?;
-            Ok(token_response(TokenPair {
-                access_token: access,
-                refresh_token: token,
-                token_type: "Bearer",
-                expires_in: s.access_ttl,
-            }))
+            s.metrics.refreshed(RefreshOutcome::Rotated);
+            pair(&s, token, &user_id, &role)
+        }
+        Rotation::Repeated { token, user_id, role } => {
+            s.metrics.refreshed(RefreshOutcome::Repeated);
+            tracing::debug!(user_id, "refresh token used again within the grace window: same successor");
+            pair(&s, token, &user_id, &role)
         }
         Rotation::Reused { user_id, family_id } => {
+            s.metrics.refreshed(RefreshOutcome::Reused);
             let details = json!({ "reason": "refresh_reused", "family_id": family_id, "ip": ip });
             s.accounts.audit("anonymous", "auth.refresh", &user_target(&user_id), Outcome::Denied, details).await;
             Err(refresh_reused().into())
         }
-        Rotation::Invalid => Err(invalid_refresh_token().into()),
+        Rotation::Invalid => {
+            s.metrics.refreshed(RefreshOutcome::Invalid);
+            Err(invalid_refresh_token().into())
+        }
     }
+}
+
+/// A fresh access token beside the refresh token `token`.
+fn pair(s: &AppState, token: String, user_id: &str, role: &str) -> Result<Response, ApiError> {
+    let access = access_token(s, user_id, role)?;
+    Ok(token_response(TokenPair {
+        access_token: access,
+        refresh_token: token,
+        token_type: "Bearer",
+        expires_in: s.access_ttl,
+    }))
 }
 
 async fn logout(

@@ -5,6 +5,10 @@
 //!   NULL AND revoked_at IS NULL AND expires_at > now`: of two concurrent uses exactly one wins.
 //! * **Reuse**: presenting a spent token revokes every token of its family — the thief's and
 //!   the rightful client's newest — and is answered `refresh_reused`.
+//! * **Two tabs**: the spent row keeps its successor, encrypted with the field keyring. A second
+//!   use within the grace window (`app.refresh_reuse_grace`, two tabs refreshing at once) gets
+//!   that same successor back, as long as it is itself unspent and the family is not revoked;
+//!   after the window the successor is wiped and a second use is reuse.
 //! * Unknown, expired and revoked tokens are all `invalid_refresh_token`.
 
 use std::time::Duration;
@@ -12,11 +16,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel::data::{DataError, Db};
+use keel::security::crypto::Keyring;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::accounts::sql;
-use crate::error::Observe;
+use crate::error::{ApiError, Observe};
 use cityevents_common::time::{now, to_micros};
 
 /// Longest refresh token accepted as input (ours are 43 characters).
@@ -46,7 +51,16 @@ pub(crate) enum Rotation {
         /// The owner's current role.
         role: String,
     },
-    /// A spent token came back: its family is now revoked.
+    /// Spent within the grace window: here is the successor it was given then.
+    Repeated {
+        /// The successor (in clear, for the client).
+        token: String,
+        /// Its owner.
+        user_id: String,
+        /// The owner's current role.
+        role: String,
+    },
+    /// A spent token came back after the grace window: its family is now revoked.
     Reused {
         /// The family's owner.
         user_id: String,
@@ -61,16 +75,23 @@ pub(crate) enum Rotation {
 #[derive(Debug, Clone)]
 pub(crate) struct RefreshTokens {
     db: Db,
+    keyring: Keyring,
     ttl: Duration,
+    grace: Duration,
 }
 
 impl RefreshTokens {
-    pub(crate) fn new(db: Db, ttl: Duration) -> Self {
-        Self { db, ttl }
+    /// Tokens living `ttl`; a spent one is answered with its successor for `grace`.
+    pub(crate) fn new(db: Db, keyring: Keyring, ttl: Duration, grace: Duration) -> Self {
+        Self { db, keyring, ttl, grace }
+    }
+
+    fn micros(d: Duration) -> i64 {
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
     }
 
     fn expiry(&self, now: i64) -> i64 {
-        now.saturating_add(i64::try_from(self.ttl.as_micros()).unwrap_or(i64::MAX))
+        now.saturating_add(Self::micros(self.ttl))
     }
 
     /// Starts a new family for `user_id` (a sign-in); returns the token.
@@ -92,17 +113,20 @@ impl RefreshTokens {
     }
 
     /// Spends `token` and issues its successor in the same family, or says why not.
-    pub(crate) async fn rotate(&self, token: &str) -> Result<Rotation, DataError> {
+    pub(crate) async fn rotate(&self, token: &str) -> Result<Rotation, ApiError> {
         let db = &self.db;
         let token_hash = hash(token);
         let now = to_micros(now());
+        let next = generate();
+        let sealed = self.keyring.encrypt_str(&next)?;
         let mut tx = db.begin().await?;
         let spent = sqlx::query(sql(
             db,
-            "UPDATE refresh_tokens SET used_at = $1 \
-             WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $3",
+            "UPDATE refresh_tokens SET used_at = $1, successor_ciphertext = $2 \
+             WHERE token_hash = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $4",
         ))
         .bind(now)
+        .bind(&sealed)
         .bind(&token_hash)
         .bind(now)
         .execute(&mut *tx)
@@ -122,7 +146,6 @@ impl RefreshTokens {
             let Some((family_id, user_id, role)) = owner else {
                 return Ok(Rotation::Invalid);
             };
-            let next = generate();
             sqlx::query(sql(db, INSERT))
                 .bind(hash(&next))
                 .bind(&family_id)
@@ -136,23 +159,58 @@ impl RefreshTokens {
             return Ok(Rotation::Rotated { token: next, user_id, role });
         }
         drop(tx);
+        // Not spendable. A concurrent winner has committed by now: its UPDATE held the row.
         let mut conn = db.acquire().await?;
-        let found: Option<(String, String, Option<i64>, i64)> = sqlx::query_as(sql(
+        let found: Option<SpentRow> = sqlx::query_as(sql(
             db,
-            "SELECT family_id, user_id, used_at, expires_at FROM refresh_tokens WHERE token_hash = $1",
+            "SELECT family_id, user_id, used_at, revoked_at, expires_at, successor_ciphertext \
+             FROM refresh_tokens WHERE token_hash = $1",
         ))
         .bind(&token_hash)
         .fetch_optional(&mut *conn)
         .await
         .obs(db)?;
         drop(conn);
-        match found {
-            Some((family_id, user_id, Some(_used), expires_at)) if expires_at > now => {
-                self.revoke_family(&family_id).await?;
-                Ok(Rotation::Reused { user_id, family_id })
-            }
-            _ => Ok(Rotation::Invalid),
+        let Some((family_id, user_id, Some(used_at), revoked_at, expires_at, successor)) = found else {
+            return Ok(Rotation::Invalid);
+        };
+        if expires_at <= now {
+            return Ok(Rotation::Invalid);
         }
+        let in_grace = revoked_at.is_none() && now.saturating_sub(used_at) <= Self::micros(self.grace);
+        if in_grace
+            && let Some(sealed) = successor
+            && let Some((token, role)) = self.live_successor(&sealed, now).await?
+        {
+            return Ok(Rotation::Repeated { token, user_id, role });
+        }
+        self.revoke_family(&family_id).await?;
+        Ok(Rotation::Reused { user_id, family_id })
+    }
+
+    /// The successor sealed in a spent row and its owner's role, when it can still be spent.
+    async fn live_successor(&self, sealed: &str, now: i64) -> Result<Option<(String, String)>, DataError> {
+        let token = match self.keyring.decrypt_str(sealed) {
+            Ok(t) => t,
+            Err(e) => {
+                // Its data key left the keyring: the second use counts as reuse.
+                tracing::warn!(error = %e, "cannot open a spent refresh token's successor");
+                return Ok(None);
+            }
+        };
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let role: Option<(String,)> = sqlx::query_as(sql(
+            db,
+            "SELECT u.role FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
+             WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2",
+        ))
+        .bind(hash(&token))
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .obs(db)?;
+        Ok(role.map(|(role,)| (token, role)))
     }
 
     /// Revokes the family of `token` (sign-out); returns its owner, or `None` when the token is
@@ -177,7 +235,8 @@ impl RefreshTokens {
         let mut conn = db.acquire().await?;
         let done = sqlx::query(sql(
             db,
-            "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+            "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
+             WHERE family_id = $2 AND revoked_at IS NULL",
         ))
         .bind(to_micros(now()))
         .bind(family_id)
@@ -188,18 +247,33 @@ impl RefreshTokens {
     }
 
     /// Deletes expired tokens (an expired token is refused the same whether or not its row
-    /// exists); returns how many.
+    /// exists) and wipes the successors of rows spent longer ago than the grace window; returns
+    /// how many rows were deleted.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
         let db = &self.db;
+        let now = to_micros(now());
         let mut conn = db.acquire().await?;
         let done = sqlx::query(sql(db, "DELETE FROM refresh_tokens WHERE expires_at <= $1"))
-            .bind(to_micros(now()))
+            .bind(now)
             .execute(&mut *conn)
             .await
             .obs(db)?;
+        sqlx::query(sql(
+            db,
+            "UPDATE refresh_tokens SET successor_ciphertext = NULL \
+             WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
+        ))
+        .bind(now.saturating_sub(Self::micros(self.grace)))
+        .execute(&mut *conn)
+        .await
+        .obs(db)?;
         Ok(done.rows_affected())
     }
 }
+
+/// A refresh-token row as the second use of a token reads it: family, owner, `used_at`,
+/// `revoked_at`, `expires_at`, sealed successor.
+type SpentRow = (String, String, Option<i64>, Option<i64>, i64, Option<String>);
 
 const INSERT: &str = "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, used_at, revoked_at, created_at) \
                       VALUES ($1, $2, $3, $4, NULL, NULL, $5)";

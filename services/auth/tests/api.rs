@@ -15,9 +15,13 @@ use serde_json::json;
 on_every_backend!(
     register_login_and_me,
     every_input_limit_is_a_problem_naming_the_field,
+    unicode_addresses_have_one_form_and_look_alikes_are_refused,
     refresh_rotates_and_reuse_revokes_the_family,
+    two_tabs_refreshing_at_once_get_the_same_pair,
     logout_revokes_the_family,
     lockout_after_repeated_failures,
+    one_ip_spraying_many_accounts_is_delayed,
+    an_account_attacked_from_many_ips_is_delayed_for_everyone,
     concurrent_attempts_cannot_exceed_the_lockout_budget,
     admins_come_from_create_admin_and_guard_roles,
     login_metrics_are_counted,
@@ -100,6 +104,28 @@ async fn register_login_and_me(s: &Svc) {
     let gone = s.get("/api/v1/me", Some(access)).await;
     assert_eq!(gone.status, 404, "{gone:?}");
     assert!(gone.is_problem());
+}
+
+async fn unicode_addresses_have_one_form_and_look_alikes_are_refused(s: &Svc) {
+    // Registered precomposed and upper-case, signed in decomposed: one account, one address.
+    let id = s.register("ÁDMIN@EXÄMPLE.COM", "Admin look").await;
+    let r = s.login("a\u{301}dmin@exa\u{308}mple.com", PASSWORD).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let me = s.get("/api/v1/me", r.body["access_token"].as_str()).await;
+    assert_eq!((me.body["id"].as_str(), me.body["email"].as_str()), (Some(id.as_str()), Some("ádmin@exämple.com")));
+    let again = s
+        .post(
+            "/api/v1/auth/register",
+            &json!({"email": "ádmin@xn--exmple-cua.com", "password": PASSWORD, "name": "Twin"}),
+        )
+        .await;
+    assert_eq!(again.status, 409, "the same address however it is written: {again:?}");
+    for look_alike in ["p\u{430}ypal@example.com", "ad\u{200d}min@example.com", "admin@ex\u{430}mple.com"] {
+        let r = s
+            .post("/api/v1/auth/register", &json!({"email": look_alike, "password": PASSWORD, "name": "Mallory"}))
+            .await;
+        assert_eq!((r.status, r.field()), (400, "email"), "{look_alike:?}: {r:?}");
+    }
 }
 
 async fn every_input_limit_is_a_problem_naming_the_field(s: &Svc) {
@@ -188,6 +214,59 @@ async fn refresh_rotates_and_reuse_revokes_the_family(s: &Svc) {
     assert!(audit.iter().any(|l| l.contains("|auth.refresh|") && l.contains("|denied|")), "{audit:#?}");
 }
 
+async fn two_tabs_refreshing_at_once_get_the_same_pair(s: &Svc) {
+    s.register("tabitha@example.com", "Tabitha").await;
+    let (_, r1) = s.tokens("tabitha@example.com").await;
+
+    // Two tabs refresh the same token at once: both get the same successor.
+    let (a, b) = tokio::join!(s.refresh(&r1), s.refresh(&r1));
+    assert_eq!((a.status, b.status), (200, 200), "{a:?} {b:?}");
+    let r2 = a.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(b.body["refresh_token"], r2, "{a:?} {b:?}");
+    assert_ne!(r2, r1);
+    let sub = |r: &common::Reply| s.claims(r.body["access_token"].as_str().unwrap()).sub;
+    assert_eq!(sub(&a), sub(&b), "both access tokens are the same user's");
+    // A third, sequential use within the window: the same successor again.
+    let c = s.refresh(&r1).await;
+    assert_eq!((c.status, c.body["refresh_token"].as_str()), (200, Some(r2.as_str())), "{c:?}");
+    // The successor is stored sealed, never in clear.
+    let sealed: Vec<(Option<String>,)> =
+        sqlx::query_as("SELECT successor_ciphertext FROM refresh_tokens").fetch_all(&s.pool).await.unwrap();
+    assert!(sealed.iter().flat_map(|(c,)| c).all(|c| !c.contains(&r2)), "{sealed:?}");
+    assert!(sealed.iter().any(|(c,)| c.is_some()), "{sealed:?}");
+
+    // The shared successor works once; once it is spent, the old token is reuse again.
+    let d = s.refresh(&r2).await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let r3 = d.body["refresh_token"].as_str().unwrap().to_owned();
+    let again = s.refresh(&r1).await;
+    assert_eq!((again.status, again.code()), (401, "refresh_reused"), "{again:?}");
+    assert_eq!(s.refresh(&r3).await.code(), "invalid_refresh_token", "the family is revoked");
+
+    // After the grace window a second use is reuse and revokes the family.
+    let (_, f1) = s.tokens("tabitha@example.com").await;
+    let e = s.refresh(&f1).await;
+    assert_eq!(e.status, 200, "{e:?}");
+    let f2 = e.body["refresh_token"].as_str().unwrap().to_owned();
+    sqlx::query("UPDATE refresh_tokens SET used_at = used_at - 11000000 WHERE used_at IS NOT NULL")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let late = s.refresh(&f1).await;
+    assert_eq!((late.status, late.code()), (401, "refresh_reused"), "{late:?}");
+    assert_eq!(s.refresh(&f2).await.code(), "invalid_refresh_token");
+
+    let text = s.metrics().await;
+    for line in [
+        r#"auth_refresh_total{outcome="rotated"} 3"#,
+        r#"auth_refresh_total{outcome="repeated"} 2"#,
+        r#"auth_refresh_total{outcome="reused"} 2"#,
+        r#"auth_refresh_total{outcome="invalid"} 2"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+}
+
 async fn logout_revokes_the_family(s: &Svc) {
     s.register("lou@example.com", "Lou").await;
     let (_, r1) = s.tokens("lou@example.com").await;
@@ -209,37 +288,55 @@ async fn logout_revokes_the_family(s: &Svc) {
     assert!(audit.iter().filter(|l| l.contains("|auth.logout|")).count() >= 2, "{audit:#?}");
 }
 
+/// The attacker's client IP and others (`127.0.0.<n>`); the owner signs in from 127.0.0.1.
+const ATTACKER: u8 = 2;
+
 async fn lockout_after_repeated_failures(s: &Svc) {
     s.register("lena@example.com", "Lena").await;
     let mut wrong_password = None;
     for i in 0..5 {
-        let r = s.login("lena@example.com", "wrong-password-123").await;
+        let r = s.login_from(ATTACKER, "lena@example.com", "wrong-password-123").await;
         assert_eq!((r.status, r.code()), (401, "invalid_credentials"), "attempt {i}: {r:?}");
         wrong_password = Some(r);
     }
-    let locked = s.login("lena@example.com", PASSWORD).await;
+    let locked = s.login_from(ATTACKER, "lena@example.com", PASSWORD).await;
     assert_eq!((locked.status, locked.code()), (429, "locked"), "the right password is refused too: {locked:?}");
     let retry: u64 = locked.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=900).contains(&retry), "{retry}");
+    assert!((1..=60).contains(&retry), "the first delay is base_delay (1m in tests): {retry}");
 
-    // An address nobody has: the same answers.
+    // The finding: the attacker's failures do not lock the owner out from another address.
+    let owner = s.login("lena@example.com", PASSWORD).await;
+    assert_eq!(owner.status, 200, "the owner from another IP: {owner:?}");
+
+    // An address nobody has (from another attacker IP, to stay clear of the per-IP counter):
+    // the same answers.
     let mut unknown = None;
     for i in 0..5 {
-        let r = s.login("nobody@example.com", "wrong-password-123").await;
+        let r = s.login_from(ATTACKER + 1, "nobody@example.com", "wrong-password-123").await;
         assert_eq!((r.status, r.code()), (401, "invalid_credentials"), "attempt {i}: {r:?}");
         unknown = Some(r);
     }
     assert_eq!(unknown.unwrap().shape(), wrong_password.unwrap().shape());
-    let locked_unknown = s.login("nobody@example.com", PASSWORD).await;
+    let locked_unknown = s.login_from(ATTACKER + 1, "nobody@example.com", PASSWORD).await;
     assert_eq!(locked_unknown.status, 429);
     assert_eq!(locked_unknown.shape(), locked.shape());
     assert!(locked_unknown.headers.contains_key("retry-after"));
 
-    // When the lock ends, the right password works again.
-    sqlx::query("UPDATE login_failures SET locked_until = 1").execute(&s.pool).await.unwrap();
-    assert_eq!(s.login("lena@example.com", PASSWORD).await.status, 200);
+    // Progressive: once the delay has passed, one more guess, then twice the delay.
+    s.age_login_failures(61).await;
+    assert_eq!(s.login_from(ATTACKER, "lena@example.com", "wrong-password-123").await.status, 401);
+    let again = s.login_from(ATTACKER, "lena@example.com", PASSWORD).await;
+    assert_eq!(again.status, 429, "{again:?}");
+    let retry: u64 = again.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((61..=120).contains(&retry), "the second delay doubles: {retry}");
+    // After it, the right password works again and clears the attacker's counter.
+    s.age_login_failures(121).await;
+    assert_eq!(s.login_from(ATTACKER, "lena@example.com", PASSWORD).await.status, 200);
+    for _ in 0..4 {
+        assert_eq!(s.login_from(ATTACKER, "lena@example.com", "wrong-password-123").await.status, 401);
+    }
 
-    // Success resets the count: 4 + 4 failures around a success never lock.
+    // Success resets the count: 4 + 4 failures around a success never delay.
     s.register("bo@example.com", "Bo").await;
     for _ in 0..2 {
         for _ in 0..4 {
@@ -249,7 +346,9 @@ async fn lockout_after_repeated_failures(s: &Svc) {
     }
 
     let audit = s.audit().await;
-    assert_eq!(audit.iter().filter(|l| l.contains("|auth.lockout|")).count(), 2, "{audit:#?}");
+    let lockouts: Vec<_> = audit.iter().filter(|l| l.contains("|auth.lockout|")).collect();
+    assert_eq!(lockouts.len(), 2, "{audit:#?}");
+    assert!(lockouts.iter().all(|l| l.contains(r#""scope":"account_ip""#)), "{lockouts:#?}");
     assert!(audit.iter().any(|l| l.contains("|auth.login|") && l.contains("|failure|")));
     assert!(audit.iter().any(|l| l.contains("|auth.login|") && l.contains("|denied|") && l.contains("locked")));
     for line in &audit {
@@ -257,18 +356,66 @@ async fn lockout_after_repeated_failures(s: &Svc) {
             assert!(!line.contains(secret), "{secret} in the audit log: {line}");
         }
     }
+    // The counters hold blind indexes, never a clear address or IP.
+    let buckets: Vec<(String,)> = sqlx::query_as("SELECT bucket FROM login_throttle").fetch_all(&s.pool).await.unwrap();
+    assert!(!buckets.is_empty());
+    for (b,) in &buckets {
+        assert!(!b.contains('@') && !b.contains("127.0.0"), "{b}");
+    }
+}
+
+/// One client IP trying many accounts is delayed after `ip_free_failures` (12 in tests), for
+/// every account; another IP is not.
+async fn one_ip_spraying_many_accounts_is_delayed(s: &Svc) {
+    // Many people signing in at once from one address (an office) are not failures.
+    let people: Vec<String> = (0..15).map(|i| format!("colleague{i}@example.com")).collect();
+    for email in &people {
+        s.register(email, "Colleague").await;
+    }
+    let at_once = futures_util::future::join_all(people.iter().map(|e| s.login_from(ATTACKER, e, PASSWORD))).await;
+    assert!(at_once.iter().all(|r| r.status == 200), "{at_once:?}");
+
+    s.register("spray@example.com", "Spray").await;
+    for i in 0..12 {
+        let r = s.login_from(ATTACKER, &format!("target{i}@example.com"), "wrong-password-123").await;
+        assert_eq!(r.status, 401, "attempt {i}: {r:?}");
+    }
+    let r = s.login_from(ATTACKER, "spray@example.com", PASSWORD).await;
+    assert_eq!((r.status, r.code()), (429, "locked"), "{r:?}");
+    assert_eq!(s.login("spray@example.com", PASSWORD).await.status, 200, "another IP is not delayed");
+    assert!(s.metrics().await.contains(r#"auth_login_throttled_total{scope="ip"} 1"#));
+}
+
+/// An account attacked from many addresses at once: past `account_free_failures` (15 in tests)
+/// even a fresh IP, the owner's, is delayed.
+async fn an_account_attacked_from_many_ips_is_delayed_for_everyone(s: &Svc) {
+    s.register("target@example.com", "Target").await;
+    for host in 2..=4 {
+        for i in 0..5 {
+            let r = s.login_from(host, "target@example.com", "wrong-password-123").await;
+            assert_eq!(r.status, 401, "127.0.0.{host}, attempt {i}: {r:?}");
+        }
+    }
+    let r = s.login("target@example.com", PASSWORD).await;
+    assert_eq!((r.status, r.code()), (429, "locked"), "15 failures from 3 IPs: {r:?}");
+    let audit = s.audit().await;
+    assert!(audit.iter().any(|l| l.contains("|auth.lockout|") && l.contains(r#""scope":"account""#)), "{audit:#?}");
+    assert!(s.metrics().await.contains(r#"auth_login_throttled_total{scope="account"} 1"#));
 }
 
 /// Attempts are counted before their password is checked: 20 at once get at most 5 guesses.
 async fn concurrent_attempts_cannot_exceed_the_lockout_budget(s: &Svc) {
     s.register("rush@example.com", "Rush").await;
-    let answers =
-        futures_util::future::join_all((0..20).map(|_| s.login("rush@example.com", "wrong-password-123"))).await;
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| s.login_from(ATTACKER, "rush@example.com", "wrong-password-123")),
+    )
+    .await;
     let guesses = answers.iter().filter(|r| r.status == 401).count();
     let locked = answers.iter().filter(|r| r.status == 429).count();
     assert_eq!(guesses + locked, 20, "{answers:?}");
     assert!(guesses <= 5, "{guesses} passwords were tried");
-    assert_eq!(s.login("rush@example.com", PASSWORD).await.status, 429, "locked even for the right password");
+    let r = s.login_from(ATTACKER, "rush@example.com", PASSWORD).await;
+    assert_eq!(r.status, 429, "delayed even for the right password");
 }
 
 async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
@@ -338,6 +485,8 @@ async fn login_metrics_are_counted(s: &Svc) {
         r#"auth_login_attempts_total{outcome="invalid_credentials"} 6"#,
         r#"auth_login_attempts_total{outcome="invalid_input"} 2"#,
         r#"auth_login_attempts_total{outcome="locked"} 1"#,
+        r#"auth_login_throttled_total{scope="account_ip"} 1"#,
+        r#"auth_login_throttled_total{scope="ip"} 0"#,
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
     }

@@ -57,7 +57,13 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
         master_key,
         blind_index_key: generate_key(),
     };
-    std::fs::create_dir_all("data").map_err(|e| format!("cannot create ./data: {e}"))?;
+    // Owner only, like the SQLite files beside it.
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create("data")
+        .map_err(|e| format!("cannot create ./data: {e}"))?;
     let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()

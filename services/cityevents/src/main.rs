@@ -29,7 +29,7 @@ usage:
   cityevents                            run every service in one process (zero setup)
   cityevents serve <service> [args…]    run one service, as its own binary would
   cityevents <service> <command> […]    that service's commands (serve, migrate, config check,
-                                        healthcheck, dlq, audit, keys, admin create…)
+                                        healthcheck, dlq, audit, keys, slo rules, admin create…)
   cityevents --version                  name, version, git commit and build profile
 
 services: auth, events, joins, notifier, gateway

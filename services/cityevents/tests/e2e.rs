@@ -106,6 +106,12 @@ impl Api {
         }
     }
 
+    /// The same platform seen from another client IP: requests leave from `127.0.0.<host>`.
+    fn seen_from(&self, host: u8) -> Api {
+        let http = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
+        Api { http, base: self.base.clone() }
+    }
+
     async fn login(&self, email: &str, password: &str) -> Reply {
         self.post("/api/v1/auth/login", None, json!({"email": email, "password": password})).await
     }
@@ -192,12 +198,19 @@ async fn scenario(base: &str) {
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
     let r2 = rotated.body["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(r1, r2, "rotated");
+    // A second tab refreshing r1 right after gets the same successor …
+    let tab = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r1})).await;
+    assert_eq!((tab.status, tab.body["refresh_token"].as_str()), (StatusCode::OK, Some(r2.as_str())), "{}", tab.body);
+    // … but once r2 is spent, r1 coming back is reuse: the whole family is revoked.
+    let next = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r2})).await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
     let reuse = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r1})).await;
     assert_eq!(reuse.problem(401)["code"], "refresh_reused");
-    let after = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": r2})).await;
+    let after = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": next.body["refresh_token"]})).await;
     after.problem(401);
 
-    // --- lockout after 5 failures, the same answer whether or not the account exists
+    // --- sign-in delayed after 5 failures from one client IP, the same answer whether or not the
+    // account exists; the owner signing in from another IP is not locked out
     let victim = api.register("victim").await;
     let ghost = format!("{}@example.com", common::unique("ghost"));
     for email in [&victim.email, &ghost] {
@@ -209,6 +222,13 @@ async fn scenario(base: &str) {
         assert_eq!(locked.problem(429)["code"], "locked", "{email}");
         assert!(locked.headers.contains_key("retry-after"));
     }
+    let owner = api.seen_from(2).login(&victim.email, PASSWORD).await;
+    assert_eq!(owner.status, StatusCode::OK, "the owner from another IP: {}", owner.body);
+
+    // --- a look-alike address (a Cyrillic а among Latin letters) is refused at sign-up
+    let body = json!({"email": "p\u{430}ypal@example.com", "password": PASSWORD, "name": "Mallory"});
+    let look_alike = api.post("/api/v1/auth/register", None, body).await;
+    assert_eq!(look_alike.problem(400)["errors"][0]["field"], "email");
 
     // --- capacity 2: three joins → 2 confirmed, 1 waitlisted; idempotent retry
     let (u1, u2, u3) = (api.register("u1").await, api.register("u2").await, api.register("u3").await);
@@ -231,6 +251,27 @@ async fn scenario(base: &str) {
     assert_eq!(view.body["event"]["id"], ev.as_str());
     assert_eq!(view.body["participation"]["status"], "waitlisted", "{}", view.body);
     assert_eq!(view.body["counts"]["confirmed"], 2, "{}", view.body);
+
+    // Personal answers are never stored by a browser or a shared cache; public ones may be.
+    let cache = |r: &Reply| r.headers.get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    for (path, who) in [
+        ("/api/v1/me".to_owned(), &u3),
+        ("/api/v1/me/joins".to_owned(), &u3),
+        ("/api/v1/me/notifications".to_owned(), &u3),
+        ("/api/v1/me/events".to_owned(), &org),
+        (format!("/api/v1/events/{ev}/join"), &u3),
+        (format!("/api/v1/events/{ev}/view"), &u3),
+        (format!("/api/v1/events/{ev}/participants"), &org),
+    ] {
+        let r = api.get(&path, Some(&who.access)).await;
+        assert_eq!((r.status, cache(&r).as_deref()), (StatusCode::OK, Some("no-store")), "{path}: {}", r.body);
+    }
+    let login = api.login(&u3.email, PASSWORD).await;
+    assert_eq!(cache(&login).as_deref(), Some("no-store"));
+    for path in [format!("/api/v1/events/{ev}/counts"), format!("/api/v1/events/{ev}/view"), "/api/v1/events".into()] {
+        let r = api.get(&path, None).await;
+        assert_eq!((r.status, cache(&r)), (StatusCode::OK, None), "{path}: public");
+    }
 
     // --- one leaves → the waitlisted user is promoted and told
     let left = api.call(Method::DELETE, &format!("/api/v1/events/{ev}/join"), Some(&u1.access), None, &[]).await;
@@ -475,6 +516,34 @@ async fn all_in_one_zero_setup() {
     let me = api.get("/api/v1/me", login.body["access_token"].as_str()).await;
     assert_eq!(me.body["role"], "admin", "{}", me.body);
 
+    // The admin changes a user's role through the gateway; a user cannot.
+    let admin_token = login.body["access_token"].as_str().unwrap().to_owned();
+    let member = api.register("member").await;
+    let path = format!("/api/v1/admin/users/{}/role", member.id);
+    let denied = api.call(Method::PUT, &path, Some(&member.access), Some(json!({"role": "admin"})), &[]).await;
+    assert_eq!(denied.problem(403)["status"], 403);
+    let promoted = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "admin"})), &[]).await;
+    assert_eq!((promoted.status, promoted.body["role"].as_str()), (StatusCode::OK, Some("admin")), "{}", promoted.body);
+    let bad = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "root"})), &[]).await;
+    assert_eq!(bad.problem(400)["status"], 400);
+
+    // The data directory and everything in it are the owner's only: accounts, tokens, secrets.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = platform.dir().join("data");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        let mut files = 0;
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                files += 1;
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
+        assert!(files >= 6, "four databases (with their -wal files) and the dev secrets: {files}");
+    }
+
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
 }
@@ -593,4 +662,140 @@ fn the_launcher_answers_version_and_exits_64_on_a_bad_command_line() {
     for args in [&["serve"][..], &["no-such-service"][..], &["all", "--port", "1"][..]] {
         assert_eq!(run(args).status.code(), Some(64), "{args:?}");
     }
+}
+
+/// `psql -c SQL` on the test server's `postgres` database.
+fn psql(sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A backup script run with the site's prefix; (success, stderr).
+fn backup_script(site: &common::Site, script: &str, args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = std::process::Command::new("bash")
+        .arg(common::repo_root().join("deploy/backup").join(script))
+        .args(args)
+        .env("CITYEVENTS_DB_PREFIX", &site.prefix)
+        .env("PGHOST", "127.0.0.1")
+        .env("PGUSER", "postgres")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// What the platform holds for the test's users, as the API shows it.
+async fn holdings(api: &Api, org: &User, fan: &User, event: &str) -> Value {
+    let ev = api.get(&format!("/api/v1/events/{event}"), None).await;
+    assert_eq!(ev.status, StatusCode::OK, "{}", ev.body);
+    let joins = api.get("/api/v1/me/joins", Some(&fan.access)).await;
+    assert_eq!(joins.status, StatusCode::OK, "{}", joins.body);
+    let participants = api.get(&format!("/api/v1/events/{event}/participants"), Some(&org.access)).await;
+    assert_eq!(participants.status, StatusCode::OK, "{}", participants.body);
+    let me = api.get("/api/v1/me", Some(&fan.access)).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    json!({
+        "event": ev.body,
+        "joins": joins.body["items"],
+        "participants": participants.body["items"],
+        "me": me.body,
+        "notifications": api.notification_kinds(fan).await,
+    })
+}
+
+/// deploy/backup: back up every service database of a running platform's site, wipe them,
+/// restore, check the audit chain, start the platform again and read back what it held. The
+/// restore refuses existing databases without --replace and a damaged archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_wipe_restore_and_the_platform_reads_back_what_it_held() {
+    if !distributed_prerequisites(("NATS", keel::testing::nats_url()))
+        || !["pg_dump", "pg_restore"].iter().all(|p| keel::testing::require_program(p, &common::which(p)))
+    {
+        return;
+    }
+    let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
+    env.push(("CITYEVENTS_BUS_URL".into(), keel::testing::nats_url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let keep = tempfile::tempdir().unwrap();
+    let site = common::Site { prefix: common::unique("ce_bak_"), state: keep.path().join("state") };
+
+    // --- a platform with users, an event, joins, a promotion and its notification
+    let mut platform = Platform::distributed_at(&site, &env, tempfile::tempdir().unwrap(), Vec::new());
+    let api = Api { http: client(), base: platform.base.clone() };
+    let org = api.register("organizer").await;
+    let (first, fan) = (api.register("first").await, api.register("fan").await);
+    let ev = api.published_event(&org, "Backup night", "Porto", 48, 1).await;
+    assert_eq!(api.join(&first, &ev, "k1").await.body["status"], "confirmed");
+    assert_eq!(api.join(&fan, &ev, "k2").await.body["status"], "waitlisted");
+    let left = api.call(Method::DELETE, &format!("/api/v1/events/{ev}/join"), Some(&first.access), None, &[]).await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{}", left.body);
+    eventually("the promoted fan is notified", || async {
+        api.notification_kinds(&fan).await.iter().any(|k| k == "join.promoted")
+    })
+    .await;
+    let before = holdings(&api, &org, &fan, &ev).await;
+    assert_eq!(before["joins"][0]["status"], "confirmed", "{before}");
+    assert!(platform.stop().success());
+
+    // --- back up, wipe
+    let backups = tempfile::tempdir().unwrap();
+    let dir = backups.path().join("b1");
+    let (ok, err) = backup_script(&site, "backup.sh", &[dir.as_os_str()]);
+    assert!(ok, "backup: {err}");
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST")).unwrap();
+    for svc in ["auth", "events", "joins", "notifier"] {
+        assert!(manifest.contains(&format!("  {svc}.dump")), "{manifest}");
+    }
+    let (ok, err) = backup_script(&site, "backup.sh", &[dir.as_os_str()]);
+    assert!(!ok && err.contains("is not empty"), "a second backup into the same directory: {err}");
+    // Restoring over live databases needs --replace.
+    let (ok, err) = backup_script(&site, "restore.sh", &[dir.as_os_str()]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    for db in site.databases() {
+        psql(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
+    }
+
+    // A damaged archive is refused before anything is restored.
+    let damaged = backups.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, damaged.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut bytes = std::fs::read(damaged.join("joins.dump")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(damaged.join("joins.dump"), bytes).unwrap();
+    let (ok, err) = backup_script(&site, "restore.sh", &[damaged.as_os_str()]);
+    assert!(!ok && err.contains("does not match its SHA-256"), "{err}");
+    for db in site.databases() {
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-tAc"])
+            .arg(format!("SELECT 1 FROM pg_database WHERE datname = '{db}'"))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "{db} was created by a refused restore");
+    }
+
+    // --- restore; the audit chain is whole
+    let (ok, err) = backup_script(&site, "restore.sh", &[dir.as_os_str()]);
+    assert!(ok, "restore: {err}");
+    let verify = site.command(&env).args(["exec", "auth", "audit", "verify"]).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "audit verify: {said}{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(said.contains("audit log intact") && !said.contains("intact: 0 row"), "{said}");
+
+    // --- the platform on the restored databases reads back what it held
+    let mut platform = Platform::distributed_at(&site, &env, tempfile::tempdir().unwrap(), site.databases());
+    let api = Api { http: client(), base: platform.base.clone() };
+    let again = api.login(&fan.email, PASSWORD).await;
+    assert_eq!(again.status, StatusCode::OK, "the password hash and the encrypted e-mail survive: {}", again.body);
+    let fan = User { access: again.body["access_token"].as_str().unwrap().to_owned(), ..fan };
+    let relog = api.login(&org.email, PASSWORD).await;
+    let org = User { access: relog.body["access_token"].as_str().unwrap().to_owned(), ..org };
+    let after = holdings(&api, &org, &fan, &ev).await;
+    assert_eq!(after, before);
+    assert!(platform.stop().success());
 }

@@ -1,13 +1,15 @@
 //! What the City Events services share, and nothing else: the names and default ports of the
 //! services, the event catalogue (topics and typed payloads), keyset pagination, time helpers,
 //! small input-validation helpers and the JSON body extractor, which answer RFC 9457 problems,
-//! and (cargo feature `testing`) what their integration tests share.
+//! the `no-store` layer for personal data, and (cargo feature `testing`) what their integration
+//! tests share.
 //!
 //! Anything service-specific stays in its service crate; anything generic belongs in `keel`.
 
 pub mod catalogue;
 pub mod json;
 pub mod page;
+pub mod private;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -46,12 +46,15 @@ pub struct AppState {
 /// The routes (add the JWT extension layer outside).
 pub fn router(state: AppState) -> Router {
     Router::new()
+        // An organizer's own events, drafts included: not for shared caches. The rest below is
+        // the public catalogue or answers a write.
+        .route("/api/v1/me/events", get(list_mine))
+        .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events", get(list_public).post(create))
         .route("/api/v1/events/batch", post(batch))
         .route("/api/v1/events/{id}", get(show).patch(update))
         .route("/api/v1/events/{id}/publish", post(publish))
         .route("/api/v1/events/{id}/cancel", post(cancel))
-        .route("/api/v1/me/events", get(list_mine))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

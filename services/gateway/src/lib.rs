@@ -11,19 +11,23 @@
 //! * **Edge authentication** — a request carrying an invalid or expired bearer token is refused
 //!   with 401 on every route; routes that need a user refuse a missing token with 401. Neither
 //!   reaches a service.
-//! * **Rate limit** — Keel's limiter with the policy `rate_limits.api`, counted per user (the
-//!   token's `sub`, with `key: [user]`) or else per client IP; 429 problem with `Retry-After` and
-//!   `RateLimit-*`. `backend: redis` shares the counts between instances; the policy's `rules`
-//!   give routes their own failure mode or limit (the shipped config serves reads with an
-//!   in-process limiter while Redis is down and refuses writes and sign-in).
+//! * **Rate limits** — Keel's limiter with three policies: `rate_limits.api` counts per user (the
+//!   token's `sub`) and client IP (`key: [user, ip]`; without a token, per IP); `rate_limits.ip`
+//!   counts every request of a client IP, whoever signs it, so more accounts do not buy more
+//!   budget; `rate_limits.strict` gives sign-up ([`routes::STRICT`]) a stricter budget per IP.
+//!   429 problem with `Retry-After` and `RateLimit-*` (the tighter limiter's). `backend: redis`
+//!   shares the counts between instances; a policy's `rules` give routes their own failure mode
+//!   or limit (the shipped config serves reads with an in-process limiter while Redis is down
+//!   and refuses writes and sign-in).
 //! * **`GET /api/v1/events/{id}/view`** — the event, the caller's participation and the seat
 //!   counts fetched in parallel; the event's error is the answer, a failing non-critical part is
 //!   `{"unavailable": true}`.
 //! * **`GET /api/v1/openapi.json`** — [`openapi::DOCUMENT`].
 //!
 //! Configuration: `upstreams.{auth,events,joins,notifier}.base_url` are required (in development
-//! they default to `http://127.0.0.1:<port>` of each service); `rate_limits.api` is required in
-//! production (elsewhere the default is 600 requests a minute per user, in process);
+//! they default to `http://127.0.0.1:<port>` of each service); `rate_limits.api`, `.ip` and
+//! `.strict` are required in production (elsewhere the defaults are in process: 600 requests a
+//! minute per user and IP, 1200 a minute per IP, 20 sign-ups per 10 minutes per IP);
 //! `security.jwt.*` (verify-only keys); `app.max_body` (default 64 KiB). CORS is Keel's (`cors.*`).
 
 mod edge;
@@ -34,25 +38,30 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::handler::Handler as _;
 use axum::routing::MethodRouter;
 use keel::Setup;
 use keel::app::SetupError;
 use keel::config::{Profile, Section, Validation};
 use keel::http::client::Client;
 use keel::http::client::UpstreamConfig;
-use keel::resilience::rate_limit::{
-    BackendKind, KeyPart, OnBackendError, RateLimitLayer, RateLimitMetrics, RateLimitPolicy, RateLimiter,
-};
+use keel::resilience::rate_limit::{BackendKind, KeyPart, RateLimitLayer, RateLimitPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::forward::Gateway;
 use crate::routes::{OPENAPI_PATH, ROUTES, Upstream, VIEW_PATH};
 
-/// The rate-limit policy the gateway applies (`rate_limits.api.*`).
+/// The rate-limit policy every request counts against, per user and client IP (`rate_limits.api.*`).
 pub const RATE_LIMIT_POLICY: &str = "api";
+/// The policy every request counts against per client IP, whoever signs it (`rate_limits.ip.*`):
+/// more accounts do not buy more budget.
+pub const IP_RATE_LIMIT_POLICY: &str = "ip";
+/// The stricter per-IP policy of the routes in [`routes::STRICT`] (`rate_limits.strict.*`).
+pub const STRICT_RATE_LIMIT_POLICY: &str = "strict";
 
 /// The gateway's `app` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,35 +108,60 @@ fn upstream(s: &mut Setup<GatewayConfig>, name: &str, port: u16) -> Result<Clien
     Ok(Client::new(name, &cfg, breaker, None)?)
 }
 
-/// The limiter of `rate_limits.api` (after connecting Redis when the policy keeps its counts
-/// there); outside production an unconfigured policy is a local one keyed by user.
-fn rate_limit(s: &mut Setup<GatewayConfig>) -> Result<RateLimitLayer, SetupError> {
-    if let Some(policy) = s.keel().rate_limits.get(RATE_LIMIT_POLICY).cloned() {
-        if !policy.key.contains(&KeyPart::User) {
-            tracing::warn!(
-                policy = RATE_LIMIT_POLICY,
-                key = ?policy.key,
-                "the policy does not count by user; set rate_limits.api.key: [user] to count signed-in callers by their token"
-            );
-        }
-        if policy.backend == BackendKind::Redis {
-            s.redis()?;
-        }
-        return s.rate_limit(RATE_LIMIT_POLICY);
-    }
-    if s.profile() == Profile::Production {
-        return Err("rate_limits.api is not configured: the gateway is the public entry and must be rate limited \
-                    (e.g. CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT=600, __KEY=user, __BACKEND=redis)"
+/// The three limiters: `rate_limits.api` (per user and client IP), `rate_limits.ip` (per client
+/// IP) and `rate_limits.strict` (per client IP, for [`routes::STRICT`]), connecting Redis first
+/// when a policy keeps its counts there. Each is required in production; elsewhere an unset one
+/// is an in-process policy: 600 a minute per user and IP, 1200 a minute per IP, 20 per 10
+/// minutes per IP.
+struct Limits {
+    api: RateLimitLayer,
+    ip: RateLimitLayer,
+    strict: RateLimitLayer,
+}
+
+fn limits(s: &mut Setup<GatewayConfig>) -> Result<Limits, SetupError> {
+    let minute = Duration::from_secs(60);
+    let policy = |limit, window, key| RateLimitPolicy { limit, window, key, ..RateLimitPolicy::default() };
+    Ok(Limits {
+        api: limiter(s, RATE_LIMIT_POLICY, policy(600, minute, vec![KeyPart::User, KeyPart::Ip]), "600", "user,ip")?,
+        ip: limiter(s, IP_RATE_LIMIT_POLICY, policy(1200, minute, vec![KeyPart::Ip]), "1200", "ip")?,
+        strict: limiter(s, STRICT_RATE_LIMIT_POLICY, policy(20, 10 * minute, vec![KeyPart::Ip]), "20", "ip")?,
+    })
+}
+
+fn limiter(
+    s: &mut Setup<GatewayConfig>,
+    name: &str,
+    default: RateLimitPolicy,
+    example_limit: &str,
+    example_key: &str,
+) -> Result<RateLimitLayer, SetupError> {
+    let Some(policy) = s.keel().rate_limits.get(name).cloned() else {
+        if s.profile() == Profile::Production {
+            let env = format!("CITYEVENTS_GATEWAY__RATE_LIMITS__{}", name.to_uppercase());
+            return Err(format!(
+                "rate_limits.{name} is not configured: the gateway is the public entry and must be rate limited \
+                 (e.g. {env}__LIMIT={example_limit}, {env}__KEY={example_key}, {env}__BACKEND=redis)"
+            )
             .into());
+        }
+        return s.rate_limit_or(name, default);
+    };
+    if name == RATE_LIMIT_POLICY && !policy.key.contains(&KeyPart::User) {
+        tracing::warn!(
+            policy = name,
+            key = ?policy.key,
+            "the policy does not count by user; set rate_limits.api.key: [user, ip] to count signed-in callers by their token"
+        );
     }
-    let policy = RateLimitPolicy { limit: 600, key: vec![KeyPart::User], ..RateLimitPolicy::default() };
-    let metrics = RateLimitMetrics::new(s.metrics())?;
-    let limiter = RateLimiter::local(RATE_LIMIT_POLICY, policy, OnBackendError::FailOpen, Some(&metrics));
-    Ok(RateLimitLayer::new(Arc::new(limiter), &s.keel().http.trusted_proxies))
+    if policy.backend == BackendKind::Redis {
+        s.redis()?;
+    }
+    s.rate_limit(name)
 }
 
 /// The router of the route table: one handler per operation, grouped by path.
-fn router(gw: &Arc<Gateway>, max_body: usize) -> Router {
+fn router(gw: &Arc<Gateway>, max_body: usize, strict: &RateLimitLayer) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter> = BTreeMap::new();
     for route in ROUTES {
         let gw = gw.clone();
@@ -135,7 +169,14 @@ fn router(gw: &Arc<Gateway>, max_body: usize) -> Router {
         let method_router = match route.path {
             VIEW_PATH => method_router.on(route.verb.filter(), move |req: Request| view::view(gw, req)),
             OPENAPI_PATH => method_router.on(route.verb.filter(), openapi::serve),
-            _ => method_router.on(route.verb.filter(), move |req: Request| gw.forward(route, req)),
+            _ => {
+                let forward = move |req: Request| gw.forward(route, req);
+                if routes::is_strict(route) {
+                    method_router.on(route.verb.filter(), forward.layer(strict.clone()))
+                } else {
+                    method_router.on(route.verb.filter(), forward)
+                }
+            }
         };
         by_path.insert(route.path, method_router);
     }
@@ -158,13 +199,15 @@ pub fn service() -> keel::Service<GatewayConfig> {
             for (up, name, port) in Upstream::FORWARDED {
                 clients.insert(up, upstream(s, name, port)?);
             }
-            let limit = rate_limit(s)?;
+            let limits = limits(s)?;
             let gw = Arc::new(Gateway { clients, trusted_proxies: s.keel().http.trusted_proxies.clone() });
-            Ok(router(&gw, s.config().max_body)
+            Ok(router(&gw, s.config().max_body, &limits.strict)
                 .fallback(|| async { keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json") })
                 // Outermost first: the verifier for the extractors, then identify the caller,
-                // then count the request by user or IP.
-                .layer(limit)
+                // then count the request by client IP, then by user and IP (the strict routes
+                // count a third time, per IP, inside).
+                .layer(limits.api)
+                .layer(limits.ip)
                 .layer(axum::middleware::from_fn_with_state(jwt.clone(), edge::identify))
                 .layer(jwt.extension()))
         })

@@ -59,6 +59,8 @@ pub enum Verb {
     Get,
     /// POST.
     Post,
+    /// PUT.
+    Put,
     /// PATCH.
     Patch,
     /// DELETE.
@@ -71,6 +73,7 @@ impl Verb {
         match self {
             Self::Get => http::Method::GET,
             Self::Post => http::Method::POST,
+            Self::Put => http::Method::PUT,
             Self::Patch => http::Method::PATCH,
             Self::Delete => http::Method::DELETE,
         }
@@ -81,6 +84,7 @@ impl Verb {
         match self {
             Self::Get => "get",
             Self::Post => "post",
+            Self::Put => "put",
             Self::Patch => "patch",
             Self::Delete => "delete",
         }
@@ -91,6 +95,7 @@ impl Verb {
         match self {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
+            Self::Put => MethodFilter::PUT,
             Self::Patch => MethodFilter::PATCH,
             Self::Delete => MethodFilter::DELETE,
         }
@@ -116,12 +121,21 @@ const fn r(verb: Verb, path: &'static str, upstream: Upstream, access: Access) -
 
 use Access::{Anonymous, Public, User};
 use Upstream::{Auth, Events, Gateway, Joins, Notifier};
-use Verb::{Delete, Get, Patch, Post};
+use Verb::{Delete, Get, Patch, Post, Put};
 
 /// Path of the aggregate event page.
 pub const VIEW_PATH: &str = "/api/v1/events/{id}/view";
 /// Path of the OpenAPI document.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// Operations with a stricter budget of their own per client IP (`rate_limits.strict`): those
+/// that create accounts or send e-mail, which a script would otherwise run by the thousand.
+pub const STRICT: &[(Verb, &str)] = &[(Post, "/api/v1/auth/register")];
+
+/// Whether `route` is in [`STRICT`].
+pub fn is_strict(route: &Route) -> bool {
+    STRICT.iter().any(|&(verb, path)| verb == route.verb && path == route.path)
+}
 
 /// Every public operation (docs/cityevents.md, "Service APIs").
 pub const ROUTES: &[Route] = &[
@@ -131,6 +145,7 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/auth/refresh", Auth, Anonymous),
     r(Post, "/api/v1/auth/logout", Auth, Anonymous),
     r(Get, "/api/v1/me", Auth, User),
+    r(Put, "/api/v1/admin/users/{id}/role", Auth, User),
     // events
     r(Get, "/api/v1/events", Events, Public),
     r(Post, "/api/v1/events", Events, User),
@@ -169,6 +184,13 @@ mod tests {
         for route in ROUTES {
             assert!(seen.insert((route.verb, route.path)), "{route:?} twice");
             assert!(route.path.starts_with("/api/v1/"), "{route:?}");
+        }
+    }
+
+    #[test]
+    fn every_strict_operation_is_a_route() {
+        for &(verb, path) in STRICT {
+            assert!(ROUTES.iter().any(|r| r.verb == verb && r.path == path && is_strict(r)), "{verb:?} {path}");
         }
     }
 }

@@ -81,10 +81,16 @@ pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
         },
         other => return relay(other),
     };
-    Json(json!({
+    let signed_in = participation.is_some();
+    let mut resp = Json(json!({
         "event": event,
         "participation": part(participation, "participation"),
         "counts": part(counts, "counts"),
     }))
-    .into_response()
+    .into_response();
+    if signed_in {
+        // The caller's own participation is in it.
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }

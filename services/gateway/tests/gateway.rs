@@ -45,7 +45,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         let path = concrete(route.path);
         let query = "q=caf%C3%A9%20au%20lait&limit=5&_status=201&_extra=1";
         let body = format!("{{\"route\":{i},\"text\":\"h\u{e9}llo\"}}");
-        let has_body = matches!(route.verb.method(), http::Method::POST | http::Method::PATCH);
+        let has_body = matches!(route.verb.method(), http::Method::POST | http::Method::PUT | http::Method::PATCH);
         let mut req = gw
             .http
             .request(route.verb.method(), gw.url(&format!("{path}?{query}")))
@@ -100,7 +100,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         }
         forwarded += 1;
     }
-    assert_eq!(forwarded, 25, "every forwarded operation was tried");
+    assert_eq!(forwarded, 26, "every forwarded operation was tried");
 
     // A public route without a token is forwarded without one.
     let resp = gw.http.get(gw.url("/api/v1/events?city=Berlin")).send().await.unwrap();
@@ -294,6 +294,46 @@ async fn rate_limit_counts_per_user_else_per_ip() {
     }
     assert_limited(get_as(&gw, None).await, "3").await;
     assert_eq!(stubs[1].count(), 3 + 1 + 3, "refused requests never reach the service");
+    gw.stop().await;
+}
+
+/// Accounts registered from one address share its budget, and sign-up has a stricter one.
+#[tokio::test]
+async fn more_accounts_do_not_buy_more_budget_and_sign_up_is_stricter() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(
+        &stubs.iter().collect::<Vec<_>>(),
+        &[
+            ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT", "10"),
+            ("CITYEVENTS_GATEWAY__RATE_LIMITS__IP__LIMIT", "12"),
+            ("CITYEVENTS_GATEWAY__RATE_LIMITS__STRICT__LIMIT", "2"),
+        ],
+    )
+    .await;
+    // Five fresh accounts from one address, three requests each: together they get the
+    // address's 12, not five budgets of 10.
+    let mut served = 0;
+    for i in 0..5 {
+        let t = token(&format!("fresh{i}"));
+        for _ in 0..3 {
+            served += usize::from(get_as(&gw, Some(&t)).await.status() == 200);
+        }
+    }
+    assert_eq!(served, 12);
+    assert_limited(get_as(&gw, Some(&token("fresh9"))).await, "12").await;
+
+    // Sign-up from another address: two, then 429 with the sign-up budget's numbers, while the
+    // rest of the API still answers that address.
+    let other = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 3])).build().unwrap();
+    assert_eq!(other.get(gw.url("/api/v1/events")).send().await.unwrap().status(), 200);
+    let body = json!({"email": "new@example.com", "password": "a long enough password", "name": "New"});
+    let register = || other.post(gw.url("/api/v1/auth/register")).json(&body).send();
+    for _ in 0..2 {
+        let resp = register().await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+    assert_limited(register().await.unwrap(), "2").await;
+    assert_eq!(other.get(gw.url("/api/v1/events")).send().await.unwrap().status(), 200);
     gw.stop().await;
 }
 

@@ -215,11 +215,13 @@ async fn redis_outage_keeps_reads_limited_locally_and_refuses_writes() {
     assert_eq!(problem(write, 503).await["code"], "SERVICE_DEGRADED");
     assert_eq!(stubs[0].count(), logins_before, "a refused login never reaches auth");
     let m = metrics(&gw).await;
-    assert!(active(&m, "api.reads", "local") && active(&m, "api", "none"), "{m}");
+    // The per-IP policy, outermost, is the one that met the outage on the writes and failed
+    // closed (the per-user one behind it was not asked).
+    assert!(active(&m, "api.reads", "local") && active(&m, "ip.reads", "local") && active(&m, "ip", "none"), "{m}");
     assert!(m.contains("rate_limit_backend_active{backend=\"redis\",policy=\"api.reads\"} 0"), "{m}");
     let s = status(&gw).await;
     assert!(s.contains(&("api.reads".into(), "local_fallback".into(), "local".into())), "{s:?}");
-    assert!(s.contains(&("api".into(), "failure_mode".into(), "none".into())), "{s:?}");
+    assert!(s.contains(&("ip".into(), "failure_mode".into(), "none".into())), "{s:?}");
 
     // Redis back (empty: it kept nothing): the Redis limiter is in force again, so reads the
     // exhausted local limiter would refuse pass, and logins are served.

@@ -92,6 +92,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/events/{id}/waitlist", get(waitlist))
         .route("/api/v1/events/{id}/stats", get(stats))
         .route("/api/v1/events/{id}/bans", post(ban))
+        // Who joined what: personal. Seat counts below are public.
+        .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events/{id}/counts", get(counts))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

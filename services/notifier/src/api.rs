@@ -20,6 +20,7 @@ pub(crate) fn router(db: Db) -> Router {
     Router::new()
         .route("/api/v1/me/notifications", get(list))
         .route("/api/v1/me/notifications/{id}/read", post(mark_read))
+        .route_layer(cityevents_common::private::no_store())
         .with_state(db)
 }
 

@@ -73,6 +73,11 @@ pub fn env(db_url: &str, key: &TestKey) -> TestEnv {
         // Cheap Argon2 so tests stay fast; the production default is 19 MiB × 2.
         .set("SECURITY__PASSWORDS__MEMORY_KIB", "256")
         .set("SECURITY__PASSWORDS__ITERATIONS", "1")
+        // Delays long enough that no test outruns them by being slow; tests move time in the
+        // database instead. Small IP and account thresholds, so a test reaches them quickly.
+        .set("APP__LOCKOUT__BASE_DELAY", "1m")
+        .set("APP__LOCKOUT__IP_FREE_FAILURES", "12")
+        .set("APP__LOCKOUT__ACCOUNT_FREE_FAILURES", "15")
 }
 
 impl Svc {
@@ -141,6 +146,26 @@ impl Svc {
 
     pub async fn login(&self, email: &str, password: &str) -> Reply {
         self.post("/api/v1/auth/login", &serde_json::json!({"email": email, "password": password})).await
+    }
+
+    /// Signs in from another loopback address (`127.0.0.<host>`): another client IP.
+    pub async fn login_from(&self, host: u8, email: &str, password: &str) -> Reply {
+        let client =
+            reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
+        let body = serde_json::json!({"email": email, "password": password});
+        Self::read(client.post(self.app.url("/api/v1/auth/login")).json(&body).send().await.unwrap()).await
+    }
+
+    /// Moves every sign-in counter's last failure `secs` into the past.
+    pub async fn age_login_failures(&self, secs: i64) {
+        // A literal: the placeholder syntax differs between the backends.
+        let micros = secs * 1_000_000;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE login_throttle SET last_failure_at = last_failure_at - {micros}"
+        )))
+        .execute(&self.pool)
+        .await
+        .unwrap();
     }
 
     /// Signs in and returns (access, refresh).

@@ -31,8 +31,11 @@ impl Platform {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityevents"));
         cmd.current_dir(dir.path()).env("KEEL_ENV", "development").env_remove("RUST_LOG");
         let gateway = ports(&mut cmd, false);
+        // The scenario is many users from one address: the per-IP policies are set out of its way.
         cmd.env("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT", "300")
-            .env("CITYEVENTS_GATEWAY__RATE_LIMITS__API__KEY", "user");
+            .env("CITYEVENTS_GATEWAY__RATE_LIMITS__API__KEY", "user,ip")
+            .env("CITYEVENTS_GATEWAY__RATE_LIMITS__IP__LIMIT", "100000")
+            .env("CITYEVENTS_GATEWAY__RATE_LIMITS__STRICT__LIMIT", "1000");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -43,24 +46,20 @@ impl Platform {
     /// Redis key prefix.
     pub fn distributed(extra_env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let prefix = unique("ce_e2e_");
-        let mut cmd = Command::new("bash");
-        cmd.arg(root.join("deploy/local/run-distributed.sh"))
-            .env("CITYEVENTS_BIN", env!("CARGO_BIN_EXE_cityevents"))
-            .env("STATE", dir.path().join("state"))
-            .env("CITYEVENTS_DB_PREFIX", &prefix)
-            .env("CITYEVENTS_BUS_NAMESPACE", &prefix)
-            .env("CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX", format!("{prefix}:"))
-            .env("CITYEVENTS_RATE_LIMIT", "300")
-            .env_remove("RUST_LOG")
-            .env_remove("KEEL_ENV");
+        let site = Site { prefix: unique("ce_e2e_"), state: dir.path().join("state") };
+        let dbs = site.databases();
+        Self::distributed_at(&site, extra_env, dir, dbs)
+    }
+
+    /// The distributed script on `site` (its databases and secrets kept between runs); drops
+    /// `own` databases when dropped.
+    pub fn distributed_at(site: &Site, extra_env: &[(&str, &str)], dir: tempfile::TempDir, own: Vec<String>) -> Self {
+        let mut cmd = site.command(extra_env);
         let gateway = ports(&mut cmd, true);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let dbs = ["auth", "events", "joins", "notifier"].iter().map(|s| format!("{prefix}_{s}")).collect();
-        Self::spawn(cmd, dir, gateway, "run-distributed: ready", dbs)
+        Self::spawn(cmd, dir, gateway, "run-distributed: ready", own)
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir, gateway: u16, ready: &str, databases: Vec<String>) -> Self {
@@ -172,6 +171,41 @@ impl Drop for Platform {
                 .stderr(Stdio::null())
                 .status();
         }
+    }
+}
+
+/// Where a distributed platform keeps its state: the database prefix (also its bus namespace
+/// and Redis key prefix) and the secrets directory.
+pub struct Site {
+    pub prefix: String,
+    pub state: PathBuf,
+}
+
+impl Site {
+    /// `deploy/local/run-distributed.sh` with this build on this site (arguments to add).
+    pub fn command(&self, extra_env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join("deploy/local/run-distributed.sh"))
+            .current_dir(repo_root())
+            .env("CITYEVENTS_BIN", env!("CARGO_BIN_EXE_cityevents"))
+            .env("STATE", &self.state)
+            .env("CITYEVENTS_DB_PREFIX", &self.prefix)
+            .env("CITYEVENTS_BUS_NAMESPACE", &self.prefix)
+            .env("CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX", format!("{}:", self.prefix))
+            .env("CITYEVENTS_RATE_LIMIT", "300")
+            .env("CITYEVENTS_IP_RATE_LIMIT", "100000")
+            .env("CITYEVENTS_STRICT_RATE_LIMIT", "1000")
+            .env_remove("RUST_LOG")
+            .env_remove("KEEL_ENV");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// `<prefix>_<service>` for each service with a database.
+    pub fn databases(&self) -> Vec<String> {
+        ["auth", "events", "joins", "notifier"].iter().map(|s| format!("{}_{s}", self.prefix)).collect()
     }
 }
 

@@ -48,6 +48,8 @@ impl Platform {
             ("CITYEVENTS_ORIGIN".into(), "http://127.0.0.1:3000".into()),
             // The load is many users from one address; the limiter is not what is tested here.
             ("CITYEVENTS_RATE_LIMIT".into(), "1000000".into()),
+            ("CITYEVENTS_IP_RATE_LIMIT".into(), "1000000".into()),
+            ("CITYEVENTS_STRICT_RATE_LIMIT".into(), "1000000".into()),
         ];
         let mut gateway = 0;
         for svc in SERVICES {

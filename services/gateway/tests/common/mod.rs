@@ -134,12 +134,14 @@ pub struct Gateway {
 }
 
 /// The environment of a gateway whose upstreams are `upstreams` (name → base URL), with a
-/// generous per-user rate limit, plus `extra` (variables in full, replacing the defaults).
+/// generous rate limits, plus `extra` (variables in full, replacing the defaults).
 pub fn env(upstreams: &[(&str, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = TestEnv::new(cityevents_common::services::GATEWAY.0)
         .trust(&KEY)
         .set("RATE_LIMITS__API__LIMIT", "10000")
-        .set("RATE_LIMITS__API__KEY", "user");
+        .set("RATE_LIMITS__API__KEY", "user,ip")
+        .set("RATE_LIMITS__IP__LIMIT", "10000")
+        .set("RATE_LIMITS__STRICT__LIMIT", "10000");
     for (name, url) in upstreams {
         let n = name.to_uppercase();
         env = env
