@@ -182,13 +182,14 @@ openssl pkey -in "$sec/jwt-private.pem" -pubout -out "$sec/jwt-public.pem" 2>/de
 openssl rand -hex 24 >"$sec/admin-token"
 env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/master.key"
 env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/blind-index.key"
+env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/audit.key"
 data_key=$(env -u KEEL_CONFIG KEEL_ENV=test CITYEVENTS_AUTH__SECURITY__ENCRYPTION__MASTER_KEY_FILE="$sec/master.key" \
   dist/cityevents-auth keys new k1 | sed -e 's/^k1: //')
 [[ -n "$data_key" ]] || fail "could not create a data key"
 for s in "${SERVICES[@]}"; do
   mkdir -p "$sec/$s"
   files=(jwt-public.pem admin-token)
-  [[ $s == auth ]] && files+=(jwt-private.pem master.key blind-index.key)
+  [[ $s == auth ]] && files+=(jwt-private.pem master.key blind-index.key audit.key)
   for f in "${files[@]}"; do cp "$sec/$f" "$sec/$s/"; done
   chmod 755 "$sec/$s"
   chown 65532:65532 "$sec/$s"/*
@@ -205,6 +206,7 @@ env_file=$work/env
   echo "CITYEVENTS_JWT_PRIVATE_KEY_FILE=/run/secrets/jwt-private.pem"
   echo "CITYEVENTS_AUTH_MASTER_KEY_FILE=/run/secrets/master.key"
   echo "CITYEVENTS_AUTH_BLIND_INDEX_KEY_FILE=/run/secrets/blind-index.key"
+  echo "CITYEVENTS_AUTH_AUDIT_KEY_FILE=/run/secrets/audit.key"
   echo "CITYEVENTS_AUTH_DATA_KEY=$data_key"
   echo "CITYEVENTS_REDIS_URL=$REDIS_URL"
   echo "CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX=keel-images-$RUN:"

@@ -6,6 +6,7 @@
 #   jwt-private.pem, jwt-public.pem   Ed25519 key pair of the access tokens (openssl genpkey)
 #   master.key, blind-index.key       auth's field-encryption master key and e-mail blind-index
 #                                     key: 32 random bytes, base64 (as `auth keys generate`)
+#   audit.key                         auth's audit-log chain key (HMAC), the same kind
 #   auth.env                          CITYEVENTS_AUTH_DATA_KEY=<data key k1 wrapped under
 #                                     master.key> (as `auth keys new k1`), read by compose
 #   postgres-password                 PostgreSQL's superuser (used by initdb and postgres-init)
@@ -47,7 +48,7 @@ owner=${CITYEVENTS_SECRETS_OWNER:-65532:65532}
 
 DB_SERVICES=(auth events joins notifier)
 SERVICES=(auth events joins notifier gateway)
-files=(jwt-private.pem jwt-public.pem master.key blind-index.key auth.env postgres-password)
+files=(jwt-private.pem jwt-public.pem master.key blind-index.key audit.key auth.env postgres-password)
 for s in "${DB_SERVICES[@]}"; do files+=("$s-db.pgpass"); done
 for s in "${SERVICES[@]}"; do files+=("$s-admin-token"); done
 
@@ -74,6 +75,7 @@ openssl genpkey -algorithm ed25519 -out "$new/jwt-private.pem" 2>/dev/null
 openssl pkey -in "$new/jwt-private.pem" -pubout -out "$new/jwt-public.pem" 2>/dev/null
 openssl rand -base64 32 >"$new/master.key"
 openssl rand -base64 32 >"$new/blind-index.key"
+openssl rand -base64 32 >"$new/audit.key"
 openssl rand -hex 24 >"$new/postgres-password"
 for s in "${DB_SERVICES[@]}"; do
   printf '*:*:cityevents_%s:cityevents_%s:%s\n' "$s" "$s" "$(openssl rand -hex 24)" >"$new/$s-db.pgpass"
@@ -153,4 +155,4 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "  chown $owner $dir/*; chown $(id -u):$(id -g) $dir/auth.env" >&2
   echo "  (rootless podman: podman unshare chown 65532:65532 …)" >&2
 fi
-echo "make-secrets: keep them out of version control, and back up master.key, blind-index.key and auth.env with the databases' backups" >&2
+echo "make-secrets: keep them out of version control, and back up master.key, blind-index.key, audit.key and auth.env with the databases' backups" >&2

@@ -85,6 +85,8 @@ if [[ ! -f "$STATE/jwt-private.pem" ]]; then
   KEEL_ENV=test CITYEVENTS_AUTH__SECURITY__ENCRYPTION__MASTER_KEY_FILE="$STATE/master.key" \
     "$CITYEVENTS_BIN" auth keys new k1 | sed -e 's/^k1: //' >"$STATE/data-key"
 fi
+# The audit log's chain key (a state directory from before it existed gets one too).
+[[ -f "$STATE/audit.key" ]] || KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/audit.key"
 
 # --- the environment every service reads its config file with
 export KEEL_ENV=production
@@ -93,6 +95,7 @@ export CITYEVENTS_JWT_PUBLIC_KEY_FILE="$STATE/jwt-public.pem"
 export CITYEVENTS_JWT_PRIVATE_KEY_FILE="$STATE/jwt-private.pem"
 export CITYEVENTS_AUTH_MASTER_KEY_FILE="$STATE/master.key"
 export CITYEVENTS_AUTH_BLIND_INDEX_KEY_FILE="$STATE/blind-index.key"
+export CITYEVENTS_AUTH_AUDIT_KEY_FILE="$STATE/audit.key"
 CITYEVENTS_AUTH_DATA_KEY=$(cat "$STATE/data-key")
 export CITYEVENTS_AUTH_DATA_KEY
 export CITYEVENTS_REDIS_URL=${CITYEVENTS_REDIS_URL:-redis://127.0.0.1:6379/0}

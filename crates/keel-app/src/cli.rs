@@ -92,7 +92,13 @@ pub(crate) enum SloCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
     /// Walk the hash chain; exit 0 when intact, 1 naming the first broken row.
-    Verify,
+    Verify {
+        /// Also check the chain against a checkpoint from the logs (`ROWS:HASH`, the
+        /// `checkpoint` field of the latest `audit checkpoint` line): reports truncation and
+        /// rewrites the chain alone cannot show.
+        #[arg(long, value_name = "ROWS:HASH")]
+        checkpoint: Option<keel_security::audit::Checkpoint>,
+    },
 }
 
 /// `keys` subcommands.

@@ -13,7 +13,7 @@
 //! | `version` (or `--version`, `-V`) | name, version, git commit, build profile |
 //! | `dlq list\|replay\|purge TOPIC` | a topic's dead letters on the configured broker (feature `events`) |
 //! | `migrate [status]` | apply or list database migrations (feature `sql`; without it: "declares no migrations", exit 0) |
-//! | `audit verify` | walk the audit log's hash chain; exit 0 / 1 naming the first broken row (`security` + SQL) |
+//! | `audit verify [--checkpoint ROWS:HASH]` | walk the audit log's keyed hash chain (and check it against a checkpoint); exit 0 / 1 naming the first broken row (`security` + SQL) |
 //! | `keys generate \| new <kid> \| rewrap --new-master-key-file F` | field-encryption keys (`security`) |
 //!
 //! A service adds commands of its own with [`Service::command`]. [`run_from`] takes the arguments
@@ -156,8 +156,8 @@ where
             ExitCode::SUCCESS
         }
         #[cfg(all(feature = "sql", feature = "security"))]
-        Some(Command::Audit { command: cli::AuditCommand::Verify }) => match loaded {
-            Ok(l) => security::audit_verify(&service, &l),
+        Some(Command::Audit { command: cli::AuditCommand::Verify { checkpoint } }) => match loaded {
+            Ok(l) => security::audit_verify(&service, &l, checkpoint.as_ref()),
             Err(e) => config_failure(&build, &e, true),
         },
         #[cfg(feature = "security")]

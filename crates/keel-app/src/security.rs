@@ -9,7 +9,11 @@ use keel_security::crypto::{MasterKey, generate_key, rewrap};
 
 /// Walks the audit chain of the service's database.
 #[cfg(feature = "sql")]
-pub(super) fn audit_verify<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>) -> ExitCode {
+pub(super) fn audit_verify<C: Section>(
+    service: &super::Service<C>,
+    loaded: &Loaded<C>,
+    checkpoint: Option<&keel_security::audit::Checkpoint>,
+) -> ExitCode {
     use keel_data::{Backend, resolve_url};
     let name = &service.build.name;
     let cfg = &loaded.config.keel.database;
@@ -17,6 +21,13 @@ pub(super) fn audit_verify<C: Section>(service: &super::Service<C>, loaded: &Loa
         Ok(u) => u,
         Err(e) => {
             eprintln!("{name} audit verify: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let keys = match keel_security::audit::AuditKeys::from_config(&loaded.config.keel.security.audit) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{name} audit verify: security.audit: {e}");
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -41,11 +52,18 @@ pub(super) fn audit_verify<C: Section>(service: &super::Service<C>, loaded: &Loa
                 return ExitCode::from(exit::START);
             }
         };
-        let log = keel_security::audit::AuditLog::new(pool.clone(), backend);
-        let code = match log.verify().await {
+        let log = keel_security::audit::AuditLog::new(pool.clone(), backend).with_keys(keys);
+        let code = match log.verify_against(checkpoint).await {
             Ok(v) => match v.broken {
                 None => {
-                    println!("audit log intact: {} row(s) verified", v.rows);
+                    let against = checkpoint.map(|c| format!(", consistent with checkpoint {c}")).unwrap_or_default();
+                    println!("audit log intact: {} row(s) verified{against}; head {}", v.rows, v.head);
+                    if v.unkeyed > 0 {
+                        println!(
+                            "{} row(s) are chained without a key (written before security.audit.active_key was set)",
+                            v.unkeyed
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Some(b) => {

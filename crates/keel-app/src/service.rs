@@ -689,10 +689,40 @@ impl<C: Section> Setup<C> {
             .map_err(|e| misconfigured("security.encryption.blind_index_key", e))
     }
 
-    /// The audit log in `db`, masking `log.mask_fields` in details as the logs do.
+    /// The audit log in `db`: chained with the keys of `security.audit` (production requires
+    /// an active key), masking `log.mask_fields` in details as the logs do, reporting
+    /// `audit_log_*` metrics, and checkpointed every `security.audit.checkpoint_interval` by
+    /// the worker `audit-checkpoint` (see [`keel_security::audit`]). One per service.
     #[cfg(all(feature = "security", feature = "sql"))]
-    pub fn audit_log(&self, db: &keel_data::Db) -> keel_security::audit::AuditLog {
-        keel_security::audit::AuditLog::from_db(db).mask_fields(self.config.keel.log.mask_fields.iter())
+    pub fn audit_log(&mut self, db: &keel_data::Db) -> Result<keel_security::audit::AuditLog, SetupError> {
+        use keel_security::audit::{AuditKeys, AuditLog};
+        let cfg = self.config.keel.security.audit.clone();
+        if self.profile == Profile::Production && cfg.active_key.is_none() {
+            return Err(misconfigured(
+                "security.audit.active_key",
+                "production needs an audit chain key (security.audit.keys.<id>.secret): \
+                 without one anyone who can write the table can rewrite the audit log",
+            ));
+        }
+        let keys = AuditKeys::from_config(&cfg).map_err(|e| misconfigured("security.audit", e))?;
+        let log = AuditLog::from_db(db)
+            .mask_fields(self.config.keel.log.mask_fields.iter())
+            .with_keys(keys)
+            .with_metrics(&self.metrics)
+            .map_err(|e| misconfigured("security.audit", e))?;
+        let checkpointed = log.clone();
+        // A checkpoint that cannot run (the database is away) is logged and skipped: the worker
+        // stays healthy, and `audit_log_checkpoint_timestamp_seconds` shows how old the last is.
+        self.worker(keel_workers::Worker::periodic("audit-checkpoint", cfg.checkpoint_interval, move |_ctx| {
+            let log = checkpointed.clone();
+            async move {
+                if let Err(e) = log.checkpoint().await {
+                    tracing::warn!(error = %keel_health::sanitize(&e.to_string()), "audit checkpoint skipped");
+                }
+                Ok::<(), std::convert::Infallible>(())
+            }
+        }))?;
+        Ok(log)
     }
 
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush

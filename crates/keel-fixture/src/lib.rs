@@ -203,7 +203,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
             };
             let auth = if s.config().auth { auth_routes(s.jwt()?) } else { Router::new() };
             let audit = match &deps.db {
-                Some(db) => audit_routes(s.audit_log(db)),
+                Some(db) => audit_routes(s.audit_log(db)?),
                 None => Router::new(),
             };
             Ok(Router::new()

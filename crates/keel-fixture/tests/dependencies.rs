@@ -410,6 +410,19 @@ async fn production_serve_never_migrates_and_waits_for_migrate(db: TestDatabase)
         ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://a.example"),
         ("FIXTURE__SHUTDOWN__DRAIN_DELAY", "0s"),
     ]);
+    // Production keeps no audit log without a chain key.
+    let loaded = keel::app::Loader::new("fixture", Profile::Production)
+        .env(env.iter().chain(&[("FIXTURE__HTTP__PORT", "0")]).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+        .load()
+        .unwrap();
+    let Err(refused) = keel::app::start(keel_fixture::service(), loaded).await else {
+        panic!("started in production without an audit key");
+    };
+    assert!(refused.to_string().contains("security.audit.active_key"), "{refused}");
+    env.extend([
+        ("FIXTURE__SECURITY__AUDIT__ACTIVE_KEY", "a1"),
+        ("FIXTURE__SECURITY__AUDIT__KEYS__A1__SECRET", "YXVkaXQta2V5LWZvci10aGUtZml4dHVyZS10ZXN0cy0xMjM="),
+    ]);
     let f = Fixture::start_profile(Profile::Production, &env).await;
     eventually("migrations reported pending", || async {
         let (status, body) = ready(&f).await;

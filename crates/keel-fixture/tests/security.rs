@@ -110,11 +110,20 @@ async fn logs_never_show_the_password_or_the_bearer_token() {
     assert_eq!(fields["note"], "client sent Bearer *** with 22", "{line}");
 }
 
+const AUDIT_KEY: &str = "YXVkaXQta2V5LWZvci10aGUtZml4dHVyZS10ZXN0cy0xMjM=";
+
 #[tokio::test]
 async fn audit_verify_walks_the_chain_the_service_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
-    let env = [("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", url.as_str())];
+    let unkeyed = [("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", url.as_str())];
+    let env = [
+        unkeyed[0],
+        unkeyed[1],
+        ("FIXTURE__SECURITY__AUDIT__ACTIVE_KEY", "a1"),
+        ("FIXTURE__SECURITY__AUDIT__KEYS__A1__SECRET", AUDIT_KEY),
+        ("FIXTURE__SECURITY__AUDIT__CHECKPOINT_INTERVAL", "200ms"),
+    ];
     let mut p = Proc::spawn(&env);
     let http = client();
     let mut last = Value::Null;
@@ -133,16 +142,43 @@ async fn audit_verify_walks_the_chain_the_service_wrote() {
     }
     assert_eq!(last["id"], 5, "{last}");
     let line = p.wait_for("\"message\":\"audit\"");
-    assert!(line.contains("\"hash\":") && !line.contains("pw-123456789"), "{line}");
+    assert!(
+        line.contains("\"hash\":") && line.contains("\"key_id\":\"a1\"") && !line.contains("pw-123456789"),
+        "{line}"
+    );
+    // The head is checkpointed outside the table: in a log line and a metric.
+    let line = p.wait_for("\"checkpoint\":\"5:");
+    let checkpoint = format!("5:{}", last["hash"].as_str().unwrap());
+    assert!(line.contains(&checkpoint) && line.contains("audit checkpoint"), "{line}");
+    let metrics = http.get(p.management_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("audit_log_rows 5"), "{metrics}");
+
+    // Deleting the newest row: the running service reports it at its next checkpoint.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE id = 5").execute(&pool).await.unwrap();
+    let line = p.wait_for("audit log tampered with");
+    assert!(line.contains("truncated"), "{line}");
+    let metrics = http.get(p.management_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("audit_log_tamper_detected_total 0"), "{metrics}");
     p.signal("TERM");
     p.wait_exit(Duration::from_secs(10));
 
+    // The chain alone still verifies; against the checkpoint it is truncated.
     let (code, stdout, stderr) = run_cli(&["audit", "verify"], &env);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("intact: 5 row(s)"), "{stdout}");
+    assert!(stdout.contains("intact: 4 row(s)"), "{stdout}");
+    let (code, stdout, _) = run_cli(&["audit", "verify", "--checkpoint", &checkpoint], &env);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("BROKEN at row 5") && stdout.contains("truncated"), "{stdout}");
+    // Without the key the rows cannot be verified at all.
+    let (code, stdout, _) = run_cli(&["audit", "verify"], &unkeyed);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("BROKEN at row 1") && stdout.contains("key `a1`"), "{stdout}");
+    // A malformed checkpoint is a usage error.
+    let (code, _, stderr) = run_cli(&["audit", "verify", "--checkpoint", "five"], &env);
+    assert_eq!(code, 64, "{stderr}");
 
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     sqlx::query("UPDATE audit_log SET actor = 'user:mallory' WHERE id = 3").execute(&pool).await.unwrap();
     pool.close().await;
     let (code, stdout, _) = run_cli(&["audit", "verify"], &env);

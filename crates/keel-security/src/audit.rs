@@ -1,11 +1,23 @@
 //! A tamper-evident audit log in the service's own database.
 //!
 //! [`AuditLog::record`] appends a row to `audit_log` and emits a structured `audit` log line.
-//! Each row stores the SHA-256 of its own content and the previous row's hash, so changing,
+//! Each row stores a MAC of its own content and of the previous row's hash, so changing,
 //! inserting or deleting a row breaks the chain from there on; [`AuditLog::verify`] (and
-//! `<service> audit verify`) walks the chain and names the first broken row. The hash in the
-//! log line anchors the chain outside the database: rewriting the whole tail consistently also
-//! needs the log store.
+//! `<service> audit verify`) walks the chain and names the first broken row.
+//!
+//! * **Keyed.** The MAC is HMAC-SHA256 under the active key of `security.audit.keys`
+//!   ([`AuditKeys`]); each row names its key (`key_id`), so keys rotate: new rows take the new
+//!   active key, and `verify` checks old rows with the retired keys still listed. Without a
+//!   key (development) rows are chained with plain SHA-256, which anyone who can write the table
+//!   can recompute; an unkeyed row after a keyed one is reported as broken.
+//! * **Anchored.** A chain that verifies can still have lost its newest rows, or have been
+//!   rewritten by someone holding the key. So the head of the chain, its row count and hash (a
+//!   [`Checkpoint`]), is written outside the table: in every `audit` log line, in the
+//!   `audit checkpoint` line and the `audit_log_rows` gauge that [`AuditLog::checkpoint`]
+//!   writes every `security.audit.checkpoint_interval`. Each checkpoint also checks that the
+//!   table still holds the previous one (`audit_log_tamper_detected_total`), and
+//!   `audit verify --checkpoint ROWS:HASH` checks the chain against a checkpoint taken from the
+//!   logs.
 //!
 //! Appends are serialized so concurrent writers still build one chain: PostgreSQL takes a table
 //! lock that only other appenders wait on, MySQL/MariaDB lock the last row (`FOR UPDATE`), and
@@ -14,20 +26,29 @@
 //! stored or logged.
 //!
 //! ```ignore
-//! let audit = keel_security::audit::AuditLog::from_db(&db);
+//! let audit = keel_security::audit::AuditLog::from_db(&db).with_keys(AuditKeys::from_config(&cfg)?);
 //! audit.record("user:42", "password.change", "user:42", Outcome::Success, json!({"ip": ip})).await?;
 //! ```
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use prometheus::{Gauge, IntCounter, IntGauge};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
 
+use crate::config::AuditConfig;
 use keel_data::{Backend, Db};
+use keel_telemetry::Metrics;
 use keel_telemetry::mask::Masker;
 
-/// The `prev_hash` of the first row.
+/// The `prev_hash` of the first row, and the hash of an empty chain's head.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_ATTEMPTS: u32 = 50;
 const PAGE: i64 = 1000;
@@ -42,6 +63,12 @@ pub enum AuditError {
     /// Concurrent appenders kept colliding.
     #[error("could not append to the audit log after {0} attempts")]
     Contention(u32),
+    /// A chain key is missing or unusable.
+    #[error("audit log key: {0}")]
+    Key(String),
+    /// A metric could not be registered.
+    #[error("audit log metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// How the audited action ended.
@@ -77,6 +104,35 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// The head of the chain at some moment: how many rows it had and the last row's hash.
+/// Written as `ROWS:HASH` (its [`fmt::Display`] and [`std::str::FromStr`] form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Rows in the chain (the id of its last row).
+    pub rows: i64,
+    /// The last row's hash ([`GENESIS`] for an empty chain).
+    pub hash: String,
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.rows, self.hash)
+    }
+}
+
+impl std::str::FromStr for Checkpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (rows, hash) = s.trim().split_once(':').ok_or("expected ROWS:HASH")?;
+        let rows: i64 = rows.parse().map_err(|_| format!("`{rows}` is not a row count"))?;
+        if rows < 0 || hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err("expected ROWS:HASH, with a count of at least 0 and a 64-digit hex hash".into());
+        }
+        Ok(Self { rows, hash: hash.to_ascii_lowercase() })
+    }
+}
+
 /// The first broken link of the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokenLink {
@@ -93,6 +149,91 @@ pub struct Verification {
     pub rows: u64,
     /// The first broken link, if any.
     pub broken: Option<BrokenLink>,
+    /// Rows chained without a key (written before `security.audit.active_key` was set).
+    pub unkeyed: u64,
+    /// The head of the verified part of the chain.
+    pub head: Checkpoint,
+}
+
+/// The chain keys: HMAC-SHA256 keys by id and the one new rows are chained with. Without
+/// any, rows are chained with plain SHA-256.
+#[derive(Clone, Default)]
+pub struct AuditKeys {
+    active: Option<String>,
+    keys: BTreeMap<String, Hmac<Sha256>>,
+}
+
+impl fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditKeys").field("active", &self.active).field("ids", &self.keys.keys()).finish()
+    }
+}
+
+impl AuditKeys {
+    /// The keys of `security.audit`.
+    pub fn from_config(cfg: &AuditConfig) -> Result<Self, AuditError> {
+        let mut keys = BTreeMap::new();
+        for (id, key) in &cfg.keys {
+            let secret = key.secret.as_ref().ok_or_else(|| AuditError::Key(format!("keys.{id}.secret is not set")))?;
+            let bytes = B64
+                .decode(secret.expose().trim())
+                .map_err(|_| AuditError::Key(format!("keys.{id}.secret is not base64")))?;
+            if bytes.len() < 32 {
+                return Err(AuditError::Key(format!("keys.{id}.secret must be at least 32 bytes")));
+            }
+            let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes)
+                .map_err(|_| AuditError::Key(format!("keys.{id}.secret is unusable")))?;
+            keys.insert(id.clone(), mac);
+        }
+        if let Some(active) = &cfg.active_key
+            && !keys.contains_key(active)
+        {
+            return Err(AuditError::Key(format!("active_key `{active}` is not one of the keys")));
+        }
+        Ok(Self { active: cfg.active_key.clone(), keys })
+    }
+
+    /// The id of the key new rows are chained with.
+    pub fn active(&self) -> Option<&str> {
+        self.active.as_deref()
+    }
+}
+
+/// The audit log's metrics.
+#[derive(Debug, Clone)]
+struct AuditMetrics {
+    rows: IntGauge,
+    checkpoint_at: Gauge,
+    tampered: IntCounter,
+}
+
+impl AuditMetrics {
+    fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            rows: IntGauge::new("audit_log_rows", "Rows in the audit chain at its last append or checkpoint.")?,
+            checkpoint_at: Gauge::new(
+                "audit_log_checkpoint_timestamp_seconds",
+                "Unix time of the audit log's last checkpoint.",
+            )?,
+            tampered: IntCounter::new(
+                "audit_log_tamper_detected_total",
+                "Checkpoints that found the audit log truncated or rewritten since the previous one.",
+            )?,
+        };
+        metrics.register(m.rows.clone())?;
+        metrics.register(m.checkpoint_at.clone())?;
+        metrics.register(m.tampered.clone())?;
+        Ok(m)
+    }
+}
+
+/// What the process last saw of the chain's head.
+#[derive(Debug, Default)]
+struct Anchor {
+    last: Option<Checkpoint>,
+    /// Set once a checkpoint found the table no longer holding `last`: it stays the reference,
+    /// so every later checkpoint reports it again until the process restarts.
+    tampered: bool,
 }
 
 /// The audit log of one database. Cheap to clone.
@@ -101,7 +242,10 @@ pub struct AuditLog {
     pool: AnyPool,
     backend: Backend,
     masker: Masker,
-    ready: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    keys: AuditKeys,
+    metrics: Option<AuditMetrics>,
+    anchor: Arc<Mutex<Anchor>>,
+    ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl AuditLog {
@@ -112,7 +256,15 @@ impl AuditLog {
 
     /// The audit log in the database of `pool`.
     pub fn new(pool: AnyPool, backend: Backend) -> Self {
-        Self { pool, backend, masker: Masker::default(), ready: Default::default() }
+        Self {
+            pool,
+            backend,
+            masker: Masker::default(),
+            keys: AuditKeys::default(),
+            metrics: None,
+            anchor: Default::default(),
+            ready: Default::default(),
+        }
     }
 
     /// Masks these detail field names too (beyond [`keel_telemetry::mask::DEFAULT_FIELDS`]).
@@ -121,7 +273,21 @@ impl AuditLog {
         self
     }
 
-    /// Creates `audit_log` if it does not exist (idempotent; `record` and `verify` call it).
+    /// Chains new rows with the active key of `keys`, and verifies with all of them.
+    pub fn with_keys(mut self, keys: AuditKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Reports `audit_log_rows`, `audit_log_checkpoint_timestamp_seconds` and
+    /// `audit_log_tamper_detected_total` into `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Result<Self, AuditError> {
+        self.metrics = Some(AuditMetrics::register(metrics)?);
+        Ok(self)
+    }
+
+    /// Creates `audit_log` if it does not exist, and adds the `key_id` column to a table made
+    /// before keys existed (idempotent; `record`, `verify` and `checkpoint` call it).
     pub async fn ensure_table(&self) -> Result<(), AuditError> {
         self.ready
             .get_or_try_init(|| async {
@@ -129,15 +295,23 @@ impl AuditLog {
                     Backend::Postgres | Backend::Sqlite => {
                         "CREATE TABLE IF NOT EXISTS audit_log (id BIGINT PRIMARY KEY, at TEXT NOT NULL, \
                          actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, \
-                         details TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)"
+                         details TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, \
+                         key_id VARCHAR(64) NOT NULL DEFAULT '')"
                     }
                     Backend::MySql => {
                         "CREATE TABLE IF NOT EXISTS audit_log (id BIGINT PRIMARY KEY, at VARCHAR(40) NOT NULL, \
                          actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome VARCHAR(16) NOT NULL, \
-                         details TEXT NOT NULL, prev_hash CHAR(64) NOT NULL, hash CHAR(64) NOT NULL) ENGINE=InnoDB"
+                         details TEXT NOT NULL, prev_hash CHAR(64) NOT NULL, hash CHAR(64) NOT NULL, \
+                         key_id VARCHAR(64) NOT NULL DEFAULT '') ENGINE=InnoDB"
                     }
                 };
-                sqlx::raw_sql(ddl).execute(&self.pool).await.map(|_| ())
+                sqlx::raw_sql(ddl).execute(&self.pool).await?;
+                if sqlx::raw_sql("SELECT key_id FROM audit_log WHERE 1 = 0").execute(&self.pool).await.is_err() {
+                    sqlx::raw_sql("ALTER TABLE audit_log ADD COLUMN key_id VARCHAR(64) NOT NULL DEFAULT ''")
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok::<_, sqlx::Error>(())
             })
             .await?;
         Ok(())
@@ -170,6 +344,10 @@ impl AuditLog {
                 Err(e) => return Err(e.into()),
             }
         };
+        self.advance(&Checkpoint { rows: entry.id, hash: entry.hash.clone() });
+        if let Some(m) = &self.metrics {
+            m.rows.set(entry.id);
+        }
         tracing::info!(
             target: "audit",
             audit_id = entry.id,
@@ -179,9 +357,18 @@ impl AuditLog {
             outcome = outcome.as_str(),
             details = %details,
             hash = %entry.hash,
+            key_id = self.keys.active().unwrap_or(""),
             "audit"
         );
         Ok(entry)
+    }
+
+    /// Moves the anchor forward to `head` (never back), unless tampering was found.
+    fn advance(&self, head: &Checkpoint) {
+        let mut anchor = self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !anchor.tampered && anchor.last.as_ref().is_none_or(|l| head.rows > l.rows) {
+            anchor.last = Some(head.clone());
+        }
     }
 
     async fn try_append(
@@ -209,10 +396,13 @@ impl AuditLog {
         };
         let id = prev_id + 1;
         let at = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
-        let hash = row_hash(id, &at, actor, action, target, outcome.as_str(), details, &prev_hash);
+        let key_id = self.keys.active().unwrap_or("");
+        let row =
+            Fields { id, at: &at, actor, action, target, outcome: outcome.as_str(), details, prev_hash: &prev_hash };
+        let hash = row.hash(self.keys.active.as_ref().and_then(|k| self.keys.keys.get(k).map(|m| (k.as_str(), m))));
         let insert = self.backend.sql(
-            "INSERT INTO audit_log (id, at, actor, action, target, outcome, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO audit_log (id, at, actor, action, target, outcome, details, prev_hash, hash, key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         );
         sqlx::query(sqlx::AssertSqlSafe(insert.into_owned()))
             .bind(id)
@@ -224,6 +414,7 @@ impl AuditLog {
             .bind(details)
             .bind(&prev_hash)
             .bind(&hash)
+            .bind(key_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -232,59 +423,195 @@ impl AuditLog {
 
     /// Walks the chain from the first row; stops at the first broken link.
     pub async fn verify(&self) -> Result<Verification, AuditError> {
+        self.verify_against(None).await
+    }
+
+    /// Walks the chain like [`Self::verify`] and also checks it against `checkpoint`: the row
+    /// it names must still hold its hash (else the chain was rewritten up to there), and the
+    /// chain must reach it (else it was truncated).
+    pub async fn verify_against(&self, checkpoint: Option<&Checkpoint>) -> Result<Verification, AuditError> {
         self.ensure_table().await?;
         let page_sql = self.backend.sql(
-            "SELECT id, at, actor, action, target, outcome, details, prev_hash, hash FROM audit_log \
+            "SELECT id, at, actor, action, target, outcome, details, prev_hash, hash, key_id FROM audit_log \
              WHERE id > $1 ORDER BY id LIMIT $2",
         );
-        let (mut expected_id, mut prev_hash, mut rows) = (1_i64, GENESIS.to_owned(), 0_u64);
-        loop {
+        let mut v =
+            Verification { rows: 0, broken: None, unkeyed: 0, head: Checkpoint { rows: 0, hash: GENESIS.to_owned() } };
+        let mut keyed_seen = false;
+        'walk: loop {
             let page = sqlx::query(sqlx::AssertSqlSafe(page_sql.clone().into_owned()))
-                .bind(expected_id - 1)
+                .bind(v.head.rows)
                 .bind(PAGE)
                 .fetch_all(&self.pool)
                 .await?;
             if page.is_empty() {
-                return Ok(Verification { rows, broken: None });
+                break;
             }
             for row in &page {
                 let id: i64 = row.try_get(0)?;
                 let text = |i: usize| row.try_get::<String, _>(i);
-                let (at, actor, action, target, outcome, details, prev, hash) =
-                    (text(1)?, text(2)?, text(3)?, text(4)?, text(5)?, text(6)?, text(7)?, text(8)?);
-                let broken = |reason: String| Ok(Verification { rows, broken: Some(BrokenLink { id, reason }) });
-                if id != expected_id {
-                    return broken(format!("row {expected_id} is missing (next row is {id})"));
+                let (at, actor, action, target, outcome, details, prev, hash, key_id) =
+                    (text(1)?, text(2)?, text(3)?, text(4)?, text(5)?, text(6)?, text(7)?, text(8)?, text(9)?);
+                let expected_id = v.head.rows + 1;
+                let problem = if id != expected_id {
+                    Some((id, format!("row {expected_id} is missing (next row is {id})")))
+                } else if prev != v.head.hash {
+                    Some((id, "prev_hash does not match the previous row's hash".to_owned()))
+                } else {
+                    let fields = Fields {
+                        id,
+                        at: &at,
+                        actor: &actor,
+                        action: &action,
+                        target: &target,
+                        outcome: &outcome,
+                        details: &details,
+                        prev_hash: &prev,
+                    };
+                    let key =
+                        if key_id.is_empty() {
+                            Ok(None)
+                        } else {
+                            self.keys.keys.get(&key_id).map(|m| Some((key_id.as_str(), m))).ok_or_else(|| {
+                                format!("chained with key `{key_id}`, which is not in security.audit.keys")
+                            })
+                        };
+                    match key {
+                        Err(reason) => Some((id, reason)),
+                        Ok(None) if keyed_seen => {
+                            Some((id, "an unkeyed row after keyed rows (rewritten without the key?)".to_owned()))
+                        }
+                        Ok(key) if fields.hash(key) != hash => {
+                            Some((id, "content does not match its hash (the row was altered)".to_owned()))
+                        }
+                        Ok(key) => {
+                            if key.is_some() {
+                                keyed_seen = true;
+                            } else {
+                                v.unkeyed += 1;
+                            }
+                            checkpoint
+                                .filter(|c| c.rows == id && c.hash != hash)
+                                .map(|c| (id, format!("does not match the checkpoint {c} (the chain was rewritten)")))
+                        }
+                    }
+                };
+                if let Some((id, reason)) = problem {
+                    v.broken = Some(BrokenLink { id, reason });
+                    break 'walk;
                 }
-                if prev != prev_hash {
-                    return broken("prev_hash does not match the previous row's hash".into());
+                v.rows += 1;
+                v.head = Checkpoint { rows: id, hash };
+            }
+        }
+        if let Some(c) = checkpoint
+            && v.broken.is_none()
+            && v.head.rows < c.rows
+        {
+            v.broken = Some(BrokenLink {
+                id: v.head.rows + 1,
+                reason: format!("truncated: the checkpoint {c} has {} row(s), the table {}", c.rows, v.head.rows),
+            });
+        }
+        Ok(v)
+    }
+
+    /// The head of the chain as the table holds it now.
+    pub async fn head(&self) -> Result<Checkpoint, AuditError> {
+        self.ensure_table().await?;
+        let last =
+            sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&self.pool).await?;
+        Ok(match last {
+            Some(row) => Checkpoint { rows: row.try_get(0)?, hash: row.try_get(1)? },
+            None => Checkpoint { rows: 0, hash: GENESIS.to_owned() },
+        })
+    }
+
+    /// Checkpoints the head of the chain outside the table: an `audit checkpoint` log line
+    /// (target `audit`) with `rows` and `head_hash`, and the `audit_log_rows` and
+    /// `audit_log_checkpoint_timestamp_seconds` gauges. First it checks that the table still
+    /// holds the previous checkpoint (or the newest row this process appended): fewer rows
+    /// means the chain was truncated, another hash at that row that it was rewritten. Either is
+    /// logged as an error and counted in `audit_log_tamper_detected_total`, at this and every
+    /// later checkpoint until the process restarts.
+    pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        let head = self.head().await?;
+        let last = {
+            let anchor = self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            anchor.last.clone()
+        };
+        if let Some(last) = last.filter(|l| l.rows > 0) {
+            let problem = if head.rows < last.rows {
+                Some(format!("truncated: {} row(s), the previous checkpoint had {}", head.rows, last.rows))
+            } else {
+                let sql = self.backend.sql("SELECT hash FROM audit_log WHERE id = $1");
+                let then: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(last.rows)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                (then.as_deref() != Some(last.hash.as_str())).then(|| {
+                    format!("row {} no longer holds the hash of the previous checkpoint: rewritten", last.rows)
+                })
+            };
+            if let Some(problem) = problem {
+                self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tampered = true;
+                if let Some(m) = &self.metrics {
+                    m.tampered.inc();
                 }
-                if row_hash(id, &at, &actor, &action, &target, &outcome, &details, &prev) != hash {
-                    return broken("content does not match its hash (the row was altered)".into());
-                }
-                rows += 1;
-                expected_id = id + 1;
-                prev_hash = hash;
+                tracing::error!(
+                    target: "audit",
+                    previous = %last,
+                    head = %head,
+                    problem = %problem,
+                    "audit log tampered with since the previous checkpoint"
+                );
+            }
+        }
+        self.advance(&head);
+        if let Some(m) = &self.metrics {
+            m.rows.set(head.rows);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            m.checkpoint_at.set(now.as_secs_f64());
+        }
+        tracing::info!(target: "audit", rows = head.rows, head_hash = %head.hash, checkpoint = %head, "audit checkpoint");
+        Ok(head)
+    }
+}
+
+/// The hashed content of one row.
+struct Fields<'a> {
+    id: i64,
+    at: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
+    outcome: &'a str,
+    details: &'a str,
+    prev_hash: &'a str,
+}
+
+impl Fields<'_> {
+    /// An unambiguous encoding (a JSON array) of the row, MAC'd under `key` (its id is part of
+    /// the content) or, unkeyed, SHA-256'd; hex.
+    fn hash(&self, key: Option<(&str, &Hmac<Sha256>)>) -> String {
+        let Self { id, at, actor, action, target, outcome, details, prev_hash } = self;
+        match key {
+            None => {
+                let canonical = serde_json::json!([id, at, actor, action, target, outcome, details, prev_hash]);
+                hex(&Sha256::digest(canonical.to_string().as_bytes()))
+            }
+            Some((key_id, mac)) => {
+                let canonical = serde_json::json!([id, at, actor, action, target, outcome, details, prev_hash, key_id]);
+                let mut mac = mac.clone();
+                mac.update(canonical.to_string().as_bytes());
+                hex(&mac.finalize().into_bytes())
             }
         }
     }
 }
 
-/// SHA-256 over an unambiguous encoding (a JSON array) of the row, hex.
-#[allow(clippy::too_many_arguments)]
-fn row_hash(
-    id: i64,
-    at: &str,
-    actor: &str,
-    action: &str,
-    target: &str,
-    outcome: &str,
-    details: &str,
-    prev_hash: &str,
-) -> String {
-    let canonical = serde_json::json!([id, at, actor, action, target, outcome, details, prev_hash]).to_string();
-    let digest = Sha256::digest(canonical.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A lost race between appenders: try again.

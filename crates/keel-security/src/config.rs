@@ -23,6 +23,8 @@ pub struct SecurityConfig {
     pub passwords: PasswordsConfig,
     /// Envelope encryption of fields and blind indexes.
     pub encryption: EncryptionConfig,
+    /// The audit log's keys and checkpoints.
+    pub audit: AuditConfig,
 }
 
 /// `security.jwt.*`.
@@ -141,19 +143,84 @@ pub struct EncryptionConfig {
     pub data_keys: BTreeMap<String, String>,
 }
 
+/// `security.audit.*`: the audit log's chain keys and checkpoints (see `keel_security::audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct AuditConfig {
+    /// The key new rows are chained with (one of `keys`). Unset: rows are chained with plain
+    /// SHA-256, which anyone who can write the table can recompute; production requires a key
+    /// in every service that keeps an audit log.
+    pub active_key: Option<String>,
+    /// HMAC-SHA256 chain keys by id. Keep a retired key listed as long as rows it chained
+    /// remain: `audit verify` needs it.
+    pub keys: BTreeMap<String, AuditKeyConfig>,
+    /// How often the head of the chain (row count and hash) is checkpointed outside the table
+    /// (a log line and metrics) and checked against the previous checkpoint. Default `1m`.
+    #[serde(with = "keel_config::duration")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { active_key: None, keys: BTreeMap::new(), checkpoint_interval: Duration::from_secs(60) }
+    }
+}
+
+/// `security.audit.keys.<id>.*`: one chain key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct AuditKeyConfig {
+    /// **Secret.** At least 32 random bytes, base64-encoded (`<service> keys generate`).
+    pub secret: Option<Secret>,
+}
+
 impl Section for SecurityConfig {
     fn validate(&self, v: &mut Validation<'_>) {
         v.section("jwt", &self.jwt);
         v.section("passwords", &self.passwords);
         v.section("encryption", &self.encryption);
+        v.section("audit", &self.audit);
     }
 
     fn templates(t: &mut Templates<'_>) {
         // `security.jwt.keys` is a map, so its entries have no defaults; give each entry the key
         // template so `secret_file` / `private_key_file` resolve like any other secret.
         t.map_entries("jwt.keys", &JwtKeyConfig::default());
+        t.map_entries("audit.keys", &AuditKeyConfig::default());
     }
 }
+
+impl Section for AuditConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if let Some(active) = &self.active_key
+            && !self.keys.contains_key(active)
+        {
+            v.invalid("active_key", format!("`{active}` is not one of security.audit.keys"));
+        }
+        for (id, key) in &self.keys {
+            if id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                v.invalid(&format!("keys.{id}"), "a key id is 1 to 64 letters, digits, `-` or `_`");
+            }
+            match &key.secret {
+                None => v.invalid(&format!("keys.{id}.secret"), "required (env or secret_file)"),
+                Some(k) if decoded_len(k.expose()).is_none_or(|n| n < 32) => {
+                    v.invalid(&format!("keys.{id}.secret"), "must be at least 32 random bytes, base64-encoded")
+                }
+                Some(_) => {}
+            }
+        }
+        if self.checkpoint_interval.is_zero() {
+            v.invalid("checkpoint_interval", "must be more than 0s");
+        }
+    }
+}
+
+impl Section for AuditKeyConfig {}
 
 impl Section for JwtConfig {
     fn validate(&self, v: &mut Validation<'_>) {

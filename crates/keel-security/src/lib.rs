@@ -26,7 +26,10 @@ pub use keel_telemetry::mask;
 #[cfg(feature = "security")]
 pub mod password;
 
-pub use config::{EncryptionConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, PasswordsConfig, SecurityConfig};
+pub use config::{
+    AuditConfig, AuditKeyConfig, EncryptionConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, PasswordsConfig,
+    SecurityConfig,
+};
 #[cfg(feature = "security")]
 pub use jwt::{Auth, Claims, HasRoles, Jwt, JwtError, RequireRole, Role};
 #[cfg(feature = "security")]

@@ -140,6 +140,10 @@ pub struct AlertThresholds {
     pub rate_limit_backend_errors_per_second: f64,
     /// `KeelLoadShedding`: shed requests per second over 5 minutes.
     pub shed_requests_per_second: f64,
+    /// `KeelAuditCheckpointStale`: the audit log's last checkpoint is older than this (keep it
+    /// well above `security.audit.checkpoint_interval`).
+    #[serde(with = "keel_config::duration")]
+    pub audit_checkpoint_age: Duration,
 }
 
 impl Default for AlertThresholds {
@@ -150,6 +154,7 @@ impl Default for AlertThresholds {
             db_acquire_timeouts_per_second: 0.1,
             rate_limit_backend_errors_per_second: 0.1,
             shed_requests_per_second: 1.0,
+            audit_checkpoint_age: Duration::from_secs(900),
         }
     }
 }
@@ -267,6 +272,9 @@ pub fn validate(file: &SloFile) -> Vec<String> {
     let a = &file.alerts;
     if a.outbox_oldest_pending_age.is_zero() {
         problems.push("alerts.outbox_oldest_pending_age: must be above zero".into());
+    }
+    if a.audit_checkpoint_age.is_zero() {
+        problems.push("alerts.audit_checkpoint_age: must be above zero".into());
     }
     for (key, v) in [
         ("db_acquire_timeouts_per_second", a.db_acquire_timeouts_per_second),
@@ -533,6 +541,31 @@ fn keel_alerts(f: &SloFile, sel: &str, runbooks: &str) -> Vec<Rule> {
             "ticket",
             format!("{s} is shedding load"),
             "Requests are refused with 503 because http.max_in_flight is reached.".into(),
+        ),
+        (
+            "KeelAuditLogTampered",
+            format!("sum by (job, instance) (increase(audit_log_tamper_detected_total{{{sel}}}[15m])) > 0"),
+            "",
+            "page",
+            format!("{s}: the audit log was truncated or rewritten"),
+            "A checkpoint found the audit log's table no longer holding the previous checkpoint: rows were \
+             deleted from its end, or the chain was rewritten."
+                .into(),
+        ),
+        (
+            "KeelAuditCheckpointStale",
+            format!(
+                "time() - max by (job, instance) (audit_log_checkpoint_timestamp_seconds{{{sel}}} > 0) > {}",
+                a.audit_checkpoint_age.as_secs()
+            ),
+            "5m",
+            "ticket",
+            format!("{s}: the audit log has not been checkpointed"),
+            format!(
+                "No audit checkpoint for more than {}: the database is unreachable or the checkpoint fails, so \
+                 truncation would go unnoticed.",
+                humantime::format_duration(a.audit_checkpoint_age)
+            ),
         ),
     ];
     list.into_iter()

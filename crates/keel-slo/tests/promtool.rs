@@ -148,6 +148,26 @@ fn cases() -> Vec<Case> {
             &keel(&[("job", "shop"), ("instance", "a:9"), ("check", "worker:cleanup")], "ticket"),
         ),
         case(
+            &[(r#"audit_log_tamper_detected_total{job="shop",instance="a:9"}"#, "0 0 1 2 2")],
+            "4m",
+            "KeelAuditLogTampered",
+            &keel(&inst, "page"),
+        ),
+        case(
+            // The last checkpoint at 0s; 15 minutes later plus 5 it is stale.
+            &[(r#"audit_log_checkpoint_timestamp_seconds{job="shop",instance="a:9"}"#, "1x30")],
+            "21m",
+            "KeelAuditCheckpointStale",
+            &keel(&inst, "ticket"),
+        ),
+        Case {
+            // Checkpointed every minute: quiet.
+            series: vec![(r#"audit_log_checkpoint_timestamp_seconds{job="shop",instance="a:9"}"#, "60+60x30")],
+            at: "21m",
+            alert: "KeelAuditCheckpointStale",
+            labels: None,
+        },
+        case(
             &[(r#"outbox_oldest_pending_age_seconds{job="shop",instance="a:9"}"#, "600x10")],
             "6m",
             "KeelOutboxBacklogAging",

@@ -14,9 +14,10 @@ use http_body_util::BodyExt;
 use keel::app::Loader;
 use keel::config::{NoConfig, ProblemKind, Profile, Secret};
 use keel::security::PasswordsConfig;
-use keel::security::audit::{AuditLog, Outcome};
+use keel::security::audit::{AuditKeys, AuditLog, Checkpoint, Outcome};
 use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, RequireRoleLayer, Role};
 use keel::security::password::{PasswordError, PasswordHasher};
+use keel::security::{AuditConfig, AuditKeyConfig};
 use keel::testing::{TestDatabase, mysql_url, postgres_url, require};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -415,6 +416,173 @@ async fn audit_chain(url: &str) {
     sqlx::query("DELETE FROM audit_log WHERE id = 3").execute(&pool).await.unwrap();
     assert_eq!(log.verify().await.unwrap().broken.unwrap().id, 4);
     pool.close().await;
+}
+
+/// Chain keys `(id, base64 secret)`, the first one active.
+fn audit_keys(keys: &[(&str, &str)]) -> AuditKeys {
+    let mut cfg = AuditConfig::default();
+    cfg.active_key = keys.first().map(|(id, _)| (*id).to_owned());
+    for (id, secret) in keys {
+        let mut k = AuditKeyConfig::default();
+        k.secret = Some(Secret::new(*secret));
+        cfg.keys.insert((*id).to_owned(), k);
+    }
+    AuditKeys::from_config(&cfg).unwrap()
+}
+
+const AUDIT_K1: &str = "MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE=";
+const AUDIT_K2: &str = "MjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjIyMjI=";
+
+async fn append(log: &AuditLog, n: usize) {
+    for i in 0..n {
+        log.record(&format!("user:{i}"), "login", "app", Outcome::Success, json!({"n": i})).await.unwrap();
+    }
+}
+
+/// Keys: rows written before a key stay verifiable, keys rotate, a row recomputed without the
+/// key is refused. Checkpoints: truncation and a consistent rewrite are reported.
+async fn audit_keys_and_checkpoints(url: &str) {
+    sqlx::any::install_default_drivers();
+    let backend = keel::data::Backend::from_url(url).unwrap();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(4).connect(url).await.unwrap();
+    let exec = |sql: &str| sqlx::query(sqlx::AssertSqlSafe(backend.sql(sql).into_owned()));
+
+    // A table from before keys existed (no key_id column) gains the column.
+    sqlx::raw_sql(
+        "CREATE TABLE audit_log (id BIGINT PRIMARY KEY, at VARCHAR(40) NOT NULL, actor TEXT NOT NULL, \
+         action TEXT NOT NULL, target TEXT NOT NULL, outcome VARCHAR(16) NOT NULL, details TEXT NOT NULL, \
+         prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let unkeyed = AuditLog::new(pool.clone(), backend);
+    append(&unkeyed, 2).await;
+    let k1 = AuditLog::new(pool.clone(), backend).with_keys(audit_keys(&[("k1", AUDIT_K1)]));
+    append(&k1, 3).await;
+    // Rotation: k2 signs new rows; verifying needs both keys listed.
+    let rotated = AuditLog::new(pool.clone(), backend).with_keys(audit_keys(&[("k2", AUDIT_K2), ("k1", AUDIT_K1)]));
+    append(&rotated, 2).await;
+    let v = rotated.verify().await.unwrap();
+    assert_eq!((v.rows, v.unkeyed, v.broken.clone()), (7, 2, None));
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT key_id FROM audit_log ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids, ["", "", "k1", "k1", "k1", "k2", "k2"]);
+    let only_k2 = AuditLog::new(pool.clone(), backend).with_keys(audit_keys(&[("k2", AUDIT_K2)]));
+    let broken = only_k2.verify().await.unwrap().broken.unwrap();
+    assert_eq!(broken.id, 3, "{}", broken.reason);
+    assert!(broken.reason.contains("key `k1`"), "{}", broken.reason);
+
+    let head = v.head.clone();
+    assert_eq!(head.rows, 7);
+    assert_eq!(head.to_string().parse::<Checkpoint>().unwrap(), head);
+    let v = rotated.verify_against(Some(&head)).await.unwrap();
+    assert_eq!(v.broken, None);
+
+    // Someone without the key alters row 6 and recomputes the rest of the chain as SHA-256
+    // rows (the old, unkeyed format): refused at row 6.
+    let snapshot: Vec<(i64, String, String, String)> =
+        sqlx::query_as("SELECT id, details, prev_hash, hash FROM audit_log ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut prev = snapshot[4].3.clone();
+    for id in 6..=7_i64 {
+        let row: (String, String, String, String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT at, actor, action, target, outcome FROM audit_log WHERE id = {id}"
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let details = "{\"n\":99}";
+        let canonical = json!([id, row.0, row.1, row.2, row.3, row.4, details, prev]).to_string();
+        let hash: String = sha2_hex(canonical.as_bytes());
+        exec("UPDATE audit_log SET details = $1, prev_hash = $2, hash = $3, key_id = '' WHERE id = $4")
+            .bind(details)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    let broken = rotated.verify().await.unwrap().broken.unwrap();
+    assert_eq!(broken.id, 6, "{}", broken.reason);
+    assert!(broken.reason.contains("unkeyed row after keyed"), "{}", broken.reason);
+    for (id, details, prev_hash, hash) in &snapshot[5..] {
+        exec("UPDATE audit_log SET details = $1, prev_hash = $2, hash = $3, key_id = 'k2' WHERE id = $4")
+            .bind(details)
+            .bind(prev_hash)
+            .bind(hash)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(rotated.verify().await.unwrap().broken, None);
+
+    // Deleting the newest rows leaves a chain that verifies on its own; the checkpoint does not.
+    rotated.checkpoint().await.unwrap();
+    exec("DELETE FROM audit_log WHERE id > $1").bind(5_i64).execute(&pool).await.unwrap();
+    assert_eq!(rotated.verify().await.unwrap().broken, None);
+    let broken = rotated.verify_against(Some(&head)).await.unwrap().broken.unwrap();
+    assert_eq!(broken.id, 6, "{}", broken.reason);
+    assert!(broken.reason.contains("truncated"), "{}", broken.reason);
+    // The live checkpoint sees it too, and keeps reporting it.
+    let metrics = keel::telemetry::Metrics::new();
+    let watched = rotated.clone().with_metrics(&metrics).unwrap();
+    // (`rotated` checkpointed 7 rows; its clones share what it saw.)
+    assert_eq!(watched.checkpoint().await.unwrap().rows, 5);
+    assert!(metrics.render().contains("audit_log_tamper_detected_total 1"), "{}", metrics.render());
+    watched.checkpoint().await.unwrap();
+    assert!(metrics.render().contains("audit_log_tamper_detected_total 2"));
+    assert!(metrics.render().contains("audit_log_rows 5"), "{}", metrics.render());
+
+    // Someone holding the key rewrites the chain from row 4 consistently: it verifies alone,
+    // but row 5 no longer matches a checkpoint taken before.
+    let at5 = Checkpoint {
+        rows: 5,
+        hash: sqlx::query_scalar("SELECT hash FROM audit_log WHERE id = 5").fetch_one(&pool).await.unwrap(),
+    };
+    exec("DELETE FROM audit_log WHERE id >= $1").bind(4_i64).execute(&pool).await.unwrap();
+    let k1_again = AuditLog::new(pool.clone(), backend).with_keys(audit_keys(&[("k1", AUDIT_K1)]));
+    k1_again.record("user:x", "forged", "app", Outcome::Success, json!({})).await.unwrap();
+    append(&k1_again, 1).await;
+    assert_eq!(k1_again.verify().await.unwrap().broken, None);
+    let broken = k1_again.verify_against(Some(&at5)).await.unwrap().broken.unwrap();
+    assert_eq!(broken.id, 5, "{}", broken.reason);
+    assert!(broken.reason.contains("checkpoint"), "{}", broken.reason);
+    pool.close().await;
+}
+
+fn sha2_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_keys_and_checkpoints_on_postgres() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    audit_keys_and_checkpoints(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_keys_and_checkpoints_on_mariadb() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    audit_keys_and_checkpoints(db.url()).await;
+}
+
+#[tokio::test]
+async fn audit_keys_and_checkpoints_on_sqlite() {
+    let db = TestDatabase::sqlite().unwrap();
+    audit_keys_and_checkpoints(db.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use keel::app::Loaded;
 use keel::config::Profile;
 use keel::data::{DataError, Db};
-use keel::security::audit::{AuditLog, Outcome};
+use keel::security::audit::{AuditKeys, AuditLog, Outcome};
 use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
 use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy};
 use serde_json::json;
@@ -136,6 +136,10 @@ pub async fn run_admin_create(
     let index = BlindIndex::from_config(&keel.security.encryption).map_err(|e| config(&e))?;
     let hasher = PasswordHasher::from_config(&keel.security.passwords).map_err(|e| config(&e))?;
     let policy = PasswordPolicy::from_config(&keel.security.passwords);
+    let audit_keys = AuditKeys::from_config(&keel.security.audit).map_err(|e| config(&e))?;
+    if loaded.profile == Profile::Production && audit_keys.active().is_none() {
+        return Err(AdminError::Config("security.audit.active_key: production needs an audit chain key".into()));
+    }
     let url = keel::data::resolve_url(&keel.database, service, loaded.profile == Profile::Production)
         .map_err(|e| config(&e))?;
     let migrations = Arc::new(crate::migrations());
@@ -153,7 +157,7 @@ pub async fn run_admin_create(
         if !keel.database.auto_migrate && !migrations.pending(db.pool(), db.backend()).await?.is_empty() {
             return Err(AdminError::MigrationsPending);
         }
-        let audit = AuditLog::from_db(&db).mask_fields(keel.log.mask_fields.iter());
+        let audit = AuditLog::from_db(&db).mask_fields(keel.log.mask_fields.iter()).with_keys(audit_keys);
         let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);
         create_admin(&accounts, email, name, password).await.map(AdminCreated::id)
     }

@@ -25,8 +25,9 @@
 //!   with `Retry-After`). A client IP with no failures of its own for an account is delayed only
 //!   when the account-wide count is far above normal, so an attacker cannot lock the owner out.
 //!   Unknown addresses cost one dummy Argon2 verification, so timing does not reveal accounts.
-//! * **Audit log** (`audit_log` table): registrations, sign-ins and failures, lockouts,
-//!   sign-outs, refresh-token reuse, role changes — never a password or a clear address.
+//! * **Audit log** (`audit_log` table, chained under `security.audit.keys` and checkpointed):
+//!   registrations, sign-ins and failures, lockouts, sign-outs, refresh-token reuse, role
+//!   changes — never a password or a clear address.
 //! * **Metrics**: `auth_login_attempts_total{outcome}` (`success`, `invalid_credentials`,
 //!   `locked`, `invalid_input`); `auth_refresh_total{outcome}` (`rotated`, `repeated`, `reused`,
 //!   `invalid`); `auth_login_throttled_total{scope}` (`account_ip`, `ip`, `account`).
@@ -88,7 +89,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let keyring = s.keyring()?;
     let index = s.blind_index()?;
     let db = s.database()?;
-    let audit = s.audit_log(&db);
+    let audit = s.audit_log(&db)?;
     let auth_metrics = metrics::AuthMetrics::register(s.metrics())?;
     let cfg = s.config().clone();
     let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit);

@@ -467,6 +467,14 @@ async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
     assert!(audit.iter().any(|l| l.starts_with("system:cli|auth.admin_create|")), "{audit:#?}");
     assert_eq!(audit.iter().filter(|l| l.contains("|auth.role_change|")).count(), 2, "{audit:#?}");
     assert!(audit.iter().any(|l| l.starts_with(&format!("user:{root}|auth.role_change|user:{alice}|success|"))));
+    // Every row, the CLI's included, is chained under the audit key, and the chain verifies.
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT key_id FROM audit_log").fetch_all(&s.pool).await.unwrap();
+    assert_eq!(keys, ["a1"]);
+    let log = keel::security::audit::AuditLog::new(s.pool.clone(), keel::data::Backend::from_url(s.db.url()).unwrap())
+        .with_keys(keel::security::audit::AuditKeys::from_config(&s.loaded.config.keel.security.audit).unwrap());
+    let v = log.verify().await.unwrap();
+    assert_eq!((v.broken, v.unkeyed, v.rows), (None, 0, audit.len() as u64));
 }
 
 async fn login_metrics_are_counted(s: &Svc) {

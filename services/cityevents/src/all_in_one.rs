@@ -28,6 +28,9 @@ struct DevSecrets {
     master_key: String,
     blind_index_key: String,
     data_key: String,
+    /// The audit log's chain key; added to a file written before it existed.
+    #[serde(default)]
+    audit_key: String,
 }
 
 /// The profile from `KEEL_ENV`, or the exit code for an invalid one.
@@ -47,7 +50,15 @@ fn dev_secrets() -> Result<&'static DevSecrets, String> {
 fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
     let path = Path::new(DEV_SECRETS);
     if let Ok(text) = std::fs::read_to_string(path) {
-        return serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)"));
+        let mut secrets: DevSecrets =
+            serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)"))?;
+        if secrets.audit_key.is_empty() {
+            secrets.audit_key = generate_key();
+            let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;
+            // The file exists, owner-only: writing keeps its mode.
+            std::fs::write(path, text).map_err(|e| format!("cannot write {DEV_SECRETS}: {e}"))?;
+        }
+        return Ok(secrets);
     }
     let master_key = generate_key();
     let master = MasterKey::from_secret(&keel::config::Secret::new(master_key.clone())).map_err(|e| e.to_string())?;
@@ -56,6 +67,7 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
         data_key: master.new_data_key(DEV_KID).map_err(|e| e.to_string())?,
         master_key,
         blind_index_key: generate_key(),
+        audit_key: generate_key(),
     };
     // Owner only, like the SQLite files beside it.
     use std::os::unix::fs::DirBuilderExt as _;
@@ -119,6 +131,8 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
             set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", s.blind_index_key.clone());
             set("SECURITY__ENCRYPTION__ACTIVE_KEY", DEV_KID.into());
             set(&format!("SECURITY__ENCRYPTION__DATA_KEYS__{DEV_KID}"), s.data_key.clone());
+            set("SECURITY__AUDIT__ACTIVE_KEY", DEV_KID.into());
+            set(&format!("SECURITY__AUDIT__KEYS__{DEV_KID}__SECRET"), s.audit_key.clone());
         }
     }
     Ok(vars)

@@ -160,6 +160,12 @@ impl Proc {
         format!("http://{}{path}", self.http.expect("http addr"))
     }
 
+    /// A URL on the management listener (`/metrics`, probes, admin).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn management_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.mgmt.expect("management addr"))
+    }
+
     /// Waits for a stdout/stderr line containing `needle`; returns it.
     pub fn wait_for(&mut self, needle: &str) -> String {
         if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {

@@ -70,6 +70,8 @@ pub fn env(db_url: &str, key: &TestKey) -> TestEnv {
         .set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", generate_key())
         .set("SECURITY__ENCRYPTION__ACTIVE_KEY", "k1")
         .set("SECURITY__ENCRYPTION__DATA_KEYS__K1", wrapped)
+        .set("SECURITY__AUDIT__ACTIVE_KEY", "a1")
+        .set("SECURITY__AUDIT__KEYS__A1__SECRET", generate_key())
         // Cheap Argon2 so tests stay fast; the production default is 19 MiB × 2.
         .set("SECURITY__PASSWORDS__MEMORY_KIB", "256")
         .set("SECURITY__PASSWORDS__ITERATIONS", "1")
