@@ -62,13 +62,18 @@ impl From<RowTuple> for UserRow {
 
 /// Why an account could not be stored.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
+#[non_exhaustive]
+pub enum StoreError {
+    /// The address, or one that looks like it, belongs to an account.
     #[error("the e-mail address is taken")]
     Taken,
+    /// The database refused or failed.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// An address could not be encrypted or decrypted.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The password could not be hashed.
     #[error(transparent)]
     Password(#[from] PasswordError),
 }
@@ -154,6 +159,69 @@ impl Accounts {
         Ok(row.map(UserRow::from))
     }
 
+    /// The blind index of the UTS #39 skeleton of `email` (normalized): the same for addresses
+    /// that look alike (`аре@` in Cyrillic, `ape@` in Latin; `paypa1`, `paypal`).
+    pub(crate) fn skeleton_index(&self, email: &str) -> String {
+        let skeleton: String = unicode_security::skeleton(email).collect();
+        // Domain-separated from the address index under the same key.
+        self.index.exact(&format!("skeleton\u{1f}{skeleton}"))
+    }
+
+    /// Whether an account exists whose address looks like one with this skeleton index.
+    pub(crate) async fn skeleton_taken(&self, skeleton_bidx: &str) -> Result<bool, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let found: Option<String> = sqlx::query_scalar(sql(db, "SELECT id FROM users WHERE email_skeleton_bidx = $1"))
+            .bind(skeleton_bidx)
+            .fetch_optional(&mut *conn)
+            .await
+            .obs(db)?;
+        Ok(found.is_some())
+    }
+
+    /// Fills in the skeleton index of accounts made before it existed, a page at a time.
+    /// When two of them look alike, the later keeps none (both exist already; logged).
+    /// Returns how many were filled in.
+    pub async fn backfill_skeletons(&self) -> Result<u64, StoreError> {
+        let db = &self.db;
+        let (mut after, mut filled) = (String::new(), 0_u64);
+        loop {
+            let page: Vec<(String, String)> = {
+                let mut conn = db.acquire().await?;
+                sqlx::query_as(sql(
+                    db,
+                    "SELECT id, email_ciphertext FROM users WHERE email_skeleton_bidx IS NULL AND id > $1 \
+                     ORDER BY id LIMIT 200",
+                ))
+                .bind(&after)
+                .fetch_all(&mut *conn)
+                .await
+                .obs(db)?
+            };
+            let Some((last, _)) = page.last() else { return Ok(filled) };
+            after = last.clone();
+            for (id, ciphertext) in page {
+                let skeleton = self.skeleton_index(&self.keyring.decrypt_str(&ciphertext)?);
+                let mut conn = db.acquire().await?;
+                let updated = sqlx::query(sql(
+                    db,
+                    "UPDATE users SET email_skeleton_bidx = $1 WHERE id = $2 AND email_skeleton_bidx IS NULL",
+                ))
+                .bind(&skeleton)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await;
+                match updated {
+                    Ok(_) => filled += 1,
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        tracing::warn!(user_id = %id, "an older account's address looks like another's; left as is");
+                    }
+                    Err(e) => return Err(db.observe(e).into()),
+                }
+            }
+        }
+    }
+
     /// Hashes the password, encrypts the address and inserts the account. The inputs must be
     /// validated already.
     pub(crate) async fn insert(&self, email: &str, name: &str, password: &str, role: &str) -> Result<User, StoreError> {
@@ -164,12 +232,13 @@ impl Accounts {
         let mut conn = db.acquire().await?;
         let inserted = sqlx::query(sql(
             db,
-            "INSERT INTO users (id, email_ciphertext, email_bidx, password_hash, name, role, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO users (id, email_ciphertext, email_bidx, email_skeleton_bidx, password_hash, name, role, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         ))
         .bind(id.to_string())
         .bind(&email_ciphertext)
         .bind(self.email_index(email))
+        .bind(self.skeleton_index(email))
         .bind(&password_hash)
         .bind(name)
         .bind(role)

@@ -48,7 +48,9 @@ use std::time::Duration;
 use keel::app::SetupError;
 use keel::workers::{RunError, Worker};
 
-pub use accounts::{Accounts, MAX_EMAIL, MAX_NAME, User, check_new_password, normalize_email, validate_name};
+pub use accounts::{
+    Accounts, MAX_EMAIL, MAX_NAME, StoreError, User, check_new_password, normalize_email, validate_name,
+};
 pub use admin::{AdminCreated, AdminError, create_admin, run_admin_create};
 pub use config::{AuthConfig, LockoutConfig};
 pub use error::FieldError;
@@ -56,8 +58,11 @@ pub use error::FieldError;
 /// How often expired refresh tokens and stale failure counters are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// How often accounts without a look-alike index are looked for (cheap once there are none).
+const BACKFILL_EVERY: Duration = Duration::from_secs(60);
+
 /// The service's migrations (PostgreSQL, MySQL/MariaDB, SQLite): `users`, `refresh_tokens`,
-/// `login_throttle`. The audit log creates its own table on first use.
+/// `login_throttle`, the look-alike index. The audit log creates its own table on first use.
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
@@ -97,6 +102,8 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace);
     let (l, r) = (lockout.clone(), refresh.clone());
     s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone())))?;
+    let a = accounts.clone();
+    s.worker(Worker::periodic("email-skeletons", BACKFILL_EVERY, move |_ctx| backfill_skeletons(a.clone())))?;
     let state = routes::AppState {
         accounts,
         lockout,
@@ -107,6 +114,21 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         trusted_proxies: Arc::from(s.keel().http.trusted_proxies.clone()),
     };
     Ok(routes::router(state))
+}
+
+/// Gives accounts made before look-alike checks their skeleton index (see
+/// [`Accounts::backfill_skeletons`]). Best effort, like [`prune`]: the next round tries again.
+async fn backfill_skeletons(accounts: Accounts) -> Result<(), RunError> {
+    // Not connected yet (start-up) or away: the next round.
+    if !accounts.db.is_available() {
+        return Ok(());
+    }
+    match accounts.backfill_skeletons().await {
+        Ok(0) => {}
+        Ok(filled) => tracing::info!(filled, "look-alike index filled in for older accounts"),
+        Err(e) => tracing::warn!(error = %e, "filling in the look-alike index failed"),
+    }
+    Ok(())
 }
 
 /// Deletes expired refresh tokens and finished failure counters. Best effort: a failure (the

@@ -144,9 +144,11 @@ async fn register(
     let email = normalize_email(&b.email)?;
     let name = validate_name(&b.name)?;
     check_new_password(&s.accounts.policy, &b.password, &email)?;
-    // Checked before hashing so a taken address costs no Argon2 run; the UNIQUE index still
-    // decides a race.
-    if s.accounts.by_email_index(&s.accounts.email_index(&email)).await?.is_some() {
+    // Checked before hashing so a taken address costs no Argon2 run; the UNIQUE indexes still
+    // decide a race. An address that looks like an account's (same UTS #39 skeleton) is taken.
+    if s.accounts.by_email_index(&s.accounts.email_index(&email)).await?.is_some()
+        || s.accounts.skeleton_taken(&s.accounts.skeleton_index(&email)).await?
+    {
         return Err(crate::error::email_taken().into());
     }
     let user = s.accounts.insert(&email, &name, &b.password, roles::USER).await?;

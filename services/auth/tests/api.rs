@@ -16,6 +16,7 @@ on_every_backend!(
     register_login_and_me,
     every_input_limit_is_a_problem_naming_the_field,
     unicode_addresses_have_one_form_and_look_alikes_are_refused,
+    addresses_that_look_like_an_account_are_taken,
     refresh_rotates_and_reuse_revokes_the_family,
     two_tabs_refreshing_at_once_get_the_same_pair,
     logout_revokes_the_family,
@@ -126,6 +127,57 @@ async fn unicode_addresses_have_one_form_and_look_alikes_are_refused(s: &Svc) {
             .await;
         assert_eq!((r.status, r.field()), (400, "email"), "{look_alike:?}: {r:?}");
     }
+}
+
+/// Whole-script look-alikes pass the mixed-script rule, so the address's UTS #39 skeleton is
+/// unique too: `аре` in Cyrillic, `paypa1` and `rnodern` are taken once their look-alike is.
+async fn addresses_that_look_like_an_account_are_taken(s: &Svc) {
+    let originals = ["ape@example.com", "paypal@example.com", "modern@example.com"];
+    for email in originals {
+        s.register(email, "Original").await;
+    }
+    for look_alike in ["\u{430}\u{440}\u{435}@example.com", "paypa1@example.com", "rnodern@example.com"] {
+        let r = s
+            .post("/api/v1/auth/register", &json!({"email": look_alike, "password": PASSWORD, "name": "Mallory"}))
+            .await;
+        assert_eq!((r.status, r.code()), (409, "email_taken"), "{look_alike:?}: {r:?}");
+    }
+    // Different enough is fine.
+    s.register("apex@example.com", "Apex").await;
+
+    // Accounts made before the index existed get theirs from the `email-skeletons` worker
+    // (here called directly); of two older look-alikes, the later keeps none.
+    sqlx::query("UPDATE users SET email_skeleton_bidx = NULL").execute(&s.pool).await.unwrap();
+    let twin_id = uuid::Uuid::now_v7().to_string();
+    let (cipher, bidx): (String, String) =
+        sqlx::query_as("SELECT email_ciphertext, email_bidx FROM users ORDER BY id LIMIT 1")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    // A second row with the first one's address under another blind index: an older twin.
+    let insert = format!(
+        "INSERT INTO users (id, email_ciphertext, email_bidx, password_hash, name, role, created_at) \
+         VALUES ('{twin_id}', '{cipher}', '{}', 'x', 'Twin', 'user', 0)",
+        &bidx[..60]
+    );
+    sqlx::query(sqlx::AssertSqlSafe(insert)).execute(&s.pool).await.unwrap();
+    let accounts = s.accounts().await;
+    assert_eq!(accounts.backfill_skeletons().await.unwrap(), 4);
+    let missing: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM users WHERE email_skeleton_bidx IS NULL").fetch_all(&s.pool).await.unwrap();
+    assert_eq!(missing, [twin_id]);
+    assert_eq!(accounts.backfill_skeletons().await.unwrap(), 0, "the twin stays without one");
+    let r = s
+        .post(
+            "/api/v1/auth/register",
+            &json!({"email": "p\u{430}\u{443}p\u{430}l@example.com", "password": PASSWORD, "name": "M"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "mixed scripts are refused before any look-up: {r:?}");
+    let r = s
+        .post("/api/v1/auth/register", &json!({"email": "rnodern@example.com", "password": PASSWORD, "name": "M"}))
+        .await;
+    assert_eq!((r.status, r.code()), (409, "email_taken"), "after the backfill: {r:?}");
 }
 
 async fn every_input_limit_is_a_problem_naming_the_field(s: &Svc) {

@@ -94,6 +94,28 @@ impl Svc {
         Some(Self { app, loaded, key, pool, db })
     }
 
+    /// The service's account store on the test's database, as the service builds it.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn accounts(&self) -> cityevents_auth::Accounts {
+        use keel::security::crypto::{BlindIndex, Keyring};
+        use keel::security::password::{PasswordHasher, PasswordPolicy};
+        let keel = &self.loaded.config.keel;
+        let db =
+            keel::data::Db::new("auth-test", self.db.url(), &keel.database, None, &keel::telemetry::Metrics::new())
+                .unwrap();
+        db.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+        assert!(db.is_available(), "the test database answers");
+        let audit = keel::security::audit::AuditLog::from_db(&db);
+        cityevents_auth::Accounts::new(
+            db,
+            Keyring::from_config(&keel.security.encryption).unwrap(),
+            BlindIndex::from_config(&keel.security.encryption).unwrap(),
+            PasswordHasher::from_config(&keel.security.passwords).unwrap(),
+            PasswordPolicy::from_config(&keel.security.passwords),
+            audit,
+        )
+    }
+
     pub async fn stop(self) {
         self.pool.close().await;
         self.app.stop().await;
