@@ -35,15 +35,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use prometheus::{Gauge, IntCounter, IntGauge};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row};
 
 use crate::config::AuditConfig;
+use crate::crypto::{hex, hmac_key};
 use keel_data::{Backend, Db};
 use keel_telemetry::Metrics;
 use keel_telemetry::mask::Masker;
@@ -174,16 +173,9 @@ impl AuditKeys {
     pub fn from_config(cfg: &AuditConfig) -> Result<Self, AuditError> {
         let mut keys = BTreeMap::new();
         for (id, key) in &cfg.keys {
-            let secret = key.secret.as_ref().ok_or_else(|| AuditError::Key(format!("keys.{id}.secret is not set")))?;
-            let bytes = B64
-                .decode(secret.expose().trim())
-                .map_err(|_| AuditError::Key(format!("keys.{id}.secret is not base64")))?;
-            if bytes.len() < 32 {
-                return Err(AuditError::Key(format!("keys.{id}.secret must be at least 32 bytes")));
-            }
-            let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes)
-                .map_err(|_| AuditError::Key(format!("keys.{id}.secret is unusable")))?;
-            keys.insert(id.clone(), mac);
+            let what = format!("keys.{id}.secret");
+            let secret = key.secret.as_ref().ok_or_else(|| AuditError::Key(format!("{what} is not set")))?;
+            keys.insert(id.clone(), hmac_key(secret, &what).map_err(|e| AuditError::Key(e.to_string()))?);
         }
         if let Some(active) = &cfg.active_key
             && !keys.contains_key(active)
@@ -196,6 +188,11 @@ impl AuditKeys {
     /// The id of the key new rows are chained with.
     pub fn active(&self) -> Option<&str> {
         self.active.as_deref()
+    }
+
+    /// The key `id` names, with its id (as [`Fields::hash`] takes it).
+    fn get<'a>(&'a self, id: &'a str) -> Option<(&'a str, &'a Hmac<Sha256>)> {
+        self.keys.get(id).map(|mac| (id, mac))
     }
 }
 
@@ -363,9 +360,15 @@ impl AuditLog {
         Ok(entry)
     }
 
+    /// What the process last saw of the head. A panic while it was held left it consistent
+    /// (every update is one assignment), so a poisoned lock is used as is.
+    fn anchor(&self) -> std::sync::MutexGuard<'_, Anchor> {
+        self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Moves the anchor forward to `head` (never back), unless tampering was found.
     fn advance(&self, head: &Checkpoint) {
-        let mut anchor = self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut anchor = self.anchor();
         if !anchor.tampered && anchor.last.as_ref().is_none_or(|l| head.rows > l.rows) {
             anchor.last = Some(head.clone());
         }
@@ -399,7 +402,7 @@ impl AuditLog {
         let key_id = self.keys.active().unwrap_or("");
         let row =
             Fields { id, at: &at, actor, action, target, outcome: outcome.as_str(), details, prev_hash: &prev_hash };
-        let hash = row.hash(self.keys.active.as_ref().and_then(|k| self.keys.keys.get(k).map(|m| (k.as_str(), m))));
+        let hash = row.hash(self.keys.active().and_then(|id| self.keys.get(id)));
         let insert = self.backend.sql(
             "INSERT INTO audit_log (id, at, actor, action, target, outcome, details, prev_hash, hash, key_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -468,14 +471,14 @@ impl AuditLog {
                         details: &details,
                         prev_hash: &prev,
                     };
-                    let key =
-                        if key_id.is_empty() {
-                            Ok(None)
-                        } else {
-                            self.keys.keys.get(&key_id).map(|m| Some((key_id.as_str(), m))).ok_or_else(|| {
-                                format!("chained with key `{key_id}`, which is not in security.audit.keys")
-                            })
-                        };
+                    let key = if key_id.is_empty() {
+                        Ok(None)
+                    } else {
+                        self.keys
+                            .get(&key_id)
+                            .map(Some)
+                            .ok_or_else(|| format!("chained with key `{key_id}`, which is not in security.audit.keys"))
+                    };
                     match key {
                         Err(reason) => Some((id, reason)),
                         Ok(None) if keyed_seen => {
@@ -536,10 +539,7 @@ impl AuditLog {
     /// later checkpoint until the process restarts.
     pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
         let head = self.head().await?;
-        let last = {
-            let anchor = self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            anchor.last.clone()
-        };
+        let last = self.anchor().last.clone();
         if let Some(last) = last.filter(|l| l.rows > 0) {
             let problem = if head.rows < last.rows {
                 Some(format!("truncated: {} row(s), the previous checkpoint had {}", head.rows, last.rows))
@@ -554,7 +554,7 @@ impl AuditLog {
                 })
             };
             if let Some(problem) = problem {
-                self.anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tampered = true;
+                self.anchor().tampered = true;
                 if let Some(m) = &self.metrics {
                     m.tampered.inc();
                 }
@@ -608,10 +608,6 @@ impl Fields<'_> {
             }
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A lost race between appenders: try again.

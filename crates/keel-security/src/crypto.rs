@@ -264,15 +264,7 @@ impl std::fmt::Debug for BlindIndex {
 impl BlindIndex {
     /// A blind index under a base64 key of at least 32 bytes.
     pub fn new(key: &Secret) -> Result<Self, CryptoError> {
-        let bytes = B64
-            .decode(key.expose().trim())
-            .map_err(|_| CryptoError::InvalidKey("the blind-index key is not base64".into()))?;
-        if bytes.len() < 32 {
-            return Err(CryptoError::InvalidKey("the blind-index key must be at least 32 bytes".into()));
-        }
-        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes)
-            .map_err(|_| CryptoError::InvalidKey("unusable blind-index key".into()))?;
-        Ok(Self(mac))
+        hmac_key(key, "the blind-index key").map(Self)
     }
 
     /// The index from `security.encryption.blind_index_key`.
@@ -297,7 +289,18 @@ impl BlindIndex {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// An HMAC-SHA256 key from `key`: at least 32 bytes, base64. `what` names it in errors.
+pub(crate) fn hmac_key(key: &Secret, what: &str) -> Result<Hmac<Sha256>, CryptoError> {
+    let bytes =
+        B64.decode(key.expose().trim()).map_err(|_| CryptoError::InvalidKey(format!("{what} is not base64")))?;
+    if bytes.len() < 32 {
+        return Err(CryptoError::InvalidKey(format!("{what} must be at least 32 bytes")));
+    }
+    <Hmac<Sha256> as KeyInit>::new_from_slice(&bytes).map_err(|_| CryptoError::InvalidKey(format!("unusable {what}")))
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

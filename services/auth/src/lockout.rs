@@ -78,26 +78,26 @@ impl<'a> Counters<'a> {
     }
 }
 
-/// How MySQL/MariaDB transactions start here: at `READ COMMITTED`. At InnoDB's default
-/// `REPEATABLE READ` a plain `SELECT` reads the transaction's snapshot, so it would miss a row,
-/// or a count, that a concurrent attempt committed after the snapshot, although the `UPDATE`
-/// before it holds the row's lock.
-const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
-
 /// Tries for a transaction that loses a conflict (deadlock, serialization failure) before the
 /// error is answered (503 with `Retry-After`).
 const TRIES: u32 = 3;
 
-async fn begin(db: &Db) -> Result<sqlx::Transaction<'static, sqlx::Any>, DataError> {
-    match db.backend() {
-        Backend::MySql => db.begin_with(READ_COMMITTED).await,
-        Backend::Postgres | Backend::Sqlite => db.begin().await,
+/// Runs the transaction `f` again while it loses to a concurrent one (a deadlock or a
+/// serialization failure), [`TRIES`] times in all.
+async fn retrying<T, Fut: std::future::Future<Output = Result<T, DataError>>>(
+    f: impl Fn() -> Fut,
+) -> Result<T, DataError> {
+    let mut tries = 1;
+    loop {
+        match f().await {
+            Err(e)
+                if tries < TRIES && matches!(e.retry_kind(), Some(RetryKind::Deadlock | RetryKind::Serialization)) =>
+            {
+                tries += 1;
+            }
+            done => return done,
+        }
     }
-}
-
-/// Whether the transaction lost to a concurrent one and may simply run again.
-fn lost_conflict(e: &DataError) -> bool {
-    matches!(e.retry_kind(), Some(RetryKind::Deadlock | RetryKind::Serialization))
 }
 
 /// Makes the counter's row, with no failures, unless it exists.
@@ -180,13 +180,7 @@ impl Lockout {
     /// account-and-IP counter before the password is checked. Then [`Self::failed`] or
     /// [`Self::succeeded`].
     pub(crate) async fn attempt(&self, bidx: &str, client: &str) -> Result<Gate, DataError> {
-        let mut tries = 1;
-        loop {
-            match self.try_attempt(bidx, client).await {
-                Err(e) if tries < TRIES && lost_conflict(&e) => tries += 1,
-                done => return done,
-            }
-        }
+        retrying(|| self.try_attempt(bidx, client)).await
     }
 
     async fn try_attempt(&self, bidx: &str, client: &str) -> Result<Gate, DataError> {
@@ -194,7 +188,8 @@ impl Lockout {
         let now = to_micros(now());
         let stale = now.saturating_sub(micros(self.cfg.window));
         let counters = Counters::new(&self.cfg, bidx, client);
-        let mut tx = begin(db).await?;
+        // READ COMMITTED: the read after the locking write must see concurrent attempts' rows.
+        let mut tx = db.begin_read_committed().await?;
         let mut counts = Vec::with_capacity(3);
         for (scope, key, email, free) in &counters.keys {
             sqlx::query(sql(db, ensure_sql(db))).bind(key).bind(*email).bind(now).execute(&mut *tx).await.obs(db)?;
@@ -229,13 +224,7 @@ impl Lockout {
     /// Returns the counters it brought to their free failures (each further attempt they cover
     /// is delayed), the account-and-IP one first when `attempt` said so.
     pub(crate) async fn failed(&self, bidx: &str, client: &str, pair_spent: bool) -> Result<Vec<Scope>, DataError> {
-        let mut tries = 1;
-        loop {
-            match self.try_failed(bidx, client, pair_spent).await {
-                Err(e) if tries < TRIES && lost_conflict(&e) => tries += 1,
-                done => return done,
-            }
-        }
+        retrying(|| self.try_failed(bidx, client, pair_spent)).await
     }
 
     async fn try_failed(&self, bidx: &str, client: &str, pair_spent: bool) -> Result<Vec<Scope>, DataError> {
@@ -247,7 +236,8 @@ impl Lockout {
         if pair_spent {
             spent.push(Scope::AccountIp);
         }
-        let mut tx = begin(db).await?;
+        // READ COMMITTED: the read after the locking write must see concurrent attempts' rows.
+        let mut tx = db.begin_read_committed().await?;
         for (scope, key, email, free) in &counters.keys {
             if *scope == Scope::AccountIp {
                 continue;

@@ -120,6 +120,9 @@ struct Inner {
     metrics: metrics::DbMetrics,
 }
 
+/// `SET TRANSACTION` and `START TRANSACTION` in one round trip (see [`Db::begin_with`]).
+const MYSQL_READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
+
 /// A service's database handle. Cheap to clone; share it with handlers through router state.
 #[derive(Clone)]
 pub struct Db {
@@ -315,6 +318,19 @@ impl Db {
     /// cancelled in between.
     pub async fn begin_with(&self, statement: &'static str) -> Result<Transaction<'static, Any>, DataError> {
         self.start(Some(statement.into_sql_str())).await
+    }
+
+    /// Begins a transaction at `READ COMMITTED`: each statement sees what was committed before
+    /// it, and InnoDB locks only the rows a statement takes, not the gaps between them. MySQL/
+    /// MariaDB's default (`REPEATABLE READ`) reads a transaction's first snapshot, so a plain
+    /// `SELECT` after a locking write can miss a row a concurrent transaction just committed,
+    /// and its gap locks make concurrent inserts deadlock. PostgreSQL's default is already
+    /// `READ COMMITTED`; SQLite has one writer, so it begins as [`Db::begin`] there.
+    pub async fn begin_read_committed(&self) -> Result<Transaction<'static, Any>, DataError> {
+        match self.inner.backend {
+            Backend::MySql => self.begin_with(MYSQL_READ_COMMITTED).await,
+            Backend::Postgres | Backend::Sqlite => self.begin().await,
+        }
     }
 
     /// A transaction on a pooled connection, begun with `statement` or the plain `BEGIN`.

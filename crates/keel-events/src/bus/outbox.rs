@@ -500,7 +500,9 @@ impl Outbox {
         let until = now.saturating_add(i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX));
         let mut tx = match backend {
             Backend::Postgres => db.begin().await?,
-            Backend::MySql => db.begin_with(READ_COMMITTED).await?,
+            // Its default isolation's gap locks at the end of `keel_outbox` made a service's
+            // transaction that enqueued before and after a claim deadlock with it.
+            Backend::MySql => db.begin_read_committed().await?,
             // Take the write lock up front: two deferred transactions that both read and then
             // write would fail with "database is locked" instead of waiting.
             Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await?,
@@ -764,7 +766,7 @@ impl Outbox {
         let done = if db.backend() == Backend::MySql {
             // Its scan of the (status, seq) index would otherwise lock the gap every new
             // pending row goes into, and hold up every enqueue until the delete is done.
-            let mut tx = db.begin_with(READ_COMMITTED).await?;
+            let mut tx = db.begin_read_committed().await?;
             let done = q.execute(&mut *tx).await?;
             tx.commit().await?;
             done
@@ -774,12 +776,6 @@ impl Outbox {
         Ok(done.rows_affected())
     }
 }
-
-/// How the relay starts its MySQL/MariaDB transactions: at `READ COMMITTED`, where InnoDB locks
-/// only the rows a statement takes, not the gaps between them. Under its default (repeatable
-/// read), the relay's locks covered the gap at the end of `keel_outbox`, and a service's
-/// transaction that enqueued before and after a claim could deadlock with it, and fail.
-const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
 
 /// The PostgreSQL advisory lock claims take turns on (`keel_ou` in ASCII).
 const CLAIM_LOCK: i64 = 0x006b_6565_6c5f_6f75;
