@@ -373,6 +373,7 @@ impl Jwt {
             role: None,
             roles: Vec::new(),
             email: None,
+            email_verified: None,
         }
     }
 
@@ -435,6 +436,10 @@ pub struct Claims {
     /// E-mail address.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub email: Option<String>,
+    /// Whether the subject proved the e-mail address is theirs (OpenID Connect's
+    /// `email_verified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
 }
 
 impl Claims {
@@ -447,6 +452,12 @@ impl Claims {
     /// Sets `email`.
     pub fn email(mut self, email: impl Into<String>) -> Self {
         self.email = Some(email.into());
+        self
+    }
+
+    /// Sets `email_verified`.
+    pub fn email_verified(mut self, verified: bool) -> Self {
+        self.email_verified = Some(verified);
         self
     }
 }

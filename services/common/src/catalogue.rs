@@ -6,6 +6,8 @@
 //! | `event.updated` | [`EVENTS_TOPIC`] | events | joins | event id |
 //! | `event.canceled` | [`EVENTS_TOPIC`] | events | joins, notifier | event id |
 //! | `join.confirmed` … `join.kicked` | [`JOINS_TOPIC`] | joins | notifier | event id |
+//! | `account.contact` | [`ACCOUNTS_TOPIC`] | auth | notifier | user id |
+//! | `mail.requested` | [`MAIL_TOPIC`] | auth, notifier | notifier (mailer) | user id |
 //!
 //! Payloads are versioned (`VERSION`); an incompatible change adds a new version and consumers
 //! keep decoding the old one. Times are RFC 3339 UTC on the wire.
@@ -25,6 +27,11 @@ use uuid::Uuid;
 pub const EVENTS_TOPIC: &str = "cityevents.events";
 /// Topic of `join.*` (keyed by event id).
 pub const JOINS_TOPIC: &str = "cityevents.joins";
+/// Topic of `account.*` (keyed by user id).
+pub const ACCOUNTS_TOPIC: &str = "cityevents.accounts";
+/// Topic of `mail.requested` (keyed by user id). Its messages can carry single-use account
+/// tokens: only the notifier's mailer consumes it.
+pub const MAIL_TOPIC: &str = "cityevents.mail";
 
 /// The state of an event that consumers need: sent whole in `event.published` and
 /// `event.updated`, so a consumer never has to call back.
@@ -172,10 +179,155 @@ join_event!(
     "join.kicked"
 );
 
+/// `account.contact`: where and how to write to a user. Sent when the account is created, when
+/// its address is verified, and once for accounts older than the mail channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountContact {
+    /// The user.
+    pub user_id: Uuid,
+    /// The address (normalized).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Whether the user proved the address is theirs; only verified addresses get mail other
+    /// than account-security mail.
+    pub verified: bool,
+}
+
+impl Event for AccountContact {
+    const TYPE: &'static str = "account.contact";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.to_string())
+    }
+}
+
+/// What a mail says: the template and what it fills in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "template", rename_all = "snake_case")]
+pub enum Mail {
+    /// Confirm the address with this single-use token.
+    VerifyEmail {
+        /// The token (in clear: only its hash is stored).
+        token: String,
+        /// When it stops working.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+    /// Choose a new password with this single-use token.
+    ResetPassword {
+        /// The token (in clear: only its hash is stored).
+        token: String,
+        /// When it stops working.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+    /// The password was changed (or reset) and every other session ended.
+    PasswordChanged,
+    /// Someone tried to register an account with this address, which has one.
+    AlreadyRegistered,
+    /// An event the user joined was canceled.
+    EventCanceled {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+    },
+    /// A seat opened up and the user, waitlisted, got it.
+    WaitlistPromoted {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+    },
+    /// The organizer removed the user from an event.
+    Removed {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+    },
+}
+
+/// The kinds of mail a user can turn off ([`Mail::preference`]); account-security mail cannot be.
+pub const MAIL_PREFERENCES: [&str; 3] = ["event_canceled", "waitlist_promoted", "removed"];
+
+impl Mail {
+    /// The template's name (`verify_email`, …).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Self::VerifyEmail { .. } => "verify_email",
+            Self::ResetPassword { .. } => "reset_password",
+            Self::PasswordChanged => "password_changed",
+            Self::AlreadyRegistered => "already_registered",
+            Self::EventCanceled { .. } => "event_canceled",
+            Self::WaitlistPromoted { .. } => "waitlist_promoted",
+            Self::Removed { .. } => "removed",
+        }
+    }
+
+    /// The preference that turns this mail off, or `None` for account-security mail, which is
+    /// always sent (to the address in the request, verified or not).
+    pub fn preference(&self) -> Option<&'static str> {
+        match self {
+            Self::EventCanceled { .. } => Some(MAIL_PREFERENCES[0]),
+            Self::WaitlistPromoted { .. } => Some(MAIL_PREFERENCES[1]),
+            Self::Removed { .. } => Some(MAIL_PREFERENCES[2]),
+            Self::VerifyEmail { .. } | Self::ResetPassword { .. } | Self::PasswordChanged | Self::AlreadyRegistered => {
+                None
+            }
+        }
+    }
+}
+
+/// `mail.requested`: send `mail` to a user. Account-security mail names its address (`to`,
+/// `name`: the account's, even before it is verified); any other goes to the user's verified
+/// contact address, if the user has not turned its kind off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailRequested {
+    /// The recipient.
+    pub user_id: Uuid,
+    /// The address to write to; `None`: the user's verified contact address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The name to greet; `None`: the contact's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What to say.
+    pub mail: Mail,
+}
+
+impl Event for MailRequested {
+    const TYPE: &'static str = "mail.requested";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use keel::events::Envelope;
+
+    #[test]
+    fn mail_requests_round_trip_with_their_template_named() {
+        let m = MailRequested {
+            user_id: Uuid::now_v7(),
+            to: Some("ada@example.com".into()),
+            name: None,
+            mail: Mail::VerifyEmail { token: "t".into(), expires_at: OffsetDateTime::UNIX_EPOCH },
+        };
+        let env = Envelope::new("cityevents-auth", &m).unwrap();
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["mail"]["template"], "verify_email");
+        assert!(json.get("name").is_none());
+        assert_eq!(env.decode::<MailRequested>().unwrap(), m);
+        assert_eq!(m.mail.template(), "verify_email");
+        assert_eq!(m.mail.preference(), None);
+        let canceled = Mail::EventCanceled { event_id: Uuid::nil(), title: "Jazz".into() };
+        assert_eq!(canceled.preference(), Some("event_canceled"));
+    }
 
     #[test]
     fn join_events_round_trip_through_an_envelope() {

@@ -87,10 +87,16 @@ impl TestKey {
             .expect("a valid JWT configuration")
     }
 
-    /// An access token for `sub` with `role`, as auth would issue it.
+    /// An access token for `sub` with `role` and a verified address, as auth would issue it.
     pub fn token(&self, sub: &str, role: &str) -> String {
         let jwt = self.jwt();
-        jwt.issue(&jwt.claims(sub).role(role)).expect("a token")
+        jwt.issue(&jwt.claims(sub).role(role).email_verified(true)).expect("a token")
+    }
+
+    /// An access token for `sub` with `role` whose address is not verified yet.
+    pub fn unverified_token(&self, sub: &str, role: &str) -> String {
+        let jwt = self.jwt();
+        jwt.issue(&jwt.claims(sub).role(role).email_verified(false)).expect("a token")
     }
 }
 
@@ -324,4 +330,124 @@ pub fn check_binary_cli(bin: &str, name: &str) {
     }
     let out = run(&["--no-such-option"], &[]);
     assert_eq!(out.status.code(), Some(64), "{name} with a bad command line: {out:?}");
+}
+
+/// A real SMTP server for a test (aiosmtpd, from PyPI), on a port of its own, writing each
+/// accepted message to a directory the test reads. Stopped on drop.
+///
+/// Recipients whose local part starts with `reject` are refused for good (550), with `defer`
+/// refused for now (451). Each stored message starts with `X-Sink-Rcpt-To`, `X-Sink-Tls` and
+/// `X-Sink-Auth` lines saying how it arrived.
+pub struct SmtpSink {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// How an [`SmtpSink`] is reached.
+#[derive(Debug, Default, Clone)]
+pub struct SmtpOptions {
+    /// STARTTLS (required) with this certificate and key (PEM files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// AUTH required with this user and password.
+    pub auth: Option<(String, String)>,
+    /// Listen on this port (default: a free one).
+    pub port: Option<u16>,
+}
+
+impl SmtpSink {
+    /// Starts the server, or `None` when python3 with aiosmtpd is missing (skipped; a failure
+    /// under `CI=true`).
+    #[allow(clippy::expect_used)]
+    pub fn start(options: &SmtpOptions) -> Option<Self> {
+        if !testing::require_command("python3", &["-c", "import aiosmtpd"]) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let script = dir.path().join("smtp_sink.py");
+        std::fs::write(&script, include_str!("testing_support/smtp_sink.py")).expect("the sink script");
+        let mail = dir.path().join("mail");
+        std::fs::create_dir(&mail).expect("the mail directory");
+        let port = options.port.unwrap_or_else(free_port);
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script).arg(port.to_string()).arg(&mail);
+        if let Some((cert, key)) = &options.tls {
+            cmd.arg("--tls").arg(cert).arg(key);
+        }
+        if let Some((user, password)) = &options.auth {
+            cmd.arg("--auth").arg(user).arg(password);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("python3 starts");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("the sink's first line");
+        assert_eq!(line.trim(), "ready", "the SMTP sink did not start");
+        Some(Self { child, dir, port })
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every message received so far, oldest first, as text.
+    #[allow(clippy::expect_used)]
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("mail"))
+            .expect("the mail directory")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        files.iter().map(|p| std::fs::read_to_string(p).expect("a message")).collect()
+    }
+
+    /// Waits (20 s at most) until a message to `to` satisfies `what`, and returns it.
+    pub async fn wait_for(&self, to: &str, what: impl Fn(&str) -> bool) -> String {
+        let header = format!("X-Sink-Rcpt-To: {to}\r\n");
+        eventually(&format!("a mail to {to}"), Duration::from_secs(20), || async {
+            self.messages().into_iter().find(|m| m.starts_with(&header) && what(m))
+        })
+        .await
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port nobody listens on right now.
+#[allow(clippy::expect_used)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Decodes a quoted-printable body part (what lettre uses for text that is not plain ASCII
+/// lines), so tests can search a message for what the user reads.
+pub fn decode_quoted_printable(text: &str) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.replace("=\r\n", "").replace("=\n", "");
+    let b = bytes.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'='
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,11 +1,13 @@
-//! The notifier's HTTP API: the caller's notifications, newest first, and marking one read.
+//! The notifier's HTTP API: the caller's notifications, newest first, and marking one read; the
+//! caller's mail preferences.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cityevents_common::catalogue::MAIL_PREFERENCES;
 use cityevents_common::page::{Cursor, Page, PageQuery};
 use cityevents_common::validate;
 use http::StatusCode;
@@ -13,15 +15,62 @@ use keel::data::Db;
 use keel::security::jwt::{Auth, Claims};
 use serde::Serialize;
 use sqlx::Row;
+
+use crate::mail::handler::Contacts;
+use cityevents_common::json::Json as JsonBody;
 use time::format_description::well_known::Rfc3339;
 
 /// The routes; the caller adds the JWT extension.
-pub(crate) fn router(db: Db) -> Router {
+pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
+    let preferences = Router::new()
+        .route("/api/v1/me/mail-preferences", get(get_preferences).put(put_preferences))
+        .route_layer(DefaultBodyLimit::max(PREFERENCES_BODY_LIMIT))
+        .with_state(contacts);
     Router::new()
         .route("/api/v1/me/notifications", get(list))
         .route("/api/v1/me/notifications/{id}/read", post(mark_read))
-        .route_layer(cityevents_common::private::no_store())
         .with_state(db)
+        .merge(preferences)
+        .route_layer(cityevents_common::private::no_store())
+}
+
+/// Largest preferences body (three booleans fit in 100 bytes).
+const PREFERENCES_BODY_LIMIT: usize = 4 * 1024;
+
+/// `{"event_canceled": true, "waitlist_promoted": true, "removed": false}`.
+type Preferences = BTreeMap<&'static str, bool>;
+
+async fn get_preferences(State(c): State<Contacts>, Auth(claims): Auth<Claims>) -> Result<Json<Preferences>, Response> {
+    let prefs = c.preferences(&claims.sub).await.map_err(IntoResponse::into_response)?;
+    Ok(Json(prefs.into_iter().collect()))
+}
+
+/// Sets the kinds named in the body (the others stay as they are); answers all of them.
+async fn put_preferences(
+    State(c): State<Contacts>,
+    Auth(claims): Auth<Claims>,
+    JsonBody(body): JsonBody<BTreeMap<String, serde_json::Value>>,
+) -> Result<Json<Preferences>, Response> {
+    if body.is_empty() {
+        return Err(validate::invalid("body", &format!("must name at least one of {}", MAIL_PREFERENCES.join(", ")))
+            .into_response());
+    }
+    let mut changes = Vec::with_capacity(body.len());
+    for (key, value) in &body {
+        let Some(kind) = MAIL_PREFERENCES.iter().find(|k| **k == key.as_str()) else {
+            let known = MAIL_PREFERENCES.join(", ");
+            let field: String = key.chars().take(64).collect();
+            return Err(
+                validate::invalid(&field, &format!("is not a mail preference (known: {known})")).into_response()
+            );
+        };
+        let Some(on) = value.as_bool() else {
+            return Err(validate::invalid(kind, "must be true or false").into_response());
+        };
+        changes.push((*kind, on));
+    }
+    c.set_preferences(&claims.sub, &changes).await.map_err(IntoResponse::into_response)?;
+    get_preferences(State(c), Auth(claims)).await
 }
 
 /// One notification on the wire.

@@ -4,9 +4,11 @@
 //! permanent failure and goes to the dead-letter queue.
 
 use cityevents_common::catalogue::{
-    EventCanceled, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted,
+    EventCanceled, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail,
+    MailRequested,
 };
 use keel::data::Db;
+use keel::events::outbox::Outbox;
 use keel::events::{Event, Failure, Handler, Message};
 use uuid::Uuid;
 
@@ -66,16 +68,39 @@ async fn notify(
     Ok(())
 }
 
-/// Handles `join.*` on the joins topic: one notification for the participant each.
+/// Handles `join.*` on the joins topic: one notification for the participant each, and, with
+/// [`JoinsHandler::mail`], a mail request for the changes worth a mail (a canceled event, a
+/// waitlist promotion, a removal), enqueued in the same inbox transaction.
 #[derive(Debug, Clone)]
 pub struct JoinsHandler {
     db: Db,
+    mail: Option<Outbox>,
 }
 
 impl JoinsHandler {
     /// A handler writing to `db`.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, mail: None }
+    }
+
+    /// Also requests mail, through `outbox` (on the same database) to the mail topic.
+    #[must_use]
+    pub fn mail(mut self, outbox: Outbox) -> Self {
+        self.mail = Some(outbox);
+        self
+    }
+}
+
+/// The mail a join change is worth, if any (the user's own joins and leaves are not).
+fn mail_for(kind: &str, c: &JoinChange) -> Option<Mail> {
+    let (event_id, title) = (c.event_id, c.event_title.clone());
+    match kind {
+        JoinCanceled::TYPE if c.reason.as_deref() == Some("event_canceled") => {
+            Some(Mail::EventCanceled { event_id, title })
+        }
+        JoinPromoted::TYPE => Some(Mail::WaitlistPromoted { event_id, title }),
+        JoinKicked::TYPE => Some(Mail::Removed { event_id, title }),
+        _ => None,
     }
 }
 
@@ -98,6 +123,15 @@ impl Handler for JoinsHandler {
         let text = notification_text(&kind, &c.event_title, c.reason.as_deref())
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
         notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
+        if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
+            let request = MailRequested { user_id: c.user_id, to: None, name: None, mail };
+            let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
+            outbox.enqueue_event(tx, MAIL_TOPIC, &request).await.map_err(|e| match e {
+                keel::events::outbox::OutboxError::Data(d) => Failure::transient(&d),
+                keel::events::outbox::OutboxError::Sql(s) => Failure::transient(&self.db.observe(s)),
+                other => Failure::permanent(other),
+            })?;
+        }
         tracing::debug!(kind = %kind, event_id = %c.event_id, "notification written");
         Ok(())
     }

@@ -9,24 +9,44 @@
 //! * **API**: `GET /api/v1/me/notifications` (keyset-paged, newest first, `?unread=true`) and
 //!   `POST /api/v1/me/notifications/{id}/read` (204, idempotent; 404 for someone else's).
 //!
-//! Config (`app`): `concurrency` (messages handled at once per consumer, default 8) and
+//! * **Mail** ([`mail`]): a canceled event, a waitlist promotion and a removal also request a
+//!   mail (through the notifier's outbox, in the same inbox transaction, to
+//!   [`catalogue::MAIL_TOPIC`]); auth requests account mail there too. The mail consumer (group
+//!   `notifier-mail`) renders each request and sends it over SMTP or, in development, into
+//!   `data/mail/`. `account.contact` on [`catalogue::ACCOUNTS_TOPIC`] tells it each user's
+//!   address (stored encrypted: `security.encryption.*`). `GET`/`PUT
+//!   /api/v1/me/mail-preferences` turn each kind of non-security mail off or on.
+//!
+//! Config (`app`): `concurrency` (messages handled at once per consumer, default 8),
 //! `max_attempts` (deliveries of a message failing for a reason of its own before it is
-//! dead-lettered, default 16, Keel's default: more than half an hour of retries). A database
-//! outage spends no attempt: the consumers pause until the database is back. The topics are the
-//! catalogue's; `bus.namespace` keeps environments (and test runs) apart on one broker.
+//! dead-lettered, default 16, Keel's default: more than half an hour of retries) and `mail.*`
+//! ([`mail::MailConfig`]). A database outage spends no attempt: the consumers pause until the
+//! database is back, and the mail consumer pauses likewise while the mail server cannot be
+//! reached. The topics are the catalogue's; `bus.namespace` keeps environments (and test runs)
+//! apart on one broker.
 
 mod api;
 mod consumers;
+pub mod mail;
+
+use std::time::Duration;
 
 use cityevents_common::catalogue;
-use keel::config::{Section, Validation};
+use keel::config::{Profile, Section, Validation};
 use keel::events::{Consumer, ConsumerOptions};
+use keel::workers::Worker;
 use serde::{Deserialize, Serialize};
 
 pub use consumers::{EventsHandler, JoinsHandler, notification_text};
+pub use mail::handler::{Contacts, ContactsHandler, MailHandler};
 
-/// The consumer group of both consumers.
+/// The consumer group of the notification and contact consumers.
 pub const GROUP: &str = "notifier";
+/// The consumer group of the mail consumer.
+pub const MAIL_GROUP: &str = "notifier-mail";
+
+/// How often handled mail requests older than their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The notifier's `app` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,12 +58,18 @@ pub struct NotifierConfig {
     /// dead-letter queue (a database outage pauses the consumers and spends none). Default `16`:
     /// retries 1 s apart doubling to 5 min, more than half an hour in all.
     pub max_attempts: u32,
+    /// Mail delivery.
+    pub mail: mail::MailConfig,
 }
 
 impl Default for NotifierConfig {
     fn default() -> Self {
         let consumer = ConsumerOptions::default();
-        Self { concurrency: consumer.concurrency, max_attempts: consumer.max_attempts }
+        Self {
+            concurrency: consumer.concurrency,
+            max_attempts: consumer.max_attempts,
+            mail: mail::MailConfig::default(),
+        }
     }
 }
 
@@ -55,6 +81,7 @@ impl Section for NotifierConfig {
         if !(1..=100).contains(&self.max_attempts) {
             v.invalid("max_attempts", "must be between 1 and 100");
         }
+        self.mail.validate(v);
     }
 }
 
@@ -73,22 +100,59 @@ pub fn service() -> keel::Service<NotifierConfig> {
         .config_defaults(cityevents_common::services::defaults(cityevents_common::services::NOTIFIER))
         .with_config::<NotifierConfig>()
         .migrations(migrations())
-        .setup(|s| {
-            let db = s.database()?;
-            let bus = s.bus()?;
-            let options =
-                ConsumerOptions::default().concurrency(s.config().concurrency).max_attempts(s.config().max_attempts);
-            s.consume(
-                Consumer::new(bus.clone(), catalogue::JOINS_TOPIC, GROUP, JoinsHandler::new(db.clone()))
-                    .inbox(db.clone())
-                    .options(options.clone()),
-            )?;
-            s.consume(
-                Consumer::new(bus, catalogue::EVENTS_TOPIC, GROUP, EventsHandler::new(db.clone()))
-                    .inbox(db.clone())
-                    .options(options),
-            )?;
-            let jwt = s.jwt()?;
-            Ok(api::router(db).layer(jwt.extension()))
-        })
+        .setup(setup)
+}
+
+fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app::SetupError> {
+    let cfg = s.config().clone();
+    if s.profile() == Profile::Production && cfg.mail.transport == mail::Transport::File {
+        return Err("app.mail.transport: file keeps mail on this machine's disk; production needs smtp \
+                    (app.mail.smtp.host)"
+            .into());
+    }
+    let db = s.database()?;
+    let bus = s.bus()?;
+    let outbox = s.outbox(&db)?;
+    let keyring = s.keyring()?;
+    let mailer = mail::Mailer::new(&cfg.mail, s.metrics()).map_err(|e| e.to_string())?;
+    let contacts = Contacts::new(db.clone(), keyring);
+    let options = ConsumerOptions::default().concurrency(cfg.concurrency).max_attempts(cfg.max_attempts);
+    s.consume(
+        Consumer::new(bus.clone(), catalogue::JOINS_TOPIC, GROUP, JoinsHandler::new(db.clone()).mail(outbox))
+            .inbox(db.clone())
+            .options(options.clone()),
+    )?;
+    s.consume(
+        Consumer::new(bus.clone(), catalogue::EVENTS_TOPIC, GROUP, EventsHandler::new(db.clone()))
+            .inbox(db.clone())
+            .options(options.clone()),
+    )?;
+    s.consume(
+        Consumer::new(bus.clone(), catalogue::ACCOUNTS_TOPIC, GROUP, ContactsHandler::new(contacts.clone()))
+            .inbox(db.clone())
+            .options(options.clone()),
+    )?;
+    s.consume(
+        Consumer::new(bus, catalogue::MAIL_TOPIC, MAIL_GROUP, MailHandler::new(contacts.clone(), mailer.clone()))
+            .depends_on(db.clone())
+            .depends_on(mailer.health())
+            .options(options),
+    )?;
+    let c = contacts.clone();
+    s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
+    let jwt = s.jwt()?;
+    Ok(api::router(db, contacts).layer(jwt.extension()))
+}
+
+/// Forgets old handled mail requests. Best effort: a failure is logged and retried next round.
+async fn prune(contacts: Contacts) -> Result<(), keel::workers::RunError> {
+    if !contacts.db().is_available() {
+        return Ok(());
+    }
+    match contacts.prune().await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(deleted = n, "forgot old handled mail requests"),
+        Err(e) => tracing::warn!(error = %e, "pruning the mail log failed"),
+    }
+    Ok(())
 }

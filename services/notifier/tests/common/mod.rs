@@ -7,7 +7,9 @@ use std::time::Duration;
 
 pub use cityevents_common::testing::database;
 use cityevents_common::testing::{TestEnv, TestKey, TestService, eventually};
+use keel::config::Secret;
 use keel::data::Backend;
+use keel::security::crypto::{MasterKey, generate_key};
 use keel::testing::{self, TestDatabase};
 use serde_json::Value;
 
@@ -31,17 +33,60 @@ pub enum Broker {
 pub struct Notifier {
     app: TestService,
     pub db: TestDatabase,
+    mail_dir: tempfile::TempDir,
 }
 
 impl Notifier {
     /// Starts the service on `db`; ready once migrated and every consumer is subscribed.
     pub async fn start(db: TestDatabase, broker: &Broker) -> Self {
-        let mut env = TestEnv::new(cityevents_common::services::NOTIFIER.0).trust(&KEY).set("DATABASE__URL", db.url());
+        Self::start_with(db, broker, &[]).await
+    }
+
+    /// [`Notifier::start`] with more settings (`APP__MAIL__…`). Mail goes to a file directory of
+    /// its own unless `extra` says otherwise.
+    pub async fn start_with(db: TestDatabase, broker: &Broker, extra: &[(&str, &str)]) -> Self {
+        let master = generate_key();
+        let wrapped = MasterKey::from_secret(&Secret::new(master.clone())).unwrap().new_data_key("n1").unwrap();
+        let mail_dir = tempfile::tempdir().unwrap();
+        let mut env = TestEnv::new(cityevents_common::services::NOTIFIER.0)
+            .trust(&KEY)
+            .set("DATABASE__URL", db.url())
+            .set("SECURITY__ENCRYPTION__MASTER_KEY", master)
+            .set("SECURITY__ENCRYPTION__ACTIVE_KEY", "n1")
+            .set("SECURITY__ENCRYPTION__DATA_KEYS__N1", wrapped)
+            .set("APP__MAIL__DIR", mail_dir.path().join("mail").display().to_string());
+        for (k, v) in extra {
+            env = env.set(k, *v);
+        }
         if let Broker::Nats { namespace } = broker {
             env = env.set("BUS__BACKEND", "nats").set("BUS__URL", testing::nats_url()).set("BUS__NAMESPACE", namespace);
         }
         let app = TestService::start(cityevents_notifier::service(), env.load()).await;
-        Self { app, db }
+        Self { app, db, mail_dir }
+    }
+
+    /// The file transport's messages so far.
+    pub fn mail_files(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.mail_dir.path().join("mail")) else { return Vec::new() };
+        let mut files: Vec<_> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+    }
+
+    /// `GET`/`PUT /api/v1/me/mail-preferences` as `user`: status and body.
+    pub async fn preferences(&self, user: &str, put: Option<Value>) -> (u16, Value) {
+        let url = self.url("/api/v1/me/mail-preferences");
+        let req = match put {
+            Some(body) => self.http.put(url).json(&body),
+            None => self.http.get(url),
+        };
+        let r = req.bearer_auth(token(user)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The management `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.management_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
 
     /// `GET /api/v1/me/notifications{query}` as `user`: status and body.

@@ -1,0 +1,297 @@
+//! The mail consumers and the store behind them.
+//!
+//! * [`ContactsHandler`] (`account.contact` on the accounts topic, with the inbox): keeps each
+//!   user's address (encrypted with the notifier's keyring), name and verified flag.
+//! * [`MailHandler`] (`mail.requested` on the mail topic, group `notifier-mail`): finds the
+//!   address (the request's own for account-security mail; else the user's verified contact, if
+//!   the user has not turned the kind off), renders, sends. No inbox transaction is held while
+//!   the server talks: a handled request is recorded in `mail_log` afterwards, so a redelivery
+//!   is not mailed again (a crash between sending and recording can send one twice: mail is at
+//!   least once).
+
+use cityevents_common::catalogue::{AccountContact, MAIL_PREFERENCES, MailRequested};
+use cityevents_common::time::{now, to_micros};
+use keel::data::{Backend, Db};
+use keel::events::{Failure, Handler, Message};
+use keel::security::crypto::Keyring;
+use lettre::message::Mailbox;
+use uuid::Uuid;
+
+use super::{Mailer, SendError, render};
+
+/// How long handled mail requests are remembered (redeliveries come much sooner).
+pub(crate) const MAIL_LOG_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Contacts and mail preferences in the notifier's database.
+#[derive(Clone)]
+pub struct Contacts {
+    db: Db,
+    keyring: Keyring,
+}
+
+impl std::fmt::Debug for Contacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contacts").field("db", &self.db).finish_non_exhaustive()
+    }
+}
+
+/// A user's contact, decrypted.
+pub(crate) struct Contact {
+    pub(crate) email: String,
+    pub(crate) name: String,
+    pub(crate) verified: bool,
+}
+
+fn sql(db: &Db, text: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(db.sql(text).into_owned())
+}
+
+impl Contacts {
+    /// The store on `db`, encrypting addresses with `keyring`.
+    pub fn new(db: Db, keyring: Keyring) -> Self {
+        Self { db, keyring }
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Inserts or replaces a contact.
+    async fn upsert(&self, conn: &mut sqlx::AnyConnection, c: &AccountContact) -> Result<(), Failure> {
+        let db = &self.db;
+        let ciphertext = self.keyring.encrypt_str(&c.email).map_err(|e| Failure::retry(&e))?;
+        let text = match db.backend() {
+            Backend::MySql => {
+                "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON DUPLICATE KEY UPDATE email_ciphertext = VALUES(email_ciphertext), \
+                 name = VALUES(name), verified = VALUES(verified), updated_at = VALUES(updated_at)"
+            }
+            _ => {
+                "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET \
+                 email_ciphertext = excluded.email_ciphertext, name = excluded.name, \
+                 verified = excluded.verified, updated_at = excluded.updated_at"
+            }
+        };
+        sqlx::query(sql(db, text))
+            .bind(c.user_id.to_string())
+            .bind(ciphertext)
+            .bind(&c.name)
+            .bind(i64::from(c.verified))
+            .bind(to_micros(now()))
+            .execute(conn)
+            .await
+            .map_err(|e| Failure::transient(&db.observe(e)))?;
+        Ok(())
+    }
+
+    /// The contact of `user`, if auth told of one.
+    pub(crate) async fn contact(&self, user: Uuid) -> Result<Option<Contact>, Failure> {
+        let db = &self.db;
+        let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
+        let row: Option<(String, String, i64)> =
+            sqlx::query_as(sql(db, "SELECT email_ciphertext, name, verified FROM mail_contacts WHERE user_id = $1"))
+                .bind(user.to_string())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| Failure::transient(&db.observe(e)))?;
+        let Some((ciphertext, name, verified)) = row else { return Ok(None) };
+        // A data key gone from the keyring will not come back by retrying.
+        let email = self.keyring.decrypt_str(&ciphertext).map_err(Failure::permanent)?;
+        Ok(Some(Contact { email, name, verified: verified != 0 }))
+    }
+
+    /// Each preference of `user`: whether mail of that kind is sent (on unless turned off).
+    pub(crate) async fn preferences(&self, user: &str) -> Result<Vec<(&'static str, bool)>, keel::data::DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(sql(db, "SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
+                .bind(user)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| db.observe(e))?;
+        Ok(MAIL_PREFERENCES
+            .iter()
+            .map(|k| (*k, rows.iter().find(|(kind, _)| kind == k).is_none_or(|(_, on)| *on != 0)))
+            .collect())
+    }
+
+    /// Sets the given preferences of `user` (kinds from [`MAIL_PREFERENCES`]).
+    pub(crate) async fn set_preferences(
+        &self,
+        user: &str,
+        changes: &[(&str, bool)],
+    ) -> Result<(), keel::data::DataError> {
+        let db = &self.db;
+        let text = match db.backend() {
+            Backend::MySql => {
+                "INSERT INTO mail_preferences (user_id, kind, enabled, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON DUPLICATE KEY UPDATE enabled = VALUES(enabled), updated_at = VALUES(updated_at)"
+            }
+            _ => {
+                "INSERT INTO mail_preferences (user_id, kind, enabled, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (user_id, kind) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at"
+            }
+        };
+        let mut tx = db.begin().await?;
+        for (kind, on) in changes {
+            sqlx::query(sql(db, text))
+                .bind(user)
+                .bind(*kind)
+                .bind(i64::from(*on))
+                .bind(to_micros(now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db.observe(e))?;
+        }
+        tx.commit().await.map_err(|e| db.observe(e))?;
+        Ok(())
+    }
+
+    async fn handled(&self, message_id: &str) -> Result<bool, Failure> {
+        let db = &self.db;
+        let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
+        let found: Option<String> = sqlx::query_scalar(sql(db, "SELECT outcome FROM mail_log WHERE message_id = $1"))
+            .bind(message_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| Failure::transient(&db.observe(e)))?;
+        Ok(found.is_some())
+    }
+
+    async fn record(&self, message_id: &str, template: &str, outcome: &str) -> Result<(), Failure> {
+        let db = &self.db;
+        let text = match db.backend() {
+            Backend::MySql => {
+                "INSERT IGNORE INTO mail_log (message_id, template, outcome, created_at) VALUES ($1, $2, $3, $4)"
+            }
+            _ => {
+                "INSERT INTO mail_log (message_id, template, outcome, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (message_id) DO NOTHING"
+            }
+        };
+        let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
+        sqlx::query(sql(db, text))
+            .bind(message_id)
+            .bind(template)
+            .bind(outcome)
+            .bind(to_micros(now()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| Failure::transient(&db.observe(e)))?;
+        Ok(())
+    }
+
+    /// Forgets handled requests older than [`MAIL_LOG_RETENTION`]; returns how many.
+    pub(crate) async fn prune(&self) -> Result<u64, keel::data::DataError> {
+        let db = &self.db;
+        let cutoff = to_micros(now()).saturating_sub(i64::try_from(MAIL_LOG_RETENTION.as_micros()).unwrap_or(i64::MAX));
+        let mut conn = db.acquire().await?;
+        let done = sqlx::query(sql(db, "DELETE FROM mail_log WHERE created_at < $1"))
+            .bind(cutoff)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db.observe(e))?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Handles `account.contact` on the accounts topic (with the inbox: applied once). Other types
+/// are acknowledged and ignored.
+#[derive(Debug, Clone)]
+pub struct ContactsHandler {
+    contacts: Contacts,
+}
+
+impl ContactsHandler {
+    /// A handler writing to `contacts`.
+    pub fn new(contacts: Contacts) -> Self {
+        Self { contacts }
+    }
+}
+
+impl Handler for ContactsHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        if msg.envelope().ty != <AccountContact as keel::events::Event>::TYPE {
+            return Ok(());
+        }
+        let c = msg.decode::<AccountContact>()?;
+        let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
+        self.contacts.upsert(tx, &c).await
+    }
+}
+
+/// Handles `mail.requested` on the mail topic: renders and sends.
+#[derive(Debug, Clone)]
+pub struct MailHandler {
+    contacts: Contacts,
+    mailer: Mailer,
+}
+
+impl MailHandler {
+    /// A handler reading `contacts` and sending with `mailer`.
+    pub fn new(contacts: Contacts, mailer: Mailer) -> Self {
+        Self { contacts, mailer }
+    }
+}
+
+impl Handler for MailHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        let req = msg.decode::<MailRequested>()?;
+        let id = msg.envelope().id.clone();
+        let template = req.mail.template();
+        if self.contacts.handled(&id).await? {
+            return Ok(());
+        }
+        let contact =
+            if req.to.is_some() && req.name.is_some() { None } else { self.contacts.contact(req.user_id).await? };
+        let (to, name) = match (&req.to, contact) {
+            (Some(to), c) => (to.clone(), req.name.clone().or(c.map(|c| c.name)).unwrap_or_default()),
+            // Mail other than account security goes only to an address its owner proved.
+            (None, Some(c)) if c.verified => (c.email, req.name.clone().unwrap_or(c.name)),
+            (None, _) => return self.skip(&id, template, "no verified address").await,
+        };
+        if let Some(kind) = req.mail.preference() {
+            let prefs = self.contacts.preferences(&req.user_id.to_string()).await?;
+            if prefs.iter().any(|(k, on)| *k == kind && !on) {
+                return self.skip(&id, template, "turned off").await;
+            }
+        }
+        let to: Mailbox = match to.parse() {
+            Ok(m) => m,
+            Err(_) => {
+                self.mailer.count(template, "rejected");
+                return Err(Failure::permanent(format!("{template}: the address is not a mailbox")));
+            }
+        };
+        let rendered = render(&self.mailer, to, &name, &req.mail).map_err(Failure::permanent)?;
+        match self.mailer.send(&rendered.message, &rendered.link).await {
+            Ok(()) => {
+                self.mailer.count(template, "sent");
+                tracing::debug!(template, user_id = %req.user_id, "mail sent");
+                self.contacts.record(&id, template, "sent").await
+            }
+            Err(SendError::Permanent(e)) => {
+                self.mailer.count(template, "rejected");
+                Err(Failure::permanent(format!("{template}: {e}")))
+            }
+            Err(e @ SendError::Unavailable(_)) => {
+                self.mailer.count(template, "failed");
+                Err(Failure::unavailable(e))
+            }
+            Err(e @ SendError::Transient(_)) => {
+                self.mailer.count(template, "failed");
+                Err(Failure::retry(e))
+            }
+        }
+    }
+}
+
+impl MailHandler {
+    async fn skip(&self, id: &str, template: &str, why: &str) -> Result<(), Failure> {
+        self.mailer.count(template, "skipped");
+        tracing::debug!(template, why, "mail not sent");
+        self.contacts.record(id, template, "skipped").await
+    }
+}

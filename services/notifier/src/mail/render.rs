@@ -1,0 +1,120 @@
+//! Turns a [`Mail`] into a message: subject, plain text and HTML from the templates in
+//! `templates/` (askama: checked at compile time, HTML auto-escaped).
+
+use askama::Template;
+use cityevents_common::catalogue::Mail;
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart};
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+use super::Mailer;
+
+/// What the templates fill in.
+struct View {
+    kind: &'static str,
+    subject: String,
+    name: String,
+    title: String,
+    link: String,
+    token: String,
+    expires: String,
+    /// Empty for account-security mail, which cannot be turned off.
+    settings_link: String,
+}
+
+#[derive(Template)]
+#[template(path = "mail.txt", escape = "none")]
+struct Text<'a> {
+    v: &'a View,
+}
+
+#[derive(Template)]
+#[template(path = "mail.html")]
+struct Html<'a> {
+    v: &'a View,
+}
+
+/// A rendered message and the link it carries (logged by the file transport).
+pub(crate) struct Rendered {
+    pub(crate) message: Message,
+    pub(crate) link: String,
+}
+
+/// Longest title quoted (characters).
+const MAX_TITLE: usize = 200;
+
+fn expires(at: OffsetDateTime) -> String {
+    at.format(format_description!("[year]-[month]-[day] [hour]:[minute] UTC")).unwrap_or_default()
+}
+
+fn title(t: &str) -> String {
+    t.trim().chars().filter(|c| !c.is_control()).take(MAX_TITLE).collect()
+}
+
+/// Renders `mail` for `to`, greeting `name`.
+pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail) -> Result<Rendered, String> {
+    let base = mailer.base_url();
+    let mut v = View {
+        kind: mail.template(),
+        subject: String::new(),
+        name: name.trim().chars().filter(|c| !c.is_control()).take(100).collect(),
+        title: String::new(),
+        link: String::new(),
+        token: String::new(),
+        expires: String::new(),
+        settings_link: String::new(),
+    };
+    if v.name.is_empty() {
+        v.name = "there".into();
+    }
+    match mail {
+        Mail::VerifyEmail { token, expires_at } => {
+            v.subject = "Confirm your e-mail address".into();
+            v.link = format!("{base}/verify-email?token={token}");
+            v.token.clone_from(token);
+            v.expires = expires(*expires_at);
+        }
+        Mail::ResetPassword { token, expires_at } => {
+            v.subject = "Choose a new password".into();
+            v.link = format!("{base}/reset-password?token={token}");
+            v.token.clone_from(token);
+            v.expires = expires(*expires_at);
+        }
+        Mail::PasswordChanged => {
+            v.subject = "Your password was changed".into();
+            v.link = format!("{base}/reset-password");
+        }
+        Mail::AlreadyRegistered => {
+            v.subject = "You already have an account".into();
+            v.link = format!("{base}/reset-password");
+        }
+        Mail::EventCanceled { event_id, title: t } => {
+            v.title = title(t);
+            v.subject = format!("Canceled: {}", v.title);
+            v.link = format!("{base}/events/{event_id}");
+        }
+        Mail::WaitlistPromoted { event_id, title: t } => {
+            v.title = title(t);
+            v.subject = format!("You're in: {}", v.title);
+            v.link = format!("{base}/events/{event_id}");
+        }
+        Mail::Removed { event_id, title: t } => {
+            v.title = title(t);
+            v.subject = format!("You were removed from {}", v.title);
+            v.link = format!("{base}/events/{event_id}");
+        }
+    }
+    if mail.preference().is_some() {
+        v.settings_link = format!("{base}/settings/notifications");
+    }
+    let text = Text { v: &v }.render().map_err(|e| format!("text template: {e}"))?;
+    let html = Html { v: &v }.render().map_err(|e| format!("HTML template: {e}"))?;
+    let message = Message::builder()
+        .from(mailer.from().clone())
+        .to(to)
+        .subject(v.subject.clone())
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|e| format!("cannot build the message: {e}"))?;
+    Ok(Rendered { message, link: v.link })
+}
