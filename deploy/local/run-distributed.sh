@@ -11,7 +11,8 @@
 #   1. builds `cityevents` (skipped when CITYEVENTS_BIN points at a built binary);
 #   2. creates the databases <prefix>_auth, _events, _joins, _notifier if missing;
 #   3. creates the secrets once under $STATE (mode 0600): an Ed25519 JWT key pair (only auth gets
-#      the private key), the field-encryption master and blind-index keys, a wrapped data key;
+#      the private key), the field-encryption master and blind-index keys, a wrapped data key,
+#      and the notifier's own master and data keys (it stores mail addresses encrypted);
 #   4. runs `migrate` for every service (production never migrates on start-up);
 #   5. starts auth, events, joins, notifier, then the gateway, each with deploy/config/<svc>.yaml,
 #      its output prefixed with its name, and waits until the gateway is ready (60 s at most);
@@ -29,7 +30,10 @@
 # Settings (env): CITYEVENTS_BIN, STATE (default data/distributed), CITYEVENTS_DB_PREFIX
 # (cityevents), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/postgres), CITYEVENTS_REDIS_URL,
 # CITYEVENTS_BUS_BACKEND (nats|rabbitmq), CITYEVENTS_BUS_URL, CITYEVENTS_BUS_NAMESPACE,
-# CITYEVENTS_ORIGIN, CITYEVENTS_<SERVICE>_PORT, and any CITYEVENTS_<SERVICE>__… Keel override;
+# CITYEVENTS_ORIGIN, CITYEVENTS_<SERVICE>_PORT, the notifier's mail server CITYEVENTS_SMTP_HOST
+# (127.0.0.1), CITYEVENTS_SMTP_PORT (25), CITYEVENTS_SMTP_SECURITY (none: a relay on this
+# machine; starttls or tls elsewhere), CITYEVENTS_MAIL_FROM, CITYEVENTS_PUBLIC_URL (the links in
+# mails; default the gateway's address), and any CITYEVENTS_<SERVICE>__… Keel override;
 # CITYEVENTS_RESTART_DELAY (seconds, default 1), CITYEVENTS_RESTART_MAX_DELAY (30),
 # CITYEVENTS_STOP_TIMEOUT (seconds per service, default 40: above Keel's 30 s shutdown.timeout).
 set -euo pipefail
@@ -87,6 +91,12 @@ if [[ ! -f "$STATE/jwt-private.pem" ]]; then
 fi
 # The audit log's chain key (a state directory from before it existed gets one too).
 [[ -f "$STATE/audit.key" ]] || KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/audit.key"
+# The notifier's keys for mail addresses (likewise).
+if [[ ! -f "$STATE/notifier-data-key" ]]; then
+  KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/notifier-master.key"
+  KEEL_ENV=test CITYEVENTS_AUTH__SECURITY__ENCRYPTION__MASTER_KEY_FILE="$STATE/notifier-master.key" \
+    "$CITYEVENTS_BIN" auth keys new n1 | sed -e 's/^n1: //' >"$STATE/notifier-data-key"
+fi
 
 # --- the environment every service reads its config file with
 export KEEL_ENV=production
@@ -98,6 +108,13 @@ export CITYEVENTS_AUTH_BLIND_INDEX_KEY_FILE="$STATE/blind-index.key"
 export CITYEVENTS_AUTH_AUDIT_KEY_FILE="$STATE/audit.key"
 CITYEVENTS_AUTH_DATA_KEY=$(cat "$STATE/data-key")
 export CITYEVENTS_AUTH_DATA_KEY
+export CITYEVENTS_NOTIFIER_MASTER_KEY_FILE="$STATE/notifier-master.key"
+CITYEVENTS_NOTIFIER_DATA_KEY=$(cat "$STATE/notifier-data-key")
+export CITYEVENTS_NOTIFIER_DATA_KEY
+export CITYEVENTS_SMTP_HOST=${CITYEVENTS_SMTP_HOST:-127.0.0.1}
+export CITYEVENTS_SMTP_PORT=${CITYEVENTS_SMTP_PORT:-25}
+export CITYEVENTS_SMTP_SECURITY=${CITYEVENTS_SMTP_SECURITY:-none}
+export CITYEVENTS_PUBLIC_URL=${CITYEVENTS_PUBLIC_URL:-http://127.0.0.1:${CITYEVENTS_GATEWAY_PORT:-8080}}
 export CITYEVENTS_REDIS_URL=${CITYEVENTS_REDIS_URL:-redis://127.0.0.1:6379/0}
 export CITYEVENTS_BUS_BACKEND=${CITYEVENTS_BUS_BACKEND:-nats}
 if [[ "$CITYEVENTS_BUS_BACKEND" == rabbitmq ]]; then

@@ -10,6 +10,7 @@ use keel::security::audit::{AuditLog, Outcome};
 use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
 use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation};
 use serde::Serialize;
+use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 use unicode_normalization::UnicodeNormalization as _;
 use unicode_security::{GeneralSecurityProfile as _, MixedScript as _};
@@ -36,6 +37,8 @@ pub struct User {
     pub name: String,
     /// `user` or `admin`.
     pub role: String,
+    /// Whether the owner proved the address is theirs.
+    pub email_verified: bool,
     /// When the account was created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -50,13 +53,17 @@ pub(crate) struct UserRow {
     pub(crate) name: String,
     pub(crate) role: String,
     pub(crate) created_at: i64,
+    pub(crate) email_verified_at: Option<i64>,
 }
 
-type RowTuple = (String, String, String, String, String, i64);
+type RowTuple = (String, String, String, String, String, i64, Option<i64>);
+
+/// The columns of a [`RowTuple`], in order.
+const USER_COLUMNS: &str = "id, email_ciphertext, password_hash, name, role, created_at, email_verified_at";
 
 impl From<RowTuple> for UserRow {
-    fn from((id, email_ciphertext, password_hash, name, role, created_at): RowTuple) -> Self {
-        Self { id, email_ciphertext, password_hash, name, role, created_at }
+    fn from((id, email_ciphertext, password_hash, name, role, created_at, email_verified_at): RowTuple) -> Self {
+        Self { id, email_ciphertext, password_hash, name, role, created_at, email_verified_at }
     }
 }
 
@@ -134,28 +141,32 @@ impl Accounts {
     pub(crate) async fn by_email_index(&self, bidx: &str) -> Result<Option<UserRow>, DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let row: Option<RowTuple> = sqlx::query_as(sql(
-            db,
-            "SELECT id, email_ciphertext, password_hash, name, role, created_at FROM users WHERE email_bidx = $1",
-        ))
-        .bind(bidx)
-        .fetch_optional(&mut *conn)
-        .await
-        .obs(db)?;
+        let row: Option<RowTuple> =
+            sqlx::query_as(sql(db, &format!("SELECT {USER_COLUMNS} FROM users WHERE email_bidx = $1")))
+                .bind(bidx)
+                .fetch_optional(&mut *conn)
+                .await
+                .obs(db)?;
         Ok(row.map(UserRow::from))
     }
 
     pub(crate) async fn by_id(&self, id: Uuid) -> Result<Option<UserRow>, DataError> {
+        let mut conn = self.db.acquire().await?;
+        self.by_id_on(&mut conn, id).await
+    }
+
+    /// [`Accounts::by_id`] on `conn` (a transaction's, to see its own writes).
+    pub(crate) async fn by_id_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        id: Uuid,
+    ) -> Result<Option<UserRow>, DataError> {
         let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let row: Option<RowTuple> = sqlx::query_as(sql(
-            db,
-            "SELECT id, email_ciphertext, password_hash, name, role, created_at FROM users WHERE id = $1",
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .obs(db)?;
+        let row: Option<RowTuple> = sqlx::query_as(sql(db, &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await
+            .obs(db)?;
         Ok(row.map(UserRow::from))
     }
 
@@ -222,18 +233,27 @@ impl Accounts {
         }
     }
 
-    /// Hashes the password, encrypts the address and inserts the account. The inputs must be
+    /// Hashes the password, encrypts the address and inserts the account in a transaction it
+    /// returns, uncommitted, so the caller can enqueue what announces it. `verified`: whether
+    /// the address counts as proven (an admin made by the operator). The inputs must be
     /// validated already.
-    pub(crate) async fn insert(&self, email: &str, name: &str, password: &str, role: &str) -> Result<User, StoreError> {
+    pub(crate) async fn insert(
+        &self,
+        email: &str,
+        name: &str,
+        password: &str,
+        role: &str,
+        verified: bool,
+    ) -> Result<(User, Transaction<'static, Any>), StoreError> {
         let password_hash = self.hasher.hash(password).await?;
         let email_ciphertext = self.keyring.encrypt_str(email)?;
         let (id, created_at) = (Uuid::now_v7(), now());
         let db = &self.db;
-        let mut conn = db.acquire().await?;
+        let mut tx = db.begin().await?;
         let inserted = sqlx::query(sql(
             db,
             "INSERT INTO users (id, email_ciphertext, email_bidx, email_skeleton_bidx, password_hash, name, role, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             created_at, email_verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         ))
         .bind(id.to_string())
         .bind(&email_ciphertext)
@@ -243,7 +263,8 @@ impl Accounts {
         .bind(name)
         .bind(role)
         .bind(to_micros(created_at))
-        .execute(&mut *conn)
+        .bind(verified.then(|| to_micros(created_at)))
+        .execute(&mut *tx)
         .await;
         match inserted {
             Ok(_) => {}
@@ -252,7 +273,27 @@ impl Accounts {
         }
         // Round through storage precision so the answer equals what `GET /me` shows later.
         let created_at = from_micros(to_micros(created_at));
-        Ok(User { id, email: email.to_owned(), name: name.to_owned(), role: role.to_owned(), created_at })
+        let user = User {
+            id,
+            email: email.to_owned(),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            email_verified: verified,
+            created_at,
+        };
+        Ok((user, tx))
+    }
+
+    /// Marks the address of `id` verified (once: a second call changes nothing).
+    pub(crate) async fn set_verified(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<(), DataError> {
+        let db = &self.db;
+        sqlx::query(sql(db, "UPDATE users SET email_verified_at = $1 WHERE id = $2 AND email_verified_at IS NULL"))
+            .bind(to_micros(now()))
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(())
     }
 
     /// Sets the role of an existing account.
@@ -290,6 +331,7 @@ impl Accounts {
             email: self.keyring.decrypt_str(&row.email_ciphertext)?,
             name: row.name.clone(),
             role: row.role.clone(),
+            email_verified: row.email_verified_at.is_some(),
             created_at: from_micros(row.created_at),
         })
     }

@@ -11,6 +11,7 @@
 //!     window: 1h                  # a counter is forgotten this long after its last failure
 //!   refresh_ttl: 30d
 //!   refresh_reuse_grace: 10s   # a spent refresh token used again this soon gets the same successor
+//!   email_verification_ttl: 24h  # how long a mailed verification link works
 //! ```
 
 use std::time::Duration;
@@ -41,6 +42,10 @@ pub struct AuthConfig {
     /// use revokes the family. `0s` turns the window off. Default `10s`, at most `1m`.
     #[serde(with = "keel::config::duration")]
     pub refresh_reuse_grace: Duration,
+    /// How long a mailed verification link works (a new request spends the previous one).
+    /// Default `24h`, between `10m` and `7days`.
+    #[serde(with = "keel::config::duration")]
+    pub email_verification_ttl: Duration,
 }
 
 /// `app.lockout.*`: failed sign-ins are counted per account and client IP, per client IP and per
@@ -87,6 +92,7 @@ impl Default for AuthConfig {
             lockout: LockoutConfig::default(),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             refresh_reuse_grace: Duration::from_secs(10),
+            email_verification_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -120,6 +126,9 @@ impl Section for AuthConfig {
         if self.refresh_reuse_grace > MAX_REUSE_GRACE {
             v.invalid("refresh_reuse_grace", "must be at most 1m");
         }
+        if self.email_verification_ttl < Duration::from_secs(600) || self.email_verification_ttl > MAX_LOCKOUT {
+            v.invalid("email_verification_ttl", "must be between 10m and 7days");
+        }
     }
 }
 
@@ -150,6 +159,7 @@ mod tests {
         assert_eq!(d.lockout.window, Duration::from_secs(3600));
         assert_eq!(d.refresh_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(d.refresh_reuse_grace, Duration::from_secs(10));
+        assert_eq!(d.email_verification_ttl, Duration::from_secs(86_400));
         assert_eq!(load(&[("REFRESH_REUSE_GRACE", "0s")]).unwrap().refresh_reuse_grace, Duration::ZERO);
         let c =
             load(&[("LOCKOUT__FREE_FAILURES", "3"), ("LOCKOUT__MAX_DELAY", "1h"), ("REFRESH_TTL", "7days")]).unwrap();
@@ -170,6 +180,7 @@ mod tests {
             ("REFRESH_TTL", "10s"),
             ("REFRESH_TTL", "5"),
             ("REFRESH_REUSE_GRACE", "2m"),
+            ("EMAIL_VERIFICATION_TTL", "1m"),
             ("LOCKOUT__FREE_FAILUREZ", "3"),
         ] {
             let e = load(&[(key, value)]).unwrap_err();

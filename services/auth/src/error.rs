@@ -69,6 +69,21 @@ pub(crate) fn refresh_reused() -> Problem {
         .detail("this refresh token was already used; every session it belongs to is signed out")
 }
 
+/// 400 `invalid_token`: an account token (from a mail) that is unknown, used, replaced by a
+/// newer one or expired; the same answer for each.
+pub(crate) fn invalid_token() -> Problem {
+    Problem::bad_request("the link is invalid, used or expired; ask for a new one")
+        .code("invalid_token")
+        .field("token", "is invalid, used or expired")
+}
+
+/// 409 `already_verified`.
+pub(crate) fn already_verified() -> Problem {
+    Problem::new(StatusCode::CONFLICT, "conflict", "Conflict")
+        .code("already_verified")
+        .detail("this account's e-mail address is verified already")
+}
+
 /// A handler failure.
 #[derive(Debug)]
 pub(crate) enum ApiError {
@@ -120,6 +135,15 @@ impl From<CryptoError> for ApiError {
 impl From<JwtError> for ApiError {
     fn from(e: JwtError) -> Self {
         Self::Internal(format!("issuing an access token: {e}"))
+    }
+}
+
+impl From<keel::events::outbox::OutboxError> for ApiError {
+    fn from(e: keel::events::outbox::OutboxError) -> Self {
+        match e {
+            keel::events::outbox::OutboxError::Data(d) => Self::Data(d),
+            other => Self::Internal(format!("enqueueing an event: {other}")),
+        }
     }
 }
 

@@ -2,11 +2,13 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /api/v1/auth/register` `{email, password, name}` | 201 user; 409 `email_taken` |
+//! | `POST /api/v1/auth/register` `{email, password, name}` | 201 user (unverified; a verification mail is requested); 409 `email_taken` |
+//! | `POST /api/v1/auth/verify-email/request` (bearer) | 202; a new verification mail (the previous link stops working); 409 `already_verified` |
+//! | `POST /api/v1/auth/verify-email` `{token}` | 204: the address is verified; 400 `invalid_token` (unknown, used, replaced or expired) |
 //! | `POST /api/v1/auth/login` `{email, password}` | `{access_token, refresh_token, token_type, expires_in}`; 401 `invalid_credentials`; 429 `locked` |
 //! | `POST /api/v1/auth/refresh` `{refresh_token}` | a new pair in the same family; 401 `refresh_reused` / `invalid_refresh_token` |
 //! | `POST /api/v1/auth/logout` `{refresh_token}` | 204; revokes the token's family |
-//! | `GET /api/v1/me` (bearer) | `{id, email, name, role, created_at}` |
+//! | `GET /api/v1/me` (bearer) | `{id, email, name, role, email_verified, created_at}` |
 //! | `PUT /api/v1/admin/users/{id}/role` `{role}` (role `admin`) | the user with the new role |
 //!
 //! * **Accounts**: addresses are normalized ([`normalize_email`]: NFC, lower case, IDNA domain;
@@ -15,7 +17,11 @@
 //!   `security.passwords.*`'s policy and are hashed with Argon2id. Everyone registers as `user`;
 //!   admins come only from [`create_admin`] (the `admin create` command).
 //! * **Access tokens** are JWTs (`security.jwt.*`, which must name a `signing_key`): `sub` = user
-//!   id, `role`, the configured `iss`/`aud`, lifetime `security.jwt.ttl`.
+//!   id, `role`, `email_verified`, the configured `iss`/`aud`, lifetime `security.jwt.ttl`.
+//! * **Mail** ([`mail`](crate::mail)): accounts start unverified; registration requests a
+//!   verification mail with a single-use token (`app.email_verification_ttl`, stored hashed),
+//!   through the outbox (`bus.*`, `outbox.*`) to the notifier, which also hears each account's
+//!   contact (`account.contact`); the `account-contacts` worker announces accounts made before.
 //! * **Refresh tokens** are opaque, stored as SHA-256, rotated on every use; reusing a spent
 //!   one revokes its whole family (all its tokens stop working), except within
 //!   `app.refresh_reuse_grace` of its rotation, when the same successor is returned (two tabs).
@@ -38,6 +44,7 @@ mod cli;
 mod config;
 mod error;
 mod lockout;
+mod mail;
 mod metrics;
 mod routes;
 mod tokens;
@@ -58,11 +65,13 @@ pub use error::FieldError;
 /// How often expired refresh tokens and stale failure counters are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// How often accounts without a look-alike index are looked for (cheap once there are none).
+/// How often accounts without a look-alike index, or whose contact the notifier never heard,
+/// are looked for (cheap once there are none).
 const BACKFILL_EVERY: Duration = Duration::from_secs(60);
 
 /// The service's migrations (PostgreSQL, MySQL/MariaDB, SQLite): `users`, `refresh_tokens`,
-/// `login_throttle`, the look-alike index. The audit log creates its own table on first use.
+/// `login_throttle`, the look-alike index, Keel's outbox, `account_tokens`. The audit log
+/// creates its own table on first use.
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
@@ -94,20 +103,27 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let keyring = s.keyring()?;
     let index = s.blind_index()?;
     let db = s.database()?;
+    let outbox = s.outbox(&db)?;
     let audit = s.audit_log(&db)?;
     let auth_metrics = metrics::AuthMetrics::register(s.metrics())?;
     let cfg = s.config().clone();
     let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit);
     let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
+    let mail = mail::AccountMail::new(db.clone(), outbox, cfg.email_verification_ttl);
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace);
-    let (l, r) = (lockout.clone(), refresh.clone());
-    s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone())))?;
+    let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());
+    s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone(), m.clone())))?;
     let a = accounts.clone();
     s.worker(Worker::periodic("email-skeletons", BACKFILL_EVERY, move |_ctx| backfill_skeletons(a.clone())))?;
+    let (a, m) = (accounts.clone(), mail.clone());
+    s.worker(Worker::periodic("account-contacts", BACKFILL_EVERY, move |_ctx| {
+        announce_contacts(a.clone(), m.clone())
+    }))?;
     let state = routes::AppState {
         accounts,
         lockout,
         refresh,
+        mail,
         jwt,
         access_ttl: s.keel().security.jwt.ttl.as_secs(),
         metrics: auth_metrics,
@@ -131,16 +147,37 @@ async fn backfill_skeletons(accounts: Accounts) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Deletes expired refresh tokens and finished failure counters. Best effort: a failure (the
-/// database is down) is logged and the next round tries again; the worker itself never fails.
-async fn prune(lockout: lockout::Lockout, refresh: tokens::RefreshTokens) -> Result<(), RunError> {
-    match (refresh.prune().await, lockout.prune().await) {
-        (Ok(tokens), Ok(counters)) => {
-            if tokens + counters > 0 {
-                tracing::debug!(tokens, counters, "pruned expired refresh tokens and failure counters");
+/// Announces to the notifier the contacts of accounts it never heard of (see
+/// [`mail::AccountMail::announce_missing`]). Best effort, like [`prune`].
+async fn announce_contacts(accounts: Accounts, mail: mail::AccountMail) -> Result<(), RunError> {
+    if !accounts.db.is_available() {
+        return Ok(());
+    }
+    match mail.announce_missing(&accounts).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(announced = n, "contacts of older accounts sent to the notifier"),
+        Err(e) => tracing::warn!(error = ?e, "announcing contacts failed"),
+    }
+    Ok(())
+}
+
+/// Deletes expired refresh and account tokens and finished failure counters. Best effort: a
+/// failure (the database is down) is logged and the next round tries again; the worker itself
+/// never fails.
+async fn prune(
+    lockout: lockout::Lockout,
+    refresh: tokens::RefreshTokens,
+    mail: mail::AccountMail,
+) -> Result<(), RunError> {
+    match (refresh.prune().await, lockout.prune().await, mail.prune().await) {
+        (Ok(tokens), Ok(counters), Ok(account_tokens)) => {
+            if tokens + counters + account_tokens > 0 {
+                tracing::debug!(tokens, counters, account_tokens, "pruned expired tokens and failure counters");
             }
         }
-        (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "pruning refresh tokens or failure counters failed"),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            tracing::warn!(error = %e, "pruning tokens or failure counters failed");
+        }
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The HTTP API: register, sign in, rotate and revoke refresh tokens, `GET /me`, and the
-//! admin-only role change.
+//! The HTTP API: register, verify the address, sign in, rotate and revoke refresh tokens,
+//! `GET /me`, and the admin-only role change.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +19,15 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::accounts::{Accounts, User, check_new_password, normalize_email, validate_name};
-use crate::error::{ApiError, FieldError, invalid_credentials, invalid_refresh_token, locked, refresh_reused};
+use crate::error::{
+    ApiError, FieldError, already_verified, invalid_credentials, invalid_refresh_token, invalid_token, locked,
+    refresh_reused,
+};
 use crate::lockout::{Gate, Lockout};
+use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
+use cityevents_common::catalogue::Mail;
 use cityevents_common::json::Json;
 use cityevents_common::roles;
 
@@ -35,6 +40,7 @@ pub(crate) struct AppState {
     pub(crate) accounts: Accounts,
     pub(crate) lockout: Lockout,
     pub(crate) refresh: RefreshTokens,
+    pub(crate) mail: AccountMail,
     pub(crate) jwt: Jwt,
     /// `security.jwt.ttl` in seconds: the access token's `expires_in`.
     pub(crate) access_ttl: u64,
@@ -50,6 +56,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/verify-email", post(verify_email))
+        .route("/api/v1/auth/verify-email/request", post(request_verification))
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
         // Every answer is about an account: its address, its tokens, its failures.
@@ -78,6 +86,12 @@ struct LoginBody {
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -132,8 +146,8 @@ fn token_response(pair: TokenPair) -> Response {
     resp
 }
 
-fn access_token(s: &AppState, user_id: &str, role: &str) -> Result<String, ApiError> {
-    Ok(s.jwt.issue(&s.jwt.claims(user_id).role(role))?)
+fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool) -> Result<String, ApiError> {
+    Ok(s.jwt.issue(&s.jwt.claims(user_id).role(role).email_verified(verified))?)
 }
 
 async fn register(
@@ -151,10 +165,68 @@ async fn register(
     {
         return Err(crate::error::email_taken().into());
     }
-    let user = s.accounts.insert(&email, &name, &b.password, roles::USER).await?;
-    let target = user_target(&user.id.to_string());
+    let (user, mut tx) = s.accounts.insert(&email, &name, &b.password, roles::USER, false).await?;
+    let id = user.id.to_string();
+    let (token, expires_at) = s.mail.issue(&mut tx, &id, Purpose::Verify).await?;
+    s.mail.contact(&mut tx, &contact_of(&user)).await?;
+    s.mail.mail(&mut tx, user.id, &email, &name, Mail::VerifyEmail { token, expires_at }).await?;
+    commit(&s, tx).await?;
+    let target = user_target(&id);
     s.accounts.audit(&target, "auth.register", &target, Outcome::Success, json!({ "ip": ip })).await;
     Ok((StatusCode::CREATED, axum::Json(user)))
+}
+
+/// Commits `tx` and has the relay publish what it enqueued now.
+async fn commit(s: &AppState, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), ApiError> {
+    tx.commit().await.map_err(|e| s.accounts.db.observe(e))?;
+    s.mail.wake();
+    Ok(())
+}
+
+fn token_input(token: &str) -> Result<&str, FieldError> {
+    if token.is_empty() {
+        return Err(FieldError::new("token", "is required"));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(FieldError::new("token", format!("must be at most {MAX_TOKEN_LEN} characters")));
+    }
+    Ok(token)
+}
+
+/// Mails the caller a new verification link (spending the previous one).
+async fn request_verification(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if row.email_verified_at.is_some() {
+        return Err(already_verified().into());
+    }
+    let user = s.accounts.user(&row)?;
+    let mut tx = s.accounts.db.begin().await?;
+    let (token, expires_at) = s.mail.issue(&mut tx, &row.id, Purpose::Verify).await?;
+    s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::VerifyEmail { token, expires_at }).await?;
+    commit(&s, tx).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Spends a verification token: the address is proven; the notifier hears of it.
+async fn verify_email(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<TokenBody>,
+) -> Result<StatusCode, ApiError> {
+    let token = token_input(&b.token)?;
+    let mut tx = s.accounts.db.begin().await?;
+    let Some(user_id) = s.mail.spend(&mut tx, token, Purpose::Verify).await? else {
+        return Err(invalid_token().into());
+    };
+    s.accounts.set_verified(&mut tx, &user_id).await?;
+    let id = Uuid::parse_str(&user_id).map_err(|_| not_found())?;
+    let row = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
+    s.mail.contact(&mut tx, &contact_of(&s.accounts.user(&row)?)).await?;
+    commit(&s, tx).await?;
+    let target = user_target(&user_id);
+    s.accounts.audit(&target, "auth.email_verified", &target, Outcome::Success, json!({ "ip": ip })).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
@@ -230,7 +302,7 @@ async fn login(
             Err(e) => tracing::warn!(error = %e, "cannot re-hash the password"),
         }
     }
-    let access = access_token(&s, &row.id, &row.role)?;
+    let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some())?;
     let refresh_token = s.refresh.issue(&row.id).await?;
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
@@ -260,14 +332,14 @@ async fn refresh(
 ) -> Result<Response, ApiError> {
     let token = refresh_input(&b.refresh_token)?;
     match s.refresh.rotate(token).await? {
-        Rotation::Rotated { token, user_id, role } => {
+        Rotation::Rotated { token, user_id, role, verified } => {
             s.metrics.refreshed(RefreshOutcome::Rotated);
-            pair(&s, token, &user_id, &role)
+            pair(&s, token, &user_id, &role, verified)
         }
-        Rotation::Repeated { token, user_id, role } => {
+        Rotation::Repeated { token, user_id, role, verified } => {
             s.metrics.refreshed(RefreshOutcome::Repeated);
             tracing::debug!(user_id, "refresh token used again within the grace window: same successor");
-            pair(&s, token, &user_id, &role)
+            pair(&s, token, &user_id, &role, verified)
         }
         Rotation::Reused { user_id, family_id } => {
             s.metrics.refreshed(RefreshOutcome::Reused);
@@ -283,8 +355,8 @@ async fn refresh(
 }
 
 /// A fresh access token beside the refresh token `token`.
-fn pair(s: &AppState, token: String, user_id: &str, role: &str) -> Result<Response, ApiError> {
-    let access = access_token(s, user_id, role)?;
+fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool) -> Result<Response, ApiError> {
+    let access = access_token(s, user_id, role, verified)?;
     Ok(token_response(TokenPair {
         access_token: access,
         refresh_token: token,

@@ -50,6 +50,8 @@ pub(crate) enum Rotation {
         user_id: String,
         /// The owner's current role.
         role: String,
+        /// Whether the owner's address is verified.
+        verified: bool,
     },
     /// Spent within the grace window: here is the successor it was given then.
     Repeated {
@@ -59,6 +61,8 @@ pub(crate) enum Rotation {
         user_id: String,
         /// The owner's current role.
         role: String,
+        /// Whether the owner's address is verified.
+        verified: bool,
     },
     /// A spent token came back after the grace window: its family is now revoked.
     Reused {
@@ -134,16 +138,16 @@ impl RefreshTokens {
         .obs(db)?
         .rows_affected();
         if spent == 1 {
-            let owner: Option<(String, String, String)> = sqlx::query_as(sql(
+            let owner: Option<(String, String, String, Option<i64>)> = sqlx::query_as(sql(
                 db,
-                "SELECT r.family_id, r.user_id, u.role FROM refresh_tokens r \
+                "SELECT r.family_id, r.user_id, u.role, u.email_verified_at FROM refresh_tokens r \
                  JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1",
             ))
             .bind(&token_hash)
             .fetch_optional(&mut *tx)
             .await
             .obs(db)?;
-            let Some((family_id, user_id, role)) = owner else {
+            let Some((family_id, user_id, role, verified_at)) = owner else {
                 return Ok(Rotation::Invalid);
             };
             sqlx::query(sql(db, INSERT))
@@ -156,7 +160,7 @@ impl RefreshTokens {
                 .await
                 .obs(db)?;
             tx.commit().await.obs(db)?;
-            return Ok(Rotation::Rotated { token: next, user_id, role });
+            return Ok(Rotation::Rotated { token: next, user_id, role, verified: verified_at.is_some() });
         }
         drop(tx);
         // Not spendable. A concurrent winner has committed by now: its UPDATE held the row.
@@ -180,16 +184,17 @@ impl RefreshTokens {
         let in_grace = revoked_at.is_none() && now.saturating_sub(used_at) <= Self::micros(self.grace);
         if in_grace
             && let Some(sealed) = successor
-            && let Some((token, role)) = self.live_successor(&sealed, now).await?
+            && let Some((token, role, verified)) = self.live_successor(&sealed, now).await?
         {
-            return Ok(Rotation::Repeated { token, user_id, role });
+            return Ok(Rotation::Repeated { token, user_id, role, verified });
         }
         self.revoke_family(&family_id).await?;
         Ok(Rotation::Reused { user_id, family_id })
     }
 
-    /// The successor sealed in a spent row and its owner's role, when it can still be spent.
-    async fn live_successor(&self, sealed: &str, now: i64) -> Result<Option<(String, String)>, DataError> {
+    /// The successor sealed in a spent row, its owner's role and whether the owner's address is
+    /// verified, when it can still be spent.
+    async fn live_successor(&self, sealed: &str, now: i64) -> Result<Option<(String, String, bool)>, DataError> {
         let token = match self.keyring.decrypt_str(sealed) {
             Ok(t) => t,
             Err(e) => {
@@ -200,9 +205,9 @@ impl RefreshTokens {
         };
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let role: Option<(String,)> = sqlx::query_as(sql(
+        let role: Option<(String, Option<i64>)> = sqlx::query_as(sql(
             db,
-            "SELECT u.role FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
+            "SELECT u.role, u.email_verified_at FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
              WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2",
         ))
         .bind(hash(&token))
@@ -210,7 +215,7 @@ impl RefreshTokens {
         .fetch_optional(&mut *conn)
         .await
         .obs(db)?;
-        Ok(role.map(|(role,)| (token, role)))
+        Ok(role.map(|(role, verified_at)| (token, role, verified_at.is_some())))
     }
 
     /// Revokes the family of `token` (sign-out); returns its owner, or `None` when the token is

@@ -14,6 +14,7 @@ use serde_json::json;
 
 on_every_backend!(
     register_login_and_me,
+    registration_mails_a_single_use_verification_link,
     every_input_limit_is_a_problem_naming_the_field,
     unicode_addresses_have_one_form_and_look_alikes_are_refused,
     addresses_that_look_like_an_account_are_taken,
@@ -74,12 +75,14 @@ async fn register_login_and_me(s: &Svc) {
     assert_eq!(claims.iss.as_deref(), Some("cityevents"));
     assert_eq!(claims.aud, ["cityevents"]);
     assert!(claims.email.is_none(), "the token does not carry the address");
+    assert_eq!(claims.email_verified, Some(false));
 
     let me = s.get("/api/v1/me", Some(access)).await;
     assert_eq!(me.status, 200, "{me:?}");
     assert_eq!(
         me.body,
-        json!({"id": id, "email": "alice@example.com", "name": "Alice", "role": "user", "created_at": created})
+        json!({"id": id, "email": "alice@example.com", "name": "Alice", "role": "user", "email_verified": false,
+               "created_at": created})
     );
     assert_eq!(s.get("/api/v1/me", None).await.status, 401);
     assert_eq!(s.get("/api/v1/me", Some("not-a-jwt")).await.status, 401);
@@ -105,6 +108,71 @@ async fn register_login_and_me(s: &Svc) {
     let gone = s.get("/api/v1/me", Some(access)).await;
     assert_eq!(gone.status, 404, "{gone:?}");
     assert!(gone.is_problem());
+}
+
+async fn registration_mails_a_single_use_verification_link(s: &Svc) {
+    let id = s.register("Vera@Example.com", "Vera").await;
+    // One contact for the notifier (unverified) and one verification mail, enqueued with the account.
+    let contacts = s.outbox("cityevents.accounts").await;
+    assert_eq!(contacts, [json!({"user_id": id, "email": "vera@example.com", "name": "Vera", "verified": false})]);
+    let first = s.verification_token("vera@example.com").await;
+    assert_eq!(first.len(), 43, "256 random bits, base64url");
+    let mails = s.mail_requests().await;
+    assert_eq!(
+        (mails.len(), mails[0]["user_id"].as_str(), mails[0]["name"].as_str()),
+        (1, Some(id.as_str()), Some("Vera"))
+    );
+    // Stored only as its hash.
+    let (stored,): (String,) =
+        sqlx::query_as("SELECT token_hash FROM account_tokens").fetch_one(&s.pool).await.unwrap();
+    assert!(stored.len() == 64 && stored != first, "{stored}");
+
+    let (access, _) = s.tokens("vera@example.com").await;
+    assert_eq!(s.claims(&access).email_verified, Some(false));
+    // Asking again spends the first link: only the newest works.
+    let again = s.post_bearer("/api/v1/auth/verify-email/request", &access, &json!({})).await;
+    assert_eq!(again.status, 202, "{again:?}");
+    let second = s.verification_token("vera@example.com").await;
+    assert_ne!(first, second);
+    let spent = s.post("/api/v1/auth/verify-email", &json!({"token": first})).await;
+    assert_eq!(
+        (spent.status, spent.body["code"].as_str(), spent.field()),
+        (400, Some("invalid_token"), "token"),
+        "{spent:?}"
+    );
+    for bad in [json!({"token": ""}), json!({"token": "x".repeat(300)}), json!({"token": "nope"}), json!({})] {
+        assert_eq!(s.post("/api/v1/auth/verify-email", &bad).await.status, 400, "{bad}");
+    }
+    let ok = s.post("/api/v1/auth/verify-email", &json!({"token": second})).await;
+    assert_eq!(ok.status, 204, "{ok:?}");
+    // Single use.
+    assert_eq!(s.post("/api/v1/auth/verify-email", &json!({"token": second})).await.status, 400);
+
+    let (access, refresh) = s.tokens("vera@example.com").await;
+    assert_eq!(s.claims(&access).email_verified, Some(true));
+    assert_eq!(s.get("/api/v1/me", Some(&access)).await.body["email_verified"], true);
+    let rotated = s.refresh(&refresh).await;
+    assert_eq!(s.claims(rotated.body["access_token"].as_str().unwrap()).email_verified, Some(true));
+    let done = s.post_bearer("/api/v1/auth/verify-email/request", &access, &json!({})).await;
+    assert_eq!((done.status, done.body["code"].as_str()), (409, Some("already_verified")), "{done:?}");
+    // The notifier hears that the address is now verified.
+    let contacts = s.outbox("cityevents.accounts").await;
+    assert_eq!(contacts.last().unwrap()["verified"], true, "{contacts:?}");
+    assert!(s.audit().await.iter().any(|l| l.contains("|auth.email_verified|")));
+
+    // An expired link is refused like a used one.
+    let r = s.post_bearer("/api/v1/auth/verify-email/request", &access, &json!({})).await;
+    assert_eq!(r.status, 409);
+    let other = s.register("late@example.com", "Late").await;
+    let late = s.verification_token("late@example.com").await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE account_tokens SET expires_at = 0 WHERE user_id = '{other}'")))
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(s.post("/api/v1/auth/verify-email", &json!({"token": late})).await.status, 400);
+    // Without a token, no request.
+    let anon = s.post("/api/v1/auth/verify-email/request", &json!({})).await;
+    assert_eq!(anon.status, 401);
 }
 
 async fn unicode_addresses_have_one_form_and_look_alikes_are_refused(s: &Svc) {

@@ -134,6 +134,12 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
             set("SECURITY__AUDIT__ACTIVE_KEY", DEV_KID.into());
             set(&format!("SECURITY__AUDIT__KEYS__{DEV_KID}__SECRET"), s.audit_key.clone());
         }
+        if name == services::NOTIFIER.0 {
+            // Mail contacts are encrypted at rest like auth's accounts (development: same keys).
+            set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key.clone());
+            set("SECURITY__ENCRYPTION__ACTIVE_KEY", DEV_KID.into());
+            set(&format!("SECURITY__ENCRYPTION__DATA_KEYS__{DEV_KID}"), s.data_key.clone());
+        }
     }
     Ok(vars)
 }

@@ -9,6 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use cityevents_common::testing::{SmtpOptions, SmtpSink, decode_quoted_printable};
 use common::Platform;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -29,6 +30,61 @@ fn client() -> reqwest::Client {
 struct Api {
     http: reqwest::Client,
     base: String,
+    mail: Mailbox,
+}
+
+/// Where the platform's mail can be read back.
+#[derive(Clone)]
+enum Mailbox {
+    /// The all-in-one file transport's directory (`data/mail`).
+    Dir(std::path::PathBuf),
+    /// The SMTP server the test runs.
+    Smtp(std::sync::Arc<SmtpSink>),
+    /// Not read: users are not verified (the events service is told not to require it).
+    Unread,
+}
+
+impl Mailbox {
+    fn messages(&self) -> Vec<String> {
+        match self {
+            Self::Dir(dir) => {
+                let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+                let mut files: Vec<_> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect();
+                files.sort();
+                files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+            }
+            Self::Smtp(sink) => sink.messages(),
+            Self::Unread => Vec::new(),
+        }
+    }
+
+    /// Waits for a mail to `to` whose decoded text contains `needle`; returns the decoded text.
+    async fn wait_for(&self, to: &str, needle: &str) -> String {
+        let header = format!("To: {to}\r\n");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self
+                .messages()
+                .into_iter()
+                .map(|m| decode_quoted_printable(&m))
+                .find(|m| m.contains(&header) && m.contains(needle));
+            if let Some(m) = found {
+                return m;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no mail to {to} containing {needle:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The token in a verification or reset link (`…?token=<token>`).
+fn link_token(mail: &str) -> String {
+    let at = mail.find("?token=").expect("a link with a token") + "?token=".len();
+    mail[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
 }
 
 #[derive(Clone)]
@@ -90,11 +146,36 @@ impl Api {
         self.call(Method::POST, path, token, Some(body), &[]).await
     }
 
+    /// Registers and, when the mail is read, verifies the address through the link mailed.
     async fn register(&self, name: &str) -> User {
+        let user = self.register_unverified(name).await;
+        if matches!(self.mail, Mailbox::Unread) {
+            return user;
+        }
+        self.verify(&user.email).await;
+        let t = self.login(&user.email, PASSWORD).await;
+        assert_eq!(t.status, StatusCode::OK, "login: {}", t.body);
+        User {
+            access: t.body["access_token"].as_str().unwrap().to_owned(),
+            refresh: t.body["refresh_token"].as_str().unwrap().to_owned(),
+            ..user
+        }
+    }
+
+    /// Follows the newest verification link mailed to `email`.
+    async fn verify(&self, email: &str) {
+        let mail = self.mail.wait_for(email, "Subject: Confirm your e-mail address").await;
+        let token = link_token(&mail);
+        let r = self.post("/api/v1/auth/verify-email", None, json!({"token": token})).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "verify {email}: {}", r.body);
+    }
+
+    async fn register_unverified(&self, name: &str) -> User {
         let email = format!("{}@example.com", common::unique(name));
         let r =
             self.post("/api/v1/auth/register", None, json!({"email": email, "password": PASSWORD, "name": name})).await;
         assert_eq!(r.status, StatusCode::CREATED, "register: {}", r.body);
+        assert_eq!(r.body["email_verified"], false, "{}", r.body);
         let id = r.body["id"].as_str().unwrap().to_owned();
         let t = self.login(&email, PASSWORD).await;
         assert_eq!(t.status, StatusCode::OK, "login: {}", t.body);
@@ -109,7 +190,7 @@ impl Api {
     /// The same platform seen from another client IP: requests leave from `127.0.0.<host>`.
     fn seen_from(&self, host: u8) -> Api {
         let http = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
-        Api { http, base: self.base.clone() }
+        Api { http, base: self.base.clone(), mail: self.mail.clone() }
     }
 
     async fn login(&self, email: &str, password: &str) -> Reply {
@@ -163,6 +244,28 @@ impl Api {
     }
 }
 
+/// The token of a verification mail to `email` other than `not`.
+async fn eventually_token(api: &Api, email: &str, not: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let header = format!("To: {email}\r\n");
+        let tokens: Vec<String> = api
+            .mail
+            .messages()
+            .iter()
+            .map(|m| decode_quoted_printable(m))
+            .filter(|m| m.contains(&header) && m.contains("Subject: Confirm your e-mail address"))
+            .map(|m| link_token(&m))
+            .filter(|t| t != not)
+            .collect();
+        if let Some(t) = tokens.into_iter().next() {
+            return t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no second verification mail to {email}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn eventually<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -178,17 +281,40 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-async fn scenario(base: &str) {
-    let api = Api { http: client(), base: base.to_owned() };
+async fn scenario(base: &str, mail: Mailbox) {
+    let api = Api { http: client(), base: base.to_owned(), mail };
 
     // The public contract is documented where clients find it.
     let doc = api.get("/api/v1/openapi.json", None).await;
     assert_eq!(doc.status, StatusCode::OK);
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc.body["openapi"]);
 
-    // --- auth: register, login, me; refresh rotation and reuse detection
-    let org = api.register("organizer").await;
+    // --- auth: register; an unverified account may not create events; the mailed link verifies
+    // it; login, me; refresh rotation and reuse detection
+    let org = api.register_unverified("organizer").await;
+    let now = time::OffsetDateTime::now_utc() + time::Duration::hours(24);
+    let at = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let draft = json!({"title": "Too soon", "city": "Lyon", "category": "music", "starts_at": at(now),
+                       "ends_at": at(now + time::Duration::hours(1)), "capacity": 5});
+    let refused = api.post("/api/v1/events", Some(&org.access), draft).await;
+    assert_eq!(refused.problem(403)["code"], "email_unverified");
+    // Asking again mails a new link; the first stops working.
+    let first = link_token(&api.mail.wait_for(&org.email, "Subject: Confirm your e-mail address").await);
+    let again = api.post("/api/v1/auth/verify-email/request", Some(&org.access), json!({})).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    let fresh = eventually_token(&api, &org.email, &first).await;
+    let stale = api.post("/api/v1/auth/verify-email", None, json!({"token": first})).await;
+    assert_eq!(stale.problem(400)["code"], "invalid_token");
+    let ok = api.post("/api/v1/auth/verify-email", None, json!({"token": fresh})).await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{}", ok.body);
+    let t = api.login(&org.email, PASSWORD).await;
+    let org = User {
+        access: t.body["access_token"].as_str().unwrap().to_owned(),
+        refresh: t.body["refresh_token"].as_str().unwrap().to_owned(),
+        ..org
+    };
     let me = api.get("/api/v1/me", Some(&org.access)).await;
+    assert_eq!(me.body["email_verified"], true, "{}", me.body);
     assert_eq!(me.status, StatusCode::OK, "{}", me.body);
     assert_eq!((me.body["id"].as_str(), me.body["email"].as_str()), (Some(org.id.as_str()), Some(org.email.as_str())));
     assert_eq!(api.get("/api/v1/me", None).await.problem(401)["status"], 401);
@@ -292,7 +418,15 @@ async fn scenario(base: &str) {
     let participants = api.get(&format!("/api/v1/events/{ev}/participants"), Some(&org.access)).await;
     assert_eq!(participants.body["items"].as_array().unwrap().len(), 2, "{}", participants.body);
 
-    // --- the organizer cancels → every participant is notified
+    // --- mail preferences through the gateway: u3 turns cancellation mail off
+    let prefs = api.get("/api/v1/me/mail-preferences", Some(&u3.access)).await;
+    assert_eq!(prefs.body, json!({"event_canceled": true, "waitlist_promoted": true, "removed": true}));
+    let off = api
+        .call(Method::PUT, "/api/v1/me/mail-preferences", Some(&u3.access), Some(json!({"event_canceled": false})), &[])
+        .await;
+    assert_eq!((off.status, &off.body["event_canceled"]), (StatusCode::OK, &json!(false)), "{}", off.body);
+
+    // --- the organizer cancels → every participant is notified, and mailed unless turned off
     let canceled = api.post(&format!("/api/v1/events/{ev}/cancel"), Some(&org.access), json!({})).await;
     assert_eq!(canceled.status, StatusCode::OK, "{}", canceled.body);
     for u in [&u2, &u3] {
@@ -300,6 +434,16 @@ async fn scenario(base: &str) {
             api.notification_kinds(u).await.iter().any(|k| k == "join.canceled")
         })
         .await;
+    }
+    if !matches!(api.mail, Mailbox::Unread) {
+        let m = api.mail.wait_for(&u2.email, "Subject: Canceled: Jazz night").await;
+        assert!(m.contains(&format!("/events/{ev}")), "the mail links the event: {m}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let header = format!("To: {}\r\n", u3.email);
+        assert!(
+            !api.mail.messages().iter().any(|m| m.contains(&header) && m.contains("Subject: Canceled")),
+            "u3 turned cancellation mail off"
+        );
     }
     let n = api.get("/api/v1/me/notifications", Some(&u2.access)).await;
     let id = n.body["items"][0]["id"].as_str().unwrap().to_owned();
@@ -310,7 +454,8 @@ async fn scenario(base: &str) {
     // --- 50 concurrent joins on capacity 10 → exactly 10 confirmed
     let crowd: Vec<User> = futures_util::future::join_all((0..50).map(|i| {
         let api = &api;
-        async move { api.register(&format!("crowd{i}")).await }
+        // Joining needs no verified address.
+        async move { api.register_unverified(&format!("crowd{i}")).await }
     }))
     .await;
     let big = api.published_event(&org, "Rooftop", "Porto", 72, 10).await;
@@ -489,7 +634,10 @@ async fn all_in_one_zero_setup() {
     let mut platform = Platform::all_in_one(&[]);
     let banner = platform.wait_for_line("First admin:", Duration::from_secs(5));
     assert!(banner.contains("admin create"), "{banner}");
-    scenario(&platform.base).await;
+    // Zero setup: mail goes to files in data/mail, each link logged.
+    scenario(&platform.base, Mailbox::Dir(platform.dir().join("data/mail"))).await;
+    let logged = platform.wait_for_line("verify-email?token=", Duration::from_secs(5));
+    assert!(logged.contains("mail written"), "the file transport logs each link: {logged}");
     // No browser origin is configured in the zero-setup default: no cross-origin reads.
     cors(&platform.base, None).await;
 
@@ -510,7 +658,7 @@ async fn all_in_one_zero_setup() {
     }
     let out = admin.wait_with_output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let api = Api { http: client(), base: platform.base.clone() };
+    let api = Api { http: client(), base: platform.base.clone(), mail: Mailbox::Dir(platform.dir().join("data/mail")) };
     let login = api.login(&email, PASSWORD).await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let me = api.get("/api/v1/me", login.body["access_token"].as_str()).await;
@@ -576,11 +724,13 @@ fn distributed_prerequisites(bus: (&str, String)) -> bool {
 /// The distributed platform on the local servers with `bus` settings: the scenario, CORS, and
 /// a clean shutdown.
 async fn distributed(bus: &[(&str, &str)]) {
+    let Some(smtp) = SmtpSink::start(&SmtpOptions::default()) else { return };
     let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
     env.extend(bus.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env.push(("CITYEVENTS_SMTP_PORT".into(), smtp.port().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::distributed(&env);
-    scenario(&platform.base).await;
+    scenario(&platform.base, Mailbox::Smtp(std::sync::Arc::new(smtp))).await;
     cors(&platform.base, Some("http://127.0.0.1:3000")).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
@@ -717,13 +867,15 @@ async fn backup_wipe_restore_and_the_platform_reads_back_what_it_held() {
     }
     let mut env = server_env(&keel::testing::postgres_url(), &keel::testing::redis_url());
     env.push(("CITYEVENTS_BUS_URL".into(), keel::testing::nats_url()));
+    // What is backed up is under test here, not the mail: organizers need no verified address.
+    env.push(("CITYEVENTS_EVENTS__APP__REQUIRE_VERIFIED_EMAIL".into(), "false".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let keep = tempfile::tempdir().unwrap();
     let site = common::Site { prefix: common::unique("ce_bak_"), state: keep.path().join("state") };
 
     // --- a platform with users, an event, joins, a promotion and its notification
     let mut platform = Platform::distributed_at(&site, &env, tempfile::tempdir().unwrap(), Vec::new());
-    let api = Api { http: client(), base: platform.base.clone() };
+    let api = Api { http: client(), base: platform.base.clone(), mail: Mailbox::Unread };
     let org = api.register("organizer").await;
     let (first, fan) = (api.register("first").await, api.register("fan").await);
     let ev = api.published_event(&org, "Backup night", "Porto", 48, 1).await;
@@ -789,7 +941,7 @@ async fn backup_wipe_restore_and_the_platform_reads_back_what_it_held() {
 
     // --- the platform on the restored databases reads back what it held
     let mut platform = Platform::distributed_at(&site, &env, tempfile::tempdir().unwrap(), site.databases());
-    let api = Api { http: client(), base: platform.base.clone() };
+    let api = Api { http: client(), base: platform.base.clone(), mail: Mailbox::Unread };
     let again = api.login(&fan.email, PASSWORD).await;
     assert_eq!(again.status, StatusCode::OK, "the password hash and the encrypted e-mail survive: {}", again.body);
     let fan = User { access: again.body["access_token"].as_str().unwrap().to_owned(), ..fan };

@@ -41,6 +41,8 @@ pub struct AppState {
     pub db: Db,
     /// The outbox on it.
     pub outbox: Outbox,
+    /// `app.require_verified_email`: only callers with a verified address create events.
+    pub require_verified_email: bool,
 }
 
 /// The routes (add the JWT extension layer outside).
@@ -110,7 +112,7 @@ fn caller(claims: &Claims) -> Result<Caller, Problem> {
         Problem::new(StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized")
             .detail("the bearer token was refused: its subject is not a user id")
     })?;
-    Ok(Caller { id, admin: claims.has_role(roles::ADMIN) })
+    Ok(Caller { id, admin: claims.has_role(roles::ADMIN), verified: claims.email_verified == Some(true) })
 }
 
 /// The signed-in caller (401 without a valid token). Checked before the body is read, so a bad
@@ -154,6 +156,12 @@ fn query<T>(q: std::result::Result<Query<T>, QueryRejection>) -> Result<T, Probl
 
 /// `POST /api/v1/events`: a new draft of the caller's.
 async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json<NewEvent>) -> Result<Response> {
+    if st.require_verified_email && !caller.verified && !caller.admin {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "email-unverified", "E-mail address not verified")
+            .code("email_unverified")
+            .detail("confirm your e-mail address first: follow the link in the mail, or ask for a new one")
+            .into());
+    }
     let f = body.validate()?;
     let now = to_micros(now());
     let event = Event {

@@ -22,7 +22,9 @@
 //! to its organizer only).
 //!
 //! Configuration: Keel's `database.*`, `bus.*`, `outbox.*` and `security.jwt.*` (verify only:
-//! `issuer` and `audience` `cityevents`, the keys auth signs with); the `app` section is empty.
+//! `issuer` and `audience` `cityevents`, the keys auth signs with) and `app.require_verified_email`
+//! (default `true`: a caller whose token does not say `email_verified` gets 403 `email_unverified`
+//! when creating an event; admins are exempt).
 
 pub mod api;
 pub mod list;
@@ -32,11 +34,20 @@ pub mod store;
 use keel::config::Section;
 use serde::{Deserialize, Serialize};
 
-/// The service's `app` section. It has no settings: every limit is part of the API contract
-/// (see [`model`] and [`api::MAX_BATCH`]), not something to tune per deployment.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsConfig {}
+/// The service's `app` section. Every limit is part of the API contract (see [`model`] and
+/// [`api::MAX_BATCH`]), not something to tune per deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Only users whose address is verified create events. Default `true`.
+    pub require_verified_email: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { require_verified_email: true }
+    }
+}
 
 impl Section for EventsConfig {}
 
@@ -59,6 +70,7 @@ pub fn service() -> keel::Service<EventsConfig> {
             let db = s.database()?;
             let outbox = s.outbox(&db)?;
             let jwt = s.jwt()?;
-            Ok(api::router(api::AppState { db, outbox }).layer(jwt.extension()))
+            let require_verified_email = s.config().require_verified_email;
+            Ok(api::router(api::AppState { db, outbox, require_verified_email }).layer(jwt.extension()))
         })
 }

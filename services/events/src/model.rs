@@ -65,6 +65,8 @@ pub struct Caller {
     pub id: Uuid,
     /// Whether the token carries the `admin` role.
     pub admin: bool,
+    /// Whether the token says the caller's e-mail address is verified (`email_verified`).
+    pub verified: bool,
 }
 
 /// One event as stored.

@@ -130,7 +130,11 @@ pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 /// Operations with a stricter budget of their own per client IP (`rate_limits.strict`): those
 /// that create accounts or send e-mail, which a script would otherwise run by the thousand.
-pub const STRICT: &[(Verb, &str)] = &[(Post, "/api/v1/auth/register")];
+pub const STRICT: &[(Verb, &str)] = &[
+    (Post, "/api/v1/auth/register"),
+    (Post, "/api/v1/auth/verify-email/request"),
+    (Post, "/api/v1/auth/verify-email"),
+];
 
 /// Whether `route` is in [`STRICT`].
 pub fn is_strict(route: &Route) -> bool {
@@ -144,6 +148,8 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/auth/login", Auth, Anonymous),
     r(Post, "/api/v1/auth/refresh", Auth, Anonymous),
     r(Post, "/api/v1/auth/logout", Auth, Anonymous),
+    r(Post, "/api/v1/auth/verify-email/request", Auth, User),
+    r(Post, "/api/v1/auth/verify-email", Auth, Anonymous),
     r(Get, "/api/v1/me", Auth, User),
     r(Put, "/api/v1/admin/users/{id}/role", Auth, User),
     // events
@@ -169,6 +175,8 @@ pub const ROUTES: &[Route] = &[
     // notifier
     r(Get, "/api/v1/me/notifications", Notifier, User),
     r(Post, "/api/v1/me/notifications/{id}/read", Notifier, User),
+    r(Get, "/api/v1/me/mail-preferences", Notifier, User),
+    r(Put, "/api/v1/me/mail-preferences", Notifier, User),
     // the gateway's own
     r(Get, VIEW_PATH, Gateway, Public),
     r(Get, OPENAPI_PATH, Gateway, Public),

@@ -151,6 +151,10 @@ impl Svc {
         Self::read(req.send().await.unwrap()).await
     }
 
+    pub async fn post_bearer(&self, path: &str, bearer: &str, body: &Value) -> Reply {
+        Self::read(self.app.http.post(self.app.url(path)).bearer_auth(bearer).json(body).send().await.unwrap()).await
+    }
+
     pub async fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
         let mut req = self.app.http.put(self.app.url(path)).json(body);
         if let Some(t) = bearer {
@@ -216,6 +220,34 @@ impl Svc {
                 .await
                 .unwrap();
         rows.into_iter().map(|(a, b, c, d, e)| format!("{a}|{b}|{c}|{d}|{e}")).collect()
+    }
+
+    /// The mail requests auth enqueued so far (the outbox keeps published rows for a day), oldest
+    /// first, as their `data` objects.
+    pub async fn mail_requests(&self) -> Vec<Value> {
+        self.outbox("cityevents.mail").await
+    }
+
+    /// The events auth enqueued on `topic`, oldest first, as their `data` objects.
+    pub async fn outbox(&self, topic: &str) -> Vec<Value> {
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT payload FROM keel_outbox WHERE topic = '{topic}' ORDER BY seq"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        rows.into_iter().map(|(p,)| serde_json::from_str::<Value>(&p).unwrap()["data"].clone()).collect()
+    }
+
+    /// The token of the newest verification mail requested for `email`.
+    pub async fn verification_token(&self, email: &str) -> String {
+        let mails = self.mail_requests().await;
+        let mail = mails
+            .iter()
+            .rev()
+            .find(|m| m["to"] == email && m["mail"]["template"] == "verify_email")
+            .unwrap_or_else(|| panic!("no verification mail for {email}: {mails:?}"));
+        mail["mail"]["token"].as_str().unwrap().to_owned()
     }
 
     /// The management `/metrics` text.

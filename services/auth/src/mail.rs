@@ -1,0 +1,236 @@
+//! What auth tells the notifier: each account's contact (`account.contact`) and the mail an
+//! account flow needs (`mail.requested`), both through the outbox in the transaction of the
+//! change; and the single-use tokens those mails carry.
+//!
+//! * **Account tokens** are 256-bit random strings, stored only as their SHA-256 with their
+//!   purpose and expiry (`account_tokens`). Issuing one spends every earlier unused token of the
+//!   same purpose for the account; spending one is a single conditional `UPDATE`, so of two
+//!   concurrent uses exactly one wins.
+//! * **Contacts**: `users.contact_sent_at` records when the address was last announced. Accounts
+//!   that have none (made before the mail channel) are announced by the `account-contacts`
+//!   worker, a page at a time.
+
+use std::time::Duration;
+
+use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountContact, MAIL_TOPIC, Mail, MailRequested};
+use cityevents_common::time::{from_micros, now, to_micros};
+use keel::data::{DataError, Db};
+use keel::events::outbox::Outbox;
+use sqlx::{Any, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::accounts::{Accounts, sql};
+use crate::error::{ApiError, Observe};
+use crate::tokens::{generate, hash};
+
+/// What an account token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Proves the address (`POST /auth/verify-email`).
+    Verify,
+}
+
+impl Purpose {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+        }
+    }
+}
+
+/// Account tokens and the outbox that carries contacts and mail requests.
+#[derive(Clone)]
+pub(crate) struct AccountMail {
+    db: Db,
+    outbox: Outbox,
+    verify_ttl: Duration,
+}
+
+impl AccountMail {
+    pub(crate) fn new(db: Db, outbox: Outbox, verify_ttl: Duration) -> Self {
+        Self { db, outbox, verify_ttl }
+    }
+
+    fn ttl(&self, purpose: Purpose) -> Duration {
+        match purpose {
+            Purpose::Verify => self.verify_ttl,
+        }
+    }
+
+    /// Issues a token for `user_id` in `tx`, spending the account's earlier unused ones of the
+    /// same purpose; returns it (in clear) and its expiry.
+    pub(crate) async fn issue(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        purpose: Purpose,
+    ) -> Result<(String, OffsetDateTime), DataError> {
+        let db = &self.db;
+        let now = to_micros(now());
+        sqlx::query(sql(
+            db,
+            "UPDATE account_tokens SET used_at = $1 WHERE user_id = $2 AND purpose = $3 AND used_at IS NULL",
+        ))
+        .bind(now)
+        .bind(user_id)
+        .bind(purpose.label())
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        let token = generate();
+        let expires = now.saturating_add(i64::try_from(self.ttl(purpose).as_micros()).unwrap_or(i64::MAX));
+        sqlx::query(sql(
+            db,
+            "INSERT INTO account_tokens (token_hash, user_id, purpose, created_at, expires_at, used_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        ))
+        .bind(hash(&token))
+        .bind(user_id)
+        .bind(purpose.label())
+        .bind(now)
+        .bind(expires)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok((token, from_micros(expires)))
+    }
+
+    /// Spends `token` for `purpose` in `tx`: its account's id, or `None` when it is unknown,
+    /// used, replaced or expired.
+    pub(crate) async fn spend(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        token: &str,
+        purpose: Purpose,
+    ) -> Result<Option<String>, DataError> {
+        let db = &self.db;
+        let now = to_micros(now());
+        let token_hash = hash(token);
+        let spent = sqlx::query(sql(
+            db,
+            "UPDATE account_tokens SET used_at = $1 \
+             WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $4",
+        ))
+        .bind(now)
+        .bind(&token_hash)
+        .bind(purpose.label())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?
+        .rows_affected();
+        if spent != 1 {
+            return Ok(None);
+        }
+        let user: Option<String> =
+            sqlx::query_scalar(sql(db, "SELECT user_id FROM account_tokens WHERE token_hash = $1"))
+                .bind(&token_hash)
+                .fetch_optional(&mut **tx)
+                .await
+                .obs(db)?;
+        Ok(user)
+    }
+
+    /// Enqueues `account.contact` for the account and records that it was sent.
+    pub(crate) async fn contact(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        contact: &AccountContact,
+    ) -> Result<(), ApiError> {
+        self.outbox.enqueue_event(tx, ACCOUNTS_TOPIC, contact).await?;
+        let db = &self.db;
+        sqlx::query(sql(db, "UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
+            .bind(to_micros(now()))
+            .bind(contact.user_id.to_string())
+            .execute(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(())
+    }
+
+    /// Enqueues a mail for `user_id` at `to`.
+    pub(crate) async fn mail(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: Uuid,
+        to: &str,
+        name: &str,
+        mail: Mail,
+    ) -> Result<(), ApiError> {
+        let request = MailRequested { user_id, to: Some(to.to_owned()), name: Some(name.to_owned()), mail };
+        self.outbox.enqueue_event(tx, MAIL_TOPIC, &request).await?;
+        Ok(())
+    }
+
+    /// Tells the relay to publish now (after a commit).
+    pub(crate) fn wake(&self) {
+        self.outbox.wake();
+    }
+
+    /// Deletes account tokens that expired more than a day ago; returns how many.
+    pub(crate) async fn prune(&self) -> Result<u64, DataError> {
+        let db = &self.db;
+        let cutoff = to_micros(now()).saturating_sub(86_400_000_000);
+        let mut conn = db.acquire().await?;
+        let done = sqlx::query(sql(db, "DELETE FROM account_tokens WHERE expires_at < $1"))
+            .bind(cutoff)
+            .execute(&mut *conn)
+            .await
+            .obs(db)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Announces the contacts of accounts that never had theirs sent, a page at a time;
+    /// returns how many.
+    pub(crate) async fn announce_missing(&self, accounts: &Accounts) -> Result<u64, ApiError> {
+        let db = &self.db;
+        let mut announced = 0_u64;
+        loop {
+            let ids: Vec<String> = {
+                let mut conn = db.acquire().await?;
+                sqlx::query_scalar(sql(db, "SELECT id FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT 100"))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .obs(db)?
+            };
+            if ids.is_empty() {
+                if announced > 0 {
+                    self.wake();
+                }
+                return Ok(announced);
+            }
+            let mut tx = db.begin().await?;
+            for id in &ids {
+                let row = match Uuid::parse_str(id) {
+                    Ok(uuid) => accounts.by_id(uuid).await?,
+                    Err(_) => None,
+                };
+                match row {
+                    Some(row) => self.contact(&mut tx, &contact_of(&accounts.user(&row)?)).await?,
+                    // Not announceable (deleted meanwhile, a broken id): never look at it again.
+                    None => {
+                        sqlx::query(sql(db, "UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
+                            .bind(to_micros(now()))
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .obs(db)?;
+                    }
+                }
+            }
+            tx.commit().await.obs(db)?;
+            announced += ids.len() as u64;
+        }
+    }
+}
+
+/// The `account.contact` of a user.
+pub(crate) fn contact_of(user: &crate::accounts::User) -> AccountContact {
+    AccountContact {
+        user_id: user.id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        verified: user.email_verified,
+    }
+}
