@@ -7,7 +7,7 @@
 #   2. writes a throwaway set of secrets with deploy/compose/make-secrets.sh into a temporary
 #      directory (CITYEVENTS_SECRETS_DIR) and checks that it refuses to overwrite them;
 #   3. `docker-compose config -q` with them, and checks that the file refuses to load without
-#      CITYEVENTS_ORIGIN;
+#      CITYEVENTS_ORIGIN or without CITYEVENTS_SMTP_HOST (the two settings it requires);
 #   4. validates the file as written, and as docker-compose resolves it, against the compose
 #      specification's JSON schema (compose_spec.json of the docker-compose package);
 #   5. `sh -n`/`bash -n` of the scripts next to it, and shellcheck when it is installed.
@@ -57,11 +57,21 @@ echo "== docker-compose -f $FILE config -q"
 unset_vars=()
 while IFS= read -r v; do [[ $v == CITYEVENTS_SECRETS_DIR ]] || unset_vars+=(-u "$v"); done < <(compgen -e | grep '^CITYEVENTS_' || true)
 : >"$work/empty.env" # and not deploy/compose/.env, if there is one
-compose() { env "${unset_vars[@]}" docker-compose --env-file "$work/empty.env" -f "$FILE" "$@"; }
-CITYEVENTS_ORIGIN=https://cityevents.example compose config -q || fail "docker-compose config"
-CITYEVENTS_ORIGIN=https://cityevents.example compose config >"$work/resolved.yaml" 2>/dev/null
+# `settings`: the variables the file requires (CITYEVENTS_ORIGIN, CITYEVENTS_SMTP_HOST), given to it.
+settings=()
+compose() { env "${unset_vars[@]}" "${settings[@]}" docker-compose --env-file "$work/empty.env" -f "$FILE" "$@"; }
+origin=CITYEVENTS_ORIGIN=https://cityevents.example
+smtp=CITYEVENTS_SMTP_HOST=smtp.example.net
+settings=("$origin" "$smtp")
+compose config -q || fail "docker-compose config"
+compose config >"$work/resolved.yaml" 2>/dev/null
+settings=("$smtp")
 if compose config -q >/dev/null 2>&1; then
   fail "the file loads without CITYEVENTS_ORIGIN"
+fi
+settings=("$origin")
+if compose config -q >/dev/null 2>&1; then
+  fail "the file loads without CITYEVENTS_SMTP_HOST"
 fi
 
 # --- 4. the compose specification's schema

@@ -5,13 +5,14 @@
 //! (PostgreSQL's entrypoint excepted, named) and no privilege escalation; the City Events
 //! containers run as 65532:65532 with the image's liveness healthcheck, a restart policy and
 //! more than drain delay + shutdown timeout to stop; only the gateway publishes a port, and no
-//! management port; every secret is a file under /run/secrets declared by the file (none is
+//! management port; only the notifier (for its SMTP server) has a network out of the host; every secret is a file under /run/secrets declared by the file (none is
 //! written in it); every `${VAR}` the service's config requires is given; the config file is
 //! `deploy/config/<service>.yaml`, mounted where KEEL_CONFIG names it; docs/compose.md lists
 //! every variable the file reads.
 //!
 //! One test has docker-compose (Debian's 1.29 validates without an engine) load the file
-//! with secrets from `deploy/compose/make-secrets.sh`; without docker-compose it skips with a
+//! with secrets from `deploy/compose/make-secrets.sh`, and refuse it without either required
+//! setting (CITYEVENTS_ORIGIN, CITYEVENTS_SMTP_HOST); without docker-compose it skips with a
 //! message, except under `CI=true`, where it fails (`.ci/compose.sh` installs it and also checks
 //! the file against the compose specification's JSON schema).
 
@@ -34,8 +35,10 @@ const SERVICES: [(&str, u16, u16); 5] = [
 ];
 /// The services with a database, hence a migrate job.
 const WITH_DATABASE: [&str; 4] = ["auth", "events", "joins", "notifier"];
-/// On the bus.
-const WITH_BUS: [&str; 3] = ["events", "joins", "notifier"];
+/// On the bus (auth: its outbox).
+const WITH_BUS: [&str; 4] = ["auth", "events", "joins", "notifier"];
+/// The network of the notifier's SMTP connections: the only one with a route out of the host.
+const MAIL_NETWORK: &str = "mail";
 /// What PostgreSQL's entrypoint needs as root (data directory, socket directory, password file,
 /// then `gosu postgres`); nothing else gets a capability.
 const POSTGRES_CAPS: [&str; 5] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"];
@@ -221,9 +224,14 @@ fn each_service_with_a_database_waits_for_its_migrate_job_of_the_same_image() {
             format!("localhost/cityevents-{s}:latest"),
             "{s}-migrate: the image .ci/images.sh and docs/deployment.md build"
         );
-        // The same image, configuration, environment and secrets as the service.
-        for key in ["image", "environment", "env_file", "secrets", "volumes", "user", "networks"] {
+        // The same image, configuration, environment and secrets as the service; its networks
+        // (the service may have one more: the notifier's way out to its SMTP server).
+        for key in ["image", "environment", "env_file", "secrets", "volumes", "user"] {
             assert_eq!(job[key], svc[key], "{s}-migrate and {s} differ in `{key}`");
+        }
+        let service_networks = strings(&svc["networks"]);
+        for n in strings(&job["networks"]) {
+            assert!(service_networks.contains(&n), "{s}-migrate is on {n}, {s} is not");
         }
         assert_eq!(
             svc["depends_on"][format!("{s}-migrate").as_str()]["condition"],
@@ -319,14 +327,17 @@ fn only_the_gateway_publishes_a_port_and_never_a_management_port() {
     for (_, _, management) in SERVICES {
         assert!(!published.contains(&management.to_string()), "{published}: a management port");
     }
-    // Two networks: the gateway's public one, and the internal one of everything else.
+    // Three networks: the gateway's public one, the internal one of everything else, and the
+    // notifier's way out to its SMTP server (not its migrate job's: it sends nothing).
     assert_eq!(v["networks"]["backend"]["internal"], true);
+    assert!(v["networks"][MAIL_NETWORK].is_mapping(), "no network {MAIL_NETWORK}");
+    assert_ne!(v["networks"][MAIL_NETWORK]["internal"], true, "{MAIL_NETWORK} must reach the SMTP server");
     for (name, s) in services(&v) {
         let networks = strings(&s["networks"]);
-        if name == "gateway" {
-            assert_eq!(networks, ["public", "backend"]);
-        } else {
-            assert_eq!(networks, ["backend"], "{name}");
+        match name.as_str() {
+            "gateway" => assert_eq!(networks, ["public", "backend"]),
+            "notifier" => assert_eq!(networks, ["backend", MAIL_NETWORK]),
+            _ => assert_eq!(networks, ["backend"], "{name}"),
         }
     }
 }
@@ -494,7 +505,7 @@ fn docker_compose_loads_the_file_with_the_secrets_make_secrets_writes() {
     let v = compose();
     let mut files: Vec<String> =
         v["secrets"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_owned()).collect();
-    files.push("auth.env".to_owned());
+    files.extend(["auth.env".to_owned(), "notifier.env".to_owned()]);
     for f in files {
         let meta = std::fs::metadata(secrets.join(&f)).unwrap_or_else(|e| panic!("make-secrets.sh wrote no {f}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o077, 0, "{f} is readable by others");
@@ -504,20 +515,26 @@ fn docker_compose_loads_the_file_with_the_secrets_make_secrets_writes() {
     // Nothing from deploy/compose/.env, if there is one.
     let empty = dir.0.join("empty.env");
     std::fs::write(&empty, "").unwrap();
-    let config = |origin: Option<&str>| {
+    // The two settings the file requires.
+    let required = [("CITYEVENTS_ORIGIN", "https://cityevents.example"), ("CITYEVENTS_SMTP_HOST", "smtp.example.net")];
+    let config = |without: Option<&str>| {
         let mut c = clean("docker-compose");
         c.arg("--env-file").arg(&empty);
         c.args(["-f", "deploy/compose/compose.yaml", "config", "-q"]).env("CITYEVENTS_SECRETS_DIR", &secrets);
-        if let Some(origin) = origin {
-            c.env("CITYEVENTS_ORIGIN", origin);
+        for (var, value) in required {
+            if without != Some(var) {
+                c.env(var, value);
+            }
         }
         c.output().unwrap()
     };
-    let out = config(Some("https://cityevents.example"));
-    assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
     let out = config(None);
-    assert!(!out.status.success(), "the file loads without CITYEVENTS_ORIGIN");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CITYEVENTS_ORIGIN"));
+    assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
+    for (var, _) in required {
+        let out = config(Some(var));
+        assert!(!out.status.success(), "the file loads without {var}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(var), "the refusal names {var}");
+    }
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //! no Secret object; the ConfigMap is the config file itself; and the network policies: everything
 //! denied by default, only the gateway reachable from outside the namespace, the backends only from
 //! the gateway, the management ports only from the monitoring namespace, and each service's egress
-//! limited to what it uses.
+//! limited to what it uses (the notifier's SMTP server on the usual ports and on the overlay's
+//! `smtp-port`, and not from its migrate Job).
 //!
 //! kubectl (with kustomize v5) is needed; without it the tests skip with a message, except under
 //! `CI=true`, where they fail (`.ci/k8s.sh` installs it and validates the objects' schemas).
@@ -34,8 +35,9 @@ const OVERLAYS: [&str; 2] = ["dev", "prod"];
 const NAMESPACE: &str = "cityevents";
 const MONITORING_NAMESPACE: &str = "monitoring";
 /// `${VAR}`s whose value is a secret: only ever from a Secret (`secretKeyRef`).
-const SECRET_VARS: [&str; 4] =
-    ["_DATABASE_URL", "CITYEVENTS_BUS_URL", "CITYEVENTS_REDIS_URL", "CITYEVENTS_AUTH_DATA_KEY"];
+const SECRET_VARS: [&str; 4] = ["_DATABASE_URL", "CITYEVENTS_BUS_URL", "CITYEVENTS_REDIS_URL", "_DATA_KEY"];
+/// The usual SMTP ports (relay, implicit TLS, submission) the notifier may reach.
+const SMTP_PORTS: [u64; 3] = [25, 465, 587];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -632,12 +634,19 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
             }
 
             // Egress: DNS and what the service uses, by port, each to named destinations. The
-            // migrate Job's pods get the same (the database).
+            // migrate Job's pods get the same (the database), but for the notifier's SMTP server.
             let job_pods = pod_labels(get(&r.migrate, "Job", &format!("{s}-migrate"), o));
+            let settings = of_kind(&r.app, "ConfigMap")
+                .find(|cm| cm["metadata"]["name"].as_str().unwrap().starts_with("cityevents-settings"))
+                .unwrap_or_else(|| panic!("{o}: no ConfigMap cityevents-settings"));
+            let smtp_port: u64 = settings["data"]["smtp-port"]
+                .as_str()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{o}: cityevents-settings has no numeric smtp-port"));
             let mut want = BTreeSet::from([53_u64]);
             match s {
                 "gateway" => want.extend([6379, 8081, 8082, 8083, 8084]),
-                "auth" => want.extend([5432]),
+                "notifier" => want.extend([5432, 4222].into_iter().chain(SMTP_PORTS).chain([smtp_port])),
                 _ => want.extend([5432, 4222]),
             }
             let egress = rules_for(&policies, &pods, "egress");
@@ -650,10 +659,17 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
             }
             assert_eq!(got, want, "{what}: egress ports");
             if s != "gateway" {
+                let job_egress = rules_for(&policies, &job_pods, "egress");
                 assert!(
-                    rules_for(&policies, &job_pods, "egress").iter().any(|rule| rule_allows_port(rule, 5432, "")),
+                    job_egress.iter().any(|rule| rule_allows_port(rule, 5432, "")),
                     "{what}: the migrate Job reaches PostgreSQL"
                 );
+                for port in SMTP_PORTS.into_iter().chain([smtp_port]) {
+                    assert!(
+                        !job_egress.iter().any(|rule| rule_allows_port(rule, port, "")),
+                        "{what}: the migrate Job sends no mail, yet may reach port {port}"
+                    );
+                }
             } else {
                 for (backend, backend_port, _) in SERVICES.iter().filter(|(b, _, _)| *b != "gateway") {
                     let backend_pods = pod_labels(get(&r.app, "Deployment", backend, o));
