@@ -1,4 +1,5 @@
-//! cityevents-auth end to end, on SQLite, PostgreSQL and MariaDB: accounts, input limits,
+//! cityevents-auth end to end, on SQLite, PostgreSQL and MariaDB: accounts, address
+//! verification (what is mailed and enqueued for the notifier), input limits,
 //! refresh rotation and reuse detection, sign-out, lockout, admins and roles, metrics, and what
 //! the database and audit log hold. PostgreSQL and MariaDB tests skip when the server is not
 //! running, except under `CI=true`.
@@ -11,6 +12,15 @@ use common::{PASSWORD, Svc};
 use keel::app::Loader;
 use keel::config::Profile;
 use serde_json::json;
+
+#[test]
+fn migrations_carry_keels_events_schema_verbatim() {
+    // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
+    keel::assert_events_schema_migrations!(
+        "../migrations",
+        ["0005_keel_events.sql", "0006_keel_events_2.sql", "0007_keel_events_3.sql"]
+    );
+}
 
 on_every_backend!(
     register_login_and_me,

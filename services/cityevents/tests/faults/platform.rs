@@ -164,7 +164,15 @@ impl Platform {
             .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KEEL_ENV", "production")
-            .env("CITYEVENTS_JWT_PUBLIC_KEY_FILE", state.join("jwt-public.pem"));
+            .env("CITYEVENTS_JWT_PUBLIC_KEY_FILE", state.join("jwt-public.pem"))
+            // What deploy/config/notifier.yaml reads besides, as the script sets it.
+            .env("CITYEVENTS_NOTIFIER_MASTER_KEY_FILE", state.join("notifier-master.key"))
+            .env(
+                "CITYEVENTS_NOTIFIER_DATA_KEY",
+                std::fs::read_to_string(state.join("notifier-data-key")).unwrap_or_default().trim(),
+            )
+            .env("CITYEVENTS_SMTP_HOST", "127.0.0.1")
+            .env("CITYEVENTS_PUBLIC_URL", "http://127.0.0.1:8080");
         let (host, port) = (self.var("PGHOST"), self.var("PGPORT"));
         for s in ["auth", "events", "joins", "notifier"] {
             let up = s.to_ascii_uppercase();
