@@ -322,6 +322,23 @@ impl Accounts {
         Ok(())
     }
 
+    /// Replaces the password hash in `tx` (a reset or a change).
+    pub(crate) async fn set_password_hash_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        phc: &str,
+    ) -> Result<(), DataError> {
+        let db = &self.db;
+        sqlx::query(sql(db, "UPDATE users SET password_hash = $1 WHERE id = $2"))
+            .bind(phc)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(())
+    }
+
     /// The API view of a row (decrypts the address).
     pub(crate) fn user(&self, row: &UserRow) -> Result<User, crate::error::ApiError> {
         let id = Uuid::parse_str(&row.id)

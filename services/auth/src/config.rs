@@ -12,6 +12,7 @@
 //!   refresh_ttl: 30d
 //!   refresh_reuse_grace: 10s   # a spent refresh token used again this soon gets the same successor
 //!   email_verification_ttl: 24h  # how long a mailed verification link works
+//!   password_reset_ttl: 1h       # how long a mailed password-reset link works
 //! ```
 
 use std::time::Duration;
@@ -46,6 +47,10 @@ pub struct AuthConfig {
     /// Default `24h`, between `10m` and `7days`.
     #[serde(with = "keel::config::duration")]
     pub email_verification_ttl: Duration,
+    /// How long a mailed password-reset link works (a new request spends the previous one).
+    /// Default `1h`, between `5m` and `24h`.
+    #[serde(with = "keel::config::duration")]
+    pub password_reset_ttl: Duration,
 }
 
 /// `app.lockout.*`: failed sign-ins are counted per account and client IP, per client IP and per
@@ -93,6 +98,7 @@ impl Default for AuthConfig {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             refresh_reuse_grace: Duration::from_secs(10),
             email_verification_ttl: Duration::from_secs(24 * 3600),
+            password_reset_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -129,6 +135,9 @@ impl Section for AuthConfig {
         if self.email_verification_ttl < Duration::from_secs(600) || self.email_verification_ttl > MAX_LOCKOUT {
             v.invalid("email_verification_ttl", "must be between 10m and 7days");
         }
+        if self.password_reset_ttl < Duration::from_secs(300) || self.password_reset_ttl > Duration::from_secs(86_400) {
+            v.invalid("password_reset_ttl", "must be between 5m and 24h");
+        }
     }
 }
 
@@ -160,6 +169,7 @@ mod tests {
         assert_eq!(d.refresh_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(d.refresh_reuse_grace, Duration::from_secs(10));
         assert_eq!(d.email_verification_ttl, Duration::from_secs(86_400));
+        assert_eq!(d.password_reset_ttl, Duration::from_secs(3600));
         assert_eq!(load(&[("REFRESH_REUSE_GRACE", "0s")]).unwrap().refresh_reuse_grace, Duration::ZERO);
         let c =
             load(&[("LOCKOUT__FREE_FAILURES", "3"), ("LOCKOUT__MAX_DELAY", "1h"), ("REFRESH_TTL", "7days")]).unwrap();
@@ -181,6 +191,7 @@ mod tests {
             ("REFRESH_TTL", "5"),
             ("REFRESH_REUSE_GRACE", "2m"),
             ("EMAIL_VERIFICATION_TTL", "1m"),
+            ("PASSWORD_RESET_TTL", "2days"),
             ("LOCKOUT__FREE_FAILUREZ", "3"),
         ] {
             let e = load(&[(key, value)]).unwrap_err();

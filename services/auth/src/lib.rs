@@ -5,6 +5,12 @@
 //! | `POST /api/v1/auth/register` `{email, password, name}` | 201 user (unverified; a verification mail is requested); 409 `email_taken` |
 //! | `POST /api/v1/auth/verify-email/request` (bearer) | 202; a new verification mail (the previous link stops working); 409 `already_verified` |
 //! | `POST /api/v1/auth/verify-email` `{token}` | 204: the address is verified; 400 `invalid_token` (unknown, used, replaced or expired) |
+//! | `POST /api/v1/auth/password-reset/request` `{email}` | 202 whether or not an account has the address (the same time: the link is made after the answer); its owner gets a reset mail |
+//! | `POST /api/v1/auth/password-reset` `{token, password}` | 204: password set, every session ended, sign-in delays lifted, address verified, owner told; 400 `invalid_token` |
+//! | `POST /api/v1/auth/password` `{current_password, new_password}` (bearer) | a new token pair; every session ended; owner told; a wrong current password counts as a failed sign-in |
+//! | `POST /api/v1/auth/logout-all` (bearer) | 204; revokes every family of the caller |
+//! | `GET /api/v1/auth/sessions` (bearer) | `{items: [{id, started_at, last_used_at}]}`: live families, most recently used first |
+//! | `DELETE /api/v1/auth/sessions/{id}` (bearer) | 204; 404 `session_not_found` for an unknown or someone else's |
 //! | `POST /api/v1/auth/login` `{email, password}` | `{access_token, refresh_token, token_type, expires_in}`; 401 `invalid_credentials`; 429 `locked` |
 //! | `POST /api/v1/auth/refresh` `{refresh_token}` | a new pair in the same family; 401 `refresh_reused` / `invalid_refresh_token` |
 //! | `POST /api/v1/auth/logout` `{refresh_token}` | 204; revokes the token's family |
@@ -19,7 +25,8 @@
 //! * **Access tokens** are JWTs (`security.jwt.*`, which must name a `signing_key`): `sub` = user
 //!   id, `role`, `email_verified`, the configured `iss`/`aud`, lifetime `security.jwt.ttl`.
 //! * **Mail** ([`mail`](crate::mail)): accounts start unverified; registration requests a
-//!   verification mail with a single-use token (`app.email_verification_ttl`, stored hashed),
+//!   verification mail with a single-use token (`app.email_verification_ttl`, stored hashed;
+//!   reset tokens likewise, `app.password_reset_ttl`),
 //!   through the outbox (`bus.*`, `outbox.*`) to the notifier, which also hears each account's
 //!   contact (`account.contact`); the `account-contacts` worker announces accounts made before.
 //! * **Refresh tokens** are opaque, stored as SHA-256, rotated on every use; reusing a spent
@@ -109,7 +116,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let cfg = s.config().clone();
     let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit);
     let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
-    let mail = mail::AccountMail::new(db.clone(), outbox, cfg.email_verification_ttl);
+    let mail = mail::AccountMail::new(db.clone(), outbox, cfg.email_verification_ttl, cfg.password_reset_ttl);
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace);
     let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());
     s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone(), m.clone())))?;

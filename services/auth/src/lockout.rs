@@ -269,6 +269,22 @@ impl Lockout {
         Ok(())
     }
 
+    /// Deletes every counter of the account with address index `bidx`, whatever the client IP
+    /// (a password reset proved the owner: their delays end). Per-IP counters stay.
+    pub(crate) async fn clear_account(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        bidx: &str,
+    ) -> Result<u64, DataError> {
+        let db = &self.db;
+        let done = sqlx::query(sql(db, "DELETE FROM login_throttle WHERE email_bidx = $1"))
+            .bind(bidx)
+            .execute(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(done.rows_affected())
+    }
+
     /// Deletes counters whose last failure is older than the window (no delay can still run:
     /// `max_delay` is at most `window`); returns how many.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {

@@ -29,12 +29,15 @@ use crate::tokens::{generate, hash};
 pub(crate) enum Purpose {
     /// Proves the address (`POST /auth/verify-email`).
     Verify,
+    /// Sets a new password (`POST /auth/password-reset`).
+    Reset,
 }
 
 impl Purpose {
     fn label(self) -> &'static str {
         match self {
             Self::Verify => "verify",
+            Self::Reset => "reset",
         }
     }
 }
@@ -45,16 +48,18 @@ pub(crate) struct AccountMail {
     db: Db,
     outbox: Outbox,
     verify_ttl: Duration,
+    reset_ttl: Duration,
 }
 
 impl AccountMail {
-    pub(crate) fn new(db: Db, outbox: Outbox, verify_ttl: Duration) -> Self {
-        Self { db, outbox, verify_ttl }
+    pub(crate) fn new(db: Db, outbox: Outbox, verify_ttl: Duration, reset_ttl: Duration) -> Self {
+        Self { db, outbox, verify_ttl, reset_ttl }
     }
 
     fn ttl(&self, purpose: Purpose) -> Duration {
         match purpose {
             Purpose::Verify => self.verify_ttl,
+            Purpose::Reset => self.reset_ttl,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use keel::http::Problem;
@@ -58,6 +58,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/verify-email", post(verify_email))
         .route("/api/v1/auth/verify-email/request", post(request_verification))
+        .route("/api/v1/auth/password-reset/request", post(request_password_reset))
+        .route("/api/v1/auth/password-reset", post(reset_password))
+        .route("/api/v1/auth/password", post(change_password))
+        .route("/api/v1/auth/logout-all", post(logout_all))
+        .route("/api/v1/auth/sessions", get(sessions))
+        .route("/api/v1/auth/sessions/{id}", delete(revoke_session))
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
         // Every answer is about an account: its address, its tokens, its failures.
@@ -92,6 +98,41 @@ struct RefreshBody {
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailBody {
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    token: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// One live session (a refresh-token family) on the wire.
+#[derive(Serialize)]
+struct Session {
+    id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    started_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    last_used_at: time::OffsetDateTime,
+}
+
+#[derive(Serialize)]
+struct Sessions {
+    items: Vec<Session>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +267,173 @@ async fn verify_email(
     commit(&s, tx).await?;
     let target = user_target(&user_id);
     s.accounts.audit(&target, "auth.email_verified", &target, Outcome::Success, json!({ "ip": ip })).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mails a password-reset link to the account with this address, if there is one. The answer
+/// (202) and its timing are the same either way: the token and the mail are made after the
+/// answer, in a task of their own.
+async fn request_password_reset(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<EmailBody>,
+) -> Result<StatusCode, ApiError> {
+    let email = normalize_email(&b.email)?;
+    let row = s.accounts.by_email_index(&s.accounts.email_index(&email)).await?;
+    if let Some(row) = row {
+        tokio::spawn(async move {
+            if let Err(e) = mail_reset_link(&s, &row).await {
+                tracing::warn!(error = ?e, "cannot request a password-reset mail");
+                return;
+            }
+            let target = user_target(&row.id);
+            s.accounts
+                .audit("anonymous", "auth.password_reset_requested", &target, Outcome::Success, json!({ "ip": ip }))
+                .await;
+        });
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<(), ApiError> {
+    let user = s.accounts.user(row)?;
+    let mut tx = s.accounts.db.begin().await?;
+    let (token, expires_at) = s.mail.issue(&mut tx, &row.id, Purpose::Reset).await?;
+    s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::ResetPassword { token, expires_at }).await?;
+    commit(s, tx).await
+}
+
+/// Spends a reset token and sets the new password: every session ends, the account's sign-in
+/// delays are lifted, the address counts as verified (the mail reached its owner), and the
+/// owner is told by mail.
+async fn reset_password(
+    State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<ResetBody>,
+) -> Result<StatusCode, ApiError> {
+    let token = token_input(&b.token)?;
+    if b.password.is_empty() {
+        return Err(FieldError::new("password", "is required").into());
+    }
+    let mut tx = s.accounts.db.begin().await?;
+    let Some(user_id) = s.mail.spend(&mut tx, token, Purpose::Reset).await? else {
+        return Err(invalid_token().into());
+    };
+    let id = Uuid::parse_str(&user_id).map_err(|_| not_found())?;
+    let row = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
+    let user = s.accounts.user(&row)?;
+    // Refused before anything changes: the token stays unspent (the transaction rolls back).
+    check_new_password(&s.accounts.policy, &b.password, &user.email)?;
+    let phc = s.accounts.hasher.hash(&b.password).await?;
+    s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
+    s.accounts.set_verified(&mut tx, &row.id).await?;
+    let sessions = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    s.lockout.clear_account(&mut tx, &s.accounts.email_index(&user.email)).await?;
+    s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
+    if row.email_verified_at.is_none() {
+        let verified = crate::accounts::User { email_verified: true, ..user.clone() };
+        s.mail.contact(&mut tx, &contact_of(&verified)).await?;
+    }
+    commit(&s, tx).await?;
+    let target = user_target(&row.id);
+    let details = json!({ "ip": ip, "revoked_tokens": sessions });
+    s.accounts.audit(&target, "auth.password_reset", &target, Outcome::Success, details).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes the caller's password (the current one required, throttled like a sign-in): every
+/// session ends and the caller gets a fresh pair; the owner is told by mail.
+async fn change_password(
+    State(s): State<AppState>,
+    Auth(claims): Auth<Claims>,
+    ClientAddr(ip): ClientAddr,
+    Json(b): Json<ChangeBody>,
+) -> Result<Response, ApiError> {
+    if b.current_password.is_empty() {
+        return Err(FieldError::new("current_password", "is required").into());
+    }
+    if b.current_password.len() > s.accounts.policy.max_length {
+        let max = s.accounts.policy.max_length;
+        return Err(FieldError::new("current_password", format!("must be at most {max} bytes")).into());
+    }
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    let user = s.accounts.user(&row)?;
+    check_new_password(&s.accounts.policy, &b.new_password, &user.email)
+        .map_err(|e| FieldError::new("new_password", e.message))?;
+    let (bidx, client) = (s.accounts.email_index(&user.email), s.accounts.client_index(&ip));
+    let spent = match s.lockout.attempt(&bidx, &client).await? {
+        Gate::Open { spent } => spent,
+        Gate::Locked { retry_after, .. } => return Err(locked(retry_after).into()),
+    };
+    if !s.accounts.hasher.verify(&b.current_password, &row.password_hash).await? {
+        let target = user_target(&row.id);
+        let details = json!({ "reason": "invalid_credentials", "ip": ip });
+        s.accounts.audit(&target, "auth.password_change", &target, Outcome::Failure, details).await;
+        s.lockout.failed(&bidx, &client, spent).await?;
+        return Err(FieldError::new("current_password", "is wrong").into());
+    }
+    s.lockout.succeeded(&bidx, &client).await?;
+    let phc = s.accounts.hasher.hash(&b.new_password).await?;
+    let mut tx = s.accounts.db.begin().await?;
+    s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
+    s.refresh.revoke_user(&mut tx, &row.id).await?;
+    s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
+    commit(&s, tx).await?;
+    let target = user_target(&row.id);
+    s.accounts.audit(&target, "auth.password_change", &target, Outcome::Success, json!({ "ip": ip })).await;
+    let refresh_token = s.refresh.issue(&row.id).await?;
+    pair(&s, refresh_token, &row.id, &row.role, row.email_verified_at.is_some())
+}
+
+/// Ends every session of the caller (every refresh-token family).
+async fn logout_all(
+    State(s): State<AppState>,
+    Auth(claims): Auth<Claims>,
+    ClientAddr(ip): ClientAddr,
+) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
+    let mut tx = s.accounts.db.begin().await?;
+    let revoked = s.refresh.revoke_user(&mut tx, &id).await?;
+    tx.commit().await.map_err(|e| s.accounts.db.observe(e))?;
+    let target = user_target(&id);
+    let details = json!({ "ip": ip, "revoked_tokens": revoked });
+    s.accounts.audit(&target, "auth.logout_all", &target, Outcome::Success, details).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's live sessions, most recently used first.
+async fn sessions(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<axum::Json<Sessions>, ApiError> {
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
+    let items = s
+        .refresh
+        .sessions(&id)
+        .await?
+        .into_iter()
+        .map(|(family, started, last)| Session {
+            id: family,
+            started_at: cityevents_common::time::from_micros(started),
+            last_used_at: cityevents_common::time::from_micros(last),
+        })
+        .collect();
+    Ok(axum::Json(Sessions { items }))
+}
+
+/// Ends one of the caller's sessions; 404 for an unknown one or someone else's.
+async fn revoke_session(
+    State(s): State<AppState>,
+    Auth(claims): Auth<Claims>,
+    ClientAddr(ip): ClientAddr,
+    Path(session): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let session = cityevents_common::validate::uuid("id", &session)?.to_string();
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
+    if !s.refresh.revoke_session(&id, &session).await? {
+        return Err(Problem::not_found().code("session_not_found").detail("no such session").into());
+    }
+    let target = user_target(&id);
+    let details = json!({ "ip": ip, "family_id": session });
+    s.accounts.audit(&target, "auth.session_revoked", &target, Outcome::Success, details).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -235,6 +235,79 @@ impl RefreshTokens {
         Ok(Some((user_id, family_id)))
     }
 
+    /// Revokes every family of `user_id` (sign out everywhere, a new password) in `tx`; returns
+    /// how many tokens were revoked.
+    pub(crate) async fn revoke_user(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        user_id: &str,
+    ) -> Result<u64, DataError> {
+        let db = &self.db;
+        let done = sqlx::query(sql(
+            db,
+            "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
+             WHERE user_id = $2 AND revoked_at IS NULL",
+        ))
+        .bind(to_micros(now()))
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(done.rows_affected())
+    }
+
+    /// The live sessions (families with an unspent, unrevoked, unexpired token) of `user_id`,
+    /// most recently used first: `(family id, started, last used)` in microseconds.
+    pub(crate) async fn sessions(&self, user_id: &str) -> Result<Vec<(String, i64, i64)>, DataError> {
+        let db = &self.db;
+        let now = to_micros(now());
+        let mut conn = db.acquire().await?;
+        let live: Vec<(String,)> = sqlx::query_as(sql(
+            db,
+            "SELECT family_id FROM refresh_tokens \
+             WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+        ))
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .obs(db)?;
+        let mut out = Vec::with_capacity(live.len());
+        for (family,) in live {
+            let (started, last): (i64, i64) = sqlx::query_as(sql(
+                db,
+                "SELECT MIN(created_at), MAX(created_at) FROM refresh_tokens WHERE family_id = $1",
+            ))
+            .bind(&family)
+            .fetch_one(&mut *conn)
+            .await
+            .obs(db)?;
+            out.push((family, started, last));
+        }
+        out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(&a.0)));
+        Ok(out)
+    }
+
+    /// Revokes family `family_id` if it is `user_id`'s and live; whether it was.
+    pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let owner: Option<(String,)> = sqlx::query_as(sql(
+            db,
+            "SELECT user_id FROM refresh_tokens WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL LIMIT 1",
+        ))
+        .bind(family_id)
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .obs(db)?;
+        drop(conn);
+        if owner.is_none() {
+            return Ok(false);
+        }
+        Ok(self.revoke_family(family_id).await? > 0)
+    }
+
     async fn revoke_family(&self, family_id: &str) -> Result<u64, DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;

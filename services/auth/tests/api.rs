@@ -25,6 +25,7 @@ fn migrations_carry_keels_events_schema_verbatim() {
 on_every_backend!(
     register_login_and_me,
     registration_mails_a_single_use_verification_link,
+    password_reset_change_sessions_and_sign_out_everywhere,
     every_input_limit_is_a_problem_naming_the_field,
     unicode_addresses_have_one_form_and_look_alikes_are_refused,
     addresses_that_look_like_an_account_are_taken,
@@ -183,6 +184,139 @@ async fn registration_mails_a_single_use_verification_link(s: &Svc) {
     // Without a token, no request.
     let anon = s.post("/api/v1/auth/verify-email/request", &json!({})).await;
     assert_eq!(anon.status, 401);
+}
+
+/// The newest mail request with `template` for `email`, waited for (reset links are made after
+/// the answer).
+async fn mail_for(s: &Svc, email: &str, template: &str, after: usize) -> serde_json::Value {
+    cityevents_common::testing::eventually(
+        &format!("a {template} mail for {email}"),
+        std::time::Duration::from_secs(10),
+        || async move {
+            let mails = s.mail_requests().await;
+            mails.into_iter().skip(after).rev().find(|m| m["to"] == email && m["mail"]["template"] == template)
+        },
+    )
+    .await
+}
+
+async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
+    let email = "rita@example.com";
+    let id = s.register(email, "Rita").await;
+    let (access, first) = s.tokens(email).await;
+    let (_, second) = s.tokens(email).await;
+
+    // Sessions: one per sign-in, revocable one by one, only the caller's.
+    let list = s.get("/api/v1/auth/sessions", Some(&access)).await;
+    assert_eq!(list.status, 200, "{list:?}");
+    let items = list.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "{list:?}");
+    let newest = items[0]["id"].as_str().unwrap().to_owned();
+    assert!(items[0]["started_at"].is_string() && items[0]["last_used_at"].is_string());
+    let revoke = s.delete(&format!("/api/v1/auth/sessions/{newest}"), Some(&access)).await;
+    assert_eq!(revoke.status, 204, "{revoke:?}");
+    assert_eq!(s.refresh(&second).await.status, 401, "the revoked session's token");
+    let first = {
+        let r = s.refresh(&first).await;
+        assert_eq!(r.status, 200, "the other session lives: {r:?}");
+        r.body["refresh_token"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(s.get("/api/v1/auth/sessions", Some(&access)).await.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(s.delete(&format!("/api/v1/auth/sessions/{newest}"), Some(&access)).await.status, 404);
+    assert_eq!(s.delete("/api/v1/auth/sessions/not-a-uuid", Some(&access)).await.status, 400);
+    s.register("other@example.com", "Other").await;
+    let (other_access, _) = s.tokens("other@example.com").await;
+    let mine = s.get("/api/v1/auth/sessions", Some(&access)).await.body["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.delete(&format!("/api/v1/auth/sessions/{mine}"), Some(&other_access)).await.status, 404);
+    assert_eq!(s.get("/api/v1/auth/sessions", None).await.status, 401);
+
+    // A reset request answers 202 whether or not the address has an account; only an account
+    // gets a mail.
+    let before = s.mail_requests().await.len();
+    for addr in ["nobody@example.com", email] {
+        let r = s.post("/api/v1/auth/password-reset/request", &json!({"email": addr})).await;
+        assert_eq!(r.status, 202, "{addr}: {r:?}");
+    }
+    assert_eq!(s.post("/api/v1/auth/password-reset/request", &json!({"email": "nope"})).await.status, 400);
+    let reset = mail_for(s, email, "reset_password", before).await;
+    assert_eq!(reset["user_id"], id.as_str());
+    let token = reset["mail"]["token"].as_str().unwrap().to_owned();
+    assert!(!s.mail_requests().await.iter().any(|m| m["to"] == "nobody@example.com"));
+
+    // Lock the account from one IP, then reset: the delays are lifted.
+    for _ in 0..5 {
+        assert_eq!(s.login_from(3, email, "wrong password, wrong").await.status, 401);
+    }
+    assert_eq!(s.login_from(3, email, PASSWORD).await.status, 429);
+    // A password the policy refuses leaves the token unspent.
+    let weak = s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": "short"})).await;
+    assert_eq!((weak.status, weak.field()), (400, "password"), "{weak:?}");
+    let new_password = "a brand new passphrase 42";
+    let ok = s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": new_password})).await;
+    assert_eq!(ok.status, 204, "{ok:?}");
+    let again = s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": new_password})).await;
+    assert_eq!((again.status, again.code()), (400, "invalid_token"), "single use: {again:?}");
+    assert_eq!(s.refresh(&first).await.status, 401, "every session ended");
+    assert_eq!(s.login(email, PASSWORD).await.status, 401, "the old password is gone");
+    assert_eq!(s.login_from(3, email, new_password).await.status, 200, "no longer delayed");
+    let mails = s.mail_requests().await;
+    assert!(mails.iter().any(|m| m["to"] == email && m["mail"]["template"] == "password_changed"), "{mails:?}");
+    let r = s.login(email, new_password).await;
+    let access = r.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(s.claims(&access).email_verified, Some(true), "the reset mail reached its owner");
+
+    // Change: the current password is required; every session ends; the caller gets a new pair.
+    let (_, other_session) = s.tokens_with(email, new_password).await;
+    let wrong = s
+        .post_bearer(
+            "/api/v1/auth/password",
+            &access,
+            &json!({"current_password": "nope nope nope", "new_password": PASSWORD}),
+        )
+        .await;
+    assert_eq!((wrong.status, wrong.field()), (400, "current_password"), "{wrong:?}");
+    let weak = s
+        .post_bearer(
+            "/api/v1/auth/password",
+            &access,
+            &json!({"current_password": new_password, "new_password": "short"}),
+        )
+        .await;
+    assert_eq!((weak.status, weak.field()), (400, "new_password"), "{weak:?}");
+    let changed = s
+        .post_bearer(
+            "/api/v1/auth/password",
+            &access,
+            &json!({"current_password": new_password, "new_password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{changed:?}");
+    assert_eq!(changed.headers["cache-control"], "no-store");
+    assert_eq!(s.refresh(&other_session).await.status, 401, "other sessions ended");
+    let fresh = changed.body["refresh_token"].as_str().unwrap();
+    assert_eq!(s.refresh(fresh).await.status, 200, "the caller's new session works");
+    assert_eq!(s.login(email, new_password).await.status, 401);
+
+    // Sign out everywhere.
+    let (access, a) = s.tokens(email).await;
+    let (_, b) = s.tokens(email).await;
+    assert_eq!(s.post_bearer("/api/v1/auth/logout-all", &access, &json!({})).await.status, 204);
+    for t in [a, b] {
+        assert_eq!(s.refresh(&t).await.status, 401);
+    }
+    assert!(s.get("/api/v1/auth/sessions", Some(&access)).await.body["items"].as_array().unwrap().is_empty());
+    assert_eq!(s.post("/api/v1/auth/logout-all", &json!({})).await.status, 401);
+
+    let audit = s.audit().await;
+    for action in [
+        "auth.session_revoked",
+        "auth.password_reset_requested",
+        "auth.password_reset",
+        "auth.password_change",
+        "auth.logout_all",
+    ] {
+        assert!(audit.iter().any(|l| l.contains(&format!("|{action}|"))), "{action}: {audit:?}");
+    }
 }
 
 async fn unicode_addresses_have_one_form_and_look_alikes_are_refused(s: &Svc) {

@@ -351,6 +351,37 @@ async fn scenario(base: &str, mail: Mailbox) {
     let owner = api.seen_from(2).login(&victim.email, PASSWORD).await;
     assert_eq!(owner.status, StatusCode::OK, "the owner from another IP: {}", owner.body);
 
+    // --- a forgotten password: reset through the mailed link (every session ends), the
+    // sessions list, a password change, sign out everywhere
+    if !matches!(api.mail, Mailbox::Unread) {
+        let rita = api.register("rita").await;
+        for email in [rita.email.as_str(), "nobody-at-all@example.com"] {
+            let r = api.post("/api/v1/auth/password-reset/request", None, json!({"email": email})).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "the same answer for {email}: {}", r.body);
+        }
+        let token = link_token(&api.mail.wait_for(&rita.email, "Subject: Choose a new password").await);
+        let fresh_password = "another correct horse battery";
+        let reset =
+            api.post("/api/v1/auth/password-reset", None, json!({"token": token, "password": fresh_password})).await;
+        assert_eq!(reset.status, StatusCode::NO_CONTENT, "{}", reset.body);
+        api.mail.wait_for(&rita.email, "Subject: Your password was changed").await;
+        let old = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": rita.refresh})).await;
+        assert_eq!(old.problem(401)["code"], "invalid_refresh_token", "every session ended");
+        assert_eq!(api.login(&rita.email, PASSWORD).await.problem(401)["code"], "invalid_credentials");
+        let t = api.login(&rita.email, fresh_password).await;
+        assert_eq!(t.status, StatusCode::OK, "{}", t.body);
+        let access = t.body["access_token"].as_str().unwrap().to_owned();
+        let sessions = api.get("/api/v1/auth/sessions", Some(&access)).await;
+        assert_eq!(sessions.body["items"].as_array().map(Vec::len), Some(1), "{}", sessions.body);
+        let change = json!({"current_password": fresh_password, "new_password": PASSWORD});
+        let changed = api.post("/api/v1/auth/password", Some(&access), change).await;
+        assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+        let changed_refresh = changed.body["refresh_token"].as_str().unwrap().to_owned();
+        assert_eq!(api.post("/api/v1/auth/logout-all", Some(&access), json!({})).await.status, StatusCode::NO_CONTENT);
+        let gone = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": changed_refresh})).await;
+        assert_eq!(gone.problem(401)["code"], "invalid_refresh_token", "signed out everywhere");
+    }
+
     // --- a look-alike address (a Cyrillic а among Latin letters) is refused at sign-up
     let body = json!({"email": "p\u{430}ypal@example.com", "password": PASSWORD, "name": "Mallory"});
     let look_alike = api.post("/api/v1/auth/register", None, body).await;

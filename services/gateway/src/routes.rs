@@ -134,6 +134,8 @@ pub const STRICT: &[(Verb, &str)] = &[
     (Post, "/api/v1/auth/register"),
     (Post, "/api/v1/auth/verify-email/request"),
     (Post, "/api/v1/auth/verify-email"),
+    (Post, "/api/v1/auth/password-reset/request"),
+    (Post, "/api/v1/auth/password-reset"),
 ];
 
 /// Whether `route` is in [`STRICT`].
@@ -150,6 +152,12 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/auth/logout", Auth, Anonymous),
     r(Post, "/api/v1/auth/verify-email/request", Auth, User),
     r(Post, "/api/v1/auth/verify-email", Auth, Anonymous),
+    r(Post, "/api/v1/auth/password-reset/request", Auth, Anonymous),
+    r(Post, "/api/v1/auth/password-reset", Auth, Anonymous),
+    r(Post, "/api/v1/auth/password", Auth, User),
+    r(Post, "/api/v1/auth/logout-all", Auth, User),
+    r(Get, "/api/v1/auth/sessions", Auth, User),
+    r(Delete, "/api/v1/auth/sessions/{id}", Auth, User),
     r(Get, "/api/v1/me", Auth, User),
     r(Put, "/api/v1/admin/users/{id}/role", Auth, User),
     // events

@@ -155,6 +155,14 @@ impl Svc {
         Self::read(self.app.http.post(self.app.url(path)).bearer_auth(bearer).json(body).send().await.unwrap()).await
     }
 
+    pub async fn delete(&self, path: &str, bearer: Option<&str>) -> Reply {
+        let mut req = self.app.http.delete(self.app.url(path));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.unwrap()).await
+    }
+
     pub async fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
         let mut req = self.app.http.put(self.app.url(path)).json(body);
         if let Some(t) = bearer {
@@ -198,7 +206,12 @@ impl Svc {
 
     /// Signs in and returns (access, refresh).
     pub async fn tokens(&self, email: &str) -> (String, String) {
-        let r = self.login(email, PASSWORD).await;
+        self.tokens_with(email, PASSWORD).await
+    }
+
+    /// Signs in with `password` and returns (access, refresh).
+    pub async fn tokens_with(&self, email: &str, password: &str) -> (String, String) {
+        let r = self.login(email, password).await;
         assert_eq!(r.status, 200, "{r:?}");
         (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned())
     }
