@@ -186,10 +186,17 @@ env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/audit
 data_key=$(env -u KEEL_CONFIG KEEL_ENV=test CITYEVENTS_AUTH__SECURITY__ENCRYPTION__MASTER_KEY_FILE="$sec/master.key" \
   dist/cityevents-auth keys new k1 | sed -e 's/^k1: //')
 [[ -n "$data_key" ]] || fail "could not create a data key"
+# The notifier's own keys for the mail addresses it keeps.
+env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/notifier-master.key"
+notifier_data_key=$(env -u KEEL_CONFIG KEEL_ENV=test \
+  CITYEVENTS_AUTH__SECURITY__ENCRYPTION__MASTER_KEY_FILE="$sec/notifier-master.key" \
+  dist/cityevents-auth keys new n1 | sed -e 's/^n1: //')
+[[ -n "$notifier_data_key" ]] || fail "could not create the notifier's data key"
 for s in "${SERVICES[@]}"; do
   mkdir -p "$sec/$s"
   files=(jwt-public.pem admin-token)
   [[ $s == auth ]] && files+=(jwt-private.pem master.key blind-index.key audit.key)
+  [[ $s == notifier ]] && files+=(notifier-master.key)
   for f in "${files[@]}"; do cp "$sec/$f" "$sec/$s/"; done
   chmod 755 "$sec/$s"
   chown 65532:65532 "$sec/$s"/*
@@ -208,6 +215,13 @@ env_file=$work/env
   echo "CITYEVENTS_AUTH_BLIND_INDEX_KEY_FILE=/run/secrets/blind-index.key"
   echo "CITYEVENTS_AUTH_AUDIT_KEY_FILE=/run/secrets/audit.key"
   echo "CITYEVENTS_AUTH_DATA_KEY=$data_key"
+  echo "CITYEVENTS_NOTIFIER_MASTER_KEY_FILE=/run/secrets/notifier-master.key"
+  echo "CITYEVENTS_NOTIFIER_DATA_KEY=$notifier_data_key"
+  # No mail is sent here: a relay address that nothing needs to answer.
+  echo "CITYEVENTS_SMTP_HOST=127.0.0.1"
+  echo "CITYEVENTS_SMTP_PORT=25"
+  echo "CITYEVENTS_SMTP_SECURITY=none"
+  echo "CITYEVENTS_PUBLIC_URL=http://127.0.0.1:3000"
   echo "CITYEVENTS_REDIS_URL=$REDIS_URL"
   echo "CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX=keel-images-$RUN:"
   echo "CITYEVENTS_BUS_BACKEND=nats"
