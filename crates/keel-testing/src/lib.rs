@@ -10,6 +10,7 @@
 //!   an external program (Chromium).
 //! * [`TestDatabase`] — a fresh PostgreSQL or MariaDB database, or SQLite file, dropped after.
 //! * [`redis_prefix`] — a unique Redis key prefix.
+//! * [`test_pki`] — a throwaway CA and a server certificate it signed.
 //!
 //! Server addresses default to the local services on 127.0.0.1 and can be moved with
 //! `KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_MYSQL_URL`, `KEEL_TEST_REDIS_URL`, `KEEL_TEST_NATS_URL` and
@@ -18,6 +19,7 @@
 mod proxy;
 #[cfg(feature = "sql")]
 mod sql;
+mod tls;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -28,6 +30,7 @@ pub use keel_data::Backend;
 pub use proxy::{FaultProxy, Mode};
 #[cfg(feature = "sql")]
 pub use sql::TestDatabase;
+pub use tls::{TestPki, test_pki};
 
 /// PostgreSQL admin URL for tests.
 pub fn postgres_url() -> String {

@@ -242,18 +242,7 @@ impl RefreshTokens {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
     ) -> Result<u64, DataError> {
-        let db = &self.db;
-        let done = sqlx::query(sql(
-            db,
-            "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
-             WHERE user_id = $2 AND revoked_at IS NULL",
-        ))
-        .bind(to_micros(now()))
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await
-        .obs(db)?;
-        Ok(done.rows_affected())
+        self.revoke_where(tx, "user_id", user_id).await
     }
 
     /// The live sessions (families with an unspent, unrevoked, unexpired token) of `user_id`,
@@ -309,18 +298,24 @@ impl RefreshTokens {
     }
 
     async fn revoke_family(&self, family_id: &str) -> Result<u64, DataError> {
+        let mut conn = self.db.acquire().await?;
+        self.revoke_where(&mut conn, "family_id", family_id).await
+    }
+
+    /// Revokes the live tokens whose `column` (`user_id` or `family_id`) is `value`, wiping their
+    /// sealed successors; returns how many.
+    async fn revoke_where(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        column: &'static str,
+        value: &str,
+    ) -> Result<u64, DataError> {
         let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let done = sqlx::query(sql(
-            db,
+        let text = format!(
             "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
-             WHERE family_id = $2 AND revoked_at IS NULL",
-        ))
-        .bind(to_micros(now()))
-        .bind(family_id)
-        .execute(&mut *conn)
-        .await
-        .obs(db)?;
+             WHERE {column} = $2 AND revoked_at IS NULL"
+        );
+        let done = sqlx::query(sql(db, &text)).bind(to_micros(now())).bind(value).execute(conn).await.obs(db)?;
         Ok(done.rows_affected())
     }
 

@@ -20,27 +20,12 @@ use cityevents_common::catalogue::{
     MailRequested,
 };
 use cityevents_common::testing::{SmtpOptions, SmtpSink, decode_quoted_printable, eventually, free_port};
-use common::{Broker, Notifier, database, pool};
-use keel::config::Secret;
+use common::{Broker, Notifier, database, nats_bus, pool};
 use keel::data::Backend;
-use keel::events::{Bus, BusBackend, BusConfig, Envelope, Event};
+use keel::events::{Envelope, Event};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-async fn nats_bus(namespace: &str) -> Option<Bus> {
-    if !keel::testing::require("NATS", &keel::testing::nats_url()) {
-        return None;
-    }
-    let mut cfg = BusConfig::default();
-    cfg.backend = BusBackend::Nats;
-    cfg.url = Some(Secret::new(keel::testing::nats_url()));
-    cfg.namespace = Some(namespace.to_owned());
-    cfg.publish_timeout = Duration::from_secs(5);
-    let bus = Bus::new(&cfg).unwrap();
-    bus.connect().await.unwrap();
-    Some(bus)
-}
 
 fn envelope<E: Event>(e: &E) -> Envelope {
     Envelope::new("cityevents-test", e).unwrap()
@@ -56,20 +41,6 @@ fn change(user: Uuid, title: &str, reason: Option<&str>) -> JoinChange {
         reason: reason.map(str::to_owned),
         at: OffsetDateTime::now_utc(),
     }
-}
-
-/// A CA and a certificate it signed for 127.0.0.1: (CA PEM, certificate PEM, key PEM).
-fn test_pki() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// The value of counter `name{labels}` in a metrics text (0 when absent).
@@ -89,7 +60,7 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     let namespace = keel::testing::unique_topic("nmail");
     let Some(bus) = nats_bus(&namespace).await else { return };
     let pki_dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_pki();
+    let keel::testing::TestPki { ca, cert, key } = keel::testing::test_pki(&["127.0.0.1"]);
     let (ca_file, cert_file, key_file) =
         (pki_dir.path().join("ca.pem"), pki_dir.path().join("cert.pem"), pki_dir.path().join("key.pem"));
     std::fs::write(&ca_file, ca).unwrap();

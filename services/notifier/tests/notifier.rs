@@ -19,11 +19,9 @@ use cityevents_common::catalogue::{
     JoinKicked, JoinPromoted, JoinWaitlisted,
 };
 use cityevents_common::testing::eventually;
-use common::{Broker, Notifier, database, pool, seed, token};
-use keel::config::Secret;
+use common::{Broker, Notifier, database, nats_bus, pool, seed, token};
 use keel::data::Backend;
 use keel::events::{Bus, Envelope, Event};
-use keel::events::{BusBackend, BusConfig};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -141,21 +139,6 @@ cityevents_common::on_every_backend!(api);
 
 // ---------------------------------------------------------------------------------------------
 // Consumers (through NATS, so the test can publish to the service's bus)
-
-/// A NATS bus under `namespace`, as the service under test sees it.
-async fn nats_bus(namespace: &str) -> Option<Bus> {
-    if !keel::testing::require("NATS", &keel::testing::nats_url()) {
-        return None;
-    }
-    let mut cfg = BusConfig::default();
-    cfg.backend = BusBackend::Nats;
-    cfg.url = Some(Secret::new(keel::testing::nats_url()));
-    cfg.namespace = Some(namespace.to_owned());
-    cfg.publish_timeout = Duration::from_secs(5);
-    let bus = Bus::new(&cfg).unwrap();
-    bus.connect().await.unwrap();
-    Some(bus)
-}
 
 fn change(user: Uuid, event: Uuid, title: &str, reason: Option<&str>) -> JoinChange {
     JoinChange {

@@ -67,17 +67,8 @@ impl Receiver {
 /// A CA, and a server certificate it signed for `localhost` and `127.0.0.1`: (CA PEM, server
 /// certificate PEM, server key PEM).
 pub fn test_pki() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-    (ca_cert.pem(), server_cert.pem(), server_key.serialize_pem())
+    let pki = keel::testing::test_pki(&["localhost", "127.0.0.1"]);
+    (pki.ca, pki.cert, pki.key)
 }
 
 pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {

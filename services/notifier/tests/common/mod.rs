@@ -142,6 +142,23 @@ impl Deref for Notifier {
     }
 }
 
+/// A NATS bus under `namespace`, as the service under test sees it (`None`: NATS is not here,
+/// the test skips; a failure under `CI=true`).
+pub async fn nats_bus(namespace: &str) -> Option<keel::events::Bus> {
+    use keel::events::{Bus, BusBackend, BusConfig};
+    if !keel::testing::require("NATS", &keel::testing::nats_url()) {
+        return None;
+    }
+    let mut cfg = BusConfig::default();
+    cfg.backend = BusBackend::Nats;
+    cfg.url = Some(Secret::new(keel::testing::nats_url()));
+    cfg.namespace = Some(namespace.to_owned());
+    cfg.publish_timeout = Duration::from_secs(5);
+    let bus = Bus::new(&cfg).unwrap();
+    bus.connect().await.unwrap();
+    Some(bus)
+}
+
 /// A pool on the test database, to seed rows directly.
 pub async fn pool(db: &TestDatabase) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
