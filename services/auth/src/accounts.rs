@@ -142,7 +142,7 @@ impl Accounts {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let row: Option<RowTuple> =
-            sqlx::query_as(sql(db, &format!("SELECT {USER_COLUMNS} FROM users WHERE email_bidx = $1")))
+            sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE email_bidx = $1")))
                 .bind(bidx)
                 .fetch_optional(&mut *conn)
                 .await
@@ -155,6 +155,16 @@ impl Accounts {
         self.by_id_on(&mut conn, id).await
     }
 
+    /// Up to `limit` accounts whose contact the notifier never heard (`contact_sent_at` unset),
+    /// in id order.
+    pub(crate) async fn without_contact(&self, limit: u32) -> Result<Vec<UserRow>, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        let text = format!("SELECT {USER_COLUMNS} FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT {limit}");
+        let rows: Vec<RowTuple> = sqlx::query_as(db.statement(&text)).fetch_all(&mut *conn).await.obs(db)?;
+        Ok(rows.into_iter().map(UserRow::from).collect())
+    }
+
     /// [`Accounts::by_id`] on `conn` (a transaction's, to see its own writes).
     pub(crate) async fn by_id_on(
         &self,
@@ -162,11 +172,12 @@ impl Accounts {
         id: Uuid,
     ) -> Result<Option<UserRow>, DataError> {
         let db = &self.db;
-        let row: Option<RowTuple> = sqlx::query_as(sql(db, &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
-            .bind(id.to_string())
-            .fetch_optional(conn)
-            .await
-            .obs(db)?;
+        let row: Option<RowTuple> =
+            sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
+                .bind(id.to_string())
+                .fetch_optional(conn)
+                .await
+                .obs(db)?;
         Ok(row.map(UserRow::from))
     }
 
@@ -182,11 +193,12 @@ impl Accounts {
     pub(crate) async fn skeleton_taken(&self, skeleton_bidx: &str) -> Result<bool, DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let found: Option<String> = sqlx::query_scalar(sql(db, "SELECT id FROM users WHERE email_skeleton_bidx = $1"))
-            .bind(skeleton_bidx)
-            .fetch_optional(&mut *conn)
-            .await
-            .obs(db)?;
+        let found: Option<String> =
+            sqlx::query_scalar(db.statement("SELECT id FROM users WHERE email_skeleton_bidx = $1"))
+                .bind(skeleton_bidx)
+                .fetch_optional(&mut *conn)
+                .await
+                .obs(db)?;
         Ok(found.is_some())
     }
 
@@ -199,8 +211,7 @@ impl Accounts {
         loop {
             let page: Vec<(String, String)> = {
                 let mut conn = db.acquire().await?;
-                sqlx::query_as(sql(
-                    db,
+                sqlx::query_as(db.statement(
                     "SELECT id, email_ciphertext FROM users WHERE email_skeleton_bidx IS NULL AND id > $1 \
                      ORDER BY id LIMIT 200",
                 ))
@@ -214,8 +225,7 @@ impl Accounts {
             for (id, ciphertext) in page {
                 let skeleton = self.skeleton_index(&self.keyring.decrypt_str(&ciphertext)?);
                 let mut conn = db.acquire().await?;
-                let updated = sqlx::query(sql(
-                    db,
+                let updated = sqlx::query(db.statement(
                     "UPDATE users SET email_skeleton_bidx = $1 WHERE id = $2 AND email_skeleton_bidx IS NULL",
                 ))
                 .bind(&skeleton)
@@ -250,8 +260,7 @@ impl Accounts {
         let (id, created_at) = (Uuid::now_v7(), now());
         let db = &self.db;
         let mut tx = db.begin().await?;
-        let inserted = sqlx::query(sql(
-            db,
+        let inserted = sqlx::query(db.statement(
             "INSERT INTO users (id, email_ciphertext, email_bidx, email_skeleton_bidx, password_hash, name, role, \
              created_at, email_verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         ))
@@ -287,12 +296,14 @@ impl Accounts {
     /// Marks the address of `id` verified (once: a second call changes nothing).
     pub(crate) async fn set_verified(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<(), DataError> {
         let db = &self.db;
-        sqlx::query(sql(db, "UPDATE users SET email_verified_at = $1 WHERE id = $2 AND email_verified_at IS NULL"))
-            .bind(to_micros(now()))
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .obs(db)?;
+        sqlx::query(
+            db.statement("UPDATE users SET email_verified_at = $1 WHERE id = $2 AND email_verified_at IS NULL"),
+        )
+        .bind(to_micros(now()))
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
         Ok(())
     }
 
@@ -300,7 +311,7 @@ impl Accounts {
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        sqlx::query(sql(db, "UPDATE users SET role = $1 WHERE id = $2"))
+        sqlx::query(db.statement("UPDATE users SET role = $1 WHERE id = $2"))
             .bind(role)
             .bind(id)
             .execute(&mut *conn)
@@ -313,7 +324,7 @@ impl Accounts {
     pub(crate) async fn set_password_hash(&self, id: &str, phc: &str) -> Result<(), DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        sqlx::query(sql(db, "UPDATE users SET password_hash = $1 WHERE id = $2"))
+        sqlx::query(db.statement("UPDATE users SET password_hash = $1 WHERE id = $2"))
             .bind(phc)
             .bind(id)
             .execute(&mut *conn)
@@ -330,7 +341,7 @@ impl Accounts {
         phc: &str,
     ) -> Result<(), DataError> {
         let db = &self.db;
-        sqlx::query(sql(db, "UPDATE users SET password_hash = $1 WHERE id = $2"))
+        sqlx::query(db.statement("UPDATE users SET password_hash = $1 WHERE id = $2"))
             .bind(phc)
             .bind(id)
             .execute(&mut **tx)
@@ -367,11 +378,6 @@ impl Accounts {
             tracing::error!(error = %e, action, "cannot append to the audit log");
         }
     }
-}
-
-/// `$n` placeholders for this backend, as the statement text sqlx takes.
-pub(crate) fn sql(db: &Db, text: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(db.sql(text).into_owned())
 }
 
 /// Normalizes an address and checks its length, syntax and characters: trimmed, Unicode NFC,

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use keel::data::{Backend, DataError, Db, RetryKind};
 
-use crate::accounts::sql;
 use crate::config::LockoutConfig;
 use crate::error::Observe;
 use cityevents_common::time::{now, to_micros};
@@ -117,8 +116,7 @@ fn ensure_sql(db: &Db) -> &'static str {
 /// Forgets the failures of a counter whose last one is older than the window (`stale`).
 /// As a write, it also locks the row, so a read after it sees every concurrent attempt.
 async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, stale: i64) -> Result<(), DataError> {
-    sqlx::query(sql(
-        db,
+    sqlx::query(db.statement(
         "UPDATE login_throttle SET failures = CASE WHEN last_failure_at <= $1 THEN 0 ELSE failures END \
          WHERE bucket = $2",
     ))
@@ -132,7 +130,7 @@ async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, sta
 
 /// The counter's failures and the time of its last one.
 async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64, i64), DataError> {
-    sqlx::query_as(sql(db, "SELECT failures, last_failure_at FROM login_throttle WHERE bucket = $1"))
+    sqlx::query_as(db.statement("SELECT failures, last_failure_at FROM login_throttle WHERE bucket = $1"))
         .bind(key)
         .fetch_one(conn)
         .await
@@ -141,12 +139,14 @@ async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64
 
 /// One more failure on the counter `key`.
 async fn count_failure(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, now: i64) -> Result<(), DataError> {
-    sqlx::query(sql(db, "UPDATE login_throttle SET failures = failures + 1, last_failure_at = $1 WHERE bucket = $2"))
-        .bind(now)
-        .bind(key)
-        .execute(conn)
-        .await
-        .obs(db)?;
+    sqlx::query(
+        db.statement("UPDATE login_throttle SET failures = failures + 1, last_failure_at = $1 WHERE bucket = $2"),
+    )
+    .bind(now)
+    .bind(key)
+    .execute(conn)
+    .await
+    .obs(db)?;
     Ok(())
 }
 
@@ -192,7 +192,13 @@ impl Lockout {
         let mut tx = db.begin_read_committed().await?;
         let mut counts = Vec::with_capacity(3);
         for (scope, key, email, free) in &counters.keys {
-            sqlx::query(sql(db, ensure_sql(db))).bind(key).bind(*email).bind(now).execute(&mut *tx).await.obs(db)?;
+            sqlx::query(db.statement(ensure_sql(db)))
+                .bind(key)
+                .bind(*email)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .obs(db)?;
             forget_if_stale(db, &mut tx, key, stale).await?;
             let (failures, last) = read(db, &mut tx, key).await?;
             counts.push((*scope, failures, last, *free));
@@ -243,7 +249,13 @@ impl Lockout {
                 continue;
             }
             // Made by `attempt`, unless pruned since.
-            sqlx::query(sql(db, ensure_sql(db))).bind(key).bind(*email).bind(now).execute(&mut *tx).await.obs(db)?;
+            sqlx::query(db.statement(ensure_sql(db)))
+                .bind(key)
+                .bind(*email)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .obs(db)?;
             forget_if_stale(db, &mut tx, key, stale).await?;
             count_failure(db, &mut tx, key, now).await?;
             let (failures, _) = read(db, &mut tx, key).await?;
@@ -261,7 +273,7 @@ impl Lockout {
         let counters = Counters::new(&self.cfg, bidx, client);
         let [_, (_, pair, _, _), _] = &counters.keys;
         let mut conn = db.acquire().await?;
-        sqlx::query(sql(db, "DELETE FROM login_throttle WHERE bucket = $1"))
+        sqlx::query(db.statement("DELETE FROM login_throttle WHERE bucket = $1"))
             .bind(pair)
             .execute(&mut *conn)
             .await
@@ -277,7 +289,7 @@ impl Lockout {
         bidx: &str,
     ) -> Result<u64, DataError> {
         let db = &self.db;
-        let done = sqlx::query(sql(db, "DELETE FROM login_throttle WHERE email_bidx = $1"))
+        let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE email_bidx = $1"))
             .bind(bidx)
             .execute(&mut **tx)
             .await
@@ -291,7 +303,7 @@ impl Lockout {
         let db = &self.db;
         let now = to_micros(now());
         let mut conn = db.acquire().await?;
-        let done = sqlx::query(sql(db, "DELETE FROM login_throttle WHERE last_failure_at <= $1"))
+        let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE last_failure_at <= $1"))
             .bind(now.saturating_sub(micros(self.cfg.window)))
             .execute(&mut *conn)
             .await

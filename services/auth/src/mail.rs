@@ -20,7 +20,7 @@ use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::accounts::{Accounts, sql};
+use crate::accounts::Accounts;
 use crate::error::{ApiError, Observe};
 use crate::tokens::{generate, hash};
 
@@ -73,8 +73,7 @@ impl AccountMail {
     ) -> Result<(String, OffsetDateTime), DataError> {
         let db = &self.db;
         let now = to_micros(now());
-        sqlx::query(sql(
-            db,
+        sqlx::query(db.statement(
             "UPDATE account_tokens SET used_at = $1 WHERE user_id = $2 AND purpose = $3 AND used_at IS NULL",
         ))
         .bind(now)
@@ -85,8 +84,7 @@ impl AccountMail {
         .obs(db)?;
         let token = generate();
         let expires = now.saturating_add(i64::try_from(self.ttl(purpose).as_micros()).unwrap_or(i64::MAX));
-        sqlx::query(sql(
-            db,
+        sqlx::query(db.statement(
             "INSERT INTO account_tokens (token_hash, user_id, purpose, created_at, expires_at, used_at) \
              VALUES ($1, $2, $3, $4, $5, NULL)",
         ))
@@ -112,8 +110,7 @@ impl AccountMail {
         let db = &self.db;
         let now = to_micros(now());
         let token_hash = hash(token);
-        let spent = sqlx::query(sql(
-            db,
+        let spent = sqlx::query(db.statement(
             "UPDATE account_tokens SET used_at = $1 \
              WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $4",
         ))
@@ -129,7 +126,7 @@ impl AccountMail {
             return Ok(None);
         }
         let user: Option<String> =
-            sqlx::query_scalar(sql(db, "SELECT user_id FROM account_tokens WHERE token_hash = $1"))
+            sqlx::query_scalar(db.statement("SELECT user_id FROM account_tokens WHERE token_hash = $1"))
                 .bind(&token_hash)
                 .fetch_optional(&mut **tx)
                 .await
@@ -145,7 +142,7 @@ impl AccountMail {
     ) -> Result<(), ApiError> {
         self.outbox.enqueue_event(tx, ACCOUNTS_TOPIC, contact).await?;
         let db = &self.db;
-        sqlx::query(sql(db, "UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
+        sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
             .bind(to_micros(now()))
             .bind(contact.user_id.to_string())
             .execute(&mut **tx)
@@ -178,7 +175,7 @@ impl AccountMail {
         let db = &self.db;
         let cutoff = to_micros(now()).saturating_sub(86_400_000_000);
         let mut conn = db.acquire().await?;
-        let done = sqlx::query(sql(db, "DELETE FROM account_tokens WHERE expires_at < $1"))
+        let done = sqlx::query(db.statement("DELETE FROM account_tokens WHERE expires_at < $1"))
             .bind(cutoff)
             .execute(&mut *conn)
             .await
@@ -192,40 +189,29 @@ impl AccountMail {
         let db = &self.db;
         let mut announced = 0_u64;
         loop {
-            let ids: Vec<String> = {
-                let mut conn = db.acquire().await?;
-                sqlx::query_scalar(sql(db, "SELECT id FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT 100"))
-                    .fetch_all(&mut *conn)
-                    .await
-                    .obs(db)?
-            };
-            if ids.is_empty() {
+            let rows = accounts.without_contact(100).await?;
+            if rows.is_empty() {
                 if announced > 0 {
                     self.wake();
                 }
                 return Ok(announced);
             }
             let mut tx = db.begin().await?;
-            for id in &ids {
-                let row = match Uuid::parse_str(id) {
-                    Ok(uuid) => accounts.by_id(uuid).await?,
-                    Err(_) => None,
-                };
-                match row {
-                    Some(row) => self.contact(&mut tx, &contact_of(&accounts.user(&row)?)).await?,
-                    // Not announceable (deleted meanwhile, a broken id): never look at it again.
-                    None => {
-                        sqlx::query(sql(db, "UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
-                            .bind(to_micros(now()))
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await
-                            .obs(db)?;
-                    }
+            for row in &rows {
+                if Uuid::parse_str(&row.id).is_ok() {
+                    self.contact(&mut tx, &contact_of(&accounts.user(row)?)).await?;
+                } else {
+                    // A broken id cannot be announced: never look at it again.
+                    sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
+                        .bind(to_micros(now()))
+                        .bind(&row.id)
+                        .execute(&mut *tx)
+                        .await
+                        .obs(db)?;
                 }
             }
             tx.commit().await.obs(db)?;
-            announced += ids.len() as u64;
+            announced += rows.len() as u64;
         }
     }
 }

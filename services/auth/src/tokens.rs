@@ -20,7 +20,6 @@ use keel::security::crypto::Keyring;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::accounts::sql;
 use crate::error::{ApiError, Observe};
 use cityevents_common::time::{now, to_micros};
 
@@ -104,7 +103,7 @@ impl RefreshTokens {
         let mut conn = db.acquire().await?;
         let token = generate();
         let now = to_micros(now());
-        sqlx::query(sql(db, INSERT))
+        sqlx::query(db.statement(INSERT))
             .bind(hash(&token))
             .bind(Uuid::now_v7().to_string())
             .bind(user_id)
@@ -124,8 +123,7 @@ impl RefreshTokens {
         let next = generate();
         let sealed = self.keyring.encrypt_str(&next)?;
         let mut tx = db.begin().await?;
-        let spent = sqlx::query(sql(
-            db,
+        let spent = sqlx::query(db.statement(
             "UPDATE refresh_tokens SET used_at = $1, successor_ciphertext = $2 \
              WHERE token_hash = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $4",
         ))
@@ -138,8 +136,7 @@ impl RefreshTokens {
         .obs(db)?
         .rows_affected();
         if spent == 1 {
-            let owner: Option<(String, String, String, Option<i64>)> = sqlx::query_as(sql(
-                db,
+            let owner: Option<(String, String, String, Option<i64>)> = sqlx::query_as(db.statement(
                 "SELECT r.family_id, r.user_id, u.role, u.email_verified_at FROM refresh_tokens r \
                  JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1",
             ))
@@ -150,7 +147,7 @@ impl RefreshTokens {
             let Some((family_id, user_id, role, verified_at)) = owner else {
                 return Ok(Rotation::Invalid);
             };
-            sqlx::query(sql(db, INSERT))
+            sqlx::query(db.statement(INSERT))
                 .bind(hash(&next))
                 .bind(&family_id)
                 .bind(&user_id)
@@ -165,8 +162,7 @@ impl RefreshTokens {
         drop(tx);
         // Not spendable. A concurrent winner has committed by now: its UPDATE held the row.
         let mut conn = db.acquire().await?;
-        let found: Option<SpentRow> = sqlx::query_as(sql(
-            db,
+        let found: Option<SpentRow> = sqlx::query_as(db.statement(
             "SELECT family_id, user_id, used_at, revoked_at, expires_at, successor_ciphertext \
              FROM refresh_tokens WHERE token_hash = $1",
         ))
@@ -205,8 +201,7 @@ impl RefreshTokens {
         };
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let role: Option<(String, Option<i64>)> = sqlx::query_as(sql(
-            db,
+        let role: Option<(String, Option<i64>)> = sqlx::query_as(db.statement(
             "SELECT u.role, u.email_verified_at FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
              WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2",
         ))
@@ -224,7 +219,7 @@ impl RefreshTokens {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let found: Option<(String, String)> =
-            sqlx::query_as(sql(db, "SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1"))
+            sqlx::query_as(db.statement("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1"))
                 .bind(hash(token))
                 .fetch_optional(&mut *conn)
                 .await
@@ -251,8 +246,7 @@ impl RefreshTokens {
         let db = &self.db;
         let now = to_micros(now());
         let mut conn = db.acquire().await?;
-        let live: Vec<(String,)> = sqlx::query_as(sql(
-            db,
+        let live: Vec<(String,)> = sqlx::query_as(db.statement(
             "SELECT family_id FROM refresh_tokens \
              WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
         ))
@@ -263,10 +257,9 @@ impl RefreshTokens {
         .obs(db)?;
         let mut out = Vec::with_capacity(live.len());
         for (family,) in live {
-            let (started, last): (i64, i64) = sqlx::query_as(sql(
-                db,
-                "SELECT MIN(created_at), MAX(created_at) FROM refresh_tokens WHERE family_id = $1",
-            ))
+            let (started, last): (i64, i64) = sqlx::query_as(
+                db.statement("SELECT MIN(created_at), MAX(created_at) FROM refresh_tokens WHERE family_id = $1"),
+            )
             .bind(&family)
             .fetch_one(&mut *conn)
             .await
@@ -281,8 +274,7 @@ impl RefreshTokens {
     pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let owner: Option<(String,)> = sqlx::query_as(sql(
-            db,
+        let owner: Option<(String,)> = sqlx::query_as(db.statement(
             "SELECT user_id FROM refresh_tokens WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL LIMIT 1",
         ))
         .bind(family_id)
@@ -315,7 +307,7 @@ impl RefreshTokens {
             "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
              WHERE {column} = $2 AND revoked_at IS NULL"
         );
-        let done = sqlx::query(sql(db, &text)).bind(to_micros(now())).bind(value).execute(conn).await.obs(db)?;
+        let done = sqlx::query(db.statement(&text)).bind(to_micros(now())).bind(value).execute(conn).await.obs(db)?;
         Ok(done.rows_affected())
     }
 
@@ -326,13 +318,12 @@ impl RefreshTokens {
         let db = &self.db;
         let now = to_micros(now());
         let mut conn = db.acquire().await?;
-        let done = sqlx::query(sql(db, "DELETE FROM refresh_tokens WHERE expires_at <= $1"))
+        let done = sqlx::query(db.statement("DELETE FROM refresh_tokens WHERE expires_at <= $1"))
             .bind(now)
             .execute(&mut *conn)
             .await
             .obs(db)?;
-        sqlx::query(sql(
-            db,
+        sqlx::query(db.statement(
             "UPDATE refresh_tokens SET successor_ciphertext = NULL \
              WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
         ))

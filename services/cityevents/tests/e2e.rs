@@ -47,16 +47,7 @@ enum Mailbox {
 impl Mailbox {
     fn messages(&self) -> Vec<String> {
         match self {
-            Self::Dir(dir) => {
-                let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-                let mut files: Vec<_> = entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                    .collect();
-                files.sort();
-                files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
-            }
+            Self::Dir(dir) => cityevents_common::testing::eml_files(dir),
             Self::Smtp(sink) => sink.messages(),
             Self::Unread => Vec::new(),
         }
@@ -65,19 +56,13 @@ impl Mailbox {
     /// Waits for a mail to `to` whose decoded text contains `needle`; returns the decoded text.
     async fn wait_for(&self, to: &str, needle: &str) -> String {
         let header = format!("To: {to}\r\n");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self
-                .messages()
+        eventually_some(&format!("a mail to {to} containing {needle:?}"), || async {
+            self.messages()
                 .into_iter()
                 .map(|m| decode_quoted_printable(&m))
-                .find(|m| m.contains(&header) && m.contains(needle));
-            if let Some(m) = found {
-                return m;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no mail to {to} containing {needle:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                .find(|m| m.contains(&header) && m.contains(needle))
+        })
+        .await
     }
 }
 
@@ -246,24 +231,26 @@ impl Api {
 
 /// The token of a verification mail to `email` other than `not`.
 async fn eventually_token(api: &Api, email: &str, not: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let header = format!("To: {email}\r\n");
-        let tokens: Vec<String> = api
-            .mail
+    let header = format!("To: {email}\r\n");
+    eventually_some(&format!("a second verification mail to {email}"), || async {
+        api.mail
             .messages()
             .iter()
             .map(|m| decode_quoted_printable(m))
             .filter(|m| m.contains(&header) && m.contains("Subject: Confirm your e-mail address"))
             .map(|m| link_token(&m))
-            .filter(|t| t != not)
-            .collect();
-        if let Some(t) = tokens.into_iter().next() {
-            return t;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no second verification mail to {email}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .find(|t| t != not)
+    })
+    .await
+}
+
+/// [`cityevents_common::testing::eventually`] with this test's 30 s.
+async fn eventually_some<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    cityevents_common::testing::eventually(what, Duration::from_secs(30), f).await
 }
 
 async fn eventually<F, Fut>(what: &str, mut f: F)

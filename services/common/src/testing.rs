@@ -395,16 +395,8 @@ impl SmtpSink {
     }
 
     /// Every message received so far, oldest first, as text.
-    #[allow(clippy::expect_used)]
     pub fn messages(&self) -> Vec<String> {
-        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("mail"))
-            .expect("the mail directory")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .collect();
-        files.sort();
-        files.iter().map(|p| std::fs::read_to_string(p).expect("a message")).collect()
+        eml_files(&self.dir.path().join("mail"))
     }
 
     /// Waits (20 s at most) until a message to `to` satisfies `what`, and returns it.
@@ -430,24 +422,24 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-/// Decodes a quoted-printable body part (what lettre uses for text that is not plain ASCII
-/// lines), so tests can search a message for what the user reads.
+/// Decodes a whole message's quoted-printable parts (what lettre uses for text that is not
+/// plain ASCII lines), so tests can search it for what the user reads.
 pub fn decode_quoted_printable(text: &str) -> String {
-    let mut out = Vec::with_capacity(text.len());
-    let bytes = text.replace("=\r\n", "").replace("=\n", "");
-    let b = bytes.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'='
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
+    match quoted_printable::decode(text, quoted_printable::ParseMode::Robust) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => text.to_owned(),
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `.eml` files of `dir` (a mail directory), oldest name first, as text; none when the
+/// directory does not exist yet.
+pub fn eml_files(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    files.sort();
+    files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
 }

@@ -213,6 +213,12 @@ impl Db {
         self.inner.backend.sql(sql)
     }
 
+    /// [`Db::sql`] as the statement `sqlx::query` takes. For statement text made by the program
+    /// (placeholders bind every value), never from input.
+    pub fn statement(&self, sql: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(self.sql(sql).into_owned())
+    }
+
     /// The pool, for queries. Calls through it skip the fail-fast check and the acquire metrics:
     /// prefer [`Db::acquire`] and [`Db::begin`] in request handlers.
     pub fn pool(&self) -> &AnyPool {

@@ -42,10 +42,6 @@ pub(crate) struct Contact {
     pub(crate) verified: bool,
 }
 
-fn sql(db: &Db, text: &str) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(db.sql(text).into_owned())
-}
-
 impl Contacts {
     /// The store on `db`, encrypting addresses with `keyring`.
     pub fn new(db: Db, keyring: Keyring) -> Self {
@@ -73,7 +69,7 @@ impl Contacts {
                  verified = excluded.verified, updated_at = excluded.updated_at"
             }
         };
-        sqlx::query(sql(db, text))
+        sqlx::query(db.statement(text))
             .bind(c.user_id.to_string())
             .bind(ciphertext)
             .bind(&c.name)
@@ -89,12 +85,13 @@ impl Contacts {
     pub(crate) async fn contact(&self, user: Uuid) -> Result<Option<Contact>, Failure> {
         let db = &self.db;
         let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
-        let row: Option<(String, String, i64)> =
-            sqlx::query_as(sql(db, "SELECT email_ciphertext, name, verified FROM mail_contacts WHERE user_id = $1"))
-                .bind(user.to_string())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| Failure::transient(&db.observe(e)))?;
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            db.statement("SELECT email_ciphertext, name, verified FROM mail_contacts WHERE user_id = $1"),
+        )
+        .bind(user.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| Failure::transient(&db.observe(e)))?;
         let Some((ciphertext, name, verified)) = row else { return Ok(None) };
         // A data key gone from the keyring will not come back by retrying.
         let email = self.keyring.decrypt_str(&ciphertext).map_err(Failure::permanent)?;
@@ -106,7 +103,7 @@ impl Contacts {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let rows: Vec<(String, i64)> =
-            sqlx::query_as(sql(db, "SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
+            sqlx::query_as(db.statement("SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
                 .bind(user)
                 .fetch_all(&mut *conn)
                 .await
@@ -136,7 +133,7 @@ impl Contacts {
         };
         let mut tx = db.begin().await?;
         for (kind, on) in changes {
-            sqlx::query(sql(db, text))
+            sqlx::query(db.statement(text))
                 .bind(user)
                 .bind(*kind)
                 .bind(i64::from(*on))
@@ -152,11 +149,12 @@ impl Contacts {
     async fn handled(&self, message_id: &str) -> Result<bool, Failure> {
         let db = &self.db;
         let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
-        let found: Option<String> = sqlx::query_scalar(sql(db, "SELECT outcome FROM mail_log WHERE message_id = $1"))
-            .bind(message_id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| Failure::transient(&db.observe(e)))?;
+        let found: Option<String> =
+            sqlx::query_scalar(db.statement("SELECT outcome FROM mail_log WHERE message_id = $1"))
+                .bind(message_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| Failure::transient(&db.observe(e)))?;
         Ok(found.is_some())
     }
 
@@ -172,7 +170,7 @@ impl Contacts {
             }
         };
         let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
-        sqlx::query(sql(db, text))
+        sqlx::query(db.statement(text))
             .bind(message_id)
             .bind(template)
             .bind(outcome)
@@ -188,7 +186,7 @@ impl Contacts {
         let db = &self.db;
         let cutoff = to_micros(now()).saturating_sub(i64::try_from(MAIL_LOG_RETENTION.as_micros()).unwrap_or(i64::MAX));
         let mut conn = db.acquire().await?;
-        let done = sqlx::query(sql(db, "DELETE FROM mail_log WHERE created_at < $1"))
+        let done = sqlx::query(db.statement("DELETE FROM mail_log WHERE created_at < $1"))
             .bind(cutoff)
             .execute(&mut *conn)
             .await

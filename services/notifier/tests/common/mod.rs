@@ -67,10 +67,7 @@ impl Notifier {
 
     /// The file transport's messages so far.
     pub fn mail_files(&self) -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(self.mail_dir.path().join("mail")) else { return Vec::new() };
-        let mut files: Vec<_> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
-        files.sort();
-        files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).collect()
+        cityevents_common::testing::eml_files(&self.mail_dir.path().join("mail"))
     }
 
     /// `GET`/`PUT /api/v1/me/mail-preferences` as `user`: status and body.
