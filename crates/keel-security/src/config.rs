@@ -40,7 +40,8 @@ pub struct JwtConfig {
     /// Clock skew tolerated on `exp` and `nbf`. Default `30s`; at most `5m`.
     #[serde(with = "keel_config::duration")]
     pub leeway: Duration,
-    /// Lifetime of issued tokens. Default `15m`.
+    /// Lifetime of issued tokens. Default `5m`: short, because a stateless token stays valid
+    /// until it expires unless the verifier follows session revocations.
     #[serde(with = "keel_config::duration")]
     pub ttl: Duration,
     /// The `kid` of the key new tokens are signed with. Unset: this service only verifies.
@@ -55,7 +56,7 @@ impl Default for JwtConfig {
             issuer: None,
             audience: Vec::new(),
             leeway: Duration::from_secs(30),
-            ttl: Duration::from_secs(900),
+            ttl: Duration::from_secs(300),
             signing_key: None,
             keys: BTreeMap::new(),
         }

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`mask`] | maskers for emails, phones, cards, tokens; log masking; `scrub`, the one credential scrubber (from `keel-telemetry`, whose log formatter uses them) | always |
 //! | `jwt` | issue and verify tokens; `Auth<C>` extractors and role guard | `security` |
+//! | `sessions` | session versions below which a subject's tokens are refused (revocation of stateless tokens) | `security` |
 //! | `password` | Argon2id off the executor, with a concurrency cap and a policy | `security` |
 //! | `crypto` | AES-256-GCM envelope encryption, key rotation, HMAC blind index | `security` |
 //! | `audit` | hash-chained `audit_log` table and `<service> audit verify` | `security` + a SQL backend |
@@ -25,6 +26,8 @@ pub mod jwt;
 pub use keel_telemetry::mask;
 #[cfg(feature = "security")]
 pub mod password;
+#[cfg(feature = "security")]
+pub mod sessions;
 
 pub use config::{
     AuditConfig, AuditKeyConfig, EncryptionConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, PasswordsConfig,

@@ -17,6 +17,7 @@ use keel::security::PasswordsConfig;
 use keel::security::audit::{AuditKeys, AuditLog, Checkpoint, Outcome};
 use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, RequireRoleLayer, Role};
 use keel::security::password::{PasswordError, PasswordHasher};
+use keel::security::sessions::Revocations;
 use keel::security::{AuditConfig, AuditKeyConfig};
 use keel::testing::{TestDatabase, mysql_url, postgres_url, require};
 use serde_json::{Value, json};
@@ -233,6 +234,46 @@ async fn wrong_claim_types_are_a_401_problem_never_a_panic() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("`admin`"), "{body}");
     assert_eq!(call(&app, "/ops/status", Some(&s.issue(&admin).unwrap())).await.2, "a");
+}
+
+#[tokio::test]
+async fn ended_sessions_are_refused_by_every_extractor() {
+    let revoked = Revocations::new(Duration::from_secs(600), 1_000);
+    let v = verifier().with_revocations(revoked.clone());
+    let app = app(&v);
+    let s = signer("ed");
+    let token = |sub: &str, sv: Option<u64>| {
+        let mut c = s.claims(sub).role("admin");
+        c.sv = sv;
+        s.issue(&c).unwrap()
+    };
+    let (old, legacy, other) = (token("u1", Some(1)), token("u1", None), token("u2", Some(1)));
+    for t in [&old, &legacy, &other] {
+        assert_eq!(call(&app, "/me", Some(t)).await.0, StatusCode::OK);
+    }
+    assert!(revoked.revoke("u1", 2));
+    let current = token("u1", Some(2));
+    for path in ["/me", "/maybe", "/admin", "/ops/status"] {
+        for t in [&old, &legacy] {
+            let (status, challenge, body) = call(&app, path, Some(t)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+            assert!(challenge.unwrap().starts_with("Bearer error=\"invalid_token\""));
+            assert!(body.contains("its session was ended"), "{body}");
+        }
+        assert_eq!(call(&app, path, Some(&current)).await.0, StatusCode::OK, "{path}");
+        assert_eq!(call(&app, path, Some(&other)).await.0, StatusCode::OK, "another subject is untouched");
+    }
+    assert_eq!(v.verify::<Claims>(&old), Err(JwtError::Revoked));
+    // The check reads `sub`/`sv` whatever the application's claims type is.
+    #[derive(serde::Deserialize)]
+    struct Mine {
+        #[allow(dead_code)]
+        sub: String,
+    }
+    assert!(matches!(v.verify::<Mine>(&old), Err(JwtError::Revoked)));
+    assert!(v.verify::<Mine>(&current).is_ok());
+    // A verifier without revocations is unchanged.
+    assert!(verifier().verify::<Claims>(&old).is_ok());
 }
 
 fn cheap_passwords(cap: usize, queue: Duration) -> PasswordHasher {
