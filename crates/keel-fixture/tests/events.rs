@@ -265,6 +265,90 @@ async fn bus_semantics_rabbitmq() {
     bus_semantics(Broker::Rabbit).await;
 }
 
+/// Fan-out: each subscriber gets every message published while it is there, beside (not
+/// instead of) the durable group, and a retried delivery comes back to the same subscriber.
+async fn fan_out(broker: Broker) {
+    let Some(bus) = bus(broker).await else { return };
+    let topic = unique_topic("fan");
+    let durable = SubscribeOptions::default();
+    let fan = SubscribeOptions::default().fan_out();
+    let mut group = bus.subscribe(&topic, "g", &durable).await.unwrap();
+    let mut one = bus.subscribe(&topic, "follow", &fan).await.unwrap();
+    let mut two = bus.subscribe(&topic, "follow", &fan).await.unwrap();
+    assert_ne!(one.group(), two.group(), "{broker:?}: each fan-out subscriber is a group of its own");
+    assert!(one.group().starts_with("follow."), "{}", one.group());
+    let (e1, e2) = (event(1), event(2));
+    bus.publish(&topic, &e1).await.unwrap();
+    bus.publish(&topic, &e2).await.unwrap();
+    for sub in [&mut one, &mut two] {
+        for e in [&e1, &e2] {
+            let d = next(sub).await;
+            assert_eq!(&d.envelope().unwrap().id, &e.id, "{broker:?}: in order, to every subscriber");
+            d.ack().await.unwrap();
+        }
+    }
+    // The durable group shares nothing with them: it gets both as well.
+    for e in [&e1, &e2] {
+        let d = next(&mut group).await;
+        assert_eq!(&d.envelope().unwrap().id, &e.id);
+        d.ack().await.unwrap();
+    }
+    // A retry comes back to the same fan-out subscriber only.
+    let e3 = event(3);
+    bus.publish(&topic, &e3).await.unwrap();
+    next(&mut two).await.ack().await.unwrap();
+    next(&mut group).await.ack().await.unwrap();
+    let d = next(&mut one).await;
+    d.retry(Duration::from_millis(100)).await.unwrap();
+    let d = next(&mut one).await;
+    assert_eq!((d.envelope().unwrap().id.clone(), d.attempt()), (e3.id.clone(), 2), "{broker:?}");
+    d.ack().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), two.next()).await.is_err(), "{broker:?}");
+    // A late subscriber sees only what comes after it, and leaving removes its queue.
+    let mut late = bus.subscribe(&topic, "follow", &fan).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), late.next()).await.is_err(), "{broker:?}");
+    drop(one);
+    drop(two);
+    let e4 = event(4);
+    bus.publish(&topic, &e4).await.unwrap();
+    for sub in [&mut late, &mut group] {
+        let d = next(sub).await;
+        assert_eq!(d.envelope().unwrap().id, e4.id, "{broker:?}");
+        d.ack().await.unwrap();
+    }
+    bus.close().await;
+}
+
+#[tokio::test]
+async fn fan_out_in_process() {
+    fan_out(Broker::InProcess).await;
+    // Fan-out subscribers never take the backlog kept for the first durable group, and a
+    // dropped one stops counting against the bus's bound.
+    let bus = Bus::in_process(2);
+    let fan = bus.subscribe("backlog", "follow", &SubscribeOptions::default().fan_out()).await.unwrap();
+    let (e1, e2) = (event(1), event(2));
+    bus.publish("backlog", &e1).await.unwrap();
+    bus.publish("backlog", &e2).await.unwrap();
+    drop(fan);
+    bus.publish("backlog", &event(3)).await.unwrap_err();
+    let mut g = bus.subscribe("backlog", "g", &SubscribeOptions::default()).await.unwrap();
+    for e in [e1, e2] {
+        let d = next(&mut g).await;
+        assert_eq!(d.envelope().unwrap().id, e.id);
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn fan_out_nats() {
+    fan_out(Broker::Nats).await;
+}
+
+#[tokio::test]
+async fn fan_out_rabbitmq() {
+    fan_out(Broker::Rabbit).await;
+}
+
 #[tokio::test]
 async fn in_process_bus_is_bounded() {
     let bus = Bus::in_process(2);

@@ -495,7 +495,7 @@ pub struct Consumer<H> {
     state: Arc<SubState>,
     /// Called whenever readiness changes (subscribed, paused, resumed), so it need not wait
     /// for the check's interval.
-    on_subscribed: Option<Arc<dyn Fn() + Send + Sync>>,
+    on_subscribed: Vec<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -519,7 +519,7 @@ impl<H: Handler> Consumer<H> {
             held: Held::default(),
             metrics: None,
             state: Arc::new(SubState::default()),
-            on_subscribed: None,
+            on_subscribed: Vec::new(),
         }
     }
 
@@ -563,10 +563,11 @@ impl<H: Handler> Consumer<H> {
         self
     }
 
-    /// Runs `f` each time the readiness this consumer reports changes: subscribed, paused,
-    /// resumed (Setup uses it to refresh readiness at once).
+    /// Runs `f` each time the readiness this consumer reports changes: subscribed (again, after
+    /// a lost connection), paused, resumed. Setup uses it to refresh readiness at once; each call
+    /// adds one more callback.
     pub fn on_subscribed(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_subscribed = Some(Arc::new(f));
+        self.on_subscribed.push(Arc::new(f));
         self
     }
 
@@ -575,12 +576,17 @@ impl<H: Handler> Consumer<H> {
         format!("{}:{}", self.topic, self.group)
     }
 
-    /// The readiness check `consumer:<topic>:<group>`: down until the subscription exists, with
+    /// The readiness check `consumer:<topic>:<group>` (required when `bus.required` is): down
+    /// until the subscription exists, with
     /// the reason it could not be made; degraded while the consumer is paused (it will resume by
     /// itself, and the missing dependency has its own check), so a pause alone does not take
     /// the service out of rotation.
     pub fn readiness_check(&self) -> ConsumerCheck {
-        ConsumerCheck { name: format!("consumer:{}:{}", self.topic, self.group), state: self.state.clone() }
+        ConsumerCheck {
+            name: format!("consumer:{}:{}", self.topic, self.group),
+            state: self.state.clone(),
+            required: self.bus.is_required(),
+        }
     }
 
     /// Subscribes (retrying with backoff until `stop`) and handles messages until `stop` fires;
@@ -735,13 +741,17 @@ impl<H: Handler> Consumer<H> {
     }
 
     fn changed(&self) {
-        if let Some(f) = &self.on_subscribed {
+        for f in &self.on_subscribed {
             f();
         }
     }
 
     async fn record_lag(&self) {
         let Some(m) = &self.metrics else { return };
+        if self.options.subscribe.fan_out {
+            // Its queue is its own and renamed on every subscription: no group lag to report.
+            return;
+        }
         match self.bus.lag(&self.topic, &self.group).await {
             Ok(n) => m.lag(&self.topic, &self.group, n),
             Err(e) => tracing::debug!(error = %e, "cannot read consumer lag"),
@@ -1006,6 +1016,8 @@ impl SubState {
 pub struct ConsumerCheck {
     name: String,
     state: Arc<SubState>,
+    /// As the bus's own check: a service whose bus is optional stays ready without it.
+    required: bool,
 }
 
 impl HealthCheck for ConsumerCheck {
@@ -1014,6 +1026,9 @@ impl HealthCheck for ConsumerCheck {
     }
     fn kind(&self) -> Kind {
         Kind::Readiness
+    }
+    fn required(&self) -> bool {
+        self.required
     }
     fn check(&self) -> CheckFuture<'_> {
         Box::pin(async move {

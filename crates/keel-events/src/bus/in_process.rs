@@ -28,6 +28,8 @@ struct GroupState {
 struct Group {
     topic: String,
     name: String,
+    /// A fan-out subscriber's own group: removed when its subscription drops.
+    fan_out: bool,
     state: Mutex<GroupState>,
     notify: Notify,
     broker: std::sync::Weak<Broker>,
@@ -90,16 +92,18 @@ impl Broker {
     pub(super) fn publish(&self, topic: &str, envelope: &Envelope, only_group: Option<&str>) -> Result<(), BusError> {
         let mut topics = self.topics();
         let t = topics.entry(topic.to_owned()).or_default();
-        if t.groups.is_empty() {
-            if t.backlog.len() >= self.capacity {
-                return Err(BusError::Full(topic.to_owned()));
-            }
-            t.backlog.push_back(envelope.clone());
-            return Ok(());
+        // Until a durable group exists the backlog keeps the message for it (fan-out
+        // subscribers only see what is published while they are there).
+        let backlog = !t.groups.values().any(|g| !g.fan_out);
+        if backlog && t.backlog.len() >= self.capacity {
+            return Err(BusError::Full(topic.to_owned()));
         }
         let targets: Vec<&Arc<Group>> = t.groups.values().filter(|g| only_group.is_none_or(|o| o == g.name)).collect();
         if targets.iter().any(|g| g.len() >= self.capacity) {
             return Err(BusError::Full(topic.to_owned()));
+        }
+        if backlog {
+            t.backlog.push_back(envelope.clone());
         }
         for g in targets {
             let replay_group = only_group.map(str::to_owned);
@@ -108,10 +112,10 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn subscribe(&self, topic: &str, group: &str) -> Subscription {
+    pub(super) fn subscribe(&self, topic: &str, group: &str, fan_out: bool) -> Subscription {
         let mut topics = self.topics();
         let t = topics.entry(topic.to_owned()).or_default();
-        let first = t.groups.is_empty();
+        let first = !fan_out && !t.groups.values().any(|g| !g.fan_out);
         let g = t
             .groups
             .entry(group.to_owned())
@@ -119,6 +123,7 @@ impl Broker {
                 Arc::new(Group {
                     topic: topic.to_owned(),
                     name: group.to_owned(),
+                    fan_out,
                     state: Mutex::new(GroupState::default()),
                     notify: Notify::new(),
                     broker: self.me.clone(),
@@ -191,6 +196,19 @@ impl Broker {
 /// One group's subscription.
 pub(super) struct Subscription {
     group: Arc<Group>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.group.fan_out {
+            return;
+        }
+        if let Some(broker) = self.group.broker.upgrade()
+            && let Some(t) = broker.topics().get_mut(&self.group.topic)
+        {
+            t.groups.remove(&self.group.name);
+        }
+    }
 }
 
 impl Subscription {

@@ -165,11 +165,16 @@ pub struct SubscribeOptions {
     /// A delivery not settled within this is redelivered by the broker (NATS `ack_wait`).
     /// Default `30s`.
     pub ack_wait: Duration,
+    /// Fan-out: this subscriber gets every message of the topic, shared with no one, from the
+    /// moment it subscribes; nothing is kept for it once it is gone. For state that every
+    /// instance of a service keeps for itself (revoked sessions, caches). Default `false`: a
+    /// durable consumer group.
+    pub fan_out: bool,
 }
 
 impl Default for SubscribeOptions {
     fn default() -> Self {
-        Self { prefetch: 64, ack_wait: Duration::from_secs(30) }
+        Self { prefetch: 64, ack_wait: Duration::from_secs(30), fan_out: false }
     }
 }
 
@@ -184,7 +189,17 @@ impl SubscribeOptions {
         self.ack_wait = d;
         self
     }
+    /// Makes the subscription a per-subscriber fan-out (see [`SubscribeOptions::fan_out`]).
+    pub fn fan_out(mut self) -> Self {
+        self.fan_out = true;
+        self
+    }
 }
+
+/// How long the broker keeps a fan-out subscriber's queue or consumer after the subscriber is
+/// gone (a crashed instance leaves nothing behind for longer than this).
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+const FAN_OUT_EXPIRY: Duration = Duration::from_secs(60);
 
 impl Bus {
     /// A bus for `config`, not connected yet. For `nats` and `rabbitmq` the URL is required.
@@ -289,6 +304,11 @@ impl Bus {
         self.inner.config.backend
     }
 
+    /// Whether readiness requires the broker (`bus.required`).
+    pub fn is_required(&self) -> bool {
+        self.inner.config.required
+    }
+
     /// Whether the broker connection is up.
     pub fn is_connected(&self) -> bool {
         match self.inner.conn.get() {
@@ -337,6 +357,12 @@ impl Bus {
     /// Subscribes to `topic` as consumer group `group`: every group gets every message; within a
     /// group, subscribers share the messages. Creates the stream / exchange / queues if needed;
     /// a failure here is an error, never a silently idle subscriber.
+    ///
+    /// With [`SubscribeOptions::fan_out`] the subscription is a group of its own, named
+    /// `<group>.<random suffix>`: it sees every message published after it subscribed, and the
+    /// broker drops its queue (RabbitMQ, non-durable, expiring) or consumer (NATS, ephemeral) a
+    /// minute after it is gone. On the in-process bus it never takes the backlog kept for the
+    /// first durable group.
     pub async fn subscribe(
         &self,
         topic: &str,
@@ -345,16 +371,20 @@ impl Bus {
     ) -> Result<Subscription, BusError> {
         validate_name(topic)?;
         validate_name(group)?;
+        let group = if options.fan_out {
+            format!("{group}.{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+        } else {
+            group.to_owned()
+        };
         let topic = &*self.namespaced(topic);
         let inner = match self.conn()? {
-            Conn::InProcess(b) => SubInner::InProcess(b.subscribe(topic, group)),
+            Conn::InProcess(b) => SubInner::InProcess(b.subscribe(topic, &group, options.fan_out)),
             #[cfg(feature = "nats")]
-            Conn::Nats(c) => SubInner::Nats(Box::new(c.subscribe(topic, group, options).await?)),
+            Conn::Nats(c) => SubInner::Nats(Box::new(c.subscribe(topic, &group, options).await?)),
             #[cfg(feature = "rabbitmq")]
-            Conn::Rabbit(c) => SubInner::Rabbit(Box::new(c.subscribe(topic, group, options).await?)),
+            Conn::Rabbit(c) => SubInner::Rabbit(Box::new(c.subscribe(topic, &group, options).await?)),
         };
-        let _ = options;
-        Ok(Subscription { inner, group: group.to_owned() })
+        Ok(Subscription { inner, group })
     }
 
     /// Messages of `group` on `topic` not yet delivered (consumer lag), as the broker counts them.
@@ -493,6 +523,11 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
+    /// The group as the broker knows it (with its suffix, for a fan-out subscription).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// The next delivery; `None` when the subscription ended (connection closed for good). A
     /// delivery for another group (a targeted DLQ replay) is settled here and skipped.
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {

@@ -7,6 +7,8 @@
 //!   subject (confirmed) and then terminated. The attempt number is JetStream's delivery count.
 //! * Publishes carry `Nats-Msg-Id` = event id, so a relay retrying after a lost confirmation
 //!   does not store the event twice (within the stream's 2-minute duplicate window).
+//! * A fan-out subscription is an ephemeral pull consumer delivering what is published from
+//!   then on; the server deletes it a minute after its last pull.
 //! * Max deliveries are enforced by the consumer (`max_attempts`, then DLQ) rather than by
 //!   JetStream's `max_deliver`, which would drop the message silently.
 
@@ -184,7 +186,24 @@ impl Conn {
         group: &str,
         options: &SubscribeOptions,
     ) -> Result<Subscription, BusError> {
-        let consumer = self.consumer(topic, group, options).await?;
+        let consumer = if options.fan_out {
+            // Ephemeral: the server deletes it once no one has pulled for the expiry.
+            let stream = self.stream(topic).await?;
+            stream
+                .create_consumer(consumer::pull::Config {
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: options.ack_wait,
+                    max_deliver: -1,
+                    filter_subject: topic.to_owned(),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    inactive_threshold: super::FAN_OUT_EXPIRY,
+                    ..Default::default()
+                })
+                .await
+                .map_err(broker)?
+        } else {
+            self.consumer(topic, group, options).await?
+        };
         let messages =
             consumer.stream().max_messages_per_batch(usize::from(options.prefetch)).messages().await.map_err(broker)?;
         Ok(Subscription { messages, js: self.js.clone(), topic: topic.to_owned() })

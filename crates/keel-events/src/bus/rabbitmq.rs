@@ -4,6 +4,8 @@
 //!   queue `joins.notifier` bound with `#`, plus a retry queue `joins.notifier.retry` whose
 //!   expired messages dead-letter back into it (`retry` with a delay = publish there with a
 //!   per-message TTL, then ack). The DLQ is the durable queue `joins.dlq`.
+//! * A fan-out subscription gets queues of its own (`joins.<group>.<suffix>` and its retry
+//!   queue), not durable, expiring a minute after their last consumer left.
 //! * Publishes are persistent, `mandatory` and confirmed: the broker's `basic.return`
 //!   (`NO_ROUTE`: no queue bound yet) is [`BusError::Unroutable`] and a negative confirm is
 //!   [`BusError::Rejected`] — the outbox keeps such rows and retries them.
@@ -53,6 +55,17 @@ pub(super) struct Conn {
 
 fn queue_opts() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..Default::default() }
+}
+
+/// A group queue's options: durable, or (fan-out) transient and expiring once unused.
+fn group_queue(fan_out: bool) -> (QueueDeclareOptions, FieldTable) {
+    if !fan_out {
+        return (queue_opts(), FieldTable::default());
+    }
+    let mut args = FieldTable::default();
+    let ms = i64::try_from(super::FAN_OUT_EXPIRY.as_millis()).unwrap_or(i64::MAX);
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+    (QueueDeclareOptions::default(), args)
 }
 
 fn header_str(h: &FieldTable, k: &str) -> Option<String> {
@@ -179,10 +192,18 @@ impl Conn {
         .await
     }
 
-    /// Declares the group's queue (bound to the topic) and its retry queue.
-    async fn ensure_group(&self, channel: &Channel, topic: &str, group: &str) -> Result<String, BusError> {
+    /// Declares the group's queue (bound to the topic) and its retry queue. A fan-out group's
+    /// queues are not durable and expire a minute after their last use.
+    async fn ensure_group(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        group: &str,
+        fan_out: bool,
+    ) -> Result<String, BusError> {
         let queue = format!("{topic}.{group}");
-        channel.queue_declare(queue.as_str().into(), queue_opts(), FieldTable::default()).await.map_err(broker)?;
+        let (opts, args) = group_queue(fan_out);
+        channel.queue_declare(queue.as_str().into(), opts, args).await.map_err(broker)?;
         channel
             .queue_bind(
                 queue.as_str().into(),
@@ -193,11 +214,17 @@ impl Conn {
             )
             .await
             .map_err(broker)?;
-        let mut retry_args = FieldTable::default();
-        retry_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        retry_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.as_str().into()));
-        channel.queue_declare(format!("{queue}.retry").into(), queue_opts(), retry_args).await.map_err(broker)?;
+        self.ensure_retry(channel, &queue, fan_out).await?;
         Ok(queue)
+    }
+
+    /// The retry queue of `queue`: its expired messages dead-letter back into `queue`.
+    async fn ensure_retry(&self, channel: &Channel, queue: &str, fan_out: bool) -> Result<(), BusError> {
+        let (opts, mut args) = group_queue(fan_out);
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        channel.queue_declare(format!("{queue}.retry").into(), opts, args).await.map_err(broker)?;
+        Ok(())
     }
 
     pub(super) async fn publish(
@@ -235,12 +262,19 @@ impl Conn {
         self.ensure_topic(topic).await?;
         let channel = self.with_live(async |l| l.connection.create_channel().await.map_err(broker)).await?;
         channel.basic_qos(options.prefetch, BasicQosOptions::default()).await.map_err(broker)?;
-        let queue = self.ensure_group(&channel, topic, group).await?;
+        let queue = self.ensure_group(&channel, topic, group, options.fan_out).await?;
         let consumer = channel
             .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(broker)?;
-        Ok(Subscription { consumer, channel, conn: self.clone(), topic: topic.to_owned(), group: group.to_owned() })
+        Ok(Subscription {
+            consumer,
+            channel,
+            conn: self.clone(),
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            fan_out: options.fan_out,
+        })
     }
 
     pub(super) async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
@@ -360,6 +394,7 @@ pub(super) struct Subscription {
     conn: Arc<Conn>,
     topic: String,
     group: String,
+    fan_out: bool,
 }
 
 impl Drop for Subscription {
@@ -391,6 +426,7 @@ impl Subscription {
             topic: self.topic.clone(),
             group: self.group.clone(),
             attempt,
+            fan_out: self.fan_out,
         };
         Some(Ok(Delivery::new(payload, attempt, replay_group, BusAcker::Rabbit(acker))))
     }
@@ -402,6 +438,7 @@ pub(super) struct Acker {
     topic: String,
     group: String,
     attempt: u32,
+    fan_out: bool,
 }
 
 impl Acker {
@@ -415,7 +452,13 @@ impl Acker {
     pub(super) async fn retry(self, delay: Duration, envelope: &Envelope) -> Result<(), BusError> {
         let mut headers = FieldTable::default();
         headers.insert(ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(self.attempt)));
-        let retry_queue = format!("{}.{}.retry", self.topic, self.group);
+        let queue = format!("{}.{}", self.topic, self.group);
+        if self.fan_out {
+            // Declared again: an expiring queue nobody consumes may have gone meanwhile.
+            let channel = self.conn.publisher().await?;
+            self.conn.ensure_retry(&channel, &queue, true).await?;
+        }
+        let retry_queue = format!("{queue}.retry");
         // Parked in the retry queue first, acked second: a failure in between redelivers.
         self.conn.to_queue(&retry_queue, envelope, headers, Some(delay)).await?;
         self.ack().await
