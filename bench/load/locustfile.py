@@ -31,7 +31,7 @@ def _sign_up(client, kind, name_prefix):
     email = _email(kind)
     r = client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": name_prefix},
                     name="register")
-    if r.status_code != 201:
+    if r.status_code != 202:
         return email, None
     r = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}, name="login")
     if r.status_code != 200:

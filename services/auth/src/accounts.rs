@@ -44,6 +44,9 @@ pub struct User {
     pub created_at: OffsetDateTime,
 }
 
+/// At most one `already_registered` mail per account in this time.
+pub(crate) const REGISTRATION_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A `users` row.
 #[derive(Debug, Clone)]
 pub(crate) struct UserRow {
@@ -54,16 +57,20 @@ pub(crate) struct UserRow {
     pub(crate) role: String,
     pub(crate) created_at: i64,
     pub(crate) email_verified_at: Option<i64>,
+    /// Access tokens carry it as `sv` (see [`crate::sessions`]).
+    pub(crate) session_version: u64,
 }
 
-type RowTuple = (String, String, String, String, String, i64, Option<i64>);
+type RowTuple = (String, String, String, String, String, i64, Option<i64>, i64);
 
 /// The columns of a [`RowTuple`], in order.
-const USER_COLUMNS: &str = "id, email_ciphertext, password_hash, name, role, created_at, email_verified_at";
+const USER_COLUMNS: &str =
+    "id, email_ciphertext, password_hash, name, role, created_at, email_verified_at, session_version";
 
 impl From<RowTuple> for UserRow {
-    fn from((id, email_ciphertext, password_hash, name, role, created_at, email_verified_at): RowTuple) -> Self {
-        Self { id, email_ciphertext, password_hash, name, role, created_at, email_verified_at }
+    fn from((id, email_ciphertext, password_hash, name, role, created_at, email_verified_at, sv): RowTuple) -> Self {
+        let session_version = u64::try_from(sv).unwrap_or(0);
+        Self { id, email_ciphertext, password_hash, name, role, created_at, email_verified_at, session_version }
     }
 }
 
@@ -256,6 +263,18 @@ impl Accounts {
         verified: bool,
     ) -> Result<(User, Transaction<'static, Any>), StoreError> {
         let password_hash = self.hasher.hash(password).await?;
+        self.insert_hashed(email, name, &password_hash, role, verified).await
+    }
+
+    /// [`Accounts::insert`] with the password already hashed (a PHC string).
+    pub(crate) async fn insert_hashed(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+        role: &str,
+        verified: bool,
+    ) -> Result<(User, Transaction<'static, Any>), StoreError> {
         let email_ciphertext = self.keyring.encrypt_str(email)?;
         let (id, created_at) = (Uuid::now_v7(), now());
         let db = &self.db;
@@ -268,7 +287,7 @@ impl Accounts {
         .bind(&email_ciphertext)
         .bind(self.email_index(email))
         .bind(self.skeleton_index(email))
-        .bind(&password_hash)
+        .bind(password_hash)
         .bind(name)
         .bind(role)
         .bind(to_micros(created_at))
@@ -307,7 +326,48 @@ impl Accounts {
         Ok(())
     }
 
-    /// Sets the role of an existing account.
+    /// Whether the owner of `id` may be told now that someone tried to register the address
+    /// again: at most once per [`REGISTRATION_NOTICE_EVERY`]. Claims the slot in `tx`.
+    pub(crate) async fn claim_registration_notice(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+    ) -> Result<bool, DataError> {
+        let db = &self.db;
+        let now = to_micros(now());
+        let every = i64::try_from(REGISTRATION_NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
+        let done = sqlx::query(db.statement(
+            "UPDATE users SET registration_notice_at = $1 \
+             WHERE id = $2 AND (registration_notice_at IS NULL OR registration_notice_at < $3)",
+        ))
+        .bind(now)
+        .bind(id)
+        .bind(now.saturating_sub(every))
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets the role of an existing account in `tx` (the caller ends its sessions with it).
+    pub(crate) async fn set_role_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        role: &str,
+    ) -> Result<(), DataError> {
+        let db = &self.db;
+        sqlx::query(db.statement("UPDATE users SET role = $1 WHERE id = $2"))
+            .bind(role)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(())
+    }
+
+    /// Sets the role of an existing account (a promotion from the command line: it takes no
+    /// power away, so no session has to end).
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;

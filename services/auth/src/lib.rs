@@ -2,7 +2,7 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /api/v1/auth/register` `{email, password, name}` | 201 user (unverified; a verification mail is requested); 409 `email_taken` |
+//! | `POST /api/v1/auth/register` `{email, password, name}` | 202 `{email}` whatever the address's state; the mail says what happened (a verification link for a new account) |
 //! | `POST /api/v1/auth/verify-email/request` (bearer) | 202; a new verification mail (the previous link stops working); 409 `already_verified` |
 //! | `POST /api/v1/auth/verify-email` `{token}` | 204: the address is verified; 400 `invalid_token` (unknown, used, replaced or expired) |
 //! | `POST /api/v1/auth/password-reset/request` `{email}` | 202 whether or not an account has the address (the same time: the link is made after the answer); its owner gets a reset mail |
@@ -54,12 +54,15 @@ mod lockout;
 mod mail;
 mod metrics;
 mod routes;
+mod sessions;
 mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cityevents_common::catalogue::SESSIONS_TOPIC;
 use keel::app::SetupError;
+use keel::events::Consumer;
 use keel::workers::{RunError, Worker};
 
 pub use accounts::{
@@ -106,6 +109,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let jwt = s.jwt()?;
     // Fail at start-up, not at the first sign-in, when the signing key cannot sign.
     jwt.issue(&jwt.claims("start-up-check")).map_err(|e| format!("security.jwt cannot sign: {e}"))?;
+    let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::AUTH.0, jwt)?;
     let (hasher, policy) = s.passwords()?;
     let keyring = s.keyring()?;
     let index = s.blind_index()?;
@@ -116,8 +120,17 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let cfg = s.config().clone();
     let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit);
     let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
-    let mail = mail::AccountMail::new(db.clone(), outbox, cfg.email_verification_ttl, cfg.password_reset_ttl);
-    let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace);
+    let mail = mail::AccountMail::new(db.clone(), outbox.clone(), cfg.email_verification_ttl, cfg.password_reset_ttl);
+    let jwt_cfg = &s.keel().security.jwt;
+    // A sync reaches back as far as an access token from before a raise can still be accepted.
+    let window = jwt_cfg.ttl + jwt_cfg.leeway + Duration::from_secs(60);
+    let sessions = sessions::Sessions::new(db.clone(), outbox, window);
+    let sync = sessions.clone();
+    let consumer = Consumer::new(s.bus()?, SESSIONS_TOPIC, "auth-sessions", sessions::SyncHandler(sessions.clone()))
+        // Auth (re)subscribed: followers may have asked while it was away.
+        .on_subscribed(move || sync.repeat_in_background());
+    s.consume(consumer)?;
+    let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace, sessions);
     let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());
     s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone(), m.clone())))?;
     let a = accounts.clone();

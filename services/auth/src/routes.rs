@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::accounts::{Accounts, User, check_new_password, normalize_email, validate_name};
+use crate::accounts::{Accounts, User, UserRow, check_new_password, normalize_email, validate_name};
 use crate::error::{
     ApiError, FieldError, already_verified, invalid_credentials, invalid_refresh_token, invalid_token, locked,
     refresh_reused,
@@ -120,6 +120,13 @@ struct ChangeBody {
     new_password: String,
 }
 
+/// The answer to a registration, the same whatever the address's state: where the mail went.
+#[derive(Serialize)]
+struct Registration {
+    /// The address, normalized.
+    email: String,
+}
+
 /// One live session (a refresh-token family) on the wire.
 #[derive(Serialize)]
 struct Session {
@@ -187,26 +194,51 @@ fn token_response(pair: TokenPair) -> Response {
     resp
 }
 
-fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool) -> Result<String, ApiError> {
-    Ok(s.jwt.issue(&s.jwt.claims(user_id).role(role).email_verified(verified))?)
+/// An access token for `user_id`, carrying its current session version `sv`.
+fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<String, ApiError> {
+    Ok(s.jwt.issue(&s.jwt.claims(user_id).role(role).email_verified(verified).session_version(sv))?)
 }
 
+/// Registers an account. The answer is the same, 202 and the normalized address, whether the
+/// address is new, taken, or looks like a taken one (the same UTS #39 skeleton): only its owner
+/// learns which, from the mail each case sends (`verify_email`, `already_registered`,
+/// `address_unavailable`). Every case hashes the password first, so each takes the time of an
+/// Argon2 run plus a few writes.
 async fn register(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<RegisterBody>,
-) -> Result<(StatusCode, axum::Json<User>), ApiError> {
+) -> Result<(StatusCode, axum::Json<Registration>), ApiError> {
     let email = normalize_email(&b.email)?;
     let name = validate_name(&b.name)?;
     check_new_password(&s.accounts.policy, &b.password, &email)?;
-    // Checked before hashing so a taken address costs no Argon2 run; the UNIQUE indexes still
-    // decide a race. An address that looks like an account's (same UTS #39 skeleton) is taken.
-    if s.accounts.by_email_index(&s.accounts.email_index(&email)).await?.is_some()
-        || s.accounts.skeleton_taken(&s.accounts.skeleton_index(&email)).await?
-    {
-        return Err(crate::error::email_taken().into());
+    let phc = s.accounts.hasher.hash(&b.password).await?;
+    let accepted = (StatusCode::ACCEPTED, axum::Json(Registration { email: email.clone() }));
+    let bidx = s.accounts.email_index(&email);
+    if let Some(existing) = s.accounts.by_email_index(&bidx).await? {
+        already_registered(&s, &existing, &ip).await?;
+        return Ok(accepted);
     }
-    let (user, mut tx) = s.accounts.insert(&email, &name, &b.password, roles::USER, false).await?;
+    if s.accounts.skeleton_taken(&s.accounts.skeleton_index(&email)).await? {
+        let mut tx = s.accounts.db.begin().await?;
+        // No account to name: the request's key is a fresh id.
+        s.mail.mail(&mut tx, Uuid::now_v7(), &email, &name, Mail::AddressUnavailable).await?;
+        commit(&s, tx).await?;
+        let details = json!({ "ip": ip, "reason": "look_alike" });
+        s.accounts.audit("anonymous", "auth.register", "user:unknown", Outcome::Denied, details).await;
+        return Ok(accepted);
+    }
+    let (user, mut tx) = match s.accounts.insert_hashed(&email, &name, &phc, roles::USER, false).await {
+        Ok(created) => created,
+        // Registered meanwhile (the UNIQUE indexes decide a race): as if it had been there.
+        Err(crate::accounts::StoreError::Taken) => {
+            if let Some(existing) = s.accounts.by_email_index(&bidx).await? {
+                already_registered(&s, &existing, &ip).await?;
+            }
+            return Ok(accepted);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let id = user.id.to_string();
     let (token, expires_at) = s.mail.issue(&mut tx, &id, Purpose::Verify).await?;
     s.mail.contact(&mut tx, &contact_of(&user)).await?;
@@ -214,7 +246,22 @@ async fn register(
     commit(&s, tx).await?;
     let target = user_target(&id);
     s.accounts.audit(&target, "auth.register", &target, Outcome::Success, json!({ "ip": ip })).await;
-    Ok((StatusCode::CREATED, axum::Json(user)))
+    Ok(accepted)
+}
+
+/// Tells the owner of `existing` that someone tried to register their address again (at most
+/// once an hour: sign-ups must not flood an inbox).
+async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Result<(), ApiError> {
+    let user = s.accounts.user(existing)?;
+    let mut tx = s.accounts.db.begin().await?;
+    if s.accounts.claim_registration_notice(&mut tx, &existing.id).await? {
+        s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::AlreadyRegistered).await?;
+    }
+    commit(s, tx).await?;
+    let target = user_target(&existing.id);
+    let details = json!({ "ip": ip, "reason": "email_taken" });
+    s.accounts.audit("anonymous", "auth.register", &target, Outcome::Denied, details).await;
+    Ok(())
 }
 
 /// Commits `tx` and has the relay publish what it enqueued now.
@@ -327,7 +374,7 @@ async fn reset_password(
     let phc = s.accounts.hasher.hash(&b.password).await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
     s.accounts.set_verified(&mut tx, &row.id).await?;
-    let sessions = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    let (sessions, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
     s.lockout.clear_account(&mut tx, &s.accounts.email_index(&user.email)).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     if row.email_verified_at.is_none() {
@@ -377,13 +424,13 @@ async fn change_password(
     let phc = s.accounts.hasher.hash(&b.new_password).await?;
     let mut tx = s.accounts.db.begin().await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
-    s.refresh.revoke_user(&mut tx, &row.id).await?;
+    let (_, sv) = s.refresh.revoke_user(&mut tx, &row.id).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     commit(&s, tx).await?;
     let target = user_target(&row.id);
     s.accounts.audit(&target, "auth.password_change", &target, Outcome::Success, json!({ "ip": ip })).await;
     let refresh_token = s.refresh.issue(&row.id).await?;
-    pair(&s, refresh_token, &row.id, &row.role, row.email_verified_at.is_some())
+    pair(&s, refresh_token, &row.id, &row.role, row.email_verified_at.is_some(), sv)
 }
 
 /// Ends every session of the caller (every refresh-token family).
@@ -394,8 +441,8 @@ async fn logout_all(
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
     let mut tx = s.accounts.db.begin().await?;
-    let revoked = s.refresh.revoke_user(&mut tx, &id).await?;
-    tx.commit().await.map_err(|e| s.accounts.db.observe(e))?;
+    let (revoked, _) = s.refresh.revoke_user(&mut tx, &id).await?;
+    commit(&s, tx).await?;
     let target = user_target(&id);
     let details = json!({ "ip": ip, "revoked_tokens": revoked });
     s.accounts.audit(&target, "auth.logout_all", &target, Outcome::Success, details).await;
@@ -510,7 +557,7 @@ async fn login(
             Err(e) => tracing::warn!(error = %e, "cannot re-hash the password"),
         }
     }
-    let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some())?;
+    let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some(), row.session_version)?;
     let refresh_token = s.refresh.issue(&row.id).await?;
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
@@ -540,14 +587,14 @@ async fn refresh(
 ) -> Result<Response, ApiError> {
     let token = refresh_input(&b.refresh_token)?;
     match s.refresh.rotate(token).await? {
-        Rotation::Rotated { token, user_id, role, verified } => {
+        Rotation::Rotated { token, user_id, role, verified, sv } => {
             s.metrics.refreshed(RefreshOutcome::Rotated);
-            pair(&s, token, &user_id, &role, verified)
+            pair(&s, token, &user_id, &role, verified, sv)
         }
-        Rotation::Repeated { token, user_id, role, verified } => {
+        Rotation::Repeated { token, user_id, role, verified, sv } => {
             s.metrics.refreshed(RefreshOutcome::Repeated);
             tracing::debug!(user_id, "refresh token used again within the grace window: same successor");
-            pair(&s, token, &user_id, &role, verified)
+            pair(&s, token, &user_id, &role, verified, sv)
         }
         Rotation::Reused { user_id, family_id } => {
             s.metrics.refreshed(RefreshOutcome::Reused);
@@ -563,8 +610,8 @@ async fn refresh(
 }
 
 /// A fresh access token beside the refresh token `token`.
-fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool) -> Result<Response, ApiError> {
-    let access = access_token(s, user_id, role, verified)?;
+fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<Response, ApiError> {
+    let access = access_token(s, user_id, role, verified, sv)?;
     Ok(token_response(TokenPair {
         access_token: access,
         refresh_token: token,
@@ -606,7 +653,11 @@ async fn set_role(
     }
     let mut row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if row.role != b.role {
-        s.accounts.set_role(&row.id, &b.role).await?;
+        // The old role's tokens stop working everywhere; the user's next refresh carries the new one.
+        let mut tx = s.accounts.db.begin().await?;
+        s.accounts.set_role_in(&mut tx, &row.id, &b.role).await?;
+        s.refresh.end_access(&mut tx, &row.id).await?;
+        commit(&s, tx).await?;
         let details = json!({ "from": row.role, "to": b.role, "ip": ip });
         let actor = user_target(&admin.claims().sub);
         s.accounts.audit(&actor, "auth.role_change", &user_target(&row.id), Outcome::Success, details).await;

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{ApiError, Observe};
+use crate::sessions::Sessions;
 use cityevents_common::time::{now, to_micros};
 
 /// Longest refresh token accepted as input (ours are 43 characters).
@@ -51,6 +52,8 @@ pub(crate) enum Rotation {
         role: String,
         /// Whether the owner's address is verified.
         verified: bool,
+        /// The owner's session version.
+        sv: u64,
     },
     /// Spent within the grace window: here is the successor it was given then.
     Repeated {
@@ -62,6 +65,8 @@ pub(crate) enum Rotation {
         role: String,
         /// Whether the owner's address is verified.
         verified: bool,
+        /// The owner's session version.
+        sv: u64,
     },
     /// A spent token came back after the grace window: its family is now revoked.
     Reused {
@@ -81,12 +86,21 @@ pub(crate) struct RefreshTokens {
     keyring: Keyring,
     ttl: Duration,
     grace: Duration,
+    /// Every revocation also ends the owner's access tokens.
+    sessions: Sessions,
+}
+
+/// The owner's role, whether the address is verified, and the session version.
+type Owner = (String, Option<i64>, i64);
+
+fn version(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 impl RefreshTokens {
     /// Tokens living `ttl`; a spent one is answered with its successor for `grace`.
-    pub(crate) fn new(db: Db, keyring: Keyring, ttl: Duration, grace: Duration) -> Self {
-        Self { db, keyring, ttl, grace }
+    pub(crate) fn new(db: Db, keyring: Keyring, ttl: Duration, grace: Duration, sessions: Sessions) -> Self {
+        Self { db, keyring, ttl, grace, sessions }
     }
 
     fn micros(d: Duration) -> i64 {
@@ -136,15 +150,15 @@ impl RefreshTokens {
         .obs(db)?
         .rows_affected();
         if spent == 1 {
-            let owner: Option<(String, String, String, Option<i64>)> = sqlx::query_as(db.statement(
-                "SELECT r.family_id, r.user_id, u.role, u.email_verified_at FROM refresh_tokens r \
-                 JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1",
+            let owner: Option<(String, String, String, Option<i64>, i64)> = sqlx::query_as(db.statement(
+                "SELECT r.family_id, r.user_id, u.role, u.email_verified_at, u.session_version \
+                 FROM refresh_tokens r JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1",
             ))
             .bind(&token_hash)
             .fetch_optional(&mut *tx)
             .await
             .obs(db)?;
-            let Some((family_id, user_id, role, verified_at)) = owner else {
+            let Some((family_id, user_id, role, verified_at, sv)) = owner else {
                 return Ok(Rotation::Invalid);
             };
             sqlx::query(db.statement(INSERT))
@@ -157,7 +171,13 @@ impl RefreshTokens {
                 .await
                 .obs(db)?;
             tx.commit().await.obs(db)?;
-            return Ok(Rotation::Rotated { token: next, user_id, role, verified: verified_at.is_some() });
+            return Ok(Rotation::Rotated {
+                token: next,
+                user_id,
+                role,
+                verified: verified_at.is_some(),
+                sv: version(sv),
+            });
         }
         drop(tx);
         // Not spendable. A concurrent winner has committed by now: its UPDATE held the row.
@@ -180,17 +200,16 @@ impl RefreshTokens {
         let in_grace = revoked_at.is_none() && now.saturating_sub(used_at) <= Self::micros(self.grace);
         if in_grace
             && let Some(sealed) = successor
-            && let Some((token, role, verified)) = self.live_successor(&sealed, now).await?
+            && let Some((token, (role, verified_at, sv))) = self.live_successor(&sealed, now).await?
         {
-            return Ok(Rotation::Repeated { token, user_id, role, verified });
+            return Ok(Rotation::Repeated { token, user_id, role, verified: verified_at.is_some(), sv: version(sv) });
         }
-        self.revoke_family(&family_id).await?;
+        self.revoke_family(&family_id, &user_id).await?;
         Ok(Rotation::Reused { user_id, family_id })
     }
 
-    /// The successor sealed in a spent row, its owner's role and whether the owner's address is
-    /// verified, when it can still be spent.
-    async fn live_successor(&self, sealed: &str, now: i64) -> Result<Option<(String, String, bool)>, DataError> {
+    /// The successor sealed in a spent row and its [`Owner`], when it can still be spent.
+    async fn live_successor(&self, sealed: &str, now: i64) -> Result<Option<(String, Owner)>, DataError> {
         let token = match self.keyring.decrypt_str(sealed) {
             Ok(t) => t,
             Err(e) => {
@@ -201,8 +220,9 @@ impl RefreshTokens {
         };
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let role: Option<(String, Option<i64>)> = sqlx::query_as(db.statement(
-            "SELECT u.role, u.email_verified_at FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
+        let owner: Option<Owner> = sqlx::query_as(db.statement(
+            "SELECT u.role, u.email_verified_at, u.session_version FROM refresh_tokens r \
+             JOIN users u ON u.id = r.user_id \
              WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2",
         ))
         .bind(hash(&token))
@@ -210,12 +230,12 @@ impl RefreshTokens {
         .fetch_optional(&mut *conn)
         .await
         .obs(db)?;
-        Ok(role.map(|(role, verified_at)| (token, role, verified_at.is_some())))
+        Ok(owner.map(|o| (token, o)))
     }
 
     /// Revokes the family of `token` (sign-out); returns its owner, or `None` when the token is
     /// unknown.
-    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(String, String)>, DataError> {
+    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(String, String)>, ApiError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let found: Option<(String, String)> =
@@ -226,18 +246,32 @@ impl RefreshTokens {
                 .obs(db)?;
         drop(conn);
         let Some((family_id, user_id)) = found else { return Ok(None) };
-        self.revoke_family(&family_id).await?;
+        self.revoke_family(&family_id, &user_id).await?;
         Ok(Some((user_id, family_id)))
     }
 
-    /// Revokes every family of `user_id` (sign out everywhere, a new password) in `tx`; returns
-    /// how many tokens were revoked.
+    /// Revokes every family of `user_id` (sign out everywhere, a new password) in `tx` and ends
+    /// its access tokens; returns how many refresh tokens were revoked and the new session
+    /// version.
     pub(crate) async fn revoke_user(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
-    ) -> Result<u64, DataError> {
-        self.revoke_where(tx, "user_id", user_id).await
+    ) -> Result<(u64, u64), ApiError> {
+        let revoked = self.revoke_where(tx, "user_id", user_id).await?;
+        let sv = self.sessions.end_all(tx, user_id).await?;
+        Ok((revoked, sv))
+    }
+
+    /// Ends the access tokens of `user_id` in `tx` (a role change), keeping its refresh tokens:
+    /// the next refresh gives tokens that say what the user may do now. Returns the new session
+    /// version.
+    pub(crate) async fn end_access(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        user_id: &str,
+    ) -> Result<u64, ApiError> {
+        Ok(self.sessions.end_all(tx, user_id).await?)
     }
 
     /// The live sessions (families with an unspent, unrevoked, unexpired token) of `user_id`,
@@ -271,7 +305,7 @@ impl RefreshTokens {
     }
 
     /// Revokes family `family_id` if it is `user_id`'s and live; whether it was.
-    pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, DataError> {
+    pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, ApiError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let owner: Option<(String,)> = sqlx::query_as(db.statement(
@@ -286,12 +320,21 @@ impl RefreshTokens {
         if owner.is_none() {
             return Ok(false);
         }
-        Ok(self.revoke_family(family_id).await? > 0)
+        Ok(self.revoke_family(family_id, user_id).await? > 0)
     }
 
-    async fn revoke_family(&self, family_id: &str) -> Result<u64, DataError> {
-        let mut conn = self.db.acquire().await?;
-        self.revoke_where(&mut conn, "family_id", family_id).await
+    /// Revokes a family of `user_id` and, when it was live, ends the user's access tokens (a
+    /// token cannot say which family it came with).
+    async fn revoke_family(&self, family_id: &str, user_id: &str) -> Result<u64, ApiError> {
+        let db = &self.db;
+        let mut tx = db.begin().await?;
+        let revoked = self.revoke_where(&mut tx, "family_id", family_id).await?;
+        if revoked > 0 {
+            self.sessions.end_all(&mut tx, user_id).await?;
+        }
+        tx.commit().await.obs(db)?;
+        self.sessions.wake();
+        Ok(revoked)
     }
 
     /// Revokes the live tokens whose `column` (`user_id` or `family_id`) is `value`, wiping their

@@ -37,6 +37,7 @@ on_every_backend!(
     an_account_attacked_from_many_ips_is_delayed_for_everyone,
     concurrent_attempts_cannot_exceed_the_lockout_budget,
     admins_come_from_create_admin_and_guard_roles,
+    ended_sessions_stop_access_tokens_within_seconds,
     login_metrics_are_counted,
 );
 
@@ -47,21 +48,35 @@ async fn register_login_and_me(s: &Svc) {
             &json!({"email": "  Alice@Example.COM ", "password": PASSWORD, "name": " Alice "}),
         )
         .await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.body, json!({"email": "alice@example.com"}));
+    let id = s.user_id("alice@example.com").await.unwrap();
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
-    assert_eq!(r.body["email"], "alice@example.com");
-    assert_eq!(r.body["name"], "Alice");
-    assert_eq!(r.body["role"], "user");
-    let created = r.body["created_at"].as_str().unwrap().to_owned();
-    assert!(created.ends_with('Z'), "{created}");
 
-    // The same address in another case is taken.
+    // The same address in another case is taken: the same answer, and a mail to its owner.
     let dup = s
-        .post("/api/v1/auth/register", &json!({"email": "ALICE@example.com", "password": PASSWORD, "name": "A"}))
+        .post(
+            "/api/v1/auth/register",
+            &json!({"email": "ALICE@example.com", "password": "another long passphrase", "name": "A"}),
+        )
         .await;
-    assert_eq!((dup.status, dup.code()), (409, "email_taken"), "{dup:?}");
-    assert!(dup.is_problem());
+    assert_eq!((dup.status, &dup.body), (202, &r.body), "{dup:?}");
+    let mails = s.mail_requests().await;
+    let told = mails.iter().filter(|m| m["mail"]["template"] == "already_registered").collect::<Vec<_>>();
+    assert_eq!(told.len(), 1, "{mails:#?}");
+    assert_eq!((told[0]["to"].as_str(), told[0]["user_id"].as_str()), (Some("alice@example.com"), Some(id.as_str())));
+    assert_eq!(s.login("alice@example.com", "another long passphrase").await.status, 401, "nothing changed");
+    // Trying again within the hour answers the same, without another mail.
+    let dup = s
+        .post("/api/v1/auth/register", &json!({"email": "alice@example.com", "password": PASSWORD, "name": "A"}))
+        .await;
+    assert_eq!((dup.status, &dup.body), (202, &r.body), "{dup:?}");
+    let mails = s.mail_requests().await;
+    assert_eq!(
+        mails.iter().filter(|m| m["mail"]["template"] == "already_registered").count(),
+        1,
+        "at most one an hour"
+    );
 
     // Nobody registers as admin: the field does not exist.
     let admin = s
@@ -75,7 +90,7 @@ async fn register_login_and_me(s: &Svc) {
     let login = s.login("ALICE@example.com ", PASSWORD).await;
     assert_eq!(login.status, 200, "{login:?}");
     assert_eq!(login.body["token_type"], "Bearer");
-    assert_eq!(login.body["expires_in"], 900);
+    assert_eq!(login.body["expires_in"], 300);
     assert_eq!(login.headers["cache-control"], "no-store");
     let access = login.body["access_token"].as_str().unwrap();
     let refresh = login.body["refresh_token"].as_str().unwrap();
@@ -90,6 +105,8 @@ async fn register_login_and_me(s: &Svc) {
 
     let me = s.get("/api/v1/me", Some(access)).await;
     assert_eq!(me.status, 200, "{me:?}");
+    let created = me.body["created_at"].as_str().unwrap().to_owned();
+    assert!(created.ends_with('Z'), "{created}");
     assert_eq!(
         me.body,
         json!({"id": id, "email": "alice@example.com", "name": "Alice", "role": "user", "email_verified": false,
@@ -216,10 +233,12 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
     let revoke = s.delete(&format!("/api/v1/auth/sessions/{newest}"), Some(&access)).await;
     assert_eq!(revoke.status, 204, "{revoke:?}");
     assert_eq!(s.refresh(&second).await.status, 401, "the revoked session's token");
-    let first = {
+    // Access tokens of every session end with it; the other session refreshes into a new one.
+    revoked_within_seconds(s, &access).await;
+    let (access, first) = {
         let r = s.refresh(&first).await;
         assert_eq!(r.status, 200, "the other session lives: {r:?}");
-        r.body["refresh_token"].as_str().unwrap().to_owned()
+        (r.body["access_token"].as_str().unwrap().to_owned(), r.body["refresh_token"].as_str().unwrap().to_owned())
     };
     assert_eq!(s.get("/api/v1/auth/sessions", Some(&access)).await.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(s.delete(&format!("/api/v1/auth/sessions/{newest}"), Some(&access)).await.status, 404);
@@ -293,6 +312,9 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
     assert_eq!(changed.status, 200, "{changed:?}");
     assert_eq!(changed.headers["cache-control"], "no-store");
     assert_eq!(s.refresh(&other_session).await.status, 401, "other sessions ended");
+    revoked_within_seconds(s, &access).await;
+    let fresh_access = changed.body["access_token"].as_str().unwrap();
+    assert_eq!(s.get("/api/v1/me", Some(fresh_access)).await.status, 200, "the caller's new pair works");
     let fresh = changed.body["refresh_token"].as_str().unwrap();
     assert_eq!(s.refresh(fresh).await.status, 200, "the caller's new session works");
     assert_eq!(s.login(email, new_password).await.status, 401);
@@ -304,7 +326,9 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
     for t in [a, b] {
         assert_eq!(s.refresh(&t).await.status, 401);
     }
-    assert!(s.get("/api/v1/auth/sessions", Some(&access)).await.body["items"].as_array().unwrap().is_empty());
+    revoked_within_seconds(s, &access).await;
+    let (access, _) = s.tokens(email).await;
+    assert_eq!(s.get("/api/v1/auth/sessions", Some(&access)).await.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(s.post("/api/v1/auth/logout-all", &json!({})).await.status, 401);
 
     let audit = s.audit().await;
@@ -332,7 +356,13 @@ async fn unicode_addresses_have_one_form_and_look_alikes_are_refused(s: &Svc) {
             &json!({"email": "ádmin@xn--exmple-cua.com", "password": PASSWORD, "name": "Twin"}),
         )
         .await;
-    assert_eq!(again.status, 409, "the same address however it is written: {again:?}");
+    assert_eq!(again.status, 202, "{again:?}");
+    assert_eq!(s.user_id("ádmin@exämple.com").await.as_deref(), Some(id.as_str()));
+    let told = s.mail_requests().await;
+    assert!(
+        told.iter().any(|m| m["mail"]["template"] == "already_registered" && m["user_id"] == id.as_str()),
+        "the same address however it is written: {told:#?}"
+    );
     for look_alike in ["p\u{430}ypal@example.com", "ad\u{200d}min@example.com", "admin@ex\u{430}mple.com"] {
         let r = s
             .post("/api/v1/auth/register", &json!({"email": look_alike, "password": PASSWORD, "name": "Mallory"}))
@@ -349,10 +379,7 @@ async fn addresses_that_look_like_an_account_are_taken(s: &Svc) {
         s.register(email, "Original").await;
     }
     for look_alike in ["\u{430}\u{440}\u{435}@example.com", "paypa1@example.com", "rnodern@example.com"] {
-        let r = s
-            .post("/api/v1/auth/register", &json!({"email": look_alike, "password": PASSWORD, "name": "Mallory"}))
-            .await;
-        assert_eq!((r.status, r.code()), (409, "email_taken"), "{look_alike:?}: {r:?}");
+        look_alike_refused(s, look_alike).await;
     }
     // Different enough is fine.
     s.register("apex@example.com", "Apex").await;
@@ -386,10 +413,20 @@ async fn addresses_that_look_like_an_account_are_taken(s: &Svc) {
         )
         .await;
     assert_eq!(r.status, 400, "mixed scripts are refused before any look-up: {r:?}");
-    let r = s
-        .post("/api/v1/auth/register", &json!({"email": "rnodern@example.com", "password": PASSWORD, "name": "M"}))
-        .await;
-    assert_eq!((r.status, r.code()), (409, "email_taken"), "after the backfill: {r:?}");
+    look_alike_refused(s, "rnodern@example.com").await;
+}
+
+/// Registering `look_alike` answers as any registration does, creates nothing, and mails the
+/// address that it cannot be used.
+async fn look_alike_refused(s: &Svc, look_alike: &str) {
+    let r = s.post("/api/v1/auth/register", &json!({"email": look_alike, "password": PASSWORD, "name": "M"})).await;
+    assert_eq!((r.status, r.body["email"].as_str()), (202, Some(look_alike)), "{look_alike:?}: {r:?}");
+    assert_eq!(s.user_id(look_alike).await, None, "{look_alike:?}: no account");
+    let mails = s.mail_requests().await;
+    assert!(
+        mails.iter().any(|m| m["to"] == look_alike && m["mail"]["template"] == "address_unavailable"),
+        "{look_alike:?}: {mails:#?}"
+    );
 }
 
 async fn every_input_limit_is_a_problem_naming_the_field(s: &Svc) {
@@ -458,9 +495,10 @@ async fn refresh_rotates_and_reuse_revokes_the_family(s: &Svc) {
     let reused = s.refresh(&r1).await;
     assert_eq!((reused.status, reused.code()), (401, "refresh_reused"), "{reused:?}");
     assert!(reused.is_problem());
-    // … so the newest token of the family stops working too.
+    // … so the newest token of the family stops working too, and so do the access tokens.
     let newest = s.refresh(&r3).await;
     assert_eq!((newest.status, newest.code()), (401, "invalid_refresh_token"), "{newest:?}");
+    revoked_within_seconds(s, p3.body["access_token"].as_str().unwrap()).await;
     // Another sign-in's family is untouched.
     let other = s.refresh(&other_family).await;
     assert_eq!(other.status, 200, "{other:?}");
@@ -739,6 +777,70 @@ async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
         .with_keys(keel::security::audit::AuditKeys::from_config(&s.loaded.config.keel.security.audit).unwrap());
     let v = log.verify().await.unwrap();
     assert_eq!((v.broken, v.unkeyed, v.rows), (None, 0, audit.len() as u64));
+}
+
+/// Waits (at most 5 s) until `access` is refused as a token of an ended session.
+async fn revoked_within_seconds(s: &Svc, access: &str) {
+    cityevents_common::testing::eventually("the access token refused", std::time::Duration::from_secs(5), || async {
+        let me = s.get("/api/v1/me", Some(access)).await;
+        let ended = me.status == 401 && me.body["detail"].as_str().is_some_and(|d| d.contains("session was ended"));
+        ended.then_some(())
+    })
+    .await;
+}
+
+async fn ended_sessions_stop_access_tokens_within_seconds(s: &Svc) {
+    s.register("nora@example.com", "Nora").await;
+    // Sign out everywhere ends the access token it was called with, and every other one.
+    let (a1, _) = s.tokens("nora@example.com").await;
+    let (a2, r2) = s.tokens("nora@example.com").await;
+    assert_eq!(s.claims(&a1).sv, Some(0));
+    assert_eq!(s.get("/api/v1/me", Some(&a1)).await.status, 200);
+    assert_eq!(s.post_bearer("/api/v1/auth/logout-all", &a1, &json!({})).await.status, 204);
+    revoked_within_seconds(s, &a1).await;
+    revoked_within_seconds(s, &a2).await;
+    assert_eq!(s.refresh(&r2).await.status, 401);
+    // A new sign-in carries the new version and works.
+    let (a3, r3) = s.tokens("nora@example.com").await;
+    assert_eq!(s.claims(&a3).sv, Some(1));
+    assert_eq!(s.get("/api/v1/me", Some(&a3)).await.status, 200);
+    // Signing out of one session ends the access tokens too (a token does not say which session
+    // it came with); the other session refreshes into a working token.
+    let (_, r4) = s.tokens("nora@example.com").await;
+    assert_eq!(s.post("/api/v1/auth/logout", &json!({ "refresh_token": r3 })).await.status, 204);
+    revoked_within_seconds(s, &a3).await;
+    let again = s.refresh(&r4).await;
+    let a4 = again.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(s.claims(&a4).sv, Some(2));
+    assert_eq!(s.get("/api/v1/me", Some(&a4)).await.status, 200);
+    // Ending a session that is already over changes nothing.
+    assert_eq!(s.post("/api/v1/auth/logout", &json!({ "refresh_token": r3 })).await.status, 204);
+    let after = s.refresh(again.body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(s.claims(after.body["access_token"].as_str().unwrap()).sv, Some(2));
+
+    // A demoted admin loses the admin powers at once, not when the token expires.
+    cityevents_auth::run_admin_create(&s.loaded, "boss@example.com", "Boss", PASSWORD).await.unwrap();
+    let (boss, _) = s.tokens("boss@example.com").await;
+    let dana = s.register("dana@example.com", "Dana").await;
+    let erin = s.register("erin@example.com", "Erin").await;
+    let path = |id: &str| format!("/api/v1/admin/users/{id}/role");
+    assert_eq!(s.put(&path(&dana), Some(&boss), &json!({"role": "admin"})).await.status, 200);
+    let (dana_admin, dana_refresh) = s.tokens("dana@example.com").await;
+    assert_eq!(s.put(&path(&erin), Some(&dana_admin), &json!({"role": "user"})).await.status, 200);
+    assert_eq!(s.put(&path(&dana), Some(&boss), &json!({"role": "user"})).await.status, 200);
+    revoked_within_seconds(s, &dana_admin).await;
+    let refused = s.put(&path(&erin), Some(&dana_admin), &json!({"role": "admin"})).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    // Her session goes on, with what she may do now.
+    let refreshed = s.refresh(&dana_refresh).await;
+    let dana_user = refreshed.body["access_token"].as_str().unwrap();
+    assert_eq!(s.claims(dana_user).role.as_deref(), Some("user"));
+    assert_eq!(s.put(&path(&erin), Some(dana_user), &json!({"role": "admin"})).await.status, 403);
+    assert_eq!(s.get("/api/v1/me", Some(&boss)).await.status, 200, "nobody else's tokens end");
+
+    // Each raise went out on the sessions topic, for every service.
+    let raised = s.outbox("cityevents.sessions").await;
+    assert!(raised.iter().any(|d| d["user_id"] == dana && d["version"] == 1), "{raised:#?}");
 }
 
 async fn login_metrics_are_counted(s: &Svc) {

@@ -159,15 +159,16 @@ impl Api {
         let email = format!("{}@example.com", common::unique(name));
         let r =
             self.post("/api/v1/auth/register", None, json!({"email": email, "password": PASSWORD, "name": name})).await;
-        assert_eq!(r.status, StatusCode::CREATED, "register: {}", r.body);
-        assert_eq!(r.body["email_verified"], false, "{}", r.body);
-        let id = r.body["id"].as_str().unwrap().to_owned();
+        assert_eq!((r.status, &r.body), (StatusCode::ACCEPTED, &json!({"email": email})), "register: {}", r.body);
         let t = self.login(&email, PASSWORD).await;
         assert_eq!(t.status, StatusCode::OK, "login: {}", t.body);
+        let access = t.body["access_token"].as_str().unwrap().to_owned();
+        let me = self.get("/api/v1/me", Some(&access)).await;
+        assert_eq!(me.body["email_verified"], false, "{}", me.body);
         User {
-            id,
+            id: me.body["id"].as_str().unwrap().to_owned(),
             email,
-            access: t.body["access_token"].as_str().unwrap().to_owned(),
+            access,
             refresh: t.body["refresh_token"].as_str().unwrap().to_owned(),
         }
     }
@@ -268,7 +269,8 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-async fn scenario(base: &str, mail: Mailbox) {
+async fn scenario(platform: &Platform, mail: Mailbox) {
+    let base = platform.base.as_str();
     let api = Api { http: client(), base: base.to_owned(), mail };
 
     // The public contract is documented where clients find it.
@@ -321,6 +323,16 @@ async fn scenario(base: &str, mail: Mailbox) {
     assert_eq!(reuse.problem(401)["code"], "refresh_reused");
     let after = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": next.body["refresh_token"]})).await;
     after.problem(401);
+    // The reuse ended every session of the organizer: within 5 s the gateway and each service
+    // behind it (asked directly) refuse the access token it still holds.
+    sessions_ended_everywhere(&api, &platform.upstreams, &org.access).await;
+    let t = api.login(&org.email, PASSWORD).await;
+    let org = User {
+        access: t.body["access_token"].as_str().unwrap().to_owned(),
+        refresh: t.body["refresh_token"].as_str().unwrap().to_owned(),
+        ..org
+    };
+    assert_eq!(api.get("/api/v1/me/events", Some(&org.access)).await.status, StatusCode::OK, "signed in again");
 
     // --- sign-in delayed after 5 failures from one client IP, the same answer whether or not the
     // account exists; the owner signing in from another IP is not locked out
@@ -364,9 +376,21 @@ async fn scenario(base: &str, mail: Mailbox) {
         let changed = api.post("/api/v1/auth/password", Some(&access), change).await;
         assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
         let changed_refresh = changed.body["refresh_token"].as_str().unwrap().to_owned();
+        // The change ended the other access tokens too; the caller goes on with the new pair.
+        sessions_ended_everywhere(&api, &platform.upstreams, &access).await;
+        let access = changed.body["access_token"].as_str().unwrap().to_owned();
         assert_eq!(api.post("/api/v1/auth/logout-all", Some(&access), json!({})).await.status, StatusCode::NO_CONTENT);
         let gone = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": changed_refresh})).await;
         assert_eq!(gone.problem(401)["code"], "invalid_refresh_token", "signed out everywhere");
+        sessions_ended_everywhere(&api, &platform.upstreams, &access).await;
+    }
+
+    // --- registering a taken address answers as for a new one; its owner is told by mail
+    let body = json!({"email": org.email, "password": "somebody else's password", "name": "Mallory"});
+    let taken = api.post("/api/v1/auth/register", None, body).await;
+    assert_eq!((taken.status, &taken.body), (StatusCode::ACCEPTED, &json!({"email": org.email})));
+    if !matches!(api.mail, Mailbox::Unread) {
+        api.mail.wait_for(&org.email, "Subject: You already have an account").await;
     }
 
     // --- a look-alike address (a Cyrillic а among Latin letters) is refused at sign-up
@@ -608,6 +632,38 @@ async fn scenario(base: &str, mail: Mailbox) {
     assert_eq!(api.get("/api/v1/me", Some(&u2.access)).await.status, StatusCode::OK);
 }
 
+/// Waits at most 5 s for `access` to be refused as a token of an ended session by the gateway
+/// and by every service behind it, each on a route of its own that needs a user.
+async fn sessions_ended_everywhere(api: &Api, upstreams: &[(String, String)], access: &str) {
+    let route = |svc: &str| match svc {
+        "auth" => "/api/v1/me",
+        "events" => "/api/v1/me/events",
+        "joins" => "/api/v1/me/joins",
+        _ => "/api/v1/me/notifications",
+    };
+    let mut targets = vec![("gateway".to_owned(), api.base.clone(), "/api/v1/me/joins")];
+    targets.extend(upstreams.iter().map(|(svc, url)| (svc.clone(), url.clone(), route(svc))));
+    assert_eq!(targets.len(), 5, "{targets:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for (svc, base, path) in targets {
+        let direct = Api { http: api.http.clone(), base, mail: Mailbox::Unread };
+        loop {
+            let r = direct.get(path, Some(access)).await;
+            let detail = r.body["detail"].as_str().unwrap_or_default();
+            if r.status == StatusCode::UNAUTHORIZED && detail.contains("session was ended") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{svc} still accepts the ended session: {} {}",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// CORS at the gateway: a preflight from `allowed` (if any) is answered for exactly that origin
 /// with the headers a browser client needs; any other origin gets no CORS grant, and a simple
 /// cross-origin request from it carries no `Access-Control-Allow-Origin` either.
@@ -653,7 +709,7 @@ async fn all_in_one_zero_setup() {
     let banner = platform.wait_for_line("First admin:", Duration::from_secs(5));
     assert!(banner.contains("admin create"), "{banner}");
     // Zero setup: mail goes to files in data/mail, each link logged.
-    scenario(&platform.base, Mailbox::Dir(platform.dir().join("data/mail"))).await;
+    scenario(&platform, Mailbox::Dir(platform.dir().join("data/mail"))).await;
     let logged = platform.wait_for_line("verify-email?token=", Duration::from_secs(5));
     assert!(logged.contains("mail written"), "the file transport logs each link: {logged}");
     // No browser origin is configured in the zero-setup default: no cross-origin reads.
@@ -748,7 +804,7 @@ async fn distributed(bus: &[(&str, &str)]) {
     env.push(("CITYEVENTS_SMTP_PORT".into(), smtp.port().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::distributed(&env);
-    scenario(&platform.base, Mailbox::Smtp(std::sync::Arc::new(smtp))).await;
+    scenario(&platform, Mailbox::Smtp(std::sync::Arc::new(smtp))).await;
     cors(&platform.base, Some("http://127.0.0.1:3000")).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));

@@ -645,7 +645,8 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
                 .unwrap_or_else(|| panic!("{o}: cityevents-settings has no numeric smtp-port"));
             let mut want = BTreeSet::from([53_u64]);
             match s {
-                "gateway" => want.extend([6379, 8081, 8082, 8083, 8084]),
+                // Redis, the upstreams, and NATS for session revocations.
+                "gateway" => want.extend([6379, 4222, 8081, 8082, 8083, 8084]),
                 "notifier" => want.extend([5432, 4222].into_iter().chain(SMTP_PORTS).chain([smtp_port])),
                 _ => want.extend([5432, 4222]),
             }

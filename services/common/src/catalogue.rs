@@ -8,6 +8,8 @@
 //! | `join.confirmed` … `join.kicked` | [`JOINS_TOPIC`] | joins | notifier | event id |
 //! | `account.contact` | [`ACCOUNTS_TOPIC`] | auth | notifier | user id |
 //! | `mail.requested` | [`MAIL_TOPIC`] | auth, notifier | notifier (mailer) | user id |
+//! | `session.revoked` | [`SESSIONS_TOPIC`] | auth | every instance of every service (fan-out) | user id |
+//! | `session.sync_requested` | [`SESSIONS_TOPIC`] | every service, on (re)subscribing | auth | — |
 //!
 //! Payloads are versioned (`VERSION`); an incompatible change adds a new version and consumers
 //! keep decoding the old one. Times are RFC 3339 UTC on the wire.
@@ -32,6 +34,10 @@ pub const ACCOUNTS_TOPIC: &str = "cityevents.accounts";
 /// Topic of `mail.requested` (keyed by user id). Its messages can carry single-use account
 /// tokens: only the notifier's mailer consumes it.
 pub const MAIL_TOPIC: &str = "cityevents.mail";
+
+/// Topic of `session.*`: session versions. Every instance of every service that verifies
+/// access tokens follows it with a fan-out subscription of its own.
+pub const SESSIONS_TOPIC: &str = "cityevents.sessions";
 
 /// The state of an event that consumers need: sent whole in `event.published` and
 /// `event.updated`, so a consumer never has to call back.
@@ -226,6 +232,9 @@ pub enum Mail {
     PasswordChanged,
     /// Someone tried to register an account with this address, which has one.
     AlreadyRegistered,
+    /// Someone tried to register an account with this address, which looks like an existing
+    /// account's (the same UTS #39 skeleton), so it cannot be used.
+    AddressUnavailable,
     /// An event the user joined was canceled.
     EventCanceled {
         /// The event.
@@ -260,6 +269,7 @@ impl Mail {
             Self::ResetPassword { .. } => "reset_password",
             Self::PasswordChanged => "password_changed",
             Self::AlreadyRegistered => "already_registered",
+            Self::AddressUnavailable => "address_unavailable",
             Self::EventCanceled { .. } => "event_canceled",
             Self::WaitlistPromoted { .. } => "waitlist_promoted",
             Self::Removed { .. } => "removed",
@@ -273,9 +283,11 @@ impl Mail {
             Self::EventCanceled { .. } => Some(MAIL_PREFERENCES[0]),
             Self::WaitlistPromoted { .. } => Some(MAIL_PREFERENCES[1]),
             Self::Removed { .. } => Some(MAIL_PREFERENCES[2]),
-            Self::VerifyEmail { .. } | Self::ResetPassword { .. } | Self::PasswordChanged | Self::AlreadyRegistered => {
-                None
-            }
+            Self::VerifyEmail { .. }
+            | Self::ResetPassword { .. }
+            | Self::PasswordChanged
+            | Self::AlreadyRegistered
+            | Self::AddressUnavailable => None,
         }
     }
 }
@@ -303,6 +315,37 @@ impl Event for MailRequested {
     fn key(&self) -> Option<String> {
         Some(self.user_id.to_string())
     }
+}
+
+/// `session.revoked`: access tokens of `user_id` whose `sv` claim is below `version` are
+/// refused from now on (the user's sessions were ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRevoked {
+    /// The user.
+    pub user_id: Uuid,
+    /// The user's session version now; tokens carrying a lower one are refused.
+    pub version: u64,
+}
+
+impl Event for SessionRevoked {
+    const TYPE: &'static str = "session.revoked";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.to_string())
+    }
+}
+
+/// `session.sync_requested`: a follower of [`SESSIONS_TOPIC`] has just (re)subscribed and may
+/// have missed raises; auth answers by sending the recent `session.revoked` again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSyncRequested {
+    /// Who asks (for the logs).
+    pub service: String,
+}
+
+impl Event for SessionSyncRequested {
+    const TYPE: &'static str = "session.sync_requested";
+    const VERSION: u32 = 1;
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! What the City Events services share, and nothing else: the names and default ports of the
 //! services, the event catalogue (topics and typed payloads), keyset pagination, time helpers,
 //! small input-validation helpers and the JSON body extractor, which answer RFC 9457 problems,
-//! the `no-store` layer for personal data, and (cargo feature `testing`) what their integration
+//! the `no-store` layer for personal data, the follower of
+//! session revocations, and (cargo feature `testing`) what their integration
 //! tests share.
 //!
 //! Anything service-specific stays in its service crate; anything generic belongs in `keel`.
@@ -10,6 +11,7 @@ pub mod catalogue;
 pub mod json;
 pub mod page;
 pub mod private;
+pub mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -69,7 +69,7 @@ pub fn service() -> keel::Service<EventsConfig> {
         .setup(|s| {
             let db = s.database()?;
             let outbox = s.outbox(&db)?;
-            let jwt = s.jwt()?;
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::EVENTS.0, s.jwt()?)?;
             let require_verified_email = s.config().require_verified_email;
             Ok(api::router(api::AppState { db, outbox, require_verified_email }).layer(jwt.extension()))
         })

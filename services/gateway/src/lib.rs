@@ -194,7 +194,7 @@ pub fn service() -> keel::Service<GatewayConfig> {
         .setup(|s| {
             serde_json::from_str::<serde_json::Value>(openapi::DOCUMENT)
                 .map_err(|e| format!("the embedded OpenAPI document is not JSON: {e}"))?;
-            let jwt = s.jwt()?;
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.0, s.jwt()?)?;
             let mut clients = HashMap::new();
             for (up, name, port) in Upstream::FORWARDED {
                 clients.insert(up, upstream(s, name, port)?);

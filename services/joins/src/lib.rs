@@ -129,7 +129,7 @@ pub fn service() -> keel::Service<JoinsConfig> {
                 i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
                 cfg.settle_interval,
             ))?;
-            let jwt = s.jwt()?;
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::JOINS.0, s.jwt()?)?;
             let state = api::Shared::new(db, outbox, &cfg);
             Ok(api::router(state).layer(jwt.extension()))
         })

@@ -171,13 +171,21 @@ impl Svc {
         Self::read(req.send().await.unwrap()).await
     }
 
-    /// Registers `email` with [`PASSWORD`]; returns the user's id.
+    /// Registers `email` with [`PASSWORD`]; returns the new user's id (from the contact
+    /// announced for the notifier: the answer itself is the same for a taken address).
     pub async fn register(&self, email: &str, name: &str) -> String {
         let r = self
             .post("/api/v1/auth/register", &serde_json::json!({"email": email, "password": PASSWORD, "name": name}))
             .await;
-        assert_eq!(r.status, 201, "{r:?}");
-        r.body["id"].as_str().unwrap().to_owned()
+        assert_eq!(r.status, 202, "{r:?}");
+        let normalized = r.body["email"].as_str().unwrap().to_owned();
+        self.user_id(&normalized).await.unwrap_or_else(|| panic!("{email} registered no account"))
+    }
+
+    /// The id of the account with (normalized) address `email`, if one was created.
+    pub async fn user_id(&self, email: &str) -> Option<String> {
+        let contacts = self.outbox("cityevents.accounts").await;
+        contacts.iter().find(|c| c["email"] == email).map(|c| c["user_id"].as_str().unwrap().to_owned())
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Reply {

@@ -18,6 +18,8 @@ pub fn unique(base: &str) -> String {
 pub struct Platform {
     child: Child,
     pub base: String,
+    /// The services behind the gateway: name (`auth` …) and base URL.
+    pub upstreams: Vec<(String, String)>,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
     _dir: tempfile::TempDir,
@@ -30,7 +32,7 @@ impl Platform {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityevents"));
         cmd.current_dir(dir.path()).env("KEEL_ENV", "development").env_remove("RUST_LOG");
-        let gateway = ports(&mut cmd, false);
+        let (gateway, upstreams) = ports(&mut cmd, false);
         // The scenario is many users from one address: the per-IP policies are set out of its way.
         cmd.env("CITYEVENTS_GATEWAY__RATE_LIMITS__API__LIMIT", "300")
             .env("CITYEVENTS_GATEWAY__RATE_LIMITS__API__KEY", "user,ip")
@@ -39,7 +41,7 @@ impl Platform {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        Self::spawn(cmd, dir, gateway, "City Events is running", Vec::new())
+        Self::spawn(cmd, dir, (gateway, upstreams), "City Events is running", Vec::new())
     }
 
     /// `deploy/local/run-distributed.sh` with this build, private databases, bus namespace and
@@ -55,14 +57,20 @@ impl Platform {
     /// `own` databases when dropped.
     pub fn distributed_at(site: &Site, extra_env: &[(&str, &str)], dir: tempfile::TempDir, own: Vec<String>) -> Self {
         let mut cmd = site.command(extra_env);
-        let gateway = ports(&mut cmd, true);
+        let ports = ports(&mut cmd, true);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        Self::spawn(cmd, dir, gateway, "run-distributed: ready", own)
+        Self::spawn(cmd, dir, ports, "run-distributed: ready", own)
     }
 
-    fn spawn(mut cmd: Command, dir: tempfile::TempDir, gateway: u16, ready: &str, databases: Vec<String>) -> Self {
+    fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        (gateway, upstreams): (u16, Vec<(String, String)>),
+        ready: &str,
+        databases: Vec<String>,
+    ) -> Self {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = cmd.spawn().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -82,6 +90,7 @@ impl Platform {
         let mut platform = Self {
             child,
             base: format!("http://127.0.0.1:{gateway}"),
+            upstreams,
             lines: rx,
             seen: Vec::new(),
             _dir: dir,
@@ -211,7 +220,8 @@ impl Site {
 
 /// Free ports for every service (management listeners on ephemeral ports); returns the
 /// gateway's. `distributed`: the script's variables, else Keel's per-service ones.
-fn ports(cmd: &mut Command, distributed: bool) -> u16 {
+/// Gives every service a free port; returns the gateway's and the upstreams' base URLs.
+fn ports(cmd: &mut Command, distributed: bool) -> (u16, Vec<(String, String)>) {
     let mut gateway = 0;
     let mut urls = Vec::new();
     // Below the ephemeral range: an ephemeral port released here could be taken by another
@@ -233,11 +243,12 @@ fn ports(cmd: &mut Command, distributed: bool) -> u16 {
         }
     }
     if !distributed {
-        for (up, port) in urls {
+        for (up, port) in &urls {
             cmd.env(format!("CITYEVENTS_GATEWAY__UPSTREAMS__{up}__BASE_URL"), format!("http://127.0.0.1:{port}"));
         }
     }
-    gateway
+    let upstreams = urls.into_iter().map(|(up, port)| (up.to_ascii_lowercase(), format!("http://127.0.0.1:{port}")));
+    (gateway, upstreams.collect())
 }
 
 pub fn repo_root() -> PathBuf {

@@ -98,11 +98,13 @@ impl Api {
         let email = format!("{}@example.com", super::unique(name));
         let r =
             self.post("/api/v1/auth/register", None, json!({"email": email, "password": PASSWORD, "name": name})).await;
-        assert_eq!(r.status, 201, "register: {}", r.body);
-        let id = r.body["id"].as_str().unwrap().to_owned();
+        assert_eq!(r.status, 202, "register: {}", r.body);
         let t = self.post("/api/v1/auth/login", None, json!({"email": email, "password": PASSWORD})).await;
         assert_eq!(t.status, 200, "login: {}", t.body);
-        User { id, email, token: t.body["access_token"].as_str().unwrap().to_owned() }
+        let token = t.body["access_token"].as_str().unwrap().to_owned();
+        let me = self.call(Method::GET, "/api/v1/me", Some(&token), None, None, Duration::from_secs(10)).await;
+        assert_eq!(me.status, 200, "me: {}", me.body);
+        User { id: me.body["id"].as_str().unwrap().to_owned(), email, token }
     }
 
     /// A published event of `capacity`, once joins knows it (its counts answer).

@@ -271,11 +271,12 @@ impl MailMetrics {
 }
 
 /// Every template (the `template` label).
-pub(crate) const TEMPLATES: [&str; 7] = [
+pub(crate) const TEMPLATES: [&str; 8] = [
     "verify_email",
     "reset_password",
     "password_changed",
     "already_registered",
+    "address_unavailable",
     "event_canceled",
     "waitlist_promoted",
     "removed",

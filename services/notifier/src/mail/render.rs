@@ -54,7 +54,20 @@ fn title(t: &str) -> String {
 
 /// Renders `mail` for `to`, greeting `name`.
 pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail) -> Result<Rendered, String> {
-    let base = mailer.base_url();
+    let v = view(mailer.base_url(), name, mail);
+    let text = Text { v: &v }.render().map_err(|e| format!("text template: {e}"))?;
+    let html = Html { v: &v }.render().map_err(|e| format!("HTML template: {e}"))?;
+    let message = Message::builder()
+        .from(mailer.from().clone())
+        .to(to)
+        .subject(v.subject.clone())
+        .multipart(MultiPart::alternative_plain_html(text, html))
+        .map_err(|e| format!("cannot build the message: {e}"))?;
+    Ok(Rendered { message, link: v.link })
+}
+
+/// What the templates say for `mail` to `name`, with links under `base`.
+fn view(base: &str, name: &str, mail: &Mail) -> View {
     let mut v = View {
         kind: mail.template(),
         subject: String::new(),
@@ -89,6 +102,9 @@ pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail) -> R
             v.subject = "You already have an account".into();
             v.link = format!("{base}/reset-password");
         }
+        Mail::AddressUnavailable => {
+            v.subject = "This address cannot be used".into();
+        }
         Mail::EventCanceled { event_id, title: t } => {
             v.title = title(t);
             v.subject = format!("Canceled: {}", v.title);
@@ -108,13 +124,42 @@ pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail) -> R
     if mail.preference().is_some() {
         v.settings_link = format!("{base}/settings/notifications");
     }
-    let text = Text { v: &v }.render().map_err(|e| format!("text template: {e}"))?;
-    let html = Html { v: &v }.render().map_err(|e| format!("HTML template: {e}"))?;
-    let message = Message::builder()
-        .from(mailer.from().clone())
-        .to(to)
-        .subject(v.subject.clone())
-        .multipart(MultiPart::alternative_plain_html(text, html))
-        .map_err(|e| format!("cannot build the message: {e}"))?;
-    Ok(Rendered { message, link: v.link })
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn every_template_renders_in_text_and_escaped_html() {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let event = Uuid::nil();
+        let mails = [
+            Mail::VerifyEmail { token: "tok".into(), expires_at: at },
+            Mail::ResetPassword { token: "tok".into(), expires_at: at },
+            Mail::PasswordChanged,
+            Mail::AlreadyRegistered,
+            Mail::AddressUnavailable,
+            Mail::EventCanceled { event_id: event, title: "Jazz <b>".into() },
+            Mail::WaitlistPromoted { event_id: event, title: "Jazz <b>".into() },
+            Mail::Removed { event_id: event, title: "Jazz <b>".into() },
+        ];
+        assert_eq!(mails.len(), super::super::TEMPLATES.len(), "one case per template");
+        for mail in &mails {
+            let v = view("https://city.example", "Ada <script>", mail);
+            assert_eq!(v.kind, mail.template());
+            assert!(!v.subject.is_empty(), "{}", v.kind);
+            let text = Text { v: &v }.render().unwrap();
+            let html = Html { v: &v }.render().unwrap();
+            // Each template has a body of its own, not only the greeting and the footer.
+            let body = text.lines().filter(|l| !l.trim().is_empty()).count();
+            assert!(body >= 4, "{}: {text}", v.kind);
+            assert!(text.contains("Ada <script>"), "{text}");
+            assert!(!html.contains("<script>") && html.contains("Ada &#60;script&#62;"), "{}: {html}", v.kind);
+            assert_eq!(v.settings_link.is_empty(), mail.preference().is_none(), "{}", v.kind);
+        }
+    }
 }

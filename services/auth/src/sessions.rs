@@ -1,0 +1,139 @@
+//! Session versions: how an ended session stops every access token, not only refresh tokens.
+//!
+//! Access tokens carry the user's `users.session_version` as `sv`. Ending sessions (sign-out,
+//! sign-out everywhere, a password reset or change, a role change, a refresh family revoked for
+//! reuse) raises it and, in the same transaction, puts `session.revoked` in the outbox for
+//! [`SESSIONS_TOPIC`]. Every service that verifies tokens follows that topic
+//! ([`cityevents_common::sessions`]) and refuses tokens with a lower `sv` once the message
+//! arrives. A follower that (re)subscribes sends `session.sync_requested`; auth answers by
+//! repeating the raises recent enough for an access token from before them to be unexpired.
+
+use std::time::Duration;
+
+use cityevents_common::catalogue::{SESSIONS_TOPIC, SessionRevoked, SessionSyncRequested};
+use cityevents_common::time::{now, to_micros};
+use keel::data::{DataError, Db};
+use keel::events::Envelope;
+use keel::events::consumer::{Failure, Handler, Message};
+use keel::events::outbox::{Outbox, OutboxError};
+use sqlx::{Any, Transaction};
+use uuid::Uuid;
+
+use crate::error::Observe;
+
+/// At most this many raises are repeated for one sync request (the most recent ones).
+const SYNC_LIMIT: u32 = 10_000;
+
+/// Raises session versions and repeats recent raises.
+#[derive(Debug, Clone)]
+pub(crate) struct Sessions {
+    db: Db,
+    outbox: Outbox,
+    /// How far back a sync request reaches: the access-token lifetime plus its leeway.
+    window: Duration,
+}
+
+impl Sessions {
+    pub(crate) fn new(db: Db, outbox: Outbox, window: Duration) -> Self {
+        Self { db, outbox, window }
+    }
+
+    /// Ends every access token of `user_id` issued so far, in `tx`: raises its session version
+    /// and announces the new one. Returns it (new tokens carry it).
+    pub(crate) async fn end_all(&self, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<u64, OutboxError> {
+        let db = &self.db;
+        sqlx::query(db.statement(
+            "UPDATE users SET session_version = session_version + 1, session_changed_at = $1 WHERE id = $2",
+        ))
+        .bind(to_micros(now()))
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        let version = self.version_on(tx, user_id).await?;
+        let revoked = SessionRevoked { user_id: parse(user_id)?, version };
+        self.outbox.enqueue_event(tx, SESSIONS_TOPIC, &revoked).await?;
+        Ok(version)
+    }
+
+    /// Has the outbox relay publish now (after a commit that ended sessions).
+    pub(crate) fn wake(&self) {
+        self.outbox.wake();
+    }
+
+    /// The current session version of `user_id` (0 for an unknown user).
+    pub(crate) async fn version_on(&self, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<u64, DataError> {
+        let db = &self.db;
+        let v: Option<(i64,)> = sqlx::query_as(db.statement("SELECT session_version FROM users WHERE id = $1"))
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(v.map_or(0, |(v,)| u64::try_from(v).unwrap_or(0)))
+    }
+
+    /// Announces again, through the outbox, every raise within the window; returns how many.
+    pub(crate) async fn repeat_recent(&self) -> Result<usize, OutboxError> {
+        let db = &self.db;
+        let since = to_micros(now()).saturating_sub(i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX));
+        let mut tx = db.begin().await?;
+        let text = format!(
+            "SELECT id, session_version FROM users WHERE session_changed_at >= $1 \
+             ORDER BY session_changed_at DESC LIMIT {SYNC_LIMIT}"
+        );
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(&mut *tx).await.obs(db)?;
+        let mut envelopes = Vec::with_capacity(rows.len());
+        for (id, version) in &rows {
+            let revoked = SessionRevoked { user_id: parse(id)?, version: u64::try_from(*version).unwrap_or(0) };
+            envelopes.push(Envelope::new(cityevents_common::services::AUTH.0, &revoked)?);
+        }
+        if !envelopes.is_empty() {
+            self.outbox.enqueue_all(&mut tx, SESSIONS_TOPIC, &envelopes).await?;
+        }
+        tx.commit().await.obs(db)?;
+        self.outbox.wake();
+        Ok(envelopes.len())
+    }
+}
+
+impl Sessions {
+    /// [`Sessions::repeat_recent`] in a task of its own (for a synchronous callback).
+    pub(crate) fn repeat_in_background(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let this = self.clone();
+        rt.spawn(async move {
+            if !this.db.is_available() {
+                return;
+            }
+            if let Err(e) = this.repeat_recent().await {
+                tracing::warn!(error = %e, "cannot repeat recent session revocations");
+            }
+        });
+    }
+}
+
+fn parse(id: &str) -> Result<Uuid, OutboxError> {
+    Uuid::parse_str(id).map_err(|_| OutboxError::Invalid(format!("users.id `{id}` is not a UUID")))
+}
+
+/// Answers `session.sync_requested` (consumer group `auth-sessions`); ignores the rest of the
+/// topic (auth's own raises).
+#[derive(Debug, Clone)]
+pub(crate) struct SyncHandler(pub(crate) Sessions);
+
+impl Handler for SyncHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        if msg.envelope().ty != <SessionSyncRequested as keel::events::Event>::TYPE {
+            return Ok(());
+        }
+        let request: SessionSyncRequested = msg.decode()?;
+        match self.0.repeat_recent().await {
+            Ok(n) => {
+                tracing::debug!(from = %request.service, repeated = n, "session versions repeated for a follower");
+                Ok(())
+            }
+            Err(e) => Err(Failure::retry(e)),
+        }
+    }
+}
