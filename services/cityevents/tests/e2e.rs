@@ -397,6 +397,17 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     let body = json!({"email": "p\u{430}ypal@example.com", "password": PASSWORD, "name": "Mallory"});
     let look_alike = api.post("/api/v1/auth/register", None, body).await;
     assert_eq!(look_alike.problem(400)["errors"][0]["field"], "email");
+    // … and one that looks like an account's as a whole (`rn` for `m`) answers as any sign-up
+    // does, makes no account, and is told by mail that it cannot be used.
+    let modern = api.register_unverified("modern").await;
+    let rnodern = modern.email.replacen("modern", "rnodern", 1);
+    let body = json!({"email": rnodern, "password": PASSWORD, "name": "Mallory"});
+    let r = api.post("/api/v1/auth/register", None, body).await;
+    assert_eq!((r.status, &r.body), (StatusCode::ACCEPTED, &json!({"email": rnodern})));
+    if !matches!(api.mail, Mailbox::Unread) {
+        api.mail.wait_for(&rnodern, "Subject: This address cannot be used").await;
+    }
+    assert_eq!(api.login(&rnodern, PASSWORD).await.problem(401)["code"], "invalid_credentials");
 
     // --- capacity 2: three joins → 2 confirmed, 1 waitlisted; idempotent retry
     let (u1, u2, u3) = (api.register("u1").await, api.register("u2").await, api.register("u3").await);
@@ -748,6 +759,21 @@ async fn all_in_one_zero_setup() {
     assert_eq!((promoted.status, promoted.body["role"].as_str()), (StatusCode::OK, Some("admin")), "{}", promoted.body);
     let bad = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "root"})), &[]).await;
     assert_eq!(bad.problem(400)["status"], 400);
+    // Demoted, the member's admin token stops working everywhere within seconds; a refresh
+    // gives a token with what the member may do now.
+    let t = api.login(&member.email, PASSWORD).await;
+    let member_admin = t.body["access_token"].as_str().unwrap().to_owned();
+    let other = api.register("other").await;
+    let other_path = format!("/api/v1/admin/users/{}/role", other.id);
+    let as_admin = api.call(Method::PUT, &other_path, Some(&member_admin), Some(json!({"role": "user"})), &[]).await;
+    assert_eq!(as_admin.status, StatusCode::OK, "{}", as_admin.body);
+    let demoted = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "user"})), &[]).await;
+    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.body);
+    sessions_ended_everywhere(&api, &platform.upstreams, &member_admin).await;
+    let refreshed = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": t.body["refresh_token"]})).await;
+    let member_user = refreshed.body["access_token"].as_str().unwrap().to_owned();
+    let refused = api.call(Method::PUT, &other_path, Some(&member_user), Some(json!({"role": "admin"})), &[]).await;
+    assert_eq!(refused.problem(403)["status"], 403);
 
     // The data directory and everything in it are the owner's only: accounts, tokens, secrets.
     {
