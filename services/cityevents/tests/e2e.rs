@@ -370,6 +370,22 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
         let t = api.login(&rita.email, fresh_password).await;
         assert_eq!(t.status, StatusCode::OK, "{}", t.body);
         let access = t.body["access_token"].as_str().unwrap().to_owned();
+        // A second sign-in is a second session; ending it from the first ends its refresh token
+        // and every access token, and the first session refreshes into a new one.
+        let other = api.login(&rita.email, fresh_password).await;
+        let sessions = api.get("/api/v1/auth/sessions", Some(&access)).await;
+        let items = sessions.body["items"].as_array().unwrap().clone();
+        assert_eq!(items.len(), 2, "{}", sessions.body);
+        let newest = items[0]["id"].as_str().unwrap();
+        let ended =
+            api.call(Method::DELETE, &format!("/api/v1/auth/sessions/{newest}"), Some(&access), None, &[]).await;
+        assert_eq!(ended.status, StatusCode::NO_CONTENT, "{}", ended.body);
+        let gone = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": other.body["refresh_token"]})).await;
+        assert_eq!(gone.problem(401)["code"], "invalid_refresh_token", "the ended session");
+        sessions_ended_everywhere(&api, &platform.upstreams, &access).await;
+        let t = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": t.body["refresh_token"]})).await;
+        assert_eq!(t.status, StatusCode::OK, "the first session lives: {}", t.body);
+        let access = t.body["access_token"].as_str().unwrap().to_owned();
         let sessions = api.get("/api/v1/auth/sessions", Some(&access)).await;
         assert_eq!(sessions.body["items"].as_array().map(Vec::len), Some(1), "{}", sessions.body);
         let change = json!({"current_password": fresh_password, "new_password": PASSWORD});
@@ -714,6 +730,49 @@ async fn cors(base: &str, allowed: Option<&str>) {
     }
 }
 
+/// Gives the admin command spawned as `child` the password on stdin; it must succeed.
+fn create_admin(mut child: std::process::Child) {
+    {
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The admin `email` changes a user's role through the gateway (a user cannot); a demoted
+/// admin's token stops working everywhere within seconds, and a refresh gives a token with what
+/// the member may do now.
+async fn admins_change_roles(platform: &Platform, mail: Mailbox, email: &str) {
+    let api = Api { http: client(), base: platform.base.clone(), mail };
+    let login = api.login(email, PASSWORD).await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let me = api.get("/api/v1/me", login.body["access_token"].as_str()).await;
+    assert_eq!(me.body["role"], "admin", "{}", me.body);
+    let admin_token = login.body["access_token"].as_str().unwrap().to_owned();
+    let member = api.register("member").await;
+    let path = format!("/api/v1/admin/users/{}/role", member.id);
+    let denied = api.call(Method::PUT, &path, Some(&member.access), Some(json!({"role": "admin"})), &[]).await;
+    assert_eq!(denied.problem(403)["status"], 403);
+    let promoted = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "admin"})), &[]).await;
+    assert_eq!((promoted.status, promoted.body["role"].as_str()), (StatusCode::OK, Some("admin")), "{}", promoted.body);
+    let bad = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "root"})), &[]).await;
+    assert_eq!(bad.problem(400)["status"], 400);
+    let t = api.login(&member.email, PASSWORD).await;
+    let member_admin = t.body["access_token"].as_str().unwrap().to_owned();
+    let other = api.register("other").await;
+    let other_path = format!("/api/v1/admin/users/{}/role", other.id);
+    let as_admin = api.call(Method::PUT, &other_path, Some(&member_admin), Some(json!({"role": "user"})), &[]).await;
+    assert_eq!(as_admin.status, StatusCode::OK, "{}", as_admin.body);
+    let demoted = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "user"})), &[]).await;
+    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.body);
+    sessions_ended_everywhere(&api, &platform.upstreams, &member_admin).await;
+    let refreshed = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": t.body["refresh_token"]})).await;
+    let member_user = refreshed.body["access_token"].as_str().unwrap().to_owned();
+    let refused = api.call(Method::PUT, &other_path, Some(&member_user), Some(json!({"role": "admin"})), &[]).await;
+    assert_eq!(refused.problem(403)["status"], 403);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn all_in_one_zero_setup() {
     let mut platform = Platform::all_in_one(&[]);
@@ -728,7 +787,7 @@ async fn all_in_one_zero_setup() {
 
     // The first admin, as the banner says: the launcher's auth CLI on the same data, password on stdin.
     let email = format!("{}@example.com", common::unique("admin"));
-    let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_cityevents"))
+    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_cityevents"))
         .args(["auth", "admin", "create", "--email", &email])
         .current_dir(platform.dir())
         .env("KEEL_ENV", "development")
@@ -737,43 +796,8 @@ async fn all_in_one_zero_setup() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        use std::io::Write as _;
-        admin.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    }
-    let out = admin.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let api = Api { http: client(), base: platform.base.clone(), mail: Mailbox::Dir(platform.dir().join("data/mail")) };
-    let login = api.login(&email, PASSWORD).await;
-    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
-    let me = api.get("/api/v1/me", login.body["access_token"].as_str()).await;
-    assert_eq!(me.body["role"], "admin", "{}", me.body);
-
-    // The admin changes a user's role through the gateway; a user cannot.
-    let admin_token = login.body["access_token"].as_str().unwrap().to_owned();
-    let member = api.register("member").await;
-    let path = format!("/api/v1/admin/users/{}/role", member.id);
-    let denied = api.call(Method::PUT, &path, Some(&member.access), Some(json!({"role": "admin"})), &[]).await;
-    assert_eq!(denied.problem(403)["status"], 403);
-    let promoted = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "admin"})), &[]).await;
-    assert_eq!((promoted.status, promoted.body["role"].as_str()), (StatusCode::OK, Some("admin")), "{}", promoted.body);
-    let bad = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "root"})), &[]).await;
-    assert_eq!(bad.problem(400)["status"], 400);
-    // Demoted, the member's admin token stops working everywhere within seconds; a refresh
-    // gives a token with what the member may do now.
-    let t = api.login(&member.email, PASSWORD).await;
-    let member_admin = t.body["access_token"].as_str().unwrap().to_owned();
-    let other = api.register("other").await;
-    let other_path = format!("/api/v1/admin/users/{}/role", other.id);
-    let as_admin = api.call(Method::PUT, &other_path, Some(&member_admin), Some(json!({"role": "user"})), &[]).await;
-    assert_eq!(as_admin.status, StatusCode::OK, "{}", as_admin.body);
-    let demoted = api.call(Method::PUT, &path, Some(&admin_token), Some(json!({"role": "user"})), &[]).await;
-    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.body);
-    sessions_ended_everywhere(&api, &platform.upstreams, &member_admin).await;
-    let refreshed = api.post("/api/v1/auth/refresh", None, json!({"refresh_token": t.body["refresh_token"]})).await;
-    let member_user = refreshed.body["access_token"].as_str().unwrap().to_owned();
-    let refused = api.call(Method::PUT, &other_path, Some(&member_user), Some(json!({"role": "admin"})), &[]).await;
-    assert_eq!(refused.problem(403)["status"], 403);
+    create_admin(admin);
+    admins_change_roles(&platform, Mailbox::Dir(platform.dir().join("data/mail")), &email).await;
 
     // The data directory and everything in it are the owner's only: accounts, tokens, secrets.
     {
@@ -829,9 +853,25 @@ async fn distributed(bus: &[(&str, &str)]) {
     env.extend(bus.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     env.push(("CITYEVENTS_SMTP_PORT".into(), smtp.port().to_string()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut platform = Platform::distributed(&env);
-    scenario(&platform, Mailbox::Smtp(std::sync::Arc::new(smtp))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let site = common::Site { prefix: common::unique("ce_e2e_"), state: dir.path().join("state") };
+    let databases = site.databases();
+    let mut platform = Platform::distributed_at(&site, &env, dir, databases);
+    let mail = Mailbox::Smtp(std::sync::Arc::new(smtp));
+    scenario(&platform, mail.clone()).await;
     cors(&platform.base, Some("http://127.0.0.1:3000")).await;
+    // The first admin, as the script says (`run-distributed.sh admin`), then roles through the gateway.
+    let email = format!("{}@example.com", common::unique("admin"));
+    let admin = site
+        .command(&env)
+        .args(["admin", "--email", &email])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    create_admin(admin);
+    admins_change_roles(&platform, mail, &email).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
 }

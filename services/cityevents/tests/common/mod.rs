@@ -44,15 +44,6 @@ impl Platform {
         Self::spawn(cmd, dir, (gateway, upstreams), "City Events is running", Vec::new())
     }
 
-    /// `deploy/local/run-distributed.sh` with this build, private databases, bus namespace and
-    /// Redis key prefix.
-    pub fn distributed(extra_env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let site = Site { prefix: unique("ce_e2e_"), state: dir.path().join("state") };
-        let dbs = site.databases();
-        Self::distributed_at(&site, extra_env, dir, dbs)
-    }
-
     /// The distributed script on `site` (its databases and secrets kept between runs); drops
     /// `own` databases when dropped.
     pub fn distributed_at(site: &Site, extra_env: &[(&str, &str)], dir: tempfile::TempDir, own: Vec<String>) -> Self {
@@ -219,8 +210,8 @@ impl Site {
 }
 
 /// Free ports for every service (management listeners on ephemeral ports); returns the
-/// gateway's. `distributed`: the script's variables, else Keel's per-service ones.
-/// Gives every service a free port; returns the gateway's and the upstreams' base URLs.
+/// gateway's port and the upstreams' base URLs. `distributed`: the script's variables, else
+/// Keel's per-service ones.
 fn ports(cmd: &mut Command, distributed: bool) -> (u16, Vec<(String, String)>) {
     let mut gateway = 0;
     let mut urls = Vec::new();
