@@ -44,9 +44,6 @@ pub struct User {
     pub created_at: OffsetDateTime,
 }
 
-/// At most one `already_registered` mail per account in this time.
-pub(crate) const REGISTRATION_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// A `users` row.
 #[derive(Debug, Clone)]
 pub(crate) struct UserRow {
@@ -324,29 +321,6 @@ impl Accounts {
         .await
         .obs(db)?;
         Ok(())
-    }
-
-    /// Whether the owner of `id` may be told now that someone tried to register the address
-    /// again: at most once per [`REGISTRATION_NOTICE_EVERY`]. Claims the slot in `tx`.
-    pub(crate) async fn claim_registration_notice(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        id: &str,
-    ) -> Result<bool, DataError> {
-        let db = &self.db;
-        let now = to_micros(now());
-        let every = i64::try_from(REGISTRATION_NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
-        let done = sqlx::query(db.statement(
-            "UPDATE users SET registration_notice_at = $1 \
-             WHERE id = $2 AND (registration_notice_at IS NULL OR registration_notice_at < $3)",
-        ))
-        .bind(now)
-        .bind(id)
-        .bind(now.saturating_sub(every))
-        .execute(&mut **tx)
-        .await
-        .obs(db)?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Sets the role of an existing account in `tx` (the caller ends its sessions with it).

@@ -13,6 +13,7 @@
 //!   refresh_reuse_grace: 10s   # a spent refresh token used again this soon gets the same successor
 //!   email_verification_ttl: 24h  # how long a mailed verification link works
 //!   password_reset_ttl: 1h       # how long a mailed password-reset link works
+//!   registration_floor: 150ms    # every registration answers no sooner than this
 //! ```
 
 use std::time::Duration;
@@ -51,6 +52,12 @@ pub struct AuthConfig {
     /// Default `1h`, between `5m` and `24h`.
     #[serde(with = "keel::config::duration")]
     pub password_reset_ttl: Duration,
+    /// Every accepted registration answers no sooner than this after it arrived, whether it
+    /// made an account or found the address taken: the two do different writes, and their
+    /// time must not tell which happened. Above the usual time of either (the Argon2 run plus
+    /// a few writes). Default `150ms`, between `0s` and `2s`.
+    #[serde(with = "keel::config::duration")]
+    pub registration_floor: Duration,
 }
 
 /// `app.lockout.*`: failed sign-ins are counted per account and client IP, per client IP and per
@@ -99,6 +106,7 @@ impl Default for AuthConfig {
             refresh_reuse_grace: Duration::from_secs(10),
             email_verification_ttl: Duration::from_secs(24 * 3600),
             password_reset_ttl: Duration::from_secs(3600),
+            registration_floor: Duration::from_millis(150),
         }
     }
 }
@@ -138,6 +146,9 @@ impl Section for AuthConfig {
         if self.password_reset_ttl < Duration::from_secs(300) || self.password_reset_ttl > Duration::from_secs(86_400) {
             v.invalid("password_reset_ttl", "must be between 5m and 24h");
         }
+        if self.registration_floor > Duration::from_secs(2) {
+            v.invalid("registration_floor", "must be at most 2s");
+        }
     }
 }
 
@@ -170,6 +181,8 @@ mod tests {
         assert_eq!(d.refresh_reuse_grace, Duration::from_secs(10));
         assert_eq!(d.email_verification_ttl, Duration::from_secs(86_400));
         assert_eq!(d.password_reset_ttl, Duration::from_secs(3600));
+        assert_eq!(d.registration_floor, Duration::from_millis(150));
+        assert!(load(&[("REGISTRATION_FLOOR", "3s")]).is_err());
         assert_eq!(load(&[("REFRESH_REUSE_GRACE", "0s")]).unwrap().refresh_reuse_grace, Duration::ZERO);
         let c =
             load(&[("LOCKOUT__FREE_FAILURES", "3"), ("LOCKOUT__MAX_DELAY", "1h"), ("REFRESH_TTL", "7days")]).unwrap();

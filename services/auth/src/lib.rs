@@ -146,6 +146,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         mail,
         jwt,
         access_ttl: s.keel().security.jwt.ttl.as_secs(),
+        registration_floor: cfg.registration_floor,
         metrics: auth_metrics,
         trusted_proxies: Arc::from(s.keel().http.trusted_proxies.clone()),
     };

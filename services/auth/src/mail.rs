@@ -24,6 +24,9 @@ use crate::accounts::Accounts;
 use crate::error::{ApiError, Observe};
 use crate::tokens::{generate, hash};
 
+/// At most one mail about a sign-up that made no account, per address, in this time.
+pub(crate) const NOTICE_EVERY: Duration = Duration::from_secs(3600);
+
 /// What an account token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -170,17 +173,48 @@ impl AccountMail {
         self.outbox.wake();
     }
 
-    /// Deletes account tokens that expired more than a day ago; returns how many.
+    /// Deletes account tokens that expired more than a day ago and registration notices older
+    /// than a day; returns how many rows.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
         let db = &self.db;
         let cutoff = to_micros(now()).saturating_sub(86_400_000_000);
         let mut conn = db.acquire().await?;
-        let done = sqlx::query(db.statement("DELETE FROM account_tokens WHERE expires_at < $1"))
-            .bind(cutoff)
-            .execute(&mut *conn)
-            .await
-            .obs(db)?;
-        Ok(done.rows_affected())
+        let mut pruned = 0;
+        for table in
+            ["DELETE FROM account_tokens WHERE expires_at < $1", "DELETE FROM registration_notices WHERE sent_at < $1"]
+        {
+            let done = sqlx::query(db.statement(table)).bind(cutoff).execute(&mut *conn).await.obs(db)?;
+            pruned += done.rows_affected();
+        }
+        Ok(pruned)
+    }
+
+    /// Whether the address with blind index `bidx` may be mailed now about a sign-up that made
+    /// no account: at most once per [`NOTICE_EVERY`]. Claims the slot in `tx`.
+    pub(crate) async fn claim_notice(&self, tx: &mut Transaction<'static, Any>, bidx: &str) -> Result<bool, DataError> {
+        let db = &self.db;
+        let ensure = match db.backend() {
+            keel::data::Backend::MySql => {
+                "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) \
+                 ON DUPLICATE KEY UPDATE email_bidx = email_bidx"
+            }
+            _ => {
+                "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) ON CONFLICT (email_bidx) DO NOTHING"
+            }
+        };
+        sqlx::query(db.statement(ensure)).bind(bidx).execute(&mut **tx).await.obs(db)?;
+        let now = to_micros(now());
+        let every = i64::try_from(NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
+        let claimed = sqlx::query(
+            db.statement("UPDATE registration_notices SET sent_at = $1 WHERE email_bidx = $2 AND sent_at < $3"),
+        )
+        .bind(now)
+        .bind(bidx)
+        .bind(now.saturating_sub(every))
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(claimed.rows_affected() == 1)
     }
 
     /// Announces the contacts of accounts that never had theirs sent, a page at a time;

@@ -44,6 +44,8 @@ pub(crate) struct AppState {
     pub(crate) jwt: Jwt,
     /// `security.jwt.ttl` in seconds: the access token's `expires_in`.
     pub(crate) access_ttl: u64,
+    /// `app.registration_floor`.
+    pub(crate) registration_floor: std::time::Duration,
     pub(crate) metrics: AuthMetrics,
     pub(crate) trusted_proxies: Arc<[IpNet]>,
 }
@@ -202,12 +204,27 @@ fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool, sv: u64
 /// Registers an account. The answer is the same, 202 and the normalized address, whether the
 /// address is new, taken, or looks like a taken one (the same UTS #39 skeleton): only its owner
 /// learns which, from the mail each case sends (`verify_email`, `already_registered`,
-/// `address_unavailable`). Every case hashes the password first, so each takes the time of an
-/// Argon2 run plus a few writes.
+/// `address_unavailable`). Every case hashes the password first, and an accepted registration
+/// answers no sooner than `app.registration_floor` after it arrived, so neither the answer nor
+/// its time tells.
 async fn register(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<RegisterBody>,
+) -> Result<(StatusCode, axum::Json<Registration>), ApiError> {
+    let arrived = tokio::time::Instant::now();
+    let floor = s.registration_floor;
+    let answer = register_once(s, ip, b).await;
+    if answer.is_ok() {
+        tokio::time::sleep_until(arrived + floor).await;
+    }
+    answer
+}
+
+async fn register_once(
+    s: AppState,
+    ip: String,
+    b: RegisterBody,
 ) -> Result<(StatusCode, axum::Json<Registration>), ApiError> {
     let email = normalize_email(&b.email)?;
     let name = validate_name(&b.name)?;
@@ -221,8 +238,11 @@ async fn register(
     }
     if s.accounts.skeleton_taken(&s.accounts.skeleton_index(&email)).await? {
         let mut tx = s.accounts.db.begin().await?;
-        // No account to name: the request's key is a fresh id.
-        s.mail.mail(&mut tx, Uuid::now_v7(), &email, &name, Mail::AddressUnavailable).await?;
+        if s.mail.claim_notice(&mut tx, &bidx).await? {
+            // No account to name: the request's key is a fresh id, and the greeting is not the
+            // name the request gave (anyone can send this to any address).
+            s.mail.mail(&mut tx, Uuid::now_v7(), &email, "", Mail::AddressUnavailable).await?;
+        }
         commit(&s, tx).await?;
         let details = json!({ "ip": ip, "reason": "look_alike" });
         s.accounts.audit("anonymous", "auth.register", "user:unknown", Outcome::Denied, details).await;
@@ -254,7 +274,7 @@ async fn register(
 async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Result<(), ApiError> {
     let user = s.accounts.user(existing)?;
     let mut tx = s.accounts.db.begin().await?;
-    if s.accounts.claim_registration_notice(&mut tx, &existing.id).await? {
+    if s.mail.claim_notice(&mut tx, &s.accounts.email_index(&user.email)).await? {
         s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::AlreadyRegistered).await?;
     }
     commit(s, tx).await?;
@@ -425,12 +445,15 @@ async fn change_password(
     let mut tx = s.accounts.db.begin().await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
     let (_, sv) = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    // The caller's new session, under the new version and with the role as it is now (the row
+    // is locked: a role change meanwhile has either committed or waits).
+    let refresh_token = s.refresh.issue_in(&mut tx, &row.id).await?;
+    let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     commit(&s, tx).await?;
     let target = user_target(&row.id);
     s.accounts.audit(&target, "auth.password_change", &target, Outcome::Success, json!({ "ip": ip })).await;
-    let refresh_token = s.refresh.issue(&row.id).await?;
-    pair(&s, refresh_token, &row.id, &row.role, row.email_verified_at.is_some(), sv)
+    pair(&s, refresh_token, &now.id, &now.role, now.email_verified_at.is_some(), sv)
 }
 
 /// Ends every session of the caller (every refresh-token family).
@@ -558,7 +581,11 @@ async fn login(
         }
     }
     let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some(), row.session_version)?;
-    let refresh_token = s.refresh.issue(&row.id).await?;
+    // Its sessions were ended since the row was read (a reset, sign-out everywhere): the
+    // password it checked may be the old one, so this sign-in does not count.
+    let Some(refresh_token) = s.refresh.issue(&row.id, row.session_version).await? else {
+        return Err(invalid_credentials().into());
+    };
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
     s.accounts.audit(&target, "auth.login", &target, Outcome::Success, json!({ "ip": ip })).await;

@@ -8,7 +8,10 @@
 //! arrives. A follower that (re)subscribes sends `session.sync_requested`; auth answers by
 //! repeating the raises recent enough for an access token from before them to be unexpired.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use time::OffsetDateTime;
 
 use cityevents_common::catalogue::{SESSIONS_TOPIC, SessionRevoked, SessionSyncRequested};
 use cityevents_common::time::{now, to_micros};
@@ -31,11 +34,22 @@ pub(crate) struct Sessions {
     outbox: Outbox,
     /// How far back a sync request reaches: the access-token lifetime plus its leeway.
     window: Duration,
+    /// When the last repeat began: a request sent before it is answered by it already.
+    last_repeat: Arc<Mutex<Option<OffsetDateTime>>>,
 }
+
+/// Clock difference between services tolerated when coalescing sync requests.
+const SKEW: time::Duration = time::Duration::seconds(2);
 
 impl Sessions {
     pub(crate) fn new(db: Db, outbox: Outbox, window: Duration) -> Self {
-        Self { db, outbox, window }
+        Self { db, outbox, window, last_repeat: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Whether a sync request sent at `sent` is already answered by a repeat begun after it.
+    fn answered(&self, sent: OffsetDateTime) -> bool {
+        let last = *self.last_repeat.lock().unwrap_or_else(PoisonError::into_inner);
+        last.is_some_and(|began| began > sent + SKEW)
     }
 
     /// Ends every access token of `user_id` issued so far, in `tx`: raises its session version
@@ -54,6 +68,34 @@ impl Sessions {
         let revoked = SessionRevoked { user_id: parse(user_id)?, version };
         self.outbox.enqueue_event(tx, SESSIONS_TOPIC, &revoked).await?;
         Ok(version)
+    }
+
+    /// Locks the user's row in `tx` and says whether its session version is still `expected`:
+    /// a refresh token is only issued under the version the access token beside it carries, so
+    /// one issued during a revocation cannot outlive it. The lock is the first one every path
+    /// that ends or starts sessions takes (the users row, then refresh tokens).
+    pub(crate) async fn hold(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        expected: u64,
+    ) -> Result<bool, DataError> {
+        let db = &self.db;
+        let select = match db.backend() {
+            keel::data::Backend::Sqlite => {
+                // No `FOR UPDATE`: a write takes SQLite's one write lock for the transaction.
+                sqlx::query(db.statement("UPDATE users SET session_version = session_version WHERE id = $1"))
+                    .bind(user_id)
+                    .execute(&mut **tx)
+                    .await
+                    .obs(db)?;
+                "SELECT session_version FROM users WHERE id = $1"
+            }
+            _ => "SELECT session_version FROM users WHERE id = $1 FOR UPDATE",
+        };
+        let v: Option<(i64,)> =
+            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(&mut **tx).await.obs(db)?;
+        Ok(v.is_some_and(|(v,)| u64::try_from(v).ok() == Some(expected)))
     }
 
     /// Has the outbox relay publish now (after a commit that ended sessions).
@@ -75,6 +117,7 @@ impl Sessions {
     /// Announces again, through the outbox, every raise within the window; returns how many.
     pub(crate) async fn repeat_recent(&self) -> Result<usize, OutboxError> {
         let db = &self.db;
+        *self.last_repeat.lock().unwrap_or_else(PoisonError::into_inner) = Some(OffsetDateTime::now_utc());
         let since = to_micros(now()).saturating_sub(i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX));
         let mut tx = db.begin().await?;
         let text = format!(
@@ -83,6 +126,13 @@ impl Sessions {
         );
         let rows: Vec<(String, i64)> =
             sqlx::query_as(db.statement(&text)).bind(since).fetch_all(&mut *tx).await.obs(db)?;
+        if rows.len() >= SYNC_LIMIT as usize {
+            tracing::warn!(
+                limit = SYNC_LIMIT,
+                "more users ended sessions within the token lifetime than a sync repeats: a service \
+                 (re)subscribing now may accept the oldest of those tokens until they expire"
+            );
+        }
         let mut envelopes = Vec::with_capacity(rows.len());
         for (id, version) in &rows {
             let revoked = SessionRevoked { user_id: parse(id)?, version: u64::try_from(*version).unwrap_or(0) };
@@ -104,6 +154,9 @@ impl Sessions {
         let this = self.clone();
         rt.spawn(async move {
             if !this.db.is_available() {
+                tracing::info!(
+                    "database not available yet: recent session revocations are repeated on the next sync request"
+                );
                 return;
             }
             if let Err(e) = this.repeat_recent().await {
@@ -128,6 +181,11 @@ impl Handler for SyncHandler {
             return Ok(());
         }
         let request: SessionSyncRequested = msg.decode()?;
+        let sent = OffsetDateTime::parse(&msg.envelope().time, &time::format_description::well_known::Rfc3339).ok();
+        if sent.is_some_and(|t| self.0.answered(t)) {
+            tracing::debug!(from = %request.service, "sync request already answered by a later repeat");
+            return Ok(());
+        }
         match self.0.repeat_recent().await {
             Ok(n) => {
                 tracing::debug!(from = %request.service, repeated = n, "session versions repeated for a follower");

@@ -111,10 +111,27 @@ impl RefreshTokens {
         now.saturating_add(Self::micros(self.ttl))
     }
 
-    /// Starts a new family for `user_id` (a sign-in); returns the token.
-    pub(crate) async fn issue(&self, user_id: &str) -> Result<String, DataError> {
+    /// Starts a new family for `user_id` (a sign-in) if its session version is still `sv`
+    /// (the one the access token beside it carries); returns the token, or `None` when the
+    /// user's sessions were ended meanwhile.
+    pub(crate) async fn issue(&self, user_id: &str, sv: u64) -> Result<Option<String>, ApiError> {
         let db = &self.db;
-        let mut conn = db.acquire().await?;
+        let mut tx = db.begin().await?;
+        if !self.sessions.hold(&mut tx, user_id, sv).await? {
+            return Ok(None);
+        }
+        let token = self.issue_in(&mut tx, user_id).await?;
+        tx.commit().await.obs(db)?;
+        Ok(Some(token))
+    }
+
+    /// Starts a new family for `user_id` in `tx`; returns the token.
+    pub(crate) async fn issue_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        user_id: &str,
+    ) -> Result<String, DataError> {
+        let db = &self.db;
         let token = generate();
         let now = to_micros(now());
         sqlx::query(db.statement(INSERT))
@@ -123,7 +140,7 @@ impl RefreshTokens {
             .bind(user_id)
             .bind(self.expiry(now))
             .bind(now)
-            .execute(&mut *conn)
+            .execute(&mut **tx)
             .await
             .obs(db)?;
         Ok(token)
@@ -131,12 +148,43 @@ impl RefreshTokens {
 
     /// Spends `token` and issues its successor in the same family, or says why not.
     pub(crate) async fn rotate(&self, token: &str) -> Result<Rotation, ApiError> {
-        let db = &self.db;
         let token_hash = hash(token);
+        // The owner's row is locked first, under the version read here, as every path that ends
+        // sessions locks it first: a revocation running meanwhile either waits for this
+        // rotation (and then revokes the successor too) or makes it try again.
+        for _ in 0..3 {
+            let db = &self.db;
+            let mut conn = db.acquire().await?;
+            let owner: Option<(String, i64)> = sqlx::query_as(db.statement(
+                "SELECT r.user_id, u.session_version FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
+                 WHERE r.token_hash = $1",
+            ))
+            .bind(&token_hash)
+            .fetch_optional(&mut *conn)
+            .await
+            .obs(db)?;
+            drop(conn);
+            let Some((user_id, sv)) = owner else { return Ok(Rotation::Invalid) };
+            let mut tx = db.begin().await?;
+            if !self.sessions.hold(&mut tx, &user_id, version(sv)).await? {
+                continue;
+            }
+            return self.rotate_in(tx, &token_hash).await;
+        }
+        Err(ApiError::Internal("the session version kept changing during a refresh".into()))
+    }
+
+    /// [`RefreshTokens::rotate`] once the owner's row is held in `tx`.
+    async fn rotate_in(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        token_hash: &str,
+    ) -> Result<Rotation, ApiError> {
+        let db = &self.db;
         let now = to_micros(now());
         let next = generate();
         let sealed = self.keyring.encrypt_str(&next)?;
-        let mut tx = db.begin().await?;
+        let token_hash = token_hash.to_owned();
         let spent = sqlx::query(db.statement(
             "UPDATE refresh_tokens SET used_at = $1, successor_ciphertext = $2 \
              WHERE token_hash = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $4",
@@ -258,8 +306,9 @@ impl RefreshTokens {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
     ) -> Result<(u64, u64), ApiError> {
-        let revoked = self.revoke_where(tx, "user_id", user_id).await?;
+        // The users row first (see `rotate`), then the tokens.
         let sv = self.sessions.end_all(tx, user_id).await?;
+        let revoked = self.revoke_where(tx, "user_id", user_id).await?;
         Ok((revoked, sv))
     }
 
@@ -328,9 +377,11 @@ impl RefreshTokens {
     async fn revoke_family(&self, family_id: &str, user_id: &str) -> Result<u64, ApiError> {
         let db = &self.db;
         let mut tx = db.begin().await?;
+        // The users row first (see `rotate`); rolled back when the family was not live.
+        self.sessions.end_all(&mut tx, user_id).await?;
         let revoked = self.revoke_where(&mut tx, "family_id", family_id).await?;
-        if revoked > 0 {
-            self.sessions.end_all(&mut tx, user_id).await?;
+        if revoked == 0 {
+            return Ok(0);
         }
         tx.commit().await.obs(db)?;
         self.sessions.wake();

@@ -66,10 +66,13 @@ async fn register_login_and_me(s: &Svc) {
     assert_eq!(told.len(), 1, "{mails:#?}");
     assert_eq!((told[0]["to"].as_str(), told[0]["user_id"].as_str()), (Some("alice@example.com"), Some(id.as_str())));
     assert_eq!(s.login("alice@example.com", "another long passphrase").await.status, 401, "nothing changed");
-    // Trying again within the hour answers the same, without another mail.
+    // Trying again within the hour answers the same, without another mail, and (like every
+    // accepted registration) no sooner than `app.registration_floor` (150 ms).
+    let started = std::time::Instant::now();
     let dup = s
         .post("/api/v1/auth/register", &json!({"email": "alice@example.com", "password": PASSWORD, "name": "A"}))
         .await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "{:?}", started.elapsed());
     assert_eq!((dup.status, &dup.body), (202, &r.body), "{dup:?}");
     let mails = s.mail_requests().await;
     assert_eq!(
@@ -381,6 +384,14 @@ async fn addresses_that_look_like_an_account_are_taken(s: &Svc) {
     for look_alike in ["\u{430}\u{440}\u{435}@example.com", "paypa1@example.com", "rnodern@example.com"] {
         look_alike_refused(s, look_alike).await;
     }
+    // Trying again within the hour answers the same and mails nothing more.
+    let again = s
+        .post("/api/v1/auth/register", &json!({"email": "paypa1@example.com", "password": PASSWORD, "name": "M"}))
+        .await;
+    assert_eq!(again.status, 202, "{again:?}");
+    let mails = s.mail_requests().await;
+    let told = mails.iter().filter(|m| m["to"] == "paypa1@example.com").count();
+    assert_eq!(told, 1, "at most one an hour: {mails:#?}");
     // Different enough is fine.
     s.register("apex@example.com", "Apex").await;
 
@@ -423,10 +434,10 @@ async fn look_alike_refused(s: &Svc, look_alike: &str) {
     assert_eq!((r.status, r.body["email"].as_str()), (202, Some(look_alike)), "{look_alike:?}: {r:?}");
     assert_eq!(s.user_id(look_alike).await, None, "{look_alike:?}: no account");
     let mails = s.mail_requests().await;
-    assert!(
-        mails.iter().any(|m| m["to"] == look_alike && m["mail"]["template"] == "address_unavailable"),
-        "{look_alike:?}: {mails:#?}"
-    );
+    let told: Vec<_> =
+        mails.iter().filter(|m| m["to"] == look_alike && m["mail"]["template"] == "address_unavailable").collect();
+    assert_eq!(told.len(), 1, "{look_alike:?}: {mails:#?}");
+    assert_eq!(told[0]["name"], "", "not greeted with the name the request gave");
 }
 
 async fn every_input_limit_is_a_problem_naming_the_field(s: &Svc) {

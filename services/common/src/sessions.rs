@@ -31,9 +31,10 @@ pub fn follow<C: keel::config::Section>(
     jwt: Jwt,
 ) -> Result<Jwt, keel::app::SetupError> {
     let cfg = &s.keel().security.jwt;
-    // Kept while a token from before the raise can be unexpired: the longest lifetime any
-    // service may issue (at least the default's), plus the leeway.
-    let retention = cfg.ttl.max(Duration::from_secs(900)) + cfg.leeway + Duration::from_secs(60);
+    // Kept while a token from before the raise can be unexpired: this service's configured
+    // lifetime, at least an hour (auth may be configured alone with a longer one), plus the
+    // leeway.
+    let retention = cfg.ttl.max(Duration::from_secs(3600)) + cfg.leeway + Duration::from_secs(60);
     let revocations = Revocations::new(retention, CAPACITY);
     let bus = s.bus()?;
     let group = format!("{}-sessions", short(service));

@@ -677,6 +677,12 @@ impl<H: Handler> Consumer<H> {
                             drop(permit);
                         });
                     }
+                    // A fan-out subscription's broker side is ephemeral and may be gone (NATS deletes
+                    // an idle ephemeral consumer): make a new one rather than wait on a dead one.
+                    Some(Err(e)) if this.options.subscribe.fan_out => {
+                        tracing::warn!(topic = %this.topic, group = %this.group, error = %e, "receiving failed");
+                        break true;
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(topic = %this.topic, group = %this.group, error = %e, "receiving failed");
                         tokio::time::sleep(Duration::from_millis(200)).await;

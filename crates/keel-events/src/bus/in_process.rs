@@ -95,8 +95,15 @@ impl Broker {
         // Until a durable group exists the backlog keeps the message for it (fan-out
         // subscribers only see what is published while they are there).
         let backlog = !t.groups.values().any(|g| !g.fan_out);
+        let fan_out_only = backlog && !t.groups.is_empty();
         if backlog && t.backlog.len() >= self.capacity {
-            return Err(BusError::Full(topic.to_owned()));
+            if !fan_out_only {
+                return Err(BusError::Full(topic.to_owned()));
+            }
+            // Fan-out subscribers are served; only a durable group that never subscribed in
+            // this process loses its oldest message, rather than every publish failing.
+            t.backlog.pop_front();
+            tracing::warn!(topic, "in-process backlog full with no durable group: oldest message dropped");
         }
         let targets: Vec<&Arc<Group>> = t.groups.values().filter(|g| only_group.is_none_or(|o| o == g.name)).collect();
         if targets.iter().any(|g| g.len() >= self.capacity) {

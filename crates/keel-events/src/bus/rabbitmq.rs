@@ -5,7 +5,7 @@
 //!   expired messages dead-letter back into it (`retry` with a delay = publish there with a
 //!   per-message TTL, then ack). The DLQ is the durable queue `joins.dlq`.
 //! * A fan-out subscription gets queues of its own (`joins.<group>.<suffix>` and its retry
-//!   queue), not durable, expiring a minute after their last consumer left.
+//!   queue), not durable, expiring a minute (the retry queue: an hour) after their last use.
 //! * Publishes are persistent, `mandatory` and confirmed: the broker's `basic.return`
 //!   (`NO_ROUTE`: no queue bound yet) is [`BusError::Unroutable`] and a negative confirm is
 //!   [`BusError::Rejected`] — the outbox keeps such rows and retries them.
@@ -57,16 +57,21 @@ fn queue_opts() -> QueueDeclareOptions {
     QueueDeclareOptions { durable: true, ..Default::default() }
 }
 
-/// A group queue's options: durable, or (fan-out) transient and expiring once unused.
-fn group_queue(fan_out: bool) -> (QueueDeclareOptions, FieldTable) {
+/// A group queue's options: durable, or (fan-out) transient and expiring `expiry` after its
+/// last use.
+fn group_queue(fan_out: bool, expiry: Duration) -> (QueueDeclareOptions, FieldTable) {
     if !fan_out {
         return (queue_opts(), FieldTable::default());
     }
     let mut args = FieldTable::default();
-    let ms = i64::try_from(super::FAN_OUT_EXPIRY.as_millis()).unwrap_or(i64::MAX);
+    let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
     args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
     (QueueDeclareOptions::default(), args)
 }
+
+/// A fan-out group's retry queue is never consumed, and publishing to it does not count as a
+/// use: it must outlive the longest retry delay (a consumer's `retry_max`, 5 min by default).
+const FAN_OUT_RETRY_EXPIRY: Duration = Duration::from_secs(3600);
 
 fn header_str(h: &FieldTable, k: &str) -> Option<String> {
     match h.inner().get(k)? {
@@ -202,7 +207,7 @@ impl Conn {
         fan_out: bool,
     ) -> Result<String, BusError> {
         let queue = format!("{topic}.{group}");
-        let (opts, args) = group_queue(fan_out);
+        let (opts, args) = group_queue(fan_out, super::FAN_OUT_EXPIRY);
         channel.queue_declare(queue.as_str().into(), opts, args).await.map_err(broker)?;
         channel
             .queue_bind(
@@ -220,7 +225,7 @@ impl Conn {
 
     /// The retry queue of `queue`: its expired messages dead-letter back into `queue`.
     async fn ensure_retry(&self, channel: &Channel, queue: &str, fan_out: bool) -> Result<(), BusError> {
-        let (opts, mut args) = group_queue(fan_out);
+        let (opts, mut args) = group_queue(fan_out, FAN_OUT_RETRY_EXPIRY);
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
         args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
         channel.queue_declare(format!("{queue}.retry").into(), opts, args).await.map_err(broker)?;

@@ -6,6 +6,10 @@
 ALTER TABLE users ADD COLUMN session_version BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN session_changed_at BIGINT NULL;
 CREATE INDEX users_session_changed ON users (session_changed_at);
--- When the owner was last told that someone tried to register the address again (at most one
--- such mail an hour, so sign-ups cannot flood an inbox).
-ALTER TABLE users ADD COLUMN registration_notice_at BIGINT NULL;
+-- When an address was last mailed about a sign-up that made no account (`already_registered`,
+-- `address_unavailable`), by the address's blind index: at most one such mail an hour, so
+-- sign-ups cannot flood an inbox. Rows older than a day are pruned.
+CREATE TABLE registration_notices (
+    email_bidx VARCHAR(64) PRIMARY KEY,
+    sent_at BIGINT NOT NULL
+);
