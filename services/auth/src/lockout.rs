@@ -99,6 +99,18 @@ async fn retrying<T, Fut: std::future::Future<Output = Result<T, DataError>>>(
     }
 }
 
+/// Makes the counter's row `key`, with no failures, unless it exists.
+async fn ensure(
+    db: &Db,
+    conn: &mut sqlx::AnyConnection,
+    key: &str,
+    email: Option<&str>,
+    now: i64,
+) -> Result<(), DataError> {
+    sqlx::query(db.statement(ensure_sql(db))).bind(key).bind(email).bind(now).execute(conn).await.obs(db)?;
+    Ok(())
+}
+
 /// Makes the counter's row, with no failures, unless it exists.
 fn ensure_sql(db: &Db) -> &'static str {
     match db.backend() {
@@ -192,13 +204,7 @@ impl Lockout {
         let mut tx = db.begin_read_committed().await?;
         let mut counts = Vec::with_capacity(3);
         for (scope, key, email, free) in &counters.keys {
-            sqlx::query(db.statement(ensure_sql(db)))
-                .bind(key)
-                .bind(*email)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .obs(db)?;
+            ensure(db, &mut tx, key, *email, now).await?;
             forget_if_stale(db, &mut tx, key, stale).await?;
             let (failures, last) = read(db, &mut tx, key).await?;
             counts.push((*scope, failures, last, *free));
@@ -249,13 +255,7 @@ impl Lockout {
                 continue;
             }
             // Made by `attempt`, unless pruned since.
-            sqlx::query(db.statement(ensure_sql(db)))
-                .bind(key)
-                .bind(*email)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .obs(db)?;
+            ensure(db, &mut tx, key, *email, now).await?;
             forget_if_stale(db, &mut tx, key, stale).await?;
             count_failure(db, &mut tx, key, now).await?;
             let (failures, _) = read(db, &mut tx, key).await?;

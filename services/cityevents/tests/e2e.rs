@@ -730,8 +730,14 @@ async fn cors(base: &str, allowed: Option<&str>) {
     }
 }
 
-/// Gives the admin command spawned as `child` the password on stdin; it must succeed.
-fn create_admin(mut child: std::process::Child) {
+/// Runs the admin command `cmd` with the password on stdin; it must succeed.
+fn create_admin(mut cmd: std::process::Command) {
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     {
         use std::io::Write as _;
         child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
@@ -787,15 +793,11 @@ async fn all_in_one_zero_setup() {
 
     // The first admin, as the banner says: the launcher's auth CLI on the same data, password on stdin.
     let email = format!("{}@example.com", common::unique("admin"));
-    let admin = std::process::Command::new(env!("CARGO_BIN_EXE_cityevents"))
+    let mut admin = std::process::Command::new(env!("CARGO_BIN_EXE_cityevents"));
+    admin
         .args(["auth", "admin", "create", "--email", &email])
         .current_dir(platform.dir())
-        .env("KEEL_ENV", "development")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env("KEEL_ENV", "development");
     create_admin(admin);
     admins_change_roles(&platform, Mailbox::Dir(platform.dir().join("data/mail")), &email).await;
 
@@ -862,14 +864,8 @@ async fn distributed(bus: &[(&str, &str)]) {
     cors(&platform.base, Some("http://127.0.0.1:3000")).await;
     // The first admin, as the script says (`run-distributed.sh admin`), then roles through the gateway.
     let email = format!("{}@example.com", common::unique("admin"));
-    let admin = site
-        .command(&env)
-        .args(["admin", "--email", &email])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut admin = site.command(&env);
+    admin.args(["admin", "--email", &email]);
     create_admin(admin);
     admins_change_roles(&platform, mail, &email).await;
     let status = platform.stop();
