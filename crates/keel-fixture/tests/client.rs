@@ -181,6 +181,43 @@ async fn a_slow_upstream_times_out() {
 }
 
 #[tokio::test]
+async fn a_request_can_set_its_own_attempt_timeout() {
+    let (addr, _) = upstream().await;
+    let mut c = cfg(addr);
+    c.request_timeout = Duration::from_secs(30);
+    c.retry.max_attempts = 2;
+    let (client, metrics) = make("per-request", &c);
+    let started = Instant::now();
+    let err =
+        client.send(Request::new(http::Method::GET, "/slow").timeout(Duration::from_millis(200))).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { after, .. } if after == Duration::from_millis(200)), "{err}");
+    // Two attempts of 200 ms each, not the upstream's 30 s.
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        metrics
+            .render()
+            .contains("http_client_requests_total{method=\"GET\",status=\"error\",upstream=\"per-request\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_nobody_listens_on_is_unreachable_503_and_retried_for_any_method() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut c = cfg(closed);
+    c.retry.max_attempts = 2;
+    let (client, metrics) = make("down", &c);
+    let err = client.send(Request::new(http::Method::POST, "/x").body("{}")).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    // Nothing was sent: a POST is tried again too.
+    assert!(
+        metrics.render().contains("http_client_requests_total{method=\"POST\",status=\"error\",upstream=\"down\"} 2")
+    );
+    let resp = axum::response::IntoResponse::into_response(err);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
 async fn a_failing_upstream_opens_the_breaker_which_rejects_fast_then_recovers() {
     let (addr, u) = upstream().await;
     u.healthy.store(false, Ordering::SeqCst);

@@ -91,7 +91,17 @@ pub enum ClientError {
         /// The cap.
         limit: usize,
     },
-    /// Connecting or talking to the upstream failed. Answers 502.
+    /// No connection could be made (refused, no route, DNS, TLS handshake): the upstream is
+    /// down and nothing was sent, so it is retried whatever the method. Answers 503 with
+    /// `Retry-After`.
+    #[error("upstream {upstream}: cannot connect: {message}")]
+    Unreachable {
+        /// The upstream.
+        upstream: String,
+        /// What happened.
+        message: String,
+    },
+    /// Talking to the upstream failed once connected (reset, malformed answer). Answers 502.
     #[error("upstream {upstream}: {message}")]
     Transport {
         /// The upstream.
@@ -121,7 +131,7 @@ impl IntoResponse for ClientError {
     fn into_response(self) -> AxumResponse {
         tracing::warn!(error = %self, "upstream call failed");
         let (status, slug, title, code) = match &self {
-            Self::BreakerOpen { .. } | Self::Bulkhead { .. } => (
+            Self::BreakerOpen { .. } | Self::Bulkhead { .. } | Self::Unreachable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",
                 "Service degraded",
@@ -172,12 +182,21 @@ pub struct Request {
     path: String,
     headers: HeaderMap,
     body: Option<Bytes>,
+    timeout: Option<Duration>,
 }
 
 impl Request {
     /// `method path` (the path is joined to the upstream's base URL).
     pub fn new(method: Method, path: impl Into<String>) -> Self {
-        Self { method, path: path.into(), headers: HeaderMap::new(), body: None }
+        Self { method, path: path.into(), headers: HeaderMap::new(), body: None, timeout: None }
+    }
+
+    /// Cuts each attempt of this request at `timeout` when that is shorter than the upstream's
+    /// `request_timeout` (a call that must answer sooner than the upstream's slowest). Still cut
+    /// to the caller's own remaining time.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// Adds a header.
@@ -367,7 +386,8 @@ impl Client {
         self.retry
             .run_observed(
                 |attempt| self.attempt(req, attempt),
-                |out| retryable_request && should_retry(out),
+                // A connection that was never made sent nothing: safe to try again for any method.
+                |out| matches!(out, Err(ClientError::Unreachable { .. })) || (retryable_request && should_retry(out)),
                 |attempt, why| {
                     if let Some(m) = &self.metrics {
                         if attempt > 1 {
@@ -393,7 +413,7 @@ impl Client {
             });
         }
         let ctx = super::context::current();
-        let mut timeout = self.cfg.request_timeout;
+        let mut timeout = req.timeout.map_or(self.cfg.request_timeout, |t| t.min(self.cfg.request_timeout));
         let mut cut_by_caller = false;
         if let Some(left) = ctx.as_ref().and_then(super::context::RequestContext::remaining) {
             if left < Duration::from_millis(1) {
@@ -496,6 +516,8 @@ impl Client {
             ClientError::Invalid { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
         } else if e.is_timeout() {
             ClientError::Timeout { upstream: self.name.to_string(), after: timeout }
+        } else if e.is_connect() {
+            ClientError::Unreachable { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
         } else {
             ClientError::Transport { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
         }

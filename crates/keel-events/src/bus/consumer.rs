@@ -178,7 +178,9 @@ fn says_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(c) = e.downcast_ref::<keel_http::client::ClientError>() {
         return matches!(
             c,
-            keel_http::client::ClientError::BreakerOpen { .. } | keel_http::client::ClientError::Transport { .. }
+            keel_http::client::ClientError::BreakerOpen { .. }
+                | keel_http::client::ClientError::Unreachable { .. }
+                | keel_http::client::ClientError::Transport { .. }
         );
     }
     if let Some(b) = e.downcast_ref::<super::BusError>() {
