@@ -3,9 +3,19 @@
 //!
 //! Each member keeps everything it has on its own: its configuration (own env prefix, own
 //! file), listeners, health, metrics registry, tasks and shutdown. What they share is the
-//! process: one Tokio runtime, one log/trace pipeline (following the **first** member's `log.*`
-//! and `telemetry.*`, with the group's name as `service`), and whatever the configuration makes
-//! shared, such as an in-process bus named `memory://<name>`.
+//! process: one Tokio runtime, one log/trace pipeline (following the **first** member's
+//! `log.format`, `log.mask_fields` and `telemetry.*`, with the group's name as `service`), and
+//! whatever the configuration makes shared, such as an in-process bus named `memory://<name>`.
+//!
+//! # Log levels
+//!
+//! Each member keeps its own `log.level` for what it logs while it handles a request or runs a
+//! background task (lines whose `service` is the member's name). When every member has the same
+//! level, that is the process's; otherwise the process logs at the default (`info`) and each
+//! member with another level adds its directives for its own work: `CITYEVENTS_JOINS__LOG__LEVEL=
+//! debug` gives the joins service's debug lines and no one else's. A member can log more than
+//! the process, not less (`tracing-subscriber`'s span-scoped directives only enable); `RUST_LOG`
+//! still replaces it all.
 //!
 //! # Start and shutdown order
 //!
@@ -188,7 +198,7 @@ impl Group {
             service: build.name.clone(),
             version: build.version.clone(),
             profile: first.profile,
-            level: first.keel.log.level.clone(),
+            level: log_filter(prepared.iter().map(|(name, p)| (name.as_str(), p.keel.log.level.as_str()))),
             format: first.keel.log.format,
             telemetry: first.keel.telemetry.clone(),
             mask_fields: first.keel.log.mask_fields.clone(),
@@ -272,6 +282,30 @@ impl Group {
     }
 }
 
+/// The process's filter directives for members `(name, log.level)`: their common level, or the
+/// default level plus each differing member's directives scoped to spans whose `service` field
+/// is its name (its requests and background tasks).
+fn log_filter<'a>(members: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let members: Vec<(&str, &str)> = members.collect();
+    let mut levels = members.iter().map(|(_, l)| *l);
+    let first = levels.next().unwrap_or("info");
+    if levels.all(|l| l == first) {
+        return first.to_owned();
+    }
+    let base = keel_telemetry::LogConfig::default().level;
+    let mut out = vec![base.clone()];
+    for (name, level) in members.iter().filter(|(_, l)| *l != base) {
+        for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let scope = format!("[{{service={name}}}]");
+            out.push(match directive.split_once('=') {
+                Some((target, level)) => format!("{target}{scope}={level}"),
+                None => format!("{scope}={directive}"),
+            });
+        }
+    }
+    out.join(",")
+}
+
 fn prepare<C: Section>(mut service: Service<C>, loaded: Loaded<C>) -> Prepared {
     Prepared {
         tracing_layers: std::mem::take(&mut service.tracing_layers),
@@ -306,4 +340,23 @@ async fn stop_all(running: Vec<Running>, force: &CancellationToken) -> bool {
         }
     }
     clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn one_level_for_all_is_the_process_level() {
+        assert_eq!(log_filter([("a", "warn"), ("b", "warn")].into_iter()), "warn");
+    }
+
+    #[test]
+    fn a_member_with_its_own_level_gets_it_for_its_own_work() {
+        let f = log_filter([("a", "info"), ("b", "debug,sqlx=warn"), ("c", "info")].into_iter());
+        assert_eq!(f, "info,[{service=b}]=debug,sqlx[{service=b}]=warn");
+        keel_telemetry::parse_filter(&f).unwrap();
+        let f = log_filter([("a", "debug"), ("b", "info")].into_iter());
+        assert_eq!(f, "info,[{service=a}]=debug");
+    }
 }

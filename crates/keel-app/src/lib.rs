@@ -46,7 +46,7 @@ pub use clap;
 pub use cli::exit;
 pub use config::{Config, KeelConfig, Loaded, Loader, ManagementConfig, ShutdownConfig};
 pub use group::{Group, GroupError};
-pub use lifecycle::{Running, ShutdownError, StartError, start};
+pub use lifecycle::{Running, ShutdownError, StartError, check, start};
 pub use service::{BuildInfo, Service, Setup, SetupError};
 
 use cli::{Cli, Command, ConfigCommand};
@@ -126,10 +126,7 @@ where
     let loaded = loader.load::<C>();
     match cli.command {
         Some(Command::Config { command: ConfigCommand::Check }) => match loaded {
-            Ok(l) => {
-                print!("{}", l.to_yaml());
-                ExitCode::SUCCESS
-            }
+            Ok(l) => config_check(service, l),
             Err(e) => config_failure(&build, &e, true),
         },
         Some(Command::Healthcheck { ready, timeout }) => {
@@ -169,6 +166,33 @@ where
             Ok(l) => serve(service, l),
             Err(e) => config_failure(&build, &e, false),
         },
+    }
+}
+
+/// `config check` on a configuration that loaded: runs everything `serve` runs before it binds
+/// (the service's set-up included), so it fails where `serve` would, with `serve`'s exit code;
+/// then prints the effective configuration.
+fn config_check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> ExitCode {
+    let name = service.build.name.clone();
+    let yaml = loaded.to_yaml();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name} config check: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::START);
+        }
+    };
+    let result = rt.block_on(lifecycle::check(service, loaded));
+    rt.shutdown_background();
+    match result {
+        Ok(()) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(if e.is_config() { exit::CONFIG } else { exit::START })
+        }
     }
 }
 

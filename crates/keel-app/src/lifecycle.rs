@@ -27,10 +27,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
-use super::service::{HookFn, Service, Setup, SetupError};
-use super::{Loaded, ShutdownConfig};
+use super::service::{BuildInfo, HookFn, Service, Setup, SetupError, TaskFn};
+use super::{KeelConfig, Loaded, ShutdownConfig};
 use super::{management, status};
+use keel_config::Profile;
 use keel_config::{ReloadLog, Section};
 use keel_features::{Flags, FlagsOptions};
 use keel_health::Health;
@@ -273,14 +275,41 @@ impl Running {
     }
 }
 
-/// Builds and starts a service on a loaded configuration: runs its set-up, binds its
-/// listeners, starts health checks and background tasks, and marks start-up finished.
+/// What set-up built, before anything listens or runs.
+struct Assembled {
+    build: BuildInfo,
+    profile: Profile,
+    keel: KeelConfig,
+    started_at: std::time::SystemTime,
+    started: std::time::Instant,
+    health: Health,
+    metrics: Metrics,
+    workers: Workers,
+    flags: Flags,
+    reloads: ReloadLog,
+    declared: Vec<(String, TaskFn)>,
+    hooks: Vec<(String, HookFn)>,
+    breakers: Option<keel_resilience::breaker::Registry>,
+    limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
+    router: Router,
+    stack: StackHandle,
+}
+
+/// Runs everything [`start`] runs before it binds a listener — the service's set-up, the HTTP
+/// stack, the management router and address — and drops the result: nothing listens, connects
+/// or runs. `config check` uses it, so a configuration it passes is one `serve` accepts.
 ///
-/// Must run inside a Tokio runtime. Telemetry is the caller's ([`keel_telemetry::init`]).
-pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<Running, StartError> {
-    // One rustls crypto provider for the whole process, before anything builds a TLS client.
+/// Must run inside a Tokio runtime (set-up may build clients that need one).
+pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<(), StartError> {
     #[cfg(feature = "client")]
     keel_http::client::install_tls_provider();
+    let a = assemble(service, loaded, true)?;
+    let _management = management_router(&a);
+    a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    Ok(())
+}
+
+fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) -> Result<Assembled, StartError> {
     let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
     let build = service.build.clone();
     let config = Arc::new(loaded.config);
@@ -296,6 +325,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     };
     let mut setup = Setup {
         name: build.name.clone(),
+        checking,
         #[cfg(feature = "sql")]
         migrations: service.migrations.clone(),
         config: config.clone(),
@@ -324,21 +354,56 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
-
     let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
-    let sources = status::Sources {
-        build: build.clone(),
+    Ok(Assembled {
+        build,
         profile: loaded.profile,
+        keel,
         started_at,
         started,
-        health: health.clone(),
-        breakers,
-        limiters: limiters.values().flat_map(|l| l.limiters().cloned()).collect(),
-        workers: workers.clone(),
-        flags: flags.clone(),
+        health,
+        metrics,
+        workers,
+        flags,
         reloads,
+        declared,
+        hooks,
+        breakers,
+        limiters,
+        router,
+        stack,
+    })
+}
+
+fn management_router(a: &Assembled) -> Router {
+    let sources = status::Sources {
+        build: a.build.clone(),
+        profile: a.profile,
+        started_at: a.started_at,
+        started: a.started,
+        health: a.health.clone(),
+        breakers: a.breakers.clone(),
+        limiters: a.limiters.values().flat_map(|l| l.limiters().cloned()).collect(),
+        workers: a.workers.clone(),
+        flags: a.flags.clone(),
+        reloads: a.reloads.clone(),
     };
-    let management = management::router(metrics.clone(), keel.management.admin_token.clone(), sources);
+    management::router(a.metrics.clone(), a.keel.management.admin_token.clone(), sources)
+}
+
+/// Builds and starts a service on a loaded configuration: runs its set-up, binds its
+/// listeners, starts health checks and background tasks, and marks start-up finished.
+///
+/// Must run inside a Tokio runtime. Telemetry is the caller's ([`keel_telemetry::init`]).
+pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<Running, StartError> {
+    // One rustls crypto provider for the whole process, before anything builds a TLS client.
+    #[cfg(feature = "client")]
+    keel_http::client::install_tls_provider();
+    let a = assemble(service, loaded, false)?;
+    let management = management_router(&a);
+    let Assembled { build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, .. } = a;
+    let loaded_profile = profile;
+
     let http_addr = keel.http_addr();
     let mgmt_addr = keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
@@ -369,11 +434,14 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     let tracker = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     let tasks = Tasks::default();
-    health.spawn(&tracker, &stop_tasks);
+    // Background work runs in a span naming the service, like its requests (`service` field):
+    // several services in one process keep their own log levels (see `Group`).
+    let member = tracing::info_span!(target: keel_telemetry::SCOPE_TARGET, "service", service = %build.name);
+    member.in_scope(|| health.spawn(&tracker, &stop_tasks));
     for (name, task) in declared {
-        tasks.spawn(&tracker, name, task(stop_tasks.child_token()));
+        tasks.spawn(&tracker, name, task(stop_tasks.child_token()).instrument(member.clone()));
     }
-    workers.start(&stop_tasks);
+    member.in_scope(|| workers.start(&stop_tasks));
     if keel.features.reload && flags.file().is_some() {
         let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
         tasks.spawn(&tracker, "feature-flags-watch".into(), watch);
@@ -382,7 +450,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     tracing::info!(
         service = %build.name,
         version = %build.version,
-        profile = %loaded.profile,
+        profile = %loaded_profile,
         http = %bound_http,
         management = %bound_mgmt.unwrap_or(bound_http),
         "listening"

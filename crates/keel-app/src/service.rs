@@ -259,6 +259,8 @@ impl<C: Section> Service<C> {
 pub struct Setup<C> {
     #[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
     pub(crate) name: String,
+    /// Set-up runs for `config check`: build everything, connect to nothing, write no file.
+    pub(crate) checking: bool,
     #[cfg(feature = "sql")]
     pub(crate) migrations: Option<Arc<keel_data::Migrations>>,
     pub(crate) config: Arc<Config<C>>,
@@ -296,6 +298,13 @@ impl<C: Section> Setup<C> {
     /// The whole configuration, shareable with handlers.
     pub fn full_config(&self) -> Arc<Config<C>> {
         self.config.clone()
+    }
+
+    /// Whether this set-up runs for `config check`: everything is built and refused as for
+    /// `serve`, but nothing will run, so a step with a side effect of its own (making a
+    /// directory, writing a file) should skip it. Keel's own steps already do.
+    pub fn checking(&self) -> bool {
+        self.checking
     }
 
     /// Keel's sections.
@@ -392,13 +401,19 @@ impl<C: Section> Setup<C> {
         let production = self.profile == Profile::Production;
         // In production the only failure is a missing URL; elsewhere it is the SQLite default's
         // directory that could not be made, which is the environment's fault.
-        let url = keel_data::resolve_url(&cfg, &self.name, production).map_err(|e| match e {
-            keel_data::DataError::Config(m) if production => misconfigured("database", m),
-            other => other.into(),
-        })?;
-        if keel_data::Backend::from_url(&url).is_none() {
-            return Err(misconfigured("database.url", "must be postgres://, mysql:// or sqlite:"));
-        }
+        let url = match &cfg.url {
+            // `config check` makes no directory for the default SQLite file.
+            None if self.checking && !production => "sqlite::memory:".to_owned(),
+            _ => keel_data::resolve_url(&cfg, &self.name, production).map_err(|e| match e {
+                keel_data::DataError::Config(m) if production => misconfigured("database", m),
+                other => other.into(),
+            })?,
+        };
+        let backend = keel_data::Backend::from_url(&url)
+            .ok_or_else(|| misconfigured("database.url", "must be postgres://, mysql:// or sqlite:"))?;
+        // Nor a SQLite file: the pool is built (the URL parses) but in memory.
+        let url =
+            if self.checking && backend == keel_data::Backend::Sqlite { "sqlite::memory:".to_owned() } else { url };
         let db = keel_data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
         self.health.add(db.readiness_check());
         self.health.add(db.startup_check());
@@ -466,16 +481,32 @@ impl<C: Section> Setup<C> {
     /// timeouts and size cap; adds the readiness check `upstream:<name>` when `health_path` is set.
     #[cfg(feature = "client")]
     pub fn http_client(&mut self, name: &str) -> Result<keel_http::client::Client, SetupError> {
+        self.client(name, true)
+    }
+
+    /// [`Setup::http_client`] whose readiness check (with `health_path` set) never fails this
+    /// service's readiness, whatever `upstreams.<name>.required` says: it reports `degraded`.
+    /// For a caller that stays useful while the upstream is down, because the upstream's
+    /// breaker answers its calls with a quick 503 — a gateway, whose other routes still work.
+    /// The breaker's recovery probe of `health_path` is unchanged.
+    #[cfg(feature = "client")]
+    pub fn http_client_optional(&mut self, name: &str) -> Result<keel_http::client::Client, SetupError> {
+        self.client(name, false)
+    }
+
+    #[cfg(feature = "client")]
+    fn client(&mut self, name: &str, may_fail_readiness: bool) -> Result<keel_http::client::Client, SetupError> {
         if let Some(c) = self.clients.get(name) {
             return Ok(c.clone());
         }
-        let cfg = self
+        let mut cfg = self
             .config
             .keel
             .upstreams
             .get(name)
             .cloned()
             .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))?;
+        cfg.required &= may_fail_readiness;
         let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
         if self.client_metrics.is_none() {
             self.client_metrics = Some(keel_http::client::ClientMetrics::new(&self.metrics)?);

@@ -235,6 +235,30 @@ fn config_check_and_bad_config_exit_codes() {
 }
 
 #[test]
+fn config_check_runs_the_set_up_that_serve_runs_and_touches_nothing() {
+    let _one_at_a_time = serial();
+    // The set-up refuses a Redis without a URL: serve exits 78, and config check with it.
+    let env =
+        [("FIXTURE__APP__REDIS", "true"), ("FIXTURE__HTTP__PORT", "0"), ("FIXTURE__MANAGEMENT__ADDR", "127.0.0.1:0")];
+    let (checked, _, check_err) = run_cli(&["config", "check"], &env);
+    let (served, _, serve_err) = run_cli(&["serve"], &env);
+    assert_eq!((checked, served), (78, 78), "config check: {check_err}\nserve: {serve_err}");
+    assert!(check_err.contains("redis.url"), "{check_err}");
+    // A database on the default SQLite file: checked without making `data/` or the file.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FIXTURE__APP__DATABASE", "true")
+        .args(["config", "check"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "config check made files");
+}
+
+#[test]
 fn healthcheck_and_version_commands() {
     let _one_at_a_time = serial();
     let mut p = Proc::spawn(&[]);

@@ -52,6 +52,7 @@ use prometheus::IntGaugeVec;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 pub use config::HealthConfig;
 pub use routes::router;
@@ -355,41 +356,46 @@ impl Health {
         futures_util::future::join_all(entries.iter().map(|e| self.run_one(e))).await;
     }
 
-    /// Starts one background loop per check on `tracker`; they stop when `token` is cancelled.
+    /// Starts one background loop per check on `tracker`; they stop when `token` is cancelled
+    /// and run in the span current here.
     pub fn spawn(&self, tracker: &TaskTracker, token: &CancellationToken) {
+        let span = tracing::Span::current();
         for entry in self.entries() {
             let this = self.clone();
             let token = token.clone();
             let every = entry.check.interval().unwrap_or(self.inner.interval);
-            tracker.spawn(async move {
-                // A check that is down runs again sooner (200 ms doubling to 1 s, jittered, never
-                // later than its interval): readiness follows a dependency's return within about
-                // a second instead of an interval.
-                let mut retry = keel_resilience::Backoff::new(DOWN_RECHECK_FIRST, DOWN_RECHECK_MAX)
-                    .jitter(keel_resilience::backoff::Jitter::Equal);
-                loop {
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = this.run_one(&entry) => {}
-                    }
-                    let down = entry
-                        .last
-                        .read()
-                        .ok()
-                        .is_some_and(|l| l.as_ref().is_some_and(|r| matches!(r.outcome, Outcome::Down(_))));
-                    let wait = if down {
-                        retry.next_delay().min(every)
-                    } else {
-                        retry.reset();
-                        every
-                    };
-                    tokio::select! {
-                        _ = token.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = this.inner.wake.notified() => {}
+            tracker.spawn(
+                async move {
+                    // A check that is down runs again sooner (200 ms doubling to 1 s, jittered, never
+                    // later than its interval): readiness follows a dependency's return within about
+                    // a second instead of an interval.
+                    let mut retry = keel_resilience::Backoff::new(DOWN_RECHECK_FIRST, DOWN_RECHECK_MAX)
+                        .jitter(keel_resilience::backoff::Jitter::Equal);
+                    loop {
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = this.run_one(&entry) => {}
+                        }
+                        let down = entry
+                            .last
+                            .read()
+                            .ok()
+                            .is_some_and(|l| l.as_ref().is_some_and(|r| matches!(r.outcome, Outcome::Down(_))));
+                        let wait = if down {
+                            retry.next_delay().min(every)
+                        } else {
+                            retry.reset();
+                            every
+                        };
+                        tokio::select! {
+                            _ = token.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = this.inner.wake.notified() => {}
+                        }
                     }
                 }
-            });
+                .instrument(span.clone()),
+            );
         }
     }
 

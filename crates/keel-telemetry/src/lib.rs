@@ -273,13 +273,19 @@ fn info_spans() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metada
     tracing_subscriber::filter::filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::INFO)
 }
 
+/// The target of spans that only scope log lines (a service's background work in a process that
+/// runs several): never exported, or every background task of the process would share one trace
+/// that never ends.
+pub const SCOPE_TARGET: &str = "keel::scope";
+
 /// What becomes OpenTelemetry data: spans at `info` and above, whatever the log level (so traces
 /// stay whole when logs are quiet), and only `warn`/`error` events as span events (an `info` access
-/// line would only repeat what the span already says, at a cost on every request).
+/// line would only repeat what the span already says, at a cost on every request). Not the
+/// [`SCOPE_TARGET`] spans.
 fn otel_filter() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
     tracing_subscriber::filter::filter_fn(|meta| {
         let max = if meta.is_span() { tracing::Level::INFO } else { tracing::Level::WARN };
-        *meta.level() <= max
+        *meta.level() <= max && meta.target() != SCOPE_TARGET
     })
 }
 

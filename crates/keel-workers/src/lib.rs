@@ -66,6 +66,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use state::{RunOutcome, WorkerStatus};
 pub use worker::{Context, DEFAULT_RESTART_INITIAL, DEFAULT_RESTART_MAX, RunError, Schedule, Worker};
@@ -178,27 +179,32 @@ impl Workers {
         Ok(())
     }
 
-    /// Spawns a supervisor task per registered worker; each stops when `token` is cancelled.
-    /// Must run inside a Tokio runtime.
+    /// Spawns a supervisor task per registered worker; each stops when `token` is cancelled and
+    /// runs in the span current here (so a process running several services can tell whose
+    /// worker logged). Must run inside a Tokio runtime.
     pub fn start(&self, token: &CancellationToken) {
+        let span = tracing::Span::current();
         let mut reg = self.registry();
         reg.started = true;
         for plan in std::mem::take(&mut reg.pending) {
             let shared = plan.shared.clone();
             shared.alive.store(true, Ordering::SeqCst);
             let token = token.child_token();
-            let handle = tokio::spawn(async move {
-                // Cleared on every way out, including abort (which drops this future).
-                struct Alive(Arc<Shared>);
-                impl Drop for Alive {
-                    fn drop(&mut self) {
-                        self.0.alive.store(false, Ordering::SeqCst);
-                        self.0.running.store(false, Ordering::SeqCst);
+            let handle = tokio::spawn(
+                async move {
+                    // Cleared on every way out, including abort (which drops this future).
+                    struct Alive(Arc<Shared>);
+                    impl Drop for Alive {
+                        fn drop(&mut self) {
+                            self.0.alive.store(false, Ordering::SeqCst);
+                            self.0.running.store(false, Ordering::SeqCst);
+                        }
                     }
+                    let _alive = Alive(plan.shared.clone());
+                    supervise::supervise(plan, token).await;
                 }
-                let _alive = Alive(plan.shared.clone());
-                supervise::supervise(plan, token).await;
-            });
+                .instrument(span.clone()),
+            );
             reg.handles.push((shared.name.clone(), handle));
         }
     }

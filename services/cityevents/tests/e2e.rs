@@ -934,6 +934,27 @@ async fn distributed_on_postgres_redis_and_rabbitmq() {
     distributed(&[("CITYEVENTS_BUS_BACKEND", "rabbitmq"), ("CITYEVENTS_BUS_URL", &user.url)]).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn all_in_one_each_service_keeps_its_own_log_level() {
+    // JSON lines (the first member's format) to read who logged at which level.
+    let mut p =
+        Platform::all_in_one(&[("CITYEVENTS_AUTH__LOG__FORMAT", "json"), ("CITYEVENTS_JOINS__LOG__LEVEL", "debug")]);
+    // A call that reaches joins: its queries log at debug.
+    let resp = client().get(format!("{}/api/v1/events/{}/counts", p.base, uuid::Uuid::now_v7())).send().await.unwrap();
+    assert!(resp.status().is_success() || resp.status() == 404, "{}", resp.status());
+    p.wait_for_line(r#""level":"DEBUG""#, Duration::from_secs(30));
+    p.stop();
+    let debug: Vec<Value> =
+        p.seen.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["level"] == "DEBUG").collect();
+    assert!(!debug.is_empty());
+    let others: Vec<&Value> = debug.iter().filter(|l| l["service"] != "cityevents-joins").collect();
+    assert!(others.is_empty(), "only joins logs at debug: {others:?}");
+    assert!(
+        debug.iter().any(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx"))),
+        "joins's own queries are there: {debug:?}"
+    );
+}
+
 #[test]
 fn the_launcher_answers_version_and_exits_64_on_a_bad_command_line() {
     let run = |args: &[&str]| {
