@@ -129,12 +129,14 @@ for svc in auth events joins notifier; do
   var="CITYEVENTS_${up}_DATABASE_URL"
   export "$var"="${!var:-postgres://$PGUSER@$PGHOST:$PGPORT/${PREFIX}_${svc}}"
 done
+# The gateway's upstreams (deploy/config/gateway.yaml has no default): this machine's ports.
+declare -A default_port=([auth]=8081 [events]=8082 [joins]=8083 [notifier]=8084)
 for svc in auth events joins notifier; do
   up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
   port_var="CITYEVENTS_${up}_PORT"
   url_var="CITYEVENTS_${up}_URL"
-  if [[ -n "${!port_var:-}" && -z "${!url_var:-}" ]]; then
-    export "$url_var"="http://127.0.0.1:${!port_var}"
+  if [[ -z "${!url_var:-}" ]]; then
+    export "$url_var"="http://127.0.0.1:${!port_var:-${default_port[$svc]}}"
   fi
 done
 

@@ -88,10 +88,21 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
     Ok(secrets)
 }
 
+/// How the launcher runs a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every service in this process: the gateway's upstreams are on 127.0.0.1 in any profile.
+    AllInOne,
+    /// One service as its own process: in production the gateway's upstreams must be configured
+    /// (a loopback default would hide a missing setting behind connection errors).
+    Single,
+}
+
 /// The defaults the launcher gives service `name` (a Keel name from [`services`]): its port,
-/// the gateway's upstream URLs, the shared in-process bus, JWT issuer and audience, and in
-/// development the secrets from `data/dev-secrets.json` (created on first use).
-pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, String> {
+/// the gateway's upstream URLs (all-in-one, or outside production), the shared in-process bus,
+/// JWT issuer and audience, and in development the secrets from `data/dev-secrets.json`
+/// (created on first use).
+pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String, String)>, String> {
     let p = keel::config::env_prefix(name);
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| vars.push((format!("{p}__{k}"), v));
@@ -104,7 +115,7 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
     }
     set("SECURITY__JWT__ISSUER", "cityevents".into());
     set("SECURITY__JWT__AUDIENCE", "cityevents".into());
-    if name == services::GATEWAY.0 {
+    if name == services::GATEWAY.0 && (mode == Mode::AllInOne || profile != Profile::Production) {
         for (upstream, (_, port)) in [
             ("AUTH", services::AUTH),
             ("EVENTS", services::EVENTS),
@@ -113,7 +124,8 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
         ] {
             set(&format!("UPSTREAMS__{upstream}__BASE_URL"), format!("http://127.0.0.1:{port}"));
         }
-    } else if profile != Profile::Production {
+    }
+    if name != services::GATEWAY.0 && profile != Profile::Production {
         // Behind the gateway: not reachable from other machines.
         set("HTTP__ADDR", "127.0.0.1".into());
     }
@@ -145,7 +157,7 @@ pub fn defaults(name: &str, profile: Profile) -> Result<Vec<(String, String)>, S
 }
 
 fn loader(name: &str, profile: Profile) -> Result<Loader, String> {
-    Ok(Loader::new(name, profile).defaults(defaults(name, profile)?).process_env())
+    Ok(Loader::new(name, profile).defaults(defaults(name, profile, Mode::AllInOne)?).process_env())
 }
 
 /// Runs every service in this process (the launcher without arguments).
@@ -242,13 +254,21 @@ mod tests {
 
     #[test]
     fn defaults_give_each_service_its_port_and_the_gateway_its_upstreams() {
-        let gw = defaults(services::GATEWAY.0, Profile::Production).unwrap();
+        let gw = defaults(services::GATEWAY.0, Profile::Production, Mode::AllInOne).unwrap();
         assert!(gw.contains(&("CITYEVENTS_GATEWAY__HTTP__PORT".into(), "8080".into())));
         assert!(
             gw.contains(&("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into()))
         );
-        let auth = defaults(services::AUTH.0, Profile::Production).unwrap();
+        let auth = defaults(services::AUTH.0, Profile::Production, Mode::Single).unwrap();
         assert!(!auth.iter().any(|(k, _)| k.ends_with("HTTP__ADDR") || k.ends_with("BUS__URL")), "{auth:?}");
         assert!(!auth.iter().any(|(k, _)| k.contains("SECRET") || k.contains("KEY")), "no secrets in production");
+    }
+
+    #[test]
+    fn a_production_gateway_on_its_own_gets_no_loopback_upstreams() {
+        let gw = defaults(services::GATEWAY.0, Profile::Production, Mode::Single).unwrap();
+        assert!(!gw.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{gw:?}");
+        let dev = defaults(services::GATEWAY.0, Profile::Test, Mode::Single).unwrap();
+        assert!(dev.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{dev:?}");
     }
 }

@@ -98,7 +98,7 @@ fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
     };
     let result = with_service!(name, |svc| {
         let keel_name = svc.build_info().name.clone();
-        match all_in_one::defaults(&keel_name, profile) {
+        match all_in_one::defaults(&keel_name, profile, all_in_one::Mode::Single) {
             Ok(defaults) => keel::app::run_from(
                 svc.config_defaults(defaults),
                 std::iter::once(OsString::from(keel_name)).chain(rest),

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use keel::http::client::{self, Client, ClientError};
 use keel::http::client_ip::{IpNet, client_ip};
+use keel::http::context;
 
+use crate::UpstreamTimeouts;
 use crate::edge;
 use crate::routes::{Route, Upstream};
 
@@ -46,6 +48,7 @@ const RESPONSE_HEADERS: [HeaderName; 6] = [
 pub(crate) struct Gateway {
     pub(crate) clients: HashMap<Upstream, Client>,
     pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) timeouts: UpstreamTimeouts,
 }
 
 impl Gateway {
@@ -55,6 +58,21 @@ impl Gateway {
             tracing::error!(upstream = upstream.name(), "no client for this upstream");
             Box::new(keel::Problem::internal().into_response())
         })
+    }
+
+    /// `req` with the attempt deadline of its method (`app.upstream_timeouts.read|write`).
+    pub(crate) fn timed(&self, req: client::Request, method: &Method) -> client::Request {
+        req.timeout(self.timeouts.attempt(method))
+    }
+
+    /// Runs `call` (every attempt of one upstream call) within `app.upstream_timeouts.total`,
+    /// or the request's own deadline when that comes first: past it the client answers
+    /// [`ClientError::DeadlineExceeded`], a 504.
+    pub(crate) async fn bounded<T>(&self, call: impl Future<Output = T>) -> T {
+        let mut ctx = context::current().unwrap_or(context::RequestContext { request_id: None, deadline: None });
+        let total = tokio::time::Instant::now() + self.timeouts.total;
+        ctx.deadline = Some(ctx.deadline.map_or(total, |d| d.min(total)));
+        context::scope(ctx, call).await
     }
 
     /// Forwards `req` as `route` says.
@@ -86,7 +104,8 @@ impl Gateway {
         if !body.is_empty() || matches!(method, Method::POST | Method::PUT | Method::PATCH) {
             out = out.body(body);
         }
-        relay(client.send(out).await)
+        let out = self.timed(out, &method);
+        relay(self.bounded(client.send(out)).await)
     }
 
     /// The client's address as the gateway resolved it (trusted proxies only), for services that

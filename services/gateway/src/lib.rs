@@ -3,11 +3,15 @@
 //!
 //! * **Routing** — [`routes::ROUTES`] lists every public operation and who answers it; each is
 //!   forwarded with its method, path, query, body (at most `app.max_body`) and the contract's
-//!   headers through Keel's HTTP client for `upstreams.<auth|events|joins|notifier>` (timeouts,
-//!   retries of idempotent calls, a breaker per upstream). The answer's status, body,
+//!   headers through Keel's HTTP client for `upstreams.<auth|events|joins|notifier>` (retries of
+//!   idempotent calls, a breaker per upstream), each attempt cut at `app.upstream_timeouts.read`
+//!   (GET, HEAD) or `.write`, all of them at `.total`. The answer's status, body,
 //!   `Content-Type`, `Retry-After`, `Location` and `WWW-Authenticate` come back unchanged; a
-//!   service that is down, slow or behind an open breaker is a 502/504/503 problem. Any other path
-//!   is a 404 problem.
+//!   service that is down or behind an open breaker is a 503 problem at once, a slow one a 504, a
+//!   broken answer a 502. Any other path is a 404 problem.
+//! * **Readiness** — the gateway's own: Redis when a limiter keeps its counts there. An
+//!   upstream's `health_path` check only degrades it (see [`Setup::http_client_optional`]), so a
+//!   down service takes its own routes out, not the whole API.
 //! * **Edge authentication** — a request carrying an invalid or expired bearer token is refused
 //!   with 401 on every route; routes that need a user refuse a missing token with 401. Neither
 //!   reaches a service.
@@ -28,7 +32,9 @@
 //! they default to `http://127.0.0.1:<port>` of each service); `rate_limits.api`, `.ip` and
 //! `.strict` are required in production (elsewhere the defaults are in process: 600 requests a
 //! minute per user and IP, 1200 a minute per IP, 20 sign-ups per 10 minutes per IP);
-//! `security.jwt.*` (verify-only keys); `app.max_body` (default 64 KiB). CORS is Keel's (`cors.*`).
+//! `security.jwt.*` (verify-only keys); `app.max_body` (default 64 KiB);
+//! `app.upstream_timeouts.{read,write,total}` (2 s, 5 s, 6 s). In production every limiter must
+//! keep its counts in Redis. CORS is Keel's (`cors.*`).
 
 mod edge;
 mod forward;
@@ -71,11 +77,45 @@ pub struct GatewayConfig {
     /// are small JSON documents).
     #[serde(with = "keel::config::bytes")]
     pub max_body: usize,
+    /// How long a forwarded call may take (`app.upstream_timeouts.*`).
+    pub upstream_timeouts: UpstreamTimeouts,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { max_body: 64 * 1024 }
+        Self { max_body: 64 * 1024, upstream_timeouts: UpstreamTimeouts::default() }
+    }
+}
+
+/// `app.upstream_timeouts`: each attempt of a forwarded call is cut at `read` (GET, HEAD) or
+/// `write` (every other method), or the upstream's `request_timeout` if shorter; all attempts of
+/// one call together (retries and their backoff included) at `total`, past which the answer is
+/// a 504 problem. Retries themselves are the upstream's (`upstreams.<name>.retry`, idempotent
+/// requests only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTimeouts {
+    /// Per attempt of a read. Default `2s`.
+    #[serde(with = "keel::config::duration")]
+    pub read: Duration,
+    /// Per attempt of a write. Default `5s`.
+    #[serde(with = "keel::config::duration")]
+    pub write: Duration,
+    /// All attempts of one call. Default `6s`.
+    #[serde(with = "keel::config::duration")]
+    pub total: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self { read: Duration::from_secs(2), write: Duration::from_secs(5), total: Duration::from_secs(6) }
+    }
+}
+
+impl UpstreamTimeouts {
+    /// The deadline of one attempt of a `method` call.
+    pub fn attempt(&self, method: &http::Method) -> Duration {
+        if matches!(*method, http::Method::GET | http::Method::HEAD) { self.read } else { self.write }
     }
 }
 
@@ -84,25 +124,47 @@ impl Section for GatewayConfig {
         if !(1024..=16 << 20).contains(&self.max_body) {
             v.invalid("max_body", "must be between 1KiB and 16MiB");
         }
+        let t = &self.upstream_timeouts;
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&t.total) {
+            v.invalid("upstream_timeouts.total", "must be more than 0s and at most 60s");
+        }
+        for (field, d) in [("read", t.read), ("write", t.write)] {
+            if d.is_zero() || d > t.total {
+                v.invalid(
+                    &format!("upstream_timeouts.{field}"),
+                    "must be more than 0s and at most upstream_timeouts.total",
+                );
+            }
+        }
     }
 }
 
+/// A configuration problem at `path`: `serve` and `config check` exit 78 with it.
+fn misconfigured(path: &str, message: String) -> SetupError {
+    Box::new(keel::config::ConfigError::invalid(path, message))
+}
+
 /// The client for upstream `name`: `upstreams.<name>` when configured; in development only, the
-/// service's local default port; otherwise a set-up error naming the missing key.
+/// service's local default port; otherwise a set-up error naming the missing key. Its readiness
+/// check (with `health_path`) only degrades the gateway's readiness: a down upstream is a quick
+/// 503 from its breaker on its own routes while every other route still answers.
 fn upstream(s: &mut Setup<GatewayConfig>, name: &str, port: u16) -> Result<Client, SetupError> {
     if s.keel().upstreams.contains_key(name) {
-        return s.http_client(name);
+        return s.http_client_optional(name);
     }
     if s.profile() != Profile::Development {
-        return Err(format!(
-            "upstreams.{name}.base_url is not configured: the gateway forwards to the {name} service \
-             (env CITYEVENTS_GATEWAY__UPSTREAMS__{}__BASE_URL)",
-            name.to_uppercase()
-        )
-        .into());
+        return Err(misconfigured(
+            &format!("upstreams.{name}.base_url"),
+            format!(
+                "is not configured: the gateway forwards to the {name} service \
+                 (env CITYEVENTS_GATEWAY__UPSTREAMS__{}__BASE_URL)",
+                name.to_uppercase()
+            ),
+        ));
     }
     let mut cfg = UpstreamConfig::default();
     cfg.base_url = format!("http://127.0.0.1:{port}");
+    cfg.retry.max_attempts = 2;
     tracing::warn!(upstream = name, base_url = %cfg.base_url, "upstream not configured; using the development default");
     let breaker = s.breakers()?.get_or_create(name, &cfg.breaker);
     Ok(Client::new(name, &cfg, breaker, None)?)
@@ -139,14 +201,25 @@ fn limiter(
     let Some(policy) = s.keel().rate_limits.get(name).cloned() else {
         if s.profile() == Profile::Production {
             let env = format!("CITYEVENTS_GATEWAY__RATE_LIMITS__{}", name.to_uppercase());
-            return Err(format!(
-                "rate_limits.{name} is not configured: the gateway is the public entry and must be rate limited \
-                 (e.g. {env}__LIMIT={example_limit}, {env}__KEY={example_key}, {env}__BACKEND=redis)"
-            )
-            .into());
+            return Err(misconfigured(
+                &format!("rate_limits.{name}"),
+                format!(
+                    "is not configured: the gateway is the public entry and must be rate limited \
+                     (e.g. {env}__LIMIT={example_limit}, {env}__KEY={example_key}, {env}__BACKEND=redis)"
+                ),
+            ));
         }
         return s.rate_limit_or(name, default);
     };
+    if s.profile() == Profile::Production && policy.backend != BackendKind::Redis {
+        // Each instance would count on its own: n gateways give every client n times the budget.
+        return Err(misconfigured(
+            &format!("rate_limits.{name}.backend"),
+            "must be redis in production: a per-instance limiter gives every client its budget once per \
+             gateway instance"
+                .into(),
+        ));
+    }
     if name == RATE_LIMIT_POLICY && !policy.key.contains(&KeyPart::User) {
         tracing::warn!(
             policy = name,
@@ -200,7 +273,11 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 clients.insert(up, upstream(s, name, port)?);
             }
             let limits = limits(s)?;
-            let gw = Arc::new(Gateway { clients, trusted_proxies: s.keel().http.trusted_proxies.clone() });
+            let gw = Arc::new(Gateway {
+                clients,
+                trusted_proxies: s.keel().http.trusted_proxies.clone(),
+                timeouts: s.config().upstream_timeouts.clone(),
+            });
             Ok(router(&gw, s.config().max_body, &limits.strict)
                 .fallback(|| async { keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json") })
                 // Outermost first: the verifier for the extractors, then identify the caller,

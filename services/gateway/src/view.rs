@@ -56,8 +56,11 @@ pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
     };
     let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
     let get = |path: String, with_token: bool| {
-        let mut r = client::Request::new(Method::GET, path)
-            .header(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let mut r = gw.timed(
+            client::Request::new(Method::GET, path)
+                .header(header::ACCEPT, HeaderValue::from_static("application/json")),
+            &Method::GET,
+        );
         if let (true, Some(a)) = (with_token, &authorization) {
             r = r.header(header::AUTHORIZATION, a.clone());
         }
@@ -72,7 +75,7 @@ pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
         }
     };
     let counts = async { Some(joins.send(get(format!("/api/v1/events/{id}/counts"), false)).await) };
-    let (event, participation, counts) = tokio::join!(event, participation, counts);
+    let (event, participation, counts) = gw.bounded(async { tokio::join!(event, participation, counts) }).await;
 
     let event = match event {
         Ok(r) if r.status == StatusCode::OK => match r.json::<Value>() {

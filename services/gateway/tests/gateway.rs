@@ -416,7 +416,7 @@ async fn unreachable_slow_or_failing_services_answer_problems_quickly() {
     .await
     .unwrap();
 
-    // Not running: 502, at once.
+    // Not running: 503 (nothing was sent), at once.
     let started = Instant::now();
     let resp = gw
         .http
@@ -425,7 +425,8 @@ async fn unreachable_slow_or_failing_services_answer_problems_quickly() {
         .send()
         .await
         .unwrap();
-    problem(resp, 502).await;
+    assert!(resp.headers().contains_key("retry-after"));
+    problem(resp, 503).await;
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
     // Too slow: 504 after the upstream's timeout, not the service's 3 s.
@@ -446,6 +447,125 @@ async fn unreachable_slow_or_failing_services_answer_problems_quickly() {
     assert_eq!(body["code"], "SERVICE_DEGRADED");
     assert_eq!(events.count(), 2, "an open breaker sends nothing");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_stays_ready_while_an_upstream_is_down_and_its_routes_answer_503() {
+    let (events, joins, notifier) =
+        (Stub::echo("events").await, Stub::echo("joins").await, Stub::echo("notifier").await);
+    let ups = vec![
+        ("auth", format!("http://127.0.0.1:{}", closed_port())),
+        ("events", events.url()),
+        ("joins", joins.url()),
+        ("notifier", notifier.url()),
+    ];
+    // Even an upstream marked required only degrades the gateway: its breaker turns the down
+    // service's routes into quick 503s while every other route answers.
+    let gw = Gateway::try_start(env(
+        &ups,
+        &[
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__AUTH__HEALTH_PATH", "/health/ready"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__AUTH__REQUIRED", "true"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__HEALTH_PATH", "/health/ready"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let ready = gw.http.get(gw.url("/health/ready")).send().await.unwrap();
+    let status = ready.status();
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_ne!(body["checks"]["upstream:auth"]["status"], "up", "the down upstream is reported: {body}");
+
+    let started = Instant::now();
+    let resp =
+        gw.http.post(gw.url("/api/v1/auth/login")).json(&json!({"email": "a@b.c", "password": "x"})).send().await;
+    problem(resp.unwrap(), 503).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(gw.http.get(gw.url("/api/v1/events")).send().await.unwrap().status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_upstream_costs_a_read_two_attempts_a_write_one_and_any_call_the_total() {
+    let joins = Stub::start(
+        "joins",
+        Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        }),
+    )
+    .await;
+    let (auth, events, notifier) = (Stub::echo("auth").await, Stub::echo("events").await, Stub::echo("notifier").await);
+    let ups =
+        vec![("auth", auth.url()), ("events", events.url()), ("joins", joins.url()), ("notifier", notifier.url())];
+    let gw = Gateway::try_start(env(
+        &ups,
+        &[
+            ("CITYEVENTS_GATEWAY__APP__UPSTREAM_TIMEOUTS__READ", "300ms"),
+            ("CITYEVENTS_GATEWAY__APP__UPSTREAM_TIMEOUTS__WRITE", "700ms"),
+            ("CITYEVENTS_GATEWAY__APP__UPSTREAM_TIMEOUTS__TOTAL", "1s"),
+            // The upstream's own timeout is longer: the route's apply.
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__REQUEST_TIMEOUT", "30s"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__RETRY__MAX_ATTEMPTS", "2"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BREAKER__WINDOW__SIZE", "100"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BREAKER__MINIMUM_CALLS", "100"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let id = Uuid::now_v7();
+    let bearer = token(&Uuid::now_v7().to_string());
+
+    // A read: two attempts of 300 ms.
+    let started = Instant::now();
+    problem(gw.http.get(gw.url(&format!("/api/v1/events/{id}/counts"))).send().await.unwrap(), 504).await;
+    let read = started.elapsed();
+    assert_eq!(joins.count(), 2, "one retry of a read");
+    assert!(read < Duration::from_secs(2), "{read:?}");
+
+    // A write without an Idempotency-Key: one attempt of 700 ms, never retried.
+    let started = Instant::now();
+    let resp = gw.http.post(gw.url(&format!("/api/v1/events/{id}/join"))).bearer_auth(&bearer).send().await.unwrap();
+    problem(resp, 504).await;
+    assert_eq!(joins.count(), 3, "a write is not retried");
+    assert!(started.elapsed() >= Duration::from_millis(650), "{:?}", started.elapsed());
+
+    // A write with an Idempotency-Key may be retried, but all attempts stop at the total (1 s).
+    let started = Instant::now();
+    let resp = gw
+        .http
+        .post(gw.url(&format!("/api/v1/events/{id}/join")))
+        .bearer_auth(&bearer)
+        .header("idempotency-key", "k-1")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 504).await;
+    let bounded = started.elapsed();
+    assert_eq!(joins.count(), 5, "retried once");
+    assert!(bounded < Duration::from_millis(1400), "two 700 ms attempts cut at the 1 s total: {bounded:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_timeouts_longer_than_their_total_are_refused() {
+    let stubs = echoes().await;
+    let ups: Vec<(&str, String)> = stubs.iter().map(|s| (s.name, s.url())).collect();
+    let loaded = keel::app::Loader::new(cityevents_common::services::GATEWAY.0, keel::config::Profile::Test)
+        .env(env(
+            &ups,
+            &[
+                ("CITYEVENTS_GATEWAY__APP__UPSTREAM_TIMEOUTS__WRITE", "10s"),
+                ("CITYEVENTS_GATEWAY__APP__UPSTREAM_TIMEOUTS__TOTAL", "6s"),
+                ("CITYEVENTS_GATEWAY__APP__UPSTREAM_TIMEOUTS__READ", "0s"),
+            ],
+        ))
+        .load::<cityevents_gateway::GatewayConfig>();
+    let Err(err) = loaded else { panic!("refused") };
+    let err = err.to_string();
+    assert!(err.contains("app.upstream_timeouts.write") && err.contains("app.upstream_timeouts.read"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,7 +715,7 @@ async fn view_fails_when_the_events_service_is_down() {
     let gw = Gateway::try_start(env(&ups, &view_env())).await.unwrap();
     let started = Instant::now();
     let resp = gw.http.get(gw.url(&format!("/api/v1/events/{}/view", Uuid::now_v7()))).send().await.unwrap();
-    problem(resp, 502).await;
+    problem(resp, 503).await;
     assert!(started.elapsed() < Duration::from_secs(3));
     gw.stop().await;
 }

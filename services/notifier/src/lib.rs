@@ -106,15 +106,22 @@ pub fn service() -> keel::Service<NotifierConfig> {
 fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app::SetupError> {
     let cfg = s.config().clone();
     if s.profile() == Profile::Production && cfg.mail.transport == mail::Transport::File {
-        return Err("app.mail.transport: file keeps mail on this machine's disk; production needs smtp \
-                    (app.mail.smtp.host)"
-            .into());
+        return Err(Box::new(keel::config::ConfigError::invalid(
+            "app.mail.transport",
+            "file keeps mail on this machine's disk; production needs smtp (app.mail.smtp.host)",
+        )));
     }
     let db = s.database()?;
     let bus = s.bus()?;
     let outbox = s.outbox(&db)?;
     let keyring = s.keyring()?;
-    let mailer = mail::Mailer::new(&cfg.mail, s.metrics()).map_err(|e| e.to_string())?;
+    let mailer = mail::Mailer::new(&cfg.mail, s.metrics(), !s.checking()).map_err(|e| match e {
+        // Its message names the key (`app.mail.<key>: …`).
+        mail::MailError::Config(m) => {
+            Box::new(keel::config::ConfigError::invalid("app.mail", m)) as keel::app::SetupError
+        }
+        other => other.to_string().into(),
+    })?;
     let contacts = Contacts::new(db.clone(), keyring);
     let options = ConsumerOptions::default().concurrency(cfg.concurrency).max_attempts(cfg.max_attempts);
     s.consume(

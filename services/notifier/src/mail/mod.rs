@@ -121,14 +121,17 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    /// The mailer `cfg` describes, counting in `metrics`. The file transport's directory is
-    /// created (mode 0700: mails carry account tokens).
-    pub fn new(cfg: &MailConfig, metrics: &keel::telemetry::Metrics) -> Result<Self, MailError> {
+    /// The mailer `cfg` describes, counting in `metrics`. With `make_dir`, the file transport's
+    /// directory is created (mode 0700: mails carry account tokens); `config check` passes
+    /// `false`.
+    pub fn new(cfg: &MailConfig, metrics: &keel::telemetry::Metrics, make_dir: bool) -> Result<Self, MailError> {
         let invalid = |key: &str, e: &dyn std::fmt::Display| MailError::Config(format!("app.mail.{key}: {e}"));
         let from: Mailbox = cfg.from.parse().map_err(|e| invalid("from", &e))?;
         let sender = match cfg.transport {
             Transport::File => {
-                create_private_dir(&cfg.dir).map_err(|e| invalid("dir", &e))?;
+                if make_dir {
+                    create_private_dir(&cfg.dir).map_err(|e| invalid("dir", &e))?;
+                }
                 Sender::File(AsyncFileTransport::new(&cfg.dir), cfg.dir.clone())
             }
             Transport::Smtp => Sender::Smtp(smtp_transport(&cfg.smtp)?),
