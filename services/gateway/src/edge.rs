@@ -56,3 +56,44 @@ pub(crate) async fn authorize(parts: &mut Parts, access: Access) -> Result<Optio
         }
     }
 }
+
+/// The query parameters each operation takes ([`crate::openapi::query_parameters`]).
+pub(crate) type QueryParameters =
+    std::collections::HashMap<(http::Method, &'static str), std::collections::BTreeSet<String>>;
+
+/// Refuses, with a 400 problem naming each of them, query parameters the matched operation does
+/// not take, before anything is forwarded: a misspelt or unsupported filter (`?q=` where there is
+/// no search) must not answer 200 as if it had been applied.
+pub(crate) async fn known_query(
+    State(known): State<std::sync::Arc<QueryParameters>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(query) = req.uri().query().filter(|q| !q.is_empty()) else {
+        return next.run(req).await;
+    };
+    let Ok(axum::extract::Query(pairs)) = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()) else {
+        return cityevents_common::validate::invalid("query", "is not a valid query string").into_response();
+    };
+    let path = req.extensions().get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
+    let takes =
+        path.and_then(|p| known.iter().find(|((m, route), _)| m == req.method() && *route == p)).map(|(_, n)| n);
+    let mut unknown: Vec<&str> =
+        pairs.iter().map(|(name, _)| name.as_str()).filter(|name| !takes.is_some_and(|t| t.contains(*name))).collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if unknown.is_empty() {
+        return next.run(req).await;
+    }
+    tracing::debug!(query = query.len(), unknown = ?unknown, "unknown query parameters refused");
+    let mut problem = keel::Problem::bad_request(format!(
+        "{} {} not a parameter of this operation",
+        unknown.join(", "),
+        if unknown.len() == 1 { "is" } else { "are" }
+    ))
+    .code("invalid_input");
+    for name in unknown {
+        problem = problem.field(name, "is not a parameter of this operation");
+    }
+    problem.into_response()
+}

@@ -265,8 +265,9 @@ pub fn service() -> keel::Service<GatewayConfig> {
         .config_defaults(cityevents_common::services::defaults(cityevents_common::services::GATEWAY))
         .with_config::<GatewayConfig>()
         .setup(|s| {
-            serde_json::from_str::<serde_json::Value>(openapi::DOCUMENT)
+            let document = serde_json::from_str::<serde_json::Value>(openapi::DOCUMENT)
                 .map_err(|e| format!("the embedded OpenAPI document is not JSON: {e}"))?;
+            let query_parameters = Arc::new(openapi::query_parameters(&document));
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.0, s.jwt()?)?;
             let mut clients = HashMap::new();
             for (up, name, port) in Upstream::FORWARDED {
@@ -279,6 +280,7 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 timeouts: s.config().upstream_timeouts.clone(),
             });
             Ok(router(&gw, s.config().max_body, &limits.strict)
+                .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
                 .fallback(|| async { keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json") })
                 // Outermost first: the verifier for the extractors, then identify the caller,
                 // then count the request by client IP, then by user and IP (the strict routes

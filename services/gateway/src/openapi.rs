@@ -1,10 +1,12 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the whole public API, kept as a static
 //! file in the crate and tested against the route table ([`crate::routes::ROUTES`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use axum::response::IntoResponse;
 use http::header;
+
+use crate::routes::ROUTES;
 
 /// The document.
 pub const DOCUMENT: &str = include_str!("openapi.json");
@@ -25,6 +27,31 @@ pub fn operations(doc: &serde_json::Value) -> BTreeSet<(String, String)> {
     out
 }
 
+/// The query parameters of each operation of the route table, as the document declares them
+/// (`in: query`, on the operation or its path, `$ref`s resolved): the gateway refuses any other.
+pub fn query_parameters(doc: &serde_json::Value) -> HashMap<(http::Method, &'static str), BTreeSet<String>> {
+    let resolve = |p: &serde_json::Value| -> Option<serde_json::Value> {
+        match p.get("$ref").and_then(serde_json::Value::as_str) {
+            Some(r) => doc.pointer(r.strip_prefix('#')?).cloned(),
+            None => Some(p.clone()),
+        }
+    };
+    let list = |v: &serde_json::Value| v.get("parameters").and_then(serde_json::Value::as_array).cloned();
+    ROUTES
+        .iter()
+        .map(|r| {
+            let item = &doc["paths"][r.path];
+            let params = list(item).into_iter().chain(list(&item[r.verb.openapi_key()])).flatten();
+            let names = params
+                .filter_map(|p| resolve(&p))
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect();
+            ((r.verb.method(), r.path), names)
+        })
+        .collect()
+}
+
 pub(crate) async fn serve(req: axum::extract::Request) -> axum::response::Response {
     // Public, but a token that is sent must verify, as on every route.
     let (mut parts, _) = req.into_parts();
@@ -39,7 +66,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::routes::{Access, ROUTES};
+    use crate::routes::Access;
 
     fn doc() -> Value {
         serde_json::from_str(DOCUMENT).unwrap()
@@ -121,6 +148,14 @@ mod tests {
             (Some("header"), Some("Idempotency-Key"), Some(true))
         );
         assert_eq!(doc["components"]["schemas"]["Problem"]["properties"]["status"]["type"], "integer");
+        let query = query_parameters(&doc);
+        let names = |m: http::Method, p: &'static str| query[&(m, p)].iter().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(http::Method::GET, "/api/v1/events"),
+            ["category", "city", "cursor", "exclude_expired", "from", "limit", "q", "sort", "to"]
+        );
+        assert_eq!(names(http::Method::GET, "/api/v1/me/events"), ["cursor", "limit", "status"]);
+        assert!(names(http::Method::POST, "/api/v1/events").is_empty());
         assert!(doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"].is_object());
     }
 }

@@ -77,10 +77,15 @@ impl Stub {
         Self { name, addr, seen }
     }
 
-    /// Echoes what it got as JSON. `?_status=N` sets the status; `?_extra=1` adds `Location`,
-    /// `Retry-After` and a header the gateway must not pass on.
+    /// Echoes what it got as JSON, with status 200.
     pub async fn echo(name: &'static str) -> Self {
-        let router = Router::new().fallback(move |req: Request| async move { echo(name, req).await });
+        Self::echo_answering(name, 200, false).await
+    }
+
+    /// Echoes what it got as JSON with `status`; `extra` adds `Location`, `Retry-After` and a
+    /// header the gateway must not pass on.
+    pub async fn echo_answering(name: &'static str, status: u16, extra: bool) -> Self {
+        let router = Router::new().fallback(move |req: Request| async move { echo(name, req, status, extra).await });
         Self::start(name, router).await
     }
 
@@ -97,12 +102,9 @@ impl Stub {
     }
 }
 
-async fn echo(name: &str, req: Request) -> Response {
+async fn echo(name: &str, req: Request, status: u16, extra: bool) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-    let query = parts.uri.query().unwrap_or_default().to_owned();
-    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).map(str::to_owned);
-    let status = param("_status").and_then(|s| s.parse().ok()).unwrap_or(200);
     let mut resp = (
         StatusCode::from_u16(status).unwrap(),
         axum::Json(json!({
@@ -114,7 +116,7 @@ async fn echo(name: &str, req: Request) -> Response {
         })),
     )
         .into_response();
-    if param("_extra").is_some() {
+    if extra {
         let h = resp.headers_mut();
         h.insert("location", HeaderValue::from_static("/api/v1/somewhere"));
         h.insert("retry-after", HeaderValue::from_static("7"));
@@ -196,6 +198,16 @@ impl Deref for Gateway {
 /// The four echo services.
 pub async fn echoes() -> [Stub; 4] {
     [Stub::echo("auth").await, Stub::echo("events").await, Stub::echo("joins").await, Stub::echo("notifier").await]
+}
+
+/// The four echo services, each answering `status` with the extra headers.
+pub async fn echoes_answering(status: u16) -> [Stub; 4] {
+    [
+        Stub::echo_answering("auth", status, true).await,
+        Stub::echo_answering("events", status, true).await,
+        Stub::echo_answering("joins", status, true).await,
+        Stub::echo_answering("notifier", status, true).await,
+    ]
 }
 
 /// Asserts `resp` is a problem document with `status`; returns its body.
