@@ -439,6 +439,22 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     assert_eq!(again.headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     api.join(&u1, &ev, "another-key").await.problem(409);
     api.call(Method::POST, &format!("/api/v1/events/{ev}/join"), Some(&u1.access), None, &[]).await.problem(400);
+    // The organizer does not join their own event.
+    assert_eq!(api.join(&org, &ev, "key-org").await.problem(403)["code"], "organizer_cannot_join");
+
+    // --- discovery through the gateway: full-text search with filters, city suggestions, and a
+    // parameter no operation takes refused by name (never silently ignored)
+    let found = api.get("/api/v1/events?q=JAZZ%20lisb&exclude_expired=true&city=lisbon&limit=100", None).await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    let found: Vec<&str> = found.body["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert!(found.contains(&ev.as_str()), "{found:?}");
+    let none = api.get("/api/v1/events?q=jazz&city=porto-nowhere", None).await;
+    assert_eq!(none.body["items"], json!([]), "{}", none.body);
+    let cities = api.get("/api/v1/meta/cities?q=lis", None).await;
+    assert_eq!(cities.status, StatusCode::OK, "{}", cities.body);
+    assert!(cities.body["items"].as_array().unwrap().iter().any(|c| c["city"] == "Lisbon"), "{}", cities.body);
+    let unknown = api.get("/api/v1/events?search=jazz", None).await;
+    assert_eq!(unknown.problem(400)["errors"][0]["field"], "search", "{}", unknown.body);
 
     // The aggregate view: event + my participation + counts.
     let view = api.get(&format!("/api/v1/events/{ev}/view"), Some(&u3.access)).await;

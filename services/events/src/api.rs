@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}", get(show).patch(update))
         .route("/api/v1/events/{id}/publish", post(publish))
         .route("/api/v1/events/{id}/cancel", post(cancel))
+        .route("/api/v1/meta/cities", get(cities))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -151,7 +152,7 @@ fn event_id(raw: &str) -> Result<Uuid, Problem> {
 }
 
 fn query<T>(q: std::result::Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
-    q.map(|Query(v)| v).map_err(|_| validate::invalid("query", "is not a valid query string"))
+    validate::query(q)
 }
 
 /// `POST /api/v1/events`: a new draft of the caller's.
@@ -336,8 +337,8 @@ async fn list_public(
     let list = query(q)?.validate()?;
     let rows = store::list_public(&st.db, &list).await?;
     let sort = list.sort;
-    let page = Page::from_rows(rows, list.limit, |e| list::cursor(sort.as_str(), sort.key_of(e), e.id));
-    Ok(JsonResponse(page.map(|e| e.view())))
+    let page = Page::from_rows(rows, list.limit, |(e, key)| list::cursor(sort.as_str(), *key, e.id));
+    Ok(JsonResponse(page.map(|(e, _)| e.view())))
 }
 
 /// `GET /api/v1/me/events`: the caller's events, every status, newest first.
@@ -346,10 +347,28 @@ async fn list_mine(
     User(caller): User,
     q: std::result::Result<Query<MineQuery>, QueryRejection>,
 ) -> Result<JsonResponse<Page<EventView>>> {
-    let (limit, after) = query(q)?.validate()?;
-    let rows = store::list_mine(&st.db, caller.id, limit, after).await?;
-    let page = Page::from_rows(rows, limit, |e| list::cursor(MINE, e.created_at, e.id));
+    let list = query(q)?.validate()?;
+    let rows = store::list_mine(&st.db, caller.id, &list).await?;
+    let page = Page::from_rows(rows, list.limit, |e| list::cursor(MINE, e.created_at, e.id));
     Ok(JsonResponse(page.map(|e| e.view())))
+}
+
+/// `GET /api/v1/meta/cities` answer.
+#[derive(Debug, Serialize)]
+struct Cities {
+    items: Vec<store::CityCount>,
+}
+
+/// `GET /api/v1/meta/cities?q=`: cities of published events that have not ended, whose name
+/// starts with `q` (case-insensitive; every city without it), most events first.
+async fn cities(
+    State(st): State<AppState>,
+    q: std::result::Result<Query<list::CitiesQuery>, QueryRejection>,
+) -> Result<JsonResponse<Cities>> {
+    let ask = query(q)?.validate()?;
+    let now = cityevents_common::time::to_micros(cityevents_common::time::now());
+    let items = store::cities(&st.db, &ask, now).await?;
+    Ok(JsonResponse(Cities { items }))
 }
 
 /// `POST /api/v1/events/batch` body.

@@ -10,7 +10,7 @@ use keel::http::Problem;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::model::{self, Errors, Event, MAX_CATEGORY, MAX_CITY};
+use crate::model::{self, Errors, Event, MAX_CATEGORY, MAX_CITY, Status};
 
 /// An order of a list: a column and a direction, with the event id as tie-breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,19 +23,25 @@ pub enum Sort {
     CreatedAt,
     /// `-created_at`: newest first.
     CreatedAtDesc,
+    /// `relevance`: best match of `q` first (the default with `q`, refused without it).
+    Relevance,
 }
 
 impl Sort {
     /// The allowlisted values of `?sort=`.
-    pub const ALLOWED: [&'static str; 4] = ["starts_at", "-starts_at", "created_at", "-created_at"];
+    pub const ALLOWED: [&'static str; 5] = ["starts_at", "-starts_at", "created_at", "-created_at", "relevance"];
 
-    /// Parses `?sort=`; anything off the allowlist is a 400 naming `sort`.
-    pub fn parse(value: Option<&str>) -> Result<Self, Problem> {
-        match value.unwrap_or("starts_at") {
+    /// Parses `?sort=` (`searching`: a `q` was given, which makes `relevance` the default);
+    /// anything off the allowlist, or `relevance` without `q`, is a 400 naming `sort`.
+    pub fn parse(value: Option<&str>, searching: bool) -> Result<Self, Problem> {
+        match value.unwrap_or_default() {
+            "" if searching => Ok(Self::Relevance),
             "starts_at" | "" => Ok(Self::StartsAt),
             "-starts_at" => Ok(Self::StartsAtDesc),
             "created_at" => Ok(Self::CreatedAt),
             "-created_at" => Ok(Self::CreatedAtDesc),
+            "relevance" if searching => Ok(Self::Relevance),
+            "relevance" => Err(validate::invalid("sort", "relevance orders the matches of q: give q too")),
             _ => Err(validate::invalid("sort", &format!("must be one of {}", Self::ALLOWED.join(", ")))),
         }
     }
@@ -47,27 +53,32 @@ impl Sort {
             Self::StartsAtDesc => "-starts_at",
             Self::CreatedAt => "created_at",
             Self::CreatedAtDesc => "-created_at",
+            Self::Relevance => "relevance",
         }
     }
 
-    /// The column sorted on (a fixed identifier, never client text).
+    /// The column sorted on (a fixed identifier, never client text): `rank_key` is the match's
+    /// score the search query computes.
     pub fn column(self) -> &'static str {
         match self {
             Self::StartsAt | Self::StartsAtDesc => "starts_at",
             Self::CreatedAt | Self::CreatedAtDesc => "created_at",
+            Self::Relevance => "rank_key",
         }
     }
 
     /// Whether the order is descending.
     pub fn descending(self) -> bool {
-        matches!(self, Self::StartsAtDesc | Self::CreatedAtDesc)
+        matches!(self, Self::StartsAtDesc | Self::CreatedAtDesc | Self::Relevance)
     }
 
-    /// The sort key of `event` in this order.
-    pub fn key_of(self, event: &Event) -> i64 {
+    /// The sort key of `event` in this order; `None` for [`Sort::Relevance`], whose key is the
+    /// score the database computed.
+    pub fn key_of(self, event: &Event) -> Option<i64> {
         match self {
-            Self::StartsAt | Self::StartsAtDesc => event.starts_at,
-            Self::CreatedAt | Self::CreatedAtDesc => event.created_at,
+            Self::StartsAt | Self::StartsAtDesc => Some(event.starts_at),
+            Self::CreatedAt | Self::CreatedAtDesc => Some(event.created_at),
+            Self::Relevance => None,
         }
     }
 }
@@ -102,9 +113,12 @@ pub fn after(tag: &str, cursor: Option<&Cursor>) -> Result<Option<After>, Proble
 }
 
 /// The query string of `GET /api/v1/events`. Every value is read as text and checked here, so
-/// a bad one is a 400 naming it.
+/// a bad one is a 400 naming it; so is a parameter that is not one of these.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PublicQuery {
+    /// Full-text search over title, city and description (see [`Search`]).
+    pub q: Option<String>,
     /// Exact city, case-insensitive.
     pub city: Option<String>,
     /// Exact category, case-insensitive.
@@ -113,6 +127,8 @@ pub struct PublicQuery {
     pub from: Option<String>,
     /// Only events starting before this time (RFC 3339).
     pub to: Option<String>,
+    /// `true`: only events that have not ended yet. Default `false`.
+    pub exclude_expired: Option<String>,
     /// One of [`Sort::ALLOWED`].
     pub sort: Option<String>,
     /// 1–100, default 20.
@@ -123,16 +139,57 @@ pub struct PublicQuery {
 
 /// The query string of `GET /api/v1/me/events`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MineQuery {
+    /// Only events in this status (`draft`, `published`, `canceled`); default every status.
+    pub status: Option<String>,
     /// 1–100, default 20.
     pub limit: Option<String>,
     /// From the previous page.
     pub cursor: Option<String>,
 }
 
+/// The longest `q`.
+pub const MAX_Q: usize = 100;
+/// Words of `q` searched for; the rest are ignored.
+pub const MAX_TERMS: usize = 8;
+/// Shortest word searched for (MySQL/MariaDB's InnoDB does not index shorter ones; every
+/// backend ignores them alike).
+pub const MIN_TERM: usize = 3;
+
+/// A checked `q`: its words, lowercased, each matched as a word prefix (`jazz` finds `jazzy`),
+/// every one required. Only letters and digits reach a database's query syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// At least one; at most [`MAX_TERMS`].
+    pub terms: Vec<String>,
+}
+
+impl Search {
+    /// `q` as text (1 to [`MAX_Q`] characters) split into words of letters and digits; words
+    /// shorter than [`MIN_TERM`] are left out; none left is a 400 naming `q`.
+    pub fn parse(q: &str) -> Result<Self, Problem> {
+        let q = validate::text("q", q, MAX_Q)?;
+        let mut terms: Vec<String> = Vec::new();
+        for word in q.split(|c: char| !c.is_alphanumeric()).filter(|w| w.chars().count() >= MIN_TERM) {
+            let word = word.to_lowercase();
+            if !terms.contains(&word) {
+                terms.push(word);
+            }
+        }
+        terms.truncate(MAX_TERMS);
+        if terms.is_empty() {
+            return Err(validate::invalid("q", &format!("needs a word of at least {MIN_TERM} letters or digits")));
+        }
+        Ok(Self { terms })
+    }
+}
+
 /// A checked public list request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicList {
+    /// The full-text search, if any.
+    pub search: Option<Search>,
     /// Lowercased city to match.
     pub city: Option<String>,
     /// Lowercased category to match.
@@ -141,6 +198,8 @@ pub struct PublicList {
     pub from: Option<i64>,
     /// Upper bound of `starts_at` (micros, exclusive).
     pub to: Option<i64>,
+    /// Lower bound of `ends_at` (micros, exclusive): `exclude_expired=true` at the time of asking.
+    pub ends_after: Option<i64>,
     /// Order.
     pub sort: Sort,
     /// Rows per page.
@@ -161,6 +220,11 @@ impl PublicQuery {
     /// Checks every parameter; the problem names every bad one.
     pub fn validate(self) -> Result<PublicList, Problem> {
         let mut e = Errors::default();
+        let search = match self.q.filter(|q| !q.trim().is_empty()) {
+            None => None,
+            Some(q) => e.take(Search::parse(&q)),
+        };
+        let searching = search.is_some();
         let filter = |field: &str, v: Option<String>, max: usize| match v.filter(|v| !v.trim().is_empty()) {
             None => Ok(None),
             Some(v) => validate::text(field, &v, max).map(|v| Some(model::key(&v))),
@@ -178,7 +242,11 @@ impl PublicQuery {
         {
             e.push(validate::invalid("to", "must be after from"));
         }
-        let sort = e.take(Sort::parse(self.sort.as_deref()));
+        let ends_after = match e.take(flag("exclude_expired", self.exclude_expired.as_deref())) {
+            Some(Some(true)) => Some(cityevents_common::time::to_micros(cityevents_common::time::now())),
+            _ => None,
+        };
+        let sort = e.take(Sort::parse(self.sort.as_deref(), searching));
         let page = e.take(page(self.limit.as_deref(), self.cursor));
         let after = match (sort, &page) {
             (Some(s), Some(p)) => e.take(after(s.as_str(), p.after.as_ref())).flatten(),
@@ -186,17 +254,89 @@ impl PublicQuery {
         };
         e.finish()?;
         match (sort, page) {
-            (Some(sort), Some(page)) => Ok(PublicList { city, category, from, to, sort, limit: page.limit, after }),
+            (Some(sort), Some(page)) => {
+                Ok(PublicList { search, city, category, from, to, ends_after, sort, limit: page.limit, after })
+            }
             _ => Err(Problem::bad_request("invalid query")),
         }
     }
 }
 
+/// A checked `GET /api/v1/me/events` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MineList {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Rows per page.
+    pub limit: u32,
+    /// Resume after.
+    pub after: Option<After>,
+}
+
 impl MineQuery {
-    /// Checks `limit` and `cursor`.
-    pub fn validate(self) -> Result<(u32, Option<After>), Problem> {
+    /// Checks `status`, `limit` and `cursor`. A cursor works whatever the status filter (the
+    /// order is the same); changing the filter between pages only changes what follows.
+    pub fn validate(self) -> Result<MineList, Problem> {
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(
+                Status::parse(s)
+                    .ok_or_else(|| validate::invalid("status", "must be one of draft, published, canceled"))?,
+            ),
+        };
         let page = page(self.limit.as_deref(), self.cursor)?;
-        Ok((page.limit, after(MINE, page.after.as_ref())?))
+        Ok(MineList { status, limit: page.limit, after: after(MINE, page.after.as_ref())? })
+    }
+}
+
+/// `true` or `false` (absent or empty: `None`), else a 400 naming `field`.
+fn flag(field: &str, value: Option<&str>) -> Result<Option<bool>, Problem> {
+    match value {
+        None | Some("") => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(validate::invalid(field, "must be true or false")),
+    }
+}
+
+/// The query string of `GET /api/v1/meta/cities`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitiesQuery {
+    /// The start of the city's name, case-insensitive (up to the longest city).
+    pub q: Option<String>,
+    /// 1–20, default 10.
+    pub limit: Option<String>,
+}
+
+/// A checked city suggestion request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CitiesAsk {
+    /// Lowercased prefix; `None` for every city.
+    pub prefix: Option<String>,
+    /// Cities to answer.
+    pub limit: u32,
+}
+
+/// Most cities a suggestion answers.
+pub const MAX_CITIES: u32 = 20;
+
+impl CitiesQuery {
+    /// Checks `q` and `limit`.
+    pub fn validate(self) -> Result<CitiesAsk, Problem> {
+        let prefix = match self.q.filter(|q| !q.trim().is_empty()) {
+            None => None,
+            Some(q) => Some(model::key(&validate::text("q", &q, MAX_CITY)?)),
+        };
+        let limit = match self.limit.as_deref() {
+            None | Some("") => 10,
+            Some(l) => l
+                .parse::<u32>()
+                .ok()
+                .filter(|l| (1..=MAX_CITIES).contains(l))
+                .ok_or_else(|| validate::invalid("limit", &format!("must be a number from 1 to {MAX_CITIES}")))?,
+        };
+        Ok(CitiesAsk { prefix, limit })
     }
 }
 
@@ -208,10 +348,26 @@ mod tests {
     #[test]
     fn sort_is_allowlisted() {
         for s in Sort::ALLOWED {
-            assert_eq!(Sort::parse(Some(s)).unwrap().as_str(), s);
+            assert_eq!(Sort::parse(Some(s), true).unwrap().as_str(), s);
         }
-        for bad in ["title", "starts_at;drop", "-id", "STARTS_AT"] {
-            assert_eq!(Sort::parse(Some(bad)).unwrap_err().field_errors()[0].field, "sort");
+        for bad in ["title", "starts_at;drop", "-id", "STARTS_AT", "-relevance"] {
+            assert_eq!(Sort::parse(Some(bad), true).unwrap_err().field_errors()[0].field, "sort");
+        }
+        assert_eq!(Sort::parse(None, false).unwrap(), Sort::StartsAt);
+        assert_eq!(Sort::parse(None, true).unwrap(), Sort::Relevance);
+        assert_eq!(Sort::parse(Some("relevance"), false).unwrap_err().field_errors()[0].field, "sort");
+    }
+
+    #[test]
+    fn a_search_is_its_words_of_three_characters_or_more() {
+        let s = Search::parse("  Jazz & blues in LYON; jazz!  ").unwrap();
+        assert_eq!(s.terms, ["jazz", "blues", "lyon"]);
+        assert_eq!(Search::parse("Café Évry").unwrap().terms, ["café", "évry"]);
+        assert_eq!(Search::parse("a b c d e f g h i j k l mmm").unwrap().terms, ["mmm"]);
+        let many = (0..12).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
+        assert_eq!(Search::parse(&many).unwrap().terms.len(), MAX_TERMS);
+        for bad in ["a b", "!!", &"x".repeat(MAX_Q + 1)] {
+            assert_eq!(Search::parse(bad).unwrap_err().field_errors()[0].field, "q", "{bad}");
         }
     }
 

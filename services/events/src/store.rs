@@ -6,12 +6,12 @@
 //! concurrent changes of one event queue up and each decides on the state the previous one left.
 //! The write is also conditional on the version read, as a second guard.
 
-use keel::data::{DataError, Db};
+use keel::data::{Backend, DataError, Db};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use uuid::Uuid;
 
-use crate::list::{After, PublicList, Sort};
+use crate::list::{After, CitiesAsk, MineList, PublicList, Search, Sort};
 use crate::model::{self, Event, Fields, Status};
 
 const COLUMNS: &str = "id, organizer_id, title, description, city, category, starts_at, ends_at, capacity, status, published_at, version, \
@@ -132,6 +132,16 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .execute(&mut **tx)
         .await
         .map_err(|e| db.observe(e))?;
+    if db.backend() == Backend::Sqlite {
+        // Indexed here, now that this transaction holds the write lock (migration 0005).
+        let index = "INSERT INTO events_fts (rowid, title, city, description) \
+                     SELECT rowid, title, city, description FROM events WHERE id = $1";
+        sqlx::query(AssertSqlSafe(db.sql(index).into_owned()))
+            .bind(event.id.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db.observe(e))?;
+    }
     Ok(())
 }
 
@@ -234,11 +244,31 @@ fn order_by(q: &mut Query, column: &str, descending: bool, limit: u32) {
     q.push(&format!(" ORDER BY {column} {dir}, id {dir} LIMIT ")).bind(Bind::Int(i64::from(limit) + 1));
 }
 
-/// Up to `limit + 1` published events matching `list`, in its order.
-pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<Event>, DataError> {
+/// Up to `limit + 1` published events matching `list`, in its order, each with its sort key
+/// (the cursor's): the column's value, or the match's score for [`Sort::Relevance`].
+pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>, DataError> {
+    let backend = db.backend();
+    let sort: Sort = list.sort;
     let mut q = Query::default();
-    q.push(&format!("SELECT {COLUMNS} FROM events WHERE status = "))
-        .bind(Bind::Text(Status::Published.as_str().to_owned()));
+    let relevance = match (&list.search, sort) {
+        (Some(search), Sort::Relevance) => Some(search),
+        _ => None,
+    };
+    match relevance {
+        // The score is computed once, in a derived table, and ordered on outside it.
+        Some(search) => {
+            q.push(&format!("SELECT {COLUMNS}, rank_key FROM (SELECT {COLUMNS}, "));
+            rank(&mut q, backend, search);
+            q.push(" AS rank_key FROM events WHERE status = ");
+        }
+        None => {
+            q.push(&format!("SELECT {COLUMNS} FROM events WHERE status = "));
+        }
+    }
+    q.bind(Bind::Text(Status::Published.as_str().to_owned()));
+    if let Some(search) = &list.search {
+        matches(&mut q, backend, search);
+    }
     if let Some(city) = &list.city {
         q.push(" AND city_key = ").bind(Bind::Text(city.clone()));
     }
@@ -251,23 +281,132 @@ pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<Event>, DataE
     if let Some(to) = list.to {
         q.push(" AND starts_at < ").bind(Bind::Int(to));
     }
-    let sort: Sort = list.sort;
+    if let Some(now) = list.ends_after {
+        q.push(" AND ends_at > ").bind(Bind::Int(now));
+    }
+    if relevance.is_some() {
+        q.push(") AS hits WHERE 1 = 1");
+    }
     if let Some(after) = list.after {
         keyset(&mut q, sort.column(), sort.descending(), after);
     }
     order_by(&mut q, sort.column(), sort.descending(), list.limit);
     let rows = q.fetch_all(db).await?;
-    from_rows(db, &rows)
+    rows.iter()
+        .map(|row| {
+            let event = from_row(row)?;
+            let key = match sort.key_of(&event) {
+                Some(k) => k,
+                None => row.try_get::<i64, _>("rank_key")?,
+            };
+            Ok((event, key))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(|e| db.observe(e))
 }
 
-/// Up to `limit + 1` of the organizer's events, every status, newest first.
-pub async fn list_mine(db: &Db, organizer: Uuid, limit: u32, after: Option<After>) -> Result<Vec<Event>, DataError> {
+/// A city and how many listed events it has.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CityCount {
+    /// The name as an organizer wrote it (one of them, when several spellings differ in case).
+    pub city: String,
+    /// Published events there that have not ended.
+    pub events: i64,
+}
+
+/// The cities of published events ending after `now` whose name starts with `ask.prefix`, most
+/// events first, then by name.
+pub async fn cities(db: &Db, ask: &CitiesAsk, now: i64) -> Result<Vec<CityCount>, DataError> {
+    let mut q = Query::default();
+    q.push("SELECT MIN(city) AS city, COUNT(*) AS n FROM events WHERE status = ")
+        .bind(Bind::Text(Status::Published.as_str().to_owned()));
+    q.push(" AND ends_at > ").bind(Bind::Int(now));
+    if let Some(prefix) = &ask.prefix {
+        // `!` escapes LIKE's wildcards in the prefix (a backslash means different things to
+        // MySQL's string literals and the others').
+        let escaped = prefix.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+        q.push(" AND city_key LIKE ").bind(Bind::Text(format!("{escaped}%"))).push(" ESCAPE '!'");
+    }
+    q.push(" GROUP BY city_key ORDER BY n DESC, city_key ASC LIMIT ").bind(Bind::Int(i64::from(ask.limit)));
+    let rows = q.fetch_all(db).await?;
+    rows.iter()
+        .map(|row| Ok(CityCount { city: row.try_get("city")?, events: row.try_get("n")? }))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(|e| db.observe(e))
+}
+
+/// Appends ` AND <the row matches every word of search>` in `backend`'s full-text syntax. The
+/// words hold only letters and digits ([`Search::parse`]), so nothing in them is syntax.
+fn matches(q: &mut Query, backend: Backend, search: &Search) {
+    match backend {
+        Backend::Postgres => {
+            q.push(" AND search @@ to_tsquery('simple', ").bind(Bind::Text(tsquery(search))).push(")");
+        }
+        Backend::Sqlite => {
+            q.push(" AND rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ")
+                .bind(Bind::Text(fts5_query(search)))
+                .push(")");
+        }
+        Backend::MySql => {
+            q.push(" AND MATCH (title, city, description) AGAINST (")
+                .bind(Bind::Text(boolean_query(search)))
+                .push(" IN BOOLEAN MODE)");
+        }
+    }
+}
+
+/// Appends the match's score as an integer (a million times the backend's score, so it can be a
+/// cursor key): higher is better; a title match counts most where the backend weighs columns.
+fn rank(q: &mut Query, backend: Backend, search: &Search) {
+    match backend {
+        Backend::Postgres => {
+            q.push("CAST(ts_rank(search, to_tsquery('simple', ")
+                .bind(Bind::Text(tsquery(search)))
+                .push(")) * 1000000 AS BIGINT)");
+        }
+        Backend::Sqlite => {
+            // bm25 is lower for better matches.
+            q.push(
+                "(SELECT CAST(-bm25(events_fts, 10.0, 5.0, 1.0) * 1000000 AS INTEGER) FROM events_fts \
+                    WHERE events_fts MATCH ",
+            )
+            .bind(Bind::Text(fts5_query(search)))
+            .push(" AND events_fts.rowid = events.rowid)");
+        }
+        Backend::MySql => {
+            q.push("CAST(MATCH (title, city, description) AGAINST (")
+                .bind(Bind::Text(boolean_query(search)))
+                .push(" IN BOOLEAN MODE) * 1000000 AS SIGNED)");
+        }
+    }
+}
+
+/// PostgreSQL: `jazz:* & lyon:*`.
+fn tsquery(search: &Search) -> String {
+    search.terms.iter().map(|t| format!("{t}:*")).collect::<Vec<_>>().join(" & ")
+}
+
+/// SQLite FTS5: `"jazz"* AND "lyon"*`.
+fn fts5_query(search: &Search) -> String {
+    search.terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// MySQL/MariaDB boolean mode: `+jazz* +lyon*`.
+fn boolean_query(search: &Search) -> String {
+    search.terms.iter().map(|t| format!("+{t}*")).collect::<Vec<_>>().join(" ")
+}
+
+/// Up to `limit + 1` of the organizer's events, of one status or all, newest first.
+pub async fn list_mine(db: &Db, organizer: Uuid, list: &MineList) -> Result<Vec<Event>, DataError> {
     let mut q = Query::default();
     q.push(&format!("SELECT {COLUMNS} FROM events WHERE organizer_id = ")).bind(Bind::Text(organizer.to_string()));
-    if let Some(after) = after {
+    if let Some(status) = list.status {
+        q.push(" AND status = ").bind(Bind::Text(status.as_str().to_owned()));
+    }
+    if let Some(after) = list.after {
         keyset(&mut q, "created_at", true, after);
     }
-    order_by(&mut q, "created_at", true, limit);
+    order_by(&mut q, "created_at", true, list.limit);
     let rows = q.fetch_all(db).await?;
     from_rows(db, &rows)
 }

@@ -12,7 +12,14 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-cityevents_common::on_every_backend!(filters_and_sorts, keyset_pages_are_stable_under_inserts, my_events, batch_lookup);
+cityevents_common::on_every_backend!(
+    filters_and_sorts,
+    keyset_pages_are_stable_under_inserts,
+    my_events,
+    batch_lookup,
+    full_text_search,
+    city_suggestions
+);
 
 /// Follows `next_cursor` from `first` (a query string without `cursor`) to the end.
 async fn walk(s: &Svc, path: &str, query: &str, token: Option<&str>) -> Vec<Value> {
@@ -115,6 +122,14 @@ async fn filters_and_sorts(backend: Backend) {
     let (_, page) = s.get(&format!("/api/v1/events?from={from}&sort=-starts_at"), None).await;
     assert_eq!(ids(page["items"].as_array().unwrap()), [3, 4, 0, 2].map(|i| id(&published[i])));
 
+    // A parameter the list does not take is refused by name, never ignored.
+    for (query, name) in [("search=jazz", "search"), ("city=lyon&page=2", "page"), ("status=draft", "status")] {
+        let (status, problem) = s.get(&format!("/api/v1/events?{query}"), None).await;
+        common::assert_invalid(status, &problem, name);
+    }
+    let (status, problem) = s.get("/api/v1/me/events?city=lyon", Some(&ta)).await;
+    common::assert_invalid(status, &problem, "city");
+
     // Paged walks give the same order as one page, in every order.
     for sort in ["starts_at", "-starts_at", "created_at", "-created_at"] {
         let walked = ids(&walk(&s, "/api/v1/events", &format!("sort={sort}&limit=2"), None).await);
@@ -131,6 +146,21 @@ async fn filters_and_sorts(backend: Backend) {
     }
     let (status, problem) = s.get(&format!("/api/v1/me/events?cursor={c}"), Some(&ta)).await;
     common::assert_invalid(status, &problem, "cursor");
+    // exclude_expired: an event that has ended is left out (one that is on is not).
+    let ended =
+        s.create_published(&ta, json!({"city": "Lyon", "starts_at": at(hours(1)), "ends_at": at(hours(3))})).await;
+    s.shift(&ended, 4).await;
+    let ongoing =
+        s.create_published(&ta, json!({"city": "Lyon", "starts_at": at(hours(1)), "ends_at": at(hours(3))})).await;
+    s.shift(&ongoing, 2).await;
+    let lyon = set(list("city=lyon").await);
+    assert!(lyon.contains(&id(&ended)) && lyon.contains(&id(&ongoing)));
+    let current = set(list("city=lyon&exclude_expired=true").await);
+    assert!(!current.contains(&id(&ended)) && current.contains(&id(&ongoing)), "{current:?}");
+    assert_eq!(set(list("city=lyon&exclude_expired=false").await), lyon);
+    let (status, problem) = s.get("/api/v1/events?exclude_expired=yes", None).await;
+    common::assert_invalid(status, &problem, "exclude_expired");
+
     s.stop().await;
 }
 
@@ -221,6 +251,12 @@ async fn my_events(backend: Backend) {
     assert_eq!(page["next_cursor"], Value::Null);
     let walked = walk(&s, "/api/v1/me/events", "limit=1", Some(&ta)).await;
     assert_eq!(json!(walked), page["items"]);
+    // One status; pages within it.
+    assert_eq!(json!(walk(&s, "/api/v1/me/events", "status=draft&limit=1", Some(&ta)).await), json!([ended, draft]));
+    assert_eq!(json!(walk(&s, "/api/v1/me/events", "status=published", Some(&ta)).await), json!([published]));
+    assert_eq!(json!(walk(&s, "/api/v1/me/events", "status=canceled", Some(&ta)).await), json!([canceled]));
+    let (status, problem) = s.get("/api/v1/me/events?status=archived", Some(&ta)).await;
+    common::assert_invalid(status, &problem, "status");
     let (_, page) = s.get("/api/v1/me/events", Some(&tb)).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     let (_, page) = s.get("/api/v1/me/events", Some(&s.token(Uuid::now_v7(), "user"))).await;
@@ -256,5 +292,127 @@ async fn batch_lookup(backend: Backend) {
     many.push(Uuid::now_v7().to_string());
     let (status, problem) = s.post("/api/v1/events/batch", None, json!({ "ids": many })).await;
     common::assert_invalid(status, &problem, "ids");
+    s.stop().await;
+}
+
+async fn full_text_search(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let t = s.token(Uuid::now_v7(), "user");
+    let event = |title: &str, description: &str, city: &str, h: i64| {
+        json!({"title": title, "description": description, "city": city, "category": "music",
+               "starts_at": at(hours(h)), "ends_at": at(hours(h + 2))})
+    };
+    // In the title and twice in the description; in the description only; as a prefix; not at all.
+    let night = s.create_published(&t, event("Jazz night", "Live jazz, more jazz and blues", "Lyon", 30)).await;
+    let poetry = s.create_published(&t, event("Poetry evening", "Readings about the jazz age", "Paris", 10)).await;
+    let brunch = s.create_published(&t, event("Sunday brunch", "Pancakes with jazzy tunes", "Lyon", 20)).await;
+    let mut others = Vec::new();
+    for (i, title) in ["Rock concert", "Opera gala", "Chess club", "Film club", "Ballet"].iter().enumerate() {
+        others.push(s.create_published(&t, event(title, "Something else entirely", "Nantes", 40 + i as i64)).await);
+    }
+    // A draft never matches.
+    s.create(&t, event("Jazz draft", "Unpublished jazz", "Lyon", 5)).await;
+
+    let search = |q: String| {
+        let s = &s;
+        async move {
+            let (status, page) = s.get(&format!("/api/v1/events?{q}"), None).await;
+            assert_eq!(status, StatusCode::OK, "{q}: {page}");
+            ids(page["items"].as_array().unwrap())
+        }
+    };
+    // Ranked: the title match first; every word of q must match (as a word prefix).
+    let jazz = search("q=jazz".into()).await;
+    assert_eq!(jazz.len(), 3, "{jazz:?}");
+    assert_eq!(jazz[0], id(&night), "the best match first");
+    assert_eq!(jazz.iter().collect::<HashSet<_>>(), [id(&night), id(&poetry), id(&brunch)].iter().collect());
+    assert_eq!(
+        search("q=JAZZ%20lyon".into()).await.into_iter().collect::<HashSet<_>>(),
+        [id(&night), id(&brunch)].into()
+    );
+    assert_eq!(search("q=pancake".into()).await, [id(&brunch)]);
+    assert_eq!(search("q=club%20chess".into()).await, [id(&others[2])]);
+    assert!(search("q=zeppelin".into()).await.is_empty());
+    // Combined with filters and other orders.
+    assert_eq!(search("q=jazz&city=paris".into()).await, [id(&poetry)]);
+    assert_eq!(search("q=jazz&sort=starts_at".into()).await, [id(&poetry), id(&brunch), id(&night)]);
+    assert_eq!(search("q=jazz&sort=relevance".into()).await, jazz);
+    // Keyset pages walk the same ranking.
+    assert_eq!(ids(&walk(&s, "/api/v1/events", "q=jazz&limit=1", None).await), jazz);
+    assert_eq!(
+        ids(&walk(&s, "/api/v1/events", "q=jazz&sort=-starts_at&limit=2", None).await),
+        [id(&night), id(&brunch), id(&poetry)]
+    );
+    // Bad input is named.
+    for (query, field) in [("q=a%20b", "q"), ("sort=relevance", "sort"), ("q=jazz&sort=rank", "sort")] {
+        let (status, problem) = s.get(&format!("/api/v1/events?{query}"), None).await;
+        common::assert_invalid(status, &problem, field);
+    }
+    let long = "x".repeat(101);
+    let (status, problem) = s.get(&format!("/api/v1/events?q={long}"), None).await;
+    common::assert_invalid(status, &problem, "q");
+    // Query syntax of any backend is only text.
+    for q in ["jazz%22%20OR%20%22", "jazz*%20%2B%2B", "jazz%27);--", "NEAR(jazz)", "jazz%20%7C%20rock"] {
+        let (status, page) = s.get(&format!("/api/v1/events?q={q}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{q}: {page}");
+    }
+    // An edit is searchable at once; a canceled event is not listed.
+    let (status, _) =
+        s.patch(&format!("/api/v1/events/{}", id(&others[0])), Some(&t), json!({"title": "Jazz rock"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(search("q=jazz".into()).await.contains(&id(&others[0])));
+    let (status, _) = s.post_empty(&format!("/api/v1/events/{}/cancel", id(&night)), Some(&t)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!search("q=jazz".into()).await.contains(&id(&night)));
+    s.stop().await;
+}
+
+async fn city_suggestions(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let t = s.token(Uuid::now_v7(), "user");
+    let in_city = |city: &str, h: i64| json!({"city": city, "starts_at": at(hours(h)), "ends_at": at(hours(h + 1))});
+    for (city, n) in [("Lyon", 3), ("lyon", 0), ("Lille", 1), ("Paris", 2), ("Le_Mans", 1), ("100%ville", 1)] {
+        for i in 0..n {
+            s.create_published(&t, in_city(city, 10 + i)).await;
+        }
+    }
+    // Not counted: a draft, a canceled event, an event that has ended.
+    s.create(&t, in_city("Lille", 5)).await;
+    let canceled = s.create_published(&t, in_city("Lille", 6)).await;
+    s.post_empty(&format!("/api/v1/events/{}/cancel", id(&canceled)), Some(&t)).await;
+    let ended = s.create_published(&t, in_city("Lille", 1)).await;
+    s.shift(&ended, 5).await;
+
+    let cities = |q: &str| {
+        let s = &s;
+        let q = q.to_owned();
+        async move {
+            let (status, body) = s.get(&format!("/api/v1/meta/cities{q}"), None).await;
+            assert_eq!(status, StatusCode::OK, "{q}: {body}");
+            body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["city"].as_str().unwrap().to_lowercase(), c["events"].as_i64().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = cities("").await;
+    assert_eq!(all[0], ("lyon".into(), 3), "most events first: {all:?}");
+    assert_eq!(all[1], ("paris".into(), 2));
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(cities("?q=L").await, [("lyon".into(), 3), ("le_mans".into(), 1), ("lille".into(), 1)]);
+    assert_eq!(cities("?q=LYO").await, [("lyon".into(), 3)]);
+    assert_eq!(cities("?q=l&limit=1").await, [("lyon".into(), 3)]);
+    // LIKE's wildcards in q are only characters.
+    assert_eq!(cities("?q=le_").await, [("le_mans".into(), 1)]);
+    assert!(cities("?q=_").await.is_empty());
+    assert_eq!(cities("?q=100%25").await, [("100%ville".into(), 1)]);
+    assert!(cities("?q=%25").await.is_empty());
+    assert!(cities("?q=zz").await.is_empty());
+    for (query, field) in [("?limit=0", "limit"), ("?limit=21", "limit"), ("?limit=x", "limit"), ("?city=x", "city")] {
+        let (status, problem) = s.get(&format!("/api/v1/meta/cities{query}"), None).await;
+        common::assert_invalid(status, &problem, field);
+    }
     s.stop().await;
 }

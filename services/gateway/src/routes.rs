@@ -169,6 +169,7 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/events/{id}/publish", Events, User),
     r(Post, "/api/v1/events/{id}/cancel", Events, User),
     r(Get, "/api/v1/me/events", Events, User),
+    r(Get, "/api/v1/meta/cities", Events, Public),
     // joins
     r(Post, "/api/v1/events/{id}/join", Joins, User),
     r(Delete, "/api/v1/events/{id}/join", Joins, User),
@@ -179,10 +180,14 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/api/v1/events/{id}/stats", Joins, User),
     r(Delete, "/api/v1/events/{id}/participants/{user_id}", Joins, User),
     r(Post, "/api/v1/events/{id}/bans", Joins, User),
+    r(Get, "/api/v1/events/{id}/bans", Joins, User),
+    r(Delete, "/api/v1/events/{id}/bans/{user_id}", Joins, User),
     r(Get, "/api/v1/events/{id}/counts", Joins, Public),
     // notifier
     r(Get, "/api/v1/me/notifications", Notifier, User),
     r(Post, "/api/v1/me/notifications/{id}/read", Notifier, User),
+    r(Get, "/api/v1/me/notifications/unread-count", Notifier, User),
+    r(Post, "/api/v1/me/notifications/read-all", Notifier, User),
     r(Get, "/api/v1/me/mail-preferences", Notifier, User),
     r(Put, "/api/v1/me/mail-preferences", Notifier, User),
     // the gateway's own

@@ -14,7 +14,7 @@ use axum::extract::Path;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cityevents_gateway::routes::{Access, ROUTES, Upstream};
-use common::{Gateway, Stub, closed_port, echoes, env, now, problem, token, token_with};
+use common::{Gateway, Stub, closed_port, echoes, echoes_answering, env, now, problem, token, token_with};
 use http::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -34,7 +34,9 @@ fn counts(stubs: &[Stub; 4]) -> Vec<usize> {
 
 #[tokio::test]
 async fn every_route_reaches_its_service_with_method_path_query_body_and_headers() {
-    let stubs = echoes().await;
+    let stubs = echoes_answering(201).await;
+    let doc: Value = serde_json::from_str(cityevents_gateway::openapi::DOCUMENT).unwrap();
+    let declared = cityevents_gateway::openapi::query_parameters(&doc);
     let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[]).await;
     let bearer = format!("Bearer {}", token(&Uuid::now_v7().to_string()));
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -43,12 +45,15 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         let stub = stub_for(&stubs, route.upstream);
         let before = counts(&stubs);
         let path = concrete(route.path);
-        let query = "q=caf%C3%A9%20au%20lait&limit=5&_status=201&_extra=1";
+        // Each parameter the operation takes, once (none: no query string at all).
+        let names = &declared[&(route.verb.method(), route.path)];
+        let query = names.iter().map(|n| format!("{n}=caf%C3%A9%20au%20lait")).collect::<Vec<_>>().join("&");
         let body = format!("{{\"route\":{i},\"text\":\"h\u{e9}llo\"}}");
         let has_body = matches!(route.verb.method(), http::Method::POST | http::Method::PUT | http::Method::PATCH);
+        let url = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
         let mut req = gw
             .http
-            .request(route.verb.method(), gw.url(&format!("{path}?{query}")))
+            .request(route.verb.method(), gw.url(&url))
             .header("authorization", &bearer)
             .header("accept", "application/json")
             .header("idempotency-key", format!("key-{i}"))
@@ -78,7 +83,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         let seen = stub.requests().pop().unwrap();
         assert_eq!(seen.method, route.verb.method(), "{what}");
         assert_eq!(seen.path, path, "{what}");
-        assert_eq!(seen.query.as_deref(), Some(query), "{what}");
+        assert_eq!(seen.query.as_deref(), (!query.is_empty()).then_some(query.as_str()), "{what}");
         let h = &seen.headers;
         if route.access == Access::Anonymous {
             assert!(!h.contains_key("authorization"), "{what}: sign-in routes never see a token");
@@ -100,11 +105,12 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         }
         forwarded += 1;
     }
-    assert_eq!(forwarded, 36, "every forwarded operation was tried");
+    assert_eq!(forwarded, 41, "every forwarded operation was tried");
+    assert!(declared.values().any(|n| n.len() > 3), "some operation takes several parameters");
 
     // A public route without a token is forwarded without one.
     let resp = gw.http.get(gw.url("/api/v1/events?city=Berlin")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 201);
     let seen = stubs[1].requests().pop().unwrap();
     assert!(!seen.headers.contains_key("authorization"));
     assert_eq!(seen.query.as_deref(), Some("city=Berlin"));
@@ -172,6 +178,37 @@ async fn bad_or_missing_tokens_are_refused_at_the_edge() {
         let seen = stubs[0].requests().pop().unwrap();
         assert!(!seen.headers.contains_key("authorization"), "{path}");
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn query_parameters_an_operation_does_not_take_are_refused_by_name() {
+    let stubs = echoes().await;
+    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[]).await;
+    let bearer = token(&Uuid::now_v7().to_string());
+    let id = Uuid::now_v7();
+    // What the document declares goes through.
+    for path in ["/api/v1/events?q=jazz&city=lyon&exclude_expired=true&limit=5", "/api/v1/me/events?status=draft"] {
+        let resp = gw.http.get(gw.url(path)).bearer_auth(&bearer).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let before = counts(&stubs);
+    // Anything else is a 400 naming it, and nothing reaches a service.
+    for (method, path, names) in [
+        (http::Method::GET, "/api/v1/events?search=jazz".to_owned(), vec!["search"]),
+        (http::Method::GET, "/api/v1/me/events?status=draft&city=x&page=2".to_owned(), vec!["city", "page"]),
+        (http::Method::GET, format!("/api/v1/events/{id}?expand=1"), vec!["expand"]),
+        (http::Method::POST, format!("/api/v1/events/{id}/join?force=true"), vec!["force"]),
+        (http::Method::GET, format!("/api/v1/events/{id}/view?x"), vec!["x"]),
+    ] {
+        let resp = gw.http.request(method, gw.url(&path)).bearer_auth(&bearer).send().await.unwrap();
+        let body = problem(resp, 400).await;
+        assert_eq!(body["code"], "invalid_input", "{path}: {body}");
+        let fields: Vec<&str> =
+            body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+        assert_eq!(fields, names, "{path}: {body}");
+    }
+    assert_eq!(counts(&stubs), before, "refused at the edge");
     gw.stop().await;
 }
 

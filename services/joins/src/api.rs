@@ -91,7 +91,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/events/{id}/participants/{user_id}", axum::routing::delete(kick))
         .route("/api/v1/events/{id}/waitlist", get(waitlist))
         .route("/api/v1/events/{id}/stats", get(stats))
-        .route("/api/v1/events/{id}/bans", post(ban))
+        .route("/api/v1/events/{id}/bans", post(ban).get(bans))
+        .route("/api/v1/events/{id}/bans/{user_id}", axum::routing::delete(unban))
         // Who joined what: personal. Seat counts below are public.
         .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events/{id}/counts", get(counts))
@@ -222,6 +223,14 @@ struct BanBody {
 }
 
 #[derive(Debug, Serialize)]
+struct BanItem {
+    user_id: Uuid,
+    banned_by: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize)]
 struct BanView {
     event_id: Uuid,
     user_id: Uuid,
@@ -230,10 +239,7 @@ struct BanView {
 }
 
 fn page_request(q: Result<Query<RawPage>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
-    match q {
-        Ok(Query(raw)) => raw.validate(),
-        Err(_) => Err(validate::invalid("query", "must be limit=1..100 and cursor=<next_cursor>")),
-    }
+    validate::query(q)?.validate()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,6 +269,10 @@ async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap)
     let db = &st.0.db;
     let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);
     if let Some(stored) = store::find_idempotency(db.pool(), db.backend(), caller.id, &key, cutoff).await? {
+        // A ban made since answers instead of the old 201: the join it replays is gone.
+        if store::is_banned(db.pool(), db.backend(), event_id, caller.id).await? {
+            return Err(banned().into());
+        }
         return replay(stored, &fingerprint);
     }
     let outcome = transaction!(db, |tx| join_tx(&mut tx, st, caller, event_id, &key, &fingerprint, cutoff))?;
@@ -290,14 +300,21 @@ async fn join_tx(
         return Err(not_found("no such event (or it is not published)").into());
     };
     // A concurrent request with the same key and event waited on the lock above: answer as it did.
+    let banned_now = store::is_banned(&mut **tx, backend, event_id, caller.id).await?;
     if let Some(stored) = store::find_idempotency(&mut **tx, backend, caller.id, key, cutoff).await? {
+        if banned_now {
+            return Err(banned().into());
+        }
         return Ok(Joined::Stored(stored));
     }
     if !ev.is_open(now_us) {
         return Err(conflict("event_closed", "the event is canceled or over; it takes no joins").into());
     }
-    if store::is_banned(tx, backend, event_id, caller.id).await? {
-        return Err(forbidden("banned", "the organizer banned you from this event").into());
+    if ev.organizer_id == caller.id {
+        return Err(forbidden("organizer_cannot_join", "you organize this event; an organizer does not join it").into());
+    }
+    if banned_now {
+        return Err(banned().into());
     }
     let existing = store::find_join(&mut **tx, backend, event_id, caller.id).await?;
     if existing.as_ref().is_some_and(JoinRow::is_active) {
@@ -332,6 +349,10 @@ async fn join_tx(
     let kind = if confirmed { Announce::Confirmed } else { Announce::Waitlisted };
     store::announce(tx, &st.0.outbox, &st.0.joins_topic, vec![(kind, store::change(&ev, &j, None))]).await?;
     Ok(Joined::Created(stored))
+}
+
+fn banned() -> Problem {
+    forbidden("banned", "the organizer banned you from this event")
 }
 
 /// The stored answer again, or 409 when the key was used for another request.
@@ -430,15 +451,31 @@ fn manageable(ev: Option<EventRow>, caller: &Caller, action: &str) -> Result<Eve
     Ok(ev)
 }
 
-async fn kick(
+async fn kick(st: AppState, caller: Caller, ids: Path<(String, String)>) -> Response {
+    on_user(st, caller, ids, UserAction::Kick).await
+}
+
+/// What an organizer does to one user of an event with `DELETE`.
+#[derive(Debug, Clone, Copy)]
+enum UserAction {
+    Kick,
+    Unban,
+}
+
+/// `DELETE /api/v1/events/{id}/…/{user_id}`: both ids checked, the action in a transaction, 204.
+async fn on_user(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path((id, user)): Path<(String, String)>,
+    action: UserAction,
 ) -> Response {
     let r = async {
         let event_id = path_uuid("id", &id)?;
         let user_id = path_uuid("user_id", &user)?;
-        transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
+        match action {
+            UserAction::Kick => transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?,
+            UserAction::Unban => transaction!(&st.0.db, |tx| unban_tx(&mut tx, &st, &caller, event_id, user_id))?,
+        }
         st.0.outbox.wake();
         Ok(StatusCode::NO_CONTENT.into_response())
     }
@@ -469,27 +506,77 @@ async fn ban(
     let r = async {
         let event_id = path_uuid("id", &id)?;
         let user_id = path_uuid("user_id", &body.user_id)?;
-        let at = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, event_id, user_id))?;
+        let (at, made) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, event_id, user_id))?;
         st.0.outbox.wake();
         let view = BanView { event_id, user_id, created_at: from_micros(at) };
-        Ok((StatusCode::CREATED, Json(view)).into_response())
+        // A repeated ban changes nothing and answers the ban there is.
+        let status = if made { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((status, Json(view)).into_response())
     }
     .await;
     finish(&st, r)
 }
 
-async fn ban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<i64, Fail> {
+/// Bans a participant or waitlisted user (ending their join); `(when, made now)`. A user who is
+/// already banned keeps that ban; the organizer and anyone without a join are refused.
+async fn ban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(i64, bool), Fail> {
     let backend = st.0.db.backend();
     let now_us = to_micros(now());
     let mut ev = lock_managed(tx, st, caller, event_id).await?;
+    if user_id == ev.organizer_id {
+        return Err(conflict("cannot_ban_organizer", "the organizer of an event cannot be banned from it").into());
+    }
+    if let Some(at) = store::find_ban(&mut **tx, backend, event_id, user_id).await? {
+        return Ok((at, false));
+    }
+    let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) else {
+        return Err(Problem::not_found()
+            .code("not_a_participant")
+            .detail("only a participant or a waitlisted user of this event can be banned from it")
+            .into());
+    };
     let at = store::ban(tx, backend, event_id, user_id, caller.id, now_us).await?;
     let mut items = Vec::new();
-    if let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) {
-        end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
-        store::save_event(tx, backend, &ev, now_us).await?;
-    }
+    end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
+    store::save_event(tx, backend, &ev, now_us).await?;
     store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
-    Ok(at)
+    Ok((at, true))
+}
+
+/// `GET /api/v1/events/{id}/bans`: the event's bans, oldest first (organizer or admin).
+async fn bans(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<RawPage>, QueryRejection>,
+) -> Response {
+    let r = async {
+        let ev = managed(&st, &caller, &id).await?;
+        let page = page_request(q)?;
+        let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), page.limit).await?;
+        let page = Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string()))
+            .map(|b| BanItem { user_id: b.user_id, banned_by: b.banned_by, created_at: from_micros(b.created_at) });
+        Ok(Json(page).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
+/// `DELETE /api/v1/events/{id}/bans/{user_id}`: lifts a ban (the user may join again).
+async fn unban(st: AppState, caller: Caller, ids: Path<(String, String)>) -> Response {
+    on_user(st, caller, ids, UserAction::Unban).await
+}
+
+async fn unban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(), Fail> {
+    lock_managed(tx, st, caller, event_id).await?;
+    if !store::lift_ban(tx, st.0.db.backend(), event_id, user_id).await? {
+        return Err(Problem::not_found()
+            .code("ban_not_found")
+            .detail("that user is not banned from this event")
+            .into());
+    }
+    tracing::info!(event_id = %event_id, user_id = %user_id, by = %caller.id, "ban lifted");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ pub(crate) fn idempotency_key(headers: &http::HeaderMap) -> Result<String, Probl
 /// `?limit=&cursor=` as text, so a bad `limit` is our 400 naming the field rather than the
 /// framework's plain-text rejection.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawPage {
     limit: Option<String>,
     cursor: Option<String>,

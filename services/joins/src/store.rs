@@ -496,16 +496,19 @@ where
 }
 
 /// Whether the user is banned from the event.
-pub(crate) async fn is_banned(
-    tx: &mut Tx,
+pub(crate) async fn is_banned<'c, E>(
+    exec: E,
     backend: Backend,
     event_id: Uuid,
     user_id: Uuid,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
     let n: i64 = sqlx::query_scalar(sql(backend, "SELECT COUNT(*) FROM bans WHERE event_id = $1 AND user_id = $2"))
         .bind(event_id.to_string())
         .bind(user_id.to_string())
-        .fetch_one(&mut **tx)
+        .fetch_one(exec)
         .await?;
     Ok(n > 0)
 }
@@ -536,6 +539,68 @@ pub(crate) async fn ban(
         .execute(&mut **tx)
         .await?;
     Ok(now_us)
+}
+
+/// When `user_id` was banned from the event, if they are.
+pub(crate) async fn find_ban<'c, E>(
+    exec: E,
+    backend: Backend,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<i64>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    sqlx::query_scalar(sql(backend, "SELECT created_at FROM bans WHERE event_id = $1 AND user_id = $2"))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(exec)
+        .await
+}
+
+/// Lifts a ban; `false` when there was none.
+pub(crate) async fn lift_ban(
+    tx: &mut Tx,
+    backend: Backend,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql(backend, "DELETE FROM bans WHERE event_id = $1 AND user_id = $2"))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// One ban of an event.
+#[derive(Debug, Clone)]
+pub(crate) struct BanRow {
+    pub(crate) user_id: Uuid,
+    pub(crate) banned_by: Uuid,
+    pub(crate) created_at: i64,
+}
+
+/// Up to `limit + 1` of the event's bans, oldest first, after the cursor `(created_at, user_id)`.
+pub(crate) async fn event_bans(
+    db: &Db,
+    event_id: Uuid,
+    after: Option<&cityevents_common::page::Cursor>,
+    limit: u32,
+) -> Result<Vec<BanRow>, sqlx::Error> {
+    let keyset = if after.is_some() { " AND (created_at > $2 OR (created_at = $3 AND user_id > $4))" } else { "" };
+    let lim = if after.is_some() { "$5" } else { "$2" };
+    let text = format!(
+        "SELECT user_id, banned_by, created_at FROM bans WHERE event_id = $1{keyset} ORDER BY created_at, user_id LIMIT {lim}"
+    );
+    let mut q = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string());
+    if let Some(c) = after {
+        q = q.bind(c.key).bind(c.key).bind(c.id.clone());
+    }
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
+    rows.iter()
+        .map(|row| Ok(BanRow { user_id: uuid_at(row, 0)?, banned_by: uuid_at(row, 1)?, created_at: row.try_get(2)? }))
+        .collect()
 }
 
 /// A stored answer to an idempotent request.

@@ -72,7 +72,7 @@ async fn capacity_waitlist_idempotency_and_promotion(backend: Backend) {
     assert_eq!((s, p["code"].as_str()), (409, Some("idempotency_key_reused")), "{p}");
     assert_eq!(svc.counts(other.event_id).await, (5, 0, 0));
     // The same key by another user is that user's own key.
-    assert_eq!(svc.join(&organizer, other.event_id, &key_a).await.0, 201);
+    assert_eq!(svc.join(&svc.user(), other.event_id, &key_a).await.0, 201);
 
     // Missing or malformed keys.
     let r = svc.http.post(svc.url(&format!("/api/v1/events/{id}/join"))).bearer_auth(&a.token).send().await.unwrap();
@@ -212,8 +212,13 @@ async fn organizer_tools_kick_ban_and_lists(backend: Backend) {
     let ev = svc.publish_event(organizer.id, 1).await;
     let id = ev.event_id;
     let (u1, u2, u3, stranger) = (svc.user(), svc.user(), svc.user(), svc.user());
+    // The organizer does not join their own event.
+    let (s, p) = svc.join(&organizer, id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("organizer_cannot_join")), "{p}");
+    let u3_key = key();
     for u in [&u1, &u2, &u3] {
-        assert_eq!(svc.join(u, id, &key()).await.0, 201);
+        let k = if u.id == u3.id { u3_key.clone() } else { key() };
+        assert_eq!(svc.join(u, id, &k).await.0, 201);
     }
 
     // Organizer-only routes: 403 for others, 404 for unknown events, 401 without a token.
@@ -274,13 +279,18 @@ async fn organizer_tools_kick_ban_and_lists(backend: Backend) {
     assert_eq!((s, p["errors"][0]["field"].as_str()), (400, Some("why")));
     let (s, b) = svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, u3.id)).await;
     assert_eq!((s, b["user_id"].as_str()), (201, Some(u3.id.to_string().as_str())), "{b}");
-    assert_eq!(
-        svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, u3.id)).await.0,
-        201,
-        "a repeat is fine"
-    );
+    let (s, again) = svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, u3.id)).await;
+    assert_eq!((s, &again), (200, &b), "a repeat changes nothing and answers the ban there is");
+    // Only a participant or a waitlisted user: not the organizer, not a stranger.
+    let (s, p) = svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, organizer.id)).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("cannot_ban_organizer")), "{p}");
+    let (s, p) = svc.post_json(&organizer, &bans, &format!(r#"{{"user_id": "{}"}}"#, stranger.id)).await;
+    assert_eq!((s, p["code"].as_str()), (404, Some("not_a_participant")), "{p}");
     assert_eq!(svc.my_status(&u3, id).await.unwrap()["status"], "kicked");
     let (s, p) = svc.join(&u3, id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("banned")), "{p}");
+    // Replaying the key of the join the ban ended answers the ban, not the old 201.
+    let (s, p) = svc.join(&u3, id, &u3_key).await;
     assert_eq!((s, p["code"].as_str()), (403, Some("banned")), "{p}");
     // u1 moved up to first place.
     assert_eq!(svc.my_status(&u1, id).await.unwrap()["position"], 1);
@@ -294,6 +304,31 @@ async fn organizer_tools_kick_ban_and_lists(backend: Backend) {
     assert_eq!(stats, serde_json::json!({"capacity": 1, "confirmed": 1, "waitlisted": 0, "canceled": 0, "kicked": 2}));
     assert_eq!(svc.counts(id).await, (1, 1, 0));
 
+    // Bans are listed (organizer or admin), oldest first, paged; lifted one by one.
+    assert_eq!(svc.get(Some(&stranger), &bans).await.0, 403);
+    let (s, list) = svc.get(Some(&organizer), &bans).await;
+    assert_eq!(s, 200, "{list}");
+    let banned: Vec<&str> = list["items"].as_array().unwrap().iter().map(|b| b["user_id"].as_str().unwrap()).collect();
+    assert_eq!(banned, [u3.id.to_string(), u2.id.to_string()]);
+    assert_eq!(list["items"][1]["banned_by"], admin.id.to_string());
+    let (_, first) = svc.get(Some(&organizer), &format!("{bans}?limit=1")).await;
+    let (_, second) =
+        svc.get(Some(&organizer), &format!("{bans}?limit=1&cursor={}", first["next_cursor"].as_str().unwrap())).await;
+    assert_eq!(
+        (first["items"][0]["user_id"].as_str(), second["items"][0]["user_id"].as_str()),
+        (Some(banned[0]), Some(banned[1]))
+    );
+    assert!(second["next_cursor"].is_null());
+    assert_eq!(svc.delete(&stranger, &format!("{bans}/{}", u3.id)).await.0, 403);
+    assert_eq!(svc.delete(&organizer, &format!("{bans}/{}", u3.id)).await.0, 204);
+    let (s, p) = svc.delete(&organizer, &format!("{bans}/{}", u3.id)).await;
+    assert_eq!((s, p["code"].as_str()), (404, Some("ban_not_found")), "{p}");
+    // Lifted: u3 may join again (the seat is taken: the waitlist).
+    let (s, j) = svc.join(&u3, id, &key()).await;
+    assert_eq!((s, j["status"].as_str()), (201, Some("waitlisted")), "{j}");
+    let (_, list) = svc.get(Some(&organizer), &bans).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
     let got = svc.announced(id).await;
     let tail: Vec<_> = got.iter().skip(3).cloned().collect();
     assert_eq!(
@@ -305,6 +340,7 @@ async fn organizer_tools_kick_ban_and_lists(backend: Backend) {
             ("join.kicked".into(), u3.id, "canceled".into(), Some("banned".into())),
             ("join.kicked".into(), u2.id, "canceled".into(), Some("banned".into())),
             ("join.promoted".into(), u1.id, "confirmed".into(), Some("seat_freed".into())),
+            ("join.waitlisted".into(), u3.id, "waitlisted".into(), None),
         ]
     );
     svc.stop().await;
@@ -579,6 +615,9 @@ async fn my_joins_pages_are_stable(backend: Backend) {
     for bad in ["limit=0", "limit=-1", "cursor=bm90LWEtY3Vyc29y"] {
         assert_eq!(svc.get(Some(&me), &format!("/api/v1/me/joins?{bad}")).await.0, 400, "{bad}");
     }
+    // A parameter the list does not take is named, not ignored.
+    let (status, problem) = svc.get(Some(&me), "/api/v1/me/joins?status=confirmed").await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (400, Some("status")), "{problem}");
     assert_eq!(svc.get(None, "/api/v1/me/joins").await.0, 401);
     svc.stop().await;
 }

@@ -1,8 +1,9 @@
 //! The notifier's HTTP API: the caller's notifications, newest first, and marking one read; the
 //! caller's mail preferences.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +14,7 @@ use cityevents_common::validate;
 use http::StatusCode;
 use keel::data::Db;
 use keel::security::jwt::{Auth, Claims};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::mail::handler::Contacts;
@@ -29,6 +30,8 @@ pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
     Router::new()
         .route("/api/v1/me/notifications", get(list))
         .route("/api/v1/me/notifications/{id}/read", post(mark_read))
+        .route("/api/v1/me/notifications/unread-count", get(unread_count))
+        .route("/api/v1/me/notifications/read-all", post(mark_all_read))
         .with_state(db)
         .merge(preferences)
         .route_layer(cityevents_common::private::no_store())
@@ -88,18 +91,27 @@ fn rfc3339(micros: i64) -> String {
     cityevents_common::time::from_micros(micros).format(&Rfc3339).unwrap_or_default()
 }
 
-/// `?limit=&cursor=&unread=`: read as text so a bad value is a 400 naming the field.
-fn parse_query(q: &HashMap<String, String>) -> Result<(PageQuery, bool), keel::Problem> {
-    let limit = match q.get("limit") {
+/// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field; any other
+/// parameter is a 400 naming it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    unread: Option<String>,
+}
+
+fn parse_query(q: ListQuery) -> Result<(PageQuery, bool), keel::Problem> {
+    let limit = match q.limit.as_deref() {
         None => None,
         Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be a whole number"))?),
     };
-    let unread = match q.get("unread").map(String::as_str) {
+    let unread = match q.unread.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(validate::invalid("unread", "must be true or false")),
     };
-    Ok((PageQuery { limit, cursor: q.get("cursor").cloned() }, unread))
+    Ok((PageQuery { limit, cursor: q.cursor }, unread))
 }
 
 fn db_error(db: &Db, e: sqlx::Error) -> Response {
@@ -109,9 +121,9 @@ fn db_error(db: &Db, e: sqlx::Error) -> Response {
 async fn list(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
-    Query(q): Query<HashMap<String, String>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page<Item>>, Response> {
-    let (page, unread) = parse_query(&q).map_err(IntoResponse::into_response)?;
+    let (page, unread) = validate::query(q).and_then(parse_query).map_err(IntoResponse::into_response)?;
     let page = page.validate().map_err(IntoResponse::into_response)?;
     let mut sql =
         String::from("SELECT id, kind, event_id, message, created_at, read_at FROM notifications WHERE user_id = $1");
@@ -149,6 +161,32 @@ async fn list(
     }
     let page = Page::from_rows(items, page.limit, |(k, item)| Cursor::new(*k, item.id.clone()));
     Ok(Json(page.map(|(_, item)| item)))
+}
+
+/// `{"unread": n}`: the caller's notifications not yet read.
+async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<serde_json::Value>, Response> {
+    let count = db.sql("SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL");
+    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let unread: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.into_owned()))
+        .bind(&claims.sub)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| db_error(&db, e))?;
+    Ok(Json(serde_json::json!({ "unread": unread })))
+}
+
+/// Marks every unread notification of the caller read: `{"marked": n}` (0 when none was).
+async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<serde_json::Value>, Response> {
+    let now = cityevents_common::time::to_micros(cityevents_common::time::now());
+    let update = db.sql("UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL");
+    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let done = sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
+        .bind(now)
+        .bind(&claims.sub)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| db_error(&db, e))?;
+    Ok(Json(serde_json::json!({ "marked": done.rows_affected() })))
 }
 
 async fn mark_read(

@@ -118,13 +118,47 @@ async fn api(backend: Backend) {
     assert_eq!(read(&Uuid::now_v7().to_string(), &alice).await.unwrap().status(), 404);
     assert_eq!(n.all(&bob).await[0]["read_at"], Value::Null);
 
+    // The unread count, and "mark all read": the caller's only, idempotent.
+    let call = |method: reqwest::Method, path: &str, user: &str| {
+        n.http.request(method, n.url(path)).bearer_auth(token(user)).send()
+    };
+    let json = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let count = "/api/v1/me/notifications/unread-count";
+    let all_read = "/api/v1/me/notifications/read-all";
+    assert_eq!(json(call(reqwest::Method::GET, count, &alice).await.unwrap()).await, serde_json::json!({"unread": 5}));
+    assert_eq!(json(call(reqwest::Method::GET, count, &bob).await.unwrap()).await, serde_json::json!({"unread": 1}));
+    assert_eq!(n.http.get(n.url(count)).send().await.unwrap().status(), 401);
+    assert_eq!(n.http.post(n.url(all_read)).send().await.unwrap().status(), 401);
+    assert_eq!(
+        json(call(reqwest::Method::POST, all_read, &alice).await.unwrap()).await,
+        serde_json::json!({"marked": 5})
+    );
+    assert_eq!(
+        json(call(reqwest::Method::POST, all_read, &alice).await.unwrap()).await,
+        serde_json::json!({"marked": 0})
+    );
+    assert_eq!(json(call(reqwest::Method::GET, count, &alice).await.unwrap()).await, serde_json::json!({"unread": 0}));
+    assert!(n.all(&alice).await.iter().all(|i| i["read_at"].is_string()));
+    assert_eq!(
+        json(call(reqwest::Method::GET, count, &bob).await.unwrap()).await,
+        serde_json::json!({"unread": 1}),
+        "Bob's untouched"
+    );
+
     // Bad input: 400 naming the field.
     let bad = read("not-a-uuid", &alice).await.unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.json::<Value>().await.unwrap()["errors"][0]["field"], "id");
-    for (q, field) in
-        [("?limit=0", "limit"), ("?limit=x", "limit"), ("?cursor=zzz", "cursor"), ("?unread=maybe", "unread")]
-    {
+    for (q, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=x", "limit"),
+        ("?cursor=zzz", "cursor"),
+        ("?unread=maybe", "unread"),
+        ("?read=false", "read"),
+    ] {
         let (status, body) = n.list(&alice, q).await;
         assert_eq!(status, 400, "{q}");
         assert_eq!(body["code"], "invalid_input", "{q}");
