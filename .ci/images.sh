@@ -297,7 +297,7 @@ for i in "${!SERVICES[@]}"; do
   [[ $("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$c") == true ]] || fail "$s: not --read-only"
   rootopts=$(awk '$2 == "/" { print $4 }' "/proc/$pid/mounts" | tail -n 1)
   [[ ,$rootopts, == *,ro,* ]] || fail "$s: / is mounted $rootopts"
-  # Ready: its database, broker, Redis, upstreams answer.
+  # Ready: its database, broker and Redis answer (the gateway: its own Redis, not its upstreams).
   wait_for 60 "${P[@]}" exec "$c" /app/service healthcheck --ready || fail "$s: not ready within 60 s"
   # The management listener from outside the container, on a non-loopback address.
   metrics=$(curl -fsS --max-time 5 "http://$outside:$mport/metrics") || fail "$s: /metrics on $outside:$mport"

@@ -280,9 +280,16 @@ all_running() {
   local pid
   for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || return 1; done
 }
+# Ready when every service is: the gateway's readiness is its own (Redis), not its upstreams'.
+all_ready() {
+  local svc
+  for svc in auth events joins notifier gateway; do
+    "$CITYEVENTS_BIN" "$svc" --config "deploy/config/$svc.yaml" healthcheck --ready >/dev/null 2>&1 || return 1
+  done
+}
 for _ in $(seq 1 120); do
   all_running || break
-  if "$CITYEVENTS_BIN" gateway --config deploy/config/gateway.yaml healthcheck --ready >/dev/null 2>&1; then
+  if all_ready; then
     log "ready: http://127.0.0.1:$gateway_port/api/v1/"
     log "first admin: STATE=$STATE CITYEVENTS_DB_PREFIX=$PREFIX $0 admin --email you@example.com   (password on stdin)"
     ready=true

@@ -10,12 +10,13 @@
 //! # Log levels
 //!
 //! Each member keeps its own `log.level` for what it logs while it handles a request or runs a
-//! background task (lines whose `service` is the member's name). When every member has the same
-//! level, that is the process's; otherwise the process logs at the default (`info`) and each
-//! member with another level adds its directives for its own work: `CITYEVENTS_JOINS__LOG__LEVEL=
-//! debug` gives the joins service's debug lines and no one else's. A member can log more than
-//! the process, not less (`tracing-subscriber`'s span-scoped directives only enable); `RUST_LOG`
-//! still replaces it all.
+//! background task (lines whose `service` is the member's name). When every
+//! member has the same directives, they are the process's; otherwise the process logs at the
+//! default (`info`), a member's bare level applies to its own work (`CITYEVENTS_JOINS__LOG__LEVEL=
+//! debug` gives the joins service's debug lines and no one else's) and its `target=level`
+//! directives apply as they are (`info,cityevents_joins=debug`: that crate, wherever it logs). A
+//! member can log more than the process, not less (`tracing-subscriber`'s span-scoped directives
+//! only enable); `RUST_LOG` still replaces it all.
 //!
 //! # Start and shutdown order
 //!
@@ -282,9 +283,11 @@ impl Group {
     }
 }
 
-/// The process's filter directives for members `(name, log.level)`: their common level, or the
-/// default level plus each differing member's directives scoped to spans whose `service` field
-/// is its name (its requests and background tasks).
+/// The process's filter directives for members `(name, log.level)`: their common directives, or
+/// the default level plus, for each differing member, its bare level scoped to spans whose
+/// `service` field is its name (its requests and background work) and its `target=level`
+/// directives as they are. A span-scoped directive cannot also name the event's target (its
+/// target is the span's), and a target is most often one service's crate anyway.
 fn log_filter<'a>(members: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let members: Vec<(&str, &str)> = members.collect();
     let mut levels = members.iter().map(|(_, l)| *l);
@@ -294,13 +297,16 @@ fn log_filter<'a>(members: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     }
     let base = keel_telemetry::LogConfig::default().level;
     let mut out = vec![base.clone()];
-    for (name, level) in members.iter().filter(|(_, l)| *l != base) {
+    for (name, level) in &members {
         for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            let scope = format!("[{{service={name}}}]");
-            out.push(match directive.split_once('=') {
-                Some((target, level)) => format!("{target}{scope}={level}"),
-                None => format!("{scope}={directive}"),
-            });
+            let scoped = match directive.split_once('=') {
+                Some(_) => directive.to_owned(),
+                None if directive == base => continue,
+                None => format!("[{{service={name}}}]={directive}"),
+            };
+            if !out.contains(&scoped) {
+                out.push(scoped);
+            }
         }
     }
     out.join(",")
@@ -353,10 +359,12 @@ mod tests {
 
     #[test]
     fn a_member_with_its_own_level_gets_it_for_its_own_work() {
-        let f = log_filter([("a", "info"), ("b", "debug,sqlx=warn"), ("c", "info")].into_iter());
-        assert_eq!(f, "info,[{service=b}]=debug,sqlx[{service=b}]=warn");
+        let f = log_filter([("a", "info"), ("b", "debug,sqlx=warn"), ("c", "info,c_crate=trace")].into_iter());
+        assert_eq!(f, "info,[{service=b}]=debug,sqlx=warn,c_crate=trace");
         keel_telemetry::parse_filter(&f).unwrap();
         let f = log_filter([("a", "debug"), ("b", "info")].into_iter());
         assert_eq!(f, "info,[{service=a}]=debug");
+        let f = log_filter([("a", "info,a_crate=debug"), ("b", "info")].into_iter());
+        assert_eq!(f, "info,a_crate=debug", "a target directive is enough: nothing scoped");
     }
 }

@@ -304,8 +304,14 @@ pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     #[cfg(feature = "client")]
     keel_http::client::install_tls_provider();
     let a = assemble(service, loaded, true)?;
-    let _management = management_router(&a);
-    a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    let management = management_router(&a);
+    let http_addr = a.keel.http_addr();
+    let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    if mgmt_addr == http_addr && http_addr.port() != 0 {
+        // The same merge `start` makes: a service route on /metrics or /admin/* is refused here too.
+        let _merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| management.merge(a.router.clone())))
+            .map_err(|_| StartError::Stack(StackError::RouteConflict))?;
+    }
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //!
 //! 1. the upstream's **bulkhead** (bounded concurrency and queue);
 //! 2. **retries** with backoff and a budget — only for idempotent requests (GET, HEAD, PUT,
-//!    DELETE, OPTIONS, or any with an `Idempotency-Key`) that failed to connect, timed out, or got
-//!    502/503/504;
+//!    DELETE, OPTIONS, or any with an `Idempotency-Key`) that timed out, failed in transport or
+//!    got 502/503/504, and for any request when no connection could be made (nothing was sent);
 //! 3. per attempt, the upstream's **circuit breaker** (5xx, timeouts and connection errors are
 //!    failures; an open breaker answers at once without a request; with `health_path` set, a
 //!    readiness probe of that path while open starts the trial calls as soon as it answers 2xx);
@@ -91,9 +91,9 @@ pub enum ClientError {
         /// The cap.
         limit: usize,
     },
-    /// No connection could be made (refused, no route, DNS, TLS handshake): the upstream is
-    /// down and nothing was sent, so it is retried whatever the method. Answers 503 with
-    /// `Retry-After`.
+    /// No connection could be made (refused, no route, DNS, TLS handshake, `connect_timeout`):
+    /// the upstream is down and nothing was sent, so it is retried whatever the method. Answers
+    /// 503 with `Retry-After`.
     #[error("upstream {upstream}: cannot connect: {message}")]
     Unreachable {
         /// The upstream.
@@ -514,10 +514,11 @@ impl Client {
     fn transport(&self, e: reqwest::Error, timeout: Duration) -> ClientError {
         if e.is_builder() {
             ClientError::Invalid { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
+        } else if e.is_connect() {
+            // Connecting failed or timed out: nothing was sent.
+            ClientError::Unreachable { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
         } else if e.is_timeout() {
             ClientError::Timeout { upstream: self.name.to_string(), after: timeout }
-        } else if e.is_connect() {
-            ClientError::Unreachable { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
         } else {
             ClientError::Transport { upstream: self.name.to_string(), message: keel_health::sanitize(&e.to_string()) }
         }

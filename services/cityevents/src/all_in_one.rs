@@ -47,6 +47,27 @@ fn dev_secrets() -> Result<&'static DevSecrets, String> {
     SECRETS.get_or_init(load_or_create_dev_secrets).as_ref().map_err(Clone::clone)
 }
 
+/// The development secrets of `data/dev-secrets.json` when it exists, else new ones kept in
+/// memory: for commands that must not write (`config check`, `--help`).
+fn dev_secrets_unwritten() -> Result<DevSecrets, String> {
+    match std::fs::read_to_string(DEV_SECRETS) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)")),
+        Err(_) => new_dev_secrets(),
+    }
+}
+
+fn new_dev_secrets() -> Result<DevSecrets, String> {
+    let master_key = generate_key();
+    let master = MasterKey::from_secret(&keel::config::Secret::new(master_key.clone())).map_err(|e| e.to_string())?;
+    Ok(DevSecrets {
+        jwt_secret: generate_key(),
+        data_key: master.new_data_key(DEV_KID).map_err(|e| e.to_string())?,
+        master_key,
+        blind_index_key: generate_key(),
+        audit_key: generate_key(),
+    })
+}
+
 fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
     let path = Path::new(DEV_SECRETS);
     if let Ok(text) = std::fs::read_to_string(path) {
@@ -60,15 +81,7 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
         }
         return Ok(secrets);
     }
-    let master_key = generate_key();
-    let master = MasterKey::from_secret(&keel::config::Secret::new(master_key.clone())).map_err(|e| e.to_string())?;
-    let secrets = DevSecrets {
-        jwt_secret: generate_key(),
-        data_key: master.new_data_key(DEV_KID).map_err(|e| e.to_string())?,
-        master_key,
-        blind_index_key: generate_key(),
-        audit_key: generate_key(),
-    };
+    let secrets = new_dev_secrets()?;
     // Owner only, like the SQLite files beside it.
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
@@ -96,6 +109,9 @@ pub enum Mode {
     /// One service as its own process: in production the gateway's upstreams must be configured
     /// (a loopback default would hide a missing setting behind connection errors).
     Single,
+    /// [`Mode::Single`] for a command that writes nothing (`config check`, `--help`): development
+    /// secrets are read when they exist, else made up in memory, never written.
+    SingleReadOnly,
 }
 
 /// The defaults the launcher gives service `name` (a Keel name from [`services`]): its port,
@@ -134,7 +150,13 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
         set("HTTP__TRUSTED_PROXIES", "127.0.0.1/32".into());
     }
     if profile == Profile::Development {
-        let s = dev_secrets()?;
+        let unwritten;
+        let s = if mode == Mode::SingleReadOnly {
+            unwritten = dev_secrets_unwritten()?;
+            &unwritten
+        } else {
+            dev_secrets()?
+        };
         set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__ALGORITHM"), "HS256".into());
         set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__SECRET"), s.jwt_secret.clone());
         if name == services::AUTH.0 {

@@ -96,12 +96,17 @@ fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let rest: Vec<OsString> = rest.collect();
+    // Commands that only read: no development secrets file is written for them.
+    let reads_only = rest.windows(2).any(|w| w[0] == "config" && w[1] == "check")
+        || rest.iter().any(|a| a == "--help" || a == "-h" || a == "help");
+    let mode = if reads_only { all_in_one::Mode::SingleReadOnly } else { all_in_one::Mode::Single };
     let result = with_service!(name, |svc| {
         let keel_name = svc.build_info().name.clone();
-        match all_in_one::defaults(&keel_name, profile, all_in_one::Mode::Single) {
+        match all_in_one::defaults(&keel_name, profile, mode) {
             Ok(defaults) => keel::app::run_from(
                 svc.config_defaults(defaults),
-                std::iter::once(OsString::from(keel_name)).chain(rest),
+                std::iter::once(OsString::from(keel_name)).chain(rest.iter().cloned()),
             ),
             Err(e) => {
                 eprintln!("cityevents: {e}");

@@ -141,3 +141,16 @@ fn config_check_refuses_what_serve_refuses_with_the_same_code() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "config check wrote files: {left:?}");
 }
+
+#[test]
+fn config_check_in_development_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for service in ["auth", "events", "joins", "notifier", "gateway"] {
+        let mut cmd = command(dir.path(), &[], &[service, "config", "check"]);
+        let out = cmd.env("KEEL_ENV", "development").output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{service}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // No data/, no dev-secrets.json, no SQLite file, no mail directory.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "config check wrote files: {left:?}");
+}

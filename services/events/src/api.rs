@@ -337,7 +337,8 @@ async fn list_public(
     let list = query(q)?.validate()?;
     let rows = store::list_public(&st.db, &list).await?;
     let sort = list.sort;
-    let page = Page::from_rows(rows, list.limit, |(e, key)| list::cursor(sort.as_str(), *key, e.id));
+    let tag = list::tag(sort, list.search.as_ref());
+    let page = Page::from_rows(rows, list.limit, |(e, key)| list::cursor(&tag, *key, e.id));
     Ok(JsonResponse(page.map(|(e, _)| e.view())))
 }
 

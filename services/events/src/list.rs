@@ -95,6 +95,15 @@ pub struct After {
     pub id: Uuid,
 }
 
+/// The cursor tag of a public list in `sort`: a relevance order is one search's, so its cursor
+/// names the words (a cursor of `q=jazz` is refused by `q=rock`).
+pub fn tag(sort: Sort, search: Option<&Search>) -> String {
+    match (sort, search) {
+        (Sort::Relevance, Some(s)) => format!("relevance:{}", s.terms.join("+")),
+        _ => sort.as_str().to_owned(),
+    }
+}
+
 /// Makes the cursor that resumes after `event` in the list tagged `tag` ordered by `key`.
 pub fn cursor(tag: &str, key: i64, id: Uuid) -> Cursor {
     Cursor::new(key, format!("{tag}|{id}"))
@@ -249,7 +258,7 @@ impl PublicQuery {
         let sort = e.take(Sort::parse(self.sort.as_deref(), searching));
         let page = e.take(page(self.limit.as_deref(), self.cursor));
         let after = match (sort, &page) {
-            (Some(s), Some(p)) => e.take(after(s.as_str(), p.after.as_ref())).flatten(),
+            (Some(s), Some(p)) => e.take(after(&tag(s, search.as_ref()), p.after.as_ref())).flatten(),
             _ => None,
         };
         e.finish()?;

@@ -134,8 +134,8 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .map_err(|e| db.observe(e))?;
     if db.backend() == Backend::Sqlite {
         // Indexed here, now that this transaction holds the write lock (migration 0005).
-        let index = "INSERT INTO events_fts (rowid, title, city, description) \
-                     SELECT rowid, title, city, description FROM events WHERE id = $1";
+        let index = "INSERT INTO events_fts (id, title, city, description) \
+                     SELECT id, title, city, description FROM events WHERE id = $1";
         sqlx::query(AssertSqlSafe(db.sql(index).into_owned()))
             .bind(event.id.to_string())
             .execute(&mut **tx)
@@ -343,7 +343,7 @@ fn matches(q: &mut Query, backend: Backend, search: &Search) {
             q.push(" AND search @@ to_tsquery('simple', ").bind(Bind::Text(tsquery(search))).push(")");
         }
         Backend::Sqlite => {
-            q.push(" AND rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ")
+            q.push(" AND id IN (SELECT id FROM events_fts WHERE events_fts MATCH ")
                 .bind(Bind::Text(fts5_query(search)))
                 .push(")");
         }
@@ -367,11 +367,11 @@ fn rank(q: &mut Query, backend: Backend, search: &Search) {
         Backend::Sqlite => {
             // bm25 is lower for better matches.
             q.push(
-                "(SELECT CAST(-bm25(events_fts, 10.0, 5.0, 1.0) * 1000000 AS INTEGER) FROM events_fts \
+                "(SELECT CAST(-bm25(events_fts, 0.0, 10.0, 5.0, 1.0) * 1000000 AS INTEGER) FROM events_fts \
                     WHERE events_fts MATCH ",
             )
             .bind(Bind::Text(fts5_query(search)))
-            .push(" AND events_fts.rowid = events.rowid)");
+            .push(" AND events_fts.id = events.id)");
         }
         Backend::MySql => {
             q.push("CAST(MATCH (title, city, description) AGAINST (")

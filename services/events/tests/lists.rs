@@ -343,6 +343,11 @@ async fn full_text_search(backend: Backend) {
         ids(&walk(&s, "/api/v1/events", "q=jazz&sort=-starts_at&limit=2", None).await),
         [id(&night), id(&brunch), id(&poetry)]
     );
+    // A relevance cursor belongs to its search.
+    let (_, page) = s.get("/api/v1/events?q=jazz&limit=1", None).await;
+    let c = page["next_cursor"].as_str().unwrap();
+    let (status, problem) = s.get(&format!("/api/v1/events?q=club&cursor={c}"), None).await;
+    common::assert_invalid(status, &problem, "cursor");
     // Bad input is named.
     for (query, field) in [("q=a%20b", "q"), ("sort=relevance", "sort"), ("q=jazz&sort=rank", "sort")] {
         let (status, problem) = s.get(&format!("/api/v1/events?{query}"), None).await;

@@ -76,10 +76,13 @@ pub(crate) async fn known_query(
         return cityevents_common::validate::invalid("query", "is not a valid query string").into_response();
     };
     let path = req.extensions().get::<axum::extract::MatchedPath>().map(axum::extract::MatchedPath::as_str);
-    let takes =
-        path.and_then(|p| known.iter().find(|((m, route), _)| m == req.method() && *route == p)).map(|(_, n)| n);
+    // HEAD is served by the GET handler; a method the path does not take is axum's 405.
+    let method = if req.method() == http::Method::HEAD { http::Method::GET } else { req.method().clone() };
+    let Some((_, takes)) = path.and_then(|p| known.iter().find(|((m, route), _)| *m == method && *route == p)) else {
+        return next.run(req).await;
+    };
     let mut unknown: Vec<&str> =
-        pairs.iter().map(|(name, _)| name.as_str()).filter(|name| !takes.is_some_and(|t| t.contains(*name))).collect();
+        pairs.iter().map(|(name, _)| name.as_str()).filter(|name| !takes.contains(*name)).collect();
     unknown.sort_unstable();
     unknown.dedup();
     if unknown.is_empty() {

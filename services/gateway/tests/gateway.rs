@@ -209,6 +209,13 @@ async fn query_parameters_an_operation_does_not_take_are_refused_by_name() {
         assert_eq!(fields, names, "{path}: {body}");
     }
     assert_eq!(counts(&stubs), before, "refused at the edge");
+    // HEAD takes what GET takes; a method the path does not take stays a 405.
+    let head = gw.http.head(gw.url("/api/v1/events?city=lyon")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let head = gw.http.head(gw.url("/api/v1/events?nope=1")).send().await.unwrap();
+    assert_eq!(head.status(), 400);
+    let put = gw.http.put(gw.url("/api/v1/events?x=1")).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(put.status(), 405);
     gw.stop().await;
 }
 

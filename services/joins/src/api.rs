@@ -269,8 +269,9 @@ async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap)
     let db = &st.0.db;
     let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);
     if let Some(stored) = store::find_idempotency(db.pool(), db.backend(), caller.id, &key, cutoff).await? {
-        // A ban made since answers instead of the old 201: the join it replays is gone.
-        if store::is_banned(db.pool(), db.backend(), event_id, caller.id).await? {
+        // A ban made since answers instead of the old 201: the join it replays is gone. (A key
+        // used for another request is that conflict first.)
+        if stored.fingerprint == fingerprint && store::is_banned(db.pool(), db.backend(), event_id, caller.id).await? {
             return Err(banned().into());
         }
         return replay(stored, &fingerprint);
@@ -302,7 +303,7 @@ async fn join_tx(
     // A concurrent request with the same key and event waited on the lock above: answer as it did.
     let banned_now = store::is_banned(&mut **tx, backend, event_id, caller.id).await?;
     if let Some(stored) = store::find_idempotency(&mut **tx, backend, caller.id, key, cutoff).await? {
-        if banned_now {
+        if banned_now && stored.fingerprint == fingerprint {
             return Err(banned().into());
         }
         return Ok(Joined::Stored(stored));

@@ -674,10 +674,14 @@ impl<H: Handler> Consumer<H> {
                 match next {
                     Some(Ok(delivery)) => {
                         let (this, stop) = (this.clone(), stop.clone());
-                        in_flight.spawn(async move {
-                            this.process(delivery, &stop).await;
-                            drop(permit);
-                        });
+                        // In the current span: a service's messages keep its log scope (Group).
+                        in_flight.spawn(
+                            async move {
+                                this.process(delivery, &stop).await;
+                                drop(permit);
+                            }
+                            .in_current_span(),
+                        );
                     }
                     // A fan-out subscription's broker side is ephemeral and may be gone (NATS deletes
                     // an idle ephemeral consumer): make a new one rather than wait on a dead one.

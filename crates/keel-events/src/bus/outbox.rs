@@ -46,6 +46,7 @@ use crate::OutboxConfig;
 use keel_data::{Backend, DataError, Db};
 use keel_health::sanitize;
 use keel_resilience::Backoff;
+use tracing::Instrument as _;
 
 /// Largest envelope the outbox takes (the brokers' default message limit is 1 MiB).
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -172,11 +173,14 @@ struct Settling(Option<(String, tokio::task::JoinHandle<()>)>);
 impl Settling {
     fn start(&mut self, outbox: Outbox, claim: String, round: Round) {
         let token = claim.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = outbox.settle(&claim, round).await {
-                tracing::warn!(error = %e, "recording outbox results failed; the leases will expire and rows be retried");
+        let task = tokio::spawn(
+            async move {
+                if let Err(e) = outbox.settle(&claim, round).await {
+                    tracing::warn!(error = %e, "recording outbox results failed; the leases will expire and rows be retried");
+                }
             }
-        });
+            .in_current_span(),
+        );
         self.0 = Some((token, task));
     }
 

@@ -92,9 +92,14 @@ impl Platform {
     }
 
     pub fn wait_for_line(&mut self, needle: &str, within: Duration) -> String {
+        self.wait_for(needle, |l| l.contains(needle), within)
+    }
+
+    /// The first output line (already seen or to come within `within`) that `matches`.
+    pub fn wait_for(&mut self, needle: &str, matches: impl Fn(&str) -> bool, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self.seen.iter().find(|l| matches(l.as_str())) {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
