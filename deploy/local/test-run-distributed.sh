@@ -49,6 +49,11 @@ cat >"$STUB" <<'STUB'
 # stop is written to $STUB_EVENTS.
 set -euo pipefail
 now() { local t=${EPOCHREALTIME//[!0-9]/}; echo "$((10#$t))"; }
+# <svc> … healthcheck --ready: ready once that service's stub runs.
+if [[ "${1:-}" != serve && " $* " == *" healthcheck "* ]]; then
+  pid=$(tail -n 1 "$STUB_PIDS/$1" 2>/dev/null) && kill -0 "$pid" 2>/dev/null
+  exit
+fi
 case "${1:-}" in
   serve)
     svc=$2
@@ -75,11 +80,7 @@ case "${1:-}" in
       *) exit 64 ;;
     esac
     ;;
-  gateway)
-    # healthcheck --ready: ready once a gateway stub runs.
-    pid=$(tail -n 1 "$STUB_PIDS/gateway" 2>/dev/null) && kill -0 "$pid" 2>/dev/null
-    ;;
-  events | joins | notifier) ;; # migrate
+  gateway | events | joins | notifier) ;; # migrate
   *) exit 64 ;;
 esac
 STUB
