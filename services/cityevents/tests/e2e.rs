@@ -446,8 +446,14 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     // parameter no operation takes refused by name (never silently ignored)
     let found = api.get("/api/v1/events?q=JAZZ%20lisb&exclude_expired=true&city=lisbon&limit=100", None).await;
     assert_eq!(found.status, StatusCode::OK, "{}", found.body);
-    let found: Vec<&str> = found.body["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert!(found.contains(&ev.as_str()), "{found:?}");
+    let listed = found.body["items"].as_array().unwrap().iter().find(|e| e["id"] == ev.as_str()).cloned();
+    // Seats in every list item: 2 of 2 taken, one waiting.
+    assert_eq!(
+        listed.map(|e| e["seats"].clone()),
+        Some(json!({"capacity": 2, "taken": 2, "free": 0, "waitlisted": 1})),
+        "{}",
+        found.body
+    );
     let none = api.get("/api/v1/events?q=jazz&city=porto-nowhere", None).await;
     assert_eq!(none.body["items"], json!([]), "{}", none.body);
     let cities = api.get("/api/v1/meta/cities?q=lis", None).await;

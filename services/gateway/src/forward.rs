@@ -77,15 +77,23 @@ impl Gateway {
 
     /// Forwards `req` as `route` says.
     pub(crate) async fn forward(self: Arc<Self>, route: &'static Route, req: Request) -> Response {
+        match self.send(route, req).await {
+            Ok(result) => relay(result),
+            Err(refused) => refused,
+        }
+    }
+
+    /// Sends `req` to `route`'s service and returns its answer unread; `Err` is the gateway's
+    /// own answer when the request never left (refused at the edge, unreadable body).
+    pub(crate) async fn send(
+        &self,
+        route: &'static Route,
+        req: Request,
+    ) -> Result<Result<client::Response, ClientError>, Response> {
         let (mut parts, body) = req.into_parts();
         // Refused at the edge: nothing reaches a service, and the body is never read.
-        if let Err(refused) = edge::authorize(&mut parts, route.access).await {
-            return refused;
-        }
-        let client = match self.client(route.upstream) {
-            Ok(c) => c,
-            Err(resp) => return *resp,
-        };
+        edge::authorize(&mut parts, route.access).await?;
+        let client = self.client(route.upstream).map_err(|resp| *resp)?;
         let target =
             parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
         let mut out = client::Request::new(parts.method.clone(), target);
@@ -97,15 +105,13 @@ impl Gateway {
         out = out.header(HeaderName::from_static("x-forwarded-for"), self.client_address(&parts));
         let method = parts.method.clone();
         // Bounded by `http.body_limit` (Keel's stack) or the route's own limit: 413 past it.
-        let body = match Bytes::from_request(Request::from_parts(parts, body), &()).await {
-            Ok(b) => b,
-            Err(rejection) => return rejection.into_response(),
-        };
+        let body =
+            Bytes::from_request(Request::from_parts(parts, body), &()).await.map_err(IntoResponse::into_response)?;
         if !body.is_empty() || matches!(method, Method::POST | Method::PUT | Method::PATCH) {
             out = out.body(body);
         }
         let out = self.timed(out, &method);
-        relay(self.bounded(client.send(out)).await)
+        Ok(self.bounded(client.send(out)).await)
     }
 
     /// The client's address as the gateway resolved it (trusted proxies only), for services that

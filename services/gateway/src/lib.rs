@@ -26,6 +26,9 @@
 //! * **`GET /api/v1/events/{id}/view`** — the event, the caller's participation and the seat
 //!   counts fetched in parallel; the event's error is the answer, a failing non-critical part is
 //!   `{"unavailable": true}`.
+//! * **Seats in event lists** — each item of `GET /api/v1/events` and `GET /api/v1/me/events`
+//!   gets `seats: {capacity, taken, free, waitlisted}` from one joins call per page (`seats.rs`);
+//!   `{"unavailable": true}` when the joins service fails.
 //! * **`GET /api/v1/openapi.json`** — [`openapi::DOCUMENT`].
 //!
 //! Configuration: `upstreams.{auth,events,joins,notifier}.base_url` are required (in development
@@ -40,6 +43,7 @@ mod edge;
 mod forward;
 pub mod openapi;
 pub mod routes;
+mod seats;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -242,6 +246,9 @@ fn router(gw: &Arc<Gateway>, max_body: usize, strict: &RateLimitLayer) -> Router
         let method_router = match route.path {
             VIEW_PATH => method_router.on(route.verb.filter(), move |req: Request| view::view(gw, req)),
             OPENAPI_PATH => method_router.on(route.verb.filter(), openapi::serve),
+            _ if routes::with_seats(route) => {
+                method_router.on(route.verb.filter(), move |req: Request| seats::list(gw, route, req))
+            }
             _ => {
                 let forward = move |req: Request| gw.forward(route, req);
                 if routes::is_strict(route) {

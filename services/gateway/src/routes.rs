@@ -138,6 +138,14 @@ pub const STRICT: &[(Verb, &str)] = &[
     (Post, "/api/v1/auth/password-reset"),
 ];
 
+/// Event lists whose items the gateway completes with `seats` (see `seats.rs`).
+pub const WITH_SEATS: &[(Verb, &str)] = &[(Get, "/api/v1/events"), (Get, "/api/v1/me/events")];
+
+/// Whether `route` is in [`WITH_SEATS`].
+pub fn with_seats(route: &Route) -> bool {
+    WITH_SEATS.iter().any(|&(verb, path)| verb == route.verb && path == route.path)
+}
+
 /// Whether `route` is in [`STRICT`].
 pub fn is_strict(route: &Route) -> bool {
     STRICT.iter().any(|&(verb, path)| verb == route.verb && path == route.path)

@@ -768,3 +768,93 @@ async fn view_fails_when_the_events_service_is_down() {
 fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
     cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-gateway"), "cityevents-gateway");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Seats in event lists
+
+#[tokio::test]
+async fn event_lists_carry_seats_from_one_joins_call_per_page() {
+    let (full, open, unlimited, draft) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let page = json!({
+        "items": [
+            {"id": full.to_string(), "capacity": 2},
+            {"id": open.to_string(), "capacity": 10},
+            {"id": unlimited.to_string(), "capacity": 0},
+            {"id": draft.to_string(), "capacity": 5},
+        ],
+        "next_cursor": "abc",
+    });
+    let listed = page.clone();
+    let events = Stub::start(
+        "events",
+        Router::new().route("/api/v1/events", get(move || async move { axum::Json(listed) })).route(
+            "/api/v1/me/events",
+            get(|| async {
+                (
+                    StatusCode::BAD_REQUEST,
+                    [("content-type", "application/problem+json")],
+                    r#"{"type":"urn:keel:problem:validation","title":"Invalid","status":400}"#,
+                )
+            }),
+        ),
+    )
+    .await;
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let up = healthy.clone();
+    let joins = Stub::start(
+        "joins",
+        Router::new().route(
+            "/api/v1/events/counts",
+            get(move || {
+                let up = up.clone();
+                async move {
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
+                    axum::Json(json!({"items": [
+                        {"event_id": full.to_string(), "capacity": 2, "confirmed": 2, "waitlisted": 4},
+                        {"event_id": open.to_string(), "capacity": 10, "confirmed": 3, "waitlisted": 0},
+                        {"event_id": unlimited.to_string(), "capacity": 0, "confirmed": 7, "waitlisted": 0},
+                    ]}))
+                    .into_response()
+                }
+            }),
+        ),
+    )
+    .await;
+    let (auth, notifier) = (Stub::echo("auth").await, Stub::echo("notifier").await);
+    let gw = Gateway::start(&[&auth, &events, &joins, &notifier], &view_env()).await;
+
+    let resp = gw.http.get(gw.url("/api/v1/events?city=Berlin")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["next_cursor"], "abc", "the page is otherwise unchanged");
+    let seats: Vec<Value> = v["items"].as_array().unwrap().iter().map(|i| i["seats"].clone()).collect();
+    assert_eq!(
+        seats,
+        vec![
+            json!({"capacity": 2, "taken": 2, "free": 0, "waitlisted": 4}),
+            json!({"capacity": 10, "taken": 3, "free": 7, "waitlisted": 0}),
+            json!({"capacity": 0, "taken": 7, "free": null, "waitlisted": 0}),
+            json!({"capacity": 5, "taken": 0, "free": 5, "waitlisted": 0}),
+        ]
+    );
+    let asked = joins.requests();
+    assert_eq!(asked.len(), 1, "one call for the whole page");
+    assert_eq!(asked[0].path, "/api/v1/events/counts");
+    assert_eq!(asked[0].query.as_deref(), Some(format!("ids={full},{open},{unlimited},{draft}").as_str()));
+
+    // joins fails: the page still answers, seats unavailable.
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let v: Value = gw.http.get(gw.url("/api/v1/events")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 4);
+    assert!(v["items"].as_array().unwrap().iter().all(|i| i["seats"] == json!({"unavailable": true})), "{v}");
+
+    // The events service's refusal is relayed as it is, and joins is not asked.
+    let before = joins.count();
+    let t = token(&Uuid::now_v7().to_string());
+    let resp = gw.http.get(gw.url("/api/v1/me/events")).bearer_auth(&t).send().await.unwrap();
+    problem(resp, 400).await;
+    assert_eq!(joins.count(), before);
+    gw.stop().await;
+}

@@ -12,6 +12,7 @@
 //! | `DELETE /api/v1/events/{id}/participants/{user_id}` | organizer, admin | kick: 204 |
 //! | `POST /api/v1/events/{id}/bans` | organizer, admin | `{user_id}`: ban (and kick): 201 |
 //! | `GET /api/v1/events/{id}/counts` | anyone | `{capacity, confirmed, waitlisted}` |
+//! | `GET /api/v1/events/counts?ids=a,b,…` | anyone | the same for up to 100 events: `{items: [{event_id, …}]}` (events it does not know are left out) |
 //!
 //! Writes run in one transaction that locks the event's capacity row first (see [`crate::store`])
 //! and enqueue their `join.*` events in it; a transaction that hits a deadlock, a serialization
@@ -96,6 +97,7 @@ pub(crate) fn router(state: Shared) -> Router {
         // Who joined what: personal. Seat counts below are public.
         .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events/{id}/counts", get(counts))
+        .route("/api/v1/events/counts", get(counts_of))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -205,6 +207,23 @@ struct Counts {
     capacity: i64,
     confirmed: i64,
     waitlisted: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct EventCounts {
+    event_id: Uuid,
+    capacity: i64,
+    confirmed: i64,
+    waitlisted: i64,
+}
+
+/// Most events one `GET /api/v1/events/counts` may ask for (a list page's largest size).
+const MAX_COUNTS_IDS: usize = cityevents_common::page::MAX_LIMIT as usize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountsQuery {
+    ids: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -723,9 +742,57 @@ async fn counts(axum::extract::State(st): AppState, Path(id): Path<String>) -> R
     finish(&st, r)
 }
 
+/// The `ids` of `GET /api/v1/events/counts`: 1–100 comma-separated UUIDs, repeats dropped.
+fn counts_ids(q: CountsQuery) -> Result<Vec<Uuid>, Problem> {
+    let raw = q.ids.unwrap_or_default();
+    let mut ids = Vec::new();
+    for part in raw.split(',').filter(|p| !p.is_empty()) {
+        let id = validate::uuid("ids", part)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() || ids.len() > MAX_COUNTS_IDS {
+        return Err(validate::invalid("ids", &format!("must list 1 to {MAX_COUNTS_IDS} event ids, comma-separated")));
+    }
+    Ok(ids)
+}
+
+async fn counts_of(axum::extract::State(st): AppState, q: Result<Query<CountsQuery>, QueryRejection>) -> Response {
+    let r = async {
+        let ids = counts_ids(validate::query(q)?)?;
+        let rows = store::counts_of(&st.0.db, &ids).await?;
+        let items: Vec<EventCounts> = rows
+            .into_iter()
+            .map(|ev| EventCounts {
+                event_id: ev.event_id,
+                capacity: ev.capacity,
+                confirmed: ev.confirmed,
+                waitlisted: ev.waitlisted,
+            })
+            .collect();
+        Ok(Json(serde_json::json!({ "items": items })).into_response())
+    }
+    .await;
+    finish(&st, r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_ids_are_bounded_and_deduplicated() {
+        let id = Uuid::now_v7();
+        let ids = |s: &str| counts_ids(CountsQuery { ids: Some(s.to_owned()) });
+        assert_eq!(ids(&format!("{id},{id}")).unwrap(), vec![id]);
+        assert!(ids("").is_err());
+        assert!(counts_ids(CountsQuery { ids: None }).is_err());
+        assert!(ids("nope").is_err());
+        let many: Vec<String> = (0..=MAX_COUNTS_IDS).map(|_| Uuid::now_v7().to_string()).collect();
+        assert!(ids(&many.join(",")).is_err());
+        assert_eq!(ids(&many[..MAX_COUNTS_IDS].join(",")).unwrap().len(), MAX_COUNTS_IDS);
+    }
 
     #[test]
     fn transaction_pauses_are_short_bounded_and_never_zero() {

@@ -152,6 +152,21 @@ pub(crate) async fn load_event(db: &Db, event_id: Uuid) -> Result<Option<EventRo
     row.as_ref().map(EventRow::from_row).transpose()
 }
 
+/// The rows of the `ids` this service knows, in no particular order.
+pub(crate) async fn counts_of(db: &Db, ids: &[Uuid]) -> Result<Vec<EventRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let text = format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id IN ({})", marks.join(", "));
+    let mut query = sqlx::query(sql(db.backend(), &text));
+    for id in ids {
+        query = query.bind(id.to_string());
+    }
+    let rows = query.fetch_all(db.pool()).await?;
+    rows.iter().map(EventRow::from_row).collect()
+}
+
 /// Inserts a new event row (status `published`, no joins).
 pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
     sqlx::query(sql(

@@ -121,6 +121,28 @@ async fn capacity_waitlist_idempotency_and_promotion(backend: Backend) {
     let mine = svc.my_status(&a, id).await.unwrap();
     assert_eq!((mine["status"].as_str(), mine["position"].as_i64()), (Some("waitlisted"), Some(1)));
 
+    // Counts of a page of events in one call; events not known here are left out.
+    let unknown = Uuid::now_v7();
+    let (s, v) = svc.get(None, &format!("/api/v1/events/counts?ids={id},{unknown},{},{id}", other.event_id)).await;
+    assert_eq!(s, 200, "{v}");
+    let mut items: Vec<(String, i64, i64, i64)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let n = |k: &str| i[k].as_i64().unwrap();
+            (i["event_id"].as_str().unwrap().to_owned(), n("capacity"), n("confirmed"), n("waitlisted"))
+        })
+        .collect();
+    items.sort();
+    let mut want = vec![(id.to_string(), 2, 2, 1), (other.event_id.to_string(), 5, 1, 0)];
+    want.sort();
+    assert_eq!(items, want);
+    for bad in ["", "ids=", "ids=nope", "ids=1&x=2"] {
+        let (s, p) = svc.get(None, &format!("/api/v1/events/counts?{bad}")).await;
+        assert_eq!((s, p["code"].as_str()), (400, Some("invalid_input")), "{bad}: {p}");
+    }
+
     // The outbox holds one event per change, keyed by the event, with the catalogue payloads.
     let got = svc.announced(id).await;
     assert_eq!(
