@@ -63,10 +63,20 @@ pub struct EventSnapshot {
     pub capacity: u32,
     /// `published` (or `canceled`).
     pub status: String,
+    /// Where it takes place (may be empty).
+    #[serde(default)]
+    pub venue: String,
+    /// Its IANA time zone (`UTC` when absent).
+    #[serde(default = "utc")]
+    pub time_zone: String,
     /// The event's version in the events service when this was sent; newer is larger. `0`
     /// (absent) = unknown.
     #[serde(default)]
     pub version: u64,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
 }
 
 /// `event.published`: a draft became public; joins open.
@@ -94,6 +104,9 @@ pub struct EventCanceled {
     /// The event's version after the cancel (see [`EventSnapshot::version`]).
     #[serde(default)]
     pub version: u64,
+    /// Why, in the words of who canceled it (for participants); absent when none was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Event for EventPublished {
@@ -137,6 +150,9 @@ pub struct JoinChange {
     /// `capacity_increased`, `seat_freed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With reason `event_canceled`: the reason the organizer (or an admin) gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -235,12 +251,15 @@ pub enum Mail {
     /// Someone tried to register an account with this address, which looks like an existing
     /// account's (the same UTS #39 skeleton), so it cannot be used.
     AddressUnavailable,
-    /// An event the user joined was canceled.
+    /// An event the user joined was canceled (or taken back to draft).
     EventCanceled {
         /// The event.
         event_id: Uuid,
         /// Its title.
         title: String,
+        /// Why, in the words of who called it off; absent when none was given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A seat opened up and the user, waitlisted, got it.
     WaitlistPromoted {
@@ -368,7 +387,7 @@ mod tests {
         assert_eq!(env.decode::<MailRequested>().unwrap(), m);
         assert_eq!(m.mail.template(), "verify_email");
         assert_eq!(m.mail.preference(), None);
-        let canceled = Mail::EventCanceled { event_id: Uuid::nil(), title: "Jazz".into() };
+        let canceled = Mail::EventCanceled { event_id: Uuid::nil(), title: "Jazz".into(), reason: None };
         assert_eq!(canceled.preference(), Some("event_canceled"));
     }
 
@@ -381,6 +400,7 @@ mod tests {
             event_title: "Jazz".into(),
             status: "confirmed".into(),
             reason: None,
+            note: None,
             at: OffsetDateTime::UNIX_EPOCH,
         };
         let env = Envelope::new("cityevents-joins", &JoinConfirmed(change.clone())).unwrap();

@@ -75,6 +75,33 @@ where
     }
 }
 
+/// An optional JSON body: `None` when the request has no body at all (a `POST` that needs no
+/// input), otherwise exactly what [`Json`] accepts and refuses.
+#[derive(Debug, Clone, Default)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { invalid("body", "could not be read") }
+        })?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        if !json {
+            return Err(unsupported_media_type());
+        }
+        parse(&bytes).map(|v| Self(Some(v)))
+    }
+}
+
 /// The 415 problem for a body sent without a JSON content type.
 fn unsupported_media_type() -> Problem {
     Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")

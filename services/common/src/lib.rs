@@ -16,6 +16,7 @@ pub mod sessions;
 pub mod testing;
 pub mod time;
 pub mod validate;
+pub mod zone;
 
 /// The services of the platform, their default ports (management listeners at +1000) and the
 /// name Keel knows each by (its env prefix: `cityevents-auth` → `CITYEVENTS_AUTH__…`).

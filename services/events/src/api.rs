@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
 use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated};
-use cityevents_common::json::Json;
+use cityevents_common::json::{Json, OptionalJson};
 use cityevents_common::page::Page;
 use cityevents_common::time::{now, to_micros};
 use cityevents_common::{roles, validate};
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::list::{self, MINE, MineQuery, PublicQuery};
-use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict};
+use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict, parse_reason};
 use crate::store;
 
 /// Largest request body: a full event (4000-character description) or 100 ids fit many times.
@@ -172,11 +172,14 @@ async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json
         description: f.description,
         city: f.city,
         category: f.category,
+        venue: f.venue,
+        time_zone: f.time_zone,
         starts_at: f.starts_at,
         ends_at: f.ends_at,
         capacity: f.capacity,
         status: Status::Draft,
         published_at: None,
+        status_reason: None,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -206,8 +209,8 @@ async fn show(
 enum Plan {
     /// Nothing changes (a patch equal to the current state).
     Unchanged,
-    /// Write these fields and status, then enqueue `emit`.
-    Write { fields: Fields, status: Status, emit: Emit },
+    /// Write these fields, status and status reason, then enqueue `emit`.
+    Write { fields: Fields, status: Status, reason: Option<String>, emit: Emit },
 }
 
 /// Which catalogue event a change enqueues.
@@ -225,6 +228,8 @@ fn fields_of(e: &Event) -> Fields {
         description: e.description.clone(),
         city: e.city.clone(),
         category: e.category.clone(),
+        venue: e.venue.clone(),
+        time_zone: e.time_zone.clone(),
         starts_at: e.starts_at,
         ends_at: e.ends_at,
         capacity: e.capacity,
@@ -240,11 +245,11 @@ async fn change(st: &AppState, id: Uuid, plan: impl FnOnce(&Event, i64) -> Resul
         return Err(Problem::not_found().into());
     };
     let now = to_micros(now());
-    let (fields, status, emit) = match plan(&current, now)? {
+    let (fields, status, reason, emit) = match plan(&current, now)? {
         Plan::Unchanged => return Ok(current),
-        Plan::Write { fields, status, emit } => (fields, status, emit),
+        Plan::Write { fields, status, reason, emit } => (fields, status, reason, emit),
     };
-    let Some(new) = store::update(&st.db, &mut tx, &current, &fields, status, now).await? else {
+    let Some(new) = store::update(&st.db, &mut tx, &current, &fields, (status, reason), now).await? else {
         return Err(
             conflict("concurrent_change", "the event was changed by another request at the same time; retry").into()
         );
@@ -285,7 +290,7 @@ async fn update(
             return Ok(Plan::Unchanged);
         }
         let emit = if current.status == Status::Published { Emit::Updated } else { Emit::Nothing };
-        Ok(Plan::Write { fields, status: current.status, emit })
+        Ok(Plan::Write { fields, status: current.status, reason: current.status_reason.clone(), emit })
     })
     .await?;
     Ok(JsonResponse(event.view()))
@@ -302,25 +307,35 @@ async fn publish(
     let event = change(&st, id, |current, now| {
         current.check_organizer(&caller)?;
         current.check_publishable(now)?;
-        Ok(Plan::Write { fields: fields_of(current), status: Status::Published, emit: Emit::Published })
+        Ok(Plan::Write { fields: fields_of(current), status: Status::Published, reason: None, emit: Emit::Published })
     })
     .await?;
     Ok(JsonResponse(event.view()))
 }
 
-/// `POST /api/v1/events/{id}/cancel`: the organizer (or an admin) calls the event off. A
-/// published event announces `event.canceled`; a draft was never public and announces nothing.
+/// `POST /api/v1/events/{id}/cancel` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/events/{id}/cancel`, optionally `{reason}`: the organizer (or an admin) calls
+/// the event off. A published event announces `event.canceled` with the reason, which reaches
+/// its participants; a draft was never public and announces nothing.
 async fn cancel(
     State(st): State<AppState>,
     User(caller): User,
     Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<JsonResponse<EventView>> {
     let id = event_id(&id)?;
+    let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
     let event = change(&st, id, |current, now| {
         current.check_can_cancel(&caller)?;
         current.check_cancelable(now)?;
         let emit = if current.status == Status::Published { Emit::Canceled } else { Emit::Nothing };
-        Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, emit })
+        Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, reason, emit })
     })
     .await?;
     if caller.admin && caller.id != event.organizer_id {

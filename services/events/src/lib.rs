@@ -9,10 +9,14 @@
 //! | `GET /api/v1/events/{id}` | anyone | public events (published, or canceled after publication); a draft only to its organizer (else 404) |
 //! | `PATCH /api/v1/events/{id}` | organizer | partial update; not once canceled (409 `event_canceled`) or over (409 `event_ended`) |
 //! | `POST /api/v1/events/{id}/publish` | organizer | a draft starting in the future becomes public (else 409 `not_publishable`) |
-//! | `POST /api/v1/events/{id}/cancel` | organizer, admin | calls the event off |
+//! | `POST /api/v1/events/{id}/cancel` | organizer, admin | calls the event off; optional `{reason}` (≤ 500 characters) |
 //! | `GET /api/v1/events` | anyone | published events: `city`, `category`, `from`, `to`, `sort`, `limit`, `cursor` |
 //! | `POST /api/v1/events/batch` | anyone | `{ids: […1–100]}` → `{"events": {id: event}}`, only those visible |
 //! | `GET /api/v1/me/events` | any user | the caller's events, every status, newest first |
+//!
+//! Events carry a venue and an IANA `time_zone` (the bundled tz database, see
+//! `cityevents_common::zone`): times are stored as UTC instants, accepted as RFC 3339 or as local
+//! times in the zone, and answered both in UTC and in the zone (`starts_at_local`).
 //!
 //! Someone else's draft answers 404 (they may not know it exists); someone else's public event
 //! answers 403 to a change. Events (`cityevents_common::catalogue`, topic `cityevents.events`,

@@ -4,6 +4,7 @@
 use cityevents_common::catalogue::{EventCanceled, EventSnapshot};
 use cityevents_common::time::{from_micros, to_micros};
 use cityevents_common::validate;
+use cityevents_common::zone::Zone;
 use http::StatusCode;
 use keel::http::Problem;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,10 @@ pub const MAX_DESCRIPTION: usize = 4000;
 pub const MAX_CITY: usize = 80;
 /// Longest category, in characters.
 pub const MAX_CATEGORY: usize = 80;
+/// Longest venue, in characters (it may be empty).
+pub const MAX_VENUE: usize = 200;
+/// Longest reason given for a cancel, in characters.
+pub const MAX_REASON: usize = 500;
 /// Most seats an event may have; `0` means unlimited.
 pub const MAX_CAPACITY: i64 = 100_000;
 /// Earliest year an event may start or end in.
@@ -84,6 +89,10 @@ pub struct Event {
     pub city: String,
     /// Category, 1–80 characters.
     pub category: String,
+    /// Venue, up to 200 characters, may be empty.
+    pub venue: String,
+    /// IANA time zone (canonical name); local times are shown in it.
+    pub time_zone: String,
     /// Start, microseconds since the epoch.
     pub starts_at: i64,
     /// End, microseconds since the epoch; after the start.
@@ -94,6 +103,8 @@ pub struct Event {
     pub status: Status,
     /// When it was published (micros); `None` while it never was.
     pub published_at: Option<i64>,
+    /// Why it was canceled, when a reason was given.
+    pub status_reason: Option<String>,
     /// Bumped on every change.
     pub version: i64,
     /// Creation time, microseconds since the epoch.
@@ -196,6 +207,8 @@ impl Event {
             ends_at: from_micros(self.ends_at),
             capacity: u32::try_from(self.capacity).unwrap_or(0),
             status: self.status.as_str().to_owned(),
+            venue: self.venue.clone(),
+            time_zone: self.time_zone.clone(),
             version: u64::try_from(self.version).unwrap_or(0),
         }
     }
@@ -208,11 +221,18 @@ impl Event {
             title: self.title.clone(),
             canceled_at: from_micros(self.updated_at),
             version: u64::try_from(self.version).unwrap_or(0),
+            reason: self.status_reason.clone(),
         }
+    }
+
+    /// The event's zone (UTC when its stored name is unknown, which validation prevents).
+    pub fn zone(&self) -> Zone {
+        Zone::named(&self.time_zone).unwrap_or_else(Zone::utc)
     }
 
     /// The wire form.
     pub fn view(&self) -> EventView {
+        let zone = self.zone();
         EventView {
             id: self.id,
             organizer_id: self.organizer_id,
@@ -220,10 +240,15 @@ impl Event {
             description: self.description.clone(),
             city: self.city.clone(),
             category: self.category.clone(),
+            venue: self.venue.clone(),
+            time_zone: zone.name(),
             starts_at: from_micros(self.starts_at),
             ends_at: from_micros(self.ends_at),
+            starts_at_local: zone.local(self.starts_at).unwrap_or_default(),
+            ends_at_local: zone.local(self.ends_at).unwrap_or_default(),
             capacity: u32::try_from(self.capacity).unwrap_or(0),
             status: self.status.as_str(),
+            status_reason: self.status_reason.clone(),
             created_at: from_micros(self.created_at),
             updated_at: from_micros(self.updated_at),
         }
@@ -245,16 +270,26 @@ pub struct EventView {
     pub city: String,
     /// Category.
     pub category: String,
-    /// Start.
+    /// Venue (may be empty).
+    pub venue: String,
+    /// IANA time zone.
+    pub time_zone: &'static str,
+    /// Start (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub starts_at: OffsetDateTime,
-    /// End.
+    /// End (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub ends_at: OffsetDateTime,
+    /// Start in the event's time zone (RFC 3339 with that zone's offset then).
+    pub starts_at_local: String,
+    /// End in the event's time zone.
+    pub ends_at_local: String,
     /// Seats, `0` = unlimited.
     pub capacity: u32,
     /// `draft`, `published` or `canceled`.
     pub status: &'static str,
+    /// Why it was canceled, when a reason was given; `null` otherwise.
+    pub status_reason: Option<String>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -276,9 +311,15 @@ pub struct NewEvent {
     pub city: String,
     /// Category.
     pub category: String,
-    /// Start, RFC 3339.
+    /// Venue; default empty.
+    #[serde(default)]
+    pub venue: String,
+    /// IANA time zone; default `UTC`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Start: RFC 3339, or a local time without offset in `time_zone`.
     pub starts_at: String,
-    /// End, RFC 3339.
+    /// End, like the start.
     pub ends_at: String,
     /// Seats; default `0` (unlimited).
     #[serde(default)]
@@ -297,9 +338,13 @@ pub struct EventPatch {
     pub city: Option<String>,
     /// New category.
     pub category: Option<String>,
-    /// New start, RFC 3339.
+    /// New venue (`""` clears it).
+    pub venue: Option<String>,
+    /// New time zone: the start and end stay the same instants unless they are sent too.
+    pub time_zone: Option<String>,
+    /// New start: RFC 3339, or a local time without offset in the (new) time zone.
     pub starts_at: Option<String>,
-    /// New end, RFC 3339.
+    /// New end, like the start.
     pub ends_at: Option<String>,
     /// New capacity.
     pub capacity: Option<i64>,
@@ -349,14 +394,37 @@ pub fn parse_time(field: &str, value: &str) -> Result<i64, Problem> {
         .map_err(|_| validate::invalid(field, "must be an RFC 3339 time, e.g. 2030-05-01T19:00:00Z"))
 }
 
-/// Parses an event time: RFC 3339 within years 2000–2200, to microseconds.
-pub fn parse_event_time(field: &str, value: &str) -> Result<i64, Problem> {
-    let micros = parse_time(field, value)?;
+/// Parses an event time: RFC 3339, or a local date and time without an offset
+/// (`2030-05-01T19:00`) read in `zone`; within years 2000–2200; to microseconds.
+pub fn parse_event_time(field: &str, value: &str, zone: &Zone) -> Result<i64, Problem> {
+    let micros = match zone.read_local(value) {
+        Some(micros) if value.len() <= 64 => micros,
+        _ => parse_time(field, value).map_err(|_| {
+            validate::invalid(
+                field,
+                "must be an RFC 3339 time (2030-05-01T19:00:00+02:00) or a local time in time_zone (2030-05-01T19:00)",
+            )
+        })?,
+    };
     let year = from_micros(micros).year();
     if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
         return Err(validate::invalid(field, &format!("must be between the years {MIN_YEAR} and {MAX_YEAR}")));
     }
     Ok(micros)
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_zone(value: &str) -> Result<Zone, Problem> {
+    Zone::named(value.trim())
+        .ok_or_else(|| validate::invalid("time_zone", "must be an IANA time zone name, e.g. Europe/Berlin or UTC"))
+}
+
+/// Checks an optional reason (trimmed; empty is none).
+pub fn parse_reason(value: Option<&str>) -> Result<Option<String>, Problem> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => validate::text("reason", v, MAX_REASON).map(Some),
+    }
 }
 
 fn capacity(value: i64) -> Result<i64, Problem> {
@@ -382,6 +450,10 @@ pub struct Fields {
     pub city: String,
     /// Category.
     pub category: String,
+    /// Venue.
+    pub venue: String,
+    /// Canonical IANA time zone name.
+    pub time_zone: String,
     /// Start (micros).
     pub starts_at: i64,
     /// End (micros).
@@ -398,23 +470,42 @@ impl NewEvent {
         let description = e.take(validate::optional_text("description", &self.description, MAX_DESCRIPTION));
         let city = e.take(validate::text("city", &self.city, MAX_CITY));
         let category = e.take(validate::text("category", &self.category, MAX_CATEGORY));
-        let starts_at = e.take(parse_event_time("starts_at", &self.starts_at));
-        let ends_at = e.take(parse_event_time("ends_at", &self.ends_at));
+        let venue = e.take(validate::optional_text("venue", &self.venue, MAX_VENUE));
+        let zone = match &self.time_zone {
+            Some(z) => e.take(parse_zone(z)),
+            None => Some(Zone::utc()),
+        };
+        // Without a valid zone, only times with an offset can be read.
+        let read_in = zone.clone().unwrap_or_else(Zone::utc);
+        let starts_at = e.take(parse_event_time("starts_at", &self.starts_at, &read_in));
+        let ends_at = e.take(parse_event_time("ends_at", &self.ends_at, &read_in));
         let capacity = e.take(capacity(self.capacity));
         if let (Some(s), Some(en)) = (starts_at, ends_at) {
             e.take(order(s, en));
         }
         e.finish()?;
-        match (title, description, city, category, starts_at, ends_at, capacity) {
+        match (title, description, city, category, venue, zone, starts_at, ends_at, capacity) {
             (
                 Some(title),
                 Some(description),
                 Some(city),
                 Some(category),
+                Some(venue),
+                Some(zone),
                 Some(starts_at),
                 Some(ends_at),
                 Some(capacity),
-            ) => Ok(Fields { title, description, city, category, starts_at, ends_at, capacity }),
+            ) => Ok(Fields {
+                title,
+                description,
+                city,
+                category,
+                venue,
+                time_zone: zone.name().to_owned(),
+                starts_at,
+                ends_at,
+                capacity,
+            }),
             _ => Err(Problem::bad_request("invalid event")),
         }
     }
@@ -430,6 +521,8 @@ impl EventPatch {
             description: current.description.clone(),
             city: current.city.clone(),
             category: current.category.clone(),
+            venue: current.venue.clone(),
+            time_zone: current.time_zone.clone(),
             starts_at: current.starts_at,
             ends_at: current.ends_at,
             capacity: current.capacity,
@@ -448,9 +541,25 @@ impl EventPatch {
         if let Some(v) = self.category.and_then(|v| e.take(validate::text("category", &v, MAX_CATEGORY))) {
             f.category = v;
         }
+        if let Some(v) = self.venue.and_then(|v| e.take(validate::optional_text("venue", &v, MAX_VENUE))) {
+            f.venue = v;
+        }
         let mut times_ok = true;
+        let mut zone = current.zone();
+        if let Some(v) = self.time_zone {
+            match parse_zone(&v) {
+                Ok(z) => {
+                    f.time_zone = z.name().to_owned();
+                    zone = z;
+                }
+                Err(p) => {
+                    times_ok = false;
+                    e.push(p);
+                }
+            }
+        }
         if let Some(v) = self.starts_at {
-            match parse_event_time("starts_at", &v) {
+            match parse_event_time("starts_at", &v, &zone) {
                 Ok(v) => f.starts_at = v,
                 Err(p) => {
                     times_ok = false;
@@ -459,7 +568,7 @@ impl EventPatch {
             }
         }
         if let Some(v) = self.ends_at {
-            match parse_event_time("ends_at", &v) {
+            match parse_event_time("ends_at", &v, &zone) {
                 Ok(v) => f.ends_at = v,
                 Err(p) => {
                     times_ok = false;
@@ -485,6 +594,8 @@ impl Fields {
             && self.description == event.description
             && self.city == event.city
             && self.category == event.category
+            && self.venue == event.venue
+            && self.time_zone == event.time_zone
             && self.starts_at == event.starts_at
             && self.ends_at == event.ends_at
             && self.capacity == event.capacity
@@ -508,10 +619,36 @@ mod tests {
             description: String::new(),
             city: "Lyon".into(),
             category: "music".into(),
+            venue: String::new(),
+            time_zone: None,
             starts_at: starts.into(),
             ends_at: ends.into(),
             capacity: 10,
         }
+    }
+
+    #[test]
+    fn local_times_are_read_in_the_events_zone() {
+        let mut n = new("2030-07-01T19:00", "2030-07-01T22:00:00+02:00");
+        n.time_zone = Some("europe/lisbon".into());
+        let f = n.validate().unwrap();
+        assert_eq!(f.time_zone, "Europe/Lisbon");
+        assert_eq!(from_micros(f.starts_at).hour(), 18, "19:00 in Lisbon in summer is 18:00 UTC");
+        assert_eq!(from_micros(f.ends_at).hour(), 20, "an offset wins over the zone");
+        // Without a zone, a local time is read in UTC.
+        assert_eq!(from_micros(new("2030-07-01T19:00", "2030-07-01T20:00").validate().unwrap().starts_at).hour(), 19);
+        let mut bad = new("2030-07-01T19:00", "2030-07-01T20:00");
+        bad.time_zone = Some("Mars/Olympus".into());
+        let p = bad.validate().unwrap_err();
+        assert_eq!(p.field_errors()[0].field, "time_zone");
+    }
+
+    #[test]
+    fn reasons_are_trimmed_and_bounded() {
+        assert_eq!(parse_reason(None).unwrap(), None);
+        assert_eq!(parse_reason(Some("  ")).unwrap(), None);
+        assert_eq!(parse_reason(Some(" storm ")).unwrap().as_deref(), Some("storm"));
+        assert!(parse_reason(Some(&"x".repeat(MAX_REASON + 1))).is_err());
     }
 
     #[test]

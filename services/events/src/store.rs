@@ -14,8 +14,8 @@ use uuid::Uuid;
 use crate::list::{After, CitiesAsk, MineList, PublicList, Search, Sort};
 use crate::model::{self, Event, Fields, Status};
 
-const COLUMNS: &str = "id, organizer_id, title, description, city, category, starts_at, ends_at, capacity, status, published_at, version, \
-     created_at, updated_at";
+const COLUMNS: &str = "id, organizer_id, title, description, city, category, venue, time_zone, starts_at, ends_at, capacity, \
+     status, published_at, status_reason, version, created_at, updated_at";
 
 /// A value bound to a dynamic statement, in placeholder order.
 enum Bind {
@@ -72,12 +72,15 @@ fn from_row(row: &AnyRow) -> Result<Event, sqlx::Error> {
         description: row.try_get("description")?,
         city: row.try_get("city")?,
         category: row.try_get("category")?,
+        venue: row.try_get("venue")?,
+        time_zone: row.try_get("time_zone")?,
         starts_at: row.try_get("starts_at")?,
         ends_at: row.try_get("ends_at")?,
         capacity: row.try_get("capacity")?,
         status: Status::parse(&status)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown event status {status:?}").into()))?,
         published_at: row.try_get("published_at")?,
+        status_reason: row.try_get("status_reason")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -109,8 +112,9 @@ pub async fn get_for_update(db: &Db, tx: &mut Transaction<'static, Any>, id: Uui
 pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) -> Result<(), DataError> {
     let sql = db.sql(
         "INSERT INTO events (id, organizer_id, title, description, city, city_key, category, category_key, \
-         starts_at, ends_at, capacity, status, published_at, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         starts_at, ends_at, capacity, status, published_at, version, created_at, updated_at, venue, time_zone, \
+         status_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     );
     sqlx::query(AssertSqlSafe(sql.into_owned()))
         .bind(event.id.to_string())
@@ -129,13 +133,16 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .bind(event.version)
         .bind(event.created_at)
         .bind(event.updated_at)
+        .bind(&event.venue)
+        .bind(&event.time_zone)
+        .bind(event.status_reason.clone())
         .execute(&mut **tx)
         .await
         .map_err(|e| db.observe(e))?;
     if db.backend() == Backend::Sqlite {
-        // Indexed here, now that this transaction holds the write lock (migration 0005).
-        let index = "INSERT INTO events_fts (id, title, city, description) \
-                     SELECT id, title, city, description FROM events WHERE id = $1";
+        // Indexed here, now that this transaction holds the write lock (migration 0006).
+        let index = "INSERT INTO events_fts (id, title, city, venue, description) \
+                     SELECT id, title, city, venue, description FROM events WHERE id = $1";
         sqlx::query(AssertSqlSafe(db.sql(index).into_owned()))
             .bind(event.id.to_string())
             .execute(&mut **tx)
@@ -171,20 +178,21 @@ pub async fn get_many(db: &Db, ids: &[Uuid]) -> Result<Vec<Event>, DataError> {
     from_rows(db, &rows)
 }
 
-/// Writes `fields` and `status` over `current` if the row is still at `current.version`; the
-/// new row, or `None` when someone else changed it first.
+/// Writes `fields`, the status and its reason over `current` if the row is still at
+/// `current.version`; the new row, or `None` when someone else changed it first.
 pub async fn update(
     db: &Db,
     tx: &mut Transaction<'static, Any>,
     current: &Event,
     fields: &Fields,
-    status: Status,
+    (status, status_reason): (Status, Option<String>),
     now: i64,
 ) -> Result<Option<Event>, DataError> {
     let sql = db.sql(
         "UPDATE events SET title = $1, description = $2, city = $3, city_key = $4, category = $5, \
          category_key = $6, starts_at = $7, ends_at = $8, capacity = $9, status = $10, published_at = $11, \
-         version = $12, updated_at = $13 WHERE id = $14 AND version = $15",
+         version = $12, updated_at = $13, venue = $14, time_zone = $15, status_reason = $16 \
+         WHERE id = $17 AND version = $18",
     );
     let updated_at = now.max(current.updated_at);
     let published_at = match (status, current.published_at) {
@@ -205,6 +213,9 @@ pub async fn update(
         .bind(published_at)
         .bind(current.version + 1)
         .bind(updated_at)
+        .bind(&fields.venue)
+        .bind(&fields.time_zone)
+        .bind(status_reason.clone())
         .bind(current.id.to_string())
         .bind(current.version)
         .execute(&mut **tx)
@@ -218,11 +229,14 @@ pub async fn update(
         description: fields.description.clone(),
         city: fields.city.clone(),
         category: fields.category.clone(),
+        venue: fields.venue.clone(),
+        time_zone: fields.time_zone.clone(),
         starts_at: fields.starts_at,
         ends_at: fields.ends_at,
         capacity: fields.capacity,
         status,
         published_at,
+        status_reason,
         version: current.version + 1,
         updated_at,
         ..current.clone()
@@ -348,7 +362,7 @@ fn matches(q: &mut Query, backend: Backend, search: &Search) {
                 .push(")");
         }
         Backend::MySql => {
-            q.push(" AND MATCH (title, city, description) AGAINST (")
+            q.push(" AND MATCH (title, city, venue, description) AGAINST (")
                 .bind(Bind::Text(boolean_query(search)))
                 .push(" IN BOOLEAN MODE)");
         }
@@ -367,14 +381,14 @@ fn rank(q: &mut Query, backend: Backend, search: &Search) {
         Backend::Sqlite => {
             // bm25 is lower for better matches.
             q.push(
-                "(SELECT CAST(-bm25(events_fts, 0.0, 10.0, 5.0, 1.0) * 1000000 AS INTEGER) FROM events_fts \
+                "(SELECT CAST(-bm25(events_fts, 0.0, 10.0, 5.0, 5.0, 1.0) * 1000000 AS INTEGER) FROM events_fts \
                     WHERE events_fts MATCH ",
             )
             .bind(Bind::Text(fts5_query(search)))
             .push(" AND events_fts.id = events.id)");
         }
         Backend::MySql => {
-            q.push("CAST(MATCH (title, city, description) AGAINST (")
+            q.push("CAST(MATCH (title, city, venue, description) AGAINST (")
                 .bind(Bind::Text(boolean_query(search)))
                 .push(" IN BOOLEAN MODE) * 1000000 AS SIGNED)");
         }

@@ -13,7 +13,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-cityevents_common::on_every_backend!(crud_and_visibility, publish_and_cancel_rules, ended_events_are_immutable);
+cityevents_common::on_every_backend!(
+    crud_and_visibility,
+    publish_and_cancel_rules,
+    ended_events_are_immutable,
+    venue_time_zone_and_cancel_reason
+);
 
 async fn crud_and_visibility(backend: Backend) {
     let Some(s) = Svc::start(backend).await else { return };
@@ -66,6 +71,11 @@ async fn crud_and_visibility(backend: Backend) {
         "status",
         "created_at",
         "updated_at",
+        "venue",
+        "time_zone",
+        "starts_at_local",
+        "ends_at_local",
+        "status_reason",
     ];
     expected.sort_unstable();
     let mut keys = keys;
@@ -193,6 +203,70 @@ async fn publish_and_cancel_rules(backend: Backend) {
     s.stop().await;
 }
 
+async fn venue_time_zone_and_cancel_reason(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let alice = Uuid::now_v7();
+    let ta = s.token(alice, "user");
+
+    // Local times without an offset are read in the event's zone and shown back in it.
+    let e = s
+        .create(
+            &ta,
+            json!({"venue": "Hot Clube, Praça da Alegria 48", "time_zone": "europe/lisbon",
+                   "starts_at": "2031-07-01T21:30", "ends_at": "2031-07-01T23:59:59"}),
+        )
+        .await;
+    assert_eq!(e["venue"], "Hot Clube, Praça da Alegria 48");
+    assert_eq!(e["time_zone"], "Europe/Lisbon", "the canonical name");
+    assert_eq!(e["starts_at"], "2031-07-01T20:30:00Z");
+    assert_eq!(e["starts_at_local"], "2031-07-01T21:30:00+01:00");
+    assert_eq!(e["ends_at_local"], "2031-07-01T23:59:59+01:00");
+    assert_eq!(e["status_reason"], Value::Null);
+    let path = format!("/api/v1/events/{}", id(&e));
+
+    // A new zone alone keeps the instants; sent with a time, the time is read in the new zone.
+    let (status, moved) = s.patch(&path, Some(&ta), json!({"time_zone": "America/New_York"})).await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(
+        (moved["starts_at"].as_str(), moved["starts_at_local"].as_str()),
+        (Some("2031-07-01T20:30:00Z"), Some("2031-07-01T16:30:00-04:00"))
+    );
+    let (status, moved) = s
+        .patch(
+            &path,
+            Some(&ta),
+            json!({"time_zone": "Europe/Berlin", "starts_at": "2031-12-01T19:00", "ends_at": "2031-12-01T22:00"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["starts_at"], "2031-12-01T18:00:00Z", "winter: UTC+1");
+    assert_eq!(moved["starts_at_local"], "2031-12-01T19:00:00+01:00");
+    assert_eq!(s.patch(&path, Some(&ta), json!({"venue": ""})).await.1["venue"], "");
+
+    // Bad zones, venues and local times are named.
+    for (body, field) in [
+        (json!({"time_zone": "Mars/Olympus"}), "time_zone"),
+        (json!({"time_zone": ""}), "time_zone"),
+        (json!({"venue": "v".repeat(201)}), "venue"),
+        (json!({"starts_at": "2031-12-01 19:00 tomorrow"}), "starts_at"),
+    ] {
+        let (status, p) = s.patch(&path, Some(&ta), body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {p}");
+        assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
+    }
+
+    // Canceled with a reason: kept, shown, and bounded.
+    let published = s.create_published(&ta, json!({})).await;
+    let cancel = format!("/api/v1/events/{}/cancel", id(&published));
+    let (status, p) = s.post(&cancel, Some(&ta), json!({"reason": "r".repeat(501)})).await;
+    assert_eq!((status, p["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("reason")), "{p}");
+    let (status, p) = s.post(&cancel, Some(&ta), json!({"why": "x"})).await;
+    assert_eq!((status, p["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("why")), "{p}");
+    let (status, c) = s.post(&cancel, Some(&ta), json!({"reason": "Venue flooded"})).await;
+    assert_eq!((status, c["status_reason"].as_str()), (StatusCode::OK, Some("Venue flooded")), "{c}");
+    assert_eq!(s.get(&format!("/api/v1/events/{}", id(&published)), None).await.1["status_reason"], "Venue flooded");
+    s.stop().await;
+}
 async fn ended_events_are_immutable(backend: Backend) {
     let Some(s) = Svc::start(backend).await else { return };
     let alice = Uuid::now_v7();

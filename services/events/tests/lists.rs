@@ -312,6 +312,10 @@ async fn full_text_search(backend: Backend) {
     }
     // A draft never matches.
     s.create(&t, event("Jazz draft", "Unpublished jazz", "Lyon", 5)).await;
+    // The venue is searched too.
+    let mut at_venue = event("Open mic", "Bring your own songs", "Lyon", 50);
+    at_venue["venue"] = json!("Le Sirius, quai Augagneur");
+    let open_mic = s.create_published(&t, at_venue).await;
 
     let search = |q: String| {
         let s = &s;
@@ -333,6 +337,11 @@ async fn full_text_search(backend: Backend) {
     assert_eq!(search("q=pancake".into()).await, [id(&brunch)]);
     assert_eq!(search("q=club%20chess".into()).await, [id(&others[2])]);
     assert!(search("q=zeppelin".into()).await.is_empty());
+    assert_eq!(search("q=sirius".into()).await, [id(&open_mic)], "by venue");
+    let (status, _) =
+        s.patch(&format!("/api/v1/events/{}", id(&others[1])), Some(&t), json!({"venue": "Zeppelin hall"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(search("q=zeppelin".into()).await, [id(&others[1])], "a new venue is searchable at once");
     // Combined with filters and other orders.
     assert_eq!(search("q=jazz&city=paris".into()).await, [id(&poetry)]);
     assert_eq!(search("q=jazz&sort=starts_at".into()).await, [id(&poetry), id(&brunch), id(&night)]);

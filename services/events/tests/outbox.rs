@@ -61,13 +61,16 @@ async fn the_outbox_emits_exactly_the_right_events(backend: Backend) {
     let (status, published, _) =
         s.send(Method::POST, &format!("{path}/publish"), Some(&ta), None, &[("x-request-id", "req-publish-1")]).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, updated) = s.patch(&path, Some(&ta), json!({"capacity": 25, "city": "Paris"})).await;
+    let (status, updated) =
+        s.patch(&path, Some(&ta), json!({"capacity": 25, "city": "Paris", "venue": "Le Baiser Salé"})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.patch(&path, Some(&ta), json!({"capacity": 25})).await.0, StatusCode::OK);
     // Refused changes announce nothing either.
     assert_eq!(s.patch(&path, Some(&ta), json!({"capacity": -1})).await.0, StatusCode::BAD_REQUEST);
-    let (status, canceled) = s.post_empty(&format!("{path}/cancel"), Some(&ta)).await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, canceled) =
+        s.post(&format!("{path}/cancel"), Some(&ta), json!({"reason": "  The band is ill "})).await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["status_reason"], "The band is ill");
     assert_eq!(s.post_empty(&format!("{path}/cancel"), Some(&ta)).await.0, StatusCode::CONFLICT);
 
     // Another one, canceled by an admin.
@@ -90,18 +93,25 @@ async fn the_outbox_emits_exactly_the_right_events(backend: Backend) {
     assert_eq!(p.0.title, "Jazz night");
     let u: EventUpdated = got[1].decode().unwrap();
     same_snapshot(&u.0, &updated);
-    assert_eq!((u.0.capacity, u.0.city.as_str()), (25, "Paris"), "the full new state");
+    assert_eq!(
+        (u.0.capacity, u.0.city.as_str(), u.0.venue.as_str()),
+        (25, "Paris", "Le Baiser Salé"),
+        "the full new state"
+    );
+    assert_eq!(u.0.time_zone, "UTC");
     let c: EventCanceled = got[2].decode().unwrap();
     assert_eq!(c.event_id.to_string(), eid);
     assert_eq!(c.organizer_id, alice);
     assert_eq!(c.title, "Jazz night");
     assert_eq!(c.canceled_at, time(&canceled["updated_at"]));
+    assert_eq!(c.reason.as_deref(), Some("The band is ill"), "the reason travels to the participants");
 
     let got = s.seen.wait_for(&id(&other), 2).await;
     let types: Vec<&str> = got.iter().map(|e| e.ty.as_str()).collect();
     assert_eq!(types, ["event.published", "event.canceled"]);
     let c: EventCanceled = got[1].decode().unwrap();
     assert_eq!(c.organizer_id, alice, "the organizer, not the admin who canceled");
+    assert_eq!(c.reason, None, "no reason given");
 
     // Give stragglers a moment: still exactly these five, none about the quiet draft.
     tokio::time::sleep(Duration::from_millis(500)).await;

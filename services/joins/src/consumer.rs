@@ -114,6 +114,7 @@ fn row_from(s: &EventSnapshot) -> Result<EventRow, Failure> {
         waitlisted: 0,
         next_seq: 0,
         source_version: version_of(s.version),
+        note: None,
     })
 }
 
@@ -176,6 +177,7 @@ async fn apply_cancel(
     }
     ev.status = event_status::CANCELED.to_owned();
     ev.title = c.title.clone();
+    ev.note.clone_from(&c.reason);
     // Canceled is final: a newer version only records that older snapshots are now stale.
     ev.source_version = ev.source_version.max(version_of(c.version));
     let canceled = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;

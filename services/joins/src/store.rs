@@ -75,9 +75,11 @@ pub(crate) struct EventRow {
     pub(crate) next_seq: i64,
     /// The events service's version of the last snapshot applied (`0` = unknown).
     pub(crate) source_version: i64,
+    /// Why it was canceled, as given (passed on in each `join.canceled`).
+    pub(crate) note: Option<String>,
 }
 
-const EVENT_COLUMNS: &str = "event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, waitlisted, next_seq, source_version";
+const EVENT_COLUMNS: &str = "event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, waitlisted, next_seq, source_version, note";
 
 impl EventRow {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -93,6 +95,7 @@ impl EventRow {
             waitlisted: row.try_get(8)?,
             next_seq: row.try_get(9)?,
             source_version: row.try_get(10)?,
+            note: row.try_get(11)?,
         })
     }
 
@@ -196,7 +199,8 @@ pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now
     sqlx::query(sql(
         backend,
         "UPDATE event_capacity SET title = $1, starts_at = $2, ends_at = $3, capacity = $4, status = $5, confirmed = $6, \
-         waitlisted = $7, next_seq = $8, source_version = $9, pending = $10, updated_at = $11 WHERE event_id = $12",
+         waitlisted = $7, next_seq = $8, source_version = $9, pending = $10, updated_at = $11, note = $12 \
+         WHERE event_id = $13",
     ))
     .bind(&ev.title)
     .bind(ev.starts_at)
@@ -209,6 +213,7 @@ pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now
     .bind(ev.source_version)
     .bind(i64::from(ev.unsettled()))
     .bind(now_us)
+    .bind(ev.note.clone())
     .bind(ev.event_id.to_string())
     .execute(&mut **tx)
     .await?;
@@ -744,6 +749,7 @@ pub(crate) fn change(ev: &EventRow, j: &JoinRow, reason: Option<&str>) -> JoinCh
         event_title: ev.title.clone(),
         status: status.to_owned(),
         reason: reason.map(str::to_owned),
+        note: if reason == Some("event_canceled") { ev.note.clone() } else { None },
         at: from_micros(j.updated_at),
     }
 }

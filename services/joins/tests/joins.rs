@@ -453,6 +453,7 @@ async fn event_changes_promote_and_cancel(backend: Backend) {
         })
         .collect();
     assert_eq!(canceled, users[1..].iter().map(|u| u.id).collect());
+    assert!(notes_of_cancels(&svc, id).await.iter().all(|n| n.as_deref() == Some("Storm warning")), "the reason given");
     let (s, p) = svc.join(&svc.user(), id, &key()).await;
     assert_eq!((s, p["code"].as_str()), (409, Some("event_closed")));
     assert_eq!(svc.delete(&users[1], &format!("/api/v1/events/{id}/join")).await.0, 404);
@@ -496,6 +497,18 @@ on_every_backend!(event_changes_promote_and_cancel);
 // ---------------------------------------------------------------------------------------------
 
 /// An event with capacity 1 and six joins (one confirmed, five waitlisted, in order).
+/// The `note` of every `join.canceled` for `event` in the outbox.
+async fn notes_of_cancels(svc: &Svc, event: Uuid) -> Vec<Option<String>> {
+    svc.outbox()
+        .await
+        .iter()
+        .filter(|e| e.ty == "join.canceled")
+        .map(|e| e.decode::<cityevents_common::catalogue::JoinCanceled>().unwrap().0)
+        .filter(|c| c.event_id == event && c.reason.as_deref() == Some("event_canceled"))
+        .map(|c| c.note)
+        .collect()
+}
+
 async fn crowded(svc: &Svc) -> (EventSnapshot, Vec<User>) {
     let organizer = svc.user();
     let ev = svc.publish_event(organizer.id, 1).await;
@@ -580,6 +593,9 @@ async fn stale_snapshots_are_ignored_and_bulk_changes_go_in_batches(backend: Bac
         .map(|a| a.1)
         .collect();
     assert_eq!(canceled, users.iter().map(|u| u.id).collect::<Vec<_>>(), "oldest first, each once");
+    let notes = notes_of_cancels(&svc, id).await;
+    assert_eq!(notes.len(), users.len());
+    assert!(notes.iter().all(|n| n.as_deref() == Some("Storm warning")), "later batches too: {notes:?}");
     for u in &users {
         assert_eq!(svc.my_status(u, id).await.unwrap()["status"], "canceled");
     }

@@ -14,6 +14,16 @@ use uuid::Uuid;
 
 /// Longest title quoted in a message (characters); the catalogue does not bound it.
 const MAX_TITLE: usize = 200;
+/// Longest reason quoted in a message (characters; the events service allows 500).
+const MAX_NOTE: usize = 500;
+
+/// `text` followed by the reason given, when there is one (`Jazz was canceled: storm warning`).
+pub(crate) fn with_note(text: String, note: Option<&str>) -> String {
+    match note.map(|n| n.trim().chars().filter(|c| !c.is_control()).take(MAX_NOTE).collect::<String>()) {
+        Some(n) if !n.is_empty() => format!("{text}: {n}"),
+        _ => text,
+    }
+}
 
 /// What one notification says, by event type; `None` for a type that makes no notification.
 ///
@@ -96,7 +106,7 @@ fn mail_for(kind: &str, c: &JoinChange) -> Option<Mail> {
     let (event_id, title) = (c.event_id, c.event_title.clone());
     match kind {
         JoinCanceled::TYPE if c.reason.as_deref() == Some("event_canceled") => {
-            Some(Mail::EventCanceled { event_id, title })
+            Some(Mail::EventCanceled { event_id, title, reason: c.note.clone() })
         }
         JoinPromoted::TYPE => Some(Mail::WaitlistPromoted { event_id, title }),
         JoinKicked::TYPE => Some(Mail::Removed { event_id, title }),
@@ -122,6 +132,7 @@ impl Handler for JoinsHandler {
         let kind = msg.envelope().ty.clone();
         let text = notification_text(&kind, &c.event_title, c.reason.as_deref())
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
+        let text = with_note(text, c.note.as_deref());
         notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
         if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
             let request = MailRequested { user_id: c.user_id, to: None, name: None, mail };
@@ -159,6 +170,7 @@ impl Handler for EventsHandler {
         let e = msg.decode::<EventCanceled>()?;
         let text = notification_text(EventCanceled::TYPE, &e.title, None)
             .ok_or_else(|| Failure::permanent("no notification for event.canceled"))?;
+        let text = with_note(text, e.reason.as_deref());
         notify(&self.db, msg, e.organizer_id, EventCanceled::TYPE, e.event_id, text).await
     }
 }

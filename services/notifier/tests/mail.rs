@@ -39,6 +39,7 @@ fn change(user: Uuid, title: &str, reason: Option<&str>) -> JoinChange {
         event_title: title.into(),
         status: "canceled".into(),
         reason: reason.map(str::to_owned),
+        note: None,
         at: OffsetDateTime::now_utc(),
     }
 }

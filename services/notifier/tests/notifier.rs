@@ -182,6 +182,7 @@ fn change(user: Uuid, event: Uuid, title: &str, reason: Option<&str>) -> JoinCha
         event_title: title.into(),
         status: "confirmed".into(),
         reason: reason.map(str::to_owned),
+        note: None,
         at: OffsetDateTime::now_utc(),
     }
 }
@@ -205,7 +206,10 @@ async fn consumers(backend: Backend) {
         envelope(&JoinWaitlisted(change(user, event, "Jazz", None))),
         envelope(&JoinPromoted(change(user, event, "Jazz", Some("seat_freed")))),
         envelope(&JoinCanceled(change(user, event, "Jazz", None))),
-        envelope(&JoinCanceled(change(user, event, "Jazz", Some("event_canceled")))),
+        envelope(&JoinCanceled(JoinChange {
+            note: Some(" Storm warning ".into()),
+            ..change(user, event, "Jazz", Some("event_canceled"))
+        })),
         envelope(&JoinKicked(change(user, event, "Jazz", Some("kicked")))),
     ];
     for e in &sent {
@@ -221,6 +225,8 @@ async fn consumers(backend: Backend) {
         ends_at: OffsetDateTime::now_utc() + time::Duration::hours(2),
         capacity: 10,
         status: "published".into(),
+        venue: String::new(),
+        time_zone: "UTC".into(),
         version: 2,
     };
     bus.publish(events, &envelope(&EventPublished(snapshot))).await.unwrap();
@@ -230,6 +236,7 @@ async fn consumers(backend: Backend) {
         title: "Jazz".into(),
         canceled_at: OffsetDateTime::now_utc(),
         version: 3,
+        reason: Some("Storm warning".into()),
     };
     bus.publish(events, &envelope(&canceled)).await.unwrap();
 
@@ -244,7 +251,7 @@ async fn consumers(backend: Backend) {
         .collect();
     got.sort();
     let mut want: Vec<(String, String)> = [
-        ("join.canceled", "Jazz was canceled"),
+        ("join.canceled", "Jazz was canceled: Storm warning"),
         ("join.canceled", "You left Jazz"),
         ("join.confirmed", "You're in: Jazz"),
         ("join.kicked", "You were removed from Jazz"),
@@ -259,7 +266,7 @@ async fn consumers(backend: Backend) {
     let org = n.wait_for(&organizer.to_string(), 1).await;
     assert_eq!(org.len(), 1, "event.published is ignored: {org:?}");
     assert_eq!(org[0]["kind"], "event.canceled");
-    assert_eq!(org[0]["message"], "Your event Jazz was canceled");
+    assert_eq!(org[0]["message"], "Your event Jazz was canceled: Storm warning");
 
     // A second publish of the same envelope is dropped by JetStream's duplicate window; the
     // inbox's part (a redelivery after a lost ack) is proven below on the in-process bus.
@@ -394,6 +401,7 @@ async fn redelivery_is_applied_once(backend: Backend) {
         title: "Jazz".into(),
         canceled_at: OffsetDateTime::now_utc(),
         version: 3,
+        reason: None,
     };
     bus.publish(events_topic, &envelope(&canceled)).await.unwrap();
     until(organizer, 1).await;

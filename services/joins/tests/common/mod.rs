@@ -155,6 +155,7 @@ impl Svc {
             title: s.title.clone(),
             canceled_at: OffsetDateTime::now_utc(),
             version: s.version + 1,
+            reason: Some("Storm warning".into()),
         };
         let env = Envelope::new("cityevents-events", &c).unwrap();
         self.feed(&env).await;
@@ -293,6 +294,8 @@ pub fn snapshot(organizer: Uuid, capacity: u32) -> EventSnapshot {
         ends_at: start + time::Duration::hours(2),
         capacity,
         status: "published".into(),
+        venue: String::new(),
+        time_zone: "UTC".into(),
         version: 2,
     }
 }

@@ -19,6 +19,8 @@ struct View {
     link: String,
     token: String,
     expires: String,
+    /// Why an event was called off (empty: no reason given).
+    reason: String,
     /// Empty for account-security mail, which cannot be turned off.
     settings_link: String,
 }
@@ -52,6 +54,13 @@ fn title(t: &str) -> String {
     t.trim().chars().filter(|c| !c.is_control()).take(MAX_TITLE).collect()
 }
 
+/// Longest reason quoted (characters).
+const MAX_REASON: usize = 500;
+
+fn reason(r: &str) -> String {
+    r.trim().chars().filter(|c| !c.is_control()).take(MAX_REASON).collect()
+}
+
 /// Renders `mail` for `to`, greeting `name`.
 pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail) -> Result<Rendered, String> {
     let v = view(mailer.base_url(), name, mail);
@@ -76,6 +85,7 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         link: String::new(),
         token: String::new(),
         expires: String::new(),
+        reason: String::new(),
         settings_link: String::new(),
     };
     if v.name.is_empty() {
@@ -105,8 +115,9 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         Mail::AddressUnavailable => {
             v.subject = "This address cannot be used".into();
         }
-        Mail::EventCanceled { event_id, title: t } => {
+        Mail::EventCanceled { event_id, title: t, reason } => {
             v.title = title(t);
+            v.reason = reason.as_deref().map(self::reason).unwrap_or_default();
             v.subject = format!("Canceled: {}", v.title);
             v.link = format!("{base}/events/{event_id}");
         }
@@ -143,7 +154,7 @@ mod tests {
             Mail::PasswordChanged,
             Mail::AlreadyRegistered,
             Mail::AddressUnavailable,
-            Mail::EventCanceled { event_id: event, title: "Jazz <b>".into() },
+            Mail::EventCanceled { event_id: event, title: "Jazz <b>".into(), reason: Some("Storm <warning>".into()) },
             Mail::WaitlistPromoted { event_id: event, title: "Jazz <b>".into() },
             Mail::Removed { event_id: event, title: "Jazz <b>".into() },
         ];
@@ -160,6 +171,10 @@ mod tests {
             assert!(text.contains("Ada <script>"), "{text}");
             assert!(!html.contains("<script>") && html.contains("Ada &#60;script&#62;"), "{}: {html}", v.kind);
             assert_eq!(v.settings_link.is_empty(), mail.preference().is_none(), "{}", v.kind);
+            if let Mail::EventCanceled { .. } = mail {
+                assert!(text.contains("Storm <warning>"), "the reason reaches the participant: {text}");
+                assert!(html.contains("Storm &#60;warning&#62;"), "{html}");
+            }
         }
     }
 }
