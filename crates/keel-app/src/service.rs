@@ -257,7 +257,6 @@ impl<C: Section> Service<C> {
 
 /// What a set-up function can use and declare.
 pub struct Setup<C> {
-    #[cfg_attr(not(any(feature = "sql", feature = "redis")), allow(dead_code))]
     pub(crate) name: String,
     /// Set-up runs for `config check`: build everything, connect to nothing, write no file.
     pub(crate) checking: bool,
@@ -310,6 +309,11 @@ impl<C: Section> Setup<C> {
     /// Keel's sections.
     pub fn keel(&self) -> &KeelConfig {
         &self.config.keel
+    }
+
+    /// The service's name (its env prefix: `cityevents-events` → `CITYEVENTS_EVENTS__…`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The profile.

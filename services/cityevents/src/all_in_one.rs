@@ -104,9 +104,10 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
 /// How the launcher runs a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Every service in this process: the gateway's upstreams are on 127.0.0.1 in any profile.
+    /// Every service in this process: the upstreams a service calls (the gateway's, events'
+    /// joins) are on 127.0.0.1 in any profile.
     AllInOne,
-    /// One service as its own process: in production the gateway's upstreams must be configured
+    /// One service as its own process: in production its upstreams must be configured
     /// (a loopback default would hide a missing setting behind connection errors).
     Single,
     /// [`Mode::Single`] for a command that writes nothing (`config check`, `--help`): development
@@ -115,7 +116,7 @@ pub enum Mode {
 }
 
 /// The defaults the launcher gives service `name` (a Keel name from [`services`]): its port,
-/// the gateway's upstream URLs (all-in-one, or outside production), the shared in-process bus,
+/// the URLs of the services it calls (all-in-one, or outside production), the shared in-process bus,
 /// JWT issuer and audience, and in development the secrets from `data/dev-secrets.json`
 /// (created on first use).
 pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String, String)>, String> {
@@ -131,14 +132,9 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
     }
     set("SECURITY__JWT__ISSUER", "cityevents".into());
     set("SECURITY__JWT__AUDIENCE", "cityevents".into());
-    if name == services::GATEWAY.0 && (mode == Mode::AllInOne || profile != Profile::Production) {
-        for (upstream, (_, port)) in [
-            ("AUTH", services::AUTH),
-            ("EVENTS", services::EVENTS),
-            ("JOINS", services::JOINS),
-            ("NOTIFIER", services::NOTIFIER),
-        ] {
-            set(&format!("UPSTREAMS__{upstream}__BASE_URL"), format!("http://127.0.0.1:{port}"));
+    if mode == Mode::AllInOne || profile != Profile::Production {
+        for (upstream, (_, port)) in services::upstreams_of(name) {
+            set(&format!("UPSTREAMS__{}__BASE_URL", upstream.to_uppercase()), format!("http://127.0.0.1:{port}"));
         }
     }
     if name != services::GATEWAY.0 && profile != Profile::Production {
@@ -281,7 +277,13 @@ mod tests {
         assert!(
             gw.contains(&("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into()))
         );
+        let events = defaults(services::EVENTS.0, Profile::Production, Mode::AllInOne).unwrap();
+        assert!(
+            events.contains(&("CITYEVENTS_EVENTS__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into())),
+            "events asks joins before an unpublish: {events:?}"
+        );
         let auth = defaults(services::AUTH.0, Profile::Production, Mode::Single).unwrap();
+        assert!(!auth.iter().any(|(k, _)| k.contains("UPSTREAMS")), "auth calls no one: {auth:?}");
         assert!(!auth.iter().any(|(k, _)| k.ends_with("HTTP__ADDR") || k.ends_with("BUS__URL")), "{auth:?}");
         assert!(!auth.iter().any(|(k, _)| k.contains("SECRET") || k.contains("KEY")), "no secrets in production");
     }
@@ -290,6 +292,8 @@ mod tests {
     fn a_production_gateway_on_its_own_gets_no_loopback_upstreams() {
         let gw = defaults(services::GATEWAY.0, Profile::Production, Mode::Single).unwrap();
         assert!(!gw.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{gw:?}");
+        let events = defaults(services::EVENTS.0, Profile::Production, Mode::Single).unwrap();
+        assert!(!events.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{events:?}");
         let dev = defaults(services::GATEWAY.0, Profile::Test, Mode::Single).unwrap();
         assert!(dev.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{dev:?}");
     }

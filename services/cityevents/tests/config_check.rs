@@ -125,7 +125,18 @@ fn config_check_refuses_what_serve_refuses_with_the_same_code() {
             with(gateway(), &format!("{GW}__RATE_LIMITS__IP__BACKEND"), "local"),
             "rate_limits.ip.backend",
         ),
-        ("an in-process bus", "events", events(&[("BUS__BACKEND", "in_process")]), "bus.backend"),
+        (
+            "an in-process bus",
+            "events",
+            events(&[("BUS__BACKEND", "in_process"), ("UPSTREAMS__JOINS__BASE_URL", "http://joins:8083")]),
+            "bus.backend",
+        ),
+        (
+            "events without the joins service",
+            "events",
+            events(&[("BUS__BACKEND", "nats"), ("BUS__URL", "nats://127.0.0.1:1")]),
+            "upstreams.joins.base_url",
+        ),
         ("auth without a signing key", "auth", auth, "signing_key"),
     ];
     for (what, service, vars, names) in cases {
@@ -137,6 +148,13 @@ fn config_check_refuses_what_serve_refuses_with_the_same_code() {
     }
     // What neither refuses, config check passes without connecting to anything.
     let (code, err) = check(dir.path(), "gateway", &gateway());
+    assert_eq!(code, 0, "{err}");
+    let complete = events(&[
+        ("BUS__BACKEND", "nats"),
+        ("BUS__URL", "nats://127.0.0.1:1"),
+        ("UPSTREAMS__JOINS__BASE_URL", "http://joins:8083"),
+    ]);
+    let (code, err) = check(dir.path(), "events", &complete);
     assert_eq!(code, 0, "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "config check wrote files: {left:?}");

@@ -518,7 +518,8 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     assert_eq!((off.status, &off.body["event_canceled"]), (StatusCode::OK, &json!(false)), "{}", off.body);
 
     // --- the organizer cancels → every participant is notified, and mailed unless turned off
-    let canceled = api.post(&format!("/api/v1/events/{ev}/cancel"), Some(&org.access), json!({})).await;
+    let canceled =
+        api.post(&format!("/api/v1/events/{ev}/cancel"), Some(&org.access), json!({"reason": "The band is ill"})).await;
     assert_eq!(canceled.status, StatusCode::OK, "{}", canceled.body);
     for u in [&u2, &u3] {
         eventually("participants are notified of the cancellation", || async {
@@ -526,13 +527,20 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
         })
         .await;
     }
+    let n = api.get("/api/v1/me/notifications", Some(&u2.access)).await;
+    assert!(
+        n.body["items"].as_array().unwrap().iter().any(|i| i["message"] == "Jazz night was canceled: The band is ill"),
+        "the reason reaches the participant: {}",
+        n.body
+    );
     if !matches!(api.mail, Mailbox::Unread) {
-        let m = api.mail.wait_for(&u2.email, "Subject: Canceled: Jazz night").await;
+        let m = api.mail.wait_for(&u2.email, "Subject: Called off: Jazz night").await;
         assert!(m.contains(&format!("/events/{ev}")), "the mail links the event: {m}");
+        assert!(m.contains("The band is ill"), "the mail gives the reason: {m}");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let header = format!("To: {}\r\n", u3.email);
         assert!(
-            !api.mail.messages().iter().any(|m| m.contains(&header) && m.contains("Subject: Canceled")),
+            !api.mail.messages().iter().any(|m| m.contains(&header) && m.contains("Subject: Called off")),
             "u3 turned cancellation mail off"
         );
     }

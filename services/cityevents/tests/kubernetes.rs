@@ -599,7 +599,12 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
             let pods = pod_labels(get(&r.app, "Deployment", s, o));
             let ingress = rules_for(&policies, &pods, "ingress");
 
-            // The public port: from outside for the gateway, from the gateway's pods for the rest.
+            // The public port: from outside for the gateway, from the gateway's pods for the rest
+            // (and for joins also from the events service's, which asks it before an unpublish).
+            let callers: Vec<BTreeMap<String, String>> = match s {
+                "joins" => vec![gateway_pods.clone(), pod_labels(get(&r.app, "Deployment", "events", o))],
+                _ => vec![gateway_pods.clone()],
+            };
             let public: Vec<&Value> =
                 ingress.iter().copied().filter(|rule| rule_allows_port(rule, port, "http")).collect();
             assert!(!public.is_empty(), "{what}: its public port takes no traffic at all");
@@ -611,8 +616,8 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
                     assert!(!from.is_empty(), "{what}: {rule} lets everyone in");
                     for peer in from {
                         assert!(
-                            !peer_is_outside(peer) && selects(&peer["podSelector"], &gateway_pods),
-                            "{what}: only the gateway's pods reach the public port, not {peer}"
+                            !peer_is_outside(peer) && callers.iter().any(|c| selects(&peer["podSelector"], c)),
+                            "{what}: only its callers' pods reach the public port, not {peer}"
                         );
                     }
                 }
@@ -647,6 +652,8 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
             match s {
                 // Redis, the upstreams, and NATS for session revocations.
                 "gateway" => want.extend([6379, 4222, 8081, 8082, 8083, 8084]),
+                // The joins service, for the unpublish check.
+                "events" => want.extend([5432, 4222, 8083]),
                 "notifier" => want.extend([5432, 4222].into_iter().chain(SMTP_PORTS).chain([smtp_port])),
                 _ => want.extend([5432, 4222]),
             }

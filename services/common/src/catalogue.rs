@@ -4,9 +4,12 @@
 //! |---|---|---|---|---|
 //! | `event.published` | [`EVENTS_TOPIC`] | events | joins, notifier | event id |
 //! | `event.updated` | [`EVENTS_TOPIC`] | events | joins | event id |
+//! | `event.unpublished` | [`EVENTS_TOPIC`] | events | joins, notifier | event id |
 //! | `event.canceled` | [`EVENTS_TOPIC`] | events | joins, notifier | event id |
 //! | `join.confirmed` … `join.kicked` | [`JOINS_TOPIC`] | joins | notifier | event id |
 //! | `account.contact` | [`ACCOUNTS_TOPIC`] | auth | notifier | user id |
+//! | `account.banned`, `account.unbanned` | [`ACCOUNTS_TOPIC`] | auth | events | user id |
+//! | `moderation.recorded` | [`MODERATION_TOPIC`] | events, joins | auth (its audit log) | target |
 //! | `mail.requested` | [`MAIL_TOPIC`] | auth, notifier | notifier (mailer) | user id |
 //! | `session.revoked` | [`SESSIONS_TOPIC`] | auth | every instance of every service (fan-out) | user id |
 //! | `session.sync_requested` | [`SESSIONS_TOPIC`] | every service, on (re)subscribing | auth | — |
@@ -31,6 +34,9 @@ pub const EVENTS_TOPIC: &str = "cityevents.events";
 pub const JOINS_TOPIC: &str = "cityevents.joins";
 /// Topic of `account.*` (keyed by user id).
 pub const ACCOUNTS_TOPIC: &str = "cityevents.accounts";
+/// Topic of `moderation.recorded` (keyed by target): moderation done in other services, for
+/// auth's audit log.
+pub const MODERATION_TOPIC: &str = "cityevents.moderation";
 /// Topic of `mail.requested` (keyed by user id). Its messages can carry single-use account
 /// tokens: only the notifier's mailer consumes it.
 pub const MAIL_TOPIC: &str = "cityevents.mail";
@@ -61,7 +67,7 @@ pub struct EventSnapshot {
     pub ends_at: OffsetDateTime,
     /// Seats; `0` = unlimited.
     pub capacity: u32,
-    /// `published` (or `canceled`).
+    /// `published`, `canceled`, or `draft` in `event.unpublished`.
     pub status: String,
     /// Where it takes place (may be empty).
     #[serde(default)]
@@ -107,6 +113,27 @@ pub struct EventCanceled {
     /// Why, in the words of who canceled it (for participants); absent when none was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// `event.unpublished`: a published event went back to draft (its organizer, while nobody had
+/// joined, or a moderator, whatever the joins). Joins close; any still active are canceled with
+/// reason `event_unpublished`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventUnpublished {
+    /// The event as it is now (status `draft`).
+    #[serde(flatten)]
+    pub event: EventSnapshot,
+    /// Why, when a reason was given (a moderator always gives one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Event for EventUnpublished {
+    const TYPE: &'static str = "event.unpublished";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.event.event_id.to_string())
+    }
 }
 
 impl Event for EventPublished {
@@ -221,6 +248,79 @@ impl Event for AccountContact {
     const VERSION: u32 = 1;
     fn key(&self) -> Option<String> {
         Some(self.user_id.to_string())
+    }
+}
+
+/// `account.banned`: a moderator or admin banned the account (it cannot sign in, its sessions
+/// ended); its events are hidden until `account.unbanned`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBanned {
+    /// The banned user.
+    pub user_id: Uuid,
+    /// Who banned them.
+    pub by: Uuid,
+    /// Why.
+    pub reason: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for AccountBanned {
+    const TYPE: &'static str = "account.banned";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.to_string())
+    }
+}
+
+/// `account.unbanned`: the ban was lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountUnbanned {
+    /// The user.
+    pub user_id: Uuid,
+    /// Who lifted the ban.
+    pub by: Uuid,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for AccountUnbanned {
+    const TYPE: &'static str = "account.unbanned";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.user_id.to_string())
+    }
+}
+
+/// `moderation.recorded`: a moderation action another service carried out (a moderator's
+/// cancel or unpublish, a ban from an event), for the platform's audit log, which auth keeps.
+/// Enqueued in the transaction of the action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModerationRecorded {
+    /// Who did it.
+    pub actor: Uuid,
+    /// What, e.g. `event.cancel`, `event.unpublish`, `event.ban`, `event.unban`.
+    pub action: String,
+    /// On what, e.g. `event:<id>`, `event:<id>/user:<id>`.
+    pub target: String,
+    /// Why, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Anything else worth keeping (an expiry, the organizer).
+    #[serde(default)]
+    pub details: serde_json::Value,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ModerationRecorded {
+    const TYPE: &'static str = "moderation.recorded";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.target.clone())
     }
 }
 

@@ -15,6 +15,7 @@ pub mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
+pub mod upstream;
 pub mod validate;
 pub mod zone;
 
@@ -34,6 +35,17 @@ pub mod services {
     /// All of them, in start order (upstreams before the gateway).
     pub const ALL: [(&str, u16); 5] = [AUTH, EVENTS, JOINS, NOTIFIER, GATEWAY];
 
+    /// The services each service calls over HTTP, as `(upstreams.<key>, service)`: the gateway
+    /// forwards to the four others; events asks joins whether anyone joined before an
+    /// unpublish. The launcher points them at 127.0.0.1 all-in-one and outside production.
+    pub fn upstreams_of(name: &str) -> &'static [(&'static str, (&'static str, u16))] {
+        match name {
+            n if n == GATEWAY.0 => &[("auth", AUTH), ("events", EVENTS), ("joins", JOINS), ("notifier", NOTIFIER)],
+            n if n == EVENTS.0 => &[("joins", JOINS)],
+            _ => &[],
+        }
+    }
+
     /// The configuration defaults every binary of `service` starts from (below its config file
     /// and environment): its port. Use with `keel::Service::config_defaults`.
     pub fn defaults((name, port): (&str, u16)) -> Vec<(String, String)> {
@@ -45,6 +57,9 @@ pub mod services {
 pub mod roles {
     /// Every registered account.
     pub const USER: &str = "user";
-    /// Created only with `cityevents-auth admin create`.
+    /// Keeps the platform clean: unpublishes or cancels any event with a reason, bans accounts
+    /// and bans users from events. Given by an admin.
+    pub const MODERATOR: &str = "moderator";
+    /// Created only with `cityevents-auth admin create`; manages roles, and moderates too.
     pub const ADMIN: &str = "admin";
 }

@@ -21,6 +21,7 @@ use http::{StatusCode, header};
 use keel::data::{DataError, Db};
 use keel::events::outbox::{Outbox, OutboxError};
 use keel::http::Problem;
+use keel::http::client::{self, Client, ClientError};
 use keel::security::jwt::{Auth, Claims, HasRoles};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -43,6 +44,9 @@ pub struct AppState {
     pub outbox: Outbox,
     /// `app.require_verified_email`: only callers with a verified address create events.
     pub require_verified_email: bool,
+    /// The joins service (`upstreams.joins`): asked whether anyone joined before an organizer
+    /// unpublishes.
+    pub joins: Client,
 }
 
 /// The routes (add the JWT extension layer outside).
@@ -57,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}", get(show).patch(update))
         .route("/api/v1/events/{id}/publish", post(publish))
         .route("/api/v1/events/{id}/cancel", post(cancel))
+        .route("/api/v1/events/{id}/unpublish", post(unpublish))
         .route("/api/v1/meta/cities", get(cities))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -71,6 +76,8 @@ pub enum ApiError {
     Data(DataError),
     /// The outbox refused the event (500).
     Outbox(OutboxError),
+    /// A call to another service failed (502, 503 or 504).
+    Upstream(ClientError),
 }
 
 impl From<Problem> for ApiError {
@@ -91,6 +98,12 @@ impl From<OutboxError> for ApiError {
     }
 }
 
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        Self::Upstream(e)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
@@ -101,6 +114,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "enqueueing an event failed");
                 Problem::internal().into_response()
             }
+            Self::Upstream(e) => e.into_response(),
         }
     }
 }
@@ -113,7 +127,13 @@ fn caller(claims: &Claims) -> Result<Caller, Problem> {
         Problem::new(StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized")
             .detail("the bearer token was refused: its subject is not a user id")
     })?;
-    Ok(Caller { id, admin: claims.has_role(roles::ADMIN), verified: claims.email_verified == Some(true) })
+    let admin = claims.has_role(roles::ADMIN);
+    Ok(Caller {
+        id,
+        admin,
+        moderator: admin || claims.has_role(roles::MODERATOR),
+        verified: claims.email_verified == Some(true),
+    })
 }
 
 /// The signed-in caller (401 without a valid token). Checked before the body is read, so a bad
@@ -220,6 +240,7 @@ enum Emit {
     Published,
     Updated,
     Canceled,
+    Unpublished,
 }
 
 fn fields_of(e: &Event) -> Fields {
@@ -264,6 +285,9 @@ async fn change(st: &AppState, id: Uuid, plan: impl FnOnce(&Event, i64) -> Resul
         }
         Emit::Canceled => {
             st.outbox.enqueue_event(&mut tx, EVENTS_TOPIC, &new.canceled()).await?;
+        }
+        Emit::Unpublished => {
+            st.outbox.enqueue_event(&mut tx, EVENTS_TOPIC, &new.unpublished()).await?;
         }
     }
     tx.commit().await.map_err(|e| st.db.observe(e))?;
@@ -313,33 +337,114 @@ async fn publish(
     Ok(JsonResponse(event.view()))
 }
 
-/// `POST /api/v1/events/{id}/cancel` body (optional).
+/// `POST /api/v1/events/{id}/cancel` and `…/unpublish` body (optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+struct ReasonBody {
     reason: Option<String>,
 }
 
-/// `POST /api/v1/events/{id}/cancel`, optionally `{reason}`: the organizer (or an admin) calls
-/// the event off. A published event announces `event.canceled` with the reason, which reaches
-/// its participants; a draft was never public and announces nothing.
+/// Checks who may call off `current` and that a moderator acting on someone else's event gave
+/// a reason; `Ok(true)` when moderating.
+fn moderation(current: &Event, caller: &Caller, reason: Option<&String>, action: &str) -> Result<bool, Problem> {
+    let moderating = current.check_can_moderate(caller)?;
+    if moderating && reason.is_none() {
+        return Err(validate::invalid("reason", &format!("is required to {action} someone else's event")));
+    }
+    Ok(moderating)
+}
+
+/// `POST /api/v1/events/{id}/cancel`, optionally `{reason}`: the organizer, or a moderator or
+/// admin (any event, with a reason), calls the event off. A published event announces
+/// `event.canceled` with the reason, which reaches its participants; a draft was never public
+/// and announces nothing.
 async fn cancel(
     State(st): State<AppState>,
     User(caller): User,
     Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<CancelBody>,
+    OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<JsonResponse<EventView>> {
     let id = event_id(&id)?;
     let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
+    let mut moderated = false;
     let event = change(&st, id, |current, now| {
-        current.check_can_cancel(&caller)?;
+        moderated = moderation(current, &caller, reason.as_ref(), "cancel")?;
         current.check_cancelable(now)?;
         let emit = if current.status == Status::Published { Emit::Canceled } else { Emit::Nothing };
         Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, reason, emit })
     })
     .await?;
-    if caller.admin && caller.id != event.organizer_id {
-        tracing::info!(event_id = %event.id, admin = %caller.id, "an admin canceled another user's event");
+    if moderated {
+        tracing::info!(event_id = %event.id, moderator = %caller.id, "a moderator canceled another user's event");
+    }
+    Ok(JsonResponse(event.view()))
+}
+
+/// Whether anyone holds a seat or waits in `event`, as the joins service knows it (an event it
+/// has not heard of has no one yet).
+async fn anyone_joined(st: &AppState, event: Uuid) -> Result<bool> {
+    #[derive(Deserialize)]
+    struct Counts {
+        confirmed: i64,
+        waitlisted: i64,
+    }
+    let req = client::Request::new(http::Method::GET, format!("/api/v1/events/{event}/counts"))
+        .header(header::ACCEPT, http::HeaderValue::from_static("application/json"))
+        .timeout(UPSTREAM_TIMEOUT);
+    let resp = st.joins.send(req).await?;
+    match resp.status {
+        StatusCode::NOT_FOUND => Ok(false),
+        StatusCode::OK => {
+            let c: Counts = resp.json()?;
+            Ok(c.confirmed + c.waitlisted > 0)
+        }
+        other => {
+            tracing::warn!(status = other.as_u16(), "the joins service could not say whether anyone joined");
+            Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "service-degraded", "Service unavailable")
+                .code("SERVICE_DEGRADED")
+                .detail("whether anyone joined cannot be checked right now; try again shortly")
+                .into())
+        }
+    }
+}
+
+/// Longest wait for the joins service's answer (each attempt; the client retries once).
+const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `POST /api/v1/events/{id}/unpublish`, optionally `{reason}`: a published event that has not
+/// ended goes back to draft (private again; `event.unpublished`). Its organizer may while nobody
+/// has joined (else 409 `event_has_participants`: cancel it instead); a moderator or admin may
+/// whatever the joins, with a reason, and every join is then canceled (reason
+/// `event_unpublished`). A join that slips in between the check and the change is canceled the
+/// same way.
+async fn unpublish(
+    State(st): State<AppState>,
+    User(caller): User,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonBody>,
+) -> Result<JsonResponse<EventView>> {
+    let id = event_id(&id)?;
+    let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
+    let Some(current) = store::get(&st.db, id).await? else {
+        return Err(Problem::not_found().into());
+    };
+    let moderating = moderation(&current, &caller, reason.as_ref(), "unpublish")?;
+    current.check_unpublishable(to_micros(now()))?;
+    if !moderating && anyone_joined(&st, id).await? {
+        return Err(conflict(
+            "event_has_participants",
+            "people have joined this event: it cannot go back to draft; cancel it instead",
+        )
+        .into());
+    }
+    let event = change(&st, id, |current, now| {
+        moderation(current, &caller, reason.as_ref(), "unpublish")?;
+        current.check_unpublishable(now)?;
+        Ok(Plan::Write { fields: fields_of(current), status: Status::Draft, reason, emit: Emit::Unpublished })
+    })
+    .await?;
+    if moderating {
+        tracing::info!(event_id = %event.id, moderator = %caller.id, "a moderator unpublished another user's event");
     }
     Ok(JsonResponse(event.view()))
 }

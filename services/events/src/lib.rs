@@ -9,7 +9,8 @@
 //! | `GET /api/v1/events/{id}` | anyone | public events (published, or canceled after publication); a draft only to its organizer (else 404) |
 //! | `PATCH /api/v1/events/{id}` | organizer | partial update; not once canceled (409 `event_canceled`) or over (409 `event_ended`) |
 //! | `POST /api/v1/events/{id}/publish` | organizer | a draft starting in the future becomes public (else 409 `not_publishable`) |
-//! | `POST /api/v1/events/{id}/cancel` | organizer, admin | calls the event off; optional `{reason}` (≤ 500 characters) |
+//! | `POST /api/v1/events/{id}/cancel` | organizer; moderator, admin (with a reason) | calls the event off; optional `{reason}` (≤ 500 characters) |
+//! | `POST /api/v1/events/{id}/unpublish` | organizer (nobody joined); moderator, admin (with a reason) | back to draft (`event.unpublished`) |
 //! | `GET /api/v1/events` | anyone | published events: `city`, `category`, `from`, `to`, `sort`, `limit`, `cursor` |
 //! | `POST /api/v1/events/batch` | anyone | `{ids: […1–100]}` → `{"events": {id: event}}`, only those visible |
 //! | `GET /api/v1/me/events` | any user | the caller's events, every status, newest first |
@@ -25,7 +26,8 @@
 //! event is canceled (a canceled draft was never public: nothing is sent, and it stays visible
 //! to its organizer only).
 //!
-//! Configuration: Keel's `database.*`, `bus.*`, `outbox.*` and `security.jwt.*` (verify only:
+//! Configuration: `upstreams.joins` (Keel's HTTP client; in development
+//! `http://127.0.0.1:8083`), Keel's `database.*`, `bus.*`, `outbox.*` and `security.jwt.*` (verify only:
 //! `issuer` and `audience` `cityevents`, the keys auth signs with) and `app.require_verified_email`
 //! (default `true`: a caller whose token does not say `email_verified` gets 403 `email_unverified`
 //! when creating an event; admins are exempt).
@@ -75,6 +77,8 @@ pub fn service() -> keel::Service<EventsConfig> {
             let outbox = s.outbox(&db)?;
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::EVENTS.0, s.jwt()?)?;
             let require_verified_email = s.config().require_verified_email;
-            Ok(api::router(api::AppState { db, outbox, require_verified_email }).layer(jwt.extension()))
+            let (_, joins_port) = cityevents_common::services::JOINS;
+            let joins = cityevents_common::upstream::client(s, "joins", joins_port)?;
+            Ok(api::router(api::AppState { db, outbox, require_verified_email, joins }).layer(jwt.extension()))
         })
 }

@@ -1,7 +1,7 @@
 //! The event aggregate: its fields and limits, its life cycle (`draft → published → canceled`)
 //! and the rules that decide who may change it and when.
 
-use cityevents_common::catalogue::{EventCanceled, EventSnapshot};
+use cityevents_common::catalogue::{EventCanceled, EventSnapshot, EventUnpublished};
 use cityevents_common::time::{from_micros, to_micros};
 use cityevents_common::validate;
 use cityevents_common::zone::Zone;
@@ -22,7 +22,7 @@ pub const MAX_CITY: usize = 80;
 pub const MAX_CATEGORY: usize = 80;
 /// Longest venue, in characters (it may be empty).
 pub const MAX_VENUE: usize = 200;
-/// Longest reason given for a cancel, in characters.
+/// Longest reason given for a cancel or an unpublish, in characters.
 pub const MAX_REASON: usize = 500;
 /// Most seats an event may have; `0` means unlimited.
 pub const MAX_CAPACITY: i64 = 100_000;
@@ -70,6 +70,8 @@ pub struct Caller {
     pub id: Uuid,
     /// Whether the token carries the `admin` role.
     pub admin: bool,
+    /// Whether the token carries the `moderator` role (admins moderate too).
+    pub moderator: bool,
     /// Whether the token says the caller's e-mail address is verified (`email_verified`).
     pub verified: bool,
 }
@@ -101,9 +103,10 @@ pub struct Event {
     pub capacity: i64,
     /// Life-cycle state.
     pub status: Status,
-    /// When it was published (micros); `None` while it never was.
+    /// When it was published (micros); `None` while it never was, and again once unpublished
+    /// (a draft canceled after that stays private).
     pub published_at: Option<i64>,
-    /// Why it was canceled, when a reason was given.
+    /// Why it was canceled or unpublished, when a reason was given.
     pub status_reason: Option<String>,
     /// Bumped on every change.
     pub version: i64,
@@ -156,9 +159,29 @@ impl Event {
         Err(forbidden("only the organizer may change this event"))
     }
 
-    /// Checks that `caller` may cancel the event: its organizer, or an admin (any event).
-    pub fn check_can_cancel(&self, caller: &Caller) -> Result<(), Problem> {
-        if caller.admin { Ok(()) } else { self.check_organizer(caller) }
+    /// Checks that `caller` may cancel or unpublish the event: its organizer, or a moderator or
+    /// admin (any event). `Ok(true)` when the caller acts as a moderator on someone else's event
+    /// (a reason is then required).
+    pub fn check_can_moderate(&self, caller: &Caller) -> Result<bool, Problem> {
+        if caller.id == self.organizer_id {
+            return Ok(false);
+        }
+        if caller.admin || caller.moderator {
+            return Ok(true);
+        }
+        self.check_organizer(caller).map(|()| false)
+    }
+
+    /// Checks that the event may be unpublished at `now`: published and not over.
+    pub fn check_unpublishable(&self, now: i64) -> Result<(), Problem> {
+        match self.status {
+            Status::Canceled => Err(conflict("event_canceled", "a canceled event cannot be unpublished")),
+            Status::Draft => Err(conflict("not_published", "the event is not published")),
+            Status::Published if self.ended(now) => {
+                Err(conflict("event_ended", "the event is over and cannot be unpublished"))
+            }
+            Status::Published => Ok(()),
+        }
     }
 
     /// Checks that the event may still be edited at `now`.
@@ -225,6 +248,11 @@ impl Event {
         }
     }
 
+    /// What `event.unpublished` carries.
+    pub fn unpublished(&self) -> EventUnpublished {
+        EventUnpublished { event: self.snapshot(), reason: self.status_reason.clone() }
+    }
+
     /// The event's zone (UTC when its stored name is unknown, which validation prevents).
     pub fn zone(&self) -> Zone {
         Zone::named(&self.time_zone).unwrap_or_else(Zone::utc)
@@ -288,7 +316,7 @@ pub struct EventView {
     pub capacity: u32,
     /// `draft`, `published` or `canceled`.
     pub status: &'static str,
-    /// Why it was canceled, when a reason was given; `null` otherwise.
+    /// Why it was canceled or unpublished, when a reason was given; `null` otherwise.
     pub status_reason: Option<String>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]

@@ -197,6 +197,7 @@ pub async fn update(
     let updated_at = now.max(current.updated_at);
     let published_at = match (status, current.published_at) {
         (Status::Published, None) => Some(now),
+        (Status::Draft, _) => None,
         (_, at) => at,
     };
     let done = sqlx::query(AssertSqlSafe(sql.into_owned()))

@@ -17,7 +17,8 @@ cityevents_common::on_every_backend!(
     crud_and_visibility,
     publish_and_cancel_rules,
     ended_events_are_immutable,
-    venue_time_zone_and_cancel_reason
+    venue_time_zone_and_cancel_reason,
+    unpublish_and_moderation
 );
 
 async fn crud_and_visibility(backend: Backend) {
@@ -168,7 +169,9 @@ async fn publish_and_cancel_rules(backend: Backend) {
     assert_conflict(status, &body, "not_publishable");
 
     // An admin may cancel anyone's event; it stays public, and is frozen.
-    let (status, c) = s.post_empty(&format!("{path}/cancel"), Some(&tadmin)).await;
+    let (status, p) = s.post_empty(&format!("{path}/cancel"), Some(&tadmin)).await;
+    assert_invalid(status, &p, "reason");
+    let (status, c) = s.post(&format!("{path}/cancel"), Some(&tadmin), json!({"reason": "Reported twice"})).await;
     assert_eq!(status, StatusCode::OK, "{c}");
     assert_eq!(c["status"], "canceled");
     assert_eq!(c["organizer_id"], alice.to_string());
@@ -198,7 +201,8 @@ async fn publish_and_cancel_rules(backend: Backend) {
     assert_conflict(status, &body, "event_canceled");
     // An admin may cancel a draft too (it is not visible to them otherwise).
     let draft2 = s.create(&tb, json!({})).await;
-    let (status, d2) = s.post_empty(&format!("/api/v1/events/{}/cancel", id(&draft2)), Some(&tadmin)).await;
+    let (status, d2) =
+        s.post(&format!("/api/v1/events/{}/cancel", id(&draft2)), Some(&tadmin), json!({"reason": "Spam"})).await;
     assert_eq!((status, &d2["status"]), (StatusCode::OK, &json!("canceled")));
     s.stop().await;
 }
@@ -267,6 +271,89 @@ async fn venue_time_zone_and_cancel_reason(backend: Backend) {
     assert_eq!(s.get(&format!("/api/v1/events/{}", id(&published)), None).await.1["status_reason"], "Venue flooded");
     s.stop().await;
 }
+async fn public_ids(s: &Svc) -> Vec<String> {
+    let (_, page) = s.get("/api/v1/events?limit=100", None).await;
+    page["items"].as_array().unwrap().iter().map(id).collect()
+}
+
+async fn unpublish_and_moderation(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let (alice, bob, moderator) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (ta, tb, tm) = (s.token(alice, "user"), s.token(bob, "user"), s.token(moderator, "moderator"));
+    // Nobody joined: the organizer takes it back to draft; it is private again.
+    let e = s.create_published(&ta, json!({})).await;
+    let path = format!("/api/v1/events/{}", id(&e));
+    let (status, d) = s.post_empty(&format!("{path}/unpublish"), Some(&ta)).await;
+    assert_eq!((status, d["status"].as_str()), (StatusCode::OK, Some("draft")), "{d}");
+    assert_eq!(s.get(&path, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get(&path, Some(&tb)).await.0, StatusCode::NOT_FOUND);
+    assert!(!public_ids(&s).await.contains(&id(&e)));
+    let (status, body) = s.post_empty(&format!("{path}/unpublish"), Some(&ta)).await;
+    assert_conflict(status, &body, "not_published");
+    // Published again, then canceled after another unpublish: it stays private.
+    assert_eq!(s.post_empty(&format!("{path}/publish"), Some(&ta)).await.0, StatusCode::OK);
+    assert!(public_ids(&s).await.contains(&id(&e)));
+    assert_eq!(s.post_empty(&format!("{path}/unpublish"), Some(&ta)).await.0, StatusCode::OK);
+    assert_eq!(s.post_empty(&format!("{path}/cancel"), Some(&ta)).await.0, StatusCode::OK);
+    assert_eq!(s.get(&path, None).await.0, StatusCode::NOT_FOUND, "never public as canceled");
+
+    // Someone joined: the organizer is refused and told to cancel instead.
+    let joined = s.create_published(&ta, json!({})).await;
+    let jpath = format!("/api/v1/events/{}", id(&joined));
+    s.joins.set(&id(&joined), 1, 0);
+    let (status, body) = s.post_empty(&format!("{jpath}/unpublish"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_has_participants");
+    s.joins.set(&id(&joined), 0, 2);
+    let (status, body) = s.post_empty(&format!("{jpath}/unpublish"), Some(&ta)).await;
+    assert_conflict(status, &body, "event_has_participants");
+    // The joins service cannot tell: 503, nothing changes.
+    s.joins.down(true);
+    let (status, body) = s.post_empty(&format!("{jpath}/unpublish"), Some(&ta)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    s.joins.down(false);
+    assert_eq!(s.get(&jpath, None).await.1["status"], "published");
+
+    // Others: 403 for a user, a reason required of a moderator, who then may whatever the joins.
+    let (status, _) = s.post_empty(&format!("{jpath}/unpublish"), Some(&tb)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, p) = s.post_empty(&format!("{jpath}/unpublish"), Some(&tm)).await;
+    assert_invalid(status, &p, "reason");
+    let (status, p) = s.post(&format!("{jpath}/unpublish"), Some(&tm), json!({"reason": "   "})).await;
+    assert_invalid(status, &p, "reason");
+    let calls = s.joins.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, d) = s.post(&format!("{jpath}/unpublish"), Some(&tm), json!({"reason": "Spam listing"})).await;
+    assert_eq!((status, d["status"].as_str()), (StatusCode::OK, Some("draft")), "{d}");
+    assert_eq!(s.joins.calls.load(std::sync::atomic::Ordering::SeqCst), calls, "a moderator needs no count");
+    let (_, seen) = s.get(&jpath, Some(&ta)).await;
+    assert_eq!(seen["status_reason"], "Spam listing", "the organizer sees why");
+    assert_eq!(s.get(&jpath, Some(&tm)).await.0, StatusCode::NOT_FOUND, "a draft is its organizer's");
+    // Republished, the reason is gone.
+    let (_, p) = s.post_empty(&format!("{jpath}/publish"), Some(&ta)).await;
+    assert_eq!(p["status_reason"], Value::Null, "{p}");
+
+    // A moderator cancels anyone's event with a reason (without one: 400); a user may not.
+    let other = s.create_published(&tb, json!({})).await;
+    let cancel = format!("/api/v1/events/{}/cancel", id(&other));
+    assert_eq!(s.post_empty(&cancel, Some(&ta)).await.0, StatusCode::FORBIDDEN);
+    let (status, p) = s.post_empty(&cancel, Some(&tm)).await;
+    assert_invalid(status, &p, "reason");
+    let (status, c) = s.post(&cancel, Some(&tm), json!({"reason": "Fraudulent"})).await;
+    assert_eq!((status, c["status_reason"].as_str()), (StatusCode::OK, Some("Fraudulent")), "{c}");
+    let (status, body) =
+        s.post(&format!("/api/v1/events/{}/unpublish", id(&other)), Some(&tm), json!({"reason": "x"})).await;
+    assert_conflict(status, &body, "event_canceled");
+    // A moderator edits nothing.
+    let (status, _) = s.patch(&format!("/api/v1/events/{}", id(&joined)), Some(&tm), json!({"title": "x"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // An event that has ended cannot go back to draft.
+    let past = s.create_published(&ta, json!({})).await;
+    s.shift(&past, 48).await;
+    let (status, body) = s.post_empty(&format!("/api/v1/events/{}/unpublish", id(&past)), Some(&ta)).await;
+    assert_conflict(status, &body, "event_ended");
+    s.stop().await;
+}
+
 async fn ended_events_are_immutable(backend: Backend) {
     let Some(s) = Svc::start(backend).await else { return };
     let alice = Uuid::now_v7();

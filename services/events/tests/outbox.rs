@@ -73,9 +73,22 @@ async fn the_outbox_emits_exactly_the_right_events(backend: Backend) {
     assert_eq!(canceled["status_reason"], "The band is ill");
     assert_eq!(s.post_empty(&format!("{path}/cancel"), Some(&ta)).await.0, StatusCode::CONFLICT);
 
+    // One unpublished by a moderator, with the reason.
+    let taken_down = s.create_published(&ta, json!({})).await;
+    let tm = s.token(Uuid::now_v7(), "moderator");
+    let (status, _) =
+        s.post(&format!("/api/v1/events/{}/unpublish", id(&taken_down)), Some(&tm), json!({"reason": "Spam"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = s.seen.wait_for(&id(&taken_down), 2).await;
+    assert_eq!(got.iter().map(|e| e.ty.as_str()).collect::<Vec<_>>(), ["event.published", "event.unpublished"]);
+    let u: cityevents_common::catalogue::EventUnpublished = got[1].decode().unwrap();
+    assert_eq!((u.event.status.as_str(), u.reason.as_deref()), ("draft", Some("Spam")));
+    assert_eq!(u.event.event_id.to_string(), id(&taken_down));
+
     // Another one, canceled by an admin.
     let other = s.create_published(&ta, json!({})).await;
-    let (status, _) = s.post_empty(&format!("/api/v1/events/{}/cancel", id(&other)), Some(&tadmin)).await;
+    let (status, _) =
+        s.post(&format!("/api/v1/events/{}/cancel", id(&other)), Some(&tadmin), json!({"reason": "Duplicate"})).await;
     assert_eq!(status, StatusCode::OK);
 
     let got = s.seen.wait_for(&eid, 3).await;
@@ -111,12 +124,12 @@ async fn the_outbox_emits_exactly_the_right_events(backend: Backend) {
     assert_eq!(types, ["event.published", "event.canceled"]);
     let c: EventCanceled = got[1].decode().unwrap();
     assert_eq!(c.organizer_id, alice, "the organizer, not the admin who canceled");
-    assert_eq!(c.reason, None, "no reason given");
+    assert_eq!(c.reason.as_deref(), Some("Duplicate"));
 
-    // Give stragglers a moment: still exactly these five, none about the quiet draft.
+    // Give stragglers a moment: still exactly these seven, none about the quiet draft.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.seen.about(&id(&quiet)), Vec::<Envelope>::new());
-    assert_eq!(s.seen.all().len(), 5, "{:?}", s.seen.all().iter().map(|e| &e.ty).collect::<Vec<_>>());
+    assert_eq!(s.seen.all().len(), 7, "{:?}", s.seen.all().iter().map(|e| &e.ty).collect::<Vec<_>>());
     s.stop().await;
 }
 

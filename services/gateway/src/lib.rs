@@ -57,8 +57,6 @@ use axum::routing::MethodRouter;
 use keel::Setup;
 use keel::app::SetupError;
 use keel::config::{Profile, Section, Validation};
-use keel::http::client::Client;
-use keel::http::client::UpstreamConfig;
 use keel::resilience::rate_limit::{BackendKind, KeyPart, RateLimitLayer, RateLimitPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -146,32 +144,6 @@ impl Section for GatewayConfig {
 /// A configuration problem at `path`: `serve` and `config check` exit 78 with it.
 fn misconfigured(path: &str, message: String) -> SetupError {
     Box::new(keel::config::ConfigError::invalid(path, message))
-}
-
-/// The client for upstream `name`: `upstreams.<name>` when configured; in development only, the
-/// service's local default port; otherwise a set-up error naming the missing key. Its readiness
-/// check (with `health_path`) only degrades the gateway's readiness: a down upstream is a quick
-/// 503 from its breaker on its own routes while every other route still answers.
-fn upstream(s: &mut Setup<GatewayConfig>, name: &str, port: u16) -> Result<Client, SetupError> {
-    if s.keel().upstreams.contains_key(name) {
-        return s.http_client_optional(name);
-    }
-    if s.profile() != Profile::Development {
-        return Err(misconfigured(
-            &format!("upstreams.{name}.base_url"),
-            format!(
-                "is not configured: the gateway forwards to the {name} service \
-                 (env CITYEVENTS_GATEWAY__UPSTREAMS__{}__BASE_URL)",
-                name.to_uppercase()
-            ),
-        ));
-    }
-    let mut cfg = UpstreamConfig::default();
-    cfg.base_url = format!("http://127.0.0.1:{port}");
-    cfg.retry.max_attempts = 2;
-    tracing::warn!(upstream = name, base_url = %cfg.base_url, "upstream not configured; using the development default");
-    let breaker = s.breakers()?.get_or_create(name, &cfg.breaker);
-    Ok(Client::new(name, &cfg, breaker, None)?)
 }
 
 /// The three limiters: `rate_limits.api` (per user and client IP), `rate_limits.ip` (per client
@@ -278,7 +250,7 @@ pub fn service() -> keel::Service<GatewayConfig> {
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.0, s.jwt()?)?;
             let mut clients = HashMap::new();
             for (up, name, port) in Upstream::FORWARDED {
-                clients.insert(up, upstream(s, name, port)?);
+                clients.insert(up, cityevents_common::upstream::client(s, name, port)?);
             }
             let limits = limits(s)?;
             let gw = Arc::new(Gateway {

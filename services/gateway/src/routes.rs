@@ -176,6 +176,7 @@ pub const ROUTES: &[Route] = &[
     r(Patch, "/api/v1/events/{id}", Events, User),
     r(Post, "/api/v1/events/{id}/publish", Events, User),
     r(Post, "/api/v1/events/{id}/cancel", Events, User),
+    r(Post, "/api/v1/events/{id}/unpublish", Events, User),
     r(Get, "/api/v1/me/events", Events, User),
     r(Get, "/api/v1/meta/cities", Events, Public),
     // joins

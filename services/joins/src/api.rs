@@ -328,7 +328,7 @@ async fn join_tx(
         return Ok(Joined::Stored(stored));
     }
     if !ev.is_open(now_us) {
-        return Err(conflict("event_closed", "the event is canceled or over; it takes no joins").into());
+        return Err(conflict("event_closed", "the event is canceled, unpublished or over; it takes no joins").into());
     }
     if ev.organizer_id == caller.id {
         return Err(forbidden("organizer_cannot_join", "you organize this event; an organizer does not join it").into());

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | `event.published` | creates the capacity row (a repeat updates it like `event.updated`) |
 //! | `event.updated` | new title, times, capacity; free seats go to the oldest waitlisted users (`join.promoted`); a smaller capacity bumps no one |
-//! | `event.canceled` | the event is closed; every confirmed or waitlisted join is canceled (`join.canceled`, reason `event_canceled`) |
+//! | `event.canceled` | the event is closed; every confirmed or waitlisted join is canceled (`join.canceled`, reason `event_canceled`, the reason given as `note`) |
+//! | `event.unpublished` | the event is closed until published again; every active join is canceled (`join.canceled`, reason `event_unpublished`, `note`) |
 //!
 //! Snapshots carry the event's version: one older than (or equal to) the version already
 //! applied is acknowledged and ignored, so a retried or reordered `event.updated` never rolls
@@ -20,7 +21,7 @@
 //! be on its way); a payload that does not decode, or an unknown schema version, goes to the
 //! DLQ at once. Other `event.*` types are acknowledged and ignored.
 
-use cityevents_common::catalogue::{EventCanceled, EventPublished, EventSnapshot, EventUpdated};
+use cityevents_common::catalogue::{EventCanceled, EventPublished, EventSnapshot, EventUnpublished, EventUpdated};
 use cityevents_common::time::{now, to_micros};
 use keel::data::Backend;
 use keel::events::outbox::Outbox;
@@ -82,6 +83,10 @@ pub(crate) async fn apply_event(
             let canceled: EventCanceled = envelope.decode().map_err(Failure::permanent)?;
             apply_cancel(tx, to, &canceled).await
         }
+        EventUnpublished::TYPE => {
+            let unpublished: EventUnpublished = envelope.decode().map_err(Failure::permanent)?;
+            apply_unpublish(tx, to, &unpublished).await
+        }
         other => {
             tracing::debug!(ty = %other, "not an event the joins service acts on; acknowledged");
             Ok(())
@@ -99,7 +104,7 @@ fn is_stale(ev: &EventRow, incoming: u64) -> bool {
 }
 
 fn row_from(s: &EventSnapshot) -> Result<EventRow, Failure> {
-    if s.status != event_status::PUBLISHED && s.status != event_status::CANCELED {
+    if ![event_status::PUBLISHED, event_status::CANCELED, event_status::DRAFT].contains(&s.status.as_str()) {
         return Err(Failure::permanent(format!("event {}: unknown status {:?}", s.event_id, s.status)));
     }
     Ok(EventRow {
@@ -149,14 +154,46 @@ async fn apply_snapshot(
     ev.ends_at = fresh.ends_at;
     ev.capacity = fresh.capacity;
     ev.source_version = ev.source_version.max(fresh.source_version);
-    if fresh.status == event_status::CANCELED {
-        ev.status = event_status::CANCELED.to_owned();
+    // Canceled is final; otherwise the snapshot's status holds (a republished draft reopens).
+    if ev.status != event_status::CANCELED && ev.status != fresh.status {
+        ev.status = fresh.status;
+        ev.note = None;
     }
     // A larger (or unlimited) capacity frees seats; a smaller one leaves confirmed joins be.
     let changed = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     if changed > 0 || ev.unsettled() {
         tracing::info!(event_id = %ev.event_id, changed, pending = ev.unsettled(), "event change moved joins");
     }
+    Ok(())
+}
+
+async fn apply_unpublish(
+    tx: &mut Transaction<'static, Any>,
+    to: &EventsHandler,
+    u: &EventUnpublished,
+) -> Result<(), Failure> {
+    let now_us = to_micros(now());
+    let mut fresh = row_from(&u.event)?;
+    fresh.status = event_status::DRAFT.to_owned();
+    fresh.note.clone_from(&u.reason);
+    let Some(mut ev) = store::lock_event(tx, to.backend, u.event.event_id).await? else {
+        // Never opened here (its event.published may come later, and older): a closed row
+        // whose version makes that late publish stale.
+        store::insert_event(tx, to.backend, &fresh, now_us).await?;
+        return Ok(());
+    };
+    if is_stale(&ev, u.event.version) || ev.status == event_status::CANCELED {
+        return Ok(());
+    }
+    ev.status = fresh.status;
+    ev.note = fresh.note;
+    ev.title = fresh.title;
+    ev.starts_at = fresh.starts_at;
+    ev.ends_at = fresh.ends_at;
+    ev.capacity = fresh.capacity;
+    ev.source_version = ev.source_version.max(fresh.source_version);
+    let canceled = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+    tracing::info!(event_id = %ev.event_id, canceled, pending = ev.unsettled(), "event unpublished; its joins are canceled");
     Ok(())
 }
 

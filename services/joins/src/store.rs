@@ -43,6 +43,8 @@ pub(crate) mod event_status {
     pub(crate) const PUBLISHED: &str = "published";
     /// Closed for good.
     pub(crate) const CANCELED: &str = "canceled";
+    /// Taken back to draft: closed until published again.
+    pub(crate) const DRAFT: &str = "draft";
 }
 
 /// Joins changed per transaction when an event changes in bulk (the `change_batch` default).
@@ -102,10 +104,20 @@ impl EventRow {
     /// Whether joins still have to change to match the event: a canceled event with active
     /// joins, or free seats while someone waits. Such a row is saved `pending`.
     pub(crate) fn unsettled(&self) -> bool {
-        if self.status == event_status::CANCELED {
+        if self.closing_reason().is_some() {
             return self.confirmed > 0 || self.waitlisted > 0;
         }
         self.status == event_status::PUBLISHED && self.waitlisted > 0 && self.has_free_seat()
+    }
+
+    /// Why every active join must end, when the event is canceled (`event_canceled`) or back to
+    /// draft (`event_unpublished`).
+    pub(crate) fn closing_reason(&self) -> Option<&'static str> {
+        match self.status.as_str() {
+            event_status::CANCELED => Some("event_canceled"),
+            event_status::DRAFT => Some("event_unpublished"),
+            _ => None,
+        }
     }
 
     /// Whether a new join gets a seat now (a shrunk capacity keeps its confirmed joins but
@@ -170,7 +182,7 @@ pub(crate) async fn counts_of(db: &Db, ids: &[Uuid]) -> Result<Vec<EventRow>, sq
     rows.iter().map(EventRow::from_row).collect()
 }
 
-/// Inserts a new event row (status `published`, no joins).
+/// Inserts a new event row (its status, no joins).
 pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
     sqlx::query(sql(
         backend,
@@ -377,13 +389,13 @@ pub(crate) async fn promote(
     Ok(promoted)
 }
 
-/// Cancels up to `limit` confirmed or waitlisted joins of a canceled event, oldest first;
-/// returns them (canceled). Runs under the event lock (`ev` is locked).
+/// Cancels up to `limit` confirmed or waitlisted joins of a closed event with `reason`, oldest
+/// first; returns them (canceled). Runs under the event lock (`ev` is locked).
 pub(crate) async fn cancel_some(
     tx: &mut Tx,
     backend: Backend,
     ev: &mut EventRow,
-    now_us: i64,
+    (now_us, reason): (i64, &str),
     limit: i64,
 ) -> Result<Vec<JoinRow>, sqlx::Error> {
     let text = format!(
@@ -400,7 +412,7 @@ pub(crate) async fn cancel_some(
     }
     let ids = (0..joins.len()).map(|i| format!("${}", i + 4)).collect::<Vec<_>>().join(", ");
     let text = format!("UPDATE joins SET status = $1, reason = $2, updated_at = $3 WHERE id IN ({ids})");
-    let mut q = sqlx::query(sql(backend, &text)).bind(status::CANCELED).bind("event_canceled").bind(now_us);
+    let mut q = sqlx::query(sql(backend, &text)).bind(status::CANCELED).bind(reason).bind(now_us);
     for j in &joins {
         q = q.bind(j.id.to_string());
     }
@@ -412,7 +424,7 @@ pub(crate) async fn cancel_some(
             ev.waitlisted -= 1;
         }
         j.status = status::CANCELED.to_owned();
-        j.reason = Some("event_canceled".into());
+        j.reason = Some(reason.to_owned());
         j.updated_at = now_us;
     }
     ev.confirmed = ev.confirmed.max(0);
@@ -421,7 +433,7 @@ pub(crate) async fn cancel_some(
 }
 
 /// Moves the joins of a locked event towards what it needs by at most `limit` joins — cancels
-/// them when the event is canceled, promotes waitlisted ones into free seats (reason
+/// them when the event is canceled or back to draft, promotes waitlisted ones into free seats (reason
 /// `capacity_increased`) when it is published — then writes the row back (`pending` if more is
 /// left) and enqueues the announcements through `outbox` on `topic`. Returns how many joins
 /// changed.
@@ -433,9 +445,9 @@ pub(crate) async fn settle(
     now_us: i64,
     limit: i64,
 ) -> Result<usize, OutboxError> {
-    let items: Vec<_> = if ev.status == event_status::CANCELED {
-        let canceled = cancel_some(tx, backend, ev, now_us, limit).await?;
-        canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some("event_canceled")))).collect()
+    let items: Vec<_> = if let Some(reason) = ev.closing_reason() {
+        let canceled = cancel_some(tx, backend, ev, (now_us, reason), limit).await?;
+        canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some(reason)))).collect()
     } else {
         let promoted = promote(tx, backend, ev, now_us, limit).await?;
         promoted.iter().map(|j| (Announce::Promoted, change(ev, j, Some("capacity_increased")))).collect()
@@ -749,7 +761,7 @@ pub(crate) fn change(ev: &EventRow, j: &JoinRow, reason: Option<&str>) -> JoinCh
         event_title: ev.title.clone(),
         status: status.to_owned(),
         reason: reason.map(str::to_owned),
-        note: if reason == Some("event_canceled") { ev.note.clone() } else { None },
+        note: if matches!(reason, Some("event_canceled" | "event_unpublished")) { ev.note.clone() } else { None },
         at: from_micros(j.updated_at),
     }
 }

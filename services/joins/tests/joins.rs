@@ -509,6 +509,58 @@ async fn notes_of_cancels(svc: &Svc, event: Uuid) -> Vec<Option<String>> {
         .collect()
 }
 
+async fn unpublished_events_close_and_reopen(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let mut ev = svc.publish_event(organizer.id, 1).await;
+    let id = ev.event_id;
+    let (a, b) = (svc.user(), svc.user());
+    assert_eq!(svc.join(&a, id, &key()).await.1["status"], "confirmed");
+    assert_eq!(svc.join(&b, id, &key()).await.1["status"], "waitlisted");
+
+    // Unpublished (by a moderator, with a reason): every active join ends, the reason passed on.
+    svc.unpublish_event(&mut ev, Some("Spam listing")).await;
+    assert_eq!(svc.counts(id).await, (1, 0, 0));
+    let got = svc.announced(id).await;
+    let ended: Vec<_> = got.iter().filter(|(t, ..)| t == "join.canceled").map(|(_, u, _, r)| (*u, r.clone())).collect();
+    assert_eq!(
+        ended,
+        vec![(a.id, Some("event_unpublished".into())), (b.id, Some("event_unpublished".into()))],
+        "oldest first"
+    );
+    let notes: Vec<Option<String>> = svc
+        .outbox()
+        .await
+        .iter()
+        .filter(|e| e.ty == "join.canceled")
+        .map(|e| e.decode::<cityevents_common::catalogue::JoinCanceled>().unwrap().0)
+        .filter(|c| c.event_id == id)
+        .map(|c| c.note)
+        .collect();
+    assert_eq!(notes, vec![Some("Spam listing".into()), Some("Spam listing".into())]);
+    // Closed while a draft.
+    let (s, p) = svc.join(&svc.user(), id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("event_closed")), "{p}");
+
+    // Published again: open, nobody carried over.
+    svc.republish_event(&mut ev).await;
+    let (s, j) = svc.join(&a, id, &key()).await;
+    assert_eq!((s, j["status"].as_str()), (201, Some("confirmed")), "{j}");
+    assert_eq!(svc.counts(id).await, (1, 1, 0));
+
+    // An unpublish for an event never opened here closes it, and its older publish that
+    // arrives late is ignored.
+    let mut late = snapshot(organizer.id, 5);
+    let publish =
+        Envelope::new("cityevents-events", &cityevents_common::catalogue::EventPublished(late.clone())).unwrap();
+    svc.unpublish_event(&mut late, None).await;
+    svc.feed(&publish).await;
+    let (s, p) = svc.join(&svc.user(), late.event_id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("event_closed")), "{p}");
+    svc.stop().await;
+}
+on_every_backend!(unpublished_events_close_and_reopen);
+
 async fn crowded(svc: &Svc) -> (EventSnapshot, Vec<User>) {
     let organizer = svc.user();
     let ev = svc.publish_event(organizer.id, 1).await;

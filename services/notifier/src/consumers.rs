@@ -4,8 +4,8 @@
 //! permanent failure and goes to the dead-letter queue.
 
 use cityevents_common::catalogue::{
-    EventCanceled, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail,
-    MailRequested,
+    EventCanceled, EventUnpublished, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted,
+    MAIL_TOPIC, Mail, MailRequested,
 };
 use keel::data::Db;
 use keel::events::outbox::Outbox;
@@ -39,9 +39,11 @@ pub fn notification_text(kind: &str, title: &str, reason: Option<&str>) -> Optio
         JoinWaitlisted::TYPE => format!("You're on the waitlist for {title}"),
         JoinPromoted::TYPE => format!("A seat opened up: you're in for {title}"),
         JoinCanceled::TYPE if reason == Some("event_canceled") => format!("{title} was canceled"),
+        JoinCanceled::TYPE if reason == Some("event_unpublished") => format!("{title} was unpublished"),
         JoinCanceled::TYPE => format!("You left {title}"),
         JoinKicked::TYPE => format!("You were removed from {title}"),
         EventCanceled::TYPE => format!("Your event {title} was canceled"),
+        EventUnpublished::TYPE => format!("Your event {title} was unpublished"),
         _ => return None,
     })
 }
@@ -105,7 +107,7 @@ impl JoinsHandler {
 fn mail_for(kind: &str, c: &JoinChange) -> Option<Mail> {
     let (event_id, title) = (c.event_id, c.event_title.clone());
     match kind {
-        JoinCanceled::TYPE if c.reason.as_deref() == Some("event_canceled") => {
+        JoinCanceled::TYPE if matches!(c.reason.as_deref(), Some("event_canceled" | "event_unpublished")) => {
             Some(Mail::EventCanceled { event_id, title, reason: c.note.clone() })
         }
         JoinPromoted::TYPE => Some(Mail::WaitlistPromoted { event_id, title }),
@@ -148,8 +150,9 @@ impl Handler for JoinsHandler {
     }
 }
 
-/// Handles the events topic: `event.canceled` tells the organizer; every other type is
-/// acknowledged and ignored (they are for other consumers).
+/// Handles the events topic: `event.canceled` and `event.unpublished` tell the organizer (with
+/// the reason given); every other type is acknowledged and ignored (they are for other
+/// consumers).
 #[derive(Debug, Clone)]
 pub struct EventsHandler {
     db: Db,
@@ -164,14 +167,21 @@ impl EventsHandler {
 
 impl Handler for EventsHandler {
     async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
-        if msg.envelope().ty != EventCanceled::TYPE {
-            return Ok(());
-        }
-        let e = msg.decode::<EventCanceled>()?;
-        let text = notification_text(EventCanceled::TYPE, &e.title, None)
-            .ok_or_else(|| Failure::permanent("no notification for event.canceled"))?;
-        let text = with_note(text, e.reason.as_deref());
-        notify(&self.db, msg, e.organizer_id, EventCanceled::TYPE, e.event_id, text).await
+        let (kind, organizer, event, title, reason) = match msg.envelope().ty.as_str() {
+            EventCanceled::TYPE => {
+                let e = msg.decode::<EventCanceled>()?;
+                (EventCanceled::TYPE, e.organizer_id, e.event_id, e.title, e.reason)
+            }
+            EventUnpublished::TYPE => {
+                let e = msg.decode::<EventUnpublished>()?;
+                (EventUnpublished::TYPE, e.event.organizer_id, e.event.event_id, e.event.title, e.reason)
+            }
+            _ => return Ok(()),
+        };
+        let text = notification_text(kind, &title, None)
+            .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
+        let text = with_note(text, reason.as_deref());
+        notify(&self.db, msg, organizer, kind, event, text).await
     }
 }
 

@@ -134,7 +134,7 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     // A canceled event: the in-app notification and a mail, the title escaped in HTML.
     let title = "<b>Jazz & Blues</b>";
     bus.publish(JOINS_TOPIC, &envelope(&JoinCanceled(change(ann, title, Some("event_canceled"))))).await.unwrap();
-    let m = decode_quoted_printable(&smtp.wait_for("ann@example.com", |m| m.contains("Subject: Canceled")).await);
+    let m = decode_quoted_printable(&smtp.wait_for("ann@example.com", |m| m.contains("Subject: Called off")).await);
     assert!(m.contains("&#60;b&#62;Jazz &#38; Blues&#60;/b&#62;</a>"), "HTML escaped: {m}");
     assert!(m.contains("\"<b>Jazz & Blues</b>\", which you joined"), "plain text as is: {m}");
     assert!(m.contains("https://events.example.org/settings/notifications"), "event mail links its settings: {m}");

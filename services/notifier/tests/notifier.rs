@@ -211,6 +211,10 @@ async fn consumers(backend: Backend) {
             ..change(user, event, "Jazz", Some("event_canceled"))
         })),
         envelope(&JoinKicked(change(user, event, "Jazz", Some("kicked")))),
+        envelope(&JoinCanceled(JoinChange {
+            note: Some("Spam listing".into()),
+            ..change(user, event, "Jazz", Some("event_unpublished"))
+        })),
     ];
     for e in &sent {
         bus.publish(joins, e).await.unwrap();
@@ -229,7 +233,12 @@ async fn consumers(backend: Backend) {
         time_zone: "UTC".into(),
         version: 2,
     };
-    bus.publish(events, &envelope(&EventPublished(snapshot))).await.unwrap();
+    bus.publish(events, &envelope(&EventPublished(snapshot.clone()))).await.unwrap();
+    let unpublished = cityevents_common::catalogue::EventUnpublished {
+        event: EventSnapshot { status: "draft".into(), version: 3, ..snapshot },
+        reason: Some("Spam listing".into()),
+    };
+    bus.publish(events, &envelope(&unpublished)).await.unwrap();
     let canceled = EventCanceled {
         event_id: event,
         organizer_id: organizer,
@@ -253,6 +262,7 @@ async fn consumers(backend: Backend) {
     let mut want: Vec<(String, String)> = [
         ("join.canceled", "Jazz was canceled: Storm warning"),
         ("join.canceled", "You left Jazz"),
+        ("join.canceled", "Jazz was unpublished: Spam listing"),
         ("join.confirmed", "You're in: Jazz"),
         ("join.kicked", "You were removed from Jazz"),
         ("join.promoted", "A seat opened up: you're in for Jazz"),
@@ -263,10 +273,20 @@ async fn consumers(backend: Backend) {
     .collect();
     want.sort();
     assert_eq!(got, want);
-    let org = n.wait_for(&organizer.to_string(), 1).await;
-    assert_eq!(org.len(), 1, "event.published is ignored: {org:?}");
-    assert_eq!(org[0]["kind"], "event.canceled");
-    assert_eq!(org[0]["message"], "Your event Jazz was canceled: Storm warning");
+    let org = n.wait_for(&organizer.to_string(), 2).await;
+    assert_eq!(org.len(), 2, "event.published is ignored: {org:?}");
+    let mut org: Vec<(String, String)> = org
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap().to_owned(), i["message"].as_str().unwrap().to_owned()))
+        .collect();
+    org.sort();
+    assert_eq!(
+        org,
+        [
+            ("event.canceled".to_owned(), "Your event Jazz was canceled: Storm warning".to_owned()),
+            ("event.unpublished".to_owned(), "Your event Jazz was unpublished: Spam listing".to_owned()),
+        ]
+    );
 
     // A second publish of the same envelope is dropped by JetStream's duplicate window; the
     // inbox's part (a redelivery after a lost ack) is proven below on the in-process bus.

@@ -48,9 +48,60 @@ impl Seen {
     }
 }
 
+/// A stand-in for the joins service's `GET /api/v1/events/{id}/counts`: what the test sets
+/// (unknown events 404), or 500 for every call while `down`.
+#[derive(Clone, Default)]
+pub struct JoinsStub {
+    counts: Arc<Mutex<std::collections::HashMap<String, (i64, i64)>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JoinsStub {
+    /// Serves on 127.0.0.1:0; returns the stub and its base URL.
+    async fn start() -> (Self, String) {
+        use axum::extract::{Path, State};
+        use axum::response::IntoResponse;
+        let stub = Self::default();
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/events/{id}/counts",
+                axum::routing::get(|State(st): State<JoinsStub>, Path(id): Path<String>| async move {
+                    st.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if st.down.load(std::sync::atomic::Ordering::SeqCst) {
+                        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
+                    match st.counts.lock().unwrap().get(&id) {
+                        Some((c, w)) => {
+                            axum::Json(json!({"capacity": 0, "confirmed": c, "waitlisted": w})).into_response()
+                        }
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }),
+            )
+            .with_state(stub.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (stub, url)
+    }
+
+    /// Says `event` has `confirmed` seated and `waitlisted` waiting.
+    pub fn set(&self, event: &str, confirmed: i64, waitlisted: i64) {
+        self.counts.lock().unwrap().insert(event.to_owned(), (confirmed, waitlisted));
+    }
+
+    /// Makes every call fail (or answer again).
+    pub fn down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The service under test (its base URL and client through `Deref`).
 pub struct Svc {
     app: TestService,
+    /// The joins service it asks before an unpublish.
+    pub joins: JoinsStub,
     /// What reached the bus (in-process backend only).
     pub seen: Seen,
     _bus: Option<Bus>,
@@ -96,8 +147,11 @@ impl Svc {
 
     /// Starts the service on `db` with extra settings (keys without the env prefix).
     pub async fn start_with(db: TestDatabase, extra: &[(&str, &str)]) -> Self {
+        let (joins, joins_url) = JoinsStub::start().await;
         let mut env = TestEnv::new(cityevents_common::services::EVENTS.0)
             .trust(&KEY)
+            .set("UPSTREAMS__JOINS__BASE_URL", joins_url.as_str())
+            .set("UPSTREAMS__JOINS__RETRY__MAX_ATTEMPTS", "1")
             .set("DATABASE__URL", db.url())
             .set("DATABASE__POOL__MAX_CONNECTIONS", "5")
             .set("OUTBOX__POLL_INTERVAL", "50ms");
@@ -105,7 +159,7 @@ impl Svc {
             env = env.set(k, *v);
         }
         let app = TestService::start(cityevents_events::service(), env.load()).await;
-        Self { app, seen: Seen::default(), _bus: None, _db: db }
+        Self { app, joins, seen: Seen::default(), _bus: None, _db: db }
     }
 
     /// Moves an event `hours` into the past (both ends) on the service's database directly, as

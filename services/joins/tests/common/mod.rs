@@ -142,6 +142,25 @@ impl Svc {
         s
     }
 
+    /// `event.unpublished` for `s` (its version bumped), with `reason`.
+    pub async fn unpublish_event(&self, s: &mut EventSnapshot, reason: Option<&str>) -> Envelope {
+        s.version += 1;
+        s.status = "draft".into();
+        let u = cityevents_common::catalogue::EventUnpublished { event: s.clone(), reason: reason.map(str::to_owned) };
+        let env = Envelope::new("cityevents-events", &u).unwrap();
+        self.feed(&env).await;
+        env
+    }
+
+    /// `event.published` again for `s` (its version bumped).
+    pub async fn republish_event(&self, s: &mut EventSnapshot) -> Envelope {
+        s.version += 1;
+        s.status = "published".into();
+        let env = Envelope::new("cityevents-events", &EventPublished(s.clone())).unwrap();
+        self.feed(&env).await;
+        env
+    }
+
     pub async fn update_event(&self, s: &EventSnapshot) -> Envelope {
         let env = Envelope::new("cityevents-events", &EventUpdated(s.clone())).unwrap();
         self.feed(&env).await;

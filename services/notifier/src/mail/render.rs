@@ -118,7 +118,7 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         Mail::EventCanceled { event_id, title: t, reason } => {
             v.title = title(t);
             v.reason = reason.as_deref().map(self::reason).unwrap_or_default();
-            v.subject = format!("Canceled: {}", v.title);
+            v.subject = format!("Called off: {}", v.title);
             v.link = format!("{base}/events/{event_id}");
         }
         Mail::WaitlistPromoted { event_id, title: t } => {
