@@ -50,6 +50,8 @@ use keel_telemetry::mask::Masker;
 /// The `prev_hash` of the first row, and the hash of an empty chain's head.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_ATTEMPTS: u32 = 50;
+/// How far back [`AuditLog::record_once`] looks for its key, in rows.
+pub const ONCE_WINDOW: i64 = 10_000;
 const PAGE: i64 = 1000;
 
 /// Errors writing or reading the audit log.
@@ -68,6 +70,13 @@ pub enum AuditError {
     /// A metric could not be registered.
     #[error("audit log metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// What [`AuditLog::try_append`] did.
+enum Appended {
+    New(AuditEntry),
+    /// `record_once` found its key: this row.
+    Already(AuditEntry),
 }
 
 /// How the audited action ended.
@@ -323,16 +332,57 @@ impl AuditLog {
         outcome: Outcome,
         details: Value,
     ) -> Result<AuditEntry, AuditError> {
+        self.append(None, actor, action, target, outcome, details).await
+    }
+
+    /// [`AuditLog::record`] at most once per `once` (1–128 of `[A-Za-z0-9:.-]`, e.g. the id of
+    /// the message that asked for it): when a row with the same `action` and key is among the
+    /// newest [`ONCE_WINDOW`] rows, that row is returned and nothing is appended, so a
+    /// redelivered message or a retried request is recorded once. The key is kept in the row's
+    /// details as `"once"`; the check runs under the append lock.
+    pub async fn record_once(
+        &self,
+        once: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        details: Value,
+    ) -> Result<AuditEntry, AuditError> {
+        let valid = !once.is_empty()
+            && once.len() <= 128
+            && once.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'-'));
+        if !valid {
+            return Err(AuditError::Key(format!("record_once: {once:?} is not a usable key")));
+        }
+        self.append(Some(once), actor, action, target, outcome, details).await
+    }
+
+    async fn append(
+        &self,
+        once: Option<&str>,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: Outcome,
+        details: Value,
+    ) -> Result<AuditEntry, AuditError> {
         self.ensure_table().await?;
         let mut details = details;
         self.masker.json(&mut details);
+        if let (Some(once), Value::Object(map)) = (once, &mut details) {
+            map.insert("once".to_owned(), Value::String(once.to_owned()));
+        } else if let Some(once) = once {
+            details = serde_json::json!({ "once": once, "value": details });
+        }
         let details = details.to_string();
         let (actor, target) = (self.masker.field("actor", actor), self.masker.field("target", target));
         let mut attempt = 0;
         let entry = loop {
             attempt += 1;
-            match self.try_append(&actor, action, &target, outcome, &details).await {
-                Ok(e) => break e,
+            match self.try_append(once, &actor, action, &target, outcome, &details).await {
+                Ok(Appended::New(e)) => break e,
+                Ok(Appended::Already(e)) => return Ok(e),
                 Err(e) if attempt < MAX_ATTEMPTS && is_contention(&e) => {
                     let wait = rand::random_range(1..=(5 * u64::from(attempt.min(10))));
                     tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -376,12 +426,13 @@ impl AuditLog {
 
     async fn try_append(
         &self,
+        once: Option<&str>,
         actor: &str,
         action: &str,
         target: &str,
         outcome: Outcome,
         details: &str,
-    ) -> Result<AuditEntry, sqlx::Error> {
+    ) -> Result<Appended, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let last_sql = match self.backend {
             Backend::Postgres => {
@@ -397,6 +448,23 @@ impl AuditLog {
             Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?),
             None => (0, GENESIS.to_owned()),
         };
+        if let Some(once) = once {
+            // serde_json writes `"once":"<key>"` without spaces; the key has no LIKE wildcard.
+            let seen = self.backend.sql(
+                "SELECT id, at, hash FROM audit_log WHERE id > $1 AND action = $2 AND details LIKE $3 \
+                 ORDER BY id LIMIT 1",
+            );
+            let found = sqlx::query(sqlx::AssertSqlSafe(seen.into_owned()))
+                .bind(prev_id - ONCE_WINDOW)
+                .bind(action)
+                .bind(format!("%\"once\":\"{once}\"%"))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = found {
+                let entry = AuditEntry { id: row.try_get(0)?, at: row.try_get(1)?, hash: row.try_get(2)? };
+                return Ok(Appended::Already(entry));
+            }
+        }
         let id = prev_id + 1;
         let at = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
         let key_id = self.keys.active().unwrap_or("");
@@ -421,7 +489,7 @@ impl AuditLog {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(AuditEntry { id, at, hash })
+        Ok(Appended::New(AuditEntry { id, at, hash }))
     }
 
     /// Walks the chain from the first row; stops at the first broken link.

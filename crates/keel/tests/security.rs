@@ -442,6 +442,43 @@ async fn audit_chain(url: &str) {
     let details: Vec<String> = sqlx::query_scalar("SELECT details FROM audit_log").fetch_all(&pool).await.unwrap();
     assert!(details.iter().all(|d| !d.contains("hunter2") && !d.contains("abc.def") && d.contains("***")));
 
+    // Recorded once per key, however often and concurrently asked; another action or key is new.
+    let once: Vec<_> = (0..6)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.record_once(
+                    "msg-0195f3a2-1",
+                    "user:9",
+                    "event.cancel",
+                    "event:1",
+                    Outcome::Success,
+                    json!({"reason": "spam"}),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut once_ids = Vec::new();
+    for w in once {
+        once_ids.push(w.await.unwrap().id);
+    }
+    assert!(once_ids.iter().all(|id| *id == 25), "{once_ids:?}");
+    let other = log.record_once("msg-0195f3a2-1", "user:9", "event.ban", "event:1", Outcome::Success, json!({})).await;
+    assert_eq!(other.unwrap().id, 26, "another action with the same key");
+    let next =
+        log.record_once("msg-0195f3a2-2", "user:9", "event.cancel", "event:1", Outcome::Success, json!({})).await;
+    assert_eq!(next.unwrap().id, 27);
+    for bad in ["", "has space", "50%", "a_b", &"k".repeat(129)] {
+        assert!(log.record_once(bad, "a", "b", "c", Outcome::Success, json!({})).await.is_err(), "{bad:?}");
+    }
+    let kept: String =
+        sqlx::query_scalar("SELECT details FROM audit_log WHERE id = 25").fetch_one(&pool).await.unwrap();
+    assert!(kept.contains("\"once\":\"msg-0195f3a2-1\"") && kept.contains("spam"), "{kept}");
+    let v = log.verify().await.unwrap();
+    assert_eq!((v.rows, v.broken), (27, None));
+
     // Tampering with one row is reported at that row.
     let tamper = backend.sql("UPDATE audit_log SET details = $1 WHERE id = $2");
     sqlx::query(sqlx::AssertSqlSafe(tamper.into_owned()))
