@@ -35,13 +35,35 @@ pub struct User {
     pub email: String,
     /// Display name.
     pub name: String,
-    /// `user` or `admin`.
+    /// `user`, `moderator` or `admin`.
     pub role: String,
     /// Whether the owner proved the address is theirs.
     pub email_verified: bool,
     /// When the account was created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// A ban on an account, as an admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ban {
+    /// Why.
+    pub reason: String,
+    /// The moderator or admin who banned it.
+    pub banned_by: Option<Uuid>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub banned_at: OffsetDateTime,
+}
+
+/// A user as moderators and admins see it: [`User`] and its ban, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManagedUser {
+    /// The account.
+    #[serde(flatten)]
+    pub user: User,
+    /// `null` unless banned.
+    pub ban: Option<Ban>,
 }
 
 /// A `users` row.
@@ -51,24 +73,79 @@ pub(crate) struct UserRow {
     pub(crate) email_ciphertext: String,
     pub(crate) password_hash: String,
     pub(crate) name: String,
+    /// The role as one value: `admin`, else `moderator` (the `moderator` flag), else `user`.
     pub(crate) role: String,
     pub(crate) created_at: i64,
     pub(crate) email_verified_at: Option<i64>,
     /// Access tokens carry it as `sv` (see [`crate::sessions`]).
     pub(crate) session_version: u64,
+    /// Set while the account is banned.
+    pub(crate) banned_at: Option<i64>,
+    pub(crate) banned_by: Option<String>,
+    pub(crate) ban_reason: Option<String>,
 }
 
-type RowTuple = (String, String, String, String, String, i64, Option<i64>, i64);
+type RowTuple =
+    (String, String, String, String, String, i64, Option<i64>, i64, Option<i64>, Option<String>, Option<String>);
+
+/// The role the `role` column and the `moderator` flag make together (migration 0010), in SQL.
+pub(crate) const ROLE_SQL: &str =
+    "CASE WHEN role = 'admin' THEN 'admin' WHEN moderator = 1 THEN 'moderator' ELSE 'user' END";
 
 /// The columns of a [`RowTuple`], in order.
-const USER_COLUMNS: &str =
-    "id, email_ciphertext, password_hash, name, role, created_at, email_verified_at, session_version";
+const USER_COLUMNS: &str = "id, email_ciphertext, password_hash, name, \
+     CASE WHEN role = 'admin' THEN 'admin' WHEN moderator = 1 THEN 'moderator' ELSE 'user' END AS role, \
+     created_at, email_verified_at, session_version, banned_at, banned_by, ban_reason";
 
 impl From<RowTuple> for UserRow {
-    fn from((id, email_ciphertext, password_hash, name, role, created_at, email_verified_at, sv): RowTuple) -> Self {
+    fn from(
+        (
+            id,
+            email_ciphertext,
+            password_hash,
+            name,
+            role,
+            created_at,
+            email_verified_at,
+            sv,
+            banned_at,
+            banned_by,
+            ban_reason,
+        ): RowTuple,
+    ) -> Self {
         let session_version = u64::try_from(sv).unwrap_or(0);
-        Self { id, email_ciphertext, password_hash, name, role, created_at, email_verified_at, session_version }
+        Self {
+            id,
+            email_ciphertext,
+            password_hash,
+            name,
+            role,
+            created_at,
+            email_verified_at,
+            session_version,
+            banned_at,
+            banned_by,
+            ban_reason,
+        }
     }
+}
+
+impl UserRow {
+    /// Whether the account is banned.
+    pub(crate) fn banned(&self) -> bool {
+        self.banned_at.is_some()
+    }
+}
+
+/// Which accounts `GET /api/v1/admin/users` lists.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UserFilter {
+    /// An address (exact, through the blind index) or part of a name (case-insensitive).
+    pub(crate) q: Option<String>,
+    /// Only this role.
+    pub(crate) role: Option<String>,
+    /// Only banned (`true`) or not banned (`false`) accounts.
+    pub(crate) banned: Option<bool>,
 }
 
 /// Why an account could not be stored.
@@ -331,8 +408,10 @@ impl Accounts {
         role: &str,
     ) -> Result<(), DataError> {
         let db = &self.db;
-        sqlx::query(db.statement("UPDATE users SET role = $1 WHERE id = $2"))
-            .bind(role)
+        let (column, moderator) = stored_role(role);
+        sqlx::query(db.statement("UPDATE users SET role = $1, moderator = $2 WHERE id = $3"))
+            .bind(column)
+            .bind(moderator)
             .bind(id)
             .execute(&mut **tx)
             .await
@@ -340,13 +419,103 @@ impl Accounts {
         Ok(())
     }
 
+    /// Bans the account in `tx` (its sessions are ended by the caller in the same transaction).
+    pub(crate) async fn ban_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        by: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<(), DataError> {
+        let db = &self.db;
+        sqlx::query(db.statement("UPDATE users SET banned_at = $1, banned_by = $2, ban_reason = $3 WHERE id = $4"))
+            .bind(at)
+            .bind(by)
+            .bind(reason)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .obs(db)?;
+        Ok(())
+    }
+
+    /// Lifts the account's ban in `tx`.
+    pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<(), DataError> {
+        let db = &self.db;
+        sqlx::query(
+            db.statement("UPDATE users SET banned_at = NULL, banned_by = NULL, ban_reason = NULL WHERE id = $1"),
+        )
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(())
+    }
+
+    /// Up to `limit` accounts matching `filter`, newest first, after the account `after`.
+    pub(crate) async fn list(
+        &self,
+        filter: &UserFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRow>, DataError> {
+        let db = &self.db;
+        let mut conditions = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        let bind = |value: String, binds: &mut Vec<String>| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        if let Some(q) = &filter.q {
+            if q.contains('@') {
+                let bidx = match normalize_email(q) {
+                    Ok(email) => self.email_index(&email),
+                    // Not an address: nothing has it.
+                    Err(_) => return Ok(Vec::new()),
+                };
+                conditions.push(format!("email_bidx = {}", bind(bidx, &mut binds)));
+            } else {
+                // `!` escapes (a backslash means something else in MySQL string literals).
+                let escaped = q.to_lowercase().replace('!', "!!").replace('%', "!%").replace('_', "!_");
+                conditions.push(format!("LOWER(name) LIKE {} ESCAPE '!'", bind(format!("%{escaped}%"), &mut binds)));
+            }
+        }
+        if let Some(role) = &filter.role {
+            conditions.push(format!("{ROLE_SQL} = {}", bind(role.clone(), &mut binds)));
+        }
+        match filter.banned {
+            Some(true) => conditions.push("banned_at IS NOT NULL".into()),
+            Some(false) => conditions.push("banned_at IS NULL".into()),
+            None => {}
+        }
+        if let Some(after) = after {
+            conditions.push(format!("id < {}", bind(after.to_owned(), &mut binds)));
+        }
+        let mut text = format!("SELECT {USER_COLUMNS} FROM users");
+        if !conditions.is_empty() {
+            text.push_str(" WHERE ");
+            text.push_str(&conditions.join(" AND "));
+        }
+        text.push_str(&format!(" ORDER BY id DESC LIMIT {}", u64::from(limit) + 1));
+        let mut conn = db.acquire().await?;
+        let mut query = sqlx::query_as::<_, RowTuple>(db.statement(&text));
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(&mut *conn).await.obs(db)?;
+        Ok(rows.into_iter().map(UserRow::from).collect())
+    }
+
     /// Sets the role of an existing account (a promotion from the command line: it takes no
     /// power away, so no session has to end).
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        sqlx::query(db.statement("UPDATE users SET role = $1 WHERE id = $2"))
-            .bind(role)
+        let (column, moderator) = stored_role(role);
+        sqlx::query(db.statement("UPDATE users SET role = $1, moderator = $2 WHERE id = $3"))
+            .bind(column)
+            .bind(moderator)
             .bind(id)
             .execute(&mut *conn)
             .await
@@ -398,6 +567,19 @@ impl Accounts {
         })
     }
 
+    /// The account and its ban, as moderators and admins see it.
+    pub(crate) fn managed(&self, row: &UserRow) -> Result<ManagedUser, crate::error::ApiError> {
+        let ban = match (row.banned_at, &row.ban_reason) {
+            (Some(at), reason) => Some(Ban {
+                reason: reason.clone().unwrap_or_default(),
+                banned_by: row.banned_by.as_deref().and_then(|b| Uuid::parse_str(b).ok()),
+                banned_at: from_micros(at),
+            }),
+            (None, _) => None,
+        };
+        Ok(ManagedUser { user: self.user(row)?, ban })
+    }
+
     /// Appends to the audit log. A failed append is logged, not returned: the action it
     /// records has already happened and the caller must still get its answer.
     pub(crate) async fn audit(
@@ -411,6 +593,15 @@ impl Accounts {
         if let Err(e) = self.audit.record(actor, action, target, outcome, details).await {
             tracing::error!(error = %e, action, "cannot append to the audit log");
         }
+    }
+}
+
+/// How `role` is stored: the `role` column (`user` or `admin`) and the `moderator` flag.
+fn stored_role(role: &str) -> (&'static str, i16) {
+    match role {
+        cityevents_common::roles::ADMIN => ("admin", 0),
+        cityevents_common::roles::MODERATOR => ("user", 1),
+        _ => ("user", 0),
     }
 }
 

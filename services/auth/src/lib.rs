@@ -15,7 +15,10 @@
 //! | `POST /api/v1/auth/refresh` `{refresh_token}` | a new pair in the same family; 401 `refresh_reused` / `invalid_refresh_token` |
 //! | `POST /api/v1/auth/logout` `{refresh_token}` | 204; revokes the token's family |
 //! | `GET /api/v1/me` (bearer) | `{id, email, name, role, email_verified, created_at}` |
-//! | `PUT /api/v1/admin/users/{id}/role` `{role}` (role `admin`) | the user with the new role |
+//! | `PUT /api/v1/admin/users/{id}/role` `{role}` (role `admin`) | the user with the new role (`user`, `moderator`, `admin`) |
+//! | `GET /api/v1/admin/users?q=&role=&banned=&limit=&cursor=` (role `admin`) | accounts, newest first, with their bans |
+//! | `POST /api/v1/admin/users/{id}/ban` `{reason}` (`moderator`, `admin`) | bans the account: sessions end, sign-in refused (403 `account_banned`), `account.banned` |
+//! | `DELETE /api/v1/admin/users/{id}/ban` (`moderator`, `admin`) | lifts it (`account.unbanned`); 404 `ban_not_found` |
 //!
 //! * **Accounts**: addresses are normalized ([`normalize_email`]: NFC, lower case, IDNA domain;
 //!   look-alikes mixing scripts refused), stored encrypted
@@ -40,9 +43,11 @@
 //!   Unknown addresses cost one dummy Argon2 verification, so timing does not reveal accounts.
 //! * **Audit log** (`audit_log` table, chained under `security.audit.keys` and checkpointed):
 //!   registrations, sign-ins and failures, lockouts, sign-outs, refresh-token reuse, role
-//!   changes — never a password or a clear address.
+//!   changes, account bans — never a password or a clear address — and the platform's
+//!   moderation done elsewhere (`moderation.recorded` on `cityevents.moderation`, consumer group
+//!   `auth-audit`, recorded once per message).
 //! * **Metrics**: `auth_login_attempts_total{outcome}` (`success`, `invalid_credentials`,
-//!   `locked`, `invalid_input`); `auth_refresh_total{outcome}` (`rotated`, `repeated`, `reused`,
+//!   `locked`, `invalid_input`, `banned`); `auth_refresh_total{outcome}` (`rotated`, `repeated`, `reused`,
 //!   `invalid`); `auth_login_throttled_total{scope}` (`account_ip`, `ip`, `account`).
 
 mod accounts;
@@ -53,6 +58,7 @@ mod error;
 mod lockout;
 mod mail;
 mod metrics;
+mod moderation;
 mod routes;
 mod sessions;
 mod tokens;
@@ -60,13 +66,14 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cityevents_common::catalogue::SESSIONS_TOPIC;
+use cityevents_common::catalogue::{MODERATION_TOPIC, SESSIONS_TOPIC};
 use keel::app::SetupError;
 use keel::events::Consumer;
 use keel::workers::{RunError, Worker};
 
 pub use accounts::{
-    Accounts, MAX_EMAIL, MAX_NAME, StoreError, User, check_new_password, normalize_email, validate_name,
+    Accounts, Ban, MAX_EMAIL, MAX_NAME, ManagedUser, StoreError, User, check_new_password, normalize_email,
+    validate_name,
 };
 pub use admin::{AdminCreated, AdminError, create_admin, run_admin_create};
 pub use config::{AuthConfig, LockoutConfig};
@@ -118,18 +125,21 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let audit = s.audit_log(&db)?;
     let auth_metrics = metrics::AuthMetrics::register(s.metrics())?;
     let cfg = s.config().clone();
-    let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit);
+    let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit.clone());
     let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
     let mail = mail::AccountMail::new(db.clone(), outbox.clone(), cfg.email_verification_ttl, cfg.password_reset_ttl);
     let jwt_cfg = &s.keel().security.jwt;
     // A sync reaches back as far as an access token from before a raise can still be accepted.
     let window = jwt_cfg.ttl + jwt_cfg.leeway + Duration::from_secs(60);
-    let sessions = sessions::Sessions::new(db.clone(), outbox, window);
+    let sessions = sessions::Sessions::new(db.clone(), outbox.clone(), window);
     let sync = sessions.clone();
     let consumer = Consumer::new(s.bus()?, SESSIONS_TOPIC, "auth-sessions", sessions::SyncHandler(sessions.clone()))
         // Auth (re)subscribed: followers may have asked while it was away.
         .on_subscribed(move || sync.repeat_in_background());
     s.consume(consumer)?;
+    let audit_consumer =
+        Consumer::new(s.bus()?, MODERATION_TOPIC, moderation::GROUP, moderation::AuditHandler(audit.clone()));
+    s.consume(audit_consumer)?;
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace, sessions);
     let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());
     s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone(), m.clone())))?;
@@ -149,6 +159,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         registration_floor: cfg.registration_floor,
         metrics: auth_metrics,
         trusted_proxies: Arc::from(s.keel().http.trusted_proxies.clone()),
+        outbox: outbox.clone(),
     };
     Ok(routes::router(state))
 }

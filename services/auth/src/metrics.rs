@@ -11,10 +11,11 @@ pub(crate) enum LoginOutcome {
     InvalidCredentials,
     Locked,
     InvalidInput,
+    Banned,
 }
 
 impl LoginOutcome {
-    const ALL: [Self; 4] = [Self::Success, Self::InvalidCredentials, Self::Locked, Self::InvalidInput];
+    const ALL: [Self; 5] = [Self::Success, Self::InvalidCredentials, Self::Locked, Self::InvalidInput, Self::Banned];
 
     fn label(self) -> &'static str {
         match self {
@@ -22,6 +23,7 @@ impl LoginOutcome {
             Self::InvalidCredentials => "invalid_credentials",
             Self::Locked => "locked",
             Self::InvalidInput => "invalid_input",
+            Self::Banned => "banned",
         }
     }
 }

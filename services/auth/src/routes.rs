@@ -1,11 +1,12 @@
 //! The HTTP API: register, verify the address, sign in, rotate and revoke refresh tokens,
-//! `GET /me`, and the admin-only role change.
+//! `GET /me`, the admin-only role change and user list, and account bans (moderators, admins).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use http::request::Parts;
@@ -18,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::accounts::{Accounts, User, UserRow, check_new_password, normalize_email, validate_name};
+use crate::accounts::{
+    Accounts, ManagedUser, User, UserFilter, UserRow, check_new_password, normalize_email, validate_name,
+};
 use crate::error::{
     ApiError, FieldError, already_verified, invalid_credentials, invalid_refresh_token, invalid_token, locked,
     refresh_reused,
@@ -27,9 +30,11 @@ use crate::lockout::{Gate, Lockout};
 use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
-use cityevents_common::catalogue::Mail;
+use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountBanned, AccountUnbanned, Mail};
 use cityevents_common::json::Json;
+use cityevents_common::page::{Cursor, Page};
 use cityevents_common::roles;
+use keel::events::outbox::Outbox;
 
 /// Largest request body of any auth route (the longest valid one is well under 1 KiB).
 pub(crate) const BODY_LIMIT: usize = 8 * 1024;
@@ -48,6 +53,8 @@ pub(crate) struct AppState {
     pub(crate) registration_floor: std::time::Duration,
     pub(crate) metrics: AuthMetrics,
     pub(crate) trusted_proxies: Arc<[IpNet]>,
+    /// Announces bans (`account.banned`, `account.unbanned`) in their transaction.
+    pub(crate) outbox: Outbox,
 }
 
 /// The routes, under the same paths the gateway exposes.
@@ -67,7 +74,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/sessions", get(sessions))
         .route("/api/v1/auth/sessions/{id}", delete(revoke_session))
         .route("/api/v1/me", get(me))
+        .route("/api/v1/admin/users", get(list_users))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
+        .route("/api/v1/admin/users/{id}/ban", post(ban_user).delete(unban_user))
         // Every answer is about an account: its address, its tokens, its failures.
         .route_layer(cityevents_common::private::no_store())
         .route_layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -163,6 +172,29 @@ struct Admin;
 
 impl Role for Admin {
     const NAME: &'static str = roles::ADMIN;
+}
+
+/// A moderator or an admin (401 without a valid token, 403 otherwise): who bans accounts.
+struct Moderating {
+    id: Uuid,
+    admin: bool,
+}
+
+impl FromRequestParts<AppState> for Moderating {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Response> {
+        use keel::security::jwt::HasRoles as _;
+        let Auth(claims) = Auth::<Claims>::from_request_parts(parts, s).await.map_err(IntoResponse::into_response)?;
+        let admin = claims.has_role(roles::ADMIN);
+        if !admin && !claims.has_role(roles::MODERATOR) {
+            return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                .detail("this needs the role `moderator` or `admin`")
+                .into_response());
+        }
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found().into_response())?;
+        Ok(Self { id, admin })
+    }
 }
 
 /// The client's address for the audit log (`http.trusted_proxies` may tell it).
@@ -569,6 +601,16 @@ async fn login(
         }
     };
     s.lockout.succeeded(&bidx, &client).await?;
+    if row.banned() {
+        s.metrics.count(LoginOutcome::Banned);
+        let details = json!({ "reason": "account_banned", "ip": ip });
+        s.accounts.audit("anonymous", "auth.login", &user_target(&row.id), Outcome::Denied, details).await;
+        let why = row.ban_reason.as_deref().unwrap_or_default();
+        return Err(Problem::new(StatusCode::FORBIDDEN, "account-banned", "Account banned")
+            .code("account_banned")
+            .detail(format!("this account is banned: {why}"))
+            .into());
+    }
     if s.accounts.hasher.needs_rehash(&row.password_hash) {
         // Best effort: the sign-in succeeds either way.
         match s.accounts.hasher.hash(&b.password).await {
@@ -675,8 +717,8 @@ async fn set_role(
     Json(b): Json<RoleBody>,
 ) -> Result<axum::Json<User>, ApiError> {
     let id = cityevents_common::validate::uuid("id", &id)?;
-    if b.role != roles::USER && b.role != roles::ADMIN {
-        return Err(FieldError::new("role", "must be `user` or `admin`").into());
+    if ![roles::USER, roles::MODERATOR, roles::ADMIN].contains(&b.role.as_str()) {
+        return Err(FieldError::new("role", "must be `user`, `moderator` or `admin`").into());
     }
     let mut row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if row.role != b.role {
@@ -691,4 +733,171 @@ async fn set_role(
         row.role = b.role;
     }
     Ok(axum::Json(s.accounts.user(&row)?))
+}
+
+/// `POST /api/v1/admin/users/{id}/ban` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    reason: String,
+}
+
+/// Longest ban reason, in characters.
+const MAX_BAN_REASON: usize = 500;
+
+fn conflict(code: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").code(code).detail(detail)
+}
+
+/// `POST /api/v1/admin/users/{id}/ban` `{reason}` (moderator or admin): the account cannot sign
+/// in any more, every session ends at once (refresh tokens revoked, access tokens refused
+/// everywhere through the session version), and `account.banned` tells the events service to
+/// hide its events. A repeat answers the ban there is. Nobody bans themselves or an admin; only
+/// an admin bans a moderator. Audited (`moderation.account_ban`).
+async fn ban_user(
+    State(s): State<AppState>,
+    who: Moderating,
+    ClientAddr(ip): ClientAddr,
+    Path(id): Path<String>,
+    Json(b): Json<BanBody>,
+) -> Result<axum::Json<ManagedUser>, ApiError> {
+    let id = cityevents_common::validate::uuid("id", &id)?;
+    let reason = cityevents_common::validate::text("reason", &b.reason, MAX_BAN_REASON)?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if id == who.id {
+        return Err(conflict("cannot_ban_self", "you cannot ban your own account").into());
+    }
+    if row.role == roles::ADMIN {
+        return Err(
+            conflict("cannot_ban_admin", "an admin cannot be banned; an admin can change their role first").into()
+        );
+    }
+    if row.role == roles::MODERATOR && !who.admin {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail("only an admin bans a moderator")
+            .into());
+    }
+    if row.banned() {
+        return Ok(axum::Json(s.accounts.managed(&row)?));
+    }
+    let at = cityevents_common::time::now();
+    let mut tx = s.accounts.db.begin().await?;
+    let by = who.id.to_string();
+    s.accounts.ban_in(&mut tx, &row.id, &by, &reason, cityevents_common::time::to_micros(at)).await?;
+    let (revoked, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    let banned = AccountBanned { user_id: id, by: who.id, reason: reason.clone(), at };
+    s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &banned).await?;
+    commit(&s, tx).await?;
+    s.outbox.wake();
+    let details = json!({ "reason": reason, "revoked_tokens": revoked, "ip": ip });
+    s.accounts
+        .audit(&user_target(&by), "moderation.account_ban", &user_target(&row.id), Outcome::Success, details)
+        .await;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    Ok(axum::Json(s.accounts.managed(&row)?))
+}
+
+/// `DELETE /api/v1/admin/users/{id}/ban` (moderator or admin; a moderator's ban only by an
+/// admin): the account may sign in again and its events show again (`account.unbanned`). 404
+/// `ban_not_found` when it is not banned. Audited (`moderation.account_unban`).
+async fn unban_user(
+    State(s): State<AppState>,
+    who: Moderating,
+    ClientAddr(ip): ClientAddr,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ManagedUser>, ApiError> {
+    let id = cityevents_common::validate::uuid("id", &id)?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if !row.banned() {
+        return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
+    }
+    if row.role == roles::MODERATOR && !who.admin {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail("only an admin lifts a moderator's ban")
+            .into());
+    }
+    let mut tx = s.accounts.db.begin().await?;
+    s.accounts.unban_in(&mut tx, &row.id).await?;
+    let lifted = AccountUnbanned { user_id: id, by: who.id, at: cityevents_common::time::now() };
+    s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &lifted).await?;
+    commit(&s, tx).await?;
+    s.outbox.wake();
+    let details = json!({ "was": row.ban_reason, "ip": ip });
+    let actor = user_target(&who.id.to_string());
+    s.accounts.audit(&actor, "moderation.account_unban", &user_target(&row.id), Outcome::Success, details).await;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    Ok(axum::Json(s.accounts.managed(&row)?))
+}
+
+/// `GET /api/v1/admin/users` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersQuery {
+    q: Option<String>,
+    role: Option<String>,
+    banned: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Tag of the user list's cursors (a cursor of another list is refused).
+const USERS_CURSOR: &str = "users";
+
+/// The filter, the page size and the account to resume after.
+type UsersRequest = (UserFilter, u32, Option<String>);
+
+fn users_filter(q: UsersQuery) -> Result<UsersRequest, Problem> {
+    use cityevents_common::validate::invalid;
+    let text = match q.q.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) if t.chars().count() > crate::accounts::MAX_EMAIL => {
+            return Err(invalid("q", &format!("must be at most {} characters", crate::accounts::MAX_EMAIL)));
+        }
+        Some(t) => Some(t.to_owned()),
+    };
+    let role = match q.role.as_deref() {
+        None => None,
+        Some(r) if [roles::USER, roles::MODERATOR, roles::ADMIN].contains(&r) => Some(r.to_owned()),
+        Some(_) => return Err(invalid("role", "must be `user`, `moderator` or `admin`")),
+    };
+    let banned = match q.banned.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(invalid("banned", "must be `true` or `false`")),
+    };
+    let limit = match q.limit.as_deref() {
+        None | Some("") => None,
+        Some(l) => Some(l.parse::<u32>().map_err(|_| invalid("limit", "must be between 1 and 100"))?),
+    };
+    let page = cityevents_common::page::PageQuery { limit, cursor: q.cursor }.validate()?;
+    let after = match &page.after {
+        None => None,
+        Some(c) => Some(
+            c.id.strip_prefix(USERS_CURSOR)
+                .and_then(|id| id.strip_prefix('|'))
+                .filter(|id| Uuid::parse_str(id).is_ok())
+                .ok_or_else(|| invalid("cursor", "is not a cursor from this endpoint"))?
+                .to_owned(),
+        ),
+    };
+    Ok((UserFilter { q: text, role, banned }, page.limit, after))
+}
+
+/// `GET /api/v1/admin/users?q=&role=&banned=&limit=&cursor=` (admin): accounts newest first.
+/// `q` holding `@` is an address, matched exactly (addresses are stored encrypted: only their
+/// blind index can be compared); otherwise part of a name, case-insensitive.
+async fn list_users(
+    State(s): State<AppState>,
+    _admin: RequireRole<Admin>,
+    q: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<axum::Json<Page<ManagedUser>>, ApiError> {
+    let (filter, limit, after) = users_filter(cityevents_common::validate::query(q)?)?;
+    let rows = s.accounts.list(&filter, after.as_deref(), limit).await?;
+    let page = Page::from_rows(rows, limit, |r| Cursor::new(0, format!("{USERS_CURSOR}|{}", r.id)));
+    let mut items = Vec::with_capacity(page.items.len());
+    for row in &page.items {
+        items.push(s.accounts.managed(row)?);
+    }
+    Ok(axum::Json(Page { items, next_cursor: page.next_cursor }))
 }

@@ -93,6 +93,13 @@ pub(crate) struct RefreshTokens {
 /// The owner's role, whether the address is verified, and the session version.
 type Owner = (String, Option<i64>, i64);
 
+/// A spent token's family and owner: family, user, role, verified at, session version, banned at.
+type SpentOwner = (String, String, String, Option<i64>, i64, Option<i64>);
+
+/// The owner's role as one value (see `accounts::ROLE_SQL`), for queries joining `users u`.
+const OWNER_ROLE: &str =
+    "CASE WHEN u.role = 'admin' THEN 'admin' WHEN u.moderator = 1 THEN 'moderator' ELSE 'user' END";
+
 fn version(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -198,15 +205,16 @@ impl RefreshTokens {
         .obs(db)?
         .rows_affected();
         if spent == 1 {
-            let owner: Option<(String, String, String, Option<i64>, i64)> = sqlx::query_as(db.statement(
-                "SELECT r.family_id, r.user_id, u.role, u.email_verified_at, u.session_version \
-                 FROM refresh_tokens r JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1",
-            ))
+            let owner: Option<SpentOwner> = sqlx::query_as(db.statement(&format!(
+                "SELECT r.family_id, r.user_id, {OWNER_ROLE}, u.email_verified_at, u.session_version, u.banned_at \
+                     FROM refresh_tokens r JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1"
+            )))
             .bind(&token_hash)
             .fetch_optional(&mut *tx)
             .await
             .obs(db)?;
-            let Some((family_id, user_id, role, verified_at, sv)) = owner else {
+            // A banned account's tokens were revoked with the ban; never mint one regardless.
+            let Some((family_id, user_id, role, verified_at, sv, None)) = owner else {
                 return Ok(Rotation::Invalid);
             };
             sqlx::query(db.statement(INSERT))
@@ -268,11 +276,12 @@ impl RefreshTokens {
         };
         let db = &self.db;
         let mut conn = db.acquire().await?;
-        let owner: Option<Owner> = sqlx::query_as(db.statement(
-            "SELECT u.role, u.email_verified_at, u.session_version FROM refresh_tokens r \
+        let owner: Option<Owner> = sqlx::query_as(db.statement(&format!(
+            "SELECT {OWNER_ROLE}, u.email_verified_at, u.session_version FROM refresh_tokens r \
              JOIN users u ON u.id = r.user_id \
-             WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2",
-        ))
+             WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2 \
+             AND u.banned_at IS NULL"
+        )))
         .bind(hash(&token))
         .bind(now)
         .fetch_optional(&mut *conn)

@@ -8,10 +8,10 @@
 mod common;
 
 use cityevents_common::testing::TestKey;
-use common::{PASSWORD, Svc};
+use common::{PASSWORD, Reply, Svc};
 use keel::app::Loader;
 use keel::config::Profile;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn migrations_carry_keels_events_schema_verbatim() {
@@ -39,6 +39,7 @@ on_every_backend!(
     admins_come_from_create_admin_and_guard_roles,
     ended_sessions_stop_access_tokens_within_seconds,
     login_metrics_are_counted,
+    moderators_ban_accounts_and_admins_list_them,
 );
 
 async fn register_login_and_me(s: &Svc) {
@@ -895,4 +896,156 @@ async fn refuses_to_start_without_a_signing_key() {
 #[test]
 fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
     cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-auth"), "cityevents-auth");
+}
+
+async fn moderators_ban_accounts_and_admins_list_them(s: &Svc) {
+    let root = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", "Root", PASSWORD).await.unwrap();
+    let (root_access, _) = s.tokens("root@example.com").await;
+    let role = |id: &str| format!("/api/v1/admin/users/{id}/role");
+    let ban = |id: &str| format!("/api/v1/admin/users/{id}/ban");
+
+    // An admin makes a moderator; the next token says so.
+    let moe = s.register("moe@example.com", "Moe Moderator").await;
+    let made = s.put(&role(&moe), Some(&root_access), &json!({"role": "moderator"})).await;
+    assert_eq!((made.status, made.body["role"].as_str()), (200, Some("moderator")), "{made:?}");
+    let (moe_access, _) = s.tokens("moe@example.com").await;
+    assert_eq!(s.claims(&moe_access).role.as_deref(), Some("moderator"));
+    assert_eq!(s.get("/api/v1/me", Some(&moe_access)).await.body["role"], "moderator");
+    let mia = s.register("mia@example.com", "Mia Moderator").await;
+    s.put(&role(&mia), Some(&root_access), &json!({"role": "moderator"})).await;
+    let alice = s.register("alice@example.com", "Alice Liddell").await;
+    let (alice_access, alice_refresh) = s.tokens("alice@example.com").await;
+
+    // Who may ban whom.
+    let r = s.post_bearer(&ban(&alice), &alice_access, &json!({"reason": "x"})).await;
+    assert_eq!(r.status, 403, "a user bans no one: {r:?}");
+    assert_eq!(s.post(&ban(&alice), &json!({"reason": "x"})).await.status, 401);
+    let r = s.post_bearer(&ban(&moe), &moe_access, &json!({"reason": "x"})).await;
+    assert_eq!((r.status, r.code()), (409, "cannot_ban_self"), "{r:?}");
+    let r = s.post_bearer(&ban(&root.to_string()), &moe_access, &json!({"reason": "x"})).await;
+    assert_eq!((r.status, r.code()), (409, "cannot_ban_admin"), "{r:?}");
+    let r = s.post_bearer(&ban(&mia), &moe_access, &json!({"reason": "x"})).await;
+    assert_eq!(r.status, 403, "only an admin bans a moderator: {r:?}");
+    for (body, field) in [
+        (json!({}), "reason"),
+        (json!({"reason": " "}), "reason"),
+        (json!({"reason": "r".repeat(501)}), "reason"),
+        (json!({"reason": "x", "until": 1}), "until"),
+    ] {
+        let r = s.post_bearer(&ban(&alice), &moe_access, &body).await;
+        assert_eq!((r.status, r.field()), (400, field), "{body}: {r:?}");
+    }
+    let r = s.post_bearer(&ban(&uuid::Uuid::now_v7().to_string()), &moe_access, &json!({"reason": "x"})).await;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // A moderator bans Alice: her sessions end at once and she cannot sign in again.
+    let banned = s.post_bearer(&ban(&alice), &moe_access, &json!({"reason": "Spam in event descriptions"})).await;
+    assert_eq!(banned.status, 200, "{banned:?}");
+    assert_eq!(banned.body["ban"]["reason"], "Spam in event descriptions");
+    assert_eq!(banned.body["ban"]["banned_by"], moe.as_str());
+    assert_eq!(banned.body["email"], "alice@example.com");
+    revoked_within_seconds(s, &alice_access).await;
+    assert_eq!(s.refresh(&alice_refresh).await.status, 401);
+    let refused = s.login("alice@example.com", PASSWORD).await;
+    assert_eq!((refused.status, refused.code()), (403, "account_banned"), "{refused:?}");
+    assert!(refused.body["detail"].as_str().unwrap().contains("Spam in event descriptions"), "{refused:?}");
+    assert_eq!(s.login("alice@example.com", "wrong-password-123").await.status, 401, "a wrong password says nothing");
+    let again = s.post_bearer(&ban(&alice), &moe_access, &json!({"reason": "again"})).await;
+    assert_eq!((again.status, again.body["ban"]["reason"].as_str()), (200, Some("Spam in event descriptions")));
+    let announced = s.outbox("cityevents.accounts").await;
+    let bans: Vec<&Value> = announced.iter().filter(|d| d["user_id"] == alice && d.get("reason").is_some()).collect();
+    assert_eq!(bans.len(), 1, "announced once: {announced:#?}");
+    assert_eq!(bans[0]["by"], moe.as_str());
+
+    // The admin's list: newest first, filtered, searched, paged.
+    let list = |q: &str| {
+        let q = q.to_owned();
+        let root_access = root_access.clone();
+        async move { s.get(&format!("/api/v1/admin/users{q}"), Some(&root_access)).await }
+    };
+    let ids = |r: &Reply| -> Vec<String> {
+        r.body["items"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let all = list("").await;
+    assert_eq!(all.status, 200, "{all:?}");
+    assert_eq!(ids(&all), [alice.clone(), mia.clone(), moe.clone(), root.to_string()]);
+    assert_eq!(ids(&list("?banned=true").await), vec![alice.clone()]);
+    assert_eq!(ids(&list("?banned=false&role=moderator").await), [mia.clone(), moe.clone()]);
+    assert_eq!(ids(&list("?q=ALICE@example.com").await), vec![alice.clone()], "an address, exactly");
+    assert_eq!(ids(&list("?q=moderator").await), [mia.clone(), moe.clone()], "part of a name");
+    assert!(ids(&list("?q=nobody@example.com").await).is_empty());
+    assert!(ids(&list("?q=50%25_off").await).is_empty(), "wildcards are text");
+    let first = list("?limit=3").await;
+    assert_eq!(ids(&first).len(), 3);
+    let next = list(&format!("?limit=3&cursor={}", first.body["next_cursor"].as_str().unwrap())).await;
+    assert_eq!(ids(&next), [root.to_string()]);
+    assert_eq!(next.body["next_cursor"], Value::Null);
+    for (q, field) in [
+        ("?role=owner", "role"),
+        ("?banned=maybe", "banned"),
+        ("?limit=0", "limit"),
+        ("?cursor=garbage", "cursor"),
+        ("?sort=name", "sort"),
+    ] {
+        let r = list(q).await;
+        assert_eq!((r.status, r.field()), (400, field), "{q}: {r:?}");
+    }
+    assert_eq!(s.get("/api/v1/admin/users", Some(&moe_access)).await.status, 403, "admins only");
+
+    // Lifted: Alice signs in again.
+    let lifted = s.delete(&ban(&alice), Some(&moe_access)).await;
+    assert_eq!((lifted.status, &lifted.body["ban"]), (200, &Value::Null), "{lifted:?}");
+    assert_eq!(s.login("alice@example.com", PASSWORD).await.status, 200);
+    let r = s.delete(&ban(&alice), Some(&moe_access)).await;
+    assert_eq!((r.status, r.code()), (404, "ban_not_found"), "{r:?}");
+    assert!(
+        s.outbox("cityevents.accounts")
+            .await
+            .iter()
+            .any(|d| d["user_id"] == alice && d.get("reason").is_none() && d["by"] == moe.as_str())
+    );
+
+    // Every moderation action is in the audit log: who, what, on whom, why.
+    let audit = s.audit().await;
+    let ban_row = audit.iter().find(|l| l.contains("|moderation.account_ban|")).unwrap();
+    assert!(ban_row.starts_with(&format!("user:{moe}|moderation.account_ban|user:{alice}|success|")), "{ban_row}");
+    assert!(ban_row.contains("Spam in event descriptions"), "{ban_row}");
+    assert!(audit.iter().any(|l| l.starts_with(&format!("user:{moe}|moderation.account_unban|user:{alice}|"))));
+    assert!(audit.iter().any(|l| l.contains("|auth.login|") && l.contains("account_banned")), "{audit:#?}");
+
+    // Moderation done in other services reaches this audit log once per message.
+    let bus = keel::events::Bus::new(&{
+        let mut cfg = keel::events::BusConfig::default();
+        cfg.url = Some(keel::config::Secret::new(s.bus_url.clone()));
+        cfg
+    })
+    .unwrap();
+    bus.connect().await.unwrap();
+    let recorded = cityevents_common::catalogue::ModerationRecorded {
+        actor: uuid::Uuid::parse_str(&moe).unwrap(),
+        action: "event.cancel".into(),
+        target: "event:0195f3a2-0000-7000-8000-000000000001".into(),
+        reason: Some("Fraudulent listing".into()),
+        details: json!({"organizer_id": alice}),
+        at: time::OffsetDateTime::now_utc(),
+    };
+    let env = keel::events::Envelope::new("cityevents-events", &recorded).unwrap();
+    bus.publish(cityevents_common::catalogue::MODERATION_TOPIC, &env).await.unwrap();
+    bus.publish(cityevents_common::catalogue::MODERATION_TOPIC, &env).await.unwrap();
+    cityevents_common::testing::eventually(
+        "the moderation reaches the audit log",
+        std::time::Duration::from_secs(10),
+        || async { s.audit().await.iter().any(|l| l.contains("|moderation.event.cancel|")).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rows: Vec<String> = s.audit().await.into_iter().filter(|l| l.contains("|moderation.event.cancel|")).collect();
+    assert_eq!(rows.len(), 1, "a redelivery adds nothing: {rows:#?}");
+    assert!(
+        rows[0].starts_with(&format!(
+            "user:{moe}|moderation.event.cancel|event:0195f3a2-0000-7000-8000-000000000001|success|"
+        )),
+        "{rows:?}"
+    );
+    assert!(rows[0].contains("Fraudulent listing") && rows[0].contains("cityevents-events"), "{rows:?}");
 }

@@ -133,7 +133,12 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
     set("SECURITY__JWT__ISSUER", "cityevents".into());
     set("SECURITY__JWT__AUDIENCE", "cityevents".into());
     if mode == Mode::AllInOne || profile != Profile::Production {
-        for (upstream, (_, port)) in services::upstreams_of(name) {
+        for (upstream, (target, port)) in services::upstreams_of(name) {
+            // The port the target listens on: its own setting when one is given, else its default.
+            let port = std::env::var(format!("{}__HTTP__PORT", keel::config::env_prefix(target)))
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(*port);
             set(&format!("UPSTREAMS__{}__BASE_URL", upstream.to_uppercase()), format!("http://127.0.0.1:{port}"));
         }
     }

@@ -809,6 +809,110 @@ async fn admins_change_roles(platform: &Platform, mail: Mailbox, email: &str) {
     assert_eq!(refused.problem(403)["status"], 403);
 }
 
+/// Moderation through the gateway: the admin `email` makes a moderator, who unpublishes an
+/// event people joined (an organizer may not), bans a user from an event and an account (whose
+/// events hide and whose sign-in is refused), and lifts both; each action lands in auth's audit
+/// log.
+async fn moderation(platform: &mut Platform, mail: Mailbox, email: &str) {
+    let api = Api { http: client(), base: platform.base.clone(), mail };
+    let admin = api.login(email, PASSWORD).await;
+    let admin = admin.body["access_token"].as_str().unwrap().to_owned();
+    let (modr, org, fan, fan2) =
+        (api.register("modr").await, api.register("orga").await, api.register("fan").await, api.register("fan2").await);
+    let made = api
+        .call(
+            Method::PUT,
+            &format!("/api/v1/admin/users/{}/role", modr.id),
+            Some(&admin),
+            Some(json!({"role": "moderator"})),
+            &[],
+        )
+        .await;
+    assert_eq!((made.status, made.body["role"].as_str()), (StatusCode::OK, Some("moderator")), "{}", made.body);
+    let modr_access = api.login(&modr.email, PASSWORD).await.body["access_token"].as_str().unwrap().to_owned();
+
+    // An event with a participant: its organizer cannot take it back to draft; a moderator can.
+    let ev = api.published_event(&org, "Suspicious raffle", "Porto", 72, 5).await;
+    assert_eq!(api.join(&fan, &ev, "mod-fan").await.status, StatusCode::CREATED);
+    let unpublish = format!("/api/v1/events/{ev}/unpublish");
+    assert_eq!(api.post(&unpublish, Some(&org.access), json!({})).await.problem(409)["code"], "event_has_participants");
+    assert_eq!(api.post(&unpublish, Some(&modr_access), json!({})).await.problem(400)["errors"][0]["field"], "reason");
+    let done = api.post(&unpublish, Some(&modr_access), json!({"reason": "Raffles are not allowed"})).await;
+    assert_eq!((done.status, done.body["status"].as_str()), (StatusCode::OK, Some("draft")), "{}", done.body);
+    eventually("the participant's join is canceled and they are told why", || async {
+        let n = api.get("/api/v1/me/notifications?limit=100", Some(&fan.access)).await;
+        n.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["message"] == "Suspicious raffle was unpublished: Raffles are not allowed")
+    })
+    .await;
+    assert_eq!(api.get(&format!("/api/v1/events/{ev}/join"), Some(&fan.access)).await.body["status"], "canceled");
+
+    // Published again: a ban from the event with a reason and an expiry, then lifted.
+    assert_eq!(
+        api.post(&format!("/api/v1/events/{ev}/publish"), Some(&org.access), json!({})).await.status,
+        StatusCode::OK
+    );
+    eventually("joins reopens the event", || async {
+        api.join(&fan2, &ev, "mod-fan2").await.status == StatusCode::CREATED
+    })
+    .await;
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::days(3))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let bans = format!("/api/v1/events/{ev}/bans");
+    let banned = api
+        .post(&bans, Some(&modr_access), json!({"user_id": fan2.id, "reason": "Ticket touting", "expires_at": until}))
+        .await;
+    assert_eq!(
+        (banned.status, banned.body["reason"].as_str()),
+        (StatusCode::CREATED, Some("Ticket touting")),
+        "{}",
+        banned.body
+    );
+    assert_eq!(api.join(&fan2, &ev, "mod-fan2-again").await.problem(403)["code"], "banned");
+    let lifted = api.call(Method::DELETE, &format!("{bans}/{}", fan2.id), Some(&modr_access), None, &[]).await;
+    assert_eq!(lifted.status, StatusCode::NO_CONTENT, "{}", lifted.body);
+
+    // The organizer's account banned: signed out, refused at sign-in, events hidden but to moderators.
+    let ban = format!("/api/v1/admin/users/{}/ban", org.id);
+    let r = api.post(&ban, Some(&modr_access), json!({"reason": "Repeated scams"})).await;
+    assert_eq!((r.status, r.body["ban"]["reason"].as_str()), (StatusCode::OK, Some("Repeated scams")), "{}", r.body);
+    sessions_ended_everywhere(&api, &platform.upstreams, &org.access).await;
+    let refused = api.login(&org.email, PASSWORD).await;
+    assert_eq!(refused.problem(403)["code"], "account_banned");
+    let event = format!("/api/v1/events/{ev}");
+    eventually("the banned organizer's event is hidden", || async {
+        api.get(&event, None).await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(api.get(&event, Some(&modr_access)).await.status, StatusCode::OK, "moderators still see it");
+    let listed = api.get("/api/v1/admin/users?banned=true", Some(&admin)).await;
+    assert!(listed.body["items"].as_array().unwrap().iter().any(|u| u["id"] == org.id.as_str()), "{}", listed.body);
+    let r = api.call(Method::DELETE, &ban, Some(&modr_access), None, &[]).await;
+    assert_eq!((r.status, &r.body["ban"]), (StatusCode::OK, &Value::Null), "{}", r.body);
+    eventually("the event shows again", || async { api.get(&event, None).await.status == StatusCode::OK }).await;
+    assert_eq!(api.login(&org.email, PASSWORD).await.status, StatusCode::OK);
+
+    // Who did what, and why, in auth's audit log (its log lines), from every service.
+    for action in [
+        "moderation.event.unpublish",
+        "moderation.event.ban",
+        "moderation.event.unban",
+        "moderation.account_ban",
+        "moderation.account_unban",
+    ] {
+        let line = platform.wait_for(
+            action,
+            |l| l.contains(&format!("action=\"{action}\"")) || l.contains(&format!("\"action\":\"{action}\"")),
+            Duration::from_secs(20),
+        );
+        assert!(line.contains(&modr.id), "{action}: the moderator: {line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn all_in_one_zero_setup() {
     let mut platform = Platform::all_in_one(&[]);
@@ -830,6 +934,8 @@ async fn all_in_one_zero_setup() {
         .env("KEEL_ENV", "development");
     create_admin(admin);
     admins_change_roles(&platform, Mailbox::Dir(platform.dir().join("data/mail")), &email).await;
+    let mail = Mailbox::Dir(platform.dir().join("data/mail"));
+    moderation(&mut platform, mail, &email).await;
 
     // The data directory and everything in it are the owner's only: accounts, tokens, secrets.
     {
@@ -897,7 +1003,8 @@ async fn distributed(bus: &[(&str, &str)]) {
     let mut admin = site.command(&env);
     admin.args(["admin", "--email", &email]);
     create_admin(admin);
-    admins_change_roles(&platform, mail, &email).await;
+    admins_change_roles(&platform, mail.clone(), &email).await;
+    moderation(&mut platform, mail, &email).await;
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
 }

@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
-use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated};
+use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated, MODERATION_TOPIC, ModerationRecorded};
 use cityevents_common::json::{Json, OptionalJson};
 use cityevents_common::page::Page;
 use cityevents_common::time::{now, to_micros};
@@ -200,6 +200,7 @@ async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json
         status: Status::Draft,
         published_at: None,
         status_reason: None,
+        hidden: false,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -260,6 +261,17 @@ fn fields_of(e: &Event) -> Fields {
 /// Locks and reads the event, lets `plan` check it and decide (at the current time), and writes
 /// the change with its event in the same transaction.
 async fn change(st: &AppState, id: Uuid, plan: impl FnOnce(&Event, i64) -> Result<Plan>) -> Result<Event> {
+    change_recorded(st, id, None, plan).await
+}
+
+/// [`change`], also enqueueing `record` (a moderator's action, for the audit log) in the
+/// transaction when the change is written.
+async fn change_recorded(
+    st: &AppState,
+    id: Uuid,
+    record: Option<ModerationRecorded>,
+    plan: impl FnOnce(&Event, i64) -> Result<Plan>,
+) -> Result<Event> {
     let mut tx = st.db.begin().await?;
     // Dropping `tx` on any early return rolls it back and releases the lock.
     let Some(current) = store::get_for_update(&st.db, &mut tx, id).await? else {
@@ -290,8 +302,11 @@ async fn change(st: &AppState, id: Uuid, plan: impl FnOnce(&Event, i64) -> Resul
             st.outbox.enqueue_event(&mut tx, EVENTS_TOPIC, &new.unpublished()).await?;
         }
     }
+    if let Some(record) = &record {
+        st.outbox.enqueue_event(&mut tx, MODERATION_TOPIC, record).await?;
+    }
     tx.commit().await.map_err(|e| st.db.observe(e))?;
-    if !matches!(emit, Emit::Nothing) {
+    if !matches!(emit, Emit::Nothing) || record.is_some() {
         st.outbox.wake();
     }
     Ok(new)
@@ -354,6 +369,18 @@ fn moderation(current: &Event, caller: &Caller, reason: Option<&String>, action:
     Ok(moderating)
 }
 
+/// What the audit log keeps of a moderator's `action` on `event`.
+fn moderation_record(caller: &Caller, action: &str, event: &Event, reason: Option<&String>) -> ModerationRecorded {
+    ModerationRecorded {
+        actor: caller.id,
+        action: action.to_owned(),
+        target: format!("event:{}", event.id),
+        reason: reason.cloned(),
+        details: serde_json::json!({ "organizer_id": event.organizer_id, "title": event.title }),
+        at: now(),
+    }
+}
+
 /// `POST /api/v1/events/{id}/cancel`, optionally `{reason}`: the organizer, or a moderator or
 /// admin (any event, with a reason), calls the event off. A published event announces
 /// `event.canceled` with the reason, which reaches its participants; a draft was never public
@@ -366,9 +393,14 @@ async fn cancel(
 ) -> Result<JsonResponse<EventView>> {
     let id = event_id(&id)?;
     let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
-    let mut moderated = false;
-    let event = change(&st, id, |current, now| {
-        moderated = moderation(current, &caller, reason.as_ref(), "cancel")?;
+    let Some(current) = store::get(&st.db, id).await? else {
+        return Err(Problem::not_found().into());
+    };
+    // The organizer never changes: who is moderating is known before the lock.
+    let moderated = moderation(&current, &caller, reason.as_ref(), "cancel")?;
+    let record = moderated.then(|| moderation_record(&caller, "event.cancel", &current, reason.as_ref()));
+    let event = change_recorded(&st, id, record, |current, now| {
+        moderation(current, &caller, reason.as_ref(), "cancel")?;
         current.check_cancelable(now)?;
         let emit = if current.status == Status::Published { Emit::Canceled } else { Emit::Nothing };
         Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, reason, emit })
@@ -437,7 +469,8 @@ async fn unpublish(
         )
         .into());
     }
-    let event = change(&st, id, |current, now| {
+    let record = moderating.then(|| moderation_record(&caller, "event.unpublish", &current, reason.as_ref()));
+    let event = change_recorded(&st, id, record, |current, now| {
         moderation(current, &caller, reason.as_ref(), "unpublish")?;
         current.check_unpublishable(now)?;
         Ok(Plan::Write { fields: fields_of(current), status: Status::Draft, reason, emit: Emit::Unpublished })

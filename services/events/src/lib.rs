@@ -32,6 +32,7 @@
 //! (default `true`: a caller whose token does not say `email_verified` gets 403 `email_unverified`
 //! when creating an event; admins are exempt).
 
+pub mod accounts;
 pub mod api;
 pub mod list;
 pub mod model;
@@ -79,6 +80,17 @@ pub fn service() -> keel::Service<EventsConfig> {
             let require_verified_email = s.config().require_verified_email;
             let (_, joins_port) = cityevents_common::services::JOINS;
             let joins = cityevents_common::upstream::client(s, "joins", joins_port)?;
+            let handler = accounts::AccountsHandler::new(db.clone());
+            let bus = s.bus()?;
+            s.consume(
+                keel::events::Consumer::new(
+                    bus,
+                    cityevents_common::catalogue::ACCOUNTS_TOPIC,
+                    accounts::GROUP,
+                    handler,
+                )
+                .inbox(db.clone()),
+            )?;
             Ok(api::router(api::AppState { db, outbox, require_verified_email, joins }).layer(jwt.extension()))
         })
 }

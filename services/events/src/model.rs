@@ -108,6 +108,9 @@ pub struct Event {
     pub published_at: Option<i64>,
     /// Why it was canceled or unpublished, when a reason was given.
     pub status_reason: Option<String>,
+    /// Whether its organizer's account is banned: hidden from everyone but the organizer and
+    /// moderators (only single-event reads fill it in; lists leave such events out).
+    pub hidden: bool,
     /// Bumped on every change.
     pub version: i64,
     /// Creation time, microseconds since the epoch.
@@ -137,9 +140,13 @@ impl Event {
         }
     }
 
-    /// Whether `caller` may know the event exists: a public event, or one of their own.
+    /// Whether `caller` may know the event exists: a public event (one whose organizer is
+    /// banned only to moderators), or one of their own.
     pub fn visible_to(&self, caller: Option<&Caller>) -> bool {
-        self.public() || caller.is_some_and(|c| c.id == self.organizer_id)
+        if caller.is_some_and(|c| c.id == self.organizer_id) {
+            return true;
+        }
+        self.public() && (!self.hidden || caller.is_some_and(|c| c.moderator))
     }
 
     /// Whether the event is over at `now` (micros).

@@ -17,6 +17,14 @@ use crate::model::{self, Event, Fields, Status};
 const COLUMNS: &str = "id, organizer_id, title, description, city, category, venue, time_zone, starts_at, ends_at, capacity, \
      status, published_at, status_reason, version, created_at, updated_at";
 
+/// `hidden`: 1 when the event's organizer is banned (migration 0007), as a column.
+const HIDDEN: &str = "CASE WHEN EXISTS (SELECT 1 FROM organizer_bans b WHERE b.user_id = events.organizer_id \
+     AND b.banned = 1) THEN 1 ELSE 0 END AS hidden";
+
+/// ` AND the organizer is not banned` (their events are hidden from lists).
+const NOT_HIDDEN: &str =
+    " AND NOT EXISTS (SELECT 1 FROM organizer_bans b WHERE b.user_id = events.organizer_id AND b.banned = 1)";
+
 /// A value bound to a dynamic statement, in placeholder order.
 enum Bind {
     Int(i64),
@@ -81,6 +89,12 @@ fn from_row(row: &AnyRow) -> Result<Event, sqlx::Error> {
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown event status {status:?}").into()))?,
         published_at: row.try_get("published_at")?,
         status_reason: row.try_get("status_reason")?,
+        // Only single-event reads ask; lists leave hidden events out.
+        hidden: if row.columns().iter().any(|c| sqlx::Column::name(c) == "hidden") {
+            row.try_get::<i64, _>("hidden")? != 0
+        } else {
+            false
+        },
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -155,7 +169,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
 /// One event by id.
 pub async fn get(db: &Db, id: Uuid) -> Result<Option<Event>, DataError> {
     let mut q = Query::default();
-    q.push(&format!("SELECT {COLUMNS} FROM events WHERE id = ")).bind(Bind::Text(id.to_string()));
+    q.push(&format!("SELECT {COLUMNS}, {HIDDEN} FROM events WHERE id = ")).bind(Bind::Text(id.to_string()));
     let rows = q.fetch_all(db).await?;
     Ok(from_rows(db, &rows)?.into_iter().next())
 }
@@ -166,7 +180,7 @@ pub async fn get_many(db: &Db, ids: &[Uuid]) -> Result<Vec<Event>, DataError> {
         return Ok(Vec::new());
     }
     let mut q = Query::default();
-    q.push(&format!("SELECT {COLUMNS} FROM events WHERE id IN ("));
+    q.push(&format!("SELECT {COLUMNS}, {HIDDEN} FROM events WHERE id IN ("));
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             q.push(", ");
@@ -281,6 +295,7 @@ pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>
         }
     }
     q.bind(Bind::Text(Status::Published.as_str().to_owned()));
+    q.push(NOT_HIDDEN);
     if let Some(search) = &list.search {
         matches(&mut q, backend, search);
     }
@@ -336,6 +351,7 @@ pub async fn cities(db: &Db, ask: &CitiesAsk, now: i64) -> Result<Vec<CityCount>
     q.push("SELECT MIN(city) AS city, COUNT(*) AS n FROM events WHERE status = ")
         .bind(Bind::Text(Status::Published.as_str().to_owned()));
     q.push(" AND ends_at > ").bind(Bind::Int(now));
+    q.push(NOT_HIDDEN);
     if let Some(prefix) = &ask.prefix {
         // `!` escapes LIKE's wildcards in the prefix (a backslash means different things to
         // MySQL's string literals and the others').
@@ -424,4 +440,36 @@ pub async fn list_mine(db: &Db, organizer: Uuid, list: &MineList) -> Result<Vec<
     order_by(&mut q, "created_at", true, list.limit);
     let rows = q.fetch_all(db).await?;
     from_rows(db, &rows)
+}
+
+/// Records that `user_id` is banned (or not) as of `at` (micros) in `tx`, unless a later state
+/// was recorded already (a message that arrives late changes nothing). Returns whether it
+/// changed anything.
+pub async fn set_organizer_ban(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    user_id: Uuid,
+    banned: bool,
+    at: i64,
+) -> Result<bool, DataError> {
+    let id = user_id.to_string();
+    let current: Option<i64> =
+        sqlx::query_scalar(AssertSqlSafe(db.sql("SELECT at FROM organizer_bans WHERE user_id = $1").into_owned()))
+            .bind(&id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| db.observe(e))?;
+    let text = match current {
+        Some(seen) if seen >= at => return Ok(false),
+        Some(_) => "UPDATE organizer_bans SET banned = $1, at = $2 WHERE user_id = $3",
+        None => "INSERT INTO organizer_bans (banned, at, user_id) VALUES ($1, $2, $3)",
+    };
+    sqlx::query(AssertSqlSafe(db.sql(text).into_owned()))
+        .bind(i64::from(banned))
+        .bind(at)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db.observe(e))?;
+    Ok(true)
 }

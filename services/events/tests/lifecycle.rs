@@ -18,7 +18,8 @@ cityevents_common::on_every_backend!(
     publish_and_cancel_rules,
     ended_events_are_immutable,
     venue_time_zone_and_cancel_reason,
-    unpublish_and_moderation
+    unpublish_and_moderation,
+    a_banned_organizers_events_are_hidden
 );
 
 async fn crud_and_visibility(backend: Backend) {
@@ -346,11 +347,84 @@ async fn unpublish_and_moderation(backend: Backend) {
     let (status, _) = s.patch(&format!("/api/v1/events/{}", id(&joined)), Some(&tm), json!({"title": "x"})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
+    // Each moderator action, and only those, went to the audit log through the moderation topic.
+    let recorded = s.moderation.wait_for(&format!("event:{}", id(&other)), 1).await;
+    let c: cityevents_common::catalogue::ModerationRecorded = recorded[0].decode().unwrap();
+    assert_eq!((c.actor, c.action.as_str(), c.reason.as_deref()), (moderator, "event.cancel", Some("Fraudulent")));
+    assert_eq!(c.details["organizer_id"], bob.to_string());
+    let recorded = s.moderation.wait_for(&format!("event:{}", id(&joined)), 1).await;
+    let u: cityevents_common::catalogue::ModerationRecorded = recorded[0].decode().unwrap();
+    assert_eq!((u.action.as_str(), u.reason.as_deref()), ("event.unpublish", Some("Spam listing")));
+    assert!(s.moderation.about(&format!("event:{}", id(&e))).is_empty(), "the organizer's own is no moderation");
+
     // An event that has ended cannot go back to draft.
     let past = s.create_published(&ta, json!({})).await;
     s.shift(&past, 48).await;
     let (status, body) = s.post_empty(&format!("/api/v1/events/{}/unpublish", id(&past)), Some(&ta)).await;
     assert_conflict(status, &body, "event_ended");
+    s.stop().await;
+}
+
+async fn a_banned_organizers_events_are_hidden(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let (alice, bob, moderator) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (ta, tb, tm) = (s.token(alice, "user"), s.token(bob, "user"), s.token(moderator, "moderator"));
+    let e = s.create_published(&ta, json!({"city": "Hiddenville"})).await;
+    let kept = s.create_published(&tb, json!({"city": "Hiddenville"})).await;
+    let path = format!("/api/v1/events/{}", id(&e));
+    let banned_at = time::OffsetDateTime::now_utc();
+    s.publish(
+        cityevents_common::catalogue::ACCOUNTS_TOPIC,
+        &cityevents_common::catalogue::AccountBanned {
+            user_id: alice,
+            by: moderator,
+            reason: "spam".into(),
+            at: banned_at,
+        },
+    )
+    .await;
+    cityevents_common::testing::eventually("the event hidden", Duration::from_secs(10), || async {
+        (s.get(&path, None).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(!public_ids(&s).await.contains(&id(&e)));
+    assert!(public_ids(&s).await.contains(&id(&kept)), "others' events stay");
+    assert_eq!(s.get(&path, Some(&tb)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get(&path, Some(&tm)).await.0, StatusCode::OK, "moderators still see it");
+    assert_eq!(s.get(&path, Some(&ta)).await.0, StatusCode::OK, "its organizer too");
+    let (_, batch) = s.post("/api/v1/events/batch", None, json!({"ids": [id(&e), id(&kept)]})).await;
+    assert_eq!(batch["events"].as_object().unwrap().len(), 1, "{batch}");
+    let (_, cities) = s.get("/api/v1/meta/cities?q=hiddenv", None).await;
+    assert_eq!(cities["items"][0]["events"], 1, "{cities}");
+    // A moderator can still act on it.
+    let (status, _) = s.post(&format!("{path}/unpublish"), Some(&tm), json!({"reason": "clean-up"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.post_empty(&format!("{path}/publish"), Some(&ta)).await.0, StatusCode::OK);
+
+    // Lifted: shown again; a ban older than that arriving late changes nothing.
+    let lifted_at = banned_at + time::Duration::seconds(5);
+    s.publish(
+        cityevents_common::catalogue::ACCOUNTS_TOPIC,
+        &cityevents_common::catalogue::AccountUnbanned { user_id: alice, by: moderator, at: lifted_at },
+    )
+    .await;
+    cityevents_common::testing::eventually("the event shown again", Duration::from_secs(10), || async {
+        (s.get(&path, None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    s.publish(
+        cityevents_common::catalogue::ACCOUNTS_TOPIC,
+        &cityevents_common::catalogue::AccountBanned {
+            user_id: alice,
+            by: moderator,
+            reason: "old".into(),
+            at: banned_at,
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.get(&path, None).await.0, StatusCode::OK, "a stale ban is ignored");
+    assert!(public_ids(&s).await.contains(&id(&e)));
     s.stop().await;
 }
 

@@ -167,7 +167,10 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/api/v1/auth/sessions", Auth, User),
     r(Delete, "/api/v1/auth/sessions/{id}", Auth, User),
     r(Get, "/api/v1/me", Auth, User),
+    r(Get, "/api/v1/admin/users", Auth, User),
     r(Put, "/api/v1/admin/users/{id}/role", Auth, User),
+    r(Post, "/api/v1/admin/users/{id}/ban", Auth, User),
+    r(Delete, "/api/v1/admin/users/{id}/ban", Auth, User),
     // events
     r(Get, "/api/v1/events", Events, Public),
     r(Post, "/api/v1/events", Events, User),

@@ -239,7 +239,12 @@ struct Stats {
 #[serde(deny_unknown_fields)]
 struct BanBody {
     user_id: String,
+    reason: Option<String>,
+    expires_at: Option<String>,
 }
+
+/// Longest ban reason, in characters.
+const MAX_BAN_REASON: usize = 500;
 
 #[derive(Debug, Serialize)]
 struct BanItem {
@@ -247,14 +252,84 @@ struct BanItem {
     banned_by: Uuid,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+impl BanItem {
+    fn new(b: store::BanRow) -> Self {
+        Self {
+            user_id: b.user_id,
+            banned_by: b.banned_by,
+            created_at: from_micros(b.created_at),
+            reason: b.reason,
+            expires_at: b.expires_at.map(from_micros),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 struct BanView {
     event_id: Uuid,
+    #[serde(flatten)]
+    ban: BanItem,
+}
+
+/// The checked `reason` and `expires_at` of a ban: the reason trimmed (≤ 500 characters, empty
+/// is none), the expiry RFC 3339 after `now_us` and before the year 2201.
+fn ban_terms(body: &BanBody, now_us: i64) -> Result<(Option<String>, Option<i64>), Problem> {
+    let reason = match body.reason.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(r) => Some(validate::text("reason", r, MAX_BAN_REASON)?),
+    };
+    let expires_at = match body.expires_at.as_deref() {
+        None => None,
+        Some(raw) => {
+            let at = OffsetDateTime::parse(raw.trim(), &time::format_description::well_known::Rfc3339)
+                .map_err(|_| validate::invalid("expires_at", "must be an RFC 3339 time, e.g. 2030-05-01T19:00:00Z"))?;
+            if at.year() > 2200 {
+                return Err(validate::invalid("expires_at", "must be before the year 2201"));
+            }
+            let at = to_micros(at);
+            if at <= now_us {
+                return Err(validate::invalid("expires_at", "must be in the future"));
+            }
+            Some(at)
+        }
+    };
+    Ok((reason, expires_at))
+}
+
+/// What the audit log keeps of a moderator's `action` on `user_id` in `ev` (none when the
+/// organizer acts on their own event).
+fn moderation_record(
+    caller: &Caller,
+    ev: &EventRow,
     user_id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
+    action: &str,
+    details: serde_json::Value,
+) -> Option<cityevents_common::catalogue::ModerationRecorded> {
+    (caller.id != ev.organizer_id).then(|| cityevents_common::catalogue::ModerationRecorded {
+        actor: caller.id,
+        action: action.to_owned(),
+        target: format!("event:{}/user:{user_id}", ev.event_id),
+        reason: details.get("reason").and_then(|r| r.as_str()).map(str::to_owned),
+        details,
+        at: now(),
+    })
+}
+
+/// Enqueues `record` (if any) for the audit log in `tx`.
+async fn record(
+    tx: &mut Tx,
+    st: &Shared,
+    record: Option<cityevents_common::catalogue::ModerationRecorded>,
+) -> Result<(), Fail> {
+    if let Some(r) = record {
+        st.0.outbox.enqueue_event(tx, cityevents_common::catalogue::MODERATION_TOPIC, &r).await?;
+    }
+    Ok(())
 }
 
 fn page_request(q: Result<Query<RawPage>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
@@ -290,7 +365,10 @@ async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap)
     if let Some(stored) = store::find_idempotency(db.pool(), db.backend(), caller.id, &key, cutoff).await? {
         // A ban made since answers instead of the old 201: the join it replays is gone. (A key
         // used for another request is that conflict first.)
-        if stored.fingerprint == fingerprint && store::is_banned(db.pool(), db.backend(), event_id, caller.id).await? {
+        let now_us = to_micros(now());
+        if stored.fingerprint == fingerprint
+            && store::is_banned(db.pool(), db.backend(), event_id, caller.id, now_us).await?
+        {
             return Err(banned().into());
         }
         return replay(stored, &fingerprint);
@@ -320,7 +398,7 @@ async fn join_tx(
         return Err(not_found("no such event (or it is not published)").into());
     };
     // A concurrent request with the same key and event waited on the lock above: answer as it did.
-    let banned_now = store::is_banned(&mut **tx, backend, event_id, caller.id).await?;
+    let banned_now = store::is_banned(&mut **tx, backend, event_id, caller.id, now_us).await?;
     if let Some(stored) = store::find_idempotency(&mut **tx, backend, caller.id, key, cutoff).await? {
         if banned_now && stored.fingerprint == fingerprint {
             return Err(banned().into());
@@ -454,18 +532,19 @@ async fn end_and_refill(
     Ok(())
 }
 
-/// Locks the event for a management action: 404 unknown, 403 unless organizer or admin.
+/// Locks the event for a management action: 404 unknown, 403 unless organizer, moderator or admin.
 async fn lock_managed(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Fail> {
     let ev = store::lock_event(tx, st.0.db.backend(), event_id).await?;
     manageable(ev, caller, "do this")
 }
 
-/// `ev` if `caller` may manage it: 404 when there is no such event, 403 unless organizer or admin.
+/// `ev` if `caller` may manage it: 404 when there is no such event, 403 unless organizer,
+/// moderator or admin.
 fn manageable(ev: Option<EventRow>, caller: &Caller, action: &str) -> Result<EventRow, Fail> {
     let Some(ev) = ev else {
         return Err(not_found("no such event").into());
     };
-    if !ev.may_manage(caller.id, caller.admin) {
+    if !ev.may_manage(caller.id, caller.moderator) {
         return Err(forbidden("not_organizer", &format!("only the event's organizer may {action}")).into());
     }
     Ok(ev)
@@ -514,6 +593,7 @@ async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("kicked"), now_us, &mut items).await?;
     store::save_event(tx, backend, &ev, now_us).await?;
     store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
+    record(tx, st, moderation_record(caller, &ev, user_id, "event.kick", serde_json::json!({}))).await?;
     Ok(())
 }
 
@@ -526,9 +606,11 @@ async fn ban(
     let r = async {
         let event_id = path_uuid("id", &id)?;
         let user_id = path_uuid("user_id", &body.user_id)?;
-        let (at, made) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, event_id, user_id))?;
+        let (reason, expires_at) = ban_terms(&body, to_micros(now()))?;
+        let new = store::NewBan { by: caller.id, reason, expires_at };
+        let (ban, made) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
         st.0.outbox.wake();
-        let view = BanView { event_id, user_id, created_at: from_micros(at) };
+        let view = BanView { event_id, ban: BanItem::new(ban) };
         // A repeated ban changes nothing and answers the ban there is.
         let status = if made { StatusCode::CREATED } else { StatusCode::OK };
         Ok((status, Json(view)).into_response())
@@ -537,17 +619,28 @@ async fn ban(
     finish(&st, r)
 }
 
-/// Bans a participant or waitlisted user (ending their join); `(when, made now)`. A user who is
-/// already banned keeps that ban; the organizer and anyone without a join are refused.
-async fn ban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(i64, bool), Fail> {
+/// Bans a participant or waitlisted user (ending their join); `(the ban, made now)`. A user who
+/// is already banned keeps that ban; the organizer and anyone without a join are refused; a
+/// moderator acting on someone else's event gives a reason, and the ban is recorded for the
+/// audit log.
+async fn ban_tx(
+    tx: &mut Tx,
+    st: &Shared,
+    caller: &Caller,
+    (event_id, user_id): (Uuid, Uuid),
+    new: &store::NewBan,
+) -> Result<(store::BanRow, bool), Fail> {
     let backend = st.0.db.backend();
     let now_us = to_micros(now());
     let mut ev = lock_managed(tx, st, caller, event_id).await?;
+    if caller.id != ev.organizer_id && new.reason.is_none() {
+        return Err(validate::invalid("reason", "is required to ban a user from someone else's event").into());
+    }
     if user_id == ev.organizer_id {
         return Err(conflict("cannot_ban_organizer", "the organizer of an event cannot be banned from it").into());
     }
-    if let Some(at) = store::find_ban(&mut **tx, backend, event_id, user_id).await? {
-        return Ok((at, false));
+    if let Some(ban) = store::find_ban(&mut **tx, backend, event_id, user_id, now_us).await? {
+        return Ok((ban, false));
     }
     let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) else {
         return Err(Problem::not_found()
@@ -555,12 +648,14 @@ async fn ban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_
             .detail("only a participant or a waitlisted user of this event can be banned from it")
             .into());
     };
-    let at = store::ban(tx, backend, event_id, user_id, caller.id, now_us).await?;
+    let ban = store::ban(tx, backend, (event_id, user_id), new, now_us).await?;
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
     store::save_event(tx, backend, &ev, now_us).await?;
     store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
-    Ok((at, true))
+    let details = serde_json::json!({ "reason": new.reason, "expires_at": new.expires_at.map(from_micros).map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()) });
+    record(tx, st, moderation_record(caller, &ev, user_id, "event.ban", details)).await?;
+    Ok((ban, true))
 }
 
 /// `GET /api/v1/events/{id}/bans`: the event's bans, oldest first (organizer or admin).
@@ -573,9 +668,10 @@ async fn bans(
     let r = async {
         let ev = managed(&st, &caller, &id).await?;
         let page = page_request(q)?;
-        let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), page.limit).await?;
-        let page = Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string()))
-            .map(|b| BanItem { user_id: b.user_id, banned_by: b.banned_by, created_at: from_micros(b.created_at) });
+        let now_us = to_micros(now());
+        let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await?;
+        let page =
+            Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(BanItem::new);
         Ok(Json(page).into_response())
     }
     .await;
@@ -588,14 +684,15 @@ async fn unban(st: AppState, caller: Caller, ids: Path<(String, String)>) -> Res
 }
 
 async fn unban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(), Fail> {
-    lock_managed(tx, st, caller, event_id).await?;
-    if !store::lift_ban(tx, st.0.db.backend(), event_id, user_id).await? {
+    let ev = lock_managed(tx, st, caller, event_id).await?;
+    if !store::lift_ban(tx, st.0.db.backend(), (event_id, user_id), to_micros(now())).await? {
         return Err(Problem::not_found()
             .code("ban_not_found")
             .detail("that user is not banned from this event")
             .into());
     }
     tracing::info!(event_id = %event_id, user_id = %user_id, by = %caller.id, "ban lifted");
+    record(tx, st, moderation_record(caller, &ev, user_id, "event.unban", serde_json::json!({}))).await?;
     Ok(())
 }
 

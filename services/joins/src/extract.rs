@@ -19,8 +19,8 @@ pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub(crate) struct Caller {
     /// The user id (`sub`).
     pub(crate) id: Uuid,
-    /// Whether the token carries the `admin` role.
-    pub(crate) admin: bool,
+    /// Whether the token carries the `moderator` or `admin` role: manages any event.
+    pub(crate) moderator: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -34,9 +34,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 .detail("the token's subject is not a user id")
                 .into_response()
         })?;
-        let admin = claims.role.as_deref() == Some(cityevents_common::roles::ADMIN)
-            || claims.roles.iter().any(|r| r == cityevents_common::roles::ADMIN);
-        Ok(Self { id, admin })
+        use keel::security::jwt::HasRoles as _;
+        let moderator =
+            claims.has_role(cityevents_common::roles::ADMIN) || claims.has_role(cityevents_common::roles::MODERATOR);
+        Ok(Self { id, moderator })
     }
 }
 

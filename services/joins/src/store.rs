@@ -131,9 +131,9 @@ impl EventRow {
         self.status == event_status::PUBLISHED && self.ends_at > now_us
     }
 
-    /// Whether `user` may manage the event: its organizer, or an admin.
-    pub(crate) fn may_manage(&self, user: Uuid, admin: bool) -> bool {
-        admin || self.organizer_id == user
+    /// Whether `user` may manage the event: its organizer, or a moderator or admin.
+    pub(crate) fn may_manage(&self, user: Uuid, moderator: bool) -> bool {
+        moderator || self.organizer_id == user
     }
 }
 
@@ -527,82 +527,18 @@ where
     Ok(ahead + 1)
 }
 
-/// Whether the user is banned from the event.
+/// Whether the user is banned from the event at `now_us` (an expired ban does not count).
 pub(crate) async fn is_banned<'c, E>(
     exec: E,
     backend: Backend,
     event_id: Uuid,
     user_id: Uuid,
+    now_us: i64,
 ) -> Result<bool, sqlx::Error>
 where
     E: sqlx::Executor<'c, Database = Any>,
 {
-    let n: i64 = sqlx::query_scalar(sql(backend, "SELECT COUNT(*) FROM bans WHERE event_id = $1 AND user_id = $2"))
-        .bind(event_id.to_string())
-        .bind(user_id.to_string())
-        .fetch_one(exec)
-        .await?;
-    Ok(n > 0)
-}
-
-/// Records a ban (once); returns when it was first made.
-pub(crate) async fn ban(
-    tx: &mut Tx,
-    backend: Backend,
-    event_id: Uuid,
-    user_id: Uuid,
-    by: Uuid,
-    now_us: i64,
-) -> Result<i64, sqlx::Error> {
-    let existing: Option<i64> =
-        sqlx::query_scalar(sql(backend, "SELECT created_at FROM bans WHERE event_id = $1 AND user_id = $2"))
-            .bind(event_id.to_string())
-            .bind(user_id.to_string())
-            .fetch_optional(&mut **tx)
-            .await?;
-    if let Some(at) = existing {
-        return Ok(at);
-    }
-    sqlx::query(sql(backend, "INSERT INTO bans (event_id, user_id, banned_by, created_at) VALUES ($1, $2, $3, $4)"))
-        .bind(event_id.to_string())
-        .bind(user_id.to_string())
-        .bind(by.to_string())
-        .bind(now_us)
-        .execute(&mut **tx)
-        .await?;
-    Ok(now_us)
-}
-
-/// When `user_id` was banned from the event, if they are.
-pub(crate) async fn find_ban<'c, E>(
-    exec: E,
-    backend: Backend,
-    event_id: Uuid,
-    user_id: Uuid,
-) -> Result<Option<i64>, sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = Any>,
-{
-    sqlx::query_scalar(sql(backend, "SELECT created_at FROM bans WHERE event_id = $1 AND user_id = $2"))
-        .bind(event_id.to_string())
-        .bind(user_id.to_string())
-        .fetch_optional(exec)
-        .await
-}
-
-/// Lifts a ban; `false` when there was none.
-pub(crate) async fn lift_ban(
-    tx: &mut Tx,
-    backend: Backend,
-    event_id: Uuid,
-    user_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(sql(backend, "DELETE FROM bans WHERE event_id = $1 AND user_id = $2"))
-        .bind(event_id.to_string())
-        .bind(user_id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() > 0)
+    Ok(find_ban(exec, backend, event_id, user_id, now_us).await?.is_some())
 }
 
 /// One ban of an event.
@@ -611,28 +547,126 @@ pub(crate) struct BanRow {
     pub(crate) user_id: Uuid,
     pub(crate) banned_by: Uuid,
     pub(crate) created_at: i64,
+    pub(crate) reason: Option<String>,
+    /// Until when (micros); `None`: for good.
+    pub(crate) expires_at: Option<i64>,
 }
 
-/// Up to `limit + 1` of the event's bans, oldest first, after the cursor `(created_at, user_id)`.
+const BAN_COLUMNS: &str = "user_id, banned_by, created_at, reason, expires_at";
+
+impl BanRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            user_id: uuid_at(row, 0)?,
+            banned_by: uuid_at(row, 1)?,
+            created_at: row.try_get(2)?,
+            reason: row.try_get(3)?,
+            expires_at: row.try_get(4)?,
+        })
+    }
+}
+
+/// What a new ban says.
+#[derive(Debug, Clone)]
+pub(crate) struct NewBan {
+    pub(crate) by: Uuid,
+    pub(crate) reason: Option<String>,
+    pub(crate) expires_at: Option<i64>,
+}
+
+/// Records a ban of `user_id`, replacing an expired one; returns it.
+pub(crate) async fn ban(
+    tx: &mut Tx,
+    backend: Backend,
+    (event_id, user_id): (Uuid, Uuid),
+    new: &NewBan,
+    now_us: i64,
+) -> Result<BanRow, sqlx::Error> {
+    sqlx::query(sql(backend, "DELETE FROM bans WHERE event_id = $1 AND user_id = $2"))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(sql(
+        backend,
+        "INSERT INTO bans (event_id, user_id, banned_by, created_at, reason, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    ))
+    .bind(event_id.to_string())
+    .bind(user_id.to_string())
+    .bind(new.by.to_string())
+    .bind(now_us)
+    .bind(new.reason.clone())
+    .bind(new.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(BanRow {
+        user_id,
+        banned_by: new.by,
+        created_at: now_us,
+        reason: new.reason.clone(),
+        expires_at: new.expires_at,
+    })
+}
+
+/// `user_id`'s ban from the event in force at `now_us`, if any.
+pub(crate) async fn find_ban<'c, E>(
+    exec: E,
+    backend: Backend,
+    event_id: Uuid,
+    user_id: Uuid,
+    now_us: i64,
+) -> Result<Option<BanRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let text = format!(
+        "SELECT {BAN_COLUMNS} FROM bans WHERE event_id = $1 AND user_id = $2 AND (expires_at IS NULL OR expires_at > $3)"
+    );
+    let row = sqlx::query(sql(backend, &text))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .bind(now_us)
+        .fetch_optional(exec)
+        .await?;
+    row.as_ref().map(BanRow::from_row).transpose()
+}
+
+/// Lifts a ban in force at `now_us` (an expired one is removed too); `false` when none was in force.
+pub(crate) async fn lift_ban(
+    tx: &mut Tx,
+    backend: Backend,
+    (event_id, user_id): (Uuid, Uuid),
+    now_us: i64,
+) -> Result<bool, sqlx::Error> {
+    let in_force = find_ban(&mut **tx, backend, event_id, user_id, now_us).await?.is_some();
+    sqlx::query(sql(backend, "DELETE FROM bans WHERE event_id = $1 AND user_id = $2"))
+        .bind(event_id.to_string())
+        .bind(user_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(in_force)
+}
+
+/// Up to `limit + 1` of the event's bans in force at `now_us`, oldest first, after the cursor
+/// `(created_at, user_id)`.
 pub(crate) async fn event_bans(
     db: &Db,
     event_id: Uuid,
     after: Option<&cityevents_common::page::Cursor>,
-    limit: u32,
+    (limit, now_us): (u32, i64),
 ) -> Result<Vec<BanRow>, sqlx::Error> {
-    let keyset = if after.is_some() { " AND (created_at > $2 OR (created_at = $3 AND user_id > $4))" } else { "" };
-    let lim = if after.is_some() { "$5" } else { "$2" };
+    let keyset = if after.is_some() { " AND (created_at > $3 OR (created_at = $4 AND user_id > $5))" } else { "" };
+    let lim = if after.is_some() { "$6" } else { "$3" };
     let text = format!(
-        "SELECT user_id, banned_by, created_at FROM bans WHERE event_id = $1{keyset} ORDER BY created_at, user_id LIMIT {lim}"
+        "SELECT {BAN_COLUMNS} FROM bans WHERE event_id = $1 AND (expires_at IS NULL OR expires_at > $2){keyset} \
+         ORDER BY created_at, user_id LIMIT {lim}"
     );
-    let mut q = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string());
+    let mut q = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string()).bind(now_us);
     if let Some(c) = after {
         q = q.bind(c.key).bind(c.key).bind(c.id.clone());
     }
     let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
-    rows.iter()
-        .map(|row| Ok(BanRow { user_id: uuid_at(row, 0)?, banned_by: uuid_at(row, 1)?, created_at: row.try_get(2)? }))
-        .collect()
+    rows.iter().map(BanRow::from_row).collect()
 }
 
 /// A stored answer to an idempotent request.

@@ -318,7 +318,10 @@ async fn organizer_tools_kick_ban_and_lists(backend: Backend) {
     assert_eq!(svc.my_status(&u1, id).await.unwrap()["position"], 1);
     // Ban the confirmed user: u1 is promoted.
     let admin = svc.admin();
-    assert_eq!(svc.post_json(&admin, &bans, &format!(r#"{{"user_id": "{}"}}"#, u2.id)).await.0, 201, "admins may");
+    let (s, p) = svc.post_json(&admin, &bans, &format!(r#"{{"user_id": "{}"}}"#, u2.id)).await;
+    assert_eq!((s, p["errors"][0]["field"].as_str()), (400, Some("reason")), "not their event: a reason: {p}");
+    let body = format!(r#"{{"user_id": "{}", "reason": "Harassment"}}"#, u2.id);
+    assert_eq!(svc.post_json(&admin, &bans, &body).await.0, 201, "admins may");
     assert_eq!(svc.my_status(&u1, id).await.unwrap()["status"], "confirmed");
 
     let (s, stats) = svc.get(Some(&organizer), &format!("/api/v1/events/{id}/stats")).await;
@@ -560,6 +563,97 @@ async fn unpublished_events_close_and_reopen(backend: Backend) {
     svc.stop().await;
 }
 on_every_backend!(unpublished_events_close_and_reopen);
+
+async fn moderators_ban_with_a_reason_and_an_expiry(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let moderator = svc.user_with_role("moderator");
+    let ev = svc.publish_event(organizer.id, 10).await;
+    let id = ev.event_id;
+    let bans = format!("/api/v1/events/{id}/bans");
+    let (troll, pest) = (svc.user(), svc.user());
+    let troll_key = key();
+    assert_eq!(svc.join(&troll, id, &troll_key).await.0, 201);
+    assert_eq!(svc.join(&pest, id, &key()).await.0, 201);
+
+    // A moderator manages any event: lists, and bans with a reason (required) and an expiry.
+    assert_eq!(svc.get(Some(&moderator), &format!("/api/v1/events/{id}/participants")).await.0, 200);
+    let ban = |u: &User, extra: &str| format!(r#"{{"user_id": "{}"{extra}}}"#, u.id);
+    for (extra, field) in [
+        ("", "reason"),
+        (r#", "reason": "  ""#, "reason"),
+        (&format!(r#", "reason": "{}""#, "r".repeat(501)), "reason"),
+        (r#", "reason": "x", "expires_at": "tomorrow""#, "expires_at"),
+        (r#", "reason": "x", "expires_at": "2001-01-01T00:00:00Z""#, "expires_at"),
+        (r#", "reason": "x", "expires_at": "2201-01-01T00:00:00Z""#, "expires_at"),
+    ] {
+        let (s, p) = svc.post_json(&moderator, &bans, &ban(&troll, extra)).await;
+        assert_eq!((s, p["errors"][0]["field"].as_str()), (400, Some(field)), "{extra}: {p}");
+    }
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::days(7)).replace_nanosecond(0).unwrap();
+    let until_text = until.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let (s, b) = svc
+        .post_json(
+            &moderator,
+            &bans,
+            &ban(&troll, &format!(r#", "reason": "Spam in comments", "expires_at": "{until_text}""#)),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(
+        (b["reason"].as_str(), b["expires_at"].as_str(), b["banned_by"].as_str()),
+        (Some("Spam in comments"), Some(until_text.as_str()), Some(moderator.id.to_string().as_str()))
+    );
+    // The organizer bans without giving a reason; it is for good.
+    let (s, b) = svc.post_json(&organizer, &bans, &ban(&pest, "")).await;
+    assert_eq!((s, &b["reason"], &b["expires_at"]), (201, &Value::Null, &Value::Null), "{b}");
+    let (_, list) = svc.get(Some(&moderator), &bans).await;
+    assert_eq!(list["items"][0]["reason"], "Spam in comments", "{list}");
+
+    // While it lasts the user cannot join; once it has expired they can, and it is not listed.
+    let (s, p) = svc.join(&troll, id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("banned")), "{p}");
+    let expire = svc.backend.sql("UPDATE bans SET expires_at = $1 WHERE user_id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(expire.into_owned()))
+        .bind(cityevents_common::time::to_micros(time::OffsetDateTime::now_utc()) - 1)
+        .bind(troll.id.to_string())
+        .execute(svc.db.pool())
+        .await
+        .unwrap();
+    let (_, list) = svc.get(Some(&moderator), &bans).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "only the ban in force: {list}");
+    let (s, p) = svc.delete(&moderator, &format!("{bans}/{}", troll.id)).await;
+    assert_eq!((s, p["code"].as_str()), (404, Some("ban_not_found")), "an expired ban is not in force: {p}");
+    let (s, j) = svc.join(&troll, id, &key()).await;
+    assert_eq!((s, j["status"].as_str()), (201, Some("confirmed")), "{j}");
+    // Banned again: the old, expired ban is replaced.
+    let (s, b) = svc.post_json(&moderator, &bans, &ban(&troll, r#", "reason": "Again""#)).await;
+    assert_eq!((s, b["reason"].as_str(), &b["expires_at"]), (201, Some("Again"), &Value::Null), "{b}");
+    // The moderator lifts the organizer's ban.
+    assert_eq!(svc.delete(&moderator, &format!("{bans}/{}", pest.id)).await.0, 204);
+
+    // What the moderator did, and only that, went out for the audit log, in each transaction.
+    let recorded: Vec<cityevents_common::catalogue::ModerationRecorded> = svc
+        .outbox_of(cityevents_common::catalogue::MODERATION_TOPIC)
+        .await
+        .iter()
+        .map(|e| e.decode().unwrap())
+        .collect();
+    let summary: Vec<(String, String, Option<String>)> =
+        recorded.iter().map(|r| (r.action.clone(), r.target.clone(), r.reason.clone())).collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("event.ban".into(), format!("event:{id}/user:{}", troll.id), Some("Spam in comments".into())),
+            ("event.ban".into(), format!("event:{id}/user:{}", troll.id), Some("Again".into())),
+            ("event.unban".into(), format!("event:{id}/user:{}", pest.id), None),
+        ]
+    );
+    assert!(recorded.iter().all(|r| r.actor == moderator.id));
+    assert_eq!(recorded[0].details["expires_at"], until_text.as_str());
+    svc.stop().await;
+}
+on_every_backend!(moderators_ban_with_a_reason_and_an_expiry);
 
 async fn crowded(svc: &Svc) -> (EventSnapshot, Vec<User>) {
     let organizer = svc.user();

@@ -22,6 +22,8 @@ pub struct Svc {
     /// The key auth signs with (a fresh one per service).
     key: TestKey,
     pub pool: sqlx::AnyPool,
+    /// The service's private in-process bus (`memory://…`): a test publishes on it too.
+    pub bus_url: String,
     // Last: dropped (and the database deleted) after the pool is closed.
     pub db: TestDatabase,
 }
@@ -87,11 +89,12 @@ impl Svc {
     pub async fn start(backend: Backend) -> Option<Self> {
         let db = database(backend).await?;
         let key = TestKey::random("k1");
-        let loaded = env(db.url(), &key).load::<AuthConfig>();
+        let bus_url = format!("memory://auth-test-{}", uuid::Uuid::now_v7().simple());
+        let loaded = env(db.url(), &key).set("BUS__URL", bus_url.as_str()).load::<AuthConfig>();
         let app = TestService::start(cityevents_auth::service(), loaded.clone()).await;
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(db.url()).await.unwrap();
-        Some(Self { app, loaded, key, pool, db })
+        Some(Self { app, loaded, key, pool, bus_url, db })
     }
 
     /// The service's account store on the test's database, as the service builds it.

@@ -238,11 +238,7 @@ fn ports(cmd: &mut Command, distributed: bool) -> (u16, Vec<(String, String)>) {
             urls.push((up, port));
         }
     }
-    if !distributed {
-        for (up, port) in &urls {
-            cmd.env(format!("CITYEVENTS_GATEWAY__UPSTREAMS__{up}__BASE_URL"), format!("http://127.0.0.1:{port}"));
-        }
-    }
+    // All-in-one, the launcher points the gateway and the events service at these ports itself.
     let upstreams = urls.into_iter().map(|(up, port)| (up.to_ascii_lowercase(), format!("http://127.0.0.1:{port}")));
     (gateway, upstreams.collect())
 }

@@ -104,6 +104,8 @@ pub struct Svc {
     pub joins: JoinsStub,
     /// What reached the bus (in-process backend only).
     pub seen: Seen,
+    /// What reached `cityevents.moderation` (in-process backend only).
+    pub moderation: Seen,
     _bus: Option<Bus>,
     _db: TestDatabase,
 }
@@ -139,8 +141,23 @@ impl Svc {
                 let _ = d.ack().await;
             }
         });
+        let mut sub = bus
+            .subscribe(cityevents_common::catalogue::MODERATION_TOPIC, "test-tap", &SubscribeOptions::default())
+            .await
+            .unwrap();
+        let moderation = Seen::default();
+        let m = moderation.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = sub.next().await {
+                if let Ok(env) = d.envelope() {
+                    m.0.lock().unwrap().push(env.clone());
+                }
+                let _ = d.ack().await;
+            }
+        });
         let mut svc = Self::start_with(db, &[("BUS__URL", bus_url.as_str())]).await;
         svc.seen = seen;
+        svc.moderation = moderation;
         svc._bus = Some(bus);
         Some(svc)
     }
@@ -159,7 +176,13 @@ impl Svc {
             env = env.set(k, *v);
         }
         let app = TestService::start(cityevents_events::service(), env.load()).await;
-        Self { app, joins, seen: Seen::default(), _bus: None, _db: db }
+        Self { app, joins, seen: Seen::default(), moderation: Seen::default(), _bus: None, _db: db }
+    }
+
+    /// Publishes `event` on `topic` of the service's in-process bus (as another service would).
+    pub async fn publish<E: keel::events::Event>(&self, topic: &str, event: &E) {
+        let env = Envelope::new("cityevents-test", event).unwrap();
+        self._bus.as_ref().expect("an in-process bus").publish(topic, &env).await.unwrap();
     }
 
     /// Moves an event `hours` into the past (both ends) on the service's database directly, as

@@ -254,6 +254,15 @@ impl Svc {
             .collect()
     }
 
+    /// Every envelope enqueued on `topic`, oldest first.
+    pub async fn outbox_of(&self, topic: &str) -> Vec<Envelope> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT topic, payload FROM keel_outbox ORDER BY seq")
+            .fetch_all(self.db.pool())
+            .await
+            .unwrap();
+        rows.into_iter().filter(|(t, _)| t == topic).map(|(_, p)| Envelope::from_bytes(p.as_bytes()).unwrap()).collect()
+    }
+
     /// `join.*` envelopes of one event: (type, user_id, status, reason).
     pub async fn announced(&self, event: Uuid) -> Vec<(String, Uuid, String, Option<String>)> {
         self.outbox()
