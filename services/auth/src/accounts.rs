@@ -453,6 +453,19 @@ impl Accounts {
         Ok(())
     }
 
+    /// `(id, display name)` of the accounts among `ids` (any order; unknown ids left out).
+    pub(crate) async fn names(&self, ids: &[Uuid]) -> Result<Vec<(String, String)>, DataError> {
+        let db = &self.db;
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let text = format!("SELECT id, name FROM users WHERE id IN ({})", marks.join(", "));
+        let mut query = sqlx::query_as::<_, (String, String)>(db.statement(&text));
+        for id in ids {
+            query = query.bind(id.to_string());
+        }
+        let mut conn = db.acquire().await?;
+        query.fetch_all(&mut *conn).await.obs(db)
+    }
+
     /// Up to `limit` accounts matching `filter`, newest first, after the account `after`.
     pub(crate) async fn list(
         &self,

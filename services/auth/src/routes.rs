@@ -75,6 +75,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/sessions/{id}", delete(revoke_session))
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/users", get(list_users))
+        .route("/api/v1/users/names", get(names))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
         .route("/api/v1/admin/users/{id}/ban", post(ban_user).delete(unban_user))
         // Every answer is about an account: its address, its tokens, its failures.
@@ -900,4 +901,49 @@ async fn list_users(
         items.push(s.accounts.managed(row)?);
     }
     Ok(axum::Json(Page { items, next_cursor: page.next_cursor }))
+}
+
+/// `GET /api/v1/users/names` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamesQuery {
+    ids: Option<String>,
+}
+
+/// Most ids one `GET /api/v1/users/names` takes (a list page's largest size).
+const MAX_NAME_IDS: usize = cityevents_common::page::MAX_LIMIT as usize;
+
+#[derive(Serialize)]
+struct NameItem {
+    id: String,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct Names {
+    items: Vec<NameItem>,
+}
+
+/// `GET /api/v1/users/names?ids=a,b,…` (signed in; the gateway's, not routed publicly): the
+/// display names of up to 100 accounts, for the lists an organizer sees (participants,
+/// waitlist, bans). Unknown ids are left out; nothing but the name is told.
+async fn names(
+    State(s): State<AppState>,
+    Auth(_claims): Auth<Claims>,
+    q: Result<Query<NamesQuery>, QueryRejection>,
+) -> Result<axum::Json<Names>, ApiError> {
+    use cityevents_common::validate::invalid;
+    let q = cityevents_common::validate::query(q)?;
+    let mut ids: Vec<Uuid> = Vec::new();
+    for part in q.ids.as_deref().unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let id = cityevents_common::validate::uuid("ids", part)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() || ids.len() > MAX_NAME_IDS {
+        return Err(invalid("ids", &format!("must list 1 to {MAX_NAME_IDS} user ids, comma-separated")).into());
+    }
+    let items = s.accounts.names(&ids).await?.into_iter().map(|(id, name)| NameItem { id, name }).collect();
+    Ok(axum::Json(Names { items }))
 }

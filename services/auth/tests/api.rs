@@ -1048,4 +1048,26 @@ async fn moderators_ban_accounts_and_admins_list_them(s: &Svc) {
         "{rows:?}"
     );
     assert!(rows[0].contains("Fraudulent listing") && rows[0].contains("cityevents-events"), "{rows:?}");
+
+    // Display names for the gateway's lists: signed in, up to 100 ids, unknown ones left out.
+    let unknown = uuid::Uuid::now_v7();
+    let r = s.get(&format!("/api/v1/users/names?ids={alice},{moe},{unknown},{alice}"), Some(&moe_access)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut got: Vec<(String, String)> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap().to_owned(), i["name"].as_str().unwrap().to_owned()))
+        .collect();
+    got.sort();
+    let mut want = vec![(alice.clone(), "Alice Liddell".to_owned()), (moe.clone(), "Moe Moderator".to_owned())];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(r.body["items"][0].get("email").is_none(), "nothing but the name");
+    assert_eq!(s.get(&format!("/api/v1/users/names?ids={alice}"), None).await.status, 401);
+    let many: Vec<String> = (0..101).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for q in ["", "?ids=", "?ids=nope", &format!("?ids={}", many.join(",")), "?id=x"] {
+        let r = s.get(&format!("/api/v1/users/names{q}"), Some(&moe_access)).await;
+        assert_eq!(r.status, 400, "{q}: {r:?}");
+    }
 }

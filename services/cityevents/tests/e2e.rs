@@ -508,6 +508,11 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     api.get(&format!("/api/v1/events/{ev}/participants"), Some(&u2.access)).await.problem(403);
     let participants = api.get(&format!("/api/v1/events/{ev}/participants"), Some(&org.access)).await;
     assert_eq!(participants.body["items"].as_array().unwrap().len(), 2, "{}", participants.body);
+    // With display names, from auth through the gateway.
+    let mut names: Vec<&str> =
+        participants.body["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["u2", "u3"], "{}", participants.body);
 
     // --- mail preferences through the gateway: u3 turns cancellation mail off
     let prefs = api.get("/api/v1/me/mail-preferences", Some(&u3.access)).await;

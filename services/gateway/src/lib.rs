@@ -26,9 +26,11 @@
 //! * **`GET /api/v1/events/{id}/view`** — the event, the caller's participation and the seat
 //!   counts fetched in parallel; the event's error is the answer, a failing non-critical part is
 //!   `{"unavailable": true}`.
-//! * **Seats in event lists** — each item of `GET /api/v1/events` and `GET /api/v1/me/events`
-//!   gets `seats: {capacity, taken, free, waitlisted}` from one joins call per page (`seats.rs`);
-//!   `{"unavailable": true}` when the joins service fails.
+//! * **Completed lists** (`compose.rs`) — each item of `GET /api/v1/events` and
+//!   `GET /api/v1/me/events` gets `seats: {capacity, taken, free, waitlisted}` from one joins call
+//!   per page (`{"unavailable": true}` when joins fails); each item of an event's participants,
+//!   waitlist and bans gets the user's display `name` from one auth call (`null` when unknown or
+//!   auth fails).
 //! * **`GET /api/v1/openapi.json`** — [`openapi::DOCUMENT`].
 //!
 //! Configuration: `upstreams.{auth,events,joins,notifier}.base_url` are required (in development
@@ -39,11 +41,11 @@
 //! `app.upstream_timeouts.{read,write,total}` (2 s, 5 s, 6 s). In production every limiter must
 //! keep its counts in Redis. CORS is Keel's (`cors.*`).
 
+mod compose;
 mod edge;
 mod forward;
 pub mod openapi;
 pub mod routes;
-mod seats;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -215,11 +217,11 @@ fn router(gw: &Arc<Gateway>, max_body: usize, strict: &RateLimitLayer) -> Router
     for route in ROUTES {
         let gw = gw.clone();
         let method_router = by_path.remove(route.path).unwrap_or_default();
-        let method_router = match route.path {
-            VIEW_PATH => method_router.on(route.verb.filter(), move |req: Request| view::view(gw, req)),
-            OPENAPI_PATH => method_router.on(route.verb.filter(), openapi::serve),
-            _ if routes::with_seats(route) => {
-                method_router.on(route.verb.filter(), move |req: Request| seats::list(gw, route, req))
+        let method_router = match (route.path, routes::completion(route)) {
+            (VIEW_PATH, _) => method_router.on(route.verb.filter(), move |req: Request| view::view(gw, req)),
+            (OPENAPI_PATH, _) => method_router.on(route.verb.filter(), openapi::serve),
+            (_, Some(how)) => {
+                method_router.on(route.verb.filter(), move |req: Request| compose::list(gw, route, how, req))
             }
             _ => {
                 let forward = move |req: Request| gw.forward(route, req);

@@ -138,12 +138,26 @@ pub const STRICT: &[(Verb, &str)] = &[
     (Post, "/api/v1/auth/password-reset"),
 ];
 
-/// Event lists whose items the gateway completes with `seats` (see `seats.rs`).
+/// Event lists whose items the gateway completes with `seats` from joins (see `compose.rs`).
 pub const WITH_SEATS: &[(Verb, &str)] = &[(Get, "/api/v1/events"), (Get, "/api/v1/me/events")];
 
-/// Whether `route` is in [`WITH_SEATS`].
-pub fn with_seats(route: &Route) -> bool {
-    WITH_SEATS.iter().any(|&(verb, path)| verb == route.verb && path == route.path)
+/// Lists of users whose items the gateway completes with their display `name` from auth.
+pub const WITH_NAMES: &[(Verb, &str)] = &[
+    (Get, "/api/v1/events/{id}/participants"),
+    (Get, "/api/v1/events/{id}/waitlist"),
+    (Get, "/api/v1/events/{id}/bans"),
+];
+
+/// How the gateway completes `route`'s list, if it does.
+pub(crate) fn completion(route: &Route) -> Option<crate::compose::Completion> {
+    let is = |table: &[(Verb, &str)]| table.iter().any(|&(verb, path)| verb == route.verb && path == route.path);
+    if is(WITH_SEATS) {
+        Some(crate::compose::Completion::Seats)
+    } else if is(WITH_NAMES) {
+        Some(crate::compose::Completion::Names)
+    } else {
+        None
+    }
 }
 
 /// Whether `route` is in [`STRICT`].

@@ -858,3 +858,70 @@ async fn event_lists_carry_seats_from_one_joins_call_per_page() {
     assert_eq!(joins.count(), before);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn user_lists_carry_display_names_from_one_auth_call_per_page() {
+    let (ann, bob, gone) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let event = Uuid::now_v7();
+    let page = json!({
+        "items": [
+            {"join_id": "j1", "user_id": ann.to_string(), "status": "confirmed"},
+            {"join_id": "j2", "user_id": bob.to_string(), "status": "confirmed"},
+            {"join_id": "j3", "user_id": gone.to_string(), "status": "confirmed"},
+        ],
+        "next_cursor": null,
+    });
+    let listed = page.clone();
+    let joins = Stub::start(
+        "joins",
+        Router::new()
+            .route("/api/v1/events/{id}/participants", get(move || async move { axum::Json(listed) }))
+            .route("/api/v1/events/{id}/bans", get(|| async { axum::Json(json!({"items": [], "next_cursor": null})) })),
+    )
+    .await;
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let up = healthy.clone();
+    let auth = Stub::start(
+        "auth",
+        Router::new().route(
+            "/api/v1/users/names",
+            get(move || {
+                let up = up.clone();
+                async move {
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    axum::Json(json!({"items": [
+                        {"id": ann.to_string(), "name": "Ann"},
+                        {"id": bob.to_string(), "name": "Bob <b>"},
+                    ]}))
+                    .into_response()
+                }
+            }),
+        ),
+    )
+    .await;
+    let (events, notifier) = (Stub::echo("events").await, Stub::echo("notifier").await);
+    let gw = Gateway::start(&[&auth, &events, &joins, &notifier], &view_env()).await;
+    let t = token(&Uuid::now_v7().to_string());
+
+    let path = format!("/api/v1/events/{event}/participants");
+    let resp = gw.http.get(gw.url(&path)).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let names: Vec<Value> = v["items"].as_array().unwrap().iter().map(|i| i["name"].clone()).collect();
+    assert_eq!(names, [json!("Ann"), json!("Bob <b>"), Value::Null], "an account auth does not know: null");
+    assert_eq!(v["items"][0]["join_id"], "j1", "the items are otherwise unchanged");
+    let asked = auth.requests();
+    assert_eq!(asked.len(), 1, "one call for the page");
+    assert_eq!(asked[0].query.as_deref(), Some(format!("ids={ann},{bob},{gone}").as_str()));
+    assert_eq!(asked[0].headers["authorization"], format!("Bearer {t}").as_str(), "with the caller's token");
+
+    // An empty page asks nobody; auth failing leaves the names null, the page answered.
+    gw.http.get(gw.url(&format!("/api/v1/events/{event}/bans"))).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(auth.requests().len(), 1);
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let v: Value = gw.http.get(gw.url(&path)).bearer_auth(&t).send().await.unwrap().json().await.unwrap();
+    assert!(v["items"].as_array().unwrap().iter().all(|i| i["name"].is_null()), "{v}");
+    gw.stop().await;
+}
