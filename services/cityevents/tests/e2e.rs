@@ -501,6 +501,29 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     })
     .await;
 
+    // The organizer hears of joins and leaves in one digest (every second here); a new venue
+    // reaches those still in.
+    eventually("the organizer gets a digest of joins and leaves", || async {
+        api.notification_kinds(&org).await.iter().any(|k| k == "event.activity")
+    })
+    .await;
+    let moved = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/events/{ev}"),
+            Some(&org.access),
+            Some(json!({"venue": "Hot Clube"})),
+            &[],
+        )
+        .await;
+    assert_eq!((moved.status, moved.body["venue"].as_str()), (StatusCode::OK, Some("Hot Clube")), "{}", moved.body);
+    for u in [&u2, &u3] {
+        eventually("participants hear of the new venue", || async {
+            api.notification_kinds(u).await.iter().any(|k| k == "event.changed")
+        })
+        .await;
+    }
+
     // Organizer-only views.
     let stats = api.get(&format!("/api/v1/events/{ev}/stats"), Some(&org.access)).await;
     assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);

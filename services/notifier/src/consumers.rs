@@ -4,8 +4,8 @@
 //! permanent failure and goes to the dead-letter queue.
 
 use cityevents_common::catalogue::{
-    EventCanceled, EventUnpublished, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked, JoinPromoted, JoinWaitlisted,
-    MAIL_TOPIC, Mail, MailRequested,
+    EventCanceled, EventPublished, EventUnpublished, EventUpdated, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked,
+    JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail, MailRequested,
 };
 use keel::data::Db;
 use keel::events::outbox::Outbox;
@@ -136,6 +136,10 @@ impl Handler for JoinsHandler {
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
         let text = with_note(text, c.note.as_deref());
         notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
+        let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
+        crate::activity::track_join(tx, self.db.backend(), &kind, &c)
+            .await
+            .map_err(|e| Failure::transient(&self.db.observe(e)))?;
         if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
             let request = MailRequested { user_id: c.user_id, to: None, name: None, mail };
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
@@ -151,8 +155,8 @@ impl Handler for JoinsHandler {
 }
 
 /// Handles the events topic: `event.canceled` and `event.unpublished` tell the organizer (with
-/// the reason given); every other type is acknowledged and ignored (they are for other
-/// consumers).
+/// the reason given); `event.published` and `event.updated` are recorded, and an update that
+/// moves the event or changes its venue tells its participants (see `activity.rs`).
 #[derive(Debug, Clone)]
 pub struct EventsHandler {
     db: Db,
@@ -167,6 +171,27 @@ impl EventsHandler {
 
 impl Handler for EventsHandler {
     async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        let snapshot = match msg.envelope().ty.as_str() {
+            EventPublished::TYPE => Some((msg.decode::<EventPublished>()?.0, false)),
+            EventUpdated::TYPE => Some((msg.decode::<EventUpdated>()?.0, true)),
+            _ => None,
+        };
+        if let Some((s, updated)) = snapshot {
+            let backend = self.db.backend();
+            let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
+            let observe = |e| Failure::transient(&self.db.observe(e));
+            let before = crate::activity::record_event(tx, backend, &s).await.map_err(observe)?;
+            let change = before
+                .filter(|_| updated)
+                .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));
+            if let Some(text) = change {
+                let told = crate::activity::tell_participants(tx, backend, s.event_id, crate::activity::CHANGED, &text)
+                    .await
+                    .map_err(observe)?;
+                tracing::info!(event_id = %s.event_id, told, "participants told of a change of time or place");
+            }
+            return Ok(());
+        }
         let (kind, organizer, event, title, reason) = match msg.envelope().ty.as_str() {
             EventCanceled::TYPE => {
                 let e = msg.decode::<EventCanceled>()?;

@@ -1,11 +1,13 @@
-//! City Events notifier: turns `join.*` and `event.canceled` into per-user notifications.
+//! City Events notifier: turns `join.*` and `event.*` into per-user notifications.
 //!
 //! * **Consumers** (group `notifier`, with Keel's inbox): every `join.*` on
 //!   [`catalogue::JOINS_TOPIC`] becomes a notification for the participant; `event.canceled` on
 //!   [`catalogue::EVENTS_TOPIC`] becomes one for the organizer. The notification is written in the
 //!   inbox transaction ([`keel::events::Message::tx`]), so a redelivered message is never applied
 //!   twice. A payload that cannot be decoded, an unknown type on the joins topic or an unsupported
-//!   schema version fails permanently and lands in `<topic>.dlq`.
+//!   schema version fails permanently and lands in `<topic>.dlq`. Changes of an event's time or
+//!   venue reach its participants, and its organizer gets a digest of joins and leaves every
+//!   `app.digest_interval` (`activity.rs`).
 //! * **API**: `GET /api/v1/me/notifications` (keyset-paged, newest first, `?unread=true`) and
 //!   `POST /api/v1/me/notifications/{id}/read` (204, idempotent; 404 for someone else's).
 //!
@@ -25,6 +27,7 @@
 //! reached. The topics are the catalogue's; `bus.namespace` keeps environments (and test runs)
 //! apart on one broker.
 
+mod activity;
 mod api;
 mod consumers;
 pub mod mail;
@@ -58,6 +61,10 @@ pub struct NotifierConfig {
     /// dead-letter queue (a database outage pauses the consumers and spends none). Default `16`:
     /// retries 1 s apart doubling to 5 min, more than half an hour in all.
     pub max_attempts: u32,
+    /// How long joins and leaves are gathered before the organizer is told of them in one
+    /// notification per event. Default `10m` (1s–1d).
+    #[serde(with = "keel::config::duration")]
+    pub digest_interval: Duration,
     /// Mail delivery.
     pub mail: mail::MailConfig,
 }
@@ -68,6 +75,7 @@ impl Default for NotifierConfig {
         Self {
             concurrency: consumer.concurrency,
             max_attempts: consumer.max_attempts,
+            digest_interval: Duration::from_secs(600),
             mail: mail::MailConfig::default(),
         }
     }
@@ -80,6 +88,9 @@ impl Section for NotifierConfig {
         }
         if !(1..=100).contains(&self.max_attempts) {
             v.invalid("max_attempts", "must be between 1 and 100");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&self.digest_interval) {
+            v.invalid("digest_interval", "must be between 1s and 1d");
         }
         self.mail.validate(v);
     }
@@ -147,6 +158,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     )?;
     let c = contacts.clone();
     s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
+    s.worker(activity::digest_worker(db.clone(), cfg.digest_interval))?;
     let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.0, s.jwt()?)?;
     Ok(api::router(db, contacts).layer(jwt.extension()))
 }

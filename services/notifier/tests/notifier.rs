@@ -534,3 +534,95 @@ async fn a_database_outage_dead_letters_nothing() {
 fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
     cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-notifier"), "cityevents-notifier");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Around an event: changes of time or place for its participants, a digest for its organizer
+
+async fn participants_hear_of_moves_and_organizers_get_digests(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    let url = format!("memory://notifier-activity-{}", Uuid::now_v7().simple());
+    // One message at a time: the digest then holds exactly what was published before it is due
+    // (concurrent first counts of one event retry one of them, which may land in the next digest).
+    let settings = [("BUS__URL", url.as_str()), ("APP__DIGEST_INTERVAL", "1s"), ("APP__CONCURRENCY", "1")];
+    let n = Notifier::start_with(db, &Broker::InProcess, &settings).await;
+    let bus = Bus::new(&{
+        let mut cfg = keel::events::BusConfig::default();
+        cfg.url = Some(keel::config::Secret::new(url.clone()));
+        cfg
+    })
+    .unwrap();
+    bus.connect().await.unwrap();
+    let (organizer, event) = (Uuid::now_v7(), Uuid::now_v7());
+    let (stays, waits, leaves) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let at = |t: &str| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    let mut snapshot = EventSnapshot {
+        event_id: event,
+        organizer_id: organizer,
+        title: "Fado night".into(),
+        city: "Lisbon".into(),
+        category: "music".into(),
+        starts_at: at("2031-07-01T20:00:00Z"),
+        ends_at: at("2031-07-01T22:00:00Z"),
+        capacity: 2,
+        status: "published".into(),
+        venue: "Tasca do Chico".into(),
+        time_zone: "Europe/Lisbon".into(),
+        version: 2,
+    };
+    bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(snapshot.clone()))).await.unwrap();
+    let with = |user: Uuid, status: &str, reason: Option<&str>| JoinChange {
+        status: status.into(),
+        ..change(user, event, "Fado night", reason)
+    };
+    for e in [
+        envelope(&JoinConfirmed(with(stays, "confirmed", None))),
+        envelope(&JoinConfirmed(with(leaves, "confirmed", None))),
+        envelope(&JoinWaitlisted(with(waits, "waitlisted", None))),
+        envelope(&JoinCanceled(with(leaves, "canceled", None))),
+    ] {
+        bus.publish(JOINS_TOPIC, &e).await.unwrap();
+    }
+    n.wait_for(&leaves.to_string(), 2).await;
+    n.wait_for(&waits.to_string(), 1).await;
+
+    // The organizer: one digest for all of it, once the interval has passed.
+    let digest = n.wait_for(&organizer.to_string(), 1).await;
+    assert_eq!(
+        (digest[0]["kind"].as_str(), digest[0]["message"].as_str()),
+        (Some("event.activity"), Some("Fado night: 3 people joined, 1 participant left"))
+    );
+    assert_eq!(digest[0]["event_id"], event.to_string());
+
+    // Moved an hour later: those still in (seated or waiting) are told, in Lisbon time.
+    snapshot.version = 3;
+    snapshot.starts_at = at("2031-07-01T21:00:00Z");
+    snapshot.ends_at = at("2031-07-01T23:00:00Z");
+    bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(snapshot.clone()))).await.unwrap();
+    let told = n.wait_for(&stays.to_string(), 2).await;
+    let moved = told.iter().find(|i| i["kind"] == "event.changed").unwrap();
+    assert_eq!(moved["message"], "Fado night changed: now 2031-07-01 22:00 to 2031-07-02 00:00 (Europe/Lisbon)");
+    n.wait_for(&waits.to_string(), 2).await;
+    // A new venue too; a new title alone, or an older snapshot arriving late, tells no one.
+    snapshot.version = 4;
+    snapshot.venue = "Clube de Fado".into();
+    bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(snapshot.clone()))).await.unwrap();
+    let told = n.wait_for(&stays.to_string(), 3).await;
+    assert!(told.iter().any(|i| i["message"] == "Fado night changed: at Clube de Fado"), "{told:?}");
+    let mut renamed = snapshot.clone();
+    renamed.version = 5;
+    renamed.title = "Fado nights".into();
+    bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(renamed))).await.unwrap();
+    let mut stale = snapshot.clone();
+    stale.version = 3;
+    stale.venue = "Somewhere old".into();
+    bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(stale))).await.unwrap();
+    // A marker after them: once it is handled, they were too.
+    bus.publish(JOINS_TOPIC, &envelope(&JoinConfirmed(change(Uuid::now_v7(), Uuid::now_v7(), "x", None))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(n.all(&stays.to_string()).await.len(), 3, "no more for a title or a stale snapshot");
+    assert_eq!(n.all(&leaves.to_string()).await.len(), 2, "who left hears nothing of the changes");
+    n.stop().await;
+}
+cityevents_common::on_every_backend!(participants_hear_of_moves_and_organizers_get_digests);
