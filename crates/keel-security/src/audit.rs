@@ -335,7 +335,7 @@ impl AuditLog {
         self.append(None, actor, action, target, outcome, details).await
     }
 
-    /// [`AuditLog::record`] at most once per `once` (1–128 of `[A-Za-z0-9:.-]`, e.g. the id of
+    /// [`AuditLog::record`] at most once per `once` (1–128 of `[a-z0-9:.-]`, e.g. the id of
     /// the message that asked for it): when a row with the same `action` and key is among the
     /// newest [`ONCE_WINDOW`] rows, that row is returned and nothing is appended, so a
     /// redelivered message or a retried request is recorded once. The key is kept in the row's
@@ -351,7 +351,8 @@ impl AuditLog {
     ) -> Result<AuditEntry, AuditError> {
         let valid = !once.is_empty()
             && once.len() <= 128
-            && once.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'-'));
+            // Lowercase only: `LIKE` ignores case on some backends and not on others.
+            && once.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b':' | b'.' | b'-'));
         if !valid {
             return Err(AuditError::Key(format!("record_once: {once:?} is not a usable key")));
         }

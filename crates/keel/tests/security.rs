@@ -470,7 +470,7 @@ async fn audit_chain(url: &str) {
     let next =
         log.record_once("msg-0195f3a2-2", "user:9", "event.cancel", "event:1", Outcome::Success, json!({})).await;
     assert_eq!(next.unwrap().id, 27);
-    for bad in ["", "has space", "50%", "a_b", &"k".repeat(129)] {
+    for bad in ["", "has space", "50%", "a_b", "MSG-1", &"k".repeat(129)] {
         assert!(log.record_once(bad, "a", "b", "c", Outcome::Success, json!({})).await.is_err(), "{bad:?}");
     }
     let kept: String =

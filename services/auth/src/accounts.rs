@@ -83,10 +83,12 @@ pub(crate) struct UserRow {
     pub(crate) banned_at: Option<i64>,
     pub(crate) banned_by: Option<String>,
     pub(crate) ban_reason: Option<String>,
+    /// Grows with every ban and lift (`account.banned`/`account.unbanned` carry it).
+    pub(crate) ban_version: u64,
 }
 
 type RowTuple =
-    (String, String, String, String, String, i64, Option<i64>, i64, Option<i64>, Option<String>, Option<String>);
+    (String, String, String, String, String, i64, Option<i64>, i64, Option<i64>, Option<String>, Option<String>, i64);
 
 /// The role the `role` column and the `moderator` flag make together (migration 0010), in SQL.
 pub(crate) const ROLE_SQL: &str =
@@ -95,7 +97,7 @@ pub(crate) const ROLE_SQL: &str =
 /// The columns of a [`RowTuple`], in order.
 const USER_COLUMNS: &str = "id, email_ciphertext, password_hash, name, \
      CASE WHEN role = 'admin' THEN 'admin' WHEN moderator = 1 THEN 'moderator' ELSE 'user' END AS role, \
-     created_at, email_verified_at, session_version, banned_at, banned_by, ban_reason";
+     created_at, email_verified_at, session_version, banned_at, banned_by, ban_reason, ban_version";
 
 impl From<RowTuple> for UserRow {
     fn from(
@@ -111,9 +113,11 @@ impl From<RowTuple> for UserRow {
             banned_at,
             banned_by,
             ban_reason,
+            ban_version,
         ): RowTuple,
     ) -> Self {
         let session_version = u64::try_from(sv).unwrap_or(0);
+        let ban_version = u64::try_from(ban_version).unwrap_or(0);
         Self {
             id,
             email_ciphertext,
@@ -126,6 +130,7 @@ impl From<RowTuple> for UserRow {
             banned_at,
             banned_by,
             ban_reason,
+            ban_version,
         }
     }
 }
@@ -355,7 +360,7 @@ impl Accounts {
         let mut tx = db.begin().await?;
         let inserted = sqlx::query(db.statement(
             "INSERT INTO users (id, email_ciphertext, email_bidx, email_skeleton_bidx, password_hash, name, role, \
-             created_at, email_verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             created_at, email_verified_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         ))
         .bind(id.to_string())
         .bind(&email_ciphertext)
@@ -366,6 +371,7 @@ impl Accounts {
         .bind(role)
         .bind(to_micros(created_at))
         .bind(verified.then(|| to_micros(created_at)))
+        .bind(name.to_lowercase())
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -419,7 +425,8 @@ impl Accounts {
         Ok(())
     }
 
-    /// Bans the account in `tx` (its sessions are ended by the caller in the same transaction).
+    /// Bans the account in `tx` unless it is banned already (then `false`: a concurrent ban won);
+    /// its sessions are ended by the caller in the same transaction.
     pub(crate) async fn ban_in(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -427,30 +434,34 @@ impl Accounts {
         by: &str,
         reason: &str,
         at: i64,
-    ) -> Result<(), DataError> {
+    ) -> Result<bool, DataError> {
         let db = &self.db;
-        sqlx::query(db.statement("UPDATE users SET banned_at = $1, banned_by = $2, ban_reason = $3 WHERE id = $4"))
-            .bind(at)
-            .bind(by)
-            .bind(reason)
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .obs(db)?;
-        Ok(())
-    }
-
-    /// Lifts the account's ban in `tx`.
-    pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<(), DataError> {
-        let db = &self.db;
-        sqlx::query(
-            db.statement("UPDATE users SET banned_at = NULL, banned_by = NULL, ban_reason = NULL WHERE id = $1"),
-        )
+        let done = sqlx::query(db.statement(
+            "UPDATE users SET banned_at = $1, banned_by = $2, ban_reason = $3, ban_version = ban_version + 1 \
+             WHERE id = $4 AND banned_at IS NULL",
+        ))
+        .bind(at)
+        .bind(by)
+        .bind(reason)
         .bind(id)
         .execute(&mut **tx)
         .await
         .obs(db)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Lifts the account's ban in `tx`; `false` when it was not banned (a concurrent lift won).
+    pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<bool, DataError> {
+        let db = &self.db;
+        let done = sqlx::query(db.statement(
+            "UPDATE users SET banned_at = NULL, banned_by = NULL, ban_reason = NULL, ban_version = ban_version + 1 \
+             WHERE id = $1 AND banned_at IS NOT NULL",
+        ))
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// `(id, display name)` of the accounts among `ids` (any order; unknown ids left out).
@@ -489,9 +500,11 @@ impl Accounts {
                 };
                 conditions.push(format!("email_bidx = {}", bind(bidx, &mut binds)));
             } else {
-                // `!` escapes (a backslash means something else in MySQL string literals).
+                // `!` escapes (a backslash means something else in MySQL string literals). The
+                // key is Rust's Unicode lowercase; rows from before it existed fall back to SQL's.
                 let escaped = q.to_lowercase().replace('!', "!!").replace('%', "!%").replace('_', "!_");
-                conditions.push(format!("LOWER(name) LIKE {} ESCAPE '!'", bind(format!("%{escaped}%"), &mut binds)));
+                let pattern = bind(format!("%{escaped}%"), &mut binds);
+                conditions.push(format!("COALESCE(name_key, LOWER(name)) LIKE {pattern} ESCAPE '!'"));
             }
         }
         if let Some(role) = &filter.role {
@@ -523,17 +536,9 @@ impl Accounts {
     /// Sets the role of an existing account (a promotion from the command line: it takes no
     /// power away, so no session has to end).
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let (column, moderator) = stored_role(role);
-        sqlx::query(db.statement("UPDATE users SET role = $1, moderator = $2 WHERE id = $3"))
-            .bind(column)
-            .bind(moderator)
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .obs(db)?;
-        Ok(())
+        let mut tx = self.db.begin().await?;
+        self.set_role_in(&mut tx, id, role).await?;
+        tx.commit().await.obs(&self.db)
     }
 
     /// Replaces the password hash (after a cost change, on the next successful sign-in).

@@ -458,6 +458,10 @@ async fn change_password(
     }
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if row.banned() {
+        // A token from before the ban may still be accepted for a moment: it buys nothing.
+        return Err(account_banned(&row).into());
+    }
     let user = s.accounts.user(&row)?;
     check_new_password(&s.accounts.policy, &b.new_password, &user.email)
         .map_err(|e| FieldError::new("new_password", e.message))?;
@@ -482,6 +486,10 @@ async fn change_password(
     // is locked: a role change meanwhile has either committed or waits).
     let refresh_token = s.refresh.issue_in(&mut tx, &row.id).await?;
     let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
+    if now.banned() {
+        // Banned meanwhile (the row is locked now): nothing is changed, no token is given.
+        return Err(account_banned(&now).into());
+    }
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     commit(&s, tx).await?;
     let target = user_target(&row.id);
@@ -606,11 +614,7 @@ async fn login(
         s.metrics.count(LoginOutcome::Banned);
         let details = json!({ "reason": "account_banned", "ip": ip });
         s.accounts.audit("anonymous", "auth.login", &user_target(&row.id), Outcome::Denied, details).await;
-        let why = row.ban_reason.as_deref().unwrap_or_default();
-        return Err(Problem::new(StatusCode::FORBIDDEN, "account-banned", "Account banned")
-            .code("account_banned")
-            .detail(format!("this account is banned: {why}"))
-            .into());
+        return Err(account_banned(&row).into());
     }
     if s.accounts.hasher.needs_rehash(&row.password_hash) {
         // Best effort: the sign-in succeeds either way.
@@ -746,6 +750,14 @@ struct BanBody {
 /// Longest ban reason, in characters.
 const MAX_BAN_REASON: usize = 500;
 
+/// 403 `account_banned`, with the reason the moderator gave.
+fn account_banned(row: &UserRow) -> Problem {
+    let why = row.ban_reason.as_deref().unwrap_or_default();
+    Problem::new(StatusCode::FORBIDDEN, "account-banned", "Account banned")
+        .code("account_banned")
+        .detail(format!("this account is banned: {why}"))
+}
+
 fn conflict(code: &str, detail: &str) -> Problem {
     Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").code(code).detail(detail)
 }
@@ -784,9 +796,15 @@ async fn ban_user(
     let at = cityevents_common::time::now();
     let mut tx = s.accounts.db.begin().await?;
     let by = who.id.to_string();
-    s.accounts.ban_in(&mut tx, &row.id, &by, &reason, cityevents_common::time::to_micros(at)).await?;
+    if !s.accounts.ban_in(&mut tx, &row.id, &by, &reason, cityevents_common::time::to_micros(at)).await? {
+        // Banned meanwhile: that ban stands.
+        drop(tx);
+        let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+        return Ok(axum::Json(s.accounts.managed(&row)?));
+    }
     let (revoked, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
-    let banned = AccountBanned { user_id: id, by: who.id, reason: reason.clone(), at };
+    let version = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?.ban_version;
+    let banned = AccountBanned { user_id: id, by: who.id, reason: reason.clone(), at, version };
     s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &banned).await?;
     commit(&s, tx).await?;
     s.outbox.wake();
@@ -818,8 +836,11 @@ async fn unban_user(
             .into());
     }
     let mut tx = s.accounts.db.begin().await?;
-    s.accounts.unban_in(&mut tx, &row.id).await?;
-    let lifted = AccountUnbanned { user_id: id, by: who.id, at: cityevents_common::time::now() };
+    if !s.accounts.unban_in(&mut tx, &row.id).await? {
+        return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
+    }
+    let version = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?.ban_version;
+    let lifted = AccountUnbanned { user_id: id, by: who.id, at: cityevents_common::time::now(), version };
     s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &lifted).await?;
     commit(&s, tx).await?;
     s.outbox.wake();

@@ -177,9 +177,12 @@ pub struct JoinChange {
     /// `capacity_increased`, `seat_freed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// With reason `event_canceled`: the reason the organizer (or an admin) gave, if any.
+    /// With reason `event_canceled` or `event_unpublished`: the reason given, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The event's organizer (absent in messages from before it was carried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizer_id: Option<Uuid>,
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -264,6 +267,9 @@ pub struct AccountBanned {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// Grows with every ban and lift of this account: a message older than the one applied is
+    /// ignored.
+    pub version: u64,
 }
 
 impl Event for AccountBanned {
@@ -284,6 +290,8 @@ pub struct AccountUnbanned {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// See [`AccountBanned::version`].
+    pub version: u64,
 }
 
 impl Event for AccountUnbanned {
@@ -501,6 +509,7 @@ mod tests {
             status: "confirmed".into(),
             reason: None,
             note: None,
+            organizer_id: None,
             at: OffsetDateTime::UNIX_EPOCH,
         };
         let env = Envelope::new("cityevents-joins", &JoinConfirmed(change.clone())).unwrap();

@@ -9,6 +9,7 @@
 
 pub mod catalogue;
 pub mod json;
+pub mod organizer_bans;
 pub mod page;
 pub mod private;
 pub mod sessions;

@@ -381,6 +381,72 @@ fn moderation_record(caller: &Caller, action: &str, event: &Event, reason: Optio
     }
 }
 
+/// How an event is called off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallOff {
+    Cancel,
+    Unpublish,
+}
+
+impl CallOff {
+    /// The verb in messages, and the action's name in the audit log.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Cancel => ("cancel", "event.cancel"),
+            Self::Unpublish => ("unpublish", "event.unpublish"),
+        }
+    }
+
+    /// Checks `current` may be called off so at `now` and says what to write.
+    fn plan(self, current: &Event, now: i64, reason: Option<String>) -> Result<Plan> {
+        match self {
+            Self::Cancel => {
+                current.check_cancelable(now)?;
+                let emit = if current.status == Status::Published { Emit::Canceled } else { Emit::Nothing };
+                Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, reason, emit })
+            }
+            Self::Unpublish => {
+                current.check_unpublishable(now)?;
+                Ok(Plan::Write { fields: fields_of(current), status: Status::Draft, reason, emit: Emit::Unpublished })
+            }
+        }
+    }
+}
+
+/// Cancels or unpublishes event `id` for `caller` with the reason in `body`: its organizer, or a
+/// moderator or admin (any event, with a reason, recorded for the audit log). An organizer's
+/// unpublish is refused while anyone holds a seat or waits (the joins service is asked).
+async fn call_off(st: &AppState, caller: &Caller, id: &str, body: Option<ReasonBody>, how: CallOff) -> Result<Event> {
+    let id = event_id(id)?;
+    let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
+    let (verb, action) = how.names();
+    let Some(current) = store::get(&st.db, id).await? else {
+        return Err(Problem::not_found().into());
+    };
+    // The organizer never changes: who is moderating is known before the lock.
+    let moderating = moderation(&current, caller, reason.as_ref(), verb)?;
+    if how == CallOff::Unpublish && !moderating {
+        current.check_unpublishable(to_micros(now()))?;
+        if anyone_joined(st, id).await? {
+            return Err(conflict(
+                "event_has_participants",
+                "people have joined this event: it cannot go back to draft; cancel it instead",
+            )
+            .into());
+        }
+    }
+    let record = moderating.then(|| moderation_record(caller, action, &current, reason.as_ref()));
+    let event = change_recorded(st, id, record, |current, now| {
+        moderation(current, caller, reason.as_ref(), verb)?;
+        how.plan(current, now, reason)
+    })
+    .await?;
+    if moderating {
+        tracing::info!(event_id = %event.id, moderator = %caller.id, action, "a moderator acted on another user's event");
+    }
+    Ok(event)
+}
+
 /// `POST /api/v1/events/{id}/cancel`, optionally `{reason}`: the organizer, or a moderator or
 /// admin (any event, with a reason), calls the event off. A published event announces
 /// `event.canceled` with the reason, which reaches its participants; a draft was never public
@@ -391,25 +457,7 @@ async fn cancel(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<JsonResponse<EventView>> {
-    let id = event_id(&id)?;
-    let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
-    let Some(current) = store::get(&st.db, id).await? else {
-        return Err(Problem::not_found().into());
-    };
-    // The organizer never changes: who is moderating is known before the lock.
-    let moderated = moderation(&current, &caller, reason.as_ref(), "cancel")?;
-    let record = moderated.then(|| moderation_record(&caller, "event.cancel", &current, reason.as_ref()));
-    let event = change_recorded(&st, id, record, |current, now| {
-        moderation(current, &caller, reason.as_ref(), "cancel")?;
-        current.check_cancelable(now)?;
-        let emit = if current.status == Status::Published { Emit::Canceled } else { Emit::Nothing };
-        Ok(Plan::Write { fields: fields_of(current), status: Status::Canceled, reason, emit })
-    })
-    .await?;
-    if moderated {
-        tracing::info!(event_id = %event.id, moderator = %caller.id, "a moderator canceled another user's event");
-    }
-    Ok(JsonResponse(event.view()))
+    Ok(JsonResponse(call_off(&st, &caller, &id, body, CallOff::Cancel).await?.view()))
 }
 
 /// Whether anyone holds a seat or waits in `event`, as the joins service knows it (an event it
@@ -455,31 +503,7 @@ async fn unpublish(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<JsonResponse<EventView>> {
-    let id = event_id(&id)?;
-    let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
-    let Some(current) = store::get(&st.db, id).await? else {
-        return Err(Problem::not_found().into());
-    };
-    let moderating = moderation(&current, &caller, reason.as_ref(), "unpublish")?;
-    current.check_unpublishable(to_micros(now()))?;
-    if !moderating && anyone_joined(&st, id).await? {
-        return Err(conflict(
-            "event_has_participants",
-            "people have joined this event: it cannot go back to draft; cancel it instead",
-        )
-        .into());
-    }
-    let record = moderating.then(|| moderation_record(&caller, "event.unpublish", &current, reason.as_ref()));
-    let event = change_recorded(&st, id, record, |current, now| {
-        moderation(current, &caller, reason.as_ref(), "unpublish")?;
-        current.check_unpublishable(now)?;
-        Ok(Plan::Write { fields: fields_of(current), status: Status::Draft, reason, emit: Emit::Unpublished })
-    })
-    .await?;
-    if moderating {
-        tracing::info!(event_id = %event.id, moderator = %caller.id, "a moderator unpublished another user's event");
-    }
-    Ok(JsonResponse(event.view()))
+    Ok(JsonResponse(call_off(&st, &caller, &id, body, CallOff::Unpublish).await?.view()))
 }
 
 /// `GET /api/v1/events`: published events, filtered, sorted and keyset-paged.

@@ -32,7 +32,6 @@
 //! (default `true`: a caller whose token does not say `email_verified` gets 403 `email_unverified`
 //! when creating an event; admins are exempt).
 
-pub mod accounts;
 pub mod api;
 pub mod list;
 pub mod model;
@@ -80,17 +79,11 @@ pub fn service() -> keel::Service<EventsConfig> {
             let require_verified_email = s.config().require_verified_email;
             let (_, joins_port) = cityevents_common::services::JOINS;
             let joins = cityevents_common::upstream::client(s, "joins", joins_port)?;
-            let handler = accounts::AccountsHandler::new(db.clone());
+            // Banned organizers' events are hidden (cityevents_common::organizer_bans).
+            let handler = cityevents_common::organizer_bans::OrganizerBansHandler::new(db.clone());
             let bus = s.bus()?;
-            s.consume(
-                keel::events::Consumer::new(
-                    bus,
-                    cityevents_common::catalogue::ACCOUNTS_TOPIC,
-                    accounts::GROUP,
-                    handler,
-                )
-                .inbox(db.clone()),
-            )?;
+            let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
+            s.consume(keel::events::Consumer::new(bus, accounts, "events", handler).inbox(db.clone()))?;
             Ok(api::router(api::AppState { db, outbox, require_verified_email, joins }).layer(jwt.extension()))
         })
 }

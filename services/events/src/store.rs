@@ -113,7 +113,7 @@ pub async fn get_for_update(db: &Db, tx: &mut Transaction<'static, Any>, id: Uui
         .execute(&mut **tx)
         .await
         .map_err(|e| db.observe(e))?;
-    let text = format!("SELECT {COLUMNS} FROM events WHERE id = $1");
+    let text = format!("SELECT {COLUMNS}, {HIDDEN} FROM events WHERE id = $1");
     let row = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -440,36 +440,4 @@ pub async fn list_mine(db: &Db, organizer: Uuid, list: &MineList) -> Result<Vec<
     order_by(&mut q, "created_at", true, list.limit);
     let rows = q.fetch_all(db).await?;
     from_rows(db, &rows)
-}
-
-/// Records that `user_id` is banned (or not) as of `at` (micros) in `tx`, unless a later state
-/// was recorded already (a message that arrives late changes nothing). Returns whether it
-/// changed anything.
-pub async fn set_organizer_ban(
-    db: &Db,
-    tx: &mut Transaction<'static, Any>,
-    user_id: Uuid,
-    banned: bool,
-    at: i64,
-) -> Result<bool, DataError> {
-    let id = user_id.to_string();
-    let current: Option<i64> =
-        sqlx::query_scalar(AssertSqlSafe(db.sql("SELECT at FROM organizer_bans WHERE user_id = $1").into_owned()))
-            .bind(&id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(|e| db.observe(e))?;
-    let text = match current {
-        Some(seen) if seen >= at => return Ok(false),
-        Some(_) => "UPDATE organizer_bans SET banned = $1, at = $2 WHERE user_id = $3",
-        None => "INSERT INTO organizer_bans (banned, at, user_id) VALUES ($1, $2, $3)",
-    };
-    sqlx::query(AssertSqlSafe(db.sql(text).into_owned()))
-        .bind(i64::from(banned))
-        .bind(at)
-        .bind(&id)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| db.observe(e))?;
-    Ok(true)
 }

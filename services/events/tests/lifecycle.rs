@@ -380,6 +380,7 @@ async fn a_banned_organizers_events_are_hidden(backend: Backend) {
             by: moderator,
             reason: "spam".into(),
             at: banned_at,
+            version: 1,
         },
     )
     .await;
@@ -405,7 +406,7 @@ async fn a_banned_organizers_events_are_hidden(backend: Backend) {
     let lifted_at = banned_at + time::Duration::seconds(5);
     s.publish(
         cityevents_common::catalogue::ACCOUNTS_TOPIC,
-        &cityevents_common::catalogue::AccountUnbanned { user_id: alice, by: moderator, at: lifted_at },
+        &cityevents_common::catalogue::AccountUnbanned { user_id: alice, by: moderator, at: lifted_at, version: 2 },
     )
     .await;
     cityevents_common::testing::eventually("the event shown again", Duration::from_secs(10), || async {
@@ -418,7 +419,9 @@ async fn a_banned_organizers_events_are_hidden(backend: Backend) {
             user_id: alice,
             by: moderator,
             reason: "old".into(),
-            at: banned_at,
+            // A later wall clock, an older version: the version decides.
+            at: banned_at + time::Duration::seconds(60),
+            version: 1,
         },
     )
     .await;

@@ -411,6 +411,10 @@ async fn join_tx(
     if ev.organizer_id == caller.id {
         return Err(forbidden("organizer_cannot_join", "you organize this event; an organizer does not join it").into());
     }
+    if cityevents_common::organizer_bans::is_banned(&mut **tx, backend, ev.organizer_id).await? {
+        // Its organizer's account is banned: the event is hidden and takes no one new.
+        return Err(conflict("event_closed", "the event is not taking joins").into());
+    }
     if banned_now {
         return Err(banned().into());
     }

@@ -149,6 +149,14 @@ async fn apply_snapshot(
         );
         return Ok(());
     }
+    if ev.status == event_status::DRAFT && fresh.status == event_status::PUBLISHED && ev.unsettled() {
+        // Reopened before the settle worker canceled every join of the unpublish: wait for it,
+        // or some of those joins would stay and the others not.
+        return Err(Failure::retry(format!(
+            "event {} still has joins to cancel from its unpublish; it reopens once they are",
+            s.event_id
+        )));
+    }
     ev.title = fresh.title;
     ev.starts_at = fresh.starts_at;
     ev.ends_at = fresh.ends_at;

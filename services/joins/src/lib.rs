@@ -121,6 +121,11 @@ pub fn service() -> keel::Service<JoinsConfig> {
                     .inbox(db.clone())
                     .options(options),
             )?;
+            // A banned organizer's events take no new joins (cityevents_common::organizer_bans).
+            let bans = cityevents_common::organizer_bans::OrganizerBansHandler::new(db.clone());
+            let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
+            let accounts_bus = s.bus()?;
+            s.consume(keel::events::Consumer::new(accounts_bus, accounts, "joins", bans).inbox(db.clone()))?;
             s.worker(store::idempotency_pruner(db.clone(), cfg.idempotency_ttl))?;
             s.worker(store::settle_pending(
                 db.clone(),

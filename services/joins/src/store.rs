@@ -796,6 +796,7 @@ pub(crate) fn change(ev: &EventRow, j: &JoinRow, reason: Option<&str>) -> JoinCh
         status: status.to_owned(),
         reason: reason.map(str::to_owned),
         note: if matches!(reason, Some("event_canceled" | "event_unpublished")) { ev.note.clone() } else { None },
+        organizer_id: Some(ev.organizer_id),
         at: from_micros(j.updated_at),
     }
 }

@@ -655,6 +655,54 @@ async fn moderators_ban_with_a_reason_and_an_expiry(backend: Backend) {
 }
 on_every_backend!(moderators_ban_with_a_reason_and_an_expiry);
 
+async fn a_banned_organizers_events_take_no_new_joins(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let ev = svc.publish_event(organizer.id, 10).await;
+    let (early, late) = (svc.user(), svc.user());
+    assert_eq!(svc.join(&early, ev.event_id, &key()).await.0, 201);
+    let at = time::OffsetDateTime::now_utc();
+    let by = Uuid::now_v7();
+    svc.feed_account(&cityevents_common::catalogue::AccountBanned {
+        user_id: organizer.id,
+        by,
+        reason: "scams".into(),
+        at,
+        version: 1,
+    })
+    .await;
+    let (s, p) = svc.join(&late, ev.event_id, &key()).await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("event_closed")), "{p}");
+    assert_eq!(svc.my_status(&early, ev.event_id).await.unwrap()["status"], "confirmed", "joins made before stay");
+    svc.feed_account(&cityevents_common::catalogue::AccountUnbanned { user_id: organizer.id, by, at, version: 2 })
+        .await;
+    assert_eq!(svc.join(&late, ev.event_id, &key()).await.0, 201);
+    svc.stop().await;
+}
+on_every_backend!(a_banned_organizers_events_take_no_new_joins);
+
+async fn republished_while_an_unpublish_settles(backend: Backend) {
+    // One join canceled per transaction: the rest of the unpublish is the settle worker's.
+    let settings = [("APP__CHANGE_BATCH", "1"), ("APP__SETTLE_INTERVAL", "100ms")];
+    let Some(svc) = Svc::start_with(backend, &settings).await else { return };
+    let organizer = svc.user();
+    let mut ev = svc.publish_event(organizer.id, 10).await;
+    let users = [svc.user(), svc.user(), svc.user()];
+    for u in &users {
+        assert_eq!(svc.join(u, ev.event_id, &key()).await.0, 201);
+    }
+    svc.unpublish_event(&mut ev, Some("mistake")).await;
+    // Published again at once: it reopens only once every join of the unpublish is canceled.
+    svc.republish_event(&mut ev).await;
+    for u in &users {
+        assert_eq!(svc.my_status(u, ev.event_id).await.unwrap()["status"], "canceled", "none of them stays");
+    }
+    assert_eq!(svc.counts(ev.event_id).await, (10, 0, 0));
+    assert_eq!(svc.join(&users[0], ev.event_id, &key()).await.0, 201, "open again");
+    svc.stop().await;
+}
+on_every_backend!(republished_while_an_unpublish_settles);
+
 async fn crowded(svc: &Svc) -> (EventSnapshot, Vec<User>) {
     let organizer = svc.user();
     let ev = svc.publish_event(organizer.id, 1).await;

@@ -4,14 +4,17 @@
 //!   (`event_info`, from `event.published` and `event.updated`, newer versions only) and who holds
 //!   a seat or waits in it (`event_participants`, from `join.*`). An `event.updated` that moves the
 //!   start or the end or changes the venue gives each of them an `event.changed` notification
-//!   saying what it is now, in the event's time zone.
+//!   saying what it is now, in the event's time zone. The consumer only queues the notice
+//!   (`pending_notices`); the `event-notices` worker writes it to the participants a batch at a
+//!   time, so an event of any size never holds one long transaction.
 //! * **Joins and leaves, for the organizer.** Each new join (`join.confirmed`, `join.waitlisted`)
 //!   and each participant who leaves (`join.canceled` without a reason) is counted in the event's
 //!   digest (`organizer_digests`); the `organizer-digests` worker turns a digest that is
 //!   `app.digest_interval` old into one `event.activity` notification for the organizer
 //!   ("Jazz night: 3 joined, 1 left") — one per event and interval however busy it is.
 //!
-//! Everything the consumers write is written in their inbox transaction.
+//! Everything the consumers write is written in their inbox transaction; each worker batch in a
+//! transaction of its own that also records how far it got.
 
 use std::time::Duration;
 
@@ -28,8 +31,12 @@ use uuid::Uuid;
 pub(crate) const CHANGED: &str = "event.changed";
 /// The notification kind of an organizer's digest of joins and leaves.
 pub(crate) const ACTIVITY: &str = "event.activity";
-/// Notifications written by one statement when a change is fanned out.
-const FAN_OUT_CHUNK: usize = 200;
+/// Participants told per `event-notices` transaction (written by one statement).
+const NOTICE_BATCH: usize = 200;
+/// How often the `event-notices` worker looks for queued notices.
+const NOTICES_EVERY: Duration = Duration::from_millis(500);
+/// A digest whose organizer is still unknown this long after it began is dropped.
+const ORPHAN_DIGEST: Duration = Duration::from_secs(24 * 3600);
 /// Digests sent per worker round (the rest wait for the next).
 const DIGESTS_PER_ROUND: i64 = 100;
 /// Longest title quoted (characters).
@@ -158,48 +165,136 @@ pub(crate) async fn record_event(
     }
 }
 
-/// Writes one `kind` notification saying `text` to each active participant of `event_id`, a
-/// chunk of rows per statement; returns how many.
-pub(crate) async fn tell_participants(
+/// Queues one `kind` notification saying `text` for each active participant of `event_id` (the
+/// `event-notices` worker writes them).
+pub(crate) async fn queue_notice(
     tx: &mut Tx,
     backend: Backend,
     event_id: Uuid,
     kind: &str,
     text: &str,
-) -> Result<usize, sqlx::Error> {
-    let users: Vec<String> = sqlx::query_scalar(statement(
+) -> Result<(), sqlx::Error> {
+    sqlx::query(statement(
         backend,
-        "SELECT user_id FROM event_participants WHERE event_id = $1 AND active = 1",
+        "INSERT INTO pending_notices (id, event_id, kind, message, after_user, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     ))
+    .bind(Uuid::now_v7().to_string())
     .bind(event_id.to_string())
-    .fetch_all(&mut **tx)
+    .bind(kind)
+    .bind(text)
+    .bind("")
+    .bind(to_micros(now()))
+    .execute(&mut **tx)
     .await?;
-    let at = to_micros(now());
-    for chunk in users.chunks(FAN_OUT_CHUNK) {
-        // Every placeholder once, in order (MySQL's are positional).
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 6;
-                format!("(${}, ${}, ${}, ${}, ${}, ${}, NULL)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
-            })
-            .collect();
-        let text_sql = format!(
-            "INSERT INTO notifications (id, user_id, kind, event_id, message, created_at, read_at) VALUES {}",
-            rows.join(", ")
-        );
-        let mut q = sqlx::query(statement(backend, &text_sql));
-        for user in chunk {
-            q = q
-                .bind(Uuid::now_v7().to_string())
-                .bind(user.clone())
-                .bind(kind)
-                .bind(event_id.to_string())
-                .bind(text)
-                .bind(at);
+    Ok(())
+}
+
+/// The `event-notices` worker: writes queued notices to their events' active participants,
+/// [`NOTICE_BATCH`] users (in id order) per transaction, recording the last one written; a batch
+/// that another instance wrote first is skipped.
+pub(crate) fn notice_worker(db: Db) -> Worker {
+    Worker::periodic("event-notices", NOTICES_EVERY, move |ctx| {
+        let db = db.clone();
+        async move {
+            if !db.is_available() {
+                return Ok::<(), sqlx::Error>(());
+            }
+            loop {
+                match write_notices(&db).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) if ctx.is_cancelled() => return Ok(()),
+                    Ok(_) => ctx.heartbeat(),
+                    Err(e) => {
+                        tracing::warn!(error = %keel::health::sanitize(&e.to_string()), "writing event notices failed");
+                        return Ok(());
+                    }
+                }
+            }
         }
-        q.execute(&mut **tx).await?;
+    })
+}
+
+/// Writes one batch of each of up to 16 queued notices; returns how many batches it wrote.
+async fn write_notices(db: &Db) -> Result<usize, sqlx::Error> {
+    let backend = db.backend();
+    let pending = sqlx::query(statement(
+        backend,
+        "SELECT id, event_id, kind, message, after_user FROM pending_notices ORDER BY created_at, id LIMIT 16",
+    ))
+    .fetch_all(db.pool())
+    .await?;
+    let mut written = 0;
+    for row in pending {
+        let (id, event, kind, message, after): (String, String, String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+        let mut tx = db.pool().begin().await?;
+        let users: Vec<String> = sqlx::query_scalar(statement(
+            backend,
+            "SELECT user_id FROM event_participants WHERE event_id = $1 AND active = 1 AND user_id > $2 \
+             ORDER BY user_id LIMIT $3",
+        ))
+        .bind(&event)
+        .bind(&after)
+        .bind(i64::try_from(NOTICE_BATCH).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        // Claim the batch: only if nobody moved this notice on since it was read.
+        let claimed = match users.last() {
+            Some(last) if users.len() == NOTICE_BATCH => sqlx::query(statement(
+                backend,
+                "UPDATE pending_notices SET after_user = $1 WHERE id = $2 AND after_user = $3",
+            ))
+            .bind(last)
+            .bind(&id)
+            .bind(&after)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            // The last batch: done.
+            _ => sqlx::query(statement(backend, "DELETE FROM pending_notices WHERE id = $1 AND after_user = $2"))
+                .bind(&id)
+                .bind(&after)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+        };
+        if claimed != 1 {
+            continue;
+        }
+        if !users.is_empty() {
+            insert_notifications(&mut tx, backend, &users, (&event, &kind, &message)).await?;
+        }
+        tx.commit().await?;
+        written += 1;
     }
-    Ok(users.len())
+    Ok(written)
+}
+
+/// One statement writing a `kind` notification saying `message` about `event` to each of `users`.
+async fn insert_notifications(
+    tx: &mut Tx,
+    backend: Backend,
+    users: &[String],
+    (event, kind, message): (&str, &str, &str),
+) -> Result<(), sqlx::Error> {
+    // Every placeholder once, in order (MySQL's are positional).
+    let rows: Vec<String> = (0..users.len())
+        .map(|i| {
+            let b = i * 6;
+            format!("(${}, ${}, ${}, ${}, ${}, ${}, NULL)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+        })
+        .collect();
+    let text = format!(
+        "INSERT INTO notifications (id, user_id, kind, event_id, message, created_at, read_at) VALUES {}",
+        rows.join(", ")
+    );
+    let at = to_micros(now());
+    let mut q = sqlx::query(statement(backend, &text));
+    for user in users {
+        q = q.bind(Uuid::now_v7().to_string()).bind(user.clone()).bind(kind).bind(event).bind(message).bind(at);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Follows a join change: who is active in the event, and the organizer's digest (a new join
@@ -231,12 +326,16 @@ pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &Jo
         "join.canceled" if c.reason.is_none() => (0, 1),
         _ => return Ok(()),
     };
+    let organizer = c.organizer_id.map(|o| o.to_string());
     let bumped = sqlx::query(statement(
         backend,
-        "UPDATE organizer_digests SET joined = joined + $1, left_count = left_count + $2 WHERE event_id = $3",
+        "UPDATE organizer_digests SET joined = joined + $1, left_count = left_count + $2, title = $3, \
+         organizer_id = COALESCE(organizer_id, $4) WHERE event_id = $5",
     ))
     .bind(joined)
     .bind(left)
+    .bind(&c.event_title)
+    .bind(organizer.clone())
     .bind(&event)
     .execute(&mut **tx)
     .await?;
@@ -244,9 +343,12 @@ pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &Jo
         // A concurrent first count makes this fail; the message is then handled again.
         sqlx::query(statement(
             backend,
-            "INSERT INTO organizer_digests (event_id, joined, left_count, since) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO organizer_digests (event_id, organizer_id, title, joined, left_count, since) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         ))
         .bind(&event)
+        .bind(organizer)
+        .bind(&c.event_title)
         .bind(joined)
         .bind(left)
         .bind(to_micros(now()))
@@ -270,8 +372,9 @@ pub(crate) fn digest_text(event_title: &str, joined: i64, left: i64) -> String {
 }
 
 /// The `organizer-digests` worker: every `interval / 4` (250 ms to 1 min), each digest at least
-/// `interval` old becomes one notification for its event's organizer. A digest of an event the
-/// notifier has not heard of yet waits; one that grew while it was read is sent next round.
+/// `interval` old becomes one notification for its event's organizer. A digest whose organizer
+/// is not known yet waits (a day at most, then it is dropped); one that grew while it was read
+/// is sent next round.
 pub(crate) fn digest_worker(db: Db, interval: Duration) -> Worker {
     let every = (interval / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
     Worker::periodic("organizer-digests", every, move |_ctx| {
@@ -291,10 +394,12 @@ pub(crate) fn digest_worker(db: Db, interval: Duration) -> Worker {
 async fn send_digests(db: &Db, interval: Duration) -> Result<usize, sqlx::Error> {
     let backend = db.backend();
     let due = to_micros(now()) - i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
+    let orphaned = to_micros(now()) - i64::try_from(ORPHAN_DIGEST.as_micros()).unwrap_or(i64::MAX);
     let rows = sqlx::query(statement(
         backend,
-        "SELECT d.event_id, d.joined, d.left_count, i.organizer_id, i.title FROM organizer_digests d \
-         JOIN event_info i ON i.event_id = d.event_id WHERE d.since <= $1 ORDER BY d.since LIMIT $2",
+        "SELECT d.event_id, d.joined, d.left_count, COALESCE(d.organizer_id, i.organizer_id), d.title, d.since \
+         FROM organizer_digests d LEFT JOIN event_info i ON i.event_id = d.event_id \
+         WHERE d.since <= $1 ORDER BY d.since LIMIT $2",
     ))
     .bind(due)
     .bind(DIGESTS_PER_ROUND)
@@ -303,7 +408,18 @@ async fn send_digests(db: &Db, interval: Duration) -> Result<usize, sqlx::Error>
     let mut sent = 0;
     for row in rows {
         let (event, joined, left): (String, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let (organizer, event_title): (String, String) = (row.try_get(3)?, row.try_get(4)?);
+        let (organizer, event_title, since): (Option<String>, String, i64) =
+            (row.try_get(3)?, row.try_get(4)?, row.try_get(5)?);
+        let Some(organizer) = organizer else {
+            if since <= orphaned {
+                tracing::warn!(event_id = %event, "a digest's organizer stayed unknown for a day; dropped");
+                sqlx::query(statement(backend, "DELETE FROM organizer_digests WHERE event_id = $1"))
+                    .bind(&event)
+                    .execute(db.pool())
+                    .await?;
+            }
+            continue;
+        };
         let mut tx = db.pool().begin().await?;
         // Only the counts read: a digest that grew meanwhile (or another instance sent) is left.
         let taken = sqlx::query(statement(

@@ -185,10 +185,10 @@ impl Handler for EventsHandler {
                 .filter(|_| updated)
                 .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));
             if let Some(text) = change {
-                let told = crate::activity::tell_participants(tx, backend, s.event_id, crate::activity::CHANGED, &text)
+                crate::activity::queue_notice(tx, backend, s.event_id, crate::activity::CHANGED, &text)
                     .await
                     .map_err(observe)?;
-                tracing::info!(event_id = %s.event_id, told, "participants told of a change of time or place");
+                tracing::info!(event_id = %s.event_id, "participants to be told of a change of time or place");
             }
             return Ok(());
         }

@@ -159,6 +159,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     let c = contacts.clone();
     s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
     s.worker(activity::digest_worker(db.clone(), cfg.digest_interval))?;
+    s.worker(activity::notice_worker(db.clone()))?;
     let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.0, s.jwt()?)?;
     Ok(api::router(db, contacts).layer(jwt.extension()))
 }

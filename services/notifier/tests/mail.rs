@@ -40,6 +40,7 @@ fn change(user: Uuid, title: &str, reason: Option<&str>) -> JoinChange {
         status: "canceled".into(),
         reason: reason.map(str::to_owned),
         note: None,
+        organizer_id: None,
         at: OffsetDateTime::now_utc(),
     }
 }

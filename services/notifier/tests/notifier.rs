@@ -183,6 +183,7 @@ fn change(user: Uuid, event: Uuid, title: &str, reason: Option<&str>) -> JoinCha
         status: "confirmed".into(),
         reason: reason.map(str::to_owned),
         note: None,
+        organizer_id: None,
         at: OffsetDateTime::now_utc(),
     }
 }
@@ -592,6 +593,13 @@ async fn participants_hear_of_moves_and_organizers_get_digests(backend: Backend)
         (Some("event.activity"), Some("Fado night: 3 people joined, 1 participant left"))
     );
     assert_eq!(digest[0]["event_id"], event.to_string());
+
+    // An event the notifier never heard published: the joins carry its organizer.
+    let (org2, event2) = (Uuid::now_v7(), Uuid::now_v7());
+    let carried = JoinChange { organizer_id: Some(org2), ..change(Uuid::now_v7(), event2, "Quiz night", None) };
+    bus.publish(JOINS_TOPIC, &envelope(&JoinConfirmed(carried))).await.unwrap();
+    let digest = n.wait_for(&org2.to_string(), 1).await;
+    assert_eq!(digest[0]["message"], "Quiz night: 1 person joined");
 
     // Moved an hour later: those still in (seated or waiting) are told, in Lisbon time.
     snapshot.version = 3;

@@ -81,7 +81,7 @@ impl Svc {
         let bus = Bus::in_process(10_000);
         let stop = CancellationToken::new();
         let options = ConsumerOptions::default()
-            .max_attempts(4)
+            .max_attempts(10)
             .retry_backoff(Duration::from_millis(50), Duration::from_millis(200));
         let consumer = Consumer::new(
             bus.clone(),
@@ -92,6 +92,15 @@ impl Svc {
         .inbox(db.clone())
         .options(options);
         let consumer = tokio::spawn(consumer.run(stop.clone()));
+        // `account.*` as the service applies it, on the same test bus.
+        let accounts = Consumer::new(
+            bus.clone(),
+            cityevents_common::catalogue::ACCOUNTS_TOPIC,
+            "joins",
+            cityevents_common::organizer_bans::OrganizerBansHandler::new(db.clone()),
+        )
+        .inbox(db.clone());
+        tokio::spawn(accounts.run(stop.clone()));
         Some(Self { app, backend, db, bus, stop, consumer: Some(consumer), _database: database })
     }
 
@@ -112,6 +121,13 @@ impl Svc {
     /// Publishes `env` on the event feed and waits until the consumer recorded it.
     pub async fn feed(&self, env: &Envelope) {
         self.feed_nowait(env).await;
+        self.wait_applied(&env.id).await;
+    }
+
+    /// Publishes `event` on the accounts topic and waits until it was applied.
+    pub async fn feed_account<E: keel::events::Event>(&self, event: &E) {
+        let env = Envelope::new("cityevents-auth", event).unwrap();
+        self.bus.publish(cityevents_common::catalogue::ACCOUNTS_TOPIC, &env).await.unwrap();
         self.wait_applied(&env.id).await;
     }
 

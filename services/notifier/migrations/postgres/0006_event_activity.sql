@@ -21,11 +21,24 @@ CREATE TABLE event_participants (
     PRIMARY KEY (event_id, user_id)
 );
 -- Joins and leaves not yet told to the organizer: one digest per event, sent when `since` is
--- app.digest_interval old.
+-- app.digest_interval old. The organizer and title come with the join messages (older messages
+-- lack the organizer: then event_info's is used).
 CREATE TABLE organizer_digests (
     event_id VARCHAR(36) NOT NULL PRIMARY KEY,
+    organizer_id VARCHAR(36) NULL,
+    title TEXT NOT NULL,
     joined BIGINT NOT NULL,
     left_count BIGINT NOT NULL,
     since BIGINT NOT NULL
 );
 CREATE INDEX organizer_digests_since ON organizer_digests (since);
+-- Notices for every participant of an event (a change of time or place) not yet written: the
+-- `event-notices` worker writes them a batch at a time, `after_user` the last user written.
+CREATE TABLE pending_notices (
+    id VARCHAR(36) NOT NULL PRIMARY KEY,
+    event_id VARCHAR(36) NOT NULL,
+    kind VARCHAR(32) NOT NULL,
+    message TEXT NOT NULL,
+    after_user VARCHAR(36) NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -1,0 +1,96 @@
+//! Organizers whose account is banned, as a service that owns their events keeps them: table
+//! `organizer_bans (user_id, banned, version)` in the service's database (each service's
+//! migrations create it), filled from `account.banned` and `account.unbanned` on
+//! [`ACCOUNTS_TOPIC`](crate::catalogue::ACCOUNTS_TOPIC) by [`OrganizerBansHandler`] (with the
+//! inbox). A message whose account ban version is not newer than the one recorded changes
+//! nothing, so the order messages arrive in does not matter. The events service hides such
+//! organizers' events; the joins service takes no new joins for them.
+
+use keel::data::{Backend, DataError, Db};
+use keel::events::{Event, Failure, Handler, Message};
+use sqlx::{Any, AssertSqlSafe, Transaction};
+use uuid::Uuid;
+
+use crate::catalogue::{AccountBanned, AccountUnbanned};
+
+/// Records that `user_id` is banned (or not) as of the account's ban `version` in `tx`, unless a
+/// later version was recorded already. Returns whether it changed anything.
+pub async fn set(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    user_id: Uuid,
+    banned: bool,
+    version: i64,
+) -> Result<bool, DataError> {
+    let id = user_id.to_string();
+    let current: Option<i64> =
+        sqlx::query_scalar(AssertSqlSafe(db.sql("SELECT version FROM organizer_bans WHERE user_id = $1").into_owned()))
+            .bind(&id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| db.observe(e))?;
+    let text = match current {
+        Some(seen) if seen >= version => return Ok(false),
+        Some(_) => "UPDATE organizer_bans SET banned = $1, version = $2 WHERE user_id = $3",
+        None => "INSERT INTO organizer_bans (banned, version, user_id) VALUES ($1, $2, $3)",
+    };
+    sqlx::query(AssertSqlSafe(db.sql(text).into_owned()))
+        .bind(i64::from(banned))
+        .bind(version)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db.observe(e))?;
+    Ok(true)
+}
+
+/// Whether `user_id`'s account is banned, as recorded.
+pub async fn is_banned<'c, E>(exec: E, backend: Backend, user_id: Uuid) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let banned: Option<i64> = sqlx::query_scalar(AssertSqlSafe(
+        backend.sql("SELECT banned FROM organizer_bans WHERE user_id = $1").into_owned(),
+    ))
+    .bind(user_id.to_string())
+    .fetch_optional(exec)
+    .await?;
+    Ok(banned.is_some_and(|b| b != 0))
+}
+
+/// Applies `account.banned` and `account.unbanned` (needs the inbox); other types on the topic
+/// are acknowledged and ignored.
+#[derive(Debug, Clone)]
+pub struct OrganizerBansHandler {
+    db: Db,
+}
+
+impl OrganizerBansHandler {
+    /// A handler writing to `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+impl Handler for OrganizerBansHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        let (user_id, banned, version) = match msg.envelope().ty.as_str() {
+            AccountBanned::TYPE => {
+                let b: AccountBanned = msg.decode()?;
+                (b.user_id, true, b.version)
+            }
+            AccountUnbanned::TYPE => {
+                let u: AccountUnbanned = msg.decode()?;
+                (u.user_id, false, u.version)
+            }
+            _ => return Ok(()),
+        };
+        let tx = msg.tx().ok_or_else(|| Failure::permanent("the accounts consumer must run with an inbox"))?;
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        let changed = set(&self.db, tx, user_id, banned, version).await.map_err(|e| Failure::transient(&e))?;
+        if changed {
+            tracing::info!(%user_id, banned, "an organizer's account ban recorded");
+        }
+        Ok(())
+    }
+}
