@@ -67,11 +67,7 @@ where
         if !is_json(req.headers()) {
             return Err(unsupported_media_type());
         }
-        // `Bytes` applies the route's `DefaultBodyLimit` (and says 413 past it).
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { invalid("body", "could not be read") }
-        })?;
-        parse(&bytes).map(Json)
+        parse(&body(req, state).await?).map(Json)
     }
 }
 
@@ -89,9 +85,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { invalid("body", "could not be read") }
-        })?;
+        let bytes = body(req, state).await?;
         if bytes.is_empty() {
             return Ok(Self(None));
         }
@@ -100,6 +94,13 @@ where
         }
         parse(&bytes).map(|v| Self(Some(v)))
     }
+}
+
+/// The request's body, within the route's `DefaultBodyLimit` (413 problem past it).
+async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Problem> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { invalid("body", "could not be read") }
+    })
 }
 
 /// The 415 problem for a body sent without a JSON content type.
@@ -345,5 +346,34 @@ mod tests {
         let (status, p) = call(Some("application/json"), r#"{"email":"a","name":"b","x":1}"#).await;
         assert_eq!((status, p["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
         assert_eq!(p["errors"][0]["field"], "x");
+    }
+
+    #[tokio::test]
+    async fn an_optional_body_may_be_absent_but_not_wrong() {
+        async fn handler(OptionalJson(b): OptionalJson<Signup>) -> String {
+            b.map_or_else(|| "none".to_owned(), |b| b.email)
+        }
+        let app = Router::new().route("/", post(handler)).layer(DefaultBodyLimit::max(64));
+        let call = |ct: Option<&'static str>, body: &'static str| {
+            let app = app.clone();
+            async move {
+                let mut req = http::Request::post("/");
+                if let Some(ct) = ct {
+                    req = req.header(header::CONTENT_TYPE, ct);
+                }
+                let resp = app.oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        assert_eq!(call(None, "").await, (StatusCode::OK, "none".to_owned()), "no body at all");
+        assert_eq!(call(Some("application/json"), "").await, (StatusCode::OK, "none".to_owned()));
+        let ok = r#"{"email":"a@b.co","name":"b"}"#;
+        assert_eq!(call(Some("application/json"), ok).await, (StatusCode::OK, "a@b.co".to_owned()));
+        assert_eq!(call(Some("text/plain"), ok).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(call(Some("application/json"), r#"{"x":1}"#).await.0, StatusCode::BAD_REQUEST);
+        let big: &'static str = Box::leak(format!(r#"{{"email":"{}"}}"#, "e".repeat(100)).into_boxed_str());
+        assert_eq!(call(Some("application/json"), big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

@@ -29,6 +29,22 @@ pub const KEY: TestKey = TestKey::new("k1", "cityevents-events-tests-hs256-secre
 pub struct Seen(pub Arc<Mutex<Vec<Envelope>>>);
 
 impl Seen {
+    /// Everything published on `topic` of `bus` from now on.
+    pub async fn tap(bus: &Bus, topic: &str) -> Self {
+        let mut sub = bus.subscribe(topic, "test-tap", &SubscribeOptions::default()).await.unwrap();
+        let seen = Self::default();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = sub.next().await {
+                if let Ok(env) = d.envelope() {
+                    s.0.lock().unwrap().push(env.clone());
+                }
+                let _ = d.ack().await;
+            }
+        });
+        seen
+    }
+
     pub fn all(&self) -> Vec<Envelope> {
         self.0.lock().unwrap().clone()
     }
@@ -130,31 +146,8 @@ impl Svc {
         let bus = Bus::new(&cfg).unwrap();
         bus.connect().await.unwrap();
         // Subscribe before anything is published: a new group sees only later messages.
-        let mut sub = bus.subscribe(EVENTS_TOPIC, "test-tap", &SubscribeOptions::default()).await.unwrap();
-        let seen = Seen::default();
-        let s = seen.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(d)) = sub.next().await {
-                if let Ok(env) = d.envelope() {
-                    s.0.lock().unwrap().push(env.clone());
-                }
-                let _ = d.ack().await;
-            }
-        });
-        let mut sub = bus
-            .subscribe(cityevents_common::catalogue::MODERATION_TOPIC, "test-tap", &SubscribeOptions::default())
-            .await
-            .unwrap();
-        let moderation = Seen::default();
-        let m = moderation.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(d)) = sub.next().await {
-                if let Ok(env) = d.envelope() {
-                    m.0.lock().unwrap().push(env.clone());
-                }
-                let _ = d.ack().await;
-            }
-        });
+        let seen = Seen::tap(&bus, EVENTS_TOPIC).await;
+        let moderation = Seen::tap(&bus, cityevents_common::catalogue::MODERATION_TOPIC).await;
         let mut svc = Self::start_with(db, &[("BUS__URL", bus_url.as_str())]).await;
         svc.seen = seen;
         svc.moderation = moderation;
