@@ -19,6 +19,11 @@
 //! `cityevents_common::zone`): times are stored as UTC instants, accepted as RFC 3339 or as local
 //! times in the zone, and answered both in UTC and in the zone (`starts_at_local`).
 //!
+//! A banned organizer's events are hidden from everyone but them and moderators: the service
+//! follows `account.banned`/`account.unbanned` (consumer group `events`, with the inbox; see
+//! `cityevents_common::organizer_bans`). A moderator's cancel or unpublish is recorded for auth's
+//! audit log (`moderation.recorded`, in the change's transaction).
+//!
 //! Someone else's draft answers 404 (they may not know it exists); someone else's public event
 //! answers 403 to a change. Events (`cityevents_common::catalogue`, topic `cityevents.events`,
 //! keyed by event id) are enqueued in the transaction of the change: `event.published` on

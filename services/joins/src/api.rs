@@ -6,11 +6,13 @@
 //! | `DELETE /api/v1/events/{id}/join` | user | leave: 204; a freed seat goes to the oldest waitlisted user |
 //! | `GET /api/v1/events/{id}/join` | user | my participation, or 404 |
 //! | `GET /api/v1/me/joins` | user | my joins, newest first (keyset) |
-//! | `GET /api/v1/events/{id}/participants` | organizer, admin | confirmed joins (keyset) |
-//! | `GET /api/v1/events/{id}/waitlist` | organizer, admin | waitlisted joins in FIFO order with positions (keyset) |
-//! | `GET /api/v1/events/{id}/stats` | organizer, admin | `{capacity, confirmed, waitlisted, canceled, kicked}` |
-//! | `DELETE /api/v1/events/{id}/participants/{user_id}` | organizer, admin | kick: 204 |
-//! | `POST /api/v1/events/{id}/bans` | organizer, admin | `{user_id}`: ban (and kick): 201 |
+//! | `GET /api/v1/events/{id}/participants` | organizer, moderator, admin | confirmed joins (keyset) |
+//! | `GET /api/v1/events/{id}/waitlist` | organizer, moderator, admin | waitlisted joins in FIFO order with positions (keyset) |
+//! | `GET /api/v1/events/{id}/stats` | organizer, moderator, admin | `{capacity, confirmed, waitlisted, canceled, kicked}` |
+//! | `DELETE /api/v1/events/{id}/participants/{user_id}` | organizer, moderator, admin | kick: 204 |
+//! | `POST /api/v1/events/{id}/bans` | organizer, moderator, admin | `{user_id, reason?, expires_at?}`: ban (and kick): 201 (a moderator on someone else's event gives a reason) |
+//! | `GET /api/v1/events/{id}/bans` | organizer, moderator, admin | the bans in force |
+//! | `DELETE /api/v1/events/{id}/bans/{user_id}` | organizer, moderator, admin | lifts a ban: 204 |
 //! | `GET /api/v1/events/{id}/counts` | anyone | `{capacity, confirmed, waitlisted}` |
 //! | `GET /api/v1/events/counts?ids=a,b,…` | anyone | the same for up to 100 events: `{items: [{event_id, …}]}` (events it does not know are left out) |
 //!
@@ -657,12 +659,15 @@ async fn ban_tx(
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
     store::save_event(tx, backend, &ev, now_us).await?;
     store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
-    let details = serde_json::json!({ "reason": new.reason, "expires_at": new.expires_at.map(from_micros).map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()) });
+    let expires_at = new
+        .expires_at
+        .map(|at| from_micros(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
+    let details = serde_json::json!({ "reason": new.reason, "expires_at": expires_at });
     record(tx, st, moderation_record(caller, &ev, user_id, "event.ban", details)).await?;
     Ok((ban, true))
 }
 
-/// `GET /api/v1/events/{id}/bans`: the event's bans, oldest first (organizer or admin).
+/// `GET /api/v1/events/{id}/bans`: the bans in force, oldest first (organizer, moderator or admin).
 async fn bans(
     axum::extract::State(st): AppState,
     caller: Caller,
