@@ -9,7 +9,7 @@
 # CPU each process used during the measured run: the five services, PostgreSQL, Redis, NATS and
 # Locust itself, all on this machine. Needs locust (pip install locust), psql, openssl and the
 # servers of .ci/services.sh. Uses its own databases, bus namespace and key prefix, removed at
-# the end; the gateway's rate limit is raised so the limiter does not answer 429 to the load.
+# the end; the gateway's rate limits are raised so the limiter does not answer 429 to the load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,7 +23,11 @@ prefix="ce_load_$(date +%s)"
 cargo build --release -q -p cityevents
 export CITYEVENTS_BIN=${CARGO_TARGET_DIR:-target}/release/cityevents
 export STATE="$work/state" CITYEVENTS_DB_PREFIX=$prefix CITYEVENTS_BUS_NAMESPACE=$prefix
+# Every user comes from this one address: every policy (per user, per IP, sign-up) is raised.
 export CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX="$prefix:" CITYEVENTS_RATE_LIMIT=1000000
+export CITYEVENTS_IP_RATE_LIMIT=1000000 CITYEVENTS_STRICT_RATE_LIMIT=1000000
+# The seeded organizers cannot follow a verification mail: they create events unverified.
+export CITYEVENTS_EVENTS__APP__REQUIRE_VERIFIED_EMAIL=false
 export CITYEVENTS_GATEWAY__LOG__ACCESS_LOG=true
 port=${CITYEVENTS_GATEWAY_PORT:-18080}
 export CITYEVENTS_GATEWAY_PORT=$port CITYEVENTS_AUTH_PORT=$((port + 1)) CITYEVENTS_EVENTS_PORT=$((port + 2))
