@@ -24,7 +24,7 @@ impl Handler for AuditHandler {
         }
         let m: ModerationRecorded = msg.decode()?;
         let envelope = msg.envelope();
-        let once = format!("msg:{}", envelope.id);
+        let once = format!("msg:{}", envelope.id.to_ascii_lowercase());
         let action = format!("moderation.{}", m.action);
         let details = json!({
             "reason": m.reason,

@@ -762,6 +762,28 @@ fn conflict(code: &str, detail: &str) -> Problem {
     Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").code(code).detail(detail)
 }
 
+/// Whether `who` may ban `target`: never an admin; a moderator only by an admin.
+fn may_ban(who: &Moderating, target: &UserRow) -> Result<(), Problem> {
+    if target.role == roles::ADMIN {
+        return Err(conflict("cannot_ban_admin", "an admin cannot be banned; an admin can change their role first"));
+    }
+    if target.role == roles::MODERATOR && !who.admin {
+        return Err(
+            Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("only an admin bans a moderator")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `who` may lift `target`'s ban: a moderator's only an admin.
+fn may_lift(who: &Moderating, target: &UserRow) -> Result<(), Problem> {
+    if target.role == roles::MODERATOR && !who.admin {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail("only an admin lifts a moderator's ban"));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/admin/users/{id}/ban` `{reason}` (moderator or admin): the account cannot sign
 /// in any more, every session ends at once (refresh tokens revoked, access tokens refused
 /// everywhere through the session version), and `account.banned` tells the events service to
@@ -780,16 +802,7 @@ async fn ban_user(
     if id == who.id {
         return Err(conflict("cannot_ban_self", "you cannot ban your own account").into());
     }
-    if row.role == roles::ADMIN {
-        return Err(
-            conflict("cannot_ban_admin", "an admin cannot be banned; an admin can change their role first").into()
-        );
-    }
-    if row.role == roles::MODERATOR && !who.admin {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-            .detail("only an admin bans a moderator")
-            .into());
-    }
+    may_ban(&who, &row)?;
     if row.banned() {
         return Ok(axum::Json(s.accounts.managed(&row)?));
     }
@@ -802,8 +815,11 @@ async fn ban_user(
         let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
         return Ok(axum::Json(s.accounts.managed(&row)?));
     }
+    // The row is locked now: its role as it is (a promotion meanwhile makes this a refusal).
+    let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
+    may_ban(&who, &now)?;
     let (revoked, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
-    let version = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?.ban_version;
+    let version = now.ban_version;
     let banned = AccountBanned { user_id: id, by: who.id, reason: reason.clone(), at, version };
     s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &banned).await?;
     commit(&s, tx).await?;
@@ -830,16 +846,14 @@ async fn unban_user(
     if !row.banned() {
         return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
     }
-    if row.role == roles::MODERATOR && !who.admin {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-            .detail("only an admin lifts a moderator's ban")
-            .into());
-    }
+    may_lift(&who, &row)?;
     let mut tx = s.accounts.db.begin().await?;
     if !s.accounts.unban_in(&mut tx, &row.id).await? {
         return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
     }
-    let version = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?.ban_version;
+    let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
+    may_lift(&who, &now)?;
+    let version = now.ban_version;
     let lifted = AccountUnbanned { user_id: id, by: who.id, at: cityevents_common::time::now(), version };
     s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &lifted).await?;
     commit(&s, tx).await?;

@@ -29,19 +29,29 @@ pub async fn set(
             .fetch_optional(&mut **tx)
             .await
             .map_err(|e| db.observe(e))?;
-    let text = match current {
+    let done = match current {
         Some(seen) if seen >= version => return Ok(false),
-        Some(_) => "UPDATE organizer_bans SET banned = $1, version = $2 WHERE user_id = $3",
-        None => "INSERT INTO organizer_bans (banned, version, user_id) VALUES ($1, $2, $3)",
-    };
-    sqlx::query(AssertSqlSafe(db.sql(text).into_owned()))
+        // Conditional too: a newer message committed meanwhile (handled concurrently) wins.
+        Some(_) => sqlx::query(AssertSqlSafe(
+            db.sql("UPDATE organizer_bans SET banned = $1, version = $2 WHERE user_id = $3 AND version < $4")
+                .into_owned(),
+        ))
         .bind(i64::from(banned))
         .bind(version)
         .bind(&id)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| db.observe(e))?;
-    Ok(true)
+        .bind(version),
+        // Two first messages at once: one fails on the key, and is handled again.
+        None => sqlx::query(AssertSqlSafe(
+            db.sql("INSERT INTO organizer_bans (banned, version, user_id) VALUES ($1, $2, $3)").into_owned(),
+        ))
+        .bind(i64::from(banned))
+        .bind(version)
+        .bind(&id),
+    }
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| db.observe(e))?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Whether `user_id`'s account is banned, as recorded.

@@ -228,6 +228,13 @@ async fn write_notices(db: &Db) -> Result<usize, sqlx::Error> {
         let (id, event, kind, message, after): (String, String, String, String, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
         let mut tx = db.pool().begin().await?;
+        // Write first: the row lock (SQLite: the database's write lock) is held before the reads,
+        // so a writer committing meanwhile cannot fail this transaction's later write.
+        // (Its count is not read: MySQL counts a row that did not change as not affected.)
+        sqlx::query(statement(backend, "UPDATE pending_notices SET after_user = after_user WHERE id = $1"))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
         let users: Vec<String> = sqlx::query_scalar(statement(
             backend,
             "SELECT user_id FROM event_participants WHERE event_id = $1 AND active = 1 AND user_id > $2 \
@@ -399,9 +406,11 @@ async fn send_digests(db: &Db, interval: Duration) -> Result<usize, sqlx::Error>
         backend,
         "SELECT d.event_id, d.joined, d.left_count, COALESCE(d.organizer_id, i.organizer_id), d.title, d.since \
          FROM organizer_digests d LEFT JOIN event_info i ON i.event_id = d.event_id \
-         WHERE d.since <= $1 ORDER BY d.since LIMIT $2",
+         WHERE d.since <= $1 AND (d.organizer_id IS NOT NULL OR i.organizer_id IS NOT NULL OR d.since <= $2) \
+         ORDER BY d.since LIMIT $3",
     ))
     .bind(due)
+    .bind(orphaned)
     .bind(DIGESTS_PER_ROUND)
     .fetch_all(db.pool())
     .await?;
@@ -411,12 +420,18 @@ async fn send_digests(db: &Db, interval: Duration) -> Result<usize, sqlx::Error>
         let (organizer, event_title, since): (Option<String>, String, i64) =
             (row.try_get(3)?, row.try_get(4)?, row.try_get(5)?);
         let Some(organizer) = organizer else {
-            if since <= orphaned {
+            // Only day-old orphans are selected without an organizer; one that learned its
+            // organizer since it was read is kept.
+            let dropped = sqlx::query(statement(
+                backend,
+                "DELETE FROM organizer_digests WHERE event_id = $1 AND organizer_id IS NULL AND since = $2",
+            ))
+            .bind(&event)
+            .bind(since)
+            .execute(db.pool())
+            .await?;
+            if dropped.rows_affected() == 1 {
                 tracing::warn!(event_id = %event, "a digest's organizer stayed unknown for a day; dropped");
-                sqlx::query(statement(backend, "DELETE FROM organizer_digests WHERE event_id = $1"))
-                    .bind(&event)
-                    .execute(db.pool())
-                    .await?;
             }
             continue;
         };
