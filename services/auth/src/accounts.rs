@@ -90,14 +90,30 @@ pub(crate) struct UserRow {
 type RowTuple =
     (String, String, String, String, String, i64, Option<i64>, i64, Option<i64>, Option<String>, Option<String>, i64);
 
-/// The role the `role` column and the `moderator` flag make together (migration 0010), in SQL.
-pub(crate) const ROLE_SQL: &str =
-    "CASE WHEN role = 'admin' THEN 'admin' WHEN moderator = 1 THEN 'moderator' ELSE 'user' END";
+/// The role the `role` column and the `moderator` flag make together (migration 0010), as SQL
+/// over `users` (columns prefixed with `$table`, e.g. `"u."`).
+macro_rules! role_sql {
+    ($table:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $table,
+            "role = 'admin' THEN 'admin' WHEN ",
+            $table,
+            "moderator = 1 THEN 'moderator' ELSE 'user' END"
+        )
+    };
+}
+pub(crate) use role_sql;
+
+/// [`role_sql!`] over `users` itself.
+pub(crate) const ROLE_SQL: &str = role_sql!("");
 
 /// The columns of a [`RowTuple`], in order.
-const USER_COLUMNS: &str = "id, email_ciphertext, password_hash, name, \
-     CASE WHEN role = 'admin' THEN 'admin' WHEN moderator = 1 THEN 'moderator' ELSE 'user' END AS role, \
-     created_at, email_verified_at, session_version, banned_at, banned_by, ban_reason, ban_version";
+const USER_COLUMNS: &str = concat!(
+    "id, email_ciphertext, password_hash, name, ",
+    role_sql!(""),
+    " AS role, created_at, email_verified_at, session_version, banned_at, banned_by, ban_reason, ban_version"
+);
 
 impl From<RowTuple> for UserRow {
     fn from(

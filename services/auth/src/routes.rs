@@ -967,18 +967,8 @@ async fn names(
     Auth(_claims): Auth<Claims>,
     q: Result<Query<NamesQuery>, QueryRejection>,
 ) -> Result<axum::Json<Names>, ApiError> {
-    use cityevents_common::validate::invalid;
     let q = cityevents_common::validate::query(q)?;
-    let mut ids: Vec<Uuid> = Vec::new();
-    for part in q.ids.as_deref().unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
-        let id = cityevents_common::validate::uuid("ids", part)?;
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() || ids.len() > MAX_NAME_IDS {
-        return Err(invalid("ids", &format!("must list 1 to {MAX_NAME_IDS} user ids, comma-separated")).into());
-    }
+    let ids = cityevents_common::validate::uuid_list("ids", q.ids.as_deref(), MAX_NAME_IDS)?;
     let items = s.accounts.names(&ids).await?.into_iter().map(|(id, name)| NameItem { id, name }).collect();
     Ok(axum::Json(Names { items }))
 }

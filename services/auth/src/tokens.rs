@@ -96,9 +96,8 @@ type Owner = (String, Option<i64>, i64);
 /// A spent token's family and owner: family, user, role, verified at, session version, banned at.
 type SpentOwner = (String, String, String, Option<i64>, i64, Option<i64>);
 
-/// The owner's role as one value (see `accounts::ROLE_SQL`), for queries joining `users u`.
-const OWNER_ROLE: &str =
-    "CASE WHEN u.role = 'admin' THEN 'admin' WHEN u.moderator = 1 THEN 'moderator' ELSE 'user' END";
+/// The owner's role as one value, for queries joining `users u`.
+const OWNER_ROLE: &str = crate::accounts::role_sql!("u.");
 
 fn version(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)

@@ -33,6 +33,22 @@ pub fn uuid(field: &str, value: &str) -> Result<uuid::Uuid, Problem> {
     uuid::Uuid::parse_str(value).map_err(|_| invalid(field, "must be a UUID"))
 }
 
+/// A comma-separated list of 1 to `max` UUIDs in `field` (empty parts ignored, repeats
+/// dropped, order kept), or a 400 naming `field`.
+pub fn uuid_list(field: &str, raw: Option<&str>, max: usize) -> Result<Vec<uuid::Uuid>, Problem> {
+    let mut ids = Vec::new();
+    for part in raw.unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let id = uuid(field, part)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() || ids.len() > max {
+        return Err(invalid(field, &format!("must list 1 to {max} ids, comma-separated")));
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

