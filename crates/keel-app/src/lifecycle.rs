@@ -321,7 +321,8 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
     let config = Arc::new(loaded.config);
     let keel = config.keel.clone();
     let metrics = Metrics::for_service(&build.name, &build.version, &build.commit)?;
-    let health = Health::new(keel.health.interval, keel.health.ttl, Some(&metrics));
+    let health =
+        Health::new(keel.health.interval, keel.health.ttl, Some(&metrics)).startup_grace(keel.health.startup_grace);
     let workers = Workers::new(Some(&metrics), Some(&health))?;
     let reloads = ReloadLog::default();
     let flag_options = FlagsOptions::new(loaded.profile.as_str()).metrics(&metrics).reloads(reloads.clone());
@@ -357,6 +358,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         consumer_metrics: None,
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,
+        dependencies: Arc::default(),
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;

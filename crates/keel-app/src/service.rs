@@ -255,6 +255,13 @@ impl<C: Section> Service<C> {
     }
 }
 
+/// The readiness check of [`Setup::database`]'s connection.
+#[cfg(feature = "sql")]
+const DATABASE_CHECK: &str = "database";
+/// The readiness check of [`Setup::bus`]'s connection.
+#[cfg(feature = "events")]
+const BUS_CHECK: &str = "bus";
+
 /// What a set-up function can use and declare.
 pub struct Setup<C> {
     pub(crate) name: String,
@@ -286,6 +293,10 @@ pub struct Setup<C> {
     pub(crate) consumer_metrics: Option<keel_events::ConsumerMetrics>,
     #[cfg(all(feature = "events", feature = "sql"))]
     pub(crate) outbox: Option<keel_events::outbox::Outbox>,
+    /// The health checks of the connections made in set-up (`database`, `bus`): consumers wait
+    /// for them before they subscribe. Read when the consumer starts, after set-up.
+    #[cfg_attr(not(any(feature = "sql", feature = "events")), allow(dead_code))]
+    pub(crate) dependencies: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl<C: Section> Setup<C> {
@@ -421,6 +432,9 @@ impl<C: Section> Setup<C> {
         let db = keel_data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
         self.health.add(db.readiness_check());
         self.health.add(db.startup_check());
+        // Workers do not fail their first runs while the database is still connecting.
+        self.workers.require_for_all(DATABASE_CHECK);
+        self.depends_on(DATABASE_CHECK);
         let (d, health) = (db.clone(), self.health.clone());
         self.task("database-connect", move |stop| async move {
             d.clone().connect_in_background(stop.clone()).await;
@@ -634,6 +648,7 @@ impl<C: Section> Setup<C> {
         })?;
         self.health.add(bus.readiness_check());
         self.health.add(bus.startup_check());
+        self.depends_on(BUS_CHECK);
         let (b, health) = (bus.clone(), self.health.clone());
         self.task("bus-connect", move |stop| async move {
             b.connect_in_background(stop).await;
@@ -668,8 +683,25 @@ impl<C: Section> Setup<C> {
             .on_subscribed(move || health.trigger());
         self.health.add(consumer.readiness_check());
         let name = format!("{}:consumer", consumer.describe());
-        self.task(name, move |stop| consumer.run(stop));
+        let (health, deps) = (self.health.clone(), self.dependencies.clone());
+        self.task(name, move |stop| async move {
+            // Subscribing before the bus is up only fails and retries; taking messages before
+            // the database is up only pauses: both are the normal start-up, not worth a WARN.
+            let deps = deps.lock().map(|d| d.clone()).unwrap_or_default();
+            if health.wait_for(&deps, &stop).await {
+                consumer.run(stop).await;
+            }
+        });
         Ok(self)
+    }
+
+    #[cfg(any(feature = "sql", feature = "events"))]
+    fn depends_on(&mut self, check: &str) {
+        if let Ok(mut d) = self.dependencies.lock()
+            && !d.iter().any(|c| c == check)
+        {
+            d.push(check.to_owned());
+        }
     }
 
     /// The transactional outbox on the service database, with its relay publishing to

@@ -19,11 +19,17 @@ pub struct HealthConfig {
     /// A cached result older than this counts as down. Default `15s` (3 × interval).
     #[serde(with = "keel_config::duration")]
     pub ttl: Duration,
+    /// How long after start a dependency that has never been up is only being waited for: a
+    /// check that fails before it was ever up logs at INFO ("waiting for …") until then, and
+    /// one WARN once this passes. After a check was up once, going down is always a WARN.
+    /// Default `30s`.
+    #[serde(with = "keel_config::duration")]
+    pub startup_grace: Duration,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(15) }
+        Self { interval: Duration::from_secs(5), ttl: Duration::from_secs(15), startup_grace: Duration::from_secs(30) }
     }
 }
 

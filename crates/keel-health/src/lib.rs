@@ -62,6 +62,10 @@ pub use sanitize::sanitize;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The first wait before a check that is down runs again.
+/// Default of `health.startup_grace`.
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(30);
+/// How often [`Health::wait_for`] looks at the cached results again.
+const WAIT_POLL: Duration = Duration::from_millis(50);
 const DOWN_RECHECK_FIRST: Duration = Duration::from_millis(200);
 /// The longest wait before a check that is down runs again (unless its interval is shorter).
 const DOWN_RECHECK_MAX: Duration = Duration::from_secs(1);
@@ -223,6 +227,10 @@ struct Result_ {
 struct Entry {
     check: Arc<dyn HealthCheck>,
     last: RwLock<Option<Result_>>,
+    /// Whether the check was ever up (or degraded): before that, down is "waiting".
+    ever_up: AtomicBool,
+    /// Whether the one WARN for a check still down after the start-up grace was logged.
+    warned_late: AtomicBool,
 }
 
 struct Inner {
@@ -233,6 +241,8 @@ struct Inner {
     ttl: Duration,
     gauge: Option<IntGaugeVec>,
     wake: tokio::sync::Notify,
+    created: Instant,
+    startup_grace: RwLock<Duration>,
 }
 
 /// The registry of a service's checks and its probe state. Cheap to clone.
@@ -310,7 +320,50 @@ impl Health {
                 ttl,
                 gauge,
                 wake: tokio::sync::Notify::new(),
+                created: Instant::now(),
+                startup_grace: RwLock::new(DEFAULT_STARTUP_GRACE),
             }),
+        }
+    }
+
+    /// How long after creation a check that was never up is only being waited for (logged at
+    /// INFO); default 30 s. See `health.startup_grace`.
+    pub fn startup_grace(self, grace: Duration) -> Self {
+        if let Ok(mut g) = self.inner.startup_grace.write() {
+            *g = grace;
+        }
+        self
+    }
+
+    fn in_startup_grace(&self) -> bool {
+        let grace = self.inner.startup_grace.read().map(|g| *g).unwrap_or(DEFAULT_STARTUP_GRACE);
+        self.inner.created.elapsed() < grace
+    }
+
+    /// Whether check `name`'s last fresh result is up or degraded (false when it is unknown,
+    /// has not run yet, or is stale).
+    pub fn is_up(&self, name: &str) -> bool {
+        self.entries().iter().filter(|e| e.check.name() == name).all(|e| {
+            e.last.read().ok().is_some_and(|l| {
+                l.as_ref().is_some_and(|r| r.at.elapsed() <= self.inner.ttl && !matches!(r.outcome, Outcome::Down(_)))
+            })
+        }) && self.entries().iter().any(|e| e.check.name() == name)
+    }
+
+    /// Waits until every check in `names` is up ([`Health::is_up`]) or `stop` is cancelled;
+    /// `true` when they are. For work that needs its dependencies before it starts (a worker's
+    /// first run, a consumer taking messages). Checks that are not registered are ignored.
+    pub async fn wait_for(&self, names: &[String], stop: &tokio_util::sync::CancellationToken) -> bool {
+        let registered: Vec<&String> =
+            names.iter().filter(|n| self.entries().iter().any(|e| e.check.name() == n.as_str())).collect();
+        loop {
+            if registered.iter().all(|n| self.is_up(n)) {
+                return true;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                () = tokio::time::sleep(WAIT_POLL) => {}
+            }
         }
     }
 
@@ -325,7 +378,12 @@ impl Health {
             g.with_label_values(&[check.name()]).set(0);
         }
         if let Ok(mut e) = self.inner.entries.write() {
-            e.push(Arc::new(Entry { check, last: RwLock::new(None) }));
+            e.push(Arc::new(Entry {
+                check,
+                last: RwLock::new(None),
+                ever_up: AtomicBool::new(false),
+                warned_late: AtomicBool::new(false),
+            }));
         }
         self
     }
@@ -422,12 +480,37 @@ impl Health {
             Outcome::Up => Outcome::Up,
         };
         let changed = entry.last.read().ok().and_then(|l| l.as_ref().map(|r| r.outcome != outcome)).unwrap_or(true);
+        let name = entry.check.name();
+        // Before a check was ever up it is being waited for: normal during start-up (INFO),
+        // one WARN once the start-up grace has passed.
+        let waiting = !entry.ever_up.load(Ordering::Relaxed);
+        let in_grace = self.in_startup_grace();
+        match &outcome {
+            Outcome::Up | Outcome::Degraded(_) if waiting => {
+                entry.ever_up.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if changed {
             match &outcome {
-                Outcome::Up => tracing::info!(check = entry.check.name(), "health check up"),
-                Outcome::Degraded(e) => tracing::warn!(check = entry.check.name(), error = %e, "health check degraded"),
-                Outcome::Down(e) => tracing::warn!(check = entry.check.name(), error = %e, "health check down"),
+                Outcome::Up => tracing::info!(check = name, "health check up"),
+                Outcome::Degraded(e) => tracing::warn!(check = name, error = %e, "health check degraded"),
+                Outcome::Down(e) if waiting && in_grace => {
+                    tracing::info!(check = name, reason = %e, "waiting for {name}")
+                }
+                Outcome::Down(e) => {
+                    if waiting {
+                        entry.warned_late.store(true, Ordering::Relaxed);
+                    }
+                    tracing::warn!(check = name, error = %e, "health check down")
+                }
             }
+        } else if let Outcome::Down(e) = &outcome
+            && waiting
+            && !in_grace
+            && !entry.warned_late.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(check = name, error = %e, "health check still down after the start-up grace (health.startup_grace)");
         }
         if let Some(g) = &self.inner.gauge {
             g.with_label_values(&[entry.check.name()]).set(i64::from(!matches!(outcome, Outcome::Down(_))));

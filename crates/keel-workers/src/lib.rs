@@ -108,6 +108,8 @@ struct Registry {
     /// Workers that had to be aborted at shutdown.
     late: Vec<String>,
     started: bool,
+    /// Health checks every worker waits for before its first run.
+    requires: Vec<String>,
 }
 
 struct Inner {
@@ -175,6 +177,8 @@ impl Workers {
             run: worker.run,
             restart_initial: worker.restart_initial,
             restart_max: worker.restart_max,
+            requires: worker.requires,
+            health: self.inner.health.clone(),
         });
         Ok(())
     }
@@ -186,7 +190,13 @@ impl Workers {
         let span = tracing::Span::current();
         let mut reg = self.registry();
         reg.started = true;
-        for plan in std::mem::take(&mut reg.pending) {
+        let common = std::mem::take(&mut reg.requires);
+        for mut plan in std::mem::take(&mut reg.pending) {
+            for c in &common {
+                if !plan.requires.contains(c) {
+                    plan.requires.push(c.clone());
+                }
+            }
             let shared = plan.shared.clone();
             shared.alive.store(true, Ordering::SeqCst);
             let token = token.child_token();
@@ -232,6 +242,16 @@ impl Workers {
         }
         self.registry().late.extend(late.iter().cloned());
         late
+    }
+
+    /// Makes every worker wait for health check `check` before its first run (as
+    /// [`Worker::requires`] does for one); call before [`Workers::start`].
+    pub fn require_for_all(&self, check: impl Into<String>) {
+        let check = check.into();
+        let mut reg = self.registry();
+        if !reg.requires.contains(&check) {
+            reg.requires.push(check);
+        }
     }
 
     /// Aborts every worker task still running and returns the names of those and of any

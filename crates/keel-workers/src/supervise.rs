@@ -18,6 +18,8 @@ pub(crate) struct Plan {
     pub(crate) run: RunFn,
     pub(crate) restart_initial: Duration,
     pub(crate) restart_max: Duration,
+    pub(crate) requires: Vec<String>,
+    pub(crate) health: Option<keel_health::Health>,
 }
 
 /// Why a run loop ended.
@@ -42,6 +44,12 @@ pub(crate) async fn supervise(plan: Plan, token: CancellationToken) {
         _ => Duration::ZERO,
     };
     shared.started(jitter);
+    if let Some(health) = &plan.health
+        && !plan.requires.is_empty()
+        && !health.wait_for(&plan.requires, &token).await
+    {
+        return;
+    }
     if !jitter.is_zero() {
         tokio::select! {
             _ = token.cancelled() => return,

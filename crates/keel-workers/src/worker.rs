@@ -59,6 +59,7 @@ pub struct Worker {
     pub(crate) stale_after: Option<Duration>,
     pub(crate) restart_initial: Duration,
     pub(crate) restart_max: Duration,
+    pub(crate) requires: Vec<String>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -117,7 +118,19 @@ impl Worker {
             stale_after: None,
             restart_initial: DEFAULT_RESTART_INITIAL,
             restart_max: DEFAULT_RESTART_MAX,
+            requires: Vec::new(),
         }
+    }
+
+    /// Waits for health check `check` (`database`, `redis`, …) to be up before the first run,
+    /// so a worker does not fail its first runs while a dependency is still connecting. Keel's
+    /// services add their database this way to every worker.
+    pub fn requires(mut self, check: impl Into<String>) -> Self {
+        let check = check.into();
+        if !self.requires.contains(&check) {
+            self.requires.push(check);
+        }
+        self
     }
 
     /// Periodic workers: delays the first run by a random time in `[0, jitter]`.

@@ -451,6 +451,8 @@ impl ConsumerOptions {
 /// Longest wait between two tries of a held message when no registered dependency is down
 /// (the handler reported an outage the consumer cannot watch): keeps recovery within a second.
 const PROBE_MAX: Duration = Duration::from_secs(1);
+/// How long after a consumer starts a broker it cannot subscribe to yet is logged at INFO.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
 /// Messages held because their dependency is unavailable, shared by the fetch loop and the
 /// handler tasks.
@@ -602,13 +604,20 @@ impl<H: Handler> Consumer<H> {
         let mut backoff = keel_resilience::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         // When the current pause began; kept across re-subscriptions.
         let mut paused: Option<Instant> = None;
+        let (began, mut subscribed_once) = (Instant::now(), false);
         loop {
             let mut sub = match this.bus.subscribe(&this.topic, &this.group, &this.options.subscribe).await {
                 Ok(s) => s,
                 Err(e) => {
                     let reason = sanitize(&e.to_string());
                     if backoff.attempts() < 3 || backoff.attempts().is_power_of_two() {
-                        tracing::warn!(topic = %this.topic, group = %this.group, error = %reason, "cannot subscribe yet; retrying");
+                        // Before the first subscription, during start-up, the broker is being
+                        // waited for: not worth a WARN yet.
+                        if subscribed_once || began.elapsed() >= STARTUP_WAIT {
+                            tracing::warn!(topic = %this.topic, group = %this.group, error = %reason, "cannot subscribe yet; retrying");
+                        } else {
+                            tracing::info!(topic = %this.topic, group = %this.group, reason = %reason, "waiting for the bus to subscribe");
+                        }
                     }
                     this.state.set(Status::Down(reason));
                     tokio::select! {
@@ -618,6 +627,7 @@ impl<H: Handler> Consumer<H> {
                 }
             };
             backoff.reset();
+            subscribed_once = true;
             // Subscribed first, so the group's queue or durable consumer exists and keeps what is
             // published meanwhile; no message is taken while a dependency is down (the pause
             // below), so none is taken before the inbox database is ready.
