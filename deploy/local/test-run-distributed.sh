@@ -80,7 +80,7 @@ case "${1:-}" in
       *) exit 64 ;;
     esac
     ;;
-  gateway | events | joins | notifier) ;; # migrate
+  events | joins | notifier) ;; # migrate
   *) exit 64 ;;
 esac
 STUB

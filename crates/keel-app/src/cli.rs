@@ -160,6 +160,53 @@ pub(crate) enum ConfigCommand {
     Check,
 }
 
+impl Command {
+    /// The subcommand's name as typed.
+    pub(crate) fn name(&self) -> Option<&'static str> {
+        match self {
+            Self::Migrate { .. } => Some("migrate"),
+            #[cfg(all(feature = "sql", feature = "security"))]
+            Self::Audit { .. } => Some("audit"),
+            _ => None,
+        }
+    }
+}
+
+/// Keel's commands that depend on what the service declares, and whether `service` can use
+/// them: `migrate` needs a database ([`crate::Service::migrations`]), `audit` an audit log
+/// ([`crate::Service::keeps_audit_log`]).
+pub(crate) fn offered<C>(service: &crate::Service<C>) -> Vec<(&'static str, bool)> {
+    let mut out = vec![("migrate", service.has_database())];
+    if cfg!(all(feature = "sql", feature = "security")) {
+        out.push(("audit", service.has_database() && service.audit_log));
+    }
+    out
+}
+
+/// The end of `--help`: where configuration comes from, profiles, ports and the admin token.
+pub(crate) fn footer(name: &str) -> String {
+    let p = keel_config::env_prefix(name);
+    format!(
+        "Configuration, lowest precedence first: built-in defaults, the config file (--config PATH or
+KEEL_CONFIG; YAML, ${{VAR}} and ${{VAR:-default}} expanded), the environment:
+  {p}__<SECTION>__<KEY>=<value>
+      any setting, `__` between levels: {p}__HTTP__PORT=8080,
+      {p}__LOG__LEVEL=debug
+  KEEL_ENV=development|test|production
+      the profile (default development); production requires real secrets and never migrates
+      on start-up
+  RUST_LOG=<filter>
+      replaces log.level
+
+Ports: the API on http.port; /metrics and /admin/* on management.port (http.port + 1000 unless
+set). The operator page is /admin/status there; it needs management.admin_token
+({p}__MANAGEMENT__ADMIN_TOKEN or management.admin_token_file).
+
+`{name} config check` prints every setting with its value (secrets as \"***\").
+Exit codes: 0 ok, 1 failure, 64 usage, 69 cannot start, 70 forced shutdown, 78 configuration."
+    )
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     keel_config::duration::parse(s)
 }

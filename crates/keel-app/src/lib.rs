@@ -12,11 +12,14 @@
 //! | `healthcheck [--ready]` | GET `http://127.0.0.1:<http.port>/health/live` (or `/health/ready`); exit 0 / 1 |
 //! | `version` (or `--version`, `-V`) | name, version, git commit, build profile |
 //! | `dlq list\|replay\|purge TOPIC` | a topic's dead letters on the configured broker (feature `events`) |
-//! | `migrate [status]` | apply or list database migrations (feature `sql`; without it: "declares no migrations", exit 0) |
-//! | `audit verify [--checkpoint ROWS:HASH]` | walk the audit log's keyed hash chain (and check it against a checkpoint); exit 0 / 1 naming the first broken row (`security` + SQL) |
+//! | `migrate [status]` | apply or list database migrations (a service with [`Service::migrations`]) |
+//! | `audit verify [--checkpoint ROWS:HASH]` | walk the audit log's keyed hash chain (and check it against a checkpoint); exit 0 / 1 naming the first broken row (a service with [`Service::keeps_audit_log`]) |
 //! | `keys generate \| new <kid> \| rewrap --new-master-key-file F` | field-encryption keys (`security`) |
 //!
-//! A service adds commands of its own with [`Service::command`]. [`run_from`] takes the arguments
+//! A command the service cannot use (`migrate` without migrations, `audit` without an audit log)
+//! is not listed in `--help` and refused with exit 64. `--help` ends with where configuration
+//! comes from (the environment-variable scheme, `KEEL_ENV`, the config file), the ports and the
+//! admin token. A service adds commands of its own with [`Service::command`]. [`run_from`] takes the arguments
 //! from a list instead of the process (a launcher that hosts several services), and [`Group`]
 //! runs several services in one process.
 //!
@@ -74,12 +77,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let build = service.build.clone();
-    let name = keel_telemetry::intern::intern(&build.name);
-    let mut cmd = Cli::command().name(name).about(format!("{} {}", build.name, build.version));
-    for (c, _) in &service.commands {
-        cmd = cmd.subcommand(c.clone());
-    }
-    let matches = match cmd.try_get_matches_from(args) {
+    let matches = match command(&service).try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
@@ -110,6 +108,13 @@ where
     if let Some(Command::Version) = cli.command {
         println!("{build}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(command) = cli.command.as_ref().and_then(cli::Command::name)
+        && let Some((_, false)) = cli::offered(&service).into_iter().find(|(c, _)| *c == command)
+    {
+        let why = if service.has_database() { "keeps no audit log" } else { "has no database" };
+        eprintln!("{}: `{command}` does not apply: {} {why}", build.name, build.name);
+        return ExitCode::from(exit::USAGE);
     }
     if let Some(Command::Slo { command: cli::SloCommand::Rules { files, runbooks } }) = &cli.command {
         return slo_rules(&build, files, runbooks);
@@ -147,11 +152,9 @@ where
             Ok(l) => migrate::run(&service, &l, command.is_some()),
             Err(e) => config_failure(&build, &e, true),
         },
+        // Refused above: without the `sql` feature no service has a database.
         #[cfg(not(feature = "sql"))]
-        Some(Command::Migrate { .. }) => {
-            println!("{} declares no migrations", build.name);
-            ExitCode::SUCCESS
-        }
+        Some(Command::Migrate { .. }) => ExitCode::from(exit::USAGE),
         #[cfg(all(feature = "sql", feature = "security"))]
         Some(Command::Audit { command: cli::AuditCommand::Verify { checkpoint } }) => match loaded {
             Ok(l) => security::audit_verify(&service, &l, checkpoint.as_ref()),
@@ -167,6 +170,26 @@ where
             Err(e) => config_failure(&build, &e, false),
         },
     }
+}
+
+/// The service's command line: Keel's commands that it can use, its own, and the help footer.
+fn command<C>(service: &Service<C>) -> clap::Command {
+    let build = &service.build;
+    let name = keel_telemetry::intern::intern(&build.name);
+    let mut cmd = Cli::command()
+        .name(name)
+        .about(format!("{} {}", build.name, build.version))
+        .after_help(cli::footer(&build.name));
+    for (c, _) in &service.commands {
+        cmd = cmd.subcommand(c.clone());
+    }
+    // Commands the service cannot use are not offered (and refused when given).
+    for (command, offered) in cli::offered(service) {
+        if !offered {
+            cmd = cmd.mut_subcommand(command, |c| c.hide(true));
+        }
+    }
+    cmd
 }
 
 /// `config check` on a configuration that loaded: runs everything `serve` runs before it binds
@@ -424,3 +447,39 @@ impl Signals {
 
 /// The git commit this copy of Keel was built from (`unknown` outside a git checkout).
 pub const BUILD_COMMIT: &str = env!("KEEL_BUILD_COMMIT");
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn help_lists_what_the_service_can_use_and_how_to_configure_it() {
+        let plain = Service::new(BuildInfo::new("cityevents-gateway", "1.0", None, "debug"));
+        let help = command(&plain).render_help().to_string();
+        let lists = |help: &str, c: &str| help.contains(&format!("\n  {c} "));
+        assert!(!lists(&help, "migrate") && !lists(&help, "audit"), "no database, no migrate or audit:\n{help}");
+        for needle in [
+            "serve",
+            "config",
+            "healthcheck",
+            "version",
+            "CITYEVENTS_GATEWAY__<SECTION>__<KEY>",
+            "CITYEVENTS_GATEWAY__MANAGEMENT__ADMIN_TOKEN",
+            "KEEL_ENV=development|test|production",
+            "--config PATH",
+            "management.port",
+        ] {
+            assert!(help.contains(needle), "{needle} missing:\n{help}");
+        }
+        #[cfg(all(feature = "sql", feature = "security"))]
+        {
+            let with_db =
+                Service::new(BuildInfo::new("svc", "1.0", None, "debug")).migrations(keel_data::Migrations::new());
+            let help = command(&with_db).render_help().to_string();
+            assert!(lists(&help, "migrate") && !lists(&help, "audit"), "{help}");
+            let help = command(&with_db.keeps_audit_log()).render_help().to_string();
+            assert!(lists(&help, "audit"), "{help}");
+        }
+    }
+}

@@ -17,8 +17,8 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 pub(super) fn run<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>, status_only: bool) -> ExitCode {
     let name = &service.build.name;
     let Some(migrations) = service.migrations.clone() else {
-        println!("{name} declares no migrations");
-        return ExitCode::SUCCESS;
+        eprintln!("{name}: `migrate` does not apply: {name} has no database");
+        return ExitCode::from(exit::USAGE);
     };
     let cfg = &loaded.config.keel.database;
     let url = match resolve_url(cfg, name, loaded.profile == Profile::Production) {

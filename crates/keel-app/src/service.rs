@@ -111,12 +111,24 @@ pub struct Service<C = NoConfig> {
     pub(crate) commands: Vec<(clap::Command, CommandFn<C>)>,
     pub(crate) config_defaults: Vec<(String, String)>,
     pub(crate) tracing_layers: Vec<keel_telemetry::BoxLayer>,
+    /// Whether the service keeps an audit log (`audit verify` is offered).
+    pub(crate) audit_log: bool,
     _config: PhantomData<fn() -> C>,
 }
 
 impl<C> std::fmt::Debug for Service<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").field("build", &self.build).finish_non_exhaustive()
+    }
+}
+
+impl<C> Service<C> {
+    /// Whether the service has a database: it declared [`Service::migrations`].
+    pub(crate) fn has_database(&self) -> bool {
+        #[cfg(feature = "sql")]
+        return self.migrations.is_some();
+        #[cfg(not(feature = "sql"))]
+        false
     }
 }
 
@@ -131,6 +143,7 @@ impl Service<NoConfig> {
             commands: Vec::new(),
             config_defaults: Vec::new(),
             tracing_layers: Vec::new(),
+            audit_log: false,
             _config: PhantomData,
         }
     }
@@ -148,6 +161,7 @@ impl<C: Section> Service<C> {
             commands: Vec::new(),
             config_defaults: self.config_defaults,
             tracing_layers: self.tracing_layers,
+            audit_log: self.audit_log,
             _config: PhantomData,
         }
     }
@@ -184,6 +198,14 @@ impl<C: Section> Service<C> {
     #[cfg(feature = "sql")]
     pub fn migrations(mut self, migrations: keel_data::Migrations) -> Self {
         self.migrations = Some(Arc::new(migrations));
+        self
+    }
+
+    /// Declares that the service keeps an audit log ([`Setup::audit_log`]) in its database:
+    /// its CLI offers `audit verify`. Other services do not offer it and refuse it.
+    #[cfg(all(feature = "sql", feature = "security"))]
+    pub fn keeps_audit_log(mut self) -> Self {
+        self.audit_log = true;
         self
     }
 

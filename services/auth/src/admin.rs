@@ -1,5 +1,7 @@
 //! Administrators: there are no default users anywhere; an operator creates (or promotes) an
-//! admin from the command line, `cityevents-auth admin create --email … [--name …]`.
+//! admin from the command line: `cityevents-auth admin create --email … [--name …]` creates one
+//! (refused for an address that has an account), `admin create --promote --email …` promotes an
+//! existing account.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +52,19 @@ pub enum AdminError {
     #[error("field encryption: {0}")]
     Crypto(#[from] CryptoError),
     /// Someone registered the address at the same moment.
-    #[error("the e-mail address was registered meanwhile; run the command again to promote it")]
+    #[error("the e-mail address was registered meanwhile; promote it with `admin create --promote --email …`")]
     Raced,
+    /// `admin create` without `--promote` for an address that has an account: nothing changed
+    /// (its password is not replaced by the one given).
+    #[error(
+        "an account with this e-mail address exists{}; nothing changed. To make it an admin, keeping its \
+         password, run `admin create --promote --email …`",
+        if *.0 { " and is already an admin" } else { "" }
+    )]
+    Exists(bool),
+    /// `admin create --promote` for an address that has no account.
+    #[error("no account has this e-mail address; drop --promote to create one")]
+    NoAccount,
 }
 
 fn humanize(d: Duration) -> String {
@@ -89,9 +102,9 @@ impl AdminCreated {
     }
 }
 
-/// Creates an account with role `admin` (the password must pass the policy), or promotes the
-/// existing account with this address to `admin` — its name and password stay as they are.
-/// Both are audited (`auth.admin_create`, `auth.role_change`) with actor `system:cli`.
+/// Creates an account with role `admin` (the password must pass the policy); refuses with
+/// [`AdminError::Exists`] when the address has an account (its password is never replaced).
+/// Audited (`auth.admin_create`) with actor `system:cli`.
 pub async fn create_admin(
     accounts: &Accounts,
     email: &str,
@@ -99,17 +112,8 @@ pub async fn create_admin(
     password: &str,
 ) -> Result<AdminCreated, AdminError> {
     let email = normalize_email(email)?;
-    let bidx = accounts.email_index(&email);
-    if let Some(row) = accounts.by_email_index(&bidx).await? {
-        let id = Uuid::parse_str(&row.id)
-            .map_err(|_| AdminError::Config("a users row has an id that is not a UUID".into()))?;
-        if row.role == roles::ADMIN {
-            return Ok(AdminCreated::AlreadyAdmin(id));
-        }
-        accounts.set_role(&row.id, roles::ADMIN).await?;
-        let details = json!({ "from": row.role, "to": roles::ADMIN });
-        accounts.audit(CLI_ACTOR, "auth.role_change", &format!("user:{id}"), Outcome::Success, details).await;
-        return Ok(AdminCreated::Promoted(id));
+    if let Some(row) = accounts.by_email_index(&accounts.email_index(&email)).await? {
+        return Err(AdminError::Exists(row.role == roles::ADMIN));
     }
     let name = validate_name(name)?;
     check_new_password(&accounts.policy, password, &email)?;
@@ -122,16 +126,48 @@ pub async fn create_admin(
     Ok(AdminCreated::Created(user.id))
 }
 
+/// Makes the existing account with this address an admin, its name and password unchanged
+/// (audited as `auth.role_change` with actor `system:cli`); [`AdminError::NoAccount`] when there
+/// is none.
+pub async fn promote_admin(accounts: &Accounts, email: &str) -> Result<AdminCreated, AdminError> {
+    let email = normalize_email(email)?;
+    let Some(row) = accounts.by_email_index(&accounts.email_index(&email)).await? else {
+        return Err(AdminError::NoAccount);
+    };
+    let id =
+        Uuid::parse_str(&row.id).map_err(|_| AdminError::Config("a users row has an id that is not a UUID".into()))?;
+    if row.role == roles::ADMIN {
+        return Ok(AdminCreated::AlreadyAdmin(id));
+    }
+    accounts.set_role(&row.id, roles::ADMIN).await?;
+    let details = json!({ "from": row.role, "to": roles::ADMIN });
+    accounts.audit(CLI_ACTOR, "auth.role_change", &format!("user:{id}"), Outcome::Success, details).await;
+    Ok(AdminCreated::Promoted(id))
+}
+
+/// What `admin create` does.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminAction<'a> {
+    /// A new admin account ([`create_admin`]).
+    Create {
+        /// Display name.
+        name: &'a str,
+        /// Password (checked against the policy).
+        password: &'a str,
+    },
+    /// `--promote`: an existing account becomes admin ([`promote_admin`]).
+    Promote,
+}
+
 /// `cityevents-auth admin create`: builds what [`create_admin`] needs from the loaded
 /// configuration (database, keys, password settings), connects — applying migrations when
-/// `database.auto_migrate` is on, else refusing while any is pending — and creates or promotes
-/// the admin. Returns the account's id.
+/// `database.auto_migrate` is on, else refusing while any is pending — and creates the admin or
+/// promotes the account (`action`). Returns what it did.
 pub async fn run_admin_create(
     loaded: &Loaded<AuthConfig>,
     email: &str,
-    name: &str,
-    password: &str,
-) -> Result<Uuid, AdminError> {
+    action: AdminAction<'_>,
+) -> Result<AdminCreated, AdminError> {
     let keel = &loaded.config.keel;
     let service = cityevents_common::services::AUTH.0;
     let config = |e: &dyn std::fmt::Display| AdminError::Config(e.to_string());
@@ -162,7 +198,10 @@ pub async fn run_admin_create(
         }
         let audit = AuditLog::from_db(&db).mask_fields(keel.log.mask_fields.iter()).with_keys(audit_keys);
         let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);
-        create_admin(&accounts, email, name, password).await.map(AdminCreated::id)
+        match action {
+            AdminAction::Create { name, password } => create_admin(&accounts, email, name, password).await,
+            AdminAction::Promote => promote_admin(&accounts, email).await,
+        }
     }
     .await;
     db.close().await;

@@ -1,12 +1,13 @@
-//! `cityevents-auth admin create --email … [--name …] [--password-file F]`: the only way to get
-//! an admin. There are no default users or passwords anywhere; the password comes from a file or
-//! stdin, never from the command line (where `ps` and shell history would keep it).
+//! `cityevents-auth admin create --email … [--name …] [--password-file F]` (or `--promote` for an
+//! existing account): the only way to get an admin. There are no default users or passwords
+//! anywhere; the password comes from a file or stdin, never from the command line (where `ps`
+//! and shell history would keep it).
 
 use std::io::Read as _;
 use std::process::ExitCode;
 
 use keel::app::Loaded;
-use keel::app::clap::{Arg, ArgMatches, Command};
+use keel::app::clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::AuthConfig;
 
@@ -17,10 +18,22 @@ const MAX_PASSWORD_INPUT: u64 = 4096;
 pub(crate) fn admin_command() -> Command {
     Command::new("admin").about("Manage administrators").subcommand_required(true).subcommand(
         Command::new("create")
-            .about("Create an admin account (or promote an existing one); the password is read from --password-file or stdin")
+            .about("Create an admin account, or with --promote make an existing account admin")
+            .long_about(
+                "Create an admin account; its password is read from --password-file or stdin (never the \
+                 command line). Refused when the address already has an account: --promote makes that \
+                 account admin instead, keeping its name and password (no password is read).",
+            )
             .arg(Arg::new("email").long("email").required(true).value_name("EMAIL"))
             .arg(Arg::new("name").long("name").default_value("Administrator").value_name("NAME"))
-            .arg(Arg::new("password_file").long("password-file").value_name("PATH")),
+            .arg(Arg::new("password_file").long("password-file").value_name("PATH"))
+            .arg(
+                Arg::new("promote")
+                    .long("promote")
+                    .action(ArgAction::SetTrue)
+                    .conflicts_with_all(["password_file", "name"])
+                    .help("Make the existing account with this address admin (its password stays)"),
+            ),
     )
 }
 
@@ -32,12 +45,22 @@ pub(crate) fn run_admin(args: &ArgMatches, loaded: Loaded<AuthConfig>) -> ExitCo
     };
     let email = args.get_one::<String>("email").cloned().unwrap_or_default();
     let name = args.get_one::<String>("name").cloned().unwrap_or_default();
-    let password = match read_password(args.get_one::<String>("password_file").map(String::as_str)) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("admin create: {e}");
-            return ExitCode::from(keel::app::exit::USAGE);
+    let promote = args.get_flag("promote");
+    let password = if promote {
+        String::new()
+    } else {
+        match read_password(args.get_one::<String>("password_file").map(String::as_str)) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("admin create: {e}");
+                return ExitCode::from(keel::app::exit::USAGE);
+            }
         }
+    };
+    let action = if promote {
+        crate::AdminAction::Promote
+    } else {
+        crate::AdminAction::Create { name: &name, password: &password }
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -46,9 +69,14 @@ pub(crate) fn run_admin(args: &ArgMatches, loaded: Loaded<AuthConfig>) -> ExitCo
             return ExitCode::from(keel::app::exit::FAILURE);
         }
     };
-    match rt.block_on(crate::run_admin_create(&loaded, &email, &name, &password)) {
-        Ok(id) => {
-            println!("admin {email} ready (id {id})");
+    match rt.block_on(crate::run_admin_create(&loaded, &email, action)) {
+        Ok(done) => {
+            let what = match done {
+                crate::AdminCreated::Created(_) => "admin created",
+                crate::AdminCreated::Promoted(_) => "promoted to admin",
+                crate::AdminCreated::AlreadyAdmin(_) => "is already an admin; nothing changed",
+            };
+            println!("{email}: {what} (id {})", done.id());
             ExitCode::SUCCESS
         }
         Err(e) => {

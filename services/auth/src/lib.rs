@@ -75,7 +75,7 @@ pub use accounts::{
     Accounts, Ban, MAX_EMAIL, MAX_NAME, ManagedUser, StoreError, User, check_new_password, normalize_email,
     validate_name,
 };
-pub use admin::{AdminCreated, AdminError, create_admin, run_admin_create};
+pub use admin::{AdminAction, AdminCreated, AdminError, create_admin, promote_admin, run_admin_create};
 pub use config::{AuthConfig, LockoutConfig};
 pub use error::FieldError;
 
@@ -103,6 +103,7 @@ pub fn service() -> keel::Service<AuthConfig> {
         .config_defaults(cityevents_common::services::defaults(cityevents_common::services::AUTH))
         .with_config::<AuthConfig>()
         .migrations(migrations())
+        .keeps_audit_log()
         .command(cli::admin_command(), cli::run_admin)
         .setup(setup)
 }

@@ -735,12 +735,20 @@ async fn concurrent_attempts_cannot_exceed_the_lockout_budget(s: &Svc) {
 async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users").fetch_one(&s.pool).await.unwrap();
     assert_eq!(n, 0, "no default users");
-    let weak = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", "Root", "short").await;
+    let create = |name: &'static str, password: &'static str| cityevents_auth::AdminAction::Create { name, password };
+    let weak = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", create("Root", "short")).await;
     assert!(matches!(&weak, Err(cityevents_auth::AdminError::Invalid(f)) if f.field == "password"), "{weak:?}");
 
-    let root = cityevents_auth::run_admin_create(&s.loaded, " Root@Example.com", "Root", PASSWORD).await.unwrap();
-    let again = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", "Root", PASSWORD).await.unwrap();
-    assert_eq!(again, root, "creating an existing admin changes nothing");
+    let root =
+        cityevents_auth::run_admin_create(&s.loaded, " Root@Example.com", create("Root", PASSWORD)).await.unwrap().id();
+    let again =
+        cityevents_auth::run_admin_create(&s.loaded, "root@example.com", create("Root", "Another-pass-123")).await;
+    assert!(matches!(again, Err(cityevents_auth::AdminError::Exists(true))), "refused, not ignored: {again:?}");
+    let promote = cityevents_auth::AdminAction::Promote;
+    let again = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", promote).await.unwrap();
+    assert_eq!(again, cityevents_auth::AdminCreated::AlreadyAdmin(root), "promoting an admin changes nothing");
+    let nobody = cityevents_auth::run_admin_create(&s.loaded, "nobody@example.com", promote).await;
+    assert!(matches!(nobody, Err(cityevents_auth::AdminError::NoAccount)), "{nobody:?}");
     let (root_access, _) = s.tokens("root@example.com").await;
     assert_eq!(s.claims(&root_access).role.as_deref(), Some("admin"));
     assert_eq!(s.claims(&root_access).sub, root.to_string());
@@ -769,11 +777,12 @@ async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
     let new_access = refreshed.body["access_token"].as_str().unwrap();
     assert_eq!(s.claims(new_access).role.as_deref(), Some("admin"));
 
-    // create_admin promotes an existing account, keeping its password.
+    // `admin create` refuses an existing account; `--promote` promotes it, keeping its password.
     let carol = s.register("carol@example.com", "Carol").await;
-    let promoted =
-        cityevents_auth::run_admin_create(&s.loaded, "carol@example.com", "ignored", "ignored").await.unwrap();
-    assert_eq!(promoted.to_string(), carol);
+    let refused = cityevents_auth::run_admin_create(&s.loaded, "carol@example.com", create("C", PASSWORD)).await;
+    assert!(matches!(refused, Err(cityevents_auth::AdminError::Exists(false))), "{refused:?}");
+    let promoted = cityevents_auth::run_admin_create(&s.loaded, "carol@example.com", promote).await.unwrap();
+    assert_eq!(promoted, cityevents_auth::AdminCreated::Promoted(carol.parse().unwrap()));
     let (carol_access, _) = s.tokens("carol@example.com").await;
     assert_eq!(s.claims(&carol_access).role.as_deref(), Some("admin"));
 
@@ -831,7 +840,8 @@ async fn ended_sessions_stop_access_tokens_within_seconds(s: &Svc) {
     assert_eq!(s.claims(after.body["access_token"].as_str().unwrap()).sv, Some(2));
 
     // A demoted admin loses the admin powers at once, not when the token expires.
-    cityevents_auth::run_admin_create(&s.loaded, "boss@example.com", "Boss", PASSWORD).await.unwrap();
+    let boss = cityevents_auth::AdminAction::Create { name: "Boss", password: PASSWORD };
+    cityevents_auth::run_admin_create(&s.loaded, "boss@example.com", boss).await.unwrap();
     let (boss, _) = s.tokens("boss@example.com").await;
     let dana = s.register("dana@example.com", "Dana").await;
     let erin = s.register("erin@example.com", "Erin").await;
@@ -899,7 +909,8 @@ fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
 }
 
 async fn moderators_ban_accounts_and_admins_list_them(s: &Svc) {
-    let root = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", "Root", PASSWORD).await.unwrap();
+    let root_admin = cityevents_auth::AdminAction::Create { name: "Root", password: PASSWORD };
+    let root = cityevents_auth::run_admin_create(&s.loaded, "root@example.com", root_admin).await.unwrap().id();
     let (root_access, _) = s.tokens("root@example.com").await;
     let role = |id: &str| format!("/api/v1/admin/users/{id}/role");
     let ban = |id: &str| format!("/api/v1/admin/users/{id}/ban");

@@ -7,6 +7,7 @@
 //! cityevents <service> <command…>    that service's CLI: `cityevents auth admin create --email …`,
 //!                                    `cityevents events migrate`, `cityevents joins dlq list …`
 //! cityevents --version               the launcher's name, version, commit and build profile
+//! cityevents --help                   commands, services and ports, configuration, profiles
 //! ```
 //!
 //! Services: `auth`, `events`, `joins`, `notifier`, `gateway`. See `docs/cityevents.md`.
@@ -22,18 +23,43 @@ use std::process::ExitCode;
 
 use cityevents::all_in_one;
 
-const USAGE: &str = "\
-City Events
+/// `--help`: commands, services and their ports, configuration, profiles, where data goes.
+fn usage() -> String {
+    let mut ports = String::new();
+    for (name, port) in cityevents_common::services::ALL {
+        let short = name.trim_start_matches("cityevents-");
+        ports.push_str(&format!("  {short:<9} API 127.0.0.1:{port:<5}  management 127.0.0.1:{}\n", port + 1000));
+    }
+    format!(
+        "City Events: the event platform on Keel.
 
 usage:
-  cityevents                            run every service in one process (zero setup)
+  cityevents [all]                      run every service in one process (zero setup)
   cityevents serve <service> [args…]    run one service, as its own binary would
-  cityevents <service> <command> […]    that service's commands (serve, migrate, config check,
-                                        healthcheck, dlq, audit, keys, slo rules, admin create…)
-  cityevents --version                  name, version, git commit and build profile
+  cityevents <service> <command> […]    that service's commands: serve, migrate, config check,
+                                        healthcheck, dlq, audit, keys, slo rules, admin create…
+                                        (`cityevents <service> --help` lists them)
+  cityevents version | --version        name, version, git commit and build profile
+  cityevents help | --help              this text
 
-services: auth, events, joins, notifier, gateway
-";
+services (the gateway's port is the public API; management serves /metrics and /admin/*):
+{ports}
+configuration, each service its own (environment over its config file over defaults):
+  CITYEVENTS_<SERVICE>__<SECTION>__<KEY>=<value>
+      any setting of one service: CITYEVENTS_GATEWAY__HTTP__PORT=8000,
+      CITYEVENTS_JOINS__LOG__LEVEL=debug
+  KEEL_ENV=development|test|production
+      the profile (default development); production needs real secrets and databases
+  cityevents serve <service> --config FILE
+      a YAML config file (deploy/config/ has one per service)
+
+development profile: secrets (JWT, encryption, audit and the operator page's admin token) are
+generated on the first run into data/dev-secrets.json, databases are SQLite files in data/, mail
+is written to data/mail/. The all-in-one banner prints the operator page's sign-in link.
+Docs: docs/cityevents.md.
+"
+    )
+}
 
 /// Runs `$body` with `$svc` bound to the named service (their config types differ).
 macro_rules! with_service {
@@ -67,19 +93,28 @@ macro_rules! with_service {
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
+    let second = args.get(2).and_then(|a| a.to_str());
     match first.as_deref() {
-        None | Some("all") => all_in_one::run(&args),
-        Some("-h") | Some("--help") | Some("help") => {
-            print!("{USAGE}");
+        None | Some("all") if second.is_some_and(is_help) => {
+            print!("{}", usage());
             ExitCode::SUCCESS
         }
-        Some("-V") | Some("--version") | Some("version") => {
+        None | Some("all") if second.is_some_and(is_version) => {
+            println!("{}", keel::build_info!());
+            ExitCode::SUCCESS
+        }
+        None | Some("all") => all_in_one::run(&args),
+        Some(a) if is_help(a) => {
+            print!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        Some(a) if is_version(a) => {
             println!("{}", keel::build_info!());
             ExitCode::SUCCESS
         }
         Some("serve") => {
-            let Some(name) = args.get(2).and_then(|a| a.to_str()).map(str::to_owned) else {
-                eprint!("cityevents serve: which service?\n\n{USAGE}");
+            let Some(name) = second.map(str::to_owned) else {
+                eprint!("cityevents serve: which service?\n\n{}", usage());
                 return ExitCode::from(keel::app::exit::USAGE);
             };
             // `cityevents serve joins --config f` → `cityevents-joins --config f serve`.
@@ -97,10 +132,7 @@ fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
         Err(code) => return code,
     };
     let rest: Vec<OsString> = rest.collect();
-    // Commands that only read: no development secrets file is written for them.
-    let reads_only = rest.windows(2).any(|w| w[0] == "config" && w[1] == "check")
-        || rest.iter().any(|a| a == "--help" || a == "-h" || a == "help");
-    let mode = if reads_only { all_in_one::Mode::SingleReadOnly } else { all_in_one::Mode::Single };
+    let mode = if writes_secrets(&rest) { all_in_one::Mode::Single } else { all_in_one::Mode::SingleReadOnly };
     let result = with_service!(name, |svc| {
         let keel_name = svc.build_info().name.clone();
         match all_in_one::defaults(&keel_name, profile, mode) {
@@ -115,7 +147,42 @@ fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
         }
     });
     result.unwrap_or_else(|| {
-        eprint!("cityevents: unknown service or command `{name}`\n\n{USAGE}");
+        eprint!("cityevents: unknown service or command `{name}`\n\n{}", usage());
         ExitCode::from(keel::app::exit::USAGE)
     })
+}
+
+fn is_help(a: &str) -> bool {
+    matches!(a, "-h" | "--help" | "help")
+}
+
+fn is_version(a: &str) -> bool {
+    matches!(a, "-V" | "--version" | "version")
+}
+
+/// Whether a service command may create `data/dev-secrets.json` (development): only `serve` and
+/// `admin create`, which keep data under the development keys. Every other command reads the
+/// file when it exists (`audit verify` needs its key) and otherwise gets keys made up in memory.
+fn writes_secrets(args: &[OsString]) -> bool {
+    let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    if args.iter().any(|a| is_help(a) || matches!(*a, "-V" | "--version")) {
+        return false;
+    }
+    // The positional words, without `--config FILE` / `-c FILE` / `--config=FILE`.
+    let mut words = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--config" | "-c" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            a => words.push(a),
+        }
+    }
+    match words.first().copied() {
+        None | Some("serve") => true,
+        Some("admin") => words.get(1) == Some(&"create"),
+        Some(_) => false,
+    }
 }

@@ -947,7 +947,8 @@ async fn all_in_one_zero_setup() {
     let banner = platform.wait_for_line("First admin:", Duration::from_secs(5));
     assert!(banner.contains("admin create"), "{banner}");
     // A clean start is quiet: databases and the bus connecting are waited for at INFO.
-    let warnings: Vec<&String> = platform.seen.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    let warnings: Vec<&String> =
+        platform.seen.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
     assert!(warnings.is_empty(), "a clean start logs no WARN or ERROR:\n{warnings:#?}");
     // Zero setup: mail goes to files in data/mail, each link logged.
     scenario(&platform, Mailbox::Dir(platform.dir().join("data/mail"))).await;
