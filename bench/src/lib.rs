@@ -85,7 +85,7 @@ pub fn ablated_stack(
             .option_layer(some("body_limit").map(|()| axum::extract::DefaultBodyLimit::max(cfg.http.body_limit)))
             .option_layer(some("load_shed").map(|()| load_shed::LoadShedLayer::new(cfg.http.max_in_flight)))
             .option_layer(some("compression").map(|()| compression::CompressionLayer::new(cfg.http.compression)))
-            .option_layer(some("problems").map(|()| problems::ProblemsLayer))
+            .option_layer(some("problems").map(|()| problems::ProblemsLayer::new()))
             .map_response(axum::response::IntoResponse::into_response),
     ))
 }

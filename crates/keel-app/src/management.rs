@@ -39,7 +39,7 @@ pub(crate) fn router(metrics: Metrics, admin_token: Option<Secret>, sources: Sou
             .layer(request_id::RequestIdLayer)
             .layer(context::RequestContextLayer)
             .layer(catch_panic::CatchPanicLayer)
-            .layer(problems::ProblemsLayer),
+            .layer(problems::ProblemsLayer::new()),
     )
 }
 

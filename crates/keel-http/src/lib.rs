@@ -227,7 +227,7 @@ impl KeelLayer {
             .layer(axum::extract::DefaultBodyLimit::max(cfg.http.body_limit))
             .layer(shed.clone())
             .layer(compression::CompressionLayer::new(cfg.http.compression))
-            .layer(problems::ProblemsLayer)
+            .layer(problems::ProblemsLayer::new().body_limit(cfg.http.body_limit))
             .into_inner();
         Ok(Self { layers, http_metrics, shed })
     }

@@ -26,12 +26,50 @@ const MAX_TEXT: u64 = 8 * 1024;
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProblemsLayer;
+pub struct ProblemsLayer {
+    body_limit: Option<usize>,
+}
+
+impl ProblemsLayer {
+    /// The layer, saying no limit in its 413 problems.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The request body limit in force (`http.body_limit`): put in each request's extensions
+    /// as [`BodyLimit`] (for extractors that refuse a body themselves) and named in the 413
+    /// problem of a body over it.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = Some(bytes);
+        self
+    }
+}
+
+/// The request body limit in force for a request (a request extension): the stack's
+/// `http.body_limit`. [`body_too_large`] says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
+
+/// The 413 problem of every Keel service for a body over `limit`: `code` `body_too_large`,
+/// field `body`, and the limit in `detail` when known.
+pub fn body_too_large(limit: Option<BodyLimit>) -> Problem {
+    let detail = match limit {
+        Some(BodyLimit(n)) if n >= 1024 && n % 1024 == 0 => {
+            format!("the request body is larger than this endpoint accepts: at most {} KiB ({n} bytes)", n / 1024)
+        }
+        Some(BodyLimit(n)) => format!("the request body is larger than this endpoint accepts: at most {n} bytes"),
+        None => "the request body is larger than this endpoint accepts".to_owned(),
+    };
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
+        .code("body_too_large")
+        .detail(detail)
+        .field("body", "is too large")
+}
 
 impl<S> Layer<S> for ProblemsLayer {
     type Service = Problems<S>;
     fn layer(&self, inner: S) -> Problems<S> {
-        Problems { inner }
+        Problems { inner, body_limit: self.body_limit }
     }
 }
 
@@ -39,6 +77,7 @@ impl<S> Layer<S> for ProblemsLayer {
 #[derive(Debug, Clone)]
 pub struct Problems<S> {
     inner: S,
+    body_limit: Option<usize>,
 }
 
 /// Whether an answer with `status` goes through [`normalize`].
@@ -60,10 +99,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let id = RequestId::from_extensions(req.extensions());
         let route = req.extensions().get::<MatchedPath>().cloned();
-        ResponseFuture { inner: self.inner.call(req), id, route, rewriting: None }
+        if let Some(n) = self.body_limit
+            && req.extensions().get::<BodyLimit>().is_none()
+        {
+            req.extensions_mut().insert(BodyLimit(n));
+        }
+        let limit = req.extensions().get::<BodyLimit>().copied();
+        ResponseFuture { inner: self.inner.call(req), id, route, limit, rewriting: None }
     }
 }
 
@@ -75,6 +120,7 @@ pin_project! {
         inner: F,
         id: Option<RequestId>,
         route: Option<MatchedPath>,
+        limit: Option<BodyLimit>,
         rewriting: Option<BoxFut>,
     }
 }
@@ -94,7 +140,7 @@ where
         if !is_error(resp.status()) {
             return Poll::Ready(Ok(resp));
         }
-        let mut fut: BoxFut = Box::pin(normalize(resp, this.id.take(), this.route.take()));
+        let mut fut: BoxFut = Box::pin(normalize(resp, this.id.take(), this.route.take(), *this.limit));
         match fut.as_mut().poll(cx) {
             Poll::Ready(resp) => Poll::Ready(Ok(resp)),
             Poll::Pending => {
@@ -106,7 +152,12 @@ where
 }
 
 /// The answer with its error made a problem document, if it needs it (`resp` is an error).
-async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedPath>) -> Response {
+async fn normalize(
+    resp: Response,
+    id: Option<RequestId>,
+    route: Option<MatchedPath>,
+    limit: Option<BodyLimit>,
+) -> Response {
     let id = id.as_ref().map(RequestId::as_str);
     if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
         if p.request_id().is_some() || id.is_none() {
@@ -136,7 +187,11 @@ async fn normalize(resp: Response, id: Option<RequestId>, route: Option<MatchedP
         Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
         Err(_) => String::new(),
     };
-    let mut problem = from_status(status, &text, route.as_ref().map(MatchedPath::as_str));
+    let mut problem = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        body_too_large(limit)
+    } else {
+        from_status(status, &text, route.as_ref().map(MatchedPath::as_str))
+    };
     if status.is_server_error() && !text.is_empty() {
         tracing::error!(status = status.as_u16(), error = %text, "handler returned a bare server error");
         problem.0.detail = None;
@@ -171,9 +226,6 @@ fn from_status(status: StatusCode, text: &str, route: Option<&str>) -> Problem {
         if let Some((field, message)) = json_field(text).or_else(|| param_field(text, route)) {
             p = p.field(field, message);
         }
-    }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        p.0.detail = Some("the request body is larger than this endpoint accepts".into());
     }
     p
 }

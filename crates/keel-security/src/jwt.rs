@@ -74,6 +74,9 @@ pub enum JwtError {
     /// No `Authorization: Bearer` header.
     #[error("no bearer token")]
     Missing,
+    /// The `Authorization` header uses another scheme (`Basic …`): no bearer token was sent.
+    #[error("not a bearer token")]
+    NotBearer,
     /// Not a JWT, or its header is unreadable or names an unsupported algorithm (`none`).
     #[error("malformed token")]
     Malformed,
@@ -602,6 +605,14 @@ impl IntoResponse for AuthRejection {
                     .detail("send a bearer token in the Authorization header"),
                 "Bearer",
             ),
+            // No token was sent (RFC 6750 §3.1: no error code), so none was refused.
+            (StatusCode::UNAUTHORIZED, JwtError::NotBearer) => (
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(
+                    "expected a Bearer token: the Authorization header uses another scheme \
+                     (send `Authorization: Bearer <access token>`)",
+                ),
+                "Bearer",
+            ),
             (StatusCode::UNAUTHORIZED, e) => (
                 Problem::new(StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized")
                     .detail(format!("the bearer token was refused: {}", public_reason(e))),
@@ -632,7 +643,13 @@ fn public_reason(e: &JwtError) -> &'static str {
 fn bearer(parts: &Parts) -> Result<Option<&str>, JwtError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value.to_str().map_err(|_| JwtError::Malformed)?;
-    keel_http::bearer_token(value).map(Some).ok_or(JwtError::Malformed)
+    match keel_http::bearer_token(value) {
+        Some(token) => Ok(Some(token)),
+        None => {
+            let scheme = value.trim_start().split(' ').next().unwrap_or_default();
+            Err(if scheme.eq_ignore_ascii_case("bearer") { JwtError::Malformed } else { JwtError::NotBearer })
+        }
+    }
 }
 
 fn authenticate<C: DeserializeOwned>(parts: &Parts) -> Result<Option<C>, AuthRejection> {

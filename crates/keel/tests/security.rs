@@ -214,6 +214,11 @@ async fn wrong_claim_types_are_a_401_problem_never_a_panic() {
     let req = Request::get("/me").header("authorization", format!("Basic {ok}"));
     let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer", "no token was sent, so none is called invalid");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(p["type"], "urn:keel:problem:unauthorized", "{p}");
+    assert!(p["detail"].as_str().unwrap().starts_with("expected a Bearer token"), "{p}");
     // Garbage and non-bearer schemes.
     assert_eq!(call(&app, "/me", Some("not.a.jwt")).await.0, StatusCode::UNAUTHORIZED);
     let (status, challenge, _) = call(&app, "/me", None).await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use http::request::Parts;
@@ -35,9 +35,6 @@ use cityevents_common::json::Json;
 use cityevents_common::page::{Cursor, Page};
 use cityevents_common::roles;
 use keel::events::outbox::Outbox;
-
-/// Largest request body of any auth route (the longest valid one is well under 1 KiB).
-pub(crate) const BODY_LIMIT: usize = 8 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -80,7 +77,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/admin/users/{id}/ban", post(ban_user).delete(unban_user))
         // Every answer is about an account: its address, its tokens, its failures.
         .route_layer(cityevents_common::private::no_store())
-        .route_layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(jwt.extension())
         .with_state(state)
 }

@@ -476,7 +476,8 @@ async fn every_input_limit_is_a_problem_naming_the_field(s: &Svc) {
     // Too large: refused before parsing.
     let big = json!({"email": "a@example.com", "password": PASSWORD, "name": "n".repeat(20_000)}).to_string();
     let r = s.post_raw("/api/v1/auth/register", Some("application/json"), big).await;
-    assert_eq!((r.status, r.field()), (413, "body"), "{r:?}");
+    assert_eq!((r.status, r.code(), r.field()), (413, "body_too_large", "body"), "{r:?}");
+    assert!(r.body["detail"].as_str().unwrap().contains("at most 8 KiB"), "the limit is said: {r:?}");
     assert!(r.is_problem());
     // Not JSON.
     let r = s.post_raw("/api/v1/auth/login", None, r#"{"email":"a@example.com","password":"x"}"#).await;

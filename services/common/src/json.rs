@@ -13,13 +13,12 @@
 //!
 //! A message says what was expected and never echoes the client's value.
 //!
-//! The size limit is axum's [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit): Keel sets it
-//! for the whole API from `http.body_limit` (1 MiB by default) and a service lowers it for its
-//! routes with its own `DefaultBodyLimit::max(…)` layer, which wins over Keel's.
+//! The size limit is Keel's `http.body_limit`, one setting per service for its whole API (City
+//! Events sets 64 KiB for every service, the gateway included, so what the gateway forwards the
+//! service accepts); the 413 problem says it.
 //!
 //! ```
 //! use axum::Router;
-//! use axum::extract::DefaultBodyLimit;
 //! use axum::routing::post;
 //! use cityevents_common::json::Json;
 //!
@@ -33,13 +32,14 @@
 //!     body.name
 //! }
 //!
-//! let app: Router = Router::new().route("/rename", post(rename)).layer(DefaultBodyLimit::max(8 * 1024));
+//! let app: Router = Router::new().route("/rename", post(rename));
 //! ```
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use http::{StatusCode, header};
 use keel::http::Problem;
+use keel::http::problems::{BodyLimit, body_too_large};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
@@ -96,10 +96,15 @@ where
     }
 }
 
-/// The request's body, within the route's `DefaultBodyLimit` (413 problem past it).
+/// The request's body, within the stack's `http.body_limit` (413 problem past it, naming it).
 async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Problem> {
+    let limit = req.extensions().get::<BodyLimit>().copied();
     Bytes::from_request(req, state).await.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large() } else { invalid("body", "could not be read") }
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            body_too_large(limit)
+        } else {
+            invalid("body", "could not be read")
+        }
     })
 }
 
@@ -108,14 +113,6 @@ fn unsupported_media_type() -> Problem {
     Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
         .code("unsupported_media_type")
         .detail("send the body as JSON with `Content-Type: application/json`")
-}
-
-/// The 413 problem for a body over the route's limit.
-fn too_large() -> Problem {
-    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
-        .code("body_too_large")
-        .detail("the request body is larger than this endpoint accepts")
-        .field("body", "is too large")
 }
 
 /// Whether the content type is `application/json` or `application/<something>+json`.

@@ -47,10 +47,27 @@ pub mod services {
         }
     }
 
+    /// Each service's largest request body (`http.body_limit`, one setting for its whole API):
+    /// what its largest valid request needs with room to spare. The gateway's is the largest of
+    /// them, so it forwards whatever a service accepts; past a limit the 413 problem
+    /// (`body_too_large`) says it.
+    pub fn body_limit(name: &str) -> &'static str {
+        match name {
+            n if n == GATEWAY.0 || n == EVENTS.0 => "64KiB",
+            n if n == JOINS.0 => "16KiB",
+            // Credentials, names and reasons; mail preferences.
+            _ => "8KiB",
+        }
+    }
+
     /// The configuration defaults every binary of `service` starts from (below its config file
-    /// and environment): its port. Use with `keel::Service::config_defaults`.
+    /// and environment): its port and body limit. Use with `keel::Service::config_defaults`.
     pub fn defaults((name, port): (&str, u16)) -> Vec<(String, String)> {
-        vec![(format!("{}__HTTP__PORT", keel::config::env_prefix(name)), port.to_string())]
+        let p = keel::config::env_prefix(name);
+        vec![
+            (format!("{p}__HTTP__PORT"), port.to_string()),
+            (format!("{p}__HTTP__BODY_LIMIT"), body_limit(name).into()),
+        ]
     }
 }
 

@@ -114,9 +114,11 @@ impl TestEnv {
     /// [`services::EVENTS`](crate::services::EVENTS)`.0`).
     pub fn new(service: &str) -> Self {
         let prefix = Loader::new(service, Profile::Test).env_prefix();
+        // The service's own body limit, as its binary's defaults give it.
         Self { service: service.to_owned(), prefix, vars: Vec::new() }
             .set("HTTP__PORT", "0")
             .set("HTTP__ADDR", "127.0.0.1")
+            .set("HTTP__BODY_LIMIT", crate::services::body_limit(service))
     }
 
     /// Sets the configuration key `key` written as the service's variable without its prefix:
@@ -127,7 +129,7 @@ impl TestEnv {
         self.var(name, value)
     }
 
-    /// Sets the variable `name`, written in full (`CITYEVENTS_GATEWAY__APP__MAX_BODY`).
+    /// Sets the variable `name`, written in full (`CITYEVENTS_GATEWAY__HTTP__BODY_LIMIT`).
     #[must_use]
     pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let name = name.into();

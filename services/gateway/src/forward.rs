@@ -104,7 +104,7 @@ impl Gateway {
         }
         out = out.header(HeaderName::from_static("x-forwarded-for"), self.client_address(&parts));
         let method = parts.method.clone();
-        // Bounded by `http.body_limit` (Keel's stack) or the route's own limit: 413 past it.
+        // Bounded by `http.body_limit` (Keel's stack): 413 past it.
         let body =
             Bytes::from_request(Request::from_parts(parts, body), &()).await.map_err(IntoResponse::into_response)?;
         if !body.is_empty() || matches!(method, Method::POST | Method::PUT | Method::PATCH) {

@@ -2,7 +2,7 @@
 //! four services, an aggregate event page and the OpenAPI document.
 //!
 //! * **Routing** — [`routes::ROUTES`] lists every public operation and who answers it; each is
-//!   forwarded with its method, path, query, body (at most `app.max_body`) and the contract's
+//!   forwarded with its method, path, query, body (at most `http.body_limit`, 64 KiB) and the contract's
 //!   headers through Keel's HTTP client for `upstreams.<auth|events|joins|notifier>` (retries of
 //!   idempotent calls, a breaker per upstream), each attempt cut at `app.upstream_timeouts.read`
 //!   (GET, HEAD) or `.write`, all of them at `.total`. The answer's status, body,
@@ -37,7 +37,7 @@
 //! they default to `http://127.0.0.1:<port>` of each service); `rate_limits.api`, `.ip` and
 //! `.strict` are required in production (elsewhere the defaults are in process: 600 requests a
 //! minute per user and IP, 1200 a minute per IP, 20 sign-ups per 10 minutes per IP);
-//! `security.jwt.*` (verify-only keys); `app.max_body` (default 64 KiB);
+//! `security.jwt.*` (verify-only keys); `http.body_limit` (default 64 KiB);
 //! `app.upstream_timeouts.{read,write,total}` (2 s, 5 s, 6 s). In production every limiter must
 //! keep its counts in Redis. CORS is Keel's (`cors.*`).
 
@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::handler::Handler as _;
 use axum::routing::MethodRouter;
 use keel::Setup;
@@ -74,22 +74,13 @@ pub const IP_RATE_LIMIT_POLICY: &str = "ip";
 pub const STRICT_RATE_LIMIT_POLICY: &str = "strict";
 
 /// The gateway's `app` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Largest request body forwarded; past it a 413 problem. Default `64KiB` (the API's bodies
-    /// are small JSON documents).
-    #[serde(with = "keel::config::bytes")]
-    pub max_body: usize,
     /// How long a forwarded call may take (`app.upstream_timeouts.*`).
     pub upstream_timeouts: UpstreamTimeouts,
 }
 
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self { max_body: 64 * 1024, upstream_timeouts: UpstreamTimeouts::default() }
-    }
-}
 
 /// `app.upstream_timeouts`: each attempt of a forwarded call is cut at `read` (GET, HEAD) or
 /// `write` (every other method), or the upstream's `request_timeout` if shorter; all attempts of
@@ -125,9 +116,6 @@ impl UpstreamTimeouts {
 
 impl Section for GatewayConfig {
     fn validate(&self, v: &mut Validation<'_>) {
-        if !(1024..=16 << 20).contains(&self.max_body) {
-            v.invalid("max_body", "must be between 1KiB and 16MiB");
-        }
         let t = &self.upstream_timeouts;
         if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&t.total) {
             v.invalid("upstream_timeouts.total", "must be more than 0s and at most 60s");
@@ -212,7 +200,7 @@ fn limiter(
 }
 
 /// The router of the route table: one handler per operation, grouped by path.
-fn router(gw: &Arc<Gateway>, max_body: usize, strict: &RateLimitLayer) -> Router {
+fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter> = BTreeMap::new();
     for route in ROUTES {
         let gw = gw.clone();
@@ -234,9 +222,7 @@ fn router(gw: &Arc<Gateway>, max_body: usize, strict: &RateLimitLayer) -> Router
         };
         by_path.insert(route.path, method_router);
     }
-    by_path.into_iter().fold(Router::new(), |router, (path, methods)| {
-        router.route(path, methods.route_layer(DefaultBodyLimit::max(max_body)))
-    })
+    by_path.into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods))
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
@@ -260,7 +246,7 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 trusted_proxies: s.keel().http.trusted_proxies.clone(),
                 timeouts: s.config().upstream_timeouts.clone(),
             });
-            Ok(router(&gw, s.config().max_body, &limits.strict)
+            Ok(router(&gw, &limits.strict)
                 .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
                 .fallback(|| async { keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json") })
                 // Outermost first: the verifier for the extractors, then identify the caller,

@@ -149,13 +149,20 @@ async fn bad_or_missing_tokens_are_refused_at_the_edge() {
             let body = problem(resp, 401).await;
             assert_eq!(body["type"], "urn:keel:problem:unauthorized", "{what}");
         }
-        for bad in [
-            "Bearer garbage",
-            "Basic dXNlcjpwYXNz",
-            &format!("Bearer {expired}"),
-            &format!("Bearer {foreign}"),
-            &format!("Bearer {forged}"),
-        ] {
+        // Another scheme (`curl -u a:b`): no token was sent, so none was refused.
+        let resp = gw
+            .http
+            .request(route.verb.method(), gw.url(&path))
+            .header("authorization", "Basic dXNlcjpwYXNz")
+            .send()
+            .await
+            .unwrap();
+        let body = problem(resp, 401).await;
+        assert_eq!(body["type"], "urn:keel:problem:unauthorized", "{what}");
+        assert!(body["detail"].as_str().unwrap().starts_with("expected a Bearer token"), "{what}: {body}");
+        for bad in
+            ["Bearer garbage", &format!("Bearer {expired}"), &format!("Bearer {foreign}"), &format!("Bearer {forged}")]
+        {
             let resp =
                 gw.http.request(route.verb.method(), gw.url(&path)).header("authorization", bad).send().await.unwrap();
             let body = problem(resp, 401).await;
@@ -235,7 +242,8 @@ async fn unknown_paths_and_methods_are_problems() {
 #[tokio::test]
 async fn bodies_past_the_limit_are_refused_with_413() {
     let stubs = echoes().await;
-    let gw = Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[("CITYEVENTS_GATEWAY__APP__MAX_BODY", "1KiB")]).await;
+    let gw =
+        Gateway::start(&stubs.iter().collect::<Vec<_>>(), &[("CITYEVENTS_GATEWAY__HTTP__BODY_LIMIT", "1KiB")]).await;
     let big = json!({"title": "x".repeat(4096)}).to_string();
     let resp = gw
         .http
@@ -246,7 +254,9 @@ async fn bodies_past_the_limit_are_refused_with_413() {
         .send()
         .await
         .unwrap();
-    problem(resp, 413).await;
+    let p = problem(resp, 413).await;
+    assert_eq!(p["code"], "body_too_large", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("at most 1 KiB (1024 bytes)"), "the limit is said: {p}");
     assert_eq!(counts(&stubs), vec![0, 0, 0, 0]);
     let ok = gw
         .http

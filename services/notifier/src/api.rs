@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,7 +25,6 @@ use time::format_description::well_known::Rfc3339;
 pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
     let preferences = Router::new()
         .route("/api/v1/me/mail-preferences", get(get_preferences).put(put_preferences))
-        .route_layer(DefaultBodyLimit::max(PREFERENCES_BODY_LIMIT))
         .with_state(contacts);
     Router::new()
         .route("/api/v1/me/notifications", get(list))
@@ -36,9 +35,6 @@ pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
         .merge(preferences)
         .route_layer(cityevents_common::private::no_store())
 }
-
-/// Largest preferences body (three booleans fit in 100 bytes).
-const PREFERENCES_BODY_LIMIT: usize = 4 * 1024;
 
 /// `{"event_canceled": true, "waitlist_promoted": true, "removed": false}`.
 type Preferences = BTreeMap<&'static str, bool>;
