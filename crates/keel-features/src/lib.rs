@@ -128,7 +128,6 @@ impl FlagsOptions {
 #[derive(Debug, Clone)]
 struct FlagMetrics {
     evaluations: IntCounterVec,
-    unknown: IntCounter,
     reload_ok: IntCounter,
     reload_error: IntCounter,
 }
@@ -149,7 +148,6 @@ impl FlagMetrics {
         m.register(evaluations.clone())?;
         m.register(reloads.clone())?;
         Ok(Self {
-            unknown: evaluations.with_label_values(&["_unknown", "off"]),
             reload_ok: reloads.with_label_values(&["ok"]),
             reload_error: reloads.with_label_values(&["error"]),
             evaluations,
@@ -410,7 +408,8 @@ impl Flags {
 fn evaluate(inner: &Inner, snapshot: &Snapshot, key: &str, ctx: &EvalContext) -> bool {
     let Some(flag) = snapshot.flags.get(key) else {
         if let Some(m) = &inner.metrics {
-            m.unknown.inc();
+            // Made on first use: no placeholder series in a service that never asks for one.
+            m.evaluations.with_label_values(&["_unknown", "off"]).inc();
         }
         return false;
     };

@@ -256,3 +256,14 @@ async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+#[test]
+fn no_placeholder_series_until_an_unknown_flag_is_asked_for() {
+    let metrics = Metrics::new();
+    let f = Flags::from_yaml("a: {enabled: true}\n", FlagsOptions::default().metrics(&metrics)).unwrap();
+    assert!(f.is_enabled("a", &ctx()));
+    let text = metrics.render();
+    assert!(!text.lines().any(|l| l.starts_with(r#"feature_flag_evaluations_total{flag="_unknown""#)), "{text}");
+    assert!(!f.is_enabled("typo", &ctx()));
+    assert!(metrics.render().contains(r#"feature_flag_evaluations_total{flag="_unknown",result="off"} 1"#));
+}

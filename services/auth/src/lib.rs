@@ -81,6 +81,8 @@ pub use error::FieldError;
 
 /// How often expired refresh tokens and stale failure counters are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often `auth_active_sessions` is counted.
+const SESSION_COUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// How often accounts without a look-alike index, or whose contact the notifier never heard,
 /// are looked for (cheap once there are none).
@@ -144,6 +146,14 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace, sessions);
     let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());
     s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone(), m.clone())))?;
+    let (r, gauge) = (refresh.clone(), auth_metrics.clone());
+    s.worker(Worker::periodic("session-count", SESSION_COUNT_EVERY, move |_ctx| {
+        let (r, gauge) = (r.clone(), gauge.clone());
+        async move {
+            gauge.set_sessions(r.active().await?);
+            Ok::<_, keel::data::DataError>(())
+        }
+    }))?;
     let a = accounts.clone();
     s.worker(Worker::periodic("email-skeletons", BACKFILL_EVERY, move |_ctx| backfill_skeletons(a.clone())))?;
     let (a, m) = (accounts.clone(), mail.clone());

@@ -1,6 +1,6 @@
 //! The service's own metrics.
 
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, Opts};
 
 use crate::lockout::Scope;
 
@@ -50,13 +50,14 @@ impl RefreshOutcome {
     }
 }
 
-/// `auth_login_attempts_total{outcome}`, `auth_refresh_total{outcome}` and
-/// `auth_login_throttled_total{scope}`.
+/// `auth_login_attempts_total{outcome}`, `auth_refresh_total{outcome}`,
+/// `auth_login_throttled_total{scope}` and `auth_active_sessions`.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthMetrics {
     attempts: IntCounterVec,
     refreshes: IntCounterVec,
     throttled: IntCounterVec,
+    sessions: IntGauge,
 }
 
 impl AuthMetrics {
@@ -86,7 +87,12 @@ impl AuthMetrics {
             throttled.with_label_values(&[scope.label()]);
         }
         metrics.register(throttled.clone())?;
-        Ok(Self { attempts, refreshes, throttled })
+        let sessions = IntGauge::new(
+            "auth_active_sessions",
+            "Sessions that can still be refreshed (signed in, not signed out, revoked or expired); counted every 30 s.",
+        )?;
+        metrics.register(sessions.clone())?;
+        Ok(Self { attempts, refreshes, throttled, sessions })
     }
 
     pub(crate) fn count(&self, outcome: LoginOutcome) {
@@ -95,6 +101,10 @@ impl AuthMetrics {
 
     pub(crate) fn throttled(&self, scope: Scope) {
         self.throttled.with_label_values(&[scope.label()]).inc();
+    }
+
+    pub(crate) fn set_sessions(&self, n: i64) {
+        self.sessions.set(n);
     }
 
     pub(crate) fn refreshed(&self, outcome: RefreshOutcome) {

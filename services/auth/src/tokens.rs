@@ -416,6 +416,20 @@ impl RefreshTokens {
     /// Deletes expired tokens (an expired token is refused the same whether or not its row
     /// exists) and wipes the successors of rows spent longer ago than the grace window; returns
     /// how many rows were deleted.
+    /// Sessions that can still be refreshed: the unspent, unrevoked, unexpired head of each
+    /// token family.
+    pub(crate) async fn active(&self) -> Result<i64, DataError> {
+        let db = &self.db;
+        let mut conn = db.acquire().await?;
+        sqlx::query_scalar(db.statement(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
+        ))
+        .bind(to_micros(now()))
+        .fetch_one(&mut *conn)
+        .await
+        .obs(db)
+    }
+
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
         let db = &self.db;
         let now = to_micros(now());

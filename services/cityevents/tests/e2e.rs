@@ -694,6 +694,9 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
         .await
         .unwrap();
     assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let p: serde_json::Value = huge.json().await.unwrap();
+    assert_eq!(p["code"], "body_too_large", "the gateway's 413 is the services' one: {p}");
+    assert!(p["detail"].as_str().unwrap().contains("at most 64 KiB"), "{p}");
     api.join(&u2, &big, &long(200)).await.problem(400);
     api.get("/api/v1/events/not-a-uuid", None).await.problem(400);
     api.get("/api/v1/nothing-here", None).await.problem(404);
@@ -968,6 +971,7 @@ async fn all_in_one_zero_setup() {
     admins_change_roles(&platform, Mailbox::Dir(platform.dir().join("data/mail")), &email).await;
     let mail = Mailbox::Dir(platform.dir().join("data/mail"));
     moderation(&mut platform, mail, &email).await;
+    business_metrics(&platform).await;
 
     // The data directory and everything in it are the owner's only: accounts, tokens, secrets.
     {
@@ -988,6 +992,70 @@ async fn all_in_one_zero_setup() {
 
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+}
+
+/// Each service's management address, from its `listening` line.
+fn management_addrs(platform: &Platform) -> Vec<(String, String)> {
+    platform
+        .seen
+        .iter()
+        .filter(|l| l.contains("listening") && l.contains("management="))
+        .filter_map(|l| {
+            let service = l.split("service=").nth(1)?.split_whitespace().next()?.to_owned();
+            let addr = l.split("management=").nth(1)?.split_whitespace().next()?.to_owned();
+            Some((service, addr))
+        })
+        .collect()
+}
+
+/// The sum of the samples of `family` whose labels contain every one of `labels`.
+fn sample_sum(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, rest) = line.split_once(['{', ' ']).unwrap_or((line, ""));
+        if name != family || !labels.iter().all(|l| rest.contains(l)) {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        found = Some(found.unwrap_or(0.0) + value);
+    }
+    found
+}
+
+/// After the scenario and the moderation flow, each service's business metrics counted what
+/// happened, and no service exports a placeholder series.
+async fn business_metrics(platform: &Platform) {
+    let addrs = management_addrs(platform);
+    assert_eq!(addrs.len(), 5, "{addrs:?}");
+    let mut text = std::collections::HashMap::new();
+    for (service, addr) in &addrs {
+        let body = client().get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(!body.contains(r#"flag="_unknown""#), "{service}: a placeholder flag series");
+        text.insert(service.trim_start_matches("cityevents-").to_owned(), body);
+    }
+    let at_least_one = |service: &str, family: &str, labels: &[&str]| {
+        let n = sample_sum(&text[service], family, labels);
+        assert!(n.is_some_and(|n| n >= 1.0), "{service}: {family}{labels:?} = {n:?}");
+    };
+    let present = |service: &str, family: &str, labels: &[&str]| {
+        assert!(sample_sum(&text[service], family, labels).is_some(), "{service}: no {family}{labels:?}");
+    };
+    for change in ["created", "published", "canceled"] {
+        at_least_one("events", "events_changes_total", &[&format!(r#"change="{change}""#)]);
+    }
+    present("events", "events_changes_total", &[r#"change="unpublished""#, r#"by="moderator""#]);
+    at_least_one("joins", "joins_attempts_total", &[r#"outcome="confirmed""#]);
+    at_least_one("joins", "joins_attempts_total", &[r#"outcome="waitlisted""#]);
+    present("joins", "joins_attempts_total", &[r#"outcome="refused""#, r#"reason="event_closed""#]);
+    for change in ["promoted", "left", "canceled"] {
+        at_least_one("joins", "joins_changes_total", &[&format!(r#"change="{change}""#)]);
+    }
+    present("joins", "joins_changes_total", &[r#"change="kicked""#]);
+    at_least_one("notifier", "notifier_notifications_total", &[r#"channel="in_app""#]);
+    at_least_one("notifier", "notifier_notifications_total", &[r#"channel="email""#]);
+    at_least_one("notifier", "notifier_notifications_total", &[r#"kind="join.confirmed""#, r#"channel="in_app""#]);
+    at_least_one("auth", "auth_login_attempts_total", &[r#"outcome="success""#]);
+    present("auth", "auth_active_sessions", &[]);
 }
 
 /// The script's settings for the servers the tests use (`KEEL_TEST_*_URL`, else the local

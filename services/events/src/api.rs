@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
@@ -27,11 +27,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::list::{self, MINE, MineQuery, PublicQuery};
+use crate::metrics::Change;
 use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict, parse_reason};
 use crate::store;
 
-/// Largest request body: a full event (4000-character description) or 100 ids fit many times.
-pub const MAX_BODY: usize = 64 * 1024;
 /// Most ids `POST /api/v1/events/batch` takes.
 pub const MAX_BATCH: usize = 100;
 
@@ -47,6 +46,8 @@ pub struct AppState {
     /// The joins service (`upstreams.joins`): asked whether anyone joined before an organizer
     /// unpublishes.
     pub joins: Client,
+    /// `events_changes_total`.
+    pub metrics: crate::metrics::EventMetrics,
 }
 
 /// The routes (add the JWT extension layer outside).
@@ -63,7 +64,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}/cancel", post(cancel))
         .route("/api/v1/events/{id}/unpublish", post(unpublish))
         .route("/api/v1/meta/cities", get(cities))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
@@ -208,6 +208,7 @@ async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json
     let mut tx = st.db.begin().await?;
     store::insert(&st.db, &mut tx, &event).await?;
     tx.commit().await.map_err(|e| st.db.observe(e))?;
+    st.metrics.count(Change::Created, false);
     let location = format!("/api/v1/events/{}", event.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], JsonResponse(event.view())).into_response())
 }
@@ -308,6 +309,16 @@ async fn change_recorded(
     tx.commit().await.map_err(|e| st.db.observe(e))?;
     if !matches!(emit, Emit::Nothing) || record.is_some() {
         st.outbox.wake();
+    }
+    let change = match emit {
+        Emit::Nothing => None,
+        Emit::Published => Some(Change::Published),
+        Emit::Updated => Some(Change::Updated),
+        Emit::Canceled => Some(Change::Canceled),
+        Emit::Unpublished => Some(Change::Unpublished),
+    };
+    if let Some(change) = change {
+        st.metrics.count(change, record.is_some());
     }
     Ok(new)
 }

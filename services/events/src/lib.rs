@@ -39,6 +39,7 @@
 
 pub mod api;
 pub mod list;
+pub mod metrics;
 pub mod model;
 pub mod store;
 
@@ -89,6 +90,8 @@ pub fn service() -> keel::Service<EventsConfig> {
             let bus = s.bus()?;
             let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
             s.consume(keel::events::Consumer::new(bus, accounts, "events", handler).inbox(db.clone()))?;
-            Ok(api::router(api::AppState { db, outbox, require_verified_email, joins }).layer(jwt.extension()))
+            let metrics = metrics::EventMetrics::register(s.metrics())?;
+            let state = api::AppState { db, outbox, require_verified_email, joins, metrics };
+            Ok(api::router(state).layer(jwt.extension()))
         })
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query};
+use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,10 +43,9 @@ use uuid::Uuid;
 
 use crate::error::{Fail, conflict, forbidden, not_found};
 use crate::extract::{Caller, RawPage, idempotency_key, path_uuid};
+use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
 
-/// Largest JSON body accepted, in bytes (a ban is well under 1 KiB).
-const MAX_BODY: usize = 16 * 1024;
 /// Times a transaction is run when it keeps hitting transient conflicts.
 const MAX_TX_ATTEMPTS: u32 = 6;
 
@@ -68,17 +67,19 @@ struct Inner {
     idempotency_ttl: Duration,
     change_batch: i64,
     joins_topic: String,
+    metrics: JoinMetrics,
 }
 
 impl Shared {
     /// Handler state over the service's database and outbox.
-    pub(crate) fn new(db: Db, outbox: Outbox, cfg: &crate::JoinsConfig) -> Self {
+    pub(crate) fn new(db: Db, outbox: Outbox, cfg: &crate::JoinsConfig, metrics: JoinMetrics) -> Self {
         Self(Arc::new(Inner {
             db,
             outbox,
             idempotency_ttl: cfg.idempotency_ttl,
             change_batch: i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
             joins_topic: cfg.joins_topic.clone(),
+            metrics,
         }))
     }
 }
@@ -100,7 +101,6 @@ pub(crate) fn router(state: Shared) -> Router {
         .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events/{id}/counts", get(counts))
         .route("/api/v1/events/counts", get(counts_of))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
@@ -342,8 +342,8 @@ fn page_request(q: Result<Query<RawPage>, QueryRejection>) -> Result<cityevents_
 // Join (idempotent)
 
 enum Joined {
-    /// Made now; this is the answer (also stored under the key).
-    Created(StoredResponse),
+    /// Made now; this is the answer (also stored under the key), and what it did.
+    Created(StoredResponse, Tally),
     /// The key was already used (by a concurrent request that won the lock).
     Stored(StoredResponse),
 }
@@ -355,6 +355,11 @@ async fn join(
     headers: HeaderMap,
 ) -> Response {
     let r = join_inner(&st, &caller, &id, &headers).await;
+    if let Err(Fail::Problem(p)) = &r
+        && let Some(code) = p.code_str()
+    {
+        st.0.metrics.refused(code);
+    }
     finish(&st, r)
 }
 
@@ -377,7 +382,8 @@ async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap)
     }
     let outcome = transaction!(db, |tx| join_tx(&mut tx, st, caller, event_id, &key, &fingerprint, cutoff))?;
     match outcome {
-        Joined::Created(stored) => {
+        Joined::Created(stored, tally) => {
+            st.0.metrics.count(tally);
             st.0.outbox.wake();
             Ok(stored_response(stored, false))
         }
@@ -397,7 +403,7 @@ async fn join_tx(
     let backend = st.0.db.backend();
     let now_us = to_micros(now());
     let Some(mut ev) = store::lock_event(tx, backend, event_id).await? else {
-        return Err(not_found("no such event (or it is not published)").into());
+        return Err(not_found("no such event (or it is not published)").code("event_not_found").into());
     };
     // A concurrent request with the same key and event waited on the lock above: answer as it did.
     let banned_now = store::is_banned(&mut **tx, backend, event_id, caller.id, now_us).await?;
@@ -451,8 +457,9 @@ async fn join_tx(
     let stored = StoredResponse { fingerprint: fingerprint.to_owned(), status: StatusCode::CREATED.as_u16(), body };
     store::store_idempotency(tx, backend, caller.id, key, &stored, cutoff, now_us).await?;
     let kind = if confirmed { Announce::Confirmed } else { Announce::Waitlisted };
-    store::announce(tx, &st.0.outbox, &st.0.joins_topic, vec![(kind, store::change(&ev, &j, None))]).await?;
-    Ok(Joined::Created(stored))
+    let tally =
+        store::announce(tx, &st.0.outbox, &st.0.joins_topic, vec![(kind, store::change(&ev, &j, None))]).await?;
+    Ok(Joined::Created(stored, tally))
 }
 
 fn banned() -> Problem {
@@ -487,7 +494,8 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
 async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
     let r = async {
         let event_id = path_uuid("id", &id)?;
-        transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
+        let tally = transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
+        st.0.metrics.count(tally);
         st.0.outbox.wake();
         Ok(StatusCode::NO_CONTENT.into_response())
     }
@@ -495,7 +503,7 @@ async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(id): Pat
     finish(&st, r)
 }
 
-async fn leave_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<(), Fail> {
+async fn leave_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<Tally, Fail> {
     let backend = st.0.db.backend();
     let now_us = to_micros(now());
     let Some(mut ev) = store::lock_event(tx, backend, event_id).await? else {
@@ -508,8 +516,7 @@ async fn leave_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> 
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::CANCELED, None, now_us, &mut items).await?;
     store::save_event(tx, backend, &ev, now_us).await?;
-    store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
-    Ok(())
+    Ok(store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?)
 }
 
 /// Ends `j` (left, kicked or banned) and gives a freed seat to the oldest waitlisted user;
@@ -578,7 +585,10 @@ async fn on_user(
         let event_id = path_uuid("id", &id)?;
         let user_id = path_uuid("user_id", &user)?;
         match action {
-            UserAction::Kick => transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?,
+            UserAction::Kick => {
+                let tally = transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
+                st.0.metrics.count(tally);
+            }
             UserAction::Unban => transaction!(&st.0.db, |tx| unban_tx(&mut tx, &st, &caller, event_id, user_id))?,
         }
         st.0.outbox.wake();
@@ -588,7 +598,7 @@ async fn on_user(
     finish(&st, r)
 }
 
-async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(), Fail> {
+async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<Tally, Fail> {
     let backend = st.0.db.backend();
     let now_us = to_micros(now());
     let mut ev = lock_managed(tx, st, caller, event_id).await?;
@@ -598,9 +608,9 @@ async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("kicked"), now_us, &mut items).await?;
     store::save_event(tx, backend, &ev, now_us).await?;
-    store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
+    let tally = store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
     record(tx, st, moderation_record(caller, &ev, user_id, "event.kick", serde_json::json!({}))).await?;
-    Ok(())
+    Ok(tally)
 }
 
 async fn ban(
@@ -614,7 +624,8 @@ async fn ban(
         let user_id = path_uuid("user_id", &body.user_id)?;
         let (reason, expires_at) = ban_terms(&body, to_micros(now()))?;
         let new = store::NewBan { by: caller.id, reason, expires_at };
-        let (ban, made) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
+        let (ban, made, tally) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
+        st.0.metrics.count(tally);
         st.0.outbox.wake();
         let view = BanView { event_id, ban: BanItem::new(ban) };
         // A repeated ban changes nothing and answers the ban there is.
@@ -625,17 +636,17 @@ async fn ban(
     finish(&st, r)
 }
 
-/// Bans a participant or waitlisted user (ending their join); `(the ban, made now)`. A user who
-/// is already banned keeps that ban; the organizer and anyone without a join are refused; a
-/// moderator acting on someone else's event gives a reason, and the ban is recorded for the
-/// audit log.
+/// Bans a participant or waitlisted user (ending their join); `(the ban, made now, what the
+/// joins did)`. A user who is already banned keeps that ban; the organizer and anyone without a
+/// join are refused; a moderator acting on someone else's event gives a reason, and the ban is
+/// recorded for the audit log.
 async fn ban_tx(
     tx: &mut Tx,
     st: &Shared,
     caller: &Caller,
     (event_id, user_id): (Uuid, Uuid),
     new: &store::NewBan,
-) -> Result<(store::BanRow, bool), Fail> {
+) -> Result<(store::BanRow, bool, Tally), Fail> {
     let backend = st.0.db.backend();
     let now_us = to_micros(now());
     let mut ev = lock_managed(tx, st, caller, event_id).await?;
@@ -646,7 +657,7 @@ async fn ban_tx(
         return Err(conflict("cannot_ban_organizer", "the organizer of an event cannot be banned from it").into());
     }
     if let Some(ban) = store::find_ban(&mut **tx, backend, event_id, user_id, now_us).await? {
-        return Ok((ban, false));
+        return Ok((ban, false, Tally::default()));
     }
     let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) else {
         return Err(Problem::not_found()
@@ -658,13 +669,13 @@ async fn ban_tx(
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
     store::save_event(tx, backend, &ev, now_us).await?;
-    store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
+    let tally = store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
     let expires_at = new
         .expires_at
         .map(|at| from_micros(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
     let details = serde_json::json!({ "reason": new.reason, "expires_at": expires_at });
     record(tx, st, moderation_record(caller, &ev, user_id, "event.ban", details)).await?;
-    Ok((ban, true))
+    Ok((ban, true, tally))
 }
 
 /// `GET /api/v1/events/{id}/bans`: the bans in force, oldest first (organizer, moderator or admin).

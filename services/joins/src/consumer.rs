@@ -28,6 +28,7 @@ use keel::events::outbox::Outbox;
 use keel::events::{Envelope, Event, Failure, Handler, Message};
 use sqlx::{Any, Transaction};
 
+use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, EventRow, event_status};
 
 /// The `event.*` handler the service registers (group `joins`, with the inbox).
@@ -37,13 +38,26 @@ pub struct EventsHandler {
     outbox: Outbox,
     joins_topic: String,
     batch: i64,
+    metrics: JoinMetrics,
 }
 
 impl EventsHandler {
     /// A handler for a database of `backend`, announcing `join.*` through `outbox` on
     /// `joins_topic`.
     pub fn new(backend: Backend, outbox: Outbox, joins_topic: impl Into<String>) -> Self {
-        Self { backend, outbox, joins_topic: joins_topic.into(), batch: store::DEFAULT_CHANGE_BATCH }
+        Self {
+            backend,
+            outbox,
+            joins_topic: joins_topic.into(),
+            batch: store::DEFAULT_CHANGE_BATCH,
+            metrics: JoinMetrics::none(),
+        }
+    }
+
+    /// Counts the joins it changes in `metrics` (`joins_changes_total`).
+    pub fn metrics(mut self, metrics: JoinMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Joins changed in the message's own transaction when an event is canceled or its
@@ -59,17 +73,19 @@ impl Handler for EventsHandler {
     async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
         let envelope = msg.envelope().clone();
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the joins consumer must run with an inbox"))?;
-        apply_event(tx, self, &envelope).await
+        let tally = apply_event(tx, self, &envelope).await?;
+        self.metrics.count(tally);
+        Ok(())
     }
 }
 
 /// Applies one `event.*` envelope in `tx` (the inbox transaction), enqueueing the `join.*` it
-/// causes. The caller commits.
+/// causes. The caller commits. Returns what the joins did.
 pub(crate) async fn apply_event(
     tx: &mut Transaction<'static, Any>,
     to: &EventsHandler,
     envelope: &Envelope,
-) -> Result<(), Failure> {
+) -> Result<Tally, Failure> {
     match envelope.ty.as_str() {
         EventPublished::TYPE => {
             let EventPublished(snapshot) = envelope.decode().map_err(Failure::permanent)?;
@@ -89,7 +105,7 @@ pub(crate) async fn apply_event(
         }
         other => {
             tracing::debug!(ty = %other, "not an event the joins service acts on; acknowledged");
-            Ok(())
+            Ok(Tally::default())
         }
     }
 }
@@ -128,7 +144,7 @@ async fn apply_snapshot(
     to: &EventsHandler,
     s: &EventSnapshot,
     published: bool,
-) -> Result<(), Failure> {
+) -> Result<Tally, Failure> {
     let fresh = row_from(s)?;
     let now_us = to_micros(now());
     let Some(mut ev) = store::lock_event(tx, to.backend, s.event_id).await? else {
@@ -140,14 +156,14 @@ async fn apply_snapshot(
         }
         store::insert_event(tx, to.backend, &fresh, now_us).await?;
         tracing::info!(event_id = %s.event_id, capacity = s.capacity, "event opened for joins");
-        return Ok(());
+        return Ok(Tally::default());
     };
     if is_stale(&ev, s.version) {
         tracing::info!(
             event_id = %s.event_id, version = s.version, applied = ev.source_version,
             "an older snapshot of the event arrived after a newer one; ignored"
         );
-        return Ok(());
+        return Ok(Tally::default());
     }
     if ev.status == event_status::DRAFT && fresh.status == event_status::PUBLISHED && ev.unsettled() {
         // Reopened before the settle worker canceled every join of the unpublish: wait for it,
@@ -168,18 +184,19 @@ async fn apply_snapshot(
         ev.note = None;
     }
     // A larger (or unlimited) capacity frees seats; a smaller one leaves confirmed joins be.
-    let changed = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+    let (changed, tally) =
+        store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     if changed > 0 || ev.unsettled() {
         tracing::info!(event_id = %ev.event_id, changed, pending = ev.unsettled(), "event change moved joins");
     }
-    Ok(())
+    Ok(tally)
 }
 
 async fn apply_unpublish(
     tx: &mut Transaction<'static, Any>,
     to: &EventsHandler,
     u: &EventUnpublished,
-) -> Result<(), Failure> {
+) -> Result<Tally, Failure> {
     let now_us = to_micros(now());
     let mut fresh = row_from(&u.event)?;
     fresh.status = event_status::DRAFT.to_owned();
@@ -188,10 +205,10 @@ async fn apply_unpublish(
         // Never opened here (its event.published may come later, and older): a closed row
         // whose version makes that late publish stale.
         store::insert_event(tx, to.backend, &fresh, now_us).await?;
-        return Ok(());
+        return Ok(Tally::default());
     };
     if is_stale(&ev, u.event.version) || ev.status == event_status::CANCELED {
-        return Ok(());
+        return Ok(Tally::default());
     }
     ev.status = fresh.status;
     ev.note = fresh.note;
@@ -200,16 +217,17 @@ async fn apply_unpublish(
     ev.ends_at = fresh.ends_at;
     ev.capacity = fresh.capacity;
     ev.source_version = ev.source_version.max(fresh.source_version);
-    let canceled = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+    let (canceled, tally) =
+        store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     tracing::info!(event_id = %ev.event_id, canceled, pending = ev.unsettled(), "event unpublished; its joins are canceled");
-    Ok(())
+    Ok(tally)
 }
 
 async fn apply_cancel(
     tx: &mut Transaction<'static, Any>,
     to: &EventsHandler,
     c: &EventCanceled,
-) -> Result<(), Failure> {
+) -> Result<Tally, Failure> {
     let now_us = to_micros(now());
     let Some(mut ev) = store::lock_event(tx, to.backend, c.event_id).await? else {
         return Err(Failure::retry(format!(
@@ -218,14 +236,15 @@ async fn apply_cancel(
         )));
     };
     if ev.status == event_status::CANCELED {
-        return Ok(());
+        return Ok(Tally::default());
     }
     ev.status = event_status::CANCELED.to_owned();
     ev.title = c.title.clone();
     ev.note.clone_from(&c.reason);
     // Canceled is final: a newer version only records that older snapshots are now stale.
     ev.source_version = ev.source_version.max(version_of(c.version));
-    let canceled = store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+    let (canceled, tally) =
+        store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     tracing::info!(event_id = %ev.event_id, canceled, pending = ev.unsettled(), "event canceled; its joins are canceled");
-    Ok(())
+    Ok(tally)
 }

@@ -19,6 +19,7 @@ mod api;
 mod consumer;
 mod error;
 mod extract;
+pub mod metrics;
 mod store;
 
 use std::time::Duration;
@@ -110,8 +111,10 @@ pub fn service() -> keel::Service<JoinsConfig> {
             let db = s.database()?;
             let bus = s.bus()?;
             let outbox = s.outbox(&db)?;
+            let metrics = metrics::JoinMetrics::register(s.metrics())?;
             let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone())
-                .change_batch(cfg.change_batch);
+                .change_batch(cfg.change_batch)
+                .metrics(metrics.clone());
             // Keel's retry defaults (16 deliveries, 1 s doubling to 5 min: over half an hour)
             // outlast an event that arrives before its `event.published`; a database outage
             // pauses the consumer and spends no attempt.
@@ -129,13 +132,13 @@ pub fn service() -> keel::Service<JoinsConfig> {
             s.worker(store::idempotency_pruner(db.clone(), cfg.idempotency_ttl))?;
             s.worker(store::settle_pending(
                 db.clone(),
-                outbox.clone(),
-                cfg.joins_topic.clone(),
+                (outbox.clone(), cfg.joins_topic.clone()),
                 i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
                 cfg.settle_interval,
+                metrics.clone(),
             ))?;
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::JOINS.0, s.jwt()?)?;
-            let state = api::Shared::new(db, outbox, &cfg);
+            let state = api::Shared::new(db, outbox, &cfg, metrics);
             Ok(api::router(state).layer(jwt.extension()))
         })
 }

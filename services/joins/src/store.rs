@@ -22,6 +22,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use uuid::Uuid;
 
+use crate::metrics::{JoinMetrics, Tally};
+
 /// A transaction on the service database.
 pub(crate) type Tx = Transaction<'static, Any>;
 
@@ -436,7 +438,7 @@ pub(crate) async fn cancel_some(
 /// them when the event is canceled or back to draft, promotes waitlisted ones into free seats (reason
 /// `capacity_increased`) when it is published — then writes the row back (`pending` if more is
 /// left) and enqueues the announcements through `outbox` on `topic`. Returns how many joins
-/// changed.
+/// changed, and how.
 pub(crate) async fn settle(
     tx: &mut Tx,
     backend: Backend,
@@ -444,7 +446,7 @@ pub(crate) async fn settle(
     ev: &mut EventRow,
     now_us: i64,
     limit: i64,
-) -> Result<usize, OutboxError> {
+) -> Result<(usize, Tally), OutboxError> {
     let items: Vec<_> = if let Some(reason) = ev.closing_reason() {
         let canceled = cancel_some(tx, backend, ev, (now_us, reason), limit).await?;
         canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some(reason)))).collect()
@@ -454,8 +456,8 @@ pub(crate) async fn settle(
     };
     save_event(tx, backend, ev, now_us).await?;
     let n = items.len();
-    announce(tx, outbox, topic, items).await?;
-    Ok(n)
+    let tally = announce(tx, outbox, topic, items).await?;
+    Ok((n, tally))
 }
 
 /// A worker finishing the events left `pending` by a bulk change, `batch` joins per
@@ -463,13 +465,13 @@ pub(crate) async fn settle(
 /// Runs every `interval` and then until nothing is pending.
 pub(crate) fn settle_pending(
     db: Db,
-    outbox: Outbox,
-    topic: String,
+    (outbox, topic): (Outbox, String),
     batch: i64,
     interval: Duration,
+    metrics: JoinMetrics,
 ) -> keel::workers::Worker {
     keel::workers::Worker::periodic("joins-settle", interval, move |ctx| {
-        let (db, outbox, topic) = (db.clone(), outbox.clone(), topic.clone());
+        let (db, outbox, topic, metrics) = (db.clone(), outbox.clone(), topic.clone(), metrics.clone());
         async move {
             if !db.is_available() {
                 return Ok::<_, OutboxError>(());
@@ -485,7 +487,7 @@ pub(crate) fn settle_pending(
                         return Ok(());
                     }
                     let id = Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                    settle_one(&db, &outbox, &topic, id, batch).await?;
+                    metrics.count(settle_one(&db, &outbox, &topic, id, batch).await?);
                     ctx.heartbeat();
                 }
             }
@@ -493,17 +495,18 @@ pub(crate) fn settle_pending(
     })
 }
 
-async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch: i64) -> Result<(), OutboxError> {
+/// Settles one batch of `event_id` in its own transaction; what changed once committed.
+async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch: i64) -> Result<Tally, OutboxError> {
     let backend = db.backend();
     let mut tx = db.pool().begin().await?;
     let Some(mut ev) = lock_event(&mut tx, backend, event_id).await? else {
-        return Ok(());
+        return Ok(Tally::default());
     };
-    let n = settle(&mut tx, backend, (outbox, topic), &mut ev, to_micros(now()), batch).await?;
+    let (n, tally) = settle(&mut tx, backend, (outbox, topic), &mut ev, to_micros(now()), batch).await?;
     tx.commit().await?;
     outbox.wake();
     tracing::debug!(%event_id, changed = n, left = ev.unsettled(), "settled pending joins");
-    Ok(())
+    Ok(tally)
 }
 
 /// The 1-based waitlist position of the join with ticket `queue_seq`.
@@ -811,9 +814,13 @@ pub(crate) async fn announce(
     outbox: &Outbox,
     topic: &str,
     items: Vec<(Announce, JoinChange)>,
-) -> Result<(), OutboxError> {
+) -> Result<Tally, OutboxError> {
+    let mut tally = Tally::default();
     if items.is_empty() {
-        return Ok(());
+        return Ok(tally);
+    }
+    for (kind, c) in &items {
+        tally.add(*kind, c.reason.as_deref());
     }
     let envelopes = items
         .into_iter()
@@ -829,7 +836,8 @@ pub(crate) async fn announce(
             Ok(env.with_subject(subject))
         })
         .collect::<Result<Vec<_>, OutboxError>>()?;
-    outbox.enqueue_all(tx, topic, &envelopes).await
+    outbox.enqueue_all(tx, topic, &envelopes).await?;
+    Ok(tally)
 }
 
 /// One line of a user's joins list.

@@ -16,6 +16,7 @@
 //! Everything the consumers write is written in their inbox transaction; each worker batch in a
 //! transaction of its own that also records how far it got.
 
+use crate::metrics::NotificationMetrics;
 use std::time::Duration;
 
 use cityevents_common::catalogue::{EventSnapshot, JoinChange, JoinConfirmed, JoinWaitlisted};
@@ -192,15 +193,15 @@ pub(crate) async fn queue_notice(
 /// The `event-notices` worker: writes queued notices to their events' active participants,
 /// [`NOTICE_BATCH`] users (in id order) per transaction, recording the last one written; a batch
 /// that another instance wrote first is skipped.
-pub(crate) fn notice_worker(db: Db) -> Worker {
+pub(crate) fn notice_worker(db: Db, metrics: NotificationMetrics) -> Worker {
     Worker::periodic("event-notices", NOTICES_EVERY, move |ctx| {
-        let db = db.clone();
+        let (db, metrics) = (db.clone(), metrics.clone());
         async move {
             if !db.is_available() {
                 return Ok::<(), sqlx::Error>(());
             }
             loop {
-                match write_notices(&db).await {
+                match write_notices(&db, &metrics).await {
                     Ok(0) => return Ok(()),
                     Ok(_) if ctx.is_cancelled() => return Ok(()),
                     Ok(_) => ctx.heartbeat(),
@@ -215,7 +216,7 @@ pub(crate) fn notice_worker(db: Db) -> Worker {
 }
 
 /// Writes one batch of each of up to 16 queued notices; returns how many batches it wrote.
-async fn write_notices(db: &Db) -> Result<usize, sqlx::Error> {
+async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, sqlx::Error> {
     let backend = db.backend();
     let pending = sqlx::query(statement(
         backend,
@@ -272,6 +273,7 @@ async fn write_notices(db: &Db) -> Result<usize, sqlx::Error> {
             insert_notifications(&mut tx, backend, &users, (&event, &kind, &message)).await?;
         }
         tx.commit().await?;
+        metrics.in_app(&kind, users.len() as u64);
         written += 1;
     }
     Ok(written)
@@ -382,15 +384,15 @@ pub(crate) fn digest_text(event_title: &str, joined: i64, left: i64) -> String {
 /// `interval` old becomes one notification for its event's organizer. A digest whose organizer
 /// is not known yet waits (a day at most, then it is dropped); one that grew while it was read
 /// is sent next round.
-pub(crate) fn digest_worker(db: Db, interval: Duration) -> Worker {
+pub(crate) fn digest_worker(db: Db, interval: Duration, metrics: NotificationMetrics) -> Worker {
     let every = (interval / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
     Worker::periodic("organizer-digests", every, move |_ctx| {
-        let db = db.clone();
+        let (db, metrics) = (db.clone(), metrics.clone());
         async move {
             if !db.is_available() {
                 return Ok::<(), sqlx::Error>(());
             }
-            if let Err(e) = send_digests(&db, interval).await {
+            if let Err(e) = send_digests(&db, interval, &metrics).await {
                 tracing::warn!(error = %keel::health::sanitize(&e.to_string()), "sending organizer digests failed");
             }
             Ok(())
@@ -398,7 +400,7 @@ pub(crate) fn digest_worker(db: Db, interval: Duration) -> Worker {
     })
 }
 
-async fn send_digests(db: &Db, interval: Duration) -> Result<usize, sqlx::Error> {
+async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics) -> Result<usize, sqlx::Error> {
     let backend = db.backend();
     let due = to_micros(now()) - i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
     let orphaned = to_micros(now()) - i64::try_from(ORPHAN_DIGEST.as_micros()).unwrap_or(i64::MAX);
@@ -463,6 +465,7 @@ async fn send_digests(db: &Db, interval: Duration) -> Result<usize, sqlx::Error>
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        metrics.in_app(ACTIVITY, 1);
         sent += 1;
     }
     if sent > 0 {

@@ -3,6 +3,7 @@
 //! writing again; what can never be handled (bad payload, unknown type, unsupported version) is a
 //! permanent failure and goes to the dead-letter queue.
 
+use crate::metrics::NotificationMetrics;
 use cityevents_common::catalogue::{
     EventCanceled, EventPublished, EventUnpublished, EventUpdated, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked,
     JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail, MailRequested,
@@ -87,12 +88,20 @@ async fn notify(
 pub struct JoinsHandler {
     db: Db,
     mail: Option<Outbox>,
+    metrics: NotificationMetrics,
 }
 
 impl JoinsHandler {
     /// A handler writing to `db`.
     pub fn new(db: Db) -> Self {
-        Self { db, mail: None }
+        Self { db, mail: None, metrics: NotificationMetrics::none() }
+    }
+
+    /// Counts what it writes in `metrics`.
+    #[must_use]
+    pub fn metrics(mut self, metrics: NotificationMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Also requests mail, through `outbox` (on the same database) to the mail topic.
@@ -150,6 +159,7 @@ impl Handler for JoinsHandler {
             })?;
         }
         tracing::debug!(kind = %kind, event_id = %c.event_id, "notification written");
+        self.metrics.in_app(&kind, 1);
         Ok(())
     }
 }
@@ -160,12 +170,20 @@ impl Handler for JoinsHandler {
 #[derive(Debug, Clone)]
 pub struct EventsHandler {
     db: Db,
+    metrics: NotificationMetrics,
 }
 
 impl EventsHandler {
     /// A handler writing to `db`.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, metrics: NotificationMetrics::none() }
+    }
+
+    /// Counts what it writes in `metrics`.
+    #[must_use]
+    pub fn metrics(mut self, metrics: NotificationMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -206,7 +224,9 @@ impl Handler for EventsHandler {
         let text = notification_text(kind, &title, None)
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
         let text = with_note(text, reason.as_deref());
-        notify(&self.db, msg, organizer, kind, event, text).await
+        notify(&self.db, msg, organizer, kind, event, text).await?;
+        self.metrics.in_app(kind, 1);
+        Ok(())
     }
 }
 

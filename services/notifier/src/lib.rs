@@ -31,6 +31,7 @@ mod activity;
 mod api;
 mod consumers;
 pub mod mail;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -134,16 +135,27 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
         other => other.to_string().into(),
     })?;
     let contacts = Contacts::new(db.clone(), keyring);
+    let sent = metrics::NotificationMetrics::register(s.metrics())?;
     let options = ConsumerOptions::default().concurrency(cfg.concurrency).max_attempts(cfg.max_attempts);
     s.consume(
-        Consumer::new(bus.clone(), catalogue::JOINS_TOPIC, GROUP, JoinsHandler::new(db.clone()).mail(outbox))
-            .inbox(db.clone())
-            .options(options.clone()),
+        Consumer::new(
+            bus.clone(),
+            catalogue::JOINS_TOPIC,
+            GROUP,
+            JoinsHandler::new(db.clone()).mail(outbox).metrics(sent.clone()),
+        )
+        .inbox(db.clone())
+        .options(options.clone()),
     )?;
     s.consume(
-        Consumer::new(bus.clone(), catalogue::EVENTS_TOPIC, GROUP, EventsHandler::new(db.clone()))
-            .inbox(db.clone())
-            .options(options.clone()),
+        Consumer::new(
+            bus.clone(),
+            catalogue::EVENTS_TOPIC,
+            GROUP,
+            EventsHandler::new(db.clone()).metrics(sent.clone()),
+        )
+        .inbox(db.clone())
+        .options(options.clone()),
     )?;
     s.consume(
         Consumer::new(bus.clone(), catalogue::ACCOUNTS_TOPIC, GROUP, ContactsHandler::new(contacts.clone()))
@@ -151,15 +163,20 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
             .options(options.clone()),
     )?;
     s.consume(
-        Consumer::new(bus, catalogue::MAIL_TOPIC, MAIL_GROUP, MailHandler::new(contacts.clone(), mailer.clone()))
-            .depends_on(db.clone())
-            .depends_on(mailer.health())
-            .options(options),
+        Consumer::new(
+            bus,
+            catalogue::MAIL_TOPIC,
+            MAIL_GROUP,
+            MailHandler::new(contacts.clone(), mailer.clone()).metrics(sent.clone()),
+        )
+        .depends_on(db.clone())
+        .depends_on(mailer.health())
+        .options(options),
     )?;
     let c = contacts.clone();
     s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
-    s.worker(activity::digest_worker(db.clone(), cfg.digest_interval))?;
-    s.worker(activity::notice_worker(db.clone()))?;
+    s.worker(activity::digest_worker(db.clone(), cfg.digest_interval, sent.clone()))?;
+    s.worker(activity::notice_worker(db.clone(), sent))?;
     let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.0, s.jwt()?)?;
     Ok(api::router(db, contacts).layer(jwt.extension()))
 }

@@ -9,6 +9,7 @@
 //!   is not mailed again (a crash between sending and recording can send one twice: mail is at
 //!   least once).
 
+use crate::metrics::NotificationMetrics;
 use cityevents_common::catalogue::{AccountContact, MAIL_PREFERENCES, MailRequested};
 use cityevents_common::time::{now, to_micros};
 use keel::data::{Backend, Db};
@@ -225,12 +226,20 @@ impl Handler for ContactsHandler {
 pub struct MailHandler {
     contacts: Contacts,
     mailer: Mailer,
+    metrics: NotificationMetrics,
 }
 
 impl MailHandler {
     /// A handler reading `contacts` and sending with `mailer`.
     pub fn new(contacts: Contacts, mailer: Mailer) -> Self {
-        Self { contacts, mailer }
+        Self { contacts, mailer, metrics: NotificationMetrics::none() }
+    }
+
+    /// Counts each mail sent in `metrics` (`channel="email"`).
+    #[must_use]
+    pub fn metrics(mut self, metrics: NotificationMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -267,6 +276,7 @@ impl Handler for MailHandler {
         match self.mailer.send(&rendered.message, &rendered.link).await {
             Ok(()) => {
                 self.mailer.count(template, "sent");
+                self.metrics.email(template);
                 tracing::debug!(template, user_id = %req.user_id, "mail sent");
                 self.contacts.record(&id, template, "sent").await
             }

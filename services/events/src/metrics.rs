@@ -1,0 +1,68 @@
+//! The service's business metrics: `events_changes_total{change, by}`.
+
+use prometheus::{IntCounterVec, Opts};
+
+/// What happened to an event: the `change` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A draft was created.
+    Created,
+    /// A draft was published.
+    Published,
+    /// A published event's details changed (announced to participants).
+    Updated,
+    /// The event was canceled.
+    Canceled,
+    /// A published event went back to draft.
+    Unpublished,
+}
+
+impl Change {
+    const ALL: [Self; 5] = [Self::Created, Self::Published, Self::Updated, Self::Canceled, Self::Unpublished];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Published => "published",
+            Self::Updated => "updated",
+            Self::Canceled => "canceled",
+            Self::Unpublished => "unpublished",
+        }
+    }
+}
+
+/// Who made a change: the `by` label (a moderator acting on someone else's event, or the
+/// organizer).
+const BY: [&str; 2] = ["organizer", "moderator"];
+
+/// `events_changes_total{change, by}`; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventMetrics {
+    changes: IntCounterVec,
+}
+
+impl EventMetrics {
+    /// Registers the counter in `metrics` with every label pair at 0, so rates work from the
+    /// first scrape.
+    pub fn register(metrics: &keel::telemetry::Metrics) -> Result<Self, prometheus::Error> {
+        let changes = IntCounterVec::new(
+            Opts::new(
+                "events_changes_total",
+                "Events created, published, updated (published details changed), canceled and unpublished, by who (organizer, moderator).",
+            ),
+            &["change", "by"],
+        )?;
+        for c in Change::ALL {
+            for by in BY {
+                changes.with_label_values(&[c.label(), by]);
+            }
+        }
+        metrics.register(changes.clone())?;
+        Ok(Self { changes })
+    }
+
+    /// Counts `change`, made by a moderator when `moderated`.
+    pub fn count(&self, change: Change, moderated: bool) {
+        self.changes.with_label_values(&[change.label(), BY[usize::from(moderated)]]).inc();
+    }
+}
