@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Renders the admin status page (GET /admin/status) of the fixture service with headless Chromium
-# into a PNG, so the page can be looked at without an authenticating proxy.
+# Renders the operator page (GET /admin/status) of the fixture service with headless Chromium
+# into a PNG.
 #
 #   scripts/admin-screenshot.sh [out.png]      # default: $CARGO_TARGET_DIR/admin-status.png
 #
 # It runs the browser test `crates/keel-fixture/tests/admin_browser.rs`, which starts the fixture
 # with workers, feature flags (one rejected reload), a failing check, a circuit breaker and a
-# rate limit, puts a local proxy that adds the admin bearer token in front of the management
-# listener, checks the rendered DOM, and saves the screenshot. Needs `chromium` (apt).
+# rate limit, signs the browser in through a one-time link, checks the rendered DOM, and saves
+# the screenshot. Needs `chromium` (apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -34,8 +34,9 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{Running, StartError, start};
+use super::lifecycle::{Running, StartError, start_in};
 use super::service::{BuildInfo, Service};
+use super::status::Process;
 use super::{KeelConfig, Loaded, Loader};
 use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error};
 use keel_config::{ConfigError, Profile, Section};
@@ -50,7 +51,7 @@ struct Prepared {
     keel: KeelConfig,
     tracing_layers: Vec<telemetry::BoxLayer>,
     profile: Profile,
-    start: Box<dyn FnOnce() -> StartFuture + Send>,
+    start: Box<dyn FnOnce(Process) -> StartFuture + Send>,
 }
 
 /// Why a group could not start.
@@ -317,14 +318,16 @@ fn prepare<C: Section>(mut service: Service<C>, loaded: Loaded<C>) -> Prepared {
         tracing_layers: std::mem::take(&mut service.tracing_layers),
         keel: loaded.config.keel.clone(),
         profile: loaded.profile,
-        start: Box::new(move || Box::pin(start(service, loaded))),
+        start: Box::new(move |process| Box::pin(async move { start_in(service, loaded, &process).await })),
     }
 }
 
 async fn start_all(prepared: Members) -> Result<Vec<Running>, GroupError> {
     let mut running = Vec::with_capacity(prepared.len());
+    // One operator page for the process: every member's shows them all.
+    let process = Process::default();
     for (service, p) in prepared {
-        match (p.start)().await {
+        match (p.start)(process.clone()).await {
             Ok(r) => running.push(r),
             Err(error) => {
                 stop_all(running, &CancellationToken::new()).await;

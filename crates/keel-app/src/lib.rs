@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_session;
 mod cli;
 mod config;
 mod group;

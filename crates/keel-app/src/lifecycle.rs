@@ -29,9 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use super::admin_session::SignInCodes;
+use super::management::{self, Admin};
 use super::service::{BuildInfo, HookFn, Service, Setup, SetupError, TaskFn};
+use super::status::{self, Process};
 use super::{KeelConfig, Loaded, ShutdownConfig};
-use super::{management, status};
 use keel_config::Profile;
 use keel_config::{ReloadLog, Section};
 use keel_features::{Flags, FlagsOptions};
@@ -153,6 +155,7 @@ pub struct Running {
     servers: Vec<JoinHandle<()>>,
     hooks: Vec<(String, HookFn)>,
     stack: StackHandle,
+    sign_in: Option<SignInCodes>,
 }
 
 impl std::fmt::Debug for Running {
@@ -179,6 +182,18 @@ impl Running {
     /// The management listener's bound address (the public one when they share it).
     pub fn management_addr(&self) -> SocketAddr {
         self.management_addr.unwrap_or(self.http_addr)
+    }
+
+    /// A one-time link that signs a browser in to this service's operator page
+    /// (`http://<management>/admin/login?code=…`, valid once for an hour), or `None` when no
+    /// `management.admin_token` is set. A launcher prints it; each call makes a new one.
+    pub fn sign_in_link(&self) -> Option<String> {
+        let codes = self.sign_in.as_ref()?;
+        let mut addr = self.management_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Some(format!("http://{addr}/admin/login?code={}", codes.issue()))
     }
 
     /// The health registry.
@@ -293,6 +308,8 @@ struct Assembled {
     limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
     router: Router,
     stack: StackHandle,
+    summary: Vec<(String, String)>,
+    config_yaml: String,
 }
 
 /// Runs everything [`start`] runs before it binds a listener — the service's set-up, the HTTP
@@ -304,10 +321,11 @@ pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
     #[cfg(feature = "client")]
     keel_http::client::install_tls_provider();
     let a = assemble(service, loaded, true)?;
-    let management = management_router(&a);
     let http_addr = a.keel.http_addr();
     let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
-    if mgmt_addr == http_addr && http_addr.port() != 0 {
+    let shared = mgmt_addr == http_addr && http_addr.port() != 0;
+    let (management, _) = management_router(&a, &Process::default(), !shared);
+    if shared {
         // The same merge `start` makes: a service route on /metrics or /admin/* is refused here too.
         let _merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| management.merge(a.router.clone())))
             .map_err(|_| StartError::Stack(StackError::RouteConflict))?;
@@ -317,6 +335,8 @@ pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
 
 fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) -> Result<Assembled, StartError> {
     let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let config_yaml = keel_telemetry::mask::scrub(&loaded.to_yaml()).into_owned();
+    let has_database = service.has_database();
     let build = service.build.clone();
     let config = Arc::new(loaded.config);
     let keel = config.keel.clone();
@@ -361,6 +381,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         dependencies: Arc::default(),
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
+    let summary = summary(&setup, has_database);
     let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
     let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
     Ok(Assembled {
@@ -380,10 +401,55 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         limiters,
         router,
         stack,
+        summary,
+        config_yaml,
     })
 }
 
-fn management_router(a: &Assembled) -> Router {
+/// The settings worth a glance on the status page, secrets and passwords in URLs masked.
+fn summary<C: Section>(s: &Setup<C>, has_database: bool) -> Vec<(String, String)> {
+    let k = &s.config.keel;
+    let mut out: Vec<(String, String)> = Vec::new();
+    #[cfg(feature = "sql")]
+    if has_database {
+        // Described, not resolved: resolving the SQLite default makes its directory.
+        let url = match &k.database.url {
+            Some(u) => keel_telemetry::mask::scrub(u.expose()).into_owned(),
+            None if s.profile == Profile::Production => "(not set)".to_owned(),
+            None => format!("sqlite://data/{}.db (the default outside production)", s.name),
+        };
+        out.push(("database".into(), url));
+    }
+    #[cfg(not(feature = "sql"))]
+    let _ = has_database;
+    #[cfg(feature = "events")]
+    if s.bus.is_some() {
+        let backend = serde_json::to_value(k.bus.backend).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let url = k.bus.url.as_ref().map(|u| keel_telemetry::mask::scrub(u.expose()).into_owned());
+        out.push(("bus".into(), [backend, url].into_iter().flatten().collect::<Vec<_>>().join(" ")));
+    }
+    #[cfg(feature = "redis")]
+    if s.redis.is_some() {
+        let url =
+            k.redis.url.as_ref().map_or_else(String::new, |u| keel_telemetry::mask::scrub(u.expose()).into_owned());
+        out.push(("redis".into(), url));
+    }
+    out.push(("log".into(), format!("{} ({:?})", k.log.level, k.log.format).to_lowercase()));
+    out.push((
+        "traces".into(),
+        k.telemetry.otlp.endpoint.clone().unwrap_or_else(|| "off (telemetry.otlp.endpoint unset)".into()),
+    ));
+    if let Some(file) = &k.features.file {
+        out.push(("feature flags".into(), file.display().to_string()));
+    }
+    out.push((
+        "admin token".into(),
+        if k.management.admin_token.is_some() { "set".into() } else { "not set (admin is closed)".into() },
+    ));
+    out
+}
+
+fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (Router, Admin) {
     let sources = status::Sources {
         build: a.build.clone(),
         profile: a.profile,
@@ -395,8 +461,20 @@ fn management_router(a: &Assembled) -> Router {
         workers: a.workers.clone(),
         flags: a.flags.clone(),
         reloads: a.reloads.clone(),
+        metrics: a.metrics.clone(),
+        traffic: status::Traffic::new(a.metrics.clone()),
+        upstreams: a.keel.upstreams.iter().map(|(name, u)| (name.clone(), u.base_url.clone())).collect(),
+        summary: a.summary.clone(),
+        config_yaml: a.config_yaml.clone(),
+        listeners: Arc::default(),
     };
-    management::router(a.metrics.clone(), a.keel.management.admin_token.clone(), sources)
+    let admin = Admin {
+        token: a.keel.management.admin_token.clone(),
+        sources,
+        process: process.clone(),
+        codes: SignInCodes::default(),
+    };
+    (management::router(a.metrics.clone(), admin.clone(), own_listener), admin)
 }
 
 /// Builds and starts a service on a loaded configuration: runs its set-up, binds its
@@ -404,17 +482,26 @@ fn management_router(a: &Assembled) -> Router {
 ///
 /// Must run inside a Tokio runtime. Telemetry is the caller's ([`keel_telemetry::init`]).
 pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<Running, StartError> {
+    start_in(service, loaded, &Process::default()).await
+}
+
+/// [`start`] as a member of `process`: its status page shows the other members, and theirs
+/// show it.
+pub(crate) async fn start_in<C: Section>(
+    service: Service<C>,
+    loaded: Loaded<C>,
+    process: &Process,
+) -> Result<Running, StartError> {
     // One rustls crypto provider for the whole process, before anything builds a TLS client.
     #[cfg(feature = "client")]
     keel_http::client::install_tls_provider();
     let a = assemble(service, loaded, false)?;
-    let management = management_router(&a);
+    let http_addr = a.keel.http_addr();
+    let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    let shared = mgmt_addr == http_addr && http_addr.port() != 0;
+    let (management, admin) = management_router(&a, process, !shared);
     let Assembled { build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, .. } = a;
     let loaded_profile = profile;
-
-    let http_addr = keel.http_addr();
-    let mgmt_addr = keel.management_addr().ok_or(StartError::ManagementAddr)?;
-    let shared = mgmt_addr == http_addr && http_addr.port() != 0;
 
     let http_listener = bind(http_addr).await?;
     let bound_http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: http_addr, source })?;
@@ -450,6 +537,21 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         tasks.spawn(&tracker, name, task(stop_tasks.child_token()).instrument(member.clone()));
     }
     member.in_scope(|| workers.start(&stop_tasks));
+    // The status page's traffic rates compare readings of the metrics.
+    let traffic = admin.sources.traffic.clone();
+    let stop_sampling = stop_tasks.child_token();
+    tasks.spawn(&tracker, "status-traffic".into(), async move {
+        let mut every = tokio::time::interval(status::SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop_sampling.cancelled() => break,
+                _ = every.tick() => traffic.record(),
+            }
+        }
+    });
+    let _ = admin.sources.listeners.set((bound_http, bound_mgmt.unwrap_or(bound_http)));
+    process.join(admin.sources.clone());
     if keel.features.reload && flags.file().is_some() {
         let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
         tasks.spawn(&tracker, "feature-flags-watch".into(), watch);
@@ -479,6 +581,7 @@ pub async fn start<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
         servers,
         hooks,
         stack,
+        sign_in: admin.token.is_some().then(|| admin.codes.clone()),
     })
 }
 

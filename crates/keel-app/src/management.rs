@@ -2,39 +2,75 @@
 //!
 //! | route | answers |
 //! |---|---|
-//! | `GET /admin/status` | the status page: HTML, or JSON with `Accept: application/json` |
+//! | `GET /metrics` | Prometheus text format (no token) |
+//! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
 //! | `GET /admin/flags` | the active feature flags (JSON) |
 //! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
+//! | `GET /admin/login` | the sign-in form; with `?code=…` a one-time link that signs the browser in |
+//! | `POST /admin/login` | the form's token (`application/x-www-form-urlencoded`): signs the browser in |
+//! | `POST /admin/logout` | ends the browser's session |
+//! | `GET /admin/static/admin.css` | the pages' stylesheet |
 //!
-//! Every `/admin/*` route requires `Authorization: Bearer <management.admin_token>` (the scheme
-//! in any case) on every address, loopback included: a local process (a sidecar, a compromised neighbour) is not
-//! trusted by position. The comparison takes the same time wherever the given token differs.
-//! With no token configured every `/admin/*` route answers 401: admin is closed, not open.
+//! `/admin/status`, `/admin/flags` and `/admin/log-level` require
+//! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,
+//! loopback included: a local process (a sidecar, a compromised neighbour) is not trusted by
+//! position. A browser signs in instead ([`crate::admin_session`]): its session cookie is
+//! accepted for `GET` and `HEAD`; a change needs the bearer token. A browser without either is
+//! sent to the sign-in form; a script gets 401. Token comparisons take the same time wherever
+//! the given token differs. With no token configured every `/admin/*` route answers 401, naming
+//! the setting: admin is closed, not open. Any other path answers 404.
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::status::Sources;
+use super::admin_session::{self, SignInCodes};
+use super::status::{self, Process, Sources};
 
 use keel_config::{Profile, Secret};
 use keel_http::problem::Problem;
 use keel_http::{catch_panic, context, problems, request_id};
 use keel_telemetry::{self as telemetry, METRICS_CONTENT_TYPE, Metrics};
 
-pub(crate) fn router(metrics: Metrics, admin_token: Option<Secret>, sources: Sources) -> Router {
-    let admin = Router::new()
+/// What the admin routes share.
+#[derive(Clone)]
+pub(crate) struct Admin {
+    pub(crate) token: Option<Secret>,
+    pub(crate) sources: Sources,
+    pub(crate) process: Process,
+    pub(crate) codes: SignInCodes,
+}
+
+impl Admin {
+    /// The variable that sets this service's admin token.
+    fn token_setting(&self) -> String {
+        format!("{}__MANAGEMENT__ADMIN_TOKEN", keel_config::env_prefix(&self.sources.build.name))
+    }
+}
+
+/// The management routes. On a listener of its own (`own_listener`) any other path is 404;
+/// sharing the public listener, the API's fallback answers instead.
+pub(crate) fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
+    let guarded = Router::new()
         .route("/admin/log-level", get(get_level).put(put_level))
         .route("/admin/status", get(status))
         .route("/admin/flags", get(flags))
-        .with_state(sources)
-        .layer(middleware::from_fn_with_state(admin_token, require_admin));
-    Router::new().route("/metrics", get(render)).with_state(metrics).merge(admin).layer(
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_admin));
+    let open = Router::new()
+        .route("/admin/login", get(login_form).post(login))
+        .route("/admin/logout", post(logout))
+        .route(status::STYLESHEET, get(stylesheet));
+    let mut router =
+        Router::new().route("/metrics", get(render)).with_state(metrics).merge(guarded.merge(open).with_state(admin));
+    if own_listener {
+        router = router.fallback(|| async { Problem::not_found().detail("no such management path") });
+    }
+    router.layer(
         tower::ServiceBuilder::new()
             .layer(request_id::RequestIdLayer)
             .layer(context::RequestContextLayer)
@@ -47,15 +83,22 @@ async fn render(State(m): State<Metrics>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE))], m.render()).into_response()
 }
 
-async fn require_admin(State(token): State<Option<Secret>>, req: Request, next: Next) -> Response {
-    let unauthorized = |detail: &str| {
-        let mut r =
-            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail).into_response();
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
-    };
-    let Some(token) = token else {
-        return unauthorized("admin endpoints are disabled: set management.admin_token");
+fn unauthorized(detail: &str) -> Response {
+    let mut r = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail).into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
+async fn require_admin(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+    let Some(token) = &admin.token else {
+        return unauthorized(&format!(
+            "admin endpoints are disabled: set management.admin_token ({})",
+            admin.token_setting()
+        ));
     };
     let given = req
         .headers()
@@ -63,11 +106,17 @@ async fn require_admin(State(token): State<Option<Secret>>, req: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(keel_http::bearer_token)
         .unwrap_or("");
-    if token_matches(given.as_bytes(), token.expose().as_bytes()) {
-        next.run(req).await
-    } else {
-        unauthorized("a valid admin bearer token is required")
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    let allowed = token_matches(given.as_bytes(), token.expose().as_bytes())
+        || (reading && admin_session::from_headers(req.headers()).is_some_and(|c| admin_session::verify(token, c)));
+    let to_login = !allowed && reading && given.is_empty() && wants_html(req.headers());
+    if allowed {
+        return next.run(req).await;
     }
+    if to_login {
+        return Redirect::to("/admin/login").into_response();
+    }
+    unauthorized("a valid admin bearer token is required")
 }
 
 /// Constant-time in the given token: the loop runs over the expected token's length whatever
@@ -86,29 +135,118 @@ fn wants_json(headers: &HeaderMap) -> bool {
     accept.contains("application/json") && !accept.contains("text/html")
 }
 
-async fn status(State(sources): State<Sources>, headers: HeaderMap) -> Response {
-    let doc = sources.snapshot();
-    let mut r = if wants_json(&headers) {
-        axum::Json(doc).into_response()
-    } else {
-        let mut r = super::status::render_html(&doc).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        // Nothing on the page loads or runs anything; say so, so injected markup could not either.
-        r.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
-        );
-        r.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        r
+/// A page of the admin UI: HTML that loads only the stylesheet, and may be framed by no one.
+fn page(status: StatusCode, html: Result<String, askama::Error>) -> Response {
+    let html = match html {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "rendering an admin page failed");
+            return Problem::internal().into_response();
+        }
     };
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut r = (status, html).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn status(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    let doc = admin.sources.page(&admin.process);
+    let mut r = if wants_json(&headers) {
+        let mut r = axum::Json(doc).into_response();
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    } else {
+        page(StatusCode::OK, status::render_html(&doc))
+    };
     r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
     r
 }
 
-async fn flags(State(sources): State<Sources>) -> Response {
-    let mut r = axum::Json(sources.flags.report()).into_response();
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        status::CSS,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+fn login_page(admin: &Admin, status: StatusCode, error: Option<&str>) -> Response {
+    page(status, status::render_login(&admin.sources.build.name, &admin.token_setting(), error))
+}
+
+/// Signed in: the session cookie, and on to the operator page.
+fn signed_in(token: &Secret) -> Response {
+    let mut r = Redirect::to("/admin/status").into_response();
+    if let Ok(v) = HeaderValue::from_str(&admin_session::set_cookie(Some(&admin_session::issue(token)))) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn login_form(State(admin): State<Admin>, Query(q): Query<LoginQuery>) -> Response {
+    let Some(token) = &admin.token else {
+        let why = format!("Admin endpoints are disabled: set management.admin_token ({}).", admin.token_setting());
+        return login_page(&admin, StatusCode::UNAUTHORIZED, Some(&why));
+    };
+    match q.code {
+        Some(code) if admin.codes.redeem(&code) => signed_in(token),
+        Some(_) => login_page(
+            &admin,
+            StatusCode::UNAUTHORIZED,
+            Some("This sign-in link was used already or has expired. Sign in with the admin token."),
+        ),
+        None => login_page(&admin, StatusCode::OK, None),
+    }
+}
+
+async fn login(
+    State(admin): State<Admin>,
+    form: Result<axum::Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(token) = &admin.token else {
+        let why = format!("Admin endpoints are disabled: set management.admin_token ({}).", admin.token_setting());
+        return login_page(&admin, StatusCode::UNAUTHORIZED, Some(&why));
+    };
+    match form {
+        Ok(axum::Form(f)) if token_matches(f.token.trim().as_bytes(), token.expose().as_bytes()) => signed_in(token),
+        _ => login_page(&admin, StatusCode::UNAUTHORIZED, Some("That is not this service's admin token.")),
+    }
+}
+
+async fn logout() -> Response {
+    let mut r = Redirect::to("/admin/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&admin_session::set_cookie(None)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn flags(State(admin): State<Admin>) -> Response {
+    let mut r = axum::Json(admin.sources.flags.report()).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -122,7 +260,8 @@ async fn get_level() -> Response {
     axum::Json(Level { level: telemetry::log_level().unwrap_or_default() }).into_response()
 }
 
-async fn put_level(State(sources): State<Sources>, body: axum::body::Bytes) -> Response {
+async fn put_level(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
+    let sources = &admin.sources;
     let profile = sources.profile;
     let text = String::from_utf8_lossy(&body);
     let level = serde_json::from_str::<Level>(&text).map(|l| l.level).unwrap_or_else(|_| text.trim().to_owned());

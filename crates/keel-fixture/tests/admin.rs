@@ -82,13 +82,102 @@ async fn every_admin_route_needs_the_token() {
     }
     f.stop().await;
 
-    // No token configured: closed to everyone, loopback included.
+    // No token configured: closed to everyone, loopback included, saying which setting opens it.
     let f = Fixture::start(&[]).await;
     for path in ["/admin/status", "/admin/flags"] {
         let resp = client().get(format!("{}{path}", f.mgmt)).bearer_auth("").send().await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
+        let p: Value = resp.json().await.unwrap();
+        assert!(p["detail"].as_str().unwrap().contains("FIXTURE__MANAGEMENT__ADMIN_TOKEN"), "{p}");
+    }
+    assert!(f.running().sign_in_link().is_none(), "no token, no sign-in link");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_management_paths_are_404() {
+    let f = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN)]).await;
+    for path in ["/nope", "/admin/nope", "/admin", "/metricsx"] {
+        let resp = client().get(format!("{}{path}", f.mgmt)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path}");
+        assert!(resp.headers().contains_key("x-request-id"), "{path}: the problem has its request id");
     }
     f.stop().await;
+}
+
+/// The session cookie a sign-in answer sets.
+fn session_cookie(resp: &reqwest::Response) -> String {
+    let set = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/admin"), "{set}");
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_with_a_one_time_link_or_the_token() {
+    let f = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN)]).await;
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let status = format!("{}/admin/status", f.mgmt);
+    // A browser without a session is sent to the form; a script gets 401.
+    let resp = c.get(&status).header("accept", "text/html").send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/admin/login"));
+    let form = c.get(format!("{}/admin/login", f.mgmt)).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("name=\"token\""));
+
+    // The link works once and sets a cookie that reads every admin page.
+    let link = f.running().sign_in_link().unwrap();
+    assert!(link.starts_with(&format!("{}/admin/login?code=", f.mgmt)), "{link}");
+    let resp = c.get(&link).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (303, "/admin/status"));
+    let cookie = session_cookie(&resp);
+    let again = c.get(&link).send().await.unwrap();
+    assert_eq!(again.status(), 401, "a link works once");
+    assert!(again.headers().get("set-cookie").is_none());
+    for path in ["/admin/status", "/admin/flags", "/admin/log-level"] {
+        let resp = c.get(format!("{}{path}", f.mgmt)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path} with the session cookie");
+    }
+    // A change needs the bearer token: no page a browser visits can make one.
+    let put =
+        c.put(format!("{}/admin/log-level", f.mgmt)).header("cookie", &cookie).body("debug").send().await.unwrap();
+    assert_eq!(put.status(), 401);
+    // A forged or foreign cookie is refused.
+    for bad in ["keel_admin=1.abc", "keel_admin=", &cookie.replace('.', ".x")] {
+        let resp = c.get(&status).header("cookie", bad).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{bad}");
+    }
+
+    // The form: the wrong token is refused, the right one signs in.
+    let wrong = c
+        .post(format!("{}/admin/login", f.mgmt))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let right = c
+        .post(format!("{}/admin/login", f.mgmt))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 303);
+    let cookie = session_cookie(&right);
+    assert_eq!(c.get(&status).header("cookie", &cookie).send().await.unwrap().status(), 200);
+    // Signing out clears it.
+    let out = c.post(format!("{}/admin/logout", f.mgmt)).header("cookie", &cookie).send().await.unwrap();
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    f.stop().await;
+
+    // Another token (another deployment) does not accept this one's cookie.
+    let other = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", "another-token-0123456789abcdef")]).await;
+    let resp = c.get(format!("{}/admin/status", other.mgmt)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    other.stop().await;
 }
 
 #[tokio::test]
@@ -148,7 +237,7 @@ async fn status_json_shows_every_section() {
 }
 
 #[tokio::test]
-async fn status_html_is_a_self_contained_page() {
+async fn status_html_loads_nothing_but_its_stylesheet() {
     let dir = tempfile::tempdir().unwrap();
     let (f, _) = full_fixture(&dir).await;
     let resp = client()
@@ -160,13 +249,32 @@ async fn status_html_is_a_self_contained_page() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
-    assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("style-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let html = resp.text().await.unwrap();
-    for id in ["service", "health", "workers", "breakers", "rate-limits", "flags", "reloads"] {
-        assert!(html.contains(&format!("<section id=\"{id}\">")), "no {id} section");
+    for id in [
+        "service",
+        "health",
+        "traffic",
+        "upstreams",
+        "rate-limits",
+        "workers",
+        "consumers",
+        "outbox",
+        "breakers",
+        "flags",
+        "reloads",
+    ] {
+        assert!(html.contains(&format!("<section id=\"fixture-{id}\">")), "no {id} section");
     }
-    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("<link"), "external assets");
+    // Nothing runs and nothing loads but the stylesheet, from this listener.
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("style="), "{html}");
+    assert_eq!(html.matches("<link").count(), 1);
+    let css = client().get(format!("{}/admin/static/admin.css", f.mgmt)).send().await.unwrap();
+    assert_eq!(css.status(), 200);
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
     f.stop().await;
 }
 

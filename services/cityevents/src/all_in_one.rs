@@ -31,6 +31,10 @@ struct DevSecrets {
     /// The audit log's chain key; added to a file written before it existed.
     #[serde(default)]
     audit_key: String,
+    /// Every service's `management.admin_token` (the operator page); added to a file written
+    /// before it existed.
+    #[serde(default)]
+    admin_token: String,
 }
 
 /// The profile from `KEEL_ENV`, or the exit code for an invalid one.
@@ -65,6 +69,7 @@ fn new_dev_secrets() -> Result<DevSecrets, String> {
         master_key,
         blind_index_key: generate_key(),
         audit_key: generate_key(),
+        admin_token: generate_key(),
     })
 }
 
@@ -73,8 +78,13 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let mut secrets: DevSecrets =
             serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)"))?;
-        if secrets.audit_key.is_empty() {
-            secrets.audit_key = generate_key();
+        if secrets.audit_key.is_empty() || secrets.admin_token.is_empty() {
+            if secrets.audit_key.is_empty() {
+                secrets.audit_key = generate_key();
+            }
+            if secrets.admin_token.is_empty() {
+                secrets.admin_token = generate_key();
+            }
             let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;
             // The file exists, owner-only: writing keeps its mode.
             std::fs::write(path, text).map_err(|e| format!("cannot write {DEV_SECRETS}: {e}"))?;
@@ -159,6 +169,8 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
             dev_secrets()?
         };
         set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__ALGORITHM"), "HS256".into());
+        // One token for every service: one sign-in opens every operator page of the process.
+        set("MANAGEMENT__ADMIN_TOKEN", s.admin_token.clone());
         set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__SECRET"), s.jwt_secret.clone());
         if name == services::AUTH.0 {
             set("SECURITY__JWT__SIGNING_KEY", DEV_KID.into());
@@ -211,9 +223,14 @@ pub fn run(args: &[OsString]) -> ExitCode {
             return ExitCode::from(keel::app::exit::CONFIG);
         }
     };
+    // Where mail goes, for the banner (the notifier's own settings, read the way it reads them).
+    let mail = loader(services::NOTIFIER.0, profile)
+        .ok()
+        .and_then(|l| l.load::<cityevents_notifier::NotifierConfig>().ok())
+        .map(|l| l.config.app.mail.destination());
     group
         .on_started(move |running| {
-            let banner = banner(running, profile);
+            let banner = banner(running, profile, mail.as_deref());
             let members: Vec<(String, keel::health::Health)> =
                 running.iter().map(|r| (r.name().to_owned(), r.health().clone())).collect();
             // Listening is not usable yet: databases connect and migrate in the background. The
@@ -250,22 +267,48 @@ pub fn run(args: &[OsString]) -> ExitCode {
 /// How long the banner waits for every service to be ready before printing anyway.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// What the launcher prints once the platform is ready: where each service listens, the public
-/// API, and how to create the first admin.
-fn banner(running: &[keel::Running], profile: Profile) -> String {
-    let mut out = String::from("\nCity Events is running, every service in this process");
-    out.push_str(&format!(" ({profile} profile).\n\n"));
-    for r in running {
-        out.push_str(&format!("  {:<22} http://{}\n", r.name(), r.http_addr()));
+/// What the launcher prints once the platform is ready: the API, the operator page (with a
+/// one-time sign-in link), every service's listeners, where data and mail go, and how to create
+/// the first admin.
+pub fn banner(running: &[keel::Running], profile: Profile, mail: Option<&str>) -> String {
+    let local = |addr: std::net::SocketAddr| {
+        let mut a = addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{a}")
+    };
+    let mut out = format!("\nCity Events is running, every service in this process ({profile} profile).\n\n");
+    let gateway = running.iter().find(|r| r.name() == services::GATEWAY.0);
+    if let Some(gw) = gateway {
+        let api = local(gw.http_addr());
+        out.push_str(&format!("  API            {api}/api/v1/   (OpenAPI: {api}/api/v1/openapi.json)\n"));
+        match gw.sign_in_link() {
+            Some(link) => out.push_str(&format!(
+                "  Operator page  {link}\n                 (a one-time sign-in link, for an hour; then sign in at {}/admin/login\n                 with admin_token from {DEV_SECRETS}, or send it as a bearer token)\n",
+                local(gw.management_addr())
+            )),
+            None => out.push_str(
+                "  Operator page  closed: set CITYEVENTS_<SERVICE>__MANAGEMENT__ADMIN_TOKEN to open /admin/status\n",
+            ),
+        }
     }
-    if let Some(gw) = running.iter().find(|r| r.name() == services::GATEWAY.0) {
-        let port = gw.http_addr().port();
+    out.push_str("\n  Service     API                      management (/metrics, /admin/status)\n");
+    for r in running {
+        let short = r.name().trim_start_matches("cityevents-");
+        out.push_str(&format!("  {short:<11} {:<24} {}\n", local(r.http_addr()), local(r.management_addr())));
+    }
+    out.push('\n');
+    if profile == Profile::Development {
         out.push_str(&format!(
-            "\nPublic API:  http://127.0.0.1:{port}/api/v1/   (OpenAPI: http://127.0.0.1:{port}/api/v1/openapi.json)\n"
+            "  Data           ./data: SQLite databases (unless a service's database.url is set), {DEV_SECRETS}\n"
         ));
     }
+    if let Some(mail) = mail {
+        out.push_str(&format!("  Mail           {mail}\n"));
+    }
     out.push_str(
-        "First admin: cargo run --release -p cityevents -- auth admin create --email you@example.com\n\
+        "\nFirst admin: cargo run --release -p cityevents -- auth admin create --email you@example.com\n\
          \x20            (reads the password from stdin; there are no default users)\n",
     );
     out

@@ -953,6 +953,7 @@ async fn all_in_one_zero_setup() {
     let warnings: Vec<&String> =
         platform.seen.iter().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
     assert!(warnings.is_empty(), "a clean start logs no WARN or ERROR:\n{warnings:#?}");
+    operator_page(&mut platform).await;
     // Zero setup: mail goes to files in data/mail, each link logged.
     scenario(&platform, Mailbox::Dir(platform.dir().join("data/mail"))).await;
     let logged = platform.wait_for_line("verify-email?token=", Duration::from_secs(5));
@@ -992,6 +993,43 @@ async fn all_in_one_zero_setup() {
 
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}\n{}", platform.seen.join("\n"));
+}
+
+/// The banner says where everything is; its one-time link signs a browser in to one operator
+/// page that shows every service of the process; the API index answers at the address it gives.
+async fn operator_page(platform: &mut Platform) {
+    let start = platform.seen.iter().position(|l| l.contains("City Events is running")).unwrap();
+    let banner = platform.seen[start..].join("\n");
+    for needle in ["/api/v1/", "Operator page", "admin_token from data/dev-secrets.json", "Data ", "Mail "] {
+        assert!(banner.contains(needle), "no `{needle}` in the banner:\n{banner}");
+    }
+    for (service, addr) in management_addrs(platform) {
+        let short = service.trim_start_matches("cityevents-");
+        let line = banner.lines().find(|l| l.trim_start().starts_with(short)).unwrap_or_else(|| panic!("{banner}"));
+        assert!(line.contains(&format!("http://{addr}")), "{short}'s management address: {line}");
+    }
+    let index = client().get(platform.url("/api/v1/")).send().await.unwrap();
+    assert_eq!(index.status(), StatusCode::OK);
+    let index: serde_json::Value = index.json().await.unwrap();
+    assert_eq!(index["openapi"], "/api/v1/openapi.json", "{index}");
+
+    let link = banner
+        .split_whitespace()
+        .find(|w| w.contains("/admin/login?code="))
+        .unwrap_or_else(|| panic!("no sign-in link:\n{banner}"))
+        .to_owned();
+    if !keel::testing::require_program("Chromium", common::CHROMIUM) {
+        return;
+    }
+    let (dom, console) = tokio::task::spawn_blocking(move || common::chromium_dom(&link)).await.unwrap();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    for service in common::SERVICES {
+        assert!(
+            dom.contains(&format!("<h2 class=\"service-name\">cityevents-{service} ")),
+            "the operator page shows {service}:\n{dom}"
+        );
+    }
+    assert!(dom.contains("<h2>Overview</h2>"), "{dom}");
 }
 
 /// Each service's management address, from its `listening` line.

@@ -63,7 +63,7 @@ use keel::resilience::rate_limit::{BackendKind, KeyPart, RateLimitLayer, RateLim
 use serde::{Deserialize, Serialize};
 
 use crate::forward::Gateway;
-use crate::routes::{OPENAPI_PATH, ROUTES, Upstream, VIEW_PATH};
+use crate::routes::{INDEX_PATH, OPENAPI_PATH, ROUTES, Upstream, VIEW_PATH};
 
 /// The rate-limit policy every request counts against, per user and client IP (`rate_limits.api.*`).
 pub const RATE_LIMIT_POLICY: &str = "api";
@@ -80,7 +80,6 @@ pub struct GatewayConfig {
     /// How long a forwarded call may take (`app.upstream_timeouts.*`).
     pub upstream_timeouts: UpstreamTimeouts,
 }
-
 
 /// `app.upstream_timeouts`: each attempt of a forwarded call is cut at `read` (GET, HEAD) or
 /// `write` (every other method), or the upstream's `request_timeout` if shorter; all attempts of
@@ -208,6 +207,7 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer) -> Router {
         let method_router = match (route.path, routes::completion(route)) {
             (VIEW_PATH, _) => method_router.on(route.verb.filter(), move |req: Request| view::view(gw, req)),
             (OPENAPI_PATH, _) => method_router.on(route.verb.filter(), openapi::serve),
+            (INDEX_PATH, _) => method_router.on(route.verb.filter(), openapi::index),
             (_, Some(how)) => {
                 method_router.on(route.verb.filter(), move |req: Request| compose::list(gw, route, how, req))
             }
@@ -222,7 +222,11 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer) -> Router {
         };
         by_path.insert(route.path, method_router);
     }
-    by_path.into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods))
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| router.route(path, methods))
+        // The index without its slash, as people type it.
+        .route("/api/v1", axum::routing::get(|| async { axum::response::Redirect::permanent(INDEX_PATH) }))
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.

@@ -1,5 +1,6 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the whole public API, kept as a static
-//! file in the crate and tested against the route table ([`crate::routes::ROUTES`]).
+//! file in the crate and tested against the route table ([`crate::routes::ROUTES`]); and
+//! `GET /api/v1/`, the API's index pointing at it and at the main collections.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -59,6 +60,30 @@ pub(crate) async fn serve(req: axum::extract::Request) -> axum::response::Respon
         return refused;
     }
     ([(header::CONTENT_TYPE, "application/json")], DOCUMENT).into_response()
+}
+
+/// `GET /api/v1/`: where to start: the document, the interactive parts and the main collections.
+pub(crate) async fn index(req: axum::extract::Request) -> axum::response::Response {
+    let (mut parts, _) = req.into_parts();
+    if let Err(refused) = crate::edge::authorize(&mut parts, crate::routes::Access::Public).await {
+        return refused;
+    }
+    axum::Json(serde_json::json!({
+        "name": "City Events API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "openapi": crate::routes::OPENAPI_PATH,
+        "links": {
+            "events": "/api/v1/events",
+            "cities": "/api/v1/meta/cities",
+            "register": "/api/v1/auth/register",
+            "login": "/api/v1/auth/login",
+            "me": "/api/v1/me",
+            "my_events": "/api/v1/me/events",
+            "my_joins": "/api/v1/me/joins",
+            "notifications": "/api/v1/me/notifications",
+        },
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

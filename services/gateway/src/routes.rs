@@ -127,6 +127,8 @@ use Verb::{Delete, Get, Patch, Post, Put};
 pub const VIEW_PATH: &str = "/api/v1/events/{id}/view";
 /// Path of the OpenAPI document.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+/// Path of the API's index: links to the document and the main collections.
+pub const INDEX_PATH: &str = "/api/v1/";
 
 /// Operations with a stricter budget of their own per client IP (`rate_limits.strict`): those
 /// that create accounts or send e-mail, which a script would otherwise run by the thousand.
@@ -219,6 +221,7 @@ pub const ROUTES: &[Route] = &[
     // the gateway's own
     r(Get, VIEW_PATH, Gateway, Public),
     r(Get, OPENAPI_PATH, Gateway, Public),
+    r(Get, INDEX_PATH, Gateway, Public),
 ];
 
 #[cfg(test)]

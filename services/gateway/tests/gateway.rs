@@ -283,6 +283,22 @@ async fn openapi_document_is_served_and_matches_the_route_table() {
     let table: BTreeSet<(String, String)> =
         ROUTES.iter().map(|r| (r.verb.method().to_string(), r.path.to_owned())).collect();
     assert_eq!(cityevents_gateway::openapi::operations(&doc), table);
+
+    // The index points at the document and at collections the route table serves.
+    let resp = gw.http.get(gw.url("/api/v1/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let index: Value = resp.json().await.unwrap();
+    assert_eq!(index["openapi"], "/api/v1/openapi.json", "{index}");
+    let links = index["links"].as_object().unwrap();
+    assert!(links.len() >= 5, "{index}");
+    for (name, path) in links {
+        let path = path.as_str().unwrap();
+        assert!(ROUTES.iter().any(|r| r.path == path), "{name}: {path} is not a route");
+    }
+    // Typed without its slash, it redirects.
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = no_redirects.get(gw.url("/api/v1")).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()), (308, "/api/v1/"));
     gw.stop().await;
 }
 

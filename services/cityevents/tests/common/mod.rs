@@ -256,3 +256,51 @@ pub fn which(program: &str) -> String {
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
         .map_or_else(|| program.to_owned(), |p| p.display().to_string())
 }
+
+/// Debian's Chromium, which `.ci/browser.sh` installs.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Opens `url` in headless Chromium (a fresh profile) and returns the DOM it ended on and its
+/// console messages (the `CONSOLE` lines of its log: script errors, Content-Security-Policy
+/// violations, failed loads).
+pub fn chromium_dom(url: &str) -> (String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("dom.html"), dir.path().join("log.txt"));
+    let mut child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start chromium");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "chromium exited with {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let console =
+        std::fs::read_to_string(err).unwrap().lines().filter(|l| l.contains(":CONSOLE")).map(str::to_owned).collect();
+    (std::fs::read_to_string(out).unwrap(), console)
+}

@@ -126,6 +126,14 @@ impl Default for MailConfig {
 }
 
 impl MailConfig {
+    /// Where mail goes, for a person: `files in data/mail` or `SMTP mail.example.com:587`.
+    pub fn destination(&self) -> String {
+        match self.transport {
+            Transport::File => format!("files in {} (one .eml per message; each link is logged)", self.dir.display()),
+            Transport::Smtp => format!("SMTP {}:{}", self.smtp.host, self.smtp.port()),
+        }
+    }
+
     /// Checks every key; paths are relative to `app`.
     pub(crate) fn validate(&self, v: &mut Validation<'_>) {
         if self.from.parse::<lettre::message::Mailbox>().is_err() {

@@ -1,0 +1,283 @@
+//! `GET /admin/status`: what an operator wants to see at a glance, for every service of the
+//! process: build and configuration summary, listeners, health checks, traffic, upstreams and
+//! their breakers, rate limits, workers, consumers and their lag, the outbox, feature flags and
+//! recent reloads. HTML from compile-checked templates ([`page`]) or JSON.
+//!
+//! A service run alone shows itself. Services run together by a [`crate::Group`] register in
+//! one [`Process`]: each of their management listeners shows all of them, this one first.
+
+mod page;
+mod traffic;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::BuildInfo;
+use keel_config::{Profile, ReloadEvent, ReloadLog};
+use keel_features::{Flags, FlagsReport};
+use keel_health::{Health, Kind, Report};
+use keel_rate_limit::{RateLimitPolicy, RateLimiter};
+use keel_resilience::breaker;
+use keel_telemetry::Metrics;
+use keel_workers::{WorkerStatus, Workers};
+
+pub(crate) use page::{CSS, STYLESHEET, render_html, render_login};
+use traffic::{ConsumerInfo, Families, OutboxInfo, TrafficInfo, UpstreamInfo};
+pub(crate) use traffic::{SAMPLE_EVERY, Traffic};
+
+/// Everything the status page reads of one service; built once at start-up, cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Sources {
+    pub(crate) build: BuildInfo,
+    pub(crate) profile: Profile,
+    pub(crate) started_at: SystemTime,
+    pub(crate) started: Instant,
+    pub(crate) health: Health,
+    pub(crate) breakers: Option<breaker::Registry>,
+    pub(crate) limiters: Vec<Arc<RateLimiter>>,
+    pub(crate) workers: Workers,
+    pub(crate) flags: Flags,
+    pub(crate) reloads: ReloadLog,
+    pub(crate) metrics: Metrics,
+    pub(crate) traffic: Traffic,
+    /// `(name, base URL)` of each upstream.
+    pub(crate) upstreams: Vec<(String, String)>,
+    /// The settings worth a glance, secrets masked.
+    pub(crate) summary: Vec<(String, String)>,
+    /// The effective configuration as `config check` prints it (secrets as `***`).
+    pub(crate) config_yaml: String,
+    /// The bound listeners `(http, management)`, once bound.
+    pub(crate) listeners: Arc<OnceLock<(SocketAddr, SocketAddr)>>,
+}
+
+/// The services of one process whose status pages show each other; cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct Process {
+    members: Arc<RwLock<Vec<Sources>>>,
+}
+
+impl Process {
+    pub(crate) fn join(&self, sources: Sources) {
+        self.members.write().unwrap_or_else(PoisonError::into_inner).push(sources);
+    }
+
+    /// Every member but `name`, in start order.
+    fn others(&self, name: &str) -> Vec<Sources> {
+        let members = self.members.read().unwrap_or_else(PoisonError::into_inner);
+        members.iter().filter(|m| m.build.name != name).cloned().collect()
+    }
+}
+
+/// The status of one service.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusDoc {
+    service: ServiceInfo,
+    listeners: Option<Listeners>,
+    config: ConfigInfo,
+    health: HealthInfo,
+    traffic: TrafficInfo,
+    upstreams: Vec<UpstreamInfo>,
+    workers: Vec<WorkerStatus>,
+    consumers: Vec<ConsumerInfo>,
+    outbox: Option<OutboxInfo>,
+    breakers: Vec<BreakerInfo>,
+    rate_limits: Vec<RateLimitInfo>,
+    flags: FlagsReport,
+    reloads: Vec<ReloadEvent>,
+}
+
+/// `GET /admin/status` as JSON: this service's status (its fields at the top level), and the
+/// other services of the process under `process`.
+#[derive(Debug, Serialize)]
+pub(crate) struct PageDoc {
+    #[serde(flatten)]
+    this: StatusDoc,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    process: Vec<StatusDoc>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceInfo {
+    name: String,
+    version: String,
+    commit: String,
+    build: String,
+    profile: &'static str,
+    started_at: String,
+    uptime_seconds: u64,
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listeners {
+    http: String,
+    management: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ConfigInfo {
+    summary: Vec<(String, String)>,
+    yaml: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HealthInfo {
+    liveness: Report,
+    readiness: Report,
+    startup: Report,
+}
+
+#[derive(Debug, Serialize)]
+struct BreakerInfo {
+    name: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RateLimitInfo {
+    name: String,
+    /// The effective failure mode (the policy's, else the profile's default).
+    on_backend_error: keel_rate_limit::OnBackendError,
+    /// What decides now: `backend`, `local_fallback` or `failure_mode`.
+    in_force: keel_rate_limit::InForce,
+    /// The backend deciding now: `redis`, `local`, or `none` (the failure mode).
+    active_backend: &'static str,
+    policy: RateLimitPolicy,
+}
+
+impl Sources {
+    pub(crate) fn snapshot(&self) -> StatusDoc {
+        let families = Families::gather(&self.metrics);
+        let breakers: Vec<BreakerInfo> = self
+            .breakers
+            .as_ref()
+            .map(|b| b.states().into_iter().map(|(name, s)| BreakerInfo { name, state: s.as_str() }).collect())
+            .unwrap_or_default();
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|(name, base_url)| {
+                let (attempts, failed) = families.upstream_calls(name);
+                UpstreamInfo {
+                    name: name.clone(),
+                    base_url: base_url.clone(),
+                    breaker: breakers.iter().find(|b| b.name == *name).map_or("none", |b| b.state),
+                    attempts,
+                    failed,
+                }
+            })
+            .collect();
+        StatusDoc {
+            service: ServiceInfo {
+                name: self.build.name.clone(),
+                version: self.build.version.clone(),
+                commit: self.build.commit.clone(),
+                build: self.build.profile.clone(),
+                profile: self.profile.as_str(),
+                started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
+                uptime_seconds: self.started.elapsed().as_secs(),
+                log_level: keel_telemetry::log_level(),
+            },
+            listeners: self
+                .listeners
+                .get()
+                .map(|(http, mgmt)| Listeners { http: http.to_string(), management: mgmt.to_string() }),
+            config: ConfigInfo { summary: self.summary.clone(), yaml: self.config_yaml.clone() },
+            health: HealthInfo {
+                liveness: self.health.report(Kind::Liveness),
+                readiness: self.health.report(Kind::Readiness),
+                startup: self.health.report(Kind::Startup),
+            },
+            traffic: self.traffic.info(),
+            upstreams,
+            workers: self.workers.statuses(),
+            consumers: families.consumers(),
+            outbox: families.outbox(),
+            breakers,
+            rate_limits: self
+                .limiters
+                .iter()
+                .map(|l| RateLimitInfo {
+                    name: l.name().to_owned(),
+                    on_backend_error: l.on_backend_error(),
+                    in_force: l.in_force(),
+                    active_backend: l.active_backend(),
+                    policy: l.policy().clone(),
+                })
+                .collect(),
+            flags: self.flags.report(),
+            reloads: self.reloads.recent(),
+        }
+    }
+
+    /// This service's status and, in a group, the other services'.
+    pub(crate) fn page(&self, process: &Process) -> PageDoc {
+        PageDoc {
+            this: self.snapshot(),
+            process: process.others(&self.build.name).iter().map(Self::snapshot).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn sources(name: &str, health: Health, flags: Flags) -> Sources {
+        let metrics = Metrics::new();
+        Sources {
+            build: BuildInfo::new(name, "1.0", Some("abc"), "debug"),
+            profile: Profile::Test,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            health,
+            breakers: None,
+            limiters: Vec::new(),
+            workers: Workers::new(None, None).unwrap(),
+            flags,
+            reloads: ReloadLog::default(),
+            traffic: Traffic::new(metrics.clone()),
+            metrics,
+            upstreams: vec![("up<1>".into(), "http://x/<y>".into())],
+            summary: vec![("database".into(), "postgres://app:***@db/<x>".into())],
+            config_yaml: "app:\n  name: \"<script>alert(1)</script>\"\n".into(),
+            listeners: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn dynamic_text_is_escaped_in_the_page() {
+        let health = Health::new(Duration::from_secs(5), Duration::from_secs(15), None);
+        health.add(keel_health::Check::new("<script>x</script>", Kind::Readiness, || async {
+            keel_health::Outcome::down("<img src=x onerror=alert(1)>")
+        }));
+        health.run_all().await;
+        let flags = Flags::from_yaml(
+            "f: {enabled: true, description: \"<b>bold</b>\"}",
+            keel_features::FlagsOptions::default(),
+        )
+        .unwrap();
+        let process = Process::default();
+        let this = sources("svc<1>", health, flags.clone());
+        process.join(this.clone());
+        process.join(sources("other\"svc", Health::new(Duration::from_secs(5), Duration::from_secs(15), None), flags));
+        let html = render_html(&this.page(&process)).unwrap();
+        for raw in ["<script>", "<img", "<b>bold", "svc<1>", "up<1>", "<y>", "<x>", "other\"svc"] {
+            assert!(!html.contains(raw), "unescaped {raw}");
+        }
+        assert!(html.contains("&#60;script&#62;x&#60;/script&#62;"), "askama escapes with numeric entities");
+        assert!(html.contains("&#60;b&#62;bold&#60;/b&#62;"));
+        assert_eq!(html.matches("<article class=\"service\"").count(), 2, "both members are on the page");
+        assert!(html.contains("<h2>Overview</h2>"));
+        assert!(!html.contains("style="), "no inline style: the CSP allows the stylesheet only");
+        let json = serde_json::to_value(this.page(&process)).unwrap();
+        assert_eq!(json["service"]["name"], "svc<1>", "this service at the top level");
+        assert_eq!(json["process"][0]["service"]["name"], "other\"svc", "the others under process");
+    }
+}
