@@ -52,8 +52,7 @@ pub(crate) enum Command {
         command: DlqCommand,
     },
     /// Apply the service's pending database migrations (safe to run from several instances).
-    /// Without the `sql` feature the service has none: it says so and exits 0, so every
-    /// service's release takes the same steps.
+    /// Offered only by a service with a database (one that declares migrations).
     Migrate {
         #[command(subcommand)]
         command: Option<MigrateCommand>,
@@ -198,8 +197,9 @@ KEEL_CONFIG; YAML, ${{VAR}} and ${{VAR:-default}} expanded), the environment:
   RUST_LOG=<filter>
       replaces log.level
 
-Ports: the API on http.port; /metrics and /admin/* on management.port (http.port + 1000 unless
-set). The operator page is /admin/status there; it needs management.admin_token
+Ports: the API on http.port; /metrics and /admin/* on management.addr (127.0.0.1, port
+http.port + 1000, unless set). The operator page is /admin/status there; it needs
+management.admin_token
 ({p}__MANAGEMENT__ADMIN_TOKEN or management.admin_token_file).
 
 `{name} config check` prints every setting with its value (secrets as \"***\").

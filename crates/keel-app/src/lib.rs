@@ -469,7 +469,7 @@ mod tests {
             "CITYEVENTS_GATEWAY__MANAGEMENT__ADMIN_TOKEN",
             "KEEL_ENV=development|test|production",
             "--config PATH",
-            "management.port",
+            "management.addr",
         ] {
             assert!(help.contains(needle), "{needle} missing:\n{help}");
         }

@@ -437,7 +437,10 @@ fn summary<C: Section>(s: &Setup<C>, has_database: bool) -> Vec<(String, String)
     out.push(("log".into(), format!("{} ({:?})", k.log.level, k.log.format).to_lowercase()));
     out.push((
         "traces".into(),
-        k.telemetry.otlp.endpoint.clone().unwrap_or_else(|| "off (telemetry.otlp.endpoint unset)".into()),
+        k.telemetry.otlp.endpoint.as_deref().map_or_else(
+            || "off (telemetry.otlp.endpoint unset)".into(),
+            |e| keel_telemetry::mask::scrub(e).into_owned(),
+        ),
     ));
     if let Some(file) = &k.features.file {
         out.push(("feature flags".into(), file.display().to_string()));
@@ -551,7 +554,7 @@ pub(crate) async fn start_in<C: Section>(
         }
     });
     let _ = admin.sources.listeners.set((bound_http, bound_mgmt.unwrap_or(bound_http)));
-    process.join(admin.sources.clone());
+    process.join(admin.sources.clone(), admin.token.clone());
     if keel.features.reload && flags.file().is_some() {
         let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
         tasks.spawn(&tracker, "feature-flags-watch".into(), watch);

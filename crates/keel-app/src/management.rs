@@ -10,6 +10,7 @@
 //! | `POST /admin/login` | the form's token (`application/x-www-form-urlencoded`): signs the browser in |
 //! | `POST /admin/logout` | ends the browser's session |
 //! | `GET /admin/static/admin.css` | the pages' stylesheet |
+//! | `GET /`, `GET /admin` | 303 to `/admin/status` (on a listener of its own) |
 //!
 //! `/admin/status`, `/admin/flags` and `/admin/log-level` require
 //! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,
@@ -68,7 +69,12 @@ pub(crate) fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Rout
     let mut router =
         Router::new().route("/metrics", get(render)).with_state(metrics).merge(guarded.merge(open).with_state(admin));
     if own_listener {
-        router = router.fallback(|| async { Problem::not_found().detail("no such management path") });
+        // A person typing the listener's address lands on the page.
+        let to_page = || async { Redirect::to("/admin/status") };
+        router = router
+            .route("/", get(to_page))
+            .route("/admin", get(to_page))
+            .fallback(|| async { Problem::not_found().detail("no such management path") });
     }
     router.layer(
         tower::ServiceBuilder::new()
@@ -160,7 +166,7 @@ fn page(status: StatusCode, html: Result<String, askama::Error>) -> Response {
 }
 
 async fn status(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    let doc = admin.sources.page(&admin.process);
+    let doc = admin.sources.page(&admin.process, admin.token.as_ref());
     let mut r = if wants_json(&headers) {
         let mut r = axum::Json(doc).into_response();
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

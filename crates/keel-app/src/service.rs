@@ -315,9 +315,11 @@ pub struct Setup<C> {
     pub(crate) consumer_metrics: Option<keel_events::ConsumerMetrics>,
     #[cfg(all(feature = "events", feature = "sql"))]
     pub(crate) outbox: Option<keel_events::outbox::Outbox>,
-    /// The health checks of the connections made in set-up (`database`, `bus`): consumers wait
-    /// for them before they subscribe. Read when the consumer starts, after set-up.
-    #[cfg_attr(not(any(feature = "sql", feature = "events")), allow(dead_code))]
+    /// The health checks of the connections made in set-up that consumers wait for before they
+    /// subscribe (`bus`). Not the database: a consumer subscribes first, so its queue keeps what
+    /// is published meanwhile, and takes nothing until its inbox database is up. Read when the
+    /// consumer starts, after set-up.
+    #[cfg_attr(not(feature = "events"), allow(dead_code))]
     pub(crate) dependencies: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -456,7 +458,6 @@ impl<C: Section> Setup<C> {
         self.health.add(db.startup_check());
         // Workers do not fail their first runs while the database is still connecting.
         self.workers.require_for_all(DATABASE_CHECK);
-        self.depends_on(DATABASE_CHECK);
         let (d, health) = (db.clone(), self.health.clone());
         self.task("database-connect", move |stop| async move {
             d.clone().connect_in_background(stop.clone()).await;
@@ -707,8 +708,7 @@ impl<C: Section> Setup<C> {
         let name = format!("{}:consumer", consumer.describe());
         let (health, deps) = (self.health.clone(), self.dependencies.clone());
         self.task(name, move |stop| async move {
-            // Subscribing before the bus is up only fails and retries; taking messages before
-            // the database is up only pauses: both are the normal start-up, not worth a WARN.
+            // Subscribing before the bus is up only fails and retries: the normal start-up.
             let deps = deps.lock().map(|d| d.clone()).unwrap_or_default();
             if health.wait_for(&deps, &stop).await {
                 consumer.run(stop).await;
@@ -717,7 +717,7 @@ impl<C: Section> Setup<C> {
         Ok(self)
     }
 
-    #[cfg(any(feature = "sql", feature = "events"))]
+    #[cfg(feature = "events")]
     fn depends_on(&mut self, check: &str) {
         if let Ok(mut d) = self.dependencies.lock()
             && !d.iter().any(|c| c == check)

@@ -123,6 +123,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
         .name("fixture")
         .with_config::<FixtureConfig>()
         .migrations(migrations())
+        .keeps_audit_log()
         .setup(|s| {
             let greeting = s.config().greeting.clone();
             s.health_check(Check::new("self", Kind::Readiness, || async { Outcome::Up }));

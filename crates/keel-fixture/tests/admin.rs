@@ -95,13 +95,23 @@ async fn every_admin_route_needs_the_token() {
 }
 
 #[tokio::test]
-async fn unknown_management_paths_are_404() {
+async fn unknown_management_paths_are_404_and_the_root_leads_to_the_page() {
     let f = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN)]).await;
-    for path in ["/nope", "/admin/nope", "/admin", "/metricsx"] {
+    for path in ["/nope", "/admin/nope", "/admin/", "/metricsx"] {
         let resp = client().get(format!("{}{path}", f.mgmt)).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json", "{path}");
         assert!(resp.headers().contains_key("x-request-id"), "{path}: the problem has its request id");
+    }
+    // The listener's address and /admin lead to the page.
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for path in ["/", "/admin"] {
+        let resp = c.get(format!("{}{path}", f.mgmt)).send().await.unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), resp.headers()["location"].to_str().unwrap()),
+            (303, "/admin/status"),
+            "{path}"
+        );
     }
     f.stop().await;
 }

@@ -9,66 +9,26 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use common::{Fixture, eventually};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const TOKEN: &str = "browser-test-token-0123456789abcdef";
 
-/// Runs headless Chromium with `args` on `url`; returns its stdout and its console messages
-/// (`CONSOLE` lines of its log). Output goes to files (a large DOM would fill a pipe nobody
-/// reads while we wait).
-async fn chromium(profile: &std::path::Path, args: &[&str], url: &str) -> (String, Vec<String>) {
-    let (out_path, err_path) = (profile.join("stdout.txt"), profile.join("stderr.txt"));
-    let mut child = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.join("chrome").display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("start chromium");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "chromium exited with {status}");
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish within 90 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let console = std::fs::read_to_string(err_path)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(":CONSOLE"))
-        .map(str::to_owned)
-        .collect();
-    (std::fs::read_to_string(out_path).unwrap(), console)
+/// `url` in headless Chromium, off the runtime's threads.
+async fn chromium(dir: &std::path::Path, args: &[&str], url: &str) -> (String, Vec<String>) {
+    let (dir, args, url) = (dir.to_owned(), args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(), url.to_owned());
+    let page = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        keel::testing::browser::chromium(&dir, &args, &url)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    (page.dom, page.console)
 }
 
 #[tokio::test]
 async fn the_status_page_renders_in_a_real_browser() {
-    if !keel::testing::require_program("Chromium", CHROMIUM) {
+    if !keel::testing::require_program("Chromium", keel::testing::browser::CHROMIUM) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

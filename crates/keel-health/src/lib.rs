@@ -61,11 +61,11 @@ pub use sanitize::sanitize;
 /// A check's default timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The first wait before a check that is down runs again.
 /// Default of `health.startup_grace`.
 pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(30);
 /// How often [`Health::wait_for`] looks at the cached results again.
 const WAIT_POLL: Duration = Duration::from_millis(50);
+/// The first wait before a check that is down runs again.
 const DOWN_RECHECK_FIRST: Duration = Duration::from_millis(200);
 /// The longest wait before a check that is down runs again (unless its interval is shorter).
 const DOWN_RECHECK_MAX: Duration = Duration::from_secs(1);

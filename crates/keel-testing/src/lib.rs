@@ -11,11 +11,13 @@
 //! * [`TestDatabase`] — a fresh PostgreSQL or MariaDB database, or SQLite file, dropped after.
 //! * [`redis_prefix`] — a unique Redis key prefix.
 //! * [`test_pki`] — a throwaway CA and a server certificate it signed.
+//! * [`browser::chromium`] — a page in headless Chromium: its DOM and console messages.
 //!
 //! Server addresses default to the local services on 127.0.0.1 and can be moved with
 //! `KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_MYSQL_URL`, `KEEL_TEST_REDIS_URL`, `KEEL_TEST_NATS_URL` and
 //! `KEEL_TEST_RABBITMQ_URL`.
 
+pub mod browser;
 mod proxy;
 #[cfg(feature = "sql")]
 mod sql;

@@ -43,13 +43,15 @@ pub(crate) async fn supervise(plan: Plan, token: CancellationToken) {
         }
         _ => Duration::ZERO,
     };
-    shared.started(jitter);
+    // Its staleness clock starts once its dependencies are up: waiting for a database that is
+    // still connecting is not a stale worker (nor a failing liveness probe).
     if let Some(health) = &plan.health
         && !plan.requires.is_empty()
         && !health.wait_for(&plan.requires, &token).await
     {
         return;
     }
+    shared.started(jitter);
     if !jitter.is_zero() {
         tokio::select! {
             _ = token.cancelled() => return,

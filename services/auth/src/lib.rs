@@ -82,7 +82,7 @@ pub use error::FieldError;
 /// How often expired refresh tokens and stale failure counters are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often `auth_active_sessions` is counted.
-const SESSION_COUNT_EVERY: Duration = Duration::from_secs(30);
+const SESSION_COUNT_EVERY: Duration = Duration::from_secs(15);
 
 /// How often accounts without a look-alike index, or whose contact the notifier never heard,
 /// are looked for (cheap once there are none).
@@ -137,11 +137,14 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let sessions = sessions::Sessions::new(db.clone(), outbox.clone(), window);
     let sync = sessions.clone();
     let consumer = Consumer::new(s.bus()?, SESSIONS_TOPIC, "auth-sessions", sessions::SyncHandler(sessions.clone()))
+        // Its handler reads the database: take nothing while it is down (or still connecting).
+        .depends_on(db.clone())
         // Auth (re)subscribed: followers may have asked while it was away.
         .on_subscribed(move || sync.repeat_in_background());
     s.consume(consumer)?;
     let audit_consumer =
-        Consumer::new(s.bus()?, MODERATION_TOPIC, moderation::GROUP, moderation::AuditHandler(audit.clone()));
+        Consumer::new(s.bus()?, MODERATION_TOPIC, moderation::GROUP, moderation::AuditHandler(audit.clone()))
+            .depends_on(db.clone());
     s.consume(audit_consumer)?;
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace, sessions);
     let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());

@@ -89,7 +89,7 @@ impl AuthMetrics {
         metrics.register(throttled.clone())?;
         let sessions = IntGauge::new(
             "auth_active_sessions",
-            "Sessions that can still be refreshed (signed in, not signed out, revoked or expired); counted every 30 s.",
+            "Sessions that can still be refreshed (signed in, not signed out, revoked or expired), in the whole database; counted every 15 s.",
         )?;
         metrics.register(sessions.clone())?;
         Ok(Self { attempts, refreshes, throttled, sessions })

@@ -413,9 +413,6 @@ impl RefreshTokens {
         Ok(done.rows_affected())
     }
 
-    /// Deletes expired tokens (an expired token is refused the same whether or not its row
-    /// exists) and wipes the successors of rows spent longer ago than the grace window; returns
-    /// how many rows were deleted.
     /// Sessions that can still be refreshed: the unspent, unrevoked, unexpired head of each
     /// token family.
     pub(crate) async fn active(&self) -> Result<i64, DataError> {
@@ -430,6 +427,9 @@ impl RefreshTokens {
         .obs(db)
     }
 
+    /// Deletes expired tokens (an expired token is refused the same whether or not its row
+    /// exists) and wipes the successors of rows spent longer ago than the grace window; returns
+    /// how many rows were deleted.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
         let db = &self.db;
         let now = to_micros(now());

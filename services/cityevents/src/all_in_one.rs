@@ -283,14 +283,16 @@ pub fn banner(running: &[keel::Running], profile: Profile, mail: Option<&str>) -
     if let Some(gw) = gateway {
         let api = local(gw.http_addr());
         out.push_str(&format!("  API            {api}/api/v1/   (OpenAPI: {api}/api/v1/openapi.json)\n"));
-        match gw.sign_in_link() {
+        // A one-time link is a credential: printed where the logs are the developer's own.
+        match gw.sign_in_link().filter(|_| profile == Profile::Development) {
             Some(link) => out.push_str(&format!(
                 "  Operator page  {link}\n                 (a one-time sign-in link, for an hour; then sign in at {}/admin/login\n                 with admin_token from {DEV_SECRETS}, or send it as a bearer token)\n",
                 local(gw.management_addr())
             )),
-            None => out.push_str(
-                "  Operator page  closed: set CITYEVENTS_<SERVICE>__MANAGEMENT__ADMIN_TOKEN to open /admin/status\n",
-            ),
+            None => out.push_str(&format!(
+                "  Operator page  {}/admin/login (the management.admin_token of CITYEVENTS_<SERVICE>__MANAGEMENT__ADMIN_TOKEN)\n",
+                local(gw.management_addr())
+            )),
         }
     }
     out.push_str("\n  Service     API                      management (/metrics, /admin/status)\n");

@@ -14,8 +14,8 @@
 //! A message says what was expected and never echoes the client's value.
 //!
 //! The size limit is Keel's `http.body_limit`, one setting per service for its whole API (City
-//! Events sets 64 KiB for every service, the gateway included, so what the gateway forwards the
-//! service accepts); the 413 problem says it.
+//! Events defaults it per service in [`crate::services::body_limit`], the gateway's the largest,
+//! so what the gateway forwards a service accepts); the 413 problem says it.
 //!
 //! ```
 //! use axum::Router;

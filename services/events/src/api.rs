@@ -311,6 +311,8 @@ async fn change_recorded(
         st.outbox.wake();
     }
     let change = match emit {
+        // A draft canceled announces nothing (nobody could join it), but it was canceled.
+        Emit::Nothing if new.status == Status::Canceled && current.status != Status::Canceled => Some(Change::Canceled),
         Emit::Nothing => None,
         Emit::Published => Some(Change::Published),
         Emit::Updated => Some(Change::Updated),

@@ -77,6 +77,11 @@ pub const STRICT_RATE_LIMIT_POLICY: &str = "strict";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// Not a setting: the body limit is Keel's `http.body_limit`. Read only to say so, rather
+    /// than "unknown field", to a configuration that still sets it.
+    #[serde(skip_serializing)]
+    #[doc(hidden)]
+    pub max_body: Option<serde::de::IgnoredAny>,
     /// How long a forwarded call may take (`app.upstream_timeouts.*`).
     pub upstream_timeouts: UpstreamTimeouts,
 }
@@ -115,6 +120,9 @@ impl UpstreamTimeouts {
 
 impl Section for GatewayConfig {
     fn validate(&self, v: &mut Validation<'_>) {
+        if self.max_body.is_some() {
+            v.invalid("max_body", "is not a setting: set the gateway's body limit with http.body_limit");
+        }
         let t = &self.upstream_timeouts;
         if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&t.total) {
             v.invalid("upstream_timeouts.total", "must be more than 0s and at most 60s");

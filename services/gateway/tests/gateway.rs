@@ -303,6 +303,19 @@ async fn openapi_document_is_served_and_matches_the_route_table() {
 }
 
 #[tokio::test]
+async fn the_old_body_limit_setting_is_refused_naming_the_new_one() {
+    let stubs = echoes().await;
+    let ups: Vec<(&str, String)> = stubs.iter().map(|s| (s.name, s.url())).collect();
+    let vars = env(&ups, &[("CITYEVENTS_GATEWAY__APP__MAX_BODY", "64KiB")]);
+    let loaded = keel::app::Loader::new(cityevents_common::services::GATEWAY.0, keel::config::Profile::Test)
+        .env(vars)
+        .load::<cityevents_gateway::GatewayConfig>();
+    let Err(e) = loaded else { panic!("app.max_body was accepted") };
+    let text = e.to_string();
+    assert!(text.contains("max_body") && text.contains("http.body_limit"), "{text}");
+}
+
+#[tokio::test]
 async fn refuses_to_start_without_an_upstream() {
     let stubs = echoes().await;
     let ups: Vec<(&str, String)> = stubs.iter().filter(|s| s.name != "notifier").map(|s| (s.name, s.url())).collect();

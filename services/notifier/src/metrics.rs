@@ -20,18 +20,6 @@ const IN_APP: [&str; 9] = [
     crate::activity::ACTIVITY,
 ];
 
-/// Mail templates (the `template` label of `notifier_mail_total`).
-const EMAIL: [&str; 8] = [
-    "verify_email",
-    "reset_password",
-    "password_changed",
-    "already_registered",
-    "address_unavailable",
-    "event_canceled",
-    "waitlist_promoted",
-    "removed",
-];
-
 /// The counter; cheap to clone. [`NotificationMetrics::none`] counts nothing.
 #[derive(Debug, Clone, Default)]
 pub struct NotificationMetrics {
@@ -51,7 +39,7 @@ impl NotificationMetrics {
         for kind in IN_APP {
             sent.with_label_values(&[kind, "in_app"]);
         }
-        for kind in EMAIL {
+        for kind in crate::mail::TEMPLATES {
             sent.with_label_values(&[kind, "email"]);
         }
         metrics.register(sent.clone())?;

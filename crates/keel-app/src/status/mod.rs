@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use super::BuildInfo;
-use keel_config::{Profile, ReloadEvent, ReloadLog};
+use keel_config::{Profile, ReloadEvent, ReloadLog, Secret};
 use keel_features::{Flags, FlagsReport};
 use keel_health::{Health, Kind, Report};
 use keel_rate_limit::{RateLimitPolicy, RateLimiter};
@@ -53,21 +53,30 @@ pub(crate) struct Sources {
     pub(crate) listeners: Arc<OnceLock<(SocketAddr, SocketAddr)>>,
 }
 
-/// The services of one process whose status pages show each other; cheap to clone.
+/// The services of one process whose status pages show each other — those with the same admin
+/// token: whoever may see one may see them all; cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Process {
-    members: Arc<RwLock<Vec<Sources>>>,
+    members: Arc<RwLock<Vec<Member>>>,
 }
 
+/// A member of a [`Process`] and its admin token.
+type Member = (Sources, Option<Secret>);
+
 impl Process {
-    pub(crate) fn join(&self, sources: Sources) {
-        self.members.write().unwrap_or_else(PoisonError::into_inner).push(sources);
+    pub(crate) fn join(&self, sources: Sources, admin_token: Option<Secret>) {
+        self.members.write().unwrap_or_else(PoisonError::into_inner).push((sources, admin_token));
     }
 
-    /// Every member but `name`, in start order.
-    fn others(&self, name: &str) -> Vec<Sources> {
+    /// Every member but `name` whose admin token is `token`, in start order.
+    fn others(&self, name: &str, token: Option<&Secret>) -> Vec<Sources> {
+        let Some(token) = token else { return Vec::new() };
         let members = self.members.read().unwrap_or_else(PoisonError::into_inner);
-        members.iter().filter(|m| m.build.name != name).cloned().collect()
+        members
+            .iter()
+            .filter(|(m, t)| m.build.name != name && t.as_ref().is_some_and(|t| t.expose() == token.expose()))
+            .map(|(m, _)| m.clone())
+            .collect()
     }
 }
 
@@ -213,12 +222,10 @@ impl Sources {
         }
     }
 
-    /// This service's status and, in a group, the other services'.
-    pub(crate) fn page(&self, process: &Process) -> PageDoc {
-        PageDoc {
-            this: self.snapshot(),
-            process: process.others(&self.build.name).iter().map(Self::snapshot).collect(),
-        }
+    /// This service's status and, in a group, the other services' that share its admin `token`.
+    pub(crate) fn page(&self, process: &Process, token: Option<&Secret>) -> PageDoc {
+        let others = process.others(&self.build.name, token);
+        PageDoc { this: self.snapshot(), process: others.iter().map(Self::snapshot).collect() }
     }
 }
 
@@ -264,10 +271,17 @@ mod tests {
         )
         .unwrap();
         let process = Process::default();
+        let token = Secret::new("t".to_owned());
         let this = sources("svc<1>", health, flags.clone());
-        process.join(this.clone());
-        process.join(sources("other\"svc", Health::new(Duration::from_secs(5), Duration::from_secs(15), None), flags));
-        let html = render_html(&this.page(&process)).unwrap();
+        process.join(this.clone(), Some(token.clone()));
+        let other = |name: &str| {
+            sources(name, Health::new(Duration::from_secs(5), Duration::from_secs(15), None), flags.clone())
+        };
+        process.join(other("other\"svc"), Some(token.clone()));
+        process.join(other("foreign"), Some(Secret::new("another".to_owned())));
+        process.join(other("tokenless"), None);
+        let html = render_html(&this.page(&process, Some(&token))).unwrap();
+        assert!(!html.contains("foreign") && !html.contains("tokenless"), "only members with the same token");
         for raw in ["<script>", "<img", "<b>bold", "svc<1>", "up<1>", "<y>", "<x>", "other\"svc"] {
             assert!(!html.contains(raw), "unescaped {raw}");
         }
@@ -276,7 +290,7 @@ mod tests {
         assert_eq!(html.matches("<article class=\"service\"").count(), 2, "both members are on the page");
         assert!(html.contains("<h2>Overview</h2>"));
         assert!(!html.contains("style="), "no inline style: the CSP allows the stylesheet only");
-        let json = serde_json::to_value(this.page(&process)).unwrap();
+        let json = serde_json::to_value(this.page(&process, Some(&token))).unwrap();
         assert_eq!(json["service"]["name"], "svc<1>", "this service at the top level");
         assert_eq!(json["process"][0]["service"]["name"], "other\"svc", "the others under process");
     }

@@ -36,6 +36,12 @@ fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// Seconds from a metric as a duration: negative, NaN or past `Duration`'s range reads as 0 or
+/// the largest.
+fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 fn ms(v: Option<u64>) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v} ms"))
 }
@@ -268,7 +274,7 @@ fn view(d: &StatusDoc) -> ServiceView {
             probe("Readiness", &d.health.readiness),
             probe("Startup", &d.health.startup),
         ],
-        window: human(Duration::from_secs_f64(t.window_seconds)),
+        window: human(secs(t.window_seconds)),
         rps: rate(t.requests_per_second),
         errors: rate(t.server_errors_per_second),
         p99: p99(t.p99_seconds, t.p99_above),
@@ -318,7 +324,7 @@ fn view(d: &StatusDoc) -> ServiceView {
         lag: if d.consumers.is_empty() { "–".to_owned() } else { lag.to_string() },
         outbox: d.outbox.as_ref().map(|o| OutboxView {
             pending: o.pending,
-            oldest: human(Duration::from_secs_f64(o.oldest_pending_age_seconds.max(0.0))),
+            oldest: human(secs(o.oldest_pending_age_seconds)),
             published: o.published,
             failures: o.publish_failures,
             dead: o.dead,

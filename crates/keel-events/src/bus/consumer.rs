@@ -16,7 +16,10 @@
 //!   paused it polls every `pause_poll`, so work resumes within a second of the dependency.
 //!   The pause is logged once when it starts and once when it ends, counted in
 //!   `consumer_paused` / `consumer_pauses_total`, and reported by the readiness check as
-//!   degraded.
+//!   degraded. Before the consumer first takes messages, a dependency still coming up (the
+//!   inbox database connecting at start-up) is being waited for instead: logged at INFO, not
+//!   counted in `consumer_pauses_total`, and the readiness check is down (`waiting: …`). A
+//!   broker it cannot subscribe to yet is logged at INFO for its first 30 s, then WARN.
 //! * **Idempotent by default** (with [`Consumer::inbox`]): the message id is recorded in the
 //!   `keel_inbox` table in the same transaction as the handler's writes ([`Message::tx`]), so a
 //!   redelivery (a crash between commit and ack, a broker redelivering) is acknowledged without
@@ -605,6 +608,9 @@ impl<H: Handler> Consumer<H> {
         // When the current pause began; kept across re-subscriptions.
         let mut paused: Option<Instant> = None;
         let (began, mut subscribed_once) = (Instant::now(), false);
+        // Whether it has taken messages since it started: before, a dependency still down is
+        // being waited for (INFO), not a pause (WARN, `consumer_pauses_total`).
+        let mut taking_once = false;
         loop {
             let mut sub = match this.bus.subscribe(&this.topic, &this.group, &this.options.subscribe).await {
                 Ok(s) => s,
@@ -631,7 +637,10 @@ impl<H: Handler> Consumer<H> {
             // Subscribed first, so the group's queue or durable consumer exists and keeps what is
             // published meanwhile; no message is taken while a dependency is down (the pause
             // below), so none is taken before the inbox database is ready.
-            this.state.set(Status::Up);
+            match this.pause_reason() {
+                Some(reason) if !taking_once => this.state.set(Status::Waiting(reason)),
+                _ => this.state.set(Status::Up),
+            }
             this.changed();
             tracing::info!(topic = %this.topic, group = %this.group, "consumer subscribed");
             let permits = Arc::new(Semaphore::new(this.options.concurrency));
@@ -652,17 +661,18 @@ impl<H: Handler> Consumer<H> {
                 if let Some(reason) = this.pause_reason() {
                     if paused.is_none() {
                         paused = Some(Instant::now());
-                        this.pause(&reason);
+                        this.pause(&reason, !taking_once);
                     }
-                    this.state.set(Status::Paused(reason));
+                    this.state.set(if taking_once { Status::Paused(reason) } else { Status::Waiting(reason) });
                     tokio::select! {
                         () = stop.cancelled() => break false,
                         () = tokio::time::sleep(this.options.pause_poll) => continue,
                     }
                 }
                 if let Some(since) = paused.take() {
-                    this.resume(since.elapsed());
+                    this.resume(since.elapsed(), !taking_once);
                 }
+                taking_once = true;
                 let permit = tokio::select! {
                     () = stop.cancelled() => break false,
                     () = this.held.wake.notified() => continue,
@@ -741,20 +751,35 @@ impl<H: Handler> Consumer<H> {
         self.dependencies.iter().any(|d| !d.is_available())
     }
 
-    fn pause(&self, reason: &str) {
-        tracing::warn!(
-            topic = %self.topic, group = %self.group, reason = %reason,
-            "consumer paused: taking no messages and spending no attempts until the dependency is back"
-        );
+    /// Takes nothing until the dependency is back: at start-up (`starting`, nothing taken yet)
+    /// that is waiting for it (INFO); later a pause (WARN, counted).
+    fn pause(&self, reason: &str, starting: bool) {
+        if starting {
+            tracing::info!(
+                topic = %self.topic, group = %self.group, reason = %reason,
+                "consumer waiting for its dependency before taking messages"
+            );
+        } else {
+            tracing::warn!(
+                topic = %self.topic, group = %self.group, reason = %reason,
+                "consumer paused: taking no messages and spending no attempts until the dependency is back"
+            );
+        }
         if let Some(m) = &self.metrics {
             m.set_paused(&self.topic, &self.group, true);
-            m.pause(&self.topic, &self.group);
+            if !starting {
+                m.pause(&self.topic, &self.group);
+            }
         }
         self.changed();
     }
 
-    fn resume(&self, paused_for: Duration) {
-        tracing::info!(topic = %self.topic, group = %self.group, paused_for = ?paused_for, "consumer resumed");
+    fn resume(&self, paused_for: Duration, starting: bool) {
+        if starting {
+            tracing::info!(topic = %self.topic, group = %self.group, waited = ?paused_for, "consumer taking messages");
+        } else {
+            tracing::info!(topic = %self.topic, group = %self.group, paused_for = ?paused_for, "consumer resumed");
+        }
         if let Some(m) = &self.metrics {
             m.set_paused(&self.topic, &self.group, false);
         }
@@ -1011,6 +1036,8 @@ enum Status {
     Up,
     /// Subscribed, but taking none until a dependency is back.
     Paused(String),
+    /// Subscribed, and taking none until a dependency is up for the first time (start-up).
+    Waiting(String),
     /// Not subscribed, and why.
     Down(String),
 }
@@ -1057,6 +1084,7 @@ impl HealthCheck for ConsumerCheck {
             match self.state.get() {
                 Status::Up => Outcome::Up,
                 Status::Paused(reason) => Outcome::degraded(format!("paused: {reason}")),
+                Status::Waiting(reason) => Outcome::Down(format!("waiting: {reason}")),
                 Status::Down(reason) => Outcome::Down(format!("not subscribed: {reason}")),
             }
         })
