@@ -200,7 +200,7 @@ impl Sources {
                 readiness: self.health.report(Kind::Readiness),
                 startup: self.health.report(Kind::Startup),
             },
-            traffic: self.traffic.info(),
+            traffic: self.traffic.info(&families),
             upstreams,
             workers: self.workers.statuses(),
             consumers: families.consumers(),

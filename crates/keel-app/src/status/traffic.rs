@@ -79,7 +79,7 @@ impl Traffic {
 
     /// Keeps a reading now (the background task calls it every [`SAMPLE_EVERY`]).
     pub(crate) fn record(&self) {
-        let reading = read(&self.metrics.registry().gather());
+        let reading = read(self.metrics.registry().gather().iter());
         let mut r = self.readings.lock().unwrap_or_else(PoisonError::into_inner);
         r.push_back((Instant::now(), reading));
         // Enough to reach a window back, and no more.
@@ -89,9 +89,9 @@ impl Traffic {
     }
 
     /// Traffic from a baseline — the newest kept reading at least a window old, else the oldest
-    /// kept, else the start — to now.
-    pub(crate) fn info(&self) -> TrafficInfo {
-        let now = read(&self.metrics.registry().gather());
+    /// kept, else the start — to `now`, a reading of the registry just taken.
+    pub(crate) fn info(&self, now: &Families) -> TrafficInfo {
+        let now = read(now.0.values());
         let (base_at, base) = {
             let r = self.readings.lock().unwrap_or_else(PoisonError::into_inner);
             r.iter()
@@ -183,7 +183,7 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
     m.get_label().iter().find(|l| l.name() == name).map_or("", |l| l.value())
 }
 
-fn read(families: &[MetricFamily]) -> Reading {
+fn read<'a>(families: impl Iterator<Item = &'a MetricFamily>) -> Reading {
     let mut reading = Reading::default();
     for f in families {
         match f.name() {
@@ -355,8 +355,8 @@ mod tests {
         requests.with_label_values(&["GET", "/a", "200"]).inc_by(9);
         requests.with_label_values(&["GET", "/a", "503"]).inc();
         requests.with_label_values(&["POST", "/b", "201"]).inc_by(4);
-        let t = Traffic::new(metrics);
-        let info = t.info();
+        let t = Traffic::new(metrics.clone());
+        let info = t.info(&Families::gather(&metrics));
         assert!(info.requests_per_second > 0.0 && info.server_errors_per_second > 0.0, "{info:?}");
         assert_eq!(info.routes[0].route, "/a", "busiest first: {info:?}");
         assert!((info.routes[0].server_errors_per_second * 10.0 - info.routes[0].requests_per_second).abs() < 1e-6);
