@@ -343,11 +343,15 @@ impl Health {
     /// Whether check `name`'s last fresh result is up or degraded (false when it is unknown,
     /// has not run yet, or is stale).
     pub fn is_up(&self, name: &str) -> bool {
-        self.entries().iter().filter(|e| e.check.name() == name).all(|e| {
-            e.last.read().ok().is_some_and(|l| {
-                l.as_ref().is_some_and(|r| r.at.elapsed() <= self.inner.ttl && !matches!(r.outcome, Outcome::Down(_)))
+        let entries = self.entries();
+        let mut named = entries.iter().filter(|e| e.check.name() == name).peekable();
+        named.peek().is_some()
+            && named.all(|e| {
+                e.last.read().ok().is_some_and(|l| {
+                    l.as_ref()
+                        .is_some_and(|r| r.at.elapsed() <= self.inner.ttl && !matches!(r.outcome, Outcome::Down(_)))
+                })
             })
-        }) && self.entries().iter().any(|e| e.check.name() == name)
     }
 
     /// Waits until every check in `names` is up ([`Health::is_up`]) or `stop` is cancelled;

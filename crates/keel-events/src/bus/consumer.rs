@@ -637,9 +637,11 @@ impl<H: Handler> Consumer<H> {
             // Subscribed first, so the group's queue or durable consumer exists and keeps what is
             // published meanwhile; no message is taken while a dependency is down (the pause
             // below), so none is taken before the inbox database is ready.
+            // A dependency down now is recorded as a wait (or pause) the loop below ends when it
+            // is back, even if it is back before the loop looks again.
             match this.pause_reason() {
-                Some(reason) if !taking_once => this.state.set(Status::Waiting(reason)),
-                _ => this.state.set(Status::Up),
+                Some(reason) => this.wait_for(reason, &mut paused, taking_once),
+                None => this.state.set(Status::Up),
             }
             this.changed();
             tracing::info!(topic = %this.topic, group = %this.group, "consumer subscribed");
@@ -659,11 +661,7 @@ impl<H: Handler> Consumer<H> {
                     this.prune_inbox().await;
                 }
                 if let Some(reason) = this.pause_reason() {
-                    if paused.is_none() {
-                        paused = Some(Instant::now());
-                        this.pause(&reason, !taking_once);
-                    }
-                    this.state.set(if taking_once { Status::Paused(reason) } else { Status::Waiting(reason) });
+                    this.wait_for(reason, &mut paused, taking_once);
                     tokio::select! {
                         () = stop.cancelled() => break false,
                         () = tokio::time::sleep(this.options.pause_poll) => continue,
@@ -749,6 +747,16 @@ impl<H: Handler> Consumer<H> {
     /// Whether a dependency it waits for (registered, or the inbox database) is down.
     fn dependency_down(&self) -> bool {
         self.dependencies.iter().any(|d| !d.is_available())
+    }
+
+    /// A dependency is down: the pause begins now unless it had begun (`paused`), and the
+    /// readiness state says why.
+    fn wait_for(&self, reason: String, paused: &mut Option<Instant>, taking_once: bool) {
+        if paused.is_none() {
+            *paused = Some(Instant::now());
+            self.pause(&reason, !taking_once);
+        }
+        self.state.set(if taking_once { Status::Paused(reason) } else { Status::Waiting(reason) });
     }
 
     /// Takes nothing until the dependency is back: at start-up (`starting`, nothing taken yet)
@@ -1252,6 +1260,39 @@ mod tests {
     #[tokio::test]
     async fn a_handler_reporting_unavailable_holds_the_message_without_spending_attempts() {
         waits_out_an_outage(false).await;
+    }
+
+    /// A dependency down when the consumer subscribes and back before the consumer looks again:
+    /// readiness must follow it up, not stay on `waiting`.
+    #[tokio::test]
+    async fn a_dependency_back_right_after_subscribing_makes_it_ready() {
+        let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(Logs::default()));
+        let bus = Bus::in_process(10);
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = asked.clone();
+        // Down on the first question only: the subscription sees it down, the loop sees it up.
+        let dep = dependency_fn("store", move || a.fetch_add(1, Ordering::SeqCst) > 0);
+        let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = handled.clone();
+        let handler = handler_fn(move |_env: Envelope| {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Failure>(())
+            }
+        });
+        let consumer = Consumer::new(bus.clone(), "quick", "g", handler)
+            .options(ConsumerOptions::default().pause_poll(Duration::from_millis(20)))
+            .depends_on(dep);
+        let check = consumer.readiness_check();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        until("the dependency asked twice", || asked.load(Ordering::SeqCst) >= 2).await;
+        bus.publish("quick", &Envelope::raw("test", "thing", 1, serde_json::json!({}))).await.unwrap();
+        until("the message", || handled.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(check.check().await, Outcome::Up, "ready once the dependency is back");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]
