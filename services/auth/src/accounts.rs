@@ -695,14 +695,14 @@ fn plausible_local(local: &str) -> bool {
         && !local.contains("..")
 }
 
-/// Trims a display name and checks it is 1 to [`MAX_NAME`] characters without control
-/// characters.
+/// Checks a display name is at most [`MAX_NAME`] characters as sent, not blank and without
+/// control characters; answers it trimmed.
 pub fn validate_name(raw: &str) -> Result<String, FieldError> {
     let name = raw.trim();
     if name.is_empty() {
         return Err(FieldError::new("name", "is required"));
     }
-    if name.chars().count() > MAX_NAME {
+    if raw.chars().count() > MAX_NAME {
         return Err(FieldError::new("name", format!("must be at most {MAX_NAME} characters")));
     }
     if name.chars().any(char::is_control) {

@@ -888,12 +888,12 @@ fn users_filter(q: UsersQuery) -> Result<UsersRequest, Problem> {
         Some(t) => Some(t.to_owned()),
     };
     let role = match q.role.as_deref() {
-        None => None,
+        None | Some("") => None,
         Some(r) if [roles::USER, roles::MODERATOR, roles::ADMIN].contains(&r) => Some(r.to_owned()),
         Some(_) => return Err(invalid("role", "must be `user`, `moderator` or `admin`")),
     };
     let banned = match q.banned.as_deref() {
-        None => None,
+        None | Some("") => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(_) => return Err(invalid("banned", "must be `true` or `false`")),

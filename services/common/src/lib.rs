@@ -8,6 +8,7 @@
 //! Anything service-specific stays in its service crate; anything generic belongs in `keel`.
 
 pub mod catalogue;
+pub mod idempotency;
 pub mod json;
 pub mod organizer_bans;
 pub mod page;

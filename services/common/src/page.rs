@@ -142,6 +142,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A cursor the server issues reads back as the same position.
+        #[test]
+        fn an_issued_cursor_reads_back(key in proptest::prelude::any::<i64>(), id in "[A-Za-z0-9_-]{0,64}") {
+            let c = Cursor::new(key, id);
+            proptest::prop_assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        }
+
+        /// Any text is a cursor or refused, never a panic; what decodes has an id of at most
+        /// 64 bytes.
+        #[test]
+        fn any_text_is_a_cursor_or_refused(text in "[A-Za-z0-9_=+/-]{0,300}") {
+            if let Some(c) = Cursor::decode(&text) {
+                proptest::prop_assert!(c.id.len() <= 64);
+            }
+        }
+    }
+
     #[test]
     fn last_page_has_no_cursor() {
         let page = Page::from_rows(vec![1, 2], 2, |n| Cursor::new(*n, "x"));

@@ -8,13 +8,15 @@ pub fn invalid(field: &str, message: &str) -> Problem {
     Problem::bad_request(format!("{field} {message}")).code("invalid_input").field(field, message)
 }
 
-/// Trims `value` and checks it is 1 to `max` characters.
+/// Checks `value` is at most `max` characters, not blank and free of control characters but
+/// tab and newline; answers it trimmed. The length counts what was sent, as the OpenAPI
+/// document's `maxLength` does.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, Problem> {
     let v = value.trim();
     if v.is_empty() {
         return Err(invalid(field, "is required"));
     }
-    if v.chars().count() > max {
+    if value.chars().count() > max {
         return Err(invalid(field, &format!("must be at most {max} characters")));
     }
     if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
@@ -60,6 +62,7 @@ mod tests {
         assert!(text("title", &"x".repeat(121), 120).is_err());
         assert!(text("title", "a\u{0}b", 120).is_err());
         assert!(text("title", &"é".repeat(120), 120).is_ok(), "characters, not bytes");
+        assert!(text("title", &format!(" {} ", "x".repeat(119)), 120).is_err(), "as sent, before trimming");
     }
 }
 

@@ -356,8 +356,8 @@ pub struct NewEvent {
     pub starts_at: String,
     /// End, like the start.
     pub ends_at: String,
-    /// Seats; default `0` (unlimited).
-    #[serde(default)]
+    /// Seats; default `0` (unlimited). `5.0` is `5`.
+    #[serde(default, deserialize_with = "cityevents_common::json::whole_number")]
     pub capacity: i64,
 }
 
@@ -382,6 +382,7 @@ pub struct EventPatch {
     /// New end, like the start.
     pub ends_at: Option<String>,
     /// New capacity.
+    #[serde(default, deserialize_with = "cityevents_common::json::optional_whole_number")]
     pub capacity: Option<i64>,
 }
 
@@ -547,9 +548,19 @@ impl NewEvent {
 }
 
 impl EventPatch {
+    /// Whether it changes nothing (`{}`, or every field `null`).
+    pub fn is_empty(&self) -> bool {
+        let Self { title, description, city, category, venue, time_zone, starts_at, ends_at, capacity } = self;
+        [title, description, city, category, venue, time_zone, starts_at, ends_at].iter().all(|f| f.is_none())
+            && capacity.is_none()
+    }
+
     /// The event's fields with this patch applied, every limit checked (including that the end
     /// stays after the start).
     pub fn apply(self, current: &Event) -> Result<Fields, Problem> {
+        if self.is_empty() {
+            return Err(validate::invalid("body", "must name at least one field to change"));
+        }
         let mut e = Errors::default();
         let mut f = Fields {
             title: current.title.clone(),

@@ -125,8 +125,10 @@ async fn crud_and_visibility(backend: Backend) {
     );
     let (status, u3) = s.patch(&path, Some(&ta), json!({"city": "Paris"})).await;
     assert_eq!((status, &u3), (StatusCode::OK, &u2));
-    let (status, u4) = s.patch(&path, Some(&ta), json!({})).await;
-    assert_eq!((status, &u4), (StatusCode::OK, &u2));
+    // `{}` changes nothing and is refused (the document's `minProperties: 1`); unchanged.
+    let (status, refused) = s.patch(&path, Some(&ta), json!({})).await;
+    assert_eq!((status, &refused["errors"][0]["field"]), (StatusCode::BAD_REQUEST, &json!("body")), "{refused}");
+    assert_eq!(s.get(&path, Some(&ta)).await.1, u2);
 
     // Published: everyone sees it, only the organizer changes it (403 for others).
     let (status, p) = s.post_empty(&format!("{path}/publish"), Some(&ta)).await;

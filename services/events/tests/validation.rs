@@ -45,6 +45,7 @@ async fn event_limits(backend: Backend) {
         (with("title", long(121)), "title"),
         (with("title", json!("a\u{0}b")), "title"),
         (with("title", json!(5)), "title"),
+        (with("title", json!(format!(" {} ", "x".repeat(119)))), "title"),
         (without("title"), "title"),
         (with("description", long(4001)), "description"),
         (with("city", json!("")), "city"),
@@ -147,6 +148,9 @@ async fn event_limits(backend: Backend) {
     assert_eq!(again, e, "read back unchanged");
     let e0 = s.create(&t, with("capacity", json!(0))).await;
     assert_eq!(e0["capacity"], 0);
+    // JSON Schema's integer: a whole number written with a fraction is that number.
+    let e5 = s.create(&t, with("capacity", json!(5.0))).await;
+    assert_eq!(e5["capacity"], 5);
 
     // The same limits on PATCH, plus the order of the merged times.
     let path = format!("/api/v1/events/{}", id(&e0));
@@ -164,12 +168,18 @@ async fn event_limits(backend: Backend) {
         (json!({"capacity": -1}), "capacity"),
         (json!({"status": "published"}), "status"),
         (json!({"id": Uuid::now_v7()}), "id"),
+        // The document's `minProperties: 1`: a patch that changes nothing is refused.
+        (json!({}), "body"),
+        (json!({"title": null, "capacity": null}), "body"),
+        (json!({"capacity": 2.5}), "capacity"),
     ];
     for (body, field) in patches {
         let (status, problem) = s.patch(&path, Some(&t), body).await;
         assert_invalid(status, &problem, field);
     }
     assert_eq!(s.get(&path, Some(&t)).await.1, e0, "no refused patch changed anything");
+    let (status, patched) = s.patch(&path, Some(&t), json!({"capacity": 7.0})).await;
+    assert_eq!((status, &patched["capacity"]), (StatusCode::OK, &json!(7)), "{patched}");
     s.stop().await;
 }
 

@@ -183,4 +183,89 @@ mod tests {
         assert!(names(http::Method::POST, "/api/v1/events").is_empty());
         assert!(doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"].is_object());
     }
+
+    /// The mismatches a schemathesis run against the document found, each pinned: the limits,
+    /// patterns and values the services enforce (their own tests prove the enforcing side; CI's
+    /// contract run proves both together).
+    #[test]
+    fn states_what_the_services_enforce() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        for s in ["Join", "MyJoin"] {
+            let statuses = &schemas[s]["properties"]["status"]["enum"];
+            assert_eq!(statuses, &serde_json::json!(["confirmed", "waitlisted", "canceled", "kicked"]), "{s}");
+        }
+        let list = &doc["paths"]["/api/v1/events"]["get"]["parameters"];
+        for name in ["city", "category"] {
+            let p = list.as_array().unwrap().iter().find(|p| p["name"] == name).unwrap();
+            assert_eq!(p["schema"]["maxLength"], 80, "{name}");
+        }
+        let key = &doc["components"]["parameters"]["IdempotencyKey"]["schema"];
+        use cityevents_common::idempotency;
+        assert_eq!(
+            (key["maxLength"].as_u64(), key["pattern"].as_str()),
+            (u64::try_from(idempotency::MAX_LEN).ok(), Some(idempotency::PATTERN))
+        );
+        assert_eq!(schemas["BatchRequest"]["properties"]["ids"]["minItems"], 1);
+        for (name, schema) in schemas.as_object().unwrap() {
+            if name.ends_with("Request") || name == "EventInput" || name.ends_with("Patch") {
+                assert_eq!(schema["additionalProperties"], false, "{name}: unknown fields are refused");
+            }
+        }
+        for s in ["EventInput", "EventPatch"] {
+            let p = &schemas[s]["properties"];
+            assert_eq!(
+                (p["capacity"]["minimum"].as_u64(), p["capacity"]["maximum"].as_u64()),
+                (Some(0), Some(100_000))
+            );
+            assert_eq!(p["city"]["maxLength"], 80, "{s}");
+            for f in ["title", "city", "category"] {
+                assert_eq!(p[f]["minLength"], 1, "{s}.{f}: blank is refused");
+                assert!(p[f]["pattern"].is_string(), "{s}.{f}: control characters are refused");
+            }
+        }
+        assert_eq!(schemas["EventPatch"]["minProperties"], 1);
+        // 415 wherever a JSON body is taken; 405 described once, for any undeclared method.
+        for r in ROUTES {
+            let op = &doc["paths"][r.path][r.verb.openapi_key()];
+            if op.get("requestBody").is_some() {
+                assert_eq!(op["responses"]["415"]["$ref"], "#/components/responses/UnsupportedMediaType", "{r:?}");
+            }
+        }
+        assert!(doc["components"]["responses"]["MethodNotAllowed"]["headers"]["Allow"].is_object());
+    }
+
+    /// The text patterns accept what the services' text checks accept and refuse what they
+    /// refuse (`cityevents_common::validate::text`: not blank, no control characters but tab and
+    /// newline).
+    #[test]
+    fn text_patterns_match_the_services_checks() {
+        let doc = doc();
+        let pattern = doc["components"]["schemas"]["EventInput"]["properties"]["title"]["pattern"].as_str().unwrap();
+        assert_eq!(pattern, REQUIRED_TEXT, "the pattern matches_text_pattern evaluates");
+        for (value, ok) in [
+            ("Jazz", true),
+            ("  Jazz\tnight\n", true),
+            ("   ", false),
+            ("a\u{0}b", false),
+            ("a\u{85}b", false),
+            ("\u{3000}", false),
+        ] {
+            let by_service = cityevents_common::validate::text("title", value, 120).is_ok();
+            assert_eq!(by_service, ok, "{value:?}");
+            assert_eq!(matches_text_pattern(value), ok, "{value:?}");
+        }
+    }
+
+    const REQUIRED_TEXT: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
+
+    /// [`REQUIRED_TEXT`] evaluated without a regex engine.
+    fn matches_text_pattern(v: &str) -> bool {
+        let control = |c: char| matches!(c, '\u{0}'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}');
+        let blank = |c: char| {
+            matches!(c, '\u{0}'..='\u{20}' | '\u{7f}'..='\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}')
+        };
+        !v.chars().any(control) && v.chars().any(|c| !blank(c))
+    }
 }

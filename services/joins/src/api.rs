@@ -42,7 +42,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Fail, conflict, forbidden, not_found};
-use crate::extract::{Caller, RawPage, idempotency_key, path_uuid};
+use crate::extract::{Caller, RawPage, path_uuid};
 use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
 
@@ -365,7 +365,7 @@ async fn join(
 
 async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap) -> Result<Response, Fail> {
     let event_id = path_uuid("id", id)?;
-    let key = idempotency_key(headers)?;
+    let key = cityevents_common::idempotency::from_headers(headers)?;
     let fingerprint = format!("POST /api/v1/events/{event_id}/join");
     let db = &st.0.db;
     let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);

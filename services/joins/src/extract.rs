@@ -1,5 +1,6 @@
-//! Request inputs checked at the edge: the caller (from the bearer token), the `Idempotency-Key`
-//! header and page queries. JSON bodies are `cityevents_common::json::Json`.
+//! Request inputs checked at the edge: the caller (from the bearer token) and page queries.
+//! JSON bodies are `cityevents_common::json::Json`, the `Idempotency-Key` header
+//! `cityevents_common::idempotency`.
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
@@ -10,9 +11,6 @@ use keel::Problem;
 use keel::security::jwt::{Auth, Claims};
 use serde::Deserialize;
 use uuid::Uuid;
-
-/// Longest `Idempotency-Key`.
-pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -38,24 +36,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         let moderator =
             claims.has_role(cityevents_common::roles::ADMIN) || claims.has_role(cityevents_common::roles::MODERATOR);
         Ok(Self { id, moderator })
-    }
-}
-
-/// The `Idempotency-Key` header: required, 1 to 128 characters of `[A-Za-z0-9_-]`.
-pub(crate) fn idempotency_key(headers: &http::HeaderMap) -> Result<String, Problem> {
-    const FIELD: &str = "Idempotency-Key";
-    let mut values = headers.get_all("idempotency-key").iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(validate::invalid(FIELD, "header is required once (1 to 128 characters of A-Z a-z 0-9 _ -)"));
-    };
-    let key = value.to_str().unwrap_or_default();
-    let ok = !key.is_empty()
-        && key.len() <= MAX_IDEMPOTENCY_KEY
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(key.to_owned())
-    } else {
-        Err(validate::invalid(FIELD, "must be 1 to 128 characters of A-Z a-z 0-9 _ -"))
     }
 }
 
@@ -87,25 +67,6 @@ pub(crate) fn path_uuid(field: &str, value: &str) -> Result<Uuid, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idempotency_keys_are_checked() {
-        let mut h = http::HeaderMap::new();
-        assert!(idempotency_key(&h).is_err(), "missing");
-        for bad in ["", "has space", "é", &"x".repeat(129), "a/b"] {
-            h.insert(
-                "idempotency-key",
-                http::HeaderValue::from_str(bad).unwrap_or(http::HeaderValue::from_static("!")),
-            );
-            assert!(idempotency_key(&h).is_err(), "{bad:?}");
-        }
-        for good in ["a", "A-b_9", &"x".repeat(128)] {
-            h.insert("idempotency-key", http::HeaderValue::from_str(good).unwrap());
-            assert_eq!(idempotency_key(&h).unwrap(), good);
-        }
-        h.append("idempotency-key", http::HeaderValue::from_static("second"));
-        assert!(idempotency_key(&h).is_err(), "twice");
-    }
 
     #[test]
     fn page_limits_are_checked() {

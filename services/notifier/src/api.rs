@@ -98,12 +98,13 @@ struct ListQuery {
 }
 
 fn parse_query(q: ListQuery) -> Result<(PageQuery, bool), keel::Problem> {
+    // An empty value is the parameter left out, as on every list.
     let limit = match q.limit.as_deref() {
-        None => None,
+        None | Some("") => None,
         Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be a whole number"))?),
     };
     let unread = match q.unread.as_deref() {
-        None | Some("false") => false,
+        None | Some("" | "false") => false,
         Some("true") => true,
         Some(_) => return Err(validate::invalid("unread", "must be true or false")),
     };

@@ -101,6 +101,10 @@ async fn api(backend: Backend) {
     let unread_ids = page_ids(&unread);
     assert_eq!(unread_ids.len(), 5);
     assert!(!unread_ids.contains(&ids[2]));
+    // Empty values are the parameters left out (`allowEmptyValue` in the OpenAPI document).
+    let (status, empty) = n.list(&alice, "?unread=&limit=").await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(page_ids(&empty).len(), 6, "every notification, default page size: {empty}");
     let all = n.all(&alice).await;
     let marked = all.iter().find(|i| i["id"] == ids[2].as_str()).unwrap();
     assert!(marked["read_at"].as_str().unwrap().ends_with('Z'), "{marked}");

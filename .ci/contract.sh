@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The API contract in CI: schemathesis (PyPI, pinned) against the gateway's OpenAPI document as
+# served, in the all-in-one and the distributed set-up (.ci/contract/run.py says how). Installs
+# schemathesis when missing; builds the `cityevents` binary (debug: the tests already built it).
+# Reports (JUnit, NDJSON, the schemathesis output, the platform's log) are kept under
+# $KEEL_CI_ARTIFACTS/contract (default ci-artifacts/contract). Exits non-zero on any failure.
+#
+# Settings (env): CONTRACT_SEED, CONTRACT_MAX_EXAMPLES (see run.py), KEEL_CI_ARTIFACTS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCHEMATHESIS_VERSION=4.32.5
+
+if ! command -v schemathesis >/dev/null || [[ "$(schemathesis --version 2>/dev/null)" != *"$SCHEMATHESIS_VERSION"* ]]; then
+  echo "  installing schemathesis $SCHEMATHESIS_VERSION"
+  python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+python3 -c 'import aiosmtpd' 2>/dev/null || bash .ci/smtp.sh
+cargo build -q -p cityevents
+out=${KEEL_CI_ARTIFACTS:-ci-artifacts}/contract
+bin=${CARGO_TARGET_DIR:-target}/debug/cityevents
+status=0
+for mode in all-in-one distributed; do
+  started=$SECONDS
+  if python3 .ci/contract/run.py --mode "$mode" --bin "$bin" --out "$out"; then
+    echo "== contract $mode: no failures ($((SECONDS - started)) s)"
+  else
+    echo "== contract $mode: FAILED ($((SECONDS - started)) s); reports in $out/$mode" >&2
+    status=1
+  fi
+done
+exit $status
