@@ -406,13 +406,10 @@ pub fn current_trace_context() -> (Option<String>, Option<String>) {
 }
 
 /// The OpenTelemetry context a `traceparent` (and `tracestate`) describe, to parent a span on.
+/// Read as [`extract_context`] reads the same headers: a value that could not be a header
+/// (control characters, non-ASCII) is left out, as the propagator would keep some of those.
 pub fn context_from_traceparent(traceparent: &str, tracestate: Option<&str>) -> Context {
-    let mut map = std::collections::HashMap::new();
-    map.insert("traceparent".to_owned(), traceparent.to_owned());
-    if let Some(s) = tracestate {
-        map.insert("tracestate".to_owned(), s.to_owned());
-    }
-    global::get_text_map_propagator(|p| p.extract(&map))
+    global::get_text_map_propagator(|p| p.extract(&FieldExtractor { traceparent, tracestate }))
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -423,6 +420,27 @@ impl Extractor for HeaderExtractor<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// An envelope's trace-context fields, read as [`HeaderExtractor`] reads headers.
+struct FieldExtractor<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for FieldExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }?;
+        // What `HeaderValue::to_str` accepts: visible ASCII and tab.
+        value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)).then_some(value)
+    }
+    fn keys(&self) -> Vec<&str> {
+        ["traceparent", "tracestate"].into_iter().filter(|k| self.get(k).is_some()).collect()
     }
 }
 
@@ -449,5 +467,31 @@ mod tests {
         assert!(mentions_trace("trace"));
         assert!(mentions_trace("info,sqlx=trace"));
         assert!(!mentions_trace("info,tracer=debug"));
+    }
+
+    /// Found by the `traceparent` fuzz target: an envelope's `tracestate` with control
+    /// characters was kept (the propagator takes them), while the same value could not arrive as
+    /// a header. Both paths now read the same.
+    #[test]
+    fn an_envelope_trace_context_is_read_as_headers_are() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let bad_state = "congo=t61rcWkgf92#\0\0f067aa0ba902b7";
+        let cx = context_from_traceparent(parent, Some(bad_state));
+        let span = cx.span().span_context().clone();
+        assert!(span.is_valid() && span.trace_state().header().is_empty(), "{span:?}");
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_static(parent));
+        headers.insert("tracestate", http::HeaderValue::from_static("congo=t61rcWkg"));
+        let from_headers = extract_context(&headers).span().span_context().clone();
+        let from_envelope = context_from_traceparent(parent, Some("congo=t61rcWkg")).span().span_context().clone();
+        assert_eq!(from_envelope, from_headers);
+        assert_eq!(from_headers.trace_state().get("congo"), Some("t61rcWkg"));
+        assert!(
+            !context_from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\u{e9}", None)
+                .span()
+                .span_context()
+                .is_valid()
+        );
     }
 }
