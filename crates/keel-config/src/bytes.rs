@@ -69,4 +69,25 @@ mod tests {
         assert!(super::parse("lots").is_err());
         assert!(super::parse("-1MiB").is_err());
     }
+
+    proptest::proptest! {
+        /// What `config show` writes reads back as the same size.
+        #[test]
+        fn a_written_size_reads_back(n in proptest::prelude::any::<usize>()) {
+            #[derive(serde::Serialize, serde::Deserialize)]
+            struct T {
+                #[serde(with = "super")]
+                n: usize,
+            }
+            let y = serde_norway::to_string(&T { n }).unwrap();
+            proptest::prop_assert_eq!(serde_norway::from_str::<T>(&y).unwrap().n, n);
+        }
+
+        /// A number with a unit is the number times the unit, or an error when it overflows.
+        #[test]
+        fn a_unit_multiplies(n in proptest::prelude::any::<u64>(), unit in 0usize..super::UNITS.len()) {
+            let (name, mult) = super::UNITS[unit];
+            proptest::prop_assert_eq!(super::parse(&format!("{n}{name}")).ok(), n.checked_mul(mult));
+        }
+    }
 }

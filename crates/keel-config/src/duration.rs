@@ -99,4 +99,22 @@ mod tests {
         let err = serde_norway::from_str::<T>("d: 5").unwrap_err().to_string();
         assert!(err.contains("has no unit"), "{err}");
     }
+
+    proptest::proptest! {
+        /// What `config show` writes reads back as the same duration, to the nanosecond.
+        #[test]
+        fn a_written_duration_reads_back(secs in 0u64..10_000_000_000, nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            proptest::prop_assert_eq!(parse(&humantime::format_duration(d).to_string()), Ok(d));
+        }
+
+        /// Any text is a duration or an error that quotes it, never a panic.
+        #[test]
+        fn any_text_is_a_duration_or_an_error(s in "\\PC{0,40}") {
+            if let Err(e) = parse(&s) {
+                let quoted = format!("`{s}`");
+                proptest::prop_assert!(e.contains(&quoted));
+            }
+        }
+    }
 }

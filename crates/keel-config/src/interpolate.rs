@@ -6,6 +6,8 @@ pub(crate) struct Interpolated {
     pub(crate) value: String,
     /// Some `${VAR:-default}` fell back to its default: part of the value is written in the file.
     pub(crate) used_default: bool,
+    /// The variables' values put into `value`, each as read from the environment.
+    pub(crate) taken: Vec<String>,
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in `input`; `$${` writes a literal `${`.
@@ -22,6 +24,7 @@ pub(crate) fn interpolate(
     }
     let mut out = String::with_capacity(input.len());
     let mut used_default = false;
+    let mut taken = Vec::new();
     let mut rest = input;
     while let Some(pos) = rest.find("${") {
         if rest[..pos].ends_with('$') {
@@ -43,7 +46,10 @@ pub(crate) fn interpolate(
             return Err("`${…}` does not name a variable (letters, digits and _ only)".to_owned());
         }
         match (lookup(name).filter(|v| !(default.is_some() && v.is_empty())), default) {
-            (Some(v), _) => out.push_str(&v),
+            (Some(v), _) => {
+                out.push_str(&v);
+                taken.push(v);
+            }
             (None, Some(d)) => {
                 used_default = true;
                 out.push_str(d);
@@ -55,7 +61,7 @@ pub(crate) fn interpolate(
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(Some(Interpolated { value: out, used_default }))
+    Ok(Some(Interpolated { value: out, used_default, taken }))
 }
 
 fn is_var_name(s: &str) -> bool {
@@ -101,5 +107,23 @@ mod tests {
         assert!(!interpolate("${PORT:-1}", &env).unwrap().unwrap().used_default);
         let err = interpolate("s3cr3t-${oops", &env).unwrap_err();
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Any text written with `$${` for each literal `${` reads back as itself.
+        #[test]
+        fn escaped_text_reads_back(text in "[a-z$\\{}:-]{0,40}") {
+            let escaped = text.replace("${", "$${");
+            let read = interpolate(&escaped, &env).unwrap().map_or(escaped.clone(), |i| i.value);
+            proptest::prop_assert_eq!(read, text);
+        }
+
+        /// A variable's value is taken as it is (`${…}` in it included), never interpolated again.
+        #[test]
+        fn values_are_not_interpolated_again(value in "[a-z${}]{0,20}", before in "[a-z ]{0,8}") {
+            let lookup = |name: &str| (name == "V").then(|| value.clone());
+            let read = interpolate(&format!("{before}${{V}}"), &lookup).unwrap().unwrap();
+            proptest::prop_assert_eq!(read.value, format!("{before}{value}"));
+        }
     }
 }

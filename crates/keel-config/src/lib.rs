@@ -667,6 +667,16 @@ impl<K: Aggregate> Loader<K> {
         if problems.is_empty() {
             Ok(Loaded { config, profile: self.profile, file: self.file.clone(), sources: tree.sources })
         } else {
+            // A value the file took from the environment through `${VAR}` may be a secret put
+            // under the wrong key: a problem names the key and the variable's place, never the
+            // value (a message quoting it would put it in the start-up log). Every problem is
+            // masked, not only those whose source says so: keys written with dots can make two
+            // settings share a path, and a message may quote a part of a value.
+            for p in &mut problems {
+                redact(&mut p.message, &tree.taken, true);
+                let about_one = matches!(p.source, Some(Source::File { interpolated: true, .. }));
+                redact(&mut p.message, &tree.holding, about_one);
+            }
             Err(ConfigError { problems })
         }
     }
@@ -778,6 +788,27 @@ fn weak_secrets(config: &impl Serialize, tree: &Tree, out: &mut Vec<Problem>) {
                 message: format!("{why}: production needs a strong, unique secret"),
                 path,
             });
+        }
+    }
+}
+
+/// Replaces in `message` each text of `taken` and each of its words with [`MASK`], where
+/// quoted; `loose` also where not quoted (words of four characters or more), for a problem
+/// about a value taken from the environment.
+fn redact(message: &mut String, taken: &[String], loose: bool) {
+    // Longest first so none is left half-shown; a short word only where quoted, so that
+    // masking "a" does not mangle the message's own words.
+    let mut parts: Vec<&str> =
+        taken.iter().flat_map(|t| std::iter::once(t.trim()).chain(t.split_whitespace())).collect();
+    parts.retain(|t| !t.is_empty());
+    parts.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    parts.dedup();
+    for t in parts {
+        for quoted in [format!("\"{t}\""), format!("`{t}`")] {
+            *message = message.replace(&quoted, &format!("`{MASK}`"));
+        }
+        if loose && t.len() >= 4 {
+            *message = message.replace(t, MASK);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_norway::{Mapping, Value};
 
 use super::Source;
-use super::interpolate::interpolate;
+use super::interpolate::{Interpolated, interpolate};
 
 /// A dotted key path (`http.port`).
 pub(crate) type KeyPath = String;
@@ -20,11 +20,16 @@ pub(crate) struct Tree {
     pub(crate) root: Value,
     pub(crate) defaults: Value,
     pub(crate) sources: BTreeMap<KeyPath, Source>,
+    /// Each variable's value the file took from the environment through `${VAR}`: a problem
+    /// never shows one (it may be a secret).
+    pub(crate) taken: Vec<String>,
+    /// Each whole value such a variable went into.
+    pub(crate) holding: Vec<String>,
 }
 
 impl Tree {
     pub(crate) fn new(defaults: Value) -> Self {
-        Self { root: defaults.clone(), defaults, sources: BTreeMap::new() }
+        Self { root: defaults.clone(), defaults, sources: BTreeMap::new(), taken: Vec::new(), holding: Vec::new() }
     }
 
     /// Where the value at `path` (or the nearest value below or above it) came from.
@@ -122,7 +127,7 @@ impl Tree {
         let value = match value {
             Value::String(s) => match interpolate(&s, lookup) {
                 Ok(Some(out)) => {
-                    interpolated = !out.used_default;
+                    interpolated = self.take(&out);
                     coerce(&out.value, default)
                 }
                 Ok(None) => Value::String(s),
@@ -137,7 +142,7 @@ impl Tree {
                     .map(|item| match item {
                         Value::String(s) => match interpolate(&s, lookup) {
                             Ok(Some(out)) => {
-                                interpolated = !out.used_default;
+                                interpolated |= self.take(&out);
                                 Value::String(out.value)
                             }
                             Ok(None) => Value::String(s),
@@ -154,6 +159,17 @@ impl Tree {
         };
         self.record_leaves(&value, path, &Source::File { path: file.to_path_buf(), interpolated });
         value
+    }
+
+    /// Remembers what `out` took from the environment; whether the value counts as
+    /// interpolated (some variable read, no default used: no part of it is written in the file).
+    fn take(&mut self, out: &Interpolated) -> bool {
+        if out.taken.is_empty() {
+            return false;
+        }
+        self.taken.extend(out.taken.iter().cloned());
+        self.holding.push(out.value.clone());
+        !out.used_default
     }
 
     fn record_leaves(&mut self, value: &Value, path: &str, source: &Source) {

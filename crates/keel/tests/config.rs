@@ -121,6 +121,27 @@ fn interpolation() {
     assert!(e.problems.iter().any(|p| p.path == "http.request_timeout" && p.message.contains("ALSO_NOPE")), "{e}");
 }
 
+/// Found by the `config` fuzz target: a value taken from the environment through `${VAR}` (it
+/// may be a secret under the wrong key) was quoted in the problem, and so in the start-up log.
+#[test]
+fn an_interpolated_value_is_never_quoted_in_a_problem() {
+    const SECRET: &str = "fuzz-secret-value-7f3a9c";
+    let f = yaml(
+        "http:\n  port: ${S}\nsecurity:\n  jwt:\n    keys:\n      k1:\n        algorithm: HS2 ${S}\napp:\n  poll: ${S}\n  retries: \"${N}\"\n",
+    );
+    let e = load(Profile::Test, Some(&f), &[("S", SECRET), ("N", "x1")]).unwrap_err();
+    let said = e.to_string();
+    assert!(!said.contains(SECRET) && !said.contains("x1"), "{said}");
+    for path in ["http.port", "security.jwt.keys.k1.algorithm", "app.poll", "app.retries"] {
+        let p = problem(&e, path);
+        assert!(matches!(p.source, Some(Source::File { interpolated: true, .. })), "{p:?}");
+        assert!(p.message.contains(MASK), "says where the value was, not what: {p:?}");
+    }
+    // A value written in the file itself is still quoted: the reader has it anyway.
+    let f = yaml("app:\n  poll: soon\n");
+    assert!(problem(&load(Profile::Test, Some(&f), &[]).unwrap_err(), "app.poll").message.contains("`soon`"));
+}
+
 #[test]
 fn unknown_keys_name_key_and_source() {
     let f = yaml("http:\n  prot: 1\n  port: 8000\nhtpp:\n  port: 1\napp:\n  greting: x\n");
@@ -462,4 +483,25 @@ fn rate_limit_rules_from_env_and_production_refuses_failing_open_on_writes() {
     assert_eq!(problem(&e, "rate_limits.api.on_backend_error").kind, ProblemKind::Production);
     let dev: Vec<(&str, &str)> = open.iter().copied().filter(|(k, _)| k.starts_with("SVC__RATE")).collect();
     load(Profile::Development, None, &dev).expect("failing open is allowed outside production");
+}
+
+/// Found by the `config` fuzz target: under a key written with a dot the value is not where
+/// its path leads, and was quoted; `$${` alone takes nothing from the environment.
+#[test]
+fn a_value_under_a_dotted_key_is_masked_too() {
+    const SECRET: &str = "fuzz-secret-value-7f3a9c";
+    let f = yaml("production host: \"$${literal}\"\nsecurity:\n  jwt:\n    keys:\n      k1.algorithm: HS2 ${S}\n");
+    let e = load(Profile::Test, Some(&f), &[("S", SECRET)]).unwrap_err();
+    assert!(!e.to_string().contains(SECRET), "{e}");
+    assert!(problem(&e, "security.jwt.keys.k1.algorithm").message.contains(MASK), "{e}");
+    let literal = problem(&e, "production host");
+    assert!(matches!(literal.source, Some(Source::File { interpolated: false, .. })), "{literal:?}");
+    // Two settings on one path, the one written in the file last: still masked.
+    let f = yaml("security:\n  jwt:\n    keys:\n      k1.algorithm: ${S}\n      k1:\n        algorithm: HS2\n");
+    let e = load(Profile::Test, Some(&f), &[("S", SECRET)]).unwrap_err();
+    assert!(!e.to_string().contains(SECRET), "{e}");
+    // A message quoting a part of a value that also holds a default written in the file.
+    let f = yaml("log:\n  level: \"x ${S},${U:-y}\"\n");
+    let e = load(Profile::Test, Some(&f), &[("S", SECRET)]).unwrap_err();
+    assert!(!e.to_string().contains(SECRET) && problem(&e, "log.level").message.contains(MASK), "{e}");
 }

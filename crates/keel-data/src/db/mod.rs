@@ -538,3 +538,26 @@ impl HealthCheck for DbCheck {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    proptest::proptest! {
+        /// PostgreSQL text is never touched; for the others the rewrite only shortens `$n` to
+        /// `?` (no quote added or lost) and a second rewrite changes nothing. The fuzz target
+        /// `sql_placeholders` checks placeholder by placeholder.
+        #[test]
+        fn placeholders_are_rewritten_once_and_quotes_kept(sql in "[a-z $0-9'\"`?,()=]{0,60}") {
+            proptest::prop_assert_eq!(Backend::Postgres.sql(&sql), sql.as_str());
+            let quotes = |s: &str| s.matches(['\'', '"', '`']).count();
+            for b in [Backend::MySql, Backend::Sqlite] {
+                let once = b.sql(&sql);
+                proptest::prop_assert_eq!(b.sql(&once), once.clone());
+                proptest::prop_assert_eq!(quotes(&once), quotes(&sql));
+                proptest::prop_assert!(once.len() <= sql.len());
+                proptest::prop_assert!(once.matches('?').count() >= sql.matches('?').count());
+            }
+        }
+    }
+}
