@@ -283,6 +283,7 @@ pub fn banner(running: &[keel::Running], profile: Profile, mail: Option<&str>) -
     if let Some(gw) = gateway {
         let api = local(gw.http_addr());
         out.push_str(&format!("  API            {api}/api/v1/   (OpenAPI: {api}/api/v1/openapi.json)\n"));
+        out.push_str(&format!("  API reference  {api}/api/v1/docs/\n"));
         // A one-time link is a credential: printed where the logs are the developer's own.
         match gw.sign_in_link().filter(|_| profile == Profile::Development) {
             Some(link) => out.push_str(&format!(

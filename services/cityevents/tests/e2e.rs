@@ -1015,6 +1015,14 @@ async fn operator_page(platform: &mut Platform) {
     assert_eq!(index.status(), StatusCode::OK);
     let index: serde_json::Value = index.json().await.unwrap();
     assert_eq!(index["openapi"], "/api/v1/openapi.json", "{index}");
+    let reference = banner
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("API reference"))
+        .unwrap_or_else(|| panic!("no API reference:\n{banner}"))
+        .trim();
+    let page = client().get(reference).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "{reference}");
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{reference}");
 
     let link = banner
         .split_whitespace()

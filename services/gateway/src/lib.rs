@@ -31,7 +31,8 @@
 //!   per page (`{"unavailable": true}` when joins fails); each item of an event's participants,
 //!   waitlist and bans gets the user's display `name` from one auth call (`null` when unknown or
 //!   auth fails).
-//! * **`GET /api/v1/openapi.json`** — [`openapi::DOCUMENT`].
+//! * **`GET /api/v1/openapi.json`** — [`openapi::DOCUMENT`]; **`GET /api/v1/docs/`** — the
+//!   interactive reference over it ([`reference`]).
 //!
 //! Configuration: `upstreams.{auth,events,joins,notifier}.base_url` are required (in development
 //! they default to `http://127.0.0.1:<port>` of each service); `rate_limits.api`, `.ip` and
@@ -45,6 +46,7 @@ mod compose;
 mod edge;
 mod forward;
 pub mod openapi;
+pub mod reference;
 pub mod routes;
 mod view;
 
@@ -235,6 +237,10 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer) -> Router {
         .fold(Router::new(), |router, (path, methods)| router.route(path, methods))
         // The index without its slash, as people type it.
         .route("/api/v1", axum::routing::get(|| async { axum::response::Redirect::permanent(INDEX_PATH) }))
+        // An HTML page and its files, not an operation of the API: outside the route table.
+        .route("/api/v1/docs", axum::routing::get(reference::redirect))
+        .route(reference::PATH, axum::routing::get(reference::serve))
+        .route("/api/v1/docs/{*file}", axum::routing::get(reference::serve))
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.

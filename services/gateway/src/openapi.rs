@@ -72,6 +72,7 @@ pub(crate) async fn index(req: axum::extract::Request) -> axum::response::Respon
         "name": "City Events API",
         "version": env!("CARGO_PKG_VERSION"),
         "openapi": crate::routes::OPENAPI_PATH,
+        "reference": crate::reference::PATH,
         "links": {
             "events": "/api/v1/events",
             "cities": "/api/v1/meta/cities",
