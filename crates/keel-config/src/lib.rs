@@ -792,14 +792,13 @@ fn weak_secrets(config: &impl Serialize, tree: &Tree, out: &mut Vec<Problem>) {
     }
 }
 
-/// Replaces in `message` each text of `taken` and each of its words with [`MASK`], where
-/// quoted; `loose` also where not quoted (words of four characters or more), for a problem
-/// about a value taken from the environment.
-fn redact(message: &mut String, taken: &[String], loose: bool) {
+/// Replaces in `message` each of `texts` and each of its words with [`MASK`] where quoted;
+/// `loose`: also where not quoted, those of four characters or more.
+fn redact(message: &mut String, texts: &[String], loose: bool) {
     // Longest first so none is left half-shown; a short word only where quoted, so that
     // masking "a" does not mangle the message's own words.
     let mut parts: Vec<&str> =
-        taken.iter().flat_map(|t| std::iter::once(t.trim()).chain(t.split_whitespace())).collect();
+        texts.iter().flat_map(|t| std::iter::once(t.trim()).chain(t.split_whitespace())).collect();
     parts.retain(|t| !t.is_empty());
     parts.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     parts.dedup();
