@@ -8,8 +8,10 @@
 //! "Try it out" is on, so the page calls the API as any client does, with a token when one is
 //! given to its "Authorize" dialog; the token stays in the page (not persisted).
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Redirect, Response};
 use http::{HeaderValue, StatusCode, header};
@@ -67,7 +69,12 @@ pub(crate) async fn serve(req: Request) -> Response {
     } else {
         "public, max-age=86400"
     };
-    let mut r = (StatusCode::OK, found.bytes.into_owned()).into_response();
+    // The bundle's files are static data: served from it, not copied per request.
+    let body = match found.bytes {
+        Cow::Borrowed(data) => Body::from(Bytes::from_static(data)),
+        Cow::Owned(data) => Body::from(data),
+    };
+    let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
