@@ -9,9 +9,7 @@ use keel::data::{DataError, Db};
 use keel::security::audit::{AuditLog, Outcome};
 use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
 use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation};
-use serde::Serialize;
 use sqlx::{Any, Transaction};
-use time::OffsetDateTime;
 use unicode_normalization::UnicodeNormalization as _;
 use unicode_security::{GeneralSecurityProfile as _, MixedScript as _};
 use uuid::Uuid;
@@ -20,51 +18,13 @@ use crate::error::{FieldError, Observe};
 use cityevents_common::time::{from_micros, now, to_micros};
 
 /// Longest e-mail address accepted (RFC 5321's path limit), in characters.
-pub const MAX_EMAIL: usize = 254;
+pub const MAX_EMAIL: usize = cityevents_api::limits::MAX_EMAIL;
 /// Longest display name accepted, in characters.
-pub const MAX_NAME: usize = 100;
+pub const MAX_NAME: usize = cityevents_api::limits::MAX_NAME;
 /// Longest local part of an address (RFC 5321).
 const MAX_LOCAL: usize = 64;
 
-/// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct User {
-    /// UUIDv7.
-    pub id: Uuid,
-    /// The address, decrypted.
-    pub email: String,
-    /// Display name.
-    pub name: String,
-    /// `user`, `moderator` or `admin`.
-    pub role: String,
-    /// Whether the owner proved the address is theirs.
-    pub email_verified: bool,
-    /// When the account was created.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-}
-
-/// A ban on an account, as an admin sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Ban {
-    /// Why.
-    pub reason: String,
-    /// The moderator or admin who banned it.
-    pub banned_by: Option<Uuid>,
-    /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub banned_at: OffsetDateTime,
-}
-
-/// A user as moderators and admins see it: [`User`] and its ban, if any.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ManagedUser {
-    /// The account.
-    #[serde(flatten)]
-    pub user: User,
-    /// `null` unless banned.
-    pub ban: Option<Ban>,
-}
+pub use cityevents_api::auth::{AccountBan as Ban, ManagedUser, User};
 
 /// A `users` row.
 #[derive(Debug, Clone)]
@@ -729,6 +689,16 @@ pub fn check_new_password(policy: &PasswordPolicy, password: &str, email: &str) 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The document states the default password policy.
+    #[test]
+    fn the_document_states_the_default_password_policy() {
+        let policy = keel::security::PasswordPolicy::default();
+        assert_eq!(
+            (policy.min_length, policy.max_length),
+            (cityevents_api::limits::MIN_PASSWORD, cityevents_api::limits::MAX_PASSWORD)
+        );
+    }
 
     #[test]
     fn emails_are_normalized_and_checked() {

@@ -9,6 +9,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
+use cityevents_api::auth::{
+    AccountBanRequest as BanBody, EmailRequest as EmailBody, LoginRequest as LoginBody,
+    PasswordChangeRequest as ChangeBody, PasswordResetRequest as ResetBody, RefreshRequest as RefreshBody,
+    RegisterRequest as RegisterBody, Registration, RoleRequest as RoleBody, Session, SessionList as Sessions,
+    TokenPair, TokenRequest as TokenBody,
+};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use keel::http::Problem;
@@ -30,6 +36,7 @@ use crate::lockout::{Gate, Lockout};
 use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
+use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountBanned, AccountUnbanned, Mail};
 use cityevents_common::json::Json;
 use cityevents_common::page::{Cursor, Page};
@@ -79,89 +86,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route_layer(cityevents_common::private::no_store())
         .layer(jwt.extension())
         .with_state(state)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterBody {
-    email: String,
-    password: String,
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    email: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshBody {
-    refresh_token: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    token: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmailBody {
-    email: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetBody {
-    token: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangeBody {
-    current_password: String,
-    new_password: String,
-}
-
-/// The answer to a registration, the same whatever the address's state: where the mail went.
-#[derive(Serialize)]
-struct Registration {
-    /// The address, normalized.
-    email: String,
-}
-
-/// One live session (a refresh-token family) on the wire.
-#[derive(Serialize)]
-struct Session {
-    id: String,
-    #[serde(with = "time::serde::rfc3339")]
-    started_at: time::OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    last_used_at: time::OffsetDateTime,
-}
-
-#[derive(Serialize)]
-struct Sessions {
-    items: Vec<Session>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoleBody {
-    role: String,
-}
-
-#[derive(Serialize)]
-struct TokenPair {
-    access_token: String,
-    refresh_token: String,
-    token_type: &'static str,
-    expires_in: u64,
 }
 
 /// The admin role, for [`RequireRole`].
@@ -635,7 +559,7 @@ async fn login(
     Ok(token_response(TokenPair {
         access_token: access,
         refresh_token,
-        token_type: "Bearer",
+        token_type: "Bearer".to_owned(),
         expires_in: s.access_ttl,
     }))
 }
@@ -685,7 +609,7 @@ fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool, 
     Ok(token_response(TokenPair {
         access_token: access,
         refresh_token: token,
-        token_type: "Bearer",
+        token_type: "Bearer".to_owned(),
         expires_in: s.access_ttl,
     }))
 }
@@ -735,16 +659,6 @@ async fn set_role(
     }
     Ok(axum::Json(s.accounts.user(&row)?))
 }
-
-/// `POST /api/v1/admin/users/{id}/ban` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BanBody {
-    reason: String,
-}
-
-/// Longest ban reason, in characters.
-const MAX_BAN_REASON: usize = 500;
 
 /// 403 `account_banned`, with the reason the moderator gave.
 fn account_banned(row: &UserRow) -> Problem {

@@ -25,7 +25,7 @@ use crate::sessions::Sessions;
 use cityevents_common::time::{now, to_micros};
 
 /// Longest refresh token accepted as input (ours are 43 characters).
-pub(crate) const MAX_TOKEN_LEN: usize = 256;
+pub(crate) const MAX_TOKEN_LEN: usize = cityevents_api::limits::MAX_TOKEN;
 
 /// A fresh token: 32 random bytes (the thread RNG is a CSPRNG), base64url without padding.
 pub(crate) fn generate() -> String {

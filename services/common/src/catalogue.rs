@@ -478,6 +478,19 @@ impl Event for SessionSyncRequested {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The preferences the document states (`MailPreferences`) are the ones a user can set.
+    #[test]
+    fn the_document_lists_every_mail_preference() {
+        let schemas = cityevents_api::schemas();
+        let json = serde_json::to_value(&schemas["MailPreferences"]).unwrap();
+        let mut stated: Vec<&str> = json["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        let mut known = MAIL_PREFERENCES.to_vec();
+        stated.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(stated, known);
+    }
+
     use keel::events::Envelope;
 
     #[test]

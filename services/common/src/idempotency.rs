@@ -10,10 +10,10 @@ use crate::validate;
 pub const HEADER: &str = "idempotency-key";
 
 /// The longest key, in characters.
-pub const MAX_LEN: usize = 128;
+pub const MAX_LEN: usize = cityevents_api::limits::MAX_IDEMPOTENCY_KEY;
 
 /// The keys [`is_valid`] accepts, as a regular expression.
-pub const PATTERN: &str = "^[A-Za-z0-9_-]{1,128}$";
+pub const PATTERN: &str = cityevents_api::limits::IDEMPOTENCY_KEY;
 
 const FIELD: &str = "Idempotency-Key";
 /// [`PATTERN`] in words, for the problems.

@@ -40,7 +40,6 @@ use axum::extract::{FromRequest, Request};
 use http::{StatusCode, header};
 use keel::http::Problem;
 use keel::http::problems::{BodyLimit, body_too_large};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
@@ -209,29 +208,7 @@ fn quoted_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     Some(&text[start..start + len])
 }
 
-/// Deserializes a whole number that JSON may spell `5` or `5.0` (JSON Schema's `integer` is any
-/// number with a zero fraction, and clients that keep numbers as floats send the second).
-/// Use with `#[serde(deserialize_with = "…")]` on an `i64` field.
-pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    use serde::de::{Error, Unexpected};
-    let n = serde_json::Number::deserialize(d)?;
-    if let Some(i) = n.as_i64() {
-        return Ok(i);
-    }
-    match n.as_f64() {
-        // Exactly representable and whole: 2^53 bounds both.
-        Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => Ok(f as i64),
-        Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), &"a whole number")),
-        None => Err(D::Error::invalid_value(Unexpected::Other("number"), &"a whole number")),
-    }
-}
-
-/// [`whole_number`] for an optional field (absent or `null`: `None`).
-pub fn optional_whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
-    Ok(Option::<Whole>::deserialize(d)?.map(|Whole(n)| n))
-}
+pub use cityevents_api::json::{optional_whole_number, whole_number};
 
 #[cfg(test)]
 mod tests {

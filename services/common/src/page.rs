@@ -22,11 +22,11 @@ use keel::http::Problem;
 use serde::{Deserialize, Serialize};
 
 /// Items per page when `limit` is absent.
-pub const DEFAULT_LIMIT: u32 = 20;
+pub const DEFAULT_LIMIT: u32 = cityevents_api::limits::DEFAULT_LIMIT;
 /// Largest `limit` accepted.
-pub const MAX_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = cityevents_api::limits::MAX_LIMIT;
 /// Longest cursor accepted, in bytes.
-const MAX_CURSOR_LEN: usize = 256;
+const MAX_CURSOR_LEN: usize = cityevents_api::limits::MAX_CURSOR;
 
 /// The query string of a list endpoint (use with `axum::extract::Query`).
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -13,7 +13,7 @@ use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
 
 /// Longest zone name accepted (the longest in the database is 32 characters).
-pub const MAX_NAME: usize = 64;
+pub const MAX_NAME: usize = cityevents_api::limits::MAX_ZONE;
 
 /// A time zone known by its canonical IANA name.
 #[derive(Debug, Clone)]

@@ -4,13 +4,12 @@
 //! Every change that other services must hear about enqueues its event through the outbox in
 //! the transaction that makes the change (the envelope carries the request id and trace).
 
-use std::collections::BTreeMap;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
+use cityevents_api::events::{BatchRequest, BatchResponse, CityList as Cities, ReasonBody};
 use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated, MODERATION_TOPIC, ModerationRecorded};
 use cityevents_common::json::{Json, OptionalJson};
 use cityevents_common::page::Page;
@@ -23,7 +22,7 @@ use keel::events::outbox::{Outbox, OutboxError};
 use keel::http::Problem;
 use keel::http::client::{self, Client, ClientError};
 use keel::security::jwt::{Auth, Claims, HasRoles};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::list::{self, MINE, MineQuery, PublicQuery};
@@ -32,7 +31,7 @@ use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Statu
 use crate::store;
 
 /// Most ids `POST /api/v1/events/batch` takes.
-pub const MAX_BATCH: usize = 100;
+pub const MAX_BATCH: usize = cityevents_api::limits::MAX_BATCH;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -183,7 +182,7 @@ async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json
             .detail("confirm your e-mail address first: follow the link in the mail, or ask for a new one")
             .into());
     }
-    let f = body.validate()?;
+    let f = crate::model::validate_new(body)?;
     let now = to_micros(now());
     let event = Event {
         id: Uuid::now_v7(),
@@ -337,7 +336,7 @@ async fn update(
     let event = change(&st, id, |current, now| {
         current.check_organizer(&caller)?;
         current.check_editable(now)?;
-        let fields = patch.apply(current)?;
+        let fields = crate::model::apply_patch(patch, current)?;
         if fields.same_as(current) {
             return Ok(Plan::Unchanged);
         }
@@ -363,13 +362,6 @@ async fn publish(
     })
     .await?;
     Ok(JsonResponse(event.view()))
-}
-
-/// `POST /api/v1/events/{id}/cancel` and `…/unpublish` body (optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: Option<String>,
 }
 
 /// Checks who may call off `current` and that a moderator acting on someone else's event gave
@@ -544,12 +536,6 @@ async fn list_mine(
     Ok(JsonResponse(page.map(|e| e.view())))
 }
 
-/// `GET /api/v1/meta/cities` answer.
-#[derive(Debug, Serialize)]
-struct Cities {
-    items: Vec<store::CityCount>,
-}
-
 /// `GET /api/v1/meta/cities?q=`: cities of published events that have not ended, whose name
 /// starts with `q` (case-insensitive; every city without it), most events first.
 async fn cities(
@@ -560,19 +546,6 @@ async fn cities(
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
     let items = store::cities(&st.db, &ask, now).await?;
     Ok(JsonResponse(Cities { items }))
-}
-
-/// `POST /api/v1/events/batch` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    ids: Vec<String>,
-}
-
-/// `POST /api/v1/events/batch` answer: the visible events by id.
-#[derive(Debug, Serialize)]
-struct BatchResponse {
-    events: BTreeMap<String, EventView>,
 }
 
 /// `POST /api/v1/events/batch`: up to 100 events by id in one call; unknown ids and drafts of

@@ -158,13 +158,7 @@ pub struct MineQuery {
     pub cursor: Option<String>,
 }
 
-/// The longest `q`.
-pub const MAX_Q: usize = 100;
-/// Words of `q` searched for; the rest are ignored.
-pub const MAX_TERMS: usize = 8;
-/// Shortest word searched for (MySQL/MariaDB's InnoDB does not index shorter ones; every
-/// backend ignores them alike).
-pub const MIN_TERM: usize = 3;
+pub use cityevents_api::limits::{MAX_Q, MAX_TERMS, MIN_TERM};
 
 /// A checked `q`: its words, lowercased, each matched as a word prefix (`jazz` finds `jazzy`),
 /// every one required. Only letters and digits reach a database's query syntax.

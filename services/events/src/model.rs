@@ -7,61 +7,16 @@ use cityevents_common::validate;
 use cityevents_common::zone::Zone;
 use http::StatusCode;
 use keel::http::Problem;
-use serde::{Deserialize, Serialize};
+
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-/// Longest title, in characters.
-pub const MAX_TITLE: usize = 120;
-/// Longest description, in characters (it may be empty).
-pub const MAX_DESCRIPTION: usize = 4000;
-/// Longest city name, in characters.
-pub const MAX_CITY: usize = 80;
-/// Longest category, in characters.
-pub const MAX_CATEGORY: usize = 80;
-/// Longest venue, in characters (it may be empty).
-pub const MAX_VENUE: usize = 200;
-/// Longest reason given for a cancel or an unpublish, in characters.
-pub const MAX_REASON: usize = 500;
-/// Most seats an event may have; `0` means unlimited.
-pub const MAX_CAPACITY: i64 = 100_000;
-/// Earliest year an event may start or end in.
-pub const MIN_YEAR: i32 = 2000;
-/// Latest year an event may start or end in.
-pub const MAX_YEAR: i32 = 2200;
+pub use cityevents_api::limits::{
+    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_REASON, MAX_TITLE, MAX_VENUE, MAX_YEAR, MIN_YEAR,
+};
 
-/// Where an event is in its life cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Visible to its organizer only; may be edited and published.
-    Draft,
-    /// Public; joins are open.
-    Published,
-    /// Called off; kept for the record, immutable.
-    Canceled,
-}
-
-impl Status {
-    /// The stored and wire form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Draft => "draft",
-            Self::Published => "published",
-            Self::Canceled => "canceled",
-        }
-    }
-
-    /// Parses the stored form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "draft" => Some(Self::Draft),
-            "published" => Some(Self::Published),
-            "canceled" => Some(Self::Canceled),
-            _ => None,
-        }
-    }
-}
+pub use cityevents_api::events::EventStatus as Status;
 
 /// Who is calling, from the verified access token.
 #[derive(Debug, Clone, Copy)]
@@ -276,13 +231,13 @@ impl Event {
             city: self.city.clone(),
             category: self.category.clone(),
             venue: self.venue.clone(),
-            time_zone: zone.name(),
+            time_zone: zone.name().to_owned(),
             starts_at: from_micros(self.starts_at),
             ends_at: from_micros(self.ends_at),
             starts_at_local: zone.local(self.starts_at).unwrap_or_default(),
             ends_at_local: zone.local(self.ends_at).unwrap_or_default(),
             capacity: u32::try_from(self.capacity).unwrap_or(0),
-            status: self.status.as_str(),
+            status: self.status,
             status_reason: self.status_reason.clone(),
             created_at: from_micros(self.created_at),
             updated_at: from_micros(self.updated_at),
@@ -290,101 +245,7 @@ impl Event {
     }
 }
 
-/// An event as the API returns it (times RFC 3339 UTC).
-#[derive(Debug, Clone, Serialize)]
-pub struct EventView {
-    /// Event id.
-    pub id: Uuid,
-    /// The organizer's user id.
-    pub organizer_id: Uuid,
-    /// Title.
-    pub title: String,
-    /// Description (may be empty).
-    pub description: String,
-    /// City.
-    pub city: String,
-    /// Category.
-    pub category: String,
-    /// Venue (may be empty).
-    pub venue: String,
-    /// IANA time zone.
-    pub time_zone: &'static str,
-    /// Start (UTC).
-    #[serde(with = "time::serde::rfc3339")]
-    pub starts_at: OffsetDateTime,
-    /// End (UTC).
-    #[serde(with = "time::serde::rfc3339")]
-    pub ends_at: OffsetDateTime,
-    /// Start in the event's time zone (RFC 3339 with that zone's offset then).
-    pub starts_at_local: String,
-    /// End in the event's time zone.
-    pub ends_at_local: String,
-    /// Seats, `0` = unlimited.
-    pub capacity: u32,
-    /// `draft`, `published` or `canceled`.
-    pub status: &'static str,
-    /// Why it was canceled or unpublished, when a reason was given; `null` otherwise.
-    pub status_reason: Option<String>,
-    /// Creation time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// Last change.
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-}
-
-/// `POST /api/v1/events`: every field but `description` and `capacity` is required.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewEvent {
-    /// Title.
-    pub title: String,
-    /// Description; default empty.
-    #[serde(default)]
-    pub description: String,
-    /// City.
-    pub city: String,
-    /// Category.
-    pub category: String,
-    /// Venue; default empty.
-    #[serde(default)]
-    pub venue: String,
-    /// IANA time zone; default `UTC`.
-    #[serde(default)]
-    pub time_zone: Option<String>,
-    /// Start: RFC 3339, or a local time without offset in `time_zone`.
-    pub starts_at: String,
-    /// End, like the start.
-    pub ends_at: String,
-    /// Seats; default `0` (unlimited). `5.0` is `5`.
-    #[serde(default, deserialize_with = "cityevents_common::json::whole_number")]
-    pub capacity: i64,
-}
-
-/// `PATCH /api/v1/events/{id}`: the fields to change (absent or `null`: unchanged).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventPatch {
-    /// New title.
-    pub title: Option<String>,
-    /// New description (`""` clears it).
-    pub description: Option<String>,
-    /// New city.
-    pub city: Option<String>,
-    /// New category.
-    pub category: Option<String>,
-    /// New venue (`""` clears it).
-    pub venue: Option<String>,
-    /// New time zone: the start and end stay the same instants unless they are sent too.
-    pub time_zone: Option<String>,
-    /// New start: RFC 3339, or a local time without offset in the (new) time zone.
-    pub starts_at: Option<String>,
-    /// New end, like the start.
-    pub ends_at: Option<String>,
-    /// New capacity.
-    #[serde(default, deserialize_with = "cityevents_common::json::optional_whole_number")]
-    pub capacity: Option<i64>,
-}
+pub use cityevents_api::events::{Event as EventView, EventPatch, NewEvent};
 
 /// Collects the problems of one request so a client learns every bad field at once.
 #[derive(Debug, Default)]
@@ -498,139 +359,127 @@ pub struct Fields {
     pub capacity: i64,
 }
 
-impl NewEvent {
-    /// Checks every limit; the problem names every bad field.
-    pub fn validate(self) -> Result<Fields, Problem> {
-        let mut e = Errors::default();
-        let title = e.take(validate::text("title", &self.title, MAX_TITLE));
-        let description = e.take(validate::optional_text("description", &self.description, MAX_DESCRIPTION));
-        let city = e.take(validate::text("city", &self.city, MAX_CITY));
-        let category = e.take(validate::text("category", &self.category, MAX_CATEGORY));
-        let venue = e.take(validate::optional_text("venue", &self.venue, MAX_VENUE));
-        let zone = match &self.time_zone {
-            Some(z) => e.take(parse_zone(z)),
-            None => Some(Zone::utc()),
-        };
-        // Without a valid zone, only times with an offset can be read.
-        let read_in = zone.clone().unwrap_or_else(Zone::utc);
-        let starts_at = e.take(parse_event_time("starts_at", &self.starts_at, &read_in));
-        let ends_at = e.take(parse_event_time("ends_at", &self.ends_at, &read_in));
-        let capacity = e.take(capacity(self.capacity));
-        if let (Some(s), Some(en)) = (starts_at, ends_at) {
-            e.take(order(s, en));
-        }
-        e.finish()?;
-        match (title, description, city, category, venue, zone, starts_at, ends_at, capacity) {
-            (
-                Some(title),
-                Some(description),
-                Some(city),
-                Some(category),
-                Some(venue),
-                Some(zone),
-                Some(starts_at),
-                Some(ends_at),
-                Some(capacity),
-            ) => Ok(Fields {
-                title,
-                description,
-                city,
-                category,
-                venue,
-                time_zone: zone.name().to_owned(),
-                starts_at,
-                ends_at,
-                capacity,
-            }),
-            _ => Err(Problem::bad_request("invalid event")),
-        }
+/// Checks every limit of `input`; the problem names every bad field.
+pub fn validate_new(input: NewEvent) -> Result<Fields, Problem> {
+    let mut e = Errors::default();
+    let title = e.take(validate::text("title", &input.title, MAX_TITLE));
+    let description = e.take(validate::optional_text("description", &input.description, MAX_DESCRIPTION));
+    let city = e.take(validate::text("city", &input.city, MAX_CITY));
+    let category = e.take(validate::text("category", &input.category, MAX_CATEGORY));
+    let venue = e.take(validate::optional_text("venue", &input.venue, MAX_VENUE));
+    let zone = match &input.time_zone {
+        Some(z) => e.take(parse_zone(z)),
+        None => Some(Zone::utc()),
+    };
+    // Without a valid zone, only times with an offset can be read.
+    let read_in = zone.clone().unwrap_or_else(Zone::utc);
+    let starts_at = e.take(parse_event_time("starts_at", &input.starts_at, &read_in));
+    let ends_at = e.take(parse_event_time("ends_at", &input.ends_at, &read_in));
+    let capacity = e.take(capacity(input.capacity));
+    if let (Some(s), Some(en)) = (starts_at, ends_at) {
+        e.take(order(s, en));
+    }
+    e.finish()?;
+    match (title, description, city, category, venue, zone, starts_at, ends_at, capacity) {
+        (
+            Some(title),
+            Some(description),
+            Some(city),
+            Some(category),
+            Some(venue),
+            Some(zone),
+            Some(starts_at),
+            Some(ends_at),
+            Some(capacity),
+        ) => Ok(Fields {
+            title,
+            description,
+            city,
+            category,
+            venue,
+            time_zone: zone.name().to_owned(),
+            starts_at,
+            ends_at,
+            capacity,
+        }),
+        _ => Err(Problem::bad_request("invalid event")),
     }
 }
 
-impl EventPatch {
-    /// Whether it changes nothing (`{}`, or every field `null`).
-    pub fn is_empty(&self) -> bool {
-        let Self { title, description, city, category, venue, time_zone, starts_at, ends_at, capacity } = self;
-        [title, description, city, category, venue, time_zone, starts_at, ends_at].iter().all(|f| f.is_none())
-            && capacity.is_none()
+/// The event's fields with `patch` applied, every limit checked (including that the end
+/// stays after the start).
+pub fn apply_patch(patch: EventPatch, current: &Event) -> Result<Fields, Problem> {
+    if patch.is_empty() {
+        return Err(validate::invalid("body", "must name at least one field to change"));
     }
-
-    /// The event's fields with this patch applied, every limit checked (including that the end
-    /// stays after the start).
-    pub fn apply(self, current: &Event) -> Result<Fields, Problem> {
-        if self.is_empty() {
-            return Err(validate::invalid("body", "must name at least one field to change"));
-        }
-        let mut e = Errors::default();
-        let mut f = Fields {
-            title: current.title.clone(),
-            description: current.description.clone(),
-            city: current.city.clone(),
-            category: current.category.clone(),
-            venue: current.venue.clone(),
-            time_zone: current.time_zone.clone(),
-            starts_at: current.starts_at,
-            ends_at: current.ends_at,
-            capacity: current.capacity,
-        };
-        if let Some(v) = self.title.and_then(|v| e.take(validate::text("title", &v, MAX_TITLE))) {
-            f.title = v;
-        }
-        if let Some(v) =
-            self.description.and_then(|v| e.take(validate::optional_text("description", &v, MAX_DESCRIPTION)))
-        {
-            f.description = v;
-        }
-        if let Some(v) = self.city.and_then(|v| e.take(validate::text("city", &v, MAX_CITY))) {
-            f.city = v;
-        }
-        if let Some(v) = self.category.and_then(|v| e.take(validate::text("category", &v, MAX_CATEGORY))) {
-            f.category = v;
-        }
-        if let Some(v) = self.venue.and_then(|v| e.take(validate::optional_text("venue", &v, MAX_VENUE))) {
-            f.venue = v;
-        }
-        let mut times_ok = true;
-        let mut zone = current.zone();
-        if let Some(v) = self.time_zone {
-            match parse_zone(&v) {
-                Ok(z) => {
-                    f.time_zone = z.name().to_owned();
-                    zone = z;
-                }
-                Err(p) => {
-                    times_ok = false;
-                    e.push(p);
-                }
-            }
-        }
-        if let Some(v) = self.starts_at {
-            match parse_event_time("starts_at", &v, &zone) {
-                Ok(v) => f.starts_at = v,
-                Err(p) => {
-                    times_ok = false;
-                    e.push(p);
-                }
-            }
-        }
-        if let Some(v) = self.ends_at {
-            match parse_event_time("ends_at", &v, &zone) {
-                Ok(v) => f.ends_at = v,
-                Err(p) => {
-                    times_ok = false;
-                    e.push(p);
-                }
-            }
-        }
-        if times_ok {
-            e.take(order(f.starts_at, f.ends_at));
-        }
-        if let Some(v) = self.capacity.and_then(|v| e.take(capacity(v))) {
-            f.capacity = v;
-        }
-        e.finish()?;
-        Ok(f)
+    let mut e = Errors::default();
+    let mut f = Fields {
+        title: current.title.clone(),
+        description: current.description.clone(),
+        city: current.city.clone(),
+        category: current.category.clone(),
+        venue: current.venue.clone(),
+        time_zone: current.time_zone.clone(),
+        starts_at: current.starts_at,
+        ends_at: current.ends_at,
+        capacity: current.capacity,
+    };
+    if let Some(v) = patch.title.and_then(|v| e.take(validate::text("title", &v, MAX_TITLE))) {
+        f.title = v;
     }
+    if let Some(v) = patch.description.and_then(|v| e.take(validate::optional_text("description", &v, MAX_DESCRIPTION)))
+    {
+        f.description = v;
+    }
+    if let Some(v) = patch.city.and_then(|v| e.take(validate::text("city", &v, MAX_CITY))) {
+        f.city = v;
+    }
+    if let Some(v) = patch.category.and_then(|v| e.take(validate::text("category", &v, MAX_CATEGORY))) {
+        f.category = v;
+    }
+    if let Some(v) = patch.venue.and_then(|v| e.take(validate::optional_text("venue", &v, MAX_VENUE))) {
+        f.venue = v;
+    }
+    let mut times_ok = true;
+    let mut zone = current.zone();
+    if let Some(v) = patch.time_zone {
+        match parse_zone(&v) {
+            Ok(z) => {
+                f.time_zone = z.name().to_owned();
+                zone = z;
+            }
+            Err(p) => {
+                times_ok = false;
+                e.push(p);
+            }
+        }
+    }
+    if let Some(v) = patch.starts_at {
+        match parse_event_time("starts_at", &v, &zone) {
+            Ok(v) => f.starts_at = v,
+            Err(p) => {
+                times_ok = false;
+                e.push(p);
+            }
+        }
+    }
+    if let Some(v) = patch.ends_at {
+        match parse_event_time("ends_at", &v, &zone) {
+            Ok(v) => f.ends_at = v,
+            Err(p) => {
+                times_ok = false;
+                e.push(p);
+            }
+        }
+    }
+    if times_ok {
+        e.take(order(f.starts_at, f.ends_at));
+    }
+    if let Some(v) = patch.capacity.and_then(|v| e.take(capacity(v))) {
+        f.capacity = v;
+    }
+    e.finish()?;
+    Ok(f)
 }
 
 impl Fields {
@@ -677,15 +526,18 @@ mod tests {
     fn local_times_are_read_in_the_events_zone() {
         let mut n = new("2030-07-01T19:00", "2030-07-01T22:00:00+02:00");
         n.time_zone = Some("europe/lisbon".into());
-        let f = n.validate().unwrap();
+        let f = validate_new(n).unwrap();
         assert_eq!(f.time_zone, "Europe/Lisbon");
         assert_eq!(from_micros(f.starts_at).hour(), 18, "19:00 in Lisbon in summer is 18:00 UTC");
         assert_eq!(from_micros(f.ends_at).hour(), 20, "an offset wins over the zone");
         // Without a zone, a local time is read in UTC.
-        assert_eq!(from_micros(new("2030-07-01T19:00", "2030-07-01T20:00").validate().unwrap().starts_at).hour(), 19);
+        assert_eq!(
+            from_micros(validate_new(new("2030-07-01T19:00", "2030-07-01T20:00")).unwrap().starts_at).hour(),
+            19
+        );
         let mut bad = new("2030-07-01T19:00", "2030-07-01T20:00");
         bad.time_zone = Some("Mars/Olympus".into());
-        let p = bad.validate().unwrap_err();
+        let p = validate_new(bad).unwrap_err();
         assert_eq!(p.field_errors()[0].field, "time_zone");
     }
 
@@ -699,11 +551,11 @@ mod tests {
 
     #[test]
     fn times_are_parsed_to_utc_micros_and_bounded() {
-        let f = new("2030-05-01T19:00:00+02:00", "2030-05-01T18:00:00.5Z").validate().unwrap();
+        let f = validate_new(new("2030-05-01T19:00:00+02:00", "2030-05-01T18:00:00.5Z")).unwrap();
         assert_eq!(from_micros(f.starts_at).hour(), 17);
         assert_eq!(f.ends_at - f.starts_at, 3_600_000_000 + 500_000);
         for bad in ["1999-12-31T23:59:59Z", "2201-01-01T00:00:00Z", "2030-05-01 19:00", "tomorrow", ""] {
-            let p = new(bad, "2030-05-01T18:00:00Z").validate().unwrap_err();
+            let p = validate_new(new(bad, "2030-05-01T18:00:00Z")).unwrap_err();
             assert_eq!(p.field_errors()[0].field, "starts_at", "{bad}");
         }
     }
@@ -713,7 +565,7 @@ mod tests {
         let mut n = new("2030-05-01T19:00:00Z", "2030-05-01T19:00:00Z");
         n.title = " ".into();
         n.capacity = -1;
-        let p = n.validate().unwrap_err();
+        let p = validate_new(n).unwrap_err();
         let fields: Vec<_> = p.field_errors().iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["title", "capacity", "ends_at"]);
         assert_eq!(p.code_str(), Some("invalid_input"));

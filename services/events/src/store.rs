@@ -335,14 +335,7 @@ pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>
         .map_err(|e| db.observe(e))
 }
 
-/// A city and how many listed events it has.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CityCount {
-    /// The name as an organizer wrote it (one of them, when several spellings differ in case).
-    pub city: String,
-    /// Published events there that have not ended.
-    pub events: i64,
-}
+pub use cityevents_api::events::CityCount;
 
 /// The cities of published events ending after `now` whose name starts with `ask.prefix`, most
 /// events first, then by name.

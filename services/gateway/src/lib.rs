@@ -31,7 +31,7 @@
 //!   per page (`{"unavailable": true}` when joins fails); each item of an event's participants,
 //!   waitlist and bans gets the user's display `name` from one auth call (`null` when unknown or
 //!   auth fails).
-//! * **`GET /api/v1/openapi.json`** — [`openapi::DOCUMENT`]; **`GET /api/v1/docs/`** — the
+//! * **`GET /api/v1/openapi.json`** — [`openapi::document`]; **`GET /api/v1/docs/`** — the
 //!   interactive reference over it ([`reference`]).
 //!
 //! Configuration: `upstreams.{auth,events,joins,notifier}.base_url` are required (in development
@@ -209,14 +209,17 @@ fn limiter(
 }
 
 /// The router of the route table: one handler per operation, grouped by path.
-fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer) -> Router {
+fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Bytes) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter> = BTreeMap::new();
     for route in ROUTES {
         let gw = gw.clone();
         let method_router = by_path.remove(route.path).unwrap_or_default();
         let method_router = match (route.path, routes::completion(route)) {
             (VIEW_PATH, _) => method_router.on(route.verb.filter(), move |req: Request| view::view(gw, req)),
-            (OPENAPI_PATH, _) => method_router.on(route.verb.filter(), openapi::serve),
+            (OPENAPI_PATH, _) => {
+                let document = document.clone();
+                method_router.on(route.verb.filter(), move |req: Request| openapi::serve(document, req))
+            }
             (INDEX_PATH, _) => method_router.on(route.verb.filter(), openapi::index),
             (_, Some(how)) => {
                 method_router.on(route.verb.filter(), move |req: Request| compose::list(gw, route, how, req))
@@ -250,8 +253,10 @@ pub fn service() -> keel::Service<GatewayConfig> {
         .config_defaults(cityevents_common::services::defaults(cityevents_common::services::GATEWAY))
         .with_config::<GatewayConfig>()
         .setup(|s| {
-            let document = serde_json::from_str::<serde_json::Value>(openapi::DOCUMENT)
-                .map_err(|e| format!("the embedded OpenAPI document is not JSON: {e}"))?;
+            let document = openapi::document()?;
+            let served = axum::body::Bytes::from(
+                serde_json::to_vec(&document).map_err(|e| format!("the OpenAPI document does not serialize: {e}"))?,
+            );
             let query_parameters = Arc::new(openapi::query_parameters(&document));
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.0, s.jwt()?)?;
             let mut clients = HashMap::new();
@@ -264,7 +269,7 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 trusted_proxies: s.keel().http.trusted_proxies.clone(),
                 timeouts: s.config().upstream_timeouts.clone(),
             });
-            Ok(router(&gw, &limits.strict)
+            Ok(router(&gw, &limits.strict, &served)
                 .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
                 .fallback(|| async { keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json") })
                 // Outermost first: the verifier for the extractors, then identify the caller,

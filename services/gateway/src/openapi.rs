@@ -1,16 +1,34 @@
-//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the whole public API, kept as a static
-//! file in the crate and tested against the route table ([`crate::routes::ROUTES`]); and
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the whole public API; and
 //! `GET /api/v1/`, the API's index pointing at it and at the main collections.
+//!
+//! The document is [`OPERATIONS`] (its paths, parameters and responses, tested against the route
+//! table [`crate::routes::ROUTES`]) with `components/schemas` built from the wire types of
+//! [`cityevents_api`], whose limits and patterns are the ones the services check.
 
 use std::collections::{BTreeSet, HashMap};
 
+use axum::body::Bytes;
 use axum::response::IntoResponse;
 use http::header;
 
 use crate::routes::ROUTES;
 
-/// The document.
-pub const DOCUMENT: &str = include_str!("openapi.json");
+/// The document without its schemas.
+pub const OPERATIONS: &str = include_str!("operations.json");
+
+/// The whole document: [`OPERATIONS`] and the schemas of [`cityevents_api::schemas`].
+pub fn document() -> Result<serde_json::Value, String> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(OPERATIONS).map_err(|e| format!("the embedded OpenAPI operations are not JSON: {e}"))?;
+    let schemas = serde_json::to_value(cityevents_api::schemas())
+        .map_err(|e| format!("the OpenAPI schemas do not serialize: {e}"))?;
+    let components = doc
+        .get_mut("components")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or("the embedded OpenAPI operations have no components")?;
+    components.insert("schemas".to_owned(), schemas);
+    Ok(doc)
+}
 
 /// The operations a document describes, as `(METHOD, path)`.
 pub fn operations(doc: &serde_json::Value) -> BTreeSet<(String, String)> {
@@ -53,13 +71,14 @@ pub fn query_parameters(doc: &serde_json::Value) -> HashMap<(http::Method, &'sta
         .collect()
 }
 
-pub(crate) async fn serve(req: axum::extract::Request) -> axum::response::Response {
+/// Answers with `document`, [`document`] serialized once at start-up.
+pub(crate) async fn serve(document: Bytes, req: axum::extract::Request) -> axum::response::Response {
     // Public, but a token that is sent must verify, as on every route.
     let (mut parts, _) = req.into_parts();
     if let Err(refused) = crate::edge::authorize(&mut parts, crate::routes::Access::Public).await {
         return refused;
     }
-    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
 /// `GET /api/v1/`: where to start: the document, the interactive parts and the main collections.
@@ -95,7 +114,7 @@ mod tests {
     use crate::routes::Access;
 
     fn doc() -> Value {
-        serde_json::from_str(DOCUMENT).unwrap()
+        document().unwrap()
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! failure or a busy SQLite is run again (up to six runs in all, with a jittered pause from
 //! `keel::resilience::Backoff` between them).
 
+use cityevents_api::joins::{Ban as BanView, BanItem, BanRequest as BanBody, Counts, Join as JoinView, MyJoin, Stats};
+use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,49 +150,17 @@ fn finish(st: &Shared, r: Result<Response, Fail>) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Views
 
-/// A participation as the API shows it.
-#[derive(Debug, Serialize)]
-struct JoinView {
-    join_id: Uuid,
-    event_id: Uuid,
-    user_id: Uuid,
-    status: String,
-    /// 1-based place in the waitlist (waitlisted joins only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    position: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-}
-
-impl JoinView {
-    fn new(j: &JoinRow, position: Option<i64>) -> Self {
-        Self {
-            join_id: j.id,
-            event_id: j.event_id,
-            user_id: j.user_id,
-            status: j.status.clone(),
-            position,
-            reason: j.reason.clone(),
-            created_at: from_micros(j.created_at),
-        }
+/// Builds a [`JoinView`].
+fn join_view(j: &JoinRow, position: Option<i64>) -> JoinView {
+    JoinView {
+        join_id: j.id,
+        event_id: j.event_id,
+        user_id: j.user_id,
+        status: j.status.clone(),
+        position,
+        reason: j.reason.clone(),
+        created_at: from_micros(j.created_at),
     }
-}
-
-#[derive(Debug, Serialize)]
-struct MyJoinItem {
-    join_id: Uuid,
-    event_id: Uuid,
-    status: String,
-    title: String,
-    #[serde(with = "time::serde::rfc3339")]
-    starts_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    ends_at: OffsetDateTime,
-    event_status: String,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize)]
@@ -202,13 +172,6 @@ struct ParticipantItem {
     position: Option<i64>,
     #[serde(with = "time::serde::rfc3339")]
     joined_at: OffsetDateTime,
-}
-
-#[derive(Debug, Serialize)]
-struct Counts {
-    capacity: i64,
-    confirmed: i64,
-    waitlisted: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -228,54 +191,15 @@ struct CountsQuery {
     ids: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct Stats {
-    capacity: i64,
-    confirmed: i64,
-    waitlisted: i64,
-    canceled: i64,
-    kicked: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BanBody {
-    user_id: String,
-    reason: Option<String>,
-    expires_at: Option<String>,
-}
-
-/// Longest ban reason, in characters.
-const MAX_BAN_REASON: usize = 500;
-
-#[derive(Debug, Serialize)]
-struct BanItem {
-    user_id: Uuid,
-    banned_by: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    reason: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    expires_at: Option<OffsetDateTime>,
-}
-
-impl BanItem {
-    fn new(b: store::BanRow) -> Self {
-        Self {
-            user_id: b.user_id,
-            banned_by: b.banned_by,
-            created_at: from_micros(b.created_at),
-            reason: b.reason,
-            expires_at: b.expires_at.map(from_micros),
-        }
+/// A ban as the API shows it.
+fn ban_item(b: store::BanRow) -> BanItem {
+    BanItem {
+        user_id: b.user_id,
+        banned_by: b.banned_by,
+        created_at: from_micros(b.created_at),
+        reason: b.reason,
+        expires_at: b.expires_at.map(from_micros),
     }
-}
-
-#[derive(Debug, Serialize)]
-struct BanView {
-    event_id: Uuid,
-    #[serde(flatten)]
-    ban: BanItem,
 }
 
 /// The checked `reason` and `expires_at` of a ban: the reason trimmed (≤ 500 characters, empty
@@ -453,7 +377,7 @@ async fn join_tx(
         Some(ev.waitlisted)
     };
     store::save_event(tx, backend, &ev, now_us).await?;
-    let body = serde_json::to_string(&JoinView::new(&j, position)).map_err(|_| Problem::internal())?;
+    let body = serde_json::to_string(&join_view(&j, position)).map_err(|_| Problem::internal())?;
     let stored = StoredResponse { fingerprint: fingerprint.to_owned(), status: StatusCode::CREATED.as_u16(), body };
     store::store_idempotency(tx, backend, caller.id, key, &stored, cutoff, now_us).await?;
     let kind = if confirmed { Announce::Confirmed } else { Announce::Waitlisted };
@@ -627,7 +551,7 @@ async fn ban(
         let (ban, made, tally) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
         st.0.metrics.count(tally);
         st.0.outbox.wake();
-        let view = BanView { event_id, ban: BanItem::new(ban) };
+        let view = BanView { event_id, ban: ban_item(ban) };
         // A repeated ban changes nothing and answers the ban there is.
         let status = if made { StatusCode::CREATED } else { StatusCode::OK };
         Ok((status, Json(view)).into_response())
@@ -691,7 +615,7 @@ async fn bans(
         let now_us = to_micros(now());
         let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await?;
         let page =
-            Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(BanItem::new);
+            Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(ban_item);
         Ok(Json(page).into_response())
     }
     .await;
@@ -731,7 +655,7 @@ async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(id): P
         } else {
             None
         };
-        Ok(Json(JoinView::new(&j, position)).into_response())
+        Ok(Json(join_view(&j, position)).into_response())
     }
     .await;
     finish(&st, r)
@@ -746,7 +670,7 @@ async fn my_joins(
         let page = page_request(q)?;
         let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await?;
         let page = Page::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
-        let page = page.map(|r| MyJoinItem {
+        let page = page.map(|r| MyJoin {
             join_id: r.join.id,
             event_id: r.join.event_id,
             status: r.join.status,

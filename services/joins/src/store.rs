@@ -913,3 +913,13 @@ pub(crate) async fn status_counts(db: &Db, event_id: Uuid) -> Result<Vec<(String
         .fetch_all(db.pool())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    /// The statuses the document states are the ones the service stores and answers.
+    #[test]
+    fn the_document_lists_every_join_status() {
+        use super::status::{CANCELED, CONFIRMED, KICKED, WAITLISTED};
+        assert_eq!(cityevents_api::joins::JOIN_STATUSES, [CONFIRMED, WAITLISTED, CANCELED, KICKED]);
+    }
+}

@@ -1,6 +1,7 @@
 //! The notifier's HTTP API: the caller's notifications, newest first, and marking one read; the
 //! caller's mail preferences.
 
+use cityevents_api::notifications::{Marked, UnreadCount};
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
@@ -161,7 +162,7 @@ async fn list(
 }
 
 /// `{"unread": n}`: the caller's notifications not yet read.
-async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<serde_json::Value>, Response> {
+async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<UnreadCount>, Response> {
     let count = db.sql("SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL");
     let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
     let unread: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.into_owned()))
@@ -169,11 +170,11 @@ async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resul
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| db_error(&db, e))?;
-    Ok(Json(serde_json::json!({ "unread": unread })))
+    Ok(Json(UnreadCount { unread: u64::try_from(unread).unwrap_or_default() }))
 }
 
 /// Marks every unread notification of the caller read: `{"marked": n}` (0 when none was).
-async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<serde_json::Value>, Response> {
+async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<Marked>, Response> {
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
     let update = db.sql("UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL");
     let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
@@ -183,7 +184,7 @@ async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resu
         .execute(&mut *conn)
         .await
         .map_err(|e| db_error(&db, e))?;
-    Ok(Json(serde_json::json!({ "marked": done.rows_affected() })))
+    Ok(Json(Marked { marked: done.rows_affected() }))
 }
 
 async fn mark_read(

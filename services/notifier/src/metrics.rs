@@ -67,3 +67,12 @@ impl NotificationMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The kinds the document states are the ones the notifier writes.
+    #[test]
+    fn the_document_lists_every_notification_kind() {
+        assert_eq!(super::IN_APP, cityevents_api::notifications::KINDS);
+    }
+}

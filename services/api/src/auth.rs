@@ -1,0 +1,248 @@
+//! The auth service's wire types: accounts, sign-in, sessions and account moderation.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use uuid::Uuid;
+
+use crate::fields::{self, bounded, email, mail_token, new_password, password, required_text};
+use crate::limits::{LINE, MAX_NAME, MAX_REASON, MAX_TOKEN};
+
+/// The roles an account may have.
+pub const ROLES: [&str; 3] = ["user", "moderator", "admin"];
+
+/// `POST /api/v1/auth/register`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The address to verify.
+    #[schema(schema_with = email)]
+    pub email: String,
+    /// The password.
+    #[schema(schema_with = new_password)]
+    pub password: String,
+    /// Display name.
+    #[schema(schema_with = display_name)]
+    pub name: String,
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The address registered.
+    #[schema(schema_with = email)]
+    pub email: String,
+    /// The password.
+    #[schema(schema_with = password)]
+    pub password: String,
+}
+
+/// `POST /api/v1/auth/refresh` and `/logout`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token of the last pair.
+    #[schema(schema_with = refresh_token)]
+    pub refresh_token: String,
+}
+
+/// `POST /api/v1/auth/verify-email`: the token a verification mail carried.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The token from the mail.
+    #[schema(schema_with = mail_token)]
+    pub token: String,
+}
+
+/// `POST /api/v1/auth/password-reset/request`: where to send the mail.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRequest {
+    /// The account's address.
+    #[schema(schema_with = email)]
+    pub email: String,
+}
+
+/// `POST /api/v1/auth/password-reset`: the token a reset mail carried and the new password.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequest {
+    /// The token from the mail.
+    #[schema(schema_with = mail_token)]
+    pub token: String,
+    /// The new password.
+    #[schema(schema_with = new_password)]
+    pub password: String,
+}
+
+/// `POST /api/v1/auth/password`: a signed-in user's change of password.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    /// The password now.
+    #[schema(schema_with = password)]
+    pub current_password: String,
+    /// The new one.
+    #[schema(schema_with = new_password)]
+    pub new_password: String,
+}
+
+/// `PUT /api/v1/admin/users/{id}/role`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    /// The new role.
+    #[schema(schema_with = role_input)]
+    pub role: String,
+}
+
+/// `POST /api/v1/admin/users/{id}/ban`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountBanRequest {
+    /// Shown to the user when they try to sign in, and kept in the audit log.
+    #[schema(schema_with = ban_reason)]
+    pub reason: String,
+}
+
+/// An access token and the refresh token that renews it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenPair {
+    /// A JWT: `sub` = user id, `role`, `iss` = `aud` = `cityevents`.
+    pub access_token: String,
+    /// Single use: each refresh returns a new pair.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    #[schema(schema_with = bearer)]
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    #[schema(minimum = 0)]
+    pub expires_in: u64,
+}
+
+/// The answer to a registration, the same whatever the address's state: where the mail went.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registration {
+    /// The address the mail went to, normalized (Unicode NFC, lower-case domain).
+    #[schema(schema_with = email_out)]
+    pub email: String,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    /// UUIDv7.
+    pub id: Uuid,
+    /// The address.
+    #[schema(schema_with = email_out)]
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// `moderator`: may cancel or unpublish any event, ban accounts and ban users from events;
+    /// `admin`: that, and manages roles and lists users.
+    #[schema(schema_with = role)]
+    pub role: String,
+    /// Whether the owner proved the address is theirs.
+    pub email_verified: bool,
+    /// When the account was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A ban on an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccountBan {
+    /// Why.
+    #[schema(schema_with = reason_out)]
+    pub reason: String,
+    /// The moderator or admin who banned it.
+    #[schema(required = true)]
+    pub banned_by: Option<Uuid>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub banned_at: OffsetDateTime,
+}
+
+/// An account as moderators and admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ManagedUser {
+    /// The account.
+    #[serde(flatten)]
+    pub user: User,
+    /// `null` unless banned.
+    #[schema(required = true)]
+    pub ban: Option<AccountBan>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ManagedUserPage {
+    /// Oldest first.
+    pub items: Vec<ManagedUser>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(schema_with = fields::next_cursor, required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// One live session (a refresh-token family).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// Its id.
+    #[schema(schema_with = fields::uuid)]
+    pub id: String,
+    /// When the sign-in happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When its refresh token was last rotated.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_used_at: OffsetDateTime,
+}
+
+/// The caller's live sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    /// Most recently used first.
+    pub items: Vec<Session>,
+}
+
+fn display_name() -> ObjectBuilder {
+    bounded(MAX_NAME)
+        .min_length(Some(1))
+        .pattern(Some(LINE))
+        .description(Some("Display name; no control characters (tabs and newlines included)."))
+}
+
+fn refresh_token() -> ObjectBuilder {
+    fields::string().min_length(Some(1)).max_length(Some(MAX_TOKEN))
+}
+
+fn email_out() -> ObjectBuilder {
+    fields::formatted(utoipa::openapi::KnownFormat::Email)
+}
+
+fn role_input() -> ObjectBuilder {
+    fields::string().enum_values(Some(ROLES))
+}
+
+fn role() -> ObjectBuilder {
+    role_input().description(Some(
+        "`moderator`: may cancel or unpublish any event, ban accounts and ban users from events; \
+         `admin`: that, and manages roles and lists users.",
+    ))
+}
+
+fn ban_reason() -> ObjectBuilder {
+    required_text(MAX_REASON)
+        .description(Some("Shown to the user when they try to sign in, and kept in the audit log."))
+}
+
+fn reason_out() -> ObjectBuilder {
+    bounded(MAX_REASON)
+}
+
+fn bearer() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["Bearer"]))
+}
