@@ -1,7 +1,6 @@
 //! The notifier's HTTP API: the caller's notifications, newest first, and marking one read; the
 //! caller's mail preferences.
 
-use cityevents_api::notifications::{Marked, UnreadCount};
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
@@ -9,18 +8,20 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cityevents_api::notifications::{Marked, Notification, UnreadCount};
 use cityevents_common::catalogue::MAIL_PREFERENCES;
 use cityevents_common::page::{Cursor, Page, PageQuery};
+use cityevents_common::time::from_micros;
 use cityevents_common::validate;
 use http::StatusCode;
 use keel::data::Db;
 use keel::security::jwt::{Auth, Claims};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::Row;
+use uuid::Uuid;
 
 use crate::mail::handler::Contacts;
 use cityevents_common::json::Json as JsonBody;
-use time::format_description::well_known::Rfc3339;
 
 /// The routes; the caller adds the JWT extension.
 pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
@@ -73,19 +74,10 @@ async fn put_preferences(
     get_preferences(State(c), Auth(claims)).await
 }
 
-/// One notification on the wire.
-#[derive(Debug, Serialize)]
-struct Item {
-    id: String,
-    kind: String,
-    event_id: String,
-    message: String,
-    created_at: String,
-    read_at: Option<String>,
-}
-
-fn rfc3339(micros: i64) -> String {
-    cityevents_common::time::from_micros(micros).format(&Rfc3339).unwrap_or_default()
+/// A UUID column as text.
+fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field; any other
@@ -120,7 +112,7 @@ async fn list(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Page<Item>>, Response> {
+) -> Result<Json<Page<Notification>>, Response> {
     let (page, unread) = validate::query(q).and_then(parse_query).map_err(IntoResponse::into_response)?;
     let page = page.validate().map_err(IntoResponse::into_response)?;
     let mut sql =
@@ -147,17 +139,17 @@ async fn list(
         let read: Option<i64> = row.try_get("read_at").map_err(|e| db_error(&db, e))?;
         items.push((
             created,
-            Item {
-                id: row.try_get("id").map_err(|e| db_error(&db, e))?,
+            Notification {
+                id: uuid_column(&row, "id").map_err(|e| db_error(&db, e))?,
                 kind: row.try_get("kind").map_err(|e| db_error(&db, e))?,
-                event_id: row.try_get("event_id").map_err(|e| db_error(&db, e))?,
+                event_id: uuid_column(&row, "event_id").map_err(|e| db_error(&db, e))?,
                 message: row.try_get("message").map_err(|e| db_error(&db, e))?,
-                created_at: rfc3339(created),
-                read_at: read.map(rfc3339),
+                created_at: from_micros(created),
+                read_at: read.map(from_micros),
             },
         ));
     }
-    let page = Page::from_rows(items, page.limit, |(k, item)| Cursor::new(*k, item.id.clone()));
+    let page = Page::from_rows(items, page.limit, |(k, item)| Cursor::new(*k, item.id.to_string()));
     Ok(Json(page.map(|(_, item)| item)))
 }
 
