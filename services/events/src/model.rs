@@ -7,13 +7,13 @@ use cityevents_common::validate;
 use cityevents_common::zone::Zone;
 use http::StatusCode;
 use keel::http::Problem;
-
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 pub use cityevents_api::limits::{
-    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_REASON, MAX_TITLE, MAX_VENUE, MAX_YEAR, MIN_YEAR,
+    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_REASON, MAX_TIME, MAX_TITLE, MAX_VENUE, MAX_YEAR,
+    MIN_YEAR,
 };
 
 pub use cityevents_api::events::EventStatus as Status;
@@ -283,7 +283,7 @@ impl Errors {
 /// Parses an RFC 3339 time (any offset, kept as UTC) to microseconds, without range limits
 /// (for list filters).
 pub fn parse_time(field: &str, value: &str) -> Result<i64, Problem> {
-    if value.len() > 64 {
+    if value.len() > MAX_TIME {
         return Err(validate::invalid(field, "must be an RFC 3339 time"));
     }
     OffsetDateTime::parse(value.trim(), &Rfc3339)
@@ -295,7 +295,7 @@ pub fn parse_time(field: &str, value: &str) -> Result<i64, Problem> {
 /// (`2030-05-01T19:00`) read in `zone`; within years 2000–2200; to microseconds.
 pub fn parse_event_time(field: &str, value: &str, zone: &Zone) -> Result<i64, Problem> {
     let micros = match zone.read_local(value) {
-        Some(micros) if value.len() <= 64 => micros,
+        Some(micros) if value.len() <= MAX_TIME => micros,
         _ => parse_time(field, value).map_err(|_| {
             validate::invalid(
                 field,
