@@ -7,10 +7,21 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use uuid::Uuid;
 
 use crate::fields::{self, bounded, email, mail_token, new_password, password, required_text};
-use crate::limits::{LINE, MAX_NAME, MAX_REASON, MAX_TOKEN};
+use crate::limits::{LINE, MAX_NAME, MAX_REASON};
 
 /// The roles an account may have.
-pub const ROLES: [&str; 3] = ["user", "moderator", "admin"];
+pub mod roles {
+    /// Every registered account.
+    pub const USER: &str = "user";
+    /// Keeps the platform clean: unpublishes or cancels any event with a reason, bans accounts
+    /// and bans users from events. Given by an admin.
+    pub const MODERATOR: &str = "moderator";
+    /// Created only with `cityevents-auth admin create`; manages roles, and moderates too.
+    pub const ADMIN: &str = "admin";
+}
+
+/// Every role, least power first.
+pub const ROLES: [&str; 3] = [roles::USER, roles::MODERATOR, roles::ADMIN];
 
 /// `POST /api/v1/auth/register`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -44,7 +55,7 @@ pub struct LoginRequest {
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token of the last pair.
-    #[schema(schema_with = refresh_token)]
+    #[schema(schema_with = fields::token)]
     pub refresh_token: String,
 }
 
@@ -213,10 +224,6 @@ fn display_name() -> ObjectBuilder {
         .min_length(Some(1))
         .pattern(Some(LINE))
         .description(Some("Display name; no control characters (tabs and newlines included)."))
-}
-
-fn refresh_token() -> ObjectBuilder {
-    fields::string().min_length(Some(1)).max_length(Some(MAX_TOKEN))
 }
 
 fn email_out() -> ObjectBuilder {

@@ -67,9 +67,14 @@ pub fn password() -> ObjectBuilder {
     formatted(KnownFormat::Password).min_length(Some(1)).max_length(Some(limits::MAX_PASSWORD))
 }
 
+/// A token the service issued (a refresh token, a token from a mail).
+pub fn token() -> ObjectBuilder {
+    string().min_length(Some(1)).max_length(Some(limits::MAX_TOKEN))
+}
+
 /// A token from a mail.
 pub fn mail_token() -> ObjectBuilder {
-    string().min_length(Some(1)).max_length(Some(limits::MAX_TOKEN)).description(Some("The token from the mail."))
+    token().description(Some("The token from the mail."))
 }
 
 /// A `next_cursor`.

@@ -18,11 +18,6 @@ pub struct Unavailable {
     pub unavailable: bool,
 }
 
-impl Unavailable {
-    /// The one value.
-    pub const VALUE: Self = Self { unavailable: true };
-}
-
 /// Seats of a listed event: `capacity` is the event's (`0` = unlimited), `taken` the confirmed
 /// joins, `free` what is left (`null` when unlimited), `waitlisted` who waits.
 /// `{"unavailable": true}` when the joins service could not be asked; the page is answered

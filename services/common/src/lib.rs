@@ -73,12 +73,4 @@ pub mod services {
 }
 
 /// Roles carried in the access token's `role` claim.
-pub mod roles {
-    /// Every registered account.
-    pub const USER: &str = "user";
-    /// Keeps the platform clean: unpublishes or cancels any event with a reason, bans accounts
-    /// and bans users from events. Given by an admin.
-    pub const MODERATOR: &str = "moderator";
-    /// Created only with `cityevents-auth admin create`; manages roles, and moderates too.
-    pub const ADMIN: &str = "admin";
-}
+pub use cityevents_api::auth::roles;
