@@ -31,6 +31,13 @@ pub const MAX_TERMS: usize = 8;
 /// Shortest word of `q` searched for (MySQL/MariaDB's InnoDB does not index shorter ones; every
 /// backend ignores them alike).
 pub const MIN_TERM: usize = 3;
+/// The orders of `GET /api/v1/events` (`?sort=`): `relevance` needs `q` and is its default;
+/// otherwise the default is `starts_at`; `-` is latest first.
+pub const SORTS: [&str; 5] = ["starts_at", "-starts_at", "created_at", "-created_at", "relevance"];
+/// Cities a suggestion answers when `limit` is absent.
+pub const DEFAULT_CITIES: u32 = 10;
+/// The most cities a suggestion answers.
+pub const MAX_CITIES: u32 = 20;
 /// Events asked for in one `POST /api/v1/events/batch`.
 pub const MAX_BATCH: usize = 100;
 

@@ -37,6 +37,7 @@ use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
+use cityevents_api::params::UsersParams;
 use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountBanned, AccountUnbanned, Mail};
 use cityevents_common::json::Json;
 use cityevents_common::page::{Cursor, Page};
@@ -775,24 +776,13 @@ async fn unban_user(
     Ok(axum::Json(s.accounts.managed(&row)?))
 }
 
-/// `GET /api/v1/admin/users` query.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsersQuery {
-    q: Option<String>,
-    role: Option<String>,
-    banned: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
 /// Tag of the user list's cursors (a cursor of another list is refused).
 const USERS_CURSOR: &str = "users";
 
 /// The filter, the page size and the account to resume after.
 type UsersRequest = (UserFilter, u32, Option<String>);
 
-fn users_filter(q: UsersQuery) -> Result<UsersRequest, Problem> {
+fn users_filter(q: UsersParams) -> Result<UsersRequest, Problem> {
     use cityevents_common::validate::invalid;
     let text = match q.q.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -836,7 +826,7 @@ fn users_filter(q: UsersQuery) -> Result<UsersRequest, Problem> {
 async fn list_users(
     State(s): State<AppState>,
     _admin: RequireRole<Admin>,
-    q: Result<Query<UsersQuery>, QueryRejection>,
+    q: Result<Query<UsersParams>, QueryRejection>,
 ) -> Result<axum::Json<Page<ManagedUser>>, ApiError> {
     let (filter, limit, after) = users_filter(cityevents_common::validate::query(q)?)?;
     let rows = s.accounts.list(&filter, after.as_deref(), limit).await?;

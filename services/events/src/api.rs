@@ -25,7 +25,7 @@ use keel::security::jwt::{Auth, Claims, HasRoles};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::list::{self, MINE, MineQuery, PublicQuery};
+use crate::list::{self, Check as _, CitiesParams, EventsParams, MINE, MyEventsParams};
 use crate::metrics::Change;
 use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict, parse_reason};
 use crate::store;
@@ -514,7 +514,7 @@ async fn unpublish(
 /// `GET /api/v1/events`: published events, filtered, sorted and keyset-paged.
 async fn list_public(
     State(st): State<AppState>,
-    q: std::result::Result<Query<PublicQuery>, QueryRejection>,
+    q: std::result::Result<Query<EventsParams>, QueryRejection>,
 ) -> Result<JsonResponse<Page<EventView>>> {
     let list = query(q)?.validate()?;
     let rows = store::list_public(&st.db, &list).await?;
@@ -528,7 +528,7 @@ async fn list_public(
 async fn list_mine(
     State(st): State<AppState>,
     User(caller): User,
-    q: std::result::Result<Query<MineQuery>, QueryRejection>,
+    q: std::result::Result<Query<MyEventsParams>, QueryRejection>,
 ) -> Result<JsonResponse<Page<EventView>>> {
     let list = query(q)?.validate()?;
     let rows = store::list_mine(&st.db, caller.id, &list).await?;
@@ -540,7 +540,7 @@ async fn list_mine(
 /// starts with `q` (case-insensitive; every city without it), most events first.
 async fn cities(
     State(st): State<AppState>,
-    q: std::result::Result<Query<list::CitiesQuery>, QueryRejection>,
+    q: std::result::Result<Query<CitiesParams>, QueryRejection>,
 ) -> Result<JsonResponse<Cities>> {
     let ask = query(q)?.validate()?;
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());

@@ -7,7 +7,6 @@
 use cityevents_common::page::{Cursor, PageQuery, PageRequest};
 use cityevents_common::validate;
 use keel::http::Problem;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::model::{self, Errors, Event, MAX_CATEGORY, MAX_CITY, Status};
@@ -29,7 +28,7 @@ pub enum Sort {
 
 impl Sort {
     /// The allowlisted values of `?sort=`.
-    pub const ALLOWED: [&'static str; 5] = ["starts_at", "-starts_at", "created_at", "-created_at", "relevance"];
+    pub const ALLOWED: [&'static str; 5] = cityevents_api::limits::SORTS;
 
     /// Parses `?sort=` (`searching`: a `q` was given, which makes `relevance` the default);
     /// anything off the allowlist, or `relevance` without `q`, is a 400 naming `sort`.
@@ -121,41 +120,16 @@ pub fn after(tag: &str, cursor: Option<&Cursor>) -> Result<Option<After>, Proble
     Ok(Some(After { key: c.key, id }))
 }
 
-/// The query string of `GET /api/v1/events`. Every value is read as text and checked here, so
-/// a bad one is a 400 naming it; so is a parameter that is not one of these.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublicQuery {
-    /// Full-text search over title, city and description (see [`Search`]).
-    pub q: Option<String>,
-    /// Exact city, case-insensitive.
-    pub city: Option<String>,
-    /// Exact category, case-insensitive.
-    pub category: Option<String>,
-    /// Only events starting at or after this time (RFC 3339).
-    pub from: Option<String>,
-    /// Only events starting before this time (RFC 3339).
-    pub to: Option<String>,
-    /// `true`: only events that have not ended yet. Default `false`.
-    pub exclude_expired: Option<String>,
-    /// One of [`Sort::ALLOWED`].
-    pub sort: Option<String>,
-    /// 1–100, default 20.
-    pub limit: Option<String>,
-    /// From the previous page.
-    pub cursor: Option<String>,
-}
+pub use cityevents_api::params::{CitiesParams, EventsParams, MyEventsParams};
 
-/// The query string of `GET /api/v1/me/events`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MineQuery {
-    /// Only events in this status (`draft`, `published`, `canceled`); default every status.
-    pub status: Option<String>,
-    /// 1–100, default 20.
-    pub limit: Option<String>,
-    /// From the previous page.
-    pub cursor: Option<String>,
+/// A query string read as text into its contract type ([`cityevents_api::params`]), checked:
+/// every bad value is a 400 naming it.
+pub trait Check {
+    /// The checked request.
+    type Checked;
+
+    /// Checks every parameter.
+    fn validate(self) -> Result<Self::Checked, Problem>;
 }
 
 pub use cityevents_api::limits::{MAX_Q, MAX_TERMS, MIN_TERM};
@@ -219,9 +193,11 @@ fn page(limit: Option<&str>, cursor: Option<String>) -> Result<PageRequest, Prob
     PageQuery { limit, cursor }.validate()
 }
 
-impl PublicQuery {
+impl Check for EventsParams {
+    type Checked = PublicList;
+
     /// Checks every parameter; the problem names every bad one.
-    pub fn validate(self) -> Result<PublicList, Problem> {
+    fn validate(self) -> Result<PublicList, Problem> {
         let mut e = Errors::default();
         let search = match self.q.filter(|q| !q.trim().is_empty()) {
             None => None,
@@ -276,10 +252,12 @@ pub struct MineList {
     pub after: Option<After>,
 }
 
-impl MineQuery {
+impl Check for MyEventsParams {
+    type Checked = MineList;
+
     /// Checks `status`, `limit` and `cursor`. A cursor works whatever the status filter (the
     /// order is the same); changing the filter between pages only changes what follows.
-    pub fn validate(self) -> Result<MineList, Problem> {
+    fn validate(self) -> Result<MineList, Problem> {
         let status = match self.status.as_deref() {
             None | Some("") => None,
             Some(s) => Some(
@@ -302,16 +280,6 @@ fn flag(field: &str, value: Option<&str>) -> Result<Option<bool>, Problem> {
     }
 }
 
-/// The query string of `GET /api/v1/meta/cities`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CitiesQuery {
-    /// The start of the city's name, case-insensitive (up to the longest city).
-    pub q: Option<String>,
-    /// 1–20, default 10.
-    pub limit: Option<String>,
-}
-
 /// A checked city suggestion request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CitiesAsk {
@@ -321,18 +289,19 @@ pub struct CitiesAsk {
     pub limit: u32,
 }
 
-/// Most cities a suggestion answers.
-pub const MAX_CITIES: u32 = 20;
+pub use cityevents_api::limits::{DEFAULT_CITIES, MAX_CITIES};
 
-impl CitiesQuery {
+impl Check for CitiesParams {
+    type Checked = CitiesAsk;
+
     /// Checks `q` and `limit`.
-    pub fn validate(self) -> Result<CitiesAsk, Problem> {
+    fn validate(self) -> Result<CitiesAsk, Problem> {
         let prefix = match self.q.filter(|q| !q.trim().is_empty()) {
             None => None,
             Some(q) => Some(model::key(&validate::text("q", &q, MAX_CITY)?)),
         };
         let limit = match self.limit.as_deref() {
-            None | Some("") => 10,
+            None | Some("") => DEFAULT_CITIES,
             Some(l) => l
                 .parse::<u32>()
                 .ok()

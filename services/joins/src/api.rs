@@ -44,7 +44,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Fail, conflict, forbidden, not_found};
-use crate::extract::{Caller, RawPage, path_uuid};
+use cityevents_api::params::PageParams;
+
+use crate::extract::{Caller, path_uuid};
 use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
 
@@ -258,8 +260,8 @@ async fn record(
     Ok(())
 }
 
-fn page_request(q: Result<Query<RawPage>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
-    validate::query(q)?.validate()
+fn page_request(q: Result<Query<PageParams>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
+    crate::extract::page(&validate::query(q)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +609,7 @@ async fn bans(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path(id): Path<String>,
-    q: Result<Query<RawPage>, QueryRejection>,
+    q: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
     let r = async {
         let ev = managed(&st, &caller, &id).await?;
@@ -664,7 +666,7 @@ async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(id): P
 async fn my_joins(
     axum::extract::State(st): AppState,
     caller: Caller,
-    q: Result<Query<RawPage>, QueryRejection>,
+    q: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
     let r = async {
         let page = page_request(q)?;
@@ -696,7 +698,7 @@ async fn participants(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path(id): Path<String>,
-    q: Result<Query<RawPage>, QueryRejection>,
+    q: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
     let r = async {
         let ev = managed(&st, &caller, &id).await?;
@@ -722,7 +724,7 @@ async fn waitlist(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path(id): Path<String>,
-    q: Result<Query<RawPage>, QueryRejection>,
+    q: Result<Query<PageParams>, QueryRejection>,
 ) -> Response {
     let r = async {
         let ev = managed(&st, &caller, &id).await?;

@@ -4,12 +4,12 @@
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
+use cityevents_api::params::PageParams;
 use cityevents_common::page::{PageQuery, PageRequest};
 use cityevents_common::validate;
 use http::request::Parts;
 use keel::Problem;
 use keel::security::jwt::{Auth, Claims};
-use serde::Deserialize;
 use uuid::Uuid;
 
 /// The authenticated caller.
@@ -39,24 +39,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// `?limit=&cursor=` as text, so a bad `limit` is our 400 naming the field rather than the
-/// framework's plain-text rejection.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawPage {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
-impl RawPage {
-    /// Parses and checks the page request.
-    pub(crate) fn validate(&self) -> Result<PageRequest, Problem> {
-        let limit = match self.limit.as_deref() {
-            None | Some("") => None,
-            Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be between 1 and 100"))?),
-        };
-        PageQuery { limit, cursor: self.cursor.clone() }.validate()
-    }
+/// Checks `?limit=&cursor=`, read as text so a bad `limit` is our 400 naming the field rather
+/// than the framework's plain-text rejection.
+pub(crate) fn page(q: &PageParams) -> Result<PageRequest, Problem> {
+    let limit = match q.limit.as_deref() {
+        None | Some("") => None,
+        Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be between 1 and 100"))?),
+    };
+    PageQuery { limit, cursor: q.cursor.clone() }.validate()
 }
 
 /// Parses a path id.
@@ -70,7 +60,7 @@ mod tests {
 
     #[test]
     fn page_limits_are_checked() {
-        let raw = |l: &str| RawPage { limit: Some(l.into()), cursor: None }.validate();
+        let raw = |l: &str| page(&PageParams { limit: Some(l.into()), cursor: None });
         assert!(raw("abc").is_err());
         assert!(raw("0").is_err());
         assert!(raw("101").is_err());

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cityevents_api::notifications::{Marked, Notification, UnreadCount};
+use cityevents_api::params::NotificationsParams;
 use cityevents_common::catalogue::MAIL_PREFERENCES;
 use cityevents_common::page::{Cursor, Page, PageQuery};
 use cityevents_common::time::from_micros;
@@ -16,7 +17,6 @@ use cityevents_common::validate;
 use http::StatusCode;
 use keel::data::Db;
 use keel::security::jwt::{Auth, Claims};
-use serde::Deserialize;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -80,17 +80,8 @@ fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Uuid, sqlx::Erro
     Uuid::parse_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field; any other
-/// parameter is a 400 naming it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
-    unread: Option<String>,
-}
-
-fn parse_query(q: ListQuery) -> Result<(PageQuery, bool), keel::Problem> {
+/// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field.
+fn parse_query(q: NotificationsParams) -> Result<(PageQuery, bool), keel::Problem> {
     // An empty value is the parameter left out, as on every list.
     let limit = match q.limit.as_deref() {
         None | Some("") => None,
@@ -111,7 +102,7 @@ fn db_error(db: &Db, e: sqlx::Error) -> Response {
 async fn list(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<NotificationsParams>, QueryRejection>,
 ) -> Result<Json<Page<Notification>>, Response> {
     let (page, unread) = validate::query(q).and_then(parse_query).map_err(IntoResponse::into_response)?;
     let page = page.validate().map_err(IntoResponse::into_response)?;
