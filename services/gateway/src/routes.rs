@@ -1,7 +1,7 @@
 //! The route table: every public path, which service answers it and whether it needs a user.
 //!
 //! It is the one list the gateway's router, its edge authentication and the OpenAPI document are
-//! checked against (`openapi.json` must describe exactly these operations), so they cannot drift.
+//! built from (the OpenAPI document has one operation per route), so they cannot drift.
 //! Paths use axum's `{param}` syntax, which is also OpenAPI's.
 
 /// Who answers a route.

@@ -1,0 +1,297 @@
+//! The description of every operation of the route table, in its order: summaries, the types
+//! each takes and answers (from [`cityevents_api`]) and the errors beyond those the gateway
+//! itself can send on the route.
+
+use cityevents_api::params::{
+    CitiesParams, EventsParams, MyEventsParams, NotificationsParams, PageParams, UsersParams,
+};
+use cityevents_api::{auth, events, gateway, joins, notifications};
+
+use super::operation::{Spec, op};
+use crate::routes::Verb::{Delete, Get, Patch, Post, Put};
+use crate::routes::{INDEX_PATH, OPENAPI_PATH, VIEW_PATH};
+
+/// Every operation's description.
+pub(crate) fn all() -> Vec<Spec> {
+    vec![
+        op(Post, "/api/v1/auth/register", "register", "Create an account")
+            .describe(
+                "Answers 202 with the normalized address whether the address is new, already has an account, \
+                or looks like an account's address (the same UTS #39 skeleton), in the same time: only the mail \
+                sent to the address says which (a verification link, `already_registered` or \
+                `address_unavailable`). Sign in once the address is verified, or at once (an unverified account \
+                may not create events).",
+            )
+            .body::<auth::RegisterRequest>()
+            .answer::<auth::Registration>(202, "Accepted: a mail to the address says what happened.")
+            .errors(&[401]),
+        op(Post, "/api/v1/auth/login", "login", "Sign in")
+            .body::<auth::LoginRequest>()
+            .answer::<auth::TokenPair>(200, "An access and a refresh token.")
+            .errors(&[401])
+            .error(403, "`account_banned`: the account is banned (the detail gives the reason)."),
+        op(Post, "/api/v1/auth/refresh", "refresh", "Exchange a refresh token for a new pair")
+            .body::<auth::RefreshRequest>()
+            .answer::<auth::TokenPair>(200, "A new pair; the old refresh token is spent.")
+            .errors(&[401]),
+        op(Post, "/api/v1/auth/logout", "logout", "Revoke a refresh token")
+            .body::<auth::RefreshRequest>()
+            .empty(204, "Revoked.")
+            .errors(&[401]),
+        op(
+            Post,
+            "/api/v1/auth/verify-email/request",
+            "requestEmailVerification",
+            "Mail a new address-verification \
+            link",
+        )
+        .describe(
+            "Mails the caller a new single-use verification link; the previous one stops working. Counted \
+                against the strict per-IP rate limit.",
+        )
+        .empty(202, "A verification mail was requested.")
+        .errors(&[409]),
+        op(Post, "/api/v1/auth/verify-email", "verifyEmail", "Verify the e-mail address with a mailed token")
+            .describe(
+                "Spends the token from a verification mail. Unknown, used, replaced and expired tokens get the \
+                same 400 `invalid_token`. Access tokens issued afterwards carry `email_verified: true`.",
+            )
+            .body::<auth::TokenRequest>()
+            .empty(204, "The address is verified."),
+        op(Post, "/api/v1/auth/password-reset/request", "requestPasswordReset", "Mail a password-reset link")
+            .describe(
+                "Always 202, in the same time, whether or not an account has the address; if one does, its \
+                owner gets a single-use link (app.password_reset_ttl, 1 h) and the previous one stops working. \
+                Counted against the strict per-IP rate limit.",
+            )
+            .body::<auth::EmailRequest>()
+            .empty(202, "A mail is on its way if an account has the address."),
+        op(Post, "/api/v1/auth/password-reset", "resetPassword", "Choose a new password with a mailed token")
+            .describe(
+                "Spends the token: the new password is set, every session of the account ends, its sign-in \
+                delays are lifted and its address counts as verified; the owner is told by mail. A password the \
+                policy refuses leaves the token unspent. Unknown, used, replaced and expired tokens get the same \
+                400 `invalid_token`.",
+            )
+            .body::<auth::PasswordResetRequest>()
+            .empty(204, "The password is set; sign in again."),
+        op(Post, "/api/v1/auth/password", "changePassword", "Change the caller's password")
+            .describe(
+                "The current password is required (a wrong one counts as a failed sign-in: 400 naming \
+                `current_password`, then 429 `locked` like sign-in). Every session ends; the answer is a fresh \
+                pair for the caller. The owner is told by mail.",
+            )
+            .body::<auth::PasswordChangeRequest>()
+            .answer::<auth::TokenPair>(200, "A new pair; every other session is signed out."),
+        op(Post, "/api/v1/auth/logout-all", "logoutAll", "Sign out everywhere")
+            .describe("Revokes every refresh token of the caller; access tokens already issued expire on their own.")
+            .empty(204, "Every session ended."),
+        op(Get, "/api/v1/auth/sessions", "listSessions", "The caller's live sessions")
+            .describe("One per sign-in whose refresh token is still usable, most recently used first.")
+            .answer::<auth::SessionList>(200, "The sessions."),
+        op(Delete, "/api/v1/auth/sessions/{id}", "revokeSession", "End one of the caller's sessions")
+            .empty(204, "The session ended."),
+        op(Get, "/api/v1/me", "me", "The caller's account").answer::<auth::User>(200, "The caller."),
+        op(Get, "/api/v1/admin/users", "listUsers", "List and search accounts (admin)")
+            .describe(
+                "Newest first. `q` holding `@` is an address, matched exactly (addresses are stored \
+                encrypted); otherwise part of a name, case-insensitive.",
+            )
+            .query::<UsersParams>()
+            .answer::<auth::ManagedUserPage>(200, "A page of accounts.")
+            .errors(&[403]),
+        op(Put, "/api/v1/admin/users/{id}/role", "setRole", "Change a user's role: user, moderator or admin (admin)")
+            .describe(
+                "Only an admin may call it. The change is in the audit log; the user's tokens carry the new \
+                role from their next refresh.",
+            )
+            .body::<auth::RoleRequest>()
+            .answer::<auth::User>(200, "The user with the new role.")
+            .errors(&[403]),
+        op(Post, "/api/v1/admin/users/{id}/ban", "banUser", "Ban an account (moderator or admin)")
+            .describe(
+                "The account cannot sign in (403 `account_banned`, with the reason), every session ends at \
+                once and its events are hidden. A repeat answers the ban there is. 409 `cannot_ban_self`, \
+                `cannot_ban_admin`; only an admin bans a moderator (403). Audited.",
+            )
+            .body::<auth::AccountBanRequest>()
+            .answer::<auth::ManagedUser>(200, "The account, banned.")
+            .errors(&[403, 409]),
+        op(Delete, "/api/v1/admin/users/{id}/ban", "unbanUser", "Lift an account's ban (moderator or admin)")
+            .describe(
+                "The account may sign in again and its events show again. 404 `ban_not_found` when it is not \
+                banned; only an admin lifts a moderator's ban. Audited.",
+            )
+            .answer::<auth::ManagedUser>(200, "The account, not banned.")
+            .errors(&[403]),
+        op(Get, "/api/v1/events", "listEvents", "Published events")
+            .query::<EventsParams>()
+            .answer::<gateway::EventPage>(200, "A page of events."),
+        op(Post, "/api/v1/events", "createEvent", "Create an event (a draft)")
+            .describe(
+                "A caller whose e-mail address is not verified gets 403 `email_unverified` \
+                (`app.require_verified_email` of the events service).",
+            )
+            .body::<events::NewEvent>()
+            .answer::<events::Event>(201, "The draft.")
+            .header("Location", "The event's path.")
+            .errors(&[403]),
+        op(Post, "/api/v1/events/batch", "batchEvents", "Several events by id")
+            .body::<events::BatchRequest>()
+            .answer::<events::BatchResponse>(200, "The visible ones, by id."),
+        op(Get, "/api/v1/events/{id}", "getEvent", "One event").answer::<events::Event>(200, "The event."),
+        op(Patch, "/api/v1/events/{id}", "updateEvent", "Change an event (organizer)")
+            .body::<events::EventPatch>()
+            .answer::<events::Event>(200, "The event.")
+            .errors(&[403, 409]),
+        op(Post, "/api/v1/events/{id}/publish", "publishEvent", "Publish a draft (organizer)")
+            .answer::<events::Event>(200, "The published event.")
+            .errors(&[403, 409]),
+        op(
+            Post,
+            "/api/v1/events/{id}/cancel",
+            "cancelEvent",
+            "Cancel an event (organizer; moderator or admin with a \
+            reason); every join is canceled",
+        )
+        .optional_body::<events::ReasonBody>()
+        .answer::<events::Event>(200, "The canceled event.")
+        .errors(&[403, 409]),
+        op(
+            Post,
+            "/api/v1/events/{id}/unpublish",
+            "unpublishEvent",
+            "Take a published event back to draft (organizer \
+            while nobody joined; moderator or admin with a reason, every join canceled)",
+        )
+        .describe(
+            "The organizer may while nobody holds a seat or waits (409 `event_has_participants` otherwise: \
+                cancel instead; 503 when the joins service cannot tell). A moderator or admin may whatever the \
+                joins, giving a reason; every join is then canceled (reason `event_unpublished`). 409 \
+                `not_published`, `event_canceled`, `event_ended`.",
+        )
+        .optional_body::<events::ReasonBody>()
+        .answer::<events::Event>(200, "The event, a draft again.")
+        .errors(&[403, 409]),
+        op(Get, "/api/v1/me/events", "myEvents", "Events the caller organizes (drafts included)")
+            .query::<MyEventsParams>()
+            .answer::<gateway::EventPage>(200, "A page of events."),
+        op(Get, "/api/v1/meta/cities", "cities", "City suggestions")
+            .describe(
+                "Cities of published events that have not ended, whose name starts with `q` (case-insensitive; \
+                every city without `q`), most events first, then by name.",
+            )
+            .query::<CitiesParams>()
+            .answer::<events::CityList>(200, "The cities."),
+        op(Post, "/api/v1/events/{id}/join", "joinEvent", "Join an event")
+            .describe(
+                "Confirmed while seats are left, else waitlisted (FIFO). A banned user gets 403 `banned`, also \
+                when replaying the `Idempotency-Key` of a join the ban ended; the event's organizer gets 403 \
+                `organizer_cannot_join`.",
+            )
+            .idempotency_key()
+            .answer::<joins::Join>(
+                201,
+                "Confirmed, or on the waitlist (a retry with the same key gets the same \
+                answer).",
+            )
+            .errors(&[403, 409]),
+        op(Delete, "/api/v1/events/{id}/join", "leaveEvent", "Leave an event")
+            .empty(204, "Left; the first waitlisted user, if any, gets the seat."),
+        op(Get, "/api/v1/events/{id}/join", "myParticipation", "The caller's participation")
+            .answer::<joins::Join>(200, "The participation."),
+        op(Get, "/api/v1/me/joins", "myJoins", "The caller's joins")
+            .query::<PageParams>()
+            .answer::<joins::JoinPage>(200, "A page of joins."),
+        op(
+            Get,
+            "/api/v1/events/{id}/participants",
+            "participants",
+            "Confirmed participants (organizer, moderator or \
+            admin)",
+        )
+        .query::<PageParams>()
+        .answer::<joins::ParticipantPage>(200, "A page of participants.")
+        .errors(&[403]),
+        op(Get, "/api/v1/events/{id}/waitlist", "waitlist", "The waitlist in order (organizer, moderator or admin)")
+            .query::<PageParams>()
+            .answer::<joins::ParticipantPage>(200, "A page of waitlisted users.")
+            .errors(&[403]),
+        op(Get, "/api/v1/events/{id}/stats", "stats", "Join statistics (organizer, moderator or admin)")
+            .answer::<joins::Stats>(200, "The statistics.")
+            .errors(&[403]),
+        op(
+            Delete,
+            "/api/v1/events/{id}/participants/{user_id}",
+            "kick",
+            "Remove a participant (organizer, moderator \
+            or admin)",
+        )
+        .empty(204, "Removed.")
+        .errors(&[403]),
+        op(
+            Post,
+            "/api/v1/events/{id}/bans",
+            "ban",
+            "Ban a participant or waitlisted user from an event (organizer, \
+            moderator or admin); ends their join",
+        )
+        .describe(
+            "The organizer cannot be banned (409 `cannot_ban_organizer`), nor a user without a join (404 \
+                `not_a_participant`). A repeated ban changes nothing and answers 200 with the ban there is.",
+        )
+        .body::<joins::BanRequest>()
+        .answer::<joins::Ban>(200, "Already banned: the existing ban.")
+        .answer::<joins::Ban>(201, "Banned.")
+        .errors(&[403, 409]),
+        op(
+            Get,
+            "/api/v1/events/{id}/bans",
+            "listBans",
+            "The event's bans, oldest first (organizer, moderator or \
+            admin)",
+        )
+        .query::<PageParams>()
+        .answer::<joins::BanPage>(200, "A page of bans.")
+        .errors(&[403]),
+        op(
+            Delete,
+            "/api/v1/events/{id}/bans/{user_id}",
+            "unban",
+            "Lift a ban (organizer, moderator or admin); the \
+            user may join again",
+        )
+        .describe("404 `ban_not_found` when the user is not banned.")
+        .empty(204, "Lifted.")
+        .errors(&[403]),
+        op(Get, "/api/v1/events/{id}/counts", "counts", "Seat counts").answer::<joins::Counts>(200, "The counts."),
+        op(Get, "/api/v1/me/notifications", "myNotifications", "The caller's notifications, newest first")
+            .query::<NotificationsParams>()
+            .answer::<notifications::NotificationPage>(200, "A page of notifications."),
+        op(Post, "/api/v1/me/notifications/{id}/read", "markRead", "Mark a notification read (idempotent)")
+            .empty(204, "Read."),
+        op(Get, "/api/v1/me/notifications/unread-count", "unreadCount", "How many of my notifications are unread")
+            .answer::<notifications::UnreadCount>(200, "The count."),
+        op(Post, "/api/v1/me/notifications/read-all", "markAllRead", "Mark all my notifications read")
+            .answer::<notifications::Marked>(200, "How many were unread and are now read (0 when none was)."),
+        op(Get, "/api/v1/me/mail-preferences", "getMailPreferences", "The caller's mail preferences")
+            .answer::<notifications::MailPreferences>(200, "Whether each kind of mail is sent."),
+        op(Put, "/api/v1/me/mail-preferences", "setMailPreferences", "Turn kinds of mail off or on")
+            .describe(
+                "Sets the kinds named in the body; the others stay as they are. Account-security mail \
+                (verification, password) cannot be turned off.",
+            )
+            .body::<notifications::MailPreferencesPatch>()
+            .answer::<notifications::MailPreferences>(200, "Every preference after the change."),
+        op(Get, VIEW_PATH, "eventView", "Event page: the event, the caller's participation and the counts")
+            .describe(
+                "The event is required: its error is the answer. Participation (with a token) and counts are \
+                optional parts.",
+            )
+            .answer::<gateway::EventView>(200, "Fetched in parallel; a failing part is `{\"unavailable\": true}`."),
+        op(Get, OPENAPI_PATH, "openapi", "This document").answer_object(200, "OpenAPI 3.1.").errors(&[502, 503, 504]),
+        op(Get, INDEX_PATH, "index", "Where to start")
+            .describe("Links to this API's OpenAPI document and its main collections.")
+            .answer::<gateway::ApiIndex>(200, "The index."),
+    ]
+}
