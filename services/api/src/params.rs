@@ -5,7 +5,8 @@
 //! (`deny_unknown_fields`). The document states what each value must be: its schema comes from
 //! the same [`crate::limits`] the services check it against, built by a function named with
 //! `#[param(schema_with = …)]` that also holds the parameter's description (utoipa drops a
-//! field's doc comment then; [`parameters`] moves it onto the parameter).
+//! field's doc comment then; [`parameters`] moves it onto the parameter). Each list type names
+//! `limit` and `cursor` itself: serde cannot refuse unknown fields of a flattened struct.
 
 use serde::Deserialize;
 use utoipa::IntoParams;
