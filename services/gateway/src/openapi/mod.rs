@@ -339,6 +339,32 @@ mod tests {
         assert!(login["description"].as_str().unwrap().contains("account_banned"), "the operation's own reading");
     }
 
+    /// What Keel's problems carry is what the document's `Problem` states (Keel does not depend on
+    /// utoipa, so the contract has its own type): every member, with its JSON type.
+    #[test]
+    fn keels_problems_read_as_the_documented_problem() {
+        let doc = doc();
+        let schema = &doc["components"]["schemas"]["Problem"];
+        let problem = keel::Problem::bad_request("invalid input").detail("d").code("invalid_input").field("title", "m");
+        let resp = axum::response::IntoResponse::into_response(problem.clone());
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let mut body = serde_json::to_value(&problem).unwrap();
+        body["request_id"] = Value::from("req-1");
+        for (name, value) in body.as_object().unwrap() {
+            let property = &schema["properties"][name];
+            assert!(property.is_object(), "`{name}` is not in the document's Problem");
+            let ty = match value {
+                Value::String(_) => "string",
+                Value::Number(_) => "integer",
+                Value::Array(_) => "array",
+                other => panic!("`{name}`: {other}"),
+            };
+            assert_eq!(property["type"], ty, "{name}");
+        }
+        let read: cityevents_api::gateway::Problem = serde_json::from_value(body).unwrap();
+        assert_eq!((read.status, read.errors.unwrap()[0].field.as_str()), (400, "title"));
+    }
+
     /// The mismatches a schemathesis run against the document found, each pinned: the limits,
     /// patterns and values the services enforce (their own tests prove the enforcing side; CI's
     /// contract run proves both together).
