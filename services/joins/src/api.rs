@@ -21,8 +21,6 @@
 //! failure or a busy SQLite is run again (up to six runs in all, with a jittered pause from
 //! `keel::resilience::Backoff` between them).
 
-use cityevents_api::joins::{Ban as BanView, BanItem, BanRequest as BanBody, Counts, Join as JoinView, MyJoin, Stats};
-use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +29,9 @@ use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cityevents_api::joins::{Ban as BanView, BanItem, BanRequest as BanBody, Counts, Join as JoinView, MyJoin, Stats};
+use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
+use cityevents_api::params::PageParams;
 use cityevents_common::json::Json as JsonBody;
 use cityevents_common::page::{Cursor, Page};
 use cityevents_common::time::{from_micros, now, to_micros};
@@ -44,8 +45,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Fail, conflict, forbidden, not_found};
-use cityevents_api::params::PageParams;
-
 use crate::extract::{Caller, path_uuid};
 use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
