@@ -802,11 +802,7 @@ fn users_filter(q: UsersParams) -> Result<UsersRequest, Problem> {
         Some("false") => Some(false),
         Some(_) => return Err(invalid("banned", "must be `true` or `false`")),
     };
-    let limit = match q.limit.as_deref() {
-        None | Some("") => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| invalid("limit", "must be between 1 and 100"))?),
-    };
-    let page = cityevents_common::page::PageQuery { limit, cursor: q.cursor }.validate()?;
+    let page = cityevents_common::page::PageQuery::parse(q.limit.as_deref(), q.cursor)?;
     let after = match &page.after {
         None => None,
         Some(c) => Some(

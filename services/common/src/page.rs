@@ -47,6 +47,17 @@ pub struct PageRequest {
 }
 
 impl PageQuery {
+    /// Checks `limit` and `cursor` as a query string sends them (text; an empty value is the
+    /// parameter left out): a `limit` that is not a number is the same 400 as one out of range.
+    pub fn parse(limit: Option<&str>, cursor: Option<String>) -> Result<PageRequest, Problem> {
+        let out_of_range = || crate::validate::invalid("limit", &format!("must be between 1 and {MAX_LIMIT}"));
+        let limit = match limit {
+            None | Some("") => None,
+            Some(l) => Some(l.parse::<u32>().map_err(|_| out_of_range())?),
+        };
+        Self { limit, cursor }.validate()
+    }
+
     /// Checks `limit` and decodes `cursor`; a 400 problem naming the field otherwise.
     pub fn validate(&self) -> Result<PageRequest, Problem> {
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
@@ -132,6 +143,16 @@ mod tests {
             assert!(PageQuery { limit: Some(bad), cursor: None }.validate().is_err(), "{bad}");
         }
         assert_eq!(PageQuery::default().validate().unwrap().limit, DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn limits_sent_as_text_are_checked() {
+        let raw = |l: &str| PageQuery::parse(Some(l), None);
+        assert!(raw("abc").is_err());
+        assert!(raw("0").is_err());
+        assert!(raw("101").is_err());
+        assert_eq!(raw("5").unwrap().limit, 5);
+        assert_eq!(raw("").unwrap().limit, DEFAULT_LIMIT);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! from one order is refused (400 naming `cursor`) by another rather than silently skipping or
 //! repeating rows.
 
-use cityevents_common::page::{Cursor, PageQuery, PageRequest};
+use cityevents_common::page::{Cursor, PageQuery};
 use cityevents_common::validate;
 use keel::http::Problem;
 use uuid::Uuid;
@@ -185,14 +185,6 @@ pub struct PublicList {
     pub after: Option<After>,
 }
 
-fn page(limit: Option<&str>, cursor: Option<String>) -> Result<PageRequest, Problem> {
-    let limit = match limit {
-        None | Some("") => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be a number from 1 to 100"))?),
-    };
-    PageQuery { limit, cursor }.validate()
-}
-
 impl Check for EventsParams {
     type Checked = PublicList;
 
@@ -226,7 +218,7 @@ impl Check for EventsParams {
             _ => None,
         };
         let sort = e.take(Sort::parse(self.sort.as_deref(), searching));
-        let page = e.take(page(self.limit.as_deref(), self.cursor));
+        let page = e.take(PageQuery::parse(self.limit.as_deref(), self.cursor));
         let after = match (sort, &page) {
             (Some(s), Some(p)) => e.take(after(&tag(s, search.as_ref()), p.after.as_ref())).flatten(),
             _ => None,
@@ -265,7 +257,7 @@ impl Check for MyEventsParams {
                     .ok_or_else(|| validate::invalid("status", "must be one of draft, published, canceled"))?,
             ),
         };
-        let page = page(self.limit.as_deref(), self.cursor)?;
+        let page = PageQuery::parse(self.limit.as_deref(), self.cursor)?;
         Ok(MineList { status, limit: page.limit, after: after(MINE, page.after.as_ref())? })
     }
 }

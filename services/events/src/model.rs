@@ -443,33 +443,24 @@ pub fn apply_patch(patch: EventPatch, current: &Event) -> Result<Fields, Problem
     let mut times_ok = true;
     let mut zone = current.zone();
     if let Some(v) = patch.time_zone {
-        match parse_zone(&v) {
-            Ok(z) => {
+        match e.take(parse_zone(&v)) {
+            Some(z) => {
                 f.time_zone = z.name().to_owned();
                 zone = z;
             }
-            Err(p) => {
-                times_ok = false;
-                e.push(p);
-            }
+            None => times_ok = false,
         }
     }
     if let Some(v) = patch.starts_at {
-        match parse_event_time("starts_at", &v, &zone) {
-            Ok(v) => f.starts_at = v,
-            Err(p) => {
-                times_ok = false;
-                e.push(p);
-            }
+        match e.take(parse_event_time("starts_at", &v, &zone)) {
+            Some(v) => f.starts_at = v,
+            None => times_ok = false,
         }
     }
     if let Some(v) = patch.ends_at {
-        match parse_event_time("ends_at", &v, &zone) {
-            Ok(v) => f.ends_at = v,
-            Err(p) => {
-                times_ok = false;
-                e.push(p);
-            }
+        match e.take(parse_event_time("ends_at", &v, &zone)) {
+            Some(v) => f.ends_at = v,
+            None => times_ok = false,
         }
     }
     if times_ok {

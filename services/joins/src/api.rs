@@ -260,7 +260,8 @@ async fn record(
 }
 
 fn page_request(q: Result<Query<PageParams>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
-    crate::extract::page(&validate::query(q)?)
+    let q = validate::query(q)?;
+    cityevents_common::page::PageQuery::parse(q.limit.as_deref(), q.cursor)
 }
 
 // ---------------------------------------------------------------------------------------------

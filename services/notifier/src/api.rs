@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use cityevents_api::notifications::{Marked, Notification, UnreadCount};
 use cityevents_api::params::NotificationsParams;
 use cityevents_common::catalogue::MAIL_PREFERENCES;
-use cityevents_common::page::{Cursor, Page, PageQuery};
+use cityevents_common::page::{Cursor, Page, PageQuery, PageRequest};
 use cityevents_common::time::from_micros;
 use cityevents_common::validate;
 use http::StatusCode;
@@ -81,18 +81,14 @@ fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Uuid, sqlx::Erro
 }
 
 /// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field.
-fn parse_query(q: NotificationsParams) -> Result<(PageQuery, bool), keel::Problem> {
+fn parse_query(q: NotificationsParams) -> Result<(PageRequest, bool), keel::Problem> {
     // An empty value is the parameter left out, as on every list.
-    let limit = match q.limit.as_deref() {
-        None | Some("") => None,
-        Some(l) => Some(l.parse::<u32>().map_err(|_| validate::invalid("limit", "must be a whole number"))?),
-    };
     let unread = match q.unread.as_deref() {
         None | Some("" | "false") => false,
         Some("true") => true,
         Some(_) => return Err(validate::invalid("unread", "must be true or false")),
     };
-    Ok((PageQuery { limit, cursor: q.cursor }, unread))
+    Ok((PageQuery::parse(q.limit.as_deref(), q.cursor)?, unread))
 }
 
 fn db_error(db: &Db, e: sqlx::Error) -> Response {
@@ -105,7 +101,6 @@ async fn list(
     q: Result<Query<NotificationsParams>, QueryRejection>,
 ) -> Result<Json<Page<Notification>>, Response> {
     let (page, unread) = validate::query(q).and_then(parse_query).map_err(IntoResponse::into_response)?;
-    let page = page.validate().map_err(IntoResponse::into_response)?;
     let mut sql =
         String::from("SELECT id, kind, event_id, message, created_at, read_at FROM notifications WHERE user_id = $1");
     if unread {
