@@ -282,6 +282,7 @@ pub fn banner(running: &[keel::Running], profile: Profile, mail: Option<&str>) -
     let gateway = running.iter().find(|r| r.name() == services::GATEWAY.0);
     if let Some(gw) = gateway {
         let api = local(gw.http_addr());
+        out.push_str(&format!("  Web site       {api}/   (open it in a browser: find, create and join events)\n"));
         out.push_str(&format!("  API            {api}/api/v1/   (OpenAPI: {api}/api/v1/openapi.json)\n"));
         out.push_str(&format!("  API reference  {api}/api/v1/docs/\n"));
         // A one-time link is a credential: printed where the logs are the developer's own.

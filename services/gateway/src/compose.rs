@@ -127,7 +127,8 @@ struct Items<T> {
     items: Vec<T>,
 }
 
-async fn seats(gw: &Gateway, items: &mut [Value]) {
+/// Completes each of `items` with its `seats` (one joins call).
+pub(crate) async fn seats(gw: &Gateway, items: &mut [Value]) {
     let ids = ids(items, "id");
     let counts: Option<HashMap<Uuid, (i64, i64)>> = if ids.is_empty() {
         Some(HashMap::new())
@@ -163,7 +164,8 @@ struct Name {
     name: String,
 }
 
-async fn names(gw: &Gateway, authorization: Option<HeaderValue>, items: &mut [Value]) {
+/// Completes each of `items` with its user's display `name` (one auth call).
+pub(crate) async fn names(gw: &Gateway, authorization: Option<HeaderValue>, items: &mut [Value]) {
     let ids = ids(items, "user_id");
     let names: HashMap<String, String> = if ids.is_empty() {
         HashMap::new()

@@ -33,14 +33,16 @@
 //!   auth fails).
 //! * **`GET /api/v1/openapi.json`** — [`openapi::document`]; **`GET /api/v1/docs/`** — the
 //!   interactive reference over it ([`reference`]).
+//! * **The web front end** — server-rendered pages under `/` ([`web`]).
 //!
 //! Configuration: `upstreams.{auth,events,joins,notifier}.base_url` are required (in development
 //! they default to `http://127.0.0.1:<port>` of each service); `rate_limits.api`, `.ip` and
 //! `.strict` are required in production (elsewhere the defaults are in process: 600 requests a
 //! minute per user and IP, 1200 a minute per IP, 20 sign-ups per 10 minutes per IP);
 //! `security.jwt.*` (verify-only keys); `http.body_limit` (default 64 KiB);
-//! `app.upstream_timeouts.{read,write,total}` (2 s, 5 s, 6 s). In production every limiter must
-//! keep its counts in Redis. CORS is Keel's (`cors.*`).
+//! `app.upstream_timeouts.{read,write,total}` (2 s, 5 s, 6 s); `app.web.secure_cookies` (default
+//! `true` outside development). In production every limiter must keep its counts in Redis. CORS
+//! is Keel's (`cors.*`).
 
 mod compose;
 mod edge;
@@ -49,6 +51,7 @@ pub mod openapi;
 pub mod reference;
 pub mod routes;
 mod view;
+pub mod web;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -86,6 +89,8 @@ pub struct GatewayConfig {
     pub max_body: Option<serde::de::IgnoredAny>,
     /// How long a forwarded call may take (`app.upstream_timeouts.*`).
     pub upstream_timeouts: UpstreamTimeouts,
+    /// The web front end (`app.web.*`).
+    pub web: web::WebConfig,
 }
 
 /// `app.upstream_timeouts`: each attempt of a forwarded call is cut at `read` (GET, HEAD) or
@@ -269,9 +274,11 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 trusted_proxies: s.keel().http.trusted_proxies.clone(),
                 timeouts: s.config().upstream_timeouts.clone(),
             });
+            let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
             Ok(router(&gw, &limits.strict, &served)
                 .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
-                .fallback(|| async { keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json") })
+                // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
+                .merge(web::router(gw.clone(), secure_cookies, &limits.strict))
                 // Outermost first: the verifier for the extractors, then identify the caller,
                 // then count the request by client IP, then by user and IP (the strict routes
                 // count a third time, per IP, inside).

@@ -35,6 +35,56 @@ fn part(result: Option<Result<client::Response, ClientError>>, what: &str) -> Va
     }
 }
 
+/// The page of event `id` as JSON (`{event, participation, counts}`), with the caller's
+/// `authorization` when signed in (else no participation call is made); `Err` is the events
+/// service's answer when it is not the event.
+pub(crate) async fn assemble(
+    gw: &Gateway,
+    id: &uuid::Uuid,
+    authorization: Option<HeaderValue>,
+) -> Result<Value, Result<client::Response, ClientError>> {
+    let events = gw.client(Upstream::Events).map_err(|_| Err(unavailable(Upstream::Events)))?;
+    let joins = gw.client(Upstream::Joins).map_err(|_| Err(unavailable(Upstream::Joins)))?;
+    let get = |path: String, with_token: bool| {
+        let mut r = gw.timed(
+            client::Request::new(Method::GET, path)
+                .header(header::ACCEPT, HeaderValue::from_static("application/json")),
+            &Method::GET,
+        );
+        if let (true, Some(a)) = (with_token, &authorization) {
+            r = r.header(header::AUTHORIZATION, a.clone());
+        }
+        r
+    };
+    let event = events.send(get(format!("/api/v1/events/{id}"), true));
+    // Only a signed-in caller has a participation; without a token it is `null`, no call made.
+    let participation = async {
+        match &authorization {
+            Some(_) => Some(joins.send(get(format!("/api/v1/events/{id}/join"), true)).await),
+            None => None,
+        }
+    };
+    let counts = async { Some(joins.send(get(format!("/api/v1/events/{id}/counts"), false)).await) };
+    let (event, participation, counts) = gw.bounded(async { tokio::join!(event, participation, counts) }).await;
+    let event = match event {
+        Ok(r) if r.status == StatusCode::OK => match r.json::<Value>() {
+            Ok(v) => v,
+            Err(e) => return Err(Err(e)),
+        },
+        other => return Err(other),
+    };
+    Ok(json!({
+        "event": event,
+        "participation": part(participation, "participation"),
+        "counts": part(counts, "counts"),
+    }))
+}
+
+/// A client the gateway was set up without (never expected: set-up makes one per upstream).
+fn unavailable(upstream: Upstream) -> ClientError {
+    ClientError::Unreachable { upstream: upstream.name().to_owned(), message: "no client".to_owned() }
+}
+
 pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
     let claims = match edge::authorize(&mut parts, Access::Public).await {
@@ -50,47 +100,13 @@ pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
         Ok(id) => id,
         Err(problem) => return problem.into_response(),
     };
-    let (events, joins) = match (gw.client(Upstream::Events), gw.client(Upstream::Joins)) {
-        (Ok(e), Ok(j)) => (e, j),
-        (Err(resp), _) | (_, Err(resp)) => return *resp,
+    let authorization = claims.and(parts.headers.get(header::AUTHORIZATION).cloned());
+    let signed_in = authorization.is_some();
+    let view = match assemble(&gw, &id, authorization).await {
+        Ok(view) => view,
+        Err(failed) => return relay(failed),
     };
-    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
-    let get = |path: String, with_token: bool| {
-        let mut r = gw.timed(
-            client::Request::new(Method::GET, path)
-                .header(header::ACCEPT, HeaderValue::from_static("application/json")),
-            &Method::GET,
-        );
-        if let (true, Some(a)) = (with_token, &authorization) {
-            r = r.header(header::AUTHORIZATION, a.clone());
-        }
-        r
-    };
-    let event = events.send(get(format!("/api/v1/events/{id}"), true));
-    // Only a signed-in caller has a participation; without a token it is `null`, no call made.
-    let participation = async {
-        match claims {
-            Some(_) => Some(joins.send(get(format!("/api/v1/events/{id}/join"), true)).await),
-            None => None,
-        }
-    };
-    let counts = async { Some(joins.send(get(format!("/api/v1/events/{id}/counts"), false)).await) };
-    let (event, participation, counts) = gw.bounded(async { tokio::join!(event, participation, counts) }).await;
-
-    let event = match event {
-        Ok(r) if r.status == StatusCode::OK => match r.json::<Value>() {
-            Ok(v) => v,
-            Err(e) => return e.into_response(),
-        },
-        other => return relay(other),
-    };
-    let signed_in = participation.is_some();
-    let mut resp = Json(json!({
-        "event": event,
-        "participation": part(participation, "participation"),
-        "counts": part(counts, "counts"),
-    }))
-    .into_response();
+    let mut resp = Json(view).into_response();
     if signed_in {
         // The caller's own participation is in it.
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -1,0 +1,370 @@
+//! Signing up, in and out, confirming an address and resetting a password.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Form, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use cityevents_api::auth::{Registration, TokenPair};
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Site;
+use super::call::Failure;
+use super::pages::{self, Layout, Page, render};
+use super::session;
+use crate::routes::Upstream;
+
+/// What a form page shows next to its fields, and above them.
+#[derive(Debug, Default)]
+struct Errors {
+    fields: BTreeMap<String, String>,
+    summary: Option<String>,
+}
+
+impl Errors {
+    fn of(f: &Failure) -> Self {
+        let fields = f.fields();
+        let summary = Some(if fields.is_empty() { f.message() } else { "Check the fields marked below.".to_owned() });
+        Self { fields, summary }
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// The status a form page answers with after `f`: the service's 4xx, or 503 and friends.
+fn status_of(f: &Failure) -> StatusCode {
+    if f.status.is_client_error() || f.status.is_server_error() { f.status } else { StatusCode::BAD_REQUEST }
+}
+
+#[derive(Template)]
+#[template(path = "web/login.html")]
+struct LoginPage {
+    layout: Layout,
+    email: String,
+    next: String,
+    errors: Errors,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NextQuery {
+    next: Option<String>,
+}
+
+/// `GET /login`.
+pub(crate) async fn login_form(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    query: Result<Query<NextQuery>, QueryRejection>,
+) -> Response {
+    let next = pages::local_path(query.as_ref().ok().and_then(|q| q.next.as_deref()));
+    if page.viewer.signed.is_some() {
+        return Redirect::to(&next).into_response();
+    }
+    let t =
+        LoginPage { layout: page.layout(&site, "Log in").await, email: String::new(), next, errors: Errors::default() };
+    render(StatusCode::OK, &t)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    next: Option<String>,
+}
+
+/// `POST /login`.
+pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form): Form<LoginForm>) -> Response {
+    let next = pages::local_path(form.next.as_deref());
+    let body = json!({ "email": form.email.trim(), "password": form.password });
+    let signed = match site.post::<TokenPair>(Upstream::Auth, "/api/v1/auth/login", None, &body, &page.address).await {
+        Ok(pair) => site.sessions.started(&site, &pair, &page.address).await.map(|_| pair.refresh_token),
+        Err(f) => Err(f),
+    };
+    match signed {
+        Ok(refresh) => {
+            let to = if next == "/" { "/?notice=signed_in".to_owned() } else { next };
+            session::start(Redirect::to(&to).into_response(), refresh)
+        }
+        Err(f) => {
+            let mut errors = Errors::of(&f);
+            if f.code() == Some("invalid_credentials") {
+                errors.summary = Some("That e-mail address and password do not match an account.".into());
+            }
+            let t = LoginPage { layout: page.layout(&site, "Log in").await, email: form.email, next, errors };
+            render(status_of(&f), &t)
+        }
+    }
+}
+
+/// `POST /logout`.
+pub(crate) async fn logout(State(site): State<Arc<Site>>, page: Page) -> Response {
+    if let Some(signed) = &page.viewer.signed {
+        site.sessions.forget(&signed.refresh);
+        let body = json!({ "refresh_token": signed.refresh });
+        // Signed out in this browser whatever auth says; a refusal is logged by the client.
+        let _ =
+            site.send(Upstream::Auth, Method::POST, "/api/v1/auth/logout", None, Some(&body), &page.address, &[]).await;
+    }
+    session::end(Redirect::to("/?notice=signed_out"))
+}
+
+#[derive(Template)]
+#[template(path = "web/signup.html")]
+struct SignupPage {
+    layout: Layout,
+    name: String,
+    email: String,
+    errors: Errors,
+    min_password: usize,
+}
+
+/// `GET /signup`.
+pub(crate) async fn signup_form(State(site): State<Arc<Site>>, page: Page) -> Response {
+    let t = SignupPage {
+        layout: page.layout(&site, "Sign up").await,
+        name: String::new(),
+        email: String::new(),
+        errors: Errors::default(),
+        min_password: cityevents_api::limits::MIN_PASSWORD,
+    };
+    render(StatusCode::OK, &t)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SignupForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /signup`: the account is made unverified and its address gets a link; then log in.
+pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form): Form<SignupForm>) -> Response {
+    let body = json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password });
+    match site.post::<Registration>(Upstream::Auth, "/api/v1/auth/register", None, &body, &page.address).await {
+        Ok(_) => Redirect::to("/login?notice=registered").into_response(),
+        Err(f) => {
+            let t = SignupPage {
+                layout: page.layout(&site, "Sign up").await,
+                name: form.name,
+                email: form.email,
+                errors: Errors::of(&f),
+                min_password: cityevents_api::limits::MIN_PASSWORD,
+            };
+            render(status_of(&f), &t)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "web/verify.html")]
+struct VerifyPage {
+    layout: Layout,
+    token: String,
+    errors: Errors,
+    sent: bool,
+}
+
+impl VerifyPage {
+    fn can_resend(&self) -> bool {
+        self.layout.user.as_ref().is_some_and(|u| !u.email_verified)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /verify-email?token=…` (the link in the mail): a button that confirms, so a mail
+/// scanner following the link does not spend it.
+pub(crate) async fn verify_form(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    let t = VerifyPage {
+        layout: page.layout(&site, "Confirm your address").await,
+        token,
+        errors: Errors::default(),
+        sent: false,
+    };
+    render(StatusCode::OK, &t)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct VerifyForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    resend: bool,
+}
+
+/// `POST /verify-email`: confirms with the link's token, or (`resend`) mails a new link.
+pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form): Form<VerifyForm>) -> Response {
+    let result = if form.resend {
+        let Some(token) = page.token() else {
+            return Redirect::to(&pages::login_then("/verify-email")).into_response();
+        };
+        let empty = json!({});
+        site.send(
+            Upstream::Auth,
+            Method::POST,
+            "/api/v1/auth/verify-email/request",
+            Some(token),
+            Some(&empty),
+            &page.address,
+            &[],
+        )
+        .await
+    } else {
+        let body = json!({ "token": form.token.trim() });
+        site.send(Upstream::Auth, Method::POST, "/api/v1/auth/verify-email", None, Some(&body), &page.address, &[])
+            .await
+    };
+    match result {
+        Ok(_) if form.resend => {
+            let t = VerifyPage {
+                layout: page.layout(&site, "Confirm your address").await,
+                token: String::new(),
+                errors: Errors::default(),
+                sent: true,
+            };
+            render(StatusCode::OK, &t)
+        }
+        Ok(_) => {
+            // The account changed: read it afresh on the next page.
+            if let Some(signed) = &page.viewer.signed {
+                site.sessions.forget(&signed.refresh);
+                // The cookie still names the session; the next page refreshes it.
+                return Redirect::to("/?notice=verified").into_response();
+            }
+            Redirect::to("/login?notice=verified").into_response()
+        }
+        Err(f) => {
+            let mut errors = Errors::of(&f);
+            if f.code() == Some("invalid_token") {
+                errors.summary = Some(
+                    "This link has expired or was already used. Log in and ask for a new one from your account page."
+                        .into(),
+                );
+            }
+            let t = VerifyPage {
+                layout: page.layout(&site, "Confirm your address").await,
+                token: form.token,
+                errors,
+                sent: false,
+            };
+            render(status_of(&f), &t)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "web/reset.html")]
+struct ResetPage {
+    layout: Layout,
+    token: String,
+    email: String,
+    errors: Errors,
+    sent: bool,
+    min_password: usize,
+}
+
+/// `GET /reset-password[?token=…]`: ask for a link, or (with the link's token) choose a new
+/// password.
+pub(crate) async fn reset_form(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    let t = ResetPage {
+        layout: page.layout(&site, "Reset your password").await,
+        token,
+        email: String::new(),
+        errors: Errors::default(),
+        sent: false,
+        min_password: cityevents_api::limits::MIN_PASSWORD,
+    };
+    render(StatusCode::OK, &t)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ResetForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /reset-password`: mails a link (`email`), or sets the password (`token`, `password`),
+/// which ends every session of the account, this browser's too.
+pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form): Form<ResetForm>) -> Response {
+    let setting = !form.token.trim().is_empty();
+    let result = if setting {
+        let body = json!({ "token": form.token.trim(), "password": form.password });
+        site.send(Upstream::Auth, Method::POST, "/api/v1/auth/password-reset", None, Some(&body), &page.address, &[])
+            .await
+    } else {
+        let body = json!({ "email": form.email.trim() });
+        site.send(
+            Upstream::Auth,
+            Method::POST,
+            "/api/v1/auth/password-reset/request",
+            None,
+            Some(&body),
+            &page.address,
+            &[],
+        )
+        .await
+    };
+    match result {
+        Ok(_) if setting => {
+            if let Some(signed) = &page.viewer.signed {
+                site.sessions.forget(&signed.refresh);
+            }
+            session::end(Redirect::to("/login?notice=password_reset"))
+        }
+        Ok(_) => {
+            let t = ResetPage {
+                layout: page.layout(&site, "Reset your password").await,
+                token: String::new(),
+                email: form.email,
+                errors: Errors::default(),
+                sent: true,
+                min_password: cityevents_api::limits::MIN_PASSWORD,
+            };
+            render(StatusCode::OK, &t)
+        }
+        Err(f) => {
+            let mut errors = Errors::of(&f);
+            if f.code() == Some("invalid_token") {
+                errors.summary = Some("This link has expired or was already used. Ask for a new one below.".into());
+            }
+            let token = if f.code() == Some("invalid_token") { String::new() } else { form.token };
+            let t = ResetPage {
+                layout: page.layout(&site, "Reset your password").await,
+                token,
+                email: form.email,
+                errors,
+                sent: false,
+                min_password: cityevents_api::limits::MIN_PASSWORD,
+            };
+            render(status_of(&f), &t)
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The web front end: server-rendered pages under `/` for people in a browser, beside the JSON
+//! API under `/api/v1`.
+//!
+//! Every page is HTML from a compile-checked askama template (auto-escaped) with one stylesheet
+//! and one script of its own (`/static/site.css`, `/static/site.js`); every page and form works
+//! without the script, which only shows times in the viewer's time zone. The pages call the
+//! services through the gateway's own clients ([`call`]), so they get the API routes' timeouts,
+//! retries, breakers and rate limits, and a failed call is a sentence for a person (a field's
+//! message next to the field), never a service's internals.
+//!
+//! * **Sessions and forms** — see [`session`]: an `HttpOnly`, `SameSite=Lax` cookie with the
+//!   refresh token (`Secure` outside development), access tokens kept in the gateway, a CSRF
+//!   token checked on every POST.
+//! * **Headers** — every response: `Content-Security-Policy: default-src 'none'; script-src
+//!   'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none';
+//!   base-uri 'none'` (no inline script or style anywhere); pages are `Cache-Control: no-store`.
+//! * **Errors** — a path that is no page is the 404 page; a path under `/api/` that is no
+//!   operation stays the API's 404 problem.
+//!
+//! Configuration: `app.web.secure_cookies` (default: `true` outside the development profile).
+
+mod account;
+pub(crate) mod call;
+mod events;
+mod me;
+mod organizer;
+mod pages;
+pub(crate) mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::handler::Handler as _;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderValue, header};
+use keel::resilience::rate_limit::RateLimitLayer;
+use serde::{Deserialize, Serialize};
+
+use crate::forward::Gateway;
+
+pub(crate) use pages::Page;
+
+/// The policy of every page and file of the site.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// `app.web`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Mark the cookies `Secure` and give them the `__Host-` prefix: the site is reached over
+    /// HTTPS. Default: `true` outside the development profile.
+    pub secure_cookies: Option<bool>,
+}
+
+/// What the pages share.
+#[derive(Debug)]
+pub(crate) struct Site {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) sessions: session::Sessions,
+}
+
+const STYLESHEET: &str = include_str!("../../static/site.css");
+const SCRIPT: &str = include_str!("../../static/site.js");
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Not fingerprinted: a short life, so a new release shows within minutes.
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    r
+}
+
+/// The policy headers on everything the site answers; pages are never stored.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// A path that is no page: the 404 page, or the API's problem under `/api/`.
+async fn fallback(req: Request) -> Response {
+    if is_api(req.uri().path()) {
+        return keel::Problem::not_found().detail("no such API path; see /api/v1/openapi.json").into_response();
+    }
+    pages::not_found(&Page::of(req.extensions()))
+}
+
+/// Whether `path` is the API's rather than the site's.
+fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// The site's routes; `strict` is the limiter of the API's sign-up and account-mail routes,
+/// counted for their pages too.
+pub(crate) fn router(gw: Arc<Gateway>, secure_cookies: bool, strict: &RateLimitLayer) -> Router {
+    let site = Arc::new(Site { gw, sessions: session::Sessions::new(secure_cookies) });
+    Router::new()
+        .route("/", get(events::list))
+        .route("/events/{id}", get(events::show))
+        .route("/events/{id}/join", post(events::join))
+        .route("/events/{id}/leave", post(events::leave))
+        .route("/my/joins", get(me::joins))
+        .route("/my/events", get(organizer::mine))
+        .route("/my/events/new", get(organizer::new_form).post(organizer::create))
+        .route("/my/events/{id}", get(organizer::manage))
+        .route("/my/events/{id}/edit", get(organizer::edit_form).post(organizer::edit))
+        .route("/my/events/{id}/{action}", post(organizer::act))
+        .route("/notifications", get(me::notifications))
+        .route("/notifications/{id}/read", post(me::read))
+        .route("/login", get(account::login_form).post(account::login))
+        .route("/logout", post(account::logout))
+        .route("/signup", get(account::signup_form).post(account::signup.layer(strict.clone())))
+        .route("/verify-email", get(account::verify_form).post(account::verify.layer(strict.clone())))
+        .route("/reset-password", get(account::reset_form).post(account::reset.layer(strict.clone())))
+        .route("/static/site.css", get(|| async { file("text/css; charset=utf-8", STYLESHEET) }))
+        .route("/static/site.js", get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }))
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(site.clone(), session::middleware))
+        .layer(axum::middleware::from_fn(headers))
+        .with_state(site)
+}

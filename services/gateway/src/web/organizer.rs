@@ -1,0 +1,528 @@
+//! An organizer's pages: their events, creating and editing one, publishing, unpublishing and
+//! canceling it, and who is in it (participants, waitlist, bans; kick and ban).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Form, Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use cityevents_api::events::{Event, EventStatus};
+use cityevents_api::gateway::EventPage;
+use cityevents_api::joins::{BanPage, ParticipantPage};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::Site;
+use super::call::Failure;
+use super::events::{Card, seats_line};
+use super::pages::{self, Layout, Page, render};
+use crate::routes::Upstream;
+
+/// Most people a list on the manage page shows.
+const PEOPLE: u32 = 100;
+
+/// The signed-in viewer's token, or the response that sends them to log in.
+fn signed<'p>(page: &'p Page, back: &str) -> Result<&'p str, Box<Response>> {
+    page.token().ok_or_else(|| Box::new(Redirect::to(&pages::login_then(back)).into_response()))
+}
+
+fn event_id(page: &Page, id: &str) -> Result<uuid::Uuid, Box<Response>> {
+    uuid::Uuid::parse_str(id).map_err(|_| Box::new(pages::not_found(page)))
+}
+
+#[derive(Template)]
+#[template(path = "web/my_events.html")]
+struct MyEvents {
+    layout: Layout,
+    rows: Vec<(Card, &'static str)>,
+}
+
+fn status_label(s: EventStatus) -> &'static str {
+    match s {
+        EventStatus::Draft => "Draft",
+        EventStatus::Published => "Published",
+        EventStatus::Canceled => "Canceled",
+    }
+}
+
+/// `GET /my/events`: the viewer's events, every status.
+pub(crate) async fn mine(State(site): State<Arc<Site>>, page: Page) -> Response {
+    let token = match signed(&page, "/my/events") {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let path = format!("/api/v1/me/events?limit={PEOPLE}");
+    let mut answer = match site.get::<Value>(Upstream::Events, &path, Some(token), &page.address).await {
+        Ok(a) => a,
+        Err(f) => return pages::failed(&page, &f, "/my/events"),
+    };
+    if let Some(items) = answer.get_mut("items").and_then(Value::as_array_mut) {
+        crate::compose::seats(&site.gw, items).await;
+    }
+    let Ok(list) = serde_json::from_value::<EventPage>(answer) else {
+        return pages::failed(&page, &Failure::unreadable(Upstream::Events), "/my/events");
+    };
+    let rows = list
+        .items
+        .iter()
+        .map(|item| {
+            let (seats, full) = seats_line(&item.seats);
+            (Card::new(&page, &item.event, &seats, full), status_label(item.event.status))
+        })
+        .collect();
+    let t = MyEvents { layout: page.layout(&site, "My events").await, rows };
+    render(StatusCode::OK, &t)
+}
+
+/// The fields of the event form, as typed.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(crate) struct EventForm {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    city: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    venue: String,
+    #[serde(default)]
+    time_zone: String,
+    #[serde(default)]
+    starts_at: String,
+    #[serde(default)]
+    ends_at: String,
+    #[serde(default)]
+    capacity: String,
+    #[serde(default)]
+    key: String,
+}
+
+impl EventForm {
+    /// The form filled with `e`, times as `datetime-local` values in its zone.
+    fn of(e: &Event) -> Self {
+        Self {
+            title: e.title.clone(),
+            description: e.description.clone(),
+            city: e.city.clone(),
+            category: e.category.clone(),
+            venue: e.venue.clone(),
+            time_zone: e.time_zone.clone(),
+            starts_at: e.starts_at_local.chars().take(16).collect(),
+            ends_at: e.ends_at_local.chars().take(16).collect(),
+            capacity: e.capacity.to_string(),
+            key: String::new(),
+        }
+    }
+
+    /// The fields as the API takes them; `capacity` must be a whole number (empty is 0).
+    fn body(&self) -> Result<Map<String, Value>, (String, String)> {
+        let capacity = match self.capacity.trim() {
+            "" => 0,
+            c => c
+                .parse::<i64>()
+                .map_err(|_| ("capacity".to_owned(), "Enter a whole number, 0 for no limit.".to_owned()))?,
+        };
+        let mut m = Map::new();
+        // Browsers send a text area's line breaks as CRLF; the API takes text with LF only.
+        let description = self.description.replace("\r\n", "\n");
+        for (k, v) in [
+            ("title", &self.title),
+            ("description", &description),
+            ("city", &self.city),
+            ("category", &self.category),
+            ("venue", &self.venue),
+            ("starts_at", &self.starts_at),
+            ("ends_at", &self.ends_at),
+        ] {
+            m.insert(k.to_owned(), Value::String(v.trim().to_owned()));
+        }
+        let zone = self.time_zone.trim();
+        m.insert(
+            "time_zone".to_owned(),
+            Value::String(if zone.is_empty() { "UTC".to_owned() } else { zone.to_owned() }),
+        );
+        m.insert("capacity".to_owned(), json!(capacity));
+        Ok(m)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "web/event_form.html")]
+struct EventFormPage {
+    layout: Layout,
+    heading: String,
+    action: String,
+    submit: &'static str,
+    form: EventForm,
+    fields: BTreeMap<String, String>,
+    summary: Option<String>,
+}
+
+/// One input of the event form: name, label, type, value and its limits.
+type Input<'a> = (&'static str, &'static str, &'static str, &'a str, &'static str);
+
+impl EventFormPage {
+    /// The one-line inputs, in order (the description is a text area).
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let f = &self.form;
+        vec![
+            ("title", "Title", "text", f.title.as_str(), "required maxlength=120"),
+            ("city", "City", "text", f.city.as_str(), "required maxlength=80"),
+            ("category", "Category", "text", f.category.as_str(), "required maxlength=80"),
+            ("venue", "Venue", "text", f.venue.as_str(), "maxlength=200"),
+            ("time_zone", "Time zone (IANA name, such as Europe/Berlin)", "text", f.time_zone.as_str(), "maxlength=64"),
+            ("starts_at", "Starts (in that time zone)", "datetime-local", f.starts_at.as_str(), "required"),
+            ("ends_at", "Ends", "datetime-local", f.ends_at.as_str(), "required"),
+            ("capacity", "Seats (0 for no limit)", "number", f.capacity.as_str(), "min=0 max=100000 step=1"),
+        ]
+    }
+
+    fn error(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
+}
+
+/// `GET /my/events/new`.
+pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> Response {
+    if let Err(r) = signed(&page, "/my/events/new") {
+        return *r;
+    }
+    let form = EventForm {
+        time_zone: page.zone.as_ref().map_or("UTC", |z| z.name()).to_owned(),
+        key: uuid::Uuid::now_v7().simple().to_string(),
+        ..EventForm::default()
+    };
+    let t = EventFormPage {
+        layout: page.layout(&site, "Create an event").await,
+        heading: "Create an event".into(),
+        action: "/my/events/new".into(),
+        submit: "Save as draft",
+        form,
+        fields: BTreeMap::new(),
+        summary: None,
+    };
+    render(StatusCode::OK, &t)
+}
+
+/// The form again with what the service said of it.
+async fn form_again(
+    site: &Site,
+    page: &Page,
+    (heading, action, submit): (&str, String, &'static str),
+    form: EventForm,
+    f: Option<&Failure>,
+    field: Option<(String, String)>,
+) -> Response {
+    let mut fields = f.map(Failure::fields).unwrap_or_default();
+    fields.extend(field);
+    let summary = match f {
+        Some(f) if fields.is_empty() => Some(f.message()),
+        _ => Some("Check the fields marked below.".to_owned()),
+    };
+    let status = f.map_or(StatusCode::BAD_REQUEST, |f| f.status);
+    let t = EventFormPage {
+        layout: page.layout(site, heading.to_owned()).await,
+        heading: heading.into(),
+        action,
+        submit,
+        form,
+        fields,
+        summary,
+    };
+    render(status, &t)
+}
+
+/// `POST /my/events/new`: a draft; then its manage page.
+pub(crate) async fn create(State(site): State<Arc<Site>>, page: Page, Form(form): Form<EventForm>) -> Response {
+    let token = match signed(&page, "/my/events/new") {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let (heading, action) = ("Create an event", "/my/events/new".to_owned());
+    let body = match form.body() {
+        Ok(b) => Value::Object(b),
+        Err(field) => {
+            return form_again(&site, &page, (heading, action, "Save as draft"), form, None, Some(field)).await;
+        }
+    };
+    let key = HeaderValue::from_str(&form.key).ok().filter(|_| {
+        !form.key.is_empty() && form.key.len() <= 128 && form.key.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let extra: Vec<(HeaderName, HeaderValue)> =
+        key.into_iter().map(|k| (HeaderName::from_static("idempotency-key"), k)).collect();
+    match site
+        .send(Upstream::Events, Method::POST, "/api/v1/events", Some(token), Some(&body), &page.address, &extra)
+        .await
+    {
+        Ok(answer) => match answer.json::<Event>() {
+            Ok(e) => Redirect::to(&format!("/my/events/{}?notice=created", e.id)).into_response(),
+            Err(_) => Redirect::to("/my/events").into_response(),
+        },
+        Err(f) if f.status.is_client_error() && f.status != StatusCode::UNAUTHORIZED => {
+            form_again(&site, &page, (heading, action, "Save as draft"), form, Some(&f), None).await
+        }
+        Err(f) => pages::failed(&page, &f, "/my/events/new"),
+    }
+}
+
+/// The viewer's event `id` (the events service refuses anyone else's changes).
+async fn fetch(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Result<Event, Failure> {
+    site.get(Upstream::Events, &format!("/api/v1/events/{id}"), Some(token), &page.address).await
+}
+
+/// `GET /my/events/{id}/edit`.
+pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
+    let id = match event_id(&page, &id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let back = format!("/my/events/{id}/edit");
+    let token = match signed(&page, &back) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let event = match fetch(&site, &page, token, id).await {
+        Ok(e) => e,
+        Err(f) => return pages::failed(&page, &f, &back),
+    };
+    let t = EventFormPage {
+        layout: page.layout(&site, "Edit the event").await,
+        heading: format!("Edit “{}”", event.title),
+        action: back,
+        submit: "Save changes",
+        form: EventForm::of(&event),
+        fields: BTreeMap::new(),
+        summary: None,
+    };
+    render(StatusCode::OK, &t)
+}
+
+/// `POST /my/events/{id}/edit`: only the fields that changed are sent.
+pub(crate) async fn edit(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    Path(id): Path<String>,
+    Form(form): Form<EventForm>,
+) -> Response {
+    let id = match event_id(&page, &id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let back = format!("/my/events/{id}/edit");
+    let token = match signed(&page, &back) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let event = match fetch(&site, &page, token, id).await {
+        Ok(e) => e,
+        Err(f) => return pages::failed(&page, &f, &back),
+    };
+    let heading = format!("Edit “{}”", event.title);
+    let (now, was) = match (form.body(), EventForm::of(&event).body()) {
+        (Ok(now), Ok(was)) => (now, was),
+        (Err(field), _) | (_, Err(field)) => {
+            return form_again(&site, &page, (&heading, back, "Save changes"), form, None, Some(field)).await;
+        }
+    };
+    let mut patch: Map<String, Value> = now.into_iter().filter(|(k, v)| was.get(k) != Some(v)).collect();
+    // A new zone alone keeps the instants; with the form's local times it means them in it.
+    if patch.contains_key("time_zone") {
+        for k in ["starts_at", "ends_at"] {
+            if let Some(v) = form.body().ok().and_then(|b| b.get(k).cloned()) {
+                patch.insert(k.to_owned(), v);
+            }
+        }
+    }
+    if patch.is_empty() {
+        return Redirect::to(&format!("/my/events/{id}?notice=unchanged")).into_response();
+    }
+    let path = format!("/api/v1/events/{id}");
+    match site
+        .send(Upstream::Events, Method::PATCH, &path, Some(token), Some(&Value::Object(patch)), &page.address, &[])
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/my/events/{id}?notice=saved")).into_response(),
+        Err(f)
+            if f.status.is_client_error()
+                && f.status != StatusCode::UNAUTHORIZED
+                && f.status != StatusCode::NOT_FOUND =>
+        {
+            form_again(&site, &page, (&heading, back, "Save changes"), form, Some(&f), None).await
+        }
+        Err(f) => pages::failed(&page, &f, &back),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "web/manage.html")]
+struct Manage {
+    layout: Layout,
+    event: Event,
+    card: Card,
+    status: &'static str,
+    participants: Option<ParticipantPage>,
+    waitlist: Option<ParticipantPage>,
+    bans: Option<BanPage>,
+    error: Option<String>,
+}
+
+impl Manage {
+    fn is(&self, status: &str) -> bool {
+        self.event.status.as_str() == status
+    }
+}
+
+/// `GET /my/events/{id}`.
+pub(crate) async fn manage(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
+    let id = match event_id(&page, &id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    manage_page(&site, &page, id, None).await
+}
+
+/// A list of people on event `id` (`participants`, `waitlist`, `bans`), with their names.
+async fn people<T: serde::de::DeserializeOwned>(
+    site: &Site,
+    page: &Page,
+    token: &str,
+    id: uuid::Uuid,
+    list: &str,
+) -> Option<T> {
+    let path = format!("/api/v1/events/{id}/{list}?limit={PEOPLE}");
+    let mut answer: Value = site.get(Upstream::Joins, &path, Some(token), &page.address).await.ok()?;
+    if let Some(items) = answer.get_mut("items").and_then(Value::as_array_mut) {
+        let authorization = HeaderValue::from_str(&format!("Bearer {token}")).ok();
+        crate::compose::names(&site.gw, authorization, items).await;
+    }
+    serde_json::from_value(answer).ok()
+}
+
+async fn manage_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<&Failure>) -> Response {
+    let back = format!("/my/events/{id}");
+    let token = match signed(page, &back) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let event = match fetch(site, page, token, id).await {
+        Ok(e) => e,
+        Err(f) => return pages::failed(page, &f, &back),
+    };
+    if page.viewer.user().is_none_or(|u| u.id != event.organizer_id) {
+        return pages::failed(
+            page,
+            &Failure::forbidden(Upstream::Events, "Only the event's organizer can manage it."),
+            &back,
+        );
+    }
+    let (participants, waitlist, bans) = tokio::join!(
+        people::<ParticipantPage>(site, page, token, id, "participants"),
+        people::<ParticipantPage>(site, page, token, id, "waitlist"),
+        people::<BanPage>(site, page, token, id, "bans"),
+    );
+    let t = Manage {
+        layout: page.layout(site, event.title.clone()).await,
+        card: Card::new(page, &event, "", false),
+        status: status_label(event.status),
+        participants,
+        waitlist,
+        bans,
+        error: error.map(Failure::message),
+        event,
+    };
+    render(error.map_or(StatusCode::OK, |f| f.status), &t)
+}
+
+/// A form on the manage page: a reason (cancel, unpublish, ban) and whom (kick, ban, unban).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ActionForm {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    user_id: String,
+}
+
+/// `POST /my/events/{id}/{action}`: publish, unpublish, cancel, kick, ban, unban.
+pub(crate) async fn act(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let id = match event_id(&page, &id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let back = format!("/my/events/{id}");
+    let token = match signed(&page, &back) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let user = uuid::Uuid::parse_str(form.user_id.trim()).ok();
+    let reason = form.reason.trim();
+    let reason_body = if reason.is_empty() { json!({}) } else { json!({ "reason": reason }) };
+    let (upstream, method, path, body, notice) = match (action.as_str(), user) {
+        ("publish", _) => {
+            (Upstream::Events, Method::POST, format!("/api/v1/events/{id}/publish"), Some(json!({})), "published")
+        }
+        ("unpublish", _) => {
+            (Upstream::Events, Method::POST, format!("/api/v1/events/{id}/unpublish"), Some(reason_body), "unpublished")
+        }
+        ("cancel", _) => {
+            (Upstream::Events, Method::POST, format!("/api/v1/events/{id}/cancel"), Some(reason_body), "canceled")
+        }
+        ("kick", Some(u)) => {
+            (Upstream::Joins, Method::DELETE, format!("/api/v1/events/{id}/participants/{u}"), None, "kicked")
+        }
+        ("ban", Some(u)) => {
+            let mut b = json!({ "user_id": u.to_string() });
+            if !reason.is_empty() {
+                b["reason"] = json!(reason);
+            }
+            (Upstream::Joins, Method::POST, format!("/api/v1/events/{id}/bans"), Some(b), "banned")
+        }
+        ("unban", Some(u)) => {
+            (Upstream::Joins, Method::DELETE, format!("/api/v1/events/{id}/bans/{u}"), None, "unbanned")
+        }
+        _ => return pages::not_found(&page),
+    };
+    match site.send(upstream, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {
+        Ok(_) => Redirect::to(&format!("{back}?notice={notice}")).into_response(),
+        Err(f)
+            if f.status.is_client_error()
+                && f.status != StatusCode::UNAUTHORIZED
+                && f.status != StatusCode::NOT_FOUND =>
+        {
+            manage_page(&site, &page, id, Some(&f)).await
+        }
+        Err(f) => pages::failed(&page, &f, &back),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_sends_every_field_with_whole_capacity_and_a_zone() {
+        let form = EventForm {
+            title: " Jazz ".into(),
+            starts_at: "2030-07-15T19:00".into(),
+            capacity: "".into(),
+            ..EventForm::default()
+        };
+        let body = form.body().unwrap();
+        assert_eq!(body["title"], "Jazz");
+        assert_eq!(body["capacity"], 0);
+        assert_eq!(body["time_zone"], "UTC");
+        assert_eq!(body["starts_at"], "2030-07-15T19:00");
+        let multi = EventForm { description: "one\r\n\r\ntwo".into(), ..EventForm::default() };
+        assert_eq!(multi.body().unwrap()["description"], "one\n\ntwo");
+        let bad = EventForm { capacity: "ten".into(), ..EventForm::default() };
+        assert_eq!(bad.body().unwrap_err().0, "capacity");
+    }
+}

@@ -1,0 +1,418 @@
+//! Who is looking at a page, and the checks every form passes.
+//!
+//! * **The session cookie** holds the refresh token auth gave at sign-in, and nothing else:
+//!   `HttpOnly`, `SameSite=Lax`, `Path=/`, and `Secure` with the `__Host-` prefix outside the
+//!   development profile (`app.web.secure_cookies`). The access token never reaches the browser:
+//!   it is kept in this gateway's memory, keyed by a SHA-256 digest of the refresh token, until a
+//!   minute before it expires. A page whose session is not in memory (a restart, another gateway
+//!   instance, an expired access token) refreshes it at auth, which rotates the refresh token:
+//!   the answer carries the new cookie. Two tabs refreshing at once get the same successor (auth's
+//!   `refresh_reuse_grace`). A session auth refuses is cleared; one auth cannot check right now
+//!   is kept, and the page is shown signed out with a note.
+//! * **CSRF** — every form carries a `csrf` field equal to the `ce_csrf` cookie (a random token
+//!   set on the first page; `__Host-` and `Secure` like the session's): a POST without both, or
+//!   with two that differ, is refused with 403 before any handler runs (double submit; the
+//!   `__Host-` prefix stops a sibling subdomain from planting the cookie). A POST the browser
+//!   marks `Sec-Fetch-Site: cross-site` is refused too.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cityevents_api::auth::{TokenPair, User};
+use cookie::{Cookie, SameSite};
+use http::{HeaderValue, Method, StatusCode, header};
+use keel::http::client_ip::client_ip;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tokio::time::Instant;
+
+use super::Site;
+use super::call::Failure;
+use crate::routes::Upstream;
+
+/// Largest form body read (a form's fields are short; an event's description is the longest).
+pub(crate) const FORM_LIMIT: usize = 32 * 1024;
+
+/// How long a session cookie lives in the browser: auth's default refresh-token lifetime. A
+/// token auth has expired sooner is refused at the next refresh, and the cookie cleared.
+const SESSION_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Most sessions whose access token is kept in memory; past it the one expiring first goes.
+const MAX_CACHED: usize = 20_000;
+
+/// Kept this much less than the access token's own lifetime, so a page never sends one that
+/// expires in flight.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// The signed-in person a page is for.
+#[derive(Debug, Clone)]
+pub(crate) struct Signed {
+    /// Their access token, sent to the services as a bearer token.
+    pub(crate) access: String,
+    /// Their account as auth last said.
+    pub(crate) user: User,
+    /// Their refresh token (the cookie's value), for signing out.
+    pub(crate) refresh: String,
+}
+
+/// Who a page is for (a request extension set by [`middleware`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Viewer {
+    /// `None`: signed out.
+    pub(crate) signed: Option<Signed>,
+    /// The session could not be checked (auth did not answer): shown signed out, cookie kept.
+    pub(crate) unchecked: bool,
+}
+
+impl Viewer {
+    /// The access token, if signed in.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.signed.as_ref().map(|s| s.access.as_str())
+    }
+
+    /// The account, if signed in.
+    pub(crate) fn user(&self) -> Option<&User> {
+        self.signed.as_ref().map(|s| &s.user)
+    }
+}
+
+/// This request's CSRF token, for the forms of its page (a request extension).
+#[derive(Debug, Clone)]
+pub(crate) struct Csrf(pub(crate) String);
+
+/// The client's address as the gateway resolved it, for the services (a request extension).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientAddress(pub(crate) HeaderValue);
+
+/// What a handler did to the session (a response extension the middleware turns into cookies).
+#[derive(Debug, Clone)]
+pub(crate) enum SessionChange {
+    /// Signed in: a new refresh token.
+    Start(String),
+    /// Signed out: clear the cookie.
+    End,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    access: String,
+    user: User,
+    until: Instant,
+}
+
+/// The session settings and the access tokens kept in memory.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    secure: bool,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+impl Sessions {
+    pub(crate) fn new(secure: bool) -> Self {
+        Self { secure, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The session cookie's name.
+    pub(crate) fn session_cookie(&self) -> &'static str {
+        if self.secure { "__Host-ce_session" } else { "ce_session" }
+    }
+
+    /// The CSRF cookie's name.
+    pub(crate) fn csrf_cookie(&self) -> &'static str {
+        if self.secure { "__Host-ce_csrf" } else { "ce_csrf" }
+    }
+
+    fn cookie(&self, name: &'static str, value: String, max_age: Duration) -> HeaderValue {
+        let c = Cookie::build((name, value))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX)))
+            .build();
+        // A cookie of our own making (base64url values) is always a valid header.
+        HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn digest(refresh: &str) -> [u8; 32] {
+        Sha256::digest(refresh.as_bytes()).into()
+    }
+
+    fn cached(&self, refresh: &str) -> Option<Cached> {
+        let cache = self.cache.lock().ok()?;
+        cache.get(&Self::digest(refresh)).filter(|c| c.until > Instant::now()).cloned()
+    }
+
+    fn keep(&self, refresh: &str, pair: &TokenPair, user: &User) {
+        let lifetime = Duration::from_secs(pair.expires_in).saturating_sub(EXPIRY_MARGIN);
+        if lifetime.is_zero() {
+            return;
+        }
+        let Ok(mut cache) = self.cache.lock() else { return };
+        let now = Instant::now();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, c| c.until > now);
+        }
+        if cache.len() >= MAX_CACHED
+            && let Some(first) = cache.iter().min_by_key(|(_, c)| c.until).map(|(k, _)| *k)
+        {
+            cache.remove(&first);
+        }
+        cache.insert(
+            Self::digest(refresh),
+            Cached { access: pair.access_token.clone(), user: user.clone(), until: now + lifetime },
+        );
+    }
+
+    /// Drops what is kept for `refresh` (signed out, or the account changed).
+    pub(crate) fn forget(&self, refresh: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(&Self::digest(refresh));
+        }
+    }
+
+    /// Keeps a pair auth just gave (sign-in, password change) with its account.
+    pub(crate) async fn started(
+        &self,
+        site: &Site,
+        pair: &TokenPair,
+        address: &HeaderValue,
+    ) -> Result<Signed, Failure> {
+        let user: User = site.get(Upstream::Auth, "/api/v1/me", Some(&pair.access_token), address).await?;
+        self.keep(&pair.refresh_token, pair, &user);
+        Ok(Signed { access: pair.access_token.clone(), user, refresh: pair.refresh_token.clone() })
+    }
+
+    /// The viewer of a request whose session cookie is `refresh`, and how the cookie changes.
+    async fn resolve(
+        &self,
+        site: &Site,
+        refresh: Option<&str>,
+        address: &HeaderValue,
+    ) -> (Viewer, Option<SessionChange>) {
+        let Some(refresh) = refresh else { return (Viewer::default(), None) };
+        if let Some(c) = self.cached(refresh) {
+            let signed = Signed { access: c.access, user: c.user, refresh: refresh.to_owned() };
+            return (Viewer { signed: Some(signed), unchecked: false }, None);
+        }
+        let body = json!({ "refresh_token": refresh });
+        let pair: TokenPair = match site.post(Upstream::Auth, "/api/v1/auth/refresh", None, &body, address).await {
+            Ok(pair) => pair,
+            Err(f) if f.status == StatusCode::UNAUTHORIZED || f.status == StatusCode::BAD_REQUEST => {
+                return (Viewer::default(), Some(SessionChange::End));
+            }
+            Err(f) => {
+                tracing::warn!(status = f.status.as_u16(), "a session could not be refreshed; page shown signed out");
+                return (Viewer { signed: None, unchecked: true }, None);
+            }
+        };
+        match self.started(site, &pair, address).await {
+            Ok(signed) => {
+                (Viewer { signed: Some(signed), unchecked: false }, Some(SessionChange::Start(pair.refresh_token)))
+            }
+            // The refresh went through: the new cookie must be kept whatever happens next.
+            Err(_) => (Viewer { signed: None, unchecked: true }, Some(SessionChange::Start(pair.refresh_token))),
+        }
+    }
+}
+
+/// A fresh random token (session-independent: CSRF).
+fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Whether `token` looks like one of ours (43 base64url characters).
+fn well_formed(token: &str) -> bool {
+    token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// Resolves the viewer, checks a POST's CSRF token, and sets the cookies on the way out.
+pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next: Next) -> Response {
+    // Files and the API's 404s are the same for everyone: no session to resolve.
+    if req.uri().path().starts_with("/static/") || super::is_api(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let sessions = &site.sessions;
+    let csrf_cookie = cookie_value(req.headers(), sessions.csrf_cookie()).filter(|t| well_formed(t));
+    let csrf = csrf_cookie.clone().unwrap_or_else(random_token);
+    let peer =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let ip = client_ip(peer, req.headers(), &site.gw.trusted_proxies);
+    let address = HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.0.0.0"));
+
+    let req = if req.method() == Method::POST {
+        match checked_form(req, csrf_cookie.as_deref()).await {
+            Ok(req) => req,
+            Err(why) => {
+                let mut resp = super::pages::refused(&site, StatusCode::FORBIDDEN, why, &csrf);
+                set_csrf(&site, &mut resp, csrf_cookie.is_none(), &csrf);
+                return resp;
+            }
+        }
+    } else {
+        req
+    };
+    let session = cookie_value(req.headers(), sessions.session_cookie());
+    let (viewer, change) = sessions.resolve(&site, session.as_deref(), &address).await;
+    let mut req = req;
+    req.extensions_mut().insert(viewer);
+    req.extensions_mut().insert(Csrf(csrf.clone()));
+    req.extensions_mut().insert(ClientAddress(address));
+    let mut resp = next.run(req).await;
+    let change = resp.extensions_mut().remove::<SessionChange>().or(change);
+    match change {
+        Some(SessionChange::Start(refresh)) => {
+            let c = sessions.cookie(sessions.session_cookie(), refresh, SESSION_MAX_AGE);
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Some(SessionChange::End) => {
+            let c = sessions.cookie(sessions.session_cookie(), String::new(), Duration::ZERO);
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        None => {}
+    }
+    set_csrf(&site, &mut resp, csrf_cookie.is_none(), &csrf);
+    resp
+}
+
+fn set_csrf(site: &Site, resp: &mut Response, new: bool, csrf: &str) {
+    if new {
+        let sessions = &site.sessions;
+        let c = sessions.cookie(sessions.csrf_cookie(), csrf.to_owned(), SESSION_MAX_AGE);
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+}
+
+/// Why a form was refused before its handler.
+const CROSS_SITE: &str = "This form was sent from another site, so it was not accepted.";
+const EXPIRED: &str = "This form has expired. Go back, reload the page and send it again.";
+const TOO_LARGE: &str = "This form is larger than the site accepts.";
+
+/// `req` with its body read back in, when its `csrf` field matches the cookie.
+async fn checked_form(req: Request, cookie: Option<&str>) -> Result<Request, &'static str> {
+    let cross_site = req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
+    if cross_site {
+        return Err(CROSS_SITE);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|_| TOO_LARGE)?;
+    let sent = form_urlencoded::parse(&bytes).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
+    let matches = match (cookie, sent) {
+        (Some(cookie), Some(sent)) => bool::from(cookie.as_bytes().ct_eq(sent.as_bytes())),
+        _ => false,
+    };
+    if !matches {
+        return Err(EXPIRED);
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// A response that signs the browser in with `refresh`.
+pub(crate) fn start(mut resp: Response, refresh: String) -> Response {
+    resp.extensions_mut().insert(SessionChange::Start(refresh));
+    resp
+}
+
+/// A response that signs the browser out.
+pub(crate) fn end(resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    resp.extensions_mut().insert(SessionChange::End);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_well_formed() {
+        let (a, b) = (random_token(), random_token());
+        assert_ne!(a, b);
+        assert!(well_formed(&a), "{a}");
+        assert!(!well_formed("short"));
+        assert!(!well_formed(&format!("{}=", &a[..42])));
+    }
+
+    #[test]
+    fn cookies_are_http_only_lax_and_secure_outside_development() {
+        let secure = Sessions::new(true);
+        let c = secure.cookie(secure.session_cookie(), "abc".into(), SESSION_MAX_AGE);
+        let c = c.to_str().unwrap();
+        for part in ["__Host-ce_session=abc", "HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Max-Age=2592000"] {
+            assert!(c.contains(part), "{part} not in {c}");
+        }
+        assert!(!c.contains("Domain"), "{c}");
+        let plain = Sessions::new(false);
+        let c = plain.cookie(plain.csrf_cookie(), "abc".into(), Duration::ZERO);
+        let c = c.to_str().unwrap();
+        assert!(c.starts_with("ce_csrf=abc") && c.contains("Max-Age=0") && !c.contains("Secure"), "{c}");
+    }
+
+    #[test]
+    fn the_cookie_header_is_read_by_name() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; ce_session=tok; b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("ce_csrf=x"));
+        assert_eq!(cookie_value(&h, "ce_session").as_deref(), Some("tok"));
+        assert_eq!(cookie_value(&h, "ce_csrf").as_deref(), Some("x"));
+        assert_eq!(cookie_value(&h, "none"), None);
+    }
+
+    fn pair(expires_in: u64) -> TokenPair {
+        TokenPair {
+            access_token: "access".into(),
+            refresh_token: "refresh".into(),
+            token_type: "Bearer".into(),
+            expires_in,
+        }
+    }
+
+    fn user() -> User {
+        User {
+            id: uuid::Uuid::now_v7(),
+            email: "a@example.com".into(),
+            name: "A".into(),
+            role: "user".into(),
+            email_verified: true,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn access_tokens_are_kept_until_a_minute_before_they_expire() {
+        let s = Sessions::new(false);
+        s.keep("r1", &pair(900), &user());
+        assert_eq!(s.cached("r1").map(|c| c.access).as_deref(), Some("access"));
+        assert!(s.cached("r2").is_none());
+        tokio::time::advance(Duration::from_secs(839)).await;
+        assert!(s.cached("r1").is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.cached("r1").is_none(), "past expiry less the margin");
+        s.keep("r3", &pair(30), &user());
+        assert!(s.cached("r3").is_none(), "a token too short-lived to keep");
+        s.keep("r4", &pair(900), &user());
+        s.forget("r4");
+        assert!(s.cached("r4").is_none());
+    }
+}
