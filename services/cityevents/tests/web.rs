@@ -1,0 +1,72 @@
+//! The web front end in a real browser: `tests/web/journey.mjs` (Playwright with Debian's
+//! Chromium, axe-core) drives the main journeys on the all-in-one, one of them with JavaScript
+//! off, and writes a screenshot of each page at phone and desktop width to
+//! `$KEEL_CI_ARTIFACTS/web` (default `ci-artifacts/web`). Needs Node.js, Chromium and the
+//! journey's npm packages (`.ci/browser.sh` installs all three); without them the test is
+//! skipped with a message, except under `CI=true`, where it fails.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Platform, repo_root};
+
+fn journey_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web")
+}
+
+/// Whether the journey can run here; says why not.
+fn ready() -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let missing = if !keel::testing::require_program("Chromium", keel::testing::browser::CHROMIUM) {
+        return false;
+    } else if Command::new("node").arg("--version").output().is_err() {
+        Some("Node.js (node)")
+    } else if !journey_dir().join("node_modules/playwright-core").is_dir()
+        || !journey_dir().join("node_modules/axe-core").is_dir()
+    {
+        Some("the journey's npm packages (npm ci in services/cityevents/tests/web; .ci/browser.sh does it)")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(what) if ci => panic!("{what} is missing, and CI=true requires the browser journeys to run"),
+        Some(what) => {
+            eprintln!("skipped: {what} is missing");
+            false
+        }
+    }
+}
+
+#[test]
+fn the_main_journeys_pass_in_headless_chromium() {
+    if !ready() {
+        return;
+    }
+    let platform = Platform::all_in_one(&[]);
+    let shots = std::env::var_os("KEEL_CI_ARTIFACTS")
+        .map_or_else(|| repo_root().join("ci-artifacts"), PathBuf::from)
+        .join("web");
+    let out = Command::new("node")
+        .arg("journey.mjs")
+        .current_dir(journey_dir())
+        .env("BASE_URL", platform.url(""))
+        .env("MAIL_DIR", platform.dir().join("data/mail"))
+        .env("SHOTS_DIR", &shots)
+        .env("CHROMIUM", keel::testing::browser::CHROMIUM)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the journeys failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all journeys passed"), "{stdout}\n{stderr}");
+    for page in ["events", "event-waitlisted", "notifications", "manage-participants", "signup", "not-found"] {
+        for width in ["phone", "desktop"] {
+            let shot = shots.join(format!("{page}-{width}.png"));
+            assert!(shot.is_file(), "no screenshot {}", shot.display());
+        }
+    }
+}
