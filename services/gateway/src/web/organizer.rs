@@ -274,20 +274,23 @@ async fn fetch(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Result<
     site.get(Upstream::Events, &format!("/api/v1/events/{id}"), Some(token), &page.address).await
 }
 
+/// The viewer's token, their event `id` and its edit page's path; or the page that answers
+/// instead (404, log in, the events service's refusal).
+async fn editing<'p>(site: &Site, page: &'p Page, id: &str) -> Result<(&'p str, Event, String), Box<Response>> {
+    let id = event_id(page, id)?;
+    let back = format!("/my/events/{id}/edit");
+    let token = signed(page, &back)?;
+    match fetch(site, page, token, id).await {
+        Ok(event) => Ok((token, event, back)),
+        Err(f) => Err(Box::new(pages::failed(page, &f, &back))),
+    }
+}
+
 /// `GET /my/events/{id}/edit`.
 pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match event_id(&page, &id) {
-        Ok(id) => id,
+    let (_, event, back) = match editing(&site, &page, &id).await {
+        Ok(found) => found,
         Err(r) => return *r,
-    };
-    let back = format!("/my/events/{id}/edit");
-    let token = match signed(&page, &back) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let event = match fetch(&site, &page, token, id).await {
-        Ok(e) => e,
-        Err(f) => return pages::failed(&page, &f, &back),
     };
     let t = EventFormPage {
         layout: page.layout(&site, "Edit the event").await,
@@ -308,19 +311,11 @@ pub(crate) async fn edit(
     Path(id): Path<String>,
     Form(form): Form<EventForm>,
 ) -> Response {
-    let id = match event_id(&page, &id) {
-        Ok(id) => id,
+    let (token, event, back) = match editing(&site, &page, &id).await {
+        Ok(found) => found,
         Err(r) => return *r,
     };
-    let back = format!("/my/events/{id}/edit");
-    let token = match signed(&page, &back) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let event = match fetch(&site, &page, token, id).await {
-        Ok(e) => e,
-        Err(f) => return pages::failed(&page, &f, &back),
-    };
+    let id = event.id;
     let heading = format!("Edit “{}”", event.title);
     let (now, was) = match (form.body(), EventForm::of(&event).body()) {
         (Ok(now), Ok(was)) => (now, was),
