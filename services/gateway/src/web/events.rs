@@ -265,14 +265,9 @@ impl EventPageView {
     }
 }
 
-/// Parses `{id}` as a UUID: anything else is no event, so the 404 page.
-fn event_id(page: &Page, id: &str) -> Result<uuid::Uuid, Box<Response>> {
-    uuid::Uuid::parse_str(id).map_err(|_| Box::new(pages::not_found(page)))
-}
-
 /// `GET /events/{id}`.
 pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match event_id(&page, &id) {
+    let id = match page.event_id(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
@@ -366,12 +361,15 @@ pub(crate) async fn join(
     Path(id): Path<String>,
     Form(form): Form<JoinForm>,
 ) -> Response {
-    let id = match event_id(&page, &id) {
+    let id = match page.event_id(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
     let back = format!("/events/{id}");
-    let Some(token) = page.token() else { return Redirect::to(&pages::login_then(&back)).into_response() };
+    let token = match page.signed(&back) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
     let key = if !form.key.is_empty()
         && form.key.len() <= cityevents_api::limits::MAX_IDEMPOTENCY_KEY
         && form.key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -396,12 +394,15 @@ pub(crate) async fn join(
 
 /// `POST /events/{id}/leave`.
 pub(crate) async fn leave(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match event_id(&page, &id) {
+    let id = match page.event_id(&id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
     let back = format!("/events/{id}");
-    let Some(token) = page.token() else { return Redirect::to(&pages::login_then(&back)).into_response() };
+    let token = match page.signed(&back) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
     let path = format!("/api/v1/events/{id}/join");
     match site.send(Upstream::Joins, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
         Ok(_) => Redirect::to(&format!("{back}?notice=left")).into_response(),

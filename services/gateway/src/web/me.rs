@@ -65,7 +65,10 @@ pub(crate) async fn joins(
     page: Page,
     query: Result<Query<Cursor>, QueryRejection>,
 ) -> Response {
-    let Some(token) = page.token() else { return Redirect::to(&pages::login_then("/my/joins")).into_response() };
+    let token = match page.signed("/my/joins") {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let list: JoinPage =
         match site.get(Upstream::Joins, &query.path("/api/v1/me/joins"), Some(token), &page.address).await {
@@ -118,7 +121,10 @@ pub(crate) async fn notifications(
     page: Page,
     query: Result<Query<Cursor>, QueryRejection>,
 ) -> Response {
-    let Some(token) = page.token() else { return Redirect::to(&pages::login_then("/notifications")).into_response() };
+    let token = match page.signed("/notifications") {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let path = query.path("/api/v1/me/notifications");
     let list: NotificationPage = match site.get(Upstream::Notifier, &path, Some(token), &page.address).await {
@@ -147,7 +153,10 @@ pub(crate) async fn notifications(
 
 /// `POST /notifications/{id}/read`, or `POST /notifications/read-all` (`id` is `all`).
 pub(crate) async fn read(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let Some(token) = page.token() else { return Redirect::to(&pages::login_then("/notifications")).into_response() };
+    let token = match page.signed("/notifications") {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
     let path = if id == "all" {
         "/api/v1/me/notifications/read-all".to_owned()
     } else {

@@ -23,15 +23,6 @@ use crate::routes::Upstream;
 /// Most people a list on the manage page shows.
 const PEOPLE: u32 = 100;
 
-/// The signed-in viewer's token, or the response that sends them to log in.
-fn signed<'p>(page: &'p Page, back: &str) -> Result<&'p str, Box<Response>> {
-    page.token().ok_or_else(|| Box::new(Redirect::to(&pages::login_then(back)).into_response()))
-}
-
-fn event_id(page: &Page, id: &str) -> Result<uuid::Uuid, Box<Response>> {
-    uuid::Uuid::parse_str(id).map_err(|_| Box::new(pages::not_found(page)))
-}
-
 #[derive(Template)]
 #[template(path = "web/my_events.html")]
 struct MyEvents {
@@ -49,7 +40,7 @@ fn status_label(s: EventStatus) -> &'static str {
 
 /// `GET /my/events`: the viewer's events, every status.
 pub(crate) async fn mine(State(site): State<Arc<Site>>, page: Page) -> Response {
-    let token = match signed(&page, "/my/events") {
+    let token = match page.signed("/my/events") {
         Ok(t) => t,
         Err(r) => return *r,
     };
@@ -188,7 +179,7 @@ impl EventFormPage {
 
 /// `GET /my/events/new`.
 pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> Response {
-    if let Err(r) = signed(&page, "/my/events/new") {
+    if let Err(r) = page.signed("/my/events/new") {
         return *r;
     }
     let form = EventForm {
@@ -238,7 +229,7 @@ async fn form_again(
 
 /// `POST /my/events/new`: a draft; then its manage page.
 pub(crate) async fn create(State(site): State<Arc<Site>>, page: Page, Form(form): Form<EventForm>) -> Response {
-    let token = match signed(&page, "/my/events/new") {
+    let token = match page.signed("/my/events/new") {
         Ok(t) => t,
         Err(r) => return *r,
     };
@@ -277,9 +268,9 @@ async fn fetch(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Result<
 /// The viewer's token, their event `id` and its edit page's path; or the page that answers
 /// instead (404, log in, the events service's refusal).
 async fn editing<'p>(site: &Site, page: &'p Page, id: &str) -> Result<(&'p str, Event, String), Box<Response>> {
-    let id = event_id(page, id)?;
+    let id = page.event_id(id)?;
     let back = format!("/my/events/{id}/edit");
-    let token = signed(page, &back)?;
+    let token = page.signed(&back)?;
     match fetch(site, page, token, id).await {
         Ok(event) => Ok((token, event, back)),
         Err(f) => Err(Box::new(pages::failed(page, &f, &back))),
@@ -373,7 +364,7 @@ impl Manage {
 
 /// `GET /my/events/{id}`.
 pub(crate) async fn manage(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match event_id(&page, &id) {
+    let id = match page.event_id(&id) {
         Ok(id) => id,
         Err(r) => return *r,
     };
@@ -399,7 +390,7 @@ async fn people<T: serde::de::DeserializeOwned>(
 
 async fn manage_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<&Failure>) -> Response {
     let back = format!("/my/events/{id}");
-    let token = match signed(page, &back) {
+    let token = match page.signed(&back) {
         Ok(t) => t,
         Err(r) => return *r,
     };
@@ -448,12 +439,12 @@ pub(crate) async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let id = match event_id(&page, &id) {
+    let id = match page.event_id(&id) {
         Ok(id) => id,
         Err(r) => return *r,
     };
     let back = format!("/my/events/{id}");
-    let token = match signed(&page, &back) {
+    let token = match page.signed(&back) {
         Ok(t) => t,
         Err(r) => return *r,
     };

@@ -73,6 +73,16 @@ impl Page {
         self.viewer.token()
     }
 
+    /// The access token, or the redirect to log in and come back to `back`.
+    pub(crate) fn signed(&self, back: &str) -> Result<&str, Box<Response>> {
+        self.token().ok_or_else(|| Box::new(Redirect::to(&login_then(back)).into_response()))
+    }
+
+    /// A path's `{id}` as a UUID: anything else names no event, so the 404 page.
+    pub(crate) fn event_id(&self, id: &str) -> Result<uuid::Uuid, Box<Response>> {
+        uuid::Uuid::parse_str(id).map_err(|_| Box::new(not_found(self)))
+    }
+
     /// The layout around this page, with the viewer's unread notifications counted.
     pub(crate) async fn layout(&self, site: &Site, title: impl Into<String>) -> Layout {
         let mut unread = 0;
