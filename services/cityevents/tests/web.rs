@@ -8,8 +8,9 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::{Platform, repo_root};
 
@@ -47,6 +48,20 @@ fn the_main_journeys_pass_in_headless_chromium() {
         return;
     }
     let platform = Platform::all_in_one(&[]);
+    // The first admin, as the banner says: the launcher's auth CLI on the same data, password
+    // (the journey's) on stdin.
+    let admin = format!("{}@example.com", common::unique("admin"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityevents"));
+    cmd.args(["auth", "admin", "create", "--email", &admin, "--name", "Ada"])
+        .current_dir(platform.dir())
+        .env("KEEL_ENV", "development")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse battery staple\n").unwrap();
+    let made = child.wait_with_output().unwrap();
+    assert!(made.status.success(), "admin create: {}", String::from_utf8_lossy(&made.stderr));
     let shots = std::env::var_os("KEEL_CI_ARTIFACTS")
         .map_or_else(|| repo_root().join("ci-artifacts"), PathBuf::from)
         .join("web");
@@ -56,6 +71,7 @@ fn the_main_journeys_pass_in_headless_chromium() {
         .env("BASE_URL", platform.url(""))
         .env("MAIL_DIR", platform.dir().join("data/mail"))
         .env("SHOTS_DIR", &shots)
+        .env("ADMIN_EMAIL", &admin)
         .env("CHROMIUM", keel::testing::browser::CHROMIUM)
         .output()
         .unwrap();
@@ -63,7 +79,18 @@ fn the_main_journeys_pass_in_headless_chromium() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the journeys failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all journeys passed"), "{stdout}\n{stderr}");
-    for page in ["events", "event-waitlisted", "notifications", "manage-participants", "signup", "not-found"] {
+    for page in [
+        "events",
+        "event-waitlisted",
+        "notifications",
+        "manage-participants",
+        "signup",
+        "not-found",
+        "account",
+        "mail-settings",
+        "admin-users",
+        "moderate-event",
+    ] {
         for width in ["phone", "desktop"] {
             let shot = shots.join(format!("{page}-{width}.png"));
             assert!(shot.is_file(), "no screenshot {}", shot.display());

@@ -4,13 +4,16 @@
 // The journey: an organizer signs up, confirms the address through the mail the development
 // transport wrote, logs in, creates a one-seat event and publishes it; a second person joins
 // (with JavaScript off: every page and form works without it); a third joins the waitlist; the
-// second leaves, the third is promoted and sees the notification; the organizer cancels with a
-// reason, which the third sees on the event. Every page is checked with axe-core (no serious
-// or critical violation), logs no console error (a CSP violation is one), and is kept as a
-// screenshot at phone and desktop width.
+// second leaves, the third is promoted and sees the notification; the organizer edits the
+// event; an admin makes a fourth person a moderator, who cancels the event with a reason,
+// which the third sees on the event and in a notification. The third changes their password
+// and mail settings; the second logs out everywhere. Every page is checked with axe-core (no
+// serious or critical violation), logs no console error (a CSP violation is one), and is kept
+// as a screenshot at phone and desktop width.
 //
 // Env: BASE_URL, MAIL_DIR (the all-in-one's data/mail), SHOTS_DIR (where screenshots go),
-// CHROMIUM (default /usr/bin/chromium).
+// ADMIN_EMAIL (an admin made with `cityevents auth admin create`, whose password is the
+// journey's), CHROMIUM (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
 import { readFileSync, readdirSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -21,12 +24,13 @@ const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const BASE = process.env.BASE_URL;
 const MAIL_DIR = process.env.MAIL_DIR;
 const SHOTS = process.env.SHOTS_DIR;
+const ADMIN_EMAIL = process.env.ADMIN_EMAIL;
 const PASSWORD = "correct horse battery staple";
 const WIDTHS = { phone: { width: 360, height: 740 }, desktop: { width: 1280, height: 800 } };
 const run = Date.now().toString(36);
 
-if (!BASE || !MAIL_DIR || !SHOTS) {
-  throw new Error("BASE_URL, MAIL_DIR and SHOTS_DIR must be set");
+if (!BASE || !MAIL_DIR || !SHOTS || !ADMIN_EMAIL) {
+  throw new Error("BASE_URL, MAIL_DIR, SHOTS_DIR and ADMIN_EMAIL must be set");
 }
 mkdirSync(SHOTS, { recursive: true });
 
@@ -68,7 +72,8 @@ async function person(name, { javascript = true } = {}) {
   return p;
 }
 
-/** Checks the page: axe (serious and critical fail), console errors, screenshots at both widths. */
+/** Checks the page: axe (serious and critical fail), console errors, no sideways scrolling,
+ *  screenshots at both widths. */
 async function check(p, label) {
   const page = p.page;
   if (p.errors.length) {
@@ -88,6 +93,8 @@ async function check(p, label) {
     checked.add(label);
     for (const [width, size] of Object.entries(WIDTHS)) {
       await page.setViewportSize(size);
+      const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+      if (wide > size.width) fail(`${label}: ${wide} px wide at ${width} width (${size.width} px): it scrolls sideways`);
       await page.screenshot({ path: join(SHOTS, `${label}-${width}.png`), fullPage: true });
     }
     await page.setViewportSize(WIDTHS.desktop);
@@ -127,11 +134,21 @@ async function signUpAndLogIn(p, shots) {
   if (shots) await check(p, "verify-email");
   await page.getByRole("button", { name: "Confirm my address" }).click();
   await page.waitForURL(/\/login\?notice=verified/);
+  await logIn(p);
+}
+
+async function logIn(p) {
+  const page = p.page;
+  if (!page.url().includes("/login")) await page.goto(`${BASE}/login`);
   await page.getByLabel("E-mail address").fill(p.email);
   await page.getByLabel("Password").fill(PASSWORD);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForURL(/notice=signed_in/);
-  expect(await page.locator(".who").textContent() === p.name, `${p.name} is shown signed in`);
+  expect(await signedInAs(p), `${p.name} is shown signed in`);
+}
+
+async function signedInAs(p) {
+  return ((await p.page.locator(".who").textContent()) || "").startsWith(p.name);
 }
 
 async function step(name, body) {
@@ -152,6 +169,9 @@ try {
   const olive = await person("Olive");
   const bea = await person("Bea", { javascript: false });
   const cal = await person("Cal");
+  const mo = await person("Mo");
+  const ada = await person("Ada");
+  ada.email = ADMIN_EMAIL;
 
   await step("an anonymous visitor sees the events list and a 404 page", async () => {
     await olive.page.goto(`${BASE}/`);
@@ -245,24 +265,102 @@ try {
     expect(await page.locator(".note.unread").count() === 0, "all read");
   });
 
-  await step("the organizer sees the participant and cancels with a reason", async () => {
+  await step("the organizer sees the participant and edits the event", async () => {
     const page = olive.page;
     await page.goto(eventUrl.replace("/events/", "/my/events/"));
-    await page.getByRole("cell", { name: "Cal" }).waitFor();
+    await page.getByRole("cell", { name: "Cal", exact: true }).waitFor();
     await check(olive, "manage-participants");
-    await page.getByLabel(/Reason/).fill("The roof is closed for repairs");
+    await page.getByRole("link", { name: "Edit" }).click();
+    await check(olive, "event-edit");
+    await page.getByLabel("Venue").fill("Terraço 9");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.waitForURL(/notice=saved/);
+    await page.goto(eventUrl);
+    await page.getByText("Terraço 9").waitFor();
+  });
+
+  await step("an admin finds an account and makes it a moderator", async () => {
+    await signUpAndLogIn(mo, false);
+    const page = ada.page;
+    await page.goto(`${BASE}/login`);
+    await logIn(ada);
+    await page.getByRole("link", { name: "Accounts" }).click();
+    await check(ada, "admin-users");
+    await page.getByLabel("Name or exact e-mail address").fill(mo.email);
+    await page.getByRole("button", { name: "Find" }).click();
+    await page.getByLabel("Role of Mo").selectOption("moderator");
+    await page.getByRole("button", { name: "Change role" }).click();
+    await page.waitForURL(/notice=role_changed/);
+    expect(await page.getByLabel("Role of Mo").inputValue() === "moderator", "Mo is a moderator");
+    const notAdmin = await cal.page.goto(`${BASE}/admin/users`);
+    expect(notAdmin.status() === 403, `a member sees the accounts page: ${notAdmin.status()}`);
+    cal.errors.length = 0; // the browser logs the page's own 403
+  });
+
+  await step("the moderator cancels the event with a reason; the participant is told", async () => {
+    const page = mo.page;
+    // The role applies from the next session refresh: a new sign-in gives it at once.
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.waitForURL(/notice=signed_out/);
+    await logIn(mo);
+    await page.goto(eventUrl);
+    await page.getByRole("link", { name: "Moderate this event" }).click();
+    await page.getByRole("heading", { name: /^Moderate/ }).waitFor();
+    await check(mo, "moderate-event");
+    await page.locator("#reason").fill("Breaks the venue's safety rules");
     await page.getByRole("button", { name: "Cancel the event" }).click();
     await page.waitForURL(/notice=canceled/);
     await cal.page.goto(eventUrl);
-    await cal.page.getByText("Reason: The roof is closed for repairs").waitFor();
+    await cal.page.getByText("Reason: Breaks the venue's safety rules").waitFor();
     await check(cal, "event-canceled");
+    await olive.page.goto(eventUrl.replace("/events/", "/my/events/"));
+    await olive.page.getByText("Reason: Breaks the venue's safety rules").waitFor();
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      await cal.page.goto(`${BASE}/notifications`);
+      if (await cal.page.getByText(`Rooftop jazz ${run} was canceled`).count() > 0) break;
+      expect(Date.now() < deadline, "no cancellation notification within 20 s");
+      await cal.page.waitForTimeout(300);
+    }
+  });
+
+  await step("a person changes their password and mail settings", async () => {
+    const page = cal.page;
+    await page.getByRole("link", { name: /^Cal/ }).click();
+    await page.getByRole("heading", { name: "Your account", level: 1 }).waitFor();
+    await check(cal, "account");
+    await page.getByLabel("Current password").fill("not my password at all");
+    await page.getByLabel("New password").fill(`${PASSWORD} again`);
+    await page.getByRole("button", { name: "Change my password" }).click();
+    await page.locator("#current_password-error").waitFor();
+    cal.errors.length = 0; // the browser logs the form page's own 400
+    await page.getByLabel("Current password").fill(PASSWORD);
+    await page.getByLabel("New password").fill(`${PASSWORD} again`);
+    await page.getByRole("button", { name: "Change my password" }).click();
+    await page.waitForURL(/notice=password_changed/);
+    expect(await signedInAs(cal), "still signed in after changing the password");
+    await page.getByRole("link", { name: "Choose which mails you get" }).click();
+    await check(cal, "mail-settings");
+    await page.getByLabel("An event I joined is canceled").uncheck();
+    await page.getByRole("button", { name: "Save" }).click();
+    await page.waitForURL(/notice=saved/);
+    expect(!(await page.getByLabel("An event I joined is canceled").isChecked()), "the choice is kept");
+    expect(await page.getByLabel("I get a seat from the waitlist").isChecked(), "the others stay on");
+  });
+
+  await step("logging out everywhere, without JavaScript, ends every session", async () => {
+    const page = bea.page;
+    await page.goto(`${BASE}/account`);
+    await page.getByRole("button", { name: "Log out everywhere" }).click();
+    await page.waitForURL(/notice=signed_out_everywhere/);
+    expect(await page.getByRole("link", { name: "Log in" }).isVisible(), "signed out");
   });
 
   await step("a form without its CSRF token is refused", async () => {
     const res = await cal.page.request.post(`${BASE}/logout`, { form: { csrf: "forged" }, maxRedirects: 0 });
     expect(res.status() === 403, `forged logout answered ${res.status()}`);
     await cal.page.goto(`${BASE}/`);
-    expect(await cal.page.locator(".who").textContent() === "Cal", "still signed in");
+    expect(await signedInAs(cal), "still signed in");
   });
 
   await step("logging out ends the session", async () => {

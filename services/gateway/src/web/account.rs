@@ -20,25 +20,25 @@ use crate::routes::Upstream;
 
 /// What a form page shows next to its fields, and above them.
 #[derive(Debug, Default)]
-struct Errors {
-    fields: BTreeMap<String, String>,
-    summary: Option<String>,
+pub(crate) struct Errors {
+    pub(crate) fields: BTreeMap<String, String>,
+    pub(crate) summary: Option<String>,
 }
 
 impl Errors {
-    fn of(f: &Failure) -> Self {
+    pub(crate) fn of(f: &Failure) -> Self {
         let fields = f.fields();
         let summary = Some(if fields.is_empty() { f.message() } else { "Check the fields marked below.".to_owned() });
         Self { fields, summary }
     }
 
-    fn field(&self, name: &str) -> Option<&str> {
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(String::as_str)
     }
 }
 
 /// The status a form page answers with after `f`: the service's 4xx, or 503 and friends.
-fn status_of(f: &Failure) -> StatusCode {
+pub(crate) fn status_of(f: &Failure) -> StatusCode {
     if f.status.is_client_error() || f.status.is_server_error() { f.status } else { StatusCode::BAD_REQUEST }
 }
 

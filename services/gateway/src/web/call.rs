@@ -160,7 +160,14 @@ impl Site {
         let req = self.gw.timed(req, &method);
         match self.gw.bounded(client.send(req)).await {
             Ok(r) if r.status.is_success() => Ok(r),
-            Ok(r) => Err(Failure::from_answer(upstream, &r)),
+            Ok(r) => {
+                if r.status == StatusCode::UNAUTHORIZED
+                    && let Some(token) = token
+                {
+                    self.sessions.forget_access(token);
+                }
+                Err(Failure::from_answer(upstream, &r))
+            }
             Err(e) => Err(Failure::from_error(upstream, e)),
         }
     }

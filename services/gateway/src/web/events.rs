@@ -333,7 +333,7 @@ async fn event_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<(Sta
 }
 
 /// The organizer's display name (auth answers signed-in callers only).
-async fn organizer_name(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Option<String> {
+pub(crate) async fn organizer_name(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Option<String> {
     #[derive(Deserialize)]
     struct Name {
         name: String,

@@ -23,9 +23,11 @@ mod account;
 pub(crate) mod call;
 mod events;
 mod me;
+mod moderation;
 mod organizer;
 mod pages;
 pub(crate) mod session;
+mod settings;
 
 use std::sync::Arc;
 
@@ -115,6 +117,13 @@ pub(crate) fn router(gw: Arc<Gateway>, secure_cookies: bool, strict: &RateLimitL
         .route("/my/events/{id}/{action}", post(organizer::act))
         .route("/notifications", get(me::notifications))
         .route("/notifications/{id}/read", post(me::read))
+        .route("/account", get(settings::show))
+        .route("/account/password", post(settings::change_password))
+        .route("/account/sessions/{id}/end", post(settings::end_session))
+        .route("/account/logout-all", post(settings::logout_all))
+        .route("/settings/notifications", get(settings::mail).post(settings::save_mail))
+        .route("/admin/users", get(moderation::users))
+        .route("/admin/users/{id}/{action}", post(moderation::act))
         .route("/login", get(account::login_form).post(account::login))
         .route("/logout", post(account::logout))
         .route("/signup", get(account::signup_form).post(account::signup.layer(strict.clone())))

@@ -354,6 +354,9 @@ struct Manage {
     waitlist: Option<ParticipantPage>,
     bans: Option<BanPage>,
     error: Option<String>,
+    /// A moderator acting on someone else's event (a reason is then required).
+    moderating: bool,
+    organizer: Option<String>,
 }
 
 impl Manage {
@@ -398,20 +401,25 @@ async fn manage_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<&Fa
         Ok(e) => e,
         Err(f) => return pages::failed(page, &f, &back),
     };
-    if page.viewer.user().is_none_or(|u| u.id != event.organizer_id) {
+    let layout = page.layout(site, event.title.clone()).await;
+    let moderating = page.viewer.user().is_none_or(|u| u.id != event.organizer_id);
+    if moderating && !layout.moderates() {
         return pages::failed(
             page,
-            &Failure::forbidden(Upstream::Events, "Only the event's organizer can manage it."),
+            &Failure::forbidden(Upstream::Events, "Only the event's organizer or a moderator can manage it."),
             &back,
         );
     }
-    let (participants, waitlist, bans) = tokio::join!(
+    let (participants, waitlist, bans, organizer) = tokio::join!(
         people::<ParticipantPage>(site, page, token, id, "participants"),
         people::<ParticipantPage>(site, page, token, id, "waitlist"),
         people::<BanPage>(site, page, token, id, "bans"),
+        super::events::organizer_name(site, page, token, event.organizer_id),
     );
     let t = Manage {
-        layout: page.layout(site, event.title.clone()).await,
+        layout,
+        moderating,
+        organizer,
         card: Card::new(page, &event, "", false),
         status: status_label(event.status),
         participants,

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use askama::Template;
 use axum::extract::FromRequestParts;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use cityevents_api::auth::User;
+use cityevents_api::auth::{User, roles};
 use cityevents_common::zone::Zone;
 use http::request::Parts;
 use http::{Extensions, HeaderValue, StatusCode};
@@ -43,6 +43,12 @@ const NOTICES: &[(&str, &str)] = &[
     ("banned", "They are banned from this event."),
     ("unbanned", "The ban is lifted."),
     ("read", "Marked as read."),
+    ("password_changed", "Your password is changed. Your other devices are logged out."),
+    ("session_ended", "That session is logged out."),
+    ("signed_out_everywhere", "You are logged out on every device."),
+    ("role_changed", "The role is changed. It applies from their next page."),
+    ("account_banned", "The account is banned and logged out everywhere."),
+    ("account_unbanned", "The account's ban is lifted."),
 ];
 
 /// What a page handler knows of its request (an extractor; never refuses).
@@ -170,6 +176,18 @@ pub(crate) struct Layout {
     pub(crate) csrf: String,
     pub(crate) notice: Option<&'static str>,
     pub(crate) unread: u64,
+}
+
+impl Layout {
+    /// Whether the viewer may moderate (a moderator or an admin).
+    pub(crate) fn moderates(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.role == roles::MODERATOR || u.role == roles::ADMIN)
+    }
+
+    /// Whether the viewer is an admin.
+    pub(crate) fn administers(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.role == roles::ADMIN)
+    }
 }
 
 /// `t` rendered with `status`; a template that fails to render is logged and a plain 500.

@@ -180,6 +180,16 @@ impl Sessions {
         }
     }
 
+    /// Drops the session whose access token is `access`: a service refused it (a role change,
+    /// a ban, a password change elsewhere), so the next page refreshes it at auth, which gives
+    /// one that says what the account may do now, or ends the session.
+    pub(crate) fn forget_access(&self, access: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            // Rare (a refusal), so a scan rather than a second index.
+            cache.retain(|_, c| c.access != access);
+        }
+    }
+
     /// Keeps a pair auth just gave (sign-in, password change) with its account.
     pub(crate) async fn started(
         &self,
@@ -414,5 +424,16 @@ mod tests {
         s.keep("r4", &pair(900), &user());
         s.forget("r4");
         assert!(s.cached("r4").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_access_token_is_dropped_so_the_next_page_refreshes() {
+        let s = Sessions::new(false);
+        s.keep("r1", &pair(900), &user());
+        let other = TokenPair { access_token: "other".into(), ..pair(900) };
+        s.keep("r2", &other, &user());
+        s.forget_access("access");
+        assert!(s.cached("r1").is_none());
+        assert_eq!(s.cached("r2").map(|c| c.access).as_deref(), Some("other"));
     }
 }

@@ -1,0 +1,271 @@
+//! A signed-in person's account: who they are, their password, the devices signed in, and
+//! which mails they get.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Form, Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use cityevents_api::auth::{SessionList, TokenPair};
+use cityevents_api::notifications::MailPreferences;
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Site;
+use super::account::{Errors, status_of};
+use super::call::Failure;
+use super::pages::{self, Layout, Page, render};
+use super::session;
+use crate::routes::Upstream;
+
+/// A live session as the account page lists it.
+struct SessionRow {
+    id: String,
+    started: String,
+    started_at: String,
+    last_used: String,
+    last_used_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/account.html")]
+struct AccountPage {
+    layout: Layout,
+    /// `None`: auth did not list them just now.
+    sessions: Option<Vec<SessionRow>>,
+    member_since: String,
+    errors: Errors,
+    min_password: usize,
+}
+
+impl AccountPage {
+    fn role(&self) -> &str {
+        match self.layout.user.as_ref().map(|u| u.role.as_str()) {
+            Some("admin") => "Administrator",
+            Some("moderator") => "Moderator",
+            _ => "Member",
+        }
+    }
+
+    fn verified(&self) -> bool {
+        self.layout.user.as_ref().is_some_and(|u| u.email_verified)
+    }
+}
+
+const ACCOUNT: &str = "/account";
+
+async fn account_page(site: &Site, page: &Page, token: &str, errors: Errors, status: StatusCode) -> Response {
+    let sessions = site.get::<SessionList>(Upstream::Auth, "/api/v1/auth/sessions", Some(token), &page.address).await;
+    let sessions = sessions.ok().map(|list| {
+        list.items
+            .into_iter()
+            .map(|s| SessionRow {
+                id: s.id,
+                started: page.when(s.started_at, "UTC"),
+                started_at: pages::machine_time(s.started_at),
+                last_used: page.when(s.last_used_at, "UTC"),
+                last_used_at: pages::machine_time(s.last_used_at),
+            })
+            .collect()
+    });
+    let member_since = page.viewer.user().map(|u| page.when(u.created_at, "UTC")).unwrap_or_default();
+    let t = AccountPage {
+        layout: page.layout(site, "Your account").await,
+        sessions,
+        member_since,
+        errors,
+        min_password: cityevents_api::limits::MIN_PASSWORD,
+    };
+    render(status, &t)
+}
+
+/// `GET /account`.
+pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page) -> Response {
+    let token = match page.signed(ACCOUNT) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    account_page(&site, &page, token, Errors::default(), StatusCode::OK).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PasswordForm {
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    new_password: String,
+}
+
+/// `POST /account/password`: auth ends every session and starts a new one for this browser.
+pub(crate) async fn change_password(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let token = match page.signed(ACCOUNT) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let body = json!({ "current_password": form.current_password, "new_password": form.new_password });
+    let pair = site.post::<TokenPair>(Upstream::Auth, "/api/v1/auth/password", Some(token), &body, &page.address).await;
+    match pair {
+        Ok(pair) => {
+            if let Some(signed) = &page.viewer.signed {
+                site.sessions.forget(&signed.refresh);
+            }
+            // The new pair is this browser's session whether or not the account reads back now.
+            let _ = site.sessions.started(&site, &pair, &page.address).await;
+            session::start(Redirect::to("/account?notice=password_changed").into_response(), pair.refresh_token)
+        }
+        Err(f) if f.status.is_client_error() && f.status != StatusCode::UNAUTHORIZED => {
+            let mut errors = Errors::of(&f);
+            if f.code() == Some("account_banned") {
+                errors.summary = Some(f.message());
+            }
+            account_page(&site, &page, token, errors, status_of(&f)).await
+        }
+        Err(f) => pages::failed(&page, &f, ACCOUNT),
+    }
+}
+
+/// `POST /account/sessions/{id}/end`: logs one device out (this one too, if it is this one).
+pub(crate) async fn end_session(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
+    let token = match page.signed(ACCOUNT) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let Ok(id) = uuid::Uuid::parse_str(&id) else { return pages::not_found(&page) };
+    let path = format!("/api/v1/auth/sessions/{id}");
+    match site.send(Upstream::Auth, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
+        // Gone already (another tab ended it): what was asked for is so.
+        Ok(_) => Redirect::to("/account?notice=session_ended").into_response(),
+        Err(f) if f.code() == Some("session_not_found") => {
+            Redirect::to("/account?notice=session_ended").into_response()
+        }
+        Err(f) => pages::failed(&page, &f, ACCOUNT),
+    }
+}
+
+/// `POST /account/logout-all`: every device, this one included.
+pub(crate) async fn logout_all(State(site): State<Arc<Site>>, page: Page) -> Response {
+    let token = match page.signed(ACCOUNT) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let empty = json!({});
+    match site
+        .send(Upstream::Auth, Method::POST, "/api/v1/auth/logout-all", Some(token), Some(&empty), &page.address, &[])
+        .await
+    {
+        Ok(_) => {
+            if let Some(signed) = &page.viewer.signed {
+                site.sessions.forget(&signed.refresh);
+            }
+            session::end(Redirect::to("/login?notice=signed_out_everywhere"))
+        }
+        Err(f) => pages::failed(&page, &f, ACCOUNT),
+    }
+}
+
+/// A kind of mail the preferences page lists.
+struct Choice {
+    name: &'static str,
+    label: &'static str,
+    on: bool,
+}
+
+#[derive(Template)]
+#[template(path = "web/mail_settings.html")]
+struct MailSettings {
+    layout: Layout,
+    choices: Vec<Choice>,
+}
+
+const MAIL_SETTINGS: &str = "/settings/notifications";
+
+/// `GET /settings/notifications` (linked from every mail that can be turned off).
+pub(crate) async fn mail(State(site): State<Arc<Site>>, page: Page) -> Response {
+    let token = match page.signed(MAIL_SETTINGS) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let prefs: MailPreferences =
+        match site.get(Upstream::Notifier, "/api/v1/me/mail-preferences", Some(token), &page.address).await {
+            Ok(p) => p,
+            Err(f) => return pages::failed(&page, &f, MAIL_SETTINGS),
+        };
+    let t = MailSettings { layout: page.layout(&site, "Mail settings").await, choices: choices(&prefs) };
+    render(StatusCode::OK, &t)
+}
+
+fn choices(p: &MailPreferences) -> Vec<Choice> {
+    vec![
+        Choice { name: "event_canceled", label: "An event I joined is canceled", on: p.event_canceled },
+        Choice { name: "waitlist_promoted", label: "I get a seat from the waitlist", on: p.waitlist_promoted },
+        Choice { name: "removed", label: "An organizer removes me from an event", on: p.removed },
+    ]
+}
+
+/// The preferences form: a box left unticked is not sent, so it means off.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct MailForm {
+    #[serde(default)]
+    event_canceled: Option<String>,
+    #[serde(default)]
+    waitlist_promoted: Option<String>,
+    #[serde(default)]
+    removed: Option<String>,
+}
+
+impl MailForm {
+    fn preferences(&self) -> MailPreferences {
+        MailPreferences {
+            event_canceled: self.event_canceled.is_some(),
+            waitlist_promoted: self.waitlist_promoted.is_some(),
+            removed: self.removed.is_some(),
+        }
+    }
+}
+
+/// `POST /settings/notifications`.
+pub(crate) async fn save_mail(State(site): State<Arc<Site>>, page: Page, Form(form): Form<MailForm>) -> Response {
+    let token = match page.signed(MAIL_SETTINGS) {
+        Ok(t) => t,
+        Err(r) => return *r,
+    };
+    let body = match serde_json::to_value(form.preferences()) {
+        Ok(b) => b,
+        Err(_) => return pages::failed(&page, &Failure::unreadable(Upstream::Notifier), MAIL_SETTINGS),
+    };
+    let path = "/api/v1/me/mail-preferences";
+    match site.send(Upstream::Notifier, Method::PUT, path, Some(token), Some(&body), &page.address, &[]).await {
+        Ok(_) => Redirect::to("/settings/notifications?notice=saved").into_response(),
+        Err(f) => pages::failed(&page, &f, MAIL_SETTINGS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::FromRequest as _;
+
+    use super::*;
+
+    async fn form(body: &str) -> MailForm {
+        let req = http::Request::post("/")
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        Form::<MailForm>::from_request(req, &()).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn an_unticked_box_turns_its_mail_off() {
+        let p = form("csrf=x&event_canceled=on&removed=on").await.preferences();
+        assert!(p.event_canceled && p.removed && !p.waitlist_promoted);
+        let p = form("csrf=x").await.preferences();
+        assert!(!p.event_canceled && !p.removed && !p.waitlist_promoted);
+        let listed: Vec<_> = choices(&p).iter().map(|c| c.name).collect();
+        assert_eq!(listed, ["event_canceled", "waitlist_promoted", "removed"]);
+    }
+}
