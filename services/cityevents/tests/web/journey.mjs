@@ -7,7 +7,8 @@
 // second leaves, the third is promoted and sees the notification; the organizer edits the
 // event; an admin makes a fourth person a moderator, who cancels the event with a reason,
 // which the third sees on the event and in a notification. The third changes their password
-// and mail settings; the second logs out everywhere. Every page is checked with axe-core (no
+// and mail settings, and logs a second device out from the account page; the second logs out
+// everywhere. Every page is checked with axe-core (no
 // serious or critical violation), logs no console error (a CSP violation is one), and is kept
 // as a screenshot at phone and desktop width.
 //
@@ -346,6 +347,35 @@ try {
     await page.waitForURL(/notice=saved/);
     expect(!(await page.getByLabel("An event I joined is canceled").isChecked()), "the choice is kept");
     expect(await page.getByLabel("I get a seat from the waitlist").isChecked(), "the others stay on");
+  });
+
+  await step("a session logged out from the account page ends on that device only", async () => {
+    const phone = await person("Cal");
+    phone.email = cal.email;
+    phone.name = "Cal";
+    await phone.page.goto(`${BASE}/login`);
+    await phone.page.getByLabel("E-mail address").fill(cal.email);
+    await phone.page.getByLabel("Password").fill(`${PASSWORD} again`);
+    await phone.page.getByRole("button", { name: "Log in" }).click();
+    await phone.page.waitForURL(/notice=signed_in/);
+    const page = cal.page;
+    await page.goto(`${BASE}/account`);
+    const rows = page.locator("tbody tr");
+    expect(await rows.count() === 2, `two sessions listed, got ${await rows.count()}`);
+    // Most recently used first: the phone's sign-in.
+    await rows.first().getByRole("button", { name: /^Log out/ }).click();
+    await page.waitForURL(/notice=session_ended/);
+    await page.getByText("That session is logged out.").waitFor();
+    expect(await signedInAs(cal), "this browser stays signed in");
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      await phone.page.goto(`${BASE}/my/joins`);
+      if (phone.page.url().includes("/login")) break;
+      expect(Date.now() < deadline, "the ended session still shows pages after 10 s");
+      await phone.page.waitForTimeout(300);
+    }
+    await page.goto(`${BASE}/account`);
+    expect(await page.locator("tbody tr").count() === 1, "one session left");
   });
 
   await step("logging out everywhere, without JavaScript, ends every session", async () => {

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Form, Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::auth::{SessionList, TokenPair};
 use cityevents_api::notifications::MailPreferences;
@@ -55,8 +56,17 @@ impl AccountPage {
 
 const ACCOUNT: &str = "/account";
 
-async fn account_page(site: &Site, page: &Page, token: &str, errors: Errors, status: StatusCode) -> Response {
-    let sessions = site.get::<SessionList>(Upstream::Auth, "/api/v1/auth/sessions", Some(token), &page.address).await;
+async fn sessions(site: &Site, page: &Page, token: &str) -> Result<SessionList, Failure> {
+    site.get::<SessionList>(Upstream::Auth, "/api/v1/auth/sessions", Some(token), &page.address).await
+}
+
+async fn account_page(
+    site: &Site,
+    page: &Page,
+    sessions: Result<SessionList, Failure>,
+    errors: Errors,
+    status: StatusCode,
+) -> Response {
     let sessions = sessions.ok().map(|list| {
         list.items
             .into_iter()
@@ -81,12 +91,40 @@ async fn account_page(site: &Site, page: &Page, token: &str, errors: Errors, sta
 }
 
 /// `GET /account`.
-pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page) -> Response {
+pub(crate) async fn show(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    query: Result<Query<AccountQuery>, QueryRejection>,
+) -> Response {
     let token = match page.signed(ACCOUNT) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    account_page(&site, &page, token, Errors::default(), StatusCode::OK).await
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let listed = sessions(&site, &page, token).await;
+    // Ending a session, here or elsewhere, ends the account's access tokens: the kept one may be
+    // refused now. It is dropped then (see `Site::send`), so one more load refreshes the session.
+    if let Err(f) = &listed
+        && f.status == StatusCode::UNAUTHORIZED
+        && !query.again
+    {
+        let mut again = form_urlencoded::Serializer::new(String::new());
+        again.append_pair("again", "true");
+        if let Some(n) = &query.notice {
+            again.append_pair("notice", n);
+        }
+        return Redirect::to(&format!("{ACCOUNT}?{}", again.finish())).into_response();
+    }
+    account_page(&site, &page, listed, Errors::default(), StatusCode::OK).await
+}
+
+/// `GET /account`'s query: the notice to show, and whether this is the reload after a refused
+/// token (at most one).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AccountQuery {
+    #[serde(default)]
+    again: bool,
+    notice: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,7 +161,8 @@ pub(crate) async fn change_password(
             if f.code() == Some("account_banned") {
                 errors.summary = Some(f.message());
             }
-            account_page(&site, &page, token, errors, status_of(&f)).await
+            let listed = sessions(&site, &page, token).await;
+            account_page(&site, &page, listed, errors, status_of(&f)).await
         }
         Err(f) => pages::failed(&page, &f, ACCOUNT),
     }
