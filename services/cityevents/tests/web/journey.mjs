@@ -1,7 +1,8 @@
 // City Events' web front end, driven in headless Chromium by Playwright (run by
 // services/cityevents/tests/web.rs against an all-in-one it started).
 //
-// The journey: an organizer signs up, confirms the address through the mail the development
+// The journey: a visitor uses the site from the keyboard (skip link, search; focus visible); an
+// organizer signs up, confirms the address through the mail the development
 // transport wrote, logs in, creates a one-seat event and publishes it; a second person joins
 // (with JavaScript off: every page and form works without it); a third joins the waitlist; the
 // second leaves, the third is promoted and sees the notification; the organizer edits the
@@ -182,6 +183,28 @@ try {
     expect(missing.status() === 404, `404 page answers 404, got ${missing.status()}`);
     olive.errors.length = 0; // the browser logs the page's own 404
     await check(olive, "not-found");
+  });
+
+  await step("the site works from the keyboard, with focus always visible", async () => {
+    const page = olive.page;
+    await page.goto(`${BASE}/`);
+    const focused = () => page.evaluate(() => {
+      const e = document.activeElement;
+      const style = getComputedStyle(e);
+      return { id: e.id, text: (e.textContent || "").trim(), outline: style.outlineStyle, width: style.outlineWidth };
+    });
+    await page.keyboard.press("Tab");
+    let f = await focused();
+    expect(f.text === "Skip to content", `the first Tab reaches the skip link, got "${f.text}"`);
+    expect(f.outline !== "none" && f.width !== "0px", `focus on the skip link is visible (${f.outline} ${f.width})`);
+    await page.keyboard.press("Enter");
+    await page.keyboard.press("Tab");
+    f = await focused();
+    expect(f.id === "q", `after the skip link, Tab reaches the search field, got "${f.id || f.text}"`);
+    expect(f.outline !== "none" && f.width !== "0px", "focus on the search field is visible");
+    await page.keyboard.type("jazz");
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/\?q=jazz/);
   });
 
   await step("the organizer signs up, confirms the address and logs in", () => signUpAndLogIn(olive, true));
