@@ -139,11 +139,11 @@ async function signUpAndLogIn(p, shots) {
   await logIn(p);
 }
 
-async function logIn(p) {
+async function logIn(p, password = PASSWORD) {
   const page = p.page;
   if (!page.url().includes("/login")) await page.goto(`${BASE}/login`);
   await page.getByLabel("E-mail address").fill(p.email);
-  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByLabel("Password").fill(password);
   await page.getByRole("button", { name: "Log in" }).click();
   await page.waitForURL(/notice=signed_in/);
   expect(await signedInAs(p), `${p.name} is shown signed in`);
@@ -306,7 +306,6 @@ try {
   await step("an admin finds an account and makes it a moderator", async () => {
     await signUpAndLogIn(mo, false);
     const page = ada.page;
-    await page.goto(`${BASE}/login`);
     await logIn(ada);
     await page.getByRole("link", { name: "Accounts" }).click();
     await check(ada, "admin-users");
@@ -375,12 +374,7 @@ try {
   await step("a session logged out from the account page ends on that device only", async () => {
     const phone = await person("Cal");
     phone.email = cal.email;
-    phone.name = "Cal";
-    await phone.page.goto(`${BASE}/login`);
-    await phone.page.getByLabel("E-mail address").fill(cal.email);
-    await phone.page.getByLabel("Password").fill(`${PASSWORD} again`);
-    await phone.page.getByRole("button", { name: "Log in" }).click();
-    await phone.page.waitForURL(/notice=signed_in/);
+    await logIn(phone, `${PASSWORD} again`);
     const page = cal.page;
     await page.goto(`${BASE}/account`);
     const rows = page.locator("tbody tr");

@@ -157,12 +157,17 @@ pub(crate) struct AccountForm {
     back: Option<String>,
 }
 
-/// `back` (a path of this site, else the list) with `notice` added.
-fn back_with(back: Option<&str>, notice: &str) -> String {
-    let back = match back {
+/// Where a form comes back to: `back` when it is a path of this site, else the list.
+fn back_to(back: Option<&str>) -> String {
+    match back {
         Some(b) if !b.is_empty() => pages::local_path(Some(b)),
         _ => USERS.to_owned(),
-    };
+    }
+}
+
+/// `back` (see [`back_to`]) with `notice` added.
+fn back_with(back: Option<&str>, notice: &str) -> String {
+    let back = back_to(back);
     let sep = if back.contains('?') { '&' } else { '?' };
     format!("{back}{sep}notice={notice}")
 }
@@ -174,7 +179,7 @@ pub(crate) async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<AccountForm>,
 ) -> Response {
-    let back = pages::local_path(form.back.as_deref().filter(|b| !b.is_empty()).or(Some(USERS)));
+    let back = back_to(form.back.as_deref());
     let token = match page.signed(&back) {
         Ok(t) => t,
         Err(r) => return *r,
@@ -194,7 +199,7 @@ pub(crate) async fn act(
         _ => return pages::not_found(&page),
     };
     match site.send(Upstream::Auth, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {
-        Ok(_) => Redirect::to(&back_with(Some(&back), notice)).into_response(),
+        Ok(_) => Redirect::to(&back_with(form.back.as_deref(), notice)).into_response(),
         Err(f) => pages::failed(&page, &f, &back),
     }
 }

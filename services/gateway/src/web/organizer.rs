@@ -401,20 +401,24 @@ async fn manage_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<&Fa
         Ok(e) => e,
         Err(f) => return pages::failed(page, &f, &back),
     };
-    let layout = page.layout(site, event.title.clone()).await;
     let moderating = page.viewer.user().is_none_or(|u| u.id != event.organizer_id);
-    if moderating && !layout.moderates() {
+    if moderating && !pages::moderator(page.viewer.user()) {
         return pages::failed(
             page,
             &Failure::forbidden(Upstream::Events, "Only the event's organizer or a moderator can manage it."),
             &back,
         );
     }
-    let (participants, waitlist, bans, organizer) = tokio::join!(
+    // Only a moderator's view names the organizer (their own page needs no name).
+    let organizer = async {
+        if moderating { super::events::organizer_name(site, page, token, event.organizer_id).await } else { None }
+    };
+    let (participants, waitlist, bans, organizer, layout) = tokio::join!(
         people::<ParticipantPage>(site, page, token, id, "participants"),
         people::<ParticipantPage>(site, page, token, id, "waitlist"),
         people::<BanPage>(site, page, token, id, "bans"),
-        super::events::organizer_name(site, page, token, event.organizer_id),
+        organizer,
+        page.layout(site, event.title.clone()),
     );
     let t = Manage {
         layout,

@@ -178,10 +178,15 @@ pub(crate) struct Layout {
     pub(crate) unread: u64,
 }
 
+/// Whether `user` may moderate (a moderator or an admin).
+pub(crate) fn moderator(user: Option<&User>) -> bool {
+    user.is_some_and(|u| u.role == roles::MODERATOR || u.role == roles::ADMIN)
+}
+
 impl Layout {
     /// Whether the viewer may moderate (a moderator or an admin).
     pub(crate) fn moderates(&self) -> bool {
-        self.user.as_ref().is_some_and(|u| u.role == roles::MODERATOR || u.role == roles::ADMIN)
+        moderator(self.user.as_ref())
     }
 
     /// Whether the viewer is an admin.
