@@ -326,6 +326,12 @@ impl Client {
             .build()
             .map_err(|e| ClientError::Invalid { upstream: name.to_owned(), message: e.to_string() })?;
         let bulkhead = Bulkhead::new(name, cfg.bulkhead.clone(), metrics.as_ref().map(|m| m.bulkhead.clone()));
+        if let Some(m) = &metrics {
+            // Both results exist at zero from the start, so `rate()` has a series before the first retry.
+            for result in ["made", "budget_exhausted"] {
+                let _ = m.retries.with_label_values(&[name, result]);
+            }
+        }
         if let Some(path) = &cfg.health_path {
             // While the breaker is open, the upstream's readiness decides when trials start.
             let (probe_http, url) = (http.clone(), format!("{}{path}", cfg.base_url.trim_end_matches('/')));

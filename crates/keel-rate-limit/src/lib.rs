@@ -515,6 +515,11 @@ impl RateLimiter {
             in_force: AtomicU8::new(InForce::Backend as u8),
         };
         limiter.publish(InForce::Backend);
+        // At zero from the start, so `rate()` and the backend-error alert see the series before
+        // the first failure.
+        if let Some(m) = &limiter.metrics {
+            let _ = m.backend_errors.with_label_values(&[&limiter.name]);
+        }
         limiter
     }
 

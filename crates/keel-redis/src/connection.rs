@@ -104,6 +104,10 @@ impl Redis {
         )
         .map_err(|e| RedisError::Config(e.to_string()))?;
         metrics.register(commands.clone()).map_err(|e| RedisError::Config(e.to_string()))?;
+        // Every outcome at zero from the start, so an error ratio has a series before the first error.
+        for outcome in ["ok", "error", "timeout", "unavailable"] {
+            let _ = commands.with_label_values(&[outcome]);
+        }
         metrics.register(duration.clone()).map_err(|e| RedisError::Config(e.to_string()))?;
         let prefix = config.key_prefix.clone().unwrap_or_else(|| format!("{service}:"));
         Ok(Self {

@@ -190,6 +190,8 @@ impl Section for SecurityConfig {
         // template so `secret_file` / `private_key_file` resolve like any other secret.
         t.map_entries("jwt.keys", &JwtKeyConfig::default());
         t.map_entries("audit.keys", &AuditKeyConfig::default());
+        // `security.encryption.data_keys` maps ids to wrapped keys: `<kid>_file` needs a `<kid>`.
+        t.file_entries("encryption.data_keys");
     }
 }
 

@@ -410,6 +410,45 @@ fn jwt_keys_load_from_secret_files_and_are_validated() {
     assert!(!text.contains("short-secret"), "{text}");
 }
 
+#[test]
+fn data_keys_load_from_secret_files() {
+    let master = keel::security::crypto::generate_key();
+    let wrapped = keel::security::crypto::MasterKey::from_secret(&Secret::new(master.clone()))
+        .unwrap()
+        .new_data_key("k1")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (master_file, key_file) = (dir.path().join("master"), dir.path().join("k1"));
+    std::fs::write(&master_file, format!("{master}\n")).unwrap();
+    std::fs::write(&key_file, format!("{wrapped}\n")).unwrap();
+    let (master_s, key_s) = (master_file.display().to_string(), key_file.display().to_string());
+    let l = load(
+        Profile::Development,
+        &[
+            ("SVC__SECURITY__ENCRYPTION__MASTER_KEY_FILE", &master_s),
+            ("SVC__SECURITY__ENCRYPTION__DATA_KEYS__K1_FILE", &key_s),
+            ("SVC__SECURITY__ENCRYPTION__ACTIVE_KEY", "k1"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let enc = &l.config.keel.security.encryption;
+    assert_eq!(enc.data_keys.get("k1").map(String::as_str), Some(wrapped.as_str()));
+    assert!(!enc.data_keys.contains_key("k1_file"), "{:?}", enc.data_keys);
+    let ring = keel::security::crypto::Keyring::from_config(enc).unwrap();
+    assert_eq!(ring.decrypt_str(&ring.encrypt_str("bob@example.com").unwrap()).unwrap(), "bob@example.com");
+
+    // A file that is not there names the setting.
+    let e = load(
+        Profile::Development,
+        &[
+            ("SVC__SECURITY__ENCRYPTION__MASTER_KEY_FILE", &master_s),
+            ("SVC__SECURITY__ENCRYPTION__DATA_KEYS__K1_FILE", "/nonexistent/k1"),
+        ],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("data_keys.k1"), "{e}");
+}
+
 async fn audit_chain(url: &str) {
     sqlx::any::install_default_drivers();
     let backend = keel::data::Backend::from_url(url).unwrap();

@@ -3,10 +3,14 @@
 //! Prometheus's own `promtool`) and reads only series that exist: a metric in
 //! `docs/metrics.md`, a recording rule of `deploy/prometheus/rules.yaml`, or `up`.
 //!
-//! promtool (Debian's `prometheus`) and python3 are needed; without them the tests skip with a
+//! One test starts Prometheus against a running all-in-one and runs every rule and query there.
+//!
+//! promtool and prometheus (Debian's `prometheus`) and python3 are needed; without them the tests skip with a
 //! message, except under `CI=true`, where they fail.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -250,4 +254,150 @@ fn every_query_parses_as_promql() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A Prometheus started here scrapes a running all-in-one (five jobs, as the deployments name
+/// them) with the committed rules loaded, after a little traffic through the gateway: every
+/// recording and alerting rule evaluates without error, every dashboard query runs, and every
+/// metric a dashboard reads is one the platform exports (or a recording rule's output).
+#[test]
+fn every_query_runs_in_a_prometheus_scraping_the_platform() {
+    let redis = keel::testing::redis_url();
+    if !have("prometheus") || !keel::testing::require("Redis", &redis) {
+        return;
+    }
+    // The gateway's API limits on Redis, as deployed, so its Redis series exist too.
+    let mut env = vec![
+        ("CITYEVENTS_GATEWAY__REDIS__URL".to_owned(), redis),
+        ("CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX".to_owned(), format!("{}:", common::unique("ce_dash_"))),
+        ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__BACKEND".to_owned(), "redis".to_owned()),
+    ];
+    let mut jobs = Vec::new();
+    for svc in common::SERVICES {
+        let port = keel::testing::unused_port();
+        env.push((format!("CITYEVENTS_{}__MANAGEMENT__ADDR", svc.to_ascii_uppercase()), format!("127.0.0.1:{port}")));
+        jobs.push((svc, port));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let platform = common::Platform::all_in_one(&env);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    keel::http::client::install_tls_provider();
+    let http = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(30)).build().unwrap();
+    rt.block_on(traffic(&http, &platform.base));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n");
+    let _ = writeln!(config, "rule_files: [{:?}]", root().join("deploy/prometheus/rules.yaml").display().to_string());
+    config.push_str("scrape_configs:\n");
+    for (svc, port) in &jobs {
+        let _ = writeln!(config, "  - job_name: {svc}\n    static_configs: [{{targets: [\"127.0.0.1:{port}\"]}}]");
+    }
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = keel::testing::unused_port();
+    let mut prom = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+
+    rt.block_on(async {
+        // Every target up, then scraped again after more traffic, so that `rate()` has two samples.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let up = query(&http, &api, "sum(up)").await;
+            if up.ok().and_then(|v| v.first().and_then(|s| s["value"][1].as_str().map(str::to_owned))).as_deref()
+                == Some("5")
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the five targets were not all up within 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        traffic(&http, &platform.base).await;
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+
+        let rules: Value = http.get(format!("{api}/rules")).send().await.unwrap().json().await.unwrap();
+        let mut evaluated = 0;
+        for group in rules["data"]["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                assert_ne!(rule["health"], "err", "{}: {}", rule["name"], rule["lastError"]);
+                evaluated += 1;
+            }
+        }
+        assert!(evaluated >= 88, "only {evaluated} rules loaded");
+
+        let names: Value = http.get(format!("{api}/label/__name__/values")).send().await.unwrap().json().await.unwrap();
+        let exported: BTreeSet<String> =
+            names["data"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect();
+        let mut failed = Vec::new();
+        let mut absent = BTreeSet::new();
+        for (board, panel, expr) in queries() {
+            if let Err(e) = query(&http, &api, &concrete(&expr)).await {
+                failed.push(format!("{board} / {panel}: {e}"));
+            }
+            for name in metric_names(&concrete(&expr)) {
+                if name != "up" && !exported.contains(&name) {
+                    absent.insert(name);
+                }
+            }
+        }
+        assert!(failed.is_empty(), "dashboard queries Prometheus refused:\n{}", failed.join("\n"));
+        assert!(absent.is_empty(), "series the dashboards read and the running platform does not export: {absent:?}");
+    });
+    prom.0.kill().unwrap();
+    drop(platform);
+}
+
+/// Kills Prometheus when the test ends, failed or not.
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An instant query's result, or Prometheus's error.
+async fn query(http: &reqwest::Client, api: &str, q: &str) -> Result<Vec<Value>, String> {
+    let mut url = reqwest::Url::parse(&format!("{api}/query")).map_err(|e| e.to_string())?;
+    url.query_pairs_mut().append_pair("query", q);
+    let r = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let body: Value = r.json().await.map_err(|e| e.to_string())?;
+    if body["status"] != "success" {
+        return Err(format!("{}: {}", body["errorType"], body["error"]));
+    }
+    Ok(body["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Some of what users do, through the gateway: pages, lists, a sign-up, a sign-in (a wrong one
+/// too), a request refused.
+async fn traffic(http: &reqwest::Client, base: &str) {
+    let email = format!("{}@example.com", common::unique("metrics"));
+    let password = "a long enough password 1";
+    for path in ["/", "/api/v1/events", "/api/v1/events?city=Lyon", "/api/v1/meta/cities", "/no-such-page"] {
+        http.get(format!("{base}{path}")).send().await.unwrap();
+    }
+    let r = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"email": email, "password": password, "name": "Metrics"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "register: {}", r.status());
+    for pw in ["wrong password, wrong", password] {
+        http.post(format!("{base}/api/v1/auth/login"))
+            .json(&serde_json::json!({"email": email, "password": pw}))
+            .send()
+            .await
+            .unwrap();
+    }
+    http.post(format!("{base}/api/v1/events")).json(&serde_json::json!({})).send().await.unwrap();
 }

@@ -50,6 +50,31 @@ impl DataError {
     }
 }
 
+/// Every `db_errors_total{kind}` label: [`DataError::kind`]'s, and `timeout` for a connection or
+/// query attempt that did not answer in time. The series exist at zero from the start.
+pub(crate) const KINDS: [&str; 20] = [
+    "unavailable",
+    "timeout",
+    "pool_timeout",
+    "pool_closed",
+    "io",
+    "tls",
+    "protocol",
+    "database",
+    "connection_lost",
+    "shutdown",
+    "too_many_connections",
+    "read_only",
+    "serialization",
+    "deadlock",
+    "lock_timeout",
+    "row_not_found",
+    "decode",
+    "config",
+    "migrate",
+    "other",
+];
+
 pub(crate) fn sql_kind(e: &sqlx::Error) -> &'static str {
     match e {
         sqlx::Error::PoolTimedOut => "pool_timeout",
@@ -257,6 +282,31 @@ impl IntoResponse for DataError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every label an error can get is one of the series that exist from the start.
+    #[test]
+    fn every_kind_is_listed() {
+        let errors = [
+            DataError::Unavailable { reason: String::new() },
+            DataError::AcquireTimeout,
+            DataError::Sql(sqlx::Error::PoolTimedOut),
+            DataError::Sql(sqlx::Error::PoolClosed),
+            DataError::Sql(sqlx::Error::Io(std::io::Error::other("x"))),
+            DataError::Sql(sqlx::Error::Protocol("x".into())),
+            DataError::Sql(sqlx::Error::RowNotFound),
+            DataError::Sql(sqlx::Error::ColumnNotFound("x".into())),
+            DataError::Sql(sqlx::Error::Configuration("x".into())),
+            DataError::Sql(sqlx::Error::WorkerCrashed),
+            DataError::NoMigrations(Backend::Sqlite),
+            DataError::Config(String::new()),
+        ];
+        let mut labels: Vec<&str> = errors.iter().map(DataError::kind).collect();
+        labels.extend(RETRYABLE.iter().map(|r| r.kind.label()));
+        labels.extend(["tls", "database", "migrate", "timeout"]);
+        for label in labels {
+            assert!(KINDS.contains(&label), "{label}");
+        }
+    }
 
     /// Every row of the table, one by one: its kind, whether it marks the database down, and
     /// the answer (503 with `Retry-After`).

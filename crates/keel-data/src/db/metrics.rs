@@ -37,6 +37,9 @@ impl DbMetrics {
         metrics.register(errors.clone())?;
         metrics.register(PoolCollector::new(name, pool.clone(), max)?)?;
         timeouts.with_label_values(&[name]).reset();
+        for kind in super::error::KINDS {
+            let _ = errors.with_label_values(&[name, kind]);
+        }
         Ok(Self { name: name.to_owned(), acquire, timeouts, errors })
     }
 
