@@ -72,6 +72,9 @@ pub enum StartError {
     /// The management address cannot be derived from the configuration.
     #[error("management.addr is needed: http.port + 1000 is past 65535")]
     ManagementAddr,
+    /// A file of `http.tls` cannot be read or used.
+    #[error(transparent)]
+    Tls(#[from] keel_tls::TlsError),
 }
 
 impl StartError {
@@ -82,7 +85,7 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         match self {
             Self::Setup(e) => e.is::<keel_config::ConfigError>(),
-            Self::Features(_) | Self::ManagementAddr => true,
+            Self::Features(_) | Self::ManagementAddr | Self::Tls(_) => true,
             _ => false,
         }
     }
@@ -506,6 +509,8 @@ pub(crate) async fn start_in<C: Section>(
     let Assembled { build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, .. } = a;
     let loaded_profile = profile;
 
+    // The TLS files are read and checked before anything listens.
+    let tls = keel_tls::Acceptor::new(&keel.http.tls)?;
     let http_listener = bind(http_addr).await?;
     let bound_http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: http_addr, source })?;
     let stop_accepting = CancellationToken::new();
@@ -527,6 +532,12 @@ pub(crate) async fn start_in<C: Section>(
         servers.push(serve(l, management, limits.clone(), &stop_accepting, &server_failed, "management"));
         router
     };
+    // The management listener stays plaintext (probes and scrapes come from inside the cluster);
+    // sharing the port, its routes are served over TLS with the rest.
+    let limits = match &tls {
+        Some(acceptor) => limits.with_tls(acceptor.clone()),
+        None => limits,
+    };
     servers.push(serve(http_listener, router, limits, &stop_accepting, &server_failed, "http"));
 
     let tracker = TaskTracker::new();
@@ -536,6 +547,9 @@ pub(crate) async fn start_in<C: Section>(
     // several services in one process keep their own log levels (see `Group`).
     let member = tracing::info_span!(target: keel_telemetry::SCOPE_TARGET, "service", service = %build.name);
     member.in_scope(|| health.spawn(&tracker, &stop_tasks));
+    if let Some(acceptor) = tls {
+        tasks.spawn(&tracker, "tls-reload".into(), acceptor.watch(stop_tasks.child_token()).instrument(member.clone()));
+    }
     for (name, task) in declared {
         tasks.spawn(&tracker, name, task(stop_tasks.child_token()).instrument(member.clone()));
     }

@@ -53,6 +53,8 @@ pub struct HttpConfig {
     /// Proxies (CIDRs) allowed to tell the client's IP through `X-Forwarded-For` / `Forwarded`.
     /// Default none: the socket peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// TLS on this listener (off by default: usually terminated at the ingress).
+    pub tls: keel_tls::ServerTlsConfig,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +72,7 @@ impl Default for HttpConfig {
             compression: true,
             hsts: HstsConfig::default(),
             trusted_proxies: Vec::new(),
+            tls: keel_tls::ServerTlsConfig::default(),
         }
     }
 }
@@ -130,6 +133,7 @@ impl Section for HttpConfig {
             v.invalid("header_read_timeout", "must be more than 0s");
         }
         v.section("http2", &self.http2);
+        v.section("tls", &self.tls);
     }
 }
 

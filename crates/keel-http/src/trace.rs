@@ -122,7 +122,7 @@ fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
         http.request.method = method,
         http.route = route,
         url.path = req.uri().path(),
-        url.scheme = req.uri().scheme_str().unwrap_or("http"),
+        url.scheme = req.uri().scheme_str().unwrap_or(scheme(req.extensions())),
         server.address = host,
         server.port = port,
         client.address = client.map(tracing::field::display),
@@ -168,6 +168,11 @@ fn server_address<B>(req: &Request<B>) -> (Option<&str>, Option<u16>) {
 
 fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
     if trusted.is_empty() { peer.to_canonical() } else { super::client_ip::client_ip(peer, headers, trusted) }
+}
+
+/// `https` for a request the listener received over TLS, else `http`.
+fn scheme(extensions: &http::Extensions) -> &'static str {
+    if extensions.get::<keel_tls::Encrypted>().is_some() { "https" } else { "http" }
 }
 
 fn protocol_version(v: Version) -> &'static str {

@@ -20,6 +20,11 @@
 //! - A global connection cap (a semaphore: at the cap, new clients wait in the kernel's
 //!   backlog) and a per-client-IP one (a client at its cap has its new connections closed at
 //!   once). The IP is the TCP peer's: behind a proxy, the proxy's.
+//! - TLS when the listener has a [`keel_tls::Acceptor`] ([`Limits::with_tls`]): the handshake
+//!   runs in the connection's own task, bounded by `http.tls.handshake_timeout`, so a slow
+//!   client holds its connection slot but never the accept loop. Requests over TLS carry
+//!   [`keel_tls::Encrypted`], and the client's certificates as [`keel_tls::PeerCertificates`]
+//!   when it presented some.
 //!
 //! # Shutdown
 //!
@@ -35,7 +40,7 @@
 mod idle;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -47,6 +52,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -70,6 +76,7 @@ pub struct Limits {
     pub(crate) http2_max_header_list_size: u32,
     /// `http_server_connections_refused_total`.
     pub(crate) refused: IntCounter,
+    pub(crate) tls: Option<keel_tls::Acceptor>,
 }
 
 impl Limits {
@@ -86,7 +93,15 @@ impl Limits {
             // Validated to at most 16 MiB.
             http2_max_header_list_size: u32::try_from(http.http2.max_header_list_size).unwrap_or(u32::MAX),
             refused,
+            tls: None,
         }
+    }
+
+    /// Serves TLS through `acceptor` (see [`keel_tls::Acceptor::watch`] for reloading).
+    #[must_use]
+    pub fn with_tls(mut self, acceptor: keel_tls::Acceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     fn builder(&self) -> Builder<TokioExecutor> {
@@ -172,20 +187,30 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let activity = Activity::new();
-        let service = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
-        });
-        let service = TowerToHyperService::new(Track::new(service, activity.clone()));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = Watchdog::new(conn, activity, deadlines, drain.clone().cancelled_owned(), |c: Pin<&mut _>| {
-            c.graceful_shutdown();
-        });
+        let conn =
+            Connection { builder: builder.clone(), router: router.clone(), peer, deadlines, drain: drain.clone() };
+        let tls = limits.tls.clone();
         connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match tls {
+                None => conn.serve(stream, None).await,
+                Some(tls) => {
+                    let handshake = tokio::select! {
+                        () = conn.drain.cancelled() => None,
+                        done = tls.accept(stream) => Some(done),
+                    };
+                    match handshake {
+                        Some(Ok(stream)) => {
+                            let peers = stream.get_ref().1.peer_certificates().map(|chain| {
+                                keel_tls::PeerCertificates(Arc::new(
+                                    chain.iter().map(|c| c.clone().into_owned()).collect(),
+                                ))
+                            });
+                            conn.serve(stream, Some(peers)).await;
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        None => {}
+                    }
+                }
             }
             drop(ip_slot);
             drop(slot);
@@ -195,6 +220,46 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     drain.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// What one accepted connection needs to be served.
+struct Connection {
+    builder: Builder<TokioExecutor>,
+    router: Router,
+    peer: SocketAddr,
+    deadlines: Deadlines,
+    drain: CancellationToken,
+}
+
+impl Connection {
+    /// Serves `io` until it closes or the drain ends it. `tls`: `Some` on a TLS connection, with
+    /// the client's certificates if it presented some.
+    async fn serve<I>(self, io: I, tls: Option<Option<keel_tls::PeerCertificates>>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self { builder, router, peer, deadlines, drain } = self;
+        let activity = Activity::new();
+        let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(peers) = &tls {
+                req.extensions_mut().insert(keel_tls::Encrypted);
+                if let Some(peers) = peers {
+                    req.extensions_mut().insert(peers.clone());
+                }
+            }
+            req
+        });
+        let service = TowerToHyperService::new(Track::new(service, activity.clone()));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = Watchdog::new(conn, activity, deadlines, drain.cancelled_owned(), |c: Pin<&mut _>| {
+            c.graceful_shutdown();
+        });
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
 }
 
 /// Open connections per client address, against `http.max_connections_per_ip`.
@@ -350,6 +415,108 @@ mod tests {
         assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
         stop.cancel();
         drop(held);
+        serving.await.unwrap();
+    }
+
+    /// (CA PEM, server certificate PEM, server key PEM, client identity signed by the CA).
+    fn pki() -> (String, String, String, (String, String)) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let sign = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = sign("localhost");
+        (ca_pem, cert, key, sign("client"))
+    }
+
+    /// A TLS client trusting `ca`, offering `alpn`, presenting `identity` if given.
+    fn tls_client(ca: &str, alpn: &[u8], identity: Option<&(String, String)>) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn serves_http1_over_tls_with_the_clients_certificate_in_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key, client) = pki();
+        let mut http = HttpConfig::default();
+        for (name, text) in [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        http.tls.cert_file = Some(dir.path().join("tls.crt"));
+        http.tls.key_file = Some(dir.path().join("tls.key"));
+        http.tls.client_ca_file = Some(dir.path().join("ca.crt"));
+        http.tls.client_auth = keel_tls::ClientAuth::Optional;
+        http.tls.handshake_timeout = Duration::from_millis(300);
+        let acceptor = keel_tls::Acceptor::new(&http.tls).unwrap().unwrap();
+        let limits = Limits::new(&http, refused_counter().unwrap()).with_tls(acceptor);
+        let router = Router::new().route(
+            "/",
+            get(|req: http::Request<Body>| async move {
+                let tls = req.extensions().get::<keel_tls::Encrypted>().is_some();
+                let peers = req.extensions().get::<keel_tls::PeerCertificates>().map_or(0, |p| p.0.len());
+                format!("tls={tls} peers={peers}")
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve(listener, router, limits, stop.clone()));
+
+        // A client that never starts its handshake is closed after handshake_timeout, and holds
+        // up no one meanwhile.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let get = |identity: Option<(String, String)>| {
+            let connector = tls_client(&ca, b"http/1.1", identity.as_ref());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+                let mut answer = Vec::new();
+                let _ = tls.read_to_end(&mut answer).await;
+                String::from_utf8(answer).unwrap()
+            }
+        };
+        let anonymous = get(None).await;
+        assert!(anonymous.starts_with("HTTP/1.1 200") && anonymous.ends_with("tls=true peers=0"), "{anonymous}");
+        let known = get(Some(client)).await;
+        assert!(known.ends_with("tls=true peers=1"), "{known}");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent client was not closed: {read:?}");
+
+        // Plaintext on a TLS listener gets no answer.
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await.unwrap();
+        assert!(!answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        stop.cancel();
         serving.await.unwrap();
     }
 

@@ -25,6 +25,7 @@
 //! | module | crate | what it is for |
 //! |---|---|---|
 //! | [`config`] | `keel-config` | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; the `Section` trait each crate's sections implement |
+//! | [`tls`] | `keel-tls` | TLS for listeners: rustls (ring), certificate and key files reloaded on change, client certificates (mTLS) |
 //! | [`resilience`] | `keel-resilience`, `keel-rate-limit` | backoff, retries, circuit breakers, bulkheads; rate limits as a tower layer |
 //! | [`telemetry`] | `keel-telemetry` | logs, traces and metrics; PII masking; the `log` and `telemetry` sections |
 //! | [`health`] | `keel-health` | health checks, the live / ready / startup probes, dependency connection state |
@@ -61,6 +62,7 @@ pub use keel_slo as slo;
 pub use keel_telemetry as telemetry;
 #[cfg(feature = "test-util")]
 pub use keel_testing as testing;
+pub use keel_tls as tls;
 pub use keel_workers as workers;
 
 pub mod resilience {

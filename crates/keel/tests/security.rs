@@ -449,6 +449,30 @@ fn data_keys_load_from_secret_files() {
     assert!(e.to_string().contains("data_keys.k1"), "{e}");
 }
 
+#[test]
+fn tls_settings_are_validated_together() {
+    let paths = |env: &[(&str, &str)]| {
+        let e = load(Profile::Development, env).unwrap_err().to_string();
+        ["cert_file", "key_file", "client_ca_file", "client_auth", "handshake_timeout"]
+            .into_iter()
+            .filter(|k| e.contains(&format!("http.tls.{k}")))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paths(&[("SVC__HTTP__TLS__CERT_FILE", "/tls.crt")]), ["key_file"]);
+    assert_eq!(
+        paths(&[
+            ("SVC__HTTP__TLS__CERT_FILE", "/tls.crt"),
+            ("SVC__HTTP__TLS__KEY_FILE", "/tls.key"),
+            ("SVC__HTTP__TLS__CLIENT_AUTH", "required")
+        ]),
+        ["client_ca_file"]
+    );
+    assert_eq!(paths(&[("SVC__HTTP__TLS__CLIENT_CA_FILE", "/ca.crt")]), ["client_auth"]);
+    assert_eq!(paths(&[("SVC__HTTP__TLS__HANDSHAKE_TIMEOUT", "0s")]), ["handshake_timeout"]);
+    assert!(load(Profile::Development, &[("SVC__HTTP__TLS__CLIENT_AUTH", "sometimes")]).is_err());
+    assert!(load(Profile::Development, &[]).is_ok());
+}
+
 async fn audit_chain(url: &str) {
     sqlx::any::install_default_drivers();
     let backend = keel::data::Backend::from_url(url).unwrap();

@@ -1,0 +1,245 @@
+//! The acceptor: a rustls server configuration built from the files, swapped when they change.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClientAuth, ServerTlsConfig};
+
+/// Why TLS could not be set up. Names the file and never holds key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{setting}: cannot read {path}: {source}")]
+    Read {
+        /// The setting that names the file (`http.tls.cert_file` …).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM item of the kind expected.
+    #[error("{setting}: {path}: {message}")]
+    Pem {
+        /// The setting that names the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// rustls refused the certificate, key or CA (a key that does not match the certificate,
+    /// an unsupported algorithm).
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
+    /// The handshake failed, or took longer than `handshake_timeout`.
+    #[error("TLS handshake: {0}")]
+    Handshake(#[from] std::io::Error),
+}
+
+/// In the extensions of every request that came over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encrypted;
+
+/// The client's certificate chain (leaf first), in each request's extensions on a listener that
+/// asks for client certificates and was given one.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// Terminates TLS for a listener with the current configuration. Cheap to clone; clones share
+/// the configuration and see reloads.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: ServerTlsConfig,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// The files' contents the configuration was built from.
+    files: Files,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Files {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Option<Vec<u8>>,
+}
+
+impl Acceptor {
+    /// The acceptor for `cfg`, or `None` when TLS is off. Reads and checks every file now, so a
+    /// bad one stops the start.
+    pub fn new(cfg: &ServerTlsConfig) -> Result<Option<Self>, TlsError> {
+        if !cfg.enabled() {
+            return Ok(None);
+        }
+        let files = read(cfg)?;
+        let config = build(cfg, &files)?;
+        let current = RwLock::new(Loaded { config, files });
+        Ok(Some(Self { inner: Arc::new(Inner { cfg: cfg.clone(), current }) }))
+    }
+
+    /// How long a client has to finish the handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.inner.cfg.handshake_timeout
+    }
+
+    /// The handshake on `io` with the current configuration, bounded by `handshake_timeout`.
+    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = self.inner.current.read().unwrap_or_else(PoisonError::into_inner).config.clone();
+        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
+        match tokio::time::timeout(self.inner.cfg.handshake_timeout, handshake).await {
+            Ok(done) => Ok(done?),
+            Err(_) => Err(TlsError::Handshake(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("not finished within {:?}", self.inner.cfg.handshake_timeout),
+            ))),
+        }
+    }
+
+    /// Reads the files every `reload_interval` until `stop` is cancelled; see the crate docs.
+    pub async fn watch(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.inner.cfg.reload_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        // What was last refused (the contents, and why), so a bad or missing file is logged once
+        // per change, not every tick.
+        let mut refused: Option<(Option<Files>, String)> = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.reload() {
+                Reload::Unchanged => refused = None,
+                Reload::Reloaded => {
+                    refused = None;
+                    tracing::info!(cert_file = ?self.inner.cfg.cert_file, "TLS certificate reloaded");
+                }
+                Reload::Refused(files, e) => {
+                    let now = Some((files, e.to_string()));
+                    if now != refused {
+                        tracing::error!(error = %e, "TLS files changed but cannot be used; serving with the previous ones");
+                    }
+                    refused = now;
+                }
+            }
+        }
+    }
+
+    /// Builds a new configuration if the files changed.
+    fn reload(&self) -> Reload {
+        let files = match read(&self.inner.cfg) {
+            Ok(files) => files,
+            Err(e) => return Reload::Refused(None, e),
+        };
+        if self.inner.current.read().unwrap_or_else(PoisonError::into_inner).files == files {
+            return Reload::Unchanged;
+        }
+        match build(&self.inner.cfg, &files) {
+            Ok(config) => {
+                *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { config, files };
+                Reload::Reloaded
+            }
+            Err(e) => Reload::Refused(Some(files), e),
+        }
+    }
+}
+
+enum Reload {
+    Unchanged,
+    Reloaded,
+    /// The files changed and cannot be used: their contents (`None` when one could not be read),
+    /// and why.
+    Refused(Option<Files>, TlsError),
+}
+
+fn read(cfg: &ServerTlsConfig) -> Result<Files, TlsError> {
+    let file = |setting: &'static str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, TlsError> {
+        path.as_deref()
+            .map(|p| std::fs::read(p).map_err(|source| TlsError::Read { setting, path: p.to_owned(), source }))
+            .transpose()
+    };
+    let missing = |setting: &'static str| TlsError::Pem { setting, path: PathBuf::new(), message: "is not set".into() };
+    Ok(Files {
+        cert: file("http.tls.cert_file", &cfg.cert_file)?.ok_or_else(|| missing("http.tls.cert_file"))?,
+        key: file("http.tls.key_file", &cfg.key_file)?.ok_or_else(|| missing("http.tls.key_file"))?,
+        ca: file("http.tls.client_ca_file", &cfg.client_ca_file)?,
+    })
+}
+
+fn path_of(p: &Option<PathBuf>) -> PathBuf {
+    p.clone().unwrap_or_default()
+}
+
+fn certificates(setting: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |message: String| TlsError::Pem { setting, path: path.to_owned(), message };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
+fn build(cfg: &ServerTlsConfig, files: &Files) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_path = path_of(&cfg.cert_file);
+    let key_path = path_of(&cfg.key_file);
+    let certs = certificates("http.tls.cert_file", &cert_path, &files.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| TlsError::Pem {
+        setting: "http.tls.key_file",
+        path: key_path,
+        message: format!("holds no usable private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match (cfg.client_auth, &files.ca) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (auth, ca) => {
+            let ca_path = path_of(&cfg.client_ca_file);
+            let ca = ca.as_deref().ok_or_else(|| TlsError::Pem {
+                setting: "http.tls.client_ca_file",
+                path: ca_path.clone(),
+                message: "is required when client_auth is optional or required".into(),
+            })?;
+            let mut roots = RootCertStore::empty();
+            for c in certificates("http.tls.client_ca_file", &ca_path, ca)? {
+                roots.add(c).map_err(|e| TlsError::Pem {
+                    setting: "http.tls.client_ca_file",
+                    path: ca_path.clone(),
+                    message: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if auth == ClientAuth::Optional { verifier.allow_unauthenticated() } else { verifier };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Rustls(e.to_string()))?)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
