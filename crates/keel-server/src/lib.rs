@@ -139,7 +139,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = PerIp::new(limits.max_connections_per_ip);
-    let builder = limits.builder();
+    let builder = Arc::new(limits.builder());
     let deadlines = Deadlines { first_request: limits.header_read_timeout, http2_idle: limits.http2_idle_timeout };
     // Cancelled when the loop stops or this future is dropped part-way: either way the
     // connections drain.
@@ -200,11 +200,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
                     };
                     match handshake {
                         Some(Ok(stream)) => {
-                            let peers = stream.get_ref().1.peer_certificates().map(|chain| {
-                                keel_tls::PeerCertificates(Arc::new(
-                                    chain.iter().map(|c| c.clone().into_owned()).collect(),
-                                ))
-                            });
+                            let peers = keel_tls::PeerCertificates::of(&stream);
                             conn.serve(stream, Some(peers)).await;
                         }
                         Some(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
@@ -224,7 +220,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
 
 /// What one accepted connection needs to be served.
 struct Connection {
-    builder: Builder<TokioExecutor>,
+    builder: Arc<Builder<TokioExecutor>>,
     router: Router,
     peer: SocketAddr,
     deadlines: Deadlines,

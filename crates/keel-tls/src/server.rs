@@ -57,6 +57,14 @@ pub struct Encrypted;
 #[derive(Debug, Clone)]
 pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 
+impl PeerCertificates {
+    /// The chain the client of `stream` presented, if any.
+    pub fn of<IO>(stream: &TlsStream<IO>) -> Option<Self> {
+        let chain = stream.get_ref().1.peer_certificates()?;
+        Some(Self(Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect())))
+    }
+}
+
 /// Terminates TLS for a listener with the current configuration. Cheap to clone; clones share
 /// the configuration and see reloads.
 #[derive(Debug, Clone)]
@@ -73,11 +81,13 @@ struct Inner {
 #[derive(Debug)]
 struct Loaded {
     config: Arc<ServerConfig>,
-    /// The files' contents the configuration was built from.
-    files: Files,
+    /// [`Files::fingerprint`] of what the configuration was built from: the key's bytes are not
+    /// kept beside rustls' own copy.
+    fingerprint: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+/// The files' contents, as read for one (re)build.
+#[derive(Hash)]
 struct Files {
     cert: Vec<u8>,
     key: Vec<u8>,
@@ -93,7 +103,7 @@ impl Acceptor {
         }
         let files = read(cfg)?;
         let config = build(cfg, &files)?;
-        let current = RwLock::new(Loaded { config, files });
+        let current = RwLock::new(Loaded { config, fingerprint: files.fingerprint() });
         Ok(Some(Self { inner: Arc::new(Inner { cfg: cfg.clone(), current }) }))
     }
 
@@ -125,7 +135,7 @@ impl Acceptor {
         tick.tick().await;
         // What was last refused (the contents, and why), so a bad or missing file is logged once
         // per change, not every tick.
-        let mut refused: Option<(Option<Files>, String)> = None;
+        let mut refused: Option<(Option<u64>, String)> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -137,8 +147,8 @@ impl Acceptor {
                     refused = None;
                     tracing::info!(cert_file = ?self.inner.cfg.cert_file, "TLS certificate reloaded");
                 }
-                Reload::Refused(files, e) => {
-                    let now = Some((files, e.to_string()));
+                Reload::Refused(fingerprint, e) => {
+                    let now = Some((fingerprint, e.to_string()));
                     if now != refused {
                         tracing::error!(error = %e, "TLS files changed but cannot be used; serving with the previous ones");
                     }
@@ -154,15 +164,16 @@ impl Acceptor {
             Ok(files) => files,
             Err(e) => return Reload::Refused(None, e),
         };
-        if self.inner.current.read().unwrap_or_else(PoisonError::into_inner).files == files {
+        let fingerprint = files.fingerprint();
+        if self.inner.current.read().unwrap_or_else(PoisonError::into_inner).fingerprint == fingerprint {
             return Reload::Unchanged;
         }
         match build(&self.inner.cfg, &files) {
             Ok(config) => {
-                *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { config, files };
+                *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { config, fingerprint };
                 Reload::Reloaded
             }
-            Err(e) => Reload::Refused(Some(files), e),
+            Err(e) => Reload::Refused(Some(fingerprint), e),
         }
     }
 }
@@ -170,9 +181,19 @@ impl Acceptor {
 enum Reload {
     Unchanged,
     Reloaded,
-    /// The files changed and cannot be used: their contents (`None` when one could not be read),
-    /// and why.
-    Refused(Option<Files>, TlsError),
+    /// The files changed and cannot be used: their fingerprint (`None` when one could not be
+    /// read), and why.
+    Refused(Option<u64>, TlsError),
+}
+
+impl Files {
+    /// Tells changed contents from unchanged ones (not a security check: the files are trusted).
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
 }
 
 fn read(cfg: &ServerTlsConfig) -> Result<Files, TlsError> {

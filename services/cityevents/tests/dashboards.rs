@@ -5,8 +5,8 @@
 //!
 //! One test starts Prometheus against a running all-in-one and runs every rule and query there.
 //!
-//! promtool and prometheus (Debian's `prometheus`) and python3 are needed; without them the tests skip with a
-//! message, except under `CI=true`, where they fail.
+//! promtool and prometheus (Debian's `prometheus`) and python3 are needed; without them the
+//! tests skip with a message, except under `CI=true`, where they fail.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -295,7 +295,7 @@ fn every_query_runs_in_a_prometheus_scraping_the_platform() {
     }
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     let port = keel::testing::unused_port();
-    let mut prom = Prometheus(
+    let _prometheus = Prometheus(
         Command::new("prometheus")
             .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
@@ -311,9 +311,8 @@ fn every_query_runs_in_a_prometheus_scraping_the_platform() {
         // Every target up, then scraped again after more traffic, so that `rate()` has two samples.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let up = query(&http, &api, "sum(up)").await;
-            if up.ok().and_then(|v| v.first().and_then(|s| s["value"][1].as_str().map(str::to_owned))).as_deref()
-                == Some("5")
+            if let Ok(up) = query(&http, &api, "sum(up)").await
+                && up.first().and_then(|s| s["value"][1].as_str()) == Some("5")
             {
                 break;
             }
@@ -351,8 +350,6 @@ fn every_query_runs_in_a_prometheus_scraping_the_platform() {
         assert!(failed.is_empty(), "dashboard queries Prometheus refused:\n{}", failed.join("\n"));
         assert!(absent.is_empty(), "series the dashboards read and the running platform does not export: {absent:?}");
     });
-    prom.0.kill().unwrap();
-    drop(platform);
 }
 
 /// Kills Prometheus when the test ends, failed or not.
