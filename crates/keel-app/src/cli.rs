@@ -37,6 +37,10 @@ pub(crate) enum Command {
         /// Give up after this long.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Ask grpc.health.v1 on the gRPC listener instead (`grpc.port`, else `http.port`):
+        /// the whole server, or the service named (`--grpc symbols.v1.Symbols`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "SERVICE")]
+        grpc: Option<String>,
     },
     /// Print name, version, git commit and build profile.
     Version,

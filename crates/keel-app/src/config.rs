@@ -13,6 +13,7 @@ use keel_config::{Aggregate, Profile, Reader, Secret, Section, Validation};
 use keel_data::DatabaseConfig;
 use keel_events::{BusConfig, OutboxConfig};
 use keel_features::FeaturesConfig;
+use keel_grpc::GrpcConfig;
 use keel_health::HealthConfig;
 use keel_http::client::UpstreamConfig;
 use keel_http::cors::CorsConfig;
@@ -65,6 +66,8 @@ pub type Config<C> = keel_config::Config<KeelConfig, C>;
 pub struct KeelConfig {
     /// The public (API and probes) listener.
     pub http: HttpConfig,
+    /// gRPC services (`Setup::grpc_service`): their listener and limits.
+    pub grpc: GrpcConfig,
     /// The management listener (metrics, admin).
     pub management: ManagementConfig,
     /// Cross-origin resource sharing.
@@ -106,6 +109,7 @@ impl KeelConfig {
         database.auto_migrate = !prod;
         Self {
             http: HttpConfig::default(),
+            grpc: GrpcConfig::default(),
             management: ManagementConfig::default(),
             cors: CorsConfig::default(),
             log,
@@ -143,6 +147,12 @@ impl KeelConfig {
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::new(self.http.addr, self.http.port)
     }
+
+    /// The gRPC listener's own address (`http.addr`, `grpc.port`), or `None` when gRPC shares
+    /// the public listener.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.port.map(|p| SocketAddr::new(self.http.addr, p))
+    }
 }
 
 impl Default for KeelConfig {
@@ -164,6 +174,7 @@ impl Aggregate for KeelConfig {
 
     fn read(&mut self, r: &mut Reader<'_>) {
         r.section("http", &mut self.http);
+        r.section("grpc", &mut self.grpc);
         r.section("management", &mut self.management);
         r.section("cors", &mut self.cors);
         r.section("log", &mut self.log);
@@ -189,6 +200,13 @@ impl Aggregate for KeelConfig {
                 "uses the public port on another address; use the same address to share one listener",
             ),
             Some(_) => {}
+        }
+        v.section("grpc", &self.grpc);
+        if let Some(port) = self.grpc.port
+            && port != 0
+            && (port == self.http.port || self.management_addr().is_some_and(|m| m.port() == port))
+        {
+            v.invalid("grpc.port", "is the public or management port; leave it unset to share the public listener");
         }
         v.section("management", &self.management);
         v.section("cors", &self.cors);

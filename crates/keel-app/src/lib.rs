@@ -135,12 +135,15 @@ where
             Ok(l) => config_check(service, l),
             Err(e) => config_failure(&build, &e, true),
         },
-        Some(Command::Healthcheck { ready, timeout }) => {
+        Some(Command::Healthcheck { ready, timeout, grpc }) => {
             let loaded = match loaded {
                 Ok(l) => l,
                 Err(e) => return config_failure(&build, &e, true),
             };
-            healthcheck(&loaded, ready, timeout)
+            match grpc {
+                Some(service) => grpc_healthcheck(&loaded, &service, timeout),
+                None => healthcheck(&loaded, ready, timeout),
+            }
         }
         Some(Command::Version | Command::Slo { .. }) => ExitCode::SUCCESS,
         #[cfg(feature = "events")]
@@ -404,6 +407,52 @@ fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration)
             eprintln!("healthcheck: {e}");
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+/// `healthcheck --grpc`: grpc.health.v1 `Check` on 127.0.0.1 at the gRPC port.
+fn grpc_healthcheck<C>(loaded: &Loaded<C>, service: &str, timeout: std::time::Duration) -> ExitCode {
+    #[cfg(feature = "grpc")]
+    {
+        let keel = &loaded.config.keel;
+        let port = keel.grpc.port.unwrap_or(keel.http.port);
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("healthcheck: {e}");
+                return ExitCode::from(exit::FAILURE);
+            }
+        };
+        let answer = rt.block_on(async {
+            let channel = keel_grpc::client::channel(&format!("http://127.0.0.1:{port}"), None)
+                .map_err(|e| keel_grpc::tonic::Status::unavailable(e.to_string()))?;
+            keel_grpc::client::check_health(channel, service, timeout).await
+        });
+        let name = if service.is_empty() { "the server" } else { service };
+        match answer {
+            Ok(true) => {
+                println!("{name}: SERVING");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("{name}: NOT_SERVING");
+                ExitCode::from(exit::FAILURE)
+            }
+            Err(s) => {
+                eprintln!(
+                    "healthcheck: 127.0.0.1:{port}: {} {}",
+                    keel_grpc::metrics::code_label(s.code()),
+                    s.message()
+                );
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+    }
+    #[cfg(not(feature = "grpc"))]
+    {
+        let _ = (loaded, service, timeout);
+        eprintln!("healthcheck: --grpc needs a build with keel's `grpc` feature");
+        ExitCode::from(exit::USAGE)
     }
 }
 

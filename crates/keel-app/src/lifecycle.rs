@@ -75,6 +75,13 @@ pub enum StartError {
     /// A file of `http.tls` cannot be read or used.
     #[error(transparent)]
     Tls(#[from] keel_tls::TlsError),
+    /// The gRPC side could not be built.
+    #[cfg(feature = "grpc")]
+    #[error(transparent)]
+    Grpc(#[from] keel_grpc::GrpcError),
+    /// gRPC would be served in plaintext in production without `grpc.plaintext`.
+    #[error("{0}")]
+    Plaintext(&'static str),
 }
 
 impl StartError {
@@ -85,7 +92,9 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         match self {
             Self::Setup(e) => e.is::<keel_config::ConfigError>(),
-            Self::Features(_) | Self::ManagementAddr | Self::Tls(_) => true,
+            Self::Features(_) | Self::ManagementAddr | Self::Tls(_) | Self::Plaintext(_) => true,
+            #[cfg(feature = "grpc")]
+            Self::Grpc(keel_grpc::GrpcError::Reflection(_)) => true,
             _ => false,
         }
     }
@@ -145,6 +154,7 @@ impl Tasks {
 pub struct Running {
     name: String,
     http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
     health: Health,
     metrics: Metrics,
@@ -180,6 +190,12 @@ impl Running {
     /// The public listener's bound address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The gRPC listener's bound address: `grpc.port`'s, or the public one when gRPC shares it;
+    /// `None` when the service serves no gRPC.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The management listener's bound address (the public one when they share it).
@@ -313,6 +329,8 @@ struct Assembled {
     stack: StackHandle,
     summary: Vec<(String, String)>,
     config_yaml: String,
+    #[cfg(feature = "grpc")]
+    grpc: keel_grpc::GrpcServices,
 }
 
 /// Runs everything [`start`] runs before it binds a listener — the service's set-up, the HTTP
@@ -382,9 +400,19 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,
         dependencies: Arc::default(),
+        #[cfg(feature = "grpc")]
+        grpc: keel_grpc::GrpcServices::default(),
+        #[cfg(feature = "grpc")]
+        grpc_client_metrics: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let summary = summary(&setup, has_database);
+    #[cfg(feature = "grpc")]
+    let grpc = std::mem::take(&mut setup.grpc);
+    #[cfg(feature = "grpc")]
+    if !grpc.is_empty() {
+        plaintext_check(&keel, loaded.profile)?;
+    }
     let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
     let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
     Ok(Assembled {
@@ -406,7 +434,22 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         stack,
         summary,
         config_yaml,
+        #[cfg(feature = "grpc")]
+        grpc,
     })
+}
+
+/// Production refuses gRPC without TLS on its listener unless `grpc.plaintext` says the
+/// network encrypts.
+#[cfg(feature = "grpc")]
+fn plaintext_check(keel: &KeelConfig, profile: Profile) -> Result<(), StartError> {
+    let encrypted = if keel.grpc.port.is_some() { keel.grpc.tls.enabled() } else { keel.http.tls.enabled() };
+    if profile == Profile::Production && !encrypted && !keel.grpc.plaintext {
+        return Err(StartError::Plaintext(
+            "gRPC in plaintext in production: set grpc.tls (with grpc.port) or http.tls, or grpc.plaintext: true when a mesh or the network encrypts",
+        ));
+    }
+    Ok(())
 }
 
 /// The settings worth a glance on the status page, secrets and passwords in URLs masked.
@@ -506,6 +549,11 @@ pub(crate) async fn start_in<C: Section>(
     let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
     let (management, admin) = management_router(&a, process, !shared);
+    #[cfg(feature = "grpc")]
+    let Assembled {
+        build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, grpc, ..
+    } = a;
+    #[cfg(not(feature = "grpc"))]
     let Assembled { build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, .. } = a;
     let loaded_profile = profile;
 
@@ -529,19 +577,84 @@ pub(crate) async fn start_in<C: Section>(
         let l = bind(mgmt_addr).await?;
         let addr = l.local_addr().map_err(|source| StartError::Bind { addr: mgmt_addr, source })?;
         bound_mgmt = Some(addr);
-        servers.push(serve(l, management, limits.clone(), &stop_accepting, &server_failed, "management"));
+        servers.push(serve(
+            l,
+            management.with_state(()),
+            limits.clone(),
+            &stop_accepting,
+            &server_failed,
+            "management",
+        ));
         router
     };
     // The management listener stays plaintext (probes and scrapes come from inside the cluster);
     // sharing the port, its routes are served over TLS with the rest.
-    let limits = match &tls {
-        Some(acceptor) => limits.with_tls(acceptor.clone()),
-        None => limits,
+    let http_limits = match &tls {
+        Some(acceptor) => limits.clone().with_tls(acceptor.clone()),
+        None => limits.clone(),
     };
-    servers.push(serve(http_listener, router, limits, &stop_accepting, &server_failed, "http"));
+    let stop_tasks = CancellationToken::new();
+    #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
+    let mut grpc_addr = None;
+    #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
+    let mut grpc_tasks: Vec<(String, BoxTask)> = Vec::new();
+    #[cfg(feature = "grpc")]
+    let public = if grpc.is_empty() {
+        Public::Http(router)
+    } else {
+        // Open response streams end when the listeners stop accepting (shutdown step 3).
+        let server = keel_grpc::GrpcServer::build(
+            &build.name,
+            &keel.grpc,
+            keel.log.access_log,
+            &metrics,
+            &health,
+            grpc,
+            stop_accepting.clone(),
+        )?;
+        let keel_grpc::GrpcServer { router: grpc_router, health: mut sync, .. } = server;
+        // grpc.health.v1 answers with readiness from the first call on.
+        sync.sync().await;
+        grpc_tasks.push(("grpc-health".into(), Box::pin(sync.run(stop_tasks.child_token()))));
+        match keel.grpc_addr() {
+            None => {
+                grpc_addr = Some(bound_http);
+                Public::Both(keel_grpc::Dispatch::new(router, grpc_router))
+            }
+            Some(addr) => {
+                let grpc_tls = keel_tls::Acceptor::for_section(&keel.grpc.tls, "grpc.tls")?;
+                let l = bind(addr).await?;
+                grpc_addr = Some(l.local_addr().map_err(|source| StartError::Bind { addr, source })?);
+                let grpc_limits = match &grpc_tls {
+                    Some(acceptor) => limits.clone().with_tls(acceptor.clone()),
+                    None => limits.clone(),
+                };
+                if let Some(acceptor) = grpc_tls {
+                    grpc_tasks.push(("grpc-tls-reload".into(), Box::pin(acceptor.watch(stop_tasks.child_token()))));
+                }
+                servers.push(serve(
+                    l,
+                    grpc_router.with_state(()),
+                    grpc_limits,
+                    &stop_accepting,
+                    &server_failed,
+                    "grpc",
+                ));
+                Public::Http(router)
+            }
+        }
+    };
+    #[cfg(not(feature = "grpc"))]
+    let public = Public::Http(router);
+    servers.push(match public {
+        Public::Http(router) => {
+            serve(http_listener, router.with_state(()), http_limits, &stop_accepting, &server_failed, "http")
+        }
+        #[cfg(feature = "grpc")]
+        Public::Both(dispatch) => serve(http_listener, dispatch, http_limits, &stop_accepting, &server_failed, "http"),
+    });
 
     let tracker = TaskTracker::new();
-    let stop_tasks = CancellationToken::new();
     let tasks = Tasks::default();
     // Background work runs in a span naming the service, like its requests (`service` field):
     // several services in one process keep their own log levels (see `Group`).
@@ -549,6 +662,9 @@ pub(crate) async fn start_in<C: Section>(
     member.in_scope(|| health.spawn(&tracker, &stop_tasks));
     if let Some(acceptor) = tls {
         tasks.spawn(&tracker, "tls-reload".into(), acceptor.watch(stop_tasks.child_token()).instrument(member.clone()));
+    }
+    for (name, task) in grpc_tasks {
+        tasks.spawn(&tracker, name, task.instrument(member.clone()));
     }
     for (name, task) in declared {
         tasks.spawn(&tracker, name, task(stop_tasks.child_token()).instrument(member.clone()));
@@ -585,6 +701,7 @@ pub(crate) async fn start_in<C: Section>(
     Ok(Running {
         name: build.name,
         http_addr: bound_http,
+        grpc_addr,
         management_addr: bound_mgmt,
         health,
         metrics,
@@ -602,22 +719,44 @@ pub(crate) async fn start_in<C: Section>(
     })
 }
 
+/// A background task, boxed.
+type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the public listener serves.
+enum Public {
+    /// The HTTP routes.
+    Http(Router),
+    /// The HTTP routes and, for gRPC content types, the gRPC services.
+    #[cfg(feature = "grpc")]
+    Both(keel_grpc::Dispatch),
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
-fn serve(
+fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: keel_server::Limits,
     stop: &CancellationToken,
     failed: &CancellationToken,
     which: &'static str,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<axum::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let stop = stop.clone();
     let failed = failed.clone();
     tokio::spawn(async move {
-        keel_server::serve(listener, router, limits, stop.clone()).await;
+        keel_server::serve_service(listener, service, limits, stop.clone()).await;
         if !stop.is_cancelled() {
             tracing::error!(listener = which, "listener stopped unexpectedly");
             failed.cancel();

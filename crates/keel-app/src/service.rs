@@ -321,6 +321,11 @@ pub struct Setup<C> {
     /// consumer starts, after set-up.
     #[cfg_attr(not(feature = "events"), allow(dead_code))]
     pub(crate) dependencies: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The tonic services to serve (`grpc_service`).
+    #[cfg(feature = "grpc")]
+    pub(crate) grpc: keel_grpc::GrpcServices,
+    #[cfg(feature = "grpc")]
+    pub(crate) grpc_client_metrics: Option<keel_grpc::GrpcClientMetrics>,
 }
 
 impl<C: Section> Setup<C> {
@@ -558,6 +563,64 @@ impl<C: Section> Setup<C> {
         }
         self.clients.insert(name.to_owned(), client.clone());
         Ok(client)
+    }
+
+    /// Serves a tonic service (a generated `…Server::new(handler)`) behind Keel's gRPC stack:
+    /// on the public listener, where `content-type: application/grpc` requests go to it, or on
+    /// `grpc.port`. Its name joins `grpc.health.v1`, which follows readiness. In production the
+    /// service refuses to start with gRPC in plaintext unless `grpc.plaintext` is set.
+    ///
+    /// ```ignore
+    /// s.grpc_service(SymbolsServer::new(SymbolsApi::new(db.clone())));
+    /// ```
+    #[cfg(feature = "grpc")]
+    pub fn grpc_service<S>(&mut self, svc: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<keel_grpc::tonic::body::Body>, Error = std::convert::Infallible>
+            + keel_grpc::tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc.add(svc);
+        self
+    }
+
+    /// An encoded `FileDescriptorSet` describing the gRPC services, served by reflection when
+    /// `grpc.reflection` is on (`grpcurl list`).
+    #[cfg(feature = "grpc")]
+    pub fn grpc_descriptors(&mut self, encoded: &'static [u8]) -> &mut Self {
+        self.grpc.descriptors(encoded);
+        self
+    }
+
+    /// A gRPC client for the upstream `upstreams.<name>` (see [`keel_grpc::client`]): hand it to
+    /// generated tonic clients. Declare its idempotent methods with
+    /// [`GrpcClient::idempotent`](keel_grpc::GrpcClient::idempotent) to have them retried. In
+    /// production an `http://` base URL is refused unless `upstreams.<name>.plaintext` is set.
+    #[cfg(feature = "grpc")]
+    pub fn grpc_client(&mut self, name: &str) -> Result<keel_grpc::GrpcClient, SetupError> {
+        let cfg = self
+            .config
+            .keel
+            .upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))?;
+        if self.profile == Profile::Production && cfg.base_url.starts_with("http://") && !cfg.plaintext {
+            return Err(misconfigured(
+                &format!("upstreams.{name}.base_url"),
+                "is plaintext gRPC in production: use https:// (with upstreams.<name>.tls), or set upstreams.<name>.plaintext: true when the network encrypts",
+            ));
+        }
+        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
+        if self.grpc_client_metrics.is_none() {
+            self.grpc_client_metrics = Some(keel_grpc::GrpcClientMetrics::new(&self.metrics)?);
+        }
+        Ok(keel_grpc::GrpcClient::new(name, &cfg, breaker, self.grpc_client_metrics.clone())?)
     }
 
     /// A layer applying the rate-limit policy `rate_limits.<name>`, for a router or a route.

@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+pub mod echo;
+
 use axum::extract::{Path, Query};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -61,6 +63,8 @@ pub struct FixtureConfig {
     /// `admin`), and `POST /auth/login`, which logs the password and Authorization header it
     /// gets (to prove the log masks them).
     pub auth: bool,
+    /// The gRPC service `fixture.v1.Echo` (`echo`), with its descriptors for reflection.
+    pub grpc: bool,
 }
 
 impl Default for FixtureConfig {
@@ -80,6 +84,7 @@ impl Default for FixtureConfig {
             workers: false,
             panicky_worker: false,
             auth: false,
+            grpc: false,
         }
     }
 }
@@ -126,6 +131,10 @@ pub fn service() -> keel::Service<FixtureConfig> {
         .keeps_audit_log()
         .setup(|s| {
             let greeting = s.config().greeting.clone();
+            if s.config().grpc {
+                s.grpc_service(echo::pb::echo_server::EchoServer::new(echo::EchoApi));
+                s.grpc_descriptors(echo::FILE_DESCRIPTOR_SET);
+            }
             s.health_check(Check::new("self", Kind::Readiness, || async { Outcome::Up }));
             if s.config().failing_check {
                 s.health_check(Check::new("broken", Kind::Readiness, || async {

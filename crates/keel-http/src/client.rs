@@ -315,7 +315,16 @@ impl Client {
         metrics: Option<ClientMetrics>,
     ) -> Result<Self, ClientError> {
         install_tls_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if cfg.tls.is_set() {
+            // A pinned CA or a client certificate: Keel's own rustls configuration (ring).
+            let tls = cfg
+                .tls
+                .rustls(&format!("upstreams.{name}.tls"), &[b"h2", b"http/1.1"])
+                .map_err(|e| ClientError::Invalid { upstream: name.to_owned(), message: e.to_string() })?;
+            builder = builder.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
+        }
+        let http = builder
             .connect_timeout(cfg.connect_timeout)
             // Shorter than the servers' idle keep-alive (Keel's closes idle connections after
             // `http.header_read_timeout`, 10 s; Node's after 5 s): reusing a connection the server

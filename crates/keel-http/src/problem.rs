@@ -160,6 +160,20 @@ impl Problem {
         &self.0.errors
     }
 
+    /// The problem a response rendered from one carries (so another protocol, gRPC, can answer
+    /// the same failure its own way), or `None` for any other response.
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use keel_http::Problem;
+    ///
+    /// let resp = Problem::not_found().detail("no such item").into_response();
+    /// assert_eq!(Problem::of_response(&resp).and_then(Problem::detail_text), Some("no such item"));
+    /// ```
+    pub fn of_response<B>(resp: &http::Response<B>) -> Option<&Self> {
+        resp.extensions().get::<Rendered>().map(|r| &r.0)
+    }
+
     /// Renders the response, with `request_id` when known.
     pub fn into_response_with_id(mut self, request_id: Option<&str>) -> Response {
         if self.0.request_id.is_none() {

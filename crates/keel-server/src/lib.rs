@@ -135,7 +135,19 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
     // without it (as `Router<()>` straight into hyper) rebuilds each handler's route, and
     // applies every layer of the stack to it again, on every request; `axum::serve` does the
     // same conversion for the same reason.
-    let router = router.with_state(());
+    serve_service(listener, router.with_state(()), limits, stop).await;
+}
+
+/// [`serve`] for any service of axum bodies (a dispatcher between HTTP routes and gRPC); a
+/// `Router` should be given `with_state(())` first.
+pub async fn serve_service<S>(listener: TcpListener, router: S, limits: Limits, stop: CancellationToken)
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = PerIp::new(limits.max_connections_per_ip);
@@ -219,15 +231,22 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
 }
 
 /// What one accepted connection needs to be served.
-struct Connection {
+struct Connection<S> {
     builder: Arc<Builder<TokioExecutor>>,
-    router: Router,
+    router: S,
     peer: SocketAddr,
     deadlines: Deadlines,
     drain: CancellationToken,
 }
 
-impl Connection {
+impl<S> Connection<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     /// Serves `io` until it closes or the drain ends it. `tls`: `Some` on a TLS connection, with
     /// the client's certificates if it presented some.
     async fn serve<I>(self, io: I, tls: Option<Option<keel_tls::PeerCertificates>>)

@@ -9,6 +9,10 @@ pub struct TestPki {
     pub cert: String,
     /// The server's private key (PKCS#8).
     pub key: String,
+    /// A client certificate the CA signed (`client`), for mTLS.
+    pub client_cert: String,
+    /// Its private key (PKCS#8).
+    pub client_key: String,
 }
 
 /// A fresh CA and a server certificate it signed for `names` (DNS names or IP addresses).
@@ -32,5 +36,16 @@ pub fn test_pki(names: &[&str]) -> TestPki {
         .expect("server parameters")
         .signed_by(&key, &issuer)
         .expect("a signed certificate");
-    TestPki { ca: ca_cert.pem(), cert: cert.pem(), key: key.serialize_pem() }
+    let client_key = KeyPair::generate().expect("a client key");
+    let client = CertificateParams::new(vec!["client".to_owned()])
+        .expect("client parameters")
+        .signed_by(&client_key, &issuer)
+        .expect("a signed client certificate");
+    TestPki {
+        ca: ca_cert.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
 }

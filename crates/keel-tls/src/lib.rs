@@ -1,6 +1,7 @@
 //! TLS for Keel's listeners: rustls with one crypto provider (ring), the certificate chain and
 //! key from PEM files, reloaded without a restart when the files change, and client
-//! certificates (mTLS) checked against a configured CA.
+//! certificates (mTLS) checked against a configured CA; and [`ClientTlsConfig`], the clients' side:
+//! a pinned CA and a client certificate.
 //!
 //! This is `keel-tls`, re-exported by `keel` as `keel::tls`; of Keel's crates it depends on
 //! `keel-config` only. `keel-http` holds a [`ServerTlsConfig`] as `http.tls`, and `keel-server`
@@ -36,9 +37,11 @@
 
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
 mod server;
 
+pub use client::ClientTlsConfig;
 pub use config::{ClientAuth, ServerTlsConfig};
 pub use server::{Acceptor, Encrypted, PeerCertificates, TlsError};
 

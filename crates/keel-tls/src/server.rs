@@ -22,7 +22,7 @@ pub enum TlsError {
     #[error("{setting}: cannot read {path}: {source}")]
     Read {
         /// The setting that names the file (`http.tls.cert_file` …).
-        setting: &'static str,
+        setting: String,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -33,7 +33,7 @@ pub enum TlsError {
     #[error("{setting}: {path}: {message}")]
     Pem {
         /// The setting that names the file.
-        setting: &'static str,
+        setting: String,
         /// The file.
         path: PathBuf,
         /// What was wrong.
@@ -75,6 +75,8 @@ pub struct Acceptor {
 #[derive(Debug)]
 struct Inner {
     cfg: ServerTlsConfig,
+    /// The section the configuration came from (`http.tls`), for errors.
+    section: &'static str,
     current: RwLock<Loaded>,
 }
 
@@ -98,13 +100,18 @@ impl Acceptor {
     /// The acceptor for `cfg`, or `None` when TLS is off. Reads and checks every file now, so a
     /// bad one stops the start.
     pub fn new(cfg: &ServerTlsConfig) -> Result<Option<Self>, TlsError> {
+        Self::for_section(cfg, "http.tls")
+    }
+
+    /// [`Acceptor::new`] for the configuration at `section` (`grpc.tls`), which errors name.
+    pub fn for_section(cfg: &ServerTlsConfig, section: &'static str) -> Result<Option<Self>, TlsError> {
         if !cfg.enabled() {
             return Ok(None);
         }
-        let files = read(cfg)?;
-        let config = build(cfg, &files)?;
+        let files = read(cfg, section)?;
+        let config = build(cfg, section, &files)?;
         let current = RwLock::new(Loaded { config, fingerprint: files.fingerprint() });
-        Ok(Some(Self { inner: Arc::new(Inner { cfg: cfg.clone(), current }) }))
+        Ok(Some(Self { inner: Arc::new(Inner { cfg: cfg.clone(), section, current }) }))
     }
 
     /// How long a client has to finish the handshake.
@@ -160,7 +167,7 @@ impl Acceptor {
 
     /// Builds a new configuration if the files changed.
     fn reload(&self) -> Reload {
-        let files = match read(&self.inner.cfg) {
+        let files = match read(&self.inner.cfg, self.inner.section) {
             Ok(files) => files,
             Err(e) => return Reload::Refused(None, e),
         };
@@ -168,7 +175,7 @@ impl Acceptor {
         if self.inner.current.read().unwrap_or_else(PoisonError::into_inner).fingerprint == fingerprint {
             return Reload::Unchanged;
         }
-        match build(&self.inner.cfg, &files) {
+        match build(&self.inner.cfg, self.inner.section, &files) {
             Ok(config) => {
                 *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { config, fingerprint };
                 Reload::Reloaded
@@ -196,26 +203,37 @@ impl Files {
     }
 }
 
-fn read(cfg: &ServerTlsConfig) -> Result<Files, TlsError> {
-    let file = |setting: &'static str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, TlsError> {
-        path.as_deref()
-            .map(|p| std::fs::read(p).map_err(|source| TlsError::Read { setting, path: p.to_owned(), source }))
-            .transpose()
+fn read(cfg: &ServerTlsConfig, section: &str) -> Result<Files, TlsError> {
+    let missing = |field: &str| TlsError::Pem {
+        setting: format!("{section}.{field}"),
+        path: PathBuf::new(),
+        message: "is not set".into(),
     };
-    let missing = |setting: &'static str| TlsError::Pem { setting, path: PathBuf::new(), message: "is not set".into() };
     Ok(Files {
-        cert: file("http.tls.cert_file", &cfg.cert_file)?.ok_or_else(|| missing("http.tls.cert_file"))?,
-        key: file("http.tls.key_file", &cfg.key_file)?.ok_or_else(|| missing("http.tls.key_file"))?,
-        ca: file("http.tls.client_ca_file", &cfg.client_ca_file)?,
+        cert: read_file(section, "cert_file", cfg.cert_file.as_deref())?.ok_or_else(|| missing("cert_file"))?,
+        key: read_file(section, "key_file", cfg.key_file.as_deref())?.ok_or_else(|| missing("key_file"))?,
+        ca: read_file(section, "client_ca_file", cfg.client_ca_file.as_deref())?,
     })
+}
+
+/// The contents of the file at `section.field`, if one is named.
+pub(crate) fn read_file(section: &str, field: &str, path: Option<&Path>) -> Result<Option<Vec<u8>>, TlsError> {
+    path.map(|p| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            setting: format!("{section}.{field}"),
+            path: p.to_owned(),
+            source,
+        })
+    })
+    .transpose()
 }
 
 fn path_of(p: &Option<PathBuf>) -> PathBuf {
     p.clone().unwrap_or_default()
 }
 
-fn certificates(setting: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bad = |message: String| TlsError::Pem { setting, path: path.to_owned(), message };
+pub(crate) fn certificates(setting: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |message: String| TlsError::Pem { setting: setting.to_owned(), path: path.to_owned(), message };
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
@@ -225,12 +243,13 @@ fn certificates(setting: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<Ce
     Ok(certs)
 }
 
-fn build(cfg: &ServerTlsConfig, files: &Files) -> Result<Arc<ServerConfig>, TlsError> {
+fn build(cfg: &ServerTlsConfig, section: &str, files: &Files) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_path = path_of(&cfg.cert_file);
     let key_path = path_of(&cfg.key_file);
-    let certs = certificates("http.tls.cert_file", &cert_path, &files.cert)?;
+    let ca_setting = format!("{section}.client_ca_file");
+    let certs = certificates(&format!("{section}.cert_file"), &cert_path, &files.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| TlsError::Pem {
-        setting: "http.tls.key_file",
+        setting: format!("{section}.key_file"),
         path: key_path,
         message: format!("holds no usable private key: {e}"),
     })?;
@@ -243,14 +262,14 @@ fn build(cfg: &ServerTlsConfig, files: &Files) -> Result<Arc<ServerConfig>, TlsE
         (auth, ca) => {
             let ca_path = path_of(&cfg.client_ca_file);
             let ca = ca.as_deref().ok_or_else(|| TlsError::Pem {
-                setting: "http.tls.client_ca_file",
+                setting: ca_setting.clone(),
                 path: ca_path.clone(),
                 message: "is required when client_auth is optional or required".into(),
             })?;
             let mut roots = RootCertStore::empty();
-            for c in certificates("http.tls.client_ca_file", &ca_path, ca)? {
+            for c in certificates(&ca_setting, &ca_path, ca)? {
                 roots.add(c).map_err(|e| TlsError::Pem {
-                    setting: "http.tls.client_ca_file",
+                    setting: ca_setting.clone(),
                     path: ca_path.clone(),
                     message: format!("not a usable CA certificate: {e}"),
                 })?;

@@ -31,6 +31,7 @@
 //! | [`health`] | `keel-health` | health checks, the live / ready / startup probes, dependency connection state |
 //! | [`http`] | `keel-http` | the HTTP stack as tower layers, problem responses, the outbound client (feature `client`) |
 //! | [`server`] | `keel-server` | the accept loop: hyper's timeouts, HTTP/2 settings, connection caps, drain |
+//! | [`grpc`] | `keel-grpc` | tonic services behind Keel's gRPC stack, `grpc.health.v1`, reflection, the gRPC client (feature `grpc`) |
 //! | [`data`] | `keel-data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | [`redis`] | `keel-redis` | a managed Redis connection (feature `redis`) |
 //! | [`security`] | `keel-security` | JWT, passwords, field encryption, audit log (feature `security`) |
@@ -53,6 +54,9 @@ pub use keel_config as config;
 pub use keel_data as data;
 pub use keel_events as events;
 pub use keel_features as features;
+/// gRPC: tonic services behind Keel's gRPC stack, health, reflection, the client (feature
+/// `grpc`; the `grpc` config section is always there).
+pub use keel_grpc as grpc;
 pub use keel_health as health;
 pub use keel_http as http;
 pub use keel_redis as redis;

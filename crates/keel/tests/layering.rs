@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "keel-health",
     "keel-http",
     "keel-server",
+    "keel-grpc",
     "keel-data",
     "keel-redis",
     "keel-rate-limit",

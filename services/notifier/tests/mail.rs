@@ -62,7 +62,7 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     let namespace = keel::testing::unique_topic("nmail");
     let Some(bus) = nats_bus(&namespace).await else { return };
     let pki_dir = tempfile::tempdir().unwrap();
-    let keel::testing::TestPki { ca, cert, key } = keel::testing::test_pki(&["127.0.0.1"]);
+    let keel::testing::TestPki { ca, cert, key, .. } = keel::testing::test_pki(&["127.0.0.1"]);
     let (ca_file, cert_file, key_file) =
         (pki_dir.path().join("ca.pem"), pki_dir.path().join("cert.pem"), pki_dir.path().join("key.pem"));
     std::fs::write(&ca_file, ca).unwrap();

@@ -39,6 +39,14 @@ pub struct UpstreamConfig {
     pub health_path: Option<String>,
     /// Whether that check can fail readiness (else `degraded`). Default `true`.
     pub required: bool,
+    /// TLS for an `https://` base URL: a pinned CA (`ca_file`), a client certificate
+    /// (`cert_file`, `key_file`) for mTLS, the name to check (`server_name`). Default: the
+    /// public web PKI roots and no client certificate.
+    pub tls: keel_tls::ClientTlsConfig,
+    /// gRPC only: in production a gRPC client (`Setup::grpc_client`) refuses an `http://`
+    /// base URL unless this is `true` (a service mesh or the node network encrypts). Default
+    /// `false`.
+    pub plaintext: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -53,6 +61,8 @@ impl Default for UpstreamConfig {
             bulkhead: BulkheadConfig::default(),
             health_path: None,
             required: true,
+            tls: keel_tls::ClientTlsConfig::default(),
+            plaintext: false,
         }
     }
 }
@@ -85,6 +95,10 @@ impl Section for UpstreamConfig {
         if self.bulkhead.max_concurrent == 0 {
             v.invalid("bulkhead.max_concurrent", "must be at least 1");
         }
+        if self.tls.is_set() && !self.base_url.starts_with("https://") {
+            v.invalid("tls", "applies to an https:// base_url only");
+        }
+        v.section("tls", &self.tls);
         if let Some(p) = &self.health_path
             && !p.starts_with('/')
         {

@@ -1,0 +1,368 @@
+//! gRPC through Keel: the fixture's `fixture.v1.Echo` behind the gRPC stack on the shared
+//! public port and on `grpc.port`, health following readiness through a Redis outage, the
+//! drain of an open stream at shutdown, TLS and mTLS with a certificate reload on both listener
+//! kinds, and the client's retries and breaker on gRPC codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fixture, client, eventually, free_port};
+use keel::grpc::tonic::transport::Channel;
+use keel::grpc::tonic::{Code, Request};
+use keel::testing::{FaultProxy, Mode, TestRedis, host_port, redis_url, require};
+use keel_fixture::echo::pb::echo_client::EchoClient;
+use keel_fixture::echo::pb::{SayRequest, WatchRequest};
+
+fn say(text: &str, mode: &str) -> SayRequest {
+    SayRequest { text: text.into(), mode: mode.into(), sleep_ms: 0 }
+}
+
+fn channel(base: &str) -> Channel {
+    keel::grpc::client::channel(base, None).unwrap()
+}
+
+/// `Some(serving)`, or `None` when the check itself failed.
+async fn serving(channel: Channel, service: &str) -> Option<bool> {
+    keel::grpc::client::check_health(channel, service, Duration::from_secs(2)).await.ok()
+}
+
+async fn metrics(f: &Fixture) -> String {
+    client().get(format!("{}/metrics", f.mgmt)).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_call_goes_through_the_stack_beside_the_http_routes() {
+    let f = Fixture::start(&[("FIXTURE__APP__GRPC", "true"), ("FIXTURE__GRPC__REQUEST_TIMEOUT", "1s")]).await;
+    assert_eq!(f.running().grpc_addr(), Some(f.running().http_addr()), "gRPC shares the public port");
+    let mut echo = EchoClient::new(channel(&f.base));
+
+    // Request id and deadline reach the handler; the id comes back.
+    let mut req = Request::new(say("hi", ""));
+    req.metadata_mut().insert("x-request-id", "grpc-test-1".parse().unwrap());
+    req.set_timeout(Duration::from_millis(800));
+    let resp = echo.say(req).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "grpc-test-1");
+    let reply = resp.into_inner();
+    assert_eq!((reply.text.as_str(), reply.request_id.as_str()), ("hi", "grpc-test-1"));
+    assert!(reply.remaining_ms > 0 && reply.remaining_ms <= 800, "{}", reply.remaining_ms);
+    // Without grpc-timeout the handler gets grpc.request_timeout.
+    let reply = echo.say(say("x", "")).await.unwrap().into_inner();
+    assert!(reply.remaining_ms > 800 && reply.remaining_ms <= 1000, "{}", reply.remaining_ms);
+    assert!(!reply.request_id.is_empty(), "an id is made when none is sent");
+
+    // A panic is INTERNAL with nothing of the panic in it.
+    let err = echo.say(say("x", "panic")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(err.message(), "internal error");
+    // A Keel problem keeps its class and detail, and its Retry-After as pushback.
+    let err = echo.say(say("x", "unavailable")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(err.metadata().get("grpc-retry-pushback-ms").unwrap(), "2000");
+    // grpc.request_timeout cuts a slow handler before the client's own, later, deadline.
+    let mut req = Request::new(SayRequest { text: "x".into(), mode: "sleep".into(), sleep_ms: 3000 });
+    req.set_timeout(Duration::from_millis(2500));
+    let started = std::time::Instant::now();
+    assert_eq!(echo.say(req).await.unwrap_err().code(), Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // HTTP on the same port is untouched.
+    let hello = client().get(f.url("/hello")).send().await.unwrap();
+    assert_eq!(hello.status(), 200);
+    // Health: the server and the service.
+    assert_eq!(serving(channel(&f.base), "").await, Some(true));
+    assert_eq!(serving(channel(&f.base), "fixture.v1.Echo").await, Some(true));
+
+    // An unknown method is UNIMPLEMENTED, labelled `unknown`.
+    let mut raw = keel::grpc::tonic::client::Grpc::new(channel(&f.base));
+    raw.ready().await.unwrap();
+    let err = raw
+        .unary::<SayRequest, keel_fixture::echo::pb::SayReply, _>(
+            Request::new(say("x", "")),
+            "/fixture.v1.Echo/Nope".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+
+    let text = metrics(&f).await;
+    for (code, method) in [
+        ("OK", "Say"),
+        ("INTERNAL", "Say"),
+        ("UNAVAILABLE", "Say"),
+        ("DEADLINE_EXCEEDED", "Say"),
+        ("UNIMPLEMENTED", "unknown"),
+    ] {
+        let line = format!(
+            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"fixture.v1.Echo\"}}"
+        );
+        assert!(text.contains(&line), "{line} missing:\n{}", grep(&text, "grpc_server"));
+    }
+    assert!(text.contains("grpc_server_handling_seconds_bucket{grpc_method=\"Say\""), "{}", grep(&text, "grpc_server"));
+    f.stop().await;
+}
+
+fn grep(text: &str, needle: &str) -> String {
+    text.lines().filter(|l| l.contains(needle)).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn calls_past_max_in_flight_are_shed_but_health_is_not() {
+    let f = Fixture::start(&[("FIXTURE__APP__GRPC", "true"), ("FIXTURE__GRPC__MAX_IN_FLIGHT", "1")]).await;
+    let mut slow = EchoClient::new(channel(&f.base));
+    let busy =
+        tokio::spawn(
+            async move { slow.say(SayRequest { text: "x".into(), mode: "sleep".into(), sleep_ms: 1500 }).await },
+        );
+    let mut echo = EchoClient::new(channel(&f.base));
+    eventually("a call over the cap is shed", || {
+        let mut echo = echo.clone();
+        async move { echo.say(say("x", "")).await.is_err_and(|e| e.code() == Code::ResourceExhausted) }
+    })
+    .await;
+    let err = echo.say(say("x", "")).await.unwrap_err();
+    assert_eq!(err.metadata().get("grpc-retry-pushback-ms").unwrap(), "1000");
+    assert_eq!(serving(channel(&f.base), "").await, Some(true), "health checks are never shed");
+    assert!(busy.await.unwrap().is_ok(), "the admitted call finishes");
+    assert!(metrics(&f).await.contains("grpc_server_calls_shed_total"));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_readiness_through_a_redis_outage() {
+    if !require("Redis", &redis_url()) {
+        return;
+    }
+    let proxy = FaultProxy::start(host_port(&redis_url()).unwrap(), Mode::Forward).await.unwrap();
+    let keys = TestRedis::new(&redis_url());
+    let redis = format!("redis://{}", proxy.host_port());
+    let f = Fixture::start(&[
+        ("FIXTURE__APP__GRPC", "true"),
+        ("FIXTURE__APP__REDIS", "true"),
+        ("FIXTURE__REDIS__URL", &redis),
+        ("FIXTURE__REDIS__KEY_PREFIX", keys.prefix()),
+        ("FIXTURE__HEALTH__INTERVAL", "100ms"),
+        ("FIXTURE__HEALTH__TTL", "1s"),
+        ("FIXTURE__REDIS__CONNECT__INITIAL_DELAY", "50ms"),
+        ("FIXTURE__REDIS__CONNECT__MAX_DELAY", "200ms"),
+        ("FIXTURE__REDIS__CONNECT__ATTEMPT_TIMEOUT", "1s"),
+        ("FIXTURE__REDIS__COMMAND_TIMEOUT", "500ms"),
+    ])
+    .await;
+    let base = f.base.clone();
+    eventually("SERVING once Redis is up", || {
+        let c = channel(&base);
+        async move { serving(c, "fixture.v1.Echo").await == Some(true) }
+    })
+    .await;
+    proxy.take_down();
+    eventually("NOT_SERVING while Redis is down", || {
+        let c = channel(&base);
+        async move { serving(c, "fixture.v1.Echo").await == Some(false) }
+    })
+    .await;
+    assert_eq!(serving(channel(&base), "").await, Some(false), "the whole server too");
+    let ready = client().get(f.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "the same readiness as /health/ready");
+    proxy.restore();
+    eventually("SERVING again once Redis is back", || {
+        let c = channel(&base);
+        async move { serving(c, "").await == Some(true) }
+    })
+    .await;
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_stream_ends_unavailable_when_the_server_drains() {
+    let f = Fixture::start(&[("FIXTURE__APP__GRPC", "true"), ("FIXTURE__SHUTDOWN__TIMEOUT", "20s")]).await;
+    let mut echo = EchoClient::new(channel(&f.base));
+    let mut ticks = echo.watch(WatchRequest { every_ms: 50 }).await.unwrap().into_inner();
+    assert_eq!(ticks.message().await.unwrap().unwrap().n, 1);
+    assert_eq!(ticks.message().await.unwrap().unwrap().n, 2);
+    let started = std::time::Instant::now();
+    let running = { f }.running.take().unwrap();
+    let stopping = tokio::spawn(running.shutdown(std::future::pending()));
+    let end = loop {
+        match ticks.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    stopping.await.unwrap().expect("a clean shutdown, not one forced at its timeout");
+    assert!(started.elapsed() < Duration::from_secs(10), "the stream held the drain: {:?}", started.elapsed());
+}
+
+/// Writes a fresh PKI to `dir` and returns it.
+fn write_pki(dir: &std::path::Path) -> keel::testing::TestPki {
+    let pki = keel::testing::test_pki(&["localhost", "127.0.0.1"]);
+    std::fs::write(dir.join("tls.crt"), &pki.cert).unwrap();
+    std::fs::write(dir.join("tls.key"), &pki.key).unwrap();
+    std::fs::write(dir.join("ca.crt"), &pki.ca).unwrap();
+    std::fs::write(dir.join("client.crt"), &pki.client_cert).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
+    pki
+}
+
+/// A TLS channel to `url` trusting the CA in `dir`, with the client certificate there if `mtls`.
+fn tls_channel(url: &str, dir: &std::path::Path, ca: &str, mtls: bool) -> Channel {
+    let ca_file = dir.join(format!("pinned-{}.crt", ca.len() ^ ca.as_bytes()[ca.len() / 2] as usize));
+    std::fs::write(&ca_file, ca).unwrap();
+    let mut tls = keel::tls::ClientTlsConfig::default();
+    tls.ca_file = Some(ca_file);
+    if mtls {
+        let (cert, key) = (dir.join("client-copy.crt"), dir.join("client-copy.key"));
+        std::fs::copy(dir.join("client.crt"), &cert).unwrap();
+        std::fs::copy(dir.join("client.key"), &key).unwrap();
+        tls.cert_file = Some(cert);
+        tls.key_file = Some(key);
+    }
+    keel::grpc::client::channel(url, Some(tls.rustls("test.tls", &[b"h2"]).unwrap())).unwrap()
+}
+
+async fn tls_and_mtls(shared: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write_pki(dir.path());
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let section = if shared { "HTTP" } else { "GRPC" };
+    let port = free_port().to_string();
+    let mut env = vec![
+        ("FIXTURE__APP__GRPC".to_owned(), "true".to_owned()),
+        (format!("FIXTURE__{section}__TLS__CERT_FILE"), file("tls.crt")),
+        (format!("FIXTURE__{section}__TLS__KEY_FILE"), file("tls.key")),
+        (format!("FIXTURE__{section}__TLS__CLIENT_CA_FILE"), file("ca.crt")),
+        (format!("FIXTURE__{section}__TLS__CLIENT_AUTH"), "required".to_owned()),
+        (format!("FIXTURE__{section}__TLS__RELOAD_INTERVAL"), "100ms".to_owned()),
+    ];
+    if !shared {
+        env.push(("FIXTURE__GRPC__PORT".to_owned(), port));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let f = Fixture::start(&env).await;
+    let addr = f.running().grpc_addr().unwrap();
+    assert_eq!(addr == f.running().http_addr(), shared);
+    let url = format!("https://localhost:{}", addr.port());
+
+    let reply = EchoClient::new(tls_channel(&url, dir.path(), &old.ca, true)).say(say("tls", "")).await.unwrap();
+    assert_eq!(reply.into_inner().text, "tls");
+    let refused = EchoClient::new(tls_channel(&url, dir.path(), &old.ca, false)).say(say("x", "")).await;
+    assert!(refused.is_err(), "a client without a certificate is refused");
+    let plain = EchoClient::new(channel(&format!("http://127.0.0.1:{}", addr.port()))).say(say("x", "")).await;
+    assert!(plain.is_err(), "plaintext is refused");
+
+    // A renewed certificate (and CA) is served without a restart.
+    let new = write_pki(dir.path());
+    eventually("the renewed certificate is served", || {
+        let c = tls_channel(&url, dir.path(), &new.ca, true);
+        async move { EchoClient::new(c).say(say("x", "")).await.is_ok() }
+    })
+    .await;
+    let stale = EchoClient::new(tls_channel(&url, dir.path(), &old.ca, true)).say(say("x", "")).await;
+    assert!(stale.is_err(), "the old certificate is no longer served");
+    if !shared {
+        // The public listener is untouched by grpc.tls.
+        assert_eq!(client().get(f.url("/hello")).send().await.unwrap().status(), 200);
+    }
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn tls_and_mtls_on_the_grpc_port_with_a_certificate_reload() {
+    tls_and_mtls(false).await;
+}
+
+#[tokio::test]
+async fn tls_and_mtls_on_the_shared_port_with_a_certificate_reload() {
+    tls_and_mtls(true).await;
+}
+
+#[tokio::test]
+async fn production_refuses_plaintext_grpc_unless_told_the_network_encrypts() {
+    let vars = [
+        ("FIXTURE__HTTP__PORT", "0"),
+        ("FIXTURE__APP__GRPC", "true"),
+        ("FIXTURE__CORS__ALLOWED_ORIGINS", "https://app.example"),
+    ];
+    let loaded = keel::app::Loader::new("fixture", keel::config::Profile::Production).env(vars).load().unwrap();
+    let err = keel::app::start(keel_fixture::service(), loaded).await.unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("grpc.plaintext"), "{err}");
+    let mut vars = vars.to_vec();
+    vars.push(("FIXTURE__GRPC__PLAINTEXT", "true"));
+    let loaded = keel::app::Loader::new("fixture", keel::config::Profile::Production).env(vars).load().unwrap();
+    let running = keel::app::start(keel_fixture::service(), loaded).await.unwrap();
+    running.shutdown(std::future::pending()).await.unwrap();
+}
+
+fn upstream(base: &str, attempts: u32) -> keel::http::client::UpstreamConfig {
+    let mut cfg = keel::http::client::UpstreamConfig::default();
+    cfg.base_url = base.to_owned();
+    cfg.retry.max_attempts = attempts;
+    cfg.retry.initial_delay = Duration::from_millis(1);
+    cfg.retry.max_delay = Duration::from_millis(5);
+    cfg.breaker.minimum_calls = 4;
+    cfg.breaker.failure_rate = 0.5;
+    cfg.breaker.open_wait = Duration::from_secs(60);
+    cfg
+}
+
+#[tokio::test]
+async fn the_client_retries_idempotent_methods_on_unavailable_and_opens_its_breaker() {
+    let f = Fixture::start(&[("FIXTURE__APP__GRPC", "true")]).await;
+    let metrics = keel::telemetry::Metrics::new();
+    let client_metrics = keel::grpc::GrpcClientMetrics::new(&metrics).unwrap();
+    let make = |attempts, idempotent: bool| {
+        let cfg = upstream(&f.base, attempts);
+        let breaker = std::sync::Arc::new(keel::resilience::breaker::CircuitBreaker::new("echo", cfg.breaker.clone()));
+        let c = keel::grpc::GrpcClient::new("echo", &cfg, breaker, Some(client_metrics.clone())).unwrap();
+        if idempotent { c.idempotent(["fixture.v1.Echo/Say"]) } else { c }
+    };
+    let handled = |code: &str| {
+        let text = metrics.render();
+        let line = format!(
+            "grpc_client_handled_total{{grpc_code=\"{code}\",grpc_method=\"Say\",grpc_service=\"fixture.v1.Echo\",upstream=\"echo\"}} "
+        );
+        text.lines().find_map(|l| l.strip_prefix(&line).map(|n| n.parse::<u64>().unwrap())).unwrap_or(0)
+    };
+
+    // Idempotent: three attempts, each UNAVAILABLE; the caller gets the last status.
+    let mut echo = EchoClient::new(make(3, true));
+    let err = echo.say(say("x", "unavailable")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(handled("UNAVAILABLE"), 3);
+    assert!(
+        metrics.render().contains("grpc_client_retries_total{result=\"made\",upstream=\"echo\"} 2"),
+        "{}",
+        metrics.render()
+    );
+    // Not declared idempotent: one attempt.
+    let mut once = EchoClient::new(make(3, false));
+    assert_eq!(once.say(say("x", "unavailable")).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(handled("UNAVAILABLE"), 4);
+    // A good call through the client, with its request id and deadline sent on.
+    let reply = echo.say(say("ok", "")).await.unwrap().into_inner();
+    assert_eq!(reply.text, "ok");
+    assert!(reply.remaining_ms > 0 && reply.remaining_ms <= 10_000, "{}", reply.remaining_ms);
+    assert_eq!(handled("OK"), 1);
+
+    // Failures open the breaker: the next call is refused without reaching the server.
+    let mut fragile = EchoClient::new(make(1, false));
+    for _ in 0..4 {
+        let _ = fragile.say(say("x", "unavailable")).await;
+    }
+    let served_before = grep(&metrics_text(&f).await, "grpc_server_started_total");
+    let err = fragile.say(say("x", "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("circuit open"), "{err:?}");
+    assert_eq!(grep(&metrics_text(&f).await, "grpc_server_started_total"), served_before, "no call was made");
+    f.stop().await;
+}
+
+async fn metrics_text(f: &Fixture) -> String {
+    metrics(f).await
+}

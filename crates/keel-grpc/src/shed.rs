@@ -1,0 +1,156 @@
+//! Load shedding: past `grpc.max_in_flight` calls waiting for their handler, new calls are
+//! answered `RESOURCE_EXHAUSTED` at once, with gRFC A6's `grpc-retry-pushback-ms`, and counted
+//! in `grpc_server_calls_shed_total`. Health checks (`grpc.health.v1.Health`) are never shed:
+//! an overloaded instance must not fail its probe for it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use axum::BoxError;
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use prometheus::IntCounter;
+use tower::{Layer, Service};
+
+use crate::status::{RETRY_PUSHBACK, Status, pushback, response};
+use keel_http::request_id::RequestId;
+
+/// Milliseconds a shed client is asked to wait.
+pub const PUSHBACK_MS: u64 = 1000;
+
+/// The path prefix of the health service, which is never shed.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
+/// Counts calls in flight and sheds past the limit. Clones share the count.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    max: usize,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    in_flight: AtomicUsize,
+    shed: IntCounter,
+}
+
+impl ShedLayer {
+    /// Sheds past `max` calls in flight, counting them in `grpc_server_calls_shed_total`.
+    pub fn new(max: usize, metrics: &keel_telemetry::Metrics) -> Result<Self, prometheus::Error> {
+        let shed = IntCounter::new(
+            "grpc_server_calls_shed_total",
+            "gRPC calls refused with RESOURCE_EXHAUSTED because too many were in flight.",
+        )?;
+        metrics.register(shed.clone())?;
+        Ok(Self { max, shared: Arc::new(Shared { in_flight: AtomicUsize::new(0), shed }) })
+    }
+
+    /// Calls whose handler is running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn admit(&self) -> Option<Guard> {
+        let before = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = Guard(self.shared.clone());
+        if before < self.max {
+            return Some(guard);
+        }
+        drop(guard);
+        self.shared.shed.inc();
+        None
+    }
+}
+
+/// A place among the calls in flight, given back when dropped.
+struct Guard(Arc<Shared>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`ShedLayer`].
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Shed<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if req.uri().path().starts_with(HEALTH) {
+            return ResponseFuture { inner: Some(self.inner.call(req)), guard: None, shed: None };
+        }
+        match self.layer.admit() {
+            Some(guard) => ResponseFuture { inner: Some(self.inner.call(req)), guard: Some(guard), shed: None },
+            None => {
+                let mut status = Status::resource_exhausted("the service is at capacity; retry shortly");
+                status.metadata_mut().insert(RETRY_PUSHBACK, pushback(PUSHBACK_MS));
+                let resp = response(status, RequestId::from_extensions(req.extensions()).as_ref());
+                ResponseFuture { inner: None, guard: None, shed: Some(resp) }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Shed`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        guard: Option<Guard>,
+        shed: Option<Response<Body>>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(resp) = this.shed.take() {
+            return Poll::Ready(Ok(resp));
+        }
+        match this.inner.as_pin_mut() {
+            Some(f) => {
+                let out = std::task::ready!(f.poll(cx));
+                this.guard.take();
+                Poll::Ready(out.map(|r| r.map(Body::new)))
+            }
+            // Polled again after it answered.
+            None => Poll::Pending,
+        }
+    }
+}

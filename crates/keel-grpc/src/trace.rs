@@ -1,0 +1,172 @@
+//! One `grpc` span per call, continuing the caller's W3C trace (`traceparent` metadata), and an
+//! access-log line when the call ends.
+//!
+//! The span is entered whenever the handler's future or the response stream is polled, so
+//! every line logged while serving the call carries its `request_id` and `trace_id`. Fields
+//! follow OpenTelemetry's RPC conventions:
+//!
+//! | field | value |
+//! |---|---|
+//! | `rpc.system` | `grpc` |
+//! | `rpc.service`, `rpc.method` | `symbols.v1.Symbols`, `GetSymbol` (`unknown` when not registered) |
+//! | `rpc.grpc.status_code` | the code the call ended with (`5`) |
+//! | `client.address` | the TCP peer |
+//!
+//! plus Keel's `service` and `request_id`, `otel.kind = server`, `otel.name =
+//! "{rpc.service}/{rpc.method}"`. A server-side failure (`UNKNOWN`, `DEADLINE_EXCEEDED`,
+//! `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`) sets `otel.status_code = error`
+//! and logs `call failed` at `error`; otherwise `log.access_log` logs `call finished` at `info`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::BoxError;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::field::Empty;
+
+use crate::body::Observed;
+use crate::method::Known;
+use crate::metrics::code_label;
+use crate::status::{Code, is_server_error};
+
+/// Adds call spans; see the module docs.
+#[derive(Debug, Clone)]
+pub struct GrpcTraceLayer {
+    service: &'static str,
+    access_log: bool,
+    known: Known,
+}
+
+impl GrpcTraceLayer {
+    /// Spans tagged with `service`; `access_log` logs each finished call.
+    pub fn new(service: &str, access_log: bool, known: Known) -> Self {
+        Self { service: keel_telemetry::intern::intern(service), access_log, known }
+    }
+}
+
+impl<S> Layer<S> for GrpcTraceLayer {
+    type Service = GrpcTrace<S>;
+    fn layer(&self, inner: S) -> GrpcTrace<S> {
+        GrpcTrace { inner, layer: self.clone() }
+    }
+}
+
+/// The service made by [`GrpcTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcTrace<S> {
+    inner: S,
+    layer: GrpcTraceLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcTrace<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let span = call_span(&self.layer, &req);
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+    }
+}
+
+fn call_span<B>(layer: &GrpcTraceLayer, req: &Request<B>) -> tracing::Span {
+    let id = req.extensions().get::<tower_http::request_id::RequestId>().map(|id| id.header_value());
+    let (service, method) = layer.known.labels(req.uri().path());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical());
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        service = layer.service,
+        request_id = id.map(|v| v.to_str().unwrap_or_default()),
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        client.address = peer.map(tracing::field::display),
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if keel_telemetry::exporting() {
+        span.record("otel.name", format!("{service}/{method}"));
+    }
+    if req.headers().contains_key("traceparent") {
+        keel_telemetry::set_parent(&span, keel_telemetry::extract_context(req.headers()));
+    }
+    span
+}
+
+/// Gives the span its code, and logs the access or failure line.
+fn finished(span: &tracing::Span, code: Code, start: Instant, access_log: bool) {
+    span.record("rpc.grpc.status_code", code as i32);
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    if is_server_error(code) {
+        span.record("otel.status_code", "error");
+        tracing::error!(rpc.grpc.status_code = code as i32, grpc_code = code_label(code), latency_ms, "call failed");
+    } else if access_log {
+        tracing::info!(rpc.grpc.status_code = code as i32, grpc_code = code_label(code), latency_ms, "call finished");
+    }
+}
+
+pin_project! {
+    /// Response future of [`GrpcTrace`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        start: Instant,
+        access_log: bool,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = {
+            let _entered = this.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        let (span, start, access_log) = (this.span.clone(), *this.start, *this.access_log);
+        Poll::Ready(out.map(|resp| {
+            let (parts, body) = resp.into_parts();
+            let end = span.clone();
+            let body = {
+                // A trailers-only answer is reported at once: inside the span too.
+                let _entered = span.enter();
+                Observed::new(body, &parts.headers, Box::new(move |code| finished(&end, code, start, access_log)))
+            };
+            let body = body.in_span(span);
+            Response::from_parts(parts, Body::new(body))
+        }))
+    }
+}
