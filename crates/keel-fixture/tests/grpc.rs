@@ -366,3 +366,46 @@ async fn the_client_retries_idempotent_methods_on_unavailable_and_opens_its_brea
 async fn metrics_text(f: &Fixture) -> String {
     metrics(f).await
 }
+
+// Multi-threaded: the blocking reads of the process's output must not stall the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_continues_the_callers_trace_and_answers_healthcheck_grpc() {
+    let mut p = common::Proc::spawn(&[("FIXTURE__APP__GRPC", "true"), ("FIXTURE__LOG__FORMAT", "json")]);
+    let base = format!("http://{}", p.http.unwrap());
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = Request::new(say("traced", ""));
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+    req.metadata_mut().insert("x-request-id", "grpc-trace-1".parse().unwrap());
+    let mut echo = EchoClient::new(channel(&base));
+    let reply = echo.say(req).await.unwrap().into_inner();
+    assert!(reply.traceparent.contains(trace_id), "the handler runs in the caller's trace: {reply:?}");
+
+    let line = p.wait_for("\"echo said\"");
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["trace_id"], trace_id, "{line}");
+    assert_eq!(log["request_id"], "grpc-trace-1", "{line}");
+    let line = p.wait_for("\"call finished\"");
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["trace_id"], trace_id, "{line}");
+    assert_eq!(log["fields"]["grpc_code"], "OK", "{line}");
+
+    let port = p.http.unwrap().port().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        common::run_cli(&["healthcheck", "--grpc"], &[("KEEL_ENV", "test"), ("FIXTURE__HTTP__PORT", port.as_str())])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SERVING"), "{out}");
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        common::run_cli(
+            &["healthcheck", "--grpc", "fixture.v1.Nope"],
+            &[("KEEL_ENV", "test"), ("FIXTURE__HTTP__PORT", "1")],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "nothing listens on port 1: {out}{err}");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), 0);
+}

@@ -81,3 +81,50 @@ fn unusable_tls_files_stop_the_start_with_exit_78() {
     assert!(stderr.contains("http.tls.cert_file") && stderr.contains("garbage.crt"), "{stderr}");
     assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
 }
+
+/// Keel's HTTP client to an mTLS upstream: it pins the upstream's CA and presents its client
+/// certificate (`upstreams.<name>.tls`); without the certificate, or trusting another CA, it
+/// cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_client_pins_the_upstream_ca_and_presents_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = keel::testing::test_pki(&["localhost", "127.0.0.1"]);
+    let other = keel::testing::test_pki(&["localhost"]);
+    for (name, text) in [
+        ("tls.crt", &pki.cert),
+        ("tls.key", &pki.key),
+        ("ca.crt", &pki.ca),
+        ("client.crt", &pki.client_cert),
+        ("client.key", &pki.client_key),
+        ("other-ca.crt", &other.ca),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let f = common::Fixture::start(&[
+        ("FIXTURE__HTTP__TLS__CERT_FILE", &file("tls.crt")),
+        ("FIXTURE__HTTP__TLS__KEY_FILE", &file("tls.key")),
+        ("FIXTURE__HTTP__TLS__CLIENT_CA_FILE", &file("ca.crt")),
+        ("FIXTURE__HTTP__TLS__CLIENT_AUTH", "required"),
+    ])
+    .await;
+    let base = format!("https://localhost:{}", f.running().http_addr().port());
+    let call = |ca: &str, identity: bool| {
+        let mut cfg = keel::http::client::UpstreamConfig::default();
+        cfg.base_url = base.clone();
+        cfg.retry.max_attempts = 1;
+        cfg.tls.ca_file = Some(dir.path().join(ca));
+        if identity {
+            cfg.tls.cert_file = Some(dir.path().join("client.crt"));
+            cfg.tls.key_file = Some(dir.path().join("client.key"));
+        }
+        let breaker = std::sync::Arc::new(keel::resilience::breaker::CircuitBreaker::new("up", cfg.breaker.clone()));
+        let client = keel::http::client::Client::new("up", &cfg, breaker, None).unwrap();
+        async move { client.get("/hello").await }
+    };
+    let ok = call("ca.crt", true).await.unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(call("ca.crt", false).await.is_err(), "no client certificate: refused in the handshake");
+    assert!(call("other-ca.crt", true).await.is_err(), "a server outside the pinned CA is not trusted");
+    f.stop().await;
+}

@@ -165,12 +165,14 @@ impl GrpcServer {
     }
 }
 
-/// How often readiness is copied to `grpc.health.v1`.
-pub const HEALTH_SYNC_EVERY: Duration = Duration::from_millis(250);
+/// How often readiness is copied to `grpc.health.v1` besides on each change (a result going
+/// stale is not announced).
+pub const HEALTH_SYNC_EVERY: Duration = Duration::from_millis(500);
 
 /// Copies readiness to `grpc.health.v1`: the server (`""`) and every registered service are
 /// `SERVING` exactly when `/health/ready` answers 200, and `NOT_SERVING` from the start of
-/// shutdown. Watchers (`Health/Watch`) see each change.
+/// shutdown; copied the moment a check's outcome changes. Watchers (`Health/Watch`) see each
+/// change.
 #[derive(Debug)]
 pub struct HealthSync {
     reporter: HealthReporter,
@@ -195,13 +197,16 @@ impl HealthSync {
         tracing::debug!(serving, "gRPC health status changed");
     }
 
-    /// Copies readiness every [`HEALTH_SYNC_EVERY`] until `stop` is cancelled, then reports
-    /// `NOT_SERVING`.
+    /// Copies readiness on every change and every [`HEALTH_SYNC_EVERY`] until `stop` is
+    /// cancelled, then reports `NOT_SERVING`.
     pub async fn run(mut self, stop: CancellationToken) {
+        let mut changes = self.health.subscribe();
         loop {
+            changes.mark_unchanged();
             self.sync().await;
             tokio::select! {
                 () = stop.cancelled() => break,
+                _ = changes.changed() => {}
                 () = tokio::time::sleep(HEALTH_SYNC_EVERY) => {}
             }
         }

@@ -2,8 +2,10 @@
 //!
 //! Keel's errors (and an application's) already know their HTTP answer: an RFC 9457 problem
 //! whose detail is written for clients, never internals. [`status`] turns such an answer into a
-//! [`Status`] with the code gRPC's HTTP mapping gives its status and the problem's detail as
-//! message, so a handler shared by the HTTP and gRPC sides reports failures the same way:
+//! [`Status`] with the code gRPC's HTTP mapping gives its status (or the gRPC code the problem's
+//! `code` names, where one HTTP status stands for several: a 409 with code `ALREADY_EXISTS`) and
+//! the problem's detail as message, so a handler shared by the HTTP and gRPC sides reports
+//! failures the same way:
 //!
 //! ```
 //! use keel_grpc::status::{Code, status};
@@ -38,6 +40,8 @@ pub fn status(error: impl IntoResponse) -> Status {
     let Some(problem) = Problem::of_response(&resp) else {
         return Status::new(code, resp.status().canonical_reason().unwrap_or("error"));
     };
+    // A problem whose code names a gRPC code says which it is (409 can be either).
+    let code = problem.code_str().and_then(code_named).unwrap_or(code);
     let mut message = problem.detail_text().unwrap_or(problem.title()).to_owned();
     for f in problem.field_errors() {
         message.push_str(&format!("; {}: {}", f.field, f.message));
@@ -71,6 +75,11 @@ pub fn code_for_http(status: StatusCode) -> Code {
         500 => Code::Internal,
         _ => Code::Unknown,
     }
+}
+
+/// The code named `name` (`ALREADY_EXISTS`), as [`crate::metrics::code_label`] writes it.
+pub fn code_named(name: &str) -> Option<Code> {
+    (0..=16).map(Code::from_i32).find(|c| crate::metrics::code_label(*c) == name)
 }
 
 /// The code in a `grpc-status` header of `headers`, if there is one.
@@ -122,6 +131,10 @@ mod tests {
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("panicked"), "{}", s.message());
         assert_eq!(status(StatusCode::CONFLICT).code(), Code::Aborted);
+        let taken = Problem::new(StatusCode::CONFLICT, "taken", "Name taken").code("ALREADY_EXISTS");
+        assert_eq!(status(taken).code(), Code::AlreadyExists);
+        let other = Problem::new(StatusCode::CONFLICT, "x", "X").code("SOMETHING_ELSE");
+        assert_eq!(status(other).code(), Code::Aborted);
         assert_eq!(code_for_http(StatusCode::TOO_MANY_REQUESTS), Code::ResourceExhausted);
         assert_eq!(code_for_http(StatusCode::IM_A_TEAPOT), Code::Unknown);
     }

@@ -241,6 +241,9 @@ struct Inner {
     ttl: Duration,
     gauge: Option<IntGaugeVec>,
     wake: tokio::sync::Notify,
+    /// Bumped whenever a probe's answer may have changed: a check's outcome, start-up finished,
+    /// shutdown begun.
+    changes: tokio::sync::watch::Sender<u64>,
     created: Instant,
     startup_grace: RwLock<Duration>,
 }
@@ -320,6 +323,7 @@ impl Health {
                 ttl,
                 gauge,
                 wake: tokio::sync::Notify::new(),
+                changes: tokio::sync::watch::Sender::new(0),
                 created: Instant::now(),
                 startup_grace: RwLock::new(DEFAULT_STARTUP_GRACE),
             }),
@@ -395,11 +399,24 @@ impl Health {
     /// Marks start-up as finished.
     pub fn set_started(&self) {
         self.inner.started.store(true, Ordering::SeqCst);
+        self.changed();
     }
 
     /// Fails readiness from now on (shutdown has begun).
     pub fn set_shutting_down(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Notified whenever a probe's answer may have changed (a check's outcome, start-up
+    /// finished, shutdown begun), for what mirrors the probes elsewhere (`grpc.health.v1`).
+    /// A result going stale past the TTL is not announced: re-read the report now and then.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Whether shutdown has begun.
@@ -521,6 +538,9 @@ impl Health {
         }
         if let Ok(mut last) = entry.last.write() {
             *last = Some(Result_ { outcome, latency: started.elapsed(), at: Instant::now() });
+        }
+        if changed {
+            self.changed();
         }
     }
 
