@@ -540,18 +540,23 @@ impl<C: Section> Setup<C> {
         self.client(name, false)
     }
 
+    /// The `upstreams.<name>` section, or the error naming it.
+    #[cfg(feature = "client")]
+    fn upstream(&self, name: &str) -> Result<keel_http::client::UpstreamConfig, SetupError> {
+        self.config
+            .keel
+            .upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))
+    }
+
     #[cfg(feature = "client")]
     fn client(&mut self, name: &str, may_fail_readiness: bool) -> Result<keel_http::client::Client, SetupError> {
         if let Some(c) = self.clients.get(name) {
             return Ok(c.clone());
         }
-        let mut cfg = self
-            .config
-            .keel
-            .upstreams
-            .get(name)
-            .cloned()
-            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))?;
+        let mut cfg = self.upstream(name)?;
         cfg.required &= may_fail_readiness;
         let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
         if self.client_metrics.is_none() {
@@ -603,13 +608,7 @@ impl<C: Section> Setup<C> {
     /// production an `http://` base URL is refused unless `upstreams.<name>.plaintext` is set.
     #[cfg(feature = "grpc")]
     pub fn grpc_client(&mut self, name: &str) -> Result<keel_grpc::GrpcClient, SetupError> {
-        let cfg = self
-            .config
-            .keel
-            .upstreams
-            .get(name)
-            .cloned()
-            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))?;
+        let cfg = self.upstream(name)?;
         if self.profile == Profile::Production && cfg.base_url.starts_with("http://") && !cfg.plaintext {
             return Err(misconfigured(
                 &format!("upstreams.{name}.base_url"),

@@ -409,3 +409,35 @@ async fn a_process_continues_the_callers_trace_and_answers_healthcheck_grpc() {
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(20)), 0);
 }
+
+/// The services reflection lists on `base`, or the code it failed with.
+async fn reflected(base: &str) -> Result<Vec<String>, Code> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut client = ServerReflectionClient::new(channel(base));
+    let mut answers =
+        client.server_reflection_info(tokio_stream::iter([ask])).await.map_err(|s| s.code())?.into_inner();
+    match answers.message().await.map_err(|s| s.code())?.and_then(|a| a.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.into_iter().map(|s| s.name).collect()),
+        other => panic!("not a list of services: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_is_off_unless_switched_on() {
+    let off = Fixture::start(&[("FIXTURE__APP__GRPC", "true")]).await;
+    assert_eq!(reflected(&off.base).await, Err(Code::Unimplemented));
+    off.stop().await;
+    let on = Fixture::start(&[("FIXTURE__APP__GRPC", "true"), ("FIXTURE__GRPC__REFLECTION", "true")]).await;
+    let services = reflected(&on.base).await.unwrap();
+    for name in ["fixture.v1.Echo", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|s| s == name), "{name} not in {services:?}");
+    }
+    on.stop().await;
+}

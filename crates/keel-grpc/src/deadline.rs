@@ -20,7 +20,7 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
+use tower::Service;
 
 use crate::body::Cut;
 use crate::status::{Status, response};
@@ -87,12 +87,7 @@ impl DeadlineLayer {
     }
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline { inner, layer: self.clone() }
-    }
-}
+crate::macros::layer_with_config!(DeadlineLayer => Deadline);
 
 /// The service made by [`DeadlineLayer`].
 #[derive(Debug, Clone)]

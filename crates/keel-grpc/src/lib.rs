@@ -41,6 +41,8 @@ pub mod deadline;
 #[cfg(feature = "grpc")]
 pub mod limit;
 #[cfg(feature = "grpc")]
+mod macros;
+#[cfg(feature = "grpc")]
 pub mod method;
 #[cfg(feature = "grpc")]
 pub mod metrics;

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
-use tower::{Layer, Service};
+use tower::Service;
 
 use crate::body::Observed;
 use crate::method::{Known, UNKNOWN};
@@ -85,12 +85,7 @@ impl GrpcMetricsLayer {
     }
 }
 
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-    fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner, layer: self.clone() }
-    }
-}
+crate::macros::layer_with_config!(GrpcMetricsLayer => GrpcMetrics);
 
 /// The service made by [`GrpcMetricsLayer`].
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
-use tower::{Layer, Service};
+use tower::Service;
 
 use crate::status::{RETRY_PUSHBACK, Status, pushback, response};
 use keel_http::request_id::RequestId;
@@ -76,12 +76,7 @@ impl Drop for Guard {
     }
 }
 
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed { inner, layer: self.clone() }
-    }
-}
+crate::macros::layer_with_config!(ShedLayer => Shed);
 
 /// The service made by [`ShedLayer`].
 #[derive(Debug, Clone)]

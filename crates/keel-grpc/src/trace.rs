@@ -29,7 +29,7 @@ use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::field::Empty;
 
 use crate::body::Observed;
@@ -52,12 +52,7 @@ impl GrpcTraceLayer {
     }
 }
 
-impl<S> Layer<S> for GrpcTraceLayer {
-    type Service = GrpcTrace<S>;
-    fn layer(&self, inner: S) -> GrpcTrace<S> {
-        GrpcTrace { inner, layer: self.clone() }
-    }
-}
+crate::macros::layer_with_config!(GrpcTraceLayer => GrpcTrace);
 
 /// The service made by [`GrpcTraceLayer`].
 #[derive(Debug, Clone)]
