@@ -22,7 +22,12 @@ pub struct EchoApi;
 #[tonic::async_trait]
 impl pb::echo_server::Echo for EchoApi {
     async fn say(&self, request: Request<pb::SayRequest>) -> Result<Response<pb::SayReply>, Status> {
-        let req = request.into_inner();
+        // Behind `JwtInterceptor` the caller's claims are in the extensions.
+        let caller = request.extensions().get::<keel::security::jwt::Claims>().map(|c| c.sub.clone());
+        let mut req = request.into_inner();
+        if let Some(sub) = caller {
+            req.text = format!("{sub}: {}", req.text);
+        }
         match req.mode.as_str() {
             // The fixture panics on request: the stack's recovery is what is tested.
             #[allow(clippy::panic)]

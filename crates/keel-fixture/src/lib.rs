@@ -131,7 +131,12 @@ pub fn service() -> keel::Service<FixtureConfig> {
         .keeps_audit_log()
         .setup(|s| {
             let greeting = s.config().greeting.clone();
-            if s.config().grpc {
+            if s.config().grpc && s.config().auth {
+                // Every call needs a bearer token; the handler sees its claims.
+                let auth = keel::grpc::auth::JwtInterceptor::<keel::security::jwt::Claims>::new(s.jwt()?);
+                s.grpc_service(echo::pb::echo_server::EchoServer::with_interceptor(echo::EchoApi, auth));
+                s.grpc_descriptors(echo::FILE_DESCRIPTOR_SET);
+            } else if s.config().grpc {
                 s.grpc_service(echo::pb::echo_server::EchoServer::new(echo::EchoApi));
                 s.grpc_descriptors(echo::FILE_DESCRIPTOR_SET);
             }

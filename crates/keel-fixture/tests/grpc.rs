@@ -441,3 +441,47 @@ async fn reflection_is_off_unless_switched_on() {
     }
     on.stop().await;
 }
+
+#[tokio::test]
+async fn a_jwt_interceptor_refuses_calls_without_a_valid_token_and_hands_over_the_claims() {
+    const SECRET: &str = "fixture-hs256-secret-for-tests-0123456789";
+    let f = Fixture::start(&[
+        ("FIXTURE__APP__GRPC", "true"),
+        ("FIXTURE__APP__AUTH", "true"),
+        ("FIXTURE__SECURITY__JWT__ISSUER", "https://auth.fixture"),
+        ("FIXTURE__SECURITY__JWT__KEYS__K1__ALGORITHM", "HS256"),
+        ("FIXTURE__SECURITY__JWT__KEYS__K1__SECRET", SECRET),
+    ])
+    .await;
+    let signer = |iss: &str| {
+        keel::security::jwt::Jwt::builder()
+            .issuer(iss)
+            .key(keel::security::jwt::JwtKey::hs256("k1", &keel::config::Secret::new(SECRET)).unwrap())
+            .sign_with("k1")
+            .build()
+            .unwrap()
+    };
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let claims = serde_json::json!({"sub": "u1", "exp": exp, "iss": "https://auth.fixture"});
+    let call = |token: Option<String>| {
+        let mut echo = EchoClient::new(channel(&f.base));
+        async move {
+            let mut req = Request::new(say("hi", ""));
+            if let Some(t) = token {
+                req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            echo.say(req).await
+        }
+    };
+    let reply = call(Some(signer("https://auth.fixture").issue(&claims).unwrap())).await.unwrap();
+    assert_eq!(reply.into_inner().text, "u1: hi", "the handler gets the claims");
+    let err = call(None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut foreign = claims.clone();
+    foreign["iss"] = "https://evil".into();
+    let err = call(Some(signer("https://evil").issue(&foreign).unwrap())).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("refused"), "{err:?}");
+    assert_eq!(serving(channel(&f.base), "").await, Some(true), "health needs no token");
+    f.stop().await;
+}

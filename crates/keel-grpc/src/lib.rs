@@ -4,8 +4,8 @@
 //! client with the HTTP client's timeouts, retries, breakers and metrics.
 //!
 //! This is `keel-grpc`, re-exported by `keel` as `keel::grpc` (feature `grpc`); of Keel's crates
-//! it depends on `keel-config`, `keel-tls`, `keel-resilience`, `keel-telemetry`, `keel-health` and
-//! `keel-http`. Without its `grpc` feature only [`GrpcConfig`] is built, so a config file with a
+//! it depends on `keel-config`, `keel-tls`, `keel-resilience`, `keel-telemetry`, `keel-health`,
+//! `keel-http` and `keel-security` (JWT on calls, [`auth`], with the `security` feature). Without its `grpc` feature only [`GrpcConfig`] is built, so a config file with a
 //! `grpc` section loads in every build.
 //!
 //! A service registers its tonic services in set-up; Keel does the rest:
@@ -28,6 +28,8 @@ mod config;
 
 pub use config::GrpcConfig;
 
+#[cfg(all(feature = "grpc", feature = "security"))]
+pub mod auth;
 #[cfg(feature = "grpc")]
 pub mod body;
 #[cfg(feature = "grpc")]

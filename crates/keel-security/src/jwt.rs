@@ -640,8 +640,8 @@ fn public_reason(e: &JwtError) -> &'static str {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<Option<&str>, JwtError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
+fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, JwtError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value.to_str().map_err(|_| JwtError::Malformed)?;
     match keel_http::bearer_token(value) {
         Some(token) => Ok(Some(token)),
@@ -652,26 +652,48 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, JwtError> {
     }
 }
 
+fn reject(error: JwtError) -> AuthRejection {
+    let status = if error.is_client_error() { StatusCode::UNAUTHORIZED } else { StatusCode::INTERNAL_SERVER_ERROR };
+    AuthRejection { status, error, role: None }
+}
+
 fn authenticate<C: DeserializeOwned>(parts: &Parts) -> Result<Option<C>, AuthRejection> {
-    let reject = |error: JwtError| {
-        let status = if error.is_client_error() { StatusCode::UNAUTHORIZED } else { StatusCode::INTERNAL_SERVER_ERROR };
-        AuthRejection { status, error, role: None }
-    };
-    let token = match bearer(parts) {
-        Ok(Some(t)) => t,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(reject(e)),
-    };
     let Some(jwt) = parts.extensions.get::<Jwt>() else {
-        tracing::error!("Auth extractor used on a route without the Jwt extension (router.layer(jwt.extension()))");
-        return Err(reject(JwtError::NoSigningKey));
+        // Only a refusal if there is a token to verify.
+        bearer(&parts.headers).map_err(reject)?.map_or(Ok(()), |_| {
+            tracing::error!("Auth extractor used on a route without the Jwt extension (router.layer(jwt.extension()))");
+            Err(reject(JwtError::NoSigningKey))
+        })?;
+        return Ok(None);
     };
-    match jwt.verify::<C>(token) {
-        Ok(c) => Ok(Some(c)),
-        Err(e) => {
-            tracing::debug!(error = %e, "bearer token refused");
-            Err(reject(e))
+    jwt.authenticate(&parts.headers)
+}
+
+impl Jwt {
+    /// The claims of the bearer token in `headers`' `Authorization` (HTTP headers, or gRPC
+    /// metadata as headers), `Ok(None)` when there is none; a refusal is the extractors' own
+    /// (`Missing` never: that is `Ok(None)`), whose answer is the 401 problem they give.
+    pub fn authenticate<C: DeserializeOwned>(&self, headers: &http::HeaderMap) -> Result<Option<C>, AuthRejection> {
+        let Some(token) = bearer(headers).map_err(reject)? else { return Ok(None) };
+        match self.verify::<C>(token) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "bearer token refused");
+                Err(reject(e))
+            }
         }
+    }
+}
+
+impl AuthRejection {
+    /// No credentials where they are required: 401.
+    pub fn missing() -> Self {
+        Self { status: StatusCode::UNAUTHORIZED, error: JwtError::Missing, role: None }
+    }
+
+    /// Valid credentials without `role`: 403.
+    pub fn forbidden(role: impl Into<Arc<str>>) -> Self {
+        Self { status: StatusCode::FORBIDDEN, error: JwtError::Missing, role: Some(role.into()) }
     }
 }
 

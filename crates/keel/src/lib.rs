@@ -31,10 +31,10 @@
 //! | [`health`] | `keel-health` | health checks, the live / ready / startup probes, dependency connection state |
 //! | [`http`] | `keel-http` | the HTTP stack as tower layers, problem responses, the outbound client (feature `client`) |
 //! | [`server`] | `keel-server` | the accept loop: hyper's timeouts, HTTP/2 settings, connection caps, drain |
-//! | [`grpc`] | `keel-grpc` | tonic services behind Keel's gRPC stack, `grpc.health.v1`, reflection, the gRPC client (feature `grpc`) |
 //! | [`data`] | `keel-data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | [`redis`] | `keel-redis` | a managed Redis connection (feature `redis`) |
 //! | [`security`] | `keel-security` | JWT, passwords, field encryption, audit log (feature `security`) |
+//! | [`grpc`] | `keel-grpc` | tonic services behind Keel's gRPC stack, `grpc.health.v1`, reflection, the gRPC client (feature `grpc`) |
 //! | [`features`] | `keel-features` | feature flags from a YAML file, hot-reloaded |
 //! | [`workers`] | `keel-workers` | supervised periodic and continuous background workers |
 //! | [`events`] | `keel-events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
