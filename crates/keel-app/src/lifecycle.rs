@@ -594,6 +594,9 @@ pub(crate) async fn start_in<C: Section>(
         None => limits.clone(),
     };
     let stop_tasks = CancellationToken::new();
+    // `tls_certificate_expiry_timestamp_seconds`, registered with the first TLS listener.
+    #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
+    let mut tls_expiry: Option<prometheus::IntGaugeVec> = None;
     #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
     let mut grpc_addr = None;
     #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
@@ -630,6 +633,9 @@ pub(crate) async fn start_in<C: Section>(
                     None => limits.clone(),
                 };
                 if let Some(acceptor) = grpc_tls {
+                    let expiry = expiry_gauge(&metrics, &mut tls_expiry)?;
+                    let watch = expiry_watch(expiry, "grpc", acceptor.clone(), stop_tasks.child_token());
+                    grpc_tasks.push(("grpc-tls-expiry".into(), Box::pin(watch)));
                     grpc_tasks.push(("grpc-tls-reload".into(), Box::pin(acceptor.watch(stop_tasks.child_token()))));
                 }
                 servers.push(serve(
@@ -661,6 +667,9 @@ pub(crate) async fn start_in<C: Section>(
     let member = tracing::info_span!(target: keel_telemetry::SCOPE_TARGET, "service", service = %build.name);
     member.in_scope(|| health.spawn(&tracker, &stop_tasks));
     if let Some(acceptor) = tls {
+        let expiry = expiry_gauge(&metrics, &mut tls_expiry)?;
+        let watch = expiry_watch(expiry, "http", acceptor.clone(), stop_tasks.child_token());
+        tasks.spawn(&tracker, "tls-expiry".into(), watch.instrument(member.clone()));
         tasks.spawn(&tracker, "tls-reload".into(), acceptor.watch(stop_tasks.child_token()).instrument(member.clone()));
     }
     for (name, task) in grpc_tasks {
@@ -717,6 +726,45 @@ pub(crate) async fn start_in<C: Section>(
         stack,
         sign_in: admin.token.is_some().then(|| admin.codes.clone()),
     })
+}
+
+/// `tls_certificate_expiry_timestamp_seconds{listener}`, registered once.
+fn expiry_gauge(
+    metrics: &Metrics,
+    slot: &mut Option<prometheus::IntGaugeVec>,
+) -> Result<prometheus::IntGaugeVec, StartError> {
+    if let Some(g) = slot {
+        return Ok(g.clone());
+    }
+    let g = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate a TLS listener serves expires (its notAfter), in Unix seconds.",
+        ),
+        &["listener"],
+    )?;
+    metrics.register(g.clone())?;
+    *slot = Some(g.clone());
+    Ok(g)
+}
+
+/// Keeps `listener`'s expiry in `gauge` as certificates are reloaded, until `stop`.
+async fn expiry_watch(
+    gauge: prometheus::IntGaugeVec,
+    listener: &'static str,
+    tls: keel_tls::Acceptor,
+    stop: CancellationToken,
+) {
+    let gauge = gauge.with_label_values(&[listener]);
+    loop {
+        if let Some(at) = tls.not_after() {
+            gauge.set(at);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(tls.reload_interval()) => {}
+        }
+    }
 }
 
 /// A background task, boxed.

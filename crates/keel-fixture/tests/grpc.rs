@@ -264,6 +264,13 @@ async fn tls_and_mtls(shared: bool) {
     .await;
     let stale = EchoClient::new(tls_channel(&url, dir.path(), &old.ca, true)).say(say("x", "")).await;
     assert!(stale.is_err(), "the old certificate is no longer served");
+    // The served certificate's expiry is exported for the expiry alert.
+    let listener = if shared { "http" } else { "grpc" };
+    let text = metrics(&f).await;
+    let expiry = format!("tls_certificate_expiry_timestamp_seconds{{listener=\"{listener}\"}} ");
+    let at: i64 = text.lines().find_map(|l| l.strip_prefix(&expiry)).expect(&expiry).parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(at > now, "{at} is not in the future");
     if !shared {
         // The public listener is untouched by grpc.tls.
         assert_eq!(client().get(f.url("/hello")).send().await.unwrap().status(), 200);

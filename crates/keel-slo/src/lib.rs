@@ -138,8 +138,12 @@ pub struct AlertThresholds {
     pub db_acquire_timeouts_per_second: f64,
     /// `KeelRateLimitBackendErrors`: backend errors per second over 5 minutes.
     pub rate_limit_backend_errors_per_second: f64,
-    /// `KeelLoadShedding`: shed requests per second over 5 minutes.
+    /// `KeelLoadShedding` and `KeelGrpcLoadShedding`: shed requests (calls) per second over 5
+    /// minutes.
     pub shed_requests_per_second: f64,
+    /// `KeelTlsCertificateExpiring`: a TLS listener's certificate expires sooner than this.
+    #[serde(with = "keel_config::duration")]
+    pub tls_certificate_expiry: Duration,
     /// `KeelAuditCheckpointStale`: the audit log's last checkpoint is older than this (keep it
     /// well above `security.audit.checkpoint_interval`).
     #[serde(with = "keel_config::duration")]
@@ -154,6 +158,7 @@ impl Default for AlertThresholds {
             db_acquire_timeouts_per_second: 0.1,
             rate_limit_backend_errors_per_second: 0.1,
             shed_requests_per_second: 1.0,
+            tls_certificate_expiry: Duration::from_secs(14 * 86_400),
             audit_checkpoint_age: Duration::from_secs(900),
         }
     }
@@ -272,6 +277,9 @@ pub fn validate(file: &SloFile) -> Vec<String> {
     let a = &file.alerts;
     if a.outbox_oldest_pending_age.is_zero() {
         problems.push("alerts.outbox_oldest_pending_age: must be above zero".into());
+    }
+    if a.tls_certificate_expiry.is_zero() {
+        problems.push("alerts.tls_certificate_expiry: must be above zero".into());
     }
     if a.audit_checkpoint_age.is_zero() {
         problems.push("alerts.audit_checkpoint_age: must be above zero".into());
@@ -541,6 +549,29 @@ fn keel_alerts(f: &SloFile, sel: &str, runbooks: &str) -> Vec<Rule> {
             "ticket",
             format!("{s} is shedding load"),
             "Requests are refused with 503 because http.max_in_flight is reached.".into(),
+        ),
+        (
+            "KeelGrpcLoadShedding",
+            format!("sum by (job) (rate(grpc_server_calls_shed_total{{{sel}}}[5m])) > {}", a.shed_requests_per_second),
+            "5m",
+            "ticket",
+            format!("{s} is shedding gRPC calls"),
+            "gRPC calls are refused with RESOURCE_EXHAUSTED because grpc.max_in_flight is reached.".into(),
+        ),
+        (
+            "KeelTlsCertificateExpiring",
+            format!(
+                "min by (job, instance, listener) (tls_certificate_expiry_timestamp_seconds{{{sel}}}) - time() < {}",
+                a.tls_certificate_expiry.as_secs()
+            ),
+            "10m",
+            "ticket",
+            format!("{s}: a TLS listener's certificate expires soon"),
+            format!(
+                "The certificate a TLS listener serves expires in less than {}: its renewal (cert-manager, Vault \
+                 agent) has not reached the files, or the files are no longer read.",
+                humantime::format_duration(a.tls_certificate_expiry)
+            ),
         ),
         (
             "KeelAuditLogTampered",

@@ -227,6 +227,29 @@ fn cases() -> Vec<Case> {
             "KeelLoadShedding",
             &keel(&[("job", "shop")], "ticket"),
         ),
+        case(
+            &[(r#"grpc_server_calls_shed_total{job="shop",instance="a:9"}"#, "0+120x15")],
+            "11m",
+            "KeelGrpcLoadShedding",
+            &keel(&[("job", "shop")], "ticket"),
+        ),
+        // A certificate 7 days from its end (the clock starts at 0 here).
+        case(
+            &[(r#"tls_certificate_expiry_timestamp_seconds{job="shop",instance="a:9",listener="grpc"}"#, "604800x30")],
+            "15m",
+            "KeelTlsCertificateExpiring",
+            &keel(&[("job", "shop"), ("instance", "a:9"), ("listener", "grpc")], "ticket"),
+        ),
+        Case {
+            // 60 days left: quiet.
+            series: vec![(
+                r#"tls_certificate_expiry_timestamp_seconds{job="shop",instance="a:9",listener="http"}"#,
+                "5184000x30",
+            )],
+            at: "15m",
+            alert: "KeelTlsCertificateExpiring",
+            labels: None,
+        },
         // A gauge under its threshold fires nothing.
         Case {
             series: vec![(r#"consumer_lag_messages{job="shop",instance="a:9",topic="t",group="g"}"#, "10x15")],

@@ -83,6 +83,8 @@ struct Inner {
 #[derive(Debug)]
 struct Loaded {
     config: Arc<ServerConfig>,
+    /// When the served certificate expires (Unix seconds), when it could be read.
+    not_after: Option<i64>,
     /// [`Files::fingerprint`] of what the configuration was built from: the key's bytes are not
     /// kept beside rustls' own copy.
     fingerprint: u64,
@@ -109,9 +111,20 @@ impl Acceptor {
             return Ok(None);
         }
         let files = read(cfg, section)?;
-        let config = build(cfg, section, &files)?;
-        let current = RwLock::new(Loaded { config, fingerprint: files.fingerprint() });
+        let (config, not_after) = build(cfg, section, &files)?;
+        let current = RwLock::new(Loaded { config, not_after, fingerprint: files.fingerprint() });
         Ok(Some(Self { inner: Arc::new(Inner { cfg: cfg.clone(), section, current }) }))
+    }
+
+    /// When the certificate served now stops being valid (its `notAfter`, Unix seconds), for
+    /// `tls_certificate_expiry_timestamp_seconds`; `None` if it could not be read.
+    pub fn not_after(&self) -> Option<i64> {
+        self.inner.current.read().unwrap_or_else(PoisonError::into_inner).not_after
+    }
+
+    /// How often the files are read again.
+    pub fn reload_interval(&self) -> Duration {
+        self.inner.cfg.reload_interval
     }
 
     /// How long a client has to finish the handshake.
@@ -176,8 +189,9 @@ impl Acceptor {
             return Reload::Unchanged;
         }
         match build(&self.inner.cfg, self.inner.section, &files) {
-            Ok(config) => {
-                *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { config, fingerprint };
+            Ok((config, not_after)) => {
+                *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) =
+                    Loaded { config, not_after, fingerprint };
                 Reload::Reloaded
             }
             Err(e) => Reload::Refused(Some(fingerprint), e),
@@ -243,7 +257,14 @@ pub(crate) fn certificates(setting: &str, path: &Path, pem: &[u8]) -> Result<Vec
     Ok(certs)
 }
 
-fn build(cfg: &ServerTlsConfig, section: &str, files: &Files) -> Result<Arc<ServerConfig>, TlsError> {
+/// The `notAfter` of a DER certificate, in Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// The server configuration, and when its certificate expires.
+fn build(cfg: &ServerTlsConfig, section: &str, files: &Files) -> Result<(Arc<ServerConfig>, Option<i64>), TlsError> {
     let cert_path = path_of(&cfg.cert_file);
     let key_path = path_of(&cfg.key_file);
     let ca_setting = format!("{section}.client_ca_file");
@@ -279,7 +300,8 @@ fn build(cfg: &ServerTlsConfig, section: &str, files: &Files) -> Result<Arc<Serv
             builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Rustls(e.to_string()))?)
         }
     };
+    let expires = certs.first().and_then(not_after);
     let mut config = builder.with_single_cert(certs, key).map_err(|e| TlsError::Rustls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), expires))
 }

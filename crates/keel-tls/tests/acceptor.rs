@@ -211,3 +211,35 @@ async fn unusable_files_stop_the_start_with_the_setting_named() {
     assert!(matches!(e, TlsError::Rustls(_)), "{e}");
     assert!(!e.to_string().contains("PRIVATE KEY"), "no key material in errors: {e}");
 }
+
+#[tokio::test]
+async fn the_served_certificates_expiry_follows_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let signed_until = |year: i32| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 2);
+        (params.signed_by(&key, &ca.issuer).unwrap().pem(), key.serialize_pem())
+    };
+    let (cert, key) = signed_until(2031);
+    let mut cfg = ServerTlsConfig::default();
+    cfg.cert_file = Some(write(dir.path(), "tls.crt", &cert));
+    cfg.key_file = Some(write(dir.path(), "tls.key", &key));
+    cfg.reload_interval = Duration::from_millis(50);
+    let acceptor = Acceptor::new(&cfg).unwrap().unwrap();
+    // 2031-01-02T00:00:00Z, then 2032-01-02T00:00:00Z
+    assert_eq!(acceptor.not_after(), Some(1_925_078_400));
+    let stop = CancellationToken::new();
+    let watching = tokio::spawn(acceptor.clone().watch(stop.clone()));
+    let (cert, key) = signed_until(2032);
+    write(dir.path(), "tls.key", &key);
+    write(dir.path(), "tls.crt", &cert);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while acceptor.not_after() != Some(1_956_614_400) {
+        assert!(tokio::time::Instant::now() < deadline, "still {:?}", acceptor.not_after());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    watching.await.unwrap();
+}
