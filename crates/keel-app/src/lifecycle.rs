@@ -480,6 +480,12 @@ fn summary<C: Section>(s: &Setup<C>, has_database: bool) -> Vec<(String, String)
             k.redis.url.as_ref().map_or_else(String::new, |u| keel_telemetry::mask::scrub(u.expose()).into_owned());
         out.push(("redis".into(), url));
     }
+    #[cfg(feature = "grpc")]
+    if !s.grpc.is_empty() {
+        let port = k.grpc.port.map_or_else(|| "the public port".to_owned(), |p| format!("port {p}"));
+        let reflection = if k.grpc.reflection { ", reflection on" } else { "" };
+        out.push(("gRPC".into(), format!("{} on {port}{reflection}", s.grpc.names().join(", "))));
+    }
     out.push(("log".into(), format!("{} ({:?})", k.log.level, k.log.format).to_lowercase()));
     out.push((
         "traces".into(),
@@ -692,7 +698,7 @@ pub(crate) async fn start_in<C: Section>(
             }
         }
     });
-    let _ = admin.sources.listeners.set((bound_http, bound_mgmt.unwrap_or(bound_http)));
+    let _ = admin.sources.listeners.set((bound_http, bound_mgmt.unwrap_or(bound_http), grpc_addr));
     process.join(admin.sources.clone(), admin.token.clone());
     if keel.features.reload && flags.file().is_some() {
         let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
@@ -705,6 +711,7 @@ pub(crate) async fn start_in<C: Section>(
         profile = %loaded_profile,
         http = %bound_http,
         management = %bound_mgmt.unwrap_or(bound_http),
+        grpc = grpc_addr.map(tracing::field::display),
         "listening"
     );
     Ok(Running {

@@ -34,8 +34,28 @@ async fn metrics(f: &Fixture) -> String {
 
 #[tokio::test]
 async fn a_call_goes_through_the_stack_beside_the_http_routes() {
-    let f = Fixture::start(&[("FIXTURE__APP__GRPC", "true"), ("FIXTURE__GRPC__REQUEST_TIMEOUT", "1s")]).await;
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let f = Fixture::start(&[
+        ("FIXTURE__APP__GRPC", "true"),
+        ("FIXTURE__GRPC__REQUEST_TIMEOUT", "1s"),
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+    ])
+    .await;
     assert_eq!(f.running().grpc_addr(), Some(f.running().http_addr()), "gRPC shares the public port");
+    // The operator page names the gRPC listener and services.
+    let status: serde_json::Value = client()
+        .get(format!("{}/admin/status", f.mgmt))
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["listeners"]["grpc"], f.running().http_addr().to_string(), "{status}");
+    let summary = status["config"]["summary"].to_string();
+    assert!(summary.contains("fixture.v1.Echo on the public port"), "{summary}");
     let mut echo = EchoClient::new(channel(&f.base));
 
     // Request id and deadline reach the handler; the id comes back.

@@ -49,8 +49,8 @@ pub(crate) struct Sources {
     pub(crate) summary: Vec<(String, String)>,
     /// The effective configuration as `config check` prints it (secrets as `***`).
     pub(crate) config_yaml: String,
-    /// The bound listeners `(http, management)`, once bound.
-    pub(crate) listeners: Arc<OnceLock<(SocketAddr, SocketAddr)>>,
+    /// The bound listeners `(http, management, grpc)`, once bound (`grpc`: when it serves gRPC).
+    pub(crate) listeners: Arc<OnceLock<(SocketAddr, SocketAddr, Option<SocketAddr>)>>,
 }
 
 /// The services of one process whose status pages show each other — those with the same admin
@@ -124,6 +124,8 @@ struct ServiceInfo {
 struct Listeners {
     http: String,
     management: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,10 +192,11 @@ impl Sources {
                 uptime_seconds: self.started.elapsed().as_secs(),
                 log_level: keel_telemetry::log_level(),
             },
-            listeners: self
-                .listeners
-                .get()
-                .map(|(http, mgmt)| Listeners { http: http.to_string(), management: mgmt.to_string() }),
+            listeners: self.listeners.get().map(|(http, mgmt, grpc)| Listeners {
+                http: http.to_string(),
+                management: mgmt.to_string(),
+                grpc: grpc.map(|g| g.to_string()),
+            }),
             config: ConfigInfo { summary: self.summary.clone(), yaml: self.config_yaml.clone() },
             health: HealthInfo {
                 liveness: self.health.report(Kind::Liveness),

@@ -224,6 +224,9 @@ fn view(d: &StatusDoc) -> ServiceView {
     if let Some(l) = &d.listeners {
         facts.push(("API listener", l.http.clone()));
         facts.push(("management listener", l.management.clone()));
+        if let Some(g) = &l.grpc {
+            facts.push(("gRPC listener", g.clone()));
+        }
     }
     let workers: Vec<WorkerRow> = d
         .workers
