@@ -241,16 +241,44 @@ pub mod exit {
     pub const FORCED_SHUTDOWN: u8 = 70;
 }
 
-/// GETs `http://127.0.0.1:<port><path>` with a deadline; returns the status code and body.
-pub(crate) async fn probe(port: u16, path: &str, timeout: Duration) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
+/// GETs `http://127.0.0.1:<port><path>` (over TLS with `tls`) with a deadline; returns the
+/// status code and body.
+pub(crate) async fn probe(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<(u16, String), String> {
     let work = async {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        match tls {
+            None => get(stream, port, path).await,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS with 127.0.0.1:{port}: {e}"))?;
+                get(stream, port, path).await
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+}
+
+/// `GET path` over `io` with HTTP/1.1.
+async fn get<I>(io: I, port: u16, path: &str) -> Result<(u16, String), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = http::Request::get(path)
             .header(http::header::HOST, format!("127.0.0.1:{port}"))
@@ -261,8 +289,24 @@ pub(crate) async fn probe(port: u16, path: &str, timeout: Duration) -> Result<(u
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+    }
+}
+
+/// The TLS a probe of the listener configured by `tls` (at `section`) speaks, offering `alpn`:
+/// none for a plaintext listener; the listener's own certificate pinned otherwise. A listener
+/// that requires client certificates cannot be probed.
+pub(crate) fn probe_tls(
+    tls: &keel_tls::ServerTlsConfig,
+    section: &str,
+    alpn: &[&[u8]],
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    if tls.client_auth == keel_tls::ClientAuth::Required {
+        return Err(format!(
+            "{section}.client_auth is required: a probe has no client certificate (probe the management listener's metrics or use optional)"
+        ));
+    }
+    keel_tls::probe_config(tls, section, alpn).map(Some).map_err(|e| e.to_string())
 }

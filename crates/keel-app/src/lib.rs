@@ -387,6 +387,13 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration) -> ExitCode {
     let path = if ready { "/health/ready" } else { "/health/live" };
     let port = loaded.config.keel.http.port;
+    let tls = match cli::probe_tls(&loaded.config.keel.http.tls, "http.tls", &[b"http/1.1"]) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -394,7 +401,7 @@ fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration)
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match rt.block_on(cli::probe(port, path, timeout)) {
+    match rt.block_on(cli::probe(port, path, timeout, tls)) {
         Ok((200, body)) => {
             println!("{body}");
             ExitCode::SUCCESS
@@ -416,6 +423,16 @@ fn grpc_healthcheck<C>(loaded: &Loaded<C>, service: &str, timeout: std::time::Du
     {
         let keel = &loaded.config.keel;
         let port = keel.grpc.port.unwrap_or(keel.http.port);
+        let (listener, section) =
+            if keel.grpc.port.is_some() { (&keel.grpc.tls, "grpc.tls") } else { (&keel.http.tls, "http.tls") };
+        let tls = match cli::probe_tls(listener, section, &[b"h2"]) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("healthcheck: {e}");
+                return ExitCode::from(exit::FAILURE);
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -424,7 +441,7 @@ fn grpc_healthcheck<C>(loaded: &Loaded<C>, service: &str, timeout: std::time::Du
             }
         };
         let answer = rt.block_on(async {
-            let channel = keel_grpc::client::channel(&format!("http://127.0.0.1:{port}"), None)
+            let channel = keel_grpc::client::channel(&format!("{scheme}://127.0.0.1:{port}"), tls)
                 .map_err(|e| keel_grpc::tonic::Status::unavailable(e.to_string()))?;
             keel_grpc::client::check_health(channel, service, timeout).await
         });

@@ -274,6 +274,18 @@ async fn tls_and_mtls(shared: bool) {
     assert!(refused.is_err(), "a client without a certificate is refused");
     let plain = EchoClient::new(channel(&format!("http://127.0.0.1:{}", addr.port()))).say(say("x", "")).await;
     assert!(plain.is_err(), "plaintext is refused");
+    // A probe has no client certificate: `healthcheck --grpc` says so rather than failing a handshake.
+    let vars: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let port = f.running().http_addr().port().to_string();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        let mut vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.extend([("KEEL_ENV", "test"), ("FIXTURE__HTTP__PORT", port.as_str())]);
+        common::run_cli(&["healthcheck", "--grpc"], &vars)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("client_auth is required"), "{err}");
 
     // A renewed certificate (and CA) is served without a restart.
     let new = write_pki(dir.path());
@@ -510,5 +522,33 @@ async fn a_jwt_interceptor_refuses_calls_without_a_valid_token_and_hands_over_th
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("refused"), "{err:?}");
     assert_eq!(serving(channel(&f.base), "").await, Some(true), "health needs no token");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_grpc_probes_a_tls_grpc_port_trusting_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pki(dir.path());
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let (cert, key) = (file("tls.crt"), file("tls.key"));
+    let grpc_port = free_port().to_string();
+    let env = [
+        ("FIXTURE__APP__GRPC", "true"),
+        ("FIXTURE__GRPC__PORT", grpc_port.as_str()),
+        ("FIXTURE__GRPC__TLS__CERT_FILE", cert.as_str()),
+        ("FIXTURE__GRPC__TLS__KEY_FILE", key.as_str()),
+    ];
+    let f = Fixture::start(&env).await;
+    let mut owned: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    owned.push(("KEEL_ENV".into(), "test".into()));
+    owned.push(("FIXTURE__HTTP__PORT".into(), f.running().http_addr().port().to_string()));
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        common::run_cli(&["healthcheck", "--grpc", "fixture.v1.Echo"], &vars)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("fixture.v1.Echo: SERVING"), "{out}");
     f.stop().await;
 }

@@ -47,6 +47,25 @@ async fn serves_https_and_picks_up_a_renewed_certificate() {
     assert!(reqwest::get(p.url("/health/live")).await.is_err(), "plaintext on the TLS port");
     let metrics = common::client().get(p.management_url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200, "the management listener stays plaintext");
+    // `healthcheck` probes the TLS listener, trusting the certificate it serves.
+    let port = p.http.unwrap().port().to_string();
+    let probe = |ready: bool| {
+        let (port, cert, key) = (port.clone(), cert.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let args: &[&str] = if ready { &["healthcheck", "--ready"] } else { &["healthcheck"] };
+            common::run_cli(
+                args,
+                &[
+                    ("KEEL_ENV", "test"),
+                    ("FIXTURE__HTTP__PORT", &port),
+                    ("FIXTURE__HTTP__TLS__CERT_FILE", &cert),
+                    ("FIXTURE__HTTP__TLS__KEY_FILE", &key),
+                ],
+            )
+        })
+    };
+    let (code, out, err) = probe(false).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
 
     let new = write_pki(dir.path());
     eventually("the renewed certificate is served", || {

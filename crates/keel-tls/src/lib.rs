@@ -41,7 +41,7 @@ mod client;
 mod config;
 mod server;
 
-pub use client::ClientTlsConfig;
+pub use client::{ClientTlsConfig, probe_config};
 pub use config::{ClientAuth, ServerTlsConfig};
 pub use server::{Acceptor, Encrypted, PeerCertificates, TlsError};
 
