@@ -107,9 +107,17 @@ pub struct Objective {
     #[serde(default, with = "keel_config::duration::option")]
     pub threshold: Option<Duration>,
     /// Only these route templates (`/items/{id}`); default every route but probes and unmatched
-    /// paths.
+    /// paths. HTTP objectives only.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Only these gRPC services (`symbols.v1.Symbols`); default every registered service but
+    /// health and reflection. gRPC objectives only.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Only these gRPC methods (`GetSymbol`), of the services above; default every method.
+    /// gRPC objectives only.
+    #[serde(default)]
+    pub methods: Vec<String>,
     /// A sentence for people, shown in the alerts.
     #[serde(default)]
     pub description: Option<String>,
@@ -123,6 +131,22 @@ pub enum Sli {
     Availability,
     /// Answers within the threshold, of all answers.
     Latency,
+    /// gRPC calls that did not fail on the server's side (`UNKNOWN`, `DEADLINE_EXCEEDED`,
+    /// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`), of all calls.
+    GrpcAvailability,
+    /// gRPC calls that ended within the threshold, of all calls (list unary methods: a
+    /// stream's time is its whole life).
+    GrpcLatency,
+}
+
+impl Sli {
+    fn is_grpc(self) -> bool {
+        matches!(self, Self::GrpcAvailability | Self::GrpcLatency)
+    }
+
+    fn is_latency(self) -> bool {
+        matches!(self, Self::Latency | Self::GrpcLatency)
+    }
 }
 
 /// Thresholds of the Keel alerts (each has a default; see `docs/alerts.md`).
@@ -256,17 +280,31 @@ pub fn validate(file: &SloFile) -> Vec<String> {
                 o.objective
             ));
         }
-        match (o.sli, o.threshold) {
-            (Sli::Latency, None) => problems.push(format!("{at}.threshold: a latency objective needs one")),
-            (Sli::Latency, Some(t)) if bucket(t).is_none() => problems.push(format!(
-                "{at}.threshold: {} is not a bucket bound of http_server_request_duration_seconds ({})",
+        match (o.sli.is_latency(), o.threshold) {
+            (true, None) => problems.push(format!("{at}.threshold: a latency objective needs one")),
+            (true, Some(t)) if bucket(t).is_none() => problems.push(format!(
+                "{at}.threshold: {} is not a bucket bound of the duration histograms ({})",
                 humantime::format_duration(t),
                 LATENCY_BUCKETS.iter().map(|b| format!("{b}s")).collect::<Vec<_>>().join(", ")
             )),
-            (Sli::Availability, Some(_)) => {
+            (false, Some(_)) => {
                 problems.push(format!("{at}.threshold: only a latency objective has one"));
             }
             _ => {}
+        }
+        if o.sli.is_grpc() && !o.routes.is_empty() {
+            problems.push(format!("{at}.routes: a gRPC objective selects services and methods, not routes"));
+        }
+        if !o.sli.is_grpc() && !(o.services.is_empty() && o.methods.is_empty()) {
+            problems.push(format!("{at}.services: only a gRPC objective (grpc_availability, grpc_latency) has them"));
+        }
+        for (field, list) in [("services", &o.services), ("methods", &o.methods)] {
+            for (j, n) in list.iter().enumerate() {
+                let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
+                if !ok {
+                    problems.push(format!("{at}.{field}[{j}]: `{n}` is not a gRPC name such as symbols.v1.Symbols"));
+                }
+            }
         }
         for (j, r) in o.routes.iter().enumerate() {
             if !r.starts_with('/') || r.contains('"') || r.contains('\\') {
@@ -334,7 +372,32 @@ pub fn to_yaml(file: &RuleFile, header: &str) -> Result<String, SloError> {
     Ok(out)
 }
 
+/// gRPC services that are never part of an SLI: health checks, reflection, unregistered ones.
+const EXCLUDED_GRPC_SERVICES: &str = "unknown|grpc[.]health[.]v1[.]Health|grpc[.]reflection[.]v1[.]ServerReflection|grpc[.]reflection[.]v1alpha[.]ServerReflection";
+
+/// The codes of calls that failed on the server's side.
+const GRPC_SERVER_ERRORS: &str = "UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS";
+
+/// The label matchers of a gRPC objective's calls.
+fn grpc_matchers(o: &Objective) -> String {
+    let names = |list: &[String]| list.iter().map(|n| n.replace('.', "[.]")).collect::<Vec<_>>().join("|");
+    let services = if o.services.is_empty() {
+        format!("grpc_service!~\"{EXCLUDED_GRPC_SERVICES}\"")
+    } else {
+        format!("grpc_service=~\"{}\"", names(&o.services))
+    };
+    let methods = if o.methods.is_empty() {
+        "grpc_method!=\"unknown\"".to_owned()
+    } else {
+        format!("grpc_method=~\"{}\"", names(&o.methods))
+    };
+    format!("{services},{methods}")
+}
+
 fn recording(service: &str, selector: &str, o: &Objective) -> Vec<Rule> {
+    if o.sli.is_grpc() {
+        return grpc_recording(service, selector, o);
+    }
     let routes = if o.routes.is_empty() {
         format!("route!~\"{EXCLUDED_ROUTES}\"")
     } else {
@@ -350,7 +413,7 @@ fn recording(service: &str, selector: &str, o: &Objective) -> Vec<Rule> {
                 Sli::Availability => format!(
                     "(sum(rate(http_server_requests_total{{{m},status=~\"5..\"}}[{w}])) or vector(0))\n/\nsum(rate(http_server_requests_total{{{m}}}[{w}]))"
                 ),
-                Sli::Latency => {
+                _ => {
                     let le = o.threshold.and_then(bucket).map(le_label).unwrap_or_default();
                     format!(
                         "1 - (\n  sum(rate(http_server_request_duration_seconds_bucket{{{m},le=\"{le}\"}}[{w}]))\n  /\n  sum(rate(http_server_request_duration_seconds_count{{{m}}}[{w}]))\n)"
@@ -364,13 +427,35 @@ fn recording(service: &str, selector: &str, o: &Objective) -> Vec<Rule> {
     out
 }
 
+/// [`recording`] of a gRPC objective, over `grpc_server_handled_total` and
+/// `grpc_server_handling_seconds`.
+fn grpc_recording(service: &str, selector: &str, o: &Objective) -> Vec<Rule> {
+    let m = format!("{selector},{}", grpc_matchers(o));
+    let labels = slo_labels(service, o);
+    let mut out: Vec<Rule> = WINDOWS
+        .iter()
+        .map(|w| {
+            let expr = if o.sli == Sli::GrpcAvailability {
+                format!(
+                    "(sum(rate(grpc_server_handled_total{{{m},grpc_code=~\"{GRPC_SERVER_ERRORS}\"}}[{w}])) or vector(0))\n/\nsum(rate(grpc_server_handled_total{{{m}}}[{w}]))"
+                )
+            } else {
+                let le = o.threshold.and_then(bucket).map(le_label).unwrap_or_default();
+                format!(
+                    "1 - (\n  sum(rate(grpc_server_handling_seconds_bucket{{{m},le=\"{le}\"}}[{w}]))\n  /\n  sum(rate(grpc_server_handling_seconds_count{{{m}}}[{w}]))\n)"
+                )
+            };
+            Rule::Record { record: format!("slo:sli_error:ratio_rate{w}"), expr, labels: labels.clone() }
+        })
+        .collect();
+    out.push(Rule::Record { record: "slo:objective:ratio".into(), expr: format!("vector({})", o.objective), labels });
+    out
+}
+
 fn burn_alerts(service: &str, o: &Objective, runbooks: &str) -> Vec<Rule> {
     let budget = 1.0 - o.objective;
     let sel = format!("service=\"{service}\",slo=\"{}\"", o.name);
-    let kind = match o.sli {
-        Sli::Availability => "Availability",
-        Sli::Latency => "Latency",
-    };
+    let kind = if o.sli.is_latency() { "Latency" } else { "Availability" };
     BURN_ALERTS
         .iter()
         .map(|b| {
@@ -386,12 +471,12 @@ fn burn_alerts(service: &str, o: &Objective, runbooks: &str) -> Vec<Rule> {
                 .collect::<Vec<_>>()
                 .join("\nor\n");
             let alert = format!("Slo{kind}BurnRate{}", b.suffix);
+            let threshold = o.threshold.map(|t| humantime::format_duration(t).to_string()).unwrap_or_default();
             let what = match o.sli {
                 Sli::Availability => "answers that are 5xx".to_owned(),
-                Sli::Latency => format!(
-                    "answers slower than {}",
-                    o.threshold.map(|t| humantime::format_duration(t).to_string()).unwrap_or_default()
-                ),
+                Sli::Latency => format!("answers slower than {threshold}"),
+                Sli::GrpcAvailability => "gRPC calls that failed on the server's side".to_owned(),
+                Sli::GrpcLatency => format!("gRPC calls slower than {threshold}"),
             };
             let mut labels = slo_labels(service, o);
             labels.insert("severity".into(), b.severity.into());

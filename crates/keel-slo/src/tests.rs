@@ -170,3 +170,81 @@ fn a_file_without_objectives_still_gets_keel_alerts() {
     let Rule::Alert { expr, .. } = &r.groups[0].rules[0] else { panic!("an alert") };
     assert_eq!(expr, r#"up{job="cityevents",service="notifier"} == 0"#);
 }
+
+#[test]
+fn grpc_objectives_select_services_and_methods_and_skip_health() {
+    let f = parse(
+        "g.yaml",
+        r#"
+service: symbols
+objectives:
+  - name: calls
+    sli: grpc_availability
+    objective: 0.999
+  - name: reads
+    sli: grpc_latency
+    objective: 0.99
+    threshold: 100ms
+    services: [symbols.v1.Symbols]
+    methods: [GetSymbol, ListSymbols]
+"#,
+    )
+    .unwrap();
+    let rules = rules(&[f], "r");
+    let records: Vec<&str> = rules
+        .groups
+        .iter()
+        .flat_map(|g| &g.rules)
+        .filter_map(|r| match r {
+            Rule::Record { record, expr, .. } if record == "slo:sli_error:ratio_rate5m" => Some(expr.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records[0].contains("grpc_server_handled_total{job=\"symbols\",grpc_service!~\"unknown|grpc[.]health"),
+        "{}",
+        records[0]
+    );
+    assert!(
+        records[0].contains("grpc_code=~\"UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS\""),
+        "{}",
+        records[0]
+    );
+    assert!(records[0].contains("grpc_method!=\"unknown\""), "{}", records[0]);
+    assert!(
+        records[1].contains("grpc_service=~\"symbols[.]v1[.]Symbols\",grpc_method=~\"GetSymbol|ListSymbols\""),
+        "{}",
+        records[1]
+    );
+    assert!(records[1].contains("grpc_server_handling_seconds_bucket"), "{}", records[1]);
+    assert!(records[1].contains("le=\"0.1\""), "{}", records[1]);
+
+    let bad = r#"
+service: symbols
+objectives:
+  - name: a
+    sli: grpc_availability
+    objective: 0.99
+    routes: ["/x"]
+  - name: b
+    sli: availability
+    objective: 0.99
+    services: [symbols.v1.Symbols]
+  - name: c
+    sli: grpc_latency
+    objective: 0.99
+    threshold: 100ms
+    methods: ["Get\"Symbol"]
+"#;
+    let e = parse("bad.yaml", bad).unwrap_err();
+    let want = [
+        "bad.yaml: objectives[0].routes: a gRPC objective selects services and methods",
+        "bad.yaml: objectives[1].services: only a gRPC objective",
+        "bad.yaml: objectives[2].methods[0]: `Get\"Symbol` is not a gRPC name",
+    ];
+    assert_eq!(e.problems.len(), want.len(), "{e}");
+    for (got, want) in e.problems.iter().zip(want) {
+        assert!(got.starts_with(want), "{got}\n  should start with\n{want}");
+    }
+}

@@ -25,6 +25,15 @@ objectives:
     sli: latency
     objective: 0.99
     threshold: 500ms
+  - name: grpc_availability
+    sli: grpc_availability
+    objective: 0.99
+  - name: grpc_latency
+    sli: grpc_latency
+    objective: 0.99
+    threshold: 500ms
+    services: [shop.v1.Shop]
+    methods: [Get]
 "#;
 
 fn promtool() -> Option<&'static str> {
@@ -49,14 +58,19 @@ fn run(dir: &Path, args: &[&str]) {
     );
 }
 
-/// The annotations the generated rule gives `alert` (promtool compares them too).
-fn annotations(rules: &RuleFile, alert: &str) -> BTreeMap<String, String> {
+/// The annotations the generated rule gives `alert` (of objective `slo`, when given; promtool
+/// compares them too).
+fn annotations(rules: &RuleFile, alert: &str, slo: Option<&str>) -> BTreeMap<String, String> {
     rules
         .groups
         .iter()
         .flat_map(|g| &g.rules)
         .find_map(|r| match r {
-            Rule::Alert { alert: a, annotations, .. } if a == alert => Some(annotations.clone()),
+            Rule::Alert { alert: a, annotations, labels, .. }
+                if a == alert && slo.is_none_or(|s| labels.get("slo").map(String::as_str) == Some(s)) =>
+            {
+                Some(annotations.clone())
+            }
             _ => None,
         })
         .unwrap_or_else(|| panic!("no alert {alert}"))
@@ -87,6 +101,14 @@ const PROBE_ERR: &str =
 const FAST: &str = r#"http_server_request_duration_seconds_bucket{job="shop",instance="a:9",method="GET",route="/items",status="200",le="0.5"}"#;
 const ALL: &str =
     r#"http_server_request_duration_seconds_count{job="shop",instance="a:9",method="GET",route="/items",status="200"}"#;
+
+const GRPC_OK: &str = r#"grpc_server_handled_total{job="shop",instance="a:9",grpc_service="shop.v1.Shop",grpc_method="Get",grpc_code="OK"}"#;
+const GRPC_DOWN: &str = r#"grpc_server_handled_total{job="shop",instance="a:9",grpc_service="shop.v1.Shop",grpc_method="Get",grpc_code="UNAVAILABLE"}"#;
+const GRPC_NOT_FOUND: &str = r#"grpc_server_handled_total{job="shop",instance="a:9",grpc_service="shop.v1.Shop",grpc_method="Get",grpc_code="NOT_FOUND"}"#;
+const GRPC_HEALTH_DOWN: &str = r#"grpc_server_handled_total{job="shop",instance="a:9",grpc_service="grpc.health.v1.Health",grpc_method="Check",grpc_code="UNAVAILABLE"}"#;
+const GRPC_FAST: &str = r#"grpc_server_handling_seconds_bucket{job="shop",instance="a:9",grpc_service="shop.v1.Shop",grpc_method="Get",le="0.5"}"#;
+const GRPC_ALL: &str =
+    r#"grpc_server_handling_seconds_count{job="shop",instance="a:9",grpc_service="shop.v1.Shop",grpc_method="Get"}"#;
 
 fn cases() -> Vec<Case> {
     let slo = |slo: &'static str, severity: &'static str| -> Vec<(&'static str, &'static str)> {
@@ -134,6 +156,26 @@ fn cases() -> Vec<Case> {
             alert: "SloLatencyBurnRateFast",
             labels: None,
         },
+        // Half the gRPC calls UNAVAILABLE: the gRPC objective burns.
+        case(
+            &[(GRPC_OK, "0+60x120"), (GRPC_DOWN, "0+60x120")],
+            "60m",
+            "SloAvailabilityBurnRateFast",
+            &slo("grpc_availability", "page"),
+        ),
+        // Callers' errors (NOT_FOUND) and failing health checks never spend the budget.
+        Case {
+            series: vec![(GRPC_OK, "0+60x120"), (GRPC_NOT_FOUND, "0+60x120"), (GRPC_HEALTH_DOWN, "0+60x120")],
+            at: "120m",
+            alert: "SloAvailabilityBurnRateFast",
+            labels: None,
+        },
+        case(
+            &[(GRPC_FAST, "0+10x120"), (GRPC_ALL, "0+60x120")],
+            "60m",
+            "SloLatencyBurnRateFast",
+            &slo("grpc_latency", "page"),
+        ),
         case(&[(r#"up{job="shop",instance="a:9"}"#, "0x10")], "5m", "KeelTargetDown", &keel(&inst, "page")),
         case(
             &[(r#"health_check_up{job="shop",instance="a:9",check="database"}"#, "0x10")],
@@ -280,7 +322,8 @@ fn test_file(rules: &RuleFile) -> String {
                     let _ = writeln!(out, "              {k}: {}", yaml_str(v));
                 }
                 out.push_str("            exp_annotations:\n");
-                for (k, v) in annotations(rules, c.alert) {
+                let slo = labels.iter().find(|(k, _)| *k == "slo").map(|(_, v)| *v);
+                for (k, v) in annotations(rules, c.alert, slo) {
                     let _ = writeln!(out, "              {k}: {}", yaml_str(&v));
                 }
             }
