@@ -295,7 +295,8 @@ pub fn validate(file: &SloFile) -> Vec<String> {
         if o.sli.is_grpc() && !o.routes.is_empty() {
             problems.push(format!("{at}.routes: a gRPC objective selects services and methods, not routes"));
         }
-        if !o.sli.is_grpc() && !(o.services.is_empty() && o.methods.is_empty()) {
+        let selects_grpc = !o.services.is_empty() || !o.methods.is_empty();
+        if !o.sli.is_grpc() && selects_grpc {
             problems.push(format!("{at}.services: only a gRPC objective (grpc_availability, grpc_latency) has them"));
         }
         for (field, list) in [("services", &o.services), ("methods", &o.methods)] {
