@@ -601,7 +601,6 @@ pub(crate) async fn start_in<C: Section>(
     };
     let stop_tasks = CancellationToken::new();
     // `tls_certificate_expiry_timestamp_seconds`, registered with the first TLS listener.
-    #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
     let mut tls_expiry: Option<prometheus::IntGaugeVec> = None;
     #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
     let mut grpc_addr = None;
@@ -639,10 +638,8 @@ pub(crate) async fn start_in<C: Section>(
                     None => limits.clone(),
                 };
                 if let Some(acceptor) = grpc_tls {
-                    let expiry = expiry_gauge(&metrics, &mut tls_expiry)?;
-                    let watch = expiry_watch(expiry, "grpc", acceptor.clone(), stop_tasks.child_token());
-                    grpc_tasks.push(("grpc-tls-expiry".into(), Box::pin(watch)));
-                    grpc_tasks.push(("grpc-tls-reload".into(), Box::pin(acceptor.watch(stop_tasks.child_token()))));
+                    let reload = tls_reload(&metrics, &mut tls_expiry, "grpc", acceptor, &stop_tasks)?;
+                    grpc_tasks.push(("grpc-tls-reload".into(), reload));
                 }
                 servers.push(serve(
                     l,
@@ -673,10 +670,8 @@ pub(crate) async fn start_in<C: Section>(
     let member = tracing::info_span!(target: keel_telemetry::SCOPE_TARGET, "service", service = %build.name);
     member.in_scope(|| health.spawn(&tracker, &stop_tasks));
     if let Some(acceptor) = tls {
-        let expiry = expiry_gauge(&metrics, &mut tls_expiry)?;
-        let watch = expiry_watch(expiry, "http", acceptor.clone(), stop_tasks.child_token());
-        tasks.spawn(&tracker, "tls-expiry".into(), watch.instrument(member.clone()));
-        tasks.spawn(&tracker, "tls-reload".into(), acceptor.watch(stop_tasks.child_token()).instrument(member.clone()));
+        let reload = tls_reload(&metrics, &mut tls_expiry, "http", acceptor, &stop_tasks)?;
+        tasks.spawn(&tracker, "tls-reload".into(), reload.instrument(member.clone()));
     }
     for (name, task) in grpc_tasks {
         tasks.spawn(&tracker, name, task.instrument(member.clone()));
@@ -735,43 +730,37 @@ pub(crate) async fn start_in<C: Section>(
     })
 }
 
-/// `tls_certificate_expiry_timestamp_seconds{listener}`, registered once.
-fn expiry_gauge(
+/// The reload task of `listener`'s TLS files, keeping its certificate's expiry in
+/// `tls_certificate_expiry_timestamp_seconds{listener}` (registered in `slot` on first use).
+fn tls_reload(
     metrics: &Metrics,
     slot: &mut Option<prometheus::IntGaugeVec>,
-) -> Result<prometheus::IntGaugeVec, StartError> {
-    if let Some(g) = slot {
-        return Ok(g.clone());
-    }
-    let g = prometheus::IntGaugeVec::new(
-        prometheus::Opts::new(
-            "tls_certificate_expiry_timestamp_seconds",
-            "When the certificate a TLS listener serves expires (its notAfter), in Unix seconds.",
-        ),
-        &["listener"],
-    )?;
-    metrics.register(g.clone())?;
-    *slot = Some(g.clone());
-    Ok(g)
-}
-
-/// Keeps `listener`'s expiry in `gauge` as certificates are reloaded, until `stop`.
-async fn expiry_watch(
-    gauge: prometheus::IntGaugeVec,
     listener: &'static str,
     tls: keel_tls::Acceptor,
-    stop: CancellationToken,
-) {
-    let gauge = gauge.with_label_values(&[listener]);
-    loop {
+    stop: &CancellationToken,
+) -> Result<BoxTask, StartError> {
+    let family = match slot {
+        Some(g) => g.clone(),
+        None => {
+            let g = prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "tls_certificate_expiry_timestamp_seconds",
+                    "When the certificate a TLS listener serves expires (its notAfter), in Unix seconds.",
+                ),
+                &["listener"],
+            )?;
+            metrics.register(g.clone())?;
+            slot.insert(g).clone()
+        }
+    };
+    let gauge = family.with_label_values(&[listener]);
+    let export = move |tls: &keel_tls::Acceptor| {
         if let Some(at) = tls.not_after() {
             gauge.set(at);
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(tls.reload_interval()) => {}
-        }
-    }
+    };
+    export(&tls);
+    Ok(Box::pin(tls.watch_then(stop.child_token(), export)))
 }
 
 /// A background task, boxed.

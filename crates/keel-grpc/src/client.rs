@@ -119,7 +119,7 @@ pub struct GrpcClient {
     channel: Channel,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     name: Arc<str>,
     request_timeout: Duration,
@@ -188,16 +188,8 @@ impl GrpcClient {
         I: IntoIterator<Item = M>,
         M: AsRef<str>,
     {
-        let mut set = self.inner.idempotent.clone();
-        set.extend(methods.into_iter().map(|m| format!("/{}", m.as_ref().trim_start_matches('/'))));
-        self.inner = Arc::new(Inner {
-            name: self.inner.name.clone(),
-            request_timeout: self.inner.request_timeout,
-            retry: self.inner.retry.clone(),
-            breaker: self.inner.breaker.clone(),
-            metrics: self.inner.metrics.clone(),
-            idempotent: set,
-        });
+        let paths = methods.into_iter().map(|m| format!("/{}", m.as_ref().trim_start_matches('/')));
+        Arc::make_mut(&mut self.inner).idempotent.extend(paths);
         self
     }
 
@@ -279,8 +271,15 @@ impl tower::Service<Request<tonic::body::Body>> for GrpcClient {
 /// The request of one attempt: its head, and its body when it can be sent again.
 struct Attempt<'a> {
     parts: &'a http::request::Parts,
-    body: Option<tonic::body::Body>,
-    replay: Option<&'a Bytes>,
+    body: Payload<'a>,
+}
+
+/// An attempt's request body.
+enum Payload<'a> {
+    /// Sent once, as the caller streams it.
+    Once(tonic::body::Body),
+    /// Kept, to be sent again.
+    Replay(&'a Bytes),
 }
 
 /// What an attempt came to, for the retry decision.
@@ -318,7 +317,7 @@ impl Inner {
         let (service, method) = split(&path).unwrap_or((UNKNOWN, UNKNOWN));
         let labels = [self.name.to_string(), service.to_owned(), method.to_owned()];
         if !self.idempotent.contains(&path) {
-            let attempt = Attempt { parts: &parts, body: Some(body), replay: None };
+            let attempt = Attempt { parts: &parts, body: Payload::Once(body) };
             return Ok(self.finish(self.attempt(&channel, attempt, 1, timeout, cut_by_caller, &labels).await, &id));
         }
         let replay = match http_body_util::Limited::new(body, REPLAY_LIMIT).collect().await {
@@ -335,7 +334,7 @@ impl Inner {
                 |attempt| {
                     // Each attempt gets what is left of the call's time.
                     let left = timeout.saturating_sub(started.elapsed());
-                    let a = Attempt { parts: &parts, body: None, replay: Some(&replay) };
+                    let a = Attempt { parts: &parts, body: Payload::Replay(&replay) };
                     self.attempt(&channel, a, attempt, left, cut_by_caller, &labels)
                 },
                 |out| matches!(out, Tried::Failed(_, true)),
@@ -410,10 +409,9 @@ impl Inner {
         let mut req = Request::from_parts(a.parts.clone(), ());
         keel_telemetry::inject_current(req.headers_mut());
         req.headers_mut().insert(GRPC_TIMEOUT, timeout_value(timeout));
-        let body = match (a.body, a.replay) {
-            (Some(b), _) => b,
-            (None, Some(bytes)) => tonic::body::Body::new(http_body_util::Full::new(bytes.clone())),
-            (None, None) => tonic::body::Body::empty(),
+        let body = match a.body {
+            Payload::Once(b) => b,
+            Payload::Replay(bytes) => tonic::body::Body::new(http_body_util::Full::new(bytes.clone())),
         };
         let req = req.map(|()| body);
         let sent = tokio::time::timeout(timeout, channel.clone().oneshot(req)).instrument(span.clone()).await;

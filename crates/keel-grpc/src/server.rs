@@ -158,11 +158,6 @@ impl GrpcServer {
     pub fn in_flight(&self) -> usize {
         self.shed.in_flight()
     }
-
-    /// What reports the calls in flight, after the server is handed off.
-    pub fn in_flight_handle(&self) -> ShedLayer {
-        self.shed.clone()
-    }
 }
 
 /// How often readiness is copied to `grpc.health.v1` besides on each change (a result going

@@ -122,11 +122,6 @@ impl Acceptor {
         self.inner.current.read().unwrap_or_else(PoisonError::into_inner).not_after
     }
 
-    /// How often the files are read again.
-    pub fn reload_interval(&self) -> Duration {
-        self.inner.cfg.reload_interval
-    }
-
     /// How long a client has to finish the handshake.
     pub fn handshake_timeout(&self) -> Duration {
         self.inner.cfg.handshake_timeout
@@ -150,6 +145,12 @@ impl Acceptor {
 
     /// Reads the files every `reload_interval` until `stop` is cancelled; see the crate docs.
     pub async fn watch(self, stop: CancellationToken) {
+        self.watch_then(stop, |_| {}).await;
+    }
+
+    /// [`Acceptor::watch`], calling `on_reload` after each reload that took effect (to export the
+    /// new certificate's expiry, say).
+    pub async fn watch_then(self, stop: CancellationToken, mut on_reload: impl FnMut(&Self) + Send) {
         let mut tick = tokio::time::interval(self.inner.cfg.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -166,6 +167,7 @@ impl Acceptor {
                 Reload::Reloaded => {
                     refused = None;
                     tracing::info!(cert_file = ?self.inner.cfg.cert_file, "TLS certificate reloaded");
+                    on_reload(&self);
                 }
                 Reload::Refused(fingerprint, e) => {
                     let now = Some((fingerprint, e.to_string()));
