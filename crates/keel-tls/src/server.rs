@@ -261,8 +261,9 @@ pub(crate) fn certificates(setting: &str, path: &Path, pem: &[u8]) -> Result<Vec
 
 /// The `notAfter` of a DER certificate, in Unix seconds.
 fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(parsed.validity().not_after.timestamp())
+    use x509_cert::der::Decode as _;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    i64::try_from(parsed.tbs_certificate.validity.not_after.to_unix_duration().as_secs()).ok()
 }
 
 /// The server configuration, and when its certificate expires.
