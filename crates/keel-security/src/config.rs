@@ -75,7 +75,8 @@ pub struct JwtKeyConfig {
     pub secret: Option<Secret>,
     /// RS256 / EdDSA: the public key (PEM) used to verify.
     pub public_key: Option<String>,
-    /// **Secret.** RS256 / EdDSA: the private key (PEM), only where tokens are issued.
+    /// **Secret.** EdDSA: the private key (PEM), only where tokens are issued. RS256 keys
+    /// verify only and refuse one (RUSTSEC-2023-0071: RSA signing is not constant-time).
     pub private_key: Option<Secret>,
 }
 
@@ -249,20 +250,33 @@ impl Section for JwtConfig {
                     }
                     Some(_) => {}
                 },
-                Some(_) => {
+                Some(alg) => {
                     if key.public_key.is_none() {
                         v.invalid(&at("public_key"), "RS256 and EdDSA need the public key (PEM) to verify");
                     }
                     if key.secret.is_some() {
                         v.invalid(&at("secret"), "only HS256 keys have a shared secret");
                     }
+                    if alg == JwtAlgorithm::RS256 && key.private_key.is_some() {
+                        v.invalid(
+                            &at("private_key"),
+                            "RS256 keys verify only: Keel does not sign with RSA (its signing is not \
+                             constant-time, RUSTSEC-2023-0071); issue tokens with an EdDSA key",
+                        );
+                    }
                 }
             }
-            if self.signing_key.as_deref() == Some(kid.as_str())
-                && key.algorithm.is_some_and(|a| a != JwtAlgorithm::HS256)
-                && key.private_key.is_none()
-            {
-                v.invalid(&at("private_key"), "the signing key needs its private key (PEM)");
+            if self.signing_key.as_deref() == Some(kid.as_str()) {
+                match key.algorithm {
+                    Some(JwtAlgorithm::RS256) => v.invalid(
+                        "signing_key",
+                        format!("`{kid}` is an RS256 key, which verifies only: sign with an EdDSA or HS256 key"),
+                    ),
+                    Some(JwtAlgorithm::EdDSA) if key.private_key.is_none() => {
+                        v.invalid(&at("private_key"), "the signing key needs its private key (PEM)")
+                    }
+                    _ => {}
+                }
             }
         }
     }

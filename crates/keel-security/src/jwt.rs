@@ -1,6 +1,6 @@
 //! JSON Web Tokens: issue and verify, with typed claims and axum extractors.
 //!
-//! * **Algorithms** — HS256 (secret of at least 32 bytes), RS256 and EdDSA. Each key pins its
+//! * **Algorithms** — HS256 (secret of at least 32 bytes), RS256 (verify only) and EdDSA. Each key pins its
 //!   algorithm: a token whose header names another one (including `none`, and HS256 signed
 //!   with an RSA public key as the secret — algorithm confusion) is refused.
 //! * **Rotation** — several verification keys, chosen by the token header's `kid`; an unknown
@@ -174,14 +174,15 @@ impl JwtKey {
         })
     }
 
-    /// An RS256 key from a PEM public key, and the PEM private key where tokens are issued.
-    pub fn rs256(kid: impl Into<String>, public_pem: &str, private_pem: Option<&Secret>) -> Result<Self, JwtError> {
+    /// An RS256 key from a PEM public key: it verifies tokens and never signs them.
+    ///
+    /// The `rsa` crate behind RS256 does not compute with a private key in constant time
+    /// (RUSTSEC-2023-0071, the Marvin attack), so Keel does not sign with RSA: issue tokens with
+    /// [`JwtKey::eddsa`] (or [`JwtKey::hs256`]) and keep RS256 for verifying tokens that an
+    /// identity provider signed. Verification uses the public key only, which has nothing to leak.
+    pub fn rs256(kid: impl Into<String>, public_pem: &str) -> Result<Self, JwtError> {
         let decoding = DecodingKey::from_rsa_pem(public_pem.as_bytes()).map_err(|e| JwtError::Key(e.to_string()))?;
-        let encoding = private_pem
-            .map(|p| EncodingKey::from_rsa_pem(p.expose().as_bytes()))
-            .transpose()
-            .map_err(|e| JwtError::Key(e.to_string()))?;
-        Ok(Self { kid: kid.into(), alg: Algorithm::RS256, decoding, encoding })
+        Ok(Self { kid: kid.into(), alg: Algorithm::RS256, decoding, encoding: None })
     }
 
     /// An EdDSA (Ed25519) key from a PEM public key, and the PEM private key where tokens are
@@ -272,10 +273,13 @@ impl JwtBuilder {
             }
             v.set_required_spec_claims(&required);
             if self.signing.as_deref() == Some(k.kid.as_str()) {
-                let enc = k
-                    .encoding
-                    .clone()
-                    .ok_or_else(|| JwtError::Key(format!("signing key `{}` has no private key or secret", k.kid)))?;
+                let enc = k.encoding.clone().ok_or_else(|| {
+                    JwtError::Key(if k.alg == Algorithm::RS256 {
+                        format!("signing key `{}` is RS256, which verifies only: sign with EdDSA or HS256", k.kid)
+                    } else {
+                        format!("signing key `{}` has no private key or secret", k.kid)
+                    })
+                })?;
                 signing = Some((k.kid.clone(), k.alg, enc));
             }
             if keys.insert(k.kid.clone(), (k.alg, k.decoding, v)).is_some() {
@@ -349,11 +353,14 @@ impl Jwt {
             let missing = |what: &str| JwtError::Key(format!("security.jwt.keys.{kid}: {what} is required"));
             let key = match k.algorithm {
                 Some(JwtAlgorithm::HS256) => JwtKey::hs256(kid, k.secret.as_ref().ok_or_else(|| missing("secret"))?)?,
-                Some(JwtAlgorithm::RS256) => JwtKey::rs256(
-                    kid,
-                    k.public_key.as_deref().ok_or_else(|| missing("public_key"))?,
-                    k.private_key.as_ref(),
-                )?,
+                Some(JwtAlgorithm::RS256) => {
+                    if k.private_key.is_some() {
+                        return Err(JwtError::Key(format!(
+                            "security.jwt.keys.{kid}.private_key: RS256 keys verify only; sign with EdDSA"
+                        )));
+                    }
+                    JwtKey::rs256(kid, k.public_key.as_deref().ok_or_else(|| missing("public_key"))?)?
+                }
                 Some(JwtAlgorithm::EdDSA) => JwtKey::eddsa(
                     kid,
                     k.public_key.as_deref().ok_or_else(|| missing("public_key"))?,

@@ -39,7 +39,7 @@ fn verifier() -> Jwt {
         .audience(["api"])
         .leeway(Duration::from_secs(5))
         .key(hs("hs", HS_SECRET))
-        .key(JwtKey::rs256("rsa", RSA_PUBLIC, Some(&Secret::new(RSA_PRIVATE))).unwrap())
+        .key(JwtKey::rs256("rsa", RSA_PUBLIC).unwrap())
         .key(JwtKey::eddsa("ed", ED_PUBLIC, Some(&Secret::new(ED_PRIVATE))).unwrap())
         .build()
         .unwrap()
@@ -51,7 +51,7 @@ fn signer(kid: &str) -> Jwt {
         .issuer("https://auth.test")
         .audience(["api"])
         .key(hs("hs", HS_SECRET))
-        .key(JwtKey::rs256("rsa", RSA_PUBLIC, Some(&Secret::new(RSA_PRIVATE))).unwrap())
+        .key(JwtKey::rs256("rsa", RSA_PUBLIC).unwrap())
         .key(JwtKey::eddsa("ed", ED_PUBLIC, Some(&Secret::new(ED_PRIVATE))).unwrap())
         .sign_with(kid)
         .build()
@@ -62,10 +62,19 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// An RS256 token signed the way an identity provider would: Keel verifies RS256 and never
+/// signs with it.
+fn rs256_token(claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
 #[test]
 fn issues_and_verifies_with_each_algorithm() {
     let v = verifier();
-    for kid in ["hs", "rsa", "ed"] {
+    for kid in ["hs", "ed"] {
         let s = signer(kid);
         let token = s.issue(&s.claims("alice").role("admin").email("alice@example.com")).unwrap();
         let c: Claims = v.verify(&token).unwrap_or_else(|e| panic!("{kid}: {e}"));
@@ -73,6 +82,25 @@ fn issues_and_verifies_with_each_algorithm() {
         assert_eq!(c.role.as_deref(), Some("admin"));
         assert_eq!(c.iss.as_deref(), Some("https://auth.test"));
     }
+    let claims = json!({"sub": "alice", "role": "admin", "exp": now() + 60, "iss": "https://auth.test", "aud": "api"});
+    let c: Claims = v.verify(&rs256_token(&claims)).unwrap();
+    assert_eq!(c.sub, "alice");
+    assert_eq!(c.role.as_deref(), Some("admin"));
+}
+
+#[test]
+fn rs256_keys_verify_only() {
+    // RUSTSEC-2023-0071: the rsa crate's private-key operations are not constant-time.
+    let e = Jwt::builder().key(JwtKey::rs256("rsa", RSA_PUBLIC).unwrap()).sign_with("rsa").build().unwrap_err();
+    assert!(matches!(&e, JwtError::Key(m) if m.contains("verifies only")), "{e:?}");
+    let mut cfg = keel::security::JwtConfig::default();
+    let mut key = keel::security::JwtKeyConfig::default();
+    key.algorithm = Some(keel::security::JwtAlgorithm::RS256);
+    key.public_key = Some(RSA_PUBLIC.into());
+    key.private_key = Some(Secret::new(RSA_PRIVATE));
+    cfg.keys.insert("rsa".into(), key);
+    let e = Jwt::from_config(&cfg).unwrap_err();
+    assert!(matches!(&e, JwtError::Key(m) if m.contains("verify only")), "{e:?}");
 }
 
 #[test]
@@ -408,6 +436,23 @@ fn jwt_keys_load_from_secret_files_and_are_validated() {
         assert!(text.contains(needle), "{needle}: {text}");
     }
     assert!(!text.contains("short-secret"), "{text}");
+
+    // An RS256 key verifies only: a private key for it, or naming it the signing key, is refused.
+    let e = load(
+        Profile::Development,
+        &[
+            ("SVC__SECURITY__JWT__KEYS__RSA__ALGORITHM", "RS256"),
+            ("SVC__SECURITY__JWT__KEYS__RSA__PUBLIC_KEY_FILE", &pem_s),
+            ("SVC__SECURITY__JWT__KEYS__RSA__PRIVATE_KEY", RSA_PRIVATE),
+            ("SVC__SECURITY__JWT__SIGNING_KEY", "rsa"),
+        ],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    for needle in ["security.jwt.keys.rsa.private_key", "RS256 keys verify only", "security.jwt.signing_key"] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    assert!(!text.contains("PRIVATE KEY-----"), "{text}");
 }
 
 #[test]
