@@ -25,9 +25,15 @@
 # Settings (env): KEEL_IMAGES_PORT (first public port, default 18180; management ports are
 # 1000 above), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/postgres), KEEL_IMAGES_REDIS_URL,
 # KEEL_IMAGES_NATS_URL.
+#
+#   bash .ci/images.sh          everything above
+#   bash .ci/images.sh build    only step 2's cargo build (.ci/run runs it beside the tests; the
+#                               full run then finds the binaries built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
+mode=${1:-all}
+case $mode in all | build) ;; *) echo "usage: $0 [build]" >&2; exit 64 ;; esac
 
 SERVICES=(auth events joins notifier gateway)
 PGHOST=${PGHOST:-127.0.0.1}
@@ -42,6 +48,19 @@ TARGET=${CARGO_TARGET_DIR:-target}
 
 say() { echo "  $*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
+commit=$(git rev-parse --short=12 HEAD)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+packages=()
+for s in "${SERVICES[@]}"; do packages+=(-p "cityevents-$s"); done
+build_binaries() {
+  echo "== cargo build --release (commit $commit)"
+  KEEL_GIT_COMMIT=$commit cargo build --release --locked "${packages[@]}"
+}
+if [[ $mode == build ]]; then
+  build_binaries
+  echo "== release binaries built in $((SECONDS - started)) s"
+  exit 0
+fi
 upper() { tr '[:lower:]' '[:upper:]' <<<"$1"; }
 phase() { echo "  ($1: $((SECONDS - phase_started)) s)"; phase_started=$SECONDS; }
 phase_started=$SECONDS
@@ -110,13 +129,8 @@ trap cleanup EXIT
 echo "== hadolint deploy/docker/Dockerfile"
 hadolint deploy/docker/Dockerfile
 
-# --- 2. binaries
-commit=$(git rev-parse --short=12 HEAD)
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-echo "== cargo build --release (commit $commit)"
-packages=()
-for s in "${SERVICES[@]}"; do packages+=(-p "cityevents-$s"); done
-KEEL_GIT_COMMIT=$commit cargo build --release --locked "${packages[@]}"
+# --- 2. binaries (nothing to build when `build` ran before)
+build_binaries
 phase "release build"
 rm -rf dist
 mkdir dist

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The cargo-installed tools CI runs, pinned, each installed only when missing or at another
+# version: cargo-fuzz (.ci/fuzz.sh) and cargo-deny (.ci/deny.sh).
+# Compiling them is the only CPU this takes, and only on a machine that lacks them.
+set -euo pipefail
+
+install() { # crate version [how to ask the installed one its version]
+  local crate=$1 version=$2
+  shift 2
+  if [[ "$("$@" 2>/dev/null)" == *"$version"* ]]; then
+    echo "  $crate $version present"
+    return
+  fi
+  echo "  installing $crate $version"
+  local began=$SECONDS
+  cargo install -q --locked "$crate" --version "$version"
+  echo "  $crate $version installed in $((SECONDS - began)) s"
+}
+install cargo-fuzz 0.13.2 cargo fuzz --version
+install cargo-deny 0.20.2 cargo deny --version
