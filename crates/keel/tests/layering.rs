@@ -31,7 +31,8 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Each workspace package whose name starts with `keel` → the `keel*` packages it depends on.
-fn keel_dependencies() -> BTreeMap<String, Vec<String>> {
+/// `cargo metadata` of the workspace, without its dependencies.
+fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
@@ -39,7 +40,11 @@ fn keel_dependencies() -> BTreeMap<String, Vec<String>> {
         .output()
         .expect("cargo metadata runs");
     assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+}
+
+fn keel_dependencies() -> BTreeMap<String, Vec<String>> {
+    let meta = metadata();
     let mut graph = BTreeMap::new();
     for pkg in meta["packages"].as_array().expect("packages") {
         let name = pkg["name"].as_str().expect("name");
@@ -88,4 +93,68 @@ fn the_facade_re_exports_every_layer() {
     for l in LAYERS {
         assert!(facade.iter().any(|d| d == l), "keel does not depend on {l}");
     }
+}
+
+/// A library or binary marked `test = false` gets no unit-test binary (one link fewer in every
+/// test run), so a unit test added to it later would silently never run. Such a target's
+/// sources must hold none: the library's whole `src/` (less the binaries'), a binary's file
+/// and the modules it declares.
+#[test]
+fn targets_built_without_unit_tests_have_none() {
+    fn sources(dir: &std::path::Path, skip: &[std::path::PathBuf], out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if skip.contains(&path) {
+                continue;
+            }
+            if path.is_dir() {
+                sources(&path, skip, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let meta = metadata();
+    let mut checked = 0;
+    let mut offending = Vec::new();
+    for pkg in meta["packages"].as_array().expect("packages") {
+        let targets = pkg["targets"].as_array().expect("targets");
+        let bins: Vec<std::path::PathBuf> = targets
+            .iter()
+            .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+            .map(|t| std::path::PathBuf::from(t["src_path"].as_str().unwrap()))
+            .collect();
+        for t in targets {
+            let kinds = t["kind"].as_array().unwrap();
+            let (lib, bin) = (kinds.iter().any(|k| k == "lib"), kinds.iter().any(|k| k == "bin"));
+            if t["test"].as_bool() != Some(false) || !(lib || bin) {
+                continue;
+            }
+            let src = std::path::PathBuf::from(t["src_path"].as_str().unwrap());
+            let mut files = Vec::new();
+            if lib {
+                let mut skip = bins.clone();
+                skip.push(src.parent().unwrap().join("bin"));
+                sources(src.parent().unwrap(), &skip, &mut files);
+            } else {
+                let text = std::fs::read_to_string(&src).unwrap();
+                for m in text.lines().filter_map(|l| l.trim().strip_prefix("mod ")?.strip_suffix(';')) {
+                    let dir = src.parent().unwrap();
+                    files.extend(
+                        [dir.join(format!("{m}.rs")), dir.join(m).join("mod.rs")].into_iter().filter(|f| f.exists()),
+                    );
+                }
+                files.push(src);
+            }
+            checked += 1;
+            for f in files {
+                let text = std::fs::read_to_string(&f).unwrap();
+                if ["#[test]", "#[tokio::test", "#[cfg(test)]", "proptest!"].iter().any(|n| text.contains(n)) {
+                    offending.push(format!("{} ({}): {}", pkg["name"], t["name"], f.display()));
+                }
+            }
+        }
+    }
+    assert!(checked >= 18, "only {checked} targets with `test = false`: did the manifests change?");
+    assert!(offending.is_empty(), "unit tests in targets with `test = false` (remove it): {offending:#?}");
 }
