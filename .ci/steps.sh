@@ -18,15 +18,15 @@ declare -a STEP_ROWS=()
 declare -A STEP_PIDS=() STEP_BEGAN=()
 
 _row() { # name seconds how status
-  STEP_ROWS+=("$(printf '%-24s %6s s  %-10s %s' "$1" "$2" "$3" "$4")")
+  STEP_ROWS+=("$(printf '%-16s %6s s  %-10s %s' "$1" "$2" "$3" "$4")")
 }
 
 report() {
   local total=$((SECONDS - CI_STARTED)) row
   echo "== steps (wall time; background steps overlap the foreground ones)"
-  printf '%-24s %8s  %-10s %s\n' step time how status
+  printf '%-16s %8s  %-10s %s\n' step time how status
   for row in "${STEP_ROWS[@]}"; do echo "$row"; done
-  printf '%-24s %6s s\n' total "$total"
+  printf '%-16s %6s s\n' total "$total"
   if ((total > CI_BUDGET)); then
     echo "FAILED: the run took $total s, over its budget of $CI_BUDGET s (KEEL_CI_BUDGET)." >&2
     echo "        CI's hard limit is 5,400 s: make a step faster before adding more." >&2
@@ -68,24 +68,34 @@ start() {
   shift
   echo "== $name: started in the background (output in $STEP_LOGS/$name.log)"
   STEP_BEGAN[$name]=$SECONDS
-  # A process group of its own (set -m), so a failure elsewhere can end all of it.
+  rm -f "$STEP_LOGS/$name.took"
+  # A process group of its own (set -m), so a failure elsewhere can end all of it. It notes
+  # how long it took itself: the join may come long after it ended.
   set -m
-  nice -n 10 "$@" >"$STEP_LOGS/$name.log" 2>&1 </dev/null &
+  (
+    began=$SECONDS
+    status=0
+    nice -n 10 "$@" >"$STEP_LOGS/$name.log" 2>&1 </dev/null || status=$?
+    echo $((SECONDS - began)) >"$STEP_LOGS/$name.took"
+    exit $status
+  ) &
   STEP_PIDS[$name]=$!
   set +m
 }
 
 join() {
-  local name=$1 status=0 waited=$SECONDS
+  local name=$1 status=0 waited=$SECONDS took
   wait "${STEP_PIDS[$name]}" || status=$?
   unset "STEP_PIDS[$name]"
-  echo "== $name (background, joined after waiting $((SECONDS - waited)) s)"
+  waited=$((SECONDS - waited))
+  took=$(cat "$STEP_LOGS/$name.took" 2>/dev/null || echo $((SECONDS - STEP_BEGAN[$name])))
+  echo "== $name (background)"
   cat "$STEP_LOGS/$name.log"
   if ((status == 0)); then
-    _row "$name" $((SECONDS - STEP_BEGAN[$name])) background ok
-    echo "== $name: $((SECONDS - STEP_BEGAN[$name])) s"
+    _row "$name" "$took" background "ok (the run waited $waited s for it)"
+    echo "== $name: $took s (the run waited $waited s for it)"
   else
-    _row "$name" $((SECONDS - STEP_BEGAN[$name])) background "FAILED (exit $status)"
+    _row "$name" "$took" background "FAILED (exit $status)"
     _failed "$name"
   fi
 }
