@@ -141,19 +141,21 @@ where
                 Err(e) => return config_failure(&build, &e, true),
             };
             match grpc {
-                Some(service) => grpc_healthcheck(&loaded, &service, timeout),
-                None => healthcheck(&loaded, ready, timeout),
+                Some(service) => grpc_healthcheck(&loaded.config.keel, &service, timeout),
+                None => healthcheck(&loaded.config.keel, ready, timeout),
             }
         }
         Some(Command::Version | Command::Slo { .. }) => ExitCode::SUCCESS,
         #[cfg(feature = "events")]
         Some(Command::Dlq { command }) => match loaded {
-            Ok(l) => dlq(&build, &l, command),
+            Ok(l) => dlq(&build, &l.config.keel, command),
             Err(e) => config_failure(&build, &e, true),
         },
         #[cfg(feature = "sql")]
         Some(Command::Migrate { command }) => match loaded {
-            Ok(l) => migrate::run(&service, &l, command.is_some()),
+            Ok(l) => {
+                migrate::run(&build.name, service.migrations.clone(), &l.config.keel, l.profile, command.is_some())
+            }
             Err(e) => config_failure(&build, &e, true),
         },
         // Refused above: without the `sql` feature no service has a database.
@@ -161,12 +163,12 @@ where
         Some(Command::Migrate { .. }) => ExitCode::from(exit::USAGE),
         #[cfg(all(feature = "sql", feature = "security"))]
         Some(Command::Audit { command: cli::AuditCommand::Verify { checkpoint } }) => match loaded {
-            Ok(l) => security::audit_verify(&service, &l, checkpoint.as_ref()),
+            Ok(l) => security::audit_verify(&build.name, &l.config.keel, l.profile, checkpoint.as_ref()),
             Err(e) => config_failure(&build, &e, true),
         },
         #[cfg(feature = "security")]
         Some(Command::Keys { command }) => match loaded {
-            Ok(l) => security::keys(&l, command),
+            Ok(l) => security::keys(&l.config.keel, command),
             Err(e) => config_failure(&build, &e, true),
         },
         None | Some(Command::Serve) => match loaded {
@@ -264,10 +266,10 @@ fn slo_rules(build: &BuildInfo, files: &[std::path::PathBuf], runbooks: &str) ->
 
 /// `<service> dlq list | replay | purge`: talks to the configured broker directly.
 #[cfg(feature = "events")]
-fn dlq<C>(build: &BuildInfo, loaded: &Loaded<C>, command: cli::DlqCommand) -> ExitCode {
+fn dlq(build: &BuildInfo, keel: &KeelConfig, command: cli::DlqCommand) -> ExitCode {
     use keel_events::Bus;
     let name = &build.name;
-    let cfg = &loaded.config.keel.bus;
+    let cfg = &keel.bus;
     if cfg.backend == keel_events::BusBackend::InProcess {
         eprintln!(
             "{name} dlq: bus.backend is in_process: its dead letters live in the serving process's memory and \
@@ -384,10 +386,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration) -> ExitCode {
+fn healthcheck(keel: &KeelConfig, ready: bool, timeout: std::time::Duration) -> ExitCode {
     let path = if ready { "/health/ready" } else { "/health/live" };
-    let port = loaded.config.keel.http.port;
-    let tls = match cli::probe_tls(&loaded.config.keel.http.tls, "http.tls", &[b"http/1.1"]) {
+    let port = keel.http.port;
+    let tls = match cli::probe_tls(&keel.http.tls, "http.tls", &[b"http/1.1"]) {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!("healthcheck: {e}");
@@ -418,10 +420,9 @@ fn healthcheck<C>(loaded: &Loaded<C>, ready: bool, timeout: std::time::Duration)
 }
 
 /// `healthcheck --grpc`: grpc.health.v1 `Check` on 127.0.0.1 at the gRPC port.
-fn grpc_healthcheck<C>(loaded: &Loaded<C>, service: &str, timeout: std::time::Duration) -> ExitCode {
+fn grpc_healthcheck(keel: &KeelConfig, service: &str, timeout: std::time::Duration) -> ExitCode {
     #[cfg(feature = "grpc")]
     {
-        let keel = &loaded.config.keel;
         let port = keel.grpc.port.unwrap_or(keel.http.port);
         let (listener, section) =
             if keel.grpc.port.is_some() { (&keel.grpc.tls, "grpc.tls") } else { (&keel.http.tls, "http.tls") };
@@ -467,7 +468,7 @@ fn grpc_healthcheck<C>(loaded: &Loaded<C>, service: &str, timeout: std::time::Du
     }
     #[cfg(not(feature = "grpc"))]
     {
-        let _ = (loaded, service, timeout);
+        let _ = (keel, service, timeout);
         eprintln!("healthcheck: --grpc needs a build with keel's `grpc` feature");
         ExitCode::from(exit::USAGE)
     }

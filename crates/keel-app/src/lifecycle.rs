@@ -341,7 +341,12 @@ struct Assembled {
 pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result<(), StartError> {
     #[cfg(feature = "client")]
     keel_http::client::install_tls_provider();
-    let a = assemble(service, loaded, true)?;
+    check_assembled(assemble(service, loaded, true)?)
+}
+
+// The rest of `check` and `start_in` takes no `C`: compiled once here, not once per
+// service's config type in every binary.
+fn check_assembled(a: Assembled) -> Result<(), StartError> {
     let http_addr = a.keel.http_addr();
     let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
@@ -355,34 +360,22 @@ pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
 }
 
 fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) -> Result<Assembled, StartError> {
-    let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
     let config_yaml = keel_telemetry::mask::scrub(&loaded.to_yaml()).into_owned();
     let has_database = service.has_database();
-    let build = service.build.clone();
     let config = Arc::new(loaded.config);
-    let keel = config.keel.clone();
-    let metrics = Metrics::for_service(&build.name, &build.version, &build.commit)?;
-    let health =
-        Health::new(keel.health.interval, keel.health.ttl, Some(&metrics)).startup_grace(keel.health.startup_grace);
-    let workers = Workers::new(Some(&metrics), Some(&health))?;
-    let reloads = ReloadLog::default();
-    let flag_options = FlagsOptions::new(loaded.profile.as_str()).metrics(&metrics).reloads(reloads.clone());
-    let flags = match &keel.features.file {
-        Some(file) => Flags::open(file, flag_options)?,
-        None => Flags::empty(flag_options)?,
-    };
+    let base = Base::new(service.build.clone(), config.keel.clone(), loaded.profile)?;
     let mut setup = Setup {
-        name: build.name.clone(),
+        name: base.build.name.clone(),
         checking,
         #[cfg(feature = "sql")]
         migrations: service.migrations.clone(),
-        config: config.clone(),
+        config,
         profile: loaded.profile,
-        health: health.clone(),
-        metrics: metrics.clone(),
+        health: base.health.clone(),
+        metrics: base.metrics.clone(),
         tasks: Vec::new(),
-        workers: workers.clone(),
-        features: flags.clone(),
+        workers: base.workers.clone(),
+        features: base.flags.clone(),
         hooks: Vec::new(),
         #[cfg(feature = "redis")]
         redis: None,
@@ -407,36 +400,92 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
     let summary = summary(&setup, has_database);
-    #[cfg(feature = "grpc")]
-    let grpc = std::mem::take(&mut setup.grpc);
-    #[cfg(feature = "grpc")]
-    if !grpc.is_empty() {
-        plaintext_check(&keel, loaded.profile)?;
-    }
-    let Setup { tasks: declared, hooks, breakers, limiters, .. } = setup;
-    let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
-    Ok(Assembled {
-        build,
-        profile: loaded.profile,
-        keel,
-        started_at,
-        started,
-        health,
-        metrics,
-        workers,
-        flags,
-        reloads,
-        declared,
-        hooks,
-        breakers,
-        limiters,
-        router,
-        stack,
+    let declared = Declared {
+        #[cfg(feature = "grpc")]
+        grpc: std::mem::take(&mut setup.grpc),
+        tasks: setup.tasks,
+        hooks: setup.hooks,
+        breakers: setup.breakers,
+        limiters: setup.limiters,
         summary,
         config_yaml,
+    };
+    base.finish(api, declared)
+}
+
+/// What [`assemble`] makes before the service's set-up runs; with [`Base::finish`], everything
+/// of it that does not depend on the service's config type, compiled once in this crate.
+struct Base {
+    build: BuildInfo,
+    profile: Profile,
+    keel: KeelConfig,
+    started_at: std::time::SystemTime,
+    started: std::time::Instant,
+    health: Health,
+    metrics: Metrics,
+    workers: Workers,
+    flags: Flags,
+    reloads: ReloadLog,
+}
+
+/// What the service's set-up declared, taken out of its [`Setup`].
+struct Declared {
+    #[cfg(feature = "grpc")]
+    grpc: keel_grpc::GrpcServices,
+    tasks: Vec<(String, TaskFn)>,
+    hooks: Vec<(String, HookFn)>,
+    breakers: Option<keel_resilience::breaker::Registry>,
+    limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
+    summary: Vec<(String, String)>,
+    config_yaml: String,
+}
+
+impl Base {
+    fn new(build: BuildInfo, keel: KeelConfig, profile: Profile) -> Result<Self, StartError> {
+        let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
+        let metrics = Metrics::for_service(&build.name, &build.version, &build.commit)?;
+        let health =
+            Health::new(keel.health.interval, keel.health.ttl, Some(&metrics)).startup_grace(keel.health.startup_grace);
+        let workers = Workers::new(Some(&metrics), Some(&health))?;
+        let reloads = ReloadLog::default();
+        let flag_options = FlagsOptions::new(profile.as_str()).metrics(&metrics).reloads(reloads.clone());
+        let flags = match &keel.features.file {
+            Some(file) => Flags::open(file, flag_options)?,
+            None => Flags::empty(flag_options)?,
+        };
+        Ok(Self { build, profile, keel, started_at, started, health, metrics, workers, flags, reloads })
+    }
+
+    fn finish(self, api: Router, d: Declared) -> Result<Assembled, StartError> {
+        let Self { build, profile, keel, started_at, started, health, metrics, workers, flags, reloads } = self;
         #[cfg(feature = "grpc")]
-        grpc,
-    })
+        if !d.grpc.is_empty() {
+            plaintext_check(&keel, profile)?;
+        }
+        let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
+        Ok(Assembled {
+            build,
+            profile,
+            keel,
+            started_at,
+            started,
+            health,
+            metrics,
+            workers,
+            flags,
+            reloads,
+            declared: d.tasks,
+            hooks: d.hooks,
+            breakers: d.breakers,
+            limiters: d.limiters,
+            router,
+            stack,
+            summary: d.summary,
+            config_yaml: d.config_yaml,
+            #[cfg(feature = "grpc")]
+            grpc: d.grpc,
+        })
+    }
 }
 
 /// Production refuses gRPC without TLS on its listener unless `grpc.plaintext` says the
@@ -550,7 +599,10 @@ pub(crate) async fn start_in<C: Section>(
     // One rustls crypto provider for the whole process, before anything builds a TLS client.
     #[cfg(feature = "client")]
     keel_http::client::install_tls_provider();
-    let a = assemble(service, loaded, false)?;
+    start_assembled(assemble(service, loaded, false)?, process).await
+}
+
+async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, StartError> {
     let http_addr = a.keel.http_addr();
     let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;

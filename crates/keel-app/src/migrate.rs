@@ -5,23 +5,28 @@ use std::time::{Duration, Instant};
 
 use sqlx::any::AnyPoolOptions;
 
-use super::Loaded;
+use super::KeelConfig;
 use super::exit;
-use keel_config::{Profile, Section};
+use keel_config::Profile;
 use keel_data::{Backend, Migrations, resolve_url};
 use keel_resilience::Backoff;
 
 /// How long `migrate` waits for the database when `database.connect.max_elapsed` is 0.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
-pub(super) fn run<C: Section>(service: &super::Service<C>, loaded: &Loaded<C>, status_only: bool) -> ExitCode {
-    let name = &service.build.name;
-    let Some(migrations) = service.migrations.clone() else {
+pub(super) fn run(
+    name: &str,
+    migrations: Option<std::sync::Arc<Migrations>>,
+    keel: &KeelConfig,
+    profile: Profile,
+    status_only: bool,
+) -> ExitCode {
+    let Some(migrations) = migrations else {
         eprintln!("{name}: `migrate` does not apply: {name} has no database");
         return ExitCode::from(exit::USAGE);
     };
-    let cfg = &loaded.config.keel.database;
-    let url = match resolve_url(cfg, name, loaded.profile == Profile::Production) {
+    let cfg = &keel.database;
+    let url = match resolve_url(cfg, name, profile == Profile::Production) {
         Ok(u) => u,
         Err(e) => {
             eprintln!("{name} migrate: {e}");

@@ -2,29 +2,29 @@
 
 use std::process::ExitCode;
 
-use super::Loaded;
+use super::KeelConfig;
 use super::cli::{KeysCommand, exit};
-use keel_config::{Secret, Section};
+use keel_config::Secret;
 use keel_security::crypto::{MasterKey, generate_key, rewrap};
 
 /// Walks the audit chain of the service's database.
 #[cfg(feature = "sql")]
-pub(super) fn audit_verify<C: Section>(
-    service: &super::Service<C>,
-    loaded: &Loaded<C>,
+pub(super) fn audit_verify(
+    name: &str,
+    keel: &KeelConfig,
+    profile: keel_config::Profile,
     checkpoint: Option<&keel_security::audit::Checkpoint>,
 ) -> ExitCode {
     use keel_data::{Backend, resolve_url};
-    let name = &service.build.name;
-    let cfg = &loaded.config.keel.database;
-    let url = match resolve_url(cfg, name, loaded.profile == keel_config::Profile::Production) {
+    let cfg = &keel.database;
+    let url = match resolve_url(cfg, name, profile == keel_config::Profile::Production) {
         Ok(u) => u,
         Err(e) => {
             eprintln!("{name} audit verify: {e}");
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let keys = match keel_security::audit::AuditKeys::from_config(&loaded.config.keel.security.audit) {
+    let keys = match keel_security::audit::AuditKeys::from_config(&keel.security.audit) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("{name} audit verify: security.audit: {e}");
@@ -83,8 +83,8 @@ pub(super) fn audit_verify<C: Section>(
 
 /// Key management for field encryption. Prints keys to stdout only (pipe them into the secret
 /// store); never logs them.
-pub(super) fn keys<C: Section>(loaded: &Loaded<C>, command: KeysCommand) -> ExitCode {
-    let enc = &loaded.config.keel.security.encryption;
+pub(super) fn keys(keel: &KeelConfig, command: KeysCommand) -> ExitCode {
+    let enc = &keel.security.encryption;
     // A missing or unusable configured master key is the configuration's fault (exit 78); the
     // rest fail at run time (exit 1).
     let failed = |e: String| (exit::FAILURE, e);
