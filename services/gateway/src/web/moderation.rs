@@ -157,12 +157,10 @@ pub(crate) struct AccountForm {
     back: Option<String>,
 }
 
-/// Where a form comes back to: `back` when it is a path of this site, else the list.
+/// Where a form comes back to: `back` when it is a path of this site (see
+/// [`pages::same_origin_path`]), else the list.
 fn back_to(back: Option<&str>) -> String {
-    match back {
-        Some(b) if !b.is_empty() => pages::local_path(Some(b)),
-        _ => USERS.to_owned(),
-    }
+    back.and_then(pages::same_origin_path).unwrap_or_else(|| USERS.to_owned())
 }
 
 /// `back` (see [`back_to`]) with `notice` added.
@@ -222,7 +220,9 @@ mod tests {
     fn forms_come_back_only_to_this_site() {
         assert_eq!(back_with(Some("/my/events/1"), "account_banned"), "/my/events/1?notice=account_banned");
         assert_eq!(back_with(Some("/admin/users?q=a"), "role_changed"), "/admin/users?q=a&notice=role_changed");
-        assert_eq!(back_with(Some("https://evil.example"), "x"), "/?notice=x");
+        assert_eq!(back_with(Some("https://evil.example"), "x"), "/admin/users?notice=x");
+        assert_eq!(back_with(Some("/\t/evil.example"), "x"), "/admin/users?notice=x");
+        assert_eq!(back_with(Some("/\u{b}"), "x"), "/admin/users?notice=x");
         assert_eq!(back_with(None, "x"), "/admin/users?notice=x");
     }
 }

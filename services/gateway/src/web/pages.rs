@@ -266,12 +266,48 @@ pub(crate) fn login_then(to: &str) -> String {
     format!("/login?next={next}")
 }
 
-/// `next` when it is a path of this site, else `/` (never another origin).
+/// `next` when it is a path of this site (see [`same_origin_path`]), else `/`.
 pub(crate) fn local_path(next: Option<&str>) -> String {
-    match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains(['\\', '\r', '\n']) => p.to_owned(),
-        _ => "/".to_owned(),
+    next.and_then(same_origin_path).unwrap_or_else(|| "/".to_owned())
+}
+
+/// The one check of every redirect target a request supplies (`next` after signing in, a
+/// form's `back`): `Some` with the target as the browser will request it when it is a path on
+/// this site, `None` otherwise.
+///
+/// A browser removes tabs and newlines anywhere in a URL, trims spaces and control characters,
+/// and reads `\` as `/`, so `/<tab>/evil.example` or `/\evil.example` becomes
+/// `//evil.example`: another host. Rather than follow those rewrites, a target holding any
+/// control character, white space or backslash is refused outright (and so never reaches a
+/// `Location` header, which cannot carry them). The rest is resolved by the WHATWG URL parser
+/// (the browser's rules) against this site's origin and must stay on it, and its first path
+/// segment must not decode to a slash, backslash or control character (`/%2F/…`, `/%5C…`,
+/// `/%09/…`), so that nothing down the line that decodes once more can read a host into it.
+pub(crate) fn same_origin_path(target: &str) -> Option<String> {
+    if !target.starts_with('/') || target.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        return None;
     }
+    let base = url::Url::parse("https://this-site.invalid/").ok()?;
+    let url = base.join(target).ok()?;
+    if url.origin() != base.origin() || !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
+    let path = url.path();
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(first).collect::<Vec<u8>>();
+    if path.starts_with("//") || decoded.iter().any(|&b| b.is_ascii_control() || b == b'/' || b == b'\\') {
+        return None;
+    }
+    let mut out = path.to_owned();
+    if let Some(q) = url.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    if let Some(f) = url.fragment() {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -294,5 +330,68 @@ mod tests {
         }
         assert_eq!(local_path(None), "/");
         assert_eq!(login_then("/events/1?x=1"), "/login?next=%2Fevents%2F1%3Fx%3D1");
+    }
+
+    /// What a browser turns into another host, and what cannot go in a `Location` header.
+    #[test]
+    fn redirect_targets_are_paths_of_this_site_as_a_browser_reads_them() {
+        let refused = [
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "\t//evil.example",
+            "/\u{b}/evil.example",
+            "/\u{c}/evil.example",
+            "/\0/evil.example",
+            "/\u{7f}/evil.example",
+            "/\u{85}/evil.example",
+            "/ /evil.example",
+            "/\u{a0}/evil.example",
+            "/\u{3000}/evil.example",
+            "/\\evil.example",
+            "\\/evil.example",
+            "/./\\evil.example",
+            "//evil.example",
+            "///evil.example",
+            "/.//evil.example",
+            "/%2F/evil.example",
+            "/%2f%2fevil.example",
+            "/%5C/evil.example",
+            "/%5cevil.example",
+            "/%09/evil.example",
+            "/%0a/evil.example",
+            "/%00",
+            "https://evil.example/",
+            "http:/evil.example",
+            "javascript:alert(1)",
+            "//user@evil.example",
+            "evil.example",
+            "",
+        ];
+        for target in refused {
+            assert_eq!(same_origin_path(target), None, "{target:?}");
+            assert_eq!(local_path(Some(target)), "/", "{target:?}");
+        }
+        let kept = [
+            ("/", "/"),
+            ("/events/1", "/events/1"),
+            ("/events?q=rock%20music&cursor=c2", "/events?q=rock%20music&cursor=c2"),
+            ("/events?q=a%2Fb", "/events?q=a%2Fb"),
+            ("/my/events/1#join", "/my/events/1#join"),
+            ("/a/../events", "/events"),
+            ("/../../events", "/events"),
+            ("/événements", "/%C3%A9v%C3%A9nements"),
+            ("/admin/users?q=ann&role=moderator", "/admin/users?q=ann&role=moderator"),
+        ];
+        for (target, to) in kept {
+            assert_eq!(same_origin_path(target).as_deref(), Some(to), "{target:?}");
+        }
+        // Whatever comes out is a valid header value, parses back to itself, and stays here.
+        for target in refused.iter().chain(kept.iter().map(|(t, _)| t)) {
+            if let Some(to) = same_origin_path(target) {
+                assert!(http::HeaderValue::from_str(&to).is_ok(), "{to:?}");
+                assert_eq!(same_origin_path(&to).as_deref(), Some(to.as_str()));
+            }
+        }
     }
 }
