@@ -427,6 +427,22 @@ impl Accounts {
     }
 
     /// Lifts the account's ban in `tx`; `false` when it was not banned (a concurrent lift won).
+    /// The admins' ids, their rows locked in `tx` until it ends (PostgreSQL, MySQL/MariaDB;
+    /// SQLite lets one writer at a time anyway): two admins stepping down at once cannot both
+    /// count the other as the one who stays.
+    pub(crate) async fn admins_locked(&self, tx: &mut Transaction<'static, Any>) -> Result<Vec<String>, DataError> {
+        let db = &self.db;
+        let sql = match db.backend() {
+            keel::data::Backend::Sqlite => "SELECT id FROM users WHERE role = $1",
+            _ => "SELECT id FROM users WHERE role = $1 FOR UPDATE",
+        };
+        sqlx::query_scalar(db.statement(sql))
+            .bind(stored_role(cityevents_common::roles::ADMIN).0)
+            .fetch_all(&mut **tx)
+            .await
+            .obs(db)
+    }
+
     pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<bool, DataError> {
         let db = &self.db;
         let done = sqlx::query(db.statement(

@@ -13,6 +13,7 @@
 //!   refresh_reuse_grace: 10s   # a spent refresh token used again this soon gets the same successor
 //!   email_verification_ttl: 24h  # how long a mailed verification link works
 //!   password_reset_ttl: 1h       # how long a mailed password-reset link works
+//!   password_reset_mails_per_hour: 3  # reset mails one account receives in an hour, at most
 //!   registration_floor: 150ms    # every registration answers no sooner than this
 //! ```
 
@@ -52,6 +53,10 @@ pub struct AuthConfig {
     /// Default `1h`, between `5m` and `24h`.
     #[serde(with = "keel::config::duration")]
     pub password_reset_ttl: Duration,
+    /// Password-reset mails one account receives in an hour, at most: requests past it (by
+    /// anyone, from anywhere) are answered as usual and send nothing. Default `3`, between `1`
+    /// and `100`.
+    pub password_reset_mails_per_hour: u32,
     /// Every accepted registration answers no sooner than this after it arrived, whether it
     /// made an account or found the address taken: the two do different writes, and their
     /// time must not tell which happened. Above the usual time of either (the Argon2 run plus
@@ -106,6 +111,7 @@ impl Default for AuthConfig {
             refresh_reuse_grace: Duration::from_secs(10),
             email_verification_ttl: Duration::from_secs(24 * 3600),
             password_reset_ttl: Duration::from_secs(3600),
+            password_reset_mails_per_hour: 3,
             registration_floor: Duration::from_millis(150),
         }
     }
@@ -146,6 +152,9 @@ impl Section for AuthConfig {
         if self.password_reset_ttl < Duration::from_secs(300) || self.password_reset_ttl > Duration::from_secs(86_400) {
             v.invalid("password_reset_ttl", "must be between 5m and 24h");
         }
+        if !(1..=100).contains(&self.password_reset_mails_per_hour) {
+            v.invalid("password_reset_mails_per_hour", "must be between 1 and 100");
+        }
         if self.registration_floor > Duration::from_secs(2) {
             v.invalid("registration_floor", "must be at most 2s");
         }
@@ -181,6 +190,8 @@ mod tests {
         assert_eq!(d.refresh_reuse_grace, Duration::from_secs(10));
         assert_eq!(d.email_verification_ttl, Duration::from_secs(86_400));
         assert_eq!(d.password_reset_ttl, Duration::from_secs(3600));
+        assert_eq!(d.password_reset_mails_per_hour, 3);
+        assert_eq!(load(&[("PASSWORD_RESET_MAILS_PER_HOUR", "10")]).unwrap().password_reset_mails_per_hour, 10);
         assert_eq!(d.registration_floor, Duration::from_millis(150));
         assert!(load(&[("REGISTRATION_FLOOR", "3s")]).is_err());
         assert_eq!(load(&[("REFRESH_REUSE_GRACE", "0s")]).unwrap().refresh_reuse_grace, Duration::ZERO);
@@ -205,6 +216,8 @@ mod tests {
             ("REFRESH_REUSE_GRACE", "2m"),
             ("EMAIL_VERIFICATION_TTL", "1m"),
             ("PASSWORD_RESET_TTL", "2days"),
+            ("PASSWORD_RESET_MAILS_PER_HOUR", "0"),
+            ("PASSWORD_RESET_MAILS_PER_HOUR", "101"),
             ("LOCKOUT__FREE_FAILUREZ", "3"),
         ] {
             let e = load(&[(key, value)]).unwrap_err();

@@ -163,6 +163,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     s.worker(Worker::periodic("account-contacts", BACKFILL_EVERY, move |_ctx| {
         announce_contacts(a.clone(), m.clone())
     }))?;
+    let (resets, reset_requests) = tokio::sync::mpsc::channel(routes::RESET_QUEUE);
     let state = routes::AppState {
         accounts,
         lockout,
@@ -174,7 +175,11 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         metrics: auth_metrics,
         trusted_proxies: Arc::from(s.keel().http.trusted_proxies.clone()),
         outbox: outbox.clone(),
+        resets,
+        reset_mails_per_hour: cfg.password_reset_mails_per_hour,
     };
+    let worker = state.clone();
+    s.task("password-resets", move |stop| routes::run_resets(worker, reset_requests, stop));
     Ok(routes::router(state))
 }
 

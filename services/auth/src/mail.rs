@@ -76,15 +76,7 @@ impl AccountMail {
     ) -> Result<(String, OffsetDateTime), DataError> {
         let db = &self.db;
         let now = to_micros(now());
-        sqlx::query(db.statement(
-            "UPDATE account_tokens SET used_at = $1 WHERE user_id = $2 AND purpose = $3 AND used_at IS NULL",
-        ))
-        .bind(now)
-        .bind(user_id)
-        .bind(purpose.label())
-        .execute(&mut **tx)
-        .await
-        .obs(db)?;
+        self.revoke(tx, user_id, purpose).await?;
         let token = generate();
         let expires = now.saturating_add(i64::try_from(self.ttl(purpose).as_micros()).unwrap_or(i64::MAX));
         sqlx::query(db.statement(
@@ -100,6 +92,51 @@ impl AccountMail {
         .await
         .obs(db)?;
         Ok((token, from_micros(expires)))
+    }
+
+    /// Ends the account's unused tokens of `purpose` in `tx`; returns how many. A mailed link must
+    /// not outlive a new one, a password change or reset, signing out everywhere, or a ban.
+    pub(crate) async fn revoke(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        purpose: Purpose,
+    ) -> Result<u64, DataError> {
+        let db = &self.db;
+        let done = sqlx::query(db.statement(
+            "UPDATE account_tokens SET used_at = $1 WHERE user_id = $2 AND purpose = $3 AND used_at IS NULL",
+        ))
+        .bind(to_micros(now()))
+        .bind(user_id)
+        .bind(purpose.label())
+        .execute(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(done.rows_affected())
+    }
+
+    /// How many tokens of `purpose` were issued for the account in the last `within` (spent or
+    /// not: [`AccountMail::prune`] keeps them a day past their expiry, longer than any window
+    /// asked here).
+    pub(crate) async fn issued_within(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        purpose: Purpose,
+        within: Duration,
+    ) -> Result<u64, DataError> {
+        let db = &self.db;
+        let since = to_micros(now()).saturating_sub(i64::try_from(within.as_micros()).unwrap_or(i64::MAX));
+        let n: i64 = sqlx::query_scalar(
+            db.statement("SELECT COUNT(*) FROM account_tokens WHERE user_id = $1 AND purpose = $2 AND created_at > $3"),
+        )
+        .bind(user_id)
+        .bind(purpose.label())
+        .bind(since)
+        .fetch_one(&mut **tx)
+        .await
+        .obs(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Spends `token` for `purpose` in `tx`: its account's id, or `None` when it is unknown,

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -55,11 +56,15 @@ pub(crate) struct AppState {
     /// `security.jwt.ttl` in seconds: the access token's `expires_in`.
     pub(crate) access_ttl: u64,
     /// `app.registration_floor`.
-    pub(crate) registration_floor: std::time::Duration,
+    pub(crate) registration_floor: Duration,
     pub(crate) metrics: AuthMetrics,
     pub(crate) trusted_proxies: Arc<[IpNet]>,
     /// Announces bans (`account.banned`, `account.unbanned`) in their transaction.
     pub(crate) outbox: Outbox,
+    /// Password-reset requests for [`run_resets`].
+    pub(crate) resets: tokio::sync::mpsc::Sender<ResetRequest>,
+    /// `app.password_reset_mails_per_hour`.
+    pub(crate) reset_mails_per_hour: u32,
 }
 
 /// The routes, under the same paths the gateway exposes.
@@ -291,37 +296,88 @@ async fn verify_email(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Mails a password-reset link to the account with this address, if there is one. The answer
-/// (202) and its timing are the same either way: the token and the mail are made after the
-/// answer, in a task of their own.
+/// Takes a request for a password-reset link: answers 202 at once, whether or not the address
+/// has an account, and leaves the rest to the `password-resets` task ([`run_resets`]), so that
+/// neither the answer nor its timing tells which addresses have accounts. Requests past
+/// [`RESET_QUEUE`] waiting are dropped (logged): the answer stays the same.
 async fn request_password_reset(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<EmailBody>,
 ) -> Result<StatusCode, ApiError> {
     let email = normalize_email(&b.email)?;
-    let row = s.accounts.by_email_index(&s.accounts.email_index(&email)).await?;
-    if let Some(row) = row {
-        tokio::spawn(async move {
-            if let Err(e) = mail_reset_link(&s, &row).await {
-                tracing::warn!(error = ?e, "cannot request a password-reset mail");
-                return;
-            }
-            let target = user_target(&row.id);
-            s.accounts
-                .audit("anonymous", "auth.password_reset_requested", &target, Outcome::Success, json!({ "ip": ip }))
-                .await;
-        });
+    if s.resets.try_send(ResetRequest { email, ip }).is_err() {
+        tracing::warn!("password-reset requests are arriving faster than they are handled: one dropped");
     }
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<(), ApiError> {
+/// Password-reset requests waiting for [`run_resets`] at most.
+pub(crate) const RESET_QUEUE: usize = 1024;
+
+/// A password-reset request waiting for [`run_resets`].
+pub(crate) struct ResetRequest {
+    email: String,
+    ip: String,
+}
+
+/// The `password-resets` task: mails a link for each request whose address has an account
+/// that is not banned, at most `app.password_reset_mails_per_hour` per account. Requests
+/// still waiting at shutdown are handled before it returns.
+pub(crate) async fn run_resets(
+    s: AppState,
+    mut requests: tokio::sync::mpsc::Receiver<ResetRequest>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            next = requests.recv() => next,
+            () = stop.cancelled() => {
+                // No more arrive; what waits is still handled.
+                requests.close();
+                requests.recv().await
+            }
+        };
+        let Some(request) = next else { return };
+        if let Err(e) = reset_requested(&s, &request).await {
+            tracing::warn!(error = ?e, "cannot handle a password-reset request");
+        }
+    }
+}
+
+async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), ApiError> {
+    let Some(row) = s.accounts.by_email_index(&s.accounts.email_index(&r.email)).await? else {
+        return Ok(());
+    };
+    let target = user_target(&row.id);
+    let (action, outcome, reason) = if row.banned() {
+        ("auth.password_reset_requested", Outcome::Failure, Some("account_banned"))
+    } else if mail_reset_link(s, &row).await? {
+        ("auth.password_reset_requested", Outcome::Success, None)
+    } else {
+        ("auth.password_reset_requested", Outcome::Failure, Some("too_many_reset_mails"))
+    };
+    let details = match reason {
+        Some(reason) => json!({ "ip": r.ip, "reason": reason }),
+        None => json!({ "ip": r.ip }),
+    };
+    s.accounts.audit("anonymous", action, &target, outcome, details).await;
+    Ok(())
+}
+
+/// Issues a reset link and requests its mail, unless the account was sent
+/// `app.password_reset_mails_per_hour` already in the last hour; whether it did.
+async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<bool, ApiError> {
     let user = s.accounts.user(row)?;
     let mut tx = s.accounts.db.begin().await?;
+    let sent = s.mail.issued_within(&mut tx, &row.id, Purpose::Reset, Duration::from_secs(3600)).await?;
+    if sent >= u64::from(s.reset_mails_per_hour) {
+        return Ok(false);
+    }
     let (token, expires_at) = s.mail.issue(&mut tx, &row.id, Purpose::Reset).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::ResetPassword { token, expires_at }).await?;
-    commit(s, tx).await
+    commit(s, tx).await?;
+    Ok(true)
 }
 
 /// Spends a reset token and sets the new password: every session ends, the account's sign-in
@@ -342,6 +398,10 @@ async fn reset_password(
     };
     let id = Uuid::parse_str(&user_id).map_err(|_| not_found())?;
     let row = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
+    if row.banned() {
+        // A link mailed before the ban: the ban ended it (the transaction rolls back).
+        return Err(invalid_token().into());
+    }
     let user = s.accounts.user(&row)?;
     // Refused before anything changes: the token stays unspent (the transaction rolls back).
     check_new_password(&s.accounts.policy, &b.password, &user.email)?;
@@ -349,6 +409,7 @@ async fn reset_password(
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
     s.accounts.set_verified(&mut tx, &row.id).await?;
     let (sessions, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
     s.lockout.clear_account(&mut tx, &s.accounts.email_index(&user.email)).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     if row.email_verified_at.is_none() {
@@ -403,6 +464,8 @@ async fn change_password(
     let mut tx = s.accounts.db.begin().await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
     let (_, sv) = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    // A reset link mailed before must not set another password over this one.
+    s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
     // The caller's new session, under the new version and with the role as it is now (the row
     // is locked: a role change meanwhile has either committed or waits).
     let refresh_token = s.refresh.issue_in(&mut tx, &row.id).await?;
@@ -427,6 +490,8 @@ async fn logout_all(
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
     let mut tx = s.accounts.db.begin().await?;
     let (revoked, _) = s.refresh.revoke_user(&mut tx, &id).await?;
+    // A reset link is a way in too: signing out everywhere ends it.
+    s.mail.revoke(&mut tx, &id, Purpose::Reset).await?;
     commit(&s, tx).await?;
     let target = user_target(&id);
     let details = json!({ "ip": ip, "revoked_tokens": revoked });
@@ -650,6 +715,13 @@ async fn set_role(
     if row.role != b.role {
         // The old role's tokens stop working everywhere; the user's next refresh carries the new one.
         let mut tx = s.accounts.db.begin().await?;
+        if row.role == roles::ADMIN {
+            let admins = s.accounts.admins_locked(&mut tx).await?;
+            if admins.iter().all(|a| *a == row.id) {
+                // Nobody could manage roles or lift bans any more.
+                return Err(conflict("last_admin", "the last admin keeps the role: make another admin first").into());
+            }
+        }
         s.accounts.set_role_in(&mut tx, &row.id, &b.role).await?;
         s.refresh.end_access(&mut tx, &row.id).await?;
         commit(&s, tx).await?;
@@ -684,6 +756,14 @@ fn may_ban(who: &Moderating, target: &UserRow) -> Result<(), Problem> {
         );
     }
     Ok(())
+}
+
+/// Whether `target`'s ban was placed by someone who is an admin now.
+async fn placed_by_admin(s: &AppState, target: &UserRow) -> Result<bool, ApiError> {
+    let Some(by) = target.banned_by.as_deref().and_then(|b| Uuid::parse_str(b).ok()) else {
+        return Ok(false);
+    };
+    Ok(s.accounts.by_id(by).await?.is_some_and(|r| r.role == roles::ADMIN))
 }
 
 /// Whether `who` may lift `target`'s ban: a moderator's only an admin.
@@ -730,6 +810,7 @@ async fn ban_user(
     let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     may_ban(&who, &now)?;
     let (revoked, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
     let version = now.ban_version;
     let banned = AccountBanned { user_id: id, by: who.id, reason: reason.clone(), at, version };
     s.outbox.enqueue_event(&mut tx, ACCOUNTS_TOPIC, &banned).await?;
@@ -758,6 +839,11 @@ async fn unban_user(
         return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
     }
     may_lift(&who, &row)?;
+    if !who.admin && placed_by_admin(&s, &row).await? {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail("only an admin lifts a ban an admin placed")
+            .into());
+    }
     let mut tx = s.accounts.db.begin().await?;
     if !s.accounts.unban_in(&mut tx, &row.id).await? {
         return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());

@@ -26,6 +26,7 @@ on_every_backend!(
     register_login_and_me,
     registration_mails_a_single_use_verification_link,
     password_reset_change_sessions_and_sign_out_everywhere,
+    reset_links_end_with_every_other_way_in_and_are_capped,
     every_input_limit_is_a_problem_naming_the_field,
     unicode_addresses_have_one_form_and_look_alikes_are_refused,
     addresses_that_look_like_an_account_are_taken,
@@ -345,6 +346,71 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
     ] {
         assert!(audit.iter().any(|l| l.contains(&format!("|{action}|"))), "{action}: {audit:?}");
     }
+}
+
+/// A reset link mailed earlier (by the owner, or requested by whoever knows the address) must
+/// not outlive a password change, signing out everywhere or a ban; one address gets at most
+/// `app.password_reset_mails_per_hour` (3) links an hour, whoever asks.
+async fn reset_links_end_with_every_other_way_in_and_are_capped(s: &Svc) {
+    let email = "lena@example.com";
+    let id = s.register(email, "Lena").await;
+    let link = |mail: serde_json::Value| mail["mail"]["token"].as_str().unwrap().to_owned();
+    let request = |addr: &'static str| async move {
+        let before = s.mail_requests().await.len();
+        assert_eq!(s.post("/api/v1/auth/password-reset/request", &json!({"email": addr})).await.status, 202);
+        before
+    };
+    let spend = |token: String| async move {
+        s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": "the attacker's choice 1"})).await
+    };
+
+    // The owner changes the password: an earlier link is dead.
+    let before = request(email).await;
+    let old_link = link(mail_for(s, email, "reset_password", before).await);
+    let (access, _) = s.tokens(email).await;
+    let new_password = "lena's own new passphrase 7";
+    let body = json!({"current_password": PASSWORD, "new_password": new_password});
+    assert_eq!(s.post_bearer("/api/v1/auth/password", &access, &body).await.status, 200);
+    let r = spend(old_link).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_token"), "after a password change: {r:?}");
+    assert_eq!(s.login(email, new_password).await.status, 200, "the owner's password stands");
+
+    // Signing out everywhere ends it too.
+    let before = request(email).await;
+    let old_link = link(mail_for(s, email, "reset_password", before).await);
+    let (access, _) = s.tokens_with(email, new_password).await;
+    assert_eq!(s.post_bearer("/api/v1/auth/logout-all", &access, &json!({})).await.status, 204);
+    let r = spend(old_link).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_token"), "after signing out everywhere: {r:?}");
+
+    // Three links this hour: a fourth request (from anyone) mails nothing. Requests are handled
+    // in order, so a mail for another address asked after them says they were all handled.
+    let before = request(email).await;
+    let last_link = link(mail_for(s, email, "reset_password", before).await);
+    for _ in 0..3 {
+        request(email).await;
+    }
+    s.register("marker@example.com", "Marker").await;
+    mail_for(s, "marker@example.com", "reset_password", request("marker@example.com").await).await;
+    let links = s
+        .mail_requests()
+        .await
+        .into_iter()
+        .filter(|m| m["to"] == email && m["mail"]["template"] == "reset_password")
+        .count();
+    assert_eq!(links, 3, "at most three reset mails an hour");
+    let audit = s.audit().await;
+    assert!(audit.iter().any(|l| l.contains("|auth.password_reset_requested|") && l.contains("too_many_reset_mails")));
+
+    // A ban ends the outstanding link (the newest of the three).
+    let root_admin = cityevents_auth::AdminAction::Create { name: "Root", password: PASSWORD };
+    cityevents_auth::run_admin_create(&s.loaded, "root-lena@example.com", root_admin).await.unwrap();
+    let (root, _) = s.tokens("root-lena@example.com").await;
+    let ban = format!("/api/v1/admin/users/{id}/ban");
+    assert_eq!(s.post_bearer(&ban, &root, &json!({"reason": "test"})).await.status, 200);
+    let r = spend(last_link).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_token"), "after a ban: {r:?}");
+    assert_ne!(s.login(email, "the attacker's choice 1").await.status, 200);
 }
 
 async fn unicode_addresses_have_one_form_and_look_alikes_are_refused(s: &Svc) {
@@ -768,6 +834,11 @@ async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {
     assert_eq!((bad_id.status, bad_id.field()), (400, "id"), "{bad_id:?}");
     let missing = s.put(&path(&uuid::Uuid::now_v7().to_string()), Some(&root_access), &json!({"role": "admin"})).await;
     assert_eq!(missing.status, 404, "{missing:?}");
+    // The only admin cannot step down: nobody could manage roles or lift bans any more.
+    for role in ["user", "moderator"] {
+        let alone = s.put(&path(&root.to_string()), Some(&root_access), &json!({ "role": role })).await;
+        assert_eq!((alone.status, alone.code()), (409, "last_admin"), "{alone:?}");
+    }
 
     let promoted = s.put(&path(&alice), Some(&root_access), &json!({"role": "admin"})).await;
     assert_eq!(promoted.status, 200, "{promoted:?}");
@@ -1024,6 +1095,15 @@ async fn moderators_ban_accounts_and_admins_list_them(s: &Svc) {
             && d["version"] == 2),
         "the lift comes after the ban in version"
     );
+
+    // A ban an admin placed is an admin's to lift.
+    let bob = s.register("bob@example.com", "Bob").await;
+    assert_eq!(s.post_bearer(&ban(&bob), &root_access, &json!({"reason": "Fraud"})).await.status, 200);
+    let r = s.delete(&ban(&bob), Some(&moe_access)).await;
+    assert_eq!(r.status, 403, "a moderator lifts no admin's ban: {r:?}");
+    assert_eq!(s.login("bob@example.com", PASSWORD).await.status, 403, "still banned");
+    assert_eq!(s.delete(&ban(&bob), Some(&root_access)).await.status, 200);
+    assert_eq!(s.login("bob@example.com", PASSWORD).await.status, 200);
 
     // Every moderation action is in the audit log: who, what, on whom, why.
     let audit = s.audit().await;
