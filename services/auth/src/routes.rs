@@ -339,11 +339,26 @@ pub(crate) async fn run_resets(
             }
         };
         let Some(request) = next else { return };
-        if let Err(e) = reset_requested(&s, &request).await {
-            tracing::warn!(error = ?e, "cannot handle a password-reset request");
+        // A failure (a write conflict, the database away for a moment) is tried again: each
+        // attempt is one transaction, so none leaves half a link behind.
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=RESET_ATTEMPTS {
+            match reset_requested(&s, &request).await {
+                Ok(()) => break,
+                Err(e) if attempt == RESET_ATTEMPTS => {
+                    tracing::warn!(error = ?e, attempts = attempt, "cannot handle a password-reset request");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
     }
 }
+
+/// Attempts at one password-reset request, 100 ms apart doubling (about 3 s in all).
+const RESET_ATTEMPTS: u32 = 6;
 
 async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), ApiError> {
     let Some(row) = s.accounts.by_email_index(&s.accounts.email_index(&r.email)).await? else {
@@ -370,11 +385,14 @@ async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), ApiError>
 async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<bool, ApiError> {
     let user = s.accounts.user(row)?;
     let mut tx = s.accounts.db.begin().await?;
+    // Issued first, counted after: the transaction writes before it reads, so SQLite takes its
+    // write lock at once (waiting its turn) instead of failing to upgrade a read. Past the cap,
+    // the rollback undoes the issue.
+    let (token, expires_at) = s.mail.issue(&mut tx, &row.id, Purpose::Reset).await?;
     let sent = s.mail.issued_within(&mut tx, &row.id, Purpose::Reset, Duration::from_secs(3600)).await?;
-    if sent >= u64::from(s.reset_mails_per_hour) {
+    if sent > u64::from(s.reset_mails_per_hour) {
         return Ok(false);
     }
-    let (token, expires_at) = s.mail.issue(&mut tx, &row.id, Purpose::Reset).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::ResetPassword { token, expires_at }).await?;
     commit(s, tx).await?;
     Ok(true)
