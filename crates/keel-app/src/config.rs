@@ -107,8 +107,15 @@ impl KeelConfig {
         log.format = if profile == Profile::Development { LogFormat::Pretty } else { LogFormat::Json };
         let mut database = DatabaseConfig::default();
         database.auto_migrate = !prod;
+        // A developer's machine serves itself: nothing on the network reaches a service in the
+        // development profile unless `http.addr` says so. Containers (test, production) need
+        // every interface.
+        let mut http = HttpConfig::default();
+        if profile == Profile::Development {
+            http.addr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        }
         Self {
-            http: HttpConfig::default(),
+            http,
             grpc: GrpcConfig::default(),
             management: ManagementConfig::default(),
             cors: CorsConfig::default(),
@@ -272,5 +279,19 @@ impl Section for ShutdownConfig {
         if self.timeout.is_zero() {
             v.invalid("timeout", "must be more than 0s");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_listens_on_loopback_and_containers_on_every_interface() {
+        let addr = |p| KeelConfig::for_profile(p).http.addr;
+        assert_eq!(addr(Profile::Development), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(addr(Profile::Test), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(addr(Profile::Production), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(KeelConfig::default().http.addr, IpAddr::V4(Ipv4Addr::LOCALHOST), "default is development");
     }
 }

@@ -18,7 +18,8 @@ const MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 #[serde(default)]
 #[non_exhaustive]
 pub struct HttpConfig {
-    /// IP address to bind. Default `0.0.0.0` (all interfaces, as containers need).
+    /// IP address to bind. Default `0.0.0.0` (all interfaces, as containers need); a service's
+    /// development profile defaults it to `127.0.0.1`.
     pub addr: IpAddr,
     /// TCP port. Default `8080`; `0` picks a free port (tests).
     pub port: u16,
