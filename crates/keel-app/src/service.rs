@@ -540,6 +540,35 @@ impl<C: Section> Setup<C> {
         self.client(name, false)
     }
 
+    /// A client named `name` (its breaker, bulkhead and metrics labels) for `cfg`, which need
+    /// not be a section of `upstreams`: a second client of an upstream for one class of calls,
+    /// so that their failures open a breaker of their own and their concurrency has its own
+    /// bulkhead (a gateway's full-text searches next to the rest of a service's API). It adds
+    /// no readiness check.
+    ///
+    /// ```ignore
+    /// let mut cfg = s.keel().upstreams["events"].clone();
+    /// cfg.retry.max_attempts = 1;
+    /// let searches = s.http_client_for("events_search", &cfg)?;
+    /// ```
+    #[cfg(feature = "client")]
+    pub fn http_client_for(
+        &mut self,
+        name: &str,
+        cfg: &keel_http::client::UpstreamConfig,
+    ) -> Result<keel_http::client::Client, SetupError> {
+        if let Some(c) = self.clients.get(name) {
+            return Ok(c.clone());
+        }
+        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
+        if self.client_metrics.is_none() {
+            self.client_metrics = Some(keel_http::client::ClientMetrics::new(&self.metrics)?);
+        }
+        let client = keel_http::client::Client::new(name, cfg, breaker, self.client_metrics.clone())?;
+        self.clients.insert(name.to_owned(), client.clone());
+        Ok(client)
+    }
+
     /// The `upstreams.<name>` section, or the error naming it.
     #[cfg(feature = "client")]
     fn upstream(&self, name: &str) -> Result<keel_http::client::UpstreamConfig, SetupError> {

@@ -550,3 +550,60 @@ async fn mariadb_test_database_drops_despite_an_open_transaction() {
     assert_eq!(left, 0, "{name} is gone");
     drop(open);
 }
+
+/// `Db::fetch_all_within`: the database cuts a statement off past its limit (a typed 503 error,
+/// counted), the setting does not outlive the statement on the pooled connection, and a
+/// statement within its limit answers as usual.
+async fn statement_time_limit(db: TestDatabase, slow: &str, leaked: Option<&str>) {
+    let metrics = keel::telemetry::Metrics::new();
+    let mut cfg = keel::data::DatabaseConfig::default();
+    cfg.pool.max_connections = 1;
+    let kdb = keel::data::Db::new("t", db.url(), &cfg, None, &metrics).unwrap();
+    kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    let limit = Duration::from_millis(200);
+    let Err(err) = kdb.fetch_all_within(slow, limit, |q| q).await else { panic!("not cut off") };
+    assert!(matches!(err, keel::data::DataError::StatementTimeout { after } if after == limit), "{err:?}");
+    assert_eq!(err.kind(), "statement_timeout");
+    let resp = axum::response::IntoResponse::into_response(err);
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let text = metrics.render();
+    assert!(text.contains(r#"db_errors_total{kind="statement_timeout",pool="t"} 1"#), "{text}");
+    // Within its limit, with a bound value.
+    let rows = kdb.fetch_all_within("SELECT $1 AS n", Duration::from_secs(5), |q| q.bind(7_i64)).await.unwrap();
+    assert_eq!(sqlx::Row::get::<i64, _>(&rows[0], "n"), 7);
+    // The one pooled connection has no limit left on it.
+    if let Some(leaked) = leaked {
+        let mut conn = kdb.acquire().await.unwrap();
+        let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(leaked)).fetch_one(&mut *conn).await.unwrap();
+        assert!(["0", "0.000000"].contains(&value.as_str()), "{leaked} = {value}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_statement_time_limit() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    statement_time_limit(db, "SELECT 1 AS n FROM pg_sleep(5)", Some("SHOW statement_timeout")).await;
+}
+
+#[tokio::test]
+async fn mariadb_statement_time_limit() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    let leaked = "SELECT CAST(@@max_statement_time AS CHAR)";
+    statement_time_limit(db, "SELECT SLEEP(5) AS n", Some(leaked)).await;
+}
+
+#[tokio::test]
+async fn sqlite_statement_time_limit() {
+    let db = TestDatabase::sqlite().unwrap();
+    // About a second of work: SQLite has no interrupt through `Any`, so the call stops waiting.
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) \
+                SELECT COUNT(*) AS n FROM c";
+    statement_time_limit(db, slow, None).await;
+}

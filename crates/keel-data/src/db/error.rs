@@ -23,6 +23,13 @@ pub enum DataError {
     /// No connection became free within `database.pool.acquire_timeout`. Answers 503.
     #[error("timed out waiting for a database connection")]
     AcquireTimeout,
+    /// A statement ran past the time [`crate::Db::fetch_all_within`] allowed it and was cut off.
+    /// Answers 503 `query-timeout` with `Retry-After`.
+    #[error("the statement ran past its time limit of {after:?}")]
+    StatementTimeout {
+        /// The limit.
+        after: std::time::Duration,
+    },
     /// The database returned an error. Answers 404 for "no row", else 500 (details only logged).
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
@@ -43,6 +50,7 @@ impl DataError {
         match self {
             Self::Unavailable { .. } => "unavailable",
             Self::AcquireTimeout => "pool_timeout",
+            Self::StatementTimeout { .. } => "statement_timeout",
             Self::Sql(e) => sql_kind(e),
             Self::Migrate(_) => "migrate",
             Self::NoMigrations(_) | Self::Config(_) => "config",
@@ -52,9 +60,10 @@ impl DataError {
 
 /// Every `db_errors_total{kind}` label: [`DataError::kind`]'s, and `timeout` for a connection or
 /// query attempt that did not answer in time. The series exist at zero from the start.
-pub(crate) const KINDS: [&str; 20] = [
+pub(crate) const KINDS: [&str; 21] = [
     "unavailable",
     "timeout",
+    "statement_timeout",
     "pool_timeout",
     "pool_closed",
     "io",
@@ -227,6 +236,17 @@ pub fn retry_kind(e: &sqlx::Error) -> Option<RetryKind> {
     }
 }
 
+/// Whether the server cut a statement off for its time: PostgreSQL `57014` (query_canceled),
+/// MariaDB 1969 (ER_STATEMENT_TIMEOUT), MySQL 3024 (ER_QUERY_TIMEOUT).
+pub(crate) fn is_statement_timeout(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    match server_code(db.as_ref()) {
+        Some((Backend::Postgres, code)) => code == "57014",
+        Some((Backend::MySql, code)) => code == "1969" || code == "3024",
+        _ => false,
+    }
+}
+
 /// Whether an error means the connection to the database is gone (as opposed to a bad query,
 /// a conflict between transactions, or a pool that is merely busy: a pool timeout under load
 /// says nothing about the database).
@@ -255,6 +275,14 @@ impl DataError {
 
 impl IntoResponse for DataError {
     fn into_response(self) -> Response {
+        if let Self::StatementTimeout { after } = self {
+            tracing::warn!(limit = ?after, "a statement ran past its time limit and was cut off");
+            return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "query-timeout", "Query took too long")
+                .detail("the query took longer than this service allows for it: narrow it, or retry later")
+                .code("QUERY_TIMEOUT")
+                .retry_after(1)
+                .into_response();
+        }
         if let Some(kind) = self.retry_kind() {
             tracing::warn!(error = %self, kind = kind.label(), "database call refused or failed transiently");
             let detail = match kind {
@@ -289,6 +317,7 @@ mod tests {
         let errors = [
             DataError::Unavailable { reason: String::new() },
             DataError::AcquireTimeout,
+            DataError::StatementTimeout { after: std::time::Duration::from_secs(1) },
             DataError::Sql(sqlx::Error::PoolTimedOut),
             DataError::Sql(sqlx::Error::PoolClosed),
             DataError::Sql(sqlx::Error::Io(std::io::Error::other("x"))),

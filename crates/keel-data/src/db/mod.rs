@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool, Connection, SqlSafeStr, Transaction};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, AssertSqlSafe, Connection, SqlSafeStr, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseConfig;
@@ -118,10 +119,27 @@ struct Inner {
     migrations: Option<Arc<Migrations>>,
     migrations_checked: AtomicBool,
     metrics: metrics::DbMetrics,
+    /// MySQL backend only: whether the server is MariaDB (asked once, on first need).
+    mariadb: std::sync::OnceLock<bool>,
 }
+
+/// A statement of the program's with its values bound (see [`Db::fetch_all_within`]).
+pub type BoundQuery = Query<'static, Any, AnyArguments>;
 
 /// `SET TRANSACTION` and `START TRANSACTION` in one round trip (see [`Db::begin_with`]).
 const MYSQL_READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
+
+/// `sql` with MySQL's per-statement time limit: the `MAX_EXECUTION_TIME(ms)` optimizer hint right
+/// after its leading `SELECT` (MySQL reads hints only there; other statements are left as they are).
+fn mysql_execution_hint(sql: &str, ms: u64) -> String {
+    let trimmed = sql.trim_start();
+    match trimmed.get(..6) {
+        Some(head) if head.eq_ignore_ascii_case("select") => {
+            format!("SELECT /*+ MAX_EXECUTION_TIME({ms}) */{}", &trimmed[6..])
+        }
+        _ => sql.to_owned(),
+    }
+}
 
 /// A service's database handle. Cheap to clone; share it with handlers through router state.
 #[derive(Clone)]
@@ -199,6 +217,7 @@ impl Db {
                 migrations,
                 migrations_checked: AtomicBool::new(false),
                 metrics,
+                mariadb: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -372,6 +391,96 @@ impl Db {
                 Err(e)
             }
         }
+    }
+
+    /// The rows of `sql` (statement text made by the program, with `$n` placeholders whose
+    /// values `bind` binds in order), the statement cut off after `limit`:
+    /// [`DataError::StatementTimeout`] then, a 503. Meant for reads whose cost depends on the
+    /// input, such as a full-text search, so that one expensive request cannot hold a
+    /// connection, and the database's CPU, for long.
+    ///
+    /// How each backend cuts it off:
+    /// - PostgreSQL: `SET LOCAL statement_timeout` in a transaction of its own (cancelled
+    ///   server-side, SQLSTATE `57014`);
+    /// - MariaDB: `SET STATEMENT max_statement_time = … FOR …` (error 1969); MySQL: the
+    ///   `MAX_EXECUTION_TIME` optimizer hint after the leading `SELECT` (error 3024);
+    /// - SQLite: through `Any` no interrupt reaches the connection, so the call stops waiting
+    ///   after `limit` and the statement finishes on its connection before that one serves
+    ///   again. Bound the statement's cost in its SQL as well (a `LIMIT` on what it ranks).
+    ///
+    /// ```ignore
+    /// let rows = db
+    ///     .fetch_all_within("SELECT id FROM events WHERE title LIKE $1", Duration::from_secs(2), |q| q.bind(pattern))
+    ///     .await?;
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future rolls back PostgreSQL's transaction and returns the
+    /// connection; no setting outlives the statement.
+    pub async fn fetch_all_within<F>(&self, sql: &str, limit: Duration, bind: F) -> Result<Vec<AnyRow>, DataError>
+    where
+        F: FnOnce(BoundQuery) -> BoundQuery,
+    {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        match self.inner.backend {
+            Backend::Postgres => {
+                let mut tx = self.begin().await?;
+                sqlx::query(AssertSqlSafe(format!("SET LOCAL statement_timeout = {ms}")))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.observe(e))?;
+                let rows = bind(self.query_of(sql)).fetch_all(&mut *tx).await.map_err(|e| self.timed_out(e, limit))?;
+                tx.commit().await.map_err(|e| self.observe(e))?;
+                Ok(rows)
+            }
+            Backend::MySql => {
+                let mut conn = self.acquire().await?;
+                let text = self.sql(sql);
+                let text = if self.is_mariadb(&mut conn).await? {
+                    // Seconds, to the millisecond.
+                    format!("SET STATEMENT max_statement_time = {}.{:03} FOR {text}", ms / 1000, ms % 1000)
+                } else {
+                    mysql_execution_hint(&text, ms)
+                };
+                bind(sqlx::query(AssertSqlSafe(text))).fetch_all(&mut *conn).await.map_err(|e| self.timed_out(e, limit))
+            }
+            Backend::Sqlite => {
+                let mut conn = self.acquire().await?;
+                match tokio::time::timeout(limit, bind(self.query_of(sql)).fetch_all(&mut *conn)).await {
+                    Ok(rows) => rows.map_err(|e| self.observe(e)),
+                    Err(_) => {
+                        self.inner.metrics.error("statement_timeout");
+                        Err(DataError::StatementTimeout { after: limit })
+                    }
+                }
+            }
+        }
+    }
+
+    fn query_of(&self, sql: &str) -> BoundQuery {
+        sqlx::query(self.statement(sql))
+    }
+
+    /// [`Db::observe`], except that a statement the server cut off for its time is
+    /// [`DataError::StatementTimeout`].
+    fn timed_out(&self, e: sqlx::Error, after: Duration) -> DataError {
+        if error::is_statement_timeout(&e) {
+            self.inner.metrics.error("statement_timeout");
+            return DataError::StatementTimeout { after };
+        }
+        self.observe(e)
+    }
+
+    /// Whether the MySQL-protocol server on `conn` is MariaDB (asked once per pool).
+    async fn is_mariadb(&self, conn: &mut PoolConnection<Any>) -> Result<bool, DataError> {
+        if let Some(known) = self.inner.mariadb.get() {
+            return Ok(*known);
+        }
+        let version: String =
+            sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut **conn).await.map_err(|e| self.observe(e))?;
+        let mariadb = version.to_ascii_lowercase().contains("mariadb");
+        Ok(*self.inner.mariadb.get_or_init(|| mariadb))
     }
 
     /// Connects in the background until the first success, with backoff; then, if
