@@ -14,6 +14,34 @@ pub fn client<C: keel::config::Section>(s: &mut Setup<C>, name: &str, port: u16)
     if s.keel().upstreams.contains_key(name) {
         return s.http_client_optional(name);
     }
+    let cfg = development(s, name, port)?;
+    tracing::warn!(upstream = name, base_url = %cfg.base_url, "upstream not configured; using the development default");
+    let breaker = s.breakers()?.get_or_create(name, &cfg.breaker);
+    Ok(Client::new(name, &cfg, breaker, None)?)
+}
+
+/// A second client of upstream `name` ([`client`]'s settings), called `alias`, for one class of
+/// calls: its own breaker and bulkhead (`bulkhead` replaces the upstream's), and no retries,
+/// since what it carries is expensive. Its failures never open the breaker of the upstream's
+/// other calls.
+pub fn client_for<C: keel::config::Section>(
+    s: &mut Setup<C>,
+    alias: &str,
+    (name, port): (&str, u16),
+    bulkhead: keel::resilience::bulkhead::BulkheadConfig,
+) -> Result<Client, SetupError> {
+    let mut cfg = match s.keel().upstreams.get(name) {
+        Some(cfg) => cfg.clone(),
+        None => development(s, name, port)?,
+    };
+    cfg.retry.max_attempts = 1;
+    cfg.bulkhead = bulkhead;
+    s.http_client_for(alias, &cfg)
+}
+
+/// `http://127.0.0.1:<port>` with one retry, in development only; elsewhere the error naming
+/// the missing `upstreams.<name>.base_url`.
+fn development<C: keel::config::Section>(s: &Setup<C>, name: &str, port: u16) -> Result<UpstreamConfig, SetupError> {
     if s.profile() != Profile::Development {
         let prefix = keel::config::env_prefix(s.name());
         return Err(Box::new(ConfigError::invalid(
@@ -27,7 +55,5 @@ pub fn client<C: keel::config::Section>(s: &mut Setup<C>, name: &str, port: u16)
     let mut cfg = UpstreamConfig::default();
     cfg.base_url = format!("http://127.0.0.1:{port}");
     cfg.retry.max_attempts = 2;
-    tracing::warn!(upstream = name, base_url = %cfg.base_url, "upstream not configured; using the development default");
-    let breaker = s.breakers()?.get_or_create(name, &cfg.breaker);
-    Ok(Client::new(name, &cfg, breaker, None)?)
+    Ok(cfg)
 }

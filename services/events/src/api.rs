@@ -26,7 +26,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::list::{self, Check as _, CitiesParams, EventsParams, MINE, MyEventsParams};
-use crate::metrics::Change;
+use crate::metrics::{Change, SearchOutcome};
 use crate::model::{Caller, Event, EventPatch, EventView, Fields, NewEvent, Status, conflict, parse_reason};
 use crate::store;
 
@@ -45,8 +45,41 @@ pub struct AppState {
     /// The joins service (`upstreams.joins`): asked whether anyone joined before an organizer
     /// unpublishes.
     pub joins: Client,
-    /// `events_changes_total`.
+    /// `events_changes_total`, `events_searches_total`.
     pub metrics: crate::metrics::EventMetrics,
+    /// Full-text searches' own limits (`app.search`).
+    pub search: Searches,
+}
+
+/// Full-text searches' own concurrency limit and what each may cost (`app.search`): a flood of
+/// expensive searches queues here, never for the connections the rest of the API needs.
+#[derive(Debug, Clone)]
+pub struct Searches {
+    slots: keel::resilience::bulkhead::Bulkhead,
+    bounds: store::SearchBounds,
+}
+
+impl Searches {
+    /// The limits `cfg` sets.
+    pub fn new(cfg: &crate::SearchConfig) -> Self {
+        let slots = keel::resilience::bulkhead::BulkheadConfig {
+            max_concurrent: cfg.max_concurrent,
+            max_queue: cfg.max_queue,
+            queue_timeout: cfg.queue_timeout,
+        };
+        Self {
+            slots: keel::resilience::bulkhead::Bulkhead::new("search", slots, None),
+            bounds: store::SearchBounds { timeout: cfg.timeout, max_ranked: cfg.max_ranked },
+        }
+    }
+}
+
+/// 503 `search-busy`: every search slot and the queue are taken.
+fn search_busy() -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "search-busy", "Too many searches")
+        .code("SEARCH_BUSY")
+        .detail("this service is running as many searches as it allows; retry shortly")
+        .retry_after(1)
 }
 
 /// The routes (add the JWT extension layer outside).
@@ -517,7 +550,22 @@ async fn list_public(
     q: std::result::Result<Query<EventsParams>, QueryRejection>,
 ) -> Result<JsonResponse<Page<EventView>>> {
     let list = query(q)?.validate()?;
-    let rows = store::list_public(&st.db, &list).await?;
+    let bounds = st.search.bounds;
+    let rows = if list.search.is_some() {
+        let Ok(_slot) = st.search.slots.acquire().await else {
+            st.metrics.search(SearchOutcome::Busy);
+            return Err(search_busy().into());
+        };
+        let result = store::list_public(&st.db, &list, bounds).await;
+        st.metrics.search(match &result {
+            Ok(_) => SearchOutcome::Ok,
+            Err(DataError::StatementTimeout { .. }) => SearchOutcome::Timeout,
+            Err(_) => SearchOutcome::Error,
+        });
+        result?
+    } else {
+        store::list_public(&st.db, &list, bounds).await?
+    };
     let sort = list.sort;
     let tag = list::tag(sort, list.search.as_ref());
     let page = Page::from_rows(rows, list.limit, |(e, key)| list::cursor(&tag, *key, e.id));

@@ -46,22 +46,80 @@ pub mod store;
 use keel::config::Section;
 use serde::{Deserialize, Serialize};
 
-/// The service's `app` section. Every limit is part of the API contract (see [`model`] and
-/// [`api::MAX_BATCH`]), not something to tune per deployment.
+/// The service's `app` section. The API's limits are part of its contract (see [`model`] and
+/// [`api::MAX_BATCH`]), not something to tune per deployment; `search` bounds what one search
+/// may cost this instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     /// Only users whose address is verified create events. Default `true`.
     pub require_verified_email: bool,
+    /// Full-text search (`GET /api/v1/events?q=`).
+    pub search: SearchConfig,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { require_verified_email: true }
+        Self { require_verified_email: true, search: SearchConfig::default() }
     }
 }
 
-impl Section for EventsConfig {}
+impl Section for EventsConfig {
+    fn validate(&self, v: &mut keel::config::Validation<'_>) {
+        v.section("search", &self.search);
+    }
+}
+
+/// `app.search.*`: what one full-text search may cost. Searches have their own concurrency
+/// limit, so however many arrive, the rest of the API keeps its database connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Searches this instance runs at once. Default `4`.
+    pub max_concurrent: usize,
+    /// Searches waiting for one of those; past it a search answers 503 `search-busy` at once.
+    /// Default `16`.
+    pub max_queue: usize,
+    /// Longest wait in that queue, then 503 `search-busy`. Default `1s`.
+    #[serde(with = "keel::config::duration")]
+    pub queue_timeout: std::time::Duration,
+    /// Longest a search statement may run before the database cuts it off (503
+    /// `query-timeout`). Default `2s`.
+    #[serde(with = "keel::config::duration")]
+    pub timeout: std::time::Duration,
+    /// Matches ranked by relevance at most: when more match, the `max_ranked` that start
+    /// latest are ranked and the others left out. Default `1000`.
+    pub max_ranked: u32,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            max_queue: 16,
+            queue_timeout: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(2),
+            max_ranked: 1000,
+        }
+    }
+}
+
+impl Section for SearchConfig {
+    fn validate(&self, v: &mut keel::config::Validation<'_>) {
+        if self.max_concurrent == 0 {
+            v.invalid("max_concurrent", "must be at least 1");
+        }
+        if self.queue_timeout.is_zero() {
+            v.invalid("queue_timeout", "must be more than 0s");
+        }
+        if self.timeout.is_zero() {
+            v.invalid("timeout", "must be more than 0s, or a search could run for ever");
+        }
+        if self.max_ranked == 0 {
+            v.invalid("max_ranked", "must be at least 1");
+        }
+    }
+}
 
 /// The migrations, one set per backend: the `events` table and Keel's outbox/inbox tables.
 pub fn migrations() -> keel::data::Migrations {
@@ -83,6 +141,7 @@ pub fn service() -> keel::Service<EventsConfig> {
             let outbox = s.outbox(&db)?;
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::EVENTS.0, s.jwt()?)?;
             let require_verified_email = s.config().require_verified_email;
+            let search = api::Searches::new(&s.config().search);
             let (_, joins_port) = cityevents_common::services::JOINS;
             let joins = cityevents_common::upstream::client(s, "joins", joins_port)?;
             // Banned organizers' events are hidden (cityevents_common::organizer_bans).
@@ -91,7 +150,7 @@ pub fn service() -> keel::Service<EventsConfig> {
             let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
             s.consume(keel::events::Consumer::new(bus, accounts, "events", handler).inbox(db.clone()))?;
             let metrics = metrics::EventMetrics::register(s.metrics())?;
-            let state = api::AppState { db, outbox, require_verified_email, joins, metrics };
+            let state = api::AppState { db, outbox, require_verified_email, joins, metrics, search };
             Ok(api::router(state).layer(jwt.extension()))
         })
 }

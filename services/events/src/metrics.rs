@@ -1,4 +1,5 @@
-//! The service's business metrics: `events_changes_total{change, by}`.
+//! The service's business metrics: `events_changes_total{change, by}`, and
+//! `events_searches_total{outcome}` for full-text searches.
 
 use prometheus::{IntCounterVec, Opts};
 
@@ -35,10 +36,37 @@ impl Change {
 /// organizer).
 const BY: [&str; 2] = ["organizer", "moderator"];
 
-/// `events_changes_total{change, by}`; cheap to clone.
+/// How a full-text search ended: the `outcome` label of `events_searches_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchOutcome {
+    /// Answered.
+    Ok,
+    /// Refused by the search concurrency limit (`app.search.max_concurrent`, its queue).
+    Busy,
+    /// Cut off by the statement time limit (`app.search.timeout`).
+    Timeout,
+    /// Failed otherwise (the database).
+    Error,
+}
+
+impl SearchOutcome {
+    const ALL: [Self; 4] = [Self::Ok, Self::Busy, Self::Timeout, Self::Error];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Busy => "busy",
+            Self::Timeout => "timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// `events_changes_total{change, by}` and `events_searches_total{outcome}`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventMetrics {
     changes: IntCounterVec,
+    searches: IntCounterVec,
 }
 
 impl EventMetrics {
@@ -58,7 +86,20 @@ impl EventMetrics {
             }
         }
         metrics.register(changes.clone())?;
-        Ok(Self { changes })
+        let searches = IntCounterVec::new(
+            Opts::new("events_searches_total", "Full-text searches (q), by outcome (ok, busy, timeout, error)."),
+            &["outcome"],
+        )?;
+        for o in SearchOutcome::ALL {
+            searches.with_label_values(&[o.label()]);
+        }
+        metrics.register(searches.clone())?;
+        Ok(Self { changes, searches })
+    }
+
+    /// Counts a search that ended with `outcome`.
+    pub fn search(&self, outcome: SearchOutcome) {
+        self.searches.with_label_values(&[outcome.label()]).inc();
     }
 
     /// Counts `change`, made by a moderator when `moderated`.

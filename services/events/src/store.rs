@@ -64,6 +64,20 @@ impl Query {
         let mut conn = db.acquire().await?;
         q.fetch_all(&mut *conn).await.map_err(|e| db.observe(e))
     }
+
+    /// [`Query::fetch_all`], the statement cut off by the database after `limit`.
+    async fn fetch_all_within(self, db: &Db, limit: std::time::Duration) -> Result<Vec<AnyRow>, DataError> {
+        db.fetch_all_within(&self.text, limit, |mut q| {
+            for b in self.binds {
+                q = match b {
+                    Bind::Int(v) => q.bind(v),
+                    Bind::Text(v) => q.bind(v),
+                };
+            }
+            q
+        })
+        .await
+    }
 }
 
 fn uuid_column(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
@@ -154,14 +168,18 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .await
         .map_err(|e| db.observe(e))?;
     if db.backend() == Backend::Sqlite {
-        // Indexed here, now that this transaction holds the write lock (migration 0006).
-        let index = "INSERT INTO events_fts (id, title, city, venue, description) \
-                     SELECT id, title, city, venue, description FROM events WHERE id = $1";
-        sqlx::query(AssertSqlSafe(db.sql(index).into_owned()))
-            .bind(event.id.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| db.observe(e))?;
+        // Indexed here, now that this transaction holds the write lock (migrations 0005, 0008).
+        let key = "INSERT INTO events_fts_rows (id) VALUES ($1)";
+        let index = "INSERT INTO events_fts (rowid, title, city, venue, description) \
+                     SELECT r.rowid, e.title, e.city, e.venue, e.description \
+                     FROM events e JOIN events_fts_rows r ON r.id = e.id WHERE e.id = $1";
+        for statement in [key, index] {
+            sqlx::query(AssertSqlSafe(db.sql(statement).into_owned()))
+                .bind(event.id.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db.observe(e))?;
+        }
     }
     Ok(())
 }
@@ -273,9 +291,24 @@ fn order_by(q: &mut Query, column: &str, descending: bool, limit: u32) {
     q.push(&format!(" ORDER BY {column} {dir}, id {dir} LIMIT ")).bind(Bind::Int(i64::from(limit) + 1));
 }
 
+/// What one search may cost: `app.search.timeout` and `app.search.max_ranked`.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchBounds {
+    /// The statement's time limit.
+    pub timeout: std::time::Duration,
+    /// Matches ranked at most (the latest-starting ones when more match).
+    pub max_ranked: u32,
+}
+
 /// Up to `limit + 1` published events matching `list`, in its order, each with its sort key
 /// (the cursor's): the column's value, or the match's score for [`Sort::Relevance`].
-pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>, DataError> {
+///
+/// A search (`q`) runs within `bounds.timeout`. Ranked by relevance, its cost is one pass over
+/// the matches that pass the filters, each scored once, and at most `bounds.max_ranked` of them
+/// (those starting latest) are scored and ordered: the candidates are chosen in a derived
+/// table that nothing outside can flatten, and scored outside it. On SQLite the full-text index
+/// drives the join (`CROSS JOIN` fixes the order): each match finds its event by primary key.
+pub async fn list_public(db: &Db, list: &PublicList, bounds: SearchBounds) -> Result<Vec<(Event, i64)>, DataError> {
     let backend = db.backend();
     let sort: Sort = list.sort;
     let mut q = Query::default();
@@ -284,19 +317,17 @@ pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>
         _ => None,
     };
     match relevance {
-        // The score is computed once, in a derived table, and ordered on outside it.
-        Some(search) => {
-            q.push(&format!("SELECT {COLUMNS}, rank_key FROM (SELECT {COLUMNS}, "));
-            rank(&mut q, backend, search);
-            q.push(" AS rank_key FROM events WHERE status = ");
-        }
+        Some(search) => ranked_candidates(&mut q, backend, search),
         None => {
             q.push(&format!("SELECT {COLUMNS} FROM events WHERE status = "));
         }
     }
     q.bind(Bind::Text(Status::Published.as_str().to_owned()));
     q.push(NOT_HIDDEN);
-    if let Some(search) = &list.search {
+    // SQLite's ranked candidates come from the full-text match itself.
+    if let Some(search) = &list.search
+        && !(relevance.is_some() && backend == Backend::Sqlite)
+    {
         matches(&mut q, backend, search);
     }
     if let Some(city) = &list.city {
@@ -315,13 +346,23 @@ pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>
         q.push(" AND ends_at > ").bind(Bind::Int(now));
     }
     if relevance.is_some() {
-        q.push(") AS hits WHERE 1 = 1");
+        let prefix = if backend == Backend::Sqlite { "events." } else { "" };
+        q.push(&format!(" ORDER BY {prefix}starts_at DESC, {prefix}id DESC LIMIT "))
+            .bind(Bind::Int(i64::from(bounds.max_ranked)));
+        q.push(match backend {
+            // Scored outside the candidates' table, so only they are.
+            Backend::Postgres => ") AS candidates) AS hits WHERE 1 = 1",
+            Backend::MySql | Backend::Sqlite => ") AS hits WHERE 1 = 1",
+        });
     }
     if let Some(after) = list.after {
         keyset(&mut q, sort.column(), sort.descending(), after);
     }
     order_by(&mut q, sort.column(), sort.descending(), list.limit);
-    let rows = q.fetch_all(db).await?;
+    let rows = match &list.search {
+        Some(_) => q.fetch_all_within(db, bounds.timeout).await?,
+        None => q.fetch_all(db).await?,
+    };
     rows.iter()
         .map(|row| {
             let event = from_row(row)?;
@@ -333,6 +374,39 @@ pub async fn list_public(db: &Db, list: &PublicList) -> Result<Vec<(Event, i64)>
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(|e| db.observe(e))
+}
+
+/// Opens a relevance search up to the status filter's value: the outer select of `rank_key`,
+/// and the candidates' select, which the caller continues with its filters and closes.
+fn ranked_candidates(q: &mut Query, backend: Backend, search: &Search) {
+    q.push(&format!("SELECT {COLUMNS}, rank_key FROM ("));
+    match backend {
+        Backend::Postgres => {
+            // ts_rank reads each row's tsvector: computed only over the candidates.
+            q.push(&format!("SELECT {COLUMNS}, CAST(ts_rank(search, to_tsquery('simple', "))
+                .bind(Bind::Text(tsquery(search)))
+                .push(&format!(")) * 1000000 AS BIGINT) AS rank_key FROM (SELECT {COLUMNS}, search FROM events"));
+        }
+        Backend::MySql => {
+            // InnoDB scores each match while it searches: selected with the candidates.
+            q.push(&format!("SELECT {COLUMNS}, CAST(MATCH (title, city, venue, description) AGAINST ("))
+                .bind(Bind::Text(boolean_query(search)))
+                .push(" IN BOOLEAN MODE) * 1000000 AS SIGNED) AS rank_key FROM events");
+        }
+        Backend::Sqlite => {
+            // bm25 is lower for better matches; weights title 10, city 5, venue 5, description 1.
+            let columns = COLUMNS.split(", ").map(|c| format!("events.{c} AS {c}")).collect::<Vec<_>>().join(", ");
+            q.push(&format!(
+                "SELECT {columns}, CAST(-bm25(events_fts, 10.0, 5.0, 5.0, 1.0) * 1000000 AS INTEGER) AS rank_key \
+                 FROM events_fts CROSS JOIN events_fts_rows r ON r.rowid = events_fts.rowid \
+                 CROSS JOIN events ON events.id = r.id WHERE events_fts MATCH "
+            ))
+            .bind(Bind::Text(fts5_query(search)))
+            .push(" AND events.status = ");
+            return;
+        }
+    }
+    q.push(" WHERE status = ");
 }
 
 pub use cityevents_api::events::CityCount;
@@ -367,40 +441,17 @@ fn matches(q: &mut Query, backend: Backend, search: &Search) {
             q.push(" AND search @@ to_tsquery('simple', ").bind(Bind::Text(tsquery(search))).push(")");
         }
         Backend::Sqlite => {
-            q.push(" AND id IN (SELECT id FROM events_fts WHERE events_fts MATCH ")
-                .bind(Bind::Text(fts5_query(search)))
-                .push(")");
+            q.push(
+                " AND events.id IN (SELECT r.id FROM events_fts CROSS JOIN events_fts_rows r \
+                 ON r.rowid = events_fts.rowid WHERE events_fts MATCH ",
+            )
+            .bind(Bind::Text(fts5_query(search)))
+            .push(")");
         }
         Backend::MySql => {
             q.push(" AND MATCH (title, city, venue, description) AGAINST (")
                 .bind(Bind::Text(boolean_query(search)))
                 .push(" IN BOOLEAN MODE)");
-        }
-    }
-}
-
-/// Appends the match's score as an integer (a million times the backend's score, so it can be a
-/// cursor key): higher is better; a title match counts most where the backend weighs columns.
-fn rank(q: &mut Query, backend: Backend, search: &Search) {
-    match backend {
-        Backend::Postgres => {
-            q.push("CAST(ts_rank(search, to_tsquery('simple', ")
-                .bind(Bind::Text(tsquery(search)))
-                .push(")) * 1000000 AS BIGINT)");
-        }
-        Backend::Sqlite => {
-            // bm25 is lower for better matches.
-            q.push(
-                "(SELECT CAST(-bm25(events_fts, 0.0, 10.0, 5.0, 5.0, 1.0) * 1000000 AS INTEGER) FROM events_fts \
-                    WHERE events_fts MATCH ",
-            )
-            .bind(Bind::Text(fts5_query(search)))
-            .push(" AND events_fts.id = events.id)");
-        }
-        Backend::MySql => {
-            q.push("CAST(MATCH (title, city, venue, description) AGAINST (")
-                .bind(Bind::Text(boolean_query(search)))
-                .push(" IN BOOLEAN MODE) * 1000000 AS SIGNED)");
         }
     }
 }

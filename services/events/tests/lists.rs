@@ -18,7 +18,9 @@ cityevents_common::on_every_backend!(
     my_events,
     batch_lookup,
     full_text_search,
-    city_suggestions
+    city_suggestions,
+    search_cost_is_bounded,
+    search_has_its_own_limits
 );
 
 /// Follows `next_cursor` from `first` (a query string without `cursor`) to the end.
@@ -428,5 +430,132 @@ async fn city_suggestions(backend: Backend) {
         let (status, problem) = s.get(&format!("/api/v1/meta/cities{query}"), None).await;
         common::assert_invalid(status, &problem, field);
     }
+    s.stop().await;
+}
+
+/// A search over a large table ranks at most `app.search.max_ranked` matches (the latest
+/// starting), each scored once, and pages through them; a search ordered by a column lists
+/// every match.
+async fn search_cost_is_bounded(backend: Backend) {
+    let Some(s) = Svc::start_on(backend, &[("APP__SEARCH__MAX_RANKED", "40")]).await else { return };
+    let hour = 3_600_000_000_i64;
+    let first = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000 + 24 * hour;
+    // One event in four matches: a word in half the rows or more scores (next to) 0 on
+    // SQLite's bm25 and MariaDB's ranking, which could then tell no match from another.
+    let text = |i: i64| if i % 4 == 0 { "Songs by the harbour" } else { "Songs in the park" };
+    let mut rows: Vec<(String, String, i64)> =
+        (0..2000).map(|i| (format!("Evening {i}"), text(i).to_owned(), first + i * hour)).collect();
+    rows[1992].0 = "Harbour festival".into();
+    rows[4].0 = "Harbour lights".into();
+    let seeded = s.seed_published(&rows).await;
+
+    let ranked = walk(&s, "/api/v1/events", "q=harbour&limit=100", None).await;
+    assert_eq!(ranked.len(), 40, "only max_ranked matches are ranked");
+    let latest: HashSet<String> = seeded[1840..].iter().step_by(4).cloned().collect();
+    assert_eq!(ids(&ranked).into_iter().collect::<HashSet<_>>(), latest, "the latest-starting matches");
+    assert_eq!(id(&ranked[0]), seeded[1992], "the title match first");
+    assert_eq!(ids(&walk(&s, "/api/v1/events", "q=harbour&limit=7", None).await), ids(&ranked), "pages agree");
+    // Filters apply before the cap: the early title match is found when the range asks for it.
+    let until = time::OffsetDateTime::from_unix_timestamp((first + 20 * hour) / 1_000_000).unwrap();
+    let to = urlencode(&until.format(&time::format_description::well_known::Rfc3339).unwrap());
+    let early = walk(&s, "/api/v1/events", &format!("q=harbour&to={to}&limit=100"), None).await;
+    assert_eq!(early.len(), 5, "5 of the 20 events that start before match");
+    assert_eq!(id(&early[0]), seeded[4]);
+
+    let all = walk(&s, "/api/v1/events", "q=harbour&sort=starts_at&limit=100", None).await;
+    assert_eq!(all.len(), 500, "ordered by a column, every match is listed");
+    assert_eq!(id(&all[0]), seeded[0]);
+    s.stop().await;
+}
+
+/// Holds the `events` table the way a long migration or a runaway statement would, so that
+/// reads of it wait (PostgreSQL, MariaDB: a table lock). SQLite readers never wait for a writer
+/// in WAL mode, so nothing can hold them there.
+async fn hold_events_table(backend: Backend, url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let statements: &[&str] = match backend {
+        Backend::Postgres => &["BEGIN", "LOCK TABLE events IN ACCESS EXCLUSIVE MODE"],
+        Backend::MySql => &["LOCK TABLES events WRITE"],
+        Backend::Sqlite => unreachable!("SQLite readers cannot be held"),
+    };
+    for statement in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*statement)).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Searches have their own concurrency limit and time limit: with the table held, a search is
+/// cut off at `app.search.timeout` (503 `query-timeout`), the next one is refused at once (503
+/// `search-busy`) instead of taking another connection, and the service stays ready. On SQLite,
+/// where nothing holds a reader, a search of 20,000 matches is cut off at 1 ms instead.
+async fn search_has_its_own_limits(backend: Backend) {
+    let timeout = if backend == Backend::Sqlite { "1ms" } else { "1500ms" };
+    let settings =
+        [("APP__SEARCH__MAX_CONCURRENT", "1"), ("APP__SEARCH__MAX_QUEUE", "0"), ("APP__SEARCH__TIMEOUT", timeout)];
+    let Some(s) = Svc::start_on(backend, &settings).await else { return };
+    let hour = 3_600_000_000_i64;
+    let first = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000 + 24 * hour;
+    let search = |q: &str| {
+        let (http, url) = (s.http.clone(), s.url(&format!("/api/v1/events?q={q}")));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (r.status(), retry_after, r.json::<Value>().await.unwrap())
+        }
+    };
+    if backend == Backend::Sqlite {
+        let rows: Vec<_> = (0..20_000).map(|i| (format!("Harbour {i}"), "Songs".to_owned(), first + i)).collect();
+        s.seed_published(&rows).await;
+        let (status, retry_after, problem) = search("harbour").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+        assert!(problem["type"].as_str().unwrap().ends_with("query-timeout"), "{problem}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        let metrics = s.http.get(s.management_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(counter(&metrics, r#"events_searches_total{outcome="timeout"}"#), 1.0);
+        // Lists ordered by a column are not searches: no limit of theirs applies.
+        assert_eq!(s.get("/api/v1/events?limit=5", None).await.0, StatusCode::OK);
+        s.stop().await;
+        return;
+    }
+    let rows: Vec<_> = (0..3).map(|i| (format!("Harbour {i}"), "Songs".to_owned(), first + i * hour)).collect();
+    s.seed_published(&rows).await;
+    assert_eq!(s.get("/api/v1/events?q=harbour", None).await.1["items"].as_array().unwrap().len(), 3);
+
+    let holder = hold_events_table(backend, s.database_url()).await;
+    let slow = tokio::spawn(search("harbour"));
+    // Ordering only: the first search takes the one slot before the second asks.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (status, retry_after, problem) = search("songs").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(problem["type"].as_str().unwrap().ends_with("search-busy"), "{problem}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let ready = s.http.get(s.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "searches do not take the service's connections");
+
+    let (status, retry_after, problem) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(problem["type"].as_str().unwrap().ends_with("query-timeout"), "{problem}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    drop(holder);
+
+    let items =
+        cityevents_common::testing::eventually("searches answer again", std::time::Duration::from_secs(20), || async {
+            let (status, page) = s.get("/api/v1/events?q=harbour", None).await;
+            (status == StatusCode::OK).then(|| page["items"].as_array().unwrap().len())
+        })
+        .await;
+    assert_eq!(items, 3);
+    let metrics = s.http.get(s.management_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(counter(&metrics, r#"events_searches_total{outcome="busy"}"#) >= 1.0);
+    assert_eq!(counter(&metrics, r#"events_searches_total{outcome="timeout"}"#), 1.0);
+    assert!(counter(&metrics, r#"events_searches_total{outcome="ok"}"#) >= 2.0);
     s.stop().await;
 }

@@ -47,6 +47,10 @@ const RESPONSE_HEADERS: [HeaderName; 6] = [
 #[derive(Debug)]
 pub(crate) struct Gateway {
     pub(crate) clients: HashMap<Upstream, Client>,
+    /// The events service's full-text searches (`events_search`): their own breaker and
+    /// bulkhead, so that expensive searches failing never open the breaker of the rest of the
+    /// events API.
+    pub(crate) searches: Client,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) timeouts: UpstreamTimeouts,
 }
@@ -58,6 +62,17 @@ impl Gateway {
             tracing::error!(upstream = upstream.name(), "no client for this upstream");
             Box::new(keel::Problem::internal().into_response())
         })
+    }
+
+    /// The client for a call of `method` to `target` (path and query) on `upstream`: the
+    /// searches' own for a full-text search of the events service, else the upstream's.
+    pub(crate) fn client_for(
+        &self,
+        upstream: Upstream,
+        method: &Method,
+        target: &str,
+    ) -> Result<&Client, Box<Response>> {
+        if is_search(upstream, method, target) { Ok(&self.searches) } else { self.client(upstream) }
     }
 
     /// `req` with the attempt deadline of its method (`app.upstream_timeouts.read|write`).
@@ -93,9 +108,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         // Refused at the edge: nothing reaches a service, and the body is never read.
         edge::authorize(&mut parts, route.access).await?;
-        let client = self.client(route.upstream).map_err(|resp| *resp)?;
         let target =
             parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let client = self.client_for(route.upstream, &parts.method, &target).map_err(|resp| *resp)?;
         let mut out = client::Request::new(parts.method.clone(), target);
         for name in &REQUEST_HEADERS {
             for value in parts.headers.get_all(name) {
@@ -124,6 +139,17 @@ impl Gateway {
     }
 }
 
+/// Whether a call is a full-text search of the events service: `GET /api/v1/events` with a `q`
+/// that is not blank.
+pub(crate) fn is_search(upstream: Upstream, method: &Method, target: &str) -> bool {
+    if upstream != Upstream::Events || method != Method::GET {
+        return false;
+    }
+    let Some((path, query)) = target.split_once('?') else { return false };
+    path == "/api/v1/events"
+        && url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "q" && !v.trim().is_empty())
+}
+
 /// The service's answer as the client's: status, body and the listed headers unchanged; a call
 /// that failed is Keel's 502/503/504 problem.
 pub(crate) fn relay(result: Result<client::Response, ClientError>) -> Response {
@@ -141,5 +167,32 @@ pub(crate) fn relay(result: Result<client::Response, ClientError>) -> Response {
             out
         }
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_search_of_the_events_list_is_a_search() {
+        let get = Method::GET;
+        for target in
+            ["/api/v1/events?q=jazz", "/api/v1/events?city=Lyon&q=jazz%20night", "/api/v1/events?q=+a+&limit=5"]
+        {
+            assert!(is_search(Upstream::Events, &get, target), "{target}");
+        }
+        for target in [
+            "/api/v1/events",
+            "/api/v1/events?q=",
+            "/api/v1/events?q=+",
+            "/api/v1/events?city=q",
+            "/api/v1/events/batch?q=x",
+            "/api/v1/meta/cities?q=ly",
+        ] {
+            assert!(!is_search(Upstream::Events, &get, target), "{target}");
+        }
+        assert!(!is_search(Upstream::Events, &Method::POST, "/api/v1/events?q=jazz"));
+        assert!(!is_search(Upstream::Joins, &get, "/api/v1/events?q=jazz"));
     }
 }

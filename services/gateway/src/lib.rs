@@ -91,6 +91,13 @@ pub struct GatewayConfig {
     pub upstream_timeouts: UpstreamTimeouts,
     /// The web front end (`app.web.*`).
     pub web: web::WebConfig,
+    /// Full-text searches of the events service (`GET /api/v1/events?q=`, and the site's
+    /// search) go through a client of their own, `events_search`: the settings of
+    /// `upstreams.events` without retries, its own circuit breaker, and this bulkhead
+    /// (`app.search.max_concurrent`, default `64`; `max_queue`, default `64`; `queue_timeout`,
+    /// default `1s`; past them 503 at once). A flood of slow searches then opens that breaker
+    /// only: the rest of the events API goes on.
+    pub search: keel::resilience::bulkhead::BulkheadConfig,
 }
 
 /// `app.upstream_timeouts`: each attempt of a forwarded call is cut at `read` (GET, HEAD) or
@@ -268,9 +275,16 @@ pub fn service() -> keel::Service<GatewayConfig> {
             for (up, name, port) in Upstream::FORWARDED {
                 clients.insert(up, cityevents_common::upstream::client(s, name, port)?);
             }
+            let searches = cityevents_common::upstream::client_for(
+                s,
+                "events_search",
+                ("events", cityevents_common::services::EVENTS.1),
+                s.config().search.clone(),
+            )?;
             let limits = limits(s)?;
             let gw = Arc::new(Gateway {
                 clients,
+                searches,
                 trusted_proxies: s.keel().http.trusted_proxies.clone(),
                 timeouts: s.config().upstream_timeouts.clone(),
             });

@@ -607,6 +607,59 @@ async fn unreachable_slow_or_failing_services_answer_problems_quickly() {
     gw.stop().await;
 }
 
+/// Searches that fail (the events service cut them off) open the breaker of the searches'
+/// client only: the events list, and every other events route, keep being forwarded.
+#[tokio::test]
+async fn failing_searches_open_their_own_breaker_only() {
+    let events = Stub::start(
+        "events",
+        Router::new().fallback(|uri: http::Uri| async move {
+            if uri.query().unwrap_or_default().contains("q=") {
+                let body = r#"{"status":503,"title":"Query took too long","type":"urn:query-timeout"}"#;
+                (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/problem+json")], body).into_response()
+            } else {
+                axum::Json(json!({"items": [], "next_cursor": null})).into_response()
+            }
+        }),
+    )
+    .await;
+    let (joins, notifier) = (Stub::echo("joins").await, Stub::echo("notifier").await);
+    let ups = vec![
+        ("auth", format!("http://127.0.0.1:{}", closed_port())),
+        ("events", events.url()),
+        ("joins", joins.url()),
+        ("notifier", notifier.url()),
+    ];
+    let gw = Gateway::try_start(env(
+        &ups,
+        &[
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__BREAKER__MINIMUM_CALLS", "2"),
+            ("CITYEVENTS_GATEWAY__UPSTREAMS__EVENTS__BREAKER__OPEN_WAIT", "30s"),
+        ],
+    ))
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let resp = gw.http.get(gw.url("/api/v1/events?q=jazz")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.json::<Value>().await.unwrap()["type"], "urn:query-timeout", "the service's own problem");
+    }
+    assert_eq!(events.count(), 2, "searches are not retried");
+    let body = problem(gw.http.get(gw.url("/api/v1/events?q=rock")).send().await.unwrap(), 503).await;
+    assert_eq!(body["code"], "SERVICE_DEGRADED", "the searches' breaker is open");
+    assert_eq!(events.count(), 2, "an open breaker sends nothing");
+    // The rest of the events API is untouched, and so is the site's list.
+    for path in ["/api/v1/events", "/api/v1/events?city=Lyon", "/api/v1/events?limit=5"] {
+        let resp = gw.http.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    assert_eq!(events.count(), 5);
+    let metrics = gw.http.get(gw.management_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"circuit_breaker_state{name="events_search"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"circuit_breaker_state{name="events"} 0"#), "{metrics}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn the_gateway_stays_ready_while_an_upstream_is_down_and_its_routes_answer_503() {
     let (events, joins, notifier) =

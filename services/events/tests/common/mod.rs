@@ -155,6 +155,73 @@ impl Svc {
         Some(svc)
     }
 
+    /// Starts the service on `backend` with extra settings (keys without the env prefix), or
+    /// `None` when that database server is not running here.
+    pub async fn start_on(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
+        let db = database(backend).await?;
+        Some(Self::start_with(db, extra).await)
+    }
+
+    /// The URL of the service's database.
+    pub fn database_url(&self) -> &str {
+        self._db.url()
+    }
+
+    /// Inserts published events straight into the database, 100 to a statement (and into
+    /// SQLite's full-text index, as the service's store would): `(title, description,
+    /// starts_at micros)` each, in Lyon, two hours long. Returns their ids in order. For tables
+    /// too large to fill through the API.
+    pub async fn seed_published(&self, events: &[(String, String, i64)]) -> Vec<String> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(self._db.url()).unwrap();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(self._db.url()).await.unwrap();
+        let organizer = Uuid::now_v7().to_string();
+        let now = OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
+        let mut ids = Vec::with_capacity(events.len());
+        for chunk in events.chunks(100) {
+            let mut text = String::from(
+                "INSERT INTO events (id, organizer_id, title, description, city, city_key, category, category_key, \
+                 starts_at, ends_at, capacity, status, published_at, version, created_at, updated_at, venue, time_zone) \
+                 VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p: Vec<String> = (1..=9).map(|k| format!("${}", i * 9 + k)).collect();
+                text.push_str(&format!(
+                    "{}({}, {}, {}, {}, 'Lyon', 'lyon', 'music', 'music', {}, {}, 0, 'published', {}, 1, {}, {}, '', 'UTC')",
+                    if i > 0 { ", " } else { "" },
+                    p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+                ));
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(backend.sql(&text).into_owned()));
+            for (title, description, starts_at) in chunk {
+                let id = Uuid::now_v7().to_string();
+                ids.push(id.clone());
+                q = q
+                    .bind(id)
+                    .bind(organizer.clone())
+                    .bind(title.clone())
+                    .bind(description.clone())
+                    .bind(*starts_at)
+                    .bind(*starts_at + 7_200_000_000)
+                    .bind(now)
+                    .bind(now)
+                    .bind(now);
+            }
+            q.execute(&mut conn).await.unwrap();
+        }
+        if backend == Backend::Sqlite {
+            for statement in [
+                "INSERT INTO events_fts_rows (id) SELECT id FROM events WHERE id NOT IN (SELECT id FROM events_fts_rows)",
+                "INSERT INTO events_fts (rowid, title, city, venue, description) \
+                 SELECT r.rowid, e.title, e.city, e.venue, e.description FROM events e \
+                 JOIN events_fts_rows r ON r.id = e.id WHERE r.rowid NOT IN (SELECT rowid FROM events_fts)",
+            ] {
+                sqlx::query(statement).execute(&mut conn).await.unwrap();
+            }
+        }
+        ids
+    }
+
     /// Starts the service on `db` with extra settings (keys without the env prefix).
     pub async fn start_with(db: TestDatabase, extra: &[(&str, &str)]) -> Self {
         let (joins, joins_url) = JoinsStub::start().await;

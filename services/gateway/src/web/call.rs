@@ -134,7 +134,7 @@ impl Site {
         address: &HeaderValue,
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<client::Response, Failure> {
-        let client = self.gw.client(upstream).map_err(|_| Failure {
+        let client = self.gw.client_for(upstream, &method, path).map_err(|_| Failure {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             problem: None,
             upstream,
