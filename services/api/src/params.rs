@@ -35,7 +35,7 @@ pub struct PageParams {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsParams {
-    /// Full-text search over title, city and description.
+    /// Full-text search over title, city, venue and description.
     #[param(schema_with = search)]
     pub q: Option<String>,
     /// Exact city, case-insensitive.
@@ -161,9 +161,11 @@ fn cursor() -> ObjectBuilder {
 
 fn search() -> ObjectBuilder {
     fields::bounded(limits::MAX_Q).min_length(Some(1)).description(Some(
-        "Full-text search over title, city and description: every word of at least 3 letters or digits must start \
+        "Full-text search over title, city, venue and description: every word of at least 3 letters or digits must start \
          a word of the event (`jazz` finds `jazzy`); at most 8 words are used. With `q` the default order is \
-         `relevance` (best match first).",
+         `relevance` (best match first), which ranks at most the 1,000 latest-starting matches (filters apply \
+         first; order by a date to list every match). A search that takes too long answers 503 `query-timeout`, \
+         and one past the service's searches at once 503 `search-busy`, both with `Retry-After`.",
     ))
 }
 
