@@ -52,31 +52,24 @@ impl Query {
         self
     }
 
+    /// `q` with this statement's values bound, in order.
+    fn bind_all(binds: Vec<Bind>, q: keel::data::BoundQuery) -> keel::data::BoundQuery {
+        binds.into_iter().fold(q, |q, b| match b {
+            Bind::Int(v) => q.bind(v),
+            Bind::Text(v) => q.bind(v),
+        })
+    }
+
     async fn fetch_all(self, db: &Db) -> Result<Vec<AnyRow>, DataError> {
-        let sql = db.sql(&self.text).into_owned();
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for b in self.binds {
-            q = match b {
-                Bind::Int(v) => q.bind(v),
-                Bind::Text(v) => q.bind(v),
-            };
-        }
+        let q = Self::bind_all(self.binds, sqlx::query(db.statement(&self.text)));
         let mut conn = db.acquire().await?;
         q.fetch_all(&mut *conn).await.map_err(|e| db.observe(e))
     }
 
     /// [`Query::fetch_all`], the statement cut off by the database after `limit`.
     async fn fetch_all_within(self, db: &Db, limit: std::time::Duration) -> Result<Vec<AnyRow>, DataError> {
-        db.fetch_all_within(&self.text, limit, |mut q| {
-            for b in self.binds {
-                q = match b {
-                    Bind::Int(v) => q.bind(v),
-                    Bind::Text(v) => q.bind(v),
-                };
-            }
-            q
-        })
-        .await
+        let binds = self.binds;
+        db.fetch_all_within(&self.text, limit, |q| Self::bind_all(binds, q)).await
     }
 }
 
