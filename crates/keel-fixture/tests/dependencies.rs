@@ -607,3 +607,32 @@ async fn sqlite_statement_time_limit() {
                 SELECT COUNT(*) AS n FROM c";
     statement_time_limit(db, slow, None).await;
 }
+
+/// The finding behind it: 50 sign-ins at once on the all-in-one's SQLite got 500s where another
+/// writer held the file past `busy_timeout` ("database is locked", code 5). A busy or locked
+/// SQLite is a conflict that clears: 503 with `Retry-After: 1`, never an internal error.
+#[tokio::test]
+async fn sqlite_busy_is_a_503_that_clears() {
+    use axum::response::IntoResponse as _;
+    use keel::data::sqlx::{self, ConnectOptions as _, Connection as _};
+    let db = TestDatabase::sqlite().unwrap();
+    let opts = |busy_ms: u64| {
+        db.url()
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .busy_timeout(Duration::from_millis(busy_ms))
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+    };
+    let mut holder = opts(1000).connect().await.unwrap();
+    sqlx::query("CREATE TABLE t (n INTEGER)").execute(&mut holder).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    let mut other = opts(50).connect().await.unwrap();
+    let e = sqlx::query("INSERT INTO t (n) VALUES (1)").execute(&mut other).await.unwrap_err();
+    assert_eq!(keel::data::retry_kind(&e), Some(keel::data::RetryKind::LockTimeout), "{e:?}");
+    let resp = keel::data::DataError::Sql(e).into_response();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    sqlx::query("INSERT INTO t (n) VALUES (1)").execute(&mut other).await.unwrap();
+    holder.close().await.unwrap();
+}

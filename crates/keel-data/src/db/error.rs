@@ -116,11 +116,14 @@ pub enum RetryKind {
     /// A write reached a read-only server or transaction (PostgreSQL `25006`, MySQL
     /// 1290/1792/1836): a fail-over in progress, or a replica.
     ReadOnly,
-    /// A serialization failure (PostgreSQL `40001`): run the transaction again.
+    /// A serialization failure (PostgreSQL `40001`; SQLite `SQLITE_BUSY_SNAPSHOT`, 517: a read
+    /// snapshot went stale before the write): run the transaction again.
     Serialization,
     /// A deadlock victim (PostgreSQL `40P01`, MySQL 1213): run the transaction again.
     Deadlock,
-    /// A lock was not granted in time (PostgreSQL `55P03`, MySQL 1205).
+    /// A lock was not granted in time (PostgreSQL `55P03`, MySQL 1205; SQLite `SQLITE_BUSY`, 5,
+    /// and its extended codes 261 and 773, once `busy_timeout` ran out, and `SQLITE_LOCKED`, 6
+    /// and 262): other writers held the database that long.
     LockTimeout,
 }
 
@@ -160,7 +163,7 @@ pub struct RetryableCode {
     /// The backend that reports it.
     pub backend: Backend,
     /// PostgreSQL: the SQLSTATE. MySQL/MariaDB: the error number (its SQLSTATE is too coarse:
-    /// most share `HY000`).
+    /// most share `HY000`). SQLite: the extended result code.
     pub code: &'static str,
     /// What it means.
     pub kind: RetryKind,
@@ -173,7 +176,7 @@ const fn row(backend: Backend, code: &'static str, kind: RetryKind) -> Retryable
 /// The database errors that answer 503 with `Retry-After` instead of 500. Errors without a
 /// server code (I/O, TLS, protocol errors, a closed pool) are [`RetryKind::ConnectionLost`].
 pub const RETRYABLE: &[RetryableCode] = {
-    use Backend::{MySql, Postgres};
+    use Backend::{MySql, Postgres, Sqlite};
     use RetryKind::{ConnectionLost, Deadlock, LockTimeout, ReadOnly, Serialization, Shutdown, TooManyConnections};
     &[
         // PostgreSQL, by SQLSTATE.
@@ -202,6 +205,13 @@ pub const RETRYABLE: &[RetryableCode] = {
         row(MySql, "1836", ReadOnly),           // ER_READ_ONLY_MODE
         row(MySql, "1213", Deadlock),           // ER_LOCK_DEADLOCK
         row(MySql, "1205", LockTimeout),        // ER_LOCK_WAIT_TIMEOUT
+        // SQLite, by (extended) result code.
+        row(Sqlite, "5", LockTimeout),     // SQLITE_BUSY
+        row(Sqlite, "261", LockTimeout),   // SQLITE_BUSY_RECOVERY
+        row(Sqlite, "773", LockTimeout),   // SQLITE_BUSY_TIMEOUT
+        row(Sqlite, "517", Serialization), // SQLITE_BUSY_SNAPSHOT
+        row(Sqlite, "6", LockTimeout),     // SQLITE_LOCKED
+        row(Sqlite, "262", LockTimeout),   // SQLITE_LOCKED_SHAREDCACHE
     ]
 };
 
@@ -219,6 +229,11 @@ fn server_code(e: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<(Backen
     #[cfg(feature = "postgres")]
     if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         return Some((Backend::Postgres, pg.code().to_owned()));
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(lite) = e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        // The extended result code, as a number.
+        return sqlx::error::DatabaseError::code(lite).map(|c| (Backend::Sqlite, c.into_owned()));
     }
     let _ = e;
     None
@@ -366,6 +381,12 @@ mod tests {
             (Backend::MySql, "1836", RetryKind::ReadOnly, false),
             (Backend::MySql, "1213", RetryKind::Deadlock, false),
             (Backend::MySql, "1205", RetryKind::LockTimeout, false),
+            (Backend::Sqlite, "5", RetryKind::LockTimeout, false),
+            (Backend::Sqlite, "261", RetryKind::LockTimeout, false),
+            (Backend::Sqlite, "773", RetryKind::LockTimeout, false),
+            (Backend::Sqlite, "517", RetryKind::Serialization, false),
+            (Backend::Sqlite, "6", RetryKind::LockTimeout, false),
+            (Backend::Sqlite, "262", RetryKind::LockTimeout, false),
         ];
         assert_eq!(RETRYABLE.len(), expect.len(), "a test per row");
         for &(backend, code, kind, down) in expect {
@@ -377,6 +398,7 @@ mod tests {
         assert_eq!(lookup(Backend::Postgres, "1213"), None);
         assert_eq!(lookup(Backend::MySql, "40P01"), None);
         assert_eq!(lookup(Backend::Postgres, "23505"), None, "a unique violation is the caller's");
+        assert_eq!(lookup(Backend::Sqlite, "2067"), None, "SQLITE_CONSTRAINT_UNIQUE is the caller's");
     }
 
     #[test]
