@@ -15,7 +15,8 @@
 //!    [`ClientError::TooLarge`] the moment it passes `max_response_bytes`, so a 2 GB answer
 //!    cannot exhaust memory;
 //! 6. **propagation** of `traceparent`, `X-Request-ID` and the remaining deadline
-//!    (`x-request-timeout-ms`), and a `client` span per attempt.
+//!    (`x-request-timeout-ms`), `Keel-Proxy-Secret` when `proxy_secret` is set (see
+//!    [`crate::proxy_secret`]), and a `client` span per attempt.
 //!
 //! Metrics: `http_client_requests_total{upstream,method,status}` (`status` is the code, or
 //! `error`), `http_client_request_duration_seconds{upstream}`, plus the breaker's and
@@ -276,6 +277,8 @@ pub struct Client {
     breaker: Arc<CircuitBreaker>,
     bulkhead: Bulkhead,
     metrics: Option<ClientMetrics>,
+    /// `upstreams.<name>.proxy_secret` as a header value.
+    proxy_secret: Option<HeaderValue>,
 }
 
 /// The host and port of a base URL (`http://users:8080`), the port defaulting to the scheme's.
@@ -350,8 +353,21 @@ impl Client {
                 Box::pin(async move { request.await.is_ok_and(|r| r.status().is_success()) })
             }));
         }
+        let proxy_secret = match &cfg.proxy_secret {
+            Some(s) => {
+                let mut value = HeaderValue::from_str(s.expose()).map_err(|_| ClientError::Invalid {
+                    upstream: name.to_owned(),
+                    message: "proxy_secret must be visible ASCII".into(),
+                })?;
+                // Kept out of debug output and HPACK's tables.
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         Ok(Self {
             name: name.into(),
+            proxy_secret,
             base: cfg.base_url.trim_end_matches('/').to_owned(),
             cfg: Arc::new(cfg.clone()),
             http,
@@ -469,6 +485,9 @@ impl Client {
                 headers.insert(super::request_id::HEADER.clone(), id.0);
             }
             headers.insert(TIMEOUT_HEADER_NAME.clone(), HeaderValue::from(timeout.as_millis() as u64));
+            if let Some(secret) = &self.proxy_secret {
+                headers.insert(super::proxy_secret::HEADER.clone(), secret.clone());
+            }
             let mut builder = self.http.request(req.method.clone(), &url).headers(headers).timeout(timeout);
             if let Some(b) = &req.body {
                 builder = builder.body(b.clone());

@@ -54,6 +54,11 @@ pub struct HttpConfig {
     /// Proxies (CIDRs) allowed to tell the client's IP through `X-Forwarded-For` / `Forwarded`.
     /// Default none: the socket peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// **Secret.** When set, a trusted proxy's forwarded headers count only on requests that
+    /// also carry it as `Keel-Proxy-Secret` (a Keel client sends its
+    /// `upstreams.<name>.proxy_secret`): for proxies on addresses others share (loopback, a pod
+    /// network). At least 32 characters. Default none: the address alone decides.
+    pub proxy_secret: Option<keel_config::Secret>,
     /// TLS on this listener (off by default: usually terminated at the ingress).
     pub tls: keel_tls::ServerTlsConfig,
 }
@@ -73,6 +78,7 @@ impl Default for HttpConfig {
             compression: true,
             hsts: HstsConfig::default(),
             trusted_proxies: Vec::new(),
+            proxy_secret: None,
             tls: keel_tls::ServerTlsConfig::default(),
         }
     }
@@ -132,6 +138,9 @@ impl Section for HttpConfig {
         }
         if self.header_read_timeout.is_zero() {
             v.invalid("header_read_timeout", "must be more than 0s");
+        }
+        if self.proxy_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+            v.invalid("proxy_secret", "must be at least 32 characters");
         }
         v.section("http2", &self.http2);
         v.section("tls", &self.tls);

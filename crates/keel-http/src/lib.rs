@@ -5,19 +5,21 @@
 //!
 //! Layers, outermost first (each is its own module with a `Layer` + `Service` pair):
 //!
-//! 1. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
-//! 2. [`cors`] — exact-origin allowlist; preflights answered here.
-//! 3. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
-//! 4. [`context`] — the request's id as the current [`context::RequestContext`] below it.
-//! 5. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
-//! 6. [`metrics`] — `http_server_*` metrics labelled by route template.
-//! 7. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
-//! 8. [`timeout`] — `http.request_timeout`, then 504 problem.
-//! 9. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
-//!    a route can override it with its own `DefaultBodyLimit` route layer.
-//! 10. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
-//! 11. [`compression`] — gzip when the client accepts it.
-//! 12. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
+//! 1. [`proxy_secret`] — forwarded client addresses only from a proxy that sends
+//!    `http.proxy_secret` (when one is set).
+//! 2. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
+//! 3. [`cors`] — exact-origin allowlist; preflights answered here.
+//! 4. [`request_id`] — accept a well-formed `X-Request-ID` or make one; echo it.
+//! 5. [`context`] — the request's id as the current [`context::RequestContext`] below it.
+//! 6. [`trace`] — the `request` span (continuing the caller's `traceparent`) and access log.
+//! 7. [`metrics`] — `http_server_*` metrics labelled by route template.
+//! 8. [`catch_panic`] — a panic anywhere below becomes a 500 problem; the panic is logged.
+//! 9. [`timeout`] — `http.request_timeout`, then 504 problem.
+//! 10. body limit — `http.body_limit` via `axum::extract::DefaultBodyLimit` (413 problem);
+//!     a route can override it with its own `DefaultBodyLimit` route layer.
+//! 11. [`load_shed`] — over `http.max_in_flight` requests in flight, 503 + `Retry-After`.
+//! 12. [`compression`] — gzip when the client accepts it.
+//! 13. [`problems`] — bare framework errors (extractor rejections, 404, 405) become problems.
 //!
 //! The order matters: security headers and CORS are outermost so that the stack's own answers
 //! (a panic's 500, a timeout's 504, an overload 503) carry them too — a browser can then read
@@ -54,6 +56,7 @@ mod macros;
 pub mod metrics;
 pub mod problem;
 pub mod problems;
+pub mod proxy_secret;
 pub mod request_id;
 pub mod security_headers;
 pub mod timeout;
@@ -170,7 +173,13 @@ type ApiLayers = Stack<
                                     context::RequestContextLayer,
                                     Stack<
                                         request_id::RequestIdLayer,
-                                        Stack<cors::CorsLayer, Stack<security_headers::SecurityHeadersLayer, Identity>>,
+                                        Stack<
+                                            cors::CorsLayer,
+                                            Stack<
+                                                security_headers::SecurityHeadersLayer,
+                                                Stack<proxy_secret::ProxySecretLayer, Identity>,
+                                            >,
+                                        >,
                                     >,
                                 >,
                             >,
@@ -216,6 +225,7 @@ impl KeelLayer {
         let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
         let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
         let layers = tower::ServiceBuilder::new()
+            .layer(proxy_secret::ProxySecretLayer::new(cfg.http.proxy_secret.as_ref()))
             .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
             .layer(cors::layer(cfg.cors)?)
             .layer(request_id::RequestIdLayer)

@@ -47,6 +47,10 @@ pub struct UpstreamConfig {
     /// base URL unless this is `true` (a service mesh or the node network encrypts). Default
     /// `false`.
     pub plaintext: bool,
+    /// **Secret.** Sent as `Keel-Proxy-Secret` with every request: the upstream's
+    /// `http.proxy_secret`, which this service holds as the proxy the upstream trusts to tell
+    /// the client's address (`X-Forwarded-For`). Default none.
+    pub proxy_secret: Option<keel_config::Secret>,
 }
 
 impl Default for UpstreamConfig {
@@ -63,6 +67,7 @@ impl Default for UpstreamConfig {
             required: true,
             tls: keel_tls::ClientTlsConfig::default(),
             plaintext: false,
+            proxy_secret: None,
         }
     }
 }
