@@ -623,6 +623,33 @@ impl<C: Section> Setup<C> {
         self
     }
 
+    /// Puts a tower layer on every gRPC call, below Keel's gRPC stack: the rate limiter the HTTP
+    /// routes have, so a gRPC client cannot spend more than the policy gives. Its refusals reach
+    /// gRPC clients as statuses (a 429 is `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`;
+    /// see `keel::grpc::answers`).
+    ///
+    /// ```ignore
+    /// let limit = s.rate_limit("api")?;
+    /// s.grpc_layer(limit.clone());
+    /// Ok(routes.layer(limit))
+    /// ```
+    #[cfg(feature = "grpc")]
+    pub fn grpc_layer<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<http::Request<axum::body::Body>, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Response:
+            axum::response::IntoResponse + 'static,
+        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Future: Send + 'static,
+    {
+        self.grpc.layer(layer);
+        self
+    }
+
     /// An encoded `FileDescriptorSet` describing the gRPC services, served by reflection when
     /// `grpc.reflection` is on (`grpcurl list`).
     #[cfg(feature = "grpc")]

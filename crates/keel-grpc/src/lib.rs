@@ -28,6 +28,8 @@ mod config;
 
 pub use config::GrpcConfig;
 
+#[cfg(feature = "grpc")]
+pub mod answers;
 #[cfg(all(feature = "grpc", feature = "security"))]
 pub mod auth;
 #[cfg(feature = "grpc")]

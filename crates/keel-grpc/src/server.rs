@@ -11,7 +11,10 @@
 //! 6. [`shed`](crate::shed) — past `grpc.max_in_flight`, `RESOURCE_EXHAUSTED`;
 //! 7. [`deadline`](crate::deadline) — `grpc-timeout` and `grpc.request_timeout`, and the end
 //!    of open streams at shutdown;
-//! 8. [`limit`](crate::limit) — `grpc.max_message_size` per request message.
+//! 8. [`limit`](crate::limit) — `grpc.max_message_size` per request message;
+//! 9. the layers the service added ([`GrpcServices::layer`]: `Setup::grpc_layer`, e.g. its
+//!    rate limiter), under [`answers`](crate::answers), which turns their HTTP refusals into
+//!    gRPC statuses.
 //!
 //! CORS, compression and HTTP problem documents do not apply: gRPC clients are not browsers,
 //! tonic negotiates its own compression, and failures are statuses.
@@ -27,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::Layer;
 
 use crate::config::GrpcConfig;
 use crate::method::Known;
@@ -46,12 +50,27 @@ pub enum GrpcError {
     Reflection(String),
 }
 
-/// The tonic services a service serves, and what reflection describes them with.
-#[derive(Debug, Default, Clone)]
+/// A layer the service put on its gRPC calls, as a function of the router.
+type Wrap = std::sync::Arc<dyn Fn(Router) -> Router + Send + Sync>;
+
+/// The tonic services a service serves, what reflection describes them with, and the layers
+/// the service puts on them.
+#[derive(Default, Clone)]
 pub struct GrpcServices {
     routes: Option<tonic::service::Routes>,
     names: Vec<String>,
     descriptors: Vec<&'static [u8]>,
+    layers: Vec<Wrap>,
+}
+
+impl std::fmt::Debug for GrpcServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServices")
+            .field("names", &self.names)
+            .field("descriptors", &self.descriptors.len())
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GrpcServices {
@@ -79,6 +98,21 @@ impl GrpcServices {
     /// `file_descriptor_set_path`, or `protox`) for reflection to describe.
     pub fn descriptors(&mut self, encoded: &'static [u8]) -> &mut Self {
         self.descriptors.push(encoded);
+        self
+    }
+
+    /// Puts `layer` (a tower layer for axum routers: Keel's rate limiter, an HTTP middleware)
+    /// on every gRPC call, below Keel's gRPC stack; an HTTP answer it gives itself (a 429
+    /// problem) reaches the client as the matching gRPC status (see [`crate::answers`]). Layers
+    /// added later run later (inside earlier ones).
+    pub fn layer<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        <L::Service as tower::Service<Request<Body>>>::Response: axum::response::IntoResponse + 'static,
+        <L::Service as tower::Service<Request<Body>>>::Future: Send + 'static,
+    {
+        self.layers.push(std::sync::Arc::new(move |r: Router| r.layer(layer.clone())));
         self
     }
 
@@ -120,7 +154,7 @@ impl GrpcServer {
         services: GrpcServices,
         drain: CancellationToken,
     ) -> Result<Self, GrpcError> {
-        let GrpcServices { routes, mut names, descriptors } = services;
+        let GrpcServices { routes, mut names, descriptors, layers } = services;
         let (reporter, health_server) = tonic_health::server::health_reporter();
         let sync = HealthSync { reporter, names: names.clone(), health: health.clone(), serving: None };
         let mut routes = routes.unwrap_or_default().add_service(health_server);
@@ -150,7 +184,15 @@ impl GrpcServer {
             .layer(shed.clone())
             .layer(crate::deadline::DeadlineLayer::new(cfg.request_timeout).drain(drain))
             .layer(crate::limit::MessageLimitLayer::new(cfg.max_message_size));
-        let router = routes.prepare().into_axum_router().layer(stack);
+        let mut router = routes.prepare().into_axum_router();
+        if !layers.is_empty() {
+            // Applied innermost first, so the first added runs first.
+            for wrap in layers.iter().rev() {
+                router = wrap(router);
+            }
+            router = router.layer(crate::answers::HttpAnswersLayer);
+        }
+        let router = router.layer(stack);
         Ok(Self { router, health: sync, shed })
     }
 

@@ -75,6 +75,8 @@ pub fn service() -> keel::Service<NoConfig> {
             let symbols = store::Symbols::new(db, outbox);
             grpc_wiring(s, &symbols);
             let limit = s.rate_limit_or("api", api_rate_limit())?;
+            // One budget per client, whichever protocol it calls.
+            s.grpc_layer(limit.clone());
             Ok(http::router(symbols).layer(limit))
         })
 }

@@ -171,6 +171,34 @@ async fn grpc_and_http_refuse_alike() {
     app.stop().await;
 }
 
+/// The finding: gRPC was not rate-limited at all (60 calls succeeded with the HTTP budget
+/// spent). Both APIs now spend one budget per client, and gRPC refuses with
+/// `RESOURCE_EXHAUSTED` and server pushback, as HTTP answers 429 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_http_share_the_rate_limit() {
+    let Some(db) = mariadb().await else { return };
+    let env = Env::new(symbols::SERVICE, &db, &Broker::in_process())
+        .set("RATE_LIMITS__API__LIMIT", "6")
+        .set("RATE_LIMITS__API__WINDOW", "1m");
+    let app = App::start(symbols::service(), &env).await;
+    let mut c = client(&app).await;
+    let list = || ListSymbolsRequest { project_id: "rl".into(), offset: 0, limit: 10 };
+    for i in 0..3 {
+        assert_eq!(app.get("/v1/projects/rl/symbols").await.0, 200, "HTTP call {i}");
+        c.list_symbols(list()).await.unwrap_or_else(|e| panic!("gRPC call {i}: {e:?}"));
+    }
+    let e = c.list_symbols(list()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("rate limit"), "{e:?}");
+    let pushback: u64 = e.metadata().get("grpc-retry-pushback-ms").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1_000..=60_000).contains(&pushback), "{pushback}");
+    let e = c.create_symbol(create("rl", "n", "k")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "writes too: {e:?}");
+    let (status, problem) = app.get("/v1/projects/rl/symbols").await;
+    assert_eq!((status, problem["code"].as_str()), (429, Some("RATE_LIMITED")), "{problem}");
+    app.stop().await;
+}
+
 /// With the database gone both APIs answer "unavailable, retry later" (503 with `Retry-After`,
 /// `UNAVAILABLE` with `grpc-retry-pushback-ms`), say nothing of why, and recover by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

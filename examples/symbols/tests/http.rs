@@ -137,9 +137,14 @@ async fn invalid_requests_are_400_problems_naming_each_field() {
         assert_eq!(s, 400, "{raw}");
         assert!(p["errors"][0]["message"].as_str().unwrap().contains("twice"), "{p}");
     }
-    // Not JSON.
+    // Not JSON: no content type, or one a browser sends cross-site without a preflight.
     let r = app.http.post(app.url(&base)).body("name=a").send().await.unwrap();
     assert_eq!(r.status(), 415);
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let body = r#"{"name":"a","kind":"b"}"#;
+        let r = app.http.post(app.url(&base)).header("content-type", ct).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 415, "{ct}");
+    }
     let r = app.http.post(app.url(&base)).header("content-type", "application/json").body("{").send().await.unwrap();
     assert_eq!(r.status(), 400);
     // A value is never echoed back.
