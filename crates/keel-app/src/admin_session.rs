@@ -3,12 +3,16 @@
 //!
 //! A browser cannot send a bearer token, so `POST /admin/login` with the admin token, or a
 //! one-time link (`GET /admin/login?code=…`, printed by a launcher), sets the cookie
-//! [`COOKIE`]: `<expiry>.<HMAC-SHA256 over it keyed by the admin token>`, `HttpOnly`,
-//! `SameSite=Strict`, `Path=/admin`, for [`SESSION_TTL`]. It holds no secret and needs no
-//! server-side state: every listener with the same admin token accepts it (cookies are per host,
-//! not per port, so one sign-in covers every service of an all-in-one process), and changing
-//! the token ends every session. It is not `Secure` because the management listener speaks plain
-//! HTTP (reach it through a tunnel or a port-forward, never across a network in the clear).
+//! [`COOKIE`]: `<expiry>.<session id>.<HMAC-SHA256 over both keyed by the admin token>`,
+//! `HttpOnly`, `SameSite=Strict`, `Path=/admin`, for [`SESSION_TTL`]. It holds no secret: every
+//! listener with the same admin token accepts it (cookies are per host, not per port, so one
+//! sign-in covers every service of an all-in-one process), and changing the token ends every
+//! session. Signing out (`POST /admin/logout`) ends the session server-side too: its id is kept
+//! in a process-wide list of ended sessions until it would have expired, so a copy of the cookie
+//! stops working on every listener of the process at once (on another replica of the service,
+//! rotate the token to end sessions there). It is not `Secure` because the management listener
+//! speaks plain HTTP (reach it through a tunnel or a port-forward, never across a network in the
+//! clear).
 //!
 //! The cookie is accepted for reading (`GET`, `HEAD`) only; a change (`PUT /admin/log-level`)
 //! needs the bearer token, so no page a browser visits can make one.
@@ -33,12 +37,22 @@ pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub(crate) const LINK_TTL: Duration = Duration::from_secs(3600);
 /// Codes kept at most (older ones are dropped first).
 const MAX_CODES: usize = 64;
+/// Ended sessions remembered at most: past it, the ones closest to expiring are forgotten first
+/// (each entry needs a sign-in with the admin token, so only an operator can fill it).
+const MAX_ENDED: usize = 10_000;
+
+/// Ended sessions of this process (id → expiry), shared by its management listeners as the
+/// cookie is.
+fn ended() -> &'static Mutex<HashMap<String, u64>> {
+    static ENDED: std::sync::OnceLock<Mutex<HashMap<String, u64>>> = std::sync::OnceLock::new();
+    ENDED.get_or_init(Mutex::default)
+}
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn mac(token: &Secret, expiry: u64) -> Vec<u8> {
+fn mac(token: &Secret, expiry: u64, id: &str) -> Vec<u8> {
     // The key is the admin token itself: any length is a valid HMAC key.
     let mut m = match Hmac::<Sha256>::new_from_slice(token.expose().as_bytes()) {
         Ok(m) => m,
@@ -46,13 +60,16 @@ fn mac(token: &Secret, expiry: u64) -> Vec<u8> {
     };
     m.update(b"keel-admin-session:");
     m.update(expiry.to_string().as_bytes());
+    m.update(b":");
+    m.update(id.as_bytes());
     m.finalize().into_bytes().to_vec()
 }
 
 /// A new session cookie's value, valid for [`SESSION_TTL`].
 pub(crate) fn issue(token: &Secret) -> String {
     let expiry = unix_now() + SESSION_TTL.as_secs();
-    format!("{expiry}.{}", URL_SAFE_NO_PAD.encode(mac(token, expiry)))
+    let id = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+    format!("{expiry}.{id}.{}", URL_SAFE_NO_PAD.encode(mac(token, expiry, &id)))
 }
 
 /// The `Set-Cookie` header value for `value` (or one that clears the cookie).
@@ -63,18 +80,42 @@ pub(crate) fn set_cookie(value: Option<&str>) -> String {
     }
 }
 
-/// Whether `value` is a session cookie this token signed that has not expired. The MAC is
-/// compared in constant time.
-pub(crate) fn verify(token: &Secret, value: &str) -> bool {
+/// The session `value` names (its id and expiry) when this token signed it and it has not
+/// expired; whether it was ended is not asked. The MAC is compared in constant time.
+fn signed(token: &Secret, value: &str) -> Option<(String, u64)> {
     use subtle::ConstantTimeEq as _;
-    let Some((expiry, tag)) = value.split_once('.') else { return false };
-    let Ok(expiry) = expiry.parse::<u64>() else { return false };
-    if expiry <= unix_now() || expiry > unix_now() + SESSION_TTL.as_secs() {
-        return false;
+    let mut parts = value.split('.');
+    let (expiry, id, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
     }
-    let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
-    let want = mac(token, expiry);
-    !want.is_empty() && bool::from(want.ct_eq(&tag))
+    let expiry = expiry.parse::<u64>().ok()?;
+    if expiry <= unix_now() || expiry > unix_now() + SESSION_TTL.as_secs() {
+        return None;
+    }
+    let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+    let want = mac(token, expiry, id);
+    (!want.is_empty() && bool::from(want.ct_eq(&tag))).then(|| (id.to_owned(), expiry))
+}
+
+/// Whether `value` is a session cookie this token signed that has not expired or been ended.
+pub(crate) fn verify(token: &Secret, value: &str) -> bool {
+    signed(token, value)
+        .is_some_and(|(id, _)| !ended().lock().unwrap_or_else(PoisonError::into_inner).contains_key(&id))
+}
+
+/// Ends the session of `value` (when this token signed it) on every listener of the process.
+pub(crate) fn end(token: &Secret, value: &str) {
+    let Some((id, expiry)) = signed(token, value) else { return };
+    let mut ended = ended().lock().unwrap_or_else(PoisonError::into_inner);
+    let now = unix_now();
+    ended.retain(|_, until| *until > now);
+    if ended.len() >= MAX_ENDED
+        && let Some(soonest) = ended.iter().min_by_key(|(_, until)| **until).map(|(id, _)| id.clone())
+    {
+        ended.remove(&soonest);
+    }
+    ended.insert(id, expiry);
 }
 
 /// The session cookie of a request's `Cookie` headers, if any.
@@ -126,15 +167,29 @@ mod tests {
         let c = issue(&a);
         assert!(verify(&a, &c));
         assert!(!verify(&b, &c), "another token");
-        let (expiry, tag) = c.split_once('.').unwrap();
+        let mut parts = c.split('.');
+        let (expiry, id, tag) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let later = expiry.parse::<u64>().unwrap() + 1;
-        assert!(!verify(&a, &format!("{later}.{tag}")), "a moved expiry");
-        assert!(!verify(&a, &format!("{expiry}.{}x", tag)), "a changed tag");
+        assert!(!verify(&a, &format!("{later}.{id}.{tag}")), "a moved expiry");
+        assert!(!verify(&a, &format!("{expiry}.{id}x.{tag}")), "another id");
+        assert!(!verify(&a, &format!("{expiry}.{id}.{tag}x")), "a changed tag");
         let past = unix_now() - 1;
-        assert!(!verify(&a, &format!("{past}.{}", URL_SAFE_NO_PAD.encode(mac(&a, past)))), "expired");
-        for junk in ["", ".", "x.y", "1.", "99999999999999999999.abc"] {
+        assert!(!verify(&a, &format!("{past}.{id}.{}", URL_SAFE_NO_PAD.encode(mac(&a, past, id)))), "expired");
+        for junk in ["", ".", "x.y", "1.", "1.2.3.4", "99999999999999999999.abc.def"] {
             assert!(!verify(&a, junk), "{junk}");
         }
+    }
+
+    #[test]
+    fn an_ended_session_is_refused_and_others_are_not() {
+        let a = Secret::new("token-ended".to_owned());
+        let (one, two) = (issue(&a), issue(&a));
+        end(&Secret::new("another".to_owned()), &one);
+        assert!(verify(&a, &one), "only its own token can end a session");
+        end(&a, &one);
+        assert!(!verify(&a, &one), "ended");
+        assert!(verify(&a, &two), "a session of its own");
+        end(&a, "garbage");
     }
 
     #[test]

@@ -243,7 +243,11 @@ async fn login(
     }
 }
 
-async fn logout() -> Response {
+async fn logout(State(admin): State<Admin>, headers: http::HeaderMap) -> Response {
+    // Ended here, not only forgotten by this browser: a copy of the cookie stops working too.
+    if let (Some(token), Some(cookie)) = (&admin.token, admin_session::from_headers(&headers)) {
+        admin_session::end(token, cookie);
+    }
     let mut r = Redirect::to("/admin/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&admin_session::set_cookie(None)) {
         r.headers_mut().insert(header::SET_COOKIE, v);

@@ -178,14 +178,25 @@ async fn a_browser_signs_in_with_a_one_time_link_or_the_token() {
     assert_eq!(right.status(), 303);
     let cookie = session_cookie(&right);
     assert_eq!(c.get(&status).header("cookie", &cookie).send().await.unwrap().status(), 200);
-    // Signing out clears it.
+    // Signing out clears it, and ends it: a copy of the cookie is refused from then on (the
+    // finding: it kept working for up to 12 h). Another session goes on.
+    let again = c
+        .post(format!("{}/admin/login", f.mgmt))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let kept = session_cookie(&again);
     let out = c.post(format!("{}/admin/logout", f.mgmt)).header("cookie", &cookie).send().await.unwrap();
     assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(c.get(&status).header("cookie", &cookie).send().await.unwrap().status(), 401, "a copy after sign-out");
+    assert_eq!(c.get(&status).header("cookie", &kept).send().await.unwrap().status(), 200, "another session");
     f.stop().await;
 
     // Another token (another deployment) does not accept this one's cookie.
     let other = Fixture::start(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", "another-token-0123456789abcdef")]).await;
-    let resp = c.get(format!("{}/admin/status", other.mgmt)).header("cookie", &cookie).send().await.unwrap();
+    let resp = c.get(format!("{}/admin/status", other.mgmt)).header("cookie", &kept).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     other.stop().await;
 }
