@@ -303,6 +303,72 @@ async fn nats_reconnects_within_a_bounded_wait_after_a_long_outage() {
     first_success("NATS publish", publish).await;
 }
 
+/// The finding: during a NATS server's graceful shutdown JetStream stops first, and a publish
+/// meanwhile got `no stream found for given subject`, which the outbox took for the broker's
+/// answer about the message and spent one of the row's attempts on. A server without JetStream
+/// answers the same, so it stands in: every such publish is `Unavailable` (the outbox pauses,
+/// nothing spent), and once JetStream is back the stream is made again if it must be and the
+/// publish goes through.
+#[tokio::test]
+async fn a_nats_server_without_jetstream_is_unavailable_not_a_refusal() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut server) = OwnServer::start("/usr/sbin/nats-server", |port, dir| {
+        vec![
+            "-js".into(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-sd".into(),
+            dir.display().to_string(),
+        ]
+    }) else {
+        return;
+    };
+    let mut cfg = BusConfig::default();
+    cfg.backend = BusBackend::Nats;
+    cfg.url = Some(Secret::new(format!("nats://127.0.0.1:{}", server.port)));
+    cfg.publish_timeout = Duration::from_secs(1);
+    let bus = Bus::new(&cfg).unwrap();
+    bus.connect().await.unwrap();
+    let topic = testing::unique_topic("nojs");
+    let publish = || async {
+        let env = Envelope::raw("recovery", "recovery.ping", 1, serde_json::json!({}));
+        bus.publish(&topic, &env).await
+    };
+    publish().await.unwrap();
+
+    // The same port, JetStream off.
+    server.down();
+    let with_js = std::mem::take(&mut server.args);
+    server.args = with_js.iter().filter(|a| *a != "-js").cloned().collect();
+    server.up();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bus.is_connected() {
+        assert!(Instant::now() < deadline, "not reconnected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first publish finds no stream listening; the next ask for the stream again, which
+    // JetStream does not answer: each says the broker is away. (Just after the reconnection a
+    // publish may time out instead while the client resubscribes its replies: an outage too.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let err = publish().await.unwrap_err();
+        if matches!(err, keel::events::BusError::Timeout(_)) && seen.is_empty() && Instant::now() < deadline {
+            continue;
+        }
+        assert!(matches!(err, keel::events::BusError::Unavailable(_)), "publish {}: {err:?}", seen.len());
+        seen.push(err.to_string());
+    }
+    assert!(seen[0].contains("no stream found"), "{seen:?}");
+
+    server.down();
+    server.args = with_js;
+    server.up();
+    first_success("NATS publish once JetStream is back", publish).await;
+}
+
 /// The error a query on `conn`'s terminated backend gets: SQLSTATE 57P01.
 #[tokio::test]
 async fn postgres_admin_shutdown_is_a_503_that_marks_down_and_recovers() {

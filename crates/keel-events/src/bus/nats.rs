@@ -35,13 +35,30 @@ fn broker(e: impl std::fmt::Display) -> BusError {
 }
 
 /// A publish that got no confirmation (the connection broke, or JetStream did not answer in
-/// time) says the broker is away, not that the message is bad: the outbox then pauses instead of
-/// spending the row's attempts. Any other refusal is the broker's answer about this message.
+/// time), found no stream listening (`no stream found for given subject`: JetStream is off, as
+/// in the seconds of a server's graceful shutdown, since Keel made the stream before its first
+/// publish) or was refused for too many unacknowledged publishes says the broker is away or
+/// busy, not that the message is bad: the outbox then pauses instead of spending the row's
+/// attempts. Any other refusal is the broker's answer about this message.
 fn publish_error(e: jetstream::context::PublishError) -> BusError {
     use jetstream::context::PublishErrorKind;
     match e.kind() {
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
             BusError::Unavailable(sanitize(&format!("no confirmation from JetStream: {e}")))
+        }
+        PublishErrorKind::StreamNotFound | PublishErrorKind::MaxAckPending => {
+            BusError::Unavailable(sanitize(&format!("JetStream is not taking publishes: {e}")))
+        }
+        _ => broker(e),
+    }
+}
+
+/// Creating a stream failed: unreachable when JetStream did not answer, else the broker's answer.
+fn stream_error(e: jetstream::context::CreateStreamError) -> BusError {
+    use jetstream::context::CreateStreamErrorKind;
+    match e.kind() {
+        CreateStreamErrorKind::JetStreamUnavailable | CreateStreamErrorKind::TimedOut => {
+            BusError::Unavailable(sanitize(&format!("JetStream did not answer: {e}")))
         }
         _ => broker(e),
     }
@@ -116,7 +133,7 @@ impl Conn {
                 ..Default::default()
             })
             .await
-            .map_err(broker)?;
+            .map_err(stream_error)?;
         self.js
             .get_or_create_stream(stream::Config {
                 name: format!("{name}_dlq"),
@@ -126,11 +143,18 @@ impl Conn {
                 ..Default::default()
             })
             .await
-            .map_err(broker)?;
+            .map_err(stream_error)?;
         if let Ok(mut r) = self.ready.lock() {
             r.insert(topic.to_owned());
         }
         Ok(())
+    }
+
+    /// Drops `topic` from the streams known to exist: the next [`Self::ensure`] asks again.
+    fn forget(&self, topic: &str) {
+        if let Ok(mut r) = self.ready.lock() {
+            r.remove(topic);
+        }
     }
 
     pub(super) async fn publish(
@@ -152,7 +176,13 @@ impl Conn {
         }
         let ack =
             self.js.publish_with_headers(topic.to_owned(), headers, payload.into()).await.map_err(publish_error)?;
-        ack.await.map_err(publish_error)?;
+        if let Err(e) = ack.await {
+            if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+                // Made again before the next publish, should it really be gone (deleted by hand).
+                self.forget(topic);
+            }
+            return Err(publish_error(e));
+        }
         Ok(())
     }
 
