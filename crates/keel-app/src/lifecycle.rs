@@ -623,7 +623,9 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
     let server_failed = CancellationToken::new();
     let refused = keel_server::refused_counter()?;
     metrics.register(refused.clone())?;
-    let limits = keel_server::Limits::new(&keel.http, refused);
+    let evicted = keel_server::evicted_counter()?;
+    metrics.register(evicted.clone())?;
+    let limits = keel_server::Limits::new(&keel.http, refused).counting_evictions(evicted);
     let mut servers = Vec::new();
     let mut bound_mgmt = None;
     let router = if shared {

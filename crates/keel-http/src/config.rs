@@ -32,12 +32,14 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// Requests handled at once before new ones are shed with 503 + `Retry-After`. Default `1024`.
     pub max_in_flight: usize,
-    /// Open connections accepted at once; further clients wait in the kernel's backlog. Bounds
-    /// file descriptors against connection floods. Default `4096`.
+    /// The connection budget every client shares, lowered below the process's open-files
+    /// limit (less what else it opens). When it is spent, clients over an even share are
+    /// refused new connections and idle connections make room for the rest; only when every
+    /// connection is busy do new clients wait in the kernel's backlog. Default `4096`.
     pub max_connections: usize,
     /// Open connections from one client address (an IPv4 address, or an IPv6 /64) at once;
-    /// its further connections are closed as soon as they are accepted. Counted per TCP peer:
-    /// behind a proxy, the proxy is the client. Default `256`.
+    /// its further connections are closed as soon as they are accepted. Counted per TCP peer;
+    /// a peer in `trusted_proxies` is not capped. Default `256`.
     pub max_connections_per_ip: usize,
     /// A client must send a request's headers within this (slow-header attacks hold
     /// connections open otherwise); it is also the first request's deadline on a new

@@ -9,7 +9,8 @@
 //! - [`Track`] wraps the service of one connection and counts its requests in progress: from
 //!   the call until the answer's body is dropped (hyper drops it once it has taken its last
 //!   frame, or when the stream is reset). It also records the connection's protocol from its
-//!   first request.
+//!   first request. The accept loop reads the same count to pick an idle connection to evict
+//!   when the connection budget is spent.
 //! - [`Watchdog`] wraps the connection future. A connection that has had no request in
 //!   progress for its deadline is asked to shut down gracefully (hyper-util's
 //!   `graceful_shutdown`: HTTP/2 sends `GOAWAY` and ends once its streams have; a connection
@@ -23,10 +24,12 @@
 //! once its first request has arrived: hyper's header-read timeout ends it when idle, and an
 //! upgrade (`101`) hands its socket to the handler.
 //!
-//! The watchdog also carries the drain: once the server's drain token is cancelled it asks
-//! the connection to shut down gracefully (HTTP/1: finish the request in progress, then close;
-//! HTTP/2: `GOAWAY`, then the open streams finish), and the rule above still closes a
-//! connection that stays open with nothing in progress. hyper-util's `GracefulShutdown` does
+//! The watchdog also carries the drain, and the accept loop's eviction of an idle connection
+//! (the connection's own token, a child of the server's drain token): once it is cancelled the
+//! watchdog asks the connection to shut down gracefully (HTTP/1: finish the request in
+//! progress, then close; HTTP/2: `GOAWAY`, then the open streams finish), and closes it
+//! outright if it is still open with nothing in progress [`CLOSE_GRACE`] later: an HTTP/2
+//! client that never acknowledges the `GOAWAY` cannot hold on to it. hyper-util's `GracefulShutdown` does
 //! the drain part alone, but it cannot be combined with the idle shutdown: it watches only
 //! hyper's own connection types (its `GracefulConnection` trait is sealed) and returns a
 //! future nothing else can shut down. So the watchdog calls the same `graceful_shutdown`
@@ -48,6 +51,10 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::Service;
+
+/// How long a connection told to go (drained or evicted) may stay open with nothing in
+/// progress before it is closed outright.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 /// No request has arrived yet.
 const FRESH: u8 = 0;
@@ -82,8 +89,14 @@ impl Activity {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn idle_since(&self) -> Instant {
+    /// When the connection's last request ended (its accept, before any).
+    pub(crate) fn idle_since(&self) -> Instant {
         self.origin + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
+    }
+
+    /// Whether no request is in progress on the connection.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 }
 
@@ -133,13 +146,12 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let a = &self.activity;
-        let mut protocol = a.protocol.load(Ordering::Relaxed);
-        if protocol == FRESH {
-            protocol = if req.version() == Version::HTTP_2 { HTTP2 } else { HTTP1 };
+        if a.protocol.load(Ordering::Relaxed) == FRESH {
+            let protocol = if req.version() == Version::HTTP_2 { HTTP2 } else { HTTP1 };
             a.protocol.store(protocol, Ordering::Relaxed);
         }
-        // HTTP/1 connections are hyper's to time out: nothing to count.
-        let in_flight = (protocol == HTTP2).then(|| InFlight::start(a));
+        // Counted for both protocols: the accept loop evicts only connections with none.
+        let in_flight = Some(InFlight::start(a));
         TrackFuture { inner: self.inner.call(req), in_flight }
     }
 }
@@ -302,6 +314,7 @@ where
                 *this.shutting_down = true;
                 (this.shutdown)(this.conn.as_mut());
             }
+            this.timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
         }
         loop {
             if !*this.disarmed {
@@ -311,6 +324,15 @@ where
                 let mut due = protocol != *this.judged || this.timer.as_mut().poll(cx).is_ready();
                 *this.judged = protocol;
                 while due {
+                    if *this.drained {
+                        // Told to go: closed once nothing is in progress, a grace after.
+                        if this.activity.is_idle() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        this.timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                        due = this.timer.as_mut().poll(cx).is_ready();
+                        continue;
+                    }
                     match verdict(this.activity, *this.deadlines, *this.shutting_down, Instant::now()) {
                         Verdict::Wait(at) => this.timer.as_mut().reset(at),
                         Verdict::Shutdown(at) => {
@@ -405,8 +427,10 @@ mod tests {
         let svc = echo(&a);
         let now = Instant::now();
         assert_eq!(verdict(&a, DEADLINES, false, now), Verdict::Wait(now + DEADLINES.first_request));
-        let _resp = svc.oneshot(request(Version::HTTP_11)).await.unwrap();
-        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0, "not counted");
+        let resp = svc.oneshot(request(Version::HTTP_11)).await.unwrap();
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 1, "counted, for the accept loop's evictions");
+        drop(resp);
+        assert!(a.is_idle());
         assert_eq!(verdict(&a, DEADLINES, false, now), Verdict::Disarm);
     }
 
@@ -462,6 +486,23 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(poll_once(dog.as_mut()).is_pending());
         assert_eq!(calls.load(Ordering::Relaxed), 1, "once");
+    }
+
+    /// Drained or evicted with nothing in progress, and the client ignores the `GOAWAY`: closed
+    /// a grace later, not a whole deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_told_to_go_is_closed_a_grace_later_when_idle() {
+        let drain = CancellationToken::new();
+        let activity = Activity::new();
+        activity.protocol.store(HTTP2, Ordering::Relaxed);
+        let long = Deadlines { first_request: Duration::from_secs(600), http2_idle: Duration::from_secs(600) };
+        let dog = Watchdog::new(pending_conn(), activity, long, drain.clone().cancelled_owned(), |_: Pin<&mut _>| {});
+        let mut dog = boxed(dog);
+        assert!(poll_once(dog.as_mut()).is_pending());
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending(), "asked to shut down first");
+        tokio::time::advance(CLOSE_GRACE).await;
+        assert!(poll_once(dog.as_mut()).is_ready(), "closed outright");
     }
 
     #[tokio::test(start_paused = true)]
