@@ -9,13 +9,14 @@
 //!
 //! **Order.** A symbol's versions are consecutive (1 when created, +1 per change), and the worker
 //! applies version `n + 1` only on top of version `n`. Handlers run concurrently, so a change
-//! may arrive before the one it follows: it is retried with backoff (a
-//! [`Failure::retry`](keel::events::Failure)) until its predecessor is applied. A version already
+//! may arrive before the one it follows: it is early ([`Failure::early`](keel::events::Failure)),
+//! tried again every 200 ms, spending no attempt, until its predecessor is applied (for up to
+//! 5 minutes after it was published; the failure backoff, up to minutes, is for failures). A version already
 //! applied is a duplicate: recorded as `stale`, counted nowhere.
 //!
 //! **Failures.** An unknown event type, a schema version it does not know or a payload it cannot
-//! decode fails permanently: straight to `symbols.dlq`. A change whose predecessor never comes is
-//! retried `app.max_attempts` times, then dead-lettered with the reason. A database outage
+//! decode fails permanently: straight to `symbols.dlq`. A change whose predecessor has not come
+//! 5 minutes after it was published is retried with backoff, then dead-lettered with the reason. A database outage
 //! spends no attempt: the consumer pauses until the database is back (Keel's consumer).
 //! `symbols-worker dlq list symbols` shows dead letters; `dlq replay` sends them back.
 
@@ -150,7 +151,7 @@ impl Handler for ProjectionHandler {
         let observe = |e: sqlx::Error| Failure::transient(&self.db.observe(e));
         let outcome = apply(tx, backend, op, &change).await.map_err(observe)?;
         if let Outcome::Early(at) = outcome {
-            return Err(Failure::retry(format!(
+            return Err(Failure::early(format!(
                 "symbol {} is at version {at} here; version {} waits for the ones before it",
                 change.symbol_id, change.version
             )));

@@ -86,6 +86,14 @@ pub enum Failure {
         /// What is unavailable.
         reason: String,
     },
+    /// The message came before one it depends on (version 3 of a record before version 2):
+    /// nothing failed, it is early. Retried every `order_retry` (default 200 ms), not on the
+    /// failure backoff, for up to `order_wait` (default 5 min) after it was published; past
+    /// that it is an ordinary retry, and dead-lettered once its attempts are spent.
+    Early {
+        /// What it waits for.
+        reason: String,
+    },
 }
 
 impl Failure {
@@ -96,6 +104,10 @@ impl Failure {
     /// A transient failure to retry no sooner than `after`.
     pub fn retry_after(reason: impl Display, after: Duration) -> Self {
         Self::Retry { reason: reason.to_string(), after: Some(after) }
+    }
+    /// The message is early: one it depends on is not handled yet (see [`Failure::Early`]).
+    pub fn early(reason: impl Display) -> Self {
+        Self::Early { reason: reason.to_string() }
     }
     /// A failure that no retry can fix: dead-lettered at once.
     pub fn permanent(reason: impl Display) -> Self {
@@ -114,7 +126,10 @@ impl Failure {
     }
     fn reason(&self) -> &str {
         match self {
-            Self::Retry { reason, .. } | Self::Permanent { reason } | Self::Unavailable { reason } => reason,
+            Self::Retry { reason, .. }
+            | Self::Permanent { reason }
+            | Self::Unavailable { reason }
+            | Self::Early { reason } => reason,
         }
     }
 }
@@ -397,6 +412,11 @@ pub struct ConsumerOptions {
     /// Inbox rows older than this are pruned (a redelivery later than that is not recognised).
     /// Default `7d`.
     pub inbox_retention: Duration,
+    /// How soon an early message ([`Failure::Early`]) is tried again. Default `200ms`.
+    pub order_retry: Duration,
+    /// How long after its publication an early message is tried again that way, spending no
+    /// attempt; past it, an ordinary retry. Default `5m`.
+    pub order_wait: Duration,
     /// Broker subscription settings.
     pub subscribe: SubscribeOptions,
 }
@@ -412,6 +432,8 @@ impl Default for ConsumerOptions {
             pause_poll: Duration::from_millis(200),
             lag_interval: Duration::from_secs(15),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            order_retry: Duration::from_millis(200),
+            order_wait: Duration::from_secs(300),
             subscribe: SubscribeOptions::default(),
         }
     }
@@ -426,6 +448,12 @@ impl ConsumerOptions {
     /// Sets the attempts before the DLQ (at least 1).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
+        self
+    }
+    /// Sets how soon an early message is tried again, and for how long after its publication.
+    pub fn order_wait(mut self, retry_every: Duration, wait: Duration) -> Self {
+        self.order_retry = retry_every;
+        self.order_wait = wait;
         self
     }
     /// Sets the retry backoff bounds.
@@ -889,6 +917,17 @@ impl<H: Handler> Consumer<H> {
                     self.count("ok");
                     delivery.ack().await
                 }
+                Err(Failure::Early { reason }) if self.within_order_wait(&delivery) => {
+                    tracing::debug!(reason = %reason, attempt, retry_in = ?self.options.order_retry, "message early; will retry");
+                    self.count("early");
+                    delivery.retry(self.options.order_retry).await
+                }
+                Err(Failure::Early { reason }) if attempt < self.options.max_attempts => {
+                    let delay = super::redelivery(self.options.retry_initial, self.options.retry_max).delay(attempt);
+                    tracing::warn!(reason = %reason, attempt, retry_in = ?delay, "message still early past order_wait; will retry");
+                    self.count("retry");
+                    delivery.retry(delay).await
+                }
                 Err(Failure::Retry { reason, after }) if attempt < self.options.max_attempts => {
                     let delay = after.unwrap_or_else(|| {
                         super::redelivery(self.options.retry_initial, self.options.retry_max).delay(attempt)
@@ -901,6 +940,9 @@ impl<H: Handler> Consumer<H> {
                     let reason = match &failure {
                         Failure::Retry { reason, .. } | Failure::Unavailable { reason } => {
                             format!("gave up after {attempt} attempts: {reason}")
+                        }
+                        Failure::Early { reason } => {
+                            format!("still early {:?} after it was published: {reason}", self.options.order_wait)
                         }
                         Failure::Permanent { reason } => format!("permanent failure: {reason}"),
                     };
@@ -915,6 +957,16 @@ impl<H: Handler> Consumer<H> {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Whether the delivery's message was published less than `order_wait` ago (its
+    /// envelope's `time`); an unreadable time counts as past it.
+    fn within_order_wait(&self, delivery: &Delivery) -> bool {
+        let Ok(env) = delivery.envelope() else { return false };
+        let Ok(published) = humantime::parse_rfc3339_weak(&env.time) else { return false };
+        std::time::SystemTime::now().duration_since(published).is_ok_and(|age| age < self.options.order_wait)
+            // A clock a little behind the producer's: just published.
+            || published > std::time::SystemTime::now()
     }
 
     fn count(&self, outcome: &str) {

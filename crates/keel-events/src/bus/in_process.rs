@@ -149,7 +149,8 @@ impl Broker {
         let topics = self.topics();
         let Some(t) = topics.get(topic) else { return 0 };
         match t.groups.get(group) {
-            Some(g) => g.lock().ready.len() as u64,
+            // Delivered and not settled (in progress, or waiting out a retry's delay) too.
+            Some(g) => g.len() as u64,
             None => t.backlog.len() as u64,
         }
     }

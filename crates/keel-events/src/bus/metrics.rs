@@ -27,7 +27,7 @@ impl ConsumerMetrics {
         let messages = IntCounterVec::new(
             Opts::new(
                 "consumer_messages_total",
-                "Handler runs, by outcome (ok, retry, dead; unavailable: held for a dependency, no attempt spent).",
+                "Handler runs, by outcome (ok, retry, dead; unavailable: held for a dependency, no attempt spent; early: waiting for an earlier message, retried promptly).",
             ),
             &["topic", "group", "outcome"],
         )?;

@@ -387,7 +387,9 @@ impl Bus {
         Ok(Subscription { inner, group })
     }
 
-    /// Messages of `group` on `topic` not yet delivered (consumer lag), as the broker counts them.
+    /// Messages of `group` on `topic` not handled yet (consumer lag), as the broker counts them:
+    /// not delivered yet, and delivered but not settled, waiting out a retry's delay included
+    /// (NATS: pending and ack-pending; RabbitMQ: the group's queue and its retry queue).
     pub async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
         let topic = &*self.namespaced(topic);
         match self.conn()? {

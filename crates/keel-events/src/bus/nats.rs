@@ -241,7 +241,10 @@ impl Conn {
 
     pub(super) async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
         let mut c = self.consumer(topic, group, &SubscribeOptions::default()).await?;
-        Ok(c.info().await.map_err(broker)?.num_pending)
+        let info = c.info().await.map_err(broker)?;
+        // Not delivered yet, and delivered but not acknowledged: in progress, or waiting out
+        // a retry's delay (a NAK keeps a message pending until it is acknowledged).
+        Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX))
     }
 
     async fn dlq_stream(&self, topic: &str) -> Result<stream::Stream, BusError> {

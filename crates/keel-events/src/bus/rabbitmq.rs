@@ -282,17 +282,24 @@ impl Conn {
         })
     }
 
+    /// The group queue's ready messages and its retry queue's (waiting out a retry's delay;
+    /// the two are declared together).
     pub(super) async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
         let channel = self.publisher().await?;
-        let q = channel
-            .queue_declare(
-                format!("{topic}.{group}").into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker)?;
-        Ok(u64::from(q.message_count()))
+        let queue = format!("{topic}.{group}");
+        let mut lag = 0;
+        for name in [queue.clone(), format!("{queue}.retry")] {
+            let q = channel
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(broker)?;
+            lag += u64::from(q.message_count());
+        }
+        Ok(lag)
     }
 
     pub(super) async fn dlq_list(&self, topic: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
