@@ -294,12 +294,17 @@ pub trait Section: Serialize + DeserializeOwned + Default + Clone + fmt::Debug +
     }
 }
 
-/// A map of named sections (`upstreams.<name>`): each entry validates itself under its name.
+/// A map of named sections (`upstreams.<name>`): each entry validates itself under its name,
+/// and has the section's defaults, so its secrets can be given as `<key>_file` too.
 impl<T: Section> Section for BTreeMap<String, T> {
     fn validate(&self, v: &mut Validation<'_>) {
         for (name, entry) in self {
             v.section(name, entry);
         }
+    }
+
+    fn templates(t: &mut Templates<'_>) {
+        t.map_entries("", &T::default());
     }
 }
 
@@ -368,7 +373,7 @@ impl Templates<'_> {
     /// Gives every entry of the map at `path` (relative to the section) the defaults of
     /// `template`, so that its `<key>_file` settings resolve like any other secret's.
     pub fn map_entries<T: Serialize>(&mut self, path: &str, template: &T) {
-        let path = join(&self.prefix, path);
+        let path = if path.is_empty() { self.prefix.clone() } else { join(&self.prefix, path) };
         let names: Vec<Value> = match value_at(&self.tree.root, &path) {
             Some(Value::Mapping(m)) => m.keys().cloned().collect(),
             _ => return,

@@ -296,6 +296,30 @@ fn secrets_from_env_interpolation_and_files_are_accepted_in_production() {
     assert_eq!(problem(&e, "app.api_key").kind, ProblemKind::SecretFile);
 }
 
+/// A map entry's secrets (`upstreams.<name>.proxy_secret`) come from `<key>_file` as any
+/// other's, in the file and in env; `http.proxy_secret` must be long enough.
+#[test]
+fn secrets_of_map_entries_and_the_proxy_secret_come_from_files() {
+    let secret_file = yaml("a-proxy-secret-of-forty-characters-0123\n");
+    let path = secret_file.path().display().to_string();
+    let f = yaml(&format!(
+        "upstreams:\n  auth:\n    base_url: http://auth:8081\n    proxy_secret_file: {path}\nhttp:\n  proxy_secret_file: {path}\n"
+    ));
+    let l = load(Profile::Test, Some(&f), &[]).unwrap();
+    let auth = &l.config.keel.upstreams["auth"];
+    assert_eq!(auth.proxy_secret.as_ref().unwrap().expose(), "a-proxy-secret-of-forty-characters-0123");
+    assert_eq!(auth.base_url, "http://auth:8081");
+    assert!(l.config.keel.http.proxy_secret.is_some());
+    let env = [
+        ("SVC__UPSTREAMS__EVENTS__BASE_URL", "http://events:8082"),
+        ("SVC__UPSTREAMS__EVENTS__PROXY_SECRET_FILE", &path),
+    ];
+    let l = load(Profile::Test, None, &env).unwrap();
+    assert!(l.config.keel.upstreams["events"].proxy_secret.is_some(), "from env");
+    let e = load(Profile::Test, None, &[("SVC__HTTP__PROXY_SECRET", "short")]).unwrap_err();
+    assert!(problem(&e, "http.proxy_secret").message.contains("32 characters"), "{e}");
+}
+
 #[test]
 fn profile_from_keel_env() {
     assert!(Profile::parse(Some("staging")).unwrap_err().to_string().contains("KEEL_ENV"));
