@@ -467,11 +467,13 @@ impl<C: Section> Setup<C> {
         self.task("database-connect", move |stop| async move {
             d.clone().connect_in_background(stop.clone()).await;
             health.trigger();
-            // A re-probe that finds the database back re-runs the checks: readiness follows at once.
+            // A re-probe that finds the database back, or a call that finds it gone, re-runs
+            // the checks: readiness follows at once.
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = d.recovered() => health.trigger(),
+                    () = d.lost() => health.trigger(),
                 }
             }
         });
@@ -503,11 +505,13 @@ impl<C: Section> Setup<C> {
         self.task("redis-connect", move |stop| async move {
             r.clone().connect_in_background(stop.clone()).await;
             health.trigger();
-            // A re-probe that finds the redis back re-runs the checks: readiness follows at once.
+            // A re-probe that finds Redis back, or a call that finds it gone, re-runs the
+            // checks: readiness follows at once.
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = r.recovered() => health.trigger(),
+                    () = r.lost() => health.trigger(),
                 }
             }
         });

@@ -218,6 +218,50 @@ async fn postgres_marked_down_is_reprobed_on_use_and_recovers_at_once() {
     assert!(db.is_available());
 }
 
+/// The finding: during a PostgreSQL stop, 11 of 109 joins waited out the pool's 2 s acquire
+/// timeout before their 503 (the pool retries a refused connection until then). A wait with
+/// room in the pool now starts one direct connection attempt after 50 ms; its failure marks
+/// the database down, which ends every wait for a connection at once, and `Db::lost` (which
+/// set-up turns into a readiness re-check) completes. Here no call waits out a 10 s timeout.
+#[tokio::test]
+async fn calls_waiting_for_a_connection_fail_fast_once_postgres_is_gone() {
+    let _serial = SERIAL.lock().await;
+    let Some(pg) = OwnPostgres::start() else { return };
+    let mut cfg = db_config();
+    cfg.pool.acquire_timeout = Duration::from_secs(10);
+    cfg.pool.max_connections = 8;
+    let db = Db::new("recovery", &pg.url(), &cfg, None, &Metrics::new()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), db.clone().connect_in_background(CancellationToken::new()))
+        .await
+        .expect("connects");
+    select_one(&db).await.unwrap();
+    let d = db.clone();
+    let lost = tokio::spawn(async move { d.lost().await });
+
+    pg.down();
+    let started = Instant::now();
+    let calls = futures_util::future::join_all((0..8).map(|_| {
+        let db = db.clone();
+        async move {
+            let began = Instant::now();
+            (select_one(&db).await, began.elapsed())
+        }
+    }))
+    .await;
+    let slowest = calls.iter().map(|(_, took)| *took).max().unwrap();
+    eprintln!("PostgreSQL gone: 8 calls answered, the slowest after {slowest:?}");
+    for (result, _) in &calls {
+        let e = result.as_ref().unwrap_err();
+        assert!(e.is_retryable(), "a 503 with Retry-After: {e}");
+    }
+    assert!(slowest < Duration::from_secs(5), "no call waits out the 10 s acquire timeout: {slowest:?}");
+    tokio::time::timeout(Duration::from_secs(5), lost).await.expect("Db::lost completes").unwrap();
+    assert!(!db.is_available());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    pg.up();
+    first_success("PostgreSQL", || select_one(&db)).await;
+}
+
 #[tokio::test]
 async fn redis_marked_down_is_reprobed_on_use_and_recovers_at_once() {
     let _serial = SERIAL.lock().await;

@@ -146,6 +146,12 @@ impl Redis {
         self.inner.available.recovered().await;
     }
 
+    /// Completes when a call next finds Redis gone (set-up re-runs the health checks then, so
+    /// readiness follows at once).
+    pub async fn lost(&self) {
+        self.inner.available.lost().await;
+    }
+
     /// While Redis is down after a lost connection: starts one background `PING` through the
     /// managed connection (which reconnects) if due; a success marks Redis available at once.
     fn reprobe(&self) {

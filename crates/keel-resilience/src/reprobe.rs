@@ -97,6 +97,7 @@ pub struct Availability {
     lost: AtomicBool,
     gate: ProbeGate,
     recovered: tokio::sync::Notify,
+    lost_connection: tokio::sync::Notify,
 }
 
 impl Availability {
@@ -123,6 +124,16 @@ impl Availability {
         if was_up || !was_lost {
             self.gate.arm(Instant::now());
         }
+        if was_up {
+            self.lost_connection.notify_waiters();
+        }
+    }
+
+    /// Completes when the dependency is next marked down by a lost connection
+    /// ([`Availability::lose`]): callers waiting for it give up at once, and readiness can be
+    /// re-checked without waiting for the next periodic check.
+    pub async fn lost(&self) {
+        self.lost_connection.notified().await;
     }
 
     /// Whether the caller should start a re-probe now (down with a lost connection, none in

@@ -119,9 +119,18 @@ struct Inner {
     migrations: Option<Arc<Migrations>>,
     migrations_checked: AtomicBool,
     metrics: metrics::DbMetrics,
+    /// A reachability probe of a slow acquire is running, and when the last one started.
+    probing: AtomicBool,
+    last_probe: std::sync::Mutex<Option<Instant>>,
     /// MySQL backend only: whether the server is MariaDB (asked once, on first need).
     mariadb: std::sync::OnceLock<bool>,
 }
+
+/// How long a wait for a connection, with room in the pool, goes before one direct connection
+/// attempt checks that the database is reachable (see [`Db::acquire`]).
+const PROBE_SLOW_ACQUIRE: Duration = Duration::from_millis(50);
+/// The shortest time between two such attempts.
+const REACHABILITY_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// A statement of the program's with its values bound (see [`Db::fetch_all_within`]).
 pub type BoundQuery = Query<'static, Any, AnyArguments>;
@@ -217,6 +226,8 @@ impl Db {
                 migrations,
                 migrations_checked: AtomicBool::new(false),
                 metrics,
+                probing: AtomicBool::new(false),
+                last_probe: std::sync::Mutex::new(None),
                 mariadb: std::sync::OnceLock::new(),
             }),
         })
@@ -255,6 +266,13 @@ impl Db {
         self.inner.available.recovered().await;
     }
 
+    /// Completes when a call next finds the database gone (a lost connection, or a connection
+    /// that cannot be opened): set-up re-runs the health checks then, so readiness follows at
+    /// once instead of at the next periodic check.
+    pub async fn lost(&self) {
+        self.inner.available.lost().await;
+    }
+
     /// While the database is down after a lost connection: starts one background re-probe if it
     /// is due (one in flight at most, backed off), a fresh connection bounded by
     /// `database.check_timeout`. A success marks it available at once.
@@ -267,6 +285,32 @@ impl Db {
                 tracing::info!(backend = %db.inner.backend, "database answers again (re-probe)");
             }
             db.inner.available.probed(ok);
+        });
+    }
+
+    /// One connection attempt in the background, bounded by `database.check_timeout`; a
+    /// failure marks the database down (waking every call waiting for a connection). At most
+    /// one at a time and one a second, so a pool saturated by load costs the database little.
+    fn probe_reachability(&self) {
+        {
+            let mut last = self.inner.last_probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < REACHABILITY_PROBE_EVERY) {
+                return;
+            }
+            if self.inner.probing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let db = self.clone();
+        tokio::spawn(async move {
+            let limit = db.inner.config.check_timeout.min(db.inner.config.connect.attempt_timeout);
+            if !matches!(tokio::time::timeout(limit, db.try_connect()).await, Ok(Ok(()))) && db.is_available() {
+                tracing::warn!(backend = %db.inner.backend, "the database cannot be reached; calls fail fast until it answers");
+                db.inner.metrics.error("connection_lost");
+                db.inner.available.lose();
+            }
+            db.inner.probing.store(false, std::sync::atomic::Ordering::Release);
         });
     }
 
@@ -291,7 +335,10 @@ impl Db {
     }
 
     /// A connection from the pool, or at once [`DataError::Unavailable`] when the database is
-    /// known to be down; waits at most `database.pool.acquire_timeout`.
+    /// known to be down; waits at most `database.pool.acquire_timeout`. A wait that lasts 50 ms
+    /// (the pool may be retrying a refused connection until the timeout) starts one direct
+    /// connection attempt, at most one a second; if that fails, the database is marked down and
+    /// every call waiting for a connection fails at once.
     ///
     /// # Cancel safety
     ///
@@ -303,7 +350,31 @@ impl Db {
             return Err(self.unavailable());
         }
         let started = Instant::now();
-        let result = self.inner.pool.acquire().await;
+        let result = {
+            let acquire = self.inner.pool.acquire();
+            tokio::pin!(acquire);
+            let probe_after = tokio::time::sleep(PROBE_SLOW_ACQUIRE);
+            tokio::pin!(probe_after);
+            let mut probed = false;
+            loop {
+                tokio::select! {
+                    r = &mut acquire => break r,
+                    // Another call found the database gone: no use waiting out the timeout.
+                    () = self.inner.available.lost() => {
+                        self.inner.metrics.acquired(started.elapsed());
+                        self.inner.metrics.error("unavailable");
+                        return Err(self.unavailable());
+                    }
+                    // Slow: the pool may be retrying a refused connection until the timeout (its
+                    // size counts connections still being opened, so it cannot tell). One
+                    // direct attempt tells at once.
+                    () = &mut probe_after, if !probed => {
+                        probed = true;
+                        self.probe_reachability();
+                    }
+                }
+            }
+        };
         // Failed waits are recorded too: a saturated pool shows in the latency, not as a gap.
         self.inner.metrics.acquired(started.elapsed());
         match result {
