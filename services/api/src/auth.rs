@@ -48,6 +48,16 @@ pub struct LoginRequest {
     /// The password.
     #[schema(schema_with = password)]
     pub password: String,
+    /// The `device_token` an earlier sign-in or password reset of this account gave this
+    /// device: its attempts are then counted apart, so that failures from elsewhere do not
+    /// delay it. Anything else (another account's, expired, malformed) is ignored.
+    #[serde(default)]
+    #[schema(schema_with = device_token)]
+    pub device_token: Option<String>,
+}
+
+fn device_token() -> ObjectBuilder {
+    fields::token().description(Some("A device token from an earlier sign-in or reset of this account."))
 }
 
 /// `POST /api/v1/auth/refresh` and `/logout`.
@@ -132,6 +142,18 @@ pub struct TokenPair {
     /// Seconds until the access token expires.
     #[schema(minimum = 0)]
     pub expires_in: u64,
+    /// Sign-in only: this device's proof that it signed in to the account; send it with the
+    /// device's next sign-ins (`app.lockout.device_ttl`, 180 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
+}
+
+/// The answer to a password reset.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasswordReset {
+    /// The resetting device's proof of the mailbox: send it with its sign-ins, which are then
+    /// not delayed by failures from elsewhere.
+    pub device_token: String,
 }
 
 /// The answer to a registration, the same whatever the address's state: where the mail went.

@@ -25,6 +25,7 @@ use utoipa::openapi::schema::Schema;
     auth::LoginRequest,
     auth::RefreshRequest,
     auth::TokenPair,
+    auth::PasswordReset,
     auth::Registration,
     auth::User,
     events::Event,

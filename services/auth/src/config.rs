@@ -9,6 +9,7 @@
 //!     base_delay: 1s              # the first delay; it doubles with each further failure …
 //!     max_delay: 15m              # … up to this
 //!     window: 1h                  # a counter is forgotten this long after its last failure
+//!     device_ttl: 180days         # a device that signed in is counted apart this long
 //!   refresh_ttl: 30d
 //!   refresh_reuse_grace: 10s   # a spent refresh token used again this soon gets the same successor
 //!   email_verification_ttl: 24h  # how long a mailed verification link works
@@ -76,8 +77,9 @@ pub struct LockoutConfig {
     /// Failed sign-ins from one client IP, whatever the account, before delays start (password
     /// spraying). Default `50`.
     pub ip_free_failures: u32,
-    /// Failed sign-ins for one account from all client IPs together before delays start for
-    /// every IP, the owner's included: far above what a forgetful owner makes. Default `100`.
+    /// Failed sign-ins for one account from all client IPs together, by devices without a
+    /// device token of the account, before delays start for all of them: far above what a
+    /// forgetful owner makes. A device that signed in before is not delayed by it. Default `100`.
     pub account_free_failures: u32,
     /// The first delay; each further failure doubles it. Default `1s`.
     #[serde(with = "keel::config::duration")]
@@ -88,6 +90,11 @@ pub struct LockoutConfig {
     /// A counter is forgotten this long after its last failure. Default `1h`.
     #[serde(with = "keel::config::duration")]
     pub window: Duration,
+    /// How long a device token (given with a successful sign-in or password reset) keeps its
+    /// device counted apart from the account's other failures. Default `180days`, between `1h`
+    /// and `400days`.
+    #[serde(with = "keel::config::duration")]
+    pub device_ttl: Duration,
 }
 
 impl Default for LockoutConfig {
@@ -99,6 +106,7 @@ impl Default for LockoutConfig {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(15 * 60),
             window: Duration::from_secs(3600),
+            device_ttl: Duration::from_secs(180 * 24 * 3600),
         }
     }
 }
@@ -139,6 +147,9 @@ impl Section for AuthConfig {
         }
         if l.max_delay < l.base_delay || l.max_delay > l.window {
             v.invalid("lockout.max_delay", "must be at least lockout.base_delay and at most lockout.window");
+        }
+        if l.device_ttl < Duration::from_secs(3600) || l.device_ttl > Duration::from_secs(400 * 24 * 3600) {
+            v.invalid("lockout.device_ttl", "must be between 1h and 400days");
         }
         if self.refresh_ttl < MIN_REFRESH_TTL || self.refresh_ttl > MAX_REFRESH_TTL {
             v.invalid("refresh_ttl", "must be between 1m and 365days");

@@ -54,6 +54,7 @@ mod accounts;
 mod admin;
 mod cli;
 mod config;
+mod devices;
 mod error;
 mod lockout;
 mod mail;
@@ -116,6 +117,14 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
                     security.jwt.keys"
             .into());
     }
+    let http = &s.keel().http;
+    if !http.trusted_proxies.is_empty() && http.proxy_secret.is_none() {
+        // Lockout and the audit log key on the client's address: an address shared with other
+        // callers (loopback, a pod network) must not let them pick it.
+        return Err("cityevents-auth trusts http.trusted_proxies to tell the client's address: set \
+                    http.proxy_secret too, the value the gateway sends as upstreams.auth.proxy_secret"
+            .into());
+    }
     let jwt = s.jwt()?;
     // Fail at start-up, not at the first sign-in, when the signing key cannot sign.
     jwt.issue(&jwt.claims("start-up-check")).map_err(|e| format!("security.jwt cannot sign: {e}"))?;
@@ -123,6 +132,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let (hasher, policy) = s.passwords()?;
     let keyring = s.keyring()?;
     let index = s.blind_index()?;
+    let devices = devices::DeviceTokens::new(index.clone(), s.config().lockout.device_ttl);
     let db = s.database()?;
     let outbox = s.outbox(&db)?;
     let audit = s.audit_log(&db)?;
@@ -167,6 +177,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let state = routes::AppState {
         accounts,
         lockout,
+        devices,
         refresh,
         mail,
         jwt,

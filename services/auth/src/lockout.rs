@@ -1,23 +1,33 @@
 //! Sign-in throttling: failures are counted per account and client IP, per client IP and per
-//! account, for existing and unknown addresses alike, and answered with progressive delays.
+//! account, for existing and unknown addresses alike, and answered with progressive delays; a
+//! device that signed in to the account before is counted apart, so that attackers cannot turn
+//! the account's delays on its owner (OWASP's "device cookies").
 //!
 //! Each counter is a row of `login_throttle`: its failures and when the last one happened; it is
 //! forgotten `window` after its last failure. Once a counter holds its free failures, the next
 //! attempt must wait `base_delay`, then twice as long after each further failure, up to
-//! `max_delay`. The three counters, and why each exists:
+//! `max_delay`. The counters, and why each exists:
 //!
 //! * **account and IP** (`free_failures`, default 5): someone guessing one account's password
 //!   from one place. It never delays the owner signing in from another address.
 //! * **IP** (`ip_free_failures`, default 50): one place trying many accounts (password spraying).
 //! * **account** (`account_free_failures`, default 100): an account attacked from many
-//!   addresses at once. Only far above normal does it delay everyone, the owner included.
+//!   addresses at once: a limit on the guesses all unknown devices together get.
+//! * **device** (`free_failures`): an attempt that carries a valid device token of the account
+//!   (see [`DeviceTokens`]) is counted only against that device. The account's delays do not
+//!   apply to it, so the owner signs in from a device that succeeded before however many
+//!   addresses attack the account; a stolen device token buys `free_failures` guesses.
 //!
-//! All three gate an attempt, in one transaction that locks their rows in a fixed order
-//! (account, pair, IP). The account-and-IP counter counts the attempt **before** its password is
-//! checked, so concurrent guesses at one account from one place cannot exceed its budget; a
-//! success deletes it. The other two count failures once known: many people signing in at once
-//! from one address (an office, a test) must not look like failures while in flight. While a
-//! delay runs, attempts are refused before any password check and are not counted.
+//! An owner without such a device proves control of the mailbox instead: a password reset ends
+//! the account's delays and hands the resetting device a token.
+//!
+//! The counters an attempt is subject to gate it in one transaction that locks their rows in a
+//! fixed order (account, pair, IP). The first-hand counter (account and IP, or the device)
+//! counts the attempt **before** its password is checked, so concurrent guesses at one account
+//! from one place cannot exceed its budget; a success deletes it. The others count failures
+//! once known: many people signing in at once from one address (an office, a test) must not
+//! look like failures while in flight. While a delay runs, attempts are refused before any
+//! password check and are not counted.
 
 use std::time::Duration;
 
@@ -34,20 +44,32 @@ pub(crate) enum Scope {
     AccountIp,
     /// One client IP, any account.
     Ip,
-    /// One account, any client IP.
+    /// One account, any client IP, from devices without a device token of it.
     Account,
+    /// One device that signed in to the account before (a valid device token).
+    Device,
 }
 
 impl Scope {
-    pub(crate) const ALL: [Self; 3] = [Self::AccountIp, Self::Ip, Self::Account];
+    pub(crate) const ALL: [Self; 4] = [Self::AccountIp, Self::Ip, Self::Account, Self::Device];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::AccountIp => "account_ip",
             Self::Ip => "ip",
             Self::Account => "account",
+            Self::Device => "device",
         }
     }
+}
+
+/// Where a sign-in attempt comes from, as the counters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source<'a> {
+    /// A client IP (its blind index), with no valid device token for the account.
+    Client(&'a str),
+    /// A device that signed in to the account before: the nonce of its valid device token.
+    Device(&'a str),
 }
 
 /// Whether a sign-in attempt may go on.
@@ -60,20 +82,38 @@ pub(crate) enum Gate {
     Locked { retry_after: u64, scope: Scope },
 }
 
-/// The counters one attempt touches, in the order their rows are locked.
+/// One counter: its scope, its row's key, the account it belongs to (deleted with the
+/// account's counters) and its free failures.
+type Counter<'a> = (Scope, String, Option<&'a str>, u32);
+
+/// The counters one attempt touches, in the order their rows are locked, and which of them is
+/// first-hand (counted before the password check, deleted by a success).
 struct Counters<'a> {
-    keys: [(Scope, String, Option<&'a str>, u32); 3],
+    keys: Vec<Counter<'a>>,
+    first_hand: usize,
 }
 
 impl<'a> Counters<'a> {
-    fn new(cfg: &LockoutConfig, bidx: &'a str, client: &str) -> Self {
-        Self {
-            keys: [
-                (Scope::Account, format!("a:{bidx}"), Some(bidx), cfg.account_free_failures),
-                (Scope::AccountIp, format!("p:{bidx}:{client}"), Some(bidx), cfg.free_failures),
-                (Scope::Ip, format!("i:{client}"), None, cfg.ip_free_failures),
-            ],
+    fn new(cfg: &LockoutConfig, bidx: &'a str, source: Source<'_>) -> Self {
+        match source {
+            Source::Client(client) => Self {
+                keys: vec![
+                    (Scope::Account, format!("a:{bidx}"), Some(bidx), cfg.account_free_failures),
+                    (Scope::AccountIp, format!("p:{bidx}:{client}"), Some(bidx), cfg.free_failures),
+                    (Scope::Ip, format!("i:{client}"), None, cfg.ip_free_failures),
+                ],
+                first_hand: 1,
+            },
+            // 2 + 64 + 1 + 32 characters: within the column's 160.
+            Source::Device(nonce) => Self {
+                keys: vec![(Scope::Device, format!("d:{bidx}:{nonce}"), Some(bidx), cfg.free_failures)],
+                first_hand: 0,
+            },
         }
+    }
+
+    fn first_hand(&self) -> &Counter<'a> {
+        &self.keys[self.first_hand]
     }
 }
 
@@ -187,22 +227,21 @@ impl Lockout {
         Self { db, cfg }
     }
 
-    /// Starts a sign-in attempt for the address `bidx` from the client `client` (both blind
-    /// indexes): refused while a delay of any counter runs; otherwise counted in the
-    /// account-and-IP counter before the password is checked. Then [`Self::failed`] or
-    /// [`Self::succeeded`].
-    pub(crate) async fn attempt(&self, bidx: &str, client: &str) -> Result<Gate, DataError> {
-        retrying(|| self.try_attempt(bidx, client)).await
+    /// Starts a sign-in attempt for the address `bidx` (a blind index) from `source`: refused
+    /// while a delay of any counter it is subject to runs; otherwise counted in its first-hand
+    /// counter before the password is checked. Then [`Self::failed`] or [`Self::succeeded`].
+    pub(crate) async fn attempt(&self, bidx: &str, source: Source<'_>) -> Result<Gate, DataError> {
+        retrying(|| self.try_attempt(bidx, source)).await
     }
 
-    async fn try_attempt(&self, bidx: &str, client: &str) -> Result<Gate, DataError> {
+    async fn try_attempt(&self, bidx: &str, source: Source<'_>) -> Result<Gate, DataError> {
         let db = &self.db;
         let now = to_micros(now());
         let stale = now.saturating_sub(micros(self.cfg.window));
-        let counters = Counters::new(&self.cfg, bidx, client);
+        let counters = Counters::new(&self.cfg, bidx, source);
         // READ COMMITTED: the read after the locking write must see concurrent attempts' rows.
         let mut tx = db.begin_read_committed().await?;
-        let mut counts = Vec::with_capacity(3);
+        let mut counts = Vec::with_capacity(counters.keys.len());
         for (scope, key, email, free) in &counters.keys {
             ensure(db, &mut tx, key, *email, now).await?;
             forget_if_stale(db, &mut tx, key, stale).await?;
@@ -224,34 +263,45 @@ impl Lockout {
             let secs = (until - now).div_euclid(1_000_000) + 1;
             return Ok(Gate::Locked { retry_after: u64::try_from(secs).unwrap_or(1), scope });
         }
-        let [_, (_, pair, _, _), _] = &counters.keys;
-        count_failure(db, &mut tx, pair, now).await?;
+        count_failure(db, &mut tx, &counters.first_hand().1, now).await?;
         tx.commit().await.obs(db)?;
-        // The pair is the second counter (see `Counters::new`).
-        let (_, pair_failures, _, pair_free) = counts[1];
-        Ok(Gate::Open { spent: pair_failures + 1 == i64::from(pair_free) })
+        let (_, failures, _, free) = counts[counters.first_hand];
+        Ok(Gate::Open { spent: failures + 1 == i64::from(free) })
     }
 
-    /// The attempt [`Self::attempt`] let in failed: counted for the account and the client IP.
-    /// Returns the counters it brought to their free failures (each further attempt they cover
-    /// is delayed), the account-and-IP one first when `attempt` said so.
-    pub(crate) async fn failed(&self, bidx: &str, client: &str, pair_spent: bool) -> Result<Vec<Scope>, DataError> {
-        retrying(|| self.try_failed(bidx, client, pair_spent)).await
+    /// The attempt [`Self::attempt`] let in failed: counted in the other counters it is
+    /// subject to. Returns the counters it brought to their free failures (each further attempt
+    /// they cover is delayed), the first-hand one first when `attempt` said so.
+    pub(crate) async fn failed(
+        &self,
+        bidx: &str,
+        source: Source<'_>,
+        first_hand_spent: bool,
+    ) -> Result<Vec<Scope>, DataError> {
+        retrying(|| self.try_failed(bidx, source, first_hand_spent)).await
     }
 
-    async fn try_failed(&self, bidx: &str, client: &str, pair_spent: bool) -> Result<Vec<Scope>, DataError> {
+    async fn try_failed(
+        &self,
+        bidx: &str,
+        source: Source<'_>,
+        first_hand_spent: bool,
+    ) -> Result<Vec<Scope>, DataError> {
         let db = &self.db;
         let now = to_micros(now());
         let stale = now.saturating_sub(micros(self.cfg.window));
-        let counters = Counters::new(&self.cfg, bidx, client);
+        let counters = Counters::new(&self.cfg, bidx, source);
         let mut spent = Vec::new();
-        if pair_spent {
-            spent.push(Scope::AccountIp);
+        if first_hand_spent {
+            spent.push(counters.first_hand().0);
+        }
+        if counters.keys.len() == 1 {
+            return Ok(spent);
         }
         // READ COMMITTED: the read after the locking write must see concurrent attempts' rows.
         let mut tx = db.begin_read_committed().await?;
-        for (scope, key, email, free) in &counters.keys {
-            if *scope == Scope::AccountIp {
+        for (i, (scope, key, email, free)) in counters.keys.iter().enumerate() {
+            if i == counters.first_hand {
                 continue;
             }
             // Made by `attempt`, unless pruned since.
@@ -267,14 +317,13 @@ impl Lockout {
         Ok(spent)
     }
 
-    /// The attempt [`Self::attempt`] let in succeeded: its account-and-IP counter is deleted.
-    pub(crate) async fn succeeded(&self, bidx: &str, client: &str) -> Result<(), DataError> {
+    /// The attempt [`Self::attempt`] let in succeeded: its first-hand counter is deleted.
+    pub(crate) async fn succeeded(&self, bidx: &str, source: Source<'_>) -> Result<(), DataError> {
         let db = &self.db;
-        let counters = Counters::new(&self.cfg, bidx, client);
-        let [_, (_, pair, _, _), _] = &counters.keys;
+        let counters = Counters::new(&self.cfg, bidx, source);
         let mut conn = db.acquire().await?;
         sqlx::query(db.statement("DELETE FROM login_throttle WHERE bucket = $1"))
-            .bind(pair)
+            .bind(&counters.first_hand().1)
             .execute(&mut *conn)
             .await
             .obs(db)?;

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cityevents_api::auth::{
     AccountBanRequest as BanBody, EmailRequest as EmailBody, LoginRequest as LoginBody,
-    PasswordChangeRequest as ChangeBody, PasswordResetRequest as ResetBody, RefreshRequest as RefreshBody,
-    RegisterRequest as RegisterBody, Registration, RoleRequest as RoleBody, Session, SessionList as Sessions,
-    TokenPair, TokenRequest as TokenBody,
+    PasswordChangeRequest as ChangeBody, PasswordReset, PasswordResetRequest as ResetBody,
+    RefreshRequest as RefreshBody, RegisterRequest as RegisterBody, Registration, RoleRequest as RoleBody, Session,
+    SessionList as Sessions, TokenPair, TokenRequest as TokenBody,
 };
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
@@ -29,11 +29,12 @@ use uuid::Uuid;
 use crate::accounts::{
     Accounts, ManagedUser, User, UserFilter, UserRow, check_new_password, normalize_email, validate_name,
 };
+use crate::devices::DeviceTokens;
 use crate::error::{
     ApiError, FieldError, already_verified, invalid_credentials, invalid_refresh_token, invalid_token, locked,
     refresh_reused,
 };
-use crate::lockout::{Gate, Lockout};
+use crate::lockout::{Gate, Lockout, Source};
 use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
@@ -50,6 +51,8 @@ use keel::events::outbox::Outbox;
 pub(crate) struct AppState {
     pub(crate) accounts: Accounts,
     pub(crate) lockout: Lockout,
+    /// Proof that a device signed in to an account before (see [`crate::devices`]).
+    pub(crate) devices: DeviceTokens,
     pub(crate) refresh: RefreshTokens,
     pub(crate) mail: AccountMail,
     pub(crate) jwt: Jwt,
@@ -149,7 +152,7 @@ fn not_found() -> Problem {
 }
 
 /// Tokens are secrets: no cache may keep the response.
-fn token_response(pair: TokenPair) -> Response {
+fn token_response(pair: impl serde::Serialize) -> Response {
     let mut resp = axum::Json(pair).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -405,7 +408,7 @@ async fn reset_password(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<ResetBody>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let token = token_input(&b.token)?;
     if b.password.is_empty() {
         return Err(FieldError::new("password", "is required").into());
@@ -428,7 +431,8 @@ async fn reset_password(
     s.accounts.set_verified(&mut tx, &row.id).await?;
     let (sessions, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
     s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
-    s.lockout.clear_account(&mut tx, &s.accounts.email_index(&user.email)).await?;
+    let bidx = s.accounts.email_index(&user.email);
+    s.lockout.clear_account(&mut tx, &bidx).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     if row.email_verified_at.is_none() {
         let verified = crate::accounts::User { email_verified: true, ..user.clone() };
@@ -438,7 +442,8 @@ async fn reset_password(
     let target = user_target(&row.id);
     let details = json!({ "ip": ip, "revoked_tokens": sessions });
     s.accounts.audit(&target, "auth.password_reset", &target, Outcome::Success, details).await;
-    Ok(StatusCode::NO_CONTENT)
+    // The mailbox is proven: this device signs in however many failures others cause.
+    Ok(token_response(PasswordReset { device_token: s.devices.issue(&bidx) }))
 }
 
 /// Changes the caller's password (the current one required, throttled like a sign-in): every
@@ -466,7 +471,7 @@ async fn change_password(
     check_new_password(&s.accounts.policy, &b.new_password, &user.email)
         .map_err(|e| FieldError::new("new_password", e.message))?;
     let (bidx, client) = (s.accounts.email_index(&user.email), s.accounts.client_index(&ip));
-    let spent = match s.lockout.attempt(&bidx, &client).await? {
+    let spent = match s.lockout.attempt(&bidx, Source::Client(&client)).await? {
         Gate::Open { spent } => spent,
         Gate::Locked { retry_after, .. } => return Err(locked(retry_after).into()),
     };
@@ -474,10 +479,10 @@ async fn change_password(
         let target = user_target(&row.id);
         let details = json!({ "reason": "invalid_credentials", "ip": ip });
         s.accounts.audit(&target, "auth.password_change", &target, Outcome::Failure, details).await;
-        s.lockout.failed(&bidx, &client, spent).await?;
+        s.lockout.failed(&bidx, Source::Client(&client), spent).await?;
         return Err(FieldError::new("current_password", "is wrong").into());
     }
-    s.lockout.succeeded(&bidx, &client).await?;
+    s.lockout.succeeded(&bidx, Source::Client(&client)).await?;
     let phc = s.accounts.hasher.hash(&b.new_password).await?;
     let mut tx = s.accounts.db.begin().await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
@@ -560,6 +565,9 @@ fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
     if b.password.len() > s.accounts.policy.max_length {
         return Err(FieldError::new("password", format!("must be at most {} bytes", s.accounts.policy.max_length)));
     }
+    if b.device_token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
+        return Err(FieldError::new("device_token", format!("must be at most {MAX_TOKEN_LEN} characters")));
+    }
     Ok(email)
 }
 
@@ -579,14 +587,18 @@ async fn login(
     };
     let bidx = s.accounts.email_index(&email);
     let client = s.accounts.client_index(&ip);
+    // A device that signed in to this account before is counted on its own.
+    let device = b.device_token.as_deref().and_then(|t| s.devices.verify(&bidx, t));
+    let source = device.map_or(Source::Client(&client), Source::Device);
     let anonymous_target = format!("email_index:{bidx}");
     // Before the account lookup and the password check: a delayed address gets the same quick
     // answer whether or not an account has it.
-    let spent = match s.lockout.attempt(&bidx, &client).await? {
+    let spent = match s.lockout.attempt(&bidx, source).await? {
         Gate::Open { spent } => spent,
         Gate::Locked { retry_after, scope } => {
             s.metrics.count(LoginOutcome::Locked);
-            let details = json!({ "reason": "locked", "scope": scope.label(), "ip": ip });
+            let details =
+                json!({ "reason": "locked", "scope": scope.label(), "ip": ip, "known_device": device.is_some() });
             s.accounts.audit("anonymous", "auth.login", &anonymous_target, Outcome::Denied, details).await;
             return Err(locked(retry_after).into());
         }
@@ -602,10 +614,10 @@ async fn login(
         other => {
             s.metrics.count(LoginOutcome::InvalidCredentials);
             let target = other.as_ref().map_or_else(|| anonymous_target.clone(), |r| user_target(&r.id));
-            let details = json!({ "reason": "invalid_credentials", "ip": ip });
+            let details = json!({ "reason": "invalid_credentials", "ip": ip, "known_device": device.is_some() });
             s.accounts.audit("anonymous", "auth.login", &target, Outcome::Failure, details).await;
             // These counters now delay each further attempt they cover.
-            for scope in s.lockout.failed(&bidx, &client, spent).await? {
+            for scope in s.lockout.failed(&bidx, source, spent).await? {
                 s.metrics.throttled(scope);
                 let details = json!({ "scope": scope.label(), "ip": ip });
                 s.accounts.audit("system", "auth.lockout", &target, Outcome::Success, details).await;
@@ -613,7 +625,7 @@ async fn login(
             return Err(invalid_credentials().into());
         }
     };
-    s.lockout.succeeded(&bidx, &client).await?;
+    s.lockout.succeeded(&bidx, source).await?;
     if row.banned() {
         s.metrics.count(LoginOutcome::Banned);
         let details = json!({ "reason": "account_banned", "ip": ip });
@@ -639,12 +651,14 @@ async fn login(
     };
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
-    s.accounts.audit(&target, "auth.login", &target, Outcome::Success, json!({ "ip": ip })).await;
+    let details = json!({ "ip": ip, "known_device": device.is_some() });
+    s.accounts.audit(&target, "auth.login", &target, Outcome::Success, details).await;
     Ok(token_response(TokenPair {
         access_token: access,
         refresh_token,
         token_type: "Bearer".to_owned(),
         expires_in: s.access_ttl,
+        device_token: Some(s.devices.issue(&bidx)),
     }))
 }
 
@@ -695,6 +709,7 @@ fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool, 
         refresh_token: token,
         token_type: "Bearer".to_owned(),
         expires_in: s.access_ttl,
+        device_token: None,
     }))
 }
 

@@ -159,7 +159,23 @@ async fn capacity_waitlist_idempotency_and_promotion(backend: Backend) {
     assert_eq!((change.event_title.as_str(), change.event_id), ("Jazz in the park", id));
     svc.stop().await;
 }
-on_every_backend!(capacity_waitlist_idempotency_and_promotion);
+on_every_backend!(capacity_waitlist_idempotency_and_promotion, unverified_accounts_may_join);
+
+/// The policy (docs/cityevents.md, *Joins*): an account whose address is not verified yet may
+/// join an event, like anyone, within its capacity (it may not create events). A verified
+/// address would not stop a squatter, who has throwaway mailboxes; the gateway's per-user and
+/// per-address rate limits and the organizer's bans do.
+async fn unverified_accounts_may_join(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let ev = svc.publish_event(organizer.id, 1).await;
+    let id = Uuid::now_v7();
+    let newcomer = User { id, token: KEY.unverified_token(&id.to_string(), "user") };
+    let (s, joined) = svc.join(&newcomer, ev.event_id, &key()).await;
+    assert_eq!((s, joined["status"].as_str()), (201, Some("confirmed")), "{joined}");
+    let (s, second) = svc.join(&svc.user(), ev.event_id, &key()).await;
+    assert_eq!((s, second["status"].as_str()), (201, Some("waitlisted")), "the same capacity: {second}");
+}
 
 // ---------------------------------------------------------------------------------------------
 

@@ -203,6 +203,14 @@ impl Svc {
         Self::read(client.post(self.app.url("/api/v1/auth/login")).json(&body).send().await.unwrap()).await
     }
 
+    /// Signs in from `127.0.0.<host>` with a device token.
+    pub async fn login_device(&self, host: u8, email: &str, password: &str, device: &str) -> Reply {
+        let client =
+            reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
+        let body = serde_json::json!({"email": email, "password": password, "device_token": device});
+        Self::read(client.post(self.app.url("/api/v1/auth/login")).json(&body).send().await.unwrap()).await
+    }
+
     /// Moves every sign-in counter's last failure `secs` into the past.
     pub async fn age_login_failures(&self, secs: i64) {
         // A literal: the placeholder syntax differs between the backends.

@@ -26,6 +26,11 @@ pub(crate) fn all() -> Vec<Spec> {
             .answer::<auth::Registration>(202, "Accepted: a mail to the address says what happened.")
             .errors(&[401]),
         op(Post, "/api/v1/auth/login", "login", "Sign in")
+            .describe(
+                "Failed sign-ins are delayed per account and address, per address, and per account for \
+                devices without a `device_token` of the account (`429 locked` with `Retry-After`). A device \
+                that signed in before sends the `device_token` it was given and is counted on its own.",
+            )
             .body::<auth::LoginRequest>()
             .answer::<auth::TokenPair>(200, "An access and a refresh token.")
             .errors(&[401])
@@ -71,10 +76,11 @@ pub(crate) fn all() -> Vec<Spec> {
                 "Spends the token: the new password is set, every session of the account ends, its sign-in \
                 delays are lifted and its address counts as verified; the owner is told by mail. A password the \
                 policy refuses leaves the token unspent. Unknown, used, replaced and expired tokens get the same \
-                400 `invalid_token`.",
+                400 `invalid_token`. The answer's device token lets this device sign in however many failures \
+                others cause.",
             )
             .body::<auth::PasswordResetRequest>()
-            .empty(204, "The password is set; sign in again."),
+            .answer::<auth::PasswordReset>(200, "The password is set; sign in again, with the device token."),
         op(Post, "/api/v1/auth/password", "changePassword", "Change the caller's password")
             .describe(
                 "The current password is required (a wrong one counts as a failed sign-in: 400 naming \

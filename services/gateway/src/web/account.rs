@@ -7,7 +7,7 @@ use askama::Template;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Form, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use cityevents_api::auth::{Registration, TokenPair};
+use cityevents_api::auth::{PasswordReset, Registration, TokenPair};
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -83,15 +83,19 @@ pub(crate) struct LoginForm {
 /// `POST /login`.
 pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form): Form<LoginForm>) -> Response {
     let next = pages::local_path(form.next.as_deref());
-    let body = json!({ "email": form.email.trim(), "password": form.password });
+    let mut body = json!({ "email": form.email.trim(), "password": form.password });
+    if let Some(device) = &page.device {
+        body["device_token"] = json!(device);
+    }
     let signed = match site.post::<TokenPair>(Upstream::Auth, "/api/v1/auth/login", None, &body, &page.address).await {
-        Ok(pair) => site.sessions.started(&site, &pair, &page.address).await.map(|_| pair.refresh_token),
+        Ok(pair) => site.sessions.started(&site, &pair, &page.address).await.map(|_| pair),
         Err(f) => Err(f),
     };
     match signed {
-        Ok(refresh) => {
+        Ok(pair) => {
             let to = if next == "/" { "/?notice=signed_in".to_owned() } else { next };
-            session::start(Redirect::to(&to).into_response(), refresh)
+            let resp = session::start(Redirect::to(&to).into_response(), pair.refresh_token);
+            session::remember_device(resp, pair.device_token)
         }
         Err(f) => {
             let mut errors = Errors::of(&f);
@@ -333,11 +337,13 @@ pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form):
         .await
     };
     match result {
-        Ok(_) if setting => {
+        Ok(answer) if setting => {
             if let Some(signed) = &page.viewer.signed {
                 site.sessions.forget(&signed.refresh);
             }
-            session::end(Redirect::to("/login?notice=password_reset"))
+            // The reset proved the mailbox: this browser's sign-ins are counted on their own.
+            let device = serde_json::from_slice::<PasswordReset>(&answer.body).ok().map(|r| r.device_token);
+            session::remember_device(session::end(Redirect::to("/login?notice=password_reset")), device)
         }
         Ok(_) => {
             let t = ResetPage {

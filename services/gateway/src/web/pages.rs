@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::Site;
 use super::call::Failure;
-use super::session::{ClientAddress, Csrf, Viewer};
+use super::session::{ClientAddress, Csrf, KnownDevice, Viewer};
 use crate::routes::Upstream;
 
 /// The cookie `site.js` sets to the browser's IANA time zone, so the next pages are rendered in
@@ -57,6 +57,8 @@ pub(crate) struct Page {
     pub(crate) viewer: Viewer,
     pub(crate) csrf: String,
     pub(crate) address: HeaderValue,
+    /// The device cookie: the device token auth gave this browser.
+    pub(crate) device: Option<String>,
     pub(crate) notice: Option<&'static str>,
     /// The viewer's zone, when their browser told it; else `None` (each event's own).
     pub(crate) zone: Option<Zone>,
@@ -69,6 +71,7 @@ impl Page {
             viewer: ext.get::<Viewer>().cloned().unwrap_or_default(),
             csrf: ext.get::<Csrf>().map(|c| c.0.clone()).unwrap_or_default(),
             address: ext.get::<ClientAddress>().map_or_else(|| HeaderValue::from_static("0.0.0.0"), |a| a.0.clone()),
+            device: ext.get::<KnownDevice>().and_then(|d| d.0.clone()),
             notice: None,
             zone: None,
         }

@@ -45,6 +45,9 @@ pub(crate) const FORM_LIMIT: usize = 32 * 1024;
 /// How long a session cookie lives in the browser: auth's default refresh-token lifetime. A
 /// token auth has expired sooner is refused at the next refresh, and the cookie cleared.
 const SESSION_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The device cookie's lifetime: that of auth's device tokens (`app.lockout.device_ttl`'s
+/// default); auth ignores a token past its own setting.
+const DEVICE_MAX_AGE: Duration = Duration::from_secs(180 * 24 * 3600);
 
 /// Most sessions whose access token is kept in memory; past it the one expiring first goes.
 const MAX_CACHED: usize = 20_000;
@@ -93,6 +96,15 @@ pub(crate) struct Csrf(pub(crate) String);
 #[derive(Debug, Clone)]
 pub(crate) struct ClientAddress(pub(crate) HeaderValue);
 
+/// The device token auth gave this browser at an earlier sign-in or reset (a request extension):
+/// sent with sign-ins so that failures from elsewhere do not delay them.
+#[derive(Debug, Clone)]
+pub(crate) struct KnownDevice(pub(crate) Option<String>);
+
+/// A device token to keep in the device cookie (a response extension).
+#[derive(Debug, Clone)]
+struct RememberDevice(String);
+
 /// What a handler did to the session (a response extension the middleware turns into cookies).
 #[derive(Debug, Clone)]
 pub(crate) enum SessionChange {
@@ -129,6 +141,11 @@ impl Sessions {
     /// The CSRF cookie's name.
     pub(crate) fn csrf_cookie(&self) -> &'static str {
         if self.secure { "__Host-ce_csrf" } else { "ce_csrf" }
+    }
+
+    /// The device cookie's name: it outlives sign-outs (it proves the device, not a session).
+    pub(crate) fn device_cookie(&self) -> &'static str {
+        if self.secure { "__Host-ce_device" } else { "ce_device" }
     }
 
     fn cookie(&self, name: &'static str, value: String, max_age: Duration) -> HeaderValue {
@@ -289,7 +306,14 @@ pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next
     req.extensions_mut().insert(viewer);
     req.extensions_mut().insert(Csrf(csrf.clone()));
     req.extensions_mut().insert(ClientAddress(address));
+    // Bounded like a token: anything longer is not one of auth's.
+    let device = cookie_value(req.headers(), sessions.device_cookie()).filter(|d| d.len() <= 256);
+    req.extensions_mut().insert(KnownDevice(device));
     let mut resp = next.run(req).await;
+    if let Some(RememberDevice(token)) = resp.extensions_mut().remove::<RememberDevice>() {
+        let c = sessions.cookie(sessions.device_cookie(), token, DEVICE_MAX_AGE);
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     let change = resp.extensions_mut().remove::<SessionChange>().or(change);
     match change {
         Some(SessionChange::Start(refresh)) => {
@@ -344,6 +368,15 @@ pub(crate) fn start(mut resp: Response, refresh: String) -> Response {
     resp
 }
 
+/// A response that keeps `device_token` (auth's, from a sign-in or reset) in the device cookie.
+pub(crate) fn remember_device(mut resp: Response, device_token: Option<String>) -> Response {
+    // Auth's tokens are ASCII without `;` or spaces: anything else is not kept.
+    if let Some(token) = device_token.filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')) {
+        resp.extensions_mut().insert(RememberDevice(token));
+    }
+    resp
+}
+
 /// A response that signs the browser out.
 pub(crate) fn end(resp: impl IntoResponse) -> Response {
     let mut resp = resp.into_response();
@@ -380,6 +413,23 @@ mod tests {
     }
 
     #[test]
+    fn only_auths_device_tokens_are_kept() {
+        let kept = |t: &str| {
+            remember_device(Response::new(Body::empty()), Some(t.to_owned()))
+                .extensions()
+                .get::<RememberDevice>()
+                .is_some()
+        };
+        assert!(kept("1764000000.0123456789abcdef0123456789abcdef.00ff"));
+        for bad in ["a; Domain=evil.example", "a b", "a\u{e9}", "a,b"] {
+            assert!(!kept(bad), "{bad}");
+        }
+        assert!(remember_device(Response::new(Body::empty()), None).extensions().get::<RememberDevice>().is_none());
+        let secure = Sessions::new(true);
+        assert_eq!(secure.device_cookie(), "__Host-ce_device");
+    }
+
+    #[test]
     fn the_cookie_header_is_read_by_name() {
         let mut h = http::HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1; ce_session=tok; b=2"));
@@ -391,6 +441,7 @@ mod tests {
 
     fn pair(expires_in: u64) -> TokenPair {
         TokenPair {
+            device_token: None,
             access_token: "access".into(),
             refresh_token: "refresh".into(),
             token_type: "Bearer".into(),
