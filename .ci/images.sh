@@ -200,6 +200,7 @@ mkdir -p "$sec"
 openssl genpkey -algorithm ed25519 -out "$sec/jwt-private.pem" 2>/dev/null
 openssl pkey -in "$sec/jwt-private.pem" -pubout -out "$sec/jwt-public.pem" 2>/dev/null
 openssl rand -hex 24 >"$sec/admin-token"
+openssl rand -hex 24 >"$sec/proxy-secret"
 env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/master.key"
 env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/blind-index.key"
 env -u KEEL_CONFIG KEEL_ENV=test dist/cityevents-auth keys generate >"$sec/audit.key"
@@ -215,7 +216,8 @@ notifier_data_key=$(env -u KEEL_CONFIG KEEL_ENV=test \
 for s in "${SERVICES[@]}"; do
   mkdir -p "$sec/$s"
   files=(jwt-public.pem admin-token)
-  [[ $s == auth ]] && files+=(jwt-private.pem master.key blind-index.key audit.key)
+  [[ $s == auth ]] && files+=(jwt-private.pem master.key blind-index.key audit.key proxy-secret)
+  [[ $s == gateway ]] && files+=(proxy-secret)
   [[ $s == notifier ]] && files+=(notifier-master.key)
   for f in "${files[@]}"; do cp "$sec/$f" "$sec/$s/"; done
   chmod 755 "$sec/$s"
@@ -234,6 +236,7 @@ env_file=$work/env
   echo "CITYEVENTS_AUTH_MASTER_KEY_FILE=/run/secrets/master.key"
   echo "CITYEVENTS_AUTH_BLIND_INDEX_KEY_FILE=/run/secrets/blind-index.key"
   echo "CITYEVENTS_AUTH_AUDIT_KEY_FILE=/run/secrets/audit.key"
+  echo "CITYEVENTS_PROXY_SECRET_FILE=/run/secrets/proxy-secret"
   echo "CITYEVENTS_AUTH_DATA_KEY=$data_key"
   echo "CITYEVENTS_NOTIFIER_MASTER_KEY_FILE=/run/secrets/notifier-master.key"
   echo "CITYEVENTS_NOTIFIER_DATA_KEY=$notifier_data_key"

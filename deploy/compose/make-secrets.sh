@@ -16,6 +16,8 @@
 #   <service>-db.pgpass               auth, events, joins, notifier: `*:*:cityevents_<service>:
 #                                     cityevents_<service>:<password>`, the service's PGPASSFILE
 #   <service>-admin-token             all five: the bearer token of /admin/* on the management port
+#   proxy-secret                      auth's http.proxy_secret, which the gateway sends: auth trusts
+#                                     its X-Forwarded-For only with it
 #
 # Passwords and tokens are 24 random bytes in hex (openssl rand). Every file is mode 0600; run as
 # root, the script gives them to 65532:65532, the user the City Events containers run as
@@ -53,7 +55,7 @@ owner=${CITYEVENTS_SECRETS_OWNER:-65532:65532}
 DB_SERVICES=(auth events joins notifier)
 SERVICES=(auth events joins notifier gateway)
 files=(jwt-private.pem jwt-public.pem master.key blind-index.key audit.key auth.env
-  notifier-master.key notifier.env postgres-password)
+  notifier-master.key notifier.env postgres-password proxy-secret)
 # Read by compose itself (env_file), as the user who runs it: not given to the containers' user.
 env_files=(auth.env notifier.env)
 for s in "${DB_SERVICES[@]}"; do files+=("$s-db.pgpass"); done
@@ -85,6 +87,7 @@ openssl rand -base64 32 >"$new/blind-index.key"
 openssl rand -base64 32 >"$new/audit.key"
 openssl rand -base64 32 >"$new/notifier-master.key"
 openssl rand -hex 24 >"$new/postgres-password"
+openssl rand -hex 24 >"$new/proxy-secret"
 for s in "${DB_SERVICES[@]}"; do
   printf '*:*:cityevents_%s:cityevents_%s:%s\n' "$s" "$s" "$(openssl rand -hex 24)" >"$new/$s-db.pgpass"
 done

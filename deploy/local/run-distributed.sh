@@ -91,6 +91,8 @@ if [[ ! -f "$STATE/jwt-private.pem" ]]; then
 fi
 # The audit log's chain key (a state directory from before it existed gets one too).
 [[ -f "$STATE/audit.key" ]] || KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/audit.key"
+# Auth trusts the gateway's X-Forwarded-For only with this secret (likewise).
+[[ -f "$STATE/proxy-secret" ]] || openssl rand -hex 24 >"$STATE/proxy-secret"
 # The notifier's keys for mail addresses (likewise).
 if [[ ! -f "$STATE/notifier-data-key" ]]; then
   KEEL_ENV="test" "$CITYEVENTS_BIN" auth keys generate >"$STATE/notifier-master.key"
@@ -106,6 +108,7 @@ export CITYEVENTS_JWT_PRIVATE_KEY_FILE="$STATE/jwt-private.pem"
 export CITYEVENTS_AUTH_MASTER_KEY_FILE="$STATE/master.key"
 export CITYEVENTS_AUTH_BLIND_INDEX_KEY_FILE="$STATE/blind-index.key"
 export CITYEVENTS_AUTH_AUDIT_KEY_FILE="$STATE/audit.key"
+export CITYEVENTS_PROXY_SECRET_FILE="$STATE/proxy-secret"
 CITYEVENTS_AUTH_DATA_KEY=$(cat "$STATE/data-key")
 export CITYEVENTS_AUTH_DATA_KEY
 export CITYEVENTS_NOTIFIER_MASTER_KEY_FILE="$STATE/notifier-master.key"

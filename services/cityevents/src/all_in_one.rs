@@ -35,6 +35,10 @@ struct DevSecrets {
     /// before it existed.
     #[serde(default)]
     admin_token: String,
+    /// Auth's `http.proxy_secret`, which the gateway sends; added to a file written before it
+    /// existed.
+    #[serde(default)]
+    proxy_secret: String,
 }
 
 /// The profile from `KEEL_ENV`, or the exit code for an invalid one.
@@ -70,6 +74,7 @@ fn new_dev_secrets() -> Result<DevSecrets, String> {
         blind_index_key: generate_key(),
         audit_key: generate_key(),
         admin_token: generate_key(),
+        proxy_secret: generate_key(),
     })
 }
 
@@ -78,12 +83,11 @@ fn load_or_create_dev_secrets() -> Result<DevSecrets, String> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let mut secrets: DevSecrets =
             serde_json::from_str(&text).map_err(|e| format!("{DEV_SECRETS} is not valid: {e} (delete it)"))?;
-        if secrets.audit_key.is_empty() || secrets.admin_token.is_empty() {
-            if secrets.audit_key.is_empty() {
-                secrets.audit_key = generate_key();
-            }
-            if secrets.admin_token.is_empty() {
-                secrets.admin_token = generate_key();
+        if secrets.audit_key.is_empty() || secrets.admin_token.is_empty() || secrets.proxy_secret.is_empty() {
+            for key in [&mut secrets.audit_key, &mut secrets.admin_token, &mut secrets.proxy_secret] {
+                if key.is_empty() {
+                    *key = generate_key();
+                }
             }
             let text = serde_json::to_string_pretty(&secrets).map_err(|e| e.to_string())?;
             // The file exists, owner-only: writing keeps its mode.
@@ -157,8 +161,13 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
         set("HTTP__ADDR", "127.0.0.1".into());
     }
     if name == services::AUTH.0 {
-        // The gateway's X-Forwarded-For gives the audit log the client's address.
+        // The gateway's X-Forwarded-For gives lockout and the audit log the client's address.
         set("HTTP__TRUSTED_PROXIES", "127.0.0.1/32".into());
+    }
+    if mode == Mode::AllInOne && profile != Profile::Development {
+        // Every other process on the machine shares 127.0.0.1: only the gateway, which has this
+        // process's secret, may tell auth a client's address.
+        set_proxy_secret(name, &mut set, process_proxy_secret());
     }
     if profile == Profile::Development {
         let unwritten;
@@ -181,6 +190,7 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
             set("SECURITY__AUDIT__ACTIVE_KEY", DEV_KID.into());
             set(&format!("SECURITY__AUDIT__KEYS__{DEV_KID}__SECRET"), s.audit_key.clone());
         }
+        set_proxy_secret(name, &mut set, &s.proxy_secret);
         if name == services::NOTIFIER.0 {
             // Mail contacts are encrypted at rest like auth's accounts (development: same keys).
             set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key.clone());
@@ -189,6 +199,22 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
         }
     }
     Ok(vars)
+}
+
+/// Auth's `http.proxy_secret` and the gateway's `upstreams.auth.proxy_secret`, for service
+/// `name`.
+fn set_proxy_secret(name: &str, set: &mut impl FnMut(&str, String), secret: &str) {
+    if name == services::AUTH.0 {
+        set("HTTP__PROXY_SECRET", secret.to_owned());
+    } else if name == services::GATEWAY.0 {
+        set("UPSTREAMS__AUTH__PROXY_SECRET", secret.to_owned());
+    }
+}
+
+/// A proxy secret made for this process, the same for every service in it.
+fn process_proxy_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(generate_key)
 }
 
 fn loader(name: &str, profile: Profile) -> Result<Loader, String> {

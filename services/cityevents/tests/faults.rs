@@ -444,6 +444,50 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
 }
 
 /// Applies `fault`; returns when the dependency is back (or the service restarted).
+/// For `lasting`, samples every service's `/health/ready` every 250 ms, running `also` between
+/// samples; what each answered, by status.
+async fn readiness_while<F: Future<Output = ()>>(
+    platform: &Platform,
+    lasting: Duration,
+    also: impl Fn() -> F,
+) -> BTreeMap<&'static str, BTreeMap<u16, usize>> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let until = Instant::now() + lasting;
+    let mut seen: BTreeMap<&'static str, BTreeMap<u16, usize>> = BTreeMap::new();
+    while Instant::now() < until {
+        for (svc, port) in &platform.ports {
+            let status = match http.get(format!("http://127.0.0.1:{port}/health/ready")).send().await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            *seen.entry(svc).or_default().entry(status).or_default() += 1;
+        }
+        also().await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    seen
+}
+
+/// A finding for each service that answered its readiness probe with anything but 200 while
+/// `dependency`, which every service serves around, was down.
+fn readiness_findings(
+    dependency: &str,
+    seen: &BTreeMap<&'static str, BTreeMap<u16, usize>>,
+    findings: &mut Vec<String>,
+    report: &mut String,
+) {
+    let _ = writeln!(report, "/health/ready while {dependency} was down: {seen:?}");
+    for (svc, statuses) in seen {
+        let unready: usize = statuses.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
+        if unready > 0 {
+            findings.push(format!(
+                "{svc}: /health/ready not 200 {unready} times while {dependency} was down ({statuses:?}), \
+                 though it serves around it"
+            ));
+        }
+    }
+}
+
 async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, report: &mut String) -> FaultTimes {
     let mut t = FaultTimes::default();
     let now_back = || Some((Instant::now(), unix_ms(SystemTime::now())));
@@ -475,7 +519,10 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
             if let Some(r) = world.rabbit.as_mut() {
                 blocking(|| r.stop());
             }
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            // Every route goes on without the broker (the outboxes hold what goes out): no
+            // service may turn unready, or Kubernetes would empty its Service.
+            let ready = readiness_while(world.platform.as_ref().unwrap(), Duration::from_secs(30), || async {}).await;
+            readiness_findings("the broker", &ready, findings, report);
             if let Some(n) = world.nats.as_mut() {
                 blocking(|| n.up());
                 t.back = now_back();
@@ -492,14 +539,26 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
             let api = Api::new(&world.platform.as_ref().unwrap().base);
             t.down = Some(Instant::now());
             blocking(|| world.redis.stop());
-            let until = Instant::now() + Duration::from_secs(20);
-            let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
-            while Instant::now() < until {
+            let reads = std::sync::Mutex::new(BTreeMap::<u16, usize>::new());
+            let pages = std::sync::Mutex::new(BTreeMap::<u16, usize>::new());
+            // The gateway serves reads, pages as API, under its local limiter: it stays ready.
+            let ready = readiness_while(world.platform.as_ref().unwrap(), Duration::from_secs(20), || async {
                 let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
-                *reads.entry(a.status).or_default() += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                *reads.lock().unwrap().entry(a.status).or_default() += 1;
+                let page = api.get("/", None).await;
+                *pages.lock().unwrap().entry(page.status).or_default() += 1;
+            })
+            .await;
             blocking(|| world.redis.up());
+            let (reads, pages) = (reads.into_inner().unwrap(), pages.into_inner().unwrap());
+            readiness_findings("Redis", &ready, findings, report);
+            let _ = writeln!(report, "anonymous GET / while Redis was down: {pages:?}");
+            let failed_pages: usize = pages.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
+            if failed_pages > 0 {
+                findings.push(format!(
+                    "GET / (the site) while Redis was down: {failed_pages} not answered 200 ({pages:?})"
+                ));
+            }
             t.back = now_back();
             let failed: usize = reads.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
             let _ = writeln!(report, "anonymous GET /api/v1/events while Redis was down: {reads:?}");

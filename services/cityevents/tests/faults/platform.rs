@@ -23,6 +23,8 @@ pub struct Platform {
     child: Child,
     pub base: String,
     pub prefix: String,
+    /// Each service's public port.
+    pub ports: Vec<(&'static str, u16)>,
     env: Vec<(String, String)>,
     /// Every line the script and the services printed so far.
     pub lines: Arc<Mutex<Vec<String>>>,
@@ -55,9 +57,11 @@ impl Platform {
             ("CITYEVENTS_EVENTS__APP__REQUIRE_VERIFIED_EMAIL".into(), "false".into()),
         ];
         let mut gateway = 0;
+        let mut ports = Vec::new();
         for svc in SERVICES {
             let up = svc.to_ascii_uppercase();
             let port = free_port();
+            ports.push((svc, port));
             env.push((format!("CITYEVENTS_{up}_PORT"), port.to_string()));
             env.push((format!("CITYEVENTS_{up}__MANAGEMENT__ADDR"), format!("127.0.0.1:{}", free_port())));
             if svc == "gateway" {
@@ -85,7 +89,8 @@ impl Platform {
                 }
             });
         }
-        let mut p = Self { child, base: format!("http://127.0.0.1:{gateway}"), prefix, env, lines, _state: state };
+        let base = format!("http://127.0.0.1:{gateway}");
+        let mut p = Self { child, base, prefix, ports, env, lines, _state: state };
         p.wait_for_line("run-distributed: ready", Duration::from_secs(180));
         p
     }
