@@ -159,34 +159,22 @@ async fn a_browser_signs_in_with_a_one_time_link_or_the_token() {
     }
 
     // The form: the wrong token is refused, the right one signs in.
-    let wrong = c
-        .post(format!("{}/admin/login", f.mgmt))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("token=wrong")
-        .send()
-        .await
-        .unwrap();
+    let form = |token: &str| {
+        c.post(format!("{}/admin/login", f.mgmt))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+    };
+    let wrong = form("wrong").await.unwrap();
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
-    let right = c
-        .post(format!("{}/admin/login", f.mgmt))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={TOKEN}"))
-        .send()
-        .await
-        .unwrap();
+    let right = form(TOKEN).await.unwrap();
     assert_eq!(right.status(), 303);
     let cookie = session_cookie(&right);
     assert_eq!(c.get(&status).header("cookie", &cookie).send().await.unwrap().status(), 200);
     // Signing out clears it, and ends it: a copy of the cookie is refused from then on (the
     // finding: it kept working for up to 12 h). Another session goes on.
-    let again = c
-        .post(format!("{}/admin/login", f.mgmt))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={TOKEN}"))
-        .send()
-        .await
-        .unwrap();
+    let again = form(TOKEN).await.unwrap();
     let kept = session_cookie(&again);
     let out = c.post(format!("{}/admin/logout", f.mgmt)).header("cookie", &cookie).send().await.unwrap();
     assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));

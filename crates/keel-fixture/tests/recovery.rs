@@ -299,10 +299,10 @@ async fn redis_marked_down_is_reprobed_on_use_and_recovers_at_once() {
     eprintln!("Redis: first success {took:?} after the server was back");
 }
 
-#[tokio::test]
-async fn nats_reconnects_within_a_bounded_wait_after_a_long_outage() {
-    let _serial = SERIAL.lock().await;
-    let Some(mut server) = OwnServer::start("/usr/sbin/nats-server", |port, dir| {
+/// A `nats-server -js` of this test's own, and a bus connected to it (publishes time out after
+/// a second).
+async fn own_nats() -> Option<(OwnServer, Bus)> {
+    let server = OwnServer::start("/usr/sbin/nats-server", |port, dir| {
         vec![
             "-js".into(),
             "-a".into(),
@@ -312,15 +312,20 @@ async fn nats_reconnects_within_a_bounded_wait_after_a_long_outage() {
             "-sd".into(),
             dir.display().to_string(),
         ]
-    }) else {
-        return;
-    };
+    })?;
     let mut cfg = BusConfig::default();
     cfg.backend = BusBackend::Nats;
     cfg.url = Some(Secret::new(format!("nats://127.0.0.1:{}", server.port)));
     cfg.publish_timeout = Duration::from_secs(1);
     let bus = Bus::new(&cfg).unwrap();
     bus.connect().await.unwrap();
+    Some((server, bus))
+}
+
+#[tokio::test]
+async fn nats_reconnects_within_a_bounded_wait_after_a_long_outage() {
+    let _serial = SERIAL.lock().await;
+    let Some((mut server, bus)) = own_nats().await else { return };
     let topic = testing::unique_topic("recovery");
     let publish = || async {
         let env = Envelope::raw("recovery", "recovery.ping", 1, serde_json::json!({}));
@@ -356,25 +361,7 @@ async fn nats_reconnects_within_a_bounded_wait_after_a_long_outage() {
 #[tokio::test]
 async fn a_nats_server_without_jetstream_is_unavailable_not_a_refusal() {
     let _serial = SERIAL.lock().await;
-    let Some(mut server) = OwnServer::start("/usr/sbin/nats-server", |port, dir| {
-        vec![
-            "-js".into(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-sd".into(),
-            dir.display().to_string(),
-        ]
-    }) else {
-        return;
-    };
-    let mut cfg = BusConfig::default();
-    cfg.backend = BusBackend::Nats;
-    cfg.url = Some(Secret::new(format!("nats://127.0.0.1:{}", server.port)));
-    cfg.publish_timeout = Duration::from_secs(1);
-    let bus = Bus::new(&cfg).unwrap();
-    bus.connect().await.unwrap();
+    let Some((mut server, bus)) = own_nats().await else { return };
     let topic = testing::unique_topic("nojs");
     let publish = || async {
         let env = Envelope::raw("recovery", "recovery.ping", 1, serde_json::json!({}));

@@ -511,10 +511,14 @@ impl PerIp {
     }
 
     /// Whether `client` (a [`client_key`]) holds more than an even share of `budget` among the
-    /// clients with connections open (the one being accepted counted).
+    /// clients with connections open (the one being accepted counted). A lone client has no one
+    /// to share with: it waits for its own connections like before.
     fn over_share(&self, client: IpAddr, budget: usize) -> bool {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let share = (budget / open.len().max(1)).max(1);
+        if open.len() < 2 {
+            return false;
+        }
+        let share = (budget / open.len()).max(1);
         open.get(&client).is_some_and(|n| *n > share)
     }
 

@@ -10,13 +10,14 @@
 //! **Order.** A symbol's versions are consecutive (1 when created, +1 per change), and the worker
 //! applies version `n + 1` only on top of version `n`. Handlers run concurrently, so a change
 //! may arrive before the one it follows: it is early ([`Failure::early`](keel::events::Failure)),
-//! tried again every 200 ms, spending no attempt, until its predecessor is applied (for up to
+//! tried again every 200 ms, never dead-lettered meanwhile, until its predecessor is applied (for up to
 //! 5 minutes after it was published; the failure backoff, up to minutes, is for failures). A version already
 //! applied is a duplicate: recorded as `stale`, counted nowhere.
 //!
 //! **Failures.** An unknown event type, a schema version it does not know or a payload it cannot
 //! decode fails permanently: straight to `symbols.dlq`. A change whose predecessor has not come
-//! 5 minutes after it was published is retried with backoff, then dead-lettered with the reason. A database outage
+//! `app.order_wait` (5 minutes) after it was published is retried with backoff, then
+//! dead-lettered with the reason once its deliveries reach `app.max_attempts`. A database outage
 //! spends no attempt: the consumer pauses until the database is back (Keel's consumer).
 //! `symbols-worker dlq list symbols` shows dead letters; `dlq replay` sends them back.
 
@@ -54,6 +55,10 @@ pub struct WorkerConfig {
     /// Longest wait before a retry. Default `5m`.
     #[serde(with = "keel::config::duration")]
     pub retry_max: Duration,
+    /// How long after it was published a change that came before its predecessor is tried
+    /// again every 200 ms; then it retries on the backoff above. Default `5m`.
+    #[serde(with = "keel::config::duration")]
+    pub order_wait: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -64,6 +69,7 @@ impl Default for WorkerConfig {
             max_attempts: c.max_attempts,
             retry_initial: c.retry_initial,
             retry_max: c.retry_max,
+            order_wait: c.order_wait,
         }
     }
 }
@@ -82,6 +88,9 @@ impl Section for WorkerConfig {
         if self.retry_max < self.retry_initial || self.retry_max > Duration::from_secs(24 * 3600) {
             v.invalid("retry_max", "must be at least retry_initial and at most 1d");
         }
+        if self.order_wait > Duration::from_secs(24 * 3600) {
+            v.invalid("order_wait", "must be at most 1d");
+        }
     }
 }
 
@@ -92,6 +101,7 @@ impl WorkerConfig {
             .concurrency(self.concurrency)
             .max_attempts(self.max_attempts)
             .retry_backoff(self.retry_initial, self.retry_max)
+            .order_wait(ConsumerOptions::default().order_retry, self.order_wait)
     }
 }
 

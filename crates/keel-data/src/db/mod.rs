@@ -292,6 +292,11 @@ impl Db {
     /// failure marks the database down (waking every call waiting for a connection). At most
     /// one at a time and one a second, so a pool saturated by load costs the database little.
     fn probe_reachability(&self) {
+        // A file cannot be unreachable the way a server can, and a second connection to it
+        // would contend with the ones in use.
+        if self.inner.backend == Backend::Sqlite {
+            return;
+        }
         {
             let mut last = self.inner.last_probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|at| at.elapsed() < REACHABILITY_PROBE_EVERY) {
@@ -335,10 +340,10 @@ impl Db {
     }
 
     /// A connection from the pool, or at once [`DataError::Unavailable`] when the database is
-    /// known to be down; waits at most `database.pool.acquire_timeout`. A wait that lasts 50 ms
-    /// (the pool may be retrying a refused connection until the timeout) starts one direct
-    /// connection attempt, at most one a second; if that fails, the database is marked down and
-    /// every call waiting for a connection fails at once.
+    /// known to be down; waits at most `database.pool.acquire_timeout`. On a server database, a
+    /// wait that lasts 50 ms (the pool may be retrying a refused connection until the timeout)
+    /// starts one direct connection attempt, at most one a second; if that fails, the database
+    /// is marked down and every call waiting for a connection fails at once.
     ///
     /// # Cancel safety
     ///

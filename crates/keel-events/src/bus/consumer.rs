@@ -88,8 +88,9 @@ pub enum Failure {
     },
     /// The message came before one it depends on (version 3 of a record before version 2):
     /// nothing failed, it is early. Retried every `order_retry` (default 200 ms), not on the
-    /// failure backoff, for up to `order_wait` (default 5 min) after it was published; past
-    /// that it is an ordinary retry, and dead-lettered once its attempts are spent.
+    /// failure backoff, and never dead-lettered, for up to `order_wait` (default 5 min) after
+    /// it was published; past that it is an ordinary retry, dead-lettered once its deliveries
+    /// (the early ones included) reach `max_attempts`.
     Early {
         /// What it waits for.
         reason: String,
@@ -414,8 +415,8 @@ pub struct ConsumerOptions {
     pub inbox_retention: Duration,
     /// How soon an early message ([`Failure::Early`]) is tried again. Default `200ms`.
     pub order_retry: Duration,
-    /// How long after its publication an early message is tried again that way, spending no
-    /// attempt; past it, an ordinary retry. Default `5m`.
+    /// How long after its publication an early message is tried again that way and never
+    /// dead-lettered; past it, an ordinary retry. Default `5m`.
     pub order_wait: Duration,
     /// Broker subscription settings.
     pub subscribe: SubscribeOptions,
