@@ -747,7 +747,14 @@ async fn set_role(
     let mut row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if row.role != b.role {
         // The old role's tokens stop working everywhere; the user's next refresh carries the new one.
-        let mut tx = s.accounts.db.begin().await?;
+        let db = &s.accounts.db;
+        // SQLite: the write lock first, as `FOR UPDATE` takes the admins' rows elsewhere; a
+        // deferred transaction that reads and then writes fails (BUSY_SNAPSHOT) when another
+        // connection (the outbox relay, the audit log) wrote in between.
+        let mut tx = match db.backend() {
+            keel::data::Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await?,
+            _ => db.begin().await?,
+        };
         if row.role == roles::ADMIN {
             let admins = s.accounts.admins_locked(&mut tx).await?;
             if admins.iter().all(|a| *a == row.id) {
