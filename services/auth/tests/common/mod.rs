@@ -197,17 +197,18 @@ impl Svc {
 
     /// Signs in from another loopback address (`127.0.0.<host>`): another client IP.
     pub async fn login_from(&self, host: u8, email: &str, password: &str) -> Reply {
-        let client =
-            reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
-        let body = serde_json::json!({"email": email, "password": password});
-        Self::read(client.post(self.app.url("/api/v1/auth/login")).json(&body).send().await.unwrap()).await
+        self.login_as(host, serde_json::json!({"email": email, "password": password})).await
     }
 
     /// Signs in from `127.0.0.<host>` with a device token.
     pub async fn login_device(&self, host: u8, email: &str, password: &str, device: &str) -> Reply {
+        self.login_as(host, serde_json::json!({"email": email, "password": password, "device_token": device})).await
+    }
+
+    /// Posts `body` to the sign-in route from `127.0.0.<host>`.
+    async fn login_as(&self, host: u8, body: Value) -> Reply {
         let client =
             reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
-        let body = serde_json::json!({"email": email, "password": password, "device_token": device});
         Self::read(client.post(self.app.url("/api/v1/auth/login")).json(&body).send().await.unwrap()).await
     }
 
