@@ -73,6 +73,32 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// JSON Web Tokens signed with security.jwt.signing_key.
+    #[cfg(feature = "security")]
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `token` subcommands.
+#[cfg(feature = "security")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a token for SUBJECT signed with security.jwt.signing_key, with the configured
+    /// issuer and audience: for development and for operators' scripts (a service that takes
+    /// its tokens from an identity provider has no signing key and refuses this).
+    Issue {
+        /// The token's subject (`sub`).
+        subject: String,
+        /// A role the token carries (`roles`); repeat for several.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Lifetime, at most 24h (a token cannot be taken back before it expires); default
+        /// security.jwt.ttl.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
 }
 
 /// `slo` subcommands.

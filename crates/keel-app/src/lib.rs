@@ -171,6 +171,11 @@ where
             Ok(l) => security::keys(&l.config.keel, command),
             Err(e) => config_failure(&build, &e, true),
         },
+        #[cfg(feature = "security")]
+        Some(Command::Token { command }) => match loaded {
+            Ok(l) => security::token(&l.config.keel, command),
+            Err(e) => config_failure(&build, &e, true),
+        },
         None | Some(Command::Serve) => match loaded {
             Ok(l) => serve(service, l),
             Err(e) => config_failure(&build, &e, false),

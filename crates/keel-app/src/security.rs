@@ -1,9 +1,9 @@
-//! `<service> audit verify` and `<service> keys …`.
+//! `<service> audit verify`, `<service> keys …` and `<service> token issue`.
 
 use std::process::ExitCode;
 
 use super::KeelConfig;
-use super::cli::{KeysCommand, exit};
+use super::cli::{KeysCommand, TokenCommand, exit};
 use keel_config::Secret;
 use keel_security::crypto::{MasterKey, generate_key, rewrap};
 
@@ -116,6 +116,49 @@ pub(super) fn keys(keel: &KeelConfig, command: KeysCommand) -> ExitCode {
         }
         Err((code, e)) => {
             eprintln!("keys: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The longest lifetime `token issue` grants: a stateless token stays valid until it expires.
+const MAX_ISSUED_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Issues a token with the configured signing key. Prints it to stdout only; never logs it.
+pub(super) fn token(keel: &KeelConfig, command: TokenCommand) -> ExitCode {
+    let TokenCommand::Issue { subject, roles, ttl } = command;
+    let cfg = &keel.security.jwt;
+    let issued = (|| {
+        if cfg.signing_key.is_none() {
+            return Err((
+                exit::CONFIG,
+                "security.jwt.signing_key is not set: this service only verifies tokens".into(),
+            ));
+        }
+        if subject.trim().is_empty() {
+            return Err((exit::USAGE, "the subject must not be empty".to_owned()));
+        }
+        if let Some(ttl) = ttl
+            && (ttl.is_zero() || ttl > MAX_ISSUED_TTL)
+        {
+            return Err((exit::USAGE, "--ttl must be more than 0s and at most 24h".to_owned()));
+        }
+        let jwt =
+            keel_security::jwt::Jwt::from_config(cfg).map_err(|e| (exit::CONFIG, format!("security.jwt: {e}")))?;
+        let mut claims = jwt.claims(subject);
+        claims.roles = roles;
+        if let (Some(ttl), Some(iat)) = (ttl, claims.iat) {
+            claims.exp = iat + ttl.as_secs();
+        }
+        jwt.issue(&claims).map_err(|e| (exit::FAILURE, e.to_string()))
+    })();
+    match issued {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("token issue: {e}");
             ExitCode::from(code)
         }
     }
