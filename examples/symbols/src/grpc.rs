@@ -1,7 +1,14 @@
 //! The gRPC service `symbols.v1.Symbols`: the same operations, checks and error classes as the
 //! HTTP API, over [`crate::store::Symbols`]. Only the translation between protobuf messages and
 //! the store's types lives here.
+//!
+//! Reads are open; `CreateSymbol`, `UpdateSymbol` and `DeleteSymbol` need `authorization:
+//! Bearer <token>` metadata whose claims carry [`WRITE_ROLE`](crate::WRITE_ROLE)
+//! (`UNAUTHENTICATED` without a valid token, `PERMISSION_DENIED` without the role), as on HTTP.
 
+use keel::grpc::auth::JwtInterceptor;
+use keel::security::jwt::{AuthRejection, Claims, HasRoles, Jwt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::error::SymbolError;
@@ -26,9 +33,21 @@ impl SymbolsService {
         Self { symbols }
     }
 
-    /// The tonic server to register (`Setup::grpc_service`).
-    pub fn server(self) -> SymbolsServer<Self> {
-        SymbolsServer::new(self)
+    /// The tonic server to register (`Setup::grpc_service`): a call's token, when it has one,
+    /// is verified with `jwt` before the handler runs (a bad one is refused there).
+    pub fn server(self, jwt: Jwt) -> InterceptedService<SymbolsServer<Self>, JwtInterceptor<Claims>> {
+        SymbolsServer::with_interceptor(self, JwtInterceptor::new(jwt).optional())
+    }
+}
+
+/// Refuses a call whose (already verified) claims do not carry the write role.
+fn writer<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.extensions().get::<Claims>() {
+        None => Err(keel::grpc::status(AuthRejection::missing())),
+        Some(c) if !c.has_role(crate::WRITE_ROLE) => {
+            Err(keel::grpc::status(AuthRejection::forbidden(crate::WRITE_ROLE)))
+        }
+        Some(_) => Ok(()),
     }
 }
 
@@ -54,6 +73,7 @@ fn data(d: Option<prost_types::Struct>) -> Result<Option<serde_json::Map<String,
 #[tonic::async_trait]
 impl SymbolsApi for SymbolsService {
     async fn create_symbol(&self, request: Request<CreateSymbolRequest>) -> Result<Response<Symbol>, Status> {
+        writer(&request)?;
         let r = request.into_inner();
         let input = NewSymbol { name: r.name, kind: r.kind, data: data(r.data)? };
         let symbol = self.symbols.create(&r.project_id, input).await?;
@@ -67,6 +87,7 @@ impl SymbolsApi for SymbolsService {
     }
 
     async fn update_symbol(&self, request: Request<UpdateSymbolRequest>) -> Result<Response<Symbol>, Status> {
+        writer(&request)?;
         let r = request.into_inner();
         let patch =
             SymbolPatch { name: r.name, kind: r.kind, data: data(r.data)?, expected_version: r.expected_version };
@@ -78,6 +99,7 @@ impl SymbolsApi for SymbolsService {
         &self,
         request: Request<DeleteSymbolRequest>,
     ) -> Result<Response<DeleteSymbolResponse>, Status> {
+        writer(&request)?;
         let r = request.into_inner();
         self.symbols.delete(&r.project_id, &r.id, r.expected_version).await?;
         Ok(Response::new(DeleteSymbolResponse {}))

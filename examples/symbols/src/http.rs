@@ -9,6 +9,10 @@
 //! | `PATCH /v1/projects/{project_id}/symbols/{id}` | change `{name?, kind?, data?, expected_version?}` | the symbol |
 //! | `DELETE /v1/projects/{project_id}/symbols/{id}?expected_version=` | soft delete | 204 |
 //!
+//! Reads are open; writes need `Authorization: Bearer <token>` whose claims carry the role
+//! [`WRITE_ROLE`](crate::WRITE_ROLE) (401 without a valid token, 403 without the role, both
+//! problems, the 401 with `WWW-Authenticate: Bearer`).
+//!
 //! Failures are RFC 9457 problems (Keel's [`Problem`]) whose `code` says which: 400
 //! `invalid_input` (with `errors[]` naming each field), 404 `not_found`, 409 `name_taken` or
 //! `version_mismatch`, 503 `unavailable` (with `Retry-After`), 415 for a body that is not JSON.
@@ -26,6 +30,7 @@ use axum::routing::get;
 use http::{StatusCode, header};
 use keel::http::Problem;
 use keel::http::problems::{BodyLimit, body_too_large};
+use keel::security::jwt::{Jwt, RequireRole, Role};
 use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -34,12 +39,21 @@ use crate::error::SymbolError;
 use crate::model::{NewSymbol, PageRequest, Symbol, SymbolPage, SymbolPatch, rfc3339};
 use crate::store::Symbols;
 
-/// The routes, on `symbols`.
-pub fn router(symbols: Symbols) -> Router {
+/// The routes, on `symbols`; `jwt` verifies the writers' tokens.
+pub fn router(symbols: Symbols, jwt: &Jwt) -> Router {
     Router::new()
         .route("/v1/projects/{project_id}/symbols", get(list).post(create))
         .route("/v1/projects/{project_id}/symbols/{id}", get(show).patch(update).delete(remove))
         .with_state(symbols)
+        .layer(jwt.extension())
+}
+
+/// The role a token needs to create, change or delete symbols.
+#[derive(Debug)]
+struct Writer;
+
+impl Role for Writer {
+    const NAME: &'static str = crate::WRITE_ROLE;
 }
 
 /// A symbol as the HTTP API shows it.
@@ -132,6 +146,7 @@ struct DeleteQuery {
 }
 
 async fn create(
+    _: RequireRole<Writer>,
     State(symbols): State<Symbols>,
     Path(project_id): Path<String>,
     Json(body): Json<CreateBody>,
@@ -151,6 +166,7 @@ async fn show(
 }
 
 async fn update(
+    _: RequireRole<Writer>,
     State(symbols): State<Symbols>,
     Path((project_id, id)): Path<(String, String)>,
     Json(body): Json<UpdateBody>,
@@ -166,6 +182,7 @@ async fn update(
 }
 
 async fn remove(
+    _: RequireRole<Writer>,
     State(symbols): State<Symbols>,
     Path((project_id, id)): Path<(String, String)>,
     query: Result<Query<DeleteQuery>, QueryRejection>,

@@ -36,6 +36,13 @@ use keel::resilience::rate_limit::RateLimitPolicy;
 pub use proto::FILE_DESCRIPTOR_SET;
 pub use worker::WorkerConfig;
 
+/// The role a token must carry to create, change or delete symbols (HTTP and gRPC).
+pub const WRITE_ROLE: &str = "symbols:write";
+
+/// Where a development run keeps the key it signs and verifies tokens with (created on first
+/// run, owner-only), so that `symbols token issue` and the service agree without any setup.
+pub const DEV_KEY_FILE: &str = "data/symbols-dev-jwt.key";
+
 /// The service's name: its env prefix is `SYMBOLS__`.
 pub const SERVICE: &str = "symbols";
 /// The worker's name: its env prefix is `SYMBOLS_WORKER__`.
@@ -62,8 +69,73 @@ fn api_rate_limit() -> RateLimitPolicy {
     RateLimitPolicy { limit: 1200, window: Duration::from_secs(60), ..RateLimitPolicy::default() }
 }
 
+/// The development profile's token key, beneath the file and environment: an HS256 key `dev`
+/// (also the signing key) read from [`DEV_KEY_FILE`], created there on first use when
+/// `create` (else, when missing, a key of this run only: `config check` and `--help` write
+/// nothing). Other profiles get nothing: production and tests configure `security.jwt`.
+pub fn dev_defaults(profile: keel::config::Profile, create: bool) -> Result<Vec<(String, String)>, String> {
+    if profile != keel::config::Profile::Development {
+        return Ok(Vec::new());
+    }
+    let secret = dev_key(create)?;
+    let p = keel::config::env_prefix(SERVICE);
+    Ok(vec![
+        (format!("{p}__SECURITY__JWT__KEYS__DEV__ALGORITHM"), "HS256".to_owned()),
+        (format!("{p}__SECURITY__JWT__KEYS__DEV__SECRET"), secret),
+        (format!("{p}__SECURITY__JWT__SIGNING_KEY"), "dev".to_owned()),
+    ])
+}
+
+/// Whether the command line `args` (without the program) serves or issues tokens: the commands
+/// that need the development key kept on disk.
+pub fn command_uses_dev_key(args: &[String]) -> bool {
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "-V" | "--version" => return false,
+            "-c" | "--config" => {
+                rest.next();
+            }
+            a if a.starts_with('-') => {}
+            a => return a == "serve" || a == "token",
+        }
+    }
+    true
+}
+
+/// The development key of [`DEV_KEY_FILE`], created (mode 0600, 32 random bytes) when missing
+/// and `create`.
+fn dev_key(create: bool) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = std::path::Path::new(DEV_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return Ok(text.trim().to_owned());
+    }
+    let key = keel::security::crypto::generate_key();
+    if !create {
+        return Ok(key);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {DEV_KEY_FILE}: {e}"))?;
+    f.write_all(key.as_bytes()).map_err(|e| format!("cannot write {DEV_KEY_FILE}: {e}"))?;
+    Ok(key)
+}
+
 /// The symbols service, ready for [`keel::run`]: the HTTP routes of [`http`], the gRPC service
-/// of [`grpc`] on the same listener, the outbox relay, on `database.*` and `bus.*`.
+/// of [`grpc`] on the same listener, the outbox relay, on `database.*` and `bus.*`; writes need
+/// a token carrying [`WRITE_ROLE`], verified with `security.jwt.*`.
 pub fn service() -> keel::Service<NoConfig> {
     keel::Service::new(keel::build_info!())
         .name(SERVICE)
@@ -71,20 +143,34 @@ pub fn service() -> keel::Service<NoConfig> {
         .migrations(migrations())
         .setup(|s| {
             let db = s.database()?;
+            let jwt = writers_jwt(s)?;
             let outbox = s.outbox(&db)?;
             let symbols = store::Symbols::new(db, outbox);
-            grpc_wiring(s, &symbols);
+            grpc_wiring(s, &symbols, &jwt);
             let limit = s.rate_limit_or("api", api_rate_limit())?;
             // One budget per client, whichever protocol it calls.
             s.grpc_layer(limit.clone());
-            Ok(http::router(symbols).layer(limit))
+            Ok(http::router(symbols, &jwt).layer(limit))
         })
+}
+
+/// The verifier of the writers' tokens; a service without a key to verify them with does not
+/// start (its write API would refuse everyone, or worse, be open).
+fn writers_jwt(s: &keel::Setup<NoConfig>) -> Result<keel::security::jwt::Jwt, keel::app::SetupError> {
+    if s.keel().security.jwt.keys.is_empty() {
+        return Err(Box::new(keel::config::ConfigError::invalid(
+            "security.jwt.keys",
+            "the write API needs a key to verify tokens with (an identity provider's public key, or \
+             an HS256 secret_file); the development profile makes one in data/",
+        )));
+    }
+    s.jwt()
 }
 
 /// Registers the gRPC service `symbols.v1.Symbols` with the service, beside the HTTP routes
 /// (same listener, or `grpc.port`), and its descriptors for reflection (`grpc.reflection`).
-fn grpc_wiring(s: &mut keel::Setup<NoConfig>, symbols: &store::Symbols) {
-    s.grpc_service(grpc::SymbolsService::new(symbols.clone()).server());
+fn grpc_wiring(s: &mut keel::Setup<NoConfig>, symbols: &store::Symbols, jwt: &keel::security::jwt::Jwt) {
+    s.grpc_service(grpc::SymbolsService::new(symbols.clone()).server(jwt.clone()));
     s.grpc_descriptors(FILE_DESCRIPTOR_SET);
 }
 

@@ -6,5 +6,19 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    keel::run(symbols::service())
+    let profile = match keel::config::Profile::parse(std::env::var(keel::config::PROFILE_ENV).ok().as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("symbols: {e}");
+            return std::process::ExitCode::from(keel::app::exit::CONFIG);
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match symbols::dev_defaults(profile, symbols::command_uses_dev_key(&args)) {
+        Ok(defaults) => keel::run(symbols::service().config_defaults(defaults)),
+        Err(e) => {
+            eprintln!("symbols: the development token key: {e}");
+            std::process::ExitCode::from(keel::app::exit::CONFIG)
+        }
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{App, Broker, Env, eventually, mariadb};
+use common::{App, Bearer, Broker, Env, eventually, mariadb};
 use keel::testing::{FaultProxy, Mode};
 use prost_types::value::Kind;
 use serde_json::{Value, json};
@@ -17,11 +17,19 @@ use symbols::proto::v1::{
 };
 use symbols::proto::{json_to_struct, struct_to_json};
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-async fn client(app: &App) -> SymbolsClient<Channel> {
+type Client = SymbolsClient<InterceptedService<Channel, Bearer>>;
+
+/// A client whose calls carry a writer's token.
+async fn client(app: &App) -> Client {
+    client_with(app, Some(common::writer_token())).await
+}
+
+async fn client_with(app: &App, token: Option<String>) -> Client {
     let channel = Channel::from_shared(app.base.clone()).unwrap().connect().await.unwrap();
-    SymbolsClient::new(channel)
+    SymbolsClient::with_interceptor(channel, Bearer(token))
 }
 
 fn object(v: Value) -> serde_json::Map<String, Value> {
@@ -168,6 +176,55 @@ async fn grpc_and_http_refuse_alike() {
     let (status, problem) = app.get("/v1/projects/p1/symbols/42").await;
     let e = c.get_symbol(GetSymbolRequest { project_id: "p1".into(), id: "42".into() }).await.unwrap_err();
     assert_eq!((status, problem["detail"].as_str()), (400, Some(e.message())));
+    app.stop().await;
+}
+
+/// As on HTTP: reads are open, writes need a valid token with the write role
+/// (`UNAUTHENTICATED` without one or with a forged one, `PERMISSION_DENIED` without the role),
+/// and a refused call changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_writes_need_a_writers_token() {
+    let Some(db) = mariadb().await else { return };
+    let app = App::start(symbols::service(), &Env::new(symbols::SERVICE, &db, &Broker::in_process())).await;
+    let kept = client(&app).await.create_symbol(create("g", "kept", "k")).await.unwrap().into_inner();
+    let forged = {
+        let key =
+            keel::security::jwt::JwtKey::hs256("test", &keel::config::Secret::new("another-key-".repeat(4))).unwrap();
+        let jwt = keel::security::jwt::Jwt::builder().key(key).sign_with("test").build().unwrap();
+        let mut claims = jwt.claims("mallory");
+        claims.roles = vec![symbols::WRITE_ROLE.to_owned()];
+        jwt.issue(&claims).unwrap()
+    };
+    let reader = common::token("reader", &["symbols:read"]);
+    for (who, token, want) in [
+        ("no token", None, Code::Unauthenticated),
+        ("a forged token", Some(forged), Code::Unauthenticated),
+        ("a reader", Some(reader), Code::PermissionDenied),
+    ] {
+        let mut c = client_with(&app, token).await;
+        let e = c.create_symbol(create("g", "intruder", "k")).await.unwrap_err();
+        assert_eq!(e.code(), want, "{who}: create {e:?}");
+        let update = UpdateSymbolRequest {
+            project_id: "g".into(),
+            id: kept.id.clone(),
+            name: Some("intruder".into()),
+            kind: None,
+            data: None,
+            expected_version: None,
+        };
+        assert_eq!(c.update_symbol(update).await.unwrap_err().code(), want, "{who}: update");
+        let delete = DeleteSymbolRequest { project_id: "g".into(), id: kept.id.clone(), expected_version: None };
+        assert_eq!(c.delete_symbol(delete).await.unwrap_err().code(), want, "{who}: delete");
+        if want == Code::PermissionDenied {
+            // A reader reads.
+            let list = ListSymbolsRequest { project_id: "g".into(), offset: 0, limit: 10 };
+            assert_eq!(c.list_symbols(list).await.unwrap().into_inner().symbols, vec![kept.clone()], "{who}");
+        }
+    }
+    // Anonymous reads.
+    let mut c = client_with(&app, None).await;
+    let got = c.get_symbol(GetSymbolRequest { project_id: "g".into(), id: kept.id.clone() }).await.unwrap();
+    assert_eq!(got.into_inner(), kept, "unchanged");
     app.stop().await;
 }
 

@@ -334,3 +334,62 @@ async fn migrations_carry_keels_events_schema() {
         ],
     );
 }
+
+/// Reads are open; every write needs a valid token with the write role: 401 (with
+/// `WWW-Authenticate: Bearer`) without one or with one that fails, 403 without the role, and
+/// nothing is written either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_need_a_writers_token() {
+    let Some((app, _db)) = start().await else { return };
+    let base = path("guarded");
+    let (status, created) = app.post(&base, json!({"name": "kept", "kind": "k"})).await;
+    assert_eq!(status, 201, "{created}");
+    let one = format!("{base}/{}", created["id"].as_str().unwrap());
+
+    let other_key = {
+        let key =
+            keel::security::jwt::JwtKey::hs256("test", &keel::config::Secret::new("another-key-".repeat(4))).unwrap();
+        let jwt = keel::security::jwt::Jwt::builder().key(key).sign_with("test").build().unwrap();
+        let mut claims = jwt.claims("mallory");
+        claims.roles = vec![symbols::WRITE_ROLE.to_owned()];
+        jwt.issue(&claims).unwrap()
+    };
+    let reader = common::token("reader", &["symbols:read"]);
+    let body = json!({"name": "intruder", "kind": "k"});
+    for (who, token, want) in [
+        ("no token", None, 401),
+        ("another key's", Some(other_key.as_str()), 401),
+        ("a reader", Some(reader.as_str()), 403),
+    ] {
+        let send = |method: Method, url: &str, body: Option<&Value>| {
+            let mut r = app.anonymous.request(method, app.url(url));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                r = r.json(b);
+            }
+            r.send()
+        };
+        for (method, url, body) in
+            [(Method::POST, &base, Some(&body)), (Method::PATCH, &one, Some(&body)), (Method::DELETE, &one, None)]
+        {
+            let r = send(method.clone(), url, body).await.unwrap();
+            assert_eq!(r.status(), want, "{who}: {method} {url}");
+            if want == 401 {
+                let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+                assert!(challenge.starts_with("Bearer"), "{who}: {challenge}");
+            }
+            let (_, ct, problem) = common::response(r).await;
+            assert_eq!(ct, "application/problem+json", "{who}: {problem}");
+        }
+        // Reads need nothing (a token there is not looked at).
+        let r = send(Method::GET, &one, None).await.unwrap();
+        assert_eq!(r.status(), 200, "{who}");
+    }
+    let (_, list) = app.get(&base).await;
+    assert_eq!(list["total_count"], 1, "nothing written: {list}");
+    assert_eq!(list["items"][0]["name"], "kept");
+    assert_eq!(list["items"][0]["version"], 1);
+    app.stop().await;
+}

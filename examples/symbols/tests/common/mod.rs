@@ -18,6 +18,41 @@ use serde_json::Value;
 /// How long a started service may take to be ready.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
+/// The HS256 key the tests' services verify tokens with (`security.jwt.keys.test`).
+const JWT_SECRET: &str = "symbols-tests-only-hs256-key-0123456789abcdef";
+
+/// A verifier and issuer with the tests' key.
+pub fn jwt() -> keel::security::jwt::Jwt {
+    let key = keel::security::jwt::JwtKey::hs256("test", &Secret::new(JWT_SECRET)).unwrap();
+    keel::security::jwt::Jwt::builder().key(key).sign_with("test").build().unwrap()
+}
+
+/// A token for `sub` with `roles`, valid for five minutes.
+pub fn token(sub: &str, roles: &[&str]) -> String {
+    let jwt = jwt();
+    let mut claims = jwt.claims(sub);
+    claims.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+    jwt.issue(&claims).unwrap()
+}
+
+/// A token that may write symbols.
+pub fn writer_token() -> String {
+    token("writer", &[symbols::WRITE_ROLE])
+}
+
+/// Adds `authorization: Bearer` metadata to a tonic client's calls (none: anonymous).
+#[derive(Debug, Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(req)
+    }
+}
+
 /// A private MariaDB database, or `None` (skip) when MariaDB is not running here.
 pub async fn mariadb() -> Option<TestDatabase> {
     if !testing::require("MariaDB", &testing::mysql_url()) {
@@ -99,6 +134,11 @@ impl Env {
         for (k, v) in broker.vars() {
             env = env.set(k, v);
         }
+        if service == symbols::SERVICE {
+            env = env
+                .set("SECURITY__JWT__KEYS__TEST__ALGORITHM", "HS256")
+                .set("SECURITY__JWT__KEYS__TEST__SECRET", JWT_SECRET);
+        }
         env
     }
 
@@ -116,12 +156,14 @@ impl Env {
     }
 }
 
-/// A service running in this process, ready.
+/// A service running in this process, ready. `http` sends a writer's token with every request;
+/// `anonymous` sends none.
 #[derive(Debug)]
 pub struct App {
     pub running: Running,
     pub base: String,
     pub http: reqwest::Client,
+    pub anonymous: reqwest::Client,
 }
 
 impl App {
@@ -133,8 +175,12 @@ impl App {
         let loaded = env.loader(Profile::Test).load().expect("a valid test configuration");
         let running = keel::app::start(service, loaded).await?;
         keel::http::client::install_tls_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
-        let app = Self { base: format!("http://{}", running.http_addr()), http, running };
+        let client = || reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", writer_token()).parse().unwrap());
+        let http = client().default_headers(headers).build().unwrap();
+        let anonymous = client().build().unwrap();
+        let app = Self { base: format!("http://{}", running.http_addr()), http, anonymous, running };
         let ready = app.url("/health/ready");
         eventually("the service to be ready", READY_WITHIN, || async {
             let r = app.http.get(&ready).send().await.ok()?;
