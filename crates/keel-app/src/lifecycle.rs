@@ -617,8 +617,8 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
 
     // The TLS files are read and checked before anything listens.
     let tls = keel_tls::Acceptor::new(&keel.http.tls)?;
-    let http_listener = bind(http_addr).await?;
-    let bound_http = http_listener.local_addr().map_err(|source| StartError::Bind { addr: http_addr, source })?;
+    let reuse_port = keel.http.reuse_port;
+    let (http_listener, bound_http) = bind(http_addr, reuse_port, reuse_port).await?;
     let stop_accepting = CancellationToken::new();
     let server_failed = CancellationToken::new();
     let refused = keel_server::refused_counter()?;
@@ -634,11 +634,12 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| management.merge(router)))
             .map_err(|_| StartError::Stack(StackError::RouteConflict))?
     } else {
-        let l = bind(mgmt_addr).await?;
-        let addr = l.local_addr().map_err(|source| StartError::Bind { addr: mgmt_addr, source })?;
+        // Probes, scrapes and the operator page answer while the service starts: never deferred.
+        let (l, addr) = bind(mgmt_addr, reuse_port, false).await?;
         bound_mgmt = Some(addr);
         servers.push(serve(
             l,
+            &health,
             management.with_state(()),
             limits.clone(),
             &stop_accepting,
@@ -685,8 +686,8 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
             }
             Some(addr) => {
                 let grpc_tls = keel_tls::Acceptor::for_section(&keel.grpc.tls, "grpc.tls")?;
-                let l = bind(addr).await?;
-                grpc_addr = Some(l.local_addr().map_err(|source| StartError::Bind { addr, source })?);
+                let (l, bound) = bind(addr, reuse_port, reuse_port).await?;
+                grpc_addr = Some(bound);
                 let grpc_limits = match &grpc_tls {
                     Some(acceptor) => limits.clone().with_tls(acceptor.clone()),
                     None => limits.clone(),
@@ -697,6 +698,7 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
                 }
                 servers.push(serve(
                     l,
+                    &health,
                     grpc_router.with_state(()),
                     grpc_limits,
                     &stop_accepting,
@@ -711,10 +713,12 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
     let public = Public::Http(router);
     servers.push(match public {
         Public::Http(router) => {
-            serve(http_listener, router.with_state(()), http_limits, &stop_accepting, &server_failed, "http")
+            serve(http_listener, &health, router.with_state(()), http_limits, &stop_accepting, &server_failed, "http")
         }
         #[cfg(feature = "grpc")]
-        Public::Both(dispatch) => serve(http_listener, dispatch, http_limits, &stop_accepting, &server_failed, "http"),
+        Public::Both(dispatch) => {
+            serve(http_listener, &health, dispatch, http_limits, &stop_accepting, &server_failed, "http")
+        }
     });
 
     let tracker = TaskTracker::new();
@@ -829,12 +833,60 @@ enum Public {
     Both(keel_grpc::Dispatch),
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+/// A bound listener: listening, or (`http.reuse_port`) bound and waiting for the service's
+/// first readiness before it listens, so a replacement takes no connection it cannot serve.
+enum Bound {
+    Listening(TcpListener),
+    WhenReady(tokio::net::TcpSocket),
+}
+
+/// The backlog of a listener (tokio's own for `TcpListener::bind`).
+const BACKLOG: u32 = 1024;
+
+/// Binds `addr`, with `SO_REUSEPORT` when `reuse_port` (listening at once unless `defer`).
+async fn bind(addr: SocketAddr, reuse_port: bool, defer: bool) -> Result<(Bound, SocketAddr), StartError> {
+    let failed = |source| StartError::Bind { addr, source };
+    if !reuse_port {
+        let l = TcpListener::bind(addr).await.map_err(failed)?;
+        let bound = l.local_addr().map_err(failed)?;
+        return Ok((Bound::Listening(l), bound));
+    }
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(failed)?;
+    // As `TcpListener::bind` does, plus the port shared with a replacement.
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.set_reuseport(true).map_err(failed)?;
+    socket.bind(addr).map_err(failed)?;
+    let bound = socket.local_addr().map_err(failed)?;
+    if defer {
+        return Ok((Bound::WhenReady(socket), bound));
+    }
+    Ok((Bound::Listening(socket.listen(BACKLOG).map_err(failed)?), bound))
+}
+
+/// Waits until readiness first answers up (or degraded); `false` if `stop` comes first.
+async fn first_ready(health: &Health, stop: &CancellationToken) -> bool {
+    let mut changes = health.subscribe();
+    loop {
+        if health.report(keel_health::Kind::Readiness).status != keel_health::Status::Down {
+            return true;
+        }
+        // A result going stale is not announced: look again now and then as well.
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 fn serve<S>(
-    listener: TcpListener,
+    listener: Bound,
+    health: &Health,
     service: S,
     limits: keel_server::Limits,
     stop: &CancellationToken,
@@ -853,7 +905,27 @@ where
 {
     let stop = stop.clone();
     let failed = failed.clone();
+    let health = health.clone();
     tokio::spawn(async move {
+        let listener = match listener {
+            Bound::Listening(l) => l,
+            Bound::WhenReady(socket) => {
+                if !first_ready(&health, &stop).await {
+                    return;
+                }
+                match socket.listen(BACKLOG) {
+                    Ok(l) => {
+                        tracing::info!(listener = which, "ready: accepting connections (http.reuse_port)");
+                        l
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = which, error = %e, "cannot listen");
+                        failed.cancel();
+                        return;
+                    }
+                }
+            }
+        };
         keel_server::serve_service(listener, service, limits, stop.clone()).await;
         if !stop.is_cancelled() {
             tracing::error!(listener = which, "listener stopped unexpectedly");

@@ -56,6 +56,62 @@ fn sigterm_finishes_in_flight_request_and_refuses_new_connections() {
     p.wait_for("shutdown complete");
 }
 
+/// A GET on a new connection: the status code, or what went wrong.
+fn get_status(addr: std::net::SocketAddr, path: &str) -> Result<u16, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
+    out.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status line in {out:?}"))
+}
+
+/// `http.reuse_port`: a second process binds the first one's ports while it serves, takes
+/// connections only once it is ready, and the first one's drain then refuses nobody. A client
+/// opening a new connection for every request is answered every time, before, during and after.
+#[test]
+fn a_replacement_on_the_same_port_takes_over_without_a_refused_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one_at_a_time = serial();
+    let env = [("FIXTURE__HTTP__REUSE_PORT", "true"), ("FIXTURE__SHUTDOWN__DRAIN_DELAY", "500ms")];
+    let mut old = Proc::spawn(&env);
+    let (addr, mgmt) = (old.http.unwrap(), old.mgmt.unwrap());
+    old.wait_for("ready: accepting connections");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let client = std::thread::spawn(move || {
+        let (mut answered, mut failed) = (0u32, Vec::new());
+        while !stopped.load(Ordering::Relaxed) {
+            match get_status(addr, "/health/live") {
+                Ok(200) => answered += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (answered, failed)
+    });
+    let mut new = Proc::spawn_on(addr.port(), mgmt.port(), &env);
+    let ready = new.wait_for("ready: accepting connections");
+    assert!(ready.contains("\"listener\":\"http\""), "{ready}");
+    // Without the setting the same ports are taken.
+    let mut plain = Proc::spawn_on(addr.port(), mgmt.port(), &[]);
+    let code = plain.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 69, "a process without http.reuse_port cannot bind: {}", plain.seen.join("\n"));
+    old.signal("TERM");
+    assert_eq!(old.wait_exit(Duration::from_secs(20)), 0);
+    // The new process alone, for a while.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = client.join().unwrap();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), failed.len() as u32 + answered);
+    assert!(answered >= 20, "only {answered} requests made");
+    assert_eq!(get_status(addr, "/health/live"), Ok(200), "the replacement serves");
+    new.signal("TERM");
+    assert_eq!(new.wait_exit(Duration::from_secs(20)), 0);
+}
+
 #[test]
 fn shutdown_timeout_forces_a_non_zero_exit_naming_what_was_running() {
     let _one_at_a_time = serial();

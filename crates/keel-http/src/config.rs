@@ -41,6 +41,13 @@ pub struct HttpConfig {
     /// its further connections are closed as soon as they are accepted. Counted per TCP peer;
     /// a peer in `trusted_proxies` is not capped. Default `256`.
     pub max_connections_per_ip: usize,
+    /// Bind every listener with `SO_REUSEPORT`, so that a replacement process (same user, same
+    /// setting) can bind the same addresses while this one still serves, and take over without
+    /// a refused connection: the public and gRPC listeners of a process started with it begin
+    /// to listen only once it is first ready, and the kernel spreads new connections over
+    /// both until the old one stops accepting. For supervisors on one host (systemd, a
+    /// script); Kubernetes replaces pods its own way. Default `false`.
+    pub reuse_port: bool,
     /// A client must send a request's headers within this (slow-header attacks hold
     /// connections open otherwise); it is also the first request's deadline on a new
     /// connection, and the idle timeout of an HTTP/1 keep-alive connection. Default `10s`.
@@ -75,6 +82,7 @@ impl Default for HttpConfig {
             max_in_flight: 1024,
             max_connections: 4096,
             max_connections_per_ip: 256,
+            reuse_port: false,
             header_read_timeout: Duration::from_secs(10),
             http2: Http2Config::default(),
             compression: true,

@@ -110,8 +110,17 @@ impl Proc {
 
     /// [`Proc::spawn`] with a working directory.
     pub fn spawn_in(dir: Option<&std::path::Path>, env: &[(&str, &str)]) -> Self {
-        let http_port = free_port();
-        let mgmt_port = free_port();
+        Self::spawn_at(dir, free_port(), free_port(), env)
+    }
+
+    /// [`Proc::spawn`] on given ports (a second process on a first one's, with
+    /// `http.reuse_port`).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn spawn_on(http_port: u16, mgmt_port: u16, env: &[(&str, &str)]) -> Self {
+        Self::spawn_at(None, http_port, mgmt_port, env)
+    }
+
+    fn spawn_at(dir: Option<&std::path::Path>, http_port: u16, mgmt_port: u16, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
