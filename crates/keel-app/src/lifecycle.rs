@@ -3,7 +3,9 @@
 //! # Shutdown order
 //!
 //! 1. Readiness answers 503 at once (`shutting down`).
-//! 2. Wait `shutdown.drain_delay` while still serving, so load balancers stop sending traffic.
+//! 2. Wait `shutdown.drain_delay` while still serving, so load balancers stop sending traffic;
+//!    HTTP/1 answers carry `Connection: close` meanwhile, so clients' pooled connections end
+//!    after an answer rather than under a request in step 3.
 //! 3. Stop accepting: listeners close (new connections are refused); in-flight requests go on.
 //! 4. Wait for in-flight requests, within `shutdown.timeout` counted from step 3.
 //! 5. Cancel background tasks, workers and health loops and wait for them, within the same
@@ -160,6 +162,8 @@ pub struct Running {
     metrics: Metrics,
     shutdown_cfg: ShutdownConfig,
     stop_accepting: CancellationToken,
+    /// Cancelled when shutdown begins (see `keel_server::Limits::closing_on`).
+    draining: CancellationToken,
     stop_tasks: CancellationToken,
     server_failed: CancellationToken,
     tracker: TaskTracker,
@@ -254,6 +258,7 @@ impl Running {
 
         let graceful = async move {
             self.health.set_shutting_down();
+            self.draining.cancel();
             tracing::info!(
                 service = %self.name,
                 drain_delay_ms = self.shutdown_cfg.drain_delay.as_millis() as u64,
@@ -625,7 +630,9 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
     metrics.register(refused.clone())?;
     let evicted = keel_server::evicted_counter()?;
     metrics.register(evicted.clone())?;
-    let limits = keel_server::Limits::new(&keel.http, refused).counting_evictions(evicted);
+    // Cancelled as the drain begins: HTTP/1 answers close their connections from then on.
+    let draining = CancellationToken::new();
+    let limits = keel_server::Limits::new(&keel.http, refused).counting_evictions(evicted).closing_on(draining.clone());
     let mut servers = Vec::new();
     let mut bound_mgmt = None;
     let router = if shared {
@@ -776,6 +783,7 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
         metrics,
         shutdown_cfg: keel.shutdown.clone(),
         stop_accepting,
+        draining,
         stop_tasks,
         server_failed,
         tracker,

@@ -10,7 +10,9 @@
 //!   the call until the answer's body is dropped (hyper drops it once it has taken its last
 //!   frame, or when the stream is reset). It also records the connection's protocol from its
 //!   first request. The accept loop reads the same count to pick an idle connection to evict
-//!   when the connection budget is spent.
+//!   when the connection budget is spent. Once its `closing` token is cancelled (the drain
+//!   has begun), it marks HTTP/1 answers `Connection: close`, which hyper honours by closing
+//!   the connection after writing them.
 //! - [`Watchdog`] wraps the connection future. A connection that has had no request in
 //!   progress for its deadline is asked to shut down gracefully (hyper-util's
 //!   `graceful_shutdown`: HTTP/2 sends `GOAWAY` and ends once its streams have; a connection
@@ -49,7 +51,7 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::Service;
 
 /// How long a connection told to go (drained or evicted) may stay open with nothing in
@@ -124,11 +126,18 @@ impl Drop for InFlight {
 pub(crate) struct Track<S> {
     inner: S,
     activity: Arc<Activity>,
+    closing: Option<CancellationToken>,
 }
 
 impl<S> Track<S> {
     pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self { inner, activity, closing: None }
+    }
+
+    /// Marks HTTP/1 answers `Connection: close` once `closing` is cancelled.
+    pub(crate) fn closing_on(mut self, closing: Option<CancellationToken>) -> Self {
+        self.closing = closing;
+        self
     }
 }
 
@@ -152,7 +161,11 @@ where
         }
         // Counted for both protocols: the accept loop evicts only connections with none.
         let in_flight = Some(InFlight::start(a));
-        TrackFuture { inner: self.inner.call(req), in_flight }
+        // Judged when the request arrives: an answer begun before the drain keeps its
+        // connection, which the drain itself then closes once idle.
+        let close =
+            req.version() < Version::HTTP_2 && self.closing.as_ref().is_some_and(CancellationToken::is_cancelled);
+        TrackFuture { inner: self.inner.call(req), in_flight, close }
     }
 }
 
@@ -162,6 +175,8 @@ pin_project! {
         #[pin]
         inner: F,
         in_flight: Option<InFlight>,
+        // Answer with `Connection: close`.
+        close: bool,
     }
 }
 
@@ -176,7 +191,13 @@ where
         let res = std::task::ready!(this.inner.poll(cx));
         // An error drops the count here; an answer carries it in its body.
         let in_flight = this.in_flight.take();
-        Poll::Ready(res.map(|r| r.map(|inner| TrackBody { inner, _in_flight: in_flight })))
+        let close = *this.close;
+        Poll::Ready(res.map(|mut r| {
+            if close {
+                r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            r.map(|inner| TrackBody { inner, _in_flight: in_flight })
+        }))
     }
 }
 
@@ -365,7 +386,6 @@ mod tests {
     use std::convert::Infallible;
 
     use http_body_util::{BodyExt, Empty};
-    use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
 
     use super::*;

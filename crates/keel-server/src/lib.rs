@@ -37,6 +37,13 @@
 //!
 //! # Shutdown
 //!
+//! Before that, [`Limits::closing_on`] names a token cancelled when the drain begins (the
+//! service's readiness goes down, `shutdown.drain_delay` before `stop`): from then on every
+//! HTTP/1 answer carries `Connection: close`, so a client's pooled keep-alive connections end
+//! one by one, each after an answer, instead of being closed under a request the client is
+//! sending at the moment `stop` closes idle connections. A client reconnects, to a replacement
+//! where one listens.
+//!
 //! When `stop` is cancelled, or this future is dropped, the listener is dropped at once (new
 //! connections are refused) and every connection is asked to shut down gracefully: idle ones
 //! close at once, in-flight requests are answered first (HTTP/2: `GOAWAY`). When `stop` is
@@ -92,6 +99,8 @@ pub struct Limits {
     /// `http_server_connections_evicted_total`, when registered.
     pub(crate) evicted: Option<IntCounter>,
     pub(crate) tls: Option<keel_tls::Acceptor>,
+    /// Cancelled when the drain begins: HTTP/1 answers carry `Connection: close` from then on.
+    pub(crate) closing: Option<CancellationToken>,
 }
 
 /// Descriptors kept back from the connection budget for everything else a service opens
@@ -153,7 +162,16 @@ impl Limits {
             refused,
             evicted: None,
             tls: None,
+            closing: None,
         }
+    }
+
+    /// Ends HTTP/1 keep-alive once `closing` is cancelled: every answer from then on carries
+    /// `Connection: close` (see the module docs).
+    #[must_use]
+    pub fn closing_on(mut self, closing: CancellationToken) -> Self {
+        self.closing = Some(closing);
+        self
     }
 
     /// Counts the idle connections closed to make room in `evicted` ([`evicted_counter`]).
@@ -325,8 +343,15 @@ where
         let token = drain.child_token();
         let activity = Activity::new();
         let entry = open.insert(client, activity.clone(), token.clone(), slot);
-        let conn =
-            Connection { builder: builder.clone(), router: router.clone(), peer, deadlines, drain: token, activity };
+        let conn = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
+            peer,
+            deadlines,
+            drain: token,
+            closing: limits.closing.clone(),
+            activity,
+        };
         let tls = limits.tls.clone();
         connections.spawn(async move {
             match tls {
@@ -364,6 +389,8 @@ struct Connection<S> {
     deadlines: Deadlines,
     /// The drain, or this connection's eviction.
     drain: CancellationToken,
+    /// The drain's beginning ([`Limits::closing_on`]).
+    closing: Option<CancellationToken>,
     activity: Arc<Activity>,
 }
 
@@ -381,7 +408,7 @@ where
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Self { builder, router, peer, deadlines, drain, activity } = self;
+        let Self { builder, router, peer, deadlines, drain, closing, activity } = self;
         let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -393,7 +420,7 @@ where
             }
             req
         });
-        let service = TowerToHyperService::new(Track::new(service, activity.clone()));
+        let service = TowerToHyperService::new(Track::new(service, activity.clone()).closing_on(closing));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = Watchdog::new(conn, activity, deadlines, drain.cancelled_owned(), |c: Pin<&mut _>| {
             c.graceful_shutdown();
@@ -625,6 +652,42 @@ mod tests {
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the idle connection was not closed: {read:?}");
+    }
+
+    /// Once the drain begins, a kept-alive HTTP/1 connection gets its next answer with
+    /// `Connection: close` and is closed after it; before, answers keep the connection.
+    #[tokio::test]
+    async fn http1_answers_close_their_connection_once_the_drain_begins() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        let closing = CancellationToken::new();
+        let limits = limits(Duration::from_secs(600), 8).closing_on(closing.clone());
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve(listener, router, limits, stop.clone()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        async fn answer(s: &mut tokio::net::TcpStream) -> String {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"hi") {
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before answering");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8(answer).unwrap().to_ascii_lowercase()
+        }
+        assert!(!answer(&mut s).await.contains("connection: close"), "kept alive before the drain");
+        closing.cancel();
+        assert!(answer(&mut s).await.contains("connection: close"), "told to go once the drain began");
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection was not closed after the answer: {read:?}");
+        // New connections are still served meanwhile.
+        let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(answer(&mut other).await.starts_with("http/1.1 200"));
+        stop.cancel();
+        serving.await.unwrap();
     }
 
     #[tokio::test]
