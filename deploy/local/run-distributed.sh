@@ -21,8 +21,13 @@
 #      the delay starts at CITYEVENTS_RESTART_DELAY, doubles after each exit up to
 #      CITYEVENTS_RESTART_MAX_DELAY, and starts over once a run lasted that long. A service that
 #      exits 78 (EX_CONFIG: its configuration is invalid) is not restarted: the script says so,
-#      stops the others as in 7 and exits 78;
-#   7. on SIGINT/SIGTERM stops the gateway first, then the four others together, each with
+#      stops the others as in 8 and exits 78;
+#   7. on SIGHUP replaces every service without refusing a connection: each supervisor starts a
+#      second instance beside the running one (every service gets http.reuse_port, so both bind
+#      the same ports), waits for its line `ready: accepting connections` (at most
+#      CITYEVENTS_REPLACE_TIMEOUT), then stops the old one with SIGTERM (which drains as
+#      usual); a replacement that exits or is not ready in time is stopped, the old one kept;
+#   8. on SIGINT/SIGTERM stops the gateway first, then the four others together, each with
 #      SIGTERM (a graceful shutdown), then SIGKILL if still running after
 #      CITYEVENTS_STOP_TIMEOUT; exits 0. The services run in process groups of their own, so
 #      Ctrl-C reaches them only through this order.
@@ -35,7 +40,8 @@
 # machine; starttls or tls elsewhere), CITYEVENTS_MAIL_FROM, CITYEVENTS_PUBLIC_URL (the links in
 # mails; default the gateway's address), and any CITYEVENTS_<SERVICE>__… Keel override;
 # CITYEVENTS_RESTART_DELAY (seconds, default 1), CITYEVENTS_RESTART_MAX_DELAY (30),
-# CITYEVENTS_STOP_TIMEOUT (seconds per service, default 40: above Keel's 30 s shutdown.timeout).
+# CITYEVENTS_STOP_TIMEOUT (seconds per service, default 40: above Keel's 30 s shutdown.timeout),
+# CITYEVENTS_REPLACE_TIMEOUT (seconds a replacement has to get ready, default 60).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -48,11 +54,12 @@ SERVICES=(auth events joins notifier gateway)
 RESTART_DELAY=${CITYEVENTS_RESTART_DELAY:-1}
 RESTART_MAX_DELAY=${CITYEVENTS_RESTART_MAX_DELAY:-30}
 STOP_TIMEOUT=${CITYEVENTS_STOP_TIMEOUT:-40}
+REPLACE_TIMEOUT=${CITYEVENTS_REPLACE_TIMEOUT:-60}
 
 log() { printf '%s run-distributed: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for setting in RESTART_DELAY RESTART_MAX_DELAY STOP_TIMEOUT; do
+for setting in RESTART_DELAY RESTART_MAX_DELAY STOP_TIMEOUT REPLACE_TIMEOUT; do
   [[ "${!setting}" =~ ^[0-9]+$ && "${!setting}" -gt 0 ]] ||
     die "CITYEVENTS_$setting must be a whole number of seconds, at least 1 (got '${!setting}')"
 done
@@ -132,6 +139,12 @@ for svc in auth events joins notifier; do
   var="CITYEVENTS_${up}_DATABASE_URL"
   export "$var"="${!var:-postgres://$PGUSER@$PGHOST:$PGPORT/${PREFIX}_${svc}}"
 done
+# Every listener shared with a replacement process (step 7).
+for svc in "${SERVICES[@]}"; do
+  up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
+  var="CITYEVENTS_${up}__HTTP__REUSE_PORT"
+  export "$var"="${!var:-true}"
+done
 # The gateway's upstreams (deploy/config/gateway.yaml has no default): this machine's ports.
 declare -A default_port=([auth]=8081 [events]=8082 [joins]=8083 [notifier]=8084)
 for svc in auth events joins notifier; do
@@ -162,7 +175,7 @@ for svc in auth events joins notifier; do
   "$CITYEVENTS_BIN" "$svc" --config "deploy/config/$svc.yaml" migrate
 done
 
-# --- 5. start, gateway last; 6. restart what exits; 7. stop in order
+# --- 5. start, gateway last; 6. restart what exits; 7. replace on SIGHUP; 8. stop in order
 # Microseconds since the epoch (EPOCHREALTIME without its decimal separator, whatever the locale).
 now_us() { local t=${EPOCHREALTIME//[!0-9]/}; echo "$((10#$t))"; }
 secs_since() { local us=$(($(now_us) - $1)); printf '%d.%01d' $((us / 1000000)) $((us % 1000000 / 100000)); }
@@ -177,19 +190,79 @@ describe_status() {
   fi
 }
 
+# A service's output, each line prefixed with its name; with a file name as $2, the file is
+# created when the service says its public listener takes connections (http.reuse_port).
+prefix() {
+  awk -v p="[$1] " -v flag="${2:-}" '
+    { print p $0; fflush() }
+    flag != "" && /ready: accepting connections/ && /"listener":"http"/ { printf "" > flag; close(flag); flag = "" }'
+}
+
+# Starts an instance of a service in the background; $! is its PID (exec keeps it the
+# service's own, so signals reach it); $2 as for `prefix`.
+start_instance() {
+  ( exec "$CITYEVENTS_BIN" serve "$1" --config "deploy/config/$1.yaml" ) > >(prefix "$1" "${2:-}") 2>&1 &
+}
+
+# Replaces the supervisor's running service ($child) with a new instance, once that one is
+# ready; keeps the old one when the new one exits or is not ready within REPLACE_TIMEOUT.
+replace() {
+  local svc=$1 old=$child new flag since status
+  flag="$STATE/.ready-$svc-$BASHPID"
+  rm -f "$flag"
+  since=$(now_us)
+  log "$svc: starting a replacement beside $old"
+  start_instance "$svc" "$flag"
+  new=$!
+  while [[ ! -f "$flag" ]]; do
+    if $stopping; then
+      kill -TERM "$new" 2>/dev/null || true
+      stop_child "$svc (replacement)" "$new" 0
+      return
+    fi
+    if ! kill -0 "$new" 2>/dev/null; then
+      status=0
+      wait "$new" || status=$?
+      log "$svc: the replacement exited with status $(describe_status "$status"); keeping $old"
+      return
+    fi
+    if (((($(now_us) - since) / 1000000) >= REPLACE_TIMEOUT)); then
+      log "$svc: the replacement was not ready within ${REPLACE_TIMEOUT}s; stopping it, keeping $old"
+      kill -TERM "$new" 2>/dev/null || true
+      stop_child "$svc (replacement)" "$new" 0
+      return
+    fi
+    sleep 0.1
+  done
+  rm -f "$flag"
+  log "$svc: the replacement $new is ready after $(secs_since "$since")s; stopping $old"
+  child=$new
+  kill -TERM "$old" 2>/dev/null || true
+  stop_child "$svc (replaced)" "$old" 0
+}
+
 # One service, kept running until this supervisor gets SIGTERM; then it stops the service:
-# SIGTERM, SIGKILL after STOP_TIMEOUT.
+# SIGTERM, SIGKILL after STOP_TIMEOUT. SIGHUP replaces it (`replace`).
 supervise() {
-  local svc=$1 delay=$RESTART_DELAY restarts=0 child="" stopping=false started status sleeper
+  local svc=$1 delay=$RESTART_DELAY restarts=0 child="" stopping=false replacing=false started status sleeper
   trap 'stopping=true; if [[ -n "$child" ]]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+  trap 'replacing=true' HUP
   while true; do
     started=$(now_us)
-    # exec keeps the PID the service's own, so the TERM above reaches it; output is prefixed.
-    ( exec "$CITYEVENTS_BIN" serve "$svc" --config "deploy/config/$svc.yaml" ) > >(sed -u "s/^/[$svc] /") 2>&1 &
+    start_instance "$svc"
     child=$!
     if $stopping; then kill -TERM "$child" 2>/dev/null || true; fi
     status=0
     wait "$child" || status=$?
+    # A SIGHUP ends the `wait` too: the service is still running.
+    while ! $stopping && kill -0 "$child" 2>/dev/null; do
+      if $replacing && ! $stopping; then
+        replacing=false
+        replace "$svc"
+      fi
+      status=0
+      wait "$child" || status=$?
+    done
     if $stopping; then
       stop_child "$svc" "$child" "$status"
       exit 0
@@ -306,10 +379,22 @@ if ! $ready && all_running; then
   stop 1
 fi
 
+# SIGHUP: every supervisor replaces its service (step 7).
+hup=false
+trap 'hup=true; log "SIGHUP: replacing every service"; kill -HUP "${PIDS[@]}" 2>/dev/null || true' HUP
+
 # The supervisors run until told to stop. One that ends has a service with a configuration error
 # (78: stop everything and exit 78) or is a bug (stop everything, exit 1).
-code=0
-wait -n "${PIDS[@]}" || code=$?
+while true; do
+  code=0
+  wait -n "${PIDS[@]}" || code=$?
+  # A SIGHUP ends the `wait` as well, with every supervisor still running.
+  if $hup && all_running; then
+    hup=false
+    continue
+  fi
+  break
+done
 if ((code == 78)); then
   log "stopping: a service's configuration is invalid"
   stop 78

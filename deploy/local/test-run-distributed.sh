@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tests deploy/local/run-distributed.sh's supervision with stub services (no database, broker or
 # build needed): a service that exits is restarted with back-off and the script says so; the
-# others keep running; SIGTERM stops the gateway first, then the rest together, and kills one
+# others keep running; SIGHUP replaces every service, stopping each old instance only once its
+# replacement says it is ready, and keeps the old one when its replacement fails; SIGTERM stops the gateway first, then the rest together, and kills one
 # that ignores SIGTERM after CITYEVENTS_STOP_TIMEOUT; nothing is left running. A service that
 # exits 78 (configuration error) is not restarted, and the script stops the rest and exits 78.
 #
@@ -44,9 +45,11 @@ trap 'exit 1' INT TERM
 mkdir -p "$WORK/bin" "$WORK/pids"
 cat >"$STUB" <<'STUB'
 #!/usr/bin/env bash
-# serve <svc>: runs until SIGTERM, then takes STUB_STOP_SECONDS to stop (or ignores SIGTERM when
-# <svc> is in STUB_IGNORE_TERM; exits 78 at once when it is STUB_CONFIG_ERROR); every start and
-# stop is written to $STUB_EVENTS.
+# serve <svc>: says it is ready (as Keel does with http.reuse_port) 0.3 s after it starts, runs
+# until SIGTERM, then takes STUB_STOP_SECONDS to stop (or ignores SIGTERM when <svc> is in
+# STUB_IGNORE_TERM; exits 78 at once when it is STUB_CONFIG_ERROR; exits 1 at once, unrecorded,
+# when $STUB_PIDS/../fail-next-<svc> exists, which it removes); every start, readiness and stop is
+# written to $STUB_EVENTS.
 set -euo pipefail
 now() { local t=${EPOCHREALTIME//[!0-9]/}; echo "$((10#$t))"; }
 # <svc> … healthcheck --ready: ready once that service's stub runs.
@@ -57,6 +60,11 @@ fi
 case "${1:-}" in
   serve)
     svc=$2
+    if [[ -f "$STUB_PIDS/../fail-next-$svc" ]]; then
+      rm -f "$STUB_PIDS/../fail-next-$svc"
+      echo "$svc fail $$ $(now)" >>"$STUB_EVENTS"
+      exit 1
+    fi
     echo "$$" >>"$STUB_PIDS/$svc"
     echo "$svc start $$ $(now)" >>"$STUB_EVENTS"
     if [[ "${STUB_CONFIG_ERROR:-}" == "$svc" ]]; then
@@ -70,6 +78,9 @@ case "${1:-}" in
             echo "$svc stop-end $$ $(now)" >>"$STUB_EVENTS"; exit 0' TERM
     fi
     echo "serving $svc"
+    sleep 0.3 & wait $! || true
+    echo "$svc ready $$ $(now)" >>"$STUB_EVENTS"
+    echo '{"level":"INFO","message":"ready: accepting connections (http.reuse_port)","fields":{"listener":"http"}}'
     while true; do sleep 0.1 & wait $! || true; done
     ;;
   auth)
@@ -103,6 +114,8 @@ within() {
   done
 }
 log_has() { grep -qE "$1" "$LOG"; }
+# Times (µs) of one event of one service's process.
+at() { awk -v s="$1" -v e="$2" -v p="$3" '$1 == s && $2 == e && $3 == p { print $4 }' "$EVENTS"; }
 started_n() { [[ $(pids_of "$1" | wc -l) -ge $2 ]]; }
 dead() { ! kill -0 "$1" 2>/dev/null; }
 
@@ -144,6 +157,30 @@ log_has 'joins exited with status 0 after [0-9.]+s; restarting it in 2s \(restar
 if dead "$before_auth" || dead "$before_gateway"; then fail "another service stopped"; fi
 if log_has 'stopping'; then fail "the script began stopping when one service exited"; fi
 
+# --- SIGHUP: every service replaced, each old instance told to stop only once its replacement is
+# ready; a replacement that fails leaves the old instance running
+declare -A old_pid
+for svc in auth events joins notifier gateway; do old_pid[$svc]=$(current "$svc"); done
+touch "$WORK/fail-next-events"
+kill -HUP "$SCRIPT_PID"
+for svc in auth joins notifier gateway; do
+  within "$svc replaced" 20 log_has "$svc \(replaced\) stopped with status"
+  new=$(current "$svc")
+  [[ "$new" != "${old_pid[$svc]}" ]] || fail "$svc was not replaced"
+  dead "${old_pid[$svc]}" || fail "$svc's old instance still runs"
+  if dead "$new"; then fail "$svc's replacement is not running"; fi
+  ready=$(at "$svc" ready "$new")
+  told=$(at "$svc" stop-begin "${old_pid[$svc]}")
+  [[ -n "$told" ]] || told=$(at "$svc" ignored-term "${old_pid[$svc]}")
+  [[ -n "$ready" && -n "$told" ]] || fail "$svc: no readiness of the replacement or no SIGTERM to the old instance"
+  ((told > ready)) || fail "$svc's old instance was told to stop before its replacement was ready"
+done
+within "events' failed replacement reported" 10 log_has 'events: the replacement exited with status 1; keeping'
+[[ $(current events) == "${old_pid[events]}" ]] || fail "events' old instance was not kept"
+if dead "${old_pid[events]}"; then fail "events' old instance stopped"; fi
+if dead "$SCRIPT_PID" || log_has 'run-distributed: stopping:'; then fail "the script began stopping on SIGHUP"; fi
+before_gateway=$(current gateway)
+
 # --- SIGTERM: gateway first, then the rest together; one ignoring SIGTERM is killed
 all_pids=$(cat "$WORK"/pids/*)
 started=${EPOCHREALTIME//[!0-9]/}
@@ -159,8 +196,6 @@ if pgrep -f "$STUB" >/dev/null; then fail "stub processes are left: $(pgrep -af 
 log_has 'notifier did not stop within 3s; killing it' || fail "notifier was not killed after the bound"
 log_has 'run-distributed: stopped in' || fail "no final stop line"
 
-# Times (µs) of one event of one service's current process.
-at() { awk -v s="$1" -v e="$2" -v p="$3" '$1 == s && $2 == e && $3 == p { print $4 }' "$EVENTS"; }
 gateway_end=$(at gateway stop-end "$before_gateway")
 [[ -n "$gateway_end" ]] || fail "the gateway did not stop gracefully"
 latest_begin=0
@@ -196,5 +231,5 @@ if log_has 'restarting it in'; then fail "a service was restarted"; fi
 log_has 'run-distributed: stopped in' || fail "the others were not stopped"
 if pgrep -f "$STUB" >/dev/null; then fail "stub processes are left: $(pgrep -af "$STUB")"; fi
 
-echo "ok: restart with back-off, gateway first, then the rest together; SIGTERM to exit: ${took} ms" \
+echo "ok: restart with back-off, SIGHUP replaces each service once its replacement is ready, gateway first, then the rest together; SIGTERM to exit: ${took} ms" \
   "(each stub takes 1 s to stop; notifier is killed after 3 s); a configuration error exits 78"

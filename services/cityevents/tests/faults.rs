@@ -126,6 +126,9 @@ enum Fault {
     RedisDown,
     /// `kill -<signal>` of the joins service under load.
     Signal(&'static str),
+    /// The joins service replaced under load by run-distributed.sh (SIGHUP to its supervisor:
+    /// the new instance shares the ports, http.reuse_port): nothing may fail.
+    Replace,
 }
 
 /// Everything an experiment started; dropped (stopped, removed) whatever happens.
@@ -272,6 +275,10 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
     );
     if five_hundreds > 0 {
         findings.push(format!("{five_hundreds} answer(s) were 500 (a dependency fault must be a 503)"));
+    }
+    let unanswered = count(&|_, s| s >= 500 || s == 0);
+    if matches!(fault, Fault::Replace) && unanswered > 0 {
+        findings.push(format!("{unanswered} request(s) got a 5xx or no answer while joins was replaced"));
     }
 
     // --- recovery: the first success after the dependency answered again
@@ -569,6 +576,23 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
                 ));
             }
         }
+        Fault::Replace => {
+            let platform = world.platform.as_mut().unwrap();
+            t.down = Some(Instant::now());
+            let old = platform.replace("joins");
+            platform.wait_for_line("joins (replaced) stopped", Duration::from_secs(90));
+            let replaced = Instant::now();
+            let new = platform.service_pid("joins");
+            let _ = writeln!(
+                report,
+                "joins {old} replaced by {new:?}; the old one stopped {:.1} s after SIGHUP",
+                (replaced - t.down.unwrap()).as_secs_f64()
+            );
+            if new.is_none() || new == Some(old) {
+                findings.push(format!("joins was not replaced (old {old}, now {new:?})"));
+            }
+            t.back = Some((replaced, unix_ms(SystemTime::now())));
+        }
         Fault::Signal(signal) => {
             let platform = world.platform.as_mut().unwrap();
             t.down = Some(Instant::now());
@@ -644,6 +668,11 @@ async fn redis_down_20s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joins_sigterm_under_load() {
     experiment("joins_sigterm_under_load", Broker::Nats, Fault::Signal("TERM")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_replaced_under_load() {
+    experiment("joins_replaced_under_load", Broker::Nats, Fault::Replace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -150,6 +150,17 @@ impl Platform {
         pid
     }
 
+    /// Asks the script to replace `svc` (SIGHUP to its supervisor, the service's parent): a new
+    /// instance beside it, the old one stopped once the new one is ready. The old pid.
+    pub fn replace(&self, svc: &str) -> u32 {
+        let pid = self.service_pid(svc).unwrap_or_else(|| panic!("no running {svc} process"));
+        let supervisor = parent_of(pid).unwrap_or_else(|| panic!("no parent of {svc} ({pid})"));
+        assert!(supervisor != self.child.id(), "{svc}'s parent is the script itself, not its supervisor");
+        let ok = Command::new("kill").arg("-HUP").arg(supervisor.to_string()).status().unwrap();
+        assert!(ok.success(), "kill -HUP {supervisor}");
+        pid
+    }
+
     /// Dead letters on the broker for `topic` (`cityevents <svc> dlq list`, one JSON line each).
     pub fn dead_letters(&self, topic: &str) -> usize {
         let out = self.cli("notifier", &["dlq", "list", topic, "--limit", "100000"]);
@@ -239,15 +250,17 @@ impl Drop for Platform {
 }
 
 /// Whether `pid`'s ancestors include `ancestor`.
+/// The parent of `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`: comm may hold spaces, so split after the last `)`.
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut p = pid;
     for _ in 0..64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { return false };
-        // `pid (comm) state ppid …`: comm may hold spaces, so split after the last `)`.
-        let Some(ppid) = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)) else {
-            return false;
-        };
-        let Ok(ppid) = ppid.parse::<u32>() else { return false };
+        let Some(ppid) = parent_of(p) else { return false };
         if ppid == ancestor {
             return true;
         }
