@@ -359,7 +359,7 @@ fn events_routes(s: &mut keel::Setup<FixtureConfig>, db: keel::data::Db) -> Resu
             post(move |Json(item): Json<ItemCreated>| {
                 let (db, outbox, topic) = (db.clone(), outbox.clone(), topic.clone());
                 async move {
-                    let mut tx = db.begin().await.map_err(IntoResponse::into_response)?;
+                    let mut tx = db.begin_write().await.map_err(IntoResponse::into_response)?;
                     sqlx::query(sqlx::AssertSqlSafe(db.sql("INSERT INTO items (name) VALUES ($1)").into_owned()))
                         .bind(&item.name)
                         .execute(&mut *tx)

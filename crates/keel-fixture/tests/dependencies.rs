@@ -640,3 +640,56 @@ async fn sqlite_busy_is_a_503_that_clears() {
     sqlx::query("INSERT INTO t (n) VALUES (1)").execute(&mut other).await.unwrap();
     holder.close().await.unwrap();
 }
+
+/// Two transactions that each read and then write, their reads before either writes: begun
+/// deferred (`Db::begin`), the second writer fails at once on SQLite (its snapshot is stale, code
+/// 517, which no busy timeout retries: a 503 to its client); begun with `Db::begin_write` the
+/// second waits for the first and both commit.
+#[tokio::test]
+async fn sqlite_writing_transactions_wait_for_each_other_instead_of_failing() {
+    let db = TestDatabase::sqlite().unwrap();
+    let metrics = keel::telemetry::Metrics::new();
+    let cfg = keel::data::DatabaseConfig::default();
+    let kdb = keel::data::Db::new("t", db.url(), &cfg, None, &metrics).unwrap();
+    kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    sqlx::query("CREATE TABLE counter (n INTEGER NOT NULL)").execute(kdb.pool()).await.unwrap();
+    sqlx::query("INSERT INTO counter (n) VALUES (0)").execute(kdb.pool()).await.unwrap();
+    async fn read(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> i64 {
+        sqlx::query_as::<_, (i64,)>("SELECT n FROM counter").fetch_one(&mut **tx).await.unwrap().0
+    }
+    let increment = "UPDATE counter SET n = n + 1";
+
+    // Deferred: both read, the first writes and commits, the second's write fails at once.
+    let mut first = kdb.begin().await.unwrap();
+    let mut second = kdb.begin().await.unwrap();
+    read(&mut first).await;
+    read(&mut second).await;
+    sqlx::query(increment).execute(&mut *first).await.unwrap();
+    first.commit().await.unwrap();
+    let e = sqlx::query(increment).execute(&mut *second).await.unwrap_err();
+    let e = keel::data::DataError::Sql(e);
+    assert_eq!(axum::response::IntoResponse::into_response(e).status(), 503, "a stale snapshot is retryable");
+    drop(second);
+
+    // Writing transactions: the second begins once the first has committed, and sees its write.
+    let mut first = kdb.begin_write().await.unwrap();
+    let before = read(&mut first).await;
+    let waiting = {
+        let kdb = kdb.clone();
+        tokio::spawn(async move {
+            let mut second = kdb.begin_write().await.unwrap();
+            let seen = read(&mut second).await;
+            sqlx::query(increment).execute(&mut *second).await.unwrap();
+            second.commit().await.unwrap();
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the second writer waits for the first");
+    sqlx::query(increment).execute(&mut *first).await.unwrap();
+    first.commit().await.unwrap();
+    assert_eq!(waiting.await.unwrap(), before + 1, "and reads what the first committed");
+    let n: (i64,) = sqlx::query_as("SELECT n FROM counter").fetch_one(kdb.pool()).await.unwrap();
+    assert_eq!(n.0, before + 2, "both committed");
+    kdb.close().await;
+}

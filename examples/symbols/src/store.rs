@@ -200,7 +200,7 @@ impl Symbols {
         let page = model::page(&mut c, page);
         c.finish(()).map_err(SymbolError::Invalid)?;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let count = self.db.statement("SELECT COUNT(*) AS n FROM symbols WHERE project_id = $1 AND deleted_at IS NULL");
         let total_count: i64 = sqlx::query(count)
             .bind(&project_id)

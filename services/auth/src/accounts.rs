@@ -333,7 +333,7 @@ impl Accounts {
         let email_ciphertext = self.keyring.encrypt_str(email)?;
         let (id, created_at) = (Uuid::now_v7(), now());
         let db = &self.db;
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_write().await?;
         let inserted = sqlx::query(db.statement(
             "INSERT INTO users (id, email_ciphertext, email_bidx, email_skeleton_bidx, password_hash, name, role, \
              created_at, email_verified_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -528,7 +528,7 @@ impl Accounts {
     /// Sets the role of an existing account (a promotion from the command line: it takes no
     /// power away, so no session has to end).
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         self.set_role_in(&mut tx, id, role).await?;
         tx.commit().await.obs(&self.db)
     }

@@ -267,7 +267,7 @@ impl AccountMail {
                 }
                 return Ok(announced);
             }
-            let mut tx = db.begin().await?;
+            let mut tx = db.begin_write().await?;
             for row in &rows {
                 if Uuid::parse_str(&row.id).is_ok() {
                     self.contact(&mut tx, &contact_of(&accounts.user(row)?)).await?;

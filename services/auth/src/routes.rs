@@ -199,7 +199,7 @@ async fn register_once(
         return Ok(accepted);
     }
     if s.accounts.skeleton_taken(&s.accounts.skeleton_index(&email)).await? {
-        let mut tx = s.accounts.db.begin().await?;
+        let mut tx = s.accounts.db.begin_write().await?;
         if s.mail.claim_notice(&mut tx, &bidx).await? {
             // No account to name: the request's key is a fresh id, and the greeting is not the
             // name the request gave (anyone can send this to any address).
@@ -235,7 +235,7 @@ async fn register_once(
 /// once an hour: sign-ups must not flood an inbox).
 async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Result<(), ApiError> {
     let user = s.accounts.user(existing)?;
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     if s.mail.claim_notice(&mut tx, &s.accounts.email_index(&user.email)).await? {
         s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::AlreadyRegistered).await?;
     }
@@ -271,7 +271,7 @@ async fn request_verification(State(s): State<AppState>, Auth(claims): Auth<Clai
         return Err(already_verified().into());
     }
     let user = s.accounts.user(&row)?;
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     let (token, expires_at) = s.mail.issue(&mut tx, &row.id, Purpose::Verify).await?;
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::VerifyEmail { token, expires_at }).await?;
     commit(&s, tx).await?;
@@ -285,7 +285,7 @@ async fn verify_email(
     Json(b): Json<TokenBody>,
 ) -> Result<StatusCode, ApiError> {
     let token = token_input(&b.token)?;
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     let Some(user_id) = s.mail.spend(&mut tx, token, Purpose::Verify).await? else {
         return Err(invalid_token().into());
     };
@@ -387,7 +387,7 @@ async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), ApiError>
 /// `app.password_reset_mails_per_hour` already in the last hour; whether it did.
 async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<bool, ApiError> {
     let user = s.accounts.user(row)?;
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     // Issued first, counted after: the transaction writes before it reads, so SQLite takes its
     // write lock at once (waiting its turn) instead of failing to upgrade a read. Past the cap,
     // the rollback undoes the issue.
@@ -413,7 +413,7 @@ async fn reset_password(
     if b.password.is_empty() {
         return Err(FieldError::new("password", "is required").into());
     }
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     let Some(user_id) = s.mail.spend(&mut tx, token, Purpose::Reset).await? else {
         return Err(invalid_token().into());
     };
@@ -484,7 +484,7 @@ async fn change_password(
     }
     s.lockout.succeeded(&bidx, Source::Client(&client)).await?;
     let phc = s.accounts.hasher.hash(&b.new_password).await?;
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
     let (_, sv) = s.refresh.revoke_user(&mut tx, &row.id).await?;
     // A reset link mailed before must not set another password over this one.
@@ -511,7 +511,7 @@ async fn logout_all(
     ClientAddr(ip): ClientAddr,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     let (revoked, _) = s.refresh.revoke_user(&mut tx, &id).await?;
     // A reset link is a way in too: signing out everywhere ends it.
     s.mail.revoke(&mut tx, &id, Purpose::Reset).await?;
@@ -747,14 +747,8 @@ async fn set_role(
     let mut row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if row.role != b.role {
         // The old role's tokens stop working everywhere; the user's next refresh carries the new one.
-        let db = &s.accounts.db;
-        // SQLite: the write lock first, as `FOR UPDATE` takes the admins' rows elsewhere; a
-        // deferred transaction that reads and then writes fails (BUSY_SNAPSHOT) when another
-        // connection (the outbox relay, the audit log) wrote in between.
-        let mut tx = match db.backend() {
-            keel::data::Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await?,
-            _ => db.begin().await?,
-        };
+        // SQLite: the write lock first, as `FOR UPDATE` takes the admins' rows elsewhere.
+        let mut tx = s.accounts.db.begin_write().await?;
         if row.role == roles::ADMIN {
             let admins = s.accounts.admins_locked(&mut tx).await?;
             if admins.iter().all(|a| *a == row.id) {
@@ -838,7 +832,7 @@ async fn ban_user(
         return Ok(axum::Json(s.accounts.managed(&row)?));
     }
     let at = cityevents_common::time::now();
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     let by = who.id.to_string();
     if !s.accounts.ban_in(&mut tx, &row.id, &by, &reason, cityevents_common::time::to_micros(at)).await? {
         // Banned meanwhile: that ban stands.
@@ -884,7 +878,7 @@ async fn unban_user(
             .detail("only an admin lifts a ban an admin placed")
             .into());
     }
-    let mut tx = s.accounts.db.begin().await?;
+    let mut tx = s.accounts.db.begin_write().await?;
     if !s.accounts.unban_in(&mut tx, &row.id).await? {
         return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
     }

@@ -119,7 +119,7 @@ impl Sessions {
         let db = &self.db;
         *self.last_repeat.lock().unwrap_or_else(PoisonError::into_inner) = Some(OffsetDateTime::now_utc());
         let since = to_micros(now()).saturating_sub(i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX));
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_write().await?;
         let text = format!(
             "SELECT id, session_version FROM users WHERE session_changed_at >= $1 \
              ORDER BY session_changed_at DESC LIMIT {SYNC_LIMIT}"

@@ -122,7 +122,7 @@ impl RefreshTokens {
     /// user's sessions were ended meanwhile.
     pub(crate) async fn issue(&self, user_id: &str, sv: u64) -> Result<Option<String>, ApiError> {
         let db = &self.db;
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_write().await?;
         if !self.sessions.hold(&mut tx, user_id, sv).await? {
             return Ok(None);
         }
@@ -171,7 +171,7 @@ impl RefreshTokens {
             .obs(db)?;
             drop(conn);
             let Some((user_id, sv)) = owner else { return Ok(Rotation::Invalid) };
-            let mut tx = db.begin().await?;
+            let mut tx = db.begin_write().await?;
             if !self.sessions.hold(&mut tx, &user_id, version(sv)).await? {
                 continue;
             }
@@ -384,7 +384,7 @@ impl RefreshTokens {
     /// token cannot say which family it came with).
     async fn revoke_family(&self, family_id: &str, user_id: &str) -> Result<u64, ApiError> {
         let db = &self.db;
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_write().await?;
         // The users row first (see `rotate`); rolled back when the family was not live.
         self.sessions.end_all(&mut tx, user_id).await?;
         let revoked = self.revoke_where(&mut tx, "family_id", family_id).await?;

@@ -237,7 +237,7 @@ async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json
         created_at: now,
         updated_at: now,
     };
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     store::insert(&st.db, &mut tx, &event).await?;
     tx.commit().await.map_err(|e| st.db.observe(e))?;
     st.metrics.count(Change::Created, false);
@@ -305,7 +305,7 @@ async fn change_recorded(
     record: Option<ModerationRecorded>,
     plan: impl FnOnce(&Event, i64) -> Result<Plan>,
 ) -> Result<Event> {
-    let mut tx = st.db.begin().await?;
+    let mut tx = st.db.begin_write().await?;
     // Dropping `tx` on any early return rolls it back and releases the lock.
     let Some(current) = store::get_for_update(&st.db, &mut tx, id).await? else {
         return Err(Problem::not_found().into());

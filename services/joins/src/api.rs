@@ -117,7 +117,7 @@ macro_rules! transaction {
         loop {
             attempt += 1;
             let result: Result<_, Fail> = async {
-                let mut $tx: Tx = db.begin().await?;
+                let mut $tx: Tx = db.begin_write().await?;
                 match $body.await {
                     Ok(v) => {
                         $tx.commit().await?;

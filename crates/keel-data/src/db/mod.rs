@@ -138,6 +138,9 @@ pub type BoundQuery = Query<'static, Any, AnyArguments>;
 /// `SET TRANSACTION` and `START TRANSACTION` in one round trip (see [`Db::begin_with`]).
 const MYSQL_READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
 
+/// SQLite's transaction that takes the write lock as it begins (see [`Db::begin_write`]).
+const SQLITE_WRITE: &str = "BEGIN IMMEDIATE";
+
 /// `sql` with MySQL's per-statement time limit: the `MAX_EXECUTION_TIME(ms)` optimizer hint right
 /// after its leading `SELECT` (MySQL reads hints only there; other statements are left as they are).
 fn mysql_execution_hint(sql: &str, ms: u64) -> String {
@@ -412,6 +415,18 @@ impl Db {
         self.start(None).await
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), waiting up to the busy timeout for another writer: a deferred
+    /// transaction that reads and then writes fails at once (`SQLITE_BUSY_SNAPSHOT`, which no
+    /// busy timeout retries) when another connection wrote in between. Elsewhere it is
+    /// [`Db::begin`]; row locks (`FOR UPDATE`) do the rest there.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, DataError> {
+        match self.inner.backend {
+            Backend::Sqlite => self.begin_with(SQLITE_WRITE).await,
+            Backend::Postgres | Backend::MySql => self.begin().await,
+        }
+    }
+
     /// Begins a transaction with `statement` instead of the backend's plain `BEGIN`, such as
     /// MySQL's `SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION`. Both go in
     /// one round trip: a `SET TRANSACTION` sent on its own would stay pending on the pooled
@@ -426,11 +441,12 @@ impl Db {
     /// MariaDB's default (`REPEATABLE READ`) reads a transaction's first snapshot, so a plain
     /// `SELECT` after a locking write can miss a row a concurrent transaction just committed,
     /// and its gap locks make concurrent inserts deadlock. PostgreSQL's default is already
-    /// `READ COMMITTED`; SQLite has one writer, so it begins as [`Db::begin`] there.
+    /// `READ COMMITTED`; SQLite has one writer, so it begins as [`Db::begin_write`] there.
     pub async fn begin_read_committed(&self) -> Result<Transaction<'static, Any>, DataError> {
         match self.inner.backend {
             Backend::MySql => self.begin_with(MYSQL_READ_COMMITTED).await,
-            Backend::Postgres | Backend::Sqlite => self.begin().await,
+            Backend::Postgres => self.begin().await,
+            Backend::Sqlite => self.begin_with(SQLITE_WRITE).await,
         }
     }
 
@@ -440,8 +456,8 @@ impl Db {
         Transaction::begin(conn, statement).await.map_err(|e| self.observe(e))
     }
 
-    /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns `Err`
-    /// (and when the future is dropped part-way).
+    /// Runs `f` in a writing transaction ([`Db::begin_write`]): commits when it returns `Ok`,
+    /// rolls back when it returns `Err` (and when the future is dropped part-way).
     ///
     /// ```ignore
     /// db.transaction(|tx| Box::pin(async move {
@@ -454,7 +470,7 @@ impl Db {
         F: for<'c> FnOnce(&'c mut Transaction<'static, Any>) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>,
         E: From<DataError>,
     {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write().await?;
         match f(&mut tx).await {
             Ok(v) => {
                 tx.commit().await.map_err(|e| E::from(self.observe(e)))?;

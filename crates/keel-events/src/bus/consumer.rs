@@ -1046,7 +1046,7 @@ impl<H: Handler> Consumer<H> {
         };
         #[cfg(feature = "sql")]
         if let Some(db) = &self.inbox {
-            let mut tx = db.begin().await.map_err(|e| Failure::transient(&e))?;
+            let mut tx = db.begin_write().await.map_err(|e| Failure::transient(&e))?;
             let sql = db.sql(match db.backend() {
                 keel_data::Backend::Postgres => {
                     "INSERT INTO keel_inbox (consumer_group, message_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"

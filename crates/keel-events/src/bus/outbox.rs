@@ -509,7 +509,7 @@ impl Outbox {
             Backend::MySql => db.begin_read_committed().await?,
             // Take the write lock up front: two deferred transactions that both read and then
             // write would fail with "database is locked" instead of waiting.
-            Backend::Sqlite => db.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => db.begin_write().await?,
         };
         // Claims take turns, so each one sees the leases the one before it committed.
         match backend {

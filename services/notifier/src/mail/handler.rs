@@ -132,7 +132,7 @@ impl Contacts {
                  ON CONFLICT (user_id, kind) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at"
             }
         };
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_write().await?;
         for (kind, on) in changes {
             sqlx::query(db.statement(text))
                 .bind(user)
