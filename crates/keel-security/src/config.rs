@@ -108,6 +108,10 @@ pub struct PasswordsConfig {
     /// queueing without bound. Default `5s`.
     #[serde(with = "keel_config::duration")]
     pub queue_timeout: Duration,
+    /// Callers that may wait for a hashing slot at once; one more is refused at once as
+    /// overloaded (503 with `Retry-After`) instead of queueing behind them. `0`: four per slot.
+    /// Default `0`.
+    pub max_queued: usize,
     /// Shortest password accepted, in characters. Default `12`; production refuses less.
     pub min_length: usize,
     /// Longest password accepted, in bytes (bounds hashing cost). Default `128`.
@@ -122,6 +126,7 @@ impl Default for PasswordsConfig {
             parallelism: 1,
             max_concurrent_hashes: 0,
             queue_timeout: Duration::from_secs(5),
+            max_queued: 0,
             min_length: 12,
             max_length: 128,
         }
@@ -297,6 +302,9 @@ impl Section for PasswordsConfig {
         }
         if self.queue_timeout.is_zero() {
             v.invalid("queue_timeout", "must be more than 0s");
+        }
+        if self.max_queued > 100_000 {
+            v.invalid("max_queued", "at most 100000: a longer queue only makes callers wait for a 503");
         }
     }
 }

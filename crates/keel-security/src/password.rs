@@ -2,9 +2,10 @@
 //!
 //! Argon2id is deliberately slow (tens of milliseconds and tens of MiB per hash). Run on the
 //! async executor, a burst of logins would block every worker thread and starve all other
-//! requests; so each hash runs on a blocking thread, at most `max_concurrent_hashes` at once, and
-//! a caller waits at most `queue_timeout` for a slot before getting [`PasswordError::Overloaded`]
-//! (a 503) — a login storm degrades logins, not the whole service.
+//! requests; so each hash runs on a blocking thread, at most `max_concurrent_hashes` at once; at
+//! most `max_queued` callers wait for a slot (one more is refused at once), each at most
+//! `queue_timeout`, before getting [`PasswordError::Overloaded`] (a 503 with `Retry-After`) — a
+//! login storm degrades logins, quickly, not the whole service.
 //!
 //! ```
 //! # tokio_test_block_on(async {
@@ -40,7 +41,8 @@ use keel_http::Problem;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PasswordError {
-    /// Every hashing slot stayed busy for `queue_timeout`.
+    /// Every hashing slot stayed busy for `queue_timeout`, or `max_queued` callers were
+    /// already waiting.
     #[error("password hashing is overloaded; retry shortly")]
     Overloaded,
     /// The stored hash is not a valid PHC string.
@@ -83,6 +85,8 @@ impl axum::response::IntoResponse for PasswordError {
 pub struct PasswordHasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// Hashing slots plus places to wait for one: a caller without one is refused at once.
+    admission: Arc<Semaphore>,
     queue_timeout: Duration,
     max_length: usize,
     /// A hash of a random password, verified against when the user does not exist, so that
@@ -110,12 +114,17 @@ impl PasswordHasher {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
+        let queued = match cfg.max_queued {
+            0 => cap.saturating_mul(4),
+            n => n,
+        };
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let random = format!("{:032x}", rand::random::<u128>());
         let dummy = argon.hash_password(random.as_bytes()).map_err(|e| PasswordError::Params(e.to_string()))?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(cap)),
+            admission: Arc::new(Semaphore::new(cap.saturating_add(queued).min(Semaphore::MAX_PERMITS))),
             queue_timeout: cfg.queue_timeout,
             max_length: cfg.max_length,
             dummy: dummy.to_string().into(),
@@ -184,12 +193,14 @@ impl PasswordHasher {
         &self,
         f: impl FnOnce() -> Result<T, PasswordError> + Send + 'static,
     ) -> Result<T, PasswordError> {
+        // Running or waiting: past `max_queued` waiting, refused now rather than after the wait.
+        let admitted = self.admission.clone().try_acquire_owned().map_err(|_| PasswordError::Overloaded)?;
         let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| PasswordError::Overloaded)?
             .map_err(|_| PasswordError::Overloaded)?;
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = (permit, admitted);
             f()
         })
         .await
@@ -284,6 +295,47 @@ impl PasswordPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With every slot taken, `max_queued` callers wait (and are served once a slot frees);
+    /// the ones after them are refused at once, long before `queue_timeout`.
+    #[tokio::test]
+    async fn callers_past_the_queue_are_refused_at_once() {
+        let cfg = PasswordsConfig {
+            memory_kib: 64,
+            iterations: 1,
+            max_concurrent_hashes: 1,
+            max_queued: 2,
+            queue_timeout: Duration::from_secs(30),
+            ..PasswordsConfig::default()
+        };
+        let hasher = PasswordHasher::from_config(&cfg).unwrap();
+        // The one slot, held as a running hash holds it.
+        let slot = hasher.permits.clone().acquire_owned().await.unwrap();
+        let running = hasher.admission.clone().try_acquire_owned().unwrap();
+        let waiting: Vec<_> = (0..2)
+            .map(|i| {
+                let h = hasher.clone();
+                tokio::spawn(async move { h.hash(&format!("waiting-password-{i}")).await })
+            })
+            .collect();
+        // Let both take their places in the queue.
+        while hasher.admission.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        for i in 0..5 {
+            let refused = hasher.hash(&format!("refused-password-{i}")).await;
+            assert!(matches!(refused, Err(PasswordError::Overloaded)), "{refused:?}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after the wait");
+        drop((slot, running));
+        for w in waiting {
+            let phc = w.await.unwrap().unwrap();
+            assert!(phc.starts_with("$argon2id$"), "{phc}");
+        }
+        // Room again.
+        assert!(hasher.hash("after-the-storm-1").await.is_ok());
+    }
 
     #[test]
     fn policy() {
