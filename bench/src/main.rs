@@ -123,8 +123,10 @@ fn bench_telemetry() -> keel::telemetry::TelemetryConfig {
     t
 }
 
-async fn run(ports_file: &str) -> Result<(), String> {
-    let opts = keel::telemetry::TelemetryOptions {
+/// Telemetry as a service in the production profile sets it up: JSON lines at `info`, spans
+/// recorded for OpenTelemetry (exported only with `KEEL_BENCH_OTLP_ENDPOINT`).
+fn production_telemetry() -> keel::telemetry::TelemetryOptions {
+    keel::telemetry::TelemetryOptions {
         service: "keel-bench".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         profile: Profile::Production,
@@ -132,8 +134,11 @@ async fn run(ports_file: &str) -> Result<(), String> {
         format: keel::telemetry::LogFormat::Json,
         telemetry: bench_telemetry(),
         mask_fields: Vec::new(),
-    };
-    let guard = keel::telemetry::init(&opts).map_err(|e| e.to_string())?;
+    }
+}
+
+async fn run(ports_file: &str) -> Result<(), String> {
+    let guard = keel::telemetry::init(&production_telemetry()).map_err(|e| e.to_string())?;
 
     let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let bare_addr = bare_listener.local_addr().map_err(|e| e.to_string())?;
@@ -199,6 +204,8 @@ async fn redis_limiter(url: &str) -> Result<(), String> {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    // As in a service: each command's span is recorded (its cost is part of what is measured).
+    let _telemetry = keel::telemetry::init(&production_telemetry()).map_err(|e| e.to_string())?;
     let mut cfg = keel::redis::RedisConfig::default();
     cfg.key_prefix = Some(format!("keelbench:{}:", std::process::id()));
     let metrics = keel::telemetry::Metrics::new();

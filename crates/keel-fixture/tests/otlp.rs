@@ -32,7 +32,18 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     );
     tokio::spawn(async move { axum::serve(upstream, echo).await });
     let base = format!("http://{upstream_addr}");
-    let f = Fixture::start(&[("FIXTURE__APP__UPSTREAM", "true"), ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", &base)]).await;
+    // Redis, when it runs here: its calls are child spans of the request's.
+    let redis = keel::testing::require("Redis", &keel::testing::redis_url())
+        .then(|| keel::testing::TestRedis::new(&keel::testing::redis_url()));
+    let mut env =
+        vec![("FIXTURE__APP__UPSTREAM", "true".to_owned()), ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", base.clone())];
+    if let Some(keys) = &redis {
+        env.push(("FIXTURE__APP__REDIS", "true".to_owned()));
+        env.push(("FIXTURE__REDIS__URL", keel::testing::redis_url()));
+        env.push(("FIXTURE__REDIS__KEY_PREFIX", keys.prefix().to_owned()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = Fixture::start(&env).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
     let resp = client()
@@ -58,6 +69,14 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     // Keel's HTTP client sends it: the upstream sees the caller's trace.
     let seen = traced("/proxy/trace").await;
     assert_eq!(seen.split('-').nth(1), Some(trace_id), "upstream got: {seen}");
+    if redis.is_some() {
+        eventually("Redis to answer", || async {
+            let header = format!("00-{trace_id}-{parent}-01");
+            let r = client().get(f.url("/cache/otlp")).header("traceparent", header).send().await.unwrap();
+            r.status() == 404
+        })
+        .await;
+    }
     f.stop().await;
     let g = guard.clone();
     tokio::task::spawn_blocking(move || g.flush()).await.unwrap();
@@ -87,5 +106,21 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     assert!(attr(&span.attributes, "request_id").is_some());
     let outbound_parent = spans.iter().find(|s| s.name == "GET /traceparent").expect("second span");
     assert_eq!(hex(&outbound_parent.span_id), parts[2], "injected span id is the server span's");
+    if redis.is_some() {
+        // The Redis GET of `/cache/{key}`: a client span under that request's server span, with
+        // the database conventions' attributes and neither key nor value.
+        let servers: Vec<_> = spans.iter().filter(|s| s.name == "GET /cache/{key}").map(|s| &s.span_id).collect();
+        let get = spans
+            .iter()
+            .find(|s| s.name == "GET" && servers.contains(&&s.parent_span_id))
+            .unwrap_or_else(|| panic!("no Redis span; got {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
+        assert_eq!(get.kind, 3, "SPAN_KIND_CLIENT");
+        assert_eq!(hex(&get.trace_id), trace_id);
+        assert_eq!(string(attr(&get.attributes, "db.system.name")).as_deref(), Some("redis"));
+        assert_eq!(string(attr(&get.attributes, "db.operation.name")).as_deref(), Some("GET"));
+        assert_eq!(string(attr(&get.attributes, "server.address")).as_deref(), Some("127.0.0.1"));
+        assert!(attr(&get.attributes, "server.port").is_some());
+        assert!(!format!("{:?}", get.attributes).contains("otlp"), "no key in the span: {:?}", get.attributes);
+    }
     guard.shutdown();
 }
