@@ -92,11 +92,25 @@ impl Target {
     }
 }
 
-/// The command a span is named after: its first word (`GET`, `EVALSHA`), never an argument.
-fn operation(cmd: &Cmd) -> String {
-    match cmd.args_iter().next() {
-        Some(redis::Arg::Simple(name)) if name.len() <= 32 => String::from_utf8_lossy(name).to_ascii_uppercase(),
-        _ => "COMMAND".to_owned(),
+/// What a span is named after: a command's first word (`GET`), never an argument, or a fixed
+/// name (`PIPELINE`, `EVALSHA`). Read only when a span is made.
+#[derive(Clone, Copy)]
+enum Operation<'a> {
+    Command(&'a Cmd),
+    Named(&'static str),
+}
+
+impl Operation<'_> {
+    fn name(self) -> String {
+        match self {
+            Self::Command(cmd) => match cmd.args_iter().next() {
+                Some(redis::Arg::Simple(name)) if name.len() <= 32 => {
+                    String::from_utf8_lossy(name).to_ascii_uppercase()
+                }
+                _ => "COMMAND".to_owned(),
+            },
+            Self::Named(name) => name.to_owned(),
+        }
     }
 }
 
@@ -225,7 +239,7 @@ impl Redis {
     /// spans are exported and the caller's span is sampled, in a client span named `operation`
     /// (OpenTelemetry's database conventions: `db.system.name`, `db.operation.name`,
     /// `db.namespace`, `server.address`, `server.port`; no key or value).
-    async fn run<T, F, Fut>(&self, operation: &str, f: F) -> Result<T, RedisError>
+    async fn run<T, F, Fut>(&self, operation: Operation<'_>, f: F) -> Result<T, RedisError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -243,13 +257,14 @@ impl Redis {
         let span = if !traced {
             tracing::Span::none()
         } else {
+            let operation = operation.name();
             tracing::info_span!(
             "redis",
-            otel.name = operation,
+            otel.name = operation.as_str(),
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             db.system.name = "redis",
-            db.operation.name = operation,
+            db.operation.name = operation.as_str(),
             db.namespace = %target.namespace,
             server.address = %target.address,
             server.port = target.port,
@@ -299,17 +314,17 @@ impl Redis {
     /// let n: i64 = redis.query(redis::cmd("INCR").arg(redis.key("hits"))).await?;
     /// ```
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
-        self.run(&operation(cmd), |mut c| async move { cmd.query_async(&mut c).await }).await
+        self.run(Operation::Command(cmd), |mut c| async move { cmd.query_async(&mut c).await }).await
     }
 
     /// Runs a pipeline (`atomic()` for MULTI/EXEC) in one round trip.
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, RedisError> {
-        self.run("PIPELINE", |mut c| async move { pipe.query_async(&mut c).await }).await
+        self.run(Operation::Named("PIPELINE"), |mut c| async move { pipe.query_async(&mut c).await }).await
     }
 
     /// Runs a Lua script (EVALSHA, loading it on first use), atomically on the server.
     pub async fn script<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, RedisError> {
-        self.run("EVALSHA", |mut c| async move { invocation.invoke_async(&mut c).await }).await
+        self.run(Operation::Named("EVALSHA"), |mut c| async move { invocation.invoke_async(&mut c).await }).await
     }
 
     /// Connects in the background until the first success, with backoff.

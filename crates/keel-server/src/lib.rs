@@ -630,6 +630,19 @@ mod tests {
         Limits::new(&http, refused_counter().unwrap())
     }
 
+    /// `GET /` on kept-alive `s`, read until the answer's `hi` body: the whole answer, lowercase.
+    async fn get_hi(s: &mut tokio::net::TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"hi") {
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(answer).unwrap().to_ascii_lowercase()
+    }
+
     #[tokio::test]
     async fn connections_still_drain_when_the_accept_loop_is_dropped() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -639,14 +652,7 @@ mod tests {
         let limits = limits(Duration::from_secs(600), 8);
         let serving = tokio::spawn(serve(listener, router, limits, CancellationToken::new()));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut answer = Vec::new();
-        while !answer.ends_with(b"hi") {
-            let mut buf = [0u8; 512];
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before answering");
-            answer.extend_from_slice(&buf[..n]);
-        }
+        get_hi(&mut s).await;
         // Idle and kept alive; then the loop's task is aborted.
         serving.abort();
         let mut buf = [0u8; 64];
@@ -666,26 +672,15 @@ mod tests {
         let stop = CancellationToken::new();
         let serving = tokio::spawn(serve(listener, router, limits, stop.clone()));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        async fn answer(s: &mut tokio::net::TcpStream) -> String {
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-            let mut answer = Vec::new();
-            while !answer.ends_with(b"hi") {
-                let mut buf = [0u8; 512];
-                let n = s.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed before answering");
-                answer.extend_from_slice(&buf[..n]);
-            }
-            String::from_utf8(answer).unwrap().to_ascii_lowercase()
-        }
-        assert!(!answer(&mut s).await.contains("connection: close"), "kept alive before the drain");
+        assert!(!get_hi(&mut s).await.contains("connection: close"), "kept alive before the drain");
         closing.cancel();
-        assert!(answer(&mut s).await.contains("connection: close"), "told to go once the drain began");
+        assert!(get_hi(&mut s).await.contains("connection: close"), "told to go once the drain began");
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection was not closed after the answer: {read:?}");
         // New connections are still served meanwhile.
         let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
-        assert!(answer(&mut other).await.starts_with("http/1.1 200"));
+        assert!(get_hi(&mut other).await.starts_with("http/1.1 200"));
         stop.cancel();
         serving.await.unwrap();
     }

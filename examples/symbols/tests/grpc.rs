@@ -187,14 +187,7 @@ async fn grpc_writes_need_a_writers_token() {
     let Some(db) = mariadb().await else { return };
     let app = App::start(symbols::service(), &Env::new(symbols::SERVICE, &db, &Broker::in_process())).await;
     let kept = client(&app).await.create_symbol(create("g", "kept", "k")).await.unwrap().into_inner();
-    let forged = {
-        let key =
-            keel::security::jwt::JwtKey::hs256("test", &keel::config::Secret::new("another-key-".repeat(4))).unwrap();
-        let jwt = keel::security::jwt::Jwt::builder().key(key).sign_with("test").build().unwrap();
-        let mut claims = jwt.claims("mallory");
-        claims.roles = vec![symbols::WRITE_ROLE.to_owned()];
-        jwt.issue(&claims).unwrap()
-    };
+    let forged = common::forged_writer_token();
     let reader = common::token("reader", &["symbols:read"]);
     for (who, token, want) in [
         ("no token", None, Code::Unauthenticated),

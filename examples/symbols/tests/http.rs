@@ -346,14 +346,7 @@ async fn writes_need_a_writers_token() {
     assert_eq!(status, 201, "{created}");
     let one = format!("{base}/{}", created["id"].as_str().unwrap());
 
-    let other_key = {
-        let key =
-            keel::security::jwt::JwtKey::hs256("test", &keel::config::Secret::new("another-key-".repeat(4))).unwrap();
-        let jwt = keel::security::jwt::Jwt::builder().key(key).sign_with("test").build().unwrap();
-        let mut claims = jwt.claims("mallory");
-        claims.roles = vec![symbols::WRITE_ROLE.to_owned()];
-        jwt.issue(&claims).unwrap()
-    };
+    let other_key = common::forged_writer_token();
     let reader = common::token("reader", &["symbols:read"]);
     let body = json!({"name": "intruder", "kind": "k"});
     for (who, token, want) in [

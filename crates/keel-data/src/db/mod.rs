@@ -445,8 +445,7 @@ impl Db {
     pub async fn begin_read_committed(&self) -> Result<Transaction<'static, Any>, DataError> {
         match self.inner.backend {
             Backend::MySql => self.begin_with(MYSQL_READ_COMMITTED).await,
-            Backend::Postgres => self.begin().await,
-            Backend::Sqlite => self.begin_with(SQLITE_WRITE).await,
+            Backend::Postgres | Backend::Sqlite => self.begin_write().await,
         }
     }
 

@@ -502,15 +502,10 @@ impl Outbox {
         let claim = self.next_claim();
         let now = now_ms();
         let until = now.saturating_add(i64::try_from(cfg.lease.as_millis()).unwrap_or(i64::MAX));
-        let mut tx = match backend {
-            Backend::Postgres => db.begin().await?,
-            // Its default isolation's gap locks at the end of `keel_outbox` made a service's
-            // transaction that enqueued before and after a claim deadlock with it.
-            Backend::MySql => db.begin_read_committed().await?,
-            // Take the write lock up front: two deferred transactions that both read and then
-            // write would fail with "database is locked" instead of waiting.
-            Backend::Sqlite => db.begin_write().await?,
-        };
+        // MySQL: its default isolation's gap locks at the end of `keel_outbox` made a service's
+        // transaction that enqueued before and after a claim deadlock with it. SQLite: the write
+        // lock up front, so two claims wait for each other instead of failing.
+        let mut tx = db.begin_read_committed().await?;
         // Claims take turns, so each one sees the leases the one before it committed.
         match backend {
             Backend::Postgres => {

@@ -35,6 +35,15 @@ pub fn token(sub: &str, roles: &[&str]) -> String {
     jwt.issue(&claims).unwrap()
 }
 
+/// A token with the write role, signed with a key the services do not know (a forgery).
+pub fn forged_writer_token() -> String {
+    let key = keel::security::jwt::JwtKey::hs256("test", &Secret::new("another-key-".repeat(4))).unwrap();
+    let jwt = keel::security::jwt::Jwt::builder().key(key).sign_with("test").build().unwrap();
+    let mut claims = jwt.claims("mallory");
+    claims.roles = vec![symbols::WRITE_ROLE.to_owned()];
+    jwt.issue(&claims).unwrap()
+}
+
 /// A token that may write symbols.
 pub fn writer_token() -> String {
     token("writer", &[symbols::WRITE_ROLE])
