@@ -222,7 +222,8 @@ async fn postgres_marked_down_is_reprobed_on_use_and_recovers_at_once() {
 /// timeout before their 503 (the pool retries a refused connection until then). A wait with
 /// room in the pool now starts one direct connection attempt after 50 ms; its failure marks
 /// the database down, which ends every wait for a connection at once, and `Db::lost` (which
-/// set-up turns into a readiness re-check) completes. Here no call waits out a 10 s timeout.
+/// set-up turns into a readiness re-check) completes. Here no call waits out a 10 s timeout,
+/// even when a probe ran just before the stop.
 #[tokio::test]
 async fn calls_waiting_for_a_connection_fail_fast_once_postgres_is_gone() {
     let _serial = SERIAL.lock().await;
@@ -237,6 +238,17 @@ async fn calls_waiting_for_a_connection_fail_fast_once_postgres_is_gone() {
     select_one(&db).await.unwrap();
     let d = db.clone();
     let lost = tokio::spawn(async move { d.lost().await });
+
+    // The slow start CI once hit: a wait on a full pool probes reachability just before the
+    // stop, so the first probe the calls below want is not due yet; they must ask again.
+    let held: Vec<_> = futures_util::future::try_join_all((0..8).map(|_| db.acquire())).await.unwrap();
+    let waiting = tokio::spawn({
+        let db = db.clone();
+        async move { db.acquire().await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(held);
+    waiting.await.unwrap().unwrap();
 
     pg.down();
     let started = Instant::now();

@@ -294,19 +294,25 @@ impl Db {
     /// One connection attempt in the background, bounded by `database.check_timeout`; a
     /// failure marks the database down (waking every call waiting for a connection). At most
     /// one at a time and one a second, so a pool saturated by load costs the database little.
-    fn probe_reachability(&self) {
+    ///
+    /// Returns when the next attempt is due if this call could not start one (one ran less
+    /// than a second ago, or is running), so a wait that goes on asks again then.
+    fn probe_reachability(&self) -> Option<Duration> {
         // A file cannot be unreachable the way a server can, and a second connection to it
         // would contend with the ones in use.
         if self.inner.backend == Backend::Sqlite {
-            return;
+            return None;
         }
         {
             let mut last = self.inner.last_probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|at| at.elapsed() < REACHABILITY_PROBE_EVERY) {
-                return;
+            if let Some(at) = *last {
+                let since = at.elapsed();
+                if since < REACHABILITY_PROBE_EVERY {
+                    return Some(REACHABILITY_PROBE_EVERY - since);
+                }
             }
             if self.inner.probing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                return;
+                return Some(REACHABILITY_PROBE_EVERY);
             }
             *last = Some(Instant::now());
         }
@@ -320,6 +326,7 @@ impl Db {
             }
             db.inner.probing.store(false, std::sync::atomic::Ordering::Release);
         });
+        Some(REACHABILITY_PROBE_EVERY)
     }
 
     fn unavailable(&self) -> DataError {
@@ -345,7 +352,7 @@ impl Db {
     /// A connection from the pool, or at once [`DataError::Unavailable`] when the database is
     /// known to be down; waits at most `database.pool.acquire_timeout`. On a server database, a
     /// wait that lasts 50 ms (the pool may be retrying a refused connection until the timeout)
-    /// starts one direct connection attempt, at most one a second; if that fails, the database
+    /// starts a direct connection attempt, at most one a second; if that fails, the database
     /// is marked down and every call waiting for a connection fails at once.
     ///
     /// # Cancel safety
@@ -363,7 +370,7 @@ impl Db {
             tokio::pin!(acquire);
             let probe_after = tokio::time::sleep(PROBE_SLOW_ACQUIRE);
             tokio::pin!(probe_after);
-            let mut probed = false;
+            let mut probing = true;
             loop {
                 tokio::select! {
                     r = &mut acquire => break r,
@@ -375,10 +382,13 @@ impl Db {
                     }
                     // Slow: the pool may be retrying a refused connection until the timeout (its
                     // size counts connections still being opened, so it cannot tell). One
-                    // direct attempt tells at once.
-                    () = &mut probe_after, if !probed => {
-                        probed = true;
-                        self.probe_reachability();
+                    // direct attempt tells at once. One may have run just before this wait
+                    // began (while the database still answered): ask again when the next is due.
+                    () = &mut probe_after, if probing => {
+                        match self.probe_reachability() {
+                            Some(due) => probe_after.as_mut().reset(tokio::time::Instant::now() + due),
+                            None => probing = false,
+                        }
                     }
                 }
             }
