@@ -164,6 +164,10 @@ thread_local! {
     static FIELDS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     /// One `Debug` or `Display` value being formatted, before it is scrubbed and escaped.
     static VALUE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// A line's fields, spans' and event's, being merged.
+    static ALL: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// A line being written, before it goes to the fmt layer's writer.
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Runs `f` on `scratch`, a buffer kept by this thread between calls, emptied; or on a new one
@@ -213,84 +217,140 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // Every span's fields, root to leaf, then the event's, in one buffer.
-        let mut all = String::with_capacity(256);
-        let mut span_name = None;
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                span_name = Some(span.name());
-                if let Some(f) = span.extensions().get::<FormattedFields<JsonFields>>() {
-                    all.push_str(&f.fields);
+        // Every span's fields, root to leaf, then the event's, in one buffer of this thread's,
+        // and the line in another. Fields are copied as formatted (their names are JSON strings
+        // already), never parsed or escaped again.
+        let masker = &ctx.field_format().masker;
+        with_scratch(&ALL, |all| {
+            let mut span_name = None;
+            if let Some(scope) = ctx.event_scope() {
+                for span in scope.from_root() {
+                    span_name = Some(span.name());
+                    if let Some(f) = span.extensions().get::<FormattedFields<JsonFields>>() {
+                        all.push_str(&f.fields);
+                    }
                 }
             }
-        }
-        // The event's fields straight into the buffer: `ctx.format_fields` would format them
-        // apart first.
-        event.record(&mut FieldWriter { masker: &ctx.field_format().masker, out: &mut all });
-        let fields = merge(&all);
-        let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-
-        let mut line = String::with_capacity(all.len() + 192);
-        line.push_str("{\"timestamp\":\"");
-        timestamp(&mut line, std::time::SystemTime::now());
-        line.push_str("\",\"level\":");
-        string(&mut line, event.metadata().level().as_str());
-        line.push_str(",\"target\":");
-        string(&mut line, event.metadata().target());
-        line.push_str(",\"message\":");
-        line.push_str(get("message").unwrap_or("\"\""));
-        line.push_str(",\"service\":");
-        match get("service") {
-            Some(v) => line.push_str(v),
-            None => string(&mut line, &self.service),
-        }
-        if let Some(v) = get("request_id") {
-            line.push_str(",\"request_id\":");
-            line.push_str(v);
-        }
-        if let Some(sc) = span_context(ctx, event) {
-            line.push_str(",\"trace_id\":\"");
-            hex(&mut line, &sc.trace_id().to_bytes());
-            line.push_str("\",\"span_id\":\"");
-            hex(&mut line, &sc.span_id().to_bytes());
-            line.push('"');
-        }
-        let mut first = true;
-        for (k, v) in &fields {
-            if matches!(*k, "message" | "service" | "request_id") {
-                continue;
-            }
-            line.push_str(if first { ",\"fields\":{" } else { "," });
-            first = false;
-            string(&mut line, k);
-            line.push(':');
-            line.push_str(v);
-        }
-        if !first {
-            line.push('}');
-        }
-        if let Some(name) = span_name {
-            line.push_str(",\"span\":");
-            string(&mut line, name);
-        }
-        line.push_str("}\n");
-        writer.write_str(&line)
+            // The event's fields straight into the buffer: `ctx.format_fields` would format
+            // them apart first.
+            event.record(&mut FieldWriter { masker, out: all });
+            let fields = Fields::merge(all);
+            with_scratch(&LINE, |line| {
+                line.reserve(all.len() + 192);
+                line.push_str("{\"timestamp\":\"");
+                timestamp(line, std::time::SystemTime::now());
+                line.push_str("\",\"level\":");
+                string(line, event.metadata().level().as_str());
+                line.push_str(",\"target\":");
+                string(line, event.metadata().target());
+                line.push_str(",\"message\":");
+                line.push_str(fields.lifted(Lifted::Message).unwrap_or("\"\""));
+                line.push_str(",\"service\":");
+                match fields.lifted(Lifted::Service) {
+                    Some(v) => line.push_str(v),
+                    None => string(line, &self.service),
+                }
+                if let Some(v) = fields.lifted(Lifted::RequestId) {
+                    line.push_str(",\"request_id\":");
+                    line.push_str(v);
+                }
+                if let Some(sc) = span_context(ctx, event) {
+                    line.push_str(",\"trace_id\":\"");
+                    hex(line, &sc.trace_id().to_bytes());
+                    line.push_str("\",\"span_id\":\"");
+                    hex(line, &sc.span_id().to_bytes());
+                    line.push('"');
+                }
+                let mut first = true;
+                for (i, f) in fields.list.iter().enumerate() {
+                    if fields.is_lifted(i) {
+                        continue;
+                    }
+                    line.push_str(if first { ",\"fields\":{" } else { "," });
+                    first = false;
+                    // `"name":value`, as formatted.
+                    line.push_str(f.text);
+                }
+                if !first {
+                    line.push('}');
+                }
+                if let Some(name) = span_name {
+                    line.push_str(",\"span\":");
+                    string(line, name);
+                }
+                line.push_str("}\n");
+                writer.write_str(line)
+            })
+        })
     }
 }
 
-/// The fields in `all` as (name, JSON value), a later value of a name replacing an earlier one
-/// in place.
-fn merge(all: &str) -> Vec<(&str, &str)> {
-    let mut fields: Vec<(&str, &str)> = Vec::with_capacity(16);
-    for field in all.split(SEP).filter(|f| !f.is_empty()) {
-        // `"name":value`; names are Rust identifiers or dotted ones, never escaped.
-        let Some((name, value)) = field.strip_prefix('"').and_then(name_and_value) else { continue };
-        match fields.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value,
-            None => fields.push((name, value)),
-        }
+/// The top-level keys of a line that come from its fields.
+#[derive(Clone, Copy)]
+enum Lifted {
+    Message,
+    Service,
+    RequestId,
+}
+
+/// One field of a line: `"name":value` as formatted.
+struct LineField<'a> {
+    text: &'a str,
+    /// The length of the quoted name at the start of `text`.
+    name_len: usize,
+}
+
+impl LineField<'_> {
+    fn quoted_name(&self) -> &[u8] {
+        &self.text.as_bytes()[..self.name_len]
     }
-    fields
+}
+
+/// The fields of a line in first-seen order, a later value of a name replacing an earlier one.
+struct Fields<'a> {
+    list: Vec<LineField<'a>>,
+    /// Where `message`, `service` and `request_id` are in `list`.
+    lifted: [Option<usize>; 3],
+}
+
+impl<'a> Fields<'a> {
+    /// The fields in `all`, each `"name":value` followed by [`SEP`].
+    fn merge(all: &'a str) -> Self {
+        let mut out = Fields { list: Vec::with_capacity(24), lifted: [None; 3] };
+        for text in all.split(SEP).filter(|f| !f.is_empty()) {
+            // Names are Rust identifiers or dotted ones, never escaped.
+            let Some((name, _)) = text.strip_prefix('"').and_then(name_and_value) else { continue };
+            let field = LineField { text, name_len: name.len() + 2 };
+            let quoted = field.quoted_name();
+            // Lengths first: most names differ in length, and those need no byte comparison.
+            match out.list.iter().position(|f| f.name_len == field.name_len && f.quoted_name() == quoted) {
+                Some(i) => out.list[i].text = text,
+                None => {
+                    let lifted = match quoted {
+                        b"\"message\"" => Some(Lifted::Message),
+                        b"\"service\"" => Some(Lifted::Service),
+                        b"\"request_id\"" => Some(Lifted::RequestId),
+                        _ => None,
+                    };
+                    if let Some(l) = lifted {
+                        out.lifted[l as usize] = Some(out.list.len());
+                    }
+                    out.list.push(field);
+                }
+            }
+        }
+        out
+    }
+
+    /// The JSON value of a lifted field.
+    fn lifted(&self, which: Lifted) -> Option<&'a str> {
+        let f = self.list.get(self.lifted[which as usize]?)?;
+        f.text.get(f.name_len + 1..)
+    }
+
+    fn is_lifted(&self, i: usize) -> bool {
+        self.lifted.contains(&Some(i))
+    }
 }
 
 /// `name":value` split at the first `":`, as `split_once("\":")` does, with a search for the
@@ -600,7 +660,25 @@ mod tests {
 
     #[test]
     fn merge_keeps_first_place_and_last_value() {
-        let all = "\"a\":1\u{1e}\"b\":\"x\"\u{1e}\"a\":2\u{1e}";
-        assert_eq!(merge(all), vec![("a", "2"), ("b", "\"x\"")]);
+        let all = concat!(
+            "\"a\":1\u{1e}\"b\":\"x\"\u{1e}\"message\":\"m\"\u{1e}\"a\":2\u{1e}",
+            "\"abcdefghijk\":3\u{1e}\"abcdefghijx\":4\u{1e}\"xbcdefghijk\":5\u{1e}\"abcdefghijk\":6\u{1e}"
+        );
+        let f = Fields::merge(all);
+        let texts: Vec<&str> = f.list.iter().map(|f| f.text).collect();
+        assert_eq!(
+            texts,
+            [
+                "\"a\":2",
+                "\"b\":\"x\"",
+                "\"message\":\"m\"",
+                "\"abcdefghijk\":6",
+                "\"abcdefghijx\":4",
+                "\"xbcdefghijk\":5"
+            ]
+        );
+        assert_eq!(f.lifted(Lifted::Message), Some("\"m\""));
+        assert_eq!(f.lifted(Lifted::Service), None);
+        assert!(f.is_lifted(2) && !f.is_lifted(0));
     }
 }

@@ -16,10 +16,11 @@
 //!    (a dedicated thread; a full queue makes loggers wait rather than drop lines): JSON lines
 //!    in production and test (the `json` module's layout: `service`, `request_id`, `trace_id`, `span_id`
 //!    lifted to the top level), `tracing-subscriber`'s pretty format in development (colour only
-//!    on a terminal with `NO_COLOR` unset or empty). Its filter is an `EnvFilter` from
-//!    `log.level` (or `RUST_LOG`, which wins) behind a reload handle, so `PUT /admin/log-level`
-//!    changes it at run time; spans at `info` always pass, so a `warn` line inside a request
-//!    still carries the request's fields and ids.
+//!    on a terminal with `NO_COLOR` unset or empty). Its filter reads `log.level` (or
+//!    `RUST_LOG`, which wins): a `Targets` filter for targets and levels, an `EnvFilter` for
+//!    directives with span filters, either replaceable without a lock on any callback, so
+//!    `PUT /admin/log-level` changes it at run time; spans at `info` always pass, so a `warn`
+//!    line inside a request still carries the request's fields and ids.
 //!
 //! Fields named like secrets or personal data (`password`, `token`, `authorization`, `cookie`,
 //! `email`, … plus `log.mask_fields`) are written as `***`, and every other field and the message
@@ -31,6 +32,7 @@
 //! per process by `keel::run`; later calls return a handle to the first set-up.
 
 mod config;
+mod filter;
 pub mod intern;
 mod json;
 pub mod mask;
@@ -54,7 +56,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{Layer, Registry};
 
 pub use config::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
@@ -102,7 +104,7 @@ pub enum TelemetryError {
 }
 
 /// Replaces the fmt layer's filter.
-type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type SetFilter = filter::LogFilter;
 
 struct Global {
     set_filter: SetFilter,
@@ -190,7 +192,7 @@ pub fn init_with_layers(opts: &TelemetryOptions, layers: Vec<BoxLayer>) -> Resul
         return Ok(TelemetryGuard { _private: () });
     }
     let level = effective_level(&opts.level);
-    let filter = env_filter(&level).map_err(TelemetryError::Filter)?;
+    let filter = filter::Directives::parse(&normalize(&level)).map_err(TelemetryError::Filter)?;
 
     let (provider, exporting) = tracer_provider(opts)?;
     global::set_text_map_propagator(TraceContextPropagator::new());
@@ -233,25 +235,24 @@ pub fn init_with_layers(opts: &TelemetryOptions, layers: Vec<BoxLayer>) -> Resul
     Ok(TelemetryGuard { _private: () })
 }
 
-/// The fmt layer for `opts.format`, filtered by `filter` behind a reload handle, and the
-/// function that replaces the filter.
+/// The fmt layer for `opts.format`, filtered by `directives` (see `filter`), and the filter,
+/// whose directives can be replaced.
 fn log_layer<S>(
     opts: &TelemetryOptions,
-    filter: EnvFilter,
+    directives: filter::Directives,
     masker: crate::mask::Masker,
     writer: tracing_appender::non_blocking::NonBlocking,
 ) -> (Box<dyn Layer<S> + Send + Sync>, SetFilter)
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static,
 {
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let filter = tracing_subscriber::filter::FilterExt::or(filter, info_spans());
+    let filter = filter::LogFilter::new(directives);
     let layer: Box<dyn Layer<S> + Send + Sync> = match opts.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .fmt_fields(json::JsonFields::new(masker))
             .event_format(json::JsonLine::new(opts.service.clone()))
             .with_writer(writer)
-            .with_filter(filter)
+            .with_filter(filter.clone())
             .boxed(),
         LogFormat::Pretty => {
             let ansi = pretty::colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
@@ -259,18 +260,11 @@ where
                 .fmt_fields(pretty::fields(masker))
                 .with_ansi(ansi)
                 .with_writer(writer)
-                .with_filter(filter)
+                .with_filter(filter.clone())
                 .boxed()
         }
     };
-    let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-    (layer, set)
-}
-
-/// Spans at `info` and above, whatever the log level: they carry the ids and fields of every
-/// line logged inside them.
-fn info_spans() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
-    tracing_subscriber::filter::filter_fn(|m| m.is_span() && *m.level() <= tracing::Level::INFO)
+    (layer, filter)
 }
 
 /// The target of spans that only scope log lines (a service's background work in a process that
@@ -312,15 +306,7 @@ pub fn parse_filter(directives: &str) -> Result<(), String> {
             ));
         }
     }
-    env_filter(directives).map(|_| ())
-}
-
-/// An `EnvFilter` from `directives`, never from the environment (`RUST_LOG` is read once, by
-/// [`init`]).
-fn env_filter(directives: &str) -> Result<EnvFilter, String> {
-    EnvFilter::builder().parse(normalize(directives)).map_err(|e| {
-        format!("`{directives}` is not a level or target=level list ({e}); use e.g. info or info,sqlx=warn")
-    })
+    filter::Directives::parse(&normalize(directives)).map(|_| ())
 }
 
 /// `directives` without blanks around each directive and without empty ones.
@@ -348,7 +334,7 @@ pub fn set_log_level(directives: &str) -> Result<(), String> {
     if !g.installed {
         return Err("another tracing subscriber is installed; Keel's log filter is not in effect".into());
     }
-    (g.set_filter)(env_filter(directives)?)?;
+    g.set_filter.set(filter::Directives::parse(&normalize(directives))?);
     if let Ok(mut l) = g.level.lock() {
         *l = normalize(directives);
     }
