@@ -6,7 +6,9 @@
 #   KEEL_BENCH_ABLATE='none;trace;metrics,timeout' TARGETS='bare skip:none skip:trace skip:metrics,timeout' \
 #     bash bench/http-stack.sh                       # what layers cost in time (src/main.rs)
 #
-# Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1, then runs wrk
+# Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1 (and, when TARGETS
+# names them, the hand-made stack of bench/src/handmade.rs and the Express peers of
+# bench/express, which need node and npm, each a process of its own), then runs wrk
 # against each target in turn, ROUNDS times, interleaved so drift affects all alike; reports the
 # median requests/s per target and its ratio to bare axum as a Markdown table, with the server's
 # CPU time per request (user + system, from /proc) — steadier than requests/s on a shared
@@ -21,32 +23,60 @@ conns=${CONNS:-64}
 path=${BENCH_PATH:-/hello}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 
-cargo build --release -q -p keel-bench
-ports=$(mktemp)
-trap 'kill $pid 2>/dev/null || true; rm -f "$ports"' EXIT
-rm -f "$ports"
-"${CARGO_TARGET_DIR:-target}/release/keel-bench" "$ports" > /dev/null &
-pid=$!
-for _ in $(seq 100); do [ -s "$ports" ] && break; sleep 0.1; done
-[ -s "$ports" ] || { echo "keel-bench did not start" >&2; exit 1; }
-addr() { python3 -c "import json,sys; print(json.load(open('$ports'))['$1'])"; }
-
 # shellcheck disable=SC2206 # a list of names, split on purpose
 targets=(${TARGETS:-bare bare_headers keel keel_no_access_log})
 # Every ratio is to bare axum, so it is always measured.
 [[ " ${targets[*]} " == *" bare "* ]] || targets=(bare "${targets[@]}")
+wants() { [[ " ${targets[*]} " == *" $1 "* ]]; }
+
+cargo build --release -q -p keel-bench
+bin=${CARGO_TARGET_DIR:-target}/release
+tmp=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+# Starts a server that writes {"target": "ADDR", …} (or a bare port) to $tmp/$1 once it listens;
+# every target it writes is served by that process, whose CPU time is counted for them.
+declare -A addrs owner
+serve() {
+  local name=$1
+  shift
+  "$@" "$tmp/$name" > /dev/null &
+  pids+=($!)
+  local p=$!
+  for _ in $(seq 100); do [ -s "$tmp/$name" ] && break; sleep 0.1; done
+  [ -s "$tmp/$name" ] || { echo "$name did not start" >&2; exit 1; }
+  while read -r t a; do addrs[$t]=$a; owner[$t]=$p; done < <(python3 -c "
+import json, sys
+text = open('$tmp/$name').read().strip()
+for t, a in (json.loads(text).items() if text.startswith('{') else [('$name', '127.0.0.1:' + text)]):
+    print(t, a)")
+}
+serve keel-bench "$bin/keel-bench"
+# The hand-made stack and the Express peers are processes of their own (one tracing subscriber
+# per process; Node).
+wants handmade && serve handmade "$bin/handmade-bench"
+if wants express || wants express_stack; then
+  command -v node >/dev/null || { echo "the express target needs node and npm" >&2; exit 1; }
+  [ "$path" = /hello ] || { echo "the Express peers serve GET /hello only" >&2; exit 1; }
+  [ -d bench/express/node_modules ] || (cd bench/express && npm ci --no-audit --no-fund --silent)
+  serve express node bench/express/server.js
+fi
+for t in "${targets[@]}"; do [ -n "${addrs[$t]:-}" ] || { echo "no target $t" >&2; exit 1; }; done
+addr() { echo "${addrs[$1]}"; }
+
 declare -A results cpu
 tick=$(getconf CLK_TCK)
-# utime + stime, counted from after the command name (which may hold spaces).
-cputime() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat"; }
+# utime + stime of the process serving target $1, counted from after the command name (which
+# may hold spaces).
+cputime() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/${owner[$1]}/stat"; }
 for t in "${targets[@]}"; do
   wrk -t1 -c"$conns" -d2s "http://$(addr "$t")$path" > /dev/null   # warm-up
 done
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
-    c0=$(cputime)
+    c0=$(cputime "$t")
     out=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")$path")
-    c1=$(cputime)
+    c1=$(cputime "$t")
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     us=$(python3 -c "print(f'{($c1 - $c0) / $tick * 1e6 / $n:.2f}')")

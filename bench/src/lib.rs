@@ -11,6 +11,17 @@ pub async fn hello() -> Json<Value> {
     Json(json!({ "message": "hello" }))
 }
 
+/// `GET /work`: some CPU work (about what parsing and validating a small JSON body and
+/// building a response costs), the same on every target, so it shows the stack's share on a
+/// route that does something.
+pub async fn work() -> Json<Value> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..62_000u64 {
+        x = std::hint::black_box(x.rotate_left(7) ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    }
+    Json(json!({ "message": "hello", "checksum": x }))
+}
+
 /// A router with only `GET /hello`.
 pub fn hello_router() -> Router {
     Router::new().route("/hello", get(hello))

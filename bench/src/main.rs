@@ -25,24 +25,13 @@ mod floor;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use axum::Router;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::routing::get;
-use axum::{Json, Router};
 use keel::app::Loader;
 use keel::config::Profile;
-use keel_bench::hello;
+use keel_bench::{hello, work};
 use serde_json::{Value, json};
-
-/// A handler with some CPU work (about what parsing and validating a small JSON body and
-/// building a response costs): the same on every target, so it shows the stack's share on a
-/// route that does something.
-async fn work() -> Json<Value> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for i in 0..62_000u64 {
-        x = std::hint::black_box(x.rotate_left(7) ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    }
-    Json(json!({ "message": "hello", "checksum": x }))
-}
 
 fn routes() -> Router {
     Router::new().route("/hello", get(hello)).route("/work", get(work))
