@@ -18,48 +18,7 @@ SECONDS_RUN=${2:-60}
 SPAWN_RATE=${3:-$USERS}
 command -v locust >/dev/null || { echo "locust is not installed: pip install locust" >&2; exit 1; }
 
-work=$(mktemp -d)
-prefix="ce_load_$(date +%s)"
-cargo build --release -q -p cityevents
-export CITYEVENTS_BIN=${CARGO_TARGET_DIR:-target}/release/cityevents
-export STATE="$work/state" CITYEVENTS_DB_PREFIX=$prefix CITYEVENTS_BUS_NAMESPACE=$prefix
-# Every user comes from this one address: every policy (per user, per IP, sign-up) is raised.
-export CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX="$prefix:" CITYEVENTS_RATE_LIMIT=1000000
-export CITYEVENTS_IP_RATE_LIMIT=1000000 CITYEVENTS_STRICT_RATE_LIMIT=1000000
-# The seeded organizers cannot follow a verification mail: they create events unverified.
-export CITYEVENTS_EVENTS__APP__REQUIRE_VERIFIED_EMAIL=false
-export CITYEVENTS_GATEWAY__LOG__ACCESS_LOG=true
-port=${CITYEVENTS_GATEWAY_PORT:-18080}
-export CITYEVENTS_GATEWAY_PORT=$port CITYEVENTS_AUTH_PORT=$((port + 1)) CITYEVENTS_EVENTS_PORT=$((port + 2))
-export CITYEVENTS_JOINS_PORT=$((port + 3)) CITYEVENTS_NOTIFIER_PORT=$((port + 4))
-for svc in AUTH EVENTS JOINS NOTIFIER GATEWAY; do export "CITYEVENTS_${svc}__MANAGEMENT__ADDR=127.0.0.1:0"; done
-
-bash deploy/local/run-distributed.sh >"$work/platform.log" 2>&1 &
-platform=$!
-cleanup() {
-  kill -TERM "$platform" 2>/dev/null || true
-  wait "$platform" 2>/dev/null || true
-  for svc in auth events joins notifier; do
-    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"${prefix}_$svc\" WITH (FORCE)" >/dev/null 2>&1 || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-for _ in $(seq 1 240); do grep -q 'run-distributed: ready' "$work/platform.log" && break; sleep 1; done
-grep -q 'run-distributed: ready' "$work/platform.log" || { tail -50 "$work/platform.log"; exit 1; }
-
-# CPU ticks (user + system) of the processes whose command line matches each pattern.
-ticks() { # pattern
-  local total=0 pid
-  for pid in $(pgrep -f "$1" || true); do
-    read -r -a f <"/proc/$pid/stat" 2>/dev/null || continue
-    # Fields after the command name, which may hold spaces: utime and stime are 14th and 15th.
-    local rest=${f[*]}; rest=${rest#*) }; read -r -a g <<<"$rest"
-    total=$((total + g[11] + g[12]))
-  done
-  echo "$total"
-}
-components=("serve gateway" "serve auth" "serve events" "serve joins" "serve notifier" "postgres" "redis-server" "nats-server")
+source bench/load/platform.sh
 declare -A before
 for c in "${components[@]}"; do before[$c]=$(ticks "$c"); done
 
