@@ -28,6 +28,8 @@
 //! `--max-in-flight` outstanding ones are counted as `generator_saturated` errors. Any answer
 //! other than the operation's success (a 409 on a join that was already made, a 404 on a leave
 //! already undone are successes) is an error; the exit status is 1 if any step saw an error.
+//! A 503 with `Retry-After` (the platform refusing load it cannot take) is shown apart, with its
+//! latency, and is an error too unless `--refusals-ok`. `--mix OP=WEIGHT,…` replaces the mix.
 //!
 //! Every person comes from one address: run it against a gateway whose rate limits are raised
 //! (bench/load/run.sh does).
@@ -99,11 +101,16 @@ struct Args {
     max_in_flight: usize,
     /// Per-operation p99 bounds in ms for step mode.
     bounds: Vec<(String, f64)>,
+    mix: Vec<(Op, u32)>,
+    refusals_ok: bool,
+    /// Seconds to wait between seeding and the first step.
+    start_after: u64,
 }
 
 fn usage() -> String {
     "usage: load-bench --base URL [--rate PER_S --secs S | --step FROM:BY:SECS:UPTO] \
-     [--persons N] [--organizers N] [--events N] [--max-in-flight N] [--bound OP=MS]…"
+     [--persons N] [--organizers N] [--events N] [--max-in-flight N] [--bound OP=MS]… \
+     [--mix OP=WEIGHT,…] [--refusals-ok] [--start-after S]"
         .into()
 }
 
@@ -118,9 +125,16 @@ fn parse_args() -> Result<Args, String> {
         events: 100,
         max_in_flight: 2_000,
         bounds: Vec::new(),
+        mix: MIX.to_vec(),
+        refusals_ok: false,
+        start_after: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--refusals-ok" {
+            a.refusals_ok = true;
+            continue;
+        }
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value; {}", usage()));
         let num = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
@@ -130,6 +144,7 @@ fn parse_args() -> Result<Args, String> {
             "--persons" => a.persons = num(value()?)? as usize,
             "--organizers" => a.organizers = (num(value()?)? as usize).max(1),
             "--events" => a.events = (num(value()?)? as usize).max(1),
+            "--start-after" => a.start_after = num(value()?)? as u64,
             "--max-in-flight" => a.max_in_flight = (num(value()?)? as usize).max(1),
             "--step" => {
                 let v = value()?;
@@ -137,6 +152,21 @@ fn parse_args() -> Result<Args, String> {
                     v.split(':').map(str::parse).collect::<Result<_, _>>().map_err(|e| format!("--step: {e}"))?;
                 let [from, by, secs, upto] = p[..] else { return Err(format!("--step is FROM:BY:SECS:UPTO, not {v}")) };
                 a.step = Some((from, by, secs as u64, upto));
+            }
+            "--mix" => {
+                // `browse=10,login=1`: only these, with these weights.
+                let v = value()?;
+                let mut mix = Vec::new();
+                for part in v.split(',') {
+                    let (name, w) = part.split_once('=').ok_or_else(|| format!("--mix is OP=WEIGHT,…, not {v}"))?;
+                    let op = MIX
+                        .iter()
+                        .map(|(o, _)| *o)
+                        .find(|o| o.name() == name.trim())
+                        .ok_or_else(|| format!("--mix: no operation {name} (join stands for join-or-leave)"))?;
+                    mix.push((op, w.trim().parse().map_err(|e| format!("--mix {part}: {e}"))?));
+                }
+                a.mix = mix;
             }
             "--bound" => {
                 let v = value()?;
@@ -168,6 +198,8 @@ struct Person {
 }
 
 struct World {
+    /// The operations' weights (`MIX`, or `--mix`).
+    mix: Vec<(Op, u32)>,
     http: reqwest::Client,
     base: String,
     events: Mutex<Vec<String>>,
@@ -191,6 +223,8 @@ fn pick<'a, T>(seq: &AtomicU64, items: &'a [T]) -> Option<&'a T> {
 /// What an operation came to.
 enum Outcome {
     Ok,
+    /// A 503 with `Retry-After`: the platform refusing load it cannot take, as it should.
+    Refused,
     /// An answer or a failure that counts as an error, with what it was.
     Error(String),
 }
@@ -198,6 +232,7 @@ enum Outcome {
 fn status_is(r: &Result<reqwest::Response, reqwest::Error>, ok: &[u16]) -> Outcome {
     match r {
         Ok(r) if ok.contains(&r.status().as_u16()) => Outcome::Ok,
+        Ok(r) if r.status().as_u16() == 503 && r.headers().contains_key("retry-after") => Outcome::Refused,
         Ok(r) => Outcome::Error(format!("HTTP {}", r.status().as_u16())),
         Err(e) if e.is_timeout() => Outcome::Error("timeout".into()),
         Err(e) if e.is_connect() => Outcome::Error("connect".into()),
@@ -380,28 +415,45 @@ impl World {
 /// Latencies and errors of one step, per operation.
 struct Tally {
     latency: BTreeMap<Op, Histogram<u64>>,
+    /// How long refusals (503 with `Retry-After`) took to come.
+    refused: BTreeMap<Op, Histogram<u64>>,
     errors: BTreeMap<Op, BTreeMap<String, u64>>,
     saturated: u64,
+    /// Arrivals that came to an end (answered, refused or failed).
+    finished: u64,
+    /// Whether a refusal is an error (the default) or an answer (`--refusals-ok`).
+    refusals_ok: bool,
 }
 
 const OPS: [Op; 9] =
     [Op::Browse, Op::Search, Op::View, Op::Notifications, Op::Join, Op::Leave, Op::Login, Op::Signup, Op::Publish];
 
 impl Tally {
-    fn new() -> Result<Self, String> {
-        let mut latency = BTreeMap::new();
+    fn new(refusals_ok: bool) -> Result<Self, String> {
+        let (mut latency, mut refused) = (BTreeMap::new(), BTreeMap::new());
         for op in OPS {
             // Microseconds, 1 µs to 60 s, three significant digits.
             latency.insert(op, Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?);
+            refused.insert(op, Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?);
         }
-        Ok(Self { latency, errors: BTreeMap::new(), saturated: 0 })
+        Ok(Self { latency, refused, errors: BTreeMap::new(), saturated: 0, finished: 0, refusals_ok })
     }
 
     fn record(&mut self, op: Op, took: Duration, outcome: Outcome) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000);
+        self.finished += 1;
         match outcome {
             Outcome::Ok => {
                 if let Some(h) = self.latency.get_mut(&op) {
-                    h.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000));
+                    h.saturating_record(micros);
+                }
+            }
+            Outcome::Refused => {
+                if let Some(h) = self.refused.get_mut(&op) {
+                    h.saturating_record(micros);
+                }
+                if !self.refusals_ok {
+                    *self.errors.entry(op).or_default().entry("HTTP 503 (Retry-After)".into()).or_default() += 1;
                 }
             }
             Outcome::Error(what) => *self.errors.entry(op).or_default().entry(what).or_default() += 1,
@@ -438,10 +490,12 @@ async fn step(
     rate: f64,
     secs: u64,
     max_in_flight: usize,
+    refusals_ok: bool,
 ) -> Result<(Tally, u64, Duration, Duration), String> {
-    let tally = Arc::new(Mutex::new(Tally::new()?));
+    let tally = Arc::new(Mutex::new(Tally::new(refusals_ok)?));
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+    let mix = &world.mix;
+    let total: u32 = mix.iter().map(|(_, w)| w).sum::<u32>().max(1);
     let cpu0 = cpu_time();
     let started = tokio::time::Instant::now();
     let end = started + Duration::from_secs(secs);
@@ -462,7 +516,7 @@ async fn step(
             let at = started + Duration::from_secs_f64(issued as f64 / rate);
             issued += 1;
             let mut w = (rand(&world.seq) % u64::from(total)) as u32;
-            let op = MIX
+            let op = mix
                 .iter()
                 .find(|(_, weight)| {
                     if w < *weight {
@@ -502,7 +556,7 @@ async fn step(
 }
 
 fn report(rate: f64, tally: &Tally, issued: u64, cpu: Duration, wall: Duration) {
-    let done: u64 = tally.latency.values().map(Histogram::len).sum::<u64>() + tally.errors() - tally.saturated;
+    let done = tally.finished;
     println!(
         "\n### {rate:.0} arrivals/s offered: {:.1}/s answered, {} errors; generator CPU {:.1} % of a core, {:.0} µs per request",
         done as f64 / wall.as_secs_f64(),
@@ -510,14 +564,19 @@ fn report(rate: f64, tally: &Tally, issued: u64, cpu: Duration, wall: Duration) 
         cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
         if issued > 0 { cpu.as_secs_f64() * 1e6 / issued as f64 } else { 0.0 },
     );
-    println!("\n| operation | answered | errors | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\n| operation | answered | refused (503) | errors | p50 ms | p90 ms | p99 ms | max ms | refusal p99 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     for op in OPS {
         let errs: u64 = tally.errors.get(&op).map_or(0, |e| e.values().sum());
+        let refused = tally.refused.get(&op).filter(|h| !h.is_empty());
+        let (n_refused, refusal_p99) =
+            refused.map_or((0, "–".to_owned()), |h| (h.len(), format!("{:.1}", ms(h, 0.99))));
         match tally.latency.get(&op).filter(|h| !h.is_empty()) {
             Some(h) => println!(
-                "| {} | {} | {errs} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {n_refused} | {errs} | {:.1} | {:.1} | {:.1} | {:.1} | {refusal_p99} |",
                 op.name(),
                 h.len(),
                 ms(h, 0.5),
@@ -525,7 +584,9 @@ fn report(rate: f64, tally: &Tally, issued: u64, cpu: Duration, wall: Duration) 
                 ms(h, 0.99),
                 h.max() as f64 / 1000.0
             ),
-            None if errs > 0 => println!("| {} | 0 | {errs} | – | – | – | – |", op.name()),
+            None if errs > 0 || n_refused > 0 => {
+                println!("| {} | 0 | {n_refused} | {errs} | – | – | – | – | {refusal_p99} |", op.name())
+            }
             None => {}
         }
     }
@@ -548,6 +609,7 @@ async fn seed(args: &Args) -> Result<Arc<World>, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let mut world = World {
+        mix: args.mix.clone(),
         http,
         base: args.base.clone(),
         events: Mutex::new(Vec::new()),
@@ -569,6 +631,7 @@ async fn seed(args: &Args) -> Result<Arc<World>, String> {
             let n = (o * per + i) as u64;
             made.push(world.publish(token, n).await.map_err(|e| match e {
                 Outcome::Error(e) => format!("seeding events: {e}"),
+                Outcome::Refused => "seeding events: HTTP 503 (Retry-After)".into(),
                 Outcome::Ok => "seeding events".into(),
             })?);
         }
@@ -600,10 +663,12 @@ async fn run(args: Args) -> Result<bool, String> {
         world.persons.len(),
         seeded.elapsed().as_secs_f64()
     );
+    tokio::time::sleep(Duration::from_secs(args.start_after)).await;
     let mut clean = true;
     match args.step {
         None => {
-            let (tally, issued, cpu, wall) = step(&world, args.rate, args.secs, args.max_in_flight).await?;
+            let (tally, issued, cpu, wall) =
+                step(&world, args.rate, args.secs, args.max_in_flight, args.refusals_ok).await?;
             report(args.rate, &tally, issued, cpu, wall);
             clean = tally.errors() == 0;
         }
@@ -611,7 +676,7 @@ async fn run(args: Args) -> Result<bool, String> {
             let mut rate = from;
             let mut best = None;
             while rate <= upto {
-                let (tally, issued, cpu, wall) = step(&world, rate, secs, args.max_in_flight).await?;
+                let (tally, issued, cpu, wall) = step(&world, rate, secs, args.max_in_flight, args.refusals_ok).await?;
                 report(rate, &tally, issued, cpu, wall);
                 let over: Vec<String> = args
                     .bounds
