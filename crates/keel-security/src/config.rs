@@ -102,14 +102,15 @@ pub struct PasswordsConfig {
     pub iterations: u32,
     /// Argon2id lanes. Default `1`.
     pub parallelism: u32,
-    /// Hashes computed at once (each on a blocking thread). `0`: the number of CPUs. Default `0`.
+    /// Hashes computed at once (each on a blocking thread). `0`: half the CPUs, at least one, so
+    /// that a storm of sign-ins leaves the other half to everything else. Default `0`.
     pub max_concurrent_hashes: usize,
     /// Longest wait for a hashing slot; past it the call fails as overloaded (503) instead of
     /// queueing without bound. Default `5s`.
     #[serde(with = "keel_config::duration")]
     pub queue_timeout: Duration,
     /// Callers that may wait for a hashing slot at once; one more is refused at once as
-    /// overloaded (503 with `Retry-After`) instead of queueing behind them. `0`: four per slot.
+    /// overloaded (503 with `Retry-After`) instead of queueing behind them. `0`: four per CPU.
     /// Default `0`.
     pub max_queued: usize,
     /// Shortest password accepted, in characters. Default `12`; production refuses less.
