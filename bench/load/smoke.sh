@@ -10,7 +10,9 @@ cd "$(dirname "$0")/../.."
 rate=${LOAD_RATE:-20}
 secs=${LOAD_SECONDS:-20}
 port=${LOAD_PORT:-8080}
-cargo build -q -p cityevents -p keel-bench --bin cityevents --bin load-bench
+# Both binaries are what the README's test command builds (bench/tests runs load-bench): the
+# same features, so nothing is built twice.
+cargo test -q --workspace --no-run
 bin=$(pwd)/${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 trap 'kill -TERM "$aio" 2>/dev/null || true; wait "$aio" 2>/dev/null || true; rm -rf "$work"' EXIT
