@@ -28,8 +28,7 @@ echo "## City Events distributed at its ceiling, $(nproc) cores, $(date -u +%Y-%
 echo
 echo "pgbench TPC-B on the same PostgreSQL, same run (scale 10, 8 clients, ${PGBENCH_SECS:-30} s): **$tps TPS**"
 
-declare -A before
-for c in "${components[@]}"; do before[$c]=$(ticks "$c"); done
+cpu_mark
 started=$(date +%s)
 load=("${CARGO_TARGET_DIR:-target}/release/load-bench" --base "http://127.0.0.1:$port" --persons 50)
 [ -n "${RATE:-}" ] && load+=(--rate "$RATE" --secs "${SECS:-30}") || load+=(--step "$STEP")
@@ -37,16 +36,6 @@ status=0
 TIMEFORMAT='%U %S'
 { time "${load[@]}" || status=$?; } 2>"$work/load.time"
 elapsed=$(($(date +%s) - started))
-hz=$(getconf CLK_TCK)
 echo
-echo "| process | CPU seconds | share of the run's $(nproc)-core capacity |"
-echo "|---|---|---|"
-for c in "${components[@]}"; do
-  after=$(ticks "$c")
-  secs=$(python3 -c "print(f'{($after - ${before[$c]}) / $hz:.1f}')")
-  share=$(python3 -c "print(f'{100 * ($after - ${before[$c]}) / $hz / ($elapsed * $(nproc)):.0f} %')")
-  echo "| ${c#serve } | $secs | $share |"
-done
-read -r lu ls < <(tail -n 1 "$work/load.time")
-echo "| load-bench (the load generator) | $(python3 -c "print(f'{$lu + $ls:.1f}')") | $(python3 -c "print(f'{100 * ($lu + $ls) / ($elapsed * $(nproc)):.0f} %')") |"
+cpu_table "$elapsed" load-bench "$work/load.time"
 exit "$status"

@@ -2,7 +2,7 @@
 # processes in the production profile on PostgreSQL, Redis and NATS JetStream, as
 # deploy/local/run-distributed.sh runs them) with its own databases, bus namespace and key
 # prefix, removed on exit, and rate limits raised (every simulated person comes from one
-# address). Sets $work, $port, and the CPU helpers `ticks PATTERN` and $components.
+# address). Sets $work, $port, $components and the CPU helpers `ticks`, `cpu_mark`, `cpu_table`.
 work=$(mktemp -d)
 prefix="ce_load_$(date +%s)"
 cargo build --release -q -p cityevents
@@ -45,3 +45,21 @@ ticks() { # pattern
   echo "$total"
 }
 components=("serve gateway" "serve auth" "serve events" "serve joins" "serve notifier" "postgres" "redis-server" "nats-server")
+
+# `cpu_mark` notes every component's CPU ticks; `cpu_table SECONDS GENERATOR TIME_FILE` then prints
+# each one's CPU since, and its share of SECONDS on every core, and the load generator's (the
+# user and system seconds bash's `time` wrote, with TIMEFORMAT='%U %S', as TIME_FILE's last line).
+declare -A cpu_before
+cpu_mark() { for c in "${components[@]}"; do cpu_before[$c]=$(ticks "$c"); done; }
+cpu_table() { # seconds generator time-file
+  local run=$1 hz c used lu ls
+  hz=$(getconf CLK_TCK)
+  echo "| process | CPU seconds | share of the run's $(nproc)-core capacity |"
+  echo "|---|---|---|"
+  for c in "${components[@]}"; do
+    used=$(python3 -c "print(($(ticks "$c") - ${cpu_before[$c]}) / $hz)")
+    echo "| ${c#serve } | $(python3 -c "print(f'{$used:.1f}')") | $(python3 -c "print(f'{100 * $used / ($run * $(nproc)):.0f} %')") |"
+  done
+  read -r lu ls < <(tail -n 1 "$3")
+  echo "| $2 (the load generator) | $(python3 -c "print(f'{$lu + $ls:.1f}')") | $(python3 -c "print(f'{100 * ($lu + $ls) / ($run * $(nproc)):.0f} %')") |"
+}

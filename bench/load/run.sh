@@ -19,13 +19,11 @@ SPAWN_RATE=${3:-$USERS}
 command -v locust >/dev/null || { echo "locust is not installed: pip install locust" >&2; exit 1; }
 
 source bench/load/platform.sh
-declare -A before
-for c in "${components[@]}"; do before[$c]=$(ticks "$c"); done
+cpu_mark
 
 TIMEFORMAT='%U %S'
 { time locust -f bench/load/locustfile.py --headless -u "$USERS" -r "$SPAWN_RATE" -t "${SECONDS_RUN}s" \
   --host "http://127.0.0.1:$port" --csv "$work/load" --only-summary >"$work/locust.log" 2>&1 || true; } 2>"$work/locust.time"
-hz=$(getconf CLK_TCK)
 echo "## $USERS users (started at $SPAWN_RATE/s), ${SECONDS_RUN} s, $(nproc) cores, $(date -u +%Y-%m-%d)"
 echo
 echo "| operation | requests | failures | requests/s | p50 ms | p95 ms | p99 ms |"
@@ -37,16 +35,7 @@ for r in csv.DictReader(open(sys.argv[1])):
           f"{r['50%']} | {r['95%']} | {r['99%']} |")
 PY
 echo
-echo "| process | CPU seconds | share of the run's 2-core capacity |"
-echo "|---|---|---|"
-for c in "${components[@]}"; do
-  after=$(ticks "$c")
-  secs=$(python3 -c "print(f'{($after - ${before[$c]}) / $hz:.1f}')")
-  share=$(python3 -c "print(f'{100 * ($after - ${before[$c]}) / $hz / ($SECONDS_RUN * $(nproc)):.0f} %')")
-  echo "| ${c#serve } | $secs | $share |"
-done
-read -r lu ls <"$work/locust.time"
-echo "| locust (the load generator) | $(python3 -c "print(f'{$lu + $ls:.1f}')") | $(python3 -c "print(f'{100 * ($lu + $ls) / ($SECONDS_RUN * $(nproc)):.0f} %')") |"
+cpu_table "$SECONDS_RUN" locust "$work/locust.time"
 if [[ -s "$work/load_failures.csv" ]] && [[ $(wc -l <"$work/load_failures.csv") -gt 1 ]]; then
   echo; echo "Failures:"; cat "$work/load_failures.csv"
 fi

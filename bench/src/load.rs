@@ -620,7 +620,6 @@ async fn seed(args: &Args) -> Result<Arc<World>, String> {
     for _ in 0..args.organizers {
         world.organizers.push(world.sign_up("organizer").await?.1);
     }
-    let world = Arc::new(world);
     let mut made = Vec::new();
     let per = args.events.div_ceil(args.organizers);
     for (o, token) in world.organizers.iter().enumerate() {
@@ -636,19 +635,16 @@ async fn seed(args: &Args) -> Result<Arc<World>, String> {
             })?);
         }
     }
-    if let Ok(mut e) = world.events.lock() {
-        *e = made;
-    }
+    world.events = Mutex::new(made);
     // A few sign-ups at a time: each is an Argon2 hash on the auth service.
     let mut persons = Vec::new();
-    for chunk in (0..args.persons).collect::<Vec<_>>().chunks(4) {
-        let signed = futures_util::future::join_all(chunk.iter().map(|_| world.sign_up("person"))).await;
-        for s in signed {
+    while persons.len() < args.persons {
+        let n = (args.persons - persons.len()).min(4);
+        for s in futures_util::future::join_all((0..n).map(|_| world.sign_up("person"))).await {
             let (email, token) = s?;
             persons.push(Person { email, token, joined: tokio::sync::Mutex::new(None) });
         }
     }
-    let mut world = Arc::try_unwrap(world).map_err(|_| "seeding: the world is still shared".to_owned())?;
     world.persons = persons;
     Ok(Arc::new(world))
 }
