@@ -387,3 +387,34 @@ async fn the_callers_deadline_is_not_the_upstreams_failure() {
             .contains("http_client_requests_total{method=\"GET\",status=\"error\",upstream=\"deadline\"} 3")
     );
 }
+
+#[tokio::test]
+async fn refusals_at_capacity_do_not_open_the_breaker() {
+    // A Keel service past its capacity (a full password-hashing queue, load shedding) answers
+    // 503 at once, marked overloaded: that must not open the caller's breaker, which would
+    // refuse everyone's calls to a service that is answering. An unmarked 503 still counts.
+    let busy = Router::new()
+        .route(
+            "/busy",
+            get(|| async { keel::http::Problem::unavailable("too many sign-ins at once; retry shortly", 1) }),
+        )
+        .route("/down", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, busy).await });
+    let mut c = cfg(addr);
+    c.retry.max_attempts = 1;
+    c.breaker.minimum_calls = 4;
+    let (client, _metrics) = make("busy", &c);
+    for _ in 0..20 {
+        let resp = client.get("/busy").await.unwrap();
+        assert_eq!(resp.status, 503);
+        assert_eq!(resp.headers["retry-after"], "1");
+        assert_eq!(resp.headers[keel::http::problem::OVERLOADED], "true");
+    }
+    assert_eq!(client.breaker().state(), State::Closed);
+    for _ in 0..4 {
+        assert_eq!(client.get("/down").await.unwrap().status, 503);
+    }
+    assert_eq!(client.breaker().state(), State::Open);
+}

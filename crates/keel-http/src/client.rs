@@ -7,8 +7,9 @@
 //!    DELETE, OPTIONS, or any with an `Idempotency-Key`) that timed out, failed in transport or
 //!    got 502/503/504, and for any request when no connection could be made (nothing was sent);
 //! 3. per attempt, the upstream's **circuit breaker** (5xx, timeouts and connection errors are
-//!    failures; an open breaker answers at once without a request; with `health_path` set, a
-//!    readiness probe of that path while open starts the trial calls as soon as it answers 2xx);
+//!    failures, except a 503 marked [`OVERLOADED`]: a refusal at capacity, passed on uncounted;
+//!    an open breaker answers at once without a request; with `health_path` set, a readiness
+//!    probe of that path while open starts the trial calls as soon as it answers 2xx);
 //! 4. a **connect timeout** and a **request timeout** (never infinite; also cut to the caller's
 //!    own remaining time);
 //! 5. a **response size cap**: the body is read chunk by chunk and the read stops with
@@ -43,6 +44,7 @@ pub use config::UpstreamConfig;
 
 use super::Problem;
 use super::context::TIMEOUT_HEADER_NAME;
+use super::problem::OVERLOADED;
 use keel_health::{Check, Kind, Outcome};
 use keel_resilience::breaker::{CircuitBreaker, Outcome as BreakerOutcome, Rejected};
 use keel_resilience::bulkhead::{Bulkhead, BulkheadError, BulkheadMetrics};
@@ -520,6 +522,9 @@ impl Client {
             other => other,
         };
         match &result {
+            // A Keel service refusing at capacity answered at once: neither a failure nor a
+            // success of the upstream (see `Problem::overloaded`).
+            Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE && r.headers.contains_key(OVERLOADED) => drop(permit),
             Ok(r) if r.status.is_server_error() => permit.record(BreakerOutcome::Failure),
             Ok(_) => permit.record(BreakerOutcome::Success),
             Err(ClientError::DeadlineExceeded { .. } | ClientError::Invalid { .. }) => drop(permit),

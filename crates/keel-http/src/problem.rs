@@ -12,6 +12,11 @@ use serde::Serialize;
 /// The media type of problem documents.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Marks an answer refused at capacity before any work was done ([`Problem::overloaded`]):
+/// the service is alive and answered at once, so Keel's client does not count the answer
+/// against its circuit breaker. Named after Envoy's `x-envoy-overloaded`.
+pub const OVERLOADED: http::HeaderName = http::HeaderName::from_static("keel-overloaded");
+
 /// An RFC 9457 problem document.
 ///
 /// ```
@@ -46,6 +51,8 @@ pub(crate) struct ProblemBody {
     pub(crate) errors: Vec<FieldError>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
+    #[serde(skip)]
+    pub(crate) overloaded: bool,
 }
 
 impl Serialize for Problem {
@@ -75,6 +82,7 @@ impl Problem {
             request_id: None,
             errors: Vec::new(),
             retry_after: None,
+            overloaded: false,
         }))
     }
 
@@ -118,11 +126,35 @@ impl Problem {
             .detail("the server failed to handle the request; quote the request id when reporting it")
     }
 
-    /// 503 with `Retry-After`.
+    /// Says the request was refused at capacity before any work was done (a full queue, a
+    /// bulkhead, load shedding): the answer carries [`OVERLOADED`], and a Keel client calling
+    /// this service passes it on without counting it against its circuit breaker. A breaker
+    /// is for a dependency that fails or hangs; one that answers "busy" at once needs no
+    /// protection from, and opening the breaker would refuse everyone else's calls too (a
+    /// burst of sign-ins would end every sign-in for the breaker's open time). Use it only
+    /// for such refusals: a 503 for a dependency that is down or slow must stay a failure.
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use keel_http::Problem;
+    ///
+    /// let resp = Problem::new(http::StatusCode::SERVICE_UNAVAILABLE, "search-busy", "Too many searches")
+    ///     .retry_after(1)
+    ///     .overloaded()
+    ///     .into_response();
+    /// assert_eq!(resp.headers()[keel_http::problem::OVERLOADED], "true");
+    /// ```
+    pub fn overloaded(mut self) -> Self {
+        self.0.overloaded = true;
+        self
+    }
+
+    /// 503 with `Retry-After`: the service is at capacity ([`Problem::overloaded`]).
     pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
             .detail(detail)
             .retry_after(retry_after)
+            .overloaded()
     }
 
     /// The status as a `StatusCode`.
@@ -185,6 +217,9 @@ impl Problem {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if let Some(secs) = self.0.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.0.overloaded {
+            resp.headers_mut().insert(OVERLOADED, HeaderValue::from_static("true"));
         }
         resp.extensions_mut().insert(Rendered(self));
         resp

@@ -74,12 +74,14 @@ impl Searches {
     }
 }
 
-/// 503 `search-busy`: every search slot and the queue are taken.
+/// 503 `search-busy`: every search slot and the queue are taken. Overloaded: the gateway's
+/// search breaker is for searches that fail or time out, not for ones refused at once.
 fn search_busy() -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, "search-busy", "Too many searches")
         .code("SEARCH_BUSY")
         .detail("this service is running as many searches as it allows; retry shortly")
         .retry_after(1)
+        .overloaded()
 }
 
 /// The routes (add the JWT extension layer outside).

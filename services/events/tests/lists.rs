@@ -508,7 +508,8 @@ async fn search_has_its_own_limits(backend: Backend) {
         async move {
             let r = http.get(url).send().await.unwrap();
             let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-            (r.status(), retry_after, r.json::<Value>().await.unwrap())
+            let overloaded = r.headers().contains_key("keel-overloaded");
+            (r.status(), (retry_after, overloaded), r.json::<Value>().await.unwrap())
         }
     };
     if backend == Backend::Sqlite {
@@ -517,7 +518,7 @@ async fn search_has_its_own_limits(backend: Backend) {
         let (status, retry_after, problem) = search("harbour").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
         assert!(problem["type"].as_str().unwrap().ends_with("query-timeout"), "{problem}");
-        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(retry_after, (Some("1".to_owned()), false), "a time-out is a failure, not a refusal");
         let metrics = s.http.get(s.management_url("/metrics")).send().await.unwrap().text().await.unwrap();
         assert_eq!(counter(&metrics, r#"events_searches_total{outcome="timeout"}"#), 1.0);
         // Lists ordered by a column are not searches: no limit of theirs applies.
@@ -536,14 +537,14 @@ async fn search_has_its_own_limits(backend: Backend) {
     let (status, retry_after, problem) = search("songs").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert!(problem["type"].as_str().unwrap().ends_with("search-busy"), "{problem}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(retry_after, (Some("1".to_owned()), true), "refused at once: marked overloaded");
     let ready = s.http.get(s.url("/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK, "searches do not take the service's connections");
 
     let (status, retry_after, problem) = slow.await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert!(problem["type"].as_str().unwrap().ends_with("query-timeout"), "{problem}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(retry_after, (Some("1".to_owned()), false), "a time-out is a failure, not a refusal");
     drop(holder);
 
     let items =
