@@ -20,6 +20,10 @@
 //!   instead of waiting on the pool.
 //! * **Migrations** are embedded per backend ([`Migrations`]) and applied by `<service> migrate`;
 //!   in production `serve` never migrates, and readiness stays down while any is pending.
+//! * **Traces**: a statement run through [`Db::exec`] or [`Db::on`] is an OpenTelemetry client
+//!   span in its request's trace (`SELECT events`, with `db.system.name`, `db.query.text` and
+//!   the other database conventions; never a bound value) while spans are exported and the
+//!   request is sampled; otherwise it runs as it came.
 //! * **Metrics**: `db_pool_connections{pool,state}`, `db_pool_max_connections{pool}`,
 //!   `db_pool_acquire_duration_seconds{pool}`, `db_pool_acquire_timeouts_total{pool}`,
 //!   `db_errors_total{pool,kind}`.

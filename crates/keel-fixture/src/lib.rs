@@ -362,7 +362,7 @@ fn events_routes(s: &mut keel::Setup<FixtureConfig>, db: keel::data::Db) -> Resu
                     let mut tx = db.begin_write().await.map_err(IntoResponse::into_response)?;
                     sqlx::query(sqlx::AssertSqlSafe(db.sql("INSERT INTO items (name) VALUES ($1)").into_owned()))
                         .bind(&item.name)
-                        .execute(&mut *tx)
+                        .execute(db.on(&mut *tx))
                         .await
                         .map_err(|e| db.observe(e).into_response())?;
                     let envelope = outbox.enqueue_event(&mut tx, &topic, &item).await.map_err(|e| {
@@ -517,7 +517,7 @@ fn dependency_routes(deps: Deps) -> Router {
                 let db = db(&d).map_err(problem)?;
                 let mut conn = db.acquire().await.map_err(problem)?;
                 let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM items ORDER BY id")
-                    .fetch_all(&mut *conn)
+                    .fetch_all(db.on(&mut *conn))
                     .await
                     .map_err(|e| problem(db.observe(e)))?;
                 Ok::<_, axum::response::Response>(Json(
@@ -527,9 +527,10 @@ fn dependency_routes(deps: Deps) -> Router {
             .post(|State(d): State<Deps>, Json(item): Json<NewItem>| async move {
                 let db = db(&d).map_err(problem)?.clone();
                 let sql = db.sql("INSERT INTO items (name) VALUES ($1)").into_owned();
+                let traced = db.clone();
                 db.transaction(|tx| {
                     Box::pin(async move {
-                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(item.name).execute(&mut **tx).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(item.name).execute(traced.on(&mut **tx)).await?;
                         Ok::<_, DataError>(())
                     })
                 })
@@ -544,10 +545,11 @@ fn dependency_routes(deps: Deps) -> Router {
                 // Inserts, then fails: the transaction must roll back.
                 let db = db(&d).map_err(problem)?.clone();
                 let sql = db.sql("INSERT INTO items (name) VALUES ($1)").into_owned();
+                let traced = db.clone();
                 let r: Result<(), DataError> = db
                     .transaction(|tx| {
                         Box::pin(async move {
-                            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(item.name).execute(&mut **tx).await?;
+                            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(item.name).execute(traced.on(&mut **tx)).await?;
                             Err(DataError::Config("deliberate failure after the insert".into()))
                         })
                     })

@@ -5,11 +5,138 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::otlp::{Receiver, attr, hex, string};
 use common::{Fixture, client, eventually};
 use keel::telemetry::TelemetryConfig;
+use keel::testing::TestDatabase;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+/// Counts the SQL statements' spans made in the process, exported or not.
+#[derive(Clone, Default)]
+struct SqlSpans(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SqlSpans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().target().starts_with("keel_data") && attrs.metadata().name() == "sql" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl SqlSpans {
+    fn made(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A bound value no span may show.
+const BOUND: &str = "otlp-bound-value-5e1f";
+
+/// A fixture on one SQL backend, and the trace its requests run in.
+struct SqlRun {
+    /// The expected `db.system.name`.
+    system: String,
+    trace_id: String,
+    /// The database's name (`db.namespace`) and host (`server.address`), none for SQLite.
+    namespace: Option<String>,
+    address: Option<String>,
+    /// Its own fixture (SQLite runs in the main one).
+    fixture: Option<Fixture>,
+    _db: TestDatabase,
+}
+
+/// The name of the database a server URL names.
+fn db_name(url: &str) -> Option<String> {
+    Some(url.rsplit('/').next()?.split('?').next()?.to_owned())
+}
+
+/// The host of a server URL.
+fn db_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    Some(rest.split([':', '/']).next()?.to_owned())
+}
+
+/// Adds an item, then lists them, in a sampled trace `trace_id` (retrying while the database
+/// connects).
+async fn sql_requests(f: &Fixture, trace_id: &str, parent: &str) {
+    let header = format!("00-{trace_id}-{parent}-01");
+    eventually("the database to take an insert", || {
+        let (url, header) = (f.url("/db/items"), header.clone());
+        async move {
+            let body = serde_json::json!({ "name": BOUND });
+            client().post(url).header("traceparent", header).json(&body).send().await.unwrap().status() == 201
+        }
+    })
+    .await;
+    let r = client().get(f.url("/db/items")).header("traceparent", &header).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(BOUND));
+}
+
+/// The one span named `name` whose parent is a server span `server` of `trace_id`.
+fn child<'a>(spans: &'a [&Span], trace_id: &str, server: &str, name: &str) -> &'a Span {
+    let servers: Vec<_> =
+        spans.iter().filter(|s| s.name == server && hex(&s.trace_id) == trace_id).map(|s| &s.span_id).collect();
+    spans.iter().copied().find(|s| s.name == name && servers.contains(&&s.parent_span_id)).unwrap_or_else(|| {
+        let names: Vec<_> = spans.iter().filter(|s| hex(&s.trace_id) == trace_id).map(|s| &s.name).collect();
+        panic!("no {name} span under {server} in {trace_id}; that trace has {names:?}")
+    })
+}
+
+fn int(v: Option<&AnyValue>) -> Option<i64> {
+    match v {
+        Some(AnyValue::IntValue(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The statements of one run's requests: client spans under their request's server span, in the
+/// caller's trace, with the database conventions' attributes.
+fn check_sql_spans(spans: &[&Span], run: &SqlRun) {
+    let t = run.trace_id.as_str();
+    let sqlite = run.system == "sqlite";
+    let placeholder = if run.system == "postgresql" { "$1" } else { "?" };
+    let insert = child(spans, t, "POST /db/items", "INSERT items");
+    let select = child(spans, t, "GET /db/items", "SELECT items");
+    for (span, op, text) in [
+        (insert, "INSERT", format!("INSERT INTO items (name) VALUES ({placeholder})")),
+        (select, "SELECT", "SELECT id, name FROM items ORDER BY id".to_owned()),
+    ] {
+        let a = &span.attributes;
+        let what = format!("{} on {}: {a:?}", span.name, run.system);
+        assert_eq!(span.kind, 3, "SPAN_KIND_CLIENT: {what}");
+        assert_eq!(hex(&span.trace_id), t, "{what}");
+        assert_eq!(string(attr(a, "db.system.name")).as_deref(), Some(run.system.as_str()), "{what}");
+        assert_eq!(string(attr(a, "db.operation.name")).as_deref(), Some(op), "{what}");
+        assert_eq!(string(attr(a, "db.collection.name")).as_deref(), Some("items"), "{what}");
+        assert_eq!(string(attr(a, "db.query.summary")).as_deref(), Some(span.name.as_str()), "{what}");
+        assert_eq!(string(attr(a, "db.query.text")).as_deref(), Some(text.as_str()), "{what}");
+        assert_eq!(string(attr(a, "db.namespace")), run.namespace, "{what}");
+        if sqlite {
+            assert!(attr(a, "server.address").is_none() && attr(a, "server.port").is_none(), "{what}");
+        } else {
+            assert_eq!(string(attr(a, "server.address")), run.address, "{what}");
+            assert!(int(attr(a, "server.port")).is_some_and(|p| p > 0), "{what}");
+        }
+        assert!(attr(a, "error.type").is_none(), "{what}");
+    }
+    let rows = attr(&select.attributes, "db.response.returned_rows");
+    assert!(int(rows).is_some_and(|n| n >= 1), "{:?}", select.attributes);
+    // The transaction around the insert: its start and its commit.
+    child(spans, t, "POST /db/items", "BEGIN");
+    child(spans, t, "POST /db/items", "COMMIT");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
@@ -19,7 +146,20 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
     telemetry.otlp.timeout = Some(Duration::from_secs(5));
-    let guard = common::otlp::init_json("9.9.9", telemetry);
+    let sql_spans = SqlSpans::default();
+    let guard = keel::telemetry::init_with_layers(
+        &keel::telemetry::TelemetryOptions {
+            service: "fixture".into(),
+            version: "9.9.9".into(),
+            profile: keel::config::Profile::Test,
+            level: "warn".into(),
+            format: keel::telemetry::LogFormat::Json,
+            telemetry,
+            mask_fields: Vec::new(),
+        },
+        vec![Box::new(sql_spans.clone())],
+    )
+    .unwrap();
 
     // An upstream that answers with the traceparent it received.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -35,8 +175,14 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     // Redis, when it runs here: its calls are child spans of the request's.
     let redis = keel::testing::require("Redis", &keel::testing::redis_url())
         .then(|| keel::testing::TestRedis::new(&keel::testing::redis_url()));
-    let mut env =
-        vec![("FIXTURE__APP__UPSTREAM", "true".to_owned()), ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", base.clone())];
+    // SQLite always, in this fixture: its statements are child spans of the request's.
+    let sqlite = TestDatabase::sqlite().unwrap();
+    let mut env = vec![
+        ("FIXTURE__APP__UPSTREAM", "true".to_owned()),
+        ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", base.clone()),
+        ("FIXTURE__APP__DATABASE", "true".to_owned()),
+        ("FIXTURE__DATABASE__URL", sqlite.url().to_owned()),
+    ];
     if let Some(keys) = &redis {
         env.push(("FIXTURE__APP__REDIS", "true".to_owned()));
         env.push(("FIXTURE__REDIS__URL", keel::testing::redis_url()));
@@ -69,6 +215,56 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     // Keel's HTTP client sends it: the upstream sees the caller's trace.
     let seen = traced("/proxy/trace").await;
     assert_eq!(seen.split('-').nth(1), Some(trace_id), "upstream got: {seen}");
+    // SQL statements, on SQLite here and on PostgreSQL and MariaDB/MySQL when they run here, each
+    // in a trace of its own; then one request its caller did not sample makes no span at all.
+    let mut runs = vec![SqlRun {
+        system: "sqlite".into(),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4701".into(),
+        namespace: None,
+        address: None,
+        fixture: None,
+        _db: sqlite,
+    }];
+    if keel::testing::require("PostgreSQL", &keel::testing::postgres_url()) {
+        let db = TestDatabase::postgres(&keel::testing::postgres_url()).await.unwrap();
+        runs.push(SqlRun {
+            system: "postgresql".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4702".into(),
+            namespace: db_name(db.url()),
+            address: db_host(db.url()),
+            fixture: Some(
+                Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url())]).await,
+            ),
+            _db: db,
+        });
+    }
+    if keel::testing::require("MariaDB", &keel::testing::mysql_url()) {
+        let db = TestDatabase::mysql(&keel::testing::mysql_url()).await.unwrap();
+        let version: String = {
+            use sqlx::Connection as _;
+            let mut c = sqlx::AnyConnection::connect(db.url()).await.unwrap();
+            sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut c).await.unwrap()
+        };
+        runs.push(SqlRun {
+            system: if version.to_ascii_lowercase().contains("mariadb") { "mariadb" } else { "mysql" }.into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4703".into(),
+            namespace: db_name(db.url()),
+            address: db_host(db.url()),
+            fixture: Some(
+                Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url())]).await,
+            ),
+            _db: db,
+        });
+    }
+    for run in &runs {
+        sql_requests(run.fixture.as_ref().unwrap_or(&f), &run.trace_id, parent).await;
+    }
+    let made = sql_spans.made();
+    assert!(made >= 3 * runs.len(), "a span per statement: {made}");
+    let unsampled = format!("00-0af7651916cd43dd8448eb211c80319c-{parent}-00");
+    let r = client().get(f.url("/db/items")).header("traceparent", unsampled).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sql_spans.made(), made, "no span is made for a statement of a request not sampled");
     if redis.is_some() {
         eventually("Redis to answer", || async {
             let header = format!("00-{trace_id}-{parent}-01");
@@ -78,6 +274,11 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         .await;
     }
     f.stop().await;
+    for run in &mut runs {
+        if let Some(f) = run.fixture.take() {
+            f.stop().await;
+        }
+    }
     let g = guard.clone();
     tokio::task::spawn_blocking(move || g.flush()).await.unwrap();
 
@@ -121,6 +322,15 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         assert_eq!(string(attr(&get.attributes, "server.address")).as_deref(), Some("127.0.0.1"));
         assert!(attr(&get.attributes, "server.port").is_some());
         assert!(!format!("{:?}", get.attributes).contains("otlp"), "no key in the span: {:?}", get.attributes);
+    }
+    for run in &runs {
+        check_sql_spans(&spans, run);
+    }
+    let unsampled: Vec<_> = spans.iter().filter(|s| hex(&s.trace_id) == "0af7651916cd43dd8448eb211c80319c").collect();
+    assert!(unsampled.is_empty(), "nothing of an unsampled request is exported: {unsampled:?}");
+    // No bound value in any span.
+    for s in &spans {
+        assert!(!format!("{:?}", s.attributes).contains(BOUND), "a bound value in {}: {:?}", s.name, s.attributes);
     }
     guard.shutdown();
 }

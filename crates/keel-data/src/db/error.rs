@@ -239,6 +239,17 @@ fn server_code(e: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<(Backen
     None
 }
 
+/// The server's code for a database error, as a span records it (`db.response.status_code`):
+/// PostgreSQL's SQLSTATE, MySQL's error number, SQLite's extended result code.
+pub(crate) fn server_code_of(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => {
+            server_code(db.as_ref()).map(|(_, code)| code).or_else(|| db.code().map(std::borrow::Cow::into_owned))
+        }
+        _ => None,
+    }
+}
+
 /// Whether `e` may succeed if the call is made again, and why; `None` for errors that will not
 /// (a bad query, a constraint, "no row").
 pub fn retry_kind(e: &sqlx::Error) -> Option<RetryKind> {

@@ -4,6 +4,7 @@ mod error;
 mod metrics;
 mod migrate;
 mod sqlite_file;
+mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, AssertSqlSafe, Connection, SqlSafeStr, Transaction};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::DatabaseConfig;
 pub use error::{
@@ -24,6 +26,7 @@ pub use error::{
 pub use migrate::{MigrationState, Migrations};
 pub use sqlite_file::prepare_sqlite_file;
 pub use sqlx;
+pub use trace::Traced;
 
 use keel_health::connect::{ConnectTracker, Phase};
 use keel_health::{CheckFuture, HealthCheck, Kind, Outcome};
@@ -122,8 +125,10 @@ struct Inner {
     /// A reachability probe of a slow acquire is running, and when the last one started.
     probing: AtomicBool,
     last_probe: std::sync::Mutex<Option<Instant>>,
-    /// MySQL backend only: whether the server is MariaDB (asked once, on first need).
+    /// MySQL backend only: whether the server is MariaDB (asked on the first connection).
     mariadb: std::sync::OnceLock<bool>,
+    /// Where the pool connects, for the statements' spans.
+    target: trace::Target,
 }
 
 /// How long a wait for a connection, with room in the pool, goes before one direct connection
@@ -154,6 +159,24 @@ fn mysql_execution_hint(sql: &str, ms: u64) -> String {
 }
 
 /// A service's database handle. Cheap to clone; share it with handlers through router state.
+///
+/// # Traced statements
+///
+/// Run statements through [`Db::exec`] (on the pool) or [`Db::on`] (on a connection or a
+/// transaction) rather than on [`Db::pool`] or the connection itself: while spans are exported
+/// and the request is sampled, each statement is then an OpenTelemetry client span in the
+/// request's trace, named after its operation and table (`SELECT events`), with the database
+/// conventions' attributes and the statement's text, never a bound value. Otherwise the
+/// statement goes to the executor untouched.
+///
+/// ```no_run
+/// # async fn f(db: keel_data::Db) -> Result<(), keel_data::DataError> {
+/// let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM items").fetch_all(db.exec()).await?;
+/// let mut tx = db.begin().await?;
+/// sqlx::query(db.statement("INSERT INTO items (name) VALUES ($1)")).bind("a").execute(db.on(&mut *tx)).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
@@ -217,6 +240,7 @@ impl Db {
             .connect_lazy_with(options.clone());
         let metrics = metrics::DbMetrics::register(metrics, service, &pool, p.max_connections)
             .map_err(|e| DataError::Config(format!("cannot register database metrics: {e}")))?;
+        let target = trace::Target::of(backend, &options);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -232,6 +256,7 @@ impl Db {
                 probing: AtomicBool::new(false),
                 last_probe: std::sync::Mutex::new(None),
                 mariadb: std::sync::OnceLock::new(),
+                target,
             }),
         })
     }
@@ -253,9 +278,41 @@ impl Db {
     }
 
     /// The pool, for queries. Calls through it skip the fail-fast check and the acquire metrics:
-    /// prefer [`Db::acquire`] and [`Db::begin`] in request handlers.
+    /// prefer [`Db::acquire`] and [`Db::begin`] in request handlers. Statements run on it are
+    /// not traced: run them on [`Db::exec`].
     pub fn pool(&self) -> &AnyPool {
         &self.inner.pool
+    }
+
+    /// The pool as an executor whose statements are traced (see [Traced statements](Db#traced-statements)).
+    ///
+    /// ```no_run
+    /// # async fn f(db: keel_data::Db) -> Result<(), sqlx::Error> {
+    /// let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items").fetch_one(db.exec()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn exec(&self) -> Traced<'_, &AnyPool> {
+        Traced::new(self, &self.inner.pool)
+    }
+
+    /// `executor` (a connection, `&mut *conn`, or a transaction's, `&mut *tx`; any
+    /// `sqlx::Executor` of `Any`) with its statements traced (see
+    /// [Traced statements](Db#traced-statements)). Costs nothing when they are not.
+    ///
+    /// ```no_run
+    /// # async fn f(db: keel_data::Db) -> Result<(), keel_data::DataError> {
+    /// let mut conn = db.acquire().await?;
+    /// sqlx::query("DELETE FROM items").execute(db.on(&mut *conn)).await?;
+    /// let mut tx = db.begin().await?;
+    /// sqlx::query("DELETE FROM items").execute(db.on(&mut *tx)).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on<'c, X>(&self, executor: X) -> Traced<'_, X>
+    where
+        X: sqlx::Executor<'c, Database = Any>,
+    {
+        Traced::new(self, executor)
     }
 
     /// Whether the database is believed reachable (last connection attempt or check succeeded).
@@ -459,10 +516,29 @@ impl Db {
         }
     }
 
-    /// A transaction on a pooled connection, begun with `statement` or the plain `BEGIN`.
+    /// A transaction on a pooled connection, begun with `statement` or the plain `BEGIN` (a
+    /// traced statement, as those run through [`Db::on`]).
     async fn start(&self, statement: Option<sqlx::SqlStr>) -> Result<Transaction<'static, Any>, DataError> {
         let conn = self.acquire().await?;
-        Transaction::begin(conn, statement).await.map_err(|e| self.observe(e))
+        let Some(span) = self.span_if_traced(statement.as_ref().map_or("BEGIN", sqlx::SqlStr::as_str)) else {
+            return Transaction::begin(conn, statement).await.map_err(|e| self.observe(e));
+        };
+        let begun = Transaction::begin(conn, statement).instrument(span.clone()).await;
+        begun.map_err(|e| {
+            trace::record_error(&span, &e);
+            self.observe(e)
+        })
+    }
+
+    /// Commits `tx`, as a traced `COMMIT`.
+    async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), DataError> {
+        let Some(span) = self.span_if_traced("COMMIT") else {
+            return tx.commit().await.map_err(|e| self.observe(e));
+        };
+        tx.commit().instrument(span.clone()).await.map_err(|e| {
+            trace::record_error(&span, &e);
+            self.observe(e)
+        })
     }
 
     /// Runs `f` in a writing transaction ([`Db::begin_write`]): commits when it returns `Ok`,
@@ -482,7 +558,7 @@ impl Db {
         let mut tx = self.begin_write().await?;
         match f(&mut tx).await {
             Ok(v) => {
-                tx.commit().await.map_err(|e| E::from(self.observe(e)))?;
+                self.commit(tx).await?;
                 Ok(v)
             }
             Err(e) => {
@@ -528,11 +604,14 @@ impl Db {
             Backend::Postgres => {
                 let mut tx = self.begin().await?;
                 sqlx::query(AssertSqlSafe(format!("SET LOCAL statement_timeout = {ms}")))
-                    .execute(&mut *tx)
+                    .execute(self.on(&mut *tx))
                     .await
                     .map_err(|e| self.observe(e))?;
-                let rows = bind(self.query_of(sql)).fetch_all(&mut *tx).await.map_err(|e| self.timed_out(e, limit))?;
-                tx.commit().await.map_err(|e| self.observe(e))?;
+                let rows = bind(self.query_of(sql))
+                    .fetch_all(self.on(&mut *tx))
+                    .await
+                    .map_err(|e| self.timed_out(e, limit))?;
+                self.commit(tx).await?;
                 Ok(rows)
             }
             Backend::MySql => {
@@ -544,11 +623,14 @@ impl Db {
                 } else {
                     mysql_execution_hint(&text, ms)
                 };
-                bind(sqlx::query(AssertSqlSafe(text))).fetch_all(&mut *conn).await.map_err(|e| self.timed_out(e, limit))
+                bind(sqlx::query(AssertSqlSafe(text)))
+                    .fetch_all(self.on(&mut *conn))
+                    .await
+                    .map_err(|e| self.timed_out(e, limit))
             }
             Backend::Sqlite => {
                 let mut conn = self.acquire().await?;
-                match tokio::time::timeout(limit, bind(self.query_of(sql)).fetch_all(&mut *conn)).await {
+                match tokio::time::timeout(limit, bind(self.query_of(sql)).fetch_all(self.on(&mut *conn))).await {
                     Ok(rows) => rows.map_err(|e| self.observe(e)),
                     Err(_) => {
                         self.inner.metrics.error("statement_timeout");
@@ -630,7 +712,14 @@ impl Db {
     }
 
     async fn try_connect(&self) -> Result<(), sqlx::Error> {
-        let conn = sqlx::AnyConnection::connect_with(&self.inner.options).await?;
+        let mut conn = sqlx::AnyConnection::connect_with(&self.inner.options).await?;
+        if self.inner.backend == Backend::MySql && self.inner.mariadb.get().is_none() {
+            // Which server it is, for the spans' `db.system.name`: asked once, on the first
+            // connection; a failure here leaves it to the first statement that needs it.
+            if let Ok(version) = sqlx::query_scalar::<_, String>("SELECT VERSION()").fetch_one(&mut conn).await {
+                let _ = self.inner.mariadb.set(version.to_ascii_lowercase().contains("mariadb"));
+            }
+        }
         conn.close().await
     }
 
