@@ -43,7 +43,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::config::AuditConfig;
 use crate::crypto::{hex, hmac_key};
-use keel_data::{Backend, Db};
+use keel_data::{Backend, Db, Traced};
 use keel_telemetry::Metrics;
 use keel_telemetry::mask::Masker;
 
@@ -247,6 +247,8 @@ struct Anchor {
 pub struct AuditLog {
     pool: AnyPool,
     backend: Backend,
+    /// The database it was made from, whose statements are traced ([`Db::on`]).
+    db: Option<Db>,
     masker: Masker,
     keys: AuditKeys,
     metrics: Option<AuditMetrics>,
@@ -257,7 +259,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// The audit log in `db`.
     pub fn from_db(db: &Db) -> Self {
-        Self::new(db.pool().clone(), db.backend())
+        Self { db: Some(db.clone()), ..Self::new(db.pool().clone(), db.backend()) }
     }
 
     /// The audit log in the database of `pool`.
@@ -265,11 +267,21 @@ impl AuditLog {
         Self {
             pool,
             backend,
+            db: None,
             masker: Masker::default(),
             keys: AuditKeys::default(),
             metrics: None,
             anchor: Default::default(),
             ready: Default::default(),
+        }
+    }
+
+    /// `executor` with its statements traced when the log was made from a [`Db`]
+    /// ([`AuditLog::from_db`]).
+    fn on<'c, X: sqlx::Executor<'c, Database = sqlx::Any>>(&self, executor: X) -> Traced<'_, X> {
+        match &self.db {
+            Some(db) => db.on(executor),
+            None => Traced::untraced(executor),
         }
     }
 
@@ -311,10 +323,10 @@ impl AuditLog {
                          key_id VARCHAR(64) NOT NULL DEFAULT '') ENGINE=InnoDB"
                     }
                 };
-                sqlx::raw_sql(ddl).execute(&self.pool).await?;
-                if sqlx::raw_sql("SELECT key_id FROM audit_log WHERE 1 = 0").execute(&self.pool).await.is_err() {
+                sqlx::raw_sql(ddl).execute(self.on(&self.pool)).await?;
+                if sqlx::raw_sql("SELECT key_id FROM audit_log WHERE 1 = 0").execute(self.on(&self.pool)).await.is_err() {
                     sqlx::raw_sql("ALTER TABLE audit_log ADD COLUMN key_id VARCHAR(64) NOT NULL DEFAULT ''")
-                        .execute(&self.pool)
+                        .execute(self.on(&self.pool))
                         .await?;
                 }
                 Ok::<_, sqlx::Error>(())
@@ -438,13 +450,13 @@ impl AuditLog {
         let last_sql = match self.backend {
             Backend::Postgres => {
                 // Blocks other appenders only (the mode conflicts with itself), not readers.
-                sqlx::raw_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+                sqlx::raw_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE").execute(self.on(&mut *tx)).await?;
                 "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
             }
             Backend::MySql => "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1 FOR UPDATE",
             Backend::Sqlite => "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1",
         };
-        let last = sqlx::query(last_sql).fetch_optional(&mut *tx).await?;
+        let last = sqlx::query(last_sql).fetch_optional(self.on(&mut *tx)).await?;
         let (prev_id, prev_hash) = match last {
             Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?),
             None => (0, GENESIS.to_owned()),
@@ -459,7 +471,7 @@ impl AuditLog {
                 .bind(prev_id - ONCE_WINDOW)
                 .bind(action)
                 .bind(format!("%\"once\":\"{once}\"%"))
-                .fetch_optional(&mut *tx)
+                .fetch_optional(self.on(&mut *tx))
                 .await?;
             if let Some(row) = found {
                 let entry = AuditEntry { id: row.try_get(0)?, at: row.try_get(1)?, hash: row.try_get(2)? };
@@ -487,7 +499,7 @@ impl AuditLog {
             .bind(&prev_hash)
             .bind(&hash)
             .bind(key_id)
-            .execute(&mut *tx)
+            .execute(self.on(&mut *tx))
             .await?;
         tx.commit().await?;
         Ok(Appended::New(AuditEntry { id, at, hash }))
@@ -514,7 +526,7 @@ impl AuditLog {
             let page = sqlx::query(sqlx::AssertSqlSafe(page_sql.clone().into_owned()))
                 .bind(v.head.rows)
                 .bind(PAGE)
-                .fetch_all(&self.pool)
+                .fetch_all(self.on(&self.pool))
                 .await?;
             if page.is_empty() {
                 break;
@@ -591,8 +603,9 @@ impl AuditLog {
     /// The head of the chain as the table holds it now.
     pub async fn head(&self) -> Result<Checkpoint, AuditError> {
         self.ensure_table().await?;
-        let last =
-            sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&self.pool).await?;
+        let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+            .fetch_optional(self.on(&self.pool))
+            .await?;
         Ok(match last {
             Some(row) => Checkpoint { rows: row.try_get(0)?, hash: row.try_get(1)? },
             None => Checkpoint { rows: 0, hash: GENESIS.to_owned() },
@@ -616,7 +629,7 @@ impl AuditLog {
                 let sql = self.backend.sql("SELECT hash FROM audit_log WHERE id = $1");
                 let then: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(last.rows)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.on(&self.pool))
                     .await?;
                 (then.as_deref() != Some(last.hash.as_str())).then(|| {
                     format!("row {} no longer holds the hash of the previous checkpoint: rewritten", last.rows)

@@ -206,7 +206,7 @@ impl Accounts {
         let row: Option<RowTuple> =
             sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE email_bidx = $1")))
                 .bind(bidx)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(db.on(&mut *conn))
                 .await
                 .obs(db)?;
         Ok(row.map(UserRow::from))
@@ -223,7 +223,7 @@ impl Accounts {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let text = format!("SELECT {USER_COLUMNS} FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT {limit}");
-        let rows: Vec<RowTuple> = sqlx::query_as(db.statement(&text)).fetch_all(&mut *conn).await.obs(db)?;
+        let rows: Vec<RowTuple> = sqlx::query_as(db.statement(&text)).fetch_all(db.on(&mut *conn)).await.obs(db)?;
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
@@ -237,7 +237,7 @@ impl Accounts {
         let row: Option<RowTuple> =
             sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
                 .bind(id.to_string())
-                .fetch_optional(conn)
+                .fetch_optional(db.on(&mut *conn))
                 .await
                 .obs(db)?;
         Ok(row.map(UserRow::from))
@@ -258,7 +258,7 @@ impl Accounts {
         let found: Option<String> =
             sqlx::query_scalar(db.statement("SELECT id FROM users WHERE email_skeleton_bidx = $1"))
                 .bind(skeleton_bidx)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(db.on(&mut *conn))
                 .await
                 .obs(db)?;
         Ok(found.is_some())
@@ -278,7 +278,7 @@ impl Accounts {
                      ORDER BY id LIMIT 200",
                 ))
                 .bind(&after)
-                .fetch_all(&mut *conn)
+                .fetch_all(db.on(&mut *conn))
                 .await
                 .obs(db)?
             };
@@ -292,7 +292,7 @@ impl Accounts {
                 ))
                 .bind(&skeleton)
                 .bind(&id)
-                .execute(&mut *conn)
+                .execute(db.on(&mut *conn))
                 .await;
                 match updated {
                     Ok(_) => filled += 1,
@@ -348,7 +348,7 @@ impl Accounts {
         .bind(to_micros(created_at))
         .bind(verified.then(|| to_micros(created_at)))
         .bind(name.to_lowercase())
-        .execute(&mut *tx)
+        .execute(db.on(&mut *tx))
         .await;
         match inserted {
             Ok(_) => {}
@@ -376,7 +376,7 @@ impl Accounts {
         )
         .bind(to_micros(now()))
         .bind(id)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok(())
@@ -395,7 +395,7 @@ impl Accounts {
             .bind(column)
             .bind(moderator)
             .bind(id)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await
             .obs(db)?;
         Ok(())
@@ -420,7 +420,7 @@ impl Accounts {
         .bind(by)
         .bind(reason)
         .bind(id)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok(done.rows_affected() == 1)
@@ -438,7 +438,7 @@ impl Accounts {
         };
         sqlx::query_scalar(db.statement(sql))
             .bind(stored_role(cityevents_common::roles::ADMIN).0)
-            .fetch_all(&mut **tx)
+            .fetch_all(db.on(&mut **tx))
             .await
             .obs(db)
     }
@@ -450,7 +450,7 @@ impl Accounts {
              WHERE id = $1 AND banned_at IS NOT NULL",
         ))
         .bind(id)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok(done.rows_affected() == 1)
@@ -466,7 +466,7 @@ impl Accounts {
             query = query.bind(id.to_string());
         }
         let mut conn = db.acquire().await?;
-        query.fetch_all(&mut *conn).await.obs(db)
+        query.fetch_all(db.on(&mut *conn)).await.obs(db)
     }
 
     /// Up to `limit` accounts matching `filter`, newest first, after the account `after`.
@@ -521,7 +521,7 @@ impl Accounts {
         for b in binds {
             query = query.bind(b);
         }
-        let rows = query.fetch_all(&mut *conn).await.obs(db)?;
+        let rows = query.fetch_all(db.on(&mut *conn)).await.obs(db)?;
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
@@ -540,7 +540,7 @@ impl Accounts {
         sqlx::query(db.statement("UPDATE users SET password_hash = $1 WHERE id = $2"))
             .bind(phc)
             .bind(id)
-            .execute(&mut *conn)
+            .execute(db.on(&mut *conn))
             .await
             .obs(db)?;
         Ok(())
@@ -557,7 +557,7 @@ impl Accounts {
         sqlx::query(db.statement("UPDATE users SET password_hash = $1 WHERE id = $2"))
             .bind(phc)
             .bind(id)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await
             .obs(db)?;
         Ok(())

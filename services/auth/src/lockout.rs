@@ -147,7 +147,13 @@ async fn ensure(
     email: Option<&str>,
     now: i64,
 ) -> Result<(), DataError> {
-    sqlx::query(db.statement(ensure_sql(db))).bind(key).bind(email).bind(now).execute(conn).await.obs(db)?;
+    sqlx::query(db.statement(ensure_sql(db)))
+        .bind(key)
+        .bind(email)
+        .bind(now)
+        .execute(db.on(&mut *conn))
+        .await
+        .obs(db)?;
     Ok(())
 }
 
@@ -174,7 +180,7 @@ async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, sta
     ))
     .bind(stale)
     .bind(key)
-    .execute(conn)
+    .execute(db.on(&mut *conn))
     .await
     .obs(db)?;
     Ok(())
@@ -184,7 +190,7 @@ async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, sta
 async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64, i64), DataError> {
     sqlx::query_as(db.statement("SELECT failures, last_failure_at FROM login_throttle WHERE bucket = $1"))
         .bind(key)
-        .fetch_one(conn)
+        .fetch_one(db.on(&mut *conn))
         .await
         .obs(db)
 }
@@ -196,7 +202,7 @@ async fn count_failure(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, now: 
     )
     .bind(now)
     .bind(key)
-    .execute(conn)
+    .execute(db.on(&mut *conn))
     .await
     .obs(db)?;
     Ok(())
@@ -324,7 +330,7 @@ impl Lockout {
         let mut conn = db.acquire().await?;
         sqlx::query(db.statement("DELETE FROM login_throttle WHERE bucket = $1"))
             .bind(&counters.first_hand().1)
-            .execute(&mut *conn)
+            .execute(db.on(&mut *conn))
             .await
             .obs(db)?;
         Ok(())
@@ -340,7 +346,7 @@ impl Lockout {
         let db = &self.db;
         let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE email_bidx = $1"))
             .bind(bidx)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await
             .obs(db)?;
         Ok(done.rows_affected())
@@ -354,7 +360,7 @@ impl Lockout {
         let mut conn = db.acquire().await?;
         let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE last_failure_at <= $1"))
             .bind(now.saturating_sub(micros(self.cfg.window)))
-            .execute(&mut *conn)
+            .execute(db.on(&mut *conn))
             .await
             .obs(db)?;
         Ok(done.rows_affected())

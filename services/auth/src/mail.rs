@@ -88,7 +88,7 @@ impl AccountMail {
         .bind(purpose.label())
         .bind(now)
         .bind(expires)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok((token, from_micros(expires)))
@@ -109,7 +109,7 @@ impl AccountMail {
         .bind(to_micros(now()))
         .bind(user_id)
         .bind(purpose.label())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok(done.rows_affected())
@@ -133,7 +133,7 @@ impl AccountMail {
         .bind(user_id)
         .bind(purpose.label())
         .bind(since)
-        .fetch_one(&mut **tx)
+        .fetch_one(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -158,7 +158,7 @@ impl AccountMail {
         .bind(&token_hash)
         .bind(purpose.label())
         .bind(now)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?
         .rows_affected();
@@ -168,7 +168,7 @@ impl AccountMail {
         let user: Option<String> =
             sqlx::query_scalar(db.statement("SELECT user_id FROM account_tokens WHERE token_hash = $1"))
                 .bind(&token_hash)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(db.on(&mut **tx))
                 .await
                 .obs(db)?;
         Ok(user)
@@ -185,7 +185,7 @@ impl AccountMail {
         sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
             .bind(to_micros(now()))
             .bind(contact.user_id.to_string())
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await
             .obs(db)?;
         Ok(())
@@ -220,7 +220,7 @@ impl AccountMail {
         for table in
             ["DELETE FROM account_tokens WHERE expires_at < $1", "DELETE FROM registration_notices WHERE sent_at < $1"]
         {
-            let done = sqlx::query(db.statement(table)).bind(cutoff).execute(&mut *conn).await.obs(db)?;
+            let done = sqlx::query(db.statement(table)).bind(cutoff).execute(db.on(&mut *conn)).await.obs(db)?;
             pruned += done.rows_affected();
         }
         Ok(pruned)
@@ -239,7 +239,7 @@ impl AccountMail {
                 "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) ON CONFLICT (email_bidx) DO NOTHING"
             }
         };
-        sqlx::query(db.statement(ensure)).bind(bidx).execute(&mut **tx).await.obs(db)?;
+        sqlx::query(db.statement(ensure)).bind(bidx).execute(db.on(&mut **tx)).await.obs(db)?;
         let now = to_micros(now());
         let every = i64::try_from(NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
         let claimed = sqlx::query(
@@ -248,7 +248,7 @@ impl AccountMail {
         .bind(now)
         .bind(bidx)
         .bind(now.saturating_sub(every))
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         Ok(claimed.rows_affected() == 1)
@@ -276,7 +276,7 @@ impl AccountMail {
                     sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
                         .bind(to_micros(now()))
                         .bind(&row.id)
-                        .execute(&mut *tx)
+                        .execute(db.on(&mut *tx))
                         .await
                         .obs(db)?;
                 }

@@ -61,7 +61,7 @@ impl Sessions {
         ))
         .bind(to_micros(now()))
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .obs(db)?;
         let version = self.version_on(tx, user_id).await?;
@@ -86,7 +86,7 @@ impl Sessions {
                 // No `FOR UPDATE`: a write takes SQLite's one write lock for the transaction.
                 sqlx::query(db.statement("UPDATE users SET session_version = session_version WHERE id = $1"))
                     .bind(user_id)
-                    .execute(&mut **tx)
+                    .execute(db.on(&mut **tx))
                     .await
                     .obs(db)?;
                 "SELECT session_version FROM users WHERE id = $1"
@@ -94,7 +94,7 @@ impl Sessions {
             _ => "SELECT session_version FROM users WHERE id = $1 FOR UPDATE",
         };
         let v: Option<(i64,)> =
-            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(&mut **tx).await.obs(db)?;
+            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(db.on(&mut **tx)).await.obs(db)?;
         Ok(v.is_some_and(|(v,)| u64::try_from(v).ok() == Some(expected)))
     }
 
@@ -108,7 +108,7 @@ impl Sessions {
         let db = &self.db;
         let v: Option<(i64,)> = sqlx::query_as(db.statement("SELECT session_version FROM users WHERE id = $1"))
             .bind(user_id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(db.on(&mut **tx))
             .await
             .obs(db)?;
         Ok(v.map_or(0, |(v,)| u64::try_from(v).unwrap_or(0)))
@@ -125,7 +125,7 @@ impl Sessions {
              ORDER BY session_changed_at DESC LIMIT {SYNC_LIMIT}"
         );
         let rows: Vec<(String, i64)> =
-            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(&mut *tx).await.obs(db)?;
+            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(db.on(&mut *tx)).await.obs(db)?;
         if rows.len() >= SYNC_LIMIT as usize {
             tracing::warn!(
                 limit = SYNC_LIMIT,

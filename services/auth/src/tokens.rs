@@ -146,7 +146,7 @@ impl RefreshTokens {
             .bind(user_id)
             .bind(self.expiry(now))
             .bind(now)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await
             .obs(db)?;
         Ok(token)
@@ -166,7 +166,7 @@ impl RefreshTokens {
                  WHERE r.token_hash = $1",
             ))
             .bind(&token_hash)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(db.on(&mut *conn))
             .await
             .obs(db)?;
             drop(conn);
@@ -199,7 +199,7 @@ impl RefreshTokens {
         .bind(&sealed)
         .bind(&token_hash)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(db.on(&mut *tx))
         .await
         .obs(db)?
         .rows_affected();
@@ -209,7 +209,7 @@ impl RefreshTokens {
                      FROM refresh_tokens r JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1"
             )))
             .bind(&token_hash)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(db.on(&mut *tx))
             .await
             .obs(db)?;
             // A banned account's tokens were revoked with the ban; never mint one regardless.
@@ -222,7 +222,7 @@ impl RefreshTokens {
                 .bind(&user_id)
                 .bind(self.expiry(now))
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(db.on(&mut *tx))
                 .await
                 .obs(db)?;
             tx.commit().await.obs(db)?;
@@ -242,7 +242,7 @@ impl RefreshTokens {
              FROM refresh_tokens WHERE token_hash = $1",
         ))
         .bind(&token_hash)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(db.on(&mut *conn))
         .await
         .obs(db)?;
         drop(conn);
@@ -283,7 +283,7 @@ impl RefreshTokens {
         )))
         .bind(hash(&token))
         .bind(now)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(db.on(&mut *conn))
         .await
         .obs(db)?;
         Ok(owner.map(|o| (token, o)))
@@ -297,7 +297,7 @@ impl RefreshTokens {
         let found: Option<(String, String)> =
             sqlx::query_as(db.statement("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1"))
                 .bind(hash(token))
-                .fetch_optional(&mut *conn)
+                .fetch_optional(db.on(&mut *conn))
                 .await
                 .obs(db)?;
         drop(conn);
@@ -343,7 +343,7 @@ impl RefreshTokens {
         ))
         .bind(user_id)
         .bind(now)
-        .fetch_all(&mut *conn)
+        .fetch_all(db.on(&mut *conn))
         .await
         .obs(db)?;
         let mut out = Vec::with_capacity(live.len());
@@ -352,7 +352,7 @@ impl RefreshTokens {
                 db.statement("SELECT MIN(created_at), MAX(created_at) FROM refresh_tokens WHERE family_id = $1"),
             )
             .bind(&family)
-            .fetch_one(&mut *conn)
+            .fetch_one(db.on(&mut *conn))
             .await
             .obs(db)?;
             out.push((family, started, last));
@@ -370,7 +370,7 @@ impl RefreshTokens {
         ))
         .bind(family_id)
         .bind(user_id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(db.on(&mut *conn))
         .await
         .obs(db)?;
         drop(conn);
@@ -409,7 +409,12 @@ impl RefreshTokens {
             "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
              WHERE {column} = $2 AND revoked_at IS NULL"
         );
-        let done = sqlx::query(db.statement(&text)).bind(to_micros(now())).bind(value).execute(conn).await.obs(db)?;
+        let done = sqlx::query(db.statement(&text))
+            .bind(to_micros(now()))
+            .bind(value)
+            .execute(db.on(&mut *conn))
+            .await
+            .obs(db)?;
         Ok(done.rows_affected())
     }
 
@@ -422,7 +427,7 @@ impl RefreshTokens {
             "SELECT COUNT(*) FROM refresh_tokens WHERE used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
         ))
         .bind(to_micros(now()))
-        .fetch_one(&mut *conn)
+        .fetch_one(db.on(&mut *conn))
         .await
         .obs(db)
     }
@@ -436,7 +441,7 @@ impl RefreshTokens {
         let mut conn = db.acquire().await?;
         let done = sqlx::query(db.statement("DELETE FROM refresh_tokens WHERE expires_at <= $1"))
             .bind(now)
-            .execute(&mut *conn)
+            .execute(db.on(&mut *conn))
             .await
             .obs(db)?;
         sqlx::query(db.statement(
@@ -444,7 +449,7 @@ impl RefreshTokens {
              WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
         ))
         .bind(now.saturating_sub(Self::micros(self.grace)))
-        .execute(&mut *conn)
+        .execute(db.on(&mut *conn))
         .await
         .obs(db)?;
         Ok(done.rows_affected())

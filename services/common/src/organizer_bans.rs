@@ -26,7 +26,7 @@ pub async fn set(
     let current: Option<i64> =
         sqlx::query_scalar(AssertSqlSafe(db.sql("SELECT version FROM organizer_bans WHERE user_id = $1").into_owned()))
             .bind(&id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(db.on(&mut **tx))
             .await
             .map_err(|e| db.observe(e))?;
     let done = match current {
@@ -48,7 +48,7 @@ pub async fn set(
         .bind(version)
         .bind(&id),
     }
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await
     .map_err(|e| db.observe(e))?;
     Ok(done.rows_affected() == 1)

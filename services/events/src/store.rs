@@ -63,7 +63,7 @@ impl Query {
     async fn fetch_all(self, db: &Db) -> Result<Vec<AnyRow>, DataError> {
         let q = Self::bind_all(self.binds, sqlx::query(db.statement(&self.text)));
         let mut conn = db.acquire().await?;
-        q.fetch_all(&mut *conn).await.map_err(|e| db.observe(e))
+        q.fetch_all(db.on(&mut *conn)).await.map_err(|e| db.observe(e))
     }
 
     /// [`Query::fetch_all`], the statement cut off by the database after `limit`.
@@ -117,13 +117,13 @@ pub async fn get_for_update(db: &Db, tx: &mut Transaction<'static, Any>, id: Uui
     let lock = db.sql("UPDATE events SET version = version WHERE id = $1");
     sqlx::query(AssertSqlSafe(lock.into_owned()))
         .bind(id.to_string())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .map_err(|e| db.observe(e))?;
     let text = format!("SELECT {COLUMNS}, {HIDDEN} FROM events WHERE id = $1");
     let row = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
         .bind(id.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(db.on(&mut **tx))
         .await
         .map_err(|e| db.observe(e))?;
     row.as_ref().map(from_row).transpose().map_err(|e| db.observe(e))
@@ -157,7 +157,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .bind(&event.venue)
         .bind(&event.time_zone)
         .bind(event.status_reason.clone())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .map_err(|e| db.observe(e))?;
     if db.backend() == Backend::Sqlite {
@@ -169,7 +169,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         for statement in [key, index] {
             sqlx::query(AssertSqlSafe(db.sql(statement).into_owned()))
                 .bind(event.id.to_string())
-                .execute(&mut **tx)
+                .execute(db.on(&mut **tx))
                 .await
                 .map_err(|e| db.observe(e))?;
         }
@@ -244,7 +244,7 @@ pub async fn update(
         .bind(status_reason.clone())
         .bind(current.id.to_string())
         .bind(current.version)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         .map_err(|e| db.observe(e))?;
     if done.rows_affected() != 1 {

@@ -295,12 +295,12 @@ async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap)
     let fingerprint = format!("POST /api/v1/events/{event_id}/join");
     let db = &st.0.db;
     let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);
-    if let Some(stored) = store::find_idempotency(db.pool(), db.backend(), caller.id, &key, cutoff).await? {
+    if let Some(stored) = store::find_idempotency(db.exec(), db.backend(), caller.id, &key, cutoff).await? {
         // A ban made since answers instead of the old 201: the join it replays is gone. (A key
         // used for another request is that conflict first.)
         let now_us = to_micros(now());
         if stored.fingerprint == fingerprint
-            && store::is_banned(db.pool(), db.backend(), event_id, caller.id, now_us).await?
+            && store::is_banned(db.exec(), db.backend(), event_id, caller.id, now_us).await?
         {
             return Err(banned().into());
         }
@@ -326,14 +326,15 @@ async fn join_tx(
     fingerprint: &str,
     cutoff: i64,
 ) -> Result<Joined, Fail> {
-    let backend = st.0.db.backend();
+    let db = &st.0.db;
+    let backend = db.backend();
     let now_us = to_micros(now());
-    let Some(mut ev) = store::lock_event(tx, backend, event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, db, event_id).await? else {
         return Err(not_found("no such event (or it is not published)").code("event_not_found").into());
     };
     // A concurrent request with the same key and event waited on the lock above: answer as it did.
-    let banned_now = store::is_banned(&mut **tx, backend, event_id, caller.id, now_us).await?;
-    if let Some(stored) = store::find_idempotency(&mut **tx, backend, caller.id, key, cutoff).await? {
+    let banned_now = store::is_banned(db.on(&mut **tx), backend, event_id, caller.id, now_us).await?;
+    if let Some(stored) = store::find_idempotency(db.on(&mut **tx), backend, caller.id, key, cutoff).await? {
         if banned_now && stored.fingerprint == fingerprint {
             return Err(banned().into());
         }
@@ -345,14 +346,14 @@ async fn join_tx(
     if ev.organizer_id == caller.id {
         return Err(forbidden("organizer_cannot_join", "you organize this event; an organizer does not join it").into());
     }
-    if cityevents_common::organizer_bans::is_banned(&mut **tx, backend, ev.organizer_id).await? {
+    if cityevents_common::organizer_bans::is_banned(db.on(&mut **tx), backend, ev.organizer_id).await? {
         // Its organizer's account is banned: the event is hidden and takes no one new.
         return Err(conflict("event_closed", "the event is not taking joins").into());
     }
     if banned_now {
         return Err(banned().into());
     }
-    let existing = store::find_join(&mut **tx, backend, event_id, caller.id).await?;
+    let existing = store::find_join(db.on(&mut **tx), backend, event_id, caller.id).await?;
     if existing.as_ref().is_some_and(JoinRow::is_active) {
         return Err(conflict("already_joined", "you already joined this event (or wait for a seat)").into());
     }
@@ -369,7 +370,7 @@ async fn join_tx(
         created_at: now_us,
         updated_at: now_us,
     };
-    store::put_join(tx, backend, &j, existing.is_some()).await?;
+    store::put_join(tx, db, &j, existing.is_some()).await?;
     let position = if confirmed {
         ev.confirmed += 1;
         None
@@ -378,10 +379,10 @@ async fn join_tx(
         ev.waitlisted += 1;
         Some(ev.waitlisted)
     };
-    store::save_event(tx, backend, &ev, now_us).await?;
+    store::save_event(tx, db, &ev, now_us).await?;
     let body = serde_json::to_string(&join_view(&j, position)).map_err(|_| Problem::internal())?;
     let stored = StoredResponse { fingerprint: fingerprint.to_owned(), status: StatusCode::CREATED.as_u16(), body };
-    store::store_idempotency(tx, backend, caller.id, key, &stored, cutoff, now_us).await?;
+    store::store_idempotency(tx, db, caller.id, key, &stored, cutoff, now_us).await?;
     let kind = if confirmed { Announce::Confirmed } else { Announce::Waitlisted };
     let tally =
         store::announce(tx, &st.0.outbox, &st.0.joins_topic, vec![(kind, store::change(&ev, &j, None))]).await?;
@@ -430,18 +431,20 @@ async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(id): Pat
 }
 
 async fn leave_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<Tally, Fail> {
-    let backend = st.0.db.backend();
+    let db = &st.0.db;
+    let backend = db.backend();
     let now_us = to_micros(now());
-    let Some(mut ev) = store::lock_event(tx, backend, event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, db, event_id).await? else {
         return Err(not_found("no such event").into());
     };
-    let Some(mut j) = store::find_join(&mut **tx, backend, event_id, caller.id).await?.filter(JoinRow::is_active)
+    let Some(mut j) =
+        store::find_join(db.on(&mut **tx), backend, event_id, caller.id).await?.filter(JoinRow::is_active)
     else {
         return Err(not_found("you have not joined this event").into());
     };
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::CANCELED, None, now_us, &mut items).await?;
-    store::save_event(tx, backend, &ev, now_us).await?;
+    store::save_event(tx, db, &ev, now_us).await?;
     Ok(store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?)
 }
 
@@ -458,13 +461,13 @@ async fn end_and_refill(
     now_us: i64,
     items: &mut Vec<(Announce, cityevents_common::catalogue::JoinChange)>,
 ) -> Result<(), Fail> {
-    let backend = st.0.db.backend();
+    let db = &st.0.db;
     let had_seat = j.status == status::CONFIRMED;
-    store::end_join(tx, backend, ev, j, new_status, reason, now_us).await?;
+    store::end_join(tx, db, ev, j, new_status, reason, now_us).await?;
     let kind = if new_status == status::KICKED { Announce::Kicked } else { Announce::Canceled };
     items.push((kind, store::change(ev, j, reason)));
     if had_seat {
-        for p in store::promote(tx, backend, ev, now_us, st.0.change_batch).await? {
+        for p in store::promote(tx, db, ev, now_us, st.0.change_batch).await? {
             items.push((Announce::Promoted, store::change(ev, &p, Some("seat_freed"))));
         }
     }
@@ -473,7 +476,7 @@ async fn end_and_refill(
 
 /// Locks the event for a management action: 404 unknown, 403 unless organizer, moderator or admin.
 async fn lock_managed(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Fail> {
-    let ev = store::lock_event(tx, st.0.db.backend(), event_id).await?;
+    let ev = store::lock_event(tx, &st.0.db, event_id).await?;
     manageable(ev, caller, "do this")
 }
 
@@ -525,15 +528,17 @@ async fn on_user(
 }
 
 async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<Tally, Fail> {
-    let backend = st.0.db.backend();
+    let db = &st.0.db;
+    let backend = db.backend();
     let now_us = to_micros(now());
     let mut ev = lock_managed(tx, st, caller, event_id).await?;
-    let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) else {
+    let Some(mut j) = store::find_join(db.on(&mut **tx), backend, event_id, user_id).await?.filter(JoinRow::is_active)
+    else {
         return Err(not_found("that user has not joined this event").into());
     };
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("kicked"), now_us, &mut items).await?;
-    store::save_event(tx, backend, &ev, now_us).await?;
+    store::save_event(tx, db, &ev, now_us).await?;
     let tally = store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
     record(tx, st, moderation_record(caller, &ev, user_id, "event.kick", serde_json::json!({}))).await?;
     Ok(tally)
@@ -573,7 +578,8 @@ async fn ban_tx(
     (event_id, user_id): (Uuid, Uuid),
     new: &store::NewBan,
 ) -> Result<(store::BanRow, bool, Tally), Fail> {
-    let backend = st.0.db.backend();
+    let db = &st.0.db;
+    let backend = db.backend();
     let now_us = to_micros(now());
     let mut ev = lock_managed(tx, st, caller, event_id).await?;
     if caller.id != ev.organizer_id && new.reason.is_none() {
@@ -582,19 +588,20 @@ async fn ban_tx(
     if user_id == ev.organizer_id {
         return Err(conflict("cannot_ban_organizer", "the organizer of an event cannot be banned from it").into());
     }
-    if let Some(ban) = store::find_ban(&mut **tx, backend, event_id, user_id, now_us).await? {
+    if let Some(ban) = store::find_ban(db.on(&mut **tx), backend, event_id, user_id, now_us).await? {
         return Ok((ban, false, Tally::default()));
     }
-    let Some(mut j) = store::find_join(&mut **tx, backend, event_id, user_id).await?.filter(JoinRow::is_active) else {
+    let Some(mut j) = store::find_join(db.on(&mut **tx), backend, event_id, user_id).await?.filter(JoinRow::is_active)
+    else {
         return Err(Problem::not_found()
             .code("not_a_participant")
             .detail("only a participant or a waitlisted user of this event can be banned from it")
             .into());
     };
-    let ban = store::ban(tx, backend, (event_id, user_id), new, now_us).await?;
+    let ban = store::ban(tx, db, (event_id, user_id), new, now_us).await?;
     let mut items = Vec::new();
     end_and_refill(tx, st, &mut ev, &mut j, status::KICKED, Some("banned"), now_us, &mut items).await?;
-    store::save_event(tx, backend, &ev, now_us).await?;
+    store::save_event(tx, db, &ev, now_us).await?;
     let tally = store::announce(tx, &st.0.outbox, &st.0.joins_topic, items).await?;
     let expires_at = new
         .expires_at
@@ -631,7 +638,7 @@ async fn unban(st: AppState, caller: Caller, ids: Path<(String, String)>) -> Res
 
 async fn unban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<(), Fail> {
     let ev = lock_managed(tx, st, caller, event_id).await?;
-    if !store::lift_ban(tx, st.0.db.backend(), (event_id, user_id), to_micros(now())).await? {
+    if !store::lift_ban(tx, &st.0.db, (event_id, user_id), to_micros(now())).await? {
         return Err(Problem::not_found()
             .code("ban_not_found")
             .detail("that user is not banned from this event")
@@ -649,11 +656,11 @@ async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(id): P
     let r = async {
         let event_id = path_uuid("id", &id)?;
         let db = &st.0.db;
-        let Some(j) = store::find_join(db.pool(), db.backend(), event_id, caller.id).await? else {
+        let Some(j) = store::find_join(db.exec(), db.backend(), event_id, caller.id).await? else {
             return Err(not_found("you have not joined this event").into());
         };
         let position = if j.status == status::WAITLISTED {
-            Some(store::waitlist_position(db.pool(), db.backend(), event_id, j.queue_seq).await?)
+            Some(store::waitlist_position(db.exec(), db.backend(), event_id, j.queue_seq).await?)
         } else {
             None
         };
@@ -733,7 +740,7 @@ async fn waitlist(
         let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit).await?;
         // Positions are contiguous in FIFO order: count those ahead of the first row once.
         let first = match rows.first() {
-            Some(j) => store::waitlist_position(db.pool(), db.backend(), ev.event_id, j.queue_seq).await?,
+            Some(j) => store::waitlist_position(db.exec(), db.backend(), ev.event_id, j.queue_seq).await?,
             None => 1,
         };
         let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));

@@ -23,7 +23,6 @@
 
 use cityevents_common::catalogue::{EventCanceled, EventPublished, EventSnapshot, EventUnpublished, EventUpdated};
 use cityevents_common::time::{now, to_micros};
-use keel::data::Backend;
 use keel::events::outbox::Outbox;
 use keel::events::{Envelope, Event, Failure, Handler, Message};
 use sqlx::{Any, Transaction};
@@ -34,7 +33,6 @@ use crate::store::{self, EventRow, event_status};
 /// The `event.*` handler the service registers (group `joins`, with the inbox).
 #[derive(Debug, Clone)]
 pub struct EventsHandler {
-    backend: Backend,
     outbox: Outbox,
     joins_topic: String,
     batch: i64,
@@ -42,11 +40,10 @@ pub struct EventsHandler {
 }
 
 impl EventsHandler {
-    /// A handler for a database of `backend`, announcing `join.*` through `outbox` on
+    /// A handler writing to the database of `outbox`, announcing `join.*` through it on
     /// `joins_topic`.
-    pub fn new(backend: Backend, outbox: Outbox, joins_topic: impl Into<String>) -> Self {
+    pub fn new(outbox: Outbox, joins_topic: impl Into<String>) -> Self {
         Self {
-            backend,
             outbox,
             joins_topic: joins_topic.into(),
             batch: store::DEFAULT_CHANGE_BATCH,
@@ -147,14 +144,14 @@ async fn apply_snapshot(
 ) -> Result<Tally, Failure> {
     let fresh = row_from(s)?;
     let now_us = to_micros(now());
-    let Some(mut ev) = store::lock_event(tx, to.backend, s.event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, to.outbox.db(), s.event_id).await? else {
         if !published {
             return Err(Failure::retry(format!(
                 "event {} is not known yet (its event.published may still be on its way)",
                 s.event_id
             )));
         }
-        store::insert_event(tx, to.backend, &fresh, now_us).await?;
+        store::insert_event(tx, to.outbox.db(), &fresh, now_us).await?;
         tracing::info!(event_id = %s.event_id, capacity = s.capacity, "event opened for joins");
         return Ok(Tally::default());
     };
@@ -185,7 +182,7 @@ async fn apply_snapshot(
     }
     // A larger (or unlimited) capacity frees seats; a smaller one leaves confirmed joins be.
     let (changed, tally) =
-        store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+        store::settle(tx, to.outbox.db(), (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     if changed > 0 || ev.unsettled() {
         tracing::info!(event_id = %ev.event_id, changed, pending = ev.unsettled(), "event change moved joins");
     }
@@ -201,10 +198,10 @@ async fn apply_unpublish(
     let mut fresh = row_from(&u.event)?;
     fresh.status = event_status::DRAFT.to_owned();
     fresh.note.clone_from(&u.reason);
-    let Some(mut ev) = store::lock_event(tx, to.backend, u.event.event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, to.outbox.db(), u.event.event_id).await? else {
         // Never opened here (its event.published may come later, and older): a closed row
         // whose version makes that late publish stale.
-        store::insert_event(tx, to.backend, &fresh, now_us).await?;
+        store::insert_event(tx, to.outbox.db(), &fresh, now_us).await?;
         return Ok(Tally::default());
     };
     if is_stale(&ev, u.event.version) || ev.status == event_status::CANCELED {
@@ -218,7 +215,7 @@ async fn apply_unpublish(
     ev.capacity = fresh.capacity;
     ev.source_version = ev.source_version.max(fresh.source_version);
     let (canceled, tally) =
-        store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+        store::settle(tx, to.outbox.db(), (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     tracing::info!(event_id = %ev.event_id, canceled, pending = ev.unsettled(), "event unpublished; its joins are canceled");
     Ok(tally)
 }
@@ -229,7 +226,7 @@ async fn apply_cancel(
     c: &EventCanceled,
 ) -> Result<Tally, Failure> {
     let now_us = to_micros(now());
-    let Some(mut ev) = store::lock_event(tx, to.backend, c.event_id).await? else {
+    let Some(mut ev) = store::lock_event(tx, to.outbox.db(), c.event_id).await? else {
         return Err(Failure::retry(format!(
             "event {} is not known yet (its event.published may still be on its way)",
             c.event_id
@@ -244,7 +241,7 @@ async fn apply_cancel(
     // Canceled is final: a newer version only records that older snapshots are now stale.
     ev.source_version = ev.source_version.max(version_of(c.version));
     let (canceled, tally) =
-        store::settle(tx, to.backend, (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
+        store::settle(tx, to.outbox.db(), (&to.outbox, &to.joins_topic), &mut ev, now_us, to.batch).await?;
     tracing::info!(event_id = %ev.event_id, canceled, pending = ev.unsettled(), "event canceled; its joins are canceled");
     Ok(tally)
 }

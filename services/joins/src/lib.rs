@@ -112,7 +112,7 @@ pub fn service() -> keel::Service<JoinsConfig> {
             let bus = s.bus()?;
             let outbox = s.outbox(&db)?;
             let metrics = metrics::JoinMetrics::register(s.metrics())?;
-            let handler = EventsHandler::new(db.backend(), outbox.clone(), cfg.joins_topic.clone())
+            let handler = EventsHandler::new(outbox.clone(), cfg.joins_topic.clone())
                 .change_batch(cfg.change_batch)
                 .metrics(metrics.clone());
             // Keel's retry defaults (16 deliveries, 1 s doubling to 5 min: over half an hour)

@@ -144,28 +144,30 @@ impl EventRow {
 /// PostgreSQL and MySQL: `SELECT … FOR UPDATE`. SQLite has no row locks: the transaction starts
 /// with a write to the row, which takes the database's write lock up front (a read first and a
 /// write later could deadlock two writers upgrading their locks); `busy_timeout` queues the rest.
-pub(crate) async fn lock_event(tx: &mut Tx, backend: Backend, event_id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
+pub(crate) async fn lock_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
+    let backend = db.backend();
     let id = event_id.to_string();
     let select = format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id = $1");
     if backend == Backend::Sqlite {
         let bumped = sqlx::query(sql(backend, "UPDATE event_capacity SET version = version + 1 WHERE event_id = $1"))
             .bind(&id)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await?;
         if bumped.rows_affected() == 0 {
             return Ok(None);
         }
-        let row = sqlx::query(sql(backend, &select)).bind(&id).fetch_optional(&mut **tx).await?;
+        let row = sqlx::query(sql(backend, &select)).bind(&id).fetch_optional(db.on(&mut **tx)).await?;
         return row.as_ref().map(EventRow::from_row).transpose();
     }
-    let row = sqlx::query(sql(backend, &format!("{select} FOR UPDATE"))).bind(&id).fetch_optional(&mut **tx).await?;
+    let row =
+        sqlx::query(sql(backend, &format!("{select} FOR UPDATE"))).bind(&id).fetch_optional(db.on(&mut **tx)).await?;
     row.as_ref().map(EventRow::from_row).transpose()
 }
 
 /// The event, read without a lock (for reads and authorization).
 pub(crate) async fn load_event(db: &Db, event_id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
     let text = format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id = $1");
-    let row = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string()).fetch_optional(db.pool()).await?;
+    let row = sqlx::query(sql(db.backend(), &text)).bind(event_id.to_string()).fetch_optional(db.exec()).await?;
     row.as_ref().map(EventRow::from_row).transpose()
 }
 
@@ -180,12 +182,13 @@ pub(crate) async fn counts_of(db: &Db, ids: &[Uuid]) -> Result<Vec<EventRow>, sq
     for id in ids {
         query = query.bind(id.to_string());
     }
-    let rows = query.fetch_all(db.pool()).await?;
+    let rows = query.fetch_all(db.exec()).await?;
     rows.iter().map(EventRow::from_row).collect()
 }
 
 /// Inserts a new event row (its status, no joins).
-pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_event(tx: &mut Tx, db: &Db, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     sqlx::query(sql(
         backend,
         "INSERT INTO event_capacity (event_id, organizer_id, title, starts_at, ends_at, capacity, status, confirmed, \
@@ -202,14 +205,15 @@ pub(crate) async fn insert_event(tx: &mut Tx, backend: Backend, ev: &EventRow, n
     .bind(ev.source_version)
     .bind(now_us)
     .bind(now_us)
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await?;
     Ok(())
 }
 
 /// Writes back a locked event row: details, status, counters, the FIFO ticket, the source
 /// version, and whether joins are left to settle ([`EventRow::unsettled`]).
-pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
+pub(crate) async fn save_event(tx: &mut Tx, db: &Db, ev: &EventRow, now_us: i64) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     sqlx::query(sql(
         backend,
         "UPDATE event_capacity SET title = $1, starts_at = $2, ends_at = $3, capacity = $4, status = $5, confirmed = $6, \
@@ -229,7 +233,7 @@ pub(crate) async fn save_event(tx: &mut Tx, backend: Backend, ev: &EventRow, now
     .bind(now_us)
     .bind(ev.note.clone())
     .bind(ev.event_id.to_string())
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await?;
     Ok(())
 }
@@ -293,7 +297,8 @@ where
 
 /// Stores a new participation: inserts the row, or (rejoin after leaving or a kick) gives the
 /// user's existing row a new id, status and FIFO ticket.
-pub(crate) async fn put_join(tx: &mut Tx, backend: Backend, j: &JoinRow, reuse: bool) -> Result<(), sqlx::Error> {
+pub(crate) async fn put_join(tx: &mut Tx, db: &Db, j: &JoinRow, reuse: bool) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     let text = if reuse {
         "UPDATE joins SET id = $1, status = $2, reason = NULL, queue_seq = $3, queued_at = $4, created_at = $5, \
          updated_at = $6 WHERE event_id = $7 AND user_id = $8"
@@ -310,7 +315,7 @@ pub(crate) async fn put_join(tx: &mut Tx, backend: Backend, j: &JoinRow, reuse: 
         .bind(j.updated_at)
         .bind(j.event_id.to_string())
         .bind(j.user_id.to_string())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     Ok(())
 }
@@ -318,19 +323,20 @@ pub(crate) async fn put_join(tx: &mut Tx, backend: Backend, j: &JoinRow, reuse: 
 /// Ends a participation (`canceled` or `kicked`), keeping the event's counters in step.
 pub(crate) async fn end_join(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     ev: &mut EventRow,
     j: &mut JoinRow,
     new_status: &str,
     reason: Option<&str>,
     now_us: i64,
 ) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     sqlx::query(sql(backend, "UPDATE joins SET status = $1, reason = $2, updated_at = $3 WHERE id = $4"))
         .bind(new_status)
         .bind(reason)
         .bind(now_us)
         .bind(j.id.to_string())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     match j.status.as_str() {
         status::CONFIRMED => ev.confirmed -= 1,
@@ -348,11 +354,12 @@ pub(crate) async fn end_join(
 /// event lock (`ev` is locked).
 pub(crate) async fn promote(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     ev: &mut EventRow,
     now_us: i64,
     limit: i64,
 ) -> Result<Vec<JoinRow>, sqlx::Error> {
+    let backend = db.backend();
     let mut promoted = Vec::new();
     // The event lock already serializes writers; SKIP LOCKED keeps a picker from ever waiting
     // on a row some other statement holds.
@@ -363,8 +370,11 @@ pub(crate) async fn promote(
     let mut left = limit;
     while left > 0 && ev.status == event_status::PUBLISHED && ev.waitlisted > 0 && ev.has_free_seat() {
         let want = if ev.capacity == 0 { left } else { (ev.capacity - ev.confirmed).min(left) };
-        let rows =
-            sqlx::query(sql(backend, &pick)).bind(ev.event_id.to_string()).bind(want).fetch_all(&mut **tx).await?;
+        let rows = sqlx::query(sql(backend, &pick))
+            .bind(ev.event_id.to_string())
+            .bind(want)
+            .fetch_all(db.on(&mut **tx))
+            .await?;
         let mut batch = rows.iter().map(JoinRow::from_row).collect::<Result<Vec<_>, _>>()?;
         if batch.is_empty() {
             // The counter said someone waits but nobody does: trust the rows.
@@ -377,7 +387,7 @@ pub(crate) async fn promote(
         for j in &batch {
             q = q.bind(j.id.to_string());
         }
-        q.execute(&mut **tx).await?;
+        q.execute(db.on(&mut **tx)).await?;
         let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
         ev.confirmed += n;
         ev.waitlisted -= n;
@@ -395,16 +405,18 @@ pub(crate) async fn promote(
 /// first; returns them (canceled). Runs under the event lock (`ev` is locked).
 pub(crate) async fn cancel_some(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     ev: &mut EventRow,
     (now_us, reason): (i64, &str),
     limit: i64,
 ) -> Result<Vec<JoinRow>, sqlx::Error> {
+    let backend = db.backend();
     let text = format!(
         "SELECT {JOIN_COLUMNS} FROM joins WHERE event_id = $1 AND status IN ('confirmed', 'waitlisted') \
          ORDER BY queue_seq LIMIT $2"
     );
-    let rows = sqlx::query(sql(backend, &text)).bind(ev.event_id.to_string()).bind(limit).fetch_all(&mut **tx).await?;
+    let rows =
+        sqlx::query(sql(backend, &text)).bind(ev.event_id.to_string()).bind(limit).fetch_all(db.on(&mut **tx)).await?;
     let mut joins = rows.iter().map(JoinRow::from_row).collect::<Result<Vec<_>, _>>()?;
     if joins.is_empty() {
         // The counters said someone is left but nobody is: trust the rows.
@@ -418,7 +430,7 @@ pub(crate) async fn cancel_some(
     for j in &joins {
         q = q.bind(j.id.to_string());
     }
-    q.execute(&mut **tx).await?;
+    q.execute(db.on(&mut **tx)).await?;
     for j in &mut joins {
         if j.status == status::CONFIRMED {
             ev.confirmed -= 1;
@@ -441,20 +453,20 @@ pub(crate) async fn cancel_some(
 /// changed, and how.
 pub(crate) async fn settle(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     (outbox, topic): (&Outbox, &str),
     ev: &mut EventRow,
     now_us: i64,
     limit: i64,
 ) -> Result<(usize, Tally), OutboxError> {
     let items: Vec<_> = if let Some(reason) = ev.closing_reason() {
-        let canceled = cancel_some(tx, backend, ev, (now_us, reason), limit).await?;
+        let canceled = cancel_some(tx, db, ev, (now_us, reason), limit).await?;
         canceled.iter().map(|j| (Announce::Canceled, change(ev, j, Some(reason)))).collect()
     } else {
-        let promoted = promote(tx, backend, ev, now_us, limit).await?;
+        let promoted = promote(tx, db, ev, now_us, limit).await?;
         promoted.iter().map(|j| (Announce::Promoted, change(ev, j, Some("capacity_increased")))).collect()
     };
-    save_event(tx, backend, ev, now_us).await?;
+    save_event(tx, db, ev, now_us).await?;
     let n = items.len();
     let tally = announce(tx, outbox, topic, items).await?;
     Ok((n, tally))
@@ -478,7 +490,7 @@ pub(crate) fn settle_pending(
             }
             let pick = db.backend().sql("SELECT event_id FROM event_capacity WHERE pending = 1 LIMIT 32").into_owned();
             loop {
-                let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(pick.clone())).fetch_all(db.pool()).await?;
+                let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(pick.clone())).fetch_all(db.exec()).await?;
                 if ids.is_empty() {
                     return Ok(());
                 }
@@ -497,12 +509,11 @@ pub(crate) fn settle_pending(
 
 /// Settles one batch of `event_id` in its own transaction; what changed once committed.
 async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch: i64) -> Result<Tally, OutboxError> {
-    let backend = db.backend();
     let mut tx = db.pool().begin().await?;
-    let Some(mut ev) = lock_event(&mut tx, backend, event_id).await? else {
+    let Some(mut ev) = lock_event(&mut tx, db, event_id).await? else {
         return Ok(Tally::default());
     };
-    let (n, tally) = settle(&mut tx, backend, (outbox, topic), &mut ev, to_micros(now()), batch).await?;
+    let (n, tally) = settle(&mut tx, db, (outbox, topic), &mut ev, to_micros(now()), batch).await?;
     tx.commit().await?;
     outbox.wake();
     tracing::debug!(%event_id, changed = n, left = ev.unsettled(), "settled pending joins");
@@ -580,15 +591,16 @@ pub(crate) struct NewBan {
 /// Records a ban of `user_id`, replacing an expired one; returns it.
 pub(crate) async fn ban(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     (event_id, user_id): (Uuid, Uuid),
     new: &NewBan,
     now_us: i64,
 ) -> Result<BanRow, sqlx::Error> {
+    let backend = db.backend();
     sqlx::query(sql(backend, "DELETE FROM bans WHERE event_id = $1 AND user_id = $2"))
         .bind(event_id.to_string())
         .bind(user_id.to_string())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     sqlx::query(sql(
         backend,
@@ -600,7 +612,7 @@ pub(crate) async fn ban(
     .bind(now_us)
     .bind(new.reason.clone())
     .bind(new.expires_at)
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await?;
     Ok(BanRow {
         user_id,
@@ -637,15 +649,16 @@ where
 /// Lifts a ban in force at `now_us` (an expired one is removed too); `false` when none was in force.
 pub(crate) async fn lift_ban(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     (event_id, user_id): (Uuid, Uuid),
     now_us: i64,
 ) -> Result<bool, sqlx::Error> {
-    let in_force = find_ban(&mut **tx, backend, event_id, user_id, now_us).await?.is_some();
+    let backend = db.backend();
+    let in_force = find_ban(db.on(&mut **tx), backend, event_id, user_id, now_us).await?.is_some();
     sqlx::query(sql(backend, "DELETE FROM bans WHERE event_id = $1 AND user_id = $2"))
         .bind(event_id.to_string())
         .bind(user_id.to_string())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     Ok(in_force)
 }
@@ -668,7 +681,7 @@ pub(crate) async fn event_bans(
     if let Some(c) = after {
         q = q.bind(c.key).bind(c.key).bind(c.id.clone());
     }
-    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.exec()).await?;
     rows.iter().map(BanRow::from_row).collect()
 }
 
@@ -716,18 +729,19 @@ where
 /// Stores the answer for `key` (replacing an expired record of the same key).
 pub(crate) async fn store_idempotency(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     user_id: Uuid,
     key: &str,
     stored: &StoredResponse,
     not_before: i64,
     now_us: i64,
 ) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     sqlx::query(sql(backend, "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND created_at < $3"))
         .bind(user_id.to_string())
         .bind(key)
         .bind(not_before)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     sqlx::query(sql(
         backend,
@@ -740,7 +754,7 @@ pub(crate) async fn store_idempotency(
     .bind(i64::from(stored.status))
     .bind(&stored.body)
     .bind(now_us)
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await?;
     Ok(())
 }
@@ -761,7 +775,7 @@ pub(crate) fn idempotency_pruner(db: Db, ttl: Duration) -> keel::workers::Worker
             }
             let done = sqlx::query(sql(db.backend(), "DELETE FROM idempotency_keys WHERE created_at < $1"))
                 .bind(idempotency_cutoff(ttl))
-                .execute(db.pool())
+                .execute(db.exec())
                 .await?;
             if done.rows_affected() > 0 {
                 tracing::debug!(rows = done.rows_affected(), "pruned expired idempotency keys");
@@ -870,7 +884,7 @@ pub(crate) async fn user_joins(
     if let Some(c) = after {
         q = q.bind(c.key).bind(c.key).bind(c.id.clone());
     }
-    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.exec()).await?;
     rows.iter()
         .map(|r| {
             Ok(UserJoin {
@@ -902,7 +916,7 @@ pub(crate) async fn event_joins(
     if let Some(c) = after {
         q = q.bind(c.key).bind(c.key).bind(c.id.clone());
     }
-    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.pool()).await?;
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(db.exec()).await?;
     rows.iter().map(JoinRow::from_row).collect()
 }
 
@@ -910,7 +924,7 @@ pub(crate) async fn event_joins(
 pub(crate) async fn status_counts(db: &Db, event_id: Uuid) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(sql(db.backend(), "SELECT status, COUNT(*) FROM joins WHERE event_id = $1 GROUP BY status"))
         .bind(event_id.to_string())
-        .fetch_all(db.pool())
+        .fetch_all(db.exec())
         .await
 }
 

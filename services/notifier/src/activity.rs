@@ -101,11 +101,8 @@ pub(crate) fn change_text(event_title: &str, old: &Place, new: &Place) -> Option
 
 /// Records `s` (when newer than what is recorded) and returns the place participants were told
 /// before, when this is a change of a known event.
-pub(crate) async fn record_event(
-    tx: &mut Tx,
-    backend: Backend,
-    s: &EventSnapshot,
-) -> Result<Option<Place>, sqlx::Error> {
+pub(crate) async fn record_event(tx: &mut Tx, db: &Db, s: &EventSnapshot) -> Result<Option<Place>, sqlx::Error> {
+    let backend = db.backend();
     let id = s.event_id.to_string();
     let version = i64::try_from(s.version).unwrap_or(i64::MAX);
     let row = sqlx::query(statement(
@@ -113,7 +110,7 @@ pub(crate) async fn record_event(
         "SELECT starts_at, ends_at, venue, time_zone, version FROM event_info WHERE event_id = $1",
     ))
     .bind(&id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(db.on(&mut **tx))
     .await?;
     let new = Place::of(s);
     match row {
@@ -131,7 +128,7 @@ pub(crate) async fn record_event(
             .bind(&new.venue)
             .bind(&new.time_zone)
             .bind(version)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await?;
             Ok(None)
         }
@@ -159,7 +156,7 @@ pub(crate) async fn record_event(
             .bind(&new.time_zone)
             .bind(version.max(seen))
             .bind(&id)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await?;
             Ok(Some(old))
         }
@@ -170,11 +167,12 @@ pub(crate) async fn record_event(
 /// `event-notices` worker writes them).
 pub(crate) async fn queue_notice(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     event_id: Uuid,
     kind: &str,
     text: &str,
 ) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     sqlx::query(statement(
         backend,
         "INSERT INTO pending_notices (id, event_id, kind, message, after_user, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -185,7 +183,7 @@ pub(crate) async fn queue_notice(
     .bind(text)
     .bind("")
     .bind(to_micros(now()))
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await?;
     Ok(())
 }
@@ -222,7 +220,7 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
         backend,
         "SELECT id, event_id, kind, message, after_user FROM pending_notices ORDER BY created_at, id LIMIT 16",
     ))
-    .fetch_all(db.pool())
+    .fetch_all(db.exec())
     .await?;
     let mut written = 0;
     for row in pending {
@@ -234,7 +232,7 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
         // (Its count is not read: MySQL counts a row that did not change as not affected.)
         sqlx::query(statement(backend, "UPDATE pending_notices SET after_user = after_user WHERE id = $1"))
             .bind(&id)
-            .execute(&mut *tx)
+            .execute(db.on(&mut *tx))
             .await?;
         let users: Vec<String> = sqlx::query_scalar(statement(
             backend,
@@ -244,7 +242,7 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
         .bind(&event)
         .bind(&after)
         .bind(i64::try_from(NOTICE_BATCH).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(db.on(&mut *tx))
         .await?;
         // Claim the batch: only if nobody moved this notice on since it was read.
         let claimed = match users.last() {
@@ -255,14 +253,14 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
             .bind(last)
             .bind(&id)
             .bind(&after)
-            .execute(&mut *tx)
+            .execute(db.on(&mut *tx))
             .await?
             .rows_affected(),
             // The last batch: done.
             _ => sqlx::query(statement(backend, "DELETE FROM pending_notices WHERE id = $1 AND after_user = $2"))
                 .bind(&id)
                 .bind(&after)
-                .execute(&mut *tx)
+                .execute(db.on(&mut *tx))
                 .await?
                 .rows_affected(),
         };
@@ -270,7 +268,7 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
             continue;
         }
         if !users.is_empty() {
-            insert_notifications(&mut tx, backend, &users, (&event, &kind, &message)).await?;
+            insert_notifications(&mut tx, db, &users, (&event, &kind, &message)).await?;
         }
         tx.commit().await?;
         metrics.in_app(&kind, users.len() as u64);
@@ -282,10 +280,11 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
 /// One statement writing a `kind` notification saying `message` about `event` to each of `users`.
 async fn insert_notifications(
     tx: &mut Tx,
-    backend: Backend,
+    db: &Db,
     users: &[String],
     (event, kind, message): (&str, &str, &str),
 ) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     // Every placeholder once, in order (MySQL's are positional).
     let rows: Vec<String> = (0..users.len())
         .map(|i| {
@@ -302,13 +301,14 @@ async fn insert_notifications(
     for user in users {
         q = q.bind(Uuid::now_v7().to_string()).bind(user.clone()).bind(kind).bind(event).bind(message).bind(at);
     }
-    q.execute(&mut **tx).await?;
+    q.execute(db.on(&mut **tx)).await?;
     Ok(())
 }
 
 /// Follows a join change: who is active in the event, and the organizer's digest (a new join
 /// counts as joined, a participant's own leave as left).
-pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &JoinChange) -> Result<(), sqlx::Error> {
+pub(crate) async fn track_join(tx: &mut Tx, db: &Db, kind: &str, c: &JoinChange) -> Result<(), sqlx::Error> {
+    let backend = db.backend();
     let (event, user) = (c.event_id.to_string(), c.user_id.to_string());
     let active = i64::from(c.status != "canceled");
     let at = to_micros(c.at);
@@ -318,7 +318,7 @@ pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &Jo
     ))
     .bind(&event)
     .bind(&user)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(db.on(&mut **tx))
     .await?;
     let text = match seen {
         None => Some("INSERT INTO event_participants (active, at, event_id, user_id) VALUES ($1, $2, $3, $4)"),
@@ -328,7 +328,13 @@ pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &Jo
         Some(_) => None,
     };
     if let Some(text) = text {
-        sqlx::query(statement(backend, text)).bind(active).bind(at).bind(&event).bind(&user).execute(&mut **tx).await?;
+        sqlx::query(statement(backend, text))
+            .bind(active)
+            .bind(at)
+            .bind(&event)
+            .bind(&user)
+            .execute(db.on(&mut **tx))
+            .await?;
     }
     let (joined, left) = match kind {
         JoinConfirmed::TYPE | JoinWaitlisted::TYPE => (1_i64, 0_i64),
@@ -346,7 +352,7 @@ pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &Jo
     .bind(&c.event_title)
     .bind(organizer.clone())
     .bind(&event)
-    .execute(&mut **tx)
+    .execute(db.on(&mut **tx))
     .await?;
     if bumped.rows_affected() == 0 {
         // A concurrent first count makes this fail; the message is then handled again.
@@ -361,7 +367,7 @@ pub(crate) async fn track_join(tx: &mut Tx, backend: Backend, kind: &str, c: &Jo
         .bind(joined)
         .bind(left)
         .bind(to_micros(now()))
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     }
     Ok(())
@@ -414,7 +420,7 @@ async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics
     .bind(due)
     .bind(orphaned)
     .bind(DIGESTS_PER_ROUND)
-    .fetch_all(db.pool())
+    .fetch_all(db.exec())
     .await?;
     let mut sent = 0;
     for row in rows {
@@ -430,7 +436,7 @@ async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics
             ))
             .bind(&event)
             .bind(since)
-            .execute(db.pool())
+            .execute(db.exec())
             .await?;
             if dropped.rows_affected() == 1 {
                 tracing::warn!(event_id = %event, "a digest's organizer stayed unknown for a day; dropped");
@@ -446,7 +452,7 @@ async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics
         .bind(&event)
         .bind(joined)
         .bind(left)
-        .execute(&mut *tx)
+        .execute(db.on(&mut *tx))
         .await?;
         if taken.rows_affected() != 1 {
             continue;
@@ -462,7 +468,7 @@ async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics
         .bind(&event)
         .bind(digest_text(&event_title, joined, left))
         .bind(to_micros(now()))
-        .execute(&mut *tx)
+        .execute(db.on(&mut *tx))
         .await?;
         tx.commit().await?;
         metrics.in_app(ACTIVITY, 1);

@@ -118,7 +118,7 @@ async fn list(
         query = query.bind(after.key).bind(after.key).bind(after.id.clone());
     }
     let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
-    let rows = query.fetch_all(&mut *conn).await.map_err(|e| db_error(&db, e))?;
+    let rows = query.fetch_all(db.on(&mut *conn)).await.map_err(|e| db_error(&db, e))?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         let created: i64 = row.try_get("created_at").map_err(|e| db_error(&db, e))?;
@@ -145,7 +145,7 @@ async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resul
     let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
     let unread: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.into_owned()))
         .bind(&claims.sub)
-        .fetch_one(&mut *conn)
+        .fetch_one(db.on(&mut *conn))
         .await
         .map_err(|e| db_error(&db, e))?;
     Ok(Json(UnreadCount { unread: u64::try_from(unread).unwrap_or_default() }))
@@ -159,7 +159,7 @@ async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resu
     let done = sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
         .bind(now)
         .bind(&claims.sub)
-        .execute(&mut *conn)
+        .execute(db.on(&mut *conn))
         .await
         .map_err(|e| db_error(&db, e))?;
     Ok(Json(Marked { marked: done.rows_affected() }))
@@ -178,7 +178,7 @@ async fn mark_read(
         .bind(now)
         .bind(&id)
         .bind(&claims.sub)
-        .execute(&mut *conn)
+        .execute(db.on(&mut *conn))
         .await
         .map_err(|e| db_error(&db, e))?;
     if done.rows_affected() > 0 {
@@ -189,7 +189,7 @@ async fn mark_read(
     let found = sqlx::query(sqlx::AssertSqlSafe(exists.into_owned()))
         .bind(&id)
         .bind(&claims.sub)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(db.on(&mut *conn))
         .await
         .map_err(|e| db_error(&db, e))?;
     match found {

@@ -74,7 +74,7 @@ async fn notify(
         .bind(text)
         .bind(cityevents_common::time::to_micros(cityevents_common::time::now()))
         .bind(None::<i64>)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
         .map_err(|e| Failure::transient(&db.observe(e)))?;
@@ -146,7 +146,7 @@ impl Handler for JoinsHandler {
         let text = with_note(text, c.note.as_deref());
         notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-        crate::activity::track_join(tx, self.db.backend(), &kind, &c)
+        crate::activity::track_join(tx, &self.db, &kind, &c)
             .await
             .map_err(|e| Failure::transient(&self.db.observe(e)))?;
         if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
@@ -195,15 +195,15 @@ impl Handler for EventsHandler {
             _ => None,
         };
         if let Some((s, updated)) = snapshot {
-            let backend = self.db.backend();
+            let db = &self.db;
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
             let observe = |e| Failure::transient(&self.db.observe(e));
-            let before = crate::activity::record_event(tx, backend, &s).await.map_err(observe)?;
+            let before = crate::activity::record_event(tx, db, &s).await.map_err(observe)?;
             let change = before
                 .filter(|_| updated)
                 .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));
             if let Some(text) = change {
-                crate::activity::queue_notice(tx, backend, s.event_id, crate::activity::CHANGED, &text)
+                crate::activity::queue_notice(tx, db, s.event_id, crate::activity::CHANGED, &text)
                     .await
                     .map_err(observe)?;
                 tracing::info!(event_id = %s.event_id, "participants to be told of a change of time or place");

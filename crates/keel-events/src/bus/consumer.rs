@@ -851,7 +851,7 @@ impl<H: Handler> Consumer<H> {
         let cutoff = super::now_ms() - i64::try_from(self.options.inbox_retention.as_millis()).unwrap_or(i64::MAX);
         let sql = db.sql("DELETE FROM keel_inbox WHERE consumer_group = $1 AND processed_at < $2");
         if let Err(e) =
-            sqlx::query(sqlx::AssertSqlSafe(sql.into_owned())).bind(&self.group).bind(cutoff).execute(db.pool()).await
+            sqlx::query(sqlx::AssertSqlSafe(sql.into_owned())).bind(&self.group).bind(cutoff).execute(db.exec()).await
         {
             tracing::warn!(error = %e, "pruning the inbox failed");
         }
@@ -1062,7 +1062,7 @@ impl<H: Handler> Consumer<H> {
                 .bind(&self.group)
                 .bind(&envelope.id)
                 .bind(super::now_ms())
-                .execute(&mut *tx)
+                .execute(db.on(&mut *tx))
                 .await
                 .map_err(|e| Failure::transient(&db.observe(e)))?;
             if inserted.rows_affected() == 0 {

@@ -313,7 +313,7 @@ impl Outbox {
                 q = q.bind(envelope.id.as_str()).bind(topic).bind(envelope.key.as_deref()).bind(payload.as_str());
                 q = q.bind(now).bind(now);
             }
-            q.execute(&mut **tx).await?;
+            q.execute(self.inner.db.on(&mut **tx)).await?;
         }
         Ok(())
     }
@@ -329,6 +329,11 @@ impl Outbox {
         let envelope = Envelope::new(&self.inner.source, event)?;
         self.enqueue(tx, topic, &envelope).await?;
         Ok(envelope)
+    }
+
+    /// The database it writes to (a consumer's writes beside it go through its [`Db::on`]).
+    pub fn db(&self) -> &Db {
+        &self.inner.db
     }
 
     /// Tells the relay in this process to look now rather than at its next poll (call it after
@@ -509,10 +514,12 @@ impl Outbox {
         // Claims take turns, so each one sees the leases the one before it committed.
         match backend {
             Backend::Postgres => {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(db.on(&mut *tx)).await?;
             }
             Backend::MySql => {
-                sqlx::query("SELECT id FROM keel_outbox_lock WHERE id = 1 FOR UPDATE").fetch_optional(&mut *tx).await?;
+                sqlx::query("SELECT id FROM keel_outbox_lock WHERE id = 1 FOR UPDATE")
+                    .fetch_optional(db.on(&mut *tx))
+                    .await?;
             }
             Backend::Sqlite => {}
         }
@@ -522,14 +529,15 @@ impl Outbox {
             .bind(now)
             .bind(ours[0].unwrap_or(""))
             .bind(ours[1].unwrap_or(""))
-            .fetch_all(&mut *tx)
+            .fetch_all(db.on(&mut *tx))
             .await?
             .iter()
             .map(|r| r.try_get::<String, _>(0))
             .collect::<Result<_, _>>()?;
         let window = i64::from(cfg.batch_size).saturating_mul(CLAIM_WINDOW);
         let text = "SELECT seq, partition_key, locked_until FROM keel_outbox WHERE status = 0 ORDER BY seq LIMIT $1";
-        let oldest = sqlx::query(AssertSqlSafe(db.sql(text).into_owned())).bind(window).fetch_all(&mut *tx).await?;
+        let oldest =
+            sqlx::query(AssertSqlSafe(db.sql(text).into_owned())).bind(window).fetch_all(db.on(&mut *tx)).await?;
         let mut picked = Vec::new();
         for r in &oldest {
             if picked.len() >= cfg.batch_size as usize {
@@ -556,7 +564,7 @@ impl Outbox {
         }
         let fetched = if backend == Backend::MySql {
             // No RETURNING: read the leased rows back in the same transaction.
-            q.execute(&mut *tx).await?;
+            q.execute(db.on(&mut *tx)).await?;
             let text = format!(
                 "SELECT seq, topic, partition_key, payload, attempts FROM keel_outbox WHERE seq IN ({})",
                 marks(1, picked.len())
@@ -565,9 +573,9 @@ impl Outbox {
             for seq in &picked {
                 q = q.bind(*seq);
             }
-            q.fetch_all(&mut *tx).await?
+            q.fetch_all(db.on(&mut *tx)).await?
         } else {
-            q.fetch_all(&mut *tx).await?
+            q.fetch_all(db.on(&mut *tx)).await?
         };
         tx.commit().await?;
         let mut rows = fetched.iter().map(Claimed::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -674,7 +682,7 @@ impl Outbox {
             for s in chunk {
                 q = q.bind(*s);
             }
-            q.execute(db.pool()).await?;
+            q.execute(db.exec()).await?;
             m.published.inc_by(chunk.len() as u64);
         }
         for (seq, attempts, error) in round.failed {
@@ -699,7 +707,7 @@ impl Outbox {
                 .bind(if dead { 0 } else { next })
                 .bind(seq)
                 .bind(claim)
-                .execute(db.pool())
+                .execute(db.exec())
                 .await?;
             m.failures.inc();
             if dead {
@@ -719,7 +727,7 @@ impl Outbox {
             for s in chunk {
                 q = q.bind(*s);
             }
-            q.execute(db.pool()).await?;
+            q.execute(db.exec()).await?;
         }
         Ok(())
     }
@@ -737,7 +745,7 @@ impl Outbox {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT COUNT(*), MIN(created_at) FROM keel_outbox WHERE status = {PENDING}"
         )))
-        .fetch_one(self.inner.db.pool())
+        .fetch_one(self.inner.db.exec())
         .await?;
         let count: i64 = row.try_get(0)?;
         Ok((u64::try_from(count).unwrap_or(0), row.try_get(1)?))
@@ -749,7 +757,7 @@ impl Outbox {
             "SELECT event_id, topic, attempts, last_error FROM keel_outbox WHERE status = {DEAD} ORDER BY seq LIMIT $1"
         );
         let sql = self.inner.db.sql(&text);
-        let rows = sqlx::query(AssertSqlSafe(sql.into_owned())).bind(limit).fetch_all(self.inner.db.pool()).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql.into_owned())).bind(limit).fetch_all(self.inner.db.exec()).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect::<Result<_, sqlx::Error>>()
@@ -766,11 +774,11 @@ impl Outbox {
             // Its scan of the (status, seq) index would otherwise lock the gap every new
             // pending row goes into, and hold up every enqueue until the delete is done.
             let mut tx = db.begin_read_committed().await?;
-            let done = q.execute(&mut *tx).await?;
+            let done = q.execute(db.on(&mut *tx)).await?;
             tx.commit().await?;
             done
         } else {
-            q.execute(db.pool()).await?
+            q.execute(db.exec()).await?
         };
         Ok(done.rows_affected())
     }

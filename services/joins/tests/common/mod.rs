@@ -87,7 +87,7 @@ impl Svc {
             bus.clone(),
             EVENTS_TOPIC,
             "joins",
-            EventsHandler::new(backend, outbox, JOINS_TOPIC).change_batch(batch),
+            EventsHandler::new(outbox, JOINS_TOPIC).change_batch(batch),
         )
         .inbox(db.clone())
         .options(options);

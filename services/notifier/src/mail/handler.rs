@@ -76,7 +76,7 @@ impl Contacts {
             .bind(&c.name)
             .bind(i64::from(c.verified))
             .bind(to_micros(now()))
-            .execute(conn)
+            .execute(db.on(&mut *conn))
             .await
             .map_err(|e| Failure::transient(&db.observe(e)))?;
         Ok(())
@@ -90,7 +90,7 @@ impl Contacts {
             db.statement("SELECT email_ciphertext, name, verified FROM mail_contacts WHERE user_id = $1"),
         )
         .bind(user.to_string())
-        .fetch_optional(&mut *conn)
+        .fetch_optional(db.on(&mut *conn))
         .await
         .map_err(|e| Failure::transient(&db.observe(e)))?;
         let Some((ciphertext, name, verified)) = row else { return Ok(None) };
@@ -106,7 +106,7 @@ impl Contacts {
         let rows: Vec<(String, i64)> =
             sqlx::query_as(db.statement("SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
                 .bind(user)
-                .fetch_all(&mut *conn)
+                .fetch_all(db.on(&mut *conn))
                 .await
                 .map_err(|e| db.observe(e))?;
         Ok(MAIL_PREFERENCES
@@ -139,7 +139,7 @@ impl Contacts {
                 .bind(*kind)
                 .bind(i64::from(*on))
                 .bind(to_micros(now()))
-                .execute(&mut *tx)
+                .execute(db.on(&mut *tx))
                 .await
                 .map_err(|e| db.observe(e))?;
         }
@@ -153,7 +153,7 @@ impl Contacts {
         let found: Option<String> =
             sqlx::query_scalar(db.statement("SELECT outcome FROM mail_log WHERE message_id = $1"))
                 .bind(message_id)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(db.on(&mut *conn))
                 .await
                 .map_err(|e| Failure::transient(&db.observe(e)))?;
         Ok(found.is_some())
@@ -176,7 +176,7 @@ impl Contacts {
             .bind(template)
             .bind(outcome)
             .bind(to_micros(now()))
-            .execute(&mut *conn)
+            .execute(db.on(&mut *conn))
             .await
             .map_err(|e| Failure::transient(&db.observe(e)))?;
         Ok(())
@@ -189,7 +189,7 @@ impl Contacts {
         let mut conn = db.acquire().await?;
         let done = sqlx::query(db.statement("DELETE FROM mail_log WHERE created_at < $1"))
             .bind(cutoff)
-            .execute(&mut *conn)
+            .execute(db.on(&mut *conn))
             .await
             .map_err(|e| db.observe(e))?;
         Ok(done.rows_affected())
