@@ -6,6 +6,8 @@
 //! load-bench --base http://127.0.0.1:8080 --rate 100 --secs 30
 //! load-bench --base … --step 50:50:20:2000      # from 50/s, +50/s every 20 s, up to 2000/s,
 //!                                               # until a bound or an error is passed
+//! load-bench --base … --burst 50:10              # 50 people join one event at once, then
+//!                                               # leave at once; 10 rounds
 //! ```
 //!
 //! Before it measures, it signs up `--organizers` organizers, who publish `--events` events over
@@ -105,12 +107,15 @@ struct Args {
     refusals_ok: bool,
     /// Seconds to wait between seeding and the first step.
     start_after: u64,
+    /// Burst mode: this many people join one event at once, then leave at once, for so many
+    /// rounds.
+    burst: Option<(usize, usize)>,
 }
 
 fn usage() -> String {
     "usage: load-bench --base URL [--rate PER_S --secs S | --step FROM:BY:SECS:UPTO] \
      [--persons N] [--organizers N] [--events N] [--max-in-flight N] [--bound OP=MS]… \
-     [--mix OP=WEIGHT,…] [--refusals-ok] [--start-after S]"
+     [--mix OP=WEIGHT,…] [--refusals-ok] [--start-after S] [--burst PEOPLE:ROUNDS]"
         .into()
 }
 
@@ -128,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
         mix: MIX.to_vec(),
         refusals_ok: false,
         start_after: 0,
+        burst: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -168,6 +174,15 @@ fn parse_args() -> Result<Args, String> {
                 }
                 a.mix = mix;
             }
+            "--burst" => {
+                let v = value()?;
+                let (people, rounds) = v
+                    .split_once(':')
+                    .and_then(|(p, r)| Some((p.parse::<usize>().ok()?, r.parse::<usize>().ok()?)))
+                    .filter(|(p, r)| *p > 0 && *r > 0)
+                    .ok_or_else(|| format!("--burst is PEOPLE:ROUNDS (both above 0), not {v}"))?;
+                a.burst = Some((people, rounds));
+            }
             "--bound" => {
                 let v = value()?;
                 let (op, ms) = v.split_once('=').ok_or_else(|| format!("--bound is OP=MS, not {v}"))?;
@@ -181,6 +196,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.rate.is_nan() || a.rate <= 0.0 {
         return Err("--rate must be above 0".into());
+    }
+    if let Some((people, _)) = a.burst {
+        a.persons = a.persons.max(people);
     }
     if a.step.is_some() && a.bounds.is_empty() {
         a.bounds = vec![("browse".into(), 20.0), ("join".into(), 50.0)];
@@ -555,10 +573,52 @@ async fn step(
     Ok((tally, issued, cpu, wall))
 }
 
+/// Burst mode: in each round the first `people` persons join one event at once (each with an
+/// idempotency key), then leave it at once; a latency runs from the round's start. One event
+/// per round, in turn.
+async fn burst(
+    world: &Arc<World>,
+    people: usize,
+    rounds: usize,
+    refusals_ok: bool,
+) -> Result<(Tally, u64, Duration, Duration), String> {
+    let mut tally = Tally::new(refusals_ok)?;
+    let events = world.events.lock().map_err(|e| e.to_string())?.clone();
+    let cpu0 = cpu_time();
+    let started = Instant::now();
+    let mut issued = 0;
+    for round in 0..rounds {
+        let ev = events.get(round % events.len().max(1)).ok_or("burst mode needs an event")?;
+        for op in [Op::Join, Op::Leave] {
+            let t0 = Instant::now();
+            let calls = world.persons[..people].iter().map(|p| async move {
+                let req = match op {
+                    Op::Join => world
+                        .http
+                        .post(world.url(&format!("/api/v1/events/{ev}/join")))
+                        .header("idempotency-key", format!("{:016x}{:016x}", rand(&world.seq), rand(&world.seq))),
+                    _ => world.http.delete(world.url(&format!("/api/v1/events/{ev}/join"))),
+                };
+                let r = req.header("authorization", format!("Bearer {}", p.token)).send().await;
+                (status_is(&r, if op == Op::Join { &[200, 201] } else { &[204] }), t0.elapsed())
+            });
+            for (outcome, took) in futures_util::future::join_all(calls).await {
+                tally.record(op, took, outcome);
+                issued += 1;
+            }
+        }
+        // Let the joins' messages (seats, notifications) settle between rounds.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok((tally, issued, cpu_time().saturating_sub(cpu0), started.elapsed()))
+}
+
 fn report(rate: f64, tally: &Tally, issued: u64, cpu: Duration, wall: Duration) {
     let done = tally.finished;
+    // Burst mode offers no rate (0).
+    let offered = if rate > 0.0 { format!("{rate:.0} arrivals/s offered") } else { format!("{done} requests") };
     println!(
-        "\n### {rate:.0} arrivals/s offered: {:.1}/s answered, {} errors; generator CPU {:.1} % of a core, {:.0} µs per request",
+        "\n### {offered}: {:.1}/s answered, {} errors; generator CPU {:.1} % of a core, {:.0} µs per request",
         done as f64 / wall.as_secs_f64(),
         tally.errors(),
         cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
@@ -661,6 +721,12 @@ async fn run(args: Args) -> Result<bool, String> {
     );
     tokio::time::sleep(Duration::from_secs(args.start_after)).await;
     let mut clean = true;
+    if let Some((people, rounds)) = args.burst {
+        let (tally, issued, cpu, wall) = burst(&world, people, rounds, args.refusals_ok).await?;
+        println!("\n## {people} people joining one event at once, then leaving at once, {rounds} rounds");
+        report(0.0, &tally, issued, cpu, wall);
+        return Ok(tally.errors() == 0);
+    }
     match args.step {
         None => {
             let (tally, issued, cpu, wall) =

@@ -18,7 +18,7 @@ fn help_prints_the_usage_and_succeeds() {
     let o = load_bench(&["--help"]);
     assert!(o.status.success(), "{o:?}");
     let out = String::from_utf8_lossy(&o.stdout);
-    for flag in ["--base", "--rate", "--step", "--mix", "--refusals-ok", "--start-after", "--bound"] {
+    for flag in ["--base", "--rate", "--step", "--mix", "--refusals-ok", "--start-after", "--bound", "--burst"] {
         assert!(out.contains(flag), "{flag} missing from: {out}");
     }
 }
@@ -33,6 +33,8 @@ fn bad_arguments_exit_2_saying_what_is_wrong() {
         (&["--base", "http://127.0.0.1:1", "--rate", "0"][..], "--rate must be above 0"),
         (&["--base", "http://127.0.0.1:1", "--rate", "fast"][..], "--rate"),
         (&["--base", "http://127.0.0.1:1", "--bound", "browse"][..], "--bound is OP=MS"),
+        (&["--base", "http://127.0.0.1:1", "--burst", "50"][..], "--burst is PEOPLE:ROUNDS"),
+        (&["--base", "http://127.0.0.1:1", "--burst", "0:3"][..], "--burst is PEOPLE:ROUNDS"),
         (&["--base", "http://127.0.0.1:1", "--frobnicate"][..], "unknown argument --frobnicate"),
         (&["--base"][..], "--base needs a value"),
     ] {
