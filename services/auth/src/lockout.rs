@@ -336,6 +336,24 @@ impl Lockout {
         Ok(())
     }
 
+    /// The attempt [`Self::attempt`] let in came to no verdict (the password check was refused
+    /// at capacity, or a dependency failed): it is taken back from the first-hand counter.
+    /// Otherwise a sign-in storm that fills the hashing queue would count the owner's refused
+    /// attempts as failures, and lock them out without one wrong password.
+    pub(crate) async fn undone(&self, bidx: &str, source: Source<'_>) -> Result<(), DataError> {
+        let db = &self.db;
+        let counters = Counters::new(&self.cfg, bidx, source);
+        let mut conn = db.acquire().await?;
+        sqlx::query(
+            db.statement("UPDATE login_throttle SET failures = failures - 1 WHERE bucket = $1 AND failures > 0"),
+        )
+        .bind(&counters.first_hand().1)
+        .execute(db.on(&mut *conn))
+        .await
+        .obs(db)?;
+        Ok(())
+    }
+
     /// Deletes every counter of the account with address index `bidx`, whatever the client IP
     /// (a password reset proved the owner: their delays end). Per-IP counters stay.
     pub(crate) async fn clear_account(

@@ -475,7 +475,11 @@ async fn change_password(
         Gate::Open { spent } => spent,
         Gate::Locked { retry_after, .. } => return Err(locked(retry_after).into()),
     };
-    if !s.accounts.hasher.verify(&b.current_password, &row.password_hash).await? {
+    let verified = match s.accounts.hasher.verify(&b.current_password, &row.password_hash).await {
+        Ok(v) => v,
+        Err(e) => return Err(no_verdict(&s, &bidx, Source::Client(&client), e.into()).await),
+    };
+    if !verified {
         let target = user_target(&row.id);
         let details = json!({ "reason": "invalid_credentials", "ip": ip });
         s.accounts.audit(&target, "auth.password_change", &target, Outcome::Failure, details).await;
@@ -557,6 +561,15 @@ async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A password check that came to no verdict (refused at capacity, a dependency down): the
+/// attempt [`Lockout::attempt`] counted is taken back, so refusals never lock anyone out.
+async fn no_verdict(s: &AppState, bidx: &str, source: Source<'_>, e: ApiError) -> ApiError {
+    if let Err(undo) = s.lockout.undone(bidx, source).await {
+        tracing::warn!(error = %undo, "cannot take back a sign-in attempt that came to no verdict");
+    }
+    e
+}
+
 fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
     let email = normalize_email(&b.email)?;
     if b.password.is_empty() {
@@ -603,11 +616,18 @@ async fn login(
             return Err(locked(retry_after).into());
         }
     };
-    let row = s.accounts.by_email_index(&bidx).await?;
-    let verified = match &row {
-        Some(r) => s.accounts.hasher.verify(&b.password, &r.password_hash).await?,
-        // The same Argon2 work as a real check, so timing does not tell which addresses exist.
-        None => s.accounts.hasher.verify_dummy(&b.password).await?,
+    let checked = async {
+        let row = s.accounts.by_email_index(&bidx).await?;
+        let verified = match &row {
+            Some(r) => s.accounts.hasher.verify(&b.password, &r.password_hash).await?,
+            // The same Argon2 work as a real check, so timing does not tell which addresses exist.
+            None => s.accounts.hasher.verify_dummy(&b.password).await?,
+        };
+        Ok::<_, ApiError>((row, verified))
+    };
+    let (row, verified) = match checked.await {
+        Ok(checked) => checked,
+        Err(e) => return Err(no_verdict(&s, &bidx, source, e).await),
     };
     let row = match row {
         Some(r) if verified => r,

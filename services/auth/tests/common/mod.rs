@@ -87,10 +87,19 @@ pub fn env(db_url: &str, key: &TestKey) -> TestEnv {
 impl Svc {
     /// Starts the service on `backend`, or `None` (test skipped) when its server is not running.
     pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// [`Svc::start`] with more settings (`SECURITY__PASSWORDS__MAX_QUEUED`, …).
+    pub async fn start_with(backend: Backend, settings: &[(&str, &str)]) -> Option<Self> {
         let db = database(backend).await?;
         let key = TestKey::random("k1");
         let bus_url = format!("memory://auth-test-{}", uuid::Uuid::now_v7().simple());
-        let loaded = env(db.url(), &key).set("BUS__URL", bus_url.as_str()).load::<AuthConfig>();
+        let mut env = env(db.url(), &key).set("BUS__URL", bus_url.as_str());
+        for (k, v) in settings {
+            env = env.set(k, *v);
+        }
+        let loaded = env.load::<AuthConfig>();
         let app = TestService::start(cityevents_auth::service(), loaded.clone()).await;
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(db.url()).await.unwrap();
@@ -210,6 +219,16 @@ impl Svc {
         let client =
             reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, host])).build().unwrap();
         Self::read(client.post(self.app.url("/api/v1/auth/login")).json(&body).send().await.unwrap()).await
+    }
+
+    /// Replaces the password hash of the account `user_id` (a PHC string: no quotes in it).
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn set_password_hash(&self, user_id: &str, phc: &str) {
+        // Literals: the placeholder syntax differs between the backends.
+        assert!(!phc.contains('\'') && !user_id.contains('\''));
+        let sql = format!("UPDATE users SET password_hash = '{phc}' WHERE id = '{user_id}'");
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool).await.unwrap();
+        assert_eq!(done.rows_affected(), 1, "no account {user_id}");
     }
 
     /// Moves every sign-in counter's last failure `secs` into the past.
