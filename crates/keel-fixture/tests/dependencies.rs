@@ -693,3 +693,45 @@ async fn sqlite_writing_transactions_wait_for_each_other_instead_of_failing() {
     assert_eq!(n.0, before + 2, "both committed");
     kdb.close().await;
 }
+
+/// Writing transactions on a SQLite file queue for the writer's connection and begin in the
+/// order they asked, each as soon as the one before commits. Queued in SQLite's busy handler
+/// instead, a waiting writer sleeps between tries (1, 2, 5 … 100 ms) and whichever wakes first
+/// wins: 50 joins at once on the all-in-one waited up to 200 ms, in no particular order.
+#[tokio::test]
+async fn sqlite_writers_take_turns_in_the_order_they_came() {
+    let db = TestDatabase::sqlite().unwrap();
+    let metrics = keel::telemetry::Metrics::new();
+    let mut cfg = keel::data::DatabaseConfig::default();
+    cfg.pool.max_connections = 16;
+    let kdb = keel::data::Db::new("t", db.url(), &cfg, None, &metrics).unwrap();
+    kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    sqlx::query("CREATE TABLE turns (n INTEGER NOT NULL)").execute(kdb.pool()).await.unwrap();
+    let first = kdb.begin_write().await.unwrap();
+    let mut writers = Vec::new();
+    for n in 0..12_i64 {
+        let kdb = kdb.clone();
+        writers.push(tokio::spawn(async move {
+            let mut tx = kdb.begin_write().await.unwrap();
+            sqlx::query("INSERT INTO turns (n) VALUES ($1)").bind(n).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }));
+        // Ordering only: each writer asks after the one before.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Long enough for busy-handler sleeps to reach 100 ms, so their order would be the wakers'.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.commit().await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let order: Vec<i64> = sqlx::query_as::<_, (i64,)>("SELECT n FROM turns ORDER BY rowid")
+        .fetch_all(kdb.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(order, (0..12).collect::<Vec<_>>(), "writers began in the order they asked");
+    kdb.close().await;
+}

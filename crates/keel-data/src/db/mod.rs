@@ -113,6 +113,8 @@ impl std::fmt::Display for Backend {
 
 struct Inner {
     pool: AnyPool,
+    /// A SQLite file's writing transactions' own connection (see [`Db::new`]).
+    writer: Option<AnyPool>,
     options: AnyConnectOptions,
     backend: Backend,
     service: String,
@@ -129,6 +131,33 @@ struct Inner {
     mariadb: std::sync::OnceLock<bool>,
     /// Where the pool connects, for the statements' spans.
     target: trace::Target,
+}
+
+/// A pool of at most `max` connections with the pool settings and, on SQLite, the pragmas every
+/// connection needs.
+fn pool_options(backend: Backend, p: &crate::config::PoolConfig, max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(p.min_connections.min(max))
+        .acquire_timeout(p.acquire_timeout)
+        .idle_timeout(Some(p.idle_timeout))
+        .max_lifetime(Some(p.max_lifetime))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // Readers do not block the writer; writers wait instead of failing.
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+}
+
+/// A SQLite URL of an in-memory database (each connection its own, unless shared-cache).
+fn in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
 }
 
 /// How long a wait for a connection, with room in the pool, goes before one direct connection
@@ -220,30 +249,21 @@ impl Db {
             prepare_sqlite_file(url)?;
         }
         let p = &config.pool;
-        let pool = AnyPoolOptions::new()
-            .max_connections(p.max_connections)
-            .min_connections(p.min_connections)
-            .acquire_timeout(p.acquire_timeout)
-            .idle_timeout(Some(p.idle_timeout))
-            .max_lifetime(Some(p.max_lifetime))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // Readers do not block the writer; writers wait instead of failing.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(options.clone());
+        let pool = pool_options(backend, p, p.max_connections).connect_lazy_with(options.clone());
+        // One connection of its own for a SQLite file's writing transactions: they queue for it
+        // in the pool's first-come order and each starts the moment the last commits. Queued in
+        // SQLite's busy handler instead, a writer sleeps 1, 2, 5 … up to 100 ms between tries
+        // whenever the lock is taken: 50 joins at once waited up to 200 ms. An in-memory
+        // database is one per connection, so it has none (its pool is its only writer).
+        let writer = (backend == Backend::Sqlite && !in_memory(url))
+            .then(|| pool_options(backend, p, 1).connect_lazy_with(options.clone()));
         let metrics = metrics::DbMetrics::register(metrics, service, &pool, p.max_connections)
             .map_err(|e| DataError::Config(format!("cannot register database metrics: {e}")))?;
         let target = trace::Target::of(backend, &options);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                writer,
                 options,
                 backend,
                 service: service.to_owned(),
@@ -471,6 +491,25 @@ impl Db {
         }
     }
 
+    /// The writer's connection, waiting up to the pool's `acquire_timeout` behind the writing
+    /// transactions before it (503 `pool_timeout` past it). The main pool's fail-fast check
+    /// applies; a SQLite file has no reachability probe.
+    async fn acquire_writer(&self, writer: &AnyPool) -> Result<PoolConnection<Any>, DataError> {
+        if !self.is_available() {
+            self.inner.metrics.error("unavailable");
+            return Err(self.unavailable());
+        }
+        let started = Instant::now();
+        let result = writer.acquire().await;
+        self.inner.metrics.acquired(started.elapsed());
+        result.map_err(|e| {
+            if matches!(e, sqlx::Error::PoolTimedOut) {
+                self.inner.metrics.timeout();
+            }
+            self.observe(e)
+        })
+    }
+
     /// Whether every connection the pool may open is open and in use.
     fn pool_busy(&self) -> bool {
         let p = &self.inner.pool;
@@ -479,7 +518,7 @@ impl Db {
 
     /// Begins a transaction. Dropping it without [`Transaction::commit`] rolls it back.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, DataError> {
-        self.start(None).await
+        self.start(None, false).await
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock at once
@@ -489,7 +528,7 @@ impl Db {
     /// [`Db::begin`]; row locks (`FOR UPDATE`) do the rest there.
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, DataError> {
         match self.inner.backend {
-            Backend::Sqlite => self.begin_with(SQLITE_WRITE).await,
+            Backend::Sqlite => self.start(Some(SQLITE_WRITE.into_sql_str()), true).await,
             Backend::Postgres | Backend::MySql => self.begin().await,
         }
     }
@@ -500,7 +539,7 @@ impl Db {
     /// connection, for whatever transaction comes next, if the start failed or the task were
     /// cancelled in between.
     pub async fn begin_with(&self, statement: &'static str) -> Result<Transaction<'static, Any>, DataError> {
-        self.start(Some(statement.into_sql_str())).await
+        self.start(Some(statement.into_sql_str()), false).await
     }
 
     /// Begins a transaction at `READ COMMITTED`: each statement sees what was committed before
@@ -516,10 +555,18 @@ impl Db {
         }
     }
 
-    /// A transaction on a pooled connection, begun with `statement` or the plain `BEGIN` (a
-    /// traced statement, as those run through [`Db::on`]).
-    async fn start(&self, statement: Option<sqlx::SqlStr>) -> Result<Transaction<'static, Any>, DataError> {
-        let conn = self.acquire().await?;
+    /// A transaction on a pooled connection (the writer's when `write` and there is one), begun
+    /// with `statement` or the plain `BEGIN` (a traced statement, as those run through
+    /// [`Db::on`]).
+    async fn start(
+        &self,
+        statement: Option<sqlx::SqlStr>,
+        write: bool,
+    ) -> Result<Transaction<'static, Any>, DataError> {
+        let conn = match &self.inner.writer {
+            Some(writer) if write => self.acquire_writer(writer).await?,
+            _ => self.acquire().await?,
+        };
         let Some(span) = self.span_if_traced(statement.as_ref().map_or("BEGIN", sqlx::SqlStr::as_str)) else {
             return Transaction::begin(conn, statement).await.map_err(|e| self.observe(e));
         };
@@ -804,6 +851,9 @@ impl Db {
 
     /// Closes the pool (waits for connections in use to be returned).
     pub async fn close(&self) {
+        if let Some(writer) = &self.inner.writer {
+            writer.close().await;
+        }
         self.inner.pool.close().await;
     }
 }
