@@ -675,7 +675,11 @@ async fn seed(args: &Args) -> Result<Arc<World>, String> {
         events: Mutex::new(Vec::new()),
         persons: Vec::new(),
         organizers: Vec::new(),
-        seq: AtomicU64::new(0x5EED),
+        // From the clock: a second run against the same platform must not sign up the first
+        // run's people again, and reuse their idempotency keys for other joins (409).
+        seq: AtomicU64::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x5EED, |d| d.as_nanos() as u64),
+        ),
     };
     for _ in 0..args.organizers {
         world.organizers.push(world.sign_up("organizer").await?.1);
