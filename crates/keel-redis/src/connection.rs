@@ -267,7 +267,8 @@ impl Redis {
             db.operation.name = operation.as_str(),
             db.namespace = %target.namespace,
             server.address = %target.address,
-            server.port = target.port,
+            // As an `i64`: the OpenTelemetry layer exports a `u64` as a string.
+            server.port = target.port.map(i64::from),
             "error.type" = tracing::field::Empty,
             )
         };
