@@ -36,13 +36,21 @@ pub enum BusBackend {
     Rabbitmq,
 }
 
-impl std::fmt::Display for BusBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl BusBackend {
+    /// Its name in configuration (`in_process`, `nats`, `rabbitmq`), also the `messaging.system`
+    /// of its spans.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::InProcess => "in_process",
             Self::Nats => "nats",
             Self::Rabbitmq => "rabbitmq",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for BusBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -16,26 +16,56 @@ use keel::testing::TestDatabase;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-/// Counts the SQL statements' spans made in the process, exported or not.
+/// Counts spans made in the process, exported or not: the SQL statements' (`sql`), the
+/// messages' `create` and `send` spans; and the consumers' `consume` spans that ended.
 #[derive(Clone, Default)]
-struct SqlSpans(Arc<AtomicUsize>);
+struct SpansMade {
+    sql: Arc<AtomicUsize>,
+    create: Arc<AtomicUsize>,
+    send: Arc<AtomicUsize>,
+    processed: Arc<AtomicUsize>,
+}
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SqlSpans {
+impl<S> tracing_subscriber::Layer<S> for SpansMade
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
         _: &tracing::span::Id,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        if attrs.metadata().target().starts_with("keel_data") && attrs.metadata().name() == "sql" {
-            self.0.fetch_add(1, Ordering::SeqCst);
+        let (target, name) = (attrs.metadata().target(), attrs.metadata().name());
+        let counter = match name {
+            "sql" if target.starts_with("keel_data") => &self.sql,
+            "create" if target.starts_with("keel_events") => &self.create,
+            "send" if target.starts_with("keel_events") => &self.send,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && span.name() == "consume"
+            && span.metadata().target().starts_with("keel_events")
+        {
+            self.processed.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
 
-impl SqlSpans {
+impl SpansMade {
     fn made(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.sql.load(Ordering::SeqCst)
+    }
+    /// `create` and `send` spans made so far.
+    fn messaging(&self) -> (usize, usize) {
+        (self.create.load(Ordering::SeqCst), self.send.load(Ordering::SeqCst))
+    }
+    fn processed(&self) -> usize {
+        self.processed.load(Ordering::SeqCst)
     }
 }
 
@@ -103,7 +133,7 @@ fn int(v: Option<&AnyValue>) -> Option<i64> {
 
 /// The statements of one run's requests: client spans under their request's server span, in the
 /// caller's trace, with the database conventions' attributes.
-fn check_sql_spans(spans: &[&Span], run: &SqlRun) {
+fn check_made_spans(spans: &[&Span], run: &SqlRun) {
     let t = run.trace_id.as_str();
     let sqlite = run.system == "sqlite";
     let placeholder = if run.system == "postgresql" { "$1" } else { "?" };
@@ -138,6 +168,110 @@ fn check_sql_spans(spans: &[&Span], run: &SqlRun) {
     child(spans, t, "POST /db/items", "COMMIT");
 }
 
+/// A fixture whose `POST /events` enqueues `item.created` through the outbox on one bus, and
+/// what the spans of the event it published in a sampled trace must show.
+struct EventRun {
+    /// The expected `messaging.system`.
+    system: &'static str,
+    trace_id: String,
+    topic: String,
+    event_id: String,
+    /// The broker's `server.address` and `server.port`; none for the in-process bus.
+    server: Option<(String, i64)>,
+    /// Its own fixture (the in-process bus runs in the main one).
+    fixture: Option<Fixture>,
+    _db: Option<TestDatabase>,
+}
+
+/// Posts an item (the fixture enqueues its event) with a `traceparent` of `trace_id` and the
+/// `flags`, then waits until a consumer has processed a message. Returns the event's id.
+async fn post_event(f: &Fixture, made: &SpansMade, trace_id: &str, parent: &str, flags: &str) -> String {
+    let before = made.processed();
+    let r = client()
+        .post(f.url("/events"))
+        .header("traceparent", format!("00-{trace_id}-{parent}-{flags}"))
+        .json(&serde_json::json!({ "name": "otlp-event" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let id = body["event_id"].as_str().unwrap().to_owned();
+    eventually("the consumer to process the event", || async move { made.processed() > before }).await;
+    id
+}
+
+/// The attributes every messaging span of `run` has, for `operation` (`create`, `send`,
+/// `process`).
+fn check_messaging_attributes(span: &Span, run: &EventRun, operation: &str) {
+    let a = &span.attributes;
+    let what = format!("{} on {}: {a:?}", span.name, run.system);
+    assert_eq!(string(attr(a, "messaging.system")).as_deref(), Some(run.system), "{what}");
+    assert_eq!(string(attr(a, "messaging.operation.type")).as_deref(), Some(operation), "{what}");
+    assert_eq!(string(attr(a, "messaging.operation.name")).as_deref(), Some(operation), "{what}");
+    assert_eq!(string(attr(a, "messaging.destination.name")).as_deref(), Some(run.topic.as_str()), "{what}");
+    match &run.server {
+        Some((address, port)) => {
+            assert_eq!(string(attr(a, "server.address")).as_deref(), Some(address.as_str()), "{what}");
+            assert_eq!(int(attr(a, "server.port")), Some(*port), "{what}");
+        }
+        None => assert!(attr(a, "server.address").is_none() && attr(a, "server.port").is_none(), "{what}"),
+    }
+    assert!(attr(a, "error.type").is_none(), "{what}");
+}
+
+/// The event of one run: a `create` span (PRODUCER) under its request's server span, whose
+/// context the message carried; the relay's `send` (CLIENT, a trace of its own) linked to it; the
+/// consumer's `process` (CONSUMER) in the request's trace, a child of the creation context and
+/// linked to it.
+fn check_event_spans(spans: &[&Span], run: &EventRun) {
+    let (t, topic) = (run.trace_id.as_str(), run.topic.as_str());
+    let names = || spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    let create = child(spans, t, "POST /events", &format!("create {topic}"));
+    assert_eq!(create.kind, 4, "SPAN_KIND_PRODUCER: {create:?}");
+    check_messaging_attributes(create, run, "create");
+    assert_eq!(string(attr(&create.attributes, "messaging.message.id")), Some(run.event_id.clone()));
+    assert!(
+        spans.iter().any(|s| s.name == "INSERT keel_outbox" && s.parent_span_id == create.span_id),
+        "the outbox's INSERT runs under the create span: {:?}",
+        names()
+    );
+    let to_create = |l: &&opentelemetry_proto::tonic::trace::v1::span::Link| {
+        l.span_id == create.span_id && l.trace_id == create.trace_id
+    };
+    let send = spans
+        .iter()
+        .find(|s| s.name == format!("send {topic}") && s.links.iter().any(|l| to_create(&l)))
+        .unwrap_or_else(|| panic!("no send span linked to {topic}'s create span; got {:?}", names()));
+    assert_eq!(send.kind, 3, "SPAN_KIND_CLIENT: {send:?}");
+    assert!(send.parent_span_id.is_empty() && hex(&send.trace_id) != t, "a trace of its own: {send:?}");
+    check_messaging_attributes(send, run, "send");
+    let count = int(attr(&send.attributes, "messaging.batch.message_count"));
+    assert!(count.is_some_and(|n| n >= 1), "{:?}", send.attributes);
+    let link = send.links.iter().find(to_create).unwrap();
+    assert_eq!(string(attr(&link.attributes, "messaging.message.id")), Some(run.event_id.clone()));
+    let process = spans
+        .iter()
+        .find(|s| s.name == format!("process {topic}") && s.parent_span_id == create.span_id)
+        .unwrap_or_else(|| panic!("no process span under {topic}'s create span; got {:?}", names()));
+    assert_eq!(process.kind, 5, "SPAN_KIND_CONSUMER: {process:?}");
+    assert_eq!(hex(&process.trace_id), t);
+    assert!(process.links.iter().any(|l| to_create(&l)), "linked to the creation context: {process:?}");
+    check_messaging_attributes(process, run, "process");
+    let a = &process.attributes;
+    assert_eq!(string(attr(a, "messaging.consumer.group.name")).as_deref(), Some("indexer"), "{a:?}");
+    assert_eq!(string(attr(a, "messaging.message.id")), Some(run.event_id.clone()), "{a:?}");
+    assert_eq!(int(attr(a, "attempt")), Some(1), "{a:?}");
+}
+
+/// The host and port of a broker URL (`nats://127.0.0.1:4222`).
+fn broker(url: &str) -> (String, i64) {
+    let host = db_host(url).unwrap();
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let port = rest.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(4222);
+    (host, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let receiver = Receiver::default();
@@ -146,7 +280,7 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let mut telemetry = TelemetryConfig::default();
     telemetry.otlp.endpoint = Some(format!("http://{addr}"));
     telemetry.otlp.timeout = Some(Duration::from_secs(5));
-    let sql_spans = SqlSpans::default();
+    let made_spans = SpansMade::default();
     let guard = keel::telemetry::init_with_layers(
         &keel::telemetry::TelemetryOptions {
             service: "fixture".into(),
@@ -157,7 +291,7 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
             telemetry,
             mask_fields: Vec::new(),
         },
-        vec![Box::new(sql_spans.clone())],
+        vec![Box::new(made_spans.clone())],
     )
     .unwrap();
 
@@ -182,6 +316,9 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         ("FIXTURE__UPSTREAMS__ECHO__BASE_URL", base.clone()),
         ("FIXTURE__APP__DATABASE", "true".to_owned()),
         ("FIXTURE__DATABASE__URL", sqlite.url().to_owned()),
+        // Events, on the in-process bus: `POST /events` enqueues one through the outbox.
+        ("FIXTURE__APP__EVENTS", "true".to_owned()),
+        ("FIXTURE__OUTBOX__POLL_INTERVAL", "50ms".to_owned()),
     ];
     if let Some(keys) = &redis {
         env.push(("FIXTURE__APP__REDIS", "true".to_owned()));
@@ -259,12 +396,12 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     for run in &runs {
         sql_requests(run.fixture.as_ref().unwrap_or(&f), &run.trace_id, parent).await;
     }
-    let made = sql_spans.made();
+    let made = made_spans.made();
     assert!(made >= 3 * runs.len(), "a span per statement: {made}");
     let unsampled = format!("00-0af7651916cd43dd8448eb211c80319c-{parent}-00");
     let r = client().get(f.url("/db/items")).header("traceparent", unsampled).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(sql_spans.made(), made, "no span is made for a statement of a request not sampled");
+    assert_eq!(made_spans.made(), made, "no span is made for a statement of a request not sampled");
     if redis.is_some() {
         eventually("Redis to answer", || async {
             let header = format!("00-{trace_id}-{parent}-01");
@@ -273,8 +410,83 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         })
         .await;
     }
+    // An event through the outbox, the relay and the consumer, on the in-process bus and on
+    // NATS when it runs here: each in a sampled trace of its own.
+    let mut events = vec![EventRun {
+        system: "in_process",
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4711".into(),
+        topic: "items".into(),
+        event_id: String::new(),
+        server: None,
+        fixture: None,
+        _db: None,
+    }];
+    let nats = keel::testing::nats_url();
+    if keel::testing::require("NATS", &nats) {
+        let db = TestDatabase::sqlite().unwrap();
+        let topic = keel::testing::unique_topic("otlp");
+        let fixture = Fixture::start(&[
+            ("FIXTURE__APP__DATABASE", "true"),
+            ("FIXTURE__DATABASE__URL", db.url()),
+            ("FIXTURE__APP__EVENTS", "true"),
+            ("FIXTURE__APP__EVENTS_TOPIC", &topic),
+            ("FIXTURE__BUS__BACKEND", "nats"),
+            ("FIXTURE__BUS__URL", &nats),
+            ("FIXTURE__OUTBOX__POLL_INTERVAL", "50ms"),
+        ])
+        .await;
+        events.push(EventRun {
+            system: "nats",
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4712".into(),
+            topic,
+            event_id: String::new(),
+            server: Some(broker(&nats)),
+            fixture: Some(fixture),
+            _db: Some(db),
+        });
+    }
+    for run in &mut events {
+        let ef = run.fixture.as_ref().unwrap_or(&f);
+        eventually("the events fixture to be ready", || {
+            let url = ef.url("/health/ready");
+            async move { client().get(url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        run.event_id = post_event(ef, &made_spans, &run.trace_id, parent, "01").await;
+    }
+    // An event of a request its caller did not sample makes no create or send span.
+    let messaging = made_spans.messaging();
+    assert!(messaging.0 >= events.len() && messaging.1 >= events.len(), "{messaging:?}");
+    post_event(&f, &made_spans, "0af7651916cd43dd8448eb211c803199", parent, "00").await;
+    assert_eq!(made_spans.messaging(), messaging, "no create or send span for an event not sampled");
+    // A publish straight to the bus under a sampled span: a send span whose context the message
+    // carries as its creation context.
+    let direct_trace = "4bf92f3577b34da6a3ce929d0e0e4721";
+    let carried = {
+        use tracing::Instrument as _;
+        let bus = keel::events::Bus::in_process(10);
+        let mut sub = bus.subscribe("direct", "otlp", &Default::default()).await.unwrap();
+        let span = tracing::info_span!("direct");
+        let caller = keel::telemetry::context_from_traceparent(&format!("00-{direct_trace}-{parent}-01"), None);
+        keel::telemetry::set_parent(&span, caller);
+        async {
+            let envelope = keel::events::Envelope::raw("otlp", "direct.sent", 1, serde_json::json!({}));
+            bus.publish("direct", &envelope).await.unwrap();
+        }
+        .instrument(span)
+        .await;
+        let delivery = sub.next().await.unwrap().unwrap();
+        let carried = delivery.envelope().unwrap().traceparent.clone().unwrap();
+        delivery.ack().await.unwrap();
+        carried
+    };
     f.stop().await;
     for run in &mut runs {
+        if let Some(f) = run.fixture.take() {
+            f.stop().await;
+        }
+    }
+    for run in &mut events {
         if let Some(f) = run.fixture.take() {
             f.stop().await;
         }
@@ -325,10 +537,22 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         assert!(!format!("{:?}", get.attributes).contains("otlp"), "no key in the span: {:?}", get.attributes);
     }
     for run in &runs {
-        check_sql_spans(&spans, run);
+        check_made_spans(&spans, run);
     }
-    let unsampled: Vec<_> = spans.iter().filter(|s| hex(&s.trace_id) == "0af7651916cd43dd8448eb211c80319c").collect();
-    assert!(unsampled.is_empty(), "nothing of an unsampled request is exported: {unsampled:?}");
+    for run in &events {
+        check_event_spans(&spans, run);
+    }
+    let direct = spans.iter().find(|s| s.name == "direct").expect("the direct publisher's span");
+    let send = child(&spans, direct_trace, "direct", "send direct");
+    assert_eq!(send.kind, 4, "SPAN_KIND_PRODUCER: its context is the creation context: {send:?}");
+    assert_eq!(carried.split('-').nth(2), Some(hex(&send.span_id).as_str()), "{carried}");
+    assert_eq!(send.parent_span_id, direct.span_id);
+    assert_eq!(string(attr(&send.attributes, "messaging.message.id")).map(|id| id.len()), Some(36));
+    assert!(attr(&send.attributes, "messaging.batch.message_count").is_none(), "one message: {send:?}");
+    for unsampled in ["0af7651916cd43dd8448eb211c80319c", "0af7651916cd43dd8448eb211c803199"] {
+        let exported: Vec<_> = spans.iter().filter(|s| hex(&s.trace_id) == unsampled).collect();
+        assert!(exported.is_empty(), "nothing of an unsampled request is exported: {exported:?}");
+    }
     // No bound value in any span.
     for s in &spans {
         assert!(!format!("{:?}", s.attributes).contains(BOUND), "a bound value in {}: {:?}", s.name, s.attributes);

@@ -47,7 +47,7 @@ use std::sync::{Mutex, OnceLock};
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -60,6 +60,9 @@ use tracing_subscriber::{Layer, Registry};
 
 pub use config::{LogConfig, LogFormat, OtlpConfig, OtlpProtocol, TelemetryConfig};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
+/// A span's W3C ids, sampled flag and trace state ([`span_context`]), for crates that compare or
+/// link them without depending on `opentelemetry` themselves.
+pub use opentelemetry::trace::SpanContext;
 
 use keel_config::Profile;
 
@@ -348,10 +351,22 @@ pub fn exporting() -> bool {
     GLOBAL.get().is_some_and(|g| g.exporting)
 }
 
+/// Whether a span made now, under the current span, would be exported: spans are exported and
+/// the current span is sampled. The gate of spans that cost on a hot path (a Redis command, an
+/// SQL statement, a message's `create` span): unexported or unsampled, they would buy nothing.
+pub fn is_traced() -> bool {
+    exporting() && span_context(&tracing::Span::current()).is_sampled()
+}
+
+/// `span`'s trace context, as an OpenTelemetry context to inject.
+fn context_of(span: &tracing::Span) -> Context {
+    // An invalid context injects nothing: the propagator checks.
+    Context::new().with_remote_span_context(span_context(span))
+}
+
 /// The current span's trace context, as an OpenTelemetry context to inject.
 fn current_context() -> Context {
-    // An invalid context injects nothing: the propagator checks.
-    Context::new().with_remote_span_context(span_context(&tracing::Span::current()))
+    context_of(&tracing::Span::current())
 }
 
 /// Makes `cx` (a caller's trace, from [`extract_context`] or [`context_from_traceparent`]) the
@@ -364,6 +379,27 @@ pub fn set_parent(span: &tracing::Span, cx: Context) {
 /// The W3C trace context of `span`: invalid for a span no OpenTelemetry layer sees.
 pub fn span_context(span: &tracing::Span) -> SpanContext {
     span.context().span().span_context().clone()
+}
+
+/// Makes `span` the root of a trace of its own, whatever span is current where it is made (work
+/// of a background task that stands for no one request, such as a batch of messages made under
+/// many). Call it before the span is first entered.
+pub fn set_root(span: &tracing::Span) {
+    // Fails only for a span no OpenTelemetry layer sees (disabled, or another subscriber).
+    let _ = span.set_parent(Context::new());
+}
+
+/// Adds to `span` a link to `linked` (a message's creation context, say) with `attributes`; a
+/// link to an invalid context is left out. Links added before the span is first entered are seen
+/// by the sampler.
+pub fn add_link<I>(span: &tracing::Span, linked: SpanContext, attributes: I)
+where
+    I: IntoIterator<Item = (&'static str, String)>,
+{
+    if linked.is_valid() {
+        let attributes = attributes.into_iter().map(|(k, v)| opentelemetry::KeyValue::new(k, v)).collect();
+        span.add_link_with_attributes(linked, attributes);
+    }
 }
 
 /// Reads a W3C `traceparent` (and `tracestate`) from request headers.
@@ -385,10 +421,23 @@ pub fn inject_current(headers: &mut HeaderMap) {
 /// The current span's W3C `traceparent` and `tracestate`, for carriers that are not HTTP headers
 /// (event envelopes). `None` when there is no sampled-or-not trace context to pass on.
 pub fn current_trace_context() -> (Option<String>, Option<String>) {
-    let cx = current_context();
+    trace_context_of(&tracing::Span::current())
+}
+
+/// `span`'s W3C `traceparent` and `tracestate` (as [`current_trace_context`] gives the current
+/// span's): what a message made under `span` carries as its creation context.
+pub fn trace_context_of(span: &tracing::Span) -> (Option<String>, Option<String>) {
+    let cx = context_of(span);
     let mut map = std::collections::HashMap::new();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
     (map.remove("traceparent"), map.remove("tracestate").filter(|s: &String| !s.is_empty()))
+}
+
+/// The span context a `traceparent` (and `tracestate`) describe, read as
+/// [`context_from_traceparent`] reads them: invalid when they describe none. To link to, or to
+/// compare with [`span_context`].
+pub fn span_context_from_traceparent(traceparent: &str, tracestate: Option<&str>) -> SpanContext {
+    context_from_traceparent(traceparent, tracestate).span().span_context().clone()
 }
 
 /// The OpenTelemetry context a `traceparent` (and `tracestate`) describe, to parent a span on.
@@ -453,6 +502,36 @@ mod tests {
         assert!(mentions_trace("trace"));
         assert!(mentions_trace("info,sqlx=trace"));
         assert!(!mentions_trace("info,tracer=debug"));
+    }
+
+    /// A root span starts a trace of its own under a sampled span; a span's context written out
+    /// as a `traceparent` reads back as the same span context; a link to nothing is left out.
+    #[test]
+    fn a_root_span_leaves_the_current_trace_and_its_context_reads_back() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = Registry::default().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let request = tracing::info_span!("request");
+            set_parent(&request, context_from_traceparent(caller, None));
+            let _in = request.enter();
+            assert!(is_traced() == exporting(), "sampled here: traced exactly when exporting");
+            let child = tracing::info_span!("child");
+            let root = tracing::info_span!("root");
+            set_root(&root);
+            add_link(&root, SpanContext::empty_context(), [("messaging.message.id", "m".to_owned())]);
+            add_link(&root, span_context(&child), [("messaging.message.id", "m".to_owned())]);
+            let (child_cx, root_cx) = (span_context(&child), span_context(&root));
+            assert_eq!(child_cx.trace_id(), span_context(&request).trace_id());
+            assert!(root_cx.is_valid() && root_cx.trace_id() != child_cx.trace_id(), "{root_cx:?}");
+            let (traceparent, _) = trace_context_of(&child);
+            let traceparent = traceparent.expect("a traceparent");
+            let back = span_context_from_traceparent(&traceparent, None);
+            assert_eq!((back.trace_id(), back.span_id()), (child_cx.trace_id(), child_cx.span_id()));
+            assert!(back.is_sampled());
+            assert_eq!(current_trace_context().0, trace_context_of(&request).0);
+        });
     }
 
     /// Found by the `traceparent` fuzz target: an envelope's `tracestate` with control

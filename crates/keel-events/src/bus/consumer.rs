@@ -24,8 +24,10 @@
 //!   `keel_inbox` table in the same transaction as the handler's writes ([`Message::tx`]), so a
 //!   redelivery (a crash between commit and ack, a broker redelivering) is acknowledged without
 //!   running the handler again.
-//! * **Tracing**: the handler runs in a `consume <topic>` span whose parent is the producer's
-//!   `traceparent`, with the producer's `request_id` on every log line.
+//! * **Tracing**: the handler runs in a `process <topic>` span (kind CONSUMER, OpenTelemetry's
+//!   messaging conventions) whose parent is the message's creation context (its `traceparent`:
+//!   the outbox's `create` span, or the producer's span), which it also links to as the
+//!   conventions ask, with the producer's `request_id` on every log line.
 //! * **Graceful stop**: when the stop token fires, no more messages are fetched; in-flight
 //!   handlers finish and their messages are settled, held messages are handed back unsettled
 //!   (their next delivery counts one attempt); then [`Consumer::run`] returns.
@@ -131,6 +133,16 @@ impl Failure {
             | Self::Permanent { reason }
             | Self::Unavailable { reason }
             | Self::Early { reason } => reason,
+        }
+    }
+    /// The `error.type` of a `process` span that ended so: `retry`, `permanent`, `unavailable`,
+    /// `early`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Retry { .. } => "retry",
+            Self::Permanent { .. } => "permanent",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Early { .. } => "early",
         }
     }
 }
@@ -860,23 +872,34 @@ impl<H: Handler> Consumer<H> {
     async fn process(&self, delivery: Delivery, stop: &CancellationToken) {
         let (span, attempt) = match delivery.envelope() {
             Ok(env) => {
+                let peer = self.bus.peer();
+                // Made for every message, exported or not: its fields are on the handler's lines.
                 let span = tracing::info_span!(
                     "consume",
-                    otel.name = format!("{} process", self.topic),
+                    otel.name = format!("process {}", self.topic),
                     otel.kind = "consumer",
-                    messaging.system = %self.bus.backend(),
+                    otel.status_code = tracing::field::Empty,
+                    messaging.system = peer.system,
+                    "messaging.operation.type" = "process",
+                    messaging.operation.name = "process",
                     messaging.destination.name = %self.topic,
                     messaging.consumer.group.name = %self.group,
                     messaging.message.id = %env.id,
+                    server.address = peer.address.as_deref(),
+                    server.port = peer.port(),
                     event.r#type = %env.ty,
-                    attempt = delivery.attempt(),
+                    attempt = i64::from(delivery.attempt()),
                     request_id = env.request_id.as_deref(),
+                    "error.type" = tracing::field::Empty,
                 );
                 if let Some(tp) = &env.traceparent {
-                    keel_telemetry::set_parent(
-                        &span,
-                        keel_telemetry::context_from_traceparent(tp, env.tracestate.as_deref()),
-                    );
+                    // One message: its creation context is the parent (the trace stays whole), and
+                    // also a link, the conventions' way of tying a process span to its message.
+                    let cx = keel_telemetry::context_from_traceparent(tp, env.tracestate.as_deref());
+                    if keel_telemetry::exporting() {
+                        keel_telemetry::add_link(&span, super::trace::creation_context(env), []);
+                    }
+                    keel_telemetry::set_parent(&span, cx);
                 }
                 (span, delivery.attempt())
             }
@@ -913,6 +936,12 @@ impl<H: Handler> Consumer<H> {
                 Failure::Unavailable { reason } => Failure::retry(reason),
                 f => f,
             });
+            // Failed, unless merely early within `order_wait` (nothing failed: it is retried).
+            if let Err(f) = &result
+                && !(matches!(f, Failure::Early { .. }) && self.within_order_wait(&delivery))
+            {
+                super::trace::fail(&tracing::Span::current(), f.kind());
+            }
             let settled = match result {
                 Ok(()) => {
                     self.count("ok");

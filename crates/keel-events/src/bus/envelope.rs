@@ -62,7 +62,10 @@ pub struct Envelope {
     /// Ordering key (extension attribute `partitionkey`, as in the CloudEvents partitioning extension).
     #[serde(rename = "partitionkey", default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// W3C trace context of the producer (distributed-tracing extension).
+    /// W3C trace context of the producer (distributed-tracing extension): the message's creation
+    /// context, which consumers continue. [`Envelope::new`] stamps the current span's; the outbox
+    /// and [`Bus::publish`](crate::Bus::publish), when traced, store their `create` or `send`
+    /// span's instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     /// W3C trace state, when the producer had one.

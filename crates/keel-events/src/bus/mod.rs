@@ -10,12 +10,14 @@ mod nats;
 pub mod outbox;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub(crate) use crate::config::memory_bus_name;
 use crate::config::{BusBackend, BusConfig};
@@ -69,6 +71,24 @@ pub enum BusError {
     /// The event could not be encoded.
     #[error(transparent)]
     Event(#[from] EventError),
+}
+
+impl BusError {
+    /// The kind of failure, as a `send` span's `error.type` says it: `unavailable`, `timeout`,
+    /// `unroutable`, `rejected`, `full`, `invalid_name`, `config`, `broker`, `event`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::Unroutable(_) => "unroutable",
+            Self::Rejected(_) => "rejected",
+            Self::Full(_) => "full",
+            Self::InvalidName(_) => "invalid_name",
+            Self::Config(_) => "config",
+            Self::Broker(_) => "broker",
+            Self::Event(_) => "event",
+        }
+    }
 }
 
 /// A message that failed for good, kept in `<topic>.dlq`.
@@ -129,6 +149,8 @@ struct Inner {
     url: Option<String>,
     conn: OnceCell<Conn>,
     connect: ConnectTracker,
+    /// The broker as messaging spans name it.
+    peer: trace::Peer,
 }
 
 /// A service's message bus. Cheap to clone; connects in the background (see [`Bus::connect`]).
@@ -226,6 +248,7 @@ impl Bus {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                peer: trace::Peer::of(config.backend, url.as_deref()),
                 config: config.clone(),
                 url,
                 conn: OnceCell::new(),
@@ -241,6 +264,7 @@ impl Bus {
             conn: OnceCell::new_with(Some(Conn::InProcess(in_process::Broker::new(capacity)))),
             url: None,
             connect: ConnectTracker::new("bus", config.connect.clone()),
+            peer: trace::Peer::of(config.backend, None),
             config,
         };
         inner.connect.set(Phase::Connected);
@@ -304,6 +328,11 @@ impl Bus {
         self.inner.config.backend
     }
 
+    /// The broker as messaging spans name it.
+    pub(crate) fn peer(&self) -> &trace::Peer {
+        &self.inner.peer
+    }
+
     /// Whether readiness requires the broker (`bus.required`).
     pub fn is_required(&self) -> bool {
         self.inner.config.required
@@ -325,9 +354,49 @@ impl Bus {
     /// `bus.publish_timeout`). `Ok` means the broker has it stored: a durable stream (NATS), a
     /// queue (RabbitMQ, `mandatory`, so an unroutable message is [`BusError::Unroutable`]), or
     /// every group's in-process queue.
+    ///
+    /// While spans are exported and the current span is sampled, the publish is a `send {topic}`
+    /// span under the current span. An envelope stamped under the current span (as
+    /// [`Envelope::new`] stamps it), or with no trace context, goes out with that span's context
+    /// as its creation context (the span is then a PRODUCER); one that carries another context
+    /// keeps it, and the span (a CLIENT) links to it.
     pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
-        let payload = envelope.to_bytes()?;
-        self.publish_encoded(topic, envelope, payload).await
+        if !keel_telemetry::is_traced() {
+            let payload = envelope.to_bytes()?;
+            return self.publish_encoded(topic, envelope, payload).await;
+        }
+        let here = keel_telemetry::span_context(&tracing::Span::current());
+        let custom = trace::custom_context(envelope, &here);
+        let send = trace::Sending {
+            destination: Some(topic),
+            id: Some(&envelope.id),
+            batch: None,
+            producer: custom.is_none(),
+        };
+        let span = trace::send_span(self.peer(), &send);
+        let stamped;
+        let envelope = match custom {
+            Some(linked) => {
+                keel_telemetry::add_link(&span, linked, []);
+                envelope
+            }
+            None => {
+                let mut own = envelope.clone();
+                trace::stamp(&mut own, &span);
+                stamped = own;
+                &stamped
+            }
+        };
+        let result = async {
+            let payload = envelope.to_bytes()?;
+            self.publish_encoded(topic, envelope, payload).await
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &result {
+            trace::fail(&span, e.kind());
+        }
+        result
     }
 
     /// [`Bus::publish`] for an envelope already in wire form (the outbox stores it so).

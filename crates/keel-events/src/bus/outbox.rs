@@ -26,6 +26,11 @@
 //!   sent — the fastest setting, without the trail of what was published).
 //! * The relay records a batch's results while it publishes the next batch (the recorded rows
 //!   stay leased until then), so the database and the broker work at the same time.
+//! * **Tracing** (OpenTelemetry's messaging conventions): while spans are exported, an event
+//!   enqueued under a sampled span gets a `create {topic}` span (kind PRODUCER) under it, whose
+//!   context is stored as the event's `traceparent`, its creation context. The relay publishes a
+//!   batch in a `send` span (kind CLIENT, a root: a batch mixes many requests' messages) linked to
+//!   each message's creation context, made only when one of them is sampled.
 //!
 //! The tables come from [`schema_steps`]: put each step's SQL in a migration of the service, in
 //! order.
@@ -41,6 +46,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::OutboxMetrics;
+use super::trace::{self, Peer};
 use super::{Bus, BusError, Envelope, Event, EventError, now_ms};
 use crate::OutboxConfig;
 use keel_data::{Backend, DataError, Db};
@@ -71,6 +77,18 @@ pub enum OutboxError {
     /// Bad input: a topic name or an oversized event.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl OutboxError {
+    /// The kind of failure, as a `create` span's `error.type` says it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Data(_) => "data",
+            Self::Sql(_) => "sql",
+            Self::Event(_) => "event",
+            Self::Invalid(_) => "invalid",
+        }
+    }
 }
 
 /// The SQL that creates `keel_outbox` and `keel_inbox` for `backend` (step 1 of
@@ -130,6 +148,9 @@ struct Inner {
     claims: AtomicU64,
     wake: Notify,
     metrics: OutboxMetrics,
+    /// The bus the relay in this process publishes to, for the `create` spans' attributes
+    /// (unset until the relay starts, or when it runs elsewhere).
+    peer: std::sync::OnceLock<Peer>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -137,6 +158,9 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("Outbox").field("relay", &self.inner.relay_id).finish_non_exhaustive()
     }
 }
+
+/// A message's trace context as stored: `traceparent`, `tracestate`.
+type Stamp = (Option<String>, Option<String>);
 
 /// A claimed row.
 struct Claimed {
@@ -213,6 +237,8 @@ struct Round {
     stopped: HashSet<String>,
     /// A publish failed because the broker was unreachable or did not confirm in time.
     outage: Option<String>,
+    /// The kind of the first failed publish (`BusError::kind`), the `send` span's `error.type`.
+    error: Option<&'static str>,
 }
 
 /// Keys the relay must not publish past, from the last two rounds: a batch is claimed while the
@@ -258,6 +284,7 @@ impl Outbox {
                 claims: AtomicU64::new(0),
                 wake: Notify::new(),
                 metrics: OutboxMetrics::new(metrics)?,
+                peer: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -274,16 +301,69 @@ impl Outbox {
 
     /// Writes several envelopes for `topic` in `tx` with one multi-row `INSERT` per 100 (for
     /// producers that emit events in bulk). All or nothing: a bad envelope fails the call.
+    ///
+    /// While spans are exported and the current span is sampled, each envelope stamped under the
+    /// current span (as [`Envelope::new`] stamps it), or with no trace context, gets a
+    /// `create {topic}` span under the current span, and is stored with that span's context as
+    /// its `traceparent`: its creation context, which the relay's `send` span links to and the
+    /// consumer's `process` span continues. An envelope carrying another trace context is stored
+    /// as it is.
     pub async fn enqueue_all(
         &self,
         tx: &mut Transaction<'static, Any>,
         topic: &str,
         envelopes: &[Envelope],
     ) -> Result<(), OutboxError> {
+        self.write(tx, topic, envelopes).await.map(drop)
+    }
+
+    /// [`Outbox::enqueue_all`], returning the trace context (`traceparent`, `tracestate`) stored
+    /// for each envelope given a `create` span, by its index.
+    async fn write(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        topic: &str,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<(usize, Stamp)>, OutboxError> {
         super::validate_name(topic).map_err(|e| OutboxError::Invalid(e.to_string()))?;
+        let here = keel_telemetry::is_traced().then(|| keel_telemetry::span_context(&tracing::Span::current()));
+        let mut spans = Vec::new();
+        let mut created = Vec::new();
+        let result = self.insert(tx, topic, envelopes, here.as_ref(), &mut spans, &mut created).await;
+        if let Err(e) = &result {
+            for span in &spans {
+                trace::fail(span, e.kind());
+            }
+        }
+        result.map(|()| created)
+    }
+
+    /// The `INSERT`s of [`Outbox::write`], with a `create` span per envelope when `here` (the
+    /// current span's context) is given; the spans end when the call does.
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        topic: &str,
+        envelopes: &[Envelope],
+        here: Option<&keel_telemetry::SpanContext>,
+        spans: &mut Vec<tracing::Span>,
+        created: &mut Vec<(usize, Stamp)>,
+    ) -> Result<(), OutboxError> {
         let mut payloads = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            let payload = String::from_utf8(envelope.to_bytes()?).map_err(|e| OutboxError::Invalid(e.to_string()))?;
+        for (i, envelope) in envelopes.iter().enumerate() {
+            let bytes = match here {
+                Some(here) if trace::custom_context(envelope, here).is_none() => {
+                    let span = trace::create_span(self.inner.peer.get(), topic, &envelope.id);
+                    let mut own = envelope.clone();
+                    trace::stamp(&mut own, &span);
+                    spans.push(span);
+                    let bytes = own.to_bytes()?;
+                    created.push((i, (own.traceparent, own.tracestate)));
+                    bytes
+                }
+                _ => envelope.to_bytes()?,
+            };
+            let payload = String::from_utf8(bytes).map_err(|e| OutboxError::Invalid(e.to_string()))?;
             if payload.len() > MAX_PAYLOAD {
                 return Err(OutboxError::Invalid(format!(
                     "event {} is {} bytes; the outbox takes at most {MAX_PAYLOAD}",
@@ -313,7 +393,12 @@ impl Outbox {
                 q = q.bind(envelope.id.as_str()).bind(topic).bind(envelope.key.as_deref()).bind(payload.as_str());
                 q = q.bind(now).bind(now);
             }
-            q.execute(self.inner.db.on(&mut **tx)).await?;
+            let insert = q.execute(self.inner.db.on(&mut **tx));
+            match spans.as_slice() {
+                // One message: its INSERT shows under its `create` span.
+                [one] if envelopes.len() == 1 => insert.instrument(one.clone()).await?,
+                _ => insert.await?,
+            };
         }
         Ok(())
     }
@@ -326,8 +411,14 @@ impl Outbox {
         topic: &str,
         event: &E,
     ) -> Result<Envelope, OutboxError> {
-        let envelope = Envelope::new(&self.inner.source, event)?;
-        self.enqueue(tx, topic, &envelope).await?;
+        let mut envelope = Envelope::new(&self.inner.source, event)?;
+        if let Some((_, (traceparent, tracestate))) =
+            self.write(tx, topic, std::slice::from_ref(&envelope)).await?.pop()
+        {
+            // As stored: the creation context is its `create` span's.
+            envelope.traceparent = traceparent;
+            envelope.tracestate = tracestate;
+        }
         Ok(envelope)
     }
 
@@ -353,6 +444,7 @@ impl Outbox {
     /// batch being published, records it, and gives back the batch it had claimed ahead, so
     /// another relay can take it at once.
     pub async fn run(self, bus: Bus, stop: CancellationToken) {
+        let _ = self.inner.peer.set(bus.peer().clone());
         let cfg = &self.inner.config;
         let mut gauges_at: Option<Instant> = None;
         let mut prune_at: Option<Instant> = None;
@@ -588,11 +680,33 @@ impl Outbox {
     /// Publishes claimed rows: rows with the same key one after another (stopping at the first
     /// failure, so order holds), everything else concurrently up to `max_in_flight`. Keys in
     /// `stopped` are not published (their earlier rows failed in a round not yet recorded).
+    /// In a `send` span when the batch is traced (see [`batch_span`]).
     async fn publish(&self, bus: &Bus, rows: Vec<Claimed>, stopped: &Stopped) -> Round {
-        let mut chains: Vec<Vec<Claimed>> = Vec::new();
+        let rows: Vec<(Claimed, Result<Envelope, EventError>)> = rows
+            .into_iter()
+            .map(|row| {
+                let envelope = Envelope::from_bytes(row.payload.as_bytes());
+                (row, envelope)
+            })
+            .collect();
+        let span = batch_span(bus, &rows);
+        let round = self.publish_rows(bus, rows, stopped).instrument(span.clone()).await;
+        if let Some(kind) = round.error {
+            trace::fail(&span, kind);
+        }
+        round
+    }
+
+    async fn publish_rows(
+        &self,
+        bus: &Bus,
+        rows: Vec<(Claimed, Result<Envelope, EventError>)>,
+        stopped: &Stopped,
+    ) -> Round {
+        let mut chains: Vec<Vec<(Claimed, Result<Envelope, EventError>)>> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         for row in rows {
-            match row.key.clone() {
+            match row.0.key.clone() {
                 Some(k) => match by_key.get(&k) {
                     Some(&i) => chains[i].push(row),
                     None => {
@@ -608,20 +722,20 @@ impl Outbox {
         let results: Vec<Round> = futures_util::stream::iter(chains)
             .map(|chain| async move {
                 let mut round = Round::default();
-                let key = chain.first().and_then(|r| r.key.clone());
+                let key = chain.first().and_then(|(r, _)| r.key.clone());
                 if key.as_deref().is_some_and(|k| stopped.contains(k)) {
-                    round.released.extend(chain.iter().map(|r| r.seq));
+                    round.released.extend(chain.iter().map(|(r, _)| r.seq));
                     round.stopped.extend(key);
                     return round;
                 }
                 let mut rows = chain.into_iter();
-                for row in rows.by_ref() {
+                for (row, envelope) in rows.by_ref() {
                     if outage_seen.load(Ordering::Relaxed) {
                         round.released.push(row.seq);
                         round.stopped.extend(row.key);
                         break;
                     }
-                    let published = match Envelope::from_bytes(row.payload.as_bytes()) {
+                    let published = match envelope {
                         Ok(env) => bus.publish_encoded(&row.topic, &env, row.payload.into_bytes()).await,
                         Err(e) => Err(BusError::Event(e)),
                     };
@@ -629,19 +743,21 @@ impl Outbox {
                         Ok(()) => round.sent.push(row.seq),
                         Err(e) if is_outage(&e) => {
                             outage_seen.store(true, Ordering::Relaxed);
+                            round.error = round.error.or(Some(e.kind()));
                             round.outage = Some(sanitize(&e.to_string()));
                             round.released.push(row.seq);
                             round.stopped.extend(row.key);
                             break;
                         }
                         Err(e) => {
+                            round.error = round.error.or(Some(e.kind()));
                             round.failed.push((row.seq, row.attempts, sanitize(&e.to_string())));
                             round.stopped.extend(row.key);
                             break;
                         }
                     }
                 }
-                round.released.extend(rows.map(|r| r.seq));
+                round.released.extend(rows.map(|(r, _)| r.seq));
                 round
             })
             .buffer_unordered(self.inner.config.max_in_flight)
@@ -654,6 +770,7 @@ impl Outbox {
             all.released.extend(r.released);
             all.stopped.extend(r.stopped);
             all.outage = all.outage.or(r.outage);
+            all.error = all.error.or(r.error);
         }
         all
     }
@@ -782,6 +899,55 @@ impl Outbox {
         };
         Ok(done.rows_affected())
     }
+}
+
+/// The relay's `send` span for a claimed batch, or none.
+///
+/// Made only while spans are exported and at least one message of the batch was created in a
+/// sampled trace. The relay works outside any request, so there is no caller's sampling decision
+/// to follow, and a span for a batch of messages nobody traces would be a trace nobody looks at
+/// (and a cost on every batch). The span is the root of a trace of its own: the batch mixes
+/// messages of many requests, each tied to it by a link to its creation context (with its
+/// `messaging.message.id`, and its topic when the batch has several), not by a parent. Being a
+/// root, it is sampled at `telemetry.sampling_ratio` (always, at the default 1.0).
+fn batch_span(bus: &Bus, rows: &[(Claimed, Result<Envelope, EventError>)]) -> tracing::Span {
+    if !keel_telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let contexts: Vec<keel_telemetry::SpanContext> = rows
+        .iter()
+        .map(|(_, envelope)| match envelope {
+            Ok(env) => trace::creation_context(env),
+            Err(_) => keel_telemetry::SpanContext::empty_context(),
+        })
+        .collect();
+    if !contexts.iter().any(keel_telemetry::SpanContext::is_sampled) {
+        return tracing::Span::none();
+    }
+    let first = rows.first().map(|(r, _)| r.topic.as_str());
+    let destination = first.filter(|t| rows.iter().all(|(r, _)| r.topic == *t));
+    let id = match rows {
+        [(_, Ok(env))] => Some(env.id.as_str()),
+        _ => None,
+    };
+    let send = trace::Sending { destination, id, batch: Some(rows.len()), producer: false };
+    let span = trace::send_span(bus.peer(), &send);
+    keel_telemetry::set_root(&span);
+    // The sampled creation contexts first: a span keeps at most 128 links (the SDK's limit).
+    for sampled in [true, false] {
+        for ((row, envelope), cx) in rows.iter().zip(&contexts) {
+            let Ok(env) = envelope else { continue };
+            if cx.is_sampled() != sampled || !cx.is_valid() {
+                continue;
+            }
+            let mut attributes = vec![("messaging.message.id", env.id.clone())];
+            if destination.is_none() {
+                attributes.push(("messaging.destination.name", row.topic.clone()));
+            }
+            keel_telemetry::add_link(&span, cx.clone(), attributes);
+        }
+    }
+    span
 }
 
 /// The PostgreSQL advisory lock claims take turns on (`keel_ou` in ASCII).
