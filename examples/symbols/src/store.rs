@@ -3,7 +3,8 @@
 //! service ([`crate::grpc`]) only translate to and from it, so both APIs behave the same.
 //!
 //! SQL is written once with `$n` placeholders ([`Db::sql`] rewrites them per backend) and runs
-//! on MariaDB/MySQL and SQLite through sqlx's `Any` driver.
+//! on MariaDB/MySQL and SQLite through sqlx's `Any` driver, always through [`Db::on`], so each
+//! statement of a traced request is a span in its trace.
 //!
 //! A change runs in one transaction: it locks the symbol's row first with a no-op `UPDATE` (a
 //! row lock on MariaDB, the write lock on SQLite), then reads, checks and writes it, and enqueues
@@ -80,7 +81,7 @@ impl Symbols {
             .bind(symbol.created_at)
             .bind(symbol.updated_at)
             .bind(None::<i64>)
-            .execute(&mut *tx)
+            .execute(self.db.on(&mut *tx))
             .await
             .map_err(|e| self.write_error(e))?;
         self.publish(&mut tx, &SymbolCreated(SymbolChange::of(&symbol, now))).await?;
@@ -97,7 +98,7 @@ impl Symbols {
         let row = sqlx::query(self.db.statement(&sql))
             .bind(id.to_string())
             .bind(&project_id)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(self.db.on(&mut *conn))
             .await
             .map_err(|e| self.db.observe(e))?;
         row.as_ref().map(|r| self.decode(r)).transpose()?.ok_or(SymbolError::NotFound)
@@ -146,7 +147,7 @@ impl Symbols {
             .bind(next.updated_at)
             .bind(id.to_string())
             .bind(current.version)
-            .execute(&mut *tx)
+            .execute(self.db.on(&mut *tx))
             .await
             .map_err(|e| self.write_error(e))?;
         // The row is locked: only a bug could make this miss.
@@ -183,7 +184,7 @@ impl Symbols {
             .bind(now)
             .bind(id.to_string())
             .bind(deleted.version - 1)
-            .execute(&mut *tx)
+            .execute(self.db.on(&mut *tx))
             .await
             .map_err(|e| self.db.observe(e))?;
         self.publish(&mut tx, &SymbolDeleted(SymbolChange::of(&deleted, now))).await?;
@@ -204,7 +205,7 @@ impl Symbols {
         let count = self.db.statement("SELECT COUNT(*) AS n FROM symbols WHERE project_id = $1 AND deleted_at IS NULL");
         let total_count: i64 = sqlx::query(count)
             .bind(&project_id)
-            .fetch_one(&mut *tx)
+            .fetch_one(self.db.on(&mut *tx))
             .await
             .and_then(|r| r.try_get("n"))
             .map_err(|e| self.db.observe(e))?;
@@ -216,7 +217,7 @@ impl Symbols {
             .bind(&project_id)
             .bind(i64::from(page.limit))
             .bind(i64::from(page.offset))
-            .fetch_all(&mut *tx)
+            .fetch_all(self.db.on(&mut *tx))
             .await
             .map_err(|e| self.db.observe(e))?;
         tx.commit().await.map_err(|e| self.db.observe(e))?;
@@ -235,13 +236,13 @@ impl Symbols {
     ) -> Result<Symbol, SymbolError> {
         sqlx::query(self.db.statement("UPDATE symbols SET version = version WHERE id = $1"))
             .bind(id.to_string())
-            .execute(&mut **tx)
+            .execute(self.db.on(&mut **tx))
             .await
             .map_err(|e| self.db.observe(e))?;
         let sql = format!("SELECT {COLUMNS} FROM symbols WHERE id = $1");
         let row = sqlx::query(self.db.statement(&sql))
             .bind(id.to_string())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(self.db.on(&mut **tx))
             .await
             .map_err(|e| self.db.observe(e))?;
         match row.as_ref().map(|r| self.decode(r)).transpose()? {

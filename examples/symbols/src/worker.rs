@@ -154,12 +154,11 @@ impl Handler for ProjectionHandler {
             return Err(Failure::permanent("the event's project id, name, kind or version is malformed"));
         }
         let event_id = msg.envelope().id.clone();
-        let backend = self.db.backend();
         // Without the inbox transaction the effects would not be exactly-once: refuse.
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
         let observe = |e: sqlx::Error| Failure::transient(&self.db.observe(e));
-        let outcome = apply(tx, backend, op, &change).await.map_err(observe)?;
+        let outcome = apply(tx, &self.db, op, &change).await.map_err(observe)?;
         if let Outcome::Early(at) = outcome {
             return Err(Failure::early(format!(
                 "symbol {} is at version {at} here; version {} waits for the ones before it",
@@ -173,12 +172,8 @@ impl Handler for ProjectionHandler {
 }
 
 /// Applies one change in `tx`, if it is the next version of its symbol.
-async fn apply(
-    tx: &mut Transaction<'static, Any>,
-    backend: Backend,
-    op: Op,
-    c: &SymbolChange,
-) -> Result<Outcome, sqlx::Error> {
+async fn apply(tx: &mut Transaction<'static, Any>, db: &Db, op: Op, c: &SymbolChange) -> Result<Outcome, sqlx::Error> {
+    let backend = db.backend();
     let now = now_micros();
     if op == Op::Created {
         if c.version != 1 {
@@ -194,28 +189,25 @@ async fn apply(
             "{insert} symbol_projection (symbol_id, project_id, name, kind, version, deleted, updated_at) \
              VALUES ($1, $2, $3, $4, 1, 0, $5){or_not}"
         );
-        let done = sqlx::query(sqlx::AssertSqlSafe(backend.sql(&sql).into_owned()))
+        let done = sqlx::query(db.statement(&sql))
             .bind(c.symbol_id.to_string())
             .bind(&c.project_id)
             .bind(&c.name)
             .bind(&c.kind)
             .bind(now)
-            .execute(&mut **tx)
+            .execute(db.on(&mut **tx))
             .await?;
         if done.rows_affected() == 0 {
             return Ok(Outcome::Stale);
         }
-        bump(tx, backend, &c.project_id, Counts { live: 1, created: 1, ..Counts::default() }, c.occurred_at).await?;
+        bump(tx, db, &c.project_id, Counts { live: 1, created: 1, ..Counts::default() }, c.occurred_at).await?;
         return Ok(Outcome::Applied);
     }
     // A locking read where the database has row locks; SQLite's transaction already holds the
     // write lock (the inbox row was written first).
     let lock = if backend == Backend::Sqlite { "" } else { " FOR UPDATE" };
     let sql = format!("SELECT version, deleted FROM symbol_projection WHERE symbol_id = $1{lock}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(backend.sql(&sql).into_owned()))
-        .bind(c.symbol_id.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row = sqlx::query(db.statement(&sql)).bind(c.symbol_id.to_string()).fetch_optional(db.on(&mut **tx)).await?;
     let Some(row) = row else { return Ok(Outcome::Early(0)) };
     let (version, deleted): (i64, i64) = (row.try_get("version")?, row.try_get::<i64, _>("deleted")?);
     if c.version <= version {
@@ -234,12 +226,12 @@ async fn apply(
             Counts { updated: 1, ..Counts::default() },
         ),
     };
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(backend.sql(sql).into_owned())).bind(c.version).bind(now);
+    let mut q = sqlx::query(db.statement(sql)).bind(c.version).bind(now);
     if op != Op::Deleted {
         q = q.bind(&c.name).bind(&c.kind);
     }
-    q.bind(c.symbol_id.to_string()).execute(&mut **tx).await?;
-    bump(tx, backend, &c.project_id, counts, c.occurred_at).await?;
+    q.bind(c.symbol_id.to_string()).execute(db.on(&mut **tx)).await?;
+    bump(tx, db, &c.project_id, counts, c.occurred_at).await?;
     Ok(Outcome::Applied)
 }
 
@@ -255,12 +247,12 @@ struct Counts {
 /// Adds `n` to the counters of `project_id` (creating its row).
 async fn bump(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
+    db: &Db,
     project_id: &str,
     n: Counts,
     at: i64,
 ) -> Result<(), sqlx::Error> {
-    let upsert = match backend {
+    let upsert = match db.backend() {
         Backend::MySql => {
             "ON DUPLICATE KEY UPDATE live_symbols = live_symbols + VALUES(live_symbols), \
              created_total = created_total + VALUES(created_total), \
@@ -287,14 +279,14 @@ async fn bump(
         "INSERT INTO symbol_stats (project_id, live_symbols, created_total, updated_total, deleted_total, last_event_at) \
          VALUES ($1, $2, $3, $4, $5, $6) {upsert}"
     );
-    sqlx::query(sqlx::AssertSqlSafe(backend.sql(&sql).into_owned()))
+    sqlx::query(db.statement(&sql))
         .bind(project_id)
         .bind(n.live)
         .bind(n.created)
         .bind(n.updated)
         .bind(n.deleted)
         .bind(at)
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     Ok(())
 }
@@ -320,7 +312,7 @@ async fn record(
         .bind(c.version)
         .bind(if outcome == Outcome::Applied { "applied" } else { "stale" })
         .bind(now_micros())
-        .execute(&mut **tx)
+        .execute(db.on(&mut **tx))
         .await?;
     Ok(())
 }
@@ -352,7 +344,7 @@ pub async fn stats(db: &Db, project_id: &str) -> Result<ProjectStats, SymbolErro
          WHERE project_id = $1",
     );
     let mut conn = db.acquire().await?;
-    let row = sqlx::query(sql).bind(&project_id).fetch_optional(&mut *conn).await.map_err(|e| db.observe(e))?;
+    let row = sqlx::query(sql).bind(&project_id).fetch_optional(db.on(&mut *conn)).await.map_err(|e| db.observe(e))?;
     let Some(row) = row else { return Ok(ProjectStats { project_id, ..ProjectStats::default() }) };
     let read = || -> Result<ProjectStats, sqlx::Error> {
         Ok(ProjectStats {
