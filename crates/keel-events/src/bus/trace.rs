@@ -103,6 +103,7 @@ pub(crate) fn stamp(envelope: &mut Envelope, span: &tracing::Span) {
 
 /// The `create {topic}` span of one message written to the outbox (kind PRODUCER), a child of the
 /// current span. `peer` is the bus of the relay in this process, when one runs.
+#[cfg(feature = "sql")]
 pub(crate) fn create_span(peer: Option<&Peer>, topic: &str, id: &str) -> tracing::Span {
     tracing::info_span!(
         "create",
