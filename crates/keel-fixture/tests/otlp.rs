@@ -85,6 +85,21 @@ struct SqlRun {
     _db: TestDatabase,
 }
 
+impl SqlRun {
+    /// A run on a database server, in a fixture of its own using it.
+    async fn on_server(system: &str, trace_id: &str, db: TestDatabase) -> Self {
+        let fixture = Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url())]).await;
+        Self {
+            system: system.into(),
+            trace_id: trace_id.into(),
+            namespace: db_name(db.url()),
+            address: db_host(db.url()),
+            fixture: Some(fixture),
+            _db: db,
+        }
+    }
+}
+
 /// The name of the database a server URL names.
 fn db_name(url: &str) -> Option<String> {
     Some(url.rsplit('/').next()?.split('?').next()?.to_owned())
@@ -364,16 +379,7 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     }];
     if keel::testing::require("PostgreSQL", &keel::testing::postgres_url()) {
         let db = TestDatabase::postgres(&keel::testing::postgres_url()).await.unwrap();
-        runs.push(SqlRun {
-            system: "postgresql".into(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4702".into(),
-            namespace: db_name(db.url()),
-            address: db_host(db.url()),
-            fixture: Some(
-                Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url())]).await,
-            ),
-            _db: db,
-        });
+        runs.push(SqlRun::on_server("postgresql", "4bf92f3577b34da6a3ce929d0e0e4702", db).await);
     }
     if keel::testing::require("MariaDB", &keel::testing::mysql_url()) {
         let db = TestDatabase::mysql(&keel::testing::mysql_url()).await.unwrap();
@@ -382,16 +388,8 @@ async fn request_spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
             let mut c = sqlx::AnyConnection::connect(db.url()).await.unwrap();
             sqlx::query_scalar("SELECT VERSION()").fetch_one(&mut c).await.unwrap()
         };
-        runs.push(SqlRun {
-            system: if version.to_ascii_lowercase().contains("mariadb") { "mariadb" } else { "mysql" }.into(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4703".into(),
-            namespace: db_name(db.url()),
-            address: db_host(db.url()),
-            fixture: Some(
-                Fixture::start(&[("FIXTURE__APP__DATABASE", "true"), ("FIXTURE__DATABASE__URL", db.url())]).await,
-            ),
-            _db: db,
-        });
+        let system = if version.to_ascii_lowercase().contains("mariadb") { "mariadb" } else { "mysql" };
+        runs.push(SqlRun::on_server(system, "4bf92f3577b34da6a3ce929d0e0e4703", db).await);
     }
     for run in &runs {
         sql_requests(run.fixture.as_ref().unwrap_or(&f), &run.trace_id, parent).await;

@@ -38,6 +38,7 @@ on_every_backend!(
     an_account_attacked_from_many_ips_is_delayed_for_unknown_devices,
     fifty_addresses_cannot_lock_the_owner_out,
     concurrent_attempts_cannot_exceed_the_lockout_budget,
+    refused_sign_ins_are_not_failures["SECURITY__PASSWORDS__MAX_CONCURRENT_HASHES" = "1", "SECURITY__PASSWORDS__MAX_QUEUED" = "1"],
     admins_come_from_create_admin_and_guard_roles,
     ended_sessions_stop_access_tokens_within_seconds,
     login_metrics_are_counted,
@@ -884,67 +885,44 @@ async fn concurrent_attempts_cannot_exceed_the_lockout_budget(s: &Svc) {
 
 /// Sign-ins refused at capacity (503: every hashing slot busy, no queue) came to no verdict:
 /// they must not count as failures, or a storm of other people's sign-ins would lock the owner
-/// out without one wrong password.
-mod refused_sign_ins_are_not_failures {
-    use super::common::{Backend, PASSWORD, Svc};
-
-    async fn run(backend: Backend) {
-        // One hashing slot and one place in its queue (0 would mean the default), both taken by
-        // two other accounts whose hashes are made slow, while the owner is refused six times:
-        // one more than the free failures (5).
-        let settings = [("SECURITY__PASSWORDS__MAX_CONCURRENT_HASHES", "1"), ("SECURITY__PASSWORDS__MAX_QUEUED", "1")];
-        let Some(s) = Svc::start_with(backend, &settings).await else { return };
-        s.register("owner@example.com", "Owner").await;
-        let mut cfg = s.loaded.config.keel.security.passwords.clone();
-        cfg.iterations = 3_000;
-        let slow = keel::security::password::PasswordHasher::from_config(&cfg).unwrap().hash(PASSWORD).await.unwrap();
-        for other in ["one@example.com", "two@example.com"] {
-            let id = s.register(other, "Other").await;
-            s.set_password_hash(&id, &slow).await;
-        }
-        let holders = futures_util::future::join(
-            s.login_from(8, "one@example.com", PASSWORD),
-            s.login_from(9, "two@example.com", PASSWORD),
-        );
-        let owner = async {
-            // Ordering only: the holders' checks take the slot and the queue first.
-            tokio::time::sleep(std::time::Duration::from_millis(60)).await;
-            let mut refused = 0;
-            for _ in 0..20 {
-                let r = s.login_from(3, "owner@example.com", PASSWORD).await;
-                assert_ne!(r.status, 429, "refusals were counted as failures: {r:?}");
-                if r.status == 503 {
-                    refused += 1;
-                    assert!(r.headers.contains_key("retry-after"), "{r:?}");
-                }
-                if refused == 6 {
-                    break;
-                }
+/// out without one wrong password. The service has one hashing slot and one place in its queue
+/// (0 would mean the default): both are taken by two other accounts whose hashes are made slow,
+/// while the owner is refused six times, one more than the free failures (5).
+async fn refused_sign_ins_are_not_failures(s: &Svc) {
+    s.register("owner@example.com", "Owner").await;
+    let mut cfg = s.loaded.config.keel.security.passwords.clone();
+    cfg.iterations = 3_000;
+    let slow = keel::security::password::PasswordHasher::from_config(&cfg).unwrap().hash(PASSWORD).await.unwrap();
+    for other in ["one@example.com", "two@example.com"] {
+        let id = s.register(other, "Other").await;
+        s.set_password_hash(&id, &slow).await;
+    }
+    let holders = futures_util::future::join(
+        s.login_from(8, "one@example.com", PASSWORD),
+        s.login_from(9, "two@example.com", PASSWORD),
+    );
+    let owner = async {
+        // Ordering only: the holders' checks take the slot and the queue first.
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        let mut refused = 0;
+        for _ in 0..20 {
+            let r = s.login_from(3, "owner@example.com", PASSWORD).await;
+            assert_ne!(r.status, 429, "refusals were counted as failures: {r:?}");
+            if r.status == 503 {
+                refused += 1;
+                assert!(r.headers.contains_key("retry-after"), "{r:?}");
             }
-            refused
-        };
-        let ((one, two), refused) = tokio::join!(holders, owner);
-        assert_eq!((one.status, two.status), (200, 200), "{one:?} {two:?}");
-        assert_eq!(refused, 6, "the slot was held for six refusals");
-        let r = s.login_from(3, "owner@example.com", PASSWORD).await;
-        assert_eq!(r.status, 200, "the owner signs in once the slot is free: {r:?}");
-        s.stop().await;
-    }
-
-    #[tokio::test]
-    async fn sqlite() {
-        run(Backend::Sqlite).await;
-    }
-
-    #[tokio::test]
-    async fn postgres() {
-        run(Backend::Postgres).await;
-    }
-
-    #[tokio::test]
-    async fn mysql() {
-        run(Backend::MySql).await;
-    }
+            if refused == 6 {
+                break;
+            }
+        }
+        refused
+    };
+    let ((one, two), refused) = tokio::join!(holders, owner);
+    assert_eq!((one.status, two.status), (200, 200), "{one:?} {two:?}");
+    assert_eq!(refused, 6, "the slot was held for six refusals");
+    let r = s.login_from(3, "owner@example.com", PASSWORD).await;
+    assert_eq!(r.status, 200, "the owner signs in once the slot is free: {r:?}");
 }
 
 async fn admins_come_from_create_admin_and_guard_roles(s: &Svc) {

@@ -85,12 +85,8 @@ pub fn env(db_url: &str, key: &TestKey) -> TestEnv {
 }
 
 impl Svc {
-    /// Starts the service on `backend`, or `None` (test skipped) when its server is not running.
-    pub async fn start(backend: Backend) -> Option<Self> {
-        Self::start_with(backend, &[]).await
-    }
-
-    /// [`Svc::start`] with more settings (`SECURITY__PASSWORDS__MAX_QUEUED`, …).
+    /// Starts the service on `backend` with `settings` over the tests' own ([`env`]), or `None` (test
+    /// skipped) when its server is not running.
     pub async fn start_with(backend: Backend, settings: &[(&str, &str)]) -> Option<Self> {
         let db = database(backend).await?;
         let key = TestKey::random("k1");
@@ -308,15 +304,17 @@ impl Svc {
     }
 }
 
-/// One test per backend for each scenario `async fn name(svc: &Svc)`.
+/// One test per backend for each scenario `async fn name(svc: &Svc)`, on a service started
+/// with the settings in brackets after its name, if any: `name["SECURITY__…" = "1"]`.
 #[macro_export]
 macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {$(
+    ($($name:ident $([$($key:literal = $value:literal),* $(,)?])?),* $(,)?) => {$(
         mod $name {
             use super::common::{Backend, Svc};
 
             async fn run(backend: Backend) {
-                let Some(svc) = Svc::start(backend).await else { return };
+                let settings: &[(&str, &str)] = &[$($(($key, $value)),*)?];
+                let Some(svc) = Svc::start_with(backend, settings).await else { return };
                 super::$name(&svc).await;
                 svc.stop().await;
             }
