@@ -194,6 +194,16 @@ impl Request {
         Self { method, path: path.into(), headers: HeaderMap::new(), body: None, timeout: None }
     }
 
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path (and query), as given to [`Request::new`].
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Cuts each attempt of this request at `timeout` when that is shorter than the upstream's
     /// `request_timeout` (a call that must answer sooner than the upstream's slowest). Still cut
     /// to the caller's own remaining time.

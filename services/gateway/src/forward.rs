@@ -17,6 +17,7 @@ use keel::http::client_ip::{IpNet, client_ip};
 use keel::http::context;
 
 use crate::UpstreamTimeouts;
+use crate::catchup;
 use crate::edge;
 use crate::routes::{Route, Upstream};
 
@@ -126,7 +127,24 @@ impl Gateway {
             out = out.body(body);
         }
         let out = self.timed(out, &method);
-        Ok(self.bounded(client.send(out)).await)
+        Ok(self.call(route.upstream, client, out).await)
+    }
+
+    /// Sends `req` with `client` (of `upstream`) within [`Gateway::bounded`]; a join goes
+    /// through [`catchup::join`].
+    pub(crate) async fn call(
+        &self,
+        upstream: Upstream,
+        client: &Client,
+        req: client::Request,
+    ) -> Result<client::Response, ClientError> {
+        match catchup::join_of(upstream, req.method(), req.path()) {
+            Some(id) => {
+                let id = id.to_owned();
+                self.bounded(catchup::join(self, client, req, &id)).await
+            }
+            None => self.bounded(client.send(req)).await,
+        }
     }
 
     /// The client's address as the gateway resolved it (trusted proxies only), for services that

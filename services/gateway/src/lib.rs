@@ -44,6 +44,7 @@
 //! `true` outside development). In production every limiter must keep its counts in Redis. CORS
 //! is Keel's (`cors.*`).
 
+mod catchup;
 mod compose;
 mod edge;
 mod forward;

@@ -1092,3 +1092,105 @@ async fn user_lists_carry_display_names_from_one_auth_call_per_page() {
     assert!(v["items"].as_array().unwrap().iter().all(|i| i["name"].is_null()), "{v}");
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Joins of an event published a moment ago
+
+#[tokio::test]
+async fn a_join_of_an_event_joins_has_not_heard_of_yet_waits_for_it() {
+    // `lagging`: published, joins hears of it after two tries; `never`: published, joins never
+    // hears of it; `draft`: the events service does not show it.
+    let (lagging, never, draft) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let events = Stub::start(
+        "events",
+        Router::new().route(
+            "/api/v1/events/{id}",
+            get(move |Path(id): Path<Uuid>| async move {
+                if id == draft {
+                    return (
+                        StatusCode::NOT_FOUND,
+                        [("content-type", "application/problem+json")],
+                        r#"{"type":"urn:keel:problem:not-found","title":"Not found","status":404}"#,
+                    )
+                        .into_response();
+                }
+                axum::Json(json!({"id": id, "title": "Jazz", "status": "published"})).into_response()
+            }),
+        ),
+    )
+    .await;
+    let tries = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<Uuid, usize>::new()));
+    let counted = tries.clone();
+    let joins = Stub::start(
+        "joins",
+        Router::new().route(
+            "/api/v1/events/{id}/join",
+            axum::routing::post(move |Path(id): Path<Uuid>| {
+                let counted = counted.clone();
+                async move {
+                    let n = {
+                        let mut t = counted.lock().unwrap();
+                        let n = t.entry(id).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if id == lagging && n > 2 {
+                        return (StatusCode::CREATED, axum::Json(json!({"event_id": id, "status": "confirmed"})))
+                            .into_response();
+                    }
+                    (
+                        StatusCode::NOT_FOUND,
+                        [("content-type", "application/problem+json")],
+                        r#"{"type":"urn:keel:problem:not-found","title":"Not found","status":404,"code":"event_not_found"}"#,
+                    )
+                        .into_response()
+                }
+            }),
+        ),
+    )
+    .await;
+    let (auth, notifier) = (Stub::echo("auth").await, Stub::echo("notifier").await);
+    let gw = Gateway::start(&[&auth, &events, &joins, &notifier], &view_env()).await;
+    let t = token(&Uuid::now_v7().to_string());
+    let join = |id: Uuid, key: &'static str| {
+        gw.http
+            .post(gw.url(&format!("/api/v1/events/{id}/join")))
+            .bearer_auth(&t)
+            .header("idempotency-key", key)
+            .json(&json!({}))
+            .send()
+    };
+
+    // Joins catches up on the third try: the person is in, with one idempotency key throughout.
+    let resp = join(lagging, "k-lagging").await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(tries.lock().unwrap()[&lagging], 3);
+    let sent: Vec<_> = joins.requests().into_iter().filter(|s| s.path.contains(&lagging.to_string())).collect();
+    assert!(sent.iter().all(|s| s.headers["idempotency-key"] == "k-lagging"), "the same join each time");
+    let asked = events.requests();
+    assert_eq!(asked.len(), 1, "events asked once");
+    assert_eq!(asked[0].path, format!("/api/v1/events/{lagging}"));
+    assert!(asked[0].headers.get("authorization").is_none(), "as anyone would see it");
+
+    // Joins never hears of it: a retryable 503 after every pause, not a 404.
+    let started = Instant::now();
+    let resp = join(never, "k-never").await.unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = problem(resp, 503).await;
+    assert_eq!(body["code"], "event_not_ready");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    assert_eq!(tries.lock().unwrap()[&never], 6, "one try and five repeats");
+    assert!(started.elapsed() >= Duration::from_millis(1_500), "{:?}", started.elapsed());
+
+    // An event the events service does not show keeps joins' 404, asked once.
+    let body = problem(join(draft, "k-draft").await.unwrap(), 404).await;
+    assert_eq!(body["code"], "event_not_found");
+    assert_eq!(tries.lock().unwrap()[&draft], 1);
+
+    // Leaving is not a join: relayed as it is.
+    let before = joins.count();
+    let resp = gw.http.delete(gw.url(&format!("/api/v1/events/{never}/join"))).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(resp.status(), 405, "the stub has no DELETE");
+    assert_eq!(joins.count(), before + 1);
+    gw.stop().await;
+}

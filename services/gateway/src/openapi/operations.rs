@@ -193,7 +193,8 @@ pub(crate) fn all() -> Vec<Spec> {
             .describe(
                 "Confirmed while seats are left, else waitlisted (FIFO). A banned user gets 403 `banned`, also \
                 when replaying the `Idempotency-Key` of a join the ban ended; the event's organizer gets 403 \
-                `organizer_cannot_join`.",
+                `organizer_cannot_join`. An event published a moment ago that joins has not heard of yet is \
+                waited for briefly, then 503 `event_not_ready` with `Retry-After`.",
             )
             .idempotency_key()
             .answer::<joins::Join>(

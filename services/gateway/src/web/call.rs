@@ -158,7 +158,7 @@ impl Site {
             })?;
         }
         let req = self.gw.timed(req, &method);
-        match self.gw.bounded(client.send(req)).await {
+        match self.gw.call(upstream, client, req).await {
             Ok(r) if r.status.is_success() => Ok(r),
             Ok(r) => {
                 if r.status == StatusCode::UNAUTHORIZED
