@@ -327,33 +327,36 @@ async fn join_tx(
     cutoff: i64,
 ) -> Result<Joined, Fail> {
     let db = &st.0.db;
-    let backend = db.backend();
     let now_us = to_micros(now());
     let Some(mut ev) = store::lock_event(tx, db, event_id).await? else {
         return Err(not_found("no such event (or it is not published)").code("event_not_found").into());
     };
+    let ctx = store::join_context(tx, db, &ev, caller.id, key, now_us).await?;
     // A concurrent request with the same key and event waited on the lock above: answer as it did.
-    let banned_now = store::is_banned(db.on(&mut **tx), backend, event_id, caller.id, now_us).await?;
-    if let Some(stored) = store::find_idempotency(db.on(&mut **tx), backend, caller.id, key, cutoff).await? {
-        if banned_now && stored.fingerprint == fingerprint {
-            return Err(banned().into());
+    let expired = match ctx.key {
+        Some((stored, made)) if made >= cutoff => {
+            if ctx.banned && stored.fingerprint == fingerprint {
+                return Err(banned().into());
+            }
+            return Ok(Joined::Stored(stored));
         }
-        return Ok(Joined::Stored(stored));
-    }
+        Some(_) => true,
+        None => false,
+    };
     if !ev.is_open(now_us) {
         return Err(conflict("event_closed", "the event is canceled, unpublished or over; it takes no joins").into());
     }
     if ev.organizer_id == caller.id {
         return Err(forbidden("organizer_cannot_join", "you organize this event; an organizer does not join it").into());
     }
-    if cityevents_common::organizer_bans::is_banned(db.on(&mut **tx), backend, ev.organizer_id).await? {
+    if ctx.organizer_banned {
         // Its organizer's account is banned: the event is hidden and takes no one new.
         return Err(conflict("event_closed", "the event is not taking joins").into());
     }
-    if banned_now {
+    if ctx.banned {
         return Err(banned().into());
     }
-    let existing = store::find_join(db.on(&mut **tx), backend, event_id, caller.id).await?;
+    let existing = ctx.join;
     if existing.as_ref().is_some_and(JoinRow::is_active) {
         return Err(conflict("already_joined", "you already joined this event (or wait for a seat)").into());
     }
@@ -382,7 +385,7 @@ async fn join_tx(
     store::save_event(tx, db, &ev, now_us).await?;
     let body = serde_json::to_string(&join_view(&j, position)).map_err(|_| Problem::internal())?;
     let stored = StoredResponse { fingerprint: fingerprint.to_owned(), status: StatusCode::CREATED.as_u16(), body };
-    store::store_idempotency(tx, db, caller.id, key, &stored, cutoff, now_us).await?;
+    store::store_idempotency(tx, db, caller.id, key, &stored, cutoff, now_us, expired).await?;
     let kind = if confirmed { Announce::Confirmed } else { Announce::Waitlisted };
     let tally =
         store::announce(tx, &st.0.outbox, &st.0.joins_topic, vec![(kind, store::change(&ev, &j, None))]).await?;

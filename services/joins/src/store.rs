@@ -147,20 +147,14 @@ impl EventRow {
 pub(crate) async fn lock_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Result<Option<EventRow>, sqlx::Error> {
     let backend = db.backend();
     let id = event_id.to_string();
-    let select = format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id = $1");
-    if backend == Backend::Sqlite {
-        let bumped = sqlx::query(sql(backend, "UPDATE event_capacity SET version = version + 1 WHERE event_id = $1"))
-            .bind(&id)
-            .execute(db.on(&mut **tx))
-            .await?;
-        if bumped.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let row = sqlx::query(sql(backend, &select)).bind(&id).fetch_optional(db.on(&mut **tx)).await?;
-        return row.as_ref().map(EventRow::from_row).transpose();
-    }
-    let row =
-        sqlx::query(sql(backend, &format!("{select} FOR UPDATE"))).bind(&id).fetch_optional(db.on(&mut **tx)).await?;
+    // SQLite has no row locks: a write takes the database's. The bump and the read are one
+    // statement: every statement of a writing transaction is a turn the writer waits for.
+    let text = if backend == Backend::Sqlite {
+        format!("UPDATE event_capacity SET version = version + 1 WHERE event_id = $1 RETURNING {EVENT_COLUMNS}")
+    } else {
+        format!("SELECT {EVENT_COLUMNS} FROM event_capacity WHERE event_id = $1 FOR UPDATE")
+    };
+    let row = sqlx::query(sql(backend, &text)).bind(&id).fetch_optional(db.on(&mut **tx)).await?;
     row.as_ref().map(EventRow::from_row).transpose()
 }
 
@@ -257,16 +251,21 @@ const JOIN_COLUMNS: &str = "id, event_id, user_id, status, reason, queue_seq, qu
 
 impl JoinRow {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Self::from_row_at(row, 0)
+    }
+
+    /// From [`JOIN_COLUMNS`] starting at column `at`.
+    fn from_row_at(row: &AnyRow, at: usize) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            id: uuid_at(row, 0)?,
-            event_id: uuid_at(row, 1)?,
-            user_id: uuid_at(row, 2)?,
-            status: row.try_get(3)?,
-            reason: row.try_get(4)?,
-            queue_seq: row.try_get(5)?,
-            queued_at: row.try_get(6)?,
-            created_at: row.try_get(7)?,
-            updated_at: row.try_get(8)?,
+            id: uuid_at(row, at)?,
+            event_id: uuid_at(row, at + 1)?,
+            user_id: uuid_at(row, at + 2)?,
+            status: row.try_get(at + 3)?,
+            reason: row.try_get(at + 4)?,
+            queue_seq: row.try_get(at + 5)?,
+            queued_at: row.try_get(at + 6)?,
+            created_at: row.try_get(at + 7)?,
+            updated_at: row.try_get(at + 8)?,
         })
     }
 
@@ -293,6 +292,68 @@ where
         .fetch_optional(exec)
         .await?;
     row.as_ref().map(JoinRow::from_row).transpose()
+}
+
+/// What a join needs to know besides its event, read under the event's lock.
+#[derive(Debug)]
+pub(crate) struct JoinContext {
+    /// The user is banned from the event now.
+    pub(crate) banned: bool,
+    /// The event's organizer's account is banned.
+    pub(crate) organizer_banned: bool,
+    /// The user's record of the idempotency key, and when it was made (live or expired).
+    pub(crate) key: Option<(StoredResponse, i64)>,
+    /// The user's row for the event, whatever its status.
+    pub(crate) join: Option<JoinRow>,
+}
+
+/// [`JoinContext`] in one statement (each table by its key, so one row): each statement of a
+/// writing transaction is one more turn that every join queued behind it waits for.
+pub(crate) async fn join_context(
+    tx: &mut Tx,
+    db: &Db,
+    ev: &EventRow,
+    user_id: Uuid,
+    key: &str,
+    now_us: i64,
+) -> Result<JoinContext, sqlx::Error> {
+    let joined = JOIN_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "SELECT b.user_id, ob.banned, k.fingerprint, k.status_code, k.response, k.created_at, {joined} \
+         FROM (SELECT 1 AS one) AS one \
+         LEFT JOIN bans b ON b.event_id = $1 AND b.user_id = $2 AND (b.expires_at IS NULL OR b.expires_at > $3) \
+         LEFT JOIN organizer_bans ob ON ob.user_id = $4 \
+         LEFT JOIN idempotency_keys k ON k.user_id = $5 AND k.idem_key = $6 \
+         LEFT JOIN joins j ON j.event_id = $7 AND j.user_id = $8"
+    );
+    let (event, user) = (ev.event_id.to_string(), user_id.to_string());
+    let row = sqlx::query(sql(db.backend(), &text))
+        .bind(&event)
+        .bind(&user)
+        .bind(now_us)
+        .bind(ev.organizer_id.to_string())
+        .bind(&user)
+        .bind(key)
+        .bind(&event)
+        .bind(&user)
+        .fetch_one(db.on(&mut **tx))
+        .await?;
+    let banned = row.try_get::<Option<String>, _>(0)?.is_some();
+    let organizer_banned = row.try_get::<Option<i64>, _>(1)?.is_some_and(|b| b != 0);
+    let key = match row.try_get::<Option<String>, _>(2)? {
+        Some(fingerprint) => {
+            let status: i64 = row.try_get(3)?;
+            let stored =
+                StoredResponse { fingerprint, status: u16::try_from(status).unwrap_or(500), body: row.try_get(4)? };
+            Some((stored, row.try_get::<i64, _>(5)?))
+        }
+        None => None,
+    };
+    let join = match row.try_get::<Option<String>, _>(6)? {
+        Some(_) => Some(JoinRow::from_row_at(&row, 6)?),
+        None => None,
+    };
+    Ok(JoinContext { banned, organizer_banned, key, join })
 }
 
 /// Stores a new participation: inserts the row, or (rejoin after leaving or a kick) gives the
@@ -726,7 +787,9 @@ where
     }))
 }
 
-/// Stores the answer for `key` (replacing an expired record of the same key).
+/// Stores the answer for `key`; `expired`: the user has an expired record of the key (read under
+/// the lock the transaction holds), deleted first.
+#[allow(clippy::too_many_arguments)] // the record's every part
 pub(crate) async fn store_idempotency(
     tx: &mut Tx,
     db: &Db,
@@ -735,14 +798,20 @@ pub(crate) async fn store_idempotency(
     stored: &StoredResponse,
     not_before: i64,
     now_us: i64,
+    expired: bool,
 ) -> Result<(), sqlx::Error> {
     let backend = db.backend();
-    sqlx::query(sql(backend, "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND created_at < $3"))
+    if expired {
+        sqlx::query(sql(
+            backend,
+            "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND created_at < $3",
+        ))
         .bind(user_id.to_string())
         .bind(key)
         .bind(not_before)
         .execute(db.on(&mut **tx))
         .await?;
+    }
     sqlx::query(sql(
         backend,
         "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, status_code, response, created_at) \

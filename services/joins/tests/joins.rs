@@ -177,6 +177,34 @@ async fn unverified_accounts_may_join(backend: Backend) {
     assert_eq!((s, second["status"].as_str()), (201, Some("waitlisted")), "the same capacity: {second}");
 }
 
+/// An `Idempotency-Key` older than the records' life is a new request: its old record is
+/// replaced, not replayed and not a conflict.
+async fn an_expired_idempotency_key_is_a_new_join(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let ev = svc.publish_event(svc.user().id, 10).await;
+    let (u, k) = (svc.user(), key());
+    let (s, first) = svc.join(&u, ev.event_id, &k).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, _) = svc.delete(&u, &format!("/api/v1/events/{}/join", ev.event_id)).await;
+    assert_eq!(s, 204);
+    // The record ages past the default 24 h.
+    let age = svc.backend.sql("UPDATE idempotency_keys SET created_at = created_at - $1 WHERE user_id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(age.into_owned()))
+        .bind(3 * 86_400 * 1_000_000_i64)
+        .bind(u.id.to_string())
+        .execute(svc.db.pool())
+        .await
+        .unwrap();
+    let (s, again) = svc.join(&u, ev.event_id, &k).await;
+    assert_eq!((s, again["status"].as_str()), (201, Some("confirmed")), "{again}");
+    assert_ne!(again["join_id"], first["join_id"], "a new join, not the old answer");
+    // And it is that join's record now: a retry replays it.
+    let (s, replay) = svc.join(&u, ev.event_id, &k).await;
+    assert_eq!((s, &replay["join_id"]), (201, &again["join_id"]), "{replay}");
+    svc.stop().await;
+}
+on_every_backend!(an_expired_idempotency_key_is_a_new_join);
+
 // ---------------------------------------------------------------------------------------------
 
 async fn fifty_concurrent_joins_on_ten_seats(backend: Backend) {
