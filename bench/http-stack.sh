@@ -5,6 +5,10 @@
 #   BENCH_PATH=/work bash bench/http-stack.sh      # a route with ~CPU work instead of none
 #   KEEL_BENCH_ABLATE='none;trace;metrics,timeout' TARGETS='bare skip:none skip:trace skip:metrics,timeout' \
 #     bash bench/http-stack.sh                       # what layers cost in time (src/main.rs)
+#   KEEL_BENCH_OTLP_ENDPOINT=http://127.0.0.1:9 KEEL_BENCH_SAMPLING_RATIO=1 \
+#     TARGETS='bare keel@/db_untraced keel@/db' bash bench/http-stack.sh   # what SQL spans cost
+#
+# A target is a server's name, or NAME@/PATH for that server on PATH instead of BENCH_PATH.
 #
 # Needs wrk (apt-get install wrk). Starts bench/src/main.rs on 127.0.0.1 (and, when TARGETS
 # names them, the hand-made stack of bench/src/handmade.rs and the Express peers of
@@ -61,21 +65,22 @@ if wants express || wants express_stack; then
   [ -d bench/express/node_modules ] || (cd bench/express && npm ci --no-audit --no-fund --silent)
   serve express node bench/express/server.js
 fi
-for t in "${targets[@]}"; do [ -n "${addrs[$t]:-}" ] || { echo "no target $t" >&2; exit 1; }; done
-addr() { echo "${addrs[$1]}"; }
+for t in "${targets[@]}"; do [ -n "${addrs[${t%@*}]:-}" ] || { echo "no target $t" >&2; exit 1; }; done
+# The URL of target $1: its server's address and its own path, else BENCH_PATH.
+url() { local t=$1 p=$path; [[ $t == *@* ]] && p=${t#*@}; echo "http://${addrs[${t%@*}]}$p"; }
 
 declare -A results cpu
 tick=$(getconf CLK_TCK)
 # utime + stime of the process serving target $1, counted from after the command name (which
 # may hold spaces).
-cputime() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/${owner[$1]}/stat"; }
+cputime() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/${owner[${1%@*}]}/stat"; }
 for t in "${targets[@]}"; do
-  wrk -t1 -c"$conns" -d2s "http://$(addr "$t")$path" > /dev/null   # warm-up
+  wrk -t1 -c"$conns" -d2s "$(url "$t")" > /dev/null   # warm-up
 done
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
     c0=$(cputime "$t")
-    out=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$(addr "$t")$path")
+    out=$(wrk -t1 -c"$conns" -d"${secs}s" "$(url "$t")")
     c1=$(cputime "$t")
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     n=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -112,4 +117,4 @@ for t in "${targets[@]}"; do
   echo "| $t | $m | $(python3 -c "print(f'{$m/$base:.1%}')") | $(paired "${results[$t]}" "${results[bare]}") | $c | $(python3 -c "print(f'{$cbase/$c:.1%}')") |"
 done
 echo
-echo "GET $path, wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"
+echo "GET $path (a NAME@/PATH target: its own path), wrk -t1 -c$conns, ${secs}s per run, $rounds rounds interleaved, $(nproc) cores, $(date -u +%Y-%m-%d)"

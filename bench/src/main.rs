@@ -5,7 +5,9 @@
 //! * `bare_headers` — plain axum answering with the five headers Keel's stack adds (request id,
 //!   `Vary`, three security headers; constant values of the same length): what the bigger
 //!   answer alone costs, the server's encoding and wrk's parsing included;
-//! * `keel` — a Keel service in the production profile: the full stack, JSON access logs;
+//! * `keel` — a Keel service in the production profile: the full stack, JSON access logs; it
+//!   also serves `GET /db` and `GET /db_untraced` (one SQLite read, with and without its
+//!   statement's span; see `db_routes`);
 //! * `keel_no_access_log` — the same with `log.access_log: false`;
 //! * `floor` — bare axum under one layer doing the least the foundation requires per request
 //!   (see `floor.rs`);
@@ -25,11 +27,13 @@ mod floor;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use axum::Router;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::routing::get;
+use axum::{Json, Router};
 use keel::app::Loader;
 use keel::config::Profile;
+use keel::data::Db;
 use keel_bench::{hello, work};
 use serde_json::{Value, json};
 
@@ -55,11 +59,45 @@ fn routes_with_headers() -> Router {
         .route("/work", get(|| async { (keel_headers(), work().await) }))
 }
 
-fn keel_service() -> keel::Service {
-    keel::Service::new(keel::build_info!()).router(routes())
+fn keel_service(db: &Db) -> keel::Service {
+    keel::Service::new(keel::build_info!()).router(routes().merge(db_routes(db)))
 }
 
-async fn start_keel(name: &str, access_log: bool) -> Result<keel::Running, String> {
+/// `GET /db`: one indexed SQLite read through [`Db::exec`], a client span when the request is
+/// traced; `GET /db_untraced`: the same read on the bare pool. Their difference is what a
+/// statement's span costs a request (with `KEEL_BENCH_OTLP_ENDPOINT` set: spans are made only
+/// while they are exported).
+fn db_routes(db: &Db) -> Router {
+    async fn read(db: &Db, traced: bool) -> Result<Json<Value>, StatusCode> {
+        let q = sqlx::query_scalar::<_, String>("SELECT name FROM items WHERE id = ?").bind(7_i64);
+        let name = if traced { q.fetch_one(db.exec()).await } else { q.fetch_one(db.pool()).await };
+        name.map(|n| Json(json!({ "name": n }))).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+    }
+    Router::new()
+        .route("/db", get(|State(db): State<Db>| async move { read(&db, true).await }))
+        .route("/db_untraced", get(|State(db): State<Db>| async move { read(&db, false).await }))
+        .with_state(db.clone())
+}
+
+/// A SQLite file in the temporary directory with a small `items` table, for [`db_routes`].
+async fn bench_db() -> Result<(Db, std::path::PathBuf), String> {
+    let path = std::env::temp_dir().join(format!("keel-bench-{}.db", std::process::id()));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let metrics = keel::telemetry::Metrics::new();
+    let db = Db::new("keel-bench", &url, &keel::data::DatabaseConfig::default(), None, &metrics)
+        .map_err(|e| e.to_string())?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("INSERT OR REPLACE INTO items (id, name) SELECT value, 'item ' || value FROM json_each('[1,2,3,4,5,6,7,8,9,10]')")
+        .execute(db.pool())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((db, path))
+}
+
+async fn start_keel(name: &str, access_log: bool, db: &Db) -> Result<keel::Running, String> {
     let prefix = name.to_ascii_uppercase();
     let loaded = Loader::new(name, Profile::Production)
         .env([
@@ -71,7 +109,7 @@ async fn start_keel(name: &str, access_log: bool) -> Result<keel::Running, Strin
         ])
         .load()
         .map_err(|e| e.to_string())?;
-    keel::app::start(keel_service().name(name), loaded).await.map_err(|e| e.to_string())
+    keel::app::start(keel_service(db).name(name), loaded).await.map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -141,8 +179,9 @@ async fn run(ports_file: &str) -> Result<(), String> {
     let floor = floor::floor_routes(routes()).map_err(|e| e.to_string())?;
     tokio::spawn(async move { axum::serve(floor_listener, floor).await });
 
-    let keel = start_keel("keel", true).await?;
-    let quiet = start_keel("quiet", false).await?;
+    let (db, db_file) = bench_db().await?;
+    let keel = start_keel("keel", true, &db).await?;
+    let quiet = start_keel("quiet", false, &db).await?;
     let mut ports = json!({
         "bare": bare_addr.to_string(),
         "bare_headers": headers_addr.to_string(),
@@ -158,6 +197,8 @@ async fn run(ports_file: &str) -> Result<(), String> {
     let _ = tokio::signal::ctrl_c().await;
     let _ = keel.shutdown(std::future::pending()).await;
     let _ = quiet.shutdown(std::future::pending()).await;
+    db.close().await;
+    let _ = std::fs::remove_file(db_file);
     guard.shutdown();
     Ok(())
 }
