@@ -102,9 +102,15 @@ pub struct PasswordsConfig {
     pub iterations: u32,
     /// Argon2id lanes. Default `1`.
     pub parallelism: u32,
-    /// Hashes computed at once (each on a blocking thread). `0`: half the CPUs, at least one, so
+    /// Hashes computed at once (each on a hashing thread of its own). `0`: half the CPUs, at least one, so
     /// that a storm of sign-ins leaves the other half to everything else. Default `0`.
     pub max_concurrent_hashes: usize,
+    /// Hash on threads of the lowest priority among normal ones (Linux: `SCHED_BATCH`, nice 19),
+    /// so that hashes take only CPU time no other request wants: a storm of sign-ins then slows
+    /// sign-ins, not browsing. On a machine that other work keeps busy, sign-ins wait and are
+    /// refused (503) after `queue_timeout`. `false`: the same priority as every other thread.
+    /// Default `true`.
+    pub low_priority: bool,
     /// Longest wait for a hashing slot; past it the call fails as overloaded (503) instead of
     /// queueing without bound. Default `5s`.
     #[serde(with = "keel_config::duration")]
@@ -126,6 +132,7 @@ impl Default for PasswordsConfig {
             iterations: 2,
             parallelism: 1,
             max_concurrent_hashes: 0,
+            low_priority: true,
             queue_timeout: Duration::from_secs(5),
             max_queued: 0,
             min_length: 12,

@@ -2,7 +2,8 @@
 //!
 //! Argon2id is deliberately slow (tens of milliseconds and tens of MiB per hash). Run on the
 //! async executor, a burst of logins would block every worker thread and starve all other
-//! requests; so each hash runs on a blocking thread, at most `max_concurrent_hashes` at once; at
+//! requests; so each hash runs on a hashing thread of the hasher's own (`max_concurrent_hashes`
+//! of them, at the lowest priority unless `low_priority` is off: see [`PasswordsConfig`]); at
 //! most `max_queued` callers wait for a slot (one more is refused at once), each at most
 //! `queue_timeout`, before getting [`PasswordError::Overloaded`] (a 503 with `Retry-After`) — a
 //! login storm degrades logins, quickly, not the whole service.
@@ -25,7 +26,8 @@
 //! # }
 //! ```
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use argon2::password_hash::phc::PasswordHash;
@@ -80,10 +82,73 @@ impl axum::response::IntoResponse for PasswordError {
     }
 }
 
+/// One hash or verification, run on a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The hashing threads: as many as hashes may run at once, each taking the next job from one
+/// queue. They end when the last clone of the hasher is dropped (the queue closes).
+struct Threads {
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl Threads {
+    fn start(count: usize, low_priority: bool) -> Result<Self, PasswordError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..count {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("keel-hash-{i}"))
+                .spawn(move || {
+                    if low_priority {
+                        lower_priority();
+                    }
+                    loop {
+                        // The lock is held only while taking a job, never while running one.
+                        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = next else { break };
+                        // A job that panics answers its caller with an error (its result
+                        // channel drops); the thread goes on with the next.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| PasswordError::Internal(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs: Mutex::new(jobs) })
+    }
+
+    fn run(&self, job: Job) -> Result<(), PasswordError> {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.send(job).map_err(|_| PasswordError::Internal("the hashing threads have ended".into()))
+    }
+}
+
+/// Puts the calling thread at the lowest priority of the normal scheduling policies: Linux's
+/// `SCHED_BATCH` (a CPU-bound thread: no wake-up preemption) at nice 19. A thread may always
+/// lower its own priority; if the OS refuses anyway, hashes run at normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+        };
+        let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, batch)
+        {
+            tracing::warn!(error = ?e, "cannot lower the hashing thread's priority; it hashes at normal priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+        tracing::warn!(error = ?e, "cannot lower the hashing thread's priority; it hashes at normal priority");
+    }
+}
+
 /// Hashes and verifies passwords with Argon2id. Cheap to clone; share one per service.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
+    threads: Arc<Threads>,
     permits: Arc<Semaphore>,
     /// Hashing slots plus places to wait for one: a caller without one is refused at once.
     admission: Arc<Semaphore>,
@@ -134,6 +199,7 @@ impl PasswordHasher {
         let dummy = argon.hash_password(random.as_bytes()).map_err(|e| PasswordError::Params(e.to_string()))?;
         Ok(Self {
             params,
+            threads: Arc::new(Threads::start(cap, cfg.low_priority)?),
             permits: Arc::new(Semaphore::new(cap)),
             admission: Arc::new(Semaphore::new(cap.saturating_add(queued).min(Semaphore::MAX_PERMITS))),
             queue_timeout: cfg.queue_timeout,
@@ -210,12 +276,12 @@ impl PasswordHasher {
             .await
             .map_err(|_| PasswordError::Overloaded)?
             .map_err(|_| PasswordError::Overloaded)?;
-        tokio::task::spawn_blocking(move || {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.threads.run(Box::new(move || {
             let _permits = (permit, admitted);
-            f()
-        })
-        .await
-        .map_err(|e| PasswordError::Internal(e.to_string()))?
+            let _ = answer.send(f());
+        }))?;
+        answered.await.map_err(|_| PasswordError::Internal("the hashing thread failed".into()))?
     }
 }
 
@@ -356,6 +422,48 @@ mod tests {
         }
         // Room again.
         assert!(hasher.hash("after-the-storm-1").await.is_ok());
+    }
+
+    /// The nice value and scheduling policy (Linux's numbers: 0 normal, 3 batch) of the hashing
+    /// thread that runs the next job of `hasher`.
+    #[cfg(target_os = "linux")]
+    fn hashing_thread_priority(hasher: &PasswordHasher) -> (i64, i64) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        hasher
+            .threads
+            .run(Box::new(move || {
+                let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = tx.send((stat, name));
+            }))
+            .unwrap();
+        let (stat, name) = rx.recv().unwrap();
+        assert!(name.is_some_and(|n| n.starts_with("keel-hash-")), "on a hashing thread");
+        // Past the command name, which may hold spaces: field 3 onwards.
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        (fields[16].parse().unwrap(), fields[38].parse().unwrap())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashes_run_at_the_lowest_priority_unless_told_otherwise() {
+        let cfg = PasswordsConfig { memory_kib: 64, iterations: 1, ..PasswordsConfig::default() };
+        let low = PasswordHasher::from_config(&cfg).unwrap();
+        assert_eq!(hashing_thread_priority(&low), (19, 3), "nice 19, SCHED_BATCH");
+        let normal = PasswordHasher::from_config(&PasswordsConfig { low_priority: false, ..cfg }).unwrap();
+        assert_eq!(hashing_thread_priority(&normal).1, 0, "SCHED_OTHER");
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_leaves_its_hashing_thread_serving() {
+        let cfg =
+            PasswordsConfig { memory_kib: 64, iterations: 1, max_concurrent_hashes: 1, ..PasswordsConfig::default() };
+        let hasher = PasswordHasher::from_config(&cfg).unwrap();
+        let failed = hasher.blocking(|| -> Result<(), PasswordError> { panic!("a bug in a job") }).await;
+        assert!(matches!(failed, Err(PasswordError::Internal(_))), "{failed:?}");
+        assert_eq!(hasher.available_permits(), 1, "its slot freed");
+        let phc = hasher.hash("still-serving-password").await.unwrap();
+        assert!(hasher.verify("still-serving-password", &phc).await.unwrap());
     }
 
     #[test]
