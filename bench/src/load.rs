@@ -247,11 +247,24 @@ enum Outcome {
     Error(String),
 }
 
-fn status_is(r: &Result<reqwest::Response, reqwest::Error>, ok: &[u16]) -> Outcome {
+async fn status_is(r: Result<reqwest::Response, reqwest::Error>, ok: &[u16]) -> Outcome {
     match r {
         Ok(r) if ok.contains(&r.status().as_u16()) => Outcome::Ok,
         Ok(r) if r.status().as_u16() == 503 && r.headers().contains_key("retry-after") => Outcome::Refused,
-        Ok(r) => Outcome::Error(format!("HTTP {}", r.status().as_u16())),
+        Ok(r) => {
+            // The problem's code (or type) with the status, so that errors of one kind add up
+            // and say what they were.
+            let status = r.status().as_u16();
+            let problem = r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|p| p.get("code").or_else(|| p.get("type")).and_then(Value::as_str).map(str::to_owned));
+            match problem {
+                Some(kind) => Outcome::Error(format!("HTTP {status} {kind}")),
+                None => Outcome::Error(format!("HTTP {status}")),
+            }
+        }
         Err(e) if e.is_timeout() => Outcome::Error("timeout".into()),
         Err(e) if e.is_connect() => Outcome::Error("connect".into()),
         Err(_) => Outcome::Error("transport".into()),
@@ -313,7 +326,7 @@ impl World {
                 let v: Value = r.json().await.map_err(|e| Outcome::Error(format!("create: {e}")))?;
                 v["id"].as_str().map(str::to_owned).ok_or_else(|| Outcome::Error("create: no id".into()))?
             }
-            other => return Err(status_is(&other, &[201])),
+            other => return Err(status_is(other, &[201]).await),
         };
         let r = self
             .http
@@ -322,7 +335,7 @@ impl World {
             .json(&json!({}))
             .send()
             .await;
-        match status_is(&r, &[200]) {
+        match status_is(r, &[200]).await {
             Outcome::Ok => Ok(id),
             e => Err(e),
         }
@@ -335,17 +348,17 @@ impl World {
             Op::Browse => {
                 let city = pick(s, &CITIES).copied().unwrap_or("Lisbon");
                 let r = self.http.get(self.url(&format!("/api/v1/events?city={city}&limit=20"))).send().await;
-                (op, status_is(&r, &[200]))
+                (op, status_is(r, &[200]).await)
             }
             Op::Search => {
                 let word = pick(s, &WORDS).copied().unwrap_or("jazz");
                 let r = self.http.get(self.url(&format!("/api/v1/events?q={word}&limit=20"))).send().await;
-                (op, status_is(&r, &[200]))
+                (op, status_is(r, &[200]).await)
             }
             Op::View => {
                 let id = self.random_event();
                 let r = self.http.get(self.url(&format!("/api/v1/events/{id}"))).send().await;
-                (op, status_is(&r, &[200]))
+                (op, status_is(r, &[200]).await)
             }
             Op::Notifications => {
                 let Some(p) = pick(s, &self.persons) else { return (op, Outcome::Error("no persons".into())) };
@@ -355,16 +368,16 @@ impl World {
                     .header("authorization", format!("Bearer {}", p.token))
                     .send()
                     .await;
-                (op, status_is(&r, &[200]))
+                (op, status_is(r, &[200]).await)
             }
             Op::Join | Op::Leave => self.join_or_leave().await,
             Op::Login => {
                 let Some(p) = pick(s, &self.persons) else { return (op, Outcome::Error("no persons".into())) };
-                (op, status_is(&self.login(&p.email).await, &[200]))
+                (op, status_is(self.login(&p.email).await, &[200]).await)
             }
             Op::Signup => {
                 let email = format!("signup-{:016x}@load.example", rand(s));
-                (op, status_is(&self.register(&email).await, &[202]))
+                (op, status_is(self.register(&email).await, &[202]).await)
             }
             Op::Publish => {
                 let Some(t) = pick(s, &self.organizers) else { return (op, Outcome::Error("no organizers".into())) };
@@ -403,7 +416,7 @@ impl World {
                         .header("authorization", auth)
                         .send()
                         .await;
-                    let o = status_is(&r, &[204, 404]);
+                    let o = status_is(r, &[204, 404]).await;
                     if matches!(o, Outcome::Error(_)) {
                         *joined = Some(ev);
                     }
@@ -418,7 +431,7 @@ impl World {
                         .header("idempotency-key", format!("{:016x}{:016x}", rand(&self.seq), rand(&self.seq)))
                         .send()
                         .await;
-                    let o = status_is(&r, &[200, 201, 409]);
+                    let o = status_is(r, &[200, 201, 409]).await;
                     if matches!(o, Outcome::Ok) {
                         *joined = Some(ev);
                     }
@@ -600,7 +613,7 @@ async fn burst(
                     _ => world.http.delete(world.url(&format!("/api/v1/events/{ev}/join"))),
                 };
                 let r = req.header("authorization", format!("Bearer {}", p.token)).send().await;
-                (status_is(&r, if op == Op::Join { &[200, 201] } else { &[204] }), t0.elapsed())
+                (status_is(r, if op == Op::Join { &[200, 201] } else { &[204] }).await, t0.elapsed())
             });
             for (outcome, took) in futures_util::future::join_all(calls).await {
                 tally.record(op, took, outcome);
