@@ -107,9 +107,10 @@ pub struct PasswordsConfig {
     pub max_concurrent_hashes: usize,
     /// Hash on threads of the lowest priority among normal ones (Linux: `SCHED_BATCH`, nice 19),
     /// so that hashes take only CPU time no other request wants: a storm of sign-ins then slows
-    /// sign-ins, not browsing. On a machine that other work keeps busy, sign-ins wait and are
-    /// refused (503) after `queue_timeout`. `false`: the same priority as every other thread.
-    /// Default `true`.
+    /// sign-ins, not browsing. The price: on a machine that other work keeps busy, hashes barely
+    /// run, and sign-ins wait and are refused (503) after `queue_timeout`; so it is for a
+    /// service whose machine (or container's CPU share) is its own. Default `false`: the same
+    /// priority as every other thread.
     pub low_priority: bool,
     /// Longest wait for a hashing slot; past it the call fails as overloaded (503) instead of
     /// queueing without bound. Default `5s`.
@@ -132,7 +133,7 @@ impl Default for PasswordsConfig {
             iterations: 2,
             parallelism: 1,
             max_concurrent_hashes: 0,
-            low_priority: true,
+            low_priority: false,
             queue_timeout: Duration::from_secs(5),
             max_queued: 0,
             min_length: 12,

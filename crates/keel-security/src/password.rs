@@ -3,7 +3,7 @@
 //! Argon2id is deliberately slow (tens of milliseconds and tens of MiB per hash). Run on the
 //! async executor, a burst of logins would block every worker thread and starve all other
 //! requests; so each hash runs on a hashing thread of the hasher's own (`max_concurrent_hashes`
-//! of them, at the lowest priority unless `low_priority` is off: see [`PasswordsConfig`]); at
+//! of them, at the lowest priority with `low_priority`: see [`PasswordsConfig`]); at
 //! most `max_queued` callers wait for a slot (one more is refused at once), each at most
 //! `queue_timeout`, before getting [`PasswordError::Overloaded`] (a 503 with `Retry-After`) — a
 //! login storm degrades logins, quickly, not the whole service.
@@ -446,12 +446,12 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn hashes_run_at_the_lowest_priority_unless_told_otherwise() {
+    fn hashes_run_at_the_lowest_priority_when_told() {
         let cfg = PasswordsConfig { memory_kib: 64, iterations: 1, ..PasswordsConfig::default() };
-        let low = PasswordHasher::from_config(&cfg).unwrap();
+        let normal = PasswordHasher::from_config(&cfg).unwrap();
+        assert_eq!(hashing_thread_priority(&normal).1, 0, "SCHED_OTHER by default");
+        let low = PasswordHasher::from_config(&PasswordsConfig { low_priority: true, ..cfg }).unwrap();
         assert_eq!(hashing_thread_priority(&low), (19, 3), "nice 19, SCHED_BATCH");
-        let normal = PasswordHasher::from_config(&PasswordsConfig { low_priority: false, ..cfg }).unwrap();
-        assert_eq!(hashing_thread_priority(&normal).1, 0, "SCHED_OTHER");
     }
 
     #[tokio::test]
