@@ -88,7 +88,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The hashing threads: as many as hashes may run at once, each taking the next job from one
 /// queue. They end when the last clone of the hasher is dropped (the queue closes).
 struct Threads {
-    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Threads {
@@ -114,12 +114,11 @@ impl Threads {
                 })
                 .map_err(|e| PasswordError::Internal(format!("cannot start a hashing thread: {e}")))?;
         }
-        Ok(Self { jobs: Mutex::new(jobs) })
+        Ok(Self { jobs })
     }
 
     fn run(&self, job: Job) -> Result<(), PasswordError> {
-        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        jobs.send(job).map_err(|_| PasswordError::Internal("the hashing threads have ended".into()))
+        self.jobs.send(job).map_err(|_| PasswordError::Internal("the hashing threads have ended".into()))
     }
 }
 

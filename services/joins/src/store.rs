@@ -317,17 +317,20 @@ pub(crate) async fn join_context(
     key: &str,
     now_us: i64,
 ) -> Result<JoinContext, sqlx::Error> {
-    let joined = JOIN_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ");
-    let text = format!(
-        "SELECT b.user_id, ob.banned, k.fingerprint, k.status_code, k.response, k.created_at, {joined} \
-         FROM (SELECT 1 AS one) AS one \
-         LEFT JOIN bans b ON b.event_id = $1 AND b.user_id = $2 AND (b.expires_at IS NULL OR b.expires_at > $3) \
-         LEFT JOIN organizer_bans ob ON ob.user_id = $4 \
-         LEFT JOIN idempotency_keys k ON k.user_id = $5 AND k.idem_key = $6 \
-         LEFT JOIN joins j ON j.event_id = $7 AND j.user_id = $8"
-    );
+    // Written once: it runs in every join's critical section.
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let joined = JOIN_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "SELECT b.user_id, ob.banned, k.fingerprint, k.status_code, k.response, k.created_at, {joined} \
+             FROM (SELECT 1 AS one) AS one \
+             LEFT JOIN bans b ON b.event_id = $1 AND b.user_id = $2 AND (b.expires_at IS NULL OR b.expires_at > $3) \
+             LEFT JOIN organizer_bans ob ON ob.user_id = $4 \
+             LEFT JOIN idempotency_keys k ON k.user_id = $5 AND k.idem_key = $6 \
+             LEFT JOIN joins j ON j.event_id = $7 AND j.user_id = $8"
+        )
+    });
     let (event, user) = (ev.event_id.to_string(), user_id.to_string());
-    let row = sqlx::query(sql(db.backend(), &text))
+    let row = sqlx::query(sql(db.backend(), &TEXT))
         .bind(&event)
         .bind(&user)
         .bind(now_us)
@@ -342,10 +345,7 @@ pub(crate) async fn join_context(
     let organizer_banned = row.try_get::<Option<i64>, _>(1)?.is_some_and(|b| b != 0);
     let key = match row.try_get::<Option<String>, _>(2)? {
         Some(fingerprint) => {
-            let status: i64 = row.try_get(3)?;
-            let stored =
-                StoredResponse { fingerprint, status: u16::try_from(status).unwrap_or(500), body: row.try_get(4)? };
-            Some((stored, row.try_get::<i64, _>(5)?))
+            Some((StoredResponse::new(fingerprint, row.try_get(3)?, row.try_get(4)?), row.try_get::<i64, _>(5)?))
         }
         None => None,
     };
@@ -757,6 +757,13 @@ pub(crate) struct StoredResponse {
     pub(crate) body: String,
 }
 
+impl StoredResponse {
+    /// From its stored columns: fingerprint, status code, response.
+    fn new(fingerprint: String, status: i64, body: String) -> Self {
+        Self { fingerprint, status: u16::try_from(status).unwrap_or(500), body }
+    }
+}
+
 /// The user's live record for `key` (made at or after `not_before`, in microseconds).
 pub(crate) async fn find_idempotency<'c, E>(
     exec: E,
@@ -779,12 +786,7 @@ where
     .fetch_optional(exec)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let status: i64 = row.try_get(1)?;
-    Ok(Some(StoredResponse {
-        fingerprint: row.try_get(0)?,
-        status: u16::try_from(status).unwrap_or(500),
-        body: row.try_get(2)?,
-    }))
+    Ok(Some(StoredResponse::new(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
 }
 
 /// Stores the answer for `key`; `expired`: the user has an expired record of the key (read under
