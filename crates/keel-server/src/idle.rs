@@ -31,7 +31,10 @@
 //! watchdog asks the connection to shut down gracefully (HTTP/1: finish the request in
 //! progress, then close; HTTP/2: `GOAWAY`, then the open streams finish), and closes it
 //! outright if it is still open with nothing in progress [`CLOSE_GRACE`] later: an HTTP/2
-//! client that never acknowledges the `GOAWAY` cannot hold on to it. hyper-util's `GracefulShutdown` does
+//! client that never acknowledges the `GOAWAY` cannot hold on to it. A connection drained
+//! before its first request (accepted a moment before, or taken from the listen queue as the
+//! accept loop stopped) first gets [`FIRST_REQUEST_GRACE`] to send it, and is answered
+//! (`Connection: close`) rather than reset; one evicted to make room does not. hyper-util's `GracefulShutdown` does
 //! the drain part alone, but it cannot be combined with the idle shutdown: it watches only
 //! hyper's own connection types (its `GracefulConnection` trait is sealed) and returns a
 //! future nothing else can shut down. So the watchdog calls the same `graceful_shutdown`
@@ -43,7 +46,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -57,6 +60,11 @@ use tower::Service;
 /// How long a connection told to go (drained or evicted) may stay open with nothing in
 /// progress before it is closed outright.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// How long a connection drained before its first request may take to send it. A client that
+/// connected a moment before the drain (a connection the accept loop took from the listen
+/// queue as it stopped, above all) is answered, not reset.
+pub(crate) const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 
 /// No request has arrived yet.
 const FRESH: u8 = 0;
@@ -74,6 +82,8 @@ pub(crate) struct Activity {
     /// Nanoseconds from `origin` to the end of the last request in progress (rounding down
     /// to milliseconds could close a connection a moment early).
     idle_since: AtomicU64,
+    /// Told to go by the accept loop to make room, not by the drain: no first-request grace.
+    evicted: AtomicBool,
 }
 
 impl Activity {
@@ -84,6 +94,7 @@ impl Activity {
             protocol: AtomicU8::new(FRESH),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
         })
     }
 
@@ -94,6 +105,11 @@ impl Activity {
     /// When the connection's last request ended (its accept, before any).
     pub(crate) fn idle_since(&self) -> Instant {
         self.origin + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
+    }
+
+    /// Marks the connection as evicted, before its token is cancelled.
+    pub(crate) fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
     }
 
     /// Whether no request is in progress on the connection.
@@ -249,6 +265,8 @@ pin_project! {
         activity: Arc<Activity>,
         deadlines: Deadlines,
         drained: bool,
+        // Drained before its first request: waiting for it (see `FIRST_REQUEST_GRACE`).
+        awaiting_first: bool,
         // `graceful_shutdown` was called (for idleness or the drain).
         shutting_down: bool,
         // HTTP/1 after its first request: hyper's own timeout governs.
@@ -281,6 +299,7 @@ where
             activity,
             deadlines,
             drained: false,
+            awaiting_first: false,
             shutting_down: false,
             disarmed: false,
             judged: FRESH,
@@ -331,11 +350,22 @@ where
         let mut this = self.project();
         if !*this.drained && this.drain.as_mut().poll(cx).is_ready() {
             *this.drained = true;
-            if !*this.shutting_down {
-                *this.shutting_down = true;
-                (this.shutdown)(this.conn.as_mut());
+            let now = Instant::now();
+            let a = &this.activity;
+            if a.protocol.load(Ordering::Relaxed) == FRESH && !*this.shutting_down && !a.evicted.load(Ordering::Acquire)
+            {
+                // Accepted, its first request most likely on its way: closing it now would
+                // reset it (or lose the bytes already sent). Answered, then closed.
+                *this.awaiting_first = true;
+                let by = (now + FIRST_REQUEST_GRACE).min(this.activity.origin + this.deadlines.first_request);
+                this.timer.as_mut().reset(by);
+            } else {
+                if !*this.shutting_down {
+                    *this.shutting_down = true;
+                    (this.shutdown)(this.conn.as_mut());
+                }
+                this.timer.as_mut().reset(now + CLOSE_GRACE);
             }
-            this.timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
         }
         loop {
             if !*this.disarmed {
@@ -345,6 +375,16 @@ where
                 let mut due = protocol != *this.judged || this.timer.as_mut().poll(cx).is_ready();
                 *this.judged = protocol;
                 while due {
+                    if *this.awaiting_first {
+                        // Its first request has begun (hyper finishes it, then closes), or
+                        // the grace is over (closed at once).
+                        *this.awaiting_first = false;
+                        *this.shutting_down = true;
+                        (this.shutdown)(this.conn.as_mut());
+                        this.timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                        due = this.timer.as_mut().poll(cx).is_ready();
+                        continue;
+                    }
                     if *this.drained {
                         // Told to go: closed once nothing is in progress, a grace after.
                         if this.activity.is_idle() {
@@ -523,6 +563,68 @@ mod tests {
         assert!(poll_once(dog.as_mut()).is_pending(), "asked to shut down first");
         tokio::time::advance(CLOSE_GRACE).await;
         assert!(poll_once(dog.as_mut()).is_ready(), "closed outright");
+    }
+
+    fn counting_dog(
+        activity: &Arc<Activity>,
+        drain: &CancellationToken,
+    ) -> (Pin<Box<impl Future<Output = Result<(), Infallible>>>>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let long = Deadlines { first_request: Duration::from_secs(600), http2_idle: Duration::from_secs(600) };
+        let dog = Watchdog::new(pending_conn(), activity.clone(), long, drain.clone().cancelled_owned(), {
+            move |_: Pin<&mut _>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        (boxed(dog), calls)
+    }
+
+    /// Drained before its first request: hyper is asked to shut down only once that request
+    /// has begun (then it answers it and closes), not before, when it would reset it.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_drained_before_its_first_request_answers_it_first() {
+        let a = Activity::new();
+        let drain = CancellationToken::new();
+        let (mut dog, calls) = counting_dog(&a, &drain);
+        assert!(poll_once(dog.as_mut()).is_pending());
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 0, "not yet: its request may be on its way");
+        let answer = echo(&a).oneshot(request(Version::HTTP_11)).await.unwrap();
+        assert!(poll_once(dog.as_mut()).is_pending(), "its request is in progress");
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "shut down once the request began");
+        drop(answer);
+        tokio::time::advance(CLOSE_GRACE).await;
+        assert!(poll_once(dog.as_mut()).is_ready(), "closed once answered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_drained_before_a_request_that_never_comes_is_closed_a_grace_later() {
+        let a = Activity::new();
+        let drain = CancellationToken::new();
+        let (mut dog, calls) = counting_dog(&a, &drain);
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending());
+        tokio::time::advance(FIRST_REQUEST_GRACE).await;
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "shut down when the grace ran out");
+        tokio::time::advance(CLOSE_GRACE).await;
+        assert!(poll_once(dog.as_mut()).is_ready());
+    }
+
+    /// Evicted to make room for another client: no grace for a first request.
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_fresh_connection_is_shut_down_at_once() {
+        let a = Activity::new();
+        let drain = CancellationToken::new();
+        let (mut dog, calls) = counting_dog(&a, &drain);
+        a.evict();
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        tokio::time::advance(CLOSE_GRACE).await;
+        assert!(poll_once(dog.as_mut()).is_ready());
     }
 
     #[tokio::test(start_paused = true)]

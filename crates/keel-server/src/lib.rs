@@ -70,7 +70,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -257,19 +257,38 @@ where
     let _drain_on_drop = drain.clone().drop_guard();
     let mut logged_full = false;
     let mut refusals = Refusals::default();
+    let mut listener = Some(listener);
+    // Once stopped: the listen queue, taken without waiting.
+    let mut queued: Option<std::net::TcpListener> = None;
     loop {
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
+        let (stream, peer) = if let Some(q) = &queued {
+            match take_queued(q) {
+                Some(a) => a,
+                None => break,
+            }
+        } else {
+            let Some(live) = &listener else { break };
+            let accepted = tokio::select! {
+                () = stop.cancelled() => None,
+                accepted = live.accept() => Some(accepted),
+            };
+            match accepted {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => {
                     // Out of descriptors or a connection reset before accept: back off briefly
                     // instead of spinning, and keep serving.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-            },
+                None => {
+                    // Connections the kernel completed but nobody accepted yet are reset when
+                    // the listener closes (with `SO_REUSEPORT` they are not handed to another
+                    // process of the group): serve them too, each for its first request.
+                    queued = listener.take().and_then(|l| l.into_std().ok());
+                    continue;
+                }
+            }
         };
         let proxy = limits.trusted_proxies.iter().any(|n| n.contains(&peer.ip().to_canonical()));
         let ip_slot = if proxy {
@@ -375,10 +394,29 @@ where
             drop(ip_slot);
         });
     }
-    drop(listener);
+    drop((listener, queued));
     drain.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// The next connection in a stopped listener's queue, without waiting; `None` once it is empty.
+fn take_queued(listener: &std::net::TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                // Accepted sockets do not inherit the listener's non-blocking mode.
+                let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                match stream {
+                    Ok(s) => return Some((s, peer)),
+                    Err(e) => tracing::debug!(error = %e, %peer, "a queued connection could not be served"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// What one accepted connection needs to be served.
@@ -507,6 +545,7 @@ impl Open {
         let Some(held) = idlest else { return Eviction::AllBusy };
         let Ok(closing) = self.closing.clone().try_acquire_owned() else { return Eviction::TooManyClosing };
         held._slot = closing;
+        held.activity.evict();
         held.evict.cancel();
         Eviction::Evicted
     }
@@ -683,6 +722,33 @@ mod tests {
         assert!(get_hi(&mut other).await.starts_with("http/1.1 200"));
         stop.cancel();
         serving.await.unwrap();
+    }
+
+    /// Connections the kernel completed before the accept loop stopped, their requests sent,
+    /// are answered, then closed: not reset with the listener.
+    #[tokio::test]
+    async fn connections_queued_when_the_loop_stops_are_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        let mut queued = Vec::new();
+        for _ in 0..6 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            queued.push(s);
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let serving = tokio::spawn(serve(listener, router, limits(Duration::from_secs(600), 8), stop));
+        for (i, mut s) in queued.into_iter().enumerate() {
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+            assert!(matches!(read, Ok(Ok(_))), "connection {i} not answered and closed: {read:?}");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hi"), "connection {i}: {answer}");
+        }
+        serving.await.unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
     }
 
     #[tokio::test]
