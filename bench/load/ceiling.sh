@@ -7,6 +7,7 @@
 #
 #   bash bench/load/ceiling.sh [FROM:BY:SECS:UPTO]        default 25:25:15:1000
 #   RATE=100 SECS=30 bash bench/load/ceiling.sh            one fixed rate instead of steps
+#   LOAD_ARGS="--mix browse=40,view=24" bash bench/load/ceiling.sh   more load-bench flags
 #
 # Prints pgbench's TPS (8 clients, 2 threads, PGBENCH_SECS, default 30, scale 10, in a database
 # of its own dropped at the end), load-bench's table per step and the ceiling, and the CPU every
@@ -32,6 +33,8 @@ cpu_mark
 started=$(date +%s)
 load=("${CARGO_TARGET_DIR:-target}/release/load-bench" --base "http://127.0.0.1:$port" --persons 50)
 [ -n "${RATE:-}" ] && load+=(--rate "$RATE" --secs "${SECS:-30}") || load+=(--step "$STEP")
+# shellcheck disable=SC2206 # flags, split on spaces on purpose
+[ -n "${LOAD_ARGS:-}" ] && load+=($LOAD_ARGS)
 status=0
 TIMEFORMAT='%U %S'
 { time "${load[@]}" || status=$?; } 2>"$work/load.time"

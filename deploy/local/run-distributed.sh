@@ -41,7 +41,9 @@
 # mails; default the gateway's address), and any CITYEVENTS_<SERVICE>__… Keel override;
 # CITYEVENTS_RESTART_DELAY (seconds, default 1), CITYEVENTS_RESTART_MAX_DELAY (30),
 # CITYEVENTS_STOP_TIMEOUT (seconds per service, default 40: above Keel's 30 s shutdown.timeout),
-# CITYEVENTS_REPLACE_TIMEOUT (seconds a replacement has to get ready, default 60).
+# CITYEVENTS_REPLACE_TIMEOUT (seconds a replacement has to get ready, default 60). Each
+# service gets its share of this machine's CPUs as Tokio worker threads (nproc / 5, at least
+# one) unless CITYEVENTS_<SERVICE>__RUNTIME__WORKER_THREADS or TOKIO_WORKER_THREADS says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -145,6 +147,17 @@ for svc in "${SERVICES[@]}"; do
   var="CITYEVENTS_${up}__HTTP__REUSE_PORT"
   export "$var"="${!var:-true}"
 done
+# Five processes on one machine: each its share of the CPUs as worker threads, not one per CPU
+# each; the extra workers only add thread switches (docs/benchmarks.md, the platform's ceiling).
+share=$(($(nproc) / ${#SERVICES[@]}))
+((share >= 1)) || share=1
+if [[ -z "${TOKIO_WORKER_THREADS:-}" ]]; then
+  for svc in "${SERVICES[@]}"; do
+    up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
+    var="CITYEVENTS_${up}__RUNTIME__WORKER_THREADS"
+    export "$var"="${!var:-$share}"
+  done
+fi
 # The gateway's upstreams (deploy/config/gateway.yaml has no default): this machine's ports.
 declare -A default_port=([auth]=8081 [events]=8082 [joins]=8083 [notifier]=8084)
 for svc in auth events joins notifier; do

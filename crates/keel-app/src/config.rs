@@ -76,6 +76,8 @@ pub struct KeelConfig {
     pub log: LogConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
     /// Tracing export.
     pub telemetry: TelemetryConfig,
     /// Health-check scheduling.
@@ -124,6 +126,7 @@ impl KeelConfig {
                 drain_delay: if prod { Duration::from_secs(5) } else { Duration::ZERO },
                 ..ShutdownConfig::default()
             },
+            runtime: RuntimeConfig::default(),
             telemetry: TelemetryConfig::default(),
             health: HealthConfig::default(),
             database,
@@ -186,6 +189,7 @@ impl Aggregate for KeelConfig {
         r.section("cors", &mut self.cors);
         r.section("log", &mut self.log);
         r.section("shutdown", &mut self.shutdown);
+        r.section("runtime", &mut self.runtime);
         r.section("telemetry", &mut self.telemetry);
         r.section("health", &mut self.health);
         r.section("database", &mut self.database);
@@ -219,6 +223,7 @@ impl Aggregate for KeelConfig {
         v.section("cors", &self.cors);
         v.section("log", &self.log);
         v.section("shutdown", &self.shutdown);
+        v.section("runtime", &self.runtime);
         v.section("telemetry", &self.telemetry);
         v.section("rate_limits", &self.rate_limits);
         v.section("upstreams", &self.upstreams);
@@ -282,9 +287,48 @@ impl Section for ShutdownConfig {
     }
 }
 
+/// `runtime.*`: the Tokio runtime the service runs on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RuntimeConfig {
+    /// Worker threads. Unset: Tokio's default, `TOKIO_WORKER_THREADS` or else the CPUs the
+    /// process may use (a container's CPU limit counts). Set it when several processes share
+    /// the machine's CPUs: workers beyond the process's share only add thread switches. In a
+    /// group of services in one process the largest value any member sets applies.
+    pub worker_threads: Option<usize>,
+}
+
+/// Far above any machine's useful count: a typo, not a setting.
+const MAX_WORKER_THREADS: usize = 1024;
+
+impl Section for RuntimeConfig {
+    fn validate(&self, v: &mut Validation<'_>) {
+        if let Some(n) = self.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&n)
+        {
+            v.invalid("worker_threads", format!("must be from 1 to {MAX_WORKER_THREADS}, or unset"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let load = |n: &str| {
+            Loader::new("svc", Profile::Test).env([("SVC__RUNTIME__WORKER_THREADS", n)]).load::<keel_config::NoConfig>()
+        };
+        assert_eq!(load("3").unwrap().config.keel.runtime.worker_threads, Some(3));
+        for bad in ["0", "1025"] {
+            let text = load(bad).unwrap_err().to_string();
+            assert!(text.contains("runtime.worker_threads") && text.contains("from 1 to 1024"), "{bad}: {text}");
+        }
+        let unset = Loader::new("svc", Profile::Test).load::<keel_config::NoConfig>().unwrap();
+        assert_eq!(unset.config.keel.runtime.worker_threads, None);
+    }
 
     #[test]
     fn development_listens_on_loopback_and_containers_on_every_interface() {

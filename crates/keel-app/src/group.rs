@@ -205,7 +205,8 @@ impl Group {
             telemetry: first.keel.telemetry.clone(),
             mask_fields: first.keel.log.mask_fields.clone(),
         };
-        let rt = match runtime() {
+        let workers = prepared.iter().filter_map(|(_, p)| p.keel.runtime.worker_threads).max();
+        let rt = match runtime(workers) {
             Ok(rt) => rt,
             Err(e) => {
                 startup_error(&build, "cannot start the async runtime", serde_json::json!({ "error": e.to_string() }));

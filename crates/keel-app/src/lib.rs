@@ -48,7 +48,7 @@ use clap::{CommandFactory, FromArgMatches};
 /// The `clap` Keel's CLI is built with, for [`Service::command`].
 pub use clap;
 pub use cli::exit;
-pub use config::{Config, KeelConfig, Loaded, Loader, ManagementConfig, ShutdownConfig};
+pub use config::{Config, KeelConfig, Loaded, Loader, ManagementConfig, RuntimeConfig, ShutdownConfig};
 pub use group::{Group, GroupError};
 pub use lifecycle::{Running, ShutdownError, StartError, check, start};
 pub use service::{BuildInfo, Service, Setup, SetupError};
@@ -387,8 +387,13 @@ fn startup_error(build: &BuildInfo, message: &str, details: serde_json::Value) {
     eprintln!("{line}");
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+/// The multi-thread runtime, with `worker_threads` workers if set (else Tokio's default).
+fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
 }
 
 fn healthcheck(keel: &KeelConfig, ready: bool, timeout: std::time::Duration) -> ExitCode {
