@@ -112,6 +112,11 @@ impl Activity {
         self.evicted.store(true, Ordering::Release);
     }
 
+    /// Whether the accept loop evicted the connection to make room.
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
     /// Whether no request is in progress on the connection.
     pub(crate) fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
@@ -352,8 +357,7 @@ where
             *this.drained = true;
             let now = Instant::now();
             let a = &this.activity;
-            if a.protocol.load(Ordering::Relaxed) == FRESH && !*this.shutting_down && !a.evicted.load(Ordering::Acquire)
-            {
+            if a.protocol.load(Ordering::Relaxed) == FRESH && !*this.shutting_down && !a.is_evicted() {
                 // Accepted, its first request most likely on its way: closing it now would
                 // reset it (or lose the bytes already sent). Answered, then closed.
                 *this.awaiting_first = true;

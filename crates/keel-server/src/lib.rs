@@ -376,8 +376,16 @@ where
             match tls {
                 None => conn.serve(stream, None).await,
                 Some(tls) => {
+                    // Drained mid-handshake, the client gets the first-request grace to finish
+                    // it (then the watchdog's, for its request); evicted, none.
+                    let told_to_go = async {
+                        conn.drain.cancelled().await;
+                        if !conn.activity.is_evicted() {
+                            tokio::time::sleep(idle::FIRST_REQUEST_GRACE).await;
+                        }
+                    };
                     let handshake = tokio::select! {
-                        () = conn.drain.cancelled() => None,
+                        () = told_to_go => None,
                         done = tls.accept(stream) => Some(done),
                     };
                     match handshake {
@@ -889,6 +897,49 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await.unwrap();
         assert!(!answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
         stop.cancel();
+        serving.await.unwrap();
+    }
+
+    /// TLS clients whose connections were queued when the loop stopped finish their handshake
+    /// and are answered.
+    #[tokio::test]
+    async fn tls_connections_queued_when_the_loop_stops_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key, _) = pki();
+        let mut http = HttpConfig::default();
+        for (name, text) in [("tls.crt", &cert), ("tls.key", &key)] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        http.tls.cert_file = Some(dir.path().join("tls.crt"));
+        http.tls.key_file = Some(dir.path().join("tls.key"));
+        let acceptor = keel_tls::Acceptor::new(&http.tls).unwrap().unwrap();
+        let limits = Limits::new(&http, refused_counter().unwrap()).with_tls(acceptor);
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let connector = tls_client(&ca, b"http/1.1", None);
+            clients.push(tokio::spawn(async move {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut tls = connector.connect(name, tcp).await?;
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+                let mut answer = Vec::new();
+                tls.read_to_end(&mut answer).await?;
+                std::io::Result::Ok(String::from_utf8_lossy(&answer).into_owned())
+            }));
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let serving = tokio::spawn(serve(listener, router, limits, stop));
+        for (i, client) in clients.into_iter().enumerate() {
+            let answer = tokio::time::timeout(Duration::from_secs(10), client).await.unwrap().unwrap();
+            assert!(
+                answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 200") && a.ends_with("hi")),
+                "client {i}: {answer:?}"
+            );
+        }
         serving.await.unwrap();
     }
 
