@@ -260,16 +260,18 @@ async fn status_is(r: Result<reqwest::Response, reqwest::Error>, ok: &[u16]) -> 
             // and say what they were.
             let status = r.status().as_u16();
             let url = r.url().path().to_owned();
-            let request_id =
-                r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+            let request_id = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
             let body = r.json::<Value>().await.ok();
             // The first few errors one by one, with their request ids, to find them in the
             // services' logs.
             if ERRORS_SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_ERRORS_SHOWN {
-                eprintln!("error: HTTP {status} on {url}, request id {request_id}: {}", body.clone().unwrap_or_default());
+                eprintln!(
+                    "error: HTTP {status} on {url}, request id {request_id}: {}",
+                    body.clone().unwrap_or_default()
+                );
             }
-            let problem = body
-                .and_then(|p| p.get("code").or_else(|| p.get("type")).and_then(Value::as_str).map(str::to_owned));
+            let problem =
+                body.and_then(|p| p.get("code").or_else(|| p.get("type")).and_then(Value::as_str).map(str::to_owned));
             match problem {
                 Some(kind) => Outcome::Error(format!("HTTP {status} {kind}")),
                 None => Outcome::Error(format!("HTTP {status}")),
