@@ -33,8 +33,8 @@
 //! outright if it is still open with nothing in progress [`CLOSE_GRACE`] later: an HTTP/2
 //! client that never acknowledges the `GOAWAY` cannot hold on to it. A connection drained
 //! before its first request (accepted a moment before, or taken from the listen queue as the
-//! accept loop stopped) first gets [`FIRST_REQUEST_GRACE`] to send it, and is answered
-//! (`Connection: close`) rather than reset; one evicted to make room does not. hyper-util's `GracefulShutdown` does
+//! accept loop stopped) first gets [`FIRST_REQUEST_GRACE`] to send it, and is answered, then
+//! closed, rather than reset; one evicted to make room does not. hyper-util's `GracefulShutdown` does
 //! the drain part alone, but it cannot be combined with the idle shutdown: it watches only
 //! hyper's own connection types (its `GracefulConnection` trait is sealed) and returns a
 //! future nothing else can shut down. So the watchdog calls the same `graceful_shutdown`
@@ -385,6 +385,12 @@ where
                         *this.awaiting_first = false;
                         *this.shutting_down = true;
                         (this.shutdown)(this.conn.as_mut());
+                        if this.activity.protocol.load(Ordering::Relaxed) == HTTP1 {
+                            // hyper closes it once the answer is written, as after any first
+                            // HTTP/1 request: a large answer to a slow client is not cut.
+                            *this.disarmed = true;
+                            break;
+                        }
                         this.timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
                         due = this.timer.as_mut().poll(cx).is_ready();
                         continue;
@@ -599,8 +605,28 @@ mod tests {
         assert!(poll_once(dog.as_mut()).is_pending(), "its request is in progress");
         assert_eq!(calls.load(Ordering::Relaxed), 1, "shut down once the request began");
         drop(answer);
+        // Left to hyper, which closes it once the answer is written, however long that takes.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(poll_once(dog.as_mut()).is_pending(), "never dropped under hyper's write");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_drained_before_its_first_request_serves_it_then_closes() {
+        let a = Activity::new();
+        let drain = CancellationToken::new();
+        let (mut dog, calls) = counting_dog(&a, &drain);
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+        let answer = echo(&a).oneshot(request(Version::HTTP_2)).await.unwrap();
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "GOAWAY once its stream began");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(poll_once(dog.as_mut()).is_pending(), "its stream is open");
+        drop(answer);
         tokio::time::advance(CLOSE_GRACE).await;
-        assert!(poll_once(dog.as_mut()).is_ready(), "closed once answered");
+        assert!(poll_once(dog.as_mut()).is_ready(), "closed a grace after its stream ended");
     }
 
     #[tokio::test(start_paused = true)]
@@ -615,6 +641,26 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1, "shut down when the grace ran out");
         tokio::time::advance(CLOSE_GRACE).await;
         assert!(poll_once(dog.as_mut()).is_ready());
+    }
+
+    /// The grace ends no later than the first-request deadline (`http.header_read_timeout`).
+    #[tokio::test(start_paused = true)]
+    async fn the_grace_ends_at_the_first_request_deadline() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let drain = CancellationToken::new();
+        // DEADLINES.first_request (100 ms) is shorter than the grace.
+        let dog = Watchdog::new(pending_conn(), Activity::new(), DEADLINES, drain.clone().cancelled_owned(), {
+            move |_: Pin<&mut _>| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let mut dog = boxed(dog);
+        drain.cancel();
+        assert!(poll_once(dog.as_mut()).is_pending());
+        tokio::time::advance(DEADLINES.first_request).await;
+        assert!(poll_once(dog.as_mut()).is_pending());
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "shut down at the deadline, not the grace's end");
     }
 
     /// Evicted to make room for another client: no grace for a first request.

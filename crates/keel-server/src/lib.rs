@@ -260,8 +260,18 @@ where
     let mut listener = Some(listener);
     // Once stopped: the listen queue, taken without waiting.
     let mut queued: Option<std::net::TcpListener> = None;
+    let mut taken_from_queue = 0usize;
     loop {
         let (stream, peer) = if let Some(q) = &queued {
+            // Bounded: with `SO_REUSEPORT` new connections keep coming while it is open.
+            if taken_from_queue >= QUEUE_TAKE_MAX {
+                break;
+            }
+            taken_from_queue += 1;
+            if taken_from_queue.is_multiple_of(QUEUE_TAKE_YIELD) {
+                // Let the connections taken so far (and the shutdown's timers) run.
+                tokio::task::yield_now().await;
+            }
             match take_queued(q) {
                 Some(a) => a,
                 None => break,
@@ -345,13 +355,14 @@ where
             }
         };
         let Some(slot) = slot else {
-            if stop.is_cancelled() {
-                break;
-            }
-            // Over its share while the budget is spent: closed at once, like a client at its cap.
+            // Over its share while the budget is spent, or stopping with no room at once:
+            // closed at once, like a client at its cap; the rest of the queue is still taken.
             limits.refused.inc();
             drop(stream);
             refusals.refused(peer.ip(), limits.max_connections_per_ip);
+            if stop.is_cancelled() && queued.is_none() {
+                queued = listener.take().and_then(|l| l.into_std().ok());
+            }
             continue;
         };
         if slots.available_permits() > limits.max_connections / 16 {
@@ -408,9 +419,17 @@ where
     connections.wait().await;
 }
 
-/// The next connection in a stopped listener's queue, without waiting; `None` once it is empty.
+/// Most connections a stopped listener's queue is emptied of (tokio's listen backlog).
+const QUEUE_TAKE_MAX: usize = 1024;
+/// The accept loop yields after this many connections taken from the queue.
+const QUEUE_TAKE_YIELD: usize = 32;
+
+/// The next connection in a stopped listener's queue, without waiting; `None` once it is empty
+/// (or keeps failing).
 fn take_queued(listener: &std::net::TcpListener) -> Option<(TcpStream, SocketAddr)> {
-    loop {
+    // accept(2) also reports errors of one pending connection (EPROTO, ENETDOWN …), to be
+    // retried: skip a few of those.
+    for _ in 0..8 {
         match listener.accept() {
             Ok((stream, peer)) => {
                 // Accepted sockets do not inherit the listener's non-blocking mode.
@@ -420,11 +439,11 @@ fn take_queued(listener: &std::net::TcpListener) -> Option<(TcpStream, SocketAdd
                     Err(e) => tracing::debug!(error = %e, %peer, "a queued connection could not be served"),
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
-            Err(_) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) => tracing::debug!(error = %e, "accepting a queued connection failed"),
         }
     }
+    None
 }
 
 /// What one accepted connection needs to be served.
@@ -897,6 +916,53 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await.unwrap();
         assert!(!answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
         stop.cancel();
+        serving.await.unwrap();
+    }
+
+    /// A queued connection refused for want of room (its client over its share of a spent
+    /// budget) does not end the taking of the queue: the next one is still answered.
+    #[tokio::test]
+    async fn a_refusal_while_taking_the_queue_does_not_end_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        let connect = |ip: &'static str| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            let mut s = socket.connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+            s
+        };
+        // Queued in this order: a budget of 8 is spent by a's 6 and b's 2; a's next two are
+        // over its share (4 of 8 with two clients); b's third makes room by evicting one of a's.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..6 {
+            a.push(connect("127.0.0.1").await);
+        }
+        for _ in 0..2 {
+            b.push(connect("127.0.0.2").await);
+        }
+        for _ in 0..2 {
+            a.push(connect("127.0.0.1").await);
+        }
+        b.push(connect("127.0.0.2").await);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let limits = limits(Duration::from_secs(600), 16);
+        let refused = limits.refused.clone();
+        let serving = tokio::spawn(serve(listener, router, limits, stop));
+        let answered = |conns: Vec<tokio::net::TcpStream>| async move {
+            let mut n = 0;
+            for mut s in conns {
+                let mut answer = Vec::new();
+                let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+                n += usize::from(matches!(read, Ok(Ok(_))) && answer.starts_with(b"HTTP/1.1 200"));
+            }
+            n
+        };
+        assert_eq!(answered(b).await, 3, "every one of b's, the last after a's refusals");
+        assert!((5..=6).contains(&answered(a).await), "a's first six, but for one evicted");
+        assert_eq!(refused.get(), 2, "a's over its share");
         serving.await.unwrap();
     }
 
