@@ -300,7 +300,7 @@ pub struct RuntimeConfig {
 }
 
 /// Far above any machine's useful count: a typo, not a setting.
-const MAX_WORKER_THREADS: usize = 1024;
+pub(crate) const MAX_WORKER_THREADS: usize = 1024;
 
 impl Section for RuntimeConfig {
     fn validate(&self, v: &mut Validation<'_>) {

@@ -38,7 +38,7 @@ use super::lifecycle::{Running, StartError, start_in};
 use super::service::{BuildInfo, Service};
 use super::status::Process;
 use super::{KeelConfig, Loaded, Loader};
-use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error};
+use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error, worker_threads};
 use keel_config::{ConfigError, Profile, Section};
 use keel_telemetry::{self as telemetry, TelemetryOptions};
 
@@ -205,7 +205,14 @@ impl Group {
             telemetry: first.keel.telemetry.clone(),
             mask_fields: first.keel.log.mask_fields.clone(),
         };
-        let workers = prepared.iter().filter_map(|(_, p)| p.keel.runtime.worker_threads).max();
+        let configured = prepared.iter().filter_map(|(_, p)| p.keel.runtime.worker_threads).max();
+        let workers = match worker_threads(configured, std::env::var("TOKIO_WORKER_THREADS").ok().as_deref()) {
+            Ok(w) => w,
+            Err(problem) => {
+                startup_error(&build, "invalid configuration", serde_json::json!({ "problems": [problem] }));
+                return ExitCode::from(exit::CONFIG);
+            }
+        };
         let rt = match runtime(workers) {
             Ok(rt) => rt,
             Err(e) => {
