@@ -261,25 +261,34 @@ async fn status_is(r: Result<reqwest::Response, reqwest::Error>, ok: &[u16]) -> 
             let status = r.status().as_u16();
             let url = r.url().path().to_owned();
             let request_id = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-            let body = r.json::<Value>().await.ok();
-            // The first few errors one by one, with their request ids, to find them in the
-            // services' logs.
-            if ERRORS_SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_ERRORS_SHOWN {
-                eprintln!(
-                    "error: HTTP {status} on {url}, request id {request_id}: {}",
-                    body.clone().unwrap_or_default()
-                );
-            }
-            let problem =
-                body.and_then(|p| p.get("code").or_else(|| p.get("type")).and_then(Value::as_str).map(str::to_owned));
+            let text = r.text().await.unwrap_or_default();
+            show_error(&format!("HTTP {status} on {url}, request id {request_id}: {text}"));
+            let problem = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|p| p.get("code").or_else(|| p.get("type")).and_then(Value::as_str).map(str::to_owned));
             match problem {
                 Some(kind) => Outcome::Error(format!("HTTP {status} {kind}")),
                 None => Outcome::Error(format!("HTTP {status}")),
             }
         }
-        Err(e) if e.is_timeout() => Outcome::Error("timeout".into()),
-        Err(e) if e.is_connect() => Outcome::Error("connect".into()),
-        Err(_) => Outcome::Error("transport".into()),
+        Err(e) => {
+            show_error(&format!("{e:?}"));
+            if e.is_timeout() {
+                Outcome::Error("timeout".into())
+            } else if e.is_connect() {
+                Outcome::Error("connect".into())
+            } else {
+                Outcome::Error("transport".into())
+            }
+        }
+    }
+}
+
+/// Writes one of the first [`MAX_ERRORS_SHOWN`] errors to stderr, to find it in the services'
+/// logs (by request id) or to tell a reset from a time-out.
+fn show_error(what: &str) {
+    if ERRORS_SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_ERRORS_SHOWN {
+        eprintln!("error: {what}");
     }
 }
 
