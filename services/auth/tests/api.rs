@@ -889,6 +889,7 @@ async fn concurrent_attempts_cannot_exceed_the_lockout_budget(s: &Svc) {
 /// (0 would mean the default): both are taken by two other accounts whose hashes are made slow,
 /// while the owner is refused six times, one more than the free failures (5).
 async fn refused_sign_ins_are_not_failures(s: &Svc) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     s.register("owner@example.com", "Owner").await;
     let mut cfg = s.loaded.config.keel.security.passwords.clone();
     cfg.iterations = 3_000;
@@ -897,10 +898,29 @@ async fn refused_sign_ins_are_not_failures(s: &Svc) {
         let id = s.register(other, "Other").await;
         s.set_password_hash(&id, &slow).await;
     }
-    let holders = futures_util::future::join(
-        s.login_from(8, "one@example.com", PASSWORD),
-        s.login_from(9, "two@example.com", PASSWORD),
-    );
+    let done = AtomicBool::new(false);
+    // The slot and the queue held until the owner has been refused six times: a new pair of
+    // slow checks whenever the last one ends, since on a busy machine the owner's attempts may
+    // take longer than one pair holds them. A holder may be refused too (the owner's check had
+    // the slot), never locked out.
+    let holders = async {
+        let mut signed_in = 0;
+        for _ in 0..20 {
+            if done.load(Ordering::Relaxed) {
+                break;
+            }
+            let (one, two) = futures_util::future::join(
+                s.login_from(8, "one@example.com", PASSWORD),
+                s.login_from(9, "two@example.com", PASSWORD),
+            )
+            .await;
+            for r in [&one, &two] {
+                assert!(matches!(r.status, 200 | 503), "{r:?}");
+                signed_in += usize::from(r.status == 200);
+            }
+        }
+        signed_in
+    };
     let owner = async {
         // Until the holders' checks have taken the slot and the queue (on a busy machine they
         // may come late: the owner's earlier attempts then just sign in), bounded in time.
@@ -918,10 +938,11 @@ async fn refused_sign_ins_are_not_failures(s: &Svc) {
                 break;
             }
         }
+        done.store(true, Ordering::Relaxed);
         refused
     };
-    let ((one, two), refused) = tokio::join!(holders, owner);
-    assert_eq!((one.status, two.status), (200, 200), "{one:?} {two:?}");
+    let (signed_in, refused) = tokio::join!(holders, owner);
+    assert!(signed_in > 0, "the holders' checks ran");
     assert_eq!(refused, 6, "the slot was held for six refusals");
     let r = s.login_from(3, "owner@example.com", PASSWORD).await;
     assert_eq!(r.status, 200, "the owner signs in once the slot is free: {r:?}");
