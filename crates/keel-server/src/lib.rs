@@ -919,6 +919,43 @@ mod tests {
         serving.await.unwrap();
     }
 
+    /// An HTTP/2 client (prior knowledge) whose connection was queued when the loop stopped:
+    /// its first stream is answered, then the connection is told to go (`GOAWAY`) and closed.
+    #[tokio::test]
+    async fn an_http2_connection_queued_when_the_loop_stops_is_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "hi" }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS (empty), then HEADERS on stream 1, END_STREAM | END_HEADERS: HPACK's static
+        // table for GET, http, / and a literal :authority "x".
+        out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&[0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 1, b'x']);
+        s.write_all(&out).await.unwrap();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let serving = tokio::spawn(serve(listener, router, limits(Duration::from_secs(600), 8), stop));
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(_))), "not answered and closed: {read:?}");
+        // The frames: (type, stream, payload).
+        let mut frames = Vec::new();
+        let mut rest = &got[..];
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let stream = u32::from_be_bytes([rest[5] & 0x7f, rest[6], rest[7], rest[8]]);
+            let end = (9 + len).min(rest.len());
+            frames.push((rest[3], stream, rest[9..end].to_vec()));
+            rest = &rest[end..];
+        }
+        // HEADERS with `:status: 200` (static index 8), DATA "hi", GOAWAY.
+        assert!(frames.iter().any(|(t, id, p)| *t == 1 && *id == 1 && p.first() == Some(&0x88)), "{frames:?}");
+        assert!(frames.iter().any(|(t, id, p)| *t == 0 && *id == 1 && p == b"hi"), "{frames:?}");
+        assert!(frames.iter().any(|(t, _, _)| *t == 7), "no GOAWAY: {frames:?}");
+        serving.await.unwrap();
+    }
+
     /// A queued connection refused for want of room (its client over its share of a spent
     /// budget) does not end the taking of the queue: the next one is still answered.
     #[tokio::test]
