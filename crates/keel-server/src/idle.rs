@@ -361,7 +361,7 @@ where
                 // Accepted, its first request most likely on its way: closing it now would
                 // reset it (or lose the bytes already sent). Answered, then closed.
                 *this.awaiting_first = true;
-                let by = (now + FIRST_REQUEST_GRACE).min(this.activity.origin + this.deadlines.first_request);
+                let by = (now + FIRST_REQUEST_GRACE).min(a.origin + this.deadlines.first_request);
                 this.timer.as_mut().reset(by);
             } else {
                 if !*this.shutting_down {
@@ -531,22 +531,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_drain_shuts_the_connection_down_at_once() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
         let drain = CancellationToken::new();
         let activity = Activity::new();
         activity.protocol.store(HTTP2, Ordering::Relaxed);
         let _busy = InFlight::start(&activity);
-        let dog = Watchdog::new(
-            pending_conn(),
-            activity,
-            DEADLINES,
-            drain.clone().cancelled_owned(),
-            move |_: Pin<&mut _>| {
-                counted.fetch_add(1, Ordering::Relaxed);
-            },
-        );
-        let mut dog = boxed(dog);
+        let (mut dog, calls) = counting_dog(&activity, DEADLINES, &drain);
         assert!(poll_once(dog.as_mut()).is_pending());
         assert_eq!(calls.load(Ordering::Relaxed), 0);
         drain.cancel();
@@ -565,9 +554,7 @@ mod tests {
         let drain = CancellationToken::new();
         let activity = Activity::new();
         activity.protocol.store(HTTP2, Ordering::Relaxed);
-        let long = Deadlines { first_request: Duration::from_secs(600), http2_idle: Duration::from_secs(600) };
-        let dog = Watchdog::new(pending_conn(), activity, long, drain.clone().cancelled_owned(), |_: Pin<&mut _>| {});
-        let mut dog = boxed(dog);
+        let (mut dog, _) = counting_dog(&activity, LONG, &drain);
         assert!(poll_once(dog.as_mut()).is_pending());
         drain.cancel();
         assert!(poll_once(dog.as_mut()).is_pending(), "asked to shut down first");
@@ -575,14 +562,18 @@ mod tests {
         assert!(poll_once(dog.as_mut()).is_ready(), "closed outright");
     }
 
+    /// Deadlines far beyond any test: only the drain or the grace can end a connection.
+    const LONG: Deadlines = Deadlines { first_request: Duration::from_secs(600), http2_idle: Duration::from_secs(600) };
+
+    /// A watchdog over a connection that never ends, counting its graceful shutdowns.
     fn counting_dog(
         activity: &Arc<Activity>,
+        deadlines: Deadlines,
         drain: &CancellationToken,
     ) -> (Pin<Box<impl Future<Output = Result<(), Infallible>>>>, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let long = Deadlines { first_request: Duration::from_secs(600), http2_idle: Duration::from_secs(600) };
-        let dog = Watchdog::new(pending_conn(), activity.clone(), long, drain.clone().cancelled_owned(), {
+        let dog = Watchdog::new(pending_conn(), activity.clone(), deadlines, drain.clone().cancelled_owned(), {
             move |_: Pin<&mut _>| {
                 counted.fetch_add(1, Ordering::Relaxed);
             }
@@ -596,7 +587,7 @@ mod tests {
     async fn a_connection_drained_before_its_first_request_answers_it_first() {
         let a = Activity::new();
         let drain = CancellationToken::new();
-        let (mut dog, calls) = counting_dog(&a, &drain);
+        let (mut dog, calls) = counting_dog(&a, LONG, &drain);
         assert!(poll_once(dog.as_mut()).is_pending());
         drain.cancel();
         assert!(poll_once(dog.as_mut()).is_pending());
@@ -615,7 +606,7 @@ mod tests {
     async fn an_http2_connection_drained_before_its_first_request_serves_it_then_closes() {
         let a = Activity::new();
         let drain = CancellationToken::new();
-        let (mut dog, calls) = counting_dog(&a, &drain);
+        let (mut dog, calls) = counting_dog(&a, LONG, &drain);
         drain.cancel();
         assert!(poll_once(dog.as_mut()).is_pending());
         assert_eq!(calls.load(Ordering::Relaxed), 0);
@@ -633,7 +624,7 @@ mod tests {
     async fn a_connection_drained_before_a_request_that_never_comes_is_closed_a_grace_later() {
         let a = Activity::new();
         let drain = CancellationToken::new();
-        let (mut dog, calls) = counting_dog(&a, &drain);
+        let (mut dog, calls) = counting_dog(&a, LONG, &drain);
         drain.cancel();
         assert!(poll_once(dog.as_mut()).is_pending());
         tokio::time::advance(FIRST_REQUEST_GRACE).await;
@@ -646,16 +637,10 @@ mod tests {
     /// The grace ends no later than the first-request deadline (`http.header_read_timeout`).
     #[tokio::test(start_paused = true)]
     async fn the_grace_ends_at_the_first_request_deadline() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
         let drain = CancellationToken::new();
         // DEADLINES.first_request (100 ms) is shorter than the grace.
-        let dog = Watchdog::new(pending_conn(), Activity::new(), DEADLINES, drain.clone().cancelled_owned(), {
-            move |_: Pin<&mut _>| {
-                counted.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        let mut dog = boxed(dog);
+        let a = Activity::new();
+        let (mut dog, calls) = counting_dog(&a, DEADLINES, &drain);
         drain.cancel();
         assert!(poll_once(dog.as_mut()).is_pending());
         tokio::time::advance(DEADLINES.first_request).await;
@@ -668,7 +653,7 @@ mod tests {
     async fn an_evicted_fresh_connection_is_shut_down_at_once() {
         let a = Activity::new();
         let drain = CancellationToken::new();
-        let (mut dog, calls) = counting_dog(&a, &drain);
+        let (mut dog, calls) = counting_dog(&a, LONG, &drain);
         a.evict();
         drain.cancel();
         assert!(poll_once(dog.as_mut()).is_pending());

@@ -356,13 +356,11 @@ where
         };
         let Some(slot) = slot else {
             // Over its share while the budget is spent, or stopping with no room at once:
-            // closed at once, like a client at its cap; the rest of the queue is still taken.
+            // closed at once, like a client at its cap; the next turn takes the rest of the
+            // queue.
             limits.refused.inc();
             drop(stream);
             refusals.refused(peer.ip(), limits.max_connections_per_ip);
-            if stop.is_cancelled() && queued.is_none() {
-                queued = listener.take().and_then(|l| l.into_std().ok());
-            }
             continue;
         };
         if slots.available_permits() > limits.max_connections / 16 {
@@ -696,6 +694,13 @@ mod tests {
         Limits::new(&http, refused_counter().unwrap())
     }
 
+    /// A listener on a free loopback port, its address, and a router answering `GET /` with `hi`.
+    async fn hi() -> (TcpListener, SocketAddr, Router) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr, Router::new().route("/", get(|| async { "hi" })))
+    }
+
     /// `GET /` on kept-alive `s`, read until the answer's `hi` body: the whole answer, lowercase.
     async fn get_hi(s: &mut tokio::net::TcpStream) -> String {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
@@ -711,9 +716,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_still_drain_when_the_accept_loop_is_dropped() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         // A header deadline far beyond the test: only the drain can close the connection.
         let limits = limits(Duration::from_secs(600), 8);
         let serving = tokio::spawn(serve(listener, router, limits, CancellationToken::new()));
@@ -730,9 +733,7 @@ mod tests {
     /// `Connection: close` and is closed after it; before, answers keep the connection.
     #[tokio::test]
     async fn http1_answers_close_their_connection_once_the_drain_begins() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let closing = CancellationToken::new();
         let limits = limits(Duration::from_secs(600), 8).closing_on(closing.clone());
         let stop = CancellationToken::new();
@@ -755,9 +756,7 @@ mod tests {
     /// are answered, then closed: not reset with the listener.
     #[tokio::test]
     async fn connections_queued_when_the_loop_stops_are_answered() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let mut queued = Vec::new();
         for _ in 0..6 {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -780,9 +779,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_over_its_cap_is_closed_and_counted_others_are_served() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let limits = limits(Duration::from_secs(600), 2);
         let refused = limits.refused.clone();
         let stop = CancellationToken::new();
@@ -834,6 +831,17 @@ mod tests {
         (ca_pem, cert, key, sign("client"))
     }
 
+    /// The `http` section of a TLS listener with `cert` and `key`, written into `dir`.
+    fn tls_http(dir: &std::path::Path, cert: &str, key: &str) -> HttpConfig {
+        let mut http = HttpConfig::default();
+        for (name, text) in [("tls.crt", cert), ("tls.key", key)] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        http.tls.cert_file = Some(dir.join("tls.crt"));
+        http.tls.key_file = Some(dir.join("tls.key"));
+        http
+    }
+
     /// A TLS client trusting `ca`, offering `alpn`, presenting `identity` if given.
     fn tls_client(ca: &str, alpn: &[u8], identity: Option<&(String, String)>) -> tokio_rustls::TlsConnector {
         use rustls::pki_types::pem::PemObject;
@@ -861,12 +869,8 @@ mod tests {
     async fn serves_http1_over_tls_with_the_clients_certificate_in_the_request() {
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key, client) = pki();
-        let mut http = HttpConfig::default();
-        for (name, text) in [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        http.tls.cert_file = Some(dir.path().join("tls.crt"));
-        http.tls.key_file = Some(dir.path().join("tls.key"));
+        let mut http = tls_http(dir.path(), &cert, &key);
+        std::fs::write(dir.path().join("ca.crt"), &ca).unwrap();
         http.tls.client_ca_file = Some(dir.path().join("ca.crt"));
         http.tls.client_auth = keel_tls::ClientAuth::Optional;
         http.tls.handshake_timeout = Duration::from_millis(300);
@@ -923,9 +927,7 @@ mod tests {
     /// its first stream is answered, then the connection is told to go (`GOAWAY`) and closed.
     #[tokio::test]
     async fn an_http2_connection_queued_when_the_loop_stops_is_answered() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         // SETTINGS (empty), then HEADERS on stream 1, END_STREAM | END_HEADERS: HPACK's static
@@ -960,9 +962,7 @@ mod tests {
     /// budget) does not end the taking of the queue: the next one is still answered.
     #[tokio::test]
     async fn a_refusal_while_taking_the_queue_does_not_end_it() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let connect = |ip: &'static str| async move {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
@@ -1009,12 +1009,7 @@ mod tests {
     async fn tls_connections_queued_when_the_loop_stops_are_answered() {
         let dir = tempfile::tempdir().unwrap();
         let (ca, cert, key, _) = pki();
-        let mut http = HttpConfig::default();
-        for (name, text) in [("tls.crt", &cert), ("tls.key", &key)] {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        http.tls.cert_file = Some(dir.path().join("tls.crt"));
-        http.tls.key_file = Some(dir.path().join("tls.key"));
+        let http = tls_http(dir.path(), &cert, &key);
         let acceptor = keel_tls::Acceptor::new(&http.tls).unwrap().unwrap();
         let limits = Limits::new(&http, refused_counter().unwrap()).with_tls(acceptor);
         let router = Router::new().route("/", get(|| async { "hi" }));
@@ -1098,9 +1093,7 @@ mod tests {
     /// share are refused new connections and the normal client's evict an idle one of theirs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_connections_from_many_addresses_cannot_keep_a_client_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let mut http = HttpConfig::default();
         // Idle connections would live long: only the budget makes room.
         http.header_read_timeout = Duration::from_secs(600);
@@ -1184,9 +1177,7 @@ mod tests {
     /// A trusted proxy is many clients: its connections are not capped per address.
     #[tokio::test]
     async fn a_trusted_proxy_is_not_capped_as_one_client() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", get(|| async { "hi" }));
+        let (listener, addr, router) = hi().await;
         let mut http = HttpConfig::default();
         http.header_read_timeout = Duration::from_secs(600);
         http.max_connections_per_ip = 2;
