@@ -300,7 +300,7 @@ pub struct RuntimeConfig {
 }
 
 /// Far above any machine's useful count: a typo, not a setting.
-pub(crate) const MAX_WORKER_THREADS: usize = 1024;
+const MAX_WORKER_THREADS: usize = 1024;
 
 impl Section for RuntimeConfig {
     fn validate(&self, v: &mut Validation<'_>) {
@@ -312,9 +312,33 @@ impl Section for RuntimeConfig {
     }
 }
 
+/// The worker threads: `runtime.worker_threads`, else `TOKIO_WORKER_THREADS` (`env`), checked
+/// here because Tokio panics on a value it cannot use; `None` for Tokio's default.
+pub(crate) fn worker_threads(configured: Option<usize>, env: Option<&str>) -> Result<Option<usize>, String> {
+    match (configured, env) {
+        (Some(n), _) => Ok(Some(n)),
+        (None, None) => Ok(None),
+        (None, Some(v)) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("TOKIO_WORKER_THREADS: must be a number from 1 to {MAX_WORKER_THREADS}, not {v:?}")),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokio_worker_threads_is_checked_before_tokio_reads_it() {
+        assert_eq!(worker_threads(Some(3), Some("x")), Ok(Some(3)), "the setting wins");
+        assert_eq!(worker_threads(None, None), Ok(None));
+        assert_eq!(worker_threads(None, Some(" 2 ")), Ok(Some(2)));
+        for bad in ["0", "two", "", "1025", "-1"] {
+            let e = worker_threads(None, Some(bad)).unwrap_err();
+            assert!(e.starts_with("TOKIO_WORKER_THREADS: must be a number from 1 to 1024"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn worker_threads_are_bounded() {

@@ -34,11 +34,12 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
+use super::config::worker_threads;
 use super::lifecycle::{Running, StartError, start_in};
 use super::service::{BuildInfo, Service};
 use super::status::Process;
 use super::{KeelConfig, Loaded, Loader};
-use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error, worker_threads};
+use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error};
 use keel_config::{ConfigError, Profile, Section};
 use keel_telemetry::{self as telemetry, TelemetryOptions};
 

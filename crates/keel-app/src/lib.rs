@@ -387,22 +387,6 @@ fn startup_error(build: &BuildInfo, message: &str, details: serde_json::Value) {
     eprintln!("{line}");
 }
 
-/// The worker threads: `runtime.worker_threads`, else `TOKIO_WORKER_THREADS` (`env`), checked
-/// here because Tokio panics on a value it cannot use; `None` for Tokio's default.
-fn worker_threads(configured: Option<usize>, env: Option<&str>) -> Result<Option<usize>, String> {
-    match (configured, env) {
-        (Some(n), _) => Ok(Some(n)),
-        (None, None) => Ok(None),
-        (None, Some(v)) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=config::MAX_WORKER_THREADS).contains(&n) => Ok(Some(n)),
-            _ => Err(format!(
-                "TOKIO_WORKER_THREADS: must be a number from 1 to {}, not {v:?}",
-                config::MAX_WORKER_THREADS
-            )),
-        },
-    }
-}
-
 /// The multi-thread runtime, with `worker_threads` workers if set (else Tokio's default).
 fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -546,17 +530,6 @@ pub const BUILD_COMMIT: &str = env!("KEEL_BUILD_COMMIT");
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-
-    #[test]
-    fn tokio_worker_threads_is_checked_before_tokio_reads_it() {
-        assert_eq!(worker_threads(Some(3), Some("x")), Ok(Some(3)), "the setting wins");
-        assert_eq!(worker_threads(None, None), Ok(None));
-        assert_eq!(worker_threads(None, Some(" 2 ")), Ok(Some(2)));
-        for bad in ["0", "two", "", "1025", "-1"] {
-            let e = worker_threads(None, Some(bad)).unwrap_err();
-            assert!(e.starts_with("TOKIO_WORKER_THREADS: must be a number from 1 to 1024"), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn help_lists_what_the_service_can_use_and_how_to_configure_it() {
