@@ -277,8 +277,10 @@ impl PasswordHasher {
             .map_err(|_| PasswordError::Overloaded)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.threads.run(Box::new(move || {
-            let _permits = (permit, admitted);
-            let _ = answer.send(f());
+            let result = f();
+            // The slot is free by the time the caller has its answer.
+            drop((permit, admitted));
+            let _ = answer.send(result);
         }))?;
         answered.await.map_err(|_| PasswordError::Internal("the hashing thread failed".into()))?
     }
