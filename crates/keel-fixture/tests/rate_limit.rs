@@ -161,6 +161,73 @@ async fn three_instances_sharing_redis_never_exceed_the_limit() {
     assert!(times.len() >= 40, "the limit is reached again in later windows: {}", times.len());
 }
 
+/// Two Redis policies in one layer (`RateLimitLayer::then`) decide each request in one script
+/// call, and count as the two layers nested would: the first (per IP) counts a request the
+/// second (per user) refuses; the second never counts one the first refused. When Redis fails,
+/// each applies its own failure mode, in order, and the first that refuses ends it.
+#[tokio::test]
+async fn policies_deciding_together_take_one_round_trip_and_count_in_order() {
+    if !require("Redis", &redis_url()) {
+        return;
+    }
+    let keys = TestRedis::new(&redis_url());
+    let proxy = FaultProxy::start(host_port(&redis_url()).unwrap(), Mode::Forward).await.unwrap();
+    let mut cfg = RedisConfig::default();
+    cfg.key_prefix = Some(keys.prefix().to_owned());
+    cfg.command_timeout = Duration::from_millis(300);
+    let metrics = keel::telemetry::Metrics::new();
+    let redis = keel::redis::Redis::new("t", &format!("redis://{}", proxy.host_port()), &cfg, &metrics).unwrap();
+    redis.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    let policy = |limit| RateLimitPolicy { limit, window: Duration::from_secs(60), ..RateLimitPolicy::default() };
+    let limiter = |name: &str, limit, on_error| RateLimiter::redis(name, policy(limit), on_error, redis.clone(), None);
+    let (ip, api) = (limiter("ip", 3, OnBackendError::FailClosed), limiter("api", 2, OnBackendError::FailClosed));
+    let ok_calls = || {
+        let m = metrics.render();
+        m.lines()
+            .find_map(|l| l.strip_prefix("redis_commands_total{outcome=\"ok\"} "))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = ok_calls();
+    let decided = |v: &[Verdict]| -> Vec<(bool, u32)> {
+        v.iter()
+            .map(|v| match v {
+                Verdict::Decided(d) => (d.allowed, d.remaining),
+                other => panic!("not decided: {other:?}"),
+            })
+            .collect()
+    };
+    let both = [(&ip, "k"), (&api, "k")];
+    assert_eq!(decided(&RateLimiter::check_in_order(&both).await), [(true, 2), (true, 1)]);
+    assert_eq!(decided(&RateLimiter::check_in_order(&both).await), [(true, 1), (true, 0)]);
+    // The per-user policy refuses; the per-IP one has counted the request.
+    assert_eq!(decided(&RateLimiter::check_in_order(&both).await), [(true, 0), (false, 0)]);
+    // The per-IP policy refuses: the per-user one is not asked.
+    assert_eq!(decided(&RateLimiter::check_in_order(&both).await), [(false, 0)]);
+    assert_eq!(ok_calls() - before, 4, "one round trip per request for both policies");
+    let card = |key: String| {
+        let redis = redis.clone();
+        async move { redis.query::<u64>(redis::cmd("ZCARD").arg(key)).await.unwrap() }
+    };
+    assert_eq!(card(redis.key("rl:ip:k")).await, 3, "the per-IP policy counted every request it allowed");
+    assert_eq!(card(redis.key("rl:api:k")).await, 2, "refused requests are not counted after the refusal");
+
+    // Redis cut: each policy's own failure mode, in order.
+    proxy.take_down();
+    let open = limiter("open", 3, OnBackendError::FailOpen);
+    let fallback = limiter("fallback", 1, OnBackendError::FallbackLocal);
+    assert_eq!(
+        RateLimiter::check_in_order(&[(&open, "k"), (&api, "k")]).await,
+        [Verdict::FailedOpen, Verdict::FailedClosed]
+    );
+    assert_eq!(RateLimiter::check_in_order(&[(&api, "k"), (&open, "k")]).await, [Verdict::FailedClosed]);
+    let v = RateLimiter::check_in_order(&[(&fallback, "k"), (&open, "k")]).await;
+    assert_eq!(decided(&v[..1]), [(true, 0)], "the local fallback decides");
+    assert_eq!(v[1], Verdict::FailedOpen);
+    // The fallback's local limiter refuses the next one: the others are not asked.
+    assert_eq!(decided(&RateLimiter::check_in_order(&[(&fallback, "k"), (&open, "k")]).await), [(false, 0)]);
+    proxy.restore();
+}
+
 async fn redis_fixture(proxy: &FaultProxy, keys: &TestRedis, on_error: &str) -> Fixture {
     let url = format!("redis://{}", proxy.host_port());
     let f = Fixture::start(&env(&[

@@ -23,11 +23,27 @@ static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// Applies a policy's [`RateLimiter`]s: the one of the rule a request matches, else the
 /// policy's own. Put it on a router (`Router::layer`) or a route (`MethodRouter::route_layer`);
 /// build it with `Setup::rate_limit("<policy>")`.
+///
+/// Several policies on one router are one layer made with [`RateLimitLayer::then`]: it counts
+/// a request as the layers nested in that order would, and decides the Redis policies in one
+/// round trip instead of one each.
 #[derive(Clone, Debug)]
 pub struct RateLimitLayer {
+    stages: Arc<[Stage]>,
+}
+
+/// One policy of a layer: its own limiter, its rules' and who may tell the client IP.
+#[derive(Clone, Debug)]
+struct Stage {
     limiter: Arc<RateLimiter>,
     rules: Arc<[(RouteMatch, Arc<RateLimiter>)]>,
     trusted: Arc<[IpNet]>,
+}
+
+impl Stage {
+    fn limiter_for(&self, method: &http::Method, path: &str) -> &Arc<RateLimiter> {
+        self.rules.iter().find(|(m, _)| m.matches(method, path)).map_or(&self.limiter, |(_, l)| l)
+    }
 }
 
 impl RateLimitLayer {
@@ -43,22 +59,36 @@ impl RateLimitLayer {
         rules: Vec<(RouteMatch, Arc<RateLimiter>)>,
         trusted_proxies: &[IpNet],
     ) -> Self {
-        Self { limiter, rules: rules.into(), trusted: trusted_proxies.into() }
+        Self { stages: Arc::new([Stage { limiter, rules: rules.into(), trusted: trusted_proxies.into() }]) }
     }
 
-    /// The policy's own limiter (for requests no rule matches).
+    /// This layer's policies, then `inner`'s, in one layer: a request is counted against each
+    /// in turn and the first that refuses answers (`inner`'s policies do not count it), as
+    /// `ServiceBuilder::new().layer(self).layer(inner)` would. Consecutive policies kept in the
+    /// same Redis decide in one round trip (see [`RateLimiter::check_in_order`]).
+    ///
+    /// ```ignore
+    /// // Per client IP first, then per user: one Redis round trip for both.
+    /// router.layer(s.rate_limit("ip")?.then(s.rate_limit("api")?))
+    /// ```
+    #[must_use]
+    pub fn then(self, inner: Self) -> Self {
+        Self { stages: self.stages.iter().chain(inner.stages.iter()).cloned().collect() }
+    }
+
+    /// The first policy's own limiter (for requests no rule matches).
     pub fn limiter(&self) -> &Arc<RateLimiter> {
-        &self.limiter
+        &self.stages[0].limiter
     }
 
-    /// Every limiter: the policy's own, then the rules'.
+    /// Every limiter: each policy's own, then its rules'.
     pub fn limiters(&self) -> impl Iterator<Item = &Arc<RateLimiter>> {
-        std::iter::once(&self.limiter).chain(self.rules.iter().map(|(_, l)| l))
+        self.stages.iter().flat_map(|s| std::iter::once(&s.limiter).chain(s.rules.iter().map(|(_, l)| l)))
     }
 
-    /// The limiter deciding a request with `method` and `path`.
+    /// The first policy's limiter deciding a request with `method` and `path`.
     pub fn limiter_for(&self, method: &http::Method, path: &str) -> &Arc<RateLimiter> {
-        self.rules.iter().find(|(m, _)| m.matches(method, path)).map_or(&self.limiter, |(_, l)| l)
+        self.stages[0].limiter_for(method, path)
     }
 }
 
@@ -163,33 +193,47 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let limiter = layer.limiter_for(req.method(), req.uri().path());
-            let k = key(&req, &limiter.policy.key, &layer.trusted);
-            match limiter.check(&k).await {
-                Verdict::Decided(d) if d.allowed => {
-                    let mut resp = inner.call(req).await?;
-                    put_headers(&mut resp, &d);
-                    Ok(resp)
-                }
-                Verdict::Decided(d) => {
-                    let mut resp = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+            let chosen: Vec<(&RateLimiter, String)> = layer
+                .stages
+                .iter()
+                .map(|stage| {
+                    let limiter = stage.limiter_for(req.method(), req.uri().path());
+                    (&**limiter, key(&req, &limiter.policy.key, &stage.trusted))
+                })
+                .collect();
+            let checks: Vec<(&RateLimiter, &str)> = chosen.iter().map(|(l, k)| (*l, k.as_str())).collect();
+            let verdicts = RateLimiter::check_in_order(&checks).await;
+            // Only the last verdict can refuse: a refusal ends the checks.
+            let last = verdicts.len().checked_sub(1).map(|n| (verdicts[n], checks[n].0));
+            let refusal = match last {
+                Some((Verdict::Decided(d), limiter)) if !d.allowed => Some(
+                    Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
                         .detail(format!("the {} rate limit is reached; retry after the given time", limiter.name))
                         .code("RATE_LIMITED")
                         .retry_after(secs_ceil(d.retry_after).max(1))
-                        .into_response();
-                    put_headers(&mut resp, &d);
-                    Ok(resp)
-                }
-                // No decision was made, so there are no RateLimit-* numbers to report.
-                Verdict::FailedOpen => inner.call(req).await,
-                Verdict::FailedClosed => {
-                    Ok(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service degraded")
+                        .into_response(),
+                ),
+                Some((Verdict::FailedClosed, _)) => Some(
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service degraded")
                         .detail("rate limiting is unavailable and this endpoint fails closed; retry later")
                         .code("SERVICE_DEGRADED")
                         .retry_after(1)
-                        .into_response())
+                        .into_response(),
+                ),
+                _ => None,
+            };
+            let mut resp = match refusal {
+                Some(resp) => resp,
+                None => inner.call(req).await?,
+            };
+            // Innermost first, as nested layers would: each outer one keeps a tighter inner's.
+            // A failure mode decided no numbers, so it reports none.
+            for verdict in verdicts.iter().rev() {
+                if let Verdict::Decided(d) = verdict {
+                    put_headers(&mut resp, d);
                 }
             }
+            Ok(resp)
         })
     }
 }
@@ -244,5 +288,49 @@ mod tests {
         let fourth = call(&svc).await.unwrap();
         assert_eq!(fourth.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!((header(&fourth, &LIMIT), header(&fourth, &REMAINING)), ("3".into(), "0".into()));
+    }
+
+    /// `then` makes one layer that answers as the two nested layers above do, headers and
+    /// refusals alike, and does not count a request in the inner policy once the outer refused.
+    #[tokio::test]
+    async fn one_layer_of_two_policies_answers_as_nested_layers() {
+        use tower::ServiceExt as _;
+        let limiter = |name: &str, limit: u32| {
+            let policy = super::super::RateLimitPolicy { limit, ..Default::default() };
+            Arc::new(RateLimiter::local(name, policy, super::super::OnBackendError::FailOpen, None))
+        };
+        let (ip, user) = (limiter("ip", 3), limiter("user", 3));
+        let layer = RateLimitLayer::new(ip.clone(), &[]).then(RateLimitLayer::new(user.clone(), &[]));
+        assert_eq!(layer.limiters().map(|l| l.name()).collect::<Vec<_>>(), ["ip", "user"]);
+        let svc = layer.layer(tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(StatusCode::OK.into_response())
+        }));
+        let call = || svc.clone().oneshot(Request::builder().uri("/x").body(()).unwrap());
+        let seen = |r: &Response| {
+            let h = |name: &HeaderName| r.headers()[name].to_str().unwrap().to_owned();
+            (r.status().as_u16(), h(&LIMIT), h(&REMAINING))
+        };
+        let anonymous = key(&Request::builder().body(()).unwrap(), &[KeyPart::Ip], &[]);
+        // The per-user policy spends one request of its own elsewhere: it is the tighter one.
+        assert!(matches!(user.check(&anonymous).await, Verdict::Decided(d) if d.allowed));
+        assert_eq!(seen(&call().await.unwrap()), (200, "3".into(), "1".into()));
+        assert_eq!(seen(&call().await.unwrap()), (200, "3".into(), "0".into()));
+        let refused = call().await.unwrap();
+        assert_eq!(seen(&refused), (429, "3".into(), "0".into()));
+        assert!(refused.headers().contains_key(http::header::RETRY_AFTER));
+        // The per-IP policy's budget is spent (three counted, the last refused by the user's):
+        // it refuses alone now, and the per-user policy is not asked.
+        assert_eq!(seen(&call().await.unwrap()), (429, "3".into(), "0".into()));
+        let fresh_user = limiter("user", 3);
+        let layer = RateLimitLayer::new(limiter("ip", 1), &[]).then(RateLimitLayer::new(fresh_user.clone(), &[]));
+        let svc = layer.layer(tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(StatusCode::OK.into_response())
+        }));
+        for expected in [200, 429, 429] {
+            let resp = svc.clone().oneshot(Request::builder().uri("/x").body(()).unwrap()).await.unwrap();
+            assert_eq!(resp.status().as_u16(), expected);
+        }
+        let Verdict::Decided(d) = fresh_user.check(&anonymous).await else { panic!("a local limiter decides") };
+        assert_eq!(d.remaining, 1, "the per-user policy counted only the request the per-IP one let through");
     }
 }

@@ -644,12 +644,61 @@ impl RateLimiter {
 
     /// Decides for one request with this key.
     pub async fn check(&self, key: &str) -> Verdict {
-        let started = Instant::now();
-        let result: Result<Decision, BackendError> = match &self.backend {
-            Backend::Local(l) => Ok(l.check(key)),
-            #[cfg(feature = "redis")]
-            Backend::Redis(r) => r.check(key).await,
-        };
+        let mut verdicts = Self::check_in_order(&[(self, key)]).await;
+        verdicts.pop().unwrap_or(Verdict::FailedClosed)
+    }
+
+    /// Decides for one request under several limiters, in order, as if each were a layer
+    /// around the next: the first refusal (a 429's decision, or a failure mode that refuses)
+    /// ends it, and the limiters after it neither count the request nor decide. The answer
+    /// holds a verdict for each limiter up to and including the one that refused.
+    ///
+    /// Consecutive Redis limiters on the same [`keel_redis::Redis`] handle decide in one round
+    /// trip (one script, atomic); their `rate_limit_backend_duration_seconds` each observe that
+    /// round trip. When it fails, each applies its own failure mode, in order.
+    pub async fn check_in_order(checks: &[(&Self, &str)]) -> Vec<Verdict> {
+        let mut verdicts = Vec::with_capacity(checks.len());
+        let mut i = 0;
+        while i < checks.len() {
+            let started = Instant::now();
+            let (limiter, key) = checks[i];
+            let results: Vec<(usize, Result<Decision, BackendError>)> = match &limiter.backend {
+                Backend::Local(l) => vec![(i, Ok(l.check(key)))],
+                #[cfg(feature = "redis")]
+                Backend::Redis(r) => {
+                    let run: Vec<(&RedisLimiter, &str)> = checks[i..]
+                        .iter()
+                        .map_while(|(l, k)| match &l.backend {
+                            Backend::Redis(other) if r.shares_redis_with(other) => Some((other, *k)),
+                            _ => None,
+                        })
+                        .collect();
+                    match RedisLimiter::check_in_order(&run).await {
+                        Ok(decisions) if !decisions.is_empty() => {
+                            decisions.into_iter().enumerate().map(|(n, d)| (i + n, Ok(d))).collect()
+                        }
+                        Ok(_) => vec![(i, Err(BackendError("the script decided nothing".into())))],
+                        // Each limiter of the run decides by its own failure mode.
+                        Err(e) => (i..i + run.len()).map(|n| (n, Err(BackendError(e.0.clone())))).collect(),
+                    }
+                }
+            };
+            i += results.len();
+            for (n, result) in results {
+                let (limiter, key) = checks[n];
+                let verdict = limiter.settle(result, key, started);
+                let refused = !matches!(verdict, Verdict::Decided(d) if d.allowed) && verdict != Verdict::FailedOpen;
+                verdicts.push(verdict);
+                if refused {
+                    return verdicts;
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// Turns a backend's answer into the verdict, with its metrics and failure mode.
+    fn settle(&self, result: Result<Decision, BackendError>, key: &str, started: Instant) -> Verdict {
         if let Some(m) = &self.metrics {
             m.duration.with_label_values(&[&self.name]).observe(started.elapsed().as_secs_f64());
         }

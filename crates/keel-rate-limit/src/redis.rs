@@ -13,27 +13,38 @@ use redis::Script;
 use super::{BackendError, Decision, RateLimitPolicy};
 use keel_redis::Redis;
 
+/// Decides `KEYS` in order, each with its `ARGV` triple (limit, window in ms, a random id),
+/// and stops at the first that refuses: the keys after it are neither counted nor decided, as
+/// when each limiter were a layer of its own around the next.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  count = count + 1
-  allowed = 1
+local out = {}
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[3 * i - 2])
+  local window = tonumber(ARGV[3 * i - 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  local allowed = 0
+  if count < limit then
+    redis.call('ZADD', key, now, now .. '-' .. ARGV[3 * i])
+    redis.call('PEXPIRE', key, window)
+    count = count + 1
+    allowed = 1
+  end
+  local wait = window
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+  local reset = window
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if newest[2] then reset = tonumber(newest[2]) + window - now end
+  table.insert(out, allowed)
+  table.insert(out, limit - count)
+  table.insert(out, wait)
+  table.insert(out, reset)
+  if allowed == 0 then break end
 end
-local wait = window
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-local reset = window
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] then reset = tonumber(newest[2]) + window - now end
-return {allowed, limit - count, wait, reset}
+return out
 ";
 
 /// Sliding-window limiter over a service's [`Redis`].
@@ -60,19 +71,50 @@ impl RedisLimiter {
 
     /// Decides for `key` in one round trip.
     pub async fn check(&self, key: &str) -> Result<Decision, BackendError> {
-        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut invocation = self.script.key(format!("{}{key}", self.prefix));
-        invocation.arg(self.limit).arg(window_ms).arg(rand::random::<u64>());
-        let (allowed, remaining, wait_ms, reset_ms): (i64, i64, i64, i64) =
-            self.redis.script(&invocation).await.map_err(|e| BackendError(e.to_string()))?;
+        let mut decisions = Self::check_in_order(&[(self, key)]).await?;
+        decisions.pop().ok_or_else(|| BackendError("the script decided nothing".into()))
+    }
+
+    /// Whether `other` keeps its counts through the same Redis handle, so the two can decide
+    /// in one round trip.
+    pub fn shares_redis_with(&self, other: &Self) -> bool {
+        self.redis.same_handle(&other.redis)
+    }
+
+    /// Decides each `(limiter, key)` in order in one round trip through the first limiter's
+    /// Redis (every limiter must [share it](Self::shares_redis_with)), stopping at the first
+    /// refusal: the answer holds a decision for each limiter up to and including that one.
+    pub async fn check_in_order(checks: &[(&Self, &str)]) -> Result<Vec<Decision>, BackendError> {
+        let Some((first, _)) = checks.first() else { return Ok(Vec::new()) };
+        let mut invocation = first.script.prepare_invoke();
+        for (limiter, key) in checks {
+            let window_ms = u64::try_from(limiter.window.as_millis()).unwrap_or(u64::MAX).max(1);
+            invocation.key(format!("{}{key}", limiter.prefix));
+            invocation.arg(limiter.limit).arg(window_ms).arg(rand::random::<u64>());
+        }
+        let answer: Vec<i64> = first.redis.script(&invocation).await.map_err(|e| BackendError(e.to_string()))?;
+        if !answer.len().is_multiple_of(4) || answer.len() > checks.len() * 4 {
+            return Err(BackendError(format!(
+                "the script answered {} numbers for {} keys",
+                answer.len(),
+                checks.len()
+            )));
+        }
         let ms = |v: i64| Duration::from_millis(u64::try_from(v.max(0)).unwrap_or(0));
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: self.limit,
-            remaining: u32::try_from(remaining.max(0)).unwrap_or(0),
-            // Both backends: time until the whole quota is available again.
-            reset: ms(reset_ms),
-            retry_after: if allowed == 1 { Duration::ZERO } else { ms(wait_ms) },
-        })
+        Ok(answer
+            .chunks_exact(4)
+            .zip(checks)
+            .map(|(v, (limiter, _))| {
+                let allowed = v[0] == 1;
+                Decision {
+                    allowed,
+                    limit: limiter.limit,
+                    remaining: u32::try_from(v[1].max(0)).unwrap_or(0),
+                    // Both backends: time until the whole quota is available again.
+                    reset: ms(v[3]),
+                    retry_after: if allowed { Duration::ZERO } else { ms(v[2]) },
+                }
+            })
+            .collect())
     }
 }

@@ -177,6 +177,11 @@ impl Redis {
         format!("{}{key}", self.inner.prefix)
     }
 
+    /// Whether `other` is a clone of this handle (the same connection and prefix).
+    pub fn same_handle(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix

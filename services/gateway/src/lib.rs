@@ -20,7 +20,7 @@
 //!   counts every request of a client IP, whoever signs it, so more accounts do not buy more
 //!   budget; `rate_limits.strict` gives sign-up ([`routes::STRICT`]) a stricter budget per IP.
 //!   429 problem with `Retry-After` and `RateLimit-*` (the tighter limiter's). `backend: redis`
-//!   shares the counts between instances; a policy's `rules` give routes their own failure mode
+//!   shares the counts between instances, and `ip` and `api` decide in one round trip; a policy's `rules` give routes their own failure mode
 //!   or limit (the shipped config serves reads with an in-process limiter while Redis is down
 //!   and refuses writes and sign-in).
 //! * **`GET /api/v1/events/{id}/view`** — the event, the caller's participation and the seat
@@ -295,10 +295,9 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
                 .merge(web::router(gw.clone(), secure_cookies, &limits.strict))
                 // Outermost first: the verifier for the extractors, then identify the caller,
-                // then count the request by client IP, then by user and IP (the strict routes
-                // count a third time, per IP, inside).
-                .layer(limits.api)
-                .layer(limits.ip)
+                // then count the request by client IP, then by user and IP, both in one Redis
+                // round trip (the strict routes count a third time, per IP, inside).
+                .layer(limits.ip.then(limits.api))
                 .layer(axum::middleware::from_fn_with_state(jwt.clone(), edge::identify))
                 .layer(jwt.extension()))
         })
