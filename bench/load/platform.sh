@@ -5,8 +5,11 @@
 # address). Sets $work, $port, $components and the CPU helpers `ticks`, `cpu_mark`, `cpu_table`.
 work=$(mktemp -d)
 prefix="ce_load_$(date +%s)"
-cargo build --release -q -p cityevents
-export CITYEVENTS_BIN=${CARGO_TARGET_DIR:-target}/release/cityevents
+# A preset CITYEVENTS_BIN runs that build instead (an A/B of two builds in one session).
+if [[ -z "${CITYEVENTS_BIN:-}" ]]; then
+  cargo build --release -q -p cityevents
+  export CITYEVENTS_BIN=${CARGO_TARGET_DIR:-target}/release/cityevents
+fi
 export STATE="$work/state" CITYEVENTS_DB_PREFIX=$prefix CITYEVENTS_BUS_NAMESPACE=$prefix
 # Every user comes from this one address: every policy (per user, per IP, sign-up) is raised.
 export CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX="$prefix:" CITYEVENTS_RATE_LIMIT=1000000

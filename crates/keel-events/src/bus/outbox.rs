@@ -682,10 +682,14 @@ impl Outbox {
     /// `stopped` are not published (their earlier rows failed in a round not yet recorded).
     /// In a `send` span when the batch is traced (see [`batch_span`]).
     async fn publish(&self, bus: &Bus, rows: Vec<Claimed>, stopped: &Stopped) -> Round {
-        let rows: Vec<(Claimed, Result<Envelope, EventError>)> = rows
+        // The batch's span needs every envelope's creation context before the first publish;
+        // without an exporter each envelope is decoded just before its own publish instead, so
+        // the first messages go out while the rest are decoded.
+        let eager = keel_telemetry::exporting();
+        let rows: Vec<Ready> = rows
             .into_iter()
             .map(|row| {
-                let envelope = Envelope::from_bytes(row.payload.as_bytes());
+                let envelope = eager.then(|| Envelope::from_bytes(row.payload.as_bytes()));
                 (row, envelope)
             })
             .collect();
@@ -697,13 +701,8 @@ impl Outbox {
         round
     }
 
-    async fn publish_rows(
-        &self,
-        bus: &Bus,
-        rows: Vec<(Claimed, Result<Envelope, EventError>)>,
-        stopped: &Stopped,
-    ) -> Round {
-        let mut chains: Vec<Vec<(Claimed, Result<Envelope, EventError>)>> = Vec::new();
+    async fn publish_rows(&self, bus: &Bus, rows: Vec<Ready>, stopped: &Stopped) -> Round {
+        let mut chains: Vec<Vec<Ready>> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         for row in rows {
             match row.0.key.clone() {
@@ -735,6 +734,7 @@ impl Outbox {
                         round.stopped.extend(row.key);
                         break;
                     }
+                    let envelope = envelope.unwrap_or_else(|| Envelope::from_bytes(row.payload.as_bytes()));
                     let published = match envelope {
                         Ok(env) => bus.publish_encoded(&row.topic, &env, row.payload.into_bytes()).await,
                         Err(e) => Err(BusError::Event(e)),
@@ -901,6 +901,10 @@ impl Outbox {
     }
 }
 
+/// A claimed row with its envelope, when decoded ahead of its publish (see
+/// `Outbox::publish`).
+type Ready = (Claimed, Option<Result<Envelope, EventError>>);
+
 /// The relay's `send` span for a claimed batch, or none.
 ///
 /// Made only while spans are exported and at least one message of the batch was created in a
@@ -910,15 +914,15 @@ impl Outbox {
 /// messages of many requests, each tied to it by a link to its creation context (with its
 /// `messaging.message.id`, and its topic when the batch has several), not by a parent. Being a
 /// root, it is sampled at `telemetry.sampling_ratio` (always, at the default 1.0).
-fn batch_span(bus: &Bus, rows: &[(Claimed, Result<Envelope, EventError>)]) -> tracing::Span {
+fn batch_span(bus: &Bus, rows: &[Ready]) -> tracing::Span {
     if !keel_telemetry::exporting() {
         return tracing::Span::none();
     }
     let contexts: Vec<keel_telemetry::SpanContext> = rows
         .iter()
         .map(|(_, envelope)| match envelope {
-            Ok(env) => trace::creation_context(env),
-            Err(_) => keel_telemetry::SpanContext::empty_context(),
+            Some(Ok(env)) => trace::creation_context(env),
+            _ => keel_telemetry::SpanContext::empty_context(),
         })
         .collect();
     if !contexts.iter().any(keel_telemetry::SpanContext::is_sampled) {
@@ -927,7 +931,7 @@ fn batch_span(bus: &Bus, rows: &[(Claimed, Result<Envelope, EventError>)]) -> tr
     let first = rows.first().map(|(r, _)| r.topic.as_str());
     let destination = first.filter(|t| rows.iter().all(|(r, _)| r.topic == *t));
     let id = match rows {
-        [(_, Ok(env))] => Some(env.id.as_str()),
+        [(_, Some(Ok(env)))] => Some(env.id.as_str()),
         _ => None,
     };
     let send = trace::Sending { destination, id, batch: Some(rows.len()), producer: false };
@@ -936,7 +940,7 @@ fn batch_span(bus: &Bus, rows: &[(Claimed, Result<Envelope, EventError>)]) -> tr
     // The sampled creation contexts first: a span keeps at most 128 links (the SDK's limit).
     for sampled in [true, false] {
         for ((row, envelope), cx) in rows.iter().zip(&contexts) {
-            let Ok(env) = envelope else { continue };
+            let Some(Ok(env)) = envelope else { continue };
             if cx.is_sampled() != sampled || !cx.is_valid() {
                 continue;
             }
