@@ -7,7 +7,11 @@
 #   bash bench/compare-builds.sh BASE_BIN NEW_BIN [TARGET] [SECONDS_PER_RUN] [ROUNDS]
 #
 # BASE_BIN and NEW_BIN are keel-bench binaries (copy target/release/keel-bench aside before
-# and after the change). TARGET defaults to keel_no_access_log (any key keel-bench serves).
+# and after the change; build both with the same `-p` list, as features differ with it). Build a
+# base from another checkout (`git worktree add`) in a target directory of its own, never this
+# tree's: cargo's dependency files name sources relative to the workspace, so artifacts the other
+# checkout built look fresh here and this tree's next build silently links the other's code.
+# TARGET defaults to keel_no_access_log (any key keel-bench serves).
 # Each round runs wrk against BASE, NEW (alternating which goes first) and bare axum of BASE,
 # and prints both CPU figures; the summary gives medians, each build's ratio to bare axum,
 # and the per-round NEW − BASE CPU differences with their median. Needs wrk.
