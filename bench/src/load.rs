@@ -32,6 +32,8 @@
 //! already undone are successes) is an error; the exit status is 1 if any step saw an error.
 //! A 503 with `Retry-After` (the platform refusing load it cannot take) is shown apart, with its
 //! latency, and is an error too unless `--refusals-ok`. `--mix OP=WEIGHT,…` replaces the mix.
+//! `--timeline` adds each step's table second by second (every operation together, by the second
+//! an arrival was due): whether a p99 comes from a stall of a second or two or from the whole step.
 //!
 //! Every person comes from one address: run it against a gateway whose rate limits are raised
 //! (bench/load/run.sh does).
@@ -110,12 +112,14 @@ struct Args {
     /// Burst mode: this many people join one event at once, then leave at once, for so many
     /// rounds.
     burst: Option<(usize, usize)>,
+    /// Print each step's latencies second by second too (by the second an arrival was due).
+    timeline: bool,
 }
 
 fn usage() -> String {
     "usage: load-bench --base URL [--rate PER_S --secs S | --step FROM:BY:SECS:UPTO] \
      [--persons N] [--organizers N] [--events N] [--max-in-flight N] [--bound OP=MS]… \
-     [--mix OP=WEIGHT,…] [--refusals-ok] [--start-after S] [--burst PEOPLE:ROUNDS]"
+     [--mix OP=WEIGHT,…] [--refusals-ok] [--start-after S] [--burst PEOPLE:ROUNDS] [--timeline]"
         .into()
 }
 
@@ -134,11 +138,16 @@ fn parse_args() -> Result<Args, String> {
         refusals_ok: false,
         start_after: 0,
         burst: None,
+        timeline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--refusals-ok" {
             a.refusals_ok = true;
+            continue;
+        }
+        if flag == "--timeline" {
+            a.timeline = true;
             continue;
         }
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value; {}", usage()));
@@ -475,6 +484,9 @@ struct Tally {
     finished: u64,
     /// Whether a refusal is an error (the default) or an answer (`--refusals-ok`).
     refusals_ok: bool,
+    /// Per second of the step (the second an arrival was due): every operation's answered
+    /// latencies, and how many arrivals were refused or failed.
+    timeline: Vec<(Histogram<u64>, u64)>,
 }
 
 const OPS: [Op; 9] =
@@ -488,12 +500,35 @@ impl Tally {
             latency.insert(op, Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?);
             refused.insert(op, Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?);
         }
-        Ok(Self { latency, refused, errors: BTreeMap::new(), saturated: 0, finished: 0, refusals_ok })
+        Ok(Self {
+            latency,
+            refused,
+            errors: BTreeMap::new(),
+            saturated: 0,
+            finished: 0,
+            refusals_ok,
+            timeline: Vec::new(),
+        })
     }
 
-    fn record(&mut self, op: Op, took: Duration, outcome: Outcome) {
+    /// Records an arrival that came to an end; `second` is the second of the step it was due
+    /// in (none in burst mode).
+    fn record(&mut self, op: Op, took: Duration, outcome: Outcome, second: Option<usize>) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000);
         self.finished += 1;
+        if let Some(second) = second {
+            while self.timeline.len() <= second {
+                match Histogram::new_with_bounds(1, 60_000_000, 3) {
+                    Ok(h) => self.timeline.push((h, 0)),
+                    Err(_) => return,
+                }
+            }
+            let (h, failed) = &mut self.timeline[second];
+            match outcome {
+                Outcome::Ok => h.saturating_record(micros),
+                _ => *failed += 1,
+            }
+        }
         match outcome {
             Outcome::Ok => {
                 if let Some(h) = self.latency.get_mut(&op) {
@@ -566,6 +601,7 @@ async fn step(
         let due = ((now - started).as_secs_f64() * rate) as u64 + 1;
         while issued < due {
             let at = started + Duration::from_secs_f64(issued as f64 / rate);
+            let second = usize::try_from((at - started).as_secs()).unwrap_or(usize::MAX);
             issued += 1;
             let mut w = (rand(&world.seq) % u64::from(total)) as u32;
             let op = mix
@@ -591,7 +627,7 @@ async fn step(
                 let took = at.elapsed();
                 drop(permit);
                 if let Ok(mut t) = tally.lock() {
-                    t.record(op, took, outcome);
+                    t.record(op, took, outcome, Some(second));
                 }
             });
         }
@@ -637,7 +673,7 @@ async fn burst(
                 (status_is(r, if op == Op::Join { &[200, 201] } else { &[204] }).await, t0.elapsed())
             });
             for (outcome, took) in futures_util::future::join_all(calls).await {
-                tally.record(op, took, outcome);
+                tally.record(op, took, outcome, None);
                 issued += 1;
             }
         }
@@ -691,6 +727,27 @@ fn report(rate: f64, tally: &Tally, issued: u64, cpu: Duration, wall: Duration) 
     }
     if tally.saturated > 0 {
         println!("error: generator_saturated ×{} (more than --max-in-flight outstanding)", tally.saturated);
+    }
+}
+
+/// The step second by second (`--timeline`): a stall that holds up every operation at once
+/// shows as one or two seconds whose p99 jumps, a saturated platform as a p50 that climbs.
+fn report_timeline(tally: &Tally) {
+    println!("\n| second | answered | refused or failed | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    for (second, (h, failed)) in tally.timeline.iter().enumerate() {
+        if h.is_empty() {
+            println!("| {second} | 0 | {failed} | – | – | – |");
+        } else {
+            println!(
+                "| {second} | {} | {failed} | {:.1} | {:.1} | {:.1} |",
+                h.len(),
+                ms(h, 0.5),
+                ms(h, 0.99),
+                h.max() as f64 / 1000.0
+            );
+        }
     }
 }
 
@@ -770,6 +827,9 @@ async fn run(args: Args) -> Result<bool, String> {
             let (tally, issued, cpu, wall) =
                 step(&world, args.rate, args.secs, args.max_in_flight, args.refusals_ok).await?;
             report(args.rate, &tally, issued, cpu, wall);
+            if args.timeline {
+                report_timeline(&tally);
+            }
             clean = tally.errors() == 0;
         }
         Some((from, by, secs, upto)) => {
@@ -778,6 +838,9 @@ async fn run(args: Args) -> Result<bool, String> {
             while rate <= upto {
                 let (tally, issued, cpu, wall) = step(&world, rate, secs, args.max_in_flight, args.refusals_ok).await?;
                 report(rate, &tally, issued, cpu, wall);
+                if args.timeline {
+                    report_timeline(&tally);
+                }
                 let over: Vec<String> = args
                     .bounds
                     .iter()

@@ -18,7 +18,9 @@ fn help_prints_the_usage_and_succeeds() {
     let o = load_bench(&["--help"]);
     assert!(o.status.success(), "{o:?}");
     let out = String::from_utf8_lossy(&o.stdout);
-    for flag in ["--base", "--rate", "--step", "--mix", "--refusals-ok", "--start-after", "--bound", "--burst"] {
+    for flag in
+        ["--base", "--rate", "--step", "--mix", "--refusals-ok", "--start-after", "--bound", "--burst", "--timeline"]
+    {
         assert!(out.contains(flag), "{flag} missing from: {out}");
     }
 }
