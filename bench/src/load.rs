@@ -492,23 +492,21 @@ struct Tally {
 const OPS: [Op; 9] =
     [Op::Browse, Op::Search, Op::View, Op::Notifications, Op::Join, Op::Leave, Op::Login, Op::Signup, Op::Publish];
 
+/// A latency histogram: microseconds, 1 µs to 60 s, three significant digits.
+fn histogram() -> Result<Histogram<u64>, String> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
+}
+
 impl Tally {
-    fn new(refusals_ok: bool) -> Result<Self, String> {
+    /// A tally for a step of `seconds` (0 in burst mode, which keeps no timeline).
+    fn new(refusals_ok: bool, seconds: u64) -> Result<Self, String> {
         let (mut latency, mut refused) = (BTreeMap::new(), BTreeMap::new());
         for op in OPS {
-            // Microseconds, 1 µs to 60 s, three significant digits.
-            latency.insert(op, Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?);
-            refused.insert(op, Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?);
+            latency.insert(op, histogram()?);
+            refused.insert(op, histogram()?);
         }
-        Ok(Self {
-            latency,
-            refused,
-            errors: BTreeMap::new(),
-            saturated: 0,
-            finished: 0,
-            refusals_ok,
-            timeline: Vec::new(),
-        })
+        let timeline = (0..seconds).map(|_| Ok((histogram()?, 0))).collect::<Result<_, String>>()?;
+        Ok(Self { latency, refused, errors: BTreeMap::new(), saturated: 0, finished: 0, refusals_ok, timeline })
     }
 
     /// Records an arrival that came to an end; `second` is the second of the step it was due
@@ -516,14 +514,7 @@ impl Tally {
     fn record(&mut self, op: Op, took: Duration, outcome: Outcome, second: Option<usize>) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000);
         self.finished += 1;
-        if let Some(second) = second {
-            while self.timeline.len() <= second {
-                match Histogram::new_with_bounds(1, 60_000_000, 3) {
-                    Ok(h) => self.timeline.push((h, 0)),
-                    Err(_) => return,
-                }
-            }
-            let (h, failed) = &mut self.timeline[second];
+        if let Some((h, failed)) = second.and_then(|s| self.timeline.get_mut(s)) {
             match outcome {
                 Outcome::Ok => h.saturating_record(micros),
                 _ => *failed += 1,
@@ -579,7 +570,7 @@ async fn step(
     max_in_flight: usize,
     refusals_ok: bool,
 ) -> Result<(Tally, u64, Duration, Duration), String> {
-    let tally = Arc::new(Mutex::new(Tally::new(refusals_ok)?));
+    let tally = Arc::new(Mutex::new(Tally::new(refusals_ok, secs)?));
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let mix = &world.mix;
     let total: u32 = mix.iter().map(|(_, w)| w).sum::<u32>().max(1);
@@ -652,7 +643,7 @@ async fn burst(
     rounds: usize,
     refusals_ok: bool,
 ) -> Result<(Tally, u64, Duration, Duration), String> {
-    let mut tally = Tally::new(refusals_ok)?;
+    let mut tally = Tally::new(refusals_ok, 0)?;
     let events = world.events.lock().map_err(|e| e.to_string())?.clone();
     let cpu0 = cpu_time();
     let started = Instant::now();

@@ -201,10 +201,9 @@ where
                     (&**limiter, key(&req, &limiter.policy.key, &stage.trusted))
                 })
                 .collect();
-            let checks: Vec<(&RateLimiter, &str)> = chosen.iter().map(|(l, k)| (*l, k.as_str())).collect();
-            let verdicts = RateLimiter::check_in_order(&checks).await;
+            let verdicts = RateLimiter::check_in_order(&chosen).await;
             // Only the last verdict can refuse: a refusal ends the checks.
-            let last = verdicts.len().checked_sub(1).map(|n| (verdicts[n], checks[n].0));
+            let last = verdicts.len().checked_sub(1).map(|n| (verdicts[n], chosen[n].0));
             let refusal = match last {
                 Some((Verdict::Decided(d), limiter)) if !d.allowed => Some(
                     Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")

@@ -397,6 +397,13 @@ pub enum Verdict {
     FailedClosed,
 }
 
+impl Verdict {
+    /// Whether the request goes on: allowed, or let through by `fail_open`.
+    pub fn lets_through(self) -> bool {
+        matches!(self, Self::Decided(Decision { allowed: true, .. }) | Self::FailedOpen)
+    }
+}
+
 /// A backend failure.
 #[derive(Debug, thiserror::Error)]
 #[error("rate-limit backend: {0}")]
@@ -656,12 +663,12 @@ impl RateLimiter {
     /// Consecutive Redis limiters on the same [`keel_redis::Redis`] handle decide in one round
     /// trip (one script, atomic); their `rate_limit_backend_duration_seconds` each observe that
     /// round trip. When it fails, each applies its own failure mode, in order.
-    pub async fn check_in_order(checks: &[(&Self, &str)]) -> Vec<Verdict> {
+    pub async fn check_in_order<K: AsRef<str>>(checks: &[(&Self, K)]) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(checks.len());
         let mut i = 0;
         while i < checks.len() {
             let started = Instant::now();
-            let (limiter, key) = checks[i];
+            let (limiter, key) = (checks[i].0, checks[i].1.as_ref());
             let results: Vec<(usize, Result<Decision, BackendError>)> = match &limiter.backend {
                 Backend::Local(l) => vec![(i, Ok(l.check(key)))],
                 #[cfg(feature = "redis")]
@@ -669,15 +676,12 @@ impl RateLimiter {
                     let run: Vec<(&RedisLimiter, &str)> = checks[i..]
                         .iter()
                         .map_while(|(l, k)| match &l.backend {
-                            Backend::Redis(other) if r.shares_redis_with(other) => Some((other, *k)),
+                            Backend::Redis(other) if r.shares_redis_with(other) => Some((other, k.as_ref())),
                             _ => None,
                         })
                         .collect();
                     match RedisLimiter::check_in_order(&run).await {
-                        Ok(decisions) if !decisions.is_empty() => {
-                            decisions.into_iter().enumerate().map(|(n, d)| (i + n, Ok(d))).collect()
-                        }
-                        Ok(_) => vec![(i, Err(BackendError("the script decided nothing".into())))],
+                        Ok(decisions) => decisions.into_iter().enumerate().map(|(n, d)| (i + n, Ok(d))).collect(),
                         // Each limiter of the run decides by its own failure mode.
                         Err(e) => (i..i + run.len()).map(|n| (n, Err(BackendError(e.0.clone())))).collect(),
                     }
@@ -685,11 +689,9 @@ impl RateLimiter {
             };
             i += results.len();
             for (n, result) in results {
-                let (limiter, key) = checks[n];
-                let verdict = limiter.settle(result, key, started);
-                let refused = !matches!(verdict, Verdict::Decided(d) if d.allowed) && verdict != Verdict::FailedOpen;
+                let verdict = checks[n].0.settle(result, checks[n].1.as_ref(), started);
                 verdicts.push(verdict);
-                if refused {
+                if !verdict.lets_through() {
                     return verdicts;
                 }
             }

@@ -69,12 +69,6 @@ impl RedisLimiter {
         Self { redis, script: Script::new(SCRIPT), prefix, limit: policy.limit, window: policy.window }
     }
 
-    /// Decides for `key` in one round trip.
-    pub async fn check(&self, key: &str) -> Result<Decision, BackendError> {
-        let mut decisions = Self::check_in_order(&[(self, key)]).await?;
-        decisions.pop().ok_or_else(|| BackendError("the script decided nothing".into()))
-    }
-
     /// Whether `other` keeps its counts through the same Redis handle, so the two can decide
     /// in one round trip.
     pub fn shares_redis_with(&self, other: &Self) -> bool {
@@ -83,7 +77,8 @@ impl RedisLimiter {
 
     /// Decides each `(limiter, key)` in order in one round trip through the first limiter's
     /// Redis (every limiter must [share it](Self::shares_redis_with)), stopping at the first
-    /// refusal: the answer holds a decision for each limiter up to and including that one.
+    /// refusal: the answer holds a decision for each limiter up to and including that one (at
+    /// least one).
     pub async fn check_in_order(checks: &[(&Self, &str)]) -> Result<Vec<Decision>, BackendError> {
         let Some((first, _)) = checks.first() else { return Ok(Vec::new()) };
         let mut invocation = first.script.prepare_invoke();
@@ -93,7 +88,7 @@ impl RedisLimiter {
             invocation.arg(limiter.limit).arg(window_ms).arg(rand::random::<u64>());
         }
         let answer: Vec<i64> = first.redis.script(&invocation).await.map_err(|e| BackendError(e.to_string()))?;
-        if !answer.len().is_multiple_of(4) || answer.len() > checks.len() * 4 {
+        if answer.is_empty() || !answer.len().is_multiple_of(4) || answer.len() > checks.len() * 4 {
             return Err(BackendError(format!(
                 "the script answered {} numbers for {} keys",
                 answer.len(),
