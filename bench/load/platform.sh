@@ -21,6 +21,15 @@ port=${CITYEVENTS_GATEWAY_PORT:-18080}
 export CITYEVENTS_GATEWAY_PORT=$port CITYEVENTS_AUTH_PORT=$((port + 1)) CITYEVENTS_EVENTS_PORT=$((port + 2))
 export CITYEVENTS_JOINS_PORT=$((port + 3)) CITYEVENTS_NOTIFIER_PORT=$((port + 4))
 for svc in AUTH EVENTS JOINS NOTIFIER GATEWAY; do export "CITYEVENTS_${svc}__MANAGEMENT__ADDR=127.0.0.1:0"; done
+# The services share their ports (`http.reuse_port`): a platform already running there would
+# silently get half of this run's connections, and its CPU would be counted as this run's.
+for p in $(seq "$port" $((port + 4))); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "127.0.0.1:$p already answers: another platform is running (stop it, or set CITYEVENTS_GATEWAY_PORT)" >&2
+    rm -rf "$work"
+    exit 1
+  fi
+done
 
 bash deploy/local/run-distributed.sh >"$work/platform.log" 2>&1 &
 platform=$!
