@@ -155,6 +155,12 @@ class Platform:
             self.spawn([script], ROOT, env)
         eventually("the gateway", lambda: call("GET", "/api/v1/")[0] == 200, 120)
         log(f"{mode}: the gateway answers")
+        if mode == "distributed":
+            # The gateway answers before every service is ready (Redis still connecting: the
+            # fail-closed limits answer 503, as they should). The script says when all are.
+            log_path = self.work / f"{mode}.log"
+            eventually("every service ready", lambda: "run-distributed: ready: " in log_path.read_text(errors="replace"), 120)
+            log(f"{mode}: every service is ready")
 
     def spawn(self, cmd, cwd, env):
         self.procs.append(
