@@ -188,6 +188,10 @@ impl Claimed {
 struct Batch {
     claim: String,
     rows: Vec<Claimed>,
+    /// The claim saw every pending row (fewer than its window) and took every one it could
+    /// (fewer than a batch): what it left is leased or held back, so a claim made at once would
+    /// find only rows enqueued since, and those wake the relay (or its next poll finds them).
+    whole: bool,
 }
 
 /// The relay's one round being recorded in the background while the next is published.
@@ -436,7 +440,9 @@ impl Outbox {
     /// The relay: publishes due rows to `bus` until `stop`.
     ///
     /// It works in rounds of up to `batch_size` rows, three stages deep: while one batch is
-    /// published, the next is claimed and the previous one's results are recorded. Claimed and
+    /// published, the next is claimed (when the last claim did not see every pending row, or
+    /// right after the publish when [`Outbox::wake`] was called meanwhile: at a trickle there is
+    /// nothing ahead to claim) and the previous one's results are recorded. Claimed and
     /// unrecorded rows stay leased, so no other relay takes them or a later row of their keys;
     /// this relay's own next claim may take a key's following rows, and publishes them only if
     /// the rows before them went out. When the broker is unreachable, the relay gives its rows
@@ -480,16 +486,30 @@ impl Outbox {
                 None => Ok(Batch::default()),
             };
             match claimed {
-                Ok(Batch { claim, rows }) if !rows.is_empty() => {
+                Ok(Batch { claim, rows, whole }) if !rows.is_empty() => {
                     failures.reset();
+                    // Claiming ahead while publishing pays with a backlog, or once this process
+                    // enqueued more; at a trickle it is a transaction per row that finds nothing.
+                    let published = tokio::sync::Notify::new();
+                    let publish = async {
+                        let round = self.publish(&bus, rows, &stopped).await;
+                        published.notify_one();
+                        round
+                    };
                     let claim_ahead = async {
+                        if whole {
+                            tokio::select! {
+                                () = self.inner.wake.notified() => {}
+                                () = published.notified() => return None,
+                            }
+                        }
                         if bus.is_connected() && !stop.is_cancelled() {
                             Some(self.claim([Some(claim.as_str()), settling.claim()]).await)
                         } else {
                             None
                         }
                     };
-                    let (mut round, next) = tokio::join!(self.publish(&bus, rows, &stopped), claim_ahead);
+                    let (mut round, next) = tokio::join!(publish, claim_ahead);
                     settling.finish().await;
                     stopped.push(std::mem::take(&mut round.stopped));
                     let outage = round.outage.take();
@@ -514,6 +534,11 @@ impl Outbox {
                         if !self.pause(&bus, &stop, &reason, &mut outages).await {
                             break;
                         }
+                        continue;
+                    }
+                    // This process enqueued rows as the publish ended: claim them now, the batch
+                    // still being recorded.
+                    if whole && woken(&self.inner.wake) {
                         continue;
                     }
                 }
@@ -644,7 +669,7 @@ impl Outbox {
         if picked.is_empty() {
             tx.rollback().await?;
             self.inner.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
-            return Ok(Batch { claim, rows: Vec::new() });
+            return Ok(Batch { claim, rows: Vec::new(), whole: true });
         }
         let set =
             format!("UPDATE keel_outbox SET locked_until = $1, claim = $2 WHERE seq IN ({})", marks(3, picked.len()));
@@ -674,7 +699,9 @@ impl Outbox {
         // RETURNING has no order; per-key runs need it.
         rows.sort_unstable_by_key(|r| r.seq);
         self.inner.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
-        Ok(Batch { claim, rows })
+        // Neither the window nor the batch ran out: every row it left is leased or held back.
+        let whole = i64::try_from(oldest.len()).unwrap_or(i64::MAX) < window && picked.len() < cfg.batch_size as usize;
+        Ok(Batch { claim, rows, whole })
     }
 
     /// Publishes claimed rows: rows with the same key one after another (stopping at the first
@@ -961,6 +988,11 @@ const CLAIM_LOCK: i64 = 0x006b_6565_6c5f_6f75;
 /// pass over the rows this relay still has in flight (two batches) and the rows of keys that
 /// wait, and a bound on the claim's cost however long the backlog.
 const CLAIM_WINDOW: i64 = 4;
+
+/// Whether `wake` holds a wake-up, taking it.
+fn woken(wake: &tokio::sync::Notify) -> bool {
+    futures_util::FutureExt::now_or_never(wake.notified()).is_some()
+}
 
 /// `$from, $from+1, …` (n placeholders) for an `IN` list.
 fn marks(from: usize, n: usize) -> String {
