@@ -440,9 +440,9 @@ impl Outbox {
     /// The relay: publishes due rows to `bus` until `stop`.
     ///
     /// It works in rounds of up to `batch_size` rows, three stages deep: while one batch is
-    /// published, the next is claimed (when the last claim did not see every pending row, or
-    /// right after the publish when [`Outbox::wake`] was called meanwhile: at a trickle there is
-    /// nothing ahead to claim) and the previous one's results are recorded. Claimed and
+    /// published, the next is claimed (when the last claim left rows it could not take, or as
+    /// soon as [`Outbox::wake`] is called during the publish: at a trickle there is nothing
+    /// ahead to claim) and the previous one's results are recorded. Claimed and
     /// unrecorded rows stay leased, so no other relay takes them or a later row of their keys;
     /// this relay's own next claim may take a key's following rows, and publishes them only if
     /// the rows before them went out. When the broker is unreachable, the relay gives its rows
