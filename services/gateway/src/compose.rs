@@ -148,6 +148,15 @@ fn splice(page: &str, items: &[(std::ops::Range<usize>, &str)], field: &str, add
     out
 }
 
+/// Each item's keys as `K`, or `None` when one does not read as `K` or `has_field` says it
+/// already has the field being added.
+fn keys_of<'a, K: Deserialize<'a>>(
+    items: &[(std::ops::Range<usize>, &'a str)],
+    has_field: impl Fn(&K) -> bool,
+) -> Option<Vec<K>> {
+    items.iter().map(|(_, text)| serde_json::from_str::<K>(text).ok().filter(|k| !has_field(k))).collect()
+}
+
 /// Completes the list page `body` as `how` says by splicing into its text, or `None` when
 /// the page is not plain enough for that (not UTF-8, not `{"items": [objects]}`, an item
 /// that already has the field or whose keys are not as expected).
@@ -161,10 +170,7 @@ async fn splice_list(
     let items = raw_items(page)?;
     match how {
         Completion::Seats => {
-            let keys = items
-                .iter()
-                .map(|(_, text)| serde_json::from_str::<SeatKeys<'_>>(text).ok().filter(|k| k.seats.is_none()))
-                .collect::<Option<Vec<_>>>()?;
+            let keys: Vec<SeatKeys<'_>> = keys_of(&items, |k: &SeatKeys<'_>| k.seats.is_some())?;
             let ids = distinct(keys.iter().filter_map(|k| k.id.as_deref()));
             let counts = counts(gw, &ids).await;
             let additions = keys
@@ -177,10 +183,7 @@ async fn splice_list(
             Some(splice(page, &items, "seats", &additions))
         }
         Completion::Names => {
-            let keys = items
-                .iter()
-                .map(|(_, text)| serde_json::from_str::<NameKeys<'_>>(text).ok().filter(|k| k.name.is_none()))
-                .collect::<Option<Vec<_>>>()?;
+            let keys: Vec<NameKeys<'_>> = keys_of(&items, |k: &NameKeys<'_>| k.name.is_some())?;
             let ids = distinct(keys.iter().filter_map(|k| k.user_id.as_deref()));
             let names = user_names(gw, authorization, &ids).await;
             let additions = keys
