@@ -51,10 +51,11 @@ pub mod compression;
 mod config;
 pub mod context;
 pub mod cors;
+pub mod extract;
 pub mod load_shed;
 mod macros;
 pub mod metrics;
-pub mod problem;
+pub use keel_problem as problem;
 pub mod problems;
 pub mod proxy_secret;
 pub mod request_id;
@@ -71,9 +72,7 @@ pub use cors::CorsConfig;
 pub use problem::Problem;
 pub use security_headers::HstsConfig;
 
-/// Seconds a client is asked to wait (503 `Retry-After`) when a dependency (SQL, Redis) is
-/// unavailable.
-pub const DEPENDENCY_RETRY_AFTER_SECS: u64 = 5;
+pub use keel_problem::DEPENDENCY_RETRY_AFTER_SECS;
 
 /// The authenticated caller, put in the request extensions by authentication middleware.
 /// Rate limits keyed by `user` count per principal (and per client IP when there is none).

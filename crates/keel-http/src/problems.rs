@@ -18,7 +18,7 @@ use http_body::Body as _;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::problem::{Problem, Rendered};
+use super::problem::Problem;
 use super::request_id::RequestId;
 
 /// Largest bare error body that is turned into `detail`; bigger ones are left alone.
@@ -159,7 +159,7 @@ async fn normalize(
     limit: Option<BodyLimit>,
 ) -> Response {
     let id = id.as_ref().map(RequestId::as_str);
-    if let Some(Rendered(p)) = resp.extensions().get::<Rendered>() {
+    if let Some(p) = Problem::of_response(&resp) {
         if p.request_id().is_some() || id.is_none() {
             return resp;
         }
@@ -194,7 +194,7 @@ async fn normalize(
     };
     if status.is_server_error() && !text.is_empty() {
         tracing::error!(status = status.as_u16(), error = %text, "handler returned a bare server error");
-        problem.0.detail = None;
+        problem.set_detail(None);
     }
     let mut fresh = problem.into_response_with_id(id);
     for (k, v) in &parts.headers {
@@ -222,7 +222,7 @@ fn from_status(status: StatusCode, text: &str, route: Option<&str>) -> Problem {
     };
     let mut p = Problem::new(status, slug, title);
     if !text.is_empty() {
-        p.0.detail = Some(text.to_owned());
+        p.set_detail(Some(text.to_owned()));
         if let Some((field, message)) = json_field(text).or_else(|| param_field(text, route)) {
             p = p.field(field, message);
         }

@@ -16,7 +16,7 @@ pub use redis as driver;
 
 use keel_health::connect::{ConnectTracker, Phase};
 use keel_health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
-use keel_http::Problem;
+use keel_problem::Problem;
 use keel_resilience::reprobe::Availability;
 use keel_telemetry::Metrics;
 
@@ -49,7 +49,7 @@ impl IntoResponse for RedisError {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service degraded")
                     .detail("a dependency of this service is unavailable; retry later")
                     .code("SERVICE_DEGRADED")
-                    .retry_after(keel_http::DEPENDENCY_RETRY_AFTER_SECS)
+                    .retry_after(keel_problem::DEPENDENCY_RETRY_AFTER_SECS)
                     .into_response()
             }
             _ => {

@@ -25,6 +25,7 @@
 //! | module | crate | what it is for |
 //! |---|---|---|
 //! | [`config`] | `keel-config` | defaults < YAML < env, `${VAR}` interpolation, secrets, validation, production rules; the `Section` trait each crate's sections implement |
+//! | [`problem`] | `keel-problem` | RFC 9457 problem documents, the error every crate answers with |
 //! | [`tls`] | `keel-tls` | TLS for listeners: rustls (ring), certificate and key files reloaded on change, client certificates (mTLS) |
 //! | [`resilience`] | `keel-resilience`, `keel-rate-limit` | backoff, retries, circuit breakers, bulkheads; rate limits as a tower layer |
 //! | [`telemetry`] | `keel-telemetry` | logs, traces and metrics; PII masking; the `log` and `telemetry` sections |
@@ -59,6 +60,8 @@ pub use keel_features as features;
 pub use keel_grpc as grpc;
 pub use keel_health as health;
 pub use keel_http as http;
+/// RFC 9457 problem documents (also `keel::http::problem`, where the HTTP stack renders them).
+pub use keel_problem as problem;
 pub use keel_redis as redis;
 pub use keel_security as security;
 pub use keel_server as server;

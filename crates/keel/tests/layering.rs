@@ -11,6 +11,7 @@ use std::process::Command;
 /// Bottom first: the order of `crates/keel/src/lib.rs`'s table and the README's layout.
 const LAYERS: &[&str] = &[
     "keel-config",
+    "keel-problem",
     "keel-tls",
     "keel-resilience",
     "keel-slo",

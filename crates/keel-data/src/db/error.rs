@@ -4,10 +4,10 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
 use super::Backend;
-use keel_http::Problem;
+use keel_problem::Problem;
 
 /// Seconds a client is asked to wait when the database is unavailable.
-pub const RETRY_AFTER_SECS: u64 = keel_http::DEPENDENCY_RETRY_AFTER_SECS;
+pub const RETRY_AFTER_SECS: u64 = keel_problem::DEPENDENCY_RETRY_AFTER_SECS;
 
 /// A data-layer failure.
 #[derive(Debug, thiserror::Error)]

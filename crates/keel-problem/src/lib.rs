@@ -1,5 +1,10 @@
 //! RFC 9457 `application/problem+json` error responses.
 //!
+//! This is `keel-problem`, re-exported by `keel-http` as `keel_http::problem` (and by `keel` as
+//! `keel::http::problem`). It sits at the bottom of Keel's crates beside `keel-config`, so that a
+//! crate that only needs to say how its errors answer (`keel-data`, `keel-redis`) does not depend
+//! on the HTTP stack.
+//!
 //! Every error Keel produces (and every error a handler returns as a [`Problem`]) leaves the
 //! service as a problem document carrying the request id. Bodies never hold stack traces, panic
 //! messages or internal error texts: those go to the log.
@@ -8,6 +13,10 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
+
+/// Seconds a client is asked to wait (503 `Retry-After`) when a dependency (SQL, Redis) is
+/// unavailable.
+pub const DEPENDENCY_RETRY_AFTER_SECS: u64 = 5;
 
 /// The media type of problem documents.
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -21,7 +30,7 @@ pub const OVERLOADED: http::HeaderName = http::HeaderName::from_static("keel-ove
 ///
 /// ```
 /// use axum::response::IntoResponse;
-/// use keel_http::Problem;
+/// use keel_problem::Problem;
 ///
 /// async fn handler() -> Result<&'static str, Problem> {
 ///     Err(Problem::new(http::StatusCode::CONFLICT, "already-joined", "Already joined")
@@ -32,27 +41,27 @@ pub const OVERLOADED: http::HeaderName = http::HeaderName::from_static("keel-ove
 /// assert_eq!(resp.headers()["content-type"], "application/problem+json");
 /// ```
 #[derive(Debug, Clone)]
-pub struct Problem(pub(crate) Box<ProblemBody>);
+pub struct Problem(Box<ProblemBody>);
 
 /// The fields of a [`Problem`], boxed so `Result<T, Problem>` stays small.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct ProblemBody {
+struct ProblemBody {
     #[serde(rename = "type")]
-    pub(crate) type_: String,
-    pub(crate) title: String,
-    pub(crate) status: u16,
+    type_: String,
+    title: String,
+    status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) detail: Option<String>,
+    detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) code: Option<String>,
+    code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) request_id: Option<String>,
+    request_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) errors: Vec<FieldError>,
+    errors: Vec<FieldError>,
     #[serde(skip)]
-    pub(crate) retry_after: Option<u64>,
+    retry_after: Option<u64>,
     #[serde(skip)]
-    pub(crate) overloaded: bool,
+    overloaded: bool,
 }
 
 impl Serialize for Problem {
@@ -110,6 +119,27 @@ impl Problem {
         self
     }
 
+    /// 400 `invalid_input` for one invalid field: `field` names it as the client sent it
+    /// (`email`, `items[2].qty`, a query parameter, a path parameter), `message` says what is
+    /// wrong without echoing the value.
+    ///
+    /// ```
+    /// use keel_problem::Problem;
+    ///
+    /// let p = Problem::invalid("email", "must be an email address");
+    /// assert_eq!(p.status_code(), 400);
+    /// assert_eq!(p.code_str(), Some("invalid_input"));
+    /// assert_eq!(p.field_errors()[0].field, "email");
+    /// ```
+    pub fn invalid(field: &str, message: &str) -> Self {
+        Self::bad_request(format!("{field} {message}")).code("invalid_input").field(field, message)
+    }
+
+    /// Replaces the detail line, or removes it.
+    pub fn set_detail(&mut self, detail: Option<String>) {
+        self.0.detail = detail;
+    }
+
     /// 400.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").detail(detail)
@@ -136,13 +166,13 @@ impl Problem {
     ///
     /// ```
     /// use axum::response::IntoResponse;
-    /// use keel_http::Problem;
+    /// use keel_problem::Problem;
     ///
     /// let resp = Problem::new(http::StatusCode::SERVICE_UNAVAILABLE, "search-busy", "Too many searches")
     ///     .retry_after(1)
     ///     .overloaded()
     ///     .into_response();
-    /// assert_eq!(resp.headers()[keel_http::problem::OVERLOADED], "true");
+    /// assert_eq!(resp.headers()[keel_problem::OVERLOADED], "true");
     /// ```
     pub fn overloaded(mut self) -> Self {
         self.0.overloaded = true;
@@ -197,7 +227,7 @@ impl Problem {
     ///
     /// ```
     /// use axum::response::IntoResponse;
-    /// use keel_http::Problem;
+    /// use keel_problem::Problem;
     ///
     /// let resp = Problem::not_found().detail("no such item").into_response();
     /// assert_eq!(Problem::of_response(&resp).and_then(Problem::detail_text), Some("no such item"));
@@ -228,7 +258,7 @@ impl Problem {
 
 /// Marks a response whose body is a problem document, so the stack can add the request id.
 #[derive(Debug, Clone)]
-pub(crate) struct Rendered(pub(crate) Problem);
+struct Rendered(Problem);
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
