@@ -13,25 +13,23 @@
 //! [`WRITE_ROLE`](crate::WRITE_ROLE) (401 without a valid token, 403 without the role, both
 //! problems, the 401 with `WWW-Authenticate: Bearer`).
 //!
-//! Failures are RFC 9457 problems (Keel's [`Problem`]) whose `code` says which: 400
+//! Failures are RFC 9457 problems (Keel's [`Problem`](keel::http::Problem)) whose `code` says which: 400
 //! `invalid_input` (with `errors[]` naming each field), 404 `not_found`, 409 `name_taken` or
 //! `version_mismatch`, 503 `unavailable` (with `Retry-After`), 415 for a body that is not JSON.
 //! A body's unknown, repeated or mistyped field is a 400 naming it, and so is a repeated key
-//! anywhere inside `data`.
+//! anywhere inside `data`; bodies and query strings are read by Keel's extractors
+//! (`keel::http::extract`).
 
 use std::fmt;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{StatusCode, header};
-use keel::http::Problem;
-use keel::http::problems::{BodyLimit, body_too_large};
+use keel::http::extract::{Json, Query};
 use keel::security::jwt::{Jwt, RequireRole, Role};
-use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -185,9 +183,8 @@ async fn remove(
     _: RequireRole<Writer>,
     State(symbols): State<Symbols>,
     Path((project_id, id)): Path<(String, String)>,
-    query: Result<Query<DeleteQuery>, QueryRejection>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, SymbolError> {
-    let q = query.map_err(|_| SymbolError::invalid("query", "may hold only expected_version"))?.0;
     let expected = integer("expected_version", q.expected_version.as_deref())?;
     symbols.delete(&project_id, &id, expected).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -196,9 +193,8 @@ async fn remove(
 async fn list(
     State(symbols): State<Symbols>,
     Path(project_id): Path<String>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Response, SymbolError> {
-    let q = query.map_err(|_| SymbolError::invalid("query", "may hold only offset and limit, each once"))?.0;
     let page =
         PageRequest { offset: integer("offset", q.offset.as_deref())?, limit: integer("limit", q.limit.as_deref())? };
     let page = symbols.list(&project_id, page).await?;
@@ -209,116 +205,6 @@ async fn list(
 fn integer(field: &str, raw: Option<&str>) -> Result<Option<i64>, SymbolError> {
     raw.map(|v| v.parse::<i64>().map_err(|_| SymbolError::invalid(field, "must be an integer"))).transpose()
 }
-
-/// A JSON request body of type `T` whose every refusal is a problem naming the field: 415
-/// without a JSON content type, 413 over `http.body_limit`, 400 `invalid_input` for a body that
-/// is not a JSON object or has an unknown, repeated, missing or mistyped field. axum's own
-/// extractor answers 422 and plain text, and its messages may echo the client's value.
-#[derive(Debug)]
-struct Json<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        if !is_json(req.headers()) {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            )
-            .code("unsupported_media_type")
-            .detail("send the body as JSON with `Content-Type: application/json`"));
-        }
-        let limit = req.extensions().get::<BodyLimit>().copied();
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                body_too_large(limit)
-            } else {
-                SymbolError::invalid("body", "could not be read").to_problem()
-            }
-        })?;
-        parse(&bytes).map(Json).map_err(|e| e.to_problem())
-    }
-}
-
-fn is_json(headers: &http::HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
-    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Longest unknown field name repeated back to a client.
-const MAX_FIELD_NAME: usize = 64;
-
-/// Parses one JSON object as `T`, or the invalid-input error naming what is wrong.
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SymbolError> {
-    // Derived structs also accept arrays; every body here is an object.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(SymbolError::invalid("body", "must be a JSON object"));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| rejection(&e))?;
-    de.end().map_err(|_| SymbolError::invalid("body", "is not valid JSON"))?;
-    Ok(value)
-}
-
-/// The error for a body serde refused, without the client's value.
-fn rejection(e: &serde_path_to_error::Error<serde_json::Error>) -> SymbolError {
-    let inner = e.inner();
-    if !matches!(inner.classify(), serde_json::error::Category::Data) {
-        return SymbolError::invalid("body", "is not valid JSON");
-    }
-    let text = inner.to_string();
-    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
-    let path = e.path().to_string();
-    let within = |name: &str| {
-        if path == "." {
-            name.to_owned()
-        } else if path == name || path.ends_with(&format!(".{name}")) {
-            path.clone()
-        } else {
-            format!("{path}.{name}")
-        }
-    };
-    if let Some(name) = quoted_after(message, "unknown field `") {
-        if name.len() > MAX_FIELD_NAME {
-            return SymbolError::invalid("body", "has an unknown field");
-        }
-        return SymbolError::invalid(&within(name), "is not a known field");
-    }
-    if let Some(name) = quoted_after(message, "duplicate field `") {
-        return SymbolError::invalid(&within(name), "is given twice");
-    }
-    if let Some(name) = quoted_after(message, DUPLICATE_KEY) {
-        return SymbolError::invalid(&within(name), "is given twice");
-    }
-    if path == "." {
-        return SymbolError::invalid("body", "must be a JSON object with the documented fields");
-    }
-    match message.rsplit_once(", expected ") {
-        Some((_, expected)) => SymbolError::invalid(&path, format!("must be {}", in_json_terms(expected))),
-        None => SymbolError::invalid(&path, "is not valid"),
-    }
-}
-
-fn in_json_terms(expected: &str) -> &str {
-    match expected {
-        "i64" => "an integer",
-        "a string" => "a string",
-        "a map" | "a JSON object" => "an object",
-        other => other,
-    }
-}
-
-fn quoted_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let start = text.find(prefix)? + prefix.len();
-    let len = text[start..].find('`')?;
-    Some(&text[start..start + len])
-}
-
-/// How [`JsonObject`] reports a repeated key (picked out again by [`rejection`]).
-const DUPLICATE_KEY: &str = "duplicate key `";
 
 /// A JSON object in which no object, at any depth, repeats a key: serde_json would keep the
 /// last silently, so what is stored could differ from what the client meant.
@@ -345,8 +231,9 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         while let Some(key) = access.next_key::<String>()? {
             let value = access.next_value::<StrictValue>()?.0;
             if map.contains_key(&key) {
-                let shown: String = key.chars().take(MAX_FIELD_NAME).collect();
-                return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY}{shown}`")));
+                let shown: String = key.chars().take(64).collect();
+                // serde's own wording for a repeated field, so Keel's extractor names it.
+                return Err(serde::de::Error::custom(format_args!("duplicate field `{shown}`")));
             }
             map.insert(key, value);
         }
@@ -413,11 +300,13 @@ impl<'de> Visitor<'de> for ValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FieldError;
+    use keel::http::extract::json::parse;
+    use keel::http::problem::FieldError;
+    use serde::de::DeserializeOwned;
 
     fn refusal<T: DeserializeOwned + fmt::Debug>(body: &str) -> FieldError {
         match parse::<T>(body.as_bytes()) {
-            Err(SymbolError::Invalid(mut errors)) => errors.remove(0),
+            Err(p) => p.field_errors()[0].clone(),
             other => panic!("{body}: {other:?}"),
         }
     }

@@ -161,8 +161,8 @@ async fn invalid_requests_are_400_problems_naming_each_field() {
         ("?limit=abc", "limit"),
         ("?offset=-1", "offset"),
         ("?offset=10001", "offset"),
-        ("?page=2", "query"),
-        ("?limit=1&limit=2", "query"),
+        ("?page=2", "page"),
+        ("?limit=1&limit=2", "limit"),
     ] {
         let (s, p) = app.get(&format!("{base}{q}")).await;
         assert_eq!((s, fields(&p)), (400, vec![want.to_owned()]), "{q}: {p}");

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use cityevents_api::auth::{
@@ -20,6 +19,7 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use keel::http::Problem;
 use keel::http::client_ip::{IpNet, client_ip};
+use keel::http::extract::{Json, Path, Query};
 use keel::security::audit::Outcome;
 use keel::security::jwt::{Auth, Claims, Jwt, RequireRole, Role};
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,6 @@ use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use cityevents_api::params::UsersParams;
 use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountBanned, AccountUnbanned, Mail};
-use cityevents_common::json::Json;
 use cityevents_common::page::{Cursor, Page};
 use cityevents_common::roles;
 use keel::events::outbox::Outbox;
@@ -548,9 +547,9 @@ async fn revoke_session(
     State(s): State<AppState>,
     Auth(claims): Auth<Claims>,
     ClientAddr(ip): ClientAddr,
-    Path(session): Path<String>,
+    Path(session): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let session = cityevents_common::validate::uuid("id", &session)?.to_string();
+    let session = session.to_string();
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
     if !s.refresh.revoke_session(&id, &session).await? {
         return Err(Problem::not_found().code("session_not_found").detail("no such session").into());
@@ -757,10 +756,9 @@ async fn set_role(
     State(s): State<AppState>,
     admin: RequireRole<Admin>,
     ClientAddr(ip): ClientAddr,
-    Path(id): Path<String>,
+    Path(id): Path<Uuid>,
     Json(b): Json<RoleBody>,
 ) -> Result<axum::Json<User>, ApiError> {
-    let id = cityevents_common::validate::uuid("id", &id)?;
     if ![roles::USER, roles::MODERATOR, roles::ADMIN].contains(&b.role.as_str()) {
         return Err(FieldError::new("role", "must be `user`, `moderator` or `admin`").into());
     }
@@ -838,10 +836,9 @@ async fn ban_user(
     State(s): State<AppState>,
     who: Moderating,
     ClientAddr(ip): ClientAddr,
-    Path(id): Path<String>,
+    Path(id): Path<Uuid>,
     Json(b): Json<BanBody>,
 ) -> Result<axum::Json<ManagedUser>, ApiError> {
-    let id = cityevents_common::validate::uuid("id", &id)?;
     let reason = cityevents_common::validate::text("reason", &b.reason, MAX_BAN_REASON)?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if id == who.id {
@@ -885,9 +882,8 @@ async fn unban_user(
     State(s): State<AppState>,
     who: Moderating,
     ClientAddr(ip): ClientAddr,
-    Path(id): Path<String>,
+    Path(id): Path<Uuid>,
 ) -> Result<axum::Json<ManagedUser>, ApiError> {
-    let id = cityevents_common::validate::uuid("id", &id)?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if !row.banned() {
         return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
@@ -962,9 +958,9 @@ fn users_filter(q: UsersParams) -> Result<UsersRequest, Problem> {
 async fn list_users(
     State(s): State<AppState>,
     _admin: RequireRole<Admin>,
-    q: Result<Query<UsersParams>, QueryRejection>,
+    Query(q): Query<UsersParams>,
 ) -> Result<axum::Json<Page<ManagedUser>>, ApiError> {
-    let (filter, limit, after) = users_filter(cityevents_common::validate::query(q)?)?;
+    let (filter, limit, after) = users_filter(q)?;
     let rows = s.accounts.list(&filter, after.as_deref(), limit).await?;
     let page = Page::from_rows(rows, limit, |r| Cursor::new(0, format!("{USERS_CURSOR}|{}", r.id)));
     let mut items = Vec::with_capacity(page.items.len());
@@ -1001,9 +997,8 @@ struct Names {
 async fn names(
     State(s): State<AppState>,
     Auth(_claims): Auth<Claims>,
-    q: Result<Query<NamesQuery>, QueryRejection>,
+    Query(q): Query<NamesQuery>,
 ) -> Result<axum::Json<Names>, ApiError> {
-    let q = cityevents_common::validate::query(q)?;
     let ids = cityevents_common::validate::uuid_list("ids", q.ids.as_deref(), MAX_NAME_IDS)?;
     let items = s.accounts.names(&ids).await?.into_iter().map(|(id, name)| NameItem { id, name }).collect();
     Ok(axum::Json(Names { items }))

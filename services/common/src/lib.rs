@@ -1,15 +1,14 @@
 //! What the City Events services share, and nothing else: the names and default ports of the
 //! services, the event catalogue (topics and typed payloads), keyset pagination, time helpers,
-//! small input-validation helpers and the JSON body extractor, which answer RFC 9457 problems,
-//! the `no-store` layer for personal data, the follower of
+//! the caller from the access token, small input-validation helpers, which answer RFC 9457 problems, the `no-store` layer for personal data, the follower of
 //! session revocations, and (cargo feature `testing`) what their integration
 //! tests share.
 //!
 //! Anything service-specific stays in its service crate; anything generic belongs in `keel`.
 
+pub mod caller;
 pub mod catalogue;
 pub mod idempotency;
-pub mod json;
 pub mod organizer_bans;
 pub mod page;
 pub mod private;

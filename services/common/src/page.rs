@@ -28,7 +28,7 @@ pub const MAX_LIMIT: u32 = cityevents_api::limits::MAX_LIMIT;
 /// Longest cursor accepted, in bytes.
 const MAX_CURSOR_LEN: usize = cityevents_api::limits::MAX_CURSOR;
 
-/// The query string of a list endpoint (use with `axum::extract::Query`).
+/// The query string of a list endpoint (use with `keel::http::extract::Query`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PageQuery {
     /// 1 to 100; default 20.

@@ -3,9 +3,9 @@
 
 use keel::http::Problem;
 
-/// A 400 problem for one invalid field.
+/// A 400 problem for one invalid field ([`Problem::invalid`]).
 pub fn invalid(field: &str, message: &str) -> Problem {
-    Problem::bad_request(format!("{field} {message}")).code("invalid_input").field(field, message)
+    Problem::invalid(field, message)
 }
 
 /// Checks `value` is at most `max` characters, not blank and free of control characters but
@@ -63,44 +63,5 @@ mod tests {
         assert!(text("title", "a\u{0}b", 120).is_err());
         assert!(text("title", &"é".repeat(120), 120).is_ok(), "characters, not bytes");
         assert!(text("title", &format!(" {} ", "x".repeat(119)), 120).is_err(), "as sent, before trimming");
-    }
-}
-
-/// A request's query string as `T` — a struct of text fields with
-/// `#[serde(deny_unknown_fields)]` — or a 400 naming the parameter that is not one of the
-/// operation's (`q is not a parameter of this operation`), so a misspelt or unsupported filter
-/// is never silently ignored.
-pub fn query<T>(q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Problem> {
-    q.map(|axum::extract::Query(v)| v).map_err(|rejection| {
-        let text = rejection.body_text();
-        match text.split("unknown field `").nth(1).and_then(|rest| rest.split('`').next()) {
-            Some(name) => invalid(name, "is not a parameter of this operation"),
-            None => invalid("query", "is not a valid query string"),
-        }
-    })
-}
-
-#[cfg(test)]
-mod query_tests {
-    use axum::extract::{FromRequestParts, Query};
-
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Q {
-        #[allow(dead_code)]
-        limit: Option<String>,
-    }
-
-    async fn parse(uri: &str) -> Result<Q, keel::http::Problem> {
-        let (mut parts, ()) = http::Request::builder().uri(uri).body(()).unwrap().into_parts();
-        super::query(Query::<Q>::from_request_parts(&mut parts, &()).await)
-    }
-
-    #[tokio::test]
-    async fn an_unknown_parameter_is_named() {
-        assert!(parse("/x?limit=5").await.is_ok());
-        let p = parse("/x?limit=5&q=jazz").await.unwrap_err();
-        let body = serde_json::to_value(&p).unwrap();
-        assert_eq!(body["errors"][0]["field"], "q", "{body}");
     }
 }

@@ -4,24 +4,21 @@
 //! Every change that other services must hear about enqueues its event through the outbox in
 //! the transaction that makes the change (the envelope carries the request id and trace).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
 use cityevents_api::events::{BatchRequest, BatchResponse, CityList as Cities, ReasonBody};
 use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated, MODERATION_TOPIC, ModerationRecorded};
-use cityevents_common::json::{Json, OptionalJson};
 use cityevents_common::page::Page;
 use cityevents_common::time::{now, to_micros};
-use cityevents_common::{roles, validate};
-use http::request::Parts;
+use cityevents_common::validate;
 use http::{StatusCode, header};
 use keel::data::{DataError, Db};
 use keel::events::outbox::{Outbox, OutboxError};
 use keel::http::Problem;
 use keel::http::client::{self, Client, ClientError};
-use keel::security::jwt::{Auth, Claims, HasRoles};
+use keel::http::extract::{Json, OptionalJson, Path, Query};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -155,62 +152,8 @@ impl IntoResponse for ApiError {
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// The caller behind verified claims; a `sub` that is not a user id is a 401.
-fn caller(claims: &Claims) -> Result<Caller, Problem> {
-    let id = Uuid::parse_str(&claims.sub).map_err(|_| {
-        Problem::new(StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized")
-            .detail("the bearer token was refused: its subject is not a user id")
-    })?;
-    let admin = claims.has_role(roles::ADMIN);
-    Ok(Caller {
-        id,
-        admin,
-        moderator: admin || claims.has_role(roles::MODERATOR),
-        verified: claims.email_verified == Some(true),
-    })
-}
-
-/// The signed-in caller (401 without a valid token). Checked before the body is read, so a bad
-/// token is a 401 whatever the body holds.
-pub struct User(pub Caller);
-
-impl<S: Send + Sync> FromRequestParts<S> for User {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Auth(claims) =
-            Auth::<Claims>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
-        caller(&claims).map(User).map_err(IntoResponse::into_response)
-    }
-}
-
-/// The caller when a token is sent (a bad one is still a 401), `None` when anonymous.
-pub struct MaybeUser(pub Option<Caller>);
-
-impl<S: Send + Sync> FromRequestParts<S> for MaybeUser {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let auth = <Option<Auth<Claims>> as FromRequestParts<S>>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        match auth {
-            None => Ok(MaybeUser(None)),
-            Some(Auth(claims)) => caller(&claims).map(|c| MaybeUser(Some(c))).map_err(IntoResponse::into_response),
-        }
-    }
-}
-
-fn event_id(raw: &str) -> Result<Uuid, Problem> {
-    validate::uuid("id", raw)
-}
-
-fn query<T>(q: std::result::Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
-    validate::query(q)
-}
-
 /// `POST /api/v1/events`: a new draft of the caller's.
-async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json<NewEvent>) -> Result<Response> {
+async fn create(State(st): State<AppState>, caller: Caller, Json(body): Json<NewEvent>) -> Result<Response> {
     if st.require_verified_email && !caller.verified && !caller.admin {
         return Err(Problem::new(StatusCode::FORBIDDEN, "email-unverified", "E-mail address not verified")
             .code("email_unverified")
@@ -251,10 +194,9 @@ async fn create(State(st): State<AppState>, User(caller): User, Json(body): Json
 /// anyone else).
 async fn show(
     State(st): State<AppState>,
-    MaybeUser(caller): MaybeUser,
-    Path(id): Path<String>,
+    caller: Option<Caller>,
+    Path(id): Path<Uuid>,
 ) -> Result<JsonResponse<EventView>> {
-    let id = event_id(&id)?;
     match store::get(&st.db, id).await? {
         Some(e) if e.visible_to(caller.as_ref()) => Ok(JsonResponse(e.view())),
         _ => Err(Problem::not_found().into()),
@@ -363,11 +305,10 @@ async fn change_recorded(
 /// A change to a published event announces `event.updated` with the full new state.
 async fn update(
     State(st): State<AppState>,
-    User(caller): User,
-    Path(id): Path<String>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
     Json(patch): Json<EventPatch>,
 ) -> Result<JsonResponse<EventView>> {
-    let id = event_id(&id)?;
     let event = change(&st, id, |current, now| {
         current.check_organizer(&caller)?;
         current.check_editable(now)?;
@@ -384,12 +325,7 @@ async fn update(
 
 /// `POST /api/v1/events/{id}/publish`: a draft that has not started becomes public
 /// (`event.published`).
-async fn publish(
-    State(st): State<AppState>,
-    User(caller): User,
-    Path(id): Path<String>,
-) -> Result<JsonResponse<EventView>> {
-    let id = event_id(&id)?;
+async fn publish(State(st): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<JsonResponse<EventView>> {
     let event = change(&st, id, |current, now| {
         current.check_organizer(&caller)?;
         current.check_publishable(now)?;
@@ -456,8 +392,7 @@ impl CallOff {
 /// Cancels or unpublishes event `id` for `caller` with the reason in `body`: its organizer, or a
 /// moderator or admin (any event, with a reason, recorded for the audit log). An organizer's
 /// unpublish is refused while anyone holds a seat or waits (the joins service is asked).
-async fn call_off(st: &AppState, caller: &Caller, id: &str, body: Option<ReasonBody>, how: CallOff) -> Result<Event> {
-    let id = event_id(id)?;
+async fn call_off(st: &AppState, caller: &Caller, id: Uuid, body: Option<ReasonBody>, how: CallOff) -> Result<Event> {
     let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
     let (verb, action) = how.names();
     let Some(current) = store::get(&st.db, id).await? else {
@@ -493,11 +428,11 @@ async fn call_off(st: &AppState, caller: &Caller, id: &str, body: Option<ReasonB
 /// and announces nothing.
 async fn cancel(
     State(st): State<AppState>,
-    User(caller): User,
-    Path(id): Path<String>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<JsonResponse<EventView>> {
-    Ok(JsonResponse(call_off(&st, &caller, &id, body, CallOff::Cancel).await?.view()))
+    Ok(JsonResponse(call_off(&st, &caller, id, body, CallOff::Cancel).await?.view()))
 }
 
 /// Whether anyone holds a seat or waits in `event`, as the joins service knows it (an event it
@@ -539,19 +474,19 @@ const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// same way.
 async fn unpublish(
     State(st): State<AppState>,
-    User(caller): User,
-    Path(id): Path<String>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> Result<JsonResponse<EventView>> {
-    Ok(JsonResponse(call_off(&st, &caller, &id, body, CallOff::Unpublish).await?.view()))
+    Ok(JsonResponse(call_off(&st, &caller, id, body, CallOff::Unpublish).await?.view()))
 }
 
 /// `GET /api/v1/events`: published events, filtered, sorted and keyset-paged.
 async fn list_public(
     State(st): State<AppState>,
-    q: std::result::Result<Query<EventsParams>, QueryRejection>,
+    Query(q): Query<EventsParams>,
 ) -> Result<JsonResponse<Page<EventView>>> {
-    let list = query(q)?.validate()?;
+    let list = q.validate()?;
     let bounds = st.search.bounds;
     let rows = if list.search.is_some() {
         let Ok(_slot) = st.search.slots.acquire().await else {
@@ -577,10 +512,10 @@ async fn list_public(
 /// `GET /api/v1/me/events`: the caller's events, every status, newest first.
 async fn list_mine(
     State(st): State<AppState>,
-    User(caller): User,
-    q: std::result::Result<Query<MyEventsParams>, QueryRejection>,
+    caller: Caller,
+    Query(q): Query<MyEventsParams>,
 ) -> Result<JsonResponse<Page<EventView>>> {
-    let list = query(q)?.validate()?;
+    let list = q.validate()?;
     let rows = store::list_mine(&st.db, caller.id, &list).await?;
     let page = Page::from_rows(rows, list.limit, |e| list::cursor(MINE, e.created_at, e.id));
     Ok(JsonResponse(page.map(|e| e.view())))
@@ -588,11 +523,8 @@ async fn list_mine(
 
 /// `GET /api/v1/meta/cities?q=`: cities of published events that have not ended, whose name
 /// starts with `q` (case-insensitive; every city without it), most events first.
-async fn cities(
-    State(st): State<AppState>,
-    q: std::result::Result<Query<CitiesParams>, QueryRejection>,
-) -> Result<JsonResponse<Cities>> {
-    let ask = query(q)?.validate()?;
+async fn cities(State(st): State<AppState>, Query(q): Query<CitiesParams>) -> Result<JsonResponse<Cities>> {
+    let ask = q.validate()?;
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
     let items = store::cities(&st.db, &ask, now).await?;
     Ok(JsonResponse(Cities { items }))
@@ -602,7 +534,7 @@ async fn cities(
 /// other users are simply absent.
 async fn batch(
     State(st): State<AppState>,
-    MaybeUser(caller): MaybeUser,
+    caller: Option<Caller>,
     Json(body): Json<BatchRequest>,
 ) -> Result<JsonResponse<BatchResponse>> {
     if body.ids.is_empty() || body.ids.len() > MAX_BATCH {

@@ -18,18 +18,7 @@ pub use cityevents_api::limits::{
 
 pub use cityevents_api::events::EventStatus as Status;
 
-/// Who is calling, from the verified access token.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    /// The user id (`sub`).
-    pub id: Uuid,
-    /// Whether the token carries the `admin` role.
-    pub admin: bool,
-    /// Whether the token carries the `moderator` role (admins moderate too).
-    pub moderator: bool,
-    /// Whether the token says the caller's e-mail address is verified (`email_verified`).
-    pub verified: bool,
-}
+pub use cityevents_common::caller::Caller;
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
 use keel::http::client::{self, ClientError};
+use keel::http::extract::Path;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::edge;
 use crate::forward::{Gateway, relay};
@@ -91,13 +93,9 @@ pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
         Ok(c) => c,
         Err(refused) => return refused,
     };
-    let id = match Path::<String>::from_request_parts(&mut parts, &()).await {
-        Ok(Path(id)) => id,
-        Err(rejection) => return rejection.into_response(),
-    };
     // The id goes into upstream paths: only a UUID may (a decoded `/` would change the path).
-    let id = match cityevents_common::validate::uuid("id", &id) {
-        Ok(id) => id,
+    let id = match Path::<Uuid>::from_request_parts(&mut parts, &()).await {
+        Ok(Path(id)) => id,
         Err(problem) => return problem.into_response(),
     };
     let authorization = claims.and(parts.headers.get(header::AUTHORIZATION).cloned());

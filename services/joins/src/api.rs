@@ -24,15 +24,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cityevents_api::joins::{Ban as BanView, BanItem, BanRequest as BanBody, Counts, Join as JoinView, MyJoin, Stats};
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use cityevents_api::params::PageParams;
-use cityevents_common::json::Json as JsonBody;
 use cityevents_common::page::{Cursor, Page};
 use cityevents_common::time::{from_micros, now, to_micros};
 use cityevents_common::validate;
@@ -40,14 +37,15 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel::Problem;
 use keel::data::Db;
 use keel::events::outbox::Outbox;
+use keel::http::extract::{Json as JsonBody, Path, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Fail, conflict, forbidden, not_found};
-use crate::extract::{Caller, path_uuid};
 use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
+use cityevents_common::caller::Caller;
 
 /// Times a transaction is run when it keeps hitting transient conflicts.
 const MAX_TX_ATTEMPTS: u32 = 6;
@@ -259,8 +257,7 @@ async fn record(
     Ok(())
 }
 
-fn page_request(q: Result<Query<PageParams>, QueryRejection>) -> Result<cityevents_common::page::PageRequest, Problem> {
-    let q = validate::query(q)?;
+fn page_request(q: PageParams) -> Result<cityevents_common::page::PageRequest, Problem> {
     cityevents_common::page::PageQuery::parse(q.limit.as_deref(), q.cursor)
 }
 
@@ -277,10 +274,10 @@ enum Joined {
 async fn join(
     axum::extract::State(st): AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(id): Path<Uuid>,
     headers: HeaderMap,
 ) -> Response {
-    let r = join_inner(&st, &caller, &id, &headers).await;
+    let r = join_inner(&st, &caller, id, &headers).await;
     if let Err(Fail::Problem(p)) = &r
         && let Some(code) = p.code_str()
     {
@@ -289,8 +286,7 @@ async fn join(
     finish(&st, r)
 }
 
-async fn join_inner(st: &Shared, caller: &Caller, id: &str, headers: &HeaderMap) -> Result<Response, Fail> {
-    let event_id = path_uuid("id", id)?;
+async fn join_inner(st: &Shared, caller: &Caller, event_id: Uuid, headers: &HeaderMap) -> Result<Response, Fail> {
     let key = cityevents_common::idempotency::from_headers(headers)?;
     let fingerprint = format!("POST /api/v1/events/{event_id}/join");
     let db = &st.0.db;
@@ -421,9 +417,8 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Leave, kick, ban
 
-async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
+async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(event_id): Path<Uuid>) -> Response {
     let r = async {
-        let event_id = path_uuid("id", &id)?;
         let tally = transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
         st.0.metrics.count(tally);
         st.0.outbox.wake();
@@ -495,7 +490,7 @@ fn manageable(ev: Option<EventRow>, caller: &Caller, action: &str) -> Result<Eve
     Ok(ev)
 }
 
-async fn kick(st: AppState, caller: Caller, ids: Path<(String, String)>) -> Response {
+async fn kick(st: AppState, caller: Caller, ids: Path<(Uuid, Uuid)>) -> Response {
     on_user(st, caller, ids, UserAction::Kick).await
 }
 
@@ -510,12 +505,10 @@ enum UserAction {
 async fn on_user(
     axum::extract::State(st): AppState,
     caller: Caller,
-    Path((id, user)): Path<(String, String)>,
+    Path((event_id, user_id)): Path<(Uuid, Uuid)>,
     action: UserAction,
 ) -> Response {
     let r = async {
-        let event_id = path_uuid("id", &id)?;
-        let user_id = path_uuid("user_id", &user)?;
         match action {
             UserAction::Kick => {
                 let tally = transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
@@ -550,12 +543,11 @@ async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user
 async fn ban(
     axum::extract::State(st): AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(event_id): Path<Uuid>,
     JsonBody(body): JsonBody<BanBody>,
 ) -> Response {
     let r = async {
-        let event_id = path_uuid("id", &id)?;
-        let user_id = path_uuid("user_id", &body.user_id)?;
+        let user_id = cityevents_common::validate::uuid("user_id", &body.user_id)?;
         let (reason, expires_at) = ban_terms(&body, to_micros(now()))?;
         let new = store::NewBan { by: caller.id, reason, expires_at };
         let (ban, made, tally) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
@@ -618,11 +610,11 @@ async fn ban_tx(
 async fn bans(
     axum::extract::State(st): AppState,
     caller: Caller,
-    Path(id): Path<String>,
-    q: Result<Query<PageParams>, QueryRejection>,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageParams>,
 ) -> Response {
     let r = async {
-        let ev = managed(&st, &caller, &id).await?;
+        let ev = managed(&st, &caller, id).await?;
         let page = page_request(q)?;
         let now_us = to_micros(now());
         let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await?;
@@ -635,7 +627,7 @@ async fn bans(
 }
 
 /// `DELETE /api/v1/events/{id}/bans/{user_id}`: lifts a ban (the user may join again).
-async fn unban(st: AppState, caller: Caller, ids: Path<(String, String)>) -> Response {
+async fn unban(st: AppState, caller: Caller, ids: Path<(Uuid, Uuid)>) -> Response {
     on_user(st, caller, ids, UserAction::Unban).await
 }
 
@@ -655,9 +647,8 @@ async fn unban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, use
 // ---------------------------------------------------------------------------------------------
 // Reads
 
-async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
+async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(event_id): Path<Uuid>) -> Response {
     let r = async {
-        let event_id = path_uuid("id", &id)?;
         let db = &st.0.db;
         let Some(j) = store::find_join(db.exec(), db.backend(), event_id, caller.id).await? else {
             return Err(not_found("you have not joined this event").into());
@@ -673,11 +664,7 @@ async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(id): P
     finish(&st, r)
 }
 
-async fn my_joins(
-    axum::extract::State(st): AppState,
-    caller: Caller,
-    q: Result<Query<PageParams>, QueryRejection>,
-) -> Response {
+async fn my_joins(axum::extract::State(st): AppState, caller: Caller, Query(q): Query<PageParams>) -> Response {
     let r = async {
         let page = page_request(q)?;
         let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await?;
@@ -699,19 +686,18 @@ async fn my_joins(
 }
 
 /// The event, if the caller may manage it: 404 unknown, 403 otherwise.
-async fn managed(st: &Shared, caller: &Caller, id: &str) -> Result<EventRow, Fail> {
-    let event_id = path_uuid("id", id)?;
+async fn managed(st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Fail> {
     manageable(store::load_event(&st.0.db, event_id).await?, caller, "see this")
 }
 
 async fn participants(
     axum::extract::State(st): AppState,
     caller: Caller,
-    Path(id): Path<String>,
-    q: Result<Query<PageParams>, QueryRejection>,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageParams>,
 ) -> Response {
     let r = async {
-        let ev = managed(&st, &caller, &id).await?;
+        let ev = managed(&st, &caller, id).await?;
         let page = page_request(q)?;
         let rows =
             store::event_joins(&st.0.db, ev.event_id, status::CONFIRMED, page.after.as_ref(), page.limit).await?;
@@ -733,11 +719,11 @@ async fn participants(
 async fn waitlist(
     axum::extract::State(st): AppState,
     caller: Caller,
-    Path(id): Path<String>,
-    q: Result<Query<PageParams>, QueryRejection>,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageParams>,
 ) -> Response {
     let r = async {
-        let ev = managed(&st, &caller, &id).await?;
+        let ev = managed(&st, &caller, id).await?;
         let page = page_request(q)?;
         let db = &st.0.db;
         let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit).await?;
@@ -765,9 +751,9 @@ async fn waitlist(
     finish(&st, r)
 }
 
-async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<String>) -> Response {
+async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<Uuid>) -> Response {
     let r = async {
-        let ev = managed(&st, &caller, &id).await?;
+        let ev = managed(&st, &caller, id).await?;
         let counts = store::status_counts(&st.0.db, ev.event_id).await?;
         let of = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
         Ok(Json(Stats {
@@ -783,9 +769,8 @@ async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Pat
     finish(&st, r)
 }
 
-async fn counts(axum::extract::State(st): AppState, Path(id): Path<String>) -> Response {
+async fn counts(axum::extract::State(st): AppState, Path(event_id): Path<Uuid>) -> Response {
     let r = async {
-        let event_id = path_uuid("id", &id)?;
         let Some(ev) = store::load_event(&st.0.db, event_id).await? else {
             return Err(not_found("no such event").into());
         };
@@ -800,9 +785,9 @@ fn counts_ids(q: CountsQuery) -> Result<Vec<Uuid>, Problem> {
     validate::uuid_list("ids", q.ids.as_deref(), MAX_COUNTS_IDS)
 }
 
-async fn counts_of(axum::extract::State(st): AppState, q: Result<Query<CountsQuery>, QueryRejection>) -> Response {
+async fn counts_of(axum::extract::State(st): AppState, Query(q): Query<CountsQuery>) -> Response {
     let r = async {
-        let ids = counts_ids(validate::query(q)?)?;
+        let ids = counts_ids(q)?;
         let rows = store::counts_of(&st.0.db, &ids).await?;
         let items: Vec<EventCounts> = rows
             .into_iter()

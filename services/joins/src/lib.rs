@@ -18,7 +18,6 @@
 mod api;
 mod consumer;
 mod error;
-mod extract;
 pub mod metrics;
 mod store;
 

@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,12 +15,12 @@ use cityevents_common::time::from_micros;
 use cityevents_common::validate;
 use http::StatusCode;
 use keel::data::Db;
+use keel::http::extract::{Json as JsonBody, Path, Query};
 use keel::security::jwt::{Auth, Claims};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::mail::handler::Contacts;
-use cityevents_common::json::Json as JsonBody;
 
 /// The routes; the caller adds the JWT extension.
 pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
@@ -98,9 +97,9 @@ fn db_error(db: &Db, e: sqlx::Error) -> Response {
 async fn list(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
-    q: Result<Query<NotificationsParams>, QueryRejection>,
+    Query(q): Query<NotificationsParams>,
 ) -> Result<Json<Page<Notification>>, Response> {
-    let (page, unread) = validate::query(q).and_then(parse_query).map_err(IntoResponse::into_response)?;
+    let (page, unread) = parse_query(q).map_err(IntoResponse::into_response)?;
     let mut sql =
         String::from("SELECT id, kind, event_id, message, created_at, read_at FROM notifications WHERE user_id = $1");
     if unread {
@@ -168,9 +167,9 @@ async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resu
 async fn mark_read(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
-    Path(id): Path<String>,
+    Path(id): Path<Uuid>,
 ) -> Result<StatusCode, Response> {
-    let id = validate::uuid("id", &id).map_err(IntoResponse::into_response)?.to_string();
+    let id = id.to_string();
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
     let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
     let update = db.sql("UPDATE notifications SET read_at = $1 WHERE id = $2 AND user_id = $3 AND read_at IS NULL");

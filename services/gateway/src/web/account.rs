@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Form, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::auth::{PasswordReset, Registration, TokenPair};
 use http::{Method, StatusCode};
+use keel::http::extract::Query;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -60,7 +60,7 @@ pub(crate) struct NextQuery {
 pub(crate) async fn login_form(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<NextQuery>, QueryRejection>,
+    query: Result<Query<NextQuery>, keel::http::Problem>,
 ) -> Response {
     let next = pages::local_path(query.as_ref().ok().and_then(|q| q.next.as_deref()));
     if page.viewer.signed.is_some() {
@@ -195,7 +195,7 @@ pub(crate) struct TokenQuery {
 pub(crate) async fn verify_form(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    query: Result<Query<TokenQuery>, keel::http::Problem>,
 ) -> Response {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     let t = VerifyPage {
@@ -291,7 +291,7 @@ struct ResetPage {
 pub(crate) async fn reset_form(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+    query: Result<Query<TokenQuery>, keel::http::Problem>,
 ) -> Response {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     let t = ResetPage {

@@ -3,21 +3,21 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::events::{Event, EventStatus};
 use cityevents_api::gateway::{EventPage, Seats};
 use cityevents_api::joins::{Counts, Join};
 use cityevents_common::zone::Zone;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use keel::http::extract::Query;
 use serde::Deserialize;
 use serde_json::Value;
 use time::{Date, Duration};
 
 use super::Site;
 use super::call::Failure;
-use super::pages::{self, Layout, Page, render};
+use super::pages::{self, Layout, Page, PathId, render};
 use crate::routes::Upstream;
 
 /// Events on one page of the list.
@@ -159,7 +159,7 @@ fn list_path(query: &ListQuery, zone: &Zone) -> (String, Vec<(&'static str, Stri
 pub(crate) async fn list(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Result<Query<ListQuery>, keel::http::Problem>,
 ) -> Response {
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let zone = page.zone.clone().unwrap_or_else(Zone::utc);
@@ -266,8 +266,8 @@ impl EventPageView {
 }
 
 /// `GET /events/{id}`.
-pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match page.event_id(&id) {
+pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
+    let id = match page.event_id(id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
@@ -358,10 +358,10 @@ pub(crate) struct JoinForm {
 pub(crate) async fn join(
     State(site): State<Arc<Site>>,
     page: Page,
-    Path(id): Path<String>,
+    id: PathId,
     Form(form): Form<JoinForm>,
 ) -> Response {
-    let id = match page.event_id(&id) {
+    let id = match page.event_id(id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };
@@ -393,8 +393,8 @@ pub(crate) async fn join(
 }
 
 /// `POST /events/{id}/leave`.
-pub(crate) async fn leave(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match page.event_id(&id) {
+pub(crate) async fn leave(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
+    let id = match page.event_id(id) {
         Ok(id) => id,
         Err(resp) => return *resp,
     };

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::joins::JoinPage;
 use cityevents_api::notifications::NotificationPage;
 use http::{Method, StatusCode};
+use keel::http::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -63,7 +63,7 @@ struct MyJoins {
 pub(crate) async fn joins(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<Cursor>, QueryRejection>,
+    query: Result<Query<Cursor>, keel::http::Problem>,
 ) -> Response {
     let token = match page.signed("/my/joins") {
         Ok(t) => t,
@@ -119,7 +119,7 @@ struct Notifications {
 pub(crate) async fn notifications(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<Cursor>, QueryRejection>,
+    query: Result<Query<Cursor>, keel::http::Problem>,
 ) -> Response {
     let token = match page.signed("/notifications") {
         Ok(t) => t,

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::auth::{ManagedUserPage, ROLES};
 use http::{Method, StatusCode};
+use keel::http::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -106,7 +106,7 @@ impl UsersPage {
 pub(crate) async fn users(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<UsersQuery>, QueryRejection>,
+    query: Result<Query<UsersQuery>, keel::http::Problem>,
 ) -> Response {
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let here = query.here();
@@ -174,7 +174,7 @@ fn back_with(back: Option<&str>, notice: &str) -> String {
 pub(crate) async fn act(
     State(site): State<Arc<Site>>,
     page: Page,
-    Path((id, action)): Path<(String, String)>,
+    path: Result<Path<(uuid::Uuid, String)>, keel::http::Problem>,
     Form(form): Form<AccountForm>,
 ) -> Response {
     let back = back_to(form.back.as_deref());
@@ -182,7 +182,7 @@ pub(crate) async fn act(
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let Ok(id) = uuid::Uuid::parse_str(&id) else { return pages::not_found(&page) };
+    let Ok(Path((id, action))) = path else { return pages::not_found(&page) };
     let (method, path, body, notice) = match action.as_str() {
         "role" => {
             (Method::PUT, format!("/api/v1/admin/users/{id}/role"), Some(json!({ "role": form.role })), "role_changed")

@@ -5,19 +5,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::events::{Event, EventStatus};
 use cityevents_api::gateway::EventPage;
 use cityevents_api::joins::{BanPage, ParticipantPage};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use keel::http::extract::Path;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::Site;
 use super::call::Failure;
 use super::events::{Card, seats_line};
-use super::pages::{self, Layout, Page, render};
+use super::pages::{self, Layout, Page, PathId, render};
 use crate::routes::Upstream;
 
 /// Most people a list on the manage page shows.
@@ -267,7 +268,7 @@ async fn fetch(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Result<
 
 /// The viewer's token, their event `id` and its edit page's path; or the page that answers
 /// instead (404, log in, the events service's refusal).
-async fn editing<'p>(site: &Site, page: &'p Page, id: &str) -> Result<(&'p str, Event, String), Box<Response>> {
+async fn editing<'p>(site: &Site, page: &'p Page, id: PathId) -> Result<(&'p str, Event, String), Box<Response>> {
     let id = page.event_id(id)?;
     let back = format!("/my/events/{id}/edit");
     let token = page.signed(&back)?;
@@ -278,8 +279,8 @@ async fn editing<'p>(site: &Site, page: &'p Page, id: &str) -> Result<(&'p str, 
 }
 
 /// `GET /my/events/{id}/edit`.
-pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let (_, event, back) = match editing(&site, &page, &id).await {
+pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
+    let (_, event, back) = match editing(&site, &page, id).await {
         Ok(found) => found,
         Err(r) => return *r,
     };
@@ -299,10 +300,10 @@ pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, Path(id
 pub(crate) async fn edit(
     State(site): State<Arc<Site>>,
     page: Page,
-    Path(id): Path<String>,
+    id: PathId,
     Form(form): Form<EventForm>,
 ) -> Response {
-    let (token, event, back) = match editing(&site, &page, &id).await {
+    let (token, event, back) = match editing(&site, &page, id).await {
         Ok(found) => found,
         Err(r) => return *r,
     };
@@ -366,8 +367,8 @@ impl Manage {
 }
 
 /// `GET /my/events/{id}`.
-pub(crate) async fn manage(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let id = match page.event_id(&id) {
+pub(crate) async fn manage(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
+    let id = match page.event_id(id) {
         Ok(id) => id,
         Err(r) => return *r,
     };
@@ -448,10 +449,14 @@ pub(crate) struct ActionForm {
 pub(crate) async fn act(
     State(site): State<Arc<Site>>,
     page: Page,
-    Path((id, action)): Path<(String, String)>,
+    path: Result<Path<(uuid::Uuid, String)>, keel::http::Problem>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let id = match page.event_id(&id) {
+    let (id, action) = match path {
+        Ok(Path((id, action))) => (Ok(Path(id)), action),
+        Err(refused) => (Err(refused), String::new()),
+    };
+    let id = match page.event_id(id) {
         Ok(id) => id,
         Err(r) => return *r,
     };

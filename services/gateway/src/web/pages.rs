@@ -10,6 +10,7 @@ use cityevents_api::auth::{User, roles};
 use cityevents_common::zone::Zone;
 use http::request::Parts;
 use http::{Extensions, HeaderValue, StatusCode};
+use keel::http::extract::Path;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -17,6 +18,10 @@ use super::Site;
 use super::call::Failure;
 use super::session::{ClientAddress, Csrf, KnownDevice, Viewer};
 use crate::routes::Upstream;
+
+/// A route's `{id}`: a UUID, or the refusal of anything else (which names nothing: the pages
+/// answer it with their 404 page, not a problem).
+pub(crate) type PathId = Result<Path<uuid::Uuid>, keel::http::Problem>;
 
 /// The cookie `site.js` sets to the browser's IANA time zone, so the next pages are rendered in
 /// it (without the script, times are in each event's own zone).
@@ -88,8 +93,8 @@ impl Page {
     }
 
     /// A path's `{id}` as a UUID: anything else names no event, so the 404 page.
-    pub(crate) fn event_id(&self, id: &str) -> Result<uuid::Uuid, Box<Response>> {
-        uuid::Uuid::parse_str(id).map_err(|_| Box::new(not_found(self)))
+    pub(crate) fn event_id(&self, id: PathId) -> Result<uuid::Uuid, Box<Response>> {
+        id.map(|Path(id)| id).map_err(|_| Box::new(not_found(self)))
     }
 
     /// The layout around this page, with the viewer's unread notifications counted.

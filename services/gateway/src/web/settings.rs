@@ -4,19 +4,19 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use cityevents_api::auth::{SessionList, TokenPair};
 use cityevents_api::notifications::MailPreferences;
 use http::{Method, StatusCode};
+use keel::http::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Site;
 use super::account::{Errors, status_of};
 use super::call::Failure;
-use super::pages::{self, Layout, Page, render};
+use super::pages::{self, Layout, Page, PathId, render};
 use super::session;
 use crate::routes::Upstream;
 
@@ -94,7 +94,7 @@ async fn account_page(
 pub(crate) async fn show(
     State(site): State<Arc<Site>>,
     page: Page,
-    query: Result<Query<AccountQuery>, QueryRejection>,
+    query: Result<Query<AccountQuery>, keel::http::Problem>,
 ) -> Response {
     let token = match page.signed(ACCOUNT) {
         Ok(t) => t,
@@ -169,12 +169,12 @@ pub(crate) async fn change_password(
 }
 
 /// `POST /account/sessions/{id}/end`: logs one device out (this one too, if it is this one).
-pub(crate) async fn end_session(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
+pub(crate) async fn end_session(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
     let token = match page.signed(ACCOUNT) {
         Ok(t) => t,
         Err(r) => return *r,
     };
-    let Ok(id) = uuid::Uuid::parse_str(&id) else { return pages::not_found(&page) };
+    let Ok(Path(id)) = id else { return pages::not_found(&page) };
     let path = format!("/api/v1/auth/sessions/{id}");
     match site.send(Upstream::Auth, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
         // Gone already (another tab ended it): what was asked for is so.
