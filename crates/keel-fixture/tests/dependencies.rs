@@ -735,3 +735,76 @@ async fn sqlite_writers_take_turns_in_the_order_they_came() {
     assert_eq!(order, (0..12).collect::<Vec<_>>(), "writers began in the order they asked");
     kdb.close().await;
 }
+
+/// Two `transaction!`s that lock the same two rows in opposite orders deadlock; the database
+/// undoes one of them (PostgreSQL `40P01`, InnoDB 1213), which the macro runs again once the
+/// other committed: both changes land exactly once. An error that is not a conflict is not run
+/// again, and rolls back.
+async fn conflicting_transactions_run_again(db: TestDatabase) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let metrics = keel::telemetry::Metrics::new();
+    let kdb = keel::data::Db::new("t", db.url(), &keel::data::DatabaseConfig::default(), None, &metrics).unwrap();
+    kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    for sql in ["CREATE TABLE pair (id INT PRIMARY KEY, n INT NOT NULL)", "INSERT INTO pair VALUES (1, 0), (2, 0)"] {
+        sqlx::query(sql).execute(kdb.pool()).await.unwrap();
+    }
+    let runs = AtomicU32::new(0);
+    // Both transactions hold their first row before either asks for its second.
+    let both_hold = tokio::sync::Barrier::new(2);
+    async fn bump(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        db: &keel::data::Db,
+        (first, second): (i32, i32),
+        runs: &AtomicU32,
+        both_hold: &tokio::sync::Barrier,
+    ) -> Result<(), keel::data::DataError> {
+        let run = runs.fetch_add(1, Ordering::SeqCst);
+        let update = db.sql("UPDATE pair SET n = n + 1 WHERE id = $1").into_owned();
+        sqlx::query(sqlx::AssertSqlSafe(update.clone())).bind(first).execute(&mut **tx).await?;
+        if run < 2 {
+            both_hold.wait().await;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(update)).bind(second).execute(&mut **tx).await?;
+        Ok(())
+    }
+    let (a, b) = tokio::join!(
+        async { keel::data::transaction!(&kdb, |tx| bump(&mut tx, &kdb, (1, 2), &runs, &both_hold)) },
+        async { keel::data::transaction!(&kdb, |tx| bump(&mut tx, &kdb, (2, 1), &runs, &both_hold)) },
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "the deadlock's victim ran once more");
+    let rows: Vec<(i32, i32)> =
+        sqlx::query_as("SELECT id, n FROM pair ORDER BY id").fetch_all(kdb.pool()).await.unwrap();
+    assert_eq!(rows, [(1, 2), (2, 2)], "each transaction's two updates landed once");
+
+    // Not a conflict: one run, rolled back.
+    let runs = AtomicU32::new(0);
+    let failed: Result<(), keel::data::DataError> = keel::data::transaction!(&kdb, |tx| async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        sqlx::query("UPDATE pair SET n = 100").execute(&mut *tx).await?;
+        Err(keel::data::DataError::Config("deliberate".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "a failure that is not a conflict is not run again");
+    let rows: Vec<(i32, i32)> =
+        sqlx::query_as("SELECT id, n FROM pair ORDER BY id").fetch_all(kdb.pool()).await.unwrap();
+    assert_eq!(rows, [(1, 2), (2, 2)], "rolled back");
+    kdb.close().await;
+}
+
+#[tokio::test]
+async fn postgres_conflicting_transactions_run_again() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    conflicting_transactions_run_again(TestDatabase::postgres(&postgres_url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn mariadb_conflicting_transactions_run_again() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    conflicting_transactions_run_again(TestDatabase::mysql(&mysql_url()).await.unwrap()).await;
+}

@@ -47,17 +47,6 @@ use crate::metrics::{JoinMetrics, Tally};
 use crate::store::{self, Announce, EventRow, JoinRow, StoredResponse, Tx, status};
 use cityevents_common::caller::Caller;
 
-/// Times a transaction is run when it keeps hitting transient conflicts.
-const MAX_TX_ATTEMPTS: u32 = 6;
-
-/// The pauses between those runs: 25 ms growing by half each time up to 125 ms, each drawn from
-/// the upper half of its base so that a conflict is never retried at once (at most 330 ms in all).
-fn tx_backoff() -> keel::resilience::Backoff {
-    keel::resilience::Backoff::new(Duration::from_millis(25), Duration::from_millis(125))
-        .multiplier(1.5)
-        .jitter(keel::resilience::backoff::Jitter::Equal)
-}
-
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct Shared(Arc<Inner>);
@@ -103,42 +92,6 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/events/{id}/counts", get(counts))
         .route("/api/v1/events/counts", get(counts_of))
         .with_state(state)
-}
-
-/// Runs `$body` (an expression using `$tx: &mut Tx` as a mutable binding) in a transaction:
-/// commits on `Ok`, rolls back on `Err`, and runs it again on a transient conflict.
-macro_rules! transaction {
-    ($db:expr, |$tx:ident| $body:expr) => {{
-        let db: &Db = $db;
-        let mut attempt = 0u32;
-        let mut backoff = tx_backoff();
-        loop {
-            attempt += 1;
-            let result: Result<_, Fail> = async {
-                let mut $tx: Tx = db.begin_write().await?;
-                match $body.await {
-                    Ok(v) => {
-                        $tx.commit().await?;
-                        Ok(v)
-                    }
-                    Err(e) => {
-                        if let Err(rb) = $tx.rollback().await {
-                            tracing::debug!(error = %rb, "rollback failed; the connection is discarded");
-                        }
-                        Err(e)
-                    }
-                }
-            }
-            .await;
-            match result {
-                Err(e) if e.is_transient() && attempt < MAX_TX_ATTEMPTS => {
-                    tracing::debug!(attempt, error = ?e, "transient conflict; running the transaction again");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                other => break other,
-            }
-        }
-    }};
 }
 
 /// Turns a handler result into the response.
@@ -302,7 +255,8 @@ async fn join_inner(st: &Shared, caller: &Caller, event_id: Uuid, headers: &Head
         }
         return replay(stored, &fingerprint);
     }
-    let outcome = transaction!(db, |tx| join_tx(&mut tx, st, caller, event_id, &key, &fingerprint, cutoff))?;
+    let outcome =
+        keel::data::transaction!(db, |tx| join_tx(&mut tx, st, caller, event_id, &key, &fingerprint, cutoff))?;
     match outcome {
         Joined::Created(stored, tally) => {
             st.0.metrics.count(tally);
@@ -419,7 +373,7 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
 
 async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(event_id): Path<Uuid>) -> Response {
     let r = async {
-        let tally = transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
+        let tally = keel::data::transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
         st.0.metrics.count(tally);
         st.0.outbox.wake();
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -511,10 +465,12 @@ async fn on_user(
     let r = async {
         match action {
             UserAction::Kick => {
-                let tally = transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
+                let tally = keel::data::transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
                 st.0.metrics.count(tally);
             }
-            UserAction::Unban => transaction!(&st.0.db, |tx| unban_tx(&mut tx, &st, &caller, event_id, user_id))?,
+            UserAction::Unban => {
+                keel::data::transaction!(&st.0.db, |tx| unban_tx(&mut tx, &st, &caller, event_id, user_id))?
+            }
         }
         st.0.outbox.wake();
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -550,7 +506,8 @@ async fn ban(
         let user_id = cityevents_common::validate::uuid("user_id", &body.user_id)?;
         let (reason, expires_at) = ban_terms(&body, to_micros(now()))?;
         let new = store::NewBan { by: caller.id, reason, expires_at };
-        let (ban, made, tally) = transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
+        let (ban, made, tally) =
+            keel::data::transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
         st.0.metrics.count(tally);
         st.0.outbox.wake();
         let view = BanView { event_id, ban: ban_item(ban) };
@@ -819,16 +776,5 @@ mod tests {
         let many: Vec<String> = (0..=MAX_COUNTS_IDS).map(|_| Uuid::now_v7().to_string()).collect();
         assert!(ids(&many.join(",")).is_err());
         assert_eq!(ids(&many[..MAX_COUNTS_IDS].join(",")).unwrap().len(), MAX_COUNTS_IDS);
-    }
-
-    #[test]
-    fn transaction_pauses_are_short_bounded_and_never_zero() {
-        for _ in 0..100 {
-            let mut b = tx_backoff();
-            let pauses: Vec<Duration> = (1..MAX_TX_ATTEMPTS).map(|_| b.next_delay()).collect();
-            assert!(pauses[0] >= Duration::from_micros(12_500) && pauses[0] <= Duration::from_millis(25), "{pauses:?}");
-            assert!(pauses.iter().all(|p| *p <= Duration::from_millis(125)), "{pauses:?}");
-            assert!(pauses.iter().sum::<Duration>() <= Duration::from_millis(330), "{pauses:?}");
-        }
     }
 }

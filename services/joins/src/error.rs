@@ -53,25 +53,20 @@ impl From<OutboxError> for Fail {
     }
 }
 
-impl Fail {
-    /// Whether running the transaction again may succeed: a deadlock or serialization failure
-    /// (PostgreSQL `40001`/`40P01`, MySQL `40001`), a lock wait that timed out, a busy or locked
-    /// SQLite, or a unique key another transaction took first (the retry then sees its row).
-    pub(crate) fn is_transient(&self) -> bool {
-        let e = match self {
-            Self::Sql(e) => e,
-            _ => return false,
-        };
-        let sqlx::Error::Database(db) = e else { return false };
-        if db.is_unique_violation() {
-            return true;
+impl keel::data::Transient for Fail {
+    /// Keel's conflicts (a serialization failure or deadlock, a lock not granted in time, a
+    /// busy or locked SQLite), or a unique key another transaction took first: the next run
+    /// sees its row.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Sql(e) => e.is_transient() || matches!(e, sqlx::Error::Database(db) if db.is_unique_violation()),
+            Self::Data(e) => e.is_transient(),
+            _ => false,
         }
-        let code = db.code().unwrap_or_default();
-        // SQLite extended codes: 5 BUSY, 517 BUSY_SNAPSHOT, 261 BUSY_RECOVERY, 6 LOCKED, 262 LOCKED_SHAREDCACHE.
-        matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "5" | "517" | "261" | "6" | "262")
-            || db.message().contains("Lock wait timeout")
     }
+}
 
+impl Fail {
     /// The response, with `db` told about statement failures (metrics, availability).
     pub(crate) fn into_response_with(self, db: &keel::data::Db) -> Response {
         match self {

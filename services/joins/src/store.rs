@@ -570,7 +570,7 @@ pub(crate) fn settle_pending(
 
 /// Settles one batch of `event_id` in its own transaction; what changed once committed.
 async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch: i64) -> Result<Tally, OutboxError> {
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     let Some(mut ev) = lock_event(&mut tx, db, event_id).await? else {
         return Ok(Tally::default());
     };

@@ -3,6 +3,7 @@
 mod error;
 mod metrics;
 mod migrate;
+mod retry;
 mod sqlite_file;
 mod trace;
 
@@ -24,6 +25,7 @@ pub use error::{
     DataError, RETRY_AFTER_SECS, RETRYABLE, RetryKind, RetryableCode, lookup as lookup_retryable, retry_kind,
 };
 pub use migrate::{MigrationState, Migrations};
+pub use retry::{Transient, TxRetry};
 pub use sqlite_file::prepare_sqlite_file;
 pub use sqlx;
 pub use trace::Traced;
@@ -603,7 +605,19 @@ impl Db {
         E: From<DataError>,
     {
         let mut tx = self.begin_write().await?;
-        match f(&mut tx).await {
+        let result = f(&mut tx).await;
+        self.finish(tx, result).await
+    }
+
+    /// Ends `tx` as `result` says: commits it (a traced `COMMIT`) on `Ok`, which then answers
+    /// the commit's failure if it fails, and rolls it back on `Err`. For a transaction begun by
+    /// hand; [`Db::transaction`] and [`transaction!`](crate::transaction) call it.
+    pub async fn finish<T, E: From<DataError>>(
+        &self,
+        tx: Transaction<'static, Any>,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        match result {
             Ok(v) => {
                 self.commit(tx).await?;
                 Ok(v)
