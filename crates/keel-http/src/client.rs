@@ -130,31 +130,42 @@ pub enum ClientError {
     },
 }
 
-impl IntoResponse for ClientError {
-    fn into_response(self) -> AxumResponse {
-        tracing::warn!(error = %self, "upstream call failed");
-        let (status, slug, title, code) = match &self {
-            Self::BreakerOpen { .. } | Self::Bulkhead { .. } | Self::Unreachable { .. } => (
+impl From<ClientError> for Problem {
+    /// 503 (`SERVICE_DEGRADED`, with `Retry-After`) for an upstream behind an open breaker, a
+    /// full bulkhead or out of reach; 504 for one that timed out; 502 for a bad answer; 500 for
+    /// a request this service built wrong. The cause is logged, never sent.
+    fn from(e: ClientError) -> Self {
+        tracing::warn!(error = %e, "upstream call failed");
+        let (status, slug, title, code) = match &e {
+            ClientError::BreakerOpen { .. } | ClientError::Bulkhead { .. } | ClientError::Unreachable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dependency-unavailable",
                 "Service degraded",
                 Some("SERVICE_DEGRADED"),
             ),
-            Self::Timeout { .. } | Self::DeadlineExceeded { .. } => {
+            ClientError::Timeout { .. } | ClientError::DeadlineExceeded { .. } => {
                 (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timed out", None)
             }
-            Self::Invalid { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", None),
+            ClientError::Invalid { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", None)
+            }
             _ => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway", None),
         };
-        let retry_after = match &self {
-            Self::BreakerOpen { source, .. } => source.retry_in.as_secs().max(1),
+        let retry_after = match &e {
+            ClientError::BreakerOpen { source, .. } => source.retry_in.as_secs().max(1),
             _ => 1,
         };
         let mut p = Problem::new(status, slug, title).detail("a service this one depends on did not answer properly");
         if let Some(c) = code {
             p = p.code(c).retry_after(retry_after);
         }
-        p.into_response()
+        p
+    }
+}
+
+impl IntoResponse for ClientError {
+    fn into_response(self) -> AxumResponse {
+        Problem::from(self).into_response()
     }
 }
 

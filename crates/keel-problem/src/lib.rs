@@ -62,6 +62,9 @@ struct ProblemBody {
     retry_after: Option<u64>,
     #[serde(skip)]
     overloaded: bool,
+    /// `WWW-Authenticate` (RFC 6750's challenge of a 401 or 403).
+    #[serde(skip)]
+    challenge: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl Serialize for Problem {
@@ -92,6 +95,7 @@ impl Problem {
             errors: Vec::new(),
             retry_after: None,
             overloaded: false,
+            challenge: None,
         }))
     }
 
@@ -133,6 +137,13 @@ impl Problem {
     /// ```
     pub fn invalid(field: &str, message: &str) -> Self {
         Self::bad_request(format!("{field} {message}")).code("invalid_input").field(field, message)
+    }
+
+    /// Answers with `WWW-Authenticate: <challenge>`, as a 401 must (RFC 9110 §11.6.1), e.g.
+    /// `Bearer error="invalid_token"`.
+    pub fn challenge(mut self, challenge: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.0.challenge = Some(challenge.into());
+        self
     }
 
     /// Replaces the detail line, or removes it.
@@ -250,6 +261,9 @@ impl Problem {
         }
         if self.0.overloaded {
             resp.headers_mut().insert(OVERLOADED, HeaderValue::from_static("true"));
+        }
+        if let Some(v) = self.0.challenge.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp.extensions_mut().insert(Rendered(self));
         resp

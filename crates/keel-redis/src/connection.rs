@@ -41,22 +41,29 @@ pub enum RedisError {
     Config(String),
 }
 
-impl IntoResponse for RedisError {
-    fn into_response(self) -> Response {
-        match &self {
-            Self::Unavailable { .. } | Self::Timeout(_) => {
-                tracing::warn!(error = %self, "redis call refused");
+impl From<RedisError> for Problem {
+    /// 503 (`SERVICE_DEGRADED`, with `Retry-After`) while Redis is unavailable or slow, else
+    /// 500; the cause is logged, never sent.
+    fn from(e: RedisError) -> Self {
+        match &e {
+            RedisError::Unavailable { .. } | RedisError::Timeout(_) => {
+                tracing::warn!(error = %e, "redis call refused");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service degraded")
                     .detail("a dependency of this service is unavailable; retry later")
                     .code("SERVICE_DEGRADED")
                     .retry_after(keel_problem::DEPENDENCY_RETRY_AFTER_SECS)
-                    .into_response()
             }
             _ => {
-                tracing::error!(error = %self, "redis call failed");
-                Problem::internal().into_response()
+                tracing::error!(error = %e, "redis call failed");
+                Problem::internal()
             }
         }
+    }
+}
+
+impl IntoResponse for RedisError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
     }
 }
 

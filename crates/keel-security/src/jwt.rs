@@ -53,7 +53,7 @@ use std::time::Duration;
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
@@ -599,12 +599,13 @@ impl AuthRejection {
     }
 }
 
-impl IntoResponse for AuthRejection {
-    fn into_response(self) -> Response {
-        let (problem, challenge) = match (self.status, &self.error) {
+impl From<AuthRejection> for Problem {
+    /// The 401 or 403 problem, with its `WWW-Authenticate` challenge (RFC 6750 §3).
+    fn from(r: AuthRejection) -> Self {
+        let (problem, challenge) = match (r.status, &r.error) {
             (StatusCode::FORBIDDEN, _) => (
                 Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-                    .detail(format!("this needs the role `{}`", self.role.as_deref().unwrap_or_default())),
+                    .detail(format!("this needs the role `{}`", r.role.as_deref().unwrap_or_default())),
                 "Bearer error=\"insufficient_scope\"",
             ),
             (StatusCode::UNAUTHORIZED, JwtError::Missing) => (
@@ -627,11 +628,13 @@ impl IntoResponse for AuthRejection {
             ),
             _ => (Problem::internal(), ""),
         };
-        let mut resp = problem.into_response();
-        if !challenge.is_empty() {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        }
-        resp
+        if challenge.is_empty() { problem } else { problem.challenge(challenge) }
+    }
+}
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
     }
 }
 

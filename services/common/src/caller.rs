@@ -24,9 +24,8 @@
 //! ```
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
 use keel::http::Problem;
 use keel::security::jwt::{Auth, Claims, HasRoles as _};
 use uuid::Uuid;
@@ -52,6 +51,7 @@ impl Caller {
         let id = Uuid::parse_str(&claims.sub).map_err(|_| {
             Problem::new(StatusCode::UNAUTHORIZED, "invalid-token", "Unauthorized")
                 .detail("the bearer token was refused: its subject is not a user id")
+                .challenge("Bearer error=\"invalid_token\"")
         })?;
         let admin = claims.has_role(roles::ADMIN);
         Ok(Self {
@@ -63,34 +63,22 @@ impl Caller {
     }
 }
 
-/// The 401 for verified claims that name no user, with the challenge Keel's other 401s carry.
-fn refused(problem: Problem) -> Response {
-    let mut resp = problem.into_response();
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
-    resp
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    /// Keel's `Auth` refusal (a problem with `WWW-Authenticate`), or the 401 above.
-    type Rejection = Response;
+    /// Keel's `Auth` refusal, or the 401 above; both with their `WWW-Authenticate` challenge.
+    type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Auth(claims) = <Auth<Claims> as FromRequestParts<S>>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        Self::from_claims(&claims).map_err(refused)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Auth(claims) = <Auth<Claims> as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        Self::from_claims(&claims)
     }
 }
 
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Caller {
-    type Rejection = Response;
+    type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Response> {
-        match <Auth<Claims> as OptionalFromRequestParts<S>>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?
-        {
-            Some(Auth(claims)) => Self::from_claims(&claims).map(Some).map_err(refused),
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Problem> {
+        match <Auth<Claims> as OptionalFromRequestParts<S>>::from_request_parts(parts, state).await? {
+            Some(Auth(claims)) => Self::from_claims(&claims).map(Some),
             None => Ok(None),
         }
     }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cityevents_api::notifications::{Marked, Notification, UnreadCount};
@@ -15,6 +14,7 @@ use cityevents_common::time::from_micros;
 use cityevents_common::validate;
 use http::StatusCode;
 use keel::data::Db;
+use keel::http::Problem;
 use keel::http::extract::{Json as JsonBody, Path, Query};
 use keel::security::jwt::{Auth, Claims};
 use sqlx::Row;
@@ -40,8 +40,8 @@ pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
 /// `{"event_canceled": true, "waitlist_promoted": true, "removed": false}`.
 type Preferences = BTreeMap<&'static str, bool>;
 
-async fn get_preferences(State(c): State<Contacts>, Auth(claims): Auth<Claims>) -> Result<Json<Preferences>, Response> {
-    let prefs = c.preferences(&claims.sub).await.map_err(IntoResponse::into_response)?;
+async fn get_preferences(State(c): State<Contacts>, Auth(claims): Auth<Claims>) -> Result<Json<Preferences>, Problem> {
+    let prefs = c.preferences(&claims.sub).await?;
     Ok(Json(prefs.into_iter().collect()))
 }
 
@@ -50,26 +50,23 @@ async fn put_preferences(
     State(c): State<Contacts>,
     Auth(claims): Auth<Claims>,
     JsonBody(body): JsonBody<BTreeMap<String, serde_json::Value>>,
-) -> Result<Json<Preferences>, Response> {
+) -> Result<Json<Preferences>, Problem> {
     if body.is_empty() {
-        return Err(validate::invalid("body", &format!("must name at least one of {}", MAIL_PREFERENCES.join(", ")))
-            .into_response());
+        return Err(validate::invalid("body", &format!("must name at least one of {}", MAIL_PREFERENCES.join(", "))));
     }
     let mut changes = Vec::with_capacity(body.len());
     for (key, value) in &body {
         let Some(kind) = MAIL_PREFERENCES.iter().find(|k| **k == key.as_str()) else {
             let known = MAIL_PREFERENCES.join(", ");
             let field: String = key.chars().take(64).collect();
-            return Err(
-                validate::invalid(&field, &format!("is not a mail preference (known: {known})")).into_response()
-            );
+            return Err(validate::invalid(&field, &format!("is not a mail preference (known: {known})")));
         };
         let Some(on) = value.as_bool() else {
-            return Err(validate::invalid(kind, "must be true or false").into_response());
+            return Err(validate::invalid(kind, "must be true or false"));
         };
         changes.push((*kind, on));
     }
-    c.set_preferences(&claims.sub, &changes).await.map_err(IntoResponse::into_response)?;
+    c.set_preferences(&claims.sub, &changes).await?;
     get_preferences(State(c), Auth(claims)).await
 }
 
@@ -80,7 +77,7 @@ fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Uuid, sqlx::Erro
 }
 
 /// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field.
-fn parse_query(q: NotificationsParams) -> Result<(PageRequest, bool), keel::Problem> {
+fn parse_query(q: NotificationsParams) -> Result<(PageRequest, bool), Problem> {
     // An empty value is the parameter left out, as on every list.
     let unread = match q.unread.as_deref() {
         None | Some("" | "false") => false,
@@ -90,16 +87,16 @@ fn parse_query(q: NotificationsParams) -> Result<(PageRequest, bool), keel::Prob
     Ok((PageQuery::parse(q.limit.as_deref(), q.cursor)?, unread))
 }
 
-fn db_error(db: &Db, e: sqlx::Error) -> Response {
-    db.observe(e).into_response()
+fn db_error(db: &Db, e: sqlx::Error) -> Problem {
+    db.observe(e).into()
 }
 
 async fn list(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
     Query(q): Query<NotificationsParams>,
-) -> Result<Json<Page<Notification>>, Response> {
-    let (page, unread) = parse_query(q).map_err(IntoResponse::into_response)?;
+) -> Result<Json<Page<Notification>>, Problem> {
+    let (page, unread) = parse_query(q)?;
     let mut sql =
         String::from("SELECT id, kind, event_id, message, created_at, read_at FROM notifications WHERE user_id = $1");
     if unread {
@@ -116,7 +113,7 @@ async fn list(
         // Each placeholder once and in order (MySQL and SQLite take `?` positionally).
         query = query.bind(after.key).bind(after.key).bind(after.id.clone());
     }
-    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let mut conn = db.acquire().await?;
     let rows = query.fetch_all(db.on(&mut *conn)).await.map_err(|e| db_error(&db, e))?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
@@ -139,9 +136,9 @@ async fn list(
 }
 
 /// `{"unread": n}`: the caller's notifications not yet read.
-async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<UnreadCount>, Response> {
+async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<UnreadCount>, Problem> {
     let count = db.sql("SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL");
-    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let mut conn = db.acquire().await?;
     let unread: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.into_owned()))
         .bind(&claims.sub)
         .fetch_one(db.on(&mut *conn))
@@ -151,10 +148,10 @@ async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resul
 }
 
 /// Marks every unread notification of the caller read: `{"marked": n}` (0 when none was).
-async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<Marked>, Response> {
+async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Result<Json<Marked>, Problem> {
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
     let update = db.sql("UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL");
-    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let mut conn = db.acquire().await?;
     let done = sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
         .bind(now)
         .bind(&claims.sub)
@@ -168,10 +165,10 @@ async fn mark_read(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
     Path(id): Path<Uuid>,
-) -> Result<StatusCode, Response> {
+) -> Result<StatusCode, Problem> {
     let id = id.to_string();
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
-    let mut conn = db.acquire().await.map_err(IntoResponse::into_response)?;
+    let mut conn = db.acquire().await?;
     let update = db.sql("UPDATE notifications SET read_at = $1 WHERE id = $2 AND user_id = $3 AND read_at IS NULL");
     let done = sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
         .bind(now)
@@ -193,6 +190,6 @@ async fn mark_read(
         .map_err(|e| db_error(&db, e))?;
     match found {
         Some(_) => Ok(StatusCode::NO_CONTENT),
-        None => Err(keel::Problem::not_found().detail("no such notification").into_response()),
+        None => Err(Problem::not_found().detail("no such notification")),
     }
 }

@@ -299,18 +299,20 @@ impl DataError {
     }
 }
 
-impl IntoResponse for DataError {
-    fn into_response(self) -> Response {
-        if let Self::StatementTimeout { after } = self {
+impl From<DataError> for Problem {
+    /// The problem a handler answers for a database failure: 503 with `Retry-After` for what
+    /// may pass ([`DataError::retry_kind`], a statement cut off for its time), 404 for a row
+    /// that is not there, else 500 (the cause logged, never sent).
+    fn from(this: DataError) -> Self {
+        if let DataError::StatementTimeout { after } = this {
             tracing::warn!(limit = ?after, "a statement ran past its time limit and was cut off");
             return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "query-timeout", "Query took too long")
                 .detail("the query took longer than this service allows for it: narrow it, or retry later")
                 .code("QUERY_TIMEOUT")
-                .retry_after(1)
-                .into_response();
+                .retry_after(1);
         }
-        if let Some(kind) = self.retry_kind() {
-            tracing::warn!(error = %self, kind = kind.label(), "database call refused or failed transiently");
+        if let Some(kind) = this.retry_kind() {
+            tracing::warn!(error = %this, kind = kind.label(), "database call refused or failed transiently");
             let detail = match kind {
                 RetryKind::Serialization | RetryKind::Deadlock | RetryKind::LockTimeout => {
                     "the request conflicted with another one; retry it"
@@ -320,16 +322,21 @@ impl IntoResponse for DataError {
             return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "dependency-unavailable", "Service degraded")
                 .detail(detail)
                 .code("SERVICE_DEGRADED")
-                .retry_after(kind.retry_after())
-                .into_response();
+                .retry_after(kind.retry_after());
         }
-        match &self {
-            Self::Sql(sqlx::Error::RowNotFound) => Problem::not_found().into_response(),
+        match &this {
+            DataError::Sql(sqlx::Error::RowNotFound) => Problem::not_found(),
             _ => {
-                tracing::error!(error = %self, "database call failed");
-                Problem::internal().into_response()
+                tracing::error!(error = %this, "database call failed");
+                Problem::internal()
             }
         }
+    }
+}
+
+impl IntoResponse for DataError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
     }
 }
 

@@ -79,6 +79,21 @@ pub enum OutboxError {
     Invalid(String),
 }
 
+impl From<OutboxError> for keel_http::Problem {
+    /// A database failure answers as [`DataError`] does; an event that could not be encoded or
+    /// was refused (a bad topic, an oversized event) is this service's bug: 500, logged.
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Data(e) => e.into(),
+            OutboxError::Sql(e) => DataError::Sql(e).into(),
+            e => {
+                tracing::error!(error = %e, "enqueueing an event failed");
+                keel_http::Problem::internal()
+            }
+        }
+    }
+}
+
 impl OutboxError {
     /// The kind of failure, as a `create` span's `error.type` says it.
     fn kind(&self) -> &'static str {
