@@ -15,9 +15,9 @@ use cityevents_common::time::{now, to_micros};
 use cityevents_common::validate;
 use http::{StatusCode, header};
 use keel::data::{DataError, Db};
-use keel::events::outbox::{Outbox, OutboxError};
+use keel::events::outbox::Outbox;
 use keel::http::Problem;
-use keel::http::client::{self, Client, ClientError};
+use keel::http::client::{self, Client};
 use keel::http::extract::{Json, OptionalJson, Path, Query};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -98,67 +98,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A handler failure, rendered as a problem (internal details only logged).
-#[derive(Debug)]
-pub enum ApiError {
-    /// A problem for the client.
-    Problem(Problem),
-    /// The database failed or is unavailable (503 or 500).
-    Data(DataError),
-    /// The outbox refused the event (500).
-    Outbox(OutboxError),
-    /// A call to another service failed (502, 503 or 504).
-    Upstream(ClientError),
-}
-
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        Self::Problem(p)
-    }
-}
-
-impl From<DataError> for ApiError {
-    fn from(e: DataError) -> Self {
-        Self::Data(e)
-    }
-}
-
-impl From<OutboxError> for ApiError {
-    fn from(e: OutboxError) -> Self {
-        Self::Outbox(e)
-    }
-}
-
-impl From<ClientError> for ApiError {
-    fn from(e: ClientError) -> Self {
-        Self::Upstream(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Problem(p) => p.into_response(),
-            Self::Data(e) => e.into_response(),
-            Self::Outbox(OutboxError::Data(e)) => e.into_response(),
-            Self::Outbox(e) => {
-                tracing::error!(error = %e, "enqueueing an event failed");
-                Problem::internal().into_response()
-            }
-            Self::Upstream(e) => e.into_response(),
-        }
-    }
-}
-
-type Result<T, E = ApiError> = std::result::Result<T, E>;
+/// Every failure is a problem: Keel's errors (database, outbox, upstream) convert into one
+/// with `?`, their causes logged, never sent.
+type Result<T, E = Problem> = std::result::Result<T, E>;
 
 /// `POST /api/v1/events`: a new draft of the caller's.
 async fn create(State(st): State<AppState>, caller: Caller, Json(body): Json<NewEvent>) -> Result<Response> {
     if st.require_verified_email && !caller.verified && !caller.admin {
         return Err(Problem::new(StatusCode::FORBIDDEN, "email-unverified", "E-mail address not verified")
             .code("email_unverified")
-            .detail("confirm your e-mail address first: follow the link in the mail, or ask for a new one")
-            .into());
+            .detail("confirm your e-mail address first: follow the link in the mail, or ask for a new one"));
     }
     let f = crate::model::validate_new(body)?;
     let now = to_micros(now());
@@ -199,7 +148,7 @@ async fn show(
 ) -> Result<JsonResponse<EventView>> {
     match store::get(&st.db, id).await? {
         Some(e) if e.visible_to(caller.as_ref()) => Ok(JsonResponse(e.view())),
-        _ => Err(Problem::not_found().into()),
+        _ => Err(Problem::not_found()),
     }
 }
 
@@ -252,7 +201,7 @@ async fn change_recorded(
     let mut tx = st.db.begin_write().await?;
     // Dropping `tx` on any early return rolls it back and releases the lock.
     let Some(current) = store::get_for_update(&st.db, &mut tx, id).await? else {
-        return Err(Problem::not_found().into());
+        return Err(Problem::not_found());
     };
     let now = to_micros(now());
     let (fields, status, reason, emit) = match plan(&current, now)? {
@@ -260,9 +209,7 @@ async fn change_recorded(
         Plan::Write { fields, status, reason, emit } => (fields, status, reason, emit),
     };
     let Some(new) = store::update(&st.db, &mut tx, &current, &fields, (status, reason), now).await? else {
-        return Err(
-            conflict("concurrent_change", "the event was changed by another request at the same time; retry").into()
-        );
+        return Err(conflict("concurrent_change", "the event was changed by another request at the same time; retry"));
     };
     match emit {
         Emit::Nothing => {}
@@ -396,7 +343,7 @@ async fn call_off(st: &AppState, caller: &Caller, id: Uuid, body: Option<ReasonB
     let reason = parse_reason(body.unwrap_or_default().reason.as_deref())?;
     let (verb, action) = how.names();
     let Some(current) = store::get(&st.db, id).await? else {
-        return Err(Problem::not_found().into());
+        return Err(Problem::not_found());
     };
     // The organizer never changes: who is moderating is known before the lock.
     let moderating = moderation(&current, caller, reason.as_ref(), verb)?;
@@ -406,8 +353,7 @@ async fn call_off(st: &AppState, caller: &Caller, id: Uuid, body: Option<ReasonB
             return Err(conflict(
                 "event_has_participants",
                 "people have joined this event: it cannot go back to draft; cancel it instead",
-            )
-            .into());
+            ));
         }
     }
     let record = moderating.then(|| moderation_record(caller, action, &current, reason.as_ref()));
@@ -457,8 +403,7 @@ async fn anyone_joined(st: &AppState, event: Uuid) -> Result<bool> {
             tracing::warn!(status = other.as_u16(), "the joins service could not say whether anyone joined");
             Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "service-degraded", "Service unavailable")
                 .code("SERVICE_DEGRADED")
-                .detail("whether anyone joined cannot be checked right now; try again shortly")
-                .into())
+                .detail("whether anyone joined cannot be checked right now; try again shortly"))
         }
     }
 }
@@ -491,7 +436,7 @@ async fn list_public(
     let rows = if list.search.is_some() {
         let Ok(_slot) = st.search.slots.acquire().await else {
             st.metrics.search(SearchOutcome::Busy);
-            return Err(search_busy().into());
+            return Err(search_busy());
         };
         let result = store::list_public(&st.db, &list, bounds).await;
         st.metrics.search(match &result {
@@ -538,7 +483,7 @@ async fn batch(
     Json(body): Json<BatchRequest>,
 ) -> Result<JsonResponse<BatchResponse>> {
     if body.ids.is_empty() || body.ids.len() > MAX_BATCH {
-        return Err(validate::invalid("ids", &format!("must hold 1 to {MAX_BATCH} ids")).into());
+        return Err(validate::invalid("ids", &format!("must hold 1 to {MAX_BATCH} ids")));
     }
     let mut ids = Vec::with_capacity(body.ids.len());
     for (i, raw) in body.ids.iter().enumerate() {
