@@ -22,7 +22,7 @@ use std::time::Duration;
 use cityevents_common::catalogue::{EventSnapshot, JoinChange, JoinConfirmed, JoinWaitlisted};
 use cityevents_common::time::{now, to_micros};
 use cityevents_common::zone::Zone;
-use keel::data::{Backend, Db};
+use keel::data::{Backend, DataError, Db};
 use keel::events::Event;
 use keel::workers::Worker;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
@@ -214,7 +214,7 @@ pub(crate) fn notice_worker(db: Db, metrics: NotificationMetrics) -> Worker {
 }
 
 /// Writes one batch of each of up to 16 queued notices; returns how many batches it wrote.
-async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, sqlx::Error> {
+async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, DataError> {
     let backend = db.backend();
     let pending = sqlx::query(statement(
         backend,
@@ -226,9 +226,9 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
     for row in pending {
         let (id, event, kind, message, after): (String, String, String, String, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
-        let mut tx = db.pool().begin().await?;
-        // Write first: the row lock (SQLite: the database's write lock) is held before the reads,
-        // so a writer committing meanwhile cannot fail this transaction's later write.
+        let mut tx = db.begin_write().await?;
+        // Write first: the row lock is held before the reads, so a writer committing meanwhile
+        // cannot fail this transaction's later write (SQLite's write lock is taken by the BEGIN).
         // (Its count is not read: MySQL counts a row that did not change as not affected.)
         sqlx::query(statement(backend, "UPDATE pending_notices SET after_user = after_user WHERE id = $1"))
             .bind(&id)
@@ -406,7 +406,7 @@ pub(crate) fn digest_worker(db: Db, interval: Duration, metrics: NotificationMet
     })
 }
 
-async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics) -> Result<usize, sqlx::Error> {
+async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics) -> Result<usize, DataError> {
     let backend = db.backend();
     let due = to_micros(now()) - i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
     let orphaned = to_micros(now()) - i64::try_from(ORPHAN_DIGEST.as_micros()).unwrap_or(i64::MAX);
@@ -443,7 +443,7 @@ async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics
             }
             continue;
         };
-        let mut tx = db.pool().begin().await?;
+        let mut tx = db.begin_write().await?;
         // Only the counts read: a digest that grew meanwhile (or another instance sent) is left.
         let taken = sqlx::query(statement(
             backend,
