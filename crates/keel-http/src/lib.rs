@@ -1,7 +1,9 @@
 //! The HTTP server stack every Keel service gets, and its parts.
 //!
 //! This is `keel-http`, re-exported by `keel` as `keel::http`; of Keel's crates it depends on
-//! `keel-config`, `keel-resilience`, `keel-telemetry` and `keel-health`.
+//! `keel-config`, `keel-problem` (re-exported as [`problem`]), `keel-tls`, `keel-resilience`,
+//! `keel-telemetry` and `keel-health`. [`extract`] holds the extractors whose refusals are
+//! problems naming the field.
 //!
 //! Layers, outermost first (each is its own module with a `Layer` + `Service` pair):
 //!
