@@ -87,7 +87,7 @@ impl DeadlineLayer {
     }
 }
 
-crate::macros::layer_with_config!(DeadlineLayer => Deadline);
+keel_http::layer_with_config!(DeadlineLayer => Deadline);
 
 /// The service made by [`DeadlineLayer`].
 #[derive(Debug, Clone)]

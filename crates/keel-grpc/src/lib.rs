@@ -45,7 +45,6 @@ pub mod deadline;
 #[cfg(feature = "grpc")]
 pub mod limit;
 #[cfg(feature = "grpc")]
-mod macros;
 #[cfg(feature = "grpc")]
 pub mod method;
 #[cfg(feature = "grpc")]

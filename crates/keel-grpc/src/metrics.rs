@@ -85,7 +85,7 @@ impl GrpcMetricsLayer {
     }
 }
 
-crate::macros::layer_with_config!(GrpcMetricsLayer => GrpcMetrics);
+keel_http::layer_with_config!(GrpcMetricsLayer => GrpcMetrics);
 
 /// The service made by [`GrpcMetricsLayer`].
 #[derive(Debug, Clone)]

@@ -76,7 +76,7 @@ impl Drop for Guard {
     }
 }
 
-crate::macros::layer_with_config!(ShedLayer => Shed);
+keel_http::layer_with_config!(ShedLayer => Shed);
 
 /// The service made by [`ShedLayer`].
 #[derive(Debug, Clone)]

@@ -52,7 +52,7 @@ impl GrpcTraceLayer {
     }
 }
 
-crate::macros::layer_with_config!(GrpcTraceLayer => GrpcTrace);
+keel_http::layer_with_config!(GrpcTraceLayer => GrpcTrace);
 
 /// The service made by [`GrpcTraceLayer`].
 #[derive(Debug, Clone)]

@@ -56,6 +56,12 @@ pub mod cors;
 pub mod extract;
 pub mod load_shed;
 mod macros;
+
+/// What Keel's exported macros name, not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use tower;
+}
 pub mod metrics;
 pub use keel_problem as problem;
 pub mod problems;

@@ -61,7 +61,7 @@ impl LoadShedLayer {
     }
 }
 
-super::macros::layer_with_config!(LoadShedLayer => LoadShed);
+crate::layer_with_config!(LoadShedLayer => LoadShed);
 
 /// The service made by [`LoadShedLayer`].
 #[derive(Debug, Clone)]

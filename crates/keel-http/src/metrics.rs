@@ -136,7 +136,7 @@ impl HttpMetricsLayer {
     }
 }
 
-super::macros::layer_with_config!(HttpMetricsLayer => HttpMetrics);
+crate::layer_with_config!(HttpMetricsLayer => HttpMetrics);
 
 /// The service made by [`HttpMetricsLayer`].
 #[derive(Debug, Clone)]
