@@ -95,9 +95,10 @@ impl TxRetry {
     }
 }
 
-/// Runs `$body` in a writing transaction of `$db`, inside an `async` context (the macro awaits), ([`Db::begin_write`](crate::Db::begin_write)):
+/// Runs `$body` in a writing transaction of `$db` ([`Db::begin_write`](crate::Db::begin_write)):
 /// commits when it answers `Ok`, rolls back when it answers `Err`, and runs it all again while
-/// the error is [`Transient`], as [`TxRetry`] (`$retry`, else its default) allows.
+/// the error is [`Transient`], as [`TxRetry`] (`$retry`, else its default) allows. It awaits,
+/// so it is used inside an `async` function, and evaluates to the `Result`.
 ///
 /// `$body` is an expression that uses `$tx` (a mutable binding of the
 /// `Transaction<'static, Any>`) and yields a future of `Result<T, E>`, where `E:
@@ -113,7 +114,8 @@ impl TxRetry {
 ///
 /// ```ignore
 /// async fn rename_tx(tx: &mut Transaction<'static, Any>, db: &Db, id: Uuid, name: &str) -> Result<(), DataError> {
-///     db.query("UPDATE items SET name = $1 WHERE id = $2").bind(name).bind(id.to_string()).execute(&mut **tx).await?;
+///     let sql = db.sql("UPDATE items SET name = $1 WHERE id = $2").into_owned();
+///     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name).bind(id.to_string()).execute(db.on(&mut **tx)).await?;
 ///     Ok(())
 /// }
 ///

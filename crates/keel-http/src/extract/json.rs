@@ -48,19 +48,7 @@ use crate::problems::{BodyLimit, body_too_large};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
-impl<T> std::ops::Deref for Json<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> std::ops::DerefMut for Json<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-}
+super::deref_to_value!(Json);
 
 impl<S, T> FromRequest<S> for Json<T>
 where

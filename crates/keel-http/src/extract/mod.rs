@@ -47,6 +47,26 @@
 //! let app: Router = Router::new().route("/items/{id}", post(rename)).route("/items", get(list));
 //! ```
 
+/// `Deref`/`DerefMut` to the extracted value, as axum's extractors have.
+macro_rules! deref_to_value {
+    ($extractor:ident) => {
+        impl<T> std::ops::Deref for $extractor<T> {
+            type Target = T;
+
+            fn deref(&self) -> &T {
+                &self.0
+            }
+        }
+
+        impl<T> std::ops::DerefMut for $extractor<T> {
+            fn deref_mut(&mut self) -> &mut T {
+                &mut self.0
+            }
+        }
+    };
+}
+use deref_to_value;
+
 pub mod json;
 pub mod path;
 pub mod query;

@@ -41,19 +41,7 @@ use crate::problem::Problem;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Path<T>(pub T);
 
-impl<T> std::ops::Deref for Path<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> std::ops::DerefMut for Path<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-}
+super::deref_to_value!(Path);
 
 impl<S, T> FromRequestParts<S> for Path<T>
 where

@@ -44,19 +44,7 @@ use crate::problem::Problem;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
 
-impl<T> std::ops::Deref for Query<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> std::ops::DerefMut for Query<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.0
-    }
-}
+super::deref_to_value!(Query);
 
 impl<S, T> FromRequestParts<S> for Query<T>
 where

@@ -452,14 +452,8 @@ pub(crate) async fn act(
     path: Result<Path<(uuid::Uuid, String)>, keel::http::Problem>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let (id, action) = match path {
-        Ok(Path((id, action))) => (Ok(Path(id)), action),
-        Err(refused) => (Err(refused), String::new()),
-    };
-    let id = match page.event_id(id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    // Anything but a UUID names no event: the 404 page.
+    let Ok(Path((id, action))) = path else { return pages::not_found(&page) };
     let back = format!("/my/events/{id}");
     let token = match page.signed(&back) {
         Ok(t) => t,
