@@ -103,7 +103,10 @@ async fn status(m: &Migrations, pool: &sqlx::AnyPool, backend: Backend) -> ExitC
                 } else {
                     "pending"
                 };
-                println!("{state:<8} {:>14}  {}", s.version, s.description);
+                match s.library {
+                    Some(l) => println!("{state:<8} {:>14}  {l}: {}", s.version, s.description),
+                    None => println!("{state:<8} {:>14}  {}", s.version, s.description),
+                }
             }
             let pending = list.iter().filter(|s| !s.applied).count();
             println!("{} applied, {pending} pending ({backend})", list.len() - pending);

@@ -195,8 +195,12 @@ impl<C: Section> Service<C> {
 
     /// The service's embedded migrations: `<service> migrate` applies them, `migrate status`
     /// lists them, and [`Setup::database`] checks (production) or applies (development) them.
+    /// With the `events` feature, Keel's own tables (the outbox and inbox,
+    /// [`keel_events::outbox::migrations`]) come first, in a set of their own.
     #[cfg(feature = "sql")]
     pub fn migrations(mut self, migrations: keel_data::Migrations) -> Self {
+        #[cfg(feature = "events")]
+        let migrations = migrations.with(keel_events::outbox::migrations());
         self.migrations = Some(Arc::new(migrations));
         self
     }
@@ -850,7 +854,7 @@ impl<C: Section> Setup<C> {
 
     /// The transactional outbox on the service database, with its relay publishing to
     /// [`Setup::bus`] until shutdown (`outbox.*`, metrics `outbox_*`). The `keel_outbox` table
-    /// comes from a migration with [`keel_events::outbox::schema`].
+    /// comes from Keel's own migrations ([`keel_events::outbox::migrations`]).
     #[cfg(all(feature = "events", feature = "sql"))]
     pub fn outbox(&mut self, db: &keel_data::Db) -> Result<keel_events::outbox::Outbox, SetupError> {
         if let Some(o) = &self.outbox {

@@ -386,6 +386,107 @@ async fn sqlite_migrate_and_status() {
     migrate_and_status(TestDatabase::sqlite().unwrap()).await;
 }
 
+/// A database migrated before Keel owned its tables: the fixture's own migrations with copies of
+/// the first `copied` steps of keel-events' as versions 3, 4, 5 (descriptions from the files
+/// `0003_keel_events.sql`, `0004_keel_events_2.sql`, `0005_keel_events_3.sql`), exactly the rows
+/// sqlx recorded from those files.
+fn migrations_with_copies(backend: keel::data::Backend, copied: usize) -> keel::data::Migrations {
+    use sqlx::SqlSafeStr as _;
+    use sqlx::migrate::{Migration, Migrator};
+    let own = keel_fixture::migrations();
+    let lib = keel::events::outbox::migrations();
+    let mut list: Vec<Migration> = own.for_backend(backend).unwrap().iter().cloned().collect();
+    let names = ["keel events", "keel events 2", "keel events 3"];
+    for (i, step) in lib.for_backend(backend).unwrap().iter().take(copied).enumerate() {
+        let sql = sqlx::AssertSqlSafe(step.sql.as_str().to_owned()).into_sql_str();
+        list.push(Migration::new(3 + i as i64, names[i].into(), step.migration_type, sql, false));
+    }
+    let m = Migrator::with_migrations(list);
+    match backend {
+        keel::data::Backend::Postgres => keel::data::Migrations::new().postgres(m),
+        keel::data::Backend::MySql => keel::data::Migrations::new().mysql(m),
+        keel::data::Backend::Sqlite => keel::data::Migrations::new().sqlite(m),
+    }
+}
+
+/// Rows of a migrations table, `(version, description)`, in version order.
+async fn recorded(pool: &sqlx::AnyPool, table: &str) -> Vec<(i64, String)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT version, description FROM {table} ORDER BY version")))
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A database whose service carried copies of keel-events' migrations upgrades: Keel takes the
+/// copies' records over, runs nothing twice, keeps the rows, and applies the steps the copies
+/// lacked.
+async fn upgrades_from_copied_events_tables(backend: keel::data::Backend, make: impl AsyncFn() -> TestDatabase) {
+    let new = keel_fixture::migrations().with(keel::events::outbox::migrations());
+    for copied in [3, 2] {
+        let db = make().await;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(db.url()).await.unwrap();
+        assert_eq!(migrations_with_copies(backend, copied).run(&pool, backend).await.unwrap(), 2 + copied);
+        sqlx::query("INSERT INTO keel_outbox (event_id, topic, payload, created_at, next_attempt_at) VALUES ('e1', 't', '{}', 1, 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // Before `migrate`, the copies count as Keel's versions: only what they lacked is pending.
+        let pending: Vec<i64> = new.pending(&pool, backend).await.unwrap().iter().map(|s| s.version).collect();
+        assert_eq!(pending, (copied as i64 + 1..=3).collect::<Vec<_>>(), "{backend:?} with {copied} copied");
+
+        assert_eq!(new.run(&pool, backend).await.unwrap(), 3 - copied, "{backend:?} with {copied} copied");
+        let keel = recorded(&pool, "_keel_events_migrations").await;
+        assert_eq!(keel.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3], "{keel:?}");
+        assert_eq!(keel[0].1, "outbox and inbox");
+        let own = recorded(&pool, "_sqlx_migrations").await;
+        assert_eq!(own.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2], "the copies' records moved: {own:?}");
+        assert!(new.pending(&pool, backend).await.unwrap().is_empty());
+        assert_eq!(new.run(&pool, backend).await.unwrap(), 0, "a second run applies nothing");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keel_outbox").fetch_one(&pool).await.unwrap();
+        assert_eq!(rows, 1, "the outbox kept its rows");
+        // Step 3 is in place whoever applied it: waiting rows are read from its index.
+        let held = match backend {
+            keel::data::Backend::Postgres => "SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'keel_outbox_held'",
+            keel::data::Backend::MySql => {
+                "SELECT COUNT(DISTINCT index_name) FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND index_name = 'keel_outbox_held'"
+            }
+            keel::data::Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE name = 'keel_outbox_held'",
+        };
+        let n: i64 = sqlx::query_scalar(held).fetch_one(&pool).await.unwrap();
+        assert_eq!(n, 1, "{backend:?}: keel_outbox_held");
+        pool.close().await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_upgrades_from_copied_events_tables() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    upgrades_from_copied_events_tables(keel::data::Backend::Postgres, async || {
+        TestDatabase::postgres(&postgres_url()).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mariadb_upgrades_from_copied_events_tables() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    upgrades_from_copied_events_tables(keel::data::Backend::MySql, async || {
+        TestDatabase::mysql(&mysql_url()).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_upgrades_from_copied_events_tables() {
+    upgrades_from_copied_events_tables(keel::data::Backend::Sqlite, async || TestDatabase::sqlite().unwrap()).await;
+}
+
 #[tokio::test]
 async fn postgres_production_serve_never_migrates() {
     if !require("PostgreSQL", &postgres_url()) {

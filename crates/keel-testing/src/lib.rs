@@ -26,9 +26,6 @@ mod tls;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// The SQL backends, as [`assert_events_schema_migrations!`] names them.
-#[cfg(all(feature = "events", feature = "sql"))]
-pub use keel_data::Backend;
 pub use proxy::{FaultProxy, Mode};
 #[cfg(feature = "sql")]
 pub use sql::TestDatabase;
@@ -208,69 +205,9 @@ impl Drop for TestRedis {
     }
 }
 
-/// Creates Keel's events tables (`keel_outbox`, `keel_inbox`) in `db` by running every step of
-/// [`keel_events::outbox::schema_steps`], for tests and benchmarks that use no migrations.
+/// Creates Keel's events tables (`keel_outbox`, `keel_inbox`) in `db` by applying
+/// [`keel_events::outbox::migrations`], for tests and benchmarks that declare no migrations.
 #[cfg(all(feature = "events", feature = "sql"))]
-pub async fn create_events_tables(db: &keel_data::Db) -> Result<(), sqlx::Error> {
-    use sqlx::Executor as _;
-    for step in keel_events::outbox::schema_steps(db.backend()) {
-        db.pool().execute(sqlx::raw_sql(sqlx::AssertSqlSafe(step))).await?;
-    }
-    Ok(())
-}
-
-/// Asserts that a service's migrations carry Keel's events schema verbatim: for each backend,
-/// `files` are the service's copies of every step of [`keel_events::outbox::schema_steps`], in
-/// order. sqlx embeds migration files, so a service keeps copies; this keeps them from drifting
-/// and points at the step a service forgot to add after a Keel upgrade.
-///
-/// ```ignore
-/// keel_testing::assert_events_schema(Backend::Sqlite, &[
-///     include_str!("../migrations/sqlite/0002_keel_events.sql"),
-///     include_str!("../migrations/sqlite/0003_keel_events_2.sql"),
-/// ]);
-/// ```
-#[cfg(all(feature = "events", feature = "sql"))]
-#[allow(clippy::panic)]
-pub fn assert_events_schema(backend: keel_data::Backend, files: &[&str]) {
-    let steps = keel_events::outbox::schema_steps(backend);
-    if files.len() != steps.len() {
-        panic!(
-            "{backend:?}: Keel's events schema has {} steps but the migrations carry {}: add the missing steps \
-             (keel::events::outbox::schema_steps) as new migrations",
-            steps.len(),
-            files.len()
-        );
-    }
-    for (i, (file, step)) in files.iter().zip(steps).enumerate() {
-        if *file != step {
-            panic!("{backend:?}: the migration with step {} of Keel's events schema differs from it", i + 1);
-        }
-    }
-}
-
-/// [`assert_events_schema`] for every backend, with the migration files named once:
-/// `dir` is the migrations folder relative to the calling file, holding `postgres/`, `mysql/`
-/// and `sqlite/`; the files are the steps' migrations, in order.
-///
-/// ```ignore
-/// keel::assert_events_schema_migrations!("../migrations", ["0002_keel_events.sql", "0003_keel_events_2.sql"]);
-/// ```
-#[cfg(all(feature = "events", feature = "sql"))]
-#[macro_export]
-macro_rules! assert_events_schema_migrations {
-    ($dir:literal, [$($file:literal),+ $(,)?]) => {{
-        $crate::assert_events_schema(
-            $crate::Backend::Postgres,
-            &[$(include_str!(concat!($dir, "/postgres/", $file))),+],
-        );
-        $crate::assert_events_schema(
-            $crate::Backend::MySql,
-            &[$(include_str!(concat!($dir, "/mysql/", $file))),+],
-        );
-        $crate::assert_events_schema(
-            $crate::Backend::Sqlite,
-            &[$(include_str!(concat!($dir, "/sqlite/", $file))),+],
-        );
-    }};
+pub async fn create_events_tables(db: &keel_data::Db) -> Result<(), keel_data::DataError> {
+    keel_events::outbox::migrations().run(db.pool(), db.backend()).await.map(drop)
 }

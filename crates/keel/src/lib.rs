@@ -91,8 +91,6 @@ pub mod resilience {
 pub use app::{BUILD_COMMIT, BuildInfo, Running, Service, Setup, build_info, run};
 pub use config::Secret;
 pub use http::{Problem, RequestId};
-#[cfg(all(feature = "test-util", feature = "events", feature = "sql"))]
-pub use keel_testing::assert_events_schema_migrations;
 
 /// Compiles the README's example so it cannot rot.
 #[cfg(doctest)]

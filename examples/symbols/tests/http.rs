@@ -314,27 +314,6 @@ async fn production_refuses_unsafe_settings_without_panicking() {
     assert!(e.to_string().contains("bus.backend"), "{e}");
 }
 
-#[tokio::test]
-async fn migrations_carry_keels_events_schema() {
-    use keel::data::Backend;
-    keel::testing::assert_events_schema(
-        Backend::MySql,
-        &[
-            include_str!("../migrations/mysql/0002_keel_events.sql"),
-            include_str!("../migrations/mysql/0003_keel_events_2.sql"),
-            include_str!("../migrations/mysql/0004_keel_events_3.sql"),
-        ],
-    );
-    keel::testing::assert_events_schema(
-        Backend::Sqlite,
-        &[
-            include_str!("../migrations/sqlite/0002_keel_events.sql"),
-            include_str!("../migrations/sqlite/0003_keel_events_2.sql"),
-            include_str!("../migrations/sqlite/0004_keel_events_3.sql"),
-        ],
-    );
-}
-
 /// Reads are open; every write needs a valid token with the write role: 401 (with
 /// `WWW-Authenticate: Bearer`) without one or with one that fails, 403 without the role, and
 /// nothing is written either way.

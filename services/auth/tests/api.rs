@@ -13,15 +13,6 @@ use keel::app::Loader;
 use keel::config::Profile;
 use serde_json::{Value, json};
 
-#[test]
-fn migrations_carry_keels_events_schema_verbatim() {
-    // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
-    keel::assert_events_schema_migrations!(
-        "../migrations",
-        ["0005_keel_events.sql", "0006_keel_events_2.sql", "0007_keel_events_3.sql"]
-    );
-}
-
 on_every_backend!(
     register_login_and_me,
     registration_mails_a_single_use_verification_link,

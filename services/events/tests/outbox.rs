@@ -207,12 +207,3 @@ async fn published_events_reach_a_nats_consumer() {
     bus.close().await;
     s.stop().await;
 }
-
-#[test]
-fn migrations_carry_keels_events_schema_verbatim() {
-    // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
-    keel::assert_events_schema_migrations!(
-        "../migrations",
-        ["0002_keel_events.sql", "0003_keel_events_2.sql", "0004_keel_events_3.sql"]
-    );
-}

@@ -934,14 +934,6 @@ async fn ended_events_and_bad_tokens(backend: Backend) {
 on_every_backend!(ended_events_and_bad_tokens);
 
 #[test]
-fn migrations_carry_keels_events_schema_verbatim() {
-    keel::assert_events_schema_migrations!(
-        "../migrations",
-        ["0002_keel_events.sql", "0004_keel_events_2.sql", "0005_keel_events_3.sql"]
-    );
-}
-
-#[test]
 fn the_binary_answers_version_and_exits_78_on_a_bad_config() {
     cityevents_common::testing::check_binary_cli(env!("CARGO_BIN_EXE_cityevents-joins"), "cityevents-joins");
 }

@@ -26,15 +26,6 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[test]
-fn migrations_carry_keels_events_schema_verbatim() {
-    // sqlx embeds migration files, so the service keeps a copy; it must not drift from Keel's.
-    keel::assert_events_schema_migrations!(
-        "../migrations",
-        ["0002_keel_events.sql", "0003_keel_events_2.sql", "0004_keel_events_3.sql"]
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // API
 

@@ -818,14 +818,14 @@ impl Db {
             }
         }
         if let Some(m) = &self.inner.migrations
-            && m.for_backend(self.inner.backend).is_some()
+            && m.covers(self.inner.backend)
             && !self.inner.migrations_checked.load(Ordering::Relaxed)
         {
             match m.pending(&self.inner.pool, self.inner.backend).await {
                 Ok(p) if p.is_empty() => self.inner.migrations_checked.store(true, Ordering::Relaxed),
                 Ok(p) if p.iter().any(|s| s.failed) => {
                     self.inner.available.set_down();
-                    let v = p.iter().find(|s| s.failed).map_or(0, |s| s.version);
+                    let v = p.iter().find(|s| s.failed).map(ToString::to_string).unwrap_or_default();
                     return Outcome::Down(format!(
                         "migration {v} failed part-way: repair the database, then run '{} migrate'",
                         self.inner.service
@@ -837,7 +837,7 @@ impl Db {
                         "migrations pending: run '{} migrate' ({} pending, first {})",
                         self.inner.service,
                         p.len(),
-                        p[0].version
+                        p[0]
                     ));
                 }
                 Err(e) => {

@@ -577,7 +577,7 @@ impl<H: Handler> Consumer<H> {
         self
     }
 
-    /// Records processed message ids in `db`'s `keel_inbox` table (see [`super::outbox::schema`]),
+    /// Records processed message ids in `db`'s `keel_inbox` table (see [`super::outbox::migrations`]),
     /// in the handler's transaction: redeliveries are acknowledged without effect. The consumer
     /// waits for `db` (as the dependency `inbox database`): it takes no message while `db` is
     /// known to be down.

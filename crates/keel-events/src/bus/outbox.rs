@@ -32,8 +32,8 @@
 //!   batch in a `send` span (kind CLIENT, a root: a batch mixes many requests' messages) linked to
 //!   each message's creation context, made only when one of them is sampled.
 //!
-//! The tables come from [`schema_steps`]: put each step's SQL in a migration of the service, in
-//! order.
+//! The tables are Keel's: [`migrations`] creates and upgrades them, recorded in
+//! `_keel_events_migrations`, and keel-app applies them with the service's own migrations.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -106,47 +106,36 @@ impl OutboxError {
     }
 }
 
-/// The SQL that creates `keel_outbox` and `keel_inbox` for `backend` (step 1 of
-/// [`schema_steps`]): put it in a migration, and every later step in a migration after it.
+/// Keel's events tables as a migration set of their own (recorded in
+/// `_keel_events_migrations`), for every backend: keel-app applies it before the service's own
+/// migrations, in `<service> migrate` and with `database.auto_migrate`. A version once released
+/// never changes (sqlx checks what was applied), so a Keel upgrade adds versions instead.
 ///
-/// ```
-/// let sql = keel_events::outbox::schema(keel_data::Backend::Postgres);
-/// assert!(sql.contains("keel_outbox") && sql.contains("keel_inbox"));
-/// ```
-pub fn schema(backend: Backend) -> &'static str {
-    schema_steps(backend)[0]
-}
-
-/// Every step of the events tables' schema for `backend`, oldest first; put each in its own
-/// migration, in this order. A step never changes once released (migration tools check what was
-/// applied), so a new Keel version adds steps instead: a database at step 1 gets only the later
-/// ones.
-///
-/// | step | what |
+/// | version | what |
 /// |---|---|
 /// | 1 | `keel_outbox` and `keel_inbox` |
 /// | 2 | claims walk `(status, seq)`: cheap however long the backlog; drops two unused indexes |
 /// | 3 | `keel_outbox_held`: the rows a claim must wait for, read without scanning the backlog; drops the per-key index; on MySQL/MariaDB, `keel_outbox_lock` |
 ///
+/// A database whose service carried copies of these steps as its own migrations (files named
+/// `*_keel_events.sql`, `*_keel_events_2.sql`, `*_keel_events_3.sql`, as Keel once asked) is
+/// taken over on the first `migrate`: the service's records of the copies move to Keel's table,
+/// nothing runs twice, and the copies can be deleted from the service.
+///
 /// ```
 /// use keel_data::Backend;
-/// let steps = keel_events::outbox::schema_steps(Backend::Sqlite);
-/// assert_eq!(steps[0], keel_events::outbox::schema(Backend::Sqlite));
-/// assert!(steps[1].contains("keel_outbox_pending"));
-/// assert!(steps[2].contains("keel_outbox_held"));
+/// let m = keel_events::outbox::migrations();
+/// let steps: Vec<_> = m.for_backend(Backend::Sqlite).unwrap().iter().map(|s| s.version).collect();
+/// assert_eq!(steps, [1, 2, 3]);
 /// ```
-pub fn schema_steps(backend: Backend) -> [&'static str; 3] {
-    match backend {
-        Backend::Postgres => {
-            [include_str!("sql/postgres.sql"), include_str!("sql/postgres_2.sql"), include_str!("sql/postgres_3.sql")]
-        }
-        Backend::MySql => {
-            [include_str!("sql/mysql.sql"), include_str!("sql/mysql_2.sql"), include_str!("sql/mysql_3.sql")]
-        }
-        Backend::Sqlite => {
-            [include_str!("sql/sqlite.sql"), include_str!("sql/sqlite_2.sql"), include_str!("sql/sqlite_3.sql")]
-        }
-    }
+pub fn migrations() -> keel_data::Migrations {
+    keel_data::Migrations::library("keel_events")
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+        .adopt("keel events", 1)
+        .adopt("keel events 2", 2)
+        .adopt("keel events 3", 3)
 }
 
 /// The outbox of one service database. Cheap to clone.
