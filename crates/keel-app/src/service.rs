@@ -201,15 +201,25 @@ impl<C: Section> Service<C> {
     pub fn migrations(mut self, migrations: keel_data::Migrations) -> Self {
         #[cfg(feature = "events")]
         let migrations = migrations.with(keel_events::outbox::migrations());
+        #[cfg(feature = "security")]
+        let migrations = if self.audit_log { migrations.with(keel_security::audit::migrations()) } else { migrations };
         self.migrations = Some(Arc::new(migrations));
         self
     }
 
     /// Declares that the service keeps an audit log ([`Setup::audit_log`]) in its database:
-    /// its CLI offers `audit verify`. Other services do not offer it and refuse it.
+    /// its CLI offers `audit verify` (other services do not offer it and refuse it), and its
+    /// migrations create the log's table ([`keel_security::audit::migrations`]).
     #[cfg(all(feature = "sql", feature = "security"))]
     pub fn keeps_audit_log(mut self) -> Self {
         self.audit_log = true;
+        // Its table comes with the service's migrations, declared before or after this.
+        if let Some(m) = self.migrations.take() {
+            self.migrations = Some(match Arc::try_unwrap(m) {
+                Ok(m) => Arc::new(m.with(keel_security::audit::migrations())),
+                Err(shared) => shared,
+            });
+        }
         self
     }
 

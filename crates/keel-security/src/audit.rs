@@ -19,8 +19,8 @@
 //!   `audit verify --checkpoint ROWS:HASH` checks the chain against a checkpoint taken from the
 //!   logs.
 //!
-//! Appends are serialized so concurrent writers still build one chain: PostgreSQL takes a table
-//! lock that only other appenders wait on, MySQL/MariaDB lock the last row (`FOR UPDATE`), and
+//! Appends are serialized so concurrent writers still build one chain: PostgreSQL takes a
+//! transaction's advisory lock that only other appenders wait on, MySQL/MariaDB lock the last row (`FOR UPDATE`), and
 //! SQLite has a single writer; a writer that loses a race (a duplicate id, a deadlock, a busy
 //! database) retries. Details are masked ([`keel_telemetry::mask::Masker`]) before they are
 //! stored or logged.
@@ -242,6 +242,22 @@ struct Anchor {
     tampered: bool,
 }
 
+/// The audit log's table as a migration set of Keel's own (recorded in `_keel_audit_migrations`),
+/// for every backend: keel-app applies it with the migrations of a service that keeps an audit
+/// log (`Service::keeps_audit_log`). Creating it is idempotent, so a table an earlier
+/// [`AuditLog::ensure_table`] made is kept as it is.
+///
+/// ```
+/// let m = keel_security::audit::migrations();
+/// assert_eq!(m.for_backend(keel_data::Backend::Postgres).unwrap().iter().count(), 1);
+/// ```
+pub fn migrations() -> keel_data::Migrations {
+    keel_data::Migrations::library("keel_audit")
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+}
+
 /// The audit log of one database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
@@ -304,27 +320,23 @@ impl AuditLog {
         Ok(self)
     }
 
-    /// Creates `audit_log` if it does not exist, and adds the `key_id` column to a table made
-    /// before keys existed (idempotent; `record`, `verify` and `checkpoint` call it).
+    /// Makes sure `audit_log` is there (`record`, `verify` and `checkpoint` call it, once per
+    /// log): a read when [`migrations`] made it, as `<service> migrate` does for a service that
+    /// keeps an audit log, so a database user without DDL rights works; otherwise (a log used
+    /// without migrations) it creates the table, or adds the `key_id` column to one made before
+    /// keys existed.
     pub async fn ensure_table(&self) -> Result<(), AuditError> {
         self.ready
             .get_or_try_init(|| async {
-                let ddl = match self.backend {
-                    Backend::Postgres | Backend::Sqlite => {
-                        "CREATE TABLE IF NOT EXISTS audit_log (id BIGINT PRIMARY KEY, at TEXT NOT NULL, \
-                         actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, \
-                         details TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, \
-                         key_id VARCHAR(64) NOT NULL DEFAULT '')"
-                    }
-                    Backend::MySql => {
-                        "CREATE TABLE IF NOT EXISTS audit_log (id BIGINT PRIMARY KEY, at VARCHAR(40) NOT NULL, \
-                         actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome VARCHAR(16) NOT NULL, \
-                         details TEXT NOT NULL, prev_hash CHAR(64) NOT NULL, hash CHAR(64) NOT NULL, \
-                         key_id VARCHAR(64) NOT NULL DEFAULT '') ENGINE=InnoDB"
-                    }
-                };
-                sqlx::raw_sql(ddl).execute(self.on(&self.pool)).await?;
-                if sqlx::raw_sql("SELECT key_id FROM audit_log WHERE 1 = 0").execute(self.on(&self.pool)).await.is_err() {
+                let probe = "SELECT key_id FROM audit_log WHERE 1 = 0";
+                if sqlx::raw_sql(probe).execute(self.on(&self.pool)).await.is_ok() {
+                    return Ok(());
+                }
+                let ddl = migrations().for_backend(self.backend).and_then(|m| m.iter().next()).map(|m| m.sql.clone());
+                if let Some(ddl) = ddl {
+                    sqlx::raw_sql(ddl).execute(self.on(&self.pool)).await?;
+                }
+                if sqlx::raw_sql(probe).execute(self.on(&self.pool)).await.is_err() {
                     sqlx::raw_sql("ALTER TABLE audit_log ADD COLUMN key_id VARCHAR(64) NOT NULL DEFAULT ''")
                         .execute(self.on(&self.pool))
                         .await?;
@@ -449,8 +461,12 @@ impl AuditLog {
         let mut tx = self.pool.begin().await?;
         let last_sql = match self.backend {
             Backend::Postgres => {
-                // Blocks other appenders only (the mode conflicts with itself), not readers.
-                sqlx::raw_sql("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE").execute(self.on(&mut *tx)).await?;
+                // Blocks other appenders only, not readers, and needs no privilege beyond SELECT
+                // and INSERT (a table lock in a mode that excludes writers needs UPDATE, DELETE or
+                // TRUNCATE, which an append-only role lacks). `IS NULL`: Any cannot decode `void`.
+                sqlx::raw_sql("SELECT (pg_advisory_xact_lock(hashtext('keel_audit_log')) IS NULL)")
+                    .execute(self.on(&mut *tx))
+                    .await?;
                 "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
             }
             Backend::MySql => "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1 FOR UPDATE",

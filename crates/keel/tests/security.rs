@@ -799,3 +799,88 @@ async fn audit_log_on_sqlite() {
     let db = TestDatabase::sqlite().unwrap();
     audit_chain(db.url()).await;
 }
+
+/// The audit log's table comes from Keel's own migration set: a database it was created in on
+/// first use keeps its rows, and once migrated a user without DDL rights can write the log.
+async fn audit_table_from_migrations(url: &str) {
+    sqlx::any::install_default_drivers();
+    let backend = keel::data::Backend::from_url(url).unwrap();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(url).await.unwrap();
+    let log = AuditLog::new(pool.clone(), backend);
+    log.record("user:1", "password.change", "user:1", Outcome::Success, json!({})).await.unwrap();
+
+    let m = keel::security::audit::migrations();
+    assert_eq!(m.run(&pool, backend).await.unwrap(), 1, "creating the table is idempotent");
+    assert!(m.pending(&pool, backend).await.unwrap().is_empty());
+    let recorded: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _keel_audit_migrations").fetch_all(&pool).await.unwrap();
+    assert_eq!(recorded, [(1, "audit log".to_owned())]);
+    let fresh = AuditLog::new(pool.clone(), backend);
+    fresh.record("user:2", "password.change", "user:2", Outcome::Success, json!({})).await.unwrap();
+    let v = fresh.verify().await.unwrap();
+    assert_eq!((v.rows, v.broken), (2, None));
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn audit_table_from_migrations_on_postgres() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    audit_table_from_migrations(db.url()).await;
+
+    // A role that may only read and append the log (no CREATE on the schema) can write it.
+    let admin = sqlx::AnyPool::connect(db.url()).await.unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let role = format!("keel_audit_{}_{nanos}", std::process::id());
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}"),
+        format!("GRANT SELECT, INSERT ON audit_log TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+    }
+    let as_role = db.url().replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let pool = sqlx::AnyPool::connect(&as_role).await.unwrap();
+    let log = AuditLog::new(pool.clone(), keel::data::Backend::Postgres);
+    log.record("user:3", "password.change", "user:3", Outcome::Success, json!({})).await.unwrap();
+    assert_eq!(log.verify().await.unwrap().rows, 3);
+    pool.close().await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn audit_table_from_migrations_on_mariadb() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    audit_table_from_migrations(db.url()).await;
+
+    // A user that may only read and append the log can write it (`FOR UPDATE` included).
+    let admin = sqlx::AnyPool::connect(db.url()).await.unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let user = format!("keel_audit_{}_{nanos}", std::process::id() % 1000);
+    let name = db.url().rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    for sql in
+        [format!("CREATE USER '{user}'@'%'"), format!("GRANT SELECT, INSERT ON {name}.audit_log TO '{user}'@'%'")]
+    {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+    }
+    let as_user = db.url().replacen("mysql://root@", &format!("mysql://{user}@"), 1);
+    let pool = sqlx::AnyPool::connect(&as_user).await.unwrap();
+    let log = AuditLog::new(pool.clone(), keel::data::Backend::MySql);
+    log.record("user:3", "password.change", "user:3", Outcome::Success, json!({})).await.unwrap();
+    assert_eq!(log.verify().await.unwrap().rows, 3);
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP USER '{user}'@'%'"))).execute(&admin).await.unwrap();
+}
+
+#[tokio::test]
+async fn audit_table_from_migrations_on_sqlite() {
+    let db = TestDatabase::sqlite().unwrap();
+    audit_table_from_migrations(db.url()).await;
+}
