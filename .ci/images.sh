@@ -36,7 +36,8 @@ started=$SECONDS
 mode=${1:-all}
 case $mode in all | tools | build) ;; *) echo "usage: $0 [tools|build]" >&2; exit 64 ;; esac
 
-SERVICES=(auth events joins notifier gateway)
+# SERVICES: the module table (deploy/services.tsv), in start order.
+source deploy/services.sh
 PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}

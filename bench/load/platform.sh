@@ -17,13 +17,20 @@ export CITYEVENTS_IP_RATE_LIMIT=1000000 CITYEVENTS_STRICT_RATE_LIMIT=1000000
 # The seeded organizers cannot follow a verification mail: they create events unverified.
 export CITYEVENTS_EVENTS__APP__REQUIRE_VERIFIED_EMAIL=false
 export CITYEVENTS_GATEWAY__LOG__ACCESS_LOG=true
+# The module table (deploy/services.tsv): each service at its default port's distance from the
+# gateway's, counted from this run's gateway port.
+source deploy/services.sh
 port=${CITYEVENTS_GATEWAY_PORT:-18080}
-export CITYEVENTS_GATEWAY_PORT=$port CITYEVENTS_AUTH_PORT=$((port + 1)) CITYEVENTS_EVENTS_PORT=$((port + 2))
-export CITYEVENTS_JOINS_PORT=$((port + 3)) CITYEVENTS_NOTIFIER_PORT=$((port + 4))
-for svc in AUTH EVENTS JOINS NOTIFIER GATEWAY; do export "CITYEVENTS_${svc}__MANAGEMENT__ADDR=127.0.0.1:0"; done
+last=$port
+for svc in "${SERVICES[@]}"; do
+  up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
+  p=$((port + PORT[$svc] - PORT[gateway]))
+  ((p > last)) && last=$p
+  export "CITYEVENTS_${up}_PORT=$p" "CITYEVENTS_${up}__MANAGEMENT__ADDR=127.0.0.1:0"
+done
 # The services share their ports (`http.reuse_port`): a platform already running there would
 # silently get half of this run's connections, and its CPU would be counted as this run's.
-for p in $(seq "$port" $((port + 4))); do
+for p in $(seq "$port" "$last"); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "127.0.0.1:$p already answers: another platform is running (stop it, or set CITYEVENTS_GATEWAY_PORT)" >&2
     rm -rf "$work"
@@ -36,7 +43,7 @@ platform=$!
 cleanup() {
   kill -TERM "$platform" 2>/dev/null || true
   wait "$platform" 2>/dev/null || true
-  for svc in auth events joins notifier pgbench; do
+  for svc in "${DB_SERVICES[@]}" pgbench; do
     psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"${prefix}_$svc\" WITH (FORCE)" >/dev/null 2>&1 || true
   done
   rm -rf "$work"

@@ -24,7 +24,9 @@ set -euo pipefail
 dir=${1:?usage: backup.sh DIR}
 PREFIX=${CITYEVENTS_DB_PREFIX:-cityevents}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
-SERVICES=(auth events joins notifier)
+# The services with a database, from the module table (deploy/services.tsv).
+source "$(dirname "$0")/../services.sh"
+SERVICES=("${DB_SERVICES[@]}")
 
 log() { printf '%s backup: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 command -v pg_dump >/dev/null || { log "error: pg_dump is needed (Debian: postgresql-client)"; exit 1; }

@@ -8,14 +8,16 @@
 # changed password file takes effect at the next `up`.
 #
 # Settings (env): PGHOST (postgres), PGPORT (5432), PGUSER (postgres), the superuser's password
-# in the file POSTGRES_PASSWORD_FILE (/run/secrets/postgres-password), SERVICES (the four),
+# in the file POSTGRES_PASSWORD_FILE (/run/secrets/postgres-password), SERVICES (those with a
+# database in the module table, /etc/cityevents/services.tsv: deploy/services.tsv),
 # CITYEVENTS_DB_PREFIX (cityevents), SECRETS (/run/secrets).
 set -eu
 
 export PGHOST="${PGHOST:-postgres}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 export PGDATABASE=postgres PGCONNECT_TIMEOUT=5
 SECRETS=${SECRETS:-/run/secrets}
-SERVICES=${SERVICES:-auth events joins notifier}
+SERVICES=${SERVICES:-$(awk -F'\t' '!/^#/ && $5 == "db" { printf "%s ", $1 }' "${SERVICES_TABLE:-/etc/cityevents/services.tsv}")}
+[ -n "$SERVICES" ] || { echo "init-databases: no service with a database in the module table" >&2; exit 1; }
 PREFIX=${CITYEVENTS_DB_PREFIX:-cityevents}
 PGPASSWORD=$(cat "${POSTGRES_PASSWORD_FILE:-$SECRETS/postgres-password}")
 export PGPASSWORD

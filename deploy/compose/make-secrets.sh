@@ -52,8 +52,8 @@ done
 dir=${dir:-${CITYEVENTS_SECRETS_DIR:-$here/secrets}}
 owner=${CITYEVENTS_SECRETS_OWNER:-65532:65532}
 
-DB_SERVICES=(auth events joins notifier)
-SERVICES=(auth events joins notifier gateway)
+# SERVICES and DB_SERVICES: the module table (deploy/services.tsv).
+source "$here/../services.sh"
 files=(jwt-private.pem jwt-public.pem master.key blind-index.key audit.key auth.env
   notifier-master.key notifier.env postgres-password proxy-secret)
 # Read by compose itself (env_file), as the user who runs it: not given to the containers' user.

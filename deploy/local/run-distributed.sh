@@ -52,7 +52,8 @@ PREFIX=${CITYEVENTS_DB_PREFIX:-cityevents}
 PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}
-SERVICES=(auth events joins notifier gateway)
+# SERVICES, DB_SERVICES, CALLED, ENTRY, PORT[…]: the module table (deploy/services.tsv).
+source deploy/services.sh
 RESTART_DELAY=${CITYEVENTS_RESTART_DELAY:-1}
 RESTART_MAX_DELAY=${CITYEVENTS_RESTART_MAX_DELAY:-30}
 STOP_TIMEOUT=${CITYEVENTS_STOP_TIMEOUT:-40}
@@ -77,7 +78,7 @@ command -v psql >/dev/null || die "psql is needed to create the databases"
 command -v openssl >/dev/null || die "openssl is needed to create the JWT key pair"
 
 # --- 2. databases
-for svc in auth events joins notifier; do
+for svc in "${DB_SERVICES[@]}"; do
   db="${PREFIX}_${svc}"
   if ! psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
     log "creating database $db"
@@ -126,7 +127,7 @@ export CITYEVENTS_NOTIFIER_DATA_KEY
 export CITYEVENTS_SMTP_HOST=${CITYEVENTS_SMTP_HOST:-127.0.0.1}
 export CITYEVENTS_SMTP_PORT=${CITYEVENTS_SMTP_PORT:-25}
 export CITYEVENTS_SMTP_SECURITY=${CITYEVENTS_SMTP_SECURITY:-none}
-export CITYEVENTS_PUBLIC_URL=${CITYEVENTS_PUBLIC_URL:-http://127.0.0.1:${CITYEVENTS_GATEWAY_PORT:-8080}}
+export CITYEVENTS_PUBLIC_URL=${CITYEVENTS_PUBLIC_URL:-http://127.0.0.1:${CITYEVENTS_GATEWAY_PORT:-${PORT[gateway]}}}
 export CITYEVENTS_REDIS_URL=${CITYEVENTS_REDIS_URL:-redis://127.0.0.1:6379/0}
 export CITYEVENTS_BUS_BACKEND=${CITYEVENTS_BUS_BACKEND:-nats}
 if [[ "$CITYEVENTS_BUS_BACKEND" == rabbitmq ]]; then
@@ -136,7 +137,7 @@ if [[ "$CITYEVENTS_BUS_BACKEND" == rabbitmq ]]; then
 else
   export CITYEVENTS_BUS_URL=${CITYEVENTS_BUS_URL:-nats://127.0.0.1:4222}
 fi
-for svc in auth events joins notifier; do
+for svc in "${DB_SERVICES[@]}"; do
   up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
   var="CITYEVENTS_${up}_DATABASE_URL"
   export "$var"="${!var:-postgres://$PGUSER@$PGHOST:$PGPORT/${PREFIX}_${svc}}"
@@ -158,14 +159,13 @@ if [[ -z "${TOKIO_WORKER_THREADS:-}" ]]; then
     export "$var"="${!var:-$share}"
   done
 fi
-# The gateway's upstreams (deploy/config/gateway.yaml has no default): this machine's ports.
-declare -A default_port=([auth]=8081 [events]=8082 [joins]=8083 [notifier]=8084)
-for svc in auth events joins notifier; do
+# The services' upstreams (deploy/config/*.yaml have no default): this machine's ports.
+for svc in "${CALLED[@]}"; do
   up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
   port_var="CITYEVENTS_${up}_PORT"
   url_var="CITYEVENTS_${up}_URL"
   if [[ -z "${!url_var:-}" ]]; then
-    export "$url_var"="http://127.0.0.1:${!port_var:-${default_port[$svc]}}"
+    export "$url_var"="http://127.0.0.1:${!port_var:-${PORT[$svc]}}"
   fi
 done
 
@@ -183,7 +183,7 @@ if [[ "${1:-}" == exec ]]; then
 fi
 
 # --- 4. migrations
-for svc in auth events joins notifier; do
+for svc in "${DB_SERVICES[@]}"; do
   log "migrating $svc"
   "$CITYEVENTS_BIN" "$svc" --config "deploy/config/$svc.yaml" migrate
 done
@@ -344,10 +344,10 @@ stop() {
   local code=${1:-0} since
   trap - INT TERM
   since=$(now_us)
-  log "stopping: the gateway first"
-  stop_services gateway
-  log "stopping: auth, events, joins and notifier together"
-  stop_services auth events joins notifier
+  log "stopping: ${ENTRY[*]} first"
+  stop_services "${ENTRY[@]}"
+  log "stopping: ${CALLED[*]} together"
+  stop_services "${CALLED[@]}"
   log "stopped in $(secs_since "$since")s"
   exit "$code"
 }
@@ -363,7 +363,7 @@ for svc in "${SERVICES[@]}"; do
 done
 set +m
 
-gateway_port=${CITYEVENTS_GATEWAY_PORT:-8080}
+gateway_port=${CITYEVENTS_GATEWAY_PORT:-${PORT[gateway]}}
 ready=false
 all_running() {
   local pid
@@ -372,7 +372,7 @@ all_running() {
 # Ready when every service is: the gateway's readiness is its own (Redis), not its upstreams'.
 all_ready() {
   local svc
-  for svc in auth events joins notifier gateway; do
+  for svc in "${SERVICES[@]}"; do
     "$CITYEVENTS_BIN" "$svc" --config "deploy/config/$svc.yaml" healthcheck --ready >/dev/null 2>&1 || return 1
   done
 }

@@ -13,6 +13,7 @@
 # Run by `cargo test -p cityevents --test run_distributed` (so by `cargo test --workspace`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source deploy/services.sh
 
 WORK=$(mktemp -d)
 STUB="$WORK/cityevents-stub"
@@ -133,7 +134,7 @@ start_script() {
 # --- start
 start_script STUB_STOP_SECONDS=1 STUB_IGNORE_TERM=notifier
 within "the script says ready" 30 log_has 'run-distributed: ready'
-for svc in auth events joins notifier gateway; do
+for svc in "${SERVICES[@]}"; do
   [[ $(pids_of "$svc" | wc -l) -eq 1 ]] || fail "$svc started $(pids_of "$svc" | wc -l) times"
   log_has "^\[$svc\] serving $svc" || fail "$svc's output is not prefixed with its name"
 done
@@ -160,10 +161,11 @@ if log_has 'stopping'; then fail "the script began stopping when one service exi
 # --- SIGHUP: every service replaced, each old instance told to stop only once its replacement is
 # ready; a replacement that fails leaves the old instance running
 declare -A old_pid
-for svc in auth events joins notifier gateway; do old_pid[$svc]=$(current "$svc"); done
+for svc in "${SERVICES[@]}"; do old_pid[$svc]=$(current "$svc"); done
 touch "$WORK/fail-next-events"
 kill -HUP "$SCRIPT_PID"
-for svc in auth joins notifier gateway; do
+for svc in "${SERVICES[@]}"; do
+  [[ $svc == events ]] && continue # its replacement fails, below
   within "$svc replaced" 20 log_has "$svc \(replaced\) stopped with status"
   new=$(current "$svc")
   [[ "$new" != "${old_pid[$svc]}" ]] || fail "$svc was not replaced"
@@ -200,7 +202,8 @@ gateway_end=$(at gateway stop-end "$before_gateway")
 [[ -n "$gateway_end" ]] || fail "the gateway did not stop gracefully"
 latest_begin=0
 earliest_end=""
-for svc in auth events joins; do
+for svc in "${CALLED[@]}"; do
+  [[ $svc == notifier ]] && continue # it ignores SIGTERM, below
   b=$(at "$svc" stop-begin "$(current "$svc")")
   e=$(at "$svc" stop-end "$(current "$svc")")
   [[ -n "$b" && -n "$e" ]] || fail "$svc did not stop gracefully"
@@ -213,7 +216,7 @@ notifier_term=$(at notifier ignored-term "$(current notifier)")
 ((notifier_term > gateway_end)) || fail "notifier was told to stop before the gateway had stopped"
 # Together: each of them was told to stop before any of them had finished stopping.
 ((latest_begin < earliest_end && notifier_term < earliest_end)) ||
-  fail "auth, events, joins and notifier were not stopped together"
+  fail "${CALLED[*]} were not stopped together"
 
 # --- a service with a configuration error (exit 78) is not restarted; the script stops all, 78
 rm -f "$WORK"/pids/* "$EVENTS"

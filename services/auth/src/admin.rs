@@ -169,7 +169,7 @@ pub async fn run_admin_create(
     action: AdminAction<'_>,
 ) -> Result<AdminCreated, AdminError> {
     let keel = &loaded.config.keel;
-    let service = cityevents_common::services::AUTH.0;
+    let service = cityevents_common::services::AUTH.name;
     let config = |e: &dyn std::fmt::Display| AdminError::Config(e.to_string());
     let keyring = Keyring::from_config(&keel.security.encryption).map_err(|e| config(&e))?;
     let index = BlindIndex::from_config(&keel.security.encryption).map_err(|e| config(&e))?;

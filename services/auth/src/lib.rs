@@ -102,8 +102,8 @@ pub fn migrations() -> keel::data::Migrations {
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<AuthConfig> {
     keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::AUTH.0)
-        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::AUTH))
+        .name(cityevents_common::services::AUTH.name)
+        .config_defaults(cityevents_common::services::AUTH.defaults())
         .with_config::<AuthConfig>()
         .migrations(migrations())
         .keeps_audit_log()
@@ -128,7 +128,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let jwt = s.jwt()?;
     // Fail at start-up, not at the first sign-in, when the signing key cannot sign.
     jwt.issue(&jwt.claims("start-up-check")).map_err(|e| format!("security.jwt cannot sign: {e}"))?;
-    let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::AUTH.0, jwt)?;
+    let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::AUTH.name, jwt)?;
     let (hasher, policy) = s.passwords()?;
     let keyring = s.keyring()?;
     let index = s.blind_index()?;

@@ -136,7 +136,7 @@ impl Sessions {
         let mut envelopes = Vec::with_capacity(rows.len());
         for (id, version) in &rows {
             let revoked = SessionRevoked { user_id: parse(id)?, version: u64::try_from(*version).unwrap_or(0) };
-            envelopes.push(Envelope::new(cityevents_common::services::AUTH.0, &revoked)?);
+            envelopes.push(Envelope::new(cityevents_common::services::AUTH.name, &revoked)?);
         }
         if !envelopes.is_empty() {
             self.outbox.enqueue_all(&mut tx, SESSIONS_TOPIC, &envelopes).await?;

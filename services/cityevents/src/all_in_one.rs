@@ -129,7 +129,8 @@ pub enum Mode {
     SingleReadOnly,
 }
 
-/// The defaults the launcher gives service `name` (a Keel name from [`services`]): its port,
+/// The defaults the launcher gives service `name` (a Keel name of the module table,
+/// [`services`]): its port,
 /// the URLs of the services it calls (all-in-one, or outside production), the shared in-process bus,
 /// JWT issuer and audience, and in development the secrets from `data/dev-secrets.json`
 /// (created on first use).
@@ -137,8 +138,9 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
     let p = keel::config::env_prefix(name);
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| vars.push((format!("{p}__{k}"), v));
-    if let Some((_, port)) = services::ALL.iter().find(|(n, _)| *n == name) {
-        set("HTTP__PORT", port.to_string());
+    let module = services::by_name(name);
+    if let Some(m) = module {
+        set("HTTP__PORT", m.port.to_string());
     }
     if profile != Profile::Production {
         // One bus for the whole process when the backend is in_process (ignored by brokers).
@@ -147,20 +149,20 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
     set("SECURITY__JWT__ISSUER", "cityevents".into());
     set("SECURITY__JWT__AUDIENCE", "cityevents".into());
     if mode == Mode::AllInOne || profile != Profile::Production {
-        for (upstream, (target, port)) in services::upstreams_of(name) {
+        for target in module.into_iter().flat_map(|m| m.upstream_modules()) {
             // The port the target listens on: its own setting when one is given, else its default.
-            let port = std::env::var(format!("{}__HTTP__PORT", keel::config::env_prefix(target)))
+            let port = std::env::var(format!("{}__HTTP__PORT", keel::config::env_prefix(target.name)))
                 .ok()
                 .and_then(|p| p.parse::<u16>().ok())
-                .unwrap_or(*port);
-            set(&format!("UPSTREAMS__{}__BASE_URL", upstream.to_uppercase()), format!("http://127.0.0.1:{port}"));
+                .unwrap_or(target.port);
+            set(&format!("UPSTREAMS__{}__BASE_URL", target.short.to_uppercase()), format!("http://127.0.0.1:{port}"));
         }
     }
-    if name != services::GATEWAY.0 && profile != Profile::Production {
+    if name != services::GATEWAY.name && profile != Profile::Production {
         // Behind the gateway: not reachable from other machines.
         set("HTTP__ADDR", "127.0.0.1".into());
     }
-    if name == services::AUTH.0 {
+    if name == services::AUTH.name {
         // The gateway's X-Forwarded-For gives lockout and the audit log the client's address.
         set("HTTP__TRUSTED_PROXIES", "127.0.0.1/32".into());
     }
@@ -181,7 +183,7 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
         // One token for every service: one sign-in opens every operator page of the process.
         set("MANAGEMENT__ADMIN_TOKEN", s.admin_token.clone());
         set(&format!("SECURITY__JWT__KEYS__{DEV_KID}__SECRET"), s.jwt_secret.clone());
-        if name == services::AUTH.0 {
+        if name == services::AUTH.name {
             set("SECURITY__JWT__SIGNING_KEY", DEV_KID.into());
             set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key.clone());
             set("SECURITY__ENCRYPTION__BLIND_INDEX_KEY", s.blind_index_key.clone());
@@ -191,7 +193,7 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
             set(&format!("SECURITY__AUDIT__KEYS__{DEV_KID}__SECRET"), s.audit_key.clone());
         }
         set_proxy_secret(name, &mut set, &s.proxy_secret);
-        if name == services::NOTIFIER.0 {
+        if name == services::NOTIFIER.name {
             // Mail contacts are encrypted at rest like auth's accounts (development: same keys).
             set("SECURITY__ENCRYPTION__MASTER_KEY", s.master_key.clone());
             set("SECURITY__ENCRYPTION__ACTIVE_KEY", DEV_KID.into());
@@ -204,9 +206,9 @@ pub fn defaults(name: &str, profile: Profile, mode: Mode) -> Result<Vec<(String,
 /// Auth's `http.proxy_secret` and the gateway's `upstreams.auth.proxy_secret`, for service
 /// `name`.
 fn set_proxy_secret(name: &str, set: &mut impl FnMut(&str, String), secret: &str) {
-    if name == services::AUTH.0 {
+    if name == services::AUTH.name {
         set("HTTP__PROXY_SECRET", secret.to_owned());
-    } else if name == services::GATEWAY.0 {
+    } else if name == services::GATEWAY.name {
         set("UPSTREAMS__AUTH__PROXY_SECRET", secret.to_owned());
     }
 }
@@ -234,14 +236,11 @@ pub fn run(args: &[OsString]) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let group = (|| -> Result<keel::app::Group, String> {
-        Ok(keel::app::Group::new(keel::build_info!())
-            .add(cityevents_auth::service(), loader(services::AUTH.0, profile)?)
-            .add(cityevents_events::service(), loader(services::EVENTS.0, profile)?)
-            .add(cityevents_joins::service(), loader(services::JOINS.0, profile)?)
-            .add(cityevents_notifier::service(), loader(services::NOTIFIER.0, profile)?)
-            .add(cityevents_gateway::service(), loader(services::GATEWAY.0, profile)?))
-    })();
+    // Every row of the module table, in its (start) order.
+    let group =
+        crate::modules::BUILD.iter().try_fold(keel::app::Group::new(keel::build_info!()), |group, (m, build)| {
+            Ok::<_, String>(build().join(group, loader(m.name, profile)?))
+        });
     let group = match group {
         Ok(g) => g,
         Err(e) => {
@@ -250,7 +249,7 @@ pub fn run(args: &[OsString]) -> ExitCode {
         }
     };
     // Where mail goes, for the banner (the notifier's own settings, read the way it reads them).
-    let mail = loader(services::NOTIFIER.0, profile)
+    let mail = loader(services::NOTIFIER.name, profile)
         .ok()
         .and_then(|l| l.load::<cityevents_notifier::NotifierConfig>().ok())
         .map(|l| l.config.app.mail.destination());
@@ -305,7 +304,7 @@ pub fn banner(running: &[keel::Running], profile: Profile, mail: Option<&str>) -
         format!("http://{a}")
     };
     let mut out = format!("\nCity Events is running, every service in this process ({profile} profile).\n\n");
-    let gateway = running.iter().find(|r| r.name() == services::GATEWAY.0);
+    let gateway = running.iter().find(|r| r.name() == services::GATEWAY.name);
     if let Some(gw) = gateway {
         let api = local(gw.http_addr());
         out.push_str(&format!("  Web site       {api}/   (open it in a browser: find, create and join events)\n"));
@@ -350,17 +349,17 @@ mod tests {
 
     #[test]
     fn defaults_give_each_service_its_port_and_the_gateway_its_upstreams() {
-        let gw = defaults(services::GATEWAY.0, Profile::Production, Mode::AllInOne).unwrap();
+        let gw = defaults(services::GATEWAY.name, Profile::Production, Mode::AllInOne).unwrap();
         assert!(gw.contains(&("CITYEVENTS_GATEWAY__HTTP__PORT".into(), "8080".into())));
         assert!(
             gw.contains(&("CITYEVENTS_GATEWAY__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into()))
         );
-        let events = defaults(services::EVENTS.0, Profile::Production, Mode::AllInOne).unwrap();
+        let events = defaults(services::EVENTS.name, Profile::Production, Mode::AllInOne).unwrap();
         assert!(
             events.contains(&("CITYEVENTS_EVENTS__UPSTREAMS__JOINS__BASE_URL".into(), "http://127.0.0.1:8083".into())),
             "events asks joins before an unpublish: {events:?}"
         );
-        let auth = defaults(services::AUTH.0, Profile::Production, Mode::Single).unwrap();
+        let auth = defaults(services::AUTH.name, Profile::Production, Mode::Single).unwrap();
         assert!(!auth.iter().any(|(k, _)| k.contains("UPSTREAMS")), "auth calls no one: {auth:?}");
         assert!(!auth.iter().any(|(k, _)| k.ends_with("HTTP__ADDR") || k.ends_with("BUS__URL")), "{auth:?}");
         assert!(!auth.iter().any(|(k, _)| k.contains("SECRET") || k.contains("KEY")), "no secrets in production");
@@ -368,11 +367,11 @@ mod tests {
 
     #[test]
     fn a_production_gateway_on_its_own_gets_no_loopback_upstreams() {
-        let gw = defaults(services::GATEWAY.0, Profile::Production, Mode::Single).unwrap();
+        let gw = defaults(services::GATEWAY.name, Profile::Production, Mode::Single).unwrap();
         assert!(!gw.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{gw:?}");
-        let events = defaults(services::EVENTS.0, Profile::Production, Mode::Single).unwrap();
+        let events = defaults(services::EVENTS.name, Profile::Production, Mode::Single).unwrap();
         assert!(!events.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{events:?}");
-        let dev = defaults(services::GATEWAY.0, Profile::Test, Mode::Single).unwrap();
+        let dev = defaults(services::GATEWAY.name, Profile::Test, Mode::Single).unwrap();
         assert!(dev.iter().any(|(k, _)| k.contains("UPSTREAMS")), "{dev:?}");
     }
 }

@@ -6,6 +6,7 @@
 //! cityevents serve <service>         one service (same as its own binary with `serve`)
 //! cityevents <service> <command…>    that service's CLI: `cityevents auth admin create --email …`,
 //!                                    `cityevents events migrate`, `cityevents joins dlq list …`
+//! cityevents services [--json]       the module table (names, ports, database, upstreams)
 //! cityevents --version               the launcher's name, version, commit and build profile
 //! cityevents --help                   commands, services and ports, configuration, profiles
 //! ```
@@ -21,14 +22,20 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use cityevents::all_in_one;
+use cityevents::{all_in_one, modules};
+use cityevents_common::services;
 
 /// `--help`: commands, services and their ports, configuration, profiles, where data goes.
 fn usage() -> String {
     let mut ports = String::new();
-    for (name, port) in cityevents_common::services::ALL {
-        let short = name.trim_start_matches("cityevents-");
-        ports.push_str(&format!("  {short:<9} API 127.0.0.1:{port:<5}  management 127.0.0.1:{}\n", port + 1000));
+    for m in &services::ALL {
+        ports.push_str(&format!(
+            "  {:<9} API 127.0.0.1:{:<5}  management 127.0.0.1:{:<5}  {}\n",
+            m.short,
+            m.port,
+            m.management_port(),
+            m.about
+        ));
     }
     format!(
         "City Events: the event platform on Keel.
@@ -39,6 +46,8 @@ usage:
   cityevents <service> <command> […]    that service's commands: serve, migrate, config check,
                                         healthcheck, dlq, audit, keys, slo rules, admin create…
                                         (`cityevents <service> --help` lists them)
+  cityevents services [--json]          the module table: each service's names, ports, database
+                                        and upstreams (tab-separated, or JSON)
   cityevents version | --version        name, version, git commit and build profile
   cityevents help | --help              this text
 
@@ -61,35 +70,6 @@ Docs: docs/cityevents.md.
     )
 }
 
-/// Runs `$body` with `$svc` bound to the named service (their config types differ).
-macro_rules! with_service {
-    ($name:expr, |$svc:ident| $body:expr) => {
-        match $name {
-            "auth" => {
-                let $svc = cityevents_auth::service();
-                Some($body)
-            }
-            "events" => {
-                let $svc = cityevents_events::service();
-                Some($body)
-            }
-            "joins" => {
-                let $svc = cityevents_joins::service();
-                Some($body)
-            }
-            "notifier" => {
-                let $svc = cityevents_notifier::service();
-                Some($body)
-            }
-            "gateway" => {
-                let $svc = cityevents_gateway::service();
-                Some($body)
-            }
-            _ => None,
-        }
-    };
-}
-
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
@@ -108,6 +88,7 @@ fn main() -> ExitCode {
             print!("{}", usage());
             ExitCode::SUCCESS
         }
+        Some("services") => services_command(second),
         Some(a) if is_version(a) => {
             println!("{}", keel::build_info!());
             ExitCode::SUCCESS
@@ -125,6 +106,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cityevents services [--json]`: the module table, for scripts and people.
+fn services_command(format: Option<&str>) -> ExitCode {
+    let text = match format {
+        None => services::table(),
+        Some("--json") => format!("{:#}\n", services::json()),
+        Some(other) => {
+            eprint!("cityevents services: unknown option `{other}` (--json or nothing)\n\n{}", usage());
+            return ExitCode::from(keel::app::exit::USAGE);
+        }
+    };
+    // A reader that stops early (`| head`) is not a failure worth a panic.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
 /// Runs the service's own CLI with `rest` as its arguments.
 fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
     let profile = match all_in_one::profile() {
@@ -133,23 +131,17 @@ fn service_cli(name: &str, rest: impl Iterator<Item = OsString>) -> ExitCode {
     };
     let rest: Vec<OsString> = rest.collect();
     let mode = if writes_secrets(&rest) { all_in_one::Mode::Single } else { all_in_one::Mode::SingleReadOnly };
-    let result = with_service!(name, |svc| {
-        let keel_name = svc.build_info().name.clone();
-        match all_in_one::defaults(&keel_name, profile, mode) {
-            Ok(defaults) => keel::app::run_from(
-                svc.config_defaults(defaults),
-                std::iter::once(OsString::from(keel_name)).chain(rest.iter().cloned()),
-            ),
-            Err(e) => {
-                eprintln!("cityevents: {e}");
-                ExitCode::from(keel::app::exit::CONFIG)
-            }
-        }
-    });
-    result.unwrap_or_else(|| {
+    let Some((module, svc)) = modules::build(name) else {
         eprint!("cityevents: unknown service or command `{name}`\n\n{}", usage());
-        ExitCode::from(keel::app::exit::USAGE)
-    })
+        return ExitCode::from(keel::app::exit::USAGE);
+    };
+    match all_in_one::defaults(module.name, profile, mode) {
+        Ok(defaults) => svc.run_cli(defaults, rest),
+        Err(e) => {
+            eprintln!("cityevents: {e}");
+            ExitCode::from(keel::app::exit::CONFIG)
+        }
+    }
 }
 
 fn is_help(a: &str) -> bool {

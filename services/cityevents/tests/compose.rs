@@ -23,18 +23,20 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cityevents_common::services::ALL;
 use serde_norway::Value;
 
-/// (service, public port, management port)
-const SERVICES: [(&str, u16, u16); 5] = [
-    ("gateway", 8080, 9080),
-    ("auth", 8081, 9081),
-    ("events", 8082, 9082),
-    ("joins", 8083, 9083),
-    ("notifier", 8084, 9084),
-];
+/// (service, public port, management port) of every row of the module table
+/// (`cityevents_common::services`): the compose file must agree with it.
+fn modules() -> Vec<(&'static str, u16, u16)> {
+    ALL.iter().map(|m| (m.short, m.port, m.management_port())).collect()
+}
+
 /// The services with a database, hence a migrate job.
-const WITH_DATABASE: [&str; 4] = ["auth", "events", "joins", "notifier"];
+fn with_database() -> Vec<&'static str> {
+    ALL.iter().filter(|m| m.database).map(|m| m.short).collect()
+}
+
 /// On the bus (auth: its outbox).
 const WITH_BUS: [&str; 4] = ["auth", "events", "joins", "notifier"];
 /// The network of the notifier's SMTP connections: the only one with a route out of the host.
@@ -193,7 +195,7 @@ fn is_one_off(name: &str) -> bool {
 
 /// The City Events containers: the five services and the migrate jobs.
 fn is_city_events(name: &str) -> bool {
-    SERVICES.iter().any(|(s, _, _)| name == *s || name == format!("{s}-migrate"))
+    modules().iter().any(|(s, _, _)| name == *s || name == format!("{s}-migrate"))
 }
 
 #[test]
@@ -214,7 +216,7 @@ fn the_helpers_read_what_compose_reads() {
 #[test]
 fn each_service_with_a_database_waits_for_its_migrate_job_of_the_same_image() {
     let v = compose();
-    for s in WITH_DATABASE {
+    for s in with_database() {
         let svc = service(&v, s);
         let job = service(&v, &format!("{s}-migrate"));
         assert_eq!(strings(&job["command"]), ["migrate"], "{s}-migrate runs `migrate`");
@@ -258,7 +260,7 @@ fn each_service_with_a_database_waits_for_its_migrate_job_of_the_same_image() {
     let gateway = service(&v, "gateway");
     assert!(v["services"]["gateway-migrate"].is_null());
     assert_eq!(gateway["depends_on"]["redis"]["condition"], "service_healthy");
-    for s in WITH_DATABASE {
+    for s in with_database() {
         assert_eq!(gateway["depends_on"][s]["condition"], "service_healthy", "the gateway starts after {s}");
     }
     let init = service(&v, "postgres-init");
@@ -302,7 +304,7 @@ fn long_running_containers_have_a_healthcheck_and_a_restart_policy() {
         assert!(seconds(hc["interval"].as_str().unwrap()) > 0, "{name}: healthcheck interval");
         assert!(seconds(hc["timeout"].as_str().unwrap()) > 0, "{name}: healthcheck timeout");
     }
-    for (s, _, _) in SERVICES {
+    for (s, _, _) in modules() {
         let hc = &service(&v, s)["healthcheck"];
         // Liveness, as the image's HEALTHCHECK: never readiness, which fails while a shared
         // dependency is down and would have every container restarted or held back.
@@ -324,7 +326,7 @@ fn only_the_gateway_publishes_a_port_and_never_a_management_port() {
     assert_eq!(ports.len(), 1, "the gateway publishes its public port only: {ports:?}");
     let published = defaults(&ports[0]);
     assert!(published.ends_with(":8080"), "{published}: the container side is the gateway's http.port");
-    for (_, _, management) in SERVICES {
+    for (_, _, management) in modules() {
         assert!(!published.contains(&management.to_string()), "{published}: a management port");
     }
     // Three networks: the gateway's public one, the internal one of everything else, and the
@@ -369,7 +371,7 @@ fn containers_are_read_only_without_capabilities_and_city_events_runs_as_65532()
 #[test]
 fn services_get_more_than_drain_delay_plus_shutdown_timeout_to_stop() {
     let v = compose();
-    for (s, _, _) in SERVICES {
+    for (s, _, _) in modules() {
         let grace = seconds(service(&v, s)["stop_grace_period"].as_str().unwrap());
         assert!(grace >= MIN_STOP_GRACE_SECS, "{s}: stop_grace_period {grace} s");
     }
@@ -427,7 +429,7 @@ fn no_secret_is_written_in_the_file_and_every_secret_file_is_declared() {
 fn every_service_mounts_its_config_file_and_gets_every_variable_it_requires() {
     let v = compose();
     let make_secrets = std::fs::read_to_string(root().join("deploy/compose/make-secrets.sh")).unwrap();
-    for (s, port, _) in SERVICES {
+    for (s, port, _) in modules() {
         let svc = service(&v, s);
         let vars = env(svc);
         assert_eq!(vars["KEEL_ENV"], "production", "{s}");
@@ -452,7 +454,7 @@ fn every_service_mounts_its_config_file_and_gets_every_variable_it_requires() {
         );
     }
     let gateway = env(service(&v, "gateway"));
-    for (s, port, _) in SERVICES.iter().filter(|(s, _, _)| *s != "gateway") {
+    for (s, port, _) in modules().iter().filter(|(s, _, _)| *s != "gateway") {
         assert_eq!(gateway[&format!("CITYEVENTS_{}_URL", s.to_ascii_uppercase())], format!("http://{s}:{port}"));
     }
 }

@@ -20,22 +20,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cityevents_common::services::{ALL, GATEWAY, by_short};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// (service, public port, management port)
-/// Whether service `s` has a database, so a migrate Job (the gateway has neither).
+/// Whether service `s` has a database, so a migrate Job (the module table says).
 fn migrates(s: &str) -> bool {
-    s != "gateway"
+    by_short(s).is_some_and(|m| m.database)
 }
 
-const SERVICES: [(&str, u64, u64); 5] = [
-    ("gateway", 8080, 9080),
-    ("auth", 8081, 9081),
-    ("events", 8082, 9082),
-    ("joins", 8083, 9083),
-    ("notifier", 8084, 9084),
-];
+/// (service, public port, management port) of every row of the module table
+/// (`cityevents_common::services`): the manifests must agree with it.
+fn services() -> Vec<(&'static str, u64, u64)> {
+    ALL.iter().map(|m| (m.short, u64::from(m.port), u64::from(m.management_port()))).collect()
+}
+
 const OVERLAYS: [&str; 2] = ["dev", "prod"];
 const NAMESPACE: &str = "cityevents";
 const MONITORING_NAMESPACE: &str = "monitoring";
@@ -193,7 +192,7 @@ fn every_service_has_its_objects_in_the_namespace() {
     }
     for r in rendered() {
         let o = r.overlay;
-        for (s, _, _) in SERVICES {
+        for (s, _, _) in services() {
             for kind in [
                 "Deployment",
                 "Service",
@@ -242,7 +241,7 @@ fn deployments_and_jobs_run_locked_down_with_requests_and_limits() {
         return;
     }
     for r in rendered() {
-        for (s, _, _) in SERVICES {
+        for (s, _, _) in services() {
             let mut workloads = vec![("Deployment", get(&r.app, "Deployment", s, r.overlay))];
             if migrates(s) {
                 workloads.push(("Job", get(&r.migrate, "Job", &format!("{s}-migrate"), r.overlay)));
@@ -283,7 +282,7 @@ fn images_are_the_release_of_the_overlay() {
         return;
     }
     for r in rendered() {
-        for (s, _, _) in SERVICES {
+        for (s, _, _) in services() {
             let image = container(get(&r.app, "Deployment", s, r.overlay), s)["image"].as_str().unwrap().to_owned();
             if migrates(s) {
                 let job = get(&r.migrate, "Job", &format!("{s}-migrate"), r.overlay);
@@ -311,7 +310,7 @@ fn deployments_serve_probe_and_stop_as_documented() {
         return;
     }
     for r in rendered() {
-        for (s, port, mport) in SERVICES {
+        for (s, port, mport) in services() {
             let what = format!("{}: {s}", r.overlay);
             let d = get(&r.app, "Deployment", s, r.overlay);
             assert!(d["spec"].get("replicas").is_none(), "{what}: the HorizontalPodAutoscaler owns the count");
@@ -369,7 +368,7 @@ fn the_config_is_the_file_of_deploy_config_and_every_variable_is_given() {
         return;
     }
     for r in rendered() {
-        for (s, _, _) in SERVICES {
+        for (s, _, _) in services() {
             let config = config_file(s);
             let mut workloads = vec![(get(&r.app, "Deployment", s, r.overlay), &r.app)];
             if migrates(s) {
@@ -461,7 +460,7 @@ fn services_monitors_disruption_budgets_and_autoscalers_fit_the_deployments() {
     let rules = std::fs::read_to_string(root().join("deploy/prometheus/rules.yaml")).unwrap();
     let mut max_by_overlay: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
     for r in rendered() {
-        for (s, port, mport) in SERVICES {
+        for (s, port, mport) in services() {
             let what = format!("{}: {s}", r.overlay);
             let pods = pod_labels(get(&r.app, "Deployment", s, r.overlay));
 
@@ -523,7 +522,7 @@ fn services_monitors_disruption_budgets_and_autoscalers_fit_the_deployments() {
             max_by_overlay.entry(r.overlay).or_default().insert(s, max);
         }
     }
-    for (s, _, _) in SERVICES {
+    for (s, _, _) in services() {
         assert!(max_by_overlay["prod"][s] > max_by_overlay["dev"][s], "{s}: prod scales further than dev");
     }
 }
@@ -556,7 +555,7 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
     if !have_kubectl() {
         return;
     }
-    let gateway_port = SERVICES[0].1;
+    let gateway_port = u64::from(GATEWAY.port);
     for r in rendered() {
         let o = r.overlay;
         let policies: Vec<&Value> = of_kind(&r.app, "NetworkPolicy").collect();
@@ -596,13 +595,13 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
                 let ports = array(&rule["ports"]);
                 assert!(!ports.is_empty(), "{what}: on every port");
                 let to_gateway = selects(&p["spec"]["podSelector"], &gateway_pods)
-                    && SERVICES.iter().all(|(s, _, _)| {
+                    && services().iter().all(|(s, _, _)| {
                         *s == "gateway"
                             || !selects(&p["spec"]["podSelector"], &pod_labels(get(&r.app, "Deployment", s, o)))
                     })
                     && ports.iter().all(|port| port["port"] == gateway_port);
                 let from_monitoring = ports.iter().all(|port| {
-                    port["port"] == "management" || SERVICES.iter().any(|(_, _, mport)| port["port"] == *mport)
+                    port["port"] == "management" || services().iter().any(|(_, _, mport)| port["port"] == *mport)
                 }) && from.iter().all(|peer| {
                     peer.get("ipBlock").is_none()
                         && peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
@@ -612,7 +611,7 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
             }
         }
 
-        for (s, port, mport) in SERVICES {
+        for (s, port, mport) in services() {
             let what = format!("{o}: {s}");
             let pods = pod_labels(get(&r.app, "Deployment", s, o));
             let ingress = rules_for(&policies, &pods, "ingress");
@@ -697,7 +696,7 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
                     );
                 }
             } else {
-                for (backend, backend_port, _) in SERVICES.iter().filter(|(b, _, _)| *b != "gateway") {
+                for (backend, backend_port, _) in services().iter().filter(|(b, _, _)| *b != "gateway") {
                     let backend_pods = pod_labels(get(&r.app, "Deployment", backend, o));
                     assert!(
                         egress.iter().any(|rule| rule_allows_port(rule, *backend_port, "http")

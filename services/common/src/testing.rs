@@ -111,14 +111,14 @@ pub struct TestEnv {
 
 impl TestEnv {
     /// The environment of the service Keel knows as `service` (e.g.
-    /// [`services::EVENTS`](crate::services::EVENTS)`.0`).
+    /// [`services::EVENTS`](crate::services::EVENTS)`.name`).
     pub fn new(service: &str) -> Self {
         let prefix = Loader::new(service, Profile::Test).env_prefix();
         // The service's own body limit, as its binary's defaults give it.
         Self { service: service.to_owned(), prefix, vars: Vec::new() }
             .set("HTTP__PORT", "0")
             .set("HTTP__ADDR", "127.0.0.1")
-            .set("HTTP__BODY_LIMIT", crate::services::body_limit(service))
+            .set("HTTP__BODY_LIMIT", crate::services::by_name(service).map_or("8KiB", |m| m.body_limit))
     }
 
     /// Sets the configuration key `key` written as the service's variable without its prefix:

@@ -132,18 +132,17 @@ pub fn migrations() -> keel::data::Migrations {
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<EventsConfig> {
     keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::EVENTS.0)
-        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::EVENTS))
+        .name(cityevents_common::services::EVENTS.name)
+        .config_defaults(cityevents_common::services::EVENTS.defaults())
         .with_config::<EventsConfig>()
         .migrations(migrations())
         .setup(|s| {
             let db = s.database()?;
             let outbox = s.outbox(&db)?;
-            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::EVENTS.0, s.jwt()?)?;
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::EVENTS.name, s.jwt()?)?;
             let require_verified_email = s.config().require_verified_email;
             let search = api::Searches::new(&s.config().search);
-            let (_, joins_port) = cityevents_common::services::JOINS;
-            let joins = cityevents_common::upstream::client(s, "joins", joins_port)?;
+            let joins = cityevents_common::upstream::client(s, &cityevents_common::services::JOINS)?;
             // Banned organizers' events are hidden (cityevents_common::organizer_bans).
             let handler = cityevents_common::organizer_bans::OrganizerBansHandler::new(db.clone());
             let bus = s.bus()?;

@@ -262,8 +262,8 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<GatewayConfig> {
     keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::GATEWAY.0)
-        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::GATEWAY))
+        .name(cityevents_common::services::GATEWAY.name)
+        .config_defaults(cityevents_common::services::GATEWAY.defaults())
         .with_config::<GatewayConfig>()
         .setup(|s| {
             let document = openapi::document()?;
@@ -271,15 +271,15 @@ pub fn service() -> keel::Service<GatewayConfig> {
                 serde_json::to_vec(&document).map_err(|e| format!("the OpenAPI document does not serialize: {e}"))?,
             );
             let query_parameters = Arc::new(openapi::query_parameters(&document));
-            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.0, s.jwt()?)?;
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.name, s.jwt()?)?;
             let mut clients = HashMap::new();
-            for (up, name, port) in Upstream::FORWARDED {
-                clients.insert(up, cityevents_common::upstream::client(s, name, port)?);
+            for (up, module) in Upstream::FORWARDED {
+                clients.insert(up, cityevents_common::upstream::client(s, module)?);
             }
             let searches = cityevents_common::upstream::client_for(
                 s,
                 "events_search",
-                ("events", cityevents_common::services::EVENTS.1),
+                &cityevents_common::services::EVENTS,
                 s.config().search.clone(),
             )?;
             let limits = limits(s)?;

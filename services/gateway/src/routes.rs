@@ -4,6 +4,8 @@
 //! built from (the OpenAPI document has one operation per route), so they cannot drift.
 //! Paths use axum's `{param}` syntax, which is also OpenAPI's.
 
+use cityevents_common::services::{self, Module};
+
 /// Who answers a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Upstream {
@@ -20,23 +22,18 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// The forwarding upstreams, with their `upstreams.<name>` key and development port.
-    pub const FORWARDED: [(Upstream, &'static str, u16); 4] = [
-        (Upstream::Auth, "auth", cityevents_common::services::AUTH.1),
-        (Upstream::Events, "events", cityevents_common::services::EVENTS.1),
-        (Upstream::Joins, "joins", cityevents_common::services::JOINS.1),
-        (Upstream::Notifier, "notifier", cityevents_common::services::NOTIFIER.1),
+    /// The forwarding upstreams, each with its row of the module table (whose short name is its
+    /// `upstreams.<name>` key): the gateway's row lists exactly these.
+    pub const FORWARDED: [(Upstream, &'static Module); 4] = [
+        (Upstream::Auth, &services::AUTH),
+        (Upstream::Events, &services::EVENTS),
+        (Upstream::Joins, &services::JOINS),
+        (Upstream::Notifier, &services::NOTIFIER),
     ];
 
     /// The `upstreams.<name>` key (`gateway` for the gateway's own routes).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Auth => "auth",
-            Self::Events => "events",
-            Self::Joins => "joins",
-            Self::Notifier => "notifier",
-            Self::Gateway => "gateway",
-        }
+        Self::FORWARDED.iter().find(|(u, _)| *u == self).map_or(services::GATEWAY.short, |(_, m)| m.short)
     }
 }
 
@@ -242,5 +239,13 @@ mod tests {
         for &(verb, path) in STRICT {
             assert!(ROUTES.iter().any(|r| r.verb == verb && r.path == path && is_strict(r)), "{verb:?} {path}");
         }
+    }
+
+    #[test]
+    fn the_forwarded_upstreams_are_the_gateways_row_of_the_module_table() {
+        let forwarded: Vec<&str> = Upstream::FORWARDED.iter().map(|(_, m)| m.short).collect();
+        assert_eq!(forwarded, services::GATEWAY.upstreams);
+        assert_eq!(Upstream::Joins.name(), "joins");
+        assert_eq!(Upstream::Gateway.name(), "gateway");
     }
 }

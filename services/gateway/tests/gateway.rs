@@ -382,7 +382,7 @@ async fn the_old_body_limit_setting_is_refused_naming_the_new_one() {
     let stubs = echoes().await;
     let ups: Vec<(&str, String)> = stubs.iter().map(|s| (s.name, s.url())).collect();
     let vars = env(&ups, &[("CITYEVENTS_GATEWAY__APP__MAX_BODY", "64KiB")]);
-    let loaded = keel::app::Loader::new(cityevents_common::services::GATEWAY.0, keel::config::Profile::Test)
+    let loaded = keel::app::Loader::new(cityevents_common::services::GATEWAY.name, keel::config::Profile::Test)
         .env(vars)
         .load::<cityevents_gateway::GatewayConfig>();
     let Err(e) = loaded else { panic!("app.max_body was accepted") };
@@ -764,7 +764,7 @@ async fn a_hung_upstream_costs_a_read_two_attempts_a_write_one_and_any_call_the_
 async fn upstream_timeouts_longer_than_their_total_are_refused() {
     let stubs = echoes().await;
     let ups: Vec<(&str, String)> = stubs.iter().map(|s| (s.name, s.url())).collect();
-    let loaded = keel::app::Loader::new(cityevents_common::services::GATEWAY.0, keel::config::Profile::Test)
+    let loaded = keel::app::Loader::new(cityevents_common::services::GATEWAY.name, keel::config::Profile::Test)
         .env(env(
             &ups,
             &[

@@ -102,7 +102,7 @@ async fn start_gateway(stubs: &[Stub; 4], redis_port: u16) -> (Gateway, tempfile
     ] {
         env.push((k.to_owned(), v.to_owned()));
     }
-    let loaded = Loader::new(cityevents_common::services::GATEWAY.0, Profile::Test)
+    let loaded = Loader::new(cityevents_common::services::GATEWAY.name, Profile::Test)
         .file(file.path())
         .env(env)
         .load()

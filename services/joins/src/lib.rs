@@ -101,8 +101,8 @@ pub fn migrations() -> keel::data::Migrations {
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<JoinsConfig> {
     keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::JOINS.0)
-        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::JOINS))
+        .name(cityevents_common::services::JOINS.name)
+        .config_defaults(cityevents_common::services::JOINS.defaults())
         .with_config::<JoinsConfig>()
         .migrations(migrations())
         .setup(|s| {
@@ -136,7 +136,7 @@ pub fn service() -> keel::Service<JoinsConfig> {
                 cfg.settle_interval,
                 metrics.clone(),
             ))?;
-            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::JOINS.0, s.jwt()?)?;
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::JOINS.name, s.jwt()?)?;
             let state = api::Shared::new(db, outbox, &cfg, metrics);
             Ok(api::router(state).layer(jwt.extension()))
         })
@@ -150,7 +150,7 @@ mod tests {
     use super::JoinsConfig;
 
     fn load(vars: &[(&str, &str)]) -> Result<JoinsConfig, String> {
-        Loader::new(cityevents_common::services::JOINS.0, Profile::Test)
+        Loader::new(cityevents_common::services::JOINS.name, Profile::Test)
             .env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
             .load::<JoinsConfig>()
             .map(|l| l.config.app.clone())

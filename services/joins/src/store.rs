@@ -890,7 +890,7 @@ pub(crate) fn change(ev: &EventRow, j: &JoinRow, reason: Option<&str>) -> JoinCh
 }
 
 fn envelope<E: Event>(event: &E) -> Result<Envelope, OutboxError> {
-    Ok(Envelope::new(cityevents_common::services::JOINS.0, event)?)
+    Ok(Envelope::new(cityevents_common::services::JOINS.name, event)?)
 }
 
 /// Enqueues the announcements in `tx` (published only if it commits), in order.

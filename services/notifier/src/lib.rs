@@ -108,8 +108,8 @@ pub fn migrations() -> keel::data::Migrations {
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<NotifierConfig> {
     keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::NOTIFIER.0)
-        .config_defaults(cityevents_common::services::defaults(cityevents_common::services::NOTIFIER))
+        .name(cityevents_common::services::NOTIFIER.name)
+        .config_defaults(cityevents_common::services::NOTIFIER.defaults())
         .with_config::<NotifierConfig>()
         .migrations(migrations())
         .setup(setup)
@@ -177,7 +177,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
     s.worker(activity::digest_worker(db.clone(), cfg.digest_interval, sent.clone()))?;
     s.worker(activity::notice_worker(db.clone(), sent))?;
-    let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.0, s.jwt()?)?;
+    let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.name, s.jwt()?)?;
     Ok(api::router(db, contacts).layer(jwt.extension()))
 }
 

@@ -12,7 +12,7 @@ use keel::security::jwt::Claims;
 use keel::testing::TestDatabase;
 use serde_json::Value;
 
-pub const NAME: &str = cityevents_common::services::AUTH.0;
+pub const NAME: &str = cityevents_common::services::AUTH.name;
 pub const PASSWORD: &str = "plum-harbor-velvet-42";
 
 /// The service, running.

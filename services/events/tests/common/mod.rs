@@ -225,7 +225,7 @@ impl Svc {
     /// Starts the service on `db` with extra settings (keys without the env prefix).
     pub async fn start_with(db: TestDatabase, extra: &[(&str, &str)]) -> Self {
         let (joins, joins_url) = JoinsStub::start().await;
-        let mut env = TestEnv::new(cityevents_common::services::EVENTS.0)
+        let mut env = TestEnv::new(cityevents_common::services::EVENTS.name)
             .trust(&KEY)
             .set("UPSTREAMS__JOINS__BASE_URL", joins_url.as_str())
             .set("UPSTREAMS__JOINS__RETRY__MAX_ATTEMPTS", "1")

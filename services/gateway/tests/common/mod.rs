@@ -138,7 +138,7 @@ pub struct Gateway {
 /// The environment of a gateway whose upstreams are `upstreams` (name → base URL), with a
 /// generous rate limits, plus `extra` (variables in full, replacing the defaults).
 pub fn env(upstreams: &[(&str, String)], extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = TestEnv::new(cityevents_common::services::GATEWAY.0)
+    let mut env = TestEnv::new(cityevents_common::services::GATEWAY.name)
         .trust(&KEY)
         .set("RATE_LIMITS__API__LIMIT", "10000")
         .set("RATE_LIMITS__API__KEY", "user,ip")
@@ -166,7 +166,7 @@ impl Gateway {
         profile: Profile,
         env: Vec<(String, String)>,
     ) -> Result<Self, keel::app::StartError> {
-        let loaded = Loader::new(cityevents_common::services::GATEWAY.0, profile).env(env).load().expect("config");
+        let loaded = Loader::new(cityevents_common::services::GATEWAY.name, profile).env(env).load().expect("config");
         let app = TestService::try_start(cityevents_gateway::service(), loaded).await?;
         Ok(Self { app })
     }

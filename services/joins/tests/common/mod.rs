@@ -58,7 +58,7 @@ impl Svc {
     /// Starts the service on `backend` with extra settings (keys without the env prefix).
     pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
         let database = database(backend).await?;
-        let mut env = TestEnv::new(cityevents_common::services::JOINS.0)
+        let mut env = TestEnv::new(cityevents_common::services::JOINS.name)
             .trust(&KEY)
             .set("DATABASE__URL", database.url())
             .set("DATABASE__POOL__MAX_CONNECTIONS", "12")
@@ -77,7 +77,7 @@ impl Svc {
         let db = Db::new("joins-test", database.url(), &cfg, None, &keel::telemetry::Metrics::new()).unwrap();
         db.clone().connect_in_background(CancellationToken::new()).await;
         let outbox =
-            Outbox::new(db.clone(), cityevents_common::services::JOINS.0, &OutboxConfig::default(), None).unwrap();
+            Outbox::new(db.clone(), cityevents_common::services::JOINS.name, &OutboxConfig::default(), None).unwrap();
         let bus = Bus::in_process(10_000);
         let stop = CancellationToken::new();
         let options = ConsumerOptions::default()

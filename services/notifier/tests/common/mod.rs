@@ -48,7 +48,7 @@ impl Notifier {
         let master = generate_key();
         let wrapped = MasterKey::from_secret(&Secret::new(master.clone())).unwrap().new_data_key("n1").unwrap();
         let mail_dir = tempfile::tempdir().unwrap();
-        let mut env = TestEnv::new(cityevents_common::services::NOTIFIER.0)
+        let mut env = TestEnv::new(cityevents_common::services::NOTIFIER.name)
             .trust(&KEY)
             .set("DATABASE__URL", db.url())
             .set("SECURITY__ENCRYPTION__MASTER_KEY", master)
