@@ -891,6 +891,36 @@ async fn conflicting_transactions_run_again(db: TestDatabase) {
     let rows: Vec<(i32, i32)> =
         sqlx::query_as("SELECT id, n FROM pair ORDER BY id").fetch_all(kdb.pool()).await.unwrap();
     assert_eq!(rows, [(1, 2), (2, 2)], "rolled back");
+
+    // A service's error that keeps the raw statement error: the macro counts it once.
+    #[derive(Debug)]
+    struct Raw(sqlx::Error);
+    impl From<keel::data::DataError> for Raw {
+        fn from(e: keel::data::DataError) -> Self {
+            Raw(sqlx::Error::Protocol(e.to_string()))
+        }
+    }
+    impl keel::data::Transient for Raw {
+        fn is_transient(&self) -> bool {
+            false
+        }
+        fn uncounted(&self) -> Option<&sqlx::Error> {
+            Some(&self.0)
+        }
+    }
+    let errors = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("db_errors_total{") && l.contains("pool=\"t\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = errors(&metrics.render());
+    let failed: Result<(), Raw> = keel::data::transaction!(&kdb, |tx| async {
+        sqlx::query("SELECT n FROM no_such_table").execute(&mut *tx).await.map_err(Raw)?;
+        Ok(())
+    });
+    assert!(failed.is_err());
+    assert_eq!(errors(&metrics.render()) - before, 1.0, "{}", metrics.render());
     kdb.close().await;
 }
 

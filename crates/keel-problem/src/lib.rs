@@ -167,6 +167,19 @@ impl Problem {
             .detail("the server failed to handle the request; quote the request id when reporting it")
     }
 
+    /// 500 for a failure that is the server's own: logs `error` at ERROR with `context` (what
+    /// was being done) and answers [`Problem::internal`], so the cause never reaches the client.
+    ///
+    /// ```
+    /// let p = keel_problem::Problem::internal_error("issuing an access token", "no signing key");
+    /// assert_eq!(p.status_code(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    /// assert!(!p.detail_text().unwrap_or_default().contains("signing key"));
+    /// ```
+    pub fn internal_error(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "{context} failed");
+        Self::internal()
+    }
+
     /// Says the request was refused at capacity before any work was done (a full queue, a
     /// bulkhead, load shedding): the answer carries [`OVERLOADED`], and a Keel client calling
     /// this service passes it on without counting it against its circuit breaker. A breaker

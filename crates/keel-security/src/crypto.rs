@@ -70,6 +70,13 @@ pub enum CryptoError {
     Config(String),
 }
 
+impl From<CryptoError> for keel_http::Problem {
+    /// A bare 500, the cause logged: field encryption failing is the server's fault.
+    fn from(e: CryptoError) -> Self {
+        keel_http::Problem::internal_error("field encryption", e)
+    }
+}
+
 /// 32 random bytes, base64: a new master key or blind-index key.
 pub fn generate_key() -> String {
     B64.encode(Key::<Aes256Gcm>::generate())

@@ -14,8 +14,9 @@ use unicode_normalization::UnicodeNormalization as _;
 use unicode_security::{GeneralSecurityProfile as _, MixedScript as _};
 use uuid::Uuid;
 
-use crate::error::{FieldError, Observe};
+use crate::error::FieldError;
 use cityevents_common::time::{from_micros, now, to_micros};
+use keel::data::Observe;
 
 /// Longest e-mail address accepted (RFC 5321's path limit), in characters.
 pub const MAX_EMAIL: usize = cityevents_api::limits::MAX_EMAIL;
@@ -147,10 +148,10 @@ pub enum StoreError {
     Password(#[from] PasswordError),
 }
 
-impl From<StoreError> for crate::error::ApiError {
+impl From<StoreError> for keel::http::Problem {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Taken => crate::error::email_taken().into(),
+            StoreError::Taken => crate::error::email_taken(),
             StoreError::Data(e) => e.into(),
             StoreError::Crypto(e) => e.into(),
             StoreError::Password(e) => e.into(),
@@ -208,7 +209,7 @@ impl Accounts {
                 .bind(bidx)
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .obs(db)?;
+                .observed(db)?;
         Ok(row.map(UserRow::from))
     }
 
@@ -223,7 +224,8 @@ impl Accounts {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let text = format!("SELECT {USER_COLUMNS} FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT {limit}");
-        let rows: Vec<RowTuple> = sqlx::query_as(db.statement(&text)).fetch_all(db.on(&mut *conn)).await.obs(db)?;
+        let rows: Vec<RowTuple> =
+            sqlx::query_as(db.statement(&text)).fetch_all(db.on(&mut *conn)).await.observed(db)?;
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
@@ -239,7 +241,7 @@ impl Accounts {
                 .bind(id.to_string())
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .obs(db)?;
+                .observed(db)?;
         Ok(row.map(UserRow::from))
     }
 
@@ -260,7 +262,7 @@ impl Accounts {
                 .bind(skeleton_bidx)
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .obs(db)?;
+                .observed(db)?;
         Ok(found.is_some())
     }
 
@@ -280,7 +282,7 @@ impl Accounts {
                 .bind(&after)
                 .fetch_all(db.on(&mut *conn))
                 .await
-                .obs(db)?
+                .observed(db)?
             };
             let Some((last, _)) = page.last() else { return Ok(filled) };
             after = last.clone();
@@ -378,7 +380,7 @@ impl Accounts {
         .bind(id)
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(())
     }
 
@@ -397,7 +399,7 @@ impl Accounts {
             .bind(id)
             .execute(db.on(&mut **tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(())
     }
 
@@ -422,7 +424,7 @@ impl Accounts {
         .bind(id)
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -440,7 +442,7 @@ impl Accounts {
             .bind(stored_role(cityevents_common::roles::ADMIN).0)
             .fetch_all(db.on(&mut **tx))
             .await
-            .obs(db)
+            .observed(db)
     }
 
     pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<bool, DataError> {
@@ -452,7 +454,7 @@ impl Accounts {
         .bind(id)
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -466,7 +468,7 @@ impl Accounts {
             query = query.bind(id.to_string());
         }
         let mut conn = db.acquire().await?;
-        query.fetch_all(db.on(&mut *conn)).await.obs(db)
+        query.fetch_all(db.on(&mut *conn)).await.observed(db)
     }
 
     /// Up to `limit` accounts matching `filter`, newest first, after the account `after`.
@@ -521,7 +523,7 @@ impl Accounts {
         for b in binds {
             query = query.bind(b);
         }
-        let rows = query.fetch_all(db.on(&mut *conn)).await.obs(db)?;
+        let rows = query.fetch_all(db.on(&mut *conn)).await.observed(db)?;
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
@@ -530,7 +532,7 @@ impl Accounts {
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
         let mut tx = self.db.begin_write().await?;
         self.set_role_in(&mut tx, id, role).await?;
-        tx.commit().await.obs(&self.db)
+        tx.commit().await.observed(&self.db)
     }
 
     /// Replaces the password hash (after a cost change, on the next successful sign-in).
@@ -542,7 +544,7 @@ impl Accounts {
             .bind(id)
             .execute(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(())
     }
 
@@ -559,14 +561,15 @@ impl Accounts {
             .bind(id)
             .execute(db.on(&mut **tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(())
     }
 
     /// The API view of a row (decrypts the address).
-    pub(crate) fn user(&self, row: &UserRow) -> Result<User, crate::error::ApiError> {
-        let id = Uuid::parse_str(&row.id)
-            .map_err(|_| crate::error::ApiError::Internal("a users row has an id that is not a UUID".into()))?;
+    pub(crate) fn user(&self, row: &UserRow) -> Result<User, keel::http::Problem> {
+        let id = Uuid::parse_str(&row.id).map_err(|_| {
+            keel::http::Problem::internal_error("reading an account", "a users row has an id that is not a UUID")
+        })?;
         Ok(User {
             id,
             email: self.keyring.decrypt_str(&row.email_ciphertext)?,
@@ -578,7 +581,7 @@ impl Accounts {
     }
 
     /// The account and its ban, as moderators and admins see it.
-    pub(crate) fn managed(&self, row: &UserRow) -> Result<ManagedUser, crate::error::ApiError> {
+    pub(crate) fn managed(&self, row: &UserRow) -> Result<ManagedUser, keel::http::Problem> {
         let ban = match (row.banned_at, &row.ban_reason) {
             (Some(at), reason) => Some(Ban {
                 reason: reason.clone().unwrap_or_default(),

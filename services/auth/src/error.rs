@@ -1,13 +1,9 @@
-//! How handlers fail: the service's problems (`code` values of the contract) and one error type
-//! that turns database, crypto and hashing failures into 5xx problems without leaking their text.
+//! How handlers fail: the service's problems (`code` values of the contract). Handlers answer
+//! `Result<_, Problem>`; Keel's errors (database, outbox, field encryption, password hashing)
+//! become 5xx problems through their `From` impls, without leaking their text.
 
-use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use keel::data::{DataError, Db};
 use keel::http::Problem;
-use keel::security::crypto::CryptoError;
-use keel::security::jwt::JwtError;
-use keel::security::password::PasswordError;
 
 /// An invalid input field: a 400 `invalid_input` problem for clients, an [`crate::AdminError`]
 /// for the CLI.
@@ -82,86 +78,4 @@ pub(crate) fn already_verified() -> Problem {
     Problem::new(StatusCode::CONFLICT, "conflict", "Conflict")
         .code("already_verified")
         .detail("this account's e-mail address is verified already")
-}
-
-/// A handler failure.
-#[derive(Debug)]
-pub(crate) enum ApiError {
-    /// An answer for the client.
-    Problem(Problem),
-    /// The database failed or is unavailable (503 or 500).
-    Data(DataError),
-    /// Anything else that is our fault: logged, answered with a bare 500.
-    Internal(String),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Problem(p) => p.into_response(),
-            Self::Data(e) => e.into_response(),
-            Self::Internal(e) => {
-                tracing::error!(error = %e, "request failed");
-                Problem::internal().into_response()
-            }
-        }
-    }
-}
-
-impl From<Problem> for ApiError {
-    fn from(p: Problem) -> Self {
-        Self::Problem(p)
-    }
-}
-
-impl From<FieldError> for ApiError {
-    fn from(e: FieldError) -> Self {
-        Self::Problem(e.into())
-    }
-}
-
-impl From<DataError> for ApiError {
-    fn from(e: DataError) -> Self {
-        Self::Data(e)
-    }
-}
-
-impl From<CryptoError> for ApiError {
-    fn from(e: CryptoError) -> Self {
-        Self::Internal(format!("field encryption: {e}"))
-    }
-}
-
-impl From<JwtError> for ApiError {
-    fn from(e: JwtError) -> Self {
-        Self::Internal(format!("issuing an access token: {e}"))
-    }
-}
-
-impl From<keel::events::outbox::OutboxError> for ApiError {
-    fn from(e: keel::events::outbox::OutboxError) -> Self {
-        match e {
-            keel::events::outbox::OutboxError::Data(d) => Self::Data(d),
-            other => Self::Internal(format!("enqueueing an event: {other}")),
-        }
-    }
-}
-
-impl From<PasswordError> for ApiError {
-    fn from(e: PasswordError) -> Self {
-        // Overloaded is a 503 with Retry-After; the rest are logged 500s.
-        Self::Problem(e.into())
-    }
-}
-
-/// Counts a query's error on the pool's metrics (`db_errors_total`) as it becomes a [`DataError`].
-pub(crate) trait Observe<T> {
-    /// See the trait.
-    fn obs(self, db: &Db) -> Result<T, DataError>;
-}
-
-impl<T> Observe<T> for Result<T, sqlx::Error> {
-    fn obs(self, db: &Db) -> Result<T, DataError> {
-        self.map_err(|e| db.observe(e))
-    }
 }

@@ -34,8 +34,8 @@ use std::time::Duration;
 use keel::data::{Backend, DataError, Db, RetryKind};
 
 use crate::config::LockoutConfig;
-use crate::error::Observe;
 use cityevents_common::time::{now, to_micros};
+use keel::data::Observe;
 
 /// Which counter: the `scope` of audit entries and of `auth_login_throttled_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ async fn ensure(
         .bind(now)
         .execute(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
     Ok(())
 }
 
@@ -182,7 +182,7 @@ async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, sta
     .bind(key)
     .execute(db.on(&mut *conn))
     .await
-    .obs(db)?;
+    .observed(db)?;
     Ok(())
 }
 
@@ -192,7 +192,7 @@ async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64
         .bind(key)
         .fetch_one(db.on(&mut *conn))
         .await
-        .obs(db)
+        .observed(db)
 }
 
 /// One more failure on the counter `key`.
@@ -204,7 +204,7 @@ async fn count_failure(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, now: 
     .bind(key)
     .execute(db.on(&mut *conn))
     .await
-    .obs(db)?;
+    .observed(db)?;
     Ok(())
 }
 
@@ -264,13 +264,13 @@ impl Lockout {
             })
             .max_by_key(|(until, _)| *until);
         if let Some((until, scope)) = refused {
-            tx.commit().await.obs(db)?;
+            tx.commit().await.observed(db)?;
             // Rounded up: a client that waits exactly this long is let in.
             let secs = (until - now).div_euclid(1_000_000) + 1;
             return Ok(Gate::Locked { retry_after: u64::try_from(secs).unwrap_or(1), scope });
         }
         count_failure(db, &mut tx, &counters.first_hand().1, now).await?;
-        tx.commit().await.obs(db)?;
+        tx.commit().await.observed(db)?;
         let (_, failures, _, free) = counts[counters.first_hand];
         Ok(Gate::Open { spent: failures + 1 == i64::from(free) })
     }
@@ -319,7 +319,7 @@ impl Lockout {
                 spent.push(*scope);
             }
         }
-        tx.commit().await.obs(db)?;
+        tx.commit().await.observed(db)?;
         Ok(spent)
     }
 
@@ -332,7 +332,7 @@ impl Lockout {
             .bind(&counters.first_hand().1)
             .execute(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(())
     }
 
@@ -350,7 +350,7 @@ impl Lockout {
         .bind(&counters.first_hand().1)
         .execute(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(())
     }
 
@@ -366,7 +366,7 @@ impl Lockout {
             .bind(bidx)
             .execute(db.on(&mut **tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(done.rows_affected())
     }
 
@@ -380,7 +380,7 @@ impl Lockout {
             .bind(now.saturating_sub(micros(self.cfg.window)))
             .execute(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(done.rows_affected())
     }
 }

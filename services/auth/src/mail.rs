@@ -21,8 +21,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::accounts::Accounts;
-use crate::error::{ApiError, Observe};
 use crate::tokens::{generate, hash};
+use keel::data::Observe;
+use keel::http::Problem;
 
 /// At most one mail about a sign-up that made no account, per address, in this time.
 pub(crate) const NOTICE_EVERY: Duration = Duration::from_secs(3600);
@@ -90,7 +91,7 @@ impl AccountMail {
         .bind(expires)
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok((token, from_micros(expires)))
     }
 
@@ -111,7 +112,7 @@ impl AccountMail {
         .bind(purpose.label())
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(done.rows_affected())
     }
 
@@ -135,7 +136,7 @@ impl AccountMail {
         .bind(since)
         .fetch_one(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -160,7 +161,7 @@ impl AccountMail {
         .bind(now)
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?
+        .observed(db)?
         .rows_affected();
         if spent != 1 {
             return Ok(None);
@@ -170,7 +171,7 @@ impl AccountMail {
                 .bind(&token_hash)
                 .fetch_optional(db.on(&mut **tx))
                 .await
-                .obs(db)?;
+                .observed(db)?;
         Ok(user)
     }
 
@@ -179,7 +180,7 @@ impl AccountMail {
         &self,
         tx: &mut Transaction<'static, Any>,
         contact: &AccountContact,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Problem> {
         self.outbox.enqueue_event(tx, ACCOUNTS_TOPIC, contact).await?;
         let db = &self.db;
         sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
@@ -187,7 +188,7 @@ impl AccountMail {
             .bind(contact.user_id.to_string())
             .execute(db.on(&mut **tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(())
     }
 
@@ -199,7 +200,7 @@ impl AccountMail {
         to: &str,
         name: &str,
         mail: Mail,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Problem> {
         let request = MailRequested { user_id, to: Some(to.to_owned()), name: Some(name.to_owned()), mail };
         self.outbox.enqueue_event(tx, MAIL_TOPIC, &request).await?;
         Ok(())
@@ -220,7 +221,7 @@ impl AccountMail {
         for table in
             ["DELETE FROM account_tokens WHERE expires_at < $1", "DELETE FROM registration_notices WHERE sent_at < $1"]
         {
-            let done = sqlx::query(db.statement(table)).bind(cutoff).execute(db.on(&mut *conn)).await.obs(db)?;
+            let done = sqlx::query(db.statement(table)).bind(cutoff).execute(db.on(&mut *conn)).await.observed(db)?;
             pruned += done.rows_affected();
         }
         Ok(pruned)
@@ -239,7 +240,7 @@ impl AccountMail {
                 "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) ON CONFLICT (email_bidx) DO NOTHING"
             }
         };
-        sqlx::query(db.statement(ensure)).bind(bidx).execute(db.on(&mut **tx)).await.obs(db)?;
+        sqlx::query(db.statement(ensure)).bind(bidx).execute(db.on(&mut **tx)).await.observed(db)?;
         let now = to_micros(now());
         let every = i64::try_from(NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
         let claimed = sqlx::query(
@@ -250,13 +251,13 @@ impl AccountMail {
         .bind(now.saturating_sub(every))
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(claimed.rows_affected() == 1)
     }
 
     /// Announces the contacts of accounts that never had theirs sent, a page at a time;
     /// returns how many.
-    pub(crate) async fn announce_missing(&self, accounts: &Accounts) -> Result<u64, ApiError> {
+    pub(crate) async fn announce_missing(&self, accounts: &Accounts) -> Result<u64, Problem> {
         let db = &self.db;
         let mut announced = 0_u64;
         loop {
@@ -278,10 +279,10 @@ impl AccountMail {
                         .bind(&row.id)
                         .execute(db.on(&mut *tx))
                         .await
-                        .obs(db)?;
+                        .observed(db)?;
                 }
             }
-            tx.commit().await.obs(db)?;
+            tx.commit().await.observed(db)?;
             announced += rows.len() as u64;
         }
     }

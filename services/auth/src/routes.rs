@@ -31,8 +31,7 @@ use crate::accounts::{
 };
 use crate::devices::DeviceTokens;
 use crate::error::{
-    ApiError, FieldError, already_verified, invalid_credentials, invalid_refresh_token, invalid_token, locked,
-    refresh_reused,
+    FieldError, already_verified, invalid_credentials, invalid_refresh_token, invalid_token, locked, refresh_reused,
 };
 use crate::lockout::{Gate, Lockout, Source};
 use crate::mail::{AccountMail, Purpose, contact_of};
@@ -158,8 +157,10 @@ fn token_response(pair: impl serde::Serialize) -> Response {
 }
 
 /// An access token for `user_id`, carrying its current session version `sv`.
-fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<String, ApiError> {
-    Ok(s.jwt.issue(&s.jwt.claims(user_id).role(role).email_verified(verified).session_version(sv))?)
+fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<String, Problem> {
+    s.jwt
+        .issue(&s.jwt.claims(user_id).role(role).email_verified(verified).session_version(sv))
+        .map_err(|e| Problem::internal_error("issuing an access token", e))
 }
 
 /// Registers an account. The answer is the same, 202 and the normalized address, whether the
@@ -172,7 +173,7 @@ async fn register(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<RegisterBody>,
-) -> Result<(StatusCode, axum::Json<Registration>), ApiError> {
+) -> Result<(StatusCode, axum::Json<Registration>), Problem> {
     let arrived = tokio::time::Instant::now();
     let floor = s.registration_floor;
     let answer = register_once(s, ip, b).await;
@@ -186,7 +187,7 @@ async fn register_once(
     s: AppState,
     ip: String,
     b: RegisterBody,
-) -> Result<(StatusCode, axum::Json<Registration>), ApiError> {
+) -> Result<(StatusCode, axum::Json<Registration>), Problem> {
     let email = normalize_email(&b.email)?;
     let name = validate_name(&b.name)?;
     check_new_password(&s.accounts.policy, &b.password, &email)?;
@@ -232,7 +233,7 @@ async fn register_once(
 
 /// Tells the owner of `existing` that someone tried to register their address again (at most
 /// once an hour: sign-ups must not flood an inbox).
-async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Result<(), ApiError> {
+async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Result<(), Problem> {
     let user = s.accounts.user(existing)?;
     let mut tx = s.accounts.db.begin_write().await?;
     if s.mail.claim_notice(&mut tx, &s.accounts.email_index(&user.email)).await? {
@@ -246,7 +247,7 @@ async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Resul
 }
 
 /// Commits `tx` and has the relay publish what it enqueued now.
-async fn commit(s: &AppState, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), ApiError> {
+async fn commit(s: &AppState, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), Problem> {
     tx.commit().await.map_err(|e| s.accounts.db.observe(e))?;
     s.mail.wake();
     Ok(())
@@ -263,11 +264,11 @@ fn token_input(token: &str) -> Result<&str, FieldError> {
 }
 
 /// Mails the caller a new verification link (spending the previous one).
-async fn request_verification(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<StatusCode, ApiError> {
+async fn request_verification(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<StatusCode, Problem> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if row.email_verified_at.is_some() {
-        return Err(already_verified().into());
+        return Err(already_verified());
     }
     let user = s.accounts.user(&row)?;
     let mut tx = s.accounts.db.begin_write().await?;
@@ -282,11 +283,11 @@ async fn verify_email(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<TokenBody>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let token = token_input(&b.token)?;
     let mut tx = s.accounts.db.begin_write().await?;
     let Some(user_id) = s.mail.spend(&mut tx, token, Purpose::Verify).await? else {
-        return Err(invalid_token().into());
+        return Err(invalid_token());
     };
     s.accounts.set_verified(&mut tx, &user_id).await?;
     let id = Uuid::parse_str(&user_id).map_err(|_| not_found())?;
@@ -306,7 +307,7 @@ async fn request_password_reset(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<EmailBody>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let email = normalize_email(&b.email)?;
     if s.resets.try_send(ResetRequest { email, ip }).is_err() {
         tracing::warn!("password-reset requests are arriving faster than they are handled: one dropped");
@@ -362,7 +363,7 @@ pub(crate) async fn run_resets(
 /// Attempts at one password-reset request, 100 ms apart doubling (about 3 s in all).
 const RESET_ATTEMPTS: u32 = 6;
 
-async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), ApiError> {
+async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), Problem> {
     let Some(row) = s.accounts.by_email_index(&s.accounts.email_index(&r.email)).await? else {
         return Ok(());
     };
@@ -384,7 +385,7 @@ async fn reset_requested(s: &AppState, r: &ResetRequest) -> Result<(), ApiError>
 
 /// Issues a reset link and requests its mail, unless the account was sent
 /// `app.password_reset_mails_per_hour` already in the last hour; whether it did.
-async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<bool, ApiError> {
+async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result<bool, Problem> {
     let user = s.accounts.user(row)?;
     let mut tx = s.accounts.db.begin_write().await?;
     // Issued first, counted after: the transaction writes before it reads, so SQLite takes its
@@ -407,20 +408,20 @@ async fn reset_password(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<ResetBody>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Problem> {
     let token = token_input(&b.token)?;
     if b.password.is_empty() {
         return Err(FieldError::new("password", "is required").into());
     }
     let mut tx = s.accounts.db.begin_write().await?;
     let Some(user_id) = s.mail.spend(&mut tx, token, Purpose::Reset).await? else {
-        return Err(invalid_token().into());
+        return Err(invalid_token());
     };
     let id = Uuid::parse_str(&user_id).map_err(|_| not_found())?;
     let row = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     if row.banned() {
         // A link mailed before the ban: the ban ended it (the transaction rolls back).
-        return Err(invalid_token().into());
+        return Err(invalid_token());
     }
     let user = s.accounts.user(&row)?;
     // Refused before anything changes: the token stays unspent (the transaction rolls back).
@@ -452,7 +453,7 @@ async fn change_password(
     Auth(claims): Auth<Claims>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<ChangeBody>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Problem> {
     if b.current_password.is_empty() {
         return Err(FieldError::new("current_password", "is required").into());
     }
@@ -464,7 +465,7 @@ async fn change_password(
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if row.banned() {
         // A token from before the ban may still be accepted for a moment: it buys nothing.
-        return Err(account_banned(&row).into());
+        return Err(account_banned(&row));
     }
     let user = s.accounts.user(&row)?;
     check_new_password(&s.accounts.policy, &b.new_password, &user.email)
@@ -472,7 +473,7 @@ async fn change_password(
     let (bidx, client) = (s.accounts.email_index(&user.email), s.accounts.client_index(&ip));
     let spent = match s.lockout.attempt(&bidx, Source::Client(&client)).await? {
         Gate::Open { spent } => spent,
-        Gate::Locked { retry_after, .. } => return Err(locked(retry_after).into()),
+        Gate::Locked { retry_after, .. } => return Err(locked(retry_after)),
     };
     let verified = match s.accounts.hasher.verify(&b.current_password, &row.password_hash).await {
         Ok(v) => v,
@@ -498,7 +499,7 @@ async fn change_password(
     let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     if now.banned() {
         // Banned meanwhile (the row is locked now): nothing is changed, no token is given.
-        return Err(account_banned(&now).into());
+        return Err(account_banned(&now));
     }
     s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::PasswordChanged).await?;
     commit(&s, tx).await?;
@@ -512,7 +513,7 @@ async fn logout_all(
     State(s): State<AppState>,
     Auth(claims): Auth<Claims>,
     ClientAddr(ip): ClientAddr,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
     let mut tx = s.accounts.db.begin_write().await?;
     let (revoked, _) = s.refresh.revoke_user(&mut tx, &id).await?;
@@ -526,7 +527,7 @@ async fn logout_all(
 }
 
 /// The caller's live sessions, most recently used first.
-async fn sessions(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<axum::Json<Sessions>, ApiError> {
+async fn sessions(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<axum::Json<Sessions>, Problem> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
     let items = s
         .refresh
@@ -548,11 +549,11 @@ async fn revoke_session(
     Auth(claims): Auth<Claims>,
     ClientAddr(ip): ClientAddr,
     Path(session): Path<Uuid>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let session = session.to_string();
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
     if !s.refresh.revoke_session(&id, &session).await? {
-        return Err(Problem::not_found().code("session_not_found").detail("no such session").into());
+        return Err(Problem::not_found().code("session_not_found").detail("no such session"));
     }
     let target = user_target(&id);
     let details = json!({ "ip": ip, "family_id": session });
@@ -562,7 +563,7 @@ async fn revoke_session(
 
 /// A password check that came to no verdict (refused at capacity, a dependency down): the
 /// attempt [`Lockout::attempt`] counted is taken back, so refusals never lock anyone out.
-async fn no_verdict(s: &AppState, bidx: &str, source: Source<'_>, e: ApiError) -> ApiError {
+async fn no_verdict(s: &AppState, bidx: &str, source: Source<'_>, e: Problem) -> Problem {
     if let Err(undo) = s.lockout.undone(bidx, source).await {
         tracing::warn!(error = %undo, "cannot take back a sign-in attempt that came to no verdict");
     }
@@ -587,7 +588,7 @@ async fn login(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     body: Result<Json<LoginBody>, Problem>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Problem> {
     // A body that does not parse is an invalid attempt too: count it before refusing it.
     let Json(b) = body.inspect_err(|_| s.metrics.count(LoginOutcome::InvalidInput))?;
     let email = match login_input(&s, &b) {
@@ -612,7 +613,7 @@ async fn login(
             let details =
                 json!({ "reason": "locked", "scope": scope.label(), "ip": ip, "known_device": device.is_some() });
             s.accounts.audit("anonymous", "auth.login", &anonymous_target, Outcome::Denied, details).await;
-            return Err(locked(retry_after).into());
+            return Err(locked(retry_after));
         }
     };
     let checked = async {
@@ -622,7 +623,7 @@ async fn login(
             // The same Argon2 work as a real check, so timing does not tell which addresses exist.
             None => s.accounts.hasher.verify_dummy(&b.password).await?,
         };
-        Ok::<_, ApiError>((row, verified))
+        Ok::<_, Problem>((row, verified))
     };
     let (row, verified) = match checked.await {
         Ok(checked) => checked,
@@ -641,7 +642,7 @@ async fn login(
                 let details = json!({ "scope": scope.label(), "ip": ip });
                 s.accounts.audit("system", "auth.lockout", &target, Outcome::Success, details).await;
             }
-            return Err(invalid_credentials().into());
+            return Err(invalid_credentials());
         }
     };
     s.lockout.succeeded(&bidx, source).await?;
@@ -649,7 +650,7 @@ async fn login(
         s.metrics.count(LoginOutcome::Banned);
         let details = json!({ "reason": "account_banned", "ip": ip });
         s.accounts.audit("anonymous", "auth.login", &user_target(&row.id), Outcome::Denied, details).await;
-        return Err(account_banned(&row).into());
+        return Err(account_banned(&row));
     }
     if s.accounts.hasher.needs_rehash(&row.password_hash) {
         // Best effort: the sign-in succeeds either way.
@@ -666,7 +667,7 @@ async fn login(
     // Its sessions were ended since the row was read (a reset, sign-out everywhere): the
     // password it checked may be the old one, so this sign-in does not count.
     let Some(refresh_token) = s.refresh.issue(&row.id, row.session_version).await? else {
-        return Err(invalid_credentials().into());
+        return Err(invalid_credentials());
     };
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
@@ -695,7 +696,7 @@ async fn refresh(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<RefreshBody>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Problem> {
     let token = refresh_input(&b.refresh_token)?;
     match s.refresh.rotate(token).await? {
         Rotation::Rotated { token, user_id, role, verified, sv } => {
@@ -711,17 +712,17 @@ async fn refresh(
             s.metrics.refreshed(RefreshOutcome::Reused);
             let details = json!({ "reason": "refresh_reused", "family_id": family_id, "ip": ip });
             s.accounts.audit("anonymous", "auth.refresh", &user_target(&user_id), Outcome::Denied, details).await;
-            Err(refresh_reused().into())
+            Err(refresh_reused())
         }
         Rotation::Invalid => {
             s.metrics.refreshed(RefreshOutcome::Invalid);
-            Err(invalid_refresh_token().into())
+            Err(invalid_refresh_token())
         }
     }
 }
 
 /// A fresh access token beside the refresh token `token`.
-fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<Response, ApiError> {
+fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<Response, Problem> {
     let access = access_token(s, user_id, role, verified, sv)?;
     Ok(token_response(TokenPair {
         access_token: access,
@@ -736,7 +737,7 @@ async fn logout(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
     Json(b): Json<RefreshBody>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Problem> {
     let token = refresh_input(&b.refresh_token)?;
     if let Some((user_id, family_id)) = s.refresh.revoke(token).await? {
         let target = user_target(&user_id);
@@ -746,7 +747,7 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<axum::Json<User>, ApiError> {
+async fn me(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Result<axum::Json<User>, Problem> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     Ok(axum::Json(s.accounts.user(&row)?))
@@ -758,7 +759,7 @@ async fn set_role(
     ClientAddr(ip): ClientAddr,
     Path(id): Path<Uuid>,
     Json(b): Json<RoleBody>,
-) -> Result<axum::Json<User>, ApiError> {
+) -> Result<axum::Json<User>, Problem> {
     if ![roles::USER, roles::MODERATOR, roles::ADMIN].contains(&b.role.as_str()) {
         return Err(FieldError::new("role", "must be `user`, `moderator` or `admin`").into());
     }
@@ -771,7 +772,7 @@ async fn set_role(
             let admins = s.accounts.admins_locked(&mut tx).await?;
             if admins.iter().all(|a| *a == row.id) {
                 // Nobody could manage roles or lift bans any more.
-                return Err(conflict("last_admin", "the last admin keeps the role: make another admin first").into());
+                return Err(conflict("last_admin", "the last admin keeps the role: make another admin first"));
             }
         }
         s.accounts.set_role_in(&mut tx, &row.id, &b.role).await?;
@@ -811,7 +812,7 @@ fn may_ban(who: &Moderating, target: &UserRow) -> Result<(), Problem> {
 }
 
 /// Whether `target`'s ban was placed by someone who is an admin now.
-async fn placed_by_admin(s: &AppState, target: &UserRow) -> Result<bool, ApiError> {
+async fn placed_by_admin(s: &AppState, target: &UserRow) -> Result<bool, Problem> {
     let Some(by) = target.banned_by.as_deref().and_then(|b| Uuid::parse_str(b).ok()) else {
         return Ok(false);
     };
@@ -838,11 +839,11 @@ async fn ban_user(
     ClientAddr(ip): ClientAddr,
     Path(id): Path<Uuid>,
     Json(b): Json<BanBody>,
-) -> Result<axum::Json<ManagedUser>, ApiError> {
+) -> Result<axum::Json<ManagedUser>, Problem> {
     let reason = cityevents_common::validate::text("reason", &b.reason, MAX_BAN_REASON)?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if id == who.id {
-        return Err(conflict("cannot_ban_self", "you cannot ban your own account").into());
+        return Err(conflict("cannot_ban_self", "you cannot ban your own account"));
     }
     may_ban(&who, &row)?;
     if row.banned() {
@@ -883,20 +884,19 @@ async fn unban_user(
     who: Moderating,
     ClientAddr(ip): ClientAddr,
     Path(id): Path<Uuid>,
-) -> Result<axum::Json<ManagedUser>, ApiError> {
+) -> Result<axum::Json<ManagedUser>, Problem> {
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
     if !row.banned() {
-        return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
+        return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned"));
     }
     may_lift(&who, &row)?;
     if !who.admin && placed_by_admin(&s, &row).await? {
         return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-            .detail("only an admin lifts a ban an admin placed")
-            .into());
+            .detail("only an admin lifts a ban an admin placed"));
     }
     let mut tx = s.accounts.db.begin_write().await?;
     if !s.accounts.unban_in(&mut tx, &row.id).await? {
-        return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned").into());
+        return Err(Problem::not_found().code("ban_not_found").detail("the account is not banned"));
     }
     let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     may_lift(&who, &now)?;
@@ -959,7 +959,7 @@ async fn list_users(
     State(s): State<AppState>,
     _admin: RequireRole<Admin>,
     Query(q): Query<UsersParams>,
-) -> Result<axum::Json<Page<ManagedUser>>, ApiError> {
+) -> Result<axum::Json<Page<ManagedUser>>, Problem> {
     let (filter, limit, after) = users_filter(q)?;
     let rows = s.accounts.list(&filter, after.as_deref(), limit).await?;
     let page = Page::from_rows(rows, limit, |r| Cursor::new(0, format!("{USERS_CURSOR}|{}", r.id)));
@@ -998,7 +998,7 @@ async fn names(
     State(s): State<AppState>,
     Auth(_claims): Auth<Claims>,
     Query(q): Query<NamesQuery>,
-) -> Result<axum::Json<Names>, ApiError> {
+) -> Result<axum::Json<Names>, Problem> {
     let ids = cityevents_common::validate::uuid_list("ids", q.ids.as_deref(), MAX_NAME_IDS)?;
     let items = s.accounts.names(&ids).await?.into_iter().map(|(id, name)| NameItem { id, name }).collect();
     Ok(axum::Json(Names { items }))

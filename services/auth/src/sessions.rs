@@ -22,7 +22,7 @@ use keel::events::outbox::{Outbox, OutboxError};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
-use crate::error::Observe;
+use keel::data::Observe;
 
 /// At most this many raises are repeated for one sync request (the most recent ones).
 const SYNC_LIMIT: u32 = 10_000;
@@ -63,7 +63,7 @@ impl Sessions {
         .bind(user_id)
         .execute(db.on(&mut **tx))
         .await
-        .obs(db)?;
+        .observed(db)?;
         let version = self.version_on(tx, user_id).await?;
         let revoked = SessionRevoked { user_id: parse(user_id)?, version };
         self.outbox.enqueue_event(tx, SESSIONS_TOPIC, &revoked).await?;
@@ -88,13 +88,13 @@ impl Sessions {
                     .bind(user_id)
                     .execute(db.on(&mut **tx))
                     .await
-                    .obs(db)?;
+                    .observed(db)?;
                 "SELECT session_version FROM users WHERE id = $1"
             }
             _ => "SELECT session_version FROM users WHERE id = $1 FOR UPDATE",
         };
         let v: Option<(i64,)> =
-            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(db.on(&mut **tx)).await.obs(db)?;
+            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(db.on(&mut **tx)).await.observed(db)?;
         Ok(v.is_some_and(|(v,)| u64::try_from(v).ok() == Some(expected)))
     }
 
@@ -110,7 +110,7 @@ impl Sessions {
             .bind(user_id)
             .fetch_optional(db.on(&mut **tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(v.map_or(0, |(v,)| u64::try_from(v).unwrap_or(0)))
     }
 
@@ -125,7 +125,7 @@ impl Sessions {
              ORDER BY session_changed_at DESC LIMIT {SYNC_LIMIT}"
         );
         let rows: Vec<(String, i64)> =
-            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(db.on(&mut *tx)).await.obs(db)?;
+            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(db.on(&mut *tx)).await.observed(db)?;
         if rows.len() >= SYNC_LIMIT as usize {
             tracing::warn!(
                 limit = SYNC_LIMIT,
@@ -141,7 +141,7 @@ impl Sessions {
         if !envelopes.is_empty() {
             self.outbox.enqueue_all(&mut tx, SESSIONS_TOPIC, &envelopes).await?;
         }
-        tx.commit().await.obs(db)?;
+        tx.commit().await.observed(db)?;
         self.outbox.wake();
         Ok(envelopes.len())
     }

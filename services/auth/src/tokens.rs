@@ -20,9 +20,10 @@ use keel::security::crypto::Keyring;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::{ApiError, Observe};
 use crate::sessions::Sessions;
 use cityevents_common::time::{now, to_micros};
+use keel::data::Observe;
+use keel::http::Problem;
 
 /// Longest refresh token accepted as input (ours are 43 characters).
 pub(crate) const MAX_TOKEN_LEN: usize = cityevents_api::limits::MAX_TOKEN;
@@ -120,14 +121,14 @@ impl RefreshTokens {
     /// Starts a new family for `user_id` (a sign-in) if its session version is still `sv`
     /// (the one the access token beside it carries); returns the token, or `None` when the
     /// user's sessions were ended meanwhile.
-    pub(crate) async fn issue(&self, user_id: &str, sv: u64) -> Result<Option<String>, ApiError> {
+    pub(crate) async fn issue(&self, user_id: &str, sv: u64) -> Result<Option<String>, Problem> {
         let db = &self.db;
         let mut tx = db.begin_write().await?;
         if !self.sessions.hold(&mut tx, user_id, sv).await? {
             return Ok(None);
         }
         let token = self.issue_in(&mut tx, user_id).await?;
-        tx.commit().await.obs(db)?;
+        tx.commit().await.observed(db)?;
         Ok(Some(token))
     }
 
@@ -148,12 +149,12 @@ impl RefreshTokens {
             .bind(now)
             .execute(db.on(&mut **tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(token)
     }
 
     /// Spends `token` and issues its successor in the same family, or says why not.
-    pub(crate) async fn rotate(&self, token: &str) -> Result<Rotation, ApiError> {
+    pub(crate) async fn rotate(&self, token: &str) -> Result<Rotation, Problem> {
         let token_hash = hash(token);
         // The owner's row is locked first, under the version read here, as every path that ends
         // sessions locks it first: a revocation running meanwhile either waits for this
@@ -168,7 +169,7 @@ impl RefreshTokens {
             .bind(&token_hash)
             .fetch_optional(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
             drop(conn);
             let Some((user_id, sv)) = owner else { return Ok(Rotation::Invalid) };
             let mut tx = db.begin_write().await?;
@@ -177,7 +178,7 @@ impl RefreshTokens {
             }
             return self.rotate_in(tx, &token_hash).await;
         }
-        Err(ApiError::Internal("the session version kept changing during a refresh".into()))
+        Err(Problem::internal_error("refreshing a session", "the session version kept changing"))
     }
 
     /// [`RefreshTokens::rotate`] once the owner's row is held in `tx`.
@@ -185,7 +186,7 @@ impl RefreshTokens {
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Any>,
         token_hash: &str,
-    ) -> Result<Rotation, ApiError> {
+    ) -> Result<Rotation, Problem> {
         let db = &self.db;
         let now = to_micros(now());
         let next = generate();
@@ -201,7 +202,7 @@ impl RefreshTokens {
         .bind(now)
         .execute(db.on(&mut *tx))
         .await
-        .obs(db)?
+        .observed(db)?
         .rows_affected();
         if spent == 1 {
             let owner: Option<SpentOwner> = sqlx::query_as(db.statement(&format!(
@@ -211,7 +212,7 @@ impl RefreshTokens {
             .bind(&token_hash)
             .fetch_optional(db.on(&mut *tx))
             .await
-            .obs(db)?;
+            .observed(db)?;
             // A banned account's tokens were revoked with the ban; never mint one regardless.
             let Some((family_id, user_id, role, verified_at, sv, None)) = owner else {
                 return Ok(Rotation::Invalid);
@@ -224,8 +225,8 @@ impl RefreshTokens {
                 .bind(now)
                 .execute(db.on(&mut *tx))
                 .await
-                .obs(db)?;
-            tx.commit().await.obs(db)?;
+                .observed(db)?;
+            tx.commit().await.observed(db)?;
             return Ok(Rotation::Rotated {
                 token: next,
                 user_id,
@@ -244,7 +245,7 @@ impl RefreshTokens {
         .bind(&token_hash)
         .fetch_optional(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
         drop(conn);
         let Some((family_id, user_id, Some(used_at), revoked_at, expires_at, successor)) = found else {
             return Ok(Rotation::Invalid);
@@ -285,13 +286,13 @@ impl RefreshTokens {
         .bind(now)
         .fetch_optional(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(owner.map(|o| (token, o)))
     }
 
     /// Revokes the family of `token` (sign-out); returns its owner, or `None` when the token is
     /// unknown.
-    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(String, String)>, ApiError> {
+    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(String, String)>, Problem> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let found: Option<(String, String)> =
@@ -299,7 +300,7 @@ impl RefreshTokens {
                 .bind(hash(token))
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .obs(db)?;
+                .observed(db)?;
         drop(conn);
         let Some((family_id, user_id)) = found else { return Ok(None) };
         self.revoke_family(&family_id, &user_id).await?;
@@ -313,7 +314,7 @@ impl RefreshTokens {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
-    ) -> Result<(u64, u64), ApiError> {
+    ) -> Result<(u64, u64), Problem> {
         // The users row first (see `rotate`), then the tokens.
         let sv = self.sessions.end_all(tx, user_id).await?;
         let revoked = self.revoke_where(tx, "user_id", user_id).await?;
@@ -327,7 +328,7 @@ impl RefreshTokens {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Problem> {
         Ok(self.sessions.end_all(tx, user_id).await?)
     }
 
@@ -345,7 +346,7 @@ impl RefreshTokens {
         .bind(now)
         .fetch_all(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
         let mut out = Vec::with_capacity(live.len());
         for (family,) in live {
             let (started, last): (i64, i64) = sqlx::query_as(
@@ -354,7 +355,7 @@ impl RefreshTokens {
             .bind(&family)
             .fetch_one(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
             out.push((family, started, last));
         }
         out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(&a.0)));
@@ -362,7 +363,7 @@ impl RefreshTokens {
     }
 
     /// Revokes family `family_id` if it is `user_id`'s and live; whether it was.
-    pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, ApiError> {
+    pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, Problem> {
         let db = &self.db;
         let mut conn = db.acquire().await?;
         let owner: Option<(String,)> = sqlx::query_as(db.statement(
@@ -372,7 +373,7 @@ impl RefreshTokens {
         .bind(user_id)
         .fetch_optional(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
         drop(conn);
         if owner.is_none() {
             return Ok(false);
@@ -382,7 +383,7 @@ impl RefreshTokens {
 
     /// Revokes a family of `user_id` and, when it was live, ends the user's access tokens (a
     /// token cannot say which family it came with).
-    async fn revoke_family(&self, family_id: &str, user_id: &str) -> Result<u64, ApiError> {
+    async fn revoke_family(&self, family_id: &str, user_id: &str) -> Result<u64, Problem> {
         let db = &self.db;
         let mut tx = db.begin_write().await?;
         // The users row first (see `rotate`); rolled back when the family was not live.
@@ -391,7 +392,7 @@ impl RefreshTokens {
         if revoked == 0 {
             return Ok(0);
         }
-        tx.commit().await.obs(db)?;
+        tx.commit().await.observed(db)?;
         self.sessions.wake();
         Ok(revoked)
     }
@@ -414,7 +415,7 @@ impl RefreshTokens {
             .bind(value)
             .execute(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
         Ok(done.rows_affected())
     }
 
@@ -429,7 +430,7 @@ impl RefreshTokens {
         .bind(to_micros(now()))
         .fetch_one(db.on(&mut *conn))
         .await
-        .obs(db)
+        .observed(db)
     }
 
     /// Deletes expired tokens (an expired token is refused the same whether or not its row
@@ -443,7 +444,7 @@ impl RefreshTokens {
             .bind(now)
             .execute(db.on(&mut *conn))
             .await
-            .obs(db)?;
+            .observed(db)?;
         sqlx::query(db.statement(
             "UPDATE refresh_tokens SET successor_ciphertext = NULL \
              WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
@@ -451,7 +452,7 @@ impl RefreshTokens {
         .bind(now.saturating_sub(Self::micros(self.grace)))
         .execute(db.on(&mut *conn))
         .await
-        .obs(db)?;
+        .observed(db)?;
         Ok(done.rows_affected())
     }
 }

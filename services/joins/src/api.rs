@@ -35,7 +35,7 @@ use cityevents_common::time::{from_micros, now, to_micros};
 use cityevents_common::validate;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel::Problem;
-use keel::data::Db;
+use keel::data::{Db, Observe as _};
 use keel::events::outbox::Outbox;
 use keel::http::extract::{Json as JsonBody, Path, Query};
 use serde::{Deserialize, Serialize};
@@ -92,11 +92,6 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/events/{id}/counts", get(counts))
         .route("/api/v1/events/counts", get(counts_of))
         .with_state(state)
-}
-
-/// Turns a handler result into the response.
-fn finish(st: &Shared, r: Result<Response, Fail>) -> Response {
-    r.unwrap_or_else(|f| f.into_response_with(&st.0.db))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,29 +224,31 @@ async fn join(
     caller: Caller,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
-) -> Response {
-    let r = join_inner(&st, &caller, id, &headers).await;
-    if let Err(Fail::Problem(p)) = &r
+) -> Result<Response, Problem> {
+    let answer = join_inner(&st, &caller, id, &headers).await;
+    if let Err(p) = &answer
         && let Some(code) = p.code_str()
     {
         st.0.metrics.refused(code);
     }
-    finish(&st, r)
+    answer
 }
 
-async fn join_inner(st: &Shared, caller: &Caller, event_id: Uuid, headers: &HeaderMap) -> Result<Response, Fail> {
+async fn join_inner(st: &Shared, caller: &Caller, event_id: Uuid, headers: &HeaderMap) -> Result<Response, Problem> {
     let key = cityevents_common::idempotency::from_headers(headers)?;
     let fingerprint = format!("POST /api/v1/events/{event_id}/join");
     let db = &st.0.db;
     let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);
-    if let Some(stored) = store::find_idempotency(db.exec(), db.backend(), caller.id, &key, cutoff).await? {
+    if let Some(stored) =
+        store::find_idempotency(db.exec(), db.backend(), caller.id, &key, cutoff).await.observed(&st.0.db)?
+    {
         // A ban made since answers instead of the old 201: the join it replays is gone. (A key
         // used for another request is that conflict first.)
         let now_us = to_micros(now());
         if stored.fingerprint == fingerprint
-            && store::is_banned(db.exec(), db.backend(), event_id, caller.id, now_us).await?
+            && store::is_banned(db.exec(), db.backend(), event_id, caller.id, now_us).await.observed(&st.0.db)?
         {
-            return Err(banned().into());
+            return Err(banned());
         }
         return replay(stored, &fingerprint);
     }
@@ -347,13 +344,12 @@ fn banned() -> Problem {
 }
 
 /// The stored answer again, or 409 when the key was used for another request.
-fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Response, Fail> {
+fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Response, Problem> {
     if stored.fingerprint != fingerprint {
         return Err(conflict(
             "idempotency_key_reused",
             "this Idempotency-Key was used for another request; use a new key per request",
-        )
-        .into());
+        ));
     }
     Ok(stored_response(stored, true))
 }
@@ -371,15 +367,15 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Leave, kick, ban
 
-async fn leave(axum::extract::State(st): AppState, caller: Caller, Path(event_id): Path<Uuid>) -> Response {
-    let r = async {
-        let tally = keel::data::transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
-        st.0.metrics.count(tally);
-        st.0.outbox.wake();
-        Ok(StatusCode::NO_CONTENT.into_response())
-    }
-    .await;
-    finish(&st, r)
+async fn leave(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(event_id): Path<Uuid>,
+) -> Result<Response, Problem> {
+    let tally = keel::data::transaction!(&st.0.db, |tx| leave_tx(&mut tx, &st, &caller, event_id))?;
+    st.0.metrics.count(tally);
+    st.0.outbox.wake();
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn leave_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid) -> Result<Tally, Fail> {
@@ -444,7 +440,7 @@ fn manageable(ev: Option<EventRow>, caller: &Caller, action: &str) -> Result<Eve
     Ok(ev)
 }
 
-async fn kick(st: AppState, caller: Caller, ids: Path<(Uuid, Uuid)>) -> Response {
+async fn kick(st: AppState, caller: Caller, ids: Path<(Uuid, Uuid)>) -> Result<Response, Problem> {
     on_user(st, caller, ids, UserAction::Kick).await
 }
 
@@ -461,22 +457,18 @@ async fn on_user(
     caller: Caller,
     Path((event_id, user_id)): Path<(Uuid, Uuid)>,
     action: UserAction,
-) -> Response {
-    let r = async {
-        match action {
-            UserAction::Kick => {
-                let tally = keel::data::transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
-                st.0.metrics.count(tally);
-            }
-            UserAction::Unban => {
-                keel::data::transaction!(&st.0.db, |tx| unban_tx(&mut tx, &st, &caller, event_id, user_id))?
-            }
+) -> Result<Response, Problem> {
+    match action {
+        UserAction::Kick => {
+            let tally = keel::data::transaction!(&st.0.db, |tx| kick_tx(&mut tx, &st, &caller, event_id, user_id))?;
+            st.0.metrics.count(tally);
         }
-        st.0.outbox.wake();
-        Ok(StatusCode::NO_CONTENT.into_response())
+        UserAction::Unban => {
+            keel::data::transaction!(&st.0.db, |tx| unban_tx(&mut tx, &st, &caller, event_id, user_id))?
+        }
     }
-    .await;
-    finish(&st, r)
+    st.0.outbox.wake();
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn kick_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, user_id: Uuid) -> Result<Tally, Fail> {
@@ -501,22 +493,18 @@ async fn ban(
     caller: Caller,
     Path(event_id): Path<Uuid>,
     JsonBody(body): JsonBody<BanBody>,
-) -> Response {
-    let r = async {
-        let user_id = cityevents_common::validate::uuid("user_id", &body.user_id)?;
-        let (reason, expires_at) = ban_terms(&body, to_micros(now()))?;
-        let new = store::NewBan { by: caller.id, reason, expires_at };
-        let (ban, made, tally) =
-            keel::data::transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
-        st.0.metrics.count(tally);
-        st.0.outbox.wake();
-        let view = BanView { event_id, ban: ban_item(ban) };
-        // A repeated ban changes nothing and answers the ban there is.
-        let status = if made { StatusCode::CREATED } else { StatusCode::OK };
-        Ok((status, Json(view)).into_response())
-    }
-    .await;
-    finish(&st, r)
+) -> Result<Response, Problem> {
+    let user_id = cityevents_common::validate::uuid("user_id", &body.user_id)?;
+    let (reason, expires_at) = ban_terms(&body, to_micros(now()))?;
+    let new = store::NewBan { by: caller.id, reason, expires_at };
+    let (ban, made, tally) =
+        keel::data::transaction!(&st.0.db, |tx| ban_tx(&mut tx, &st, &caller, (event_id, user_id), &new))?;
+    st.0.metrics.count(tally);
+    st.0.outbox.wake();
+    let view = BanView { event_id, ban: ban_item(ban) };
+    // A repeated ban changes nothing and answers the ban there is.
+    let status = if made { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view)).into_response())
 }
 
 /// Bans a participant or waitlisted user (ending their join); `(the ban, made now, what the
@@ -569,22 +557,18 @@ async fn bans(
     caller: Caller,
     Path(id): Path<Uuid>,
     Query(q): Query<PageParams>,
-) -> Response {
-    let r = async {
-        let ev = managed(&st, &caller, id).await?;
-        let page = page_request(q)?;
-        let now_us = to_micros(now());
-        let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await?;
-        let page =
-            Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(ban_item);
-        Ok(Json(page).into_response())
-    }
-    .await;
-    finish(&st, r)
+) -> Result<Response, Problem> {
+    let ev = managed(&st, &caller, id).await?;
+    let page = page_request(q)?;
+    let now_us = to_micros(now());
+    let rows =
+        store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await.observed(&st.0.db)?;
+    let page = Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(ban_item);
+    Ok(Json(page).into_response())
 }
 
 /// `DELETE /api/v1/events/{id}/bans/{user_id}`: lifts a ban (the user may join again).
-async fn unban(st: AppState, caller: Caller, ids: Path<(Uuid, Uuid)>) -> Response {
+async fn unban(st: AppState, caller: Caller, ids: Path<(Uuid, Uuid)>) -> Result<Response, Problem> {
     on_user(st, caller, ids, UserAction::Unban).await
 }
 
@@ -604,47 +588,47 @@ async fn unban_tx(tx: &mut Tx, st: &Shared, caller: &Caller, event_id: Uuid, use
 // ---------------------------------------------------------------------------------------------
 // Reads
 
-async fn my_join(axum::extract::State(st): AppState, caller: Caller, Path(event_id): Path<Uuid>) -> Response {
-    let r = async {
-        let db = &st.0.db;
-        let Some(j) = store::find_join(db.exec(), db.backend(), event_id, caller.id).await? else {
-            return Err(not_found("you have not joined this event").into());
-        };
-        let position = if j.status == status::WAITLISTED {
-            Some(store::waitlist_position(db.exec(), db.backend(), event_id, j.queue_seq).await?)
-        } else {
-            None
-        };
-        Ok(Json(join_view(&j, position)).into_response())
-    }
-    .await;
-    finish(&st, r)
+async fn my_join(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Path(event_id): Path<Uuid>,
+) -> Result<Response, Problem> {
+    let db = &st.0.db;
+    let Some(j) = store::find_join(db.exec(), db.backend(), event_id, caller.id).await.observed(&st.0.db)? else {
+        return Err(not_found("you have not joined this event"));
+    };
+    let position = if j.status == status::WAITLISTED {
+        Some(store::waitlist_position(db.exec(), db.backend(), event_id, j.queue_seq).await.observed(&st.0.db)?)
+    } else {
+        None
+    };
+    Ok(Json(join_view(&j, position)).into_response())
 }
 
-async fn my_joins(axum::extract::State(st): AppState, caller: Caller, Query(q): Query<PageParams>) -> Response {
-    let r = async {
-        let page = page_request(q)?;
-        let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await?;
-        let page = Page::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
-        let page = page.map(|r| MyJoin {
-            join_id: r.join.id,
-            event_id: r.join.event_id,
-            status: r.join.status,
-            title: r.title,
-            starts_at: from_micros(r.starts_at),
-            ends_at: from_micros(r.ends_at),
-            event_status: r.event_status,
-            created_at: from_micros(r.join.created_at),
-        });
-        Ok(Json(page).into_response())
-    }
-    .await;
-    finish(&st, r)
+async fn my_joins(
+    axum::extract::State(st): AppState,
+    caller: Caller,
+    Query(q): Query<PageParams>,
+) -> Result<Response, Problem> {
+    let page = page_request(q)?;
+    let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await.observed(&st.0.db)?;
+    let page = Page::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
+    let page = page.map(|r| MyJoin {
+        join_id: r.join.id,
+        event_id: r.join.event_id,
+        status: r.join.status,
+        title: r.title,
+        starts_at: from_micros(r.starts_at),
+        ends_at: from_micros(r.ends_at),
+        event_status: r.event_status,
+        created_at: from_micros(r.join.created_at),
+    });
+    Ok(Json(page).into_response())
 }
 
 /// The event, if the caller may manage it: 404 unknown, 403 otherwise.
-async fn managed(st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Fail> {
-    manageable(store::load_event(&st.0.db, event_id).await?, caller, "see this")
+async fn managed(st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Problem> {
+    Ok(manageable(store::load_event(&st.0.db, event_id).await.observed(&st.0.db)?, caller, "see this")?)
 }
 
 async fn participants(
@@ -652,25 +636,21 @@ async fn participants(
     caller: Caller,
     Path(id): Path<Uuid>,
     Query(q): Query<PageParams>,
-) -> Response {
-    let r = async {
-        let ev = managed(&st, &caller, id).await?;
-        let page = page_request(q)?;
-        let rows =
-            store::event_joins(&st.0.db, ev.event_id, status::CONFIRMED, page.after.as_ref(), page.limit).await?;
-        let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string())).map(|j| {
-            ParticipantItem {
-                join_id: j.id,
-                user_id: j.user_id,
-                status: j.status,
-                position: None,
-                joined_at: from_micros(j.created_at),
-            }
+) -> Result<Response, Problem> {
+    let ev = managed(&st, &caller, id).await?;
+    let page = page_request(q)?;
+    let rows = store::event_joins(&st.0.db, ev.event_id, status::CONFIRMED, page.after.as_ref(), page.limit)
+        .await
+        .observed(&st.0.db)?;
+    let page =
+        Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string())).map(|j| ParticipantItem {
+            join_id: j.id,
+            user_id: j.user_id,
+            status: j.status,
+            position: None,
+            joined_at: from_micros(j.created_at),
         });
-        Ok(Json(page).into_response())
-    }
-    .await;
-    finish(&st, r)
+    Ok(Json(page).into_response())
 }
 
 async fn waitlist(
@@ -678,63 +658,55 @@ async fn waitlist(
     caller: Caller,
     Path(id): Path<Uuid>,
     Query(q): Query<PageParams>,
-) -> Response {
-    let r = async {
-        let ev = managed(&st, &caller, id).await?;
-        let page = page_request(q)?;
-        let db = &st.0.db;
-        let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit).await?;
-        // Positions are contiguous in FIFO order: count those ahead of the first row once.
-        let first = match rows.first() {
-            Some(j) => store::waitlist_position(db.exec(), db.backend(), ev.event_id, j.queue_seq).await?,
-            None => 1,
-        };
-        let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));
-        let items = page
-            .items
-            .into_iter()
-            .zip(first..)
-            .map(|(j, position)| ParticipantItem {
-                join_id: j.id,
-                user_id: j.user_id,
-                status: j.status,
-                position: Some(position),
-                joined_at: from_micros(j.queued_at),
-            })
-            .collect();
-        Ok(Json(Page { items, next_cursor: page.next_cursor }).into_response())
-    }
-    .await;
-    finish(&st, r)
-}
-
-async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<Uuid>) -> Response {
-    let r = async {
-        let ev = managed(&st, &caller, id).await?;
-        let counts = store::status_counts(&st.0.db, ev.event_id).await?;
-        let of = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-        Ok(Json(Stats {
-            capacity: ev.capacity,
-            confirmed: of(status::CONFIRMED),
-            waitlisted: of(status::WAITLISTED),
-            canceled: of(status::CANCELED),
-            kicked: of(status::KICKED),
+) -> Result<Response, Problem> {
+    let ev = managed(&st, &caller, id).await?;
+    let page = page_request(q)?;
+    let db = &st.0.db;
+    let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit)
+        .await
+        .observed(&st.0.db)?;
+    // Positions are contiguous in FIFO order: count those ahead of the first row once.
+    let first = match rows.first() {
+        Some(j) => {
+            store::waitlist_position(db.exec(), db.backend(), ev.event_id, j.queue_seq).await.observed(&st.0.db)?
+        }
+        None => 1,
+    };
+    let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));
+    let items = page
+        .items
+        .into_iter()
+        .zip(first..)
+        .map(|(j, position)| ParticipantItem {
+            join_id: j.id,
+            user_id: j.user_id,
+            status: j.status,
+            position: Some(position),
+            joined_at: from_micros(j.queued_at),
         })
-        .into_response())
-    }
-    .await;
-    finish(&st, r)
+        .collect();
+    Ok(Json(Page { items, next_cursor: page.next_cursor }).into_response())
 }
 
-async fn counts(axum::extract::State(st): AppState, Path(event_id): Path<Uuid>) -> Response {
-    let r = async {
-        let Some(ev) = store::load_event(&st.0.db, event_id).await? else {
-            return Err(not_found("no such event").into());
-        };
-        Ok(Json(Counts { capacity: ev.capacity, confirmed: ev.confirmed, waitlisted: ev.waitlisted }).into_response())
-    }
-    .await;
-    finish(&st, r)
+async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<Uuid>) -> Result<Response, Problem> {
+    let ev = managed(&st, &caller, id).await?;
+    let counts = store::status_counts(&st.0.db, ev.event_id).await.observed(&st.0.db)?;
+    let of = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    Ok(Json(Stats {
+        capacity: ev.capacity,
+        confirmed: of(status::CONFIRMED),
+        waitlisted: of(status::WAITLISTED),
+        canceled: of(status::CANCELED),
+        kicked: of(status::KICKED),
+    })
+    .into_response())
+}
+
+async fn counts(axum::extract::State(st): AppState, Path(event_id): Path<Uuid>) -> Result<Response, Problem> {
+    let Some(ev) = store::load_event(&st.0.db, event_id).await.observed(&st.0.db)? else {
+        return Err(not_found("no such event"));
+    };
+    Ok(Json(Counts { capacity: ev.capacity, confirmed: ev.confirmed, waitlisted: ev.waitlisted }).into_response())
 }
 
 /// The `ids` of `GET /api/v1/events/counts`: 1–100 comma-separated UUIDs, repeats dropped.
@@ -742,23 +714,19 @@ fn counts_ids(q: CountsQuery) -> Result<Vec<Uuid>, Problem> {
     validate::uuid_list("ids", q.ids.as_deref(), MAX_COUNTS_IDS)
 }
 
-async fn counts_of(axum::extract::State(st): AppState, Query(q): Query<CountsQuery>) -> Response {
-    let r = async {
-        let ids = counts_ids(q)?;
-        let rows = store::counts_of(&st.0.db, &ids).await?;
-        let items: Vec<EventCounts> = rows
-            .into_iter()
-            .map(|ev| EventCounts {
-                event_id: ev.event_id,
-                capacity: ev.capacity,
-                confirmed: ev.confirmed,
-                waitlisted: ev.waitlisted,
-            })
-            .collect();
-        Ok(Json(serde_json::json!({ "items": items })).into_response())
-    }
-    .await;
-    finish(&st, r)
+async fn counts_of(axum::extract::State(st): AppState, Query(q): Query<CountsQuery>) -> Result<Response, Problem> {
+    let ids = counts_ids(q)?;
+    let rows = store::counts_of(&st.0.db, &ids).await.observed(&st.0.db)?;
+    let items: Vec<EventCounts> = rows
+        .into_iter()
+        .map(|ev| EventCounts {
+            event_id: ev.event_id,
+            capacity: ev.capacity,
+            confirmed: ev.confirmed,
+            waitlisted: ev.waitlisted,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
 #[cfg(test)]

@@ -1,22 +1,23 @@
-//! Why a request failed, and how that leaves the service: a problem the client caused (4xx,
-//! said as is), or a database/outbox failure (logged; the client gets a bare 500 or 503).
-//! Transient database conflicts (deadlocks, serialization failures, a busy SQLite) are told
-//! apart so a request can run its transaction again instead of failing.
+//! Why a write failed inside its transaction: a problem the client caused (4xx, said as is), or
+//! a database/outbox failure (logged; the client gets a bare 500 or 503). Transient database
+//! conflicts (deadlocks, serialization failures, a busy SQLite, a unique key taken first) are
+//! told apart so `keel::data::transaction!` runs the transaction again instead of failing, and
+//! counts a statement error it gives up on. Handlers answer `Result<_, Problem>`: a `Fail`
+//! becomes a [`Problem`] through `?`.
 
-use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use keel::Problem;
 use keel::data::DataError;
 use keel::events::outbox::OutboxError;
 
-/// A failed request.
+/// A failed write.
 #[derive(Debug)]
 pub(crate) enum Fail {
     /// The answer to give (4xx).
     Problem(Problem),
-    /// A statement failed.
+    /// A statement failed; not yet counted on the database's metrics.
     Sql(sqlx::Error),
-    /// The pool refused (database down, pool exhausted).
+    /// The database failed, counted ([`keel::data::Db::observe`]), or the pool refused.
     Data(DataError),
     /// Enqueueing an event failed.
     Outbox(OutboxError),
@@ -36,10 +37,7 @@ impl From<sqlx::Error> for Fail {
 
 impl From<DataError> for Fail {
     fn from(e: DataError) -> Self {
-        match e {
-            DataError::Sql(e) => Self::Sql(e),
-            e => Self::Data(e),
-        }
+        Self::Data(e)
     }
 }
 
@@ -47,36 +45,44 @@ impl From<OutboxError> for Fail {
     fn from(e: OutboxError) -> Self {
         match e {
             OutboxError::Sql(e) => Self::Sql(e),
-            OutboxError::Data(e) => Self::from(e),
+            OutboxError::Data(e) => Self::Data(e),
             e => Self::Outbox(e),
         }
     }
 }
 
+/// A unique key another transaction took first: the next run sees its row.
+fn taken_first(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 impl keel::data::Transient for Fail {
     /// Keel's conflicts (a serialization failure or deadlock, a lock not granted in time, a
-    /// busy or locked SQLite), or a unique key another transaction took first: the next run
-    /// sees its row.
+    /// busy or locked SQLite), or a unique key another transaction took first.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Sql(e) => e.is_transient() || matches!(e, sqlx::Error::Database(db) if db.is_unique_violation()),
-            Self::Data(e) => e.is_transient(),
+            Self::Sql(e) => e.is_transient() || taken_first(e),
+            Self::Data(e) => e.is_transient() || matches!(e, DataError::Sql(e) if taken_first(e)),
             _ => false,
+        }
+    }
+
+    fn uncounted(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Sql(e) => Some(e),
+            _ => None,
         }
     }
 }
 
-impl Fail {
-    /// The response, with `db` told about statement failures (metrics, availability).
-    pub(crate) fn into_response_with(self, db: &keel::data::Db) -> Response {
-        match self {
-            Self::Problem(p) => p.into_response(),
-            Self::Sql(e) => db.observe(e).into_response(),
-            Self::Data(e) => e.into_response(),
-            Self::Outbox(e) => {
-                tracing::error!(error = %e, "enqueueing an event failed");
-                Problem::internal().into_response()
-            }
+impl From<Fail> for Problem {
+    /// The answer: 4xx as is; a database failure 503 or 500, an outbox failure 500 (logged).
+    fn from(f: Fail) -> Self {
+        match f {
+            Fail::Problem(p) => p,
+            Fail::Sql(e) => DataError::Sql(e).into(),
+            Fail::Data(e) => e.into(),
+            Fail::Outbox(e) => e.into(),
         }
     }
 }

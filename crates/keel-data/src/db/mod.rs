@@ -30,6 +30,23 @@ pub use sqlite_file::prepare_sqlite_file;
 pub use sqlx;
 pub use trace::Traced;
 
+/// Counts a statement's error on the database's metrics and availability as it becomes a
+/// [`DataError`] ([`Db::observe`]), for results of statements a service runs itself.
+///
+/// ```ignore
+/// let row = sqlx::query(sql).fetch_optional(db.exec()).await.observed(&db)?;
+/// ```
+pub trait Observe<T> {
+    /// See the [trait docs](Observe).
+    fn observed(self, db: &Db) -> Result<T, DataError>;
+}
+
+impl<T> Observe<T> for Result<T, sqlx::Error> {
+    fn observed(self, db: &Db) -> Result<T, DataError> {
+        self.map_err(|e| db.observe(e))
+    }
+}
+
 use keel_health::connect::{ConnectTracker, Phase};
 use keel_health::{CheckFuture, HealthCheck, Kind, Outcome};
 use keel_resilience::Backoff;
@@ -412,16 +429,22 @@ impl Db {
         DataError::Unavailable { reason: self.inner.connect.reason() }
     }
 
+    /// Counts statement error `e` as [`Db::observe`] does (`db_errors_total` by kind, "no row"
+    /// excepted; a lost connection marks the database unavailable at once) without taking it.
+    pub fn count_error(&self, e: &sqlx::Error) {
+        // "No row" is an answer, not a failure of the database.
+        if !matches!(e, sqlx::Error::RowNotFound) {
+            self.inner.metrics.error(error::sql_kind(e));
+        }
+        if error::is_connection_error(e) {
+            self.inner.available.lose();
+        }
+    }
+
     /// Counts and classifies an error from a query the caller ran; marks the database
     /// unavailable when the error means the connection is gone. Returns it as a [`DataError`].
     pub fn observe(&self, e: sqlx::Error) -> DataError {
-        // "No row" is an answer, not a failure of the database.
-        if !matches!(e, sqlx::Error::RowNotFound) {
-            self.inner.metrics.error(error::sql_kind(&e));
-        }
-        if error::is_connection_error(&e) {
-            self.inner.available.lose();
-        }
+        self.count_error(&e);
         match e {
             sqlx::Error::PoolTimedOut => DataError::AcquireTimeout,
             e => DataError::Sql(e),
