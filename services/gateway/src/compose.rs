@@ -26,7 +26,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
-use keel::http::client;
+use keel::http::{Problem, client};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -46,25 +46,30 @@ pub(crate) enum Completion {
 }
 
 /// Forwards a list `route` and completes each item of a 200 answer as `how` says.
-pub(crate) async fn list(gw: Arc<Gateway>, route: &'static Route, how: Completion, req: Request) -> Response {
+pub(crate) async fn list(
+    gw: Arc<Gateway>,
+    route: &'static Route,
+    how: Completion,
+    req: Request,
+) -> Result<Response, Problem> {
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let mut answer = match gw.send(route, req).await {
         Ok(Ok(answer)) if answer.status == StatusCode::OK => answer,
-        Ok(other) => return relay(other),
-        Err(refused) => return refused,
+        Ok(other) => return Ok(relay(other)),
+        Err(refused) => return Err(refused),
     };
     // The page's text with each item's field spliced in: no tree of the page is built.
     if let Some(body) = splice_list(&gw, &answer.body, how, authorization.clone()).await {
         answer.body = body.into();
         answer.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        return relay(Ok(answer));
+        return Ok(relay(Ok(answer)));
     }
     let Ok(mut page) = serde_json::from_slice::<Value>(&answer.body) else {
         tracing::warn!(path = route.path, "list answer is not JSON; relayed as it is");
-        return relay(Ok(answer));
+        return Ok(relay(Ok(answer)));
     };
     let Some(items) = page.get_mut("items").and_then(Value::as_array_mut) else {
-        return relay(Ok(answer));
+        return Ok(relay(Ok(answer)));
     };
     match how {
         Completion::Seats => seats(&gw, items).await,
@@ -74,11 +79,11 @@ pub(crate) async fn list(gw: Arc<Gateway>, route: &'static Route, how: Completio
         Ok(body) => {
             answer.body = body.into();
             answer.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            relay(Ok(answer))
+            Ok(relay(Ok(answer)))
         }
         Err(e) => {
             tracing::warn!(error = %e, "completed list did not serialise; relayed as it was");
-            relay(Ok(answer))
+            Ok(relay(Ok(answer)))
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use keel::http::Principal;
+use keel::http::{Principal, Problem};
 use keel::security::jwt::{Auth, Claims, Jwt};
 
 use crate::routes::Access;
@@ -34,7 +34,7 @@ pub(crate) async fn identify(State(jwt): State<Jwt>, mut req: Request, next: Nex
 
 /// The caller's claims as `access` requires them: `Err` is the 401 problem to answer (no token
 /// where one is needed, or a token that does not verify, on any route).
-pub(crate) async fn authorize(parts: &mut Parts, access: Access) -> Result<Option<Claims>, Response> {
+pub(crate) async fn authorize(parts: &mut Parts, access: Access) -> Result<Option<Claims>, Problem> {
     if access == Access::Anonymous {
         parts.headers.remove(http::header::AUTHORIZATION);
         return Ok(None);
@@ -46,12 +46,12 @@ pub(crate) async fn authorize(parts: &mut Parts, access: Access) -> Result<Optio
     match access {
         Access::User => match <Auth<Claims> as FromRequestParts<()>>::from_request_parts(parts, &()).await {
             Ok(Auth(claims)) => Ok(Some(claims)),
-            Err(rejection) => Err(rejection.into_response()),
+            Err(rejection) => Err(rejection.into()),
         },
         Access::Public | Access::Anonymous => {
             match <Auth<Claims> as OptionalFromRequestParts<()>>::from_request_parts(parts, &()).await {
                 Ok(auth) => Ok(auth.map(|Auth(claims)| claims)),
-                Err(rejection) => Err(rejection.into_response()),
+                Err(rejection) => Err(rejection.into()),
             }
         }
     }

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequest, Request};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use keel::http::client::{self, Client, ClientError};
 use keel::http::client_ip::{IpNet, client_ip};
-use keel::http::context;
+use keel::http::{Problem, context};
 
 use crate::UpstreamTimeouts;
 use crate::catchup;
@@ -58,21 +58,15 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     /// The client of `upstream`; a 500 problem (never expected: set-up makes one per upstream).
-    pub(crate) fn client(&self, upstream: Upstream) -> Result<&Client, Box<Response>> {
-        self.clients.get(&upstream).ok_or_else(|| {
-            tracing::error!(upstream = upstream.name(), "no client for this upstream");
-            Box::new(keel::Problem::internal().into_response())
-        })
+    pub(crate) fn client(&self, upstream: Upstream) -> Result<&Client, Problem> {
+        self.clients
+            .get(&upstream)
+            .ok_or_else(|| Problem::internal_error("forwarding", format!("no client for upstream {}", upstream.name())))
     }
 
     /// The client for a call of `method` to `target` (path and query) on `upstream`: the
     /// searches' own for a full-text search of the events service, else the upstream's.
-    pub(crate) fn client_for(
-        &self,
-        upstream: Upstream,
-        method: &Method,
-        target: &str,
-    ) -> Result<&Client, Box<Response>> {
+    pub(crate) fn client_for(&self, upstream: Upstream, method: &Method, target: &str) -> Result<&Client, Problem> {
         if is_search(upstream, method, target) { Ok(&self.searches) } else { self.client(upstream) }
     }
 
@@ -92,11 +86,8 @@ impl Gateway {
     }
 
     /// Forwards `req` as `route` says.
-    pub(crate) async fn forward(self: Arc<Self>, route: &'static Route, req: Request) -> Response {
-        match self.send(route, req).await {
-            Ok(result) => relay(result),
-            Err(refused) => refused,
-        }
+    pub(crate) async fn forward(self: Arc<Self>, route: &'static Route, req: Request) -> Result<Response, Problem> {
+        Ok(relay(self.send(route, req).await?))
     }
 
     /// Sends `req` to `route`'s service and returns its answer unread; `Err` is the gateway's
@@ -105,13 +96,13 @@ impl Gateway {
         &self,
         route: &'static Route,
         req: Request,
-    ) -> Result<Result<client::Response, ClientError>, Response> {
+    ) -> Result<Result<client::Response, ClientError>, Problem> {
         let (mut parts, body) = req.into_parts();
         // Refused at the edge: nothing reaches a service, and the body is never read.
         edge::authorize(&mut parts, route.access).await?;
         let target =
             parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-        let client = self.client_for(route.upstream, &parts.method, &target).map_err(|resp| *resp)?;
+        let client = self.client_for(route.upstream, &parts.method, &target)?;
         let mut out = client::Request::new(parts.method.clone(), target);
         for name in &REQUEST_HEADERS {
             for value in parts.headers.get_all(name) {
@@ -121,8 +112,7 @@ impl Gateway {
         out = out.header(HeaderName::from_static("x-forwarded-for"), self.client_address(&parts));
         let method = parts.method.clone();
         // Bounded by `http.body_limit` (Keel's stack): 413 past it.
-        let body =
-            Bytes::from_request(Request::from_parts(parts, body), &()).await.map_err(IntoResponse::into_response)?;
+        let body = keel::http::extract::body(Request::from_parts(parts, body), &()).await?;
         if !body.is_empty() || matches!(method, Method::POST | Method::PUT | Method::PATCH) {
             out = out.body(body);
         }

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
+use keel::http::Problem;
 use keel::http::client::{self, ClientError};
 use keel::http::extract::Path;
 use serde_json::{Value, json};
@@ -87,27 +88,21 @@ fn unavailable(upstream: Upstream) -> ClientError {
     ClientError::Unreachable { upstream: upstream.name().to_owned(), message: "no client".to_owned() }
 }
 
-pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Response {
+pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Result<Response, Problem> {
     let (mut parts, _) = req.into_parts();
-    let claims = match edge::authorize(&mut parts, Access::Public).await {
-        Ok(c) => c,
-        Err(refused) => return refused,
-    };
+    let claims = edge::authorize(&mut parts, Access::Public).await?;
     // The id goes into upstream paths: only a UUID may (a decoded `/` would change the path).
-    let id = match Path::<Uuid>::from_request_parts(&mut parts, &()).await {
-        Ok(Path(id)) => id,
-        Err(problem) => return problem.into_response(),
-    };
+    let Path(id) = Path::<Uuid>::from_request_parts(&mut parts, &()).await?;
     let authorization = claims.and(parts.headers.get(header::AUTHORIZATION).cloned());
     let signed_in = authorization.is_some();
     let view = match assemble(&gw, &id, authorization).await {
         Ok(view) => view,
-        Err(failed) => return relay(failed),
+        Err(failed) => return Ok(relay(failed)),
     };
     let mut resp = Json(view).into_response();
     if signed_in {
         // The caller's own participation is in it.
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    resp
+    Ok(resp)
 }

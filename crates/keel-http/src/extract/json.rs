@@ -90,8 +90,10 @@ where
     }
 }
 
-/// The request's body, within the route's body limit (413 problem past it, naming it).
-async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Problem> {
+/// The request's body, within the route's body limit (`http.body_limit`): the 413
+/// `body_too_large` problem past it, naming the limit, as [`Json`] answers. For a handler that
+/// reads the body as bytes (a proxy forwarding it unread).
+pub async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Problem> {
     let limit = req.extensions().get::<BodyLimit>().copied();
     Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

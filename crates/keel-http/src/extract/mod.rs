@@ -71,7 +71,7 @@ pub mod json;
 pub mod path;
 pub mod query;
 
-pub use json::{Json, OptionalJson};
+pub use json::{Json, OptionalJson, body};
 pub use path::Path;
 pub use query::Query;
 

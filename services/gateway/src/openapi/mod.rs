@@ -131,21 +131,20 @@ pub fn query_parameters(doc: &serde_json::Value) -> HashMap<(http::Method, &'sta
 }
 
 /// Answers with `document`, [`document`] serialized once at start-up.
-pub(crate) async fn serve(document: Bytes, req: axum::extract::Request) -> axum::response::Response {
+pub(crate) async fn serve(
+    document: Bytes,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, keel::Problem> {
     // Public, but a token that is sent must verify, as on every route.
     let (mut parts, _) = req.into_parts();
-    if let Err(refused) = crate::edge::authorize(&mut parts, crate::routes::Access::Public).await {
-        return refused;
-    }
-    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+    crate::edge::authorize(&mut parts, crate::routes::Access::Public).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
 }
 
 /// `GET /api/v1/`: where to start: the document, the interactive parts and the main collections.
-pub(crate) async fn index(req: axum::extract::Request) -> axum::response::Response {
+pub(crate) async fn index(req: axum::extract::Request) -> Result<axum::response::Response, keel::Problem> {
     let (mut parts, _) = req.into_parts();
-    if let Err(refused) = crate::edge::authorize(&mut parts, crate::routes::Access::Public).await {
-        return refused;
-    }
+    crate::edge::authorize(&mut parts, crate::routes::Access::Public).await?;
     let links = [
         ("events", "/api/v1/events"),
         ("cities", "/api/v1/meta/cities"),
@@ -156,14 +155,14 @@ pub(crate) async fn index(req: axum::extract::Request) -> axum::response::Respon
         ("my_joins", "/api/v1/me/joins"),
         ("notifications", "/api/v1/me/notifications"),
     ];
-    axum::Json(cityevents_api::gateway::ApiIndex {
+    Ok(axum::Json(cityevents_api::gateway::ApiIndex {
         name: "City Events API".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         openapi: crate::routes::OPENAPI_PATH.to_owned(),
         reference: crate::reference::PATH.to_owned(),
         links: links.into_iter().map(|(name, path)| (name.to_owned(), path.to_owned())).collect(),
     })
-    .into_response()
+    .into_response())
 }
 
 #[cfg(test)]
