@@ -56,6 +56,7 @@ pub mod cors;
 pub mod extract;
 pub mod load_shed;
 mod macros;
+pub mod page;
 
 /// What Keel's exported macros name, not part of the API.
 #[doc(hidden)]

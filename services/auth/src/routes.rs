@@ -40,9 +40,9 @@ use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use cityevents_api::params::UsersParams;
 use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountBanned, AccountUnbanned, Mail};
-use cityevents_common::page::{Cursor, Page};
 use cityevents_common::roles;
 use keel::events::outbox::Outbox;
+use keel::http::page::{Cursor, Page, Paginated};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -938,7 +938,7 @@ fn users_filter(q: UsersParams) -> Result<UsersRequest, Problem> {
         Some("false") => Some(false),
         Some(_) => return Err(invalid("banned", "must be `true` or `false`")),
     };
-    let page = cityevents_common::page::PageQuery::parse(q.limit.as_deref(), q.cursor)?;
+    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
     let after = match &page.after {
         None => None,
         Some(c) => Some(
@@ -959,15 +959,15 @@ async fn list_users(
     State(s): State<AppState>,
     _admin: RequireRole<Admin>,
     Query(q): Query<UsersParams>,
-) -> Result<axum::Json<Page<ManagedUser>>, Problem> {
+) -> Result<axum::Json<Paginated<ManagedUser>>, Problem> {
     let (filter, limit, after) = users_filter(q)?;
     let rows = s.accounts.list(&filter, after.as_deref(), limit).await?;
-    let page = Page::from_rows(rows, limit, |r| Cursor::new(0, format!("{USERS_CURSOR}|{}", r.id)));
+    let page = Paginated::from_rows(rows, limit, |r| Cursor::new(0, format!("{USERS_CURSOR}|{}", r.id)));
     let mut items = Vec::with_capacity(page.items.len());
     for row in &page.items {
         items.push(s.accounts.managed(row)?);
     }
-    Ok(axum::Json(Page { items, next_cursor: page.next_cursor }))
+    Ok(axum::Json(Paginated { items, next_cursor: page.next_cursor }))
 }
 
 /// `GET /api/v1/users/names` query.
@@ -978,7 +978,7 @@ struct NamesQuery {
 }
 
 /// Most ids one `GET /api/v1/users/names` takes (a list page's largest size).
-const MAX_NAME_IDS: usize = cityevents_common::page::MAX_LIMIT as usize;
+const MAX_NAME_IDS: usize = keel::http::page::MAX_LIMIT as usize;
 
 #[derive(Serialize)]
 struct NameItem {

@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use axum::{Json as JsonResponse, Router};
 use cityevents_api::events::{BatchRequest, BatchResponse, CityList as Cities, ReasonBody};
 use cityevents_common::catalogue::{EVENTS_TOPIC, EventPublished, EventUpdated, MODERATION_TOPIC, ModerationRecorded};
-use cityevents_common::page::Page;
 use cityevents_common::time::{now, to_micros};
 use cityevents_common::validate;
 use http::{StatusCode, header};
@@ -19,6 +18,7 @@ use keel::events::outbox::Outbox;
 use keel::http::Problem;
 use keel::http::client::{self, Client};
 use keel::http::extract::{Json, OptionalJson, Path, Query};
+use keel::http::page::Paginated;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -430,7 +430,7 @@ async fn unpublish(
 async fn list_public(
     State(st): State<AppState>,
     Query(q): Query<EventsParams>,
-) -> Result<JsonResponse<Page<EventView>>> {
+) -> Result<JsonResponse<Paginated<EventView>>> {
     let list = q.validate()?;
     let bounds = st.search.bounds;
     let rows = if list.search.is_some() {
@@ -450,7 +450,7 @@ async fn list_public(
     };
     let sort = list.sort;
     let tag = list::tag(sort, list.search.as_ref());
-    let page = Page::from_rows(rows, list.limit, |(e, key)| list::cursor(&tag, *key, e.id));
+    let page = Paginated::from_rows(rows, list.limit, |(e, key)| list::cursor(&tag, *key, e.id));
     Ok(JsonResponse(page.map(|(e, _)| e.view())))
 }
 
@@ -459,10 +459,10 @@ async fn list_mine(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<MyEventsParams>,
-) -> Result<JsonResponse<Page<EventView>>> {
+) -> Result<JsonResponse<Paginated<EventView>>> {
     let list = q.validate()?;
     let rows = store::list_mine(&st.db, caller.id, &list).await?;
-    let page = Page::from_rows(rows, list.limit, |e| list::cursor(MINE, e.created_at, e.id));
+    let page = Paginated::from_rows(rows, list.limit, |e| list::cursor(MINE, e.created_at, e.id));
     Ok(JsonResponse(page.map(|e| e.view())))
 }
 

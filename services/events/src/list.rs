@@ -1,12 +1,12 @@
 //! The list endpoints' query strings: filters, the sort allowlist and keyset cursors.
 //!
-//! A cursor is [`cityevents_common::page::Cursor`] whose id is `<order>|<event id>`, so a cursor
+//! A cursor is [`keel::http::page::Cursor`] whose id is `<order>|<event id>`, so a cursor
 //! from one order is refused (400 naming `cursor`) by another rather than silently skipping or
 //! repeating rows.
 
-use cityevents_common::page::{Cursor, PageQuery};
 use cityevents_common::validate;
 use keel::http::Problem;
+use keel::http::page::{Cursor, Page};
 use uuid::Uuid;
 
 use crate::model::{self, Errors, Event, MAX_CATEGORY, MAX_CITY, Status};
@@ -218,7 +218,7 @@ impl Check for EventsParams {
             _ => None,
         };
         let sort = e.take(Sort::parse(self.sort.as_deref(), searching));
-        let page = e.take(PageQuery::parse(self.limit.as_deref(), self.cursor));
+        let page = e.take(Page::parse(self.limit.as_deref(), self.cursor.as_deref()));
         let after = match (sort, &page) {
             (Some(s), Some(p)) => e.take(after(&tag(s, search.as_ref()), p.after.as_ref())).flatten(),
             _ => None,
@@ -257,7 +257,7 @@ impl Check for MyEventsParams {
                     .ok_or_else(|| validate::invalid("status", "must be one of draft, published, canceled"))?,
             ),
         };
-        let page = PageQuery::parse(self.limit.as_deref(), self.cursor)?;
+        let page = Page::parse(self.limit.as_deref(), self.cursor.as_deref())?;
         Ok(MineList { status, limit: page.limit, after: after(MINE, page.after.as_ref())? })
     }
 }

@@ -29,8 +29,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cityevents_api::joins::{Ban as BanView, BanItem, BanRequest as BanBody, Counts, Join as JoinView, MyJoin, Stats};
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
-use cityevents_api::params::PageParams;
-use cityevents_common::page::{Cursor, Page};
 use cityevents_common::time::{from_micros, now, to_micros};
 use cityevents_common::validate;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -38,6 +36,7 @@ use keel::Problem;
 use keel::data::{Db, Observe as _};
 use keel::events::outbox::Outbox;
 use keel::http::extract::{Json as JsonBody, Path, Query};
+use keel::http::page::{Cursor, Page, Paginated};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -130,7 +129,7 @@ struct EventCounts {
 }
 
 /// Most events one `GET /api/v1/events/counts` may ask for (a list page's largest size).
-const MAX_COUNTS_IDS: usize = cityevents_common::page::MAX_LIMIT as usize;
+const MAX_COUNTS_IDS: usize = keel::http::page::MAX_LIMIT as usize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,10 +202,6 @@ async fn record(
         st.0.outbox.enqueue_event(tx, cityevents_common::catalogue::MODERATION_TOPIC, &r).await?;
     }
     Ok(())
-}
-
-fn page_request(q: PageParams) -> Result<cityevents_common::page::PageRequest, Problem> {
-    cityevents_common::page::PageQuery::parse(q.limit.as_deref(), q.cursor)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,14 +551,14 @@ async fn bans(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path(id): Path<Uuid>,
-    Query(q): Query<PageParams>,
+    page: Page,
 ) -> Result<Response, Problem> {
     let ev = managed(&st, &caller, id).await?;
-    let page = page_request(q)?;
     let now_us = to_micros(now());
     let rows =
         store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await.observed(&st.0.db)?;
-    let page = Page::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(ban_item);
+    let page =
+        Paginated::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(ban_item);
     Ok(Json(page).into_response())
 }
 
@@ -605,14 +600,9 @@ async fn my_join(
     Ok(Json(join_view(&j, position)).into_response())
 }
 
-async fn my_joins(
-    axum::extract::State(st): AppState,
-    caller: Caller,
-    Query(q): Query<PageParams>,
-) -> Result<Response, Problem> {
-    let page = page_request(q)?;
+async fn my_joins(axum::extract::State(st): AppState, caller: Caller, page: Page) -> Result<Response, Problem> {
     let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await.observed(&st.0.db)?;
-    let page = Page::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
+    let page = Paginated::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
     let page = page.map(|r| MyJoin {
         join_id: r.join.id,
         event_id: r.join.event_id,
@@ -635,21 +625,21 @@ async fn participants(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path(id): Path<Uuid>,
-    Query(q): Query<PageParams>,
+    page: Page,
 ) -> Result<Response, Problem> {
     let ev = managed(&st, &caller, id).await?;
-    let page = page_request(q)?;
     let rows = store::event_joins(&st.0.db, ev.event_id, status::CONFIRMED, page.after.as_ref(), page.limit)
         .await
         .observed(&st.0.db)?;
-    let page =
-        Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string())).map(|j| ParticipantItem {
+    let page = Paginated::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string())).map(|j| {
+        ParticipantItem {
             join_id: j.id,
             user_id: j.user_id,
             status: j.status,
             position: None,
             joined_at: from_micros(j.created_at),
-        });
+        }
+    });
     Ok(Json(page).into_response())
 }
 
@@ -657,10 +647,9 @@ async fn waitlist(
     axum::extract::State(st): AppState,
     caller: Caller,
     Path(id): Path<Uuid>,
-    Query(q): Query<PageParams>,
+    page: Page,
 ) -> Result<Response, Problem> {
     let ev = managed(&st, &caller, id).await?;
-    let page = page_request(q)?;
     let db = &st.0.db;
     let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit)
         .await
@@ -672,7 +661,7 @@ async fn waitlist(
         }
         None => 1,
     };
-    let page = Page::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));
+    let page = Paginated::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));
     let items = page
         .items
         .into_iter()
@@ -685,7 +674,7 @@ async fn waitlist(
             joined_at: from_micros(j.queued_at),
         })
         .collect();
-    Ok(Json(Page { items, next_cursor: page.next_cursor }).into_response())
+    Ok(Json(Paginated { items, next_cursor: page.next_cursor }).into_response())
 }
 
 async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<Uuid>) -> Result<Response, Problem> {

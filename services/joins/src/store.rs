@@ -729,7 +729,7 @@ pub(crate) async fn lift_ban(
 pub(crate) async fn event_bans(
     db: &Db,
     event_id: Uuid,
-    after: Option<&cityevents_common::page::Cursor>,
+    after: Option<&keel::http::page::Cursor>,
     (limit, now_us): (u32, i64),
 ) -> Result<Vec<BanRow>, sqlx::Error> {
     let keyset = if after.is_some() { " AND (created_at > $3 OR (created_at = $4 AND user_id > $5))" } else { "" };
@@ -940,7 +940,7 @@ pub(crate) struct UserJoin {
 pub(crate) async fn user_joins(
     db: &Db,
     user_id: Uuid,
-    after: Option<&cityevents_common::page::Cursor>,
+    after: Option<&keel::http::page::Cursor>,
     limit: u32,
 ) -> Result<Vec<UserJoin>, sqlx::Error> {
     let cols = "j.id, j.event_id, j.user_id, j.status, j.reason, j.queue_seq, j.queued_at, j.created_at, j.updated_at, \
@@ -975,7 +975,7 @@ pub(crate) async fn event_joins(
     db: &Db,
     event_id: Uuid,
     join_status: &str,
-    after: Option<&cityevents_common::page::Cursor>,
+    after: Option<&keel::http::page::Cursor>,
     limit: u32,
 ) -> Result<Vec<JoinRow>, sqlx::Error> {
     let keyset = if after.is_some() { " AND (queue_seq > $3 OR (queue_seq = $4 AND id > $5))" } else { "" };

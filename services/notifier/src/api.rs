@@ -9,13 +9,13 @@ use axum::{Json, Router};
 use cityevents_api::notifications::{Marked, Notification, UnreadCount};
 use cityevents_api::params::NotificationsParams;
 use cityevents_common::catalogue::MAIL_PREFERENCES;
-use cityevents_common::page::{Cursor, Page, PageQuery, PageRequest};
 use cityevents_common::time::from_micros;
 use cityevents_common::validate;
 use http::StatusCode;
 use keel::data::Db;
 use keel::http::Problem;
 use keel::http::extract::{Json as JsonBody, Path, Query};
+use keel::http::page::{Cursor, Page, Paginated};
 use keel::security::jwt::{Auth, Claims};
 use sqlx::Row;
 use uuid::Uuid;
@@ -77,14 +77,14 @@ fn uuid_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Uuid, sqlx::Erro
 }
 
 /// `?limit=&cursor=&unread=`, read as text so a bad value is a 400 naming the field.
-fn parse_query(q: NotificationsParams) -> Result<(PageRequest, bool), Problem> {
+fn parse_query(q: NotificationsParams) -> Result<(Page, bool), Problem> {
     // An empty value is the parameter left out, as on every list.
     let unread = match q.unread.as_deref() {
         None | Some("" | "false") => false,
         Some("true") => true,
         Some(_) => return Err(validate::invalid("unread", "must be true or false")),
     };
-    Ok((PageQuery::parse(q.limit.as_deref(), q.cursor)?, unread))
+    Ok((Page::parse(q.limit.as_deref(), q.cursor.as_deref())?, unread))
 }
 
 fn db_error(db: &Db, e: sqlx::Error) -> Problem {
@@ -95,7 +95,7 @@ async fn list(
     State(db): State<Db>,
     Auth(claims): Auth<Claims>,
     Query(q): Query<NotificationsParams>,
-) -> Result<Json<Page<Notification>>, Problem> {
+) -> Result<Json<Paginated<Notification>>, Problem> {
     let (page, unread) = parse_query(q)?;
     let mut sql =
         String::from("SELECT id, kind, event_id, message, created_at, read_at FROM notifications WHERE user_id = $1");
@@ -131,7 +131,7 @@ async fn list(
             },
         ));
     }
-    let page = Page::from_rows(items, page.limit, |(k, item)| Cursor::new(*k, item.id.to_string()));
+    let page = Paginated::from_rows(items, page.limit, |(k, item)| Cursor::new(*k, item.id.to_string()));
     Ok(Json(page.map(|(_, item)| item)))
 }
 
