@@ -90,13 +90,15 @@ const SESSION_COUNT_EVERY: Duration = Duration::from_secs(15);
 const BACKFILL_EVERY: Duration = Duration::from_secs(60);
 
 /// The service's migrations (PostgreSQL, MySQL/MariaDB, SQLite): `users`, `refresh_tokens`,
-/// `login_throttle`, the look-alike index, Keel's outbox, `account_tokens`. The audit log
-/// creates its own table on first use.
+/// `login_throttle`, the look-alike index, `account_tokens`; then Keel's own sets, the outbox's
+/// and the audit log's.
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
         .mysql(sqlx::migrate!("migrations/mysql"))
         .sqlite(sqlx::migrate!("migrations/sqlite"))
+        .with(keel::events::outbox::migrations())
+        .with(keel::security::audit::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.

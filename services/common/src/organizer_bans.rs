@@ -1,6 +1,6 @@
 //! Organizers whose account is banned, as a service that owns their events keeps them: table
-//! `organizer_bans (user_id, banned, version)` in the service's database (each service's
-//! migrations create it), filled from `account.banned` and `account.unbanned` on
+//! `organizer_bans (user_id, banned, version)` in the service's database, created by this
+//! module's own migrations ([`migrations`], added to the service's), filled from `account.banned` and `account.unbanned` on
 //! [`ACCOUNTS_TOPIC`](crate::catalogue::ACCOUNTS_TOPIC) by [`OrganizerBansHandler`] (with the
 //! inbox). A message whose account ban version is not newer than the one recorded changes
 //! nothing, so the order messages arrive in does not matter. The events service hides such
@@ -12,6 +12,18 @@ use sqlx::{Any, AssertSqlSafe, Transaction};
 use uuid::Uuid;
 
 use crate::catalogue::{AccountBanned, AccountUnbanned};
+
+/// The table's migrations, a set of this module's own (recorded in
+/// `_cityevents_organizer_bans_migrations`), for a service to add to its migrations with
+/// `Migrations::with`. A database where the service's own migration `organizer bans` made the
+/// table is taken over on the first `migrate`.
+pub fn migrations() -> keel::data::Migrations {
+    keel::data::Migrations::library("cityevents_organizer_bans")
+        .postgres(sqlx::migrate!("migrations/postgres"))
+        .mysql(sqlx::migrate!("migrations/mysql"))
+        .sqlite(sqlx::migrate!("migrations/sqlite"))
+        .adopt("organizer bans", 1)
+}
 
 /// Records that `user_id` is banned (or not) as of the account's ban `version` in `tx`, unless a
 /// later version was recorded already. Returns whether it changed anything.

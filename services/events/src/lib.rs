@@ -121,12 +121,15 @@ impl Section for SearchConfig {
     }
 }
 
-/// The migrations, one set per backend: the `events` table and Keel's outbox/inbox tables.
+/// The migrations, one set per backend: the `events` table and its search; the shared
+/// `organizer_bans` table comes in its own set, Keel's outbox/inbox tables in Keel's.
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
         .mysql(sqlx::migrate!("migrations/mysql"))
         .sqlite(sqlx::migrate!("migrations/sqlite"))
+        .with(cityevents_common::organizer_bans::migrations())
+        .with(keel::events::outbox::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.

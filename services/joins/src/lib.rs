@@ -90,12 +90,15 @@ impl Section for JoinsConfig {
     }
 }
 
-/// The service's migrations, one set per backend (they include Keel's outbox and inbox tables).
+/// The service's migrations, one set per backend; the shared `organizer_bans` table comes in its own
+/// set, Keel's outbox and inbox tables in Keel's.
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
         .mysql(sqlx::migrate!("migrations/mysql"))
         .sqlite(sqlx::migrate!("migrations/sqlite"))
+        .with(cityevents_common::organizer_bans::migrations())
+        .with(keel::events::outbox::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.

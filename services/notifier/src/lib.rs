@@ -97,12 +97,13 @@ impl Section for NotifierConfig {
     }
 }
 
-/// The notifier's migrations (its table plus Keel's outbox/inbox tables), one set per backend.
+/// The notifier's migrations, one set per backend (Keel's outbox and inbox tables come in Keel's set).
 pub fn migrations() -> keel::data::Migrations {
     keel::data::Migrations::new()
         .postgres(sqlx::migrate!("migrations/postgres"))
         .mysql(sqlx::migrate!("migrations/mysql"))
         .sqlite(sqlx::migrate!("migrations/sqlite"))
+        .with(keel::events::outbox::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
