@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Form, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use cityevents_api::auth::{PasswordReset, Registration, TokenPair};
 use http::{Method, StatusCode};
 use keel::http::extract::Query;
@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::Site;
 use super::call::Failure;
-use super::pages::{self, Layout, Page, render};
+use super::pages::{self, Layout, Page, PageResult, render};
 use super::session;
 use crate::routes::Upstream;
 
@@ -61,14 +61,14 @@ pub(crate) async fn login_form(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<NextQuery>, keel::http::Problem>,
-) -> Response {
+) -> PageResult {
     let next = pages::local_path(query.as_ref().ok().and_then(|q| q.next.as_deref()));
     if page.viewer.signed.is_some() {
-        return Redirect::to(&next).into_response();
+        return Ok(Redirect::to(&next).into_response());
     }
     let t =
         LoginPage { layout: page.layout(&site, "Log in").await, email: String::new(), next, errors: Errors::default() };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,7 +81,7 @@ pub(crate) struct LoginForm {
 }
 
 /// `POST /login`.
-pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form): Form<LoginForm>) -> Response {
+pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form): Form<LoginForm>) -> PageResult {
     let next = pages::local_path(form.next.as_deref());
     let mut body = json!({ "email": form.email.trim(), "password": form.password });
     if let Some(device) = &page.device {
@@ -91,7 +91,7 @@ pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form):
         Ok(pair) => site.sessions.started(&site, &pair, &page.address).await.map(|_| pair),
         Err(f) => Err(f),
     };
-    match signed {
+    Ok(match signed {
         Ok(pair) => {
             let to = if next == "/" { "/?notice=signed_in".to_owned() } else { next };
             let resp = session::start(Redirect::to(&to).into_response(), pair.refresh_token);
@@ -105,11 +105,11 @@ pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form):
             let t = LoginPage { layout: page.layout(&site, "Log in").await, email: form.email, next, errors };
             render(status_of(&f), &t)
         }
-    }
+    })
 }
 
 /// `POST /logout`.
-pub(crate) async fn logout(State(site): State<Arc<Site>>, page: Page) -> Response {
+pub(crate) async fn logout(State(site): State<Arc<Site>>, page: Page) -> PageResult {
     if let Some(signed) = &page.viewer.signed {
         site.sessions.forget(&signed.refresh);
         let body = json!({ "refresh_token": signed.refresh });
@@ -117,7 +117,7 @@ pub(crate) async fn logout(State(site): State<Arc<Site>>, page: Page) -> Respons
         let _ =
             site.send(Upstream::Auth, Method::POST, "/api/v1/auth/logout", None, Some(&body), &page.address, &[]).await;
     }
-    session::end(Redirect::to("/?notice=signed_out"))
+    Ok(session::end(Redirect::to("/?notice=signed_out")))
 }
 
 #[derive(Template)]
@@ -131,7 +131,7 @@ struct SignupPage {
 }
 
 /// `GET /signup`.
-pub(crate) async fn signup_form(State(site): State<Arc<Site>>, page: Page) -> Response {
+pub(crate) async fn signup_form(State(site): State<Arc<Site>>, page: Page) -> PageResult {
     let t = SignupPage {
         layout: page.layout(&site, "Sign up").await,
         name: String::new(),
@@ -139,7 +139,7 @@ pub(crate) async fn signup_form(State(site): State<Arc<Site>>, page: Page) -> Re
         errors: Errors::default(),
         min_password: cityevents_api::limits::MIN_PASSWORD,
     };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,9 +153,9 @@ pub(crate) struct SignupForm {
 }
 
 /// `POST /signup`: the account is made unverified and its address gets a link; then log in.
-pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form): Form<SignupForm>) -> Response {
+pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form): Form<SignupForm>) -> PageResult {
     let body = json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password });
-    match site.post::<Registration>(Upstream::Auth, "/api/v1/auth/register", None, &body, &page.address).await {
+    Ok(match site.post::<Registration>(Upstream::Auth, "/api/v1/auth/register", None, &body, &page.address).await {
         Ok(_) => Redirect::to("/login?notice=registered").into_response(),
         Err(f) => {
             let t = SignupPage {
@@ -167,7 +167,7 @@ pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form)
             };
             render(status_of(&f), &t)
         }
-    }
+    })
 }
 
 #[derive(Template)]
@@ -196,7 +196,7 @@ pub(crate) async fn verify_form(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<TokenQuery>, keel::http::Problem>,
-) -> Response {
+) -> PageResult {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     let t = VerifyPage {
         layout: page.layout(&site, "Confirm your address").await,
@@ -204,7 +204,7 @@ pub(crate) async fn verify_form(
         errors: Errors::default(),
         sent: false,
     };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,10 +216,10 @@ pub(crate) struct VerifyForm {
 }
 
 /// `POST /verify-email`: confirms with the link's token, or (`resend`) mails a new link.
-pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form): Form<VerifyForm>) -> Response {
+pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form): Form<VerifyForm>) -> PageResult {
     let result = if form.resend {
         let Some(token) = page.token() else {
-            return Redirect::to(&pages::login_then("/verify-email")).into_response();
+            return Ok(Redirect::to(&pages::login_then("/verify-email")).into_response());
         };
         let empty = json!({});
         site.send(
@@ -237,7 +237,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
         site.send(Upstream::Auth, Method::POST, "/api/v1/auth/verify-email", None, Some(&body), &page.address, &[])
             .await
     };
-    match result {
+    Ok(match result {
         Ok(_) if form.resend => {
             let t = VerifyPage {
                 layout: page.layout(&site, "Confirm your address").await,
@@ -252,7 +252,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
             if let Some(signed) = &page.viewer.signed {
                 site.sessions.forget(&signed.refresh);
                 // The cookie still names the session; the next page refreshes it.
-                return Redirect::to("/?notice=verified").into_response();
+                return Ok(Redirect::to("/?notice=verified").into_response());
             }
             Redirect::to("/login?notice=verified").into_response()
         }
@@ -272,7 +272,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
             };
             render(status_of(&f), &t)
         }
-    }
+    })
 }
 
 #[derive(Template)]
@@ -292,7 +292,7 @@ pub(crate) async fn reset_form(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<TokenQuery>, keel::http::Problem>,
-) -> Response {
+) -> PageResult {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     let t = ResetPage {
         layout: page.layout(&site, "Reset your password").await,
@@ -302,7 +302,7 @@ pub(crate) async fn reset_form(
         sent: false,
         min_password: cityevents_api::limits::MIN_PASSWORD,
     };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,7 +317,7 @@ pub(crate) struct ResetForm {
 
 /// `POST /reset-password`: mails a link (`email`), or sets the password (`token`, `password`),
 /// which ends every session of the account, this browser's too.
-pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form): Form<ResetForm>) -> Response {
+pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form): Form<ResetForm>) -> PageResult {
     let setting = !form.token.trim().is_empty();
     let result = if setting {
         let body = json!({ "token": form.token.trim(), "password": form.password });
@@ -336,7 +336,7 @@ pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form):
         )
         .await
     };
-    match result {
+    Ok(match result {
         Ok(answer) if setting => {
             if let Some(signed) = &page.viewer.signed {
                 site.sessions.forget(&signed.refresh);
@@ -372,5 +372,5 @@ pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form):
             };
             render(status_of(&f), &t)
         }
-    }
+    })
 }

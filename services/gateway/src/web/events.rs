@@ -17,7 +17,7 @@ use time::{Date, Duration};
 
 use super::Site;
 use super::call::Failure;
-use super::pages::{self, Layout, Page, PathId, render};
+use super::pages::{self, Layout, Page, PageResult, PathId, render};
 use crate::routes::Upstream;
 
 /// Events on one page of the list.
@@ -160,7 +160,7 @@ pub(crate) async fn list(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<ListQuery>, keel::http::Problem>,
-) -> Response {
+) -> PageResult {
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let zone = page.zone.clone().unwrap_or_else(Zone::utc);
     let (path, mut errors) = list_path(&query, &zone);
@@ -184,7 +184,7 @@ pub(crate) async fn list(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the events list was unreadable");
-                    return pages::failed(&page, &bad_answer(), "/");
+                    return Ok(pages::failed(&page, &bad_answer(), "/"));
                 }
             }
         }
@@ -203,13 +203,13 @@ pub(crate) async fn list(
             }
             (Vec::new(), None)
         }
-        Err(f) => return pages::failed(&page, &f, "/"),
+        Err(f) => return Ok(pages::failed(&page, &f, "/")),
     };
     let filtered =
         [&query.q, &query.city, &query.category, &query.from, &query.to].iter().any(|v| !v.trim().is_empty());
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
     let t = ListPage { layout: page.layout(&site, "Events").await, query, cards, next, filtered, errors };
-    render(status, &t)
+    Ok(render(status, &t))
 }
 
 /// The link to the page after this one, with the same search.
@@ -266,12 +266,9 @@ impl EventPageView {
 }
 
 /// `GET /events/{id}`.
-pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
-    let id = match page.event_id(id) {
-        Ok(id) => id,
-        Err(resp) => return *resp,
-    };
-    event_page(&site, &page, id, None).await
+pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page, id: PathId) -> PageResult {
+    let id = page.event_id(id)?;
+    Ok(event_page(&site, &page, id, None).await)
 }
 
 /// The event's page, with `error` (a join or leave that failed) above its actions.
@@ -360,16 +357,10 @@ pub(crate) async fn join(
     page: Page,
     id: PathId,
     Form(form): Form<JoinForm>,
-) -> Response {
-    let id = match page.event_id(id) {
-        Ok(id) => id,
-        Err(resp) => return *resp,
-    };
+) -> PageResult {
+    let id = page.event_id(id)?;
     let back = format!("/events/{id}");
-    let token = match page.signed(&back) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+    let token = page.signed(&back)?;
     let key = if !form.key.is_empty()
         && form.key.len() <= cityevents_api::limits::MAX_IDEMPOTENCY_KEY
         && form.key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -382,32 +373,26 @@ pub(crate) async fn join(
     let path = format!("/api/v1/events/{id}/join");
     let extra = [(HeaderName::from_static("idempotency-key"), key)];
     let empty = Value::Object(serde_json::Map::new());
-    match site.send(Upstream::Joins, Method::POST, &path, Some(token), Some(&empty), &page.address, &extra).await {
+    Ok(match site.send(Upstream::Joins, Method::POST, &path, Some(token), Some(&empty), &page.address, &extra).await {
         Ok(answer) => {
             let waitlisted = answer.json::<Join>().is_ok_and(|j| j.status == "waitlisted");
             let notice = if waitlisted { "waitlisted" } else { "joined" };
             Redirect::to(&format!("{back}?notice={notice}")).into_response()
         }
         Err(f) => after_failure(&site, &page, id, &f).await,
-    }
+    })
 }
 
 /// `POST /events/{id}/leave`.
-pub(crate) async fn leave(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
-    let id = match page.event_id(id) {
-        Ok(id) => id,
-        Err(resp) => return *resp,
-    };
+pub(crate) async fn leave(State(site): State<Arc<Site>>, page: Page, id: PathId) -> PageResult {
+    let id = page.event_id(id)?;
     let back = format!("/events/{id}");
-    let token = match page.signed(&back) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+    let token = page.signed(&back)?;
     let path = format!("/api/v1/events/{id}/join");
-    match site.send(Upstream::Joins, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
+    Ok(match site.send(Upstream::Joins, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
         Ok(_) => Redirect::to(&format!("{back}?notice=left")).into_response(),
         Err(f) => after_failure(&site, &page, id, &f).await,
-    }
+    })
 }
 
 /// The event's page again with what went wrong, or the failure's own page when it is not about

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::State;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use cityevents_api::joins::JoinPage;
 use cityevents_api::notifications::NotificationPage;
 use http::{Method, StatusCode};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Site;
-use super::pages::{self, Layout, Page, render};
+use super::pages::{self, Layout, Page, PageResult, render};
 use crate::routes::Upstream;
 
 /// Items on one page of a list.
@@ -64,16 +64,13 @@ pub(crate) async fn joins(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<Cursor>, keel::http::Problem>,
-) -> Response {
-    let token = match page.signed("/my/joins") {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+) -> PageResult {
+    let token = page.signed("/my/joins")?;
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let list: JoinPage =
         match site.get(Upstream::Joins, &query.path("/api/v1/me/joins"), Some(token), &page.address).await {
             Ok(l) => l,
-            Err(f) => return pages::failed(&page, &f, "/my/joins"),
+            Err(f) => return Ok(pages::failed(&page, &f, "/my/joins")),
         };
     let rows = list
         .items
@@ -94,7 +91,7 @@ pub(crate) async fn joins(
         .collect();
     let t =
         MyJoins { layout: page.layout(&site, "My joins").await, rows, next: next_link("/my/joins", list.next_cursor) };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 /// A notification as the list shows it.
@@ -120,16 +117,13 @@ pub(crate) async fn notifications(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<Cursor>, keel::http::Problem>,
-) -> Response {
-    let token = match page.signed("/notifications") {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+) -> PageResult {
+    let token = page.signed("/notifications")?;
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let path = query.path("/api/v1/me/notifications");
     let list: NotificationPage = match site.get(Upstream::Notifier, &path, Some(token), &page.address).await {
         Ok(l) => l,
-        Err(f) => return pages::failed(&page, &f, "/notifications"),
+        Err(f) => return Ok(pages::failed(&page, &f, "/notifications")),
     };
     let items = list
         .items
@@ -148,25 +142,27 @@ pub(crate) async fn notifications(
         items,
         next: next_link("/notifications", list.next_cursor),
     };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 /// `POST /notifications/{id}/read`, or `POST /notifications/read-all` (`id` is `all`).
-pub(crate) async fn read(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> Response {
-    let token = match page.signed("/notifications") {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+pub(crate) async fn read(State(site): State<Arc<Site>>, page: Page, Path(id): Path<String>) -> PageResult {
+    let token = page.signed("/notifications")?;
     let path = if id == "all" {
         "/api/v1/me/notifications/read-all".to_owned()
     } else {
         match uuid::Uuid::parse_str(&id) {
             Ok(id) => format!("/api/v1/me/notifications/{id}/read"),
-            Err(_) => return pages::not_found(&page),
+            Err(_) => return Ok(pages::not_found(&page)),
         }
     };
-    match site.send(Upstream::Notifier, Method::POST, &path, Some(token), Some(&json!({})), &page.address, &[]).await {
-        Ok(_) => Redirect::to("/notifications?notice=read").into_response(),
-        Err(f) => pages::failed(&page, &f, "/notifications"),
-    }
+    Ok(
+        match site
+            .send(Upstream::Notifier, Method::POST, &path, Some(token), Some(&json!({})), &page.address, &[])
+            .await
+        {
+            Ok(_) => Redirect::to("/notifications?notice=read").into_response(),
+            Err(f) => pages::failed(&page, &f, "/notifications"),
+        },
+    )
 }

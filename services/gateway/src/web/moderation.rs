@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Form, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use cityevents_api::auth::{ManagedUserPage, ROLES};
 use http::{Method, StatusCode};
 use keel::http::extract::{Path, Query};
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Site;
-use super::pages::{self, Layout, Page, render};
+use super::pages::{self, Layout, Page, PageResult, render};
 use crate::routes::Upstream;
 
 /// Accounts on one page of the list.
@@ -107,20 +107,17 @@ pub(crate) async fn users(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<UsersQuery>, keel::http::Problem>,
-) -> Response {
+) -> PageResult {
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let here = query.here();
-    let token = match page.signed(&here) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+    let token = page.signed(&here)?;
     let (list, fields) =
         match site.get::<ManagedUserPage>(Upstream::Auth, &query.api_path(), Some(token), &page.address).await {
             Ok(list) => (list, BTreeMap::new()),
             Err(f) if f.status == StatusCode::BAD_REQUEST && !f.fields().is_empty() => {
                 (ManagedUserPage { items: Vec::new(), next_cursor: None }, f.fields())
             }
-            Err(f) => return pages::failed(&page, &f, &here),
+            Err(f) => return Ok(pages::failed(&page, &f, &here)),
         };
     let rows = list
         .items
@@ -144,7 +141,7 @@ pub(crate) async fn users(
         fields,
         roles: ROLES,
     };
-    render(if t.fields.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST }, &t)
+    Ok(render(if t.fields.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST }, &t))
 }
 
 /// A form on an account: a role, a reason, and the page to come back to.
@@ -176,13 +173,10 @@ pub(crate) async fn act(
     page: Page,
     path: Result<Path<(uuid::Uuid, String)>, keel::http::Problem>,
     Form(form): Form<AccountForm>,
-) -> Response {
+) -> PageResult {
     let back = back_to(form.back.as_deref());
-    let token = match page.signed(&back) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let Ok(Path((id, action))) = path else { return pages::not_found(&page) };
+    let token = page.signed(&back)?;
+    let Ok(Path((id, action))) = path else { return Ok(pages::not_found(&page)) };
     let (method, path, body, notice) = match action.as_str() {
         "role" => {
             (Method::PUT, format!("/api/v1/admin/users/{id}/role"), Some(json!({ "role": form.role })), "role_changed")
@@ -194,12 +188,12 @@ pub(crate) async fn act(
             "account_banned",
         ),
         "unban" => (Method::DELETE, format!("/api/v1/admin/users/{id}/ban"), None, "account_unbanned"),
-        _ => return pages::not_found(&page),
+        _ => return Ok(pages::not_found(&page)),
     };
-    match site.send(Upstream::Auth, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {
+    Ok(match site.send(Upstream::Auth, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {
         Ok(_) => Redirect::to(&back_with(form.back.as_deref(), notice)).into_response(),
         Err(f) => pages::failed(&page, &f, &back),
-    }
+    })
 }
 
 #[cfg(test)]

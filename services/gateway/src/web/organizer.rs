@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::Site;
 use super::call::Failure;
 use super::events::{Card, seats_line};
-use super::pages::{self, Layout, Page, PathId, render};
+use super::pages::{self, Halt, Layout, Page, PageResult, PathId, render};
 use crate::routes::Upstream;
 
 /// Most people a list on the manage page shows.
@@ -40,21 +40,18 @@ fn status_label(s: EventStatus) -> &'static str {
 }
 
 /// `GET /my/events`: the viewer's events, every status.
-pub(crate) async fn mine(State(site): State<Arc<Site>>, page: Page) -> Response {
-    let token = match page.signed("/my/events") {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+pub(crate) async fn mine(State(site): State<Arc<Site>>, page: Page) -> PageResult {
+    let token = page.signed("/my/events")?;
     let path = format!("/api/v1/me/events?limit={PEOPLE}");
     let mut answer = match site.get::<Value>(Upstream::Events, &path, Some(token), &page.address).await {
         Ok(a) => a,
-        Err(f) => return pages::failed(&page, &f, "/my/events"),
+        Err(f) => return Ok(pages::failed(&page, &f, "/my/events")),
     };
     if let Some(items) = answer.get_mut("items").and_then(Value::as_array_mut) {
         crate::compose::seats(&site.gw, items).await;
     }
     let Ok(list) = serde_json::from_value::<EventPage>(answer) else {
-        return pages::failed(&page, &Failure::unreadable(Upstream::Events), "/my/events");
+        return Ok(pages::failed(&page, &Failure::unreadable(Upstream::Events), "/my/events"));
     };
     let rows = list
         .items
@@ -65,7 +62,7 @@ pub(crate) async fn mine(State(site): State<Arc<Site>>, page: Page) -> Response 
         })
         .collect();
     let t = MyEvents { layout: page.layout(&site, "My events").await, rows };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 /// The fields of the event form, as typed.
@@ -179,10 +176,8 @@ impl EventFormPage {
 }
 
 /// `GET /my/events/new`.
-pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> Response {
-    if let Err(r) = page.signed("/my/events/new") {
-        return *r;
-    }
+pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> PageResult {
+    page.signed("/my/events/new")?;
     let form = EventForm {
         time_zone: page.zone.as_ref().map_or("UTC", |z| z.name()).to_owned(),
         key: uuid::Uuid::now_v7().simple().to_string(),
@@ -197,7 +192,7 @@ pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> Respo
         fields: BTreeMap::new(),
         summary: None,
     };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 /// The form again with what the service said of it.
@@ -229,16 +224,13 @@ async fn form_again(
 }
 
 /// `POST /my/events/new`: a draft; then its manage page.
-pub(crate) async fn create(State(site): State<Arc<Site>>, page: Page, Form(form): Form<EventForm>) -> Response {
-    let token = match page.signed("/my/events/new") {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+pub(crate) async fn create(State(site): State<Arc<Site>>, page: Page, Form(form): Form<EventForm>) -> PageResult {
+    let token = page.signed("/my/events/new")?;
     let (heading, action) = ("Create an event", "/my/events/new".to_owned());
     let body = match form.body() {
         Ok(b) => Value::Object(b),
         Err(field) => {
-            return form_again(&site, &page, (heading, action, "Save as draft"), form, None, Some(field)).await;
+            return Ok(form_again(&site, &page, (heading, action, "Save as draft"), form, None, Some(field)).await);
         }
     };
     let key = HeaderValue::from_str(&form.key).ok().filter(|_| {
@@ -246,19 +238,21 @@ pub(crate) async fn create(State(site): State<Arc<Site>>, page: Page, Form(form)
     });
     let extra: Vec<(HeaderName, HeaderValue)> =
         key.into_iter().map(|k| (HeaderName::from_static("idempotency-key"), k)).collect();
-    match site
-        .send(Upstream::Events, Method::POST, "/api/v1/events", Some(token), Some(&body), &page.address, &extra)
-        .await
-    {
-        Ok(answer) => match answer.json::<Event>() {
-            Ok(e) => Redirect::to(&format!("/my/events/{}?notice=created", e.id)).into_response(),
-            Err(_) => Redirect::to("/my/events").into_response(),
+    Ok(
+        match site
+            .send(Upstream::Events, Method::POST, "/api/v1/events", Some(token), Some(&body), &page.address, &extra)
+            .await
+        {
+            Ok(answer) => match answer.json::<Event>() {
+                Ok(e) => Redirect::to(&format!("/my/events/{}?notice=created", e.id)).into_response(),
+                Err(_) => Redirect::to("/my/events").into_response(),
+            },
+            Err(f) if f.status.is_client_error() && f.status != StatusCode::UNAUTHORIZED => {
+                form_again(&site, &page, (heading, action, "Save as draft"), form, Some(&f), None).await
+            }
+            Err(f) => pages::failed(&page, &f, "/my/events/new"),
         },
-        Err(f) if f.status.is_client_error() && f.status != StatusCode::UNAUTHORIZED => {
-            form_again(&site, &page, (heading, action, "Save as draft"), form, Some(&f), None).await
-        }
-        Err(f) => pages::failed(&page, &f, "/my/events/new"),
-    }
+    )
 }
 
 /// The viewer's event `id` (the events service refuses anyone else's changes).
@@ -268,22 +262,19 @@ async fn fetch(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Result<
 
 /// The viewer's token, their event `id` and its edit page's path; or the page that answers
 /// instead (404, log in, the events service's refusal).
-async fn editing<'p>(site: &Site, page: &'p Page, id: PathId) -> Result<(&'p str, Event, String), Box<Response>> {
+async fn editing<'p>(site: &Site, page: &'p Page, id: PathId) -> Result<(&'p str, Event, String), Halt> {
     let id = page.event_id(id)?;
     let back = format!("/my/events/{id}/edit");
     let token = page.signed(&back)?;
     match fetch(site, page, token, id).await {
         Ok(event) => Ok((token, event, back)),
-        Err(f) => Err(Box::new(pages::failed(page, &f, &back))),
+        Err(f) => Err(pages::failed(page, &f, &back).into()),
     }
 }
 
 /// `GET /my/events/{id}/edit`.
-pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
-    let (_, event, back) = match editing(&site, &page, id).await {
-        Ok(found) => found,
-        Err(r) => return *r,
-    };
+pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, id: PathId) -> PageResult {
+    let (_, event, back) = editing(&site, &page, id).await?;
     let t = EventFormPage {
         layout: page.layout(&site, "Edit the event").await,
         heading: format!("Edit “{}”", event.title),
@@ -293,7 +284,7 @@ pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, id: Pat
         fields: BTreeMap::new(),
         summary: None,
     };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 /// `POST /my/events/{id}/edit`: only the fields that changed are sent.
@@ -302,17 +293,14 @@ pub(crate) async fn edit(
     page: Page,
     id: PathId,
     Form(form): Form<EventForm>,
-) -> Response {
-    let (token, event, back) = match editing(&site, &page, id).await {
-        Ok(found) => found,
-        Err(r) => return *r,
-    };
+) -> PageResult {
+    let (token, event, back) = editing(&site, &page, id).await?;
     let id = event.id;
     let heading = format!("Edit “{}”", event.title);
     let (now, was) = match (form.body(), EventForm::of(&event).body()) {
         (Ok(now), Ok(was)) => (now, was),
         (Err(field), _) | (_, Err(field)) => {
-            return form_again(&site, &page, (&heading, back, "Save changes"), form, None, Some(field)).await;
+            return Ok(form_again(&site, &page, (&heading, back, "Save changes"), form, None, Some(field)).await);
         }
     };
     let mut patch: Map<String, Value> = now.into_iter().filter(|(k, v)| was.get(k) != Some(v)).collect();
@@ -325,23 +313,25 @@ pub(crate) async fn edit(
         }
     }
     if patch.is_empty() {
-        return Redirect::to(&format!("/my/events/{id}?notice=unchanged")).into_response();
+        return Ok(Redirect::to(&format!("/my/events/{id}?notice=unchanged")).into_response());
     }
     let path = format!("/api/v1/events/{id}");
-    match site
-        .send(Upstream::Events, Method::PATCH, &path, Some(token), Some(&Value::Object(patch)), &page.address, &[])
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("/my/events/{id}?notice=saved")).into_response(),
-        Err(f)
-            if f.status.is_client_error()
-                && f.status != StatusCode::UNAUTHORIZED
-                && f.status != StatusCode::NOT_FOUND =>
+    Ok(
+        match site
+            .send(Upstream::Events, Method::PATCH, &path, Some(token), Some(&Value::Object(patch)), &page.address, &[])
+            .await
         {
-            form_again(&site, &page, (&heading, back, "Save changes"), form, Some(&f), None).await
-        }
-        Err(f) => pages::failed(&page, &f, &back),
-    }
+            Ok(_) => Redirect::to(&format!("/my/events/{id}?notice=saved")).into_response(),
+            Err(f)
+                if f.status.is_client_error()
+                    && f.status != StatusCode::UNAUTHORIZED
+                    && f.status != StatusCode::NOT_FOUND =>
+            {
+                form_again(&site, &page, (&heading, back, "Save changes"), form, Some(&f), None).await
+            }
+            Err(f) => pages::failed(&page, &f, &back),
+        },
+    )
 }
 
 #[derive(Template)]
@@ -367,12 +357,9 @@ impl Manage {
 }
 
 /// `GET /my/events/{id}`.
-pub(crate) async fn manage(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
-    let id = match page.event_id(id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    manage_page(&site, &page, id, None).await
+pub(crate) async fn manage(State(site): State<Arc<Site>>, page: Page, id: PathId) -> PageResult {
+    let id = page.event_id(id)?;
+    Ok(manage_page(&site, &page, id, None).await)
 }
 
 /// A list of people on event `id` (`participants`, `waitlist`, `bans`), with their names.
@@ -396,7 +383,7 @@ async fn manage_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<&Fa
     let back = format!("/my/events/{id}");
     let token = match page.signed(&back) {
         Ok(t) => t,
-        Err(r) => return *r,
+        Err(halt) => return halt.into_response(),
     };
     let event = match fetch(site, page, token, id).await {
         Ok(e) => e,
@@ -451,14 +438,11 @@ pub(crate) async fn act(
     page: Page,
     path: Result<Path<(uuid::Uuid, String)>, keel::http::Problem>,
     Form(form): Form<ActionForm>,
-) -> Response {
+) -> PageResult {
     // Anything but a UUID names no event: the 404 page.
-    let Ok(Path((id, action))) = path else { return pages::not_found(&page) };
+    let Ok(Path((id, action))) = path else { return Ok(pages::not_found(&page)) };
     let back = format!("/my/events/{id}");
-    let token = match page.signed(&back) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+    let token = page.signed(&back)?;
     let user = uuid::Uuid::parse_str(form.user_id.trim()).ok();
     let reason = form.reason.trim();
     let reason_body = if reason.is_empty() { json!({}) } else { json!({ "reason": reason }) };
@@ -485,9 +469,9 @@ pub(crate) async fn act(
         ("unban", Some(u)) => {
             (Upstream::Joins, Method::DELETE, format!("/api/v1/events/{id}/bans/{u}"), None, "unbanned")
         }
-        _ => return pages::not_found(&page),
+        _ => return Ok(pages::not_found(&page)),
     };
-    match site.send(upstream, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {
+    Ok(match site.send(upstream, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {
         Ok(_) => Redirect::to(&format!("{back}?notice={notice}")).into_response(),
         Err(f)
             if f.status.is_client_error()
@@ -497,7 +481,7 @@ pub(crate) async fn act(
             manage_page(&site, &page, id, Some(&f)).await
         }
         Err(f) => pages::failed(&page, &f, &back),
-    }
+    })
 }
 
 #[cfg(test)]

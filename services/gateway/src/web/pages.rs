@@ -57,6 +57,27 @@ const NOTICES: &[(&str, &str)] = &[
 ];
 
 /// What a page handler knows of its request (an extractor; never refuses).
+/// What a page handler answers: its page, or a [`Halt`]. Both are HTML for a person, never a
+/// problem document (the site's pages answer pages; the API answers problems).
+pub(crate) type PageResult = Result<Response, Halt>;
+
+/// A page handler's answer decided before the handler's own: the redirect to sign in, the 404
+/// page. Helpers return it and `?` answers it. Boxed: it travels in `Result`s.
+#[derive(Debug)]
+pub(crate) struct Halt(Box<Response>);
+
+impl IntoResponse for Halt {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl From<Response> for Halt {
+    fn from(page: Response) -> Self {
+        Self(Box::new(page))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Page {
     pub(crate) viewer: Viewer,
@@ -88,13 +109,13 @@ impl Page {
     }
 
     /// The access token, or the redirect to log in and come back to `back`.
-    pub(crate) fn signed(&self, back: &str) -> Result<&str, Box<Response>> {
-        self.token().ok_or_else(|| Box::new(Redirect::to(&login_then(back)).into_response()))
+    pub(crate) fn signed(&self, back: &str) -> Result<&str, Halt> {
+        self.token().ok_or_else(|| Redirect::to(&login_then(back)).into_response().into())
     }
 
     /// A path's `{id}` as a UUID: anything else names no event, so the 404 page.
-    pub(crate) fn event_id(&self, id: PathId) -> Result<uuid::Uuid, Box<Response>> {
-        id.map(|Path(id)| id).map_err(|_| Box::new(not_found(self)))
+    pub(crate) fn event_id(&self, id: PathId) -> Result<uuid::Uuid, Halt> {
+        id.map(|Path(id)| id).map_err(|_| not_found(self).into())
     }
 
     /// The layout around this page, with the viewer's unread notifications counted.

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::Site;
 use super::account::{Errors, status_of};
 use super::call::Failure;
-use super::pages::{self, Layout, Page, PathId, render};
+use super::pages::{self, Layout, Page, PageResult, PathId, render};
 use super::session;
 use crate::routes::Upstream;
 
@@ -95,11 +95,8 @@ pub(crate) async fn show(
     State(site): State<Arc<Site>>,
     page: Page,
     query: Result<Query<AccountQuery>, keel::http::Problem>,
-) -> Response {
-    let token = match page.signed(ACCOUNT) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+) -> PageResult {
+    let token = page.signed(ACCOUNT)?;
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let listed = sessions(&site, &page, token).await;
     // Ending a session, here or elsewhere, ends the account's access tokens: the kept one may be
@@ -113,9 +110,9 @@ pub(crate) async fn show(
         if let Some(n) = &query.notice {
             again.append_pair("notice", n);
         }
-        return Redirect::to(&format!("{ACCOUNT}?{}", again.finish())).into_response();
+        return Ok(Redirect::to(&format!("{ACCOUNT}?{}", again.finish())).into_response());
     }
-    account_page(&site, &page, listed, Errors::default(), StatusCode::OK).await
+    Ok(account_page(&site, &page, listed, Errors::default(), StatusCode::OK).await)
 }
 
 /// `GET /account`'s query: the notice to show, and whether this is the reload after a refused
@@ -140,14 +137,11 @@ pub(crate) async fn change_password(
     State(site): State<Arc<Site>>,
     page: Page,
     Form(form): Form<PasswordForm>,
-) -> Response {
-    let token = match page.signed(ACCOUNT) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+) -> PageResult {
+    let token = page.signed(ACCOUNT)?;
     let body = json!({ "current_password": form.current_password, "new_password": form.new_password });
     let pair = site.post::<TokenPair>(Upstream::Auth, "/api/v1/auth/password", Some(token), &body, &page.address).await;
-    match pair {
+    Ok(match pair {
         Ok(pair) => {
             if let Some(signed) = &page.viewer.signed {
                 site.sessions.forget(&signed.refresh);
@@ -165,46 +159,50 @@ pub(crate) async fn change_password(
             account_page(&site, &page, listed, errors, status_of(&f)).await
         }
         Err(f) => pages::failed(&page, &f, ACCOUNT),
-    }
+    })
 }
 
 /// `POST /account/sessions/{id}/end`: logs one device out (this one too, if it is this one).
-pub(crate) async fn end_session(State(site): State<Arc<Site>>, page: Page, id: PathId) -> Response {
-    let token = match page.signed(ACCOUNT) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let Ok(Path(id)) = id else { return pages::not_found(&page) };
+pub(crate) async fn end_session(State(site): State<Arc<Site>>, page: Page, id: PathId) -> PageResult {
+    let token = page.signed(ACCOUNT)?;
+    let Ok(Path(id)) = id else { return Ok(pages::not_found(&page)) };
     let path = format!("/api/v1/auth/sessions/{id}");
-    match site.send(Upstream::Auth, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
+    Ok(match site.send(Upstream::Auth, Method::DELETE, &path, Some(token), None, &page.address, &[]).await {
         // Gone already (another tab ended it): what was asked for is so.
         Ok(_) => Redirect::to("/account?notice=session_ended").into_response(),
         Err(f) if f.code() == Some("session_not_found") => {
             Redirect::to("/account?notice=session_ended").into_response()
         }
         Err(f) => pages::failed(&page, &f, ACCOUNT),
-    }
+    })
 }
 
 /// `POST /account/logout-all`: every device, this one included.
-pub(crate) async fn logout_all(State(site): State<Arc<Site>>, page: Page) -> Response {
-    let token = match page.signed(ACCOUNT) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+pub(crate) async fn logout_all(State(site): State<Arc<Site>>, page: Page) -> PageResult {
+    let token = page.signed(ACCOUNT)?;
     let empty = json!({});
-    match site
-        .send(Upstream::Auth, Method::POST, "/api/v1/auth/logout-all", Some(token), Some(&empty), &page.address, &[])
-        .await
-    {
-        Ok(_) => {
-            if let Some(signed) = &page.viewer.signed {
-                site.sessions.forget(&signed.refresh);
+    Ok(
+        match site
+            .send(
+                Upstream::Auth,
+                Method::POST,
+                "/api/v1/auth/logout-all",
+                Some(token),
+                Some(&empty),
+                &page.address,
+                &[],
+            )
+            .await
+        {
+            Ok(_) => {
+                if let Some(signed) = &page.viewer.signed {
+                    site.sessions.forget(&signed.refresh);
+                }
+                session::end(Redirect::to("/login?notice=signed_out_everywhere"))
             }
-            session::end(Redirect::to("/login?notice=signed_out_everywhere"))
-        }
-        Err(f) => pages::failed(&page, &f, ACCOUNT),
-    }
+            Err(f) => pages::failed(&page, &f, ACCOUNT),
+        },
+    )
 }
 
 /// A kind of mail the preferences page lists.
@@ -224,18 +222,15 @@ struct MailSettings {
 const MAIL_SETTINGS: &str = "/settings/notifications";
 
 /// `GET /settings/notifications` (linked from every mail that can be turned off).
-pub(crate) async fn mail(State(site): State<Arc<Site>>, page: Page) -> Response {
-    let token = match page.signed(MAIL_SETTINGS) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+pub(crate) async fn mail(State(site): State<Arc<Site>>, page: Page) -> PageResult {
+    let token = page.signed(MAIL_SETTINGS)?;
     let prefs: MailPreferences =
         match site.get(Upstream::Notifier, "/api/v1/me/mail-preferences", Some(token), &page.address).await {
             Ok(p) => p,
-            Err(f) => return pages::failed(&page, &f, MAIL_SETTINGS),
+            Err(f) => return Ok(pages::failed(&page, &f, MAIL_SETTINGS)),
         };
     let t = MailSettings { layout: page.layout(&site, "Mail settings").await, choices: choices(&prefs) };
-    render(StatusCode::OK, &t)
+    Ok(render(StatusCode::OK, &t))
 }
 
 fn choices(p: &MailPreferences) -> Vec<Choice> {
@@ -268,20 +263,17 @@ impl MailForm {
 }
 
 /// `POST /settings/notifications`.
-pub(crate) async fn save_mail(State(site): State<Arc<Site>>, page: Page, Form(form): Form<MailForm>) -> Response {
-    let token = match page.signed(MAIL_SETTINGS) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
+pub(crate) async fn save_mail(State(site): State<Arc<Site>>, page: Page, Form(form): Form<MailForm>) -> PageResult {
+    let token = page.signed(MAIL_SETTINGS)?;
     let body = match serde_json::to_value(form.preferences()) {
         Ok(b) => b,
-        Err(_) => return pages::failed(&page, &Failure::unreadable(Upstream::Notifier), MAIL_SETTINGS),
+        Err(_) => return Ok(pages::failed(&page, &Failure::unreadable(Upstream::Notifier), MAIL_SETTINGS)),
     };
     let path = "/api/v1/me/mail-preferences";
-    match site.send(Upstream::Notifier, Method::PUT, path, Some(token), Some(&body), &page.address, &[]).await {
+    Ok(match site.send(Upstream::Notifier, Method::PUT, path, Some(token), Some(&body), &page.address, &[]).await {
         Ok(_) => Redirect::to("/settings/notifications?notice=saved").into_response(),
         Err(f) => pages::failed(&page, &f, MAIL_SETTINGS),
-    }
+    })
 }
 
 #[cfg(test)]
