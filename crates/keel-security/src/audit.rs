@@ -20,9 +20,9 @@
 //!   logs.
 //!
 //! Appends are serialized so concurrent writers still build one chain: PostgreSQL takes a
-//! transaction's advisory lock that only other appenders wait on, MySQL/MariaDB lock the last row (`FOR UPDATE`), and
-//! SQLite has a single writer; a writer that loses a race (a duplicate id, a deadlock, a busy
-//! database) retries. Details are masked ([`keel_telemetry::mask::Masker`]) before they are
+//! transaction's advisory lock that only other appenders wait on, MySQL/MariaDB lock the last
+//! row (`FOR UPDATE`), and SQLite has a single writer; a writer that loses a race (a duplicate
+//! id, a deadlock, a busy database) retries. Details are masked ([`keel_telemetry::mask::Masker`]) before they are
 //! stored or logged.
 //!
 //! ```ignore

@@ -150,11 +150,6 @@ impl Migrations {
         self.postgres.is_none() && self.mysql.is_none() && self.sqlite.is_none() && self.libraries.is_empty()
     }
 
-    /// The libraries' sets, in the order they are applied.
-    pub fn libraries(&self) -> impl Iterator<Item = &Migrations> {
-        self.libraries.iter()
-    }
-
     /// Applies every pending migration, the libraries' sets first; returns how many. A backend
     /// a set ships no migrations for has nothing to apply.
     ///
@@ -288,13 +283,16 @@ impl Migrations {
     /// SQL errors other than "the migrations table does not exist yet".
     pub async fn status(&self, pool: &AnyPool, backend: Backend) -> Result<Vec<MigrationState>, DataError> {
         let mut conn = pool.acquire().await?;
+        // A version the service's copy applied counts as applied: `migrate` only moves its record.
+        let copies = if self.libraries.iter().any(|l| !l.adopts.is_empty()) {
+            described_rows(&mut conn, SERVICE_TABLE).await?
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::new();
         for set in self.libraries.iter().chain(std::iter::once(self)) {
             let Some(m) = set.for_backend(backend) else { continue };
             let rows = applied_rows(&mut conn, backend, &set.table).await?;
-            // A version the service's copy applied counts as applied: `migrate` only moves its record.
-            let copies =
-                if set.adopts.is_empty() { Vec::new() } else { described_rows(&mut conn, SERVICE_TABLE).await? };
             out.extend(m.iter().filter(|x| x.migration_type.is_up_migration()).map(|x| {
                 let row = rows.iter().find(|r| r.0 == x.version);
                 let copied = set

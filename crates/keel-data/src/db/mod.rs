@@ -30,23 +30,6 @@ pub use sqlite_file::prepare_sqlite_file;
 pub use sqlx;
 pub use trace::Traced;
 
-/// Counts a statement's error on the database's metrics and availability as it becomes a
-/// [`DataError`] ([`Db::observe`]), for results of statements a service runs itself.
-///
-/// ```ignore
-/// let row = sqlx::query(sql).fetch_optional(db.exec()).await.observed(&db)?;
-/// ```
-pub trait Observe<T> {
-    /// See the [trait docs](Observe).
-    fn observed(self, db: &Db) -> Result<T, DataError>;
-}
-
-impl<T> Observe<T> for Result<T, sqlx::Error> {
-    fn observed(self, db: &Db) -> Result<T, DataError> {
-        self.map_err(|e| db.observe(e))
-    }
-}
-
 use keel_health::connect::{ConnectTracker, Phase};
 use keel_health::{CheckFuture, HealthCheck, Kind, Outcome};
 use keel_resilience::Backoff;
@@ -922,6 +905,23 @@ impl HealthCheck for DbCheck {
             }
             self.db.check().await
         })
+    }
+}
+
+/// Counts a statement's error on the database's metrics and availability as it becomes a
+/// [`DataError`] ([`Db::observe`]), for results of statements a service runs itself.
+///
+/// ```ignore
+/// let row = sqlx::query(sql).fetch_optional(db.exec()).await.observed(&db)?;
+/// ```
+pub trait Observe<T> {
+    /// See the [trait docs](Observe).
+    fn observed(self, db: &Db) -> Result<T, DataError>;
+}
+
+impl<T> Observe<T> for Result<T, sqlx::Error> {
+    fn observed(self, db: &Db) -> Result<T, DataError> {
+        self.map_err(|e| db.observe(e))
     }
 }
 
