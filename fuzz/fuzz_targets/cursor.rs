@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Cursor::decode(&c.encode()).as_ref(), Some(&c));
         }
         None => {
-            assert!(text.is_empty() || Page::parse(None, Some(text)).is_err(), "refused by decode, accepted by the query");
+            assert!(
+                text.is_empty() || Page::parse(None, Some(text)).is_err(),
+                "refused by decode, accepted by the query"
+            );
         }
     }
 });
