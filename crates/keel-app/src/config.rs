@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use keel_config::{Aggregate, Profile, Reader, Secret, Section, Validation};
+use keel_config::{Aggregate, Profile, Reader, Section, Validation};
 use keel_data::DatabaseConfig;
 use keel_events::{BusConfig, OutboxConfig};
 use keel_features::FeaturesConfig;
@@ -18,6 +18,7 @@ use keel_health::HealthConfig;
 use keel_http::client::UpstreamConfig;
 use keel_http::cors::CorsConfig;
 use keel_http::{HttpConfig, StackConfig};
+use keel_management::ManagementConfig;
 use keel_rate_limit::RateLimitPolicy;
 use keel_redis::RedisConfig;
 use keel_security::SecurityConfig;
@@ -242,21 +243,6 @@ impl Aggregate for KeelConfig {
         shown
     }
 }
-
-/// `management.*`: the listener for `/metrics` and `/admin`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-#[non_exhaustive]
-pub struct ManagementConfig {
-    /// `ip:port` to bind. Default `127.0.0.1:<http.port + 1000>`. Set it equal to the public
-    /// address to serve everything on one port.
-    pub addr: Option<SocketAddr>,
-    /// Bearer token that `/admin/*` requires (a secret: env, `${VAR}` or `admin_token_file`).
-    /// Unset: `/admin/*` answers 401 for everyone.
-    pub admin_token: Option<Secret>,
-}
-
-impl Section for ManagementConfig {}
 
 /// `shutdown.*`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -37,10 +37,10 @@ use tokio_util::sync::CancellationToken;
 use super::config::worker_threads;
 use super::lifecycle::{Running, StartError, start_in};
 use super::service::{BuildInfo, Service};
-use super::status::Process;
 use super::{KeelConfig, Loaded, Loader};
 use super::{Signals, cli::exit, install_panic_hook, runtime, startup_error};
 use keel_config::{ConfigError, Profile, Section};
+use keel_management::status::Process;
 use keel_telemetry::{self as telemetry, TelemetryOptions};
 
 type StartFuture = Pin<Box<dyn Future<Output = Result<Running, StartError>> + Send>>;

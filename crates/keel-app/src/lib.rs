@@ -28,18 +28,15 @@
 
 #![forbid(unsafe_code)]
 
-mod admin_session;
 mod cli;
 mod config;
 mod group;
 mod lifecycle;
-mod management;
 #[cfg(feature = "sql")]
 mod migrate;
 #[cfg(feature = "security")]
 mod security;
 mod service;
-mod status;
 
 use std::process::ExitCode;
 
@@ -48,7 +45,7 @@ use clap::{CommandFactory, FromArgMatches};
 /// The `clap` Keel's CLI is built with, for [`Service::command`].
 pub use clap;
 pub use cli::exit;
-pub use config::{Config, KeelConfig, Loaded, Loader, ManagementConfig, RuntimeConfig, ShutdownConfig};
+pub use config::{Config, KeelConfig, Loaded, Loader, RuntimeConfig, ShutdownConfig};
 pub use group::{Group, GroupError};
 pub use lifecycle::{Running, ShutdownError, StartError, check, start};
 pub use service::{BuildInfo, Service, Setup, SetupError};

@@ -31,16 +31,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::admin_session::SignInCodes;
-use super::management::{self, Admin};
 use super::service::{BuildInfo, HookFn, Service, Setup, SetupError, TaskFn};
-use super::status::{self, Process};
 use super::{KeelConfig, Loaded, ShutdownConfig};
 use keel_config::Profile;
 use keel_config::{ReloadLog, Section};
 use keel_features::{Flags, FlagsOptions};
 use keel_health::Health;
 use keel_http::{StackError, StackHandle};
+use keel_management::status::{self, Identity, Process};
+use keel_management::{Admin, SignInCodes};
 use keel_telemetry::Metrics;
 use keel_workers::Workers;
 
@@ -560,7 +559,12 @@ fn summary<C: Section>(s: &Setup<C>, has_database: bool) -> Vec<(String, String)
 
 fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (Router, Admin) {
     let sources = status::Sources {
-        build: a.build.clone(),
+        identity: Identity {
+            name: a.build.name.clone(),
+            version: a.build.version.clone(),
+            commit: a.build.commit.clone(),
+            build: a.build.profile.clone(),
+        },
         profile: a.profile,
         started_at: a.started_at,
         started: a.started,
@@ -577,13 +581,8 @@ fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (R
         config_yaml: a.config_yaml.clone(),
         listeners: Arc::default(),
     };
-    let admin = Admin {
-        token: a.keel.management.admin_token.clone(),
-        sources,
-        process: process.clone(),
-        codes: SignInCodes::default(),
-    };
-    (management::router(a.metrics.clone(), admin.clone(), own_listener), admin)
+    let admin = Admin::new(a.keel.management.admin_token.clone(), sources, process.clone());
+    (admin.router(a.metrics.clone(), own_listener), admin)
 }
 
 /// Builds and starts a service on a loaded configuration: runs its set-up, binds its
@@ -746,20 +745,9 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
     }
     member.in_scope(|| workers.start(&stop_tasks));
     // The status page's traffic rates compare readings of the metrics.
-    let traffic = admin.sources.traffic.clone();
-    let stop_sampling = stop_tasks.child_token();
-    tasks.spawn(&tracker, "status-traffic".into(), async move {
-        let mut every = tokio::time::interval(status::SAMPLE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop_sampling.cancelled() => break,
-                _ = every.tick() => traffic.record(),
-            }
-        }
-    });
-    let _ = admin.sources.listeners.set((bound_http, bound_mgmt.unwrap_or(bound_http), grpc_addr));
-    process.join(admin.sources.clone(), admin.token.clone());
+    let sampling = admin.sources().traffic.clone().sample(stop_tasks.child_token());
+    tasks.spawn(&tracker, "status-traffic".into(), sampling);
+    admin.serving(status::Bound { http: bound_http, management: bound_mgmt.unwrap_or(bound_http), grpc: grpc_addr });
     if keel.features.reload && flags.file().is_some() {
         let watch = flags.clone().watch(keel.features.poll_interval, stop_tasks.child_token());
         tasks.spawn(&tracker, "feature-flags-watch".into(), watch);
@@ -792,7 +780,7 @@ async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, Sta
         servers,
         hooks,
         stack,
-        sign_in: admin.token.is_some().then(|| admin.codes.clone()),
+        sign_in: admin.sign_in_codes().cloned(),
     })
 }
 

@@ -40,7 +40,8 @@
 //! | [`workers`] | `keel-workers` | supervised periodic and continuous background workers |
 //! | [`events`] | `keel-events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
 //! | [`slo`] | `keel-slo` | SLO files turned into Prometheus recording rules and burn-rate alerts, beside alerts on Keel's own metrics (`<binary> slo rules`) |
-//! | [`app`] | `keel-app` | service definition, start-up, graceful shutdown, the shared CLI, the management listener |
+//! | [`management`] | `keel-management` | the management listener: `/metrics`, the operator page and its sign-in, the log level |
+//! | [`app`] | `keel-app` | service definition, start-up, graceful shutdown, the shared CLI |
 //! | `testing` | `keel-testing` | fault proxy and per-test databases (feature `test-util`) |
 //!
 //! Each crate owns its configuration section (`http::HttpConfig`, `data::DatabaseConfig`, …),
@@ -60,6 +61,7 @@ pub use keel_features as features;
 pub use keel_grpc as grpc;
 pub use keel_health as health;
 pub use keel_http as http;
+pub use keel_management as management;
 /// RFC 9457 problem documents (also `keel::http::problem`, where the HTTP stack renders them).
 pub use keel_problem as problem;
 pub use keel_redis as redis;

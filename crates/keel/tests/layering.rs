@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "keel-features",
     "keel-workers",
     "keel-events",
+    "keel-management",
     "keel-app",
     "keel-testing",
 ];

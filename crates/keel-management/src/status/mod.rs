@@ -3,8 +3,9 @@
 //! their breakers, rate limits, workers, consumers and their lag, the outbox, feature flags and
 //! recent reloads. HTML from compile-checked templates ([`page`]) or JSON.
 //!
-//! A service run alone shows itself. Services run together by a [`crate::Group`] register in
-//! one [`Process`]: each of their management listeners shows all of them, this one first.
+//! A service run alone shows itself. Services run together in one process (keel-app's `Group`)
+//! register in one [`Process`]: each of their management listeners shows all of them, this one
+//! first.
 
 mod page;
 mod traffic;
@@ -15,7 +16,6 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::BuildInfo;
 use keel_config::{Profile, ReloadEvent, ReloadLog, Secret};
 use keel_features::{Flags, FlagsReport};
 use keel_health::{Health, Kind, Report};
@@ -26,37 +26,73 @@ use keel_workers::{WorkerStatus, Workers};
 
 pub(crate) use page::{CSS, STYLESHEET, render_html, render_login};
 use traffic::{ConsumerInfo, Families, OutboxInfo, TrafficInfo, UpstreamInfo};
-pub(crate) use traffic::{SAMPLE_EVERY, Traffic};
+pub use traffic::{SAMPLE_EVERY, Traffic};
+
+/// Which service and build a page is about.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The service's name: the page's title and the admin token's variable prefix.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The git commit it was built from.
+    pub commit: String,
+    /// `debug` or `release`.
+    pub build: String,
+}
+
+/// The bound listeners a page names.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The public HTTP listener.
+    pub http: SocketAddr,
+    /// The management listener (the public one when they share it).
+    pub management: SocketAddr,
+    /// The gRPC listener, when the service serves gRPC.
+    pub grpc: Option<SocketAddr>,
+}
 
 /// Everything the status page reads of one service; built once at start-up, cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Sources {
-    pub(crate) build: BuildInfo,
-    pub(crate) profile: Profile,
-    pub(crate) started_at: SystemTime,
-    pub(crate) started: Instant,
-    pub(crate) health: Health,
-    pub(crate) breakers: Option<breaker::Registry>,
-    pub(crate) limiters: Vec<Arc<RateLimiter>>,
-    pub(crate) workers: Workers,
-    pub(crate) flags: Flags,
-    pub(crate) reloads: ReloadLog,
-    pub(crate) metrics: Metrics,
-    pub(crate) traffic: Traffic,
+pub struct Sources {
+    /// The service and its build.
+    pub identity: Identity,
+    /// The configuration profile it runs under.
+    pub profile: Profile,
+    /// When it started, for the page's start time.
+    pub started_at: SystemTime,
+    /// When it started, for its uptime.
+    pub started: Instant,
+    /// Its health registry.
+    pub health: Health,
+    /// Its circuit breakers, if it has upstreams.
+    pub breakers: Option<breaker::Registry>,
+    /// Its rate limiters.
+    pub limiters: Vec<Arc<RateLimiter>>,
+    /// Its background workers.
+    pub workers: Workers,
+    /// Its feature flags.
+    pub flags: Flags,
+    /// Its recent configuration and log-level reloads.
+    pub reloads: ReloadLog,
+    /// Its metrics registry, read for traffic, upstream, consumer and outbox figures.
+    pub metrics: Metrics,
+    /// Its traffic rates (see [`Traffic::sample`]).
+    pub traffic: Traffic,
     /// `(name, base URL)` of each upstream.
-    pub(crate) upstreams: Vec<(String, String)>,
+    pub upstreams: Vec<(String, String)>,
     /// The settings worth a glance, secrets masked.
-    pub(crate) summary: Vec<(String, String)>,
+    pub summary: Vec<(String, String)>,
     /// The effective configuration as `config check` prints it (secrets as `***`).
-    pub(crate) config_yaml: String,
-    /// The bound listeners `(http, management, grpc)`, once bound (`grpc`: when it serves gRPC).
-    pub(crate) listeners: Arc<OnceLock<(SocketAddr, SocketAddr, Option<SocketAddr>)>>,
+    pub config_yaml: String,
+    /// The bound listeners, once bound.
+    pub listeners: Arc<OnceLock<Bound>>,
 }
 
 /// The services of one process whose status pages show each other — those with the same admin
 /// token: whoever may see one may see them all; cheap to clone.
 #[derive(Clone, Default)]
-pub(crate) struct Process {
+pub struct Process {
     members: Arc<RwLock<Vec<Member>>>,
 }
 
@@ -64,7 +100,8 @@ pub(crate) struct Process {
 type Member = (Sources, Option<Secret>);
 
 impl Process {
-    pub(crate) fn join(&self, sources: Sources, admin_token: Option<Secret>) {
+    /// Adds a service, shown to the members with the same `admin_token`.
+    pub fn join(&self, sources: Sources, admin_token: Option<Secret>) {
         self.members.write().unwrap_or_else(PoisonError::into_inner).push((sources, admin_token));
     }
 
@@ -74,7 +111,7 @@ impl Process {
         let members = self.members.read().unwrap_or_else(PoisonError::into_inner);
         members
             .iter()
-            .filter(|(m, t)| m.build.name != name && t.as_ref().is_some_and(|t| t.expose() == token.expose()))
+            .filter(|(m, t)| m.identity.name != name && t.as_ref().is_some_and(|t| t.expose() == token.expose()))
             .map(|(m, _)| m.clone())
             .collect()
     }
@@ -183,19 +220,19 @@ impl Sources {
             .collect();
         StatusDoc {
             service: ServiceInfo {
-                name: self.build.name.clone(),
-                version: self.build.version.clone(),
-                commit: self.build.commit.clone(),
-                build: self.build.profile.clone(),
+                name: self.identity.name.clone(),
+                version: self.identity.version.clone(),
+                commit: self.identity.commit.clone(),
+                build: self.identity.build.clone(),
                 profile: self.profile.as_str(),
                 started_at: humantime::format_rfc3339_seconds(self.started_at).to_string(),
                 uptime_seconds: self.started.elapsed().as_secs(),
                 log_level: keel_telemetry::log_level(),
             },
-            listeners: self.listeners.get().map(|(http, mgmt, grpc)| Listeners {
-                http: http.to_string(),
-                management: mgmt.to_string(),
-                grpc: grpc.map(|g| g.to_string()),
+            listeners: self.listeners.get().map(|b| Listeners {
+                http: b.http.to_string(),
+                management: b.management.to_string(),
+                grpc: b.grpc.map(|g| g.to_string()),
             }),
             config: ConfigInfo { summary: self.summary.clone(), yaml: self.config_yaml.clone() },
             health: HealthInfo {
@@ -227,7 +264,7 @@ impl Sources {
 
     /// This service's status and, in a group, the other services' that share its admin `token`.
     pub(crate) fn page(&self, process: &Process, token: Option<&Secret>) -> PageDoc {
-        let others = process.others(&self.build.name, token);
+        let others = process.others(&self.identity.name, token);
         PageDoc { this: self.snapshot(), process: others.iter().map(Self::snapshot).collect() }
     }
 }
@@ -242,7 +279,12 @@ mod tests {
     fn sources(name: &str, health: Health, flags: Flags) -> Sources {
         let metrics = Metrics::new();
         Sources {
-            build: BuildInfo::new(name, "1.0", Some("abc"), "debug"),
+            identity: Identity {
+                name: name.into(),
+                version: "1.0".into(),
+                commit: "abc".into(),
+                build: "debug".into(),
+            },
             profile: Profile::Test,
             started_at: SystemTime::now(),
             started: Instant::now(),

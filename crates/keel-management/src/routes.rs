@@ -1,26 +1,3 @@
-//! The management listener: `/metrics` and `/admin/*`.
-//!
-//! | route | answers |
-//! |---|---|
-//! | `GET /metrics` | Prometheus text format (no token) |
-//! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
-//! | `GET /admin/flags` | the active feature flags (JSON) |
-//! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
-//! | `GET /admin/login` | the sign-in form; with `?code=…` a one-time link that signs the browser in |
-//! | `POST /admin/login` | the form's token (`application/x-www-form-urlencoded`): signs the browser in |
-//! | `POST /admin/logout` | ends the browser's session |
-//! | `GET /admin/static/admin.css` | the pages' stylesheet |
-//! | `GET /`, `GET /admin` | 303 to `/admin/status` (on a listener of its own) |
-//!
-//! `/admin/status`, `/admin/flags` and `/admin/log-level` require
-//! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,
-//! loopback included: a local process (a sidecar, a compromised neighbour) is not trusted by
-//! position. A browser signs in instead ([`crate::admin_session`]): its session cookie is
-//! accepted for `GET` and `HEAD`; a change needs the bearer token. A browser without either is
-//! sent to the sign-in form; a script gets 401. Token comparisons take the same time wherever
-//! the given token differs. With no token configured every `/admin/*` route answers 401, naming
-//! the setting: admin is closed, not open. Any other path answers 404.
-
 use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::middleware::{self, Next};
@@ -30,33 +7,60 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::admin_session::{self, SignInCodes};
-use super::status::{self, Process, Sources};
+use crate::session::{self, SignInCodes};
+use crate::status::{self, Bound, Process, Sources};
 
 use keel_config::{Profile, Secret};
 use keel_http::problem::Problem;
 use keel_http::{catch_panic, context, problems, request_id};
 use keel_telemetry::{self as telemetry, METRICS_CONTENT_TYPE, Metrics};
 
-/// What the admin routes share.
+/// One service's management routes and what they share; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Admin {
-    pub(crate) token: Option<Secret>,
-    pub(crate) sources: Sources,
-    pub(crate) process: Process,
-    pub(crate) codes: SignInCodes,
+pub struct Admin {
+    token: Option<Secret>,
+    sources: Sources,
+    process: Process,
+    codes: SignInCodes,
 }
 
 impl Admin {
+    /// The admin of the service `sources` describes, behind `token` (`management.admin_token`;
+    /// `None` closes `/admin/*`). Its page shows the members of `process` with the same token.
+    pub fn new(token: Option<Secret>, sources: Sources, process: Process) -> Self {
+        Self { token, sources, process, codes: SignInCodes::default() }
+    }
+
+    /// What the status page reads.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// The one-time sign-in codes of this listener; `None` without an admin token.
+    pub fn sign_in_codes(&self) -> Option<&SignInCodes> {
+        self.token.as_ref().map(|_| &self.codes)
+    }
+
+    /// Records where the service listens and shows it on the pages of its process.
+    pub fn serving(&self, bound: Bound) {
+        let _ = self.sources.listeners.set(bound);
+        self.process.join(self.sources.clone(), self.token.clone());
+    }
+
+    /// The management routes, `/metrics` rendering `metrics`. On a listener of its own
+    /// (`own_listener`) any other path is 404; sharing the public listener, the API's fallback
+    /// answers instead.
+    pub fn router(&self, metrics: Metrics, own_listener: bool) -> Router {
+        router(metrics, self.clone(), own_listener)
+    }
+
     /// The variable that sets this service's admin token.
     fn token_setting(&self) -> String {
-        format!("{}__MANAGEMENT__ADMIN_TOKEN", keel_config::env_prefix(&self.sources.build.name))
+        format!("{}__MANAGEMENT__ADMIN_TOKEN", keel_config::env_prefix(&self.sources.identity.name))
     }
 }
 
-/// The management routes. On a listener of its own (`own_listener`) any other path is 404;
-/// sharing the public listener, the API's fallback answers instead.
-pub(crate) fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
+fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
     let guarded = Router::new()
         .route("/admin/log-level", get(get_level).put(put_level))
         .route("/admin/status", get(status))
@@ -114,7 +118,7 @@ async fn require_admin(State(admin): State<Admin>, req: Request, next: Next) -> 
         .unwrap_or("");
     let reading = matches!(*req.method(), Method::GET | Method::HEAD);
     let allowed = token_matches(given.as_bytes(), token.expose().as_bytes())
-        || (reading && admin_session::from_headers(req.headers()).is_some_and(|c| admin_session::verify(token, c)));
+        || (reading && session::from_headers(req.headers()).is_some_and(|c| session::verify(token, c)));
     let to_login = !allowed && reading && given.is_empty() && wants_html(req.headers());
     if allowed {
         return next.run(req).await;
@@ -200,13 +204,13 @@ struct LoginForm {
 }
 
 fn login_page(admin: &Admin, status: StatusCode, error: Option<&str>) -> Response {
-    page(status, status::render_login(&admin.sources.build.name, &admin.token_setting(), error))
+    page(status, status::render_login(&admin.sources.identity.name, &admin.token_setting(), error))
 }
 
 /// Signed in: the session cookie, and on to the operator page.
 fn signed_in(token: &Secret) -> Response {
     let mut r = Redirect::to("/admin/status").into_response();
-    if let Ok(v) = HeaderValue::from_str(&admin_session::set_cookie(Some(&admin_session::issue(token)))) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(Some(&session::issue(token)))) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -245,11 +249,11 @@ async fn login(
 
 async fn logout(State(admin): State<Admin>, headers: http::HeaderMap) -> Response {
     // Ended here, not only forgotten by this browser: a copy of the cookie stops working too.
-    if let (Some(token), Some(cookie)) = (&admin.token, admin_session::from_headers(&headers)) {
-        admin_session::end(token, cookie);
+    if let (Some(token), Some(cookie)) = (&admin.token, session::from_headers(&headers)) {
+        session::end(token, cookie);
     }
     let mut r = Redirect::to("/admin/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&admin_session::set_cookie(None)) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None)) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r

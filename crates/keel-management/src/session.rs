@@ -130,13 +130,13 @@ pub(crate) fn from_headers(headers: &http::HeaderMap) -> Option<&str> {
 
 /// One-time sign-in codes of one management listener; cheap to clone.
 #[derive(Clone, Default)]
-pub(crate) struct SignInCodes {
+pub struct SignInCodes {
     codes: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl SignInCodes {
-    /// A new code, valid once for [`LINK_TTL`].
-    pub(crate) fn issue(&self) -> String {
+    /// A new code, valid once for an hour: `/admin/login?code=<code>` signs a browser in.
+    pub fn issue(&self) -> String {
         let code = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
         let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
         codes.retain(|_, at| at.elapsed() < LINK_TTL);

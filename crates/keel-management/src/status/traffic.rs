@@ -13,9 +13,10 @@ use prometheus::proto::MetricFamily;
 use serde::Serialize;
 
 use keel_telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
 
 /// How often a reading is kept.
-pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// The span rates are computed over, once the service is that old.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Routes listed per service, busiest first.
@@ -38,7 +39,7 @@ struct Reading {
 
 /// The readings of one service; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Traffic {
+pub struct Traffic {
     metrics: Metrics,
     started: Instant,
     readings: Arc<Mutex<VecDeque<(Instant, Reading)>>>,
@@ -73,11 +74,25 @@ pub(crate) struct RouteTraffic {
 }
 
 impl Traffic {
-    pub(crate) fn new(metrics: Metrics) -> Self {
+    /// Reads `http_server_*` from `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
         Self { metrics, started: Instant::now(), readings: Arc::default() }
     }
 
-    /// Keeps a reading now (the background task calls it every [`SAMPLE_EVERY`]).
+    /// Records a reading every [`SAMPLE_EVERY`] until `stop` is cancelled: the rates compare
+    /// readings, so a service runs this for as long as it serves.
+    pub async fn sample(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(SAMPLE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = every.tick() => self.record(),
+            }
+        }
+    }
+
+    /// Keeps a reading now.
     pub(crate) fn record(&self) {
         let reading = read(self.metrics.registry().gather().iter());
         let mut r = self.readings.lock().unwrap_or_else(PoisonError::into_inner);

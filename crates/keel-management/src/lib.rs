@@ -1,0 +1,38 @@
+//! The management listener: `/metrics` and `/admin/*`.
+//!
+//! | route | answers |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format (no token) |
+//! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
+//! | `GET /admin/flags` | the active feature flags (JSON) |
+//! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
+//! | `GET /admin/login` | the sign-in form; with `?code=…` a one-time link that signs the browser in |
+//! | `POST /admin/login` | the form's token (`application/x-www-form-urlencoded`): signs the browser in |
+//! | `POST /admin/logout` | ends the browser's session |
+//! | `GET /admin/static/admin.css` | the pages' stylesheet |
+//! | `GET /`, `GET /admin` | 303 to `/admin/status` (on a listener of its own) |
+//!
+//! `/admin/status`, `/admin/flags` and `/admin/log-level` require
+//! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,
+//! loopback included: a local process (a sidecar, a compromised neighbour) is not trusted by
+//! position. A browser signs in instead, with the token or a one-time link ([`SignInCodes`]):
+//! its session cookie is accepted for `GET` and `HEAD`; a change needs the bearer token. A
+//! browser without either is sent to the sign-in form; a script gets 401. Token comparisons take
+//! the same time wherever the given token differs. With no token configured every `/admin/*`
+//! route answers 401, naming the setting: admin is closed, not open. Any other path answers 404.
+//!
+//! This is `keel-management`, re-exported by `keel` as `keel::management`; of Keel's crates it
+//! depends on those whose state the page shows (config, HTTP, telemetry, health, features, rate
+//! limits, resilience, workers). keel-app builds the
+//! [`status::Sources`] of each service and serves [`Admin::router`] on `management.addr`.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod routes;
+mod session;
+pub mod status;
+
+pub use config::ManagementConfig;
+pub use routes::Admin;
+pub use session::SignInCodes;
