@@ -13,14 +13,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::BoxError;
 use axum::body::Body;
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
+
+use keel_http::middleware::ResponseBody;
 
 use crate::body::Cut;
 use crate::status::{Status, response};
@@ -104,8 +104,7 @@ fn after(start: Instant, d: Duration) -> Instant {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Deadline<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -148,8 +147,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Output = Result<Response<Body>, E>;
 

@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::BoxError;
 use axum::body::Body;
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tower::Service;
+
+use keel_http::middleware::ResponseBody;
 
 use crate::body::Observed;
 use crate::method::{Known, UNKNOWN};
@@ -97,8 +97,7 @@ pub struct GrpcMetrics<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcMetrics<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -156,8 +155,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Output = Result<Response<Body>, E>;
 

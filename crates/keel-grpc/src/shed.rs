@@ -5,19 +5,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use axum::BoxError;
 use axum::body::Body;
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tower::Service;
 
+use keel_http::middleware::ResponseBody;
+
 use crate::status::{RETRY_PUSHBACK, Status, pushback, response};
+use keel_http::load_shed::{Admitted, InFlight};
 use keel_http::request_id::RequestId;
 
 /// Milliseconds a shed client is asked to wait.
@@ -29,14 +28,7 @@ const HEALTH: &str = "/grpc.health.v1.Health/";
 /// Counts calls in flight and sheds past the limit. Clones share the count.
 #[derive(Debug, Clone)]
 pub struct ShedLayer {
-    max: usize,
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    in_flight: AtomicUsize,
-    shed: IntCounter,
+    places: InFlight,
 }
 
 impl ShedLayer {
@@ -47,32 +39,12 @@ impl ShedLayer {
             "gRPC calls refused with RESOURCE_EXHAUSTED because too many were in flight.",
         )?;
         metrics.register(shed.clone())?;
-        Ok(Self { max, shared: Arc::new(Shared { in_flight: AtomicUsize::new(0), shed }) })
+        Ok(Self { places: InFlight::new(max).counting_shed(shed) })
     }
 
     /// Calls whose handler is running now.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
-    }
-
-    fn admit(&self) -> Option<Guard> {
-        let before = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = Guard(self.shared.clone());
-        if before < self.max {
-            return Some(guard);
-        }
-        drop(guard);
-        self.shared.shed.inc();
-        None
-    }
-}
-
-/// A place among the calls in flight, given back when dropped.
-struct Guard(Arc<Shared>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.places.taken()
     }
 }
 
@@ -88,8 +60,7 @@ pub struct Shed<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Shed<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -103,7 +74,7 @@ where
         if req.uri().path().starts_with(HEALTH) {
             return ResponseFuture { inner: Some(self.inner.call(req)), guard: None, shed: None };
         }
-        match self.layer.admit() {
+        match self.layer.places.admit() {
             Some(guard) => ResponseFuture { inner: Some(self.inner.call(req)), guard: Some(guard), shed: None },
             None => {
                 let mut status = Status::resource_exhausted("the service is at capacity; retry shortly");
@@ -120,7 +91,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
-        guard: Option<Guard>,
+        guard: Option<Admitted>,
         shed: Option<Response<Body>>,
     }
 }
@@ -128,8 +99,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Output = Result<Response<Body>, E>;
 

@@ -23,13 +23,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::BoxError;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
+
+use keel_http::middleware::ResponseBody;
 use tracing::field::Empty;
 
 use crate::body::Observed;
@@ -64,8 +64,7 @@ pub struct GrpcTrace<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcTrace<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -86,7 +85,6 @@ where
 }
 
 fn call_span<B>(layer: &GrpcTraceLayer, req: &Request<B>) -> tracing::Span {
-    let id = req.extensions().get::<tower_http::request_id::RequestId>().map(|id| id.header_value());
     let (service, method) = layer.known.labels(req.uri().path());
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical());
     let span = tracing::info_span!(
@@ -95,7 +93,7 @@ fn call_span<B>(layer: &GrpcTraceLayer, req: &Request<B>) -> tracing::Span {
         otel.kind = "server",
         otel.status_code = Empty,
         service = layer.service,
-        request_id = id.map(|v| v.to_str().unwrap_or_default()),
+        request_id = keel_http::trace::request_id_field(req),
         rpc.system = "grpc",
         rpc.service = service,
         rpc.method = method,
@@ -108,9 +106,7 @@ fn call_span<B>(layer: &GrpcTraceLayer, req: &Request<B>) -> tracing::Span {
     if keel_telemetry::exporting() {
         span.record("otel.name", format!("{service}/{method}"));
     }
-    if req.headers().contains_key("traceparent") {
-        keel_telemetry::set_parent(&span, keel_telemetry::extract_context(req.headers()));
-    }
+    keel_http::trace::continue_trace(&span, req.headers());
     span
 }
 
@@ -140,8 +136,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: ResponseBody,
 {
     type Output = Result<Response<Body>, E>;
 

@@ -55,7 +55,7 @@ pub mod context;
 pub mod cors;
 pub mod extract;
 pub mod load_shed;
-mod macros;
+pub mod middleware;
 pub mod page;
 
 /// What Keel's exported macros name, not part of the API.

@@ -6,17 +6,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
 use http::Request;
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tower::Service;
+
+use crate::middleware::ResponseBody;
 
 use super::problem::Problem;
 use super::request_id::RequestId;
@@ -24,9 +25,10 @@ use super::request_id::RequestId;
 /// Seconds suggested in `Retry-After` when shedding.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
-/// Counts requests in flight and sheds past the limit. Clones share the count.
+/// Places for the requests (or gRPC calls) in flight, at most `max` taken at once; clones share
+/// them. The count behind [`LoadShedLayer`] and keel-grpc's shedding.
 #[derive(Debug, Clone)]
-pub struct LoadShedLayer {
+pub struct InFlight {
     max: usize,
     // One `Arc` for the count and the counter: axum clones the layered service per request.
     shared: Arc<Shared>,
@@ -35,13 +37,62 @@ pub struct LoadShedLayer {
 #[derive(Debug, Default)]
 struct Shared {
     in_flight: AtomicUsize,
-    shed: Option<IntCounter>,
+    shed: OnceLock<IntCounter>,
+}
+
+impl InFlight {
+    /// At most `max` places.
+    pub fn new(max: usize) -> Self {
+        Self { max, shared: Arc::default() }
+    }
+
+    /// Counts each refusal in `shed`, for every clone (the first counter given stays).
+    #[must_use]
+    pub fn counting_shed(self, shed: IntCounter) -> Self {
+        let _ = self.shared.shed.set(shed);
+        self
+    }
+
+    /// Places taken now.
+    pub fn taken(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Takes a place, given back when the [`Admitted`] is dropped; `None` (counted as shed)
+    /// when all are taken.
+    pub fn admit(&self) -> Option<Admitted> {
+        let before = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        if before < self.max {
+            return Some(Admitted(self.shared.clone()));
+        }
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(c) = self.shared.shed.get() {
+            c.inc();
+        }
+        None
+    }
+}
+
+/// A place taken by [`InFlight::admit`], given back when dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts requests in flight and sheds past the limit. Clones share the count.
+#[derive(Debug, Clone)]
+pub struct LoadShedLayer {
+    places: InFlight,
 }
 
 impl LoadShedLayer {
     /// Sheds when more than `max` requests are in flight.
     pub fn new(max: usize) -> Self {
-        Self { max, shared: Arc::default() }
+        Self { places: InFlight::new(max) }
     }
 
     /// Counts shed requests in `http_server_requests_shed_total`.
@@ -51,13 +102,13 @@ impl LoadShedLayer {
             "Requests refused with 503 because too many were in flight.",
         )?;
         metrics.register(c.clone())?;
-        self.shared = Arc::new(Shared { in_flight: AtomicUsize::new(self.in_flight()), shed: Some(c) });
+        self.places = self.places.counting_shed(c);
         Ok(self)
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
+        self.places.taken()
     }
 }
 
@@ -70,27 +121,6 @@ pub struct LoadShed<S> {
     layer: LoadShedLayer,
 }
 
-impl LoadShedLayer {
-    /// Takes a place among the requests in flight, or counts the request as shed when there is
-    /// none. A place taken is given back with [`release`](Self::release).
-    fn admit(&self) -> bool {
-        let before = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        if before < self.max {
-            return true;
-        }
-        self.release();
-        if let Some(c) = &self.shared.shed {
-            c.inc();
-        }
-        false
-    }
-
-    /// Gives back a place taken by [`admit`](Self::admit).
-    fn release(&self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The 503 answer to a shed request.
 fn shed_response(id: Option<&RequestId>) -> Response {
     Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS)
@@ -98,20 +128,10 @@ fn shed_response(id: Option<&RequestId>) -> Response {
         .into_response_with_id(id.map(RequestId::as_str))
 }
 
-/// A place taken by [`LoadShedLayer::admit`], given back when dropped.
-struct Guard(LoadShedLayer);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 impl<S, ReqB, ResB> Service<Request<ReqB>> for LoadShed<S>
 where
     S: Service<Request<ReqB>, Response = http::Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    ResB: ResponseBody,
 {
     type Response = Response;
     type Error = S::Error;
@@ -122,12 +142,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if !self.layer.admit() {
+        let Some(place) = self.layer.places.admit() else {
             let resp = shed_response(RequestId::from_extensions(req.extensions()).as_ref());
             return ResponseFuture { kind: Kind::Shed { resp: Some(resp) } };
-        }
-        let guard = Guard(self.layer.clone());
-        ResponseFuture { kind: Kind::Running { inner: self.inner.call(req), _guard: guard } }
+        };
+        ResponseFuture { kind: Kind::Running { inner: self.inner.call(req), _place: place } }
     }
 }
 
@@ -144,7 +163,7 @@ pin_project! {
     // 128 bytes.
     #[project = KindProj]
     enum Kind<F> {
-        Running { #[pin] inner: F, _guard: Guard },
+        Running { #[pin] inner: F, _place: Admitted },
         // `None` once the 503 has been returned.
         Shed { resp: Option<Response> },
     }
@@ -153,8 +172,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    ResB: ResponseBody,
 {
     type Output = Result<Response, E>;
 
@@ -169,3 +187,37 @@ where
 }
 
 use axum::response::IntoResponse as _;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn places_are_taken_up_to_max_and_given_back_when_dropped() {
+        let shed = IntCounter::new("shed_total", "refused").unwrap();
+        let places = InFlight::new(2).counting_shed(shed.clone());
+        let first = places.admit().expect("a first place");
+        let second = places.clone().admit().expect("a clone takes from the same places");
+        assert_eq!(places.taken(), 2);
+        assert!(places.admit().is_none(), "past max");
+        assert_eq!(places.taken(), 2, "a refusal keeps no place");
+        assert_eq!(shed.get(), 1, "and is counted");
+        drop(first);
+        assert_eq!(places.taken(), 1);
+        let _third = places.admit().expect("a place given back is free again");
+        drop(second);
+        assert_eq!(places.taken(), 1);
+    }
+
+    #[test]
+    fn a_counter_added_later_sees_the_places_already_taken() {
+        let places = InFlight::new(1);
+        let held = places.admit().unwrap();
+        let counted = places.clone().counting_shed(IntCounter::new("shed_total", "refused").unwrap());
+        assert!(counted.admit().is_none(), "the place held before is still taken");
+        drop(held);
+        assert_eq!(counted.taken(), 0);
+        assert!(places.admit().is_some());
+    }
+}

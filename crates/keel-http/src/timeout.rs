@@ -10,9 +10,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::middleware::ResponseBody;
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
 use http::{Request, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -51,8 +51,7 @@ pub struct Timeout<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Timeout<S>
 where
     S: Service<Request<ReqB>, Response = http::Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    ResB: ResponseBody,
 {
     type Response = Response;
     type Error = S::Error;
@@ -115,8 +114,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<ResB>, E>>,
-    ResB: http_body::Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<axum::BoxError>,
+    ResB: ResponseBody,
 {
     type Output = Result<Response, E>;
 

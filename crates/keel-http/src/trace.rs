@@ -104,8 +104,6 @@ where
 
 /// The request's span, its parent the caller's `traceparent` if it sent one.
 fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
-    // Borrowed, not `RequestId::from_extensions`: a clone of the header value per request.
-    let id = req.extensions().get::<tower_http::request_id::RequestId>().map(|id| id.header_value());
     let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
     let method = req.method().as_str();
     let (host, port) = server_address(req);
@@ -118,7 +116,7 @@ fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
         otel.kind = "server",
         otel.status_code = Empty,
         service = layer.service,
-        request_id = id.map(|v| v.to_str().unwrap_or_default()),
+        request_id = request_id_field(req),
         http.request.method = method,
         http.route = route,
         url.path = req.uri().path(),
@@ -141,10 +139,22 @@ fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
             None => span.record("otel.name", method),
         };
     }
-    if req.headers().contains_key("traceparent") {
-        keel_telemetry::set_parent(&span, keel_telemetry::extract_context(req.headers()));
-    }
+    continue_trace(&span, req.headers());
     span
+}
+
+/// The request's id as a span field. Borrowed, not `RequestId::from_extensions`: that clones
+/// the header value, once per request.
+pub fn request_id_field<B>(req: &Request<B>) -> Option<&str> {
+    let id = req.extensions().get::<tower_http::request_id::RequestId>()?;
+    Some(id.header_value().to_str().unwrap_or_default())
+}
+
+/// Makes `span` a child of the caller's span when the request carries W3C `traceparent`.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        keel_telemetry::set_parent(span, keel_telemetry::extract_context(headers));
+    }
 }
 
 /// `Host` (or the authority of an HTTP/2 or absolute-form request), split into address and
