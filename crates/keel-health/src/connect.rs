@@ -1,13 +1,13 @@
-//! The first connection to a dependency, made in the background — shared by `keel_data` and
-//! `keel_redis`, so both report the same states, reasons and startup checks.
+//! The first connection to a dependency, made in the background — shared by `keel_data`,
+//! `keel_redis` and `keel_events`, so all report the same states, reasons and checks.
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::Outcome;
+use crate::{CheckFuture, HealthCheck, Kind, Outcome};
 use keel_resilience::{Backoff, ConnectConfig};
 
 /// Where a dependency's start-up stands.
@@ -121,6 +121,125 @@ impl ConnectTracker {
                 () = stop.cancelled() => return None,
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+}
+/// A dependency connected in the background (a database, Redis, a broker), reported by two
+/// checks ([`ConnectionCheck`]): at start-up, down once its first connection took longer than
+/// its `connect.max_elapsed`; at readiness, its own probe.
+pub trait Connects: Send + Sync + 'static {
+    /// The readiness check's name (`database`).
+    const READINESS: &'static str;
+    /// The startup check's name (`database_connect`).
+    const STARTUP: &'static str;
+    /// Its background connection.
+    fn connection(&self) -> &ConnectTracker;
+    /// Whether readiness fails while it is down (its section's `required`).
+    fn required(&self) -> bool;
+    /// The readiness check's deadline.
+    fn timeout(&self) -> Duration {
+        crate::DEFAULT_TIMEOUT
+    }
+    /// Probes it for readiness.
+    fn ready(&self) -> CheckFuture<'_>;
+}
+
+/// A [`Connects`]'s startup or readiness check.
+#[derive(Debug, Clone)]
+pub struct ConnectionCheck<D> {
+    dependency: D,
+    startup: bool,
+}
+
+impl<D: Connects> ConnectionCheck<D> {
+    /// The readiness check, [`Connects::READINESS`].
+    pub fn readiness(dependency: D) -> Self {
+        Self { dependency, startup: false }
+    }
+
+    /// The startup check, [`Connects::STARTUP`]: required whatever the dependency's
+    /// `required`, since a service that never connected cannot be started.
+    pub fn startup(dependency: D) -> Self {
+        Self { dependency, startup: true }
+    }
+}
+
+impl<D: Connects> HealthCheck for ConnectionCheck<D> {
+    fn name(&self) -> &str {
+        if self.startup { D::STARTUP } else { D::READINESS }
+    }
+    fn kind(&self) -> Kind {
+        if self.startup { Kind::Startup } else { Kind::Readiness }
+    }
+    fn required(&self) -> bool {
+        self.startup || self.dependency.required()
+    }
+    fn timeout(&self) -> Duration {
+        self.dependency.timeout()
+    }
+    fn check(&self) -> CheckFuture<'_> {
+        if self.startup {
+            let outcome = self.dependency.connection().startup_outcome();
+            return Box::pin(std::future::ready(outcome));
+        }
+        self.dependency.ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    struct Fake {
+        tracker: ConnectTracker,
+        required: bool,
+    }
+
+    impl Connects for Fake {
+        const READINESS: &'static str = "fake";
+        const STARTUP: &'static str = "fake_connect";
+        fn connection(&self) -> &ConnectTracker {
+            &self.tracker
+        }
+        fn required(&self) -> bool {
+            self.required
+        }
+        fn ready(&self) -> CheckFuture<'_> {
+            Box::pin(std::future::ready(Outcome::Down(self.tracker.reason())))
+        }
+    }
+
+    fn fake(required: bool) -> Fake {
+        Fake { tracker: ConnectTracker::new("fake", ConnectConfig::default()), required }
+    }
+
+    #[tokio::test]
+    async fn the_two_checks_are_named_placed_and_required_as_the_dependency_says() {
+        let ready = ConnectionCheck::readiness(fake(false));
+        assert_eq!((ready.name(), ready.kind(), ready.required()), ("fake", Kind::Readiness, false));
+        assert_eq!(ready.timeout(), crate::DEFAULT_TIMEOUT);
+        assert!(matches!(ready.check().await, Outcome::Down(r) if r == "connecting"), "its own probe");
+        let startup = ConnectionCheck::startup(fake(false));
+        assert_eq!(
+            (startup.name(), startup.kind(), startup.required()),
+            ("fake_connect", Kind::Startup, true),
+            "start-up needs the connection whatever `required` says"
+        );
+        assert!(matches!(startup.check().await, Outcome::Up), "up while still within max_elapsed");
+    }
+
+    #[tokio::test]
+    async fn the_startup_check_fails_once_connecting_gave_up() {
+        let startup = ConnectionCheck::startup(fake(true));
+        startup.dependency.tracker.set(Phase::Connecting {
+            attempts: 3,
+            last_error: Some("refused".into()),
+            gave_up: true,
+        });
+        match startup.check().await {
+            Outcome::Down(r) => assert!(r.contains("fake.connect.max_elapsed") && r.contains("refused"), "{r}"),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -14,8 +14,8 @@ use tracing::Instrument as _;
 use crate::config::RedisConfig;
 pub use redis as driver;
 
-use keel_health::connect::{ConnectTracker, Phase};
-use keel_health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
+use keel_health::connect::{ConnectTracker, ConnectionCheck, Connects, Phase};
+use keel_health::{CheckFuture, Outcome, sanitize};
 use keel_problem::Problem;
 use keel_resilience::reprobe::Availability;
 use keel_telemetry::Metrics;
@@ -373,41 +373,32 @@ impl Redis {
 
     /// The readiness check (`redis`): required unless `redis.required: false`.
     pub fn readiness_check(&self) -> RedisCheck {
-        RedisCheck { redis: self.clone(), startup: false }
+        ConnectionCheck::readiness(self.clone())
     }
 
     /// The startup check (`redis_connect`): down once `redis.connect.max_elapsed` passed
     /// without a first connection.
     pub fn startup_check(&self) -> RedisCheck {
-        RedisCheck { redis: self.clone(), startup: true }
+        ConnectionCheck::startup(self.clone())
     }
 }
 
 /// A [`Redis`] health check.
-pub struct RedisCheck {
-    redis: Redis,
-    startup: bool,
-}
+pub type RedisCheck = ConnectionCheck<Redis>;
 
-impl HealthCheck for RedisCheck {
-    fn name(&self) -> &str {
-        if self.startup { "redis_connect" } else { "redis" }
-    }
-    fn kind(&self) -> Kind {
-        if self.startup { Kind::Startup } else { Kind::Readiness }
+impl Connects for Redis {
+    const READINESS: &'static str = "redis";
+    const STARTUP: &'static str = "redis_connect";
+    fn connection(&self) -> &ConnectTracker {
+        &self.inner.connect
     }
     fn required(&self) -> bool {
-        self.startup || self.redis.inner.config.required
+        self.inner.config.required
     }
     fn timeout(&self) -> Duration {
-        self.redis.inner.config.command_timeout * 2
+        self.inner.config.command_timeout * 2
     }
-    fn check(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            if self.startup {
-                return self.redis.inner.connect.startup_outcome();
-            }
-            self.redis.check().await
-        })
+    fn ready(&self) -> CheckFuture<'_> {
+        Box::pin(self.check())
     }
 }

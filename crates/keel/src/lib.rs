@@ -46,8 +46,10 @@
 //!
 //! Each crate owns its configuration section (`http::HttpConfig`, `data::DatabaseConfig`, …),
 //! which validates itself through [`config::Section`]; `app::KeelConfig` gathers them. Without
-//! their cargo features, `data`, `events`, `redis` and `http::client` hold just their sections,
-//! so a config file loads the same in every build.
+//! their cargo features, `data`, `events`, `redis`, `security`, `grpc` and `http::client` hold
+//! just their sections and pull in none of their third-party crates (sqlx, the brokers'
+//! clients, redis, the JWT and cipher crates, tonic's health and reflection services), so a
+//! config file loads the same in every build and a service compiles only what it uses.
 //!
 //! See `docs/` in the repository for every config key, endpoint and metric.
 

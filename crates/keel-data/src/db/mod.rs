@@ -30,8 +30,8 @@ pub use sqlite_file::prepare_sqlite_file;
 pub use sqlx;
 pub use trace::Traced;
 
-use keel_health::connect::{ConnectTracker, Phase};
-use keel_health::{CheckFuture, HealthCheck, Kind, Outcome};
+use keel_health::connect::{ConnectTracker, ConnectionCheck, Connects, Phase};
+use keel_health::{CheckFuture, Outcome};
 use keel_resilience::Backoff;
 use keel_resilience::reprobe::Availability;
 use keel_telemetry::Metrics;
@@ -860,13 +860,13 @@ impl Db {
 
     /// The readiness check (`database`): required unless `database.required: false`.
     pub fn readiness_check(&self) -> DbCheck {
-        DbCheck { db: self.clone(), startup: false }
+        ConnectionCheck::readiness(self.clone())
     }
 
     /// The startup check (`database_connect`): down once `database.connect.max_elapsed` passed
     /// without a first connection.
     pub fn startup_check(&self) -> DbCheck {
-        DbCheck { db: self.clone(), startup: true }
+        ConnectionCheck::startup(self.clone())
     }
 
     /// Closes the pool (waits for connections in use to be returned).
@@ -879,32 +879,23 @@ impl Db {
 }
 
 /// A [`Db`]'s health check; see [`Db::readiness_check`] and [`Db::startup_check`].
-pub struct DbCheck {
-    db: Db,
-    startup: bool,
-}
+pub type DbCheck = ConnectionCheck<Db>;
 
-impl HealthCheck for DbCheck {
-    fn name(&self) -> &str {
-        if self.startup { "database_connect" } else { "database" }
-    }
-    fn kind(&self) -> Kind {
-        if self.startup { Kind::Startup } else { Kind::Readiness }
+impl Connects for Db {
+    const READINESS: &'static str = "database";
+    const STARTUP: &'static str = "database_connect";
+    fn connection(&self) -> &ConnectTracker {
+        &self.inner.connect
     }
     fn required(&self) -> bool {
-        self.startup || self.db.inner.config.required
+        self.inner.config.required
     }
     fn timeout(&self) -> Duration {
         // The check bounds its own query; this only guards against a stuck migration-state read.
-        self.db.inner.config.check_timeout * 3
+        self.inner.config.check_timeout * 3
     }
-    fn check(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            if self.startup {
-                return self.db.inner.connect.startup_outcome();
-            }
-            self.db.check().await
-        })
+    fn ready(&self) -> CheckFuture<'_> {
+        Box::pin(self.check())
     }
 }
 

@@ -25,8 +25,8 @@ pub use consumer::{Consumer, ConsumerOptions, Dependency, Failure, Handler, Mess
 pub use envelope::{Envelope, Event};
 pub use metrics::ConsumerMetrics;
 
-use keel_health::connect::{ConnectTracker, Phase};
-use keel_health::{CheckFuture, HealthCheck, Kind, Outcome, sanitize};
+use keel_health::connect::{ConnectTracker, ConnectionCheck, Connects, Phase};
+use keel_health::{CheckFuture, Outcome, sanitize};
 
 /// An event could not be encoded or decoded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -531,45 +531,36 @@ impl Bus {
 
     /// The readiness check `bus`: down while the broker is unreachable, with the reason.
     pub fn readiness_check(&self) -> BusCheck {
-        BusCheck { bus: self.clone(), startup: false }
+        ConnectionCheck::readiness(self.clone())
     }
 
     /// The startup check `bus_connect`: down once `bus.connect.max_elapsed` passed unconnected.
     pub fn startup_check(&self) -> BusCheck {
-        BusCheck { bus: self.clone(), startup: true }
+        ConnectionCheck::startup(self.clone())
     }
 }
 
 /// The bus's readiness or startup check.
-#[derive(Debug, Clone)]
-pub struct BusCheck {
-    bus: Bus,
-    startup: bool,
-}
+pub type BusCheck = ConnectionCheck<Bus>;
 
-impl HealthCheck for BusCheck {
-    fn name(&self) -> &str {
-        if self.startup { "bus_connect" } else { "bus" }
-    }
-    fn kind(&self) -> Kind {
-        if self.startup { Kind::Startup } else { Kind::Readiness }
+impl Connects for Bus {
+    const READINESS: &'static str = "bus";
+    const STARTUP: &'static str = "bus_connect";
+    fn connection(&self) -> &ConnectTracker {
+        &self.inner.connect
     }
     fn required(&self) -> bool {
-        self.startup || self.bus.inner.config.required
+        self.inner.config.required
     }
-    fn check(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            if self.startup {
-                return self.bus.inner.connect.startup_outcome();
-            }
-            if self.bus.is_connected() {
-                Outcome::Up
-            } else if self.bus.inner.conn.get().is_some() {
-                Outcome::Down(format!("{} connection lost; reconnecting", self.bus.backend()))
-            } else {
-                Outcome::Down(self.bus.inner.connect.reason())
-            }
-        })
+    fn ready(&self) -> CheckFuture<'_> {
+        let outcome = if self.is_connected() {
+            Outcome::Up
+        } else if self.inner.conn.get().is_some() {
+            Outcome::Down(format!("{} connection lost; reconnecting", self.backend()))
+        } else {
+            Outcome::Down(self.inner.connect.reason())
+        };
+        Box::pin(std::future::ready(outcome))
     }
 }
 
