@@ -364,7 +364,7 @@ fn events_routes(s: &mut keel::Setup<FixtureConfig>, db: keel::data::Db) -> Resu
                         .bind(&item.name)
                         .execute(db.on(&mut *tx))
                         .await
-                        .map_err(|e| db.observe(e).into_response())?;
+                        .map_err(|e| keel::data::DataError::from(e).into_response())?;
                     let envelope = outbox.enqueue_event(&mut tx, &topic, &item).await.map_err(|e| {
                         tracing::error!(error = %e, "enqueue failed");
                         Problem::internal().into_response()
@@ -519,7 +519,7 @@ fn dependency_routes(deps: Deps) -> Router {
                 let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM items ORDER BY id")
                     .fetch_all(db.on(&mut *conn))
                     .await
-                    .map_err(|e| problem(db.observe(e)))?;
+                    .map_err(|e| problem(keel::data::DataError::from(e)))?;
                 Ok::<_, axum::response::Response>(Json(
                     rows.into_iter().map(|(id, name)| serde_json::json!({"id": id, "name": name})).collect::<Vec<_>>(),
                 ))

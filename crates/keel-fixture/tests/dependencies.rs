@@ -714,6 +714,49 @@ async fn sqlite_statement_time_limit() {
     statement_time_limit(db, slow, None).await;
 }
 
+/// A statement run through `Db::exec` or `Db::on` is counted where it fails, once, whether it
+/// streams rows (`fetch_all`) or not (`fetch_optional`, `execute`), and converting its error
+/// with `?` counts nothing more. An error from outside them is counted by `Db::observe`.
+#[tokio::test]
+async fn statement_errors_are_counted_once_where_they_fail() {
+    let db = TestDatabase::sqlite().unwrap();
+    let metrics = keel::telemetry::Metrics::new();
+    let kdb = keel::data::Db::new("t", db.url(), &keel::data::DatabaseConfig::default(), None, &metrics).unwrap();
+    kdb.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    let counted = |kind: &str| -> f64 {
+        let kind = format!("kind=\"{kind}\"");
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("db_errors_total{") && l.contains(&kind) && l.contains("pool=\"t\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    async fn list(db: &keel::data::Db) -> Result<Vec<(i64,)>, keel::data::DataError> {
+        Ok(sqlx::query_as("SELECT n FROM missing").fetch_all(db.exec()).await?)
+    }
+    assert!(matches!(list(&kdb).await, Err(keel::data::DataError::Sql(_))));
+    assert_eq!(counted("database"), 1.0, "the stream's error, once");
+    let mut conn = kdb.acquire().await.unwrap();
+    let one: Result<Option<(i64,)>, _> =
+        sqlx::query_as("SELECT n FROM missing").fetch_optional(kdb.on(&mut *conn)).await;
+    assert!(one.is_err());
+    let done = sqlx::query("DELETE FROM missing").execute(kdb.on(&mut *conn)).await;
+    assert!(done.is_err());
+    assert_eq!(counted("database"), 3.0, "one each");
+    // "No row" is an answer, not a failure.
+    let none: Result<(i64,), _> = sqlx::query_as("SELECT 1 WHERE 0").fetch_one(kdb.on(&mut *conn)).await;
+    assert!(matches!(none, Err(sqlx::Error::RowNotFound)));
+    assert_eq!(counted("row_not_found"), 0.0);
+    // Outside the executor nothing counts on its own; `observe` does.
+    let bare = sqlx::query("SELECT n FROM missing").execute(&mut *conn).await.unwrap_err();
+    assert_eq!(counted("database"), 3.0);
+    assert!(matches!(kdb.observe(bare), keel::data::DataError::Sql(_)));
+    assert_eq!(counted("database"), 4.0);
+    drop(conn);
+    kdb.close().await;
+}
+
 /// The finding behind it: 50 sign-ins at once on the all-in-one's SQLite got 500s where another
 /// writer held the file past `busy_timeout` ("database is locked", code 5). A busy or locked
 /// SQLite is a conflict that clears: 503 with `Retry-After: 1`, never an internal error.
@@ -893,22 +936,8 @@ async fn conflicting_transactions_run_again(db: TestDatabase) {
         sqlx::query_as("SELECT id, n FROM pair ORDER BY id").fetch_all(kdb.pool()).await.unwrap();
     assert_eq!(rows, [(1, 2), (2, 2)], "rolled back");
 
-    // A service's error that keeps the raw statement error: the macro counts it once.
-    #[derive(Debug)]
-    struct Raw(sqlx::Error);
-    impl From<keel::data::DataError> for Raw {
-        fn from(e: keel::data::DataError) -> Self {
-            Raw(sqlx::Error::Protocol(e.to_string()))
-        }
-    }
-    impl keel::data::Transient for Raw {
-        fn is_transient(&self) -> bool {
-            false
-        }
-        fn uncounted(&self) -> Option<&sqlx::Error> {
-            Some(&self.0)
-        }
-    }
+    // A statement that fails through `Db::on` is counted where it fails, once: `?` and the
+    // macro add nothing.
     let errors = |text: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("db_errors_total{") && l.contains("pool=\"t\""))
@@ -916,11 +945,11 @@ async fn conflicting_transactions_run_again(db: TestDatabase) {
             .sum()
     };
     let before = errors(&metrics.render());
-    let failed: Result<(), Raw> = keel::data::transaction!(&kdb, |tx| async {
-        sqlx::query("SELECT n FROM no_such_table").execute(&mut *tx).await.map_err(Raw)?;
+    let failed: Result<(), keel::data::DataError> = keel::data::transaction!(&kdb, |tx| async {
+        sqlx::query("SELECT n FROM no_such_table").execute(kdb.on(&mut *tx)).await?;
         Ok(())
     });
-    assert!(failed.is_err());
+    assert!(matches!(failed, Err(keel::data::DataError::Sql(_))), "{failed:?}");
     assert_eq!(errors(&metrics.render()) - before, 1.0, "{}", metrics.render());
     kdb.close().await;
 }

@@ -100,7 +100,7 @@ impl Symbols {
             .bind(&project_id)
             .fetch_optional(self.db.on(&mut *conn))
             .await
-            .map_err(|e| self.db.observe(e))?;
+            .map_err(DataError::from)?;
         row.as_ref().map(|r| self.decode(r)).transpose()?.ok_or(SymbolError::NotFound)
     }
 
@@ -186,7 +186,7 @@ impl Symbols {
             .bind(deleted.version - 1)
             .execute(self.db.on(&mut *tx))
             .await
-            .map_err(|e| self.db.observe(e))?;
+            .map_err(DataError::from)?;
         self.publish(&mut tx, &SymbolDeleted(SymbolChange::of(&deleted, now))).await?;
         self.commit(tx).await?;
         tracing::info!(symbol_id = %id, "symbol deleted");
@@ -208,7 +208,7 @@ impl Symbols {
             .fetch_one(self.db.on(&mut *tx))
             .await
             .and_then(|r| r.try_get("n"))
-            .map_err(|e| self.db.observe(e))?;
+            .map_err(DataError::from)?;
         let sql = format!(
             "SELECT {COLUMNS} FROM symbols WHERE project_id = $1 AND deleted_at IS NULL \
              ORDER BY created_at, id LIMIT $2 OFFSET $3"
@@ -219,7 +219,7 @@ impl Symbols {
             .bind(i64::from(page.offset))
             .fetch_all(self.db.on(&mut *tx))
             .await
-            .map_err(|e| self.db.observe(e))?;
+            .map_err(DataError::from)?;
         tx.commit().await.map_err(|e| self.db.observe(e))?;
         let items = rows.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>, _>>()?;
         let has_next = i64::from(page.offset) + (items.len() as i64) < total_count;
@@ -238,13 +238,13 @@ impl Symbols {
             .bind(id.to_string())
             .execute(self.db.on(&mut **tx))
             .await
-            .map_err(|e| self.db.observe(e))?;
+            .map_err(DataError::from)?;
         let sql = format!("SELECT {COLUMNS} FROM symbols WHERE id = $1");
         let row = sqlx::query(self.db.statement(&sql))
             .bind(id.to_string())
             .fetch_optional(self.db.on(&mut **tx))
             .await
-            .map_err(|e| self.db.observe(e))?;
+            .map_err(DataError::from)?;
         match row.as_ref().map(|r| self.decode(r)).transpose()? {
             Some(s) if s.project_id == project_id && s.deleted_at.is_none() => Ok(s),
             _ => Err(SymbolError::NotFound),
@@ -267,7 +267,7 @@ impl Symbols {
     fn write_error(&self, e: sqlx::Error) -> SymbolError {
         match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => SymbolError::NameTaken,
-            _ => SymbolError::Data(self.db.observe(e)),
+            _ => SymbolError::Data(DataError::from(e)),
         }
     }
 

@@ -28,7 +28,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use keel::config::{Section, Validation};
-use keel::data::{Backend, Db};
+use keel::data::{Backend, DataError, Db};
 use keel::events::{ConsumerOptions, Event, Failure, Handler, Message};
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction};
@@ -157,15 +157,15 @@ impl Handler for ProjectionHandler {
         // Without the inbox transaction the effects would not be exactly-once: refuse.
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
-        let observe = |e: sqlx::Error| Failure::transient(&self.db.observe(e));
-        let outcome = apply(tx, &self.db, op, &change).await.map_err(observe)?;
+        let failed = |e: sqlx::Error| Failure::transient(&DataError::from(e));
+        let outcome = apply(tx, &self.db, op, &change).await.map_err(failed)?;
         if let Outcome::Early(at) = outcome {
             return Err(Failure::early(format!(
                 "symbol {} is at version {at} here; version {} waits for the ones before it",
                 change.symbol_id, change.version
             )));
         }
-        record(tx, &self.db, &event_id, &ty, &change, outcome).await.map_err(observe)?;
+        record(tx, &self.db, &event_id, &ty, &change, outcome).await.map_err(failed)?;
         tracing::debug!(event = %ty, symbol_id = %change.symbol_id, version = change.version, ?outcome, "symbol event handled");
         Ok(())
     }
@@ -344,7 +344,7 @@ pub async fn stats(db: &Db, project_id: &str) -> Result<ProjectStats, SymbolErro
          WHERE project_id = $1",
     );
     let mut conn = db.acquire().await?;
-    let row = sqlx::query(sql).bind(&project_id).fetch_optional(db.on(&mut *conn)).await.map_err(|e| db.observe(e))?;
+    let row = sqlx::query(sql).bind(&project_id).fetch_optional(db.on(&mut *conn)).await.map_err(DataError::from)?;
     let Some(row) = row else { return Ok(ProjectStats { project_id, ..ProjectStats::default() }) };
     let read = || -> Result<ProjectStats, sqlx::Error> {
         Ok(ProjectStats {

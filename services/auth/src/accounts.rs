@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 use crate::error::FieldError;
 use cityevents_common::time::{from_micros, now, to_micros};
-use keel::data::Observe;
 
 /// Longest e-mail address accepted (RFC 5321's path limit), in characters.
 pub const MAX_EMAIL: usize = cityevents_api::limits::MAX_EMAIL;
@@ -209,7 +208,7 @@ impl Accounts {
                 .bind(bidx)
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .observed(db)?;
+                .map_err(DataError::from)?;
         Ok(row.map(UserRow::from))
     }
 
@@ -225,7 +224,7 @@ impl Accounts {
         let mut conn = db.acquire().await?;
         let text = format!("SELECT {USER_COLUMNS} FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT {limit}");
         let rows: Vec<RowTuple> =
-            sqlx::query_as(db.statement(&text)).fetch_all(db.on(&mut *conn)).await.observed(db)?;
+            sqlx::query_as(db.statement(&text)).fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)?;
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
@@ -241,7 +240,7 @@ impl Accounts {
                 .bind(id.to_string())
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .observed(db)?;
+                .map_err(DataError::from)?;
         Ok(row.map(UserRow::from))
     }
 
@@ -262,7 +261,7 @@ impl Accounts {
                 .bind(skeleton_bidx)
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .observed(db)?;
+                .map_err(DataError::from)?;
         Ok(found.is_some())
     }
 
@@ -282,7 +281,7 @@ impl Accounts {
                 .bind(&after)
                 .fetch_all(db.on(&mut *conn))
                 .await
-                .observed(db)?
+                .map_err(DataError::from)?
             };
             let Some((last, _)) = page.last() else { return Ok(filled) };
             after = last.clone();
@@ -301,7 +300,7 @@ impl Accounts {
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                         tracing::warn!(user_id = %id, "an older account's address looks like another's; left as is");
                     }
-                    Err(e) => return Err(db.observe(e).into()),
+                    Err(e) => return Err(DataError::from(e).into()),
                 }
             }
         }
@@ -355,7 +354,7 @@ impl Accounts {
         match inserted {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::Taken),
-            Err(e) => return Err(db.observe(e).into()),
+            Err(e) => return Err(DataError::from(e).into()),
         }
         // Round through storage precision so the answer equals what `GET /me` shows later.
         let created_at = from_micros(to_micros(created_at));
@@ -380,7 +379,7 @@ impl Accounts {
         .bind(id)
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(())
     }
 
@@ -399,7 +398,7 @@ impl Accounts {
             .bind(id)
             .execute(db.on(&mut **tx))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         Ok(())
     }
 
@@ -424,7 +423,7 @@ impl Accounts {
         .bind(id)
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -442,7 +441,7 @@ impl Accounts {
             .bind(stored_role(cityevents_common::roles::ADMIN).0)
             .fetch_all(db.on(&mut **tx))
             .await
-            .observed(db)
+            .map_err(DataError::from)
     }
 
     pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<bool, DataError> {
@@ -454,7 +453,7 @@ impl Accounts {
         .bind(id)
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -468,7 +467,7 @@ impl Accounts {
             query = query.bind(id.to_string());
         }
         let mut conn = db.acquire().await?;
-        query.fetch_all(db.on(&mut *conn)).await.observed(db)
+        query.fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)
     }
 
     /// Up to `limit` accounts matching `filter`, newest first, after the account `after`.
@@ -523,7 +522,7 @@ impl Accounts {
         for b in binds {
             query = query.bind(b);
         }
-        let rows = query.fetch_all(db.on(&mut *conn)).await.observed(db)?;
+        let rows = query.fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)?;
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
@@ -532,7 +531,7 @@ impl Accounts {
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
         let mut tx = self.db.begin_write().await?;
         self.set_role_in(&mut tx, id, role).await?;
-        tx.commit().await.observed(&self.db)
+        tx.commit().await.map_err(DataError::from)
     }
 
     /// Replaces the password hash (after a cost change, on the next successful sign-in).
@@ -544,7 +543,7 @@ impl Accounts {
             .bind(id)
             .execute(db.on(&mut *conn))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         Ok(())
     }
 
@@ -561,7 +560,7 @@ impl Accounts {
             .bind(id)
             .execute(db.on(&mut **tx))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         Ok(())
     }
 

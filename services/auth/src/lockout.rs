@@ -35,7 +35,6 @@ use keel::data::{Backend, DataError, Db, RetryKind};
 
 use crate::config::LockoutConfig;
 use cityevents_common::time::{now, to_micros};
-use keel::data::Observe;
 
 /// Which counter: the `scope` of audit entries and of `auth_login_throttled_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +146,7 @@ async fn ensure(
     email: Option<&str>,
     now: i64,
 ) -> Result<(), DataError> {
-    sqlx::query(db.statement(ensure_sql(db)))
-        .bind(key)
-        .bind(email)
-        .bind(now)
-        .execute(db.on(&mut *conn))
-        .await
-        .observed(db)?;
+    sqlx::query(db.statement(ensure_sql(db))).bind(key).bind(email).bind(now).execute(db.on(&mut *conn)).await?;
     Ok(())
 }
 
@@ -181,8 +174,7 @@ async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, sta
     .bind(stale)
     .bind(key)
     .execute(db.on(&mut *conn))
-    .await
-    .observed(db)?;
+    .await?;
     Ok(())
 }
 
@@ -192,7 +184,7 @@ async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64
         .bind(key)
         .fetch_one(db.on(&mut *conn))
         .await
-        .observed(db)
+        .map_err(DataError::from)
 }
 
 /// One more failure on the counter `key`.
@@ -203,8 +195,7 @@ async fn count_failure(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, now: 
     .bind(now)
     .bind(key)
     .execute(db.on(&mut *conn))
-    .await
-    .observed(db)?;
+    .await?;
     Ok(())
 }
 
@@ -264,13 +255,13 @@ impl Lockout {
             })
             .max_by_key(|(until, _)| *until);
         if let Some((until, scope)) = refused {
-            tx.commit().await.observed(db)?;
+            tx.commit().await?;
             // Rounded up: a client that waits exactly this long is let in.
             let secs = (until - now).div_euclid(1_000_000) + 1;
             return Ok(Gate::Locked { retry_after: u64::try_from(secs).unwrap_or(1), scope });
         }
         count_failure(db, &mut tx, &counters.first_hand().1, now).await?;
-        tx.commit().await.observed(db)?;
+        tx.commit().await?;
         let (_, failures, _, free) = counts[counters.first_hand];
         Ok(Gate::Open { spent: failures + 1 == i64::from(free) })
     }
@@ -319,7 +310,7 @@ impl Lockout {
                 spent.push(*scope);
             }
         }
-        tx.commit().await.observed(db)?;
+        tx.commit().await?;
         Ok(spent)
     }
 
@@ -331,8 +322,7 @@ impl Lockout {
         sqlx::query(db.statement("DELETE FROM login_throttle WHERE bucket = $1"))
             .bind(&counters.first_hand().1)
             .execute(db.on(&mut *conn))
-            .await
-            .observed(db)?;
+            .await?;
         Ok(())
     }
 
@@ -349,8 +339,7 @@ impl Lockout {
         )
         .bind(&counters.first_hand().1)
         .execute(db.on(&mut *conn))
-        .await
-        .observed(db)?;
+        .await?;
         Ok(())
     }
 
@@ -365,8 +354,7 @@ impl Lockout {
         let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE email_bidx = $1"))
             .bind(bidx)
             .execute(db.on(&mut **tx))
-            .await
-            .observed(db)?;
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -379,8 +367,7 @@ impl Lockout {
         let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE last_failure_at <= $1"))
             .bind(now.saturating_sub(micros(self.cfg.window)))
             .execute(db.on(&mut *conn))
-            .await
-            .observed(db)?;
+            .await?;
         Ok(done.rows_affected())
     }
 }

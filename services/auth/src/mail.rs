@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use crate::accounts::Accounts;
 use crate::tokens::{generate, hash};
-use keel::data::Observe;
 use keel::http::Problem;
 
 /// At most one mail about a sign-up that made no account, per address, in this time.
@@ -91,7 +90,7 @@ impl AccountMail {
         .bind(expires)
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok((token, from_micros(expires)))
     }
 
@@ -112,7 +111,7 @@ impl AccountMail {
         .bind(purpose.label())
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(done.rows_affected())
     }
 
@@ -136,7 +135,7 @@ impl AccountMail {
         .bind(since)
         .fetch_one(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -161,7 +160,7 @@ impl AccountMail {
         .bind(now)
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?
+        .map_err(DataError::from)?
         .rows_affected();
         if spent != 1 {
             return Ok(None);
@@ -171,7 +170,7 @@ impl AccountMail {
                 .bind(&token_hash)
                 .fetch_optional(db.on(&mut **tx))
                 .await
-                .observed(db)?;
+                .map_err(DataError::from)?;
         Ok(user)
     }
 
@@ -188,7 +187,7 @@ impl AccountMail {
             .bind(contact.user_id.to_string())
             .execute(db.on(&mut **tx))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         Ok(())
     }
 
@@ -221,7 +220,11 @@ impl AccountMail {
         for table in
             ["DELETE FROM account_tokens WHERE expires_at < $1", "DELETE FROM registration_notices WHERE sent_at < $1"]
         {
-            let done = sqlx::query(db.statement(table)).bind(cutoff).execute(db.on(&mut *conn)).await.observed(db)?;
+            let done = sqlx::query(db.statement(table))
+                .bind(cutoff)
+                .execute(db.on(&mut *conn))
+                .await
+                .map_err(DataError::from)?;
             pruned += done.rows_affected();
         }
         Ok(pruned)
@@ -240,7 +243,7 @@ impl AccountMail {
                 "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) ON CONFLICT (email_bidx) DO NOTHING"
             }
         };
-        sqlx::query(db.statement(ensure)).bind(bidx).execute(db.on(&mut **tx)).await.observed(db)?;
+        sqlx::query(db.statement(ensure)).bind(bidx).execute(db.on(&mut **tx)).await.map_err(DataError::from)?;
         let now = to_micros(now());
         let every = i64::try_from(NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
         let claimed = sqlx::query(
@@ -251,7 +254,7 @@ impl AccountMail {
         .bind(now.saturating_sub(every))
         .execute(db.on(&mut **tx))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(claimed.rows_affected() == 1)
     }
 
@@ -279,10 +282,10 @@ impl AccountMail {
                         .bind(&row.id)
                         .execute(db.on(&mut *tx))
                         .await
-                        .observed(db)?;
+                        .map_err(DataError::from)?;
                 }
             }
-            tx.commit().await.observed(db)?;
+            tx.commit().await.map_err(DataError::from)?;
             announced += rows.len() as u64;
         }
     }

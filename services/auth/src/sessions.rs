@@ -22,8 +22,6 @@ use keel::events::outbox::{Outbox, OutboxError};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
-use keel::data::Observe;
-
 /// At most this many raises are repeated for one sync request (the most recent ones).
 const SYNC_LIMIT: u32 = 10_000;
 
@@ -62,8 +60,7 @@ impl Sessions {
         .bind(to_micros(now()))
         .bind(user_id)
         .execute(db.on(&mut **tx))
-        .await
-        .observed(db)?;
+        .await?;
         let version = self.version_on(tx, user_id).await?;
         let revoked = SessionRevoked { user_id: parse(user_id)?, version };
         self.outbox.enqueue_event(tx, SESSIONS_TOPIC, &revoked).await?;
@@ -87,14 +84,13 @@ impl Sessions {
                 sqlx::query(db.statement("UPDATE users SET session_version = session_version WHERE id = $1"))
                     .bind(user_id)
                     .execute(db.on(&mut **tx))
-                    .await
-                    .observed(db)?;
+                    .await?;
                 "SELECT session_version FROM users WHERE id = $1"
             }
             _ => "SELECT session_version FROM users WHERE id = $1 FOR UPDATE",
         };
         let v: Option<(i64,)> =
-            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(db.on(&mut **tx)).await.observed(db)?;
+            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(db.on(&mut **tx)).await?;
         Ok(v.is_some_and(|(v,)| u64::try_from(v).ok() == Some(expected)))
     }
 
@@ -109,8 +105,7 @@ impl Sessions {
         let v: Option<(i64,)> = sqlx::query_as(db.statement("SELECT session_version FROM users WHERE id = $1"))
             .bind(user_id)
             .fetch_optional(db.on(&mut **tx))
-            .await
-            .observed(db)?;
+            .await?;
         Ok(v.map_or(0, |(v,)| u64::try_from(v).unwrap_or(0)))
     }
 
@@ -125,7 +120,7 @@ impl Sessions {
              ORDER BY session_changed_at DESC LIMIT {SYNC_LIMIT}"
         );
         let rows: Vec<(String, i64)> =
-            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(db.on(&mut *tx)).await.observed(db)?;
+            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(db.on(&mut *tx)).await?;
         if rows.len() >= SYNC_LIMIT as usize {
             tracing::warn!(
                 limit = SYNC_LIMIT,
@@ -141,7 +136,7 @@ impl Sessions {
         if !envelopes.is_empty() {
             self.outbox.enqueue_all(&mut tx, SESSIONS_TOPIC, &envelopes).await?;
         }
-        tx.commit().await.observed(db)?;
+        tx.commit().await?;
         self.outbox.wake();
         Ok(envelopes.len())
     }

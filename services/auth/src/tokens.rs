@@ -22,7 +22,6 @@ use uuid::Uuid;
 
 use crate::sessions::Sessions;
 use cityevents_common::time::{now, to_micros};
-use keel::data::Observe;
 use keel::http::Problem;
 
 /// Longest refresh token accepted as input (ours are 43 characters).
@@ -128,7 +127,7 @@ impl RefreshTokens {
             return Ok(None);
         }
         let token = self.issue_in(&mut tx, user_id).await?;
-        tx.commit().await.observed(db)?;
+        tx.commit().await.map_err(DataError::from)?;
         Ok(Some(token))
     }
 
@@ -149,7 +148,7 @@ impl RefreshTokens {
             .bind(now)
             .execute(db.on(&mut **tx))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         Ok(token)
     }
 
@@ -169,7 +168,7 @@ impl RefreshTokens {
             .bind(&token_hash)
             .fetch_optional(db.on(&mut *conn))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
             drop(conn);
             let Some((user_id, sv)) = owner else { return Ok(Rotation::Invalid) };
             let mut tx = db.begin_write().await?;
@@ -202,7 +201,7 @@ impl RefreshTokens {
         .bind(now)
         .execute(db.on(&mut *tx))
         .await
-        .observed(db)?
+        .map_err(DataError::from)?
         .rows_affected();
         if spent == 1 {
             let owner: Option<SpentOwner> = sqlx::query_as(db.statement(&format!(
@@ -212,7 +211,7 @@ impl RefreshTokens {
             .bind(&token_hash)
             .fetch_optional(db.on(&mut *tx))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
             // A banned account's tokens were revoked with the ban; never mint one regardless.
             let Some((family_id, user_id, role, verified_at, sv, None)) = owner else {
                 return Ok(Rotation::Invalid);
@@ -225,8 +224,8 @@ impl RefreshTokens {
                 .bind(now)
                 .execute(db.on(&mut *tx))
                 .await
-                .observed(db)?;
-            tx.commit().await.observed(db)?;
+                .map_err(DataError::from)?;
+            tx.commit().await.map_err(DataError::from)?;
             return Ok(Rotation::Rotated {
                 token: next,
                 user_id,
@@ -245,7 +244,7 @@ impl RefreshTokens {
         .bind(&token_hash)
         .fetch_optional(db.on(&mut *conn))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         drop(conn);
         let Some((family_id, user_id, Some(used_at), revoked_at, expires_at, successor)) = found else {
             return Ok(Rotation::Invalid);
@@ -286,7 +285,7 @@ impl RefreshTokens {
         .bind(now)
         .fetch_optional(db.on(&mut *conn))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(owner.map(|o| (token, o)))
     }
 
@@ -300,7 +299,7 @@ impl RefreshTokens {
                 .bind(hash(token))
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .observed(db)?;
+                .map_err(DataError::from)?;
         drop(conn);
         let Some((family_id, user_id)) = found else { return Ok(None) };
         self.revoke_family(&family_id, &user_id).await?;
@@ -346,7 +345,7 @@ impl RefreshTokens {
         .bind(now)
         .fetch_all(db.on(&mut *conn))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         let mut out = Vec::with_capacity(live.len());
         for (family,) in live {
             let (started, last): (i64, i64) = sqlx::query_as(
@@ -355,7 +354,7 @@ impl RefreshTokens {
             .bind(&family)
             .fetch_one(db.on(&mut *conn))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
             out.push((family, started, last));
         }
         out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(&a.0)));
@@ -373,7 +372,7 @@ impl RefreshTokens {
         .bind(user_id)
         .fetch_optional(db.on(&mut *conn))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         drop(conn);
         if owner.is_none() {
             return Ok(false);
@@ -392,7 +391,7 @@ impl RefreshTokens {
         if revoked == 0 {
             return Ok(0);
         }
-        tx.commit().await.observed(db)?;
+        tx.commit().await.map_err(DataError::from)?;
         self.sessions.wake();
         Ok(revoked)
     }
@@ -415,7 +414,7 @@ impl RefreshTokens {
             .bind(value)
             .execute(db.on(&mut *conn))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         Ok(done.rows_affected())
     }
 
@@ -430,7 +429,7 @@ impl RefreshTokens {
         .bind(to_micros(now()))
         .fetch_one(db.on(&mut *conn))
         .await
-        .observed(db)
+        .map_err(DataError::from)
     }
 
     /// Deletes expired tokens (an expired token is refused the same whether or not its row
@@ -444,7 +443,7 @@ impl RefreshTokens {
             .bind(now)
             .execute(db.on(&mut *conn))
             .await
-            .observed(db)?;
+            .map_err(DataError::from)?;
         sqlx::query(db.statement(
             "UPDATE refresh_tokens SET successor_ciphertext = NULL \
              WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
@@ -452,7 +451,7 @@ impl RefreshTokens {
         .bind(now.saturating_sub(Self::micros(self.grace)))
         .execute(db.on(&mut *conn))
         .await
-        .observed(db)?;
+        .map_err(DataError::from)?;
         Ok(done.rows_affected())
     }
 }

@@ -39,8 +39,7 @@ pub async fn set(
         sqlx::query_scalar(AssertSqlSafe(db.sql("SELECT version FROM organizer_bans WHERE user_id = $1").into_owned()))
             .bind(&id)
             .fetch_optional(db.on(&mut **tx))
-            .await
-            .map_err(|e| db.observe(e))?;
+            .await?;
     let done = match current {
         Some(seen) if seen >= version => return Ok(false),
         // Conditional too: a newer message committed meanwhile (handled concurrently) wins.
@@ -61,8 +60,7 @@ pub async fn set(
         .bind(&id),
     }
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(|e| db.observe(e))?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

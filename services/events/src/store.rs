@@ -63,7 +63,7 @@ impl Query {
     async fn fetch_all(self, db: &Db) -> Result<Vec<AnyRow>, DataError> {
         let q = Self::bind_all(self.binds, sqlx::query(db.statement(&self.text)));
         let mut conn = db.acquire().await?;
-        q.fetch_all(db.on(&mut *conn)).await.map_err(|e| db.observe(e))
+        q.fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)
     }
 
     /// [`Query::fetch_all`], the statement cut off by the database after `limit`.
@@ -115,17 +115,12 @@ fn from_rows(db: &Db, rows: &[AnyRow]) -> Result<Vec<Event>, DataError> {
 /// Locks the event's row in `tx` and reads it; `None` when there is no such event.
 pub async fn get_for_update(db: &Db, tx: &mut Transaction<'static, Any>, id: Uuid) -> Result<Option<Event>, DataError> {
     let lock = db.sql("UPDATE events SET version = version WHERE id = $1");
-    sqlx::query(AssertSqlSafe(lock.into_owned()))
-        .bind(id.to_string())
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(|e| db.observe(e))?;
+    sqlx::query(AssertSqlSafe(lock.into_owned())).bind(id.to_string()).execute(db.on(&mut **tx)).await?;
     let text = format!("SELECT {COLUMNS}, {HIDDEN} FROM events WHERE id = $1");
     let row = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
         .bind(id.to_string())
         .fetch_optional(db.on(&mut **tx))
-        .await
-        .map_err(|e| db.observe(e))?;
+        .await?;
     row.as_ref().map(from_row).transpose().map_err(|e| db.observe(e))
 }
 
@@ -158,8 +153,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .bind(&event.time_zone)
         .bind(event.status_reason.clone())
         .execute(db.on(&mut **tx))
-        .await
-        .map_err(|e| db.observe(e))?;
+        .await?;
     if db.backend() == Backend::Sqlite {
         // Indexed here, now that this transaction holds the write lock (migrations 0005, 0008).
         let key = "INSERT INTO events_fts_rows (id) VALUES ($1)";
@@ -170,8 +164,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
             sqlx::query(AssertSqlSafe(db.sql(statement).into_owned()))
                 .bind(event.id.to_string())
                 .execute(db.on(&mut **tx))
-                .await
-                .map_err(|e| db.observe(e))?;
+                .await?;
         }
     }
     Ok(())
@@ -245,8 +238,7 @@ pub async fn update(
         .bind(current.id.to_string())
         .bind(current.version)
         .execute(db.on(&mut **tx))
-        .await
-        .map_err(|e| db.observe(e))?;
+        .await?;
     if done.rows_affected() != 1 {
         return Ok(None);
     }

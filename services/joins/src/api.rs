@@ -33,7 +33,7 @@ use cityevents_common::time::{from_micros, now, to_micros};
 use cityevents_common::validate;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use keel::Problem;
-use keel::data::{Db, Observe as _};
+use keel::data::{DataError, Db};
 use keel::events::outbox::Outbox;
 use keel::http::extract::{Json as JsonBody, Path, Query};
 use keel::http::page::{Cursor, Page, Paginated};
@@ -235,13 +235,13 @@ async fn join_inner(st: &Shared, caller: &Caller, event_id: Uuid, headers: &Head
     let db = &st.0.db;
     let cutoff = store::idempotency_cutoff(st.0.idempotency_ttl);
     if let Some(stored) =
-        store::find_idempotency(db.exec(), db.backend(), caller.id, &key, cutoff).await.observed(&st.0.db)?
+        store::find_idempotency(db.exec(), db.backend(), caller.id, &key, cutoff).await.map_err(DataError::from)?
     {
         // A ban made since answers instead of the old 201: the join it replays is gone. (A key
         // used for another request is that conflict first.)
         let now_us = to_micros(now());
         if stored.fingerprint == fingerprint
-            && store::is_banned(db.exec(), db.backend(), event_id, caller.id, now_us).await.observed(&st.0.db)?
+            && store::is_banned(db.exec(), db.backend(), event_id, caller.id, now_us).await.map_err(DataError::from)?
         {
             return Err(banned());
         }
@@ -555,8 +555,9 @@ async fn bans(
 ) -> Result<Response, Problem> {
     let ev = managed(&st, &caller, id).await?;
     let now_us = to_micros(now());
-    let rows =
-        store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us)).await.observed(&st.0.db)?;
+    let rows = store::event_bans(&st.0.db, ev.event_id, page.after.as_ref(), (page.limit, now_us))
+        .await
+        .map_err(DataError::from)?;
     let page =
         Paginated::from_rows(rows, page.limit, |b| Cursor::new(b.created_at, b.user_id.to_string())).map(ban_item);
     Ok(Json(page).into_response())
@@ -589,11 +590,11 @@ async fn my_join(
     Path(event_id): Path<Uuid>,
 ) -> Result<Response, Problem> {
     let db = &st.0.db;
-    let Some(j) = store::find_join(db.exec(), db.backend(), event_id, caller.id).await.observed(&st.0.db)? else {
+    let Some(j) = store::find_join(db.exec(), db.backend(), event_id, caller.id).await.map_err(DataError::from)? else {
         return Err(not_found("you have not joined this event"));
     };
     let position = if j.status == status::WAITLISTED {
-        Some(store::waitlist_position(db.exec(), db.backend(), event_id, j.queue_seq).await.observed(&st.0.db)?)
+        Some(store::waitlist_position(db.exec(), db.backend(), event_id, j.queue_seq).await.map_err(DataError::from)?)
     } else {
         None
     };
@@ -601,7 +602,8 @@ async fn my_join(
 }
 
 async fn my_joins(axum::extract::State(st): AppState, caller: Caller, page: Page) -> Result<Response, Problem> {
-    let rows = store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await.observed(&st.0.db)?;
+    let rows =
+        store::user_joins(&st.0.db, caller.id, page.after.as_ref(), page.limit).await.map_err(DataError::from)?;
     let page = Paginated::from_rows(rows, page.limit, |r| Cursor::new(r.join.created_at, r.join.id.to_string()));
     let page = page.map(|r| MyJoin {
         join_id: r.join.id,
@@ -618,7 +620,7 @@ async fn my_joins(axum::extract::State(st): AppState, caller: Caller, page: Page
 
 /// The event, if the caller may manage it: 404 unknown, 403 otherwise.
 async fn managed(st: &Shared, caller: &Caller, event_id: Uuid) -> Result<EventRow, Problem> {
-    Ok(manageable(store::load_event(&st.0.db, event_id).await.observed(&st.0.db)?, caller, "see this")?)
+    Ok(manageable(store::load_event(&st.0.db, event_id).await.map_err(DataError::from)?, caller, "see this")?)
 }
 
 async fn participants(
@@ -630,7 +632,7 @@ async fn participants(
     let ev = managed(&st, &caller, id).await?;
     let rows = store::event_joins(&st.0.db, ev.event_id, status::CONFIRMED, page.after.as_ref(), page.limit)
         .await
-        .observed(&st.0.db)?;
+        .map_err(DataError::from)?;
     let page = Paginated::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string())).map(|j| {
         ParticipantItem {
             join_id: j.id,
@@ -653,12 +655,12 @@ async fn waitlist(
     let db = &st.0.db;
     let rows = store::event_joins(db, ev.event_id, status::WAITLISTED, page.after.as_ref(), page.limit)
         .await
-        .observed(&st.0.db)?;
+        .map_err(DataError::from)?;
     // Positions are contiguous in FIFO order: count those ahead of the first row once.
     let first = match rows.first() {
-        Some(j) => {
-            store::waitlist_position(db.exec(), db.backend(), ev.event_id, j.queue_seq).await.observed(&st.0.db)?
-        }
+        Some(j) => store::waitlist_position(db.exec(), db.backend(), ev.event_id, j.queue_seq)
+            .await
+            .map_err(DataError::from)?,
         None => 1,
     };
     let page = Paginated::from_rows(rows, page.limit, |j| Cursor::new(j.queue_seq, j.id.to_string()));
@@ -679,7 +681,7 @@ async fn waitlist(
 
 async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Path<Uuid>) -> Result<Response, Problem> {
     let ev = managed(&st, &caller, id).await?;
-    let counts = store::status_counts(&st.0.db, ev.event_id).await.observed(&st.0.db)?;
+    let counts = store::status_counts(&st.0.db, ev.event_id).await.map_err(DataError::from)?;
     let of = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     Ok(Json(Stats {
         capacity: ev.capacity,
@@ -692,7 +694,7 @@ async fn stats(axum::extract::State(st): AppState, caller: Caller, Path(id): Pat
 }
 
 async fn counts(axum::extract::State(st): AppState, Path(event_id): Path<Uuid>) -> Result<Response, Problem> {
-    let Some(ev) = store::load_event(&st.0.db, event_id).await.observed(&st.0.db)? else {
+    let Some(ev) = store::load_event(&st.0.db, event_id).await.map_err(DataError::from)? else {
         return Err(not_found("no such event"));
     };
     Ok(Json(Counts { capacity: ev.capacity, confirmed: ev.confirmed, waitlisted: ev.waitlisted }).into_response())
@@ -705,7 +707,7 @@ fn counts_ids(q: CountsQuery) -> Result<Vec<Uuid>, Problem> {
 
 async fn counts_of(axum::extract::State(st): AppState, Query(q): Query<CountsQuery>) -> Result<Response, Problem> {
     let ids = counts_ids(q)?;
-    let rows = store::counts_of(&st.0.db, &ids).await.observed(&st.0.db)?;
+    let rows = store::counts_of(&st.0.db, &ids).await.map_err(DataError::from)?;
     let items: Vec<EventCounts> = rows
         .into_iter()
         .map(|ev| EventCounts {

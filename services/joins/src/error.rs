@@ -1,9 +1,9 @@
 //! Why a write failed inside its transaction: a problem the client caused (4xx, said as is), or
 //! a database/outbox failure (logged; the client gets a bare 500 or 503). Transient database
 //! conflicts (deadlocks, serialization failures, a busy SQLite, a unique key taken first) are
-//! told apart so `keel::data::transaction!` runs the transaction again instead of failing, and
-//! counts a statement error it gives up on. Handlers answer `Result<_, Problem>`: a `Fail`
-//! becomes a [`Problem`] through `?`.
+//! told apart so `keel::data::transaction!` runs the transaction again instead of failing.
+//! Statement errors are counted where they fail (`Db::on`). Handlers answer
+//! `Result<_, Problem>`: a `Fail` becomes a [`Problem`] through `?`.
 
 use http::StatusCode;
 use keel::Problem;
@@ -15,9 +15,9 @@ use keel::events::outbox::OutboxError;
 pub(crate) enum Fail {
     /// The answer to give (4xx).
     Problem(Problem),
-    /// A statement failed; not yet counted on the database's metrics.
+    /// A statement failed (kept raw to tell a unique key taken first apart).
     Sql(sqlx::Error),
-    /// The database failed, counted ([`keel::data::Db::observe`]), or the pool refused.
+    /// The database failed, or the pool refused.
     Data(DataError),
     /// Enqueueing an event failed.
     Outbox(OutboxError),
@@ -64,13 +64,6 @@ impl keel::data::Transient for Fail {
             Self::Sql(e) => e.is_transient() || taken_first(e),
             Self::Data(e) => e.is_transient() || matches!(e, DataError::Sql(e) if taken_first(e)),
             _ => false,
-        }
-    }
-
-    fn uncounted(&self) -> Option<&sqlx::Error> {
-        match self {
-            Self::Sql(e) => Some(e),
-            _ => None,
         }
     }
 }

@@ -12,7 +12,7 @@ use cityevents_common::catalogue::MAIL_PREFERENCES;
 use cityevents_common::time::from_micros;
 use cityevents_common::validate;
 use http::StatusCode;
-use keel::data::Db;
+use keel::data::{DataError, Db};
 use keel::http::Problem;
 use keel::http::extract::{Json as JsonBody, Path, Query};
 use keel::http::page::{Cursor, Page, Paginated};
@@ -87,6 +87,7 @@ fn parse_query(q: NotificationsParams) -> Result<(Page, bool), Problem> {
     Ok((Page::parse(q.limit.as_deref(), q.cursor.as_deref())?, unread))
 }
 
+/// A column that does not decode: counted as `decode` (statements are counted where they fail).
 fn db_error(db: &Db, e: sqlx::Error) -> Problem {
     db.observe(e).into()
 }
@@ -114,7 +115,7 @@ async fn list(
         query = query.bind(after.key).bind(after.key).bind(after.id.clone());
     }
     let mut conn = db.acquire().await?;
-    let rows = query.fetch_all(db.on(&mut *conn)).await.map_err(|e| db_error(&db, e))?;
+    let rows = query.fetch_all(db.on(&mut *conn)).await.map_err(|e| Problem::from(DataError::from(e)))?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         let created: i64 = row.try_get("created_at").map_err(|e| db_error(&db, e))?;
@@ -143,7 +144,7 @@ async fn unread_count(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resul
         .bind(&claims.sub)
         .fetch_one(db.on(&mut *conn))
         .await
-        .map_err(|e| db_error(&db, e))?;
+        .map_err(|e| Problem::from(DataError::from(e)))?;
     Ok(Json(UnreadCount { unread: u64::try_from(unread).unwrap_or_default() }))
 }
 
@@ -157,7 +158,7 @@ async fn mark_all_read(State(db): State<Db>, Auth(claims): Auth<Claims>) -> Resu
         .bind(&claims.sub)
         .execute(db.on(&mut *conn))
         .await
-        .map_err(|e| db_error(&db, e))?;
+        .map_err(|e| Problem::from(DataError::from(e)))?;
     Ok(Json(Marked { marked: done.rows_affected() }))
 }
 

@@ -8,7 +8,7 @@ use cityevents_common::catalogue::{
     EventCanceled, EventPublished, EventUnpublished, EventUpdated, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked,
     JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail, MailRequested,
 };
-use keel::data::Db;
+use keel::data::{DataError, Db};
 use keel::events::outbox::Outbox;
 use keel::events::{Event, Failure, Handler, Message};
 use uuid::Uuid;
@@ -77,7 +77,7 @@ async fn notify(
         .execute(db.on(&mut **tx))
         .await
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
-        .map_err(|e| Failure::transient(&db.observe(e)))?;
+        .map_err(|e| Failure::transient(&DataError::from(e)))?;
     Ok(())
 }
 
@@ -148,13 +148,13 @@ impl Handler for JoinsHandler {
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
         crate::activity::track_join(tx, &self.db, &kind, &c)
             .await
-            .map_err(|e| Failure::transient(&self.db.observe(e)))?;
+            .map_err(|e| Failure::transient(&DataError::from(e)))?;
         if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
             let request = MailRequested { user_id: c.user_id, to: None, name: None, mail };
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
             outbox.enqueue_event(tx, MAIL_TOPIC, &request).await.map_err(|e| match e {
                 keel::events::outbox::OutboxError::Data(d) => Failure::transient(&d),
-                keel::events::outbox::OutboxError::Sql(s) => Failure::transient(&self.db.observe(s)),
+                keel::events::outbox::OutboxError::Sql(s) => Failure::transient(&DataError::from(s)),
                 other => Failure::permanent(other),
             })?;
         }
@@ -197,15 +197,15 @@ impl Handler for EventsHandler {
         if let Some((s, updated)) = snapshot {
             let db = &self.db;
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-            let observe = |e| Failure::transient(&self.db.observe(e));
-            let before = crate::activity::record_event(tx, db, &s).await.map_err(observe)?;
+            let failed = |e: sqlx::Error| Failure::transient(&DataError::from(e));
+            let before = crate::activity::record_event(tx, db, &s).await.map_err(failed)?;
             let change = before
                 .filter(|_| updated)
                 .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));
             if let Some(text) = change {
                 crate::activity::queue_notice(tx, db, s.event_id, crate::activity::CHANGED, &text)
                     .await
-                    .map_err(observe)?;
+                    .map_err(failed)?;
                 tracing::info!(event_id = %s.event_id, "participants to be told of a change of time or place");
             }
             return Ok(());

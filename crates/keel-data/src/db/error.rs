@@ -32,7 +32,7 @@ pub enum DataError {
     },
     /// The database returned an error. Answers 404 for "no row", else 500 (details only logged).
     #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    Sql(#[source] sqlx::Error),
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -42,6 +42,19 @@ pub enum DataError {
     /// The configuration cannot be used.
     #[error("database configuration: {0}")]
     Config(String),
+}
+
+/// A statement's error as a [`DataError`]: a pool that gave no connection in time is
+/// [`DataError::AcquireTimeout`] (503), anything else [`DataError::Sql`]. Counts nothing: a
+/// statement run through [`Db::exec`](crate::Db::exec) or [`Db::on`](crate::Db::on) was
+/// counted where it failed.
+impl From<sqlx::Error> for DataError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Self::AcquireTimeout,
+            e => Self::Sql(e),
+        }
+    }
 }
 
 impl DataError {
@@ -92,6 +105,7 @@ pub(crate) fn sql_kind(e: &sqlx::Error) -> &'static str {
         sqlx::Error::Tls(_) => "tls",
         sqlx::Error::Protocol(_) => "protocol",
         // A code of the retryable table says which (`shutdown`, `serialization`, …).
+        sqlx::Error::Database(_) if is_statement_timeout(e) => "statement_timeout",
         sqlx::Error::Database(_) => retry_kind(e).map_or("database", RetryKind::label),
         sqlx::Error::RowNotFound => "row_not_found",
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => "decode",

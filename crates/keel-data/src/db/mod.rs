@@ -412,8 +412,10 @@ impl Db {
         DataError::Unavailable { reason: self.inner.connect.reason() }
     }
 
-    /// Counts statement error `e` as [`Db::observe`] does (`db_errors_total` by kind, "no row"
-    /// excepted; a lost connection marks the database unavailable at once) without taking it.
+    /// Counts statement error `e`: `db_errors_total` by kind ("no row" excepted), and a lost
+    /// connection marks the database unavailable at once. A statement run through [`Db::exec`]
+    /// or [`Db::on`] is counted already; this is for one that was not (a `COMMIT` by
+    /// `Transaction::commit`, a bare connection).
     pub fn count_error(&self, e: &sqlx::Error) {
         // "No row" is an answer, not a failure of the database.
         if !matches!(e, sqlx::Error::RowNotFound) {
@@ -424,13 +426,18 @@ impl Db {
         }
     }
 
-    /// Counts and classifies an error from a query the caller ran; marks the database
-    /// unavailable when the error means the connection is gone. Returns it as a [`DataError`].
+    /// [`Db::count_error`], then `e` as a [`DataError`]: for an error that did not come through
+    /// [`Db::exec`] or [`Db::on`] (those are counted where they fail: convert them with `?` or
+    /// `DataError::from`, or they count twice).
     pub fn observe(&self, e: sqlx::Error) -> DataError {
         self.count_error(&e);
-        match e {
-            sqlx::Error::PoolTimedOut => DataError::AcquireTimeout,
-            e => DataError::Sql(e),
+        DataError::from(e)
+    }
+
+    /// Counts `result`'s error, if any ([`Traced`]'s untraced path).
+    pub(crate) fn count_failed<T>(&self, result: &Result<T, sqlx::Error>) {
+        if let Err(e) = result {
+            self.count_error(e);
         }
     }
 
@@ -672,12 +679,11 @@ impl Db {
                 let mut tx = self.begin().await?;
                 sqlx::query(AssertSqlSafe(format!("SET LOCAL statement_timeout = {ms}")))
                     .execute(self.on(&mut *tx))
-                    .await
-                    .map_err(|e| self.observe(e))?;
+                    .await?;
                 let rows = bind(self.query_of(sql))
                     .fetch_all(self.on(&mut *tx))
                     .await
-                    .map_err(|e| self.timed_out(e, limit))?;
+                    .map_err(|e| Self::timed_out(e, limit))?;
                 self.commit(tx).await?;
                 Ok(rows)
             }
@@ -693,12 +699,12 @@ impl Db {
                 bind(sqlx::query(AssertSqlSafe(text)))
                     .fetch_all(self.on(&mut *conn))
                     .await
-                    .map_err(|e| self.timed_out(e, limit))
+                    .map_err(|e| Self::timed_out(e, limit))
             }
             Backend::Sqlite => {
                 let mut conn = self.acquire().await?;
                 match tokio::time::timeout(limit, bind(self.query_of(sql)).fetch_all(self.on(&mut *conn))).await {
-                    Ok(rows) => rows.map_err(|e| self.observe(e)),
+                    Ok(rows) => rows.map_err(DataError::from),
                     Err(_) => {
                         self.inner.metrics.error("statement_timeout");
                         Err(DataError::StatementTimeout { after: limit })
@@ -712,14 +718,13 @@ impl Db {
         sqlx::query(self.statement(sql))
     }
 
-    /// [`Db::observe`], except that a statement the server cut off for its time is
-    /// [`DataError::StatementTimeout`].
-    fn timed_out(&self, e: sqlx::Error, after: Duration) -> DataError {
+    /// `e` as a [`DataError`] (counted where it failed, as `statement_timeout` when the server
+    /// cut the statement off for its time), that case as [`DataError::StatementTimeout`].
+    fn timed_out(e: sqlx::Error, after: Duration) -> DataError {
         if error::is_statement_timeout(&e) {
-            self.inner.metrics.error("statement_timeout");
             return DataError::StatementTimeout { after };
         }
-        self.observe(e)
+        DataError::from(e)
     }
 
     /// Whether the MySQL-protocol server on `conn` is MariaDB (asked once per pool).
@@ -896,23 +901,6 @@ impl Connects for Db {
     }
     fn ready(&self) -> CheckFuture<'_> {
         Box::pin(self.check())
-    }
-}
-
-/// Counts a statement's error on the database's metrics and availability as it becomes a
-/// [`DataError`] ([`Db::observe`]), for results of statements a service runs itself.
-///
-/// ```ignore
-/// let row = sqlx::query(sql).fetch_optional(db.exec()).await.observed(&db)?;
-/// ```
-pub trait Observe<T> {
-    /// See the [trait docs](Observe).
-    fn observed(self, db: &Db) -> Result<T, DataError>;
-}
-
-impl<T> Observe<T> for Result<T, sqlx::Error> {
-    fn observed(self, db: &Db) -> Result<T, DataError> {
-        self.map_err(|e| db.observe(e))
     }
 }
 

@@ -23,16 +23,6 @@ use super::error::{DataError, RetryKind, retry_kind};
 pub trait Transient {
     /// See the [trait docs](Transient).
     fn is_transient(&self) -> bool;
-
-    /// The statement error behind it that no [`Db`](crate::Db) has counted yet (a raw
-    /// `sqlx::Error` a service's error type keeps so it can tell conflicts apart):
-    /// [`transaction!`](crate::transaction) counts it on the database's metrics and
-    /// availability ([`Db::count_error`](crate::Db::count_error)) whenever a run fails with it.
-    /// `None` (the default) for errors that are counted already, like a [`DataError`] made by
-    /// [`Db::observe`](crate::Db::observe).
-    fn uncounted(&self) -> Option<&sqlx::Error> {
-        None
-    }
 }
 
 impl Transient for sqlx::Error {
@@ -112,8 +102,8 @@ impl TxRetry {
 ///
 /// `$body` is an expression that uses `$tx` (a mutable binding of the
 /// `Transaction<'static, Any>`) and yields a future of `Result<T, E>`, where `E:
-/// From<DataError> + Transient + Debug`; a failed `BEGIN` or `COMMIT` becomes an `E`, and a
-/// statement error the run failed with is counted once ([`Transient::uncounted`]). Each run
+/// From<DataError> + Transient + Debug`; a failed `BEGIN` or `COMMIT` becomes an `E` (counted,
+/// as a statement run through [`Db::on`](crate::Db::on) is where it fails). Each run
 /// starts a new transaction and evaluates `$body` again, so it must not consume what a second
 /// run needs. A macro rather than a function taking a closure: a closure's future that borrows
 /// both the transaction and the handler's state cannot be proven `Send` for an axum handler
@@ -153,9 +143,6 @@ macro_rules! transaction {
             };
             match result {
                 Err(e) => {
-                    if let Some(sql) = $crate::Transient::uncounted(&e) {
-                        db.count_error(sql);
-                    }
                     if retry.again(attempt, &e, &mut pauses).await {
                         continue;
                     }

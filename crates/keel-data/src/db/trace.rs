@@ -4,7 +4,11 @@
 //! sqlx makes no span of its own (it logs each statement at `debug`), so a request's trace
 //! showed nothing of its queries. A statement run through [`Traced`] while spans are exported
 //! and the caller's span is sampled is a client span with OpenTelemetry's database conventions;
-//! otherwise the statement goes to the inner executor as it came, and nothing is made.
+//! otherwise the statement goes to the inner executor as it came, and no span is made.
+//!
+//! Either way a statement that fails is counted where it fails, once: `db_errors_total` by
+//! kind, and a connection error marks the database down ([`Db::count_error`]). So a caller
+//! propagates the error with `?` (`DataError: From<sqlx::Error>`) and counts nothing itself.
 
 use std::borrow::Cow;
 use std::pin::Pin;
@@ -185,11 +189,13 @@ pub(crate) fn record_error(span: &tracing::Span, e: &sqlx::Error) {
 }
 
 /// The inner executor's stream of results, polled inside the statement's span; errors and the
-/// rows returned are recorded on it. The span ends when the stream is dropped.
+/// rows returned are recorded on it, and errors counted. The span ends when the stream is
+/// dropped.
 struct InSpan<'e> {
     inner: BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>,
     span: tracing::Span,
     rows: i64,
+    db: Db,
 }
 
 impl Stream for InSpan<'_> {
@@ -203,7 +209,10 @@ impl Stream for InSpan<'_> {
         };
         match &poll {
             Poll::Ready(Some(Ok(Either::Right(_)))) => this.rows = this.rows.saturating_add(1),
-            Poll::Ready(Some(Err(e))) => record_error(&this.span, e),
+            Poll::Ready(Some(Err(e))) => {
+                record_error(&this.span, e);
+                this.db.count_error(e);
+            }
             Poll::Ready(None) => {
                 this.span.record("db.response.returned_rows", this.rows);
             }
@@ -228,19 +237,26 @@ where
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        let Some(db) = self.db.filter(|_| tracing_now()) else {
+        let Some(db) = self.db else {
             return self.inner.fetch_many(query);
         };
+        if !tracing_now() {
+            let db = db.clone();
+            return self.inner.fetch_many(query).inspect(move |r| db.count_failed(r)).boxed();
+        }
         let taken = match take(query) {
             Ok(t) => t,
-            Err(e) => return futures_util::stream::once(std::future::ready(Err(e))).boxed(),
+            Err(e) => {
+                db.count_error(&e);
+                return futures_util::stream::once(std::future::ready(Err(e))).boxed();
+            }
         };
         let span = db.statement_span(taken.sql.as_str());
         let inner = {
             let _entered = span.enter();
             self.inner.fetch_many(taken)
         };
-        InSpan { inner, span, rows: 0 }.boxed()
+        InSpan { inner, span, rows: 0, db: db.clone() }.boxed()
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
@@ -248,25 +264,36 @@ where
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        let Some(db) = self.db.filter(|_| tracing_now()) else {
+        let Some(db) = self.db else {
             return self.inner.fetch_optional(query);
         };
+        if !tracing_now() {
+            let db = db.clone();
+            return self.inner.fetch_optional(query).inspect(move |r| db.count_failed(r)).boxed();
+        }
         let taken = match take(query) {
             Ok(t) => t,
-            Err(e) => return std::future::ready(Err(e)).boxed(),
+            Err(e) => {
+                db.count_error(&e);
+                return std::future::ready(Err(e)).boxed();
+            }
         };
         let span = db.statement_span(taken.sql.as_str());
         let run = {
             let _entered = span.enter();
             self.inner.fetch_optional(taken)
         };
+        let db = db.clone();
         async move {
             let result = run.instrument(span.clone()).await;
             match &result {
                 Ok(row) => {
                     span.record("db.response.returned_rows", i64::from(row.is_some()));
                 }
-                Err(e) => record_error(&span, e),
+                Err(e) => {
+                    record_error(&span, e);
+                    db.count_error(e);
+                }
             }
             result
         }

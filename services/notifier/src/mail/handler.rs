@@ -12,7 +12,7 @@
 use crate::metrics::NotificationMetrics;
 use cityevents_common::catalogue::{AccountContact, MAIL_PREFERENCES, MailRequested};
 use cityevents_common::time::{now, to_micros};
-use keel::data::{Backend, Db};
+use keel::data::{Backend, DataError, Db};
 use keel::events::{Failure, Handler, Message};
 use keel::security::crypto::Keyring;
 use lettre::message::Mailbox;
@@ -78,7 +78,7 @@ impl Contacts {
             .bind(to_micros(now()))
             .execute(db.on(&mut *conn))
             .await
-            .map_err(|e| Failure::transient(&db.observe(e)))?;
+            .map_err(|e| Failure::transient(&DataError::from(e)))?;
         Ok(())
     }
 
@@ -92,7 +92,7 @@ impl Contacts {
         .bind(user.to_string())
         .fetch_optional(db.on(&mut *conn))
         .await
-        .map_err(|e| Failure::transient(&db.observe(e)))?;
+        .map_err(|e| Failure::transient(&DataError::from(e)))?;
         let Some((ciphertext, name, verified)) = row else { return Ok(None) };
         // A data key gone from the keyring will not come back by retrying.
         let email = self.keyring.decrypt_str(&ciphertext).map_err(Failure::permanent)?;
@@ -107,8 +107,7 @@ impl Contacts {
             sqlx::query_as(db.statement("SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
                 .bind(user)
                 .fetch_all(db.on(&mut *conn))
-                .await
-                .map_err(|e| db.observe(e))?;
+                .await?;
         Ok(MAIL_PREFERENCES
             .iter()
             .map(|k| (*k, rows.iter().find(|(kind, _)| kind == k).is_none_or(|(_, on)| *on != 0)))
@@ -140,8 +139,7 @@ impl Contacts {
                 .bind(i64::from(*on))
                 .bind(to_micros(now()))
                 .execute(db.on(&mut *tx))
-                .await
-                .map_err(|e| db.observe(e))?;
+                .await?;
         }
         tx.commit().await.map_err(|e| db.observe(e))?;
         Ok(())
@@ -155,7 +153,7 @@ impl Contacts {
                 .bind(message_id)
                 .fetch_optional(db.on(&mut *conn))
                 .await
-                .map_err(|e| Failure::transient(&db.observe(e)))?;
+                .map_err(|e| Failure::transient(&DataError::from(e)))?;
         Ok(found.is_some())
     }
 
@@ -178,7 +176,7 @@ impl Contacts {
             .bind(to_micros(now()))
             .execute(db.on(&mut *conn))
             .await
-            .map_err(|e| Failure::transient(&db.observe(e)))?;
+            .map_err(|e| Failure::transient(&DataError::from(e)))?;
         Ok(())
     }
 
@@ -190,8 +188,7 @@ impl Contacts {
         let done = sqlx::query(db.statement("DELETE FROM mail_log WHERE created_at < $1"))
             .bind(cutoff)
             .execute(db.on(&mut *conn))
-            .await
-            .map_err(|e| db.observe(e))?;
+            .await?;
         Ok(done.rows_affected())
     }
 }

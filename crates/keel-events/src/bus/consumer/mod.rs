@@ -540,7 +540,7 @@ impl<H: Handler> Consumer<H> {
                 .bind(super::now_ms())
                 .execute(db.on(&mut *tx))
                 .await
-                .map_err(|e| Failure::transient(&db.observe(e)))?;
+                .map_err(|e| Failure::transient(&keel_data::DataError::from(e)))?;
             if inserted.rows_affected() == 0 {
                 tracing::info!("already processed (inbox); acknowledging without handling again");
                 return Ok(());
