@@ -58,27 +58,12 @@ async fn notify(
     event_id: Uuid,
     text: String,
 ) -> Result<(), Failure> {
-    let sql = db
-        .sql(
-            "INSERT INTO notifications (id, user_id, kind, event_id, message, created_at, read_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .into_owned();
     // Without the inbox transaction the write would not be exactly-once: refuse rather than guess.
     let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(Uuid::now_v7().to_string())
-        .bind(user_id.to_string())
-        .bind(kind)
-        .bind(event_id.to_string())
-        .bind(text)
-        .bind(cityevents_common::time::to_micros(cityevents_common::time::now()))
-        .bind(None::<i64>)
-        .execute(db.on(&mut **tx))
+    crate::store::insert(tx, db, user_id, kind, event_id, text)
         .await
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
-        .map_err(|e| Failure::transient(&DataError::from(e)))?;
-    Ok(())
+        .map_err(|e| Failure::transient(&e))
 }
 
 /// Handles `join.*` on the joins topic: one notification for the participant each, and, with

@@ -32,6 +32,7 @@ mod api;
 mod consumers;
 pub mod mail;
 pub mod metrics;
+mod store;
 
 use std::time::Duration;
 
