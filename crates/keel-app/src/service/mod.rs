@@ -9,6 +9,19 @@ use axum::Router;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "client")]
+mod client;
+#[cfg(feature = "events")]
+mod events;
+#[cfg(feature = "grpc")]
+mod grpc;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "security")]
+mod security;
+#[cfg(feature = "sql")]
+mod sql;
+
 use super::{Config, KeelConfig};
 use keel_config::{ConfigError, NoConfig, Profile, Section};
 use keel_health::{Health, HealthCheck};
@@ -291,13 +304,6 @@ impl<C: Section> Service<C> {
     }
 }
 
-/// The readiness check of [`Setup::database`]'s connection.
-#[cfg(feature = "sql")]
-const DATABASE_CHECK: &str = "database";
-/// The readiness check of [`Setup::bus`]'s connection.
-#[cfg(feature = "events")]
-const BUS_CHECK: &str = "bus";
-
 /// What a set-up function can use and declare.
 pub struct Setup<C> {
     pub(crate) name: String,
@@ -449,251 +455,12 @@ impl<C: Section> Setup<C> {
         &self.workers
     }
 
-    /// The service's SQL database (`database.*`), connecting in the background: adds the
-    /// `database` readiness check and `database_connect` startup check, a connect task, and a
-    /// shutdown hook that closes the pool. Outside production an unset `database.url` means a
-    /// SQLite file `data/<service>.db`; in production it is an error.
-    #[cfg(feature = "sql")]
-    pub fn database(&mut self) -> Result<keel_data::Db, SetupError> {
-        let cfg = self.config.keel.database.clone();
-        let production = self.profile == Profile::Production;
-        // In production the only failure is a missing URL; elsewhere it is the SQLite default's
-        // directory that could not be made, which is the environment's fault.
-        let url = match &cfg.url {
-            // `config check` makes no directory for the default SQLite file.
-            None if self.checking && !production => "sqlite::memory:".to_owned(),
-            _ => keel_data::resolve_url(&cfg, &self.name, production).map_err(|e| match e {
-                keel_data::DataError::Config(m) if production => misconfigured("database", m),
-                other => other.into(),
-            })?,
-        };
-        let backend = keel_data::Backend::from_url(&url)
-            .ok_or_else(|| misconfigured("database.url", "must be postgres://, mysql:// or sqlite:"))?;
-        // Nor a SQLite file: the pool is built (the URL parses) but in memory.
-        let url =
-            if self.checking && backend == keel_data::Backend::Sqlite { "sqlite::memory:".to_owned() } else { url };
-        let db = keel_data::Db::new(&self.name, &url, &cfg, self.migrations.clone(), &self.metrics)?;
-        self.health.add(db.readiness_check());
-        self.health.add(db.startup_check());
-        // Workers do not fail their first runs while the database is still connecting.
-        self.workers.require_for_all(DATABASE_CHECK);
-        let (d, health) = (db.clone(), self.health.clone());
-        self.task("database-connect", move |stop| async move {
-            d.clone().connect_in_background(stop.clone()).await;
-            health.trigger();
-            // A re-probe that finds the database back, or a call that finds it gone, re-runs
-            // the checks: readiness follows at once.
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = d.recovered() => health.trigger(),
-                    () = d.lost() => health.trigger(),
-                }
-            }
-        });
-        let d = db.clone();
-        self.on_shutdown("database-close", move || async move { d.close().await });
-        Ok(db)
-    }
-
-    /// The service's Redis (`redis.*`), connecting in the background: adds the `redis`
-    /// readiness check and `redis_connect` startup check and a connect task. Later calls
-    /// return the same client.
-    #[cfg(feature = "redis")]
-    pub fn redis(&mut self) -> Result<keel_redis::Redis, SetupError> {
-        if let Some(r) = &self.redis {
-            return Ok(r.clone());
-        }
-        let cfg = self.config.keel.redis.clone();
-        let url = cfg
-            .url
-            .as_ref()
-            .ok_or_else(|| misconfigured("redis.url", "is required (env <SERVICE>__REDIS__URL or redis.url_file)"))?;
-        if let Err(e) = keel_redis::driver::Client::open(url.expose()) {
-            return Err(misconfigured("redis.url", keel_health::sanitize(&e.to_string())));
-        }
-        let redis = keel_redis::Redis::new(&self.name, url.expose(), &cfg, &self.metrics)?;
-        self.health.add(redis.readiness_check());
-        self.health.add(redis.startup_check());
-        let (r, health) = (redis.clone(), self.health.clone());
-        self.task("redis-connect", move |stop| async move {
-            r.clone().connect_in_background(stop.clone()).await;
-            health.trigger();
-            // A re-probe that finds Redis back, or a call that finds it gone, re-runs the
-            // checks: readiness follows at once.
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = r.recovered() => health.trigger(),
-                    () = r.lost() => health.trigger(),
-                }
-            }
-        });
-        self.redis = Some(redis.clone());
-        Ok(redis)
-    }
-
     /// The service's circuit-breaker registry (metrics `circuit_breaker_*`).
     pub fn breakers(&mut self) -> Result<keel_resilience::breaker::Registry, SetupError> {
         if self.breakers.is_none() {
             self.breakers = Some(keel_resilience::breaker::Registry::new(self.metrics.registry())?);
         }
         Ok(self.breakers.clone().unwrap_or_default())
-    }
-
-    /// A client for the upstream `upstreams.<name>`, with its breaker, bulkhead, retries,
-    /// timeouts and size cap; adds the readiness check `upstream:<name>` when `health_path` is set.
-    #[cfg(feature = "client")]
-    pub fn http_client(&mut self, name: &str) -> Result<keel_http::client::Client, SetupError> {
-        self.client(name, true)
-    }
-
-    /// [`Setup::http_client`] whose readiness check (with `health_path` set) never fails this
-    /// service's readiness, whatever `upstreams.<name>.required` says: it reports `degraded`.
-    /// For a caller that stays useful while the upstream is down, because the upstream's
-    /// breaker answers its calls with a quick 503 — a gateway, whose other routes still work.
-    /// The breaker's recovery probe of `health_path` is unchanged.
-    #[cfg(feature = "client")]
-    pub fn http_client_optional(&mut self, name: &str) -> Result<keel_http::client::Client, SetupError> {
-        self.client(name, false)
-    }
-
-    /// A client named `name` (its breaker, bulkhead and metrics labels) for `cfg`, which need
-    /// not be a section of `upstreams`: a second client of an upstream for one class of calls,
-    /// so that their failures open a breaker of their own and their concurrency has its own
-    /// bulkhead (a gateway's full-text searches next to the rest of a service's API). It adds
-    /// no readiness check.
-    ///
-    /// ```ignore
-    /// let mut cfg = s.keel().upstreams["events"].clone();
-    /// cfg.retry.max_attempts = 1;
-    /// let searches = s.http_client_for("events_search", &cfg)?;
-    /// ```
-    #[cfg(feature = "client")]
-    pub fn http_client_for(
-        &mut self,
-        name: &str,
-        cfg: &keel_http::client::UpstreamConfig,
-    ) -> Result<keel_http::client::Client, SetupError> {
-        if let Some(c) = self.clients.get(name) {
-            return Ok(c.clone());
-        }
-        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
-        if self.client_metrics.is_none() {
-            self.client_metrics = Some(keel_http::client::ClientMetrics::new(&self.metrics)?);
-        }
-        let client = keel_http::client::Client::new(name, cfg, breaker, self.client_metrics.clone())?;
-        self.clients.insert(name.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    /// The `upstreams.<name>` section, or the error naming it.
-    #[cfg(feature = "client")]
-    fn upstream(&self, name: &str) -> Result<keel_http::client::UpstreamConfig, SetupError> {
-        self.config
-            .keel
-            .upstreams
-            .get(name)
-            .cloned()
-            .ok_or_else(|| misconfigured(&format!("upstreams.{name}"), "is not configured"))
-    }
-
-    #[cfg(feature = "client")]
-    fn client(&mut self, name: &str, may_fail_readiness: bool) -> Result<keel_http::client::Client, SetupError> {
-        if let Some(c) = self.clients.get(name) {
-            return Ok(c.clone());
-        }
-        let mut cfg = self.upstream(name)?;
-        cfg.required &= may_fail_readiness;
-        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
-        if self.client_metrics.is_none() {
-            self.client_metrics = Some(keel_http::client::ClientMetrics::new(&self.metrics)?);
-        }
-        let client = keel_http::client::Client::new(name, &cfg, breaker, self.client_metrics.clone())?;
-        if let Some(check) = client.health_check() {
-            self.health.add(check);
-        }
-        self.clients.insert(name.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    /// Serves a tonic service (a generated `…Server::new(handler)`) behind Keel's gRPC stack:
-    /// on the public listener, where `content-type: application/grpc` requests go to it, or on
-    /// `grpc.port`. Its name joins `grpc.health.v1`, which follows readiness. In production the
-    /// service refuses to start with gRPC in plaintext unless `grpc.plaintext` is set.
-    ///
-    /// ```ignore
-    /// s.grpc_service(SymbolsServer::new(SymbolsApi::new(db.clone())));
-    /// ```
-    #[cfg(feature = "grpc")]
-    pub fn grpc_service<S>(&mut self, svc: S) -> &mut Self
-    where
-        S: tower::Service<http::Request<keel_grpc::tonic::body::Body>, Error = std::convert::Infallible>
-            + keel_grpc::tonic::server::NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Response: axum::response::IntoResponse,
-        S::Future: Send + 'static,
-    {
-        self.grpc.add(svc);
-        self
-    }
-
-    /// Puts a tower layer on every gRPC call, below Keel's gRPC stack: the rate limiter the HTTP
-    /// routes have, so a gRPC client cannot spend more than the policy gives. Its refusals reach
-    /// gRPC clients as statuses (a 429 is `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`;
-    /// see `keel::grpc::answers`).
-    ///
-    /// ```ignore
-    /// let limit = s.rate_limit("api")?;
-    /// s.grpc_layer(limit.clone());
-    /// Ok(routes.layer(limit))
-    /// ```
-    #[cfg(feature = "grpc")]
-    pub fn grpc_layer<L>(&mut self, layer: L) -> &mut Self
-    where
-        L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
-        L::Service: tower::Service<http::Request<axum::body::Body>, Error = std::convert::Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Response:
-            axum::response::IntoResponse + 'static,
-        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Future: Send + 'static,
-    {
-        self.grpc.layer(layer);
-        self
-    }
-
-    /// An encoded `FileDescriptorSet` describing the gRPC services, served by reflection when
-    /// `grpc.reflection` is on (`grpcurl list`).
-    #[cfg(feature = "grpc")]
-    pub fn grpc_descriptors(&mut self, encoded: &'static [u8]) -> &mut Self {
-        self.grpc.descriptors(encoded);
-        self
-    }
-
-    /// A gRPC client for the upstream `upstreams.<name>` (see [`keel_grpc::client`]): hand it to
-    /// generated tonic clients. Declare its idempotent methods with
-    /// [`GrpcClient::idempotent`](keel_grpc::GrpcClient::idempotent) to have them retried. In
-    /// production an `http://` base URL is refused unless `upstreams.<name>.plaintext` is set.
-    #[cfg(feature = "grpc")]
-    pub fn grpc_client(&mut self, name: &str) -> Result<keel_grpc::GrpcClient, SetupError> {
-        let cfg = self.upstream(name)?;
-        if self.profile == Profile::Production && cfg.base_url.starts_with("http://") && !cfg.plaintext {
-            return Err(misconfigured(
-                &format!("upstreams.{name}.base_url"),
-                "is plaintext gRPC in production: use https:// (with upstreams.<name>.tls), or set upstreams.<name>.plaintext: true when the network encrypts",
-            ));
-        }
-        let breaker = self.breakers()?.get_or_create(name, &cfg.breaker);
-        if self.grpc_client_metrics.is_none() {
-            self.grpc_client_metrics = Some(keel_grpc::GrpcClientMetrics::new(&self.metrics)?);
-        }
-        Ok(keel_grpc::GrpcClient::new(name, &cfg, breaker, self.grpc_client_metrics.clone())?)
     }
 
     /// A layer applying the rate-limit policy `rate_limits.<name>`, for a router or a route.
@@ -784,170 +551,6 @@ impl<C: Section> Setup<C> {
         let layer = keel_rate_limit::RateLimitLayer::with_rules(own, rules, &self.config.keel.http.trusted_proxies);
         self.limiters.insert(name.to_owned(), layer.clone());
         Ok(layer)
-    }
-
-    /// The service's message bus (`bus.*`), connecting in the background: adds the `bus`
-    /// readiness check and `bus_connect` startup check, a connect task and a close hook. The
-    /// `in_process` backend is refused in production (it loses events on restart).
-    #[cfg(feature = "events")]
-    pub fn bus(&mut self) -> Result<keel_events::Bus, SetupError> {
-        if let Some(b) = &self.bus {
-            return Ok(b.clone());
-        }
-        let cfg = &self.config.keel.bus;
-        if self.profile == Profile::Production && cfg.backend == keel_events::BusBackend::InProcess {
-            return Err(misconfigured(
-                "bus.backend",
-                "in_process keeps events in memory and loses them on restart; production needs nats or rabbitmq",
-            ));
-        }
-        let bus = keel_events::Bus::new(cfg).map_err(|e| match e {
-            keel_events::BusError::Config(m) => misconfigured("bus", m),
-            other => other.into(),
-        })?;
-        self.health.add(bus.readiness_check());
-        self.health.add(bus.startup_check());
-        self.depends_on(BUS_CHECK);
-        let (b, health) = (bus.clone(), self.health.clone());
-        self.task("bus-connect", move |stop| async move {
-            b.connect_in_background(stop).await;
-            health.trigger();
-        });
-        let b = bus.clone();
-        self.on_shutdown("bus-close", move || async move { b.close().await });
-        self.bus = Some(bus.clone());
-        Ok(bus)
-    }
-
-    /// Runs `consumer` from start-up until shutdown (it stops fetching, finishes and settles
-    /// what is in flight, then returns), with the readiness check `consumer:<topic>:<group>` and
-    /// the `consumer_*` metrics.
-    ///
-    /// ```ignore
-    /// let bus = s.bus()?;
-    /// let db = s.database()?;
-    /// s.consume(Consumer::new(bus, "joins", "notifier", Notify).inbox(db))?;
-    /// ```
-    #[cfg(feature = "events")]
-    pub fn consume<H: keel_events::Handler>(
-        &mut self,
-        consumer: keel_events::Consumer<H>,
-    ) -> Result<&mut Self, SetupError> {
-        if self.consumer_metrics.is_none() {
-            self.consumer_metrics = Some(keel_events::ConsumerMetrics::new(&self.metrics)?);
-        }
-        let health = self.health.clone();
-        let consumer = consumer
-            .with_metrics(self.consumer_metrics.clone().ok_or("consumer metrics")?)
-            .on_subscribed(move || health.trigger());
-        self.health.add(consumer.readiness_check());
-        let name = format!("{}:consumer", consumer.describe());
-        let (health, deps) = (self.health.clone(), self.dependencies.clone());
-        self.task(name, move |stop| async move {
-            // Subscribing before the bus is up only fails and retries: the normal start-up.
-            let deps = deps.lock().map(|d| d.clone()).unwrap_or_default();
-            if health.wait_for(&deps, &stop).await {
-                consumer.run(stop).await;
-            }
-        });
-        Ok(self)
-    }
-
-    #[cfg(feature = "events")]
-    fn depends_on(&mut self, check: &str) {
-        if let Ok(mut d) = self.dependencies.lock()
-            && !d.iter().any(|c| c == check)
-        {
-            d.push(check.to_owned());
-        }
-    }
-
-    /// The transactional outbox on the service database, with its relay publishing to
-    /// [`Setup::bus`] until shutdown (`outbox.*`, metrics `outbox_*`). The `keel_outbox` table
-    /// comes from Keel's own migrations ([`keel_events::outbox::migrations`]).
-    #[cfg(all(feature = "events", feature = "sql"))]
-    pub fn outbox(&mut self, db: &keel_data::Db) -> Result<keel_events::outbox::Outbox, SetupError> {
-        if let Some(o) = &self.outbox {
-            return Ok(o.clone());
-        }
-        let bus = self.bus()?;
-        let outbox =
-            keel_events::outbox::Outbox::new(db.clone(), &self.name, &self.config.keel.outbox, Some(&self.metrics))?;
-        let relay = outbox.clone();
-        self.task("outbox-relay", move |stop| relay.run(bus, stop));
-        self.outbox = Some(outbox.clone());
-        Ok(outbox)
-    }
-
-    /// The JWT verifier (and issuer) `security.jwt.*` describes; add `jwt.extension()` to the
-    /// router so the `Auth` extractors find it.
-    #[cfg(feature = "security")]
-    pub fn jwt(&self) -> Result<keel_security::jwt::Jwt, SetupError> {
-        keel_security::jwt::Jwt::from_config(&self.config.keel.security.jwt)
-            .map_err(|e| misconfigured("security.jwt", e))
-    }
-
-    /// The password hasher and policy `security.passwords.*` describe.
-    #[cfg(feature = "security")]
-    pub fn passwords(
-        &self,
-    ) -> Result<(keel_security::password::PasswordHasher, keel_security::password::PasswordPolicy), SetupError> {
-        let cfg = &self.config.keel.security.passwords;
-        Ok((
-            keel_security::password::PasswordHasher::from_config(cfg)
-                .map_err(|e| misconfigured("security.passwords", e))?,
-            keel_security::password::PasswordPolicy::from_config(cfg),
-        ))
-    }
-
-    /// The field-encryption keyring `security.encryption.*` describes.
-    #[cfg(feature = "security")]
-    pub fn keyring(&self) -> Result<keel_security::crypto::Keyring, SetupError> {
-        keel_security::crypto::Keyring::from_config(&self.config.keel.security.encryption)
-            .map_err(|e| misconfigured("security.encryption", e))
-    }
-
-    /// The blind index keyed by `security.encryption.blind_index_key`.
-    #[cfg(feature = "security")]
-    pub fn blind_index(&self) -> Result<keel_security::crypto::BlindIndex, SetupError> {
-        keel_security::crypto::BlindIndex::from_config(&self.config.keel.security.encryption)
-            .map_err(|e| misconfigured("security.encryption.blind_index_key", e))
-    }
-
-    /// The audit log in `db`: chained with the keys of `security.audit` (production requires
-    /// an active key), masking `log.mask_fields` in details as the logs do, reporting
-    /// `audit_log_*` metrics, and checkpointed every `security.audit.checkpoint_interval` by
-    /// the worker `audit-checkpoint` (see [`keel_security::audit`]). One per service.
-    #[cfg(all(feature = "security", feature = "sql"))]
-    pub fn audit_log(&mut self, db: &keel_data::Db) -> Result<keel_security::audit::AuditLog, SetupError> {
-        use keel_security::audit::{AuditKeys, AuditLog};
-        let cfg = self.config.keel.security.audit.clone();
-        if self.profile == Profile::Production && cfg.active_key.is_none() {
-            return Err(misconfigured(
-                "security.audit.active_key",
-                "production needs an audit chain key (security.audit.keys.<id>.secret): \
-                 without one anyone who can write the table can rewrite the audit log",
-            ));
-        }
-        let keys = AuditKeys::from_config(&cfg).map_err(|e| misconfigured("security.audit", e))?;
-        let log = AuditLog::from_db(db)
-            .mask_fields(self.config.keel.log.mask_fields.iter())
-            .with_keys(keys)
-            .with_metrics(&self.metrics)
-            .map_err(|e| misconfigured("security.audit", e))?;
-        let checkpointed = log.clone();
-        // A checkpoint that cannot run (the database is away) is logged and skipped: the worker
-        // stays healthy, and `audit_log_checkpoint_timestamp_seconds` shows how old the last is.
-        self.worker(keel_workers::Worker::periodic("audit-checkpoint", cfg.checkpoint_interval, move |_ctx| {
-            let log = checkpointed.clone();
-            async move {
-                if let Err(e) = log.checkpoint().await {
-                    tracing::warn!(error = %keel_health::sanitize(&e.to_string()), "audit checkpoint skipped");
-                }
-                Ok::<(), std::convert::Infallible>(())
-            }
-        }))?;
-        Ok(log)
     }
 
     /// Runs `f` at the end of shutdown, after background tasks stopped (close pools, flush
