@@ -369,7 +369,7 @@ fn events_routes(s: &mut keel::Setup<FixtureConfig>, db: keel::data::Db) -> Resu
                         tracing::error!(error = %e, "enqueue failed");
                         Problem::internal().into_response()
                     })?;
-                    tx.commit().await.map_err(|e| db.observe(e).into_response())?;
+                    db.commit(tx).await.map_err(IntoResponse::into_response)?;
                     outbox.wake();
                     Ok::<_, axum::response::Response>(Json(serde_json::json!({ "event_id": envelope.id })))
                 }

@@ -220,7 +220,7 @@ impl Symbols {
             .fetch_all(self.db.on(&mut *tx))
             .await
             .map_err(DataError::from)?;
-        tx.commit().await.map_err(|e| self.db.observe(e))?;
+        self.db.commit(tx).await?;
         let items = rows.iter().map(|r| self.decode(r)).collect::<Result<Vec<_>, _>>()?;
         let has_next = i64::from(page.offset) + (items.len() as i64) < total_count;
         Ok(SymbolPage { items, total_count, page, has_next })
@@ -258,7 +258,7 @@ impl Symbols {
 
     /// Commits, then tells the relay there is something to publish.
     async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), SymbolError> {
-        tx.commit().await.map_err(|e| self.db.observe(e))?;
+        self.db.commit(tx).await?;
         self.outbox.wake();
         Ok(())
     }

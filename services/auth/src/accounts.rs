@@ -531,7 +531,7 @@ impl Accounts {
     pub(crate) async fn set_role(&self, id: &str, role: &str) -> Result<(), DataError> {
         let mut tx = self.db.begin_write().await?;
         self.set_role_in(&mut tx, id, role).await?;
-        tx.commit().await.map_err(DataError::from)
+        self.db.commit(tx).await
     }
 
     /// Replaces the password hash (after a cost change, on the next successful sign-in).

@@ -120,7 +120,7 @@ pub async fn create_admin(
     // The operator vouches for the address. Its contact reaches the notifier through the
     // service's `account-contacts` worker (this command has no outbox relay).
     let (user, tx) = accounts.insert(&email, &name, password, roles::ADMIN, true).await?;
-    tx.commit().await.map_err(|e| accounts.db.observe(e))?;
+    accounts.db.commit(tx).await?;
     let target = format!("user:{}", user.id);
     accounts.audit(CLI_ACTOR, "auth.admin_create", &target, Outcome::Success, json!({ "role": roles::ADMIN })).await;
     Ok(AdminCreated::Created(user.id))

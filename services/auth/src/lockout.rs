@@ -255,13 +255,13 @@ impl Lockout {
             })
             .max_by_key(|(until, _)| *until);
         if let Some((until, scope)) = refused {
-            tx.commit().await?;
+            db.commit(tx).await?;
             // Rounded up: a client that waits exactly this long is let in.
             let secs = (until - now).div_euclid(1_000_000) + 1;
             return Ok(Gate::Locked { retry_after: u64::try_from(secs).unwrap_or(1), scope });
         }
         count_failure(db, &mut tx, &counters.first_hand().1, now).await?;
-        tx.commit().await?;
+        db.commit(tx).await?;
         let (_, failures, _, free) = counts[counters.first_hand];
         Ok(Gate::Open { spent: failures + 1 == i64::from(free) })
     }
@@ -310,7 +310,7 @@ impl Lockout {
                 spent.push(*scope);
             }
         }
-        tx.commit().await?;
+        db.commit(tx).await?;
         Ok(spent)
     }
 

@@ -285,7 +285,7 @@ impl AccountMail {
                         .map_err(DataError::from)?;
                 }
             }
-            tx.commit().await.map_err(DataError::from)?;
+            db.commit(tx).await?;
             announced += rows.len() as u64;
         }
     }

@@ -248,7 +248,7 @@ async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Resul
 
 /// Commits `tx` and has the relay publish what it enqueued now.
 async fn commit(s: &AppState, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), Problem> {
-    tx.commit().await.map_err(|e| s.accounts.db.observe(e))?;
+    s.accounts.db.commit(tx).await?;
     s.mail.wake();
     Ok(())
 }

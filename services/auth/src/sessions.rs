@@ -136,7 +136,7 @@ impl Sessions {
         if !envelopes.is_empty() {
             self.outbox.enqueue_all(&mut tx, SESSIONS_TOPIC, &envelopes).await?;
         }
-        tx.commit().await?;
+        db.commit(tx).await?;
         self.outbox.wake();
         Ok(envelopes.len())
     }

@@ -127,7 +127,7 @@ impl RefreshTokens {
             return Ok(None);
         }
         let token = self.issue_in(&mut tx, user_id).await?;
-        tx.commit().await.map_err(DataError::from)?;
+        db.commit(tx).await?;
         Ok(Some(token))
     }
 
@@ -225,7 +225,7 @@ impl RefreshTokens {
                 .execute(db.on(&mut *tx))
                 .await
                 .map_err(DataError::from)?;
-            tx.commit().await.map_err(DataError::from)?;
+            db.commit(tx).await?;
             return Ok(Rotation::Rotated {
                 token: next,
                 user_id,
@@ -391,7 +391,7 @@ impl RefreshTokens {
         if revoked == 0 {
             return Ok(0);
         }
-        tx.commit().await.map_err(DataError::from)?;
+        db.commit(tx).await?;
         self.sessions.wake();
         Ok(revoked)
     }

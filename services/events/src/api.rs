@@ -133,7 +133,7 @@ async fn create(State(st): State<AppState>, caller: Caller, Json(body): Json<New
     };
     let mut tx = st.db.begin_write().await?;
     store::insert(&st.db, &mut tx, &event).await?;
-    tx.commit().await.map_err(|e| st.db.observe(e))?;
+    st.db.commit(tx).await?;
     st.metrics.count(Change::Created, false);
     let location = format!("/api/v1/events/{}", event.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], JsonResponse(event.view())).into_response())
@@ -229,7 +229,7 @@ async fn change_recorded(
     if let Some(record) = &record {
         st.outbox.enqueue_event(&mut tx, MODERATION_TOPIC, record).await?;
     }
-    tx.commit().await.map_err(|e| st.db.observe(e))?;
+    st.db.commit(tx).await?;
     if !matches!(emit, Emit::Nothing) || record.is_some() {
         st.outbox.wake();
     }

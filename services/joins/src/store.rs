@@ -575,7 +575,7 @@ async fn settle_one(db: &Db, outbox: &Outbox, topic: &str, event_id: Uuid, batch
         return Ok(Tally::default());
     };
     let (n, tally) = settle(&mut tx, db, (outbox, topic), &mut ev, to_micros(now()), batch).await?;
-    tx.commit().await?;
+    db.commit(tx).await?;
     outbox.wake();
     tracing::debug!(%event_id, changed = n, left = ev.unsettled(), "settled pending joins");
     Ok(tally)

@@ -270,7 +270,7 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
         if !users.is_empty() {
             insert_notifications(&mut tx, db, &users, (&event, &kind, &message)).await?;
         }
-        tx.commit().await?;
+        db.commit(tx).await?;
         metrics.in_app(&kind, users.len() as u64);
         written += 1;
     }
@@ -470,7 +470,7 @@ async fn send_digests(db: &Db, interval: Duration, metrics: &NotificationMetrics
         .bind(to_micros(now()))
         .execute(db.on(&mut *tx))
         .await?;
-        tx.commit().await?;
+        db.commit(tx).await?;
         metrics.in_app(ACTIVITY, 1);
         sent += 1;
     }

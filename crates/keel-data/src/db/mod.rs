@@ -205,7 +205,7 @@ fn mysql_execution_hint(sql: &str, ms: u64) -> String {
 /// let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM items").fetch_all(db.exec()).await?;
 /// let mut tx = db.begin().await?;
 /// sqlx::query(db.statement("INSERT INTO items (name) VALUES ($1)")).bind("a").execute(db.on(&mut *tx)).await?;
-/// tx.commit().await?;
+/// db.commit(tx).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -327,7 +327,7 @@ impl Db {
     /// sqlx::query("DELETE FROM items").execute(db.on(&mut *conn)).await?;
     /// let mut tx = db.begin().await?;
     /// sqlx::query("DELETE FROM items").execute(db.on(&mut *tx)).await?;
-    /// tx.commit().await?;
+    /// db.commit(tx).await?;
     /// # Ok(()) }
     /// ```
     pub fn on<'c, X>(&self, executor: X) -> Traced<'_, X>
@@ -414,8 +414,8 @@ impl Db {
 
     /// Counts statement error `e`: `db_errors_total` by kind ("no row" excepted), and a lost
     /// connection marks the database unavailable at once. A statement run through [`Db::exec`]
-    /// or [`Db::on`] is counted already; this is for one that was not (a `COMMIT` by
-    /// `Transaction::commit`, a bare connection).
+    /// or [`Db::on`], and [`Db::commit`], are counted already; this is for one that was not (a
+    /// bare connection, a column that does not decode).
     pub fn count_error(&self, e: &sqlx::Error) {
         // "No row" is an answer, not a failure of the database.
         if !matches!(e, sqlx::Error::RowNotFound) {
@@ -592,8 +592,10 @@ impl Db {
         })
     }
 
-    /// Commits `tx`, as a traced `COMMIT`.
-    async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), DataError> {
+    /// Commits `tx` (from [`Db::begin`] or [`Db::begin_write`]) as a traced `COMMIT`, counted
+    /// on the database's metrics and availability when it fails, as a statement through
+    /// [`Db::on`] is: call it rather than `tx.commit()`.
+    pub async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), DataError> {
         let Some(span) = self.span_if_traced("COMMIT") else {
             return tx.commit().await.map_err(|e| self.observe(e));
         };

@@ -698,7 +698,7 @@ impl Outbox {
         } else {
             q.fetch_all(db.on(&mut *tx)).await?
         };
-        tx.commit().await?;
+        db.commit(tx).await?;
         let mut rows = fetched.iter().map(Claimed::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
         // RETURNING has no order; per-key runs need it.
         rows.sort_unstable_by_key(|r| r.seq);
@@ -923,7 +923,7 @@ impl Outbox {
             // pending row goes into, and hold up every enqueue until the delete is done.
             let mut tx = db.begin_read_committed().await?;
             let done = q.execute(db.on(&mut *tx)).await?;
-            tx.commit().await?;
+            db.commit(tx).await?;
             done
         } else {
             q.execute(db.exec()).await?

@@ -141,7 +141,7 @@ impl Contacts {
                 .execute(db.on(&mut *tx))
                 .await?;
         }
-        tx.commit().await.map_err(|e| db.observe(e))?;
+        db.commit(tx).await?;
         Ok(())
     }
 

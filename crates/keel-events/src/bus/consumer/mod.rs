@@ -558,7 +558,7 @@ impl<H: Handler> Consumer<H> {
         #[cfg(feature = "sql")]
         if let (Some(tx), Some(db)) = (msg.tx.take(), &self.inbox) {
             return match result {
-                Ok(()) => tx.commit().await.map_err(|e| Failure::transient(&db.observe(e))),
+                Ok(()) => db.commit(tx).await.map_err(|e| Failure::transient(&e)),
                 Err(f) => Err(f), // dropping the transaction rolls it back
             };
         }
