@@ -11,12 +11,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use axum::response::Response;
 use http::Request;
+use keel_http::middleware::Middleware;
 use keel_http::request_id::RequestId;
-use tower::{Layer, Service};
 
 use crate::status::{response, status};
 
@@ -24,40 +23,22 @@ use crate::status::{response, status};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpAnswersLayer;
 
-impl<S> Layer<S> for HttpAnswersLayer {
-    type Service = HttpAnswers<S>;
-    fn layer(&self, inner: S) -> HttpAnswers<S> {
-        HttpAnswers { inner }
-    }
-}
-
-/// The service of [`HttpAnswersLayer`].
-#[derive(Debug, Clone)]
-pub struct HttpAnswers<S> {
-    inner: S,
-}
+keel_http::layer_with_config!(HttpAnswersLayer => HttpAnswers);
 
 /// Whether `resp` is a gRPC answer (its content type `application/grpc`, `+proto` and the like).
 fn is_grpc(resp: &Response) -> bool {
     resp.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-impl<S, B> Service<Request<B>> for HttpAnswers<S>
+impl<B, F, E> Middleware<B, F> for HttpAnswersLayer
 where
-    S: Service<Request<B>, Response = Response>,
-    S::Future: Send + 'static,
+    F: Future<Output = Result<Response, E>> + Send + 'static,
 {
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&self, req: Request<B>, inner: impl FnOnce(Request<B>) -> F) -> Self::Future {
         let id = RequestId::from_extensions(req.extensions());
-        let call = self.inner.call(req);
+        let call = inner(req);
         Box::pin(async move {
             let resp = call.await?;
             if is_grpc(&resp) {
@@ -74,6 +55,7 @@ mod tests {
 
     use axum::response::IntoResponse;
     use keel_http::Problem;
+    use tower::Layer as _;
     use tower::ServiceExt as _;
 
     use super::*;

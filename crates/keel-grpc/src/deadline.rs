@@ -18,9 +18,8 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
 
-use keel_http::middleware::ResponseBody;
+use keel_http::middleware::{InnerFuture, Middleware, ResponseBody};
 
 use crate::body::Cut;
 use crate::status::{Status, response};
@@ -89,43 +88,26 @@ impl DeadlineLayer {
 
 keel_http::layer_with_config!(DeadlineLayer => Deadline);
 
-/// The service made by [`DeadlineLayer`].
-#[derive(Debug, Clone)]
-pub struct Deadline<S> {
-    inner: S,
-    layer: DeadlineLayer,
-}
-
 /// `start + d`, or a year on when the clock cannot hold it.
 fn after(start: Instant, d: Duration) -> Instant {
     start.checked_add(d).or_else(|| start.checked_add(Duration::from_secs(365 * 86_400))).unwrap_or(start)
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Deadline<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: ResponseBody,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+impl<ReqB, F: Future> Middleware<ReqB, F> for DeadlineLayer {
+    type Future = ResponseFuture<F>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
         let now = Instant::now();
         let id = RequestId::from_extensions(req.extensions());
         let asked = req.headers().get(GRPC_TIMEOUT).and_then(parse_timeout).map(|d| after(now, d));
-        let handler = after(now, self.layer.request_timeout);
+        let handler = after(now, self.request_timeout);
         let deadline = asked.map_or(handler, |a| a.min(handler));
         let ctx = RequestContext { request_id: id.clone(), deadline: Some(deadline) };
         ResponseFuture {
-            inner: context::scope(ctx, self.inner.call(req)),
+            inner: context::scope(ctx, inner(req)),
             sleep: tokio::time::sleep_until(deadline),
             asked,
-            drain: self.layer.drain.clone(),
+            drain: self.drain.clone(),
             id,
         }
     }
@@ -144,12 +126,8 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: ResponseBody,
-{
-    type Output = Result<Response<Body>, E>;
+impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
+    type Output = Result<Response<Body>, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -13,8 +13,8 @@ use axum::body::Body;
 use bytes::{Buf, Bytes};
 use http::Request;
 use http_body::Frame;
+use keel_http::middleware::Middleware;
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
 use crate::status::Status;
 
@@ -31,35 +31,13 @@ impl MessageLimitLayer {
     }
 }
 
-impl<S> Layer<S> for MessageLimitLayer {
-    type Service = MessageLimit<S>;
-    fn layer(&self, inner: S) -> MessageLimit<S> {
-        MessageLimit { inner, max: self.max }
-    }
-}
+keel_http::layer_with_config!(MessageLimitLayer => MessageLimit);
 
-/// The service made by [`MessageLimitLayer`].
-#[derive(Debug, Clone)]
-pub struct MessageLimit<S> {
-    inner: S,
-    max: usize,
-}
+impl<F> Middleware<Body, F> for MessageLimitLayer {
+    type Future = F;
 
-impl<S> Service<Request<Body>> for MessageLimit<S>
-where
-    S: Service<Request<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let max = self.max;
-        self.inner.call(req.map(|b| Body::new(Limited::new(b, max))))
+    fn call(&self, req: Request<Body>, inner: impl FnOnce(Request<Body>) -> F) -> F {
+        inner(req.map(|b| Body::new(Limited::new(b, self.max))))
     }
 }
 

@@ -19,9 +19,8 @@ use axum::body::Body;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
-use tower::Service;
 
-use keel_http::middleware::ResponseBody;
+use keel_http::middleware::{InnerFuture, Middleware, ResponseBody};
 
 use crate::body::Observed;
 use crate::method::{Known, UNKNOWN};
@@ -87,33 +86,16 @@ impl GrpcMetricsLayer {
 
 keel_http::layer_with_config!(GrpcMetricsLayer => GrpcMetrics);
 
-/// The service made by [`GrpcMetricsLayer`].
-#[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-    layer: GrpcMetricsLayer,
-}
+impl<ReqB, F> Middleware<ReqB, F> for GrpcMetricsLayer {
+    type Future = ResponseFuture<F>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcMetrics<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: ResponseBody,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let (service, method) = self.layer.known.labels(req.uri().path());
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
+        let (service, method) = self.known.labels(req.uri().path());
         let (service, method) = (service.to_owned(), method.to_owned());
-        self.layer.started.with_label_values(&[&service, &method]).inc();
+        self.started.with_label_values(&[&service, &method]).inc();
         ResponseFuture {
-            inner: self.inner.call(req),
-            call: Some(Call { layer: self.layer.clone(), service, method, start: Instant::now() }),
+            inner: inner(req),
+            call: Some(Call { layer: self.clone(), service, method, start: Instant::now() }),
         }
     }
 }
@@ -152,12 +134,8 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: ResponseBody,
-{
-    type Output = Result<Response<Body>, E>;
+impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
+    type Output = Result<Response<Body>, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -11,9 +11,8 @@ use axum::body::Body;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
-use tower::Service;
 
-use keel_http::middleware::ResponseBody;
+use keel_http::middleware::{InnerFuture, Middleware, ResponseBody};
 
 use crate::status::{RETRY_PUSHBACK, Status, pushback, response};
 use keel_http::load_shed::{Admitted, InFlight};
@@ -50,32 +49,15 @@ impl ShedLayer {
 
 keel_http::layer_with_config!(ShedLayer => Shed);
 
-/// The service made by [`ShedLayer`].
-#[derive(Debug, Clone)]
-pub struct Shed<S> {
-    inner: S,
-    layer: ShedLayer,
-}
+impl<ReqB, F> Middleware<ReqB, F> for ShedLayer {
+    type Future = ResponseFuture<F>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Shed<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: ResponseBody,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
         if req.uri().path().starts_with(HEALTH) {
-            return ResponseFuture { inner: Some(self.inner.call(req)), guard: None, shed: None };
+            return ResponseFuture { inner: Some(inner(req)), guard: None, shed: None };
         }
-        match self.layer.places.admit() {
-            Some(guard) => ResponseFuture { inner: Some(self.inner.call(req)), guard: Some(guard), shed: None },
+        match self.places.admit() {
+            Some(guard) => ResponseFuture { inner: Some(inner(req)), guard: Some(guard), shed: None },
             None => {
                 let mut status = Status::resource_exhausted("the service is at capacity; retry shortly");
                 status.metadata_mut().insert(RETRY_PUSHBACK, pushback(PUSHBACK_MS));
@@ -96,12 +78,8 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: ResponseBody,
-{
-    type Output = Result<Response<Body>, E>;
+impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
+    type Output = Result<Response<Body>, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -27,9 +27,8 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tower::Service;
 
-use keel_http::middleware::ResponseBody;
+use keel_http::middleware::{InnerFuture, Middleware, ResponseBody};
 use tracing::field::Empty;
 
 use crate::body::Observed;
@@ -54,33 +53,16 @@ impl GrpcTraceLayer {
 
 keel_http::layer_with_config!(GrpcTraceLayer => GrpcTrace);
 
-/// The service made by [`GrpcTraceLayer`].
-#[derive(Debug, Clone)]
-pub struct GrpcTrace<S> {
-    inner: S,
-    layer: GrpcTraceLayer,
-}
+impl<ReqB, F> Middleware<ReqB, F> for GrpcTraceLayer {
+    type Future = ResponseFuture<F>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for GrpcTrace<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: ResponseBody,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let span = call_span(&self.layer, &req);
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
+        let span = call_span(self, &req);
         let inner = {
             let _entered = span.enter();
-            self.inner.call(req)
+            inner(req)
         };
-        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.access_log }
     }
 }
 
@@ -133,12 +115,8 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: ResponseBody,
-{
-    type Output = Result<Response<Body>, E>;
+impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
+    type Output = Result<Response<Body>, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -12,7 +12,6 @@
 //! A task spawned from a handler does not inherit it: pass it on with [`scope`].
 
 use std::future::Future;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::futures::TaskLocalFuture;
@@ -78,39 +77,21 @@ pub type Scoped<F> = TaskLocalFuture<RequestContext, F>;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestContextLayer;
 
-impl<S> tower::Layer<S> for RequestContextLayer {
-    type Service = SetRequestContext<S>;
-    fn layer(&self, inner: S) -> SetRequestContext<S> {
-        SetRequestContext { inner }
-    }
-}
+crate::layer_with_config!(RequestContextLayer => SetRequestContext);
 
-/// The service made by [`RequestContextLayer`].
-#[derive(Debug, Clone)]
-pub struct SetRequestContext<S> {
-    inner: S,
-}
+impl<B, F: Future> crate::middleware::Middleware<B, F> for RequestContextLayer {
+    type Future = Scoped<F>;
 
-impl<S, B> tower::Service<http::Request<B>> for SetRequestContext<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Scoped<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&self, req: http::Request<B>, inner: impl FnOnce(http::Request<B>) -> F) -> Scoped<F> {
         let ctx = RequestContext { request_id: RequestId::from_extensions(req.extensions()), deadline: None };
-        scope(ctx, self.inner.call(req))
+        scope(ctx, inner(req))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::task::Context;
+
     use super::*;
 
     fn ctx(id: &str) -> RequestContext {

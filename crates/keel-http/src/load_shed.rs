@@ -15,9 +15,8 @@ use axum::response::Response;
 use http::Request;
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
-use tower::Service;
 
-use crate::middleware::ResponseBody;
+use crate::middleware::{InnerFuture, Middleware, ResponseBody};
 
 use super::problem::Problem;
 use super::request_id::RequestId;
@@ -114,13 +113,6 @@ impl LoadShedLayer {
 
 crate::layer_with_config!(LoadShedLayer => LoadShed);
 
-/// The service made by [`LoadShedLayer`].
-#[derive(Debug, Clone)]
-pub struct LoadShed<S> {
-    inner: S,
-    layer: LoadShedLayer,
-}
-
 /// The 503 answer to a shed request.
 fn shed_response(id: Option<&RequestId>) -> Response {
     Problem::unavailable("the service is at capacity; retry shortly", RETRY_AFTER_SECS)
@@ -128,25 +120,15 @@ fn shed_response(id: Option<&RequestId>) -> Response {
         .into_response_with_id(id.map(RequestId::as_str))
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for LoadShed<S>
-where
-    S: Service<Request<ReqB>, Response = http::Response<ResB>>,
-    ResB: ResponseBody,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+impl<ReqB, F> Middleware<ReqB, F> for LoadShedLayer {
+    type Future = ResponseFuture<F>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let Some(place) = self.layer.places.admit() else {
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
+        let Some(place) = self.places.admit() else {
             let resp = shed_response(RequestId::from_extensions(req.extensions()).as_ref());
             return ResponseFuture { kind: Kind::Shed { resp: Some(resp) } };
         };
-        ResponseFuture { kind: Kind::Running { inner: self.inner.call(req), _place: place } }
+        ResponseFuture { kind: Kind::Running { inner: inner(req), _place: place } }
     }
 }
 
@@ -169,12 +151,8 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<http::Response<ResB>, E>>,
-    ResB: ResponseBody,
-{
-    type Output = Result<Response, E>;
+impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
+    type Output = Result<Response, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {

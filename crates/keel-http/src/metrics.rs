@@ -17,12 +17,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::MatchedPath;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use pin_project_lite::pin_project;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
-use tower::Service;
 
 use super::trace::UNMATCHED;
+use crate::middleware::{InnerFuture, Middleware};
 use keel_telemetry::Metrics;
 
 /// Buckets of the request-duration histogram, in seconds.
@@ -138,32 +138,16 @@ impl HttpMetricsLayer {
 
 crate::layer_with_config!(HttpMetricsLayer => HttpMetrics);
 
-/// The service made by [`HttpMetricsLayer`].
-#[derive(Debug, Clone)]
-pub struct HttpMetrics<S> {
-    inner: S,
-    layer: HttpMetricsLayer,
-}
+impl<ReqB, F> Middleware<ReqB, F> for HttpMetricsLayer {
+    type Future = ResponseFuture<F>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for HttpMetrics<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = method_label(req.method());
-        self.layer.inner.in_flight.inc();
+        self.inner.in_flight.inc();
         // Made before the inner call: if that panics, unwinding drops it and counts it out.
-        let state = State { layer: self.layer.inner.clone(), route, method, start: Instant::now() };
-        ResponseFuture { inner: self.inner.call(req), state: Some(state) }
+        let state = State { layer: self.inner.clone(), route, method, start: Instant::now() };
+        ResponseFuture { inner: inner(req), state: Some(state) }
     }
 }
 
@@ -209,10 +193,7 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
+impl<F: InnerFuture> Future for ResponseFuture<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

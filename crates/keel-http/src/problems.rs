@@ -11,12 +11,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::response::Response;
 use http::{Request, StatusCode, header};
 use http_body::Body as _;
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+
+use crate::middleware::{InnerFuture, Middleware};
 
 use super::problem::Problem;
 use super::request_id::RequestId;
@@ -66,19 +68,7 @@ pub fn body_too_large(limit: Option<BodyLimit>) -> Problem {
         .field("body", "is too large")
 }
 
-impl<S> Layer<S> for ProblemsLayer {
-    type Service = Problems<S>;
-    fn layer(&self, inner: S) -> Problems<S> {
-        Problems { inner, body_limit: self.body_limit }
-    }
-}
-
-/// The service made by [`ProblemsLayer`].
-#[derive(Debug, Clone)]
-pub struct Problems<S> {
-    inner: S,
-    body_limit: Option<usize>,
-}
+crate::layer_with_config!(ProblemsLayer => Problems);
 
 /// Whether an answer with `status` goes through [`normalize`].
 fn is_error(status: StatusCode) -> bool {
@@ -87,19 +77,10 @@ fn is_error(status: StatusCode) -> bool {
 
 pub(crate) type BoxFut = Pin<Box<dyn Future<Output = Response> + Send>>;
 
-impl<S, ReqB> Service<Request<ReqB>> for Problems<S>
-where
-    S: Service<Request<ReqB>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+impl<ReqB, F> Middleware<ReqB, F> for ProblemsLayer {
+    type Future = ResponseFuture<F>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+    fn call(&self, mut req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
         let id = RequestId::from_extensions(req.extensions());
         let route = req.extensions().get::<MatchedPath>().cloned();
         if let Some(n) = self.body_limit
@@ -108,7 +89,7 @@ where
             req.extensions_mut().insert(BodyLimit(n));
         }
         let limit = req.extensions().get::<BodyLimit>().copied();
-        ResponseFuture { inner: self.inner.call(req), id, route, limit, rewriting: None }
+        ResponseFuture { inner: inner(req), id, route, limit, rewriting: None }
     }
 }
 
@@ -125,11 +106,8 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
+impl<F: InnerFuture<Body = Body>> Future for ResponseFuture<F> {
+    type Output = Result<Response, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -20,12 +20,12 @@
 //! ```
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{HeaderName, Request};
 use keel_config::Secret;
 use subtle::ConstantTimeEq as _;
-use tower::{Layer, Service};
+
+use crate::middleware::Middleware;
 
 /// The header a proxy proves itself with.
 pub static HEADER: HeaderName = HeaderName::from_static("keel-proxy-secret");
@@ -46,33 +46,12 @@ impl ProxySecretLayer {
     }
 }
 
-impl<S> Layer<S> for ProxySecretLayer {
-    type Service = ProxySecret<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ProxySecret { inner, secret: self.secret.clone() }
-    }
-}
+crate::layer_with_config!(ProxySecretLayer => ProxySecret);
 
-/// The service of [`ProxySecretLayer`].
-#[derive(Debug, Clone)]
-pub struct ProxySecret<S> {
-    inner: S,
-    secret: Option<Arc<Secret>>,
-}
+impl<B, F> Middleware<B, F> for ProxySecretLayer {
+    type Future = F;
 
-impl<S, B> Service<Request<B>> for ProxySecret<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&self, mut req: Request<B>, inner: impl FnOnce(Request<B>) -> F) -> F {
         if let Some(secret) = &self.secret {
             let headers = req.headers_mut();
             let proven = headers.get_all(&HEADER).iter().count() == 1
@@ -84,7 +63,7 @@ where
                 }
             }
         }
-        self.inner.call(req)
+        inner(req)
     }
 }
 
@@ -93,6 +72,7 @@ mod tests {
     use std::convert::Infallible;
 
     use http::HeaderMap;
+    use tower::Layer as _;
     use tower::ServiceExt as _;
 
     use super::*;

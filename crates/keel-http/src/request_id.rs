@@ -19,13 +19,14 @@
 //! ```
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 use http::{Extensions, HeaderName, HeaderValue, Request};
+use tower::Layer;
 use tower::layer::util::Stack;
-use tower::{Layer, Service};
+
+use crate::middleware::Middleware;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, SetRequestIdLayer};
 
 /// `x-request-id`.
@@ -136,34 +137,14 @@ impl<S> Layer<S> for RequestIdLayer {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ValidateRequestIdLayer;
 
-impl<S> Layer<S> for ValidateRequestIdLayer {
-    type Service = ValidateRequestId<S>;
-    fn layer(&self, inner: S) -> ValidateRequestId<S> {
-        ValidateRequestId { inner }
-    }
-}
+crate::layer_with_config!(ValidateRequestIdLayer => ValidateRequestId);
 
-/// The service made by [`ValidateRequestIdLayer`].
-#[derive(Debug, Clone)]
-pub struct ValidateRequestId<S> {
-    inner: S,
-}
+impl<B, F> Middleware<B, F> for ValidateRequestIdLayer {
+    type Future = F;
 
-impl<S, B> Service<Request<B>> for ValidateRequestId<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&self, mut req: Request<B>, inner: impl FnOnce(Request<B>) -> F) -> F {
         validate(req.headers_mut());
-        self.inner.call(req)
+        inner(req)
     }
 }
 

@@ -10,13 +10,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::middleware::ResponseBody;
+use crate::middleware::{InnerFuture, Middleware, ResponseBody};
 use axum::body::Body;
 use axum::response::Response;
 use http::{Request, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower::{Layer, Service};
 
 use super::problem::Problem;
 use super::request_id::RequestId;
@@ -34,40 +33,18 @@ impl TimeoutLayer {
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-    fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout { inner, timeout: self.timeout }
-    }
-}
+crate::layer_with_config!(TimeoutLayer => Timeout);
 
-/// The service made by [`TimeoutLayer`].
-#[derive(Debug, Clone)]
-pub struct Timeout<S> {
-    inner: S,
-    timeout: Duration,
-}
+impl<ReqB, F: Future> Middleware<ReqB, F> for TimeoutLayer {
+    type Future = ResponseFuture<F>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Timeout<S>
-where
-    S: Service<Request<ReqB>, Response = http::Response<ResB>>,
-    ResB: ResponseBody,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
         let id = RequestId::from_extensions(req.extensions());
         let asked = req.headers().get(&super::context::TIMEOUT_HEADER_NAME).and_then(asked);
         let timeout = budget(asked, self.timeout);
         let deadline = deadline(tokio::time::Instant::now(), timeout);
         let ctx = super::context::RequestContext { request_id: id.clone(), deadline: Some(deadline) };
-        ResponseFuture { inner: super::context::scope(ctx, self.inner.call(req)), sleep: None, deadline, timeout, id }
+        ResponseFuture { inner: super::context::scope(ctx, inner(req)), sleep: None, deadline, timeout, id }
     }
 }
 
@@ -111,12 +88,8 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<http::Response<ResB>, E>>,
-    ResB: ResponseBody,
-{
-    type Output = Result<Response, E>;
+impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
+    type Output = Result<Response, F::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

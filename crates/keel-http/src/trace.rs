@@ -32,12 +32,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath};
-use http::{Request, Response, Version};
+use http::{Request, Version};
 use pin_project_lite::pin_project;
-use tower::Service;
 use tracing::field::Empty;
 
 use super::client_ip::IpNet;
+use crate::middleware::{InnerFuture, Middleware};
 
 /// The `route` label of requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -67,38 +67,17 @@ impl TraceLayer {
     }
 }
 
-impl<S> tower::Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-    fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner, layer: self.clone() }
-    }
-}
+crate::layer_with_config!(TraceLayer => Trace);
 
-/// The service made by [`TraceLayer`].
-#[derive(Debug, Clone)]
-pub struct Trace<S> {
-    inner: S,
-    layer: TraceLayer,
-}
+impl<ReqB, F> Middleware<ReqB, F> for TraceLayer {
+    type Future = ResponseFuture<F>;
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Trace<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<ResB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let span = request_span(&self.layer, &req);
+    fn call(&self, req: Request<ReqB>, inner: impl FnOnce(Request<ReqB>) -> F) -> Self::Future {
+        let span = request_span(self, &req);
         // The span is entered while the response future is polled, which is where everything
         // below runs: axum calls the route (and the handler) on the first poll.
-        let inner = self.inner.call(req);
-        ResponseFuture { inner, span, start: Instant::now(), access_log: self.layer.access_log }
+        let inner = inner(req);
+        ResponseFuture { inner, span, start: Instant::now(), access_log: self.access_log }
     }
 }
 
@@ -206,10 +185,7 @@ pin_project! {
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, E>>,
-{
+impl<F: InnerFuture> Future for ResponseFuture<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
