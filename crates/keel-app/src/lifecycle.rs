@@ -315,26 +315,10 @@ impl Running {
 
 /// What set-up built, before anything listens or runs.
 struct Assembled {
-    build: BuildInfo,
-    profile: Profile,
-    keel: KeelConfig,
-    started_at: std::time::SystemTime,
-    started: std::time::Instant,
-    health: Health,
-    metrics: Metrics,
-    workers: Workers,
-    flags: Flags,
-    reloads: ReloadLog,
-    declared: Vec<(String, TaskFn)>,
-    hooks: Vec<(String, HookFn)>,
-    breakers: Option<keel_resilience::breaker::Registry>,
-    limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
+    base: Base,
+    declared: Declared,
     router: Router,
     stack: StackHandle,
-    summary: Vec<(String, String)>,
-    config_yaml: String,
-    #[cfg(feature = "grpc")]
-    grpc: keel_grpc::GrpcServices,
 }
 
 /// Runs everything [`start`] runs before it binds a listener — the service's set-up, the HTTP
@@ -351,8 +335,8 @@ pub async fn check<C: Section>(service: Service<C>, loaded: Loaded<C>) -> Result
 // The rest of `check` and `start_in` takes no `C`: compiled once here, not once per
 // service's config type in every binary.
 fn check_assembled(a: Assembled) -> Result<(), StartError> {
-    let http_addr = a.keel.http_addr();
-    let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    let http_addr = a.base.keel.http_addr();
+    let mgmt_addr = a.base.keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
     let (management, _) = management_router(&a, &Process::default(), !shared);
     if shared {
@@ -461,34 +445,18 @@ impl Base {
     }
 
     fn finish(self, api: Router, d: Declared) -> Result<Assembled, StartError> {
-        let Self { build, profile, keel, started_at, started, health, metrics, workers, flags, reloads } = self;
         #[cfg(feature = "grpc")]
         if !d.grpc.is_empty() {
-            plaintext_check(&keel, profile)?;
+            plaintext_check(&self.keel, self.profile)?;
         }
-        let (router, stack) = keel_http::stack(&build.name, &keel, &metrics, api, keel_health::router(health.clone()))?;
-        Ok(Assembled {
-            build,
-            profile,
-            keel,
-            started_at,
-            started,
-            health,
-            metrics,
-            workers,
-            flags,
-            reloads,
-            declared: d.tasks,
-            hooks: d.hooks,
-            breakers: d.breakers,
-            limiters: d.limiters,
-            router,
-            stack,
-            summary: d.summary,
-            config_yaml: d.config_yaml,
-            #[cfg(feature = "grpc")]
-            grpc: d.grpc,
-        })
+        let (router, stack) = keel_http::stack(
+            &self.build.name,
+            &self.keel,
+            &self.metrics,
+            api,
+            keel_health::router(self.health.clone()),
+        )?;
+        Ok(Assembled { base: self, declared: d, router, stack })
     }
 }
 
@@ -558,31 +526,32 @@ fn summary<C: Section>(s: &Setup<C>, has_database: bool) -> Vec<(String, String)
 }
 
 fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (Router, Admin) {
+    let (b, d) = (&a.base, &a.declared);
     let sources = status::Sources {
         identity: Identity {
-            name: a.build.name.clone(),
-            version: a.build.version.clone(),
-            commit: a.build.commit.clone(),
-            build: a.build.profile.clone(),
+            name: b.build.name.clone(),
+            version: b.build.version.clone(),
+            commit: b.build.commit.clone(),
+            build: b.build.profile.clone(),
         },
-        profile: a.profile,
-        started_at: a.started_at,
-        started: a.started,
-        health: a.health.clone(),
-        breakers: a.breakers.clone(),
-        limiters: a.limiters.values().flat_map(|l| l.limiters().cloned()).collect(),
-        workers: a.workers.clone(),
-        flags: a.flags.clone(),
-        reloads: a.reloads.clone(),
-        metrics: a.metrics.clone(),
-        traffic: status::Traffic::new(a.metrics.clone()),
-        upstreams: a.keel.upstreams.iter().map(|(name, u)| (name.clone(), u.base_url.clone())).collect(),
-        summary: a.summary.clone(),
-        config_yaml: a.config_yaml.clone(),
+        profile: b.profile,
+        started_at: b.started_at,
+        started: b.started,
+        health: b.health.clone(),
+        breakers: d.breakers.clone(),
+        limiters: d.limiters.values().flat_map(|l| l.limiters().cloned()).collect(),
+        workers: b.workers.clone(),
+        flags: b.flags.clone(),
+        reloads: b.reloads.clone(),
+        metrics: b.metrics.clone(),
+        traffic: status::Traffic::new(b.metrics.clone()),
+        upstreams: b.keel.upstreams.iter().map(|(name, u)| (name.clone(), u.base_url.clone())).collect(),
+        summary: d.summary.clone(),
+        config_yaml: d.config_yaml.clone(),
         listeners: Arc::default(),
     };
-    let admin = Admin::new(a.keel.management.admin_token.clone(), sources, process.clone());
-    (admin.router(a.metrics.clone(), own_listener), admin)
+    let admin = Admin::new(b.keel.management.admin_token.clone(), sources, process.clone());
+    (admin.router(b.metrics.clone(), own_listener), admin)
 }
 
 /// Builds and starts a service on a loaded configuration: runs its set-up, binds its
@@ -607,16 +576,19 @@ pub(crate) async fn start_in<C: Section>(
 }
 
 async fn start_assembled(a: Assembled, process: &Process) -> Result<Running, StartError> {
-    let http_addr = a.keel.http_addr();
-    let mgmt_addr = a.keel.management_addr().ok_or(StartError::ManagementAddr)?;
+    let http_addr = a.base.keel.http_addr();
+    let mgmt_addr = a.base.keel.management_addr().ok_or(StartError::ManagementAddr)?;
     let shared = mgmt_addr == http_addr && http_addr.port() != 0;
     let (management, admin) = management_router(&a, process, !shared);
-    #[cfg(feature = "grpc")]
-    let Assembled {
-        build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, grpc, ..
-    } = a;
-    #[cfg(not(feature = "grpc"))]
-    let Assembled { build, profile, keel, health, metrics, workers, flags, declared, hooks, router, stack, .. } = a;
+    let Assembled { base, declared, router, stack } = a;
+    let Base { build, profile, keel, health, metrics, workers, flags, .. } = base;
+    let Declared {
+        tasks: declared,
+        hooks,
+        #[cfg(feature = "grpc")]
+        grpc,
+        ..
+    } = declared;
     let loaded_profile = profile;
 
     // The TLS files are read and checked before anything listens.

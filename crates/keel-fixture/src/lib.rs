@@ -116,10 +116,7 @@ struct Echo {
 
 /// The fixture's migrations, one set per backend.
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::Migrations::new()
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
+    keel::data::migrations!()
 }
 
 /// The fixture service.

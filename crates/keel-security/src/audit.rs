@@ -252,10 +252,7 @@ struct Anchor {
 /// assert_eq!(m.for_backend(keel_data::Backend::Postgres).unwrap().iter().count(), 1);
 /// ```
 pub fn migrations() -> keel_data::Migrations {
-    keel_data::Migrations::library("keel_audit")
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
+    keel_data::migrations!(library "keel_audit")
 }
 
 /// The audit log of one database. Cheap to clone.

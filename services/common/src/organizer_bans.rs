@@ -18,11 +18,7 @@ use crate::catalogue::{AccountBanned, AccountUnbanned};
 /// `Migrations::with`. A database where the service's own migration `organizer bans` made the
 /// table is taken over on the first `migrate`.
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::Migrations::library("cityevents_organizer_bans")
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
-        .adopt("organizer bans", 1)
+    keel::data::migrations!(library "cityevents_organizer_bans").adopt("organizer bans", 1)
 }
 
 /// Records that `user_id` is banned (or not) as of the account's ban `version` in `tx`, unless a

@@ -119,6 +119,12 @@ impl Module {
         ]
     }
 
+    /// The module as a [`keel::Service`]: its name, its [`defaults`](Self::defaults) and config
+    /// section `C`. `build` is the service crate's own `keel::build_info!()`.
+    pub fn service<C: keel::config::Section>(&self, build: keel::BuildInfo) -> keel::Service<C> {
+        keel::Service::new(build).name(self.name).config_defaults(self.defaults()).with_config::<C>()
+    }
+
     /// Its row of [`table`]: short name, Keel name, port, management port, `db` or `-`, the
     /// upstreams joined by `,` (or `-`), tab-separated.
     pub fn row(&self) -> String {

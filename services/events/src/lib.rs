@@ -124,22 +124,15 @@ impl Section for SearchConfig {
 /// The migrations, one set per backend: the `events` table and its search; the shared
 /// `organizer_bans` table comes in its own set, Keel's outbox/inbox tables in Keel's.
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::Migrations::new()
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
+    keel::data::migrations!()
         .with(cityevents_common::organizer_bans::migrations())
         .with(keel::events::outbox::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<EventsConfig> {
-    keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::EVENTS.name)
-        .config_defaults(cityevents_common::services::EVENTS.defaults())
-        .with_config::<EventsConfig>()
-        .migrations(migrations())
-        .setup(|s| {
+    cityevents_common::services::EVENTS.service::<EventsConfig>(keel::build_info!()).migrations(migrations()).setup(
+        |s| {
             let db = s.database()?;
             let outbox = s.outbox(&db)?;
             let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::EVENTS.name, s.jwt()?)?;
@@ -154,5 +147,6 @@ pub fn service() -> keel::Service<EventsConfig> {
             let metrics = metrics::EventMetrics::register(s.metrics())?;
             let state = api::AppState { db, outbox, require_verified_email, joins, metrics, search };
             Ok(api::router(state).layer(jwt.extension()))
-        })
+        },
+    )
 }

@@ -261,44 +261,40 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<GatewayConfig> {
-    keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::GATEWAY.name)
-        .config_defaults(cityevents_common::services::GATEWAY.defaults())
-        .with_config::<GatewayConfig>()
-        .setup(|s| {
-            let document = openapi::document()?;
-            let served = axum::body::Bytes::from(
-                serde_json::to_vec(&document).map_err(|e| format!("the OpenAPI document does not serialize: {e}"))?,
-            );
-            let query_parameters = Arc::new(openapi::query_parameters(&document));
-            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.name, s.jwt()?)?;
-            let mut clients = HashMap::new();
-            for (up, module) in Upstream::FORWARDED {
-                clients.insert(up, cityevents_common::upstream::client(s, module)?);
-            }
-            let searches = cityevents_common::upstream::client_for(
-                s,
-                "events_search",
-                &cityevents_common::services::EVENTS,
-                s.config().search.clone(),
-            )?;
-            let limits = limits(s)?;
-            let gw = Arc::new(Gateway {
-                clients,
-                searches,
-                trusted_proxies: s.keel().http.trusted_proxies.clone(),
-                timeouts: s.config().upstream_timeouts.clone(),
-            });
-            let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
-            Ok(router(&gw, &limits.strict, &served)
-                .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
-                // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
-                .merge(web::router(gw.clone(), secure_cookies, &limits.strict))
-                // Outermost first: the verifier for the extractors, then identify the caller,
-                // then count the request by client IP, then by user and IP, both in one Redis
-                // round trip (the strict routes count a third time, per IP, inside).
-                .layer(limits.ip.then(limits.api))
-                .layer(axum::middleware::from_fn_with_state(jwt.clone(), edge::identify))
-                .layer(jwt.extension()))
-        })
+    cityevents_common::services::GATEWAY.service::<GatewayConfig>(keel::build_info!()).setup(|s| {
+        let document = openapi::document()?;
+        let served = axum::body::Bytes::from(
+            serde_json::to_vec(&document).map_err(|e| format!("the OpenAPI document does not serialize: {e}"))?,
+        );
+        let query_parameters = Arc::new(openapi::query_parameters(&document));
+        let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.name, s.jwt()?)?;
+        let mut clients = HashMap::new();
+        for (up, module) in Upstream::FORWARDED {
+            clients.insert(up, cityevents_common::upstream::client(s, module)?);
+        }
+        let searches = cityevents_common::upstream::client_for(
+            s,
+            "events_search",
+            &cityevents_common::services::EVENTS,
+            s.config().search.clone(),
+        )?;
+        let limits = limits(s)?;
+        let gw = Arc::new(Gateway {
+            clients,
+            searches,
+            trusted_proxies: s.keel().http.trusted_proxies.clone(),
+            timeouts: s.config().upstream_timeouts.clone(),
+        });
+        let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
+        Ok(router(&gw, &limits.strict, &served)
+            .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
+            // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
+            .merge(web::router(gw.clone(), secure_cookies, &limits.strict))
+            // Outermost first: the verifier for the extractors, then identify the caller,
+            // then count the request by client IP, then by user and IP, both in one Redis
+            // round trip (the strict routes count a third time, per IP, inside).
+            .layer(limits.ip.then(limits.api))
+            .layer(axum::middleware::from_fn_with_state(jwt.clone(), edge::identify))
+            .layer(jwt.extension()))
+    })
 }

@@ -93,56 +93,48 @@ impl Section for JoinsConfig {
 /// The service's migrations, one set per backend; the shared `organizer_bans` table comes in its own
 /// set, Keel's outbox and inbox tables in Keel's.
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::Migrations::new()
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
+    keel::data::migrations!()
         .with(cityevents_common::organizer_bans::migrations())
         .with(keel::events::outbox::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<JoinsConfig> {
-    keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::JOINS.name)
-        .config_defaults(cityevents_common::services::JOINS.defaults())
-        .with_config::<JoinsConfig>()
-        .migrations(migrations())
-        .setup(|s| {
-            let cfg = s.config().clone();
-            let db = s.database()?;
-            let bus = s.bus()?;
-            let outbox = s.outbox(&db)?;
-            let metrics = metrics::JoinMetrics::register(s.metrics())?;
-            let handler = EventsHandler::new(outbox.clone(), cfg.joins_topic.clone())
-                .change_batch(cfg.change_batch)
-                .metrics(metrics.clone());
-            // Keel's retry defaults (16 deliveries, 1 s doubling to 5 min: over half an hour)
-            // outlast an event that arrives before its `event.published`; a database outage
-            // pauses the consumer and spends no attempt.
-            let options = keel::events::ConsumerOptions::default().concurrency(cfg.consumer_concurrency);
-            s.consume(
-                keel::events::Consumer::new(bus, cfg.events_topic.clone(), "joins", handler)
-                    .inbox(db.clone())
-                    .options(options),
-            )?;
-            // A banned organizer's events take no new joins (cityevents_common::organizer_bans).
-            let bans = cityevents_common::organizer_bans::OrganizerBansHandler::new(db.clone());
-            let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
-            let accounts_bus = s.bus()?;
-            s.consume(keel::events::Consumer::new(accounts_bus, accounts, "joins", bans).inbox(db.clone()))?;
-            s.worker(store::idempotency_pruner(db.clone(), cfg.idempotency_ttl))?;
-            s.worker(store::settle_pending(
-                db.clone(),
-                (outbox.clone(), cfg.joins_topic.clone()),
-                i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
-                cfg.settle_interval,
-                metrics.clone(),
-            ))?;
-            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::JOINS.name, s.jwt()?)?;
-            let state = api::Shared::new(db, outbox, &cfg, metrics);
-            Ok(api::router(state).layer(jwt.extension()))
-        })
+    cityevents_common::services::JOINS.service::<JoinsConfig>(keel::build_info!()).migrations(migrations()).setup(|s| {
+        let cfg = s.config().clone();
+        let db = s.database()?;
+        let bus = s.bus()?;
+        let outbox = s.outbox(&db)?;
+        let metrics = metrics::JoinMetrics::register(s.metrics())?;
+        let handler = EventsHandler::new(outbox.clone(), cfg.joins_topic.clone())
+            .change_batch(cfg.change_batch)
+            .metrics(metrics.clone());
+        // Keel's retry defaults (16 deliveries, 1 s doubling to 5 min: over half an hour)
+        // outlast an event that arrives before its `event.published`; a database outage
+        // pauses the consumer and spends no attempt.
+        let options = keel::events::ConsumerOptions::default().concurrency(cfg.consumer_concurrency);
+        s.consume(
+            keel::events::Consumer::new(bus, cfg.events_topic.clone(), "joins", handler)
+                .inbox(db.clone())
+                .options(options),
+        )?;
+        // A banned organizer's events take no new joins (cityevents_common::organizer_bans).
+        let bans = cityevents_common::organizer_bans::OrganizerBansHandler::new(db.clone());
+        let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
+        let accounts_bus = s.bus()?;
+        s.consume(keel::events::Consumer::new(accounts_bus, accounts, "joins", bans).inbox(db.clone()))?;
+        s.worker(store::idempotency_pruner(db.clone(), cfg.idempotency_ttl))?;
+        s.worker(store::settle_pending(
+            db.clone(),
+            (outbox.clone(), cfg.joins_topic.clone()),
+            i64::try_from(cfg.change_batch).unwrap_or(i64::MAX),
+            cfg.settle_interval,
+            metrics.clone(),
+        ))?;
+        let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::JOINS.name, s.jwt()?)?;
+        let state = api::Shared::new(db, outbox, &cfg, metrics);
+        Ok(api::router(state).layer(jwt.extension()))
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,30 @@ use sqlx::{AnyPool, Connection};
 
 use super::{Backend, DataError};
 
+/// A [`Migrations`] from the calling crate's `migrations/postgres`, `migrations/mysql` and
+/// `migrations/sqlite` folders, embedded at compile time by `sqlx::migrate!` (the crate depends
+/// on sqlx with its `migrate` feature). This is Keel's layout for a service's SQL and for a
+/// library's own set:
+///
+/// ```ignore
+/// let service = keel::data::migrations!();
+/// let library = keel::data::migrations!(library "keel_events");
+/// ```
+#[macro_export]
+macro_rules! migrations {
+    () => {
+        $crate::migrations!(in $crate::Migrations::new())
+    };
+    (library $name:literal) => {
+        $crate::migrations!(in $crate::Migrations::library($name))
+    };
+    (in $set:expr) => {
+        $set.postgres(::sqlx::migrate!("migrations/postgres"))
+            .mysql(::sqlx::migrate!("migrations/mysql"))
+            .sqlite(::sqlx::migrate!("migrations/sqlite"))
+    };
+}
+
 /// The table sqlx records a service's own migrations in.
 const SERVICE_TABLE: &str = "_sqlx_migrations";
 

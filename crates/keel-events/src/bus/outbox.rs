@@ -129,10 +129,7 @@ impl OutboxError {
 /// assert_eq!(steps, [1, 2, 3]);
 /// ```
 pub fn migrations() -> keel_data::Migrations {
-    keel_data::Migrations::library("keel_events")
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
+    keel_data::migrations!(library "keel_events")
         .adopt("keel events", 1)
         .adopt("keel events 2", 2)
         .adopt("keel events 3", 3)
