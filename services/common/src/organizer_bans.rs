@@ -32,7 +32,7 @@ pub async fn set(
 ) -> Result<bool, DataError> {
     let id = user_id.to_string();
     let current: Option<i64> =
-        sqlx::query_scalar(AssertSqlSafe(db.sql("SELECT version FROM organizer_bans WHERE user_id = $1").into_owned()))
+        sqlx::query_scalar(db.statement("SELECT version FROM organizer_bans WHERE user_id = $1"))
             .bind(&id)
             .fetch_optional(db.on(&mut **tx))
             .await?;
@@ -48,12 +48,10 @@ pub async fn set(
         .bind(&id)
         .bind(version),
         // Two first messages at once: one fails on the key, and is handled again.
-        None => sqlx::query(AssertSqlSafe(
-            db.sql("INSERT INTO organizer_bans (banned, version, user_id) VALUES ($1, $2, $3)").into_owned(),
-        ))
-        .bind(i64::from(banned))
-        .bind(version)
-        .bind(&id),
+        None => sqlx::query(db.statement("INSERT INTO organizer_bans (banned, version, user_id) VALUES ($1, $2, $3)"))
+            .bind(i64::from(banned))
+            .bind(version)
+            .bind(&id),
     }
     .execute(db.on(&mut **tx))
     .await?;
@@ -65,12 +63,11 @@ pub async fn is_banned<'c, E>(exec: E, backend: Backend, user_id: Uuid) -> Resul
 where
     E: sqlx::Executor<'c, Database = Any>,
 {
-    let banned: Option<i64> = sqlx::query_scalar(AssertSqlSafe(
-        backend.sql("SELECT banned FROM organizer_bans WHERE user_id = $1").into_owned(),
-    ))
-    .bind(user_id.to_string())
-    .fetch_optional(exec)
-    .await?;
+    let banned: Option<i64> =
+        sqlx::query_scalar(backend.statement("SELECT banned FROM organizer_bans WHERE user_id = $1"))
+            .bind(user_id.to_string())
+            .fetch_optional(exec)
+            .await?;
     Ok(banned.is_some_and(|b| b != 0))
 }
 

@@ -117,10 +117,7 @@ pub async fn get_for_update(db: &Db, tx: &mut Transaction<'static, Any>, id: Uui
     let lock = db.sql("UPDATE events SET version = version WHERE id = $1");
     sqlx::query(AssertSqlSafe(lock.into_owned())).bind(id.to_string()).execute(db.on(&mut **tx)).await?;
     let text = format!("SELECT {COLUMNS}, {HIDDEN} FROM events WHERE id = $1");
-    let row = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()))
-        .bind(id.to_string())
-        .fetch_optional(db.on(&mut **tx))
-        .await?;
+    let row = sqlx::query(db.statement(&text)).bind(id.to_string()).fetch_optional(db.on(&mut **tx)).await?;
     row.as_ref().map(from_row).transpose().map_err(|e| db.observe(e))
 }
 
@@ -161,10 +158,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
                      SELECT r.rowid, e.title, e.city, e.venue, e.description \
                      FROM events e JOIN events_fts_rows r ON r.id = e.id WHERE e.id = $1";
         for statement in [key, index] {
-            sqlx::query(AssertSqlSafe(db.sql(statement).into_owned()))
-                .bind(event.id.to_string())
-                .execute(db.on(&mut **tx))
-                .await?;
+            sqlx::query(db.statement(statement)).bind(event.id.to_string()).execute(db.on(&mut **tx)).await?;
         }
     }
     Ok(())

@@ -54,7 +54,7 @@ pub(crate) const DEFAULT_CHANGE_BATCH: i64 = 500;
 
 /// `text` with placeholders for `backend`, marked as built from constants.
 pub(crate) fn sql(backend: Backend, text: &str) -> AssertSqlSafe<String> {
-    AssertSqlSafe(backend.sql(text).into_owned())
+    backend.statement(text)
 }
 
 fn uuid_at(row: &AnyRow, idx: usize) -> Result<Uuid, sqlx::Error> {

@@ -101,6 +101,12 @@ impl Backend {
         }
         std::borrow::Cow::Owned(out)
     }
+
+    /// [`Backend::sql`] as the statement `sqlx::query` takes. For statement text made by the
+    /// program (placeholders bind every value), never from input.
+    pub fn statement(&self, sql: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(self.sql(sql).into_owned())
+    }
 }
 
 impl std::fmt::Display for Backend {
@@ -296,7 +302,7 @@ impl Db {
     /// [`Db::sql`] as the statement `sqlx::query` takes. For statement text made by the program
     /// (placeholders bind every value), never from input.
     pub fn statement(&self, sql: &str) -> sqlx::AssertSqlSafe<String> {
-        sqlx::AssertSqlSafe(self.sql(sql).into_owned())
+        self.inner.backend.statement(sql)
     }
 
     /// The pool, for queries. Calls through it skip the fail-fast check and the acquire metrics:
