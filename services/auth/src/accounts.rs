@@ -1,4 +1,5 @@
-//! Accounts: input rules, the `users` table, encrypted e-mail addresses and the audit trail.
+//! Accounts: input rules, encrypted e-mail addresses and the audit trail (the `users` table's
+//! statements are in [`crate::store::accounts`]).
 //!
 //! An address is stored only encrypted (`Keyring`, AES-256-GCM) beside its keyed blind index
 //! (`BlindIndex::email`, HMAC-SHA256 of the address as [`normalize_email`] makes it: NFC, lower
@@ -15,6 +16,7 @@ use unicode_security::{GeneralSecurityProfile as _, MixedScript as _};
 use uuid::Uuid;
 
 use crate::error::FieldError;
+use crate::store::accounts as store;
 use cityevents_common::time::{from_micros, now, to_micros};
 
 /// Longest e-mail address accepted (RFC 5321's path limit), in characters.
@@ -26,97 +28,7 @@ const MAX_LOCAL: usize = 64;
 
 pub use cityevents_api::auth::{AccountBan as Ban, ManagedUser, User};
 
-/// A `users` row.
-#[derive(Debug, Clone)]
-pub(crate) struct UserRow {
-    pub(crate) id: String,
-    pub(crate) email_ciphertext: String,
-    pub(crate) password_hash: String,
-    pub(crate) name: String,
-    /// The role as one value: `admin`, else `moderator` (the `moderator` flag), else `user`.
-    pub(crate) role: String,
-    pub(crate) created_at: i64,
-    pub(crate) email_verified_at: Option<i64>,
-    /// Access tokens carry it as `sv` (see [`crate::sessions`]).
-    pub(crate) session_version: u64,
-    /// Set while the account is banned.
-    pub(crate) banned_at: Option<i64>,
-    pub(crate) banned_by: Option<String>,
-    pub(crate) ban_reason: Option<String>,
-    /// Grows with every ban and lift (`account.banned`/`account.unbanned` carry it).
-    pub(crate) ban_version: u64,
-}
-
-type RowTuple =
-    (String, String, String, String, String, i64, Option<i64>, i64, Option<i64>, Option<String>, Option<String>, i64);
-
-/// The role the `role` column and the `moderator` flag make together (migration 0010), as SQL
-/// over `users` (columns prefixed with `$table`, e.g. `"u."`).
-macro_rules! role_sql {
-    ($table:literal) => {
-        concat!(
-            "CASE WHEN ",
-            $table,
-            "role = 'admin' THEN 'admin' WHEN ",
-            $table,
-            "moderator = 1 THEN 'moderator' ELSE 'user' END"
-        )
-    };
-}
-pub(crate) use role_sql;
-
-/// [`role_sql!`] over `users` itself.
-pub(crate) const ROLE_SQL: &str = role_sql!("");
-
-/// The columns of a [`RowTuple`], in order.
-const USER_COLUMNS: &str = concat!(
-    "id, email_ciphertext, password_hash, name, ",
-    role_sql!(""),
-    " AS role, created_at, email_verified_at, session_version, banned_at, banned_by, ban_reason, ban_version"
-);
-
-impl From<RowTuple> for UserRow {
-    fn from(
-        (
-            id,
-            email_ciphertext,
-            password_hash,
-            name,
-            role,
-            created_at,
-            email_verified_at,
-            sv,
-            banned_at,
-            banned_by,
-            ban_reason,
-            ban_version,
-        ): RowTuple,
-    ) -> Self {
-        let session_version = u64::try_from(sv).unwrap_or(0);
-        let ban_version = u64::try_from(ban_version).unwrap_or(0);
-        Self {
-            id,
-            email_ciphertext,
-            password_hash,
-            name,
-            role,
-            created_at,
-            email_verified_at,
-            session_version,
-            banned_at,
-            banned_by,
-            ban_reason,
-            ban_version,
-        }
-    }
-}
-
-impl UserRow {
-    /// Whether the account is banned.
-    pub(crate) fn banned(&self) -> bool {
-        self.banned_at.is_some()
-    }
-}
+pub(crate) use crate::store::accounts::UserRow;
 
 /// Which accounts `GET /api/v1/admin/users` lists.
 #[derive(Debug, Clone, Default)]
@@ -201,47 +113,26 @@ impl Accounts {
     }
 
     pub(crate) async fn by_email_index(&self, bidx: &str) -> Result<Option<UserRow>, DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let row: Option<RowTuple> =
-            sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE email_bidx = $1")))
-                .bind(bidx)
-                .fetch_optional(db.on(&mut *conn))
-                .await
-                .map_err(DataError::from)?;
-        Ok(row.map(UserRow::from))
+        store::by_email_index(&self.db, bidx).await
     }
 
     pub(crate) async fn by_id(&self, id: Uuid) -> Result<Option<UserRow>, DataError> {
-        let mut conn = self.db.acquire().await?;
-        self.by_id_on(&mut conn, id).await
+        store::by_id(&self.db, id).await
     }
 
     /// Up to `limit` accounts whose contact the notifier never heard (`contact_sent_at` unset),
     /// in id order.
     pub(crate) async fn without_contact(&self, limit: u32) -> Result<Vec<UserRow>, DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let text = format!("SELECT {USER_COLUMNS} FROM users WHERE contact_sent_at IS NULL ORDER BY id LIMIT {limit}");
-        let rows: Vec<RowTuple> =
-            sqlx::query_as(db.statement(&text)).fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)?;
-        Ok(rows.into_iter().map(UserRow::from).collect())
+        store::without_contact(&self.db, limit).await
     }
 
-    /// [`Accounts::by_id`] on `conn` (a transaction's, to see its own writes).
+    /// [`Accounts::by_id`] in `tx`, to see its own writes.
     pub(crate) async fn by_id_on(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        tx: &mut Transaction<'static, Any>,
         id: Uuid,
     ) -> Result<Option<UserRow>, DataError> {
-        let db = &self.db;
-        let row: Option<RowTuple> =
-            sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")))
-                .bind(id.to_string())
-                .fetch_optional(db.on(&mut *conn))
-                .await
-                .map_err(DataError::from)?;
-        Ok(row.map(UserRow::from))
+        store::by_id_in(&self.db, tx, id).await
     }
 
     /// The blind index of the UTS #39 skeleton of `email` (normalized): the same for addresses
@@ -254,15 +145,7 @@ impl Accounts {
 
     /// Whether an account exists whose address looks like one with this skeleton index.
     pub(crate) async fn skeleton_taken(&self, skeleton_bidx: &str) -> Result<bool, DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let found: Option<String> =
-            sqlx::query_scalar(db.statement("SELECT id FROM users WHERE email_skeleton_bidx = $1"))
-                .bind(skeleton_bidx)
-                .fetch_optional(db.on(&mut *conn))
-                .await
-                .map_err(DataError::from)?;
-        Ok(found.is_some())
+        store::skeleton_taken(&self.db, skeleton_bidx).await
     }
 
     /// Fills in the skeleton index of accounts made before it existed, a page at a time.
@@ -272,35 +155,15 @@ impl Accounts {
         let db = &self.db;
         let (mut after, mut filled) = (String::new(), 0_u64);
         loop {
-            let page: Vec<(String, String)> = {
-                let mut conn = db.acquire().await?;
-                sqlx::query_as(db.statement(
-                    "SELECT id, email_ciphertext FROM users WHERE email_skeleton_bidx IS NULL AND id > $1 \
-                     ORDER BY id LIMIT 200",
-                ))
-                .bind(&after)
-                .fetch_all(db.on(&mut *conn))
-                .await
-                .map_err(DataError::from)?
-            };
+            let page = store::without_skeleton(db, &after).await?;
             let Some((last, _)) = page.last() else { return Ok(filled) };
             after = last.clone();
             for (id, ciphertext) in page {
                 let skeleton = self.skeleton_index(&self.keyring.decrypt_str(&ciphertext)?);
-                let mut conn = db.acquire().await?;
-                let updated = sqlx::query(db.statement(
-                    "UPDATE users SET email_skeleton_bidx = $1 WHERE id = $2 AND email_skeleton_bidx IS NULL",
-                ))
-                .bind(&skeleton)
-                .bind(&id)
-                .execute(db.on(&mut *conn))
-                .await;
-                match updated {
-                    Ok(_) => filled += 1,
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        tracing::warn!(user_id = %id, "an older account's address looks like another's; left as is");
-                    }
-                    Err(e) => return Err(DataError::from(e).into()),
+                if store::set_skeleton(db, &id, &skeleton).await? {
+                    filled += 1;
+                } else {
+                    tracing::warn!(user_id = %id, "an older account's address looks like another's; left as is");
                 }
             }
         }
@@ -335,26 +198,19 @@ impl Accounts {
         let (id, created_at) = (Uuid::now_v7(), now());
         let db = &self.db;
         let mut tx = db.begin_write().await?;
-        let inserted = sqlx::query(db.statement(
-            "INSERT INTO users (id, email_ciphertext, email_bidx, email_skeleton_bidx, password_hash, name, role, \
-             created_at, email_verified_at, name_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        ))
-        .bind(id.to_string())
-        .bind(&email_ciphertext)
-        .bind(self.email_index(email))
-        .bind(self.skeleton_index(email))
-        .bind(password_hash)
-        .bind(name)
-        .bind(role)
-        .bind(to_micros(created_at))
-        .bind(verified.then(|| to_micros(created_at)))
-        .bind(name.to_lowercase())
-        .execute(db.on(&mut *tx))
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::Taken),
-            Err(e) => return Err(DataError::from(e).into()),
+        let row = store::NewUser {
+            id,
+            email_ciphertext: &email_ciphertext,
+            email_bidx: &self.email_index(email),
+            skeleton_bidx: &self.skeleton_index(email),
+            password_hash,
+            name,
+            role,
+            created_at: to_micros(created_at),
+            email_verified_at: verified.then(|| to_micros(created_at)),
+        };
+        if !store::insert(db, &mut tx, &row).await? {
+            return Err(StoreError::Taken);
         }
         // Round through storage precision so the answer equals what `GET /me` shows later.
         let created_at = from_micros(to_micros(created_at));
@@ -371,16 +227,7 @@ impl Accounts {
 
     /// Marks the address of `id` verified (once: a second call changes nothing).
     pub(crate) async fn set_verified(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<(), DataError> {
-        let db = &self.db;
-        sqlx::query(
-            db.statement("UPDATE users SET email_verified_at = $1 WHERE id = $2 AND email_verified_at IS NULL"),
-        )
-        .bind(to_micros(now()))
-        .bind(id)
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
-        Ok(())
+        store::set_verified(&self.db, tx, id, to_micros(now())).await
     }
 
     /// Sets the role of an existing account in `tx` (the caller ends its sessions with it).
@@ -390,16 +237,7 @@ impl Accounts {
         id: &str,
         role: &str,
     ) -> Result<(), DataError> {
-        let db = &self.db;
-        let (column, moderator) = stored_role(role);
-        sqlx::query(db.statement("UPDATE users SET role = $1, moderator = $2 WHERE id = $3"))
-            .bind(column)
-            .bind(moderator)
-            .bind(id)
-            .execute(db.on(&mut **tx))
-            .await
-            .map_err(DataError::from)?;
-        Ok(())
+        store::set_role(&self.db, tx, id, role).await
     }
 
     /// Bans the account in `tx` unless it is banned already (then `false`: a concurrent ban won);
@@ -412,62 +250,24 @@ impl Accounts {
         reason: &str,
         at: i64,
     ) -> Result<bool, DataError> {
-        let db = &self.db;
-        let done = sqlx::query(db.statement(
-            "UPDATE users SET banned_at = $1, banned_by = $2, ban_reason = $3, ban_version = ban_version + 1 \
-             WHERE id = $4 AND banned_at IS NULL",
-        ))
-        .bind(at)
-        .bind(by)
-        .bind(reason)
-        .bind(id)
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
-        Ok(done.rows_affected() == 1)
+        store::ban(&self.db, tx, id, by, reason, at).await
     }
 
-    /// Lifts the account's ban in `tx`; `false` when it was not banned (a concurrent lift won).
     /// The admins' ids, their rows locked in `tx` until it ends (PostgreSQL, MySQL/MariaDB;
     /// SQLite lets one writer at a time anyway): two admins stepping down at once cannot both
     /// count the other as the one who stays.
     pub(crate) async fn admins_locked(&self, tx: &mut Transaction<'static, Any>) -> Result<Vec<String>, DataError> {
-        let db = &self.db;
-        let sql = match db.backend() {
-            keel::data::Backend::Sqlite => "SELECT id FROM users WHERE role = $1",
-            _ => "SELECT id FROM users WHERE role = $1 FOR UPDATE",
-        };
-        sqlx::query_scalar(db.statement(sql))
-            .bind(stored_role(cityevents_common::roles::ADMIN).0)
-            .fetch_all(db.on(&mut **tx))
-            .await
-            .map_err(DataError::from)
+        store::admins_locked(&self.db, tx).await
     }
 
+    /// Lifts the account's ban in `tx`; `false` when it was not banned (a concurrent lift won).
     pub(crate) async fn unban_in(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<bool, DataError> {
-        let db = &self.db;
-        let done = sqlx::query(db.statement(
-            "UPDATE users SET banned_at = NULL, banned_by = NULL, ban_reason = NULL, ban_version = ban_version + 1 \
-             WHERE id = $1 AND banned_at IS NOT NULL",
-        ))
-        .bind(id)
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
-        Ok(done.rows_affected() == 1)
+        store::unban(&self.db, tx, id).await
     }
 
     /// `(id, display name)` of the accounts among `ids` (any order; unknown ids left out).
     pub(crate) async fn names(&self, ids: &[Uuid]) -> Result<Vec<(String, String)>, DataError> {
-        let db = &self.db;
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let text = format!("SELECT id, name FROM users WHERE id IN ({})", marks.join(", "));
-        let mut query = sqlx::query_as::<_, (String, String)>(db.statement(&text));
-        for id in ids {
-            query = query.bind(id.to_string());
-        }
-        let mut conn = db.acquire().await?;
-        query.fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)
+        store::names(&self.db, ids).await
     }
 
     /// Up to `limit` accounts matching `filter`, newest first, after the account `after`.
@@ -477,53 +277,17 @@ impl Accounts {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<UserRow>, DataError> {
-        let db = &self.db;
-        let mut conditions = Vec::new();
-        let mut binds: Vec<String> = Vec::new();
-        let bind = |value: String, binds: &mut Vec<String>| {
-            binds.push(value);
-            format!("${}", binds.len())
+        let text = match &filter.q {
+            Some(q) if q.contains('@') => match normalize_email(q) {
+                Ok(email) => Some(store::Text::EmailIndex(self.email_index(&email))),
+                // Not an address: nothing has it.
+                Err(_) => return Ok(Vec::new()),
+            },
+            Some(q) => Some(store::Text::NamePart(q)),
+            None => None,
         };
-        if let Some(q) = &filter.q {
-            if q.contains('@') {
-                let bidx = match normalize_email(q) {
-                    Ok(email) => self.email_index(&email),
-                    // Not an address: nothing has it.
-                    Err(_) => return Ok(Vec::new()),
-                };
-                conditions.push(format!("email_bidx = {}", bind(bidx, &mut binds)));
-            } else {
-                // `!` escapes (a backslash means something else in MySQL string literals). The
-                // key is Rust's Unicode lowercase; rows from before it existed fall back to SQL's.
-                let escaped = q.to_lowercase().replace('!', "!!").replace('%', "!%").replace('_', "!_");
-                let pattern = bind(format!("%{escaped}%"), &mut binds);
-                conditions.push(format!("COALESCE(name_key, LOWER(name)) LIKE {pattern} ESCAPE '!'"));
-            }
-        }
-        if let Some(role) = &filter.role {
-            conditions.push(format!("{ROLE_SQL} = {}", bind(role.clone(), &mut binds)));
-        }
-        match filter.banned {
-            Some(true) => conditions.push("banned_at IS NOT NULL".into()),
-            Some(false) => conditions.push("banned_at IS NULL".into()),
-            None => {}
-        }
-        if let Some(after) = after {
-            conditions.push(format!("id < {}", bind(after.to_owned(), &mut binds)));
-        }
-        let mut text = format!("SELECT {USER_COLUMNS} FROM users");
-        if !conditions.is_empty() {
-            text.push_str(" WHERE ");
-            text.push_str(&conditions.join(" AND "));
-        }
-        text.push_str(&format!(" ORDER BY id DESC LIMIT {}", u64::from(limit) + 1));
-        let mut conn = db.acquire().await?;
-        let mut query = sqlx::query_as::<_, RowTuple>(db.statement(&text));
-        for b in binds {
-            query = query.bind(b);
-        }
-        let rows = query.fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)?;
-        Ok(rows.into_iter().map(UserRow::from).collect())
+        let listing = store::Listing { text, role: filter.role.as_deref(), banned: filter.banned, after };
+        store::list(&self.db, &listing, limit).await
     }
 
     /// Sets the role of an existing account (a promotion from the command line: it takes no
@@ -536,15 +300,7 @@ impl Accounts {
 
     /// Replaces the password hash (after a cost change, on the next successful sign-in).
     pub(crate) async fn set_password_hash(&self, id: &str, phc: &str) -> Result<(), DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        sqlx::query(db.statement("UPDATE users SET password_hash = $1 WHERE id = $2"))
-            .bind(phc)
-            .bind(id)
-            .execute(db.on(&mut *conn))
-            .await
-            .map_err(DataError::from)?;
-        Ok(())
+        store::set_password_hash(&self.db, id, phc).await
     }
 
     /// Replaces the password hash in `tx` (a reset or a change).
@@ -554,14 +310,7 @@ impl Accounts {
         id: &str,
         phc: &str,
     ) -> Result<(), DataError> {
-        let db = &self.db;
-        sqlx::query(db.statement("UPDATE users SET password_hash = $1 WHERE id = $2"))
-            .bind(phc)
-            .bind(id)
-            .execute(db.on(&mut **tx))
-            .await
-            .map_err(DataError::from)?;
-        Ok(())
+        store::set_password_hash_in(&self.db, tx, id, phc).await
     }
 
     /// The API view of a row (decrypts the address).
@@ -605,15 +354,6 @@ impl Accounts {
         if let Err(e) = self.audit.record(actor, action, target, outcome, details).await {
             tracing::error!(error = %e, action, "cannot append to the audit log");
         }
-    }
-}
-
-/// How `role` is stored: the `role` column (`user` or `admin`) and the `moderator` flag.
-fn stored_role(role: &str) -> (&'static str, i16) {
-    match role {
-        cityevents_common::roles::ADMIN => ("admin", 0),
-        cityevents_common::roles::MODERATOR => ("user", 1),
-        _ => ("user", 0),
     }
 }
 

@@ -62,6 +62,7 @@ mod metrics;
 mod moderation;
 mod routes;
 mod sessions;
+mod store;
 mod tokens;
 
 use std::sync::Arc;
@@ -93,20 +94,13 @@ const BACKFILL_EVERY: Duration = Duration::from_secs(60);
 /// `login_throttle`, the look-alike index, `account_tokens`; then Keel's own sets, the outbox's
 /// and the audit log's.
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::Migrations::new()
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
-        .with(keel::events::outbox::migrations())
-        .with(keel::security::audit::migrations())
+    keel::data::migrations!().with(keel::events::outbox::migrations()).with(keel::security::audit::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<AuthConfig> {
-    keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::AUTH.name)
-        .config_defaults(cityevents_common::services::AUTH.defaults())
-        .with_config::<AuthConfig>()
+    cityevents_common::services::AUTH
+        .service::<AuthConfig>(keel::build_info!())
         .migrations(migrations())
         .keeps_audit_log()
         .command(cli::admin_command(), cli::run_admin)

@@ -31,9 +31,10 @@
 
 use std::time::Duration;
 
-use keel::data::{Backend, DataError, Db, RetryKind};
+use keel::data::{DataError, Db, RetryKind};
 
 use crate::config::LockoutConfig;
+use crate::store::lockout as store;
 use cityevents_common::time::{now, to_micros};
 
 /// Which counter: the `scope` of audit entries and of `auth_login_throttled_total`.
@@ -138,67 +139,6 @@ async fn retrying<T, Fut: std::future::Future<Output = Result<T, DataError>>>(
     }
 }
 
-/// Makes the counter's row `key`, with no failures, unless it exists.
-async fn ensure(
-    db: &Db,
-    conn: &mut sqlx::AnyConnection,
-    key: &str,
-    email: Option<&str>,
-    now: i64,
-) -> Result<(), DataError> {
-    sqlx::query(db.statement(ensure_sql(db))).bind(key).bind(email).bind(now).execute(db.on(&mut *conn)).await?;
-    Ok(())
-}
-
-/// Makes the counter's row, with no failures, unless it exists.
-fn ensure_sql(db: &Db) -> &'static str {
-    match db.backend() {
-        Backend::MySql => {
-            "INSERT INTO login_throttle (bucket, email_bidx, failures, last_failure_at) \
-             VALUES ($1, $2, 0, $3) ON DUPLICATE KEY UPDATE bucket = bucket"
-        }
-        Backend::Postgres | Backend::Sqlite => {
-            "INSERT INTO login_throttle (bucket, email_bidx, failures, last_failure_at) \
-             VALUES ($1, $2, 0, $3) ON CONFLICT (bucket) DO NOTHING"
-        }
-    }
-}
-
-/// Forgets the failures of a counter whose last one is older than the window (`stale`).
-/// As a write, it also locks the row, so a read after it sees every concurrent attempt.
-async fn forget_if_stale(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, stale: i64) -> Result<(), DataError> {
-    sqlx::query(db.statement(
-        "UPDATE login_throttle SET failures = CASE WHEN last_failure_at <= $1 THEN 0 ELSE failures END \
-         WHERE bucket = $2",
-    ))
-    .bind(stale)
-    .bind(key)
-    .execute(db.on(&mut *conn))
-    .await?;
-    Ok(())
-}
-
-/// The counter's failures and the time of its last one.
-async fn read(db: &Db, conn: &mut sqlx::AnyConnection, key: &str) -> Result<(i64, i64), DataError> {
-    sqlx::query_as(db.statement("SELECT failures, last_failure_at FROM login_throttle WHERE bucket = $1"))
-        .bind(key)
-        .fetch_one(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)
-}
-
-/// One more failure on the counter `key`.
-async fn count_failure(db: &Db, conn: &mut sqlx::AnyConnection, key: &str, now: i64) -> Result<(), DataError> {
-    sqlx::query(
-        db.statement("UPDATE login_throttle SET failures = failures + 1, last_failure_at = $1 WHERE bucket = $2"),
-    )
-    .bind(now)
-    .bind(key)
-    .execute(db.on(&mut *conn))
-    .await?;
-    Ok(())
-}
-
 /// The throttling rules over `login_throttle`.
 #[derive(Debug, Clone)]
 pub(crate) struct Lockout {
@@ -240,10 +180,10 @@ impl Lockout {
         let mut tx = db.begin_read_committed().await?;
         let mut counts = Vec::with_capacity(counters.keys.len());
         for (scope, key, email, free) in &counters.keys {
-            ensure(db, &mut tx, key, *email, now).await?;
-            forget_if_stale(db, &mut tx, key, stale).await?;
-            let (failures, last) = read(db, &mut tx, key).await?;
-            counts.push((*scope, failures, last, *free));
+            store::ensure(db, &mut tx, key, *email, now).await?;
+            store::forget_if_stale(db, &mut tx, key, stale).await?;
+            let read = store::read(db, &mut tx, key).await?;
+            counts.push((*scope, read.failures, read.last_failure_at, *free));
         }
         let refused = counts
             .iter()
@@ -260,7 +200,7 @@ impl Lockout {
             let secs = (until - now).div_euclid(1_000_000) + 1;
             return Ok(Gate::Locked { retry_after: u64::try_from(secs).unwrap_or(1), scope });
         }
-        count_failure(db, &mut tx, &counters.first_hand().1, now).await?;
+        store::count_failure(db, &mut tx, &counters.first_hand().1, now).await?;
         db.commit(tx).await?;
         let (_, failures, _, free) = counts[counters.first_hand];
         Ok(Gate::Open { spent: failures + 1 == i64::from(free) })
@@ -302,11 +242,11 @@ impl Lockout {
                 continue;
             }
             // Made by `attempt`, unless pruned since.
-            ensure(db, &mut tx, key, *email, now).await?;
-            forget_if_stale(db, &mut tx, key, stale).await?;
-            count_failure(db, &mut tx, key, now).await?;
-            let (failures, _) = read(db, &mut tx, key).await?;
-            if failures == i64::from(*free) {
+            store::ensure(db, &mut tx, key, *email, now).await?;
+            store::forget_if_stale(db, &mut tx, key, stale).await?;
+            store::count_failure(db, &mut tx, key, now).await?;
+            let read = store::read(db, &mut tx, key).await?;
+            if read.failures == i64::from(*free) {
                 spent.push(*scope);
             }
         }
@@ -316,14 +256,8 @@ impl Lockout {
 
     /// The attempt [`Self::attempt`] let in succeeded: its first-hand counter is deleted.
     pub(crate) async fn succeeded(&self, bidx: &str, source: Source<'_>) -> Result<(), DataError> {
-        let db = &self.db;
         let counters = Counters::new(&self.cfg, bidx, source);
-        let mut conn = db.acquire().await?;
-        sqlx::query(db.statement("DELETE FROM login_throttle WHERE bucket = $1"))
-            .bind(&counters.first_hand().1)
-            .execute(db.on(&mut *conn))
-            .await?;
-        Ok(())
+        store::delete(&self.db, &counters.first_hand().1).await
     }
 
     /// The attempt [`Self::attempt`] let in came to no verdict (the password check was refused
@@ -331,16 +265,8 @@ impl Lockout {
     /// Otherwise a sign-in storm that fills the hashing queue would count the owner's refused
     /// attempts as failures, and lock them out without one wrong password.
     pub(crate) async fn undone(&self, bidx: &str, source: Source<'_>) -> Result<(), DataError> {
-        let db = &self.db;
         let counters = Counters::new(&self.cfg, bidx, source);
-        let mut conn = db.acquire().await?;
-        sqlx::query(
-            db.statement("UPDATE login_throttle SET failures = failures - 1 WHERE bucket = $1 AND failures > 0"),
-        )
-        .bind(&counters.first_hand().1)
-        .execute(db.on(&mut *conn))
-        .await?;
-        Ok(())
+        store::take_back(&self.db, &counters.first_hand().1).await
     }
 
     /// Deletes every counter of the account with address index `bidx`, whatever the client IP
@@ -350,25 +276,14 @@ impl Lockout {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         bidx: &str,
     ) -> Result<u64, DataError> {
-        let db = &self.db;
-        let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE email_bidx = $1"))
-            .bind(bidx)
-            .execute(db.on(&mut **tx))
-            .await?;
-        Ok(done.rows_affected())
+        store::delete_account(&self.db, tx, bidx).await
     }
 
     /// Deletes counters whose last failure is older than the window (no delay can still run:
     /// `max_delay` is at most `window`); returns how many.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
-        let db = &self.db;
         let now = to_micros(now());
-        let mut conn = db.acquire().await?;
-        let done = sqlx::query(db.statement("DELETE FROM login_throttle WHERE last_failure_at <= $1"))
-            .bind(now.saturating_sub(micros(self.cfg.window)))
-            .execute(db.on(&mut *conn))
-            .await?;
-        Ok(done.rows_affected())
+        store::prune(&self.db, now.saturating_sub(micros(self.cfg.window))).await
     }
 }
 

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::accounts::Accounts;
+use crate::store::mail as store;
 use crate::tokens::{generate, hash};
 use keel::http::Problem;
 
@@ -74,23 +75,11 @@ impl AccountMail {
         user_id: &str,
         purpose: Purpose,
     ) -> Result<(String, OffsetDateTime), DataError> {
-        let db = &self.db;
         let now = to_micros(now());
         self.revoke(tx, user_id, purpose).await?;
         let token = generate();
         let expires = now.saturating_add(i64::try_from(self.ttl(purpose).as_micros()).unwrap_or(i64::MAX));
-        sqlx::query(db.statement(
-            "INSERT INTO account_tokens (token_hash, user_id, purpose, created_at, expires_at, used_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL)",
-        ))
-        .bind(hash(&token))
-        .bind(user_id)
-        .bind(purpose.label())
-        .bind(now)
-        .bind(expires)
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
+        store::insert_token(&self.db, tx, &hash(&token), user_id, purpose.label(), now, expires).await?;
         Ok((token, from_micros(expires)))
     }
 
@@ -102,17 +91,7 @@ impl AccountMail {
         user_id: &str,
         purpose: Purpose,
     ) -> Result<u64, DataError> {
-        let db = &self.db;
-        let done = sqlx::query(db.statement(
-            "UPDATE account_tokens SET used_at = $1 WHERE user_id = $2 AND purpose = $3 AND used_at IS NULL",
-        ))
-        .bind(to_micros(now()))
-        .bind(user_id)
-        .bind(purpose.label())
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
-        Ok(done.rows_affected())
+        store::spend_unused(&self.db, tx, user_id, purpose.label(), to_micros(now())).await
     }
 
     /// How many tokens of `purpose` were issued for the account in the last `within` (spent or
@@ -125,17 +104,8 @@ impl AccountMail {
         purpose: Purpose,
         within: Duration,
     ) -> Result<u64, DataError> {
-        let db = &self.db;
         let since = to_micros(now()).saturating_sub(i64::try_from(within.as_micros()).unwrap_or(i64::MAX));
-        let n: i64 = sqlx::query_scalar(
-            db.statement("SELECT COUNT(*) FROM account_tokens WHERE user_id = $1 AND purpose = $2 AND created_at > $3"),
-        )
-        .bind(user_id)
-        .bind(purpose.label())
-        .bind(since)
-        .fetch_one(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
+        let n = store::count_since(&self.db, tx, user_id, purpose.label(), since).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -147,31 +117,12 @@ impl AccountMail {
         token: &str,
         purpose: Purpose,
     ) -> Result<Option<String>, DataError> {
-        let db = &self.db;
         let now = to_micros(now());
         let token_hash = hash(token);
-        let spent = sqlx::query(db.statement(
-            "UPDATE account_tokens SET used_at = $1 \
-             WHERE token_hash = $2 AND purpose = $3 AND used_at IS NULL AND expires_at > $4",
-        ))
-        .bind(now)
-        .bind(&token_hash)
-        .bind(purpose.label())
-        .bind(now)
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?
-        .rows_affected();
-        if spent != 1 {
+        if !store::spend(&self.db, tx, &token_hash, purpose.label(), now).await? {
             return Ok(None);
         }
-        let user: Option<String> =
-            sqlx::query_scalar(db.statement("SELECT user_id FROM account_tokens WHERE token_hash = $1"))
-                .bind(&token_hash)
-                .fetch_optional(db.on(&mut **tx))
-                .await
-                .map_err(DataError::from)?;
-        Ok(user)
+        store::token_owner(&self.db, tx, &token_hash).await
     }
 
     /// Enqueues `account.contact` for the account and records that it was sent.
@@ -181,13 +132,7 @@ impl AccountMail {
         contact: &AccountContact,
     ) -> Result<(), Problem> {
         self.outbox.enqueue_event(tx, ACCOUNTS_TOPIC, contact).await?;
-        let db = &self.db;
-        sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
-            .bind(to_micros(now()))
-            .bind(contact.user_id.to_string())
-            .execute(db.on(&mut **tx))
-            .await
-            .map_err(DataError::from)?;
+        store::contact_sent(&self.db, tx, &contact.user_id.to_string(), to_micros(now())).await?;
         Ok(())
     }
 
@@ -213,49 +158,17 @@ impl AccountMail {
     /// Deletes account tokens that expired more than a day ago and registration notices older
     /// than a day; returns how many rows.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
-        let db = &self.db;
         let cutoff = to_micros(now()).saturating_sub(86_400_000_000);
-        let mut conn = db.acquire().await?;
-        let mut pruned = 0;
-        for table in
-            ["DELETE FROM account_tokens WHERE expires_at < $1", "DELETE FROM registration_notices WHERE sent_at < $1"]
-        {
-            let done = sqlx::query(db.statement(table))
-                .bind(cutoff)
-                .execute(db.on(&mut *conn))
-                .await
-                .map_err(DataError::from)?;
-            pruned += done.rows_affected();
-        }
-        Ok(pruned)
+        store::prune(&self.db, cutoff).await
     }
 
     /// Whether the address with blind index `bidx` may be mailed now about a sign-up that made
     /// no account: at most once per [`NOTICE_EVERY`]. Claims the slot in `tx`.
     pub(crate) async fn claim_notice(&self, tx: &mut Transaction<'static, Any>, bidx: &str) -> Result<bool, DataError> {
-        let db = &self.db;
-        let ensure = match db.backend() {
-            keel::data::Backend::MySql => {
-                "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) \
-                 ON DUPLICATE KEY UPDATE email_bidx = email_bidx"
-            }
-            _ => {
-                "INSERT INTO registration_notices (email_bidx, sent_at) VALUES ($1, 0) ON CONFLICT (email_bidx) DO NOTHING"
-            }
-        };
-        sqlx::query(db.statement(ensure)).bind(bidx).execute(db.on(&mut **tx)).await.map_err(DataError::from)?;
+        store::ensure_notice(&self.db, tx, bidx).await?;
         let now = to_micros(now());
         let every = i64::try_from(NOTICE_EVERY.as_micros()).unwrap_or(i64::MAX);
-        let claimed = sqlx::query(
-            db.statement("UPDATE registration_notices SET sent_at = $1 WHERE email_bidx = $2 AND sent_at < $3"),
-        )
-        .bind(now)
-        .bind(bidx)
-        .bind(now.saturating_sub(every))
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
-        Ok(claimed.rows_affected() == 1)
+        store::claim_notice(&self.db, tx, bidx, now, now.saturating_sub(every)).await
     }
 
     /// Announces the contacts of accounts that never had theirs sent, a page at a time;
@@ -277,12 +190,7 @@ impl AccountMail {
                     self.contact(&mut tx, &contact_of(&accounts.user(row)?)).await?;
                 } else {
                     // A broken id cannot be announced: never look at it again.
-                    sqlx::query(db.statement("UPDATE users SET contact_sent_at = $1 WHERE id = $2"))
-                        .bind(to_micros(now()))
-                        .bind(&row.id)
-                        .execute(db.on(&mut *tx))
-                        .await
-                        .map_err(DataError::from)?;
+                    store::contact_sent(db, &mut tx, &row.id, to_micros(now())).await?;
                 }
             }
             db.commit(tx).await?;

@@ -22,6 +22,8 @@ use keel::events::outbox::{Outbox, OutboxError};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
+use crate::store::sessions as store;
+
 /// At most this many raises are repeated for one sync request (the most recent ones).
 const SYNC_LIMIT: u32 = 10_000;
 
@@ -53,14 +55,7 @@ impl Sessions {
     /// Ends every access token of `user_id` issued so far, in `tx`: raises its session version
     /// and announces the new one. Returns it (new tokens carry it).
     pub(crate) async fn end_all(&self, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<u64, OutboxError> {
-        let db = &self.db;
-        sqlx::query(db.statement(
-            "UPDATE users SET session_version = session_version + 1, session_changed_at = $1 WHERE id = $2",
-        ))
-        .bind(to_micros(now()))
-        .bind(user_id)
-        .execute(db.on(&mut **tx))
-        .await?;
+        store::raise(&self.db, tx, user_id, to_micros(now())).await?;
         let version = self.version_on(tx, user_id).await?;
         let revoked = SessionRevoked { user_id: parse(user_id)?, version };
         self.outbox.enqueue_event(tx, SESSIONS_TOPIC, &revoked).await?;
@@ -77,21 +72,8 @@ impl Sessions {
         user_id: &str,
         expected: u64,
     ) -> Result<bool, DataError> {
-        let db = &self.db;
-        let select = match db.backend() {
-            keel::data::Backend::Sqlite => {
-                // No `FOR UPDATE`: a write takes SQLite's one write lock for the transaction.
-                sqlx::query(db.statement("UPDATE users SET session_version = session_version WHERE id = $1"))
-                    .bind(user_id)
-                    .execute(db.on(&mut **tx))
-                    .await?;
-                "SELECT session_version FROM users WHERE id = $1"
-            }
-            _ => "SELECT session_version FROM users WHERE id = $1 FOR UPDATE",
-        };
-        let v: Option<(i64,)> =
-            sqlx::query_as(db.statement(select)).bind(user_id).fetch_optional(db.on(&mut **tx)).await?;
-        Ok(v.is_some_and(|(v,)| u64::try_from(v).ok() == Some(expected)))
+        let v = store::version_locked(&self.db, tx, user_id).await?;
+        Ok(v.is_some_and(|v| u64::try_from(v).ok() == Some(expected)))
     }
 
     /// Has the outbox relay publish now (after a commit that ended sessions).
@@ -101,12 +83,8 @@ impl Sessions {
 
     /// The current session version of `user_id` (0 for an unknown user).
     pub(crate) async fn version_on(&self, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<u64, DataError> {
-        let db = &self.db;
-        let v: Option<(i64,)> = sqlx::query_as(db.statement("SELECT session_version FROM users WHERE id = $1"))
-            .bind(user_id)
-            .fetch_optional(db.on(&mut **tx))
-            .await?;
-        Ok(v.map_or(0, |(v,)| u64::try_from(v).unwrap_or(0)))
+        let v = store::version(&self.db, tx, user_id).await?;
+        Ok(v.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
     }
 
     /// Announces again, through the outbox, every raise within the window; returns how many.
@@ -115,12 +93,7 @@ impl Sessions {
         *self.last_repeat.lock().unwrap_or_else(PoisonError::into_inner) = Some(OffsetDateTime::now_utc());
         let since = to_micros(now()).saturating_sub(i64::try_from(self.window.as_micros()).unwrap_or(i64::MAX));
         let mut tx = db.begin_write().await?;
-        let text = format!(
-            "SELECT id, session_version FROM users WHERE session_changed_at >= $1 \
-             ORDER BY session_changed_at DESC LIMIT {SYNC_LIMIT}"
-        );
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as(db.statement(&text)).bind(since).fetch_all(db.on(&mut *tx)).await?;
+        let rows = store::raised_since(db, &mut tx, since, SYNC_LIMIT).await?;
         if rows.len() >= SYNC_LIMIT as usize {
             tracing::warn!(
                 limit = SYNC_LIMIT,
@@ -129,8 +102,9 @@ impl Sessions {
             );
         }
         let mut envelopes = Vec::with_capacity(rows.len());
-        for (id, version) in &rows {
-            let revoked = SessionRevoked { user_id: parse(id)?, version: u64::try_from(*version).unwrap_or(0) };
+        for raise in &rows {
+            let revoked =
+                SessionRevoked { user_id: parse(&raise.user_id)?, version: u64::try_from(raise.version).unwrap_or(0) };
             envelopes.push(Envelope::new(cityevents_common::services::AUTH.name, &revoked)?);
         }
         if !envelopes.is_empty() {

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::sessions::Sessions;
+use crate::store::tokens::{self as store, NewToken, Owner};
 use cityevents_common::time::{now, to_micros};
 use keel::http::Problem;
 
@@ -90,15 +91,6 @@ pub(crate) struct RefreshTokens {
     sessions: Sessions,
 }
 
-/// The owner's role, whether the address is verified, and the session version.
-type Owner = (String, Option<i64>, i64);
-
-/// A spent token's family and owner: family, user, role, verified at, session version, banned at.
-type SpentOwner = (String, String, String, Option<i64>, i64, Option<i64>);
-
-/// The owner's role as one value, for queries joining `users u`.
-const OWNER_ROLE: &str = crate::accounts::role_sql!("u.");
-
 fn version(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -137,18 +129,16 @@ impl RefreshTokens {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
     ) -> Result<String, DataError> {
-        let db = &self.db;
         let token = generate();
         let now = to_micros(now());
-        sqlx::query(db.statement(INSERT))
-            .bind(hash(&token))
-            .bind(Uuid::now_v7().to_string())
-            .bind(user_id)
-            .bind(self.expiry(now))
-            .bind(now)
-            .execute(db.on(&mut **tx))
-            .await
-            .map_err(DataError::from)?;
+        let new = NewToken {
+            token_hash: &hash(&token),
+            family_id: &Uuid::now_v7().to_string(),
+            user_id,
+            expires_at: self.expiry(now),
+            created_at: now,
+        };
+        store::insert(&self.db, tx, &new).await?;
         Ok(token)
     }
 
@@ -160,17 +150,9 @@ impl RefreshTokens {
         // rotation (and then revokes the successor too) or makes it try again.
         for _ in 0..3 {
             let db = &self.db;
-            let mut conn = db.acquire().await?;
-            let owner: Option<(String, i64)> = sqlx::query_as(db.statement(
-                "SELECT r.user_id, u.session_version FROM refresh_tokens r JOIN users u ON u.id = r.user_id \
-                 WHERE r.token_hash = $1",
-            ))
-            .bind(&token_hash)
-            .fetch_optional(db.on(&mut *conn))
-            .await
-            .map_err(DataError::from)?;
-            drop(conn);
-            let Some((user_id, sv)) = owner else { return Ok(Rotation::Invalid) };
+            let Some((user_id, sv)) = store::owner_version(db, &token_hash).await? else {
+                return Ok(Rotation::Invalid);
+            };
             let mut tx = db.begin_write().await?;
             if !self.sessions.hold(&mut tx, &user_id, version(sv)).await? {
                 continue;
@@ -190,74 +172,45 @@ impl RefreshTokens {
         let now = to_micros(now());
         let next = generate();
         let sealed = self.keyring.encrypt_str(&next)?;
-        let token_hash = token_hash.to_owned();
-        let spent = sqlx::query(db.statement(
-            "UPDATE refresh_tokens SET used_at = $1, successor_ciphertext = $2 \
-             WHERE token_hash = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $4",
-        ))
-        .bind(now)
-        .bind(&sealed)
-        .bind(&token_hash)
-        .bind(now)
-        .execute(db.on(&mut *tx))
-        .await
-        .map_err(DataError::from)?
-        .rows_affected();
-        if spent == 1 {
-            let owner: Option<SpentOwner> = sqlx::query_as(db.statement(&format!(
-                "SELECT r.family_id, r.user_id, {OWNER_ROLE}, u.email_verified_at, u.session_version, u.banned_at \
-                     FROM refresh_tokens r JOIN users u ON u.id = r.user_id WHERE r.token_hash = $1"
-            )))
-            .bind(&token_hash)
-            .fetch_optional(db.on(&mut *tx))
-            .await
-            .map_err(DataError::from)?;
+        if store::spend(db, &mut tx, token_hash, &sealed, now).await? {
             // A banned account's tokens were revoked with the ban; never mint one regardless.
-            let Some((family_id, user_id, role, verified_at, sv, None)) = owner else {
+            let Some(spent) = store::spent_owner(db, &mut tx, token_hash).await?.filter(|s| s.banned_at.is_none())
+            else {
                 return Ok(Rotation::Invalid);
             };
-            sqlx::query(db.statement(INSERT))
-                .bind(hash(&next))
-                .bind(&family_id)
-                .bind(&user_id)
-                .bind(self.expiry(now))
-                .bind(now)
-                .execute(db.on(&mut *tx))
-                .await
-                .map_err(DataError::from)?;
+            let new = NewToken {
+                token_hash: &hash(&next),
+                family_id: &spent.family_id,
+                user_id: &spent.user_id,
+                expires_at: self.expiry(now),
+                created_at: now,
+            };
+            store::insert(db, &mut tx, &new).await?;
             db.commit(tx).await?;
+            let owner = spent.owner;
             return Ok(Rotation::Rotated {
                 token: next,
-                user_id,
-                role,
-                verified: verified_at.is_some(),
-                sv: version(sv),
+                user_id: spent.user_id,
+                role: owner.role,
+                verified: owner.email_verified_at.is_some(),
+                sv: version(owner.session_version),
             });
         }
         drop(tx);
         // Not spendable. A concurrent winner has committed by now: its UPDATE held the row.
-        let mut conn = db.acquire().await?;
-        let found: Option<SpentRow> = sqlx::query_as(db.statement(
-            "SELECT family_id, user_id, used_at, revoked_at, expires_at, successor_ciphertext \
-             FROM refresh_tokens WHERE token_hash = $1",
-        ))
-        .bind(&token_hash)
-        .fetch_optional(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
-        drop(conn);
-        let Some((family_id, user_id, Some(used_at), revoked_at, expires_at, successor)) = found else {
-            return Ok(Rotation::Invalid);
-        };
-        if expires_at <= now {
+        let Some(found) = store::get(db, token_hash).await? else { return Ok(Rotation::Invalid) };
+        let Some(used_at) = found.used_at else { return Ok(Rotation::Invalid) };
+        if found.expires_at <= now {
             return Ok(Rotation::Invalid);
         }
-        let in_grace = revoked_at.is_none() && now.saturating_sub(used_at) <= Self::micros(self.grace);
+        let (family_id, user_id) = (found.family_id, found.user_id);
+        let in_grace = found.revoked_at.is_none() && now.saturating_sub(used_at) <= Self::micros(self.grace);
         if in_grace
-            && let Some(sealed) = successor
-            && let Some((token, (role, verified_at, sv))) = self.live_successor(&sealed, now).await?
+            && let Some(sealed) = found.successor_ciphertext
+            && let Some((token, owner)) = self.live_successor(&sealed, now).await?
         {
-            return Ok(Rotation::Repeated { token, user_id, role, verified: verified_at.is_some(), sv: version(sv) });
+            let (role, verified, sv) = (owner.role, owner.email_verified_at.is_some(), version(owner.session_version));
+            return Ok(Rotation::Repeated { token, user_id, role, verified, sv });
         }
         self.revoke_family(&family_id, &user_id).await?;
         Ok(Rotation::Reused { user_id, family_id })
@@ -273,35 +226,14 @@ impl RefreshTokens {
                 return Ok(None);
             }
         };
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let owner: Option<Owner> = sqlx::query_as(db.statement(&format!(
-            "SELECT {OWNER_ROLE}, u.email_verified_at, u.session_version FROM refresh_tokens r \
-             JOIN users u ON u.id = r.user_id \
-             WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL AND r.expires_at > $2 \
-             AND u.banned_at IS NULL"
-        )))
-        .bind(hash(&token))
-        .bind(now)
-        .fetch_optional(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
+        let owner = store::live_owner(&self.db, &hash(&token), now).await?;
         Ok(owner.map(|o| (token, o)))
     }
 
     /// Revokes the family of `token` (sign-out); returns its owner, or `None` when the token is
     /// unknown.
     pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(String, String)>, Problem> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let found: Option<(String, String)> =
-            sqlx::query_as(db.statement("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1"))
-                .bind(hash(token))
-                .fetch_optional(db.on(&mut *conn))
-                .await
-                .map_err(DataError::from)?;
-        drop(conn);
-        let Some((family_id, user_id)) = found else { return Ok(None) };
+        let Some((family_id, user_id)) = store::family_of(&self.db, &hash(token)).await? else { return Ok(None) };
         self.revoke_family(&family_id, &user_id).await?;
         Ok(Some((user_id, family_id)))
     }
@@ -316,7 +248,7 @@ impl RefreshTokens {
     ) -> Result<(u64, u64), Problem> {
         // The users row first (see `rotate`), then the tokens.
         let sv = self.sessions.end_all(tx, user_id).await?;
-        let revoked = self.revoke_where(tx, "user_id", user_id).await?;
+        let revoked = store::revoke_user(&self.db, tx, user_id, to_micros(now())).await?;
         Ok((revoked, sv))
     }
 
@@ -334,47 +266,14 @@ impl RefreshTokens {
     /// The live sessions (families with an unspent, unrevoked, unexpired token) of `user_id`,
     /// most recently used first: `(family id, started, last used)` in microseconds.
     pub(crate) async fn sessions(&self, user_id: &str) -> Result<Vec<(String, i64, i64)>, DataError> {
-        let db = &self.db;
-        let now = to_micros(now());
-        let mut conn = db.acquire().await?;
-        let live: Vec<(String,)> = sqlx::query_as(db.statement(
-            "SELECT family_id FROM refresh_tokens \
-             WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
-        ))
-        .bind(user_id)
-        .bind(now)
-        .fetch_all(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
-        let mut out = Vec::with_capacity(live.len());
-        for (family,) in live {
-            let (started, last): (i64, i64) = sqlx::query_as(
-                db.statement("SELECT MIN(created_at), MAX(created_at) FROM refresh_tokens WHERE family_id = $1"),
-            )
-            .bind(&family)
-            .fetch_one(db.on(&mut *conn))
-            .await
-            .map_err(DataError::from)?;
-            out.push((family, started, last));
-        }
+        let mut out = store::live_families(&self.db, user_id, to_micros(now())).await?;
         out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(&a.0)));
         Ok(out)
     }
 
     /// Revokes family `family_id` if it is `user_id`'s and live; whether it was.
     pub(crate) async fn revoke_session(&self, user_id: &str, family_id: &str) -> Result<bool, Problem> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let owner: Option<(String,)> = sqlx::query_as(db.statement(
-            "SELECT user_id FROM refresh_tokens WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL LIMIT 1",
-        ))
-        .bind(family_id)
-        .bind(user_id)
-        .fetch_optional(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
-        drop(conn);
-        if owner.is_none() {
+        if !store::is_unrevoked_family_of(&self.db, family_id, user_id).await? {
             return Ok(false);
         }
         Ok(self.revoke_family(family_id, user_id).await? > 0)
@@ -387,7 +286,7 @@ impl RefreshTokens {
         let mut tx = db.begin_write().await?;
         // The users row first (see `rotate`); rolled back when the family was not live.
         self.sessions.end_all(&mut tx, user_id).await?;
-        let revoked = self.revoke_where(&mut tx, "family_id", family_id).await?;
+        let revoked = store::revoke_family(db, &mut tx, family_id, to_micros(now())).await?;
         if revoked == 0 {
             return Ok(0);
         }
@@ -396,72 +295,20 @@ impl RefreshTokens {
         Ok(revoked)
     }
 
-    /// Revokes the live tokens whose `column` (`user_id` or `family_id`) is `value`, wiping their
-    /// sealed successors; returns how many.
-    async fn revoke_where(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        column: &'static str,
-        value: &str,
-    ) -> Result<u64, DataError> {
-        let db = &self.db;
-        let text = format!(
-            "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
-             WHERE {column} = $2 AND revoked_at IS NULL"
-        );
-        let done = sqlx::query(db.statement(&text))
-            .bind(to_micros(now()))
-            .bind(value)
-            .execute(db.on(&mut *conn))
-            .await
-            .map_err(DataError::from)?;
-        Ok(done.rows_affected())
-    }
-
     /// Sessions that can still be refreshed: the unspent, unrevoked, unexpired head of each
     /// token family.
     pub(crate) async fn active(&self) -> Result<i64, DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        sqlx::query_scalar(db.statement(
-            "SELECT COUNT(*) FROM refresh_tokens WHERE used_at IS NULL AND revoked_at IS NULL AND expires_at > $1",
-        ))
-        .bind(to_micros(now()))
-        .fetch_one(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)
+        store::count_live(&self.db, to_micros(now())).await
     }
 
     /// Deletes expired tokens (an expired token is refused the same whether or not its row
     /// exists) and wipes the successors of rows spent longer ago than the grace window; returns
     /// how many rows were deleted.
     pub(crate) async fn prune(&self) -> Result<u64, DataError> {
-        let db = &self.db;
         let now = to_micros(now());
-        let mut conn = db.acquire().await?;
-        let done = sqlx::query(db.statement("DELETE FROM refresh_tokens WHERE expires_at <= $1"))
-            .bind(now)
-            .execute(db.on(&mut *conn))
-            .await
-            .map_err(DataError::from)?;
-        sqlx::query(db.statement(
-            "UPDATE refresh_tokens SET successor_ciphertext = NULL \
-             WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
-        ))
-        .bind(now.saturating_sub(Self::micros(self.grace)))
-        .execute(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
-        Ok(done.rows_affected())
+        store::prune(&self.db, now, now.saturating_sub(Self::micros(self.grace))).await
     }
 }
-
-/// A refresh-token row as the second use of a token reads it: family, owner, `used_at`,
-/// `revoked_at`, `expires_at`, sealed successor.
-type SpentRow = (String, String, Option<i64>, Option<i64>, i64, Option<String>);
-
-const INSERT: &str = "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at, used_at, revoked_at, created_at) \
-                      VALUES ($1, $2, $3, $4, NULL, NULL, $5)";
 
 #[cfg(test)]
 mod tests {
