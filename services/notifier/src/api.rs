@@ -19,7 +19,7 @@ use keel::security::jwt::{Auth, Claims};
 use uuid::Uuid;
 
 use crate::mail::handler::Contacts;
-use crate::store;
+use crate::store::notifications as store;
 
 /// The routes; the caller adds the JWT extension.
 pub(crate) fn router(db: Db, contacts: Contacts) -> Router {

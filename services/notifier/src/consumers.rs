@@ -60,7 +60,7 @@ async fn notify(
 ) -> Result<(), Failure> {
     // Without the inbox transaction the write would not be exactly-once: refuse rather than guess.
     let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-    crate::store::insert(tx, db, user_id, kind, event_id, text)
+    crate::store::notifications::insert(tx, db, user_id, kind, event_id, text)
         .await
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
         .map_err(|e| Failure::transient(&e))
@@ -131,9 +131,7 @@ impl Handler for JoinsHandler {
         let text = with_note(text, c.note.as_deref());
         notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-        crate::activity::track_join(tx, &self.db, &kind, &c)
-            .await
-            .map_err(|e| Failure::transient(&DataError::from(e)))?;
+        crate::activity::track_join(tx, &self.db, &kind, &c).await.map_err(|e| Failure::transient(&e))?;
         if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
             let request = MailRequested { user_id: c.user_id, to: None, name: None, mail };
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
@@ -182,13 +180,13 @@ impl Handler for EventsHandler {
         if let Some((s, updated)) = snapshot {
             let db = &self.db;
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-            let failed = |e: sqlx::Error| Failure::transient(&DataError::from(e));
+            let failed = |e: DataError| Failure::transient(&e);
             let before = crate::activity::record_event(tx, db, &s).await.map_err(failed)?;
             let change = before
                 .filter(|_| updated)
                 .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));
             if let Some(text) = change {
-                crate::activity::queue_notice(tx, db, s.event_id, crate::activity::CHANGED, &text)
+                crate::store::activity::queue_notice(tx, db, s.event_id, crate::activity::CHANGED, &text)
                     .await
                     .map_err(failed)?;
                 tracing::info!(event_id = %s.event_id, "participants to be told of a change of time or place");

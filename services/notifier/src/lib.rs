@@ -100,19 +100,13 @@ impl Section for NotifierConfig {
 
 /// The notifier's migrations, one set per backend (Keel's outbox and inbox tables come in Keel's set).
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::Migrations::new()
-        .postgres(sqlx::migrate!("migrations/postgres"))
-        .mysql(sqlx::migrate!("migrations/mysql"))
-        .sqlite(sqlx::migrate!("migrations/sqlite"))
-        .with(keel::events::outbox::migrations())
+    keel::data::migrations!().with(keel::events::outbox::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<NotifierConfig> {
-    keel::Service::new(keel::build_info!())
-        .name(cityevents_common::services::NOTIFIER.name)
-        .config_defaults(cityevents_common::services::NOTIFIER.defaults())
-        .with_config::<NotifierConfig>()
+    cityevents_common::services::NOTIFIER
+        .service::<NotifierConfig>(keel::build_info!())
         .migrations(migrations())
         .setup(setup)
 }

@@ -1,4 +1,5 @@
-//! The mail consumers and the store behind them.
+//! The mail consumers, and [`Contacts`]: the addresses (encrypted) and preferences they read,
+//! through `store::mail`.
 //!
 //! * [`ContactsHandler`] (`account.contact` on the accounts topic, with the inbox): keeps each
 //!   user's address (encrypted with the notifier's keyring), name and verified flag.
@@ -12,13 +13,15 @@
 use crate::metrics::NotificationMetrics;
 use cityevents_common::catalogue::{AccountContact, MAIL_PREFERENCES, MailRequested};
 use cityevents_common::time::{now, to_micros};
-use keel::data::{Backend, DataError, Db};
+use keel::data::{DataError, Db};
 use keel::events::{Failure, Handler, Message};
 use keel::security::crypto::Keyring;
 use lettre::message::Mailbox;
 use uuid::Uuid;
 
 use super::{Mailer, SendError, render};
+use crate::store::Tx;
+use crate::store::mail as store;
 
 /// How long handled mail requests are remembered (redeliveries come much sooner).
 pub(crate) const MAIL_LOG_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -53,143 +56,54 @@ impl Contacts {
         &self.db
     }
 
-    /// Inserts or replaces a contact.
-    async fn upsert(&self, conn: &mut sqlx::AnyConnection, c: &AccountContact) -> Result<(), Failure> {
-        let db = &self.db;
+    /// Inserts or replaces a contact, its address encrypted, in `tx`.
+    async fn upsert(&self, tx: &mut Tx, c: &AccountContact) -> Result<(), Failure> {
         let ciphertext = self.keyring.encrypt_str(&c.email).map_err(|e| Failure::retry(&e))?;
-        let text = match db.backend() {
-            Backend::MySql => {
-                "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON DUPLICATE KEY UPDATE email_ciphertext = VALUES(email_ciphertext), \
-                 name = VALUES(name), verified = VALUES(verified), updated_at = VALUES(updated_at)"
-            }
-            _ => {
-                "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET \
-                 email_ciphertext = excluded.email_ciphertext, name = excluded.name, \
-                 verified = excluded.verified, updated_at = excluded.updated_at"
-            }
-        };
-        sqlx::query(db.statement(text))
-            .bind(c.user_id.to_string())
-            .bind(ciphertext)
-            .bind(&c.name)
-            .bind(i64::from(c.verified))
-            .bind(to_micros(now()))
-            .execute(db.on(&mut *conn))
-            .await
-            .map_err(|e| Failure::transient(&DataError::from(e)))?;
-        Ok(())
+        let row = store::ContactRow { email_ciphertext: ciphertext, name: c.name.clone(), verified: c.verified };
+        store::upsert_contact(tx, &self.db, c.user_id, &row).await.map_err(|e| Failure::transient(&e))
     }
 
     /// The contact of `user`, if auth told of one.
     pub(crate) async fn contact(&self, user: Uuid) -> Result<Option<Contact>, Failure> {
-        let db = &self.db;
-        let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
-        let row: Option<(String, String, i64)> = sqlx::query_as(
-            db.statement("SELECT email_ciphertext, name, verified FROM mail_contacts WHERE user_id = $1"),
-        )
-        .bind(user.to_string())
-        .fetch_optional(db.on(&mut *conn))
-        .await
-        .map_err(|e| Failure::transient(&DataError::from(e)))?;
-        let Some((ciphertext, name, verified)) = row else { return Ok(None) };
+        let row = store::contact(&self.db, user).await.map_err(|e| Failure::transient(&e))?;
+        let Some(row) = row else { return Ok(None) };
         // A data key gone from the keyring will not come back by retrying.
-        let email = self.keyring.decrypt_str(&ciphertext).map_err(Failure::permanent)?;
-        Ok(Some(Contact { email, name, verified: verified != 0 }))
+        let email = self.keyring.decrypt_str(&row.email_ciphertext).map_err(Failure::permanent)?;
+        Ok(Some(Contact { email, name: row.name, verified: row.verified }))
     }
 
     /// Each preference of `user`: whether mail of that kind is sent (on unless turned off).
-    pub(crate) async fn preferences(&self, user: &str) -> Result<Vec<(&'static str, bool)>, keel::data::DataError> {
-        let db = &self.db;
-        let mut conn = db.acquire().await?;
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as(db.statement("SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
-                .bind(user)
-                .fetch_all(db.on(&mut *conn))
-                .await?;
+    pub(crate) async fn preferences(&self, user: &str) -> Result<Vec<(&'static str, bool)>, DataError> {
+        let rows = store::preferences(&self.db, user).await?;
         Ok(MAIL_PREFERENCES
             .iter()
-            .map(|k| (*k, rows.iter().find(|(kind, _)| kind == k).is_none_or(|(_, on)| *on != 0)))
+            .map(|k| (*k, rows.iter().find(|(kind, _)| kind == k).is_none_or(|(_, on)| *on)))
             .collect())
     }
 
-    /// Sets the given preferences of `user` (kinds from [`MAIL_PREFERENCES`]).
-    pub(crate) async fn set_preferences(
-        &self,
-        user: &str,
-        changes: &[(&str, bool)],
-    ) -> Result<(), keel::data::DataError> {
+    /// Sets the given preferences of `user` (kinds from [`MAIL_PREFERENCES`]), all or none.
+    pub(crate) async fn set_preferences(&self, user: &str, changes: &[(&str, bool)]) -> Result<(), DataError> {
         let db = &self.db;
-        let text = match db.backend() {
-            Backend::MySql => {
-                "INSERT INTO mail_preferences (user_id, kind, enabled, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON DUPLICATE KEY UPDATE enabled = VALUES(enabled), updated_at = VALUES(updated_at)"
-            }
-            _ => {
-                "INSERT INTO mail_preferences (user_id, kind, enabled, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (user_id, kind) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at"
-            }
-        };
         let mut tx = db.begin_write().await?;
         for (kind, on) in changes {
-            sqlx::query(db.statement(text))
-                .bind(user)
-                .bind(*kind)
-                .bind(i64::from(*on))
-                .bind(to_micros(now()))
-                .execute(db.on(&mut *tx))
-                .await?;
+            store::set_preference(&mut tx, db, user, kind, *on).await?;
         }
         db.commit(tx).await?;
         Ok(())
     }
 
     async fn handled(&self, message_id: &str) -> Result<bool, Failure> {
-        let db = &self.db;
-        let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
-        let found: Option<String> =
-            sqlx::query_scalar(db.statement("SELECT outcome FROM mail_log WHERE message_id = $1"))
-                .bind(message_id)
-                .fetch_optional(db.on(&mut *conn))
-                .await
-                .map_err(|e| Failure::transient(&DataError::from(e)))?;
-        Ok(found.is_some())
+        store::logged(&self.db, message_id).await.map_err(|e| Failure::transient(&e))
     }
 
     async fn record(&self, message_id: &str, template: &str, outcome: &str) -> Result<(), Failure> {
-        let db = &self.db;
-        let text = match db.backend() {
-            Backend::MySql => {
-                "INSERT IGNORE INTO mail_log (message_id, template, outcome, created_at) VALUES ($1, $2, $3, $4)"
-            }
-            _ => {
-                "INSERT INTO mail_log (message_id, template, outcome, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (message_id) DO NOTHING"
-            }
-        };
-        let mut conn = db.acquire().await.map_err(|e| Failure::transient(&e))?;
-        sqlx::query(db.statement(text))
-            .bind(message_id)
-            .bind(template)
-            .bind(outcome)
-            .bind(to_micros(now()))
-            .execute(db.on(&mut *conn))
-            .await
-            .map_err(|e| Failure::transient(&DataError::from(e)))?;
-        Ok(())
+        store::log(&self.db, message_id, template, outcome).await.map_err(|e| Failure::transient(&e))
     }
 
     /// Forgets handled requests older than [`MAIL_LOG_RETENTION`]; returns how many.
-    pub(crate) async fn prune(&self) -> Result<u64, keel::data::DataError> {
-        let db = &self.db;
+    pub(crate) async fn prune(&self) -> Result<u64, DataError> {
         let cutoff = to_micros(now()).saturating_sub(i64::try_from(MAIL_LOG_RETENTION.as_micros()).unwrap_or(i64::MAX));
-        let mut conn = db.acquire().await?;
-        let done = sqlx::query(db.statement("DELETE FROM mail_log WHERE created_at < $1"))
-            .bind(cutoff)
-            .execute(db.on(&mut *conn))
-            .await?;
-        Ok(done.rows_affected())
+        store::prune_log(&self.db, cutoff).await
     }
 }
 

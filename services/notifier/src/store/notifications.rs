@@ -1,5 +1,4 @@
-//! The `notifications` table: what the consumers write and the API reads and marks. The mail
-//! tables are `mail::handler`'s, the activity tables `activity`'s.
+//! The `notifications` table: what the consumers and workers write and the API reads and marks.
 
 use cityevents_api::notifications::Notification;
 use cityevents_common::time::{from_micros, now, to_micros};
@@ -35,6 +34,36 @@ pub(crate) async fn insert(
     Ok(())
 }
 
+/// Inserts one unread `kind` notification about `event_id` saying `message` for each of `users`
+/// in `tx`, in one statement (a batch of participants, or a digest's organizer).
+pub(crate) async fn insert_many(
+    tx: &mut Transaction<'static, Any>,
+    db: &Db,
+    users: &[String],
+    event_id: &str,
+    kind: &str,
+    message: &str,
+) -> Result<(), DataError> {
+    // Every placeholder once, in order (MySQL's are positional).
+    let rows: Vec<String> = (0..users.len())
+        .map(|i| {
+            let b = i * 6;
+            format!("(${}, ${}, ${}, ${}, ${}, ${}, NULL)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+        })
+        .collect();
+    let text = format!(
+        "INSERT INTO notifications (id, user_id, kind, event_id, message, created_at, read_at) VALUES {}",
+        rows.join(", ")
+    );
+    let at = to_micros(now());
+    let mut q = sqlx::query(db.statement(&text));
+    for user in users {
+        q = q.bind(Uuid::now_v7().to_string()).bind(user.clone()).bind(kind).bind(event_id).bind(message).bind(at);
+    }
+    q.execute(db.on(&mut **tx)).await?;
+    Ok(())
+}
+
 /// A page of `user`'s notifications (only the unread with `unread`), newest first, each with
 /// its `created_at` in microseconds (the page's cursor key); one more than `page.limit` when
 /// there are more.
@@ -54,7 +83,7 @@ pub(crate) async fn list(
     }
     sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ");
     sql.push_str(&(i64::from(page.limit) + 1).to_string());
-    let mut query = sqlx::query(AssertSqlSafe(db.sql(&sql).into_owned())).bind(user.to_owned());
+    let mut query = sqlx::query(db.statement(&sql)).bind(user.to_owned());
     if let Some(after) = &page.after {
         // Each placeholder once and in order (MySQL and SQLite take `?` positionally).
         query = query.bind(after.key).bind(after.key).bind(after.id.clone());
@@ -87,21 +116,24 @@ fn uuid_column(row: &AnyRow, column: &str) -> Result<Uuid, sqlx::Error> {
 
 /// How many of `user`'s notifications are unread.
 pub(crate) async fn unread(db: &Db, user: &str) -> Result<u64, DataError> {
-    let count = db.sql("SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL");
     let mut conn = db.acquire().await?;
-    let n: i64 = sqlx::query_scalar(AssertSqlSafe(count.into_owned())).bind(user).fetch_one(db.on(&mut *conn)).await?;
+    let n: i64 =
+        sqlx::query_scalar(db.statement("SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL"))
+            .bind(user)
+            .fetch_one(db.on(&mut *conn))
+            .await?;
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
 /// Marks every unread notification of `user` read; how many were.
 pub(crate) async fn mark_all_read(db: &Db, user: &str) -> Result<u64, DataError> {
-    let update = db.sql("UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL");
     let mut conn = db.acquire().await?;
-    let done = sqlx::query(AssertSqlSafe(update.into_owned()))
-        .bind(to_micros(now()))
-        .bind(user)
-        .execute(db.on(&mut *conn))
-        .await?;
+    let done =
+        sqlx::query(db.statement("UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL"))
+            .bind(to_micros(now()))
+            .bind(user)
+            .execute(db.on(&mut *conn))
+            .await?;
     Ok(done.rows_affected())
 }
 
@@ -110,19 +142,22 @@ pub(crate) async fn mark_all_read(db: &Db, user: &str) -> Result<u64, DataError>
 pub(crate) async fn mark_read(db: &Db, user: &str, id: Uuid) -> Result<bool, DataError> {
     let id = id.to_string();
     let mut conn = db.acquire().await?;
-    let update = db.sql("UPDATE notifications SET read_at = $1 WHERE id = $2 AND user_id = $3 AND read_at IS NULL");
-    let done = sqlx::query(AssertSqlSafe(update.into_owned()))
-        .bind(to_micros(now()))
-        .bind(&id)
-        .bind(user)
-        .execute(db.on(&mut *conn))
-        .await?;
+    let done = sqlx::query(
+        db.statement("UPDATE notifications SET read_at = $1 WHERE id = $2 AND user_id = $3 AND read_at IS NULL"),
+    )
+    .bind(to_micros(now()))
+    .bind(&id)
+    .bind(user)
+    .execute(db.on(&mut *conn))
+    .await?;
     if done.rows_affected() > 0 {
         return Ok(true);
     }
     // Nothing changed: already read, or not the caller's (whoever owns it).
-    let exists = db.sql("SELECT 1 FROM notifications WHERE id = $1 AND user_id = $2");
-    let found =
-        sqlx::query(AssertSqlSafe(exists.into_owned())).bind(&id).bind(user).fetch_optional(db.on(&mut *conn)).await?;
+    let found = sqlx::query(db.statement("SELECT 1 FROM notifications WHERE id = $1 AND user_id = $2"))
+        .bind(&id)
+        .bind(user)
+        .fetch_optional(db.on(&mut *conn))
+        .await?;
     Ok(found.is_some())
 }

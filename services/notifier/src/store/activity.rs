@@ -1,0 +1,334 @@
+//! What the notifier follows of each event (`event_info`, `event_participants`) and what it has
+//! yet to tell about it (`pending_notices`, `organizer_digests`). What to write when is
+//! `crate::activity`'s.
+
+use cityevents_common::catalogue::EventSnapshot;
+use cityevents_common::time::{now, to_micros};
+use keel::data::{BoundQuery, DataError, Db};
+use sqlx::{AssertSqlSafe, Row};
+use uuid::Uuid;
+
+use super::Tx;
+use crate::activity::Place;
+
+/// An event as recorded: where and when its participants were last told it is, and the events
+/// service's version that said so.
+pub(crate) struct RecordedEvent {
+    pub(crate) place: Place,
+    pub(crate) version: i64,
+}
+
+/// The recorded event `event_id`, if it is known.
+pub(crate) async fn recorded_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Result<Option<RecordedEvent>, DataError> {
+    let row = sqlx::query(
+        db.statement("SELECT starts_at, ends_at, venue, time_zone, version FROM event_info WHERE event_id = $1"),
+    )
+    .bind(event_id.to_string())
+    .fetch_optional(db.on(&mut **tx))
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let place = Place {
+        starts_at: row.try_get(0)?,
+        ends_at: row.try_get(1)?,
+        venue: row.try_get(2)?,
+        time_zone: row.try_get(3)?,
+    };
+    Ok(Some(RecordedEvent { place, version: row.try_get(4)? }))
+}
+
+/// Records `s`, an event not known yet, at `version`.
+pub(crate) async fn insert_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, version: i64) -> Result<(), DataError> {
+    let sql = db.sql(
+        "INSERT INTO event_info (event_id, organizer_id, title, starts_at, ends_at, venue, time_zone, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    );
+    let q = sqlx::query(AssertSqlSafe(sql.into_owned())).bind(s.event_id.to_string()).bind(s.organizer_id.to_string());
+    with_details(q, s, version).execute(db.on(&mut **tx)).await?;
+    Ok(())
+}
+
+/// Records `s` over what is recorded of its event, at `version`.
+pub(crate) async fn update_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, version: i64) -> Result<(), DataError> {
+    let sql = db.sql(
+        "UPDATE event_info SET title = $1, starts_at = $2, ends_at = $3, venue = $4, time_zone = $5, \
+         version = $6 WHERE event_id = $7",
+    );
+    let q = with_details(sqlx::query(AssertSqlSafe(sql.into_owned())), s, version);
+    q.bind(s.event_id.to_string()).execute(db.on(&mut **tx)).await?;
+    Ok(())
+}
+
+/// `q` with `s`'s title, time and place and `version` bound: the run both writes of
+/// `event_info` take in this order.
+fn with_details(q: BoundQuery, s: &EventSnapshot, version: i64) -> BoundQuery {
+    let place = Place::of(s);
+    q.bind(&s.title).bind(place.starts_at).bind(place.ends_at).bind(&place.venue).bind(&place.time_zone).bind(version)
+}
+
+/// A participant of an event as of one join change.
+pub(crate) struct Participant {
+    pub(crate) event_id: Uuid,
+    pub(crate) user_id: Uuid,
+    /// Holds a seat or waits for one.
+    pub(crate) active: bool,
+    /// The change's time (microseconds).
+    pub(crate) at: i64,
+}
+
+/// When `p`'s participation last changed, if it is known.
+pub(crate) async fn participant_at(tx: &mut Tx, db: &Db, p: &Participant) -> Result<Option<i64>, DataError> {
+    let at = sqlx::query_scalar(db.statement("SELECT at FROM event_participants WHERE event_id = $1 AND user_id = $2"))
+        .bind(p.event_id.to_string())
+        .bind(p.user_id.to_string())
+        .fetch_optional(db.on(&mut **tx))
+        .await?;
+    Ok(at)
+}
+
+/// Records `p`, a participant not known yet.
+pub(crate) async fn insert_participant(tx: &mut Tx, db: &Db, p: &Participant) -> Result<(), DataError> {
+    let text = "INSERT INTO event_participants (active, at, event_id, user_id) VALUES ($1, $2, $3, $4)";
+    write_participant(tx, db, text, p).await
+}
+
+/// Records `p` over what is recorded of that participant.
+pub(crate) async fn update_participant(tx: &mut Tx, db: &Db, p: &Participant) -> Result<(), DataError> {
+    let text = "UPDATE event_participants SET active = $1, at = $2 WHERE event_id = $3 AND user_id = $4";
+    write_participant(tx, db, text, p).await
+}
+
+/// Runs `text`, an insert or update binding `p` in one order.
+async fn write_participant(tx: &mut Tx, db: &Db, text: &str, p: &Participant) -> Result<(), DataError> {
+    sqlx::query(db.statement(text))
+        .bind(i64::from(p.active))
+        .bind(p.at)
+        .bind(p.event_id.to_string())
+        .bind(p.user_id.to_string())
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// Up to `limit` active participants of `event_id` after `after`, in user id order.
+pub(crate) async fn participants_after(
+    tx: &mut Tx,
+    db: &Db,
+    event_id: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<String>, DataError> {
+    let sql = db.sql(
+        "SELECT user_id FROM event_participants WHERE event_id = $1 AND active = 1 AND user_id > $2 \
+         ORDER BY user_id LIMIT $3",
+    );
+    let users = sqlx::query_scalar(AssertSqlSafe(sql.into_owned()))
+        .bind(event_id)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(db.on(&mut **tx))
+        .await?;
+    Ok(users)
+}
+
+/// A notice queued for an event's participants.
+pub(crate) struct PendingNotice {
+    pub(crate) id: String,
+    pub(crate) event_id: String,
+    pub(crate) kind: String,
+    pub(crate) message: String,
+    /// The last participant written to (empty before the first).
+    pub(crate) after_user: String,
+}
+
+/// Queues one `kind` notice saying `text` for the participants of `event_id`.
+pub(crate) async fn queue_notice(
+    tx: &mut Tx,
+    db: &Db,
+    event_id: Uuid,
+    kind: &str,
+    text: &str,
+) -> Result<(), DataError> {
+    let sql = db.sql(
+        "INSERT INTO pending_notices (id, event_id, kind, message, after_user, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    );
+    sqlx::query(AssertSqlSafe(sql.into_owned()))
+        .bind(Uuid::now_v7().to_string())
+        .bind(event_id.to_string())
+        .bind(kind)
+        .bind(text)
+        .bind("")
+        .bind(to_micros(now()))
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// The 16 oldest queued notices.
+pub(crate) async fn oldest_notices(db: &Db) -> Result<Vec<PendingNotice>, DataError> {
+    let sql =
+        db.sql("SELECT id, event_id, kind, message, after_user FROM pending_notices ORDER BY created_at, id LIMIT 16");
+    let rows = sqlx::query(AssertSqlSafe(sql.into_owned())).fetch_all(db.exec()).await?;
+    let notice = |row: &sqlx::any::AnyRow| -> Result<PendingNotice, sqlx::Error> {
+        Ok(PendingNotice {
+            id: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            kind: row.try_get(2)?,
+            message: row.try_get(3)?,
+            after_user: row.try_get(4)?,
+        })
+    };
+    Ok(rows.iter().map(notice).collect::<Result<_, _>>()?)
+}
+
+/// Locks `notice`'s row for the rest of `tx` with a write that changes nothing.
+pub(crate) async fn lock_notice(tx: &mut Tx, db: &Db, notice: &PendingNotice) -> Result<(), DataError> {
+    // Its count is not read: MySQL counts a row that did not change as not affected.
+    sqlx::query(db.statement("UPDATE pending_notices SET after_user = after_user WHERE id = $1"))
+        .bind(&notice.id)
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// Moves `notice` on to `last`; `false` when someone moved it on since it was read.
+pub(crate) async fn advance_notice(
+    tx: &mut Tx,
+    db: &Db,
+    notice: &PendingNotice,
+    last: &str,
+) -> Result<bool, DataError> {
+    unless_moved(
+        tx,
+        db,
+        sqlx::query(db.statement("UPDATE pending_notices SET after_user = $1 WHERE id = $2 AND after_user = $3"))
+            .bind(last),
+        notice,
+    )
+    .await
+}
+
+/// Deletes `notice`, written to all; `false` when someone moved it on since it was read.
+pub(crate) async fn finish_notice(tx: &mut Tx, db: &Db, notice: &PendingNotice) -> Result<bool, DataError> {
+    unless_moved(
+        tx,
+        db,
+        sqlx::query(db.statement("DELETE FROM pending_notices WHERE id = $1 AND after_user = $2")),
+        notice,
+    )
+    .await
+}
+
+/// Runs `q` with `notice`'s id and the position read bound last (its condition); whether it
+/// changed the notice.
+async fn unless_moved(tx: &mut Tx, db: &Db, q: BoundQuery, notice: &PendingNotice) -> Result<bool, DataError> {
+    let done = q.bind(&notice.id).bind(&notice.after_user).execute(db.on(&mut **tx)).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One join change's count in its event's digest.
+pub(crate) struct Tally<'a> {
+    pub(crate) event_id: Uuid,
+    /// `None` in messages from before the organizer was carried.
+    pub(crate) organizer_id: Option<Uuid>,
+    pub(crate) title: &'a str,
+    pub(crate) joined: i64,
+    pub(crate) left: i64,
+}
+
+/// Adds `t` to its event's digest (and its title, and its organizer if the digest had none);
+/// `false` when the event has no digest yet.
+pub(crate) async fn count_in_digest(tx: &mut Tx, db: &Db, t: &Tally<'_>) -> Result<bool, DataError> {
+    let sql = db.sql(
+        "UPDATE organizer_digests SET joined = joined + $1, left_count = left_count + $2, title = $3, \
+         organizer_id = COALESCE(organizer_id, $4) WHERE event_id = $5",
+    );
+    let done = sqlx::query(AssertSqlSafe(sql.into_owned()))
+        .bind(t.joined)
+        .bind(t.left)
+        .bind(t.title)
+        .bind(t.organizer_id.map(|o| o.to_string()))
+        .bind(t.event_id.to_string())
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(done.rows_affected() != 0)
+}
+
+/// Starts its event's digest with `t`, since now.
+pub(crate) async fn start_digest(tx: &mut Tx, db: &Db, t: &Tally<'_>) -> Result<(), DataError> {
+    let sql = db.sql(
+        "INSERT INTO organizer_digests (event_id, organizer_id, title, joined, left_count, since) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    );
+    sqlx::query(AssertSqlSafe(sql.into_owned()))
+        .bind(t.event_id.to_string())
+        .bind(t.organizer_id.map(|o| o.to_string()))
+        .bind(t.title)
+        .bind(t.joined)
+        .bind(t.left)
+        .bind(to_micros(now()))
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// A digest due to be sent, with its organizer (the digest's, else the recorded event's).
+pub(crate) struct DueDigest {
+    pub(crate) event_id: String,
+    pub(crate) joined: i64,
+    pub(crate) left: i64,
+    pub(crate) organizer_id: Option<String>,
+    pub(crate) title: String,
+    /// When its first count came (microseconds).
+    pub(crate) since: i64,
+}
+
+/// Up to `limit` digests begun at `due` or before, oldest first; of those whose organizer is
+/// unknown, only the ones begun at `orphaned` or before.
+pub(crate) async fn due_digests(db: &Db, due: i64, orphaned: i64, limit: i64) -> Result<Vec<DueDigest>, DataError> {
+    let sql = db.sql(
+        "SELECT d.event_id, d.joined, d.left_count, COALESCE(d.organizer_id, i.organizer_id), d.title, d.since \
+         FROM organizer_digests d LEFT JOIN event_info i ON i.event_id = d.event_id \
+         WHERE d.since <= $1 AND (d.organizer_id IS NOT NULL OR i.organizer_id IS NOT NULL OR d.since <= $2) \
+         ORDER BY d.since LIMIT $3",
+    );
+    let rows =
+        sqlx::query(AssertSqlSafe(sql.into_owned())).bind(due).bind(orphaned).bind(limit).fetch_all(db.exec()).await?;
+    let digest = |row: &sqlx::any::AnyRow| -> Result<DueDigest, sqlx::Error> {
+        Ok(DueDigest {
+            event_id: row.try_get(0)?,
+            joined: row.try_get(1)?,
+            left: row.try_get(2)?,
+            organizer_id: row.try_get(3)?,
+            title: row.try_get(4)?,
+            since: row.try_get(5)?,
+        })
+    };
+    Ok(rows.iter().map(digest).collect::<Result<_, _>>()?)
+}
+
+/// Deletes `d` if its organizer is still unknown and it is still the digest read (same `since`);
+/// whether it did.
+pub(crate) async fn drop_orphan_digest(db: &Db, d: &DueDigest) -> Result<bool, DataError> {
+    let done = sqlx::query(
+        db.statement("DELETE FROM organizer_digests WHERE event_id = $1 AND organizer_id IS NULL AND since = $2"),
+    )
+    .bind(&d.event_id)
+    .bind(d.since)
+    .execute(db.exec())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes `d` in `tx` if its counts are still the ones read; `false` when it grew meanwhile
+/// (or another instance took it).
+pub(crate) async fn take_digest(tx: &mut Tx, db: &Db, d: &DueDigest) -> Result<bool, DataError> {
+    let done = sqlx::query(
+        db.statement("DELETE FROM organizer_digests WHERE event_id = $1 AND joined = $2 AND left_count = $3"),
+    )
+    .bind(&d.event_id)
+    .bind(d.joined)
+    .bind(d.left)
+    .execute(db.on(&mut **tx))
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

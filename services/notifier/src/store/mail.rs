@@ -1,0 +1,128 @@
+//! The mail tables: `mail_contacts` (each user's address, encrypted by the caller),
+//! `mail_preferences` (the kinds of mail a user turned off or on) and `mail_log` (the mail
+//! requests handled). MySQL has no `ON CONFLICT`: its upserts are spelled its own way.
+
+use cityevents_common::time::{now, to_micros};
+use keel::data::{Backend, DataError, Db};
+use uuid::Uuid;
+
+use super::Tx;
+
+/// A row of `mail_contacts`, the address still encrypted.
+pub(crate) struct ContactRow {
+    pub(crate) email_ciphertext: String,
+    pub(crate) name: String,
+    pub(crate) verified: bool,
+}
+
+/// Inserts or replaces the contact of `user` in `tx`.
+pub(crate) async fn upsert_contact(tx: &mut Tx, db: &Db, user: Uuid, c: &ContactRow) -> Result<(), DataError> {
+    let text = match db.backend() {
+        Backend::MySql => {
+            "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON DUPLICATE KEY UPDATE email_ciphertext = VALUES(email_ciphertext), \
+             name = VALUES(name), verified = VALUES(verified), updated_at = VALUES(updated_at)"
+        }
+        _ => {
+            "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET \
+             email_ciphertext = excluded.email_ciphertext, name = excluded.name, \
+             verified = excluded.verified, updated_at = excluded.updated_at"
+        }
+    };
+    sqlx::query(db.statement(text))
+        .bind(user.to_string())
+        .bind(&c.email_ciphertext)
+        .bind(&c.name)
+        .bind(i64::from(c.verified))
+        .bind(to_micros(now()))
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// The contact of `user`, if there is one.
+pub(crate) async fn contact(db: &Db, user: Uuid) -> Result<Option<ContactRow>, DataError> {
+    let mut conn = db.acquire().await?;
+    let row: Option<(String, String, i64)> =
+        sqlx::query_as(db.statement("SELECT email_ciphertext, name, verified FROM mail_contacts WHERE user_id = $1"))
+            .bind(user.to_string())
+            .fetch_optional(db.on(&mut *conn))
+            .await?;
+    Ok(row.map(|(email_ciphertext, name, verified)| ContactRow { email_ciphertext, name, verified: verified != 0 }))
+}
+
+/// The preferences `user` has set: each kind, and whether its mail is sent.
+pub(crate) async fn preferences(db: &Db, user: &str) -> Result<Vec<(String, bool)>, DataError> {
+    let mut conn = db.acquire().await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as(db.statement("SELECT kind, enabled FROM mail_preferences WHERE user_id = $1"))
+            .bind(user)
+            .fetch_all(db.on(&mut *conn))
+            .await?;
+    Ok(rows.into_iter().map(|(kind, enabled)| (kind, enabled != 0)).collect())
+}
+
+/// Sets one preference of `user` in `tx`.
+pub(crate) async fn set_preference(tx: &mut Tx, db: &Db, user: &str, kind: &str, on: bool) -> Result<(), DataError> {
+    let text = match db.backend() {
+        Backend::MySql => {
+            "INSERT INTO mail_preferences (user_id, kind, enabled, updated_at) VALUES ($1, $2, $3, $4) \
+             ON DUPLICATE KEY UPDATE enabled = VALUES(enabled), updated_at = VALUES(updated_at)"
+        }
+        _ => {
+            "INSERT INTO mail_preferences (user_id, kind, enabled, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id, kind) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at"
+        }
+    };
+    sqlx::query(db.statement(text))
+        .bind(user)
+        .bind(kind)
+        .bind(i64::from(on))
+        .bind(to_micros(now()))
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// Whether the mail request `message_id` was handled.
+pub(crate) async fn logged(db: &Db, message_id: &str) -> Result<bool, DataError> {
+    let mut conn = db.acquire().await?;
+    let found: Option<String> = sqlx::query_scalar(db.statement("SELECT outcome FROM mail_log WHERE message_id = $1"))
+        .bind(message_id)
+        .fetch_optional(db.on(&mut *conn))
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Records the mail request `message_id` as handled (a second record of it changes nothing).
+pub(crate) async fn log(db: &Db, message_id: &str, template: &str, outcome: &str) -> Result<(), DataError> {
+    let text = match db.backend() {
+        Backend::MySql => {
+            "INSERT IGNORE INTO mail_log (message_id, template, outcome, created_at) VALUES ($1, $2, $3, $4)"
+        }
+        _ => {
+            "INSERT INTO mail_log (message_id, template, outcome, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (message_id) DO NOTHING"
+        }
+    };
+    let mut conn = db.acquire().await?;
+    sqlx::query(db.statement(text))
+        .bind(message_id)
+        .bind(template)
+        .bind(outcome)
+        .bind(to_micros(now()))
+        .execute(db.on(&mut *conn))
+        .await?;
+    Ok(())
+}
+
+/// Deletes the records of requests handled before `cutoff` (microseconds); how many.
+pub(crate) async fn prune_log(db: &Db, cutoff: i64) -> Result<u64, DataError> {
+    let mut conn = db.acquire().await?;
+    let done = sqlx::query(db.statement("DELETE FROM mail_log WHERE created_at < $1"))
+        .bind(cutoff)
+        .execute(db.on(&mut *conn))
+        .await?;
+    Ok(done.rows_affected())
+}
