@@ -21,7 +21,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -29,6 +28,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 
 use keel_http::middleware::{InnerFuture, Middleware, ResponseBody};
+use keel_http::trace::CallSpan;
 use tracing::field::Empty;
 
 use crate::body::Observed;
@@ -62,7 +62,7 @@ impl<ReqB, F> Middleware<ReqB, F> for GrpcTraceLayer {
             let _entered = span.enter();
             inner(req)
         };
-        ResponseFuture { inner, span, start: Instant::now(), access_log: self.access_log }
+        ResponseFuture { inner, call: CallSpan::starting(span, self.access_log) }
     }
 }
 
@@ -93,13 +93,13 @@ fn call_span<B>(layer: &GrpcTraceLayer, req: &Request<B>) -> tracing::Span {
 }
 
 /// Gives the span its code, and logs the access or failure line.
-fn finished(span: &tracing::Span, code: Code, start: Instant, access_log: bool) {
-    span.record("rpc.grpc.status_code", code as i32);
-    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+fn finished(call: &CallSpan, code: Code) {
+    call.span.record("rpc.grpc.status_code", code as i32);
+    let latency_ms = call.latency_ms();
     if is_server_error(code) {
-        span.record("otel.status_code", "error");
+        call.span.record("otel.status_code", "error");
         tracing::error!(rpc.grpc.status_code = code as i32, grpc_code = code_label(code), latency_ms, "call failed");
-    } else if access_log {
+    } else if call.access_log {
         tracing::info!(rpc.grpc.status_code = code as i32, grpc_code = code_label(code), latency_ms, "call finished");
     }
 }
@@ -109,9 +109,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
-        start: Instant,
-        access_log: bool,
+        call: CallSpan,
     }
 }
 
@@ -121,17 +119,17 @@ impl<F: InnerFuture<Body: ResponseBody>> Future for ResponseFuture<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = {
-            let _entered = this.span.enter();
+            let _entered = this.call.span.enter();
             std::task::ready!(this.inner.poll(cx))
         };
-        let (span, start, access_log) = (this.span.clone(), *this.start, *this.access_log);
+        let call = this.call.clone();
         Poll::Ready(out.map(|resp| {
             let (parts, body) = resp.into_parts();
-            let end = span.clone();
+            let span = call.span.clone();
             let body = {
                 // A trailers-only answer is reported at once: inside the span too.
                 let _entered = span.enter();
-                Observed::new(body, &parts.headers, Box::new(move |code| finished(&end, code, start, access_log)))
+                Observed::new(body, &parts.headers, Box::new(move |code| finished(&call, code)))
             };
             let body = body.in_span(span);
             Response::from_parts(parts, Body::new(body))

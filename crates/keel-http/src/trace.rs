@@ -77,7 +77,7 @@ impl<ReqB, F> Middleware<ReqB, F> for TraceLayer {
         // The span is entered while the response future is polled, which is where everything
         // below runs: axum calls the route (and the handler) on the first poll.
         let inner = inner(req);
-        ResponseFuture { inner, span, start: Instant::now(), access_log: self.access_log }
+        ResponseFuture { inner, call: CallSpan::starting(span, self.access_log) }
     }
 }
 
@@ -174,14 +174,36 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
+/// A call being traced, HTTP or gRPC: its span, when it started, and whether its end is logged
+/// when it did not fail (`log.access_log`).
+#[derive(Debug, Clone)]
+pub struct CallSpan {
+    /// The call's span.
+    pub span: tracing::Span,
+    /// When the call started.
+    pub start: Instant,
+    /// Whether a call that did not fail logs its end.
+    pub access_log: bool,
+}
+
+impl CallSpan {
+    /// A call starting now in `span`.
+    pub fn starting(span: tracing::Span, access_log: bool) -> Self {
+        Self { span, start: Instant::now(), access_log }
+    }
+
+    /// Milliseconds since the call started.
+    pub fn latency_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
 pin_project! {
     /// Response future of [`Trace`].
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
-        start: Instant,
-        access_log: bool,
+        call: CallSpan,
     }
 }
 
@@ -190,25 +212,23 @@ impl<F: InnerFuture> Future for ResponseFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.call.span.enter();
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
-            finished(this.span, resp.status().as_u16(), *this.start, *this.access_log);
+            finished(this.call, resp.status().as_u16());
         }
         Poll::Ready(out)
     }
 }
 
 /// Gives the span its status, and logs the access or failure line.
-fn finished(span: &tracing::Span, status: u16, start: Instant, access_log: bool) {
-    span.record("http.response.status_code", status);
+fn finished(call: &CallSpan, status: u16) {
+    call.span.record("http.response.status_code", status);
     if status >= 500 {
-        span.record("otel.status_code", "error");
-        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-        tracing::error!(http.response.status_code = status, latency_ms, "request failed");
-    } else if access_log {
-        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(http.response.status_code = status, latency_ms, "request finished");
+        call.span.record("otel.status_code", "error");
+        tracing::error!(http.response.status_code = status, latency_ms = call.latency_ms(), "request failed");
+    } else if call.access_log {
+        tracing::info!(http.response.status_code = status, latency_ms = call.latency_ms(), "request finished");
     }
 }
 
