@@ -170,8 +170,7 @@ async fn user_where(
         sqlx::query_as(db.statement(&format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = $1")))
             .bind(value)
             .fetch_optional(db.on(&mut *conn))
-            .await
-            .map_err(DataError::from)?;
+            .await?;
     Ok(row.map(UserRow::from))
 }
 
@@ -190,8 +189,7 @@ pub(crate) async fn skeleton_taken(db: &Db, skeleton_bidx: &str) -> Result<bool,
     let found: Option<String> = sqlx::query_scalar(db.statement("SELECT id FROM users WHERE email_skeleton_bidx = $1"))
         .bind(skeleton_bidx)
         .fetch_optional(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
     Ok(found.is_some())
 }
 
@@ -263,8 +261,7 @@ pub(crate) async fn set_verified(
         .bind(at)
         .bind(id)
         .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
     Ok(())
 }
 
@@ -281,8 +278,7 @@ pub(crate) async fn set_role(
         .bind(moderator)
         .bind(id)
         .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
     Ok(())
 }
 
@@ -304,8 +300,7 @@ pub(crate) async fn ban(
     .bind(reason)
     .bind(id)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -317,8 +312,7 @@ pub(crate) async fn unban(db: &Db, tx: &mut Transaction<'static, Any>, id: &str)
     ))
     .bind(id)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -414,7 +408,6 @@ async fn set_password_hash_on(db: &Db, conn: &mut AnyConnection, id: &str, phc: 
         .bind(phc)
         .bind(id)
         .execute(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
     Ok(())
 }

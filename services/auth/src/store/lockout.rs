@@ -57,8 +57,7 @@ pub(crate) async fn read(db: &Db, tx: &mut Transaction<'static, Any>, key: &str)
         sqlx::query_as(db.statement("SELECT failures, last_failure_at FROM login_throttle WHERE bucket = $1"))
             .bind(key)
             .fetch_one(db.on(&mut **tx))
-            .await
-            .map_err(DataError::from)?;
+            .await?;
     Ok(Failures { failures, last_failure_at })
 }
 

@@ -24,8 +24,7 @@ pub(crate) async fn insert_token(
     .bind(now)
     .bind(expires_at)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -44,8 +43,7 @@ pub(crate) async fn spend_unused(
     .bind(user_id)
     .bind(purpose)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(done.rows_affected())
 }
 
@@ -86,8 +84,7 @@ pub(crate) async fn spend(
     .bind(purpose)
     .bind(now)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?
+    .await?
     .rows_affected();
     Ok(spent == 1)
 }
@@ -116,8 +113,7 @@ pub(crate) async fn contact_sent(
         .bind(at)
         .bind(user_id)
         .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
     Ok(())
 }
 
@@ -166,7 +162,6 @@ pub(crate) async fn claim_notice(
     .bind(bidx)
     .bind(before)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(claimed.rows_affected() == 1)
 }

@@ -59,8 +59,7 @@ pub(crate) async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, token: &
     .bind(token.expires_at)
     .bind(token.created_at)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(())
 }
 
@@ -95,8 +94,7 @@ pub(crate) async fn spend(
     .bind(token_hash)
     .bind(now)
     .execute(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?
+    .await?
     .rows_affected();
     Ok(spent == 1)
 }
@@ -114,8 +112,7 @@ pub(crate) async fn spent_owner(
     )))
     .bind(token_hash)
     .fetch_optional(db.on(&mut **tx))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(row.map(|(family_id, user_id, role, email_verified_at, session_version, banned_at)| SpentOwner {
         family_id,
         user_id,
@@ -134,8 +131,7 @@ pub(crate) async fn get(db: &Db, token_hash: &str) -> Result<Option<TokenRow>, D
     ))
     .bind(token_hash)
     .fetch_optional(db.on(&mut *conn))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(row.map(|(family_id, user_id, used_at, revoked_at, expires_at, successor_ciphertext)| TokenRow {
         family_id,
         user_id,
@@ -159,8 +155,7 @@ pub(crate) async fn live_owner(db: &Db, token_hash: &str, now: i64) -> Result<Op
     .bind(token_hash)
     .bind(now)
     .fetch_optional(db.on(&mut *conn))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(row.map(|(role, email_verified_at, session_version)| Owner { role, email_verified_at, session_version }))
 }
 
@@ -185,8 +180,7 @@ pub(crate) async fn live_families(db: &Db, user_id: &str, now: i64) -> Result<Ve
     .bind(user_id)
     .bind(now)
     .fetch_all(db.on(&mut *conn))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     let mut out = Vec::with_capacity(live.len());
     for (family,) in live {
         let (started, last): (i64, i64) = sqlx::query_as(
@@ -194,8 +188,7 @@ pub(crate) async fn live_families(db: &Db, user_id: &str, now: i64) -> Result<Ve
         )
         .bind(&family)
         .fetch_one(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
         out.push((family, started, last));
     }
     Ok(out)
@@ -210,8 +203,7 @@ pub(crate) async fn is_unrevoked_family_of(db: &Db, family_id: &str, user_id: &s
     .bind(family_id)
     .bind(user_id)
     .fetch_optional(db.on(&mut *conn))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(owner.is_some())
 }
 
@@ -247,12 +239,7 @@ async fn revoke_where(
         "UPDATE refresh_tokens SET revoked_at = $1, successor_ciphertext = NULL \
          WHERE {column} = $2 AND revoked_at IS NULL"
     );
-    let done = sqlx::query(db.statement(&text))
-        .bind(at)
-        .bind(value)
-        .execute(db.on(&mut **tx))
-        .await
-        .map_err(DataError::from)?;
+    let done = sqlx::query(db.statement(&text)).bind(at).bind(value).execute(db.on(&mut **tx)).await?;
     Ok(done.rows_affected())
 }
 
@@ -275,15 +262,13 @@ pub(crate) async fn prune(db: &Db, now: i64, spent_before: i64) -> Result<u64, D
     let done = sqlx::query(db.statement("DELETE FROM refresh_tokens WHERE expires_at <= $1"))
         .bind(now)
         .execute(db.on(&mut *conn))
-        .await
-        .map_err(DataError::from)?;
+        .await?;
     sqlx::query(db.statement(
         "UPDATE refresh_tokens SET successor_ciphertext = NULL \
          WHERE successor_ciphertext IS NOT NULL AND used_at < $1",
     ))
     .bind(spent_before)
     .execute(db.on(&mut *conn))
-    .await
-    .map_err(DataError::from)?;
+    .await?;
     Ok(done.rows_affected())
 }
