@@ -662,9 +662,9 @@ impl Delivery {
                 Ok(())
             }
             #[cfg(feature = "nats")]
-            Some(Acker::Nats(a)) => a.ack().await,
+            Some(Acker::Nats(a)) => settled(a.ack()).await,
             #[cfg(feature = "rabbitmq")]
-            Some(Acker::Rabbit(a)) => a.ack().await,
+            Some(Acker::Rabbit(a)) => settled(a.ack()).await,
             None => Ok(()),
         }
     }
@@ -689,10 +689,10 @@ impl Delivery {
                 Ok(())
             }
             #[cfg(feature = "nats")]
-            Some(Acker::Nats(a)) => a.retry(delay).await,
+            Some(Acker::Nats(a)) => settled(a.retry(delay)).await,
             #[cfg(feature = "rabbitmq")]
             Some(Acker::Rabbit(a)) => match &self.payload {
-                Ok(envelope) => a.retry(delay, envelope).await,
+                Ok(envelope) => settled(a.retry(delay, envelope)).await,
                 // Undecodable: nothing to park; leave it for redelivery.
                 Err(e) => Err(BusError::Event(e.clone())),
             },
@@ -717,12 +717,27 @@ impl Delivery {
         match self.acker.take() {
             Some(Acker::InProcess(a)) => a.dead_letter(dead),
             #[cfg(feature = "nats")]
-            Some(Acker::Nats(a)) => a.dead_letter(dead).await,
+            Some(Acker::Nats(a)) => settled(a.dead_letter(dead)).await,
             #[cfg(feature = "rabbitmq")]
-            Some(Acker::Rabbit(a)) => a.dead_letter(dead).await,
+            Some(Acker::Rabbit(a)) => settled(a.dead_letter(dead)).await,
             None => Ok(()),
         }
     }
+}
+
+/// The longest a broker may take to confirm a delivery's settling (ack, retry, dead letter).
+/// Past it the connection is taken as gone: the call fails, the handler's place is freed, and
+/// the consumer finds the subscription dead and subscribes again; the broker delivers the
+/// message again (the inbox absorbs the repeat). Without it an ack a lost connection never
+/// answers would hold its place for good.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `settle`, bounded by [`SETTLE_TIMEOUT`].
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+async fn settled(settle: impl std::future::Future<Output = Result<(), BusError>>) -> Result<(), BusError> {
+    tokio::time::timeout(SETTLE_TIMEOUT, settle)
+        .await
+        .unwrap_or_else(|_| Err(BusError::Unavailable("the broker did not confirm settling in time".into())))
 }
 
 /// Milliseconds since the Unix epoch (the outbox and inbox store times as integers so every SQL
