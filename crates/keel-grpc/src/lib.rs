@@ -68,6 +68,6 @@ pub use tonic_health;
 #[cfg(feature = "grpc")]
 pub use client::{GrpcClient, GrpcClientError, GrpcClientMetrics};
 #[cfg(feature = "grpc")]
-pub use server::{Dispatch, GrpcError, GrpcServer, GrpcServices, HealthSync};
+pub use server::{Dispatch, GrpcError, GrpcServer, GrpcService, GrpcServices, HealthSync};
 #[cfg(feature = "grpc")]
 pub use status::status;

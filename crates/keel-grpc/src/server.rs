@@ -73,19 +73,39 @@ impl std::fmt::Debug for GrpcServices {
     }
 }
 
+/// A tonic service [`GrpcServices::add`] takes (a generated `…Server::new(handler)`): what
+/// `tonic::service::Routes::add_service` requires, named once.
+pub trait GrpcService:
+    tower::Service<
+        Request<tonic::body::Body>,
+        Error = Infallible,
+        Response: axum::response::IntoResponse,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            Request<tonic::body::Body>,
+            Error = Infallible,
+            Response: axum::response::IntoResponse,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 impl GrpcServices {
     /// Adds a tonic service (a generated `…Server::new(handler)`).
-    pub fn add<S>(&mut self, svc: S) -> &mut Self
-    where
-        S: tower::Service<Request<tonic::body::Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Response: axum::response::IntoResponse,
-        S::Future: Send + 'static,
-    {
+    pub fn add<S: GrpcService>(&mut self, svc: S) -> &mut Self {
         self.names.push(S::NAME.to_owned());
         self.routes = Some(match self.routes.take() {
             Some(r) => r.add_service(svc),

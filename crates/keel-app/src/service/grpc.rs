@@ -13,17 +13,7 @@ impl<C: Section> Setup<C> {
     /// ```ignore
     /// s.grpc_service(SymbolsServer::new(SymbolsApi::new(db.clone())));
     /// ```
-    pub fn grpc_service<S>(&mut self, svc: S) -> &mut Self
-    where
-        S: tower::Service<http::Request<keel_grpc::tonic::body::Body>, Error = std::convert::Infallible>
-            + keel_grpc::tonic::server::NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Response: axum::response::IntoResponse,
-        S::Future: Send + 'static,
-    {
+    pub fn grpc_service<S: keel_grpc::GrpcService>(&mut self, svc: S) -> &mut Self {
         self.grpc.add(svc);
         self
     }
