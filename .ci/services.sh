@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the services the integration tests talk to run on 127.0.0.1:
 # PostgreSQL 5432 (trust on loopback), MariaDB 3306 (root, no password), Redis 6379,
-# RabbitMQ 5672 (guest/guest), NATS with JetStream 4222.
+# RabbitMQ 5672 (guest/guest), NATS with JetStream 4222, and Kafka 9092 (tansu, .ci/kafka.sh)
+# where tansu is installed.
 # Each one already listening is left alone; otherwise it is installed from Debian's packages
 # (if missing) and started. Exits non-zero if any is still down: CI must not skip tests.
 set -uo pipefail
@@ -89,6 +90,8 @@ for spec in "PostgreSQL 5432 start_postgres 60" "MariaDB 3306 start_mariadb 60" 
   "$3" || true
   if wait_up "$2" "$4"; then echo "  $1 :$2 up"; else echo "  $1 :$2 STILL DOWN"; failed=1; fi
 done
+# Kafka (tansu) once .ci/tools.sh has installed it; .ci/run starts it after that step.
+if command -v tansu >/dev/null; then bash "$(dirname "$0")/kafka.sh" || failed=1; fi
 if ! pg_login; then echo "  PostgreSQL: the postgres user cannot log in over 127.0.0.1"; failed=1; fi
 if ! my_login; then echo "  MariaDB: root cannot log in over 127.0.0.1"; failed=1; fi
 exit "$failed"

@@ -341,6 +341,57 @@ mod tests {
     }
 
     #[test]
+    fn the_kafka_section_is_validated() {
+        let dir = std::env::temp_dir().join(format!("keel-kafka-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("kafka-password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let props = dir.join("svc.yaml");
+        std::fs::write(&props, "bus:\n  kafka:\n    properties:\n      enable.idempotence: \"false\"\n      fetch.max.bytes: \"1048576\"\n").unwrap();
+        let load = |profile, vars: &[(&str, &str)]| {
+            let mut env = vec![("SVC__BUS__BACKEND", "kafka"), ("SVC__BUS__URL", "kafka://k1:9092,k2:9092")];
+            env.extend_from_slice(vars);
+            Loader::new("svc", profile).env(env).load::<keel_config::NoConfig>()
+        };
+        let ok = load(Profile::Test, &[]).unwrap();
+        assert_eq!(ok.config.keel.bus.kafka.client_id, "keel");
+        let bad_url = load(Profile::Test, &[("SVC__BUS__URL", "kafka://k1")]).unwrap_err().to_string();
+        assert!(bad_url.contains("bus.url") && bad_url.contains("host:port"), "{bad_url}");
+        let sasl = load(Profile::Test, &[("SVC__BUS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl")]).unwrap_err().to_string();
+        assert!(sasl.contains("bus.kafka.sasl_username") && sasl.contains("bus.kafka.sasl_password"), "{sasl}");
+        let file = password.to_str().unwrap();
+        let with_file = load(
+            Profile::Test,
+            &[
+                ("SVC__BUS__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("SVC__BUS__KAFKA__SASL_USERNAME", "svc"),
+                ("SVC__BUS__KAFKA__SASL_PASSWORD_FILE", file),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            with_file.config.keel.bus.kafka.sasl_password.as_ref().map(|p| p.expose().trim().to_owned()).as_deref(),
+            Some("s3cret")
+        );
+        let env = [("SVC__BUS__BACKEND", "kafka"), ("SVC__BUS__URL", "kafka://k1:9092")];
+        let reserved = Loader::new("svc", Profile::Test).file(&props).env(env).load::<keel_config::NoConfig>();
+        let reserved = reserved.unwrap_err().to_string();
+        assert!(
+            reserved.contains("bus.kafka.properties.enable.idempotence") && reserved.contains("set by Keel"),
+            "{reserved}"
+        );
+        assert!(!reserved.contains("fetch.max.bytes"), "{reserved}");
+        let plain = load(Profile::Production, &[]).unwrap_err().to_string();
+        assert!(plain.contains("bus.kafka.security_protocol") && plain.contains("TLS"), "{plain}");
+        let allowed = load(Profile::Production, &[("SVC__BUS__KAFKA__ALLOW_PLAINTEXT", "true")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!allowed.contains("bus.kafka"), "{allowed}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn development_listens_on_loopback_and_containers_on_every_interface() {
         let addr = |p| KeelConfig::for_profile(p).http.addr;
         assert_eq!(addr(Profile::Development), IpAddr::V4(Ipv4Addr::LOCALHOST));

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use keel_config::{Secret, Section, Validation};
 use keel_resilience::ConnectConfig;
 
+mod kafka;
+pub(crate) use kafka::bootstrap_servers;
+pub use kafka::{KafkaConfig, KafkaSecurity, SaslMechanism};
+
 /// The largest `outbox.batch_size`.
 const MAX_OUTBOX_BATCH: u32 = 10_000;
 
@@ -34,16 +38,19 @@ pub enum BusBackend {
     Nats,
     /// RabbitMQ (`amqp://user:pass@host:5672/vhost`).
     Rabbitmq,
+    /// Apache Kafka, or a broker speaking its protocol (`kafka://host:9092,host2:9092`).
+    Kafka,
 }
 
 impl BusBackend {
-    /// Its name in configuration (`in_process`, `nats`, `rabbitmq`), also the `messaging.system`
+    /// Its name in configuration (`in_process`, `nats`, `rabbitmq`, `kafka`), also the `messaging.system`
     /// of its spans.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InProcess => "in_process",
             Self::Nats => "nats",
             Self::Rabbitmq => "rabbitmq",
+            Self::Kafka => "kafka",
         }
     }
 }
@@ -59,9 +66,11 @@ impl std::fmt::Display for BusBackend {
 #[serde(default)]
 #[non_exhaustive]
 pub struct BusConfig {
-    /// `in_process` (default; refused in production: it is not durable), `nats` or `rabbitmq`.
+    /// `in_process` (default; refused in production: it is not durable), `nats`, `rabbitmq` or
+    /// `kafka`.
     pub backend: BusBackend,
-    /// **Secret.** The broker URL; required for `nats` and `rabbitmq`. For `in_process`,
+    /// **Secret.** The broker URL; required for `nats`, `rabbitmq` and `kafka`
+    /// (`kafka://host:9092,host2:9092`: the bootstrap servers). For `in_process`,
     /// `memory://<name>` makes every service in the process with the same name share one bus
     /// (several services in one process); unset gives the service a bus of its own.
     pub url: Option<Secret>,
@@ -77,6 +86,8 @@ pub struct BusConfig {
     pub capacity: usize,
     /// Background connection retries.
     pub connect: ConnectConfig,
+    /// The Kafka backend's settings (security, topic creation, client properties).
+    pub kafka: KafkaConfig,
 }
 
 impl Default for BusConfig {
@@ -89,6 +100,7 @@ impl Default for BusConfig {
             publish_timeout: Duration::from_secs(5),
             capacity: 10_000,
             connect: ConnectConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -147,6 +159,11 @@ impl Section for BusConfig {
             (BusBackend::Rabbitmq, Some(u)) if !(u.starts_with("amqp://") || u.starts_with("amqps://")) => {
                 v.invalid("url", "must start with amqp:// or amqps:// for the rabbitmq backend")
             }
+            (BusBackend::Kafka, Some(u)) => {
+                if let Err(why) = bootstrap_servers(u) {
+                    v.invalid("url", why);
+                }
+            }
             (BusBackend::InProcess, Some(u)) if memory_bus_name(u).is_none() => v.invalid(
                 "url",
                 "must be memory://<name> for the in_process backend (services with the same name share one bus)",
@@ -170,6 +187,9 @@ impl Section for BusConfig {
             v.invalid("capacity", "must be at least 1");
         }
         v.section("connect", &self.connect);
+        if self.backend == BusBackend::Kafka {
+            v.section("kafka", &self.kafka);
+        }
     }
 }
 

@@ -1,10 +1,10 @@
-//! Events: a message bus with three backends, a transactional outbox, and idempotent consumers
+//! Events: a message bus with four backends, a transactional outbox, and idempotent consumers
 //! with retries and dead-letter queues.
 //!
 //! * [`Envelope`] — CloudEvents attributes plus schema version, `traceparent` and `request_id`.
 //! * [`Bus`] — publish with broker confirmation, subscribe as a consumer group, dead letters.
 //!   Backends: in-process (default, feature `events`), NATS JetStream (`nats`), RabbitMQ
-//!   (`rabbitmq`). All three give the same semantics: at-least-once delivery, ack / retry with a
+//!   (`rabbitmq`), Kafka (`kafka`). All four give the same semantics: at-least-once delivery, ack / retry with a
 //!   delay / dead-letter, a delivery dropped without settling is redelivered, and dead letters go
 //!   to `<topic>.dlq` with the reason and attempt count.
 //! * [`outbox::Outbox`] (with `sql`) — `enqueue(&mut tx, …)` in the same transaction as the state
@@ -13,9 +13,6 @@
 //! * [`consumer::Consumer`] — a handler per topic and group, bounded concurrency, retries then
 //!   DLQ, an inbox table (with `sql`) so redelivery never applies an effect twice, the producer's
 //!   trace continued and its request id on every log line, graceful stop.
-//!
-//! Kafka is not a backend (no broker runs where this is tested), but the model is Kafka-shaped:
-//! topics, ordering keys, consumer groups.
 //!
 //! See `docs/events.md` for configuration, metrics and the `dlq` command.
 //!
@@ -30,4 +27,4 @@ mod config;
 
 #[cfg(feature = "events")]
 pub use bus::*;
-pub use config::{BusBackend, BusConfig, OutboxConfig};
+pub use config::{BusBackend, BusConfig, KafkaConfig, KafkaSecurity, OutboxConfig, SaslMechanism};

@@ -56,6 +56,11 @@ pub fn rabbitmq_url() -> String {
     std::env::var("KEEL_TEST_RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Kafka bootstrap URL for tests (a Kafka-protocol broker; CI runs `tansu`).
+pub fn kafka_url() -> String {
+    std::env::var("KEEL_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
 /// A topic (or stream, or queue) name no other test uses: `<base>_<uuid>`.
 pub fn unique_topic(base: &str) -> String {
     format!("{base}_{}", uuid::Uuid::now_v7().simple())

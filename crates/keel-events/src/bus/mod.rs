@@ -3,6 +3,8 @@
 pub mod consumer;
 mod envelope;
 mod in_process;
+#[cfg(feature = "kafka")]
+mod kafka;
 pub(crate) mod metrics;
 #[cfg(feature = "nats")]
 mod nats;
@@ -142,6 +144,8 @@ enum Conn {
     Nats(Box<nats::Conn>),
     #[cfg(feature = "rabbitmq")]
     Rabbit(Arc<rabbitmq::Conn>),
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<kafka::Conn>),
 }
 
 struct Inner {
@@ -224,7 +228,8 @@ impl SubscribeOptions {
 const FAN_OUT_EXPIRY: Duration = Duration::from_secs(60);
 
 impl Bus {
-    /// A bus for `config`, not connected yet. For `nats` and `rabbitmq` the URL is required.
+    /// A bus for `config`, not connected yet. For `nats`, `rabbitmq` and `kafka` the URL is
+    /// required.
     pub fn new(config: &BusConfig) -> Result<Self, BusError> {
         let url = config.url.as_ref().map(|u| u.expose().to_owned());
         match config.backend {
@@ -233,6 +238,10 @@ impl Bus {
             BusBackend::Nats if url.is_some() => {}
             #[cfg(feature = "rabbitmq")]
             BusBackend::Rabbitmq if url.is_some() => {}
+            #[cfg(feature = "kafka")]
+            BusBackend::Kafka if url.is_some() => {}
+            #[cfg(feature = "kafka")]
+            BusBackend::Kafka => return Err(BusError::Config("bus.url is required for the kafka backend".into())),
             #[cfg(feature = "nats")]
             BusBackend::Nats => return Err(BusError::Config("bus.url is required for the nats backend".into())),
             #[cfg(feature = "rabbitmq")]
@@ -294,6 +303,10 @@ impl Bus {
                     BusBackend::Rabbitmq => {
                         Conn::Rabbit(rabbitmq::Conn::connect(inner.url.as_deref().unwrap_or_default()).await?)
                     }
+                    #[cfg(feature = "kafka")]
+                    BusBackend::Kafka => Conn::Kafka(
+                        kafka::Conn::connect(inner.url.as_deref().unwrap_or_default(), &inner.config).await?,
+                    ),
                     _ => Conn::InProcess(in_process_broker(inner.url.as_deref(), inner.config.capacity)),
                 };
                 Ok::<_, BusError>(conn)
@@ -347,6 +360,8 @@ impl Bus {
             Some(Conn::Nats(c)) => c.is_connected(),
             #[cfg(feature = "rabbitmq")]
             Some(Conn::Rabbit(c)) => c.is_connected(),
+            #[cfg(feature = "kafka")]
+            Some(Conn::Kafka(c)) => c.is_connected(),
         }
     }
 
@@ -416,9 +431,11 @@ impl Bus {
                 Conn::Nats(c) => c.publish(topic, envelope, payload, None).await,
                 #[cfg(feature = "rabbitmq")]
                 Conn::Rabbit(c) => c.publish(topic, envelope, payload, None).await,
+                #[cfg(feature = "kafka")]
+                Conn::Kafka(c) => c.publish(topic, envelope, payload, None).await,
             }
         };
-        #[cfg(not(any(feature = "nats", feature = "rabbitmq")))]
+        #[cfg(not(any(feature = "nats", feature = "rabbitmq", feature = "kafka")))]
         let _ = payload;
         tokio::time::timeout(timeout, work).await.map_err(|_| BusError::Timeout(timeout))?
     }
@@ -452,6 +469,8 @@ impl Bus {
             Conn::Nats(c) => SubInner::Nats(Box::new(c.subscribe(topic, &group, options).await?)),
             #[cfg(feature = "rabbitmq")]
             Conn::Rabbit(c) => SubInner::Rabbit(Box::new(c.subscribe(topic, &group, options).await?)),
+            #[cfg(feature = "kafka")]
+            Conn::Kafka(c) => SubInner::Kafka(Box::new(c.subscribe(topic, &group, options).await?)),
         };
         Ok(Subscription { inner, group })
     }
@@ -467,6 +486,8 @@ impl Bus {
             Conn::Nats(c) => c.lag(topic, group).await,
             #[cfg(feature = "rabbitmq")]
             Conn::Rabbit(c) => c.lag(topic, group).await,
+            #[cfg(feature = "kafka")]
+            Conn::Kafka(c) => c.lag(topic, group).await,
         }
     }
 
@@ -480,6 +501,8 @@ impl Bus {
             Conn::Nats(c) => c.dlq_list(topic, limit).await,
             #[cfg(feature = "rabbitmq")]
             Conn::Rabbit(c) => c.dlq_list(topic, limit).await,
+            #[cfg(feature = "kafka")]
+            Conn::Kafka(c) => c.dlq_list(topic, limit).await,
         }
     }
 
@@ -494,6 +517,8 @@ impl Bus {
             Conn::Nats(c) => c.dlq_replay(topic, id).await,
             #[cfg(feature = "rabbitmq")]
             Conn::Rabbit(c) => c.dlq_replay(topic, id).await,
+            #[cfg(feature = "kafka")]
+            Conn::Kafka(c) => c.dlq_replay(topic, id).await,
         }
     }
 
@@ -507,6 +532,8 @@ impl Bus {
             Conn::Nats(c) => c.dlq_purge(topic).await,
             #[cfg(feature = "rabbitmq")]
             Conn::Rabbit(c) => c.dlq_purge(topic).await,
+            #[cfg(feature = "kafka")]
+            Conn::Kafka(c) => c.dlq_purge(topic).await,
         }
     }
 
@@ -525,6 +552,8 @@ impl Bus {
             Some(Conn::Nats(c)) => c.close().await,
             #[cfg(feature = "rabbitmq")]
             Some(Conn::Rabbit(c)) => c.close().await,
+            #[cfg(feature = "kafka")]
+            Some(Conn::Kafka(c)) => c.close().await,
             _ => {}
         }
     }
@@ -570,6 +599,8 @@ enum SubInner {
     Nats(Box<nats::Subscription>),
     #[cfg(feature = "rabbitmq")]
     Rabbit(Box<rabbitmq::Subscription>),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<kafka::Subscription>),
 }
 
 /// A consumer group's stream of deliveries.
@@ -600,6 +631,8 @@ impl Subscription {
                 SubInner::Nats(s) => s.next().await,
                 #[cfg(feature = "rabbitmq")]
                 SubInner::Rabbit(s) => s.next().await,
+                #[cfg(feature = "kafka")]
+                SubInner::Kafka(s) => s.next().await,
             };
             match d {
                 Some(Ok(d)) if d.replay_group.as_deref().is_some_and(|g| g != self.group) => {
@@ -621,6 +654,8 @@ enum Acker {
     Nats(nats::Acker),
     #[cfg(feature = "rabbitmq")]
     Rabbit(rabbitmq::Acker),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Acker),
 }
 
 /// One delivery of a message. Settle it with [`Delivery::ack`], [`Delivery::retry`] or
@@ -665,6 +700,8 @@ impl Delivery {
             Some(Acker::Nats(a)) => settled(a.ack()).await,
             #[cfg(feature = "rabbitmq")]
             Some(Acker::Rabbit(a)) => settled(a.ack()).await,
+            #[cfg(feature = "kafka")]
+            Some(Acker::Kafka(a)) => a.ack(),
             None => Ok(()),
         }
     }
@@ -696,6 +733,8 @@ impl Delivery {
                 // Undecodable: nothing to park; leave it for redelivery.
                 Err(e) => Err(BusError::Event(e.clone())),
             },
+            #[cfg(feature = "kafka")]
+            Some(Acker::Kafka(a)) => a.retry(delay),
             None => Ok(()),
         }
     }
@@ -720,6 +759,8 @@ impl Delivery {
             Some(Acker::Nats(a)) => settled(a.dead_letter(dead)).await,
             #[cfg(feature = "rabbitmq")]
             Some(Acker::Rabbit(a)) => settled(a.dead_letter(dead)).await,
+            #[cfg(feature = "kafka")]
+            Some(Acker::Kafka(a)) => settled(a.dead_letter(dead)).await,
             None => Ok(()),
         }
     }
@@ -733,7 +774,7 @@ impl Delivery {
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `settle`, bounded by [`SETTLE_TIMEOUT`].
-#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+#[cfg(any(feature = "nats", feature = "rabbitmq", feature = "kafka"))]
 async fn settled(settle: impl std::future::Future<Output = Result<(), BusError>>) -> Result<(), BusError> {
     tokio::time::timeout(SETTLE_TIMEOUT, settle)
         .await
