@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # City Events, distributed, on this machine: the five services as five processes in production
 # profile, against the local PostgreSQL (one database per service), Redis (gateway rate limits)
-# and NATS JetStream (or RabbitMQ: CITYEVENTS_BUS_BACKEND=rabbitmq).
+# and NATS JetStream (or RabbitMQ: CITYEVENTS_BUS_BACKEND=rabbitmq; or Kafka:
+# CITYEVENTS_BUS_BACKEND=kafka).
 #
 #   deploy/local/run-distributed.sh            build (release), migrate, start; Ctrl-C stops all
 #   deploy/local/run-distributed.sh admin --email you@example.com    the first admin (password on stdin)
@@ -34,7 +35,9 @@
 #
 # Settings (env): CITYEVENTS_BIN, STATE (default data/distributed), CITYEVENTS_DB_PREFIX
 # (cityevents), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/postgres), CITYEVENTS_REDIS_URL,
-# CITYEVENTS_BUS_BACKEND (nats|rabbitmq), CITYEVENTS_BUS_URL, CITYEVENTS_BUS_NAMESPACE,
+# CITYEVENTS_BUS_BACKEND (nats|rabbitmq|kafka), CITYEVENTS_BUS_URL (kafka: default
+# kafka://127.0.0.1:9092; the services then get bus.kafka.allow_plaintext, one replica and
+# CITYEVENTS_KAFKA_PARTITIONS (4) partitions per topic), CITYEVENTS_BUS_NAMESPACE,
 # CITYEVENTS_ORIGIN, CITYEVENTS_<SERVICE>_PORT, the notifier's mail server CITYEVENTS_SMTP_HOST
 # (127.0.0.1), CITYEVENTS_SMTP_PORT (25), CITYEVENTS_SMTP_SECURITY (none: a relay on this
 # machine; starttls or tls elsewhere), CITYEVENTS_MAIL_FROM, CITYEVENTS_PUBLIC_URL (the links in
@@ -130,13 +133,26 @@ export CITYEVENTS_SMTP_SECURITY=${CITYEVENTS_SMTP_SECURITY:-none}
 export CITYEVENTS_PUBLIC_URL=${CITYEVENTS_PUBLIC_URL:-http://127.0.0.1:${CITYEVENTS_GATEWAY_PORT:-${PORT[gateway]}}}
 export CITYEVENTS_REDIS_URL=${CITYEVENTS_REDIS_URL:-redis://127.0.0.1:6379/0}
 export CITYEVENTS_BUS_BACKEND=${CITYEVENTS_BUS_BACKEND:-nats}
-if [[ "$CITYEVENTS_BUS_BACKEND" == rabbitmq ]]; then
+case "$CITYEVENTS_BUS_BACKEND" in
+rabbitmq)
   # No default: production refuses RabbitMQ's well-known guest/guest. Create a user, e.g.
   #   rabbitmqctl add_user cityevents "$PASS" && rabbitmqctl set_permissions cityevents '.*' '.*' '.*'
   [[ -n "${CITYEVENTS_BUS_URL:-}" ]] || die "set CITYEVENTS_BUS_URL=amqp://<user>:<password>@127.0.0.1:5672/%2f for rabbitmq"
-else
-  export CITYEVENTS_BUS_URL=${CITYEVENTS_BUS_URL:-nats://127.0.0.1:4222}
-fi
+  ;;
+kafka)
+  export CITYEVENTS_BUS_URL=${CITYEVENTS_BUS_URL:-kafka://127.0.0.1:9092}
+  # A broker on this machine: no TLS (production otherwise requires it), one replica.
+  for svc in "${SERVICES[@]}"; do
+    up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
+    for setting in "ALLOW_PLAINTEXT=true" "REPLICATION_FACTOR=1" "PARTITIONS=${CITYEVENTS_KAFKA_PARTITIONS:-4}" \
+      "CLIENT_ID=cityevents-$svc"; do
+      var="CITYEVENTS_${up}__BUS__KAFKA__${setting%%=*}"
+      export "$var"="${!var:-${setting#*=}}"
+    done
+  done
+  ;;
+*) export CITYEVENTS_BUS_URL=${CITYEVENTS_BUS_URL:-nats://127.0.0.1:4222} ;;
+esac
 for svc in "${DB_SERVICES[@]}"; do
   up=$(tr '[:lower:]' '[:upper:]' <<<"$svc")
   var="CITYEVENTS_${up}_DATABASE_URL"

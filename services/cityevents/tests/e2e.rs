@@ -1284,6 +1284,15 @@ async fn distributed_on_postgres_redis_and_rabbitmq() {
     distributed(&[("CITYEVENTS_BUS_BACKEND", "rabbitmq"), ("CITYEVENTS_BUS_URL", &user.url)]).await;
 }
 
+/// The same on Kafka (the test broker: tansu, `.ci/kafka.sh`), each topic with four partitions.
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_on_postgres_redis_and_kafka() {
+    if !distributed_prerequisites(("Kafka", keel::testing::kafka_url())) {
+        return;
+    }
+    distributed(&[("CITYEVENTS_BUS_BACKEND", "kafka"), ("CITYEVENTS_BUS_URL", &keel::testing::kafka_url())]).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn all_in_one_each_service_keeps_its_own_log_level() {
     // JSON lines (the first member's format) to read who logged at which level.
