@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The API contract in CI: schemathesis (PyPI, pinned) against the gateway's OpenAPI document as
-# served, in the all-in-one and the distributed set-up (.ci/contract/run.py says how). Installs
+# served, in the all-in-one and the distributed set-up, the latter on NATS and on Kafka
+# (.ci/contract/run.py says how). Installs
 # schemathesis when missing. Runs the debug `cityevents` binary that the README's test command
 # builds (`cargo test --workspace --no-run` here: nothing to do after the tests, and the same
 # features, so nothing is built twice).
@@ -22,12 +23,16 @@ cargo test -q --workspace --no-run
 out=${KEEL_CI_ARTIFACTS:-ci-artifacts}/contract
 bin=${CARGO_TARGET_DIR:-target}/debug/cityevents
 status=0
-for mode in all-in-one distributed; do
+# The distributed set-up on NATS, then on Kafka (.ci/kafka.sh's broker).
+for run in "all-in-one nats" "distributed nats" "distributed kafka"; do
+  read -r mode bus <<<"$run"
+  name=$mode
+  [[ "$bus" == nats ]] || name=$mode-$bus
   started=$SECONDS
-  if python3 .ci/contract/run.py --mode "$mode" --bin "$bin" --out "$out"; then
-    echo "== contract $mode: no failures ($((SECONDS - started)) s)"
+  if python3 .ci/contract/run.py --mode "$mode" --bus "$bus" --bin "$bin" --out "$out"; then
+    echo "== contract $name: no failures ($((SECONDS - started)) s)"
   else
-    echo "== contract $mode: FAILED ($((SECONDS - started)) s); reports in $out/$mode" >&2
+    echo "== contract $name: FAILED ($((SECONDS - started)) s); reports in $out/$name" >&2
     status=1
   fi
 done

@@ -21,6 +21,8 @@ install() { # crate version [how to ask the installed one its version]
 }
 install cargo-fuzz 0.13.2 cargo fuzz --version
 install cargo-deny 0.20.2 cargo deny --version
-# Its in-memory storage is dynostore; postgres lets a test run a broker whose data outlives
-# a restart (the broker-outage tests). About 15 minutes to compile on 2 cores.
-FEATURES=dynostore,postgres install tansu 0.6.0 tansu --version
+# Its in-memory storage is dynostore; libsql (SQLite files) lets a test run a broker whose data outlives
+# a restart (the broker-outage tests); an install without it is replaced. About 17 minutes to
+# compile on 2 cores.
+FEATURES=dynostore,libsql install tansu 0.6.0 \
+  bash -c 'tansu --help 2>/dev/null | grep -q "Storage engines:.*libsql" && tansu --version'

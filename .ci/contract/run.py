@@ -3,10 +3,11 @@
 
     python3 .ci/contract/run.py --mode all-in-one  --bin target/debug/cityevents --out DIR
     python3 .ci/contract/run.py --mode distributed --bin target/debug/cityevents --out DIR
+    python3 .ci/contract/run.py --mode distributed --bus kafka --bin target/debug/cityevents --out DIR
 
 1. Starts the platform: the all-in-one binary in a temporary directory (SQLite, mail to files),
-   or deploy/local/run-distributed.sh (PostgreSQL databases of the run's own, NATS, Redis, an
-   aiosmtpd sink for the mail). Rate limits are raised for the run: the contract run tests the
+   or deploy/local/run-distributed.sh (PostgreSQL databases of the run's own, NATS or with
+   --bus kafka the Kafka broker at KEEL_TEST_KAFKA_URL, Redis, an aiosmtpd sink for the mail). Rate limits are raised for the run: the contract run tests the
    contract, not the limiter (which has tests of its own), and a fuzzer is one client IP.
 2. Sets up real resources through the API, so path parameters reach them: an organizer with a
    published event, a member who joined it (and whose notification the notification
@@ -114,7 +115,7 @@ class Mail:
 
 
 class Platform:
-    def __init__(self, mode, binary, work):
+    def __init__(self, mode, binary, work, bus="nats"):
         self.mode, self.work, self.procs = mode, pathlib.Path(work), []
         self.log = open(self.work / f"{mode}.log", "w")
         env = dict(os.environ, KEEL_ENV="development")
@@ -148,6 +149,11 @@ class Platform:
                 CITYEVENTS_IP_RATE_LIMIT=str(LIMITS["ip"]),
                 CITYEVENTS_STRICT_RATE_LIMIT=str(LIMITS["strict"]),
             )
+            if bus == "kafka":
+                env.update(
+                    CITYEVENTS_BUS_BACKEND="kafka",
+                    CITYEVENTS_BUS_URL=os.environ.get("KEEL_TEST_KAFKA_URL", "kafka://127.0.0.1:9092"),
+                )
             env.pop("KEEL_ENV")
             script = str(ROOT / "deploy/local/run-distributed.sh")
             self.admin_cmd = [script, "admin"]
@@ -335,14 +341,16 @@ def schemathesis(res, out, authenticated):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["all-in-one", "distributed"], required=True)
+    ap.add_argument("--bus", choices=["nats", "kafka"], default="nats", help="the distributed set-up's broker")
     ap.add_argument("--bin", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    out = pathlib.Path(args.out).resolve() / args.mode
+    name = args.mode if args.bus == "nats" else f"{args.mode}-{args.bus}"
+    out = pathlib.Path(args.out).resolve() / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="keel-contract."))
-    platform = Platform(args.mode, pathlib.Path(args.bin).resolve(), work)
+    platform = Platform(args.mode, pathlib.Path(args.bin).resolve(), work, args.bus)
     failed = []
     try:
         res = resources(platform)
@@ -354,8 +362,8 @@ def main():
         shutil.copy(work / f"{args.mode}.log", out / "platform.log")
         shutil.rmtree(work, ignore_errors=True)
     if failed:
-        raise SystemExit(f"contract: schemathesis found failures ({args.mode}: {', '.join(failed)}); reports in {out}")
-    log(f"{args.mode}: no failures")
+        raise SystemExit(f"contract: schemathesis found failures ({name}: {', '.join(failed)}); reports in {out}")
+    log(f"{name}: no failures")
 
 
 if __name__ == "__main__":

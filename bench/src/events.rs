@@ -1,9 +1,10 @@
-//! Outbox → NATS JetStream → consumer, against raw JetStream publishing as the ceiling, in one
-//! run on this machine.
+//! Outbox → broker → consumer, against the broker's raw publishing as the ceiling, in one run
+//! on this machine, for NATS JetStream and Kafka.
 //!
-//! `cargo run --release -p keel-bench --bin events-bench [EVENTS]` (default 50 000) with
-//! PostgreSQL and NATS running locally (`KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_NATS_URL`).
-//! Prints the raw publish rate, then for three runs — as fast as possible with sent rows kept
+//! `cargo run --release -p keel-bench --bin events-bench [EVENTS] [nats|kafka …]` (default
+//! 50 000, both brokers) with PostgreSQL and the brokers running locally
+//! (`KEEL_TEST_POSTGRES_URL`, `KEEL_TEST_NATS_URL`, `KEEL_TEST_KAFKA_URL`; Kafka topics get
+//! four partitions). For each broker it prints the raw publish rate, then for three runs — as fast as possible with sent rows kept
 //! (`outbox.retention: 24h`), the same with rows deleted on send (`0s`), and producers paced at
 //! 10 000 events/s — the end-to-end rate (first enqueue to last consumption), the producers'
 //! own rate, the end-to-end latency p50/p99 and whether every event arrived exactly once.
@@ -20,7 +21,7 @@ use keel::events::consumer::handler_fn;
 use keel::events::outbox::Outbox;
 use keel::events::{Bus, Consumer, ConsumerOptions, Envelope, SubscribeOptions};
 use keel::events::{BusBackend, BusConfig, OutboxConfig};
-use keel::testing::{TestDatabase, nats_url, postgres_url, unique_topic};
+use keel::testing::{TestDatabase, kafka_url, nats_url, postgres_url, unique_topic};
 use tokio_util::sync::CancellationToken;
 
 use keel_bench::BoxError;
@@ -39,21 +40,53 @@ struct Outcome {
     distinct: usize,
 }
 
-/// `n` events through outbox → NATS → consumer. `pace`: producers commit their batches of 100
+/// Partitions of the Kafka topics (the consumer's handlers spread over them).
+const KAFKA_PARTITIONS: u32 = 4;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Broker {
+    Nats,
+    Kafka,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nats => "NATS",
+            Self::Kafka => "Kafka",
+        }
+    }
+
+    fn config(self) -> BusConfig {
+        let mut cfg = BusConfig::default();
+        match self {
+            Self::Nats => {
+                cfg.backend = BusBackend::Nats;
+                cfg.url = Some(Secret::new(nats_url()));
+            }
+            Self::Kafka => {
+                cfg.backend = BusBackend::Kafka;
+                cfg.url = Some(Secret::new(kafka_url()));
+                cfg.kafka.partitions = Some(KAFKA_PARTITIONS);
+                cfg.kafka.replication_factor = Some(1);
+            }
+        }
+        cfg
+    }
+}
+
+/// `n` events through outbox → broker → consumer. `pace`: producers commit their batches of 100
 /// on a schedule of that many events/s (latency at a load the pipeline keeps up with); `None`:
 /// as fast as the database takes them (the throughput ceiling; latency then includes the
 /// backlog).
-async fn pipeline(n: usize, retention: Duration, pace: Option<f64>) -> Result<Outcome, BoxError> {
+async fn pipeline(broker: Broker, n: usize, retention: Duration, pace: Option<f64>) -> Result<Outcome, BoxError> {
     let test_db = TestDatabase::postgres(&postgres_url()).await?;
     let mut db_cfg = DatabaseConfig::default();
     db_cfg.pool.max_connections = 16;
     let db = Db::new("bench", test_db.url(), &db_cfg, None, &keel::telemetry::Metrics::new())?;
     db.clone().connect_in_background(CancellationToken::new()).await;
     keel::testing::create_events_tables(&db).await?;
-    let mut bus_cfg = BusConfig::default();
-    bus_cfg.backend = BusBackend::Nats;
-    bus_cfg.url = Some(Secret::new(nats_url()));
-    let bus = Bus::new(&bus_cfg)?;
+    let bus = Bus::new(&broker.config())?;
     bus.connect().await?;
 
     let topic = unique_topic("bench");
@@ -81,8 +114,8 @@ async fn pipeline(n: usize, retention: Duration, pace: Option<f64>) -> Result<Ou
         .subscribe(SubscribeOptions::default().prefetch(512).ack_wait(Duration::from_secs(30)));
     let consumer =
         tokio::spawn(Consumer::new(bus.clone(), &topic, "bench", handler).options(options).run(stop.clone()));
-    // Let the durable consumer exist before the first publish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the durable consumer exist (Kafka: its group be joined) before the first publish.
+    tokio::time::sleep(Duration::from_millis(if broker == Broker::Kafka { 3000 } else { 500 })).await;
 
     let mut cfg = OutboxConfig::default();
     cfg.poll_interval = Duration::from_millis(5);
@@ -154,14 +187,38 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
-    let raw = match keel_bench::raw_jetstream_publish(n).await {
+    let mut brokers: Vec<Broker> = std::env::args()
+        .skip(2)
+        .filter_map(|a| match a.as_str() {
+            "nats" => Some(Broker::Nats),
+            "kafka" => Some(Broker::Kafka),
+            _ => None,
+        })
+        .collect();
+    if brokers.is_empty() {
+        brokers = vec![Broker::Nats, Broker::Kafka];
+    }
+    let mut ok = true;
+    for broker in brokers {
+        ok &= bench(broker, n).await;
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The raw rate and the three pipeline runs on `broker`; whether every event arrived once.
+async fn bench(broker: Broker, n: usize) -> bool {
+    let raw = match broker {
+        Broker::Nats => keel_bench::raw_jetstream_publish(n).await,
+        Broker::Kafka => keel_bench::raw_kafka_publish(n, KAFKA_PARTITIONS as i32).await,
+    };
+    let raw = match raw {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("raw JetStream publish failed: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("raw {} publish failed: {e}", broker.name());
+            return false;
         }
     };
-    println!("raw JetStream publish (256 in flight): {raw:.0} msgs/s");
+    println!("raw {} publish (256 in flight): {raw:.0} msgs/s", broker.name());
     let mut ok = true;
     let day = Duration::from_secs(24 * 3600);
     let runs = [
@@ -170,10 +227,11 @@ async fn main() -> ExitCode {
         ("paced 10 000/s, retention 24h", day, Some(10_000.0)),
     ];
     for (label, retention, pace) in runs {
-        match pipeline(n, retention, pace).await {
+        match pipeline(broker, n, retention, pace).await {
             Ok(o) => {
+                println!("outbox -> {} -> consumer, {label}:", broker.name());
                 println!(
-                    "outbox -> NATS -> consumer, {label}: {:.0} events/s ({:.0} % of raw publish; producers alone {:.0}/s), end-to-end latency p50 {:.1} ms, p99 {:.1} ms",
+                    "   {:.0} events/s ({:.0} % of raw publish; producers alone {:.0}/s), end-to-end latency p50 {:.1} ms, p99 {:.1} ms",
                     o.rate,
                     100.0 * o.rate / raw,
                     o.produced,
@@ -189,10 +247,10 @@ async fn main() -> ExitCode {
                 ok &= o.distinct == n;
             }
             Err(e) => {
-                eprintln!("pipeline ({label}) failed: {e}");
+                eprintln!("{} pipeline ({label}) failed: {e}", broker.name());
                 ok = false;
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    ok
 }

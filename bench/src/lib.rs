@@ -104,6 +104,46 @@ pub fn ablated_stack(
 /// What the events benchmarks return on failure.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Raw `rdkafka` publishing with Keel's producer settings (idempotent, `acks=all`) and 256
+/// deliveries awaited at once: the ceiling the Kafka pipeline is compared with. Messages/s.
+pub async fn raw_kafka_publish(n: usize, partitions: i32) -> Result<f64, BoxError> {
+    use futures_util::StreamExt;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let servers = keel::testing::kafka_url().trim_start_matches("kafka://").to_owned();
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", &servers);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = config.create()?;
+    let topic = keel::testing::unique_topic("rawbench");
+    admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()).await?;
+    let producer: FutureProducer = config
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    let payload = keel::events::Envelope::raw("bench", "bench.raw", 1, json!({ "n": 0, "at": 0 })).to_bytes()?;
+    let started = std::time::Instant::now();
+    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+            async move {
+                let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic).payload(&payload[..]);
+                producer.send(record, std::time::Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    for r in results {
+        r?;
+    }
+    admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
+    Ok(n as f64 / took.as_secs_f64())
+}
+
 /// Raw JetStream publishing of `n` messages, 256 acks in flight, to a stream of its own (deleted
 /// after): the ceiling for anything built on it. Messages/s.
 pub async fn raw_jetstream_publish(n: usize) -> Result<f64, BoxError> {

@@ -1,7 +1,7 @@
 //! Fault injection: City Events distributed (`deploy/local/run-distributed.sh`: five processes in
 //! production profile) under a steady mixed load, with one dependency taken away at a time, then
 //! the invariants checked in the databases. Every experiment starts its own PostgreSQL, Redis and
-//! broker (NATS JetStream, or RabbitMQ) on free ports, so stopping one never touches the shared
+//! broker (NATS JetStream, RabbitMQ or Kafka) on free ports, so stopping one never touches the shared
 //! servers; the experiments run one at a time, each bounded in time. See docs/operations.md
 //! ("Fault-injection suite").
 //!
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use load::{Api, Class, Load};
 use platform::{Bus, Platform};
-use servers::{Nats, Postgres, Rabbit, Redis};
+use servers::{Kafka, Nats, Postgres, Rabbit, Redis};
 
 /// Users of the mixed load (plus the organizer and the probe).
 const USERS: usize = 24;
@@ -111,6 +111,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 enum Broker {
     Nats,
     Rabbit,
+    Kafka,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +138,7 @@ struct World {
     redis: Redis,
     nats: Option<Nats>,
     rabbit: Option<Rabbit>,
+    kafka: Option<Kafka>,
     platform: Option<Platform>,
 }
 
@@ -166,6 +168,7 @@ fn prerequisites(broker: Broker) -> bool {
         && match broker {
             Broker::Nats => Nats::available(),
             Broker::Rabbit => Rabbit::available(),
+            Broker::Kafka => Kafka::available(),
         }
         && servers::tool("openssl", &which("openssl")).is_some()
 }
@@ -186,15 +189,17 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
     let mut world = blocking(|| {
         let pg = Postgres::start();
         let redis = Redis::start();
-        let (nats, rabbit) = match broker {
-            Broker::Nats => (Some(Nats::start()), None),
-            Broker::Rabbit => (None, Some(Rabbit::start())),
+        let (nats, rabbit, kafka) = match broker {
+            Broker::Nats => (Some(Nats::start()), None, None),
+            Broker::Rabbit => (None, Some(Rabbit::start()), None),
+            Broker::Kafka => (None, None, Some(Kafka::start())),
         };
-        World { pg, redis, nats, rabbit, platform: None }
+        World { pg, redis, nats, rabbit, kafka, platform: None }
     });
-    let bus = match (&world.nats, &world.rabbit) {
-        (Some(n), _) => Bus { backend: "nats", url: n.url() },
-        (_, Some(r)) => Bus { backend: "rabbitmq", url: r.url.clone() },
+    let bus = match (&world.nats, &world.rabbit, &world.kafka) {
+        (Some(n), _, _) => Bus { backend: "nats", url: n.url() },
+        (_, Some(r), _) => Bus { backend: "rabbitmq", url: r.url.clone() },
+        (_, _, Some(k)) => Bus { backend: "kafka", url: k.url() },
         _ => unreachable!(),
     };
     let redis_url = world.redis.url();
@@ -526,6 +531,9 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
             if let Some(r) = world.rabbit.as_mut() {
                 blocking(|| r.stop());
             }
+            if let Some(k) = world.kafka.as_mut() {
+                blocking(|| k.stop());
+            }
             // Every route goes on without the broker (the outboxes hold what goes out): no
             // service may turn unready, or Kubernetes would empty its Service.
             let ready = readiness_while(world.platform.as_ref().unwrap(), Duration::from_secs(30), || async {}).await;
@@ -538,6 +546,10 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
             }
             if let Some(r) = world.rabbit.as_mut() {
                 blocking(|| r.up());
+                t.back = now_back();
+            }
+            if let Some(k) = world.kafka.as_mut() {
+                blocking(|| k.up());
                 t.back = now_back();
             }
         }
@@ -658,6 +670,17 @@ async fn nats_down_30s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rabbitmq_down_30s() {
     experiment("rabbitmq_down_30s", Broker::Rabbit, Fault::BrokerDown).await;
+}
+
+/// Ignored: the test broker, tansu 0.6 (no Kafka broker is in Debian's packages), keeps what
+/// outlives a restart only in its SQLite storage, which panics under the platform's load
+/// ("more or less than one row"); its storage task is then gone and every request fails
+/// (`Storage(UnableToSend)` in its log), so nothing could recover. Run it against a broker that
+/// does: `cargo test -p cityevents --test faults kafka_down_30s -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "tansu 0.6's restart-safe storage panics under load; see the comment"]
+async fn kafka_down_30s() {
+    experiment("kafka_down_30s", Broker::Kafka, Fault::BrokerDown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -237,7 +237,7 @@ impl Section for KafkaConfig {
         if v.profile() == Profile::Production && !self.security_protocol.tls() && !self.allow_plaintext {
             v.production(
                 "security_protocol",
-                "production needs TLS to the brokers (ssl or sasl_ssl); set bus.kafka.allow_plaintext: true if the network is private",
+                "production needs TLS to the brokers (ssl or sasl_ssl); set allow_plaintext: true beside it if the network is private",
             );
         }
         if self.partitions == Some(0) {

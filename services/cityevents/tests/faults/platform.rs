@@ -64,6 +64,12 @@ impl Platform {
             ports.push((svc, port));
             env.push((format!("CITYEVENTS_{up}_PORT"), port.to_string()));
             env.push((format!("CITYEVENTS_{up}__MANAGEMENT__ADDR"), format!("127.0.0.1:{}", free_port())));
+            if bus.backend == "kafka" {
+                // As the script sets them, for the CLI commands run beside it (`dlq list`).
+                env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__ALLOW_PLAINTEXT"), "true".into()));
+                env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__REPLICATION_FACTOR"), "1".into()));
+                env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__PARTITIONS"), "4".into()));
+            }
             if svc == "gateway" {
                 gateway = port;
             }

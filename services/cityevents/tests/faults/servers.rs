@@ -1,6 +1,6 @@
-//! The suite's own dependency servers: PostgreSQL, Redis, NATS JetStream and RabbitMQ, each on a
-//! free port with its own data directory, so stopping one never touches the shared servers
-//! (5432, 6379, 4222, 5672) other tests use. Each is stopped the way its package stops it and
+//! The suite's own dependency servers: PostgreSQL, Redis, NATS JetStream, RabbitMQ and a Kafka
+//! broker, each on a free port with its own data directory, so stopping one never touches the
+//! shared servers (5432, 6379, 4222, 5672, 9092) other tests use. Each is stopped the way its package stops it and
 //! started again on the same port and data; dropping one kills it and removes its directory.
 
 use std::io::{BufRead, BufReader, Write};
@@ -327,6 +327,72 @@ impl Drop for Nats {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A Kafka-protocol broker of its own: tansu (`.ci/tools.sh` installs it), its storage a SQLite
+/// file in its own directory, so topics, records and committed offsets survive a restart as on
+/// a Kafka cluster. Stopped with SIGTERM.
+pub struct Kafka {
+    pub port: u16,
+    bin: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Kafka {
+    pub fn available() -> bool {
+        tool("tansu", &which("tansu")).is_some()
+    }
+
+    pub fn start() -> Self {
+        let mut k = Self { port: free_port(), bin: which("tansu"), dir: owned_dir(None), child: None };
+        k.up();
+        k
+    }
+
+    pub fn url(&self) -> String {
+        format!("kafka://127.0.0.1:{}", self.port)
+    }
+
+    pub fn up(&mut self) {
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+            // Resolved against the working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port("Kafka (tansu)", self.port, Duration::from_secs(30));
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(30));
+        }
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- tansu log (last 40 lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
     }
 }

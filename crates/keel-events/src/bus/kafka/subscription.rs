@@ -1,10 +1,14 @@
 //! A Kafka subscription: a consumer polled on a thread of its own, its partitions' messages
 //! buffered here, handed out one key at a time, and their offsets stored once settled.
 //!
-//! The poll thread keeps polling while the service takes nothing (a paused consumer): it
-//! pauses the partitions whose buffer is full instead, so the group keeps the member and
-//! librdkafka stops fetching. A rebalance runs on that thread, which may block there until the
-//! deliveries of the partitions being revoked are settled.
+//! Each assigned partition's messages come through a queue of its own (librdkafka's partition
+//! queues), which the poll thread reads only while the partition's buffer here has room. While
+//! the service takes nothing (a paused consumer) the thread goes on serving the consumer's own
+//! queue (rebalances, errors), so the group keeps the member, and librdkafka stops fetching a
+//! partition once its own queue is full (`queued.max.messages.kbytes`): back-pressure without
+//! pausing, whose purge and re-fetch would start a fetch in the middle of a record batch. A
+//! rebalance runs on that thread, which may block there until the deliveries of the partitions
+//! being revoked are settled.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
@@ -21,9 +26,9 @@ use super::{Conn, REPLAY_GROUP, broker, header, kafka_error};
 use crate::bus::{Acker as BusAcker, BusError, DeadLetter, Delivery, Envelope, SubscribeOptions};
 use keel_health::sanitize;
 
-/// How long one poll of the consumer waits for a message before the thread looks at its
-/// buffers and the stop flag again.
-const POLL: Duration = Duration::from_millis(100);
+/// The longest the poll thread sleeps without being woken (by a queue turning non-empty or a
+/// settled delivery) before it looks at its queues and the stop flag again.
+const IDLE: Duration = Duration::from_millis(100);
 
 struct Pending {
     msg: OwnedMessage,
@@ -54,8 +59,6 @@ struct Part {
     next: i64,
     /// The position last stored for commit.
     stored: i64,
-    /// Fetching stopped because the buffer is full.
-    paused: bool,
 }
 
 impl Part {
@@ -68,7 +71,6 @@ impl Part {
             handed: 0,
             next: -1,
             stored: -1,
-            paused: false,
         }
     }
 
@@ -108,11 +110,48 @@ pub(super) struct Shared {
     buffer: usize,
     /// A fan-out reader: no group, nothing committed.
     fan_out: bool,
+    /// Set (and the poll thread woken) when a queue turns non-empty or a buffer gets room.
+    work: Mutex<bool>,
+    woken: Condvar,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes the poll thread. Called from librdkafka's threads too: takes no other lock.
+    fn wake(&self) {
+        *self.work.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.woken.notify_one();
+    }
+
+    /// Sleeps until woken or `IDLE` passed.
+    fn idle(&self) {
+        let mut work = self.work.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*work {
+            work = self.woken.wait_timeout(work, IDLE).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
+        *work = false;
+    }
+
+    /// Messages partition `p`'s buffer can take now (0 if it is not assigned).
+    fn room(&self, p: i32) -> usize {
+        self.lock().parts.get(&p).map_or(0, |part| self.buffer.saturating_sub(part.queue.len()))
+    }
+
+    /// Buffers a message just received; dropped if its partition is no longer assigned here.
+    fn receive(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let (p, offset) = (m.partition(), m.offset());
+        let mut st = self.lock();
+        let Some(part) = st.parts.get_mut(&p) else { return };
+        if offset >= part.next {
+            part.next = offset + 1;
+            part.unsettled.insert(offset);
+            part.queue.push_back(Pending { msg: m.detach(), attempt: 1, due: None });
+        }
+        drop(st);
+        self.ready.notify_one();
     }
 
     /// Stores `part`'s position for the next commit if it moved.
@@ -174,6 +213,8 @@ impl ConsumerContext for Ctx {
                         shared.store(consumer, *p, &mut part);
                     }
                 }
+                // The poll thread drops the revoked partitions' queues.
+                st.generation += 1;
                 drop(st);
                 if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                     tracing::debug!(topic = %shared.topic, error = %e, "commit before rebalance");
@@ -211,6 +252,8 @@ impl Subscription {
             ack_wait: options.ack_wait,
             buffer: usize::from(options.prefetch).max(1),
             fan_out: options.fan_out,
+            work: Mutex::new(false),
+            woken: Condvar::new(),
         });
         let mut config = conn.client.clone();
         config
@@ -226,9 +269,11 @@ impl Subscription {
             .set("heartbeat.interval.ms", (conn.kafka.session_timeout.as_millis() / 3).max(100).to_string())
             .set("queued.max.messages.kbytes", "8192")
             .set("allow.auto.create.topics", "false");
-        let consumer: BaseConsumer<Ctx> = config
+        let mut consumer: BaseConsumer<Ctx> = config
             .create_with_context(Ctx { shared: shared.clone(), quiet: super::Quiet::default() })
             .map_err(|e| BusError::Config(sanitize(&format!("Kafka consumer: {e}"))))?;
+        let s = shared.clone();
+        consumer.set_nonempty_callback(move || s.wake());
         let consumer = Arc::new(consumer);
         if options.fan_out {
             // Outside any group: every partition from where it ends now.
@@ -320,6 +365,8 @@ impl Subscription {
             part.handed += 1;
             let generation = part.generation;
             drop(st);
+            // The buffer has room again.
+            self.shared.wake();
             return Ok(self.delivery(p, generation, pending));
         }
         Err(earliest)
@@ -351,40 +398,76 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.settled.notify_all();
+        self.shared.wake();
     }
 }
 
-/// Polls until the subscription is dropped: buffers messages, pauses a partition whose buffer
-/// is full and resumes it once half is taken, then commits and leaves the group.
-fn poll_loop(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
+/// Polls until the subscription is dropped: the consumer's own queue first (rebalances,
+/// errors, and messages fetched before their partition got a queue of its own), then each
+/// partition's queue as far as its buffer has room; then commits and leaves the group.
+fn poll_loop(consumer: &Arc<BaseConsumer<Ctx>>, shared: &Arc<Shared>) {
+    let mut queues: HashMap<i32, PartitionQueue<Ctx>> = HashMap::new();
+    let mut split_at = 0;
     let mut failing = false;
     while !shared.stop.load(Ordering::SeqCst) {
-        match consumer.poll(POLL) {
-            None => {}
-            Some(Ok(m)) => {
-                failing = false;
-                let (p, offset) = (m.partition(), m.offset());
-                let mut st = shared.lock();
-                let generation = st.generation;
-                let part = st.parts.entry(p).or_insert_with(|| Part::new(generation));
-                if offset >= part.next {
-                    part.next = offset + 1;
-                    part.unsettled.insert(offset);
-                    part.queue.push_back(Pending { msg: m.detach(), attempt: 1, due: None });
+        let mut busy = false;
+        loop {
+            match consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    failing = false;
+                    busy = true;
+                    shared.receive(&m);
                 }
-                drop(st);
-                shared.ready.notify_one();
-            }
-            Some(Err(e)) => {
-                // librdkafka reconnects by itself; say so once per outage, not per poll.
-                if !failing {
-                    tracing::warn!(topic = %shared.topic, error = %e, "Kafka consumer cannot fetch; retrying");
+                Some(Err(e)) => {
+                    // librdkafka reconnects by itself; say so once per outage, not per poll.
+                    if !failing {
+                        tracing::warn!(topic = %shared.topic, error = %e, "Kafka consumer cannot fetch; retrying");
+                    }
+                    failing = true;
+                    break;
                 }
-                failing = true;
             }
         }
-        flow(consumer, shared);
+        // After an assignment (which deactivates earlier partition queues) or a revocation:
+        // a queue per assigned partition, then the consumer's queue drained again, since it
+        // may hold messages fetched before the split, older than any in the new queues.
+        let (generation, assigned) = {
+            let st = shared.lock();
+            (st.generation, st.parts.keys().copied().collect::<Vec<_>>())
+        };
+        if generation != split_at {
+            split_at = generation;
+            queues.clear();
+            for p in assigned {
+                if let Some(mut q) = consumer.split_partition_queue(&shared.topic, p) {
+                    let s = shared.clone();
+                    q.set_nonempty_callback(move || s.wake());
+                    queues.insert(p, q);
+                }
+            }
+            continue;
+        }
+        for (p, q) in &queues {
+            for _ in 0..shared.room(*p) {
+                match q.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        busy = true;
+                        shared.receive(&m);
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(topic = %shared.topic, partition = p, error = %e, "Kafka partition queue");
+                        break;
+                    }
+                }
+            }
+        }
+        if !busy {
+            shared.idle();
+        }
     }
+    drop(queues);
     let mut st = shared.lock();
     let parts: Vec<i32> = st.parts.keys().copied().collect();
     for p in parts {
@@ -401,33 +484,6 @@ fn poll_loop(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
     }
     shared.ended.store(true, Ordering::SeqCst);
     shared.ready.notify_waiters();
-}
-
-/// Pauses the partitions whose buffer is full and resumes those drained below half.
-fn flow(consumer: &BaseConsumer<Ctx>, shared: &Shared) {
-    let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
-    let mut st = shared.lock();
-    for (p, part) in &mut st.parts {
-        let len = part.queue.len();
-        if !part.paused && len >= shared.buffer {
-            part.paused = true;
-            pause.add_partition(&shared.topic, *p);
-        } else if part.paused && len <= shared.buffer / 2 {
-            part.paused = false;
-            resume.add_partition(&shared.topic, *p);
-        }
-    }
-    drop(st);
-    if pause.count() > 0
-        && let Err(e) = consumer.pause(&pause)
-    {
-        tracing::debug!(error = %e, "cannot pause partitions");
-    }
-    if resume.count() > 0
-        && let Err(e) = consumer.resume(&resume)
-    {
-        tracing::debug!(error = %e, "cannot resume partitions");
-    }
 }
 
 /// What a settled delivery does to its partition.
@@ -477,6 +533,7 @@ impl Acker {
         drop(st);
         shared.settled.notify_all();
         shared.ready.notify_one();
+        shared.wake();
         Ok(())
     }
 
