@@ -11,7 +11,7 @@
 # of what ran is printed, with the failed step marked.
 
 CI_STARTED=${CI_STARTED:-$SECONDS}
-CI_BUDGET=${KEEL_CI_BUDGET:-3600}
+CI_BUDGET=${KEEL_CI_BUDGET:-4200}
 STEP_LOGS=${KEEL_CI_ARTIFACTS:-ci-artifacts}/steps
 mkdir -p "$STEP_LOGS"
 declare -a STEP_ROWS=()
