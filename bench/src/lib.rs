@@ -104,10 +104,24 @@ pub fn ablated_stack(
 /// What the events benchmarks return on failure.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Runs `publish` `n` times with 256 calls awaited at once; calls per second, or the first error.
+async fn in_flight<F, Fut>(n: usize, publish: F) -> Result<f64, BoxError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>>,
+{
+    use futures_util::StreamExt;
+    let started = std::time::Instant::now();
+    let results: Vec<Result<(), BoxError>> =
+        futures_util::stream::iter(0..n).map(|_| publish()).buffer_unordered(256).collect().await;
+    let took = started.elapsed();
+    results.into_iter().collect::<Result<(), _>>()?;
+    Ok(n as f64 / took.as_secs_f64())
+}
+
 /// Raw `rdkafka` publishing with Keel's producer settings (idempotent, `acks=all`) and 256
 /// deliveries awaited at once: the ceiling the Kafka pipeline is compared with. Messages/s.
 pub async fn raw_kafka_publish(n: usize, partitions: i32) -> Result<f64, BoxError> {
-    use futures_util::StreamExt;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let servers = keel::testing::kafka_url().trim_start_matches("kafka://").to_owned();
@@ -123,31 +137,22 @@ pub async fn raw_kafka_publish(n: usize, partitions: i32) -> Result<f64, BoxErro
         .set("partitioner", "murmur2_random")
         .create()?;
     let payload = keel::events::Envelope::raw("bench", "bench.raw", 1, json!({ "n": 0, "at": 0 })).to_bytes()?;
-    let started = std::time::Instant::now();
-    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
-            async move {
-                let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic).payload(&payload[..]);
-                producer.send(record, std::time::Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
-    let took = started.elapsed();
-    for r in results {
-        r?;
-    }
+    let rate = in_flight(n, || {
+        let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
+        async move {
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic).payload(&payload[..]);
+            producer.send(record, std::time::Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+            Ok(())
+        }
+    })
+    .await?;
     admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
-    Ok(n as f64 / took.as_secs_f64())
+    Ok(rate)
 }
 
 /// Raw JetStream publishing of `n` messages, 256 acks in flight, to a stream of its own (deleted
 /// after): the ceiling for anything built on it. Messages/s.
 pub async fn raw_jetstream_publish(n: usize) -> Result<f64, BoxError> {
-    use futures_util::StreamExt;
     let client = async_nats::connect(keel::testing::nats_url()).await?;
     let js = async_nats::jetstream::new(client);
     let topic = keel::testing::unique_topic("rawbench");
@@ -159,22 +164,14 @@ pub async fn raw_jetstream_publish(n: usize) -> Result<f64, BoxError> {
     })
     .await?;
     let payload = keel::events::Envelope::raw("bench", "bench.raw", 1, json!({ "n": 0, "at": 0 })).to_bytes()?;
-    let started = std::time::Instant::now();
-    let results: Vec<Result<(), BoxError>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (js, topic, payload) = (js.clone(), topic.clone(), payload.clone());
-            async move {
-                js.publish(topic, payload.into()).await?.await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
-    let took = started.elapsed();
-    for r in results {
-        r?;
-    }
+    let rate = in_flight(n, || {
+        let (js, topic, payload) = (js.clone(), topic.clone(), payload.clone());
+        async move {
+            js.publish(topic, payload.into()).await?.await?;
+            Ok(())
+        }
+    })
+    .await?;
     js.delete_stream(&stream).await?;
-    Ok(n as f64 / took.as_secs_f64())
+    Ok(rate)
 }

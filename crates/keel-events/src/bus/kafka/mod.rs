@@ -165,6 +165,17 @@ impl ClientContext for Context {
     }
 }
 
+/// A client of `group` that reads and commits its offsets by hand and never joins it.
+fn group_client(client: &ClientConfig, group: &str) -> Result<BaseConsumer, BusError> {
+    client
+        .clone()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| BusError::Config(sanitize(&format!("Kafka consumer: {e}"))))
+}
+
 /// The settings every client of this bus shares: brokers, identity, security.
 fn client_config(url: &str, k: &KafkaConfig) -> Result<ClientConfig, BusError> {
     let servers = bootstrap_servers(url).map_err(|why| BusError::Config(format!("bus.url {why}")))?;
@@ -357,11 +368,7 @@ impl Conn {
         if let Some(group) = replay_group {
             headers = headers.insert(Header { key: REPLAY_GROUP, value: Some(group) });
         }
-        self.send(topic, envelope.key.as_deref(), &payload, headers).await.inspect_err(|e| {
-            if matches!(e, BusError::Unavailable(m) if m.contains("Unknown topic")) {
-                self.forget(topic);
-            }
-        })
+        self.send(topic, envelope.key.as_deref(), &payload, headers).await
     }
 
     /// Produces one record and waits for every in-sync replica to have it.
@@ -378,7 +385,13 @@ impl Conn {
         }
         match self.producer.send(record, Timeout::After(self.publish_timeout)).await {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(kafka_error(e)),
+            Err((e, _)) => {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                    // Made again before the next publish, should it really be gone.
+                    self.forget(topic);
+                }
+                Err(kafka_error(e))
+            }
         }
     }
 
@@ -400,14 +413,7 @@ impl Conn {
         if let Some(c) = clients.get(group) {
             return Ok(c.clone());
         }
-        let c: BaseConsumer = self
-            .client
-            .clone()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| BusError::Config(sanitize(&format!("Kafka consumer: {e}"))))?;
-        let c = Arc::new(c);
+        let c = Arc::new(group_client(&self.client, group)?);
         clients.insert(group.to_owned(), c.clone());
         Ok(c)
     }
@@ -500,16 +506,7 @@ impl Conn {
         }
         let client = self.client.clone();
         let group = format!("{topic}.dlq.cursor");
-        blocking(move || {
-            let c: BaseConsumer = client
-                .clone()
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .create()
-                .map_err(|e| BusError::Config(sanitize(&format!("Kafka consumer: {e}"))))?;
-            c.commit(&ends, CommitMode::Sync).map_err(kafka_error)
-        })
-        .await
+        blocking(move || group_client(&client, &group)?.commit(&ends, CommitMode::Sync).map_err(kafka_error)).await
     }
 }
 
@@ -543,13 +540,7 @@ fn header<M: rdkafka::message::Message>(m: &M, key: &str) -> Option<String> {
 /// Reads `dlq` from the cursor group's committed offsets to the end: the dead letters (minus
 /// replayed ones), oldest first, and each partition's end.
 fn read_dlq(client: &ClientConfig, dlq: &str) -> Result<(Vec<DeadLetter>, TopicPartitionList), BusError> {
-    let c: BaseConsumer = client
-        .clone()
-        .set("group.id", format!("{dlq}.cursor"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| BusError::Config(sanitize(&format!("Kafka consumer: {e}"))))?;
+    let c = group_client(client, &format!("{dlq}.cursor"))?;
     let mut tpl = TopicPartitionList::new();
     for p in Conn::partitions(c.client(), dlq)? {
         tpl.add_partition(dlq, p);

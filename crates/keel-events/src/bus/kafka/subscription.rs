@@ -230,7 +230,6 @@ pub(in crate::bus) struct Subscription {
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<Ctx>>,
     conn: Arc<Conn>,
-    group: String,
 }
 
 impl Subscription {
@@ -295,7 +294,7 @@ impl Subscription {
             .name("keel-kafka".into())
             .spawn(move || poll_loop(&c, &s))
             .map_err(|e| BusError::Broker(format!("cannot start the Kafka poll thread: {e}")))?;
-        Ok(Self { shared, consumer, conn, group })
+        Ok(Self { shared, consumer, conn })
     }
 
     pub(in crate::bus) async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
@@ -385,12 +384,6 @@ impl Subscription {
             pending: Some(pending),
         };
         Delivery::new(payload, attempt, replay_group, BusAcker::Kafka(acker))
-    }
-
-    /// The group as given (fan-out subscriptions have their own name already).
-    #[allow(dead_code)]
-    pub(super) fn group(&self) -> &str {
-        &self.group
     }
 }
 
