@@ -379,6 +379,7 @@ where
             drain: token,
             closing: limits.closing.clone(),
             activity,
+            places: Places { _entry: entry, _ip: ip_slot },
         };
         let tls = limits.tls.clone();
         connections.spawn(async move {
@@ -407,8 +408,6 @@ where
                     }
                 }
             }
-            drop(entry);
-            drop(ip_slot);
         });
     }
     drop((listener, queued));
@@ -455,6 +454,69 @@ struct Connection<S> {
     /// The drain's beginning ([`Limits::closing_on`]).
     closing: Option<CancellationToken>,
     activity: Arc<Activity>,
+    /// Its places in the budget and under its client's cap, given back as it closes.
+    places: Places,
+}
+
+/// A connection's place in the budget and under its client's per-address cap.
+#[derive(Debug)]
+struct Places {
+    _entry: OpenEntry,
+    _ip: Option<IpSlot>,
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's transport, giving back its [`Places`] when the server shuts its side
+    /// down (or drops it): before the client can see it closed. Given back only after, a
+    /// client that reconnects at once could find its closed connection still counted and be
+    /// refused as over its share.
+    struct Releasing<I> {
+        #[pin]
+        io: I,
+        places: Option<Places>,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Releasing<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Releasing<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        this.places.take();
+        this.io.poll_shutdown(cx)
+    }
 }
 
 impl<S> Connection<S>
@@ -471,7 +533,8 @@ where
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Self { builder, router, peer, deadlines, drain, closing, activity } = self;
+        let Self { builder, router, peer, deadlines, drain, closing, activity, places } = self;
+        let io = Releasing { io, places: Some(places) };
         let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -1039,6 +1102,33 @@ mod tests {
             );
         }
         serving.await.unwrap();
+    }
+
+    /// A connection's places are given back as the server shuts its side down, before the
+    /// client sees the end of the stream: a client reconnecting at once is not counted twice.
+    #[tokio::test]
+    async fn a_connection_gives_its_places_back_before_the_client_sees_it_closed() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let per_ip = PerIp::new(4);
+        let open = Open::new(4);
+        let slots = Arc::new(Semaphore::new(4));
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        let entry = open.insert(ip, Activity::new(), CancellationToken::new(), slot);
+        let places = Places { _entry: entry, _ip: per_ip.try_open(ip) };
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut server = Releasing { io: server, places: Some(places) };
+        server.write_all(b"bye").await.unwrap();
+        assert_eq!(per_ip.open.lock().unwrap().get(&ip), Some(&1), "held while open");
+        assert_eq!(slots.available_permits(), 3);
+
+        server.shutdown().await.unwrap();
+        assert!(per_ip.open.lock().unwrap().is_empty(), "released at the shutdown");
+        assert_eq!(slots.available_permits(), 4);
+        assert!(open.conns.lock().unwrap().is_empty());
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        assert_eq!(seen, b"bye", "the client reads the end only now");
+        drop(server);
     }
 
     #[test]
