@@ -95,7 +95,7 @@ def overview():
         row("Events pipeline"),
         panel("Outbox: oldest pending row", [("max by (job) (outbox_oldest_pending_age_seconds)", "{{job}}")], "s"),
         panel("Outbox: pending rows", [("sum by (job) (outbox_pending)", "{{job}}")]),
-        panel("Consumer lag", [("max by (job, topic, group) (consumer_lag_messages)", "{{job}} {{topic}} {{group}}")]),
+        panel("Consumer lag", [("max by (job, topic, group) (sum without (partition) (consumer_lag_messages))", "{{job}} {{topic}} {{group}}")]),
         panel("Dead letters (15 m)", [('sum by (job, topic) (increase(consumer_messages_total{outcome="dead"}[15m]))', "{{job}} {{topic}}")]),
         row("Dependencies"),
         panel("Database connections in use", [('sum by (job) (db_pool_connections{state="in_use"}) / sum by (job) (db_pool_max_connections)', "{{job}}")], "percentunit"),
@@ -151,7 +151,7 @@ def per_service(svc):
         items += [
             row("Consumers"),
             panel("Messages by outcome", [(f'sum by (topic, outcome) (rate(consumer_messages_total{{{sel}}}[$__rate_interval]))', "{{topic}} {{outcome}}")]),
-            panel("Lag and pauses", [(f'max by (topic, group) (consumer_lag_messages{{{sel}}})', "lag {{topic}}"), (f'max by (topic, group) (consumer_paused{{{sel}}})', "paused {{topic}}")]),
+            panel("Lag and pauses", [(f'max by (topic, group) (sum without (partition) (consumer_lag_messages{{{sel}}}))', "lag {{topic}}"), (f'max by (topic, group) (consumer_paused{{{sel}}})', "paused {{topic}}")]),
             panel("Handle time (p99)", [(f'histogram_quantile(0.99, sum by (topic, le) (rate(consumer_handle_duration_seconds_bucket{{{sel}}}[$__rate_interval])))', "{{topic}}")], "s"),
         ]
     if svc == "gateway":

@@ -278,6 +278,40 @@ async fn lag_counts_messages_waiting_for_a_retry(broker: Broker) {
     bus.close().await;
 }
 
+/// Kafka reports a group's lag per partition (the `partition` label of
+/// `consumer_lag_messages`); the total is their sum. Other brokers report one figure.
+#[tokio::test]
+async fn kafka_lag_is_reported_per_partition() {
+    if !testing::require("Kafka", &testing::kafka_url()) {
+        return;
+    }
+    let mut cfg = bus_config(Broker::Kafka, Some(testing::kafka_url()));
+    cfg.kafka.partitions = Some(4);
+    let kafka = Bus::new(&cfg).unwrap();
+    kafka.connect().await.unwrap();
+    let topic = unique_topic("partlag");
+    // Subscribed once so the group exists; nothing is handled.
+    drop(kafka.subscribe(&topic, "g", &SubscribeOptions::default()).await.unwrap());
+    for k in 0..40 {
+        let mut e = event(k);
+        e.key = Some(format!("key-{k}"));
+        kafka.publish(&topic, &e).await.unwrap();
+    }
+    let lag = until(Duration::from_secs(10), || async {
+        kafka.partition_lag(&topic, "g").await.ok().filter(|l| l.total() == 40)
+    })
+    .await;
+    let partitions: Vec<Option<i32>> = lag.partitions.iter().map(|(p, _)| *p).collect();
+    assert_eq!(partitions, [Some(0), Some(1), Some(2), Some(3)]);
+    assert!(lag.partitions.iter().filter(|(_, n)| *n > 0).count() >= 2, "keys spread: {lag:?}");
+    assert_eq!(kafka.lag(&topic, "g").await.unwrap(), 40);
+    kafka.close().await;
+
+    let Some(local) = bus(Broker::InProcess).await else { return };
+    let lag = local.partition_lag(&topic, "g").await.unwrap();
+    assert_eq!(lag.partitions, [(None, 0)], "no partitions on the in-process bus");
+}
+
 #[tokio::test]
 async fn lag_counts_retries_in_process() {
     lag_counts_messages_waiting_for_a_retry(Broker::InProcess).await;

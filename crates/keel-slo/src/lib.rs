@@ -566,7 +566,12 @@ fn keel_alerts(f: &SloFile, sel: &str, runbooks: &str) -> Vec<Rule> {
         ),
         (
             "KeelConsumerLagHigh",
-            format!("max by (job, topic, group) (consumer_lag_messages{{{sel}}}) > {}", a.consumer_lag_messages),
+            // Summed over a Kafka topic's partitions on each instance, then the instance that
+            // sees the most (they all read the group's lag from the broker).
+            format!(
+                "max by (job, topic, group) (sum without (partition) (consumer_lag_messages{{{sel}}})) > {}",
+                a.consumer_lag_messages
+            ),
             "10m",
             "ticket",
             format!("{s}: a consumer group is falling behind"),

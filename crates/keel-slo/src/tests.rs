@@ -81,7 +81,7 @@ fn a_file_becomes_recording_rules_and_burn_rate_alerts() {
     assert!(slow.3["description"].contains("slower than 500ms"), "{}", slow.3["description"]);
 
     let lag = all.iter().find(|a| a.0 == "KeelConsumerLagHigh").unwrap();
-    assert!(lag.1.ends_with("(consumer_lag_messages{job=\"gateway\"}) > 50"), "{}", lag.1);
+    assert!(lag.1.ends_with("(sum without (partition) (consumer_lag_messages{job=\"gateway\"})) > 50"), "{}", lag.1);
     for (alert, _, labels, annotations) in &all {
         assert_eq!(annotations["runbook_url"], format!("https://runbooks.example/keel/{alert}.md"));
         assert!(labels.contains_key("severity") && labels["service"] == "gateway", "{alert}");

@@ -233,6 +233,19 @@ fn cases() -> Vec<Case> {
             "KeelConsumerLagHigh",
             &keel(&[("job", "shop"), ("topic", "t"), ("group", "g")], "ticket"),
         ),
+        // Kafka's partitions (on two instances, which read the same group lag): each under
+        // the threshold, their sum over it.
+        case(
+            &[
+                (r#"consumer_lag_messages{job="shop",instance="a:9",topic="t",group="g",partition="0"}"#, "600x15"),
+                (r#"consumer_lag_messages{job="shop",instance="a:9",topic="t",group="g",partition="1"}"#, "600x15"),
+                (r#"consumer_lag_messages{job="shop",instance="b:9",topic="t",group="g",partition="0"}"#, "600x15"),
+                (r#"consumer_lag_messages{job="shop",instance="b:9",topic="t",group="g",partition="1"}"#, "600x15"),
+            ],
+            "11m",
+            "KeelConsumerLagHigh",
+            &keel(&[("job", "shop"), ("topic", "t"), ("group", "g")], "ticket"),
+        ),
         case(
             &[(r#"consumer_paused{job="shop",instance="a:9",topic="t",group="g"}"#, "1x15")],
             "11m",

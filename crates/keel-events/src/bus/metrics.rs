@@ -8,6 +8,8 @@ use prometheus::{
 
 use keel_telemetry::Metrics;
 
+use super::Lag;
+
 /// The consumer metrics: `consumer_messages_total`, `consumer_handle_duration_seconds`,
 /// `consumer_lag_messages`, `consumer_paused`, `consumer_pauses_total`. Register them once per
 /// registry and share them between consumers ([`Consumer::with_metrics`](super::Consumer::with_metrics));
@@ -37,8 +39,11 @@ impl ConsumerMetrics {
             &["topic", "group"],
         )?;
         let lag = IntGaugeVec::new(
-            Opts::new("consumer_lag_messages", "Messages waiting for the group, as the broker counts them."),
-            &["topic", "group"],
+            Opts::new(
+                "consumer_lag_messages",
+                "Messages waiting for the group, as the broker counts them, per partition (Kafka; empty elsewhere).",
+            ),
+            &["topic", "group", "partition"],
         )?;
         let paused = IntGaugeVec::new(
             Opts::new("consumer_paused", "1 while the consumer takes no messages because a dependency is unavailable."),
@@ -64,8 +69,13 @@ impl ConsumerMetrics {
         self.duration.with_label_values(&[topic, group]).observe(took.as_secs_f64());
     }
 
-    pub(crate) fn lag(&self, topic: &str, group: &str, n: u64) {
-        self.lag.with_label_values(&[topic, group]).set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// One series per partition; `None`: a broker without partitions (an empty `partition`
+    /// label, which Prometheus reads as none).
+    pub(crate) fn lag(&self, topic: &str, group: &str, lag: &Lag) {
+        for (partition, n) in &lag.partitions {
+            let partition = partition.map(|p| p.to_string()).unwrap_or_default();
+            self.lag.with_label_values(&[topic, group, &partition]).set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     pub(crate) fn set_paused(&self, topic: &str, group: &str, paused: bool) {
@@ -120,5 +130,26 @@ impl OutboxMetrics {
             metrics.register(m.paused.clone())?;
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_one_series_per_partition_and_unlabelled_without_partitions() {
+        let metrics = Metrics::new();
+        let m = ConsumerMetrics::new(&metrics).unwrap();
+        m.lag("orders", "billing", &Lag { partitions: vec![(Some(0), 3), (Some(1), 4)] });
+        m.lag("mail", "notifier", &Lag { partitions: vec![(None, 7)] });
+        let text = metrics.render();
+        for line in [
+            r#"consumer_lag_messages{group="billing",partition="0",topic="orders"} 3"#,
+            r#"consumer_lag_messages{group="billing",partition="1",topic="orders"} 4"#,
+            r#"consumer_lag_messages{group="notifier",partition="",topic="mail"} 7"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

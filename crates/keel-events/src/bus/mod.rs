@@ -93,6 +93,21 @@ impl BusError {
     }
 }
 
+/// A consumer group's lag on a topic ([`Bus::partition_lag`]): messages not handled yet, per
+/// partition (`None` on a broker without partitions).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// Each partition and its lag, by partition.
+    pub partitions: Vec<(Option<i32>, u64)>,
+}
+
+impl Lag {
+    /// The lag summed over the partitions.
+    pub fn total(&self) -> u64 {
+        self.partitions.iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// A message that failed for good, kept in `<topic>.dlq`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeadLetter {
@@ -477,15 +492,23 @@ impl Bus {
 
     /// Messages of `group` on `topic` not handled yet (consumer lag), as the broker counts them:
     /// not delivered yet, and delivered but not settled, waiting out a retry's delay included
-    /// (NATS: pending and ack-pending; RabbitMQ: the group's queue and its retry queue).
+    /// (NATS: pending and ack-pending; RabbitMQ: the group's queue and its retry queue; Kafka:
+    /// end offsets minus committed offsets). The sum of [`Bus::partition_lag`].
     pub async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
+        Ok(self.partition_lag(topic, group).await?.total())
+    }
+
+    /// [`Bus::lag`] per partition: one entry per partition of the topic on Kafka, a single
+    /// entry without a partition on the brokers that have none.
+    pub async fn partition_lag(&self, topic: &str, group: &str) -> Result<Lag, BusError> {
         let topic = &*self.namespaced(topic);
+        let whole = |n: u64| Lag { partitions: vec![(None, n)] };
         match self.conn()? {
-            Conn::InProcess(b) => Ok(b.lag(topic, group)),
+            Conn::InProcess(b) => Ok(whole(b.lag(topic, group))),
             #[cfg(feature = "nats")]
-            Conn::Nats(c) => c.lag(topic, group).await,
+            Conn::Nats(c) => c.lag(topic, group).await.map(whole),
             #[cfg(feature = "rabbitmq")]
-            Conn::Rabbit(c) => c.lag(topic, group).await,
+            Conn::Rabbit(c) => c.lag(topic, group).await.map(whole),
             #[cfg(feature = "kafka")]
             Conn::Kafka(c) => c.lag(topic, group).await,
         }

@@ -321,8 +321,9 @@ impl Families {
         for m in self.each("consumer_messages_total") {
             *slot(&mut infos, m).handled.entry(label(m, "outcome").to_owned()).or_default() += Self::value(m) as u64;
         }
+        // Kafka reports a series per partition: the group's lag is their sum.
         for m in self.each("consumer_lag_messages") {
-            slot(&mut infos, m).lag = Some(Self::value(m) as i64);
+            *slot(&mut infos, m).lag.get_or_insert(0) += Self::value(m) as i64;
         }
         for m in self.each("consumer_paused") {
             slot(&mut infos, m).paused = Self::value(m) > 0.0;

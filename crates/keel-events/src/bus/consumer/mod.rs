@@ -334,8 +334,8 @@ impl<H: Handler> Consumer<H> {
             // Its queue is its own and renamed on every subscription: no group lag to report.
             return;
         }
-        match self.bus.lag(&self.topic, &self.group).await {
-            Ok(n) => m.lag(&self.topic, &self.group, n),
+        match self.bus.partition_lag(&self.topic, &self.group).await {
+            Ok(lag) => m.lag(&self.topic, &self.group, &lag),
             Err(e) => tracing::debug!(error = %e, "cannot read consumer lag"),
         }
     }

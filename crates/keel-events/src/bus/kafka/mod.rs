@@ -40,7 +40,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
-use super::{BusError, DeadLetter, Envelope, SubscribeOptions};
+use super::{BusError, DeadLetter, Envelope, Lag, SubscribeOptions};
 use crate::config::{BusConfig, KafkaConfig, bootstrap_servers};
 use keel_health::sanitize;
 
@@ -418,9 +418,9 @@ impl Conn {
         Ok(c)
     }
 
-    /// Records of `topic` the group has not committed: published but not delivered, or delivered
-    /// and not settled (a retry's wait included), summed over the partitions.
-    pub(super) async fn lag(&self, topic: &str, group: &str) -> Result<u64, BusError> {
+    /// Records of `topic` the group has not committed, per partition: published but not
+    /// delivered, or delivered and not settled (a retry's wait included).
+    pub(super) async fn lag(&self, topic: &str, group: &str) -> Result<Lag, BusError> {
         self.ensure(topic).await?;
         let client = self.lag_client(group)?;
         let topic = topic.to_owned();
@@ -432,7 +432,7 @@ impl Conn {
                 tpl.add_partition(&topic, p);
             }
             let committed = client.committed_offsets(tpl, REQUEST_TIMEOUT).map_err(kafka_error)?;
-            let mut lag = 0u64;
+            let mut lag = Lag { partitions: Vec::new() };
             for e in committed.elements() {
                 let (low, high) =
                     client.fetch_watermarks(&topic, e.partition(), REQUEST_TIMEOUT).map_err(kafka_error)?;
@@ -440,8 +440,9 @@ impl Conn {
                     Offset::Offset(o) if o >= low => o,
                     _ => low,
                 };
-                lag += u64::try_from(high - from).unwrap_or(0);
+                lag.partitions.push((Some(e.partition()), u64::try_from(high - from).unwrap_or(0)));
             }
+            lag.partitions.sort_unstable();
             Ok(lag)
         })
         .await
