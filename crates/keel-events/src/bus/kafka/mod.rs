@@ -98,6 +98,26 @@ fn kafka_error(e: KafkaError) -> BusError {
     }
 }
 
+/// Whether a publish error says the producer's identity (its id and epoch) is no longer
+/// accepted, so that no later publish of it can succeed: a new producer is needed. librdkafka
+/// raises most of these as fatal errors itself; a broker may also answer them per message.
+fn fenced(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::UnknownProducerId
+            | C::OutOfOrderSequenceNumber
+            | C::InvalidProducerIdMapping
+            | C::Fatal
+    )
+}
+
+fn new_producer(config: &ClientConfig, context: &Context) -> Result<FutureProducer<Context>, BusError> {
+    config.create_with_context(context.clone()).map_err(|e| BusError::Config(sanitize(&format!("Kafka producer: {e}"))))
+}
+
 /// Runs a blocking librdkafka call off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BusError> + Send + 'static) -> Result<T, BusError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| BusError::Broker(format!("Kafka call failed: {e}")))?
@@ -211,7 +231,12 @@ fn client_config(url: &str, k: &KafkaConfig) -> Result<ClientConfig, BusError> {
 }
 
 pub(super) struct Conn {
-    producer: FutureProducer<Context>,
+    /// The idempotent producer, and its generation: replaced when it can no longer publish
+    /// ([`fenced`]).
+    producer: Mutex<(u64, FutureProducer<Context>)>,
+    /// What a replacement producer is made from.
+    producer_config: ClientConfig,
+    context: Context,
     admin: AdminClient<Context>,
     /// What consumers are made from.
     client: ClientConfig,
@@ -230,8 +255,8 @@ impl Conn {
         let context = Context::default();
         let up = context.up.clone();
         let timeout_ms = config.publish_timeout.as_millis().clamp(1, i32::MAX as u128).to_string();
-        let producer: FutureProducer<Context> = client
-            .clone()
+        let mut producer_config = client.clone();
+        producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
@@ -242,14 +267,15 @@ impl Conn {
             .set("statistics.interval.ms", "1000")
             // Keep a connection to every broker, so that readiness reflects the cluster even
             // while nothing is published.
-            .set("enable.sparse.connections", "false")
-            .create_with_context(context.clone())
-            .map_err(|e| BusError::Config(sanitize(&format!("Kafka producer: {e}"))))?;
+            .set("enable.sparse.connections", "false");
+        let producer = new_producer(&producer_config, &context)?;
         let admin: AdminClient<Context> = client
-            .create_with_context(context)
+            .create_with_context(context.clone())
             .map_err(|e| BusError::Config(sanitize(&format!("Kafka admin: {e}"))))?;
         let conn = Arc::new(Self {
-            producer,
+            producer: Mutex::new((0, producer)),
+            producer_config,
+            context,
             admin,
             client,
             kafka: config.kafka.clone(),
@@ -260,9 +286,9 @@ impl Conn {
         });
         // librdkafka connects lazily and never fails to "connect": ask the cluster for its
         // metadata so that an unreachable or refusing broker is an error here.
-        let c = conn.clone();
+        let (_, producer) = conn.producer()?;
         blocking(move || {
-            c.producer.client().fetch_metadata(None, REQUEST_TIMEOUT).map_err(|e| match e.rdkafka_error_code() {
+            producer.client().fetch_metadata(None, REQUEST_TIMEOUT).map_err(|e| match e.rdkafka_error_code() {
                 Some(code) if transient(code) => {
                     BusError::Unavailable(sanitize(&format!("no Kafka broker answered: {e}")))
                 }
@@ -280,7 +306,7 @@ impl Conn {
 
     pub(super) async fn close(&self) {
         // Delivers what is queued (bounded): the outbox marked nothing sent that is not.
-        let producer = self.producer.clone();
+        let Ok((_, producer)) = self.producer() else { return };
         let timeout = self.publish_timeout;
         let _ = blocking(move || producer.flush(timeout).map_err(broker)).await;
     }
@@ -331,7 +357,7 @@ impl Conn {
 
     /// The topics on the cluster.
     async fn topics(&self) -> Result<HashSet<String>, BusError> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.producer()?;
         blocking(move || {
             let md = producer.client().fetch_metadata(None, REQUEST_TIMEOUT).map_err(kafka_error)?;
             Ok(md.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect())
@@ -383,16 +409,63 @@ impl Conn {
         if let Some(k) = key {
             record = record.key(k);
         }
-        match self.producer.send(record, Timeout::After(self.publish_timeout)).await {
+        let (generation, producer) = self.producer()?;
+        match producer.send(record, Timeout::After(self.publish_timeout)).await {
             Ok(_) => Ok(()),
             Err((e, _)) => {
-                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                let code = e.rdkafka_error_code();
+                if code == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
                     // Made again before the next publish, should it really be gone.
                     self.forget(topic);
+                }
+                let fatal = producer.client().fatal_error();
+                if fatal.is_some() || code.is_some_and(fenced) {
+                    self.replace_producer(generation, &e, fatal.map(|(_, why)| why)).await?;
+                    // Not the message's fault: given back without spending an attempt.
+                    return Err(BusError::Unavailable(sanitize(&format!("Kafka producer replaced after: {e}"))));
                 }
                 Err(kafka_error(e))
             }
         }
+    }
+
+    /// The current producer and its generation.
+    fn producer(&self) -> Result<(u64, FutureProducer<Context>), BusError> {
+        let p = self.producer.lock().map_err(|_| BusError::Broker("Kafka producer poisoned".into()))?;
+        Ok((p.0, p.1.clone()))
+    }
+
+    /// Replaces the producer of `generation` (once, however many publishes failed on it) with a
+    /// new one, which the cluster gives a new producer id. librdkafka's own remedy for a fatal
+    /// error; the old one's queued messages fail and their rows are published again.
+    async fn replace_producer(
+        &self,
+        generation: u64,
+        error: &KafkaError,
+        fatal: Option<String>,
+    ) -> Result<(), BusError> {
+        let fresh = new_producer(&self.producer_config, &self.context)?;
+        let old = {
+            let mut p = self.producer.lock().map_err(|_| BusError::Broker("Kafka producer poisoned".into()))?;
+            if p.0 != generation {
+                return Ok(());
+            }
+            let old = std::mem::replace(&mut p.1, fresh);
+            p.0 += 1;
+            old
+        };
+        tracing::warn!(
+            error = %sanitize(&error.to_string()),
+            fatal = fatal.as_deref().map(sanitize).unwrap_or_default(),
+            "the Kafka producer can no longer publish (fenced or failed for good); a new one takes over"
+        );
+        // Dropping a producer purges and waits for librdkafka's threads: not on an async thread.
+        let _ = blocking(move || {
+            drop(old);
+            Ok(())
+        })
+        .await;
+        Ok(())
     }
 
     pub(super) async fn subscribe(
@@ -596,4 +669,35 @@ fn read_dlq(client: &ClientConfig, dlq: &str) -> Result<(Vec<DeadLetter>, TopicP
     letters.retain(|(p, o, _, l)| !markers.iter().any(|(mp, mo, id)| mp == p && mo > o && *id == l.envelope.id));
     letters.sort_by_key(|(p, o, t, _)| (*t, *p, *o));
     Ok((letters.into_iter().map(|(_, _, _, l)| l).collect(), ends))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+
+    /// A producer the cluster fences can publish nothing more: the publish that says so
+    /// replaces it (librdkafka's own mock cluster answers one Produce with PRODUCER_FENCED), is
+    /// reported as an outage (the outbox spends no attempt on it), and the next one goes out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_producer_is_replaced_and_publishing_goes_on() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 1, 1).unwrap();
+        let config = BusConfig { publish_timeout: Duration::from_secs(5), ..BusConfig::default() };
+        let url = format!("kafka://{}", cluster.bootstrap_servers());
+        let conn = Conn::connect(&url, &config).await.unwrap();
+        conn.send("orders", Some("k"), b"first", OwnedHeaders::new()).await.unwrap();
+        assert_eq!(conn.producer().unwrap().0, 0);
+
+        cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
+        let failed = conn.send("orders", Some("k"), b"second", OwnedHeaders::new()).await;
+        assert!(matches!(failed, Err(BusError::Unavailable(_))), "{failed:?}");
+        assert_eq!(conn.producer().unwrap().0, 1, "a new producer took over");
+
+        conn.send("orders", Some("k"), b"second", OwnedHeaders::new()).await.unwrap();
+        assert_eq!(conn.producer().unwrap().0, 1, "and stays");
+        conn.close().await;
+    }
 }
