@@ -3,7 +3,8 @@
 # cluster): see docs/kubernetes.md.
 #   1. installs what is missing: kubectl (it embeds kustomize; v5 is needed for components and
 #      `labels`) and PyPI `kubernetes-validate` (it bundles the Kubernetes JSON schemas);
-#   2. renders the four kustomizations, overlays/{dev,prod} and overlays/{dev,prod}/migrate, with
+#   2. renders the four kustomizations, overlays/{dev,prod} and overlays/{dev,prod}/migrate, alone
+#      and with the Component components/kafka added (Kafka as the bus), with
 #      `kubectl kustomize --load-restrictor LoadRestrictionsNone` (the ConfigMaps are generated
 #      from deploy/config/*.yaml, outside deploy/k8s);
 #   3. refuses a Secret in the output (Secrets are created beforehand, never committed);
@@ -21,7 +22,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSIONS=${KEEL_K8S_VERSIONS:-1.30.0 1.37.0}
-TARGETS=(overlays/dev overlays/dev/migrate overlays/prod overlays/prod/migrate)
+# `<dir>+<component>`: <dir> with deploy/k8s/components/<component> added, as an overlay adds it.
+TARGETS=(overlays/dev overlays/dev/migrate overlays/prod overlays/prod/migrate
+  overlays/dev+kafka overlays/dev/migrate+kafka overlays/prod+kafka overlays/prod/migrate+kafka)
 
 say() { echo "  $*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
@@ -63,8 +66,19 @@ trap 'rm -rf "$work"' EXIT
 # --- 2. render
 for t in "${TARGETS[@]}"; do
   out=$work/${t//\//-}.yaml
-  echo "== kubectl kustomize --load-restrictor LoadRestrictionsNone deploy/k8s/$t"
-  kubectl kustomize --load-restrictor LoadRestrictionsNone "deploy/k8s/$t" >"$out" ||
+  dir=deploy/k8s/$t
+  if [[ $t == *+* ]]; then
+    # kustomize takes relative paths only: a kustomization beside the output names both.
+    dir=$work/${t//\//-}.d
+    mkdir -p "$dir"
+    up=$(realpath --relative-to="$dir" deploy/k8s)
+    printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s]\ncomponents: [%s]\n' \
+      "$up/${t%%+*}" "$up/components/${t#*+}" >"$dir/kustomization.yaml"
+    echo "== deploy/k8s/${t%%+*} with the component deploy/k8s/components/${t#*+}"
+  else
+    echo "== kubectl kustomize --load-restrictor LoadRestrictionsNone deploy/k8s/$t"
+  fi
+  kubectl kustomize --load-restrictor LoadRestrictionsNone "$dir" >"$out" ||
     fail "deploy/k8s/$t does not render"
 done
 

@@ -172,3 +172,48 @@ fn config_check_in_development_writes_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "config check wrote files: {left:?}");
 }
+
+/// The Kafka settings of `deploy/k8s/components/kafka` (its `kafka-*` settings, each service's
+/// SASL user and password file) pass a production `config check`; Kafka without TLS does not,
+/// unless stated (`bus.kafka.allow_plaintext`).
+#[test]
+fn the_kafka_components_settings_pass_a_production_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/components/kafka");
+    let text = std::fs::read_to_string(component.join("kustomization.yaml")).unwrap();
+    let doc: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let literals: Vec<(String, String)> = doc["configMapGenerator"][0]["literals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str().unwrap().split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let setting = |key: &str| literals.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(setting("bus-backend"), "kafka");
+    let password = dir.path().join("kafka-password");
+    std::fs::write(&password, "a-long-sasl-scram-password-0123456789").unwrap();
+    let kafka = |protocol: &str| -> Vars {
+        let mut vars = with(gateway(), &format!("{GW}__BUS__BACKEND"), "kafka");
+        vars = with(vars, &format!("{GW}__BUS__URL"), "kafka://127.0.0.1:1,127.0.0.1:2");
+        for (var, value) in [
+            ("CLIENT_ID", "cityevents-gateway".to_owned()),
+            ("SECURITY_PROTOCOL", protocol.to_owned()),
+            ("SASL_MECHANISM", setting("kafka-sasl-mechanism")),
+            ("PARTITIONS", setting("kafka-partitions")),
+            ("REPLICATION_FACTOR", setting("kafka-replication-factor")),
+            ("SASL_USERNAME", "cityevents-gateway".to_owned()),
+            ("SASL_PASSWORD_FILE", password.display().to_string()),
+        ] {
+            vars.push((format!("{GW}__BUS__KAFKA__{var}"), value));
+        }
+        vars
+    };
+    let (code, err) = check(dir.path(), "gateway", &kafka(&setting("kafka-security-protocol")));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = check(dir.path(), "gateway", &kafka("sasl_plaintext"));
+    assert_ne!(code, 0, "SASL without TLS in production");
+    assert!(err.contains("allow_plaintext"), "{err}");
+    let stated = with(kafka("sasl_plaintext"), &format!("{GW}__BUS__KAFKA__ALLOW_PLAINTEXT"), "true");
+    let (code, err) = check(dir.path(), "gateway", &stated);
+    assert_eq!(code, 0, "{err}");
+}

@@ -72,6 +72,39 @@ fn render(dir: &str) -> Vec<Value> {
     objects
 }
 
+/// What `kubectl kustomize` renders for `deploy/k8s/<dir>` with the Component
+/// `deploy/k8s/components/<component>` added, as an overlay's `components:` adds it (through a
+/// kustomization of a temporary directory: kustomize takes relative paths only).
+fn render_with(dir: &str, component: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = root().canonicalize().unwrap();
+    let up = "../".repeat(tmp.path().components().count() - 1);
+    let rel = |p: &str| format!("{up}{}/deploy/k8s/{p}", root.strip_prefix("/").unwrap().display());
+    std::fs::write(
+        tmp.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\ncomponents: [{}]\n",
+            rel(dir),
+            rel(&format!("components/{component}"))
+        ),
+    )
+    .unwrap();
+    let out = Command::new("kubectl")
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy/k8s/{dir} with components/{component}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_norway::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
 /// The app and the migrate Jobs of one overlay.
 struct Rendered {
     overlay: &'static str,
@@ -707,6 +740,85 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The `kafka` Component, added to either overlay (app and Jobs), makes Kafka the bus: the
+/// settings say so, every service and its Job get the same Kafka client settings (SASL/SCRAM
+/// over TLS as its own user, the password a file of a Secret of its own), and the bus policy
+/// lets the services reach the brokers' TLS port and nothing else of the bus.
+#[test]
+fn the_kafka_component_makes_kafka_the_bus_of_every_service() {
+    if !have_kubectl() {
+        return;
+    }
+    for overlay in OVERLAYS {
+        let app = render_with(&format!("overlays/{overlay}"), "kafka");
+        let jobs = render_with(&format!("overlays/{overlay}/migrate"), "kafka");
+        for objects in [&app, &jobs] {
+            let settings: Vec<&Value> = of_kind(objects, "ConfigMap")
+                .filter(|c| c["metadata"]["name"].as_str().unwrap().starts_with("cityevents-settings"))
+                .collect();
+            assert_eq!(settings.len(), 1, "{overlay}: one settings ConfigMap");
+            let data = &settings[0]["data"];
+            assert_eq!(data["bus-backend"], "kafka", "{overlay}");
+            assert_eq!(data["kafka-security-protocol"], "sasl_ssl", "{overlay}: TLS and SASL");
+        }
+        for (s, _, _) in services() {
+            let prefix = format!("CITYEVENTS_{}__BUS__KAFKA__", s.to_uppercase());
+            let mut workloads = vec![get(&app, "Deployment", s, overlay)];
+            if migrates(s) {
+                workloads.push(get(&jobs, "Job", &format!("{s}-migrate"), overlay));
+            }
+            let mut seen = Vec::new();
+            for w in workloads {
+                let what = format!("{overlay}: {} {s}", w["kind"]);
+                let c = container(w, s);
+                let vars: BTreeMap<String, Value> =
+                    env(c).into_iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+                let names: BTreeSet<&str> = vars.keys().map(|k| &k[prefix.len()..]).collect();
+                assert_eq!(
+                    names,
+                    BTreeSet::from([
+                        "CLIENT_ID",
+                        "PARTITIONS",
+                        "REPLICATION_FACTOR",
+                        "SASL_MECHANISM",
+                        "SASL_PASSWORD_FILE",
+                        "SASL_USERNAME",
+                        "SECURITY_PROTOCOL"
+                    ]),
+                    "{what}"
+                );
+                assert_eq!(vars[&format!("{prefix}CLIENT_ID")]["value"], format!("cityevents-{s}"), "{what}");
+                let user = &vars[&format!("{prefix}SASL_USERNAME")]["valueFrom"]["secretKeyRef"];
+                assert_eq!(user["name"], format!("{s}-kafka"), "{what}: its own user");
+                // The password: a file of a mounted volume of the same Secret.
+                let file = vars[&format!("{prefix}SASL_PASSWORD_FILE")]["value"].as_str().unwrap();
+                let (dir, name) = file.rsplit_once('/').unwrap();
+                let mount = array(&c["volumeMounts"]).iter().find(|m| m["mountPath"] == dir);
+                let mount = mount.unwrap_or_else(|| panic!("{what}: {dir} is not mounted"));
+                assert_eq!(mount["readOnly"], true, "{what}");
+                let volume = array(&w["spec"]["template"]["spec"]["volumes"])
+                    .iter()
+                    .find(|v| v["name"] == mount["name"])
+                    .unwrap();
+                assert_eq!(volume["secret"]["secretName"], format!("{s}-kafka"), "{what}");
+                assert!(array(&volume["secret"]["items"]).iter().any(|i| i["path"] == name), "{what}: {file}");
+                seen.push(vars);
+            }
+            if let [deployment, job] = &seen[..] {
+                assert_eq!(deployment, job, "{overlay}: {s}'s Job has the Deployment's Kafka settings");
+            }
+        }
+        if overlay == "dev" {
+            // The brokers' TLS listener in the data namespace; prod sets its own peers.
+            let bus = get(&app, "NetworkPolicy", "allow-bus", overlay);
+            let egress = array(&bus["spec"]["egress"]);
+            assert_eq!(egress.len(), 1, "{overlay}");
+            assert_eq!(egress[0]["ports"], serde_json::json!([{"protocol": "TCP", "port": 9093}]));
+            assert_eq!(egress[0]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "kafka");
         }
     }
 }
