@@ -6,9 +6,10 @@
 #      with it when no auth binary or image is at hand);
 #   2. writes a throwaway set of secrets with deploy/compose/make-secrets.sh into a temporary
 #      directory (CITYEVENTS_SECRETS_DIR) and checks that it refuses to overwrite them;
-#   3. `docker-compose config -q` with them, and checks that the file refuses to load without
-#      CITYEVENTS_ORIGIN or without CITYEVENTS_SMTP_HOST (the two settings it requires);
-#   4. validates the file as written, and as docker-compose resolves it, against the compose
+#   3. `docker-compose config -q` with them, alone and with kafka.yaml (Kafka as the bus), and
+#      checks that the file refuses to load without CITYEVENTS_ORIGIN or without
+#      CITYEVENTS_SMTP_HOST (the two settings it requires);
+#   4. validates the files as written, and as docker-compose resolves them, against the compose
 #      specification's JSON schema (compose_spec.json of the docker-compose package);
 #   5. `sh -n`/`bash -n` of the scripts next to it, and shellcheck when it is installed.
 # The production invariants (limits, users, healthchecks, secrets, ports, …) are asserted by
@@ -17,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FILE=deploy/compose/compose.yaml
+# Kafka in place of NATS: an override of FILE, validated with it.
+KAFKA=deploy/compose/kafka.yaml
 PY=/usr/bin/python3 # Debian's: the python3-* packages are installed for it
 
 say() { echo "  $*"; }
@@ -65,6 +68,9 @@ smtp=CITYEVENTS_SMTP_HOST=smtp.example.net
 settings=("$origin" "$smtp")
 compose config -q || fail "docker-compose config"
 compose config >"$work/resolved.yaml" 2>/dev/null
+echo "== docker-compose -f $FILE -f $KAFKA config -q"
+compose -f "$KAFKA" config -q || fail "docker-compose config with $KAFKA"
+compose -f "$KAFKA" config >"$work/resolved-kafka.yaml" 2>/dev/null
 settings=("$smtp")
 if compose config -q >/dev/null 2>&1; then
   fail "the file loads without CITYEVENTS_ORIGIN"
@@ -76,7 +82,7 @@ fi
 
 # --- 4. the compose specification's schema
 echo "== compose_spec.json ($spec)"
-"$PY" - "$spec" "$FILE" "$work/resolved.yaml" <<'PY' || fail "schema validation"
+"$PY" - "$spec" "$FILE" "$work/resolved.yaml" "$KAFKA" "$work/resolved-kafka.yaml" <<'PY' || fail "schema validation"
 import json, sys
 import jsonschema, yaml
 

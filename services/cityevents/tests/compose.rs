@@ -58,7 +58,12 @@ fn have(program: &str, args: &[&str]) -> bool {
 
 /// The compose file with its anchors and `<<` merge keys resolved, as compose reads it.
 fn compose() -> Value {
-    let text = std::fs::read_to_string(root().join("deploy/compose/compose.yaml")).unwrap();
+    compose_file("compose.yaml")
+}
+
+/// `deploy/compose/<name>`, anchors and `<<` merge keys resolved.
+fn compose_file(name: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("deploy/compose").join(name)).unwrap();
     let mut v: Value = serde_norway::from_str(&text).unwrap();
     v.apply_merge().unwrap();
     assert!(!has_merge_key(&v), "a `<<` merge key is left after merging: do not nest them at an anchor's top level");
@@ -254,7 +259,7 @@ fn each_service_with_a_database_waits_for_its_migrate_job_of_the_same_image() {
         );
     }
     for s in WITH_BUS {
-        assert_eq!(service(&v, s)["depends_on"]["nats"]["condition"], "service_healthy", "{s}");
+        assert_eq!(service(&v, s)["depends_on"]["bus"]["condition"], "service_healthy", "{s}");
     }
     // The gateway has no database, so no migrate job.
     let gateway = service(&v, "gateway");
@@ -532,6 +537,27 @@ fn docker_compose_loads_the_file_with_the_secrets_make_secrets_writes() {
     };
     let out = config(None);
     assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
+
+    // With kafka.yaml: the bus is Kafka, as locked down as the rest, on its own volume, and
+    // every City Events container is on it.
+    let mut c = clean("docker-compose");
+    c.arg("--env-file").arg(&empty);
+    c.args(["-f", "deploy/compose/compose.yaml", "-f", "deploy/compose/kafka.yaml", "config"])
+        .env("CITYEVENTS_SECRETS_DIR", &secrets)
+        .envs(required);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "docker-compose config with kafka.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    let resolved: Value = serde_norway::from_slice(&out.stdout).unwrap();
+    let bus = &resolved["services"]["bus"];
+    assert!(bus["image"].as_str().unwrap().starts_with("apache/kafka:"), "{:?}", bus["image"]);
+    assert_eq!(bus["read_only"], true);
+    assert_eq!(strings(&bus["cap_drop"]), ["ALL"]);
+    let volumes = bus["volumes"].as_sequence().unwrap();
+    let sources: Vec<&str> = volumes.iter().filter_map(|m| m["source"].as_str()).collect();
+    assert_eq!(sources, ["kafka"], "only Kafka's volume: {volumes:?}");
+    for (name, s) in services(&resolved).into_iter().filter(|(n, _)| is_city_events(n)) {
+        assert_eq!(s["environment"]["CITYEVENTS_BUS_BACKEND"], "kafka", "{name}");
+    }
     for (var, _) in required {
         let out = config(Some(var));
         assert!(!out.status.success(), "the file loads without {var}");
@@ -541,7 +567,9 @@ fn docker_compose_loads_the_file_with_the_secrets_make_secrets_writes() {
 
 #[test]
 fn docs_compose_md_lists_every_variable_the_file_reads() {
-    let text = std::fs::read_to_string(root().join("deploy/compose/compose.yaml")).unwrap();
+    let text = ["compose.yaml", "kafka.yaml"]
+        .map(|f| std::fs::read_to_string(root().join("deploy/compose").join(f)).unwrap())
+        .join("\n");
     let docs = std::fs::read_to_string(root().join("docs/compose.md")).unwrap();
     let mut vars = BTreeSet::new();
     let mut rest = text.as_str();
@@ -554,4 +582,71 @@ fn docs_compose_md_lists_every_variable_the_file_reads() {
     for var in vars {
         assert!(docs.contains(&format!("`{var}`")), "docs/compose.md does not list {var}");
     }
+}
+
+/// kafka.yaml, over compose.yaml, makes the bus Kafka: every City Events container (each migrate
+/// job as its service) gets the backend, the broker's address, a client id of its own and the
+/// settings of a single plaintext broker on the internal network; the `bus` container is a
+/// pinned Kafka image whose log is on a volume of its own and whose scripts write only to
+/// memory. It adds no container of its own.
+#[test]
+fn kafka_yaml_makes_kafka_the_bus_of_every_container() {
+    let base = compose();
+    let kafka = compose_file("kafka.yaml");
+    let over = services(&kafka);
+    for name in over.keys() {
+        assert!(!base["services"][name.as_str()].is_null(), "kafka.yaml adds {name}");
+    }
+    let on_bus: Vec<String> = services(&base)
+        .into_iter()
+        .filter(|(_, s)| env(s).contains_key("CITYEVENTS_BUS_BACKEND"))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(on_bus.len() >= 9, "the five services and four jobs: {on_bus:?}");
+    let bus = &over["bus"];
+    let advertised = env(bus)["KAFKA_ADVERTISED_LISTENERS"].clone();
+    for name in &on_bus {
+        let vars = env(&over[name]);
+        let s = name.trim_end_matches("-migrate").to_ascii_uppercase();
+        assert_eq!(vars["CITYEVENTS_BUS_BACKEND"], "kafka", "{name}");
+        let url = &vars["CITYEVENTS_BUS_URL"];
+        assert_eq!(
+            url.strip_prefix("kafka://"),
+            advertised.strip_prefix("PLAINTEXT://"),
+            "{name}: the broker's address"
+        );
+        let setting = |k: &str| vars.get(&format!("CITYEVENTS_{s}__BUS__KAFKA__{k}")).cloned();
+        assert_eq!(setting("CLIENT_ID"), Some(format!("cityevents-{}", s.to_ascii_lowercase())), "{name}");
+        assert_eq!(setting("ALLOW_PLAINTEXT").as_deref(), Some("true"), "{name}: stated, on `backend` only");
+        assert_eq!(setting("REPLICATION_FACTOR").as_deref(), Some("1"), "{name}: one broker");
+        assert!(setting("PARTITIONS").is_some_and(|p| defaults(&p).parse::<u32>().is_ok()), "{name}");
+        if let Some(service) = name.strip_suffix("-migrate") {
+            assert_eq!(over[name]["environment"], over[service]["environment"], "{name}: its service's settings");
+        }
+    }
+    let image = bus["image"].as_str().unwrap();
+    let (_, tag) = image.rsplit_once(':').unwrap();
+    assert!(tag != "latest" && tag.chars().next().is_some_and(|c| c.is_ascii_digit()), "a pinned image: {image}");
+    assert!(!strings(&bus["command"]).is_empty(), "compose.yaml's NATS arguments replaced");
+    for dir in ["/opt/kafka/config", "/tmp"] {
+        assert!(strings(&bus["tmpfs"]).iter().any(|t| t == dir), "{dir}: written by the image's scripts");
+    }
+    assert_eq!(env(bus)["LOG_DIR"].split('/').nth(1), Some("tmp"), "Kafka's log files in memory");
+    // Every mount target of compose.yaml's bus is taken over (no NATS volume left mounted).
+    let targets: BTreeSet<String> = bus["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["target"].as_str().map(str::to_owned).unwrap_or_else(|| scalar(m).split(':').nth(1).unwrap().to_owned())
+        })
+        .collect();
+    for m in strings(&base["services"]["bus"]["volumes"]) {
+        let target = m.split(':').nth(1).unwrap().to_owned();
+        assert!(targets.contains(&target), "compose.yaml's {m} is still mounted");
+    }
+    assert!(!kafka["volumes"]["kafka"].is_null(), "the `kafka` volume is declared");
+    assert_eq!(strings(&bus["healthcheck"]["test"]).first().map(String::as_str), Some("CMD"));
+    assert!(!bus["deploy"]["resources"]["limits"]["memory"].is_null());
+    assert!(env(bus)["KAFKA_HEAP_OPTS"].contains("-Xmx"), "the heap within the memory limit");
 }
