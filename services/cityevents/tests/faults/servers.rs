@@ -1,7 +1,8 @@
 //! The suite's own dependency servers: PostgreSQL, Redis, NATS JetStream, RabbitMQ and a Kafka
 //! broker, each on a free port with its own data directory, so stopping one never touches the
-//! shared servers (5432, 6379, 4222, 5672, 9092) other tests use. Each is stopped the way its package stops it and
-//! started again on the same port and data; dropping one kills it and removes its directory.
+//! shared servers (5432, 6379, 4222, 5672, 9092) other tests use. Each is stopped the way its
+//! package stops it and started again on the same port and data (the Kafka broker is cut off
+//! at a fault proxy instead, see [`Kafka`]); dropping one kills it and removes its directory.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
