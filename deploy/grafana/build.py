@@ -94,7 +94,8 @@ def overview():
         panel("Error ratio (6 h) against the budget", [("slo:sli_error:ratio_rate6h", "{{service}} {{slo}}"), ("1 - slo:objective:ratio", "budget {{service}} {{slo}}")], "percentunit"),
         row("Events pipeline"),
         panel("Outbox: oldest pending row", [("max by (job) (outbox_oldest_pending_age_seconds)", "{{job}}")], "s"),
-        panel("Outbox: pending rows", [("sum by (job) (outbox_pending)", "{{job}}")]),
+        panel("Outbox: pending rows", [("max by (job) (outbox_pending)", "{{job}}")],
+              description="Every instance counts the same outbox table: the largest count, not their sum."),
         panel("Consumer lag", [("max by (job, topic, group) (sum without (partition) (consumer_lag_messages))", "{{job}} {{topic}} {{group}}")]),
         panel("Dead letters (15 m)", [('sum by (job, topic) (increase(consumer_messages_total{outcome="dead"}[15m]))', "{{job}} {{topic}}")]),
         row("Dependencies"),
@@ -140,7 +141,7 @@ def per_service(svc):
     if svc in ("events", "joins"):
         items += [
             row("Outbox"),
-            panel("Pending rows and oldest age", [(f'sum(outbox_pending{{{sel}}})', "pending"), (f'max(outbox_oldest_pending_age_seconds{{{sel}}})', "oldest (s)")]),
+            panel("Pending rows and oldest age", [(f'max(outbox_pending{{{sel}}})', "pending"), (f'max(outbox_oldest_pending_age_seconds{{{sel}}})', "oldest (s)")]),
             panel("Published, failed, dead", [(f'sum(rate(outbox_published_total{{{sel}}}[$__rate_interval]))', "published"),
                                               (f'sum(rate(outbox_publish_failures_total{{{sel}}}[$__rate_interval]))', "failures"),
                                               (f'sum(increase(outbox_dead_total{{{sel}}}[$__rate_interval]))', "dead")]),
