@@ -27,7 +27,7 @@ mod subscription;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -286,7 +286,7 @@ impl Conn {
         });
         // librdkafka connects lazily and never fails to "connect": ask the cluster for its
         // metadata so that an unreachable or refusing broker is an error here.
-        let (_, producer) = conn.producer()?;
+        let (_, producer) = conn.producer();
         blocking(move || {
             producer.client().fetch_metadata(None, REQUEST_TIMEOUT).map_err(|e| match e.rdkafka_error_code() {
                 Some(code) if transient(code) => {
@@ -306,7 +306,7 @@ impl Conn {
 
     pub(super) async fn close(&self) {
         // Delivers what is queued (bounded): the outbox marked nothing sent that is not.
-        let Ok((_, producer)) = self.producer() else { return };
+        let (_, producer) = self.producer();
         let timeout = self.publish_timeout;
         let _ = blocking(move || producer.flush(timeout).map_err(broker)).await;
     }
@@ -357,7 +357,7 @@ impl Conn {
 
     /// The topics on the cluster.
     async fn topics(&self) -> Result<HashSet<String>, BusError> {
-        let (_, producer) = self.producer()?;
+        let (_, producer) = self.producer();
         blocking(move || {
             let md = producer.client().fetch_metadata(None, REQUEST_TIMEOUT).map_err(kafka_error)?;
             Ok(md.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name().to_owned()).collect())
@@ -409,7 +409,7 @@ impl Conn {
         if let Some(k) = key {
             record = record.key(k);
         }
-        let (generation, producer) = self.producer()?;
+        let (generation, producer) = self.producer();
         match producer.send(record, Timeout::After(self.publish_timeout)).await {
             Ok(_) => Ok(()),
             Err((e, _)) => {
@@ -430,9 +430,9 @@ impl Conn {
     }
 
     /// The current producer and its generation.
-    fn producer(&self) -> Result<(u64, FutureProducer<Context>), BusError> {
-        let p = self.producer.lock().map_err(|_| BusError::Broker("Kafka producer poisoned".into()))?;
-        Ok((p.0, p.1.clone()))
+    fn producer(&self) -> (u64, FutureProducer<Context>) {
+        let p = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        (p.0, p.1.clone())
     }
 
     /// Replaces the producer of `generation` (once, however many publishes failed on it) with a
@@ -444,13 +444,13 @@ impl Conn {
         error: &KafkaError,
         fatal: Option<String>,
     ) -> Result<(), BusError> {
-        let fresh = new_producer(&self.producer_config, &self.context)?;
         let old = {
-            let mut p = self.producer.lock().map_err(|_| BusError::Broker("Kafka producer poisoned".into()))?;
+            let mut p = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
             if p.0 != generation {
                 return Ok(());
             }
-            let old = std::mem::replace(&mut p.1, fresh);
+            // Made under the lock, so that publishes racing this one make none of their own.
+            let old = std::mem::replace(&mut p.1, new_producer(&self.producer_config, &self.context)?);
             p.0 += 1;
             old
         };
@@ -689,15 +689,15 @@ mod tests {
         let url = format!("kafka://{}", cluster.bootstrap_servers());
         let conn = Conn::connect(&url, &config).await.unwrap();
         conn.send("orders", Some("k"), b"first", OwnedHeaders::new()).await.unwrap();
-        assert_eq!(conn.producer().unwrap().0, 0);
+        assert_eq!(conn.producer().0, 0);
 
         cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
         let failed = conn.send("orders", Some("k"), b"second", OwnedHeaders::new()).await;
         assert!(matches!(failed, Err(BusError::Unavailable(_))), "{failed:?}");
-        assert_eq!(conn.producer().unwrap().0, 1, "a new producer took over");
+        assert_eq!(conn.producer().0, 1, "a new producer took over");
 
         conn.send("orders", Some("k"), b"second", OwnedHeaders::new()).await.unwrap();
-        assert_eq!(conn.producer().unwrap().0, 1, "and stays");
+        assert_eq!(conn.producer().0, 1, "and stays");
         conn.close().await;
     }
 }
