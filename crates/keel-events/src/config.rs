@@ -14,6 +14,9 @@ mod kafka;
 pub(crate) use kafka::bootstrap_servers;
 pub use kafka::{KafkaConfig, KafkaSecurity, SaslMechanism};
 
+/// The shortest `outbox.lease`.
+const MIN_LEASE: Duration = Duration::from_millis(200);
+
 /// The largest `outbox.batch_size`.
 const MAX_OUTBOX_BATCH: u32 = 10_000;
 
@@ -115,7 +118,10 @@ pub struct OutboxConfig {
     /// Wait between rounds when the outbox is empty. Default `200ms`.
     #[serde(with = "keel_config::duration")]
     pub poll_interval: Duration,
-    /// How long a claim is held; rows of a relay that died are taken over after this. Default `30s`.
+    /// How long a claim lasts unless renewed. A working relay renews its claims every quarter of
+    /// this and stops publishing a claim it could not renew in time, so the rows of a relay that
+    /// died are taken over within this, and never while their relay still publishes them.
+    /// Default `2s`.
     #[serde(with = "keel_config::duration")]
     pub lease: Duration,
     /// Publish attempts before a row is marked dead. Default `12`.
@@ -138,7 +144,7 @@ impl Default for OutboxConfig {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_millis(200),
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(2),
             max_attempts: 12,
             backoff_min: Duration::from_secs(5),
             backoff_max: Duration::from_secs(30 * 60),
@@ -209,6 +215,9 @@ impl Section for OutboxConfig {
         }
         if self.lease.is_zero() || self.poll_interval.is_zero() || self.backoff_min.is_zero() {
             v.invalid("", "lease, poll_interval and backoff_min must be more than 0s");
+        } else if self.lease < MIN_LEASE {
+            // Renewed every quarter of it: shorter would be a write every few milliseconds.
+            v.invalid("lease", "must be at least 200ms");
         }
         if self.backoff_max < self.backoff_min {
             v.invalid("backoff_max", "must be at least outbox.backoff_min");

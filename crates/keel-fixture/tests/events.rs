@@ -1177,6 +1177,141 @@ async fn two_relays_keyed_sqlite() {
     two_relays_keep_per_key_order(Backend::Sqlite).await;
 }
 
+/// Rows of a key that waits are passed over however many there are: behind a dead relay's lease
+/// on the head of a 100-row key, batches of 10 still carry every other key. (The claim that
+/// looked only at the `4 × batch_size` oldest pending rows found nothing but the stuck key's, and
+/// every key stalled until the lease ended.)
+async fn a_stuck_key_holds_up_no_other(backend: Backend) {
+    let Some((_guard, db)) = database(backend).await else { return };
+    let bus = Bus::in_process(10_000);
+    let topic = unique_topic("stuck");
+    let seen = Seen::default();
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(
+        Consumer::new(bus.clone(), &topic, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(1))
+            .run(stop.clone()),
+    );
+    let mut cfg = fast_outbox();
+    cfg.batch_size = 10;
+    let outbox = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
+    let mut want = enqueue_keyed(&outbox, &db, &topic, 100, 1).await;
+    let head: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM keel_outbox").fetch_one(db.pool()).await.unwrap();
+    // A relay that died holding the head of k0, its lease running far beyond the test.
+    let far = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
+        .unwrap()
+        + 3_600_000;
+    let dead = db.sql("UPDATE keel_outbox SET locked_until = $1, claim = 'dead:0' WHERE seq = $2").into_owned();
+    sqlx::query(sqlx::AssertSqlSafe(dead)).bind(far).bind(head).execute(db.pool()).await.unwrap();
+    let mut others: HashMap<String, Vec<String>> = HashMap::new();
+    let mut tx = db.begin().await.unwrap();
+    for i in 0..50 {
+        let e = event(i).with_key(format!("other{}", i % 5));
+        outbox.enqueue(&mut tx, &topic, &e).await.unwrap();
+        others.entry(e.key.clone().unwrap()).or_default().push(e.id);
+    }
+    tx.commit().await.unwrap();
+    let other_ids: std::collections::HashSet<String> = others.values().flatten().cloned().collect();
+    let relay = tokio::spawn(outbox.clone().run(bus.clone(), stop.clone()));
+    until(Duration::from_secs(15), || async { (seen.ids().len() >= 50).then_some(()) }).await;
+    let got = seen.ids();
+    assert!(got.iter().all(|id| other_ids.contains(id)), "{backend}: nothing of the stuck key went out");
+    assert_per_key_order(backend, &got, &others);
+
+    // The dead relay's lease ends: the stuck key follows, in order.
+    let ended = db.sql("UPDATE keel_outbox SET locked_until = 1 WHERE seq = $1").into_owned();
+    sqlx::query(sqlx::AssertSqlSafe(ended)).bind(head).execute(db.pool()).await.unwrap();
+    outbox.wake();
+    until(Duration::from_secs(15), || async { (seen.ids().len() >= 150).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    want.extend(others);
+    assert_per_key_order(backend, &seen.ids(), &want);
+    stop.cancel();
+    relay.await.unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn stuck_key_postgres() {
+    a_stuck_key_holds_up_no_other(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn stuck_key_mariadb() {
+    a_stuck_key_holds_up_no_other(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn stuck_key_sqlite() {
+    a_stuck_key_holds_up_no_other(Backend::Sqlite).await;
+}
+
+/// A relay whose publish hangs (its broker connection stalled) keeps renewing its leases: a
+/// second relay leaves its rows alone for many leases. Killed, its rows are taken over by the
+/// second relay within a lease or so (not a fixed 30 s), each published once, in order.
+#[tokio::test]
+async fn a_working_relay_keeps_its_rows_and_a_dead_ones_are_taken_over() {
+    if !testing::require("NATS", &testing::nats_url()) {
+        return;
+    }
+    let Some((_guard, db)) = database(Backend::Postgres).await else { return };
+    let target = testing::host_port(&testing::nats_url()).unwrap();
+    let proxy = FaultProxy::start(target, Mode::Forward).await.unwrap();
+    let mut hung = bus_config(Broker::Nats, Some(format!("nats://{}", proxy.host_port())));
+    hung.publish_timeout = Duration::from_secs(30);
+    let hung = Bus::new(&hung).unwrap();
+    hung.connect().await.unwrap();
+    let direct = bus(Broker::Nats).await.unwrap();
+    let topic = unique_topic("lease");
+    let stop = CancellationToken::new();
+    let seen = Seen::default();
+    let consumer = tokio::spawn(
+        Consumer::new(direct.clone(), &topic, "g", seen.handler())
+            .options(ConsumerOptions::default().concurrency(1))
+            .run(stop.clone()),
+    );
+    until(Duration::from_secs(10), || async { direct.lag(&topic, "g").await.ok() }).await;
+    let mut cfg = fast_outbox();
+    cfg.lease = Duration::from_millis(400);
+    let first = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
+    let second = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
+    let want = enqueue_keyed(&first, &db, &topic, 20, 2).await;
+    proxy.set_mode(Mode::Stall);
+    let stop_first = CancellationToken::new();
+    let dying = tokio::spawn(first.clone().run(hung.clone(), stop_first.clone()));
+    let claims = || async {
+        let claims: Vec<Option<String>> = sqlx::query_scalar("SELECT DISTINCT claim FROM keel_outbox WHERE status = 0")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        claims
+    };
+    let held = until(Duration::from_secs(10), || async {
+        let c = claims().await;
+        (c.len() == 1 && c[0].is_some()).then(|| c[0].clone())
+    })
+    .await;
+    let relay = tokio::spawn(second.clone().run(direct.clone(), stop.clone()));
+    // Five leases later the hung relay still holds every row, under the same claim.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(claims().await, vec![held], "the working relay renewed its leases");
+    assert!(seen.ids().is_empty(), "the second relay left the first's rows alone");
+
+    // The hung relay dies: the second takes its rows over.
+    let killed = std::time::Instant::now();
+    dying.abort();
+    let _ = dying.await;
+    until(Duration::from_secs(15), || async { (seen.ids().len() >= 20).then_some(()) }).await;
+    eprintln!("taken over {:?} after the relay died (lease {:?})", killed.elapsed(), cfg.lease);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_per_key_order(Backend::Postgres, &seen.ids(), &want);
+    stop.cancel();
+    for t in [relay, consumer] {
+        t.await.unwrap();
+    }
+    drop(stop_first);
+}
+
 /// A key whose oldest row cannot be published (RabbitMQ `NO_ROUTE`) holds back its later rows,
 /// and only its own: other keys keep flowing, and the held key follows in order once the row
 /// gets through.

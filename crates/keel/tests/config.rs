@@ -387,6 +387,18 @@ fn outbox_batch_size_is_bounded() {
 }
 
 #[test]
+fn outbox_lease_is_long_enough_to_renew() {
+    for (value, ok) in [("199ms", false), ("200ms", true), ("2s", true), ("5m", true)] {
+        let r = load(Profile::Development, None, &[("SVC__OUTBOX__LEASE", value)]);
+        match (r, ok) {
+            (Ok(l), true) => assert_eq!(l.config.keel.outbox.lease, keel::config::duration::parse(value).unwrap()),
+            (Err(e), false) => assert!(problem(&e, "outbox.lease").message.contains("at least 200ms"), "{e}"),
+            (r, _) => panic!("outbox.lease {value}: {:?}", r.err()),
+        }
+    }
+}
+
+#[test]
 fn rate_limit_rules_report_every_problem() {
     let f = yaml(
         "rate_limits:

@@ -44,8 +44,8 @@ const SETTLE_BOUND: Duration = Duration::from_secs(60);
 /// hundred rows; a relay that drains thousands a second needs well under a second).
 const DRAIN_BOUND: Duration = Duration::from_secs(10);
 /// The same after a service was killed: the rows its relay had claimed wait for their lease
-/// (`outbox.lease`, 30 s) to run out.
-const DRAIN_BOUND_AFTER_KILL: Duration = Duration::from_secs(40);
+/// (`outbox.lease`, 2 s) to end, and the service to be back.
+const DRAIN_BOUND_AFTER_KILL: Duration = Duration::from_secs(15);
 /// Once the outboxes are empty, every announcement must have become a notification within this.
 const NOTIFY_BOUND: Duration = Duration::from_secs(30);
 /// The target is a first success within 1 s of Redis, PostgreSQL or NATS answering

@@ -4,8 +4,10 @@
 //!
 //! * [`Outbox::enqueue`] inserts into `keel_outbox` inside the caller's transaction.
 //! * [`Outbox::run`] (the relay; `Setup::outbox` starts it) claims batches of rows and leases
-//!   them (`outbox.lease`), so several relay instances share one outbox and a dead relay's rows
-//!   are taken over. It publishes with broker confirmation, marks rows sent, and on failure holds
+//!   them (`outbox.lease`, 2 s), so several relay instances share one outbox. A relay renews its
+//!   leases every quarter lease while it works and publishes a claimed row only while its lease
+//!   holds, so a dead relay's rows are taken over within a lease, and a live relay's never. It
+//!   publishes with broker confirmation, marks rows sent, and on failure holds
 //!   the row back for `backoff_min` doubling per failed attempt up to `backoff_max`, ±10 %
 //!   jitter (a [`Backoff`](keel_resilience::Backoff) with proportional jitter); after
 //!   `max_attempts` a row is **dead**, its last error kept.
@@ -13,10 +15,11 @@
 //!   key, even across relays and retries. A claim takes, oldest first, every row whose key has no
 //!   row waiting (leased by another relay, or held back after a failure): across keys, and within
 //!   a key a run of consecutive rows, which are then published one after another. Rows without a
-//!   key go out in parallel.
-//! * **Cost**: a claim reads the waiting rows through a small index (`keel_outbox_held`) and at
-//!   most `4 × batch_size` of the oldest pending rows through `(status, seq)`, so its cost
-//!   depends on the batch and on what is in flight, not on the backlog. Claims of several relays
+//!   key go out in parallel. Rows of waiting keys are passed over, however many there are, so a
+//!   stuck key never holds up the others.
+//! * **Cost**: a claim reads the waiting rows' keys through a small index (`keel_outbox_held`)
+//!   and walks the pending rows through `(status, seq)` until it has a batch, so its cost is the
+//!   batch plus the rows of keys that wait, not the backlog. Claims of several relays
 //!   take turns (a transaction-scoped advisory lock on PostgreSQL, a row lock on MySQL/MariaDB,
 //!   SQLite's write lock), which is what keeps a key's rows from being split between relays.
 //! * **Broker outages spend no attempts**: a publish that fails because the broker is
@@ -147,6 +150,10 @@ struct Inner {
     config: OutboxConfig,
     relay_id: String,
     claims: AtomicU64,
+    /// This relay's claims whose rows are leased (claimed and not yet recorded), the leases the
+    /// renewal extends, each with the time its lease was last taken: the claim's or its last
+    /// renewal's start. Its rows are leased until a lease after that.
+    held: std::sync::Mutex<HashMap<String, Instant>>,
     wake: Notify,
     metrics: OutboxMetrics,
     /// The bus the relay in this process publishes to, for the `create` spans' attributes
@@ -207,6 +214,7 @@ impl Settling {
                 if let Err(e) = outbox.settle(&claim, round).await {
                     tracing::warn!(error = %e, "recording outbox results failed; the leases will expire and rows be retried");
                 }
+                outbox.release(&claim);
             }
             .in_current_span(),
         );
@@ -242,6 +250,8 @@ struct Round {
     stopped: HashSet<String>,
     /// A publish failed because the broker was unreachable or did not confirm in time.
     outage: Option<String>,
+    /// Rows were given back unpublished because their lease could not be renewed in time.
+    lapsed: bool,
     /// The kind of the first failed publish (`BusError::kind`), the `send` span's `error.type`.
     error: Option<&'static str>,
 }
@@ -287,6 +297,7 @@ impl Outbox {
                 config: config.clone(),
                 relay_id: format!("{:08x}", rand::random::<u32>()),
                 claims: AtomicU64::new(0),
+                held: std::sync::Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 metrics: OutboxMetrics::new(metrics)?,
                 peer: std::sync::OnceLock::new(),
@@ -450,7 +461,93 @@ impl Outbox {
     /// back untouched and pauses until the bus is connected again. On `stop` it finishes the
     /// batch being published, records it, and gives back the batch it had claimed ahead, so
     /// another relay can take it at once.
+    ///
+    /// Beside the rounds, the relay renews the leases of its claims every quarter of
+    /// `outbox.lease`. A row is published only while its lease holds with a quarter lease to
+    /// spare; rows whose lease could not be renewed in time (the database too slow or away) are
+    /// given back unpublished, as another relay may have taken them. So a relay that dies (or
+    /// hangs) leaves its rows to the others within one lease, and a live one never publishes a
+    /// row another relay has taken over.
     pub async fn run(self, bus: Bus, stop: CancellationToken) {
+        let done = CancellationToken::new();
+        let renewal = self.clone().renew(done.clone());
+        let relay = async {
+            self.relay(bus, stop).await;
+            done.cancel();
+        };
+        tokio::join!(relay, renewal);
+    }
+
+    /// Renews this relay's leases every quarter lease until `done`.
+    async fn renew(self, done: CancellationToken) {
+        let lease = self.inner.config.lease;
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = done.cancelled() => return,
+                () = tokio::time::sleep(lease / 4) => {}
+            }
+            let claims: Vec<String> = self.held().keys().cloned().collect();
+            if claims.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            match self.extend(&claims).await {
+                Ok(()) => {
+                    failures = 0;
+                    let mut held = self.held();
+                    for c in &claims {
+                        if let Some(t) = held.get_mut(c) {
+                            *t = (*t).max(started);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures < 3 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "renewing outbox leases failed; rows whose lease ends are given back");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extends the leases of `claims` (rows still leased by them: not expired, not recorded).
+    async fn extend(&self, claims: &[String]) -> Result<(), OutboxError> {
+        let db = &self.inner.db;
+        let now = now_ms();
+        let until = now.saturating_add(i64::try_from(self.inner.config.lease.as_millis()).unwrap_or(i64::MAX));
+        // `locked_until > 0` lets SQLite and PostgreSQL use the partial index of waiting rows.
+        let text = format!(
+            "UPDATE keel_outbox SET locked_until = $1 WHERE status = {PENDING} AND locked_until > 0 \
+             AND locked_until > $2 AND claim IN ({})",
+            marks(3, claims.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned())).bind(until).bind(now);
+        for c in claims {
+            q = q.bind(c.as_str());
+        }
+        q.execute(db.exec()).await?;
+        Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.inner.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The claim's rows are recorded (or their recording failed): its leases are not renewed.
+    fn release(&self, claim: &str) {
+        self.held().remove(claim);
+    }
+
+    /// Whether the rows of `claim` are still leased with a quarter lease to spare.
+    fn leased(&self, claim: &str) -> bool {
+        let lease = self.inner.config.lease;
+        self.held().get(claim).is_some_and(|t| t.elapsed() + lease / 4 < lease)
+    }
+
+    /// The rounds of [`Outbox::run`].
+    async fn relay(&self, bus: Bus, stop: CancellationToken) {
         let _ = self.inner.peer.set(bus.peer().clone());
         let cfg = &self.inner.config;
         let mut gauges_at: Option<Instant> = None;
@@ -493,7 +590,7 @@ impl Outbox {
                     // enqueued more; at a trickle it is a transaction per row that finds nothing.
                     let published = tokio::sync::Notify::new();
                     let publish = async {
-                        let round = self.publish(&bus, rows, &stopped).await;
+                        let round = self.publish(&bus, rows, &stopped, &claim).await;
                         published.notify_one();
                         round
                     };
@@ -514,6 +611,11 @@ impl Outbox {
                     settling.finish().await;
                     stopped.push(std::mem::take(&mut round.stopped));
                     let outage = round.outage.take();
+                    if round.lapsed {
+                        tracing::warn!(
+                            "outbox leases could not be renewed in time; the rows they held were given back unpublished"
+                        );
+                    }
                     settling.start(self.clone(), claim, round);
                     if outage.is_none() {
                         outages.reset();
@@ -577,6 +679,7 @@ impl Outbox {
         if let Err(e) = self.settle(&batch.claim, round).await {
             tracing::warn!(error = %e, "giving back claimed outbox rows failed; their leases will expire");
         }
+        self.release(&batch.claim);
     }
 
     /// Waits, after a publish found the broker unreachable, until the bus says it is connected
@@ -616,7 +719,8 @@ impl Outbox {
     /// Claims up to `batch_size` rows under a new claim token: oldest first, every row that is
     /// not waiting and whose key has no waiting row. A waiting row is one leased by another
     /// claim (leases of `ours`, this relay's claims still being published or recorded, do not
-    /// stop their keys) or held back until its next attempt.
+    /// stop their keys) or held back until its next attempt. The rows of waiting keys are passed
+    /// over in the database, so however many wait, the batch fills with rows that can go.
     async fn claim(&self, ours: [Option<&str>; 2]) -> Result<Batch, OutboxError> {
         let started = Instant::now();
         let db = &self.inner.db;
@@ -641,32 +745,36 @@ impl Outbox {
             }
             Backend::Sqlite => {}
         }
-        let text = "SELECT DISTINCT partition_key FROM keel_outbox WHERE status = 0 AND locked_until > 0 \
-                    AND locked_until > $1 AND partition_key IS NOT NULL AND (claim IS NULL OR claim NOT IN ($2, $3))";
-        let held: HashSet<String> = sqlx::query(AssertSqlSafe(db.sql(text).into_owned()))
+        // The pending rows are walked in `seq` order through `(status, seq)` from the oldest,
+        // over at most `CLAIM_SPAN × batch_size` sequence numbers (the bound on a claim's cost);
+        // the waiting keys come from the small index of waiting rows (`locked_until > 0`).
+        let oldest: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT MIN(seq) FROM keel_outbox WHERE status = {PENDING}")))
+                .fetch_one(db.on(&mut *tx))
+                .await?;
+        let Some(oldest) = oldest else {
+            tx.rollback().await?;
+            self.inner.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
+            return Ok(Batch { claim, rows: Vec::new(), whole: true });
+        };
+        let last = oldest.saturating_add(i64::from(cfg.batch_size).saturating_mul(CLAIM_SPAN));
+        let text = "SELECT seq FROM keel_outbox WHERE status = 0 AND seq >= $1 AND seq <= $2 AND locked_until <= $3 \
+                    AND (partition_key IS NULL OR partition_key NOT IN (SELECT w.partition_key FROM keel_outbox w \
+                    WHERE w.status = 0 AND w.locked_until > 0 AND w.locked_until > $4 AND w.partition_key IS NOT NULL \
+                    AND (w.claim IS NULL OR w.claim NOT IN ($5, $6)))) ORDER BY seq LIMIT $7";
+        let picked: Vec<i64> = sqlx::query(AssertSqlSafe(db.sql(text).into_owned()))
+            .bind(oldest)
+            .bind(last)
+            .bind(now)
             .bind(now)
             .bind(ours[0].unwrap_or(""))
             .bind(ours[1].unwrap_or(""))
+            .bind(i64::from(cfg.batch_size))
             .fetch_all(db.on(&mut *tx))
             .await?
             .iter()
-            .map(|r| r.try_get::<String, _>(0))
+            .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<_, _>>()?;
-        let window = i64::from(cfg.batch_size).saturating_mul(CLAIM_WINDOW);
-        let text = "SELECT seq, partition_key, locked_until FROM keel_outbox WHERE status = 0 ORDER BY seq LIMIT $1";
-        let oldest =
-            sqlx::query(AssertSqlSafe(db.sql(text).into_owned())).bind(window).fetch_all(db.on(&mut *tx)).await?;
-        let mut picked = Vec::new();
-        for r in &oldest {
-            if picked.len() >= cfg.batch_size as usize {
-                break;
-            }
-            let locked_until: i64 = r.try_get(2)?;
-            let key: Option<String> = r.try_get(1)?;
-            if locked_until <= now && key.as_ref().is_none_or(|k| !held.contains(k)) {
-                picked.push(r.try_get::<i64, _>(0)?);
-            }
-        }
         if picked.is_empty() {
             tx.rollback().await?;
             self.inner.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
@@ -696,20 +804,22 @@ impl Outbox {
             q.fetch_all(db.on(&mut *tx)).await?
         };
         db.commit(tx).await?;
+        self.held().insert(claim.clone(), started);
         let mut rows = fetched.iter().map(Claimed::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
         // RETURNING has no order; per-key runs need it.
         rows.sort_unstable_by_key(|r| r.seq);
         self.inner.metrics.claim_duration.observe(started.elapsed().as_secs_f64());
-        // Neither the window nor the batch ran out: every row it left is leased or held back.
-        let whole = i64::try_from(oldest.len()).unwrap_or(i64::MAX) < window && picked.len() < cfg.batch_size as usize;
+        // The batch did not run out: every row it left in its span is leased or held back.
+        let whole = picked.len() < cfg.batch_size as usize;
         Ok(Batch { claim, rows, whole })
     }
 
     /// Publishes claimed rows: rows with the same key one after another (stopping at the first
     /// failure, so order holds), everything else concurrently up to `max_in_flight`. Keys in
-    /// `stopped` are not published (their earlier rows failed in a round not yet recorded).
+    /// `stopped` are not published (their earlier rows failed in a round not yet recorded), nor
+    /// is any row once the lease of `claim` is no longer sure to hold.
     /// In a `send` span when the batch is traced (see [`batch_span`]).
-    async fn publish(&self, bus: &Bus, rows: Vec<Claimed>, stopped: &Stopped) -> Round {
+    async fn publish(&self, bus: &Bus, rows: Vec<Claimed>, stopped: &Stopped, claim: &str) -> Round {
         // The batch's span needs every envelope's creation context before the first publish;
         // without an exporter each envelope is decoded just before its own publish instead, so
         // the first messages go out while the rest are decoded.
@@ -722,14 +832,14 @@ impl Outbox {
             })
             .collect();
         let span = batch_span(bus, &rows);
-        let round = self.publish_rows(bus, rows, stopped).instrument(span.clone()).await;
+        let round = self.publish_rows(bus, rows, stopped, claim).instrument(span.clone()).await;
         if let Some(kind) = round.error {
             trace::fail(&span, kind);
         }
         round
     }
 
-    async fn publish_rows(&self, bus: &Bus, rows: Vec<Ready>, stopped: &Stopped) -> Round {
+    async fn publish_rows(&self, bus: &Bus, rows: Vec<Ready>, stopped: &Stopped, claim: &str) -> Round {
         let mut chains: Vec<Vec<Ready>> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         for row in rows {
@@ -758,6 +868,14 @@ impl Outbox {
                 let mut rows = chain.into_iter();
                 for (row, envelope) in rows.by_ref() {
                     if outage_seen.load(Ordering::Relaxed) {
+                        round.released.push(row.seq);
+                        round.stopped.extend(row.key);
+                        break;
+                    }
+                    if !self.leased(claim) {
+                        // Another relay may own the row by now: publishing it could overtake
+                        // that relay's publish of the key's next rows.
+                        round.lapsed = true;
                         round.released.push(row.seq);
                         round.stopped.extend(row.key);
                         break;
@@ -798,6 +916,7 @@ impl Outbox {
             all.released.extend(r.released);
             all.stopped.extend(r.stopped);
             all.outage = all.outage.or(r.outage);
+            all.lapsed |= r.lapsed;
             all.error = all.error.or(r.error);
         }
         all
@@ -985,10 +1104,11 @@ fn batch_span(bus: &Bus, rows: &[Ready]) -> tracing::Span {
 /// The PostgreSQL advisory lock claims take turns on (`keel_ou` in ASCII).
 const CLAIM_LOCK: i64 = 0x006b_6565_6c5f_6f75;
 
-/// A claim looks at most this many times `batch_size` of the oldest pending rows: enough to
-/// pass over the rows this relay still has in flight (two batches) and the rows of keys that
-/// wait, and a bound on the claim's cost however long the backlog.
-const CLAIM_WINDOW: i64 = 4;
+/// A claim walks the pending rows over at most this many times `batch_size` sequence numbers
+/// from the oldest: it passes over that many rows of keys that wait (a relay's batches in
+/// flight, a key held back after a failure with rows queued behind it) and still fills its
+/// batch with other keys' rows, and its cost stays bounded however long the backlog.
+const CLAIM_SPAN: i64 = 24;
 
 /// Whether `wake` holds a wake-up, taking it.
 fn woken(wake: &tokio::sync::Notify) -> bool {
