@@ -125,14 +125,16 @@ impl AccountMail {
         store::token_owner(&self.db, tx, &token_hash).await
     }
 
-    /// Enqueues `account.contact` for the account and records that it was sent.
+    /// Enqueues `account.contact` for the account, with its next version, and records that it
+    /// was sent.
     pub(crate) async fn contact(
         &self,
         tx: &mut Transaction<'static, Any>,
         contact: &AccountContact,
     ) -> Result<(), Problem> {
-        self.outbox.enqueue_event(tx, ACCOUNTS_TOPIC, contact).await?;
-        store::contact_sent(&self.db, tx, &contact.user_id.to_string(), to_micros(now())).await?;
+        let version = store::next_contact_version(&self.db, tx, &contact.user_id.to_string(), to_micros(now())).await?;
+        let contact = AccountContact { version, ..contact.clone() };
+        self.outbox.enqueue_event(tx, ACCOUNTS_TOPIC, &contact).await?;
         Ok(())
     }
 
@@ -206,5 +208,7 @@ pub(crate) fn contact_of(user: &crate::accounts::User) -> AccountContact {
         email: user.email.clone(),
         name: user.name.clone(),
         verified: user.email_verified,
+        // Given when it is sent (`AccountMail::contact`).
+        version: None,
     }
 }

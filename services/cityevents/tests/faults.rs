@@ -338,13 +338,18 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
         if matches!(fault, Fault::NotifierDatabaseRefusing) {
             let first = pg.query(
                 &p.database("notifier"),
-                &format!("SELECT MIN(created_at) FROM notifications WHERE created_at >= {}", back_ms * 1000),
+                // When it was written: the time in its id (UUIDv7, milliseconds); `created_at` is
+                // when the change it tells of happened.
+                &format!(
+                    "SELECT MIN(w) FROM (SELECT ('x' || substr(replace(id, '-', ''), 1, 12))::bit(48)::bigint AS w \
+                     FROM notifications) n WHERE w >= {back_ms}"
+                ),
             );
             let first = first.first().and_then(|r| r.first()).and_then(|v| v.parse::<i64>().ok());
             let _ = writeln!(
                 report,
                 "first notification written after the database was back: {:?} ms",
-                first.map(|f| f / 1000 - back_ms)
+                first.map(|f| f - back_ms)
             );
         }
     }
@@ -422,6 +427,17 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
                  (promotions announced {}, notified {})",
                 promotions(&expected),
                 promotions(&got)
+            ));
+        }
+
+        // --- one participation's notifications appear in the order of its changes
+        let (compared, inverted, example) = checks::feed_order(pg, p, &checks::announced(pg, p));
+        let _ =
+            writeln!(report, "feed order: {inverted} of {compared} participations with several notifications inverted");
+        if inverted > 0 {
+            findings.push(format!(
+                "the feed shows {inverted} of {compared} participations' notifications out of order, e.g. {}",
+                example.unwrap_or_default()
             ));
         }
 

@@ -183,7 +183,8 @@ pub struct JoinChange {
     /// The event's organizer (absent in messages from before it was carried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organizer_id: Option<Uuid>,
-    /// When.
+    /// When. Strictly increasing across one participation's changes (one user's in one event),
+    /// so it orders them wherever they are applied.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
@@ -244,6 +245,10 @@ pub struct AccountContact {
     /// Whether the user proved the address is theirs; only verified addresses get mail other
     /// than account-security mail.
     pub verified: bool,
+    /// The contact's version: strictly increasing per user, so a consumer keeps the newest
+    /// whatever order it applies them in (absent in messages from before it was carried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
 }
 
 impl Event for AccountContact {

@@ -313,7 +313,8 @@ async fn join_tx(
         queue_seq: ev.next_seq,
         queued_at: now_us,
         created_at: now_us,
-        updated_at: now_us,
+        // A rejoin's change comes after the participation's last one.
+        updated_at: existing.as_ref().map_or(now_us, |e| store::changed_at(e.updated_at, now_us)),
     };
     store::put_join(tx, db, &j, existing.is_some()).await?;
     let position = if confirmed {

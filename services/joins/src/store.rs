@@ -381,6 +381,19 @@ pub(crate) async fn put_join(tx: &mut Tx, db: &Db, j: &JoinRow, reuse: bool) -> 
     Ok(())
 }
 
+/// The time of a participation's change at `now_us`, after the one before it (`prev`): strictly
+/// increasing per participation whatever the clocks, so `JoinChange::at` orders one user's
+/// changes in one event for whoever applies them (the notifier's feed is ordered by it).
+pub(crate) fn changed_at(prev: i64, now_us: i64) -> i64 {
+    now_us.max(prev.saturating_add(1))
+}
+
+/// SQL for [`changed_at`] of the `updated_at` column: `$n` and `$n+1` both bound to the time now
+/// (placeholders are positional on MySQL and SQLite).
+fn changed_at_sql(n: usize) -> String {
+    format!("CASE WHEN updated_at >= ${n} THEN updated_at + 1 ELSE ${} END", n + 1)
+}
+
 /// Ends a participation (`canceled` or `kicked`), keeping the event's counters in step.
 pub(crate) async fn end_join(
     tx: &mut Tx,
@@ -392,10 +405,11 @@ pub(crate) async fn end_join(
     now_us: i64,
 ) -> Result<(), sqlx::Error> {
     let backend = db.backend();
+    let at = changed_at(j.updated_at, now_us);
     sqlx::query(sql(backend, "UPDATE joins SET status = $1, reason = $2, updated_at = $3 WHERE id = $4"))
         .bind(new_status)
         .bind(reason)
-        .bind(now_us)
+        .bind(at)
         .bind(j.id.to_string())
         .execute(db.on(&mut **tx))
         .await?;
@@ -406,7 +420,7 @@ pub(crate) async fn end_join(
     }
     j.status = new_status.to_owned();
     j.reason = reason.map(str::to_owned);
-    j.updated_at = now_us;
+    j.updated_at = at;
     Ok(())
 }
 
@@ -442,9 +456,9 @@ pub(crate) async fn promote(
             ev.waitlisted = 0;
             break;
         }
-        let ids = (0..batch.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
-        let text = format!("UPDATE joins SET status = $1, updated_at = $2 WHERE id IN ({ids})");
-        let mut q = sqlx::query(sql(backend, &text)).bind(status::CONFIRMED).bind(now_us);
+        let ids = (0..batch.len()).map(|i| format!("${}", i + 4)).collect::<Vec<_>>().join(", ");
+        let text = format!("UPDATE joins SET status = $1, updated_at = {} WHERE id IN ({ids})", changed_at_sql(2));
+        let mut q = sqlx::query(sql(backend, &text)).bind(status::CONFIRMED).bind(now_us).bind(now_us);
         for j in &batch {
             q = q.bind(j.id.to_string());
         }
@@ -455,7 +469,7 @@ pub(crate) async fn promote(
         left -= n;
         for j in &mut batch {
             j.status = status::CONFIRMED.to_owned();
-            j.updated_at = now_us;
+            j.updated_at = changed_at(j.updated_at, now_us);
         }
         promoted.extend(batch);
     }
@@ -485,9 +499,10 @@ pub(crate) async fn cancel_some(
         ev.waitlisted = 0;
         return Ok(joins);
     }
-    let ids = (0..joins.len()).map(|i| format!("${}", i + 4)).collect::<Vec<_>>().join(", ");
-    let text = format!("UPDATE joins SET status = $1, reason = $2, updated_at = $3 WHERE id IN ({ids})");
-    let mut q = sqlx::query(sql(backend, &text)).bind(status::CANCELED).bind(reason).bind(now_us);
+    let ids = (0..joins.len()).map(|i| format!("${}", i + 5)).collect::<Vec<_>>().join(", ");
+    let text =
+        format!("UPDATE joins SET status = $1, reason = $2, updated_at = {} WHERE id IN ({ids})", changed_at_sql(3));
+    let mut q = sqlx::query(sql(backend, &text)).bind(status::CANCELED).bind(reason).bind(now_us).bind(now_us);
     for j in &joins {
         q = q.bind(j.id.to_string());
     }
@@ -500,7 +515,7 @@ pub(crate) async fn cancel_some(
         }
         j.status = status::CANCELED.to_owned();
         j.reason = Some(reason.to_owned());
-        j.updated_at = now_us;
+        j.updated_at = changed_at(j.updated_at, now_us);
     }
     ev.confirmed = ev.confirmed.max(0);
     ev.waitlisted = ev.waitlisted.max(0);
@@ -1001,6 +1016,16 @@ pub(crate) async fn status_counts(db: &Db, event_id: Uuid) -> Result<Vec<(String
 
 #[cfg(test)]
 mod tests {
+    /// A participation's changes are dated strictly after each other even when the clock says
+    /// the same time or goes back (another replica's clock).
+    #[test]
+    fn a_change_is_dated_after_the_one_before() {
+        assert_eq!(super::changed_at(100, 200), 200);
+        assert_eq!(super::changed_at(200, 200), 201);
+        assert_eq!(super::changed_at(500, 200), 501);
+        assert_eq!(super::changed_at(i64::MAX, 0), i64::MAX);
+    }
+
     /// The statuses the document states are the ones the service stores and answers.
     #[test]
     fn the_document_lists_every_join_status() {

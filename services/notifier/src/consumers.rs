@@ -8,6 +8,7 @@ use cityevents_common::catalogue::{
     EventCanceled, EventPublished, EventUnpublished, EventUpdated, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked,
     JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail, MailRequested,
 };
+use cityevents_common::time::{now, to_micros};
 use keel::data::{DataError, Db};
 use keel::events::outbox::Outbox;
 use keel::events::{Event, Failure, Handler, Message};
@@ -49,18 +50,18 @@ pub fn notification_text(kind: &str, title: &str, reason: Option<&str>) -> Optio
     })
 }
 
-/// Inserts one notification with the inbox transaction of `msg`.
+/// Inserts one notification with the inbox transaction of `msg`, dated `at` (when what it tells
+/// of happened; the feed is ordered by it).
 async fn notify(
     db: &Db,
     msg: &mut Message,
-    user_id: Uuid,
-    kind: &str,
-    event_id: Uuid,
+    (user_id, kind, event_id): (Uuid, &str, Uuid),
     text: String,
+    at: time::OffsetDateTime,
 ) -> Result<(), Failure> {
     // Without the inbox transaction the write would not be exactly-once: refuse rather than guess.
     let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
-    crate::store::notifications::insert(tx, db, user_id, kind, event_id, text)
+    crate::store::notifications::insert(tx, db, (user_id, kind, event_id), text, to_micros(at))
         .await
         // A lost connection marks the database down and pauses the consumer (no attempt spent).
         .map_err(|e| Failure::transient(&e))
@@ -129,7 +130,10 @@ impl Handler for JoinsHandler {
         let text = notification_text(&kind, &c.event_title, c.reason.as_deref())
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
         let text = with_note(text, c.note.as_deref());
-        notify(&self.db, msg, c.user_id, &kind, c.event_id, text).await?;
+        // Dated by the change, not by when it arrived: with several notifier instances one
+        // participation's changes can be applied out of order, and the feed still shows them in
+        // the order they happened.
+        notify(&self.db, msg, (c.user_id, &kind, c.event_id), text, c.at).await?;
         let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
         crate::activity::track_join(tx, &self.db, &kind, &c).await.map_err(|e| Failure::transient(&e))?;
         if let (Some(outbox), Some(mail)) = (&self.mail, mail_for(&kind, &c)) {
@@ -207,7 +211,7 @@ impl Handler for EventsHandler {
         let text = notification_text(kind, &title, None)
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
         let text = with_note(text, reason.as_deref());
-        notify(&self.db, msg, organizer, kind, event, text).await?;
+        notify(&self.db, msg, (organizer, kind, event), text, now()).await?;
         self.metrics.in_app(kind, 1);
         Ok(())
     }

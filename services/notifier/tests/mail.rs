@@ -118,7 +118,7 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     // Contacts: Ann verified, Una not. Stored encrypted.
     for (user, email, name, verified) in [(ann, "ann@example.com", "Ann", true), (una, "una@example.com", "Una", false)]
     {
-        let c = AccountContact { user_id: user, email: email.into(), name: name.into(), verified };
+        let c = AccountContact { user_id: user, email: email.into(), name: name.into(), verified, version: None };
         bus.publish(ACCOUNTS_TOPIC, &envelope(&c)).await.unwrap();
     }
     let p = pool(&n.db).await;
@@ -131,6 +131,38 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     for (ct,) in &stored {
         assert!(ct.starts_with("v1:n1:") && !ct.contains("example"), "{ct}");
     }
+
+    // Versions: Ora's newer contact applied before an older one (as several notifier instances
+    // can have it) stays; the older changes nothing.
+    let ora = Uuid::now_v7();
+    let contact = |email: &str, version| AccountContact {
+        user_id: ora,
+        email: email.into(),
+        name: "Ora".into(),
+        verified: true,
+        version: Some(version),
+    };
+    bus.publish(ACCOUNTS_TOPIC, &envelope(&contact("ora.new@example.com", 20))).await.unwrap();
+    let older = envelope(&contact("ora.old@example.com", 15));
+    bus.publish(ACCOUNTS_TOPIC, &older).await.unwrap();
+    eventually("the older contact handled", Duration::from_secs(20), || async {
+        let seen: Vec<(String,)> = sqlx::query_as("SELECT message_id FROM keel_inbox WHERE message_id = ?")
+            .bind(&older.id)
+            .fetch_all(&p)
+            .await
+            .unwrap();
+        (!seen.is_empty()).then_some(())
+    })
+    .await;
+    let (version,): (i64,) = sqlx::query_as("SELECT version FROM mail_contacts WHERE user_id = ?")
+        .bind(ora.to_string())
+        .fetch_one(&p)
+        .await
+        .unwrap();
+    assert_eq!(version, 20, "the newer contact stays");
+    bus.publish(JOINS_TOPIC, &envelope(&JoinKicked(change(ora, "Tango", Some("kicked"))))).await.unwrap();
+    smtp.wait_for("ora.new@example.com", |m| m.contains("Subject: You were removed from Tango")).await;
+    assert!(!smtp.messages().iter().any(|m| m.contains("ora.old@example.com")), "the older address is not used");
 
     // A canceled event: the in-app notification and a mail, the title escaped in HTML.
     let title = "<b>Jazz & Blues</b>";

@@ -326,6 +326,32 @@ async fn consumers(backend: Backend) {
     n.stop().await;
 }
 
+/// With several notifier instances one participation's changes can be applied out of order; the
+/// feed shows them in the order they happened (`JoinChange::at`), not in the order they arrived.
+#[tokio::test]
+async fn the_feed_shows_a_participations_changes_in_the_order_they_happened() {
+    let namespace = keel::testing::unique_topic("notifier-order");
+    let Some(bus) = nats_bus(&namespace).await else { return };
+    let Some(db) = database(Backend::Sqlite).await else { return };
+    let n = Notifier::start(db, &Broker::Nats { namespace }).await;
+    let (user, event) = (Uuid::now_v7(), Uuid::now_v7());
+    let t = OffsetDateTime::now_utc();
+    let left = JoinChange {
+        status: "canceled".into(),
+        at: t - time::Duration::seconds(1),
+        ..change(user, event, "Jazz", None)
+    };
+    let back = JoinChange { status: "waitlisted".into(), at: t, ..change(user, event, "Jazz", None) };
+    // The later change (a rejoin, waitlisted) is applied first, the earlier one (left) after it.
+    bus.publish(JOINS_TOPIC, &envelope(&JoinWaitlisted(back))).await.unwrap();
+    n.wait_for(&user.to_string(), 1).await;
+    bus.publish(JOINS_TOPIC, &envelope(&JoinCanceled(left))).await.unwrap();
+    let feed = n.wait_for(&user.to_string(), 2).await;
+    let kinds: Vec<&str> = feed.iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["join.waitlisted", "join.canceled"], "newest first, the rejoin on top: {feed:?}");
+    n.stop().await;
+}
+
 #[tokio::test]
 async fn consumers_nats_sqlite() {
     consumers(Backend::Sqlite).await;

@@ -117,6 +117,34 @@ pub(crate) async fn contact_sent(
     Ok(())
 }
 
+/// Records that a contact of `user_id` is being sent at `at` and returns its version: the time,
+/// or just after the previous contact's if that is later, so versions strictly increase per user
+/// whatever the clocks of auth's instances. The update locks the user's row until `tx` ends, so
+/// versions follow the order contacts commit in. `None` when there is no such user.
+pub(crate) async fn next_contact_version(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+    at: i64,
+) -> Result<Option<i64>, DataError> {
+    // Each placeholder once, in order (MySQL and SQLite take `?` positionally).
+    sqlx::query(db.statement(
+        "UPDATE users SET contact_sent_at = CASE WHEN contact_sent_at IS NOT NULL AND contact_sent_at >= $1 \
+         THEN contact_sent_at + 1 ELSE $2 END WHERE id = $3",
+    ))
+    .bind(at)
+    .bind(at)
+    .bind(user_id)
+    .execute(db.on(&mut **tx))
+    .await?;
+    let version: Option<Option<i64>> =
+        sqlx::query_scalar(db.statement("SELECT contact_sent_at FROM users WHERE id = $1"))
+            .bind(user_id)
+            .fetch_optional(db.on(&mut **tx))
+            .await?;
+    Ok(version.flatten())
+}
+
 /// Deletes tokens that expired and notices sent before `cutoff`; returns how many rows.
 pub(crate) async fn prune(db: &Db, cutoff: i64) -> Result<u64, DataError> {
     let mut conn = db.acquire().await?;

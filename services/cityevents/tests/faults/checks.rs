@@ -53,6 +53,35 @@ pub fn expected_notifications(announced: &[Announced]) -> BTreeMap<(String, Stri
     m
 }
 
+/// One user's notifications about one event as the feed shows them (by `created_at`, then id)
+/// against the order the joins service announced the changes in (`seq` of its outbox): returns
+/// how many (user, event) pairs with more than one notification were compared and how many of
+/// them the feed shows out of order, with an example.
+pub fn feed_order(pg: &Postgres, p: &Platform, announced: &[Announced]) -> (usize, usize, Option<String>) {
+    let mut want: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for a in announced {
+        want.entry((a.user_id.clone(), a.event_id.clone())).or_default().push(a.ty.clone());
+    }
+    let mut shown: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for r in pg.query(
+        &p.database("notifier"),
+        "SELECT user_id, event_id, kind FROM notifications WHERE kind LIKE 'join.%' ORDER BY created_at, id",
+    ) {
+        shown.entry((r[0].clone(), r[1].clone())).or_default().push(r[2].clone());
+    }
+    let (mut compared, mut inverted, mut example) = (0, 0, None);
+    for (k, kinds) in &want {
+        // Missing or doubled notifications are the exactly-once check's finding.
+        let Some(seen) = shown.get(k).filter(|s| s.len() == kinds.len() && kinds.len() > 1) else { continue };
+        compared += 1;
+        if seen != kinds {
+            inverted += 1;
+            example.get_or_insert_with(|| format!("user {} event {}: announced {kinds:?}, shown {seen:?}", k.0, k.1));
+        }
+    }
+    (compared, inverted, example)
+}
+
 /// Capacity, FIFO, exactly-once and "clients' view = stored state".
 pub async fn invariants(
     pg: &Postgres,

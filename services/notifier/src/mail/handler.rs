@@ -56,11 +56,14 @@ impl Contacts {
         &self.db
     }
 
-    /// Inserts or replaces a contact, its address encrypted, in `tx`.
+    /// Inserts or replaces a contact, its address encrypted, in `tx` (an older version than the
+    /// stored one changes nothing).
     async fn upsert(&self, tx: &mut Tx, c: &AccountContact) -> Result<(), Failure> {
         let ciphertext = self.keyring.encrypt_str(&c.email).map_err(|e| Failure::retry(&e))?;
         let row = store::ContactRow { email_ciphertext: ciphertext, name: c.name.clone(), verified: c.verified };
-        store::upsert_contact(tx, &self.db, c.user_id, &row).await.map_err(|e| Failure::transient(&e))
+        store::upsert_contact(tx, &self.db, c.user_id, &row, c.version.unwrap_or(0))
+            .await
+            .map_err(|e| Failure::transient(&e))
     }
 
     /// The contact of `user`, if auth told of one.

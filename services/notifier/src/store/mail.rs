@@ -15,19 +15,33 @@ pub(crate) struct ContactRow {
     pub(crate) verified: bool,
 }
 
-/// Inserts or replaces the contact of `user` in `tx`.
-pub(crate) async fn upsert_contact(tx: &mut Tx, db: &Db, user: Uuid, c: &ContactRow) -> Result<(), DataError> {
+/// Inserts the contact of `user` in `tx`, or replaces the stored one if that is not newer than
+/// `version` (auth's, strictly increasing per user): applied out of order, an older contact
+/// changes nothing.
+pub(crate) async fn upsert_contact(
+    tx: &mut Tx,
+    db: &Db,
+    user: Uuid,
+    c: &ContactRow,
+    version: i64,
+) -> Result<(), DataError> {
     let text = match db.backend() {
+        // Assignments run left to right, each seeing the ones before: `version` goes last.
         Backend::MySql => {
-            "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) ON DUPLICATE KEY UPDATE email_ciphertext = VALUES(email_ciphertext), \
-             name = VALUES(name), verified = VALUES(verified), updated_at = VALUES(updated_at)"
+            "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON DUPLICATE KEY UPDATE \
+             email_ciphertext = IF(version <= VALUES(version), VALUES(email_ciphertext), email_ciphertext), \
+             name = IF(version <= VALUES(version), VALUES(name), name), \
+             verified = IF(version <= VALUES(version), VALUES(verified), verified), \
+             updated_at = IF(version <= VALUES(version), VALUES(updated_at), updated_at), \
+             version = GREATEST(version, VALUES(version))"
         }
         _ => {
-            "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET \
+            "INSERT INTO mail_contacts (user_id, email_ciphertext, name, verified, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO UPDATE SET \
              email_ciphertext = excluded.email_ciphertext, name = excluded.name, \
-             verified = excluded.verified, updated_at = excluded.updated_at"
+             verified = excluded.verified, updated_at = excluded.updated_at, version = excluded.version \
+             WHERE mail_contacts.version <= excluded.version"
         }
     };
     sqlx::query(db.statement(text))
@@ -36,6 +50,7 @@ pub(crate) async fn upsert_contact(tx: &mut Tx, db: &Db, user: Uuid, c: &Contact
         .bind(&c.name)
         .bind(i64::from(c.verified))
         .bind(to_micros(now()))
+        .bind(version)
         .execute(db.on(&mut **tx))
         .await?;
     Ok(())

@@ -8,14 +8,14 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use uuid::Uuid;
 
-/// Inserts one unread notification in `tx` (a consumer's inbox transaction).
+/// Inserts one unread notification in `tx` (a consumer's inbox transaction), dated `at`
+/// (microseconds).
 pub(crate) async fn insert(
     tx: &mut Transaction<'static, Any>,
     db: &Db,
-    user_id: Uuid,
-    kind: &str,
-    event_id: Uuid,
+    (user_id, kind, event_id): (Uuid, &str, Uuid),
     text: String,
+    at: i64,
 ) -> Result<(), DataError> {
     let sql = db.sql(
         "INSERT INTO notifications (id, user_id, kind, event_id, message, created_at, read_at) \
@@ -27,7 +27,7 @@ pub(crate) async fn insert(
         .bind(kind)
         .bind(event_id.to_string())
         .bind(text)
-        .bind(to_micros(now()))
+        .bind(at)
         .bind(None::<i64>)
         .execute(db.on(&mut **tx))
         .await?;
