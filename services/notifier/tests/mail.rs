@@ -103,8 +103,11 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
         name: Some("Ann".into()),
         mail: Mail::VerifyEmail { token: "tok-123_ABC".into(), expires_at },
     };
-    bus.publish(MAIL_TOPIC, &envelope(&verify)).await.unwrap();
+    let verify = envelope(&verify);
+    bus.publish(MAIL_TOPIC, &verify).await.unwrap();
     let m = decode_quoted_printable(&smtp.wait_for("ann@example.com", |m| m.contains("Subject: Confirm")).await);
+    // Its Message-ID is made from the request's id: a resend carries the same one.
+    assert!(m.contains(&format!("Message-ID: <{}@example.org>\r\n", verify.id)), "{m}");
     assert!(m.contains("X-Sink-Tls: yes\r\n") && m.contains("X-Sink-Auth: mailer\r\n"), "{m}");
     assert!(
         m.contains("From: \"City Events\" <no-reply@example.org>")
@@ -193,6 +196,43 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     smtp.wait_for("ann@example.com", |m| m.contains("Subject: You were removed from Ballet")).await;
     assert!(!smtp.messages().iter().any(|m| m.contains("Opera")), "turned off");
     n.wait_for(&user, 3).await;
+
+    // A request another instance is sending (its record's lease holds) is not sent again
+    // meanwhile; once the lease ends it is sent, once, and recorded as sent.
+    let held = envelope(&MailRequested {
+        user_id: ann,
+        to: Some("held@example.com".into()),
+        name: Some("Hal".into()),
+        mail: Mail::PasswordChanged,
+    });
+    let lease_until = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64 + 5_000_000;
+    sqlx::query(
+        "INSERT INTO mail_log (message_id, template, outcome, created_at, lease_until) \
+         VALUES (?, 'password_changed', 'sending', 0, ?)",
+    )
+    .bind(&held.id)
+    .bind(lease_until)
+    .execute(&p)
+    .await
+    .unwrap();
+    let retried = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("consumer_messages_total{group=\"notifier-mail\",outcome=\"retry\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = retried(&n.metrics().await);
+    bus.publish(MAIL_TOPIC, &held).await.unwrap();
+    eventually("the held request put off", Duration::from_secs(20), || async {
+        (retried(&n.metrics().await) > before).then_some(())
+    })
+    .await;
+    assert!(!smtp.messages().iter().any(|m| m.contains("held@example.com")), "not sent while another sends it");
+    smtp.wait_for("held@example.com", |_| true).await;
+    let (outcome,): (String,) =
+        sqlx::query_as("SELECT outcome FROM mail_log WHERE message_id = ?").bind(&held.id).fetch_one(&p).await.unwrap();
+    assert_eq!(outcome, "sent");
+    assert_eq!(smtp.messages().iter().filter(|m| m.contains("X-Sink-Rcpt-To: held@example.com")).count(), 1);
 
     // Unverified: no event mail.
     bus.publish(JOINS_TOPIC, &envelope(&JoinPromoted(change(una, "Circus", None)))).await.unwrap();

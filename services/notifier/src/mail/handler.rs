@@ -22,6 +22,8 @@ use uuid::Uuid;
 use super::{Mailer, SendError, render};
 use crate::store::Tx;
 use crate::store::mail as store;
+use crate::store::mail::SendClaim;
+use std::time::Duration;
 
 /// How long handled mail requests are remembered (redeliveries come much sooner).
 pub(crate) const MAIL_LOG_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -97,6 +99,14 @@ impl Contacts {
 
     async fn handled(&self, message_id: &str) -> Result<bool, Failure> {
         store::logged(&self.db, message_id).await.map_err(|e| Failure::transient(&e))
+    }
+
+    /// Records `message_id` as being sent by this instance for `lease` (see
+    /// [`store::claim_send`]).
+    async fn claim_send(&self, message_id: &str, template: &str, lease: Duration) -> Result<SendClaim, Failure> {
+        let at = to_micros(now());
+        let until = at.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        store::claim_send(&self.db, message_id, template, at, until).await.map_err(|e| Failure::transient(&e))
     }
 
     async fn record(&self, message_id: &str, template: &str, outcome: &str) -> Result<(), Failure> {
@@ -186,13 +196,30 @@ impl Handler for MailHandler {
                 return Err(Failure::permanent(format!("{template}: the address is not a mailbox")));
             }
         };
-        let rendered = render(&self.mailer, to, &name, &req.mail).map_err(Failure::permanent)?;
-        match self.mailer.send(&rendered.message, &rendered.link).await {
+        let rendered = render(&self.mailer, to, &name, &req.mail, &id).map_err(Failure::permanent)?;
+        // Recorded as being sent before the SMTP transaction: another instance handed the same
+        // request (a redelivery after this one's ack was lost) sends it only once the lease ends.
+        match self.contacts.claim_send(&id, template, self.mailer.send_bound()).await? {
+            SendClaim::Claimed => {}
+            SendClaim::Done => return Ok(()),
+            SendClaim::Held(left) => {
+                let wait = Duration::from_micros(u64::try_from(left).unwrap_or(0)).max(Duration::from_secs(1));
+                return Err(Failure::retry_after(format!("{template}: being sent by another instance"), wait));
+            }
+        }
+        let result = self.mailer.send(&rendered.message, &rendered.link).await;
+        if result.is_err() {
+            // Not accepted: a retry may send it at once. (If the record stays, its lease ends.)
+            if let Err(e) = store::unclaim(self.contacts.db(), &id).await {
+                tracing::warn!(error = %e, template, "cannot drop the record of a mail being sent");
+            }
+        }
+        match result {
             Ok(()) => {
                 self.mailer.count(template, "sent");
                 self.metrics.email(template);
                 tracing::debug!(template, user_id = %req.user_id, "mail sent");
-                self.contacts.record(&id, template, "sent").await
+                store::sent(self.contacts.db(), &id).await.map_err(|e| Failure::transient(&e))
             }
             Err(SendError::Permanent(e)) => {
                 self.mailer.count(template, "rejected");

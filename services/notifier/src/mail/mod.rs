@@ -96,6 +96,9 @@ enum Sender {
     File(AsyncFileTransport<Tokio1Executor>, PathBuf),
 }
 
+/// The SMTP steps a send takes at most, each within `smtp.timeout` (see `Inner::send_bound`).
+const SEND_STEPS: u32 = 8;
+
 /// Renders and delivers mail. Cheap to clone.
 #[derive(Clone)]
 pub struct Mailer {
@@ -108,6 +111,9 @@ struct Inner {
     base_url: String,
     health: SmtpHealth,
     metrics: MailMetrics,
+    /// [`Mailer::send_bound`]: the SMTP commands of one send (connect, greeting, TLS, AUTH,
+    /// MAIL, RCPT, DATA and its end), each bounded by `smtp.timeout`.
+    send_bound: Duration,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -144,6 +150,7 @@ impl Mailer {
                 base_url: cfg.base_url.clone(),
                 health: SmtpHealth::default(),
                 metrics,
+                send_bound: cfg.smtp.timeout.saturating_mul(SEND_STEPS),
             }),
         })
     }
@@ -155,6 +162,11 @@ impl Mailer {
 
     pub(crate) fn from(&self) -> &Mailbox {
         &self.inner.from
+    }
+
+    /// The longest a send can take: a mail being sent is left to its sender this long.
+    pub(crate) fn send_bound(&self) -> Duration {
+        self.inner.send_bound
     }
 
     pub(crate) fn base_url(&self) -> &str {

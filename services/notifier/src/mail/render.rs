@@ -61,12 +61,16 @@ fn reason(r: &str) -> String {
     r.trim().chars().filter(|c| !c.is_control()).take(MAX_REASON).collect()
 }
 
-/// Renders `mail` for `to`, greeting `name`.
-pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail) -> Result<Rendered, String> {
+/// Renders `mail` for `to`, greeting `name`, as the message of request `id`: its `Message-ID`
+/// is made from `id`, so a mail sent again (its sender died before recording it) carries the
+/// same one and mail clients show it once.
+pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail, id: &str) -> Result<Rendered, String> {
     let v = view(mailer.base_url(), name, mail);
     let text = Text { v: &v }.render().map_err(|e| format!("text template: {e}"))?;
     let html = Html { v: &v }.render().map_err(|e| format!("HTML template: {e}"))?;
+    let local: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).collect();
     let message = Message::builder()
+        .message_id(Some(format!("<{local}@{}>", mailer.from().email.domain())))
         .from(mailer.from().clone())
         .to(to)
         .subject(v.subject.clone())

@@ -100,14 +100,111 @@ pub(crate) async fn set_preference(tx: &mut Tx, db: &Db, user: &str, kind: &str,
     Ok(())
 }
 
-/// Whether the mail request `message_id` was handled.
+/// The outcome recorded of a request being sent, until it is sent.
+const SENDING: &str = "sending";
+
+/// Whether the mail request `message_id` was handled (sent or skipped; one being sent is not).
 pub(crate) async fn logged(db: &Db, message_id: &str) -> Result<bool, DataError> {
     let mut conn = db.acquire().await?;
     let found: Option<String> = sqlx::query_scalar(db.statement("SELECT outcome FROM mail_log WHERE message_id = $1"))
         .bind(message_id)
         .fetch_optional(db.on(&mut *conn))
         .await?;
-    Ok(found.is_some())
+    Ok(found.is_some_and(|o| o != SENDING))
+}
+
+/// What [`claim_send`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendClaim {
+    /// This instance may send it: the record says so until the lease ends.
+    Claimed,
+    /// It was sent or skipped already.
+    Done,
+    /// Another sender holds it for this many more microseconds.
+    Held(i64),
+}
+
+/// Records the request `message_id` as being sent by this instance until `lease_until`
+/// (microseconds), unless it was handled or another sender's lease still holds.
+pub(crate) async fn claim_send(
+    db: &Db,
+    message_id: &str,
+    template: &str,
+    at: i64,
+    lease_until: i64,
+) -> Result<SendClaim, DataError> {
+    let insert = match db.backend() {
+        Backend::MySql => {
+            "INSERT IGNORE INTO mail_log (message_id, template, outcome, created_at, lease_until) \
+             VALUES ($1, $2, $3, $4, $5)"
+        }
+        _ => {
+            "INSERT INTO mail_log (message_id, template, outcome, created_at, lease_until) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING"
+        }
+    };
+    let mut conn = db.acquire().await?;
+    let made = sqlx::query(db.statement(insert))
+        .bind(message_id)
+        .bind(template)
+        .bind(SENDING)
+        .bind(at)
+        .bind(lease_until)
+        .execute(db.on(&mut *conn))
+        .await?;
+    if made.rows_affected() == 1 {
+        return Ok(SendClaim::Claimed);
+    }
+    let row: Option<(String, i64)> =
+        sqlx::query_as(db.statement("SELECT outcome, lease_until FROM mail_log WHERE message_id = $1"))
+            .bind(message_id)
+            .fetch_optional(db.on(&mut *conn))
+            .await?;
+    let Some((outcome, held_until)) = row else {
+        // Pruned between the two statements: as good as handled long ago.
+        return Ok(SendClaim::Done);
+    };
+    if outcome != SENDING {
+        return Ok(SendClaim::Done);
+    }
+    if held_until > at {
+        return Ok(SendClaim::Held(held_until - at));
+    }
+    // Its sender died (or lost its database) mid-send: take the lease over, unless another
+    // instance just did (the lease read is the condition).
+    let taken = sqlx::query(db.statement(
+        "UPDATE mail_log SET lease_until = $1, created_at = $2 WHERE message_id = $3 AND outcome = $4 \
+         AND lease_until = $5",
+    ))
+    .bind(lease_until)
+    .bind(at)
+    .bind(message_id)
+    .bind(SENDING)
+    .bind(held_until)
+    .execute(db.on(&mut *conn))
+    .await?;
+    Ok(if taken.rows_affected() == 1 { SendClaim::Claimed } else { SendClaim::Held(lease_until - at) })
+}
+
+/// Records the request `message_id`, claimed with [`claim_send`], as sent.
+pub(crate) async fn sent(db: &Db, message_id: &str) -> Result<(), DataError> {
+    let mut conn = db.acquire().await?;
+    sqlx::query(db.statement("UPDATE mail_log SET outcome = 'sent', lease_until = 0 WHERE message_id = $1"))
+        .bind(message_id)
+        .execute(db.on(&mut *conn))
+        .await?;
+    Ok(())
+}
+
+/// Drops the claim on `message_id` after a failed send, so a retry may send it at once.
+pub(crate) async fn unclaim(db: &Db, message_id: &str) -> Result<(), DataError> {
+    let mut conn = db.acquire().await?;
+    sqlx::query(db.statement("DELETE FROM mail_log WHERE message_id = $1 AND outcome = $2"))
+        .bind(message_id)
+        .bind(SENDING)
+        .execute(db.on(&mut *conn))
+        .await?;
+    Ok(())
 }
 
 /// Records the mail request `message_id` as handled (a second record of it changes nothing).
