@@ -225,6 +225,16 @@ async fn policies_deciding_together_take_one_round_trip_and_count_in_order() {
     assert_eq!(v[1], Verdict::FailedOpen);
     // The fallback's local limiter refuses the next one: the others are not asked.
     assert_eq!(decided(&RateLimiter::check_in_order(&[(&fallback, "k"), (&open, "k")]).await), [(false, 0)]);
+    // One of four replicas sharing a limit of 8: its fallback allows its share, 2, not 8.
+    let shared = RateLimitPolicy { instances: 4, ..policy(8) };
+    let replica = RateLimiter::redis("replica", shared, OnBackendError::FallbackLocal, redis.clone(), None);
+    let mut allowed = 0;
+    for _ in 0..8 {
+        if decided(&RateLimiter::check_in_order(&[(&replica, "k")]).await)[0].0 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 2, "limit / instances while Redis is away");
     proxy.restore();
 }
 

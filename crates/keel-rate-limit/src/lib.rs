@@ -24,8 +24,9 @@
 //! Every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
 //! (seconds); a refused request gets a 429 problem (`RATE_LIMITED`) with `Retry-After`. When
 //! the backend fails, `fail_closed` answers 503 `SERVICE_DEGRADED`, `fail_open` lets the
-//! request through and `fallback_local` decides with an in-process limiter of the same limit;
-//! all are counted. A rule that sets none of `limit`, `window`, `burst` or `key` counts with its
+//! request through and `fallback_local` decides with an in-process limiter of the same limit,
+//! divided by `instances` (the service's replica count, so N replicas together allow about the
+//! limit); all are counted. A rule that sets none of `limit`, `window`, `burst` or `key` counts with its
 //! policy (one budget); one that does counts on its own. Rules may not overlap, so a request
 //! matches at most one. Metrics:
 //! `rate_limit_decisions_total{policy,decision="allowed|limited|error"}` (one per request; `error`
@@ -73,6 +74,10 @@ pub struct RateLimitPolicy {
     pub backend: BackendKind,
     /// What to do when the backend fails. Default `fail_closed` in production, else `fail_open`.
     pub on_backend_error: Option<OnBackendError>,
+    /// How many instances of the service share the budget (1 to 10 000). `fallback_local`
+    /// gives each instance `limit / instances` (at least 1) while the backend is away, so N
+    /// replicas together allow about the limit, not N times it. Default `1`.
+    pub instances: u32,
     /// Per-route rules by name: a request matching one gets its settings. Default none.
     pub rules: BTreeMap<String, RateLimitRule>,
 }
@@ -86,6 +91,7 @@ impl Default for RateLimitPolicy {
             key: vec![KeyPart::Ip],
             backend: BackendKind::Local,
             on_backend_error: None,
+            instances: 1,
             rules: BTreeMap::new(),
         }
     }
@@ -128,6 +134,7 @@ impl RateLimitRule {
             key: self.key.clone().unwrap_or_else(|| base.key.clone()),
             backend: base.backend,
             on_backend_error: self.on_backend_error.or(base.on_backend_error),
+            instances: base.instances,
             rules: BTreeMap::new(),
         }
     }
@@ -176,10 +183,33 @@ impl Section for RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
+    /// What one of `instances` instances may allow on its own: the limit (and burst) divided
+    /// among them, at least 1.
+    ///
+    /// ```
+    /// use keel_rate_limit::RateLimitPolicy;
+    /// let p = RateLimitPolicy { limit: 300, instances: 4, ..RateLimitPolicy::default() };
+    /// assert_eq!(p.instance_share().limit, 75);
+    /// let tiny = RateLimitPolicy { limit: 3, instances: 5, ..RateLimitPolicy::default() };
+    /// assert_eq!(tiny.instance_share().limit, 1);
+    /// ```
+    pub fn instance_share(&self) -> RateLimitPolicy {
+        let n = self.instances.max(1);
+        RateLimitPolicy {
+            limit: (self.limit / n).max(1),
+            burst: self.burst.map(|b| (b / n).max(1)),
+            instances: 1,
+            ..self.clone()
+        }
+    }
+
     /// Problems with the values, as `(field, message)`: every one, rules included.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         limit_problems(&mut p, "", Some(self.limit), Some(self.window), self.burst, Some(&self.key), self.backend);
+        if !(1..=10_000).contains(&self.instances) {
+            p.push(("instances".into(), "must be from 1 to 10000".into()));
+        }
         let local_fallback = |mode: Option<OnBackendError>| {
             mode == Some(OnBackendError::FallbackLocal) && self.backend == BackendKind::Local
         };
@@ -511,7 +541,7 @@ impl RateLimiter {
         metrics: Option<&RateLimitMetrics>,
     ) -> Self {
         let fallback = (on_error == OnBackendError::FallbackLocal && !matches!(backend, Backend::Local(_)))
-            .then(|| LocalLimiter::new(&policy));
+            .then(|| LocalLimiter::new(&policy.instance_share()));
         let limiter = Self {
             name: name.to_owned(),
             policy,

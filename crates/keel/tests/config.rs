@@ -399,6 +399,20 @@ fn outbox_lease_is_long_enough_to_renew() {
 }
 
 #[test]
+fn rate_limit_instances_are_bounded() {
+    for (value, ok) in [("0", false), ("1", true), ("6", true), ("10000", true), ("10001", false)] {
+        let r = load(Profile::Development, None, &[("SVC__RATE_LIMITS__API__INSTANCES", value)]);
+        match (r, ok) {
+            (Ok(l), true) => assert_eq!(l.config.keel.rate_limits["api"].instances.to_string(), value),
+            (Err(e), false) => {
+                assert!(problem(&e, "rate_limits.api.instances").message.contains("from 1 to 10000"), "{e}");
+            }
+            (r, _) => panic!("rate_limits.api.instances {value}: {:?}", r.err()),
+        }
+    }
+}
+
+#[test]
 fn rate_limit_rules_report_every_problem() {
     let f = yaml(
         "rate_limits:
