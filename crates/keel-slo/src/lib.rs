@@ -539,7 +539,8 @@ fn keel_alerts(f: &SloFile, sel: &str, runbooks: &str) -> Vec<Rule> {
         ),
         (
             "KeelOutboxBacklogAging",
-            format!("max by (job, instance) (outbox_oldest_pending_age_seconds{{{sel}}}) > {age}"),
+            // The outbox is the service's: every replica reads the same age, so one alert per job.
+            format!("max by (job) (outbox_oldest_pending_age_seconds{{{sel}}}) > {age}"),
             "5m",
             "page",
             format!("{s}: outbox rows wait too long to be published"),

@@ -210,10 +210,14 @@ fn cases() -> Vec<Case> {
             labels: None,
         },
         case(
-            &[(r#"outbox_oldest_pending_age_seconds{job="shop",instance="a:9"}"#, "600x10")],
+            // Two replicas read the same shared outbox: one alert for the job, not one each.
+            &[
+                (r#"outbox_oldest_pending_age_seconds{job="shop",instance="a:9"}"#, "600x10"),
+                (r#"outbox_oldest_pending_age_seconds{job="shop",instance="b:9"}"#, "600x10"),
+            ],
             "6m",
             "KeelOutboxBacklogAging",
-            &keel(&inst, "page"),
+            &keel(&[("job", "shop")], "page"),
         ),
         case(
             &[(r#"outbox_relay_paused{job="shop",instance="a:9"}"#, "1x10")],
