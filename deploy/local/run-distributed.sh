@@ -16,7 +16,12 @@
 #      and the notifier's own master and data keys (it stores mail addresses encrypted);
 #   4. runs `migrate` for every service (production never migrates on start-up);
 #   5. starts auth, events, joins, notifier, then the gateway, each with deploy/config/<svc>.yaml,
-#      its output prefixed with its name, and waits until the gateway is ready (60 s at most);
+#      its output prefixed with its name, and waits until the gateway is ready (60 s at most).
+#      With CITYEVENTS_REPLICAS=N (or CITYEVENTS_<SERVICE>_REPLICAS=N for one service; 1 to 16,
+#      default 1) it starts N instances of a service, named <svc>.1 … <svc>.N in its output and
+#      supervised each on its own (steps 6 to 8); they share the service's ports
+#      (http.reuse_port), so the kernel spreads connections across them, and its database,
+#      Redis and bus, as replicas in Kubernetes do;
 #   6. keeps them running: a service that exits is restarted after a back-off, and the script
 #      says so (`<svc> exited with status N (SIGNAME) after Xs; restarting it in Ds (restart K)`);
 #      the delay starts at CITYEVENTS_RESTART_DELAY, doubles after each exit up to
@@ -44,9 +49,10 @@
 # mails; default the gateway's address), and any CITYEVENTS_<SERVICE>__… Keel override;
 # CITYEVENTS_RESTART_DELAY (seconds, default 1), CITYEVENTS_RESTART_MAX_DELAY (30),
 # CITYEVENTS_STOP_TIMEOUT (seconds per service, default 40: above Keel's 30 s shutdown.timeout),
-# CITYEVENTS_REPLACE_TIMEOUT (seconds a replacement has to get ready, default 60). Each
-# service gets its share of this machine's CPUs as Tokio worker threads (nproc / 5, at least
-# one) unless CITYEVENTS_<SERVICE>__RUNTIME__WORKER_THREADS or TOKIO_WORKER_THREADS says otherwise.
+# CITYEVENTS_REPLACE_TIMEOUT (seconds a replacement has to get ready, default 60),
+# CITYEVENTS_REPLICAS and CITYEVENTS_<SERVICE>_REPLICAS (step 5). Each instance gets its share
+# of this machine's CPUs as Tokio worker threads (nproc / instances, at least one) unless
+# CITYEVENTS_<SERVICE>__RUNTIME__WORKER_THREADS or TOKIO_WORKER_THREADS says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -69,6 +75,33 @@ for setting in RESTART_DELAY RESTART_MAX_DELAY STOP_TIMEOUT REPLACE_TIMEOUT; do
   [[ "${!setting}" =~ ^[0-9]+$ && "${!setting}" -gt 0 ]] ||
     die "CITYEVENTS_$setting must be a whole number of seconds, at least 1 (got '${!setting}')"
 done
+# Instances per service (step 5), and the name each instance goes by: `<svc>` alone, or
+# `<svc>.<i>` when the service has several.
+declare -A REPLICAS=()
+INSTANCES=()
+for svc in "${SERVICES[@]}"; do
+  var="CITYEVENTS_$(tr '[:lower:]' '[:upper:]' <<<"$svc")_REPLICAS"
+  n=${!var:-${CITYEVENTS_REPLICAS:-1}}
+  [[ "$n" =~ ^[0-9]+$ ]] && ((10#$n >= 1 && 10#$n <= 16)) ||
+    die "$var (or CITYEVENTS_REPLICAS) must be a whole number from 1 to 16 (got '$n')"
+  REPLICAS[$svc]=$((10#$n))
+  # What the instances read their count by (the gateway's rate limits share their fallback).
+  export "$var"="${REPLICAS[$svc]}"
+  if ((REPLICAS[$svc] == 1)); then
+    INSTANCES+=("$svc")
+  else
+    for i in $(seq 1 "${REPLICAS[$svc]}"); do INSTANCES+=("$svc.$i"); done
+  fi
+done
+# The instances of the services named, one per line.
+instances_of() {
+  local svc inst
+  for svc in "$@"; do
+    for inst in "${INSTANCES[@]}"; do
+      if [[ "$inst" == "$svc" || "$inst" == "$svc".* ]]; then echo "$inst"; fi
+    done
+  done
+}
 (( RESTART_MAX_DELAY >= RESTART_DELAY )) || die "CITYEVENTS_RESTART_MAX_DELAY is less than CITYEVENTS_RESTART_DELAY"
 
 if [[ -z "${CITYEVENTS_BIN:-}" ]]; then
@@ -164,9 +197,9 @@ for svc in "${SERVICES[@]}"; do
   var="CITYEVENTS_${up}__HTTP__REUSE_PORT"
   export "$var"="${!var:-true}"
 done
-# Five processes on one machine: each its share of the CPUs as worker threads, not one per CPU
+# Five processes (or more, with replicas) on one machine: each its share of the CPUs as worker threads, not one per CPU
 # each; the extra workers only add thread switches (docs/benchmarks.md, the platform's ceiling).
-share=$(($(nproc) / ${#SERVICES[@]}))
+share=$(($(nproc) / ${#INSTANCES[@]}))
 ((share >= 1)) || share=1
 if [[ -z "${TOKIO_WORKER_THREADS:-}" ]]; then
   for svc in "${SERVICES[@]}"; do
@@ -227,10 +260,11 @@ prefix() {
     flag != "" && /ready: accepting connections/ && /"listener":"http"/ { printf "" > flag; close(flag); flag = "" }'
 }
 
-# Starts an instance of a service in the background; $! is its PID (exec keeps it the
-# service's own, so signals reach it); $2 as for `prefix`.
+# Starts an instance ($1: `<svc>` or `<svc>.<i>`) of a service in the background; $! is its
+# PID (exec keeps it the service's own, so signals reach it); $2 as for `prefix`.
 start_instance() {
-  ( exec "$CITYEVENTS_BIN" serve "$1" --config "deploy/config/$1.yaml" ) > >(prefix "$1" "${2:-}") 2>&1 &
+  local svc=${1%%.*}
+  ( exec "$CITYEVENTS_BIN" serve "$svc" --config "deploy/config/$svc.yaml" ) > >(prefix "$1" "${2:-}") 2>&1 &
 }
 
 # Replaces the supervisor's running service ($child) with a new instance, once that one is
@@ -270,8 +304,9 @@ replace() {
   stop_child "$svc (replaced)" "$old" 0
 }
 
-# One service, kept running until this supervisor gets SIGTERM; then it stops the service:
-# SIGTERM, SIGKILL after STOP_TIMEOUT. SIGHUP replaces it (`replace`).
+# One instance of a service ($1: `<svc>` or `<svc>.<i>`), kept running until this supervisor
+# gets SIGTERM; then it stops it: SIGTERM, SIGKILL after STOP_TIMEOUT. SIGHUP replaces it
+# (`replace`).
 supervise() {
   local svc=$1 delay=$RESTART_DELAY restarts=0 child="" stopping=false replacing=false started status sleeper
   trap 'stopping=true; if [[ -n "$child" ]]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
@@ -299,7 +334,7 @@ supervise() {
     child=""
     if ((status == 78)); then
       # EX_CONFIG: a restart would fail the same way.
-      log "$svc exited with status 78 (configuration error); not restarting it: fix deploy/config/$svc.yaml or its CITYEVENTS_* settings and start again"
+      log "$svc exited with status 78 (configuration error); not restarting it: fix deploy/config/${svc%%.*}.yaml or its CITYEVENTS_* settings and start again"
       exit 78
     fi
     restarts=$((restarts + 1))
@@ -358,12 +393,15 @@ stop_services() {
 
 stop() {
   local code=${1:-0} since
+  local -a entry=() called=()
   trap - INT TERM
   since=$(now_us)
   log "stopping: ${ENTRY[*]} first"
-  stop_services "${ENTRY[@]}"
+  mapfile -t entry < <(instances_of "${ENTRY[@]}")
+  stop_services "${entry[@]}"
   log "stopping: ${CALLED[*]} together"
-  stop_services "${CALLED[@]}"
+  mapfile -t called < <(instances_of "${CALLED[@]}")
+  stop_services "${called[@]}"
   log "stopped in $(secs_since "$since")s"
   exit "$code"
 }
@@ -372,10 +410,10 @@ trap stop INT TERM
 # Job control: each supervisor (and its service) runs in a process group of its own, so a Ctrl-C
 # in the terminal reaches only this script, which then stops them in order.
 set -m
-for svc in "${SERVICES[@]}"; do
-  log "starting $svc"
-  supervise "$svc" &
-  PIDS[$svc]=$!
+for inst in "${INSTANCES[@]}"; do
+  log "starting $inst"
+  supervise "$inst" &
+  PIDS[$inst]=$!
 done
 set +m
 

@@ -5,6 +5,7 @@
 # replacement says it is ready, and keeps the old one when its replacement fails; SIGTERM stops the gateway first, then the rest together, and kills one
 # that ignores SIGTERM after CITYEVENTS_STOP_TIMEOUT; nothing is left running. A service that
 # exits 78 (configuration error) is not restarted, and the script stops the rest and exits 78.
+# With CITYEVENTS_REPLICAS, each instance is started, named and supervised on its own.
 #
 #   deploy/local/test-run-distributed.sh      exits 0 when every check passes
 #
@@ -234,5 +235,43 @@ if log_has 'restarting it in'; then fail "a service was restarted"; fi
 log_has 'run-distributed: stopped in' || fail "the others were not stopped"
 if pgrep -f "$STUB" >/dev/null; then fail "stub processes are left: $(pgrep -af "$STUB")"; fi
 
+# --- replicas: two of every service, three of joins; each instance supervised on its own
+rm -f "$WORK"/pids/* "$EVENTS"
+: >"$LOG"
+start_script STUB_STOP_SECONDS=0 CITYEVENTS_REPLICAS=2 CITYEVENTS_JOINS_REPLICAS=3
+within "the script with replicas says ready" 30 log_has 'run-distributed: ready'
+for svc in "${SERVICES[@]}"; do
+  want=2
+  [[ $svc == joins ]] && want=3
+  within "$want instances of $svc" 10 started_n "$svc" "$want"
+  [[ $(pids_of "$svc" | wc -l) -eq $want ]] || fail "$svc started $(pids_of "$svc" | wc -l) times, not $want"
+  for i in $(seq 1 "$want"); do
+    log_has "^\[$svc\.$i\] serving $svc" || fail "$svc.$i's output is not prefixed with its name"
+  done
+done
+victim=$(pids_of joins | head -n 1)
+kill -KILL "$victim"
+within "the killed joins replica restarted" 10 started_n joins 4
+log_has 'joins\.[123] exited with status 137 \(SIGKILL\)' || fail "no restart line naming the joins replica"
+for pid in $(pids_of joins | tail -n 3); do dead "$pid" && fail "a joins replica is not running"; done
+all_pids=$(cat "$WORK"/pids/*)
+kill -TERM "$SCRIPT_PID"
+within "the script with replicas exits" 30 dead "$SCRIPT_PID"
+status=0
+wait "$SCRIPT_PID" || status=$?
+SCRIPT_PID=""
+[[ $status -eq 0 ]] || fail "the script with replicas exited with $status after SIGTERM"
+for pid in $all_pids; do
+  [[ $pid == "$victim" ]] && continue
+  dead "$pid" || fail "replica process $pid still runs"
+done
+# Out of range: refused before anything starts.
+status=0
+CITYEVENTS_REPLICAS=0 CITYEVENTS_BIN="$STUB" bash "${RUN_DISTRIBUTED:-deploy/local/run-distributed.sh}" >"$LOG" 2>&1 </dev/null ||
+  status=$?
+[[ $status -eq 1 ]] && log_has 'CITYEVENTS_AUTH_REPLICAS \(or CITYEVENTS_REPLICAS\) must be a whole number from 1 to 16' ||
+  fail "CITYEVENTS_REPLICAS=0 was not refused ($status)"
+
 echo "ok: restart with back-off, SIGHUP replaces each service once its replacement is ready, gateway first, then the rest together; SIGTERM to exit: ${took} ms" \
-  "(each stub takes 1 s to stop; notifier is killed after 3 s); a configuration error exits 78"
+  "(each stub takes 1 s to stop; notifier is killed after 3 s); a configuration error exits 78;" \
+  "replicas each supervised, named and stopped"

@@ -51,6 +51,9 @@ const NOTIFY_BOUND: Duration = Duration::from_secs(30);
 /// The issue's target is a first success within 1 s of Redis, PostgreSQL or NATS answering
 /// again; asserted with room for a loaded CI machine.
 const RECOVERY_BOUND: Duration = Duration::from_secs(3);
+/// Join-to-notification p99 of the changes made after a replica was killed (the issue's
+/// target: a dead relay's leases end within `outbox.lease`, 2 s).
+const REPLICA_P99_BOUND: Duration = Duration::from_secs(3);
 /// A whole experiment, set-up to clean-up.
 const EXPERIMENT_BOUND: Duration = Duration::from_secs(300);
 
@@ -130,6 +133,22 @@ enum Fault {
     /// The joins service replaced under load by run-distributed.sh (SIGHUP to its supervisor:
     /// the new instance shares the ports, http.reuse_port): nothing may fail.
     Replace,
+    /// Two replicas of every service; `kill -9` of one joins replica (its relay holding leases
+    /// under load) and one notifier replica (messages in flight). The other replicas carry on:
+    /// join-to-notification p99 stays within [`REPLICA_P99_BOUND`] after the kill.
+    ReplicasKilled,
+}
+
+impl Fault {
+    /// Instances of every service the experiment runs.
+    fn replicas(self) -> u32 {
+        if matches!(self, Self::ReplicasKilled) { 2 } else { 1 }
+    }
+
+    /// Whether it kills a service's process (whose relay's leases must end before its rows go).
+    fn kills(self) -> bool {
+        matches!(self, Self::Signal(_) | Self::ReplicasKilled)
+    }
 }
 
 /// Everything an experiment started; dropped (stopped, removed) whatever happens.
@@ -160,6 +179,8 @@ struct FaultTimes {
     first_message: Option<std::sync::mpsc::Receiver<i64>>,
     /// A killed service did not come back: what depends on it cannot be checked.
     service_lost: bool,
+    /// When replicas were killed (Unix ms).
+    killed_ms: Option<i64>,
 }
 
 fn prerequisites(broker: Broker) -> bool {
@@ -203,7 +224,7 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
         _ => unreachable!(),
     };
     let redis_url = world.redis.url();
-    world.platform = Some(blocking(|| Platform::start(&world.pg, &redis_url, &bus)));
+    world.platform = Some(blocking(|| Platform::start(&world.pg, &redis_url, &bus, fault.replicas())));
     let base = world.platform.as_ref().unwrap().base.clone();
     let api = Api::new(&base);
 
@@ -364,7 +385,7 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
         // repeat that.
     } else {
         // --- the outboxes drain
-        let drain_bound = if matches!(fault, Fault::Signal(_)) { DRAIN_BOUND_AFTER_KILL } else { DRAIN_BOUND };
+        let drain_bound = if fault.kills() { DRAIN_BOUND_AFTER_KILL } else { DRAIN_BOUND };
         let drain_start = Instant::now();
         let mut drained = None;
         let mut backlog = 0;
@@ -439,6 +460,39 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
                 "the feed shows {inverted} of {compared} participations' notifications out of order, e.g. {}",
                 example.unwrap_or_default()
             ));
+        }
+
+        // --- after a replica died, changes still reach their users promptly
+        if let (Fault::ReplicasKilled, Some(killed_ms)) = (fault, times.killed_ms) {
+            let mut lags: Vec<i64> = pg
+                .query(
+                    &p.database("notifier"),
+                    // Written (the time in its UUIDv7 id) less changed (`created_at`, the change's
+                    // time), in ms, for the changes made after the kill.
+                    &format!(
+                        "SELECT ('x' || substr(replace(id, '-', ''), 1, 12))::bit(48)::bigint - created_at / 1000 \
+                         FROM notifications WHERE kind LIKE 'join.%' AND created_at >= {}",
+                        killed_ms * 1000
+                    ),
+                )
+                .iter()
+                .filter_map(|r| r.first()?.parse().ok())
+                .collect();
+            lags.sort_unstable();
+            let at = |q: f64| lags.get(((lags.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+            let (p50, p99, max) = (at(0.5), at(0.99), lags.last().copied());
+            let _ = writeln!(
+                report,
+                "join to notification after the kill: {} notifications, p50 {p50:?} ms, p99 {p99:?} ms, max {max:?} ms",
+                lags.len()
+            );
+            match p99 {
+                None => findings.push("no notification of a change made after the kill".into()),
+                Some(p) if u128::try_from(p).unwrap_or(0) > REPLICA_P99_BOUND.as_millis() => findings.push(format!(
+                    "join-to-notification p99 after a replica was killed: {p} ms (bound {REPLICA_P99_BOUND:?})"
+                )),
+                Some(_) => {}
+            }
         }
 
         // --- nothing dead-lettered
@@ -621,6 +675,63 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
             }
             t.back = Some((replaced, unix_ms(SystemTime::now())));
         }
+        Fault::ReplicasKilled => {
+            let platform = world.platform.as_mut().unwrap();
+            let leased = |pg: &Postgres| {
+                pg.count(
+                    &platform.database("joins"),
+                    "SELECT COUNT(*) FROM keel_outbox WHERE status = 0 AND claim IS NOT NULL",
+                )
+            };
+            let before: Vec<(&str, Vec<u32>)> =
+                ["joins", "notifier"].iter().map(|s| (*s, platform.service_pids(s))).collect();
+            for (svc, pids) in &before {
+                assert_eq!(pids.len(), 2, "two {svc} replicas: {pids:?}");
+            }
+            t.down = Some(Instant::now());
+            t.killed_ms = Some(unix_ms(SystemTime::now()));
+            let leased_at_kill = leased(&world.pg);
+            let victims: Vec<(&str, u32)> = before.iter().map(|(svc, pids)| (*svc, pids[0])).collect();
+            for (svc, pid) in &victims {
+                let ok = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+                assert!(ok.success(), "kill -KILL {svc} {pid}");
+            }
+            // The other replicas answer throughout; the supervisors restart the killed ones.
+            let api = Api::new(&platform.base);
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
+            let mut restarted = None;
+            while Instant::now() < until {
+                let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
+                *reads.entry(a.status).or_default() += 1;
+                let back = victims.iter().all(|(svc, old)| {
+                    let now = platform.service_pids(svc);
+                    now.len() == 2 && !now.contains(old)
+                });
+                if back {
+                    restarted = Some(Instant::now());
+                    break;
+                }
+                if !platform.script_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = writeln!(
+                report,
+                "kill -9 of {victims:?} ({leased_at_kill} joins outbox rows leased at the kill): anonymous GET \
+                 /api/v1/events meanwhile {reads:?}; both replaced after {:?}",
+                restarted.map(|r| r - t.down.unwrap())
+            );
+            let failed: usize = reads.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
+            if failed > 0 {
+                findings.push(format!("after the replicas were killed, GET /api/v1/events failed {failed} time(s)"));
+            }
+            match restarted {
+                Some(r) => t.back = Some((r, unix_ms(SystemTime::now()))),
+                None => findings.push("the killed replicas were not running again within 30 s".into()),
+            }
+        }
         Fault::Signal(signal) => {
             let platform = world.platform.as_mut().unwrap();
             t.down = Some(Instant::now());
@@ -713,4 +824,12 @@ async fn joins_replaced_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joins_kill9_under_load() {
     experiment("joins_kill9_under_load", Broker::Nats, Fault::Signal("KILL")).await;
+}
+
+/// Two replicas of every service (RabbitMQ: its consumers share each queue, so one
+/// participation's messages reach both notifier replicas); one joins and one notifier replica
+/// killed under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_one_of_each_killed_under_load() {
+    experiment("two_replicas_one_of_each_killed_under_load", Broker::Rabbit, Fault::ReplicasKilled).await;
 }

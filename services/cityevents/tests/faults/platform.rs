@@ -32,8 +32,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts the script and waits for `run-distributed: ready`.
-    pub fn start(pg: &Postgres, redis_url: &str, bus: &Bus) -> Self {
+    /// Starts the script with `replicas` instances of every service and waits for
+    /// `run-distributed: ready`.
+    pub fn start(pg: &Postgres, redis_url: &str, bus: &Bus, replicas: u32) -> Self {
         let state = tempfile::Builder::new().prefix("ce-faults-state-").tempdir().unwrap();
         let prefix = super::unique("ce_faults_");
         let mut env: Vec<(String, String)> = vec![
@@ -48,6 +49,7 @@ impl Platform {
             ("CITYEVENTS_BUS_BACKEND".into(), bus.backend.into()),
             ("CITYEVENTS_BUS_URL".into(), bus.url.clone()),
             ("CITYEVENTS_ORIGIN".into(), "http://127.0.0.1:3000".into()),
+            ("CITYEVENTS_REPLICAS".into(), replicas.to_string()),
             // The load is many users from one address; the limiter is not what is tested here.
             ("CITYEVENTS_RATE_LIMIT".into(), "1000000".into()),
             ("CITYEVENTS_IP_RATE_LIMIT".into(), "1000000".into()),
@@ -129,11 +131,18 @@ impl Platform {
         format!("{}_{svc}", self.prefix)
     }
 
-    /// The pid of `cityevents serve <svc>` started by this script (a descendant of it).
+    /// The pid of a `cityevents serve <svc>` started by this script (a descendant of it).
     pub fn service_pid(&self, svc: &str) -> Option<u32> {
+        self.service_pids(svc).into_iter().next()
+    }
+
+    /// The pids of every `cityevents serve <svc>` started by this script, lowest first.
+    pub fn service_pids(&self, svc: &str) -> Vec<u32> {
         let script = self.child.id();
         let bin = env!("CARGO_BIN_EXE_cityevents");
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let mut found = Vec::new();
+        let Ok(proc) = std::fs::read_dir("/proc") else { return found };
+        for entry in proc.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -142,10 +151,11 @@ impl Platform {
                 && args[1] == b"serve".as_slice()
                 && args[2] == svc.as_bytes();
             if is_it && descends_from(pid, script) {
-                return Some(pid);
+                found.push(pid);
             }
         }
-        None
+        found.sort_unstable();
+        found
     }
 
     /// Sends `signal` (`TERM`, `KILL`) to the service's process; its pid.
