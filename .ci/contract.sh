@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The API contract in CI: schemathesis (PyPI, pinned) against the gateway's OpenAPI document as
-# served, in the all-in-one and the distributed set-up, the latter on NATS and on Kafka
+# served, in the all-in-one and the distributed set-up, the latter on NATS (two replicas of
+# every service) and on Kafka
 # (.ci/contract/run.py says how). Installs
 # schemathesis when missing. Runs the debug `cityevents` binary that the README's test command
 # builds (`cargo test --workspace --no-run` here: nothing to do after the tests, and the same

@@ -6,8 +6,9 @@
     python3 .ci/contract/run.py --mode distributed --bus kafka --bin target/debug/cityevents --out DIR
 
 1. Starts the platform: the all-in-one binary in a temporary directory (SQLite, mail to files),
-   or deploy/local/run-distributed.sh (PostgreSQL databases of the run's own, NATS or with
-   --bus kafka the Kafka broker at KEEL_TEST_KAFKA_URL, Redis, an aiosmtpd sink for the mail). Rate limits are raised for the run: the contract run tests the
+   or deploy/local/run-distributed.sh (PostgreSQL databases of the run's own, NATS with two
+   replicas of every service, or with --bus kafka the Kafka broker at KEEL_TEST_KAFKA_URL and one
+   of each, Redis, an aiosmtpd sink for the mail). Rate limits are raised for the run: the contract run tests the
    contract, not the limiter (which has tests of its own), and a fuzzer is one client IP.
 2. Sets up real resources through the API, so path parameters reach them: an organizer with a
    published event, a member who joined it (and whose notification the notification
@@ -154,6 +155,9 @@ class Platform:
                     CITYEVENTS_BUS_BACKEND="kafka",
                     CITYEVENTS_BUS_URL=os.environ.get("KEEL_TEST_KAFKA_URL", "kafka://127.0.0.1:9092"),
                 )
+            else:
+                # Two replicas of every service: the contract holds whichever instance answers.
+                env.update(CITYEVENTS_REPLICAS="2")
             env.pop("KEEL_ENV")
             script = str(ROOT / "deploy/local/run-distributed.sh")
             self.admin_cmd = [script, "admin"]

@@ -1177,7 +1177,7 @@ async fn two_relays_keyed_sqlite() {
     two_relays_keep_per_key_order(Backend::Sqlite).await;
 }
 
-/// Rows of a key that waits are passed over however many there are: behind a dead relay's lease
+/// Rows of a key that waits are passed over: behind a dead relay's lease
 /// on the head of a 100-row key, batches of 10 still carry every other key. (The claim that
 /// looked only at the `4 × batch_size` oldest pending rows found nothing but the stuck key's, and
 /// every key stalled until the lease ended.)

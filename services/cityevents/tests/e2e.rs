@@ -1275,13 +1275,20 @@ impl Drop for RabbitUser {
     }
 }
 
+/// With two replicas of every service (`CITYEVENTS_REPLICAS=2`): the whole scenario goes through
+/// instances that share databases, Redis and the broker, the kernel spreading connections.
 #[tokio::test(flavor = "multi_thread")]
-async fn distributed_on_postgres_redis_and_rabbitmq() {
+async fn distributed_on_postgres_redis_and_rabbitmq_two_replicas_each() {
     if !distributed_prerequisites(("RabbitMQ", keel::testing::rabbitmq_url())) {
         return;
     }
     let Some(user) = RabbitUser::create() else { return };
-    distributed(&[("CITYEVENTS_BUS_BACKEND", "rabbitmq"), ("CITYEVENTS_BUS_URL", &user.url)]).await;
+    distributed(&[
+        ("CITYEVENTS_BUS_BACKEND", "rabbitmq"),
+        ("CITYEVENTS_BUS_URL", &user.url),
+        ("CITYEVENTS_REPLICAS", "2"),
+    ])
+    .await;
 }
 
 /// The same on Kafka (the test broker: tansu, `.ci/kafka.sh`), each topic with four partitions.

@@ -15,8 +15,8 @@
 //!   key, even across relays and retries. A claim takes, oldest first, every row whose key has no
 //!   row waiting (leased by another relay, or held back after a failure): across keys, and within
 //!   a key a run of consecutive rows, which are then published one after another. Rows without a
-//!   key go out in parallel. Rows of waiting keys are passed over, however many there are, so a
-//!   stuck key never holds up the others.
+//!   key go out in parallel. Rows of waiting keys are passed over (up to `24 × batch_size` of
+//!   them), so a stuck key does not hold up the others.
 //! * **Cost**: a claim reads the waiting rows' keys through a small index (`keel_outbox_held`)
 //!   and walks the pending rows through `(status, seq)` until it has a batch, so its cost is the
 //!   batch plus the rows of keys that wait, not the backlog. Claims of several relays
@@ -512,18 +512,19 @@ impl Outbox {
         }
     }
 
-    /// Extends the leases of `claims` (rows still leased by them: not expired, not recorded).
+    /// Extends the leases of the rows still under `claims`: pending and not taken over (a relay
+    /// that takes a row over gives it its own claim), even if a lease ran out meanwhile.
     async fn extend(&self, claims: &[String]) -> Result<(), OutboxError> {
         let db = &self.inner.db;
-        let now = now_ms();
-        let until = now.saturating_add(i64::try_from(self.inner.config.lease.as_millis()).unwrap_or(i64::MAX));
-        // `locked_until > 0` lets SQLite and PostgreSQL use the partial index of waiting rows.
+        let until = now_ms().saturating_add(i64::try_from(self.inner.config.lease.as_millis()).unwrap_or(i64::MAX));
+        // `locked_until > 0` (true of every leased row) lets SQLite and PostgreSQL use the
+        // partial index of waiting rows.
         let text = format!(
             "UPDATE keel_outbox SET locked_until = $1 WHERE status = {PENDING} AND locked_until > 0 \
-             AND locked_until > $2 AND claim IN ({})",
-            marks(3, claims.len())
+             AND claim IN ({})",
+            marks(2, claims.len())
         );
-        let mut q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned())).bind(until).bind(now);
+        let mut q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned())).bind(until);
         for c in claims {
             q = q.bind(c.as_str());
         }
@@ -720,7 +721,8 @@ impl Outbox {
     /// not waiting and whose key has no waiting row. A waiting row is one leased by another
     /// claim (leases of `ours`, this relay's claims still being published or recorded, do not
     /// stop their keys) or held back until its next attempt. The rows of waiting keys are passed
-    /// over in the database, so however many wait, the batch fills with rows that can go.
+    /// over in the database, so the batch fills with rows that can go (within the claim's span,
+    /// see [`CLAIM_SPAN`]).
     async fn claim(&self, ours: [Option<&str>; 2]) -> Result<Batch, OutboxError> {
         let started = Instant::now();
         let db = &self.inner.db;
