@@ -286,10 +286,12 @@ pub fn service() -> keel::Service<GatewayConfig> {
             timeouts: s.config().upstream_timeouts.clone(),
         });
         let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
+        // Web sessions are shared through Redis when the gateway has one (the distributed set-up).
+        let redis = if s.keel().redis.url.is_some() { Some(s.redis()?) } else { None };
         Ok(router(&gw, &limits.strict, &served)
             .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
             // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
-            .merge(web::router(gw.clone(), secure_cookies, &limits.strict))
+            .merge(web::router(gw.clone(), secure_cookies, &limits.strict, redis))
             // Outermost first: the verifier for the extractors, then identify the caller,
             // then count the request by client IP, then by user and IP, both in one Redis
             // round trip (the strict routes count a third time, per IP, inside).

@@ -111,7 +111,7 @@ pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form):
 /// `POST /logout`.
 pub(crate) async fn logout(State(site): State<Arc<Site>>, page: Page) -> PageResult {
     if let Some(signed) = &page.viewer.signed {
-        site.sessions.forget(&signed.refresh);
+        site.sessions.forget(&signed.refresh).await;
         let body = json!({ "refresh_token": signed.refresh });
         // Signed out in this browser whatever auth says; a refusal is logged by the client.
         let _ =
@@ -250,7 +250,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
         Ok(_) => {
             // The account changed: read it afresh on the next page.
             if let Some(signed) = &page.viewer.signed {
-                site.sessions.forget(&signed.refresh);
+                site.sessions.forget(&signed.refresh).await;
                 // The cookie still names the session; the next page refreshes it.
                 return Ok(Redirect::to("/?notice=verified").into_response());
             }
@@ -339,7 +339,7 @@ pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form):
     Ok(match result {
         Ok(answer) if setting => {
             if let Some(signed) = &page.viewer.signed {
-                site.sessions.forget(&signed.refresh);
+                site.sessions.forget(&signed.refresh).await;
             }
             // The reset proved the mailbox: this browser's sign-ins are counted on their own.
             let device = serde_json::from_slice::<PasswordReset>(&answer.body).ok().map(|r| r.device_token);

@@ -164,7 +164,7 @@ impl Site {
                 if r.status == StatusCode::UNAUTHORIZED
                     && let Some(token) = token
                 {
-                    self.sessions.forget_access(token);
+                    self.sessions.forget_access(token).await;
                 }
                 Err(Failure::from_answer(upstream, &r))
             }

@@ -102,8 +102,19 @@ fn is_api(path: &str) -> bool {
 
 /// The site's routes; `strict` is the limiter of the API's sign-up and account-mail routes,
 /// counted for their pages too.
-pub(crate) fn router(gw: Arc<Gateway>, secure_cookies: bool, strict: &RateLimitLayer) -> Router {
-    let site = Arc::new(Site { gw, sessions: session::Sessions::new(secure_cookies) });
+/// With `redis`, the gateway instances share the sessions' access tokens through it.
+pub(crate) fn router(
+    gw: Arc<Gateway>,
+    secure_cookies: bool,
+    strict: &RateLimitLayer,
+    redis: Option<keel::redis::Redis>,
+) -> Router {
+    let sessions = session::Sessions::new(secure_cookies);
+    let sessions = match redis {
+        Some(r) => sessions.shared(r),
+        None => sessions,
+    };
+    let site = Arc::new(Site { gw, sessions });
     Router::new()
         .route("/", get(events::list))
         .route("/events/{id}", get(events::show))

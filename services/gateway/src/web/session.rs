@@ -4,9 +4,11 @@
 //!   `HttpOnly`, `SameSite=Lax`, `Path=/`, and `Secure` with the `__Host-` prefix outside the
 //!   development profile (`app.web.secure_cookies`). The access token never reaches the browser:
 //!   it is kept in this gateway's memory, keyed by a SHA-256 digest of the refresh token, until a
-//!   minute before it expires. A page whose session is not in memory (a restart, another gateway
-//!   instance, an expired access token) refreshes it at auth, which rotates the refresh token:
-//!   the answer carries the new cookie. Two tabs refreshing at once get the same successor (auth's
+//!   minute before it expires, and, when the gateway has Redis, in Redis for every gateway
+//!   instance: under another digest of the refresh token, sealed (AES-256-GCM) with a key derived
+//!   from it, so what Redis holds is of no use without the browser's cookie. A page whose session
+//!   is in neither (an expired access token, Redis away) refreshes it at auth, which rotates the
+//!   refresh token: the answer carries the new cookie. Two tabs refreshing at once get the same successor (auth's
 //!   `refresh_reuse_grace`). A session auth refuses is cleared; one auth cannot check right now
 //!   is kept, and the page is shown signed out with a note.
 //! * **CSRF** — every form carries a `csrf` field equal to the `ce_csrf` cookie (a random token
@@ -16,6 +18,9 @@
 //!   marks `Sec-Fetch-Site: cross-site` is refused too.
 
 use std::collections::HashMap;
+
+use aes_gcm::aead::{Aead, Generate, Payload};
+use aes_gcm::{Aes256Gcm, Key, KeyInit, Nonce};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,18 +124,111 @@ struct Cached {
     access: String,
     user: User,
     until: Instant,
+    /// Its key in Redis, when it is shared there.
+    shared: Option<String>,
 }
 
-/// The session settings and the access tokens kept in memory.
+/// A session's access token as the gateway instances share it in Redis.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedSession {
+    access: String,
+    user: User,
+}
+
+/// The session settings and the access tokens kept in memory (and in Redis, shared).
 #[derive(Debug)]
 pub(crate) struct Sessions {
     secure: bool,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    shared: Option<keel::redis::Redis>,
 }
 
 impl Sessions {
     pub(crate) fn new(secure: bool) -> Self {
-        Self { secure, cache: Mutex::new(HashMap::new()) }
+        Self { secure, cache: Mutex::new(HashMap::new()), shared: None }
+    }
+
+    /// Shares the kept access tokens with the other gateway instances through `redis`.
+    pub(crate) fn shared(mut self, redis: keel::redis::Redis) -> Self {
+        self.shared = Some(redis);
+        self
+    }
+
+    /// The Redis key of `refresh`'s session and the key it is sealed with: two digests of the
+    /// refresh token (256 random bits), apart so that the one does not give the other.
+    fn shared_names(redis: &keel::redis::Redis, refresh: &str) -> (String, Key<Aes256Gcm>) {
+        let digest = |label: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(label);
+            h.update(refresh.as_bytes());
+            h.finalize().into()
+        };
+        let id: String = digest(b"cityevents web session id\0").iter().map(|b| format!("{b:02x}")).collect();
+        (redis.key(&format!("web-session:{id}")), Key::<Aes256Gcm>::from(digest(b"cityevents web session key\0")))
+    }
+
+    /// Stores what `keep` kept for `refresh` in Redis for `lifetime`; a failure only costs other
+    /// instances a refresh at auth.
+    async fn share(&self, refresh: &str, access: &str, user: &User, lifetime: Duration) {
+        let Some(redis) = &self.shared else { return };
+        let (name, key) = Self::shared_names(redis, refresh);
+        let Ok(plain) = serde_json::to_vec(&SharedSession { access: access.to_owned(), user: user.clone() }) else {
+            return;
+        };
+        let nonce = Nonce::generate();
+        let Ok(sealed) = Aes256Gcm::new(&key).encrypt(&nonce, Payload { msg: &plain, aad: name.as_bytes() }) else {
+            return;
+        };
+        let mut value = nonce.to_vec();
+        value.extend_from_slice(&sealed);
+        let cmd =
+            keel::redis::driver::cmd("SET").arg(&name).arg(value).arg("EX").arg(lifetime.as_secs().max(1)).clone();
+        match redis.query::<()>(&cmd).await {
+            Ok(()) => {
+                if let Ok(mut cache) = self.cache.lock()
+                    && let Some(c) = cache.get_mut(&Self::digest(refresh))
+                {
+                    c.shared = Some(name);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "a web session could not be shared; other gateways refresh it"),
+        }
+    }
+
+    /// The session another instance shared for `refresh`, kept here too; none when there is
+    /// none, it cannot be read, or Redis does not answer.
+    async fn shared_lookup(&self, refresh: &str) -> Option<Cached> {
+        let redis = self.shared.as_ref()?;
+        let (name, key) = Self::shared_names(redis, refresh);
+        let cmd = keel::redis::driver::cmd("GET").arg(&name).clone();
+        let pipe = keel::redis::driver::pipe().add_command(cmd).cmd("TTL").arg(&name).clone();
+        let (value, ttl): (Option<Vec<u8>>, i64) = match redis.pipeline(&pipe).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "shared web sessions cannot be read; refreshing at auth");
+                return None;
+            }
+        };
+        let value = value?;
+        if value.len() < 12 || ttl <= 0 {
+            return None;
+        }
+        let (nonce, sealed) = value.split_at(12);
+        let nonce = Nonce::try_from(nonce).ok()?;
+        let plain = Aes256Gcm::new(&key).decrypt(&nonce, Payload { msg: sealed, aad: name.as_bytes() }).ok()?;
+        let s: SharedSession = serde_json::from_slice(&plain).ok()?;
+        let until = Instant::now() + Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+        let c = Cached { access: s.access, user: s.user, until, shared: Some(name) };
+        self.insert(refresh, c.clone());
+        Some(c)
+    }
+
+    /// Drops the shared copy named `name`, if any.
+    async fn unshare(&self, name: Option<String>) {
+        let (Some(redis), Some(name)) = (&self.shared, name) else { return };
+        if let Err(e) = redis.query::<()>(keel::redis::driver::cmd("DEL").arg(&name)).await {
+            tracing::debug!(error = %e, "a shared web session could not be dropped; it ends with its access token");
+        }
     }
 
     /// The session cookie's name.
@@ -169,11 +267,24 @@ impl Sessions {
         cache.get(&Self::digest(refresh)).filter(|c| c.until > Instant::now()).cloned()
     }
 
-    fn keep(&self, refresh: &str, pair: &TokenPair, user: &User) {
+    /// Keeps `pair`'s access token for `refresh` until a minute before it expires; the lifetime
+    /// kept (zero: too short-lived to keep).
+    fn keep(&self, refresh: &str, pair: &TokenPair, user: &User) -> Duration {
         let lifetime = Duration::from_secs(pair.expires_in).saturating_sub(EXPIRY_MARGIN);
         if lifetime.is_zero() {
-            return;
+            return lifetime;
         }
+        let cached = Cached {
+            access: pair.access_token.clone(),
+            user: user.clone(),
+            until: Instant::now() + lifetime,
+            shared: None,
+        };
+        self.insert(refresh, cached);
+        lifetime
+    }
+
+    fn insert(&self, refresh: &str, cached: Cached) {
         let Ok(mut cache) = self.cache.lock() else { return };
         let now = Instant::now();
         if cache.len() >= MAX_CACHED {
@@ -184,26 +295,37 @@ impl Sessions {
         {
             cache.remove(&first);
         }
-        cache.insert(
-            Self::digest(refresh),
-            Cached { access: pair.access_token.clone(), user: user.clone(), until: now + lifetime },
-        );
+        cache.insert(Self::digest(refresh), cached);
     }
 
-    /// Drops what is kept for `refresh` (signed out, or the account changed).
-    pub(crate) fn forget(&self, refresh: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&Self::digest(refresh));
-        }
+    /// Drops what is kept for `refresh` (signed out, or the account changed), here and shared.
+    pub(crate) async fn forget(&self, refresh: &str) {
+        let removed = self.cache.lock().ok().and_then(|mut cache| cache.remove(&Self::digest(refresh)));
+        let name = match (&self.shared, removed.and_then(|c| c.shared)) {
+            (_, Some(name)) => Some(name),
+            (Some(redis), None) => Some(Self::shared_names(redis, refresh).0),
+            (None, None) => None,
+        };
+        self.unshare(name).await;
     }
 
-    /// Drops the session whose access token is `access`: a service refused it (a role change,
-    /// a ban, a password change elsewhere), so the next page refreshes it at auth, which gives
-    /// one that says what the account may do now, or ends the session.
-    pub(crate) fn forget_access(&self, access: &str) {
+    /// Drops the session whose access token is `access`, here and shared: a service refused it
+    /// (a role change, a ban, a password change elsewhere), so the next page refreshes it at
+    /// auth, which gives one that says what the account may do now, or ends the session.
+    pub(crate) async fn forget_access(&self, access: &str) {
+        let mut shared = Vec::new();
         if let Ok(mut cache) = self.cache.lock() {
             // Rare (a refusal), so a scan rather than a second index.
-            cache.retain(|_, c| c.access != access);
+            cache.retain(|_, c| {
+                let keep = c.access != access;
+                if !keep && let Some(name) = &c.shared {
+                    shared.push(name.clone());
+                }
+                keep
+            });
+        }
+        for name in shared {
+            self.unshare(Some(name)).await;
         }
     }
 
@@ -215,7 +337,10 @@ impl Sessions {
         address: &HeaderValue,
     ) -> Result<Signed, Failure> {
         let user: User = site.get(Upstream::Auth, "/api/v1/me", Some(&pair.access_token), address).await?;
-        self.keep(&pair.refresh_token, pair, &user);
+        let lifetime = self.keep(&pair.refresh_token, pair, &user);
+        if !lifetime.is_zero() {
+            self.share(&pair.refresh_token, &pair.access_token, &user, lifetime).await;
+        }
         Ok(Signed { access: pair.access_token.clone(), user, refresh: pair.refresh_token.clone() })
     }
 
@@ -227,7 +352,11 @@ impl Sessions {
         address: &HeaderValue,
     ) -> (Viewer, Option<SessionChange>) {
         let Some(refresh) = refresh else { return (Viewer::default(), None) };
-        if let Some(c) = self.cached(refresh) {
+        let kept = match self.cached(refresh) {
+            Some(c) => Some(c),
+            None => self.shared_lookup(refresh).await,
+        };
+        if let Some(c) = kept {
             let signed = Signed { access: c.access, user: c.user, refresh: refresh.to_owned() };
             return (Viewer { signed: Some(signed), unchecked: false }, None);
         }
@@ -473,8 +602,56 @@ mod tests {
         s.keep("r3", &pair(30), &user());
         assert!(s.cached("r3").is_none(), "a token too short-lived to keep");
         s.keep("r4", &pair(900), &user());
-        s.forget("r4");
+        s.forget("r4").await;
         assert!(s.cached("r4").is_none());
+    }
+
+    /// Two gateway instances on one Redis: a session one of them kept is found by the other
+    /// without a refresh at auth; Redis holds it sealed by the cookie; signing out or a refused
+    /// token on one instance ends it for the others.
+    #[tokio::test]
+    async fn gateway_instances_share_sessions_through_redis_sealed_by_the_cookie() {
+        let url = keel::testing::redis_url();
+        if !keel::testing::require("Redis", &url) {
+            return;
+        }
+        let keys = keel::testing::TestRedis::new(&url);
+        let mut cfg = keel::redis::RedisConfig::default();
+        cfg.key_prefix = Some(keys.prefix().to_owned());
+        let redis = keel::redis::Redis::new("t", &url, &cfg, &keel::telemetry::Metrics::new()).unwrap();
+        redis.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+        let instance = || Sessions::new(false).shared(redis.clone());
+        let (a, b) = (instance(), instance());
+        let refresh = random_token();
+        let lifetime = a.keep(&refresh, &pair(900), &user());
+        a.share(&refresh, "access", &user(), lifetime).await;
+        let found = b.shared_lookup(&refresh).await.expect("the other instance finds it");
+        assert_eq!(found.access, "access");
+        assert!(b.cached(&refresh).is_some(), "and keeps it in memory too");
+        assert!(b.shared_lookup(&random_token()).await.is_none(), "another cookie finds nothing");
+
+        // Sealed: neither the token nor the address is readable in Redis.
+        let (name, _) = Sessions::shared_names(&redis, &refresh);
+        let raw: Vec<u8> = redis.query(keel::redis::driver::cmd("GET").arg(&name)).await.unwrap();
+        assert!(!raw.is_empty());
+        assert!(!raw.windows(6).any(|w| w == b"access") && !raw.windows(11).any(|w| w == b"example.com"));
+        let ttl: i64 = redis.query(keel::redis::driver::cmd("TTL").arg(&name)).await.unwrap();
+        assert!((1..=840).contains(&ttl), "expires with the access token, less the margin: {ttl}");
+
+        // Signed out on one instance: a third finds nothing.
+        a.forget(&refresh).await;
+        assert!(instance().shared_lookup(&refresh).await.is_none());
+
+        // A token a service refused is dropped from Redis too.
+        let other = random_token();
+        let refused = TokenPair { access_token: "refused".into(), ..pair(900) };
+        let lifetime = b.keep(&other, &refused, &user());
+        b.share(&other, "refused", &user(), lifetime).await;
+        // Refused on the instance that found it shared.
+        let c = instance();
+        assert!(c.shared_lookup(&other).await.is_some());
+        c.forget_access("refused").await;
+        assert!(instance().shared_lookup(&other).await.is_none());
     }
 
     #[tokio::test]
@@ -483,7 +660,7 @@ mod tests {
         s.keep("r1", &pair(900), &user());
         let other = TokenPair { access_token: "other".into(), ..pair(900) };
         s.keep("r2", &other, &user());
-        s.forget_access("access");
+        s.forget_access("access").await;
         assert!(s.cached("r1").is_none());
         assert_eq!(s.cached("r2").map(|c| c.access).as_deref(), Some("other"));
     }

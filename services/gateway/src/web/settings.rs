@@ -144,7 +144,7 @@ pub(crate) async fn change_password(
     Ok(match pair {
         Ok(pair) => {
             if let Some(signed) = &page.viewer.signed {
-                site.sessions.forget(&signed.refresh);
+                site.sessions.forget(&signed.refresh).await;
             }
             // The new pair is this browser's session whether or not the account reads back now.
             let _ = site.sessions.started(&site, &pair, &page.address).await;
@@ -196,7 +196,7 @@ pub(crate) async fn logout_all(State(site): State<Arc<Site>>, page: Page) -> Pag
         {
             Ok(_) => {
                 if let Some(signed) = &page.viewer.signed {
-                    site.sessions.forget(&signed.refresh);
+                    site.sessions.forget(&signed.refresh).await;
                 }
                 session::end(Redirect::to("/login?notice=signed_out_everywhere"))
             }
