@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cityevents_common::testing::{SmtpOptions, SmtpSink, decode_quoted_printable};
 use load::{Api, Class, Load};
 use platform::{Bus, Platform};
 use servers::{Kafka, Nats, Postgres, Rabbit, Redis};
@@ -98,6 +99,30 @@ pub fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Confirms `email`'s address with the link mailed to it at sign-up.
+async fn verify(api: &Api, smtp: &SmtpSink, email: &str) {
+    let header = format!("X-Sink-Rcpt-To: {email}\r\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        let mail = smtp
+            .messages()
+            .into_iter()
+            .map(|m| decode_quoted_printable(&m))
+            .find(|m| m.contains(&header) && m.contains("Subject: Confirm your e-mail address"));
+        if let Some(at) = mail.as_deref().and_then(|m| m.find("?token=").map(|i| (m, i + "?token=".len()))) {
+            let (m, i) = at;
+            break m[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect::<String>();
+        }
+        assert!(Instant::now() < deadline, "no confirmation mail to {email}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = api.post("/api/v1/auth/verify-email", None, serde_json::json!({ "token": token })).await;
+    assert!((200..300).contains(&r.status), "verify {email}: {} {}", r.status, r.body);
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -224,7 +249,17 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
         _ => unreachable!(),
     };
     let redis_url = world.redis.url();
-    world.platform = Some(blocking(|| Platform::start(&world.pg, &redis_url, &bus, fault.replicas())));
+    // With replicas, the users' mail is read (and counted: none may arrive twice).
+    let smtp = if fault.replicas() > 1 {
+        match SmtpSink::start(&SmtpOptions::default()) {
+            Some(s) => Some(s),
+            None => return,
+        }
+    } else {
+        None
+    };
+    let smtp_port = smtp.as_ref().map(SmtpSink::port);
+    world.platform = Some(blocking(|| Platform::start(&world.pg, &redis_url, &bus, fault.replicas(), smtp_port)));
     let base = world.platform.as_ref().unwrap().base.clone();
     let api = Api::new(&base);
 
@@ -242,6 +277,12 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
         events.push(api.event(&org, &format!("Fault {i}"), *cap).await);
     }
     let probe_user = api.user("probe").await;
+    if let Some(smtp) = &smtp {
+        // Verified, so promotions and removals are mailed to them during the load.
+        for u in &users {
+            verify(&api, smtp, &u.email).await;
+        }
+    }
     let probe_event = api.event(&org, "Probe", 0).await;
     let setup = started.elapsed();
 
@@ -492,6 +533,20 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
                     "join-to-notification p99 after a replica was killed: {p} ms (bound {REPLICA_P99_BOUND:?})"
                 )),
                 Some(_) => {}
+            }
+        }
+
+        // --- no mail twice (each carries its request's Message-ID)
+        if let Some(smtp) = &smtp {
+            let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+            for m in smtp.messages() {
+                let id = m.lines().find_map(|l| l.strip_prefix("Message-ID: ")).unwrap_or("").trim().to_owned();
+                *seen.entry(id).or_default() += 1;
+            }
+            let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
+            let _ = writeln!(report, "mail: {} sent, {} twice", seen.values().sum::<usize>(), twice.len());
+            if !twice.is_empty() {
+                findings.push(format!("{} mail(s) sent twice: {twice:?}", twice.len()));
             }
         }
 

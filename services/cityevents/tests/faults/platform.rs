@@ -32,9 +32,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts the script with `replicas` instances of every service and waits for
-    /// `run-distributed: ready`.
-    pub fn start(pg: &Postgres, redis_url: &str, bus: &Bus, replicas: u32) -> Self {
+    /// Starts the script with `replicas` instances of every service (mail to the SMTP server on
+    /// `smtp_port`, if given) and waits for `run-distributed: ready`.
+    pub fn start(pg: &Postgres, redis_url: &str, bus: &Bus, replicas: u32, smtp_port: Option<u16>) -> Self {
         let state = tempfile::Builder::new().prefix("ce-faults-state-").tempdir().unwrap();
         let prefix = super::unique("ce_faults_");
         let mut env: Vec<(String, String)> = vec![
@@ -58,6 +58,9 @@ impl Platform {
             // tested here (the end-to-end test does it through the mail).
             ("CITYEVENTS_EVENTS__APP__REQUIRE_VERIFIED_EMAIL".into(), "false".into()),
         ];
+        if let Some(port) = smtp_port {
+            env.push(("CITYEVENTS_SMTP_PORT".into(), port.to_string()));
+        }
         let mut gateway = 0;
         let mut ports = Vec::new();
         for svc in SERVICES {
