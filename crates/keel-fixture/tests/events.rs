@@ -1312,6 +1312,105 @@ async fn a_working_relay_keeps_its_rows_and_a_dead_ones_are_taken_over() {
     drop(stop_first);
 }
 
+/// Keeps the newest version of each key (`latest`), in the inbox transaction, and records every
+/// write that took effect.
+#[derive(Clone, Default)]
+struct Latest(Arc<Mutex<Vec<(String, i64)>>>);
+
+impl Handler for Latest {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        let data = &msg.envelope().data;
+        let (key, version) = (data["k"].as_str().unwrap_or_default().to_owned(), data["v"].as_i64().unwrap_or(0));
+        // Handlers of different speeds, as on busy instances: a later version often overtakes.
+        let spread = msg.envelope().id.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        tokio::time::sleep(Duration::from_millis(spread % 50)).await;
+        let tx = msg.tx().ok_or_else(|| Failure::permanent("no inbox"))?;
+        // The version guard: an older version than the one stored changes nothing.
+        let done = sqlx::query(
+            "INSERT INTO latest (k, version) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET version = excluded.version \
+             WHERE latest.version < excluded.version",
+        )
+        .bind(&key)
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            // The row stays locked until the inbox transaction commits: the next write of this
+            // key waits for it, so the writes are recorded in the order they take effect.
+            self.0.lock().unwrap().push((key, version));
+        }
+        Ok(())
+    }
+}
+
+/// Three instances of one group on a queue they share (NATS, RabbitMQ) can be handed one key's
+/// messages out of order. A handler that keeps the newest version still applies each key's
+/// versions in increasing order and ends on the last: the pattern City Events' consumers use
+/// (docs/events.md, several instances of a group).
+async fn three_instances_apply_each_keys_versions_in_order(broker: Broker) {
+    let Some(bus) = bus(broker).await else { return };
+    let Some((_guard, db)) = database(Backend::Postgres).await else { return };
+    sqlx::query("CREATE TABLE latest (k VARCHAR(64) PRIMARY KEY, version BIGINT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let topic = unique_topic("versions");
+    let stop = CancellationToken::new();
+    let latest = Latest::default();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let consumer = Consumer::new(bus.clone(), &topic, "g", latest.clone())
+            .inbox(db.clone())
+            .options(quick_consumer().concurrency(8));
+        instances.push(tokio::spawn(consumer.run(stop.clone())));
+    }
+    until(Duration::from_secs(10), || async { bus.lag(&topic, "g").await.ok() }).await;
+    let (keys, versions) = (10, 30);
+    for v in 1..=versions {
+        for k in 0..keys {
+            let e =
+                Envelope::raw("events-test", "thing.versioned", 1, serde_json::json!({ "k": format!("k{k}"), "v": v }))
+                    .with_key(format!("k{k}"));
+            bus.publish(&topic, &e).await.unwrap();
+        }
+    }
+    until(Duration::from_secs(60), || async {
+        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM latest WHERE version = $1")
+            .bind(i64::from(versions))
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        (done == keys).then_some(())
+    })
+    .await;
+    let written = latest.0.lock().unwrap().clone();
+    for k in 0..keys {
+        let key = format!("k{k}");
+        let applied: Vec<i64> = written.iter().filter(|(w, _)| *w == key).map(|(_, v)| *v).collect();
+        assert!(applied.windows(2).all(|w| w[0] < w[1]), "{broker:?}: {key} applied out of order: {applied:?}");
+        assert_eq!(applied.last(), Some(&i64::from(versions)), "{broker:?}: {key} ends on its last version");
+    }
+    eprintln!(
+        "{broker:?}: {} of {} messages took effect; the rest came after a newer version of their key",
+        written.len(),
+        keys * i64::from(versions)
+    );
+    stop.cancel();
+    for t in instances {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn three_instances_keep_each_keys_newest_nats() {
+    three_instances_apply_each_keys_versions_in_order(Broker::Nats).await;
+}
+
+#[tokio::test]
+async fn three_instances_keep_each_keys_newest_rabbitmq() {
+    three_instances_apply_each_keys_versions_in_order(Broker::Rabbit).await;
+}
+
 /// A key whose oldest row cannot be published (RabbitMQ `NO_ROUTE`) holds back its later rows,
 /// and only its own: other keys keep flowing, and the held key follows in order once the row
 /// gets through.
