@@ -91,10 +91,19 @@ pub(crate) async fn insert_participant(tx: &mut Tx, db: &Db, p: &Participant) ->
     write_participant(tx, db, text, p).await
 }
 
-/// Records `p` over what is recorded of that participant.
+/// Records `p` over what is recorded of that participant, unless what is recorded is newer (a
+/// later change another instance applied since it was read).
 pub(crate) async fn update_participant(tx: &mut Tx, db: &Db, p: &Participant) -> Result<(), DataError> {
-    let text = "UPDATE event_participants SET active = $1, at = $2 WHERE event_id = $3 AND user_id = $4";
-    write_participant(tx, db, text, p).await
+    let text = "UPDATE event_participants SET active = $1, at = $2 WHERE event_id = $3 AND user_id = $4 AND at <= $5";
+    sqlx::query(db.statement(text))
+        .bind(i64::from(p.active))
+        .bind(p.at)
+        .bind(p.event_id.to_string())
+        .bind(p.user_id.to_string())
+        .bind(p.at)
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
 }
 
 /// Runs `text`, an insert or update binding `p` in one order.
