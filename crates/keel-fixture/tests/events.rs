@@ -135,6 +135,14 @@ impl Seen {
         }
         m
     }
+    /// A consumer of `topic` (group `g`) handling one message at a time into this record, until
+    /// `stop`.
+    fn one_at_a_time(&self, bus: &Bus, topic: &str, stop: &CancellationToken) -> tokio::task::JoinHandle<()> {
+        let consumer =
+            Consumer::new(bus.clone(), topic, "g", self.handler()).options(ConsumerOptions::default().concurrency(1));
+        tokio::spawn(consumer.run(stop.clone()))
+    }
+
     fn handler(&self) -> impl Handler {
         let seen = self.clone();
         handler_fn(move |env: Envelope| {
@@ -1014,11 +1022,7 @@ async fn outbox_keeps_per_key_order_across_failures() {
     let topic = unique_topic("order");
     let seen = Seen::default();
     let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(bus.clone(), &topic, "g", seen.handler())
-            .options(ConsumerOptions::default().concurrency(1))
-            .run(stop.clone()),
-    );
+    let consumer = seen.one_at_a_time(&bus, &topic, &stop);
     let outbox = Outbox::new(db.clone(), "events-test", &fast_outbox(), None).unwrap();
     let mut tx = db.begin().await.unwrap();
     let mut want: HashMap<String, Vec<String>> = HashMap::new();
@@ -1083,11 +1087,7 @@ async fn a_backlog_over_few_keys_drains_in_runs(backend: Backend) {
     let topic = unique_topic("runs");
     let seen = Seen::default();
     let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(bus.clone(), &topic, "g", seen.handler())
-            .options(ConsumerOptions::default().concurrency(1))
-            .run(stop.clone()),
-    );
+    let consumer = seen.one_at_a_time(&bus, &topic, &stop);
     let mut cfg = fast_outbox();
     cfg.batch_size = 100;
     cfg.poll_interval = Duration::from_secs(60);
@@ -1131,11 +1131,7 @@ async fn two_relays_keep_per_key_order(backend: Backend) {
     let topic = unique_topic("tworder");
     let seen = Seen::default();
     let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(bus.clone(), &topic, "g", seen.handler())
-            .options(ConsumerOptions::default().concurrency(1))
-            .run(stop.clone()),
-    );
+    let consumer = seen.one_at_a_time(&bus, &topic, &stop);
     let mut cfg = fast_outbox();
     cfg.batch_size = 40;
     let r1 = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
@@ -1187,11 +1183,7 @@ async fn a_stuck_key_holds_up_no_other(backend: Backend) {
     let topic = unique_topic("stuck");
     let seen = Seen::default();
     let stop = CancellationToken::new();
-    let consumer = tokio::spawn(
-        Consumer::new(bus.clone(), &topic, "g", seen.handler())
-            .options(ConsumerOptions::default().concurrency(1))
-            .run(stop.clone()),
-    );
+    let consumer = seen.one_at_a_time(&bus, &topic, &stop);
     let mut cfg = fast_outbox();
     cfg.batch_size = 10;
     let outbox = Outbox::new(db.clone(), "events-test", &cfg, None).unwrap();
@@ -1265,11 +1257,7 @@ async fn a_working_relay_keeps_its_rows_and_a_dead_ones_are_taken_over() {
     let topic = unique_topic("lease");
     let stop = CancellationToken::new();
     let seen = Seen::default();
-    let consumer = tokio::spawn(
-        Consumer::new(direct.clone(), &topic, "g", seen.handler())
-            .options(ConsumerOptions::default().concurrency(1))
-            .run(stop.clone()),
-    );
+    let consumer = seen.one_at_a_time(&direct, &topic, &stop);
     until(Duration::from_secs(10), || async { direct.lag(&topic, "g").await.ok() }).await;
     let mut cfg = fast_outbox();
     cfg.lease = Duration::from_millis(400);
@@ -1421,11 +1409,7 @@ async fn a_failing_row_holds_back_its_key_only() {
     let (nowhere, open) = (unique_topic("held"), unique_topic("flowing"));
     let stop = CancellationToken::new();
     let seen = Seen::default();
-    let consumer = tokio::spawn(
-        Consumer::new(bus.clone(), &open, "g", seen.handler())
-            .options(ConsumerOptions::default().concurrency(1))
-            .run(stop.clone()),
-    );
+    let consumer = seen.one_at_a_time(&bus, &open, &stop);
     // The consumer's queue exists before anything is published to `open`.
     until(Duration::from_secs(10), || async { bus.lag(&open, "g").await.ok() }).await;
     let mut cfg = fast_outbox();

@@ -101,6 +101,37 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
+/// Anonymous `GET /api/v1/events` every 100 ms for up to 30 s while a killed service comes back:
+/// until `back` says it runs again and, given `answering`, that path of it answers 404 (or the
+/// script ends). The answers by status, and when it was back.
+async fn reads_until_back(
+    platform: &mut Platform,
+    back: impl Fn(&Platform) -> bool,
+    answering: Option<&str>,
+) -> (BTreeMap<u16, usize>, Option<Instant>) {
+    let api = Api::new(&platform.base);
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
+    while Instant::now() < until {
+        let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
+        *reads.entry(a.status).or_default() += 1;
+        if back(platform) {
+            let answers = match answering {
+                Some(path) => api.get(path, None).await.status == 404,
+                None => true,
+            };
+            if answers {
+                return (reads, Some(Instant::now()));
+            }
+        }
+        if !platform.script_alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (reads, None)
+}
+
 /// Confirms `email`'s address with the link mailed to it at sign-up.
 async fn verify(api: &Api, smtp: &SmtpSink, email: &str) {
     let header = format!("X-Sink-Rcpt-To: {email}\r\n");
@@ -461,9 +492,10 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
 
         // --- every announcement becomes exactly one notification
         let notify_start = Instant::now();
-        let (mut expected, mut got);
+        let (mut announced, mut expected, mut got);
         loop {
-            expected = checks::expected_notifications(&checks::announced(pg, p));
+            announced = checks::announced(pg, p);
+            expected = checks::expected_notifications(&announced);
             got = checks::notified(pg, p);
             if expected == got || notify_start.elapsed() > NOTIFY_BOUND {
                 break;
@@ -493,7 +525,7 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
         }
 
         // --- one participation's notifications appear in the order of its changes
-        let (compared, inverted, example) = checks::feed_order(pg, p, &checks::announced(pg, p));
+        let (compared, inverted, example) = checks::feed_order(pg, p, &announced);
         let _ =
             writeln!(report, "feed order: {inverted} of {compared} participations with several notifications inverted");
         if inverted > 0 {
@@ -752,26 +784,13 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
                 assert!(ok.success(), "kill -KILL {svc} {pid}");
             }
             // The other replicas answer throughout; the supervisors restart the killed ones.
-            let api = Api::new(&platform.base);
-            let until = Instant::now() + Duration::from_secs(30);
-            let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
-            let mut restarted = None;
-            while Instant::now() < until {
-                let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
-                *reads.entry(a.status).or_default() += 1;
-                let back = victims.iter().all(|(svc, old)| {
-                    let now = platform.service_pids(svc);
+            let back = |p: &Platform| {
+                victims.iter().all(|(svc, old)| {
+                    let now = p.service_pids(svc);
                     now.len() == 2 && !now.contains(old)
-                });
-                if back {
-                    restarted = Some(Instant::now());
-                    break;
-                }
-                if !platform.script_alive() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                })
+            };
+            let (reads, restarted) = reads_until_back(platform, back, None).await;
             let _ = writeln!(
                 report,
                 "kill -9 of {victims:?} ({leased_at_kill} joins outbox rows leased at the kill): anonymous GET \
@@ -792,25 +811,9 @@ async fn inject(world: &mut World, fault: Fault, findings: &mut Vec<String>, rep
             t.down = Some(Instant::now());
             let old = platform.signal("joins", signal);
             // The platform keeps answering what does not need joins, and joins comes back.
-            let api = Api::new(&platform.base);
-            let until = Instant::now() + Duration::from_secs(30);
-            let mut reads: BTreeMap<u16, usize> = BTreeMap::new();
-            let mut restarted = None;
-            while Instant::now() < until {
-                let a = api.get("/api/v1/events?city=Faultville&limit=5", None).await;
-                *reads.entry(a.status).or_default() += 1;
-                if restarted.is_none()
-                    && platform.service_pid("joins").is_some_and(|p| p != old)
-                    && api.get("/api/v1/events/00000000-0000-7000-8000-000000000000/counts", None).await.status == 404
-                {
-                    restarted = Some(Instant::now());
-                    break;
-                }
-                if !platform.script_alive() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let back = |p: &Platform| p.service_pid("joins").is_some_and(|p| p != old);
+            let answering = "/api/v1/events/00000000-0000-7000-8000-000000000000/counts";
+            let (reads, restarted) = reads_until_back(platform, back, Some(answering)).await;
             let _ = writeln!(
                 report,
                 "kill -{signal} joins: anonymous GET /api/v1/events meanwhile {reads:?}; joins answering again after {:?}",
