@@ -11,7 +11,7 @@
 //! | `http.request.method` | `GET` |
 //! | `http.route` | the matched template (`/items/{id}`), only when a route matched |
 //! | `http.response.status_code` | recorded when the response is ready |
-//! | `url.path`, `url.scheme` | the request's path (never the query, which may carry secrets) and scheme |
+//! | `url.path`, `url.scheme` | the request's path (never the query, which may carry secrets; a path parameter named `token` or `secret` in the matched route is `***`) and scheme |
 //! | `server.address`, `server.port` | from `Host` (or the HTTP/2 authority) |
 //! | `client.address` | the client, through `http.trusted_proxies` (see [`super::client_ip`]) |
 //! | `user_agent.original` | `User-Agent` |
@@ -98,7 +98,7 @@ fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
         request_id = request_id_field(req),
         http.request.method = method,
         http.route = route,
-        url.path = req.uri().path(),
+        url.path = &*logged_path(route, req.uri().path()),
         url.scheme = req.uri().scheme_str().unwrap_or(scheme(req.extensions())),
         server.address = host,
         server.port = port,
@@ -120,6 +120,27 @@ fn request_span<B>(layer: &TraceLayer, req: &Request<B>) -> tracing::Span {
     }
     continue_trace(&span, req.headers());
     span
+}
+
+/// Path parameters whose values are secrets (a capability URL's token): never recorded.
+const SECRET_PARAMS: [&str; 2] = ["{token}", "{secret}"];
+
+/// `path` as the span records it: with the segments the matched `route` names in
+/// [`SECRET_PARAMS`] replaced by `***` (the route template itself when the segments do not line
+/// up, as with a wildcard).
+fn logged_path<'a>(route: Option<&str>, path: &'a str) -> std::borrow::Cow<'a, str> {
+    let Some(route) = route.filter(|r| SECRET_PARAMS.iter().any(|p| r.contains(p))) else {
+        return std::borrow::Cow::Borrowed(path);
+    };
+    if route.split('/').count() != path.split('/').count() || route.contains("{*") {
+        return std::borrow::Cow::Owned(route.to_owned());
+    }
+    let segments: Vec<&str> = route
+        .split('/')
+        .zip(path.split('/'))
+        .map(|(t, p)| if SECRET_PARAMS.contains(&t) { "***" } else { p })
+        .collect();
+    std::borrow::Cow::Owned(segments.join("/"))
 }
 
 /// The request's id as a span field. Borrowed, not `RequestId::from_extensions`: that clones
@@ -252,6 +273,15 @@ mod tests {
         assert_eq!(server_address(&req("/x", Some("[::1]"))), (Some("::1"), Some(80)));
         assert_eq!(server_address(&req("https://h.example/x", None)), (Some("h.example"), Some(443)));
         assert_eq!(server_address(&req("/x", None)), (None, None));
+    }
+
+    #[test]
+    fn a_secret_path_parameter_is_never_recorded() {
+        let route = Some("/api/v1/calendars/{token}/events.ics");
+        assert_eq!(logged_path(route, "/api/v1/calendars/s3cr3t/events.ics"), "/api/v1/calendars/***/events.ics");
+        assert_eq!(logged_path(Some("/items/{id}"), "/items/7"), "/items/7");
+        assert_eq!(logged_path(None, "/no/route"), "/no/route");
+        assert_eq!(logged_path(Some("/f/{secret}/{*rest}"), "/f/s3cr3t/a/b"), "/f/{secret}/{*rest}");
     }
 
     #[test]

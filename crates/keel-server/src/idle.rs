@@ -174,7 +174,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if let Some(closing) = &self.closing {
+            req.extensions_mut().insert(crate::Draining(closing.clone()));
+        }
         let a = &self.activity;
         if a.protocol.load(Ordering::Relaxed) == FRESH {
             let protocol = if req.version() == Version::HTTP_2 { HTTP2 } else { HTTP1 };

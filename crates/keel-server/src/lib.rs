@@ -44,6 +44,10 @@
 //! sending at the moment `stop` closes idle connections. A client reconnects, to a replacement
 //! where one listens.
 //!
+//! A request carries the same signal as a [`Draining`] extension, so a long-lived answer (a
+//! stream of server-sent events, a long poll) can end itself when the drain begins rather than
+//! hold the shutdown until `shutdown.timeout`.
+//!
 //! When `stop` is cancelled, or this future is dropped, the listener is dropped at once (new
 //! connections are refused) and every connection is asked to shut down gracefully: idle ones
 //! close at once, in-flight requests are answered first (HTTP/2: `GOAWAY`). When `stop` is
@@ -54,6 +58,33 @@
 #![forbid(unsafe_code)]
 
 mod idle;
+
+/// The drain's beginning, as a request extension (present when the server was given
+/// [`Limits::closing_on`]): a handler whose answer goes on for long (server-sent events) ends it
+/// when [`Draining::cancelled`] completes, and the client reconnects, to a replacement where one
+/// listens.
+///
+/// ```
+/// # async fn handler(draining: Option<axum::Extension<keel_server::Draining>>) {
+/// if let Some(axum::Extension(d)) = draining {
+///     d.cancelled().await; // the drain began: finish the stream
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Draining(tokio_util::sync::CancellationToken);
+
+impl Draining {
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes when the drain begins (at once if it has).
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await;
+    }
+}
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -813,6 +844,54 @@ mod tests {
         assert!(get_hi(&mut other).await.starts_with("http/1.1 200"));
         stop.cancel();
         serving.await.unwrap();
+    }
+
+    /// A long answer that watches [`Draining`] (a server-sent events stream) ends when the drain
+    /// begins, so the stop that follows finds the connection idle instead of waiting on it.
+    #[tokio::test]
+    async fn a_long_answer_ends_itself_when_the_drain_begins() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/stream",
+            get(|axum::Extension(d): axum::Extension<Draining>| async move {
+                assert!(!d.is_draining());
+                let body = futures_util::stream::once(async move {
+                    d.cancelled().await;
+                    Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(b"bye"))
+                });
+                axum::body::Body::from_stream(body)
+            }),
+        );
+        let closing = CancellationToken::new();
+        let limits = limits(Duration::from_secs(600), 8).closing_on(closing.clone());
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve(listener, router, limits, stop.clone()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut head = [0u8; 256];
+        let n = s.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "the answer began");
+        closing.cancel();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 256];
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                rest.extend_from_slice(&buf[..n]);
+                if rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the stream did not end when the drain began");
+        assert!(String::from_utf8_lossy(&rest).contains("bye"), "{}", String::from_utf8_lossy(&rest));
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), serving).await.unwrap().unwrap();
     }
 
     /// Connections the kernel completed before the accept loop stopped, their requests sent,
