@@ -22,6 +22,7 @@ use keel_management::ManagementConfig;
 use keel_rate_limit::RateLimitPolicy;
 use keel_redis::RedisConfig;
 use keel_security::SecurityConfig;
+use keel_storage::StorageConfig;
 use keel_telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// Loads a service's configuration: Keel's sections and the service's own (see [`keel_config`]).
@@ -87,6 +88,8 @@ pub struct KeelConfig {
     pub database: DatabaseConfig,
     /// Redis, for services that declare it.
     pub redis: RedisConfig,
+    /// The object store, for services that declare one (`Setup::storage`).
+    pub storage: StorageConfig,
     /// Named rate-limit policies (`Setup::rate_limit("<name>")`).
     pub rate_limits: BTreeMap<String, RateLimitPolicy>,
     /// Named upstream HTTP services (`Setup::http_client("<name>")`).
@@ -132,6 +135,7 @@ impl KeelConfig {
             health: HealthConfig::default(),
             database,
             redis: RedisConfig::default(),
+            storage: StorageConfig::default(),
             rate_limits: BTreeMap::new(),
             upstreams: BTreeMap::new(),
             bus: BusConfig::default(),
@@ -195,6 +199,7 @@ impl Aggregate for KeelConfig {
         r.section("health", &mut self.health);
         r.section("database", &mut self.database);
         r.section("redis", &mut self.redis);
+        r.section("storage", &mut self.storage);
         r.section("rate_limits", &mut self.rate_limits);
         r.section("upstreams", &mut self.upstreams);
         r.section("bus", &mut self.bus);
@@ -231,6 +236,7 @@ impl Aggregate for KeelConfig {
         v.section("security", &self.security);
         v.section("database", &self.database);
         v.section("redis", &self.redis);
+        v.section("storage", &self.storage);
         v.section("bus", &self.bus);
         v.section("outbox", &self.outbox);
         v.section("health", &self.health);

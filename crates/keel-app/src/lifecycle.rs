@@ -367,6 +367,8 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         hooks: Vec::new(),
         #[cfg(feature = "redis")]
         redis: None,
+        #[cfg(feature = "storage")]
+        storage: None,
         rate_limit_metrics: None,
         breakers: None,
         #[cfg(feature = "client")]

@@ -34,6 +34,7 @@
 //! | [`server`] | `keel-server` | the accept loop: hyper's timeouts, HTTP/2 settings, connection caps, drain |
 //! | [`data`] | `keel-data` | SQL pools (PostgreSQL, MySQL/MariaDB, SQLite), migrations (features `postgres`, `mysql`, `sqlite`) |
 //! | [`redis`] | `keel-redis` | a managed Redis connection (feature `redis`) |
+//! | [`storage`] | `keel-storage` | an object store: local files or an S3-compatible bucket (feature `storage`) |
 //! | [`security`] | `keel-security` | JWT, passwords, field encryption, audit log (feature `security`) |
 //! | [`grpc`] | `keel-grpc` | tonic services behind Keel's gRPC stack, `grpc.health.v1`, reflection, the gRPC client (feature `grpc`) |
 //! | [`features`] | `keel-features` | feature flags from a YAML file, hot-reloaded |
@@ -70,6 +71,7 @@ pub use keel_redis as redis;
 pub use keel_security as security;
 pub use keel_server as server;
 pub use keel_slo as slo;
+pub use keel_storage as storage;
 pub use keel_telemetry as telemetry;
 #[cfg(feature = "test-util")]
 pub use keel_testing as testing;

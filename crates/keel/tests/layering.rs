@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "keel-server",
     "keel-data",
     "keel-redis",
+    "keel-storage",
     "keel-rate-limit",
     "keel-security",
     "keel-grpc",

@@ -21,6 +21,8 @@ mod redis;
 mod security;
 #[cfg(feature = "sql")]
 mod sql;
+#[cfg(feature = "storage")]
+mod storage;
 
 use super::{Config, KeelConfig};
 use keel_config::{ConfigError, NoConfig, Profile, Section};
@@ -321,6 +323,8 @@ pub struct Setup<C> {
     pub(crate) hooks: Vec<(String, HookFn)>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<keel_redis::Redis>,
+    #[cfg(feature = "storage")]
+    pub(crate) storage: Option<keel_storage::Store>,
     pub(crate) rate_limit_metrics: Option<keel_rate_limit::RateLimitMetrics>,
     pub(crate) breakers: Option<keel_resilience::breaker::Registry>,
     #[cfg(feature = "client")]
