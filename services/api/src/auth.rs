@@ -241,6 +241,28 @@ pub struct SessionList {
     pub items: Vec<Session>,
 }
 
+// A profile change's fields: `null` means unchanged, as absent does.
+fn new_display_name() -> ObjectBuilder {
+    crate::fields::nullable(display_name(), Type::String)
+}
+
+fn bio() -> ObjectBuilder {
+    crate::fields::nullable(
+        crate::fields::optional_text(MAX_BIO)
+            .description(Some("Up to 500 characters, line breaks kept; empty clears it; `null`: unchanged.")),
+        Type::String,
+    )
+}
+
+fn home_city() -> ObjectBuilder {
+    crate::fields::nullable(
+        crate::fields::optional_text(crate::limits::MAX_CITY).description(Some(
+            "Home city, up to 80 characters (where *Near me* looks); empty clears it; `null`: unchanged.",
+        )),
+        Type::String,
+    )
+}
+
 fn display_name() -> ObjectBuilder {
     bounded(MAX_NAME)
         .min_length(Some(1))
@@ -274,4 +296,63 @@ fn reason_out() -> ObjectBuilder {
 
 fn bearer() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["Bearer"]))
+}
+
+/// Longest profile text (characters).
+pub const MAX_BIO: usize = 500;
+
+/// What anyone may see of a person: on their organizer page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Profile {
+    /// The user.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// A few words about them, in their own words (may be empty).
+    #[schema(max_length = 500)]
+    pub bio: String,
+    /// Their home city (may be empty): where "near me" looks.
+    #[schema(max_length = 80)]
+    pub city: String,
+    /// When the account was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub member_since: OffsetDateTime,
+    /// Their picture, when they gave one (`PUT /api/v1/me/avatar`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<Avatar>,
+}
+
+/// A person's picture: square JPEG files on this origin, named by their content, so each URL
+/// can be cached for good (`Cache-Control: public, max-age=31536000, immutable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Avatar {
+    /// 96×96, beside a name (`/api/v1/profiles/{id}/avatar/{hash}/small.jpg`).
+    pub small: String,
+    /// 400×400, on their page (`…/large.jpg`).
+    pub large: String,
+}
+
+impl Avatar {
+    /// The URLs of user `id`'s avatar stored under `hash`.
+    pub fn of(id: Uuid, hash: &str) -> Self {
+        Self {
+            small: format!("/api/v1/profiles/{id}/avatar/{hash}/small.jpg"),
+            large: format!("/api/v1/profiles/{id}/avatar/{hash}/large.jpg"),
+        }
+    }
+}
+
+/// `PATCH /api/v1/me/profile`: what changes; a field left out stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatch {
+    /// Display name, 1–100 characters; `null` or absent: unchanged.
+    #[schema(schema_with = new_display_name)]
+    pub name: Option<String>,
+    /// Up to 500 characters; empty clears it.
+    #[schema(schema_with = bio)]
+    pub bio: Option<String>,
+    /// Home city, up to 80 characters; empty clears it.
+    #[schema(schema_with = home_city)]
+    pub city: Option<String>,
 }

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::fields::{self, bounded, integer, optional_text, required_text};
 use crate::limits::{
-    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_REASON, MAX_TIME, MAX_TITLE, MAX_VENUE, MAX_YEAR,
-    MAX_ZONE, MIN_YEAR,
+    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_ONLINE_URL, MAX_REASON, MAX_TIME, MAX_TITLE, MAX_VENUE,
+    MAX_YEAR, MAX_ZONE, MIN_YEAR,
 };
 
 /// Where an event is in its life cycle.
@@ -75,6 +75,17 @@ pub struct Event {
     /// IANA time zone.
     #[schema(schema_with = out::time_zone)]
     pub time_zone: String,
+    /// Whether it takes place online: its join link goes to the organizer, moderators, admins
+    /// and the users who hold a seat only (`GET /api/v1/events/{id}/online-link`).
+    #[serde(default)]
+    pub online: bool,
+    /// The join link, answered to the organizer only (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = out::online_url)]
+    pub online_url: Option<String>,
+    /// Its cover picture, when it has one (`PUT /api/v1/events/{id}/cover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cover: Option<Cover>,
     /// Start (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub starts_at: OffsetDateTime,
@@ -96,6 +107,9 @@ pub struct Event {
     /// Why it was canceled or unpublished, when a reason was given; `null` otherwise.
     #[schema(schema_with = out::status_reason, required = true)]
     pub status_reason: Option<String>,
+    /// Grows by one with every change (a calendar's `SEQUENCE`).
+    #[schema(minimum = 1)]
+    pub version: u64,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -131,6 +145,10 @@ pub struct NewEvent {
     #[serde(default)]
     #[schema(schema_with = input::time_zone)]
     pub time_zone: Option<String>,
+    /// An online event's join link (`https://`); absent or `""`: none.
+    #[serde(default)]
+    #[schema(schema_with = input::online_url)]
+    pub online_url: Option<String>,
     /// Start: RFC 3339, or a local time without offset in `time_zone`.
     #[schema(schema_with = input::time)]
     pub starts_at: String,
@@ -167,6 +185,9 @@ pub struct EventPatch {
     /// New time zone: the start and end stay the same instants unless they are sent too.
     #[schema(schema_with = input::new_time_zone)]
     pub time_zone: Option<String>,
+    /// New join link (`""` removes it: the event is no longer online).
+    #[schema(schema_with = input::new_online_url)]
+    pub online_url: Option<String>,
     /// New start: RFC 3339, or a local time without offset in the (new) time zone.
     #[schema(schema_with = input::time)]
     pub starts_at: Option<String>,
@@ -182,10 +203,90 @@ pub struct EventPatch {
 impl EventPatch {
     /// Whether no field is set (a `PATCH` of `{}`, or of `null`s only).
     pub fn is_empty(&self) -> bool {
-        let Self { title, description, city, category, venue, time_zone, starts_at, ends_at, capacity } = self;
-        [title, description, city, category, venue, time_zone, starts_at, ends_at].iter().all(|f| f.is_none())
+        let Self { title, description, city, category, venue, time_zone, online_url, starts_at, ends_at, capacity } =
+            self;
+        [title, description, city, category, venue, time_zone, online_url, starts_at, ends_at]
+            .iter()
+            .all(|f| f.is_none())
             && capacity.is_none()
     }
+}
+
+/// A list of events without pages (the trending and for-you feeds).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    /// The events, best first.
+    pub items: Vec<Event>,
+}
+
+/// One view of an event's page, as the gateway counts it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct View {
+    /// The event.
+    pub event_id: Uuid,
+    /// Who viewed it, as the gateway knows them (`u:<user id>`, or `a:<address>`); hashed with
+    /// the day's salt before it is stored.
+    pub viewer: String,
+}
+
+/// `POST /api/v1/events/views` (the gateway's own, not exposed): views to count.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ViewBatch {
+    /// 1 to 500 views.
+    pub views: Vec<View>,
+}
+
+/// `POST /api/v1/events/suggestions` (the gateway's own): what one person's for-you feed is
+/// made of.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestionRequest {
+    /// Organizers they follow (up to 100).
+    #[serde(default)]
+    pub organizers: Vec<Uuid>,
+    /// Categories of events they joined (names outside the set are ignored).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Their home city.
+    #[serde(default)]
+    pub city: Option<String>,
+    /// Events to leave out: those they joined already (up to 100).
+    #[serde(default)]
+    pub exclude: Vec<Uuid>,
+    /// 1 to 50; default 20.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// An event's cover picture: JPEG files on this origin, named by their content, so each URL
+/// can be cached for good (`Cache-Control: public, max-age=31536000, immutable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cover {
+    /// 640×360, for lists (`/api/v1/events/{id}/cover/{hash}/card.jpg`).
+    pub card: String,
+    /// 1280×720, for the event's page (`…/wide.jpg`).
+    pub wide: String,
+}
+
+impl Cover {
+    /// The URLs of the cover of event `id` stored under `hash`.
+    pub fn of(id: Uuid, hash: &str) -> Self {
+        Self {
+            card: format!("/api/v1/events/{id}/cover/{hash}/card.jpg"),
+            wide: format!("/api/v1/events/{id}/cover/{hash}/wide.jpg"),
+        }
+    }
+}
+
+/// `GET /api/v1/events/{id}/online-link`: an online event's join link, for its organizer, a
+/// moderator or admin, and the users who hold a seat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OnlineLink {
+    /// The `https://` address to join at.
+    #[schema(schema_with = out::online_url)]
+    pub url: String,
 }
 
 /// `POST /api/v1/events/{id}/cancel` and `…/unpublish` (the body is optional). Optional for the
@@ -255,6 +356,9 @@ mod out {
     pub(super) fn time_zone() -> ObjectBuilder {
         bounded(MAX_ZONE).description(Some("IANA time zone (canonical name, e.g. `Europe/Berlin`); `UTC` unless set."))
     }
+    pub(super) fn online_url() -> ObjectBuilder {
+        bounded(MAX_ONLINE_URL).description(Some("The join link (`https://`); answered to the organizer only."))
+    }
     pub(super) fn starts_at_local() -> ObjectBuilder {
         fields::date_time()
             .description(Some("The start in the event's time zone (RFC 3339 with that zone's offset then)."))
@@ -274,6 +378,33 @@ mod out {
 }
 
 /// Schemas of the fields of event input.
+/// The categories an event may have: `(name, label)`. Events store the name; pages show the
+/// label. Events saved before the set was fixed keep what they had until changed.
+pub const CATEGORIES: [(&str, &str); 12] = [
+    ("music", "Music"),
+    ("arts", "Arts and culture"),
+    ("food", "Food and drink"),
+    ("sport", "Sport and fitness"),
+    ("outdoors", "Outdoors"),
+    ("tech", "Tech"),
+    ("learning", "Learning"),
+    ("community", "Community"),
+    ("family", "Family"),
+    ("nightlife", "Nightlife"),
+    ("wellbeing", "Health and wellbeing"),
+    ("other", "Other"),
+];
+
+/// The label of category `name` (case-insensitive), or `name` itself for one outside the set.
+pub fn category_label(name: &str) -> &str {
+    CATEGORIES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.trim())).map_or(name, |(_, label)| label)
+}
+
+/// The set's name for `value` (case-insensitive, trimmed), if it is one.
+pub fn category_name(value: &str) -> Option<&'static str> {
+    CATEGORIES.iter().find(|(n, _)| n.eq_ignore_ascii_case(value.trim())).map(|(n, _)| *n)
+}
+
 mod input {
     use super::*;
 
@@ -287,7 +418,11 @@ mod input {
         required_text(MAX_CITY)
     }
     pub(super) fn category() -> ObjectBuilder {
-        required_text(MAX_CATEGORY)
+        let names: Vec<serde_json::Value> = CATEGORIES.iter().map(|(n, _)| serde_json::Value::from(*n)).collect();
+        ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(names))
+            .description(Some("One of the fixed categories (case-insensitive): docs/cityevents.md, *Categories*."))
     }
     pub(super) fn venue() -> ObjectBuilder {
         optional_text(MAX_VENUE).description(Some("Where it takes place; default empty."))
@@ -297,6 +432,15 @@ mod input {
     }
     pub(super) fn time_zone() -> ObjectBuilder {
         required_text(MAX_ZONE).description(Some("IANA time zone name (case-insensitive); default `UTC`."))
+    }
+    pub(super) fn online_url() -> ObjectBuilder {
+        fields::nullable(optional_text(MAX_ONLINE_URL), Type::String).description(Some(
+            "An online event's join link: an `https://` address without user or password. Given to the organizer, \
+             moderators, admins and the users who hold a seat only. Absent, `null` or `\"\"`: not online.",
+        ))
+    }
+    pub(super) fn new_online_url() -> ObjectBuilder {
+        optional_text(MAX_ONLINE_URL).description(Some("New join link (`https://`); `\"\"` removes it."))
     }
     pub(super) fn new_time_zone() -> ObjectBuilder {
         required_text(MAX_ZONE).description(Some(

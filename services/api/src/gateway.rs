@@ -69,6 +69,13 @@ pub struct EventPage {
     pub next_cursor: Option<String>,
 }
 
+/// A feed of events, best first, without pages (trending, for you).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventFeed {
+    /// Events.
+    pub items: Vec<ListedEvent>,
+}
+
 /// `GET /api/v1/events/{id}/view`: an event with the caller's join and its seat counts, in one
 /// call.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

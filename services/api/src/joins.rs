@@ -232,3 +232,51 @@ fn expires_at_input() -> ObjectBuilder {
 fn expires_at() -> ObjectBuilder {
     fields::nullable(fields::date_time(), Type::String).description(Some("`null`: for good."))
 }
+
+/// Whether the caller has a personal calendar feed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CalendarFeed {
+    /// Whether a feed address works now.
+    pub active: bool,
+    /// When the address in use was made; `null` without one.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
+    pub created_at: Option<OffsetDateTime>,
+}
+
+/// A new personal calendar feed address: shown once (only its hash is kept).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewCalendarFeed {
+    /// The secret: whoever has it reads the caller's calendar.
+    #[schema(min_length = 43, max_length = 43)]
+    pub token: String,
+    /// The feed's path on the gateway (`/api/v1/calendars/{token}/events.ics`).
+    pub path: String,
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A feed's secret, as the gateway asks joins for its events (in a body, so it appears in no
+/// request path or log).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedToken {
+    /// The secret from the feed's address.
+    pub token: String,
+}
+
+/// One event of a personal feed (joins to the gateway).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedItem {
+    /// The event.
+    pub event_id: Uuid,
+    /// `confirmed`, `waitlisted`, or `canceled` (the event was canceled).
+    pub status: String,
+}
+
+/// The events of a personal feed, soonest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedItems {
+    /// At most 100.
+    pub items: Vec<FeedItem>,
+}

@@ -11,6 +11,8 @@ pub const MAX_CITY: usize = 80;
 pub const MAX_CATEGORY: usize = 80;
 /// An event's venue.
 pub const MAX_VENUE: usize = 200;
+/// An online event's join link (an `https://` address), in characters.
+pub const MAX_ONLINE_URL: usize = 500;
 /// A reason given for canceling or unpublishing an event, or for a ban.
 pub const MAX_REASON: usize = 500;
 /// An event's seats (`0` = unlimited).
@@ -23,6 +25,10 @@ pub const MAX_YEAR: i32 = 2200;
 pub const MAX_TIME: usize = 64;
 /// An IANA time zone name.
 pub const MAX_ZONE: usize = 64;
+/// An uploaded picture (a cover or an avatar), in bytes: 5 MiB.
+pub const MAX_PICTURE: usize = 5 * 1024 * 1024;
+/// The request carrying one (multipart framing and the form's other fields on top): 5 MiB + 64 KiB.
+pub const MAX_PICTURE_REQUEST: usize = MAX_PICTURE + 64 * 1024;
 
 /// The longest `q` of the event search.
 pub const MAX_Q: usize = 100;
@@ -33,11 +39,15 @@ pub const MAX_TERMS: usize = 8;
 pub const MIN_TERM: usize = 3;
 /// The orders of `GET /api/v1/events` (`?sort=`): `relevance` needs `q` and is its default;
 /// otherwise the default is `starts_at`; `-` is latest first.
-pub const SORTS: [&str; 5] = ["starts_at", "-starts_at", "created_at", "-created_at", "relevance"];
+pub const SORTS: [&str; 6] = ["starts_at", "-starts_at", "created_at", "-created_at", "-published_at", "relevance"];
 /// Cities a suggestion answers when `limit` is absent.
 pub const DEFAULT_CITIES: u32 = 10;
 /// The most cities a suggestion answers.
 pub const MAX_CITIES: u32 = 20;
+/// Views one `POST /api/v1/events/views` carries (the gateway's batches).
+pub const MAX_VIEW_BATCH: usize = 500;
+/// The most events a feed (trending, for you) answers.
+pub const MAX_FEED: u32 = 50;
 /// Events asked for in one `POST /api/v1/events/batch`.
 pub const MAX_BATCH: usize = 100;
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::fields;
 
 /// What a notification's `kind` may be.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 10] = [
     "join.confirmed",
     "join.waitlisted",
     "join.promoted",
@@ -19,6 +19,7 @@ pub const KINDS: [&str; 9] = [
     "event.unpublished",
     "event.changed",
     "event.activity",
+    "event.followed",
 ];
 
 /// An in-app notification.
@@ -78,6 +79,8 @@ pub struct MailPreferences {
     pub waitlist_promoted: bool,
     /// The organizer removed you from an event.
     pub removed: bool,
+    /// An organizer you follow published an event.
+    pub followed_published: bool,
 }
 
 /// `PUT /api/v1/me/mail-preferences`: the preferences to change, at least one.
@@ -97,6 +100,10 @@ pub struct MailPreferencesPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub removed: Option<bool>,
+    /// An organizer you follow published an event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub followed_published: Option<bool>,
 }
 
 fn kind() -> ObjectBuilder {
@@ -110,4 +117,32 @@ fn kind() -> ObjectBuilder {
 
 fn read_at() -> ObjectBuilder {
     fields::nullable(fields::date_time(), Type::String)
+}
+
+/// The caller follows an organizer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Follow {
+    /// The organizer.
+    pub organizer_id: Uuid,
+    /// Since when.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// A page of the organizers the caller follows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FollowPage {
+    /// Newest first.
+    pub items: Vec<Follow>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(schema_with = crate::fields::next_cursor, required = true)]
+    pub next_cursor: Option<String>,
+}
+
+/// How many people follow an organizer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Followers {
+    /// Followers.
+    #[schema(minimum = 0)]
+    pub followers: u64,
 }

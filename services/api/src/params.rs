@@ -44,6 +44,9 @@ pub struct EventsParams {
     /// Exact category, case-insensitive.
     #[param(schema_with = category)]
     pub category: Option<String>,
+    /// Only this organizer's events.
+    #[param(schema_with = organizer)]
+    pub organizer: Option<String>,
     /// Starting at or after.
     #[param(schema_with = from)]
     pub from: Option<String>,
@@ -90,6 +93,29 @@ pub struct CitiesParams {
     pub q: Option<String>,
     /// Cities to answer.
     #[param(schema_with = cities)]
+    pub limit: Option<String>,
+}
+
+/// `GET /api/v1/events/trending`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TrendingParams {
+    /// Events to answer.
+    #[param(schema_with = feed_limit)]
+    pub limit: Option<String>,
+    /// Only this city's (case-insensitive).
+    #[param(schema_with = city)]
+    pub city: Option<String>,
+}
+
+/// `GET /api/v1/me/feed`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FeedParams {
+    /// Events to answer.
+    #[param(schema_with = feed_limit)]
     pub limit: Option<String>,
 }
 
@@ -160,13 +186,17 @@ fn cursor() -> ObjectBuilder {
 }
 
 fn search() -> ObjectBuilder {
-    fields::bounded(limits::MAX_Q).min_length(Some(1)).description(Some(
+    fields::optional_text(limits::MAX_Q).min_length(Some(1)).description(Some(
         "Full-text search over title, city, venue and description: every word of at least 3 letters or digits must start \
          a word of the event (`jazz` finds `jazzy`); at most 8 words are used. With `q` the default order is \
          `relevance` (best match first), which ranks at most the 1,000 latest-starting matches (filters apply \
          first; order by a date to list every match). A search that takes too long answers 503 `query-timeout`, \
          and one past the service's searches at once 503 `search-busy`, both with `Retry-After`.",
     ))
+}
+
+fn organizer() -> ObjectBuilder {
+    fields::uuid().description(Some("Only the events of this organizer (a user id)."))
 }
 
 fn city() -> ObjectBuilder {
@@ -212,6 +242,15 @@ fn status() -> ObjectBuilder {
     fields::string()
         .enum_values(Some(crate::events::EventStatus::ALL.map(crate::events::EventStatus::as_str)))
         .description(Some("Only events in this status; every status when absent."))
+}
+
+fn feed_limit() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(limits::MAX_FEED))
+        .default(Some(limits::DEFAULT_LIMIT.into()))
+        .description(Some("Events to answer."))
 }
 
 fn cities() -> ObjectBuilder {

@@ -64,6 +64,8 @@ pub struct AuthConfig {
     /// a few writes). Default `150ms`, between `0s` and `2s`.
     #[serde(with = "keel::config::duration")]
     pub registration_floor: Duration,
+    /// Avatars: decoding and clean-up (see `profiles.rs`).
+    pub pictures: cityevents_media::PicturesConfig,
 }
 
 /// `app.lockout.*`: failed sign-ins are counted per account and client IP, per client IP and per
@@ -121,6 +123,7 @@ impl Default for AuthConfig {
             password_reset_ttl: Duration::from_secs(3600),
             password_reset_mails_per_hour: 3,
             registration_floor: Duration::from_millis(150),
+            pictures: cityevents_media::PicturesConfig::default(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Section for AuthConfig {
         if self.registration_floor > Duration::from_secs(2) {
             v.invalid("registration_floor", "must be at most 2s");
         }
+        v.section("pictures", &self.pictures);
     }
 }
 

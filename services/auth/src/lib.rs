@@ -60,6 +60,7 @@ mod lockout;
 mod mail;
 mod metrics;
 mod moderation;
+mod profiles;
 mod routes;
 mod sessions;
 mod store;
@@ -169,6 +170,13 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     s.worker(Worker::periodic("account-contacts", BACKFILL_EVERY, move |_ctx| {
         announce_contacts(a.clone(), m.clone())
     }))?;
+    // Avatars in the object store (`storage.*`), swept of what no account shows.
+    let objects = s.storage()?;
+    let pictures = cityevents_media::Pictures::new(objects.clone(), &cfg.pictures);
+    let (swept, grace) = (accounts.db.clone(), cfg.pictures.sweep_grace);
+    s.worker(Worker::periodic("avatars-sweep", cfg.pictures.sweep_every, move |_ctx| {
+        profiles::sweep(swept.clone(), objects.clone(), grace)
+    }))?;
     let (resets, reset_requests) = tokio::sync::mpsc::channel(routes::RESET_QUEUE);
     let state = routes::AppState {
         accounts,
@@ -184,6 +192,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         outbox: outbox.clone(),
         resets,
         reset_mails_per_hour: cfg.password_reset_mails_per_hour,
+        pictures,
     };
     let worker = state.clone();
     s.task("password-resets", move |stop| routes::run_resets(worker, reset_requests, stop));

@@ -66,6 +66,8 @@ pub(crate) struct AppState {
     pub(crate) resets: tokio::sync::mpsc::Sender<ResetRequest>,
     /// `app.password_reset_mails_per_hour`.
     pub(crate) reset_mails_per_hour: u32,
+    /// Avatars: the object store and the decoding pipeline.
+    pub(crate) pictures: cityevents_media::Pictures,
 }
 
 /// The routes, under the same paths the gateway exposes.
@@ -87,6 +89,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/users", get(list_users))
         .route("/api/v1/users/names", get(names))
+        .route("/api/v1/profiles/{id}", get(crate::profiles::show))
+        .route("/api/v1/me/profile", axum::routing::patch(crate::profiles::update))
+        .route(
+            "/api/v1/me/avatar",
+            axum::routing::put(crate::profiles::put_avatar)
+                .delete(crate::profiles::delete_avatar)
+                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST)),
+        )
+        .route("/api/v1/profiles/{id}/avatar/{hash}/{file}", get(crate::profiles::avatar))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
         .route("/api/v1/admin/users/{id}/ban", post(ban_user).delete(unban_user))
         // Every answer is about an account: its address, its tokens, its failures.

@@ -34,6 +34,8 @@ on_every_backend!(
     ended_sessions_stop_access_tokens_within_seconds,
     login_metrics_are_counted,
     moderators_ban_accounts_and_admins_list_them,
+    public_profiles_show_a_name_and_bio_and_changes_are_announced,
+    avatars_are_checked_served_and_swept["APP__PICTURES__SWEEP_EVERY" = "200ms", "APP__PICTURES__SWEEP_GRACE" = "1s"],
 );
 
 async fn register_login_and_me(s: &Svc) {
@@ -1323,4 +1325,108 @@ async fn moderators_ban_accounts_and_admins_list_them(s: &Svc) {
         let r = s.get(&format!("/api/v1/users/names{q}"), Some(&moe_access)).await;
         assert_eq!(r.status, 400, "{q}: {r:?}");
     }
+}
+
+async fn public_profiles_show_a_name_and_bio_and_changes_are_announced(s: &Svc) {
+    let id = s.register("olive@example.com", "Olive").await;
+    let (access, _) = s.tokens("olive@example.com").await;
+    let shown = s.get(&format!("/api/v1/profiles/{id}"), None).await;
+    assert_eq!(shown.status, 200, "{shown:?}");
+    assert_eq!((shown.body["name"].as_str(), shown.body["bio"].as_str()), (Some("Olive"), Some("")));
+    assert!(shown.body.get("email").is_none(), "nothing but the public profile: {shown:?}");
+    let saved = s.patch("/api/v1/me/profile", Some(&access), &json!({"bio": "  Rooftop jazz.\r\nFridays. "})).await;
+    assert_eq!((saved.status, saved.body["bio"].as_str()), (200, Some("Rooftop jazz.\nFridays.")), "{saved:?}");
+    assert_eq!(saved.body["name"], "Olive", "a field left out stays");
+    let contacts_before = s.outbox("cityevents.accounts").await.len();
+    let renamed = s.patch("/api/v1/me/profile", Some(&access), &json!({"name": " Olive Oyl "})).await;
+    assert_eq!((renamed.status, renamed.body["name"].as_str()), (200, Some("Olive Oyl")), "{renamed:?}");
+    assert_eq!(renamed.body["bio"], "Rooftop jazz.\nFridays.");
+    let moved = s.patch("/api/v1/me/profile", Some(&access), &json!({"city": "  Lisbon "})).await;
+    assert_eq!((moved.status, moved.body["city"].as_str()), (200, Some("Lisbon")), "{moved:?}");
+    assert_eq!(s.get(&format!("/api/v1/profiles/{id}"), None).await.body["city"], "Lisbon");
+    let far = s.patch("/api/v1/me/profile", Some(&access), &json!({"city": "x".repeat(81)})).await;
+    assert_eq!((far.status, far.body["errors"][0]["field"].as_str()), (400, Some("city")), "{far:?}");
+    let contacts = s.outbox("cityevents.accounts").await;
+    assert_eq!(contacts.len(), contacts_before + 1, "the new name is announced");
+    assert_eq!(contacts.last().unwrap()["name"], "Olive Oyl");
+    // Bad fields, all at once; unknown fields refused; only the owner.
+    let bad = s.patch("/api/v1/me/profile", Some(&access), &json!({"name": "", "bio": "x".repeat(501)})).await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let fields: Vec<&str> = bad.body["errors"].as_array().unwrap().iter().filter_map(|e| e["field"].as_str()).collect();
+    assert_eq!(fields, ["name", "bio"], "{bad:?}");
+    assert_eq!(s.patch("/api/v1/me/profile", Some(&access), &json!({"role": "admin"})).await.status, 400);
+    assert_eq!(s.patch("/api/v1/me/profile", None, &json!({"bio": "x"})).await.status, 401);
+    assert_eq!(s.get(&format!("/api/v1/profiles/{}", uuid::Uuid::now_v7()), None).await.status, 404);
+    assert_eq!(s.get("/api/v1/profiles/not-a-uuid", None).await.status, 400);
+}
+
+/// A multipart upload of `bytes` as the `file` field to `PUT /api/v1/me/avatar`.
+async fn put_avatar(s: &Svc, access: Option<&str>, bytes: &[u8]) -> Reply {
+    let boundary = "keel-avatar-test";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"me.jpg\"\r\n\
+         Content-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    s.put_raw("/api/v1/me/avatar", access, &format!("multipart/form-data; boundary={boundary}"), body).await
+}
+
+/// A JPEG of `w`×`h` with a comment segment holding `marker`.
+fn jpeg(w: u32, h: u32, marker: &str) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 40]));
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90).encode_image(&img).unwrap();
+    let mut com = vec![0xFF, 0xFE];
+    com.extend_from_slice(&((marker.len() + 2) as u16).to_be_bytes());
+    com.extend_from_slice(marker.as_bytes());
+    buf.splice(2..2, com);
+    buf
+}
+
+async fn avatars_are_checked_served_and_swept(s: &Svc) {
+    let id = s.register("ava@example.com", "Ava").await;
+    let (access, _) = s.tokens("ava@example.com").await;
+    let path = format!("/api/v1/profiles/{id}");
+    assert!(s.get(&path, None).await.body.get("avatar").is_none(), "no picture yet");
+    // Signed in only; pictures only; bounded.
+    assert_eq!(put_avatar(s, None, &jpeg(300, 300, "")).await.status, 401);
+    let bad = put_avatar(s, Some(&access), b"GIF89a? no: text").await;
+    assert_eq!((bad.status, bad.body["code"].as_str()), (400, Some("INVALID_IMAGE")), "{bad:?}");
+    let huge = put_avatar(s, Some(&access), &vec![0u8; cityevents_api::limits::MAX_PICTURE + 1]).await;
+    assert_eq!(huge.status, 413, "{huge:?}");
+    // A picture: square sizes, clean, cached for good, on the profile.
+    let saved = put_avatar(s, Some(&access), &jpeg(900, 600, "SECRET-EXIF")).await;
+    assert_eq!(saved.status, 200, "{saved:?}");
+    let small = saved.body["avatar"]["small"].as_str().unwrap().to_owned();
+    let large = saved.body["avatar"]["large"].as_str().unwrap().to_owned();
+    assert!(small.starts_with(&format!("/api/v1/profiles/{id}/avatar/")) && small.ends_with("/small.jpg"), "{small}");
+    assert_eq!(s.get(&path, None).await.body["avatar"]["large"], large.as_str());
+    for (url, side) in [(&small, 96), (&large, 400)] {
+        let (status, headers, bytes) = s.get_bytes(url).await;
+        assert_eq!(status, 200, "{url}");
+        assert_eq!(headers["cache-control"], "public, max-age=31536000, immutable");
+        assert_eq!(headers["content-type"], "image/jpeg");
+        assert!(!bytes.windows(6).any(|w| w == b"SECRET"), "the original's metadata is gone");
+        let img = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((img.width(), img.height()), (side, side), "{url}");
+    }
+    assert_eq!(s.get(&small.replace("small.jpg", "huge.jpg"), None).await.status, 404);
+    // Replaced: the old files go after the grace period; removed: gone too.
+    let again = put_avatar(s, Some(&access), &jpeg(500, 500, "")).await;
+    let new_small = again.body["avatar"]["small"].as_str().unwrap().to_owned();
+    assert_ne!(new_small, small);
+    cityevents_common::testing::eventually("the old avatar swept", std::time::Duration::from_secs(20), || async {
+        (s.get(&small, None).await.status == 404).then_some(())
+    })
+    .await;
+    assert_eq!(s.get(&new_small, None).await.status, 200);
+    assert_eq!(s.delete("/api/v1/me/avatar", Some(&access)).await.status, 204);
+    assert!(s.get(&path, None).await.body.get("avatar").is_none());
+    cityevents_common::testing::eventually("the removed avatar swept", std::time::Duration::from_secs(20), || async {
+        (s.get(&new_small, None).await.status == 404).then_some(())
+    })
+    .await;
+    assert_eq!(s.delete("/api/v1/me/avatar", None).await.status, 401);
 }

@@ -79,6 +79,10 @@ pub struct EventSnapshot {
     /// (absent) = unknown.
     #[serde(default)]
     pub version: u64,
+    /// A fingerprint of an online event's join link (16 hex characters of its SHA-256), empty
+    /// when it has none: a new link gives a new one. The link itself never goes on the bus.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub link_tag: String,
 }
 
 fn utc() -> String {
@@ -388,10 +392,23 @@ pub enum Mail {
         /// Its title.
         title: String,
     },
+    /// An organizer the user follows published an event.
+    FollowedPublished {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+        /// The organizer's name, when the notifier knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        organizer: Option<String>,
+        /// When it starts, on the venue's clock with the zone named (`2031-06-20 21:00
+        /// (Europe/Lisbon)`).
+        when: String,
+    },
 }
 
 /// The kinds of mail a user can turn off ([`Mail::preference`]); account-security mail cannot be.
-pub const MAIL_PREFERENCES: [&str; 3] = ["event_canceled", "waitlist_promoted", "removed"];
+pub const MAIL_PREFERENCES: [&str; 4] = ["event_canceled", "waitlist_promoted", "removed", "followed_published"];
 
 impl Mail {
     /// The template's name (`verify_email`, …).
@@ -405,6 +422,7 @@ impl Mail {
             Self::EventCanceled { .. } => "event_canceled",
             Self::WaitlistPromoted { .. } => "waitlist_promoted",
             Self::Removed { .. } => "removed",
+            Self::FollowedPublished { .. } => "followed_published",
         }
     }
 
@@ -415,6 +433,7 @@ impl Mail {
             Self::EventCanceled { .. } => Some(MAIL_PREFERENCES[0]),
             Self::WaitlistPromoted { .. } => Some(MAIL_PREFERENCES[1]),
             Self::Removed { .. } => Some(MAIL_PREFERENCES[2]),
+            Self::FollowedPublished { .. } => Some(MAIL_PREFERENCES[3]),
             Self::VerifyEmail { .. }
             | Self::ResetPassword { .. }
             | Self::PasswordChanged

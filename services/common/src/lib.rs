@@ -8,6 +8,7 @@
 
 pub mod caller;
 pub mod catalogue;
+pub mod ical;
 pub mod idempotency;
 pub mod organizer_bans;
 pub mod private;

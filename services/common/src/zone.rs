@@ -54,6 +54,11 @@ impl Zone {
         self.name
     }
 
+    /// The tz database's rules for the zone.
+    pub fn tz(&self) -> &TimeZone {
+        &self.tz
+    }
+
     /// `micros` (since the epoch) as RFC 3339 with this zone's offset at that instant
     /// (`2030-03-01T19:00:00+01:00`); `None` out of range.
     pub fn local(&self, micros: i64) -> Option<String> {

@@ -46,6 +46,12 @@ pub struct AppState {
     pub metrics: crate::metrics::EventMetrics,
     /// Full-text searches' own limits (`app.search`).
     pub search: Searches,
+    /// The day's salt of trend signals.
+    pub salts: crate::trend::Salts,
+    /// Trending answers kept for a while (`app.trending_cache`).
+    pub trending: crate::trend::TrendingCache,
+    /// Cover pictures: the object store and the decoding pipeline.
+    pub covers: cityevents_media::Pictures,
 }
 
 /// Full-text searches' own concurrency limit and what each may cost (`app.search`): a flood of
@@ -90,12 +96,45 @@ pub fn router(state: AppState) -> Router {
         .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events", get(list_public).post(create))
         .route("/api/v1/events/batch", post(batch))
+        .route("/api/v1/events/trending", get(crate::trend::trending))
+        .route("/api/v1/events/views", post(crate::trend::views))
+        .route("/api/v1/events/suggestions", post(crate::trend::suggestions))
         .route("/api/v1/events/{id}", get(show).patch(update))
         .route("/api/v1/events/{id}/publish", post(publish))
         .route("/api/v1/events/{id}/cancel", post(cancel))
         .route("/api/v1/events/{id}/unpublish", post(unpublish))
+        .route("/api/v1/events/{id}/online-link", get(online_link))
+        .route(
+            "/api/v1/events/{id}/cover",
+            axum::routing::put(crate::covers::put)
+                .delete(crate::covers::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST)),
+        )
+        .route("/api/v1/events/{id}/cover/{hash}/{file}", get(crate::covers::get))
         .route("/api/v1/meta/cities", get(cities))
         .with_state(state)
+}
+
+/// One event as answered to a caller: kept out of every cache (`private, no-store`) when it
+/// carries the join link, which is its organizer's only.
+pub struct Personal(EventView);
+
+impl Personal {
+    /// `view`, answered as the caller's own.
+    pub fn of(view: EventView) -> Self {
+        Self(view)
+    }
+}
+
+impl IntoResponse for Personal {
+    fn into_response(self) -> Response {
+        let private = self.0.online_url.is_some();
+        let mut resp = JsonResponse(self.0).into_response();
+        if private {
+            resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("private, no-store"));
+        }
+        resp
+    }
 }
 
 /// Every failure is a problem: Keel's errors (database, outbox, upstream) convert into one
@@ -120,6 +159,8 @@ async fn create(State(st): State<AppState>, caller: Caller, Json(body): Json<New
         category: f.category,
         venue: f.venue,
         time_zone: f.time_zone,
+        online_url: f.online_url,
+        cover: None,
         starts_at: f.starts_at,
         ends_at: f.ends_at,
         capacity: f.capacity,
@@ -136,23 +177,20 @@ async fn create(State(st): State<AppState>, caller: Caller, Json(body): Json<New
     st.db.commit(tx).await?;
     st.metrics.count(Change::Created, false);
     let location = format!("/api/v1/events/{}", event.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], JsonResponse(event.view())).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Personal(event.view_for(Some(&caller)))).into_response())
 }
 
 /// `GET /api/v1/events/{id}`: public once published; a draft only to its organizer (404 to
 /// anyone else).
-async fn show(
-    State(st): State<AppState>,
-    caller: Option<Caller>,
-    Path(id): Path<Uuid>,
-) -> Result<JsonResponse<EventView>> {
+async fn show(State(st): State<AppState>, caller: Option<Caller>, Path(id): Path<Uuid>) -> Result<Personal> {
     match store::get(&st.db, id).await? {
-        Some(e) if e.visible_to(caller.as_ref()) => Ok(JsonResponse(e.view())),
+        Some(e) if e.visible_to(caller.as_ref()) => Ok(Personal(e.view_for(caller.as_ref()))),
         _ => Err(Problem::not_found()),
     }
 }
 
 /// The outcome of a change: what to write, and which event announces it.
+#[expect(clippy::large_enum_variant, reason = "one short-lived value per change, on the stack")]
 enum Plan {
     /// Nothing changes (a patch equal to the current state).
     Unchanged,
@@ -178,6 +216,7 @@ fn fields_of(e: &Event) -> Fields {
         category: e.category.clone(),
         venue: e.venue.clone(),
         time_zone: e.time_zone.clone(),
+        online_url: e.online_url.clone(),
         starts_at: e.starts_at,
         ends_at: e.ends_at,
         capacity: e.capacity,
@@ -255,7 +294,7 @@ async fn update(
     caller: Caller,
     Path(id): Path<Uuid>,
     Json(patch): Json<EventPatch>,
-) -> Result<JsonResponse<EventView>> {
+) -> Result<Personal> {
     let event = change(&st, id, |current, now| {
         current.check_organizer(&caller)?;
         current.check_editable(now)?;
@@ -267,19 +306,19 @@ async fn update(
         Ok(Plan::Write { fields, status: current.status, reason: current.status_reason.clone(), emit })
     })
     .await?;
-    Ok(JsonResponse(event.view()))
+    Ok(Personal(event.view_for(Some(&caller))))
 }
 
 /// `POST /api/v1/events/{id}/publish`: a draft that has not started becomes public
 /// (`event.published`).
-async fn publish(State(st): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<JsonResponse<EventView>> {
+async fn publish(State(st): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<Personal> {
     let event = change(&st, id, |current, now| {
         current.check_organizer(&caller)?;
         current.check_publishable(now)?;
         Ok(Plan::Write { fields: fields_of(current), status: Status::Published, reason: None, emit: Emit::Published })
     })
     .await?;
-    Ok(JsonResponse(event.view()))
+    Ok(Personal(event.view_for(Some(&caller))))
 }
 
 /// Checks who may call off `current` and that a moderator acting on someone else's event gave
@@ -377,8 +416,8 @@ async fn cancel(
     caller: Caller,
     Path(id): Path<Uuid>,
     OptionalJson(body): OptionalJson<ReasonBody>,
-) -> Result<JsonResponse<EventView>> {
-    Ok(JsonResponse(call_off(&st, &caller, id, body, CallOff::Cancel).await?.view()))
+) -> Result<Personal> {
+    Ok(Personal(call_off(&st, &caller, id, body, CallOff::Cancel).await?.view_for(Some(&caller))))
 }
 
 /// Whether anyone holds a seat or waits in `event`, as the joins service knows it (an event it
@@ -408,6 +447,58 @@ async fn anyone_joined(st: &AppState, event: Uuid) -> Result<bool> {
     }
 }
 
+/// `GET /api/v1/events/{id}/online-link`: an online event's join link, to its organizer, a
+/// moderator or an admin, and to a user who holds a seat (the joins service is asked with the
+/// caller's own bearer); 403 `seat_required` to anyone else who may see the event, 404 when
+/// the event is not online or not visible to the caller, 409 `event_canceled` once it is called
+/// off. Never stored by caches.
+async fn online_link(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    headers: http::HeaderMap,
+) -> Result<Response> {
+    let Some(event) = store::get(&st.db, id).await?.filter(|e| e.visible_to(Some(&caller))) else {
+        return Err(Problem::not_found());
+    };
+    let Some(url) = event.online_url.clone() else {
+        return Err(Problem::not_found().detail("the event is not online"));
+    };
+    if event.status == Status::Canceled {
+        return Err(conflict("event_canceled", "the event was called off"));
+    }
+    if !event.link_without_seat(&caller) && !holds_seat(&st, id, headers.get(header::AUTHORIZATION)).await? {
+        return Err(crate::model::forbidden("the join link is for the people who hold a seat").code("seat_required"));
+    }
+    let mut resp = JsonResponse(cityevents_api::events::OnlineLink { url }).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, http::HeaderValue::from_static("private, no-store"));
+    Ok(resp)
+}
+
+/// Whether the bearer of `authorization` holds a seat at `event`, as the joins service says.
+async fn holds_seat(st: &AppState, event: Uuid, authorization: Option<&http::HeaderValue>) -> Result<bool> {
+    #[derive(Deserialize)]
+    struct Mine {
+        status: String,
+    }
+    let Some(authorization) = authorization else { return Ok(false) };
+    let req = client::Request::new(http::Method::GET, format!("/api/v1/events/{event}/join"))
+        .header(header::ACCEPT, http::HeaderValue::from_static("application/json"))
+        .header(header::AUTHORIZATION, authorization.clone())
+        .timeout(UPSTREAM_TIMEOUT);
+    let resp = st.joins.send(req).await?;
+    match resp.status {
+        StatusCode::NOT_FOUND => Ok(false),
+        StatusCode::OK => Ok(resp.json::<Mine>()?.status == "confirmed"),
+        other => {
+            tracing::warn!(status = other.as_u16(), "the joins service could not say whether the caller holds a seat");
+            Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "service-degraded", "Service unavailable")
+                .code("SERVICE_DEGRADED")
+                .detail("whether you hold a seat cannot be checked right now; try again shortly"))
+        }
+    }
+}
+
 /// Longest wait for the joins service's answer (each attempt; the client retries once).
 const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -422,8 +513,8 @@ async fn unpublish(
     caller: Caller,
     Path(id): Path<Uuid>,
     OptionalJson(body): OptionalJson<ReasonBody>,
-) -> Result<JsonResponse<EventView>> {
-    Ok(JsonResponse(call_off(&st, &caller, id, body, CallOff::Unpublish).await?.view()))
+) -> Result<Personal> {
+    Ok(Personal(call_off(&st, &caller, id, body, CallOff::Unpublish).await?.view_for(Some(&caller))))
 }
 
 /// `GET /api/v1/events`: published events, filtered, sorted and keyset-paged.
@@ -463,7 +554,7 @@ async fn list_mine(
     let list = q.validate()?;
     let rows = store::list_mine(&st.db, caller.id, &list).await?;
     let page = Paginated::from_rows(rows, list.limit, |e| list::cursor(MINE, e.created_at, e.id));
-    Ok(JsonResponse(page.map(|e| e.view())))
+    Ok(JsonResponse(page.map(|e| e.view_for(Some(&caller)))))
 }
 
 /// `GET /api/v1/meta/cities?q=`: cities of published events that have not ended, whose name

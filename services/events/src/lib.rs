@@ -14,6 +14,13 @@
 //! | `GET /api/v1/events` | anyone | published events: `city`, `category`, `from`, `to`, `sort`, `limit`, `cursor` |
 //! | `POST /api/v1/events/batch` | anyone | `{ids: […1–100]}` → `{"events": {id: event}}`, only those visible |
 //! | `GET /api/v1/me/events` | any user | the caller's events, every status, newest first |
+//! | `GET /api/v1/events/trending` | anyone | `limit` (1–50), `city`: events scored by distinct viewers and joiners today and yesterday (see [`trend`]) |
+//! | `POST /api/v1/events/views` | the gateway | `{views: [{event_id, viewer}]}`: views to count (not exposed) |
+//! | `POST /api/v1/events/suggestions` | the gateway | one person's for-you events from what they follow, live in and joined (not exposed) |
+//! | `PUT /api/v1/events/{id}/cover` | organizer | a cover picture (multipart `file`: JPEG, PNG or WebP, ≤ 5 MiB), see [`covers`] |
+//! | `DELETE /api/v1/events/{id}/cover` | organizer | no cover (204) |
+//! | `GET /api/v1/events/{id}/cover/{hash}/{card,wide}.jpg` | anyone | a cover's 640×360 or 1280×720 JPEG, cacheable for good |
+//! | `GET /api/v1/events/{id}/online-link` | organizer, moderator, admin; a user who holds a seat (joins is asked) | an online event's join link `{url}` (403 `seat_required` otherwise) |
 //!
 //! Events carry a venue and an IANA `time_zone` (the bundled tz database, see
 //! `cityevents_common::zone`): times are stored as UTC instants, accepted as RFC 3339 or as local
@@ -38,10 +45,12 @@
 //! when creating an event; admins are exempt).
 
 pub mod api;
+pub mod covers;
 pub mod list;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod trend;
 
 use keel::config::Section;
 use serde::{Deserialize, Serialize};
@@ -56,17 +65,34 @@ pub struct EventsConfig {
     pub require_verified_email: bool,
     /// Full-text search (`GET /api/v1/events?q=`).
     pub search: SearchConfig,
+    /// How long this instance keeps a trending answer (`GET /api/v1/events/trending`, per
+    /// `city` and `limit`) before it sums the signals again: the query reads every signal in the
+    /// window, too much for every call of a public route. `0s` keeps nothing. Default `30s`, at
+    /// most `10m`.
+    #[serde(with = "keel::config::duration")]
+    pub trending_cache: std::time::Duration,
+    /// Cover pictures: decoding and clean-up (see [`covers`]).
+    pub pictures: cityevents_media::PicturesConfig,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { require_verified_email: true, search: SearchConfig::default() }
+        Self {
+            require_verified_email: true,
+            search: SearchConfig::default(),
+            trending_cache: std::time::Duration::from_secs(30),
+            pictures: cityevents_media::PicturesConfig::default(),
+        }
     }
 }
 
 impl Section for EventsConfig {
     fn validate(&self, v: &mut keel::config::Validation<'_>) {
         v.section("search", &self.search);
+        v.section("pictures", &self.pictures);
+        if self.trending_cache > std::time::Duration::from_secs(600) {
+            v.invalid("trending_cache", "must be at most 10m: trending is about the last day or two");
+        }
     }
 }
 
@@ -144,8 +170,30 @@ pub fn service() -> keel::Service<EventsConfig> {
             let bus = s.bus()?;
             let accounts = cityevents_common::catalogue::ACCOUNTS_TOPIC;
             s.consume(keel::events::Consumer::new(bus, accounts, "events", handler).inbox(db.clone()))?;
+            // Joins are trend signals (see `trend`); the writes are idempotent, no inbox needed.
+            let salts = trend::Salts::default();
+            let joins_topic = cityevents_common::catalogue::JOINS_TOPIC;
+            let signals = trend::JoinSignals::new(db.clone(), salts.clone());
+            let joins_bus = s.bus()?;
+            s.consume(
+                keel::events::Consumer::new(joins_bus, joins_topic, "events-trend", signals).depends_on(db.clone()),
+            )?;
+            let pruned = db.clone();
+            s.worker(keel::workers::Worker::periodic("signals-prune", trend::PRUNE_EVERY, move |_ctx| {
+                trend::prune(pruned.clone())
+            }))?;
             let metrics = metrics::EventMetrics::register(s.metrics())?;
-            let state = api::AppState { db, outbox, require_verified_email, joins, metrics, search };
+            let trending = trend::TrendingCache::new(s.config().trending_cache);
+            // Cover pictures in the object store (`storage.*`), swept of what no event shows.
+            let pictures = s.config().pictures.clone();
+            let objects = s.storage()?;
+            let covers = cityevents_media::Pictures::new(objects.clone(), &pictures);
+            let swept = db.clone();
+            s.worker(keel::workers::Worker::periodic("covers-sweep", pictures.sweep_every, move |_ctx| {
+                covers::sweep(swept.clone(), objects.clone(), pictures.sweep_grace)
+            }))?;
+            let state =
+                api::AppState { db, outbox, require_verified_email, joins, metrics, search, salts, trending, covers };
             Ok(api::router(state).layer(jwt.extension()))
         },
     )

@@ -22,13 +22,15 @@ pub enum Sort {
     CreatedAt,
     /// `-created_at`: newest first.
     CreatedAtDesc,
+    /// `-published_at`: most recently published first (the latest feed).
+    PublishedAtDesc,
     /// `relevance`: best match of `q` first (the default with `q`, refused without it).
     Relevance,
 }
 
 impl Sort {
     /// The allowlisted values of `?sort=`.
-    pub const ALLOWED: [&'static str; 5] = cityevents_api::limits::SORTS;
+    pub const ALLOWED: [&'static str; 6] = cityevents_api::limits::SORTS;
 
     /// Parses `?sort=` (`searching`: a `q` was given, which makes `relevance` the default);
     /// anything off the allowlist, or `relevance` without `q`, is a 400 naming `sort`.
@@ -39,6 +41,7 @@ impl Sort {
             "-starts_at" => Ok(Self::StartsAtDesc),
             "created_at" => Ok(Self::CreatedAt),
             "-created_at" => Ok(Self::CreatedAtDesc),
+            "-published_at" => Ok(Self::PublishedAtDesc),
             "relevance" if searching => Ok(Self::Relevance),
             "relevance" => Err(validate::invalid("sort", "relevance orders the matches of q: give q too")),
             _ => Err(validate::invalid("sort", &format!("must be one of {}", Self::ALLOWED.join(", ")))),
@@ -52,6 +55,7 @@ impl Sort {
             Self::StartsAtDesc => "-starts_at",
             Self::CreatedAt => "created_at",
             Self::CreatedAtDesc => "-created_at",
+            Self::PublishedAtDesc => "-published_at",
             Self::Relevance => "relevance",
         }
     }
@@ -62,13 +66,14 @@ impl Sort {
         match self {
             Self::StartsAt | Self::StartsAtDesc => "starts_at",
             Self::CreatedAt | Self::CreatedAtDesc => "created_at",
+            Self::PublishedAtDesc => "published_at",
             Self::Relevance => "rank_key",
         }
     }
 
     /// Whether the order is descending.
     pub fn descending(self) -> bool {
-        matches!(self, Self::StartsAtDesc | Self::CreatedAtDesc | Self::Relevance)
+        matches!(self, Self::StartsAtDesc | Self::CreatedAtDesc | Self::PublishedAtDesc | Self::Relevance)
     }
 
     /// The sort key of `event` in this order; `None` for [`Sort::Relevance`], whose key is the
@@ -77,6 +82,8 @@ impl Sort {
         match self {
             Self::StartsAt | Self::StartsAtDesc => Some(event.starts_at),
             Self::CreatedAt | Self::CreatedAtDesc => Some(event.created_at),
+            // A listed event is published: it has the time (the oldest sort first otherwise).
+            Self::PublishedAtDesc => Some(event.published_at.unwrap_or(0)),
             Self::Relevance => None,
         }
     }
@@ -171,6 +178,8 @@ pub struct PublicList {
     pub city: Option<String>,
     /// Lowercased category to match.
     pub category: Option<String>,
+    /// Only this organizer's.
+    pub organizer: Option<uuid::Uuid>,
     /// Lower bound of `starts_at` (micros, inclusive).
     pub from: Option<i64>,
     /// Upper bound of `starts_at` (micros, exclusive).
@@ -202,6 +211,10 @@ impl Check for EventsParams {
         };
         let city = e.take(filter("city", self.city, MAX_CITY)).flatten();
         let category = e.take(filter("category", self.category, MAX_CATEGORY)).flatten();
+        let organizer = match self.organizer.filter(|o| !o.is_empty()) {
+            None => None,
+            Some(o) => e.take(validate::uuid("organizer", &o)),
+        };
         let time = |field: &str, v: Option<String>| match v.filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(v) => model::parse_time(field, &v).map(Some),
@@ -225,9 +238,18 @@ impl Check for EventsParams {
         };
         e.finish()?;
         match (sort, page) {
-            (Some(sort), Some(page)) => {
-                Ok(PublicList { search, city, category, from, to, ends_after, sort, limit: page.limit, after })
-            }
+            (Some(sort), Some(page)) => Ok(PublicList {
+                search,
+                city,
+                category,
+                organizer,
+                from,
+                to,
+                ends_after,
+                sort,
+                limit: page.limit,
+                after,
+            }),
             _ => Err(Problem::bad_request("invalid query")),
         }
     }

@@ -62,11 +62,13 @@ impl SearchOutcome {
     }
 }
 
-/// `events_changes_total{change, by}` and `events_searches_total{outcome}`; cheap to clone.
+/// `events_changes_total{change, by}`, `events_searches_total{outcome}` and
+/// `events_covers_total{change}`; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventMetrics {
     changes: IntCounterVec,
     searches: IntCounterVec,
+    covers: IntCounterVec,
 }
 
 impl EventMetrics {
@@ -94,12 +96,25 @@ impl EventMetrics {
             searches.with_label_values(&[o.label()]);
         }
         metrics.register(searches.clone())?;
-        Ok(Self { changes, searches })
+        let covers = IntCounterVec::new(
+            Opts::new("events_covers_total", "Cover pictures uploaded and removed, by change (uploaded, removed)."),
+            &["change"],
+        )?;
+        for c in ["uploaded", "removed"] {
+            covers.with_label_values(&[c]);
+        }
+        metrics.register(covers.clone())?;
+        Ok(Self { changes, searches, covers })
     }
 
     /// Counts a search that ended with `outcome`.
     pub fn search(&self, outcome: SearchOutcome) {
         self.searches.with_label_values(&[outcome.label()]).inc();
+    }
+
+    /// Counts a cover `change` (`uploaded`, `removed`).
+    pub fn picture(&self, change: &'static str) {
+        self.covers.with_label_values(&[change]).inc();
     }
 
     /// Counts `change`, made by a moderator when `moderated`.

@@ -12,8 +12,8 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 pub use cityevents_api::limits::{
-    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_REASON, MAX_TIME, MAX_TITLE, MAX_VENUE, MAX_YEAR,
-    MIN_YEAR,
+    MAX_CAPACITY, MAX_CATEGORY, MAX_CITY, MAX_DESCRIPTION, MAX_ONLINE_URL, MAX_REASON, MAX_TIME, MAX_TITLE, MAX_VENUE,
+    MAX_YEAR, MIN_YEAR,
 };
 
 pub use cityevents_api::events::EventStatus as Status;
@@ -39,6 +39,11 @@ pub struct Event {
     pub venue: String,
     /// IANA time zone (canonical name); local times are shown in it.
     pub time_zone: String,
+    /// An online event's join link; only its organizer, moderators and confirmed participants
+    /// are given it.
+    pub online_url: Option<String>,
+    /// The cover picture's content hash (`covers/<id>/<hash>/…` in the object store).
+    pub cover: Option<String>,
     /// Start, microseconds since the epoch.
     pub starts_at: i64,
     /// End, microseconds since the epoch; after the start.
@@ -61,6 +66,12 @@ pub struct Event {
     pub created_at: i64,
     /// Last change, microseconds since the epoch.
     pub updated_at: i64,
+}
+
+/// The fingerprint of a join link on the bus (`EventSnapshot::link_tag`).
+pub fn link_tag(url: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(url.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A 409 problem with a stable `code`.
@@ -184,6 +195,7 @@ impl Event {
             venue: self.venue.clone(),
             time_zone: self.time_zone.clone(),
             version: u64::try_from(self.version).unwrap_or(0),
+            link_tag: self.online_url.as_deref().map(link_tag).unwrap_or_default(),
         }
     }
 
@@ -209,7 +221,22 @@ impl Event {
         Zone::named(&self.time_zone).unwrap_or_else(Zone::utc)
     }
 
-    /// The wire form.
+    /// Whether `caller` may always have the join link: the organizer, a moderator or an admin
+    /// (anyone else needs a seat).
+    pub fn link_without_seat(&self, caller: &Caller) -> bool {
+        caller.id == self.organizer_id || caller.moderator || caller.admin
+    }
+
+    /// The wire form for `caller`: the organizer also gets the join link.
+    pub fn view_for(&self, caller: Option<&Caller>) -> EventView {
+        let mut view = self.view();
+        if caller.is_some_and(|c| c.id == self.organizer_id) {
+            view.online_url.clone_from(&self.online_url);
+        }
+        view
+    }
+
+    /// The wire form (without the join link).
     pub fn view(&self) -> EventView {
         let zone = self.zone();
         EventView {
@@ -221,6 +248,9 @@ impl Event {
             category: self.category.clone(),
             venue: self.venue.clone(),
             time_zone: zone.name().to_owned(),
+            online: self.online_url.is_some(),
+            online_url: None,
+            cover: self.cover.as_deref().map(|h| cityevents_api::events::Cover::of(self.id, h)),
             starts_at: from_micros(self.starts_at),
             ends_at: from_micros(self.ends_at),
             starts_at_local: zone.local(self.starts_at).unwrap_or_default(),
@@ -228,6 +258,7 @@ impl Event {
             capacity: u32::try_from(self.capacity).unwrap_or(0),
             status: self.status,
             status_reason: self.status_reason.clone(),
+            version: u64::try_from(self.version).unwrap_or(0),
             created_at: from_micros(self.created_at),
             updated_at: from_micros(self.updated_at),
         }
@@ -321,6 +352,10 @@ fn capacity(value: i64) -> Result<i64, Problem> {
     }
 }
 
+fn online_url(value: &str) -> Result<Option<String>, Problem> {
+    validate::https_link("online_url", value, MAX_ONLINE_URL)
+}
+
 fn order(starts_at: i64, ends_at: i64) -> Result<(), Problem> {
     if ends_at > starts_at { Ok(()) } else { Err(validate::invalid("ends_at", "must be after starts_at")) }
 }
@@ -340,6 +375,8 @@ pub struct Fields {
     pub venue: String,
     /// Canonical IANA time zone name.
     pub time_zone: String,
+    /// The join link of an online event.
+    pub online_url: Option<String>,
     /// Start (micros).
     pub starts_at: i64,
     /// End (micros).
@@ -348,13 +385,23 @@ pub struct Fields {
     pub capacity: i64,
 }
 
+/// One of the fixed categories ([`cityevents_api::events::CATEGORIES`]), case-insensitive, as
+/// its name.
+fn category(field: &str, value: &str) -> Result<String, Problem> {
+    validate::text(field, value, MAX_CATEGORY)?;
+    cityevents_api::events::category_name(value).map(str::to_owned).ok_or_else(|| {
+        let names: Vec<&str> = cityevents_api::events::CATEGORIES.iter().map(|(n, _)| *n).collect();
+        validate::invalid(field, &format!("must be one of {}", names.join(", ")))
+    })
+}
+
 /// Checks every limit of `input`; the problem names every bad field.
 pub fn validate_new(input: NewEvent) -> Result<Fields, Problem> {
     let mut e = Errors::default();
     let title = e.take(validate::text("title", &input.title, MAX_TITLE));
     let description = e.take(validate::optional_text("description", &input.description, MAX_DESCRIPTION));
     let city = e.take(validate::text("city", &input.city, MAX_CITY));
-    let category = e.take(validate::text("category", &input.category, MAX_CATEGORY));
+    let category = e.take(category("category", &input.category));
     let venue = e.take(validate::optional_text("venue", &input.venue, MAX_VENUE));
     let zone = match &input.time_zone {
         Some(z) => e.take(parse_zone(z)),
@@ -365,11 +412,12 @@ pub fn validate_new(input: NewEvent) -> Result<Fields, Problem> {
     let starts_at = e.take(parse_event_time("starts_at", &input.starts_at, &read_in));
     let ends_at = e.take(parse_event_time("ends_at", &input.ends_at, &read_in));
     let capacity = e.take(capacity(input.capacity));
+    let online_url = e.take(online_url(input.online_url.as_deref().unwrap_or_default()));
     if let (Some(s), Some(en)) = (starts_at, ends_at) {
         e.take(order(s, en));
     }
     e.finish()?;
-    match (title, description, city, category, venue, zone, starts_at, ends_at, capacity) {
+    match (title, description, city, category, venue, zone, online_url, starts_at, ends_at, capacity) {
         (
             Some(title),
             Some(description),
@@ -377,6 +425,7 @@ pub fn validate_new(input: NewEvent) -> Result<Fields, Problem> {
             Some(category),
             Some(venue),
             Some(zone),
+            Some(online_url),
             Some(starts_at),
             Some(ends_at),
             Some(capacity),
@@ -387,6 +436,7 @@ pub fn validate_new(input: NewEvent) -> Result<Fields, Problem> {
             category,
             venue,
             time_zone: zone.name().to_owned(),
+            online_url,
             starts_at,
             ends_at,
             capacity,
@@ -409,6 +459,7 @@ pub fn apply_patch(patch: EventPatch, current: &Event) -> Result<Fields, Problem
         category: current.category.clone(),
         venue: current.venue.clone(),
         time_zone: current.time_zone.clone(),
+        online_url: current.online_url.clone(),
         starts_at: current.starts_at,
         ends_at: current.ends_at,
         capacity: current.capacity,
@@ -423,11 +474,14 @@ pub fn apply_patch(patch: EventPatch, current: &Event) -> Result<Fields, Problem
     if let Some(v) = patch.city.and_then(|v| e.take(validate::text("city", &v, MAX_CITY))) {
         f.city = v;
     }
-    if let Some(v) = patch.category.and_then(|v| e.take(validate::text("category", &v, MAX_CATEGORY))) {
+    if let Some(v) = patch.category.and_then(|v| e.take(category("category", &v))) {
         f.category = v;
     }
     if let Some(v) = patch.venue.and_then(|v| e.take(validate::optional_text("venue", &v, MAX_VENUE))) {
         f.venue = v;
+    }
+    if let Some(v) = patch.online_url.and_then(|v| e.take(online_url(&v))) {
+        f.online_url = v;
     }
     let mut times_ok = true;
     let mut zone = current.zone();
@@ -471,6 +525,7 @@ impl Fields {
             && self.category == event.category
             && self.venue == event.venue
             && self.time_zone == event.time_zone
+            && self.online_url == event.online_url
             && self.starts_at == event.starts_at
             && self.ends_at == event.ends_at
             && self.capacity == event.capacity
@@ -496,6 +551,7 @@ mod tests {
             category: "music".into(),
             venue: String::new(),
             time_zone: None,
+            online_url: None,
             starts_at: starts.into(),
             ends_at: ends.into(),
             capacity: 10,

@@ -15,7 +15,7 @@ use crate::list::{After, CitiesAsk, MineList, PublicList, Search, Sort};
 use crate::model::{self, Event, Fields, Status};
 
 const COLUMNS: &str = "id, organizer_id, title, description, city, category, venue, time_zone, starts_at, ends_at, capacity, \
-     status, published_at, status_reason, version, created_at, updated_at";
+     status, published_at, status_reason, version, created_at, updated_at, online_url, cover";
 
 /// `hidden`: 1 when the event's organizer is banned (migration 0007), as a column.
 const HIDDEN: &str = "CASE WHEN EXISTS (SELECT 1 FROM organizer_bans b WHERE b.user_id = events.organizer_id \
@@ -66,6 +66,13 @@ impl Query {
         q.fetch_all(db.on(&mut *conn)).await.map_err(DataError::from)
     }
 
+    async fn execute(self, db: &Db) -> Result<(), DataError> {
+        let q = Self::bind_all(self.binds, sqlx::query(db.statement(&self.text)));
+        let mut conn = db.acquire().await?;
+        q.execute(db.on(&mut *conn)).await?;
+        Ok(())
+    }
+
     /// [`Query::fetch_all`], the statement cut off by the database after `limit`.
     async fn fetch_all_within(self, db: &Db, limit: std::time::Duration) -> Result<Vec<AnyRow>, DataError> {
         let binds = self.binds;
@@ -89,6 +96,8 @@ fn from_row(row: &AnyRow) -> Result<Event, sqlx::Error> {
         category: row.try_get("category")?,
         venue: row.try_get("venue")?,
         time_zone: row.try_get("time_zone")?,
+        online_url: row.try_get("online_url")?,
+        cover: row.try_get("cover")?,
         starts_at: row.try_get("starts_at")?,
         ends_at: row.try_get("ends_at")?,
         capacity: row.try_get("capacity")?,
@@ -126,8 +135,8 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
     let sql = db.sql(
         "INSERT INTO events (id, organizer_id, title, description, city, city_key, category, category_key, \
          starts_at, ends_at, capacity, status, published_at, version, created_at, updated_at, venue, time_zone, \
-         status_reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+         status_reason, online_url) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
     );
     sqlx::query(AssertSqlSafe(sql.into_owned()))
         .bind(event.id.to_string())
@@ -149,6 +158,7 @@ pub async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, event: &Event) 
         .bind(&event.venue)
         .bind(&event.time_zone)
         .bind(event.status_reason.clone())
+        .bind(event.online_url.clone())
         .execute(db.on(&mut **tx))
         .await?;
     if db.backend() == Backend::Sqlite {
@@ -203,8 +213,8 @@ pub async fn update(
     let sql = db.sql(
         "UPDATE events SET title = $1, description = $2, city = $3, city_key = $4, category = $5, \
          category_key = $6, starts_at = $7, ends_at = $8, capacity = $9, status = $10, published_at = $11, \
-         version = $12, updated_at = $13, venue = $14, time_zone = $15, status_reason = $16 \
-         WHERE id = $17 AND version = $18",
+         version = $12, updated_at = $13, venue = $14, time_zone = $15, status_reason = $16, online_url = $17 \
+         WHERE id = $18 AND version = $19",
     );
     let updated_at = now.max(current.updated_at);
     let published_at = match (status, current.published_at) {
@@ -229,6 +239,7 @@ pub async fn update(
         .bind(&fields.venue)
         .bind(&fields.time_zone)
         .bind(status_reason.clone())
+        .bind(fields.online_url.clone())
         .bind(current.id.to_string())
         .bind(current.version)
         .execute(db.on(&mut **tx))
@@ -243,6 +254,7 @@ pub async fn update(
         category: fields.category.clone(),
         venue: fields.venue.clone(),
         time_zone: fields.time_zone.clone(),
+        online_url: fields.online_url.clone(),
         starts_at: fields.starts_at,
         ends_at: fields.ends_at,
         capacity: fields.capacity,
@@ -314,6 +326,9 @@ pub async fn list_public(db: &Db, list: &PublicList, bounds: SearchBounds) -> Re
     }
     if let Some(category) = &list.category {
         q.push(" AND category_key = ").bind(Bind::Text(category.clone()));
+    }
+    if let Some(organizer) = &list.organizer {
+        q.push(" AND organizer_id = ").bind(Bind::Text(organizer.to_string()));
     }
     if let Some(from) = list.from {
         q.push(" AND starts_at >= ").bind(Bind::Int(from));
@@ -398,19 +413,28 @@ pub async fn cities(db: &Db, ask: &CitiesAsk, now: i64) -> Result<Vec<CityCount>
         .bind(Bind::Text(Status::Published.as_str().to_owned()));
     q.push(" AND ends_at > ").bind(Bind::Int(now));
     q.push(NOT_HIDDEN);
-    if let Some(prefix) = &ask.prefix {
-        // `!` escapes LIKE's wildcards in the prefix (a backslash means different things to
-        // MySQL's string literals and the others').
-        let escaped = prefix.replace('!', "!!").replace('%', "!%").replace('_', "!_");
-        q.push(" AND city_key LIKE ").bind(Bind::Text(format!("{escaped}%"))).push(" ESCAPE '!'");
-    }
-    q.push(" GROUP BY city_key ORDER BY n DESC, city_key ASC LIMIT ").bind(Bind::Int(i64::from(ask.limit)));
+    // A prefix matches without accents (`sao` finds São Paulo), which no portable SQL folds: the
+    // cities with upcoming events, busiest first and at most CITY_SCAN of them, are folded here.
+    let scan = if ask.prefix.is_some() { CITY_SCAN } else { i64::from(ask.limit) };
+    q.push(" GROUP BY city_key ORDER BY n DESC, city_key ASC LIMIT ").bind(Bind::Int(scan));
     let rows = q.fetch_all(db).await?;
-    rows.iter()
-        .map(|row| Ok(CityCount { city: row.try_get("city")?, events: row.try_get("n")? }))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(|e| db.observe(e))
+    let prefix = ask.prefix.as_deref().map(cityevents_common::validate::fold);
+    let mut out = Vec::new();
+    for row in &rows {
+        let city: String = row.try_get("city").map_err(|e| db.observe(e))?;
+        if prefix.as_ref().is_some_and(|p| !cityevents_common::validate::fold(&city).starts_with(p.as_str())) {
+            continue;
+        }
+        out.push(CityCount { city, events: row.try_get("n").map_err(|e| db.observe(e))? });
+        if out.len() >= ask.limit as usize {
+            break;
+        }
+    }
+    Ok(out)
 }
+
+/// Most cities a prefix is matched against (the busiest).
+const CITY_SCAN: i64 = 2000;
 
 /// Appends ` AND <the row matches every word of search>` in `backend`'s full-text syntax. The
 /// words hold only letters and digits ([`Search::parse`]), so nothing in them is syntax.
@@ -463,4 +487,218 @@ pub async fn list_mine(db: &Db, organizer: Uuid, list: &MineList) -> Result<Vec<
     order_by(&mut q, "created_at", true, list.limit);
     let rows = q.fetch_all(db).await?;
     from_rows(db, &rows)
+}
+
+/// `INSERT` that skips rows whose key exists, on each backend, up to the column list.
+fn insert_new(backend: Backend, table_and_columns: &str) -> String {
+    match backend {
+        Backend::Postgres | Backend::MySql => format!("INSERT INTO {table_and_columns} VALUES "),
+        Backend::Sqlite => format!("INSERT OR IGNORE INTO {table_and_columns} VALUES "),
+    }
+}
+
+/// What ends [`insert_new`]'s statement.
+fn insert_new_end(backend: Backend, key_column: &str) -> String {
+    match backend {
+        Backend::Postgres => " ON CONFLICT DO NOTHING".to_owned(),
+        Backend::MySql => format!(" ON DUPLICATE KEY UPDATE {key_column} = {key_column}"),
+        Backend::Sqlite => String::new(),
+    }
+}
+
+/// Day `day`'s salt: `fresh` stored unless one is already, then whichever is stored.
+pub async fn day_salt(db: &Db, day: i64, fresh: &str) -> Result<String, DataError> {
+    let backend = db.backend();
+    let mut q = Query::default();
+    q.push(&insert_new(backend, "signal_salts (day, salt)")).push("(").bind(Bind::Int(day)).push(", ");
+    q.bind(Bind::Text(fresh.to_owned())).push(")").push(&insert_new_end(backend, "day"));
+    q.execute(db).await?;
+    find_salt(db, day).await?.ok_or_else(|| db.observe(sqlx::Error::RowNotFound))
+}
+
+/// Day `day`'s salt, if it is still stored.
+pub async fn find_salt(db: &Db, day: i64) -> Result<Option<String>, DataError> {
+    let mut read = Query::default();
+    read.push("SELECT salt FROM signal_salts WHERE day = ").bind(Bind::Int(day));
+    let rows = read.fetch_all(db).await?;
+    rows.first().map(|row| row.try_get::<String, _>("salt")).transpose().map_err(|e| db.observe(e))
+}
+
+/// Records `(event, day, kind, actor)` signals; one already recorded is skipped.
+pub async fn record_signals(db: &Db, rows: &[(Uuid, i64, i64, String)]) -> Result<(), DataError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let backend = db.backend();
+    let mut q = Query::default();
+    q.push(&insert_new(backend, "event_signals (event_id, day, kind, actor)"));
+    for (i, (event, day, kind, actor)) in rows.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" }).bind(Bind::Text(event.to_string())).push(", ");
+        q.bind(Bind::Int(*day)).push(", ").bind(Bind::Int(*kind)).push(", ").bind(Bind::Text(actor.clone())).push(")");
+    }
+    q.push(&insert_new_end(backend, "day"));
+    q.execute(db).await
+}
+
+/// Published events of `city_key` (any city when `None`) that end after `now`, by their
+/// signals since day `since` (views 1, joins [`crate::trend::JOIN_WEIGHT`]), best first.
+pub async fn trending(
+    db: &Db,
+    since: i64,
+    now: i64,
+    city_key: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Event>, DataError> {
+    use crate::trend::{JOIN, JOIN_WEIGHT};
+    let mut q = Query::default();
+    q.push(&format!(
+        "SELECT {COLUMNS} FROM events JOIN (SELECT event_id, \
+         SUM(CASE WHEN kind = {JOIN} THEN {JOIN_WEIGHT} ELSE 1 END) AS score \
+         FROM event_signals WHERE day >= "
+    ))
+    .bind(Bind::Int(since));
+    q.push(" GROUP BY event_id) AS s ON s.event_id = events.id WHERE events.status = ")
+        .bind(Bind::Text(Status::Published.as_str().to_owned()));
+    q.push(" AND events.ends_at > ").bind(Bind::Int(now)).push(NOT_HIDDEN);
+    if let Some(city) = city_key {
+        q.push(" AND events.city_key = ").bind(Bind::Text(city.to_owned()));
+    }
+    q.push(" ORDER BY s.score DESC, events.starts_at, events.id LIMIT ").bind(Bind::Int(i64::from(limit)));
+    from_rows(db, &q.fetch_all(db).await?)
+}
+
+/// What one person's suggestions are drawn from (see [`crate::trend`]).
+#[derive(Debug, Clone)]
+pub struct Suggest {
+    /// Organizers they follow.
+    pub organizers: Vec<Uuid>,
+    /// Category names of events they joined.
+    pub categories: Vec<String>,
+    /// Their home city's key.
+    pub city: Option<String>,
+    /// Events left out.
+    pub exclude: Vec<Uuid>,
+    /// Now (micros): events that ended are left out.
+    pub now: i64,
+    /// Most events answered.
+    pub limit: u32,
+}
+
+impl Suggest {
+    /// Whether nothing could match.
+    pub fn is_empty(&self) -> bool {
+        self.organizers.is_empty() && self.categories.is_empty() && self.city.is_none()
+    }
+}
+
+/// `column IN ($a, $b, …)` over `values`.
+fn in_list(q: &mut Query, column: &str, values: &[String]) {
+    q.push(column).push(" IN (");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind(Bind::Text(v.clone()));
+    }
+    q.push(")");
+}
+
+/// Events for `ask`: followed organizers' (4), in the home city (2), in joined categories (1),
+/// best first, then soonest.
+pub async fn suggestions(db: &Db, ask: &Suggest) -> Result<Vec<Event>, DataError> {
+    let organizers: Vec<String> = ask.organizers.iter().map(Uuid::to_string).collect();
+    let exclude: Vec<String> = ask.exclude.iter().map(Uuid::to_string).collect();
+    let mut q = Query::default();
+    q.push(&format!("SELECT {COLUMNS} FROM (SELECT {COLUMNS}, ("));
+    if organizers.is_empty() {
+        q.push("0");
+    } else {
+        q.push("CASE WHEN ");
+        in_list(&mut q, "organizer_id", &organizers);
+        q.push(" THEN 4 ELSE 0 END");
+    }
+    match &ask.city {
+        Some(city) => {
+            q.push(" + CASE WHEN city_key = ").bind(Bind::Text(city.clone())).push(" THEN 2 ELSE 0 END");
+        }
+        None => {
+            q.push(" + 0");
+        }
+    }
+    if !ask.categories.is_empty() {
+        q.push(" + CASE WHEN ");
+        in_list(&mut q, "category_key", &ask.categories);
+        q.push(" THEN 1 ELSE 0 END");
+    }
+    q.push(") AS score FROM events WHERE status = ").bind(Bind::Text(Status::Published.as_str().to_owned()));
+    q.push(" AND ends_at > ").bind(Bind::Int(ask.now)).push(NOT_HIDDEN);
+    if !exclude.is_empty() {
+        q.push(" AND NOT ");
+        in_list(&mut q, "id", &exclude);
+    }
+    // Only events that match something (each value bound again: a placeholder is used once).
+    q.push(" AND (");
+    let mut first = true;
+    if !organizers.is_empty() {
+        first = false;
+        in_list(&mut q, "organizer_id", &organizers);
+    }
+    if let Some(city) = &ask.city {
+        q.push(if std::mem::take(&mut first) { "" } else { " OR " });
+        q.push("city_key = ").bind(Bind::Text(city.clone()));
+    }
+    if !ask.categories.is_empty() {
+        q.push(if first { "" } else { " OR " });
+        in_list(&mut q, "category_key", &ask.categories);
+    }
+    q.push(")) AS s ORDER BY score DESC, starts_at, id LIMIT ").bind(Bind::Int(i64::from(ask.limit)));
+    from_rows(db, &q.fetch_all(db).await?)
+}
+
+/// Deletes signals before day `keep_from` and salts before day `today`; returns how many of
+/// each.
+pub async fn prune_signals(db: &Db, keep_from: i64, today: i64) -> Result<(u64, u64), DataError> {
+    let mut conn = db.acquire().await?;
+    let signals = sqlx::query(db.statement("DELETE FROM event_signals WHERE day < $1"))
+        .bind(keep_from)
+        .execute(db.on(&mut *conn))
+        .await?
+        .rows_affected();
+    let salts = sqlx::query(db.statement("DELETE FROM signal_salts WHERE day < $1"))
+        .bind(today)
+        .execute(db.on(&mut *conn))
+        .await?
+        .rows_affected();
+    Ok((signals, salts))
+}
+
+/// Sets or clears event `id`'s cover (a content hash); whether the event exists. A cover is
+/// how the event looks, not what it is: `version` stays, and no event goes out.
+pub async fn set_cover(db: &Db, id: Uuid, cover: Option<&str>, now: i64) -> Result<bool, DataError> {
+    let sql = db.sql("UPDATE events SET cover = $1, updated_at = $2 WHERE id = $3");
+    let done = sqlx::query(AssertSqlSafe(sql.into_owned()))
+        .bind(cover.map(str::to_owned))
+        .bind(now)
+        .bind(id.to_string())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The cover hash of each of `ids` that exists (`None`: it has none); events not found are
+/// left out.
+pub async fn covers(db: &Db, ids: &[Uuid]) -> Result<std::collections::HashMap<Uuid, Option<String>>, DataError> {
+    let mut out = std::collections::HashMap::new();
+    for chunk in ids.chunks(100) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let text = format!("SELECT id, cover FROM events WHERE id IN ({})", marks.join(", "));
+        let mut q = sqlx::query(AssertSqlSafe(db.sql(&text).into_owned()));
+        for id in chunk {
+            q = q.bind(id.to_string());
+        }
+        for row in q.fetch_all(db.pool()).await? {
+            out.insert(uuid_column(&row, "id")?, row.try_get::<Option<String>, _>("cover")?);
+        }
+    }
+    Ok(out)
 }

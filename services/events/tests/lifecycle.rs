@@ -19,8 +19,99 @@ cityevents_common::on_every_backend!(
     ended_events_are_immutable,
     venue_time_zone_and_cancel_reason,
     unpublish_and_moderation,
-    a_banned_organizers_events_are_hidden
+    a_banned_organizers_events_are_hidden,
+    online_events_give_their_link_to_seat_holders
 );
+
+async fn online_events_give_their_link_to_seat_holders(backend: Backend) {
+    let Some(s) = Svc::start(backend).await else { return };
+    let (org, seated, waiting, stranger, moderator) =
+        (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (to, ts, tw, tx, tm) = (
+        s.token(org, "user"),
+        s.token(seated, "user"),
+        s.token(waiting, "user"),
+        s.token(stranger, "user"),
+        s.token(moderator, "moderator"),
+    );
+    // Bad links are refused naming the field; a good one is trimmed.
+    for bad in ["http://meet.example.com/x", "javascript:alert(1)", "https://u:p@meet.example.com/", "meet"] {
+        let (status, p) = s.post("/api/v1/events", Some(&to), common_event(json!({"online_url": bad}))).await;
+        assert_invalid(status, &p, "online_url");
+    }
+    let link = "https://meet.example.com/jazz?pwd=s3cret";
+    let e = s.create_published(&to, json!({"online_url": format!("  {link} ")})).await;
+    let path = format!("/api/v1/events/{}", id(&e));
+    // Everyone sees that it is online; only the organizer sees the link on the event.
+    let (_, public) = s.get(&path, None).await;
+    assert_eq!((public["online"].as_bool(), public.get("online_url")), (Some(true), None), "{public}");
+    assert!(s.get(&path, Some(&ts)).await.1.get("online_url").is_none());
+    let (_, own, headers) = s.send(Method::GET, &path, Some(&to), None, &[]).await;
+    assert_eq!(own["online_url"], link);
+    assert_eq!(headers["cache-control"], "private, no-store", "the link is kept out of caches");
+    let (_, mine) = s.get("/api/v1/me/events", Some(&to)).await;
+    assert_eq!(mine["items"][0]["online_url"], link);
+    let (_, listed) = s.get("/api/v1/events?limit=100", None).await;
+    assert!(!listed.to_string().contains("meet.example.com"), "never in a public list");
+    let (_, batch) = s.post("/api/v1/events/batch", None, json!({"ids": [id(&e)]})).await;
+    assert!(!batch.to_string().contains("meet.example.com"), "nor in a batch");
+
+    // The link: the organizer, a moderator and a seat holder; not a waitlisted user or a stranger.
+    let link_path = format!("{path}/online-link");
+    s.joins.place(&id(&e), &ts, "confirmed");
+    s.joins.place(&id(&e), &tw, "waitlisted");
+    for (who, token) in [("organizer", &to), ("moderator", &tm), ("seat holder", &ts)] {
+        let (status, body, headers) = s.send(Method::GET, &link_path, Some(token), None, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{who}: {body}");
+        assert_eq!(headers["cache-control"], "private, no-store", "{who}");
+        assert_eq!(body["url"], link, "{who}");
+    }
+    for (who, token) in [("waitlisted", &tw), ("stranger", &tx)] {
+        let (status, p) = s.get(&link_path, Some(token)).await;
+        assert_eq!((status, p["code"].as_str()), (StatusCode::FORBIDDEN, Some("seat_required")), "{who}: {p}");
+    }
+    assert_eq!(s.get(&link_path, None).await.0, StatusCode::UNAUTHORIZED);
+    // The joins service cannot tell: 503, no link.
+    s.joins.down(true);
+    let (status, p) = s.get(&link_path, Some(&ts)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{p}");
+    assert!(!p.to_string().contains("meet.example.com"));
+    s.joins.down(false);
+
+    // Not online: 404. The organizer removes the link with "", and it is online no more.
+    let offline = s.create_published(&to, json!({})).await;
+    assert_eq!(offline["online"], false);
+    assert_eq!(
+        s.get(&format!("/api/v1/events/{}/online-link", id(&offline)), Some(&to)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, cleared) = s.patch(&path, Some(&to), json!({"online_url": ""})).await;
+    assert_eq!((status, cleared["online"].as_bool(), cleared.get("online_url")), (StatusCode::OK, Some(false), None));
+    assert_eq!(s.get(&link_path, Some(&ts)).await.0, StatusCode::NOT_FOUND);
+    let (_, again) = s.patch(&path, Some(&to), json!({"online_url": link})).await;
+    assert_eq!(again["online_url"], link);
+
+    // A draft's link is nobody else's business: 404 to a would-be seat holder.
+    let draft = s.create(&to, json!({"online_url": link})).await;
+    s.joins.place(&id(&draft), &ts, "confirmed");
+    assert_eq!(s.get(&format!("/api/v1/events/{}/online-link", id(&draft)), Some(&ts)).await.0, StatusCode::NOT_FOUND);
+
+    // Called off: 409, to everyone.
+    assert_eq!(s.post_empty(&format!("{path}/cancel"), Some(&to)).await.0, StatusCode::OK);
+    let (status, p) = s.get(&link_path, Some(&ts)).await;
+    assert_conflict(status, &p, "event_canceled");
+    s.stop().await;
+}
+
+/// A valid new event with `extra` fields.
+fn common_event(extra: Value) -> Value {
+    let mut e = json!({
+        "title": "Online jazz", "city": "Lyon", "category": "music",
+        "starts_at": at(hours(24)), "ends_at": at(hours(26)),
+    });
+    e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    e
+}
 
 async fn crud_and_visibility(backend: Backend) {
     let Some(s) = Svc::start(backend).await else { return };
@@ -59,6 +150,7 @@ async fn crud_and_visibility(backend: Backend) {
     assert_eq!(e["capacity"], 40);
     assert_eq!(e["status"], "draft");
     assert_eq!(e["created_at"], e["updated_at"]);
+    assert_eq!(e["version"], 1, "a new event is version 1");
     let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
     let mut expected = [
         "id",
@@ -78,6 +170,8 @@ async fn crud_and_visibility(backend: Backend) {
         "starts_at_local",
         "ends_at_local",
         "status_reason",
+        "version",
+        "online",
     ];
     expected.sort_unstable();
     let mut keys = keys;
@@ -107,7 +201,7 @@ async fn crud_and_visibility(backend: Backend) {
         .patch(
             &path,
             Some(&ta),
-            json!({"city": "Paris", "category": "jazz", "starts_at": "2031-07-01T18:00:00Z",
+            json!({"city": "Paris", "category": "nightlife", "starts_at": "2031-07-01T18:00:00Z",
                    "ends_at": "2031-07-01T21:00:00Z", "capacity": 0, "description": ""}),
         )
         .await;
@@ -116,7 +210,7 @@ async fn crud_and_visibility(backend: Backend) {
         (&u2["city"], &u2["category"], &u2["starts_at"], &u2["ends_at"], &u2["capacity"], &u2["description"]),
         (
             &json!("Paris"),
-            &json!("jazz"),
+            &json!("nightlife"),
             &json!("2031-07-01T18:00:00Z"),
             &json!("2031-07-01T21:00:00Z"),
             &json!(0),

@@ -20,8 +20,147 @@ cityevents_common::on_every_backend!(
     full_text_search,
     city_suggestions,
     search_cost_is_bounded,
-    search_has_its_own_limits
+    search_has_its_own_limits,
+    trending_and_suggestions
 );
+
+/// `(status, items' titles)` of a feed answer.
+fn titles(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e["title"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+async fn views(s: &Svc, views: &[(&Value, &str)]) -> (StatusCode, Value) {
+    let views: Vec<Value> = views.iter().map(|(e, v)| json!({"event_id": id(e), "viewer": v})).collect();
+    s.post("/api/v1/events/views", None, json!({ "views": views })).await
+}
+
+async fn trending_and_suggestions(backend: Backend) {
+    use cityevents_common::catalogue::{JOINS_TOPIC, JoinChange, JoinConfirmed, JoinWaitlisted};
+    let Some(s) = Svc::start(backend).await else { return };
+    let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let (ta, tb) = (s.token(ann, "user"), s.token(bob, "user"));
+    let a = s.create_published(&ta, json!({"title": "Alpha", "city": "Lyon", "category": "music"})).await;
+    let b = s.create_published(&ta, json!({"title": "Beta", "city": "Porto", "category": "food"})).await;
+    let c = s.create_published(&tb, json!({"title": "Gamma", "city": "Lyon", "category": "tech"})).await;
+    let d = s.create_published(&tb, json!({"title": "Delta", "city": "Porto", "category": "music"})).await;
+    assert_eq!(titles(&s.get("/api/v1/events/trending", None).await.1), Vec::<String>::new(), "nobody looked yet");
+    // The latest feed: most recently published first, whenever the draft was made.
+    let elsewhere = |title: &str| json!({"title": title, "city": "Oslo", "category": "other"});
+    let early = s.create(&ta, elsewhere("Drafted long ago")).await;
+    s.create_published(&ta, elsewhere("Published first")).await;
+    assert_eq!(s.post_empty(&format!("/api/v1/events/{}/publish", id(&early)), Some(&ta)).await.0, StatusCode::OK);
+    let (_, latest) = s.get("/api/v1/events?sort=-published_at&limit=2", None).await;
+    assert_eq!(titles(&latest), ["Drafted long ago", "Published first"], "{latest}");
+
+    // Views: one viewer counts once per event and day, within a batch and across batches.
+    let (status, body) =
+        views(&s, &[(&a, "a:10.0.0.1"), (&a, "a:10.0.0.1"), (&a, "a:10.0.0.2"), (&b, "a:10.0.0.1")]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(views(&s, &[(&a, "a:10.0.0.1"), (&b, "a:10.0.0.1")]).await.0, StatusCode::NO_CONTENT);
+    let (status, trending) = s.get("/api/v1/events/trending", None).await;
+    assert_eq!((status, titles(&trending)), (StatusCode::OK, vec!["Alpha".to_owned(), "Beta".to_owned()]));
+    assert!(trending["items"][0].get("online_url").is_none());
+    // Only hashes are stored: no address, no user id.
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(s.database_url()).await.unwrap();
+    let actors: Vec<(String,)> = sqlx::query_as("SELECT actor FROM event_signals").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(actors.len(), 3, "{actors:?}");
+    assert!(actors.iter().all(|(a,)| a.len() == 32 && !a.contains("10.0.0")), "{actors:?}");
+
+    // Joins weigh three views; a person who joins twice counts once.
+    let join = |user: Uuid, event: &Value| JoinChange {
+        join_id: Uuid::now_v7(),
+        event_id: Uuid::parse_str(&id(event)).unwrap(),
+        user_id: user,
+        event_title: "x".into(),
+        status: "confirmed".into(),
+        reason: None,
+        note: None,
+        organizer_id: None,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    s.publish(JOINS_TOPIC, &JoinConfirmed(join(bob, &c))).await;
+    s.publish(JOINS_TOPIC, &JoinWaitlisted(join(bob, &c))).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let top = titles(&s.get("/api/v1/events/trending", None).await.1);
+        if top == ["Gamma", "Alpha", "Beta"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the join never counted: {top:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let count: Vec<(i64,)> =
+        sqlx::query_as("SELECT COUNT(*) FROM event_signals WHERE kind = 2").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(count[0].0, 1, "one joiner, one signal");
+    // A city narrows it (any case); limit cuts it; an event over leaves it.
+    assert_eq!(titles(&s.get("/api/v1/events/trending?city=PORTO", None).await.1), ["Beta"]);
+    assert_eq!(titles(&s.get("/api/v1/events/trending?limit=1", None).await.1), ["Gamma"]);
+    s.shift(&a, 48).await;
+    assert_eq!(titles(&s.get("/api/v1/events/trending", None).await.1), ["Gamma", "Beta"]);
+
+    // Bad input is refused naming the field.
+    for (query, field) in [("limit=0", "limit"), ("limit=51", "limit"), ("nope=1", "nope")] {
+        let (status, p) = s.get(&format!("/api/v1/events/trending?{query}"), None).await;
+        common::assert_invalid(status, &p, field);
+    }
+    let (status, p) = s.post("/api/v1/events/views", None, json!({"views": []})).await;
+    common::assert_invalid(status, &p, "views");
+    let many: Vec<Value> = (0..501).map(|i| json!({"event_id": id(&b), "viewer": format!("a:{i}")})).collect();
+    let (status, p) = s.post("/api/v1/events/views", None, json!({ "views": many })).await;
+    common::assert_invalid(status, &p, "views");
+    let (status, p) = views(&s, &[(&b, " ")]).await;
+    common::assert_invalid(status, &p, "viewer");
+
+    // Suggestions: followed organizers first (4), then the home city (2), then categories (1);
+    // events joined left out; nothing to go on, nothing suggested.
+    let svc = &s;
+    let suggest = |body: Value| async move { svc.post("/api/v1/events/suggestions", None, body).await };
+    let (status, got) = suggest(json!({"organizers": [bob], "city": "lyon", "categories": ["music", "nope"]})).await;
+    assert_eq!((status, titles(&got)), (StatusCode::OK, vec!["Gamma".to_owned(), "Delta".to_owned()]), "{got}");
+    let (_, got) = suggest(json!({"city": "porto", "categories": ["MUSIC"], "exclude": [id(&d)]})).await;
+    assert_eq!(titles(&got), ["Beta"]);
+    let (_, got) = suggest(json!({"categories": ["music"]})).await;
+    assert_eq!(titles(&got), ["Delta"], "Alpha is over");
+    assert_eq!(titles(&suggest(json!({})).await.1), Vec::<String>::new());
+    let (status, p) = suggest(json!({"limit": 0})).await;
+    common::assert_invalid(status, &p, "limit");
+    let (status, p) = suggest(json!({"organizers": (0..101).map(|_| Uuid::now_v7()).collect::<Vec<_>>()})).await;
+    common::assert_invalid(status, &p, "organizers");
+
+    // Old signals and past days' salts are pruned.
+    let today = time::OffsetDateTime::now_utc().unix_timestamp().div_euclid(86_400);
+    let old = format!(
+        "INSERT INTO event_signals (event_id, day, kind, actor) VALUES ('{}', {}, 1, 'old')",
+        id(&b),
+        today - 5
+    );
+    sqlx::query(sqlx::AssertSqlSafe(old)).execute(&mut conn).await.unwrap();
+    let salt = format!("INSERT INTO signal_salts (day, salt) VALUES ({}, 'old')", today - 1);
+    sqlx::query(sqlx::AssertSqlSafe(salt)).execute(&mut conn).await.unwrap();
+    let db = keel::data::Db::new(
+        "events-prune-test",
+        s.database_url(),
+        &keel::data::DatabaseConfig::default(),
+        None,
+        &keel::telemetry::Metrics::new(),
+    )
+    .unwrap();
+    db.clone().connect_in_background(tokio_util::sync::CancellationToken::new()).await;
+    cityevents_events::trend::prune(db).await.unwrap();
+    let left: Vec<(i64,)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM event_signals WHERE day < {today}")))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(left[0].0, 0, "signals older than the window are gone");
+    let salts: Vec<(i64,)> = sqlx::query_as("SELECT day FROM signal_salts").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(salts, vec![(today,)], "only today's salt is kept");
+    s.stop().await;
+}
 
 /// Follows `next_cursor` from `first` (a query string without `cursor`) to the end.
 async fn walk(s: &Svc, path: &str, query: &str, token: Option<&str>) -> Vec<Value> {
@@ -55,7 +194,7 @@ async fn filters_and_sorts(backend: Backend) {
     // Published events in several cities and categories, created in this order.
     let specs = [
         ("Lyon", "music", 30),
-        ("lyon", "Theatre", 10),
+        ("lyon", "arts", 10),
         ("Paris", "MUSIC", 20),
         ("Évry", "music", 50),
         ("Lyon", "music", 40),
@@ -133,7 +272,7 @@ async fn filters_and_sorts(backend: Backend) {
     common::assert_invalid(status, &problem, "city");
 
     // Paged walks give the same order as one page, in every order.
-    for sort in ["starts_at", "-starts_at", "created_at", "-created_at"] {
+    for sort in ["starts_at", "-starts_at", "created_at", "-created_at", "-published_at"] {
         let walked = ids(&walk(&s, "/api/v1/events", &format!("sort={sort}&limit=2"), None).await);
         let whole = ids(&walk(&s, "/api/v1/events", &format!("sort={sort}"), None).await);
         assert_eq!(walked, whole, "{sort}");
@@ -142,7 +281,7 @@ async fn filters_and_sorts(backend: Backend) {
     // A cursor belongs to its order.
     let (_, page) = s.get("/api/v1/events?sort=starts_at&limit=2", None).await;
     let c = page["next_cursor"].as_str().unwrap();
-    for other in ["-starts_at", "created_at", "-created_at"] {
+    for other in ["-starts_at", "created_at", "-created_at", "-published_at"] {
         let (status, problem) = s.get(&format!("/api/v1/events?sort={other}&cursor={c}"), None).await;
         common::assert_invalid(status, &problem, "cursor");
     }
@@ -387,7 +526,9 @@ async fn city_suggestions(backend: Backend) {
     let Some(s) = Svc::start(backend).await else { return };
     let t = s.token(Uuid::now_v7(), "user");
     let in_city = |city: &str, h: i64| json!({"city": city, "starts_at": at(hours(h)), "ends_at": at(hours(h + 1))});
-    for (city, n) in [("Lyon", 3), ("lyon", 0), ("Lille", 1), ("Paris", 2), ("Le_Mans", 1), ("100%ville", 1)] {
+    for (city, n) in
+        [("Lyon", 3), ("lyon", 0), ("Lille", 1), ("Paris", 2), ("Le_Mans", 1), ("100%ville", 1), ("São Paulo", 1)]
+    {
         for i in 0..n {
             s.create_published(&t, in_city(city, 10 + i)).await;
         }
@@ -416,7 +557,10 @@ async fn city_suggestions(backend: Backend) {
     let all = cities("").await;
     assert_eq!(all[0], ("lyon".into(), 3), "most events first: {all:?}");
     assert_eq!(all[1], ("paris".into(), 2));
-    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all.len(), 6, "{all:?}");
+    // Without accents, as people type on any keyboard.
+    assert_eq!(cities("?q=Sao").await, [("são paulo".into(), 1)]);
+    assert_eq!(cities("?q=s%C3%A3o%20p").await, [("são paulo".into(), 1)]);
     assert_eq!(cities("?q=L").await, [("lyon".into(), 3), ("le_mans".into(), 1), ("lille".into(), 1)]);
     assert_eq!(cities("?q=LYO").await, [("lyon".into(), 3)]);
     assert_eq!(cities("?q=l&limit=1").await, [("lyon".into(), 3)]);

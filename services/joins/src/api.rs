@@ -14,6 +14,8 @@
 //! | `GET /api/v1/events/{id}/bans` | organizer, moderator, admin | the bans in force |
 //! | `DELETE /api/v1/events/{id}/bans/{user_id}` | organizer, moderator, admin | lifts a ban: 204 |
 //! | `GET /api/v1/events/{id}/counts` | anyone | `{capacity, confirmed, waitlisted}` |
+//! | `GET\|POST\|DELETE /api/v1/me/calendar-feed` | user | the personal calendar feed: whether there is one, a new secret address (replacing the old), revoke it |
+//! | `POST /api/v1/calendar-feeds/resolve` | whoever has the secret (`{token}`) | the feed's events for the gateway to render: `{items: [{event_id, status}]}`, 404 for an unknown secret |
 //! | `GET /api/v1/events/counts?ids=a,b,…` | anyone | the same for up to 100 events: `{items: [{event_id, …}]}` (events it does not know are left out) |
 //!
 //! Writes run in one transaction that locks the event's capacity row first (see [`crate::store`])
@@ -48,10 +50,10 @@ use cityevents_common::caller::Caller;
 
 /// What the handlers share.
 #[derive(Clone)]
-pub(crate) struct Shared(Arc<Inner>);
+pub(crate) struct Shared(pub(crate) Arc<Inner>);
 
-struct Inner {
-    db: Db,
+pub(crate) struct Inner {
+    pub(crate) db: Db,
     outbox: Outbox,
     idempotency_ttl: Duration,
     change_batch: i64,
@@ -86,6 +88,13 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/v1/events/{id}/stats", get(stats))
         .route("/api/v1/events/{id}/bans", post(ban).get(bans))
         .route("/api/v1/events/{id}/bans/{user_id}", axum::routing::delete(unban))
+        .route(
+            "/api/v1/me/calendar-feed",
+            get(crate::feeds::show).post(crate::feeds::create).delete(crate::feeds::revoke),
+        )
+        // The gateway's, for `GET /api/v1/calendars/{token}/events.ics`: the secret is the key,
+        // sent in the body so no path or log holds it.
+        .route("/api/v1/calendar-feeds/resolve", post(crate::feeds::items))
         // Who joined what: personal. Seat counts below are public.
         .route_layer(cityevents_common::private::no_store())
         .route("/api/v1/events/{id}/counts", get(counts))

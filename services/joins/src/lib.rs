@@ -18,6 +18,7 @@
 mod api;
 mod consumer;
 mod error;
+mod feeds;
 pub mod metrics;
 mod store;
 

@@ -1033,3 +1033,107 @@ mod tests {
         assert_eq!(cityevents_api::joins::JOIN_STATUSES, [CONFIRMED, WAITLISTED, CANCELED, KICKED]);
     }
 }
+
+/// Personal calendar feeds: one secret address per user, kept as its SHA-256.
+pub(crate) mod feeds {
+    use keel::data::Db;
+    use sqlx::Row as _;
+    use uuid::Uuid;
+
+    use super::{event_status, sql, status};
+
+    /// Most events a feed lists.
+    pub(crate) const MAX_ITEMS: i64 = 100;
+
+    /// When the user's feed address was made, if they have one.
+    pub(crate) async fn created_at(db: &Db, user_id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+        let row = sqlx::query(sql(db.backend(), "SELECT created_at FROM calendar_feeds WHERE user_id = $1"))
+            .bind(user_id.to_string())
+            .fetch_optional(db.exec())
+            .await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    /// Makes `token_hash` the user's only feed address. A concurrent replacement by the same
+    /// user is run again once (the loser of the race then replaces the winner's).
+    pub(crate) async fn replace(db: &Db, user_id: Uuid, token_hash: &str, now: i64) -> Result<(), sqlx::Error> {
+        let mut last = None;
+        for _ in 0..2 {
+            match try_replace(db, user_id, token_hash, now).await {
+                Ok(()) => return Ok(()),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => last = Some(sqlx::Error::Database(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(sqlx::Error::RowNotFound))
+    }
+
+    async fn try_replace(db: &Db, user_id: Uuid, token_hash: &str, now: i64) -> Result<(), sqlx::Error> {
+        let mut tx = db.begin_write().await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        sqlx::query(sql(db.backend(), "DELETE FROM calendar_feeds WHERE user_id = $1"))
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql(
+            db.backend(),
+            "INSERT INTO calendar_feeds (user_id, token_hash, created_at) VALUES ($1, $2, $3)",
+        ))
+        .bind(user_id.to_string())
+        .bind(token_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Revokes the user's feed address; whether there was one.
+    pub(crate) async fn revoke(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(sql(db.backend(), "DELETE FROM calendar_feeds WHERE user_id = $1"))
+            .bind(user_id.to_string())
+            .execute(db.exec())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The owner of the feed whose secret hashes to `token_hash`.
+    pub(crate) async fn owner(db: &Db, token_hash: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        let row = sqlx::query(sql(db.backend(), "SELECT user_id FROM calendar_feeds WHERE token_hash = $1"))
+            .bind(token_hash)
+            .fetch_optional(db.exec())
+            .await?;
+        row.map(|r| super::uuid_at(&r, 0)).transpose()
+    }
+
+    /// The user's events for a feed: those they hold a seat at or wait for, and those canceled
+    /// while they did (so subscribers see the cancellation), ending after `since`; those not over
+    /// at `now` first (soonest first), then the past ones, so the cap never drops an upcoming one
+    /// for a past one.
+    pub(crate) async fn items(
+        db: &Db,
+        user_id: Uuid,
+        (since, now): (i64, i64),
+    ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+        let text = "SELECT j.event_id, j.status, e.status FROM joins j JOIN event_capacity e ON e.event_id = j.event_id \
+                    WHERE j.user_id = $1 AND e.ends_at > $2 AND (j.status IN ($3, $4) OR (j.status = $5 AND j.reason = $6)) \
+                    ORDER BY CASE WHEN e.ends_at > $7 THEN 0 ELSE 1 END, e.starts_at, j.event_id LIMIT $8";
+        let rows = sqlx::query(sql(db.backend(), text))
+            .bind(user_id.to_string())
+            .bind(since)
+            .bind(status::CONFIRMED)
+            .bind(status::WAITLISTED)
+            .bind(status::CANCELED)
+            .bind("event_canceled")
+            .bind(now)
+            .bind(MAX_ITEMS)
+            .fetch_all(db.exec())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let join_status: String = r.try_get(1)?;
+                let event: String = r.try_get(2)?;
+                let shown = if event == event_status::CANCELED { status::CANCELED.to_owned() } else { join_status };
+                Ok((super::uuid_at(r, 0)?, shown))
+            })
+            .collect()
+    }
+}

@@ -901,6 +901,102 @@ on_every_backend!(my_joins_pages_are_stable);
 
 // ---------------------------------------------------------------------------------------------
 
+async fn calendar_feeds_are_secret_replaceable_and_revocable(backend: Backend) {
+    let Some(svc) = Svc::start(backend).await else { return };
+    let organizer = svc.user();
+    let me = svc.user();
+    let resolve = |token: &str| {
+        let body = serde_json::json!({ "token": token }).to_string();
+        let svc = &svc;
+        async move {
+            let r = svc
+                .http
+                .post(svc.url("/api/v1/calendar-feeds/resolve"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(svc.get(Some(&me), "/api/v1/me/calendar-feed").await.1["active"], false);
+    assert_eq!(svc.delete(&me, "/api/v1/me/calendar-feed").await.0, 404, "nothing to revoke");
+    assert_eq!(svc.get(None, "/api/v1/me/calendar-feed").await.0, 401);
+
+    let (status, made) = svc.post_json(&me, "/api/v1/me/calendar-feed", "{}").await;
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 43, "{made}");
+    assert_eq!(made["path"], format!("/api/v1/calendars/{token}/events.ics"));
+    let (_, shown) = svc.get(Some(&me), "/api/v1/me/calendar-feed").await;
+    assert_eq!(
+        (shown["active"].as_bool(), shown.get("token")),
+        (Some(true), None),
+        "the secret is shown once: {shown}"
+    );
+    // Only the hash is stored.
+    let stored: String = sqlx::query_scalar(svc.db.backend().statement("SELECT token_hash FROM calendar_feeds"))
+        .fetch_one(svc.db.exec())
+        .await
+        .unwrap();
+    assert_ne!(stored, token);
+    assert_eq!(stored.len(), 64);
+
+    // Soonest first: a seat (confirmed), a wait (waitlisted), a canceled event (canceled);
+    // left events, others' events and events over for more than 30 days are not in it.
+    let later = svc.publish_event(organizer.id, 0).await;
+    let mut sooner = snapshot(organizer.id, 1);
+    sooner.starts_at -= time::Duration::hours(1);
+    sooner.ends_at -= time::Duration::hours(1);
+    svc.feed(
+        &Envelope::new("cityevents-events", &cityevents_common::catalogue::EventPublished(sooner.clone())).unwrap(),
+    )
+    .await;
+    assert_eq!(svc.join(&svc.user(), sooner.event_id, &key()).await.0, 201);
+    let canceled = svc.publish_event(organizer.id, 0).await;
+    let left = svc.publish_event(organizer.id, 0).await;
+    let theirs = svc.publish_event(organizer.id, 0).await;
+    for ev in [later.event_id, sooner.event_id, canceled.event_id, left.event_id] {
+        assert_eq!(svc.join(&me, ev, &key()).await.0, 201);
+    }
+    assert_eq!(svc.join(&svc.user(), theirs.event_id, &key()).await.0, 201);
+    assert_eq!(svc.delete(&me, &format!("/api/v1/events/{}/join", left.event_id)).await.0, 204);
+    svc.cancel_event(&canceled).await;
+    let (status, items) = resolve(&token).await;
+    assert_eq!(status, 200, "{items}");
+    let got: Vec<(String, &str)> = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["event_id"].as_str().unwrap().to_owned(), i["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got.len(), 3, "{items}");
+    assert_eq!(got[0], (sooner.event_id.to_string(), "waitlisted"), "{items}");
+    let rest: HashSet<(String, &str)> = got[1..].iter().cloned().collect();
+    let want: HashSet<(String, &str)> =
+        [(later.event_id.to_string(), "confirmed"), (canceled.event_id.to_string(), "canceled")].into_iter().collect();
+    assert_eq!(rest, want, "{items}");
+
+    // A new address replaces the old; revoking ends it; strangers' guesses find nothing.
+    let (_, again) = svc.post_json(&me, "/api/v1/me/calendar-feed", "{}").await;
+    let fresh = again["token"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, token);
+    assert_eq!(resolve(&token).await.0, 404, "the replaced address stops working");
+    assert_eq!(resolve(&fresh).await.0, 200);
+    for guess in ["", "short", &"A".repeat(43), "../../etc/passwd", &format!("{fresh}x")] {
+        assert_eq!(resolve(guess).await.0, 404, "{guess}");
+    }
+    assert_eq!(svc.delete(&me, "/api/v1/me/calendar-feed").await.0, 204);
+    assert_eq!(resolve(&fresh).await.0, 404, "a revoked address stops working");
+    assert_eq!(svc.get(Some(&me), "/api/v1/me/calendar-feed").await.1["active"], false);
+    svc.stop().await;
+}
+on_every_backend!(calendar_feeds_are_secret_replaceable_and_revocable);
+
+// ---------------------------------------------------------------------------------------------
+
 async fn ended_events_and_bad_tokens(backend: Backend) {
     let Some(svc) = Svc::start(backend).await else { return };
     let organizer = svc.user();

@@ -7,6 +7,11 @@
 //!   saying what it is now, in the event's time zone. The consumer only queues the notice
 //!   (`pending_notices`); the `event-notices` worker writes it to the participants a batch at a
 //!   time, so an event of any size never holds one long transaction.
+//! * **New events, for followers.** The first `event.published` of an event (marked in
+//!   `event_info.followers_told`, so a republished event is not announced again) queues an
+//!   `event.followed` notice for the followers of its organizer (`follows`): each gets it in the
+//!   app and a `followed_published` mail request (sent unless they turned that mail off), written
+//!   by the same `event-notices` worker a batch at a time.
 //! * **Joins and leaves, for the organizer.** Each new join (`join.confirmed`, `join.waitlisted`)
 //!   and each participant who leaves (`join.canceled` without a reason) is counted in the event's
 //!   digest (`organizer_digests`); the `organizer-digests` worker turns a digest that is
@@ -19,7 +24,9 @@
 use crate::metrics::NotificationMetrics;
 use crate::store::Tx;
 use crate::store::activity as store;
-use crate::store::notifications;
+use crate::store::{follows, notifications};
+use cityevents_common::catalogue::{MAIL_TOPIC, Mail, MailRequested};
+use keel::events::outbox::Outbox;
 use std::time::Duration;
 
 use cityevents_common::catalogue::{EventSnapshot, JoinChange, JoinConfirmed, JoinWaitlisted};
@@ -33,6 +40,8 @@ use keel::workers::Worker;
 pub(crate) const CHANGED: &str = "event.changed";
 /// The notification kind of an organizer's digest of joins and leaves.
 pub(crate) const ACTIVITY: &str = "event.activity";
+/// The notification kind of a new event by an organizer the user follows.
+pub(crate) const FOLLOWED: &str = "event.followed";
 /// Participants told per `event-notices` transaction (written by one statement).
 const NOTICE_BATCH: usize = 200;
 /// How often the `event-notices` worker looks for queued notices.
@@ -55,6 +64,8 @@ pub(crate) struct Place {
     pub(crate) ends_at: i64,
     pub(crate) venue: String,
     pub(crate) time_zone: String,
+    /// The join link's fingerprint; empty when not online.
+    pub(crate) link_tag: String,
 }
 
 impl Place {
@@ -65,21 +76,23 @@ impl Place {
             ends_at: to_micros(s.ends_at),
             venue: s.venue.clone(),
             time_zone: s.time_zone.clone(),
+            link_tag: s.link_tag.clone(),
         }
     }
 }
 
 /// `2030-03-01 19:00` in `zone`.
-fn local(zone: &Zone, micros: i64) -> String {
+pub(crate) fn local(zone: &Zone, micros: i64) -> String {
     zone.local(micros).map(|t| t.get(..16).unwrap_or(&t).replacen('T', " ", 1)).unwrap_or_default()
 }
 
-/// What `event.changed` says when `old` became `new`; `None` when neither the time nor the venue
-/// changed (a new title or capacity is not worth a notification).
+/// What `event.changed` says when `old` became `new`; `None` when neither the time, the venue
+/// nor the join link changed (a new title or capacity is not worth a notification).
 pub(crate) fn change_text(event_title: &str, old: &Place, new: &Place) -> Option<String> {
     let moved = old.starts_at != new.starts_at || old.ends_at != new.ends_at || old.time_zone != new.time_zone;
     let relocated = old.venue.trim() != new.venue.trim();
-    if !moved && !relocated {
+    let relinked = old.link_tag != new.link_tag;
+    if !moved && !relocated && !relinked {
         return None;
     }
     let zone = Zone::named(&new.time_zone).unwrap_or_else(Zone::utc);
@@ -90,6 +103,16 @@ pub(crate) fn change_text(event_title: &str, old: &Place, new: &Place) -> Option
     if relocated {
         let venue = new.venue.trim();
         parts.push(if venue.is_empty() { "no venue given any more".to_owned() } else { format!("at {venue}") });
+    }
+    if relinked {
+        parts.push(
+            match (old.link_tag.is_empty(), new.link_tag.is_empty()) {
+                (_, true) => "no longer online",
+                (true, false) => "now online: the join link is on its page",
+                (false, false) => "a new join link is on its page",
+            }
+            .to_owned(),
+        );
     }
     Some(format!("{} changed: {}", title(event_title), parts.join(", ")))
 }
@@ -110,18 +133,42 @@ pub(crate) async fn record_event(tx: &mut Tx, db: &Db, s: &EventSnapshot) -> Res
     Ok(Some(seen.place))
 }
 
+/// What followers are told of a new event: `New from Olive: Jazz night, 2031-06-20 21:00
+/// (Europe/Lisbon)` (without the name when the notifier does not know it).
+pub(crate) fn followed_text(organizer: Option<&str>, event_title: &str, when: &str) -> String {
+    match organizer.map(title).filter(|n| !n.is_empty()) {
+        Some(name) => format!("New from {name}: {}, {when}", title(event_title)),
+        None => format!("New event by an organizer you follow: {}, {when}", title(event_title)),
+    }
+}
+
+/// On the first publication of `s`, queues its organizer's followers' notice and mail (see the
+/// module's docs); nothing on a republication or a redelivery.
+pub(crate) async fn announce_to_followers(tx: &mut Tx, db: &Db, s: &EventSnapshot) -> Result<(), DataError> {
+    if !follows::mark_told(tx, db, s.event_id).await? {
+        return Ok(());
+    }
+    let zone = Zone::named(&s.time_zone).unwrap_or_else(Zone::utc);
+    let when = format!("{} ({})", local(&zone, to_micros(s.starts_at)), zone.name());
+    let organizer = follows::name_of(tx, db, s.organizer_id).await?;
+    let text = followed_text(organizer.as_deref(), &s.title, &when);
+    let mail = Mail::FollowedPublished { event_id: s.event_id, title: title(&s.title), organizer, when };
+    let mail = serde_json::to_string(&mail).map_err(|e| DataError::from(sqlx::Error::Protocol(e.to_string())))?;
+    store::queue_notice_for(tx, db, (s.event_id, store::FOLLOWERS), FOLLOWED, &text, Some(&mail)).await
+}
+
 /// The `event-notices` worker: writes queued notices to their events' active participants,
 /// [`NOTICE_BATCH`] users (in id order) per transaction, recording the last one written; a batch
 /// that another instance wrote first is skipped.
-pub(crate) fn notice_worker(db: Db, metrics: NotificationMetrics) -> Worker {
+pub(crate) fn notice_worker(db: Db, outbox: Outbox, metrics: NotificationMetrics) -> Worker {
     Worker::periodic("event-notices", NOTICES_EVERY, move |ctx| {
-        let (db, metrics) = (db.clone(), metrics.clone());
+        let (db, outbox, metrics) = (db.clone(), outbox.clone(), metrics.clone());
         async move {
             if !db.is_available() {
                 return Ok::<(), sqlx::Error>(());
             }
             loop {
-                match write_notices(&db, &metrics).await {
+                match write_notices(&db, &outbox, &metrics).await {
                     Ok(0) => return Ok(()),
                     Ok(_) if ctx.is_cancelled() => return Ok(()),
                     Ok(_) => ctx.heartbeat(),
@@ -136,14 +183,19 @@ pub(crate) fn notice_worker(db: Db, metrics: NotificationMetrics) -> Worker {
 }
 
 /// Writes one batch of each of up to 16 queued notices; returns how many batches it wrote.
-async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, DataError> {
+async fn write_notices(db: &Db, outbox: &Outbox, metrics: &NotificationMetrics) -> Result<usize, DataError> {
     let mut written = 0;
     for notice in store::oldest_notices(db).await? {
         let mut tx = db.begin_write().await?;
         // Write first: the row lock is held before the reads, so a writer committing meanwhile
         // cannot fail this transaction's later write (SQLite's write lock is taken by the BEGIN).
         store::lock_notice(&mut tx, db, &notice).await?;
-        let users = store::participants_after(&mut tx, db, &notice.event_id, &notice.after_user, NOTICE_BATCH).await?;
+        let users = if notice.audience == store::FOLLOWERS {
+            let of = (notice.event_id.as_str(), notice.created_at);
+            follows::followers_after(&mut tx, db, of, &notice.after_user, NOTICE_BATCH).await?
+        } else {
+            store::participants_after(&mut tx, db, &notice.event_id, &notice.after_user, NOTICE_BATCH).await?
+        };
         // Claim the batch: only if nobody moved this notice on since it was read.
         let claimed = match users.last() {
             Some(last) if users.len() == NOTICE_BATCH => store::advance_notice(&mut tx, db, &notice, last).await?,
@@ -155,6 +207,24 @@ async fn write_notices(db: &Db, metrics: &NotificationMetrics) -> Result<usize, 
         }
         if !users.is_empty() {
             notifications::insert_many(&mut tx, db, &users, &notice.event_id, &notice.kind, &notice.message).await?;
+        }
+        // A mail that no longer reads (never expected: this service wrote it) is logged and
+        // the in-app notices still go out.
+        let mail = notice.mail.as_deref().and_then(|m| {
+            serde_json::from_str::<Mail>(m)
+                .inspect_err(
+                    |e| tracing::warn!(notice = %notice.id, error = %e, "a queued notice's mail is unreadable"),
+                )
+                .ok()
+        });
+        if let Some(mail) = mail {
+            for user in users.iter().filter_map(|u| uuid::Uuid::parse_str(u).ok()) {
+                let request = MailRequested { user_id: user, to: None, name: None, mail: mail.clone() };
+                outbox.enqueue_event(&mut tx, MAIL_TOPIC, &request).await.map_err(|e| match e {
+                    keel::events::outbox::OutboxError::Data(d) => d,
+                    other => DataError::from(sqlx::Error::Protocol(other.to_string())),
+                })?;
+            }
         }
         db.commit(tx).await?;
         metrics.in_app(&notice.kind, users.len() as u64);
@@ -264,7 +334,13 @@ mod tests {
         let micros = |t: &str| {
             to_micros(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap_or(now()))
         };
-        Place { starts_at: micros(start), ends_at: micros(end), venue: venue.into(), time_zone: zone.into() }
+        Place {
+            starts_at: micros(start),
+            ends_at: micros(end),
+            venue: venue.into(),
+            time_zone: zone.into(),
+            link_tag: String::new(),
+        }
     }
 
     #[test]
@@ -278,6 +354,31 @@ mod tests {
         let relocated = place("2030-07-01T17:00:00Z", "2030-07-01T19:00:00Z", "Casa da Música", "Europe/Lisbon");
         assert_eq!(change_text("Jazz", &old, &relocated).as_deref(), Some("Jazz changed: at Casa da Música"));
         assert_eq!(change_text("Jazz", &old, &old.clone()), None, "a new title or capacity tells no one");
+        let online = Place { link_tag: "a1b2".into(), ..old.clone() };
+        assert_eq!(
+            change_text("Jazz", &old, &online).as_deref(),
+            Some("Jazz changed: now online: the join link is on its page")
+        );
+        let relinked = Place { link_tag: "c3d4".into(), ..old.clone() };
+        assert_eq!(
+            change_text("Jazz", &online, &relinked).as_deref(),
+            Some("Jazz changed: a new join link is on its page")
+        );
+        assert_eq!(change_text("Jazz", &online, &old).as_deref(), Some("Jazz changed: no longer online"));
+    }
+
+    #[test]
+    fn followers_are_told_who_published_what_and_when() {
+        let when = "2031-06-20 21:00 (Europe/Lisbon)";
+        assert_eq!(
+            followed_text(Some("Olive"), "Jazz", when),
+            "New from Olive: Jazz, 2031-06-20 21:00 (Europe/Lisbon)"
+        );
+        assert_eq!(
+            followed_text(None, "Jazz", when),
+            "New event by an organizer you follow: Jazz, 2031-06-20 21:00 (Europe/Lisbon)"
+        );
+        assert_eq!(followed_text(Some(" "), "Jazz", when), followed_text(None, "Jazz", when));
     }
 
     #[test]

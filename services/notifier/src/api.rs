@@ -1,5 +1,5 @@
 //! The notifier's HTTP API: the caller's notifications, newest first, and marking one read; the
-//! caller's mail preferences.
+//! caller's mail preferences; following organizers ([`crate::follows`]).
 
 use std::collections::BTreeMap;
 
@@ -31,9 +31,16 @@ pub(crate) fn router(db: Db, contacts: Contacts) -> Router {
         .route("/api/v1/me/notifications/{id}/read", post(mark_read))
         .route("/api/v1/me/notifications/unread-count", get(unread_count))
         .route("/api/v1/me/notifications/read-all", post(mark_all_read))
-        .with_state(db)
+        .route(
+            "/api/v1/organizers/{id}/follow",
+            get(crate::follows::show).put(crate::follows::follow).delete(crate::follows::unfollow),
+        )
+        .route("/api/v1/me/following", get(crate::follows::following))
+        .with_state(db.clone())
         .merge(preferences)
         .route_layer(cityevents_common::private::no_store())
+        // Public: how many follow an organizer.
+        .merge(Router::new().route("/api/v1/organizers/{id}/followers", get(crate::follows::followers)).with_state(db))
 }
 
 /// `{"event_canceled": true, "waitlist_promoted": true, "removed": false}`.

@@ -186,6 +186,9 @@ impl Handler for EventsHandler {
             let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
             let failed = |e: DataError| Failure::transient(&e);
             let before = crate::activity::record_event(tx, db, &s).await.map_err(failed)?;
+            if !updated {
+                crate::activity::announce_to_followers(tx, db, &s).await.map_err(failed)?;
+            }
             let change = before
                 .filter(|_| updated)
                 .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));

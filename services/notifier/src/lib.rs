@@ -30,6 +30,7 @@
 mod activity;
 mod api;
 mod consumers;
+mod follows;
 pub mod mail;
 pub mod metrics;
 mod store;
@@ -138,7 +139,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
             bus.clone(),
             catalogue::JOINS_TOPIC,
             GROUP,
-            JoinsHandler::new(db.clone()).mail(outbox).metrics(sent.clone()),
+            JoinsHandler::new(db.clone()).mail(outbox.clone()).metrics(sent.clone()),
         )
         .inbox(db.clone())
         .options(options.clone()),
@@ -172,7 +173,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     let c = contacts.clone();
     s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
     s.worker(activity::digest_worker(db.clone(), cfg.digest_interval, sent.clone()))?;
-    s.worker(activity::notice_worker(db.clone(), sent))?;
+    s.worker(activity::notice_worker(db.clone(), outbox, sent))?;
     let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.name, s.jwt()?)?;
     Ok(api::router(db, contacts).layer(jwt.extension()))
 }

@@ -228,6 +228,7 @@ async fn consumers(backend: Backend) {
         venue: String::new(),
         time_zone: "UTC".into(),
         version: 2,
+        link_tag: String::new(),
     };
     bus.publish(events, &envelope(&EventPublished(snapshot.clone()))).await.unwrap();
     let unpublished = cityevents_common::catalogue::EventUnpublished {
@@ -590,6 +591,7 @@ async fn participants_hear_of_moves_and_organizers_get_digests(backend: Backend)
         venue: "Tasca do Chico".into(),
         time_zone: "Europe/Lisbon".into(),
         version: 2,
+        link_tag: String::new(),
     };
     bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(snapshot.clone()))).await.unwrap();
     let with = |user: Uuid, status: &str, reason: Option<&str>| JoinChange {
@@ -637,8 +639,15 @@ async fn participants_hear_of_moves_and_organizers_get_digests(backend: Backend)
     bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(snapshot.clone()))).await.unwrap();
     let told = n.wait_for(&stays.to_string(), 3).await;
     assert!(told.iter().any(|i| i["message"] == "Fado night changed: at Clube de Fado"), "{told:?}");
+    // Online now (the link's fingerprint changed; the link itself is not on the bus): told too.
+    snapshot.version = 5;
+    snapshot.link_tag = "a1b2c3d4e5f60718".into();
+    bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(snapshot.clone()))).await.unwrap();
+    let told = n.wait_for(&stays.to_string(), 4).await;
+    let online = "Fado night changed: now online: the join link is on its page";
+    assert!(told.iter().any(|i| i["message"] == online), "{told:?}");
     let mut renamed = snapshot.clone();
-    renamed.version = 5;
+    renamed.version = 6;
     renamed.title = "Fado nights".into();
     bus.publish(EVENTS_TOPIC, &envelope(&cityevents_common::catalogue::EventUpdated(renamed))).await.unwrap();
     let mut stale = snapshot.clone();
@@ -650,8 +659,132 @@ async fn participants_hear_of_moves_and_organizers_get_digests(backend: Backend)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(n.all(&stays.to_string()).await.len(), 3, "no more for a title or a stale snapshot");
+    assert_eq!(n.all(&stays.to_string()).await.len(), 4, "no more for a title or a stale snapshot");
     assert_eq!(n.all(&leaves.to_string()).await.len(), 2, "who left hears nothing of the changes");
     n.stop().await;
 }
 cityevents_common::on_every_backend!(participants_hear_of_moves_and_organizers_get_digests);
+
+// ---------------------------------------------------------------------------------------------
+// Followers
+
+async fn followers_hear_of_new_events_once_by_app_and_mail(backend: Backend) {
+    use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountContact};
+    let Some(db) = database(backend).await else { return };
+    let url = format!("memory://notifier-follows-{}", Uuid::now_v7().simple());
+    let n = Notifier::start_with(db, &Broker::InProcess, &[("BUS__URL", url.as_str())]).await;
+    let bus = Bus::new(&{
+        let mut cfg = keel::events::BusConfig::default();
+        cfg.url = Some(keel::config::Secret::new(url.clone()));
+        cfg
+    })
+    .unwrap();
+    bus.connect().await.unwrap();
+    let (organizer, fan, quiet, stranger) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for (user, name) in [(organizer, "Olive"), (fan, "Fay"), (quiet, "Quinn")] {
+        let c = AccountContact {
+            user_id: user,
+            email: format!("{}@example.com", name.to_lowercase()),
+            name: name.into(),
+            verified: true,
+            version: None,
+        };
+        bus.publish(ACCOUNTS_TOPIC, &envelope(&c)).await.unwrap();
+    }
+    let at = |t: &str| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    let snapshot = |title: &str| EventSnapshot {
+        event_id: Uuid::now_v7(),
+        organizer_id: organizer,
+        title: title.into(),
+        city: "Lisbon".into(),
+        category: "music".into(),
+        starts_at: at("2031-06-20T20:00:00Z"),
+        ends_at: at("2031-06-20T22:00:00Z"),
+        capacity: 10,
+        status: "published".into(),
+        venue: "Terraço".into(),
+        time_zone: "Europe/Lisbon".into(),
+        version: 2,
+        link_tag: String::new(),
+    };
+    let follow_url = |who: Uuid| n.url(&format!("/api/v1/organizers/{who}/follow"));
+    let put = |user: Uuid, who: Uuid| {
+        let req = n.http.put(follow_url(who)).bearer_auth(token(&user.to_string()));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Nobody follows someone who has published nothing, nor themselves.
+    let (status, body) = put(fan, organizer).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("organizer_not_found")), "{body}");
+    let first = snapshot("Warm-up");
+    bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(first.clone()))).await.unwrap();
+    let followed = eventually("the organizer is known", Duration::from_secs(20), || async {
+        let (status, body) = put(fan, organizer).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(followed["organizer_id"], organizer.to_string());
+    let (status, again) = put(fan, organizer).await;
+    assert_eq!((status, &again["since"]), (200, &followed["since"]), "a repeat answers the follow there is");
+    assert_eq!(put(quiet, organizer).await.0, 200);
+    let (status, body) = put(organizer, organizer).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("cannot_follow_self")), "{body}");
+    assert_eq!(n.http.put(follow_url(organizer)).send().await.unwrap().status(), 401);
+    let count: Value = n
+        .http
+        .get(n.url(&format!("/api/v1/organizers/{organizer}/followers")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["followers"], 2, "public: {count}");
+    let mine = n.http.get(follow_url(organizer)).bearer_auth(token(&stranger.to_string())).send().await.unwrap();
+    assert_eq!(mine.status(), 404, "a stranger does not follow");
+    let listed: Value = n
+        .http
+        .get(n.url("/api/v1/me/following"))
+        .bearer_auth(token(&fan.to_string()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["organizer_id"], organizer.to_string(), "{listed}");
+    // Quinn hears in the app only.
+    assert_eq!(n.preferences(&quiet.to_string(), Some(json!({"followed_published": false}))).await.0, 200);
+
+    // A new event: both followers are told once, in Lisbon time, with the organizer's name.
+    let jazz = snapshot("Rooftop jazz");
+    bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(jazz.clone()))).await.unwrap();
+    let told = n.wait_for(&fan.to_string(), 1).await;
+    assert_eq!(told[0]["kind"], "event.followed");
+    assert_eq!(told[0]["message"], "New from Olive: Rooftop jazz, 2031-06-20 21:00 (Europe/Lisbon)");
+    assert_eq!(told[0]["event_id"], jazz.event_id.to_string());
+    n.wait_for(&quiet.to_string(), 1).await;
+    let mail = eventually("Fay's mail", Duration::from_secs(20), || async {
+        n.mail_files().into_iter().find(|m| m.contains("fay@example.com") && m.contains("New from Olive"))
+    })
+    .await;
+    assert!(mail.contains("Rooftop jazz"), "{mail}");
+    // A republication, a redelivery and an update tell no one again; after unfollowing, nothing.
+    let mut again = jazz.clone();
+    again.version = 4;
+    bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(again))).await.unwrap();
+    let resp = n.http.delete(follow_url(organizer)).bearer_auth(token(&quiet.to_string())).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let quiz = snapshot("Quiz night");
+    bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(quiz))).await.unwrap();
+    n.wait_for(&fan.to_string(), 2).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let fan_told = n.all(&fan.to_string()).await;
+    assert_eq!(fan_told.len(), 2, "once per new event: {fan_told:?}");
+    assert_eq!(n.all(&quiet.to_string()).await.len(), 1, "unfollowed: nothing more");
+    assert!(!n.mail_files().iter().any(|m| m.contains("quinn@example.com")), "Quinn turned that mail off");
+    n.stop().await;
+}
+cityevents_common::on_every_backend!(followers_hear_of_new_events_once_by_app_and_mail);

@@ -411,3 +411,99 @@ async fn set_password_hash_on(db: &Db, conn: &mut AnyConnection, id: &str, phc: 
         .await?;
     Ok(())
 }
+
+/// A person's public profile.
+pub(crate) struct ProfileRow {
+    pub(crate) name: String,
+    pub(crate) bio: String,
+    pub(crate) city: String,
+    pub(crate) created_at: i64,
+    pub(crate) banned: bool,
+    /// The avatar's content hash.
+    pub(crate) avatar: Option<String>,
+}
+
+/// The columns of a [`ProfileRow`].
+const PROFILE_SQL: &str = "SELECT name, bio, city, created_at, banned_at, avatar FROM users WHERE id = $1";
+
+type ProfileTuple = (String, String, String, i64, Option<i64>, Option<String>);
+
+impl From<ProfileTuple> for ProfileRow {
+    fn from((name, bio, city, created_at, banned, avatar): ProfileTuple) -> Self {
+        Self { name, bio, city, created_at, banned: banned.is_some(), avatar }
+    }
+}
+
+/// Sets or clears `id`'s avatar (a content hash); whether the account exists.
+pub(crate) async fn set_avatar(db: &Db, id: Uuid, avatar: Option<&str>) -> Result<bool, DataError> {
+    let mut conn = db.acquire().await?;
+    let done = sqlx::query(db.statement("UPDATE users SET avatar = $1 WHERE id = $2"))
+        .bind(avatar.map(str::to_owned))
+        .bind(id.to_string())
+        .execute(db.on(&mut *conn))
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The avatar hash of each of `ids` that exists (`None`: none); unknown ids are left out.
+pub(crate) async fn avatars(
+    db: &Db,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Option<String>>, DataError> {
+    let mut out = std::collections::HashMap::new();
+    let mut conn = db.acquire().await?;
+    for chunk in ids.chunks(100) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let text = format!("SELECT id, avatar FROM users WHERE id IN ({})", marks.join(", "));
+        let mut q = sqlx::query_as::<_, (String, Option<String>)>(db.statement(&text));
+        for id in chunk {
+            q = q.bind(id.to_string());
+        }
+        for (id, avatar) in q.fetch_all(db.on(&mut *conn)).await? {
+            if let Ok(id) = Uuid::parse_str(&id) {
+                out.insert(id, avatar);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `id`'s public profile.
+pub(crate) async fn profile(db: &Db, id: Uuid) -> Result<Option<ProfileRow>, DataError> {
+    let mut conn = db.acquire().await?;
+    let row: Option<ProfileTuple> =
+        sqlx::query_as(db.statement(PROFILE_SQL)).bind(id.to_string()).fetch_optional(db.on(&mut *conn)).await?;
+    Ok(row.map(ProfileRow::from))
+}
+
+/// `id`'s public profile read in `tx`, its row locked for the rest of it (PostgreSQL and MySQL;
+/// a SQLite write transaction holds the database's write lock already), so two changes of
+/// different fields do not undo each other.
+pub(crate) async fn profile_for_update(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    id: Uuid,
+) -> Result<Option<ProfileRow>, DataError> {
+    let lock = if db.backend() == keel::data::Backend::Sqlite { "" } else { " FOR UPDATE" };
+    let text = format!("{PROFILE_SQL}{lock}");
+    let row: Option<ProfileTuple> =
+        sqlx::query_as(db.statement(&text)).bind(id.to_string()).fetch_optional(db.on(&mut **tx)).await?;
+    Ok(row.map(ProfileRow::from))
+}
+
+/// Sets the name, bio and city of `id` in `tx`.
+pub(crate) async fn set_profile(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    id: Uuid,
+    (name, bio, city): (&str, &str, &str),
+) -> Result<(), DataError> {
+    sqlx::query(db.statement("UPDATE users SET name = $1, bio = $2, city = $3 WHERE id = $4"))
+        .bind(name)
+        .bind(bio)
+        .bind(city)
+        .bind(id.to_string())
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}

@@ -142,6 +142,21 @@ impl Svc {
         Self::read(self.app.http.post(self.app.url(path)).json(body).send().await.unwrap()).await
     }
 
+    /// Puts raw bytes with a content type, with a bearer token or none.
+    pub async fn put_raw(&self, path: &str, bearer: Option<&str>, content_type: &str, body: Vec<u8>) -> Reply {
+        let mut req = self.app.http.put(self.app.url(path)).header("content-type", content_type).body(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.unwrap()).await
+    }
+
+    /// The raw answer to a GET: status, headers and bytes.
+    pub async fn get_bytes(&self, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let resp = self.app.http.get(self.app.url(path)).send().await.unwrap();
+        (resp.status().as_u16(), resp.headers().clone(), resp.bytes().await.unwrap().to_vec())
+    }
+
     /// Posts raw bytes with a content type (or none).
     pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Reply {
         let mut req = self.app.http.post(self.app.url(path)).body(body);
@@ -173,6 +188,14 @@ impl Svc {
 
     pub async fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
         let mut req = self.app.http.put(self.app.url(path)).json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.unwrap()).await
+    }
+
+    pub async fn patch(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
+        let mut req = self.app.http.patch(self.app.url(path)).json(body);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }

@@ -64,11 +64,14 @@ impl Seen {
     }
 }
 
-/// A stand-in for the joins service's `GET /api/v1/events/{id}/counts`: what the test sets
-/// (unknown events 404), or 500 for every call while `down`.
+/// A stand-in for the joins service's `GET /api/v1/events/{id}/counts` and `GET
+/// /api/v1/events/{id}/join` (the bearer's place): what the test sets (unknown events and
+/// places 404), or 500 for every call while `down`.
 #[derive(Clone, Default)]
 pub struct JoinsStub {
     counts: Arc<Mutex<std::collections::HashMap<String, (i64, i64)>>>,
+    /// `(event, authorization header)` → the place's status.
+    places: Arc<Mutex<std::collections::HashMap<(String, String), String>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
     pub calls: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -95,6 +98,26 @@ impl JoinsStub {
                     }
                 }),
             )
+            .route(
+                "/api/v1/events/{id}/join",
+                axum::routing::get(
+                    |State(st): State<JoinsStub>, Path(id): Path<String>, headers: axum::http::HeaderMap| async move {
+                        st.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if st.down.load(std::sync::atomic::Ordering::SeqCst) {
+                            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                        }
+                        let bearer = headers
+                            .get(axum::http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        match st.places.lock().unwrap().get(&(id, bearer)) {
+                            Some(status) => axum::Json(json!({"status": status})).into_response(),
+                            None => StatusCode::NOT_FOUND.into_response(),
+                        }
+                    },
+                ),
+            )
             .with_state(stub.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -105,6 +128,11 @@ impl JoinsStub {
     /// Says `event` has `confirmed` seated and `waitlisted` waiting.
     pub fn set(&self, event: &str, confirmed: i64, waitlisted: i64) {
         self.counts.lock().unwrap().insert(event.to_owned(), (confirmed, waitlisted));
+    }
+
+    /// Says the bearer of `token` has a place at `event` with `status`.
+    pub fn place(&self, event: &str, token: &str, status: &str) {
+        self.places.lock().unwrap().insert((event.to_owned(), format!("Bearer {token}")), status.to_owned());
     }
 
     /// Makes every call fail (or answer again).
@@ -231,7 +259,9 @@ impl Svc {
             .set("UPSTREAMS__JOINS__RETRY__MAX_ATTEMPTS", "1")
             .set("DATABASE__URL", db.url())
             .set("DATABASE__POOL__MAX_CONNECTIONS", "5")
-            .set("OUTBOX__POLL_INTERVAL", "50ms");
+            .set("OUTBOX__POLL_INTERVAL", "50ms")
+            // Trending answers as the signals stand (the cache has its unit test).
+            .set("APP__TRENDING_CACHE", "0s");
         for (k, v) in extra {
             env = env.set(k, *v);
         }

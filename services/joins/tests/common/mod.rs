@@ -341,6 +341,7 @@ pub fn snapshot(organizer: Uuid, capacity: u32) -> EventSnapshot {
         venue: String::new(),
         time_zone: "UTC".into(),
         version: 2,
+        link_tag: String::new(),
     }
 }
 

@@ -286,7 +286,7 @@ impl MailMetrics {
 }
 
 /// Every template (the `template` label).
-pub(crate) const TEMPLATES: [&str; 8] = [
+pub(crate) const TEMPLATES: [&str; 9] = [
     "verify_email",
     "reset_password",
     "password_changed",
@@ -295,4 +295,5 @@ pub(crate) const TEMPLATES: [&str; 8] = [
     "event_canceled",
     "waitlist_promoted",
     "removed",
+    "followed_published",
 ];

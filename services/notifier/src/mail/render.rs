@@ -21,6 +21,10 @@ struct View {
     expires: String,
     /// Why an event was called off (empty: no reason given).
     reason: String,
+    /// Who published a followed event (empty: not known).
+    organizer: String,
+    /// When a followed event starts.
+    when: String,
     /// Empty for account-security mail, which cannot be turned off.
     settings_link: String,
 }
@@ -90,6 +94,8 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         token: String::new(),
         expires: String::new(),
         reason: String::new(),
+        organizer: String::new(),
+        when: String::new(),
         settings_link: String::new(),
     };
     if v.name.is_empty() {
@@ -135,6 +141,17 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
             v.subject = format!("You were removed from {}", v.title);
             v.link = format!("{base}/events/{event_id}");
         }
+        Mail::FollowedPublished { event_id, title: t, organizer, when } => {
+            v.title = title(t);
+            v.organizer = organizer.as_deref().map(self::title).unwrap_or_default();
+            v.when = self::title(when);
+            v.subject = if v.organizer.is_empty() {
+                format!("New event: {}", v.title)
+            } else {
+                format!("New from {}: {}", v.organizer, v.title)
+            };
+            v.link = format!("{base}/events/{event_id}");
+        }
     }
     if mail.preference().is_some() {
         v.settings_link = format!("{base}/settings/notifications");
@@ -161,6 +178,12 @@ mod tests {
             Mail::EventCanceled { event_id: event, title: "Jazz <b>".into(), reason: Some("Storm <warning>".into()) },
             Mail::WaitlistPromoted { event_id: event, title: "Jazz <b>".into() },
             Mail::Removed { event_id: event, title: "Jazz <b>".into() },
+            Mail::FollowedPublished {
+                event_id: event,
+                title: "Jazz <b>".into(),
+                organizer: Some("Olive <i>".into()),
+                when: "2031-06-20 21:00 (Europe/Lisbon)".into(),
+            },
         ];
         assert_eq!(mails.len(), super::super::TEMPLATES.len(), "one case per template");
         for mail in &mails {
@@ -175,6 +198,14 @@ mod tests {
             assert!(text.contains("Ada <script>"), "{text}");
             assert!(!html.contains("<script>") && html.contains("Ada &#60;script&#62;"), "{}: {html}", v.kind);
             assert_eq!(v.settings_link.is_empty(), mail.preference().is_none(), "{}", v.kind);
+            if let Mail::FollowedPublished { .. } = mail {
+                assert_eq!(v.subject, "New from Olive <i>: Jazz <b>");
+                assert!(
+                    text.contains("Olive <i>, whom you follow, published a new event: \"Jazz <b>\", 2031-06-20 21:00"),
+                    "{text}"
+                );
+                assert!(html.contains("Olive &#60;i&#62;"), "{html}");
+            }
             if let Mail::EventCanceled { .. } = mail {
                 assert!(text.contains("Storm <warning>"), "the reason reaches the participant: {text}");
                 assert!(html.contains("Storm &#60;warning&#62;"), "{html}");

@@ -20,9 +20,9 @@ pub(crate) struct RecordedEvent {
 
 /// The recorded event `event_id`, if it is known.
 pub(crate) async fn recorded_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Result<Option<RecordedEvent>, DataError> {
-    let row = sqlx::query(
-        db.statement("SELECT starts_at, ends_at, venue, time_zone, version FROM event_info WHERE event_id = $1"),
-    )
+    let row = sqlx::query(db.statement(
+        "SELECT starts_at, ends_at, venue, time_zone, version, link_tag FROM event_info WHERE event_id = $1",
+    ))
     .bind(event_id.to_string())
     .fetch_optional(db.on(&mut **tx))
     .await?;
@@ -32,6 +32,7 @@ pub(crate) async fn recorded_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Resu
         ends_at: row.try_get(1)?,
         venue: row.try_get(2)?,
         time_zone: row.try_get(3)?,
+        link_tag: row.try_get(5)?,
     };
     Ok(Some(RecordedEvent { place, version: row.try_get(4)? }))
 }
@@ -39,8 +40,8 @@ pub(crate) async fn recorded_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Resu
 /// Records `s`, an event not known yet, at `version`.
 pub(crate) async fn insert_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, version: i64) -> Result<(), DataError> {
     let sql = db.sql(
-        "INSERT INTO event_info (event_id, organizer_id, title, starts_at, ends_at, venue, time_zone, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO event_info (event_id, organizer_id, title, starts_at, ends_at, venue, time_zone, link_tag, \
+         version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     );
     let q = sqlx::query(AssertSqlSafe(sql.into_owned())).bind(s.event_id.to_string()).bind(s.organizer_id.to_string());
     with_details(q, s, version).execute(db.on(&mut **tx)).await?;
@@ -51,7 +52,7 @@ pub(crate) async fn insert_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, versio
 pub(crate) async fn update_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, version: i64) -> Result<(), DataError> {
     let sql = db.sql(
         "UPDATE event_info SET title = $1, starts_at = $2, ends_at = $3, venue = $4, time_zone = $5, \
-         version = $6 WHERE event_id = $7",
+         link_tag = $6, version = $7 WHERE event_id = $8",
     );
     let q = with_details(sqlx::query(AssertSqlSafe(sql.into_owned())), s, version);
     q.bind(s.event_id.to_string()).execute(db.on(&mut **tx)).await?;
@@ -62,7 +63,13 @@ pub(crate) async fn update_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, versio
 /// `event_info` take in this order.
 fn with_details(q: BoundQuery, s: &EventSnapshot, version: i64) -> BoundQuery {
     let place = Place::of(s);
-    q.bind(&s.title).bind(place.starts_at).bind(place.ends_at).bind(&place.venue).bind(&place.time_zone).bind(version)
+    q.bind(&s.title)
+        .bind(place.starts_at)
+        .bind(place.ends_at)
+        .bind(&place.venue)
+        .bind(&place.time_zone)
+        .bind(place.link_tag)
+        .bind(version)
 }
 
 /// A participant of an event as of one join change.
@@ -147,7 +154,18 @@ pub(crate) struct PendingNotice {
     pub(crate) message: String,
     /// The last participant written to (empty before the first).
     pub(crate) after_user: String,
+    /// [`PARTICIPANTS`] or [`FOLLOWERS`].
+    pub(crate) audience: String,
+    /// The mail each recipient is also sent (JSON), if any.
+    pub(crate) mail: Option<String>,
+    /// When it was queued (micros): followers are those who followed by then.
+    pub(crate) created_at: i64,
 }
+
+/// A notice for an event's active participants.
+pub(crate) const PARTICIPANTS: &str = "participants";
+/// A notice for the followers of an event's organizer.
+pub(crate) const FOLLOWERS: &str = "followers";
 
 /// Queues one `kind` notice saying `text` for the participants of `event_id`.
 pub(crate) async fn queue_notice(
@@ -157,8 +175,22 @@ pub(crate) async fn queue_notice(
     kind: &str,
     text: &str,
 ) -> Result<(), DataError> {
+    queue_notice_for(tx, db, (event_id, PARTICIPANTS), kind, text, None).await
+}
+
+/// Queues one `kind` notice saying `text` for `audience` of `event_id`, each recipient also
+/// sent `mail` (JSON) when given.
+pub(crate) async fn queue_notice_for(
+    tx: &mut Tx,
+    db: &Db,
+    (event_id, audience): (Uuid, &str),
+    kind: &str,
+    text: &str,
+    mail: Option<&str>,
+) -> Result<(), DataError> {
     let sql = db.sql(
-        "INSERT INTO pending_notices (id, event_id, kind, message, after_user, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO pending_notices (id, event_id, kind, message, after_user, created_at, audience, mail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     );
     sqlx::query(AssertSqlSafe(sql.into_owned()))
         .bind(Uuid::now_v7().to_string())
@@ -167,6 +199,8 @@ pub(crate) async fn queue_notice(
         .bind(text)
         .bind("")
         .bind(to_micros(now()))
+        .bind(audience)
+        .bind(mail)
         .execute(db.on(&mut **tx))
         .await?;
     Ok(())
@@ -174,8 +208,10 @@ pub(crate) async fn queue_notice(
 
 /// The 16 oldest queued notices.
 pub(crate) async fn oldest_notices(db: &Db) -> Result<Vec<PendingNotice>, DataError> {
-    let sql =
-        db.sql("SELECT id, event_id, kind, message, after_user FROM pending_notices ORDER BY created_at, id LIMIT 16");
+    let sql = db.sql(
+        "SELECT id, event_id, kind, message, after_user, audience, mail, created_at FROM pending_notices \
+         ORDER BY created_at, id LIMIT 16",
+    );
     let rows = sqlx::query(AssertSqlSafe(sql.into_owned())).fetch_all(db.exec()).await?;
     let notice = |row: &sqlx::any::AnyRow| -> Result<PendingNotice, sqlx::Error> {
         Ok(PendingNotice {
@@ -184,6 +220,9 @@ pub(crate) async fn oldest_notices(db: &Db) -> Result<Vec<PendingNotice>, DataEr
             kind: row.try_get(2)?,
             message: row.try_get(3)?,
             after_user: row.try_get(4)?,
+            audience: row.try_get(5)?,
+            mail: row.try_get(6)?,
+            created_at: row.try_get(7)?,
         })
     };
     Ok(rows.iter().map(notice).collect::<Result<_, _>>()?)

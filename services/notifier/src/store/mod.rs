@@ -6,10 +6,12 @@
 //! * [`activity`]: `event_info`, `event_participants`, `pending_notices` and
 //!   `organizer_digests`, what is followed of each event to tell its people of changes and joins.
 //! * [`mail`]: `mail_contacts`, `mail_preferences` and `mail_log`.
+//! * [`follows`]: `follows`, who follows which organizer.
 //!
 //! The inbox and outbox tables are Keel's.
 
 pub(crate) mod activity;
+pub(crate) mod follows;
 pub(crate) mod mail;
 pub(crate) mod notifications;
 

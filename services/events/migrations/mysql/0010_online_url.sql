@@ -1,0 +1,2 @@
+-- An online event's join link: given only to its organizer, moderators and confirmed participants.
+ALTER TABLE events ADD COLUMN online_url VARCHAR(500) NULL;
