@@ -221,7 +221,7 @@ fn distinct<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
 
 /// One `GET` of `path` on `upstream` (with `authorization` when given), its body as `T`, or
 /// `None` (logged) when it failed in any way.
-async fn fetch<T: DeserializeOwned>(
+pub(crate) async fn fetch<T: DeserializeOwned>(
     gw: &Gateway,
     upstream: Upstream,
     path: String,

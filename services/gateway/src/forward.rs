@@ -35,12 +35,13 @@ const REQUEST_HEADERS: [HeaderName; 7] = [
 ];
 
 /// Response headers passed back to the client; everything else a service sets stays inside.
-const RESPONSE_HEADERS: [HeaderName; 6] = [
+const RESPONSE_HEADERS: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::RETRY_AFTER,
     header::LOCATION,
     header::WWW_AUTHENTICATE,
     header::CACHE_CONTROL,
+    header::CONTENT_DISPOSITION,
     HeaderName::from_static("idempotent-replayed"),
 ];
 
@@ -52,8 +53,16 @@ pub(crate) struct Gateway {
     /// bulkhead, so that expensive searches failing never open the breaker of the rest of the
     /// events API.
     pub(crate) searches: Client,
+    /// Pictures of the events service and auth (`events_pictures`, `auth_pictures`): their own
+    /// breakers, so that an object store that is away never opens the breaker of the rest of
+    /// the service's API.
+    pub(crate) pictures: HashMap<Upstream, Client>,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) timeouts: UpstreamTimeouts,
+    /// The site's origin for absolute links.
+    pub(crate) origin: crate::origin::Origin,
+    /// Event page views waiting to be sent (the trending feed).
+    pub(crate) views: crate::views::Views,
 }
 
 impl Gateway {
@@ -67,7 +76,15 @@ impl Gateway {
     /// The client for a call of `method` to `target` (path and query) on `upstream`: the
     /// searches' own for a full-text search of the events service, else the upstream's.
     pub(crate) fn client_for(&self, upstream: Upstream, method: &Method, target: &str) -> Result<&Client, Problem> {
-        if is_search(upstream, method, target) { Ok(&self.searches) } else { self.client(upstream) }
+        if is_search(upstream, method, target) {
+            return Ok(&self.searches);
+        }
+        if is_picture(target)
+            && let Some(c) = self.pictures.get(&upstream)
+        {
+            return Ok(c);
+        }
+        self.client(upstream)
     }
 
     /// `req` with the attempt deadline of its method (`app.upstream_timeouts.read|write`).
@@ -140,11 +157,29 @@ impl Gateway {
     /// The client's address as the gateway resolved it (trusted proxies only), for services that
     /// trust the gateway as their proxy.
     fn client_address(&self, parts: &http::request::Parts) -> HeaderValue {
-        let peer =
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        let ip = client_ip(peer, &parts.headers, &self.trusted_proxies);
+        let ip = self.client_ip(parts);
         HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.0.0.0"))
     }
+
+    /// The client's IP address (the peer's, or a trusted proxy's `X-Forwarded-For`).
+    pub(crate) fn client_ip(&self, parts: &http::request::Parts) -> IpAddr {
+        let peer =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        client_ip(peer, &parts.headers, &self.trusted_proxies)
+    }
+}
+
+/// Whether a call is about a picture: an event's cover (`/api/v1/events/{id}/cover…`) or a
+/// person's (`/api/v1/me/avatar`, `/api/v1/profiles/{id}/avatar/…`).
+pub(crate) fn is_picture(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["", "api", "v1", "events", _, "cover", ..]
+            | ["", "api", "v1", "me", "avatar"]
+            | ["", "api", "v1", "profiles", _, "avatar", ..]
+    )
 }
 
 /// Whether a call is a full-text search of the events service: `GET /api/v1/events` with a `q`
@@ -181,6 +216,21 @@ pub(crate) fn relay(result: Result<client::Response, ClientError>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pictures_are_told_from_the_rest() {
+        for target in [
+            "/api/v1/events/01a2-x/cover",
+            "/api/v1/events/01a2-x/cover/0123456789abcdef/card.jpg",
+            "/api/v1/me/avatar",
+            "/api/v1/profiles/01a2-x/avatar/0123456789abcdef/small.jpg?x=1",
+        ] {
+            assert!(is_picture(target), "{target}");
+        }
+        for target in ["/api/v1/events/01a2-x", "/api/v1/events?q=cover", "/api/v1/me/profile", "/api/v1/profiles/x"] {
+            assert!(!is_picture(target), "{target}");
+        }
+    }
 
     #[test]
     fn only_a_search_of_the_events_list_is_a_search() {

@@ -44,14 +44,19 @@
 //! `true` outside development). In production every limiter must keep its counts in Redis. CORS
 //! is Keel's (`cors.*`).
 
+mod calendar;
 mod catchup;
 mod compose;
 mod edge;
+mod feed;
 mod forward;
+mod live;
 pub mod openapi;
+mod origin;
 pub mod reference;
 pub mod routes;
 mod view;
+mod views;
 pub mod web;
 
 use std::collections::{BTreeMap, HashMap};
@@ -69,7 +74,9 @@ use keel::resilience::rate_limit::{BackendKind, KeyPart, RateLimitLayer, RateLim
 use serde::{Deserialize, Serialize};
 
 use crate::forward::Gateway;
-use crate::routes::{INDEX_PATH, OPENAPI_PATH, ROUTES, Upstream, VIEW_PATH};
+use crate::routes::{
+    EVENT_CALENDAR_PATH, FEED_CALENDAR_PATH, FOR_YOU_PATH, INDEX_PATH, OPENAPI_PATH, ROUTES, Upstream, VIEW_PATH,
+};
 
 /// The rate-limit policy every request counts against, per user and client IP (`rate_limits.api.*`).
 pub const RATE_LIMIT_POLICY: &str = "api";
@@ -99,6 +106,11 @@ pub struct GatewayConfig {
     /// default `1s`; past them 503 at once). A flood of slow searches then opens that breaker
     /// only: the rest of the events API goes on.
     pub search: keel::resilience::bulkhead::BulkheadConfig,
+    /// Pictures (cover and avatar uploads and files) go through clients of their own,
+    /// `events_pictures` and `auth_pictures`: the upstream's settings without retries, their own
+    /// circuit breakers, and this bulkhead (defaults as `app.search`). While a service's object
+    /// store is away its pictures fail and open that breaker only: lists, pages and sign-in go on.
+    pub pictures: keel::resilience::bulkhead::BulkheadConfig,
 }
 
 /// `app.upstream_timeouts`: each attempt of a forwarded call is cut at `read` (GET, HEAD) or
@@ -137,6 +149,11 @@ impl Section for GatewayConfig {
     fn validate(&self, v: &mut Validation<'_>) {
         if self.max_body.is_some() {
             v.invalid("max_body", "is not a setting: set the gateway's body limit with http.body_limit");
+        }
+        if let Some(url) = &self.web.public_url
+            && let Err(message) = origin::check_public_url(url)
+        {
+            v.invalid("web.public_url", message);
         }
         let t = &self.upstream_timeouts;
         if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&t.total) {
@@ -234,12 +251,22 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
                 method_router.on(route.verb.filter(), move |req: Request| openapi::serve(document, req))
             }
             (INDEX_PATH, _) => method_router.on(route.verb.filter(), openapi::index),
+            (EVENT_CALENDAR_PATH, _) => {
+                method_router.on(route.verb.filter(), move |req: Request| calendar::event(gw, req))
+            }
+            (FOR_YOU_PATH, _) => method_router.on(route.verb.filter(), move |req: Request| feed::route(gw, req)),
+            (FEED_CALENDAR_PATH, _) => {
+                method_router.on(route.verb.filter(), move |req: Request| calendar::feed(gw, req))
+            }
             (_, Some(how)) => {
                 method_router.on(route.verb.filter(), move |req: Request| compose::list(gw, route, how, req))
             }
             _ => {
                 let forward = move |req: Request| gw.forward(route, req);
-                if routes::is_strict(route) {
+                if routes::is_upload(route) {
+                    let limit = axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST);
+                    method_router.on(route.verb.filter(), forward.layer(limit))
+                } else if routes::is_strict(route) {
                     method_router.on(route.verb.filter(), forward.layer(strict.clone()))
                 } else {
                     method_router.on(route.verb.filter(), forward)
@@ -278,20 +305,51 @@ pub fn service() -> keel::Service<GatewayConfig> {
             &cityevents_common::services::EVENTS,
             s.config().search.clone(),
         )?;
+        let mut pictures = HashMap::new();
+        for (up, alias, module) in [
+            (Upstream::Events, "events_pictures", &cityevents_common::services::EVENTS),
+            (Upstream::Auth, "auth_pictures", &cityevents_common::services::AUTH),
+        ] {
+            let client = cityevents_common::upstream::client_for(s, alias, module, s.config().pictures.clone())?;
+            pictures.insert(up, client);
+        }
         let limits = limits(s)?;
+        let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
         let gw = Arc::new(Gateway {
             clients,
             searches,
+            pictures,
             trusted_proxies: s.keel().http.trusted_proxies.clone(),
             timeouts: s.config().upstream_timeouts.clone(),
+            origin: origin::Origin::new(s.config().web.public_url.as_deref(), secure_cookies),
+            views: views::Views::register(s.metrics())?,
         });
-        let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
+        let viewed = gw.clone();
+        s.worker(keel::workers::Worker::periodic("event-views", views::FLUSH_EVERY, move |_ctx| {
+            let gw = viewed.clone();
+            async move {
+                gw.views.flush(&gw).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        }))?;
         // Web sessions are shared through Redis when the gateway has one (the distributed set-up).
         let redis = if s.keel().redis.url.is_some() { Some(s.redis()?) } else { None };
+        // Live updates: every instance hears every join change (a fan-out subscription).
+        let live = live::Live::new();
+        let bus = s.bus()?;
+        s.consume(live.consumer(bus))?;
+        let (hub, flushed) = (live.clone(), gw.clone());
+        s.worker(keel::workers::Worker::periodic("live-counts", live::FLUSH_EVERY, move |_ctx| {
+            let (hub, gw) = (hub.clone(), flushed.clone());
+            async move {
+                hub.flush(&gw).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        }))?;
         Ok(router(&gw, &limits.strict, &served)
             .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
             // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
-            .merge(web::router(gw.clone(), secure_cookies, &limits.strict, redis))
+            .merge(web::router(gw.clone(), secure_cookies, &limits.strict, redis, live))
             // Outermost first: the verifier for the extractors, then identify the caller,
             // then count the request by client IP, then by user and IP, both in one Redis
             // round trip (the strict routes count a third time, per IP, inside).

@@ -122,6 +122,12 @@ use Verb::{Delete, Get, Patch, Post, Put};
 
 /// Path of the aggregate event page.
 pub const VIEW_PATH: &str = "/api/v1/events/{id}/view";
+/// Path of an event's iCalendar file.
+pub const EVENT_CALENDAR_PATH: &str = "/api/v1/events/{id}/calendar.ics";
+/// Path of a personal calendar feed (the token is its secret).
+pub const FEED_CALENDAR_PATH: &str = "/api/v1/calendars/{token}/events.ics";
+/// The caller's for-you feed, composed by the gateway (`feed.rs`).
+pub const FOR_YOU_PATH: &str = "/api/v1/me/feed";
 /// Path of the OpenAPI document.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Path of the API's index: links to the document and the main collections.
@@ -137,8 +143,18 @@ pub const STRICT: &[(Verb, &str)] = &[
     (Post, "/api/v1/auth/password-reset"),
 ];
 
+/// Uploads: their body may be a picture (`cityevents_api::limits::MAX_PICTURE_REQUEST`), past
+/// the gateway's `http.body_limit`.
+pub const UPLOADS: &[(Verb, &str)] = &[(Put, "/api/v1/events/{id}/cover"), (Put, "/api/v1/me/avatar")];
+
+/// Whether `route` is in [`UPLOADS`].
+pub fn is_upload(route: &Route) -> bool {
+    UPLOADS.iter().any(|&(verb, path)| verb == route.verb && path == route.path)
+}
+
 /// Event lists whose items the gateway completes with `seats` from joins (see `compose.rs`).
-pub const WITH_SEATS: &[(Verb, &str)] = &[(Get, "/api/v1/events"), (Get, "/api/v1/me/events")];
+pub const WITH_SEATS: &[(Verb, &str)] =
+    &[(Get, "/api/v1/events"), (Get, "/api/v1/me/events"), (Get, "/api/v1/events/trending")];
 
 /// Lists of users whose items the gateway completes with their display `name` from auth.
 pub const WITH_NAMES: &[(Verb, &str)] = &[
@@ -184,6 +200,11 @@ pub const ROUTES: &[Route] = &[
     r(Put, "/api/v1/admin/users/{id}/role", Auth, User),
     r(Post, "/api/v1/admin/users/{id}/ban", Auth, User),
     r(Delete, "/api/v1/admin/users/{id}/ban", Auth, User),
+    r(Get, "/api/v1/profiles/{id}", Auth, Public),
+    r(Patch, "/api/v1/me/profile", Auth, User),
+    r(Put, "/api/v1/me/avatar", Auth, User),
+    r(Delete, "/api/v1/me/avatar", Auth, User),
+    r(Get, "/api/v1/profiles/{id}/avatar/{hash}/{file}", Auth, Public),
     // events
     r(Get, "/api/v1/events", Events, Public),
     r(Post, "/api/v1/events", Events, User),
@@ -193,6 +214,11 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/events/{id}/publish", Events, User),
     r(Post, "/api/v1/events/{id}/cancel", Events, User),
     r(Post, "/api/v1/events/{id}/unpublish", Events, User),
+    r(Get, "/api/v1/events/{id}/online-link", Events, User),
+    r(Put, "/api/v1/events/{id}/cover", Events, User),
+    r(Delete, "/api/v1/events/{id}/cover", Events, User),
+    r(Get, "/api/v1/events/{id}/cover/{hash}/{file}", Events, Public),
+    r(Get, "/api/v1/events/trending", Events, Public),
     r(Get, "/api/v1/me/events", Events, User),
     r(Get, "/api/v1/meta/cities", Events, Public),
     // joins
@@ -214,9 +240,20 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/api/v1/me/notifications/unread-count", Notifier, User),
     r(Post, "/api/v1/me/notifications/read-all", Notifier, User),
     r(Get, "/api/v1/me/mail-preferences", Notifier, User),
+    r(Get, "/api/v1/me/calendar-feed", Joins, User),
+    r(Post, "/api/v1/me/calendar-feed", Joins, User),
+    r(Delete, "/api/v1/me/calendar-feed", Joins, User),
+    r(Get, "/api/v1/organizers/{id}/follow", Notifier, User),
+    r(Put, "/api/v1/organizers/{id}/follow", Notifier, User),
+    r(Delete, "/api/v1/organizers/{id}/follow", Notifier, User),
+    r(Get, "/api/v1/organizers/{id}/followers", Notifier, Public),
+    r(Get, "/api/v1/me/following", Notifier, User),
     r(Put, "/api/v1/me/mail-preferences", Notifier, User),
     // the gateway's own
     r(Get, VIEW_PATH, Gateway, Public),
+    r(Get, EVENT_CALENDAR_PATH, Gateway, Public),
+    r(Get, FEED_CALENDAR_PATH, Gateway, Anonymous),
+    r(Get, FOR_YOU_PATH, Gateway, User),
     r(Get, OPENAPI_PATH, Gateway, Public),
     r(Get, INDEX_PATH, Gateway, Public),
 ];

@@ -1,6 +1,7 @@
 //! `GET /api/v1/events/{id}/view`: the event, the caller's participation and the seat counts,
 //! fetched in parallel. The event is critical (its error is the answer); the other two are not:
-//! when their service fails they are `{"unavailable": true}` and the page still renders.
+//! when their service fails they are `{"unavailable": true}` and the page still renders. A page
+//! answered is a view of the event (`crate::views`).
 
 use std::sync::Arc;
 
@@ -93,12 +94,14 @@ pub(crate) async fn view(gw: Arc<Gateway>, req: Request) -> Result<Response, Pro
     let claims = edge::authorize(&mut parts, Access::Public).await?;
     // The id goes into upstream paths: only a UUID may (a decoded `/` would change the path).
     let Path(id) = Path::<Uuid>::from_request_parts(&mut parts, &()).await?;
+    let user = claims.as_ref().and_then(|c| Uuid::parse_str(&c.sub).ok());
     let authorization = claims.and(parts.headers.get(header::AUTHORIZATION).cloned());
     let signed_in = authorization.is_some();
     let view = match assemble(&gw, &id, authorization).await {
         Ok(view) => view,
         Err(failed) => return Ok(relay(failed)),
     };
+    gw.views.note_request(id, (&parts.method, &parts.headers), user, gw.client_ip(&parts));
     let mut resp = Json(view).into_response();
     if signed_in {
         // The caller's own participation is in it.

@@ -6,7 +6,7 @@ use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
 
-use crate::routes::{Access, Route, Upstream, VIEW_PATH};
+use crate::routes::{Access, EVENT_CALENDAR_PATH, FEED_CALENDAR_PATH, Route, Upstream, VIEW_PATH};
 
 /// One shared error answer: an RFC 9457 problem.
 pub(crate) struct Failure {
@@ -125,7 +125,9 @@ pub(crate) fn inherent(route: &Route, takes_body: bool) -> Vec<u16> {
     if takes_body {
         out.extend([413, 415]);
     }
-    if route.upstream != Upstream::Gateway || route.path == VIEW_PATH {
+    // The gateway's own routes that call services: an event's view, its calendar, a feed.
+    if route.upstream != Upstream::Gateway || [VIEW_PATH, EVENT_CALENDAR_PATH, FEED_CALENDAR_PATH].contains(&route.path)
+    {
         out.extend([502, 503, 504]);
     }
     out

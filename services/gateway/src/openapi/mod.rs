@@ -255,14 +255,15 @@ mod tests {
         let names = |m: http::Method, p: &'static str| query[&(m, p)].iter().cloned().collect::<Vec<_>>();
         assert_eq!(
             names(http::Method::GET, "/api/v1/events"),
-            ["category", "city", "cursor", "exclude_expired", "from", "limit", "q", "sort", "to"]
+            ["category", "city", "cursor", "exclude_expired", "from", "limit", "organizer", "q", "sort", "to"]
         );
         assert_eq!(names(http::Method::GET, "/api/v1/me/events"), ["cursor", "limit", "status"]);
         assert!(names(http::Method::POST, "/api/v1/events").is_empty());
         assert!(doc["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"].is_object());
     }
 
-    /// Every path id is a required UUID with a description, in the template's order.
+    /// Every path id is a required UUID (a feed's secret, a picture's hash and file name
+    /// strings) with a description, in the template's order.
     #[test]
     fn path_ids_follow_the_templates() {
         let doc = doc();
@@ -277,7 +278,8 @@ mod tests {
             assert_eq!(declared, template, "{r:?}");
             for name in template {
                 let p = parameter(&doc, r.path, r.verb.openapi_key(), name);
-                assert_eq!((p["required"].as_bool(), p["schema"]["format"].as_str()), (Some(true), Some("uuid")));
+                let format = if ["token", "hash", "file"].contains(&name) { None } else { Some("uuid") };
+                assert_eq!((p["required"].as_bool(), p["schema"]["format"].as_str()), (Some(true), format), "{r:?}");
                 assert!(p["description"].is_string(), "{r:?} {name}");
             }
         }
@@ -399,10 +401,14 @@ mod tests {
                 (Some(0), Some(100_000))
             );
             assert_eq!(p["city"]["maxLength"], 80, "{s}");
-            for f in ["title", "city", "category"] {
+            for f in ["title", "city"] {
                 assert_eq!(p[f]["minLength"], 1, "{s}.{f}: blank is refused");
                 assert!(p[f]["pattern"].is_string(), "{s}.{f}: control characters are refused");
             }
+            let names: Vec<&str> =
+                p["category"]["enum"].as_array().unwrap().iter().filter_map(serde_json::Value::as_str).collect();
+            let fixed: Vec<&str> = cityevents_api::events::CATEGORIES.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, fixed, "{s}.category: the fixed set");
         }
         assert_eq!(schemas["EventPatch"]["minProperties"], 1);
         // 415 wherever a JSON body is taken; 405 described once, for any undeclared method.

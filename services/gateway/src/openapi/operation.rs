@@ -27,6 +27,8 @@ pub(crate) struct Spec {
     query: Vec<Parameter>,
     idempotency_key: bool,
     body: Option<(Cow<'static, str>, bool)>,
+    /// A `multipart/form-data` body with one picture in its `file` field, instead of JSON.
+    upload: bool,
     answers: Vec<Answer>,
     errors: Vec<(u16, Option<&'static str>)>,
 }
@@ -36,6 +38,8 @@ struct Answer {
     status: u16,
     description: &'static str,
     schema: Option<RefOr<Schema>>,
+    /// The body's media type when a schema is given.
+    media: &'static str,
     headers: Vec<(&'static str, &'static str)>,
 }
 
@@ -50,6 +54,7 @@ pub(crate) fn op(verb: Verb, path: &'static str, id: &'static str, summary: &'st
         query: Vec::new(),
         idempotency_key: false,
         body: None,
+        upload: false,
         answers: Vec::new(),
         errors: Vec::new(),
     }
@@ -86,6 +91,25 @@ impl Spec {
         self
     }
 
+    /// A required `multipart/form-data` body: a picture (JPEG, PNG or WebP) in the field `file`.
+    pub(crate) fn upload(mut self) -> Self {
+        self.upload = true;
+        self
+    }
+
+    /// A success answer `status` whose body is a JPEG picture.
+    pub(crate) fn jpeg(mut self, status: u16, description: &'static str) -> Self {
+        let schema = ObjectBuilder::new().schema_type(Type::String).content_media_type("image/jpeg").into();
+        self.answers.push(Answer {
+            status,
+            description,
+            schema: Some(schema),
+            media: "image/jpeg",
+            headers: Vec::new(),
+        });
+        self
+    }
+
     /// A success answer `status` with a JSON body of type `T`.
     pub(crate) fn answer<T: ToSchema>(self, status: u16, description: &'static str) -> Self {
         self.answer_with(status, description, Some(Ref::from_schema_name(T::name()).into()))
@@ -101,8 +125,21 @@ impl Spec {
         self.answer_with(status, description, None)
     }
 
+    /// A success answer `status` whose body is an iCalendar file (RFC 5545).
+    pub(crate) fn calendar(mut self, status: u16, description: &'static str) -> Self {
+        let schema = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^BEGIN:VCALENDAR\r\n")).into();
+        self.answers.push(Answer {
+            status,
+            description,
+            schema: Some(schema),
+            media: "text/calendar",
+            headers: Vec::new(),
+        });
+        self
+    }
+
     fn answer_with(mut self, status: u16, description: &'static str, schema: Option<RefOr<Schema>>) -> Self {
-        self.answers.push(Answer { status, description, schema, headers: Vec::new() });
+        self.answers.push(Answer { status, description, schema, media: "application/json", headers: Vec::new() });
         self
     }
 
@@ -147,7 +184,7 @@ impl Spec {
                     .parameter_in(ParameterIn::Path)
                     .required(Required::True)
                     .description(Some(description))
-                    .schema(Some(cityevents_api::fields::uuid())),
+                    .schema(Some(path_schema(route.path, name))),
             );
         }
         for p in self.query {
@@ -156,7 +193,23 @@ impl Spec {
         if self.idempotency_key {
             b = b.parameter(idempotency_key());
         }
-        let takes_body = self.body.is_some();
+        let takes_body = self.body.is_some() || self.upload;
+        if self.upload {
+            let file = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/octet-stream")
+                .description(Some(
+                    "A JPEG, PNG or WebP picture, at most 5 MiB and 16 megapixels (8000 pixels a side).",
+                ));
+            let form = ObjectBuilder::new().schema_type(Type::Object).property("file", file).required("file");
+            let content = ContentBuilder::new().schema(Some(form)).build();
+            b = b.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("multipart/form-data", content)
+                    .required(Some(Required::True))
+                    .build(),
+            ));
+        }
         if let Some((schema, required)) = self.body {
             let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(schema))).build();
             let required = if required { Required::True } else { Required::False };
@@ -167,7 +220,7 @@ impl Spec {
         for a in self.answers {
             let mut r = ResponseBuilder::new().description(a.description);
             if let Some(schema) = a.schema {
-                r = r.content("application/json", ContentBuilder::new().schema(Some(schema)).build());
+                r = r.content(a.media, ContentBuilder::new().schema(Some(schema)).build());
             }
             for (name, description) in a.headers {
                 let header =
@@ -231,9 +284,36 @@ fn path_parameter(path: &str, name: &str) -> Option<&'static str> {
         "id" if path.starts_with("/api/v1/admin/users/") => "The user.",
         "id" if path.starts_with("/api/v1/me/notifications/") => "Notification id.",
         "user_id" if path.contains("/participants/") => "The participant.",
+        "id" if path.starts_with("/api/v1/profiles/") => "The person (a user id).",
+        "id" if path.starts_with("/api/v1/organizers/") => "The organizer (a user id).",
         "user_id" if path.contains("/bans/") => "The banned user.",
+        "token" if path.starts_with("/api/v1/calendars/") => "The feed's secret, from `POST /api/v1/me/calendar-feed`.",
+        "hash" if path.contains("/cover/") => "The cover's content hash, as the event's `cover` names it.",
+        "file" if path.contains("/cover/") => "`card.jpg` (640×360) or `wide.jpg` (1280×720).",
+        "hash" if path.contains("/avatar/") => "The picture's content hash, as the profile's `avatar` names it.",
+        "file" if path.contains("/avatar/") => "`small.jpg` (96×96) or `large.jpg` (400×400).",
         _ => return None,
     })
+}
+
+/// A path parameter's schema: ids are UUIDs; a feed's secret is 43 base64url characters; a
+/// picture's hash 16 hex digits and its file one of its sizes.
+fn path_schema(path: &str, name: &str) -> RefOr<Schema> {
+    if name == "hash" {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9a-f]{16}$")).into()
+    } else if name == "file" {
+        let files = if path.contains("/avatar/") { ["small.jpg", "large.jpg"] } else { ["card.jpg", "wide.jpg"] };
+        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(files)).into()
+    } else if name == "token" {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(43))
+            .max_length(Some(43))
+            .pattern(Some("^[A-Za-z0-9_-]{43}$"))
+            .into()
+    } else {
+        cityevents_api::fields::uuid().into()
+    }
 }
 
 fn idempotency_key() -> ParameterBuilder {

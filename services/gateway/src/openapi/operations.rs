@@ -3,13 +3,14 @@
 //! itself can send on the route.
 
 use cityevents_api::params::{
-    CitiesParams, EventsParams, MyEventsParams, NotificationsParams, PageParams, UsersParams,
+    CitiesParams, EventsParams, FeedParams, MyEventsParams, NotificationsParams, PageParams, TrendingParams,
+    UsersParams,
 };
 use cityevents_api::{auth, events, gateway, joins, notifications};
 
 use super::operation::{Spec, op};
 use crate::routes::Verb::{Delete, Get, Patch, Post, Put};
-use crate::routes::{INDEX_PATH, OPENAPI_PATH, VIEW_PATH};
+use crate::routes::{EVENT_CALENDAR_PATH, FEED_CALENDAR_PATH, FOR_YOU_PATH, INDEX_PATH, OPENAPI_PATH, VIEW_PATH};
 
 /// Every operation's description.
 pub(crate) fn all() -> Vec<Spec> {
@@ -98,6 +99,12 @@ pub(crate) fn all() -> Vec<Spec> {
         op(Delete, "/api/v1/auth/sessions/{id}", "revokeSession", "End one of the caller's sessions")
             .empty(204, "The session ended."),
         op(Get, "/api/v1/me", "me", "The caller's account").answer::<auth::User>(200, "The caller."),
+        op(Get, "/api/v1/profiles/{id}", "profile", "A person's public profile")
+            .describe("What their organizer page shows: name, bio, since when they are a member. 404 for an unknown or banned account.")
+            .answer::<auth::Profile>(200, "The profile."),
+        op(Patch, "/api/v1/me/profile", "updateProfile", "Change the caller's name or bio")
+            .body::<auth::ProfilePatch>()
+            .answer::<auth::Profile>(200, "The profile as it is now."),
         op(Get, "/api/v1/admin/users", "listUsers", "List and search accounts (admin)")
             .describe(
                 "Newest first. `q` holding `@` is an address, matched exactly (addresses are stored \
@@ -179,6 +186,72 @@ pub(crate) fn all() -> Vec<Spec> {
         .optional_body::<events::ReasonBody>()
         .answer::<events::Event>(200, "The event, a draft again.")
         .errors(&[403, 409]),
+        op(Get, "/api/v1/events/{id}/online-link", "eventOnlineLink", "An online event's join link")
+            .describe(
+                "For the organizer, moderators and admins, and the users who hold a seat (the joins service is \
+                asked; 503 when it cannot tell). 403 `seat_required` to anyone else; 404 when the event is not \
+                online; 409 `event_canceled`. `Cache-Control: private, no-store`.",
+            )
+            .answer::<events::OnlineLink>(200, "The link.")
+            .errors(&[403, 409]),
+        op(Put, "/api/v1/me/avatar", "putAvatar", "Set your picture")
+            .describe(
+                "Judged by its content, not its name or type (400 `INVALID_IMAGE`; 400 `IMAGE_DIMENSIONS` past \
+                8000 pixels a side or 16 megapixels; 413 past 5 MiB), decoded, turned upright, stripped of its \
+                metadata (EXIF, GPS) and stored as a 96×96 and a 400×400 JPEG named by their content (`avatar` \
+                of the profile answered). 503 `IMAGES_BUSY` while this instance is decoding as many pictures as \
+                it allows. The files of a replaced picture are deleted after a grace period.",
+            )
+            .upload()
+            .answer::<auth::Profile>(200, "Your profile with its new `avatar`.")
+            .errors(&[]),
+        op(Delete, "/api/v1/me/avatar", "deleteAvatar", "Remove your picture")
+            .describe("Also when there is none.")
+            .empty(204, "No picture."),
+        op(Get, "/api/v1/profiles/{id}/avatar/{hash}/{file}", "avatar", "A person's picture")
+            .describe(
+                "As the profile's `avatar` names it. `Cache-Control: public, max-age=31536000, immutable`: the \
+                URL names the content, a new picture gets a new URL.",
+            )
+            .jpeg(200, "The JPEG.")
+            .header("Cache-Control", "`public, max-age=31536000, immutable`"),
+        op(Put, "/api/v1/events/{id}/cover", "putEventCover", "Set an event's cover picture")
+            .describe(
+                "The organizer's only, while the event may be changed (409 `event_canceled`, `event_ended`). The \
+                picture is judged by its content, not its name or type (400 `INVALID_IMAGE`; 400 \
+                `IMAGE_DIMENSIONS` past 8000 pixels a side or 16 megapixels; 413 past 5 MiB), decoded, turned \
+                upright, stripped of its metadata (EXIF, GPS) and stored as a 640×360 and a 1280×720 JPEG named \
+                by their content (`cover` of the event answered). 503 `IMAGES_BUSY` while this instance is \
+                decoding as many pictures as it allows. The files of a replaced cover are deleted after a grace \
+                period.",
+            )
+            .upload()
+            .answer::<events::Event>(200, "The event with its new `cover`.")
+            .errors(&[403, 409]),
+        op(Delete, "/api/v1/events/{id}/cover", "deleteEventCover", "Remove an event's cover picture")
+            .describe(
+                "The organizer's while the event may change (409 `event_canceled`, `event_ended`); a moderator's \
+                or admin's at any time. 204 also when there is none.",
+            )
+            .empty(204, "No cover.")
+            .errors(&[403, 409]),
+        op(Get, "/api/v1/events/{id}/cover/{hash}/{file}", "eventCover", "An event's cover picture")
+            .describe(
+                "As the event's `cover` names it. `Cache-Control: public, max-age=31536000, immutable`: the \
+                URL names the content, a new picture gets a new URL.",
+            )
+            .jpeg(200, "The JPEG.")
+            .header("Cache-Control", "`public, max-age=31536000, immutable`"),
+        op(Get, "/api/v1/events/trending", "trendingEvents", "Events trending now")
+            .describe(
+                "Published events that have not ended, scored by the distinct people who viewed them (the event's \
+                page on the site or `GET /api/v1/events/{id}/view`) plus three times the distinct people who \
+                joined them (a seat or the waitlist), over this UTC day and the one before, highest first; \
+                events nobody looked at are left out. A person counts once per event and day however often \
+                they look or join.",
+            )
+            .query::<TrendingParams>()
+            .answer::<gateway::EventFeed>(200, "The events, each with `seats`."),
         op(Get, "/api/v1/me/events", "myEvents", "Events the caller organizes (drafts included)")
             .query::<MyEventsParams>()
             .answer::<gateway::EventPage>(200, "A page of events."),
@@ -189,6 +262,31 @@ pub(crate) fn all() -> Vec<Spec> {
             )
             .query::<CitiesParams>()
             .answer::<events::CityList>(200, "The cities."),
+        op(Get, EVENT_CALENDAR_PATH, "eventCalendar", "The event as an iCalendar file")
+            .describe(
+                "RFC 5545, times in the venue's zone with its `VTIMEZONE`. `METHOD:PUBLISH`, or `METHOD:CANCEL` \
+                with `STATUS:CANCELLED` once the event is canceled; `SEQUENCE` is the event's version, so a \
+                calendar that imported it replaces its copy. A draft answers its organizer only.",
+            )
+            .calendar(200, "The event's `.ics` (`Content-Disposition: attachment`).")
+            .header("Content-Disposition", "`attachment; filename=\"event-{id}.ics\"`."),
+        op(Get, FEED_CALENDAR_PATH, "calendarFeed", "A personal calendar feed (the secret in the path is the key)")
+            .describe(
+                "What a calendar application subscribes to: the events the feed's owner holds a seat at \
+                (`STATUS:CONFIRMED`) or waits for (`TENTATIVE`), and those canceled while they did \
+                (`CANCELLED`), from 30 days back, soonest first, 100 at most. No bearer: whoever has the \
+                address reads it, until its owner makes a new one or revokes it (then 404).",
+            )
+            .calendar(200, "The feed."),
+        op(Get, FOR_YOU_PATH, "forYou", "Events for the caller")
+            .describe(
+                "Published events that have not ended by organizers the caller follows, in their home city \
+                (their profile's) or in the categories of events they joined, in that order of weight, then \
+                soonest; events they joined are left out. Made of what the notifier, joins and auth services \
+                say: one that cannot answer leaves its part out. `Cache-Control: private, no-store`.",
+            )
+            .query::<FeedParams>()
+            .answer::<gateway::EventFeed>(200, "The events, each with `seats`."),
         op(Post, "/api/v1/events/{id}/join", "joinEvent", "Join an event")
             .describe(
                 "Confirmed while seats are left, else waitlisted (FIFO). A banned user gets 403 `banned`, also \
@@ -290,10 +388,39 @@ pub(crate) fn all() -> Vec<Spec> {
             )
             .body::<notifications::MailPreferencesPatch>()
             .answer::<notifications::MailPreferences>(200, "Every preference after the change."),
+        op(Get, "/api/v1/organizers/{id}/follow", "myFollow", "Whether the caller follows an organizer")
+            .answer::<notifications::Follow>(200, "The caller follows them.")
+            .error(404, "`not_following`: the caller does not follow them."),
+        op(Put, "/api/v1/organizers/{id}/follow", "follow", "Follow an organizer")
+            .describe(
+                "The caller is then told, in the app and by mail (`followed_published`, unless turned off), when the \
+                organizer publishes an event. A repeat answers the follow there is. 409 `cannot_follow_self`; 404 \
+                `organizer_not_found` for someone who has not published an event.",
+            )
+            .answer::<notifications::Follow>(200, "Followed.")
+            .errors(&[409]),
+        op(Delete, "/api/v1/organizers/{id}/follow", "unfollow", "Stop following an organizer")
+            .empty(204, "Not following (also when the caller did not)."),
+        op(Get, "/api/v1/organizers/{id}/followers", "followers", "How many people follow an organizer")
+            .answer::<notifications::Followers>(200, "The count."),
+        op(Get, "/api/v1/me/following", "following", "The organizers the caller follows")
+            .query::<PageParams>()
+            .answer::<notifications::FollowPage>(200, "A page of follows, newest first."),
+        op(Get, "/api/v1/me/calendar-feed", "myCalendarFeed", "Whether the caller has a personal calendar feed")
+            .answer::<joins::CalendarFeed>(200, "The feed's state (its address is shown only when made)."),
+        op(Post, "/api/v1/me/calendar-feed", "newCalendarFeed", "Make a new personal calendar feed address")
+            .describe(
+                "A new secret address for `GET /api/v1/calendars/{token}/events.ics`, shown this once (only \
+                its hash is kept). Any previous address of the caller stops working at once.",
+            )
+            .answer::<joins::NewCalendarFeed>(201, "The new address."),
+        op(Delete, "/api/v1/me/calendar-feed", "revokeCalendarFeed", "Revoke the caller's calendar feed address")
+            .empty(204, "The address no longer works."),
         op(Get, VIEW_PATH, "eventView", "Event page: the event, the caller's participation and the counts")
             .describe(
                 "The event is required: its error is the answer. Participation (with a token) and counts are \
-                optional parts.",
+                optional parts. An answered page counts as a view of the event for `GET /api/v1/events/trending` \
+                (once per person and day).",
             )
             .answer::<gateway::EventView>(200, "Fetched in parallel; a failing part is `{\"unavailable\": true}`."),
         op(Get, OPENAPI_PATH, "openapi", "This document").answer_object(200, "OpenAPI 3.1.").errors(&[502, 503, 504]),

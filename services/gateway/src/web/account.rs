@@ -23,13 +23,15 @@ use crate::routes::Upstream;
 pub(crate) struct Errors {
     pub(crate) fields: BTreeMap<String, String>,
     pub(crate) summary: Option<String>,
+    /// The account page's picture form's refusal.
+    pub(crate) avatar: Option<String>,
 }
 
 impl Errors {
     pub(crate) fn of(f: &Failure) -> Self {
         let fields = f.fields();
         let summary = Some(if fields.is_empty() { f.message() } else { "Check the fields marked below.".to_owned() });
-        Self { fields, summary }
+        Self { fields, summary, avatar: None }
     }
 
     pub(crate) fn field(&self, name: &str) -> Option<&str> {

@@ -42,6 +42,30 @@ impl Failure {
         Self { status: StatusCode::BAD_GATEWAY, problem: None, upstream }
     }
 
+    /// A form the site refuses itself (400), saying `detail`.
+    pub(crate) fn bad_request(upstream: Upstream, detail: &str) -> Self {
+        Self::refusal(upstream, StatusCode::BAD_REQUEST, "Bad request", detail)
+    }
+
+    /// An upload the site refuses itself (413), saying `detail`.
+    pub(crate) fn too_large(upstream: Upstream, detail: &str) -> Self {
+        Self::refusal(upstream, StatusCode::PAYLOAD_TOO_LARGE, "Payload too large", detail)
+    }
+
+    fn refusal(upstream: Upstream, status: StatusCode, title: &str, detail: &str) -> Self {
+        let problem = Problem {
+            kind: "urn:cityevents:problem:invalid".into(),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: Some(detail.into()),
+            instance: None,
+            request_id: None,
+            code: None,
+            errors: None,
+        };
+        Self { status, problem: Some(Box::new(problem)), upstream }
+    }
+
     /// A refusal the site makes itself, saying `detail`.
     pub(crate) fn forbidden(upstream: Upstream, detail: &str) -> Self {
         let problem = Problem {
@@ -134,6 +158,25 @@ impl Site {
         address: &HeaderValue,
         extra: &[(HeaderName, HeaderValue)],
     ) -> Result<client::Response, Failure> {
+        let body = match body.map(serde_json::to_vec).transpose() {
+            Ok(b) => b.map(|b| (HeaderValue::from_static("application/json"), axum::body::Bytes::from(b))),
+            Err(_) => return Err(Failure { status: StatusCode::INTERNAL_SERVER_ERROR, problem: None, upstream }),
+        };
+        self.send_bytes(upstream, method, path, token, body, address, extra).await
+    }
+
+    /// [`Site::send`] with a body of any type: `(content type, bytes)` (an upload's form).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_bytes(
+        &self,
+        upstream: Upstream,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(HeaderValue, axum::body::Bytes)>,
+        address: &HeaderValue,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<client::Response, Failure> {
         let client = self.gw.client_for(upstream, &method, path).map_err(|_| Failure {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             problem: None,
@@ -150,12 +193,8 @@ impl Site {
         for (name, value) in extra {
             req = req.header(name.clone(), value.clone());
         }
-        if let Some(body) = body {
-            req = req.json(body).map_err(|_| Failure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                problem: None,
-                upstream,
-            })?;
+        if let Some((content_type, bytes)) = body {
+            req = req.header(header::CONTENT_TYPE, content_type).body(bytes);
         }
         let req = self.gw.timed(req, &method);
         match self.gw.call(upstream, client, req).await {
@@ -170,6 +209,27 @@ impl Site {
             }
             Err(e) => Err(Failure::from_error(upstream, e)),
         }
+    }
+
+    /// Passes a page's upload form on as `PUT path`: the body read whole (at most
+    /// `MAX_PICTURE_REQUEST`), a multipart form only; what the site refuses itself is a 413 or
+    /// 400 [`Failure`] saying why.
+    pub(crate) async fn send_upload(
+        &self,
+        upstream: Upstream,
+        path: &str,
+        token: &str,
+        content_type: Option<HeaderValue>,
+        body: axum::body::Body,
+        address: &HeaderValue,
+    ) -> Result<client::Response, Failure> {
+        let Ok(bytes) = axum::body::to_bytes(body, cityevents_api::limits::MAX_PICTURE_REQUEST).await else {
+            return Err(Failure::too_large(upstream, "The picture is larger than 5 MB. Choose a smaller one."));
+        };
+        let Some(content_type) = content_type.filter(|v| v.as_bytes().starts_with(b"multipart/form-data")) else {
+            return Err(Failure::bad_request(upstream, "Choose a picture to upload."));
+        };
+        self.send_bytes(upstream, Method::PUT, path, Some(token), Some((content_type, bytes)), address, &[]).await
     }
 
     fn read<T: DeserializeOwned>(upstream: Upstream, r: &client::Response) -> Result<T, Failure> {

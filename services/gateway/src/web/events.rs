@@ -24,7 +24,7 @@ use crate::routes::Upstream;
 const PAGE_SIZE: u32 = 20;
 
 /// `GET /` query: the search form's fields and the page's cursor.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct ListQuery {
     #[serde(default)]
     q: String,
@@ -45,31 +45,86 @@ pub(crate) struct Card {
     pub(crate) id: String,
     pub(crate) title: String,
     pub(crate) place: String,
+    /// An OpenStreetMap search for the venue (a link only: no map is embedded).
+    pub(crate) map: String,
+    /// The category's label.
     pub(crate) category: String,
+    /// The category as stored (its page's name).
+    pub(crate) category_name: String,
+    /// Start to end on the venue's clock, its zone named.
     pub(crate) when: String,
+    /// The same on the viewer's clock when it reads differently; else empty (`site.js` fills it
+    /// in when the server did not know the viewer's zone yet).
+    pub(crate) local: String,
     pub(crate) datetime: String,
+    pub(crate) end_datetime: String,
+    pub(crate) zone: String,
     pub(crate) seats: String,
     pub(crate) full: bool,
+    /// `Canceled`, `Ended`, or empty while it is on.
+    pub(crate) state: &'static str,
+    /// The cover's list size (640×360), when it has one.
+    pub(crate) cover: Option<String>,
+    /// The cover's page size (1280×720).
+    pub(crate) cover_wide: Option<String>,
 }
 
 impl Card {
     pub(crate) fn new(page: &Page, e: &Event, seats: &str, full: bool) -> Self {
+        let zone = Zone::named(&e.time_zone).unwrap_or_else(Zone::utc);
+        let state = state(e);
         Self {
             id: e.id.to_string(),
             title: e.title.clone(),
             place: place(e),
-            category: e.category.clone(),
-            when: page.when(e.starts_at, &e.time_zone),
+            map: map_link(e),
+            category: cityevents_api::events::category_label(&e.category).to_owned(),
+            // A category from before the set was fixed has no page.
+            category_name: cityevents_api::events::category_name(&e.category).unwrap_or_default().to_owned(),
+            when: pages::span(e.starts_at, e.ends_at, &zone),
+            local: pages::viewer_span(page.zone.as_ref(), e.starts_at, e.ends_at, &zone),
             datetime: pages::machine_time(e.starts_at),
-            seats: seats.to_owned(),
-            full,
+            end_datetime: pages::machine_time(e.ends_at),
+            zone: zone.name().to_owned(),
+            seats: match state {
+                "" => seats.to_owned(),
+                "Canceled" => "Canceled: nobody can join".to_owned(),
+                _ => "This event is over".to_owned(),
+            },
+            full: full && state.is_empty(),
+            state,
+            cover: e.cover.as_ref().map(|c| c.card.clone()),
+            cover_wide: e.cover.as_ref().map(|c| c.wide.clone()),
         }
     }
 }
 
-/// The venue line: `venue, city` (no map).
+/// `Canceled`, `Ended`, or empty.
+fn state(e: &Event) -> &'static str {
+    if e.status == EventStatus::Canceled {
+        "Canceled"
+    } else if e.ends_at <= time::OffsetDateTime::now_utc() {
+        "Ended"
+    } else {
+        ""
+    }
+}
+
+/// The venue line: `venue, city`; an online event says so.
 fn place(e: &Event) -> String {
-    if e.venue.trim().is_empty() { e.city.clone() } else { format!("{}, {}", e.venue, e.city) }
+    match (e.venue.trim().is_empty(), e.online) {
+        (true, true) => format!("Online · {}", e.city),
+        (true, false) => e.city.clone(),
+        (false, true) => format!("{}, {} · also online", e.venue, e.city),
+        (false, false) => format!("{}, {}", e.venue, e.city),
+    }
+}
+
+/// An OpenStreetMap search for the venue and city.
+fn map_link(e: &Event) -> String {
+    let at = if e.venue.trim().is_empty() { e.city.clone() } else { format!("{}, {}", e.venue, e.city) };
+    let query: String = form_urlencoded::byte_serialize(at.as_bytes()).collect();
+    format!("https://www.openstreetmap.org/search?query={query}")
 }
 
 /// What the seats of a listed event say, and whether none is free.
@@ -90,16 +145,114 @@ pub(crate) fn seats_line(seats: &Seats) -> (String, bool) {
 #[template(path = "web/events.html")]
 struct ListPage {
     layout: Layout,
+    /// `Events`, or the category browsed.
+    heading: String,
+    /// The form's target: `/` or the category's page.
+    action: String,
+    /// On a category's page the category is the page's, not a field.
+    browsing: bool,
     query: ListQuery,
     cards: Vec<Card>,
     next: Option<String>,
     filtered: bool,
     errors: Vec<(&'static str, String)>,
+    /// Cities with upcoming events, for the city field's suggestions.
+    cities: Vec<String>,
+    /// Cities the typed one could be, when it was not one of them.
+    did_you_mean: Vec<(String, String)>,
+    /// The viewer's home city and the link listing its events, when they saved one.
+    near_me: Option<(String, String)>,
 }
 
 impl ListPage {
     fn error(&self, field: &str) -> Option<&str> {
         self.errors.iter().find(|(f, _)| *f == field).map(|(_, m)| m.as_str())
+    }
+
+    /// `(name, label, selected)` for the category filter.
+    fn categories(&self) -> Vec<(&'static str, &'static str, bool)> {
+        cityevents_api::events::CATEGORIES
+            .iter()
+            .map(|(n, l)| (*n, *l, n.eq_ignore_ascii_case(self.query.category.trim())))
+            .collect()
+    }
+
+    /// Whether any filter beyond the words is set (the filters are then shown open).
+    fn narrowed(&self) -> bool {
+        [&self.query.city, &self.query.from, &self.query.to].iter().any(|v| !v.trim().is_empty())
+            || (!self.browsing && !self.query.category.trim().is_empty())
+            || !self.errors.is_empty()
+    }
+}
+
+/// Most cities suggested in the city field.
+const CITY_SUGGESTIONS: u32 = 20;
+
+/// The cities `/meta/cities` suggests for `prefix` (every city, busiest first, without one).
+async fn cities(site: &Site, page: &Page, prefix: &str, limit: u32) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct City {
+        city: String,
+    }
+    #[derive(Deserialize)]
+    struct Cities {
+        items: Vec<City>,
+    }
+    let q: String = form_urlencoded::byte_serialize(prefix.trim().as_bytes()).collect();
+    let path = format!("/api/v1/meta/cities?q={q}&limit={limit}");
+    site.get::<Cities>(Upstream::Events, &path, None, &page.address)
+        .await
+        .map(|c| c.items.into_iter().map(|c| c.city).collect())
+        .unwrap_or_default()
+}
+
+/// The viewer's home city (their profile's) and the link to its events.
+async fn near_me(site: &Site, page: &Page) -> Option<(String, String)> {
+    let user = page.viewer.user()?;
+    let city = super::organizers::profile(site, page, user.id).await?.city;
+    if city.trim().is_empty() {
+        return None;
+    }
+    let link = search_link(&ListQuery { city: city.clone(), ..ListQuery::default() }, None);
+    Some((city, link))
+}
+
+/// How long the city suggestions are kept.
+const CITIES_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The busiest cities, asked of the events service at most once a [`CITIES_KEPT`] per instance:
+/// the query groups every upcoming event, too much for every page view.
+async fn suggested_cities(site: &Site, page: &Page) -> Vec<String> {
+    let fresh = |kept: &Option<(std::time::Instant, Vec<String>)>| {
+        kept.as_ref().filter(|(at, _)| at.elapsed() < CITIES_KEPT).map(|(_, c)| c.clone())
+    };
+    if let Some(c) = fresh(&site.cities.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+        return c;
+    }
+    let found = cities(site, page, "", CITY_SUGGESTIONS).await;
+    // An empty answer (the service failing) is not kept: the next page asks again.
+    if !found.is_empty() {
+        *site.cities.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), found.clone()));
+    }
+    found
+}
+
+/// The city a typed one means: itself when it names a city with events (any case or accents),
+/// the only city it starts, or `Err` with the cities it could be (none: leave it as typed).
+async fn resolve_city(site: &Site, page: &Page, typed: &str) -> Result<Option<String>, Vec<String>> {
+    if typed.trim().is_empty() {
+        return Ok(None);
+    }
+    let found = cities(site, page, typed, 5).await;
+    let folded = cityevents_common::validate::fold(typed);
+    if let Some(exact) = found.iter().find(|c| cityevents_common::validate::fold(c) == folded) {
+        return Ok(Some(exact.clone()));
+    }
+    match found.as_slice() {
+        [] => Ok(Some(typed.trim().to_owned())),
+        [only] => Ok(Some(only.clone())),
+        several => Err(several.to_vec()),
     }
 }
 
@@ -162,9 +315,61 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, keel::http::Problem>,
 ) -> PageResult {
     let query = query.map(|Query(q)| q).unwrap_or_default();
+    listing(&site, &page, query, None).await
+}
+
+/// `GET /categories/{name}`: the list of one category's events.
+pub(crate) async fn category(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    keel::http::extract::Path(name): keel::http::extract::Path<String>,
+    query: Result<Query<ListQuery>, keel::http::Problem>,
+) -> PageResult {
+    let Some(name) = cityevents_api::events::category_name(&name) else { return Ok(pages::not_found(&page)) };
+    let mut query = query.map(|Query(q)| q).unwrap_or_default();
+    query.category = name.to_owned();
+    listing(&site, &page, query, Some(name)).await
+}
+
+#[derive(Template)]
+#[template(path = "web/categories.html")]
+struct CategoriesPage {
+    layout: Layout,
+}
+
+impl CategoriesPage {
+    fn categories(&self) -> &'static [(&'static str, &'static str)] {
+        &cityevents_api::events::CATEGORIES
+    }
+}
+
+/// `GET /categories`: every category, each a link to its page.
+pub(crate) async fn categories(State(site): State<Arc<Site>>, page: Page) -> PageResult {
+    let t = CategoriesPage { layout: page.layout(&site, "Categories").await };
+    Ok(render(StatusCode::OK, &t))
+}
+
+async fn listing(site: &Site, page: &Page, mut query: ListQuery, browsing: Option<&'static str>) -> PageResult {
+    // A city typed without accents or in part is the city it names.
+    let mut did_you_mean = Vec::new();
+    match resolve_city(site, page, &query.city).await {
+        Ok(Some(city)) => query.city = city,
+        Ok(None) => {}
+        Err(several) => {
+            did_you_mean = several
+                .into_iter()
+                .map(|c| {
+                    let link = search_link(&ListQuery { city: c.clone(), cursor: None, ..query.clone() }, None);
+                    (c, link)
+                })
+                .collect();
+        }
+    }
     let zone = page.zone.clone().unwrap_or_else(Zone::utc);
     let (path, mut errors) = list_path(&query, &zone);
-    let listed = site.get::<Value>(Upstream::Events, &path, page.token(), &page.address).await;
+    // The viewer's home city is asked for beside the list, not after it.
+    let (listed, near_me) =
+        tokio::join!(site.get::<Value>(Upstream::Events, &path, page.token(), &page.address), near_me(site, page));
     let (cards, next) = match listed {
         Ok(mut answer) => {
             if let Some(items) = answer.get_mut("items").and_then(Value::as_array_mut) {
@@ -177,14 +382,14 @@ pub(crate) async fn list(
                         .iter()
                         .map(|item| {
                             let (seats, full) = seats_line(&item.seats);
-                            Card::new(&page, &item.event, &seats, full)
+                            Card::new(page, &item.event, &seats, full)
                         })
                         .collect();
                     (cards, p.next_cursor.map(|c| next_link(&query, &c)))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the events list was unreadable");
-                    return Ok(pages::failed(&page, &bad_answer(), "/"));
+                    return Ok(pages::failed(page, &bad_answer(), "/"));
                 }
             }
         }
@@ -203,24 +408,47 @@ pub(crate) async fn list(
             }
             (Vec::new(), None)
         }
-        Err(f) => return Ok(pages::failed(&page, &f, "/")),
+        Err(f) => return Ok(pages::failed(page, &f, "/")),
     };
-    let filtered =
-        [&query.q, &query.city, &query.category, &query.from, &query.to].iter().any(|v| !v.trim().is_empty());
+    let filtered = [&query.q, &query.city, &query.from, &query.to].iter().any(|v| !v.trim().is_empty())
+        || (browsing.is_none() && !query.category.trim().is_empty());
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    let t = ListPage { layout: page.layout(&site, "Events").await, query, cards, next, filtered, errors };
+    let heading =
+        browsing.map_or_else(|| "Events".to_owned(), |c| cityevents_api::events::category_label(c).to_owned());
+    let action = browsing.map_or_else(|| "/".to_owned(), |c| format!("/categories/{c}"));
+    let t = ListPage {
+        layout: page.layout(site, heading.clone()).await,
+        heading,
+        action,
+        browsing: browsing.is_some(),
+        query,
+        cards,
+        next,
+        filtered,
+        errors,
+        cities: suggested_cities(site, page).await,
+        did_you_mean,
+        near_me,
+    };
     Ok(render(status, &t))
 }
 
 /// The link to the page after this one, with the same search.
 fn next_link(q: &ListQuery, cursor: &str) -> String {
+    search_link(q, Some(cursor))
+}
+
+/// The list with `q`'s search, from `cursor`.
+fn search_link(q: &ListQuery, cursor: Option<&str>) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (name, value) in [("q", &q.q), ("city", &q.city), ("category", &q.category), ("from", &q.from), ("to", &q.to)] {
         if !value.trim().is_empty() {
             s.append_pair(name, value.trim());
         }
     }
-    s.append_pair("cursor", cursor);
+    if let Some(cursor) = cursor {
+        s.append_pair("cursor", cursor);
+    }
     format!("/?{}", s.finish())
 }
 
@@ -233,7 +461,6 @@ fn bad_answer() -> Failure {
 struct Place {
     /// `confirmed`, `waitlisted`, `canceled`, `kicked`, or empty when never joined.
     status: String,
-    position: Option<i64>,
 }
 
 #[derive(Template)]
@@ -245,10 +472,26 @@ struct EventPageView {
     paragraphs: Vec<String>,
     status: &'static str,
     organizer: Option<String>,
+    /// The organizer's picture (96×96), when they gave one.
+    organizer_avatar: Option<String>,
     is_organizer: bool,
     place: Option<Place>,
     key: String,
     error: Option<String>,
+    /// What the viewer's place says (live updates replace it).
+    place_text: String,
+    /// The page's absolute address (share link, `og:url`).
+    url: String,
+    /// The site's origin, for the cover's absolute address (`og:image`).
+    origin: String,
+    /// `og:description`: the start of the description, or when and where.
+    summary: String,
+    /// "Add to calendar" links, while the event is on.
+    links: Option<crate::calendar::AddLinks>,
+    /// An online event's join link, for a viewer who holds a seat (or organizes or moderates).
+    join_link: Option<String>,
+    /// Whether the viewer is one who gets the link (else the page says how to get it).
+    may_have_link: bool,
 }
 
 impl EventPageView {
@@ -261,14 +504,27 @@ impl EventPageView {
     }
 
     fn open(&self) -> bool {
-        self.event.status == EventStatus::Published && self.event.ends_at > time::OffsetDateTime::now_utc()
+        self.event.status == EventStatus::Published && self.card.state.is_empty()
     }
 }
 
 /// `GET /events/{id}`.
-pub(crate) async fn show(State(site): State<Arc<Site>>, page: Page, id: PathId) -> PageResult {
+pub(crate) async fn show(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    id: PathId,
+    method: http::Method,
+    headers: http::HeaderMap,
+) -> PageResult {
     let id = page.event_id(id)?;
-    Ok(event_page(&site, &page, id, None).await)
+    let resp = event_page(&site, &page, id, None).await;
+    // A page shown is a view (the trending feed), keyed by the address as the services see it.
+    if resp.status() == StatusCode::OK {
+        let address = page.address.to_str().ok().and_then(|a| a.parse().ok());
+        let address = address.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        site.gw.views.note_request(id, (&method, &headers), page.viewer.user().map(|u| u.id), address);
+    }
+    Ok(resp)
 }
 
 /// The event's page, with `error` (a join or leave that failed) above its actions.
@@ -298,15 +554,37 @@ async fn event_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<(Sta
         Some(s) => seats_line(s),
         None => ("Seats: not known right now".into(), false),
     };
-    let organizer = match page.token() {
-        Some(token) => organizer_name(site, page, token, event.organizer_id).await,
-        None => None,
-    };
+    let host = super::organizers::profile(site, page, event.organizer_id).await;
+    let organizer_avatar = host.as_ref().and_then(|p| p.avatar.as_ref()).map(|a| a.small.clone());
+    let organizer = host.map(|p| p.name);
     let is_organizer = page.viewer.user().is_some_and(|u| u.id == event.organizer_id);
+    let may_have_link =
+        is_organizer || place.as_ref().is_some_and(|p| p.status == "confirmed") || pages::moderator(page.viewer.user());
+    let join_link = match page.token() {
+        Some(token) if event.online && may_have_link && event.status != EventStatus::Canceled => {
+            online_link(site, page, token, event.id).await
+        }
+        _ => None,
+    };
     let (status, message) = error.unzip();
+    let card = Card::new(page, &event, &seats_text, full);
+    let origin = site.gw.origin.of_host(page.host.as_ref());
+    let url = crate::calendar::page_url(&origin, &event.id);
+    let links = (card.state.is_empty() && event.status == EventStatus::Published)
+        .then(|| crate::calendar::add_links(&event, &url));
+    let summary = match event.description.split_whitespace().collect::<Vec<_>>().join(" ") {
+        d if d.is_empty() => format!("{} · {}", card.when, card.place),
+        d => crate::calendar::cut(&d, 200),
+    };
     let t = EventPageView {
         layout: page.layout(site, event.title.clone()).await,
-        card: Card::new(page, &event, &seats_text, full),
+        card,
+        url,
+        origin: origin.clone(),
+        summary,
+        links,
+        join_link,
+        may_have_link,
         paragraphs: event
             .description
             .split("\n\n")
@@ -316,17 +594,33 @@ async fn event_page(site: &Site, page: &Page, id: uuid::Uuid, error: Option<(Sta
             .collect(),
         status: match event.status {
             EventStatus::Draft => "Draft: only you can see it",
+            EventStatus::Published if event.ends_at <= time::OffsetDateTime::now_utc() => "This event is over",
             EventStatus::Published => "",
-            EventStatus::Canceled => "Canceled",
+            EventStatus::Canceled => "This event is canceled",
         },
         organizer,
+        organizer_avatar,
         is_organizer,
-        place: place.map(|j| Place { status: j.status, position: j.position }),
+        place_text: crate::live::place_text(place.as_ref()),
+        place: place.map(|j| Place { status: j.status }),
         key: uuid::Uuid::now_v7().simple().to_string(),
         error: message,
         event,
     };
     render(status.unwrap_or(StatusCode::OK), &t)
+}
+
+/// Event `id`'s join link as the events service gives it to the bearer of `token` (`None` when
+/// it refuses or cannot answer: the page then says where the link will be).
+async fn online_link(site: &Site, page: &Page, token: &str, id: uuid::Uuid) -> Option<String> {
+    let path = format!("/api/v1/events/{id}/online-link");
+    match site.get::<cityevents_api::events::OnlineLink>(Upstream::Events, &path, Some(token), &page.address).await {
+        Ok(link) => Some(link.url),
+        Err(f) => {
+            tracing::debug!(status = f.status.as_u16(), "no join link for the page");
+            None
+        }
+    }
 }
 
 /// The organizer's display name (auth answers signed-in callers only).

@@ -12,7 +12,7 @@
 //!   refresh token (`Secure` outside development), access tokens kept in the gateway, a CSRF
 //!   token checked on every POST.
 //! * **Headers** — every response: `Content-Security-Policy: default-src 'none'; script-src
-//!   'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none';
+//!   'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none';
 //!   base-uri 'none'` (no inline script or style anywhere); pages are `Cache-Control: no-store`.
 //! * **Errors** — a path that is no page is the 404 page; a path under `/api/` that is no
 //!   operation stays the API's 404 problem.
@@ -20,11 +20,14 @@
 //! Configuration: `app.web.secure_cookies` (default: `true` outside the development profile).
 
 mod account;
+mod calendar;
 pub(crate) mod call;
 mod events;
+mod feeds;
 mod me;
 mod moderation;
 mod organizer;
+mod organizers;
 mod pages;
 pub(crate) mod session;
 mod settings;
@@ -43,11 +46,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::forward::Gateway;
 
-pub(crate) use pages::Page;
+pub(crate) use events::seats_line;
+pub(crate) use pages::{Page, machine_time};
 
 /// The policy of every page and file of the site.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// `app.web`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -56,6 +60,9 @@ pub struct WebConfig {
     /// Mark the cookies `Secure` and give them the `__Host-` prefix: the site is reached over
     /// HTTPS. Default: `true` outside the development profile.
     pub secure_cookies: Option<bool>,
+    /// The site's origin as people reach it (`https://events.example.org`), for the absolute
+    /// links in calendar files, share links and OpenGraph tags. Default: the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 /// What the pages share.
@@ -63,10 +70,40 @@ pub struct WebConfig {
 pub(crate) struct Site {
     pub(crate) gw: Arc<Gateway>,
     pub(crate) sessions: session::Sessions,
+    /// The hub of this instance's live-update streams.
+    pub(crate) live: Arc<crate::live::Live>,
+    /// The city field's suggestions, kept a minute (every events page offers them).
+    pub(crate) cities: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
+    /// Public profiles (organizer names, home cities) kept a minute: every event page names its
+    /// organizer.
+    pub(crate) profiles:
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (std::time::Instant, cityevents_api::auth::Profile)>>,
 }
 
 const STYLESHEET: &str = include_str!("../../static/site.css");
 const SCRIPT: &str = include_str!("../../static/site.js");
+
+/// Reads an upload's body and drops it as it streams in, up to `limit` bytes: a page that
+/// refuses an upload answers after the browser has sent it (answered mid-upload, the browser
+/// shows a reset connection), without holding megabytes per request.
+pub(crate) async fn drain(body: axum::body::Body, limit: usize) {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            break;
+        }
+    }
+}
+
+/// `halt`, once an upload's body has been read and dropped ([`drain`], up to
+/// `MAX_PICTURE_REQUEST`): a page that refuses an upload before holding it.
+pub(crate) async fn after_draining(body: axum::body::Body, halt: pages::Halt) -> pages::Halt {
+    drain(body, cityevents_api::limits::MAX_PICTURE_REQUEST).await;
+    halt
+}
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
     let mut r = body.into_response();
@@ -76,12 +113,15 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// The policy headers on everything the site answers; pages are never stored.
+/// The policy headers on everything the site answers; pages are never stored, nor is anything
+/// that sets a cookie (a shared cache would hand it to others).
 async fn headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    if !h.contains_key(header::CACHE_CONTROL) {
+    if h.contains_key(header::SET_COOKIE) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    } else if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
@@ -108,28 +148,58 @@ pub(crate) fn router(
     secure_cookies: bool,
     strict: &RateLimitLayer,
     redis: Option<keel::redis::Redis>,
+    live: Arc<crate::live::Live>,
 ) -> Router {
     let sessions = session::Sessions::new(secure_cookies);
     let sessions = match redis {
         Some(r) => sessions.shared(r),
         None => sessions,
     };
-    let site = Arc::new(Site { gw, sessions });
+    let site = Arc::new(Site {
+        gw,
+        sessions,
+        live,
+        cities: std::sync::Mutex::default(),
+        profiles: std::sync::Mutex::default(),
+    });
     Router::new()
         .route("/", get(events::list))
         .route("/events/{id}", get(events::show))
+        .route("/live", get(crate::live::stream))
+        .route("/feed/latest", get(feeds::latest))
+        .route("/feed/trending", get(feeds::trending))
+        .route("/feed/for-you", get(feeds::for_you))
+        .route("/categories", get(events::categories))
+        .route("/categories/{name}", get(events::category))
         .route("/events/{id}/join", post(events::join))
         .route("/events/{id}/leave", post(events::leave))
+        .route("/events/{id}/calendar.ics", get(calendar::event_file))
+        .route("/account/calendar", get(calendar::show).post(calendar::create))
+        .route("/account/calendar/revoke", post(calendar::revoke))
         .route("/my/joins", get(me::joins))
         .route("/my/events", get(organizer::mine))
         .route("/my/events/new", get(organizer::new_form).post(organizer::create))
         .route("/my/events/{id}", get(organizer::manage))
         .route("/my/events/{id}/edit", get(organizer::edit_form).post(organizer::edit))
+        .route(
+            "/my/events/{id}/cover",
+            post(organizer::cover)
+                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST)),
+        )
         .route("/my/events/{id}/{action}", post(organizer::act))
         .route("/notifications", get(me::notifications))
         .route("/notifications/{id}/read", post(me::read))
         .route("/account", get(settings::show))
         .route("/account/password", post(settings::change_password))
+        .route("/account/profile", post(organizers::save_profile))
+        .route(
+            "/account/avatar",
+            post(settings::avatar)
+                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST)),
+        )
+        .route("/account/avatar/remove", post(settings::remove_avatar))
+        .route("/organizers/{id}", get(organizers::show))
+        .route("/organizers/{id}/{action}", post(organizers::act))
         .route("/account/sessions/{id}/end", post(settings::end_session))
         .route("/account/logout-all", post(settings::logout_all))
         .route("/settings/notifications", get(settings::mail).post(settings::save_mail))

@@ -81,6 +81,8 @@ pub(crate) struct EventForm {
     #[serde(default)]
     time_zone: String,
     #[serde(default)]
+    online_url: String,
+    #[serde(default)]
     starts_at: String,
     #[serde(default)]
     ends_at: String,
@@ -88,6 +90,10 @@ pub(crate) struct EventForm {
     capacity: String,
     #[serde(default)]
     key: String,
+    /// `yes` once the organizer saw the warning that fewer seats than people holding one leaves
+    /// those people be, and saved anyway.
+    #[serde(default)]
+    confirm_capacity: String,
 }
 
 impl EventForm {
@@ -100,10 +106,12 @@ impl EventForm {
             category: e.category.clone(),
             venue: e.venue.clone(),
             time_zone: e.time_zone.clone(),
+            online_url: e.online_url.clone().unwrap_or_default(),
             starts_at: e.starts_at_local.chars().take(16).collect(),
             ends_at: e.ends_at_local.chars().take(16).collect(),
             capacity: e.capacity.to_string(),
             key: String::new(),
+            confirm_capacity: String::new(),
         }
     }
 
@@ -124,6 +132,7 @@ impl EventForm {
             ("city", &self.city),
             ("category", &self.category),
             ("venue", &self.venue),
+            ("online_url", &self.online_url),
             ("starts_at", &self.starts_at),
             ("ends_at", &self.ends_at),
         ] {
@@ -149,6 +158,8 @@ struct EventFormPage {
     form: EventForm,
     fields: BTreeMap<String, String>,
     summary: Option<String>,
+    /// A capacity cut below the seats taken: what happens, and the form asks to confirm it.
+    cut: Option<String>,
 }
 
 /// One input of the event form: name, label, type, value and its limits.
@@ -161,9 +172,15 @@ impl EventFormPage {
         vec![
             ("title", "Title", "text", f.title.as_str(), "required maxlength=120"),
             ("city", "City", "text", f.city.as_str(), "required maxlength=80"),
-            ("category", "Category", "text", f.category.as_str(), "required maxlength=80"),
             ("venue", "Venue", "text", f.venue.as_str(), "maxlength=200"),
             ("time_zone", "Time zone (IANA name, such as Europe/Berlin)", "text", f.time_zone.as_str(), "maxlength=64"),
+            (
+                "online_url",
+                "Online join link (https://; only people with a seat see it)",
+                "url",
+                f.online_url.as_str(),
+                "maxlength=500",
+            ),
             ("starts_at", "Starts (in that time zone)", "datetime-local", f.starts_at.as_str(), "required"),
             ("ends_at", "Ends", "datetime-local", f.ends_at.as_str(), "required"),
             ("capacity", "Seats (0 for no limit)", "number", f.capacity.as_str(), "min=0 max=100000 step=1"),
@@ -172,6 +189,20 @@ impl EventFormPage {
 
     fn error(&self, field: &str) -> Option<&str> {
         self.fields.get(field).map(String::as_str)
+    }
+
+    /// The category choices `(name, label, selected)`; an event's category from before the set
+    /// was fixed is offered as it is, so saving the form keeps it.
+    fn categories(&self) -> Vec<(String, String, bool)> {
+        let current = self.form.category.trim();
+        let mut out: Vec<(String, String, bool)> = cityevents_api::events::CATEGORIES
+            .iter()
+            .map(|(n, l)| ((*n).to_owned(), (*l).to_owned(), n.eq_ignore_ascii_case(current)))
+            .collect();
+        if !current.is_empty() && cityevents_api::events::category_name(current).is_none() {
+            out.push((current.to_owned(), current.to_owned(), true));
+        }
+        out
     }
 }
 
@@ -191,6 +222,7 @@ pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> PageR
         form,
         fields: BTreeMap::new(),
         summary: None,
+        cut: None,
     };
     Ok(render(StatusCode::OK, &t))
 }
@@ -219,8 +251,31 @@ async fn form_again(
         form,
         fields,
         summary,
+        cut: None,
     };
     render(status, &t)
+}
+
+/// How many people hold a seat at event `id` (`None` when joins cannot tell).
+async fn confirmed(site: &Site, page: &Page, id: uuid::Uuid) -> Option<i64> {
+    let path = format!("/api/v1/events/{id}/counts");
+    site.get::<cityevents_api::joins::Counts>(Upstream::Joins, &path, None, &page.address)
+        .await
+        .ok()
+        .map(|c| c.confirmed)
+}
+
+/// What cutting the seats to `capacity` below the `taken` ones means, for the organizer to
+/// confirm before it is saved.
+fn cut_warning(capacity: u64, taken: i64) -> String {
+    let extra = u64::try_from(taken).unwrap_or(0).saturating_sub(capacity);
+    let people = if extra == 1 { "1 person more".to_owned() } else { format!("{extra} people more") };
+    let seats = if capacity == 1 { "1 seat".to_owned() } else { format!("{capacity} seats") };
+    format!(
+        "{taken} people already hold a seat, {people} than the {seats} you set. Everyone keeps their seat: \
+         nobody is removed or told. New joins go to the waitlist, and a seat someone frees goes to the waitlist \
+         only once fewer people hold a seat than there are seats. Save again to confirm, or change the seats."
+    )
 }
 
 /// `POST /my/events/new`: a draft; then its manage page.
@@ -283,6 +338,7 @@ pub(crate) async fn edit_form(State(site): State<Arc<Site>>, page: Page, id: Pat
         form: EventForm::of(&event),
         fields: BTreeMap::new(),
         summary: None,
+        cut: None,
     };
     Ok(render(StatusCode::OK, &t))
 }
@@ -314,6 +370,23 @@ pub(crate) async fn edit(
     }
     if patch.is_empty() {
         return Ok(Redirect::to(&format!("/my/events/{id}?notice=unchanged")).into_response());
+    }
+    // Fewer seats than people holding one: say what that means before saving.
+    if let Some(capacity) = patch.get("capacity").and_then(Value::as_u64).filter(|c| *c > 0)
+        && form.confirm_capacity != "yes"
+        && let Some(taken) = confirmed(&site, &page, id).await.filter(|t| u64::try_from(*t).unwrap_or(0) > capacity)
+    {
+        let t = EventFormPage {
+            layout: page.layout(&site, heading.clone()).await,
+            heading,
+            action: back,
+            submit: "Save with fewer seats",
+            form: EventForm { confirm_capacity: "yes".to_owned(), ..form },
+            fields: BTreeMap::new(),
+            summary: None,
+            cut: Some(cut_warning(capacity, taken)),
+        };
+        return Ok(render(StatusCode::CONFLICT, &t));
     }
     let path = format!("/api/v1/events/{id}");
     Ok(
@@ -456,6 +529,9 @@ pub(crate) async fn act(
         ("cancel", _) => {
             (Upstream::Events, Method::POST, format!("/api/v1/events/{id}/cancel"), Some(reason_body), "canceled")
         }
+        ("remove-cover", _) => {
+            (Upstream::Events, Method::DELETE, format!("/api/v1/events/{id}/cover"), None, "cover_removed")
+        }
         ("kick", Some(u)) => {
             (Upstream::Joins, Method::DELETE, format!("/api/v1/events/{id}/participants/{u}"), None, "kicked")
         }
@@ -484,9 +560,47 @@ pub(crate) async fn act(
     })
 }
 
+/// `POST /my/events/{id}/cover`: the multipart form of the manage page, passed on as it came
+/// to `PUT /api/v1/events/{id}/cover` (the events service reads and checks the picture). Its
+/// CSRF token is in the query (see `session.rs`), so the middleware leaves the body unread.
+pub(crate) async fn cover(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    id: PathId,
+    req: axum::extract::Request,
+) -> PageResult {
+    let content_type = req.headers().get(http::header::CONTENT_TYPE).cloned();
+    let signed = page.event_id(id).and_then(|id| Ok((id, page.signed(&format!("/my/events/{id}"))?)));
+    let (id, token) = match signed {
+        Ok(v) => v,
+        Err(halt) => return Err(super::after_draining(req.into_body(), halt).await),
+    };
+    let back = format!("/my/events/{id}");
+    let path = format!("/api/v1/events/{id}/cover");
+    Ok(match site.send_upload(Upstream::Events, &path, token, content_type, req.into_body(), &page.address).await {
+        Ok(_) => Redirect::to(&format!("{back}?notice=cover_saved")).into_response(),
+        Err(f)
+            if f.status.is_client_error()
+                && f.status != StatusCode::UNAUTHORIZED
+                && f.status != StatusCode::NOT_FOUND =>
+        {
+            manage_page(&site, &page, id, Some(&f)).await
+        }
+        Err(f) => pages::failed(&page, &f, &back),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seat_cut_says_who_keeps_a_seat_and_what_happens_next() {
+        let w = cut_warning(1, 2);
+        assert!(w.starts_with("2 people already hold a seat, 1 person more than the 1 seat you set."), "{w}");
+        assert!(w.contains("nobody is removed") && w.contains("fewer people hold a seat than there are seats"), "{w}");
+        assert!(cut_warning(10, 14).starts_with("14 people already hold a seat, 4 people more than the 10 seats"));
+    }
 
     #[test]
     fn the_form_sends_every_field_with_whole_capacity_and_a_zone() {

@@ -54,6 +54,14 @@ const NOTICES: &[(&str, &str)] = &[
     ("role_changed", "The role is changed. It applies from their next page."),
     ("account_banned", "The account is banned and logged out everywhere."),
     ("account_unbanned", "The account's ban is lifted."),
+    ("feed_revoked", "Your calendar feed is off: its address no longer works."),
+    ("followed", "You follow this organizer: we will tell you when they publish an event."),
+    ("unfollowed", "You no longer follow this organizer."),
+    ("profile_saved", "Your profile is saved."),
+    ("cover_saved", "The cover picture is saved: it shows on the event and in lists."),
+    ("cover_removed", "The cover picture is removed."),
+    ("avatar_saved", "Your picture is saved: it shows on your organizer page."),
+    ("avatar_removed", "Your picture is removed."),
 ];
 
 /// What a page handler knows of its request (an extractor; never refuses).
@@ -88,6 +96,8 @@ pub(crate) struct Page {
     pub(crate) notice: Option<&'static str>,
     /// The viewer's zone, when their browser told it; else `None` (each event's own).
     pub(crate) zone: Option<Zone>,
+    /// The request's `Host`, for absolute links when `app.web.public_url` is not set.
+    pub(crate) host: Option<HeaderValue>,
 }
 
 impl Page {
@@ -100,6 +110,7 @@ impl Page {
             device: ext.get::<KnownDevice>().and_then(|d| d.0.clone()),
             notice: None,
             zone: None,
+            host: None,
         }
     }
 
@@ -165,6 +176,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
         page.notice = form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "notice")
             .and_then(|(_, v)| NOTICES.iter().find(|(code, _)| *code == v).map(|(_, text)| *text));
+        // HTTP/2 names the host in the URI's authority, not in a Host header.
+        page.host = parts
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         page.zone = parts
             .headers
             .get_all(http::header::COOKIE)
@@ -189,6 +206,49 @@ pub(crate) fn when(t: OffsetDateTime, zone: &Zone) -> String {
     );
     let text = local.format(&format).unwrap_or_else(|_| t.to_string());
     format!("{text} ({})", zone.name())
+}
+
+/// `t` on `zone`'s wall clock.
+fn wall(t: OffsetDateTime, zone: &Zone) -> OffsetDateTime {
+    zone.local(cityevents_common::time::to_micros(t))
+        .and_then(|s| OffsetDateTime::parse(&s, &Rfc3339).ok())
+        .unwrap_or(t)
+}
+
+/// From `start` to `end` on `zone`'s wall clock, the zone named: `Tue 14 Jan 2030, 19:00–22:00
+/// (America/New_York)`, or with both dates when it ends on another day (`Fri 29 Mar 2030, 18:00 –
+/// Mon 1 Apr 2030, 19:00 (Europe/Berlin)`).
+pub(crate) fn span(start: OffsetDateTime, end: OffsetDateTime, zone: &Zone) -> String {
+    let (a, b) = (wall(start, zone), wall(end, zone));
+    let day = time::macros::format_description!("[weekday repr:short] [day padding:none] [month repr:short] [year]");
+    let clock = time::macros::format_description!("[hour]:[minute]");
+    let (Ok(a_day), Ok(a_clock), Ok(b_day), Ok(b_clock)) =
+        (a.format(&day), a.format(&clock), b.format(&day), b.format(&clock))
+    else {
+        return format!("{start} – {end}");
+    };
+    if a.date() == b.date() {
+        format!("{a_day}, {a_clock}–{b_clock} ({})", zone.name())
+    } else {
+        format!("{a_day}, {a_clock} – {b_day}, {b_clock} ({})", zone.name())
+    }
+}
+
+/// The same span on the viewer's clock when it reads differently from the venue's (`""` when
+/// the viewer's zone is unknown or shows the same times).
+pub(crate) fn viewer_span(viewer: Option<&Zone>, start: OffsetDateTime, end: OffsetDateTime, venue: &Zone) -> String {
+    let Some(viewer) = viewer else { return String::new() };
+    // The wall-clock readings, not the instants (`OffsetDateTime`'s `==` compares instants).
+    let reads = |t: OffsetDateTime, z: &Zone| {
+        let w = wall(t, z);
+        (w.date(), w.time())
+    };
+    if viewer.name() == venue.name()
+        || (reads(start, viewer) == reads(start, venue) && reads(end, viewer) == reads(end, venue))
+    {
+        return String::new();
+    }
+    span(start, end, viewer)
 }
 
 /// `t` as the `datetime` of a `<time>` element (UTC, RFC 3339).
@@ -349,6 +409,25 @@ mod tests {
         assert_eq!(when(t, &Zone::named("Europe/Berlin").unwrap()), "Mon 15 Jul 2030, 19:00 (Europe/Berlin)");
         assert_eq!(when(t, &Zone::utc()), "Mon 15 Jul 2030, 17:00 (UTC)");
         assert_eq!(machine_time(t), "2030-07-15T17:00:00Z");
+    }
+
+    #[test]
+    fn spans_are_on_the_venues_clock_and_the_viewers_beside_only_when_it_differs() {
+        let at = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+        let ny = Zone::named("America/New_York").unwrap();
+        let lisbon = Zone::named("Europe/Lisbon").unwrap();
+        let (start, end) = (at("2030-01-15T00:00:00Z"), at("2030-01-15T03:00:00Z"));
+        assert_eq!(span(start, end, &ny), "Mon 14 Jan 2030, 19:00–22:00 (America/New_York)");
+        assert_eq!(viewer_span(Some(&lisbon), start, end, &ny), "Tue 15 Jan 2030, 00:00–03:00 (Europe/Lisbon)");
+        assert_eq!(viewer_span(Some(&ny), start, end, &ny), "");
+        assert_eq!(viewer_span(None, start, end, &ny), "");
+        // Another name, the same clock (Lisbon and UTC in winter): nothing beside.
+        assert_eq!(viewer_span(Some(&Zone::utc()), start, end, &lisbon), "");
+        let berlin = Zone::named("Europe/Berlin").unwrap();
+        assert_eq!(
+            span(at("2030-03-29T17:00:00Z"), at("2030-04-01T17:00:00Z"), &berlin),
+            "Fri 29 Mar 2030, 18:00 – Mon 1 Apr 2030, 19:00 (Europe/Berlin)"
+        );
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //!   refresh token: the answer carries the new cookie. Two tabs refreshing at once get the same successor (auth's
 //!   `refresh_reuse_grace`). A session auth refuses is cleared; one auth cannot check right now
 //!   is kept, and the page is shown signed out with a note.
-//! * **CSRF** — every form carries a `csrf` field equal to the `ce_csrf` cookie (a random token
-//!   set on the first page; `__Host-` and `Secure` like the session's): a POST without both, or
-//!   with two that differ, is refused with 403 before any handler runs (double submit; the
-//!   `__Host-` prefix stops a sibling subdomain from planting the cookie). A POST the browser
-//!   marks `Sec-Fetch-Site: cross-site` is refused too.
+//! * **CSRF** — every form carries a `csrf` field (an upload's multipart form: in its action's
+//!   query) equal to the `ce_csrf` cookie (a random token set on the first page; `__Host-` and
+//!   `Secure` like the session's): a POST without both, or with two that differ, is refused
+//!   with 403 before any handler runs (double submit; the `__Host-` prefix stops a sibling
+//!   subdomain from planting the cookie). A POST the browser marks `Sec-Fetch-Site:
+//!   cross-site` is refused too.
 
 use std::collections::HashMap;
 
@@ -478,14 +479,29 @@ async fn checked_form(req: Request, cookie: Option<&str>) -> Result<Request, &'s
     if cross_site {
         return Err(CROSS_SITE);
     }
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|_| TOO_LARGE)?;
-    let sent = form_urlencoded::parse(&bytes).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
-    let matches = match (cookie, sent) {
+    let same = |sent: Option<String>| match (cookie, sent) {
         (Some(cookie), Some(sent)) => bool::from(cookie.as_bytes().ct_eq(sent.as_bytes())),
         _ => false,
     };
-    if !matches {
+    // An upload's form (a picture): its token is in the action's query, so the body (megabytes)
+    // is checked before it is read, and streams on to its handler.
+    let multipart =
+        req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"multipart/form-data"));
+    if multipart {
+        let query = req.uri().query().unwrap_or_default().as_bytes();
+        let sent = form_urlencoded::parse(query).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
+        if same(sent) {
+            return Ok(req);
+        }
+        // Read and dropped as it comes (bounded): refused mid-upload, the browser would show
+        // a reset connection instead of the refusal.
+        super::drain(req.into_body(), cityevents_api::limits::MAX_PICTURE_REQUEST).await;
+        return Err(EXPIRED);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|_| TOO_LARGE)?;
+    let sent = form_urlencoded::parse(&bytes).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
+    if !same(sent) {
         return Err(EXPIRED);
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))

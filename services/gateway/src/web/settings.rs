@@ -38,6 +38,14 @@ struct AccountPage {
     member_since: String,
     errors: Errors,
     min_password: usize,
+    /// The profile form's values: as saved, or as sent when refused.
+    name: String,
+    bio: String,
+    city: String,
+    /// The viewer's picture (400×400), when they gave one.
+    avatar: Option<String>,
+    /// The picture form's refusal.
+    avatar_error: Option<String>,
 }
 
 impl AccountPage {
@@ -67,6 +75,41 @@ async fn account_page(
     errors: Errors,
     status: StatusCode,
 ) -> Response {
+    account_page_with(site, page, sessions, errors, status, None).await
+}
+
+/// The account page with the picture form's refusal `f`.
+async fn avatar_refused(site: &Site, page: &Page, token: &str, f: &Failure) -> Response {
+    let listed = sessions(site, page, token).await;
+    let errors = Errors { avatar: Some(f.message()), ..Errors::default() };
+    account_page(site, page, listed, errors, status_of(f)).await
+}
+
+async fn account_page_with(
+    site: &Site,
+    page: &Page,
+    sessions: Result<SessionList, Failure>,
+    errors: Errors,
+    status: StatusCode,
+    sent: Option<(String, String, String)>,
+) -> Response {
+    let profile = match page.viewer.user() {
+        Some(u) => {
+            let path = format!("/api/v1/profiles/{}", u.id);
+            site.get::<cityevents_api::auth::Profile>(Upstream::Auth, &path, None, &page.address).await.ok()
+        }
+        None => None,
+    };
+    let avatar = profile.as_ref().and_then(|p| p.avatar.as_ref()).map(|a| a.large.clone());
+    let (name, bio, city) = match sent {
+        Some(values) => values,
+        None => {
+            let name = page.viewer.user().map(|u| u.name.clone()).unwrap_or_default();
+            let (bio, city) = profile.map(|p| (p.bio, p.city)).unwrap_or_default();
+            (name, bio, city)
+        }
+    };
+    let avatar_error = errors.avatar.clone();
     let sessions = sessions.ok().map(|list| {
         list.items
             .into_iter()
@@ -86,8 +129,20 @@ async fn account_page(
         member_since,
         errors,
         min_password: cityevents_api::limits::MIN_PASSWORD,
+        name,
+        bio,
+        city,
+        avatar,
+        avatar_error,
     };
     render(status, &t)
+}
+
+/// The account page again with the profile form's refusal `f` next to its fields.
+pub(crate) async fn profile_errors(site: &Site, page: &Page, f: &Failure, sent: (String, String, String)) -> Response {
+    let Some(token) = page.token() else { return pages::failed(page, f, ACCOUNT) };
+    let listed = sessions(site, page, token).await;
+    account_page_with(site, page, listed, Errors::of(f), status_of(f), Some(sent)).await
 }
 
 /// `GET /account`.
@@ -238,6 +293,11 @@ fn choices(p: &MailPreferences) -> Vec<Choice> {
         Choice { name: "event_canceled", label: "An event I joined is canceled", on: p.event_canceled },
         Choice { name: "waitlist_promoted", label: "I get a seat from the waitlist", on: p.waitlist_promoted },
         Choice { name: "removed", label: "An organizer removes me from an event", on: p.removed },
+        Choice {
+            name: "followed_published",
+            label: "An organizer I follow publishes an event",
+            on: p.followed_published,
+        },
     ]
 }
 
@@ -250,6 +310,8 @@ pub(crate) struct MailForm {
     waitlist_promoted: Option<String>,
     #[serde(default)]
     removed: Option<String>,
+    #[serde(default)]
+    followed_published: Option<String>,
 }
 
 impl MailForm {
@@ -258,6 +320,7 @@ impl MailForm {
             event_canceled: self.event_canceled.is_some(),
             waitlist_promoted: self.waitlist_promoted.is_some(),
             removed: self.removed.is_some(),
+            followed_published: self.followed_published.is_some(),
         }
     }
 }
@@ -273,6 +336,47 @@ pub(crate) async fn save_mail(State(site): State<Arc<Site>>, page: Page, Form(fo
     Ok(match site.send(Upstream::Notifier, Method::PUT, path, Some(token), Some(&body), &page.address, &[]).await {
         Ok(_) => Redirect::to("/settings/notifications?notice=saved").into_response(),
         Err(f) => pages::failed(&page, &f, MAIL_SETTINGS),
+    })
+}
+
+/// `POST /account/avatar`: the picture form (multipart, its CSRF token in the action's query),
+/// passed on as it came to `PUT /api/v1/me/avatar`.
+pub(crate) async fn avatar(State(site): State<Arc<Site>>, page: Page, req: axum::extract::Request) -> PageResult {
+    let content_type = req.headers().get(http::header::CONTENT_TYPE).cloned();
+    let token = match page.signed(ACCOUNT) {
+        Ok(t) => t,
+        Err(halt) => return Err(super::after_draining(req.into_body(), halt).await),
+    };
+    let sent = site
+        .send_upload(Upstream::Auth, "/api/v1/me/avatar", token, content_type, req.into_body(), &page.address)
+        .await;
+    forget_profile(&site, &page);
+    Ok(match sent {
+        Ok(_) => Redirect::to("/account?notice=avatar_saved").into_response(),
+        Err(f) if f.status.is_client_error() && f.status != StatusCode::UNAUTHORIZED => {
+            avatar_refused(&site, &page, token, &f).await
+        }
+        Err(f) => pages::failed(&page, &f, ACCOUNT),
+    })
+}
+
+/// Drops the viewer's profile from the site's short-lived copy, so their pages show the new
+/// picture at once.
+fn forget_profile(site: &Site, page: &Page) {
+    if let Some(user) = page.viewer.user() {
+        site.profiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&user.id);
+    }
+}
+
+/// `POST /account/avatar/remove`.
+pub(crate) async fn remove_avatar(State(site): State<Arc<Site>>, page: Page) -> PageResult {
+    let token = page.signed(ACCOUNT)?;
+    let sent =
+        site.send(Upstream::Auth, Method::DELETE, "/api/v1/me/avatar", Some(token), None, &page.address, &[]).await;
+    forget_profile(&site, &page);
+    Ok(match sent {
+        Ok(_) => Redirect::to("/account?notice=avatar_removed").into_response(),
+        Err(f) => pages::failed(&page, &f, ACCOUNT),
     })
 }
 
@@ -297,6 +401,6 @@ mod tests {
         let p = form("csrf=x").await.preferences();
         assert!(!p.event_canceled && !p.removed && !p.waitlist_promoted);
         let listed: Vec<_> = choices(&p).iter().map(|c| c.name).collect();
-        assert_eq!(listed, ["event_canceled", "waitlist_promoted", "removed"]);
+        assert_eq!(listed, ["event_canceled", "waitlist_promoted", "removed", "followed_published"]);
     }
 }
