@@ -5,7 +5,8 @@
 
 Starts the all-in-one (`target/release/cityevents`, or $CITYEVENTS_BIN; build it first with
 `cargo build --release -p cityevents`) in a temporary directory on its embedded defaults, seeds
-EVENTS published events through the API (one organizer, a mix of cities and categories), then
+EVENTS published events through the API (one organizer, a mix of cities and categories, a cover
+picture on every other one, an avatar for the organizer), then
 sends REQUESTS requests to each target from CONCURRENCY connections (keep-alive, stdlib
 http.client) and prints p50, p95, p99 and max in milliseconds, and each page's p99 as a ratio of
 the baseline's: `GET /api/v1/events?limit=20`, the JSON list the events page is built from (the
@@ -13,7 +14,7 @@ gateway's own route: events service plus seats from joins).
 
 Targets: the events page (anonymous, and signed in, which adds the unread count), a search with a
 city filter, an event page (anonymous and signed in: organizer name and the viewer's place), my
-joins and notifications. Signed-in pages carry the session cookie of a person who joined ten of
+joins and notifications, the organizer's page, and one cover picture's file. Signed-in pages carry the session cookie of a person who joined ten of
 the events, as a browser would. Rate limits are raised for the run (every request comes from this
 one address). Latency is measured at the client, so it includes Python's own time per request,
 the same for every target. KEEP=1 keeps the all-in-one's directory (its log) and prints where.
@@ -30,13 +31,14 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 EVENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 REQUESTS = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
 CONCURRENCY = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 PASSWORD = "correct horse battery staple"
 CITIES = ["Lisbon", "Porto", "Berlin", "Madrid", "Paris", "Oslo"]
-CATEGORIES = ["music", "tech", "food", "sport", "art"]
+CATEGORIES = ["music", "tech", "food", "sport", "arts"]
 
 
 def free_port():
@@ -76,6 +78,33 @@ class Client:
         return r.status, raw
 
 
+def png(width, height, shade):
+    """A PNG of `width`×`height`: a gradient tinted by `shade` (made here: no file to ship)."""
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in ((x * 255) // width, shade, (y * 255) // height))
+        for y in range(height)
+    )
+
+    def chunk(kind, data):
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def upload(c, method, path, picture, token):
+    """A multipart upload of `picture` as the `file` field."""
+    boundary = "bench-picture"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + picture + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Accept": "application/json", "Authorization": f"Bearer {token}",
+               "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    c.conn.request(method, path, body=body, headers=headers)
+    r = c.conn.getresponse()
+    return r.status, r.read()
+
+
 def ok(status, raw, what):
     if status >= 300:
         sys.exit(f"{what}: {status} {raw[:300]!r}")
@@ -108,6 +137,12 @@ def seed(port):
         event = ok(*c.call("POST", "/api/v1/events", body, token), "create an event")
         ok(*c.call("POST", f"/api/v1/events/{event['id']}/publish", {}, token), "publish")
         ids.append(event["id"])
+    # Pictures, as organizers give them: a cover on every other event (so every list page shows
+    # some), the organizer's avatar.
+    cover = png(1200, 675, 90)
+    for id in ids[::2]:
+        ok(*upload(c, "PUT", f"/api/v1/events/{id}/cover", cover, token), "upload a cover")
+    ok(*upload(c, "PUT", "/api/v1/me/avatar", png(600, 600, 30), token), "upload an avatar")
     visitor = people["visitor"]["access_token"]
     for i, id in enumerate(ids[:10]):
         status, raw = c.call("POST", f"/api/v1/events/{id}/join", {}, visitor, headers={"Idempotency-Key": f"bench-{i}"})
@@ -122,7 +157,8 @@ def seed(port):
     rotated = [v.split(";")[0] for v in c.set_cookies if v.startswith("ce_session=")]
     if not rotated:
         sys.exit(f"the first signed-in page set no session cookie: {c.set_cookies}")
-    return ids, rotated[0]
+    organizer = ok(*c.call("GET", "/api/v1/me", token=token), "me")["id"]
+    return ids, rotated[0], organizer
 
 
 def measure(port, path, cookie=None):
@@ -203,9 +239,11 @@ def main():
                 log.flush()
                 sys.exit("the all-in-one did not start:\n" + open(os.path.join(work, "platform.log")).read()[-3000:])
             time.sleep(0.25)
-        ids, cookie = seed(port)
+        ids, cookie, organizer = seed(port)
         event = ids[len(ids) // 2]
         joined = ids[0]
+        with_cover = Client(port).call("GET", f"/api/v1/events/{event}")[1]
+        card = json.loads(with_cover)["cover"]["card"]
         targets = [
             ("baseline: GET /api/v1/events?limit=20 (JSON)", "/api/v1/events?limit=20", None),
             ("events page, anonymous", "/", None),
@@ -213,8 +251,13 @@ def main():
             ("search + city filter", "/?q=music&city=Lisbon", None),
             ("event page, anonymous", f"/events/{event}", None),
             ("event page, signed in and joined", f"/events/{joined}", cookie),
+            ("latest feed", "/feed/latest", None),
+            ("trending feed", "/feed/trending", None),
+            ("for-you feed", "/feed/for-you", cookie),
             ("my joins", "/my/joins", cookie),
             ("notifications", "/notifications", cookie),
+            ("organizer page (avatar)", f"/organizers/{organizer}", None),
+            ("a cover picture (640x360 JPEG)", card, None),
         ]
         print(f"## Web pages: {EVENTS} events, {REQUESTS} requests per target from {CONCURRENCY} connections, "
               f"{os.cpu_count()} cores, release build, all-in-one on SQLite")

@@ -37,6 +37,7 @@ fn cases() -> Result<Vec<Case>, BoxError> {
             search,
             city: None,
             category: None,
+            organizer: None,
             from: None,
             to: None,
             ends_after: None,

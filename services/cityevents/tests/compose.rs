@@ -334,16 +334,20 @@ fn only_the_gateway_publishes_a_port_and_never_a_management_port() {
     for (_, _, management) in modules() {
         assert!(!published.contains(&management.to_string()), "{published}: a management port");
     }
-    // Three networks: the gateway's public one, the internal one of everything else, and the
-    // notifier's way out to its SMTP server (not its migrate job's: it sends nothing).
+    // Four networks: the gateway's public one, the internal one of everything else, the
+    // notifier's way out to its SMTP server (not its migrate job's: it sends nothing) and auth's
+    // and the events service's to their object store.
     assert_eq!(v["networks"]["backend"]["internal"], true);
     assert!(v["networks"][MAIL_NETWORK].is_mapping(), "no network {MAIL_NETWORK}");
     assert_ne!(v["networks"][MAIL_NETWORK]["internal"], true, "{MAIL_NETWORK} must reach the SMTP server");
+    assert_ne!(v["networks"]["objects"]["internal"], true, "objects must reach the object store");
     for (name, s) in services(&v) {
         let networks = strings(&s["networks"]);
         match name.as_str() {
             "gateway" => assert_eq!(networks, ["public", "backend"]),
             "notifier" => assert_eq!(networks, ["backend", MAIL_NETWORK]),
+            // Their pictures' object store is outside the host (docs/compose.md#pictures).
+            "auth" | "events" => assert_eq!(networks, ["backend", "objects"], "{name}"),
             _ => assert_eq!(networks, ["backend"], "{name}"),
         }
     }

@@ -95,6 +95,7 @@ fn config_check_refuses_what_serve_refuses_with_the_same_code() {
             ("DATABASE__URL", "postgres://nobody@127.0.0.1:1/none"),
             ("HTTP__PORT", "0"),
             ("MANAGEMENT__ADDR", "127.0.0.1:0"),
+            ("STORAGE__URL", "s3://cityevents-media"),
         ]
         .into_iter()
         .chain(extra.iter().copied())
@@ -106,6 +107,7 @@ fn config_check_refuses_what_serve_refuses_with_the_same_code() {
     let auth = vec![
         ("CITYEVENTS_AUTH__CORS__ALLOWED_ORIGINS".to_owned(), "https://app.example".to_owned()),
         ("CITYEVENTS_AUTH__DATABASE__URL".into(), "postgres://nobody@127.0.0.1:1/none".into()),
+        ("CITYEVENTS_AUTH__STORAGE__URL".into(), "s3://cityevents-avatars".into()),
         ("CITYEVENTS_AUTH__BUS__BACKEND".into(), "nats".into()),
         ("CITYEVENTS_AUTH__BUS__URL".into(), "nats://127.0.0.1:1".into()),
         ("CITYEVENTS_AUTH__SECURITY__JWT__KEYS__t__ALGORITHM".into(), "HS256".into()),
@@ -136,6 +138,19 @@ fn config_check_refuses_what_serve_refuses_with_the_same_code() {
             "events",
             events(&[("BUS__BACKEND", "nats"), ("BUS__URL", "nats://127.0.0.1:1")]),
             "upstreams.joins.base_url",
+        ),
+        (
+            "events without an object store",
+            "events",
+            without(
+                events(&[
+                    ("BUS__BACKEND", "nats"),
+                    ("BUS__URL", "nats://127.0.0.1:1"),
+                    ("UPSTREAMS__JOINS__BASE_URL", "http://joins:8083"),
+                ]),
+                "CITYEVENTS_EVENTS__STORAGE__",
+            ),
+            "storage.url",
         ),
         ("auth without a signing key", "auth", auth, "signing_key"),
     ];

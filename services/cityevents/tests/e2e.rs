@@ -465,6 +465,12 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     api.call(Method::POST, &format!("/api/v1/events/{ev}/join"), Some(&u1.access), None, &[]).await.problem(400);
     // The organizer does not join their own event.
     assert_eq!(api.join(&org, &ev, "key-org").await.problem(403)["code"], "organizer_cannot_join");
+    calendars(&api, &ev, &u1, &u3).await;
+    organizers(&api, &org, &ev, &u2).await;
+    live_seats(&api, &org, &u1).await;
+    online_link(&api, &org, &u1, &u3).await;
+    feeds(&api, &org, &u3).await;
+    covers(&api, &org, &ev, &u3).await;
 
     // --- discovery through the gateway: full-text search with filters, city suggestions, and a
     // parameter no operation takes refused by name (never silently ignored)
@@ -563,7 +569,9 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
 
     // --- mail preferences through the gateway: u3 turns cancellation mail off
     let prefs = api.get("/api/v1/me/mail-preferences", Some(&u3.access)).await;
-    assert_eq!(prefs.body, json!({"event_canceled": true, "waitlist_promoted": true, "removed": true}));
+    let all_on =
+        json!({"event_canceled": true, "waitlist_promoted": true, "removed": true, "followed_published": true});
+    assert_eq!(prefs.body, all_on);
     let off = api
         .call(Method::PUT, "/api/v1/me/mail-preferences", Some(&u3.access), Some(json!({"event_canceled": false})), &[])
         .await;
@@ -680,7 +688,7 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
     let long = |n: usize| "x".repeat(n);
     let now = time::OffsetDateTime::now_utc() + time::Duration::days(3);
     let t = |d: i64| (now + time::Duration::hours(d)).format(&time::format_description::well_known::Rfc3339).unwrap();
-    let valid = json!({"title": "ok", "description": "", "city": "c", "category": "k", "starts_at": t(0), "ends_at": t(1), "capacity": 5});
+    let valid = json!({"title": "ok", "description": "", "city": "c", "category": "other", "starts_at": t(0), "ends_at": t(1), "capacity": 5});
     for (field, value) in [
         ("title", json!(long(121))),
         ("description", json!(long(4001))),
@@ -757,6 +765,217 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
 /// Auth counts the gateway's `X-Forwarded-For` only with the proxy secret the gateway sends: a
 /// caller on the same machine that talks to auth directly cannot pick the address that lockout
 /// and the audit log key on (the finding: it could, from 127.0.0.1).
+/// The event's iCalendar file for anyone; a personal feed read with nothing but its secret,
+/// through the gateway (the secret never in a log line); a seat `CONFIRMED`, a wait `TENTATIVE`.
+async fn calendars(api: &Api, ev: &str, seated: &User, waiting: &User) {
+    let text = |r: reqwest::Response| async move {
+        let status = r.status();
+        let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        (status, kind, r.text().await.unwrap())
+    };
+    let (status, kind, file) =
+        text(api.http.get(format!("{}/api/v1/events/{ev}/calendar.ics", api.base)).send().await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::OK, "text/calendar; charset=utf-8"), "{file}");
+    assert!(file.starts_with("BEGIN:VCALENDAR\r\n") && file.contains("METHOD:PUBLISH\r\n"), "{file}");
+    assert!(file.contains(&format!("UID:{ev}@cityevents\r\n")), "{file}");
+    // Created without a zone: UTC, written as UTC with no VTIMEZONE.
+    assert!(file.contains("\r\nDTSTART:") && !file.contains("VTIMEZONE"), "{file}");
+    let unknown = api.get(&format!("/api/v1/events/{}/calendar.ics", uuid::Uuid::now_v7()), None).await;
+    unknown.problem(404);
+    for (user, status) in [(seated, "STATUS:CONFIRMED"), (waiting, "STATUS:TENTATIVE")] {
+        let made = api.post("/api/v1/me/calendar-feed", Some(&user.access), json!({})).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        let path = made.body["path"].as_str().unwrap().to_owned();
+        let token = made.body["token"].as_str().unwrap().to_owned();
+        let (s, kind, feed) = text(api.http.get(format!("{}{path}", api.base)).send().await.unwrap()).await;
+        assert_eq!((s, kind.as_str()), (StatusCode::OK, "text/calendar; charset=utf-8"), "{feed}");
+        assert!(!feed.contains("METHOD:"), "a feed has no method: {feed}");
+        assert!(feed.contains(&format!("UID:{ev}@cityevents\r\n")) && feed.contains(status), "{status}: {feed}");
+        // A token that is no secret of ours, and one revoked, find nothing.
+        let forged = format!("{}/api/v1/calendars/{}/events.ics", api.base, "A".repeat(43));
+        assert_eq!(api.http.get(forged).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        let revoked = api.call(Method::DELETE, "/api/v1/me/calendar-feed", Some(&user.access), None, &[]).await;
+        assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.body);
+        let gone = api.http.get(format!("{}{path}", api.base)).send().await.unwrap();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND, "{token} revoked");
+    }
+}
+
+/// An open event page's stream (`GET /live?event=`, server-sent events, no session) tells the
+/// seats as they are, then again when someone joins through the API.
+async fn live_seats(api: &Api, org: &User, fan: &User) {
+    let ev = api.published_event(org, "Live night", "Porto", 96, 5).await;
+    let mut stream = api.http.get(format!("{}/live?event={ev}", api.base)).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    let mut read_until = async |needle: &str, seen: &mut String| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !seen.contains(needle) {
+            let chunk = tokio::time::timeout_at(deadline, stream.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                other => panic!("no {needle:?} on the stream ({other:?}): {seen}"),
+            }
+        }
+    };
+    read_until("5 of 5 seats free", &mut seen).await;
+    assert!(seen.contains("retry: 3000") && seen.contains("event: seats"), "{seen}");
+    let joined = api.join(fan, &ev, "key-live").await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.body);
+    read_until("4 of 5 seats free", &mut seen).await;
+}
+
+/// An online event's join link through the gateway: the organizer sets it, the event says it
+/// is online without it, a seat holder gets it (the events service asks joins), anyone else 403.
+async fn online_link(api: &Api, org: &User, fan: &User, other: &User) {
+    let ev = api.published_event(org, "Online jazz", "Lyon", 100, 3).await;
+    let link = "https://meet.example.com/jazz-room";
+    let path = format!("/api/v1/events/{ev}");
+    let set = api.call(Method::PATCH, &path, Some(&org.access), Some(json!({"online_url": link})), &[]).await;
+    assert_eq!((set.status, set.body["online_url"].as_str()), (StatusCode::OK, Some(link)), "{}", set.body);
+    let public = api.get(&path, Some(&other.access)).await;
+    assert_eq!((public.body["online"].as_bool(), public.body.get("online_url")), (Some(true), None), "{}", public.body);
+    let link_path = format!("{path}/online-link");
+    api.get(&link_path, Some(&fan.access)).await.problem(403);
+    let joined = api.join(fan, &ev, "key-online").await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.body);
+    let got = api.get(&link_path, Some(&fan.access)).await;
+    assert_eq!((got.status, got.body["url"].as_str()), (StatusCode::OK, Some(link)), "{}", got.body);
+    api.get(&link_path, Some(&other.access)).await.problem(403);
+    api.get(&link_path, None).await.problem(401);
+}
+
+/// A cover picture through the gateway: an upload past the gateway's general body limit (its
+/// one route that takes more), stored by the events service, served for good, in lists.
+async fn covers(api: &Api, org: &User, ev: &str, other: &User) {
+    // Noise compresses badly: a picture of a few hundred kilobytes, past the 64 KiB limit.
+    let mut seed = 0x2545_f491_u32;
+    let img = image::RgbImage::from_fn(900, 600, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let [a, b, c, _] = seed.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&img).unwrap();
+    assert!(jpeg.len() > 64 * 1024, "{} bytes", jpeg.len());
+    let put = |bytes: Vec<u8>, token: &str| {
+        let boundary = "keel-e2e-cover";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\
+             Content-Type: image/jpeg\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        api.http
+            .put(format!("{}/api/v1/events/{ev}/cover", api.base))
+            .bearer_auth(token)
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .body(body)
+            .send()
+    };
+    let resp = put(jpeg.clone(), &other.access).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "only the organizer");
+    let resp = put(jpeg, &org.access).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let event: Value = resp.json().await.unwrap();
+    let card = event["cover"]["card"].as_str().unwrap().to_owned();
+    let got = api.http.get(format!("{}{card}", api.base)).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    assert_eq!(got.headers()["cache-control"], "public, max-age=31536000, immutable");
+    let bytes = got.bytes().await.unwrap();
+    let shown = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((shown.width(), shown.height()), (640, 360));
+    let listed = api.get("/api/v1/events?limit=100", None).await;
+    let item = listed.body["items"].as_array().unwrap().iter().find(|i| i["id"] == ev).cloned().unwrap();
+    assert_eq!(item["cover"]["card"], card.as_str(), "lists carry it");
+}
+
+/// The trending feed counts a page viewed through the API (the gateway sends views every 5 s);
+/// the for-you feed has a followed organizer's event; both carry seats.
+async fn feeds(api: &Api, org: &User, fan: &User) {
+    let ev = api.published_event(org, "Trend night", "Faro", 120, 7).await;
+    // Signed in throughout: anonymous calls share one address's budget with the other runs.
+    for _ in 0..3 {
+        let viewed = api.get(&format!("/api/v1/events/{ev}/view"), Some(&fan.access)).await;
+        assert_eq!(viewed.status, StatusCode::OK, "{}", viewed.body);
+    }
+    // Views are sent every 5 s: asked twice a second, not to spend the address's rate limit,
+    // and with a new limit each time: the events service keeps an answer per city and limit
+    // for 30 s (`app.trending_cache`).
+    let asked = std::sync::atomic::AtomicU32::new(50);
+    let trending = eventually_some("the viewed event trending", || async {
+        let limit = asked.fetch_sub(1, std::sync::atomic::Ordering::SeqCst).max(1);
+        let t = api.get(&format!("/api/v1/events/trending?city=faro&limit={limit}"), Some(&fan.access)).await;
+        assert_eq!(t.status, StatusCode::OK, "{}", t.body);
+        let items = t.body["items"].as_array().cloned().unwrap_or_default();
+        let found = items.into_iter().find(|e| e["id"] == ev.as_str());
+        if found.is_none() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        found
+    })
+    .await;
+    assert_eq!(trending["seats"]["free"], 7, "{trending}");
+    api.get("/api/v1/events/trending?limit=0", Some(&fan.access)).await.problem(400);
+    api.get("/api/v1/me/feed", None).await.problem(401);
+    let follow = format!("/api/v1/organizers/{}/follow", org.id);
+    assert_eq!(api.call(Method::PUT, &follow, Some(&fan.access), None, &[]).await.status, StatusCode::OK);
+    let mine = api.get("/api/v1/me/feed?limit=50", Some(&fan.access)).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
+    assert_eq!(mine.headers["cache-control"], "private, no-store");
+    let items = mine.body["items"].as_array().unwrap();
+    let found =
+        items.iter().find(|e| e["id"] == ev.as_str()).unwrap_or_else(|| panic!("not for the follower: {}", mine.body));
+    assert_eq!(found["seats"]["capacity"], 7);
+    assert_eq!(api.call(Method::DELETE, &follow, Some(&fan.access), None, &[]).await.status, StatusCode::NO_CONTENT);
+}
+
+/// An organizer's public profile and events, and a follower told of their next event.
+async fn organizers(api: &Api, org: &User, ev: &str, fan: &User) {
+    let saved = api
+        .call(Method::PATCH, "/api/v1/me/profile", Some(&org.access), Some(json!({"bio": "Jazz on Fridays."})), &[])
+        .await;
+    assert_eq!(
+        (saved.status, saved.body["bio"].as_str()),
+        (StatusCode::OK, Some("Jazz on Fridays.")),
+        "{}",
+        saved.body
+    );
+    let long = api
+        .call(Method::PATCH, "/api/v1/me/profile", Some(&org.access), Some(json!({"bio": "x".repeat(501)})), &[])
+        .await;
+    assert_eq!(long.problem(400)["errors"][0]["field"], "bio");
+    let profile = api.get(&format!("/api/v1/profiles/{}", org.id), None).await;
+    assert_eq!(
+        (profile.status, profile.body["bio"].as_str()),
+        (StatusCode::OK, Some("Jazz on Fridays.")),
+        "{}",
+        profile.body
+    );
+    let theirs = api.get(&format!("/api/v1/events?organizer={}", org.id), None).await;
+    assert_eq!(theirs.status, StatusCode::OK, "{}", theirs.body);
+    let items = theirs.body["items"].as_array().unwrap();
+    assert!(items.iter().any(|i| i["id"] == ev), "{}", theirs.body);
+    assert!(items.iter().all(|i| i["organizer_id"] == org.id.as_str()), "{}", theirs.body);
+    let path = format!("/api/v1/organizers/{}/follow", org.id);
+    let followed = api.call(Method::PUT, &path, Some(&fan.access), None, &[]).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.body);
+    let count = api.get(&format!("/api/v1/organizers/{}/followers", org.id), None).await;
+    assert_eq!(count.body["followers"], 1, "{}", count.body);
+    api.published_event(org, "Late show", "Lisbon", 72, 10).await;
+    eventually("the follower hears of the new event", || async {
+        api.notification_kinds(fan).await.iter().any(|k| k == "event.followed")
+    })
+    .await;
+    let unfollowed = api.call(Method::DELETE, &path, Some(&fan.access), None, &[]).await;
+    assert_eq!(unfollowed.status, StatusCode::NO_CONTENT, "{}", unfollowed.body);
+}
+
 async fn forwarded_addresses_only_from_the_gateway(api: &Api, upstreams: &[(String, String)]) {
     let auth = &upstreams.iter().find(|(name, _)| name == "auth").expect("auth's address").1;
     let user = api.register_unverified("spoofed").await;

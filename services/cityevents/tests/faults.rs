@@ -516,6 +516,9 @@ async fn body(name: &str, broker: Broker, fault: Fault) {
             let promotions = |m: &BTreeMap<(String, String, String), i64>| {
                 m.iter().filter(|((_, k, _), _)| k == "join.promoted").map(|(_, n)| n).sum::<i64>()
             };
+            for line in checks::trace_missing(pg, p, &expected, &got) {
+                let _ = writeln!(report, "{line}");
+            }
             findings.push(format!(
                 "notifications differ from the announcements after {NOTIFY_BOUND:?}: {missing} missing, {doubled} extra \
                  (promotions announced {}, notified {})",

@@ -701,9 +701,11 @@ fn network_policies_deny_by_default_and_allow_only_what_each_service_uses() {
             match s {
                 // Redis, the upstreams, and NATS for session revocations.
                 "gateway" => want.extend([6379, 4222, 8081, 8082, 8083, 8084]),
-                // The joins service, for the unpublish check.
-                "events" => want.extend([5432, 4222, 8083]),
+                // The joins service, for the unpublish check; the object store (HTTPS).
+                "events" => want.extend([5432, 4222, 8083, 443]),
                 "notifier" => want.extend([5432, 4222].into_iter().chain(SMTP_PORTS).chain([smtp_port])),
+                // The object store (avatars), HTTPS.
+                "auth" => want.extend([5432, 4222, 443]),
                 _ => want.extend([5432, 4222]),
             }
             let egress = rules_for(&policies, &pods, "egress");

@@ -27,6 +27,7 @@ fn ready() -> bool {
         Some("Node.js (node)")
     } else if !journey_dir().join("node_modules/playwright-core").is_dir()
         || !journey_dir().join("node_modules/axe-core").is_dir()
+        || !journey_dir().join("node_modules/ical.js").is_dir()
     {
         Some("the journey's npm packages (npm ci in services/cityevents/tests/web; .ci/browser.sh does it)")
     } else {
@@ -90,6 +91,12 @@ fn the_main_journeys_pass_in_headless_chromium() {
         "mail-settings",
         "admin-users",
         "moderate-event",
+        "event-organizer",
+        "event-canceled",
+        "calendar-feed",
+        "capacity-cut",
+        "organizer",
+        "categories",
     ] {
         for width in ["phone", "desktop"] {
             let shot = shots.join(format!("{page}-{width}.png"));

@@ -44,6 +44,54 @@ pub fn notified(pg: &Postgres, p: &Platform) -> BTreeMap<(String, String, String
         .collect()
 }
 
+/// Where each missing notification stopped, for the report: per (user, kind, event) with
+/// fewer notifications than announcements, its outbox rows' message id, status (0 waiting,
+/// 1 sent, 2 dead) and attempts, and whether the notifier's inbox took the message.
+pub fn trace_missing(
+    pg: &Postgres,
+    p: &Platform,
+    expected: &BTreeMap<(String, String, String), i64>,
+    got: &BTreeMap<(String, String, String), i64>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (k, e) in expected {
+        if got.get(k).copied().unwrap_or(0) >= *e {
+            continue;
+        }
+        let (user, kind, event) = k;
+        let rows = pg.query(
+            &p.database("joins"),
+            &format!(
+                "SELECT event_id, status, attempts, seq FROM keel_outbox WHERE payload::json->>'type' = '{kind}' \
+                 AND payload::json->'data'->>'user_id' = '{user}' AND payload::json->'data'->>'event_id' = '{event}' \
+                 ORDER BY seq"
+            ),
+        );
+        for r in rows.iter().take(4) {
+            let inbox = pg.count(
+                &p.database("notifier"),
+                &format!(
+                    "SELECT COUNT(*) FROM keel_inbox WHERE consumer_group = 'notifier' AND message_id = '{}'",
+                    r[0]
+                ),
+            );
+            lines.push(format!(
+                "missing {kind} for user {user} event {event}: outbox message {} seq {} status {} attempts {}; \
+                 notifier inbox has it: {}",
+                r[0],
+                r[3],
+                r[1],
+                r[2],
+                inbox > 0
+            ));
+        }
+        if lines.len() >= 10 {
+            break;
+        }
+    }
+    lines
+}
+
 /// Notifications each announcement should have produced, per (user, kind, event).
 pub fn expected_notifications(announced: &[Announced]) -> BTreeMap<(String, String, String), i64> {
     let mut m = BTreeMap::new();

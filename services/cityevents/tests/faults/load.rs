@@ -112,7 +112,7 @@ impl Api {
         let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
         let starts = time::OffsetDateTime::now_utc() + time::Duration::days(7);
         let body = json!({
-            "title": title, "description": "fault injection", "city": "Faultville", "category": "test",
+            "title": title, "description": "fault injection", "city": "Faultville", "category": "other",
             "starts_at": fmt(starts), "ends_at": fmt(starts + time::Duration::hours(2)), "capacity": capacity,
         });
         let r = self.post("/api/v1/events", Some(&org.token), body).await;

@@ -74,6 +74,13 @@ impl Platform {
                 env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__ALLOW_PLAINTEXT"), "true".into()));
                 env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__REPLICATION_FACTOR"), "1".into()));
                 env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__PARTITIONS"), "4".into()));
+                // Kafka's own default (45 s, KIP-735), past the 30 s outage: the groups keep
+                // their members and fetching goes on where it was. With Keel's 10 s the groups
+                // rebalance on recovery and resume from committed offsets, which can fall inside
+                // a record batch; tansu 0.6 then answers from the next batch on (its fetch
+                // returns batches whose base offset is at or past the one asked for, where Kafka
+                // returns the batch holding it), and the rest of that batch is never delivered.
+                env.push((format!("CITYEVENTS_{up}__BUS__KAFKA__SESSION_TIMEOUT"), "45s".into()));
             }
             if svc == "gateway" {
                 gateway = port;

@@ -3,11 +3,21 @@
 //
 // The journey: a visitor uses the site from the keyboard (skip link, search; focus visible); an
 // organizer signs up, confirms the address through the mail the development
-// transport wrote, logs in, creates a one-seat event and publishes it; a second person joins
-// (with JavaScript off: every page and form works without it); a third joins the waitlist; the
-// second leaves, the third is promoted and sees the notification; the organizer edits the
-// event; an admin makes a fourth person a moderator, who cancels the event with a reason,
-// which the third sees on the event and in a notification. The third changes their password
+// transport wrote, logs in, creates a one-seat event and publishes it; people find it by
+// category, by a city typed in part, and on a phone's first screen; the organizer uploads a cover
+// (a file that is not a picture is refused first), shown in the list and on the event page at
+// both widths; a second person joins
+// (with JavaScript off: every page and form works without it) while the organizer's open page
+// shows the seat count change without a reload; a third joins the waitlist; the second leaves,
+// the third's open page shows them going and an unread count, live (server-sent events), they
+// see the notification, and subscribe to their calendar feed (read without cookies, parsed by ical.js); the organizer edits the event, and
+// writes a bio and uploads a picture, which the second person sees on the event page and the
+// organizer page before following them; the
+// organizer cuts another event's seats below those taken (warned first; nobody loses a seat),
+// whose publication the follower hears of; an admin makes a fourth person a moderator, who cancels the event with a reason,
+// which the third sees on the event, in a notification and in their calendar feed, which they
+// then turn off. The event page shows times on the venue's clock, a map link, OpenGraph tags and
+// an .ics file that ical.js parses to the right instants. The third changes their password
 // and mail settings, and logs a second device out from the account page; the second logs out
 // everywhere. Every page is checked with axe-core (no
 // serious or critical violation), logs no console error (a CSP violation is one), and is kept
@@ -19,7 +29,9 @@
 import { chromium } from "playwright-core";
 import { readFileSync, readdirSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { deflateSync } from "node:zlib";
 import { createRequire } from "node:module";
+import ICAL from "ical.js";
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
@@ -103,6 +115,45 @@ async function check(p, label) {
   }
 }
 
+/** A PNG of `w`×`h`: a gradient, with a transparent band (made here: no file to ship). */
+function png(w, h) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    out.write(type, 4, "ascii");
+    data.copy(out, 8);
+    out.writeUInt32BE(crc(out.subarray(4, 8 + data.length)), 8 + data.length);
+    return out;
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(w, 0);
+  header.writeUInt32BE(h, 4);
+  header[8] = 8; // bit depth
+  header[9] = 6; // RGBA
+  const rows = Buffer.alloc((w * 4 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const at = y * (w * 4 + 1) + 1 + x * 4;
+      rows[at] = (x * 255) / w;
+      rows[at + 1] = 90;
+      rows[at + 2] = (y * 255) / h;
+      rows[at + 3] = y < h / 10 ? 0 : 255;
+    }
+  }
+  const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([signature, chunk("IHDR", header), chunk("IDAT", deflateSync(rows)), chunk("IEND", Buffer.alloc(0))]);
+}
+
 /** The latest mail to `to` that has a link to `path`, decoded; waits up to 15 s. */
 async function link(to, path) {
   const deadline = Date.now() + 15000;
@@ -119,6 +170,29 @@ async function link(to, path) {
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`no mail to ${to} with a ${path} link`);
+}
+
+/** Parses an iCalendar text with ical.js after checking RFC 5545's line rules; registers its
+ *  time zones so times convert with them. */
+function parseCalendar(text, label) {
+  expect(text.startsWith("BEGIN:VCALENDAR\r\n") && text.endsWith("END:VCALENDAR\r\n"), `${label}: not a calendar`);
+  for (const line of text.split("\r\n")) {
+    expect(Buffer.byteLength(line, "utf8") <= 75, `${label}: a line of ${Buffer.byteLength(line, "utf8")} octets`);
+    expect(!line.includes("\n"), `${label}: a bare LF`);
+  }
+  const cal = new ICAL.Component(ICAL.parse(text));
+  for (const tz of cal.getAllSubcomponents("vtimezone")) {
+    ICAL.TimezoneService.register(tz);
+  }
+  return cal;
+}
+
+/** The calendar at `url` (absolute) read without the browser's cookies. */
+async function fetchCalendar(url, label) {
+  const res = await fetch(url);
+  expect(res.status === 200, `${label}: ${url} answered ${res.status}`);
+  expect((res.headers.get("content-type") || "").startsWith("text/calendar"), `${label}: content type ${res.headers.get("content-type")}`);
+  return parseCalendar(await res.text(), label);
 }
 
 async function signUpAndLogIn(p, shots) {
@@ -200,7 +274,12 @@ try {
     await page.keyboard.press("Enter");
     await page.keyboard.press("Tab");
     f = await focused();
-    expect(f.id === "q", `after the skip link, Tab reaches the search field, got "${f.id || f.text}"`);
+    expect(f.text === "Upcoming", `after the skip link, Tab reaches the feed tabs, got "${f.id || f.text}"`);
+    expect(f.outline !== "none" && f.width !== "0px", "focus on a tab is visible");
+    // Latest and Trending (For you is for a signed-in viewer), then the search.
+    for (let i = 0; i < 3; i++) await page.keyboard.press("Tab");
+    f = await focused();
+    expect(f.id === "q", `after the tabs, Tab reaches the search field, got "${f.id || f.text}"`);
     expect(f.outline !== "none" && f.width !== "0px", "focus on the search field is visible");
     await page.keyboard.type("jazz");
     await page.keyboard.press("Enter");
@@ -217,7 +296,7 @@ try {
     await check(olive, "event-new");
     await page.getByLabel("Title").fill(`Rooftop jazz ${run}`);
     await page.getByLabel("City").fill("Lisbon");
-    await page.getByLabel("Category").fill("music");
+    await page.getByLabel("Category").selectOption("music");
     await page.getByLabel("Venue").fill("Terraço 7");
     await page.getByLabel(/Time zone/).fill("Europe/Lisbon");
     await page.getByLabel(/Starts/).fill("2031-06-20T21:00");
@@ -236,14 +315,106 @@ try {
     await check(olive, "event-organizer");
   });
 
+  await step("the event page shows the venue's clock, a map, share tags and a calendar file", async () => {
+    const page = olive.page;
+    await page.goto(eventUrl);
+    await page.getByText("Fri 20 Jun 2031, 21:00–23:30 (Europe/Lisbon)").waitFor();
+    const map = await page.getByRole("link", { name: /^Map/ }).getAttribute("href");
+    expect(map === "https://www.openstreetmap.org/search?query=Terra%C3%A7o+7%2C+Lisbon", `map link ${map}`);
+    const og = await page.locator('meta[property="og:title"]').getAttribute("content");
+    expect(og === `Rooftop jazz ${run}`, `og:title ${og}`);
+    const ogUrl = await page.locator('meta[property="og:url"]').getAttribute("content");
+    expect(ogUrl === eventUrl, `og:url ${ogUrl} is the page ${eventUrl}`);
+    expect(await page.locator('meta[name="twitter:card"]').getAttribute("content") === "summary", "twitter card");
+    const google = await page.getByRole("link", { name: "Google Calendar" }).getAttribute("href");
+    expect(google.includes("dates=20310620T200000Z%2F20310620T223000Z"), `Google link ${google}`);
+    expect(await page.locator("a[data-copy]").getAttribute("href") === eventUrl, "the share link is the page");
+    const download = page.waitForEvent("download");
+    await page.getByRole("link", { name: "Add to your calendar (.ics)" }).click();
+    const file = await (await download).path();
+    const cal = parseCalendar(readFileSync(file, "utf8"), "event .ics");
+    expect(cal.getFirstPropertyValue("method") === "PUBLISH", "METHOD:PUBLISH");
+    const ev = new ICAL.Event(cal.getFirstSubcomponent("vevent"));
+    expect(ev.summary === `Rooftop jazz ${run}`, `SUMMARY ${ev.summary}`);
+    expect(ev.startDate.zone.tzid === "Europe/Lisbon", `DTSTART in ${ev.startDate.zone.tzid}`);
+    expect(ev.startDate.toJSDate().toISOString() === "2031-06-20T20:00:00.000Z", `start ${ev.startDate.toJSDate().toISOString()}`);
+    expect(ev.endDate.toJSDate().toISOString() === "2031-06-20T22:30:00.000Z", `end ${ev.endDate.toJSDate().toISOString()}`);
+    expect(ev.location === "Terraço 7, Lisbon", `LOCATION ${ev.location}`);
+    expect(ev.uid === `${eventUrl.split("/").pop()}@cityevents`, `UID ${ev.uid}`);
+  });
+
+  await step("people find events by category, by a city typed in part, and on a phone's first screen", async () => {
+    const page = olive.page;
+    await page.goto(`${BASE}/`);
+    await page.getByRole("link", { name: "Browse by category" }).click();
+    await check(olive, "categories");
+    await page.getByRole("link", { name: "Music", exact: true }).click();
+    await page.getByRole("heading", { name: "Music", level: 1 }).waitFor();
+    await page.getByRole("link", { name: `Rooftop jazz ${run}` }).waitFor();
+    await page.goto(`${BASE}/categories/sport`);
+    expect(await page.getByRole("link", { name: `Rooftop jazz ${run}` }).count() === 0, "not in another category");
+    // "lisb": the only city it starts, whatever the case.
+    await page.goto(`${BASE}/?city=lisb`);
+    expect(await page.locator("#city").inputValue() === "Lisbon", `the city read as ${await page.locator("#city").inputValue()}`);
+    await page.getByRole("link", { name: `Rooftop jazz ${run}` }).waitFor();
+    // At phone width the first event shows without scrolling.
+    await page.setViewportSize(WIDTHS.phone);
+    await page.goto(`${BASE}/`);
+    const top = await page.locator(".card").first().evaluate((e) => e.getBoundingClientRect().top);
+    expect(top < WIDTHS.phone.height - 100, `the first event starts ${top} px down a ${WIDTHS.phone.height} px screen`);
+    await page.setViewportSize(WIDTHS.desktop);
+  });
+
+  await step("the organizer uploads a cover; it shows in the list and on the event page, phone and desktop", async () => {
+    const page = olive.page;
+    const manage = eventUrl.replace("/events/", "/my/events/");
+    await page.goto(manage);
+    // Not a picture, whatever its name says: refused with a message on the page.
+    await page.getByLabel(/^Picture/).setInputFiles({ name: "cover.jpg", mimeType: "image/jpeg", buffer: Buffer.from("not a picture") });
+    await page.getByRole("button", { name: "Upload" }).click();
+    await page.getByRole("alert").filter({ hasText: /not a JPEG, PNG or WebP/ }).waitFor();
+    olive.errors.length = 0; // the browser logs the page's own 400
+    await page.getByLabel(/^Picture/).setInputFiles({ name: "roof.png", mimeType: "image/png", buffer: png(1200, 900) });
+    await page.getByRole("button", { name: "Upload" }).click();
+    await page.waitForURL(/notice=cover_saved/);
+    await page.getByRole("img", { name: "The current cover picture" }).waitFor();
+    await check(olive, "manage-cover");
+    for (const [width, size] of Object.entries(WIDTHS)) {
+      await page.setViewportSize(size);
+      await page.goto(`${BASE}/?city=Lisbon`);
+      const card = page.locator(".card", { has: page.getByRole("link", { name: `Rooftop jazz ${run}` }) });
+      const img = card.locator("img.cover");
+      await img.waitFor();
+      const shown = await img.evaluate(async (i) => { await i.decode(); return { natural: i.naturalWidth, w: i.getBoundingClientRect().width, h: i.getBoundingClientRect().height }; });
+      expect(shown.natural === 640, `${width}: the list's picture is the 640 px card (${shown.natural})`);
+      expect(shown.w <= size.width && Math.abs(shown.w / shown.h - 16 / 9) < 0.02, `${width}: the card's picture fits at 16:9 (${shown.w}×${shown.h})`);
+      await page.goto(eventUrl);
+      const wide = page.locator("article.event img.cover");
+      const big = await wide.evaluate(async (i) => { await i.decode(); return { natural: i.naturalWidth, w: i.getBoundingClientRect().width }; });
+      expect(big.natural === 1280 && big.w <= size.width, `${width}: the event's picture is the 1280 px one and fits (${big.w} px)`);
+      const cache = (await page.request.get(`${BASE}${await wide.getAttribute("src")}`)).headers()["cache-control"];
+      expect(cache === "public, max-age=31536000, immutable", `the picture is cached for good: ${cache}`);
+    }
+    await page.setViewportSize(WIDTHS.desktop);
+    const ogImage = await page.locator('meta[property="og:image"]').getAttribute("content");
+    expect(ogImage && ogImage.startsWith(BASE) && ogImage.endsWith("/wide.jpg"), `og:image ${ogImage}`);
+    expect(await page.locator('meta[name="twitter:card"]').getAttribute("content") === "summary_large_image", "large card with a picture");
+    await check(olive, "event-cover");
+  });
+
   await step("a second person, without JavaScript, signs up, finds the event and joins", async () => {
     await signUpAndLogIn(bea, false);
+    // The organizer keeps the event's page open: its seat count changes live.
+    await olive.page.goto(eventUrl);
+    await olive.page.getByText("1 of 1 seats free").waitFor();
     const page = bea.page;
     await page.goto(`${BASE}/?q=${encodeURIComponent(`jazz`)}&city=Lisbon`);
     await page.getByRole("link", { name: `Rooftop jazz ${run}` }).click();
     await page.getByRole("button", { name: "Join", exact: true }).click();
     await page.waitForURL(/notice=joined/);
     await page.getByText("You are going.").waitFor();
+    await olive.page.getByText("Full · join the waitlist").waitFor({ timeout: 10000 });
+    expect(!olive.page.url().includes("notice="), "the organizer's page was not reloaded");
   });
 
   await step("a third person joins the waitlist", async () => {
@@ -264,17 +435,16 @@ try {
   });
 
   await step("the second person leaves; the third is promoted and notified", async () => {
+    // The waitlisted person keeps the page open: their place and unread count change live.
+    const page = cal.page;
+    await page.goto(eventUrl);
+    await page.getByText("You are on the waitlist, number 1.").waitFor();
     await bea.page.goto(eventUrl);
     await bea.page.getByRole("button", { name: "Leave this event" }).click();
     await bea.page.waitForURL(/notice=left/);
-    const page = cal.page;
+    await page.locator("[data-live-place]").getByText("You are going.").waitFor({ timeout: 20000 });
+    await page.locator("[data-live-unread]:not([hidden])").waitFor({ timeout: 20000 });
     const deadline = Date.now() + 20000;
-    for (;;) {
-      await page.goto(eventUrl);
-      if (await page.getByText("You are going.").isVisible()) break;
-      expect(Date.now() < deadline, "the waitlisted person was not promoted within 20 s");
-      await page.waitForTimeout(300);
-    }
     await check(cal, "event-going");
     for (;;) {
       await page.goto(`${BASE}/notifications`);
@@ -289,6 +459,27 @@ try {
     expect(await page.locator(".note.unread").count() === 0, "all read");
   });
 
+  let feedUrl;
+  await step("the promoted person subscribes to their calendar feed", async () => {
+    const page = cal.page;
+    await page.goto(`${BASE}/my/joins`);
+    await page.getByRole("link", { name: /in your calendar application/ }).click();
+    await page.getByText("You have no calendar address.").waitFor();
+    await page.getByRole("button", { name: "Make my calendar address" }).click();
+    feedUrl = await page.locator("a[data-copy]").getAttribute("href");
+    expect(/^http:\/\/[^/]+\/api\/v1\/calendars\/[A-Za-z0-9_-]{43}\/events\.ics$/.test(feedUrl), `feed address ${feedUrl}`);
+    await check(cal, "calendar-feed");
+    const feed = await fetchCalendar(feedUrl, "feed");
+    expect(feed.getFirstPropertyValue("method") === null, "a feed has no METHOD");
+    const events = feed.getAllSubcomponents("vevent").map((v) => new ICAL.Event(v));
+    expect(events.length === 1, `one event in the feed, got ${events.length}`);
+    expect(events[0].summary === `Rooftop jazz ${run}`, `feed SUMMARY ${events[0].summary}`);
+    expect(events[0].component.getFirstPropertyValue("status") === "CONFIRMED", "the seat is CONFIRMED");
+    // The address is shown once: the page does not give it again.
+    await page.goto(`${BASE}/account/calendar`);
+    expect(await page.locator("a[data-copy]").count() === 0, "the address is shown only once");
+  });
+
   await step("the organizer sees the participant and edits the event", async () => {
     const page = olive.page;
     await page.goto(eventUrl.replace("/events/", "/my/events/"));
@@ -297,10 +488,118 @@ try {
     await page.getByRole("link", { name: "Edit" }).click();
     await check(olive, "event-edit");
     await page.getByLabel("Venue").fill("Terraço 9");
+    await page.getByLabel(/Online join link/).fill("https://meet.example.com/rooftop");
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.waitForURL(/notice=saved/);
     await page.goto(eventUrl);
-    await page.getByText("Terraço 9").waitFor();
+    await page.getByText("Terraço 9, Lisbon · also online").first().waitFor();
+    // The seat holder sees the join link; the person who left is told where it will be.
+    await cal.page.goto(eventUrl);
+    const join = cal.page.getByRole("link", { name: /^https:\/\/meet\.example\.com\/rooftop/ });
+    await join.waitFor();
+    expect((await join.getAttribute("rel")).includes("noopener"), "the join link opens no window handle");
+    await bea.page.goto(eventUrl);
+    await bea.page.getByText("the join link shows here once you hold a seat").waitFor();
+    expect(await bea.page.getByText("meet.example.com").count() === 0, "no link without a seat");
+  });
+
+  await step("the organizer writes a bio; a person follows them from the event page", async () => {
+    const page = olive.page;
+    await page.goto(`${BASE}/account`);
+    await page.getByLabel("About you").fill("Jazz on rooftops since 2019.");
+    await page.getByLabel("Your city").fill("Lisbon");
+    await page.getByRole("button", { name: "Save my profile" }).click();
+    await page.waitForURL(/notice=profile_saved/);
+    await page.getByLabel(/^Your picture/).setInputFiles({ name: "me.png", mimeType: "image/png", buffer: png(600, 800) });
+    await page.getByRole("button", { name: "Upload the picture" }).click();
+    await page.waitForURL(/notice=avatar_saved/);
+    await page.getByRole("img", { name: "Your picture" }).waitFor();
+    await check(olive, "account-avatar");
+    await page.goto(`${BASE}/`);
+    await page.getByRole("link", { name: "Near me (Lisbon)" }).click();
+    await page.waitForURL(/city=Lisbon/);
+    await page.getByRole("link", { name: `Rooftop jazz ${run}` }).waitFor();
+    const b = bea.page;
+    await b.goto(eventUrl);
+    expect(await b.locator("dd.host img.avatar").count() === 1, "the event page shows its organizer's picture");
+    await b.getByRole("link", { name: "Olive", exact: true }).click();
+    await b.getByRole("heading", { name: "Olive", level: 1 }).waitFor();
+    await b.getByText("Jazz on rooftops since 2019.").waitFor();
+    const avatar = await b.locator("article.organizer img.avatar").evaluate(async (i) => { await i.decode(); return { natural: i.naturalWidth, w: i.getBoundingClientRect().width, h: i.getBoundingClientRect().height }; });
+    expect(avatar.natural === 400 && avatar.w === avatar.h, `the organizer's picture: the 400 px square, shown square (${JSON.stringify(avatar)})`);
+    expect((await b.locator('meta[property="og:image"]').getAttribute("content")).endsWith("/large.jpg"), "og:image of the organizer page");
+    await b.getByRole("button", { name: /^Follow/ }).click();
+    await b.waitForURL(/notice=followed/);
+    await b.getByText("1 follower").waitFor();
+    expect(await b.getByRole("button", { name: /^Unfollow/ }).isVisible(), "the page offers to unfollow");
+    await cal.page.goto(b.url().split("?")[0]);
+    await check(cal, "organizer");
+  });
+
+  await step("the feed tabs: latest, trending (the event was viewed), and the person's own", async () => {
+    const b = bea.page;
+    await b.goto(`${BASE}/`);
+    await b.getByRole("navigation", { name: "Feeds" }).getByRole("link", { name: "Latest" }).click();
+    await b.waitForURL(/\/feed\/latest$/);
+    await b.getByRole("link", { name: `Rooftop jazz ${run}` }).waitFor();
+    expect((await b.getByRole("link", { name: "Latest" }).getAttribute("aria-current")) === "page", "the tab is marked");
+    // Views reach the events service in batches every 5 s.
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      await b.goto(`${BASE}/feed/trending`);
+      if ((await b.getByRole("link", { name: `Rooftop jazz ${run}` }).count()) > 0) break;
+      expect(Date.now() < deadline, "the viewed event never trended");
+      await b.waitForTimeout(1000);
+    }
+    await check(bea, "feed-trending");
+    await b.getByRole("link", { name: "For you" }).click();
+    await b.getByRole("heading", { name: "For you", level: 1 }).waitFor();
+    await b.getByText("From organizers you follow").waitFor();
+  });
+
+  await step("cutting seats below those taken warns first and bumps nobody", async () => {
+    const page = olive.page;
+    await page.goto(`${BASE}/my/events/new`);
+    await page.getByLabel("Title").fill(`Sunset yoga ${run}`);
+    await page.getByLabel("City").fill("Lisbon");
+    await page.getByLabel("Category").selectOption("sport");
+    await page.getByLabel(/Time zone/).fill("Europe/Lisbon");
+    await page.getByLabel(/Starts/).fill("2031-07-01T19:00");
+    await page.getByLabel("Ends").fill("2031-07-01T20:00");
+    await page.getByLabel(/Seats/).fill("3");
+    await page.getByRole("button", { name: "Save as draft" }).click();
+    await page.waitForURL(/notice=created/);
+    const manage = page.url().split("?")[0];
+    await page.getByRole("button", { name: "Publish" }).click();
+    await page.waitForURL(/notice=published/);
+    const yoga = manage.replace("/my/events/", "/events/");
+    for (const p of [bea, cal]) {
+      await p.page.goto(yoga);
+      await p.page.getByRole("button", { name: "Join", exact: true }).click();
+      await p.page.waitForURL(/notice=joined/);
+    }
+    await page.goto(`${manage}/edit`);
+    await page.getByLabel(/Seats/).fill("1");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.locator("#capacity-cut").waitFor();
+    const warning = await page.locator("#capacity-cut").textContent();
+    expect(warning.includes("2 people already hold a seat, 1 person more than the 1 seat you set"), `warning: ${warning}`);
+    olive.errors.length = 0; // the browser logs the warning page's own 409
+    await check(olive, "capacity-cut");
+    await page.getByRole("button", { name: "Save with fewer seats" }).click();
+    await page.waitForURL(/notice=saved/);
+    for (const p of [bea, cal]) {
+      await p.page.goto(yoga);
+      await p.page.getByText("You are going.").waitFor();
+    }
+    // The follower heard of the new event.
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      await bea.page.goto(`${BASE}/notifications`);
+      if (await bea.page.getByText(`New from Olive: Sunset yoga ${run}, 2031-07-01 19:00 (Europe/Lisbon)`).count() > 0) break;
+      expect(Date.now() < deadline, "the follower got no notice of the new event within 20 s");
+      await bea.page.waitForTimeout(300);
+    }
   });
 
   await step("an admin finds an account and makes it a moderator", async () => {
@@ -335,7 +634,12 @@ try {
     await page.waitForURL(/notice=canceled/);
     await cal.page.goto(eventUrl);
     await cal.page.getByText("Reason: Breaks the venue's safety rules").waitFor();
+    await cal.page.getByText("This event is canceled: there is nothing to join.").waitFor();
+    expect(await cal.page.getByRole("button", { name: /^(Join|Leave)/ }).count() === 0, "nothing to join or leave");
     await check(cal, "event-canceled");
+    const ics = parseCalendar(await (await cal.page.request.get(`${eventUrl}/calendar.ics`)).text(), "canceled .ics");
+    expect(ics.getFirstPropertyValue("method") === "CANCEL", "a canceled event's file is METHOD:CANCEL");
+    expect(ics.getFirstSubcomponent("vevent").getFirstPropertyValue("status") === "CANCELLED", "STATUS:CANCELLED");
     await olive.page.goto(eventUrl.replace("/events/", "/my/events/"));
     await olive.page.getByText("Reason: Breaks the venue's safety rules").waitFor();
     const deadline = Date.now() + 20000;
@@ -345,6 +649,19 @@ try {
       expect(Date.now() < deadline, "no cancellation notification within 20 s");
       await cal.page.waitForTimeout(300);
     }
+  });
+
+  await step("the calendar feed shows the cancellation, then is turned off", async () => {
+    const feed = await fetchCalendar(feedUrl, "feed after the cancellation");
+    const vevent = feed.getFirstSubcomponent("vevent");
+    expect(vevent && vevent.getFirstPropertyValue("status") === "CANCELLED", "the feed marks the event CANCELLED");
+    expect(vevent.getFirstPropertyValue("sequence") > 1, "SEQUENCE grew with the changes");
+    const page = cal.page;
+    await page.goto(`${BASE}/account/calendar`);
+    await page.getByRole("button", { name: "Turn the feed off" }).click();
+    await page.waitForURL(/notice=feed_revoked/);
+    const gone = await fetch(feedUrl);
+    expect(gone.status === 404, `a revoked feed answers ${gone.status}`);
   });
 
   await step("a person changes their password and mail settings", async () => {
