@@ -40,6 +40,8 @@
 #
 # Settings (env): CITYEVENTS_BIN, STATE (default data/distributed), CITYEVENTS_DB_PREFIX
 # (cityevents), PGHOST/PGPORT/PGUSER (127.0.0.1/5432/postgres), CITYEVENTS_REDIS_URL,
+# CITYEVENTS_EVENTS_STORAGE_URL (cover pictures; default file:$STATE/objects),
+# CITYEVENTS_AUTH_STORAGE_URL (avatars; default file:$STATE/auth-objects),
 # CITYEVENTS_BUS_BACKEND (nats|rabbitmq|kafka), CITYEVENTS_BUS_URL (kafka: default
 # kafka://127.0.0.1:9092; the services then get bus.kafka.allow_plaintext, one replica and
 # CITYEVENTS_KAFKA_PARTITIONS (4) partitions per topic), CITYEVENTS_BUS_NAMESPACE,
@@ -165,6 +167,9 @@ export CITYEVENTS_SMTP_PORT=${CITYEVENTS_SMTP_PORT:-25}
 export CITYEVENTS_SMTP_SECURITY=${CITYEVENTS_SMTP_SECURITY:-none}
 export CITYEVENTS_PUBLIC_URL=${CITYEVENTS_PUBLIC_URL:-http://127.0.0.1:${CITYEVENTS_GATEWAY_PORT:-${PORT[gateway]}}}
 export CITYEVENTS_REDIS_URL=${CITYEVENTS_REDIS_URL:-redis://127.0.0.1:6379/0}
+# Pictures in directories every instance of this machine shares (replicas too).
+export CITYEVENTS_EVENTS_STORAGE_URL=${CITYEVENTS_EVENTS_STORAGE_URL:-file:$STATE/objects}
+export CITYEVENTS_AUTH_STORAGE_URL=${CITYEVENTS_AUTH_STORAGE_URL:-file:$STATE/auth-objects}
 export CITYEVENTS_BUS_BACKEND=${CITYEVENTS_BUS_BACKEND:-nats}
 case "$CITYEVENTS_BUS_BACKEND" in
 rabbitmq)
