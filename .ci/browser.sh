@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs headless Chromium (Debian's `chromium`) for the browser tests (the admin page, the
 # API reference, the web front end), and the web journeys' npm packages (playwright-core,
-# axe-core, pinned by services/cityevents/tests/web/package-lock.json) with the machine's
+# axe-core, ical.js, pinned by services/cityevents/tests/web/package-lock.json) with the machine's
 # Node.js. The tests fail under CI=true when any is missing.
 # Idempotent: installs only what is missing. Runs as root, like services.sh.
 set -euo pipefail

@@ -251,6 +251,18 @@ env_file=$work/env
   echo "CITYEVENTS_BUS_BACKEND=nats"
   echo "CITYEVENTS_BUS_URL=$NATS_URL"
   echo "CITYEVENTS_BUS_NAMESPACE=keelimages$RUN"
+  # Pictures: the S3-protocol server .ci/s3.sh started (the root file system is read-only). It
+  # takes any credentials; production refuses well-known ones, so each run makes its own.
+  s3_key=$(openssl rand -hex 12) s3_secret=$(openssl rand -hex 24)
+  curl -fsS -X PUT "http://127.0.0.1:${KEEL_S3_PORT:-9000}/keel-images-$RUN" >/dev/null ||
+    fail "could not make the bucket keel-images-$RUN on the S3-protocol server (.ci/s3.sh)"
+  for u in EVENTS AUTH; do
+    echo "CITYEVENTS_${u}_STORAGE_URL=s3://keel-images-$RUN/$u"
+    echo "CITYEVENTS_${u}__STORAGE__S3__ENDPOINT=http://127.0.0.1:${KEEL_S3_PORT:-9000}"
+    echo "CITYEVENTS_${u}__STORAGE__S3__ALLOW_HTTP=true"
+    echo "CITYEVENTS_${u}__STORAGE__S3__ACCESS_KEY_ID=$s3_key"
+    echo "CITYEVENTS_${u}__STORAGE__S3__SECRET_ACCESS_KEY=$s3_secret"
+  done
   for i in "${!SERVICES[@]}"; do
     s=${SERVICES[$i]}
     u=$(upper "$s")
