@@ -406,6 +406,7 @@ impl Jwt {
             email: None,
             email_verified: None,
             sv: None,
+            sid: None,
         }
     }
 
@@ -499,6 +500,10 @@ pub struct Claims {
     /// The subject's session version when the token was issued (see [`crate::sessions`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sv: Option<u64>,
+    /// The session the token was issued for (OpenID Connect's `sid`): lets a service tell the
+    /// caller's own session in a list of them.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub sid: Option<String>,
 }
 
 impl Claims {
@@ -523,6 +528,12 @@ impl Claims {
     /// Sets the session version `sv`.
     pub fn session_version(mut self, version: u64) -> Self {
         self.sv = Some(version);
+        self
+    }
+
+    /// Sets the session id `sid`.
+    pub fn session_id(mut self, id: impl Into<String>) -> Self {
+        self.sid = Some(id.into());
         self
     }
 }

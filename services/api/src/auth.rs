@@ -54,6 +54,15 @@ pub struct LoginRequest {
     #[serde(default)]
     #[schema(schema_with = device_token)]
     pub device_token: Option<String>,
+    /// The device's IANA time zone (`Europe/Lisbon`), when the client knows it: the session
+    /// list names its city as where the sign-in came from. An unknown zone is ignored.
+    #[serde(default)]
+    #[schema(schema_with = time_zone_hint)]
+    pub time_zone: Option<String>,
+}
+
+fn time_zone_hint() -> ObjectBuilder {
+    bounded(64).description(Some("An IANA time zone name, e.g. Europe/Lisbon."))
 }
 
 fn device_token() -> ObjectBuilder {
@@ -232,6 +241,17 @@ pub struct Session {
     /// When its refresh token was last rotated.
     #[serde(with = "time::serde::rfc3339")]
     pub last_used_at: OffsetDateTime,
+    /// The browser or app and its system at sign-in, from its `User-Agent`
+    /// (`Firefox on Linux`; `Unknown device` when it did not say).
+    #[serde(default)]
+    pub device: String,
+    /// Roughly where the sign-in came from, worked out at sign-in without asking anyone: the
+    /// city of the device's time zone when it gave one, and the network (`203.0.113.0/24`).
+    #[serde(default)]
+    pub place: String,
+    /// Whether this is the caller's own session (the one its access token came with).
+    #[serde(default)]
+    pub current: bool,
 }
 
 /// The caller's live sessions.

@@ -65,6 +65,7 @@ mod routes;
 mod sessions;
 mod store;
 mod tokens;
+mod whence;
 
 use std::sync::Arc;
 use std::time::Duration;

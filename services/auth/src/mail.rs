@@ -125,6 +125,12 @@ impl AccountMail {
         store::token_owner(&self.db, tx, &token_hash).await
     }
 
+    /// The account `token` was mailed to for `purpose`, while it can still be spent (nothing
+    /// changes).
+    pub(crate) async fn owner(&self, token: &str, purpose: Purpose) -> Result<Option<String>, DataError> {
+        store::live_owner(&self.db, &hash(token), purpose.label(), to_micros(now())).await
+    }
+
     /// Enqueues `account.contact` for the account, with its next version, and records that it
     /// was sent.
     pub(crate) async fn contact(

@@ -37,6 +37,7 @@ use crate::lockout::{Gate, Lockout, Source};
 use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
+use crate::whence::Whence;
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
 use cityevents_api::params::UsersParams;
 use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountBanned, AccountUnbanned, Mail};
@@ -82,6 +83,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/verify-email/request", post(request_verification))
         .route("/api/v1/auth/password-reset/request", post(request_password_reset))
         .route("/api/v1/auth/password-reset", post(reset_password))
+        .route("/api/v1/auth/password-reset/check", post(check_reset_token))
         .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/auth/logout-all", post(logout_all))
         .route("/api/v1/auth/sessions", get(sessions))
@@ -100,6 +102,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/profiles/{id}/avatar/{hash}/{file}", get(crate::profiles::avatar))
         .route("/api/v1/admin/users/{id}/role", put(set_role))
         .route("/api/v1/admin/users/{id}/ban", post(ban_user).delete(unban_user))
+        .route("/api/v1/admin/users/{id}/logout-all", post(end_user_sessions))
         // Every answer is about an account: its address, its tokens, its failures.
         .route_layer(cityevents_common::private::no_store())
         .layer(jwt.extension())
@@ -167,11 +170,25 @@ fn token_response(pair: impl serde::Serialize) -> Response {
     resp
 }
 
-/// An access token for `user_id`, carrying its current session version `sv`.
-fn access_token(s: &AppState, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<String, Problem> {
+/// An access token for `user_id`, carrying its current session version `sv` and its session
+/// (refresh-token family) `sid`.
+fn access_token(
+    s: &AppState,
+    user_id: &str,
+    role: &str,
+    verified: bool,
+    sv: u64,
+    sid: &str,
+) -> Result<String, Problem> {
     s.jwt
-        .issue(&s.jwt.claims(user_id).role(role).email_verified(verified).session_version(sv))
+        .issue(&s.jwt.claims(user_id).role(role).email_verified(verified).session_version(sv).session_id(sid))
         .map_err(|e| Problem::internal_error("issuing an access token", e))
+}
+
+/// Where a sign-in came from: its `User-Agent`, address and the time zone its body named.
+fn whence(headers: &http::HeaderMap, ip: &str, time_zone: Option<&str>) -> Whence {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    Whence::of(agent, ip, time_zone)
 }
 
 /// Registers an account. The answer is the same, 202 and the normalized address, whether the
@@ -415,6 +432,22 @@ async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result
 /// Spends a reset token and sets the new password: every session ends, the account's sign-in
 /// delays are lifted, the address counts as verified (the mail reached its owner), and the
 /// owner is told by mail.
+/// `POST /api/v1/auth/password-reset/check` `{token}`: 204 while the reset link can still be
+/// used (unspent, unexpired, its account not banned), else 400 `invalid_token`; nothing is
+/// spent. The page of a link asks before it shows the new-password form. A POST, so the token
+/// stays out of URLs and their logs.
+async fn check_reset_token(State(s): State<AppState>, Json(b): Json<TokenBody>) -> Result<StatusCode, Problem> {
+    let token = token_input(&b.token)?;
+    let Some(user_id) = s.mail.owner(token, Purpose::Reset).await? else {
+        return Err(invalid_token());
+    };
+    let id = Uuid::parse_str(&user_id).map_err(|_| invalid_token())?;
+    match s.accounts.by_id(id).await? {
+        Some(row) if !row.banned() => Ok(StatusCode::NO_CONTENT),
+        _ => Err(invalid_token()),
+    }
+}
+
 async fn reset_password(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
@@ -463,6 +496,7 @@ async fn change_password(
     State(s): State<AppState>,
     Auth(claims): Auth<Claims>,
     ClientAddr(ip): ClientAddr,
+    headers: http::HeaderMap,
     Json(b): Json<ChangeBody>,
 ) -> Result<Response, Problem> {
     if b.current_password.is_empty() {
@@ -506,7 +540,13 @@ async fn change_password(
     s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
     // The caller's new session, under the new version and with the role as it is now (the row
     // is locked: a role change meanwhile has either committed or waits).
-    let refresh_token = s.refresh.issue_in(&mut tx, &row.id).await?;
+    // The new session is the caller's, on the same device: where the old one came from.
+    let from = match claims.sid.as_deref() {
+        Some(sid) => s.refresh.whence(sid).await?,
+        None => None,
+    };
+    let from = from.unwrap_or_else(|| whence(&headers, &ip, None));
+    let (refresh_token, family) = s.refresh.issue_in(&mut tx, &row.id, &from).await?;
     let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     if now.banned() {
         // Banned meanwhile (the row is locked now): nothing is changed, no token is given.
@@ -516,7 +556,7 @@ async fn change_password(
     commit(&s, tx).await?;
     let target = user_target(&row.id);
     s.accounts.audit(&target, "auth.password_change", &target, Outcome::Success, json!({ "ip": ip })).await;
-    pair(&s, refresh_token, &now.id, &now.role, now.email_verified_at.is_some(), sv)
+    pair(&s, refresh_token, &family, &now.id, &now.role, now.email_verified_at.is_some(), sv)
 }
 
 /// Ends every session of the caller (every refresh-token family).
@@ -545,10 +585,13 @@ async fn sessions(State(s): State<AppState>, Auth(claims): Auth<Claims>) -> Resu
         .sessions(&id)
         .await?
         .into_iter()
-        .map(|(family, started, last)| Session {
-            id: family,
-            started_at: cityevents_common::time::from_micros(started),
-            last_used_at: cityevents_common::time::from_micros(last),
+        .map(|f| Session {
+            current: claims.sid.as_deref() == Some(f.family_id.as_str()),
+            started_at: cityevents_common::time::from_micros(f.started),
+            last_used_at: cityevents_common::time::from_micros(f.last),
+            device: if f.device.is_empty() { "Unknown device".to_owned() } else { f.device },
+            place: if f.place.is_empty() { "Unknown place".to_owned() } else { f.place },
+            id: f.family_id,
         })
         .collect();
     Ok(axum::Json(Sessions { items }))
@@ -598,6 +641,7 @@ fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
 async fn login(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
+    headers: http::HeaderMap,
     body: Result<Json<LoginBody>, Problem>,
 ) -> Result<Response, Problem> {
     // A body that does not parse is an invalid attempt too: count it before refusing it.
@@ -674,12 +718,13 @@ async fn login(
             Err(e) => tracing::warn!(error = %e, "cannot re-hash the password"),
         }
     }
-    let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some(), row.session_version)?;
     // Its sessions were ended since the row was read (a reset, sign-out everywhere): the
     // password it checked may be the old one, so this sign-in does not count.
-    let Some(refresh_token) = s.refresh.issue(&row.id, row.session_version).await? else {
+    let from = whence(&headers, &ip, b.time_zone.as_deref());
+    let Some((refresh_token, family)) = s.refresh.issue(&row.id, row.session_version, &from).await? else {
         return Err(invalid_credentials());
     };
+    let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some(), row.session_version, &family)?;
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
     let details = json!({ "ip": ip, "known_device": device.is_some() });
@@ -710,14 +755,14 @@ async fn refresh(
 ) -> Result<Response, Problem> {
     let token = refresh_input(&b.refresh_token)?;
     match s.refresh.rotate(token).await? {
-        Rotation::Rotated { token, user_id, role, verified, sv } => {
+        Rotation::Rotated { family, token, user_id, role, verified, sv } => {
             s.metrics.refreshed(RefreshOutcome::Rotated);
-            pair(&s, token, &user_id, &role, verified, sv)
+            pair(&s, token, &family, &user_id, &role, verified, sv)
         }
-        Rotation::Repeated { token, user_id, role, verified, sv } => {
+        Rotation::Repeated { family, token, user_id, role, verified, sv } => {
             s.metrics.refreshed(RefreshOutcome::Repeated);
             tracing::debug!(user_id, "refresh token used again within the grace window: same successor");
-            pair(&s, token, &user_id, &role, verified, sv)
+            pair(&s, token, &family, &user_id, &role, verified, sv)
         }
         Rotation::Reused { user_id, family_id } => {
             s.metrics.refreshed(RefreshOutcome::Reused);
@@ -732,9 +777,17 @@ async fn refresh(
     }
 }
 
-/// A fresh access token beside the refresh token `token`.
-fn pair(s: &AppState, token: String, user_id: &str, role: &str, verified: bool, sv: u64) -> Result<Response, Problem> {
-    let access = access_token(s, user_id, role, verified, sv)?;
+/// A fresh access token beside the refresh token `token` of family `family`.
+fn pair(
+    s: &AppState,
+    token: String,
+    family: &str,
+    user_id: &str,
+    role: &str,
+    verified: bool,
+    sv: u64,
+) -> Result<Response, Problem> {
+    let access = access_token(s, user_id, role, verified, sv, family)?;
     Ok(token_response(TokenPair {
         access_token: access,
         refresh_token: token,
@@ -820,6 +873,27 @@ fn may_ban(who: &Moderating, target: &UserRow) -> Result<(), Problem> {
         );
     }
     Ok(())
+}
+
+/// `POST /api/v1/admin/users/{id}/logout-all` (admin): ends every session of the account, as
+/// its owner's *Log out everywhere* does (refresh tokens and a pending reset link revoked, access
+/// tokens refused everywhere through the session version), without banning it: the owner may
+/// sign in again. For a stolen device or a shared computer. Audited (`auth.sessions_ended`).
+async fn end_user_sessions(
+    State(s): State<AppState>,
+    admin: RequireRole<Admin>,
+    ClientAddr(ip): ClientAddr,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, Problem> {
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    let mut tx = s.accounts.db.begin_write().await?;
+    let (revoked, _) = s.refresh.revoke_user(&mut tx, &row.id).await?;
+    s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
+    commit(&s, tx).await?;
+    let details = json!({ "ip": ip, "revoked_tokens": revoked });
+    let actor = user_target(&admin.claims().sub);
+    s.accounts.audit(&actor, "auth.sessions_ended", &user_target(&row.id), Outcome::Success, details).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Whether `target`'s ban was placed by someone who is an admin now.

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::sessions::Sessions;
 use crate::store::tokens::{self as store, NewToken, Owner};
+use crate::whence::Whence;
 use cityevents_common::time::{now, to_micros};
 use keel::http::Problem;
 
@@ -45,6 +46,8 @@ pub(crate) fn hash(token: &str) -> String {
 pub(crate) enum Rotation {
     /// Spent; here is its successor.
     Rotated {
+        /// Its family (the session's id).
+        family: String,
         /// The new token (in clear, for the client).
         token: String,
         /// Its owner.
@@ -58,6 +61,8 @@ pub(crate) enum Rotation {
     },
     /// Spent within the grace window: here is the successor it was given then.
     Repeated {
+        /// Its family (the session's id).
+        family: String,
         /// The successor (in clear, for the client).
         token: String,
         /// Its owner.
@@ -112,34 +117,43 @@ impl RefreshTokens {
     /// Starts a new family for `user_id` (a sign-in) if its session version is still `sv`
     /// (the one the access token beside it carries); returns the token, or `None` when the
     /// user's sessions were ended meanwhile.
-    pub(crate) async fn issue(&self, user_id: &str, sv: u64) -> Result<Option<String>, Problem> {
+    pub(crate) async fn issue(
+        &self,
+        user_id: &str,
+        sv: u64,
+        whence: &Whence,
+    ) -> Result<Option<(String, String)>, Problem> {
         let db = &self.db;
         let mut tx = db.begin_write().await?;
         if !self.sessions.hold(&mut tx, user_id, sv).await? {
             return Ok(None);
         }
-        let token = self.issue_in(&mut tx, user_id).await?;
+        let issued = self.issue_in(&mut tx, user_id, whence).await?;
         db.commit(tx).await?;
-        Ok(Some(token))
+        Ok(Some(issued))
     }
 
-    /// Starts a new family for `user_id` in `tx`; returns the token.
+    /// Starts a new family for `user_id` in `tx`, recording where it came from; returns the
+    /// token and the family's id.
     pub(crate) async fn issue_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         user_id: &str,
-    ) -> Result<String, DataError> {
+        whence: &Whence,
+    ) -> Result<(String, String), DataError> {
         let token = generate();
         let now = to_micros(now());
+        let family_id = Uuid::now_v7().to_string();
         let new = NewToken {
             token_hash: &hash(&token),
-            family_id: &Uuid::now_v7().to_string(),
+            family_id: &family_id,
             user_id,
             expires_at: self.expiry(now),
             created_at: now,
         };
         store::insert(&self.db, tx, &new).await?;
-        Ok(token)
+        store::insert_whence(&self.db, tx, &family_id, user_id, whence, now).await?;
+        Ok((token, family_id))
     }
 
     /// Spends `token` and issues its successor in the same family, or says why not.
@@ -189,6 +203,7 @@ impl RefreshTokens {
             db.commit(tx).await?;
             let owner = spent.owner;
             return Ok(Rotation::Rotated {
+                family: spent.family_id.clone(),
                 token: next,
                 user_id: spent.user_id,
                 role: owner.role,
@@ -210,7 +225,7 @@ impl RefreshTokens {
             && let Some((token, owner)) = self.live_successor(&sealed, now).await?
         {
             let (role, verified, sv) = (owner.role, owner.email_verified_at.is_some(), version(owner.session_version));
-            return Ok(Rotation::Repeated { token, user_id, role, verified, sv });
+            return Ok(Rotation::Repeated { family: family_id, token, user_id, role, verified, sv });
         }
         self.revoke_family(&family_id, &user_id).await?;
         Ok(Rotation::Reused { user_id, family_id })
@@ -265,10 +280,15 @@ impl RefreshTokens {
 
     /// The live sessions (families with an unspent, unrevoked, unexpired token) of `user_id`,
     /// most recently used first: `(family id, started, last used)` in microseconds.
-    pub(crate) async fn sessions(&self, user_id: &str) -> Result<Vec<(String, i64, i64)>, DataError> {
+    pub(crate) async fn sessions(&self, user_id: &str) -> Result<Vec<store::LiveFamily>, DataError> {
         let mut out = store::live_families(&self.db, user_id, to_micros(now())).await?;
-        out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| b.0.cmp(&a.0)));
+        out.sort_by(|a, b| b.last.cmp(&a.last).then_with(|| b.family_id.cmp(&a.family_id)));
         Ok(out)
+    }
+
+    /// Where family `family_id` was started from, if that was recorded.
+    pub(crate) async fn whence(&self, family_id: &str) -> Result<Option<Whence>, DataError> {
+        store::whence(&self.db, family_id).await
     }
 
     /// Revokes family `family_id` if it is `user_id`'s and live; whether it was.

@@ -259,6 +259,26 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
     assert_eq!(s.delete(&format!("/api/v1/auth/sessions/{mine}"), Some(&other_access)).await.status, 404);
     assert_eq!(s.get("/api/v1/auth/sessions", None).await.status, 401);
 
+    // Each session says its device and roughly where it came from, and which is the caller's.
+    let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    let signed = s.login_agent(email, PASSWORD, firefox, "Europe/Lisbon").await;
+    assert_eq!(signed.status, 200, "{signed:?}");
+    let here = signed.body["access_token"].as_str().unwrap().to_owned();
+    assert!(s.claims(&here).sid.is_some(), "the access token names its session");
+    let items = s.get("/api/v1/auth/sessions", Some(&here)).await.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "{items:?}");
+    let current: Vec<&Value> = items.iter().filter(|i| i["current"] == true).collect();
+    assert_eq!(current.len(), 1, "exactly one is the caller's: {items:?}");
+    assert_eq!(current[0]["id"].as_str(), s.claims(&here).sid.as_deref());
+    assert_eq!(current[0]["device"], "Firefox on Linux");
+    assert_eq!(current[0]["place"], "Near Lisbon · this computer");
+    let other = items.iter().find(|i| i["current"] == false).unwrap();
+    assert_eq!((other["device"].as_str(), other["place"].as_str()), (Some("Unknown device"), Some("This computer")));
+    // A refreshed token still names its session.
+    let again = s.refresh(signed.body["refresh_token"].as_str().unwrap()).await;
+    let refreshed = again.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(s.claims(&refreshed).sid, s.claims(&here).sid);
+
     // A reset request answers 202 whether or not the address has an account; only an account
     // gets a mail.
     let before = s.mail_requests().await.len();
@@ -277,15 +297,28 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
         assert_eq!(s.login_from(3, email, "wrong password, wrong").await.status, 401);
     }
     assert_eq!(s.login_from(3, email, PASSWORD).await.status, 429);
+    // The link is checked before its form is shown, and checking spends nothing.
+    let check = |t: &str| {
+        let body = json!({ "token": t });
+        async move { s.post("/api/v1/auth/password-reset/check", &body).await }
+    };
+    assert_eq!(check(&token).await.status, 204);
+    assert_eq!(check(&token).await.status, 204, "checking again: still usable");
+    let forged = check("not-a-token").await;
+    assert_eq!((forged.status, forged.code()), (400, "invalid_token"), "{forged:?}");
+    assert_eq!(check("").await.field(), "token");
     // A password the policy refuses leaves the token unspent.
     let weak = s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": "short"})).await;
     assert_eq!((weak.status, weak.field()), (400, "password"), "{weak:?}");
+    assert_eq!(check(&token).await.status, 204, "a refused password spends nothing");
     let new_password = "a brand new passphrase 42";
     let ok = s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": new_password})).await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert!(ok.body["device_token"].as_str().is_some_and(|t| t.len() > 64), "the device's proof: {ok:?}");
     let again = s.post("/api/v1/auth/password-reset", &json!({"token": token, "password": new_password})).await;
     assert_eq!((again.status, again.code()), (400, "invalid_token"), "single use: {again:?}");
+    let spent = check(&token).await;
+    assert_eq!((spent.status, spent.code()), (400, "invalid_token"), "a spent link checks as spent: {spent:?}");
     assert_eq!(s.refresh(&first).await.status, 401, "every session ended");
     assert_eq!(s.login(email, PASSWORD).await.status, 401, "the old password is gone");
     assert_eq!(s.login_from(3, email, new_password).await.status, 200, "no longer delayed");
@@ -1153,6 +1186,19 @@ async fn moderators_ban_accounts_and_admins_list_them(s: &Svc) {
     s.put(&role(&mia), Some(&root_access), &json!({"role": "moderator"})).await;
     let alice = s.register("alice@example.com", "Alice Liddell").await;
     let (alice_access, alice_refresh) = s.tokens("alice@example.com").await;
+
+    // An admin ends every session of an account without banning it; nobody else may.
+    let end = |id: &str| format!("/api/v1/admin/users/{id}/logout-all");
+    let r = s.post_bearer(&end(&alice), &moe_access, &json!({})).await;
+    assert_eq!(r.status, 403, "a moderator ends nobody's sessions: {r:?}");
+    assert_eq!(s.post_bearer(&end(&alice), &alice_access, &json!({})).await.status, 403);
+    let r = s.post_bearer(&end(&uuid::Uuid::now_v7().to_string()), &root_access, &json!({})).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(s.post_bearer(&end(&alice), &root_access, &json!({})).await.status, 204);
+    assert_eq!(s.refresh(&alice_refresh).await.status, 401, "her sessions ended");
+    revoked_within_seconds(s, &alice_access).await;
+    let (alice_access, alice_refresh) = s.tokens("alice@example.com").await;
+    assert!(s.audit().await.iter().any(|l| l.contains("|auth.sessions_ended|")), "audited");
 
     // Who may ban whom.
     let r = s.post_bearer(&ban(&alice), &alice_access, &json!({"reason": "x"})).await;

@@ -24,10 +24,12 @@ use crate::routes::{Route, Upstream};
 /// Request headers passed to a service. The request id and `traceparent` are set by Keel's
 /// client from the request context (the caller's values when valid); they are copied here too so
 /// they survive where no tracing pipeline is installed.
-const REQUEST_HEADERS: [HeaderName; 7] = [
+const REQUEST_HEADERS: [HeaderName; 8] = [
     header::AUTHORIZATION,
     header::CONTENT_TYPE,
     header::ACCEPT,
+    // Auth names a session's device by it (the session list).
+    header::USER_AGENT,
     HeaderName::from_static("idempotency-key"),
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("traceparent"),

@@ -89,6 +89,27 @@ pub(crate) async fn spend(
     Ok(spent == 1)
 }
 
+/// The account of an unspent, unexpired token for `purpose` (nothing is changed: a link is
+/// checked before its form is shown).
+pub(crate) async fn live_owner(
+    db: &Db,
+    token_hash: &str,
+    purpose: &str,
+    now: i64,
+) -> Result<Option<String>, DataError> {
+    let mut conn = db.acquire().await?;
+    sqlx::query_scalar(db.statement(
+        "SELECT user_id FROM account_tokens \
+         WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3",
+    ))
+    .bind(token_hash)
+    .bind(purpose)
+    .bind(now)
+    .fetch_optional(db.on(&mut *conn))
+    .await
+    .map_err(DataError::from)
+}
+
 /// The account the token was issued for.
 pub(crate) async fn token_owner(
     db: &Db,

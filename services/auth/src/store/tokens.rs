@@ -171,7 +171,17 @@ pub(crate) async fn family_of(db: &Db, token_hash: &str) -> Result<Option<(Strin
 
 /// The live families (with an unspent, unrevoked token unexpired at `now`) of `user_id`, each
 /// with its first and last token's creation: `(family id, started, last used)`, in no order.
-pub(crate) async fn live_families(db: &Db, user_id: &str, now: i64) -> Result<Vec<(String, i64, i64)>, DataError> {
+/// A live session: its family, when it started and was last used (microseconds), and where
+/// it came from (empty for a family started before that was recorded).
+pub(crate) struct LiveFamily {
+    pub(crate) family_id: String,
+    pub(crate) started: i64,
+    pub(crate) last: i64,
+    pub(crate) device: String,
+    pub(crate) place: String,
+}
+
+pub(crate) async fn live_families(db: &Db, user_id: &str, now: i64) -> Result<Vec<LiveFamily>, DataError> {
     let mut conn = db.acquire().await?;
     let live: Vec<(String,)> = sqlx::query_as(db.statement(
         "SELECT family_id FROM refresh_tokens \
@@ -189,7 +199,13 @@ pub(crate) async fn live_families(db: &Db, user_id: &str, now: i64) -> Result<Ve
         .bind(&family)
         .fetch_one(db.on(&mut *conn))
         .await?;
-        out.push((family, started, last));
+        let whence: Option<(String, String)> =
+            sqlx::query_as(db.statement("SELECT device, place FROM session_whence WHERE family_id = $1"))
+                .bind(&family)
+                .fetch_optional(db.on(&mut *conn))
+                .await?;
+        let (device, place) = whence.unwrap_or_default();
+        out.push(LiveFamily { family_id: family, started, last, device, place });
     }
     Ok(out)
 }
@@ -270,5 +286,45 @@ pub(crate) async fn prune(db: &Db, now: i64, spent_before: i64) -> Result<u64, D
     .bind(spent_before)
     .execute(db.on(&mut *conn))
     .await?;
+    // Where a session came from goes with its last token.
+    sqlx::query(db.statement(
+        "DELETE FROM session_whence WHERE NOT EXISTS \
+         (SELECT 1 FROM refresh_tokens t WHERE t.family_id = session_whence.family_id)",
+    ))
+    .execute(db.on(&mut *conn))
+    .await?;
     Ok(done.rows_affected())
+}
+
+/// Where family `family_id` was started from.
+pub(crate) async fn whence(db: &Db, family_id: &str) -> Result<Option<crate::whence::Whence>, DataError> {
+    let mut conn = db.acquire().await?;
+    let row: Option<(String, String)> =
+        sqlx::query_as(db.statement("SELECT device, place FROM session_whence WHERE family_id = $1"))
+            .bind(family_id)
+            .fetch_optional(db.on(&mut *conn))
+            .await?;
+    Ok(row.map(|(device, place)| crate::whence::Whence { device, place }))
+}
+
+/// Records where family `family_id` of `user_id` was started from.
+pub(crate) async fn insert_whence(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    family_id: &str,
+    user_id: &str,
+    whence: &crate::whence::Whence,
+    now: i64,
+) -> Result<(), DataError> {
+    sqlx::query(db.statement(
+        "INSERT INTO session_whence (family_id, user_id, device, place, created_at) VALUES ($1, $2, $3, $4, $5)",
+    ))
+    .bind(family_id)
+    .bind(user_id)
+    .bind(&whence.device)
+    .bind(&whence.place)
+    .bind(now)
+    .execute(db.on(&mut **tx))
+    .await?;
+    Ok(())
 }

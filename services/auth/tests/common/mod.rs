@@ -233,6 +233,14 @@ impl Svc {
         self.login_as(host, serde_json::json!({"email": email, "password": password, "device_token": device})).await
     }
 
+    /// Signs in with a `User-Agent` and the device's time zone, as a browser through the site.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn login_agent(&self, email: &str, password: &str, agent: &str, zone: &str) -> Reply {
+        let body = serde_json::json!({"email": email, "password": password, "time_zone": zone});
+        let req = self.app.http.post(self.app.url("/api/v1/auth/login")).header("user-agent", agent).json(&body);
+        Self::read(req.send().await.unwrap()).await
+    }
+
     /// Posts `body` to the sign-in route from `127.0.0.<host>`.
     async fn login_as(&self, host: u8, body: Value) -> Reply {
         let client =
