@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::fields;
 
 /// What a notification's `kind` may be.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "join.confirmed",
     "join.waitlisted",
     "join.promoted",
@@ -20,6 +20,7 @@ pub const KINDS: [&str; 10] = [
     "event.changed",
     "event.activity",
     "event.followed",
+    "event.reminder",
 ];
 
 /// An in-app notification.
@@ -81,6 +82,12 @@ pub struct MailPreferences {
     pub removed: bool,
     /// An organizer you follow published an event.
     pub followed_published: bool,
+    /// You joined an event (the mail carries it for your calendar).
+    pub joined: bool,
+    /// An event you joined moved, or changed its venue or join link.
+    pub event_changed: bool,
+    /// An event you hold a seat in starts soon (24 hours and 1 hour before, by default).
+    pub reminders: bool,
 }
 
 /// `PUT /api/v1/me/mail-preferences`: the preferences to change, at least one.
@@ -104,6 +111,18 @@ pub struct MailPreferencesPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub followed_published: Option<bool>,
+    /// You joined an event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub joined: Option<bool>,
+    /// An event you joined moved, or changed its venue or join link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub event_changed: Option<bool>,
+    /// An event you hold a seat in starts soon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reminders: Option<bool>,
 }
 
 fn kind() -> ObjectBuilder {
@@ -111,7 +130,8 @@ fn kind() -> ObjectBuilder {
         "`join.*`: the caller's own participation changed; `event.changed`: an event the caller joined moved or \
          changed venue; `event.canceled`, `event.unpublished`: the caller's event was called off; \
          `event.activity`: who joined and left the caller's event lately (one per event every \
-         `app.digest_interval`).",
+         `app.digest_interval`); `event.followed`: an organizer the caller follows published an event; \
+         `event.reminder`: an event the caller holds a seat in starts soon (`app.reminders.before`).",
     ))
 }
 

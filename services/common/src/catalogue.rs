@@ -405,10 +405,36 @@ pub enum Mail {
         /// (Europe/Lisbon)`).
         when: String,
     },
+    /// The user joined an event and holds a seat (with the event in their calendar).
+    Joined {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+    },
+    /// An event the user holds a seat in or waits for moved, or changed its venue or join link.
+    EventChanged {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+        /// What changed, as the notification says it.
+        change: String,
+    },
+    /// An event the user holds a seat in starts soon.
+    Reminder {
+        /// The event.
+        event_id: Uuid,
+        /// Its title.
+        title: String,
+        /// How soon, as the mail says it (`in 1 hour`).
+        soon: String,
+    },
 }
 
 /// The kinds of mail a user can turn off ([`Mail::preference`]); account-security mail cannot be.
-pub const MAIL_PREFERENCES: [&str; 4] = ["event_canceled", "waitlist_promoted", "removed", "followed_published"];
+pub const MAIL_PREFERENCES: [&str; 7] =
+    ["event_canceled", "waitlist_promoted", "removed", "followed_published", "joined", "event_changed", "reminders"];
 
 impl Mail {
     /// The template's name (`verify_email`, …).
@@ -423,6 +449,27 @@ impl Mail {
             Self::WaitlistPromoted { .. } => "waitlist_promoted",
             Self::Removed { .. } => "removed",
             Self::FollowedPublished { .. } => "followed_published",
+            Self::Joined { .. } => "joined",
+            Self::EventChanged { .. } => "event_changed",
+            Self::Reminder { .. } => "reminder",
+        }
+    }
+
+    /// The event the mail is about, if it is about one.
+    pub fn event_id(&self) -> Option<Uuid> {
+        match self {
+            Self::EventCanceled { event_id, .. }
+            | Self::WaitlistPromoted { event_id, .. }
+            | Self::Removed { event_id, .. }
+            | Self::FollowedPublished { event_id, .. }
+            | Self::Joined { event_id, .. }
+            | Self::EventChanged { event_id, .. }
+            | Self::Reminder { event_id, .. } => Some(*event_id),
+            Self::VerifyEmail { .. }
+            | Self::ResetPassword { .. }
+            | Self::PasswordChanged
+            | Self::AlreadyRegistered
+            | Self::AddressUnavailable => None,
         }
     }
 
@@ -434,6 +481,9 @@ impl Mail {
             Self::WaitlistPromoted { .. } => Some(MAIL_PREFERENCES[1]),
             Self::Removed { .. } => Some(MAIL_PREFERENCES[2]),
             Self::FollowedPublished { .. } => Some(MAIL_PREFERENCES[3]),
+            Self::Joined { .. } => Some(MAIL_PREFERENCES[4]),
+            Self::EventChanged { .. } => Some(MAIL_PREFERENCES[5]),
+            Self::Reminder { .. } => Some(MAIL_PREFERENCES[6]),
             Self::VerifyEmail { .. }
             | Self::ResetPassword { .. }
             | Self::PasswordChanged

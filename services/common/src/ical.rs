@@ -30,6 +30,24 @@ pub enum Method {
     Publish,
     /// `METHOD:CANCEL`: an event to remove (its entries are `STATUS:CANCELLED`).
     Cancel,
+    /// `METHOD:REQUEST`: an invitation by mail, the recipient already going (with
+    /// [`Calendar::between`]: RFC 5546 requires `ORGANIZER` and `ATTENDEE`).
+    Request,
+}
+
+/// The `UID` of event `id`, the same in every file, feed and mail that carries it, so a calendar
+/// keeps one entry per event.
+pub fn uid(id: &impl std::fmt::Display) -> String {
+    format!("{id}@cityevents")
+}
+
+/// Someone in a scheduling message sent by mail (iTIP, RFC 5546): a name and an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Party {
+    /// Shown by calendars (`CN`).
+    pub name: String,
+    /// The address (`mailto:`).
+    pub email: String,
 }
 
 /// `STATUS` of an entry.
@@ -91,12 +109,21 @@ pub struct Calendar {
     name: Option<String>,
     refresh: Option<u32>,
     entries: Vec<Entry>,
+    parties: Option<(Party, Party)>,
 }
 
 impl Calendar {
     /// An empty calendar with `method`.
     pub fn new(method: Method) -> Self {
-        Self { method, name: None, refresh: None, entries: Vec::new() }
+        Self { method, name: None, refresh: None, entries: Vec::new(), parties: None }
+    }
+
+    /// Makes it a scheduling message from `organizer` to `attendee`, who is going
+    /// (`PARTSTAT=ACCEPTED`, no reply asked): each entry names both, as a `REQUEST` or a
+    /// `CANCEL` sent by mail must.
+    pub fn between(mut self, organizer: Party, attendee: Party) -> Self {
+        self.parties = Some((organizer, attendee));
+        self
     }
 
     /// Names it (`NAME` and `X-WR-CALNAME`, which clients show for a subscription).
@@ -127,6 +154,7 @@ impl Calendar {
             Method::None => {}
             Method::Publish => line(&mut out, "METHOD:PUBLISH"),
             Method::Cancel => line(&mut out, "METHOD:CANCEL"),
+            Method::Request => line(&mut out, "METHOD:REQUEST"),
         }
         if let Some(name) = &self.name {
             line(&mut out, &format!("NAME:{}", text(name)));
@@ -147,16 +175,27 @@ impl Calendar {
             timezone(&mut out, zone, *from, *to);
         }
         for e in &self.entries {
-            event(&mut out, e);
+            event(&mut out, e, self.parties.as_ref());
         }
         line(&mut out, "END:VCALENDAR");
         out
     }
 }
 
-fn event(out: &mut String, e: &Entry) {
+fn event(out: &mut String, e: &Entry, parties: Option<&(Party, Party)>) {
     line(out, "BEGIN:VEVENT");
     line(out, &format!("UID:{}", text(&e.uid)));
+    if let Some((organizer, attendee)) = parties {
+        line(out, &format!("ORGANIZER;CN={}:mailto:{}", param(&organizer.name), address(&organizer.email)));
+        line(
+            out,
+            &format!(
+                "ATTENDEE;CN={};ROLE=REQ-PARTICIPANT;PARTSTAT=ACCEPTED;RSVP=FALSE:mailto:{}",
+                param(&attendee.name),
+                address(&attendee.email)
+            ),
+        );
+    }
     line(out, &format!("DTSTAMP:{}", utc(e.updated_at)));
     line(out, &format!("CREATED:{}", utc(e.created_at)));
     line(out, &format!("LAST-MODIFIED:{}", utc(e.updated_at)));
@@ -180,6 +219,18 @@ fn event(out: &mut String, e: &Entry) {
     line(out, &format!("STATUS:{}", e.status.as_str()));
     line(out, "TRANSP:OPAQUE");
     line(out, "END:VEVENT");
+}
+
+/// A parameter value (RFC 5545 §3.2): quoted, without the `"` and control characters a
+/// quoted value cannot hold.
+fn param(value: &str) -> String {
+    let clean: String = value.chars().filter(|c| !c.is_control() && *c != '"').collect();
+    format!("\"{clean}\"")
+}
+
+/// An address as a `mailto:` URI's body: nothing that could end the property or the line.
+fn address(email: &str) -> String {
+    email.chars().filter(|c| !c.is_control() && !matches!(c, '"' | ';' | ',' | ' ')).collect()
 }
 
 /// Whether the zone never leaves UTC (written with `Z`, no `VTIMEZONE`).
@@ -435,6 +486,26 @@ mod tests {
         let text = unfold(&cal.render());
         assert!(text.contains("DTSTART:20301103T063000Z\r\n"), "{text}");
         assert!(text.contains("DTEND;TZID=America/New_York:20301103T030000\r\n"), "{text}");
+    }
+
+    #[test]
+    fn an_invitation_names_its_organizer_and_attendee() {
+        let organizer = Party { name: "City Events \"bot\"".into(), email: "events@city.example".into() };
+        let attendee = Party { name: "Ada; Lovelace".into(), email: "ada@example.com\r\nX-EVIL:1".into() };
+        let mut cal = Calendar::new(Method::Request).between(organizer, attendee);
+        cal.push(entry("Europe/Lisbon", "2030-06-01T18:00:00Z", "2030-06-01T20:00:00Z"));
+        let text = unfold(&cal.render());
+        assert!(text.contains("METHOD:REQUEST\r\n"), "{text}");
+        assert!(text.contains("ORGANIZER;CN=\"City Events bot\":mailto:events@city.example\r\n"), "{text}");
+        assert!(
+            text.contains("ATTENDEE;CN=\"Ada; Lovelace\";ROLE=REQ-PARTICIPANT;PARTSTAT=ACCEPTED;RSVP=FALSE:mailto:ada@example.comX-EVIL:1\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("\r\nX-EVIL"), "no injected line: {text}");
+        let parsed = read_calendar(&text).unwrap();
+        let event = parsed.components.iter().find(|c| c.name == "VEVENT").unwrap();
+        assert!(event.properties.iter().any(|p| p.name == "ORGANIZER"));
+        assert!(event.properties.iter().any(|p| p.name == "ATTENDEE"));
     }
 
     #[test]

@@ -66,6 +66,17 @@ impl Zone {
         Some(ts.display_with_offset(self.tz.to_offset(ts)).to_string())
     }
 
+    /// `micros` on this zone's clock as a person reads it (`Sat 1 Jun 2030, 19:00`).
+    pub fn human(&self, micros: i64) -> Option<String> {
+        let ts = Timestamp::from_microsecond(micros).ok()?;
+        let dt = self.tz.to_offset(ts).to_datetime(ts);
+        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let day = DAYS.get(usize::from(dt.weekday().to_monday_zero_offset().unsigned_abs()))?;
+        let month = MONTHS.get(usize::try_from(dt.month() - 1).ok()?)?;
+        Some(format!("{day} {} {month} {}, {:02}:{:02}", dt.day(), dt.year(), dt.hour(), dt.minute()))
+    }
+
     /// A local date and time without an offset (`2030-03-01T19:00`, seconds and fractions
     /// optional) read in this zone, to microseconds since the epoch. A time that occurs twice
     /// (clocks going back) is the earlier; one skipped (clocks going forward) moves forward by
@@ -91,6 +102,13 @@ mod tests {
     fn micros(rfc3339: &str) -> i64 {
         let ts: Timestamp = rfc3339.parse().unwrap();
         ts.as_microsecond()
+    }
+
+    #[test]
+    fn times_read_as_people_write_them() {
+        let lisbon = Zone::named("Europe/Lisbon").unwrap();
+        // 2030-06-01T18:00Z is 19:00 in Lisbon (summer time), a Saturday.
+        assert_eq!(lisbon.human(1_906_567_200_000_000).as_deref(), Some("Sat 1 Jun 2030, 19:00"));
     }
 
     #[test]

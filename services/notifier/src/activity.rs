@@ -42,6 +42,8 @@ pub(crate) const CHANGED: &str = "event.changed";
 pub(crate) const ACTIVITY: &str = "event.activity";
 /// The notification kind of a new event by an organizer the user follows.
 pub(crate) const FOLLOWED: &str = "event.followed";
+/// The notification kind of a reminder before an event the user holds a seat in.
+pub(crate) const REMINDER: &str = "event.reminder";
 /// Participants told per `event-notices` transaction (written by one statement).
 const NOTICE_BATCH: usize = 200;
 /// How often the `event-notices` worker looks for queued notices.
@@ -240,6 +242,7 @@ pub(crate) async fn track_join(tx: &mut Tx, db: &Db, kind: &str, c: &JoinChange)
         event_id: c.event_id,
         user_id: c.user_id,
         active: c.status != "canceled",
+        seated: c.status == "confirmed",
         at: to_micros(c.at),
     };
     // A change older than the one recorded (a late message) changes nothing.

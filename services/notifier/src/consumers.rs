@@ -68,8 +68,8 @@ async fn notify(
 }
 
 /// Handles `join.*` on the joins topic: one notification for the participant each, and, with
-/// [`JoinsHandler::mail`], a mail request for the changes worth a mail (a canceled event, a
-/// waitlist promotion, a removal), enqueued in the same inbox transaction.
+/// [`JoinsHandler::mail`], a mail request for the changes worth a mail (a seat taken, a canceled
+/// event, a waitlist promotion, a removal), enqueued in the same inbox transaction.
 #[derive(Debug, Clone)]
 pub struct JoinsHandler {
     db: Db,
@@ -98,10 +98,12 @@ impl JoinsHandler {
     }
 }
 
-/// The mail a join change is worth, if any (the user's own joins and leaves are not).
+/// The mail a join change is worth, if any: a seat taken (with the event for the calendar), a
+/// canceled event, a waitlist promotion, a removal; not a place on the waitlist or a leave.
 fn mail_for(kind: &str, c: &JoinChange) -> Option<Mail> {
     let (event_id, title) = (c.event_id, c.event_title.clone());
     match kind {
+        JoinConfirmed::TYPE => Some(Mail::Joined { event_id, title }),
         JoinCanceled::TYPE if matches!(c.reason.as_deref(), Some("event_canceled" | "event_unpublished")) => {
             Some(Mail::EventCanceled { event_id, title, reason: c.note.clone() })
         }
@@ -193,24 +195,43 @@ impl Handler for EventsHandler {
                 .filter(|_| updated)
                 .and_then(|old| crate::activity::change_text(&s.title, &old, &crate::activity::Place::of(&s)));
             if let Some(text) = change {
-                crate::store::activity::queue_notice(tx, db, s.event_id, crate::activity::CHANGED, &text)
-                    .await
-                    .map_err(failed)?;
+                // Mailed too: what changed, and the event as it is now for the calendar.
+                let mail = Mail::EventChanged { event_id: s.event_id, title: s.title.clone(), change: text.clone() };
+                let mail = serde_json::to_string(&mail).map_err(Failure::permanent)?;
+                let audience = (s.event_id, crate::store::activity::PARTICIPANTS);
+                crate::store::activity::queue_notice_for(
+                    tx,
+                    db,
+                    audience,
+                    crate::activity::CHANGED,
+                    &text,
+                    Some(&mail),
+                )
+                .await
+                .map_err(failed)?;
                 tracing::info!(event_id = %s.event_id, "participants to be told of a change of time or place");
             }
             return Ok(());
         }
-        let (kind, organizer, event, title, reason) = match msg.envelope().ty.as_str() {
+        let (kind, organizer, event, title, reason, version) = match msg.envelope().ty.as_str() {
             EventCanceled::TYPE => {
                 let e = msg.decode::<EventCanceled>()?;
-                (EventCanceled::TYPE, e.organizer_id, e.event_id, e.title, e.reason)
+                (EventCanceled::TYPE, e.organizer_id, e.event_id, e.title, e.reason, e.version)
             }
             EventUnpublished::TYPE => {
                 let e = msg.decode::<EventUnpublished>()?;
-                (EventUnpublished::TYPE, e.event.organizer_id, e.event.event_id, e.event.title, e.reason)
+                let version = e.event.version;
+                (EventUnpublished::TYPE, e.event.organizer_id, e.event.event_id, e.event.title, e.reason, version)
             }
             _ => return Ok(()),
         };
+        // No reminders for it any more (see `reminders.rs`).
+        let status = if kind == EventCanceled::TYPE { "canceled" } else { "draft" };
+        let tx = msg.tx().ok_or_else(|| Failure::permanent("the consumer has no inbox"))?;
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        crate::store::activity::set_event_status(tx, &self.db, event, status, version)
+            .await
+            .map_err(|e| Failure::transient(&e))?;
         let text = notification_text(kind, &title, None)
             .ok_or_else(|| Failure::permanent(format!("no notification for {kind}")))?;
         let text = with_note(text, reason.as_deref());

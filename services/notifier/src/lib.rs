@@ -7,7 +7,8 @@
 //!   twice. A payload that cannot be decoded, an unknown type on the joins topic or an unsupported
 //!   schema version fails permanently and lands in `<topic>.dlq`. Changes of an event's time or
 //!   venue reach its participants, and its organizer gets a digest of joins and leaves every
-//!   `app.digest_interval` (`activity.rs`).
+//!   `app.digest_interval` (`activity.rs`). Who holds a seat is reminded before the event
+//!   starts, exactly once per reminder ([`reminders`]).
 //! * **API**: `GET /api/v1/me/notifications` (keyset-paged, newest first, `?unread=true`) and
 //!   `POST /api/v1/me/notifications/{id}/read` (204, idempotent; 404 for someone else's).
 //!
@@ -21,8 +22,8 @@
 //!
 //! Config (`app`): `concurrency` (messages handled at once per consumer, default 8),
 //! `max_attempts` (deliveries of a message failing for a reason of its own before it is
-//! dead-lettered, default 16, Keel's default: more than half an hour of retries) and `mail.*`
-//! ([`mail::MailConfig`]). A database outage spends no attempt: the consumers pause until the
+//! dead-lettered, default 16, Keel's default: more than half an hour of retries), `mail.*`
+//! ([`mail::MailConfig`]) and `reminders.*` ([`reminders::RemindersConfig`]). A database outage spends no attempt: the consumers pause until the
 //! database is back, and the mail consumer pauses likewise while the mail server cannot be
 //! reached. The topics are the catalogue's; `bus.namespace` keeps environments (and test runs)
 //! apart on one broker.
@@ -33,6 +34,7 @@ mod consumers;
 mod follows;
 pub mod mail;
 pub mod metrics;
+pub mod reminders;
 mod store;
 
 use std::time::Duration;
@@ -70,6 +72,8 @@ pub struct NotifierConfig {
     pub digest_interval: Duration,
     /// Mail delivery.
     pub mail: mail::MailConfig,
+    /// Reminders before an event (`reminders.rs`).
+    pub reminders: reminders::RemindersConfig,
 }
 
 impl Default for NotifierConfig {
@@ -80,6 +84,7 @@ impl Default for NotifierConfig {
             max_attempts: consumer.max_attempts,
             digest_interval: Duration::from_secs(600),
             mail: mail::MailConfig::default(),
+            reminders: reminders::RemindersConfig::default(),
         }
     }
 }
@@ -96,6 +101,7 @@ impl Section for NotifierConfig {
             v.invalid("digest_interval", "must be between 1s and 1d");
         }
         self.mail.validate(v);
+        self.reminders.validate(v);
     }
 }
 
@@ -173,7 +179,8 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     let c = contacts.clone();
     s.worker(Worker::periodic("mail-log-prune", PRUNE_EVERY, move |_ctx| prune(c.clone())))?;
     s.worker(activity::digest_worker(db.clone(), cfg.digest_interval, sent.clone()))?;
-    s.worker(activity::notice_worker(db.clone(), outbox, sent))?;
+    s.worker(activity::notice_worker(db.clone(), outbox.clone(), sent.clone()))?;
+    s.worker(reminders::worker(db.clone(), outbox, cfg.reminders.clone(), sent))?;
     let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::NOTIFIER.name, s.jwt()?)?;
     Ok(api::router(db, contacts).layer(jwt.extension()))
 }

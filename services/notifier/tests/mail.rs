@@ -178,12 +178,12 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
 
     // Preferences: all on by default; bad bodies are refused naming the field.
     let user = ann.to_string();
-    let all_on =
-        json!({"event_canceled": true, "waitlist_promoted": true, "removed": true, "followed_published": true});
+    let all_on = json!({"event_canceled": true, "waitlist_promoted": true, "removed": true, "followed_published": true,
+            "joined": true, "event_changed": true, "reminders": true});
     assert_eq!(n.preferences(&user, None).await, (200, all_on));
     let (status, body) = n.preferences(&user, Some(json!({"event_canceled": false}))).await;
-    let one_off =
-        json!({"event_canceled": false, "waitlist_promoted": true, "removed": true, "followed_published": true});
+    let one_off = json!({"event_canceled": false, "waitlist_promoted": true, "removed": true, "followed_published": true,
+            "joined": true, "event_changed": true, "reminders": true});
     assert_eq!((status, &body), (200, &one_off));
     for (bad, field) in [(json!({}), "body"), (json!({"nope": true}), "nope"), (json!({"removed": "yes"}), "removed")] {
         let (status, body) = n.preferences(&user, Some(bad.clone())).await;

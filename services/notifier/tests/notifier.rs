@@ -788,3 +788,165 @@ async fn followers_hear_of_new_events_once_by_app_and_mail(backend: Backend) {
     n.stop().await;
 }
 cityevents_common::on_every_backend!(followers_hear_of_new_events_once_by_app_and_mail);
+
+// ---------------------------------------------------------------------------------------------
+// Reminders
+
+/// Reminders 24 h and 1 h before, to who holds a seat, exactly once with two instances racing
+/// for them and a third started after one stops; none for a waitlisted person, one who left, or
+/// a canceled event; an event moved into the window is reminded of at its new time.
+async fn reminders_go_out_once_with_two_instances_and_a_restart(backend: Backend) {
+    use cityevents_common::catalogue::{ACCOUNTS_TOPIC, AccountContact, EventUpdated};
+    let Some(db) = database(backend).await else { return };
+    let url = format!("memory://notifier-reminders-{}", Uuid::now_v7().simple());
+    // One message at a time: events and joins are applied in the order published.
+    let settings = [("BUS__URL", url.as_str()), ("APP__CONCURRENCY", "1"), ("APP__REMINDERS__CHECK_EVERY", "1s")];
+    let a = Notifier::start_with(db, &Broker::InProcess, &settings).await;
+    let b = a.replica(&Broker::InProcess, &settings).await;
+    let bus = Bus::new(&{
+        let mut cfg = keel::events::BusConfig::default();
+        cfg.url = Some(keel::config::Secret::new(url.clone()));
+        cfg
+    })
+    .unwrap();
+    bus.connect().await.unwrap();
+    let [seated, also, waits, leaves, late, moves, organizer] = std::array::from_fn(|_| Uuid::now_v7());
+    let contact = AccountContact {
+        user_id: seated,
+        email: "sam@example.com".into(),
+        name: "Sam".into(),
+        verified: true,
+        version: None,
+    };
+    bus.publish(ACCOUNTS_TOPIC, &envelope(&contact)).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let snapshot = |title: &str, starts_in: time::Duration| EventSnapshot {
+        event_id: Uuid::now_v7(),
+        organizer_id: organizer,
+        title: title.into(),
+        city: "Lisbon".into(),
+        category: "music".into(),
+        starts_at: now + starts_in,
+        ends_at: now + starts_in + time::Duration::hours(2),
+        capacity: 10,
+        status: "published".into(),
+        venue: "Tasca do Chico".into(),
+        time_zone: "Europe/Lisbon".into(),
+        version: 1,
+        link_tag: String::new(),
+    };
+    let soon = snapshot("Soon", time::Duration::minutes(59));
+    let tomorrow = snapshot("Tomorrow", time::Duration::hours(23) + time::Duration::minutes(30));
+    let called_off = snapshot("Called off", time::Duration::hours(3));
+    let mut moved = snapshot("Moved", time::Duration::hours(3));
+    // Joined two days ago (a reminder goes to who held a seat before its time).
+    let join = |user: Uuid, e: &EventSnapshot, status: &str| JoinChange {
+        status: status.into(),
+        organizer_id: Some(organizer),
+        at: now - time::Duration::days(2),
+        ..change(user, e.event_id, &e.title, None)
+    };
+    // The joins first, the events after: nothing is due before everyone's place is known.
+    for (e, expect) in [
+        (envelope(&JoinConfirmed(join(seated, &soon, "confirmed"))), (seated, 1)),
+        (envelope(&JoinConfirmed(join(seated, &tomorrow, "confirmed"))), (seated, 2)),
+        (envelope(&JoinConfirmed(join(also, &soon, "confirmed"))), (also, 1)),
+        (envelope(&JoinWaitlisted(join(waits, &soon, "waitlisted"))), (waits, 1)),
+        (envelope(&JoinConfirmed(join(leaves, &soon, "confirmed"))), (leaves, 1)),
+        (
+            envelope(&JoinCanceled(JoinChange {
+                at: now - time::Duration::days(1),
+                ..join(leaves, &soon, "canceled")
+            })),
+            (leaves, 2),
+        ),
+        (envelope(&JoinConfirmed(join(moves, &moved, "confirmed"))), (moves, 1)),
+    ] {
+        bus.publish(JOINS_TOPIC, &e).await.unwrap();
+        a.wait_for(&expect.0.to_string(), expect.1).await;
+    }
+    // Called off while three hours away, then (a later version, still canceled) moved close:
+    // its participant joins after, and hears nothing.
+    bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(called_off.clone()))).await.unwrap();
+    let cancel = EventCanceled {
+        event_id: called_off.event_id,
+        organizer_id: organizer,
+        title: called_off.title.clone(),
+        canceled_at: now,
+        version: 2,
+        reason: None,
+    };
+    bus.publish(EVENTS_TOPIC, &envelope(&cancel)).await.unwrap();
+    a.wait_for(&organizer.to_string(), 1).await;
+    let close = EventSnapshot {
+        version: 3,
+        status: "canceled".into(),
+        starts_at: now + time::Duration::minutes(30),
+        ends_at: now + time::Duration::minutes(90),
+        ..called_off.clone()
+    };
+    bus.publish(EVENTS_TOPIC, &envelope(&EventUpdated(close))).await.unwrap();
+    bus.publish(JOINS_TOPIC, &envelope(&JoinConfirmed(join(late, &called_off, "confirmed")))).await.unwrap();
+    a.wait_for(&late.to_string(), 1).await;
+    for e in [&soon, &tomorrow, &moved] {
+        bus.publish(EVENTS_TOPIC, &envelope(&EventPublished(e.clone()))).await.unwrap();
+    }
+    let reminders = |all: Vec<Value>| -> Vec<String> {
+        all.iter()
+            .filter(|i| i["kind"] == "event.reminder")
+            .map(|i| i["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    eventually("Sam's two reminders", Duration::from_secs(20), || async {
+        (reminders(a.all(&seated.to_string()).await).len() >= 2).then_some(())
+    })
+    .await;
+    a.wait_for(&also.to_string(), 2).await;
+    // Three hours away (known only now): the day's reminder, saying how soon it really is.
+    // Moved to 40 minutes from now: told of the move and reminded again, for the new time.
+    eventually("the moved event's first reminder", Duration::from_secs(20), || async {
+        (reminders(a.all(&moves.to_string()).await) == ["Soon: Moved starts in 3 hours"]).then_some(())
+    })
+    .await;
+    moved.version = 2;
+    moved.starts_at = now + time::Duration::minutes(40);
+    moved.ends_at = now + time::Duration::minutes(100);
+    bus.publish(EVENTS_TOPIC, &envelope(&EventUpdated(moved.clone()))).await.unwrap();
+    eventually("the moved event's reminder", Duration::from_secs(20), || async {
+        (reminders(a.all(&moves.to_string()).await).len() == 2).then_some(())
+    })
+    .await;
+
+    // A restart: one instance stops, another starts; both rounds go on for a while.
+    let mail = b.mail_files();
+    b.stop().await;
+    let c = a.replica(&Broker::InProcess, &settings).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut sam = reminders(a.all(&seated.to_string()).await);
+    sam.sort();
+    assert_eq!(sam, ["Soon: Soon starts in 1 hour", "Soon: Tomorrow starts in 1 day"], "exactly once each");
+    assert_eq!(reminders(a.all(&also.to_string()).await), ["Soon: Soon starts in 1 hour"]);
+    let mut moved_told = reminders(a.all(&moves.to_string()).await);
+    moved_told.sort();
+    assert_eq!(moved_told, ["Soon: Moved starts in 3 hours", "Soon: Moved starts in 40 minutes"]);
+    assert!(a.all(&moves.to_string()).await.iter().any(|i| i["kind"] == "event.changed"), "told of the move");
+    for (who, what) in [(waits, "waits for a seat"), (leaves, "left"), (late, "joined a canceled event")] {
+        assert!(reminders(a.all(&who.to_string()).await).is_empty(), "no reminder for one who {what}");
+    }
+    // Sam's mail: one per reminder, with when and where, whichever instance sent it.
+    let sam_mail = eventually("Sam's reminder mail", Duration::from_secs(20), || async {
+        let mut all = mail.clone();
+        all.extend(a.mail_files());
+        all.extend(c.mail_files());
+        let found: Vec<String> =
+            all.into_iter().filter(|m| m.contains("sam@example.com") && m.contains("Subject: Soon:")).collect();
+        (found.len() >= 2).then_some(found)
+    })
+    .await;
+    assert_eq!(sam_mail.len(), 2, "one mail per reminder");
+    let hour = sam_mail.iter().find(|m| m.contains("Subject: Soon: Soon starts in 1 hour")).unwrap();
+    assert!(hour.contains("Tasca do Chico, Lisbon") && hour.contains("(Europe/Lisbon)"), "{hour}");
+    c.stop().await;
+    a.stop().await;
+}
+cityevents_common::on_every_backend!(reminders_go_out_once_with_two_instances_and_a_restart);

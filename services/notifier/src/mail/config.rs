@@ -3,7 +3,7 @@
 //! ```yaml
 //! app:
 //!   mail:
-//!     transport: file            # file (development: data/mail/*.eml, each link logged) or smtp
+//!     transport: file            # file (development: data/mail/*.eml, each link printed) or smtp
 //!     from: "City Events <no-reply@cityevents.invalid>"
 //!     base_url: http://127.0.0.1:8080   # where the links in mails point (the public site)
 //!     dir: data/mail             # the file transport's directory (created 0700)
@@ -129,7 +129,10 @@ impl MailConfig {
     /// Where mail goes, for a person: `files in data/mail` or `SMTP mail.example.com:587`.
     pub fn destination(&self) -> String {
         match self.transport {
-            Transport::File => format!("files in {} (one .eml per message; each link is logged)", self.dir.display()),
+            Transport::File => format!(
+                "files in {} (one .eml per message; each link logged, and printed whole on the console)",
+                self.dir.display()
+            ),
             Transport::Smtp => format!("SMTP {}:{}", self.smtp.host, self.smtp.port()),
         }
     }

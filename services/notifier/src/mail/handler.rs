@@ -196,7 +196,14 @@ impl Handler for MailHandler {
                 return Err(Failure::permanent(format!("{template}: the address is not a mailbox")));
             }
         };
-        let rendered = render(&self.mailer, to, &name, &req.mail, &id).map_err(Failure::permanent)?;
+        // The event as the notifier knows it now (what, when, where, and its calendar file).
+        let event = match req.mail.event_id() {
+            Some(event_id) => crate::store::activity::event_facts(self.contacts.db(), event_id)
+                .await
+                .map_err(|e| Failure::transient(&e))?,
+            None => None,
+        };
+        let rendered = render(&self.mailer, to, &name, &req.mail, &id, event.as_ref()).map_err(Failure::permanent)?;
         // Recorded as being sent before the SMTP transaction: another instance handed the same
         // request (a redelivery after this one's ack was lost) sends it only once the lease ends.
         match self.contacts.claim_send(&id, template, self.mailer.send_bound()).await? {

@@ -194,6 +194,15 @@ impl Mailer {
                 if let Ok(id) = &r {
                     let path = dir.join(format!("{id}.eml"));
                     tracing::info!(path = %path.display(), link, "mail written (file transport): open the link to go on");
+                    // The log masks the link's token, and the .eml's quoted-printable body breaks
+                    // it across lines: the console gets it whole. Development only: production
+                    // refuses the file transport.
+                    if !link.is_empty() {
+                        #[allow(clippy::print_stderr)]
+                        {
+                            eprintln!("mail to {}: open {link}", mask_recipient(message));
+                        }
+                    }
                 }
                 ("file", r.map(|_| ()))
             }
@@ -201,6 +210,12 @@ impl Mailer {
         self.inner.metrics.seconds.with_label_values(&[transport]).observe(started.elapsed().as_secs_f64());
         result
     }
+}
+
+/// The first recipient as the log shows addresses (`j***@example.com`).
+fn mask_recipient(message: &Message) -> String {
+    let to = message.envelope().to().first().map(ToString::to_string).unwrap_or_default();
+    keel::telemetry::mask::email(&to)
 }
 
 /// Sorts an SMTP failure by what retrying can do.
@@ -286,7 +301,7 @@ impl MailMetrics {
 }
 
 /// Every template (the `template` label).
-pub(crate) const TEMPLATES: [&str; 9] = [
+pub(crate) const TEMPLATES: [&str; 12] = [
     "verify_email",
     "reset_password",
     "password_changed",
@@ -296,4 +311,7 @@ pub(crate) const TEMPLATES: [&str; 9] = [
     "waitlist_promoted",
     "removed",
     "followed_published",
+    "joined",
+    "event_changed",
+    "reminder",
 ];

@@ -3,12 +3,16 @@
 
 use askama::Template;
 use cityevents_common::catalogue::Mail;
+use cityevents_common::ical::{self, Calendar, Entry, Method, Party};
+use cityevents_common::zone::Zone;
 use lettre::Message;
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::Mailer;
+use crate::store::activity::EventFacts;
 
 /// What the templates fill in.
 struct View {
@@ -27,6 +31,12 @@ struct View {
     when: String,
     /// Empty for account-security mail, which cannot be turned off.
     settings_link: String,
+    /// What changed (an `event_changed` mail).
+    change: String,
+    /// What, when and where, for a mail about an event the notifier knows.
+    facts: Vec<(&'static str, String)>,
+    /// What the attached calendar file does (empty: none attached).
+    calendar: String,
 }
 
 #[derive(Template)]
@@ -67,20 +77,119 @@ fn reason(r: &str) -> String {
 
 /// Renders `mail` for `to`, greeting `name`, as the message of request `id`: its `Message-ID`
 /// is made from `id`, so a mail sent again (its sender died before recording it) carries the
-/// same one and mail clients show it once.
-pub(crate) fn render(mailer: &Mailer, to: Mailbox, name: &str, mail: &Mail, id: &str) -> Result<Rendered, String> {
-    let v = view(mailer.base_url(), name, mail);
+/// same one and mail clients show it once. A mail about an event the notifier knows (`event`)
+/// says what, when (on the venue's clock) and where, and one that puts the recipient in the
+/// event or takes them out carries it as `event.ics` (`REQUEST` or `CANCEL`, see [`invitation`]).
+pub(crate) fn render(
+    mailer: &Mailer,
+    to: Mailbox,
+    name: &str,
+    mail: &Mail,
+    id: &str,
+    event: Option<&EventFacts>,
+) -> Result<Rendered, String> {
+    let mut v = view(mailer.base_url(), name, mail);
+    let ics = event.and_then(|e| {
+        v.facts = facts(e);
+        invitation(mailer, &to, name, mail, e)
+    });
+    if let Some((method, _)) = &ics {
+        v.calendar = match method {
+            Method::Cancel => "The attached event.ics takes it out of your calendar.",
+            _ => "The attached event.ics puts it in your calendar.",
+        }
+        .to_owned();
+    }
     let text = Text { v: &v }.render().map_err(|e| format!("text template: {e}"))?;
     let html = Html { v: &v }.render().map_err(|e| format!("HTML template: {e}"))?;
     let local: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')).collect();
-    let message = Message::builder()
+    let builder = Message::builder()
         .message_id(Some(format!("<{local}@{}>", mailer.from().email.domain())))
         .from(mailer.from().clone())
         .to(to)
-        .subject(v.subject.clone())
-        .multipart(MultiPart::alternative_plain_html(text, html))
-        .map_err(|e| format!("cannot build the message: {e}"))?;
+        .subject(v.subject.clone());
+    let body = MultiPart::alternative_plain_html(text, html);
+    let message = match ics {
+        Some((method, file)) => {
+            let method = if method == Method::Cancel { "CANCEL" } else { "REQUEST" };
+            let kind = ContentType::parse(&format!("text/calendar; charset=utf-8; method={method}"))
+                .map_err(|e| format!("calendar content type: {e}"))?;
+            let attachment = Attachment::new("event.ics".to_owned()).body(file, kind);
+            builder.multipart(MultiPart::mixed().multipart(body).singlepart(attachment))
+        }
+        None => builder.multipart(body),
+    }
+    .map_err(|e| format!("cannot build the message: {e}"))?;
     Ok(Rendered { message, link: v.link })
+}
+
+/// What, when and where, as a mail lists them.
+fn facts(e: &EventFacts) -> Vec<(&'static str, String)> {
+    let zone = Zone::named(&e.place.time_zone).unwrap_or_else(Zone::utc);
+    let (start, end) = (e.place.starts_at, e.place.ends_at);
+    let day = |micros: i64| zone.human(micros).and_then(|t| t.split_once(", ").map(|(d, _)| d.to_owned()));
+    let when = match (zone.human(start), zone.human(end)) {
+        (Some(from), Some(to)) if day(start) == day(end) => {
+            format!("{from} to {} ({})", to.rsplit_once(", ").map_or(to.as_str(), |(_, t)| t), zone.name())
+        }
+        (Some(from), Some(to)) => format!("{from} to {to} ({})", zone.name()),
+        _ => String::new(),
+    };
+    let venue = e.place.venue.trim();
+    let city = e.city.trim();
+    let place = match (e.place.link_tag.is_empty(), venue.is_empty(), city.is_empty()) {
+        (false, _, _) => "Online: the join link is on the event's page".to_owned(),
+        (true, false, false) => format!("{venue}, {city}"),
+        (true, false, true) => venue.to_owned(),
+        (true, true, false) => city.to_owned(),
+        (true, true, true) => "See the event's page".to_owned(),
+    };
+    vec![("What", title(&e.title)), ("When", when), ("Where", place)]
+}
+
+/// The calendar file `mail` carries, and its method: `REQUEST` (the recipient is going: joined,
+/// promoted, or the event changed) or `CANCEL` (canceled, or removed), with the platform as
+/// the organizer and the recipient as the attendee, as iTIP (RFC 5546) requires of a message
+/// sent by mail. `None` for other mail.
+fn invitation(mailer: &Mailer, to: &Mailbox, name: &str, mail: &Mail, e: &EventFacts) -> Option<(Method, String)> {
+    let (event_id, method) = match mail {
+        Mail::Joined { event_id, .. }
+        | Mail::WaitlistPromoted { event_id, .. }
+        | Mail::EventChanged { event_id, .. } => (event_id, Method::Request),
+        Mail::EventCanceled { event_id, .. } | Mail::Removed { event_id, .. } => (event_id, Method::Cancel),
+        _ => return None,
+    };
+    let now = cityevents_common::time::to_micros(cityevents_common::time::now());
+    let venue = e.place.venue.trim();
+    let location = match (venue.is_empty(), e.city.trim().is_empty()) {
+        (_, true) => venue.to_owned(),
+        (true, false) => e.city.trim().to_owned(),
+        (false, false) => format!("{venue}, {}", e.city.trim()),
+    };
+    let status = if method == Method::Cancel { ical::Status::Cancelled } else { ical::Status::Confirmed };
+    let entry = Entry {
+        uid: ical::uid(event_id),
+        // A removal is a cancel of this attendee's copy: after anything the event itself sent.
+        sequence: u64::try_from(e.version).unwrap_or(0),
+        summary: title(&e.title),
+        description: String::new(),
+        location,
+        url: Some(format!("{}/events/{event_id}", mailer.base_url())),
+        starts_at: e.place.starts_at,
+        ends_at: e.place.ends_at,
+        zone: Zone::named(&e.place.time_zone).unwrap_or_else(Zone::utc),
+        status,
+        created_at: now,
+        updated_at: now,
+        category: String::new(),
+    };
+    let from = mailer.from();
+    let organizer =
+        Party { name: from.name.clone().unwrap_or_else(|| "City Events".to_owned()), email: from.email.to_string() };
+    let attendee = Party { name: name.to_owned(), email: to.email.to_string() };
+    let mut cal = Calendar::new(method).between(organizer, attendee);
+    cal.push(entry);
+    Some((method, cal.render()))
 }
 
 /// What the templates say for `mail` to `name`, with links under `base`.
@@ -97,6 +206,9 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         organizer: String::new(),
         when: String::new(),
         settings_link: String::new(),
+        change: String::new(),
+        facts: Vec::new(),
+        calendar: String::new(),
     };
     if v.name.is_empty() {
         v.name = "there".into();
@@ -152,6 +264,23 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
             };
             v.link = format!("{base}/events/{event_id}");
         }
+        Mail::Joined { event_id, title: t } => {
+            v.title = title(t);
+            v.subject = format!("You're going: {}", v.title);
+            v.link = format!("{base}/events/{event_id}");
+        }
+        Mail::Reminder { event_id, title: t, soon } => {
+            v.title = title(t);
+            v.when = self::title(soon);
+            v.subject = format!("Soon: {} starts {}", v.title, v.when);
+            v.link = format!("{base}/events/{event_id}");
+        }
+        Mail::EventChanged { event_id, title: t, change } => {
+            v.title = title(t);
+            v.change = self::reason(change);
+            v.subject = format!("Changed: {}", v.title);
+            v.link = format!("{base}/events/{event_id}");
+        }
     }
     if mail.preference().is_some() {
         v.settings_link = format!("{base}/settings/notifications");
@@ -184,6 +313,13 @@ mod tests {
                 organizer: Some("Olive <i>".into()),
                 when: "2031-06-20 21:00 (Europe/Lisbon)".into(),
             },
+            Mail::Joined { event_id: event, title: "Jazz <b>".into() },
+            Mail::EventChanged {
+                event_id: event,
+                title: "Jazz <b>".into(),
+                change: "Jazz <b> changed: at Clube <de> Fado".into(),
+            },
+            Mail::Reminder { event_id: event, title: "Jazz <b>".into(), soon: "in 1 hour".into() },
         ];
         assert_eq!(mails.len(), super::super::TEMPLATES.len(), "one case per template");
         for mail in &mails {
@@ -211,5 +347,86 @@ mod tests {
                 assert!(html.contains("Storm &#60;warning&#62;"), "{html}");
             }
         }
+    }
+
+    fn facts(link_tag: &str) -> EventFacts {
+        // 2030-06-01 18:00 to 20:00 UTC: 19:00 to 21:00 in Lisbon (summer time), a Saturday.
+        EventFacts {
+            title: "Fado <night>".into(),
+            place: crate::activity::Place {
+                starts_at: 1_906_567_200_000_000,
+                ends_at: 1_906_574_400_000_000,
+                venue: "Tasca do Chico".into(),
+                time_zone: "Europe/Lisbon".into(),
+                link_tag: link_tag.into(),
+            },
+            city: "Lisbon".into(),
+            version: 4,
+        }
+    }
+
+    fn mailer() -> Mailer {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = super::super::MailConfig {
+            base_url: "https://city.example".into(),
+            dir: dir.path().join("mail"),
+            ..Default::default()
+        };
+        Mailer::new(&cfg, &keel::telemetry::Metrics::new(), false).unwrap()
+    }
+
+    /// The raw message as sent, quoted-printable and base64 undone where it matters.
+    fn raw(r: &Rendered) -> String {
+        String::from_utf8(r.message.formatted()).unwrap()
+    }
+
+    #[test]
+    fn event_mail_says_what_when_and_where_and_carries_the_event() {
+        let mailer = mailer();
+        let event = Uuid::nil();
+        let to: Mailbox = "Ada <ada@example.com>".parse().unwrap();
+        let joined = Mail::Joined { event_id: event, title: "Fado <night>".into() };
+        let r = render(&mailer, to.clone(), "Ada", &joined, "m-1", Some(&facts(""))).unwrap();
+        let m = raw(&r);
+        assert!(m.contains("Content-Type: multipart/mixed"), "{m}");
+        assert!(m.contains("text/calendar; charset=utf-8; method=REQUEST"), "{m}");
+        assert!(m.contains("filename=\"event.ics\""), "{m}");
+        let v = {
+            let mut v = view("https://city.example", "Ada", &joined);
+            v.facts = super::facts(&facts(""));
+            v
+        };
+        assert_eq!(
+            v.facts,
+            [
+                ("What", "Fado <night>".to_owned()),
+                ("When", "Sat 1 Jun 2030, 19:00 to 21:00 (Europe/Lisbon)".to_owned()),
+                ("Where", "Tasca do Chico, Lisbon".to_owned()),
+            ]
+        );
+        let (method, ics) = invitation(&mailer, &to, "Ada", &joined, &facts("")).unwrap();
+        assert_eq!(method, Method::Request);
+        for line in [
+            "METHOD:REQUEST",
+            "UID:00000000-0000-0000-0000-000000000000@cityevents",
+            "SEQUENCE:4",
+            "DTSTART;TZID=Europe/Lisbon:20300601T190000",
+            "LOCATION:Tasca do Chico\\, Lisbon",
+            "ORGANIZER;CN=\"City Events\":mailto:no-reply@cityevents.invalid",
+            "STATUS:CONFIRMED",
+        ] {
+            assert!(ics.contains(line), "{line} not in {ics}");
+        }
+        assert!(ics.contains("ATTENDEE;CN=\"Ada\""), "{ics}");
+        // A cancellation takes it out again; an online event says so instead of a venue.
+        let canceled = Mail::EventCanceled { event_id: event, title: "Fado".into(), reason: None };
+        let (method, ics) = invitation(&mailer, &to, "Ada", &canceled, &facts("abc")).unwrap();
+        assert_eq!(method, Method::Cancel);
+        assert!(ics.contains("METHOD:CANCEL") && ics.contains("STATUS:CANCELLED"), "{ics}");
+        assert_eq!(super::facts(&facts("abc"))[2].1, "Online: the join link is on the event's page");
+        // Mail about no event, or an event not known yet: no calendar file.
+        assert!(invitation(&mailer, &to, "Ada", &Mail::PasswordChanged, &facts("")).is_none());
+        let unknown = render(&mailer, to, "Ada", &joined, "m-2", None).unwrap();
+        assert!(!raw(&unknown).contains("text/calendar"));
     }
 }

@@ -37,11 +37,156 @@ pub(crate) async fn recorded_event(tx: &mut Tx, db: &Db, event_id: Uuid) -> Resu
     Ok(Some(RecordedEvent { place, version: row.try_get(4)? }))
 }
 
+/// The status `event_info` keeps: `published`, `canceled` or `draft` (anything else reads as
+/// a draft: no reminders for it).
+fn status_of(status: &str) -> &'static str {
+    match status {
+        "published" => "published",
+        "canceled" => "canceled",
+        _ => "draft",
+    }
+}
+
+/// Records that `event_id` was canceled or went back to draft (`status`) at `version`, unless a
+/// newer version is recorded; an event not recorded yet is left for its snapshot.
+pub(crate) async fn set_event_status(
+    tx: &mut Tx,
+    db: &Db,
+    event_id: Uuid,
+    status: &str,
+    version: i64,
+) -> Result<(), DataError> {
+    sqlx::query(db.statement("UPDATE event_info SET status = $1, version = $2 WHERE event_id = $3 AND version <= $4"))
+        .bind(status_of(status))
+        .bind(version)
+        .bind(event_id.to_string())
+        .bind(version)
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(())
+}
+
+/// A reminder due: who, for which event and start.
+#[derive(Debug, Clone)]
+pub(crate) struct DueReminder {
+    pub(crate) event_id: String,
+    pub(crate) user_id: String,
+    pub(crate) title: String,
+    pub(crate) starts_at: i64,
+}
+
+/// Up to `limit` reminders `lead` before their event that are due at `now` and not sent: people
+/// holding a seat (since before the reminder's time: who joined later was just told) in a
+/// published event starting after `now + after` and at most `now + lead` (a later, shorter
+/// reminder covers what a longer one missed).
+pub(crate) async fn due_reminders(
+    db: &Db,
+    now: i64,
+    (lead, after): (i64, i64),
+    limit: i64,
+) -> Result<Vec<DueReminder>, DataError> {
+    let mut conn = db.acquire().await?;
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(db.statement(
+        "SELECT p.event_id, p.user_id, e.title, e.starts_at FROM event_participants p \
+         JOIN event_info e ON e.event_id = p.event_id \
+         WHERE e.status = 'published' AND e.starts_at > $1 AND e.starts_at <= $2 \
+         AND p.active = 1 AND p.seated = 1 AND p.at <= e.starts_at - $3 \
+         AND NOT EXISTS (SELECT 1 FROM reminders_sent r WHERE r.event_id = p.event_id \
+         AND r.user_id = p.user_id AND r.lead_seconds = $4 AND r.starts_at = e.starts_at) \
+         ORDER BY e.starts_at, p.event_id, p.user_id LIMIT $5",
+    ))
+    .bind(now + after)
+    .bind(now + lead)
+    .bind(lead)
+    .bind(lead / 1_000_000)
+    .bind(limit)
+    .fetch_all(db.on(&mut *conn))
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_id, user_id, title, starts_at)| DueReminder { event_id, user_id, title, starts_at })
+        .collect())
+}
+
+/// Records reminder `r` (`lead_seconds` before) as sent in `tx`; `false` when it already was
+/// (another instance sent it first: that one's transaction holds or held the row).
+pub(crate) async fn claim_reminder(
+    tx: &mut Tx,
+    db: &Db,
+    r: &DueReminder,
+    lead_seconds: i64,
+    now: i64,
+) -> Result<bool, DataError> {
+    let text = match db.backend() {
+        keel::data::Backend::MySql => {
+            "INSERT IGNORE INTO reminders_sent (event_id, user_id, lead_seconds, starts_at, sent_at) \
+             VALUES ($1, $2, $3, $4, $5)"
+        }
+        _ => {
+            "INSERT INTO reminders_sent (event_id, user_id, lead_seconds, starts_at, sent_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id, user_id, lead_seconds, starts_at) DO NOTHING"
+        }
+    };
+    let done = sqlx::query(db.statement(text))
+        .bind(&r.event_id)
+        .bind(&r.user_id)
+        .bind(lead_seconds)
+        .bind(r.starts_at)
+        .bind(now)
+        .execute(db.on(&mut **tx))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Forgets reminders sent before `before` (their events are long over); how many.
+pub(crate) async fn prune_reminders(db: &Db, before: i64) -> Result<u64, DataError> {
+    let mut conn = db.acquire().await?;
+    let done = sqlx::query(db.statement("DELETE FROM reminders_sent WHERE sent_at < $1"))
+        .bind(before)
+        .execute(db.on(&mut *conn))
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// What a mail about an event says of it: as last recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventFacts {
+    pub(crate) title: String,
+    pub(crate) place: Place,
+    pub(crate) city: String,
+    pub(crate) version: i64,
+}
+
+/// The recorded facts of `event_id`, if it is known.
+pub(crate) async fn event_facts(db: &Db, event_id: Uuid) -> Result<Option<EventFacts>, DataError> {
+    let mut conn = db.acquire().await?;
+    let row = sqlx::query(db.statement(
+        "SELECT title, starts_at, ends_at, venue, time_zone, link_tag, city, version FROM event_info \
+         WHERE event_id = $1",
+    ))
+    .bind(event_id.to_string())
+    .fetch_optional(db.on(&mut *conn))
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(EventFacts {
+        title: row.try_get(0)?,
+        place: Place {
+            starts_at: row.try_get(1)?,
+            ends_at: row.try_get(2)?,
+            venue: row.try_get(3)?,
+            time_zone: row.try_get(4)?,
+            link_tag: row.try_get(5)?,
+        },
+        city: row.try_get(6)?,
+        version: row.try_get(7)?,
+    }))
+}
+
 /// Records `s`, an event not known yet, at `version`.
 pub(crate) async fn insert_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, version: i64) -> Result<(), DataError> {
     let sql = db.sql(
-        "INSERT INTO event_info (event_id, organizer_id, title, starts_at, ends_at, venue, time_zone, link_tag, \
-         version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO event_info (event_id, organizer_id, title, starts_at, ends_at, venue, city, time_zone, \
+         link_tag, status, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     );
     let q = sqlx::query(AssertSqlSafe(sql.into_owned())).bind(s.event_id.to_string()).bind(s.organizer_id.to_string());
     with_details(q, s, version).execute(db.on(&mut **tx)).await?;
@@ -51,8 +196,8 @@ pub(crate) async fn insert_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, versio
 /// Records `s` over what is recorded of its event, at `version`.
 pub(crate) async fn update_event(tx: &mut Tx, db: &Db, s: &EventSnapshot, version: i64) -> Result<(), DataError> {
     let sql = db.sql(
-        "UPDATE event_info SET title = $1, starts_at = $2, ends_at = $3, venue = $4, time_zone = $5, \
-         link_tag = $6, version = $7 WHERE event_id = $8",
+        "UPDATE event_info SET title = $1, starts_at = $2, ends_at = $3, venue = $4, city = $5, time_zone = $6, \
+         link_tag = $7, status = $8, version = $9 WHERE event_id = $10",
     );
     let q = with_details(sqlx::query(AssertSqlSafe(sql.into_owned())), s, version);
     q.bind(s.event_id.to_string()).execute(db.on(&mut **tx)).await?;
@@ -67,8 +212,10 @@ fn with_details(q: BoundQuery, s: &EventSnapshot, version: i64) -> BoundQuery {
         .bind(place.starts_at)
         .bind(place.ends_at)
         .bind(&place.venue)
+        .bind(&s.city)
         .bind(&place.time_zone)
         .bind(place.link_tag)
+        .bind(status_of(&s.status))
         .bind(version)
 }
 
@@ -78,6 +225,8 @@ pub(crate) struct Participant {
     pub(crate) user_id: Uuid,
     /// Holds a seat or waits for one.
     pub(crate) active: bool,
+    /// Holds a seat (reminders go to these).
+    pub(crate) seated: bool,
     /// The change's time (microseconds).
     pub(crate) at: i64,
 }
@@ -94,16 +243,18 @@ pub(crate) async fn participant_at(tx: &mut Tx, db: &Db, p: &Participant) -> Res
 
 /// Records `p`, a participant not known yet.
 pub(crate) async fn insert_participant(tx: &mut Tx, db: &Db, p: &Participant) -> Result<(), DataError> {
-    let text = "INSERT INTO event_participants (active, at, event_id, user_id) VALUES ($1, $2, $3, $4)";
+    let text = "INSERT INTO event_participants (active, seated, at, event_id, user_id) VALUES ($1, $2, $3, $4, $5)";
     write_participant(tx, db, text, p).await
 }
 
 /// Records `p` over what is recorded of that participant, unless what is recorded is newer (a
 /// later change another instance applied since it was read).
 pub(crate) async fn update_participant(tx: &mut Tx, db: &Db, p: &Participant) -> Result<(), DataError> {
-    let text = "UPDATE event_participants SET active = $1, at = $2 WHERE event_id = $3 AND user_id = $4 AND at <= $5";
+    let text = "UPDATE event_participants SET active = $1, seated = $2, at = $3 \
+                WHERE event_id = $4 AND user_id = $5 AND at <= $6";
     sqlx::query(db.statement(text))
         .bind(i64::from(p.active))
+        .bind(i64::from(p.seated))
         .bind(p.at)
         .bind(p.event_id.to_string())
         .bind(p.user_id.to_string())
@@ -117,6 +268,7 @@ pub(crate) async fn update_participant(tx: &mut Tx, db: &Db, p: &Participant) ->
 async fn write_participant(tx: &mut Tx, db: &Db, text: &str, p: &Participant) -> Result<(), DataError> {
     sqlx::query(db.statement(text))
         .bind(i64::from(p.active))
+        .bind(i64::from(p.seated))
         .bind(p.at)
         .bind(p.event_id.to_string())
         .bind(p.user_id.to_string())
@@ -166,17 +318,6 @@ pub(crate) struct PendingNotice {
 pub(crate) const PARTICIPANTS: &str = "participants";
 /// A notice for the followers of an event's organizer.
 pub(crate) const FOLLOWERS: &str = "followers";
-
-/// Queues one `kind` notice saying `text` for the participants of `event_id`.
-pub(crate) async fn queue_notice(
-    tx: &mut Tx,
-    db: &Db,
-    event_id: Uuid,
-    kind: &str,
-    text: &str,
-) -> Result<(), DataError> {
-    queue_notice_for(tx, db, (event_id, PARTICIPANTS), kind, text, None).await
-}
 
 /// Queues one `kind` notice saying `text` for `audience` of `event_id`, each recipient also
 /// sent `mail` (JSON) when given.

@@ -34,6 +34,26 @@ pub struct Notifier {
     app: TestService,
     pub db: TestDatabase,
     mail_dir: tempfile::TempDir,
+    /// The encryption settings, shared by its replicas (each reads what another wrote).
+    keys: (String, String),
+}
+
+/// Another instance of a [`Notifier`] on its database and keys (a second replica, or one
+/// started after a restart): its own port and mail directory.
+pub struct Replica {
+    app: TestService,
+    mail_dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// The file transport's messages so far.
+    pub fn mail_files(&self) -> Vec<String> {
+        cityevents_common::testing::eml_files(&self.mail_dir.path().join("mail"))
+    }
+
+    pub async fn stop(self) {
+        self.app.stop().await;
+    }
 }
 
 impl Notifier {
@@ -47,13 +67,30 @@ impl Notifier {
     pub async fn start_with(db: TestDatabase, broker: &Broker, extra: &[(&str, &str)]) -> Self {
         let master = generate_key();
         let wrapped = MasterKey::from_secret(&Secret::new(master.clone())).unwrap().new_data_key("n1").unwrap();
+        let keys = (master, wrapped);
+        let (app, mail_dir) = Self::instance(db.url(), &keys, broker, extra).await;
+        Self { app, db, mail_dir, keys }
+    }
+
+    /// Starts another instance on this one's database and keys.
+    pub async fn replica(&self, broker: &Broker, extra: &[(&str, &str)]) -> Replica {
+        let (app, mail_dir) = Self::instance(self.db.url(), &self.keys, broker, extra).await;
+        Replica { app, mail_dir }
+    }
+
+    async fn instance(
+        db_url: &str,
+        (master, wrapped): &(String, String),
+        broker: &Broker,
+        extra: &[(&str, &str)],
+    ) -> (TestService, tempfile::TempDir) {
         let mail_dir = tempfile::tempdir().unwrap();
         let mut env = TestEnv::new(cityevents_common::services::NOTIFIER.name)
             .trust(&KEY)
-            .set("DATABASE__URL", db.url())
-            .set("SECURITY__ENCRYPTION__MASTER_KEY", master)
+            .set("DATABASE__URL", db_url)
+            .set("SECURITY__ENCRYPTION__MASTER_KEY", master.clone())
             .set("SECURITY__ENCRYPTION__ACTIVE_KEY", "n1")
-            .set("SECURITY__ENCRYPTION__DATA_KEYS__N1", wrapped)
+            .set("SECURITY__ENCRYPTION__DATA_KEYS__N1", wrapped.clone())
             .set("APP__MAIL__DIR", mail_dir.path().join("mail").display().to_string());
         for (k, v) in extra {
             env = env.set(k, *v);
@@ -62,7 +99,7 @@ impl Notifier {
             env = env.set("BUS__BACKEND", "nats").set("BUS__URL", testing::nats_url()).set("BUS__NAMESPACE", namespace);
         }
         let app = TestService::start(cityevents_notifier::service(), env.load()).await;
-        Self { app, db, mail_dir }
+        (app, mail_dir)
     }
 
     /// The file transport's messages so far.
