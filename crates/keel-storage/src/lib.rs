@@ -13,7 +13,8 @@
 //!   a temporary file renamed into place).
 //! * **Typed errors**: [`StorageError`] maps to a problem: 503 while the store is away, 413
 //!   over the limit, else 500 with the cause logged, never sent.
-//! * **Health**: the `storage` readiness check looks a key up; `storage.required: false` (the
+//! * **Health**: the `storage` readiness check lists an empty prefix (a missing bucket is down);
+//!   `storage.required: false` (the
 //!   default) makes an unreachable store `degraded`, so pages that do not need it keep serving.
 //! * **Metrics**: `storage_requests_total{op,outcome}`, `storage_request_duration_seconds{op}`.
 //!

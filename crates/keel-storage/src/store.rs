@@ -329,17 +329,24 @@ impl Store {
         }))
     }
 
-    /// The readiness check `storage`: the store answers a lookup of a key that need not exist
-    /// (not found is an answer). `storage.required: false` makes it `degraded` when down.
+    /// The readiness check `storage`: the store lists a prefix that need not hold anything (an
+    /// empty listing is an answer). A listing, unlike a lookup of one key, tells a missing
+    /// bucket (S3 answers 404 `NoSuchBucket`) from a missing key, so a store pointed at a bucket
+    /// that is not there is not ready. `storage.required: false` makes it `degraded` when down.
     pub fn readiness_check(&self) -> impl keel_health::HealthCheck {
         let store = self.clone();
         let check = Check::new("storage", Kind::Readiness, move || {
             let store = store.clone();
             async move {
                 let path = Path::from(".keel-probe");
-                let r = tokio::time::timeout(store.inner.timeout, store.inner.store.head(&path)).await;
+                let r =
+                    tokio::time::timeout(store.inner.timeout, store.inner.store.list_with_delimiter(Some(&path))).await;
                 match r {
-                    Ok(Ok(_) | Err(object_store::Error::NotFound { .. })) => Outcome::Up,
+                    Ok(Ok(_)) => Outcome::Up,
+                    Ok(Err(object_store::Error::NotFound { .. })) => Outcome::down(format!(
+                        "object store {}: the bucket or container is not there",
+                        store.describe()
+                    )),
                     Ok(Err(e)) => {
                         Outcome::down(format!("object store {}: {}", store.describe(), sanitize(&e.to_string())))
                     }

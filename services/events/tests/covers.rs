@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use cityevents_common::testing::eventually;
 use common::{Svc, assert_conflict, id};
 use keel::data::Backend;
 use reqwest::{Method, StatusCode};
@@ -229,6 +230,7 @@ async fn covers_in_a_directory() {
 /// except under `CI=true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn covers_in_an_s3_bucket() {
+    keel::http::client::install_tls_provider();
     let endpoint = std::env::var("CITYEVENTS_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
     let reachable = reqwest::Client::new().get(&endpoint).timeout(Duration::from_secs(2)).send().await.is_ok();
     if !reachable {
@@ -263,5 +265,34 @@ async fn covers_in_an_s3_bucket() {
         .unwrap();
     let key = format!("media/covers{}", card.trim_start_matches("/api/v1/events").replacen("/cover/", "/", 1));
     assert!(listing.contains(&key), "{key} in {listing}");
+    s.stop().await;
+
+    // A bucket that goes away is not an empty store: readiness says so (degraded: the pages
+    // that need no pictures keep serving), and is well again once it is back.
+    let gone = format!("cityevents-gone-{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let http = reqwest::Client::new();
+    assert!(http.put(format!("{endpoint}/{gone}")).send().await.unwrap().status().is_success());
+    let url = format!("s3://{gone}/media");
+    let mut settings: Vec<(&str, &str)> = settings.into_iter().filter(|(k, _)| *k != "STORAGE__URL").collect();
+    settings.push(("STORAGE__URL", url.as_str()));
+    let s = Svc::start_on(Backend::Sqlite, &settings).await.expect("SQLite is always there");
+    let storage = |s: &Svc| {
+        let req = s.http.get(s.url("/health/ready"));
+        async move {
+            let body: Value = req.send().await.unwrap().json().await.unwrap();
+            body["checks"]["storage"]["status"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    assert_eq!(storage(&s).await, "up", "an empty bucket is well");
+    assert!(http.delete(format!("{endpoint}/{gone}")).send().await.unwrap().status().is_success());
+    eventually("readiness to see the bucket gone", Duration::from_secs(20), || async {
+        (storage(&s).await == "down").then_some(())
+    })
+    .await;
+    assert!(http.put(format!("{endpoint}/{gone}")).send().await.unwrap().status().is_success());
+    eventually("readiness to see the bucket back", Duration::from_secs(20), || async {
+        (storage(&s).await == "up").then_some(())
+    })
+    .await;
     s.stop().await;
 }
