@@ -35,7 +35,7 @@ const LINK_DETAILS: usize = 600;
 
 /// The `UID` of an event: stable whatever address the site is reached at.
 fn uid(id: &Uuid) -> String {
-    format!("{id}@cityevents")
+    ical::uid(id)
 }
 
 /// The event's page.

@@ -141,6 +141,7 @@ pub const STRICT: &[(Verb, &str)] = &[
     (Post, "/api/v1/auth/verify-email"),
     (Post, "/api/v1/auth/password-reset/request"),
     (Post, "/api/v1/auth/password-reset"),
+    (Post, "/api/v1/auth/password-reset/check"),
 ];
 
 /// Uploads: their body may be a picture (`cityevents_api::limits::MAX_PICTURE_REQUEST`), past
@@ -191,6 +192,7 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/auth/verify-email", Auth, Anonymous),
     r(Post, "/api/v1/auth/password-reset/request", Auth, Anonymous),
     r(Post, "/api/v1/auth/password-reset", Auth, Anonymous),
+    r(Post, "/api/v1/auth/password-reset/check", Auth, Anonymous),
     r(Post, "/api/v1/auth/password", Auth, User),
     r(Post, "/api/v1/auth/logout-all", Auth, User),
     r(Get, "/api/v1/auth/sessions", Auth, User),
@@ -200,6 +202,7 @@ pub const ROUTES: &[Route] = &[
     r(Put, "/api/v1/admin/users/{id}/role", Auth, User),
     r(Post, "/api/v1/admin/users/{id}/ban", Auth, User),
     r(Delete, "/api/v1/admin/users/{id}/ban", Auth, User),
+    r(Post, "/api/v1/admin/users/{id}/logout-all", Auth, User),
     r(Get, "/api/v1/profiles/{id}", Auth, Public),
     r(Patch, "/api/v1/me/profile", Auth, User),
     r(Put, "/api/v1/me/avatar", Auth, User),

@@ -30,7 +30,8 @@ pub(crate) fn all() -> Vec<Spec> {
             .describe(
                 "Failed sign-ins are delayed per account and address, per address, and per account for \
                 devices without a `device_token` of the account (`429 locked` with `Retry-After`). A device \
-                that signed in before sends the `device_token` it was given and is counted on its own.",
+                that signed in before sends the `device_token` it was given and is counted on its own. The \
+                access token names its session (`sid`); the session list shows the `User-Agent` and `time_zone`.",
             )
             .body::<auth::LoginRequest>()
             .answer::<auth::TokenPair>(200, "An access and a refresh token.")
@@ -82,6 +83,14 @@ pub(crate) fn all() -> Vec<Spec> {
             )
             .body::<auth::PasswordResetRequest>()
             .answer::<auth::PasswordReset>(200, "The password is set; sign in again, with the device token."),
+        op(Post, "/api/v1/auth/password-reset/check", "checkPasswordReset", "Check a password-reset token")
+            .describe(
+                "Spends nothing: 204 while the token can still choose a password (unspent, unexpired, its \
+                account not banned), else the same 400 `invalid_token` as `resetPassword`. A page shows the \
+                new-password form only after it. Counted against the strict per-IP rate limit.",
+            )
+            .body::<auth::TokenRequest>()
+            .empty(204, "The token can be used."),
         op(Post, "/api/v1/auth/password", "changePassword", "Change the caller's password")
             .describe(
                 "The current password is required (a wrong one counts as a failed sign-in: 400 naming \
@@ -94,7 +103,11 @@ pub(crate) fn all() -> Vec<Spec> {
             .describe("Revokes every refresh token of the caller; access tokens already issued expire on their own.")
             .empty(204, "Every session ended."),
         op(Get, "/api/v1/auth/sessions", "listSessions", "The caller's live sessions")
-            .describe("One per sign-in whose refresh token is still usable, most recently used first.")
+            .describe(
+                "One per sign-in whose refresh token is still usable, most recently used first: its device (from \
+                the sign-in's `User-Agent`), roughly where it came from (the city of the `time_zone` the sign-in \
+                gave and its network, worked out at sign-in), and whether it is the caller's own.",
+            )
             .answer::<auth::SessionList>(200, "The sessions."),
         op(Delete, "/api/v1/auth/sessions/{id}", "revokeSession", "End one of the caller's sessions")
             .empty(204, "The session ended."),
@@ -136,6 +149,13 @@ pub(crate) fn all() -> Vec<Spec> {
                 banned; only an admin lifts a moderator's ban. Audited.",
             )
             .answer::<auth::ManagedUser>(200, "The account, not banned.")
+            .errors(&[403]),
+        op(Post, "/api/v1/admin/users/{id}/logout-all", "endUserSessions", "End every session of an account (admin)")
+            .describe(
+                "As the owner's *sign out everywhere*, without a ban: refresh tokens and a pending reset link \
+                are revoked and access tokens refused at once; the owner may sign in again. Audited.",
+            )
+            .empty(204, "Every session ended.")
             .errors(&[403]),
         op(Get, "/api/v1/events", "listEvents", "Published events")
             .query::<EventsParams>()

@@ -82,17 +82,28 @@ pub(crate) struct LoginForm {
     next: Option<String>,
 }
 
-/// `POST /login`.
-pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form): Form<LoginForm>) -> PageResult {
-    let next = pages::local_path(form.next.as_deref());
-    let mut body = json!({ "email": form.email.trim(), "password": form.password });
+/// Signs in at auth with the browser's device token, `User-Agent` and time zone (the session
+/// list's device and place), and keeps the session; the pair auth gave.
+async fn sign_in(site: &Site, page: &Page, email: &str, password: &str) -> Result<TokenPair, Failure> {
+    let mut body = json!({ "email": email.trim(), "password": password });
     if let Some(device) = &page.device {
         body["device_token"] = json!(device);
     }
-    let signed = match site.post::<TokenPair>(Upstream::Auth, "/api/v1/auth/login", None, &body, &page.address).await {
-        Ok(pair) => site.sessions.started(&site, &pair, &page.address).await.map(|_| pair),
-        Err(f) => Err(f),
-    };
+    if let Some(zone) = &page.zone {
+        body["time_zone"] = json!(zone.name());
+    }
+    let path = "/api/v1/auth/login";
+    let headers = page.sign_in_headers();
+    let r = site.send(Upstream::Auth, Method::POST, path, None, Some(&body), &page.address, &headers).await?;
+    let pair: TokenPair = Site::read(Upstream::Auth, &r)?;
+    site.sessions.started(site, &pair, &page.address).await?;
+    Ok(pair)
+}
+
+/// `POST /login`.
+pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form): Form<LoginForm>) -> PageResult {
+    let next = pages::local_path(form.next.as_deref());
+    let signed = sign_in(&site, &page, &form.email, &form.password).await;
     Ok(match signed {
         Ok(pair) => {
             let to = if next == "/" { "/?notice=signed_in".to_owned() } else { next };
@@ -154,11 +165,24 @@ pub(crate) struct SignupForm {
     password: String,
 }
 
-/// `POST /signup`: the account is made unverified and its address gets a link; then log in.
+/// `POST /signup`: the account is made unverified, its address gets a link, and the browser
+/// is signed in (the pages then ask to confirm the address, with a button for a new link).
 pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form): Form<SignupForm>) -> PageResult {
     let body = json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password });
     Ok(match site.post::<Registration>(Upstream::Auth, "/api/v1/auth/register", None, &body, &page.address).await {
-        Ok(_) => Redirect::to("/login?notice=registered").into_response(),
+        Ok(_) => {
+            match sign_in(&site, &page, &form.email, &form.password).await {
+                Ok(pair) => session::remember_device(
+                    session::start(Redirect::to("/?notice=registered").into_response(), pair.refresh_token),
+                    pair.device_token,
+                ),
+                // Made, but not signed in (auth busy or limiting): the log-in page says so.
+                Err(f) => {
+                    tracing::info!(status = f.status.as_u16(), "signed up but not signed in; sent to log in");
+                    Redirect::to("/login?notice=registered_log_in").into_response()
+                }
+            }
+        }
         Err(f) => {
             let t = SignupPage {
                 layout: page.layout(&site, "Sign up").await,
@@ -201,7 +225,7 @@ pub(crate) async fn verify_form(
 ) -> PageResult {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     let t = VerifyPage {
-        layout: page.layout(&site, "Confirm your address").await,
+        layout: Layout { confirming: true, ..page.layout(&site, "Confirm your address").await },
         token,
         errors: Errors::default(),
         sent: false,
@@ -242,7 +266,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
     Ok(match result {
         Ok(_) if form.resend => {
             let t = VerifyPage {
-                layout: page.layout(&site, "Confirm your address").await,
+                layout: Layout { confirming: true, ..page.layout(&site, "Confirm your address").await },
                 token: String::new(),
                 errors: Errors::default(),
                 sent: true,
@@ -267,7 +291,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
                 );
             }
             let t = VerifyPage {
-                layout: page.layout(&site, "Confirm your address").await,
+                layout: Layout { confirming: true, ..page.layout(&site, "Confirm your address").await },
                 token: form.token,
                 errors,
                 sent: false,
@@ -295,17 +319,36 @@ pub(crate) async fn reset_form(
     page: Page,
     query: Result<Query<TokenQuery>, keel::http::Problem>,
 ) -> PageResult {
-    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    let mut token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
+    let mut errors = Errors::default();
+    let mut status = StatusCode::OK;
+    // The link is checked before its form: a used or expired one says so at once, with the
+    // address form to ask for a new one, instead of after a new password was typed.
+    if !token.is_empty() {
+        let body = json!({ "token": token.trim() });
+        let path = "/api/v1/auth/password-reset/check";
+        if let Err(f) = site.send(Upstream::Auth, Method::POST, path, None, Some(&body), &page.address, &[]).await {
+            errors = Errors::of(&f);
+            if f.code() == Some("invalid_token") {
+                errors.summary = Some(EXPIRED_RESET.into());
+            }
+            status = status_of(&f);
+            token.clear();
+        }
+    }
     let t = ResetPage {
         layout: page.layout(&site, "Reset your password").await,
         token,
         email: String::new(),
-        errors: Errors::default(),
+        errors,
         sent: false,
         min_password: cityevents_api::limits::MIN_PASSWORD,
     };
-    Ok(render(StatusCode::OK, &t))
+    Ok(render(status, &t))
 }
+
+/// What a reset link that no longer works says.
+const EXPIRED_RESET: &str = "This link has expired or was already used. Ask for a new one below.";
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ResetForm {
@@ -361,7 +404,7 @@ pub(crate) async fn reset(State(site): State<Arc<Site>>, page: Page, Form(form):
         Err(f) => {
             let mut errors = Errors::of(&f);
             if f.code() == Some("invalid_token") {
-                errors.summary = Some("This link has expired or was already used. Ask for a new one below.".into());
+                errors.summary = Some(EXPIRED_RESET.into());
             }
             let token = if f.code() == Some("invalid_token") { String::new() } else { form.token };
             let t = ResetPage {

@@ -131,8 +131,55 @@ impl Failure {
     }
 }
 
-/// `text` as a sentence: capitalised, ending with a full stop.
+/// The services' names for fields, as a person reads them in a sentence.
+const FIELD_WORDS: &[(&str, &str)] = &[
+    ("starts_at", "the start time"),
+    ("ends_at", "the end time"),
+    ("time_zone", "the time zone"),
+    ("online_url", "the online join link"),
+    ("current_password", "your current password"),
+    ("new_password", "the new password"),
+    ("expires_at", "the expiry time"),
+    ("refresh_token", "your session"),
+    ("confirm_capacity", "the seat confirmation"),
+    ("display_name", "the name"),
+];
+
+/// `text` with the services' internal names made human: a known field name becomes its words
+/// (`must be after starts_at` → `must be after the start time`), any other `snake_case` word
+/// its words with spaces, and code quotes (`` `user` ``) are dropped.
+pub(crate) fn human(text: &str) -> String {
+    let text = text.replace('`', "");
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('_') {
+            let trimmed = word.trim_matches('_');
+            match FIELD_WORDS.iter().find(|(k, _)| *k == trimmed) {
+                Some((_, words)) => out.push_str(words),
+                None => out.push_str(&trimmed.replace('_', " ")),
+            }
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// `text` as a sentence for a person: internal names made [`human`], capitalised, ending with
+/// a full stop.
 pub(crate) fn sentence(text: &str) -> String {
+    let text = human(text);
     let text = text.trim();
     let mut chars = text.chars();
     let mut out: String = match chars.next() {
@@ -232,7 +279,7 @@ impl Site {
         self.send_bytes(upstream, Method::PUT, path, Some(token), Some((content_type, bytes)), address, &[]).await
     }
 
-    fn read<T: DeserializeOwned>(upstream: Upstream, r: &client::Response) -> Result<T, Failure> {
+    pub(crate) fn read<T: DeserializeOwned>(upstream: Upstream, r: &client::Response) -> Result<T, Failure> {
         r.json::<T>().map_err(|e| {
             tracing::warn!(upstream = upstream.name(), error = %e, "a page's call answered unreadable JSON");
             Failure::unreadable(upstream)
@@ -292,6 +339,30 @@ mod tests {
         assert_eq!(f.fields()["password"], "Must be at least 12 characters.");
         assert_eq!(f.code(), Some("invalid_input"));
         assert_eq!(f.request_id(), Some("r-1"));
+    }
+
+    #[test]
+    fn errors_never_show_internal_names() {
+        let f = problem(
+            400,
+            "ends_at must be after starts_at",
+            serde_json::json!([
+                {"field": "ends_at", "message": "must be after starts_at"},
+                {"field": "online_url", "message": "must be an https URL"},
+                {"field": "role", "message": "must be `user`, `moderator` or `admin`"},
+                {"field": "x", "message": "must be a local time in time_zone (2030-05-01T19:00)"},
+                {"field": "y", "message": "is not like some_other_field"},
+            ]),
+        );
+        assert_eq!(f.message(), "The end time must be after the start time.");
+        let fields = f.fields();
+        assert_eq!(fields["ends_at"], "Must be after the start time.");
+        assert_eq!(fields["role"], "Must be user, moderator or admin.");
+        assert_eq!(fields["x"], "Must be a local time in the time zone (2030-05-01T19:00).");
+        assert_eq!(fields["y"], "Is not like some other field.");
+        for message in fields.values() {
+            assert!(!message.contains('_') && !message.contains('`'), "{message}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Site;
-use super::pages::{self, Layout, Page, PageResult, render};
+use super::pages::{self, ConfirmPage, Layout, Page, PageResult, render};
 use crate::routes::Upstream;
 
 /// Accounts on one page of the list.
@@ -152,6 +152,12 @@ pub(crate) struct AccountForm {
     #[serde(default)]
     reason: String,
     back: Option<String>,
+    /// Whose account, as the page showed it (for the confirmation's words only).
+    #[serde(default)]
+    name: String,
+    /// `yes`: the confirmation page's second step (ban).
+    #[serde(default)]
+    confirmed: String,
 }
 
 /// Where a form comes back to: `back` when it is a path of this site (see
@@ -167,7 +173,8 @@ fn back_with(back: Option<&str>, notice: &str) -> String {
     format!("{back}{sep}notice={notice}")
 }
 
-/// `POST /admin/users/{id}/{action}`: `role` (admins), `ban`, `unban`.
+/// `POST /admin/users/{id}/{action}`: `role` and `logout` (admins), `ban` (a confirmation page
+/// first), `unban`.
 pub(crate) async fn act(
     State(site): State<Arc<Site>>,
     page: Page,
@@ -177,6 +184,30 @@ pub(crate) async fn act(
     let back = back_to(form.back.as_deref());
     let token = page.signed(&back)?;
     let Ok(Path((id, action))) = path else { return Ok(pages::not_found(&page)) };
+    if action == "ban" && form.confirmed != "yes" && !form.reason.trim().is_empty() {
+        let who = match form.name.trim() {
+            "" => "this account".to_owned(),
+            n => crate::calendar::cut(n, 100),
+        };
+        let t = ConfirmPage {
+            layout: page.layout(&site, "Are you sure?").await,
+            heading: format!("Ban {who}?"),
+            lines: vec![
+                format!("{who} is logged out everywhere at once and cannot log in until the ban is lifted."),
+                "Their events are hidden from everyone. The reason below is kept in the audit log.".to_owned(),
+            ],
+            reason: form.reason.trim().to_owned(),
+            action: format!("/admin/users/{id}/ban"),
+            fields: vec![
+                ("reason", form.reason.trim().to_owned()),
+                ("back", back.clone()),
+                ("name", form.name.trim().to_owned()),
+            ],
+            confirm: "Yes, ban the account",
+            back,
+        };
+        return Ok(render(StatusCode::OK, &t));
+    }
     let (method, path, body, notice) = match action.as_str() {
         "role" => {
             (Method::PUT, format!("/api/v1/admin/users/{id}/role"), Some(json!({ "role": form.role })), "role_changed")
@@ -188,6 +219,7 @@ pub(crate) async fn act(
             "account_banned",
         ),
         "unban" => (Method::DELETE, format!("/api/v1/admin/users/{id}/ban"), None, "account_unbanned"),
+        "logout" => (Method::POST, format!("/api/v1/admin/users/{id}/logout-all"), None, "account_signed_out"),
         _ => return Ok(pages::not_found(&page)),
     };
     Ok(match site.send(Upstream::Auth, method, &path, Some(token), body.as_ref(), &page.address, &[]).await {

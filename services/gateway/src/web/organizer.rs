@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::Site;
 use super::call::Failure;
 use super::events::{Card, seats_line};
-use super::pages::{self, Halt, Layout, Page, PageResult, PathId, render};
+use super::pages::{self, ConfirmPage, Halt, Layout, Page, PageResult, PathId, render};
 use crate::routes::Upstream;
 
 /// Most people a list on the manage page shows.
@@ -208,7 +208,7 @@ impl EventFormPage {
 
 /// `GET /my/events/new`.
 pub(crate) async fn new_form(State(site): State<Arc<Site>>, page: Page) -> PageResult {
-    page.signed("/my/events/new")?;
+    page.confirmed("/my/events/new")?;
     let form = EventForm {
         time_zone: page.zone.as_ref().map_or("UTC", |z| z.name()).to_owned(),
         key: uuid::Uuid::now_v7().simple().to_string(),
@@ -280,7 +280,7 @@ fn cut_warning(capacity: u64, taken: i64) -> String {
 
 /// `POST /my/events/new`: a draft; then its manage page.
 pub(crate) async fn create(State(site): State<Arc<Site>>, page: Page, Form(form): Form<EventForm>) -> PageResult {
-    let token = page.signed("/my/events/new")?;
+    let token = page.confirmed("/my/events/new")?;
     let (heading, action) = ("Create an event", "/my/events/new".to_owned());
     let body = match form.body() {
         Ok(b) => Value::Object(b),
@@ -389,12 +389,14 @@ pub(crate) async fn edit(
         return Ok(render(StatusCode::CONFLICT, &t));
     }
     let path = format!("/api/v1/events/{id}");
+    // A cut the organizer confirmed is saved with what it means, not a plain "saved".
+    let notice = if form.confirm_capacity == "yes" && patch.contains_key("capacity") { "seats_cut" } else { "saved" };
     Ok(
         match site
             .send(Upstream::Events, Method::PATCH, &path, Some(token), Some(&Value::Object(patch)), &page.address, &[])
             .await
         {
-            Ok(_) => Redirect::to(&format!("/my/events/{id}?notice=saved")).into_response(),
+            Ok(_) => Redirect::to(&format!("/my/events/{id}?notice={notice}")).into_response(),
             Err(f)
                 if f.status.is_client_error()
                     && f.status != StatusCode::UNAUTHORIZED
@@ -503,6 +505,58 @@ pub(crate) struct ActionForm {
     reason: String,
     #[serde(default)]
     user_id: String,
+    /// Whom `user_id` names, as the page showed them (for the confirmation's words only).
+    #[serde(default)]
+    name: String,
+    /// `yes`: the confirmation page's second step (cancel, kick, ban).
+    #[serde(default)]
+    confirmed: String,
+}
+
+/// The confirmation page of `action` on `event`, or `None` when it needs none.
+fn confirmation(action: &str, event: &Event, form: &ActionForm, back: &str, layout: Layout) -> Option<ConfirmPage> {
+    let who = match form.name.trim() {
+        "" => "this person".to_owned(),
+        n => crate::calendar::cut(n, 100),
+    };
+    let (heading, lines, confirm) = match action {
+        "cancel" => (
+            format!("Cancel “{}”?", event.title),
+            vec![
+                "Canceling is final: the event cannot be published again.".to_owned(),
+                "Everyone who joined or waits for a seat is told, with the reason below.".to_owned(),
+            ],
+            "Yes, cancel the event",
+        ),
+        "kick" => (
+            format!("Remove {who} from “{}”?", event.title),
+            vec![format!(
+                "{who} loses their seat (it goes to the waitlist) and is told. They can join again while seats are free."
+            )],
+            "Yes, remove them",
+        ),
+        "ban" => (
+            format!("Ban {who} from “{}”?", event.title),
+            vec![format!("{who} loses their seat and cannot join this event again until you lift the ban.")],
+            "Yes, ban them from this event",
+        ),
+        _ => return None,
+    };
+    let mut fields = vec![("reason", form.reason.trim().to_owned())];
+    if !form.user_id.is_empty() {
+        fields.push(("user_id", form.user_id.trim().to_owned()));
+        fields.push(("name", form.name.trim().to_owned()));
+    }
+    Some(ConfirmPage {
+        layout,
+        heading,
+        lines,
+        reason: form.reason.trim().to_owned(),
+        action: format!("{back}/{action}"),
+        fields,
+        confirm,
+        back: back.to_owned(),
+    })
 }
 
 /// `POST /my/events/{id}/{action}`: publish, unpublish, cancel, kick, ban, unban.
@@ -518,6 +572,20 @@ pub(crate) async fn act(
     let token = page.signed(&back)?;
     let user = uuid::Uuid::parse_str(form.user_id.trim()).ok();
     let reason = form.reason.trim();
+    if action == "cancel" && reason.is_empty() {
+        let why = "Give a reason to cancel: it is shown on the event and sent to everyone who joined.";
+        return Ok(manage_page(&site, &page, id, Some(&Failure::bad_request(Upstream::Gateway, why))).await);
+    }
+    if form.confirmed != "yes" && matches!(action.as_str(), "cancel" | "kick" | "ban") {
+        let event = match fetch(&site, &page, token, id).await {
+            Ok(e) => e,
+            Err(f) => return Ok(pages::failed(&page, &f, &back)),
+        };
+        let layout = page.layout(&site, "Are you sure?").await;
+        if let Some(t) = confirmation(&action, &event, &form, &back, layout) {
+            return Ok(render(StatusCode::OK, &t));
+        }
+    }
     let reason_body = if reason.is_empty() { json!({}) } else { json!({ "reason": reason }) };
     let (upstream, method, path, body, notice) = match (action.as_str(), user) {
         ("publish", _) => {

@@ -32,14 +32,23 @@ const ZONE_COOKIE: &str = "ce_tz";
 const NOTICES: &[(&str, &str)] = &[
     ("signed_in", "You are logged in."),
     ("signed_out", "You are logged out."),
-    ("registered", "Account created. Check your inbox for the link that confirms your address."),
+    ("registered", "Welcome! Your account is ready. Check your inbox for the link that confirms your address."),
+    ("registered_log_in", "Account created. Log in, and check your inbox for the link that confirms your address."),
     ("verified", "Your e-mail address is confirmed."),
+    (
+        "confirm_first",
+        "Confirm your address before you create an event: open the link we sent you, or ask for a new one.",
+    ),
     ("password_reset", "Your password is changed. Log in with the new one."),
     ("joined", "You are in. See you there!"),
     ("waitlisted", "The event is full, so you are on the waitlist. We will tell you when a seat frees up."),
     ("left", "You left the event."),
     ("created", "Your event is saved as a draft. Publish it when it is ready."),
     ("saved", "Your changes are saved."),
+    (
+        "seats_cut",
+        "Saved with fewer seats than people holding one: everyone keeps their seat, and new joins wait until seats free up.",
+    ),
     ("unchanged", "Nothing was changed."),
     ("published", "Your event is published: people can find and join it."),
     ("unpublished", "Your event is back to a draft."),
@@ -54,6 +63,7 @@ const NOTICES: &[(&str, &str)] = &[
     ("role_changed", "The role is changed. It applies from their next page."),
     ("account_banned", "The account is banned and logged out everywhere."),
     ("account_unbanned", "The account's ban is lifted."),
+    ("account_signed_out", "The account is logged out everywhere. Its owner can log in again."),
     ("feed_revoked", "Your calendar feed is off: its address no longer works."),
     ("followed", "You follow this organizer: we will tell you when they publish an event."),
     ("unfollowed", "You no longer follow this organizer."),
@@ -98,6 +108,9 @@ pub(crate) struct Page {
     pub(crate) zone: Option<Zone>,
     /// The request's `Host`, for absolute links when `app.web.public_url` is not set.
     pub(crate) host: Option<HeaderValue>,
+    /// The browser's `User-Agent` (at most 512 bytes), passed on with a sign-in so the session
+    /// list can name the device.
+    pub(crate) agent: Option<HeaderValue>,
 }
 
 impl Page {
@@ -111,7 +124,13 @@ impl Page {
             notice: None,
             zone: None,
             host: None,
+            agent: None,
         }
+    }
+
+    /// The headers a sign-in passes on to auth: the browser's `User-Agent`.
+    pub(crate) fn sign_in_headers(&self) -> Vec<(http::HeaderName, HeaderValue)> {
+        self.agent.iter().map(|a| (http::header::USER_AGENT, a.clone())).collect()
     }
 
     /// The access token, if signed in.
@@ -122,6 +141,17 @@ impl Page {
     /// The access token, or the redirect to log in and come back to `back`.
     pub(crate) fn signed(&self, back: &str) -> Result<&str, Halt> {
         self.token().ok_or_else(|| Redirect::to(&login_then(back)).into_response().into())
+    }
+
+    /// The access token of a viewer whose address is confirmed: a signed-out viewer is sent to
+    /// log in, an unconfirmed one to the page that asks for the address to be confirmed (what
+    /// needs it, creating an event, is not offered before).
+    pub(crate) fn confirmed(&self, back: &str) -> Result<&str, Halt> {
+        let token = self.signed(back)?;
+        if self.viewer.user().is_some_and(|u| !u.email_verified) {
+            return Err(Redirect::to("/verify-email?notice=confirm_first").into_response().into());
+        }
+        Ok(token)
     }
 
     /// A path's `{id}` as a UUID: anything else names no event, so the 404 page.
@@ -157,6 +187,7 @@ impl Page {
             csrf: self.csrf.clone(),
             notice: self.notice,
             unread: 0,
+            confirming: false,
         }
     }
 
@@ -182,6 +213,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
             .get(http::header::HOST)
             .cloned()
             .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        page.agent = parts.headers.get(http::header::USER_AGENT).filter(|a| a.len() <= 512).cloned();
         page.zone = parts
             .headers
             .get_all(http::header::COOKIE)
@@ -265,6 +297,8 @@ pub(crate) struct Layout {
     pub(crate) csrf: String,
     pub(crate) notice: Option<&'static str>,
     pub(crate) unread: u64,
+    /// The page is about confirming the address itself: no banner asking for it.
+    pub(crate) confirming: bool,
 }
 
 /// Whether `user` may moderate (a moderator or an admin).
@@ -282,6 +316,17 @@ impl Layout {
     pub(crate) fn administers(&self) -> bool {
         self.user.as_ref().is_some_and(|u| u.role == roles::ADMIN)
     }
+
+    /// Whether the viewer's address is confirmed.
+    pub(crate) fn confirmed(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.email_verified)
+    }
+
+    /// Whether the page asks the viewer to confirm their address (a banner with a button for a
+    /// new link).
+    pub(crate) fn asks_to_confirm(&self) -> bool {
+        !self.confirming && self.user.as_ref().is_some_and(|u| !u.email_verified)
+    }
 }
 
 /// `t` rendered with `status`; a template that fails to render is logged and a plain 500.
@@ -294,6 +339,27 @@ pub(crate) fn render(status: StatusCode, t: &impl Template) -> Response {
                 .into_response()
         }
     }
+}
+
+/// The second step of an action that cannot be undone (cancel an event, ban, remove someone):
+/// what it will do, and a form that sends the first step's fields again with `confirmed=yes`.
+/// A page rather than a script's dialog, so it works without JavaScript.
+#[derive(Template)]
+#[template(path = "web/confirm.html")]
+pub(crate) struct ConfirmPage {
+    pub(crate) layout: Layout,
+    pub(crate) heading: String,
+    /// What happens, a sentence each.
+    pub(crate) lines: Vec<String>,
+    /// The reason given (shown; empty: none).
+    pub(crate) reason: String,
+    /// Where the form goes, and the fields it sends again.
+    pub(crate) action: String,
+    pub(crate) fields: Vec<(&'static str, String)>,
+    /// The button's words.
+    pub(crate) confirm: &'static str,
+    /// Where *No, go back* leads.
+    pub(crate) back: String,
 }
 
 /// A page that says what went wrong.
@@ -317,9 +383,13 @@ pub(crate) fn not_found(page: &Page) -> Response {
     render(StatusCode::NOT_FOUND, &t)
 }
 
-/// The page of a call that failed (a 401 sends the viewer to log in).
+/// The page of a call that failed. A 401 sends a signed-out viewer to log in; a signed-in one
+/// back to `back_to`, with a session refreshed at auth (or, refused again, to log in).
 pub(crate) fn failed(page: &Page, f: &Failure, back_to: &str) -> Response {
     if f.status == StatusCode::UNAUTHORIZED {
+        if page.viewer.signed.is_some() {
+            return super::session::refused(Redirect::to(back_to));
+        }
         return Redirect::to(&login_then(back_to)).into_response();
     }
     let heading = match f.status {

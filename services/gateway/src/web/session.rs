@@ -118,6 +118,11 @@ pub(crate) enum SessionChange {
     Start(String),
     /// Signed out: clear the cookie.
     End,
+    /// A service refused the viewer's access token (a role change, a ban, a password change
+    /// elsewhere): the kept copy is dropped so the next request refreshes it at auth. Refused
+    /// again right after a refresh, the session is ended and the browser sent to log in, so a
+    /// refusal can never turn into a redirect loop.
+    Refused,
 }
 
 #[derive(Debug, Clone)]
@@ -444,7 +449,21 @@ pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next
         let c = sessions.cookie(sessions.device_cookie(), token, DEVICE_MAX_AGE);
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
-    let change = resp.extensions_mut().remove::<SessionChange>().or(change);
+    let refreshed = matches!(change, Some(SessionChange::Start(_)));
+    let change = match resp.extensions_mut().remove::<SessionChange>() {
+        Some(SessionChange::Refused) if refreshed => {
+            tracing::info!("a just-refreshed session was refused by a service; signing the browser out");
+            to_login(&mut resp);
+            Some(SessionChange::End)
+        }
+        Some(SessionChange::Refused) => {
+            if let Some(refresh) = &session {
+                sessions.forget(refresh).await;
+            }
+            change
+        }
+        handler => handler.or(change),
+    };
     match change {
         Some(SessionChange::Start(refresh)) => {
             let c = sessions.cookie(sessions.session_cookie(), refresh, SESSION_MAX_AGE);
@@ -454,10 +473,18 @@ pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next
             let c = sessions.cookie(sessions.session_cookie(), String::new(), Duration::ZERO);
             resp.headers_mut().append(header::SET_COOKIE, c);
         }
-        None => {}
+        Some(SessionChange::Refused) | None => {}
     }
     set_csrf(&site, &mut resp, csrf_cookie.is_none(), &csrf);
     resp
+}
+
+/// Points a redirect at the log-in page, which then sends the browser on to where it pointed.
+fn to_login(resp: &mut Response) {
+    let to = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("/").to_owned();
+    if let Ok(v) = HeaderValue::from_str(&super::pages::login_then(&to)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
 }
 
 fn set_csrf(site: &Site, resp: &mut Response, new: bool, csrf: &str) {
@@ -522,6 +549,13 @@ pub(crate) fn remember_device(mut resp: Response, device_token: Option<String>) 
     resp
 }
 
+/// A response to a request whose access token a service refused (see [`SessionChange::Refused`]).
+pub(crate) fn refused(resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    resp.extensions_mut().insert(SessionChange::Refused);
+    resp
+}
+
 /// A response that signs the browser out.
 pub(crate) fn end(resp: impl IntoResponse) -> Response {
     let mut resp = resp.into_response();
@@ -532,6 +566,13 @@ pub(crate) fn end(resp: impl IntoResponse) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_session_is_sent_to_log_in_and_then_back() {
+        let mut resp = axum::response::Redirect::to("/events/7?x=1").into_response();
+        to_login(&mut resp);
+        assert_eq!(resp.headers()[header::LOCATION], "/login?next=%2Fevents%2F7%3Fx%3D1");
+    }
 
     #[test]
     fn tokens_are_random_and_well_formed() {

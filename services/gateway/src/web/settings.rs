@@ -27,6 +27,10 @@ struct SessionRow {
     started_at: String,
     last_used: String,
     last_used_at: String,
+    device: String,
+    place: String,
+    /// This browser's own session.
+    current: bool,
 }
 
 #[derive(Template)]
@@ -119,6 +123,9 @@ async fn account_page_with(
                 started_at: pages::machine_time(s.started_at),
                 last_used: page.when(s.last_used_at, "UTC"),
                 last_used_at: pages::machine_time(s.last_used_at),
+                device: s.device,
+                place: s.place,
+                current: s.current,
             })
             .collect()
     });
@@ -298,6 +305,13 @@ fn choices(p: &MailPreferences) -> Vec<Choice> {
             label: "An organizer I follow publishes an event",
             on: p.followed_published,
         },
+        Choice { name: "joined", label: "I join an event (with it for my calendar)", on: p.joined },
+        Choice { name: "event_changed", label: "An event I joined moves or changes its venue", on: p.event_changed },
+        Choice {
+            name: "reminders",
+            label: "An event I hold a seat in starts soon (a day and an hour before)",
+            on: p.reminders,
+        },
     ]
 }
 
@@ -312,6 +326,12 @@ pub(crate) struct MailForm {
     removed: Option<String>,
     #[serde(default)]
     followed_published: Option<String>,
+    #[serde(default)]
+    joined: Option<String>,
+    #[serde(default)]
+    event_changed: Option<String>,
+    #[serde(default)]
+    reminders: Option<String>,
 }
 
 impl MailForm {
@@ -321,6 +341,9 @@ impl MailForm {
             waitlist_promoted: self.waitlist_promoted.is_some(),
             removed: self.removed.is_some(),
             followed_published: self.followed_published.is_some(),
+            joined: self.joined.is_some(),
+            event_changed: self.event_changed.is_some(),
+            reminders: self.reminders.is_some(),
         }
     }
 }
@@ -401,6 +424,6 @@ mod tests {
         let p = form("csrf=x").await.preferences();
         assert!(!p.event_canceled && !p.removed && !p.waitlist_promoted);
         let listed: Vec<_> = choices(&p).iter().map(|c| c.name).collect();
-        assert_eq!(listed, ["event_canceled", "waitlist_promoted", "removed", "followed_published"]);
+        assert_eq!(listed, cityevents_common::catalogue::MAIL_PREFERENCES);
     }
 }
