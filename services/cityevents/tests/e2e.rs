@@ -569,8 +569,8 @@ async fn scenario(platform: &Platform, mail: Mailbox) {
 
     // --- mail preferences through the gateway: u3 turns cancellation mail off
     let prefs = api.get("/api/v1/me/mail-preferences", Some(&u3.access)).await;
-    let all_on =
-        json!({"event_canceled": true, "waitlist_promoted": true, "removed": true, "followed_published": true});
+    let all_on = json!({"event_canceled": true, "waitlist_promoted": true, "removed": true, "followed_published": true,
+            "joined": true, "event_changed": true, "reminders": true});
     assert_eq!(prefs.body, all_on);
     let off = api
         .call(Method::PUT, "/api/v1/me/mail-preferences", Some(&u3.access), Some(json!({"event_canceled": false})), &[])
@@ -1115,6 +1115,110 @@ async fn admins_change_roles(platform: &Platform, mail: Mailbox, email: &str) {
     let member_user = refreshed.body["access_token"].as_str().unwrap().to_owned();
     let refused = api.call(Method::PUT, &other_path, Some(&member_user), Some(json!({"role": "admin"})), &[]).await;
     assert_eq!(refused.problem(403)["status"], 403);
+    web_session_outlives_a_role_change(platform, &api, &admin_token).await;
+}
+
+/// A browser on the web pages, as far as sessions go: keeps cookies, follows no redirect.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self { http, base: base.to_owned(), cookies: Default::default() }
+    }
+
+    /// `(status, Location, body)` of one request, its cookies kept.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+    ) -> (StatusCode, String, String) {
+        let cookie: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).header("cookie", cookie.join("; "));
+        if let Some(fields) = form {
+            let enc = |v: &str| -> String {
+                v.bytes()
+                    .map(|b| match b {
+                        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect()
+            };
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
+            req = req.header("content-type", "application/x-www-form-urlencoded").body(body.join("&"));
+        }
+        let resp = req.send().await.unwrap();
+        for c in resp.headers().get_all("set-cookie") {
+            let pair = c.to_str().unwrap().split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty() {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        (resp.status(), location, resp.text().await.unwrap())
+    }
+
+    /// Signs in through the log-in page's form.
+    async fn log_in(&mut self, email: &str) {
+        let (status, _, html) = self.send(Method::GET, "/login", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+        let form = [("email", email), ("password", PASSWORD), ("csrf", csrf.as_str())];
+        let (status, location, _) = self.send(Method::POST, "/login", Some(&form)).await;
+        assert!(status.is_redirection() && location == "/?notice=signed_in", "log in: {status} {location}");
+        assert!(self.cookies.contains_key("ce_session"), "{:?}", self.cookies);
+    }
+
+    /// `GET path`, following at most `hops` redirects: the final status and path.
+    async fn visit(&mut self, path: &str, hops: usize) -> (StatusCode, String, String) {
+        let mut at = path.to_owned();
+        let mut trail = vec![at.clone()];
+        for _ in 0..=hops {
+            let (status, location, body) = self.send(Method::GET, &at, None).await;
+            if !status.is_redirection() {
+                return (status, at, body);
+            }
+            at = location;
+            trail.push(at.clone());
+        }
+        panic!("more than {hops} redirects: {trail:?}");
+    }
+}
+
+/// A member signed in on the web pages whose role an admin changes keeps browsing: the first
+/// page a service refuses the old token on refreshes the session (one redirect), and the page
+/// then shows the new role's powers; no redirect loop.
+async fn web_session_outlives_a_role_change(platform: &Platform, api: &Api, admin_token: &str) {
+    let member = api.register("webber").await;
+    let host = api.register("host").await;
+    let event = api.published_event(&host, "Role change", "Lyon", 48, 10).await;
+    let mut browser = Browser::new(&platform.base);
+    browser.log_in(&member.email).await;
+    let page = format!("/events/{event}");
+    let (status, _, _) = browser.visit(&page, 0).await;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/api/v1/admin/users/{}/role", member.id);
+    let r = api.call(Method::PUT, &path, Some(admin_token), Some(json!({"role": "moderator"})), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The page's kept access token is refused once every service has heard of the change.
+    sessions_ended_everywhere(api, &platform.upstreams, &member.access).await;
+    let (status, at, html) = browser.visit(&page, 2).await;
+    assert_eq!((status, at.as_str()), (StatusCode::OK, page.as_str()), "{html}");
+    assert!(html.contains("Log out"), "still signed in: {html}");
+    assert!(html.contains("You are a moderator."), "the new role applies: {html}");
 }
 
 /// Moderation through the gateway: the admin `email` makes a moderator, who unpublishes an
@@ -1233,8 +1337,21 @@ async fn all_in_one_zero_setup() {
     operator_page(&mut platform).await;
     // Zero setup: mail goes to files in data/mail, each link logged.
     scenario(&platform, Mailbox::Dir(platform.dir().join("data/mail"))).await;
-    let logged = platform.wait_for_line("verify-email?token=", Duration::from_secs(5));
-    assert!(logged.contains("mail written"), "the file transport logs each link: {logged}");
+    let logged = platform.wait_for(
+        "the file transport's log line",
+        |l| l.contains("mail written") && l.contains("verify-email?token="),
+        Duration::from_secs(5),
+    );
+    // ...and prints it whole on the console, where the log masks its token.
+    let plain = platform.wait_for(
+        "a plain link",
+        |l| l.starts_with("mail to ") && l.contains("open http") && l.contains("verify-email?token="),
+        Duration::from_secs(5),
+    );
+    let token = plain.rsplit("token=").next().unwrap().trim();
+    assert!(token.len() >= 32, "the whole token: {plain}");
+    let tokens_logged = platform.seen.iter().filter(|l| l.contains("mail written") && l.contains(token)).count();
+    assert_eq!(tokens_logged, 0, "the log line masks what the console shows: {logged}");
     // No browser origin is configured in the zero-setup default: no cross-origin reads.
     cors(&platform.base, None).await;
 

@@ -14,7 +14,7 @@
 // writes a bio and uploads a picture, which the second person sees on the event page and the
 // organizer page before following them; the
 // organizer cuts another event's seats below those taken (warned first; nobody loses a seat),
-// whose publication the follower hears of; an admin makes a fourth person a moderator, who cancels the event with a reason,
+// whose publication the follower hears of; an admin makes a fourth person, signed in meanwhile, a moderator, who cancels the event with a reason,
 // which the third sees on the event, in a notification and in their calendar feed, which they
 // then turn off. The event page shows times on the venue's clock, a map link, OpenGraph tags and
 // an .ics file that ical.js parses to the right instants. The third changes their password
@@ -27,7 +27,7 @@
 // ADMIN_EMAIL (an admin made with `cityevents auth admin create`, whose password is the
 // journey's), CHROMIUM (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
-import { readFileSync, readdirSync, mkdirSync } from "node:fs";
+import { readFileSync, readdirSync, mkdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import { createRequire } from "node:module";
@@ -155,21 +155,24 @@ function png(w, h) {
 }
 
 /** The latest mail to `to` that has a link to `path`, decoded; waits up to 15 s. */
-async function link(to, path) {
+async function link(to, path, atLeast = 1) {
   const deadline = Date.now() + 15000;
   while (Date.now() < deadline) {
     let files = [];
-    try { files = readdirSync(MAIL_DIR).filter((f) => f.endsWith(".eml")).sort(); } catch { /* not yet */ }
-    for (const f of files.reverse()) {
+    try { files = readdirSync(MAIL_DIR).filter((f) => f.endsWith(".eml")); } catch { /* not yet */ }
+    // Newest first (the transport names files at random).
+    const found = [];
+    for (const f of files) {
       const raw = readFileSync(join(MAIL_DIR, f), "utf8");
       const text = raw.replace(/=\r?\n/g, "").replace(/=([0-9A-F]{2})/g, (_, h) => String.fromCharCode(parseInt(h, 16)));
       if (!text.includes(`To: ${to}`)) continue;
       const m = text.match(new RegExp(`https?://[^\\s"<>]+${path}\\?token=[A-Za-z0-9_-]+`));
-      if (m) return new URL(m[0]).pathname + new URL(m[0]).search;
+      if (m) found.push([statSync(join(MAIL_DIR, f)).mtimeMs, new URL(m[0]).pathname + new URL(m[0]).search]);
     }
+    if (found.length >= atLeast) return found.sort((a, b) => b[0] - a[0])[0][1];
     await new Promise((r) => setTimeout(r, 200));
   }
-  throw new Error(`no mail to ${to} with a ${path} link`);
+  throw new Error(`no ${atLeast} mail(s) to ${to} with a ${path} link`);
 }
 
 /** Parses an iCalendar text with ical.js after checking RFC 5545's line rules; registers its
@@ -203,14 +206,35 @@ async function signUpAndLogIn(p, shots) {
   await page.getByLabel("E-mail address").fill(p.email);
   await page.getByLabel("Password").fill(PASSWORD);
   await page.getByRole("button", { name: "Create my account" }).click();
-  await page.waitForURL(/\/login\?notice=registered/);
-  expect(await page.getByText("Check your inbox").isVisible(), "registered notice");
-  if (shots) await check(p, "login");
-  await page.goto(`${BASE}${await link(p.email, "/verify-email")}`);
+  // Signed in at once, asked to confirm the address.
+  await page.waitForURL(/\/\?notice=registered/);
+  expect(await signedInAs(p), `${p.name} is signed in after signing up`);
+  const banner = page.locator(".confirm-banner");
+  expect((await banner.textContent()).includes(p.email), "the banner names the address to confirm");
+  let mails = 1;
+  if (shots) {
+    await check(p, "unconfirmed");
+    // The create form waits for a confirmed address; a new link replaces the first.
+    expect(await page.getByRole("link", { name: "Create an event" }).count() === 0, "no create link yet");
+    await page.goto(`${BASE}/my/events/new`);
+    await page.waitForURL(/\/verify-email\?notice=confirm_first/);
+    await page.getByRole("button", { name: "Send me a new link" }).click();
+    await page.getByText("A new link is on its way").waitFor();
+    mails = 2;
+  }
+  await page.goto(`${BASE}${await link(p.email, "/verify-email", mails)}`);
   if (shots) await check(p, "verify-email");
   await page.getByRole("button", { name: "Confirm my address" }).click();
-  await page.waitForURL(/\/login\?notice=verified/);
-  await logIn(p);
+  await page.waitForURL(/\/\?notice=verified/);
+  expect(await banner.count() === 0, "no banner once the address is confirmed");
+  expect(await signedInAs(p), `${p.name} stays signed in`);
+  if (shots) {
+    await page.getByRole("button", { name: "Log out" }).click();
+    await page.waitForURL(/notice=signed_out/);
+    await page.goto(`${BASE}/login`);
+    await check(p, "login");
+    await logIn(p);
+  }
 }
 
 async function logIn(p, password = PASSWORD) {
@@ -587,7 +611,8 @@ try {
     olive.errors.length = 0; // the browser logs the warning page's own 409
     await check(olive, "capacity-cut");
     await page.getByRole("button", { name: "Save with fewer seats" }).click();
-    await page.waitForURL(/notice=saved/);
+    await page.waitForURL(/notice=seats_cut/);
+    await page.getByText("everyone keeps their seat").waitFor();
     for (const p of [bea, cal]) {
       await p.page.goto(yoga);
       await p.page.getByText("You are going.").waitFor();
@@ -604,6 +629,9 @@ try {
 
   await step("an admin finds an account and makes it a moderator", async () => {
     await signUpAndLogIn(mo, false);
+    // Mo is signed in and browsing when the role changes.
+    await mo.page.goto(eventUrl);
+    await mo.page.getByRole("button", { name: "Log out" }).waitFor();
     const page = ada.page;
     await logIn(ada);
     await page.getByRole("link", { name: "Accounts" }).click();
@@ -621,16 +649,27 @@ try {
 
   await step("the moderator cancels the event with a reason; the participant is told", async () => {
     const page = mo.page;
-    // The role applies from the next session refresh: a new sign-in gives it at once.
-    await page.getByRole("button", { name: "Log out" }).click();
-    await page.waitForURL(/notice=signed_out/);
-    await logIn(mo);
-    await page.goto(eventUrl);
+    // The role applies to the session Mo has open: once the services refuse its old access
+    // token, the next page refreshes it (never a redirect loop) and shows the moderator's link.
+    const promoted = Date.now() + 20000;
+    for (;;) {
+      const shown = await page.goto(eventUrl);
+      expect(shown.status() === 200 && page.url() === eventUrl, `the event page after the role change: ${shown.status()} ${page.url()}`);
+      if (await page.getByRole("link", { name: "Moderate this event" }).count() > 0) break;
+      expect(Date.now() < promoted, "the signed-in member did not get the moderator's powers within 20 s");
+      await page.waitForTimeout(300);
+    }
+    await page.getByRole("button", { name: "Log out" }).waitFor();
     await page.getByRole("link", { name: "Moderate this event" }).click();
     await page.getByRole("heading", { name: /^Moderate/ }).waitFor();
     await check(mo, "moderate-event");
     await page.locator("#reason").fill("Breaks the venue's safety rules");
     await page.getByRole("button", { name: "Cancel the event" }).click();
+    // A second page says what canceling does before anything happens.
+    await page.getByRole("heading", { name: /^Cancel “Rooftop jazz/ }).waitFor();
+    await page.getByText("Canceling is final").waitFor();
+    await check(mo, "confirm-cancel");
+    await page.getByRole("button", { name: "Yes, cancel the event" }).click();
     await page.waitForURL(/notice=canceled/);
     await cal.page.goto(eventUrl);
     await cal.page.getByText("Reason: Breaks the venue's safety rules").waitFor();
@@ -649,6 +688,30 @@ try {
       expect(Date.now() < deadline, "no cancellation notification within 20 s");
       await cal.page.waitForTimeout(300);
     }
+  });
+
+  await step("an admin logs a member out everywhere without a ban, and bans only after confirming", async () => {
+    const page = ada.page;
+    await page.goto(`${BASE}/admin/users?q=${encodeURIComponent(mo.email)}`);
+    await page.getByRole("button", { name: "Log Mo out everywhere" }).click();
+    await page.waitForURL(/notice=account_signed_out/);
+    // Mo's next page is signed out (the refresh token is revoked); Mo may log in again.
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      await mo.page.goto(`${BASE}/`);
+      if (await mo.page.getByRole("link", { name: "Log in" }).count() > 0) break;
+      expect(Date.now() < deadline, "Mo was still signed in 20 s after the admin ended the sessions");
+      await mo.page.waitForTimeout(300);
+    }
+    await logIn(mo);
+    // A ban asks first, then is lifted.
+    await page.getByLabel("Reason to ban Mo").fill("Testing the confirmation");
+    await page.getByRole("button", { name: "Ban", exact: true }).click();
+    await page.getByRole("heading", { name: "Ban Mo?" }).waitFor();
+    await check(ada, "confirm-ban");
+    await page.getByRole("link", { name: "No, go back" }).click();
+    await page.waitForURL(/\/admin\/users/);
+    expect(await page.getByRole("button", { name: "Lift the ban on Mo" }).count() === 0, "going back bans nobody");
   });
 
   await step("the calendar feed shows the cancellation, then is turned off", async () => {
@@ -718,6 +781,28 @@ try {
     await page.getByRole("button", { name: "Log out everywhere" }).click();
     await page.waitForURL(/notice=signed_out_everywhere/);
     expect(await page.getByRole("link", { name: "Log in" }).isVisible(), "signed out");
+  });
+
+  await step("a forgotten password: the link is checked before its form, and works once", async () => {
+    const page = bea.page;
+    await page.goto(`${BASE}/login`);
+    await page.getByRole("link", { name: "Forgot your password?" }).click();
+    await page.getByLabel("E-mail address").fill(bea.email);
+    await page.getByRole("button", { name: "Send me a link" }).click();
+    await page.getByText("a link to choose a new password is on its way").waitFor();
+    const url = await link(bea.email, "/reset-password");
+    await page.goto(`${BASE}${url}`);
+    await page.getByLabel("New password").fill(`${PASSWORD} anew`);
+    await page.getByRole("button", { name: "Set my new password" }).click();
+    await page.waitForURL(/notice=password_reset/);
+    await logIn(bea, `${PASSWORD} anew`);
+    // The spent link says so at once: no password form to fill in for nothing.
+    const again = await page.goto(`${BASE}${url}`);
+    expect(again.status() === 400, `a spent link's page answered ${again.status()}`);
+    bea.errors.length = 0; // the browser logs the page's own 400
+    await page.getByText("This link has expired or was already used").waitFor();
+    expect(await page.getByLabel("New password").count() === 0, "no password form for a spent link");
+    await check(bea, "reset-spent");
   });
 
   await step("a form without its CSRF token is refused", async () => {
