@@ -36,6 +36,15 @@ pub struct RegisterRequest {
     /// Display name.
     #[schema(schema_with = display_name)]
     pub name: String,
+    /// Sign the new account in at once: a new account's answer is 201 with its first session.
+    /// The answer then tells whether an account was made (an address already registered, or
+    /// looking like one, still gets 202 and no session), which the default keeps to the mail.
+    #[serde(default)]
+    pub sign_in: bool,
+    /// The device's IANA time zone, for the session's place (see `LoginRequest`).
+    #[serde(default)]
+    #[schema(schema_with = time_zone_hint)]
+    pub time_zone: Option<String>,
 }
 
 /// `POST /api/v1/auth/login`.
@@ -165,12 +174,16 @@ pub struct PasswordReset {
     pub device_token: String,
 }
 
-/// The answer to a registration, the same whatever the address's state: where the mail went.
+/// The answer to a registration: where the mail went, the same whatever the address's state;
+/// with `sign_in` asked and a new account made, also its first session.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Registration {
     /// The address the mail went to, normalized (Unicode NFC, lower-case domain).
     #[schema(schema_with = email_out)]
     pub email: String,
+    /// The new account's first token pair (201), when the request asked for `sign_in`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<TokenPair>,
 }
 
 /// An account.

@@ -200,27 +200,34 @@ fn whence(headers: &http::HeaderMap, ip: &str, time_zone: Option<&str>) -> Whenc
 async fn register(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
+    headers: http::HeaderMap,
     Json(b): Json<RegisterBody>,
-) -> Result<(StatusCode, axum::Json<Registration>), Problem> {
+) -> Result<Response, Problem> {
     let arrived = tokio::time::Instant::now();
     let floor = s.registration_floor;
-    let answer = register_once(s, ip, b).await;
+    let answer = register_once(s, ip, &headers, b).await;
     if answer.is_ok() {
         tokio::time::sleep_until(arrived + floor).await;
     }
-    answer
+    answer.map(|(status, registration)| {
+        let mut resp = (status, axum::Json(registration)).into_response();
+        // A session's tokens are secrets: no cache may keep the answer.
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    })
 }
 
 async fn register_once(
     s: AppState,
     ip: String,
+    headers: &http::HeaderMap,
     b: RegisterBody,
-) -> Result<(StatusCode, axum::Json<Registration>), Problem> {
+) -> Result<(StatusCode, Registration), Problem> {
     let email = normalize_email(&b.email)?;
     let name = validate_name(&b.name)?;
     check_new_password(&s.accounts.policy, &b.password, &email)?;
     let phc = s.accounts.hasher.hash(&b.password).await?;
-    let accepted = (StatusCode::ACCEPTED, axum::Json(Registration { email: email.clone() }));
+    let accepted = (StatusCode::ACCEPTED, Registration { email: email.clone(), session: None });
     let bidx = s.accounts.email_index(&email);
     if let Some(existing) = s.accounts.by_email_index(&bidx).await? {
         already_registered(&s, &existing, &ip).await?;
@@ -256,7 +263,26 @@ async fn register_once(
     commit(&s, tx).await?;
     let target = user_target(&id);
     s.accounts.audit(&target, "auth.register", &target, Outcome::Success, json!({ "ip": ip })).await;
-    Ok(accepted)
+    if !b.sign_in {
+        return Ok(accepted);
+    }
+    // Its first session, as a sign-in would give it (nothing can have ended its sessions yet).
+    let row = s.accounts.by_id(user.id).await?.ok_or_else(not_found)?;
+    let from = whence(headers, &ip, b.time_zone.as_deref());
+    let Some((refresh_token, family)) = s.refresh.issue(&row.id, row.session_version, &from).await? else {
+        return Ok(accepted);
+    };
+    let access = access_token(&s, &row.id, &row.role, false, row.session_version, &family)?;
+    let target = user_target(&row.id);
+    s.accounts.audit(&target, "auth.login", &target, Outcome::Success, json!({ "ip": ip, "registered": true })).await;
+    let session = TokenPair {
+        access_token: access,
+        refresh_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: s.access_ttl,
+        device_token: None,
+    };
+    Ok((StatusCode::CREATED, Registration { email, session: Some(session) }))
 }
 
 /// Tells the owner of `existing` that someone tried to register their address again (at most
@@ -429,9 +455,6 @@ async fn mail_reset_link(s: &AppState, row: &crate::accounts::UserRow) -> Result
     Ok(true)
 }
 
-/// Spends a reset token and sets the new password: every session ends, the account's sign-in
-/// delays are lifted, the address counts as verified (the mail reached its owner), and the
-/// owner is told by mail.
 /// `POST /api/v1/auth/password-reset/check` `{token}`: 204 while the reset link can still be
 /// used (unspent, unexpired, its account not banned), else 400 `invalid_token`; nothing is
 /// spent. The page of a link asks before it shows the new-password form. A POST, so the token
@@ -448,6 +471,9 @@ async fn check_reset_token(State(s): State<AppState>, Json(b): Json<TokenBody>) 
     }
 }
 
+/// Spends a reset token and sets the new password: every session ends, the account's sign-in
+/// delays are lifted, the address counts as verified (the mail reached its owner), and the
+/// owner is told by mail.
 async fn reset_password(
     State(s): State<AppState>,
     ClientAddr(ip): ClientAddr,
@@ -533,6 +559,13 @@ async fn change_password(
     }
     s.lockout.succeeded(&bidx, Source::Client(&client)).await?;
     let phc = s.accounts.hasher.hash(&b.new_password).await?;
+    // The new session is the caller's, on the same device: where the old one came from (read
+    // before the transaction, which holds a connection of its own).
+    let from = match claims.sid.as_deref() {
+        Some(sid) => s.refresh.whence(sid).await?,
+        None => None,
+    };
+    let from = from.unwrap_or_else(|| whence(&headers, &ip, None));
     let mut tx = s.accounts.db.begin_write().await?;
     s.accounts.set_password_hash_in(&mut tx, &row.id, &phc).await?;
     let (_, sv) = s.refresh.revoke_user(&mut tx, &row.id).await?;
@@ -540,12 +573,6 @@ async fn change_password(
     s.mail.revoke(&mut tx, &row.id, Purpose::Reset).await?;
     // The caller's new session, under the new version and with the role as it is now (the row
     // is locked: a role change meanwhile has either committed or waits).
-    // The new session is the caller's, on the same device: where the old one came from.
-    let from = match claims.sid.as_deref() {
-        Some(sid) => s.refresh.whence(sid).await?,
-        None => None,
-    };
-    let from = from.unwrap_or_else(|| whence(&headers, &ip, None));
     let (refresh_token, family) = s.refresh.issue_in(&mut tx, &row.id, &from).await?;
     let now = s.accounts.by_id_on(&mut tx, id).await?.ok_or_else(not_found)?;
     if now.banned() {

@@ -279,6 +279,30 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
     let refreshed = again.body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(s.claims(&refreshed).sid, s.claims(&here).sid);
 
+    // Sign-up that signs in: a new address gets 201 and its first session; one with an account
+    // gets the usual 202 and none (its owner is mailed).
+    let register = |email: &str, password: &str| {
+        let body = json!({"email": email, "password": password, "name": "Newbie", "sign_in": true, "time_zone": "Europe/Lisbon"});
+        async move { s.post("/api/v1/auth/register", &body).await }
+    };
+    let made = register("newbie@example.com", PASSWORD).await;
+    assert_eq!(made.status, 201, "{made:?}");
+    assert_eq!(made.headers["cache-control"], "no-store");
+    let fresh = made.body["session"]["access_token"].as_str().unwrap().to_owned();
+    let me = s.get("/api/v1/me", Some(&fresh)).await;
+    assert_eq!(
+        (me.body["email"].as_str(), me.body["email_verified"].as_bool()),
+        (Some("newbie@example.com"), Some(false))
+    );
+    let listed = s.get("/api/v1/auth/sessions", Some(&fresh)).await.body["items"][0].clone();
+    assert_eq!(
+        (listed["current"].as_bool(), listed["place"].as_str()),
+        (Some(true), Some("Near Lisbon · this computer"))
+    );
+    let taken = register("newbie@example.com", "another passphrase entirely").await;
+    assert_eq!(taken.status, 202, "{taken:?}");
+    assert!(taken.body.get("session").is_none(), "{taken:?}");
+
     // A reset request answers 202 whether or not the address has an account; only an account
     // gets a mail.
     let before = s.mail_requests().await.len();

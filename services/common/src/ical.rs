@@ -59,6 +59,9 @@ pub enum Status {
     Tentative,
     /// Canceled.
     Cancelled,
+    /// No `STATUS` (a `CANCEL` that takes one attendee out rather than the event, RFC 5546
+    /// §3.2.5).
+    Unset,
 }
 
 impl Status {
@@ -67,6 +70,7 @@ impl Status {
             Self::Confirmed => "CONFIRMED",
             Self::Tentative => "TENTATIVE",
             Self::Cancelled => "CANCELLED",
+            Self::Unset => "",
         }
     }
 }
@@ -216,7 +220,9 @@ fn event(out: &mut String, e: &Entry, parties: Option<&(Party, Party)>) {
         // A URI value is not TEXT: written as it is, without escapes.
         line(out, &format!("URL:{}", strip_controls(url)));
     }
-    line(out, &format!("STATUS:{}", e.status.as_str()));
+    if e.status != Status::Unset {
+        line(out, &format!("STATUS:{}", e.status.as_str()));
+    }
     line(out, "TRANSP:OPAQUE");
     line(out, "END:VEVENT");
 }

@@ -21,9 +21,11 @@ pub(crate) fn all() -> Vec<Spec> {
                 or looks like an account's address (the same UTS #39 skeleton), in the same time: only the mail \
                 sent to the address says which (a verification link, `already_registered` or \
                 `address_unavailable`). Sign in once the address is verified, or at once (an unverified account \
-                may not create events).",
+                may not create events). With `sign_in: true` a new account is signed in: 201 with its first \
+                session (the answer then tells whether an account was made, as the web sign-up does).",
             )
             .body::<auth::RegisterRequest>()
+            .answer::<auth::Registration>(201, "Made and signed in (`sign_in: true`): the session is in the answer.")
             .answer::<auth::Registration>(202, "Accepted: a mail to the address says what happened.")
             .errors(&[401]),
         op(Post, "/api/v1/auth/login", "login", "Sign in")
@@ -153,10 +155,11 @@ pub(crate) fn all() -> Vec<Spec> {
         op(Post, "/api/v1/admin/users/{id}/logout-all", "endUserSessions", "End every session of an account (admin)")
             .describe(
                 "As the owner's *sign out everywhere*, without a ban: refresh tokens and a pending reset link \
-                are revoked and access tokens refused at once; the owner may sign in again. Audited.",
+                are revoked and access tokens refused everywhere within seconds; the owner may sign in again. 404 for an \
+                unknown account. Audited.",
             )
             .empty(204, "Every session ended.")
-            .errors(&[403]),
+            .errors(&[403, 404]),
         op(Get, "/api/v1/events", "listEvents", "Published events")
             .query::<EventsParams>()
             .answer::<gateway::EventPage>(200, "A page of events."),

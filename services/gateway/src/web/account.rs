@@ -165,24 +165,31 @@ pub(crate) struct SignupForm {
     password: String,
 }
 
-/// `POST /signup`: the account is made unverified, its address gets a link, and the browser
-/// is signed in (the pages then ask to confirm the address, with a button for a new link).
+/// `POST /signup`: the account is made unverified, its address gets a link, and a new account
+/// is signed in at once (auth's `sign_in`); the pages then ask to confirm the address, with a
+/// button for a new link. An address that has an account already (or looks like one) gets its
+/// mail and no session: the log-in page then says to check the inbox.
 pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form): Form<SignupForm>) -> PageResult {
-    let body = json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password });
-    Ok(match site.post::<Registration>(Upstream::Auth, "/api/v1/auth/register", None, &body, &page.address).await {
-        Ok(_) => {
-            match sign_in(&site, &page, &form.email, &form.password).await {
-                Ok(pair) => session::remember_device(
-                    session::start(Redirect::to("/?notice=registered").into_response(), pair.refresh_token),
-                    pair.device_token,
-                ),
-                // Made, but not signed in (auth busy or limiting): the log-in page says so.
-                Err(f) => {
-                    tracing::info!(status = f.status.as_u16(), "signed up but not signed in; sent to log in");
-                    Redirect::to("/login?notice=registered_log_in").into_response()
-                }
+    let mut body =
+        json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password, "sign_in": true });
+    if let Some(zone) = &page.zone {
+        body["time_zone"] = json!(zone.name());
+    }
+    let path = "/api/v1/auth/register";
+    let headers = page.sign_in_headers();
+    let made = match site.send(Upstream::Auth, Method::POST, path, None, Some(&body), &page.address, &headers).await {
+        Ok(r) => Site::read::<Registration>(Upstream::Auth, &r),
+        Err(f) => Err(f),
+    };
+    Ok(match made {
+        Ok(Registration { session: Some(pair), .. }) => {
+            match site.sessions.started(&site, &pair, &page.address).await {
+                Ok(_) => session::start(Redirect::to("/?notice=registered").into_response(), pair.refresh_token),
+                // Made and signed in at auth, but the account did not read back: log in.
+                Err(_) => Redirect::to("/login?notice=registered_log_in").into_response(),
             }
         }
+        Ok(Registration { session: None, .. }) => Redirect::to("/login?notice=registered_log_in").into_response(),
         Err(f) => {
             let t = SignupPage {
                 layout: page.layout(&site, "Sign up").await,
@@ -329,11 +336,13 @@ pub(crate) async fn reset_form(
         let path = "/api/v1/auth/password-reset/check";
         if let Err(f) = site.send(Upstream::Auth, Method::POST, path, None, Some(&body), &page.address, &[]).await {
             errors = Errors::of(&f);
-            if f.code() == Some("invalid_token") {
-                errors.summary = Some(EXPIRED_RESET.into());
-            }
             status = status_of(&f);
-            token.clear();
+            // Only a link that no longer works loses its form; auth busy or away keeps it (the
+            // form says why, and setting the password checks the link anyway).
+            if f.code() == Some("invalid_token") || f.status == StatusCode::BAD_REQUEST {
+                errors.summary = Some(EXPIRED_RESET.into());
+                token.clear();
+            }
         }
     }
     let t = ResetPage {

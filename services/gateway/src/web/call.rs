@@ -152,8 +152,11 @@ pub(crate) fn human(text: &str) -> String {
     let text = text.replace('`', "");
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.contains('_') {
+    // The character before the word: a word of an address is left as it is.
+    let mut before: Option<char> = None;
+    let flush = |word: &mut String, out: &mut String, before: Option<char>, after: Option<char>| {
+        let in_address = before == Some('@') || after == Some('@');
+        if word.contains('_') && !in_address {
             let trimmed = word.trim_matches('_');
             match FIELD_WORDS.iter().find(|(k, _)| *k == trimmed) {
                 Some((_, words)) => out.push_str(words),
@@ -168,11 +171,13 @@ pub(crate) fn human(text: &str) -> String {
         if c.is_ascii_alphanumeric() || c == '_' {
             word.push(c);
         } else {
-            flush(&mut word, &mut out);
+            let start = before;
+            flush(&mut word, &mut out, start, Some(c));
             out.push(c);
+            before = Some(c);
         }
     }
-    flush(&mut word, &mut out);
+    flush(&mut word, &mut out, before, None);
     out
 }
 
@@ -360,6 +365,7 @@ mod tests {
         assert_eq!(fields["role"], "Must be user, moderator or admin.");
         assert_eq!(fields["x"], "Must be a local time in the time zone (2030-05-01T19:00).");
         assert_eq!(fields["y"], "Is not like some other field.");
+        assert_eq!(human("john_doe@example.com is taken"), "john_doe@example.com is taken");
         for message in fields.values() {
             assert!(!message.contains('_') && !message.contains('`'), "{message}");
         }

@@ -33,7 +33,7 @@ const NOTICES: &[(&str, &str)] = &[
     ("signed_in", "You are logged in."),
     ("signed_out", "You are logged out."),
     ("registered", "Welcome! Your account is ready. Check your inbox for the link that confirms your address."),
-    ("registered_log_in", "Account created. Log in, and check your inbox for the link that confirms your address."),
+    ("registered_log_in", "Check your inbox: we sent a mail to that address. Then log in."),
     ("verified", "Your e-mail address is confirmed."),
     (
         "confirm_first",

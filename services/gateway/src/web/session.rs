@@ -55,6 +55,9 @@ const SESSION_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// default); auth ignores a token past its own setting.
 const DEVICE_MAX_AGE: Duration = Duration::from_secs(180 * 24 * 3600);
 
+/// How long the refresh mark lives: the redirect that follows it comes at once.
+const REFRESH_MARK_AGE: Duration = Duration::from_secs(60);
+
 /// Most sessions whose access token is kept in memory; past it the one expiring first goes.
 const MAX_CACHED: usize = 20_000;
 
@@ -247,6 +250,12 @@ impl Sessions {
         if self.secure { "__Host-ce_csrf" } else { "ce_csrf" }
     }
 
+    /// The cookie that makes the next request refresh its session at auth (set when a service
+    /// refused the kept access token).
+    pub(crate) fn refresh_cookie(&self) -> &'static str {
+        if self.secure { "__Host-ce_refresh" } else { "ce_refresh" }
+    }
+
     /// The device cookie's name: it outlives sign-outs (it proves the device, not a session).
     pub(crate) fn device_cookie(&self) -> &'static str {
         if self.secure { "__Host-ce_device" } else { "ce_device" }
@@ -356,10 +365,14 @@ impl Sessions {
         site: &Site,
         refresh: Option<&str>,
         address: &HeaderValue,
+        fresh: bool,
     ) -> (Viewer, Option<SessionChange>) {
         let Some(refresh) = refresh else { return (Viewer::default(), None) };
-        let kept = match self.cached(refresh) {
+        // `fresh`: a service refused the kept token on the last page; whatever copy another
+        // instance or Redis still holds, this one asks auth.
+        let kept = match self.cached(refresh).filter(|_| !fresh) {
             Some(c) => Some(c),
+            None if fresh => None,
             None => self.shared_lookup(refresh).await,
         };
         if let Some(c) = kept {
@@ -436,7 +449,8 @@ pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next
         req
     };
     let session = cookie_value(req.headers(), sessions.session_cookie());
-    let (viewer, change) = sessions.resolve(&site, session.as_deref(), &address).await;
+    let must_refresh = cookie_value(req.headers(), sessions.refresh_cookie()).is_some();
+    let (viewer, change) = sessions.resolve(&site, session.as_deref(), &address, must_refresh).await;
     let mut req = req;
     req.extensions_mut().insert(viewer);
     req.extensions_mut().insert(Csrf(csrf.clone()));
@@ -450,6 +464,11 @@ pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     let refreshed = matches!(change, Some(SessionChange::Start(_)));
+    if must_refresh {
+        // Spent: this request asked auth (or had no session to ask for).
+        let c = sessions.cookie(sessions.refresh_cookie(), String::new(), Duration::ZERO);
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     let change = match resp.extensions_mut().remove::<SessionChange>() {
         Some(SessionChange::Refused) if refreshed => {
             tracing::info!("a just-refreshed session was refused by a service; signing the browser out");
@@ -460,6 +479,10 @@ pub(crate) async fn middleware(State(site): State<Arc<Site>>, req: Request, next
             if let Some(refresh) = &session {
                 sessions.forget(refresh).await;
             }
+            // The next request refreshes at auth whatever copy survives elsewhere (another
+            // instance's memory, Redis that did not take the delete): refused then, it ends.
+            let c = sessions.cookie(sessions.refresh_cookie(), "1".to_owned(), REFRESH_MARK_AGE);
+            resp.headers_mut().append(header::SET_COOKIE, c);
             change
         }
         handler => handler.or(change),

@@ -203,7 +203,17 @@ impl Handler for MailHandler {
                 .map_err(|e| Failure::transient(&e))?,
             None => None,
         };
-        let rendered = render(&self.mailer, to, &name, &req.mail, &id, event.as_ref()).map_err(Failure::permanent)?;
+        // A calendar invitation only to who holds a seat as the notifier knows it now.
+        let going = match req.mail.event_id() {
+            Some(event_id) if event.is_some() => {
+                crate::store::activity::holds_seat(self.contacts.db(), event_id, req.user_id)
+                    .await
+                    .map_err(|e| Failure::transient(&e))?
+            }
+            _ => false,
+        };
+        let rendered =
+            render(&self.mailer, to, &name, &req.mail, &id, event.as_ref(), going).map_err(Failure::permanent)?;
         // Recorded as being sent before the SMTP transaction: another instance handed the same
         // request (a redelivery after this one's ack was lost) sends it only once the lease ends.
         match self.contacts.claim_send(&id, template, self.mailer.send_bound()).await? {

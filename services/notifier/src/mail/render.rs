@@ -87,11 +87,12 @@ pub(crate) fn render(
     mail: &Mail,
     id: &str,
     event: Option<&EventFacts>,
+    going: bool,
 ) -> Result<Rendered, String> {
     let mut v = view(mailer.base_url(), name, mail);
     let ics = event.and_then(|e| {
         v.facts = facts(e);
-        invitation(mailer, &to, name, mail, e)
+        invitation(mailer, &to, name, mail, e).filter(|(method, _)| *method == Method::Cancel || going)
     });
     if let Some((method, _)) = &ics {
         v.calendar = match method {
@@ -147,8 +148,10 @@ fn facts(e: &EventFacts) -> Vec<(&'static str, String)> {
     vec![("What", title(&e.title)), ("When", when), ("Where", place)]
 }
 
-/// The calendar file `mail` carries, and its method: `REQUEST` (the recipient is going: joined,
-/// promoted, or the event changed) or `CANCEL` (canceled, or removed), with the platform as
+/// The calendar file `mail` carries, and its method: `REQUEST` (joined, promoted, or the event
+/// changed; [`render`] sends it only to who holds a seat, and never for an event no longer
+/// published: a mail handled after a cancel must not put the event back) or `CANCEL` (the event
+/// canceled; a removal takes only the recipient out, without `STATUS`), with the platform as
 /// the organizer and the recipient as the attendee, as iTIP (RFC 5546) requires of a message
 /// sent by mail. `None` for other mail.
 fn invitation(mailer: &Mailer, to: &Mailbox, name: &str, mail: &Mail, e: &EventFacts) -> Option<(Method, String)> {
@@ -159,6 +162,9 @@ fn invitation(mailer: &Mailer, to: &Mailbox, name: &str, mail: &Mail, e: &EventF
         Mail::EventCanceled { event_id, .. } | Mail::Removed { event_id, .. } => (event_id, Method::Cancel),
         _ => return None,
     };
+    if method == Method::Request && e.status != "published" {
+        return None;
+    }
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
     let venue = e.place.venue.trim();
     let location = match (venue.is_empty(), e.city.trim().is_empty()) {
@@ -166,10 +172,13 @@ fn invitation(mailer: &Mailer, to: &Mailbox, name: &str, mail: &Mail, e: &EventF
         (true, false) => e.city.trim().to_owned(),
         (false, false) => format!("{venue}, {}", e.city.trim()),
     };
-    let status = if method == Method::Cancel { ical::Status::Cancelled } else { ical::Status::Confirmed };
+    let status = match mail {
+        Mail::EventCanceled { .. } => ical::Status::Cancelled,
+        Mail::Removed { .. } => ical::Status::Unset,
+        _ => ical::Status::Confirmed,
+    };
     let entry = Entry {
         uid: ical::uid(event_id),
-        // A removal is a cancel of this attendee's copy: after anything the event itself sent.
         sequence: u64::try_from(e.version).unwrap_or(0),
         summary: title(&e.title),
         description: String::new(),
@@ -362,6 +371,7 @@ mod tests {
             },
             city: "Lisbon".into(),
             version: 4,
+            status: "published".into(),
         }
     }
 
@@ -386,7 +396,7 @@ mod tests {
         let event = Uuid::nil();
         let to: Mailbox = "Ada <ada@example.com>".parse().unwrap();
         let joined = Mail::Joined { event_id: event, title: "Fado <night>".into() };
-        let r = render(&mailer, to.clone(), "Ada", &joined, "m-1", Some(&facts(""))).unwrap();
+        let r = render(&mailer, to.clone(), "Ada", &joined, "m-1", Some(&facts("")), true).unwrap();
         let m = raw(&r);
         assert!(m.contains("Content-Type: multipart/mixed"), "{m}");
         assert!(m.contains("text/calendar; charset=utf-8; method=REQUEST"), "{m}");
@@ -426,7 +436,16 @@ mod tests {
         assert_eq!(super::facts(&facts("abc"))[2].1, "Online: the join link is on the event's page");
         // Mail about no event, or an event not known yet: no calendar file.
         assert!(invitation(&mailer, &to, "Ada", &Mail::PasswordChanged, &facts("")).is_none());
-        let unknown = render(&mailer, to, "Ada", &joined, "m-2", None).unwrap();
+        let unknown = render(&mailer, to.clone(), "Ada", &joined, "m-2", None, true).unwrap();
         assert!(!raw(&unknown).contains("text/calendar"));
+        // Not holding a seat (waitlisted), or the event no longer on: no REQUEST to put it in.
+        let waiting = render(&mailer, to.clone(), "Ada", &joined, "m-3", Some(&facts("")), false).unwrap();
+        assert!(!raw(&waiting).contains("text/calendar"));
+        let off = EventFacts { status: "canceled".into(), ..facts("") };
+        assert!(invitation(&mailer, &to, "Ada", &joined, &off).is_none());
+        // A removal takes the attendee out, not the event: no STATUS.
+        let removed = Mail::Removed { event_id: event, title: "Fado".into() };
+        let (method, ics) = invitation(&mailer, &to, "Ada", &removed, &facts("")).unwrap();
+        assert!(method == Method::Cancel && !ics.contains("STATUS:"), "{ics}");
     }
 }

@@ -56,13 +56,17 @@ pub(crate) async fn set_event_status(
     status: &str,
     version: i64,
 ) -> Result<(), DataError> {
-    sqlx::query(db.statement("UPDATE event_info SET status = $1, version = $2 WHERE event_id = $3 AND version <= $4"))
-        .bind(status_of(status))
-        .bind(version)
-        .bind(event_id.to_string())
-        .bind(version)
-        .execute(db.on(&mut **tx))
-        .await?;
+    // Version 0 means unknown: applied, as the catalogue says (and the version kept).
+    let (set, at_most) = if version == 0 { (None, i64::MAX) } else { (Some(version), version) };
+    sqlx::query(db.statement(
+        "UPDATE event_info SET status = $1, version = COALESCE($2, version) WHERE event_id = $3 AND version <= $4",
+    ))
+    .bind(status_of(status))
+    .bind(set)
+    .bind(event_id.to_string())
+    .bind(at_most)
+    .execute(db.on(&mut **tx))
+    .await?;
     Ok(())
 }
 
@@ -155,13 +159,15 @@ pub(crate) struct EventFacts {
     pub(crate) place: Place,
     pub(crate) city: String,
     pub(crate) version: i64,
+    /// `published`, `canceled` or `draft`.
+    pub(crate) status: String,
 }
 
 /// The recorded facts of `event_id`, if it is known.
 pub(crate) async fn event_facts(db: &Db, event_id: Uuid) -> Result<Option<EventFacts>, DataError> {
     let mut conn = db.acquire().await?;
     let row = sqlx::query(db.statement(
-        "SELECT title, starts_at, ends_at, venue, time_zone, link_tag, city, version FROM event_info \
+        "SELECT title, starts_at, ends_at, venue, time_zone, link_tag, city, version, status FROM event_info \
          WHERE event_id = $1",
     ))
     .bind(event_id.to_string())
@@ -179,7 +185,21 @@ pub(crate) async fn event_facts(db: &Db, event_id: Uuid) -> Result<Option<EventF
         },
         city: row.try_get(6)?,
         version: row.try_get(7)?,
+        status: row.try_get(8)?,
     }))
+}
+
+/// Whether `user_id` holds a seat in `event_id` as last recorded.
+pub(crate) async fn holds_seat(db: &Db, event_id: Uuid, user_id: Uuid) -> Result<bool, DataError> {
+    let mut conn = db.acquire().await?;
+    let seated: Option<i64> = sqlx::query_scalar(
+        db.statement("SELECT seated FROM event_participants WHERE event_id = $1 AND user_id = $2 AND active = 1"),
+    )
+    .bind(event_id.to_string())
+    .bind(user_id.to_string())
+    .fetch_optional(db.on(&mut *conn))
+    .await?;
+    Ok(seated == Some(1))
 }
 
 /// Records `s`, an event not known yet, at `version`.
