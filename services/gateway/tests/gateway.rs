@@ -64,6 +64,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
             .header("x-request-id", format!("req-{i}"))
             .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
             .header("cookie", "session=secret")
+            .header("user-agent", "journey/1.0")
             .header("x-custom", "not-forwarded");
         if has_body {
             req = req.header("content-type", "application/json").body(body.clone());
@@ -95,6 +96,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
             assert_eq!(h["authorization"], bearer.as_str(), "{what}");
         }
         assert_eq!(h["accept"], "application/json", "{what}");
+        assert_eq!(h["user-agent"], "journey/1.0", "{what}: auth names a session's device by it");
         assert_eq!(h["idempotency-key"], format!("key-{i}").as_str(), "{what}");
         assert_eq!(h["x-request-id"], format!("req-{i}").as_str(), "{what}: the request id follows the call");
         let tp = h["traceparent"].to_str().unwrap();
@@ -109,7 +111,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         }
         forwarded += 1;
     }
-    assert_eq!(forwarded, 63, "every forwarded operation was tried");
+    assert_eq!(forwarded, 65, "every forwarded operation was tried");
     assert!(declared.values().any(|n| n.len() > 3), "some operation takes several parameters");
 
     // A public route without a token is forwarded without one.
