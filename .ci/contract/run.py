@@ -305,6 +305,7 @@ def config(res, out, authenticated):
         "POST /api/v1/events/{id}/bans",
         "POST /api/v1/auth/verify-email",
         "POST /api/v1/auth/password-reset",
+        "POST /api/v1/auth/password-reset/check",
         "POST /api/v1/auth/password",
         "PUT /api/v1/events/{id}/cover",
         "PUT /api/v1/me/avatar",

@@ -71,7 +71,8 @@ pub struct LoginRequest {
 }
 
 fn time_zone_hint() -> ObjectBuilder {
-    bounded(64).description(Some("An IANA time zone name, e.g. Europe/Lisbon."))
+    fields::nullable(bounded(64), Type::String)
+        .description(Some("An IANA time zone name, e.g. Europe/Lisbon; null or left out: not known."))
 }
 
 fn device_token() -> ObjectBuilder {
