@@ -225,6 +225,7 @@ async fn register_once(
 ) -> Result<(StatusCode, Registration), Problem> {
     let email = normalize_email(&b.email)?;
     let name = validate_name(&b.name)?;
+    time_zone_input(b.time_zone.as_deref())?;
     check_new_password(&s.accounts.policy, &b.password, &email)?;
     let phc = s.accounts.hasher.hash(&b.password).await?;
     let accepted = (StatusCode::ACCEPTED, Registration { email: email.clone(), session: None });
@@ -662,7 +663,19 @@ fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
     if b.device_token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
         return Err(FieldError::new("device_token", format!("must be at most {MAX_TOKEN_LEN} characters")));
     }
+    time_zone_input(b.time_zone.as_deref())?;
     Ok(email)
+}
+
+/// The longest `time_zone` a sign-in takes (IANA names are far shorter).
+const MAX_TIME_ZONE: usize = 64;
+
+/// A sign-in's `time_zone`, bounded; a name the tz database does not know is only ignored.
+fn time_zone_input(zone: Option<&str>) -> Result<(), FieldError> {
+    if zone.is_some_and(|z| z.chars().count() > MAX_TIME_ZONE) {
+        return Err(FieldError::new("time_zone", format!("must be at most {MAX_TIME_ZONE} characters")));
+    }
+    Ok(())
 }
 
 async fn login(

@@ -299,6 +299,9 @@ async fn password_reset_change_sessions_and_sign_out_everywhere(s: &Svc) {
         (listed["current"].as_bool(), listed["place"].as_str()),
         (Some(true), Some("Near Lisbon · this computer"))
     );
+    let long = json!({"email": "zone@example.com", "password": PASSWORD, "name": "Z", "time_zone": "x".repeat(65)});
+    let refused = s.post("/api/v1/auth/register", &long).await;
+    assert_eq!((refused.status, refused.field()), (400, "time_zone"), "{refused:?}");
     let taken = register("newbie@example.com", "another passphrase entirely").await;
     assert_eq!(taken.status, 202, "{taken:?}");
     assert!(taken.body.get("session").is_none(), "{taken:?}");
