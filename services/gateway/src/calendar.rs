@@ -33,11 +33,6 @@ use crate::routes::{Access, Upstream};
 /// Longest description a calendar link carries (the rest is on the event's page).
 const LINK_DETAILS: usize = 600;
 
-/// The `UID` of an event: stable whatever address the site is reached at.
-fn uid(id: &Uuid) -> String {
-    ical::uid(id)
-}
-
 /// The event's page.
 pub(crate) fn page_url(origin: &str, id: &Uuid) -> String {
     format!("{origin}/events/{id}")
@@ -51,7 +46,7 @@ fn location(e: &Event) -> String {
 /// The calendar entry of `e`.
 fn entry(e: &Event, origin: &str, status: ical::Status) -> Entry {
     Entry {
-        uid: uid(&e.id),
+        uid: ical::uid(&e.id),
         sequence: e.version,
         summary: e.title.clone(),
         description: e.description.clone(),

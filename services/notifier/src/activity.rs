@@ -221,11 +221,7 @@ async fn write_notices(db: &Db, outbox: &Outbox, metrics: &NotificationMetrics) 
         });
         if let Some(mail) = mail {
             for user in users.iter().filter_map(|u| uuid::Uuid::parse_str(u).ok()) {
-                let request = MailRequested { user_id: user, to: None, name: None, mail: mail.clone() };
-                outbox.enqueue_event(&mut tx, MAIL_TOPIC, &request).await.map_err(|e| match e {
-                    keel::events::outbox::OutboxError::Data(d) => d,
-                    other => DataError::from(sqlx::Error::Protocol(other.to_string())),
-                })?;
+                request_mail(&mut tx, outbox, user, mail.clone()).await?;
             }
         }
         db.commit(tx).await?;
@@ -233,6 +229,17 @@ async fn write_notices(db: &Db, outbox: &Outbox, metrics: &NotificationMetrics) 
         written += 1;
     }
     Ok(written)
+}
+
+/// Enqueues a mail request for `user` in `tx` (sent to their verified address unless they
+/// turned its kind off).
+pub(crate) async fn request_mail(tx: &mut Tx, outbox: &Outbox, user: uuid::Uuid, mail: Mail) -> Result<(), DataError> {
+    let request = MailRequested { user_id: user, to: None, name: None, mail };
+    outbox.enqueue_event(tx, MAIL_TOPIC, &request).await.map_err(|e| match e {
+        keel::events::outbox::OutboxError::Data(d) => d,
+        other => DataError::from(sqlx::Error::Protocol(other.to_string())),
+    })?;
+    Ok(())
 }
 
 /// Follows a join change: who is active in the event, and the organizer's digest (a new join

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use cityevents_common::catalogue::{MAIL_TOPIC, Mail, MailRequested};
+use cityevents_common::catalogue::Mail;
 use cityevents_common::time::{now, to_micros};
 use keel::config::Validation;
 use keel::data::{DataError, Db};
@@ -199,12 +199,7 @@ async fn remind(
         return Ok(());
     };
     let mail = Mail::Reminder { event_id, title: r.title.clone(), soon: soon(left) };
-    let request = MailRequested { user_id, to: None, name: None, mail };
-    outbox.enqueue_event(tx, MAIL_TOPIC, &request).await.map_err(|e| match e {
-        keel::events::outbox::OutboxError::Data(d) => d,
-        other => DataError::from(sqlx::Error::Protocol(other.to_string())),
-    })?;
-    Ok(())
+    crate::activity::request_mail(tx, outbox, user_id, mail).await
 }
 
 #[cfg(test)]

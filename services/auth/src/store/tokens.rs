@@ -199,12 +199,7 @@ pub(crate) async fn live_families(db: &Db, user_id: &str, now: i64) -> Result<Ve
         .bind(&family)
         .fetch_one(db.on(&mut *conn))
         .await?;
-        let whence: Option<(String, String)> =
-            sqlx::query_as(db.statement("SELECT device, place FROM session_whence WHERE family_id = $1"))
-                .bind(&family)
-                .fetch_optional(db.on(&mut *conn))
-                .await?;
-        let (device, place) = whence.unwrap_or_default();
+        let (device, place) = whence_on(db, &mut conn, &family).await?.unwrap_or_default();
         out.push(LiveFamily { family_id: family, started, last, device, place });
     }
     Ok(out)
@@ -299,12 +294,21 @@ pub(crate) async fn prune(db: &Db, now: i64, spent_before: i64) -> Result<u64, D
 /// Where family `family_id` was started from.
 pub(crate) async fn whence(db: &Db, family_id: &str) -> Result<Option<crate::whence::Whence>, DataError> {
     let mut conn = db.acquire().await?;
-    let row: Option<(String, String)> =
-        sqlx::query_as(db.statement("SELECT device, place FROM session_whence WHERE family_id = $1"))
-            .bind(family_id)
-            .fetch_optional(db.on(&mut *conn))
-            .await?;
+    let row = whence_on(db, &mut conn, family_id).await?;
     Ok(row.map(|(device, place)| crate::whence::Whence { device, place }))
+}
+
+/// `(device, place)` of family `family_id`, on `conn`.
+async fn whence_on(
+    db: &Db,
+    conn: &mut sqlx::pool::PoolConnection<Any>,
+    family_id: &str,
+) -> Result<Option<(String, String)>, DataError> {
+    let row = sqlx::query_as(db.statement("SELECT device, place FROM session_whence WHERE family_id = $1"))
+        .bind(family_id)
+        .fetch_optional(db.on(&mut **conn))
+        .await?;
+    Ok(row)
 }
 
 /// Records where family `family_id` of `user_id` was started from.

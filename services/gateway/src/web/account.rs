@@ -82,15 +82,25 @@ pub(crate) struct LoginForm {
     next: Option<String>,
 }
 
+/// The verify page's layout: no banner asking for what the page itself does.
+async fn confirming_layout(site: &Site, page: &Page) -> Layout {
+    Layout { confirming: true, ..page.layout(site, "Confirm your address").await }
+}
+
+/// `body` with the browser's time zone, for the session's place.
+fn with_zone(page: &Page, mut body: serde_json::Value) -> serde_json::Value {
+    if let Some(zone) = &page.zone {
+        body["time_zone"] = json!(zone.name());
+    }
+    body
+}
+
 /// Signs in at auth with the browser's device token, `User-Agent` and time zone (the session
 /// list's device and place), and keeps the session; the pair auth gave.
 async fn sign_in(site: &Site, page: &Page, email: &str, password: &str) -> Result<TokenPair, Failure> {
-    let mut body = json!({ "email": email.trim(), "password": password });
+    let mut body = with_zone(page, json!({ "email": email.trim(), "password": password }));
     if let Some(device) = &page.device {
         body["device_token"] = json!(device);
-    }
-    if let Some(zone) = &page.zone {
-        body["time_zone"] = json!(zone.name());
     }
     let path = "/api/v1/auth/login";
     let headers = page.sign_in_headers();
@@ -170,11 +180,10 @@ pub(crate) struct SignupForm {
 /// button for a new link. An address that has an account already (or looks like one) gets its
 /// mail and no session: the log-in page then says to check the inbox.
 pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form): Form<SignupForm>) -> PageResult {
-    let mut body =
-        json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password, "sign_in": true });
-    if let Some(zone) = &page.zone {
-        body["time_zone"] = json!(zone.name());
-    }
+    let body = with_zone(
+        &page,
+        json!({ "name": form.name.trim(), "email": form.email.trim(), "password": form.password, "sign_in": true }),
+    );
     let path = "/api/v1/auth/register";
     let headers = page.sign_in_headers();
     let made = match site.send(Upstream::Auth, Method::POST, path, None, Some(&body), &page.address, &headers).await {
@@ -231,12 +240,7 @@ pub(crate) async fn verify_form(
     query: Result<Query<TokenQuery>, keel::http::Problem>,
 ) -> PageResult {
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
-    let t = VerifyPage {
-        layout: Layout { confirming: true, ..page.layout(&site, "Confirm your address").await },
-        token,
-        errors: Errors::default(),
-        sent: false,
-    };
+    let t = VerifyPage { layout: confirming_layout(&site, &page).await, token, errors: Errors::default(), sent: false };
     Ok(render(StatusCode::OK, &t))
 }
 
@@ -273,7 +277,7 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
     Ok(match result {
         Ok(_) if form.resend => {
             let t = VerifyPage {
-                layout: Layout { confirming: true, ..page.layout(&site, "Confirm your address").await },
+                layout: confirming_layout(&site, &page).await,
                 token: String::new(),
                 errors: Errors::default(),
                 sent: true,
@@ -297,12 +301,8 @@ pub(crate) async fn verify(State(site): State<Arc<Site>>, page: Page, Form(form)
                         .into(),
                 );
             }
-            let t = VerifyPage {
-                layout: Layout { confirming: true, ..page.layout(&site, "Confirm your address").await },
-                token: form.token,
-                errors,
-                sent: false,
-            };
+            let t =
+                VerifyPage { layout: confirming_layout(&site, &page).await, token: form.token, errors, sent: false };
             render(status_of(&f), &t)
         }
     })

@@ -185,10 +185,7 @@ pub(crate) async fn act(
     let token = page.signed(&back)?;
     let Ok(Path((id, action))) = path else { return Ok(pages::not_found(&page)) };
     if action == "ban" && form.confirmed != "yes" && !form.reason.trim().is_empty() {
-        let who = match form.name.trim() {
-            "" => "this account".to_owned(),
-            n => crate::calendar::cut(n, 100),
-        };
+        let who = ConfirmPage::who(&form.name, "this account");
         let t = ConfirmPage {
             layout: page.layout(&site, "Are you sure?").await,
             heading: format!("Ban {who}?"),

@@ -515,10 +515,7 @@ pub(crate) struct ActionForm {
 
 /// The confirmation page of `action` on `event`, or `None` when it needs none.
 fn confirmation(action: &str, event: &Event, form: &ActionForm, back: &str, layout: Layout) -> Option<ConfirmPage> {
-    let who = match form.name.trim() {
-        "" => "this person".to_owned(),
-        n => crate::calendar::cut(n, 100),
-    };
+    let who = ConfirmPage::who(&form.name, "this person");
     let (heading, lines, confirm) = match action {
         "cancel" => (
             format!("Cancel “{}”?", event.title),

@@ -362,6 +362,17 @@ pub(crate) struct ConfirmPage {
     pub(crate) back: String,
 }
 
+impl ConfirmPage {
+    /// Whom a confirmation names: the name the form carried (cut to 100 characters), else
+    /// `fallback`.
+    pub(crate) fn who(name: &str, fallback: &str) -> String {
+        match name.trim() {
+            "" => fallback.to_owned(),
+            n => crate::calendar::cut(n, 100),
+        }
+    }
+}
+
 /// A page that says what went wrong.
 #[derive(Template)]
 #[template(path = "web/problem.html")]

@@ -370,9 +370,9 @@ impl Sessions {
         let Some(refresh) = refresh else { return (Viewer::default(), None) };
         // `fresh`: a service refused the kept token on the last page; whatever copy another
         // instance or Redis still holds, this one asks auth.
-        let kept = match self.cached(refresh).filter(|_| !fresh) {
+        let kept = match self.cached(refresh) {
+            _ if fresh => None,
             Some(c) => Some(c),
-            None if fresh => None,
             None => self.shared_lookup(refresh).await,
         };
         if let Some(c) = kept {

@@ -136,16 +136,22 @@ fn facts(e: &EventFacts) -> Vec<(&'static str, String)> {
         (Some(from), Some(to)) => format!("{from} to {to} ({})", zone.name()),
         _ => String::new(),
     };
-    let venue = e.place.venue.trim();
-    let city = e.city.trim();
-    let place = match (e.place.link_tag.is_empty(), venue.is_empty(), city.is_empty()) {
-        (false, _, _) => "Online: the join link is on the event's page".to_owned(),
-        (true, false, false) => format!("{venue}, {city}"),
-        (true, false, true) => venue.to_owned(),
-        (true, true, false) => city.to_owned(),
-        (true, true, true) => "See the event's page".to_owned(),
+    let place = match (e.place.link_tag.is_empty(), location(e)) {
+        (false, _) => "Online: the join link is on the event's page".to_owned(),
+        (true, l) if l.is_empty() => "See the event's page".to_owned(),
+        (true, l) => l,
     };
     vec![("What", title(&e.title)), ("When", when), ("Where", place)]
+}
+
+/// `venue, city`, either alone when the other is empty, or empty.
+fn location(e: &EventFacts) -> String {
+    let (venue, city) = (e.place.venue.trim(), e.city.trim());
+    match (venue.is_empty(), city.is_empty()) {
+        (false, false) => format!("{venue}, {city}"),
+        (false, true) => venue.to_owned(),
+        (true, _) => city.to_owned(),
+    }
 }
 
 /// The calendar file `mail` carries, and its method: `REQUEST` (joined, promoted, or the event
@@ -166,12 +172,6 @@ fn invitation(mailer: &Mailer, to: &Mailbox, name: &str, mail: &Mail, e: &EventF
         return None;
     }
     let now = cityevents_common::time::to_micros(cityevents_common::time::now());
-    let venue = e.place.venue.trim();
-    let location = match (venue.is_empty(), e.city.trim().is_empty()) {
-        (_, true) => venue.to_owned(),
-        (true, false) => e.city.trim().to_owned(),
-        (false, false) => format!("{venue}, {}", e.city.trim()),
-    };
     let status = match mail {
         Mail::EventCanceled { .. } => ical::Status::Cancelled,
         Mail::Removed { .. } => ical::Status::Unset,
@@ -182,7 +182,7 @@ fn invitation(mailer: &Mailer, to: &Mailbox, name: &str, mail: &Mail, e: &EventF
         sequence: u64::try_from(e.version).unwrap_or(0),
         summary: title(&e.title),
         description: String::new(),
-        location,
+        location: location(e),
         url: Some(format!("{}/events/{event_id}", mailer.base_url())),
         starts_at: e.place.starts_at,
         ends_at: e.place.ends_at,
