@@ -12,6 +12,7 @@ pub mod joins;
 pub mod json;
 pub mod limits;
 pub mod notifications;
+pub mod oidc;
 pub mod params;
 
 use utoipa::OpenApi;

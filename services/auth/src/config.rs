@@ -16,6 +16,7 @@
 //!   password_reset_ttl: 1h       # how long a mailed password-reset link works
 //!   password_reset_mails_per_hour: 3  # reset mails one account receives in an hour, at most
 //!   registration_floor: 150ms    # every registration answers no sooner than this
+//!   oidc: {}                     # OpenID Connect providers: see oidc/config.rs
 //! ```
 
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub struct AuthConfig {
     pub registration_floor: Duration,
     /// Avatars: decoding and clean-up (see `profiles.rs`).
     pub pictures: cityevents_media::PicturesConfig,
+    /// Sign-in with OpenID Connect providers (see `oidc/config.rs`).
+    pub oidc: crate::oidc::OidcConfig,
 }
 
 /// `app.lockout.*`: failed sign-ins are counted per account and client IP, per client IP and per
@@ -124,6 +127,7 @@ impl Default for AuthConfig {
             password_reset_mails_per_hour: 3,
             registration_floor: Duration::from_millis(150),
             pictures: cityevents_media::PicturesConfig::default(),
+            oidc: crate::oidc::OidcConfig::default(),
         }
     }
 }
@@ -173,6 +177,11 @@ impl Section for AuthConfig {
             v.invalid("registration_floor", "must be at most 2s");
         }
         v.section("pictures", &self.pictures);
+        v.section("oidc", &self.oidc);
+    }
+
+    fn templates(t: &mut keel::config::Templates<'_>) {
+        t.map_entries("oidc.providers", &crate::oidc::config::ProviderConfig::default());
     }
 }
 
@@ -214,6 +223,43 @@ mod tests {
             load(&[("LOCKOUT__FREE_FAILURES", "3"), ("LOCKOUT__MAX_DELAY", "1h"), ("REFRESH_TTL", "7days")]).unwrap();
         assert_eq!((c.lockout.free_failures, c.lockout.max_delay), (3, Duration::from_secs(3600)));
         assert_eq!(c.refresh_ttl, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn providers_are_read_from_the_environment_and_checked() {
+        let corp = [
+            ("OIDC__REDIRECT_BASE", "https://events.example.org"),
+            ("OIDC__PROVIDERS__CORP__NAME", "Corp"),
+            ("OIDC__PROVIDERS__CORP__ISSUER", "https://login.corp.example"),
+            ("OIDC__PROVIDERS__CORP__CLIENT_ID", "cityevents"),
+            ("OIDC__PROVIDERS__CORP__CLIENT_SECRET", "s3cr3t-from-the-idp"),
+        ];
+        let c = load(&corp).unwrap();
+        let p = &c.oidc.providers["corp"];
+        assert_eq!(
+            (p.name.as_str(), p.issuer.as_str(), p.client_id.as_str()),
+            ("Corp", "https://login.corp.example", "cityevents")
+        );
+        assert_eq!(p.client_secret.expose(), "s3cr3t-from-the-idp");
+        assert_eq!(p.scopes, ["openid", "email", "profile"]);
+        assert_eq!(c.oidc.flow_ttl, Duration::from_secs(600));
+        for (key, value, path) in [
+            ("OIDC__REDIRECT_BASE", "", "app.oidc.redirect_base"),
+            ("OIDC__REDIRECT_BASE", "https://events.example.org/site", "app.oidc.redirect_base"),
+            ("OIDC__PROVIDERS__CORP__ISSUER", "not a url", "app.oidc.providers.corp.issuer"),
+            ("OIDC__PROVIDERS__CORP__SCOPES", "openid,profile", "app.oidc.providers.corp.scopes"),
+            ("OIDC__PROVIDERS__CORP__CLIENT_SECRET", "", "app.oidc.providers.corp.client_secret"),
+            ("OIDC__FLOW_TTL", "2h", "app.oidc.flow_ttl"),
+        ] {
+            let mut env: Vec<(&str, &str)> = corp.iter().filter(|(k, _)| *k != key).copied().collect();
+            if !value.is_empty() {
+                env.push((key, value));
+            }
+            let e = load(&env).unwrap_err();
+            assert!(e.contains(path), "{key}={value}: {e}");
+        }
+        let e = load(&[("OIDC__PROVIDERS__NOT_OK__NAME", "x")]).unwrap_err();
+        assert!(e.contains("app.oidc.providers.not_ok"), "{e}");
     }
 
     #[test]

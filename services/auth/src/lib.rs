@@ -19,6 +19,7 @@
 //! | `GET /api/v1/admin/users?q=&role=&banned=&limit=&cursor=` (role `admin`) | accounts, newest first, with their bans |
 //! | `POST /api/v1/admin/users/{id}/ban` `{reason}` (`moderator`, `admin`) | bans the account: sessions end, sign-in refused (403 `account_banned`), `account.banned` |
 //! | `DELETE /api/v1/admin/users/{id}/ban` (`moderator`, `admin`) | lifts it (`account.unbanned`); 404 `ban_not_found` |
+//! | `/api/v1/auth/oidc/*`, `/api/v1/auth/identities` | logging in with OpenID Connect providers: see [`oidc`](crate::oidc) |
 //!
 //! * **Accounts**: addresses are normalized ([`normalize_email`]: NFC, lower case, IDNA domain;
 //!   look-alikes mixing scripts refused), stored encrypted
@@ -48,7 +49,8 @@
 //!   `auth-audit`, recorded once per message).
 //! * **Metrics**: `auth_login_attempts_total{outcome}` (`success`, `invalid_credentials`,
 //!   `locked`, `invalid_input`, `banned`); `auth_refresh_total{outcome}` (`rotated`, `repeated`, `reused`,
-//!   `invalid`); `auth_login_throttled_total{scope}` (`account_ip`, `ip`, `account`).
+//!   `invalid`); `auth_login_throttled_total{scope}` (`account_ip`, `ip`, `account`);
+//!   `auth_oidc_sign_ins_total{provider,outcome}`.
 
 mod accounts;
 mod admin;
@@ -60,6 +62,7 @@ mod lockout;
 mod mail;
 mod metrics;
 mod moderation;
+mod oidc;
 mod profiles;
 mod routes;
 mod sessions;
@@ -134,8 +137,8 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let db = s.database()?;
     let outbox = s.outbox(&db)?;
     let audit = s.audit_log(&db)?;
-    let auth_metrics = metrics::AuthMetrics::register(s.metrics())?;
     let cfg = s.config().clone();
+    let auth_metrics = metrics::AuthMetrics::register(s.metrics(), cfg.oidc.providers.keys().map(String::as_str))?;
     let accounts = Accounts::new(db.clone(), keyring.clone(), index, hasher, policy, audit.clone());
     let lockout = lockout::Lockout::new(db.clone(), cfg.lockout.clone());
     let mail = mail::AccountMail::new(db.clone(), outbox.clone(), cfg.email_verification_ttl, cfg.password_reset_ttl);
@@ -155,8 +158,11 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
             .depends_on(db.clone());
     s.consume(audit_consumer)?;
     let refresh = tokens::RefreshTokens::new(db, keyring, cfg.refresh_ttl, cfg.refresh_reuse_grace, sessions);
-    let (l, r, m) = (lockout.clone(), refresh.clone(), mail.clone());
-    s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| prune(l.clone(), r.clone(), m.clone())))?;
+    let oidc = oidc::Oidc::new(cfg.oidc.clone(), accounts.db.clone())?;
+    let (l, r, m, o) = (lockout.clone(), refresh.clone(), mail.clone(), oidc.clone());
+    s.worker(Worker::periodic("auth-prune", PRUNE_EVERY, move |_ctx| {
+        prune(l.clone(), r.clone(), m.clone(), o.clone())
+    }))?;
     let (r, gauge) = (refresh.clone(), auth_metrics.clone());
     s.worker(Worker::periodic("session-count", SESSION_COUNT_EVERY, move |_ctx| {
         let (r, gauge) = (r.clone(), gauge.clone());
@@ -194,6 +200,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
         resets,
         reset_mails_per_hour: cfg.password_reset_mails_per_hour,
         pictures,
+        oidc,
     };
     let worker = state.clone();
     s.task("password-resets", move |stop| routes::run_resets(worker, reset_requests, stop));
@@ -236,14 +243,15 @@ async fn prune(
     lockout: lockout::Lockout,
     refresh: tokens::RefreshTokens,
     mail: mail::AccountMail,
+    oidc: oidc::Oidc,
 ) -> Result<(), RunError> {
-    match (refresh.prune().await, lockout.prune().await, mail.prune().await) {
-        (Ok(tokens), Ok(counters), Ok(account_tokens)) => {
-            if tokens + counters + account_tokens > 0 {
-                tracing::debug!(tokens, counters, account_tokens, "pruned expired tokens and failure counters");
+    match (refresh.prune().await, lockout.prune().await, mail.prune().await, oidc.prune().await) {
+        (Ok(tokens), Ok(counters), Ok(account_tokens), Ok(flows)) => {
+            if tokens + counters + account_tokens + flows > 0 {
+                tracing::debug!(tokens, counters, account_tokens, flows, "pruned expired tokens and failure counters");
             }
         }
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
             tracing::warn!(error = %e, "pruning tokens or failure counters failed");
         }
     }

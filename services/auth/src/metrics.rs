@@ -50,20 +50,59 @@ impl RefreshOutcome {
     }
 }
 
+/// How a sign-in with an OpenID Connect provider ended: the `outcome` label of
+/// `auth_oidc_sign_ins_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OidcOutcome {
+    /// Signed in to the account the provider's account is linked to.
+    SignedIn,
+    /// Signed in to an account made by this sign-in.
+    Created,
+    /// A signed-in user linked the provider (or confirmed an offer with their password).
+    Linked,
+    /// An account has the address: its owner was offered to link.
+    Offered,
+    /// Refused: a failed check (state, code, ID token), a banned account, a conflict.
+    Refused,
+    /// The provider could not be reached.
+    Unavailable,
+}
+
+impl OidcOutcome {
+    const ALL: [Self; 6] =
+        [Self::SignedIn, Self::Created, Self::Linked, Self::Offered, Self::Refused, Self::Unavailable];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::SignedIn => "signed_in",
+            Self::Created => "created",
+            Self::Linked => "linked",
+            Self::Offered => "offered",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// `auth_login_attempts_total{outcome}`, `auth_refresh_total{outcome}`,
-/// `auth_login_throttled_total{scope}` and `auth_active_sessions`.
+/// `auth_login_throttled_total{scope}`, `auth_oidc_sign_ins_total{provider,outcome}` and
+/// `auth_active_sessions`.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthMetrics {
     attempts: IntCounterVec,
     refreshes: IntCounterVec,
     throttled: IntCounterVec,
+    oidc: IntCounterVec,
     sessions: IntGauge,
 }
 
 impl AuthMetrics {
     /// Registers the counters in `metrics`, every outcome present from the start (at 0), so
     /// rates and alerts work before the first failure.
-    pub(crate) fn register(metrics: &keel::telemetry::Metrics) -> Result<Self, prometheus::Error> {
+    pub(crate) fn register<'a>(
+        metrics: &keel::telemetry::Metrics,
+        providers: impl Iterator<Item = &'a str>,
+    ) -> Result<Self, prometheus::Error> {
         let attempts =
             IntCounterVec::new(Opts::new("auth_login_attempts_total", "Sign-in attempts by outcome."), &["outcome"])?;
         for o in LoginOutcome::ALL {
@@ -87,16 +126,30 @@ impl AuthMetrics {
             throttled.with_label_values(&[scope.label()]);
         }
         metrics.register(throttled.clone())?;
+        let oidc = IntCounterVec::new(
+            Opts::new("auth_oidc_sign_ins_total", "Sign-ins with OpenID Connect providers, by provider and outcome."),
+            &["provider", "outcome"],
+        )?;
+        for provider in providers {
+            for o in OidcOutcome::ALL {
+                oidc.with_label_values(&[provider, o.label()]);
+            }
+        }
+        metrics.register(oidc.clone())?;
         let sessions = IntGauge::new(
             "auth_active_sessions",
             "Sessions that can still be refreshed (signed in, not signed out, revoked or expired), in the whole database; counted every 15 s.",
         )?;
         metrics.register(sessions.clone())?;
-        Ok(Self { attempts, refreshes, throttled, sessions })
+        Ok(Self { attempts, refreshes, throttled, oidc, sessions })
     }
 
     pub(crate) fn count(&self, outcome: LoginOutcome) {
         self.attempts.with_label_values(&[outcome.label()]).inc();
+    }
+
+    pub(crate) fn oidc(&self, provider: &str, outcome: OidcOutcome) {
+        self.oidc.with_label_values(&[provider, outcome.label()]).inc();
     }
 
     pub(crate) fn throttled(&self, scope: Scope) {

@@ -36,6 +36,7 @@ use crate::error::{
 use crate::lockout::{Gate, Lockout, Source};
 use crate::mail::{AccountMail, Purpose, contact_of};
 use crate::metrics::{AuthMetrics, LoginOutcome, RefreshOutcome};
+use crate::oidc::routes as oidc;
 use crate::tokens::{MAX_TOKEN_LEN, RefreshTokens, Rotation};
 use crate::whence::Whence;
 use cityevents_api::limits::MAX_REASON as MAX_BAN_REASON;
@@ -69,6 +70,8 @@ pub(crate) struct AppState {
     pub(crate) reset_mails_per_hour: u32,
     /// Avatars: the object store and the decoding pipeline.
     pub(crate) pictures: cityevents_media::Pictures,
+    /// Sign-in with OpenID Connect providers (`app.oidc`).
+    pub(crate) oidc: crate::oidc::Oidc,
 }
 
 /// The routes, under the same paths the gateway exposes.
@@ -88,6 +91,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/auth/logout-all", post(logout_all))
         .route("/api/v1/auth/sessions", get(sessions))
         .route("/api/v1/auth/sessions/{id}", delete(revoke_session))
+        .route("/api/v1/auth/oidc/providers", get(oidc::providers))
+        .route("/api/v1/auth/oidc/link", post(oidc::confirm_link))
+        .route("/api/v1/auth/oidc/{provider}/start", post(oidc::start))
+        .route("/api/v1/auth/oidc/{provider}/callback", post(oidc::callback))
+        .route("/api/v1/auth/identities", get(oidc::identities))
+        .route("/api/v1/auth/identities/{provider}", delete(oidc::unlink))
+        .route("/api/v1/auth/identities/{provider}/start", post(oidc::start_link))
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/users", get(list_users))
         .route("/api/v1/users/names", get(names))
@@ -140,7 +150,7 @@ impl FromRequestParts<AppState> for Moderating {
 }
 
 /// The client's address for the audit log (`http.trusted_proxies` may tell it).
-struct ClientAddr(String);
+pub(crate) struct ClientAddr(pub(crate) String);
 
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -155,16 +165,16 @@ impl FromRequestParts<AppState> for ClientAddr {
     }
 }
 
-fn user_target(id: &str) -> String {
+pub(crate) fn user_target(id: &str) -> String {
     format!("user:{id}")
 }
 
-fn not_found() -> Problem {
+pub(crate) fn not_found() -> Problem {
     Problem::not_found().code("user_not_found").detail("no such account")
 }
 
 /// Tokens are secrets: no cache may keep the response.
-fn token_response(pair: impl serde::Serialize) -> Response {
+pub(crate) fn token_response(pair: impl serde::Serialize) -> Response {
     let mut resp = axum::Json(pair).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -172,7 +182,7 @@ fn token_response(pair: impl serde::Serialize) -> Response {
 
 /// An access token for `user_id`, carrying its current session version `sv` and its session
 /// (refresh-token family) `sid`.
-fn access_token(
+pub(crate) fn access_token(
     s: &AppState,
     user_id: &str,
     role: &str,
@@ -186,7 +196,7 @@ fn access_token(
 }
 
 /// Where a sign-in came from: its `User-Agent`, address and the time zone its body named.
-fn whence(headers: &http::HeaderMap, ip: &str, time_zone: Option<&str>) -> Whence {
+pub(crate) fn whence(headers: &http::HeaderMap, ip: &str, time_zone: Option<&str>) -> Whence {
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     Whence::of(agent, ip, time_zone)
 }
@@ -302,7 +312,7 @@ async fn already_registered(s: &AppState, existing: &UserRow, ip: &str) -> Resul
 }
 
 /// Commits `tx` and has the relay publish what it enqueued now.
-async fn commit(s: &AppState, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), Problem> {
+pub(crate) async fn commit(s: &AppState, tx: sqlx::Transaction<'static, sqlx::Any>) -> Result<(), Problem> {
     s.accounts.db.commit(tx).await?;
     s.mail.wake();
     Ok(())
@@ -539,6 +549,12 @@ async fn change_password(
         // A token from before the ban may still be accepted for a moment: it buys nothing.
         return Err(account_banned(&row));
     }
+    if !row.has_password() {
+        return Err(conflict(
+            "no_password",
+            "this account signs in with a provider and has no password yet: a password-reset link sets one",
+        ));
+    }
     let user = s.accounts.user(&row)?;
     check_new_password(&s.accounts.policy, &b.new_password, &user.email)
         .map_err(|e| FieldError::new("new_password", e.message))?;
@@ -645,7 +661,7 @@ async fn revoke_session(
 
 /// A password check that came to no verdict (refused at capacity, a dependency down): the
 /// attempt [`Lockout::attempt`] counted is taken back, so refusals never lock anyone out.
-async fn no_verdict(s: &AppState, bidx: &str, source: Source<'_>, e: Problem) -> Problem {
+pub(crate) async fn no_verdict(s: &AppState, bidx: &str, source: Source<'_>, e: Problem) -> Problem {
     if let Err(undo) = s.lockout.undone(bidx, source).await {
         tracing::warn!(error = %undo, "cannot take back a sign-in attempt that came to no verdict");
     }
@@ -671,7 +687,7 @@ fn login_input(s: &AppState, b: &LoginBody) -> Result<String, FieldError> {
 const MAX_TIME_ZONE: usize = 64;
 
 /// A sign-in's `time_zone`, bounded; a name the tz database does not know is only ignored.
-fn time_zone_input(zone: Option<&str>) -> Result<(), FieldError> {
+pub(crate) fn time_zone_input(zone: Option<&str>) -> Result<(), FieldError> {
     if zone.is_some_and(|z| z.chars().count() > MAX_TIME_ZONE) {
         return Err(FieldError::new("time_zone", format!("must be at most {MAX_TIME_ZONE} characters")));
     }
@@ -714,9 +730,10 @@ async fn login(
     let checked = async {
         let row = s.accounts.by_email_index(&bidx).await?;
         let verified = match &row {
-            Some(r) => s.accounts.hasher.verify(&b.password, &r.password_hash).await?,
-            // The same Argon2 work as a real check, so timing does not tell which addresses exist.
-            None => s.accounts.hasher.verify_dummy(&b.password).await?,
+            Some(r) if r.has_password() => s.accounts.hasher.verify(&b.password, &r.password_hash).await?,
+            // The same Argon2 work as a real check, so timing does not tell which addresses exist
+            // (or which accounts sign in only with a provider).
+            _ => s.accounts.hasher.verify_dummy(&b.password).await?,
         };
         Ok::<_, Problem>((row, verified))
     };
@@ -891,14 +908,14 @@ async fn set_role(
 }
 
 /// 403 `account_banned`, with the reason the moderator gave.
-fn account_banned(row: &UserRow) -> Problem {
+pub(crate) fn account_banned(row: &UserRow) -> Problem {
     let why = row.ban_reason.as_deref().unwrap_or_default();
     Problem::new(StatusCode::FORBIDDEN, "account-banned", "Account banned")
         .code("account_banned")
         .detail(format!("this account is banned: {why}"))
 }
 
-fn conflict(code: &str, detail: &str) -> Problem {
+pub(crate) fn conflict(code: &str, detail: &str) -> Problem {
     Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").code(code).detail(detail)
 }
 

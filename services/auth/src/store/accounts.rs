@@ -30,6 +30,12 @@ impl UserRow {
     pub(crate) fn banned(&self) -> bool {
         self.banned_at.is_some()
     }
+
+    /// Whether the account has a password (an account made by a sign-in with an OpenID Connect
+    /// provider has none, an empty `password_hash`, until a reset link sets one).
+    pub(crate) fn has_password(&self) -> bool {
+        !self.password_hash.is_empty()
+    }
 }
 
 type RowTuple =

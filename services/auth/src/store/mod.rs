@@ -14,5 +14,6 @@
 pub(crate) mod accounts;
 pub(crate) mod lockout;
 pub(crate) mod mail;
+pub(crate) mod oidc;
 pub(crate) mod sessions;
 pub(crate) mod tokens;
