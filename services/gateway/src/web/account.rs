@@ -46,11 +46,24 @@ pub(crate) fn status_of(f: &Failure) -> StatusCode {
 
 #[derive(Template)]
 #[template(path = "web/login.html")]
-struct LoginPage {
-    layout: Layout,
-    email: String,
-    next: String,
-    errors: Errors,
+pub(crate) struct LoginPage {
+    pub(crate) layout: Layout,
+    pub(crate) email: String,
+    pub(crate) next: String,
+    pub(crate) errors: Errors,
+    /// The OpenID Connect providers offered beside the password.
+    pub(crate) providers: Vec<cityevents_api::oidc::Provider>,
+}
+
+impl LoginPage {
+    /// The link that logs in with provider `id` and comes back to this page's `next`.
+    fn provider_href(&self, id: &str) -> String {
+        if self.next == "/" {
+            return format!("/login/oidc/{id}");
+        }
+        let next: String = form_urlencoded::byte_serialize(self.next.as_bytes()).collect();
+        format!("/login/oidc/{id}?next={next}")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,8 +81,13 @@ pub(crate) async fn login_form(
     if page.viewer.signed.is_some() {
         return Ok(Redirect::to(&next).into_response());
     }
-    let t =
-        LoginPage { layout: page.layout(&site, "Log in").await, email: String::new(), next, errors: Errors::default() };
+    let t = LoginPage {
+        layout: page.layout(&site, "Log in").await,
+        email: String::new(),
+        next,
+        errors: Errors::default(),
+        providers: super::oidc::providers(&site, &page).await,
+    };
     Ok(render(StatusCode::OK, &t))
 }
 
@@ -88,7 +106,7 @@ async fn confirming_layout(site: &Site, page: &Page) -> Layout {
 }
 
 /// `body` with the browser's time zone, for the session's place.
-fn with_zone(page: &Page, mut body: serde_json::Value) -> serde_json::Value {
+pub(crate) fn with_zone(page: &Page, mut body: serde_json::Value) -> serde_json::Value {
     if let Some(zone) = &page.zone {
         body["time_zone"] = json!(zone.name());
     }
@@ -125,7 +143,9 @@ pub(crate) async fn login(State(site): State<Arc<Site>>, page: Page, Form(form):
             if f.code() == Some("invalid_credentials") {
                 errors.summary = Some("That e-mail address and password do not match an account.".into());
             }
-            let t = LoginPage { layout: page.layout(&site, "Log in").await, email: form.email, next, errors };
+            let providers = super::oidc::providers(&site, &page).await;
+            let t =
+                LoginPage { layout: page.layout(&site, "Log in").await, email: form.email, next, errors, providers };
             render(status_of(&f), &t)
         }
     })
@@ -151,6 +171,8 @@ struct SignupPage {
     email: String,
     errors: Errors,
     min_password: usize,
+    /// The OpenID Connect providers offered beside the form.
+    providers: Vec<cityevents_api::oidc::Provider>,
 }
 
 /// `GET /signup`.
@@ -161,6 +183,7 @@ pub(crate) async fn signup_form(State(site): State<Arc<Site>>, page: Page) -> Pa
         email: String::new(),
         errors: Errors::default(),
         min_password: cityevents_api::limits::MIN_PASSWORD,
+        providers: super::oidc::providers(&site, &page).await,
     };
     Ok(render(StatusCode::OK, &t))
 }
@@ -205,6 +228,7 @@ pub(crate) async fn signup(State(site): State<Arc<Site>>, page: Page, Form(form)
                 name: form.name,
                 email: form.email,
                 errors: Errors::of(&f),
+                providers: super::oidc::providers(&site, &page).await,
                 min_password: cityevents_api::limits::MIN_PASSWORD,
             };
             render(status_of(&f), &t)

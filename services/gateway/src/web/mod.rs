@@ -26,6 +26,7 @@ mod events;
 mod feeds;
 mod me;
 mod moderation;
+mod oidc;
 mod organizer;
 mod organizers;
 mod pages;
@@ -78,6 +79,8 @@ pub(crate) struct Site {
     /// organizer.
     pub(crate) profiles:
         std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (std::time::Instant, cityevents_api::auth::Profile)>>,
+    /// The OpenID Connect providers auth offers, kept a minute (the log-in page lists them).
+    pub(crate) providers: std::sync::Mutex<Option<(std::time::Instant, Vec<cityevents_api::oidc::Provider>)>>,
 }
 
 const STYLESHEET: &str = include_str!("../../static/site.css");
@@ -161,6 +164,7 @@ pub(crate) fn router(
         live,
         cities: std::sync::Mutex::default(),
         profiles: std::sync::Mutex::default(),
+        providers: std::sync::Mutex::default(),
     });
     Router::new()
         .route("/", get(events::list))
@@ -206,6 +210,10 @@ pub(crate) fn router(
         .route("/admin/users", get(moderation::users))
         .route("/admin/users/{id}/{action}", post(moderation::act))
         .route("/login", get(account::login_form).post(account::login))
+        .route("/login/oidc/link", post(oidc::link.layer(strict.clone())))
+        .route("/login/oidc/{provider}", get(oidc::start.layer(strict.clone())))
+        .route("/login/oidc/{provider}/callback", get(oidc::callback.layer(strict.clone())))
+        .route("/account/identities/{provider}/unlink", post(oidc::unlink))
         .route("/logout", post(account::logout))
         .route("/signup", get(account::signup_form).post(account::signup.layer(strict.clone())))
         .route("/verify-email", get(account::verify_form).post(account::verify.layer(strict.clone())))

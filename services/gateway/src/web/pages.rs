@@ -72,6 +72,9 @@ const NOTICES: &[(&str, &str)] = &[
     ("cover_removed", "The cover picture is removed."),
     ("avatar_saved", "Your picture is saved: it shows on your organizer page."),
     ("avatar_removed", "Your picture is removed."),
+    ("welcome", "Welcome! Your account is ready."),
+    ("linked", "The sign-in is linked to your account: you can log in with it from now on."),
+    ("unlinked", "That sign-in is unlinked: it no longer logs in to your account."),
 ];
 
 /// What a page handler knows of its request (an extractor; never refuses).

@@ -256,12 +256,18 @@ impl Sessions {
         if self.secure { "__Host-ce_refresh" } else { "ce_refresh" }
     }
 
+    /// The cookie that holds a sign-in's `state` while the browser is at the provider (see
+    /// `oidc.rs`): the provider's redirect back must come to the browser that started it.
+    pub(crate) fn oidc_cookie(&self) -> &'static str {
+        if self.secure { "__Host-ce_oidc" } else { "ce_oidc" }
+    }
+
     /// The device cookie's name: it outlives sign-outs (it proves the device, not a session).
     pub(crate) fn device_cookie(&self) -> &'static str {
         if self.secure { "__Host-ce_device" } else { "ce_device" }
     }
 
-    fn cookie(&self, name: &'static str, value: String, max_age: Duration) -> HeaderValue {
+    pub(crate) fn cookie(&self, name: &'static str, value: String, max_age: Duration) -> HeaderValue {
         let c = Cookie::build((name, value))
             .path("/")
             .http_only(true)
@@ -406,12 +412,12 @@ fn random_token() -> String {
 }
 
 /// Whether `token` looks like one of ours (43 base64url characters).
-fn well_formed(token: &str) -> bool {
+pub(crate) fn well_formed(token: &str) -> bool {
     token.len() == 43 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -50,6 +50,8 @@ struct AccountPage {
     avatar: Option<String>,
     /// The picture form's refusal.
     avatar_error: Option<String>,
+    /// The ways to log in (providers linked, a password); `None`: auth did not answer.
+    identities: Option<cityevents_api::oidc::Identities>,
 }
 
 impl AccountPage {
@@ -130,7 +132,12 @@ async fn account_page_with(
             .collect()
     });
     let member_since = page.viewer.user().map(|u| page.when(u.created_at, "UTC")).unwrap_or_default();
+    let identities = match page.token() {
+        Some(token) => super::oidc::identities(site, page, token).await,
+        None => None,
+    };
     let t = AccountPage {
+        identities,
         layout: page.layout(site, "Your account").await,
         sessions,
         member_since,
