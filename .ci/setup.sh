@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests and checks need from the machine, each script timed: the services the tests
-# talk to, the SMTP and S3-protocol servers, Chromium and the web journeys' packages, promtool,
+# talk to, the SMTP and S3-protocol servers, Chromium and the web journeys' packages, the
+# OpenID provider's packages, promtool,
 # podman and hadolint for the images, then the offline checks of the production compose file
 # and the Kubernetes overlays. .ci/run starts it beside the first compilers: it waits on apt and
 # the network, not on the CPU.
@@ -18,6 +19,7 @@ run "services the tests need (installed and started if missing; fails if one sta
 run "SMTP server for the mail tests (aiosmtpd)" smtp.sh
 run "S3-protocol server for the picture tests (moto)" s3.sh
 run "headless browser and the web journeys' npm packages" browser.sh
+run "OpenID provider for the sign-in tests (oidc-provider)" oidc.sh
 run "promtool for the alert-rule tests" promtool.sh
 run "podman, runc and hadolint for the images" "images.sh tools"
 run "production compose file (docker-compose config, compose JSON schema)" compose.sh

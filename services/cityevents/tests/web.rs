@@ -1,9 +1,10 @@
 //! The web front end in a real browser: `tests/web/journey.mjs` (Playwright with Debian's
 //! Chromium, axe-core) drives the main journeys on the all-in-one, one of them with JavaScript
 //! off, and writes a screenshot of each page at phone and desktop width to
-//! `$KEEL_CI_ARTIFACTS/web` (default `ci-artifacts/web`). Needs Node.js, Chromium and the
-//! journey's npm packages (`.ci/browser.sh` installs all three); without them the test is
-//! skipped with a message, except under `CI=true`, where it fails.
+//! `$KEEL_CI_ARTIFACTS/web` (default `ci-artifacts/web`). The site offers logging in with the
+//! local OpenID provider of `tests/oidc` (`common::idp`). Needs Node.js, Chromium, the journey's
+//! npm packages (`.ci/browser.sh` installs all three) and the provider's (`.ci/oidc.sh`);
+//! without them the test is skipped with a message, except under `CI=true`, where it fails.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -45,10 +46,17 @@ fn ready() -> bool {
 
 #[test]
 fn the_main_journeys_pass_in_headless_chromium() {
-    if !ready() {
+    if !ready() || !common::idp::ready() {
         return;
     }
-    let platform = Platform::all_in_one(&[]);
+    // The site's provider `corp`: the redirect URI names the site's port, chosen first.
+    let port = keel::testing::unused_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let idp = common::idp::Idp::start(&format!("{site}/login/oidc/corp/callback"));
+    let mut env = idp.env(&site);
+    env.push(("CITYEVENTS_GATEWAY__HTTP__PORT".into(), port.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let platform = Platform::all_in_one(&env);
     // The first admin, as the banner says: the launcher's auth CLI on the same data, password
     // (the journey's) on stdin.
     let admin = format!("{}@example.com", common::unique("admin"));
@@ -73,6 +81,7 @@ fn the_main_journeys_pass_in_headless_chromium() {
         .env("MAIL_DIR", platform.dir().join("data/mail"))
         .env("SHOTS_DIR", &shots)
         .env("ADMIN_EMAIL", &admin)
+        .env("IDP_URL", &idp.issuer)
         .env("CHROMIUM", keel::testing::browser::CHROMIUM)
         .output()
         .unwrap();
@@ -102,6 +111,8 @@ fn the_main_journeys_pass_in_headless_chromium() {
         "capacity-cut",
         "organizer",
         "categories",
+        "account-identities",
+        "oidc-link",
     ] {
         for width in ["phone", "desktop"] {
             let shot = shots.join(format!("{page}-{width}.png"));

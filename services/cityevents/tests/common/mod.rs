@@ -2,6 +2,8 @@
 //! (five processes on PostgreSQL, Redis and NATS), each on free ports with its own data.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod idp;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,7 +34,7 @@ impl Platform {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cityevents"));
         cmd.current_dir(dir.path()).env("KEEL_ENV", "development").env_remove("RUST_LOG");
-        let (gateway, upstreams) = ports(&mut cmd, false);
+        let (mut gateway, upstreams) = ports(&mut cmd, false);
         // The scenario is many users from one address: the per-IP policies are set out of its way.
         // Organizers' digests of joins and leaves every second, so the scenario sees one.
         cmd.env("CITYEVENTS_NOTIFIER__APP__DIGEST_INTERVAL", "1s");
@@ -42,6 +44,10 @@ impl Platform {
             .env("CITYEVENTS_GATEWAY__RATE_LIMITS__STRICT__LIMIT", "1000");
         for (k, v) in extra_env {
             cmd.env(k, v);
+            // A test that must know the site's address first (a provider's redirect URI).
+            if *k == "CITYEVENTS_GATEWAY__HTTP__PORT" {
+                gateway = v.parse().unwrap();
+            }
         }
         Self::spawn(cmd, dir, (gateway, upstreams), "City Events is running", Vec::new())
     }

@@ -16,7 +16,8 @@
 // organizer cuts another event's seats below those taken (warned first; nobody loses a seat),
 // whose publication the follower hears of; an admin makes a fourth person, signed in meanwhile, a moderator, who cancels the event with a reason,
 // which the third sees on the event, in a notification and in their calendar feed, which they
-// then turn off. The event page shows times on the venue's clock, a map link, OpenGraph tags and
+// then turn off. A new person logs in with the company's identity provider (an account is made),
+// and the organizer links it to her account with her password. The event page shows times on the venue's clock, a map link, OpenGraph tags and
 // an .ics file that ical.js parses to the right instants. The third changes their password
 // and mail settings, and logs a second device out from the account page; the second logs out
 // everywhere. Every page is checked with axe-core (no
@@ -25,7 +26,8 @@
 //
 // Env: BASE_URL, MAIL_DIR (the all-in-one's data/mail), SHOTS_DIR (where screenshots go),
 // ADMIN_EMAIL (an admin made with `cityevents auth admin create`, whose password is the
-// journey's), CHROMIUM (default /usr/bin/chromium).
+// journey's), IDP_URL (the OpenID provider of tests/oidc, the site's provider `corp`), CHROMIUM
+// (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
 import { readFileSync, readdirSync, mkdirSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -39,12 +41,13 @@ const BASE = process.env.BASE_URL;
 const MAIL_DIR = process.env.MAIL_DIR;
 const SHOTS = process.env.SHOTS_DIR;
 const ADMIN_EMAIL = process.env.ADMIN_EMAIL;
+const IDP_URL = process.env.IDP_URL;
 const PASSWORD = "correct horse battery staple";
 const WIDTHS = { phone: { width: 360, height: 740 }, desktop: { width: 1280, height: 800 } };
 const run = Date.now().toString(36);
 
-if (!BASE || !MAIL_DIR || !SHOTS || !ADMIN_EMAIL) {
-  throw new Error("BASE_URL, MAIL_DIR, SHOTS_DIR and ADMIN_EMAIL must be set");
+if (!BASE || !MAIL_DIR || !SHOTS || !ADMIN_EMAIL || !IDP_URL) {
+  throw new Error("BASE_URL, MAIL_DIR, SHOTS_DIR, ADMIN_EMAIL and IDP_URL must be set");
 }
 mkdirSync(SHOTS, { recursive: true });
 
@@ -803,6 +806,46 @@ try {
     await page.getByText("This link has expired or was already used").waitFor();
     expect(await page.getByLabel("New password").count() === 0, "no password form for a spent link");
     await check(bea, "reset-spent");
+  });
+
+  await step("a person logs in with the company's identity provider; an account with that address is linked with its password", async () => {
+    // A new person: the provider's log-in makes the account.
+    const dana = await person(`dana${run}`);
+    const page = dana.page;
+    await page.goto(`${BASE}/login`);
+    await page.getByRole("link", { name: "Continue with Corp" }).click();
+    await page.getByLabel("Account").fill(`dana${run}`);
+    await page.getByRole("button", { name: "Sign in to the test IdP" }).click();
+    await page.waitForURL(/\/\?notice=welcome/);
+    expect(await signedInAs(dana), "signed in by the provider");
+    await page.goto(`${BASE}/account`);
+    await check(dana, "account-identities");
+    const ways = page.locator("section", { has: page.getByRole("heading", { name: "Ways to log in" }) });
+    expect((await ways.textContent()).includes("Corp"), "the provider is listed");
+    expect((await ways.textContent()).includes("No password yet"), "no password yet");
+    // The organizer already has an account with the address the provider gives: linked only
+    // once she types its password.
+    const res = await fetch(`${IDP_URL}/__test/accounts`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ login: `olive${run}`, email: olive.email, email_verified: true, name: olive.name }),
+    });
+    expect(res.status === 204, `the provider took the account: ${res.status}`);
+    const again = await person(olive.name);
+    again.email = olive.email;
+    await again.page.goto(`${BASE}/login`);
+    await again.page.getByRole("link", { name: "Continue with Corp" }).click();
+    await again.page.getByLabel("Account").fill(`olive${run}`);
+    await again.page.getByRole("button", { name: "Sign in to the test IdP" }).click();
+    await again.page.getByRole("heading", { name: "Link your Corp log-in" }).waitFor();
+    await check(again, "oidc-link");
+    await again.page.getByLabel("The account's password").fill(PASSWORD);
+    await again.page.getByRole("button", { name: "Link and log in" }).click();
+    await again.page.waitForURL(/notice=signed_in/);
+    expect(await signedInAs(again), "the organizer is signed in through the provider");
+    await again.page.goto(`${BASE}/account`);
+    const linked = again.page.locator("section", { has: again.page.getByRole("heading", { name: "Ways to log in" }) });
+    expect(await linked.getByRole("button", { name: /^Unlink/ }).count() === 1, "Corp linked, and unlinkable (she has a password)");
   });
 
   await step("a form without its CSRF token is refused", async () => {
