@@ -14,6 +14,7 @@ pub mod limits;
 pub mod notifications;
 pub mod oidc;
 pub mod params;
+pub mod reports;
 
 use utoipa::OpenApi;
 use utoipa::openapi::RefOr;

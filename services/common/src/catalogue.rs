@@ -10,6 +10,7 @@
 //! | `account.contact` | [`ACCOUNTS_TOPIC`] | auth | notifier | user id |
 //! | `account.banned`, `account.unbanned` | [`ACCOUNTS_TOPIC`] | auth | events | user id |
 //! | `moderation.recorded` | [`MODERATION_TOPIC`] | events, joins | auth (its audit log) | target |
+//! | `report.resolved` | [`MODERATION_TOPIC`] | events | notifier (the reporter is told) | reporter |
 //! | `mail.requested` | [`MAIL_TOPIC`] | auth, notifier | notifier (mailer) | user id |
 //! | `session.revoked` | [`SESSIONS_TOPIC`] | auth | every instance of every service (fan-out) | user id |
 //! | `session.sync_requested` | [`SESSIONS_TOPIC`] | every service, on (re)subscribing | auth | — |
@@ -338,6 +339,34 @@ impl Event for ModerationRecorded {
     const VERSION: u32 = 1;
     fn key(&self) -> Option<String> {
         Some(self.target.clone())
+    }
+}
+
+/// `report.resolved`: a moderator resolved the report `report_id`; its reporter is told (the
+/// notifier). On [`MODERATION_TOPIC`], enqueued with the resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportResolved {
+    /// The report.
+    pub report_id: Uuid,
+    /// Who reported.
+    pub reporter_id: Uuid,
+    /// The reported event, when an event was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    /// What was reported, as the reporter reads it: the event's title, or `an account`.
+    pub subject: String,
+    /// `dismissed`, `unpublished`, `canceled` or `banned`.
+    pub outcome: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ReportResolved {
+    const TYPE: &'static str = "report.resolved";
+    const VERSION: u32 = 1;
+    fn key(&self) -> Option<String> {
+        Some(self.reporter_id.to_string())
     }
 }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     pub trending: crate::trend::TrendingCache,
     /// Cover pictures: the object store and the decoding pipeline.
     pub covers: cityevents_media::Pictures,
+    /// `app.reports`: the limits on reports.
+    pub reports: crate::reports::ReportsConfig,
 }
 
 /// Full-text searches' own concurrency limit and what each may cost (`app.search`): a flood of
@@ -112,6 +114,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/events/{id}/cover/{hash}/{file}", get(crate::covers::get))
         .route("/api/v1/meta/cities", get(cities))
+        .route("/api/v1/reports", post(crate::reports::create))
+        .route("/api/v1/moderation/reports", get(crate::reports::queue))
+        .route("/api/v1/moderation/reports/resolve", post(crate::reports::resolve))
         .with_state(state)
 }
 

@@ -21,6 +21,7 @@
 //! | `DELETE /api/v1/events/{id}/cover` | organizer | no cover (204) |
 //! | `GET /api/v1/events/{id}/cover/{hash}/{card,wide}.jpg` | anyone | a cover's 640×360 or 1280×720 JPEG, cacheable for good |
 //! | `GET /api/v1/events/{id}/online-link` | organizer, moderator, admin; a user who holds a seat (joins is asked) | an online event's join link `{url}` (403 `seat_required` otherwise) |
+//! | `POST /api/v1/reports`, `GET /api/v1/moderation/reports`, `POST /api/v1/moderation/reports/resolve` | any user; moderator, admin | reports to the moderators, see [`reports`] (the site's pages call them; not exposed) |
 //!
 //! Events carry a venue and an IANA `time_zone` (the bundled tz database, see
 //! `cityevents_common::zone`): times are stored as UTC instants, accepted as RFC 3339 or as local
@@ -49,6 +50,7 @@ pub mod covers;
 pub mod list;
 pub mod metrics;
 pub mod model;
+pub mod reports;
 pub mod store;
 pub mod trend;
 
@@ -73,6 +75,8 @@ pub struct EventsConfig {
     pub trending_cache: std::time::Duration,
     /// Cover pictures: decoding and clean-up (see [`covers`]).
     pub pictures: cityevents_media::PicturesConfig,
+    /// Reports to the moderators (see [`reports`]).
+    pub reports: reports::ReportsConfig,
 }
 
 impl Default for EventsConfig {
@@ -82,6 +86,7 @@ impl Default for EventsConfig {
             search: SearchConfig::default(),
             trending_cache: std::time::Duration::from_secs(30),
             pictures: cityevents_media::PicturesConfig::default(),
+            reports: reports::ReportsConfig::default(),
         }
     }
 }
@@ -90,6 +95,7 @@ impl Section for EventsConfig {
     fn validate(&self, v: &mut keel::config::Validation<'_>) {
         v.section("search", &self.search);
         v.section("pictures", &self.pictures);
+        v.section("reports", &self.reports);
         if self.trending_cache > std::time::Duration::from_secs(600) {
             v.invalid("trending_cache", "must be at most 10m: trending is about the last day or two");
         }
@@ -192,8 +198,19 @@ pub fn service() -> keel::Service<EventsConfig> {
             s.worker(keel::workers::Worker::periodic("covers-sweep", pictures.sweep_every, move |_ctx| {
                 covers::sweep(swept.clone(), objects.clone(), pictures.sweep_grace)
             }))?;
-            let state =
-                api::AppState { db, outbox, require_verified_email, joins, metrics, search, salts, trending, covers };
+            let reports = s.config().reports.clone();
+            let state = api::AppState {
+                db,
+                outbox,
+                require_verified_email,
+                joins,
+                metrics,
+                search,
+                salts,
+                trending,
+                covers,
+                reports,
+            };
             Ok(api::router(state).layer(jwt.extension()))
         },
     )

@@ -166,6 +166,11 @@ pub fn hours(h: i64) -> time::Duration {
 impl Svc {
     /// Starts the service on `backend` with a private in-process bus the test taps.
     pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_tapped(backend, &[]).await
+    }
+
+    /// [`Svc::start`] with extra settings (keys without the env prefix).
+    pub async fn start_tapped(backend: Backend, extra: &[(&str, &str)]) -> Option<Self> {
         let db = database(backend).await?;
         let bus_url = format!("memory://events-test-{}", Uuid::now_v7().simple());
         let mut cfg = BusConfig::default();
@@ -176,7 +181,9 @@ impl Svc {
         // Subscribe before anything is published: a new group sees only later messages.
         let seen = Seen::tap(&bus, EVENTS_TOPIC).await;
         let moderation = Seen::tap(&bus, cityevents_common::catalogue::MODERATION_TOPIC).await;
-        let mut svc = Self::start_with(db, &[("BUS__URL", bus_url.as_str())]).await;
+        let mut settings = vec![("BUS__URL", bus_url.as_str())];
+        settings.extend_from_slice(extra);
+        let mut svc = Self::start_with(db, &settings).await;
         svc.seen = seen;
         svc.moderation = moderation;
         svc._bus = Some(bus);
