@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::fields;
 
 /// What a notification's `kind` may be.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "join.confirmed",
     "join.waitlisted",
     "join.promoted",
@@ -21,6 +21,7 @@ pub const KINDS: [&str; 11] = [
     "event.activity",
     "event.followed",
     "event.reminder",
+    "report.resolved",
 ];
 
 /// An in-app notification.
@@ -31,7 +32,7 @@ pub struct Notification {
     /// What happened.
     #[schema(schema_with = kind)]
     pub kind: String,
-    /// The event it is about.
+    /// The event it is about (`report.resolved` about an account: the nil id).
     pub event_id: Uuid,
     /// What to show.
     pub message: String,
@@ -131,7 +132,9 @@ fn kind() -> ObjectBuilder {
          changed venue; `event.canceled`, `event.unpublished`: the caller's event was called off; \
          `event.activity`: who joined and left the caller's event lately (one per event every \
          `app.digest_interval`); `event.followed`: an organizer the caller follows published an event; \
-         `event.reminder`: an event the caller holds a seat in starts soon (`app.reminders.before`).",
+         `event.reminder`: an event the caller holds a seat in starts soon (`app.reminders.before`); \
+         `report.resolved`: a moderator resolved the caller's report (about an event, or an account: \
+         then `event_id` is the nil id).",
     ))
 }
 

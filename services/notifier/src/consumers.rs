@@ -6,7 +6,7 @@
 use crate::metrics::NotificationMetrics;
 use cityevents_common::catalogue::{
     EventCanceled, EventPublished, EventUnpublished, EventUpdated, JoinCanceled, JoinChange, JoinConfirmed, JoinKicked,
-    JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail, MailRequested,
+    JoinPromoted, JoinWaitlisted, MAIL_TOPIC, Mail, MailRequested, ReportResolved,
 };
 use cityevents_common::time::{now, to_micros};
 use keel::data::{DataError, Db};
@@ -237,6 +237,57 @@ impl Handler for EventsHandler {
         let text = with_note(text, reason.as_deref());
         notify(&self.db, msg, (organizer, kind, event), text, now()).await?;
         self.metrics.in_app(kind, 1);
+        Ok(())
+    }
+}
+
+/// What a reporter reads once their report is resolved.
+///
+/// ```
+/// use cityevents_notifier::report_text;
+/// assert_eq!(
+///     report_text("Jazz", "canceled"),
+///     "Your report about Jazz was reviewed: the event is canceled. Thank you."
+/// );
+/// ```
+pub fn report_text(subject: &str, outcome: &str) -> String {
+    let subject: String = subject.trim().chars().take(MAX_TITLE).collect();
+    let done = match outcome {
+        "unpublished" => "the event is taken down",
+        "canceled" => "the event is canceled",
+        "banned" => "the account is banned",
+        _ => "the moderators found nothing against the rules",
+    };
+    format!("Your report about {subject} was reviewed: {done}. Thank you.")
+}
+
+/// Handles `report.resolved` on the moderation topic: the reporter is told the outcome (an
+/// in-app notification; for an event, it links to it).
+#[derive(Debug, Clone)]
+pub struct ReportsHandler {
+    db: Db,
+    metrics: NotificationMetrics,
+}
+
+impl ReportsHandler {
+    /// A handler writing to `db`, counting in `metrics`.
+    pub fn new(db: Db, metrics: NotificationMetrics) -> Self {
+        Self { db, metrics }
+    }
+}
+
+impl Handler for ReportsHandler {
+    async fn handle(&self, msg: &mut Message) -> Result<(), Failure> {
+        // The topic's other messages (`moderation.recorded`) are the audit log's.
+        if msg.envelope().ty != ReportResolved::TYPE {
+            return Ok(());
+        }
+        let r = msg.decode::<ReportResolved>()?;
+        let text = report_text(&r.subject, &r.outcome);
+        // A report about an account links nowhere: the nil id says so (see the web's list).
+        let about = r.event_id.unwrap_or(Uuid::nil());
+        notify(&self.db, msg, (r.reporter_id, ReportResolved::TYPE, about), text, r.at).await?;
+        self.metrics.in_app(ReportResolved::TYPE, 1);
         Ok(())
     }
 }

@@ -45,13 +45,15 @@ use keel::events::{Consumer, ConsumerOptions};
 use keel::workers::Worker;
 use serde::{Deserialize, Serialize};
 
-pub use consumers::{EventsHandler, JoinsHandler, notification_text};
+pub use consumers::{EventsHandler, JoinsHandler, ReportsHandler, notification_text, report_text};
 pub use mail::handler::{Contacts, ContactsHandler, MailHandler};
 
 /// The consumer group of the notification and contact consumers.
 pub const GROUP: &str = "notifier";
 /// The consumer group of the mail consumer.
 pub const MAIL_GROUP: &str = "notifier-mail";
+/// The consumer group of the moderation topic's `report.resolved` (the reporters are told).
+pub const REPORTS_GROUP: &str = "notifier-reports";
 
 /// How often handled mail requests older than their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -156,6 +158,16 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
             catalogue::EVENTS_TOPIC,
             GROUP,
             EventsHandler::new(db.clone()).metrics(sent.clone()),
+        )
+        .inbox(db.clone())
+        .options(options.clone()),
+    )?;
+    s.consume(
+        Consumer::new(
+            bus.clone(),
+            catalogue::MODERATION_TOPIC,
+            REPORTS_GROUP,
+            ReportsHandler::new(db.clone(), sent.clone()),
         )
         .inbox(db.clone())
         .options(options.clone()),

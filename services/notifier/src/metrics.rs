@@ -8,7 +8,7 @@
 use prometheus::{IntCounterVec, Opts};
 
 /// In-app notification kinds: the ones the document states.
-const IN_APP: [&str; 11] = cityevents_api::notifications::KINDS;
+const IN_APP: [&str; 12] = cityevents_api::notifications::KINDS;
 
 /// The counter; cheap to clone. [`NotificationMetrics::none`] counts nothing.
 #[derive(Debug, Clone, Default)]

@@ -285,6 +285,57 @@ async fn consumers(backend: Backend) {
         ]
     );
 
+    // A reporter hears what the moderators decided: about an event (linked), about an account
+    // (the nil id); the topic's audit records are not theirs.
+    let reporter = Uuid::now_v7();
+    let moderation = cityevents_common::catalogue::MODERATION_TOPIC;
+    let record = cityevents_common::catalogue::ModerationRecorded {
+        actor: Uuid::now_v7(),
+        action: "report.resolve".into(),
+        target: format!("user:{reporter}"),
+        reason: None,
+        details: json!({}),
+        at: OffsetDateTime::now_utc(),
+    };
+    bus.publish(moderation, &envelope(&record)).await.unwrap();
+    let resolved =
+        |event_id: Option<Uuid>, subject: &str, outcome: &str| cityevents_common::catalogue::ReportResolved {
+            report_id: Uuid::now_v7(),
+            reporter_id: reporter,
+            event_id,
+            subject: subject.into(),
+            outcome: outcome.into(),
+            at: OffsetDateTime::now_utc(),
+        };
+    bus.publish(moderation, &envelope(&resolved(Some(event), "Jazz", "canceled"))).await.unwrap();
+    bus.publish(moderation, &envelope(&resolved(None, "an account", "dismissed"))).await.unwrap();
+    let mut told: Vec<(String, String, String)> = n
+        .wait_for(&reporter.to_string(), 2)
+        .await
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap().to_owned();
+            (s("kind"), s("event_id"), s("message"))
+        })
+        .collect();
+    told.sort_by(|a, b| a.2.cmp(&b.2));
+    assert_eq!(
+        told,
+        [
+            (
+                "report.resolved".to_owned(),
+                event.to_string(),
+                "Your report about Jazz was reviewed: the event is canceled. Thank you.".to_owned()
+            ),
+            (
+                "report.resolved".to_owned(),
+                Uuid::nil().to_string(),
+                "Your report about an account was reviewed: the moderators found nothing against the rules. Thank you."
+                    .to_owned()
+            ),
+        ]
+    );
+
     // A second publish of the same envelope is dropped by JetStream's duplicate window; the
     // inbox's part (a redelivery after a lost ack) is proven below on the in-process bus.
     bus.publish(joins, &confirmed).await.unwrap();
