@@ -97,7 +97,8 @@ pub(crate) async fn joins(
 /// A notification as the list shows it.
 struct Item {
     id: String,
-    event_id: String,
+    /// `None`: about no event (a report about an account).
+    event_id: Option<String>,
     message: String,
     when: String,
     datetime: String,
@@ -130,7 +131,7 @@ pub(crate) async fn notifications(
         .iter()
         .map(|n| Item {
             id: n.id.to_string(),
-            event_id: n.event_id.to_string(),
+            event_id: (!n.event_id.is_nil()).then(|| n.event_id.to_string()),
             message: n.message.clone(),
             when: page.when(n.created_at, "UTC"),
             datetime: pages::machine_time(n.created_at),

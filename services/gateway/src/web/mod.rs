@@ -30,6 +30,7 @@ mod oidc;
 mod organizer;
 mod organizers;
 mod pages;
+mod reports;
 pub(crate) mod session;
 mod settings;
 
@@ -208,6 +209,9 @@ pub(crate) fn router(
         .route("/account/logout-all", post(settings::logout_all))
         .route("/settings/notifications", get(settings::mail).post(settings::save_mail))
         .route("/admin/users", get(moderation::users))
+        .route("/report", get(reports::form).post(reports::send))
+        .route("/moderation/reports", get(reports::queue))
+        .route("/moderation/reports/{kind}/{id}", post(reports::act))
         .route("/admin/users/{id}/{action}", post(moderation::act))
         .route("/login", get(account::login_form).post(account::login))
         .route("/login/oidc/link", post(oidc::link.layer(strict.clone())))

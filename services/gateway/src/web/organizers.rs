@@ -42,6 +42,13 @@ struct OrganizerPage {
     origin: String,
 }
 
+impl OrganizerPage {
+    /// Whether the page offers to report the person: to anyone but themselves.
+    fn reportable(&self) -> bool {
+        self.layout.user.as_ref().is_none_or(|u| u.id != self.profile.id)
+    }
+}
+
 /// The organizer's published events on one side of now.
 async fn events(site: &Site, page: &Page, id: Uuid, upcoming: bool) -> Vec<Card> {
     let now = pages::machine_time(time::OffsetDateTime::now_utc());

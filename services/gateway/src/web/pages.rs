@@ -73,6 +73,9 @@ const NOTICES: &[(&str, &str)] = &[
     ("avatar_saved", "Your picture is saved: it shows on your organizer page."),
     ("avatar_removed", "Your picture is removed."),
     ("welcome", "Welcome! Your account is ready."),
+    ("reported", "Thank you: the moderators will look at your report, and we will tell you what they decide."),
+    ("report_resolved", "Done: the reports are closed, and each reporter is told."),
+    ("note_required", "Say why before you act: the reason is kept in the audit log."),
     ("linked", "The sign-in is linked to your account: you can log in with it from now on."),
     ("unlinked", "That sign-in is unlinked: it no longer logs in to your account."),
 ];
