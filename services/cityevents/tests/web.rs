@@ -113,6 +113,8 @@ fn the_main_journeys_pass_in_headless_chromium() {
         "categories",
         "account-identities",
         "oidc-link",
+        "report",
+        "reports-queue",
     ] {
         for width in ["phone", "desktop"] {
             let shot = shots.join(format!("{page}-{width}.png"));

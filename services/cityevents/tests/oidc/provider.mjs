@@ -128,7 +128,7 @@ async function interaction(req, res) {
   const details = await provider.interactionDetails(req, res);
   if (req.method === "GET") {
     res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-    res.end(`<!doctype html><html lang="en"><head><title>Test IdP: sign in</title></head><body><main>
+    res.end(`<!doctype html><html lang="en"><head><title>Test IdP: sign in</title><link rel="icon" href="data:,"></head><body><main>
 <h1>Test IdP</h1><form method="post" action="/interaction/${escape(details.uid)}">
 <label>Account <input name="login" autocomplete="username" required></label>
 <button type="submit">Sign in to the test IdP</button></form></main></body></html>`);

@@ -16,7 +16,8 @@
 // organizer cuts another event's seats below those taken (warned first; nobody loses a seat),
 // whose publication the follower hears of; an admin makes a fourth person, signed in meanwhile, a moderator, who cancels the event with a reason,
 // which the third sees on the event, in a notification and in their calendar feed, which they
-// then turn off. A new person logs in with the company's identity provider (an account is made),
+// then turn off. The second person reports the organizer; the moderator dismisses the report
+// from the queue with a reason, and the reporter is told. A new person logs in with the company's identity provider (an account is made),
 // and the organizer links it to her account with her password. The event page shows times on the venue's clock, a map link, OpenGraph tags and
 // an .ics file that ical.js parses to the right instants. The third changes their password
 // and mail settings, and logs a second device out from the account page; the second logs out
@@ -690,6 +691,37 @@ try {
       if (await cal.page.getByText(`Rooftop jazz ${run} was canceled`).count() > 0) break;
       expect(Date.now() < deadline, "no cancellation notification within 20 s");
       await cal.page.waitForTimeout(300);
+    }
+  });
+
+  await step("a person reports the organizer; a moderator dismisses it from the queue; the reporter is told", async () => {
+    const b = bea.page;
+    await b.goto(eventUrl);
+    await b.getByRole("link", { name: "Olive", exact: true }).click();
+    await b.getByRole("link", { name: "Report Olive" }).click();
+    await b.getByRole("heading", { name: "Report to the moderators" }).waitFor();
+    await check(bea, "report");
+    await b.getByLabel("Spam or advertising").check();
+    await b.getByLabel("What should the moderators know?").fill("Posts the same event every day.");
+    await b.getByRole("button", { name: "Send the report" }).click();
+    await b.waitForURL(/notice=reported/);
+    const m = mo.page;
+    await m.goto(`${BASE}/`);
+    await m.getByRole("link", { name: "Reports" }).click();
+    await m.getByRole("heading", { name: "Reports", level: 1 }).waitFor();
+    const item = m.locator("section.report", { hasText: "Posts the same event every day." });
+    await item.getByRole("link", { name: "Olive" }).waitFor();
+    await check(mo, "reports-queue");
+    await item.getByLabel("Reason").fill("Not against the rules: one event a week");
+    await item.getByRole("button", { name: "Dismiss" }).click();
+    await m.waitForURL(/notice=report_resolved/);
+    expect(await m.locator("section.report", { hasText: "Posts the same event every day." }).count() === 0, "the report left the queue");
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      await b.goto(`${BASE}/notifications`);
+      if (await b.getByText("Your report about an account was reviewed").count() > 0) break;
+      expect(Date.now() < deadline, "the reporter was not told within 20 s");
+      await b.waitForTimeout(300);
     }
   });
 
