@@ -258,6 +258,14 @@ mod tests {
             let e = load(&env).unwrap_err();
             assert!(e.contains(path), "{key}={value}: {e}");
         }
+        // The secret from a file (a mounted secret), as every secret may be given.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corp-secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let path = file.display().to_string();
+        let mut env: Vec<(&str, &str)> = corp.iter().filter(|(k, _)| !k.ends_with("CLIENT_SECRET")).copied().collect();
+        env.push(("OIDC__PROVIDERS__CORP__CLIENT_SECRET_FILE", &path));
+        assert_eq!(load(&env).unwrap().oidc.providers["corp"].client_secret.expose(), "from-a-file");
         let e = load(&[("OIDC__PROVIDERS__NOT_OK__NAME", "x")]).unwrap_err();
         assert!(e.contains("app.oidc.providers.not_ok"), "{e}");
     }

@@ -113,6 +113,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/admin/users/{id}/role", put(set_role))
         .route("/api/v1/admin/users/{id}/ban", post(ban_user).delete(unban_user))
         .route("/api/v1/admin/users/{id}/logout-all", post(end_user_sessions))
+        .route("/api/v1/admin/users/{id}/avatar/remove", post(remove_avatar))
         // Every answer is about an account: its address, its tokens, its failures.
         .route_layer(cityevents_common::private::no_store())
         .layer(jwt.extension())
@@ -950,6 +951,25 @@ async fn end_user_sessions(
     let details = json!({ "ip": ip, "revoked_tokens": revoked });
     let actor = user_target(&admin.claims().sub);
     s.accounts.audit(&actor, "auth.sessions_ended", &user_target(&row.id), Outcome::Success, details).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/admin/users/{id}/avatar/remove` `{reason}` (moderators, admins): takes down an
+/// account's picture (204, also when it had none); audited with the reason. Its owner may upload
+/// another, which is moderated the same way.
+async fn remove_avatar(
+    State(s): State<AppState>,
+    who: Moderating,
+    ClientAddr(ip): ClientAddr,
+    Path(id): Path<Uuid>,
+    Json(b): Json<BanBody>,
+) -> Result<StatusCode, Problem> {
+    let reason = cityevents_common::validate::text("reason", &b.reason, MAX_BAN_REASON)?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    crate::store::accounts::set_avatar(&s.accounts.db, id, None).await?;
+    let details = json!({ "ip": ip, "reason": reason });
+    let actor = user_target(&who.id.to_string());
+    s.accounts.audit(&actor, "moderation.avatar_remove", &user_target(&row.id), Outcome::Success, details).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

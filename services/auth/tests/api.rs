@@ -1502,4 +1502,18 @@ async fn avatars_are_checked_served_and_swept(s: &Svc) {
     })
     .await;
     assert_eq!(s.delete("/api/v1/me/avatar", None).await.status, 401);
+
+    // A moderator takes a picture down, with a reason; a member may not.
+    assert_eq!(put_avatar(s, Some(&access), &jpeg(400, 400, "")).await.status, 200);
+    let root_admin = cityevents_auth::AdminAction::Create { name: "Root", password: PASSWORD };
+    cityevents_auth::run_admin_create(&s.loaded, "root-ava@example.com", root_admin).await.unwrap();
+    let (root, _) = s.tokens("root-ava@example.com").await;
+    let take_down = format!("/api/v1/admin/users/{id}/avatar/remove");
+    assert_eq!(s.post_bearer(&take_down, &access, &json!({"reason": "Offensive"})).await.status, 403);
+    assert_eq!(s.post_bearer(&take_down, &root, &json!({"reason": " "})).await.status, 400, "a reason is required");
+    assert!(s.get(&path, None).await.body.get("avatar").is_some(), "still there");
+    assert_eq!(s.post_bearer(&take_down, &root, &json!({"reason": "Offensive picture"})).await.status, 204);
+    assert!(s.get(&path, None).await.body.get("avatar").is_none(), "taken down");
+    let unknown = format!("/api/v1/admin/users/{}/avatar/remove", uuid::Uuid::now_v7());
+    assert_eq!(s.post_bearer(&unknown, &root, &json!({"reason": "Offensive picture"})).await.status, 404);
 }

@@ -95,7 +95,9 @@ struct Inner {
     cfg: OidcConfig,
     db: Db,
     fetch: http::Fetch,
-    clients: tokio::sync::Mutex<HashMap<String, Cached>>,
+    /// Per provider: a discovery under way holds its provider's lock only, so a provider that
+    /// is slow to answer does not hold up the others.
+    clients: HashMap<String, tokio::sync::Mutex<Option<Cached>>>,
 }
 
 /// A random URL-safe value of 256 bits.
@@ -106,7 +108,8 @@ fn random() -> String {
 impl Oidc {
     pub(crate) fn new(cfg: OidcConfig, db: Db) -> Result<Self, String> {
         let fetch = http::Fetch::new(cfg.request_timeout)?;
-        Ok(Self { inner: Arc::new(Inner { cfg, db, fetch, clients: tokio::sync::Mutex::new(HashMap::new()) }) })
+        let clients = cfg.providers.keys().map(|id| (id.clone(), tokio::sync::Mutex::new(None))).collect();
+        Ok(Self { inner: Arc::new(Inner { cfg, db, fetch, clients }) })
     }
 
     /// `(id, name)` of every provider, in id order.
@@ -123,9 +126,10 @@ impl Oidc {
     /// token's key id) is not in the key set kept.
     async fn client(&self, id: &str, kid: Option<&str>) -> Result<Arc<Client>, OidcError> {
         let cfg = self.inner.cfg.providers.get(id).ok_or_else(|| OidcError::UnknownProvider(id.to_owned()))?;
-        // One discovery at a time per service: callers wait for the one under way.
-        let mut clients = self.inner.clients.lock().await;
-        if let Some(c) = clients.get(id) {
+        let slot = self.inner.clients.get(id).ok_or_else(|| OidcError::UnknownProvider(id.to_owned()))?;
+        // One discovery at a time per provider: callers wait for the one under way.
+        let mut kept = slot.lock().await;
+        if let Some(c) = kept.as_ref() {
             let age = c.fetched.elapsed();
             let known = kid.is_none_or(|k| c.kids.contains(k));
             if age < METADATA_TTL && known {
@@ -149,7 +153,7 @@ impl Oidc {
         )
         .set_redirect_uri(redirect);
         let client = Arc::new(client);
-        clients.insert(id.to_owned(), Cached { client: client.clone(), kids, fetched: Instant::now() });
+        *kept = Some(Cached { client: client.clone(), kids, fetched: Instant::now() });
         Ok(client)
     }
 

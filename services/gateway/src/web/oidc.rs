@@ -2,7 +2,7 @@
 //! sign-up pages offer a link per provider; auth does every check (see its `oidc` module).
 //!
 //! * `GET /login/oidc/{provider}?next=` starts a flow at auth and sends the browser to the
-//!   provider, keeping the flow's `state` in an HTTP-only cookie (`ce_oidc`, ten minutes). A
+//!   provider, keeping the flow's `state` in an HTTP-only cookie (`ce_oidc`, for an hour at most). A
 //!   link, not a form: the site's `form-action 'self'` would stop a form's redirect to the
 //!   provider. With `link=1`, a signed-in person links the provider to their account instead.
 //! * `GET /login/oidc/{provider}/callback` hands the provider's `code` and `state`, with the
@@ -33,8 +33,9 @@ use crate::routes::Upstream;
 
 /// How long the list of providers is kept (auth's configuration changes with a restart).
 const PROVIDERS_TTL: Duration = Duration::from_secs(60);
-/// How long the `state` cookie lives: auth's `app.oidc.flow_ttl` default.
-const STATE_MAX_AGE: Duration = Duration::from_secs(600);
+/// How long the `state` cookie lives: the longest `app.oidc.flow_ttl` auth takes, so auth's
+/// setting decides (the cookie is single-use and cleared by the callback).
+const STATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// The providers auth offers, kept a minute; none when auth does not answer.
 pub(crate) async fn providers(site: &Site, page: &Page) -> Vec<Provider> {
