@@ -286,6 +286,7 @@ def config(res, out, authenticated):
         (r"^/api/v1/me/notifications/\{id\}/read$", {"path.id": res["notification"]}, "member"),
         (r"^/api/v1/admin/users/\{id\}", {"path.id": res["member_id"]}, "admin"),
         (r"^/api/v1/admin/users$", {}, "admin"),
+        (r"^/api/v1/moderation/reports", {}, "admin"),
         # The operations that end sessions act on users of their own.
         (r"^/api/v1/auth/sessions/\{id\}$", {"path.id": res["session"]}, "throwaway"),
         (r"^/api/v1/auth/password$", {}, "throwaway"),
@@ -299,6 +300,8 @@ def config(res, out, authenticated):
     #   - the token of a mailed link: one the server issued, not used, not expired.
     #   - a password change's current_password: the user's own;
     #   - an uploaded picture: bytes that decode as a JPEG, PNG or WebP within the pixel bounds.
+    #   - a report: a target that exists and is not the reporter's, their open reports, the
+    #     reporter's hourly budget and the target's cap; a resolution: open reports on the target.
     may_refuse = [
         "POST /api/v1/events",
         "PATCH /api/v1/events/{id}",
@@ -309,6 +312,8 @@ def config(res, out, authenticated):
         "POST /api/v1/auth/password",
         "PUT /api/v1/events/{id}/cover",
         "PUT /api/v1/me/avatar",
+        "POST /api/v1/reports",
+        "POST /api/v1/moderation/reports/resolve",
     ]
     # schemathesis' own list plus 400 (429 includes the sign-in lockout wrong passwords lead to).
     accepted = '["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]'

@@ -3,7 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use uuid::Uuid;
+
+use crate::fields;
+
+fn details() -> ObjectBuilder {
+    fields::nullable(fields::optional_text(MAX_DETAILS), Type::String)
+        .description(Some("Trimmed; empty or null means none (then the reason may not be `other`)."))
+}
+
+fn note() -> ObjectBuilder {
+    fields::nullable(fields::optional_text(MAX_NOTE), Type::String).description(Some("Trimmed; empty means none."))
+}
 
 /// The longest `details` of a report (characters).
 pub const MAX_DETAILS: usize = 1000;
@@ -11,8 +24,9 @@ pub const MAX_DETAILS: usize = 1000;
 pub const MAX_NOTE: usize = 500;
 
 /// What is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ReportKind)]
 pub enum Kind {
     /// An event (`target_id`: the event's id).
     Event,
@@ -31,8 +45,9 @@ impl Kind {
 }
 
 /// Why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ReportReason)]
 pub enum Reason {
     /// Advertising, repeated or unrelated posts.
     Spam,
@@ -79,7 +94,7 @@ impl Reason {
 }
 
 /// `POST /api/v1/reports`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewReport {
     /// What is reported.
@@ -90,11 +105,12 @@ pub struct NewReport {
     pub reason: Reason,
     /// What the moderators should know (required for `other`; at most 1,000 characters).
     #[serde(default)]
+    #[schema(schema_with = details)]
     pub details: Option<String>,
 }
 
 /// A report as its reporter sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Report {
     /// Its id.
     pub id: Uuid,
@@ -110,7 +126,7 @@ pub struct Report {
 }
 
 /// One open report in the queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueuedReport {
     /// Its id.
     pub id: Uuid,
@@ -127,7 +143,8 @@ pub struct QueuedReport {
 }
 
 /// The reported event, as the queue shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = ReportedEvent)]
 pub struct EventContext {
     /// Its title.
     pub title: String,
@@ -143,7 +160,8 @@ pub struct EventContext {
 }
 
 /// A reported target with its open reports: one line of the queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = ReportQueueItem)]
 pub struct QueueItem {
     /// What is reported.
     pub kind: Kind,
@@ -163,15 +181,17 @@ pub struct QueueItem {
 
 /// `GET /api/v1/moderation/reports`: the targets with open reports, the most reported first,
 /// then the longest waiting; at most 50.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = ReportQueue)]
 pub struct Queue {
     /// The targets.
     pub items: Vec<QueueItem>,
 }
 
 /// What a moderator did about a target's reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ReportOutcome)]
 pub enum Outcome {
     /// Nothing broke the rules.
     Dismissed,
@@ -181,6 +201,8 @@ pub enum Outcome {
     Canceled,
     /// The account was banned.
     Banned,
+    /// The account's picture was taken down.
+    PictureRemoved,
 }
 
 impl Outcome {
@@ -191,13 +213,15 @@ impl Outcome {
             Self::Unpublished => "unpublished",
             Self::Canceled => "canceled",
             Self::Banned => "banned",
+            Self::PictureRemoved => "picture_removed",
         }
     }
 }
 
 /// `POST /api/v1/moderation/reports/resolve`: resolves every open report on a target.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ReportResolution)]
 pub struct Resolve {
     /// What was reported.
     pub kind: Kind,
@@ -207,11 +231,13 @@ pub struct Resolve {
     pub outcome: Outcome,
     /// Why, for the audit log (at most 500 characters).
     #[serde(default)]
+    #[schema(schema_with = note)]
     pub note: Option<String>,
 }
 
 /// The answer to a resolve.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = ReportsResolved)]
 pub struct Resolved {
     /// How many reports it closed (each reporter is told).
     pub resolved: u64,

@@ -1,13 +1,13 @@
 //! Reports to the moderators (`app.reports`): a member reports an event or an account with a
 //! reason; moderators see the reported targets in one queue, the most reported first, and
 //! resolve a target's open reports together, after acting through the events' or accounts' own
-//! routes (unpublish, cancel, ban).
+//! routes (unpublish, cancel, ban, remove a picture).
 //!
 //! | route | does |
 //! |---|---|
 //! | `POST /api/v1/reports` `{kind, target_id, reason, details}` (signed in) | 201 the report; 409 `already_reported` (the caller's own report on it is open), `own_content`, `enough_reports` (the target has `app.reports.max_open_per_target` open); 429 `too_many_reports` past `app.reports.per_reporter_per_hour` |
 //! | `GET /api/v1/moderation/reports` (moderator) | the queue: targets with open reports, their latest ten, the event's context |
-//! | `POST /api/v1/moderation/reports/resolve` `{kind, target_id, outcome, note}` (moderator) | closes the target's open reports: `moderation.recorded` (the audit log) and a `report.resolved` per reporter (the notifier tells them), in the same transaction; 404 `no_open_reports` |
+//! | `POST /api/v1/moderation/reports/resolve` `{kind, target_id, outcome, note}` (moderator; `dismissed`, `unpublished`, `canceled`, `banned`, `picture_removed`) | closes the target's open reports: `moderation.recorded` (the audit log) and a `report.resolved` per reporter (the notifier tells them), in the same transaction; 404 `no_open_reports` |
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -69,18 +69,11 @@ fn forbidden() -> Problem {
     Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("this needs the role `moderator` or `admin`")
 }
 
-/// Trimmed, bounded text; `None` when empty.
+/// Trimmed, bounded text free of control characters but tab and newline (the API's `TEXT`);
+/// `None` when empty.
 fn text(value: Option<&str>, field: &str, max: usize) -> Result<Option<String>, Problem> {
-    let v = value.map(str::trim).filter(|v| !v.is_empty());
-    if let Some(v) = v {
-        if v.chars().count() > max {
-            return Err(validate::invalid(field, &format!("must be at most {max} characters")));
-        }
-        if v.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
-            return Err(validate::invalid(field, "must not contain control characters"));
-        }
-    }
-    Ok(v.map(str::to_owned))
+    let v = validate::optional_text(field, value.unwrap_or_default(), max)?;
+    Ok((!v.is_empty()).then_some(v))
 }
 
 /// `POST /api/v1/reports`.
@@ -190,10 +183,16 @@ pub async fn resolve(
     let note = text(b.note.as_deref(), "note", MAX_NOTE)?;
     let fits = matches!(
         (b.kind, b.outcome),
-        (_, Outcome::Dismissed | Outcome::Banned) | (Kind::Event, Outcome::Unpublished | Outcome::Canceled)
+        (_, Outcome::Dismissed | Outcome::Banned)
+            | (Kind::Event, Outcome::Unpublished | Outcome::Canceled)
+            | (Kind::User, Outcome::PictureRemoved)
     );
     if !fits {
-        return Err(validate::invalid("outcome", "an account is dismissed or banned, not unpublished or canceled"));
+        return Err(validate::invalid(
+            "outcome",
+            "an event is dismissed, unpublished, canceled or its organizer banned; an account dismissed, banned or its \
+             picture removed",
+        ));
     }
     let (event_id, subject) = match b.kind {
         Kind::Event => {

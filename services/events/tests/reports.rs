@@ -103,6 +103,8 @@ async fn reports_reach_the_queue_and_reporters_hear_the_outcome(backend: Backend
     assert_eq!(s.post(path, Some(ann_token), resolve("canceled", "event", &event_id)).await.0, StatusCode::FORBIDDEN);
     let (st, _) = s.post(path, Some(&m), resolve("canceled", "user", &organizer.to_string())).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "an account is not canceled");
+    let (st, _) = s.post(path, Some(&m), resolve("picture_removed", "event", &event_id)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "an event has no picture to take down");
     let (st, body) = s.post(path, Some(&m), resolve("canceled", "event", &event_id)).await;
     assert_eq!((st, body["resolved"].as_u64()), (StatusCode::OK, Some(3)), "{body}");
     let (st, body) = s.post(path, Some(&m), resolve("canceled", "event", &event_id)).await;

@@ -203,6 +203,7 @@ pub const ROUTES: &[Route] = &[
     r(Post, "/api/v1/admin/users/{id}/ban", Auth, User),
     r(Delete, "/api/v1/admin/users/{id}/ban", Auth, User),
     r(Post, "/api/v1/admin/users/{id}/logout-all", Auth, User),
+    r(Post, "/api/v1/admin/users/{id}/avatar/remove", Auth, User),
     r(Get, "/api/v1/profiles/{id}", Auth, Public),
     r(Patch, "/api/v1/me/profile", Auth, User),
     r(Put, "/api/v1/me/avatar", Auth, User),
@@ -224,6 +225,9 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/api/v1/events/trending", Events, Public),
     r(Get, "/api/v1/me/events", Events, User),
     r(Get, "/api/v1/meta/cities", Events, Public),
+    r(Post, "/api/v1/reports", Events, User),
+    r(Get, "/api/v1/moderation/reports", Events, User),
+    r(Post, "/api/v1/moderation/reports/resolve", Events, User),
     // joins
     r(Post, "/api/v1/events/{id}/join", Joins, User),
     r(Delete, "/api/v1/events/{id}/join", Joins, User),

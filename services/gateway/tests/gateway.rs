@@ -111,7 +111,7 @@ async fn every_route_reaches_its_service_with_method_path_query_body_and_headers
         }
         forwarded += 1;
     }
-    assert_eq!(forwarded, 65, "every forwarded operation was tried");
+    assert_eq!(forwarded, 69, "every forwarded operation was tried");
     assert!(declared.values().any(|n| n.len() > 3), "some operation takes several parameters");
 
     // A public route without a token is forwarded without one.

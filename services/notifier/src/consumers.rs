@@ -256,6 +256,7 @@ pub fn report_text(subject: &str, outcome: &str) -> String {
         "unpublished" => "the event is taken down",
         "canceled" => "the event is canceled",
         "banned" => "the account is banned",
+        "picture_removed" => "the picture is taken down",
         _ => "the moderators found nothing against the rules",
     };
     format!("Your report about {subject} was reviewed: {done}. Thank you.")

@@ -6,7 +6,7 @@ use cityevents_api::params::{
     CitiesParams, EventsParams, FeedParams, MyEventsParams, NotificationsParams, PageParams, TrendingParams,
     UsersParams,
 };
-use cityevents_api::{auth, events, gateway, joins, notifications};
+use cityevents_api::{auth, events, gateway, joins, notifications, reports};
 
 use super::operation::{Spec, op};
 use crate::routes::Verb::{Delete, Get, Patch, Post, Put};
@@ -152,6 +152,14 @@ pub(crate) fn all() -> Vec<Spec> {
             )
             .answer::<auth::ManagedUser>(200, "The account, not banned.")
             .errors(&[403]),
+        op(Post, "/api/v1/admin/users/{id}/avatar/remove", "removeUserAvatar", "Take down an account's picture (moderator or admin)")
+            .describe(
+                "The account shows no picture (204, also when it had none); its owner may upload another. The \
+                reason is kept in the audit log (`moderation.avatar_remove`). 404 for an unknown account.",
+            )
+            .body::<auth::AccountBanRequest>()
+            .empty(204, "The picture is taken down.")
+            .errors(&[403]),
         op(Post, "/api/v1/admin/users/{id}/logout-all", "endUserSessions", "End every session of an account (admin)")
             .describe(
                 "As the owner's *sign out everywhere*, without a ban: refresh tokens and a pending reset link \
@@ -285,6 +293,33 @@ pub(crate) fn all() -> Vec<Spec> {
             )
             .query::<CitiesParams>()
             .answer::<events::CityList>(200, "The cities."),
+        op(Post, "/api/v1/reports", "report", "Report an event or an account to the moderators")
+            .describe(
+                "A member reports an event they can see or an account, never their own, with a reason (`other` \
+                needs `details`). 409 `already_reported` while their report on it is open, `own_content`, \
+                `enough_reports` once the target has `app.reports.max_open_per_target` open; 429 \
+                `too_many_reports` past `app.reports.per_reporter_per_hour` (with `Retry-After`); 404 for an \
+                event they cannot see. The reporter is told the outcome as a notification (`report.resolved`).",
+            )
+            .body::<reports::NewReport>()
+            .answer::<reports::Report>(201, "The report, open.")
+            .errors(&[404, 409]),
+        op(Get, "/api/v1/moderation/reports", "reportQueue", "The moderators' queue of reports (moderator or admin)")
+            .describe(
+                "The targets with open reports, the most reported first, then the longest waiting (50 at most), \
+                each with its newest ten reports and, for an event, its title, status, organizer, start and city.",
+            )
+            .answer::<reports::Queue>(200, "The queue.")
+            .errors(&[403]),
+        op(Post, "/api/v1/moderation/reports/resolve", "resolveReports", "Resolve a target's reports (moderator or admin)")
+            .describe(
+                "Closes every open report on the target with the outcome of what the moderator did (through the \
+                events' or accounts' own routes: unpublish, cancel, ban; an account is only dismissed or banned). \
+                Audited (`moderation.report.resolve`); each reporter is told. 404 `no_open_reports`.",
+            )
+            .body::<reports::Resolve>()
+            .answer::<reports::Resolved>(200, "How many reports were closed.")
+            .errors(&[403, 404]),
         op(Get, EVENT_CALENDAR_PATH, "eventCalendar", "The event as an iCalendar file")
             .describe(
                 "RFC 5545, times in the venue's zone with its `VTIMEZONE`. `METHOD:PUBLISH`, or `METHOD:CANCEL` \

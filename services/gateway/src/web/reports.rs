@@ -1,7 +1,7 @@
 //! Reports to the moderators: members report an event or a person (`GET`/`POST /report`), and
 //! moderators work through the queue (`GET /moderation/reports`), acting on a target in one
-//! place: dismiss; unpublish or cancel an event; ban the account (of a reported person, or of a
-//! reported event's organizer). Cancel and ban, which cannot be undone from the queue, ask for
+//! place: dismiss; unpublish or cancel an event; take down a person's picture; ban the account
+//! (of a reported person, or of a reported event's organizer). Cancel and ban, which cannot be undone from the queue, ask for
 //! a confirmation first; every action needs a reason, kept in the audit log. The action itself is
 //! the events' or accounts' own route; then the target's reports are resolved at the events
 //! service, which tells each reporter.
@@ -263,7 +263,7 @@ pub(crate) struct ActForm {
     confirmed: String,
 }
 
-/// `POST /moderation/reports/{kind}/{id}`: `dismiss`, `unpublish`, `cancel`, `ban`.
+/// `POST /moderation/reports/{kind}/{id}`: `dismiss`, `unpublish`, `cancel`, `remove_picture`, `ban`.
 pub(crate) async fn act(
     State(site): State<Arc<Site>>,
     page: Page,
@@ -322,6 +322,12 @@ pub(crate) async fn act(
         ("dismiss", _) => (Ok(()), "dismissed"),
         ("unpublish", Kind::Event) => (event_call(&site, &page, token, id, "unpublish", &reason).await, "unpublished"),
         ("cancel", Kind::Event) => (event_call(&site, &page, token, id, "cancel", &reason).await, "canceled"),
+        ("remove_picture", Kind::User) => {
+            let path = format!("/api/v1/admin/users/{id}/avatar/remove");
+            let done =
+                site.send(Upstream::Auth, Method::POST, &path, Some(token), Some(&reason), &page.address, &[]).await;
+            (done.map(|_| ()), "picture_removed")
+        }
         ("ban", _) => {
             let Some(account) = form.account else { return Ok(pages::not_found(&page)) };
             let path = format!("/api/v1/admin/users/{account}/ban");
