@@ -170,7 +170,8 @@ def per_service(svc):
         ]
     if svc == "auth":
         items += [row("Logins"),
-                  panel("Login attempts by outcome", [(f'sum by (outcome) (rate(auth_login_attempts_total{{{sel}}}[$__rate_interval]))', "{{outcome}}")])]
+                  panel("Login attempts by outcome", [(f'sum by (outcome) (rate(auth_login_attempts_total{{{sel}}}[$__rate_interval]))', "{{outcome}}")]),
+                  panel("Logins with providers by outcome", [(f'sum by (provider, outcome) (rate(auth_oidc_sign_ins_total{{{sel}}}[$__rate_interval]))', "{{provider}} {{outcome}}")])]
     if svc in ("auth", "joins"):
         items += [row("Workers"),
                   panel("Runs by outcome", [(f'sum by (worker, outcome) (rate(worker_runs_total{{{sel}}}[$__rate_interval]))', "{{worker}} {{outcome}}")]),

@@ -1318,11 +1318,12 @@ async fn moderation(platform: &mut Platform, mail: Mailbox, email: &str) {
     // cancels the one and bans the other from the queue, each after a confirmation page; the
     // reporter is told each outcome.
     // A new organizer: the first one's sessions ended with its ban.
-    let (host, spammer) = (api.register("host").await, api.register("spammer").await);
+    let (host, spammer, poser) =
+        (api.register("host").await, api.register("spammer").await, api.register("poser").await);
     let shady = api.published_event(&host, "Shady giveaway", "Porto", 96, 5).await;
     let mut reporter = Browser::new(&platform.base);
     reporter.log_in(&fan.email).await;
-    for (kind, target) in [("event", shady.as_str()), ("user", spammer.id.as_str())] {
+    for (kind, target) in [("event", shady.as_str()), ("user", spammer.id.as_str()), ("user", poser.id.as_str())] {
         let (status, _, html) = reporter.send(Method::GET, &format!("/report?kind={kind}&id={target}"), None).await;
         assert_eq!(status, StatusCode::OK, "{html}");
         let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
@@ -1340,27 +1341,31 @@ async fn moderation(platform: &mut Platform, mail: Mailbox, email: &str) {
     assert!(queue.contains("Shady giveaway") && queue.contains("Asks for card details"), "{queue}");
     let csrf = queue.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
     for (kind, target, action, account) in [
-        ("event", shady.as_str(), "cancel", org.id.as_str()),
+        ("event", shady.as_str(), "cancel", host.id.as_str()),
         ("user", spammer.id.as_str(), "ban", spammer.id.as_str()),
+        ("user", poser.id.as_str(), "remove_picture", poser.id.as_str()),
     ] {
         let path = format!("/moderation/reports/{kind}/{target}");
         let mut form =
             vec![("action", action), ("note", "Card phishing"), ("name", "it"), ("account", account), ("csrf", &csrf)];
-        let (status, _, page) = moderator.send(Method::POST, &path, Some(&form)).await;
-        assert_eq!(status, StatusCode::OK, "{action}: a confirmation first: {page}");
-        assert!(page.contains("Are you sure?") && page.contains("name=\"confirmed\" value=\"yes\""), "{page}");
-        form.push(("confirmed", "yes"));
+        if action != "remove_picture" {
+            let (status, _, page) = moderator.send(Method::POST, &path, Some(&form)).await;
+            assert_eq!(status, StatusCode::OK, "{action}: a confirmation first: {page}");
+            assert!(page.contains("Are you sure?") && page.contains("name=\"confirmed\" value=\"yes\""), "{page}");
+            form.push(("confirmed", "yes"));
+        }
         let (status, location, body) = moderator.send(Method::POST, &path, Some(&form)).await;
         assert!(status.is_redirection() && location.ends_with("notice=report_resolved"), "{action}: {status} {body}");
     }
     let canceled = api.get(&format!("/api/v1/events/{shady}"), Some(&modr_access)).await;
     assert_eq!(canceled.body["status"], "canceled", "{}", canceled.body);
     assert_eq!(api.login(&spammer.email, PASSWORD).await.problem(403)["code"], "account_banned");
-    eventually("the reporter hears both outcomes", || async {
+    eventually("the reporter hears every outcome", || async {
         let n = api.get("/api/v1/me/notifications?limit=100", Some(&fan.access)).await;
         let told = |text: &str| n.body["items"].as_array().unwrap().iter().any(|i| i["message"] == text);
         told("Your report about Shady giveaway was reviewed: the event is canceled. Thank you.")
             && told("Your report about an account was reviewed: the account is banned. Thank you.")
+            && told("Your report about an account was reviewed: the picture is taken down. Thank you.")
     })
     .await;
     let (_, _, queue) = moderator.send(Method::GET, "/moderation/reports", None).await;
