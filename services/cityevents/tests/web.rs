@@ -55,6 +55,10 @@ fn the_main_journeys_pass_in_headless_chromium() {
     let idp = common::idp::Idp::start(&format!("{site}/login/oidc/corp/callback"));
     let mut env = idp.env(&site);
     env.push(("CITYEVENTS_GATEWAY__HTTP__PORT".into(), port.to_string()));
+    // Reminders looked for every second, one of them 5 hours before: the journey joins an event
+    // starting a little over 5 hours later and waits for that reminder.
+    env.push(("CITYEVENTS_NOTIFIER__APP__REMINDERS__CHECK_EVERY".into(), "1s".into()));
+    env.push(("CITYEVENTS_NOTIFIER__APP__REMINDERS__BEFORE".into(), "24h,5h,1h".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let platform = Platform::all_in_one(&env);
     // The first admin, as the banner says: the launcher's auth CLI on the same data, password
