@@ -271,6 +271,12 @@ fn every_query_runs_in_a_prometheus_scraping_the_platform() {
         ("CITYEVENTS_GATEWAY__REDIS__URL".to_owned(), redis),
         ("CITYEVENTS_GATEWAY__REDIS__KEY_PREFIX".to_owned(), format!("{}:", common::unique("ce_dash_"))),
         ("CITYEVENTS_GATEWAY__RATE_LIMITS__API__BACKEND".to_owned(), "redis".to_owned()),
+        // A sign-in provider, as deployed, so its series exist (never called: nobody uses it).
+        ("CITYEVENTS_AUTH__APP__OIDC__REDIRECT_BASE".to_owned(), "http://127.0.0.1:8080".to_owned()),
+        ("CITYEVENTS_AUTH__APP__OIDC__PROVIDERS__CORP__NAME".to_owned(), "Corp".to_owned()),
+        ("CITYEVENTS_AUTH__APP__OIDC__PROVIDERS__CORP__ISSUER".to_owned(), "https://login.corp.example".to_owned()),
+        ("CITYEVENTS_AUTH__APP__OIDC__PROVIDERS__CORP__CLIENT_ID".to_owned(), "cityevents".to_owned()),
+        ("CITYEVENTS_AUTH__APP__OIDC__PROVIDERS__CORP__CLIENT_SECRET".to_owned(), "dashboards-test-secret".to_owned()),
     ];
     let mut jobs = Vec::new();
     for svc in common::SERVICES {
