@@ -368,7 +368,12 @@ fn logging_in_with_a_provider_and_its_attacks() {
         register(&idp, &format!("carol{tag}"), &carol_email, false).await;
         let unverified = Browser::new(&site).log_in_with(&format!("carol{tag}")).await;
         assert_eq!(unverified.status, StatusCode::CONFLICT, "{}", unverified.body);
-        assert!(unverified.body.contains("has not verified it"), "{}", unverified.body);
+        assert!(unverified.body.contains("has not verified this address"), "{}", unverified.body);
+        // Nor does an unverified address make an account: the same answer, whoever has it.
+        register(&idp, &format!("dave{tag}"), &format!("dave{tag}@example.test"), false).await;
+        let nobody = Browser::new(&site).log_in_with(&format!("dave{tag}")).await;
+        assert_eq!(nobody.status, StatusCode::CONFLICT, "{}", nobody.body);
+        assert!(nobody.body.contains("has not verified this address"), "{}", nobody.body);
 
         // Unlinking: Bob has a password, so he may; Alice's provider is her only way in.
         let html = b2.get("/account").await.body;
@@ -385,7 +390,11 @@ fn logging_in_with_a_provider_and_its_attacks() {
         assert_eq!(kept.status, StatusCode::CONFLICT, "{}", kept.body);
 
         // Linking from the account page while signed in.
-        let auth = b2.start("/login/oidc/corp?link=1").await;
+        // Only with the account page's token: another site cannot start a link.
+        let forged = b2.get("/login/oidc/corp?link=1").await;
+        assert_eq!((forged.status, forged.location.as_str()), (StatusCode::SEE_OTHER, "/account"));
+        let csrf = field(&b2.get("/account").await.body, "csrf");
+        let auth = b2.start(&format!("/login/oidc/corp?link=1&csrf={csrf}")).await;
         let callback = b2.at_provider(&auth, &bob).await;
         let done = b2.get(&callback).await;
         assert_eq!(

@@ -21,7 +21,7 @@
 //! | `DELETE /api/v1/events/{id}/cover` | organizer | no cover (204) |
 //! | `GET /api/v1/events/{id}/cover/{hash}/{card,wide}.jpg` | anyone | a cover's 640×360 or 1280×720 JPEG, cacheable for good |
 //! | `GET /api/v1/events/{id}/online-link` | organizer, moderator, admin; a user who holds a seat (joins is asked) | an online event's join link `{url}` (403 `seat_required` otherwise) |
-//! | `POST /api/v1/reports`, `GET /api/v1/moderation/reports`, `POST /api/v1/moderation/reports/resolve` | any user; moderator, admin | reports to the moderators, see [`reports`] (the site's pages call them; not exposed) |
+//! | `POST /api/v1/reports`, `GET /api/v1/moderation/reports`, `POST /api/v1/moderation/reports/resolve` | any user; moderator, admin | reports to the moderators, see [`reports`] |
 //!
 //! Events carry a venue and an IANA `time_zone` (the bundled tz database, see
 //! `cityevents_common::zone`): times are stored as UTC instants, accepted as RFC 3339 or as local

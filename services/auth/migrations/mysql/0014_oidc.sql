@@ -2,11 +2,12 @@
 -- subject, as its ID tokens name it) signs in to which account; one per provider and account.
 -- `oidc_flows`: sign-ins started and not yet back, by the SHA-256 of their `state`, each with
 -- its nonce and PKCE verifier; spent (deleted) by their callback, pruned once expired.
+-- (MySQL: issuer and subject compare byte for byte, as the providers mean them.)
 -- `oidc_link_offers`: a provider's verified address matched an account; the owner confirms
 -- with the account's password before the link is made (SHA-256 of the offer's token).
 CREATE TABLE oidc_identities (
-    issuer VARCHAR(255) NOT NULL,
-    subject VARCHAR(255) NOT NULL,
+    issuer VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    subject VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
     provider VARCHAR(32) NOT NULL,
     user_id VARCHAR(36) NOT NULL,
     created_at BIGINT NOT NULL,
@@ -29,8 +30,8 @@ CREATE TABLE oidc_link_offers (
     offer_hash VARCHAR(64) PRIMARY KEY,
     user_id VARCHAR(36) NOT NULL,
     provider VARCHAR(32) NOT NULL,
-    issuer VARCHAR(255) NOT NULL,
-    subject VARCHAR(255) NOT NULL,
+    issuer VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
+    subject VARCHAR(255) COLLATE utf8mb4_bin NOT NULL,
     next_path VARCHAR(512) NOT NULL,
     expires_at BIGINT NOT NULL,
     INDEX oidc_link_offers_expires (expires_at),

@@ -219,6 +219,18 @@ async fn sign_in(s: &AppState, v: &Verified, from: &From<'_>) -> Result<Outcome,
     let Some(raw) = v.email.as_deref() else {
         return Err(refused(&v.provider, "the provider shared no e-mail address (is the `email` scope granted?)"));
     };
+    // An address the provider has not verified neither makes nor links an account, and the
+    // answer is the same whether an account has it: nobody takes an address they do not hold.
+    if !v.email_verified {
+        let name = s.oidc.name(&v.provider).unwrap_or(&v.provider);
+        return Err(conflict(
+            "email_unverified",
+            &format!(
+                "{name} has not verified this address: verify it there, or sign up with a password (an account \
+                 that has the address links {name} from its account page)"
+            ),
+        ));
+    }
     let email =
         normalize_email(raw).map_err(|e| refused(&v.provider, format!("its address is not usable: {}", e.message)))?;
     let bidx = s.accounts.email_index(&email);
@@ -234,18 +246,9 @@ async fn sign_in(s: &AppState, v: &Verified, from: &From<'_>) -> Result<Outcome,
     create(s, v, &email, from).await
 }
 
-/// An account has the provider's address: offer its owner to link, when the provider verified it.
+/// An account has the provider's (verified) address: offer its owner to link.
 async fn offer(s: &AppState, v: &Verified, row: &UserRow, email: String) -> Result<Outcome, Problem> {
     let name = s.oidc.name(&v.provider).unwrap_or(&v.provider).to_owned();
-    if !v.email_verified {
-        return Err(conflict(
-            "email_unverified",
-            &format!(
-                "an account uses this address, and {name} has not verified it: log in with your password, then link \
-                 {name} from your account page"
-            ),
-        ));
-    }
     if row.banned() {
         return Err(account_banned(row));
     }
@@ -279,7 +282,7 @@ fn display_name(v: &Verified, email: &str) -> String {
         .unwrap_or_else(|| "Member".to_owned())
 }
 
-/// Makes an account for `v`'s person (no password; verified when the provider says so), linked.
+/// Makes an account for `v`'s person (no password; the address the provider verified), linked.
 async fn create(s: &AppState, v: &Verified, email: &str, from: &From<'_>) -> Result<Outcome, Problem> {
     let name = display_name(v, email);
     let (user, mut tx) = match s.accounts.insert_hashed(email, &name, "", roles::USER, v.email_verified).await {

@@ -4,7 +4,8 @@
 //! * `GET /login/oidc/{provider}?next=` starts a flow at auth and sends the browser to the
 //!   provider, keeping the flow's `state` in an HTTP-only cookie (`ce_oidc`, for an hour at most). A
 //!   link, not a form: the site's `form-action 'self'` would stop a form's redirect to the
-//!   provider. With `link=1`, a signed-in person links the provider to their account instead.
+//!   provider. With `link=1` and the page's `csrf` token, a signed-in person links the provider
+//!   to their account instead.
 //! * `GET /login/oidc/{provider}/callback` hands the provider's `code` and `state`, with the
 //!   cookie's `state`, to auth: signed in (a new account is welcomed), linked, or the page
 //!   offering to link the sign-in to the account with the same address (`POST /login/oidc/link`
@@ -69,6 +70,9 @@ pub(crate) struct StartQuery {
     next: Option<String>,
     #[serde(default)]
     link: Option<String>,
+    /// A link start's CSRF token (the account page's link carries it).
+    #[serde(default)]
+    csrf: Option<String>,
 }
 
 /// The log-in page with `summary`, for a flow that did not end signed in.
@@ -111,7 +115,15 @@ pub(crate) async fn start(
     let Some(id) = provider_id(&id) else { return Ok(pages::not_found(&page)) };
     let name = providers(&site, &page).await.into_iter().find(|p| p.id == id).map_or_else(|| id.to_owned(), |p| p.name);
     let (path, token) = match (linking, page.token()) {
-        (true, Some(token)) => (format!("/api/v1/auth/identities/{id}/start"), Some(token)),
+        (true, Some(token)) => {
+            // A GET another site could make a signed-in browser follow: only the account page's
+            // own link (with this browser's CSRF token) starts a link.
+            let sent = query.csrf.as_deref().unwrap_or_default().as_bytes();
+            if page.csrf.is_empty() || !bool::from(subtle::ConstantTimeEq::ct_eq(sent, page.csrf.as_bytes())) {
+                return Ok(Redirect::to("/account").into_response());
+            }
+            (format!("/api/v1/auth/identities/{id}/start"), Some(token))
+        }
         (true, None) => return Ok(Redirect::to(&pages::login_then("/account")).into_response()),
         (false, Some(_)) => return Ok(Redirect::to(&next).into_response()),
         (false, None) => (format!("/api/v1/auth/oidc/{id}/start"), None),
