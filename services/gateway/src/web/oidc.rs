@@ -57,6 +57,11 @@ pub(crate) async fn providers(site: &Site, page: &Page) -> Vec<Provider> {
     }
 }
 
+/// Provider `id`'s name, as auth lists it (the id itself when it does not).
+async fn provider_name(site: &Site, page: &Page, id: &str) -> String {
+    providers(site, page).await.into_iter().find(|p| p.id == id).map_or_else(|| id.to_owned(), |p| p.name)
+}
+
 /// A provider id as auth takes it: anything else names no provider.
 fn provider_id(id: &str) -> Option<&str> {
     let ok = !id.is_empty()
@@ -113,7 +118,7 @@ pub(crate) async fn start(
     let linking = query.link.is_some();
     let next = pages::local_path(query.next.as_deref());
     let Some(id) = provider_id(&id) else { return Ok(pages::not_found(&page)) };
-    let name = providers(&site, &page).await.into_iter().find(|p| p.id == id).map_or_else(|| id.to_owned(), |p| p.name);
+    let name = provider_name(&site, &page, id).await;
     let (path, token) = match (linking, page.token()) {
         (true, Some(token)) => {
             // A GET another site could make a signed-in browser follow: only the account page's
@@ -183,7 +188,7 @@ pub(crate) async fn callback(
 ) -> PageResult {
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let Some(id) = provider_id(&id) else { return Ok(pages::not_found(&page)) };
-    let name = providers(&site, &page).await.into_iter().find(|p| p.id == id).map_or_else(|| id.to_owned(), |p| p.name);
+    let name = provider_name(&site, &page, id).await;
     let refused = |summary: String| login_refused(&site, &page, StatusCode::BAD_REQUEST, summary, "/".to_owned());
     if let Some(error) = &query.error {
         let summary = if error == "access_denied" {
