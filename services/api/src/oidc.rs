@@ -23,14 +23,27 @@ pub struct Providers {
     pub items: Vec<Provider>,
 }
 
-/// `POST /api/v1/auth/oidc/{provider}/start`: with a bearer token, the flow links the provider
-/// to the caller's account instead of signing in.
+/// `POST /api/v1/auth/oidc/{provider}/start`: a flow that signs in.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// The site path to land on afterwards (`/events/42`); anything else means `/`.
     #[serde(default)]
     pub next: Option<String>,
+}
+
+/// `POST /api/v1/auth/identities/{provider}/start` (bearer): a flow that links the provider to
+/// the caller's account. A new way in is as strong as a password: an account that has one must
+/// give it (a wrong one counts as a failed sign-in).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkStartRequest {
+    /// The site path to land on afterwards; anything else means `/`.
+    #[serde(default)]
+    pub next: Option<String>,
+    /// The account's password: required when it has one.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// The answer to a start: send the browser to `authorization_url`, and keep `state` in the

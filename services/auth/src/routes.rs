@@ -202,6 +202,28 @@ pub(crate) fn whence(headers: &http::HeaderMap, ip: &str, time_zone: Option<&str
     Whence::of(agent, ip, time_zone)
 }
 
+/// A new session for `row`, from `from`: its token pair; `None` when the row's sessions were
+/// ended since it was read (a reset, a ban, sign-out everywhere), so it is no longer its state.
+pub(crate) async fn new_session(
+    s: &AppState,
+    row: &UserRow,
+    from: &Whence,
+    device_token: Option<String>,
+) -> Result<Option<TokenPair>, Problem> {
+    let Some((refresh_token, family)) = s.refresh.issue(&row.id, row.session_version, from).await? else {
+        return Ok(None);
+    };
+    let verified = row.email_verified_at.is_some();
+    let access_token = access_token(s, &row.id, &row.role, verified, row.session_version, &family)?;
+    Ok(Some(TokenPair {
+        access_token,
+        refresh_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: s.access_ttl,
+        device_token,
+    }))
+}
+
 /// Registers an account. The answer is the same, 202 and the normalized address, whether the
 /// address is new, taken, or looks like a taken one (the same UTS #39 skeleton): only its owner
 /// learns which, from the mail each case sends (`verify_email`, `already_registered`,
@@ -281,19 +303,9 @@ async fn register_once(
     // Its first session, as a sign-in would give it (nothing can have ended its sessions yet).
     let row = s.accounts.by_id(user.id).await?.ok_or_else(not_found)?;
     let from = whence(headers, &ip, b.time_zone.as_deref());
-    let Some((refresh_token, family)) = s.refresh.issue(&row.id, row.session_version, &from).await? else {
-        return Ok(accepted);
-    };
-    let access = access_token(&s, &row.id, &row.role, false, row.session_version, &family)?;
+    let Some(session) = new_session(&s, &row, &from, None).await? else { return Ok(accepted) };
     let target = user_target(&row.id);
     s.accounts.audit(&target, "auth.login", &target, Outcome::Success, json!({ "ip": ip, "registered": true })).await;
-    let session = TokenPair {
-        access_token: access,
-        refresh_token,
-        token_type: "Bearer".to_owned(),
-        expires_in: s.access_ttl,
-        device_token: None,
-    };
     Ok((StatusCode::CREATED, Registration { email, session: Some(session) }))
 }
 
@@ -559,23 +571,12 @@ async fn change_password(
     let user = s.accounts.user(&row)?;
     check_new_password(&s.accounts.policy, &b.new_password, &user.email)
         .map_err(|e| FieldError::new("new_password", e.message))?;
-    let (bidx, client) = (s.accounts.email_index(&user.email), s.accounts.client_index(&ip));
-    let spent = match s.lockout.attempt(&bidx, Source::Client(&client)).await? {
-        Gate::Open { spent } => spent,
-        Gate::Locked { retry_after, .. } => return Err(locked(retry_after)),
-    };
-    let verified = match s.accounts.hasher.verify(&b.current_password, &row.password_hash).await {
-        Ok(v) => v,
-        Err(e) => return Err(no_verdict(&s, &bidx, Source::Client(&client), e.into()).await),
-    };
-    if !verified {
+    if !password_matches(&s, &row, &user.email, &b.current_password, &ip).await? {
         let target = user_target(&row.id);
         let details = json!({ "reason": "invalid_credentials", "ip": ip });
         s.accounts.audit(&target, "auth.password_change", &target, Outcome::Failure, details).await;
-        s.lockout.failed(&bidx, Source::Client(&client), spent).await?;
         return Err(FieldError::new("current_password", "is wrong").into());
     }
-    s.lockout.succeeded(&bidx, Source::Client(&client)).await?;
     let phc = s.accounts.hasher.hash(&b.new_password).await?;
     // The new session is the caller's, on the same device: where the old one came from (read
     // before the transaction, which holds a connection of its own).
@@ -662,6 +663,34 @@ async fn revoke_session(
 
 /// A password check that came to no verdict (refused at capacity, a dependency down): the
 /// attempt [`Lockout::attempt`] counted is taken back, so refusals never lock anyone out.
+/// Whether `password` is `row`'s (whose address is `email`), counted by the lockout like a
+/// sign-in from `ip`: a wrong one delays the next attempts, a locked account or client is 429.
+pub(crate) async fn password_matches(
+    s: &AppState,
+    row: &UserRow,
+    email: &str,
+    password: &str,
+    ip: &str,
+) -> Result<bool, Problem> {
+    let (bidx, client) = (s.accounts.email_index(email), s.accounts.client_index(ip));
+    let spent = match s.lockout.attempt(&bidx, Source::Client(&client)).await? {
+        Gate::Open { spent } => spent,
+        Gate::Locked { retry_after, .. } => return Err(locked(retry_after)),
+    };
+    let verified = match s.accounts.hasher.verify(password, &row.password_hash).await {
+        Ok(v) => v,
+        Err(e) => return Err(no_verdict(s, &bidx, Source::Client(&client), e.into()).await),
+    };
+    if verified {
+        s.lockout.succeeded(&bidx, Source::Client(&client)).await?;
+    } else {
+        for scope in s.lockout.failed(&bidx, Source::Client(&client), spent).await? {
+            s.metrics.throttled(scope);
+        }
+    }
+    Ok(verified)
+}
+
 pub(crate) async fn no_verdict(s: &AppState, bidx: &str, source: Source<'_>, e: Problem) -> Problem {
     if let Err(undo) = s.lockout.undone(bidx, source).await {
         tracing::warn!(error = %undo, "cannot take back a sign-in attempt that came to no verdict");
@@ -779,21 +808,14 @@ async fn login(
     // Its sessions were ended since the row was read (a reset, sign-out everywhere): the
     // password it checked may be the old one, so this sign-in does not count.
     let from = whence(&headers, &ip, b.time_zone.as_deref());
-    let Some((refresh_token, family)) = s.refresh.issue(&row.id, row.session_version, &from).await? else {
+    let Some(pair) = new_session(&s, &row, &from, Some(s.devices.issue(&bidx))).await? else {
         return Err(invalid_credentials());
     };
-    let access = access_token(&s, &row.id, &row.role, row.email_verified_at.is_some(), row.session_version, &family)?;
     s.metrics.count(LoginOutcome::Success);
     let target = user_target(&row.id);
     let details = json!({ "ip": ip, "known_device": device.is_some() });
     s.accounts.audit(&target, "auth.login", &target, Outcome::Success, details).await;
-    Ok(token_response(TokenPair {
-        access_token: access,
-        refresh_token,
-        token_type: "Bearer".to_owned(),
-        expires_in: s.access_ttl,
-        device_token: Some(s.devices.issue(&bidx)),
-    }))
+    Ok(token_response(pair))
 }
 
 fn refresh_input(token: &str) -> Result<&str, FieldError> {
@@ -966,7 +988,13 @@ async fn remove_avatar(
 ) -> Result<StatusCode, Problem> {
     let reason = cityevents_common::validate::text("reason", &b.reason, MAX_BAN_REASON)?;
     let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if (row.role == roles::ADMIN || row.role == roles::MODERATOR) && !who.admin {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail("only an admin takes down a moderator's or an admin's picture"));
+    }
+    let shown = crate::store::accounts::profile(&s.accounts.db, id).await?.and_then(|p| p.avatar);
     crate::store::accounts::set_avatar(&s.accounts.db, id, None).await?;
+    crate::profiles::forget_files(&s, id, shown.as_deref()).await;
     let details = json!({ "ip": ip, "reason": reason });
     let actor = user_target(&who.id.to_string());
     s.accounts.audit(&actor, "moderation.avatar_remove", &user_target(&row.id), Outcome::Success, details).await;

@@ -206,6 +206,12 @@ fn logging_in_with_a_provider_and_its_attacks() {
     let idp = Idp::start(&format!("{site}/login/oidc/corp/callback"));
     let mut env = idp.env(&site);
     env.push(("CITYEVENTS_GATEWAY__HTTP__PORT".into(), port.to_string()));
+    // A second provider nobody answers for.
+    let down = format!("http://127.0.0.1:{}", keel::testing::unused_port());
+    let p = "CITYEVENTS_AUTH__APP__OIDC__PROVIDERS__DOWN";
+    for (k, v) in [("NAME", "Down"), ("ISSUER", &down), ("CLIENT_ID", "x"), ("CLIENT_SECRET", "y")] {
+        env.push((format!("{p}__{k}"), v.to_owned()));
+    }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::all_in_one(&env);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -224,6 +230,15 @@ fn logging_in_with_a_provider_and_its_attacks() {
         }
         let next = a.get("/login?next=/my/joins").await.body;
         assert!(next.contains("href=\"/login/oidc/corp?next=%2Fmy%2Fjoins\""), "{next}");
+
+        // A provider that cannot be reached is a sentence (503); it is asked at most once a
+        // second, so a burst of log-ins does not become a burst of calls to it.
+        for _ in 0..4 {
+            let unreachable = a.get("/login/oidc/down").await;
+            assert_eq!(unreachable.status, StatusCode::SERVICE_UNAVAILABLE, "{}", unreachable.body);
+            assert!(unreachable.body.contains("Down cannot be reached right now"), "{}", unreachable.body);
+        }
+        platform.wait_for_line("its discovery failed less than a second ago", Duration::from_secs(10));
 
         // The authorization request: code flow, PKCE S256, state and nonce, the scopes.
         let auth = a.start("/login/oidc/corp").await;
@@ -389,12 +404,37 @@ fn logging_in_with_a_provider_and_its_attacks() {
         let kept = a2.post("/account", "/account/identities/corp/unlink", &[]).await;
         assert_eq!(kept.status, StatusCode::CONFLICT, "{}", kept.body);
 
-        // Linking from the account page while signed in.
-        // Only with the account page's token: another site cannot start a link.
-        let forged = b2.get("/login/oidc/corp?link=1").await;
-        assert_eq!((forged.status, forged.location.as_str()), (StatusCode::SEE_OTHER, "/account"));
-        let csrf = field(&b2.get("/account").await.body, "csrf");
-        let auth = b2.start(&format!("/login/oidc/corp?link=1&csrf={csrf}")).await;
+        // Linking from the account page while signed in: only with the account's password (a
+        // session alone adds no way in), and only from the site's own form.
+        let html = b2.get("/account").await.body;
+        assert!(
+            html.contains("action=\"/account/identities/link\"") && html.contains("name=\"provider\" value=\"corp\""),
+            "{html}"
+        );
+        let link = [("provider", "corp"), ("password", PASSWORD)];
+        let forged = b2.send(Method::POST, "/account/identities/link", Some(&link)).await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "no CSRF token: {}", forged.body);
+        let wrong =
+            b2.post("/account", "/account/identities/link", &[("provider", "corp"), ("password", "not it")]).await;
+        assert_eq!(wrong.status, StatusCode::BAD_REQUEST, "{}", wrong.body);
+        assert!(wrong.body.contains("id=\"link_password-error\">Is wrong."), "{}", wrong.body);
+        let missing = b2.post("/account", "/account/identities/link", &[("provider", "corp")]).await;
+        assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.body);
+        assert!(missing.body.contains("link_password-error"), "{}", missing.body);
+        let unknown =
+            b2.post("/account", "/account/identities/link", &[("provider", "nope"), ("password", PASSWORD)]).await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
+        let go = b2.post("/account", "/account/identities/link", &link).await;
+        assert_eq!(go.status, StatusCode::OK, "{}", go.body);
+        assert!(b2.cookie("ce_oidc").is_some(), "the flow's state is kept in the browser");
+        let auth = go
+            .body
+            .split("class=\"button\" href=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("a link to the provider: {}", go.body))
+            .replace("&#38;", "&");
+        assert!(auth.starts_with(&format!("{}/auth?", idp.issuer)), "{auth}");
         let callback = b2.at_provider(&auth, &bob).await;
         let done = b2.get(&callback).await;
         assert_eq!(
@@ -404,6 +444,38 @@ fn logging_in_with_a_provider_and_its_attacks() {
             done.body
         );
         assert!(b2.get("/account").await.body.contains("/account/identities/corp/unlink"));
+        // The owner hears of the new way in.
+        let told = |p: &Platform| {
+            p.mails().iter().any(|m| m.contains(&format!("To: {bob_email}")) && m.contains("log in with Corp"))
+        };
+        for _ in 0..100 {
+            if told(&platform) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(told(&platform), "a sign_in_added mail to {bob_email}");
+
+        // A link started before the account's sessions ended does not finish.
+        let gone = b2.post("/account", "/account/identities/corp/unlink", &[]).await;
+        assert_eq!(gone.status, StatusCode::SEE_OTHER, "{}", gone.body);
+        let go = b2.post("/account", "/account/identities/link", &link).await;
+        assert_eq!(go.status, StatusCode::OK, "{}", go.body);
+        let auth = go.body.split("class=\"button\" href=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let auth = auth.replace("&#38;", "&");
+        let callback = b2.at_provider(&auth, &bob).await;
+        let mut other = Browser::new(&site);
+        let signed_in = other.post("/login", "/login", &[("email", &bob_email), ("password", PASSWORD)]).await;
+        assert_eq!(signed_in.status, StatusCode::SEE_OTHER, "{}", signed_in.body);
+        let ended = other.post("/account", "/account/logout-all", &[]).await;
+        assert!(ended.status.is_redirection(), "{}", ended.body);
+        let late = b2.get(&callback).await;
+        assert!(!late.location.contains("notice=linked"), "{} {}", late.location, late.body);
+        platform.wait_for_line("the session that started the link has ended", Duration::from_secs(10));
+        let mut again = Browser::new(&site);
+        again.post("/login", "/login", &[("email", &bob_email), ("password", PASSWORD)]).await;
+        let html = again.get("/account").await.body;
+        assert!(html.contains("Link Corp") && !html.contains("/account/identities/corp/unlink"), "not linked: {html}");
 
         // A cancel at the provider is a sentence on the log-in page.
         let canceled = Browser::new(&site).get("/login/oidc/corp/callback?error=access_denied&state=x").await;

@@ -392,6 +392,11 @@ pub enum Mail {
     },
     /// The password was changed (or reset) and every other session ended.
     PasswordChanged,
+    /// A provider (its name) was linked to the account: a new way to sign in.
+    SignInAdded {
+        /// The provider's name, as the site shows it.
+        provider: String,
+    },
     /// Someone tried to register an account with this address, which has one.
     AlreadyRegistered,
     /// Someone tried to register an account with this address, which looks like an existing
@@ -472,6 +477,7 @@ impl Mail {
             Self::VerifyEmail { .. } => "verify_email",
             Self::ResetPassword { .. } => "reset_password",
             Self::PasswordChanged => "password_changed",
+            Self::SignInAdded { .. } => "sign_in_added",
             Self::AlreadyRegistered => "already_registered",
             Self::AddressUnavailable => "address_unavailable",
             Self::EventCanceled { .. } => "event_canceled",
@@ -497,6 +503,7 @@ impl Mail {
             Self::VerifyEmail { .. }
             | Self::ResetPassword { .. }
             | Self::PasswordChanged
+            | Self::SignInAdded { .. }
             | Self::AlreadyRegistered
             | Self::AddressUnavailable => None,
         }
@@ -516,6 +523,7 @@ impl Mail {
             Self::VerifyEmail { .. }
             | Self::ResetPassword { .. }
             | Self::PasswordChanged
+            | Self::SignInAdded { .. }
             | Self::AlreadyRegistered
             | Self::AddressUnavailable => None,
         }

@@ -1,7 +1,8 @@
 -- Sign-in with OpenID Connect providers. `oidc_identities`: which provider account (issuer and
 -- subject, as its ID tokens name it) signs in to which account; one per provider and account.
 -- `oidc_flows`: sign-ins started and not yet back, by the SHA-256 of their `state`, each with
--- its nonce and PKCE verifier; spent (deleted) by their callback, pruned once expired.
+-- its nonce and PKCE verifier (and, for a link, the account and its session version then: a
+-- session ended since ends the link); spent (deleted) by their callback, pruned once expired.
 -- (MySQL: issuer and subject compare byte for byte, as the providers mean them.)
 -- `oidc_link_offers`: a provider's verified address matched an account; the owner confirms
 -- with the account's password before the link is made (SHA-256 of the offer's token).
@@ -22,6 +23,7 @@ CREATE TABLE oidc_flows (
     nonce VARCHAR(128) NOT NULL,
     pkce_verifier VARCHAR(128) NOT NULL,
     link_user_id VARCHAR(36) NULL,
+    link_session_version BIGINT NULL,
     next_path VARCHAR(512) NOT NULL,
     expires_at BIGINT NOT NULL,
     INDEX oidc_flows_expires (expires_at)

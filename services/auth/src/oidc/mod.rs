@@ -9,9 +9,10 @@
 //!   audience, expiry and the flow's nonce. A key id the kept key set does not have fetches the
 //!   provider's keys again (key rotation); at most one fetch a second, so forged tokens cannot
 //!   turn auth into a flood of requests to the provider.
-//! * **The provider's document and keys** are discovered on first use and kept for an hour; a
-//!   provider that cannot be reached answers 503 `provider_unavailable`, and the other ways to
-//!   sign in keep working.
+//! * **The provider's document and keys** are discovered on first use and kept for an hour. A
+//!   provider is asked at most once a second, failed attempts included: a provider that cannot
+//!   be reached answers 503 `provider_unavailable` (the other ways to sign in keep working),
+//!   unless its document was discovered before, which is then used until it answers again.
 //! * **Calls to providers** go through [`http::Fetch`]: no redirects followed (SSRF), bounded in
 //!   time (`app.oidc.request_timeout`) and size.
 
@@ -39,8 +40,8 @@ use keel::data::{DataError, Db};
 
 /// How long a provider's discovery document and keys are kept before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
-/// The least time between two fetches for one provider (a key id not in the kept set asks for
-/// one; a second asking sooner waits for the rest of it).
+/// The least time between two attempts to fetch one provider's document and keys (a key id
+/// not in the kept set asks for one, and waits for the rest of the second if it must).
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// The longest `next` path a flow keeps.
 const MAX_NEXT: usize = 512;
@@ -73,9 +74,19 @@ pub(crate) struct Verified {
     pub(crate) email: Option<String>,
     pub(crate) email_verified: bool,
     pub(crate) name: Option<String>,
-    /// The flow's own: who links (a signed-in user), and where to go next.
+    /// The flow's own: who links (a signed-in user) and their session version then, and where
+    /// to go next.
     pub(crate) link_user_id: Option<String>,
+    pub(crate) link_session_version: Option<i64>,
     pub(crate) next: String,
+}
+
+/// A provider's discovered client, and when it was last asked.
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// The last attempt to discover, successful or not.
+    attempted: Option<Instant>,
 }
 
 struct Cached {
@@ -97,7 +108,7 @@ struct Inner {
     fetch: http::Fetch,
     /// Per provider: a discovery under way holds its provider's lock only, so a provider that
     /// is slow to answer does not hold up the others.
-    clients: HashMap<String, tokio::sync::Mutex<Option<Cached>>>,
+    clients: HashMap<String, tokio::sync::Mutex<Slot>>,
 }
 
 /// A random URL-safe value of 256 bits.
@@ -108,7 +119,7 @@ fn random() -> String {
 impl Oidc {
     pub(crate) fn new(cfg: OidcConfig, db: Db) -> Result<Self, String> {
         let fetch = http::Fetch::new(cfg.request_timeout)?;
-        let clients = cfg.providers.keys().map(|id| (id.clone(), tokio::sync::Mutex::new(None))).collect();
+        let clients = cfg.providers.keys().map(|id| (id.clone(), tokio::sync::Mutex::new(Slot::default()))).collect();
         Ok(Self { inner: Arc::new(Inner { cfg, db, fetch, clients }) })
     }
 
@@ -123,38 +134,69 @@ impl Oidc {
     }
 
     /// The client of provider `id`: discovered now when never or long ago, or when `kid` (an ID
-    /// token's key id) is not in the key set kept.
+    /// token's key id) is not in the key set kept; never more than once a [`MIN_REFRESH`].
     async fn client(&self, id: &str, kid: Option<&str>) -> Result<Arc<Client>, OidcError> {
         let cfg = self.inner.cfg.providers.get(id).ok_or_else(|| OidcError::UnknownProvider(id.to_owned()))?;
         let slot = self.inner.clients.get(id).ok_or_else(|| OidcError::UnknownProvider(id.to_owned()))?;
+        let unavailable = |why: String| OidcError::Unavailable { provider: id.to_owned(), why };
+        let mut waited = false;
         // One discovery at a time per provider: callers wait for the one under way.
-        let mut kept = slot.lock().await;
-        if let Some(c) = kept.as_ref() {
-            let age = c.fetched.elapsed();
-            let known = kid.is_none_or(|k| c.kids.contains(k));
-            if age < METADATA_TTL && known {
+        let mut kept = loop {
+            let kept = slot.lock().await;
+            if let Some(c) = kept.cached.as_ref()
+                && c.fetched.elapsed() < METADATA_TTL
+                && kid.is_none_or(|k| c.kids.contains(k))
+            {
                 return Ok(c.client.clone());
             }
-            if let Some(rest) = MIN_REFRESH.checked_sub(age) {
+            let Some(rest) = kept.attempted.and_then(|at| MIN_REFRESH.checked_sub(at.elapsed())) else { break kept };
+            // Asked less than a second ago. A new key id waits for the rest of the second, once
+            // and without the lock; anyone else makes do with what is kept.
+            if kid.is_some() && !waited {
+                drop(kept);
                 tokio::time::sleep(rest).await;
+                waited = true;
+                continue;
             }
+            return match kept.cached.as_ref() {
+                Some(c) => Ok(c.client.clone()),
+                None => Err(unavailable("its discovery failed less than a second ago".to_owned())),
+            };
+        };
+        kept.attempted = Some(Instant::now());
+        match self.discover(id, cfg).await {
+            Ok((client, kids)) => {
+                let client = Arc::new(client);
+                kept.cached = Some(Cached { client: client.clone(), kids, fetched: Instant::now() });
+                Ok(client)
+            }
+            // The document kept, past its hour, serves until the provider answers again.
+            Err(why) if let Some(c) = kept.cached.as_ref() => {
+                tracing::warn!(provider = id, why, "sign-in provider unreachable: its document kept is used");
+                Ok(c.client.clone())
+            }
+            Err(why) => Err(unavailable(why)),
         }
-        let unavailable = |why: String| OidcError::Unavailable { provider: id.to_owned(), why };
-        let issuer = IssuerUrl::new(cfg.issuer.clone()).map_err(|e| unavailable(e.to_string()))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &self.inner.fetch)
-            .await
-            .map_err(|e| unavailable(error_chain(&e)))?;
+    }
+
+    /// Fetches provider `id`'s document and keys: its client and key ids.
+    async fn discover(
+        &self,
+        id: &str,
+        cfg: &config::ProviderConfig,
+    ) -> Result<(Client, std::collections::HashSet<String>), String> {
+        let issuer = IssuerUrl::new(cfg.issuer.clone()).map_err(|e| e.to_string())?;
+        let metadata =
+            CoreProviderMetadata::discover_async(issuer, &self.inner.fetch).await.map_err(|e| error_chain(&e))?;
         let kids = metadata.jwks().keys().iter().filter_map(|k| k.key_id().map(|k| k.as_str().to_owned())).collect();
-        let redirect = RedirectUrl::new(self.redirect_uri(id)).map_err(|e| unavailable(e.to_string()))?;
+        let redirect = RedirectUrl::new(self.redirect_uri(id)).map_err(|e| e.to_string())?;
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(cfg.client_id.clone()),
             Some(ClientSecret::new(cfg.client_secret.expose().to_owned())),
         )
         .set_redirect_uri(redirect);
-        let client = Arc::new(client);
-        *kept = Some(Cached { client: client.clone(), kids, fetched: Instant::now() });
-        Ok(client)
+        Ok((client, kids))
     }
 
     /// `<redirect_base>/login/oidc/<id>/callback`.
@@ -163,12 +205,12 @@ impl Oidc {
         format!("{base}/login/oidc/{id}/callback")
     }
 
-    /// Starts a sign-in (or, with `link_user_id`, a link) at provider `id`: the authorization
-    /// URL and the flow's `state`.
+    /// Starts a sign-in (or, with `link`, the account and its session version, a link) at
+    /// provider `id`: the authorization URL and the flow's `state`.
     pub(crate) async fn start(
         &self,
         id: &str,
-        link_user_id: Option<String>,
+        link: Option<(String, i64)>,
         next: &str,
     ) -> Result<(String, String), OidcError> {
         let client = self.client(id, None).await?;
@@ -192,7 +234,8 @@ impl Oidc {
             provider: id.to_owned(),
             nonce,
             pkce_verifier: verifier.secret().clone(),
-            link_user_id,
+            link_session_version: link.as_ref().map(|l| l.1),
+            link_user_id: link.map(|l| l.0),
             next_path: next.to_owned(),
             expires_at: to_micros(now()) + micros(self.inner.cfg.flow_ttl),
         };
@@ -267,6 +310,7 @@ impl Oidc {
             email_verified: claims.email_verified().unwrap_or(false),
             name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
             link_user_id: flow.link_user_id,
+            link_session_version: flow.link_session_version,
             next: flow.next_path,
         })
     }

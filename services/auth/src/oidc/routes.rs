@@ -7,21 +7,21 @@
 //! | `POST /api/v1/auth/oidc/{provider}/callback` `{state, browser_state, code, time_zone}` | an [`Outcome`]: `signed_in`, `linked` or `confirm_link`; 400 `oidc_refused`, 403 `account_banned`, 409 `identity_taken` / `email_unverified` / `address_unavailable` |
 //! | `POST /api/v1/auth/oidc/link` `{offer, password, time_zone}` | `signed_in` once the password is right; 400 `invalid_token`, 401 `invalid_credentials`, 429 `locked` |
 //! | `GET /api/v1/auth/identities` (bearer) | the caller's linked providers, whether they have a password, the providers not linked |
-//! | `POST /api/v1/auth/identities/{provider}/start` (bearer) `{next}` | a flow whose callback links the provider to the caller |
+//! | `POST /api/v1/auth/identities/{provider}/start` (bearer) `{next, password}` | a flow whose callback links the provider to the caller, if the caller's sessions have not ended since; `password` required when the account has one (counted like a sign-in); 400 `validation_failed`, 429 `locked` |
 //! | `DELETE /api/v1/auth/identities/{provider}` (bearer) | 204; 409 `last_sign_in_method` when it is the only way left to sign in |
 //!
 //! A provider's account signs in to the account it is linked to. Unlinked, its address decides:
 //! no account has it → an account is made (verified when the provider says so; without a
 //! password); an account has it and the provider verified it → the owner is offered to link,
 //! and confirms with the account's password (counted like a sign-in by the lockout); an
-//! unverified address never links.
+//! unverified address never links. Every link mails the owner (`sign_in_added`).
 
 use axum::extract::State;
 use axum::response::Response;
 use cityevents_api::auth::TokenPair;
 use cityevents_api::oidc::{
-    CallbackRequest, Identities, Identity as IdentityItem, LinkRequest, Outcome, Provider, Providers, Start,
-    StartRequest,
+    CallbackRequest, Identities, Identity as IdentityItem, LinkRequest, LinkStartRequest, Outcome, Provider, Providers,
+    Start, StartRequest,
 };
 use cityevents_common::roles;
 use cityevents_common::time::{from_micros, now, to_micros};
@@ -35,12 +35,11 @@ use uuid::Uuid;
 
 use super::{OidcError, Verified};
 use crate::accounts::{StoreError, UserRow, normalize_email, validate_name};
-use crate::error::{FieldError, invalid_credentials, invalid_token, locked};
-use crate::lockout::{Gate, Source};
+use crate::error::{FieldError, invalid_credentials, invalid_token};
 use crate::mail::{Purpose, contact_of};
 use crate::metrics::OidcOutcome;
 use crate::routes::{
-    AppState, ClientAddr, access_token, account_banned, commit, conflict, no_verdict, not_found, time_zone_input,
+    AppState, ClientAddr, account_banned, commit, conflict, new_session, not_found, password_matches, time_zone_input,
     token_response, user_target, whence,
 };
 use crate::store::oidc as store;
@@ -87,8 +86,15 @@ fn problem(s: &AppState, provider: &str, e: OidcError) -> Problem {
 
 fn next_input(next: Option<&str>) -> String {
     match next {
-        // A site path only: never another origin (`//host`, `/\host`).
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.starts_with("/\\") && n.len() <= 512 => {
+        // A site path only: never another origin (`//host`, `/\host`), nor one a browser may
+        // read otherwise than it is written (it drops tabs and newlines: `/\t/host`).
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && n.len() <= 512
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
             n.to_owned()
         }
         _ => "/".to_owned(),
@@ -107,17 +113,45 @@ pub(crate) async fn start(
     Ok(token_response(Start { authorization_url, state }))
 }
 
-/// `POST /api/v1/auth/identities/{provider}/start` (bearer): a flow that links.
+/// `POST /api/v1/auth/identities/{provider}/start` (bearer): a flow that links, bound to the
+/// caller's session version (signing out everywhere, or a new password, ends it). An account
+/// with a password must give it: a stolen session alone adds no way in.
 pub(crate) async fn start_link(
     State(s): State<AppState>,
+    ClientAddr(ip): ClientAddr,
     Auth(claims): Auth<Claims>,
     Path(provider): Path<String>,
-    Json(b): Json<StartRequest>,
+    Json(b): Json<LinkStartRequest>,
 ) -> Result<Response, Problem> {
     let next = next_input(b.next.as_deref());
-    let user = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?.to_string();
+    let password = b.password.as_deref().unwrap_or_default();
+    if password.len() > s.accounts.policy.max_length {
+        let max = s.accounts.policy.max_length;
+        return Err(FieldError::new("password", format!("must be at most {max} bytes")).into());
+    }
+    if !s.oidc.providers().any(|(p, _)| p == provider) {
+        return Err(problem(&s, &provider, OidcError::UnknownProvider(provider.clone())));
+    }
+    let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
+    let row = s.accounts.by_id(id).await?.ok_or_else(not_found)?;
+    if row.banned() {
+        return Err(account_banned(&row));
+    }
+    if row.has_password() {
+        if password.is_empty() {
+            return Err(FieldError::new("password", "is required: the account's password").into());
+        }
+        let user = s.accounts.user(&row)?;
+        if !password_matches(&s, &row, &user.email, password, &ip).await? {
+            let target = user_target(&row.id);
+            let details = json!({ "reason": "invalid_credentials", "ip": ip, "provider": provider });
+            s.accounts.audit(&target, "auth.identity_linked", &target, Audited::Failure, details).await;
+            return Err(FieldError::new("password", "is wrong").into());
+        }
+    }
+    let sv = i64::try_from(row.session_version).unwrap_or(i64::MAX);
     let (authorization_url, state) =
-        s.oidc.start(&provider, Some(user), &next).await.map_err(|e| problem(&s, &provider, e))?;
+        s.oidc.start(&provider, Some((row.id.clone(), sv)), &next).await.map_err(|e| problem(&s, &provider, e))?;
     Ok(token_response(Start { authorization_url, state }))
 }
 
@@ -166,6 +200,9 @@ async fn link_signed_in(s: &AppState, v: &Verified, user_id: &str, ip: &str) -> 
     if row.banned() {
         return Err(account_banned(&row));
     }
+    if v.link_session_version != i64::try_from(row.session_version).ok() {
+        return Err(problem(s, &v.provider, OidcError::Refused("the session that started the link has ended".into())));
+    }
     link(s, v, &row, None).await?;
     let target = user_target(&row.id);
     let details = json!({ "provider": v.provider, "ip": ip });
@@ -184,10 +221,15 @@ async fn link(s: &AppState, v: &Verified, row: &UserRow, offer: Option<&str>) ->
         return Err(invalid_token());
     }
     let key = (v.issuer.as_str(), v.subject.as_str(), v.provider.as_str());
+    let name = s.oidc.name(&v.provider).unwrap_or(&v.provider).to_owned();
     if !store::link(db, &mut tx, key, &row.id, to_micros(now())).await? {
-        return Err(identity_taken(s.oidc.name(&v.provider).unwrap_or(&v.provider)));
+        return Err(identity_taken(&name));
     }
+    // The owner hears of every new way in, in the same transaction (the outbox).
+    let user = s.accounts.user(row)?;
+    s.mail.mail(&mut tx, user.id, &user.email, &user.name, Mail::SignInAdded { provider: name }).await?;
     db.commit(tx).await?;
+    s.mail.wake();
     Ok(())
 }
 
@@ -323,17 +365,9 @@ async fn audit_login(s: &AppState, row: &UserRow, v: &Verified, from: &From<'_>,
 async fn session(s: &AppState, row: &UserRow, from: &From<'_>) -> Result<TokenPair, Problem> {
     let place = whence(from.headers, from.ip, from.time_zone);
     // Its sessions were ended since the row was read (a ban, sign-out everywhere).
-    let Some((refresh_token, family)) = s.refresh.issue(&row.id, row.session_version, &place).await? else {
-        return Err(refused("-", "the account's sessions were ended during the sign-in"));
-    };
-    let access = access_token(s, &row.id, &row.role, row.email_verified_at.is_some(), row.session_version, &family)?;
-    Ok(TokenPair {
-        access_token: access,
-        refresh_token,
-        token_type: "Bearer".to_owned(),
-        expires_in: s.access_ttl,
-        device_token: None,
-    })
+    new_session(s, row, &place, None)
+        .await?
+        .ok_or_else(|| refused("-", "the account's sessions were ended during the sign-in"))
 }
 
 /// `POST /api/v1/auth/oidc/link`: the owner confirms an offer with the account's password.
@@ -359,25 +393,12 @@ pub(crate) async fn confirm_link(
         return Err(conflict("no_password", "this account has no password: sign in with a provider linked to it"));
     }
     let user = s.accounts.user(&row)?;
-    let (bidx, client) = (s.accounts.email_index(&user.email), s.accounts.client_index(&ip));
-    let spent = match s.lockout.attempt(&bidx, Source::Client(&client)).await? {
-        Gate::Open { spent } => spent,
-        Gate::Locked { retry_after, .. } => return Err(locked(retry_after)),
-    };
-    let verified = match s.accounts.hasher.verify(&b.password, &row.password_hash).await {
-        Ok(v) => v,
-        Err(e) => return Err(no_verdict(&s, &bidx, Source::Client(&client), e.into()).await),
-    };
     let target = user_target(&row.id);
-    if !verified {
+    if !password_matches(&s, &row, &user.email, &b.password, &ip).await? {
         let details = json!({ "reason": "invalid_credentials", "ip": ip, "provider": offer.provider });
         s.accounts.audit("anonymous", "auth.identity_linked", &target, Audited::Failure, details).await;
-        for scope in s.lockout.failed(&bidx, Source::Client(&client), spent).await? {
-            s.metrics.throttled(scope);
-        }
         return Err(invalid_credentials());
     }
-    s.lockout.succeeded(&bidx, Source::Client(&client)).await?;
     if row.banned() {
         return Err(account_banned(&row));
     }
@@ -389,6 +410,7 @@ pub(crate) async fn confirm_link(
         email_verified: true,
         name: None,
         link_user_id: Some(row.id.clone()),
+        link_session_version: None,
         next: offer.next_path,
     };
     link(&s, &v, &row, Some(&offer_hash)).await?;
@@ -437,8 +459,13 @@ pub(crate) async fn unlink(
     // The account's row locked: two unlinks at once cannot both leave it without a way in.
     crate::store::sessions::version_locked(db, &mut tx, &id.to_string()).await?.ok_or_else(not_found)?;
     let row = crate::store::accounts::by_id_in(db, &mut tx, id).await?.ok_or_else(not_found)?;
-    let linked = store::count(db, &mut tx, &row.id).await?;
-    if !row.has_password() && linked <= 1 {
+    // Only providers still configured are ways in: one taken out of the configuration counts not.
+    let others = store::linked_providers(db, &mut tx, &row.id)
+        .await?
+        .into_iter()
+        .filter(|p| *p != provider && s.oidc.name(p).is_some())
+        .count();
+    if !row.has_password() && others == 0 {
         return Err(conflict(
             "last_sign_in_method",
             "this is the account's only way to sign in: set a password (a reset link does) or link another provider first",
@@ -461,7 +488,17 @@ mod tests {
     #[test]
     fn next_is_a_site_path_or_the_home_page() {
         assert_eq!(next_input(Some("/events/42?x=1")), "/events/42?x=1");
-        for bad in [None, Some(""), Some("https://evil.example/"), Some("//evil.example"), Some("/\\evil.example")] {
+        for bad in [
+            None,
+            Some(""),
+            Some("https://evil.example/"),
+            Some("//evil.example"),
+            Some("/\\evil.example"),
+            Some("/\t/evil.example"),
+            Some("/\n/evil.example"),
+            Some("/ /evil.example"),
+            Some("/\u{a0}/evil.example"),
+        ] {
             assert_eq!(next_input(bad), "/", "{bad:?}");
         }
         assert_eq!(next_input(Some(&format!("/{}", "a".repeat(600)))), "/");

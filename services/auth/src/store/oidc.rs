@@ -12,6 +12,8 @@ pub(crate) struct Flow {
     pub(crate) pkce_verifier: String,
     /// Set when a signed-in user links the provider to their account.
     pub(crate) link_user_id: Option<String>,
+    /// That account's session version when the link started: a session ended since ends it.
+    pub(crate) link_session_version: Option<i64>,
     pub(crate) next_path: String,
     pub(crate) expires_at: i64,
 }
@@ -37,14 +39,16 @@ pub(crate) struct Identity {
 
 pub(crate) async fn insert_flow(db: &Db, state_hash: &str, flow: &Flow) -> Result<(), DataError> {
     sqlx::query(db.statement(
-        "INSERT INTO oidc_flows (state_hash, provider, nonce, pkce_verifier, link_user_id, next_path, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO oidc_flows \
+         (state_hash, provider, nonce, pkce_verifier, link_user_id, link_session_version, next_path, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     ))
     .bind(state_hash)
     .bind(&flow.provider)
     .bind(&flow.nonce)
     .bind(&flow.pkce_verifier)
     .bind(flow.link_user_id.as_deref())
+    .bind(flow.link_session_version)
     .bind(&flow.next_path)
     .bind(flow.expires_at)
     .execute(db.on(&mut *db.acquire().await?))
@@ -55,9 +59,10 @@ pub(crate) async fn insert_flow(db: &Db, state_hash: &str, flow: &Flow) -> Resul
 /// Takes the flow of `state_hash` (deleting it: a callback is answered once), if any.
 pub(crate) async fn take_flow(db: &Db, state_hash: &str) -> Result<Option<Flow>, DataError> {
     let mut tx = db.begin_write().await?;
-    let row: Option<(String, String, String, Option<String>, String, i64)> = sqlx::query_as(db.statement(
-        "SELECT provider, nonce, pkce_verifier, link_user_id, next_path, expires_at FROM oidc_flows \
-         WHERE state_hash = $1",
+    type Row = (String, String, String, Option<String>, Option<i64>, String, i64);
+    let row: Option<Row> = sqlx::query_as(db.statement(
+        "SELECT provider, nonce, pkce_verifier, link_user_id, link_session_version, next_path, expires_at \
+         FROM oidc_flows WHERE state_hash = $1",
     ))
     .bind(state_hash)
     .fetch_optional(db.on(&mut *tx))
@@ -72,11 +77,12 @@ pub(crate) async fn take_flow(db: &Db, state_hash: &str) -> Result<Option<Flow>,
     if deleted == 0 {
         return Ok(None);
     }
-    Ok(row.map(|(provider, nonce, pkce_verifier, link_user_id, next_path, expires_at)| Flow {
+    Ok(row.map(|(provider, nonce, pkce_verifier, link_user_id, link_session_version, next_path, expires_at)| Flow {
         provider,
         nonce,
         pkce_verifier,
         link_user_id,
+        link_session_version,
         next_path,
         expires_at,
     }))
@@ -174,12 +180,18 @@ pub(crate) async fn unlink(
 }
 
 /// How many providers `user_id` has linked, counted in `tx` (with its row locked by the caller).
-pub(crate) async fn count(db: &Db, tx: &mut Transaction<'static, Any>, user_id: &str) -> Result<i64, DataError> {
-    let (n,): (i64,) = sqlx::query_as(db.statement("SELECT COUNT(*) FROM oidc_identities WHERE user_id = $1"))
-        .bind(user_id)
-        .fetch_one(db.on(&mut **tx))
-        .await?;
-    Ok(n)
+/// The providers linked to `user_id` (in the caller's transaction, which holds its row).
+pub(crate) async fn linked_providers(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+) -> Result<Vec<String>, DataError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as(db.statement("SELECT provider FROM oidc_identities WHERE user_id = $1 ORDER BY provider"))
+            .bind(user_id)
+            .fetch_all(db.on(&mut **tx))
+            .await?;
+    Ok(rows.into_iter().map(|(p,)| p).collect())
 }
 
 pub(crate) async fn insert_offer(db: &Db, offer_hash: &str, offer: &Offer) -> Result<(), DataError> {

@@ -52,6 +52,12 @@ impl Platform {
         Self::spawn(cmd, dir, (gateway, upstreams), "City Events is running", Vec::new())
     }
 
+    /// The messages the file transport wrote (all-in-one: `data/mail/*.eml`), as text.
+    pub fn mails(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self._dir.path().join("data/mail")) else { return Vec::new() };
+        dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect()
+    }
+
     /// The distributed script on `site` (its databases and secrets kept between runs); drops
     /// `own` databases when dropped.
     pub fn distributed_at(site: &Site, extra_env: &[(&str, &str)], dir: tempfile::TempDir, own: Vec<String>) -> Self {

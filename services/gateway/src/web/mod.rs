@@ -217,6 +217,7 @@ pub(crate) fn router(
         .route("/login/oidc/link", post(oidc::link.layer(strict.clone())))
         .route("/login/oidc/{provider}", get(oidc::start.layer(strict.clone())))
         .route("/login/oidc/{provider}/callback", get(oidc::callback.layer(strict.clone())))
+        .route("/account/identities/link", post(oidc::link_start))
         .route("/account/identities/{provider}/unlink", post(oidc::unlink))
         .route("/logout", post(account::logout))
         .route("/signup", get(account::signup_form).post(account::signup.layer(strict.clone())))

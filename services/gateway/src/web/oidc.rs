@@ -4,8 +4,11 @@
 //! * `GET /login/oidc/{provider}?next=` starts a flow at auth and sends the browser to the
 //!   provider, keeping the flow's `state` in an HTTP-only cookie (`ce_oidc`, for an hour at most). A
 //!   link, not a form: the site's `form-action 'self'` would stop a form's redirect to the
-//!   provider. With `link=1` and the page's `csrf` token, a signed-in person links the provider
-//!   to their account instead.
+//!   provider.
+//! * `POST /account/identities/link` `{provider, password}` (the account page) starts a flow that
+//!   links the provider to the signed-in person's account, once auth has the account's password
+//!   (when it has one): a new way in must not come with a session alone. The answer is a page
+//!   with a link to the provider (the form's redirect would be stopped, as above).
 //! * `GET /login/oidc/{provider}/callback` hands the provider's `code` and `state`, with the
 //!   cookie's `state`, to auth: signed in (a new account is welcomed), linked, or the page
 //!   offering to link the sign-in to the account with the same address (`POST /login/oidc/link`
@@ -73,11 +76,6 @@ fn provider_id(id: &str) -> Option<&str> {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct StartQuery {
     next: Option<String>,
-    #[serde(default)]
-    link: Option<String>,
-    /// A link start's CSRF token (the account page's link carries it).
-    #[serde(default)]
-    csrf: Option<String>,
 }
 
 /// The log-in page with `summary`, for a flow that did not end signed in.
@@ -115,39 +113,87 @@ pub(crate) async fn start(
     query: Result<Query<StartQuery>, keel::http::Problem>,
 ) -> PageResult {
     let query = query.map(|Query(q)| q).unwrap_or_default();
-    let linking = query.link.is_some();
     let next = pages::local_path(query.next.as_deref());
     let Some(id) = provider_id(&id) else { return Ok(pages::not_found(&page)) };
+    if page.token().is_some() {
+        return Ok(Redirect::to(&next).into_response());
+    }
     let name = provider_name(&site, &page, id).await;
-    let (path, token) = match (linking, page.token()) {
-        (true, Some(token)) => {
-            // A GET another site could make a signed-in browser follow: only the account page's
-            // own link (with this browser's CSRF token) starts a link.
-            let sent = query.csrf.as_deref().unwrap_or_default().as_bytes();
-            if page.csrf.is_empty() || !bool::from(subtle::ConstantTimeEq::ct_eq(sent, page.csrf.as_bytes())) {
-                return Ok(Redirect::to("/account").into_response());
-            }
-            (format!("/api/v1/auth/identities/{id}/start"), Some(token))
-        }
-        (true, None) => return Ok(Redirect::to(&pages::login_then("/account")).into_response()),
-        (false, Some(_)) => return Ok(Redirect::to(&next).into_response()),
-        (false, None) => (format!("/api/v1/auth/oidc/{id}/start"), None),
-    };
-    let next = if linking { "/account".to_owned() } else { next };
-    let body = json!({ "next": next });
-    let started = match site.send(Upstream::Auth, Method::POST, &path, token, Some(&body), &page.address, &[]).await {
-        Ok(r) => Site::read::<Start>(Upstream::Auth, &r),
-        Err(f) => Err(f),
-    };
-    match started {
-        Ok(s) => {
+    let path = format!("/api/v1/auth/oidc/{id}/start");
+    match start_at(&site, &page, &path, None, &json!({ "next": next })).await {
+        Ok((s, cookie)) => {
             let mut resp = Redirect::to(&s.authorization_url).into_response();
-            let sessions = &site.sessions;
-            let cookie = sessions.cookie(sessions.oidc_cookie(), s.state, STATE_MAX_AGE);
             resp.headers_mut().append(header::SET_COOKIE, cookie);
             Ok(resp)
         }
         Err(f) => Ok(login_refused(&site, &page, status_of(&f), sentence(&f, &name), next).await),
+    }
+}
+
+/// Starts a flow at auth's `path`: its answer and the `state` cookie to set.
+async fn start_at(
+    site: &Site,
+    page: &Page,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<(Start, http::HeaderValue), Failure> {
+    let r = site.send(Upstream::Auth, Method::POST, path, token, Some(body), &page.address, &[]).await?;
+    let s = Site::read::<Start>(Upstream::Auth, &r)?;
+    let sessions = &site.sessions;
+    let cookie = sessions.cookie(sessions.oidc_cookie(), s.state.clone(), STATE_MAX_AGE);
+    Ok((s, cookie))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LinkStartForm {
+    provider: String,
+    #[serde(default)]
+    password: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/oidc_continue.html")]
+struct ContinuePage {
+    layout: Layout,
+    provider_name: String,
+    authorization_url: String,
+}
+
+/// `POST /account/identities/link`: auth checks the password and starts a flow that links.
+pub(crate) async fn link_start(
+    State(site): State<Arc<Site>>,
+    page: Page,
+    Form(form): Form<LinkStartForm>,
+) -> PageResult {
+    let token = page.signed("/account")?;
+    let Some(id) = provider_id(&form.provider) else { return Ok(pages::not_found(&page)) };
+    let name = provider_name(&site, &page, id).await;
+    let path = format!("/api/v1/auth/identities/{id}/start");
+    let password = (!form.password.is_empty()).then_some(form.password.as_str());
+    let body = json!({ "next": "/account", "password": password });
+    match start_at(&site, &page, &path, Some(token), &body).await {
+        Ok((s, cookie)) => {
+            let t = ContinuePage {
+                layout: page.layout(&site, format!("Link {name}")).await,
+                provider_name: name,
+                authorization_url: s.authorization_url,
+            };
+            let mut resp = render(StatusCode::OK, &t);
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+            Ok(resp)
+        }
+        Err(f) if f.status.is_client_error() && f.status != StatusCode::UNAUTHORIZED => {
+            let mut errors = Errors::of(&f);
+            // The account page's own field: its password form has another.
+            if let Some(m) = errors.fields.remove("password") {
+                errors.fields.insert("link_password".to_owned(), m);
+            } else {
+                errors.summary = Some(sentence(&f, &name));
+            }
+            Ok(super::settings::account_refused(&site, &page, token, errors, status_of(&f)).await)
+        }
+        Err(f) => Ok(pages::failed(&page, &f, "/account")),
     }
 }
 

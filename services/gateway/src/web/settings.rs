@@ -84,6 +84,18 @@ async fn account_page(
     account_page_with(site, page, sessions, errors, status, None).await
 }
 
+/// The account page with `errors` (a form of the page was refused).
+pub(crate) async fn account_refused(
+    site: &Site,
+    page: &Page,
+    token: &str,
+    errors: Errors,
+    status: StatusCode,
+) -> Response {
+    let listed = sessions(site, page, token).await;
+    account_page(site, page, listed, errors, status).await
+}
+
 /// The account page with the picture form's refusal `f`.
 async fn avatar_refused(site: &Site, page: &Page, token: &str, f: &Failure) -> Response {
     let listed = sessions(site, page, token).await;

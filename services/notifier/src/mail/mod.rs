@@ -301,10 +301,11 @@ impl MailMetrics {
 }
 
 /// Every template (the `template` label).
-pub(crate) const TEMPLATES: [&str; 12] = [
+pub(crate) const TEMPLATES: [&str; 13] = [
     "verify_email",
     "reset_password",
     "password_changed",
+    "sign_in_added",
     "already_registered",
     "address_unavailable",
     "event_canceled",

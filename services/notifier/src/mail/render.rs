@@ -27,6 +27,8 @@ struct View {
     reason: String,
     /// Who published a followed event (empty: not known).
     organizer: String,
+    /// The provider linked (a `sign_in_added` mail).
+    provider: String,
     /// When a followed event starts.
     when: String,
     /// Empty for account-security mail, which cannot be turned off.
@@ -213,6 +215,7 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         expires: String::new(),
         reason: String::new(),
         organizer: String::new(),
+        provider: String::new(),
         when: String::new(),
         settings_link: String::new(),
         change: String::new(),
@@ -238,6 +241,11 @@ fn view(base: &str, name: &str, mail: &Mail) -> View {
         Mail::PasswordChanged => {
             v.subject = "Your password was changed".into();
             v.link = format!("{base}/reset-password");
+        }
+        Mail::SignInAdded { provider } => {
+            v.provider = title(provider);
+            v.subject = format!("You can now log in with {}", v.provider);
+            v.link = format!("{base}/account");
         }
         Mail::AlreadyRegistered => {
             v.subject = "You already have an account".into();
@@ -311,6 +319,7 @@ mod tests {
             Mail::VerifyEmail { token: "tok".into(), expires_at: at },
             Mail::ResetPassword { token: "tok".into(), expires_at: at },
             Mail::PasswordChanged,
+            Mail::SignInAdded { provider: "Gitea <b>".into() },
             Mail::AlreadyRegistered,
             Mail::AddressUnavailable,
             Mail::EventCanceled { event_id: event, title: "Jazz <b>".into(), reason: Some("Storm <warning>".into()) },
