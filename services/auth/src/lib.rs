@@ -19,7 +19,7 @@
 //! | `GET /api/v1/admin/users?q=&role=&banned=&limit=&cursor=` (role `admin`) | accounts, newest first, with their bans |
 //! | `POST /api/v1/admin/users/{id}/ban` `{reason}` (`moderator`, `admin`) | bans the account: sessions end, sign-in refused (403 `account_banned`), `account.banned` |
 //! | `DELETE /api/v1/admin/users/{id}/ban` (`moderator`, `admin`) | lifts it (`account.unbanned`); 404 `ban_not_found` |
-//! | `POST /api/v1/admin/users/{id}/avatar/remove` `{reason}` (`moderator`, `admin`) | 204: the account's picture is taken down (`moderation.avatar_remove`) |
+//! | `POST /api/v1/admin/users/{id}/avatar/remove` `{reason}` (`moderator`, `admin`) | 204: the account's picture is taken down, its files deleted at once (`moderation.avatar_remove`); 403 for a moderator's or an admin's unless by an admin |
 //! | `/api/v1/auth/oidc/*`, `/api/v1/auth/identities` | logging in with OpenID Connect providers: see [`oidc`](crate::oidc) |
 //!
 //! * **Accounts**: addresses are normalized ([`normalize_email`]: NFC, lower case, IDNA domain;

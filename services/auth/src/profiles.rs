@@ -6,12 +6,13 @@
 //! | `GET /api/v1/profiles/{id}` | anyone | `{id, name, bio, city, member_since}`; 404 for an unknown or banned account |
 //! | `PATCH /api/v1/me/profile` | the user | `{name?, bio?, city?}` → the profile; a new name is announced to the notifier (`account.contact`) |
 //! | `PUT /api/v1/me/avatar` | the user | a picture (multipart `file`: JPEG, PNG or WebP, ≤ 5 MiB) → the profile with its `avatar` |
-//! | `DELETE /api/v1/me/avatar` | the user | no picture (204) |
+//! | `DELETE /api/v1/me/avatar` | the user | no picture (204); its files deleted at once |
 //! | `GET /api/v1/profiles/{id}/avatar/{hash}/{small,large}.jpg` | anyone | a 96×96 or 400×400 JPEG, cacheable for good |
 //!
 //! Avatars go through `cityevents_media` like the events service's covers: checked by content,
 //! bounded, cleaned of metadata, resized, stored under `avatars/<id>/<hash>/` in the object store
-//! (`storage.*`), the files no account shows swept by `avatars-sweep` after
+//! (`storage.*`); a removed or taken-down picture's files are deleted at once, and any other
+//! files no account shows (a replaced picture's) swept by `avatars-sweep` after
 //! `app.pictures.sweep_grace`. Served without a database read, like covers: the URL is on the
 //! profile only.
 
@@ -132,8 +133,21 @@ pub(crate) async fn delete_avatar(
     Auth(claims): Auth<Claims>,
 ) -> Result<http::StatusCode, Problem> {
     let id = Uuid::parse_str(&claims.sub).map_err(|_| not_found())?;
+    let shown = store::profile(&s.accounts.db, id).await?.and_then(|p| p.avatar);
     store::set_avatar(&s.accounts.db, id, None).await?;
+    forget_files(&s, id, shown.as_deref()).await;
     Ok(http::StatusCode::NO_CONTENT)
+}
+
+/// Deletes the files of `id`'s picture `hash` now, so its URLs answer 404 at once (copies that
+/// browsers or shared caches keep are beyond reach). A failure is logged: `avatars-sweep`
+/// deletes them later.
+pub(crate) async fn forget_files(s: &AppState, id: Uuid, hash: Option<&str>) {
+    let Some(hash) = hash else { return };
+    let owner = id.to_string();
+    if let Err(e) = cityevents_media::delete(&s.pictures.store, AVATARS, &owner, hash, cityevents_media::AVATAR).await {
+        tracing::warn!(error = %e, user_id = %id, "cannot delete a removed avatar's files now: the sweep will");
+    }
 }
 
 /// `GET /api/v1/profiles/{id}/avatar/{hash}/{file}`: one size of an avatar.

@@ -1497,14 +1497,13 @@ async fn avatars_are_checked_served_and_swept(s: &Svc) {
     assert_eq!(s.get(&new_small, None).await.status, 200);
     assert_eq!(s.delete("/api/v1/me/avatar", Some(&access)).await.status, 204);
     assert!(s.get(&path, None).await.body.get("avatar").is_none());
-    cityevents_common::testing::eventually("the removed avatar swept", std::time::Duration::from_secs(20), || async {
-        (s.get(&new_small, None).await.status == 404).then_some(())
-    })
-    .await;
+    assert_eq!(s.get(&new_small, None).await.status, 404, "a removed picture's files go at once");
     assert_eq!(s.delete("/api/v1/me/avatar", None).await.status, 401);
 
     // A moderator takes a picture down, with a reason; a member may not.
-    assert_eq!(put_avatar(s, Some(&access), &jpeg(400, 400, "")).await.status, 200);
+    let shown = put_avatar(s, Some(&access), &jpeg(400, 400, "")).await;
+    assert_eq!(shown.status, 200);
+    let shown = shown.body["avatar"]["large"].as_str().unwrap().to_owned();
     let root_admin = cityevents_auth::AdminAction::Create { name: "Root", password: PASSWORD };
     cityevents_auth::run_admin_create(&s.loaded, "root-ava@example.com", root_admin).await.unwrap();
     let (root, _) = s.tokens("root-ava@example.com").await;
@@ -1514,6 +1513,27 @@ async fn avatars_are_checked_served_and_swept(s: &Svc) {
     assert!(s.get(&path, None).await.body.get("avatar").is_some(), "still there");
     assert_eq!(s.post_bearer(&take_down, &root, &json!({"reason": "Offensive picture"})).await.status, 204);
     assert!(s.get(&path, None).await.body.get("avatar").is_none(), "taken down");
+    assert_eq!(s.get(&shown, None).await.status, 404, "its files go at once");
     let unknown = format!("/api/v1/admin/users/{}/avatar/remove", uuid::Uuid::now_v7());
     assert_eq!(s.post_bearer(&unknown, &root, &json!({"reason": "Offensive picture"})).await.status, 404);
+
+    // A moderator's picture is an admin's to take down, not another moderator's.
+    let mods = ["mod-a-ava@example.com", "mod-b-ava@example.com"];
+    let mut ids = Vec::new();
+    for email in mods {
+        let mid = s.register(email, "Mod").await;
+        let role = format!("/api/v1/admin/users/{mid}/role");
+        assert_eq!(s.put(&role, Some(&root), &json!({"role": "moderator"})).await.status, 200);
+        ids.push(mid);
+    }
+    let (mod_a, _) = s.tokens(mods[0]).await;
+    let (mod_b, _) = s.tokens(mods[1]).await;
+    let pictured = put_avatar(s, Some(&mod_b), &jpeg(400, 400, "")).await;
+    assert_eq!(pictured.status, 200, "{pictured:?}");
+    let of_b = format!("/api/v1/admin/users/{}/avatar/remove", ids[1]);
+    let refused = s.post_bearer(&of_b, &mod_a, &json!({"reason": "Offensive picture"})).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(s.get(&format!("/api/v1/profiles/{}", ids[1]), None).await.body.get("avatar").is_some(), "kept");
+    assert_eq!(s.post_bearer(&of_b, &root, &json!({"reason": "Offensive picture"})).await.status, 204);
+    assert!(s.get(&format!("/api/v1/profiles/{}", ids[1]), None).await.body.get("avatar").is_none());
 }

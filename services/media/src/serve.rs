@@ -84,6 +84,21 @@ pub async fn store(store: &Store, kind: &str, owner: &str, p: &Processed) -> Res
     Ok(())
 }
 
+/// Deletes the `variants` of picture `hash` of `owner` at once (a taken-down or removed
+/// picture is not served again); the ones already gone are no error.
+pub async fn delete(
+    store: &Store,
+    kind: &str,
+    owner: &str,
+    hash: &str,
+    variants: &[Variant],
+) -> Result<(), StorageError> {
+    for v in variants {
+        store.delete(&key(kind, owner, hash, v.name)).await?;
+    }
+    Ok(())
+}
+
 /// What one [`sweep`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
