@@ -125,13 +125,12 @@ pub struct Report {
     pub created_at: OffsetDateTime,
 }
 
-/// One open report in the queue.
+/// One open report in the queue. Who sent it is not told: moderators judge what was reported,
+/// not who reported it (the reporter hears the outcome by notification).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueuedReport {
     /// Its id.
     pub id: Uuid,
-    /// Who reported.
-    pub reporter_id: Uuid,
     /// Why.
     pub reason: Reason,
     /// What they wrote.

@@ -1345,14 +1345,21 @@ async fn moderation(platform: &mut Platform, mail: Mailbox, email: &str) {
     assert_eq!(status, StatusCode::OK);
     assert!(queue.contains("Shady giveaway") && queue.contains("Asks for card details"), "{queue}");
     let csrf = queue.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
-    for (kind, target, action, account) in [
-        ("event", shady.as_str(), "cancel", host.id.as_str()),
-        ("user", spammer.id.as_str(), "ban", spammer.id.as_str()),
-        ("user", poser.id.as_str(), "remove_picture", poser.id.as_str()),
+    // The form names no account: a ban bans the target the queue has, whatever a tampered form
+    // adds (here the reporter's own account, which stays unbanned).
+    for (kind, target, action) in [
+        ("event", shady.as_str(), "cancel"),
+        ("user", spammer.id.as_str(), "ban"),
+        ("user", poser.id.as_str(), "remove_picture"),
     ] {
         let path = format!("/moderation/reports/{kind}/{target}");
-        let mut form =
-            vec![("action", action), ("note", "Card phishing"), ("name", "it"), ("account", account), ("csrf", &csrf)];
+        let mut form = vec![
+            ("action", action),
+            ("note", "Card phishing"),
+            ("name", "it"),
+            ("account", fan.id.as_str()),
+            ("csrf", &csrf),
+        ];
         if action != "remove_picture" {
             let (status, _, page) = moderator.send(Method::POST, &path, Some(&form)).await;
             assert_eq!(status, StatusCode::OK, "{action}: a confirmation first: {page}");
@@ -1365,6 +1372,7 @@ async fn moderation(platform: &mut Platform, mail: Mailbox, email: &str) {
     let canceled = api.get(&format!("/api/v1/events/{shady}"), Some(&modr_access)).await;
     assert_eq!(canceled.body["status"], "canceled", "{}", canceled.body);
     assert_eq!(api.login(&spammer.email, PASSWORD).await.problem(403)["code"], "account_banned");
+    assert_eq!(api.login(&fan.email, PASSWORD).await.status, StatusCode::OK, "the tampered `account` is not banned");
     eventually("the reporter hears every outcome", || async {
         let n = api.get("/api/v1/me/notifications?limit=100", Some(&fan.access)).await;
         let told = |text: &str| n.body["items"].as_array().unwrap().iter().any(|i| i["message"] == text);

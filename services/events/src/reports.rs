@@ -5,9 +5,15 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /api/v1/reports` `{kind, target_id, reason, details}` (signed in) | 201 the report; 409 `already_reported` (the caller's own report on it is open), `own_content`, `enough_reports` (the target has `app.reports.max_open_per_target` open); 429 `too_many_reports` past `app.reports.per_reporter_per_hour` |
-//! | `GET /api/v1/moderation/reports` (moderator) | the queue: targets with open reports, their latest ten, the event's context |
-//! | `POST /api/v1/moderation/reports/resolve` `{kind, target_id, outcome, note}` (moderator; `dismissed`, `unpublished`, `canceled`, `banned`, `picture_removed`) | closes the target's open reports: `moderation.recorded` (the audit log) and a `report.resolved` per reporter (the notifier tells them), in the same transaction; 404 `no_open_reports` |
+//! | `POST /api/v1/reports` `{kind, target_id, reason, details}` (signed in) | 201 the report; 404 `target_not_found` (an event the caller cannot see; an account auth does not know is the gateway's 404, as this service keeps no list of accounts); 409 `already_reported` (the caller's own report on it is open), `own_content`, `enough_reports` (the target has `app.reports.max_open_per_target` open); 429 `too_many_reports` past `app.reports.per_reporter_per_hour` |
+//! | `GET /api/v1/moderation/reports` (moderator) | the queue: targets with open reports, their latest ten (never who sent them), the event's context |
+//! | `POST /api/v1/moderation/reports/resolve` `{kind, target_id, outcome, note}` (moderator; `dismissed`, `unpublished`, `canceled`, `banned`, `picture_removed`) | closes the target's open reports: `moderation.recorded` (the audit log) and a `report.resolved` per reporter (the notifier tells them), in the same transaction; 403 `own_report_target` (the caller is the reported account or the event's organizer); 409 `outcome_mismatch` (`unpublished` of an event that is not a draft, `canceled` of one that is not canceled); 404 `no_open_reports` |
+//!
+//! The limits hold under concurrent reports: one open report per reporter and target is a
+//! unique index (`open_key`, NULL once resolved), and a report locks its reporter's and its
+//! target's rows of `report_locks` before it counts the reporter's last hour and the target's
+//! open reports (migration 0014). `banned` and `picture_removed` are auth's to know (the ban
+//! reaches this service later, by the bus), so they are not checked against the target.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::AppState;
-use crate::model::conflict;
+use crate::model::{Status, conflict};
 use sql::V;
 
 /// The targets one queue answer lists at most.
@@ -69,6 +75,14 @@ fn forbidden() -> Problem {
     Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("this needs the role `moderator` or `admin`")
 }
 
+fn target_not_found() -> Problem {
+    Problem::not_found().code("target_not_found").detail("there is no such event")
+}
+
+fn already_reported() -> Problem {
+    conflict("already_reported", "you reported this already; the moderators will look at it")
+}
+
 /// Trimmed, bounded text free of control characters but tab and newline (the API's `TEXT`);
 /// `None` when empty.
 fn text(value: Option<&str>, field: &str, max: usize) -> Result<Option<String>, Problem> {
@@ -89,7 +103,7 @@ pub async fn create(
     match b.kind {
         Kind::Event => {
             let event = crate::store::get(&st.db, b.target_id).await?;
-            let event = event.filter(|e| e.visible_to(Some(&caller))).ok_or_else(Problem::not_found)?;
+            let event = event.filter(|e| e.visible_to(Some(&caller))).ok_or_else(target_not_found)?;
             if event.organizer_id == caller.id {
                 return Err(conflict("own_content", "this is your own event"));
             }
@@ -100,7 +114,10 @@ pub async fn create(
     let cfg = &st.reports;
     let at = to_micros(now());
     let db = &st.db;
-    let mut tx = db.begin_write().await?;
+    // Read committed: each count below, made once the locks are held, sees every report
+    // committed before (MySQL's default would read the snapshot of the first statement).
+    let mut tx = db.begin_read_committed().await?;
+    sql::lock(db, &mut tx, &[caller.id, b.target_id]).await?;
     let hour_ago = at - 3_600_000_000;
     let reporter = caller.id.to_string();
     let sent =
@@ -113,6 +130,8 @@ pub async fn create(
             .retry_after(3600));
     }
     let target = (b.kind.as_str(), b.target_id.to_string());
+    // Counted before the target's cap so a repeat is told it is one; the unique `open_key` is
+    // the rule itself.
     let mine = sql::count(
         db,
         &mut tx,
@@ -121,7 +140,7 @@ pub async fn create(
     )
     .await?;
     if mine > 0 {
-        return Err(conflict("already_reported", "you reported this already; the moderators will look at it"));
+        return Err(already_reported());
     }
     let open = sql::count(
         db,
@@ -135,7 +154,9 @@ pub async fn create(
     }
     let id = Uuid::now_v7();
     let row = sql::NewRow { id, reporter: caller.id, kind: b.kind, target: b.target_id, reason: b.reason, details, at };
-    sql::insert(db, &mut tx, &row).await?;
+    if !sql::insert(db, &mut tx, &row).await? {
+        return Err(already_reported());
+    }
     db.commit(tx).await?;
     let report = Report { id, kind: b.kind, target_id: b.target_id, reason: b.reason, created_at: from_micros(at) };
     Ok((StatusCode::CREATED, axum::Json(report)))
@@ -194,12 +215,24 @@ pub async fn resolve(
              picture removed",
         ));
     }
-    let (event_id, subject) = match b.kind {
-        Kind::Event => {
-            let title = crate::store::get(&st.db, b.target_id).await?.map(|e| e.title);
-            (Some(b.target_id), title.unwrap_or_else(|| "an event".to_owned()))
-        }
-        Kind::User => (None, "an account".to_owned()),
+    let event = match b.kind {
+        Kind::Event => crate::store::get(&st.db, b.target_id).await?,
+        Kind::User => None,
+    };
+    // Nobody rules on reports about themselves or their own events: another moderator does.
+    let own = match b.kind {
+        Kind::User => b.target_id == caller.id,
+        Kind::Event => event.as_ref().is_some_and(|e| e.organizer_id == caller.id),
+    };
+    if own {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .code("own_report_target")
+            .detail("these reports are about you or your own event; another moderator resolves them"));
+    }
+    check_outcome(b.outcome, event.as_ref().map(|e| e.status))?;
+    let (event_id, subject) = match (b.kind, event) {
+        (Kind::Event, e) => (Some(b.target_id), e.map_or_else(|| "an event".to_owned(), |e| e.title)),
+        (Kind::User, _) => (None, "an account".to_owned()),
     };
     let at = now();
     let db = &st.db;
@@ -234,7 +267,26 @@ pub async fn resolve(
     Ok(axum::Json(Resolved { resolved: reporters.len() as u64 }))
 }
 
-/// The statements on `reports` (migration 0014).
+/// 409 `outcome_mismatch` when `outcome` says the event was taken back to a draft or canceled
+/// and its `status` (`None`: there is no such event) says otherwise. The other outcomes are not
+/// the event's state: nothing to check here.
+fn check_outcome(outcome: Outcome, status: Option<Status>) -> Result<(), Problem> {
+    let (wanted, done) = match outcome {
+        Outcome::Unpublished => (Status::Draft, "unpublish"),
+        Outcome::Canceled => (Status::Canceled, "cancel"),
+        Outcome::Dismissed | Outcome::Banned | Outcome::PictureRemoved => return Ok(()),
+    };
+    match status {
+        Some(s) if s == wanted => Ok(()),
+        Some(s) => Err(conflict(
+            "outcome_mismatch",
+            &format!("the event is {}: {done} it first, then resolve its reports", s.as_str()),
+        )),
+        None => Err(conflict("outcome_mismatch", "there is no such event to have been unpublished or canceled")),
+    }
+}
+
+/// The statements on `reports` and `report_locks` (migration 0014).
 mod sql {
     use super::*;
     use sqlx::{Any, Transaction};
@@ -273,10 +325,34 @@ mod sql {
         Ok(q.fetch_one(db.on(&mut **tx)).await?.0)
     }
 
-    pub(super) async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, r: &NewRow) -> Result<(), DataError> {
-        sqlx::query(db.statement(
-            "INSERT INTO reports (id, reporter_id, target_kind, target_id, reason, details, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    /// Rows of `report_locks`: each UUID's value modulo this.
+    const LOCK_SLOTS: u128 = 64;
+
+    /// Locks the `report_locks` rows of `ids` in `tx` until it ends, in ascending order (so two
+    /// reports never wait for each other crosswise): a row lock on PostgreSQL and MySQL, the
+    /// database's write lock on SQLite, which `tx` holds already.
+    pub(super) async fn lock(db: &Db, tx: &mut Transaction<'static, Any>, ids: &[Uuid]) -> Result<(), DataError> {
+        let mut slots: Vec<i64> =
+            ids.iter().map(|id| i64::try_from(id.as_u128() % LOCK_SLOTS).unwrap_or_default()).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots {
+            // A write that changes nothing, for its lock.
+            sqlx::query(db.statement("UPDATE report_locks SET slot = slot WHERE slot = $1"))
+                .bind(slot)
+                .execute(db.on(&mut **tx))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the report, open; `false` when the reporter's report on the target is open
+    /// already (the unique `open_key`).
+    pub(super) async fn insert(db: &Db, tx: &mut Transaction<'static, Any>, r: &NewRow) -> Result<bool, DataError> {
+        let open_key = format!("{}:{}:{}", r.kind.as_str(), r.target, r.reporter);
+        let done = sqlx::query(db.statement(
+            "INSERT INTO reports (id, reporter_id, target_kind, target_id, reason, details, created_at, open_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         ))
         .bind(r.id.to_string())
         .bind(r.reporter.to_string())
@@ -285,9 +361,14 @@ mod sql {
         .bind(r.reason.as_str())
         .bind(r.details.as_deref())
         .bind(r.at)
+        .bind(open_key)
         .execute(db.on(&mut **tx))
-        .await?;
-        Ok(())
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(DataError::from(e)),
+        }
     }
 
     pub(super) struct Target {
@@ -323,7 +404,7 @@ mod sql {
             .collect())
     }
 
-    /// The newest `limit` open reports on a target.
+    /// The newest `limit` open reports on a target, without who sent them.
     pub(super) async fn open_reports(
         db: &Db,
         kind: Kind,
@@ -331,21 +412,20 @@ mod sql {
         limit: u32,
     ) -> Result<Vec<QueuedReport>, DataError> {
         let text = format!(
-            "SELECT id, reporter_id, reason, details, created_at FROM reports \
+            "SELECT id, reason, details, created_at FROM reports \
              WHERE target_kind = $1 AND target_id = $2 AND resolved_at IS NULL ORDER BY created_at DESC, id LIMIT {limit}"
         );
         let mut conn = db.acquire().await?;
-        let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(db.statement(&text))
+        let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(db.statement(&text))
             .bind(kind.as_str())
             .bind(target.to_string())
             .fetch_all(db.on(&mut *conn))
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, reporter, reason, details, at)| {
+            .filter_map(|(id, reason, details, at)| {
                 Some(QueuedReport {
                     id: Uuid::parse_str(&id).ok()?,
-                    reporter_id: Uuid::parse_str(&reporter).ok()?,
                     reason: Reason::parse(&reason).unwrap_or(Reason::Other),
                     details,
                     created_at: from_micros(at),
@@ -373,7 +453,7 @@ mod sql {
         let mut closed = Vec::new();
         for (id, reporter) in open {
             let done = sqlx::query(db.statement(
-                "UPDATE reports SET resolved_at = $1, resolved_by = $2, outcome = $3, note = $4 \
+                "UPDATE reports SET resolved_at = $1, resolved_by = $2, outcome = $3, note = $4, open_key = NULL \
                  WHERE id = $5 AND resolved_at IS NULL",
             ))
             .bind(at)

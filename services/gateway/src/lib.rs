@@ -31,6 +31,9 @@
 //!   per page (`{"unavailable": true}` when joins fails); each item of an event's participants,
 //!   waitlist and bans gets the user's display `name` from one auth call (`null` when unknown or
 //!   auth fails).
+//! * **Reports about accounts** (`reports.rs`) — `POST /api/v1/reports` about an account is
+//!   forwarded only once auth has a profile for it (404 `target_not_found` otherwise): the events
+//!   service cannot tell.
 //! * **`GET /api/v1/openapi.json`** — [`openapi::document`]; **`GET /api/v1/docs/`** — the
 //!   interactive reference over it ([`reference`]).
 //! * **The web front end** — server-rendered pages under `/` ([`web`]).
@@ -54,6 +57,7 @@ mod live;
 pub mod openapi;
 mod origin;
 pub mod reference;
+mod reports;
 pub mod routes;
 mod view;
 mod views;
@@ -75,7 +79,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::forward::Gateway;
 use crate::routes::{
-    EVENT_CALENDAR_PATH, FEED_CALENDAR_PATH, FOR_YOU_PATH, INDEX_PATH, OPENAPI_PATH, ROUTES, Upstream, VIEW_PATH,
+    EVENT_CALENDAR_PATH, FEED_CALENDAR_PATH, FOR_YOU_PATH, INDEX_PATH, OPENAPI_PATH, REPORTS_PATH, ROUTES, Upstream,
+    VIEW_PATH,
 };
 
 /// The rate-limit policy every request counts against, per user and client IP (`rate_limits.api.*`).
@@ -255,6 +260,9 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
                 method_router.on(route.verb.filter(), move |req: Request| calendar::event(gw, req))
             }
             (FOR_YOU_PATH, _) => method_router.on(route.verb.filter(), move |req: Request| feed::route(gw, req)),
+            (REPORTS_PATH, _) => {
+                method_router.on(route.verb.filter(), move |req: Request| reports::create(gw, route, req))
+            }
             (FEED_CALENDAR_PATH, _) => {
                 method_router.on(route.verb.filter(), move |req: Request| calendar::feed(gw, req))
             }

@@ -128,6 +128,9 @@ pub const EVENT_CALENDAR_PATH: &str = "/api/v1/events/{id}/calendar.ics";
 pub const FEED_CALENDAR_PATH: &str = "/api/v1/calendars/{token}/events.ics";
 /// The caller's for-you feed, composed by the gateway (`feed.rs`).
 pub const FOR_YOU_PATH: &str = "/api/v1/me/feed";
+/// `POST`: a report to the moderators (the events service's; an account reported is checked at
+/// auth first, see `crate::reports`).
+pub const REPORTS_PATH: &str = "/api/v1/reports";
 /// Path of the OpenAPI document.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 /// Path of the API's index: links to the document and the main collections.
@@ -225,7 +228,7 @@ pub const ROUTES: &[Route] = &[
     r(Get, "/api/v1/events/trending", Events, Public),
     r(Get, "/api/v1/me/events", Events, User),
     r(Get, "/api/v1/meta/cities", Events, Public),
-    r(Post, "/api/v1/reports", Events, User),
+    r(Post, REPORTS_PATH, Events, User),
     r(Get, "/api/v1/moderation/reports", Events, User),
     r(Post, "/api/v1/moderation/reports/resolve", Events, User),
     // joins

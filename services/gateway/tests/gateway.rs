@@ -1200,3 +1200,77 @@ async fn a_join_of_an_event_joins_has_not_heard_of_yet_waits_for_it() {
     assert_eq!(joins.count(), before + 1);
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reports about accounts
+
+#[tokio::test]
+async fn a_report_about_an_account_auth_does_not_know_stops_at_the_gateway() {
+    let known = Uuid::now_v7();
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let up = healthy.clone();
+    let auth = Stub::start(
+        "auth",
+        Router::new().route(
+            "/api/v1/profiles/{id}",
+            get(move |Path(id): Path<Uuid>| {
+                let up = up.clone();
+                async move {
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    if id != known {
+                        return StatusCode::NOT_FOUND.into_response();
+                    }
+                    axum::Json(json!({"id": id, "name": "Ann", "bio": "", "city": null, "member_since": "2026-01-01T00:00:00Z"}))
+                        .into_response()
+                }
+            }),
+        ),
+    )
+    .await;
+    let events = Stub::echo_answering("events", 201, false).await;
+    let (joins, notifier) = (Stub::echo("joins").await, Stub::echo("notifier").await);
+    let gw = Gateway::start(&[&auth, &events, &joins, &notifier], &[]).await;
+    let t = token(&Uuid::now_v7().to_string());
+    let send = |body: String, bearer: Option<&str>| {
+        let mut req = gw.http.post(gw.url("/api/v1/reports")).header("content-type", "application/json").body(body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        req.send()
+    };
+    let about = |kind: &str, id: Uuid| format!(r#"{{"kind":"{kind}","target_id":"{id}","reason":"spam"}}"#);
+
+    // An account auth does not know: 404, and the events service never hears of it.
+    let body = problem(send(about("user", Uuid::now_v7()), Some(&t)).await.unwrap(), 404).await;
+    assert_eq!(body["code"], "target_not_found", "{body}");
+    assert_eq!((auth.count(), events.count()), (1, 0));
+    assert!(auth.requests()[0].headers.get("authorization").is_none(), "a public profile, asked as anyone");
+
+    // A known account: forwarded as it came, once.
+    let sent = about("user", known);
+    let resp = send(sent.clone(), Some(&t)).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!((auth.count(), events.count()), (2, 1));
+    let seen = events.requests().pop().unwrap();
+    assert_eq!((seen.path.as_str(), seen.body.as_ref()), ("/api/v1/reports", sent.as_bytes()));
+    assert_eq!(seen.headers["authorization"], format!("Bearer {t}").as_str());
+
+    // An event, or a body the events service refuses itself: forwarded without asking auth.
+    for body in [about("event", Uuid::now_v7()), "{\"kind\":\"user\"}".to_owned(), "not json".to_owned()] {
+        assert_eq!(send(body.clone(), Some(&t)).await.unwrap().status(), 201, "{body}");
+    }
+    assert_eq!((auth.count(), events.count()), (2, 4));
+
+    // Signed out: the edge's 401 before anyone is asked.
+    assert_eq!(send(about("user", known), None).await.unwrap().status(), 401);
+    assert_eq!((auth.count(), events.count()), (2, 4));
+
+    // Auth cannot say: 503, nothing forwarded.
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let body = problem(send(about("user", known), Some(&t)).await.unwrap(), 503).await;
+    assert_eq!(body["code"], "SERVICE_DEGRADED", "{body}");
+    assert_eq!(events.count(), 4);
+    gw.stop().await;
+}

@@ -154,8 +154,10 @@ pub(crate) fn all() -> Vec<Spec> {
             .errors(&[403]),
         op(Post, "/api/v1/admin/users/{id}/avatar/remove", "removeUserAvatar", "Take down an account's picture (moderator or admin)")
             .describe(
-                "The account shows no picture (204, also when it had none); its owner may upload another. The \
-                reason is kept in the audit log (`moderation.avatar_remove`). 404 for an unknown account.",
+                "The account shows no picture (204, also when it had none) and the picture's URLs answer 404 at \
+                once; its owner may upload another. The reason is kept in the audit log \
+                (`moderation.avatar_remove`). 403 for a moderator's or an admin's picture unless by an admin; 404 \
+                for an unknown account.",
             )
             .body::<auth::AccountBanRequest>()
             .empty(204, "The picture is taken down.")
@@ -298,8 +300,10 @@ pub(crate) fn all() -> Vec<Spec> {
                 "A member reports an event they can see or an account, never their own, with a reason (`other` \
                 needs `details`). 409 `already_reported` while their report on it is open, `own_content`, \
                 `enough_reports` once the target has `app.reports.max_open_per_target` open; 429 \
-                `too_many_reports` past `app.reports.per_reporter_per_hour` (with `Retry-After`); 404 for an \
-                event they cannot see. The reporter is told the outcome as a notification (`report.resolved`).",
+                `too_many_reports` past `app.reports.per_reporter_per_hour` (with `Retry-After`); 404 \
+                `target_not_found` for an event they cannot see or an account that does not exist. The limits \
+                hold for reports sent at once too. The reporter is told the outcome as a notification \
+                (`report.resolved`); moderators never see who reported.",
             )
             .body::<reports::NewReport>()
             .answer::<reports::Report>(201, "The report, open.")
@@ -307,19 +311,24 @@ pub(crate) fn all() -> Vec<Spec> {
         op(Get, "/api/v1/moderation/reports", "reportQueue", "The moderators' queue of reports (moderator or admin)")
             .describe(
                 "The targets with open reports, the most reported first, then the longest waiting (50 at most), \
-                each with its newest ten reports and, for an event, its title, status, organizer, start and city.",
+                each with its newest ten reports (reason, details, when; not who sent them) and, for an event, its \
+                title, status, organizer, start and city.",
             )
             .answer::<reports::Queue>(200, "The queue.")
             .errors(&[403]),
         op(Post, "/api/v1/moderation/reports/resolve", "resolveReports", "Resolve a target's reports (moderator or admin)")
             .describe(
                 "Closes every open report on the target with the outcome of what the moderator did (through the \
-                events' or accounts' own routes: unpublish, cancel, ban; an account is only dismissed or banned). \
-                Audited (`moderation.report.resolve`); each reporter is told. 404 `no_open_reports`.",
+                events' or accounts' own routes: unpublish, cancel, ban, remove the picture; an event is not \
+                `picture_removed`, an account not `unpublished` or `canceled`: 400). Audited \
+                (`moderation.report.resolve`); each reporter is told. 403 `own_report_target` when the caller is \
+                the reported account or the reported event's organizer; 409 `outcome_mismatch` when the event is \
+                not in the state the outcome says (`unpublished`: a draft, `canceled`: canceled); 404 \
+                `no_open_reports`.",
             )
             .body::<reports::Resolve>()
             .answer::<reports::Resolved>(200, "How many reports were closed.")
-            .errors(&[403, 404]),
+            .errors(&[403, 404, 409]),
         op(Get, EVENT_CALENDAR_PATH, "eventCalendar", "The event as an iCalendar file")
             .describe(
                 "RFC 5545, times in the venue's zone with its `VTIMEZONE`. `METHOD:PUBLISH`, or `METHOD:CANCEL` \

@@ -75,6 +75,7 @@ const NOTICES: &[(&str, &str)] = &[
     ("welcome", "Welcome! Your account is ready."),
     ("reported", "Thank you: the moderators will look at your report, and we will tell you what they decide."),
     ("report_resolved", "Done: the reports are closed, and each reporter is told."),
+    ("reports_closed", "Nothing was done: those reports are closed already."),
     ("note_required", "Say why before you act: the reason is kept in the audit log."),
     ("linked", "The sign-in is linked to your account: you can log in with it from now on."),
     ("unlinked", "That sign-in is unlinked: it no longer logs in to your account."),

@@ -1,10 +1,16 @@
-//! Reports to the moderators: members report an event or a person (`GET`/`POST /report`), and
-//! moderators work through the queue (`GET /moderation/reports`), acting on a target in one
-//! place: dismiss; unpublish or cancel an event; take down a person's picture; ban the account
-//! (of a reported person, or of a reported event's organizer). Cancel and ban, which cannot be undone from the queue, ask for
-//! a confirmation first; every action needs a reason, kept in the audit log. The action itself is
+//! Reports to the moderators: members report an event or a person (`GET`/`POST /report`; a
+//! person auth does not know is a 404, see `crate::reports`), and moderators work through the
+//! queue (`GET /moderation/reports`), acting on a target in one place: dismiss; unpublish or
+//! cancel an event; take down a person's picture; ban the account (of a reported person, or of a
+//! reported event's organizer). Cancel and ban, which cannot be undone from the queue, ask for a
+//! confirmation first; every action needs a reason, kept in the audit log. The action itself is
 //! the events' or accounts' own route; then the target's reports are resolved at the events
 //! service, which tells each reporter.
+//!
+//! An action reads the target from the queue again (the events service's), never from the form:
+//! the account a ban bans is the reported person or the reported event's organizer as the queue
+//! says, and a target that is not in the queue, or is about the moderator (their account, their
+//! event), is refused before anything is done.
 
 use std::sync::Arc;
 
@@ -20,6 +26,7 @@ use uuid::Uuid;
 
 use super::Site;
 use super::account::{Errors, status_of};
+use super::call::Failure;
 use super::pages::{self, ConfirmPage, Layout, Page, PageResult, render};
 use crate::routes::Upstream;
 
@@ -134,6 +141,15 @@ pub(crate) async fn send(State(site): State<Arc<Site>>, page: Page, Form(f): For
     let (Some(kind), Some(id)) = (kind_of(&f.kind), f.id) else { return Ok(pages::not_found(&page)) };
     let back = page_of(kind, id);
     let token = page.signed(&back)?;
+    // The events service cannot tell whether a person exists; auth can (as for the API route).
+    if kind == Kind::User {
+        let profile = format!("/api/v1/profiles/{id}");
+        match site.send(Upstream::Auth, Method::GET, &profile, None, None, &page.address, &[]).await {
+            Ok(_) => {}
+            Err(f) if f.status == StatusCode::NOT_FOUND => return Ok(pages::not_found(&page)),
+            Err(f) => return Ok(pages::failed(&page, &f, &back)),
+        }
+    }
     let mut body = json!({ "kind": kind.as_str(), "target_id": id, "reason": f.reason });
     if !f.details.trim().is_empty() {
         body["details"] = json!(f.details.trim());
@@ -181,10 +197,12 @@ struct Item {
     since: String,
     /// An event's status, when and where; empty for a person.
     context: String,
-    /// Whose account a ban would ban: the person, or the event's organizer.
-    account: Option<Uuid>,
+    /// Whether there is an account to ban: the person, or the event's organizer.
+    bannable: bool,
     /// Whether it is an event that can still be called off.
     live_event: bool,
+    /// Whether it is about the viewer (their account, their event): another moderator's to act on.
+    mine: bool,
     lines: Vec<Line>,
 }
 
@@ -203,6 +221,7 @@ pub(crate) async fn queue(State(site): State<Arc<Site>>, page: Page) -> PageResu
         Ok(q) => q,
         Err(f) => return Ok(pages::failed(&page, &f, QUEUE)),
     };
+    let me = page.viewer.user().map(|u| u.id);
     let mut items = Vec::new();
     for i in queue.items {
         let (name, context, account, live_event) = match (&i.event, i.kind) {
@@ -240,8 +259,9 @@ pub(crate) async fn queue(State(site): State<Arc<Site>>, page: Page) -> PageResu
             open: i.open,
             since: page.when(i.first_reported_at, "UTC"),
             context,
-            account,
+            bannable: account.is_some(),
             live_event,
+            mine: account.is_some() && account == me,
             lines,
         });
     }
@@ -257,8 +277,6 @@ pub(crate) struct ActForm {
     note: String,
     #[serde(default)]
     name: String,
-    /// The account a ban bans (the person, or the event's organizer).
-    account: Option<Uuid>,
     #[serde(default)]
     confirmed: String,
 }
@@ -276,6 +294,26 @@ pub(crate) async fn act(
     let note = form.note.trim().to_owned();
     if note.is_empty() {
         return Ok(Redirect::to(&format!("{QUEUE}?notice=note_required")).into_response());
+    }
+    // The target as the queue has it, whatever the form says.
+    let queue: Queue = match site.get(Upstream::Events, "/api/v1/moderation/reports", Some(token), &page.address).await
+    {
+        Ok(q) => q,
+        Err(f) => return Ok(pages::failed(&page, &f, QUEUE)),
+    };
+    let Some(item) = queue.items.into_iter().find(|i| i.kind == kind && i.target_id == id) else {
+        // Resolved meanwhile (by another moderator, or a second click).
+        return Ok(Redirect::to(&format!("{QUEUE}?notice=reports_closed")).into_response());
+    };
+    // Whose account a ban bans: the person, or the event's organizer (none for an event that
+    // no longer exists).
+    let account = match kind {
+        Kind::User => Some(id),
+        Kind::Event => item.event.as_ref().map(|e| e.organizer_id),
+    };
+    if account.is_some() && account == page.viewer.user().map(|u| u.id) {
+        let why = "These reports are about you or your own event: another moderator resolves them.";
+        return Ok(pages::failed(&page, &Failure::forbidden(Upstream::Events, why), QUEUE));
     }
     let who = ConfirmPage::who(&form.name, "this");
     let lasting = matches!(form.action.as_str(), "cancel" | "ban");
@@ -300,11 +338,8 @@ pub(crate) async fn act(
                 "Yes, ban the account",
             )
         };
-        let mut fields =
+        let fields =
             vec![("action", form.action.clone()), ("note", note.clone()), ("name", form.name.trim().to_owned())];
-        if let Some(a) = form.account {
-            fields.push(("account", a.to_string()));
-        }
         let t = ConfirmPage {
             layout: page.layout(&site, "Are you sure?").await,
             heading,
@@ -329,17 +364,13 @@ pub(crate) async fn act(
             (done.map(|_| ()), "picture_removed")
         }
         ("ban", _) => {
-            let Some(account) = form.account else { return Ok(pages::not_found(&page)) };
+            let Some(account) = account else { return Ok(pages::not_found(&page)) };
+            // Banned already (by another moderator, or before), auth answers the ban there is:
+            // the reports are still to close.
             let path = format!("/api/v1/admin/users/{account}/ban");
-            let banned =
+            let done =
                 site.send(Upstream::Auth, Method::POST, &path, Some(token), Some(&reason), &page.address, &[]).await;
-            // Banned already (by another moderator, or before): the reports are still to close.
-            let done = match banned {
-                Ok(_) => Ok(()),
-                Err(f) if f.code() == Some("already_banned") => Ok(()),
-                Err(f) => Err(f),
-            };
-            (done, "banned")
+            (done.map(|_| ()), "banned")
         }
         _ => return Ok(pages::not_found(&page)),
     };
@@ -362,7 +393,7 @@ async fn event_call(
     id: Uuid,
     action: &str,
     reason: &serde_json::Value,
-) -> Result<(), super::call::Failure> {
+) -> Result<(), Failure> {
     let path = format!("/api/v1/events/{id}/{action}");
     site.send(Upstream::Events, Method::POST, &path, Some(token), Some(reason), &page.address, &[]).await.map(|_| ())
 }
