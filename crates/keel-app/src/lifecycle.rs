@@ -383,6 +383,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,
         dependencies: Arc::default(),
+        audit: None,
         #[cfg(feature = "grpc")]
         grpc: keel_grpc::GrpcServices::default(),
         #[cfg(feature = "grpc")]
@@ -397,6 +398,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         hooks: setup.hooks,
         breakers: setup.breakers,
         limiters: setup.limiters,
+        audit: setup.audit,
         summary,
         config_yaml,
     };
@@ -426,6 +428,7 @@ struct Declared {
     hooks: Vec<(String, HookFn)>,
     breakers: Option<keel_resilience::breaker::Registry>,
     limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
+    audit: Option<Arc<dyn keel_management::audit::AuditSource>>,
     summary: Vec<(String, String)>,
     config_yaml: String,
 }
@@ -552,7 +555,10 @@ fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (R
         config_yaml: d.config_yaml.clone(),
         listeners: Arc::default(),
     };
-    let admin = Admin::new(b.keel.management.admin_token.clone(), sources, process.clone());
+    let mut admin = Admin::new(b.keel.management.admin_token.clone(), sources, process.clone());
+    if let Some(audit) = &d.audit {
+        admin = admin.with_audit(audit.clone());
+    }
     (admin.router(b.metrics.clone(), own_listener), admin)
 }
 

@@ -113,6 +113,89 @@ async fn logs_never_show_the_password_or_the_bearer_token() {
 const AUDIT_KEY: &str = "YXVkaXQta2V5LWZvci10aGUtZml4dHVyZS10ZXN0cy0xMjM=";
 
 #[tokio::test]
+async fn the_audit_log_is_listed_filtered_and_exported_on_the_management_listener() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+    let env = [
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__DATABASE__URL", url.as_str()),
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+    ];
+    let mut p = Proc::spawn(&env);
+    let http = client();
+    for (i, action) in ["login", "logout", "login", "password.change", "login"].iter().enumerate() {
+        let body =
+            json!({"actor": format!("user:{}", i % 2), "action": action, "details": {"n": i, "note": "a,\"b\""}});
+        for _ in 0..100 {
+            if http.post(p.url("/audit")).json(&body).send().await.unwrap().status() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let get = |path: &str| http.get(p.management_url(path)).bearer_auth(TOKEN);
+    assert_eq!(http.get(p.management_url("/admin/audit")).send().await.unwrap().status(), 401, "the token is needed");
+
+    // JSON, newest first; filters; keyset pages with a link to the next.
+    let all: Value = get("/admin/audit").send().await.unwrap().json().await.unwrap();
+    let ids: Vec<i64> = all["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![5, 4, 3, 2, 1], "{all}");
+    assert_eq!(all["items"][0]["details"], json!({"n": 4, "note": "a,\"b\""}));
+    assert_eq!(all["next"], Value::Null);
+    let user0: Value = get("/admin/audit?actor=user:0&action=login").send().await.unwrap().json().await.unwrap();
+    let ids: Vec<i64> = user0["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![5, 3, 1], "{user0}");
+    let prefix: Value = get("/admin/audit?action=password.").send().await.unwrap().json().await.unwrap();
+    assert_eq!(prefix["items"].as_array().unwrap().len(), 1, "{prefix}");
+    let page: Value = get("/admin/audit?limit=2").send().await.unwrap().json().await.unwrap();
+    let next = page["next"].as_str().unwrap().to_owned();
+    assert_eq!(next, "/admin/audit?before=4&limit=2&format=json");
+    let page2: Value = get(&next).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page2["items"][0]["id"], 3, "{page2}");
+    let future: Value = get("/admin/audit?since=2999-01-01").send().await.unwrap().json().await.unwrap();
+    assert!(future["items"].as_array().unwrap().is_empty());
+
+    // Bad input is a 400 naming the field.
+    for bad in ["since=yesterday", "limit=0", "limit=5000", "format=xml", "before=-1"] {
+        let r = get(&format!("/admin/audit?{bad}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{bad}");
+    }
+
+    // Exports: every matching row, as a download.
+    let csv = get("/admin/audit?format=csv").send().await.unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(csv.headers()["content-disposition"], "attachment; filename=\"fixture-audit.csv\"");
+    let text = csv.text().await.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert_eq!(lines[0], "id,at,actor,action,target,outcome,details,key_id,hash");
+    assert!(lines[1].starts_with("5,") && lines[1].contains("\"{\"\"n\"\":4,"), "{text}");
+    let jsonl = get("/admin/audit?format=jsonl&actor=user:1").send().await.unwrap().text().await.unwrap();
+    let rows: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![4, 2], "{jsonl}");
+
+    // The page: the filter form, the rows, the exports; linked from the status page.
+    let html = get("/admin/audit?actor=user:1").header("accept", "text/html").send().await.unwrap();
+    assert_eq!(html.headers()["content-type"], "text/html; charset=utf-8");
+    let html = html.text().await.unwrap();
+    assert!(html.contains("<h2>2 rows</h2>") && html.contains("value=\"user:1\""), "{html}");
+    assert!(html.contains("format=csv") && html.contains("password.change"), "{html}");
+    let status = get("/admin/status").header("accept", "text/html").send().await.unwrap().text().await.unwrap();
+    assert!(status.contains("href=\"/admin/audit\""), "{status}");
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
+
+    // A service that keeps no audit log says so.
+    let mut p = Proc::spawn(&[("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN)]);
+    let r = http.get(p.management_url("/admin/audit")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
+}
+
+#[tokio::test]
 async fn audit_verify_walks_the_chain_the_service_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());

@@ -5,6 +5,7 @@
 //! | `GET /metrics` | Prometheus text format (no token) |
 //! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
 //! | `GET /admin/flags` | the active feature flags (JSON) |
+//! | `GET /admin/audit` | the service's audit log, filtered and paged: HTML, JSON, or an export as CSV or JSON lines ([`audit`]); 404 when it keeps none |
 //! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
 //! | `GET /admin/login` | the sign-in form; with `?code=…` a one-time link that signs the browser in |
 //! | `POST /admin/login` | the form's token (`application/x-www-form-urlencoded`): signs the browser in |
@@ -12,7 +13,7 @@
 //! | `GET /admin/static/admin.css` | the pages' stylesheet |
 //! | `GET /`, `GET /admin` | 303 to `/admin/status` (on a listener of its own) |
 //!
-//! `/admin/status`, `/admin/flags` and `/admin/log-level` require
+//! `/admin/status`, `/admin/flags`, `/admin/audit` and `/admin/log-level` require
 //! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,
 //! loopback included: a local process (a sidecar, a compromised neighbour) is not trusted by
 //! position. A browser signs in instead, with the token or a one-time link ([`SignInCodes`]):
@@ -28,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 mod config;
 mod routes;
 mod session;

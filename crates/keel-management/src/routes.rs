@@ -7,6 +7,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use subtle::{Choice, ConstantTimeEq};
 
+use std::sync::Arc;
+
+use crate::audit::AuditSource;
 use crate::session::{self, SignInCodes};
 use crate::status::{self, Bound, Process, Sources};
 
@@ -19,16 +22,24 @@ use keel_telemetry::{self as telemetry, METRICS_CONTENT_TYPE, Metrics};
 #[derive(Clone)]
 pub struct Admin {
     token: Option<Secret>,
-    sources: Sources,
+    pub(crate) sources: Sources,
     process: Process,
     codes: SignInCodes,
+    /// The service's audit log, when it keeps one (`/admin/audit`).
+    pub(crate) audit: Option<Arc<dyn AuditSource>>,
 }
 
 impl Admin {
     /// The admin of the service `sources` describes, behind `token` (`management.admin_token`;
     /// `None` closes `/admin/*`). Its page shows the members of `process` with the same token.
     pub fn new(token: Option<Secret>, sources: Sources, process: Process) -> Self {
-        Self { token, sources, process, codes: SignInCodes::default() }
+        Self { token, sources, process, codes: SignInCodes::default(), audit: None }
+    }
+
+    /// Serves `source` on `/admin/audit` (see [`crate::audit`]).
+    pub fn with_audit(mut self, source: Arc<dyn AuditSource>) -> Self {
+        self.audit = Some(source);
+        self
     }
 
     /// What the status page reads.
@@ -65,6 +76,7 @@ fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
         .route("/admin/log-level", get(get_level).put(put_level))
         .route("/admin/status", get(status))
         .route("/admin/flags", get(flags))
+        .route("/admin/audit", get(crate::audit::list))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_admin));
     let open = Router::new()
         .route("/admin/login", get(login_form).post(login))
@@ -99,7 +111,7 @@ fn unauthorized(detail: &str) -> Response {
     r
 }
 
-fn wants_html(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
 }
 
@@ -146,7 +158,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 /// A page of the admin UI: HTML that loads only the stylesheet, and may be framed by no one.
-fn page(status: StatusCode, html: Result<String, askama::Error>) -> Response {
+pub(crate) fn page(status: StatusCode, html: Result<String, askama::Error>) -> Response {
     let html = match html {
         Ok(h) => h,
         Err(e) => {
@@ -176,7 +188,7 @@ async fn status(State(admin): State<Admin>, headers: HeaderMap) -> Response {
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     } else {
-        page(StatusCode::OK, status::render_html(&doc))
+        page(StatusCode::OK, status::render_html(&doc, admin.audit.is_some()))
     };
     r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
     r

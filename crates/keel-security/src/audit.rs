@@ -70,6 +70,9 @@ pub enum AuditError {
     /// A metric could not be registered.
     #[error("audit log metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A [`AuditFilter`] criterion is unusable.
+    #[error("audit log filter: {0}")]
+    Filter(String),
 }
 
 /// What [`AuditLog::try_append`] did.
@@ -253,6 +256,61 @@ struct Anchor {
 /// ```
 pub fn migrations() -> keel_data::Migrations {
     keel_data::migrations!(library "keel_audit")
+}
+
+/// Which rows [`AuditLog::list`] returns: every given criterion holds (exact actor, action and
+/// target; `action` ending in `.` or `*` matches the actions under that prefix), newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Who acted (`user:42`, `system`).
+    pub actor: Option<String>,
+    /// The action (`auth.login`), or a prefix ending in `.` or `*` (`moderation.`).
+    pub action: Option<String>,
+    /// What it was done to.
+    pub target: Option<String>,
+    /// At or after this RFC 3339 time (UTC, as the rows keep it).
+    pub since: Option<String>,
+    /// Before this RFC 3339 time.
+    pub until: Option<String>,
+    /// Rows older than this id (the previous page's last id): keyset paging.
+    pub before: Option<i64>,
+    /// At most this many rows (1 to [`MAX_LIST`]; 0 means [`MAX_LIST`]).
+    pub limit: u32,
+}
+
+/// The most rows one [`AuditLog::list`] returns.
+pub const MAX_LIST: u32 = 1000;
+
+/// One row as [`AuditLog::list`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Position in the chain.
+    pub id: i64,
+    /// RFC 3339 time of the append (UTC, microseconds).
+    pub at: String,
+    /// Who acted.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// What it was done to.
+    pub target: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// The details, masked as they were stored (a JSON object).
+    pub details: Value,
+    /// The row's hash.
+    pub hash: String,
+    /// The key that chained it (empty: none).
+    pub key_id: String,
+}
+
+/// Normalizes a UTC time (`2026-11-28T17:00:00Z`, fractions optional, or a date) to the rows'
+/// form (microseconds), so that text order is time order.
+fn row_time(t: &str) -> Result<String, AuditError> {
+    let full = if t.len() == 10 { format!("{t}T00:00:00Z") } else { t.to_owned() };
+    let parsed = humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| AuditError::Filter(format!("`{t}` is not a UTC RFC 3339 time or a date: {e}")))?;
+    Ok(humantime::format_rfc3339_micros(parsed).to_string())
 }
 
 /// The audit log of one database. Cheap to clone.
@@ -516,6 +574,81 @@ impl AuditLog {
             .await?;
         tx.commit().await?;
         Ok(Appended::New(AuditEntry { id, at, hash }))
+    }
+
+    /// The rows `filter` selects, newest first (at most [`MAX_LIST`]); the next page is the
+    /// same filter with `before` set to the last row's id.
+    pub async fn list(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
+        self.ensure_table().await?;
+        let mut sql = String::from(
+            "SELECT id, at, actor, action, target, outcome, details, hash, key_id FROM audit_log WHERE 1 = 1",
+        );
+        let mut binds: Vec<String> = Vec::new();
+        let mut cond = |sql: &mut String, column: &str, op: &str, value: String| {
+            binds.push(value);
+            sql.push_str(&format!(" AND {column} {op} ${}", binds.len()));
+        };
+        if let Some(actor) = &filter.actor {
+            cond(&mut sql, "actor", "=", actor.clone());
+        }
+        match filter.action.as_deref() {
+            Some(a) if a.ends_with('*') || a.ends_with('.') => {
+                let prefix = a.trim_end_matches('*');
+                // A prefix as a range (`moderation.` ≤ action < `moderation/`), not LIKE: nothing
+                // to escape, and an index serves it.
+                let mut chars: Vec<char> = prefix.chars().collect();
+                if let Some(last) = chars.pop() {
+                    let next = char::from_u32(u32::from(last) + 1)
+                        .ok_or_else(|| AuditError::Filter(format!("`{a}` is not an action prefix")))?;
+                    chars.push(next);
+                    cond(&mut sql, "action", ">=", prefix.to_owned());
+                    cond(&mut sql, "action", "<", chars.into_iter().collect());
+                }
+            }
+            Some(a) => cond(&mut sql, "action", "=", a.to_owned()),
+            None => {}
+        }
+        if let Some(target) = &filter.target {
+            cond(&mut sql, "target", "=", target.clone());
+        }
+        if let Some(since) = &filter.since {
+            cond(&mut sql, "at", ">=", row_time(since)?);
+        }
+        if let Some(until) = &filter.until {
+            cond(&mut sql, "at", "<", row_time(until)?);
+        }
+        let limit = if filter.limit == 0 { MAX_LIST } else { filter.limit.min(MAX_LIST) };
+        let n = binds.len();
+        let sql = match filter.before {
+            Some(_) => format!("{sql} AND id < ${} ORDER BY id DESC LIMIT ${}", n + 1, n + 2),
+            None => format!("{sql} ORDER BY id DESC LIMIT ${}", n + 1),
+        };
+        let sql = self.backend.sql(&sql).into_owned();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            query = query.bind(b);
+        }
+        if let Some(before) = filter.before {
+            query = query.bind(before);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(self.on(&self.pool)).await?;
+        rows.iter()
+            .map(|row| {
+                let text = |i: usize| row.try_get::<String, _>(i);
+                let details = text(6)?;
+                Ok(AuditRecord {
+                    id: row.try_get(0)?,
+                    at: text(1)?,
+                    actor: text(2)?,
+                    action: text(3)?,
+                    target: text(4)?,
+                    outcome: text(5)?,
+                    details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
+                    hash: text(7)?,
+                    key_id: text(8)?,
+                })
+            })
+            .collect()
     }
 
     /// Walks the chain from the first row; stops at the first broken link.

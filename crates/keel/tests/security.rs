@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use keel::app::Loader;
 use keel::config::{NoConfig, ProblemKind, Profile, Secret};
 use keel::security::PasswordsConfig;
-use keel::security::audit::{AuditKeys, AuditLog, Checkpoint, Outcome};
+use keel::security::audit::{AuditFilter, AuditKeys, AuditLog, Checkpoint, Outcome};
 use keel::security::jwt::{Auth, Claims, Jwt, JwtError, JwtKey, RequireRole, RequireRoleLayer, Role};
 use keel::security::password::{PasswordError, PasswordHasher};
 use keel::security::sessions::Revocations;
@@ -776,6 +776,83 @@ async fn audit_keys_and_checkpoints_on_sqlite() {
     audit_keys_and_checkpoints(db.url()).await;
 }
 
+/// The log lists by actor, action (or a prefix), target and time, newest first, a page at a time.
+async fn audit_listing(url: &str) {
+    sqlx::any::install_default_drivers();
+    let backend = keel::data::Backend::from_url(url).unwrap();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(2).connect(url).await.unwrap();
+    let log = AuditLog::new(pool.clone(), backend);
+    let rows = [
+        ("user:1", "auth.login", "user:1"),
+        ("user:2", "moderation.account_ban", "user:3"),
+        ("user:2", "moderation.report.resolve", "event:9"),
+        ("user:1", "auth.password_change", "user:1"),
+        ("system", "auth.lockout", "user:1"),
+        ("user:2", "moderationx.other", "user:1"),
+    ];
+    let mut at = Vec::new();
+    for (actor, action, target) in rows {
+        at.push(log.record(actor, action, target, Outcome::Success, json!({"ip": "10.0.0.1"})).await.unwrap().at);
+    }
+    let ids = |f: AuditFilter| {
+        let log = log.clone();
+        async move { log.list(&f).await.unwrap().iter().map(|r| r.id).collect::<Vec<i64>>() }
+    };
+    assert_eq!(ids(AuditFilter::default()).await, vec![6, 5, 4, 3, 2, 1], "newest first");
+    assert_eq!(ids(AuditFilter { actor: Some("user:1".into()), ..Default::default() }).await, vec![4, 1]);
+    assert_eq!(ids(AuditFilter { target: Some("user:1".into()), ..Default::default() }).await, vec![6, 5, 4, 1]);
+    assert_eq!(ids(AuditFilter { action: Some("auth.login".into()), ..Default::default() }).await, vec![1]);
+    // A prefix: `moderation.` is not `moderationx.`.
+    assert_eq!(ids(AuditFilter { action: Some("moderation.".into()), ..Default::default() }).await, vec![3, 2]);
+    assert_eq!(ids(AuditFilter { action: Some("auth.*".into()), ..Default::default() }).await, vec![5, 4, 1]);
+    let both = AuditFilter { actor: Some("user:2".into()), target: Some("user:1".into()), ..Default::default() };
+    assert_eq!(ids(both).await, vec![6]);
+    // Keyset pages: two at a time.
+    let page = |before| AuditFilter { before, limit: 2, ..Default::default() };
+    assert_eq!(ids(page(None)).await, vec![6, 5]);
+    assert_eq!(ids(page(Some(5))).await, vec![4, 3]);
+    assert_eq!(ids(page(Some(1))).await, Vec::<i64>::new());
+    // Time: since is inclusive, until exclusive; a date is its midnight.
+    let since = AuditFilter { since: Some(at[3].clone()), ..Default::default() };
+    assert_eq!(ids(since).await, vec![6, 5, 4]);
+    let until = AuditFilter { until: Some(at[1].clone()), ..Default::default() };
+    assert_eq!(ids(until).await, vec![1]);
+    assert_eq!(ids(AuditFilter { since: Some("2000-01-01".into()), ..Default::default() }).await.len(), 6);
+    assert!(ids(AuditFilter { until: Some("2000-01-01".into()), ..Default::default() }).await.is_empty());
+    let bad = log.list(&AuditFilter { since: Some("yesterday".into()), ..Default::default() }).await;
+    assert!(matches!(bad, Err(keel::security::audit::AuditError::Filter(_))), "{bad:?}");
+    // A row reads back whole.
+    let row = &log.list(&AuditFilter { before: Some(2), ..Default::default() }).await.unwrap()[0];
+    assert_eq!((row.actor.as_str(), row.action.as_str(), row.outcome.as_str()), ("user:1", "auth.login", "success"));
+    assert_eq!(row.details, json!({"ip": "10.0.0.1"}));
+    assert_eq!(row.hash.len(), 64);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn audit_listing_on_sqlite() {
+    let db = TestDatabase::sqlite().unwrap();
+    audit_listing(db.url()).await;
+}
+
+#[tokio::test]
+async fn audit_listing_on_postgres() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    audit_listing(db.url()).await;
+}
+
+#[tokio::test]
+async fn audit_listing_on_mariadb() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    audit_listing(db.url()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_log_on_postgres() {
     if !require("PostgreSQL", &postgres_url()) {
@@ -810,11 +887,14 @@ async fn audit_table_from_migrations(url: &str) {
     log.record("user:1", "password.change", "user:1", Outcome::Success, json!({})).await.unwrap();
 
     let m = keel::security::audit::migrations();
-    assert_eq!(m.run(&pool, backend).await.unwrap(), 1, "creating the table is idempotent");
+    assert_eq!(m.run(&pool, backend).await.unwrap(), 2, "creating the table is idempotent; then its indexes");
     assert!(m.pending(&pool, backend).await.unwrap().is_empty());
     let recorded: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, description FROM _keel_audit_migrations").fetch_all(&pool).await.unwrap();
-    assert_eq!(recorded, [(1, "audit log".to_owned())]);
+        sqlx::query_as("SELECT version, description FROM _keel_audit_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, [(1, "audit log".to_owned()), (2, "audit log filters".to_owned())]);
     let fresh = AuditLog::new(pool.clone(), backend);
     fresh.record("user:2", "password.change", "user:2", Outcome::Success, json!({})).await.unwrap();
     let v = fresh.verify().await.unwrap();

@@ -345,6 +345,8 @@ pub struct Setup<C> {
     /// consumer starts, after set-up.
     #[cfg_attr(not(feature = "events"), allow(dead_code))]
     pub(crate) dependencies: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The audit log `audit_log` made, served on `/admin/audit`.
+    pub(crate) audit: Option<std::sync::Arc<dyn keel_management::audit::AuditSource>>,
     /// The tonic services to serve (`grpc_service`).
     #[cfg(feature = "grpc")]
     pub(crate) grpc: keel_grpc::GrpcServices,

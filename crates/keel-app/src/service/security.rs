@@ -57,6 +57,7 @@ impl<C: Section> Setup<C> {
             .with_keys(keys)
             .with_metrics(&self.metrics)
             .map_err(|e| misconfigured("security.audit", e))?;
+        self.audit = Some(std::sync::Arc::new(AuditReader(log.clone())));
         let checkpointed = log.clone();
         // A checkpoint that cannot run (the database is away) is logged and skipped: the worker
         // stays healthy, and `audit_log_checkpoint_timestamp_seconds` shows how old the last is.
@@ -70,5 +71,46 @@ impl<C: Section> Setup<C> {
             }
         }))?;
         Ok(log)
+    }
+}
+
+/// The audit log as `/admin/audit` reads it.
+#[cfg(all(feature = "security", feature = "sql"))]
+struct AuditReader(keel_security::audit::AuditLog);
+
+#[cfg(all(feature = "security", feature = "sql"))]
+impl keel_management::audit::AuditSource for AuditReader {
+    fn list(&self, f: keel_management::audit::AuditFilter) -> keel_management::audit::AuditList<'_> {
+        use keel_management::audit::{AuditReadError, AuditRow};
+        use keel_security::audit::{AuditError, AuditFilter};
+        Box::pin(async move {
+            let filter = AuditFilter {
+                actor: f.actor,
+                action: f.action,
+                target: f.target,
+                since: f.since,
+                until: f.until,
+                before: f.before,
+                limit: f.limit,
+            };
+            let rows = self.0.list(&filter).await.map_err(|e| match e {
+                AuditError::Filter(why) => AuditReadError::Filter(why),
+                other => AuditReadError::Unavailable(keel_health::sanitize(&other.to_string())),
+            })?;
+            Ok(rows
+                .into_iter()
+                .map(|r| AuditRow {
+                    id: r.id,
+                    at: r.at,
+                    actor: r.actor,
+                    action: r.action,
+                    target: r.target,
+                    outcome: r.outcome,
+                    details: r.details,
+                    key_id: r.key_id,
+                    hash: r.hash,
+                })
+                .collect())
+        })
     }
 }

@@ -325,7 +325,7 @@ mod tests {
         process.join(other("other\"svc"), Some(token.clone()));
         process.join(other("foreign"), Some(Secret::new("another".to_owned())));
         process.join(other("tokenless"), None);
-        let html = render_html(&this.page(&process, Some(&token))).unwrap();
+        let html = render_html(&this.page(&process, Some(&token)), false).unwrap();
         assert!(!html.contains("foreign") && !html.contains("tokenless"), "only members with the same token");
         for raw in ["<script>", "<img", "<b>bold", "svc<1>", "up<1>", "<y>", "<x>", "other\"svc"] {
             assert!(!html.contains(raw), "unescaped {raw}");

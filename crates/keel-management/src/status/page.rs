@@ -408,6 +408,8 @@ struct StatusPage {
     title: String,
     stylesheet: &'static str,
     services: Vec<ServiceView>,
+    /// This service keeps an audit log: the header links to it.
+    audit: bool,
 }
 
 #[derive(Template)]
@@ -420,14 +422,14 @@ struct LoginPage<'a> {
 }
 
 /// The operator page: this service first, then the others of the process.
-pub(crate) fn render_html(doc: &PageDoc) -> Result<String, askama::Error> {
+pub(crate) fn render_html(doc: &PageDoc, audit: bool) -> Result<String, askama::Error> {
     let services: Vec<ServiceView> = std::iter::once(&doc.this).chain(&doc.process).map(view).collect();
     let title = if services.len() > 1 {
         format!("{} and {} more · status", doc.this.service.name, services.len() - 1)
     } else {
         format!("{} · status", doc.this.service.name)
     };
-    StatusPage { title, stylesheet: STYLESHEET, services }.render()
+    StatusPage { title, stylesheet: STYLESHEET, services, audit }.render()
 }
 
 /// The sign-in form; `error` says why the last attempt failed.
