@@ -245,14 +245,14 @@ struct Anchor {
     tampered: bool,
 }
 
-/// The audit log's table as a migration set of Keel's own (recorded in `_keel_audit_migrations`),
-/// for every backend: keel-app applies it with the migrations of a service that keeps an audit
-/// log (`Service::keeps_audit_log`). Creating it is idempotent, so a table an earlier
-/// [`AuditLog::ensure_table`] made is kept as it is.
+/// The audit log's table and the indexes [`AuditLog::list`] filters by, as a migration set of
+/// Keel's own (recorded in `_keel_audit_migrations`), for every backend: keel-app applies it with
+/// the migrations of a service that keeps an audit log (`Service::keeps_audit_log`). Creating
+/// the table is idempotent, so a table an earlier [`AuditLog::ensure_table`] made is kept as it is.
 ///
 /// ```
 /// let m = keel_security::audit::migrations();
-/// assert_eq!(m.for_backend(keel_data::Backend::Postgres).unwrap().iter().count(), 1);
+/// assert_eq!(m.for_backend(keel_data::Backend::Postgres).unwrap().iter().count(), 2);
 /// ```
 pub fn migrations() -> keel_data::Migrations {
     keel_data::migrations!(library "keel_audit")
