@@ -390,6 +390,14 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         grpc_client_metrics: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
+    if setup.config.keel.features.store.kind == keel_features::StoreKind::Database
+        && setup.features.store_kind() != "database"
+    {
+        return Err(StartError::Setup(Box::new(keel_config::ConfigError::invalid(
+            "features.store.kind",
+            "`database` needs a service with a database (Setup::database)",
+        ))));
+    }
     let summary = summary(&setup, has_database);
     let declared = Declared {
         #[cfg(feature = "grpc")]

@@ -1,6 +1,7 @@
 //! The flags file: its model, its validation, and the compiled form evaluations read.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::FlagProblem;
+use super::rules::{CompiledGates, Condition, Gates, Window};
 
 /// One flag as written in the file (the map key is the flag's key).
 ///
@@ -95,6 +97,36 @@ pub struct Rules {
     /// of the listed values (`plan: [pro, enterprise]`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, Vec<String>>,
+    /// Any strategy: never on for these user ids, whatever else holds (checked first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_users: Vec<String>,
+    /// Any strategy: additionally, the client's version ([`EvalContext::version`](super::EvalContext::version))
+    /// must match this semantic-version requirement (`>=2.3, <3`); no version: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<String>,
+    /// Any strategy: additionally, now must be inside one of these windows (days and hours in a
+    /// time zone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+    /// Any strategy: additionally, every one of these conditions holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all: Vec<Condition>,
+    /// Any strategy: additionally, at least one of these conditions holds (when any are listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any: Vec<Condition>,
+}
+
+impl Rules {
+    fn gates(&self) -> Gates<'_> {
+        Gates {
+            deny_users: &self.deny_users,
+            attributes: &self.attributes,
+            versions: self.versions.as_deref(),
+            windows: &self.windows,
+            all: &self.all,
+            any: &self.any,
+        }
+    }
 }
 
 /// A flag ready to evaluate: parsed times, a user set, cached metric handles.
@@ -105,8 +137,18 @@ pub(crate) struct Compiled {
     users: HashSet<String>,
     start: Option<SystemTime>,
     end: Option<SystemTime>,
+    gates: CompiledGates,
+    pub(crate) source: super::Source,
+    pub(crate) stats: Arc<super::FlagStats>,
     pub(crate) on: Option<IntCounter>,
     pub(crate) off: Option<IntCounter>,
+}
+
+/// The counters a compiled flag increments.
+pub(crate) struct Handles {
+    pub(crate) on: Option<IntCounter>,
+    pub(crate) off: Option<IntCounter>,
+    pub(crate) stats: Arc<super::FlagStats>,
 }
 
 impl Compiled {
@@ -115,11 +157,8 @@ impl Compiled {
         if !def.enabled {
             return false;
         }
-        for (name, allowed) in &def.rules.attributes {
-            match ctx.attributes.get(name) {
-                Some(v) if allowed.iter().any(|a| a == v) => {}
-                _ => return false,
-            }
+        if !self.gates.pass(key, ctx, default_env, jiff::Timestamp::now()) {
+            return false;
         }
         match def.strategy {
             Strategy::Simple => true,
@@ -160,6 +199,31 @@ pub fn bucket(flag: &str, user_id: &str) -> u32 {
 /// Largest flag key: keys become metric label values.
 const MAX_KEY_LEN: usize = 100;
 
+fn check_key(key: &str) -> Result<(), FlagProblem> {
+    let segments_ok = key.split('.').all(|s| !s.is_empty());
+    if key.is_empty()
+        || key.len() > MAX_KEY_LEN
+        || !segments_ok
+        || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(FlagProblem {
+            path: key.to_owned(),
+            message: format!(
+                "a flag key is 1 to {MAX_KEY_LEN} characters of A-Z, a-z, 0-9, `_`, `-`, in segments joined by `.` (`feed.live`)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Validates one flag as an override is validated before it is stored or applied.
+pub(crate) fn check_one(key: &str, def: &FlagDef) -> Result<(), Vec<FlagProblem>> {
+    check_key(key).map_err(|p| vec![p])?;
+    let mut problems = Vec::new();
+    validate(key, def, &mut problems);
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
 /// Parses and validates a whole file; every problem is reported, each naming its path.
 pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, FlagDef>, Vec<FlagProblem>> {
     let problem = |path: &str, message: String| FlagProblem { path: path.to_owned(), message };
@@ -168,14 +232,8 @@ pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, FlagDef>, Vec<FlagPro
     let mut problems = Vec::new();
     let mut flags = BTreeMap::new();
     for (key, value) in raw.unwrap_or_default() {
-        if key.is_empty()
-            || key.len() > MAX_KEY_LEN
-            || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            problems.push(problem(
-                &key,
-                format!("a flag key is 1 to {MAX_KEY_LEN} characters of A-Z, a-z, 0-9, `_`, `-`, `.`"),
-            ));
+        if let Err(p) = check_key(&key) {
+            problems.push(p);
             continue;
         }
         let value = if value.is_null() { serde_norway::Value::Mapping(Default::default()) } else { value };
@@ -195,6 +253,7 @@ pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, FlagDef>, Vec<FlagPro
 }
 
 fn validate(key: &str, def: &FlagDef, out: &mut Vec<FlagProblem>) {
+    super::rules::validate(&format!("{key}.rules"), &def.rules.gates(), out);
     let mut push = |field: &str, message: String| {
         out.push(FlagProblem { path: format!("{key}.rules.{field}"), message });
     };
@@ -262,19 +321,20 @@ pub(crate) fn parse_time(text: &str) -> Result<SystemTime, String> {
     t.ok_or_else(bad)
 }
 
-/// Compiles validated definitions; `counters` gives each flag its (on, off) counters.
+/// Compiles validated definitions; `handles` gives each flag its counters.
 pub(crate) fn compile(
-    defs: BTreeMap<String, FlagDef>,
-    counters: impl Fn(&str) -> (Option<IntCounter>, Option<IntCounter>),
+    defs: BTreeMap<String, (FlagDef, super::Source)>,
+    handles: impl Fn(&str) -> Handles,
 ) -> HashMap<String, Compiled> {
     defs.into_iter()
-        .map(|(key, def)| {
-            let (on, off) = counters(&key);
+        .map(|(key, (def, source))| {
+            let Handles { on, off, stats } = handles(&key);
             let basis_points = def.rules.percentage.map_or(0, |p| (p * 100.0).round() as u32);
             let users = def.rules.users.iter().cloned().collect();
             let start = def.rules.start.as_deref().and_then(|t| parse_time(t).ok());
             let end = def.rules.end.as_deref().and_then(|t| parse_time(t).ok());
-            (key, Compiled { def, basis_points, users, start, end, on, off })
+            let gates = CompiledGates::new(&def.rules.gates());
+            (key, Compiled { def, basis_points, users, start, end, gates, source, stats, on, off })
         })
         .collect()
 }

@@ -267,3 +267,219 @@ fn no_placeholder_series_until_an_unknown_flag_is_asked_for() {
     assert!(!f.is_enabled("typo", &ctx()));
     assert!(metrics.render().contains(r#"feature_flag_evaluations_total{flag="_unknown",result="off"} 1"#));
 }
+
+const GATED: &str = r#"
+denied:
+  enabled: true
+  rules: {deny_users: [mallory]}
+new_app:
+  enabled: true
+  rules: {versions: ">=2.3, <3"}
+composite:
+  enabled: true
+  rules:
+    all:
+      - attributes: {plan: [pro]}
+    any:
+      - users: [alice]
+      - {environments: [staging], percentage: 100}
+always_open:
+  enabled: true
+  rules:
+    windows: [{from: "00:00", to: "24:00", time_zone: Europe/Berlin}]
+"#;
+
+#[test]
+fn gates_apply_to_any_strategy() {
+    let f = Flags::from_yaml(GATED, FlagsOptions::new("production")).unwrap();
+    assert!(f.is_enabled("denied", &ctx().user("alice")));
+    assert!(!f.is_enabled("denied", &ctx().user("mallory")), "the deny list wins");
+    assert!(f.is_enabled("new_app", &ctx().version("2.4.1")));
+    assert!(f.is_enabled("new_app", &ctx().version("v2.3.0")), "a leading v is allowed");
+    assert!(!f.is_enabled("new_app", &ctx().version("3.0.0")));
+    assert!(!f.is_enabled("new_app", &ctx().version("2.2.9")));
+    assert!(!f.is_enabled("new_app", &ctx().version("not-a-version")));
+    assert!(!f.is_enabled("new_app", &ctx()), "no version: outside every range");
+    let pro = || ctx().attribute("plan", "pro");
+    assert!(f.is_enabled("composite", &pro().user("alice")), "all + first of any");
+    assert!(!f.is_enabled("composite", &ctx().user("alice")), "all fails without the plan");
+    assert!(!f.is_enabled("composite", &pro().user("bob")), "bob in production: no `any` holds");
+    assert!(f.is_enabled("composite", &pro().user("bob").environment("staging")), "second of any");
+    assert!(!f.is_enabled("composite", &pro().environment("staging")), "a percentage needs a user");
+    assert!(f.is_enabled("always_open", &ctx()));
+}
+
+#[test]
+fn bad_gates_are_reported_with_their_paths() {
+    let text = r#"
+f:
+  enabled: true
+  rules:
+    deny_users: [""]
+    versions: "not a range"
+    windows: [{days: [funday], from: "9", time_zone: Nowhere/City}]
+    any:
+      - {}
+      - percentage: 101
+      - any: [{any: [{any: [{any: [{users: [x]}]}]}]}]
+"#;
+    let FlagsError::Invalid { problems, .. } = Flags::from_yaml(text, FlagsOptions::default()).unwrap_err() else {
+        panic!("expected Invalid")
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "f.rules.deny_users",
+        "f.rules.versions",
+        "f.rules.windows[0]",
+        "f.rules.any[0]",
+        "f.rules.any[1].percentage",
+        "f.rules.any[2].any[0].any[0].any[0].any",
+    ] {
+        assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+    }
+}
+
+#[test]
+fn keys_are_dotted_segments() {
+    let on = FlagDef { enabled: true, ..Default::default() };
+    assert!(check_flag("feed.live.reactions", &on).is_ok());
+    for bad in ["", ".feed", "feed.", "feed..live", "feed live", &"x".repeat(101)] {
+        assert!(check_flag(bad, &on).is_err(), "{bad:?}");
+    }
+}
+
+fn on() -> FlagDef {
+    FlagDef { enabled: true, ..Default::default() }
+}
+
+#[tokio::test]
+async fn overrides_layer_over_the_file_and_keep_a_history() {
+    let f =
+        Flags::from_yaml("feed.live: {enabled: false}\nfeed.ranking: {enabled: true}\nother: {}", Default::default())
+            .unwrap();
+    assert_eq!(f.store_kind(), "memory");
+    let mut events = f.subscribe();
+    assert!(!f.is_enabled("feed.live", &ctx()));
+    let change = f.set_override("feed.live", on(), "ops", "launch").await.unwrap().unwrap();
+    assert_eq!((change.id, change.before.clone(), change.actor.as_str()), (1, None, "ops"));
+    assert!(f.is_enabled("feed.live", &ctx()), "applied at once");
+    let event = events.recv().await.unwrap();
+    assert_eq!((event.key.as_str(), event.source), ("feed.live", Some(Source::Override)));
+    assert_eq!(event.before.map(|d| d.enabled), Some(false));
+
+    // A flag the file lacks can be added at runtime.
+    f.set_override("brand.new", on(), "ops", "try").await.unwrap();
+    let report = f.report_under("feed");
+    let keys: Vec<&str> = report.flags.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["feed.live", "feed.ranking"], "a prefix lists its subtree only");
+    let live = &report.flags[0];
+    assert_eq!(live.source, Source::Override);
+    assert_eq!(live.file_default.as_ref().map(|d| d.enabled), Some(false));
+    assert_eq!(live.overridden_by.as_deref(), Some("ops"));
+    assert_eq!(live.evaluations.on, 1, "one evaluation since the override: {:?}", live.evaluations);
+    assert_eq!(live.evaluations.off, 1);
+    assert_eq!(f.report_under("brand").flags[0].source, Source::Runtime);
+    assert!(f.report_under("fee").flags.is_empty(), "`fee` is not a prefix of the segment `feed`");
+
+    // A reload of the file keeps the overrides on top.
+    f.replace_yaml("feed.live: {enabled: false, description: edited}\nfeed.ranking: {enabled: false}").unwrap();
+    assert!(f.is_enabled("feed.live", &ctx()));
+    assert!(!f.is_enabled("feed.ranking", &ctx()));
+
+    // Removing returns the file's definition; removing again is a no-op.
+    let removed = f.remove_override("feed.live", "ops", "rollback").await.unwrap().unwrap();
+    assert!(removed.after.is_none());
+    assert!(!f.is_enabled("feed.live", &ctx()));
+    assert!(f.remove_override("feed.live", "ops", "again").await.unwrap().is_none());
+    f.remove_override("brand.new", "ops", "done").await.unwrap();
+    assert!(!f.is_enabled("brand.new", &ctx()), "a runtime-only flag is gone with its override");
+
+    let history = f.history(Some("feed.live"), 10).await.unwrap();
+    let reasons: Vec<&str> = history.iter().map(|c| c.reason.as_str()).collect();
+    assert_eq!(reasons, ["rollback", "launch"], "newest first, this flag only");
+    assert_eq!(f.history(None, 1).await.unwrap()[0].reason, "done");
+}
+
+#[tokio::test]
+async fn an_invalid_override_changes_nothing() {
+    let f = Flags::from_yaml("a: {enabled: false}", Default::default()).unwrap();
+    let bad = FlagDef { enabled: true, strategy: Strategy::Percentage, ..Default::default() };
+    let OverrideError::Invalid(problems) = f.set_override("a", bad, "ops", "x").await.unwrap_err() else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems[0].path, "a.rules.percentage");
+    assert!(f.set_override("not a key", on(), "ops", "x").await.is_err());
+    assert!(f.history(None, 10).await.unwrap().is_empty());
+    assert!(!f.is_enabled("a", &ctx()));
+}
+
+/// A store that fails while `down` is set.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryStore,
+    down: AtomicBool,
+}
+
+impl FlagStore for Flaky {
+    fn kind(&self) -> &'static str {
+        "database"
+    }
+    fn version(&self) -> store::StoreFuture<'_, i64> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Unavailable("connection refused".into())) });
+        }
+        self.inner.version()
+    }
+    fn load(&self) -> store::StoreFuture<'_, store::Overrides> {
+        self.inner.load()
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        def: Option<&'a FlagDef>,
+        actor: &'a str,
+        reason: &'a str,
+    ) -> store::StoreFuture<'a, Option<FlagChange>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Unavailable("connection refused".into())) });
+        }
+        self.inner.set(key, def, actor, reason)
+    }
+    fn history<'a>(&'a self, key: Option<&'a str>, limit: u32) -> store::StoreFuture<'a, Vec<FlagChange>> {
+        self.inner.history(key, limit)
+    }
+}
+
+#[tokio::test]
+async fn a_store_outage_keeps_the_last_overrides_and_is_reported() {
+    let store = Arc::new(Flaky::default());
+    let a = Flags::from_yaml("x: {enabled: false}", Default::default()).unwrap();
+    let b = Flags::from_yaml("x: {enabled: false}", Default::default()).unwrap();
+    a.attach(store.clone());
+    b.attach(store.clone());
+    a.set_override("x", on(), "ops", "on").await.unwrap();
+    b.refresh().await.unwrap();
+    assert!(b.is_enabled("x", &ctx()), "the other replica follows the shared store");
+    store.down.store(true, Ordering::SeqCst);
+    assert!(matches!(a.set_override("x", FlagDef::default(), "ops", "off").await, Err(OverrideError::Store(_))));
+    assert!(b.refresh().await.is_err());
+    assert!(b.is_enabled("x", &ctx()), "the last overrides read stay in effect");
+    assert_eq!(b.report().store.error.as_deref(), Some("the flag store is unavailable: connection refused"));
+    store.down.store(false, Ordering::SeqCst);
+    b.refresh().await.unwrap();
+    assert!(b.report().store.error.is_none());
+    assert!(b.is_enabled("x", &ctx()), "nothing changed during the outage");
+}
+
+#[tokio::test]
+async fn sync_follows_another_replica() {
+    let store = Arc::new(MemoryStore::default());
+    let (a, b) = (flags("production"), flags("production"));
+    a.attach(store.clone());
+    b.attach(store.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(b.clone().sync(Duration::from_millis(20), stop.clone()));
+    a.set_override("killed", on(), "ops", "revive").await.unwrap();
+    eventually("b applies a's override", || b.is_enabled("killed", &ctx())).await;
+    stop.cancel();
+}

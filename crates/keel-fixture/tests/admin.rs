@@ -373,3 +373,110 @@ async fn workers_are_named_when_shutdown_is_forced() {
     assert!(!still_running.iter().any(|t| t.starts_with("worker ")), "{still_running:?}");
     assert_eq!(workers.alive(), 0);
 }
+
+#[tokio::test]
+async fn flags_are_overridden_at_runtime_with_a_history_and_an_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.yaml");
+    std::fs::write(&path, FLAGS).unwrap();
+    let db = keel::testing::TestDatabase::sqlite().unwrap();
+    let f = Fixture::start(&[
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__DATABASE__URL", db.url()),
+        ("FIXTURE__FEATURES__FILE", path.to_str().unwrap()),
+    ])
+    .await;
+    let c = client();
+    let flag = |key: &str| {
+        let url = f.url(&format!("/flags/{key}?user=alice"));
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap()["enabled"].as_bool().unwrap() }
+    };
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        c.request(method, format!("{}{path}", f.mgmt)).bearer_auth(TOKEN).json(&body).send()
+    };
+    eventually("the store is read", || async {
+        admin_json(&f, "/admin/flags").await["store"]["synced_at"].is_string()
+    })
+    .await;
+    assert_eq!(admin_json(&f, "/admin/flags").await["store"]["kind"], "database");
+    assert!(!flag("launch").await);
+
+    // Invalid changes are refused whole, each problem named.
+    let resp = admin(reqwest::Method::PUT, "/admin/flags/launch", serde_json::json!({"flag": {"enabled": true}}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "no reason");
+    let resp = admin(
+        reqwest::Method::PUT,
+        "/admin/flags/launch",
+        serde_json::json!({"flag": {"enabled": true, "strategy": "percentage", "rules": {"versions": "nope"}}, "reason": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 422);
+    let problem: Value = resp.json().await.unwrap();
+    let fields: Vec<&str> =
+        problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&"launch.rules.percentage") && fields.contains(&"launch.rules.versions"), "{problem}");
+    assert!(!flag("launch").await, "nothing changed");
+
+    // A change needs the token.
+    let resp = c
+        .put(format!("{}/admin/flags/launch", f.mgmt))
+        .json(&serde_json::json!({"flag": {"enabled": true}, "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // An override applies at once, with who and why.
+    let resp = admin(
+        reqwest::Method::PUT,
+        "/admin/flags/launch",
+        serde_json::json!({"flag": {"enabled": true, "rules": {"deny_users": ["bob"]}}, "reason": "launch day"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let shown: Value = resp.json().await.unwrap();
+    assert_eq!((shown["source"].as_str(), shown["overridden_by"].as_str()), (Some("override"), Some("admin-token")));
+    assert_eq!(shown["file_default"]["enabled"], false);
+    assert!(flag("launch").await);
+    let evaluated = admin(reqwest::Method::POST, "/admin/flags/launch/evaluate", serde_json::json!({"user": "bob"}))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!((evaluated["on"].as_bool(), evaluated["source"].as_str()), (Some(false), Some("override")));
+
+    // Removing it returns to the file; the history keeps both changes.
+    let resp =
+        admin(reqwest::Method::DELETE, "/admin/flags/launch", serde_json::json!({"reason": "rollback"})).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(!flag("launch").await);
+    let resp =
+        admin(reqwest::Method::DELETE, "/admin/flags/launch", serde_json::json!({"reason": "again"})).await.unwrap();
+    assert_eq!(resp.status(), 404, "no override left to remove");
+    let history = admin_json(&f, "/admin/flags/launch/history").await;
+    let reasons: Vec<&str> =
+        history["changes"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["rollback", "launch day"]);
+    assert_eq!(history["changes"][1]["after"]["rules"]["deny_users"][0], "bob");
+
+    // Both changes are in the tamper-evident audit log, with the definitions.
+    let audit = admin_json(&f, "/admin/audit?action=flags.&format=json").await;
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["flags.override_remove", "flags.override"]);
+    assert_eq!(audit["items"][1]["target"], "flag:launch");
+    assert_eq!(audit["items"][1]["details"]["after"]["enabled"], true);
+    assert_eq!(audit["items"][1]["details"]["reason"], "launch day");
+
+    let prefixed = admin_json(&f, "/admin/flags?prefix=new_checkout").await;
+    assert_eq!(prefixed["flags"].as_array().unwrap().len(), 1);
+    let metrics = f.running().metrics().render();
+    assert!(metrics.contains("feature_flag_overrides 0"), "{metrics}");
+    f.stop().await;
+}

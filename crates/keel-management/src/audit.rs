@@ -83,10 +83,28 @@ pub enum AuditReadError {
 /// What an [`AuditSource::list`] answers.
 pub type AuditList<'a> = Pin<Box<dyn Future<Output = Result<Vec<AuditRow>, AuditReadError>> + Send + 'a>>;
 
-/// A service's audit log, as the management routes read it.
+/// What an [`AuditSource::record`] answers: why it was not written.
+pub type AuditWrite<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// An operator's action, to record in the audit log (its outcome is `success`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Who acted (`admin-token`).
+    pub actor: String,
+    /// What they did (`flags.override`).
+    pub action: String,
+    /// What to (`flag:feed.live`).
+    pub target: String,
+    /// Its details: a JSON object, masked as stored (before, after, reason).
+    pub details: serde_json::Value,
+}
+
+/// A service's audit log, as the management routes read and append to it.
 pub trait AuditSource: Send + Sync + 'static {
     /// The rows `filter` selects, newest first.
     fn list(&self, filter: AuditFilter) -> AuditList<'_>;
+    /// Appends `entry` (a change an operator made through the management routes).
+    fn record(&self, entry: AuditEntry) -> AuditWrite<'_>;
 }
 
 /// The most rows a page (and each read of an export) has.

@@ -4,7 +4,10 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format (no token) |
 //! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
-//! | `GET /admin/flags` | the active feature flags (JSON) |
+//! | `GET /admin/flags[?prefix=…]` | the feature flags in effect (JSON) |
+//! | `GET`/`PUT`/`DELETE /admin/flags/{key}` | one flag; set or remove its runtime override ([`flags`](crate#flags)) |
+//! | `GET /admin/flags/{key}/history` | its override changes, newest first |
+//! | `POST /admin/flags/{key}/evaluate` | what it gives a user, environment, version and attributes |
 //! | `GET /admin/audit` | the service's audit log, filtered and paged: HTML, JSON, or an export as CSV or JSON lines ([`audit`]); 404 when it keeps none |
 //! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
 //! | `GET /admin/login` | the sign-in form; with `?code=…` a one-time link that signs the browser in |
@@ -22,6 +25,16 @@
 //! the same time wherever the given token differs. With no token configured every `/admin/*`
 //! route answers 401, naming the setting: admin is closed, not open. Any other path answers 404.
 //!
+//! # Flags
+//!
+//! `PUT /admin/flags/{key}` takes `{"flag": {"enabled": true, "strategy": "percentage",
+//! "rules": {"percentage": 10}}, "reason": "ramp up"}` and answers the flag as it now is; an
+//! invalid definition is a 422 naming each problem's path. `DELETE` takes `{"reason": "…"}` and
+//! answers 204 (404 when the flag has no override). The override is stored where
+//! `features.store` says (the service's database: every replica applies it within
+//! `features.store.poll_interval`), kept in the flag's history, and recorded in the service's
+//! audit log when it keeps one. A 503 means the store could not be written: nothing changed.
+//!
 //! This is `keel-management`, re-exported by `keel` as `keel::management`; of Keel's crates it
 //! depends on those whose state the page shows (config, HTTP, telemetry, health, features, rate
 //! limits, resilience, workers). keel-app builds the
@@ -31,6 +44,7 @@
 
 pub mod audit;
 mod config;
+mod flags;
 mod routes;
 mod session;
 pub mod status;

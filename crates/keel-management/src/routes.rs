@@ -75,7 +75,10 @@ fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
     let guarded = Router::new()
         .route("/admin/log-level", get(get_level).put(put_level))
         .route("/admin/status", get(status))
-        .route("/admin/flags", get(flags))
+        .route("/admin/flags", get(crate::flags::list))
+        .route("/admin/flags/{key}", get(crate::flags::one).put(crate::flags::put).delete(crate::flags::delete))
+        .route("/admin/flags/{key}/history", get(crate::flags::history))
+        .route("/admin/flags/{key}/evaluate", post(crate::flags::evaluate))
         .route("/admin/audit", get(crate::audit::list))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_admin));
     let open = Router::new()
@@ -268,12 +271,6 @@ async fn logout(State(admin): State<Admin>, headers: http::HeaderMap) -> Respons
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None)) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
-    r
-}
-
-async fn flags(State(admin): State<Admin>) -> Response {
-    let mut r = axum::Json(admin.sources.flags.report()).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

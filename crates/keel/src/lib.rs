@@ -37,7 +37,7 @@
 //! | [`storage`] | `keel-storage` | an object store: local files or an S3-compatible bucket (feature `storage`) |
 //! | [`security`] | `keel-security` | JWT, passwords, field encryption, audit log (feature `security`) |
 //! | [`grpc`] | `keel-grpc` | tonic services behind Keel's gRPC stack, `grpc.health.v1`, reflection, the gRPC client (feature `grpc`) |
-//! | [`features`] | `keel-features` | feature flags from a YAML file, hot-reloaded |
+//! | [`features`] | `keel-features` | feature flags from a YAML file, hot-reloaded, with runtime overrides every replica sees |
 //! | [`workers`] | `keel-workers` | supervised periodic and continuous background workers |
 //! | [`events`] | `keel-events` | message bus (in-process, NATS JetStream, RabbitMQ), outbox, consumers, DLQ (features `events`, `nats`, `rabbitmq`) |
 //! | [`slo`] | `keel-slo` | SLO files turned into Prometheus recording rules and burn-rate alerts, beside alerts on Keel's own metrics (`<binary> slo rules`) |

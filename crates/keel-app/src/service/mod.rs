@@ -210,10 +210,12 @@ impl<C: Section> Service<C> {
 
     /// The service's embedded migrations: `<service> migrate` applies them, `migrate status`
     /// lists them, and [`Setup::database`] checks (production) or applies (development) them.
-    /// With the `events` feature, Keel's own tables (the outbox and inbox,
-    /// [`keel_events::outbox::migrations`]) come first, in a set of their own.
+    /// Keel's own tables come first, each library in a set of its own: the flag overrides
+    /// ([`keel_features::migrations`]) and, with the `events` feature, the outbox and inbox
+    /// ([`keel_events::outbox::migrations`]).
     #[cfg(feature = "sql")]
     pub fn migrations(mut self, migrations: keel_data::Migrations) -> Self {
+        let migrations = migrations.with(keel_features::migrations());
         #[cfg(feature = "events")]
         let migrations = migrations.with(keel_events::outbox::migrations());
         #[cfg(feature = "security")]

@@ -51,6 +51,30 @@ impl<C: Section> Setup<C> {
         });
         let d = db.clone();
         self.on_shutdown("database-close", move || async move { d.close().await });
+        self.flag_store(&db)?;
         Ok(db)
+    }
+
+    /// Keeps the flags' runtime overrides in `db` (`features.store.kind` `auto` or `database`),
+    /// in the tables the service's migrations create, and follows them every
+    /// `features.store.poll_interval`.
+    fn flag_store(&mut self, db: &keel_data::Db) -> Result<(), SetupError> {
+        let cfg = self.config.keel.features.store.clone();
+        if cfg.kind == keel_features::StoreKind::Memory {
+            return Ok(());
+        }
+        if self.migrations.is_none() {
+            if cfg.kind == keel_features::StoreKind::Database {
+                return Err(misconfigured(
+                    "features.store.kind",
+                    "`database` needs the service's migrations (Service::migrations), which create the flag tables",
+                ));
+            }
+            return Ok(());
+        }
+        self.features.attach(std::sync::Arc::new(keel_features::SqlStore::new(db.clone())));
+        let flags = self.features.clone();
+        self.task("feature-flags-sync", move |stop| flags.sync(cfg.poll_interval, stop));
+        Ok(())
     }
 }

@@ -1,0 +1,19 @@
+-- Runtime overrides of feature flags (one row per overridden flag) and their history; every
+-- replica polls MAX(id) of the history to learn of a change.
+CREATE TABLE IF NOT EXISTS keel_flag_overrides (
+    flag_key TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    change_id INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keel_flag_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    flag_key TEXT NOT NULL,
+    before_definition TEXT,
+    after_definition TEXT,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keel_flag_changes_key ON keel_flag_changes (flag_key, id);
