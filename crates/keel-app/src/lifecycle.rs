@@ -390,14 +390,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         grpc_client_metrics: None,
     };
     let api = (service.setup)(&mut setup).map_err(StartError::Setup)?;
-    if setup.config.keel.features.store.kind == keel_features::StoreKind::Database
-        && setup.features.store_kind() != "database"
-    {
-        return Err(StartError::Setup(Box::new(keel_config::ConfigError::invalid(
-            "features.store.kind",
-            "`database` needs a service with a database (Setup::database)",
-        ))));
-    }
+    flag_sync(&mut setup)?;
     let summary = summary(&setup, has_database);
     let declared = Declared {
         #[cfg(feature = "grpc")]
@@ -411,6 +404,32 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         config_yaml,
     };
     base.finish(api, declared)
+}
+
+/// Checks that the flags' override store is the one `features.store.kind` asks for and, when it
+/// is shared (a database or Redis), declares the task that follows it.
+fn flag_sync<C: Section>(setup: &mut Setup<C>) -> Result<(), StartError> {
+    use keel_features::StoreKind;
+    let cfg = setup.config.keel.features.store.clone();
+    let have = setup.features.store_kind();
+    let wanted = match cfg.kind {
+        StoreKind::Database => Some(("database", "a service with a database (Setup::database)")),
+        StoreKind::Redis => Some(("redis", "a service with Redis (Setup::redis)")),
+        StoreKind::Auto | StoreKind::Memory => None,
+    };
+    if let Some((kind, needs)) = wanted
+        && have != kind
+    {
+        return Err(StartError::Setup(Box::new(keel_config::ConfigError::invalid(
+            "features.store.kind",
+            format!("`{kind}` needs {needs}"),
+        ))));
+    }
+    if have != "memory" {
+        let flags = setup.features.clone();
+        setup.task("feature-flags-sync", move |stop| flags.sync(cfg.poll_interval, stop));
+    }
+    Ok(())
 }
 
 /// What [`assemble`] makes before the service's set-up runs; with [`Base::finish`], everything

@@ -37,9 +37,9 @@ impl Default for FeaturesConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StoreConfig {
-    /// `auto` (default): the service's database when it has one, else memory; `database`: the
-    /// service's database (an error for a service without one); `memory`: this process only,
-    /// lost on restart and not seen by other replicas.
+    /// `auto` (default): the service's database when it has one, else its Redis when it has
+    /// one, else memory; `database` / `redis`: that one (a start-up error for a service without
+    /// it); `memory`: this process only, lost on restart and not seen by other replicas.
     pub kind: StoreKind,
     /// How often each replica reads the store's version; a change made on one replica is in
     /// effect on the others within this. Default `500ms`.
@@ -57,11 +57,13 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
-    /// The service's database when it has one, else memory.
+    /// The service's database when it has one, else its Redis, else memory.
     #[default]
     Auto,
     /// The service's database.
     Database,
+    /// The service's Redis.
+    Redis,
     /// This process only.
     Memory,
 }

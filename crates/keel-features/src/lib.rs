@@ -13,8 +13,8 @@
 //! hierarchical (`feed.live.reactions`); [`Flags::report_under`] lists a prefix.
 //!
 //! * **Runtime overrides.** The file is the reviewed default. [`Flags::set_override`] replaces
-//!   one flag (or adds one) in a [`FlagStore`] — the service's database ([`SqlStore`]) or, for a
-//!   service without one, the process's memory — with a history of who changed what and why
+//!   one flag (or adds one) in a [`FlagStore`] — the service's database (`SqlStore`), its Redis
+//!   (`RedisStore`) or the process's memory ([`MemoryStore`]) — with a history of who changed what and why
 //!   ([`Flags::history`]). [`Flags::sync`] polls the store, so every replica applies a change
 //!   within its poll interval; [`Flags::subscribe`] tells code that must react.
 //!
@@ -46,6 +46,8 @@
 mod config;
 mod error;
 mod model;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod rules;
 #[cfg(feature = "sql")]
 mod sql;
@@ -67,6 +69,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::{FeaturesConfig, StoreConfig, StoreKind};
 pub use error::{FlagProblem, FlagsError};
 pub use model::{FlagDef, Rules, Strategy, bucket};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 pub use rules::{Condition, MAX_DEPTH, MAX_LIST, Window};
 #[cfg(feature = "sql")]
 pub use sql::{SqlStore, migrations};
@@ -371,7 +375,7 @@ impl Flags {
         self.rebuild(&layers);
     }
 
-    /// What keeps the overrides: `memory` or `database`.
+    /// What keeps the overrides: `memory`, `database` or `redis`.
     pub fn store_kind(&self) -> &'static str {
         lock(&self.inner.store).kind()
     }
@@ -858,7 +862,7 @@ pub struct FlagsReport {
 /// The override store, as [`FlagsReport`] shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreReport {
-    /// `memory` (this process only) or `database` (every replica).
+    /// `memory` (this process only), `database` or `redis` (every replica).
     pub kind: &'static str,
     /// The version of the overrides in effect.
     pub version: i64,

@@ -6,8 +6,9 @@
 //! cheap read) and reloads the overrides when it moved, so a change made on one replica is in
 //! effect on every other within one poll interval.
 //!
-//! Two stores come with Keel: [`MemoryStore`], the default, which only the process sees, and,
-//! with the `sql` feature, [`SqlStore`](crate::SqlStore) in the service's database.
+//! Three stores come with Keel: [`MemoryStore`], the default, which only the process sees; with
+//! the `sql` feature, `SqlStore` in the service's database; with the `redis` feature,
+//! `RedisStore` in its Redis.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,7 +84,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 
 /// Keeps overrides and their history; shared by every replica of a service.
 pub trait FlagStore: Send + Sync + 'static {
-    /// What it is, for `/admin/flags` (`memory`, `database`).
+    /// What it is, for `/admin/flags` (`memory`, `database`, `redis`).
     fn kind(&self) -> &'static str;
     /// The current version: a cheap read, polled.
     fn version(&self) -> StoreFuture<'_, i64>;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use keel::data::{Backend, DatabaseConfig, Db};
 use keel::features::{EvalContext, FlagDef, Flags, FlagsOptions, SqlStore, StoreConfig};
+use keel::redis::{Redis, RedisConfig};
 use keel::telemetry::Metrics;
-use keel::testing::{TestDatabase, mysql_url, postgres_url, require};
+use keel::testing::{TestDatabase, TestRedis, mysql_url, postgres_url, redis_url, require};
 use tokio_util::sync::CancellationToken;
 
 const FILE: &str = "feed.live: {enabled: false, description: the live feed}\n";
@@ -25,15 +26,19 @@ fn on() -> FlagDef {
     FlagDef { enabled: true, ..Default::default() }
 }
 
-async fn shared_overrides(url: &str) {
+async fn on_sql(url: &str) {
     sqlx::any::install_default_drivers();
     let backend = Backend::from_url(url).unwrap();
     let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url).await.unwrap();
     keel::features::migrations().run(&pool, backend).await.unwrap();
     pool.close().await;
-
     let (a, _da) = replica(url).await;
     let (b, _db) = replica(url).await;
+    shared_overrides(&a, &b, "database").await;
+}
+
+/// Two instances with their own store handles on one store, as two replicas.
+async fn shared_overrides(a: &Flags, b: &Flags, kind: &str) {
     a.refresh().await.unwrap();
     b.refresh().await.unwrap();
     let stop = CancellationToken::new();
@@ -90,14 +95,14 @@ async fn shared_overrides(url: &str) {
     let (ra, rb) = (a.report_under("race"), b.report_under("race"));
     assert_eq!(ra.flags[0].def, rb.flags[0].def);
     assert_eq!(ra.flags[0].def, history[0].after.clone().unwrap(), "the newest change is in effect");
-    assert_eq!(ra.store.kind, "database");
+    assert_eq!(ra.store.kind, kind);
     stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overrides_are_shared_on_sqlite() {
     let db = TestDatabase::sqlite().unwrap();
-    shared_overrides(db.url()).await;
+    on_sql(db.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -106,7 +111,7 @@ async fn overrides_are_shared_on_postgres() {
         return;
     }
     let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
-    shared_overrides(db.url()).await;
+    on_sql(db.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -115,5 +120,25 @@ async fn overrides_are_shared_on_mariadb() {
         return;
     }
     let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
-    shared_overrides(db.url()).await;
+    on_sql(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overrides_are_shared_on_redis() {
+    let url = redis_url();
+    if !require("Redis", &url) {
+        return;
+    }
+    let keys = TestRedis::new(&url);
+    let replica = || async {
+        let mut cfg = RedisConfig::default();
+        cfg.key_prefix = Some(keys.prefix().to_owned());
+        let redis = Redis::new("flags-test", &url, &cfg, &Metrics::new()).unwrap();
+        redis.clone().connect_in_background(CancellationToken::new()).await;
+        let flags = Flags::from_yaml(FILE, FlagsOptions::new("production")).unwrap();
+        flags.attach(Arc::new(keel::features::RedisStore::new(redis)));
+        flags
+    };
+    let (a, b) = (replica().await, replica().await);
+    shared_overrides(&a, &b, "redis").await;
 }

@@ -38,6 +38,16 @@ impl<C: Section> Setup<C> {
             }
         });
         self.redis = Some(redis.clone());
+        // `auto` prefers the database: Redis keeps the flags' overrides only while no database does.
+        let kind = self.config.keel.features.store.kind;
+        let take = match kind {
+            keel_features::StoreKind::Redis => true,
+            keel_features::StoreKind::Auto => self.features.store_kind() == "memory",
+            _ => false,
+        };
+        if take {
+            self.features.attach(std::sync::Arc::new(keel_features::RedisStore::new(redis.clone())));
+        }
         Ok(redis)
     }
 }

@@ -56,15 +56,16 @@ impl<C: Section> Setup<C> {
     }
 
     /// Keeps the flags' runtime overrides in `db` (`features.store.kind` `auto` or `database`),
-    /// in the tables the service's migrations create, and follows them every
-    /// `features.store.poll_interval`.
+    /// in the tables the service's migrations create; the `feature-flags-sync` task follows them
+    /// every `features.store.poll_interval`.
     fn flag_store(&mut self, db: &keel_data::Db) -> Result<(), SetupError> {
-        let cfg = self.config.keel.features.store.clone();
-        if cfg.kind == keel_features::StoreKind::Memory {
+        use keel_features::StoreKind;
+        let kind = self.config.keel.features.store.kind;
+        if !matches!(kind, StoreKind::Auto | StoreKind::Database) {
             return Ok(());
         }
         if self.migrations.is_none() {
-            if cfg.kind == keel_features::StoreKind::Database {
+            if kind == StoreKind::Database {
                 return Err(misconfigured(
                     "features.store.kind",
                     "`database` needs the service's migrations (Service::migrations), which create the flag tables",
@@ -73,8 +74,6 @@ impl<C: Section> Setup<C> {
             return Ok(());
         }
         self.features.attach(std::sync::Arc::new(keel_features::SqlStore::new(db.clone())));
-        let flags = self.features.clone();
-        self.task("feature-flags-sync", move |stop| flags.sync(cfg.poll_interval, stop));
         Ok(())
     }
 }
