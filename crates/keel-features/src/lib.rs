@@ -136,17 +136,26 @@ pub struct FlagsOptions {
     environment: String,
     metrics: Option<Metrics>,
     reloads: Option<ReloadLog>,
+    defaults: Option<&'static str>,
 }
 
 impl FlagsOptions {
     /// Evaluations without an explicit environment use `environment` (the service profile).
     pub fn new(environment: impl Into<String>) -> Self {
-        Self { environment: environment.into(), metrics: None, reloads: None }
+        Self { environment: environment.into(), metrics: None, reloads: None, defaults: None }
     }
 
     /// Report `feature_flag_evaluations_total` and `feature_flags_reloads_total` here.
     pub fn metrics(mut self, metrics: &Metrics) -> Self {
         self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// The service's built-in flags (YAML, the file's format): the layer under the file, so a
+    /// capability the code ships behind a flag has its reviewed default without any file, and
+    /// a file only lists what it changes.
+    pub fn defaults(mut self, yaml: &'static str) -> Self {
+        self.defaults = Some(yaml);
         self
     }
 
@@ -171,7 +180,7 @@ impl FlagMetrics {
         let evaluations = IntCounterVec::new(
             Opts::new(
                 "feature_flag_evaluations_total",
-                "Feature flag evaluations by flag and result (on, off); unknown flags count as flag=\"_unknown\".",
+                "Feature flag evaluations by flag and result (on, off); flags nobody defined count under the flag _unknown.",
             ),
             &["flag", "result"],
         )?;
@@ -203,11 +212,13 @@ impl FlagMetrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
+    /// The service's built-in defaults ([`FlagsOptions::defaults`]).
+    Default,
     /// The flags file.
     File,
-    /// A runtime override of a flag the file defines.
+    /// A runtime override of a flag the defaults or the file define.
     Override,
-    /// A runtime override of a flag the file does not define.
+    /// A runtime override of a flag only the override defines.
     Runtime,
 }
 
@@ -226,6 +237,7 @@ struct Snapshot {
 
 /// The two layers the set is made of: the file and the store's overrides over it.
 struct Layers {
+    defaults: BTreeMap<String, FlagDef>,
     file: BTreeMap<String, FlagDef>,
     file_hash: [u8; 32],
     overrides: Overrides,
@@ -345,6 +357,11 @@ impl Flags {
             })?),
             None => None,
         };
+        let defaults = match options.defaults {
+            Some(yaml) => model::parse(yaml)
+                .map_err(|problems| FlagsError::Invalid { origin: "<built-in defaults>".into(), problems })?,
+            None => BTreeMap::new(),
+        };
         let hash = sha256(text.as_bytes());
         let flags = Self {
             inner: Arc::new(Inner {
@@ -353,7 +370,7 @@ impl Flags {
                 environment: options.environment,
                 metrics,
                 reloads: options.reloads,
-                layers: Mutex::new(Layers { file: defs, file_hash: hash, overrides: Overrides::default() }),
+                layers: Mutex::new(Layers { defaults, file: defs, file_hash: hash, overrides: Overrides::default() }),
                 seen: Mutex::new(Some(Seen::Content(hash))),
                 store: Mutex::new(Arc::new(MemoryStore::default())),
                 store_status: Mutex::default(),
@@ -389,17 +406,21 @@ impl Flags {
     /// `/admin/flags`).
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let store = self.store();
+        if !store.ready() && lock(&self.inner.store_status).synced_at.is_none() {
+            // Still connecting or migrating at start-up: readiness says so; nothing to report.
+            return Ok(());
+        }
         let known = lock(&self.inner.layers).overrides.version;
         let result = match store.version().await {
             Ok(v) if v == known => Ok(None),
-            Ok(_) => store.load().await.map(Some),
+            Ok(v) => store.load().await.map(|o| Some((o, v < known))),
             Err(e) => Err(e),
         };
         let mut status = lock(&self.inner.store_status);
         match result {
             Ok(loaded) => {
-                if let Some(overrides) = loaded {
-                    self.apply_overrides(overrides);
+                if let Some((overrides, reset)) = loaded {
+                    self.apply_overrides(overrides, reset);
                 }
                 if status.error.take().is_some() {
                     tracing::info!("feature flag store readable again");
@@ -421,10 +442,19 @@ impl Flags {
         }
     }
 
-    fn apply_overrides(&self, mut overrides: Overrides) {
+    /// Applies `overrides` unless a newer version is already applied. `reset`: the store's
+    /// version went back (a Redis that lost its data, a table restored from a backup), so its
+    /// content is the truth whatever its version.
+    fn apply_overrides(&self, mut overrides: Overrides, reset: bool) {
         let mut layers = lock(&self.inner.layers);
-        if overrides.version < layers.overrides.version {
-            // A slower read that lost the race to a newer one.
+        if reset {
+            tracing::warn!(
+                from = layers.overrides.version,
+                to = overrides.version,
+                "feature flag store version went back; applying its content as it is"
+            );
+        } else if overrides.version <= layers.overrides.version {
+            // A slower read that lost the race to a newer one (or one that saw nothing new).
             return;
         }
         overrides.flags.retain(|key, o| match model::check_one(key, &o.def) {
@@ -537,9 +567,10 @@ impl Flags {
     /// Called with the layers locked, so rebuilds are serialized.
     fn rebuild(&self, layers: &Layers) {
         let mut merged: BTreeMap<String, (FlagDef, Source)> =
-            layers.file.iter().map(|(k, d)| (k.clone(), (d.clone(), Source::File))).collect();
+            layers.defaults.iter().map(|(k, d)| (k.clone(), (d.clone(), Source::Default))).collect();
+        merged.extend(layers.file.iter().map(|(k, d)| (k.clone(), (d.clone(), Source::File))));
         for (k, o) in &layers.overrides.flags {
-            let source = if layers.file.contains_key(k) { Source::Override } else { Source::Runtime };
+            let source = if merged.contains_key(k) { Source::Override } else { Source::Runtime };
             merged.insert(k.clone(), (o.def.clone(), source));
         }
         let flags = model::compile(merged, |k| self.handles(k));
@@ -729,7 +760,9 @@ impl Flags {
         let snapshot = self.inner.current.load();
         let (file_defs, overrides) = {
             let layers = lock(&self.inner.layers);
-            (layers.file.clone(), layers.overrides.clone())
+            let mut under = layers.defaults.clone();
+            under.extend(layers.file.clone());
+            (under, layers.overrides.clone())
         };
         let mut flags: Vec<FlagReport> = snapshot
             .flags
@@ -882,7 +915,7 @@ pub struct FlagReport {
     pub def: FlagDef,
     /// Where that definition comes from.
     pub source: Source,
-    /// The file's definition, while an override replaces it.
+    /// The definition an override replaces (the file's, or the built-in default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_default: Option<FlagDef>,
     /// Who set the override in effect.

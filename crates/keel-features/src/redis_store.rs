@@ -92,6 +92,10 @@ impl FlagStore for RedisStore {
         "redis"
     }
 
+    fn ready(&self) -> bool {
+        self.redis.is_available()
+    }
+
     fn version(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
             let v: Option<i64> = self.redis.query(redis::cmd("GET").arg(&self.version)).await.map_err(unavailable)?;

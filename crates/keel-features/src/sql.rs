@@ -45,6 +45,14 @@ impl SqlStore {
     ) -> Result<Option<FlagChange>, Failure> {
         let db = &self.db;
         let mut tx = db.begin_write().await.map_err(|e| Failure::Fatal(unavailable(e)))?;
+        // First, so writers queue here: versions follow commit order, and the override read
+        // below is the one the previous writer committed.
+        sqlx::query(db.statement("UPDATE keel_flag_version SET version = version + 1 WHERE id = 1"))
+            .execute(db.on(&mut *tx))
+            .await?;
+        let id: i64 = sqlx::query_scalar(db.statement("SELECT version FROM keel_flag_version WHERE id = 1"))
+            .fetch_one(db.on(&mut *tx))
+            .await?;
         let lock = match db.backend() {
             Backend::Sqlite => "",
             Backend::Postgres | Backend::MySql => " FOR UPDATE",
@@ -56,6 +64,7 @@ impl SqlStore {
         .fetch_optional(db.on(&mut *tx))
         .await?;
         if before.is_none() && def.is_none() {
+            // Nothing to record: the rollback returns the version.
             return Ok(None);
         }
         let before = before.map(|text| decode(key, &text)).transpose().map_err(Failure::Fatal)?;
@@ -63,35 +72,19 @@ impl SqlStore {
         let after_text = def.map(encode).transpose()?;
         let before_text = before.as_ref().map(encode).transpose()?;
         let (actor, reason, at_ms) = (bounded(actor), bounded(reason), now_ms());
-        let insert = "INSERT INTO keel_flag_changes (flag_key, before_definition, after_definition, actor, reason, at) \
-                      VALUES ($1, $2, $3, $4, $5, $6)";
-        let id: i64 = match db.backend() {
-            Backend::MySql => {
-                sqlx::query(db.statement(insert))
-                    .bind(key)
-                    .bind(before_text)
-                    .bind(after_text.clone())
-                    .bind(actor)
-                    .bind(reason)
-                    .bind(at_ms)
-                    .execute(db.on(&mut *tx))
-                    .await?;
-                sqlx::query_scalar(db.statement("SELECT CAST(LAST_INSERT_ID() AS SIGNED)"))
-                    .fetch_one(db.on(&mut *tx))
-                    .await?
-            }
-            Backend::Postgres | Backend::Sqlite => {
-                sqlx::query_scalar(db.statement(&format!("{insert} RETURNING id")))
-                    .bind(key)
-                    .bind(before_text)
-                    .bind(after_text.clone())
-                    .bind(actor)
-                    .bind(reason)
-                    .bind(at_ms)
-                    .fetch_one(db.on(&mut *tx))
-                    .await?
-            }
-        };
+        sqlx::query(db.statement(
+            "INSERT INTO keel_flag_changes (id, flag_key, before_definition, after_definition, actor, reason, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ))
+        .bind(id)
+        .bind(key)
+        .bind(before_text)
+        .bind(after_text.clone())
+        .bind(actor)
+        .bind(reason)
+        .bind(at_ms)
+        .execute(db.on(&mut *tx))
+        .await?;
         sqlx::query(db.statement("DELETE FROM keel_flag_overrides WHERE flag_key = $1"))
             .bind(key)
             .execute(db.on(&mut *tx))
@@ -149,9 +142,13 @@ impl FlagStore for SqlStore {
         "database"
     }
 
+    fn ready(&self) -> bool {
+        self.db.is_available() && self.db.migrations_current()
+    }
+
     fn version(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
-            sqlx::query_scalar(self.db.statement("SELECT COALESCE(MAX(id), 0) FROM keel_flag_changes"))
+            sqlx::query_scalar(self.db.statement("SELECT version FROM keel_flag_version WHERE id = 1"))
                 .fetch_one(self.db.exec())
                 .await
                 .map_err(unavailable)
@@ -173,7 +170,15 @@ impl FlagStore for SqlStore {
             for row in rows {
                 let key: String = row.try_get(0).map_err(unavailable)?;
                 let text: String = row.try_get(1).map_err(unavailable)?;
-                let def = decode(&key, &text)?;
+                // One unreadable row (written by hand, or by a newer version) is skipped, not
+                // allowed to stop every other override from applying.
+                let def = match decode(&key, &text) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping a flag override this version cannot read");
+                        continue;
+                    }
+                };
                 let updated_by: String = row.try_get(2).map_err(unavailable)?;
                 let updated_at_ms: i64 = row.try_get(3).map_err(unavailable)?;
                 flags.insert(key, Override { def, updated_by, updated_at_ms });

@@ -86,6 +86,11 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 pub trait FlagStore: Send + Sync + 'static {
     /// What it is, for `/admin/flags` (`memory`, `database`, `redis`).
     fn kind(&self) -> &'static str;
+    /// Whether it can be read yet: a store whose connection or tables are still being set up
+    /// is not polled (its service's readiness says why), rather than reported failing.
+    fn ready(&self) -> bool {
+        true
+    }
     /// The current version: a cheap read, polled.
     fn version(&self) -> StoreFuture<'_, i64>;
     /// Every override, with the version they are at.

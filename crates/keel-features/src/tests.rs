@@ -483,3 +483,63 @@ async fn sync_follows_another_replica() {
     eventually("b applies a's override", || b.is_enabled("killed", &ctx())).await;
     stop.cancel();
 }
+
+/// A store that can be replaced wholesale, as a Redis that lost its data.
+#[derive(Default)]
+struct Replaceable {
+    inner: Mutex<Arc<MemoryStore>>,
+}
+
+impl Replaceable {
+    fn current(&self) -> Arc<MemoryStore> {
+        self.inner.lock().unwrap().clone()
+    }
+}
+
+impl FlagStore for Replaceable {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+    fn version(&self) -> store::StoreFuture<'_, i64> {
+        let s = self.current();
+        Box::pin(async move { s.version().await })
+    }
+    fn load(&self) -> store::StoreFuture<'_, store::Overrides> {
+        let s = self.current();
+        Box::pin(async move { s.load().await })
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        def: Option<&'a FlagDef>,
+        actor: &'a str,
+        reason: &'a str,
+    ) -> store::StoreFuture<'a, Option<FlagChange>> {
+        let s = self.current();
+        Box::pin(async move { s.set(key, def, actor, reason).await })
+    }
+    fn history<'a>(&'a self, key: Option<&'a str>, limit: u32) -> store::StoreFuture<'a, Vec<FlagChange>> {
+        let s = self.current();
+        Box::pin(async move { s.history(key, limit).await })
+    }
+}
+
+#[tokio::test]
+async fn a_store_whose_version_went_back_is_followed() {
+    let store = Arc::new(Replaceable::default());
+    let (a, b) = (flags("production"), flags("production"));
+    a.attach(store.clone());
+    b.attach(store.clone());
+    for reason in ["one", "two", "three"] {
+        a.set_override("killed", on(), "ops", reason).await.unwrap();
+    }
+    b.refresh().await.unwrap();
+    assert!(b.is_enabled("killed", &ctx()));
+    // The store loses everything; its version restarts below what the replicas know.
+    *store.inner.lock().unwrap() = Arc::new(MemoryStore::default());
+    a.set_override("simple_on", FlagDef::default(), "ops", "after the loss").await.unwrap();
+    b.refresh().await.unwrap();
+    assert!(!b.is_enabled("simple_on", &ctx()), "the new change applies on the other replica");
+    assert!(!b.is_enabled("killed", &ctx()), "the lost override is gone: the file's definition is back");
+    assert!(!a.is_enabled("simple_on", &ctx()), "and on the replica that made it");
+}

@@ -35,6 +35,22 @@ async fn on_sql(url: &str) {
     let (a, _da) = replica(url).await;
     let (b, _db) = replica(url).await;
     shared_overrides(&a, &b, "database").await;
+
+    // A row this version cannot read (written by hand) is skipped; the others still apply.
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO keel_flag_overrides (flag_key, definition, change_id, updated_by, updated_at) \
+         VALUES ('broken.flag', '{\"enabled\": tru', 0, 'hand', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    a.set_override("feed.live", on(), "ops", "after the bad row").await.unwrap();
+    b.refresh().await.unwrap();
+    assert!(b.is_enabled("feed.live", &EvalContext::new()), "the readable override applies");
+    assert!(!b.is_enabled("broken.flag", &EvalContext::new()));
+    assert!(b.report().store.error.is_none(), "{:?}", b.report().store.error);
 }
 
 /// Two instances with their own store handles on one store, as two replicas.

@@ -343,6 +343,14 @@ impl Db {
         Traced::new(self, executor)
     }
 
+    /// Whether the service's tables are known to be in place: its migrations were applied or
+    /// found current (always true for a database without migrations). Libraries that keep
+    /// tables in it wait for this before they read them.
+    pub fn migrations_current(&self) -> bool {
+        let needs = self.inner.migrations.as_ref().is_some_and(|m| m.covers(self.inner.backend) && !m.is_empty());
+        !needs || self.inner.migrations_checked.load(Ordering::Relaxed)
+    }
+
     /// Whether the database is believed reachable (last connection attempt or check succeeded).
     pub fn is_available(&self) -> bool {
         self.inner.available.is_up()

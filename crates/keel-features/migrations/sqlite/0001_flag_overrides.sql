@@ -1,5 +1,11 @@
--- Runtime overrides of feature flags (one row per overridden flag) and their history; every
--- replica polls MAX(id) of the history to learn of a change.
+-- Runtime overrides of feature flags (one row per overridden flag) and their history. A change
+-- bumps the one row of keel_flag_version first, in its transaction: writers queue on that row, so
+-- versions follow commit order, and every replica polls it to learn of a change.
+CREATE TABLE IF NOT EXISTS keel_flag_version (
+    id INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO keel_flag_version (id, version) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS keel_flag_overrides (
     flag_key TEXT PRIMARY KEY,
     definition TEXT NOT NULL,
@@ -8,7 +14,7 @@ CREATE TABLE IF NOT EXISTS keel_flag_overrides (
     updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS keel_flag_changes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     flag_key TEXT NOT NULL,
     before_definition TEXT,
     after_definition TEXT,
