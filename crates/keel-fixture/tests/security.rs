@@ -157,10 +157,21 @@ async fn the_audit_log_is_listed_filtered_and_exported_on_the_management_listene
     assert!(future["items"].as_array().unwrap().is_empty());
 
     // Bad input is a 400 naming the field.
-    for bad in ["since=yesterday", "limit=0", "limit=5000", "format=xml", "before=-1"] {
+    for bad in [
+        "since=yesterday",
+        "limit=0",
+        "limit=5000",
+        "format=xml",
+        "before=-1",
+        "format=csv&since=yesterday",
+        "format=jsonl&until=2026-13-45",
+    ] {
         let r = get(&format!("/admin/audit?{bad}")).send().await.unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(r.status(), 400, "{bad}: an export refuses a bad filter before it starts");
         assert_eq!(r.headers()["content-type"], "application/problem+json", "{bad}");
+        let problem: Value = r.json().await.unwrap();
+        let field = bad.rsplit('&').next().unwrap().split('=').next().unwrap();
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
 
     // Exports: every matching row, as a download.

@@ -157,6 +157,15 @@ fn parse(q: &AuditQuery, headers: &HeaderMap) -> Result<(AuditFilter, Format), P
     if q.before.is_some_and(|b| b < 1) {
         return Err(bad("before", "must be a row id (1 or more)"));
     }
+    // Checked here, not only by the log: an export has sent its 200 before it reads a row.
+    for (field, value) in [("since", &q.since), ("until", &q.until)] {
+        if let Some(t) = given(value) {
+            let full = if t.len() == 10 { format!("{t}T00:00:00Z") } else { t };
+            if humantime::parse_rfc3339_weak(&full).is_err() {
+                return Err(bad(field, "must be a UTC RFC 3339 time (2026-11-28T10:00:00Z) or a date (2026-11-28)"));
+            }
+        }
+    }
     let format = match q.format.as_deref() {
         Some("html") => Format::Html,
         Some("json") => Format::Json,
@@ -308,8 +317,8 @@ fn csv_line(r: &AuditRow) -> String {
 const CSV_HEADER: &str = "id,at,actor,action,target,outcome,details,key_id,hash\r\n";
 
 /// Every row `filter` selects, read a page at a time as the body is sent (a download). A read
-/// that fails mid-way ends the body early: the client sees a truncated transfer, not a
-/// complete-looking file.
+/// that fails mid-way, or an export that reaches [`MAX_EXPORT`] rows with more to come, ends
+/// the body with an error: the client sees a truncated transfer, not a complete-looking file.
 fn export(source: Arc<dyn AuditSource>, filter: AuditFilter, format: Format, service: &str) -> Response {
     struct State {
         source: Arc<dyn AuditSource>,
@@ -326,8 +335,15 @@ fn export(source: Arc<dyn AuditSource>, filter: AuditFilter, format: Format, ser
             st.header = false;
             return Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(CSV_HEADER.as_bytes())), st));
         }
-        if st.done || st.written >= MAX_EXPORT {
+        if st.done {
             return None;
+        }
+        if st.written >= MAX_EXPORT {
+            tracing::warn!(rows = st.written, "an audit log export stopped at its limit: narrow the range");
+            return Some((
+                Err(std::io::Error::other("the export reached its limit; narrow the time range")),
+                State { done: true, ..st },
+            ));
         }
         let rows = match st.source.list(st.filter.clone()).await {
             Ok(rows) => rows,

@@ -583,10 +583,28 @@ impl AuditLog {
         let mut sql = String::from(
             "SELECT id, at, actor, action, target, outcome, details, hash, key_id FROM audit_log WHERE 1 = 1",
         );
+        let backend = self.backend;
         let mut binds: Vec<String> = Vec::new();
+        // Text is compared byte for byte whatever the columns' collation: MySQL's default ones
+        // ignore case and accents, and linguistic ones sort punctuation apart from letters, which
+        // would make exact criteria loose and a prefix range wrong.
+        let exact = |column: &str| match backend {
+            Backend::Postgres => format!("{column} COLLATE \"C\""),
+            Backend::MySql => format!("BINARY {column}"),
+            Backend::Sqlite => column.to_owned(),
+        };
         let mut cond = |sql: &mut String, column: &str, op: &str, value: String| {
+            if op == "=" {
+                // The plain comparison too, so an index on the column serves it.
+                binds.push(value.clone());
+                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+            }
             binds.push(value);
-            sql.push_str(&format!(" AND {column} {op} ${}", binds.len()));
+            let rhs = match backend {
+                Backend::MySql => format!("BINARY ${}", binds.len()),
+                Backend::Postgres | Backend::Sqlite => format!("${}", binds.len()),
+            };
+            sql.push_str(&format!(" AND {} {op} {rhs}", exact(column)));
         };
         if let Some(actor) = &filter.actor {
             cond(&mut sql, "actor", "=", actor.clone());
@@ -594,8 +612,8 @@ impl AuditLog {
         match filter.action.as_deref() {
             Some(a) if a.ends_with('*') || a.ends_with('.') => {
                 let prefix = a.trim_end_matches('*');
-                // A prefix as a range (`moderation.` ≤ action < `moderation/`), not LIKE: nothing
-                // to escape, and an index serves it.
+                // A prefix as a byte range (`moderation.` ≤ action < `moderation/`), not LIKE:
+                // nothing to escape.
                 let mut chars: Vec<char> = prefix.chars().collect();
                 if let Some(last) = chars.pop() {
                     let next = char::from_u32(u32::from(last) + 1)

@@ -826,6 +826,16 @@ async fn audit_listing(url: &str) {
     assert_eq!((row.actor.as_str(), row.action.as_str(), row.outcome.as_str()), ("user:1", "auth.login", "success"));
     assert_eq!(row.details, json!({"ip": "10.0.0.1"}));
     assert_eq!(row.hash.len(), 64);
+
+    // Criteria compare bytes, whatever the columns' collation: case counts, and a prefix ending
+    // in `z` (whose range ends at `{`, which linguistic collations sort before letters) works.
+    log.record("USER:1", "auth.zap", "user:1", Outcome::Success, json!({})).await.unwrap();
+    log.record("user:1", "Auth.zip", "user:1", Outcome::Success, json!({})).await.unwrap();
+    assert_eq!(ids(AuditFilter { actor: Some("USER:1".into()), ..Default::default() }).await, vec![7]);
+    assert_eq!(ids(AuditFilter { actor: Some("user:1".into()), ..Default::default() }).await, vec![8, 4, 1]);
+    assert_eq!(ids(AuditFilter { action: Some("auth.z*".into()), ..Default::default() }).await, vec![7]);
+    assert_eq!(ids(AuditFilter { action: Some("auth.zap".into()), ..Default::default() }).await, vec![7]);
+    assert_eq!(ids(AuditFilter { action: Some("AUTH.ZAP".into()), ..Default::default() }).await, Vec::<i64>::new());
     pool.close().await;
 }
 

@@ -203,7 +203,7 @@ async fn link_signed_in(s: &AppState, v: &Verified, user_id: &str, ip: &str) -> 
     if v.link_session_version != i64::try_from(row.session_version).ok() {
         return Err(problem(s, &v.provider, OidcError::Refused("the session that started the link has ended".into())));
     }
-    link(s, v, &row, None).await?;
+    link(s, v, &row, None, v.link_session_version).await?;
     let target = user_target(&row.id);
     let details = json!({ "provider": v.provider, "ip": ip });
     s.accounts.audit(&target, "auth.identity_linked", &target, Audited::Success, details).await;
@@ -211,10 +211,30 @@ async fn link_signed_in(s: &AppState, v: &Verified, user_id: &str, ip: &str) -> 
     Ok(Outcome::Linked { provider: v.provider.clone(), next: v.next.clone() })
 }
 
-/// Links `v`'s account to `row` (spending `offer` in the same transaction when given).
-async fn link(s: &AppState, v: &Verified, row: &UserRow, offer: Option<&str>) -> Result<(), Problem> {
+/// Links `v`'s account to `row` (spending `offer` in the same transaction when given). With
+/// `sessions_at`, only while the account's session version is still that one, checked with the
+/// account's row locked: a "log out everywhere" or password change committed meanwhile ends the
+/// link, however close the two are.
+async fn link(
+    s: &AppState,
+    v: &Verified,
+    row: &UserRow,
+    offer: Option<&str>,
+    sessions_at: Option<i64>,
+) -> Result<(), Problem> {
     let db = &s.accounts.db;
     let mut tx = db.begin_write().await?;
+    if let Some(expected) = sessions_at {
+        let current =
+            crate::store::sessions::version_locked(db, &mut tx, &row.id.to_string()).await?.ok_or_else(not_found)?;
+        if current != expected {
+            return Err(problem(
+                s,
+                &v.provider,
+                OidcError::Refused("the session that started the link has ended".into()),
+            ));
+        }
+    }
     if let Some(offer) = offer
         && !store::spend_offer(db, &mut tx, offer).await?
     {
@@ -413,7 +433,7 @@ pub(crate) async fn confirm_link(
         link_session_version: None,
         next: offer.next_path,
     };
-    link(&s, &v, &row, Some(&offer_hash)).await?;
+    link(&s, &v, &row, Some(&offer_hash), None).await?;
     let details = json!({ "provider": v.provider, "ip": ip, "confirmed_by": "password" });
     s.accounts.audit(&target, "auth.identity_linked", &target, Audited::Success, details).await;
     s.metrics.oidc(&v.provider, OidcOutcome::Linked);
