@@ -351,7 +351,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
     let config_yaml = keel_telemetry::mask::scrub(&loaded.to_yaml()).into_owned();
     let has_database = service.has_database();
     let config = Arc::new(loaded.config);
-    let base = Base::new(service.build.clone(), config.keel.clone(), loaded.profile)?;
+    let base = Base::new(service.build.clone(), config.keel.clone(), loaded.profile, service.default_flags)?;
     let mut setup = Setup {
         name: base.build.name.clone(),
         checking,
@@ -461,14 +461,22 @@ struct Declared {
 }
 
 impl Base {
-    fn new(build: BuildInfo, keel: KeelConfig, profile: Profile) -> Result<Self, StartError> {
+    fn new(
+        build: BuildInfo,
+        keel: KeelConfig,
+        profile: Profile,
+        default_flags: Option<&'static str>,
+    ) -> Result<Self, StartError> {
         let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let metrics = Metrics::for_service(&build.name, &build.version, &build.commit)?;
         let health =
             Health::new(keel.health.interval, keel.health.ttl, Some(&metrics)).startup_grace(keel.health.startup_grace);
         let workers = Workers::new(Some(&metrics), Some(&health))?;
         let reloads = ReloadLog::default();
-        let flag_options = FlagsOptions::new(profile.as_str()).metrics(&metrics).reloads(reloads.clone());
+        let mut flag_options = FlagsOptions::new(profile.as_str()).metrics(&metrics).reloads(reloads.clone());
+        if let Some(yaml) = default_flags {
+            flag_options = flag_options.defaults(yaml);
+        }
         let flags = match &keel.features.file {
             Some(file) => Flags::open(file, flag_options)?,
             None => Flags::empty(flag_options)?,

@@ -1444,6 +1444,7 @@ async fn all_in_one_zero_setup() {
     let mail = Mailbox::Dir(platform.dir().join("data/mail"));
     moderation(&mut platform, mail, &email).await;
     business_metrics(&platform).await;
+    capabilities_flip_at_runtime(&platform).await;
 
     // The data directory and everything in it are the owner's only: accounts, tokens, secrets.
     {
@@ -1512,6 +1513,55 @@ async fn operator_page(platform: &mut Platform) {
         );
     }
     assert!(dom.contains("<h2>Overview</h2>"), "{dom}");
+}
+
+/// A capability behind a flag (the personal feed) turned off, then on for one user only, then
+/// back to its default, through the gateway's management API: the site and the API follow at
+/// once, without a restart, and the change is in the flag's history.
+async fn capabilities_flip_at_runtime(platform: &Platform) {
+    let secrets: Value =
+        serde_json::from_str(&std::fs::read_to_string(platform.dir().join("data/dev-secrets.json")).unwrap()).unwrap();
+    let token = secrets["admin_token"].as_str().unwrap().to_owned();
+    let gateway = management_addrs(platform).into_iter().find(|(s, _)| s.ends_with("-gateway")).unwrap().1;
+    let flag = format!("http://{gateway}/admin/flags/cityevents.feed.for_you");
+    let api = Api { http: client(), base: platform.base.clone(), mail: Mailbox::Unread };
+    let (fan, other) = (api.register_unverified("flagfan").await, api.register_unverified("flagother").await);
+    let feed = |u: &User| {
+        let (api, access) = (&api, u.access.clone());
+        async move { api.get("/api/v1/me/feed", Some(&access)).await.status }
+    };
+    let page = || async {
+        client().get(platform.url("/feed/for-you")).header("accept", "text/html").send().await.unwrap().status()
+    };
+    let shown: Value = client().get(&flag).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!((shown["source"].as_str(), shown["enabled"].as_bool()), (Some("default"), Some(true)), "{shown}");
+    assert_eq!(feed(&fan).await, StatusCode::OK);
+    assert_ne!(page().await, StatusCode::NOT_FOUND);
+
+    let set = |def: Value, reason: &str| {
+        let body = json!({"flag": def, "reason": reason});
+        client().put(&flag).bearer_auth(&token).json(&body).send()
+    };
+    assert_eq!(set(json!({"enabled": false}), "e2e: off").await.unwrap().status(), StatusCode::OK);
+    let off = api.get("/api/v1/me/feed", Some(&fan.access)).await;
+    assert_eq!(off.problem(404)["code"], "capability_off");
+    assert_eq!(page().await, StatusCode::NOT_FOUND, "the page follows the same flag");
+
+    // On for one user: evaluated per caller, from the verified token.
+    let only_fan = json!({"enabled": true, "strategy": "user", "rules": {"users": [fan.id]}});
+    assert_eq!(set(only_fan, "e2e: one user").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(feed(&fan).await, StatusCode::OK);
+    assert_eq!(feed(&other).await, StatusCode::NOT_FOUND);
+
+    let back =
+        client().delete(&flag).bearer_auth(&token).json(&json!({"reason": "e2e: default"})).send().await.unwrap();
+    assert_eq!(back.status(), StatusCode::NO_CONTENT);
+    assert_eq!(feed(&other).await, StatusCode::OK);
+    let history: Value =
+        client().get(format!("{flag}/history")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let reasons: Vec<&str> =
+        history["changes"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["e2e: default", "e2e: one user", "e2e: off"]);
 }
 
 /// Each service's management address, from its `listening` line.

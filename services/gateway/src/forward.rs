@@ -65,6 +65,8 @@ pub(crate) struct Gateway {
     pub(crate) origin: crate::origin::Origin,
     /// Event page views waiting to be sent (the trending feed).
     pub(crate) views: crate::views::Views,
+    /// The gateway's flags: which capabilities are on ([`crate::capabilities`]).
+    pub(crate) flags: keel::features::Flags,
 }
 
 impl Gateway {

@@ -48,6 +48,7 @@
 //! is Keel's (`cors.*`).
 
 mod calendar;
+pub mod capabilities;
 mod catchup;
 mod compose;
 mod edge;
@@ -259,7 +260,14 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
             (EVENT_CALENDAR_PATH, _) => {
                 method_router.on(route.verb.filter(), move |req: Request| calendar::event(gw, req))
             }
-            (FOR_YOU_PATH, _) => method_router.on(route.verb.filter(), move |req: Request| feed::route(gw, req)),
+            (FOR_YOU_PATH, _) => {
+                let gate = capabilities::Gate::new(&gw.flags, capabilities::FOR_YOU);
+                let handler = move |req: Request| feed::route(gw, req);
+                method_router.on(
+                    route.verb.filter(),
+                    handler.layer(axum::middleware::from_fn_with_state(gate, capabilities::gate)),
+                )
+            }
             (REPORTS_PATH, _) => {
                 method_router.on(route.verb.filter(), move |req: Request| reports::create(gw, route, req))
             }
@@ -270,10 +278,12 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
                 method_router.on(route.verb.filter(), move |req: Request| compose::list(gw, route, how, req))
             }
             _ => {
+                let gate = capabilities::Gate::new(&gw.flags, capabilities::UPLOADS);
                 let forward = move |req: Request| gw.forward(route, req);
                 if routes::is_upload(route) {
                     let limit = axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST);
-                    method_router.on(route.verb.filter(), forward.layer(limit))
+                    let gated = axum::middleware::from_fn_with_state(gate, capabilities::gate);
+                    method_router.on(route.verb.filter(), forward.layer(limit).layer(gated))
                 } else if routes::is_strict(route) {
                     method_router.on(route.verb.filter(), forward.layer(strict.clone()))
                 } else {
@@ -296,73 +306,77 @@ fn router(gw: &Arc<Gateway>, strict: &RateLimitLayer, document: &axum::body::Byt
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<GatewayConfig> {
-    cityevents_common::services::GATEWAY.service::<GatewayConfig>(keel::build_info!()).setup(|s| {
-        let document = openapi::document()?;
-        let served = axum::body::Bytes::from(
-            serde_json::to_vec(&document).map_err(|e| format!("the OpenAPI document does not serialize: {e}"))?,
-        );
-        let query_parameters = Arc::new(openapi::query_parameters(&document));
-        let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.name, s.jwt()?)?;
-        let mut clients = HashMap::new();
-        for (up, module) in Upstream::FORWARDED {
-            clients.insert(up, cityevents_common::upstream::client(s, module)?);
-        }
-        let searches = cityevents_common::upstream::client_for(
-            s,
-            "events_search",
-            &cityevents_common::services::EVENTS,
-            s.config().search.clone(),
-        )?;
-        let mut pictures = HashMap::new();
-        for (up, alias, module) in [
-            (Upstream::Events, "events_pictures", &cityevents_common::services::EVENTS),
-            (Upstream::Auth, "auth_pictures", &cityevents_common::services::AUTH),
-        ] {
-            let client = cityevents_common::upstream::client_for(s, alias, module, s.config().pictures.clone())?;
-            pictures.insert(up, client);
-        }
-        let limits = limits(s)?;
-        let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
-        let gw = Arc::new(Gateway {
-            clients,
-            searches,
-            pictures,
-            trusted_proxies: s.keel().http.trusted_proxies.clone(),
-            timeouts: s.config().upstream_timeouts.clone(),
-            origin: origin::Origin::new(s.config().web.public_url.as_deref(), secure_cookies),
-            views: views::Views::register(s.metrics())?,
-        });
-        let viewed = gw.clone();
-        s.worker(keel::workers::Worker::periodic("event-views", views::FLUSH_EVERY, move |_ctx| {
-            let gw = viewed.clone();
-            async move {
-                gw.views.flush(&gw).await;
-                Ok::<(), std::convert::Infallible>(())
+    cityevents_common::services::GATEWAY
+        .service::<GatewayConfig>(keel::build_info!())
+        .flags(capabilities::DEFAULTS)
+        .setup(|s| {
+            let document = openapi::document()?;
+            let served = axum::body::Bytes::from(
+                serde_json::to_vec(&document).map_err(|e| format!("the OpenAPI document does not serialize: {e}"))?,
+            );
+            let query_parameters = Arc::new(openapi::query_parameters(&document));
+            let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::GATEWAY.name, s.jwt()?)?;
+            let mut clients = HashMap::new();
+            for (up, module) in Upstream::FORWARDED {
+                clients.insert(up, cityevents_common::upstream::client(s, module)?);
             }
-        }))?;
-        // Web sessions are shared through Redis when the gateway has one (the distributed set-up).
-        let redis = if s.keel().redis.url.is_some() { Some(s.redis()?) } else { None };
-        // Live updates: every instance hears every join change (a fan-out subscription).
-        let live = live::Live::new();
-        let bus = s.bus()?;
-        s.consume(live.consumer(bus))?;
-        let (hub, flushed) = (live.clone(), gw.clone());
-        s.worker(keel::workers::Worker::periodic("live-counts", live::FLUSH_EVERY, move |_ctx| {
-            let (hub, gw) = (hub.clone(), flushed.clone());
-            async move {
-                hub.flush(&gw).await;
-                Ok::<(), std::convert::Infallible>(())
+            let searches = cityevents_common::upstream::client_for(
+                s,
+                "events_search",
+                &cityevents_common::services::EVENTS,
+                s.config().search.clone(),
+            )?;
+            let mut pictures = HashMap::new();
+            for (up, alias, module) in [
+                (Upstream::Events, "events_pictures", &cityevents_common::services::EVENTS),
+                (Upstream::Auth, "auth_pictures", &cityevents_common::services::AUTH),
+            ] {
+                let client = cityevents_common::upstream::client_for(s, alias, module, s.config().pictures.clone())?;
+                pictures.insert(up, client);
             }
-        }))?;
-        Ok(router(&gw, &limits.strict, &served)
-            .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
-            // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
-            .merge(web::router(gw.clone(), secure_cookies, &limits.strict, redis, live))
-            // Outermost first: the verifier for the extractors, then identify the caller,
-            // then count the request by client IP, then by user and IP, both in one Redis
-            // round trip (the strict routes count a third time, per IP, inside).
-            .layer(limits.ip.then(limits.api))
-            .layer(axum::middleware::from_fn_with_state(jwt.clone(), edge::identify))
-            .layer(jwt.extension()))
-    })
+            let limits = limits(s)?;
+            let secure_cookies = s.config().web.secure_cookies.unwrap_or(s.profile() != Profile::Development);
+            let gw = Arc::new(Gateway {
+                clients,
+                searches,
+                pictures,
+                trusted_proxies: s.keel().http.trusted_proxies.clone(),
+                timeouts: s.config().upstream_timeouts.clone(),
+                origin: origin::Origin::new(s.config().web.public_url.as_deref(), secure_cookies),
+                views: views::Views::register(s.metrics())?,
+                flags: s.features().clone(),
+            });
+            let viewed = gw.clone();
+            s.worker(keel::workers::Worker::periodic("event-views", views::FLUSH_EVERY, move |_ctx| {
+                let gw = viewed.clone();
+                async move {
+                    gw.views.flush(&gw).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            }))?;
+            // Web sessions are shared through Redis when the gateway has one (the distributed set-up).
+            let redis = if s.keel().redis.url.is_some() { Some(s.redis()?) } else { None };
+            // Live updates: every instance hears every join change (a fan-out subscription).
+            let live = live::Live::new();
+            let bus = s.bus()?;
+            s.consume(live.consumer(bus))?;
+            let (hub, flushed) = (live.clone(), gw.clone());
+            s.worker(keel::workers::Worker::periodic("live-counts", live::FLUSH_EVERY, move |_ctx| {
+                let (hub, gw) = (hub.clone(), flushed.clone());
+                async move {
+                    hub.flush(&gw).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            }))?;
+            Ok(router(&gw, &limits.strict, &served)
+                .route_layer(axum::middleware::from_fn_with_state(query_parameters, edge::known_query))
+                // The site's pages, and its fallback: the 404 page, or the API's 404 problem.
+                .merge(web::router(gw.clone(), secure_cookies, &limits.strict, redis, live))
+                // Outermost first: the verifier for the extractors, then identify the caller,
+                // then count the request by client IP, then by user and IP, both in one Redis
+                // round trip (the strict routes count a third time, per IP, inside).
+                .layer(limits.ip.then(limits.api))
+                .layer(axum::middleware::from_fn_with_state(jwt.clone(), edge::identify))
+                .layer(jwt.extension()))
+        })
 }

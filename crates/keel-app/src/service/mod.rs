@@ -128,6 +128,8 @@ pub struct Service<C = NoConfig> {
     pub(crate) tracing_layers: Vec<keel_telemetry::BoxLayer>,
     /// Whether the service keeps an audit log (`audit verify` is offered).
     pub(crate) audit_log: bool,
+    /// The service's built-in flags ([`Service::flags`]).
+    pub(crate) default_flags: Option<&'static str>,
     _config: PhantomData<fn() -> C>,
 }
 
@@ -159,6 +161,7 @@ impl Service<NoConfig> {
             config_defaults: Vec::new(),
             tracing_layers: Vec::new(),
             audit_log: false,
+            default_flags: None,
             _config: PhantomData,
         }
     }
@@ -177,8 +180,19 @@ impl<C: Section> Service<C> {
             config_defaults: self.config_defaults,
             tracing_layers: self.tracing_layers,
             audit_log: self.audit_log,
+            default_flags: self.default_flags,
             _config: PhantomData,
         }
+    }
+
+    /// The service's built-in feature flags (YAML in the `features.file` format, usually
+    /// `include_str!`): the capabilities its code ships behind flags, with their reviewed
+    /// defaults. They are the layer under `features.file` (which lists only what it changes)
+    /// and runtime overrides; `/admin/flags` shows them with `"source": "default"`. An invalid
+    /// text is a start-up error.
+    pub fn flags(mut self, yaml: &'static str) -> Self {
+        self.default_flags = Some(yaml);
+        self
     }
 
     /// Serves these routes (for services that need nothing from their config).

@@ -19,6 +19,8 @@
 //!
 //! Configuration: `app.web.secure_cookies` (default: `true` outside the development profile).
 
+use crate::capabilities::{self as caps, Gate};
+
 mod account;
 mod calendar;
 pub(crate) mod call;
@@ -29,7 +31,7 @@ mod moderation;
 mod oidc;
 mod organizer;
 mod organizers;
-mod pages;
+pub(crate) mod pages;
 mod reports;
 pub(crate) mod session;
 mod settings;
@@ -167,13 +169,15 @@ pub(crate) fn router(
         profiles: std::sync::Mutex::default(),
         providers: std::sync::Mutex::default(),
     });
+    let flags = site.gw.flags.clone();
+    let gated = |flag: &'static str| axum::middleware::from_fn_with_state(Gate::new(&flags, flag), caps::gate);
     Router::new()
         .route("/", get(events::list))
         .route("/events/{id}", get(events::show))
-        .route("/live", get(crate::live::stream))
+        .route("/live", get(crate::live::stream).layer(gated(caps::LIVE)))
         .route("/feed/latest", get(feeds::latest))
         .route("/feed/trending", get(feeds::trending))
-        .route("/feed/for-you", get(feeds::for_you))
+        .route("/feed/for-you", get(feeds::for_you).layer(gated(caps::FOR_YOU)))
         .route("/categories", get(events::categories))
         .route("/categories/{name}", get(events::category))
         .route("/events/{id}/join", post(events::join))
@@ -189,7 +193,8 @@ pub(crate) fn router(
         .route(
             "/my/events/{id}/cover",
             post(organizer::cover)
-                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST)),
+                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST))
+                .layer(gated(caps::UPLOADS)),
         )
         .route("/my/events/{id}/{action}", post(organizer::act))
         .route("/notifications", get(me::notifications))
@@ -200,7 +205,8 @@ pub(crate) fn router(
         .route(
             "/account/avatar",
             post(settings::avatar)
-                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST)),
+                .layer(axum::extract::DefaultBodyLimit::max(cityevents_api::limits::MAX_PICTURE_REQUEST))
+                .layer(gated(caps::UPLOADS)),
         )
         .route("/account/avatar/remove", post(settings::remove_avatar))
         .route("/organizers/{id}", get(organizers::show))
@@ -214,10 +220,13 @@ pub(crate) fn router(
         .route("/moderation/reports/{kind}/{id}", post(reports::act))
         .route("/admin/users/{id}/{action}", post(moderation::act))
         .route("/login", get(account::login_form).post(account::login))
-        .route("/login/oidc/link", post(oidc::link.layer(strict.clone())))
-        .route("/login/oidc/{provider}", get(oidc::start.layer(strict.clone())))
-        .route("/login/oidc/{provider}/callback", get(oidc::callback.layer(strict.clone())))
-        .route("/account/identities/link", post(oidc::link_start))
+        .route("/login/oidc/link", post(oidc::link.layer(strict.clone())).layer(gated(caps::PROVIDERS)))
+        .route("/login/oidc/{provider}", get(oidc::start.layer(strict.clone())).layer(gated(caps::PROVIDERS)))
+        .route(
+            "/login/oidc/{provider}/callback",
+            get(oidc::callback.layer(strict.clone())).layer(gated(caps::PROVIDERS)),
+        )
+        .route("/account/identities/link", post(oidc::link_start).layer(gated(caps::PROVIDERS)))
         .route("/account/identities/{provider}/unlink", post(oidc::unlink))
         .route("/logout", post(account::logout))
         .route("/signup", get(account::signup_form).post(account::signup.layer(strict.clone())))
@@ -226,6 +235,8 @@ pub(crate) fn router(
         .route("/static/site.css", get(|| async { file("text/css; charset=utf-8", STYLESHEET) }))
         .route("/static/site.js", get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }))
         .fallback(fallback)
+        // Inside the session: capabilities are evaluated for the signed-in user.
+        .layer(axum::middleware::from_fn_with_state(flags.clone(), caps::evaluate))
         .layer(axum::middleware::from_fn_with_state(site.clone(), session::middleware))
         .layer(axum::middleware::from_fn(headers))
         .with_state(site)

@@ -41,8 +41,17 @@ const PROVIDERS_TTL: Duration = Duration::from_secs(60);
 /// setting decides (the cookie is single-use and cleared by the callback).
 const STATE_MAX_AGE: Duration = Duration::from_secs(3600);
 
-/// The providers auth offers, kept a minute; none when auth does not answer.
+/// The providers the viewer may sign in or link with: none while the capability
+/// (`cityevents.signin.providers`) is off for them.
 pub(crate) async fn providers(site: &Site, page: &Page) -> Vec<Provider> {
+    if !page.caps.providers {
+        return Vec::new();
+    }
+    all_providers(site, page).await
+}
+
+/// The providers auth offers, kept a minute; none when auth does not answer.
+async fn all_providers(site: &Site, page: &Page) -> Vec<Provider> {
     if let Ok(kept) = site.providers.lock()
         && let Some((at, list)) = kept.as_ref()
         && at.elapsed() < PROVIDERS_TTL
@@ -62,7 +71,7 @@ pub(crate) async fn providers(site: &Site, page: &Page) -> Vec<Provider> {
 
 /// Provider `id`'s name, as auth lists it (the id itself when it does not).
 async fn provider_name(site: &Site, page: &Page, id: &str) -> String {
-    providers(site, page).await.into_iter().find(|p| p.id == id).map_or_else(|| id.to_owned(), |p| p.name)
+    all_providers(site, page).await.into_iter().find(|p| p.id == id).map_or_else(|| id.to_owned(), |p| p.name)
 }
 
 /// A provider id as auth takes it: anything else names no provider.

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 
+use crate::capabilities::Capabilities;
 use askama::Template;
 use axum::extract::FromRequestParts;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -118,6 +119,8 @@ pub(crate) struct Page {
     /// The browser's `User-Agent` (at most 512 bytes), passed on with a sign-in so the session
     /// list can name the device.
     pub(crate) agent: Option<HeaderValue>,
+    /// The capabilities the viewer has ([`crate::capabilities`]).
+    pub(crate) caps: Capabilities,
 }
 
 impl Page {
@@ -128,6 +131,7 @@ impl Page {
             csrf: ext.get::<Csrf>().map(|c| c.0.clone()).unwrap_or_default(),
             address: ext.get::<ClientAddress>().map_or_else(|| HeaderValue::from_static("0.0.0.0"), |a| a.0.clone()),
             device: ext.get::<KnownDevice>().and_then(|d| d.0.clone()),
+            caps: ext.get::<Capabilities>().copied().unwrap_or_default(),
             notice: None,
             zone: None,
             host: None,
@@ -195,6 +199,7 @@ impl Page {
             notice: self.notice,
             unread: 0,
             confirming: false,
+            caps: self.caps,
         }
     }
 
@@ -306,6 +311,8 @@ pub(crate) struct Layout {
     pub(crate) unread: u64,
     /// The page is about confirming the address itself: no banner asking for it.
     pub(crate) confirming: bool,
+    /// The capabilities the viewer has: what the page links to and offers.
+    pub(crate) caps: Capabilities,
 }
 
 /// Whether `user` may moderate (a moderator or an admin).
