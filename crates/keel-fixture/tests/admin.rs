@@ -280,7 +280,10 @@ async fn status_html_loads_nothing_but_its_stylesheet() {
     }
     // Nothing runs and nothing loads but the stylesheet, from this listener.
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("style="), "{html}");
-    assert_eq!(html.matches("<link").count(), 1);
+    // The stylesheet, and an empty inline icon so the browser asks for no /favicon.ico.
+    assert_eq!(html.matches("<link").count(), 2);
+    assert_eq!(html.matches("<link rel=\"stylesheet\"").count(), 1);
+    assert!(html.contains("<link rel=\"icon\" href=\"data:,\">"), "{html}");
     let css = client().get(format!("{}/admin/static/admin.css", f.mgmt)).send().await.unwrap();
     assert_eq!(css.status(), 200);
     assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
@@ -479,4 +482,118 @@ async fn flags_are_overridden_at_runtime_with_a_history_and_an_audit_entry() {
     let metrics = f.running().metrics().render();
     assert!(metrics.contains("feature_flag_overrides 0"), "{metrics}");
     f.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_in_browser_changes_a_flag_from_the_console_with_csrf_and_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.yaml");
+    std::fs::write(&path, FLAGS).unwrap();
+    let db = keel::testing::TestDatabase::sqlite().unwrap();
+    let f = Fixture::start(&[
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__DATABASE__URL", db.url()),
+        ("FIXTURE__FEATURES__FILE", path.to_str().unwrap()),
+    ])
+    .await;
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    eventually("the store is read", || async {
+        admin_json(&f, "/admin/flags").await["store"]["synced_at"].is_string()
+    })
+    .await;
+    let signed = c.get(f.running().sign_in_link().unwrap()).send().await.unwrap();
+    let cookie = session_cookie(&signed);
+    let page = |cookie: &str| {
+        let req = c.get(format!("{}/admin/flags", f.mgmt)).header("accept", "text/html");
+        let req = if cookie.is_empty() { req.bearer_auth(TOKEN) } else { req.header("cookie", cookie) };
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+    let html = page(&cookie).await;
+    assert!(html.contains("<code>launch</code>") && html.contains("flags file"), "{html}");
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    assert!(!page("").await.contains("name=\"csrf\""), "the token alone gets the page read-only");
+    let launch = || f.url("/flags/launch");
+    let is_on =
+        || async { client().get(launch()).send().await.unwrap().json::<Value>().await.unwrap()["enabled"] == true };
+    let act = |form: Vec<(&'static str, String)>, cookie: String| {
+        let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", urlencoded(v))).collect();
+        c.post(format!("{}/admin/console/flags/launch", f.mgmt))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+            .send()
+    };
+    let form = |csrf: &str, confirm: &str, reason: &str| {
+        vec![
+            ("csrf", csrf.to_owned()),
+            ("action", "on".to_owned()),
+            ("reason", reason.to_owned()),
+            ("definition", String::new()),
+            ("confirm", confirm.to_owned()),
+        ]
+    };
+
+    // Refused: a wrong or missing CSRF token, no confirmation, no reason, no session.
+    let r = act(form("forged", "yes", "go"), cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = act(form(&csrf, "", "go"), cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("tick the confirmation"));
+    let r = act(form(&csrf, "yes", "  "), cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = act(form(&csrf, "yes", "go"), String::new()).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/admin/login"));
+    assert!(!is_on().await, "nothing changed");
+
+    // Done: on at once, said on the page, recorded with the session as the actor.
+    let r = act(form(&csrf, "yes", "launch day"), cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["location"], "/admin/flags?changed=launch");
+    assert!(is_on().await);
+    let after = c
+        .get(format!("{}/admin/flags?changed=launch", f.mgmt))
+        .header("accept", "text/html")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(after.contains("Changed launch") && after.contains("runtime override"), "{after}");
+    let audit = admin_json(&f, "/admin/audit?action=flags.&format=json").await;
+    let actor = audit["items"][0]["actor"].as_str().unwrap();
+    assert!(actor.starts_with("operator:") && !actor.contains(&cookie[11..]), "{actor}");
+
+    // An edited definition that is invalid is refused whole; a valid one applies.
+    let mut bad = form(&csrf, "yes", "ramp");
+    bad[1].1 = "save".into();
+    bad[3].1 = r#"{"enabled": true, "strategy": "percentage"}"#.into();
+    let r = act(bad.clone(), cookie.clone()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("launch.rules.percentage"));
+    bad[3].1 = r#"{"enabled": true, "strategy": "user", "rules": {"users": ["alice"]}}"#.into();
+    assert_eq!(act(bad, cookie.clone()).await.unwrap().status(), 303);
+    assert!(!is_on().await, "on for alice only now");
+
+    // Back to the file's definition.
+    let mut reset = form(&csrf, "yes", "done");
+    reset[1].1 = "reset".into();
+    assert_eq!(act(reset, cookie.clone()).await.unwrap().status(), 303);
+    assert!(!page(&cookie).await.contains("runtime override"));
+    let history = admin_json(&f, "/admin/flags/launch/history").await;
+    assert_eq!(history["changes"].as_array().unwrap().len(), 3);
+    f.stop().await;
+}
+
+/// `v` as `application/x-www-form-urlencoded` writes it.
+fn urlencoded(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

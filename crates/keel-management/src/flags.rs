@@ -40,9 +40,17 @@ fn no_store(mut r: Response) -> Response {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListQuery {
     prefix: Option<String>,
+    /// Set by the console after a change: the page says so.
+    changed: Option<String>,
 }
 
-pub(crate) async fn list(State(admin): State<Admin>, Query(q): Query<ListQuery>) -> Response {
+pub(crate) async fn list(State(admin): State<Admin>, headers: http::HeaderMap, Query(q): Query<ListQuery>) -> Response {
+    if crate::routes::wants_html(&headers) {
+        let notice = q.changed.filter(|k| k.len() <= 100).map(|k| {
+            format!("Changed {k}: in effect here now, and on every replica within the store's poll interval.")
+        });
+        return crate::console::flags_page(&admin, &headers, StatusCode::OK, notice, None);
+    }
     let prefix = q.prefix.unwrap_or_default();
     if prefix.len() > 100 {
         return Problem::invalid("prefix", "at most 100 characters").into_response();
@@ -132,6 +140,7 @@ pub(crate) async fn put(State(admin): State<Admin>, Path(key): Path<String>, bod
             if let Some(c) = &change {
                 audit(
                     &admin,
+                    ACTOR,
                     "flags.override",
                     &key,
                     json!({"before": c.before, "after": c.after, "reason": c.reason, "change": c.id}),
@@ -157,6 +166,7 @@ pub(crate) async fn delete(State(admin): State<Admin>, Path(key): Path<String>, 
         Ok(Some(c)) => {
             audit(
                 &admin,
+                ACTOR,
                 "flags.override_remove",
                 &key,
                 json!({"before": c.before, "reason": c.reason, "change": c.id}),
@@ -169,10 +179,10 @@ pub(crate) async fn delete(State(admin): State<Admin>, Path(key): Path<String>, 
 
 /// Records a change in the service's audit log, when it keeps one. The change is already made
 /// and in the flag's history: a failed audit write is logged, not undone.
-async fn audit(admin: &Admin, action: &str, key: &str, details: serde_json::Value) {
+pub(crate) async fn audit(admin: &Admin, actor: &str, action: &str, key: &str, details: serde_json::Value) {
     let Some(log) = &admin.audit else { return };
     let entry =
-        AuditEntry { actor: ACTOR.to_owned(), action: action.to_owned(), target: format!("flag:{key}"), details };
+        AuditEntry { actor: actor.to_owned(), action: action.to_owned(), target: format!("flag:{key}"), details };
     if let Err(e) = log.record(entry).await {
         tracing::error!(error = %e, flag = %key, "flag change not written to the audit log");
     }

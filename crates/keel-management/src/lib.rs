@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format (no token) |
 //! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
-//! | `GET /admin/flags[?prefix=…]` | the feature flags in effect (JSON) |
+//! | `GET /admin/flags[?prefix=…]` | the feature flags in effect: JSON, or for a browser the console page with a form per flag |
+//! | `POST /admin/console/flags/{key}` | a signed-in browser's change of a flag: on, off, save a definition, back to the default ([`console`](crate#flags)) |
 //! | `GET`/`PUT`/`DELETE /admin/flags/{key}` | one flag; set or remove its runtime override ([`flags`](crate#flags)) |
 //! | `GET /admin/flags/{key}/history` | its override changes, newest first |
 //! | `POST /admin/flags/{key}/evaluate` | what it gives a user, environment, version and attributes |
@@ -20,7 +21,8 @@
 //! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,
 //! loopback included: a local process (a sidecar, a compromised neighbour) is not trusted by
 //! position. A browser signs in instead, with the token or a one-time link ([`SignInCodes`]):
-//! its session cookie is accepted for `GET` and `HEAD`; a change needs the bearer token. A
+//! its session cookie is accepted for `GET` and `HEAD`, and for the console's forms with the
+//! session's CSRF token; any other change needs the bearer token. A
 //! browser without either is sent to the sign-in form; a script gets 401. Token comparisons take
 //! the same time wherever the given token differs. With no token configured every `/admin/*`
 //! route answers 401, naming the setting: admin is closed, not open. Any other path answers 404.
@@ -35,6 +37,11 @@
 //! `features.store.poll_interval`), kept in the flag's history, and recorded in the service's
 //! audit log when it keeps one. A 503 means the store could not be written: nothing changed.
 //!
+//! A signed-in browser acts on the flags page instead: each flag has a form (turn on or off,
+//! save an edited definition, go back to the default) that needs a reason, a ticked
+//! confirmation and the session's CSRF token (an HMAC of the session under the admin token), and
+//! is recorded with the session as the actor (`operator:<session id>`).
+//!
 //! This is `keel-management`, re-exported by `keel` as `keel::management`; of Keel's crates it
 //! depends on those whose state the page shows (config, HTTP, telemetry, health, features, rate
 //! limits, resilience, workers). keel-app builds the
@@ -44,6 +51,7 @@
 
 pub mod audit;
 mod config;
+mod console;
 mod flags;
 mod routes;
 mod session;

@@ -65,6 +65,11 @@ impl Admin {
         router(metrics, self.clone(), own_listener)
     }
 
+    /// The admin token, when admin is open.
+    pub(crate) fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
     /// The variable that sets this service's admin token.
     fn token_setting(&self) -> String {
         format!("{}__MANAGEMENT__ADMIN_TOKEN", keel_config::env_prefix(&self.sources.identity.name))
@@ -84,6 +89,8 @@ fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
     let open = Router::new()
         .route("/admin/login", get(login_form).post(login))
         .route("/admin/logout", post(logout))
+        // Checks the session and its CSRF token itself: a browser's change, not a script's.
+        .route("/admin/console/flags/{key}", post(crate::console::flag_action))
         .route(status::STYLESHEET, get(stylesheet));
     let mut router =
         Router::new().route("/metrics", get(render)).with_state(metrics).merge(guarded.merge(open).with_state(admin));

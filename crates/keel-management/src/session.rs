@@ -14,8 +14,10 @@
 //! speaks plain HTTP (reach it through a tunnel or a port-forward, never across a network in the
 //! clear).
 //!
-//! The cookie is accepted for reading (`GET`, `HEAD`) only; a change (`PUT /admin/log-level`)
-//! needs the bearer token, so no page a browser visits can make one.
+//! The cookie is accepted for reading (`GET`, `HEAD`), and for the console's forms
+//! (`POST /admin/console/…`) only with the session's CSRF token and a ticked confirmation; any
+//! other change (`PUT /admin/log-level`, `PUT /admin/flags/{key}`) needs the bearer token, so no
+//! page a browser visits can make one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -126,3 +126,49 @@ fn the_main_journeys_pass_in_headless_chromium() {
         }
     }
 }
+
+/// `tests/web/console.mjs`: an operator changes a flag from the gateway's console page in
+/// Chromium, and the site follows at once.
+#[test]
+fn the_operator_console_changes_a_flag_in_headless_chromium() {
+    if !ready() {
+        return;
+    }
+    let mut platform = Platform::all_in_one(&[]);
+    platform.wait_for_line("First admin:", std::time::Duration::from_secs(10));
+    let link = platform
+        .seen
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find(|w| w.contains("/admin/login?code="))
+        .expect("the banner's sign-in link")
+        .to_owned();
+    let management = platform
+        .seen
+        .iter()
+        .filter(|l| l.contains("listening") && l.contains("service=cityevents-gateway"))
+        .find_map(|l| l.split("management=").nth(1)?.split_whitespace().next().map(str::to_owned))
+        .expect("the gateway's management address");
+    let shots = std::env::var_os("KEEL_CI_ARTIFACTS")
+        .map_or_else(|| repo_root().join("ci-artifacts"), PathBuf::from)
+        .join("web");
+    let out = Command::new("node")
+        .arg("console.mjs")
+        .current_dir(journey_dir())
+        .env("SIGN_IN_URL", &link)
+        .env("MANAGEMENT_URL", format!("http://{management}"))
+        .env("BASE_URL", platform.url(""))
+        .env("SHOTS_DIR", &shots)
+        .env("CHROMIUM", keel::testing::browser::CHROMIUM)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the console journey failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("console journey passed"), "{stdout}\n{stderr}");
+    for page in ["flags", "flag-changed"] {
+        assert!(shots.join(format!("console-{page}.png")).is_file(), "no screenshot of {page}");
+    }
+    let status = platform.stop();
+    assert!(status.success(), "clean shutdown: {status}");
+}

@@ -1,0 +1,198 @@
+//! The operator console's actions: changes made from a signed-in browser.
+//!
+//! A browser has the session cookie, not the bearer token, so a change it sends is accepted only
+//! with a CSRF token bound to that session (HMAC of the session under the admin token, in every
+//! form of the page), a ticked confirmation, and a reason. The cookie is `SameSite=Strict` too.
+//! Each change is recorded like one made with the token: in the flag's history and the audit
+//! log, with the session as the actor (`operator:<session id>`).
+//!
+//! | Method and path | What |
+//! |---|---|
+//! | `GET /admin/flags` (a browser) | the flags page: each flag, its source and evaluations, and forms to act |
+//! | `POST /admin/console/flags/{key}` | `action` = `on`, `off` (the kill switch, on the definition in effect), `save` (`definition`, JSON) or `reset` (remove the override); `reason`, `confirm=yes`, `csrf` |
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac as _};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
+
+use keel_config::Secret;
+use keel_features::{FlagDef, FlagReport, FlagsReport, OverrideError, Source};
+
+use crate::routes::Admin;
+use crate::session;
+
+/// The CSRF token of the session cookie `value`: the same on every listener sharing the admin
+/// token, and useless without the session.
+pub(crate) fn csrf(token: &Secret, value: &str) -> String {
+    let mut m = match <Hmac<Sha256> as KeyInit>::new_from_slice(token.expose().as_bytes()) {
+        Ok(m) => m,
+        // Any key length is valid for HMAC; unreachable, and a token no form can match.
+        Err(_) => return String::new(),
+    };
+    m.update(b"keel-admin-csrf:");
+    m.update(value.as_bytes());
+    URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+}
+
+#[derive(Template)]
+#[template(path = "admin/flags.html")]
+struct FlagsPage<'a> {
+    stylesheet: &'a str,
+    service: &'a str,
+    report: &'a FlagsReport,
+    csrf: Option<String>,
+    audit: bool,
+    notice: Option<String>,
+    error: Option<String>,
+}
+
+impl FlagsPage<'_> {
+    fn source(&self, f: &FlagReport) -> &'static str {
+        match f.source {
+            Source::Default => "built-in default",
+            Source::File => "flags file",
+            Source::Override => "runtime override",
+            Source::Runtime => "runtime only",
+        }
+    }
+
+    fn json(&self, f: &FlagReport) -> String {
+        serde_json::to_string(&f.def).unwrap_or_default()
+    }
+}
+
+/// The flags page for a browser (`GET /admin/flags` with `Accept: text/html`).
+pub(crate) fn flags_page(
+    admin: &Admin,
+    headers: &HeaderMap,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let report = admin.sources.flags.report();
+    let csrf = match (admin.token(), session::from_headers(headers)) {
+        (Some(token), Some(value)) if session::verify(token, value) => Some(csrf(token, value)),
+        _ => None,
+    };
+    let page = FlagsPage {
+        stylesheet: crate::status::STYLESHEET,
+        service: &admin.sources.identity.name,
+        report: &report,
+        csrf,
+        audit: admin.audit.is_some(),
+        notice,
+        error,
+    };
+    let mut r = crate::routes::page(status, page.render());
+    r.headers_mut().insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+    r
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FlagForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    definition: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Who a console change is recorded as: the session's id, never its secret parts.
+fn actor(value: &str) -> String {
+    format!("operator:{}", value.split('.').nth(1).unwrap_or("unknown"))
+}
+
+/// `POST /admin/console/flags/{key}`.
+pub(crate) async fn flag_action(
+    State(admin): State<Admin>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    form: axum::extract::Form<FlagForm>,
+) -> Response {
+    let form = form.0;
+    let Some(token) = admin.token() else {
+        return keel_http::problem::Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            .detail("admin endpoints are disabled")
+            .into_response();
+    };
+    let Some(value) = session::from_headers(&headers).filter(|v| session::verify(token, v)) else {
+        return Redirect::to("/admin/login").into_response();
+    };
+    let want = csrf(token, value);
+    if want.is_empty() || !bool::from(want.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return flags_page(
+            &admin,
+            &headers,
+            StatusCode::FORBIDDEN,
+            None,
+            Some("The form expired: reload the page and try again.".into()),
+        );
+    }
+    let refuse =
+        |why: &str| flags_page(&admin, &headers, StatusCode::UNPROCESSABLE_ENTITY, None, Some(format!("{key}: {why}")));
+    if form.confirm != "yes" {
+        return refuse("tick the confirmation to apply the change");
+    }
+    let reason = form.reason.trim();
+    if reason.is_empty() || reason.len() > keel_features::store::MAX_TEXT || reason.chars().any(char::is_control) {
+        return refuse("say why, in 1 to 255 characters");
+    }
+    let flags = &admin.sources.flags;
+    let current = flags.report_under(&key).flags.into_iter().find(|f| f.key == key);
+    let who = actor(value);
+    let result = match form.action.as_str() {
+        "on" | "off" => {
+            let Some(current) = current else { return refuse("no such flag") };
+            let def = FlagDef { enabled: form.action == "on", ..current.def };
+            flags.set_override(&key, def, &who, reason).await
+        }
+        "save" => match serde_json::from_str::<FlagDef>(&form.definition) {
+            Ok(def) => flags.set_override(&key, def, &who, reason).await,
+            Err(e) => return refuse(&format!("the definition is not valid JSON for a flag: {e}")),
+        },
+        "reset" => flags.remove_override(&key, &who, reason).await,
+        _ => return refuse("unknown action"),
+    };
+    match result {
+        Ok(Some(change)) => {
+            let action = if change.after.is_some() { "flags.override" } else { "flags.override_remove" };
+            let details =
+                json!({"before": change.before, "after": change.after, "reason": change.reason, "change": change.id});
+            crate::flags::audit(&admin, &who, action, &key, details).await;
+            Redirect::to(&format!("/admin/flags?changed={}", urlencode(&key))).into_response()
+        }
+        Ok(None) => refuse("it has no override to remove"),
+        Err(OverrideError::Invalid(problems)) => {
+            refuse(&problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, flag = %key, "console flag change failed");
+            flags_page(
+                &admin,
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                Some(format!("{key}: the flag store is unavailable; nothing changed")),
+            )
+        }
+    }
+}
+
+/// Flag keys are `A-Z a-z 0-9 _ - .`: nothing to escape, but never trust a path.
+fn urlencode(key: &str) -> String {
+    key.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')).collect()
+}
