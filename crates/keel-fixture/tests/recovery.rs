@@ -330,7 +330,13 @@ async fn own_nats() -> Option<(OwnServer, Bus)> {
     cfg.url = Some(Secret::new(format!("nats://127.0.0.1:{}", server.port)));
     cfg.publish_timeout = Duration::from_secs(1);
     let bus = Bus::new(&cfg).unwrap();
-    bus.connect().await.unwrap();
+    // The port accepts before the server greets: on a busy machine the first INFO can be late.
+    let mut tries = 0;
+    while let Err(e) = bus.connect().await {
+        tries += 1;
+        assert!(tries < 50, "the test's own NATS did not greet within 5 s: {e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Some((server, bus))
 }
 

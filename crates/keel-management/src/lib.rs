@@ -16,6 +16,7 @@
 //! | `POST /admin/logout` | ends the browser's session |
 //! | `GET /admin/static/admin.css` | the pages' stylesheet |
 //! | `GET /`, `GET /admin` | 303 to `/admin/status` (on a listener of its own) |
+//! | `GET /favicon.ico` | 204: no icon, so a browser's console shows no 404 (on a listener of its own) |
 //!
 //! `/admin/status`, `/admin/flags`, `/admin/audit` and `/admin/log-level` require
 //! `Authorization: Bearer <management.admin_token>` (the scheme in any case) on every address,

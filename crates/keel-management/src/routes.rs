@@ -100,6 +100,8 @@ fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
         router = router
             .route("/", get(to_page))
             .route("/admin", get(to_page))
+            // Browsers ask for it on every page: no icon, and no 404 in their console.
+            .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
             .fallback(|| async { Problem::not_found().detail("no such management path") });
     }
     router.layer(
