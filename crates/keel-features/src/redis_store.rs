@@ -8,7 +8,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::FlagDef;
-use super::store::{FlagChange, FlagStore, Override, Overrides, StoreError, StoreFuture, bounded, now_ms};
+use super::store::{FlagChange, FlagStore, Override, Overrides, StoreError, StoreFuture, bounded, now_ms, readable};
 
 /// How many changes the history list keeps.
 pub(crate) const HISTORY_LEN: usize = 1000;
@@ -111,7 +111,7 @@ impl FlagStore for RedisStore {
                 self.redis.query(redis::cmd("HGETALL").arg(&self.overrides)).await.map_err(unavailable)?;
             let mut flags = BTreeMap::new();
             for (key, text) in all {
-                if let Some(s) = decode(&key, &text)? {
+                if let Some(Some(s)) = readable(decode(&key, &text)) {
                     flags
                         .insert(key, Override { def: s.def, updated_by: s.updated_by, updated_at_ms: s.updated_at_ms });
                 }

@@ -6,7 +6,7 @@ use keel_data::{Backend, Db};
 use sqlx::Row;
 
 use super::FlagDef;
-use super::store::{FlagChange, FlagStore, Override, Overrides, StoreError, StoreFuture, bounded, now_ms};
+use super::store::{FlagChange, FlagStore, Override, Overrides, StoreError, StoreFuture, bounded, now_ms, readable};
 
 /// Tries of [`FlagStore::set`] when two writers race on one flag (a duplicate key, a deadlock).
 const ATTEMPTS: u32 = 3;
@@ -170,15 +170,7 @@ impl FlagStore for SqlStore {
             for row in rows {
                 let key: String = row.try_get(0).map_err(unavailable)?;
                 let text: String = row.try_get(1).map_err(unavailable)?;
-                // One unreadable row (written by hand, or by a newer version) is skipped, not
-                // allowed to stop every other override from applying.
-                let def = match decode(&key, &text) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping a flag override this version cannot read");
-                        continue;
-                    }
-                };
+                let Some(def) = readable(decode(&key, &text)) else { continue };
                 let updated_by: String = row.try_get(2).map_err(unavailable)?;
                 let updated_at_ms: i64 = row.try_get(3).map_err(unavailable)?;
                 flags.insert(key, Override { def, updated_by, updated_at_ms });

@@ -112,6 +112,12 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// `decoded`, or `None` with an error line: one stored override this version cannot read
+/// (written by hand, or by a newer version) is skipped, never allowed to stop the others.
+pub(crate) fn readable<T>(decoded: Result<T, StoreError>) -> Option<T> {
+    decoded.map_err(|e| tracing::error!(error = %e, "skipping a flag override this version cannot read")).ok()
+}
+
 /// Cuts `text` to [`MAX_TEXT`] bytes on a character boundary.
 pub(crate) fn bounded(text: &str) -> &str {
     if text.len() <= MAX_TEXT {

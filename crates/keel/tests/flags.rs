@@ -157,4 +157,18 @@ async fn overrides_are_shared_on_redis() {
     };
     let (a, b) = (replica().await, replica().await);
     shared_overrides(&a, &b, "redis").await;
+
+    // An entry this version cannot read (written by hand) is skipped; the others still apply.
+    let mut cfg = RedisConfig::default();
+    cfg.key_prefix = Some(keys.prefix().to_owned());
+    let raw = Redis::new("flags-test", &url, &cfg, &Metrics::new()).unwrap();
+    raw.clone().connect_in_background(CancellationToken::new()).await;
+    let _: i64 = raw
+        .query(keel::redis::driver::cmd("HSET").arg(raw.key("flags:overrides")).arg("broken.flag").arg("{\"def\": tru"))
+        .await
+        .unwrap();
+    a.set_override("feed.live", on(), "ops", "after the bad entry").await.unwrap();
+    b.refresh().await.unwrap();
+    assert!(b.is_enabled("feed.live", &EvalContext::new()), "the readable override applies");
+    assert!(b.report().store.error.is_none(), "{:?}", b.report().store.error);
 }
