@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::FlagProblem;
-use super::rules::{CompiledGates, Condition, Gates, Window};
+use super::rules::{CompiledGates, Condition, Window};
 
 /// One flag as written in the file (the map key is the flag's key).
 ///
@@ -117,14 +117,16 @@ pub struct Rules {
 }
 
 impl Rules {
-    fn gates(&self) -> Gates<'_> {
-        Gates {
-            deny_users: &self.deny_users,
-            attributes: &self.attributes,
-            versions: self.versions.as_deref(),
-            windows: &self.windows,
-            all: &self.all,
-            any: &self.any,
+    /// The gates besides the deny list, as one condition (cloned: read when a flag is validated
+    /// or compiled, never per evaluation).
+    fn gate_condition(&self) -> Condition {
+        Condition {
+            attributes: self.attributes.clone(),
+            versions: self.versions.clone(),
+            windows: self.windows.clone(),
+            all: self.all.clone(),
+            any: self.any.clone(),
+            ..Condition::default()
         }
     }
 }
@@ -137,7 +139,7 @@ pub(crate) struct Compiled {
     users: HashSet<String>,
     start: Option<SystemTime>,
     end: Option<SystemTime>,
-    gates: CompiledGates,
+    gates: Option<CompiledGates>,
     pub(crate) source: super::Source,
     pub(crate) stats: Arc<super::FlagStats>,
     pub(crate) on: Option<IntCounter>,
@@ -157,7 +159,9 @@ impl Compiled {
         if !def.enabled {
             return false;
         }
-        if !self.gates.pass(key, ctx, default_env, jiff::Timestamp::now()) {
+        if let Some(gates) = &self.gates
+            && !gates.pass(key, ctx, default_env)
+        {
             return false;
         }
         match def.strategy {
@@ -253,7 +257,7 @@ pub(crate) fn parse(text: &str) -> Result<BTreeMap<String, FlagDef>, Vec<FlagPro
 }
 
 fn validate(key: &str, def: &FlagDef, out: &mut Vec<FlagProblem>) {
-    super::rules::validate(&format!("{key}.rules"), &def.rules.gates(), out);
+    super::rules::validate(&format!("{key}.rules"), &def.rules.deny_users, &def.rules.gate_condition(), out);
     let mut push = |field: &str, message: String| {
         out.push(FlagProblem { path: format!("{key}.rules.{field}"), message });
     };
@@ -333,7 +337,7 @@ pub(crate) fn compile(
             let users = def.rules.users.iter().cloned().collect();
             let start = def.rules.start.as_deref().and_then(|t| parse_time(t).ok());
             let end = def.rules.end.as_deref().and_then(|t| parse_time(t).ok());
-            let gates = CompiledGates::new(&def.rules.gates());
+            let gates = CompiledGates::new(&def.rules.deny_users, &def.rules.gate_condition());
             (key, Compiled { def, basis_points, users, start, end, gates, source, stats, on, off })
         })
         .collect()

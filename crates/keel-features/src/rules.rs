@@ -90,7 +90,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.users.is_empty()
             && self.percentage.is_none()
             && self.environments.is_empty()
@@ -102,30 +102,13 @@ impl Condition {
     }
 }
 
-/// The gates shared by every strategy, as written in `rules`.
-pub(crate) struct Gates<'a> {
-    pub(crate) deny_users: &'a [String],
-    pub(crate) attributes: &'a BTreeMap<String, Vec<String>>,
-    pub(crate) versions: Option<&'a str>,
-    pub(crate) windows: &'a [Window],
-    pub(crate) all: &'a [Condition],
-    pub(crate) any: &'a [Condition],
-}
-
-/// Validates the gates of one flag; problems are pushed with paths under `at`.
-pub(crate) fn validate(at: &str, g: &Gates<'_>, out: &mut Vec<FlagProblem>) {
-    if g.deny_users.iter().any(String::is_empty) {
+/// Validates the gates of one flag (its deny list, and `condition`: the rest of its gates as one
+/// condition); problems are pushed with paths under `at`.
+pub(crate) fn validate(at: &str, deny_users: &[String], condition: &Condition, out: &mut Vec<FlagProblem>) {
+    if deny_users.iter().any(String::is_empty) {
         out.push(FlagProblem { path: format!("{at}.deny_users"), message: "a user id cannot be empty".into() });
     }
-    let as_condition = Condition {
-        attributes: g.attributes.clone(),
-        versions: g.versions.map(str::to_owned),
-        windows: g.windows.to_vec(),
-        all: g.all.to_vec(),
-        any: g.any.to_vec(),
-        ..Condition::default()
-    };
-    validate_condition(at, &as_condition, 0, out);
+    validate_condition(at, condition, 0, out);
 }
 
 fn validate_condition(at: &str, c: &Condition, depth: usize, out: &mut Vec<FlagProblem>) {
@@ -174,35 +157,43 @@ fn validate_condition(at: &str, c: &Condition, depth: usize, out: &mut Vec<FlagP
 }
 
 /// Compiled gates: checked after `enabled` and before the strategy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CompiledGates {
     deny: HashSet<String>,
     condition: CompiledCondition,
 }
 
 impl CompiledGates {
-    pub(crate) fn new(g: &Gates<'_>) -> Self {
-        Self {
-            deny: g.deny_users.iter().cloned().collect(),
-            condition: CompiledCondition {
-                attributes: g.attributes.clone(),
-                versions: g.versions.and_then(|v| semver::VersionReq::parse(v).ok()),
-                windows: g.windows.iter().filter_map(|w| compile_window(w).ok()).collect(),
-                all: g.all.iter().map(CompiledCondition::new).collect(),
-                any: g.any.iter().map(CompiledCondition::new).collect(),
-                ..CompiledCondition::default()
-            },
+    /// The gates of a deny list and `condition`; `None` when there are none, so a flag without
+    /// gates pays nothing for them.
+    pub(crate) fn new(deny_users: &[String], condition: &Condition) -> Option<Self> {
+        if deny_users.is_empty() && condition.is_empty() {
+            return None;
         }
+        Some(Self { deny: deny_users.iter().cloned().collect(), condition: CompiledCondition::new(condition) })
     }
 
-    /// Whether the gates let `ctx` through at `now`.
-    pub(crate) fn pass(&self, key: &str, ctx: &EvalContext, default_env: &str, now: Timestamp) -> bool {
+    /// Whether the gates let `ctx` through now.
+    pub(crate) fn pass(&self, key: &str, ctx: &EvalContext, default_env: &str) -> bool {
+        self.pass_with(key, ctx, default_env, &mut Clock(None))
+    }
+
+    fn pass_with(&self, key: &str, ctx: &EvalContext, default_env: &str, clock: &mut Clock) -> bool {
         if let Some(u) = &ctx.user_id
             && self.deny.contains(u)
         {
             return false;
         }
-        self.condition.holds(key, ctx, default_env, now)
+        self.condition.holds(key, ctx, default_env, clock)
+    }
+}
+
+/// The time of an evaluation, read once and only if a window asks for it.
+struct Clock(Option<Timestamp>);
+
+impl Clock {
+    fn now(&mut self) -> Timestamp {
+        *self.0.get_or_insert_with(Timestamp::now)
     }
 }
 
@@ -232,7 +223,7 @@ impl CompiledCondition {
         }
     }
 
-    fn holds(&self, key: &str, ctx: &EvalContext, default_env: &str, now: Timestamp) -> bool {
+    fn holds(&self, key: &str, ctx: &EvalContext, default_env: &str, clock: &mut Clock) -> bool {
         if !self.users.is_empty() && !ctx.user_id.as_deref().is_some_and(|u| self.users.contains(u)) {
             return false;
         }
@@ -260,13 +251,16 @@ impl CompiledCondition {
                 return false;
             }
         }
-        if !self.windows.is_empty() && !self.windows.iter().any(|w| w.contains(now)) {
+        if !self.windows.is_empty() {
+            let now = clock.now();
+            if !self.windows.iter().any(|w| w.contains(now)) {
+                return false;
+            }
+        }
+        if !self.all.iter().all(|c| c.holds(key, ctx, default_env, clock)) {
             return false;
         }
-        if !self.all.iter().all(|c| c.holds(key, ctx, default_env, now)) {
-            return false;
-        }
-        self.any.is_empty() || self.any.iter().any(|c| c.holds(key, ctx, default_env, now))
+        self.any.is_empty() || self.any.iter().any(|c| c.holds(key, ctx, default_env, clock))
     }
 }
 
@@ -402,21 +396,15 @@ mod tests {
             to: "17:00".into(),
             time_zone: "America/New_York".into(),
         };
-        let windows = [office];
-        let deny = ["mallory".to_owned()];
-        let gates = CompiledGates::new(&Gates {
-            deny_users: &deny,
-            attributes: &BTreeMap::new(),
-            versions: None,
-            windows: &windows,
-            all: &[],
-            any: &[],
-        });
+        let condition = Condition { windows: vec![office], ..Condition::default() };
+        let gates = CompiledGates::new(&["mallory".to_owned()], &condition).unwrap();
+        let pass = |ctx: &EvalContext, t: &str| gates.pass_with("f", ctx, "production", &mut Clock(Some(at(t))));
         let alice = EvalContext::new().user("alice");
         // Friday 2026-11-27, 15:00Z is 10:00 in New York (EST, -05:00).
-        assert!(gates.pass("f", &alice, "production", at("2026-11-27T15:00:00Z")));
-        assert!(!gates.pass("f", &alice, "production", at("2026-11-27T13:00:00Z")), "08:00 there");
-        assert!(!gates.pass("f", &EvalContext::new().user("mallory"), "production", at("2026-11-27T15:00:00Z")));
+        assert!(pass(&alice, "2026-11-27T15:00:00Z"));
+        assert!(!pass(&alice, "2026-11-27T13:00:00Z"), "08:00 there");
+        assert!(!pass(&EvalContext::new().user("mallory"), "2026-11-27T15:00:00Z"));
+        assert!(CompiledGates::new(&[], &Condition::default()).is_none(), "no gates: nothing to check");
     }
 
     #[test]

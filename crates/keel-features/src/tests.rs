@@ -413,25 +413,35 @@ async fn an_invalid_override_changes_nothing() {
     assert!(!f.is_enabled("a", &ctx()));
 }
 
-/// A store that fails while `down` is set.
+/// A shared store that fails while `down` is set, and can be replaced wholesale, as a Redis that
+/// lost its data.
 #[derive(Default)]
-struct Flaky {
-    inner: MemoryStore,
+struct TestStore {
+    inner: Mutex<Arc<MemoryStore>>,
     down: AtomicBool,
 }
 
-impl FlagStore for Flaky {
+impl TestStore {
+    /// The store to call, or the outage.
+    fn current(&self) -> Result<Arc<MemoryStore>, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(self.inner.lock().unwrap().clone())
+    }
+}
+
+impl FlagStore for TestStore {
     fn kind(&self) -> &'static str {
         "database"
     }
     fn version(&self) -> store::StoreFuture<'_, i64> {
-        if self.down.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(StoreError::Unavailable("connection refused".into())) });
-        }
-        self.inner.version()
+        let s = self.current();
+        Box::pin(async move { s?.version().await })
     }
     fn load(&self) -> store::StoreFuture<'_, store::Overrides> {
-        self.inner.load()
+        let s = self.current();
+        Box::pin(async move { s?.load().await })
     }
     fn set<'a>(
         &'a self,
@@ -440,19 +450,18 @@ impl FlagStore for Flaky {
         actor: &'a str,
         reason: &'a str,
     ) -> store::StoreFuture<'a, Option<FlagChange>> {
-        if self.down.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(StoreError::Unavailable("connection refused".into())) });
-        }
-        self.inner.set(key, def, actor, reason)
+        let s = self.current();
+        Box::pin(async move { s?.set(key, def, actor, reason).await })
     }
     fn history<'a>(&'a self, key: Option<&'a str>, limit: u32) -> store::StoreFuture<'a, Vec<FlagChange>> {
-        self.inner.history(key, limit)
+        let s = self.current();
+        Box::pin(async move { s?.history(key, limit).await })
     }
 }
 
 #[tokio::test]
 async fn a_store_outage_keeps_the_last_overrides_and_is_reported() {
-    let store = Arc::new(Flaky::default());
+    let store = Arc::new(TestStore::default());
     let a = Flags::from_yaml("x: {enabled: false}", Default::default()).unwrap();
     let b = Flags::from_yaml("x: {enabled: false}", Default::default()).unwrap();
     a.attach(store.clone());
@@ -484,49 +493,9 @@ async fn sync_follows_another_replica() {
     stop.cancel();
 }
 
-/// A store that can be replaced wholesale, as a Redis that lost its data.
-#[derive(Default)]
-struct Replaceable {
-    inner: Mutex<Arc<MemoryStore>>,
-}
-
-impl Replaceable {
-    fn current(&self) -> Arc<MemoryStore> {
-        self.inner.lock().unwrap().clone()
-    }
-}
-
-impl FlagStore for Replaceable {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-    fn version(&self) -> store::StoreFuture<'_, i64> {
-        let s = self.current();
-        Box::pin(async move { s.version().await })
-    }
-    fn load(&self) -> store::StoreFuture<'_, store::Overrides> {
-        let s = self.current();
-        Box::pin(async move { s.load().await })
-    }
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
-        def: Option<&'a FlagDef>,
-        actor: &'a str,
-        reason: &'a str,
-    ) -> store::StoreFuture<'a, Option<FlagChange>> {
-        let s = self.current();
-        Box::pin(async move { s.set(key, def, actor, reason).await })
-    }
-    fn history<'a>(&'a self, key: Option<&'a str>, limit: u32) -> store::StoreFuture<'a, Vec<FlagChange>> {
-        let s = self.current();
-        Box::pin(async move { s.history(key, limit).await })
-    }
-}
-
 #[tokio::test]
 async fn a_store_whose_version_went_back_is_followed() {
-    let store = Arc::new(Replaceable::default());
+    let store = Arc::new(TestStore::default());
     let (a, b) = (flags("production"), flags("production"));
     a.attach(store.clone());
     b.attach(store.clone());
