@@ -114,6 +114,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// `decoded`, or `None` with an error line: one stored override this version cannot read
 /// (written by hand, or by a newer version) is skipped, never allowed to stop the others.
+#[cfg(any(feature = "sql", feature = "redis"))]
 pub(crate) fn readable<T>(decoded: Result<T, StoreError>) -> Option<T> {
     decoded.map_err(|e| tracing::error!(error = %e, "skipping a flag override this version cannot read")).ok()
 }

@@ -14,34 +14,15 @@
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac as _};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
-use keel_config::Secret;
 use keel_features::{FlagDef, FlagReport, FlagsReport, OverrideError, Source};
 
 use crate::routes::Admin;
 use crate::session;
-
-/// The CSRF token of the session cookie `value`: the same on every listener sharing the admin
-/// token, and useless without the session.
-pub(crate) fn csrf(token: &Secret, value: &str) -> String {
-    let mut m = match <Hmac<Sha256> as KeyInit>::new_from_slice(token.expose().as_bytes()) {
-        Ok(m) => m,
-        // Any key length is valid for HMAC; unreachable, and a token no form can match.
-        Err(_) => return String::new(),
-    };
-    m.update(b"keel-admin-csrf:");
-    m.update(value.as_bytes());
-    URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
-}
 
 #[derive(Template)]
 #[template(path = "admin/flags.html")]
@@ -79,10 +60,7 @@ pub(crate) fn flags_page(
     error: Option<String>,
 ) -> Response {
     let report = admin.sources.flags.report();
-    let csrf = match (admin.token(), session::from_headers(headers)) {
-        (Some(token), Some(value)) if session::verify(token, value) => Some(csrf(token, value)),
-        _ => None,
-    };
+    let csrf = admin.token().zip(session::from_headers(headers)).and_then(|(token, value)| session::csrf(token, value));
     let page = FlagsPage {
         stylesheet: crate::status::STYLESHEET,
         service: &admin.sources.identity.name,
@@ -111,11 +89,6 @@ pub(crate) struct FlagForm {
     confirm: String,
 }
 
-/// Who a console change is recorded as: the session's id, never its secret parts.
-fn actor(value: &str) -> String {
-    format!("operator:{}", value.split('.').nth(1).unwrap_or("unknown"))
-}
-
 /// `POST /admin/console/flags/{key}`.
 pub(crate) async fn flag_action(
     State(admin): State<Admin>,
@@ -129,10 +102,11 @@ pub(crate) async fn flag_action(
             .detail("admin endpoints are disabled")
             .into_response();
     };
-    let Some(value) = session::from_headers(&headers).filter(|v| session::verify(token, v)) else {
+    let session =
+        session::from_headers(&headers).and_then(|v| Some((session::id(token, v)?, session::csrf(token, v)?)));
+    let Some((id, want)) = session else {
         return Redirect::to("/admin/login").into_response();
     };
-    let want = csrf(token, value);
     if want.is_empty() || !bool::from(want.as_bytes().ct_eq(form.csrf.as_bytes())) {
         return flags_page(
             &admin,
@@ -148,12 +122,13 @@ pub(crate) async fn flag_action(
         return refuse("tick the confirmation to apply the change");
     }
     let reason = form.reason.trim();
-    if reason.is_empty() || reason.len() > keel_features::store::MAX_TEXT || reason.chars().any(char::is_control) {
-        return refuse("say why, in 1 to 255 characters");
+    if let Some(why) = crate::flags::reason_error(reason) {
+        return refuse(why);
     }
     let flags = &admin.sources.flags;
     let current = flags.report_under(&key).flags.into_iter().find(|f| f.key == key);
-    let who = actor(value);
+    // The session's id, never its secret parts.
+    let who = format!("operator:{id}");
     let result = match form.action.as_str() {
         "on" | "off" => {
             let Some(current) = current else { return refuse("no such flag") };

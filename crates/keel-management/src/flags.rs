@@ -93,18 +93,22 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Problem>>
     serde_json::from_slice(body).map_err(|e| Box::new(Problem::bad_request(format!("not a valid body: {e}"))))
 }
 
-fn check_reason(reason: &str) -> Result<(), Box<Problem>> {
-    let reason = reason.trim();
+/// Why `reason` (trimmed) is not one a change can be recorded with, if it is not.
+pub(crate) fn reason_error(reason: &str) -> Option<&'static str> {
     if reason.is_empty() || reason.len() > keel_features::store::MAX_TEXT {
-        return Err(Box::new(Problem::invalid(
-            "reason",
-            "say why, in 1 to 255 characters: it is kept in the flag's history and the audit log",
-        )));
+        Some("say why, in 1 to 255 characters: it is kept in the flag's history and the audit log")
+    } else if reason.chars().any(char::is_control) {
+        Some("no control characters")
+    } else {
+        None
     }
-    if reason.chars().any(char::is_control) {
-        return Err(Box::new(Problem::invalid("reason", "no control characters")));
+}
+
+fn check_reason(reason: &str) -> Result<(), Box<Problem>> {
+    match reason_error(reason.trim()) {
+        Some(why) => Err(Box::new(Problem::invalid("reason", why))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn failed(e: OverrideError) -> Response {

@@ -55,16 +55,28 @@ fn unix_now() -> u64 {
 }
 
 fn mac(token: &Secret, expiry: u64, id: &str) -> Vec<u8> {
+    keyed(token, &[b"keel-admin-session:", expiry.to_string().as_bytes(), b":", id.as_bytes()])
+}
+
+/// HMAC-SHA256 of `parts` under the admin token (empty if it could not be made).
+fn keyed(token: &Secret, parts: &[&[u8]]) -> Vec<u8> {
     // The key is the admin token itself: any length is a valid HMAC key.
-    let mut m = match Hmac::<Sha256>::new_from_slice(token.expose().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return Vec::new(),
-    };
-    m.update(b"keel-admin-session:");
-    m.update(expiry.to_string().as_bytes());
-    m.update(b":");
-    m.update(id.as_bytes());
+    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(token.expose().as_bytes()) else { return Vec::new() };
+    for part in parts {
+        m.update(part);
+    }
     m.finalize().into_bytes().to_vec()
+}
+
+/// The CSRF token of the console's forms for the session `value`, when it is a live session:
+/// the same on every listener sharing the admin token, and useless without the session.
+pub(crate) fn csrf(token: &Secret, value: &str) -> Option<String> {
+    verify(token, value).then(|| URL_SAFE_NO_PAD.encode(keyed(token, &[b"keel-admin-csrf:", value.as_bytes()])))
+}
+
+/// The id of the session `value` (never its secret parts), when it is a live session.
+pub(crate) fn id(token: &Secret, value: &str) -> Option<String> {
+    signed(token, value).map(|(id, _)| id).filter(|_| verify(token, value))
 }
 
 /// A new session cookie's value, valid for [`SESSION_TTL`].
