@@ -37,6 +37,19 @@ pub(crate) struct Capabilities {
     pub(crate) uploads: bool,
 }
 
+impl Capabilities {
+    /// The answer for `flag`, if it is one of the four.
+    fn of(&self, flag: &str) -> Option<bool> {
+        match flag {
+            FOR_YOU => Some(self.for_you),
+            LIVE => Some(self.live),
+            PROVIDERS => Some(self.providers),
+            UPLOADS => Some(self.uploads),
+            _ => None,
+        }
+    }
+}
+
 impl Default for Capabilities {
     /// The built-in defaults: everything on.
     fn default() -> Self {
@@ -89,7 +102,12 @@ impl Gate {
 
 /// The middleware of a [`Gate`].
 pub(crate) async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
-    if g.flags.is_enabled(g.flag, &context(&req)) {
+    // A page's request was evaluated once already ([`evaluate`]); the API's is evaluated here.
+    let on = match req.extensions().get::<Capabilities>().and_then(|c| c.of(g.flag)) {
+        Some(on) => on,
+        None => g.flags.is_enabled(g.flag, &context(&req)),
+    };
+    if on {
         return next.run(req).await;
     }
     let path = req.uri().path();
