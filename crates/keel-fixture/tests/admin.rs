@@ -377,19 +377,24 @@ async fn workers_are_named_when_shutdown_is_forced() {
     assert_eq!(workers.alive(), 0);
 }
 
-#[tokio::test]
-async fn flags_are_overridden_at_runtime_with_a_history_and_an_audit_entry() {
-    let dir = tempfile::tempdir().unwrap();
+/// A fixture with the flags file, a database (so the overrides' store) and an audit log.
+async fn store_fixture(dir: &tempfile::TempDir, db: &keel::testing::TestDatabase) -> Fixture {
     let path = dir.path().join("flags.yaml");
     std::fs::write(&path, FLAGS).unwrap();
-    let db = keel::testing::TestDatabase::sqlite().unwrap();
-    let f = Fixture::start(&[
+    Fixture::start(&[
         ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
         ("FIXTURE__APP__DATABASE", "true"),
         ("FIXTURE__DATABASE__URL", db.url()),
         ("FIXTURE__FEATURES__FILE", path.to_str().unwrap()),
     ])
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn flags_are_overridden_at_runtime_with_a_history_and_an_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = keel::testing::TestDatabase::sqlite().unwrap();
+    let f = store_fixture(&dir, &db).await;
     let c = client();
     let flag = |key: &str| {
         let url = f.url(&format!("/flags/{key}?user=alice"));
@@ -487,16 +492,8 @@ async fn flags_are_overridden_at_runtime_with_a_history_and_an_audit_entry() {
 #[tokio::test]
 async fn a_signed_in_browser_changes_a_flag_from_the_console_with_csrf_and_confirmation() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("flags.yaml");
-    std::fs::write(&path, FLAGS).unwrap();
     let db = keel::testing::TestDatabase::sqlite().unwrap();
-    let f = Fixture::start(&[
-        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
-        ("FIXTURE__APP__DATABASE", "true"),
-        ("FIXTURE__DATABASE__URL", db.url()),
-        ("FIXTURE__FEATURES__FILE", path.to_str().unwrap()),
-    ])
-    .await;
+    let f = store_fixture(&dir, &db).await;
     let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     eventually("the store is read", || async {
         admin_json(&f, "/admin/flags").await["store"]["synced_at"].is_string()
