@@ -13,7 +13,7 @@
 //! | endpoint | answers 200 when |
 //! |---|---|
 //! | `GET /health/live` (`/healthz`, `/livez`) | the process answers and every required liveness check is up; never depends on external services |
-//! | `GET /health/ready` (`/readyz`) | start-up finished, every required readiness check is up, and the service is not shutting down |
+//! | `GET /health/ready` (`/readyz`) | start-up finished, every required readiness check is up, and the service is neither drained by an operator nor shutting down |
 //! | `GET /health/startup` | start-up finished and every required startup check is up |
 //!
 //! Body: `{"status":"up|down|degraded","checks":{"<name>":{"status":…,"latency_ms":…,"age_ms":…,"error":…}}}`.
@@ -237,6 +237,8 @@ struct Inner {
     entries: RwLock<Vec<Arc<Entry>>>,
     started: AtomicBool,
     shutting_down: AtomicBool,
+    /// Why an operator drained the instance (readiness down until undrained).
+    drained: RwLock<Option<String>>,
     interval: Duration,
     ttl: Duration,
     gauge: Option<IntGaugeVec>,
@@ -284,7 +286,7 @@ pub struct CheckReport {
 pub struct Report {
     /// Overall status.
     pub status: Status,
-    /// Why the probe is down when no single check explains it (starting, shutting down).
+    /// Why the probe is down when no single check explains it (starting, drained, shutting down).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Each check of this probe's kind.
@@ -319,6 +321,7 @@ impl Health {
                 entries: RwLock::new(Vec::new()),
                 started: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
+                drained: RwLock::new(None),
                 interval,
                 ttl,
                 gauge,
@@ -406,6 +409,25 @@ impl Health {
     pub fn set_shutting_down(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.changed();
+    }
+
+    /// Drains the instance (`Some(why)`): readiness answers down, so load balancers and
+    /// Kubernetes Services stop sending it traffic, while it keeps serving what reaches it and
+    /// liveness stays up. `None` undrains it. Returns whether this changed anything.
+    pub fn set_drained(&self, why: Option<String>) -> bool {
+        let mut drained = self.inner.drained.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = drained.is_some() != why.is_some();
+        *drained = why;
+        drop(drained);
+        if changed {
+            self.changed();
+        }
+        changed
+    }
+
+    /// Why the instance is drained, when it is ([`Health::set_drained`]).
+    pub fn drained(&self) -> Option<String> {
+        self.inner.drained.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Notified whenever a probe's answer may have changed (a check's outcome, start-up
@@ -584,6 +606,12 @@ impl Health {
             status = Status::Down;
             reason = Some("starting".into());
         }
+        if kind == Kind::Readiness
+            && let Some(why) = self.drained()
+        {
+            status = Status::Down;
+            reason = Some(format!("drained: {why}"));
+        }
         if kind == Kind::Readiness && self.is_shutting_down() {
             status = Status::Down;
             reason = Some("shutting down".into());
@@ -689,5 +717,27 @@ mod tests {
         assert!(r.checks["slow"].error.as_deref().unwrap_or_default().contains("timed out"));
         h.set_shutting_down();
         assert_eq!(h.report(Kind::Readiness).reason.as_deref(), Some("shutting down"));
+    }
+
+    #[tokio::test]
+    async fn a_drained_instance_is_not_ready_until_undrained() {
+        let h = health(Duration::from_secs(60));
+        h.add(Check::new("db", Kind::Readiness, || async { Outcome::Up }));
+        h.add(Check::new("loop", Kind::Liveness, || async { Outcome::Up }));
+        h.set_started();
+        h.run_all().await;
+        let mut changes = h.subscribe();
+        changes.mark_unchanged();
+        assert!(h.set_drained(Some("node maintenance".into())));
+        assert!(changes.has_changed().unwrap(), "the gRPC mirror hears of it");
+        let r = h.report(Kind::Readiness);
+        assert_eq!((r.status, r.reason.as_deref()), (Status::Down, Some("drained: node maintenance")));
+        assert_eq!(r.checks["db"].status, Status::Up, "the checks still say what they see");
+        assert!(h.report(Kind::Liveness).is_ok(), "draining is not a restart");
+        assert!(!h.set_drained(Some("again".into())), "already drained");
+        assert_eq!(h.drained().as_deref(), Some("again"));
+        assert!(h.set_drained(None));
+        assert!(h.report(Kind::Readiness).is_ok());
+        assert!(h.drained().is_none());
     }
 }

@@ -17,6 +17,9 @@
 //!   backoff with full jitter (`worker_restarts_total`). A continuous worker that returns before
 //!   shutdown is restarted the same way. An error returned from a periodic run is logged and
 //!   counted; the next tick runs as usual.
+//! * **Run now**: [`Workers::run_now`] starts a periodic worker's run outside its schedule (the
+//!   operator console's button); it never overlaps a run in progress and leaves the schedule as
+//!   it is.
 //! * **Health**: each worker adds the check `worker:<name>` (liveness, or readiness with
 //!   [`Worker::readiness`]). It is down when the last success is older than the threshold
 //!   (default 2 × interval for periodic workers), so a worker that keeps failing takes the
@@ -98,6 +101,24 @@ pub enum WorkerError {
     /// Metrics could not be registered.
     #[error("cannot register worker metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// Why [`Workers::run_now`] started no run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunNowError {
+    /// No worker has that name.
+    #[error("no worker is named `{0}`")]
+    Unknown(String),
+    /// A continuous worker is always running: there is no run to start.
+    #[error("worker `{0}` is continuous: it is always running")]
+    Continuous(String),
+    /// Its supervisor is not running (not started yet, or stopped).
+    #[error("worker `{0}` is not running (not started, or stopped)")]
+    Stopped(String),
+    /// A run is in progress: runs never overlap.
+    #[error("worker `{0}` is running now: runs never overlap")]
+    Busy(String),
 }
 
 #[derive(Default)]
@@ -264,6 +285,26 @@ impl Workers {
         let mut names: BTreeSet<String> = reg.late.iter().cloned().collect();
         names.extend(reg.all.iter().filter(|s| s.alive.load(Ordering::SeqCst)).map(|s| s.name.clone()));
         names.into_iter().collect()
+    }
+
+    /// Asks the periodic worker `name` for a run now, besides its schedule (an operator's
+    /// "run now"). The run starts as soon as its supervisor is free: at once, or, before its first
+    /// run, once its dependencies are up and its start-up jitter has passed. The schedule is
+    /// unchanged, and a tick that falls during the run is skipped as usual.
+    pub fn run_now(&self, name: &str) -> Result<(), RunNowError> {
+        let shared = self.registry().all.iter().find(|s| s.name == name).cloned();
+        let Some(shared) = shared else { return Err(RunNowError::Unknown(name.to_owned())) };
+        if matches!(shared.schedule, Schedule::Continuous) {
+            return Err(RunNowError::Continuous(shared.name.clone()));
+        }
+        if !shared.alive.load(Ordering::SeqCst) {
+            return Err(RunNowError::Stopped(shared.name.clone()));
+        }
+        if shared.running.load(Ordering::SeqCst) {
+            return Err(RunNowError::Busy(shared.name.clone()));
+        }
+        shared.run_now.notify_one();
+        Ok(())
     }
 
     /// Supervisor tasks still running.

@@ -132,6 +132,9 @@ pub(crate) struct Shared {
     pub(crate) alive: AtomicBool,
     /// A run is in progress.
     pub(crate) running: AtomicBool,
+    /// An operator asked for a run now ([`crate::Workers::run_now`]); the permit waits for the
+    /// supervisor's loop.
+    pub(crate) run_now: tokio::sync::Notify,
     stats: Mutex<Stats>,
     handles: Option<Handles>,
 }
@@ -152,6 +155,7 @@ impl Shared {
             stale_after,
             alive: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            run_now: tokio::sync::Notify::new(),
             stats: Mutex::new(Stats::default()),
             handles,
         }

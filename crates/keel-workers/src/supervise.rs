@@ -142,6 +142,10 @@ async fn periodic(plan: &Plan, token: &CancellationToken, interval: Duration, ba
                     RunOutcome::Error => {}
                 }
             }
+            () = shared.run_now.notified(), if current.is_none() => {
+                tracing::info!(worker = %shared.name, "worker run requested by an operator");
+                current = Some(start_run(plan, token));
+            }
             _ = ticker.tick() => {
                 if current.is_some() {
                     shared.skipped();

@@ -279,3 +279,43 @@ fn bad_registrations_are_errors() {
     assert_eq!(ok().threshold(), Some(Duration::from_secs(2)));
     assert_eq!(Worker::continuous("c", |_| async { Ok::<_, RunError>(()) }).threshold(), None);
 }
+
+#[tokio::test]
+async fn run_now_starts_a_run_besides_the_schedule_and_never_overlaps() {
+    let workers = Workers::new(None, None).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (r, gate) = (runs.clone(), release.clone());
+    workers
+        .add(Worker::periodic("hourly", Duration::from_secs(3600), move |_ctx| {
+            let (r, gate) = (r.clone(), gate.clone());
+            async move {
+                // The first run (the schedule's first tick) returns at once; the others wait.
+                if r.fetch_add(1, Ordering::SeqCst) > 0 {
+                    gate.notified().await;
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        }))
+        .unwrap();
+    workers
+        .add(Worker::continuous("loop", |ctx| async move {
+            ctx.cancelled().await;
+            Ok::<_, std::io::Error>(())
+        }))
+        .unwrap();
+    assert_eq!(workers.run_now("hourly"), Err(RunNowError::Stopped("hourly".into())), "not started yet");
+    let stop = CancellationToken::new();
+    workers.start(&stop);
+    eventually("the first scheduled run", || status(&workers, "hourly").runs == 1).await;
+    workers.run_now("hourly").unwrap();
+    eventually("the requested run starts", || runs.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(workers.run_now("hourly"), Err(RunNowError::Busy("hourly".into())));
+    release.notify_one();
+    eventually("the requested run finishes", || status(&workers, "hourly").runs == 2).await;
+    assert_eq!(workers.run_now("nope"), Err(RunNowError::Unknown("nope".into())));
+    assert_eq!(workers.run_now("loop"), Err(RunNowError::Continuous("loop".into())));
+    stop.cancel();
+    assert!(workers.join(far()).await.is_empty());
+    assert_eq!(workers.run_now("hourly"), Err(RunNowError::Stopped("hourly".into())));
+}

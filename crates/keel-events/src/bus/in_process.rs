@@ -196,6 +196,14 @@ impl Broker {
         Ok(replayed)
     }
 
+    pub(super) fn dlq_discard(&self, topic: &str, id: &str) -> usize {
+        let mut topics = self.topics();
+        let Some(t) = topics.get_mut(topic) else { return 0 };
+        let before = t.dlq.len();
+        t.dlq.retain(|d| d.envelope.id != id);
+        before - t.dlq.len()
+    }
+
     pub(super) fn dlq_purge(&self, topic: &str) -> usize {
         self.topics().get_mut(topic).map(|t| t.dlq.drain(..).count()).unwrap_or(0)
     }

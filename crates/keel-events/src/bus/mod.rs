@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 
 pub(crate) use crate::config::memory_bus_name;
 use crate::config::{BusBackend, BusConfig};
-pub use consumer::{Consumer, ConsumerOptions, Dependency, Failure, Handler, Message};
+pub use consumer::{Consumer, ConsumerControl, ConsumerOptions, Dependency, Failure, Handler, Message};
 pub use envelope::{Envelope, Event};
 pub use metrics::ConsumerMetrics;
 
@@ -542,6 +542,22 @@ impl Bus {
             Conn::Rabbit(c) => c.dlq_replay(topic, id).await,
             #[cfg(feature = "kafka")]
             Conn::Kafka(c) => c.dlq_replay(topic, id).await,
+        }
+    }
+
+    /// Deletes the dead letter of `topic` with event id `id` without replaying it (a poison
+    /// message an operator gave up on). Returns how many were removed (0 when none has that id).
+    pub async fn dlq_discard(&self, topic: &str, id: &str) -> Result<usize, BusError> {
+        validate_name(topic)?;
+        let topic = &*self.namespaced(topic);
+        match self.conn()? {
+            Conn::InProcess(b) => Ok(b.dlq_discard(topic, id)),
+            #[cfg(feature = "nats")]
+            Conn::Nats(c) => c.dlq_discard(topic, id).await,
+            #[cfg(feature = "rabbitmq")]
+            Conn::Rabbit(c) => c.dlq_discard(topic, id).await,
+            #[cfg(feature = "kafka")]
+            Conn::Kafka(c) => c.dlq_discard(topic, id).await,
         }
     }
 

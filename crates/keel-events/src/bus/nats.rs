@@ -307,6 +307,18 @@ impl Conn {
         Ok(n)
     }
 
+    pub(super) async fn dlq_discard(&self, topic: &str, id: &str) -> Result<usize, BusError> {
+        let s = self.dlq_stream(topic).await?;
+        let mut n = 0;
+        for (seq, d) in self.dead_letters(topic, usize::MAX).await? {
+            if d.envelope.id == id {
+                s.delete_message(seq).await.map_err(broker)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub(super) async fn dlq_purge(&self, topic: &str) -> Result<usize, BusError> {
         let s = self.dlq_stream(topic).await?;
         let purged = s.purge().await.map_err(broker)?.purged;

@@ -303,23 +303,22 @@ impl Conn {
     }
 
     pub(super) async fn dlq_list(&self, topic: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
-        self.dlq_walk(topic, limit, None).await
+        self.dlq_walk(topic, limit, Walk::List).await
     }
 
     pub(super) async fn dlq_replay(&self, topic: &str, id: Option<&str>) -> Result<usize, BusError> {
-        Ok(self.dlq_walk(topic, usize::MAX, Some(id)).await?.len())
+        Ok(self.dlq_walk(topic, usize::MAX, Walk::Replay(id)).await?.len())
+    }
+
+    pub(super) async fn dlq_discard(&self, topic: &str, id: &str) -> Result<usize, BusError> {
+        Ok(self.dlq_walk(topic, usize::MAX, Walk::Discard(id)).await?.len())
     }
 
     /// Reads up to `limit` dead letters on a channel of its own. Listing leaves them all unacked
     /// (they go back when the channel closes); replaying republishes each matching one to its
     /// group's queue, confirmed, and only then acks it — a crash in between duplicates (which
-    /// the inbox absorbs) rather than loses.
-    async fn dlq_walk(
-        &self,
-        topic: &str,
-        limit: usize,
-        replay: Option<Option<&str>>,
-    ) -> Result<Vec<DeadLetter>, BusError> {
+    /// the inbox absorbs) rather than loses; discarding acks the matching one.
+    async fn dlq_walk(&self, topic: &str, limit: usize, walk: Walk<'_>) -> Result<Vec<DeadLetter>, BusError> {
         self.ensure_topic(topic).await?;
         let channel = self.with_live(async |l| l.connection.create_channel().await.map_err(broker)).await?;
         let dlq = format!("{topic}.dlq");
@@ -348,19 +347,23 @@ impl Conn {
                     reason: header_str(&headers, DEAD_REASON).unwrap_or_default(),
                     attempts: header_u32(&headers, ATTEMPT).unwrap_or(0),
                 };
-                match replay {
-                    None => {
+                match walk {
+                    Walk::List => {
                         unsettled.push(d.delivery_tag);
                         out.push(dead);
                     }
-                    Some(id) if id.is_none_or(|id| id == dead.envelope.id) => {
+                    Walk::Discard(id) if id == dead.envelope.id => {
+                        channel.basic_ack(d.delivery_tag, BasicAckOptions::default()).await.map_err(broker)?;
+                        out.push(dead);
+                    }
+                    Walk::Replay(id) if id.is_none_or(|id| id == dead.envelope.id) => {
                         let payload = dead.envelope.to_bytes()?;
                         let group = (!dead.group.is_empty()).then_some(dead.group.as_str());
                         self.publish(topic, &dead.envelope, payload, group).await?;
                         channel.basic_ack(d.delivery_tag, BasicAckOptions::default()).await.map_err(broker)?;
                         out.push(dead);
                     }
-                    Some(_) => unsettled.push(d.delivery_tag),
+                    Walk::Replay(_) | Walk::Discard(_) => unsettled.push(d.delivery_tag),
                 }
             }
             Ok::<_, BusError>(())
@@ -398,6 +401,15 @@ impl Conn {
         let confirm = channel.basic_publish("".into(), queue.into(), opts, &payload, props).await.map_err(broker)?;
         confirmed(confirm.await.map_err(broker)?, queue)
     }
+}
+
+/// What [`Conn::dlq_walk`] does with the dead letters it reads.
+#[derive(Clone, Copy)]
+enum Walk<'a> {
+    List,
+    /// All (`None`), or the one with this event id.
+    Replay(Option<&'a str>),
+    Discard(&'a str),
 }
 
 pub(super) struct Subscription {

@@ -20,6 +20,9 @@
 //!   inbox database connecting at start-up) is being waited for instead: logged at INFO, not
 //!   counted in `consumer_pauses_total`, and the readiness check is down (`waiting: …`). A
 //!   broker it cannot subscribe to yet is logged at INFO for its first 30 s, then WARN.
+//! * **Paused by hand**: [`Consumer::control`] gives a [`ConsumerControl`] whose `pause` stops
+//!   the consumer taking messages (handlers running finish and settle) until `resume`; it is a
+//!   pause like a dependency's (logged, counted, readiness degraded with the reason given).
 //! * **Idempotent by default** (with [`Consumer::inbox`]): the message id is recorded in the
 //!   `keel_inbox` table in the same transaction as the handler's writes ([`Message::tx`]), so a
 //!   redelivery (a crash between commit and ack, a broker redelivering) is acknowledged without
@@ -81,6 +84,7 @@ pub use handler::{FnHandler, Handler, Message, handler_fn};
 pub use health::ConsumerCheck;
 use health::{Status, SubState};
 pub use options::ConsumerOptions;
+pub use pause::ConsumerControl;
 use pause::{Held, STARTUP_WAIT};
 
 /// A consumer: see the module docs.
@@ -95,6 +99,7 @@ pub struct Consumer<H> {
     /// What the handler needs: no message is taken while one is down.
     dependencies: Vec<Arc<dyn Dependency>>,
     held: Held,
+    control: ConsumerControl,
     metrics: Option<ConsumerMetrics>,
     state: Arc<SubState>,
     /// Called whenever readiness changes (subscribed, paused, resumed), so it need not wait
@@ -121,6 +126,7 @@ impl<H: Handler> Consumer<H> {
             inbox: None,
             dependencies: Vec::new(),
             held: Held::default(),
+            control: ConsumerControl::default(),
             metrics: None,
             state: Arc::new(SubState::default()),
             on_subscribed: Vec::new(),
@@ -173,6 +179,26 @@ impl<H: Handler> Consumer<H> {
     pub fn on_subscribed(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_subscribed.push(Arc::new(f));
         self
+    }
+
+    /// The handle that pauses and resumes this consumer by hand ([`ConsumerControl`]).
+    pub fn control(&self) -> ConsumerControl {
+        self.control.clone()
+    }
+
+    /// The bus it consumes from.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The topic it consumes.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Its consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// `<topic>:<group>`.
@@ -237,7 +263,7 @@ impl<H: Handler> Consumer<H> {
             // A dependency down now is recorded as a wait (or pause) the loop below ends when it
             // is back, even if it is back before the loop looks again.
             match this.pause_reason() {
-                Some(reason) => this.wait_for(reason, &mut paused, taking_once),
+                Some(reason) => this.wait_for(reason, &mut paused, taking_once || this.control.paused().is_some()),
                 None => this.state.set(Status::Up),
             }
             this.changed();
@@ -258,9 +284,11 @@ impl<H: Handler> Consumer<H> {
                     this.prune_inbox().await;
                 }
                 if let Some(reason) = this.pause_reason() {
-                    this.wait_for(reason, &mut paused, taking_once);
+                    // An operator's pause is never the start-up wait: readiness stays degraded.
+                    this.wait_for(reason, &mut paused, taking_once || this.control.paused().is_some());
                     tokio::select! {
                         () = stop.cancelled() => break false,
+                        () = this.control.woken() => continue,
                         () = tokio::time::sleep(this.options.pause_poll) => continue,
                     }
                 }
@@ -271,6 +299,7 @@ impl<H: Handler> Consumer<H> {
                 let permit = tokio::select! {
                     () = stop.cancelled() => break false,
                     () = this.held.wake.notified() => continue,
+                    () = this.control.woken() => continue,
                     p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break false },
                 };
                 // One timer per idle stretch, not one per message: it only has to wake the loop
@@ -280,6 +309,8 @@ impl<H: Handler> Consumer<H> {
                     () = stop.cancelled() => break false,
                     // A handler found a dependency down: take nothing more until it is back.
                     () = this.held.wake.notified() => continue,
+                    // An operator paused it: take nothing more.
+                    () = this.control.woken() => continue,
                     d = sub.next() => d,
                     () = &mut idle => {
                         idle.as_mut().reset(tokio::time::Instant::now() + this.options.lag_interval);
@@ -827,5 +858,64 @@ mod tests {
             .sum();
         assert!(shortest > 30.0 * 60.0, "{shortest} s");
         assert!(o.pause_poll <= Duration::from_millis(250));
+    }
+
+    /// An operator's pause: nothing is taken while it lasts (the messages wait with the broker,
+    /// none is dead-lettered), readiness is degraded with the reason, and after the resume every
+    /// message is handled once.
+    #[tokio::test]
+    async fn an_operator_pause_takes_nothing_until_resumed() {
+        let bus = Bus::in_process(100);
+        let metrics = Metrics::new();
+        let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = handled.clone();
+        let handler = handler_fn(move |_env: Envelope| {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), Failure>(())
+            }
+        });
+        let consumer = Consumer::new(bus.clone(), "orders", "billing", handler)
+            .options(ConsumerOptions::default().pause_poll(Duration::from_millis(20)))
+            .with_metrics(ConsumerMetrics::new(&metrics).unwrap());
+        let (control, check) = (consumer.control(), consumer.readiness_check());
+        assert_eq!((consumer.topic(), consumer.group()), ("orders", "billing"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        let publish = |n: usize| {
+            let bus = bus.clone();
+            async move {
+                bus.publish("orders", &Envelope::raw("test", "order", 1, serde_json::json!({ "n": n }))).await.unwrap();
+            }
+        };
+        publish(0).await;
+        until("the first message", || handled.load(Ordering::SeqCst) == 1).await;
+
+        // Paused while idle, waiting on the subscription: the next message is not taken.
+        assert!(control.pause("incident 42\n"));
+        assert!(!control.pause("again"), "already paused");
+        let paused = "consumer_paused{group=\"billing\",topic=\"orders\"}";
+        until("the pause", || metric(&metrics, paused) == 1).await;
+        for n in 1..=5 {
+            publish(n).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(handled.load(Ordering::SeqCst), 1, "nothing taken while paused");
+        assert_eq!(bus.lag("orders", "billing").await.unwrap(), 5, "they wait with the broker");
+        match check.check().await {
+            Outcome::Degraded(r) => assert!(r.contains("paused by an operator: again"), "{r}"),
+            other => panic!("degraded while paused, got {other:?}"),
+        }
+        assert_eq!(control.paused().as_deref(), Some("again"));
+
+        assert!(control.resume());
+        assert!(!control.resume(), "already running");
+        until("every message", || handled.load(Ordering::SeqCst) == 6).await;
+        until("the resume", || metric(&metrics, paused) == 0).await;
+        assert_eq!(check.check().await, Outcome::Up);
+        assert!(bus.dlq_list("orders", 10).await.unwrap().is_empty());
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 }

@@ -9,6 +9,59 @@ pub(super) const PROBE_MAX: Duration = Duration::from_secs(1);
 /// How long after a consumer starts a broker it cannot subscribe to yet is logged at INFO.
 pub(super) const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
+/// An operator's pause of one consumer (the console's Pause button): while set, the consumer
+/// takes no new message; what it is handling finishes and is settled as usual. Get it with
+/// [`Consumer::control`] before running the consumer; cheap to clone.
+#[derive(Clone, Default)]
+pub struct ConsumerControl {
+    inner: Arc<ControlInner>,
+}
+
+#[derive(Default)]
+struct ControlInner {
+    /// Why it is paused.
+    paused: std::sync::Mutex<Option<String>>,
+    /// Wakes the fetch loop so a pause takes effect before the next message, not after it.
+    wake: Notify,
+}
+
+impl std::fmt::Debug for ConsumerControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerControl").field("paused", &self.paused()).finish()
+    }
+}
+
+impl ConsumerControl {
+    /// Pauses the consumer, saying why; returns whether it was running. The readiness check
+    /// reports it degraded (`paused: paused by an operator: …`), not down: a paused consumer
+    /// does not take the service out of rotation.
+    pub fn pause(&self, why: impl Into<String>) -> bool {
+        let was = self.lock().replace(sanitize(&why.into())).is_none();
+        self.inner.wake.notify_one();
+        was
+    }
+
+    /// Lets it take messages again (within `pause_poll`); returns whether it was paused.
+    pub fn resume(&self) -> bool {
+        let was = self.lock().take().is_some();
+        self.inner.wake.notify_one();
+        was
+    }
+
+    /// Why it is paused, when it is.
+    pub fn paused(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.inner.paused.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.wake.notified()
+    }
+}
+
 /// Messages held because their dependency is unavailable, shared by the fetch loop and the
 /// handler tasks.
 #[derive(Default)]
@@ -42,6 +95,9 @@ impl<H: Handler> Consumer<H> {
     /// Why the consumer must not take a message now: a dependency it waits for is down, or a
     /// handler is holding a message because one is.
     pub(super) fn pause_reason(&self) -> Option<String> {
+        if let Some(why) = self.control.paused() {
+            return Some(format!("paused by an operator: {why}"));
+        }
         if let Some(d) = self.dependencies.iter().find(|d| !d.is_available()) {
             return Some(format!("{} unavailable", d.name()));
         }

@@ -567,6 +567,18 @@ impl Conn {
         Ok(n)
     }
 
+    /// Marks the dead letter `id` handled without publishing it: listed and replayed no more.
+    pub(super) async fn dlq_discard(&self, topic: &str, id: &str) -> Result<usize, BusError> {
+        let (letters, _) = self.dead_letters(topic).await?;
+        let mut n = 0;
+        for d in letters.iter().filter(|d| d.envelope.id == id) {
+            let marker = OwnedHeaders::new().insert(Header { key: REPLAYED, value: Some(d.envelope.id.as_str()) });
+            self.send(&format!("{topic}.dlq"), Some(&d.envelope.id), &[], marker).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub(super) async fn dlq_purge(&self, topic: &str) -> Result<usize, BusError> {
         let (letters, ends) = self.dead_letters(topic).await?;
         self.move_cursor(topic, ends).await?;
