@@ -380,6 +380,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         bus: None,
         #[cfg(feature = "events")]
         consumer_metrics: None,
+        consumers: Vec::new(),
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,
         dependencies: Arc::default(),
@@ -400,6 +401,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         breakers: setup.breakers,
         limiters: setup.limiters,
         audit: setup.audit,
+        consumers: setup.consumers,
         summary,
         config_yaml,
     };
@@ -456,6 +458,7 @@ struct Declared {
     breakers: Option<keel_resilience::breaker::Registry>,
     limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
     audit: Option<Arc<dyn keel_management::audit::AuditSource>>,
+    consumers: Vec<Arc<dyn keel_management::ops::ConsumerOps>>,
     summary: Vec<(String, String)>,
     config_yaml: String,
 }
@@ -594,6 +597,7 @@ fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (R
     if let Some(audit) = &d.audit {
         admin = admin.with_audit(audit.clone());
     }
+    admin = admin.with_consumers(d.consumers.clone());
     (admin.router(b.metrics.clone(), own_listener), admin)
 }
 

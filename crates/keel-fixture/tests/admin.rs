@@ -594,3 +594,163 @@ fn urlencoded(v: &str) -> String {
         })
         .collect()
 }
+
+/// The operations page: drain, run a worker now, pause a consumer, and replay or discard dead
+/// letters, each from a signed-in browser's form, with its effect on the running service and its
+/// audit entry.
+#[tokio::test]
+async fn the_console_drains_runs_pauses_and_handles_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/ops.db?mode=rwc", dir.path().display());
+    let f = Fixture::start(&[
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+        ("FIXTURE__APP__WORKERS", "true"),
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__APP__EVENTS", "true"),
+        ("FIXTURE__APP__EVENTS_TOPIC", "items"),
+        ("FIXTURE__DATABASE__URL", &db),
+        ("FIXTURE__OUTBOX__POLL_INTERVAL", "50ms"),
+    ])
+    .await;
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    eventually("ready", || async { client().get(f.url("/health/ready")).send().await.unwrap().status() == 200 }).await;
+    let cookie = session_cookie(&c.get(f.running().sign_in_link().unwrap()).send().await.unwrap());
+    let page = || async {
+        let r = c.get(format!("{}/admin/console", f.mgmt)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    let html = page().await;
+    for part in ["id=\"instance\"", "id=\"log-level\"", "<code>ticker</code>", "<code>indexer</code>", "items.dlq"] {
+        assert!(html.contains(part), "{part}: {html}");
+    }
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let act = |path: &str, fields: &[(&str, &str)]| {
+        let mut body = vec![format!("csrf={}", urlencoded(&csrf)), "confirm=yes".to_owned()];
+        body.extend(fields.iter().map(|(k, v)| format!("{k}={}", urlencoded(v))));
+        c.post(format!("{}/admin/console/{path}", f.mgmt))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"))
+            .send()
+    };
+    let moved = |r: reqwest::Response| r.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+
+    // Every form checks the session, the CSRF token, the confirmation and the reason.
+    let r = c
+        .post(format!("{}/admin/console/instance", f.mgmt))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=forged&confirm=yes&reason=x&action=drain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(act("instance", &[("action", "drain"), ("reason", " ")]).await.unwrap().status(), 422);
+    assert_eq!(client().get(f.url("/health/ready")).send().await.unwrap().status(), 200, "nothing drained");
+
+    // Drain: readiness down with the reason, liveness up, the API still serving; then back.
+    let r = act("instance", &[("action", "drain"), ("reason", "node maintenance")]).await.unwrap();
+    assert_eq!(moved(r).as_deref(), Some("/admin/console?done=drain"));
+    let ready = client().get(f.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("drained: node maintenance"));
+    assert_eq!(client().get(f.url("/health/live")).send().await.unwrap().status(), 200);
+    assert!(page().await.contains("Undrain"));
+    let r = act("instance", &[("action", "undrain"), ("reason", "maintenance over")]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    eventually("ready again", || async { client().get(f.url("/health/ready")).send().await.unwrap().status() == 200 })
+        .await;
+
+    // Run now: a periodic worker runs; a continuous or unknown one is refused.
+    let r = act("workers/ticker", &[("reason", "check the job")]).await.unwrap();
+    assert!(matches!(r.status().as_u16(), 303 | 409), "{}", r.status());
+    let r = act("workers/listener", &[("reason", "x")]).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("continuous"));
+    assert_eq!(act("workers/nope", &[("reason", "x")]).await.unwrap().status(), 404);
+
+    // Pause the consumer: an item's event waits with the broker; readiness stays up.
+    let r = act("consumers/items/indexer", &[("action", "pause"), ("reason", "index rebuild")]).await.unwrap();
+    assert_eq!(moved(r).as_deref(), Some("/admin/console?done=pause:items:indexer"));
+    let handled = || async {
+        let m = client().get(format!("{}/metrics", f.mgmt)).send().await.unwrap().text().await.unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("consumer_messages_total") && l.contains("outcome=\"ok\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let events = f.url("/events");
+    let add = |name: &'static str| {
+        let events = events.clone();
+        async move {
+            let r = client().post(events).json(&serde_json::json!({"name": name})).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    add("first").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handled().await, 0.0, "nothing taken while paused");
+    let ready = client().get(f.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a paused consumer keeps the instance in rotation");
+    assert!(ready.text().await.unwrap().contains("paused by an operator: index rebuild"));
+    assert!(page().await.contains("Resume"));
+    assert_eq!(
+        act("consumers/items/indexer", &[("action", "resume"), ("reason", "done")]).await.unwrap().status(),
+        303
+    );
+    eventually("handled after the resume", || async { handled().await == 1.0 }).await;
+    assert_eq!(act("consumers/items/nobody", &[("action", "pause"), ("reason", "x")]).await.unwrap().status(), 404);
+
+    // Dead letters: two poisoned items die; one is discarded, the other replayed once healed.
+    add("poison-1").await;
+    add("poison-2").await;
+    let ids = || async {
+        let html = page().await;
+        html.split("id=\"letter-").skip(1).map(|s| s.split('"').next().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    eventually("two dead letters", || async { ids().await.len() == 2 }).await;
+    let html = page().await;
+    assert!(html.contains("cannot index a poisoned item") && html.contains("poison-1"), "reason and data shown");
+    let dead = ids().await;
+    let r =
+        act("dead-letters/items", &[("action", "discard"), ("id", &dead[0]), ("reason", "bad data")]).await.unwrap();
+    assert_eq!(moved(r), Some(format!("/admin/console?done=discard:{}", dead[0])));
+    assert_eq!(ids().await, [dead[1].clone()]);
+    let r = act("dead-letters/items", &[("action", "discard"), ("id", &dead[0]), ("reason", "again")]).await.unwrap();
+    assert_eq!(r.status(), 404, "already discarded");
+    assert_eq!(act("dead-letters/items", &[("action", "replay"), ("reason", "x")]).await.unwrap().status(), 422);
+    client().post(f.url("/events/heal")).send().await.unwrap();
+    let r = act("dead-letters/items", &[("action", "replay-all"), ("reason", "fixed the indexer")]).await.unwrap();
+    assert_eq!(moved(r).as_deref(), Some("/admin/console?done=replayall:1:items"));
+    eventually("the replayed letter is handled", || async { handled().await == 2.0 }).await;
+    assert!(ids().await.is_empty());
+    let notice = c
+        .get(format!("{}/admin/console?done=replayall:1:items", f.mgmt))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notice.contains("Replayed 1 dead letter of items."), "{notice}");
+
+    // Each change is in the audit log, with the session as the actor.
+    let audit = admin_json(&f, "/admin/audit?format=json&limit=100").await;
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|i| i["action"].as_str().unwrap()).collect();
+    for a in [
+        "instance.drain",
+        "instance.undrain",
+        "consumer.pause",
+        "consumer.resume",
+        "dead_letters.discard",
+        "dead_letters.replay",
+    ] {
+        assert!(actions.contains(&a), "{a} not in {actions:?}");
+    }
+    let drain = audit["items"].as_array().unwrap().iter().find(|i| i["action"] == "instance.drain").unwrap();
+    assert_eq!(drain["details"]["after"]["drained"], "node maintenance");
+    assert!(drain["target"].as_str().unwrap().starts_with("instance:"));
+    f.stop().await;
+}

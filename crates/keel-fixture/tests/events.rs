@@ -262,6 +262,28 @@ async fn bus_semantics(broker: Broker) {
         .await;
     assert_eq!(bus.dlq_purge(&topic).await.unwrap(), 1);
     assert!(bus.dlq_list(&topic, 10).await.unwrap().is_empty());
+
+    // Discard one: the other stays, and nothing is delivered again.
+    let (e4, e5) = (event(4), event(5));
+    for e in [&e4, &e5] {
+        bus.publish(&topic, e).await.unwrap();
+        next(&mut b).await.ack().await.unwrap();
+        next(&mut a).await.dead_letter("a", "poison").await.unwrap();
+    }
+    until(Duration::from_secs(5), || async { (bus.dlq_list(&topic, 10).await.unwrap().len() == 2).then_some(()) })
+        .await;
+    assert_eq!(bus.dlq_discard(&topic, &e4.id).await.unwrap(), 1);
+    assert_eq!(bus.dlq_discard(&topic, "no-such-event").await.unwrap(), 0);
+    let left = bus.dlq_list(&topic, 10).await.unwrap();
+    assert_eq!(left.iter().map(|d| d.envelope.id.as_str()).collect::<Vec<_>>(), [e5.id.as_str()], "{broker:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), a.next()).await.is_err(),
+        "{broker:?}: a discarded letter is not delivered"
+    );
+    assert_eq!(bus.dlq_replay(&topic, None).await.unwrap(), 1, "{broker:?}: only the one kept is replayed");
+    let d = next(&mut a).await;
+    assert_eq!(d.envelope().unwrap().id, e5.id);
+    d.ack().await.unwrap();
     bus.close().await;
 }
 

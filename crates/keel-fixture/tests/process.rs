@@ -228,6 +228,38 @@ fn runtime_log_level_change() {
     p.wait_for("fixture-log");
     let out = put("very-loud");
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+
+    // A change with an expiry goes back to the filter before it; a second one on top of it
+    // goes back to the same, not to the first change's filter.
+    let get = || {
+        let mut s = TcpStream::connect(mgmt).unwrap();
+        let req = format!(
+            "GET /admin/log-level HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        serde_json::from_str::<Value>(out.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    };
+    let out = put(r#"{"level":"debug","expires_in":"30s"}"#);
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains(r#""reverts_to":"info""#), "{out}");
+    let out = put(r#"{"level":"warn","expires_in":"1s"}"#);
+    assert!(out.contains(r#""reverts_to":"info""#), "back to the filter before both: {out}");
+    assert!(get()["reverts_at"].is_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get()["level"] != "info" {
+        assert!(std::time::Instant::now() < deadline, "the change did not expire: {}", get());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(get()["reverts_to"].is_null(), "nothing pending after the revert");
+    p.wait_for("log level change expired; reverted");
+    start_get(p.http.unwrap(), "/log").join().unwrap();
+    p.wait_for("fixture-log");
+    for bad in [r#"{"level":"debug","expires_in":"25h"}"#, r#"{"level":"debug","expires_in":"soon"}"#] {
+        let out = put(bad);
+        assert!(out.starts_with("HTTP/1.1 400") && out.contains("expires_in"), "{out}");
+    }
+    assert_eq!(get()["level"], "info", "a refused change changes nothing");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq as _;
 
 use keel_features::{FlagDef, FlagReport, FlagsReport, OverrideError, Source};
 
+use crate::audit::AuditEntry;
 use crate::routes::Admin;
 use crate::session;
 
@@ -77,16 +78,89 @@ pub(crate) fn flags_page(
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct FlagForm {
-    #[serde(default)]
-    csrf: String,
+    #[serde(flatten)]
+    signed: Signed,
     #[serde(default)]
     action: String,
     #[serde(default)]
-    reason: String,
-    #[serde(default)]
     definition: String,
+}
+
+/// What a page says when a form's CSRF token does not match the session.
+pub(crate) const EXPIRED: &str = "The form expired: reload the page and try again.";
+
+/// Why a console form was not acted on.
+pub(crate) enum Refusal {
+    /// Admin is closed (no token): 401.
+    Closed,
+    /// No live session: to the sign-in form.
+    SignIn,
+    /// The CSRF token does not match the session: 403.
+    Expired,
+    /// The form is incomplete (confirmation, reason): 422 with this message.
+    Invalid(&'static str),
+}
+
+impl Refusal {
+    /// The answer, `page` rendering the console page with an error for the form's refusals.
+    pub(crate) fn respond(self, page: impl FnOnce(StatusCode, String) -> Response) -> Response {
+        match self {
+            Self::Closed => keel_http::problem::Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+                .detail("admin endpoints are disabled")
+                .into_response(),
+            Self::SignIn => Redirect::to("/admin/login").into_response(),
+            Self::Expired => page(StatusCode::FORBIDDEN, EXPIRED.into()),
+            Self::Invalid(why) => page(StatusCode::UNPROCESSABLE_ENTITY, why.into()),
+        }
+    }
+}
+
+/// Who acts from the console, once the form's checks pass.
+pub(crate) struct Operator {
+    /// `operator:<session id>`: the session's id, never its secret parts.
+    pub(crate) who: String,
+    /// Why, trimmed.
+    pub(crate) reason: String,
+}
+
+/// What every console form carries besides its action's fields.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Signed {
     #[serde(default)]
-    confirm: String,
+    pub(crate) csrf: String,
+    #[serde(default)]
+    pub(crate) reason: String,
+    #[serde(default)]
+    pub(crate) confirm: String,
+}
+
+/// The checks of every console form: a live session, its CSRF token, the ticked confirmation
+/// and a reason.
+pub(crate) fn operator(admin: &Admin, headers: &HeaderMap, form: &Signed) -> Result<Operator, Refusal> {
+    let token = admin.token().ok_or(Refusal::Closed)?;
+    let session = session::from_headers(headers).and_then(|v| Some((session::id(token, v)?, session::csrf(token, v)?)));
+    let (id, want) = session.ok_or(Refusal::SignIn)?;
+    if want.is_empty() || !bool::from(want.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return Err(Refusal::Expired);
+    }
+    if form.confirm != "yes" {
+        return Err(Refusal::Invalid("tick the confirmation to apply the change"));
+    }
+    let reason = form.reason.trim();
+    if let Some(why) = crate::flags::reason_error(reason) {
+        return Err(Refusal::Invalid(why));
+    }
+    Ok(Operator { who: format!("operator:{id}"), reason: reason.to_owned() })
+}
+
+/// Appends a change to the service's audit log, when it keeps one. The change is already made:
+/// a failed audit write is logged, not undone.
+pub(crate) async fn record(admin: &Admin, actor: &str, action: &str, target: &str, details: serde_json::Value) {
+    let Some(log) = &admin.audit else { return };
+    let entry = AuditEntry { actor: actor.to_owned(), action: action.to_owned(), target: target.to_owned(), details };
+    if let Err(e) = log.record(entry).await {
+        tracing::error!(error = %e, %action, %target, "operator change not written to the audit log");
+    }
 }
 
 /// `POST /admin/console/flags/{key}`.
@@ -97,38 +171,20 @@ pub(crate) async fn flag_action(
     form: axum::extract::Form<FlagForm>,
 ) -> Response {
     let form = form.0;
-    let Some(token) = admin.token() else {
-        return keel_http::problem::Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-            .detail("admin endpoints are disabled")
-            .into_response();
+    let op = match operator(&admin, &headers, &form.signed) {
+        Ok(op) => op,
+        Err(r) => {
+            return r.respond(|status, why| {
+                let why = if status == StatusCode::FORBIDDEN { why } else { format!("{key}: {why}") };
+                flags_page(&admin, &headers, status, None, Some(why))
+            });
+        }
     };
-    let session =
-        session::from_headers(&headers).and_then(|v| Some((session::id(token, v)?, session::csrf(token, v)?)));
-    let Some((id, want)) = session else {
-        return Redirect::to("/admin/login").into_response();
-    };
-    if want.is_empty() || !bool::from(want.as_bytes().ct_eq(form.csrf.as_bytes())) {
-        return flags_page(
-            &admin,
-            &headers,
-            StatusCode::FORBIDDEN,
-            None,
-            Some("The form expired: reload the page and try again.".into()),
-        );
-    }
     let refuse =
         |why: &str| flags_page(&admin, &headers, StatusCode::UNPROCESSABLE_ENTITY, None, Some(format!("{key}: {why}")));
-    if form.confirm != "yes" {
-        return refuse("tick the confirmation to apply the change");
-    }
-    let reason = form.reason.trim();
-    if let Some(why) = crate::flags::reason_error(reason) {
-        return refuse(why);
-    }
+    let (who, reason) = (op.who, op.reason.as_str());
     let flags = &admin.sources.flags;
     let current = flags.report_under(&key).flags.into_iter().find(|f| f.key == key);
-    // The session's id, never its secret parts.
-    let who = format!("operator:{id}");
     let result = match form.action.as_str() {
         "on" | "off" => {
             let Some(current) = current else { return refuse("no such flag") };

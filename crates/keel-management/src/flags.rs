@@ -24,13 +24,12 @@ use serde_json::json;
 use keel_features::{EvalContext, FlagDef, OverrideError};
 use keel_http::problem::Problem;
 
-use crate::audit::AuditEntry;
 use crate::routes::Admin;
 
 /// Largest request body of a flag change.
 const MAX_BODY: usize = 64 * 1024;
 /// Who a change made with the admin token is recorded as.
-const ACTOR: &str = "admin-token";
+pub(crate) const ACTOR: &str = "admin-token";
 
 fn no_store(mut r: Response) -> Response {
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -184,12 +183,7 @@ pub(crate) async fn delete(State(admin): State<Admin>, Path(key): Path<String>, 
 /// Records a change in the service's audit log, when it keeps one. The change is already made
 /// and in the flag's history: a failed audit write is logged, not undone.
 pub(crate) async fn audit(admin: &Admin, actor: &str, action: &str, key: &str, details: serde_json::Value) {
-    let Some(log) = &admin.audit else { return };
-    let entry =
-        AuditEntry { actor: actor.to_owned(), action: action.to_owned(), target: format!("flag:{key}"), details };
-    if let Err(e) = log.record(entry).await {
-        tracing::error!(error = %e, flag = %key, "flag change not written to the audit log");
-    }
+    crate::console::record(admin, actor, action, &format!("flag:{key}"), details).await;
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,19 +4,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::{Choice, ConstantTimeEq};
 
 use std::sync::Arc;
 
 use crate::audit::AuditSource;
+use crate::ops::ConsumerOps;
 use crate::session::{self, SignInCodes};
 use crate::status::{self, Bound, Process, Sources};
 
-use keel_config::{Profile, Secret};
+use keel_config::Secret;
 use keel_http::problem::Problem;
 use keel_http::{catch_panic, context, problems, request_id};
-use keel_telemetry::{self as telemetry, METRICS_CONTENT_TYPE, Metrics};
+use keel_telemetry::{METRICS_CONTENT_TYPE, Metrics};
 
 /// One service's management routes and what they share; cheap to clone.
 #[derive(Clone)]
@@ -27,18 +28,27 @@ pub struct Admin {
     codes: SignInCodes,
     /// The service's audit log, when it keeps one (`/admin/audit`).
     pub(crate) audit: Option<Arc<dyn AuditSource>>,
+    /// Its consumers, for the console's pause and dead letters.
+    pub(crate) consumers: Arc<[Arc<dyn ConsumerOps>]>,
 }
 
 impl Admin {
     /// The admin of the service `sources` describes, behind `token` (`management.admin_token`;
     /// `None` closes `/admin/*`). Its page shows the members of `process` with the same token.
     pub fn new(token: Option<Secret>, sources: Sources, process: Process) -> Self {
-        Self { token, sources, process, codes: SignInCodes::default(), audit: None }
+        Self { token, sources, process, codes: SignInCodes::default(), audit: None, consumers: Arc::new([]) }
     }
 
     /// Serves `source` on `/admin/audit` (see [`crate::audit`]).
     pub fn with_audit(mut self, source: Arc<dyn AuditSource>) -> Self {
         self.audit = Some(source);
+        self
+    }
+
+    /// Lets the console pause `consumers` and act on their topics' dead letters (see
+    /// [`crate::ops`]).
+    pub fn with_consumers(mut self, consumers: Vec<Arc<dyn ConsumerOps>>) -> Self {
+        self.consumers = consumers.into();
         self
     }
 
@@ -78,7 +88,8 @@ impl Admin {
 
 fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
     let guarded = Router::new()
-        .route("/admin/log-level", get(get_level).put(put_level))
+        .route("/admin/log-level", get(crate::level::get_level).put(crate::level::put_level))
+        .route("/admin/console", get(crate::operate::page))
         .route("/admin/status", get(status))
         .route("/admin/flags", get(crate::flags::list))
         .route("/admin/flags/{key}", get(crate::flags::one).put(crate::flags::put).delete(crate::flags::delete))
@@ -91,6 +102,11 @@ fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
         .route("/admin/logout", post(logout))
         // Checks the session and its CSRF token itself: a browser's change, not a script's.
         .route("/admin/console/flags/{key}", post(crate::console::flag_action))
+        .route("/admin/console/instance", post(crate::operate::instance))
+        .route("/admin/console/log-level", post(crate::operate::log_level))
+        .route("/admin/console/workers/{name}", post(crate::operate::run_worker))
+        .route("/admin/console/consumers/{topic}/{group}", post(crate::operate::consumer))
+        .route("/admin/console/dead-letters/{topic}", post(crate::operate::dead_letters))
         .route(status::STYLESHEET, get(stylesheet));
     let mut router =
         Router::new().route("/metrics", get(render)).with_state(metrics).merge(guarded.merge(open).with_state(admin));
@@ -281,38 +297,6 @@ async fn logout(State(admin): State<Admin>, headers: http::HeaderMap) -> Respons
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
-}
-
-#[derive(Serialize, Deserialize)]
-struct Level {
-    level: String,
-}
-
-async fn get_level() -> Response {
-    axum::Json(Level { level: telemetry::log_level().unwrap_or_default() }).into_response()
-}
-
-async fn put_level(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
-    let sources = &admin.sources;
-    let profile = sources.profile;
-    let text = String::from_utf8_lossy(&body);
-    let level = serde_json::from_str::<Level>(&text).map(|l| l.level).unwrap_or_else(|_| text.trim().to_owned());
-    if profile == Profile::Production && telemetry::mentions_trace(&level) {
-        sources.reloads.record("log level", false, format!("`{level}` refused: trace is not allowed in production"));
-        return Problem::bad_request("`trace` is refused in production: it logs too much and may log secrets")
-            .field("level", "trace is not allowed in production")
-            .into_response();
-    }
-    match telemetry::set_log_level(&level) {
-        Ok(()) => {
-            sources.reloads.record("log level", true, level.clone());
-            axum::Json(Level { level }).into_response()
-        }
-        Err(e) => {
-            sources.reloads.record("log level", false, format!("`{level}`: {e}"));
-            Problem::bad_request(e).field("level", "not a valid level or filter").into_response()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use keel_config::{Profile, Section};
 
 use super::{Setup, SetupError, misconfigured};
 
+mod ops;
+
 /// The readiness check of [`Setup::bus`]'s connection.
 const BUS_CHECK: &str = "bus";
 
@@ -61,6 +63,12 @@ impl<C: Section> Setup<C> {
             .with_metrics(self.consumer_metrics.clone().ok_or("consumer metrics")?)
             .on_subscribed(move || health.trigger());
         self.health.add(consumer.readiness_check());
+        self.consumers.push(std::sync::Arc::new(ops::Operated {
+            topic: consumer.topic().to_owned(),
+            group: consumer.group().to_owned(),
+            control: consumer.control(),
+            bus: consumer.bus().clone(),
+        }));
         let name = format!("{}:consumer", consumer.describe());
         let (health, deps) = (self.health.clone(), self.dependencies.clone());
         self.task(name, move |stop| async move {

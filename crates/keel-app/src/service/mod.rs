@@ -353,6 +353,8 @@ pub struct Setup<C> {
     pub(crate) bus: Option<keel_events::Bus>,
     #[cfg(feature = "events")]
     pub(crate) consumer_metrics: Option<keel_events::ConsumerMetrics>,
+    /// The consumers `consume` runs, for the console's pause and dead letters.
+    pub(crate) consumers: Vec<std::sync::Arc<dyn keel_management::ops::ConsumerOps>>,
     #[cfg(all(feature = "events", feature = "sql"))]
     pub(crate) outbox: Option<keel_events::outbox::Outbox>,
     /// The health checks of the connections made in set-up that consumers wait for before they

@@ -1,0 +1,57 @@
+//! What the console acts on beyond this crate's own state: a service's message consumers and
+//! the dead letters of their topics. keel-app implements [`ConsumerOps`] over `keel-events` for
+//! each consumer a service runs and hands them to [`Admin::with_consumers`](crate::Admin::with_consumers),
+//! so this crate needs no broker client.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+/// A boxed future of a broker operation; the error is a message for the operator.
+pub type OpsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// A dead letter as the console shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    /// The event's id (what replay and discard name).
+    pub id: String,
+    /// Its type.
+    pub kind: String,
+    /// When it happened (RFC 3339), as the event says.
+    pub time: String,
+    /// The consumer group that gave up on it.
+    pub group: String,
+    /// Why (the handler's last error, sanitized).
+    pub reason: String,
+    /// Deliveries made before giving up.
+    pub attempts: u32,
+    /// The event's data, as indented JSON, cut at [`MAX_DATA`] bytes.
+    pub data: String,
+}
+
+/// The most bytes of an event's data the console shows.
+pub const MAX_DATA: usize = 4096;
+
+/// One consumer of the service, as the console pauses it and reads its topic's dead letters.
+pub trait ConsumerOps: Send + Sync + 'static {
+    /// The topic it consumes.
+    fn topic(&self) -> &str;
+    /// Its consumer group.
+    fn group(&self) -> &str;
+    /// Why an operator paused it, when one did.
+    fn paused(&self) -> Option<String>;
+    /// Pauses it (it takes no new message); whether it was running.
+    fn pause(&self, why: &str) -> bool;
+    /// Resumes it; whether it was paused.
+    fn resume(&self) -> bool;
+    /// Up to `limit` dead letters of its topic, oldest first.
+    fn dead_letters(&self, limit: usize) -> OpsFuture<'_, Vec<Letter>>;
+    /// Replays its topic's dead letters (all, or the one with event id `id`) to the groups that
+    /// gave up on them; how many.
+    fn replay(&self, id: Option<&str>) -> OpsFuture<'_, usize>;
+    /// Deletes the dead letter `id` of its topic without replaying it; how many (0 or 1).
+    fn discard(&self, id: &str) -> OpsFuture<'_, usize>;
+    /// Deletes every dead letter of its topic; how many.
+    fn purge(&self) -> OpsFuture<'_, usize>;
+}
