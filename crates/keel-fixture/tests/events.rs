@@ -1735,3 +1735,29 @@ async fn a_full_kafka_buffer_loses_nothing() {
     assert_eq!(got, want, "every message, in order (one partition), none twice");
     bus.close().await;
 }
+
+/// Two consumers of one topic in one group would share their metrics, readiness check and
+/// console row: the second is refused at start-up, naming both.
+#[tokio::test]
+async fn a_second_consumer_of_the_same_topic_and_group_is_refused() {
+    let noop = || handler_fn(|_env: Envelope| async { Ok::<(), Failure>(()) });
+    let service = keel::Service::new(keel::BuildInfo::new("twice", "1.0.0", None, "test")).setup(move |s| {
+        let bus = s.bus()?;
+        s.consume(Consumer::new(bus.clone(), "orders", "billing", noop()))?;
+        s.consume(Consumer::new(bus.clone(), "orders", "shipping", noop()))?;
+        s.consume(Consumer::new(bus, "orders", "billing", noop()))?;
+        Ok(axum::Router::new())
+    });
+    let loaded = keel::app::Loader::new("twice", keel::config::Profile::Test)
+        .env([
+            ("TWICE__HTTP__PORT".to_owned(), "0".to_owned()),
+            ("TWICE__HTTP__ADDR".to_owned(), "127.0.0.1".to_owned()),
+        ])
+        .load()
+        .unwrap();
+    let Err(err) = keel::app::start(service, loaded).await else {
+        panic!("a second consumer of orders/billing started")
+    };
+    let err = err.to_string();
+    assert!(err.contains("`orders` in group `billing` is already running"), "{err}");
+}

@@ -11,6 +11,9 @@
 //! | `GET /admin/flags` (a browser) | the flags page: each flag, its source and evaluations, and forms to act |
 //! | `POST /admin/console/flags/{key}` | `action` = `on`, `off` (the kill switch, on the definition in effect), `save` (`definition`, JSON) or `reset` (remove the override); `reason`, `confirm=yes`, `csrf` |
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -153,9 +156,49 @@ pub(crate) fn operator(admin: &Admin, headers: &HeaderMap, form: &Signed) -> Res
     Ok(Operator { who: format!("operator:{id}"), reason: reason.to_owned() })
 }
 
-/// Appends a change to the service's audit log, when it keeps one. The change is already made:
-/// a failed audit write is logged, not undone.
+/// Changes kept in memory per service for the console page ([`Journal`]).
+pub(crate) const JOURNAL: usize = 50;
+
+/// The operator changes made through this listener since the process started, newest first:
+/// shown on the console page whether or not the service keeps an audit log (a stateless
+/// gateway keeps none); the audit log, when there is one, is the durable record.
+#[derive(Clone, Default)]
+pub(crate) struct Journal(Arc<Mutex<VecDeque<JournalEntry>>>);
+
+#[derive(Clone, Debug)]
+pub(crate) struct JournalEntry {
+    pub(crate) at: String,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) target: String,
+    pub(crate) details: String,
+}
+
+impl Journal {
+    fn push(&self, entry: JournalEntry) {
+        let mut j = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        j.push_front(entry);
+        j.truncate(JOURNAL);
+    }
+
+    /// The newest `n` entries.
+    pub(crate) fn recent(&self, n: usize) -> Vec<JournalEntry> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).iter().take(n).cloned().collect()
+    }
+}
+
+/// Records a change: a log line (`operator change`), the console's journal, and the service's
+/// audit log when it keeps one. The change is already made: a failed audit write is logged, not
+/// undone.
 pub(crate) async fn record(admin: &Admin, actor: &str, action: &str, target: &str, details: serde_json::Value) {
+    tracing::warn!(%actor, %action, %target, details = %details, "operator change");
+    admin.journal.push(JournalEntry {
+        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        details: details.to_string(),
+    });
     let Some(log) = &admin.audit else { return };
     let entry = AuditEntry { actor: actor.to_owned(), action: action.to_owned(), target: target.to_owned(), details };
     if let Err(e) = log.record(entry).await {

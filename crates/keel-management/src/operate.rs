@@ -49,6 +49,7 @@ struct ConsolePage<'a> {
     drained: Option<String>,
     level: LevelState,
     workers: Vec<WorkerStatus>,
+    journal: Vec<crate::console::JournalEntry>,
     consumers: Vec<ConsumerRow>,
     topics: Vec<TopicLetters>,
 }
@@ -159,6 +160,7 @@ async fn render(
         drained: sources.health.drained(),
         level: level::state(),
         workers: sources.workers.statuses(),
+        journal: admin.journal.recent(20),
         consumers: admin
             .consumers
             .iter()
@@ -223,9 +225,7 @@ pub(crate) async fn instance(
         "undrain" => (None, "instance.undrain"),
         _ => return failed(&admin, &headers, StatusCode::UNPROCESSABLE_ENTITY, "unknown action".into()).await,
     };
-    if health.set_drained(why.clone()) {
-        tracing::warn!(actor = %op.who, reason = %op.reason, drained = why.is_some(), "instance drain changed by an operator");
-    }
+    health.set_drained(why.clone());
     let details = json!({"before": {"drained": before}, "after": {"drained": why}, "reason": op.reason});
     console::record(&admin, &op.who, action, &target(&admin), details).await;
     done(&form.action)
@@ -334,7 +334,6 @@ pub(crate) async fn consumer(
         }
         _ => return failed(&admin, &headers, StatusCode::UNPROCESSABLE_ENTITY, "unknown action".into()).await,
     };
-    tracing::warn!(actor = %op.who, reason = %op.reason, %topic, %group, action, "consumer changed by an operator");
     let details = json!({"before": {"paused": before}, "after": {"paused": c.paused()}, "reason": op.reason});
     console::record(&admin, &op.who, action, &format!("consumer:{topic}:{group}"), details).await;
     done(&format!("{}:{topic}:{group}", form.action))
@@ -390,7 +389,6 @@ pub(crate) async fn dead_letters(
         }
         Ok(n) => {
             let id = one().filter(|_| matches!(form.action.as_str(), "replay" | "discard"));
-            tracing::warn!(actor = %op.who, reason = %op.reason, %topic, action, count = n, "dead letters changed by an operator");
             let details = json!({"id": id, "count": n, "reason": op.reason});
             console::record(&admin, &op.who, action, &format!("dead-letters:{topic}"), details).await;
             let what = match id {

@@ -30,13 +30,23 @@ pub struct Admin {
     pub(crate) audit: Option<Arc<dyn AuditSource>>,
     /// Its consumers, for the console's pause and dead letters.
     pub(crate) consumers: Arc<[Arc<dyn ConsumerOps>]>,
+    /// The changes made through this listener, for the console page.
+    pub(crate) journal: crate::console::Journal,
 }
 
 impl Admin {
     /// The admin of the service `sources` describes, behind `token` (`management.admin_token`;
     /// `None` closes `/admin/*`). Its page shows the members of `process` with the same token.
     pub fn new(token: Option<Secret>, sources: Sources, process: Process) -> Self {
-        Self { token, sources, process, codes: SignInCodes::default(), audit: None, consumers: Arc::new([]) }
+        Self {
+            token,
+            sources,
+            process,
+            codes: SignInCodes::default(),
+            audit: None,
+            consumers: Arc::new([]),
+            journal: Default::default(),
+        }
     }
 
     /// Serves `source` on `/admin/audit` (see [`crate::audit`]).

@@ -128,7 +128,9 @@ fn the_main_journeys_pass_in_headless_chromium() {
 }
 
 /// `tests/web/console.mjs`: an operator changes a flag from the gateway's console page in
-/// Chromium, and the site follows at once.
+/// Chromium, and the site follows at once; then drains auth, sets its log level for a few
+/// seconds, runs a worker now and pauses a consumer from auth's operations page, checking each
+/// effect and audit entry.
 #[test]
 fn the_operator_console_changes_a_flag_in_headless_chromium() {
     if !ready() {
@@ -149,11 +151,20 @@ fn the_operator_console_changes_a_flag_in_headless_chromium() {
         .filter(|l| l.contains("listening") && l.contains("service=cityevents-gateway"))
         .find_map(|l| l.split("management=").nth(1)?.split_whitespace().next().map(str::to_owned))
         .expect("the gateway's management address");
+    let auth = platform
+        .seen
+        .iter()
+        .find(|l| l.contains("listening") && l.contains("service=cityevents-auth"))
+        .expect("the auth service's listening line")
+        .clone();
+    let addr = |key: &str| auth.split(&format!("{key}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     let shots = std::env::var_os("KEEL_CI_ARTIFACTS")
         .map_or_else(|| repo_root().join("ci-artifacts"), PathBuf::from)
         .join("web");
     let out = Command::new("node")
         .arg("console.mjs")
+        .env("AUTH_MANAGEMENT_URL", format!("http://{}", addr("management")))
+        .env("AUTH_URL", format!("http://{}", addr("http")))
         .current_dir(journey_dir())
         .env("SIGN_IN_URL", &link)
         .env("MANAGEMENT_URL", format!("http://{management}"))
@@ -166,7 +177,7 @@ fn the_operator_console_changes_a_flag_in_headless_chromium() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the console journey failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("console journey passed"), "{stdout}\n{stderr}");
-    for page in ["flags", "flag-changed"] {
+    for page in ["flags", "flag-changed", "operate", "drained", "paused"] {
         assert!(shots.join(format!("console-{page}.png")).is_file(), "no screenshot of {page}");
     }
     let status = platform.stop();

@@ -3,7 +3,7 @@
 //! Auth raises a user's session version when sessions end and announces it as `session.revoked`
 //! on [`SESSIONS_TOPIC`]; access tokens carry the version they were issued under as `sv`.
 //! [`follow`] gives a service's verifier a [`Revocations`] map fed by a fan-out subscription of
-//! its own (consumer group `<service>-sessions.<suffix>`: every instance gets every
+//! its own (consumer group `<service>-revocations.<suffix>`: every instance gets every
 //! announcement), so [`keel::security::jwt::Auth`] refuses older tokens with a 401 once the
 //! announcement arrives (well under a second on a healthy bus).
 //!
@@ -24,7 +24,7 @@ use crate::catalogue::{SESSIONS_TOPIC, SessionRevoked, SessionSyncRequested};
 const CAPACITY: usize = 1_000_000;
 
 /// `jwt`, also refusing tokens of ended sessions, with the subscription that keeps it informed
-/// running from start-up until shutdown (readiness check `consumer:cityevents.sessions:<service>-sessions`).
+/// running from start-up until shutdown (readiness check `consumer:cityevents.sessions:<service>-revocations`).
 pub fn follow<C: keel::config::Section>(
     s: &mut keel::Setup<C>,
     service: &str,
@@ -37,7 +37,7 @@ pub fn follow<C: keel::config::Section>(
     let retention = cfg.ttl.max(Duration::from_secs(3600)) + cfg.leeway + Duration::from_secs(60);
     let revocations = Revocations::new(retention, CAPACITY);
     let bus = s.bus()?;
-    let group = format!("{}-sessions", short(service));
+    let group = format!("{}-revocations", short(service));
     let ask = Sync { bus: bus.clone(), service: service.to_owned() };
     let consumer = Consumer::new(bus, SESSIONS_TOPIC, group, Follower(revocations.clone()))
         .options(ConsumerOptions::default().subscribe(SubscribeOptions::default().fan_out()))

@@ -44,7 +44,8 @@ impl<C: Section> Setup<C> {
 
     /// Runs `consumer` from start-up until shutdown (it stops fetching, finishes and settles
     /// what is in flight, then returns), with the readiness check `consumer:<topic>:<group>` and
-    /// the `consumer_*` metrics.
+    /// the `consumer_*` metrics. A second consumer of the same topic and group is refused: its
+    /// metrics, check and console row would be indistinguishable from the first.
     ///
     /// ```ignore
     /// let bus = s.bus()?;
@@ -55,6 +56,16 @@ impl<C: Section> Setup<C> {
         &mut self,
         consumer: keel_events::Consumer<H>,
     ) -> Result<&mut Self, SetupError> {
+        // Its metrics, readiness check and console row are named by topic and group: a second
+        // consumer with both would be indistinguishable from the first.
+        if self.consumers.iter().any(|c| c.topic() == consumer.topic() && c.group() == consumer.group()) {
+            return Err(format!(
+                "a consumer of `{}` in group `{}` is already running: give each consumer its own group",
+                consumer.topic(),
+                consumer.group()
+            )
+            .into());
+        }
         if self.consumer_metrics.is_none() {
             self.consumer_metrics = Some(keel_events::ConsumerMetrics::new(&self.metrics)?);
         }

@@ -8,8 +8,15 @@
 // the browser session as the actor. Every console page is checked with axe-core (no serious or
 // critical violation) and logs no console error.
 //
+// Then, on the auth service's operations page (the same sign-in covers it), the operator drains
+// the instance and sees its readiness answer 503 then 200 again, turns debug logging on for a
+// few seconds and sees it revert by itself, runs a worker now and sees its run count grow,
+// pauses and resumes a consumer and sees the consumer_paused gauge follow; each change is in
+// the service's audit log with the session as the actor, and on the page's recent changes.
+//
 // Env: SIGN_IN_URL (the banner's one-time link), MANAGEMENT_URL (the gateway's management
-// listener), BASE_URL (the site), SHOTS_DIR, CHROMIUM (default /usr/bin/chromium).
+// listener), BASE_URL (the site), AUTH_MANAGEMENT_URL and AUTH_URL (the auth service's
+// management and public listeners), SHOTS_DIR, CHROMIUM (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
 import { readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -17,9 +24,9 @@ import { createRequire } from "node:module";
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-const { SIGN_IN_URL, MANAGEMENT_URL, BASE_URL, SHOTS_DIR } = process.env;
-if (!SIGN_IN_URL || !MANAGEMENT_URL || !BASE_URL || !SHOTS_DIR) {
-  throw new Error("SIGN_IN_URL, MANAGEMENT_URL, BASE_URL and SHOTS_DIR must be set");
+const { SIGN_IN_URL, MANAGEMENT_URL, BASE_URL, AUTH_MANAGEMENT_URL, AUTH_URL, SHOTS_DIR } = process.env;
+if (!SIGN_IN_URL || !MANAGEMENT_URL || !BASE_URL || !AUTH_MANAGEMENT_URL || !AUTH_URL || !SHOTS_DIR) {
+  throw new Error("SIGN_IN_URL, MANAGEMENT_URL, BASE_URL, AUTH_MANAGEMENT_URL, AUTH_URL and SHOTS_DIR must be set");
 }
 mkdirSync(SHOTS_DIR, { recursive: true });
 const FLAG = "cityevents.feed.for_you";
@@ -89,6 +96,81 @@ try {
   const actors = history.changes.map((c) => c.actor);
   expect(history.changes.length === 2 && actors.every((a) => a.startsWith("operator:")), `history: ${JSON.stringify(history)}`);
   expect(history.changes[1].reason.startsWith("incident 42:"), "the reason is kept");
+
+  // The auth service's operations page.
+  const OPS = `${AUTH_MANAGEMENT_URL}/admin/console`;
+  const json = async (url) => (await page.request.get(url, { headers: { accept: "application/json" } })).json();
+  const ready = async () => (await page.request.get(`${AUTH_URL}/health/ready`)).status();
+  /** Fills the form in `scope`, ticks the confirmation and presses `button`; waits for the notice. */
+  async function act(scope, button, reason, fields = {}) {
+    const form = page.locator(scope);
+    for (const [name, value] of Object.entries(fields)) await form.locator(`[name=${name}]`).fill(value);
+    await form.locator("input[name=reason]").fill(reason);
+    await form.locator("input[name=confirm]").check();
+    await form.getByRole("button", { name: button }).click();
+    await page.waitForURL(/done=/);
+    return page.locator("[role=status]").innerText();
+  }
+  async function eventually(what, f, ms = 10000) {
+    const until = Date.now() + ms;
+    for (;;) {
+      if (await f()) return;
+      if (Date.now() > until) throw new Error(`timed out: ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  await page.goto(OPS);
+  await check("operate");
+  expect((await ready()) === 200, "auth is ready");
+
+  // Drain, then undrain.
+  expect((await act("#instance form", "Drain", "incident 43: move auth traffic off this node")).includes("Drained"), "drain notice");
+  expect((await ready()) === 503, "a drained instance answers readiness with 503");
+  const reason = await (await page.request.get(`${AUTH_URL}/health/ready`)).text();
+  expect(reason.includes("drained: incident 43"), `readiness says why: ${reason}`);
+  await check("drained");
+  await act("#instance form", "Undrain", "incident 43 over");
+  await eventually("auth ready again", async () => (await ready()) === 200);
+
+  // Debug logging for 3 s, then back by itself.
+  const before = (await json(`${AUTH_MANAGEMENT_URL}/admin/log-level`)).level;
+  await act("#log-level form", "Set", "incident 43: debug the sign-in path", { level: "info,cityevents_auth=debug", expires_in: "3s" });
+  const during = await json(`${AUTH_MANAGEMENT_URL}/admin/log-level`);
+  expect(during.level === "info,cityevents_auth=debug" && during.reverts_to === before, `set with an expiry: ${JSON.stringify(during)}`);
+  expect((await page.locator("#log-level").innerText()).includes("goes back to"), "the page says when it reverts");
+  await eventually("the level reverts", async () => (await json(`${AUTH_MANAGEMENT_URL}/admin/log-level`)).level === before);
+
+  // Run a worker now: auth-prune runs every 10 minutes, so a second run within seconds is ours.
+  const runs = async () => (await json(`${AUTH_MANAGEMENT_URL}/admin/status`)).workers.find((w) => w.name === "auth-prune").runs;
+  await eventually("auth-prune's first run", async () => (await runs()) >= 1);
+  const first = await runs();
+  expect((await act('tr[id="worker-auth-prune"]', "Run now", "incident 43: prune expired sessions now")).includes("Run of auth-prune started"), "run notice");
+  await eventually("the requested run", async () => (await runs()) === first + 1);
+
+  // Pause a consumer, then resume it.
+  const paused = async () => {
+    const m = await (await page.request.get(`${AUTH_MANAGEMENT_URL}/metrics`)).text();
+    const line = m.split("\n").find((l) => l.startsWith("consumer_paused{") && l.includes('group="auth-sessions"'));
+    return line ? Number(line.split(" ").pop()) : NaN;
+  };
+  const rowId = "consumer-cityevents.sessions-auth-sessions";
+  await act(`tr[id="${rowId}"]`, "Pause", "incident 43: stop syncing sessions");
+  await eventually("the consumer pauses", async () => (await paused()) === 1);
+  expect((await page.locator(`tr[id="${rowId}"]`).innerText()).includes("paused"), "the page shows it paused");
+  expect((await ready()) === 200, "a paused consumer keeps the instance ready");
+  await check("paused");
+  await act(`tr[id="${rowId}"]`, "Resume", "incident 43 over");
+  await eventually("the consumer resumes", async () => (await paused()) === 0);
+
+  // Every change is in the audit log, with the session as the actor, and on the page.
+  const audit = await json(`${AUTH_MANAGEMENT_URL}/admin/audit?format=json&limit=50`);
+  const mine = audit.items.filter((i) => i.actor.startsWith("operator:"));
+  for (const action of ["instance.drain", "instance.undrain", "log_level.set", "worker.run", "consumer.pause", "consumer.resume"]) {
+    expect(mine.some((i) => i.action === action), `${action} in the audit log: ${JSON.stringify(mine.map((i) => i.action))}`);
+  }
+  const drained = mine.find((i) => i.action === "instance.drain");
+  expect(drained.details.reason.startsWith("incident 43") && drained.details.after.drained, `the drain's details: ${JSON.stringify(drained)}`);
+  expect((await page.locator("#changes").innerText()).includes("consumer.resume"), "the page lists the changes");
   console.log("console journey passed");
 } finally {
   await browser.close();
