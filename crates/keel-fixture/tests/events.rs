@@ -281,9 +281,21 @@ async fn bus_semantics(broker: Broker) {
         "{broker:?}: a discarded letter is not delivered"
     );
     assert_eq!(bus.dlq_replay(&topic, None).await.unwrap(), 1, "{broker:?}: only the one kept is replayed");
+    // Replayed and dead again at once: a new dead letter, not a duplicate of the first.
+    let d = next(&mut a).await;
+    assert_eq!(d.envelope().unwrap().id, e5.id);
+    d.dead_letter("a", "still poison").await.unwrap();
+    let again = until(Duration::from_secs(5), || async {
+        let l = bus.dlq_list(&topic, 10).await.unwrap();
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!((again.len(), again[0].reason.as_str()), (1, "still poison"), "{broker:?}");
+    assert_eq!(bus.dlq_replay(&topic, Some(&e5.id)).await.unwrap(), 1);
     let d = next(&mut a).await;
     assert_eq!(d.envelope().unwrap().id, e5.id);
     d.ack().await.unwrap();
+    assert!(bus.dlq_list(&topic, 10).await.unwrap().is_empty());
     bus.close().await;
 }
 

@@ -183,3 +183,89 @@ fn the_operator_console_changes_a_flag_in_headless_chromium() {
     let status = platform.stop();
     assert!(status.success(), "clean shutdown: {status}");
 }
+
+/// `tests/web/dead-letters.mjs`: on an all-in-one running on NATS, two join changes no handler
+/// can read die in the notifier's group; the operator inspects, discards, replays and purges
+/// them from the notifier's operations page in Chromium. Needs NATS (skipped without it, except
+/// under `CI=true`).
+#[test]
+fn the_operator_console_handles_dead_letters_in_headless_chromium() {
+    if !ready() || !keel::testing::require("NATS", &keel::testing::nats_url()) {
+        return;
+    }
+    let namespace = keel::testing::unique_topic("console");
+    let mut env: Vec<(String, String)> = Vec::new();
+    for service in ["GATEWAY", "AUTH", "EVENTS", "JOINS", "NOTIFIER"] {
+        env.push((format!("CITYEVENTS_{service}__BUS__BACKEND"), "nats".into()));
+        env.push((format!("CITYEVENTS_{service}__BUS__URL"), keel::testing::nats_url()));
+        env.push((format!("CITYEVENTS_{service}__BUS__NAMESPACE"), namespace.clone()));
+    }
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut platform = Platform::all_in_one(&refs);
+    platform.wait_for_line("First admin:", std::time::Duration::from_secs(10));
+    let link = platform
+        .seen
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find(|w| w.contains("/admin/login?code="))
+        .expect("the banner's sign-in link")
+        .to_owned();
+    let notifier = platform
+        .seen
+        .iter()
+        .filter(|l| l.contains("listening") && l.contains("service=cityevents-notifier"))
+        .find_map(|l| l.split("management=").nth(1)?.split_whitespace().next().map(str::to_owned))
+        .expect("the notifier's management address");
+
+    // Two join changes without a change in them, on the platform's topic.
+    let poison: Vec<keel::events::Envelope> = (0..2)
+        .map(|n| {
+            keel::events::Envelope::raw("web-test", "join.created", 1, serde_json::json!({"poison": true, "n": n}))
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut cfg = keel::events::BusConfig::default();
+        cfg.backend = keel::events::BusBackend::Nats;
+        cfg.url = Some(keel::config::Secret::new(keel::testing::nats_url()));
+        cfg.namespace = Some(namespace.clone());
+        let bus = keel::events::Bus::new(&cfg).unwrap();
+        bus.connect().await.unwrap();
+        for e in &poison {
+            bus.publish(cityevents_common::catalogue::JOINS_TOPIC, e).await.unwrap();
+        }
+        bus.close().await;
+    });
+
+    let shots = std::env::var_os("KEEL_CI_ARTIFACTS")
+        .map_or_else(|| repo_root().join("ci-artifacts"), PathBuf::from)
+        .join("web");
+    let ids: Vec<&str> = poison.iter().map(|e| e.id.as_str()).collect();
+    let out = Command::new("node")
+        .arg("dead-letters.mjs")
+        .current_dir(journey_dir())
+        .env("SIGN_IN_URL", &link)
+        .env("NOTIFIER_MANAGEMENT_URL", format!("http://{notifier}"))
+        .env("POISON", ids.join(","))
+        .env("SHOTS_DIR", &shots)
+        .env("CHROMIUM", keel::testing::browser::CHROMIUM)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // What the platform said about the letters, for the failure's message.
+        let _ = platform.wait_for("-", |_| false, std::time::Duration::from_millis(300));
+    }
+    assert!(out.status.success(), "the dead letters journey failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("dead letters journey passed"), "{stdout}\n{stderr}");
+    platform.wait_for(
+        "the purge's log line",
+        |l| l.contains("operator change") && l.contains("dead_letters.purge"),
+        std::time::Duration::from_secs(5),
+    );
+    let logged = platform.seen.iter().filter(|l| l.contains("operator change") && l.contains("dead_letters.")).count();
+    assert!(logged >= 3, "each change is logged: {logged}");
+    let status = platform.stop();
+    assert!(status.success(), "clean shutdown: {status}");
+}

@@ -339,10 +339,11 @@ impl Subscription {
             Err(e) => return Some(Err(broker(e))),
         };
         let attempt = m.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+        let stream_seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
         let replay_group = m.headers.as_ref().and_then(|h| h.get(REPLAY_GROUP)).map(|v| v.as_str().to_owned());
         let (msg, acker) = m.split();
         let payload = Envelope::from_bytes(&msg.payload);
-        let acker = Acker { acker: Some(acker), js: self.js.clone(), topic: self.topic.clone() };
+        let acker = Acker { acker: Some(acker), js: self.js.clone(), topic: self.topic.clone(), stream_seq };
         Some(Ok(Delivery::new(payload, attempt, replay_group, BusAcker::Nats(acker))))
     }
 }
@@ -351,6 +352,9 @@ pub(super) struct Acker {
     acker: Option<jetstream::message::Acker>,
     js: jetstream::Context,
     topic: String,
+    /// The message's position in the topic's stream: a replay is a new message, so a replayed
+    /// letter that dies again is a new dead letter, not a duplicate of the first.
+    stream_seq: u64,
 }
 
 impl Acker {
@@ -379,7 +383,11 @@ impl Acker {
 
     pub(super) async fn dead_letter(self, dead: DeadLetter) -> Result<(), BusError> {
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, format!("{}:dead:{}", dead.envelope.id, dead.group).as_str());
+        // Deduplicated per delivery of one stream message (a dead-letter publish retried after
+        // a lost confirmation), never across messages: the same event replayed and dead again
+        // within the duplicate window must not vanish as a duplicate.
+        let msg_id = format!("{}:dead:{}:{}", dead.envelope.id, dead.group, self.stream_seq);
+        headers.insert(MSG_ID, msg_id.as_str());
         headers.insert(DEAD_GROUP, dead.group.as_str());
         headers.insert(DEAD_REASON, dead.reason.replace(['\r', '\n'], " ").as_str());
         headers.insert(DEAD_ATTEMPTS, dead.attempts.to_string().as_str());
