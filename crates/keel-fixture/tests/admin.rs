@@ -281,6 +281,21 @@ async fn status_html_loads_nothing_but_its_stylesheet() {
     // Nothing runs and nothing loads but the stylesheet, from this listener.
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("style="), "{html}");
     assert_eq!(html.matches("<link").count(), 1);
+    // It reloads itself (no script: a refresh the CSP allows), unless asked not to.
+    assert!(html.contains(r#"<meta http-equiv="refresh" content="15">"#), "{html}");
+    let still = client()
+        .get(format!("{}/admin/status?refresh=off", f.mgmt))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!still.contains("http-equiv=\"refresh\"") && still.contains("reload every 15 s"), "{still}");
+    // Latency as its percentiles' buckets.
+    assert!(html.contains("latency <strong>"), "{html}");
     // The icon a browser asks for is no error: none, without a 404 in its console.
     let icon = client().get(format!("{}/favicon.ico", f.mgmt)).send().await.unwrap();
     assert_eq!(icon.status(), 204);

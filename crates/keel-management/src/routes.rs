@@ -219,14 +219,19 @@ pub(crate) fn page(status: StatusCode, html: Result<String, askama::Error>) -> R
     r
 }
 
-async fn status(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+struct StatusQuery {
+    refresh: Option<String>,
+}
+
+async fn status(State(admin): State<Admin>, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Response {
     let doc = admin.sources.page(&admin.process, admin.token.as_ref());
     let mut r = if wants_json(&headers) {
         let mut r = axum::Json(doc).into_response();
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     } else {
-        page(StatusCode::OK, status::render_html(&doc, admin.audit.is_some()))
+        page(StatusCode::OK, status::render_html(&doc, admin.audit.is_some(), status::refresh(q.refresh.as_deref())))
     };
     r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
     r

@@ -24,7 +24,7 @@ use keel_resilience::breaker;
 use keel_telemetry::Metrics;
 use keel_workers::{WorkerStatus, Workers};
 
-pub(crate) use page::{CSS, STYLESHEET, render_html, render_login};
+pub(crate) use page::{CSS, STYLESHEET, refresh, render_html, render_login};
 use traffic::{ConsumerInfo, Families, OutboxInfo, TrafficInfo, UpstreamInfo};
 pub use traffic::{SAMPLE_EVERY, Traffic};
 
@@ -325,7 +325,7 @@ mod tests {
         process.join(other("other\"svc"), Some(token.clone()));
         process.join(other("foreign"), Some(Secret::new("another".to_owned())));
         process.join(other("tokenless"), None);
-        let html = render_html(&this.page(&process, Some(&token)), false).unwrap();
+        let html = render_html(&this.page(&process, Some(&token)), false, None).unwrap();
         assert!(!html.contains("foreign") && !html.contains("tokenless"), "only members with the same token");
         for raw in ["<script>", "<img", "<b>bold", "svc<1>", "up<1>", "<y>", "<x>", "other\"svc"] {
             assert!(!html.contains(raw), "unescaped {raw}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use askama::Template;
 
+use super::traffic::Percentile;
 use super::{PageDoc, StatusDoc};
 use keel_health::{Report, Status};
 
@@ -58,10 +59,39 @@ fn rate(v: f64) -> String {
     }
 }
 
-fn p99(v: Option<f64>, above: bool) -> String {
-    let Some(s) = v else { return "–".to_owned() };
-    let text = if s < 1.0 { format!("{} ms", (s * 1000.0).round()) } else { format!("{s} s") };
-    if above { format!("> {text}") } else { format!("≤ {text}") }
+fn seconds(s: f64) -> String {
+    if s < 1.0 { format!("{} ms", (s * 1000.0 * 10.0).round() / 10.0) } else { format!("{s} s") }
+}
+
+/// A percentile as the bucket it lies in: `≤ 5 ms`, `5 ms – 25 ms`, `> 2.5 s`; `–` without one.
+fn range(p: Option<&Percentile>) -> String {
+    match p {
+        None => "–".to_owned(),
+        Some(Percentile { at_most_seconds: None, above_seconds, .. }) => format!("> {}", seconds(*above_seconds)),
+        Some(Percentile { at_most_seconds: Some(top), above_seconds, .. }) if *above_seconds <= 0.0 => {
+            format!("≤ {}", seconds(*top))
+        }
+        Some(Percentile { at_most_seconds: Some(top), above_seconds, .. }) => {
+            format!("{} – {}", seconds(*above_seconds), seconds(*top))
+        }
+    }
+}
+
+/// The p99 of `latency`, as its bucket.
+fn p99(latency: &[Percentile]) -> String {
+    range(latency.iter().find(|p| p.quantile >= 0.99))
+}
+
+/// Each percentile of `latency`: `p50 ≤ 5 ms · p90 5 ms – 25 ms · p99 …`.
+fn percentiles(latency: &[Percentile]) -> String {
+    if latency.is_empty() {
+        return "–".to_owned();
+    }
+    latency
+        .iter()
+        .map(|p| format!("p{} {}", (p.quantile * 100.0).round(), range(Some(p))))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 struct CheckRow {
@@ -191,6 +221,8 @@ struct ServiceView {
     rps: String,
     errors: String,
     p99: String,
+    /// p50, p90 and p99 as their buckets.
+    latency: String,
     routes: Vec<RouteRow>,
     upstreams: Vec<UpstreamRow>,
     workers: Vec<WorkerRow>,
@@ -280,7 +312,8 @@ fn view(d: &StatusDoc) -> ServiceView {
         window: human(secs(t.window_seconds)),
         rps: rate(t.requests_per_second),
         errors: rate(t.server_errors_per_second),
-        p99: p99(t.p99_seconds, t.p99_above),
+        p99: p99(&t.latency),
+        latency: percentiles(&t.latency),
         routes: t
             .routes
             .iter()
@@ -289,7 +322,7 @@ fn view(d: &StatusDoc) -> ServiceView {
                 route: r.route.clone(),
                 rps: rate(r.requests_per_second),
                 errors: rate(r.server_errors_per_second),
-                p99: p99(r.p99_seconds, r.p99_above),
+                p99: p99(&r.latency),
             })
             .collect(),
         upstreams: d
@@ -410,6 +443,20 @@ struct StatusPage {
     services: Vec<ServiceView>,
     /// This service keeps an audit log: the header links to it.
     audit: bool,
+    /// Seconds between reloads of the page; `None`: it does not reload.
+    refresh: Option<u32>,
+}
+
+/// How often the status page reloads itself unless asked otherwise (`?refresh=`).
+pub(crate) const REFRESH: u32 = 15;
+
+/// The reload period `?refresh=` asks for: `off`, or 5 to 300 seconds; [`REFRESH`] otherwise.
+pub(crate) fn refresh(asked: Option<&str>) -> Option<u32> {
+    match asked {
+        Some("off") => None,
+        Some(n) => Some(n.parse::<u32>().map_or(REFRESH, |n| n.clamp(5, 300))),
+        None => Some(REFRESH),
+    }
 }
 
 #[derive(Template)]
@@ -422,17 +469,47 @@ struct LoginPage<'a> {
 }
 
 /// The operator page: this service first, then the others of the process.
-pub(crate) fn render_html(doc: &PageDoc, audit: bool) -> Result<String, askama::Error> {
+pub(crate) fn render_html(doc: &PageDoc, audit: bool, refresh: Option<u32>) -> Result<String, askama::Error> {
     let services: Vec<ServiceView> = std::iter::once(&doc.this).chain(&doc.process).map(view).collect();
     let title = if services.len() > 1 {
         format!("{} and {} more · status", doc.this.service.name, services.len() - 1)
     } else {
         format!("{} · status", doc.this.service.name)
     };
-    StatusPage { title, stylesheet: STYLESHEET, services, audit }.render()
+    StatusPage { title, stylesheet: STYLESHEET, services, audit, refresh }.render()
 }
 
 /// The sign-in form; `error` says why the last attempt failed.
 pub(crate) fn render_login(service: &str, token_setting: &str, error: Option<&str>) -> Result<String, askama::Error> {
     LoginPage { stylesheet: STYLESHEET, service, error, token_setting }.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_reloads_every_15_s_unless_asked() {
+        assert_eq!(refresh(None), Some(15));
+        assert_eq!(refresh(Some("off")), None);
+        assert_eq!(refresh(Some("60")), Some(60));
+        assert_eq!(refresh(Some("1")), Some(5), "not faster than every 5 s");
+        assert_eq!(refresh(Some("99999")), Some(300));
+        assert_eq!(refresh(Some("soon")), Some(15));
+    }
+
+    #[test]
+    fn percentiles_read_as_their_buckets() {
+        let p = |above, at_most, quantile| Percentile { quantile, above_seconds: above, at_most_seconds: at_most };
+        assert_eq!(range(None), "–");
+        assert_eq!(range(Some(&p(0.0, Some(0.005), 0.5))), "≤ 5 ms");
+        assert_eq!(range(Some(&p(0.005, Some(0.025), 0.9))), "5 ms – 25 ms");
+        assert_eq!(range(Some(&p(0.5, Some(1.0), 0.99))), "500 ms – 1 s");
+        assert_eq!(range(Some(&p(2.5, None, 0.99))), "> 2.5 s");
+        assert_eq!(range(Some(&p(0.0, Some(0.0005), 0.5))), "≤ 0.5 ms");
+        let all = [p(0.0, Some(0.005), 0.5), p(0.005, Some(0.025), 0.9), p(0.025, Some(0.1), 0.99)];
+        assert_eq!(percentiles(&all), "p50 ≤ 5 ms · p90 5 ms – 25 ms · p99 25 ms – 100 ms");
+        assert_eq!(p99(&all), "25 ms – 100 ms");
+        assert_eq!(percentiles(&[]), "–");
+    }
 }

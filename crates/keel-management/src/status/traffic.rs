@@ -58,6 +58,8 @@ pub(crate) struct TrafficInfo {
     pub(crate) p99_seconds: Option<f64>,
     /// The p99 lies past the largest bucket (`p99_seconds` is that bucket's bound).
     pub(crate) p99_above: bool,
+    /// The median, p90 and p99, each as the bounds of the histogram bucket it lies in.
+    pub(crate) latency: Vec<Percentile>,
     /// The busiest routes.
     pub(crate) routes: Vec<RouteTraffic>,
 }
@@ -71,6 +73,49 @@ pub(crate) struct RouteTraffic {
     pub(crate) server_errors_per_second: f64,
     pub(crate) p99_seconds: Option<f64>,
     pub(crate) p99_above: bool,
+    /// As [`TrafficInfo::latency`].
+    pub(crate) latency: Vec<Percentile>,
+}
+
+/// A latency percentile as far as the histogram can tell: the bounds of the bucket it lies in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Percentile {
+    /// `0.5`, `0.9` or `0.99`.
+    pub(crate) quantile: f64,
+    /// The bucket's lower bound: the bound below it, 0 for the first bucket.
+    pub(crate) above_seconds: f64,
+    /// Its upper bound; `None` past the largest finite bound.
+    pub(crate) at_most_seconds: Option<f64>,
+}
+
+/// The percentiles the page shows.
+const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
+
+/// Where quantile `q` of cumulative `buckets` (ascending bounds, `+Inf` last) lies.
+fn percentile(buckets: &[(f64, u64)], q: f64) -> Option<Percentile> {
+    let &(_, total) = buckets.last()?;
+    if total == 0 {
+        return None;
+    }
+    let target = ((total as f64 * q).ceil() as u64).max(1);
+    let mut below = 0.0;
+    for &(le, n) in buckets {
+        if n >= target {
+            return Some(Percentile {
+                quantile: q,
+                above_seconds: below,
+                at_most_seconds: le.is_finite().then_some(le),
+            });
+        }
+        if le.is_finite() {
+            below = le;
+        }
+    }
+    None
+}
+
+fn percentiles(buckets: &[(f64, u64)]) -> Vec<Percentile> {
+    QUANTILES.iter().filter_map(|q| percentile(buckets, *q)).collect()
 }
 
 impl Traffic {
@@ -130,6 +175,7 @@ impl Traffic {
                 server_errors_per_second: delta.server_errors / secs,
                 p99_seconds: p99,
                 p99_above: above,
+                latency: percentiles(&delta.buckets),
             });
         }
         routes.retain(|r| r.requests_per_second > 0.0);
@@ -142,6 +188,7 @@ impl Traffic {
             server_errors_per_second: totals.server_errors / secs,
             p99_seconds: p99,
             p99_above: above,
+            latency: percentiles(&totals.buckets),
             routes,
         }
     }
@@ -357,6 +404,24 @@ mod tests {
         assert_eq!(p99(&[(0.01, 98), (0.1, 100), (f64::INFINITY, 100)]), (Some(0.1), false));
         assert_eq!(p99(&[(0.01, 100), (0.1, 100), (f64::INFINITY, 100)]), (Some(0.01), false));
         assert_eq!(p99(&[(0.01, 10), (0.1, 10), (f64::INFINITY, 100)]), (Some(0.1), true), "past the last bound");
+    }
+
+    #[test]
+    fn percentiles_are_the_bounds_of_their_buckets() {
+        let p = |above, at_most, quantile| Percentile { quantile, above_seconds: above, at_most_seconds: at_most };
+        assert!(percentiles(&[]).is_empty());
+        assert!(percentiles(&[(0.01, 0), (f64::INFINITY, 0)]).is_empty());
+        // 100 requests: 60 under 5 ms, 30 more under 25 ms, 9 more under 100 ms, 1 past 2.5 s.
+        let buckets = [(0.005, 60), (0.025, 90), (0.1, 99), (2.5, 99), (f64::INFINITY, 100)];
+        assert_eq!(
+            percentiles(&buckets),
+            [p(0.0, Some(0.005), 0.5), p(0.005, Some(0.025), 0.9), p(0.025, Some(0.1), 0.99)]
+        );
+        let slow = [(0.005, 0), (0.025, 0), (0.1, 40), (f64::INFINITY, 100)];
+        assert_eq!(percentile(&slow, 0.5), Some(p(0.1, None, 0.5)), "past the largest bound");
+        assert_eq!(percentile(&slow, 0.3), Some(p(0.025, Some(0.1), 0.3)), "empty buckets below are skipped");
+        // One request: every percentile is its bucket.
+        assert_eq!(percentile(&[(0.01, 0), (0.05, 1), (f64::INFINITY, 1)], 0.5), Some(p(0.01, Some(0.05), 0.5)));
     }
 
     #[test]
