@@ -169,6 +169,14 @@ pub(crate) enum DlqCommand {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Delete the dead letter of TOPIC with event id ID, without replaying it.
+    Discard {
+        /// The topic.
+        topic: String,
+        /// The event's id.
+        #[arg(long)]
+        id: String,
+    },
     /// Delete the dead letters of TOPIC.
     Purge {
         /// The topic.

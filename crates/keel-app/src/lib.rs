@@ -309,6 +309,14 @@ fn dlq(build: &BuildInfo, keel: &KeelConfig, command: cli::DlqCommand) -> ExitCo
                 .dlq_replay(topic, id.as_deref())
                 .await
                 .map(|n| println!("replayed {n} dead letter(s) from {topic}.dlq")),
+            cli::DlqCommand::Discard { topic, id } => match bus.dlq_discard(topic, id).await {
+                Ok(0) => {
+                    eprintln!("{name} dlq: no dead letter {id} in {topic}.dlq");
+                    bus.close().await;
+                    return ExitCode::from(exit::FAILURE);
+                }
+                other => other.map(|n| println!("discarded {n} dead letter(s) from {topic}.dlq")),
+            },
             cli::DlqCommand::Purge { topic } => {
                 bus.dlq_purge(topic).await.map(|n| println!("purged {n} dead letter(s) from {topic}.dlq"))
             }

@@ -118,6 +118,8 @@ async fn dlq_cli_lists_and_replays_a_poison_message_on_nats() {
     let mut p = Proc::spawn(&refs(&env));
     wait_ready(&p).await;
     let id = post_item(&p, "poison-pill", &[]).await;
+    // Dead too, and later discarded rather than replayed.
+    let other = post_item(&p, "poison-dropped", &[]).await;
     post_item(&p, "fine", &[]).await;
     p.wait_for("\"item\":\"fine\"");
 
@@ -126,13 +128,13 @@ async fn dlq_cli_lists_and_replays_a_poison_message_on_nats() {
     let listed = loop {
         let (code, out, err) = run_cli(&["dlq", "list", &topic], &cli_env);
         assert_eq!(code, 0, "{out}{err}");
-        if out.contains(&id) {
+        if out.contains(&id) && out.contains(&other) {
             break out;
         }
         assert!(std::time::Instant::now() < deadline, "never dead-lettered: {out}{err}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let dead: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    let dead: serde_json::Value = serde_json::from_str(listed.lines().find(|l| l.contains(&id)).unwrap()).unwrap();
     assert_eq!(dead["group"], "indexer");
     assert_eq!(dead["attempts"], 3);
     assert!(dead["reason"].as_str().unwrap().contains("cannot index a poisoned item"), "{dead}");
@@ -143,7 +145,17 @@ async fn dlq_cli_lists_and_replays_a_poison_message_on_nats() {
     assert!(out.contains("replayed 1"), "{out}");
     p.wait_for("\"item\":\"poison-pill\"");
     let (code, out, _) = run_cli(&["dlq", "list", &topic], &cli_env);
+    assert!(code == 0 && !out.contains(&id) && out.contains(&other), "only the other is left: {out}");
+
+    // The other, discarded: gone without being handled.
+    let (code, out, err) = run_cli(&["dlq", "discard", &topic, "--id", &other], &cli_env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("discarded 1"), "{out}");
+    let (code, out, _) = run_cli(&["dlq", "list", &topic], &cli_env);
     assert_eq!((code, out.trim()), (0, ""));
+    let (code, _, err) = run_cli(&["dlq", "discard", &topic, "--id", &other], &cli_env);
+    assert_ne!(code, 0, "nothing to discard is an error");
+    assert!(err.contains("no dead letter"), "{err}");
 
     // Bad input: an invalid topic name is a clear error, not a broker exception.
     let (code, _, err) = run_cli(&["dlq", "list", "no spaces"], &cli_env);

@@ -3,14 +3,16 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format (no token) |
-//! | `GET /admin/status` | the operator page: HTML, or JSON with `Accept: application/json` |
+//! | `GET /admin/status[?refresh=off\|N]` | the operator page: HTML (reloading itself every 15 s), or JSON with `Accept: application/json` |
+//! | `GET /admin/console` | the operations page of this instance: drain, log level, run a worker, pause a consumer, dead letters, recent changes ([`ops`]) |
+//! | `POST /admin/console/instance`, `…/log-level`, `…/workers/{name}`, `…/consumers/{topic}/{group}`, `…/dead-letters/{topic}` | a signed-in browser's change from the operations page |
 //! | `GET /admin/flags[?prefix=…]` | the feature flags in effect: JSON, or for a browser the console page with a form per flag |
 //! | `POST /admin/console/flags/{key}` | a signed-in browser's change of a flag: on, off, save a definition, back to the default ([`console`](crate#flags)) |
 //! | `GET`/`PUT`/`DELETE /admin/flags/{key}` | one flag; set or remove its runtime override ([`flags`](crate#flags)) |
 //! | `GET /admin/flags/{key}/history` | its override changes, newest first |
 //! | `POST /admin/flags/{key}/evaluate` | what it gives a user, environment, version and attributes |
 //! | `GET /admin/audit` | the service's audit log, filtered and paged: HTML, JSON, or an export as CSV or JSON lines ([`audit`]); 404 when it keeps none |
-//! | `GET`/`PUT /admin/log-level` | the log filter; a change is recorded as a reload |
+//! | `GET`/`PUT /admin/log-level` | the log filter; a change (optionally with `expires_in`, after which it reverts) is recorded as a reload |
 //! | `GET /admin/login` | the sign-in form; with `?code=…` a one-time link that signs the browser in |
 //! | `POST /admin/login` | the form's token (`application/x-www-form-urlencoded`): signs the browser in |
 //! | `POST /admin/logout` | ends the browser's session |
@@ -37,6 +39,14 @@
 //! `features.store` says (the service's database: every replica applies it within
 //! `features.store.poll_interval`), kept in the flag's history, and recorded in the service's
 //! audit log when it keeps one. A 503 means the store could not be written: nothing changed.
+//!
+//! # Console
+//!
+//! Every `POST /admin/console/…` form needs the session cookie, the session's CSRF token, a
+//! reason and a ticked confirmation; each change is logged (`operator change`), kept in the
+//! listener's journal shown on the operations page, and written to the service's audit log when
+//! it keeps one. Consumers and dead letters reach this crate through [`ops::ConsumerOps`], which
+//! keel-app implements over the service's bus.
 //!
 //! A signed-in browser acts on the flags page instead: each flag has a form (turn on or off,
 //! save an edited definition, go back to the default) that needs a reason, a ticked
