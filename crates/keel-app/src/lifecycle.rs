@@ -587,6 +587,7 @@ fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (R
         flags: b.flags.clone(),
         reloads: b.reloads.clone(),
         metrics: b.metrics.clone(),
+        failures: a.stack.recent_failures().clone(),
         traffic: status::Traffic::new(b.metrics.clone()),
         upstreams: b.keel.upstreams.iter().map(|(name, u)| (name.clone(), u.base_url.clone())).collect(),
         summary: d.summary.clone(),

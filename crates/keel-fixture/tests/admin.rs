@@ -242,6 +242,33 @@ async fn status_json_shows_every_section() {
     assert!(doc["flags"]["file"].as_str().unwrap().ends_with("flags.yaml"));
     let reload = &doc["reloads"][0];
     assert_eq!((reload["what"].as_str(), reload["ok"].as_bool()), (Some("log level"), Some(false)));
+
+    // A server error is listed with the request id its client got; a 4xx is not.
+    assert_eq!(doc["recent_failures"]["total"], 0);
+    client().get(f.url("/no-such-page")).send().await.unwrap();
+    let failed = client().get(f.url("/panic")).send().await.unwrap();
+    assert_eq!(failed.status(), 500);
+    let id = failed.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let doc = admin_json(&f, "/admin/status").await;
+    let recent = &doc["recent_failures"];
+    assert_eq!(recent["total"], 1);
+    let item = &recent["items"][0];
+    assert_eq!(
+        (item["method"].as_str(), item["route"].as_str(), item["status"].as_u64()),
+        (Some("GET"), Some("/panic"), Some(500))
+    );
+    assert_eq!(item["request_id"], id.as_str());
+    let html = client()
+        .get(format!("{}/admin/status", f.mgmt))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("<code>{id}</code>")), "the page lists the request id");
     f.stop().await;
 }
 
@@ -275,6 +302,7 @@ async fn status_html_loads_nothing_but_its_stylesheet() {
         "breakers",
         "flags",
         "reloads",
+        "errors",
     ] {
         assert!(html.contains(&format!("<section id=\"fixture-{id}\">")), "no {id} section");
     }

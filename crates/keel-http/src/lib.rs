@@ -7,6 +7,7 @@
 //!
 //! Layers, outermost first (each is its own module with a `Layer` + `Service` pair):
 //!
+//! 0. [`failures`] — keeps the last 5xx answers with their request ids for the operator page.
 //! 1. [`proxy_secret`] — forwarded client addresses only from a proxy that sends
 //!    `http.proxy_secret` (when one is set).
 //! 2. [`security_headers`] — `nosniff`, `DENY`, `no-referrer`, HSTS when configured.
@@ -54,6 +55,7 @@ mod config;
 pub mod context;
 pub mod cors;
 pub mod extract;
+pub mod failures;
 pub mod load_shed;
 pub mod middleware;
 pub mod page;
@@ -151,12 +153,18 @@ pub enum StackError {
 #[derive(Debug, Clone)]
 pub struct StackHandle {
     shed: load_shed::LoadShedLayer,
+    failures: failures::RecentFailures,
 }
 
 impl StackHandle {
     /// API requests being handled now.
     pub fn in_flight(&self) -> usize {
         self.shed.in_flight()
+    }
+
+    /// The last server errors the API answered ([`failures`]).
+    pub fn recent_failures(&self) -> &failures::RecentFailures {
+        &self.failures
     }
 }
 
@@ -185,7 +193,10 @@ type ApiLayers = Stack<
                                             cors::CorsLayer,
                                             Stack<
                                                 security_headers::SecurityHeadersLayer,
-                                                Stack<proxy_secret::ProxySecretLayer, Identity>,
+                                                Stack<
+                                                    proxy_secret::ProxySecretLayer,
+                                                    Stack<failures::RecentFailuresLayer, Identity>,
+                                                >,
                                             >,
                                         >,
                                     >,
@@ -219,6 +230,7 @@ pub struct KeelLayer {
     layers: ApiLayers,
     http_metrics: metrics::HttpMetricsLayer,
     shed: load_shed::LoadShedLayer,
+    failures: failures::RecentFailures,
 }
 
 impl KeelLayer {
@@ -232,7 +244,9 @@ impl KeelLayer {
         let cfg = cfg.into();
         let http_metrics = metrics::HttpMetricsLayer::new(metrics)?;
         let shed = load_shed::LoadShedLayer::new(cfg.http.max_in_flight).with_metrics(metrics)?;
+        let failures = failures::RecentFailures::default();
         let layers = tower::ServiceBuilder::new()
+            .layer(failures::RecentFailuresLayer::new(failures.clone()))
             .layer(proxy_secret::ProxySecretLayer::new(cfg.http.proxy_secret.as_ref()))
             .layer(security_headers::SecurityHeadersLayer::new(&cfg.http.hsts))
             .layer(cors::layer(cfg.cors)?)
@@ -247,12 +261,12 @@ impl KeelLayer {
             .layer(compression::CompressionLayer::new(cfg.http.compression))
             .layer(problems::ProblemsLayer::new().body_limit(cfg.http.body_limit))
             .into_inner();
-        Ok(Self { layers, http_metrics, shed })
+        Ok(Self { layers, http_metrics, shed, failures })
     }
 
     /// What the stack reports while it serves.
     pub fn handle(&self) -> StackHandle {
-        StackHandle { shed: self.shed.clone() }
+        StackHandle { shed: self.shed.clone(), failures: self.failures.clone() }
     }
 }
 

@@ -153,7 +153,7 @@ impl<ReqB, F> Middleware<ReqB, F> for HttpMetricsLayer {
 
 /// The method as a label: the standard ones by name, anything else as `_OTHER`, so made-up
 /// methods cannot create new series.
-fn method_label(m: &Method) -> &'static str {
+pub(crate) fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",

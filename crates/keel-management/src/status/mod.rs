@@ -19,6 +19,7 @@ use serde::Serialize;
 use keel_config::{Profile, ReloadEvent, ReloadLog, Secret};
 use keel_features::{Flags, FlagsReport};
 use keel_health::{Health, Kind, Report};
+use keel_http::failures::{Failure, RecentFailures};
 use keel_rate_limit::{RateLimitPolicy, RateLimiter};
 use keel_resilience::breaker;
 use keel_telemetry::Metrics;
@@ -77,6 +78,8 @@ pub struct Sources {
     pub reloads: ReloadLog,
     /// Its metrics registry, read for traffic, upstream, consumer and outbox figures.
     pub metrics: Metrics,
+    /// The last server errors its API answered.
+    pub failures: RecentFailures,
     /// Its traffic rates (see [`Traffic::sample`]).
     pub traffic: Traffic,
     /// `(name, base URL)` of each upstream.
@@ -117,6 +120,15 @@ impl Process {
     }
 }
 
+/// The last server errors of a service.
+#[derive(Debug, Serialize)]
+struct FailuresInfo {
+    /// Since start.
+    total: u64,
+    /// The last ones, newest first.
+    items: Vec<Failure>,
+}
+
 /// The status of one service.
 #[derive(Debug, Serialize)]
 pub(crate) struct StatusDoc {
@@ -125,6 +137,8 @@ pub(crate) struct StatusDoc {
     config: ConfigInfo,
     health: HealthInfo,
     traffic: TrafficInfo,
+    /// The last server errors, newest first, and how many since start.
+    recent_failures: FailuresInfo,
     upstreams: Vec<UpstreamInfo>,
     workers: Vec<WorkerStatus>,
     consumers: Vec<ConsumerInfo>,
@@ -241,6 +255,7 @@ impl Sources {
                 startup: self.health.report(Kind::Startup),
             },
             traffic: self.traffic.info(&families),
+            recent_failures: FailuresInfo { total: self.failures.total(), items: self.failures.list() },
             upstreams,
             workers: self.workers.statuses(),
             consumers: families.consumers(),
@@ -294,6 +309,7 @@ mod tests {
             workers: Workers::new(None, None).unwrap(),
             flags,
             reloads: ReloadLog::default(),
+            failures: RecentFailures::default(),
             traffic: Traffic::new(metrics.clone()),
             metrics,
             upstreams: vec![("up<1>".into(), "http://x/<y>".into())],

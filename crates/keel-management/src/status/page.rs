@@ -235,6 +235,9 @@ struct ServiceView {
     flags_source: String,
     flags: Vec<FlagRow>,
     reloads: Vec<ReloadRow>,
+    /// Server errors since start, and the last ones.
+    failures_total: u64,
+    failures: Vec<keel_http::failures::Failure>,
 }
 
 fn label<T: serde::Serialize>(v: &T) -> String {
@@ -421,6 +424,8 @@ fn view(d: &StatusDoc) -> ServiceView {
                 }
             })
             .collect(),
+        failures_total: d.recent_failures.total,
+        failures: d.recent_failures.items.clone(),
         reloads: d
             .reloads
             .iter()
