@@ -381,6 +381,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         #[cfg(feature = "events")]
         consumer_metrics: None,
         consumers: Vec::new(),
+        product: None,
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,
         dependencies: Arc::default(),
@@ -402,6 +403,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         limiters: setup.limiters,
         audit: setup.audit,
         consumers: setup.consumers,
+        product: setup.product,
         summary,
         config_yaml,
     };
@@ -459,6 +461,7 @@ struct Declared {
     limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
     audit: Option<Arc<dyn keel_management::audit::AuditSource>>,
     consumers: Vec<Arc<dyn keel_management::ops::ConsumerOps>>,
+    product: Option<Arc<dyn keel_management::ops::ProductFigures>>,
     summary: Vec<(String, String)>,
     config_yaml: String,
 }
@@ -588,6 +591,7 @@ fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (R
         reloads: b.reloads.clone(),
         metrics: b.metrics.clone(),
         failures: a.stack.recent_failures().clone(),
+        product: d.product.clone().map(status::Product::new),
         traffic: status::Traffic::new(b.metrics.clone()),
         upstreams: b.keel.upstreams.iter().map(|(name, u)| (name.clone(), u.base_url.clone())).collect(),
         summary: d.summary.clone(),

@@ -55,3 +55,22 @@ pub trait ConsumerOps: Send + Sync + 'static {
     /// Deletes every dead letter of its topic; how many.
     fn purge(&self) -> OpsFuture<'_, usize>;
 }
+
+/// A product figure: how often something users do happened lately (`sign-ups`, `joins`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Figure {
+    /// What is counted, for people (`mails failed`).
+    pub name: String,
+    /// In the last hour.
+    pub last_hour: u64,
+    /// In the last 24 hours.
+    pub last_day: u64,
+}
+
+/// What a service counts of its product for the operator page (City Events: sign-ups, joins,
+/// promotions, mails sent and failed). Read at most once a minute per page
+/// ([`FIGURES_EVERY`](crate::status::FIGURES_EVERY)) and given [`FIGURES_TIMEOUT`](crate::status::FIGURES_TIMEOUT).
+pub trait ProductFigures: Send + Sync + 'static {
+    /// The figures now; the error is a message for the operator.
+    fn figures(&self) -> OpsFuture<'_, Vec<Figure>>;
+}

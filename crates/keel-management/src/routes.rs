@@ -225,7 +225,7 @@ struct StatusQuery {
 }
 
 async fn status(State(admin): State<Admin>, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Response {
-    let doc = admin.sources.page(&admin.process, admin.token.as_ref());
+    let doc = admin.sources.page_with_product(&admin.process, admin.token.as_ref()).await;
     let mut r = if wants_json(&headers) {
         let mut r = axum::Json(doc).into_response();
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -136,6 +136,10 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let index = s.blind_index()?;
     let devices = devices::DeviceTokens::new(index.clone(), s.config().lockout.device_ttl);
     let db = s.database()?;
+    s.product_figures(cityevents_common::figures::Counted::new(
+        db.clone(),
+        vec![("sign-ups", "SELECT COUNT(*) FROM users WHERE created_at >= $1")],
+    ));
     let outbox = s.outbox(&db)?;
     let audit = s.audit_log(&db)?;
     let cfg = s.config().clone();

@@ -8,6 +8,7 @@
 
 pub mod caller;
 pub mod catalogue;
+pub mod figures;
 pub mod ical;
 pub mod idempotency;
 pub mod organizer_bans;

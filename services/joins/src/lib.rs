@@ -104,6 +104,10 @@ pub fn service() -> keel::Service<JoinsConfig> {
     cityevents_common::services::JOINS.service::<JoinsConfig>(keel::build_info!()).migrations(migrations()).setup(|s| {
         let cfg = s.config().clone();
         let db = s.database()?;
+        s.product_figures(cityevents_common::figures::Counted::new(
+            db.clone(),
+            vec![("joins", "SELECT COUNT(*) FROM joins WHERE created_at >= $1")],
+        ));
         let bus = s.bus()?;
         let outbox = s.outbox(&db)?;
         let metrics = metrics::JoinMetrics::register(s.metrics())?;

@@ -129,6 +129,14 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
         )));
     }
     let db = s.database()?;
+    s.product_figures(cityevents_common::figures::Counted::new(
+        db.clone(),
+        vec![
+            ("promotions", "SELECT COUNT(*) FROM notifications WHERE kind = 'join.promoted' AND created_at >= $1"),
+            ("mails sent", "SELECT COUNT(*) FROM mail_log WHERE outcome = 'sent' AND created_at >= $1"),
+            ("mails failed", "SELECT COUNT(*) FROM mail_log WHERE outcome = 'rejected' AND created_at >= $1"),
+        ],
+    ));
     let bus = s.bus()?;
     let outbox = s.outbox(&db)?;
     let keyring = s.keyring()?;

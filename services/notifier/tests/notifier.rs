@@ -161,6 +161,9 @@ async fn api(backend: Backend) {
     }
 
     seeded.close().await;
+    // The status page counts on this backend too (nothing promoted or mailed here).
+    let figures = n.figures().await;
+    assert_eq!(figures.keys().map(String::as_str).collect::<Vec<_>>(), ["mails failed", "mails sent", "promotions"]);
     n.stop().await;
 }
 
@@ -374,6 +377,8 @@ async fn consumers(backend: Backend) {
     }
     let all = n.all(&user.to_string()).await;
     assert_eq!(all.len(), sent.len() + 1, "no duplicate, and poison wrote nothing: {all:?}");
+    // The promotion is one of the last hour on the status page.
+    assert_eq!(n.figures().await["promotions"], (1, 1));
 
     n.stop().await;
 }

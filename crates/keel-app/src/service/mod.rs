@@ -353,6 +353,8 @@ pub struct Setup<C> {
     pub(crate) bus: Option<keel_events::Bus>,
     #[cfg(feature = "events")]
     pub(crate) consumer_metrics: Option<keel_events::ConsumerMetrics>,
+    /// What `product_figures` counts for the operator page.
+    pub(crate) product: Option<std::sync::Arc<dyn keel_management::ops::ProductFigures>>,
     /// The consumers `consume` runs, for the console's pause and dead letters.
     pub(crate) consumers: Vec<std::sync::Arc<dyn keel_management::ops::ConsumerOps>>,
     #[cfg(all(feature = "events", feature = "sql"))]
@@ -453,6 +455,14 @@ impl<C: Section> Setup<C> {
     pub fn worker(&mut self, worker: keel_workers::Worker) -> Result<&mut Self, SetupError> {
         self.workers.add(worker)?;
         Ok(self)
+    }
+
+    /// Shows `figures` on the operator page: what users did in the last hour and day (sign-ups,
+    /// orders), read at most once a minute and given 2 s. One per service: a second replaces
+    /// the first.
+    pub fn product_figures(&mut self, figures: impl keel_management::ops::ProductFigures) -> &mut Self {
+        self.product = Some(std::sync::Arc::new(figures));
+        self
     }
 
     /// The service's feature flags (`features.file`, hot-reloaded when `features.reload`);

@@ -12,7 +12,7 @@ mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -20,6 +20,8 @@ use keel_config::{Profile, ReloadEvent, ReloadLog, Secret};
 use keel_features::{Flags, FlagsReport};
 use keel_health::{Health, Kind, Report};
 use keel_http::failures::{Failure, RecentFailures};
+
+use crate::ops::{Figure, ProductFigures};
 use keel_rate_limit::{RateLimitPolicy, RateLimiter};
 use keel_resilience::breaker;
 use keel_telemetry::Metrics;
@@ -80,6 +82,8 @@ pub struct Sources {
     pub metrics: Metrics,
     /// The last server errors its API answered.
     pub failures: RecentFailures,
+    /// What it counts of its product, when it counts something ([`ProductFigures`]).
+    pub product: Option<Product>,
     /// Its traffic rates (see [`Traffic::sample`]).
     pub traffic: Traffic,
     /// `(name, base URL)` of each upstream.
@@ -120,6 +124,65 @@ impl Process {
     }
 }
 
+/// How often the page reads a service's [`ProductFigures`] at most.
+pub const FIGURES_EVERY: Duration = Duration::from_secs(60);
+/// How long a read of them may take before the page shows it as failed.
+pub const FIGURES_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A service's [`ProductFigures`] and the last reading of them; cheap to clone.
+#[derive(Clone)]
+pub struct Product {
+    source: Arc<dyn ProductFigures>,
+    last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, ProductInfo)>>>,
+}
+
+impl Product {
+    /// Reads `source` for the page.
+    pub fn new(source: Arc<dyn ProductFigures>) -> Self {
+        Self { source, last: Arc::default() }
+    }
+
+    /// The figures, read again when the last reading is older than [`FIGURES_EVERY`]: a page
+    /// reloading every 15 s, or several operators, do not query the database each time.
+    async fn info(&self) -> ProductInfo {
+        let mut last = self.last.lock().await;
+        if let Some((at, info)) = last.as_ref()
+            && at.elapsed() < FIGURES_EVERY
+        {
+            return info.clone();
+        }
+        let info = match tokio::time::timeout(FIGURES_TIMEOUT, self.source.figures()).await {
+            Ok(Ok(figures)) => ProductInfo { figures, error: None, read_at: now_rfc3339() },
+            Ok(Err(e)) => ProductInfo { figures: Vec::new(), error: Some(e), read_at: now_rfc3339() },
+            Err(_) => ProductInfo {
+                figures: Vec::new(),
+                error: Some(format!("not read within {} s", FIGURES_TIMEOUT.as_secs())),
+                read_at: now_rfc3339(),
+            },
+        };
+        // A failed reading is tried again at the next view, not a minute later.
+        if info.error.is_none() {
+            *last = Some((tokio::time::Instant::now(), info.clone()));
+        }
+        info
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// A service's product figures as the page shows them.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProductInfo {
+    pub(crate) figures: Vec<Figure>,
+    /// Why they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+    /// When they were read (RFC 3339, UTC).
+    pub(crate) read_at: String,
+}
+
 /// The last server errors of a service.
 #[derive(Debug, Serialize)]
 struct FailuresInfo {
@@ -139,6 +202,9 @@ pub(crate) struct StatusDoc {
     traffic: TrafficInfo,
     /// The last server errors, newest first, and how many since start.
     recent_failures: FailuresInfo,
+    /// Its product figures, when it counts some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) product: Option<ProductInfo>,
     upstreams: Vec<UpstreamInfo>,
     workers: Vec<WorkerStatus>,
     consumers: Vec<ConsumerInfo>,
@@ -256,6 +322,7 @@ impl Sources {
             },
             traffic: self.traffic.info(&families),
             recent_failures: FailuresInfo { total: self.failures.total(), items: self.failures.list() },
+            product: None,
             upstreams,
             workers: self.workers.statuses(),
             consumers: families.consumers(),
@@ -278,9 +345,30 @@ impl Sources {
     }
 
     /// This service's status and, in a group, the other services' that share its admin `token`.
+    #[cfg(test)]
     pub(crate) fn page(&self, process: &Process, token: Option<&Secret>) -> PageDoc {
         let others = process.others(&self.identity.name, token);
         PageDoc { this: self.snapshot(), process: others.iter().map(Self::snapshot).collect() }
+    }
+
+    /// [`Sources::page`] with each service's product figures.
+    pub(crate) async fn page_with_product(&self, process: &Process, token: Option<&Secret>) -> PageDoc {
+        let others = process.others(&self.identity.name, token);
+        let mut doc = PageDoc { this: self.snapshot(), process: others.iter().map(Self::snapshot).collect() };
+        let all = std::iter::once(self).chain(others.iter());
+        let infos = futures_util::future::join_all(all.map(|s| async move {
+            match &s.product {
+                Some(p) => Some(p.info().await),
+                None => None,
+            }
+        }))
+        .await;
+        let mut infos = infos.into_iter();
+        doc.this.product = infos.next().flatten();
+        for (d, info) in doc.process.iter_mut().zip(infos) {
+            d.product = info;
+        }
+        doc
     }
 }
 
@@ -310,6 +398,7 @@ mod tests {
             flags,
             reloads: ReloadLog::default(),
             failures: RecentFailures::default(),
+            product: None,
             traffic: Traffic::new(metrics.clone()),
             metrics,
             upstreams: vec![("up<1>".into(), "http://x/<y>".into())],
@@ -354,5 +443,54 @@ mod tests {
         let json = serde_json::to_value(this.page(&process, Some(&token))).unwrap();
         assert_eq!(json["service"]["name"], "svc<1>", "this service at the top level");
         assert_eq!(json["process"][0]["service"]["name"], "other\"svc", "the others under process");
+    }
+
+    /// Counts its reads; fails while `fail`, never answers while `hang`.
+    #[derive(Default)]
+    struct Counter {
+        reads: std::sync::atomic::AtomicU32,
+        fail: std::sync::atomic::AtomicBool,
+        hang: std::sync::atomic::AtomicBool,
+    }
+
+    impl ProductFigures for Arc<Counter> {
+        fn figures(&self) -> crate::ops::OpsFuture<'_, Vec<Figure>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.reads.fetch_add(1, SeqCst) + 1;
+            let (fail, hang) = (self.fail.load(SeqCst), self.hang.load(SeqCst));
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                if fail {
+                    return Err("database unavailable".to_owned());
+                }
+                Ok(vec![Figure { name: "sign-ups".into(), last_hour: u64::from(n), last_day: 10 }])
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn product_figures_are_read_once_a_minute_and_failures_are_not_kept() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let counter = Arc::new(Counter::default());
+        let product = Product::new(Arc::new(counter.clone()));
+        let first = product.info().await;
+        assert_eq!((first.figures[0].last_hour, first.error.as_deref()), (1, None));
+        assert_eq!(product.info().await.figures[0].last_hour, 1, "kept for a minute");
+        tokio::time::advance(FIGURES_EVERY).await;
+        assert_eq!(product.info().await.figures[0].last_hour, 2, "read again after it");
+
+        tokio::time::advance(FIGURES_EVERY).await;
+        counter.fail.store(true, SeqCst);
+        let failed = product.info().await;
+        assert_eq!((failed.figures.len(), failed.error.as_deref()), (0, Some("database unavailable")));
+        counter.fail.store(false, SeqCst);
+        assert_eq!(product.info().await.figures[0].last_hour, 4, "a failure is read again at once");
+
+        tokio::time::advance(FIGURES_EVERY).await;
+        counter.hang.store(true, SeqCst);
+        let slow = product.info().await;
+        assert!(slow.error.as_deref().is_some_and(|e| e.contains("not read within 2 s")), "{slow:?}");
     }
 }

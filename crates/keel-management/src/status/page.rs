@@ -238,6 +238,8 @@ struct ServiceView {
     /// Server errors since start, and the last ones.
     failures_total: u64,
     failures: Vec<keel_http::failures::Failure>,
+    /// Its product figures, when it counts some.
+    product: Option<super::ProductInfo>,
 }
 
 fn label<T: serde::Serialize>(v: &T) -> String {
@@ -426,6 +428,7 @@ fn view(d: &StatusDoc) -> ServiceView {
             .collect(),
         failures_total: d.recent_failures.total,
         failures: d.recent_failures.items.clone(),
+        product: d.product.clone(),
         reloads: d
             .reloads
             .iter()
@@ -450,6 +453,21 @@ struct StatusPage {
     audit: bool,
     /// Seconds between reloads of the page; `None`: it does not reload.
     refresh: Option<u32>,
+    /// Every service's product figures in one line per period, at the top.
+    product: Vec<(&'static str, String)>,
+}
+
+/// The figures of every service, for the top of the page: `("Last hour", "sign-ups: 3 · joins: 12")`.
+fn product_lines(services: &[ServiceView]) -> Vec<(&'static str, String)> {
+    let figures: Vec<&crate::ops::Figure> =
+        services.iter().filter_map(|s| s.product.as_ref()).flat_map(|p| &p.figures).collect();
+    if figures.is_empty() {
+        return Vec::new();
+    }
+    let line = |n: fn(&crate::ops::Figure) -> u64| {
+        figures.iter().map(|f| format!("{}: {}", f.name, n(f))).collect::<Vec<_>>().join(" · ")
+    };
+    vec![("Last hour", line(|f| f.last_hour)), ("Last 24 hours", line(|f| f.last_day))]
 }
 
 /// How often the status page reloads itself unless asked otherwise (`?refresh=`).
@@ -481,7 +499,8 @@ pub(crate) fn render_html(doc: &PageDoc, audit: bool, refresh: Option<u32>) -> R
     } else {
         format!("{} · status", doc.this.service.name)
     };
-    StatusPage { title, stylesheet: STYLESHEET, services, audit, refresh }.render()
+    let product = product_lines(&services);
+    StatusPage { title, stylesheet: STYLESHEET, services, audit, refresh, product }.render()
 }
 
 /// The sign-in form; `error` says why the last attempt failed.

@@ -63,6 +63,11 @@ async function forYou() {
 }
 
 try {
+  // A sign-up before any status page is read (the page reads the figures once a minute).
+  const signUp = await page.request.post(`${BASE_URL}/api/v1/auth/register`, {
+    data: { email: `figures-${Date.now()}@example.com`, password: "correct horse battery staple 42", name: "Figures" },
+  });
+  expect(signUp.status() === 202, `sign-up: ${signUp.status()} ${await signUp.text()}`);
   await page.goto(SIGN_IN_URL);
   expect(page.url().endsWith("/admin/status"), `the link signs in: at ${page.url()}`);
   expect((await forYou()) !== 404, "the feed is on by default");
@@ -96,6 +101,18 @@ try {
   const actors = history.changes.map((c) => c.actor);
   expect(history.changes.length === 2 && actors.every((a) => a.startsWith("operator:")), `history: ${JSON.stringify(history)}`);
   expect(history.changes[1].reason.startsWith("incident 42:"), "the reason is kept");
+
+  // The product figures: the sign-up made first is one of the last hour, counted by auth and
+  // shown at the top of the all-in-one's status page.
+  const figures = (await (await page.request.get(`${AUTH_MANAGEMENT_URL}/admin/status`, { headers: { accept: "application/json" } })).json()).product;
+  const signUps = figures.figures.find((f) => f.name === "sign-ups");
+  expect(signUps && signUps.last_hour >= 1 && signUps.last_day >= signUps.last_hour, `auth's figures: ${JSON.stringify(figures)}`);
+  await page.goto(`${MANAGEMENT_URL}/admin/status?refresh=off`);
+  const top = await page.locator("#product").innerText();
+  for (const name of ["sign-ups", "joins", "promotions", "mails sent", "mails failed"]) {
+    expect(top.includes(name), `${name} at the top of the status page: ${top}`);
+  }
+  await check("status");
 
   // The auth service's operations page.
   const OPS = `${AUTH_MANAGEMENT_URL}/admin/console`;

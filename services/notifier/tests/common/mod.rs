@@ -56,6 +56,9 @@ impl Replica {
     }
 }
 
+/// The management listener's admin token in these tests.
+const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 impl Notifier {
     /// Starts the service on `db`; ready once migrated and every consumer is subscribed.
     pub async fn start(db: TestDatabase, broker: &Broker) -> Self {
@@ -91,7 +94,8 @@ impl Notifier {
             .set("SECURITY__ENCRYPTION__MASTER_KEY", master.clone())
             .set("SECURITY__ENCRYPTION__ACTIVE_KEY", "n1")
             .set("SECURITY__ENCRYPTION__DATA_KEYS__N1", wrapped.clone())
-            .set("APP__MAIL__DIR", mail_dir.path().join("mail").display().to_string());
+            .set("APP__MAIL__DIR", mail_dir.path().join("mail").display().to_string())
+            .set("MANAGEMENT__ADMIN_TOKEN", ADMIN_TOKEN);
         for (k, v) in extra {
             env = env.set(k, *v);
         }
@@ -119,6 +123,33 @@ impl Notifier {
     }
 
     /// The management `/metrics` text.
+    /// The product figures of its status page, by name: `(last hour, last day)`; panics on a
+    /// read error.
+    pub async fn figures(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        let doc: Value = self
+            .http
+            .get(self.management_url("/admin/status"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let product = &doc["product"];
+        assert!(product["error"].is_null(), "{product}");
+        product["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let n = |k: &str| f[k].as_u64().unwrap();
+                (f["name"].as_str().unwrap().to_owned(), (n("last_hour"), n("last_day")))
+            })
+            .collect()
+    }
+
     pub async fn metrics(&self) -> String {
         self.http.get(self.management_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }
