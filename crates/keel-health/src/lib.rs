@@ -411,10 +411,12 @@ impl Health {
         self.changed();
     }
 
-    /// Drains the instance (`Some(why)`): readiness answers down, so load balancers and
+    /// Drains the instance (`Some(why)`, scrubbed as check errors are): readiness answers down, so load balancers and
     /// Kubernetes Services stop sending it traffic, while it keeps serving what reaches it and
     /// liveness stays up. `None` undrains it. Returns whether this changed anything.
     pub fn set_drained(&self, why: Option<String>) -> bool {
+        // Shown on the public readiness probe: scrubbed and capped like a check's error.
+        let why = why.map(|w| sanitize(&w));
         let mut drained = self.inner.drained.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = drained.is_some() != why.is_some();
         *drained = why;

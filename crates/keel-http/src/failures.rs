@@ -5,8 +5,8 @@
 //! route template, status and the `x-request-id` the client got — in a [`RecentFailures`] the
 //! operator page reads. Outermost in the stack, it sees every 5xx the layers below make (a
 //! panic's 500, a timeout's 504, an overload 503) and the request id already on the response.
-//! Per request it keeps only the method's label and the route template (a shared pointer); a
-//! success costs a status comparison.
+//! Per request it keeps the method's label, the route template and the list (two shared
+//! pointers: two reference counts touched); only a 5xx takes the list's lock.
 //!
 //! ```
 //! use axum::{Router, routing::get, http::StatusCode};
@@ -56,15 +56,21 @@ pub struct Failure {
 /// The last [`KEPT`] server errors, newest first; cheap to clone (one shared list).
 #[derive(Debug, Clone, Default)]
 pub struct RecentFailures {
-    list: Arc<Mutex<VecDeque<Failure>>>,
+    // One `Arc`: it is cloned for every request.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    list: Mutex<VecDeque<Failure>>,
     /// Server errors since start, kept or not.
-    total: Arc<std::sync::atomic::AtomicU64>,
+    total: std::sync::atomic::AtomicU64,
 }
 
 impl RecentFailures {
     fn push(&self, failure: Failure) {
-        self.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        self.inner.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut list = self.inner.list.lock().unwrap_or_else(PoisonError::into_inner);
         if list.len() == KEPT {
             list.pop_back();
         }
@@ -73,12 +79,12 @@ impl RecentFailures {
 
     /// The kept server errors, newest first.
     pub fn list(&self) -> Vec<Failure> {
-        self.list.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
+        self.inner.list.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
     }
 
     /// Server errors answered since start (the list keeps the last [`KEPT`]).
     pub fn total(&self) -> u64 {
-        self.total.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.total.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -111,9 +111,10 @@ pub(crate) fn apply(
         reloads.record("log level", false, format!("`{level}` refused: trace is not allowed in production"));
         return Err(Refused::Level("`trace` is refused in production: it logs too much and may log secrets".into()));
     }
-    let before = telemetry::log_level().unwrap_or_default();
-    // Held across the change, so a revert firing now cannot interleave with it.
+    // Held across the change, so a revert firing now cannot interleave with it; the filter
+    // before is read under it too, or a revert in between would be taken for it.
     let mut pending = expiry().lock().unwrap_or_else(PoisonError::into_inner);
+    let before = telemetry::log_level().unwrap_or_default();
     if let Err(e) = telemetry::set_log_level(level) {
         reloads.record("log level", false, format!("`{level}`: {e}"));
         return Err(Refused::Level(format!("not a valid level or filter: {e}")));

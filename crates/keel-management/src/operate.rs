@@ -12,7 +12,9 @@
 //!
 //! The page lists up to [`LETTERS`] dead letters per topic, each with its reason, attempts and
 //! data (cut at [`MAX_DATA`](crate::ops::MAX_DATA) bytes); a broker that does not answer within
-//! [`BROKER_TIMEOUT`] is named on the page instead.
+//! [`BROKER_TIMEOUT`] is named on the page instead. A change to dead letters runs to its end
+//! (the bus bounds each broker call): cut off, a replay could leave a letter both replayed and
+//! still dead.
 //!
 //! A change acts on the instance whose listener the browser is on: the page names it. After a
 //! change the browser is sent back to the page (`?done=…`), which says what was done.
@@ -71,7 +73,7 @@ pub(crate) const LETTERS: usize = 20;
 /// The longest the page or an action waits for the broker.
 pub(crate) const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs a broker operation with [`BROKER_TIMEOUT`].
+/// Reads from the broker for the page, within [`BROKER_TIMEOUT`] (changes are never cut off).
 async fn broker<T>(f: crate::ops::OpsFuture<'_, T>) -> Result<T, String> {
     tokio::time::timeout(BROKER_TIMEOUT, f)
         .await
@@ -87,9 +89,24 @@ impl ConsolePage<'_> {
         w.last_run_finished.clone().unwrap_or_else(|| "never".into())
     }
 
+    /// `text` as one path segment of a form's action.
+    fn segment(&self, text: &str) -> String {
+        segment(text)
+    }
+
     fn outcome(&self, w: &WorkerStatus) -> String {
         w.last_outcome.map_or_else(|| "–".into(), |o| o.as_str().to_owned())
     }
+}
+
+/// `text` percent-encoded as one path segment (`/`, `?`, `#`, `%` and the like escaped).
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,7 +126,7 @@ fn notice(done: &str) -> Option<String> {
                 return None;
             }
             match what {
-                "run" => format!("Run of {rest} started."),
+                "run" => format!("Run of {rest} requested: it starts as soon as the worker is free."),
                 "pause" => format!("Paused {rest}: it takes no new message until resumed."),
                 "resume" => format!("Resumed {rest}."),
                 "replay" => format!("Replayed dead letter {rest} to the group that gave up on it."),
@@ -367,10 +384,13 @@ pub(crate) async fn dead_letters(
     let id = form.id.trim();
     let one = || (!id.is_empty() && id.len() <= 200).then_some(id);
     let (result, action, code) = match (form.action.as_str(), one()) {
-        ("replay", Some(id)) => (broker(c.replay(Some(id))).await, "dead_letters.replay", "replay"),
-        ("discard", Some(id)) => (broker(c.discard(id)).await, "dead_letters.discard", "discard"),
-        ("replay-all", _) => (broker(c.replay(None)).await, "dead_letters.replay", "replayall"),
-        ("purge", _) => (broker(c.purge()).await, "dead_letters.purge", "purge"),
+        // Run to their end, never cut off by a timeout: a replay cut between its publish and its
+        // delete would leave a letter both replayed and still dead. The bus's own timeouts
+        // bound each broker call.
+        ("replay", Some(id)) => (c.replay(Some(id)).await, "dead_letters.replay", "replay"),
+        ("discard", Some(id)) => (c.discard(id).await, "dead_letters.discard", "discard"),
+        ("replay-all", _) => (c.replay(None).await, "dead_letters.replay", "replayall"),
+        ("purge", _) => (c.purge().await, "dead_letters.purge", "purge"),
         ("replay" | "discard", None) => {
             return failed(
                 &admin,
@@ -399,7 +419,13 @@ pub(crate) async fn dead_letters(
         }
         Err(e) => {
             tracing::warn!(error = %e, %topic, "dead-letter action failed");
-            failed(&admin, &headers, StatusCode::SERVICE_UNAVAILABLE, format!("Nothing done on {topic}: {e}")).await
+            failed(
+                &admin,
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{topic}: {e} (a replay of several stops at the letter that failed)"),
+            )
+            .await
         }
     }
 }

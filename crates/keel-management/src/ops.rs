@@ -50,7 +50,8 @@ pub trait ConsumerOps: Send + Sync + 'static {
     /// Replays its topic's dead letters (all, or the one with event id `id`) to the groups that
     /// gave up on them; how many.
     fn replay(&self, id: Option<&str>) -> OpsFuture<'_, usize>;
-    /// Deletes the dead letter `id` of its topic without replaying it; how many (0 or 1).
+    /// Deletes the dead letter `id` of its topic without replaying it (every group's copy); how
+    /// many.
     fn discard(&self, id: &str) -> OpsFuture<'_, usize>;
     /// Deletes every dead letter of its topic; how many.
     fn purge(&self) -> OpsFuture<'_, usize>;

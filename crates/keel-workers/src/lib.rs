@@ -119,6 +119,9 @@ pub enum RunNowError {
     /// A run is in progress: runs never overlap.
     #[error("worker `{0}` is running now: runs never overlap")]
     Busy(String),
+    /// A run was requested and has not started yet.
+    #[error("a run of worker `{0}` is already requested and starts as soon as the worker is free")]
+    Requested(String),
 }
 
 #[derive(Default)]
@@ -289,8 +292,9 @@ impl Workers {
 
     /// Asks the periodic worker `name` for a run now, besides its schedule (an operator's
     /// "run now"). The run starts as soon as its supervisor is free: at once, or, before its first
-    /// run, once its dependencies are up and its start-up jitter has passed. The schedule is
-    /// unchanged, and a tick that falls during the run is skipped as usual.
+    /// run, once its dependencies are up and its start-up jitter has passed. Any run that starts
+    /// meanwhile (a tick) answers the request: one request never makes two runs. The schedule
+    /// is unchanged, and a tick that falls during the run is skipped as usual.
     pub fn run_now(&self, name: &str) -> Result<(), RunNowError> {
         let shared = self.registry().all.iter().find(|s| s.name == name).cloned();
         let Some(shared) = shared else { return Err(RunNowError::Unknown(name.to_owned())) };
@@ -302,6 +306,9 @@ impl Workers {
         }
         if shared.running.load(Ordering::SeqCst) {
             return Err(RunNowError::Busy(shared.name.clone()));
+        }
+        if shared.requested.swap(true, Ordering::SeqCst) {
+            return Err(RunNowError::Requested(shared.name.clone()));
         }
         shared.run_now.notify_one();
         Ok(())

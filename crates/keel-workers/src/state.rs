@@ -132,8 +132,10 @@ pub(crate) struct Shared {
     pub(crate) alive: AtomicBool,
     /// A run is in progress.
     pub(crate) running: AtomicBool,
-    /// An operator asked for a run now ([`crate::Workers::run_now`]); the permit waits for the
-    /// supervisor's loop.
+    /// An operator asked for a run now ([`crate::Workers::run_now`]) and no run has started
+    /// since: any run that starts answers it.
+    pub(crate) requested: AtomicBool,
+    /// Wakes the supervisor's loop for a requested run.
     pub(crate) run_now: tokio::sync::Notify,
     stats: Mutex<Stats>,
     handles: Option<Handles>,
@@ -155,6 +157,7 @@ impl Shared {
             stale_after,
             alive: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
             run_now: tokio::sync::Notify::new(),
             stats: Mutex::new(Stats::default()),
             handles,
@@ -174,6 +177,8 @@ impl Shared {
 
     pub(crate) fn run_started(&self) {
         self.running.store(true, Ordering::SeqCst);
+        // This run answers a pending request: one request, one run.
+        self.requested.store(false, Ordering::SeqCst);
         let mut s = self.stats();
         s.last_run_started = Some(SystemTime::now());
         s.restarting = false;

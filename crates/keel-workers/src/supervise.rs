@@ -122,11 +122,16 @@ async fn periodic(plan: &Plan, token: &CancellationToken, interval: Duration, ba
     let shared = &plan.shared;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut current: Option<BoxFuture<'static, Finished>> = None;
+    // The schedule's first run, at once: started here rather than raced against a requested
+    // run in the loop, so a request made before it is answered by it.
+    ticker.tick().await;
+    let mut current: Option<BoxFuture<'static, Finished>> = Some(start_run(plan, token));
     loop {
         // The run is polled here, beside the ticker, so a tick during a long run is seen (and
-        // skipped) rather than silently delayed.
+        // skipped) rather than silently delayed. Biased, in this order: a due tick runs before
+        // a requested run, so the schedule's run answers the request rather than adding one.
         tokio::select! {
+            biased;
             _ = token.cancelled() => {
                 if let Some(run) = current.take() {
                     // The run got a child token: let it finish its current step.
@@ -142,15 +147,18 @@ async fn periodic(plan: &Plan, token: &CancellationToken, interval: Duration, ba
                     RunOutcome::Error => {}
                 }
             }
-            () = shared.run_now.notified(), if current.is_none() => {
-                tracing::info!(worker = %shared.name, "worker run requested by an operator");
-                current = Some(start_run(plan, token));
-            }
             _ = ticker.tick() => {
                 if current.is_some() {
                     shared.skipped();
                     tracing::debug!(worker = %shared.name, "tick skipped: the previous run is still going");
                 } else {
+                    current = Some(start_run(plan, token));
+                }
+            }
+            () = shared.run_now.notified(), if current.is_none() => {
+                // A tick may have answered the request already.
+                if shared.requested.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!(worker = %shared.name, "worker run requested by an operator");
                     current = Some(start_run(plan, token));
                 }
             }

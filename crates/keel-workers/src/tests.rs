@@ -319,3 +319,44 @@ async fn run_now_starts_a_run_besides_the_schedule_and_never_overlaps() {
     assert!(workers.join(far()).await.is_empty());
     assert_eq!(workers.run_now("hourly"), Err(RunNowError::Stopped("hourly".into())));
 }
+
+#[tokio::test]
+async fn a_run_requested_before_the_first_tick_makes_no_second_run() {
+    let health = Health::new(Duration::from_millis(10), Duration::from_secs(60), None);
+    let up = Arc::new(AtomicBool::new(false));
+    let u = up.clone();
+    health.add(keel_health::Check::new("store", Kind::Readiness, move || {
+        let up = u.load(Ordering::SeqCst);
+        async move { if up { keel_health::Outcome::Up } else { keel_health::Outcome::down("connecting") } }
+    }));
+    health.set_started();
+    let workers = Workers::new(None, Some(&health)).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    workers
+        .add(
+            Worker::periodic("hourly", Duration::from_secs(3600), move |_ctx| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::io::Error>(()) }
+            })
+            .requires("store"),
+        )
+        .unwrap();
+    let stop = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    health.spawn(&tracker, &stop);
+    workers.start(&stop);
+    // Asked while it waits for its dependency: the schedule's first run answers it.
+    workers.run_now("hourly").unwrap();
+    assert_eq!(workers.run_now("hourly"), Err(RunNowError::Requested("hourly".into())), "one request at a time");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "not before its dependency");
+    up.store(true, Ordering::SeqCst);
+    eventually("the first run", || runs.load(Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one request, one run");
+    workers.run_now("hourly").unwrap();
+    eventually("a second request runs again", || runs.load(Ordering::SeqCst) == 2).await;
+    stop.cancel();
+    assert!(workers.join(far()).await.is_empty());
+}

@@ -134,7 +134,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
         vec![
             ("promotions", "SELECT COUNT(*) FROM notifications WHERE kind = 'join.promoted' AND created_at >= $1"),
             ("mails sent", "SELECT COUNT(*) FROM mail_log WHERE outcome = 'sent' AND created_at >= $1"),
-            ("mails failed", "SELECT COUNT(*) FROM mail_log WHERE outcome = 'rejected' AND created_at >= $1"),
+            ("mails failed", "SELECT COUNT(*) FROM mail_failures WHERE created_at >= $1"),
         ],
     ));
     let bus = s.bus()?;

@@ -268,6 +268,10 @@ async fn mail_over_starttls_with_auth_preferences_and_dead_letters() {
     let text = n.metrics().await;
     assert_eq!(metric(&text, "notifier_mail_total{outcome=\"rejected\",template=\"password_changed\"}"), 1.0);
     assert_eq!(metric(&text, "notifier_mail_total{outcome=\"sent\",template=\"verify_email\"}"), 1.0);
+    // The status page counts the refusal (the first read happens now, after it).
+    let figures = n.figures().await;
+    assert_eq!(figures["mails failed"], (1, 1), "{figures:?}");
+    assert!(figures["mails sent"].0 >= 1, "{figures:?}");
     n.stop().await;
 }
 

@@ -161,7 +161,7 @@ try {
   const runs = async () => (await json(`${AUTH_MANAGEMENT_URL}/admin/status`)).workers.find((w) => w.name === "auth-prune").runs;
   await eventually("auth-prune's first run", async () => (await runs()) >= 1);
   const first = await runs();
-  expect((await act('tr[id="worker-auth-prune"]', "Run now", "incident 43: prune expired sessions now")).includes("Run of auth-prune started"), "run notice");
+  expect((await act('tr[id="worker-auth-prune"]', "Run now", "incident 43: prune expired sessions now")).includes("Run of auth-prune requested"), "run notice");
   await eventually("the requested run", async () => (await runs()) === first + 1);
 
   // Pause a consumer, then resume it.

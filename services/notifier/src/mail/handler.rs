@@ -193,6 +193,7 @@ impl Handler for MailHandler {
             Ok(m) => m,
             Err(_) => {
                 self.mailer.count(template, "rejected");
+                self.refused(&id, template).await;
                 return Err(Failure::permanent(format!("{template}: the address is not a mailbox")));
             }
         };
@@ -240,6 +241,7 @@ impl Handler for MailHandler {
             }
             Err(SendError::Permanent(e)) => {
                 self.mailer.count(template, "rejected");
+                self.refused(&id, template).await;
                 Err(Failure::permanent(format!("{template}: {e}")))
             }
             Err(e @ SendError::Unavailable(_)) => {
@@ -255,6 +257,14 @@ impl Handler for MailHandler {
 }
 
 impl MailHandler {
+    /// Counts a refusal for the operator page; the request still goes to the DLQ if this
+    /// write fails (it is a figure, not the record of the message).
+    async fn refused(&self, id: &str, template: &str) {
+        if let Err(e) = store::failed(self.contacts.db(), id, template).await {
+            tracing::warn!(error = %e, template, "cannot record a refused mail for the operator page");
+        }
+    }
+
     async fn skip(&self, id: &str, template: &str, why: &str) -> Result<(), Failure> {
         self.mailer.count(template, "skipped");
         tracing::debug!(template, why, "mail not sent");

@@ -229,12 +229,35 @@ pub(crate) async fn log(db: &Db, message_id: &str, template: &str, outcome: &str
     Ok(())
 }
 
-/// Deletes the records of requests handled before `cutoff` (microseconds); how many.
-pub(crate) async fn prune_log(db: &Db, cutoff: i64) -> Result<u64, DataError> {
+/// Records that the server refused the mail request `message_id` for good (a second record of
+/// it changes nothing); the operator page counts these.
+pub(crate) async fn failed(db: &Db, message_id: &str, template: &str) -> Result<(), DataError> {
+    let text = match db.backend() {
+        Backend::MySql => "INSERT IGNORE INTO mail_failures (message_id, template, created_at) VALUES ($1, $2, $3)",
+        _ => {
+            "INSERT INTO mail_failures (message_id, template, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (message_id) DO NOTHING"
+        }
+    };
     let mut conn = db.acquire().await?;
-    let done = sqlx::query(db.statement("DELETE FROM mail_log WHERE created_at < $1"))
-        .bind(cutoff)
+    sqlx::query(db.statement(text))
+        .bind(message_id)
+        .bind(template)
+        .bind(to_micros(now()))
         .execute(db.on(&mut *conn))
         .await?;
-    Ok(done.rows_affected())
+    Ok(())
+}
+
+/// Deletes the records of requests handled, or refused, before `cutoff` (microseconds); how
+/// many.
+pub(crate) async fn prune_log(db: &Db, cutoff: i64) -> Result<u64, DataError> {
+    let mut conn = db.acquire().await?;
+    let mut pruned = 0;
+    for table in ["mail_log", "mail_failures"] {
+        let sql = format!("DELETE FROM {table} WHERE created_at < $1");
+        let done = sqlx::query(db.statement(&sql)).bind(cutoff).execute(db.on(&mut *conn)).await?;
+        pruned += done.rows_affected();
+    }
+    Ok(pruned)
 }

@@ -122,7 +122,6 @@ impl Notifier {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
-    /// The management `/metrics` text.
     /// The product figures of its status page, by name: `(last hour, last day)`; panics on a
     /// read error.
     pub async fn figures(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
@@ -150,6 +149,7 @@ impl Notifier {
             .collect()
     }
 
+    /// The management `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.http.get(self.management_url("/metrics")).send().await.unwrap().text().await.unwrap()
     }

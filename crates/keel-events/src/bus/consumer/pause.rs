@@ -126,7 +126,12 @@ impl<H: Handler> Consumer<H> {
     /// Takes nothing until the dependency is back: at start-up (`starting`, nothing taken yet)
     /// that is waiting for it (INFO); later a pause (WARN, counted).
     pub(super) fn pause(&self, reason: &str, starting: bool) {
-        if starting {
+        if self.control.paused().is_some() {
+            tracing::warn!(
+                topic = %self.topic, group = %self.group, reason = %reason,
+                "consumer paused by an operator: taking no messages until resumed"
+            );
+        } else if starting {
             tracing::info!(
                 topic = %self.topic, group = %self.group, reason = %reason,
                 "consumer waiting for its dependency before taking messages"
