@@ -55,6 +55,12 @@ impl FlagsPage<'_> {
     }
 }
 
+/// The CSRF token a console page puts in its forms: `None` (the page is read only) without a
+/// live browser session.
+pub(crate) fn page_csrf(admin: &Admin, headers: &HeaderMap) -> Option<String> {
+    admin.token().zip(session::from_headers(headers)).and_then(|(token, value)| session::csrf(token, value))
+}
+
 /// The flags page for a browser (`GET /admin/flags` with `Accept: text/html`).
 pub(crate) fn flags_page(
     admin: &Admin,
@@ -64,7 +70,7 @@ pub(crate) fn flags_page(
     error: Option<String>,
 ) -> Response {
     let report = admin.sources.flags.report();
-    let csrf = admin.token().zip(session::from_headers(headers)).and_then(|(token, value)| session::csrf(token, value));
+    let csrf = page_csrf(admin, headers);
     let page = FlagsPage {
         stylesheet: crate::status::STYLESHEET,
         service: &admin.sources.identity.name,

@@ -35,7 +35,6 @@ use crate::console::{self, Signed};
 use crate::level::{self, LevelState};
 use crate::ops::{ConsumerOps, Letter};
 use crate::routes::Admin;
-use crate::session;
 
 #[derive(Template)]
 #[template(path = "admin/console.html")]
@@ -163,7 +162,7 @@ async fn render(
     error: Option<String>,
 ) -> Response {
     let sources = admin.sources();
-    let csrf = admin.token().zip(session::from_headers(headers)).and_then(|(token, value)| session::csrf(token, value));
+    let csrf = console::page_csrf(admin, headers);
     let instance = sources.listeners.get().map_or_else(|| "starting".to_owned(), |b| b.management.to_string());
     let page = ConsolePage {
         stylesheet: crate::status::STYLESHEET,

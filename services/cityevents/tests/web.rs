@@ -127,6 +127,28 @@ fn the_main_journeys_pass_in_headless_chromium() {
     }
 }
 
+/// The one-time sign-in link the all-in-one's banner printed.
+fn sign_in_link(platform: &Platform) -> String {
+    platform
+        .seen
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find(|w| w.contains("/admin/login?code="))
+        .expect("the banner's sign-in link")
+        .to_owned()
+}
+
+/// The address (`http`, `management`) service `cityevents-<service>` logged it listens on.
+fn listener(platform: &Platform, service: &str, key: &str) -> String {
+    let service = format!("service=cityevents-{service}");
+    platform
+        .seen
+        .iter()
+        .filter(|l| l.contains("listening") && l.contains(&service))
+        .find_map(|l| l.split(&format!(" {key}=")).nth(1)?.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{service} logged no {key} address"))
+}
+
 /// `tests/web/console.mjs`: an operator changes a flag from the gateway's console page in
 /// Chromium, and the site follows at once; then drains auth, sets its log level for a few
 /// seconds, runs a worker now and pauses a consumer from auth's operations page, checking each
@@ -138,33 +160,15 @@ fn the_operator_console_changes_a_flag_in_headless_chromium() {
     }
     let mut platform = Platform::all_in_one(&[]);
     platform.wait_for_line("First admin:", std::time::Duration::from_secs(10));
-    let link = platform
-        .seen
-        .iter()
-        .flat_map(|l| l.split_whitespace())
-        .find(|w| w.contains("/admin/login?code="))
-        .expect("the banner's sign-in link")
-        .to_owned();
-    let management = platform
-        .seen
-        .iter()
-        .filter(|l| l.contains("listening") && l.contains("service=cityevents-gateway"))
-        .find_map(|l| l.split("management=").nth(1)?.split_whitespace().next().map(str::to_owned))
-        .expect("the gateway's management address");
-    let auth = platform
-        .seen
-        .iter()
-        .find(|l| l.contains("listening") && l.contains("service=cityevents-auth"))
-        .expect("the auth service's listening line")
-        .clone();
-    let addr = |key: &str| auth.split(&format!("{key}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let link = sign_in_link(&platform);
+    let management = listener(&platform, "gateway", "management");
     let shots = std::env::var_os("KEEL_CI_ARTIFACTS")
         .map_or_else(|| repo_root().join("ci-artifacts"), PathBuf::from)
         .join("web");
     let out = Command::new("node")
         .arg("console.mjs")
-        .env("AUTH_MANAGEMENT_URL", format!("http://{}", addr("management")))
-        .env("AUTH_URL", format!("http://{}", addr("http")))
+        .env("AUTH_MANAGEMENT_URL", format!("http://{}", listener(&platform, "auth", "management")))
+        .env("AUTH_URL", format!("http://{}", listener(&platform, "auth", "http")))
         .current_dir(journey_dir())
         .env("SIGN_IN_URL", &link)
         .env("MANAGEMENT_URL", format!("http://{management}"))
@@ -203,19 +207,8 @@ fn the_operator_console_handles_dead_letters_in_headless_chromium() {
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut platform = Platform::all_in_one(&refs);
     platform.wait_for_line("First admin:", std::time::Duration::from_secs(10));
-    let link = platform
-        .seen
-        .iter()
-        .flat_map(|l| l.split_whitespace())
-        .find(|w| w.contains("/admin/login?code="))
-        .expect("the banner's sign-in link")
-        .to_owned();
-    let notifier = platform
-        .seen
-        .iter()
-        .filter(|l| l.contains("listening") && l.contains("service=cityevents-notifier"))
-        .find_map(|l| l.split("management=").nth(1)?.split_whitespace().next().map(str::to_owned))
-        .expect("the notifier's management address");
+    let link = sign_in_link(&platform);
+    let notifier = listener(&platform, "notifier", "management");
 
     // Two join changes without a change in them, on the platform's topic.
     let poison: Vec<keel::events::Envelope> = (0..2)

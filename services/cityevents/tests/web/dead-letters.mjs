@@ -10,45 +10,16 @@
 //
 // Env: SIGN_IN_URL, NOTIFIER_MANAGEMENT_URL, POISON (the two event ids, comma-separated),
 // SHOTS_DIR, CHROMIUM (default /usr/bin/chromium).
-import { chromium } from "playwright-core";
-import { readFileSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { createRequire } from "node:module";
+import { expect, open } from "./console-browser.mjs";
 
-const require = createRequire(import.meta.url);
-const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const { SIGN_IN_URL, NOTIFIER_MANAGEMENT_URL, POISON, SHOTS_DIR } = process.env;
 if (!SIGN_IN_URL || !NOTIFIER_MANAGEMENT_URL || !POISON || !SHOTS_DIR) {
   throw new Error("SIGN_IN_URL, NOTIFIER_MANAGEMENT_URL, POISON and SHOTS_DIR must be set");
 }
-mkdirSync(SHOTS_DIR, { recursive: true });
 const [first, second] = POISON.split(",");
 const OPS = `${NOTIFIER_MANAGEMENT_URL}/admin/console`;
 
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
-});
-const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1280, height: 800 } });
-const page = await context.newPage();
-const errors = [];
-page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
-page.on("pageerror", (e) => errors.push(String(e)));
-
-async function check(label) {
-  expect(errors.length === 0, `${label}: console errors: ${errors.join(" | ")}`);
-  await page.addScriptTag({ content: AXE });
-  const result = await page.evaluate(async () =>
-    // eslint-disable-next-line no-undef
-    await axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }));
-  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  expect(bad.length === 0, `${label}: axe: ${bad.map((v) => `${v.id} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`).join("; ")}`);
-  await page.screenshot({ path: join(SHOTS_DIR, `console-${label}.png`), fullPage: true });
-}
+const { browser, page, check } = await open(SHOTS_DIR);
 
 /** Reloads the page until `f` holds (the broker's DLQ is read on each load). */
 async function until(what, f, ms = 20000) {
