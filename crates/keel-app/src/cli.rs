@@ -141,6 +141,13 @@ pub(crate) enum KeysCommand {
         /// The new key's id (e.g. 2025-06).
         kid: String,
     },
+    /// Make a new data key in the service's database now; print its id. It becomes active
+    /// once every instance knows it (3 × refresh_interval), and values move to it in the
+    /// background.
+    Rotate,
+    /// Print the data keys of the configuration and the database, their states and the values
+    /// each encrypts (JSON).
+    Status,
     /// Re-wrap every configured data key under a new master key; print the new `data_keys`.
     Rewrap {
         /// File holding the new master key (base64), e.g. a mounted secret.

@@ -15,6 +15,7 @@
 //! | `migrate [status]` | apply or list database migrations (a service with [`Service::migrations`]) |
 //! | `audit verify [--checkpoint ROWS:HASH]` | walk the audit log's keyed hash chain (and check it against a checkpoint); exit 0 / 1 naming the first broken row (a service with [`Service::keeps_audit_log`]) |
 //! | `keys generate \| new <kid> \| rewrap --new-master-key-file F` | field-encryption keys (`security`) |
+//! | `keys rotate \| status` | make a data key in the database now; list the keys and the values each encrypts (a service with [`Service::rotates_data_keys`]) |
 //!
 //! A command the service cannot use (`migrate` without migrations, `audit` without an audit log)
 //! is not listed in `--help` and refused with exit 64. `--help` ends with where configuration
@@ -165,6 +166,10 @@ where
         },
         #[cfg(feature = "security")]
         Some(Command::Keys { command }) => match loaded {
+            #[cfg(feature = "sql")]
+            Ok(l) if matches!(command, cli::KeysCommand::Rotate | cli::KeysCommand::Status) => {
+                security::keys_in_db(&build.name, &l.config.keel, l.profile, &command, service.data_keys)
+            }
             Ok(l) => security::keys(&l.config.keel, command),
             Err(e) => config_failure(&build, &e, true),
         },

@@ -381,6 +381,8 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         #[cfg(feature = "events")]
         consumer_metrics: None,
         consumers: Vec::new(),
+        data_keys: None,
+        rotates_data_keys: service.data_keys,
         product: None,
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,
@@ -403,6 +405,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         limiters: setup.limiters,
         audit: setup.audit,
         consumers: setup.consumers,
+        data_keys: setup.data_keys,
         product: setup.product,
         summary,
         config_yaml,
@@ -461,6 +464,7 @@ struct Declared {
     limiters: std::collections::BTreeMap<String, keel_rate_limit::RateLimitLayer>,
     audit: Option<Arc<dyn keel_management::audit::AuditSource>>,
     consumers: Vec<Arc<dyn keel_management::ops::ConsumerOps>>,
+    data_keys: Option<Arc<dyn keel_management::ops::DataKeyOps>>,
     product: Option<Arc<dyn keel_management::ops::ProductFigures>>,
     summary: Vec<(String, String)>,
     config_yaml: String,
@@ -603,6 +607,9 @@ fn management_router(a: &Assembled, process: &Process, own_listener: bool) -> (R
         admin = admin.with_audit(audit.clone());
     }
     admin = admin.with_consumers(d.consumers.clone());
+    if let Some(keys) = &d.data_keys {
+        admin = admin.with_data_keys(keys.clone());
+    }
     (admin.router(b.metrics.clone(), own_listener), admin)
 }
 

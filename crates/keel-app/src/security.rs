@@ -81,6 +81,82 @@ pub(super) fn audit_verify(
     })
 }
 
+/// `keys rotate` and `keys status`: the data keys in the service's database.
+#[cfg(feature = "sql")]
+pub(super) fn keys_in_db(
+    name: &str,
+    keel: &KeelConfig,
+    profile: keel_config::Profile,
+    command: &KeysCommand,
+    rotates: bool,
+) -> ExitCode {
+    use keel_data::{Backend, resolve_url};
+    let what = if matches!(command, KeysCommand::Rotate) { "keys rotate" } else { "keys status" };
+    if !rotates {
+        eprintln!("{name} {what}: this service keeps no data keys in its database (Service::rotates_data_keys)");
+        return ExitCode::from(exit::USAGE);
+    }
+    let cfg = &keel.database;
+    let url = match resolve_url(cfg, name, profile == keel_config::Profile::Production) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{name} {what}: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let Some(backend) = Backend::from_url(&url) else {
+        eprintln!("{name} {what}: database.url has an unknown scheme");
+        return ExitCode::from(exit::CONFIG);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name} {what}: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let wait =
+        if cfg.connect.max_elapsed.is_zero() { std::time::Duration::from_secs(30) } else { cfg.connect.max_elapsed };
+    rt.block_on(async {
+        let pool = match super::migrate::connect(&url, cfg, wait).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{name} {what}: cannot connect to {backend}: {e}");
+                return ExitCode::from(exit::START);
+            }
+        };
+        let enc = &keel.security.encryption;
+        let code = match keel_security::keys::DataKeys::with_pool(pool.clone(), backend, enc, []) {
+            Err(e) => {
+                eprintln!("{name} {what}: security.encryption: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
+            Ok(keys) => {
+                let done = async {
+                    keys.refresh().await?;
+                    match command {
+                        KeysCommand::Rotate => keys.rotate().await,
+                        _ => serde_json::to_string_pretty(&keys.status(enc.rotate_every))
+                            .map_err(|e| keel_security::keys::KeyError::Column(e.to_string())),
+                    }
+                };
+                match done.await {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{name} {what}: {}", keel_health::sanitize(&e.to_string()));
+                        ExitCode::from(exit::FAILURE)
+                    }
+                }
+            }
+        };
+        pool.close().await;
+        code
+    })
+}
+
 /// Key management for field encryption. Prints keys to stdout only (pipe them into the secret
 /// store); never logs them.
 pub(super) fn keys(keel: &KeelConfig, command: KeysCommand) -> ExitCode {
@@ -94,6 +170,8 @@ pub(super) fn keys(keel: &KeelConfig, command: KeysCommand) -> ExitCode {
         MasterKey::from_secret(m).map_err(|e| (exit::CONFIG, format!("security.encryption.master_key: {e}")))
     };
     let result = match command {
+        // Served by `keys_in_db`: they need the database.
+        KeysCommand::Rotate | KeysCommand::Status => Err((exit::USAGE, "this command needs a database".to_owned())),
         KeysCommand::Generate => Ok(generate_key()),
         KeysCommand::New { kid } => master()
             .and_then(|m| m.new_data_key(&kid).map(|w| format!("{kid}: {w}")).map_err(|e| failed(e.to_string()))),

@@ -44,6 +44,9 @@ pub struct FixtureConfig {
     pub warmup: Duration,
     /// Use the SQL database (`database.*`): `/db/*` routes.
     pub database: bool,
+    /// Field encryption with rotating data keys (needs `database` and `security.encryption.*`):
+    /// `PUT`/`GET /secrets/{id}` store and read a value sealed with the keyring.
+    pub encrypted: bool,
     /// Events (needs `database`): `POST /events` writes an item and enqueues `item.created` on
     /// topic `items` through the outbox; consumer group `indexer` logs each one it handles.
     pub events: bool,
@@ -76,6 +79,7 @@ impl Default for FixtureConfig {
             failing_check: false,
             warmup: Duration::ZERO,
             database: false,
+            encrypted: false,
             events: false,
             events_topic: "items".into(),
             redis: false,
@@ -126,6 +130,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
         .with_config::<FixtureConfig>()
         .migrations(migrations())
         .keeps_audit_log()
+        .rotates_data_keys()
         .setup(|s| {
             let greeting = s.config().greeting.clone();
             if s.config().grpc && s.config().auth {
@@ -185,6 +190,13 @@ pub fn service() -> keel::Service<FixtureConfig> {
                 db: if s.config().database { Some(s.database()?) } else { None },
                 redis: if s.config().redis { Some(s.redis()?) } else { None },
             };
+            let secrets = if s.config().encrypted {
+                let db = deps.db.clone().ok_or("app.encrypted needs app.database")?;
+                let ring = s.data_keys(&db, [("secrets", "id", "value")])?;
+                secrets_routes(db, ring)
+            } else {
+                Router::new()
+            };
             let events = if s.config().events {
                 let db = deps.db.clone().ok_or("app.events needs app.database")?;
                 events_routes(s, db)?
@@ -220,6 +232,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
             };
             Ok(Router::new()
                 .merge(events)
+                .merge(secrets)
                 .merge(auth)
                 .merge(audit)
                 .merge(limited)
@@ -481,6 +494,42 @@ async fn panicking() -> &'static str {
 struct Deps {
     db: Option<keel::data::Db>,
     redis: Option<keel::redis::Redis>,
+}
+
+/// `PUT`/`GET /secrets/{id}`: a value stored sealed with the keyring, read back in clear.
+fn secrets_routes(db: keel::data::Db, ring: keel::security::crypto::Keyring) -> Router {
+    use keel::http::Problem;
+    let put = {
+        let (db, ring) = (db.clone(), ring.clone());
+        move |Path(id): Path<String>, body: String| async move {
+            let sealed = ring.encrypt_str(&body).map_err(Problem::from)?;
+            let mut conn = db.acquire().await.map_err(Problem::from)?;
+            sqlx::query(db.statement("DELETE FROM secrets WHERE id = $1"))
+                .bind(&id)
+                .execute(db.on(&mut *conn))
+                .await
+                .map_err(|e| Problem::from(keel::data::DataError::from(e)))?;
+            sqlx::query(db.statement("INSERT INTO secrets (id, value) VALUES ($1, $2)"))
+                .bind(&id)
+                .bind(sealed)
+                .execute(db.on(&mut *conn))
+                .await
+                .map_err(|e| Problem::from(keel::data::DataError::from(e)))?;
+            Ok::<_, Problem>(http::StatusCode::NO_CONTENT)
+        }
+    };
+    let get_one = move |Path(id): Path<String>| async move {
+        let mut conn = db.acquire().await.map_err(Problem::from)?;
+        let sealed: Option<String> = sqlx::query_scalar(db.statement("SELECT value FROM secrets WHERE id = $1"))
+            .bind(&id)
+            .fetch_optional(db.on(&mut *conn))
+            .await
+            .map_err(|e| Problem::from(keel::data::DataError::from(e)))?
+            .flatten();
+        let sealed = sealed.ok_or_else(Problem::not_found)?;
+        ring.decrypt_str(&sealed).map_err(Problem::from)
+    };
+    Router::new().route("/secrets/{id}", get(get_one).put(put))
 }
 
 #[derive(Deserialize)]

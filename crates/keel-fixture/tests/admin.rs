@@ -792,8 +792,91 @@ async fn the_console_drains_runs_pauses_and_handles_dead_letters() {
     ] {
         assert!(actions.contains(&a), "{a} not in {actions:?}");
     }
+    // This fixture keeps no data keys: the page says so and the action is refused.
+    assert!(page().await.contains("This service keeps no rotating data keys."));
+    assert_eq!(act("data-keys", &[("reason", "rotate")]).await.unwrap().status(), 404);
     let drain = audit["items"].as_array().unwrap().iter().find(|i| i["action"] == "instance.drain").unwrap();
     assert_eq!(drain["details"]["after"]["drained"], "node maintenance");
     assert!(drain["target"].as_str().unwrap().starts_with("instance:"));
+    f.stop().await;
+}
+
+/// The console rotates the data keys: the new key becomes active on the instance, the values
+/// move to it in the background and still read back; the keys, the progress and the audit entry
+/// are on the page, the metrics and the log.
+#[tokio::test]
+async fn the_console_rotates_data_keys_and_values_move_to_the_new_key() {
+    use keel::security::crypto::{MasterKey, generate_key};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/keys.db?mode=rwc", dir.path().display());
+    let master = generate_key();
+    let wrapped =
+        MasterKey::from_secret(&keel::config::Secret::new(master.clone())).unwrap().new_data_key("k1").unwrap();
+    let f = Fixture::start(&[
+        ("FIXTURE__MANAGEMENT__ADMIN_TOKEN", TOKEN),
+        ("FIXTURE__APP__DATABASE", "true"),
+        ("FIXTURE__APP__ENCRYPTED", "true"),
+        ("FIXTURE__DATABASE__URL", &db),
+        ("FIXTURE__SECURITY__ENCRYPTION__MASTER_KEY", &master),
+        ("FIXTURE__SECURITY__ENCRYPTION__DATA_KEYS__K1", &wrapped),
+        ("FIXTURE__SECURITY__ENCRYPTION__ACTIVE_KEY", "k1"),
+        ("FIXTURE__SECURITY__ENCRYPTION__REFRESH_INTERVAL", "100ms"),
+        ("FIXTURE__SECURITY__ENCRYPTION__REENCRYPT_INTERVAL", "100ms"),
+    ])
+    .await;
+    eventually("ready", || async { client().get(f.url("/health/ready")).send().await.unwrap().status() == 200 }).await;
+    let ready = client().get(f.url("/health/ready")).send().await.unwrap().text().await.unwrap();
+    assert!(ready.contains("data-keys"), "{ready}");
+    for (id, value) in [("alice", "alice@example.com"), ("bob", "bob@example.com")] {
+        let r = client().put(f.url(&format!("/secrets/{id}"))).body(value).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let cookie = session_cookie(&c.get(f.running().sign_in_link().unwrap()).send().await.unwrap());
+    let page = || async {
+        let r = c.get(format!("{}/admin/console", f.mgmt)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    let html = page().await;
+    assert!(html.contains("Active key: <code>k1</code>") && html.contains("<code>secrets.value</code>"), "{html}");
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let rotate = |confirm: bool| {
+        let mut body = format!("csrf={}&reason=quarterly+rotation", urlencoded(&csrf));
+        if confirm {
+            body.push_str("&confirm=yes");
+        }
+        c.post(format!("{}/admin/console/data-keys", f.mgmt))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(rotate(false).await.unwrap().status(), 422, "the confirmation is required");
+    let r = rotate(true).await.unwrap();
+    assert_eq!(r.headers()["location"], "/admin/console?done=rotate:rot-1");
+
+    // Active once every instance can know it; then both values move and still read back.
+    eventually("rot-1 active and every value on it", || async {
+        let m = client().get(format!("{}/metrics", f.mgmt)).send().await.unwrap().text().await.unwrap();
+        m.contains("data_keys_values{key=\"rot-1\"} 2") && m.contains("data_keys_pending_values 0")
+    })
+    .await;
+    for (id, value) in [("alice", "alice@example.com"), ("bob", "bob@example.com")] {
+        assert_eq!(client().get(f.url(&format!("/secrets/{id}"))).send().await.unwrap().text().await.unwrap(), value);
+    }
+    let html = page().await;
+    assert!(html.contains("Active key: <code>rot-1</code>"), "{html}");
+    assert!(html.contains("<td><code>k1</code></td><td>configuration</td><td>superseded</td>"), "{html}");
+    let m = client().get(format!("{}/metrics", f.mgmt)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("data_keys_reencrypted_total 2") && m.contains("data_keys_rotations_total 1"), "{m}");
+
+    let audit = admin_json(&f, "/admin/audit?action=data_keys.&format=json").await;
+    let entry = &audit["items"][0];
+    assert_eq!(entry["action"], "data_keys.rotate");
+    assert_eq!(entry["details"]["after"]["made"], "rot-1");
+    assert_eq!(entry["details"]["before"]["active"], "k1");
+    assert_eq!(entry["details"]["reason"], "quarterly rotation");
     f.stop().await;
 }

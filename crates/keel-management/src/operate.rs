@@ -8,6 +8,7 @@
 //! | Log level | `POST /admin/console/log-level` (`level`, `expires_in`) | the process's log filter, reverted when the expiry passes ([`crate::level`]) | `log_level.set` |
 //! | Run now | `POST /admin/console/workers/{name}` | a run of the periodic worker outside its schedule | `worker.run` |
 //! | Pause / resume | `POST /admin/console/consumers/{topic}/{group}` (`action` = `pause` or `resume`) | the consumer takes no new message until resumed; readiness degraded, not down | `consumer.pause`, `consumer.resume` |
+//! | Rotate data key | `POST /admin/console/data-keys` | a new field-encryption data key, active once every instance knows it; values move to it in the background | `data_keys.rotate` |
 //! | Dead letters | `POST /admin/console/dead-letters/{topic}` (`action` = `replay` or `discard` with `id`, `replay-all`, `purge`) | replays to the group that gave up, or deletes | `dead_letters.replay`, `dead_letters.discard`, `dead_letters.purge` |
 //!
 //! The page lists up to [`LETTERS`] dead letters per topic, each with its reason, attempts and
@@ -53,6 +54,7 @@ struct ConsolePage<'a> {
     journal: Vec<crate::console::JournalEntry>,
     consumers: Vec<ConsumerRow>,
     topics: Vec<TopicLetters>,
+    keys: Option<crate::ops::KeysView>,
 }
 
 struct ConsumerRow {
@@ -130,6 +132,7 @@ fn notice(done: &str) -> Option<String> {
                 "resume" => format!("Resumed {rest}."),
                 "replay" => format!("Replayed dead letter {rest} to the group that gave up on it."),
                 "discard" => format!("Discarded dead letter {rest}."),
+                "rotate" => format!("Data key {rest} made: it becomes active once every instance knows it."),
                 "replayall" | "purge" => {
                     let (n, topic) = rest.split_once(':')?;
                     let n: usize = n.parse().ok()?;
@@ -190,6 +193,7 @@ async fn render(
             TopicLetters { topic: c.topic().to_owned(), letters, error }
         }))
         .await,
+        keys: admin.data_keys.as_ref().map(|k| k.view()),
     };
     crate::routes::page(status, page.render())
 }
@@ -426,5 +430,30 @@ pub(crate) async fn dead_letters(
             )
             .await
         }
+    }
+}
+
+/// `POST /admin/console/data-keys`: a new data key now.
+pub(crate) async fn rotate_data_key(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    form: axum::extract::Form<Signed>,
+) -> Response {
+    let op = match console::operator(&admin, &headers, &form) {
+        Ok(op) => op,
+        Err(r) => return refused(&admin, &headers, r).await,
+    };
+    let Some(keys) = admin.data_keys.clone() else {
+        return failed(&admin, &headers, StatusCode::NOT_FOUND, "This service keeps no data keys.".into()).await;
+    };
+    let before = keys.view().active;
+    // Never cut off: a key made after a timeout would be made all the same.
+    match keys.rotate().await {
+        Ok(kid) => {
+            let details = json!({"before": {"active": before}, "after": {"made": kid}, "reason": op.reason});
+            console::record(&admin, &op.who, "data_keys.rotate", "data-keys", details).await;
+            done(&format!("rotate:{kid}"))
+        }
+        Err(e) => failed(&admin, &headers, StatusCode::SERVICE_UNAVAILABLE, format!("No key made: {e}.")).await,
     }
 }

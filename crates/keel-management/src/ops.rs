@@ -75,3 +75,47 @@ pub trait ProductFigures: Send + Sync + 'static {
     /// The figures now; the error is a message for the operator.
     fn figures(&self) -> OpsFuture<'_, Vec<Figure>>;
 }
+
+/// One field-encryption data key as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRow {
+    /// Its id (`v1:<kid>:…`).
+    pub kid: String,
+    /// `configuration` or `database`.
+    pub source: String,
+    /// `active`, `pending`, `superseded` or `retired`.
+    pub state: String,
+    /// When it became (or becomes) active, RFC 3339 (database keys).
+    pub active_from: Option<String>,
+    /// Values encrypted with it at the last count (none before the first).
+    pub values: Option<u64>,
+}
+
+/// A service's field-encryption keys and the progress of re-encryption.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeysView {
+    /// The key new values are encrypted with.
+    pub active: String,
+    /// Every key.
+    pub keys: Vec<KeyRow>,
+    /// The encrypted columns (`table.column`).
+    pub columns: Vec<String>,
+    /// Values still on an older key.
+    pub pending_values: Option<u64>,
+    /// Values no key decrypts, at the last pass.
+    pub unreadable_values: u64,
+    /// Values this instance moved to the active key.
+    pub reencrypted: u64,
+    /// When the values were last counted, RFC 3339.
+    pub counted_at: Option<String>,
+    /// When the next scheduled rotation is due, RFC 3339 (none: only on request).
+    pub next_rotation_at: Option<String>,
+}
+
+/// A service's rotating data keys (keel-app implements it over `keel_security::keys`).
+pub trait DataKeyOps: Send + Sync + 'static {
+    /// The keys and the progress as this instance last saw them.
+    fn view(&self) -> KeysView;
+    /// Makes a new data key now (active once every instance knows it); its id.
+    fn rotate(&self) -> OpsFuture<'_, String>;
+}

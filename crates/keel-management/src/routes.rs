@@ -30,6 +30,8 @@ pub struct Admin {
     pub(crate) audit: Option<Arc<dyn AuditSource>>,
     /// Its consumers, for the console's pause and dead letters.
     pub(crate) consumers: Arc<[Arc<dyn ConsumerOps>]>,
+    /// Its rotating data keys, for the console's key section.
+    pub(crate) data_keys: Option<Arc<dyn crate::ops::DataKeyOps>>,
     /// The changes made through this listener, for the console page.
     pub(crate) journal: crate::console::Journal,
 }
@@ -45,6 +47,7 @@ impl Admin {
             codes: SignInCodes::default(),
             audit: None,
             consumers: Arc::new([]),
+            data_keys: None,
             journal: Default::default(),
         }
     }
@@ -59,6 +62,12 @@ impl Admin {
     /// [`crate::ops`]).
     pub fn with_consumers(mut self, consumers: Vec<Arc<dyn ConsumerOps>>) -> Self {
         self.consumers = consumers.into();
+        self
+    }
+
+    /// Shows `keys` on the console and lets an operator rotate them (see [`crate::ops`]).
+    pub fn with_data_keys(mut self, keys: Arc<dyn crate::ops::DataKeyOps>) -> Self {
+        self.data_keys = Some(keys);
         self
     }
 
@@ -117,6 +126,7 @@ fn router(metrics: Metrics, admin: Admin, own_listener: bool) -> Router {
         .route("/admin/console/workers/{name}", post(crate::operate::run_worker))
         .route("/admin/console/consumers/{topic}/{group}", post(crate::operate::consumer))
         .route("/admin/console/dead-letters/{topic}", post(crate::operate::dead_letters))
+        .route("/admin/console/data-keys", post(crate::operate::rotate_data_key))
         .route(status::STYLESHEET, get(stylesheet));
     let mut router =
         Router::new().route("/metrics", get(render)).with_state(metrics).merge(guarded.merge(open).with_state(admin));

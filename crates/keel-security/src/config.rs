@@ -142,8 +142,13 @@ impl Default for PasswordsConfig {
     }
 }
 
-/// `security.encryption.*`: envelope encryption of fields (see `keel_security::crypto`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The id prefix of data keys made by rotation in the database (`rot-1`, `rot-2`, …); keys of
+/// the configuration may not use it.
+pub const ROTATED_KID_PREFIX: &str = "rot-";
+
+/// `security.encryption.*`: envelope encryption of fields (see `keel_security::crypto`) and, in
+/// a service that keeps its data keys in its database, their rotation (`keel_security::keys`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct EncryptionConfig {
@@ -157,6 +162,42 @@ pub struct EncryptionConfig {
     /// Data keys by id, each wrapped by the master key (`<service> keys new <id>` makes one).
     /// Wrapped keys are not secret; every listed key can still decrypt.
     pub data_keys: BTreeMap<String, String>,
+    /// How often a new data key is made in the database and becomes the active one; old values
+    /// are then re-encrypted in the background. Unset (the default): keys change only when an
+    /// operator rotates them (`<service> keys rotate`, the operations page).
+    #[serde(default, with = "keel_config::duration::option")]
+    pub rotate_every: Option<Duration>,
+    /// How often each instance rereads the data keys of its database. A new key is made
+    /// active three intervals after it is made, so every instance knows it before any value
+    /// is encrypted with it. Default `5s`.
+    #[serde(with = "keel_config::duration")]
+    pub refresh_interval: Duration,
+    /// How often the re-encryption worker moves values off older keys and retires keys
+    /// nothing uses. Default `10s`.
+    #[serde(with = "keel_config::duration")]
+    pub reencrypt_interval: Duration,
+    /// Rows re-encrypted per column per run of the worker. Default 500.
+    pub reencrypt_batch: u32,
+    /// How long a superseded key must have encrypted no value, by every count, before it is
+    /// retired (its wrapped key deleted); also how often a settled store recounts. Default `1h`.
+    #[serde(with = "keel_config::duration")]
+    pub retire_after: Duration,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            master_key: None,
+            blind_index_key: None,
+            active_key: None,
+            data_keys: BTreeMap::new(),
+            rotate_every: None,
+            refresh_interval: Duration::from_secs(5),
+            reencrypt_interval: Duration::from_secs(10),
+            reencrypt_batch: 500,
+            retire_after: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `security.audit.*`: the audit log's chain keys and checkpoints (see `keel_security::audit`).
@@ -327,6 +368,31 @@ impl Section for EncryptionConfig {
         }
         if !self.data_keys.is_empty() && self.master_key.is_none() {
             v.invalid("master_key", "data keys need the master key that wraps them");
+        }
+        for kid in self.data_keys.keys() {
+            if kid.starts_with(ROTATED_KID_PREFIX) {
+                v.invalid(
+                    &format!("data_keys.{kid}"),
+                    format!("ids starting with `{ROTATED_KID_PREFIX}` are the database's rotated keys"),
+                );
+            }
+        }
+        if let Some(every) = self.rotate_every {
+            if every < Duration::from_secs(3600) {
+                v.invalid("rotate_every", "at least 1h: each rotation re-encrypts every value");
+            }
+            if self.master_key.is_none() {
+                v.invalid("rotate_every", "rotation needs the master key that wraps the new keys");
+            }
+        }
+        if self.refresh_interval.is_zero() || self.refresh_interval > Duration::from_secs(300) {
+            v.invalid("refresh_interval", "more than 0s and at most 5m");
+        }
+        if self.reencrypt_interval.is_zero() {
+            v.invalid("reencrypt_interval", "must be more than 0s");
+        }
+        if self.reencrypt_batch == 0 || self.reencrypt_batch > 100_000 {
+            v.invalid("reencrypt_batch", "from 1 to 100000 rows");
         }
         for (name, key) in [("master_key", &self.master_key), ("blind_index_key", &self.blind_index_key)] {
             if let Some(k) = key

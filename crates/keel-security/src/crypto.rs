@@ -150,20 +150,37 @@ pub fn rewrap(old: &MasterKey, new: &MasterKey, kid: &str, wrapped: &str) -> Res
     new.wrap(kid, &old.unwrap_key(kid, wrapped)?)
 }
 
-/// Unwrapped data keys by id, and the active one. Cheap to clone.
+/// Unwrapped data keys by id, and the active one. Cheap to clone; clones share their keys, so a
+/// key set installed by the data-key store ([`crate::keys::DataKeys`], feature `sql`) reaches
+/// every clone at once.
 #[derive(Clone)]
 pub struct Keyring {
-    keys: std::sync::Arc<BTreeMap<String, Aes256Gcm>>,
-    active: String,
+    inner: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Ring>>>,
+}
+
+/// One immutable key set: readers take a snapshot and never hold the lock while they encrypt.
+pub(crate) struct Ring {
+    pub(crate) keys: BTreeMap<String, Aes256Gcm>,
+    pub(crate) active: String,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ring = self.ring();
         f.debug_struct("Keyring")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
-            .field("active", &self.active)
+            .field("kids", &ring.keys.keys().collect::<Vec<_>>())
+            .field("active", &ring.active)
             .finish()
     }
+}
+
+/// Checks a data key id: non-empty, at most 64 characters, and without `:` (the ciphertext's
+/// separator).
+pub(crate) fn check_kid(kid: &str) -> Result<(), CryptoError> {
+    if kid.is_empty() || kid.len() > 64 || kid.contains(':') {
+        return Err(CryptoError::Config(format!("data key id `{kid}` must be 1 to 64 characters, without `:`")));
+    }
+    Ok(())
 }
 
 impl Keyring {
@@ -173,20 +190,26 @@ impl Keyring {
         wrapped: impl IntoIterator<Item = (&'a str, &'a str)>,
         active: &str,
     ) -> Result<Self, CryptoError> {
-        let mut keys = BTreeMap::new();
-        for (kid, w) in wrapped {
-            if kid.is_empty() || kid.contains(':') {
-                return Err(CryptoError::Config(format!("data key id `{kid}` must be non-empty and without `:`")));
-            }
-            let key = master.unwrap_key(kid, w).map_err(|_| {
-                CryptoError::InvalidKey(format!("data key `{kid}` does not unwrap with this master key"))
-            })?;
-            keys.insert(kid.to_owned(), Aes256Gcm::new(&key));
+        let ring = Ring::unwrap_all(master, wrapped, active)?;
+        Ok(Self { inner: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(ring))) })
+    }
+
+    /// The key set in use now.
+    fn ring(&self) -> std::sync::Arc<Ring> {
+        // A poisoned lock still holds a whole key set: installing one is a single assignment.
+        match self.inner.read() {
+            Ok(ring) => ring.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        if !keys.contains_key(active) {
-            return Err(CryptoError::Config(format!("the active key `{active}` is not among the data keys")));
+    }
+
+    /// Replaces the key set of this keyring and every clone of it.
+    pub(crate) fn install(&self, ring: Ring) {
+        let ring = std::sync::Arc::new(ring);
+        match self.inner.write() {
+            Ok(mut slot) => *slot = ring,
+            Err(poisoned) => *poisoned.into_inner() = ring,
         }
-        Ok(Self { keys: std::sync::Arc::new(keys), active: active.to_owned() })
     }
 
     /// The keyring `security.encryption.*` describes.
@@ -204,14 +227,20 @@ impl Keyring {
     }
 
     /// The id of the key new values are encrypted with.
-    pub fn active(&self) -> &str {
-        &self.active
+    pub fn active(&self) -> String {
+        self.ring().active.clone()
+    }
+
+    /// The ids of every key that can decrypt, in order.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.ring().keys.keys().cloned().collect()
     }
 
     /// Encrypts with the active key: `v1:<kid>:<base64>`.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<String, CryptoError> {
-        let cipher = self.keys.get(&self.active).ok_or_else(|| CryptoError::UnknownKey(self.active.clone()))?;
-        let prefix = format!("{VERSION}:{}", self.active);
+        let ring = self.ring();
+        let cipher = ring.keys.get(&ring.active).ok_or_else(|| CryptoError::UnknownKey(ring.active.clone()))?;
+        let prefix = format!("{VERSION}:{}", ring.active);
         let sealed = seal(cipher, plaintext, prefix.as_bytes())?;
         Ok(format!("{prefix}:{}", B64.encode(sealed)))
     }
@@ -219,7 +248,8 @@ impl Keyring {
     /// Decrypts a value made by any listed key.
     pub fn decrypt(&self, ciphertext: &str) -> Result<Vec<u8>, CryptoError> {
         let (kid, body) = Self::parse(ciphertext)?;
-        let cipher = self.keys.get(kid).ok_or_else(|| CryptoError::UnknownKey(kid.to_owned()))?;
+        let ring = self.ring();
+        let cipher = ring.keys.get(kid).ok_or_else(|| CryptoError::UnknownKey(kid.to_owned()))?;
         let sealed = B64.decode(body).map_err(|_| CryptoError::Malformed)?;
         open(cipher, &sealed, format!("{VERSION}:{kid}").as_bytes())
     }
@@ -241,7 +271,7 @@ impl Keyring {
 
     /// Whether the value is encrypted with another key than the active one.
     pub fn needs_reencrypt(&self, ciphertext: &str) -> bool {
-        Self::key_id(ciphertext).map_or(true, |kid| kid != self.active)
+        Self::key_id(ciphertext).map_or(true, |kid| kid != self.ring().active)
     }
 
     /// Re-encrypts a value under the active key (data key rotation, row by row).
@@ -255,6 +285,28 @@ impl Keyring {
             (Some(VERSION), Some(kid), Some(body)) if !kid.is_empty() => Ok((kid, body)),
             _ => Err(CryptoError::Malformed),
         }
+    }
+}
+
+impl Ring {
+    /// Unwraps every data key with `master`; `active` must be among them.
+    pub(crate) fn unwrap_all<'a>(
+        master: &MasterKey,
+        wrapped: impl IntoIterator<Item = (&'a str, &'a str)>,
+        active: &str,
+    ) -> Result<Self, CryptoError> {
+        let mut keys = BTreeMap::new();
+        for (kid, w) in wrapped {
+            check_kid(kid)?;
+            let key = master.unwrap_key(kid, w).map_err(|_| {
+                CryptoError::InvalidKey(format!("data key `{kid}` does not unwrap with this master key"))
+            })?;
+            keys.insert(kid.to_owned(), Aes256Gcm::new(&key));
+        }
+        if !keys.contains_key(active) {
+            return Err(CryptoError::Config(format!("the active key `{active}` is not among the data keys")));
+        }
+        Ok(Self { keys, active: active.to_owned() })
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `sessions` | session versions below which a subject's tokens are refused (revocation of stateless tokens) | `security` |
 //! | `password` | Argon2id off the executor, with a concurrency cap and a policy | `security` |
 //! | `crypto` | AES-256-GCM envelope encryption, key rotation, HMAC blind index | `security` |
+//! | `keys` | data keys versioned in the database: rotation, background re-encryption, retirement | `security` + a SQL backend |
 //! | `audit` | hash-chained `audit_log` table and `<service> audit verify` | `security` + a SQL backend |
 //!
 //! Secrets themselves are [`keel_config::Secret`]s loaded from env or `<key>_file`; see
@@ -23,6 +24,8 @@ mod config;
 pub mod crypto;
 #[cfg(feature = "security")]
 pub mod jwt;
+#[cfg(all(feature = "security", feature = "sql"))]
+pub mod keys;
 pub use keel_telemetry::mask;
 #[cfg(feature = "security")]
 pub mod password;
@@ -31,7 +34,7 @@ pub mod sessions;
 
 pub use config::{
     AuditConfig, AuditKeyConfig, EncryptionConfig, JwtAlgorithm, JwtConfig, JwtKeyConfig, PasswordsConfig,
-    SecurityConfig,
+    ROTATED_KID_PREFIX, SecurityConfig,
 };
 #[cfg(feature = "security")]
 pub use jwt::{Auth, Claims, HasRoles, Jwt, JwtError, RequireRole, Role};

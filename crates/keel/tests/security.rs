@@ -974,3 +974,275 @@ async fn audit_table_from_migrations_on_sqlite() {
     let db = TestDatabase::sqlite().unwrap();
     audit_table_from_migrations(db.url()).await;
 }
+
+// ---- Data keys that rotate themselves ----
+
+use keel::security::EncryptionConfig;
+use keel::security::keys::{DataKeys, EncryptedColumn, KeyError, KeySource, KeyState, Policy};
+
+fn encryption_config(refresh: Duration) -> EncryptionConfig {
+    use keel::security::crypto::{MasterKey, generate_key};
+    let master_key = generate_key();
+    let master = MasterKey::from_secret(&Secret::new(master_key.clone())).unwrap();
+    let mut cfg = EncryptionConfig::default();
+    cfg.data_keys.insert("k1".into(), master.new_data_key("k1").unwrap());
+    cfg.master_key = Some(Secret::new(master_key));
+    cfg.active_key = Some("k1".into());
+    cfg.refresh_interval = refresh;
+    cfg
+}
+
+fn secret_of(id: &str) -> String {
+    format!("secret of {id}")
+}
+
+/// Replicas `a` and `b` rotate twice while writers insert and overwrite values and readers
+/// decrypt them: no read fails, every value ends on the newest key with its own plaintext, and
+/// the first rotated key is retired once nothing uses it; the configuration's key stays.
+async fn data_keys_rotate_under_load(url: &str) {
+    sqlx::any::install_default_drivers();
+    let backend = keel::data::Backend::from_url(url).unwrap();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(10).connect(url).await.unwrap();
+    keel::security::keys::migrations().run(&pool, backend).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE secrets (id VARCHAR(36) PRIMARY KEY, value TEXT NULL)").execute(&pool).await.unwrap();
+    let cfg = encryption_config(Duration::from_millis(100));
+    let column = || [EncryptedColumn::new("secrets", "id", "value").unwrap()];
+    let a = DataKeys::with_pool(pool.clone(), backend, &cfg, column()).unwrap();
+    let b = DataKeys::with_pool(pool.clone(), backend, &cfg, column()).unwrap();
+    a.refresh().await.unwrap();
+    b.refresh().await.unwrap();
+    assert_eq!(a.keyring().active(), "k1", "the configuration's key until the first rotation");
+
+    let insert = backend.sql("INSERT INTO secrets (id, value) VALUES ($1, $2)").into_owned();
+    for i in 0..400 {
+        let id = format!("row-{i:05}");
+        let value = a.keyring().encrypt_str(&secret_of(&id)).unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(&id).bind(value).execute(&pool).await.unwrap();
+    }
+    // A row without a value is not a value.
+    sqlx::query(backend.statement("INSERT INTO secrets (id, value) VALUES ($1, NULL)"))
+        .bind("row-null")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = Vec::new();
+    // Each replica rereads its keys every interval.
+    for keys in [a.clone(), b.clone()] {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                // A failed read keeps the keys; the activation delay covers a missed one.
+                let _ = keys.refresh().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            0u64
+        }));
+    }
+    // Writers overwrite values and add rows through either replica.
+    for (w, keys) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let (stop, pool, insert) = (stop.clone(), pool.clone(), insert.clone());
+        load.push(tokio::spawn(async move {
+            let update = backend.sql("UPDATE secrets SET value = $1 WHERE id = $2").into_owned();
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let id = format!("row-{:05}", (n * 7 + w as u64 * 13) % 400);
+                let value = keys.keyring().encrypt_str(&secret_of(&id)).unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(update.clone())).bind(value).bind(&id).execute(&pool).await.unwrap();
+                let id = format!("new-{w}-{n:05}");
+                let value = keys.keyring().encrypt_str(&secret_of(&id)).unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(&id).bind(value).execute(&pool).await.unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        }));
+    }
+    // Readers decrypt what they find through either replica; every read must succeed.
+    for keys in [a.clone(), b.clone()] {
+        let (stop, pool) = (stop.clone(), pool.clone());
+        load.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.is_cancelled() {
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT id, value FROM secrets WHERE value IS NOT NULL")
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                for (id, value) in rows {
+                    let plain = keys
+                        .keyring()
+                        .decrypt_str(&value)
+                        .unwrap_or_else(|e| panic!("{id}: {e}; ring {:?}; {:?}", keys.keyring(), keys.status(None)));
+                    assert_eq!(plain, secret_of(&id));
+                    reads += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reads
+        }));
+    }
+
+    let policy = Policy { rotate_every: None, batch: 50, retire_after: Duration::from_millis(500) };
+    let settle = |want: &'static str| {
+        let (a, b, policy) = (a.clone(), b.clone(), policy.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                // Both replicas run the worker, as every instance does.
+                let (x, y) = tokio::join!(a.maintain(&policy), b.maintain(&policy));
+                x.unwrap();
+                y.unwrap();
+                let s = a.status(None);
+                if s.active == want && s.pending_values == Some(0) && b.keyring().active() == want {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "not settled on {want}: {s:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // The first rotation: made by `a`, pending until every replica knows it.
+    assert_eq!(a.rotate().await.unwrap(), "rot-1");
+    assert_eq!(a.keyring().active(), "k1", "a new key is not active at once");
+    assert!(a.keyring().key_ids().contains(&"rot-1".to_owned()), "but it decrypts already");
+    settle("rot-1").await;
+    // The second, made by `b`; `a` racing for the same generation loses cleanly.
+    let (x, y) = tokio::join!(b.rotate(), a.rotate());
+    let made: Vec<String> = [x, y]
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(kid) => Some(kid),
+            Err(KeyError::Concurrent) => None,
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    assert!(!made.is_empty() && made.iter().all(|k| k.starts_with("rot-")), "{made:?}");
+    let newest = made.iter().max_by_key(|k| k[4..].parse::<u32>().unwrap()).unwrap().clone();
+    let newest: &'static str = Box::leak(newest.into_boxed_str());
+    settle(newest).await;
+
+    // rot-1 is retired once nothing used it for `retire_after`.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (x, y) = tokio::join!(a.maintain(&policy), b.maintain(&policy));
+        x.unwrap();
+        y.unwrap();
+        let s = a.status(None);
+        if s.keys.iter().any(|k| k.kid == "rot-1" && k.state == KeyState::Retired) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rot-1 not retired: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let mut totals = Vec::new();
+    for task in load {
+        totals.push(task.await.unwrap());
+    }
+    assert!(totals[2] > 10 && totals[3] > 10, "the writers wrote: {totals:?}");
+    assert!(totals[4] > 1000 && totals[5] > 1000, "the readers read: {totals:?}");
+
+    // A fresh instance reads every value, all on the newest key.
+    let c = DataKeys::with_pool(pool.clone(), backend, &cfg, column()).unwrap();
+    c.refresh().await.unwrap();
+    assert_eq!(c.keyring().active(), newest);
+    assert!(!c.keyring().key_ids().contains(&"rot-1".to_owned()), "a retired key is gone from the ring");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, value FROM secrets WHERE value IS NOT NULL").fetch_all(&pool).await.unwrap();
+    assert!(rows.len() > 420, "{}", rows.len());
+    for (id, value) in &rows {
+        assert!(value.starts_with(&format!("v1:{newest}:")), "{id} is still on an old key");
+        assert_eq!(c.keyring().decrypt_str(value).unwrap(), secret_of(id));
+    }
+    let counts = c.count().await.unwrap();
+    assert_eq!(counts.get(newest).copied(), Some(rows.len() as u64));
+    let s = c.status(Some(Duration::from_secs(86_400)));
+    let k1 = s.keys.iter().find(|k| k.kid == "k1").unwrap();
+    assert_eq!((k1.source, k1.state, k1.values), (KeySource::Configuration, KeyState::Superseded, Some(0)));
+    assert!(s.next_rotation_at.is_some());
+    // The retired key's material is deleted; its row stays as history.
+    let (wrapped, retired): (Option<String>, Option<i64>) =
+        sqlx::query_as("SELECT wrapped, retired_at FROM keel_data_keys WHERE kid = 'rot-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(wrapped.is_none() && retired.is_some());
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_keys_rotate_under_load_on_sqlite() {
+    let db = TestDatabase::sqlite().unwrap();
+    data_keys_rotate_under_load(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_keys_rotate_under_load_on_postgres() {
+    if !require("PostgreSQL", &postgres_url()) {
+        return;
+    }
+    let db = TestDatabase::postgres(&postgres_url()).await.unwrap();
+    data_keys_rotate_under_load(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_keys_rotate_under_load_on_mariadb() {
+    if !require("MariaDB", &mysql_url()) {
+        return;
+    }
+    let db = TestDatabase::mysql(&mysql_url()).await.unwrap();
+    data_keys_rotate_under_load(db.url()).await;
+}
+
+/// Scheduled rotation makes the first database key at once and the next only when due; a value
+/// no key decrypts is counted and left as it is; a bad column name is refused.
+#[tokio::test]
+async fn data_keys_schedule_and_unreadable_values() {
+    sqlx::any::install_default_drivers();
+    let db = TestDatabase::sqlite().unwrap();
+    let backend = keel::data::Backend::Sqlite;
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(4).connect(db.url()).await.unwrap();
+    keel::security::keys::migrations().run(&pool, backend).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE secrets (id VARCHAR(36) PRIMARY KEY, value TEXT NULL)").execute(&pool).await.unwrap();
+    let cfg = encryption_config(Duration::from_millis(10));
+    let keys =
+        DataKeys::with_pool(pool.clone(), backend, &cfg, [EncryptedColumn::new("secrets", "id", "value").unwrap()])
+            .unwrap();
+    // A value of a key this ring never had.
+    let stranger = encryption_config(Duration::from_millis(10));
+    let foreign = keel::security::crypto::Keyring::from_config(&stranger).unwrap().encrypt_str("x").unwrap();
+    let foreign = foreign.replacen("v1:k1:", "v1:gone:", 1);
+    sqlx::query("INSERT INTO secrets (id, value) VALUES ('a', ?), ('b', ?)")
+        .bind(keys.keyring().encrypt_str(&secret_of("a")).unwrap())
+        .bind(&foreign)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let policy =
+        Policy { rotate_every: Some(Duration::from_secs(3600)), batch: 10, retire_after: Duration::from_secs(3600) };
+    let first = keys.maintain(&policy).await.unwrap();
+    assert_eq!(first.rotated.as_deref(), Some("rot-1"), "no database key yet: one is made at once");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut moved = 0;
+    for _ in 0..5 {
+        let run = keys.maintain(&policy).await.unwrap();
+        assert_eq!(run.rotated, None, "the next rotation is an hour away");
+        moved += run.moved;
+    }
+    assert_eq!(moved, 1);
+    let s = keys.status(policy.rotate_every);
+    assert_eq!(s.active, "rot-1");
+    assert_eq!(s.unreadable_values, 1);
+    let left: String = sqlx::query_scalar("SELECT value FROM secrets WHERE id = 'b'").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, foreign, "an unreadable value is left as it is");
+    assert!(keys.maintain(&policy).await.unwrap().idle, "a settled store is idle");
+
+    for bad in ["secrets; DROP TABLE x", "1abc", "", "a-b"] {
+        assert!(EncryptedColumn::new(bad, "id", "value").is_err(), "{bad}");
+    }
+    pool.close().await;
+}

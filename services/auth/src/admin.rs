@@ -10,7 +10,8 @@ use keel::app::Loaded;
 use keel::config::Profile;
 use keel::data::{DataError, Db};
 use keel::security::audit::{AuditKeys, AuditLog, Outcome};
-use keel::security::crypto::{BlindIndex, CryptoError, Keyring};
+use keel::security::crypto::{BlindIndex, CryptoError};
+use keel::security::keys::DataKeys;
 use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -171,7 +172,6 @@ pub async fn run_admin_create(
     let keel = &loaded.config.keel;
     let service = cityevents_common::services::AUTH.name;
     let config = |e: &dyn std::fmt::Display| AdminError::Config(e.to_string());
-    let keyring = Keyring::from_config(&keel.security.encryption).map_err(|e| config(&e))?;
     let index = BlindIndex::from_config(&keel.security.encryption).map_err(|e| config(&e))?;
     let hasher = PasswordHasher::from_config(&keel.security.passwords).map_err(|e| config(&e))?;
     let policy = PasswordPolicy::from_config(&keel.security.passwords);
@@ -196,6 +196,10 @@ pub async fn run_admin_create(
         if !keel.database.auto_migrate && !migrations.pending(db.pool(), db.backend()).await?.is_empty() {
             return Err(AdminError::MigrationsPending);
         }
+        // The database's data keys too: an account may be encrypted with a rotated key.
+        let keys = DataKeys::new(&db, &keel.security.encryption, []).map_err(|e| config(&e))?;
+        keys.refresh().await.map_err(|e| config(&e))?;
+        let keyring = keys.keyring();
         let audit = AuditLog::from_db(&db).mask_fields(keel.log.mask_fields.iter()).with_keys(audit_keys);
         let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);
         match action {

@@ -100,8 +100,15 @@ const BACKFILL_EVERY: Duration = Duration::from_secs(60);
 /// `login_throttle`, the look-alike index, `account_tokens`; then Keel's own sets, the outbox's
 /// and the audit log's.
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::migrations!().with(keel::events::outbox::migrations()).with(keel::security::audit::migrations())
+    keel::data::migrations!()
+        .with(keel::events::outbox::migrations())
+        .with(keel::security::audit::migrations())
+        .with(keel::security::keys::migrations())
 }
+
+/// The columns that hold values of the keyring: moved to each new data key in the background.
+pub const ENCRYPTED: [(&str, &str, &str); 2] =
+    [("users", "id", "email_ciphertext"), ("refresh_tokens", "token_hash", "successor_ciphertext")];
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
 pub fn service() -> keel::Service<AuthConfig> {
@@ -109,6 +116,7 @@ pub fn service() -> keel::Service<AuthConfig> {
         .service::<AuthConfig>(keel::build_info!())
         .migrations(migrations())
         .keeps_audit_log()
+        .rotates_data_keys()
         .command(cli::admin_command(), cli::run_admin)
         .setup(setup)
 }
@@ -132,10 +140,10 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     jwt.issue(&jwt.claims("start-up-check")).map_err(|e| format!("security.jwt cannot sign: {e}"))?;
     let jwt = cityevents_common::sessions::follow(s, cityevents_common::services::AUTH.name, jwt)?;
     let (hasher, policy) = s.passwords()?;
-    let keyring = s.keyring()?;
     let index = s.blind_index()?;
     let devices = devices::DeviceTokens::new(index.clone(), s.config().lockout.device_ttl);
     let db = s.database()?;
+    let keyring = s.data_keys(&db, ENCRYPTED)?;
     s.product_figures(cityevents_common::figures::Counted::new(
         db.clone(),
         vec![("sign-ups", "SELECT COUNT(*) FROM users WHERE created_at >= $1")],

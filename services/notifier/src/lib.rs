@@ -109,7 +109,7 @@ impl Section for NotifierConfig {
 
 /// The notifier's migrations, one set per backend (Keel's outbox and inbox tables come in Keel's set).
 pub fn migrations() -> keel::data::Migrations {
-    keel::data::migrations!().with(keel::events::outbox::migrations())
+    keel::data::migrations!().with(keel::events::outbox::migrations()).with(keel::security::keys::migrations())
 }
 
 /// The service, ready for [`keel::run`] (its own binary) or the all-in-one launcher.
@@ -117,6 +117,7 @@ pub fn service() -> keel::Service<NotifierConfig> {
     cityevents_common::services::NOTIFIER
         .service::<NotifierConfig>(keel::build_info!())
         .migrations(migrations())
+        .rotates_data_keys()
         .setup(setup)
 }
 
@@ -139,7 +140,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     ));
     let bus = s.bus()?;
     let outbox = s.outbox(&db)?;
-    let keyring = s.keyring()?;
+    let keyring = s.data_keys(&db, [("mail_contacts", "user_id", "email_ciphertext")])?;
     let mailer = mail::Mailer::new(&cfg.mail, s.metrics(), !s.checking()).map_err(|e| match e {
         // Its message names the key (`app.mail.<key>: …`).
         mail::MailError::Config(m) => {

@@ -128,6 +128,8 @@ pub struct Service<C = NoConfig> {
     pub(crate) tracing_layers: Vec<keel_telemetry::BoxLayer>,
     /// Whether the service keeps an audit log (`audit verify` is offered).
     pub(crate) audit_log: bool,
+    /// Whether the service keeps its data keys in its database (`keys rotate` is offered).
+    pub(crate) data_keys: bool,
     /// The service's built-in flags ([`Service::flags`]).
     pub(crate) default_flags: Option<&'static str>,
     _config: PhantomData<fn() -> C>,
@@ -161,6 +163,7 @@ impl Service<NoConfig> {
             config_defaults: Vec::new(),
             tracing_layers: Vec::new(),
             audit_log: false,
+            data_keys: false,
             default_flags: None,
             _config: PhantomData,
         }
@@ -180,6 +183,7 @@ impl<C: Section> Service<C> {
             config_defaults: self.config_defaults,
             tracing_layers: self.tracing_layers,
             audit_log: self.audit_log,
+            data_keys: self.data_keys,
             default_flags: self.default_flags,
             _config: PhantomData,
         }
@@ -234,6 +238,8 @@ impl<C: Section> Service<C> {
         let migrations = migrations.with(keel_events::outbox::migrations());
         #[cfg(feature = "security")]
         let migrations = if self.audit_log { migrations.with(keel_security::audit::migrations()) } else { migrations };
+        #[cfg(feature = "security")]
+        let migrations = if self.data_keys { migrations.with(keel_security::keys::migrations()) } else { migrations };
         self.migrations = Some(Arc::new(migrations));
         self
     }
@@ -248,6 +254,22 @@ impl<C: Section> Service<C> {
         if let Some(m) = self.migrations.take() {
             self.migrations = Some(match Arc::try_unwrap(m) {
                 Ok(m) => Arc::new(m.with(keel_security::audit::migrations())),
+                Err(shared) => shared,
+            });
+        }
+        self
+    }
+
+    /// Declares that the service keeps its field-encryption data keys in its database, so they
+    /// rotate ([`Setup::data_keys`], `security.encryption.rotate_every`): its migrations create
+    /// the key table ([`keel_security::keys::migrations`]) and its CLI's `keys rotate` and
+    /// `keys status` work.
+    #[cfg(all(feature = "sql", feature = "security"))]
+    pub fn rotates_data_keys(mut self) -> Self {
+        self.data_keys = true;
+        if let Some(m) = self.migrations.take() {
+            self.migrations = Some(match Arc::try_unwrap(m) {
+                Ok(m) => Arc::new(m.with(keel_security::keys::migrations())),
                 Err(shared) => shared,
             });
         }
@@ -355,6 +377,10 @@ pub struct Setup<C> {
     pub(crate) consumer_metrics: Option<keel_events::ConsumerMetrics>,
     /// What `product_figures` counts for the operator page.
     pub(crate) product: Option<std::sync::Arc<dyn keel_management::ops::ProductFigures>>,
+    /// The data keys `data_keys` keeps, for the console.
+    pub(crate) data_keys: Option<std::sync::Arc<dyn keel_management::ops::DataKeyOps>>,
+    /// Whether the service declared [`Service::rotates_data_keys`].
+    pub(crate) rotates_data_keys: bool,
     /// The consumers `consume` runs, for the console's pause and dead letters.
     pub(crate) consumers: Vec<std::sync::Arc<dyn keel_management::ops::ConsumerOps>>,
     #[cfg(all(feature = "events", feature = "sql"))]

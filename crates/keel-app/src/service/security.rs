@@ -30,6 +30,86 @@ impl<C: Section> Setup<C> {
             .map_err(|e| misconfigured("security.encryption", e))
     }
 
+    /// The field-encryption keyring of a service that keeps its data keys in `db`
+    /// ([`Service::rotates_data_keys`](crate::Service::rotates_data_keys)), following the keys of
+    /// `security.encryption.*` and the database's, and re-encrypting `columns` (`table`, its
+    /// text primary key, the encrypted column) when the active key changes (see
+    /// [`keel_security::keys`]). It starts:
+    ///
+    /// * the worker `data-keys-refresh`, which rereads the key table every
+    ///   `security.encryption.refresh_interval`;
+    /// * the worker `data-keys`, which every `security.encryption.reencrypt_interval` makes a
+    ///   new key when `rotate_every` says so, moves a batch of values per column to the active
+    ///   key, and retires keys nothing uses;
+    /// * the readiness check `data-keys`, down until the table was read once (so no request is
+    ///   served with a keyring that lacks the database's keys), up from then on: a later failed
+    ///   read keeps the keys in use and is counted in `data_keys_refresh_failures_total`.
+    ///
+    /// The console shows the keys and the progress and can rotate now. One per service.
+    #[cfg(feature = "sql")]
+    pub fn data_keys<'a>(
+        &mut self,
+        db: &keel_data::Db,
+        columns: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<keel_security::crypto::Keyring, SetupError> {
+        use keel_security::keys::{DataKeys, EncryptedColumn, Policy};
+        if !self.rotates_data_keys {
+            return Err(misconfigured(
+                "security.encryption",
+                "data_keys needs Service::rotates_data_keys, which adds the key table to the migrations",
+            ));
+        }
+        let cfg = self.config.keel.security.encryption.clone();
+        let columns = columns
+            .into_iter()
+            .map(|(table, key, column)| EncryptedColumn::new(table, key, column))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| misconfigured("security.encryption", e))?;
+        let keys = DataKeys::new(db, &cfg, columns)
+            .and_then(|k| k.with_metrics(&self.metrics))
+            .map_err(|e| misconfigured("security.encryption", e))?;
+        let loaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (check_keys, check_loaded) = (keys.clone(), loaded.clone());
+        self.health_check(keel_health::Check::new("data-keys", keel_health::Kind::Readiness, move || {
+            let (keys, loaded) = (check_keys.clone(), check_loaded.clone());
+            async move {
+                if loaded.load(std::sync::atomic::Ordering::Acquire) {
+                    return keel_health::Outcome::Up;
+                }
+                match keys.refresh().await {
+                    Ok(()) => {
+                        loaded.store(true, std::sync::atomic::Ordering::Release);
+                        keel_health::Outcome::Up
+                    }
+                    Err(e) => keel_health::Outcome::down(format!(
+                        "the data keys were not read yet: {}",
+                        keel_health::sanitize(&e.to_string())
+                    )),
+                }
+            }
+        }));
+        let refreshed = keys.clone();
+        self.worker(keel_workers::Worker::periodic("data-keys-refresh", cfg.refresh_interval, move |_ctx| {
+            let (keys, loaded) = (refreshed.clone(), loaded.clone());
+            async move {
+                match keys.refresh().await {
+                    Ok(()) => loaded.store(true, std::sync::atomic::Ordering::Release),
+                    // The keys read last stay in use; the metric counts the failure.
+                    Err(e) => tracing::warn!(error = %keel_health::sanitize(&e.to_string()), "data keys not reread"),
+                }
+                Ok::<(), std::convert::Infallible>(())
+            }
+        }))?;
+        let maintained = keys.clone();
+        let policy = Policy::from_config(&cfg);
+        self.worker(keel_workers::Worker::periodic("data-keys", cfg.reencrypt_interval, move |_ctx| {
+            let (keys, policy) = (maintained.clone(), policy.clone());
+            async move { keys.maintain(&policy).await.map(|_| ()).map_err(|e| keel_health::sanitize(&e.to_string())) }
+        }))?;
+        self.data_keys = Some(std::sync::Arc::new(KeysConsole { keys: keys.clone(), rotate_every: cfg.rotate_every }));
+        Ok(keys.keyring())
+    }
+
     /// The blind index keyed by `security.encryption.blind_index_key`.
     pub fn blind_index(&self) -> Result<keel_security::crypto::BlindIndex, SetupError> {
         keel_security::crypto::BlindIndex::from_config(&self.config.keel.security.encryption)
@@ -124,4 +204,54 @@ impl keel_management::audit::AuditSource for AuditReader {
                 .map_err(|e| keel_health::sanitize(&e.to_string()))
         })
     }
+}
+
+/// The data keys as the console shows and rotates them.
+#[cfg(all(feature = "security", feature = "sql"))]
+struct KeysConsole {
+    keys: keel_security::keys::DataKeys,
+    rotate_every: Option<std::time::Duration>,
+}
+
+#[cfg(all(feature = "security", feature = "sql"))]
+fn rfc3339(micros: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[cfg(all(feature = "security", feature = "sql"))]
+impl keel_management::ops::DataKeyOps for KeysConsole {
+    fn view(&self) -> keel_management::ops::KeysView {
+        let s = self.keys.status(self.rotate_every);
+        keel_management::ops::KeysView {
+            active: s.active,
+            keys: s
+                .keys
+                .into_iter()
+                .map(|k| keel_management::ops::KeyRow {
+                    kid: k.kid,
+                    source: snake(&k.source),
+                    state: snake(&k.state),
+                    active_from: k.active_from.map(rfc3339),
+                    values: k.values,
+                })
+                .collect(),
+            columns: s.columns,
+            pending_values: s.pending_values,
+            unreadable_values: s.unreadable_values,
+            reencrypted: s.reencrypted,
+            counted_at: s.counted_at.map(rfc3339),
+            next_rotation_at: s.next_rotation_at.map(rfc3339),
+        }
+    }
+
+    fn rotate(&self) -> keel_management::ops::OpsFuture<'_, String> {
+        Box::pin(async move { self.keys.rotate().await.map_err(|e| keel_health::sanitize(&e.to_string())) })
+    }
+}
+
+/// A unit enum's serde name (`snake_case`).
+#[cfg(all(feature = "security", feature = "sql"))]
+fn snake<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
