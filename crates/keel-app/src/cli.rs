@@ -148,7 +148,8 @@ pub(crate) enum KeysCommand {
     /// Print the data keys of the configuration and the database, their states and the values
     /// each encrypts (JSON).
     Status,
-    /// Re-wrap every configured data key under a new master key; print the new `data_keys`.
+    /// Re-wrap every configured data key under a new master key and print the new `data_keys`;
+    /// in a service that keeps data keys in its database, re-wrap those in place too.
     Rewrap {
         /// File holding the new master key (base64), e.g. a mounted secret.
         #[arg(long, value_name = "PATH")]

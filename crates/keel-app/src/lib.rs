@@ -167,8 +167,11 @@ where
         #[cfg(feature = "security")]
         Some(Command::Keys { command }) => match loaded {
             #[cfg(feature = "sql")]
-            Ok(l) if matches!(command, cli::KeysCommand::Rotate | cli::KeysCommand::Status) => {
-                security::keys_in_db(&build.name, &l.config.keel, l.profile, &command, service.data_keys)
+            Ok(l)
+                if matches!(command, cli::KeysCommand::Rotate | cli::KeysCommand::Status)
+                    || (service.data_keys.is_some() && matches!(command, cli::KeysCommand::Rewrap { .. })) =>
+            {
+                security::keys_in_db(&build.name, &l.config.keel, l.profile, &command, service.data_keys.as_deref())
             }
             Ok(l) => security::keys(&l.config.keel, command),
             Err(e) => config_failure(&build, &e, true),

@@ -382,7 +382,7 @@ fn assemble<C: Section>(service: Service<C>, loaded: Loaded<C>, checking: bool) 
         consumer_metrics: None,
         consumers: Vec::new(),
         data_keys: None,
-        rotates_data_keys: service.data_keys,
+        rotates_data_keys: service.data_keys.clone(),
         product: None,
         #[cfg(all(feature = "events", feature = "sql"))]
         outbox: None,

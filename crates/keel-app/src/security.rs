@@ -88,14 +88,30 @@ pub(super) fn keys_in_db(
     keel: &KeelConfig,
     profile: keel_config::Profile,
     command: &KeysCommand,
-    rotates: bool,
+    columns: Option<&[(&'static str, &'static str, &'static str)]>,
 ) -> ExitCode {
     use keel_data::{Backend, resolve_url};
-    let what = if matches!(command, KeysCommand::Rotate) { "keys rotate" } else { "keys status" };
-    if !rotates {
+    use keel_security::keys::KeyError;
+    let what = match command {
+        KeysCommand::Rotate => "keys rotate",
+        KeysCommand::Rewrap { .. } => "keys rewrap",
+        _ => "keys status",
+    };
+    let Some(columns) = columns else {
         eprintln!("{name} {what}: this service keeps no data keys in its database (Service::rotates_data_keys)");
         return ExitCode::from(exit::USAGE);
-    }
+    };
+    let columns = match columns
+        .iter()
+        .map(|(t, k, c)| keel_security::keys::EncryptedColumn::new(t, k, c))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name} {what}: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     let cfg = &keel.database;
     let url = match resolve_url(cfg, name, profile == keel_config::Profile::Production) {
         Ok(u) => u,
@@ -126,18 +142,39 @@ pub(super) fn keys_in_db(
             }
         };
         let enc = &keel.security.encryption;
-        let code = match keel_security::keys::DataKeys::with_pool(pool.clone(), backend, enc, []) {
+        let code = match keel_security::keys::DataKeys::with_pool(pool.clone(), backend, enc, columns) {
             Err(e) => {
                 eprintln!("{name} {what}: security.encryption: {e}");
                 ExitCode::from(exit::CONFIG)
             }
             Ok(keys) => {
                 let done = async {
+                    if let KeysCommand::Rewrap { new_master_key_file } = command {
+                        // The configuration's keys as `keys rewrap` prints them, then the database's in place.
+                        let text = std::fs::read_to_string(new_master_key_file).map_err(|e| {
+                            KeyError::Column(format!("cannot read {}: {e}", new_master_key_file.display()))
+                        })?;
+                        let new = MasterKey::from_secret(&Secret::new(text.trim()))?;
+                        let old = match &enc.master_key {
+                            Some(m) => MasterKey::from_secret(m)?,
+                            None => return Err(KeyError::Column("security.encryption.master_key is not set".into())),
+                        };
+                        let mut out = String::from("data_keys:\n");
+                        for (kid, wrapped) in &enc.data_keys {
+                            out.push_str(&format!("  {kid}: {}\n", rewrap(&old, &new, kid, wrapped)?));
+                        }
+                        let n = keys.rewrap_stored(&new).await?;
+                        out.push_str(&format!("# {n} data key(s) of the database re-wrapped in place"));
+                        return Ok(out);
+                    }
                     keys.refresh().await?;
                     match command {
                         KeysCommand::Rotate => keys.rotate().await,
-                        _ => serde_json::to_string_pretty(&keys.status(enc.rotate_every))
-                            .map_err(|e| keel_security::keys::KeyError::Column(e.to_string())),
+                        _ => {
+                            keys.count().await?;
+                            serde_json::to_string_pretty(&keys.status(enc.rotate_every))
+                        }
+                        .map_err(|e| KeyError::Column(e.to_string())),
                     }
                 };
                 match done.await {

@@ -130,7 +130,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
         .with_config::<FixtureConfig>()
         .migrations(migrations())
         .keeps_audit_log()
-        .rotates_data_keys()
+        .rotates_data_keys([("secrets", "id", "value")])
         .setup(|s| {
             let greeting = s.config().greeting.clone();
             if s.config().grpc && s.config().auth {
@@ -192,7 +192,7 @@ pub fn service() -> keel::Service<FixtureConfig> {
             };
             let secrets = if s.config().encrypted {
                 let db = deps.db.clone().ok_or("app.encrypted needs app.database")?;
-                let ring = s.data_keys(&db, [("secrets", "id", "value")])?;
+                let ring = s.data_keys(&db)?;
                 secrets_routes(db, ring)
             } else {
                 Router::new()

@@ -296,11 +296,16 @@ fn keys_cli_generates_wraps_and_rewraps_data_keys() {
         run_cli(&["keys", "new", "k1"], &[("FIXTURE__SECURITY__ENCRYPTION__MASTER_KEY", &master)]);
     assert_eq!(code, 0, "{stderr}");
     let wrapped = line.trim().strip_prefix("k1: ").unwrap().to_owned();
+    // The fixture keeps data keys in its database too: `rewrap` re-wraps those in place.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/keys.db?mode=rwc", dir.path().display());
     let env = [
         ("FIXTURE__SECURITY__ENCRYPTION__MASTER_KEY", master.as_str()),
         ("FIXTURE__SECURITY__ENCRYPTION__DATA_KEYS__K1", wrapped.as_str()),
         ("FIXTURE__SECURITY__ENCRYPTION__ACTIVE_KEY", "k1"),
+        ("FIXTURE__DATABASE__URL", url.as_str()),
     ];
+    assert_eq!(run_cli(&["migrate"], &env).0, 0);
     let old = keel::security::crypto::Keyring::new(
         &keel::security::crypto::MasterKey::from_secret(&Secret::new(master.clone())).unwrap(),
         [("k1", wrapped.as_str())],
@@ -309,7 +314,6 @@ fn keys_cli_generates_wraps_and_rewraps_data_keys() {
     .unwrap();
     let ct = old.encrypt_str("alice@example.com").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
     let new_master = keel::security::crypto::generate_key();
     let file = dir.path().join("new-master");
     std::fs::write(&file, format!("{new_master}\n")).unwrap();
@@ -327,4 +331,59 @@ fn keys_cli_generates_wraps_and_rewraps_data_keys() {
     let (code, yaml, _) = run_cli(&["config", "check"], &env);
     assert_eq!(code, 0);
     assert!(!yaml.contains(&master) && yaml.contains("master_key: '***'"), "{yaml}");
+}
+
+/// `keys status`, `keys rotate` and `keys rewrap` on the database's data keys: a rotated key is
+/// listed as pending, and after a master-key change the database's keys unwrap only with the
+/// new master key.
+#[test]
+fn keys_cli_rotates_lists_and_rewraps_database_keys() {
+    use keel::security::crypto::{MasterKey, generate_key};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/keys.db?mode=rwc", dir.path().display());
+    let master = generate_key();
+    let wrapped = MasterKey::from_secret(&Secret::new(master.clone())).unwrap().new_data_key("k1").unwrap();
+    let env = |master: &str, k1: &str| {
+        [
+            ("FIXTURE__DATABASE__URL", url.clone()),
+            ("FIXTURE__SECURITY__ENCRYPTION__MASTER_KEY", master.to_owned()),
+            ("FIXTURE__SECURITY__ENCRYPTION__DATA_KEYS__K1", k1.to_owned()),
+            ("FIXTURE__SECURITY__ENCRYPTION__ACTIVE_KEY", "k1".to_owned()),
+        ]
+    };
+    let old_env = env(&master, &wrapped);
+    let old: Vec<(&str, &str)> = old_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, stderr) = run_cli(&["migrate"], &old);
+    assert_eq!(code, 0, "{stderr}");
+
+    let status = |env: &[(&str, &str)]| {
+        let (code, out, stderr) = run_cli(&["keys", "status"], env);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let s = status(&old);
+    assert_eq!(s["active"], "k1");
+    assert_eq!(s["keys"][0]["source"], "configuration");
+    assert_eq!((s["keys"][0]["values"].as_u64(), s["columns"][0].as_str()), (Some(0), Some("secrets.value")), "{s}");
+
+    let (code, out, stderr) = run_cli(&["keys", "rotate"], &old);
+    assert_eq!((code, out.trim()), (0, "rot-1"), "{stderr}");
+    let s = status(&old);
+    let rot = s["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "rot-1").unwrap().clone();
+    assert_eq!((rot["source"].as_str(), rot["state"].as_str()), (Some("database"), Some("pending")), "{s}");
+
+    // A new master key: the configuration's keys are printed, the database's re-wrapped in place.
+    let new_master = generate_key();
+    let file = dir.path().join("new-master");
+    std::fs::write(&file, format!("{new_master}\n")).unwrap();
+    let (code, out, stderr) = run_cli(&["keys", "rewrap", "--new-master-key-file", file.to_str().unwrap()], &old);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("1 data key(s) of the database re-wrapped in place"), "{out}");
+    let k1 = out.lines().find_map(|l| l.trim().strip_prefix("k1: ")).unwrap().to_owned();
+    let new_env = env(&new_master, &k1);
+    let new: Vec<(&str, &str)> = new_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert!(status(&new)["keys"].as_array().unwrap().iter().any(|k| k["kid"] == "rot-1"));
+    let (code, _, stderr) = run_cli(&["keys", "status"], &old);
+    assert_eq!(code, 1, "the old master key no longer unwraps rot-1");
+    assert!(stderr.contains("does not unwrap"), "{stderr}");
 }

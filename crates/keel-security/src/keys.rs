@@ -99,8 +99,8 @@ impl EncryptedColumn {
 }
 
 /// Keel's data-key table as a migration set of its own (recorded in `_keel_data_keys_migrations`)
-/// for every backend: keel-app applies it with the migrations of a service that declares
-/// encrypted columns (`Service::encrypts`).
+/// for every backend: keel-app applies it with the migrations of a service that keeps its data
+/// keys in its database (`Service::rotates_data_keys`).
 ///
 /// ```
 /// let m = keel_security::keys::migrations();
@@ -726,6 +726,30 @@ impl DataKeys {
             self.refresh().await?;
         }
         Ok(retired)
+    }
+
+    /// Re-wraps every stored data key from this store's master key to `new` in one transaction
+    /// (master key rotation: the data keys, and so every value, stay the same). Instances still
+    /// on the old master key keep the keys they read and fail to reread the table until they
+    /// run with `new`. Returns how many keys it re-wrapped.
+    pub async fn rewrap_stored(&self, new: &MasterKey) -> Result<usize, KeyError> {
+        let mut tx = self.inner.pool.begin().await?;
+        let rows = sqlx::query("SELECT generation, kid, wrapped FROM keel_data_keys WHERE wrapped IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+        let update = "UPDATE keel_data_keys SET wrapped = $1 WHERE generation = $2";
+        for row in &rows {
+            let (generation, kid, wrapped): (i64, String, String) =
+                (row.try_get("generation")?, row.try_get("kid")?, row.try_get("wrapped")?);
+            let rewrapped = crate::crypto::rewrap(&self.inner.master, new, &kid, &wrapped)?;
+            sqlx::query(self.inner.backend.statement(update))
+                .bind(rewrapped)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
     }
 
     /// The keys, their states and the re-encryption's progress as this instance last saw them.

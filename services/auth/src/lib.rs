@@ -116,7 +116,7 @@ pub fn service() -> keel::Service<AuthConfig> {
         .service::<AuthConfig>(keel::build_info!())
         .migrations(migrations())
         .keeps_audit_log()
-        .rotates_data_keys()
+        .rotates_data_keys(ENCRYPTED)
         .command(cli::admin_command(), cli::run_admin)
         .setup(setup)
 }
@@ -143,7 +143,7 @@ fn setup(s: &mut keel::Setup<AuthConfig>) -> Result<axum::Router, SetupError> {
     let index = s.blind_index()?;
     let devices = devices::DeviceTokens::new(index.clone(), s.config().lockout.device_ttl);
     let db = s.database()?;
-    let keyring = s.data_keys(&db, ENCRYPTED)?;
+    let keyring = s.data_keys(&db)?;
     s.product_figures(cityevents_common::figures::Counted::new(
         db.clone(),
         vec![("sign-ups", "SELECT COUNT(*) FROM users WHERE created_at >= $1")],

@@ -117,7 +117,7 @@ pub fn service() -> keel::Service<NotifierConfig> {
     cityevents_common::services::NOTIFIER
         .service::<NotifierConfig>(keel::build_info!())
         .migrations(migrations())
-        .rotates_data_keys()
+        .rotates_data_keys([("mail_contacts", "user_id", "email_ciphertext")])
         .setup(setup)
 }
 
@@ -140,7 +140,7 @@ fn setup(s: &mut keel::Setup<NotifierConfig>) -> Result<axum::Router, keel::app:
     ));
     let bus = s.bus()?;
     let outbox = s.outbox(&db)?;
-    let keyring = s.data_keys(&db, [("mail_contacts", "user_id", "email_ciphertext")])?;
+    let keyring = s.data_keys(&db)?;
     let mailer = mail::Mailer::new(&cfg.mail, s.metrics(), !s.checking()).map_err(|e| match e {
         // Its message names the key (`app.mail.<key>: …`).
         mail::MailError::Config(m) => {

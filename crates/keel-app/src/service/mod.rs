@@ -105,6 +105,8 @@ fn misconfigured(path: &str, e: impl std::fmt::Display) -> SetupError {
 type SetupFn<C> = Box<dyn FnOnce(&mut Setup<C>) -> Result<Router, SetupError> + Send>;
 pub(crate) type CommandFn<C> = Box<dyn FnOnce(&clap::ArgMatches, super::Loaded<C>) -> std::process::ExitCode + Send>;
 pub(crate) type TaskFn = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// The columns a service declared with [`Service::rotates_data_keys`]: table, key, column.
+pub(crate) type EncryptedColumns = Arc<[(&'static str, &'static str, &'static str)]>;
 pub(crate) type HookFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// A service definition: hand it to [`crate::run`].
@@ -128,8 +130,9 @@ pub struct Service<C = NoConfig> {
     pub(crate) tracing_layers: Vec<keel_telemetry::BoxLayer>,
     /// Whether the service keeps an audit log (`audit verify` is offered).
     pub(crate) audit_log: bool,
-    /// Whether the service keeps its data keys in its database (`keys rotate` is offered).
-    pub(crate) data_keys: bool,
+    /// The encrypted columns of a service that keeps its data keys in its database
+    /// ([`Service::rotates_data_keys`]): `keys rotate` and `keys status` work.
+    pub(crate) data_keys: Option<EncryptedColumns>,
     /// The service's built-in flags ([`Service::flags`]).
     pub(crate) default_flags: Option<&'static str>,
     _config: PhantomData<fn() -> C>,
@@ -163,7 +166,7 @@ impl Service<NoConfig> {
             config_defaults: Vec::new(),
             tracing_layers: Vec::new(),
             audit_log: false,
-            data_keys: false,
+            data_keys: None,
             default_flags: None,
             _config: PhantomData,
         }
@@ -239,7 +242,8 @@ impl<C: Section> Service<C> {
         #[cfg(feature = "security")]
         let migrations = if self.audit_log { migrations.with(keel_security::audit::migrations()) } else { migrations };
         #[cfg(feature = "security")]
-        let migrations = if self.data_keys { migrations.with(keel_security::keys::migrations()) } else { migrations };
+        let migrations =
+            if self.data_keys.is_some() { migrations.with(keel_security::keys::migrations()) } else { migrations };
         self.migrations = Some(Arc::new(migrations));
         self
     }
@@ -261,12 +265,23 @@ impl<C: Section> Service<C> {
     }
 
     /// Declares that the service keeps its field-encryption data keys in its database, so they
-    /// rotate ([`Setup::data_keys`], `security.encryption.rotate_every`): its migrations create
-    /// the key table ([`keel_security::keys::migrations`]) and its CLI's `keys rotate` and
-    /// `keys status` work.
+    /// rotate ([`Setup::data_keys`], `security.encryption.rotate_every`), and names every column
+    /// that holds values of the keyring: `(table, its text primary key, column)`, moved to each
+    /// new key in the background. Its migrations create the key table
+    /// ([`keel_security::keys::migrations`]) and its CLI's `keys rotate` and `keys status` work.
+    ///
+    /// ```
+    /// let service = keel_app::Service::new(keel_app::build_info!())
+    ///     .migrations(keel_data::Migrations::new())
+    ///     .rotates_data_keys([("users", "id", "email_ciphertext")]);
+    /// # let _ = service;
+    /// ```
     #[cfg(all(feature = "sql", feature = "security"))]
-    pub fn rotates_data_keys(mut self) -> Self {
-        self.data_keys = true;
+    pub fn rotates_data_keys(
+        mut self,
+        columns: impl IntoIterator<Item = (&'static str, &'static str, &'static str)>,
+    ) -> Self {
+        self.data_keys = Some(columns.into_iter().collect());
         if let Some(m) = self.migrations.take() {
             self.migrations = Some(match Arc::try_unwrap(m) {
                 Ok(m) => Arc::new(m.with(keel_security::keys::migrations())),
@@ -379,8 +394,8 @@ pub struct Setup<C> {
     pub(crate) product: Option<std::sync::Arc<dyn keel_management::ops::ProductFigures>>,
     /// The data keys `data_keys` keeps, for the console.
     pub(crate) data_keys: Option<std::sync::Arc<dyn keel_management::ops::DataKeyOps>>,
-    /// Whether the service declared [`Service::rotates_data_keys`].
-    pub(crate) rotates_data_keys: bool,
+    /// The columns the service declared with [`Service::rotates_data_keys`].
+    pub(crate) rotates_data_keys: Option<EncryptedColumns>,
     /// The consumers `consume` runs, for the console's pause and dead letters.
     pub(crate) consumers: Vec<std::sync::Arc<dyn keel_management::ops::ConsumerOps>>,
     #[cfg(all(feature = "events", feature = "sql"))]

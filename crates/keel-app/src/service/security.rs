@@ -32,9 +32,8 @@ impl<C: Section> Setup<C> {
 
     /// The field-encryption keyring of a service that keeps its data keys in `db`
     /// ([`Service::rotates_data_keys`](crate::Service::rotates_data_keys)), following the keys of
-    /// `security.encryption.*` and the database's, and re-encrypting `columns` (`table`, its
-    /// text primary key, the encrypted column) when the active key changes (see
-    /// [`keel_security::keys`]). It starts:
+    /// `security.encryption.*` and the database's, and re-encrypting the declared columns when
+    /// the active key changes (see [`keel_security::keys`]). It starts:
     ///
     /// * the worker `data-keys-refresh`, which rereads the key table every
     ///   `security.encryption.refresh_interval`;
@@ -47,21 +46,17 @@ impl<C: Section> Setup<C> {
     ///
     /// The console shows the keys and the progress and can rotate now. One per service.
     #[cfg(feature = "sql")]
-    pub fn data_keys<'a>(
-        &mut self,
-        db: &keel_data::Db,
-        columns: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
-    ) -> Result<keel_security::crypto::Keyring, SetupError> {
+    pub fn data_keys(&mut self, db: &keel_data::Db) -> Result<keel_security::crypto::Keyring, SetupError> {
         use keel_security::keys::{DataKeys, EncryptedColumn, Policy};
-        if !self.rotates_data_keys {
+        let Some(columns) = self.rotates_data_keys.clone() else {
             return Err(misconfigured(
                 "security.encryption",
-                "data_keys needs Service::rotates_data_keys, which adds the key table to the migrations",
+                "data_keys needs Service::rotates_data_keys, which names the encrypted columns and adds the key table",
             ));
-        }
+        };
         let cfg = self.config.keel.security.encryption.clone();
         let columns = columns
-            .into_iter()
+            .iter()
             .map(|(table, key, column)| EncryptedColumn::new(table, key, column))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| misconfigured("security.encryption", e))?;
