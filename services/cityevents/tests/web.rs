@@ -151,8 +151,8 @@ fn listener(platform: &Platform, service: &str, key: &str) -> String {
 
 /// `tests/web/console.mjs`: an operator changes a flag from the gateway's console page in
 /// Chromium, and the site follows at once; then drains auth, sets its log level for a few
-/// seconds, runs a worker now and pauses a consumer from auth's operations page, checking each
-/// effect and audit entry.
+/// seconds, runs a worker now, pauses a consumer and rotates the data keys from auth's operations
+/// page, checking each effect and audit entry.
 #[test]
 fn the_operator_console_changes_a_flag_in_headless_chromium() {
     if !ready() {
@@ -181,7 +181,7 @@ fn the_operator_console_changes_a_flag_in_headless_chromium() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the console journey failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("console journey passed"), "{stdout}\n{stderr}");
-    for page in ["flags", "flag-changed", "operate", "drained", "paused"] {
+    for page in ["flags", "flag-changed", "operate", "drained", "paused", "rotated"] {
         assert!(shots.join(format!("console-{page}.png")).is_file(), "no screenshot of {page}");
     }
     let status = platform.stop();

@@ -11,7 +11,8 @@
 // Then, on the auth service's operations page (the same sign-in covers it), the operator drains
 // the instance and sees its readiness answer 503 then 200 again, turns debug logging on for a
 // few seconds and sees it revert by itself, runs a worker now and sees its run count grow,
-// pauses and resumes a consumer and sees the consumer_paused gauge follow; each change is in
+// pauses and resumes a consumer and sees the consumer_paused gauge follow, rotates the data keys
+// and sees the new key become active with every address moved to it; each change is in
 // the service's audit log with the session as the actor, and on the page's recent changes.
 //
 // Env: SIGN_IN_URL (the banner's one-time link), MANAGEMENT_URL (the gateway's management
@@ -150,10 +151,29 @@ try {
   await act(`tr[id="${rowId}"]`, "Resume", "incident 43 over");
   await eventually("the consumer resumes", async () => (await paused()) === 0);
 
+  // Rotate auth's data keys: the new key becomes active once every instance can know it, and
+  // the worker moves every encrypted address to it.
+  expect((await page.locator("#data-keys").innerText()).includes("Active key: dev"), "the development key is active");
+  expect((await act("#data-keys form", "Rotate now", "incident 43: the data key may have leaked")).includes("Data key rot-1 made"), "rotate notice");
+  expect((await page.locator("#data-keys").innerText()).includes("pending"), "the new key is pending at first");
+  await check("rotated");
+  const keyMetrics = async () => (await (await page.request.get(`${AUTH_MANAGEMENT_URL}/metrics`)).text()).split("\n");
+  await eventually(
+    "rot-1 active with every address on it",
+    async () => {
+      const m = await keyMetrics();
+      const moved = m.find((l) => l.startsWith('data_keys_values{key="rot-1"}'));
+      return moved && Number(moved.split(" ").pop()) >= 1 && m.includes("data_keys_pending_values 0");
+    },
+    60000,
+  );
+  await page.goto(OPS);
+  expect((await page.locator("#data-keys").innerText()).includes("Active key: rot-1"), "the page shows the new key active");
+
   // Every change is in the audit log, with the session as the actor, and on the page.
   const audit = await json(`${AUTH_MANAGEMENT_URL}/admin/audit?format=json&limit=50`);
   const mine = audit.items.filter((i) => i.actor.startsWith("operator:"));
-  for (const action of ["instance.drain", "instance.undrain", "log_level.set", "worker.run", "consumer.pause", "consumer.resume"]) {
+  for (const action of ["instance.drain", "instance.undrain", "log_level.set", "worker.run", "consumer.pause", "consumer.resume", "data_keys.rotate"]) {
     expect(mine.some((i) => i.action === action), `${action} in the audit log: ${JSON.stringify(mine.map((i) => i.action))}`);
   }
   const drained = mine.find((i) => i.action === "instance.drain");
