@@ -369,17 +369,29 @@ impl Section for EncryptionConfig {
         if !self.data_keys.is_empty() && self.master_key.is_none() {
             v.invalid("master_key", "data keys need the master key that wraps them");
         }
+        let mut seen = std::collections::BTreeSet::new();
         for kid in self.data_keys.keys() {
-            if kid.starts_with(ROTATED_KID_PREFIX) {
+            let folded = kid.to_ascii_lowercase();
+            if folded.starts_with(ROTATED_KID_PREFIX) {
                 v.invalid(
                     &format!("data_keys.{kid}"),
                     format!("ids starting with `{ROTATED_KID_PREFIX}` are the database's rotated keys"),
                 );
             }
+            if kid.is_empty()
+                || kid.len() > 64
+                || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                v.invalid(&format!("data_keys.{kid}"), "a key id is 1 to 64 ASCII letters, digits, `-`, `_` or `.`");
+            }
+            // A case-insensitive collation (MySQL's default) would count both as one.
+            if !seen.insert(folded) {
+                v.invalid(&format!("data_keys.{kid}"), "another key id differs from it only in case");
+            }
         }
         if let Some(every) = self.rotate_every {
-            if every < Duration::from_secs(3600) {
-                v.invalid("rotate_every", "at least 1h: each rotation re-encrypts every value");
+            if every < Duration::from_secs(3600) || every > Duration::from_secs(10 * 365 * 86_400) {
+                v.invalid("rotate_every", "from 1h (each rotation re-encrypts every value) to 10 years");
             }
             if self.master_key.is_none() {
                 v.invalid("rotate_every", "rotation needs the master key that wraps the new keys");
@@ -390,6 +402,10 @@ impl Section for EncryptionConfig {
         }
         if self.reencrypt_interval.is_zero() {
             v.invalid("reencrypt_interval", "must be more than 0s");
+        }
+        // Instances switch keys up to a refresh interval apart: a key is retired long after.
+        if self.retire_after < Duration::from_secs(300).max(self.refresh_interval * 10) {
+            v.invalid("retire_after", "at least 5m and 10 × refresh_interval");
         }
         if self.reencrypt_batch == 0 || self.reencrypt_batch > 100_000 {
             v.invalid("reencrypt_batch", "from 1 to 100000 rows");

@@ -133,7 +133,7 @@ impl MasterKey {
         Ok(B64.encode(seal(&self.0, key, wrap_aad(kid).as_bytes())?))
     }
 
-    fn unwrap_key(&self, kid: &str, wrapped: &str) -> Result<Key<Aes256Gcm>, CryptoError> {
+    pub(crate) fn unwrap_key(&self, kid: &str, wrapped: &str) -> Result<Key<Aes256Gcm>, CryptoError> {
         let sealed = B64.decode(wrapped.trim()).map_err(|_| CryptoError::Malformed)?;
         let raw = open(&self.0, &sealed, wrap_aad(kid).as_bytes())?;
         Key::<Aes256Gcm>::try_from(raw.as_slice()).map_err(|_| CryptoError::Malformed)
@@ -174,11 +174,13 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
-/// Checks a data key id: non-empty, at most 64 characters, and without `:` (the ciphertext's
-/// separator).
+/// Checks a data key id: 1 to 64 ASCII letters, digits, `-`, `_` or `.` (never `:`, the
+/// ciphertext's separator; ASCII, so SQL counts its characters as bytes).
 pub(crate) fn check_kid(kid: &str) -> Result<(), CryptoError> {
-    if kid.is_empty() || kid.len() > 64 || kid.contains(':') {
-        return Err(CryptoError::Config(format!("data key id `{kid}` must be 1 to 64 characters, without `:`")));
+    if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(CryptoError::Config(format!(
+            "data key id `{kid}` must be 1 to 64 ASCII letters, digits, `-`, `_` or `.`"
+        )));
     }
     Ok(())
 }

@@ -183,7 +183,7 @@ pub struct KeysStatus {
     pub keys: Vec<KeyStatus>,
     /// The declared columns (`table.column`).
     pub columns: Vec<String>,
-    /// Values still on an older key (the last count, less those moved since).
+    /// Values still on an older key of the ring (the last count, less those moved since).
     pub pending_values: Option<u64>,
     /// Values that no key of the ring decrypts (altered, or their key retired) at the last pass.
     pub unreadable_values: u64,
@@ -224,8 +224,12 @@ struct StoredKey {
 struct State {
     stored: Vec<StoredKey>,
     refreshed_at: Option<i64>,
+    /// The active key the current pass moves values to; a pass starts over when it changes.
+    pass_active: Option<String>,
     /// Per column: the key after which the current pass goes on ("" from the start).
     cursors: BTreeMap<String, String>,
+    /// The columns the current pass is through with.
+    done: std::collections::BTreeSet<String>,
     /// Values moved and unreadable in the current pass.
     pass_moved: u64,
     pass_unreadable: u64,
@@ -448,17 +452,33 @@ impl DataKeys {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let now = now_us();
-        let active = stored
+        // A stored key that does not unwrap (another master key wrote it) is left out and
+        // reported, never made active: one such row must not stop every instance.
+        let usable: Vec<&StoredKey> = stored
+            .iter()
+            .filter(|k| {
+                let Some(w) = k.wrapped.as_deref() else { return false };
+                let ok = self.inner.master.unwrap_key(&k.kid, w).is_ok();
+                if !ok {
+                    tracing::warn!(key = %k.kid, "data key skipped: it does not unwrap with this master key");
+                    if let Some(m) = &self.inner.metrics {
+                        m.refresh_failures.inc();
+                    }
+                }
+                ok
+            })
+            .collect();
+        let active = usable
             .iter()
             .rev()
-            .find(|k| k.wrapped.is_some() && k.active_from <= now)
+            .find(|k| k.active_from <= now)
             .map_or(self.inner.configured_active.as_str(), |k| k.kid.as_str());
         let wrapped = self
             .inner
             .configured
             .iter()
             .map(|(k, w)| (k.as_str(), w.as_str()))
-            .chain(stored.iter().filter_map(|k| k.wrapped.as_deref().map(|w| (k.kid.as_str(), w))));
+            .chain(usable.iter().filter_map(|k| k.wrapped.as_deref().map(|w| (k.kid.as_str(), w))));
         let ring = Ring::unwrap_all(&self.inner.master, wrapped, active)?;
         let active_since = stored.iter().find(|k| k.kid == ring.active).map_or(0, |k| k.active_from);
         self.inner.keyring.install(ring);
@@ -480,6 +500,12 @@ impl DataKeys {
             .fetch_one(self.on(&self.inner.pool))
             .await?
             .try_get("newest")?;
+        self.rotate_after(newest).await
+    }
+
+    /// Makes generation `newest + 1`: a scheduled rotation names the newest it saw, so
+    /// instances that saw the same table make one key between them.
+    async fn rotate_after(&self, newest: i64) -> Result<String, KeyError> {
         let generation = newest + 1;
         let kid = format!("{ROTATED_KID_PREFIX}{generation}");
         let wrapped = self.inner.master.new_data_key(&kid)?;
@@ -525,7 +551,8 @@ impl DataKeys {
         if let Some(every) = policy.rotate_every
             && now_us() >= self.next_rotation(every)
         {
-            match self.rotate().await {
+            let newest = self.state().stored.last().map_or(0, |k| k.generation);
+            match self.rotate_after(newest).await {
                 Ok(kid) => done.rotated = Some(kid),
                 Err(KeyError::Concurrent) => self.refresh().await?,
                 Err(e) => return Err(e),
@@ -535,6 +562,16 @@ impl DataKeys {
         let recheck = micros(policy.retire_after);
         {
             let mut state = self.state();
+            if state.pass_active.as_deref() != Some(active.as_str()) {
+                // A new active key: the pass starts over and the values are counted anew.
+                state.pass_active = Some(active.clone());
+                state.cursors.clear();
+                state.done.clear();
+                state.pass_moved = 0;
+                state.pass_unreadable = 0;
+                state.counts = None;
+                state.settled = None;
+            }
             if let Some((kid, at)) = &state.settled
                 && *kid == active
                 && now_us() < at.saturating_add(recheck)
@@ -547,24 +584,33 @@ impl DataKeys {
         if self.state().counts.is_none() {
             self.count().await?;
         }
-        let mut pass_over = true;
         for column in &self.inner.columns {
-            let (moved, complete) = self.reencrypt_batch(column, &active, policy.batch).await?;
-            done.moved += moved;
-            pass_over &= complete;
+            if self.state().done.contains(&column.name()) {
+                continue;
+            }
+            done.moved += self.reencrypt_batch(column, &active, policy.batch).await?;
         }
-        if pass_over {
-            let moved = {
-                let mut state = self.state();
+        let pass_over = {
+            let mut state = self.state();
+            let over = self.inner.columns.iter().all(|c| state.done.contains(&c.name()));
+            if over {
                 let moved = state.pass_moved;
                 state.unreadable = state.pass_unreadable;
+                state.done.clear();
                 state.pass_moved = 0;
                 state.pass_unreadable = 0;
                 if moved == 0 {
                     state.settled = Some((active.clone(), now_us()));
                 }
-                moved
-            };
+                if let Some(m) = &self.inner.metrics {
+                    m.unreadable.set(i64::try_from(state.unreadable).unwrap_or(i64::MAX));
+                }
+                Some(moved)
+            } else {
+                None
+            }
+        };
+        if let Some(moved) = pass_over {
             let counts = self.count().await?;
             // Moved values are counted again by the next pass before any key is retired.
             if moved == 0 {
@@ -574,14 +620,9 @@ impl DataKeys {
         Ok(done)
     }
 
-    /// Moves up to `batch` values of `column` after the pass's cursor to `active`. Returns the
-    /// values moved and whether the pass over this column is complete.
-    async fn reencrypt_batch(
-        &self,
-        column: &EncryptedColumn,
-        active: &str,
-        batch: u32,
-    ) -> Result<(u64, bool), KeyError> {
+    /// Moves up to `batch` values of `column` after the pass's cursor to `active`; how many. A
+    /// column whose rows are all seen is done for the pass.
+    async fn reencrypt_batch(&self, column: &EncryptedColumn, active: &str, batch: u32) -> Result<u64, KeyError> {
         let name = column.name();
         let cursor = self.state().cursors.get(&name).cloned().unwrap_or_default();
         let prefix = format!("{VERSION}:{active}:");
@@ -621,6 +662,7 @@ impl DataKeys {
         let mut state = self.state();
         if complete {
             state.cursors.remove(&name);
+            state.done.insert(name);
         } else {
             state.cursors.insert(name, last);
         }
@@ -630,12 +672,9 @@ impl DataKeys {
         state.reencrypted += moved;
         if let Some(m) = &self.inner.metrics {
             m.reencrypted.inc_by(moved);
-            m.pending.sub(i64::try_from(moved).unwrap_or(i64::MAX));
-            if complete {
-                m.unreadable.set(i64::try_from(state.pass_unreadable).unwrap_or(i64::MAX));
-            }
         }
-        Ok((moved, complete))
+        self.report_pending(&state);
+        Ok(moved)
     }
 
     /// Counts the values per key in every declared column (one scan per column).
@@ -648,9 +687,10 @@ impl DataKeys {
                 Backend::Sqlite => format!("INSTR(SUBSTR({col}, {lead}), ':')"),
                 _ => format!("POSITION(':' IN SUBSTR({col}, {lead}))"),
             };
+            // A value without the separator (not a ciphertext) counts under "".
             let sql = format!(
-                "SELECT kid, COUNT(*) AS n FROM (SELECT SUBSTR({col}, {lead}, {colon} - 1) AS kid FROM {table} \
-                 WHERE {col} IS NOT NULL) AS used GROUP BY kid"
+                "SELECT kid, COUNT(*) AS n FROM (SELECT CASE WHEN {colon} > 0 THEN SUBSTR({col}, {lead}, {colon} - 1) \
+                 ELSE '' END AS kid FROM {table} WHERE {col} IS NOT NULL) AS used GROUP BY kid"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.on(&self.inner.pool)).await?;
             for row in rows {
@@ -659,15 +699,12 @@ impl DataKeys {
                 *counts.entry(kid.unwrap_or_default()).or_default() += u64::try_from(n).unwrap_or(0);
             }
         }
-        let active = self.inner.keyring.active();
-        let pending: u64 = counts.iter().filter(|(k, _)| **k != active).map(|(_, n)| n).sum();
         if let Some(m) = &self.inner.metrics {
             m.values.reset();
             for kid in self.inner.keyring.key_ids() {
                 let n = counts.get(&kid).copied().unwrap_or(0);
                 m.values.with_label_values(&[kid.as_str()]).set(i64::try_from(n).unwrap_or(i64::MAX));
             }
-            m.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
         }
         let now = now_us();
         let mut state = self.state();
@@ -680,6 +717,7 @@ impl DataKeys {
         state.counts = Some(counts.clone());
         state.counted_at = Some(now);
         state.moved_since_count = 0;
+        self.report_pending(&state);
         Ok(counts)
     }
 
@@ -734,22 +772,42 @@ impl DataKeys {
     /// run with `new`. Returns how many keys it re-wrapped.
     pub async fn rewrap_stored(&self, new: &MasterKey) -> Result<usize, KeyError> {
         let mut tx = self.inner.pool.begin().await?;
-        let rows = sqlx::query("SELECT generation, kid, wrapped FROM keel_data_keys WHERE wrapped IS NOT NULL")
-            .fetch_all(&mut *tx)
-            .await?;
-        let update = "UPDATE keel_data_keys SET wrapped = $1 WHERE generation = $2";
+        // Held until the commit: a key retired meanwhile is not written back.
+        let lock = if self.inner.backend == Backend::Sqlite { "" } else { " FOR UPDATE" };
+        let select = format!("SELECT generation, kid, wrapped FROM keel_data_keys WHERE wrapped IS NOT NULL{lock}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch_all(&mut *tx).await?;
+        let update = "UPDATE keel_data_keys SET wrapped = $1 WHERE generation = $2 AND wrapped IS NOT NULL";
+        let mut rewrapped = 0;
         for row in &rows {
             let (generation, kid, wrapped): (i64, String, String) =
                 (row.try_get("generation")?, row.try_get("kid")?, row.try_get("wrapped")?);
-            let rewrapped = crate::crypto::rewrap(&self.inner.master, new, &kid, &wrapped)?;
-            sqlx::query(self.inner.backend.statement(update))
-                .bind(rewrapped)
-                .bind(generation)
-                .execute(&mut *tx)
-                .await?;
+            // Already under the new master key: a second run finishes what the first began.
+            if new.unwrap_key(&kid, &wrapped).is_ok() {
+                continue;
+            }
+            let fresh = crate::crypto::rewrap(&self.inner.master, new, &kid, &wrapped)?;
+            sqlx::query(self.inner.backend.statement(update)).bind(fresh).bind(generation).execute(&mut *tx).await?;
+            rewrapped += 1;
         }
         tx.commit().await?;
-        Ok(rows.len())
+        Ok(rewrapped)
+    }
+
+    /// Values still on an older key of the ring (what can move): the last count's, less those
+    /// moved since (never below 0).
+    fn pending(&self, state: &State) -> Option<u64> {
+        let active = self.inner.keyring.active();
+        let known = self.inner.keyring.key_ids();
+        state.counts.as_ref().map(|c| {
+            let on_old: u64 = c.iter().filter(|(k, _)| **k != active && known.contains(k)).map(|(_, n)| n).sum();
+            on_old.saturating_sub(state.moved_since_count)
+        })
+    }
+
+    fn report_pending(&self, state: &State) {
+        if let (Some(m), Some(n)) = (&self.inner.metrics, self.pending(state)) {
+            m.pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The keys, their states and the re-encryption's progress as this instance last saw them.
@@ -789,10 +847,7 @@ impl DataKeys {
             retired_at: k.retired_at,
             values: if k.wrapped.is_none() { Some(0) } else { values(&k.kid) },
         }));
-        let pending_values = state.counts.as_ref().map(|c| {
-            let on_old: u64 = c.iter().filter(|(k, _)| **k != active).map(|(_, n)| n).sum();
-            on_old.saturating_sub(state.moved_since_count)
-        });
+        let pending_values = self.pending(&state);
         let next_rotation_at =
             rotate_every.map(|every| state.stored.last().map_or(now, |k| k.created_at.saturating_add(micros(every))));
         KeysStatus {

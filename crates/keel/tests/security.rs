@@ -1019,9 +1019,11 @@ async fn data_keys_rotate_under_load(url: &str) {
         let value = a.keyring().encrypt_str(&secret_of(&id)).unwrap();
         sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(&id).bind(value).execute(&pool).await.unwrap();
     }
-    // A row without a value is not a value.
-    sqlx::query(backend.statement("INSERT INTO secrets (id, value) VALUES ($1, NULL)"))
+    // A row without a value is not a value; a value that is no ciphertext is counted and left.
+    sqlx::query(backend.statement("INSERT INTO secrets (id, value) VALUES ($1, NULL), ($2, $3)"))
         .bind("row-null")
+        .bind("zz-plain")
+        .bind("plain text")
         .execute(&pool)
         .await
         .unwrap();
@@ -1066,7 +1068,7 @@ async fn data_keys_rotate_under_load(url: &str) {
             let mut reads = 0u64;
             while !stop.is_cancelled() {
                 let rows: Vec<(String, String)> =
-                    sqlx::query_as("SELECT id, value FROM secrets WHERE value IS NOT NULL")
+                    sqlx::query_as("SELECT id, value FROM secrets WHERE value IS NOT NULL AND id <> 'zz-plain'")
                         .fetch_all(&pool)
                         .await
                         .unwrap();
@@ -1151,14 +1153,22 @@ async fn data_keys_rotate_under_load(url: &str) {
     assert_eq!(c.keyring().active(), newest);
     assert!(!c.keyring().key_ids().contains(&"rot-1".to_owned()), "a retired key is gone from the ring");
     let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, value FROM secrets WHERE value IS NOT NULL").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT id, value FROM secrets WHERE value IS NOT NULL AND id <> 'zz-plain'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert!(rows.len() > 420, "{}", rows.len());
+    let plain: String =
+        sqlx::query_scalar("SELECT value FROM secrets WHERE id = 'zz-plain'").fetch_one(&pool).await.unwrap();
+    assert_eq!(plain, "plain text", "what no key decrypts is left as it is");
+    assert_eq!(a.status(None).unreadable_values, 1);
     for (id, value) in &rows {
         assert!(value.starts_with(&format!("v1:{newest}:")), "{id} is still on an old key");
         assert_eq!(c.keyring().decrypt_str(value).unwrap(), secret_of(id));
     }
     let counts = c.count().await.unwrap();
     assert_eq!(counts.get(newest).copied(), Some(rows.len() as u64));
+    assert_eq!(counts.get("").copied(), Some(1), "{counts:?}");
     let s = c.status(Some(Duration::from_secs(86_400)));
     let k1 = s.keys.iter().find(|k| k.kid == "k1").unwrap();
     assert_eq!((k1.source, k1.state, k1.values), (KeySource::Configuration, KeyState::Superseded, Some(0)));
@@ -1245,4 +1255,33 @@ async fn data_keys_schedule_and_unreadable_values() {
         assert!(EncryptedColumn::new(bad, "id", "value").is_err(), "{bad}");
     }
     pool.close().await;
+}
+
+#[test]
+fn data_key_rotation_settings_are_validated() {
+    let master = keel::security::crypto::generate_key();
+    let wrapped = keel::security::crypto::MasterKey::from_secret(&Secret::new(master.clone()))
+        .unwrap()
+        .new_data_key("k1")
+        .unwrap();
+    let base = [
+        ("SVC__SECURITY__ENCRYPTION__MASTER_KEY", master.as_str()),
+        ("SVC__SECURITY__ENCRYPTION__DATA_KEYS__K1", wrapped.as_str()),
+        ("SVC__SECURITY__ENCRYPTION__ACTIVE_KEY", "k1"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let env: Vec<(&str, &str)> = base.iter().copied().chain(extra.iter().copied()).collect();
+        load(Profile::Development, &env)
+    };
+    assert!(with(&[("SVC__SECURITY__ENCRYPTION__ROTATE_EVERY", "30d")]).is_ok());
+    for (extra, field) in [
+        (("SVC__SECURITY__ENCRYPTION__ROTATE_EVERY", "10m"), "rotate_every"),
+        (("SVC__SECURITY__ENCRYPTION__RETIRE_AFTER", "1m"), "retire_after"),
+        (("SVC__SECURITY__ENCRYPTION__REFRESH_INTERVAL", "10m"), "refresh_interval"),
+        (("SVC__SECURITY__ENCRYPTION__REENCRYPT_BATCH", "0"), "reencrypt_batch"),
+        (("SVC__SECURITY__ENCRYPTION__DATA_KEYS__ROT-9", "x"), "rot-9"),
+    ] {
+        let e = with(&[extra]).unwrap_err().to_string();
+        assert!(e.contains(field), "{extra:?}: {e}");
+    }
 }

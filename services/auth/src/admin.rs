@@ -11,7 +11,7 @@ use keel::config::Profile;
 use keel::data::{DataError, Db};
 use keel::security::audit::{AuditKeys, AuditLog, Outcome};
 use keel::security::crypto::{BlindIndex, CryptoError};
-use keel::security::keys::DataKeys;
+use keel::security::keys::{DataKeys, KeyError};
 use keel::security::password::{PasswordError, PasswordHasher, PasswordPolicy};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -198,7 +198,10 @@ pub async fn run_admin_create(
         }
         // The database's data keys too: an account may be encrypted with a rotated key.
         let keys = DataKeys::new(&db, &keel.security.encryption, []).map_err(|e| config(&e))?;
-        keys.refresh().await.map_err(|e| config(&e))?;
+        keys.refresh().await.map_err(|e| match e {
+            KeyError::Sql(e) => AdminError::Database(DataError::from(e)),
+            other => config(&other),
+        })?;
         let keyring = keys.keyring();
         let audit = AuditLog::from_db(&db).mask_fields(keel.log.mask_fields.iter()).with_keys(audit_keys);
         let accounts = Accounts::new(db.clone(), keyring, index, hasher, policy, audit);

@@ -99,7 +99,14 @@ impl<C: Section> Setup<C> {
         let policy = Policy::from_config(&cfg);
         self.worker(keel_workers::Worker::periodic("data-keys", cfg.reencrypt_interval, move |_ctx| {
             let (keys, policy) = (maintained.clone(), policy.clone());
-            async move { keys.maintain(&policy).await.map(|_| ()).map_err(|e| keel_health::sanitize(&e.to_string())) }
+            async move {
+                // A run that fails (the database is away) is logged and retried at the next:
+                // the worker stays healthy, so an outage restarts no replica.
+                if let Err(e) = keys.maintain(&policy).await {
+                    tracing::warn!(error = %keel_health::sanitize(&e.to_string()), "data keys not maintained");
+                }
+                Ok::<(), std::convert::Infallible>(())
+            }
         }))?;
         self.data_keys = Some(std::sync::Arc::new(KeysConsole { keys: keys.clone(), rotate_every: cfg.rotate_every }));
         Ok(keys.keyring())

@@ -15,7 +15,7 @@ use cityevents_common::catalogue::{AccountContact, MAIL_PREFERENCES, MailRequest
 use cityevents_common::time::{now, to_micros};
 use keel::data::{DataError, Db};
 use keel::events::{Failure, Handler, Message};
-use keel::security::crypto::Keyring;
+use keel::security::crypto::{CryptoError, Keyring};
 use lettre::message::Mailbox;
 use uuid::Uuid;
 
@@ -72,8 +72,12 @@ impl Contacts {
     pub(crate) async fn contact(&self, user: Uuid) -> Result<Option<Contact>, Failure> {
         let row = store::contact(&self.db, user).await.map_err(|e| Failure::transient(&e))?;
         let Some(row) = row else { return Ok(None) };
-        // A data key gone from the keyring will not come back by retrying.
-        let email = self.keyring.decrypt_str(&row.email_ciphertext).map_err(Failure::permanent)?;
+        let email = self.keyring.decrypt_str(&row.email_ciphertext).map_err(|e| match &e {
+            // A rotated key this instance has not read yet arrives with its next reread.
+            CryptoError::UnknownKey(kid) if kid.starts_with(keel::security::ROTATED_KID_PREFIX) => Failure::retry(&e),
+            // A configured key gone from the keyring will not come back by retrying.
+            _ => Failure::permanent(e),
+        })?;
         Ok(Some(Contact { email, name: row.name, verified: row.verified }))
     }
 
