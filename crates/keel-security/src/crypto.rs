@@ -206,6 +206,7 @@ impl Keyring {
     }
 
     /// Replaces the key set of this keyring and every clone of it.
+    #[cfg(feature = "sql")]
     pub(crate) fn install(&self, ring: Ring) {
         let ring = std::sync::Arc::new(ring);
         match self.inner.write() {

@@ -395,6 +395,7 @@ pub struct Setup<C> {
     /// The data keys `data_keys` keeps, for the console.
     pub(crate) data_keys: Option<std::sync::Arc<dyn keel_management::ops::DataKeyOps>>,
     /// The columns the service declared with [`Service::rotates_data_keys`].
+    #[cfg_attr(not(all(feature = "sql", feature = "security")), allow(dead_code))]
     pub(crate) rotates_data_keys: Option<EncryptedColumns>,
     /// The consumers `consume` runs, for the console's pause and dead letters.
     pub(crate) consumers: Vec<std::sync::Arc<dyn keel_management::ops::ConsumerOps>>,

@@ -1,6 +1,6 @@
 //! [`Setup`]'s JWT, passwords, field keys and audit log (feature `security`; the audit log also `sql`).
 
-use keel_config::{Profile, Section};
+use keel_config::Section;
 
 use super::{Setup, SetupError, misconfigured};
 
@@ -124,6 +124,7 @@ impl<C: Section> Setup<C> {
     /// the worker `audit-checkpoint` (see [`keel_security::audit`]). One per service.
     #[cfg(all(feature = "security", feature = "sql"))]
     pub fn audit_log(&mut self, db: &keel_data::Db) -> Result<keel_security::audit::AuditLog, SetupError> {
+        use keel_config::Profile;
         use keel_security::audit::{AuditKeys, AuditLog};
         let cfg = self.config.keel.security.audit.clone();
         if self.profile == Profile::Production && cfg.active_key.is_none() {
