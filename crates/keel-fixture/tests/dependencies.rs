@@ -349,9 +349,9 @@ async fn migrate_and_status(db: TestDatabase) {
     let url = db.url().to_owned();
     let (code, out, err) = migrate_cli(&["migrate", "status"], &url);
     assert_eq!(code, 0, "{out}{err}");
-    // The fixture's two, Keel's flag overrides (one), events tables (three) and audit log (its
-    // table, its indexes).
-    assert!(out.contains("pending") && out.contains("0 applied, 8 pending"), "{out}");
+    // The fixture's three, Keel's flag overrides (one), events tables (three), audit log (its
+    // table, its indexes) and data keys (one).
+    assert!(out.contains("pending") && out.contains("0 applied, 10 pending"), "{out}");
     // Two instances migrating at once: both succeed, each migration applied once.
     let (a, b) = {
         let u1 = url.clone();
@@ -363,8 +363,8 @@ async fn migrate_and_status(db: TestDatabase) {
     assert_eq!((a.0, b.0), (0, 0), "{a:?} {b:?}");
     let (code, out, _) = migrate_cli(&["migrate", "status"], &url);
     assert_eq!(code, 0);
-    assert!(out.contains("8 applied, 0 pending"), "{out}");
-    assert_eq!(out.matches("applied ").count(), 8, "{out}");
+    assert!(out.contains("10 applied, 0 pending"), "{out}");
+    assert_eq!(out.matches("applied ").count(), 10, "{out}");
 }
 
 #[tokio::test]
@@ -389,19 +389,20 @@ async fn sqlite_migrate_and_status() {
 }
 
 /// A database migrated before Keel owned its tables: the fixture's own migrations with copies of
-/// the first `copied` steps of keel-events' as versions 3, 4, 5 (descriptions from the files
-/// `0003_keel_events.sql`, `0004_keel_events_2.sql`, `0005_keel_events_3.sql`), exactly the rows
-/// sqlx recorded from those files.
+/// the first `copied` steps of keel-events' as the versions after them (descriptions as from the
+/// files `000N_keel_events.sql`, `…_keel_events_2.sql`, `…_keel_events_3.sql`), exactly the rows
+/// sqlx recorded from such files.
 fn migrations_with_copies(backend: keel::data::Backend, copied: usize) -> keel::data::Migrations {
     use sqlx::SqlSafeStr as _;
     use sqlx::migrate::{Migration, Migrator};
     let own = keel_fixture::migrations();
     let lib = keel::events::outbox::migrations();
     let mut list: Vec<Migration> = own.for_backend(backend).unwrap().iter().cloned().collect();
+    let first = list.len() as i64 + 1;
     let names = ["keel events", "keel events 2", "keel events 3"];
     for (i, step) in lib.for_backend(backend).unwrap().iter().take(copied).enumerate() {
         let sql = sqlx::AssertSqlSafe(step.sql.as_str().to_owned()).into_sql_str();
-        list.push(Migration::new(3 + i as i64, names[i].into(), step.migration_type, sql, false));
+        list.push(Migration::new(first + i as i64, names[i].into(), step.migration_type, sql, false));
     }
     let m = Migrator::with_migrations(list);
     match backend {
@@ -424,11 +425,12 @@ async fn recorded(pool: &sqlx::AnyPool, table: &str) -> Vec<(i64, String)> {
 /// lacked.
 async fn upgrades_from_copied_events_tables(backend: keel::data::Backend, make: impl AsyncFn() -> TestDatabase) {
     let new = keel_fixture::migrations().with(keel::events::outbox::migrations());
+    let own_n = keel_fixture::migrations().for_backend(backend).unwrap().iter().count();
     for copied in [3, 2] {
         let db = make().await;
         sqlx::any::install_default_drivers();
         let pool = sqlx::AnyPool::connect(db.url()).await.unwrap();
-        assert_eq!(migrations_with_copies(backend, copied).run(&pool, backend).await.unwrap(), 2 + copied);
+        assert_eq!(migrations_with_copies(backend, copied).run(&pool, backend).await.unwrap(), own_n + copied);
         sqlx::query("INSERT INTO keel_outbox (event_id, topic, payload, created_at, next_attempt_at) VALUES ('e1', 't', '{}', 1, 1)")
             .execute(&pool)
             .await
@@ -442,7 +444,11 @@ async fn upgrades_from_copied_events_tables(backend: keel::data::Backend, make: 
         assert_eq!(keel.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3], "{keel:?}");
         assert_eq!(keel[0].1, "outbox and inbox");
         let own = recorded(&pool, "_sqlx_migrations").await;
-        assert_eq!(own.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2], "the copies' records moved: {own:?}");
+        assert_eq!(
+            own.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (1..=own_n as i64).collect::<Vec<_>>(),
+            "the copies' records moved: {own:?}"
+        );
         assert!(new.pending(&pool, backend).await.unwrap().is_empty());
         assert_eq!(new.run(&pool, backend).await.unwrap(), 0, "a second run applies nothing");
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keel_outbox").fetch_one(&pool).await.unwrap();

@@ -690,6 +690,27 @@ fn keel_alerts(f: &SloFile, sel: &str, runbooks: &str) -> Vec<Rule> {
                 humantime::format_duration(a.audit_checkpoint_age)
             ),
         ),
+        (
+            "KeelDataKeysRefreshFailing",
+            format!("sum by (job, instance) (increase(data_keys_refresh_failures_total{{{sel}}}[10m])) > 0"),
+            "10m",
+            "ticket",
+            format!("{s}: an instance cannot reread its data keys"),
+            "An instance keeps failing to reread its data keys (the database is unreachable, or a stored key \
+             does not unwrap with its master key): it keeps the keys it read last, cannot decrypt values under \
+             a newer key, and what it encrypts with an older key becomes unreadable once that key is retired."
+                .into(),
+        ),
+        (
+            "KeelDataKeysUnreadable",
+            format!("max by (job) (data_keys_unreadable_values{{{sel}}}) > 0"),
+            "15m",
+            "ticket",
+            format!("{s}: encrypted values that no data key decrypts"),
+            "The re-encryption pass found values in an encrypted column that no key of the ring decrypts: \
+             altered, written under a key that was retired or is not configured, or not encrypted at all."
+                .into(),
+        ),
     ];
     list.into_iter()
         .map(|(alert, expr, for_, severity, summary, description)| {

@@ -210,6 +210,29 @@ fn cases() -> Vec<Case> {
             labels: None,
         },
         case(
+            &[(r#"data_keys_refresh_failures_total{job="shop",instance="a:9"}"#, "0+1x20")],
+            "15m",
+            "KeelDataKeysRefreshFailing",
+            &keel(&inst, "ticket"),
+        ),
+        Case {
+            // One failed reread long ago: quiet.
+            series: vec![(r#"data_keys_refresh_failures_total{job="shop",instance="a:9"}"#, "0 1x30")],
+            at: "25m",
+            alert: "KeelDataKeysRefreshFailing",
+            labels: None,
+        },
+        case(
+            // Two replicas count the same table: one alert for the job.
+            &[
+                (r#"data_keys_unreadable_values{job="shop",instance="a:9"}"#, "1x20"),
+                (r#"data_keys_unreadable_values{job="shop",instance="b:9"}"#, "1x20"),
+            ],
+            "16m",
+            "KeelDataKeysUnreadable",
+            &keel(&[("job", "shop")], "ticket"),
+        ),
+        case(
             // Two replicas read the same shared outbox: one alert for the job, not one each.
             &[
                 (r#"outbox_oldest_pending_age_seconds{job="shop",instance="a:9"}"#, "600x10"),
