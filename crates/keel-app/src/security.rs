@@ -7,111 +7,17 @@ use super::cli::{KeysCommand, TokenCommand, exit};
 use keel_config::Secret;
 use keel_security::crypto::{MasterKey, generate_key, rewrap};
 
-/// Walks the audit chain of the service's database.
+/// Connects to the service's database as `<name> <what>` (exit 78 for an unusable URL, 3 when
+/// it does not connect), runs `f` on the pool and closes it.
 #[cfg(feature = "sql")]
-pub(super) fn audit_verify(
+fn with_database(
     name: &str,
+    what: &str,
     keel: &KeelConfig,
     profile: keel_config::Profile,
-    checkpoint: Option<&keel_security::audit::Checkpoint>,
+    f: impl AsyncFnOnce(sqlx::AnyPool, keel_data::Backend) -> ExitCode,
 ) -> ExitCode {
     use keel_data::{Backend, resolve_url};
-    let cfg = &keel.database;
-    let url = match resolve_url(cfg, name, profile == keel_config::Profile::Production) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("{name} audit verify: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
-    let keys = match keel_security::audit::AuditKeys::from_config(&keel.security.audit) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("{name} audit verify: security.audit: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
-    let Some(backend) = Backend::from_url(&url) else {
-        eprintln!("{name} audit verify: database.url has an unknown scheme");
-        return ExitCode::from(exit::CONFIG);
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name} audit verify: {e}");
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    let wait =
-        if cfg.connect.max_elapsed.is_zero() { std::time::Duration::from_secs(30) } else { cfg.connect.max_elapsed };
-    rt.block_on(async {
-        let pool = match super::migrate::connect(&url, cfg, wait).await {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("{name} audit verify: cannot connect to {backend}: {e}");
-                return ExitCode::from(exit::START);
-            }
-        };
-        let log = keel_security::audit::AuditLog::new(pool.clone(), backend).with_keys(keys);
-        let code = match log.verify_against(checkpoint).await {
-            Ok(v) => match v.broken {
-                None => {
-                    let against = checkpoint.map(|c| format!(", consistent with checkpoint {c}")).unwrap_or_default();
-                    println!("audit log intact: {} row(s) verified{against}; head {}", v.rows, v.head);
-                    if v.unkeyed > 0 {
-                        println!(
-                            "{} row(s) are chained without a key (written before security.audit.active_key was set)",
-                            v.unkeyed
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Some(b) => {
-                    println!("audit log BROKEN at row {}: {} ({} row(s) before it verified)", b.id, b.reason, v.rows);
-                    ExitCode::from(exit::FAILURE)
-                }
-            },
-            Err(e) => {
-                eprintln!("{name} audit verify: {}", keel_health::sanitize(&e.to_string()));
-                ExitCode::from(exit::FAILURE)
-            }
-        };
-        pool.close().await;
-        code
-    })
-}
-
-/// `keys rotate` and `keys status`: the data keys in the service's database.
-#[cfg(feature = "sql")]
-pub(super) fn keys_in_db(
-    name: &str,
-    keel: &KeelConfig,
-    profile: keel_config::Profile,
-    command: &KeysCommand,
-    columns: Option<&[(&'static str, &'static str, &'static str)]>,
-) -> ExitCode {
-    use keel_data::{Backend, resolve_url};
-    use keel_security::keys::KeyError;
-    let what = match command {
-        KeysCommand::Rotate => "keys rotate",
-        KeysCommand::Rewrap { .. } => "keys rewrap",
-        _ => "keys status",
-    };
-    let Some(columns) = columns else {
-        eprintln!("{name} {what}: this service keeps no data keys in its database (Service::rotates_data_keys)");
-        return ExitCode::from(exit::USAGE);
-    };
-    let columns = match columns
-        .iter()
-        .map(|(t, k, c)| keel_security::keys::EncryptedColumn::new(t, k, c))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{name} {what}: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
     let cfg = &keel.database;
     let url = match resolve_url(cfg, name, profile == keel_config::Profile::Production) {
         Ok(u) => u,
@@ -141,8 +47,88 @@ pub(super) fn keys_in_db(
                 return ExitCode::from(exit::START);
             }
         };
+        let code = f(pool.clone(), backend).await;
+        pool.close().await;
+        code
+    })
+}
+
+/// Walks the audit chain of the service's database.
+#[cfg(feature = "sql")]
+pub(super) fn audit_verify(
+    name: &str,
+    keel: &KeelConfig,
+    profile: keel_config::Profile,
+    checkpoint: Option<&keel_security::audit::Checkpoint>,
+) -> ExitCode {
+    let keys = match keel_security::audit::AuditKeys::from_config(&keel.security.audit) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{name} audit verify: security.audit: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    with_database(name, "audit verify", keel, profile, async |pool, backend| {
+        let log = keel_security::audit::AuditLog::new(pool, backend).with_keys(keys);
+        match log.verify_against(checkpoint).await {
+            Ok(v) => match v.broken {
+                None => {
+                    let against = checkpoint.map(|c| format!(", consistent with checkpoint {c}")).unwrap_or_default();
+                    println!("audit log intact: {} row(s) verified{against}; head {}", v.rows, v.head);
+                    if v.unkeyed > 0 {
+                        println!(
+                            "{} row(s) are chained without a key (written before security.audit.active_key was set)",
+                            v.unkeyed
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Some(b) => {
+                    println!("audit log BROKEN at row {}: {} ({} row(s) before it verified)", b.id, b.reason, v.rows);
+                    ExitCode::from(exit::FAILURE)
+                }
+            },
+            Err(e) => {
+                eprintln!("{name} audit verify: {}", keel_health::sanitize(&e.to_string()));
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+    })
+}
+
+/// `keys rotate` and `keys status`: the data keys in the service's database.
+#[cfg(feature = "sql")]
+pub(super) fn keys_in_db(
+    name: &str,
+    keel: &KeelConfig,
+    profile: keel_config::Profile,
+    command: &KeysCommand,
+    columns: Option<&[(&'static str, &'static str, &'static str)]>,
+) -> ExitCode {
+    use keel_security::keys::KeyError;
+    let what = match command {
+        KeysCommand::Rotate => "keys rotate",
+        KeysCommand::Rewrap { .. } => "keys rewrap",
+        _ => "keys status",
+    };
+    let Some(columns) = columns else {
+        eprintln!("{name} {what}: this service keeps no data keys in its database (Service::rotates_data_keys)");
+        return ExitCode::from(exit::USAGE);
+    };
+    let columns = match columns
+        .iter()
+        .map(|(t, k, c)| keel_security::keys::EncryptedColumn::new(t, k, c))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name} {what}: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    with_database(name, what, keel, profile, async |pool, backend| {
         let enc = &keel.security.encryption;
-        let code = match keel_security::keys::DataKeys::with_pool(pool.clone(), backend, enc, columns) {
+        match keel_security::keys::DataKeys::with_pool(pool, backend, enc, columns) {
             Err(e) => {
                 eprintln!("{name} {what}: security.encryption: {e}");
                 ExitCode::from(exit::CONFIG)
@@ -188,9 +174,7 @@ pub(super) fn keys_in_db(
                     }
                 }
             }
-        };
-        pool.close().await;
-        code
+        }
     })
 }
 
