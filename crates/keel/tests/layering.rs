@@ -51,7 +51,8 @@ fn keel_dependencies() -> BTreeMap<String, Vec<String>> {
     let mut graph = BTreeMap::new();
     for pkg in meta["packages"].as_array().expect("packages") {
         let name = pkg["name"].as_str().expect("name");
-        if !name.starts_with("keel") || name == "keel-bench" || name == "keel-fixture" {
+        // keel-audit is a tool over any repository, not a layer of the library.
+        if !name.starts_with("keel") || name == "keel-bench" || name == "keel-fixture" || name == "keel-audit" {
             continue;
         }
         let deps = pkg["dependencies"]

@@ -7,6 +7,7 @@
 //! cityevents <service> <command…>    that service's CLI: `cityevents auth admin create --email …`,
 //!                                    `cityevents events migrate`, `cityevents joins dlq list …`
 //! cityevents services [--json]       the module table (names, ports, database, upstreams)
+//! cityevents audit [PATH] [options]  the production-readiness audit (`keel audit`, docs/audit.md)
 //! cityevents --version               the launcher's name, version, commit and build profile
 //! cityevents --help                   commands, services and ports, configuration, profiles
 //! ```
@@ -48,6 +49,8 @@ usage:
                                         (`cityevents <service> --help` lists them)
   cityevents services [--json]          the module table: each service's names, ports, database
                                         and upstreams (tab-separated, or JSON)
+  cityevents audit [PATH] [options…]    audit a repository's production readiness, as `keel audit`
+                                        (`cityevents audit --help`; docs/audit.md)
   cityevents version | --version        name, version, git commit and build profile
   cityevents help | --help              this text
 
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("services") => services_command(second),
+        Some("audit") => keel_audit::cli::audit_main("cityevents audit", args.iter().skip(2).cloned()),
         Some(a) if is_version(a) => {
             println!("{}", keel::build_info!());
             ExitCode::SUCCESS

@@ -1,0 +1,641 @@
+//! Code-level findings of the seeds that a line pattern detects reliably, in Go, JavaScript /
+//! TypeScript and Rust sources (test code excluded): panics and exits in start-up paths, CORS
+//! open to any origin, servers and clients without timeouts, no graceful shutdown, `console.*`
+//! as the logger, logs written to files, schema migrations run by the service itself.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::excerpt;
+use crate::{Area, Collector, Repo, Rule, Severity, file_name, is_test_path};
+
+pub(crate) static PANIC_AT_STARTUP: Rule = Rule {
+    id: "code/panic-at-startup",
+    title: "Start-up failures exit with a clear error, not a panic",
+    severity: Severity::High,
+    area: Area::Resilience,
+    seed: "seed 000 #2 (fatal errors on start-up with panic())",
+    why: "A panic while starting prints a stack trace instead of one structured error, skips deferred clean-up, and under an orchestrator turns a missing setting or a slow database into a crash loop nobody can read.",
+    fix: "Return the error to `main`, log it once as a structured event and exit non-zero (`os.Exit(1)`, `std::process::ExitCode`); retry dependencies with backoff instead of failing on the first attempt.",
+};
+
+pub(crate) static EXIT_OUTSIDE_MAIN: Rule = Rule {
+    id: "code/exit-outside-main",
+    title: "Library and connection code returns errors instead of exiting",
+    severity: Severity::Medium,
+    area: Area::Resilience,
+    seed: "seed 000 #3, seed 004 (database connection failures crash services)",
+    why: "`log.Fatal` or `process.exit(1)` deep in a constructor or a connection callback kills the whole process on one failed dependency, skips deferred clean-up and in-flight requests, and leaves the caller no way to retry or degrade.",
+    fix: "Return the error (or reject the promise) to the start-up code, retry with exponential backoff, and let readiness report the dependency as down while it is.",
+};
+
+pub(crate) static CORS_ANY_ORIGIN: Rule = Rule {
+    id: "code/cors-any-origin",
+    title: "CORS allows only listed origins",
+    severity: Severity::High,
+    area: Area::Security,
+    seed: "seed 000 #5 (CORS allows all origins), seed 004 (validate CORS in production)",
+    why: "Allowing every origin (or reflecting the request's) lets any web page call the API from a user's browser; with credentials allowed it reads their data.",
+    fix: "Configure an explicit allow-list of origins per environment (`AllowOrigins: cfg.CORS.Origins`, `cors({ origin: allowList })`, `CorsLayer::new().allow_origin([...])`) and refuse `*` in production.",
+};
+
+pub(crate) static SERVER_NO_TIMEOUTS: Rule = Rule {
+    id: "code/server-without-timeouts",
+    title: "HTTP servers set read-header, read, write and idle timeouts",
+    severity: Severity::High,
+    area: Area::Resilience,
+    seed: "seed 000 #14",
+    why: "`http.ListenAndServe` and a bare `http.Server{}` have no timeouts: slow or idle clients (slowloris) hold connections and goroutines open until the service runs out of them.",
+    fix: "Use `&http.Server{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: …, WriteTimeout: …, IdleTimeout: …}` and `srv.ListenAndServe()`.",
+};
+
+pub(crate) static CLIENT_NO_TIMEOUT: Rule = Rule {
+    id: "code/http-client-without-timeout",
+    title: "Outgoing HTTP calls have a timeout",
+    severity: Severity::Medium,
+    area: Area::Resilience,
+    seed: "seed 000 #11 (no request timeout in HTTP client calls)",
+    why: "The default HTTP clients wait forever: one hung dependency ties up a request, then a worker, then the whole service.",
+    fix: "Use a client with a timeout (`&http.Client{Timeout: 5 * time.Second}`, `reqwest::Client::builder().timeout(…)`) or a per-request deadline from the context.",
+};
+
+pub(crate) static NO_GRACEFUL_SHUTDOWN: Rule = Rule {
+    id: "code/no-graceful-shutdown",
+    title: "Servers drain in-flight requests on SIGTERM",
+    severity: Severity::Medium,
+    area: Area::Resilience,
+    seed: "seed 000 #14, seed 004 (no graceful shutdown)",
+    why: "Every deploy and scale-down sends SIGTERM; a server that does not handle it drops the requests in flight and leaves connections and messages half done.",
+    fix: "On SIGTERM stop accepting, fail readiness, finish in-flight requests within a bound and close dependencies (`signal.NotifyContext` + `srv.Shutdown(ctx)`, `process.on('SIGTERM', …)` + `server.close()`, `with_graceful_shutdown`).",
+};
+
+pub(crate) static CONSOLE_LOGGING: Rule = Rule {
+    id: "code/console-logging",
+    title: "Logs go through a structured logger, not console.*",
+    severity: Severity::Medium,
+    area: Area::Observability,
+    seed: "seed 004 (console.log in production code)",
+    why: "`console.log` writes unstructured lines without level, timestamp or request id: they cannot be filtered, correlated or alerted on, and they leak whatever object is printed.",
+    fix: "Log through a structured JSON logger (pino, winston) with levels from the environment and a request id on every line; lint with `no-console`.",
+};
+
+pub(crate) static LOG_TO_FILE: Rule = Rule {
+    id: "code/log-to-file",
+    title: "Logs go to stdout, not to files in the container",
+    severity: Severity::Medium,
+    area: Area::Observability,
+    seed: "seed 004 (file logging writes to the local filesystem)",
+    why: "Log files inside a container are lost when it is replaced, fill its disk, and are invisible to the platform's log collection.",
+    fix: "Write logs to stdout/stderr only and let the platform (Docker, Kubernetes, the collector) ship and rotate them.",
+};
+
+pub(crate) static AUTO_MIGRATE: Rule = Rule {
+    id: "code/auto-migrate",
+    title: "Schema migrations run as a deliberate step, not at every start",
+    severity: Severity::Medium,
+    area: Area::Resilience,
+    seed: "seed 000 #12 (database migrations run automatically)",
+    why: "Migrating on start-up lets every replica race to alter the schema, makes a rollout an unreviewed schema change, and can drop or lock data under live traffic.",
+    fix: "Run migrations as a separate command or job before the rollout (`app migrate`, a Kubernetes Job, an init container with a lock), never from the serving process in production.",
+};
+
+pub(crate) static ERROR_LEAK: Rule = Rule {
+    id: "code/error-leak",
+    title: "Error responses carry no internal details",
+    severity: Severity::Medium,
+    area: Area::Security,
+    seed: "seed 004 (error responses don't leak internal details; stack traces only in development), seed 001 P2-1",
+    why: "Sending `err.Error()`, `err.message` or a stack trace to the client tells an attacker which database, driver, query and file paths are behind the API, and users get text they cannot act on.",
+    fix: "Log the error with the request id and return a generic problem (RFC 9457: `type`, `title`, `status`, the request id), with details only in development.",
+};
+
+pub(crate) const RULES: &[&Rule] = &[
+    &PANIC_AT_STARTUP,
+    &EXIT_OUTSIDE_MAIN,
+    &CORS_ANY_ORIGIN,
+    &SERVER_NO_TIMEOUTS,
+    &CLIENT_NO_TIMEOUT,
+    &NO_GRACEFUL_SHUTDOWN,
+    &CONSOLE_LOGGING,
+    &LOG_TO_FILE,
+    &AUTO_MIGRATE,
+    &ERROR_LEAK,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lang {
+    Go,
+    Js,
+    Rust,
+}
+
+fn lang(rel: &str) -> Option<Lang> {
+    let name = file_name(rel);
+    if name.ends_with(".go") {
+        Some(Lang::Go)
+    } else if [".js", ".mjs", ".cjs", ".ts", ".mts", ".cts"].iter().any(|e| name.ends_with(e))
+        && !name.ends_with(".d.ts")
+        && !name.contains(".min.")
+    {
+        Some(Lang::Js)
+    } else if name.ends_with(".rs") {
+        Some(Lang::Rust)
+    } else {
+        None
+    }
+}
+
+/// A compiled pattern; `None` only if a literal below were invalid, which the tests rule out.
+fn re(p: &str) -> Option<Regex> {
+    Regex::new(p).ok()
+}
+
+/// Per package: the first place a server starts, and whether any file handles SIGTERM.
+type Serving<'a> = BTreeMap<&'a str, (Option<(&'a str, u32, String)>, bool)>;
+
+struct Patterns {
+    go_func: Regex,
+    go_panic: Regex,
+    go_fatal: Regex,
+    go_cors: Regex,
+    go_listen: Regex,
+    go_server: Regex,
+    go_client: Regex,
+    go_log_file: Regex,
+    go_error_leak: Regex,
+    js_error_leak: Regex,
+    js_cors: Regex,
+    js_exit: Regex,
+    js_console: Regex,
+    js_listen: Regex,
+    js_log_file: Regex,
+    js_migrate: Regex,
+    rs_cors: Regex,
+    rs_panic: Regex,
+    rs_client: Regex,
+    rs_log_file: Regex,
+    rs_migrate: Regex,
+}
+
+static P: LazyLock<Option<Patterns>> = LazyLock::new(|| {
+    Some(Patterns {
+        go_func: re(r"^func\s+(?:\([^)]*\)\s*)?([A-Za-z_][A-Za-z0-9_]*)")?,
+        go_panic: re(r"\bpanic\(")?,
+        go_fatal: re(r"\.(?:Fatal|Fatalf|Fatalln|Fatalw)\(")?,
+        go_cors: re(
+            r#"AllowAllOrigins:\s*true|AllowOrigins:\s*\[\]string\{\s*"\*"|AllowedOrigins(?::\s*|\()\[\]string\{\s*"\*"|cors\.AllowAll\(\)|Access-Control-Allow-Origin",\s*"\*"|AllowOriginFunc:\s*func\([^)]*\)\s*bool\s*\{\s*return\s+true"#,
+        )?,
+        go_listen: re(r"\bhttp\.ListenAndServe(?:TLS)?\(")?,
+        go_server: re(r"(?:^|[^*.\w])http\.Server\s*\{")?,
+        go_client: re(r"\bhttp\.(?:Get|Post|PostForm|Head)\(|\bhttp\.DefaultClient\b|\bhttp\.Client\s*\{\s*\}")?,
+        go_log_file: re(r#"os\.(?:OpenFile|Create)\([^)]*\.log"|lumberjack\.Logger\s*\{"#)?,
+        go_error_leak: re(
+            r#"http\.Error\(\s*\w+\s*,\s*err\.Error\(\)|"(?:error|message|detail)"\s*:\s*err\.Error\(\)"#,
+        )?,
+        js_error_leak: re(
+            r"\.(?:json|send)\([^;]*\b(?:err|error|e)\.(?:stack|message)\b|\.send\(\s*(?:err|error)\s*\)",
+        )?,
+        js_cors: re(
+            r#"\bcors\(\s*\)|\bcors\(\s*\{[^}]*origin\s*:\s*(?:['"]\*['"]|true)|Access-Control-Allow-Origin['"]\s*,\s*['"]\*['"]|enableCors\(\s*\)|origin\s*:\s*['"]\*['"]"#,
+        )?,
+        js_exit: re(r"\bprocess\.exit\(\s*(?:[1-9]\d*|-\d+)\s*\)")?,
+        js_console: re(r"\bconsole\.(?:log|error|warn|info|debug)\(")?,
+        js_listen: re(r"\.listen\(")?,
+        js_log_file: re(r#"transports\.File\(|createWriteStream\([^)]*\.log['"`]|pino\.destination\([^)]*\.log"#)?,
+        js_migrate: re(r"\.sync\(\s*\{[^}]*(?:alter|force)\s*:\s*true|synchronize\s*:\s*true")?,
+        rs_cors: re(
+            r#"CorsLayer::(?:permissive|very_permissive)\(\)|allow_origin\(\s*(?:tower_http::cors::)?Any\s*\)|AllowOrigin::(?:any|mirror_request)\(\)|allow_origin\(\s*"\*""#,
+        )?,
+        rs_panic: re(r"\.unwrap\(\)|\.expect\(|\bpanic!\(|\bunimplemented!\(|\btodo!\(")?,
+        rs_client: re(r"\breqwest::(?:get|Client::new)\(")?,
+        rs_log_file: re(r"tracing_appender::rolling::|RollingFileAppender::")?,
+        rs_migrate: re(r"sqlx::migrate!\([^)]*\)\s*\.run\(|\.run_pending_migrations\(")?,
+    })
+});
+
+/// One source file, read, with its test tail cut (Rust's `#[cfg(test)] mod tests`).
+struct Source<'a> {
+    rel: &'a str,
+    text: String,
+}
+
+pub(crate) fn check(repo: &Repo, out: &mut Collector) {
+    let mut by_lang: BTreeMap<&str, Vec<Source<'_>>> = BTreeMap::new();
+    for rel in repo.files().iter().filter(|f| !is_test_path(f)) {
+        let Some(l) = lang(rel) else { continue };
+        let Some(mut text) = repo.read(rel) else { continue };
+        if l == Lang::Rust
+            && let Some(at) = text.find("#[cfg(test)]")
+        {
+            text.truncate(at);
+        }
+        let key = match l {
+            Lang::Go => "go",
+            Lang::Js => "js",
+            Lang::Rust => "rust",
+        };
+        by_lang.entry(key).or_default().push(Source { rel, text });
+    }
+    if let Some(files) = by_lang.get("go") {
+        go(files, out);
+    }
+    if let Some(files) = by_lang.get("js") {
+        js(repo, files, out);
+    }
+    if let Some(files) = by_lang.get("rust") {
+        rust(files, out);
+    }
+}
+
+fn lines(text: &str) -> impl Iterator<Item = (u32, &str)> {
+    text.lines().enumerate().map(|(i, l)| (u32::try_from(i + 1).unwrap_or(u32::MAX), l))
+}
+
+/// A line that is a comment (`//`, `/*`, ` *`): patterns in comments are not code.
+fn comment(line: &str) -> bool {
+    let t = line.trim_start();
+    t.starts_with("//") || t.starts_with("/*") || t.starts_with('*')
+}
+
+fn go(files: &[Source<'_>], out: &mut Collector) {
+    let Some(p) = P.as_ref() else { return };
+    let (func, panic, fatal, cors, listen, server, client, logfile) =
+        (&p.go_func, &p.go_panic, &p.go_fatal, &p.go_cors, &p.go_listen, &p.go_server, &p.go_client, &p.go_log_file);
+    for rule in [
+        &PANIC_AT_STARTUP,
+        &EXIT_OUTSIDE_MAIN,
+        &CORS_ANY_ORIGIN,
+        &SERVER_NO_TIMEOUTS,
+        &CLIENT_NO_TIMEOUT,
+        &NO_GRACEFUL_SHUTDOWN,
+        &LOG_TO_FILE,
+        &AUTO_MIGRATE,
+        &ERROR_LEAK,
+    ] {
+        out.checked(rule);
+    }
+    // Packages (directories) that serve and whether any of their files handles SIGTERM.
+    let mut serving: Serving<'_> = BTreeMap::new();
+    for src in files {
+        let dir = src.rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let mut current = String::new();
+        let text_lines: Vec<(u32, &str)> = lines(&src.text).collect();
+        for (idx, &(n, line)) in text_lines.iter().enumerate() {
+            if let Some(c) = func.captures(line) {
+                current = c[1].to_owned();
+            }
+            if comment(line) {
+                continue;
+            }
+            // Start-up paths: main, init and constructors (`New…`); `Must…` panics by convention.
+            let startup =
+                current == "main" || current == "init" || current.starts_with("New") || current.starts_with("new");
+            if startup && panic.is_match(line) {
+                out.find(&PANIC_AT_STARTUP, src.rel, Some(n), format!("in func {current}: {}", excerpt(line)));
+            }
+            if fatal.is_match(line) && current != "main" && !line.contains("t.Fatal") && !line.contains("b.Fatal") {
+                out.find(&EXIT_OUTSIDE_MAIN, src.rel, Some(n), format!("in func {current}: {}", excerpt(line)));
+            }
+            if cors.is_match(line) {
+                out.find(&CORS_ANY_ORIGIN, src.rel, Some(n), excerpt(line));
+            }
+            if listen.is_match(line) {
+                out.find(&SERVER_NO_TIMEOUTS, src.rel, Some(n), format!("{} (no timeouts)", excerpt(line)));
+                serving.entry(dir).or_default().0.get_or_insert((src.rel, n, excerpt(line)));
+            }
+            if server.is_match(line) {
+                let body = block(&text_lines[idx..]);
+                if !body.contains("ReadHeaderTimeout") && !body.contains("ReadTimeout") {
+                    out.find(
+                        &SERVER_NO_TIMEOUTS,
+                        src.rel,
+                        Some(n),
+                        format!("{} without ReadHeaderTimeout or ReadTimeout", excerpt(line)),
+                    );
+                }
+            }
+            if line.contains(".ListenAndServe") || line.contains(".Serve(") {
+                serving.entry(dir).or_default().0.get_or_insert((src.rel, n, excerpt(line)));
+            }
+            if client.is_match(line) {
+                out.find(&CLIENT_NO_TIMEOUT, src.rel, Some(n), excerpt(line));
+            }
+            if logfile.is_match(line) {
+                out.find(&LOG_TO_FILE, src.rel, Some(n), excerpt(line));
+            }
+            if p.go_error_leak.is_match(line) {
+                out.find(&ERROR_LEAK, src.rel, Some(n), excerpt(line));
+            }
+            if line.contains(".AutoMigrate(") {
+                out.find(&AUTO_MIGRATE, src.rel, Some(n), excerpt(line));
+            }
+        }
+        // kratos' and similar frameworks' `app.Run()` handle SIGTERM themselves.
+        if src.text.contains("signal.Notify") || src.text.contains(".Shutdown(") || src.text.contains("kratos.New(") {
+            serving.entry(dir).or_default().1 = true;
+        }
+    }
+    for (rel, n, line) in serving.values().filter(|(_, handled)| !handled).filter_map(|(s, _)| s.clone()) {
+        out.find(
+            &NO_GRACEFUL_SHUTDOWN,
+            rel,
+            Some(n),
+            format!("{line}, and no signal.Notify / Shutdown in the package"),
+        );
+    }
+}
+
+/// The text of a `{ … }` literal starting on the first line, up to its closing brace.
+fn block(lines: &[(u32, &str)]) -> String {
+    let mut depth = 0i32;
+    let mut out = String::new();
+    for (_, l) in lines.iter().take(60) {
+        out.push_str(l);
+        out.push('\n');
+        depth += l.matches('{').count() as i32 - l.matches('}').count() as i32;
+        if depth <= 0 && out.contains('{') {
+            break;
+        }
+    }
+    out
+}
+
+/// The nearest `package.json` above a file, and whether it lists a structured logger.
+fn node_package<'r>(repo: &'r Repo, rel: &str) -> Option<(&'r str, bool)> {
+    let mut dir = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    loop {
+        let candidate = if dir.is_empty() { "package.json".to_owned() } else { format!("{dir}/package.json") };
+        if let Some(found) = repo.files().iter().find(|f| **f == candidate) {
+            let text = repo.read(found).unwrap_or_default();
+            let logger = [
+                "\"winston\"",
+                "\"pino\"",
+                "\"bunyan\"",
+                "\"log4js\"",
+                "\"@nestjs/common\"",
+                "\"loglevel\"",
+                "\"tslog\"",
+                "\"roarr\"",
+                "\"consola\"",
+            ]
+            .iter()
+            .any(|l| text.contains(l));
+            return Some((found.as_str(), logger));
+        }
+        if dir.is_empty() {
+            return None;
+        }
+        dir = dir.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    }
+}
+
+fn js(repo: &Repo, files: &[Source<'_>], out: &mut Collector) {
+    let Some(p) = P.as_ref() else { return };
+    let (cors, exit, console, listen, logfile, migrate) =
+        (&p.js_cors, &p.js_exit, &p.js_console, &p.js_listen, &p.js_log_file, &p.js_migrate);
+    for rule in [
+        &EXIT_OUTSIDE_MAIN,
+        &CORS_ANY_ORIGIN,
+        &NO_GRACEFUL_SHUTDOWN,
+        &CONSOLE_LOGGING,
+        &LOG_TO_FILE,
+        &AUTO_MIGRATE,
+        &ERROR_LEAK,
+    ] {
+        out.checked(rule);
+    }
+    // Per package: the first server started, and whether SIGTERM is handled anywhere in it.
+    let mut serving: Serving<'_> = BTreeMap::new();
+    for src in files {
+        let package = node_package(repo, src.rel);
+        let key = package.map(|(p, _)| p).unwrap_or("");
+        let has_logger = package.is_some_and(|(_, l)| l);
+        let text_lines: Vec<(u32, &str)> = lines(&src.text).collect();
+        let mut console_lines = Vec::new();
+        let mut signal_until = 0u32;
+        for (idx, &(n, line)) in text_lines.iter().enumerate() {
+            if comment(line) {
+                continue;
+            }
+            if line.contains("SIGTERM") || line.contains("SIGINT") {
+                // A shutdown handler may exit: the next lines are its body.
+                signal_until = n + 20;
+                serving.entry(key).or_default().1 = true;
+            }
+            if cors.is_match(line) {
+                out.find(&CORS_ANY_ORIGIN, src.rel, Some(n), excerpt(line));
+            }
+            if exit.is_match(line) && n > signal_until {
+                let context =
+                    text_lines[idx.saturating_sub(6)..=idx].iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n");
+                if context.contains("catch") || context.contains("err") || context.contains("on('error'") {
+                    out.find(&EXIT_OUTSIDE_MAIN, src.rel, Some(n), excerpt(line));
+                }
+            }
+            if console.is_match(line) {
+                console_lines.push(n);
+            }
+            if listen.is_match(line)
+                && (line.contains("app.") || line.contains("server.") || line.contains("createServer"))
+            {
+                serving.entry(key).or_default().0.get_or_insert((src.rel, n, excerpt(line)));
+            }
+            if logfile.is_match(line) {
+                out.find(&LOG_TO_FILE, src.rel, Some(n), excerpt(line));
+            }
+            if migrate.is_match(line) {
+                out.find(&AUTO_MIGRATE, src.rel, Some(n), excerpt(line));
+            }
+            if p.js_error_leak.is_match(line) {
+                out.find(&ERROR_LEAK, src.rel, Some(n), excerpt(line));
+            }
+        }
+        if let Some(&first) = console_lines.first() {
+            let why = if has_logger {
+                "beside the package's structured logger"
+            } else {
+                "and the package has no structured logger"
+            };
+            out.find(
+                &CONSOLE_LOGGING,
+                src.rel,
+                Some(first),
+                format!("{} console.* call(s) {why}", console_lines.len()),
+            );
+        }
+    }
+    for (rel, n, line) in serving.values().filter(|(_, handled)| !handled).filter_map(|(s, _)| s.clone()) {
+        out.find(&NO_GRACEFUL_SHUTDOWN, rel, Some(n), format!("{line}, and no SIGTERM handler in the package"));
+    }
+}
+
+/// Whether `re` matches `line` outside a string literal (an odd number of unescaped quotes
+/// before the match means it is inside one: a pattern or a message, not code).
+fn in_code(re: &Regex, line: &str) -> bool {
+    re.find_iter(line).any(|m| {
+        let before = &line[..m.start()];
+        let quotes = before.matches('"').count() - before.matches("\\\"").count();
+        quotes.is_multiple_of(2)
+    })
+}
+
+fn rust(files: &[Source<'_>], out: &mut Collector) {
+    let Some(p) = P.as_ref() else { return };
+    let (cors, panic, client, logfile, migrate) =
+        (&p.rs_cors, &p.rs_panic, &p.rs_client, &p.rs_log_file, &p.rs_migrate);
+    for rule in
+        [&PANIC_AT_STARTUP, &CORS_ANY_ORIGIN, &CLIENT_NO_TIMEOUT, &NO_GRACEFUL_SHUTDOWN, &LOG_TO_FILE, &AUTO_MIGRATE]
+    {
+        out.checked(rule);
+    }
+    for src in files {
+        let binary =
+            src.rel.ends_with("src/main.rs") || src.rel.contains("/src/bin/") || src.rel.starts_with("src/bin/");
+        let text_lines: Vec<(u32, &str)> = lines(&src.text).collect();
+        let mut in_main = false;
+        let mut depth = 0i32;
+        for &(n, line) in &text_lines {
+            if comment(line) {
+                continue;
+            }
+            if binary && !in_main && (line.trim_start().starts_with("fn main(") || line.contains("async fn main(")) {
+                in_main = true;
+                depth = 0;
+            }
+            if in_main {
+                if in_code(panic, line) {
+                    out.find(&PANIC_AT_STARTUP, src.rel, Some(n), format!("in fn main: {}", excerpt(line)));
+                }
+                depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+                if depth <= 0 && line.contains('}') {
+                    in_main = false;
+                }
+                if in_code(migrate, line) {
+                    out.find(&AUTO_MIGRATE, src.rel, Some(n), excerpt(line));
+                }
+            }
+            if in_code(cors, line) {
+                out.find(&CORS_ANY_ORIGIN, src.rel, Some(n), excerpt(line));
+            }
+            if in_code(client, line) {
+                out.find(&CLIENT_NO_TIMEOUT, src.rel, Some(n), excerpt(line));
+            }
+            if in_code(logfile, line) {
+                out.find(&LOG_TO_FILE, src.rel, Some(n), excerpt(line));
+            }
+        }
+        if let Some(&(n, line)) = text_lines.iter().find(|(_, l)| l.contains("axum::serve(") && !comment(l))
+            && !src.text.contains("with_graceful_shutdown")
+        {
+            out.find(
+                &NO_GRACEFUL_SHUTDOWN,
+                src.rel,
+                Some(n),
+                format!("{} without with_graceful_shutdown", excerpt(line)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn run(files: &[(&str, &str)]) -> Vec<(&'static str, String, Option<u32>)> {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, t) in files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, t).unwrap();
+        }
+        let repo = Repo::open(dir.path(), &[]).unwrap();
+        let mut out = Collector::default();
+        check(&repo, &mut out);
+        out.findings().iter().map(|f| (f.rule.id, f.path.clone(), f.line)).collect()
+    }
+
+    #[test]
+    fn every_pattern_compiles() {
+        assert!(P.is_some(), "a pattern of code.rs does not compile");
+    }
+
+    #[test]
+    fn go_startup_panics_fatal_in_constructors_and_bare_servers() {
+        let main = "package main\n\nfunc main() {\n\tif err := c.Load(); err != nil {\n\t\tpanic(err)\n\t}\n\thttp.ListenAndServe(\":8080\", nil)\n}\n\nfunc helper() {\n\tpanic(\"unreachable\")\n}\n";
+        let data = "package data\n\n// NewData opens the database.\nfunc NewData(c *conf.Data) (*Data, error) {\n\tdb, err := gorm.Open(mysql.Open(c.Source), &gorm.Config{})\n\tif err != nil {\n\t\tlog.Fatalf(\"failed opening connection to mysql: %v\", err)\n\t}\n\tdb.AutoMigrate(&Symbol{})\n\tresp, _ := http.Get(url)\n\treturn &Data{}, nil\n}\n";
+        let found = run(&[
+            ("cmd/app/main.go", main),
+            ("internal/data/data.go", data),
+            ("internal/data/data_test.go", "func TestX() { panic(1) }"),
+        ]);
+        assert_eq!(
+            found,
+            [
+                ("code/panic-at-startup", "cmd/app/main.go".into(), Some(5)),
+                ("code/server-without-timeouts", "cmd/app/main.go".into(), Some(7)),
+                ("code/exit-outside-main", "internal/data/data.go".into(), Some(7)),
+                ("code/auto-migrate", "internal/data/data.go".into(), Some(9)),
+                ("code/http-client-without-timeout", "internal/data/data.go".into(), Some(10)),
+                ("code/no-graceful-shutdown", "cmd/app/main.go".into(), Some(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn go_servers_with_timeouts_and_shutdown_and_listed_origins_are_clean() {
+        let main = "package main\n\nfunc main() {\n\tsrv := &http.Server{\n\t\tAddr: \":8080\",\n\t\tReadHeaderTimeout: 5 * time.Second,\n\t}\n\tctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)\n\tdefer stop()\n\tgo srv.ListenAndServe()\n\t<-ctx.Done()\n\tsrv.Shutdown(context.Background())\n\t_ = cors.Options{AllowedOrigins: cfg.Origins}\n\tclient := &http.Client{Timeout: 5 * time.Second}\n\tlog.Fatal(err)\n}\n";
+        assert!(run(&[("main.go", main)]).is_empty());
+        let cors = "package server\nvar c = cors.New(cors.Config{AllowAllOrigins: true})\nvar h = handlers.AllowedOrigins([]string{\"*\"})\n";
+        let found = run(&[("internal/server/http.go", cors)]);
+        assert_eq!(found.iter().map(|f| f.2).collect::<Vec<_>>(), [Some(2), Some(3)], "{found:?}");
+    }
+
+    #[test]
+    fn express_with_open_cors_console_logging_exit_on_db_error_and_no_sigterm() {
+        let app = "const express = require('express');\nconst cors = require('cors');\nconst app = express();\napp.use(cors());\nmongoose.connect(uri).catch((err) => {\n  console.error('db down', err);\n  process.exit(1);\n});\nconst logger = new winston.transports.File({ filename: 'logs/app.log' });\napp.listen(3000, () => console.log('listening'));\n";
+        let found = run(&[
+            ("package.json", r#"{"dependencies": {"express": "4"}}"#),
+            ("src/server.js", app),
+            ("src/server.test.js", "console.log(1)"),
+        ]);
+        let got: Vec<(&str, Option<u32>)> = found.iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(
+            got,
+            [
+                ("code/cors-any-origin", Some(4)),
+                ("code/exit-outside-main", Some(7)),
+                ("code/log-to-file", Some(9)),
+                ("code/console-logging", Some(6)),
+                ("code/no-graceful-shutdown", Some(10)),
+            ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn express_with_an_allow_list_pino_and_a_sigterm_handler_is_clean() {
+        let app = "const app = express();\napp.use(cors({ origin: allowed }));\nconst server = app.listen(port);\nprocess.on('SIGTERM', () => {\n  server.close(() => process.exit(0));\n  setTimeout(() => process.exit(1), 10000);\n});\n";
+        assert!(run(&[("package.json", r#"{"dependencies": {"pino": "9"}}"#), ("index.js", app)]).is_empty());
+    }
+
+    #[test]
+    fn rust_main_unwraps_permissive_cors_and_serve_without_shutdown() {
+        let main = "#[tokio::main]\nasync fn main() {\n    let listener = tokio::net::TcpListener::bind(\"0.0.0.0:3000\").await.unwrap();\n    let app = Router::new().layer(CorsLayer::permissive());\n    axum::serve(listener, app).await.unwrap();\n}\n\nfn other() { x.unwrap(); }\n#[cfg(test)]\nmod tests { fn t() { CorsLayer::permissive(); } }\n";
+        let found =
+            run(&[("src/main.rs", main), ("src/patterns.rs", "static P: &str = r\"CorsLayer::permissive()\";\n")]);
+        let got: Vec<(&str, Option<u32>)> = found.iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(
+            got,
+            [
+                ("code/panic-at-startup", Some(3)),
+                ("code/cors-any-origin", Some(4)),
+                ("code/panic-at-startup", Some(5)),
+                ("code/no-graceful-shutdown", Some(5)),
+            ],
+            "{found:?}"
+        );
+    }
+}

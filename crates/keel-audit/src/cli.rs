@@ -1,0 +1,218 @@
+//! The command line: `keel audit [PATH] [options]` (also `cityevents audit`).
+//!
+//! Exit status: 0 when no open finding reaches `--fail-on` (default `high`), 1 when one does, 2
+//! on a usage error or when the audit cannot run (an unreadable root or baseline).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::baseline::Baseline;
+use crate::report::Format;
+use crate::{Options, Severity, checks};
+
+/// The baseline read from the audited root when `--baseline` is not given.
+pub const DEFAULT_BASELINE: &str = ".keel-audit-baseline.json";
+
+/// Exit status when a finding reaches the threshold.
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit status on a usage error or an audit that could not run.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about = "Keel's command-line tools", propagate_version = true)]
+struct Keel {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Audit a repository's production readiness (Dockerfiles, compose, Kubernetes, Prometheus
+    /// rules, CI, lock files, secrets, and Go / Node / Rust code).
+    Audit(AuditArgs),
+}
+
+/// `keel audit` options.
+#[derive(Args, Debug)]
+#[command(after_help = "Exit status: 0 when no open finding reaches --fail-on, 1 when one does, 2 on errors.\n\
+Baseline: findings listed in PATH/.keel-audit-baseline.json (or --baseline FILE) are accepted; \
+--write-baseline FILE records the current findings there. Docs: docs/audit.md.")]
+pub struct AuditArgs {
+    /// The repository to audit.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Report format on stdout: markdown, json or sarif.
+    #[arg(long, short = 'f', default_value = "markdown", value_parser = parse_format)]
+    format: Format,
+    /// Write the stdout report to FILE instead.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Also write the report as Markdown to FILE.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Also write the report as SARIF 2.1.0 to FILE (code scanning upload).
+    #[arg(long, value_name = "FILE")]
+    sarif: Option<PathBuf>,
+    /// Exit 1 when an open finding is at least this severe: info, low, medium, high, critical
+    /// or never.
+    #[arg(long, default_value = "high", value_parser = parse_threshold, value_name = "SEVERITY")]
+    fail_on: Threshold,
+    /// Accept the findings listed in FILE (default: PATH/.keel-audit-baseline.json if present).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_baseline")]
+    baseline: Option<PathBuf>,
+    /// Ignore PATH/.keel-audit-baseline.json.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Write every current finding (open and accepted) to FILE as a baseline, then exit 0.
+    #[arg(long, value_name = "FILE")]
+    write_baseline: Option<PathBuf>,
+    /// The reason recorded with each entry by --write-baseline.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "accepted when the baseline was written; give the reason",
+        requires = "write_baseline"
+    )]
+    reason: String,
+    /// Leave out files under this path prefix (repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    exclude: Vec<String>,
+    /// Also check these rendered Kubernetes manifests (`kustomize build … > out.yaml`,
+    /// `helm template …`); repeatable.
+    #[arg(long = "manifests", value_name = "FILE")]
+    manifests: Vec<PathBuf>,
+    /// List the rules (the checklist) and exit.
+    #[arg(long)]
+    list_rules: bool,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("`{s}`: markdown, json or sarif"))
+}
+
+/// `--fail-on`: a severity, or `never` (`None`).
+#[derive(Clone, Copy, Debug)]
+struct Threshold(Option<Severity>);
+
+fn parse_threshold(s: &str) -> Result<Threshold, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Threshold(None));
+    }
+    Severity::parse(s)
+        .map(|v| Threshold(Some(v)))
+        .ok_or_else(|| format!("`{s}`: info, low, medium, high, critical or never"))
+}
+
+/// `keel …`: parses `args` (the program name first) and runs the command.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    match Keel::try_parse_from(args) {
+        Ok(Keel { command: Command::Audit(a) }) => run(&a, "keel audit"),
+        Err(e) => exit_clap(e),
+    }
+}
+
+/// `<program> audit …` for another binary (`cityevents audit`): `args` are what follows
+/// `audit`, `program` names the command in messages.
+pub fn audit_main(program: &str, args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    #[derive(Parser, Debug)]
+    struct Only {
+        #[command(flatten)]
+        args: AuditArgs,
+    }
+    let argv = std::iter::once(OsString::from(program)).chain(args);
+    match Only::try_parse_from(argv) {
+        Ok(o) => run(&o.args, program),
+        Err(e) => exit_clap(e),
+    }
+}
+
+fn exit_clap(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() { ExitCode::from(EXIT_ERROR) } else { ExitCode::SUCCESS }
+}
+
+fn write(path: &Path, text: &str, program: &str) -> bool {
+    match std::fs::write(path, text) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("{program}: {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+fn run(a: &AuditArgs, program: &str) -> ExitCode {
+    if a.list_rules {
+        for r in checks::rules() {
+            println!("{:<34} {:<8} {:<13} {}", r.id, r.severity, format!("{:?}", r.area).to_ascii_lowercase(), r.title);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let options = Options { root: a.path.clone(), exclude: a.exclude.clone(), manifests: a.manifests.clone() };
+    let mut report = match crate::audit(&options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let baseline_path = match (&a.baseline, a.no_baseline) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(a.path.join(DEFAULT_BASELINE)).filter(|p| p.is_file()),
+        (None, true) => None,
+    };
+    if let Some(path) = &baseline_path {
+        match Baseline::load(path) {
+            Ok(b) => {
+                for stale in b.apply(&mut report) {
+                    let note =
+                        format!("baseline entry matches nothing (fixed? remove it): {} {}", stale.rule, stale.path);
+                    eprintln!("{program}: {note}");
+                    report.notes.push(note);
+                }
+            }
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                return ExitCode::from(EXIT_ERROR);
+            }
+        }
+    }
+    if let Some(path) = &a.write_baseline {
+        let b = Baseline::from_report(&report, &a.reason);
+        if !write(path, &b.to_json(), program) {
+            return ExitCode::from(EXIT_ERROR);
+        }
+        eprintln!("{program}: wrote {} accepted finding(s) to {}", b.accepted.len(), path.display());
+        return ExitCode::SUCCESS;
+    }
+    let mut ok = true;
+    for (path, format) in [(&a.markdown, Format::Markdown), (&a.json, Format::Json), (&a.sarif, Format::Sarif)] {
+        if let Some(p) = path {
+            ok &= write(p, &format.render(&report), program);
+        }
+    }
+    let text = a.format.render(&report);
+    match &a.output {
+        Some(p) => ok &= write(p, &text, program),
+        // A reader that stops early (`| head`) is not an error worth a panic.
+        None => {
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+        }
+    }
+    if !ok {
+        return ExitCode::from(EXIT_ERROR);
+    }
+    match a.fail_on.0 {
+        Some(t) if report.at_least(t) > 0 => {
+            eprintln!("{program}: {} open finding(s) at or above {t}", report.at_least(t));
+            ExitCode::from(EXIT_FINDINGS)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
