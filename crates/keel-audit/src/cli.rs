@@ -66,7 +66,7 @@ pub struct AuditArgs {
     /// Accept the findings listed in FILE (default: PATH/.keel-audit-baseline.json if present).
     #[arg(long, value_name = "FILE", conflicts_with = "no_baseline")]
     baseline: Option<PathBuf>,
-    /// Ignore PATH/.keel-audit-baseline.json.
+    /// Ignore PATH/.keel-audit-baseline.json (also ignored with --live-only).
     #[arg(long)]
     no_baseline: bool,
     /// Write every current finding (open and accepted) to FILE as a baseline, then exit 0.
@@ -90,6 +90,46 @@ pub struct AuditArgs {
     /// List the rules (the checklist) and exit.
     #[arg(long)]
     list_rules: bool,
+    /// Live audit: the running service's base URL (http://). With --run, where the started
+    /// service will listen.
+    #[arg(long, value_name = "URL", help_heading = "Live audit")]
+    url: Option<String>,
+    /// Where the service's probes and /metrics are, when not on --url (its management port).
+    #[arg(long, value_name = "URL", requires = "url", help_heading = "Live audit")]
+    management_url: Option<String>,
+    /// Start the service with this command (run as `sh -c 'exec CMD'`; set variables with
+    /// `env A=b ./svc`). Enables the log, trace and SIGTERM-drain checks.
+    #[arg(long, value_name = "CMD", requires = "url", help_heading = "Live audit")]
+    run: Option<String>,
+    /// Put a dependency behind the auditor's fault proxy (repeatable): NAME=HOST:PORT. The
+    /// command finds the proxy's address in KEEL_AUDIT_<NAME>_ADDR; readiness must drop when
+    /// it is cut and recover when it is back.
+    #[arg(long = "dependency", value_name = "NAME=HOST:PORT", requires = "run", value_parser = crate::live::Dependency::parse, help_heading = "Live audit")]
+    dependencies: Vec<crate::live::Dependency>,
+    /// An origin the service allows (https://app.example): look-alikes of it must be refused.
+    #[arg(long, value_name = "ORIGIN", requires = "url", help_heading = "Live audit")]
+    origin: Option<String>,
+    /// The path used by the CORS, error, body-limit, rate-limit and drain checks.
+    #[arg(long = "path", value_name = "PATH", default_value = "/", requires = "url", help_heading = "Live audit")]
+    live_path: String,
+    /// A path whose request takes a while: started before SIGTERM, it must complete.
+    #[arg(long, value_name = "PATH", requires = "run", help_heading = "Live audit")]
+    slow_path: Option<String>,
+    /// How long the started service may take to answer.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Live audit")]
+    startup_timeout: std::time::Duration,
+    /// Bound for slow clients, readiness after a cut, and the drain.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Live audit")]
+    bound: std::time::Duration,
+    /// Bound for closing an idle keep-alive connection.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration, help_heading = "Live audit")]
+    idle_bound: std::time::Duration,
+    /// Requests sent (50 at a time) to look for rate limiting.
+    #[arg(long, value_name = "N", default_value_t = 200, help_heading = "Live audit")]
+    burst: usize,
+    /// Only the live audit (PATH is not read).
+    #[arg(long, requires = "url", help_heading = "Live audit")]
+    live_only: bool,
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -155,14 +195,36 @@ fn run(a: &AuditArgs, program: &str) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let options = Options { root: a.path.clone(), exclude: a.exclude.clone(), manifests: a.manifests.clone() };
-    let mut report = match crate::audit(&options) {
+    let result = match &a.url {
+        None => crate::audit(&options),
+        Some(url) => {
+            let live = crate::live::LiveOptions {
+                url: url.clone(),
+                management_url: a.management_url.clone(),
+                run: a.run.clone(),
+                dependencies: a.dependencies.clone(),
+                origin: a.origin.clone(),
+                startup_timeout: a.startup_timeout,
+                bound: a.bound,
+                idle_bound: a.idle_bound,
+                burst: a.burst.max(1),
+                path: if a.live_path.starts_with('/') { a.live_path.clone() } else { format!("/{}", a.live_path) },
+                slow_path: a.slow_path.clone(),
+            };
+            match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt.block_on(crate::audit_live(&options, &live, a.live_only)),
+                Err(e) => Err(crate::AuditError::Live(format!("runtime: {e}"))),
+            }
+        }
+    };
+    let mut report = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{program}: {e}");
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    let baseline_path = match (&a.baseline, a.no_baseline) {
+    let baseline_path = match (&a.baseline, a.no_baseline || a.live_only) {
         (Some(p), _) => Some(p.clone()),
         (None, false) => Some(a.path.join(DEFAULT_BASELINE)).filter(|p| p.is_file()),
         (None, true) => None,
@@ -170,7 +232,8 @@ fn run(a: &AuditArgs, program: &str) -> ExitCode {
     if let Some(path) = &baseline_path {
         match Baseline::load(path) {
             Ok(b) => {
-                for stale in b.apply(&mut report) {
+                // An entry of a rule not evaluated this run (a live rule in a static run) is not stale.
+                for stale in b.apply(&mut report).into_iter().filter(|e| report.checked.contains(e.rule.as_str())) {
                     let note =
                         format!("baseline entry matches nothing (fixed? remove it): {} {}", stale.rule, stale.path);
                     eprintln!("{program}: {note}");

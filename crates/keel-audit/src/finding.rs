@@ -153,9 +153,10 @@ impl Finding {
         digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
     }
 
-    /// `path:line`, `path` or `(repository)`.
+    /// `path:line`, `path`, `(repository)` or, for the live checks, `(running service)`.
     pub fn location(&self) -> String {
         match (self.path.is_empty(), self.line) {
+            (true, _) if self.rule.id.starts_with("live/") => "(running service)".to_owned(),
             (true, _) => "(repository)".to_owned(),
             (false, Some(l)) => format!("{}:{l}", self.path),
             (false, None) => self.path.clone(),

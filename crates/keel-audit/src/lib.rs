@@ -19,6 +19,7 @@ pub mod baseline;
 pub mod checks;
 pub mod cli;
 mod finding;
+pub mod live;
 mod repo;
 pub mod report;
 
@@ -38,6 +39,9 @@ pub enum AuditError {
     /// A file or directory could not be read.
     #[error("{0}: {1}")]
     Read(PathBuf, #[source] std::io::Error),
+    /// The live audit could not run: the service did not start, or its URL is unusable.
+    #[error("live audit: {0}")]
+    Live(String),
     /// The baseline file is not a baseline.
     #[error("baseline {0}: {1}")]
     Baseline(PathBuf, String),
@@ -175,6 +179,24 @@ pub fn audit(options: &Options) -> Result<Report, AuditError> {
     let repo = Repo::open(&options.root, &options.exclude)?;
     let mut out = Collector::default();
     checks::run(&repo, &options.manifests, &mut out)?;
+    Ok(finish(out, options.root.display().to_string(), repo.files().len()))
+}
+
+/// Runs the live audit of a service, and the static audit of `options.root` unless `live_only`.
+pub async fn audit_live(options: &Options, live: &live::LiveOptions, live_only: bool) -> Result<Report, AuditError> {
+    let mut out = Collector::default();
+    let mut files = 0;
+    if !live_only {
+        let repo = Repo::open(&options.root, &options.exclude)?;
+        checks::run(&repo, &options.manifests, &mut out)?;
+        files = repo.files().len();
+    }
+    live::run(live, &mut out).await?;
+    let target = if live_only { live.url.clone() } else { format!("{} and {}", options.root.display(), live.url) };
+    Ok(finish(out, target, files))
+}
+
+fn finish(out: Collector, target: String, files: usize) -> Report {
     let Collector { mut findings, checked, notes } = out;
     findings.sort_by(|a, b| {
         b.severity()
@@ -185,12 +207,5 @@ pub fn audit(options: &Options) -> Result<Report, AuditError> {
     });
     findings
         .dedup_by(|a, b| a.rule.id == b.rule.id && a.path == b.path && a.line == b.line && a.evidence == b.evidence);
-    Ok(Report {
-        target: options.root.display().to_string(),
-        findings,
-        accepted: Vec::new(),
-        checked,
-        notes,
-        files: repo.files().len(),
-    })
+    Report { target, findings, accepted: Vec::new(), checked, notes, files }
 }

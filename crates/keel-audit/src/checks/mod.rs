@@ -13,12 +13,20 @@ use std::path::PathBuf;
 
 use crate::{AuditError, Collector, Repo, Rule};
 
-/// Every rule, in checklist order.
+/// Every rule, in checklist order: the static ones, then the live ones.
 pub fn rules() -> impl Iterator<Item = &'static Rule> {
-    [repository::RULES, code::RULES, dockerfile::RULES, compose::RULES, kubernetes::RULES, prometheus::RULES]
-        .into_iter()
-        .flatten()
-        .copied()
+    [
+        repository::RULES,
+        code::RULES,
+        dockerfile::RULES,
+        compose::RULES,
+        kubernetes::RULES,
+        prometheus::RULES,
+        crate::live::RULES,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
 }
 
 /// The rule with this id.

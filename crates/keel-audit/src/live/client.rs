@@ -1,0 +1,205 @@
+//! Requests to the service: reqwest for whole requests, raw TCP for what no client sends
+//! (headers a byte at a time, a body that never ends).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, Response};
+
+use super::service::Service;
+use crate::AuditError;
+
+/// Candidate probe paths, most specific first.
+pub(crate) const LIVENESS: &[&str] = &[
+    "/livez",
+    "/health/live",
+    "/health/liveness",
+    "/healthz",
+    "/live",
+    "/actuator/health/liveness",
+    "/health",
+    "/ping",
+];
+pub(crate) const READINESS: &[&str] =
+    &["/readyz", "/health/ready", "/health/readiness", "/ready", "/actuator/health/readiness"];
+pub(crate) const STARTUP: &[&str] = &["/startupz", "/health/startup", "/startup", "/actuator/health/startup"];
+pub(crate) const METRICS: &[&str] = &["/metrics", "/actuator/prometheus"];
+
+/// The service's base URL and its management URL (where probes and `/metrics` may be instead).
+#[derive(Clone, Debug)]
+pub(crate) struct Base {
+    pub(crate) api: String,
+    pub(crate) management: Option<String>,
+    /// `host:port` of the API, for raw connections.
+    pub(crate) addr: SocketAddr,
+    pub(crate) host: String,
+}
+
+impl Base {
+    pub(crate) fn parse(api: &str, management: Option<&str>) -> Result<Base, AuditError> {
+        let (addr, host) = authority(api)?;
+        if let Some(m) = management {
+            authority(m)?;
+        }
+        Ok(Base {
+            api: api.trim_end_matches('/').to_owned(),
+            management: management.map(|m| m.trim_end_matches('/').to_owned()),
+            addr,
+            host,
+        })
+    }
+
+    /// `path` on the API, then on the management URL.
+    pub(crate) fn candidates(&self, path: &str) -> Vec<String> {
+        let mut v = vec![format!("{}{path}", self.api)];
+        if let Some(m) = &self.management {
+            v.push(format!("{m}{path}"));
+        }
+        v
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+}
+
+/// The socket address and `host:port` of an `http://` URL.
+fn authority(url: &str) -> Result<(SocketAddr, String), AuditError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(AuditError::Live(format!(
+            "`{url}`: the live audit takes an http:// URL (audit behind the TLS proxy, not through it)"
+        )));
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    let with_port = if host.contains(':') && !host.ends_with(']') { host.to_owned() } else { format!("{host}:80") };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .map_err(|e| AuditError::Live(format!("`{url}`: {e}")))?
+        .next()
+        .ok_or_else(|| AuditError::Live(format!("`{url}`: no address")))?;
+    Ok((addr, host.to_owned()))
+}
+
+/// A client that follows no redirects, uses no proxy and gives up after 10 s.
+pub(crate) fn http() -> Result<Client, AuditError> {
+    // Already installed (by an embedding program) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(8)
+        .build()
+        .map_err(|e| AuditError::Live(format!("HTTP client: {e}")))
+}
+
+/// A response's status, headers and body (bounded to 1 MiB).
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
+}
+
+impl Answer {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn answer(r: Response) -> Answer {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.unwrap_or_default();
+    let body = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 20)]).into_owned();
+    Answer { status, headers, body }
+}
+
+/// One request; `None` when it could not be sent or no response came.
+pub(crate) async fn send(
+    c: &Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Option<Answer> {
+    let mut rb = c.request(method, url);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if let Some(b) = body {
+        rb = rb.body(b);
+    }
+    Some(answer(rb.send().await.ok()?).await)
+}
+
+pub(crate) async fn get(c: &Client, url: &str) -> Option<Answer> {
+    send(c, Method::GET, url, &[], None).await
+}
+
+/// Polls until the service is ready: a readiness endpoint answers 2xx, or, when it has none,
+/// a liveness endpoint or `/` does. Gives up when the process exits; at `timeout` it goes on if
+/// anything answers at all (the checks then report what is wrong), and fails if nothing does.
+pub(crate) async fn wait_until_up(
+    c: &Client,
+    base: &Base,
+    timeout: Duration,
+    mut svc: Option<&mut Service>,
+) -> Result<(), AuditError> {
+    let start = Instant::now();
+    let readiness: Vec<String> = READINESS.iter().flat_map(|p| base.candidates(p)).collect();
+    let mut others: Vec<String> = LIVENESS.iter().flat_map(|p| base.candidates(p)).collect();
+    others.push(base.url("/"));
+    loop {
+        if let Some(s) = svc.as_deref_mut()
+            && let Some(exit) = s.try_exit()
+        {
+            return Err(AuditError::Live(format!(
+                "the service exited ({exit:?}) before answering; its last output:\n{}",
+                s.tail(20)
+            )));
+        }
+        let mut has_readiness = false;
+        let mut answered = false;
+        for u in &readiness {
+            if let Some(a) = get(c, u).await {
+                answered = true;
+                if (200..300).contains(&a.status) {
+                    return Ok(());
+                }
+                has_readiness |= a.status != 404 && a.status != 405;
+            }
+        }
+        for u in &others {
+            if let Some(a) = get(c, u).await {
+                answered = true;
+                if !has_readiness && (200..300).contains(&a.status) {
+                    return Ok(());
+                }
+            }
+        }
+        if start.elapsed() > timeout {
+            if answered {
+                return Ok(());
+            }
+            let tail = svc.map(|s| s.tail(20)).unwrap_or_default();
+            return Err(AuditError::Live(format!("{} did not answer within {timeout:?}\n{tail}", base.api)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The first of `paths` the service serves (anything but 404/405), with its answer, trying the
+/// API then the management URL.
+pub(crate) async fn find(c: &Client, base: &Base, paths: &[&str]) -> Option<(String, Answer)> {
+    for p in paths {
+        for u in base.candidates(p) {
+            if let Some(a) = get(c, &u).await
+                && a.status != 404
+                && a.status != 405
+            {
+                return Some((u, a));
+            }
+        }
+    }
+    None
+}

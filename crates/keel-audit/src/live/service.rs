@@ -1,0 +1,122 @@
+//! The service under audit, started from a shell command: its output kept (bounded) for the
+//! log checks, SIGTERM for the drain check, a kill when the audit ends early.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::AuditError;
+
+/// Log lines kept, oldest dropped first.
+const MAX_LINES: usize = 20_000;
+
+/// How the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+pub(crate) struct Service {
+    child: Child,
+    lines: Arc<Mutex<VecDeque<String>>>,
+    exited: Option<Exit>,
+}
+
+impl Service {
+    /// Starts `sh -c 'exec <cmd>'` with `env` added (so `$VARS` expand and the service, not a
+    /// shell, gets the signal; `env A=b ./svc` sets variables), output captured.
+    pub(crate) fn start(cmd: &str, env: &[(String, String)]) -> Result<Service, AuditError> {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("exec {cmd}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().map_err(|e| AuditError::Live(format!("cannot start `{cmd}`: {e}")))?;
+        let lines: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(collect(BufReader::new(out), lines.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(collect(BufReader::new(err), lines.clone()));
+        }
+        Ok(Service { child, lines, exited: None })
+    }
+
+    /// The output so far (stdout and stderr interleaved as read).
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The last `n` lines, for error messages.
+    pub(crate) fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Whether it has exited, and how (without waiting).
+    pub(crate) fn try_exit(&mut self) -> Option<Exit> {
+        if self.exited.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.exited = Some(exit_of(status));
+        }
+        self.exited
+    }
+
+    /// Sends SIGTERM.
+    pub(crate) fn terminate(&self) -> bool {
+        let Some(pid) = self.child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) else { return false };
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+    }
+
+    /// Waits up to `bound` for the exit; `None` if it is still running.
+    pub(crate) async fn wait(&mut self, bound: Duration) -> Option<(Exit, Duration)> {
+        let start = Instant::now();
+        match tokio::time::timeout(bound, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                let e = exit_of(status);
+                self.exited = Some(e);
+                Some((e, start.elapsed()))
+            }
+            _ => None,
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, lines: Arc<Mutex<VecDeque<String>>>) {
+    let mut it = reader.lines();
+    while let Ok(Some(line)) = it.next_line().await {
+        if let Ok(mut l) = lines.lock() {
+            if l.len() >= MAX_LINES {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
+    }
+}
