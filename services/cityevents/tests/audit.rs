@@ -42,9 +42,12 @@ async fn the_events_service_passes_the_live_audit_but_rate_limiting_which_the_ga
     assert!(url.contains("$KEEL_AUDIT_POSTGRES_ADDR"), "{url}");
     let (port, mgmt) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
+    // No access log: no log line carries the trace id the audit sends, so the trace check can
+    // pass only through the spans exported to the audit's OTLP receiver (OTEL_EXPORTER_OTLP_*).
     let run = format!(
         "env CITYEVENTS_EVENTS__HTTP__PORT={port} CITYEVENTS_EVENTS__MANAGEMENT__ADDR=127.0.0.1:{mgmt} \
-         CITYEVENTS_EVENTS__LOG__FORMAT=json CITYEVENTS_EVENTS__DATABASE__URL={url} {BIN} serve events"
+         CITYEVENTS_EVENTS__LOG__FORMAT=json CITYEVENTS_EVENTS__LOG__ACCESS_LOG=false \
+         CITYEVENTS_EVENTS__DATABASE__URL={url} {BIN} serve events"
     );
     let out = tokio::process::Command::new(BIN)
         .current_dir(dir.path())

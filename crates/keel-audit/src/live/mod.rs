@@ -1,8 +1,8 @@
 //! The live audit: starts the service from a command (or takes its URL) and checks what it does,
 //! not what its files say: probes and what they mean when a dependency is cut (through a fault
 //! proxy run here), `/metrics`, headers, CORS with look-alike origins, error bodies, limits on
-//! slow and idle clients and on bodies, rate limiting, JSON logs with request and trace ids,
-//! and draining on SIGTERM.
+//! slow and idle clients and on bodies, rate limiting, JSON logs with request and trace ids (or
+//! spans exported to an OTLP receiver run here), and draining on SIGTERM.
 //!
 //! Checks run in an order that keeps them apart: requests first, then the dependency cut, then
 //! the slow-client checks together (each holds one connection for at most its bound), and the
@@ -11,6 +11,7 @@
 mod checks;
 mod client;
 mod hold;
+mod otlp;
 mod service;
 
 use std::net::SocketAddr;
@@ -108,6 +109,14 @@ pub(crate) async fn run(opts: &LiveOptions, out: &mut Collector) -> Result<(), A
         env.push((d.env_var(), proxy.host_port()));
         proxies.push((d.name.clone(), proxy));
     }
+    // With --run, spans the service exports come here (OTEL_EXPORTER_OTLP_* in its environment).
+    let sink = match &opts.run {
+        Some(_) => Some(otlp::Sink::start().await?),
+        None => None,
+    };
+    if let Some(s) = &sink {
+        env.extend(s.env());
+    }
     let mut svc = match &opts.run {
         Some(cmd) => Some(service::Service::start(cmd, &env)?),
         None => None,
@@ -125,7 +134,7 @@ pub(crate) async fn run(opts: &LiveOptions, out: &mut Collector) -> Result<(), A
     if let Some(s) = svc.as_mut() {
         checks::drain(&http, &base, opts, s, out).await;
         // After the exit, so the lines written while draining are in.
-        checks::logs(s, &sent, out);
+        checks::logs(s, &sent, sink.as_ref(), out);
     }
     Ok(())
 }
