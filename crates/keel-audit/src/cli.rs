@@ -119,7 +119,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Live audit")]
     startup_timeout: std::time::Duration,
     /// Bound for slow clients, readiness after a cut, and the drain.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Live audit")]
+    #[arg(long, value_name = "DURATION", default_value = "45s", value_parser = humantime::parse_duration, help_heading = "Live audit")]
     bound: std::time::Duration,
     /// Bound for closing an idle keep-alive connection.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration, help_heading = "Live audit")]

@@ -139,10 +139,12 @@ impl Finding {
         self.rule.severity
     }
 
-    /// A stable identity that survives lines moving: the rule, the file and the evidence with
-    /// its whitespace collapsed. Baselines and SARIF's `partialFingerprints` use it.
+    /// A stable identity that survives lines moving and counts changing: the rule, the file and
+    /// the evidence with its whitespace collapsed and every digit read as `0`. Baselines and
+    /// SARIF's `partialFingerprints` use it.
     pub fn fingerprint(&self) -> String {
-        let evidence: Vec<&str> = self.evidence.split_whitespace().collect();
+        let digits: String = self.evidence.chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect();
+        let evidence: Vec<&str> = digits.split_whitespace().collect();
         let mut h = Sha256::new();
         h.update(self.rule.id.as_bytes());
         h.update([0]);

@@ -87,7 +87,8 @@ pub fn file_name(rel: &str) -> &str {
 
 /// Whether a path is test code, test data or an example fixture rather than what runs in
 /// production: `_test.go`, `*.test.js`, `*.spec.ts`, files under `test/`, `tests/`,
-/// `__tests__/`, `testdata/`, `fixtures/`, `benches/`, `bench/` or `examples/`… are not.
+/// `__tests__/`, `testdata/`, `fixtures/`, `mocks/`, `bench/`, `benches/`, `e2e/` or `fuzz/` are
+/// not. Examples are audited: people copy them.
 pub fn is_test_path(rel: &str) -> bool {
     let name = file_name(rel);
     if name.ends_with("_test.go")

@@ -165,6 +165,12 @@ struct Patterns {
     go_client: Regex,
     go_log_file: Regex,
     go_error_leak: Regex,
+    go_client_literal: Regex,
+    go_framework_server: Regex,
+    go_sigterm: Regex,
+    js_sigterm_handler: Regex,
+    js_function: Regex,
+    js_main_catch: Regex,
     js_error_leak: Regex,
     js_cors: Regex,
     js_exit: Regex,
@@ -187,13 +193,24 @@ static P: LazyLock<Option<Patterns>> = LazyLock::new(|| {
         go_cors: re(
             r#"AllowAllOrigins:\s*true|AllowOrigins:\s*\[\]string\{\s*"\*"|AllowedOrigins(?::\s*|\()\[\]string\{\s*"\*"|cors\.AllowAll\(\)|Access-Control-Allow-Origin",\s*"\*"|AllowOriginFunc:\s*func\([^)]*\)\s*bool\s*\{\s*return\s+true"#,
         )?,
-        go_listen: re(r"\bhttp\.ListenAndServe(?:TLS)?\(")?,
+        go_listen: re(r"(?:^|[^.\w])http\.ListenAndServe(?:TLS)?\(")?,
         go_server: re(r"(?:^|[^*.\w])http\.Server\s*\{")?,
-        go_client: re(r"\bhttp\.(?:Get|Post|PostForm|Head)\(|\bhttp\.DefaultClient\b|\bhttp\.Client\s*\{\s*\}")?,
+        go_client: re(r"(?:^|[^.\w])http\.(?:Get|Post|PostForm|Head)\(|(?:^|[^.\w])http\.DefaultClient\b")?,
         go_log_file: re(r#"os\.(?:OpenFile|Create)\([^)]*\.log"|lumberjack\.Logger\s*\{"#)?,
         go_error_leak: re(
             r#"http\.Error\(\s*\w+\s*,\s*err\.Error\(\)|"(?:error|message|detail)"\s*:\s*err\.Error\(\)"#,
         )?,
+        go_client_literal: re(r"(?:^|[^*.\w])http\.Client\s*\{")?,
+        // gin's `r.Run(":8080")` and echo's `e.Start(":8080")`: http.ListenAndServe underneath.
+        go_framework_server: re(r#"\b\w+\.(?:Run|Start)\(\s*(?:"[^"]*:\d*"|\w*[Aa]ddr\w*)?\s*\)"#)?,
+        go_sigterm: re(
+            r"syscall\.SIGTERM|unix\.SIGTERM|signal\.Notify(?:Context)?\(\s*\w+(?:\(\))?\s*\)|kratos\.New\(",
+        )?,
+        js_sigterm_handler: re(r#"process\.(?:on|once)\(\s*['"]SIGTERM['"]\s*,\s*(\w+)?"#)?,
+        js_function: re(
+            r"^\s*(?:export\s+)?(?:async\s+)?function\s+(\w+)|^\s*(?:export\s+)?(?:const|let|var)\s+(\w+)\s*=\s*(?:async\s*)?(?:\(|function|\w+\s*=>)",
+        )?,
+        js_main_catch: re(r"^\s*(?:await\s+)?\w+\([^)]*\)\s*\.catch\(")?,
         js_error_leak: re(
             r"\.(?:json|send)\([^;]*\b(?:err|error|e)\.(?:stack|message)\b|\.send\(\s*(?:err|error)\s*\)",
         )?,
@@ -226,10 +243,8 @@ pub(crate) fn check(repo: &Repo, out: &mut Collector) {
     for rel in repo.files().iter().filter(|f| !is_test_path(f)) {
         let Some(l) = lang(rel) else { continue };
         let Some(mut text) = repo.read(rel) else { continue };
-        if l == Lang::Rust
-            && let Some(at) = text.find("#[cfg(test)]")
-        {
-            text.truncate(at);
+        if l == Lang::Rust {
+            text = strip_cfg_test(&text);
         }
         let key = match l {
             Lang::Go => "go",
@@ -290,8 +305,10 @@ fn go(files: &[Source<'_>], out: &mut Collector) {
                 continue;
             }
             // Start-up paths: main, init and constructors (`New…`); `Must…` panics by convention.
-            let startup =
-                current == "main" || current == "init" || current.starts_with("New") || current.starts_with("new");
+            let startup = current == "main"
+                || current == "init"
+                || current.starts_with("New")
+                || (current.starts_with("new") && current[3..].starts_with(|c: char| c.is_ascii_uppercase()));
             if startup && panic.is_match(line) {
                 out.find(&PANIC_AT_STARTUP, src.rel, Some(n), format!("in func {current}: {}", excerpt(line)));
             }
@@ -307,7 +324,9 @@ fn go(files: &[Source<'_>], out: &mut Collector) {
             }
             if server.is_match(line) {
                 let body = block(&text_lines[idx..]);
-                if !body.contains("ReadHeaderTimeout") && !body.contains("ReadTimeout") {
+                // `srv.ReadHeaderTimeout = …` after the literal counts too.
+                let later = src.text.contains(".ReadHeaderTimeout =") || src.text.contains(".ReadTimeout =");
+                if !body.contains("ReadHeaderTimeout") && !body.contains("ReadTimeout") && !later {
                     out.find(
                         &SERVER_NO_TIMEOUTS,
                         src.rel,
@@ -322,6 +341,23 @@ fn go(files: &[Source<'_>], out: &mut Collector) {
             if client.is_match(line) {
                 out.find(&CLIENT_NO_TIMEOUT, src.rel, Some(n), excerpt(line));
             }
+            if p.go_client_literal.is_match(line)
+                && !block(&text_lines[idx..]).contains("Timeout:")
+                && !src.text.contains(".Timeout =")
+            {
+                out.find(&CLIENT_NO_TIMEOUT, src.rel, Some(n), format!("{} without Timeout", excerpt(line)));
+            }
+            let framework =
+                src.text.contains("github.com/gin-gonic/gin") || src.text.contains("github.com/labstack/echo");
+            if framework && p.go_framework_server.is_match(line) {
+                out.find(
+                    &SERVER_NO_TIMEOUTS,
+                    src.rel,
+                    Some(n),
+                    format!("{} (the framework's server has no timeouts)", excerpt(line)),
+                );
+                serving.entry(dir).or_default().0.get_or_insert((src.rel, n, excerpt(line)));
+            }
             if logfile.is_match(line) {
                 out.find(&LOG_TO_FILE, src.rel, Some(n), excerpt(line));
             }
@@ -332,18 +368,14 @@ fn go(files: &[Source<'_>], out: &mut Collector) {
                 out.find(&AUTO_MIGRATE, src.rel, Some(n), excerpt(line));
             }
         }
-        // kratos' and similar frameworks' `app.Run()` handle SIGTERM themselves.
-        if src.text.contains("signal.Notify") || src.text.contains(".Shutdown(") || src.text.contains("kratos.New(") {
+        // SIGTERM itself (os.Interrupt alone is Ctrl-C, not what an orchestrator sends), all
+        // signals (`signal.Notify(c)`), or kratos' `app.Run()`, which handles SIGTERM.
+        if p.go_sigterm.is_match(&src.text) {
             serving.entry(dir).or_default().1 = true;
         }
     }
     for (rel, n, line) in serving.values().filter(|(_, handled)| !handled).filter_map(|(s, _)| s.clone()) {
-        out.find(
-            &NO_GRACEFUL_SHUTDOWN,
-            rel,
-            Some(n),
-            format!("{line}, and no signal.Notify / Shutdown in the package"),
-        );
+        out.find(&NO_GRACEFUL_SHUTDOWN, rel, Some(n), format!("{line}, and no SIGTERM handling in the package"));
     }
 }
 
@@ -415,22 +447,37 @@ fn js(repo: &Repo, files: &[Source<'_>], out: &mut Collector) {
         let text_lines: Vec<(u32, &str)> = lines(&src.text).collect();
         let mut console_lines = Vec::new();
         let mut signal_until = 0u32;
+        // Functions registered as SIGTERM handlers (`process.on('SIGTERM', shutdown)`): they may exit.
+        let handlers: Vec<String> = p
+            .js_sigterm_handler
+            .captures_iter(&src.text)
+            .filter_map(|c| c.get(1).map(|m| m.as_str().to_owned()))
+            .collect();
+        let mut function = String::new();
         for (idx, &(n, line)) in text_lines.iter().enumerate() {
             if comment(line) {
                 continue;
             }
-            if line.contains("SIGTERM") || line.contains("SIGINT") {
-                // A shutdown handler may exit: the next lines are its body.
+            if let Some(c) = p.js_function.captures(line) {
+                function = c.get(1).or_else(|| c.get(2)).map(|m| m.as_str().to_owned()).unwrap_or_default();
+            }
+            if p.js_sigterm_handler.is_match(line) {
+                // An inline handler may exit: the next lines are its body. SIGINT alone is
+                // Ctrl-C, not what an orchestrator sends.
                 signal_until = n + 20;
                 serving.entry(key).or_default().1 = true;
             }
             if cors.is_match(line) {
                 out.find(&CORS_ANY_ORIGIN, src.rel, Some(n), excerpt(line));
             }
-            if exit.is_match(line) && n > signal_until {
-                let context =
-                    text_lines[idx.saturating_sub(6)..=idx].iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n");
-                if context.contains("catch") || context.contains("err") || context.contains("on('error'") {
+            if exit.is_match(line) && n > signal_until && !handlers.contains(&function) {
+                let before = &text_lines[idx.saturating_sub(6)..=idx];
+                let context = before.iter().map(|(_, l)| *l).collect::<Vec<_>>().join("\n");
+                // `main().catch((e) => { log(e); process.exit(1) })` is the start-up's own exit.
+                let top_level = before.iter().any(|(_, l)| p.js_main_catch.is_match(l));
+                if !top_level
+                    && (context.contains("catch") || context.contains("err") || context.contains("on('error'"))
+                {
                     out.find(&EXIT_OUTSIDE_MAIN, src.rel, Some(n), excerpt(line));
                 }
             }
@@ -471,11 +518,43 @@ fn js(repo: &Repo, files: &[Source<'_>], out: &mut Collector) {
     }
 }
 
+/// The text with every `#[cfg(test)]` item blanked (lines kept, so line numbers hold): a
+/// `mod tests { … }` or `fn … { … }` to its closing brace, `mod tests;` alone.
+fn strip_cfg_test(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut keep = vec![true; lines.len()];
+    let mut i = 0;
+    while i < lines.len() {
+        if !lines[i].trim_start().starts_with("#[cfg(test)]") {
+            i += 1;
+            continue;
+        }
+        let mut depth = 0i32;
+        let mut opened = false;
+        let mut j = i;
+        while j < lines.len() {
+            keep[j] = false;
+            let l = lines[j];
+            depth += l.matches('{').count() as i32 - l.matches('}').count() as i32;
+            opened |= l.contains('{');
+            let item_line = j > i || !l.trim_end().ends_with(']');
+            // `mod tests;` / `use …;`: the item ends at its semicolon when no block opened.
+            if (opened && depth <= 0) || (!opened && item_line && l.trim_end().ends_with(';')) {
+                break;
+            }
+            j += 1;
+        }
+        i = j + 1;
+    }
+    lines.iter().zip(keep).map(|(l, k)| if k { *l } else { "" }).collect::<Vec<_>>().join("\n")
+}
+
 /// Whether `re` matches `line` outside a string literal (an odd number of unescaped quotes
 /// before the match means it is inside one: a pattern or a message, not code).
 fn in_code(re: &Regex, line: &str) -> bool {
     re.find_iter(line).any(|m| {
-        let before = &line[..m.start()];
+        // Char literals `'"'` hold a quote that opens no string.
+        let before = line[..m.start()].replace("'\"'", "").replace("'\\\"'", "");
         let quotes = before.matches('"').count() - before.matches("\\\"").count();
         quotes.is_multiple_of(2)
     })
@@ -635,6 +714,46 @@ mod tests {
                 ("code/panic-at-startup", Some(5)),
                 ("code/no-graceful-shutdown", Some(5)),
             ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn go_near_misses_and_framework_servers() {
+        let ok = "package app\n\nfunc (s *App) Serve() error {\n\treturn s.http.ListenAndServe()\n}\n\nfunc newsFeed() {\n\tpanic(\"x\")\n}\n\nfunc NewServer() *http.Server {\n\tsrv := &http.Server{Addr: \":8080\"}\n\tsrv.ReadHeaderTimeout = 5 * time.Second\n\treturn srv\n}\n\nfunc run() {\n\tc := make(chan os.Signal, 1)\n\tsignal.Notify(c, syscall.SIGTERM)\n}\n";
+        assert!(run(&[("internal/app/app.go", ok)]).is_empty(), "{:?}", run(&[("internal/app/app.go", ok)]));
+        let bad = "package main\n\nimport \"github.com/gin-gonic/gin\"\n\nfunc main() {\n\tc := &http.Client{Transport: t}\n\tquit := make(chan os.Signal, 1)\n\tsignal.Notify(quit, os.Interrupt)\n\tr := gin.Default()\n\tr.Run(\":8080\")\n}\n";
+        let found = run(&[("main.go", bad)]);
+        let got: Vec<(&str, Option<u32>)> = found.iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(
+            got,
+            [
+                ("code/http-client-without-timeout", Some(6)),
+                ("code/server-without-timeouts", Some(10)),
+                ("code/no-graceful-shutdown", Some(10))
+            ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn js_exits_of_the_start_up_and_of_sigterm_handlers_are_not_findings() {
+        let app = "const logger = pino();\nasync function shutdown() {\n  try {\n    await server.close();\n  } catch (err) {\n    process.exit(1);\n  }\n}\nasync function main() {\n  await db.connect();\n}\nmain().catch((err) => {\n  logger.fatal(err);\n  process.exit(1);\n});\nconst server = app.listen(3000);\nprocess.on('SIGTERM', shutdown);\n";
+        let found = run(&[("package.json", r#"{"dependencies": {"pino": "9"}}"#), ("index.js", app)]);
+        assert!(found.is_empty(), "{found:?}");
+        let sigint = "const server = app.listen(3000);\nprocess.on('SIGINT', () => server.close());\n";
+        let found = run(&[("package.json", r#"{"dependencies": {"pino": "9"}}"#), ("index.js", sigint)]);
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), ["code/no-graceful-shutdown"]);
+    }
+
+    #[test]
+    fn rust_test_modules_are_skipped_item_by_item() {
+        let main = "#[cfg(test)]\nmod tests;\n\nfn main() {\n    let c = '\"'; let client = reqwest::Client::new();\n    run().unwrap();\n}\n\n#[cfg(test)]\nfn helper() {\n    x.unwrap();\n}\n";
+        let found = run(&[("src/main.rs", main)]);
+        let got: Vec<(&str, Option<u32>)> = found.iter().map(|f| (f.0, f.2)).collect();
+        assert_eq!(
+            got,
+            [("code/http-client-without-timeout", Some(5)), ("code/panic-at-startup", Some(6))],
             "{found:?}"
         );
     }

@@ -134,12 +134,16 @@ pub(crate) fn is_compose_file(name: &str) -> bool {
         && (lower.ends_with(".yml") || lower.ends_with(".yaml"))
 }
 
-/// Whether a compose file is for development or tests rather than production: its name or one
-/// of its directories says `dev`, `override`, `local` or `test`.
+/// Whether a compose file is for development or tests rather than production: one of its
+/// directories is `dev`, `development`, `local`, `test` or `tests`, or a part of its name (split
+/// at `.`, `-` and `_`) is `dev`, `development`, `override`, `local` or `test`. Whole segments
+/// only: `devops/docker-compose.yml` and `deploy/devices/compose.yaml` are production files.
 pub(crate) fn is_dev_file(rel: &str) -> bool {
-    rel.to_ascii_lowercase()
-        .split('/')
-        .any(|part| ["dev", "override", "local", "test"].iter().any(|marker| part.contains(marker)))
+    const DIRS: &[&str] = &["dev", "development", "local", "test", "tests"];
+    const NAME_PARTS: &[&str] = &["dev", "development", "override", "local", "test"];
+    let lower = rel.to_ascii_lowercase();
+    let (dirs, name) = lower.rsplit_once('/').unwrap_or(("", lower.as_str()));
+    dirs.split('/').any(|d| DIRS.contains(&d)) || name.split(['.', '-', '_']).any(|p| NAME_PARTS.contains(&p))
 }
 
 fn check_file(repo: &Repo, rel: &str, text: &str, out: &mut Collector) {
@@ -451,15 +455,29 @@ pub(crate) fn unpinned(image: &str) -> Option<&'static str> {
     }
 }
 
-/// The line of a service's key under `services:`.
+/// The line of a service's key under `services:`: a key at the indentation of the mapping's
+/// children (the first key under `services:`), never a deeper key of the same name (another
+/// service's `depends_on: {db: …}`) nor one of a later top-level section (`volumes: {db: …}`).
 fn service_line(text: &str, name: &str) -> Option<u32> {
-    let start = text.lines().position(|l| l.trim_end() == "services:" || l.starts_with("services:"))?;
+    let start = text.lines().position(|l| l.starts_with("services:"))?;
     let quoted = [format!("{name}:"), format!("\"{name}\":"), format!("'{name}':")];
-    text.lines()
-        .enumerate()
-        .skip(start + 1)
-        .find(|(_, l)| l.starts_with(' ') && quoted.iter().any(|q| l.trim_start().starts_with(q.as_str())))
-        .and_then(|(i, _)| u32::try_from(i + 1).ok())
+    let mut indent = None;
+    for (i, l) in text.lines().enumerate().skip(start + 1) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let depth = l.len() - t.len();
+        if depth == 0 {
+            // The next top-level key: the services mapping has ended.
+            return None;
+        }
+        let children = *indent.get_or_insert(depth);
+        if depth == children && quoted.iter().any(|q| t.starts_with(q.as_str())) {
+            return u32::try_from(i + 1).ok();
+        }
+    }
+    None
 }
 
 /// The first line containing `needle` after line `from` (1-based) when there is one, else
@@ -553,6 +571,83 @@ secrets:
         for p in ["docker-compose.yml", "deploy/compose/compose.yaml", "docker-compose.prod.yml"] {
             assert!(!is_dev_file(p), "{p}");
         }
+    }
+
+    #[test]
+    fn dev_files_are_named_by_whole_segments() {
+        for p in [
+            "deploy/development/compose.yaml",
+            "tests/docker-compose.yml",
+            "docker-compose.local.yml",
+            "compose.test.yaml",
+            "docker-compose.development.yaml",
+            "ops/docker-compose_dev.yml",
+        ] {
+            assert!(is_dev_file(p), "{p}");
+        }
+        for p in [
+            "devops/docker-compose.yml",
+            "deploy/devices/compose.yaml",
+            "localization/compose.yaml",
+            "contest/compose.yaml",
+            "docker-compose.devices.yml",
+            "compose.overrides-prod.yaml",
+        ] {
+            assert!(!is_dev_file(p), "{p}");
+        }
+        // A production file: every rule applies.
+        let out = audit(&[("devops/docker-compose.yml", "services:\n  db:\n    image: postgres\n")]);
+        assert!(out.was_checked(&UNPINNED_IMAGE));
+        assert_eq!(
+            found(&out),
+            vec![
+                ("compose/no-healthcheck", "devops/docker-compose.yml".to_owned(), Some(2)),
+                ("compose/no-resource-limits", "devops/docker-compose.yml".to_owned(), Some(2)),
+                ("compose/no-restart-policy", "devops/docker-compose.yml".to_owned(), Some(2)),
+                ("compose/unpinned-image", "devops/docker-compose.yml".to_owned(), Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_service_is_found_at_its_own_key_not_a_depends_on_key() {
+        let text = "\
+services:
+  api:
+    image: acme/api:1.0
+    restart: always
+    mem_limit: 256m
+    healthcheck: {test: [\"CMD\", \"/app\", \"health\"]}
+    depends_on:
+      db:
+        condition: service_healthy
+    environment:
+      DB_PASSWORD: ${DB_PASSWORD}
+
+  # The database.
+  db:
+    image: postgres
+    environment:
+      DB_PASSWORD: hunter22
+volumes:
+  cache:
+";
+        assert_eq!(service_line(text, "db"), Some(14));
+        assert_eq!(service_line(text, "api"), Some(2));
+        assert_eq!(service_line(text, "cache"), None);
+        let out = audit(&[("compose.yaml", text)]);
+        let p = "compose.yaml".to_owned();
+        assert_eq!(
+            found(&out),
+            vec![
+                ("compose/no-healthcheck", p.clone(), Some(14)),
+                ("compose/no-resource-limits", p.clone(), Some(14)),
+                ("compose/no-restart-policy", p.clone(), Some(14)),
+                ("compose/secret-in-environment", p.clone(), Some(17)),
+                ("compose/secrets-not-files", p.clone(), Some(11)),
+                ("compose/unpinned-image", p, Some(15)),
+            ]
+        );
     }
 
     #[test]

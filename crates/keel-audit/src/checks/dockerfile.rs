@@ -2,9 +2,12 @@
 //! checked, what it is built from and what ends up in its layers.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use regex::Regex;
 
 use super::excerpt;
-use super::secrets::{literal_value, masked, secret_name};
+use super::secrets::{masked, secret_value};
 use crate::{Area, Collector, Repo, Rule, Severity, file_name, is_test_path};
 
 pub(crate) static ROOT_USER: Rule = Rule {
@@ -206,7 +209,8 @@ fn nonroot_base(image: &str) -> bool {
 
 fn full_base(image: &str) -> bool {
     let repo = image.split(['@', ':']).next().unwrap_or(image);
-    let name = repo.strip_prefix("docker.io/").unwrap_or(repo).strip_prefix("library/").unwrap_or(repo);
+    let repo = repo.strip_prefix("docker.io/").unwrap_or(repo);
+    let name = repo.strip_prefix("library/").unwrap_or(repo);
     let tag = image.split_once(':').map(|(_, t)| t).unwrap_or("");
     let minimal =
         tag.contains("slim") || tag.contains("alpine") || tag.contains("distroless") || tag.contains("minimal");
@@ -216,24 +220,22 @@ fn full_base(image: &str) -> bool {
     (toolchain || distro) && !minimal
 }
 
-const BUILD_COMMANDS: &[&str] = &[
-    "cargo build",
-    "cargo install",
-    "go build",
-    "go install",
-    "npm run build",
-    "npm ci",
-    "npm install",
-    "yarn install",
-    "yarn build",
-    "pnpm install",
-    "mvn ",
-    "gradle ",
-    "./gradlew",
-    "make ",
-    "gcc ",
-    "tsc",
-];
+/// Commands that compile or install build dependencies, as whole words at the start of a
+/// command (after `&&`, `;`, `|` or a `RUN` flag).
+static BUILD: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"(?:^|[;&|]\s*|\s)(?:cargo (?:build|install)|go (?:build|install)|npm run build|npm ci|npm install|npm i|yarn(?: install| build)?|pnpm install|mvn|gradle|\./gradlew|make|gcc|g\+\+|tsc)(?:\s|$)",
+    )
+    .ok()
+});
+
+/// Installing only the production dependencies is what a runtime stage does.
+fn builds(cmd: &str) -> bool {
+    let production = ["--omit=dev", "--only=production", "--production", "--prod", "NODE_ENV=production"];
+    BUILD
+        .as_ref()
+        .is_some_and(|re| cmd.split("&&").any(|part| re.is_match(part) && !production.iter().any(|p| part.contains(p))))
+}
 
 fn audit_one(repo: &Repo, rel: &str, text: &str, out: &mut Collector) {
     let mut args: HashMap<String, String> = HashMap::new();
@@ -244,7 +246,7 @@ fn audit_one(repo: &Repo, rel: &str, text: &str, out: &mut Collector) {
             "ARG" => {
                 for decl in ins.args.split_whitespace() {
                     let (k, v) = decl.split_once('=').unwrap_or((decl, ""));
-                    if secret_name(k) && literal_value(v) {
+                    if secret_value(k, v) {
                         out.find(&SECRET_IN_LAYER, rel, Some(ins.line), format!("ARG {k}={}", masked(v)));
                     }
                     // Only defaults before the first stage apply to FROM lines.
@@ -277,7 +279,7 @@ fn audit_one(repo: &Repo, rel: &str, text: &str, out: &mut Collector) {
             "RUN" => {
                 if let Some(s) = stages.last_mut()
                     && s.builds.is_none()
-                    && BUILD_COMMANDS.iter().any(|c| ins.args.contains(c))
+                    && builds(&ins.args)
                 {
                     s.builds = Some((excerpt(&ins.args), ins.line));
                 }
@@ -294,14 +296,17 @@ fn audit_one(repo: &Repo, rel: &str, text: &str, out: &mut Collector) {
                             copies_context.get_or_insert(ins.line);
                         }
                         let name = file_name(src.trim_end_matches('/'));
-                        let secret = name == ".env"
-                            || name.starts_with(".env.")
-                            || name.ends_with(".pem")
-                            || name.ends_with(".key")
-                            || name.starts_with("id_rsa")
-                            || name.starts_with("id_ed25519")
-                            || name == ".npmrc"
-                            || name.starts_with("credentials");
+                        let template =
+                            ["example", "sample", "template", "dist", "tmpl", "tpl"].iter().any(|t| name.contains(t));
+                        let secret = !template
+                            && (name == ".env"
+                                || name.starts_with(".env.")
+                                || name.ends_with(".pem")
+                                || name.ends_with(".key")
+                                || name.starts_with("id_rsa")
+                                || name.starts_with("id_ed25519")
+                                || name == ".npmrc"
+                                || name.starts_with("credentials"));
                         if secret {
                             out.find(&SECRET_IN_LAYER, rel, Some(ins.line), format!("{} {src}", ins.op));
                         }
@@ -393,7 +398,7 @@ fn env_secrets(rel: &str, ins: &Instr, out: &mut Collector) {
         ins.args.split_once(char::is_whitespace).map(|(k, v)| vec![(k.to_owned(), v.to_owned())]).unwrap_or_default()
     };
     for (k, v) in pairs {
-        if secret_name(&k) && literal_value(&v) {
+        if secret_value(&k, &v) {
             out.find(&SECRET_IN_LAYER, rel, Some(ins.line), format!("ENV {k}={}", masked(&v)));
         }
     }
@@ -461,6 +466,31 @@ mod tests {
         assert_eq!(found, [("docker/root-user", Some(5))]);
         let found = run(&[("Dockerfile", "FROM alpine:3.20 AS base\nUSER app\nHEALTHCHECK CMD true\nFROM base\n")]);
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn build_commands_are_whole_words_and_production_installs_are_not_builds() {
+        for cmd in [
+            "npm install",
+            "apt-get update && npm run build",
+            "cargo build --release",
+            "go build -o /app ./cmd",
+            "yarn",
+            "make build",
+        ] {
+            assert!(builds(cmd), "{cmd}");
+        }
+        for cmd in [
+            "npm ci --omit=dev",
+            "cp /src/tsconfig.json /app/",
+            "pnpm install --prod",
+            "echo makefile",
+            "apt-get install -y ca-certificates",
+        ] {
+            assert!(!builds(cmd), "{cmd}");
+        }
+        assert!(full_base("docker.io/python:3.12"));
+        assert!(!full_base("docker.io/library/python:3.12-slim"));
     }
 
     #[test]

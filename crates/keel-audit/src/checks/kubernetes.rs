@@ -1,9 +1,11 @@
 //! Kubernetes manifests: probes, resources, security contexts, image tags, disruption budgets,
-//! network policies and committed Secrets, after seeds 000 (#19), 002, 003 and 004.
+//! network policies, committed Secrets and secret values in container environments, after seeds
+//! 000 (#19), 002, 003 and 004.
 //!
 //! Read are the repository's YAML files whose documents have an `apiVersion` and a `kind`
 //! (except kustomize patches and Helm templates, which are not manifests until rendered) and
-//! rendered manifests given on the command line (`kubectl kustomize … > out.yaml`).
+//! rendered manifests given on the command line (`kubectl kustomize … > out.yaml`); the items of
+//! a `List` (`kubectl get -o yaml`) are read as documents of their own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::path::PathBuf;
 use serde_norway::{Mapping, Value};
 
 use super::compose::{join, merge_keys, unpinned};
+use super::secrets::{literal_value, masked, secret_name};
 use crate::{Area, AuditError, Collector, Repo, Rule, Severity, file_name, is_test_path};
 
 pub(crate) static NO_LIVENESS_PROBE: Rule = Rule {
@@ -137,6 +140,20 @@ pub(crate) static SECRET_COMMITTED: Rule = Rule {
           from an external store (External Secrets Operator, Vault) or encrypted (Sealed Secrets, SOPS).",
 };
 
+pub(crate) static SECRET_IN_ENV: Rule = Rule {
+    id: "k8s/secret-in-env",
+    title: "Container environments hold no secret values",
+    severity: Severity::Critical,
+    area: Area::Configuration,
+    seed: "seed 004 (hardcoded secrets in version control)",
+    why: "A password or token written as an `env:` `value` is committed with the manifest: everyone with the \
+          repository has the credential, it outlives its rotation in git history, and `kubectl get -o yaml` shows it \
+          to everyone who may read the workload.",
+    fix: "Remove the value and rotate it; reference a Secret created outside git (`valueFrom: {secretKeyRef: \
+          {name: orders-db, key: password}}`), or mount the Secret as a file and point the service at it \
+          (`DB_PASSWORD_FILE: /run/secrets/db/password`).",
+};
+
 /// This module's rules, in checklist order.
 pub(crate) const RULES: &[&Rule] = &[
     &NO_READINESS_PROBE,
@@ -149,6 +166,7 @@ pub(crate) const RULES: &[&Rule] = &[
     &NO_PDB,
     &NO_NETWORK_POLICY,
     &SECRET_COMMITTED,
+    &SECRET_IN_ENV,
 ];
 
 /// One manifest document and where it is.
@@ -201,12 +219,28 @@ impl Doc {
             })
             .or_else(|| self.kind_line())
     }
+
+    /// The line of an `env:` entry's `- name: NAME`, searched from its container's line (the
+    /// first such line after it, else anywhere in the document, else the container's line).
+    fn env_line(&self, container: Option<u32>, name: &str) -> Option<u32> {
+        let names = [name.to_owned(), format!("\"{name}\""), format!("'{name}'")];
+        let is_entry = |l: &str| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start().trim_start_matches('{').trim_start();
+            t.strip_prefix("name:").is_some_and(|v| {
+                let v = v.split([',', '}']).next().unwrap_or(v).trim();
+                names.iter().any(|n| v == n)
+            })
+        };
+        let from = container.and_then(|l| (l as usize).checked_sub(self.first_line + 1)).unwrap_or(0);
+        self.line_where(from, is_entry).or_else(|| self.line_where(0, is_entry)).or(container)
+    }
 }
 
 /// A workload and its pod template.
 struct Workload<'a> {
     doc: &'a Doc,
-    /// `spec.template` (Deployment, StatefulSet, DaemonSet, Job) or the CronJob's job template's.
+    /// `spec.template` (Deployment, StatefulSet, DaemonSet, Job), the CronJob's job template's, or
+    /// a Pod itself.
     template: &'a Value,
 }
 
@@ -251,13 +285,13 @@ pub(crate) fn check(repo: &Repo, manifests: &[PathBuf], out: &mut Collector) -> 
         if !text.contains("apiVersion") || !text.contains("kind") {
             continue;
         }
-        docs.extend(documents(rel, &text));
+        docs.extend(documents(rel, &text, out));
     }
     for path in manifests {
         let text = std::fs::read_to_string(path).map_err(|e| AuditError::Read(path.clone(), e))?;
         let shown = path.display().to_string();
         let before = docs.len();
-        docs.extend(documents(&shown, &text));
+        docs.extend(documents(&shown, &text, out));
         if docs.len() == before {
             out.note(format!("{shown}: no Kubernetes manifest in it"));
         }
@@ -275,7 +309,7 @@ pub(crate) fn check(repo: &Repo, manifests: &[PathBuf], out: &mut Collector) -> 
     if workloads.is_empty() {
         return Ok(());
     }
-    for rule in [&NO_RESOURCES, &NO_SECURITY_CONTEXT, &UNPINNED_IMAGE] {
+    for rule in [&NO_RESOURCES, &NO_SECURITY_CONTEXT, &UNPINNED_IMAGE, &SECRET_IN_ENV] {
         out.checked(rule);
     }
     if workloads.iter().any(Workload::serves) {
@@ -388,9 +422,12 @@ impl Kustomize {
 }
 
 /// The Kubernetes documents of a file: split at `---` lines, each parsed on its own so that its
-/// lines are known. Documents without a string `apiVersion` and `kind`, kustomize's own, and Helm
-/// templates (`{{ }}`, not YAML until rendered) are left out.
-fn documents(path: &str, text: &str) -> Vec<Doc> {
+/// lines are known, and the `items` of a `List` (`kubectl get -o yaml`) expanded into documents of
+/// their own. Documents without a string `apiVersion` and `kind`, and kustomize's own, are left
+/// out; so are unrendered Helm templates (a document that is not YAML, or not only YAML, because
+/// of its `{{ }}`), with a note per file. `{{` inside a string value (a Vault agent template in
+/// an annotation) is a value like any other.
+fn documents(path: &str, text: &str, out: &mut Collector) -> Vec<Doc> {
     let mut chunks: Vec<(usize, String)> = vec![(0, String::new())];
     for (i, line) in text.lines().enumerate() {
         if line.starts_with("---") || line.trim_end() == "..." {
@@ -400,25 +437,131 @@ fn documents(path: &str, text: &str) -> Vec<Doc> {
             chunk.push('\n');
         }
     }
-    let mut out = Vec::new();
+    let mut docs = Vec::new();
+    let mut templated = false;
     for (first_line, chunk) in chunks {
-        if chunk.contains("{{") {
-            continue;
-        }
-        let Ok(mut value) = serde_norway::from_str::<Value>(&chunk) else { continue };
-        merge_keys(&mut value);
-        let (Some(_), Some(kind)) =
-            (value.get("apiVersion").and_then(Value::as_str), value.get("kind").and_then(Value::as_str))
-        else {
-            continue;
+        let value = match serde_norway::from_str::<Value>(&chunk) {
+            Ok(value) if !template_syntax(&chunk, &value) => value,
+            Ok(_) => {
+                templated = true;
+                continue;
+            }
+            Err(_) if chunk.contains("{{") => {
+                templated = true;
+                continue;
+            }
+            Err(e) => {
+                // A manifest that does not parse would otherwise pass every rule unseen.
+                if chunk.contains("apiVersion:") && chunk.contains("kind:") {
+                    out.note(format!(
+                        "{path}:{}: not valid YAML, not audited: {}",
+                        first_line + 1,
+                        crate::checks::excerpt(&e.to_string())
+                    ));
+                }
+                continue;
+            }
         };
-        if matches!(kind, "Kustomization" | "Component") {
+        push_documents(path, chunk, first_line, value, &mut docs);
+    }
+    if templated {
+        out.note(format!(
+            "{path}: a Helm template (`{{{{ }}}}`), not a manifest until rendered: not audited; render it with \
+             `helm template` and give the output with `--manifests`"
+        ));
+    }
+    docs
+}
+
+/// Whether a parsed document holds `{{` outside its string values: template syntax that YAML
+/// happened to read (`password: {{ .Values.pw }}` is a flow mapping), not a value. Comment lines
+/// are not counted.
+fn template_syntax(text: &str, value: &Value) -> bool {
+    fn in_strings(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.matches("{{").count(),
+            Value::Sequence(items) => items.iter().map(in_strings).sum(),
+            Value::Mapping(m) => m.iter().map(|(k, v)| in_strings(k) + in_strings(v)).sum(),
+            Value::Tagged(t) => in_strings(&t.value),
+            _ => 0,
+        }
+    }
+    let in_text: usize =
+        text.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| l.matches("{{").count()).sum();
+    in_text > in_strings(value)
+}
+
+/// Adds a parsed document to `docs` if it is a manifest, or the items of a `List` (any `*List`
+/// kind with `items`), each with its own text and first line when its lines can be told apart.
+fn push_documents(path: &str, text: String, first_line: usize, mut value: Value, docs: &mut Vec<Doc>) {
+    merge_keys(&mut value);
+    let (Some(api_version), Some(kind)) =
+        (value.get("apiVersion").and_then(Value::as_str), value.get("kind").and_then(Value::as_str))
+    else {
+        return;
+    };
+    if matches!(kind, "Kustomization" | "Component") {
+        return;
+    }
+    if kind.ends_with("List")
+        && let Some(items) = value.get("items").and_then(Value::as_sequence)
+    {
+        // A typed list (`DeploymentList`, from the API) leaves its items' kind out.
+        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty()).map(str::to_owned);
+        let api_version = api_version.to_owned();
+        let items = items.clone();
+        let texts = item_texts(&text, items.len());
+        for (i, mut item) in items.into_iter().enumerate() {
+            if let (Some(k), Some(m)) = (&item_kind, item.as_mapping_mut())
+                && !m.contains_key("kind")
+            {
+                m.insert(Value::from("kind"), Value::from(k.as_str()));
+                m.entry(Value::from("apiVersion")).or_insert_with(|| Value::from(api_version.as_str()));
+            }
+            let (item_text, item_first) = match &texts {
+                Some(texts) => (texts[i].1.clone(), first_line + texts[i].0),
+                None => (text.clone(), first_line),
+            };
+            push_documents(path, item_text, item_first, item, docs);
+        }
+        return;
+    }
+    let kind = kind.to_owned();
+    docs.push(Doc { path: path.to_owned(), text, first_line, value, kind });
+}
+
+/// The text of each of a List's `count` items written as a block sequence under a top-level
+/// `items:`: the 0-based line it starts on and its lines with the sequence's indentation and the
+/// item's `- ` removed. `None` when they cannot be told apart (a flow sequence, a count that
+/// differs from the parsed one): the items then share the List's text.
+fn item_texts(text: &str, count: usize) -> Option<Vec<(usize, String)>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with("items:"))?;
+    let mut items: Vec<(usize, String)> = Vec::new();
+    let mut dash = None;
+    for (i, l) in lines.iter().enumerate().skip(start + 1) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            if let Some((_, item)) = items.last_mut() {
+                item.push('\n');
+            }
             continue;
         }
-        let kind = kind.to_owned();
-        out.push(Doc { path: path.to_owned(), text: chunk, first_line, value, kind });
+        let depth = l.len() - t.len();
+        let dash_depth = *dash.get_or_insert(depth);
+        if depth == dash_depth && (t.starts_with("- ") || t == "-") {
+            items.push((i, format!("{}\n", t.get(2..).unwrap_or(""))));
+        } else if depth > dash_depth
+            && let Some((_, item)) = items.last_mut()
+        {
+            item.push_str(l.get(depth.min(dash_depth + 2)..).unwrap_or(t));
+            item.push('\n');
+        } else {
+            // The next key of the List (`kind: List`, `metadata:`): the sequence has ended.
+            break;
+        }
     }
-    out
+    (items.len() == count).then_some(items)
 }
 
 fn workload(doc: &Doc) -> Option<Workload<'_>> {
@@ -426,6 +569,7 @@ fn workload(doc: &Doc) -> Option<Workload<'_>> {
     let template = match doc.kind.as_str() {
         "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => spec.get("template")?,
         "CronJob" => spec.get("jobTemplate")?.get("spec")?.get("template")?,
+        "Pod" => &doc.value,
         _ => return None,
     };
     Some(Workload { doc, template })
@@ -461,6 +605,18 @@ fn check_workload(w: &Workload<'_>, kustomize: &Kustomize, out: &mut Collector) 
             let problems = security_problems(c.get("securityContext"), pod_security);
             if !problems.is_empty() {
                 out.find(&NO_SECURITY_CONTEXT, &doc.path, line, format!("{who}: {}", problems.join(", ")));
+            }
+
+            for var in c.get("env").and_then(Value::as_sequence).into_iter().flatten() {
+                let (Some(key), Some(value)) =
+                    (var.get("name").and_then(Value::as_str), var.get("value").and_then(scalar))
+                else {
+                    continue;
+                };
+                if secret_name(key) && literal_value(&value) {
+                    let at = doc.env_line(line, key);
+                    out.find(&SECRET_IN_ENV, &doc.path, at, format!("{who}: {key}={}", masked(&value)));
+                }
             }
 
             if let Some(image) = c.get("image").and_then(Value::as_str)
@@ -676,7 +832,8 @@ mod tests {
                 ("k8s/no-readiness-probe", p.clone(), Some(23)),
                 ("k8s/no-resources", p.clone(), Some(23)),
                 ("k8s/no-security-context", p.clone(), Some(23)),
-                ("k8s/secret-committed", p.clone(), Some(52)),
+                ("k8s/secret-committed", p.clone(), Some(54)),
+                ("k8s/secret-in-env", p.clone(), Some(30)),
                 ("k8s/unpinned-image", p, Some(24)),
             ]
         );
@@ -815,6 +972,192 @@ patchesStrategicMerge:
         let mut out = Collector::default();
         let missing = [dir.path().join("missing.yaml")];
         assert!(matches!(check(&repo, &missing, &mut out), Err(AuditError::Read(..))));
+    }
+
+    #[test]
+    fn helm_templates_are_noted_and_string_templates_audited() {
+        let chart = "\
+{{- if .Values.enabled }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include \"app.fullname\" . }}
+spec:
+  template:
+    spec:
+      containers:
+        - name: app
+          image: nginx
+{{- end }}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x}
+stringData:
+  password: {{ .Values.pw }}
+";
+        // A Vault agent template is a string value: the Deployment is a manifest like any other.
+        let vault = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders}
+spec:
+  template:
+    metadata:
+      labels: {app: orders}
+      annotations:
+        vault.hashicorp.com/agent-inject: \"true\"
+        vault.hashicorp.com/agent-inject-template-db: |
+          {{- with secret \"database/creds/orders\" -}}
+          postgres://{{ .Data.username }}:{{ .Data.password }}@db:5432/orders
+          {{- end -}}
+    spec:
+      containers:
+        - name: orders
+          image: acme/orders:latest
+";
+        let out = audit(&[("chart/templates/deployment.yaml", chart), ("deploy/orders.yaml", vault)]);
+        let p = "deploy/orders.yaml".to_owned();
+        assert_eq!(
+            found(&out),
+            vec![
+                ("k8s/no-liveness-probe", p.clone(), Some(16)),
+                ("k8s/no-network-policy", p.clone(), Some(2)),
+                ("k8s/no-pdb", p.clone(), Some(2)),
+                ("k8s/no-readiness-probe", p.clone(), Some(16)),
+                ("k8s/no-resources", p.clone(), Some(16)),
+                ("k8s/no-security-context", p.clone(), Some(16)),
+                ("k8s/unpinned-image", p, Some(17)),
+            ]
+        );
+        assert_eq!(out.notes.len(), 1, "{:?}", out.notes);
+        let note = &out.notes[0];
+        assert!(note.starts_with("chart/templates/deployment.yaml: a Helm template"), "{note}");
+        assert!(note.contains("helm template") && note.contains("--manifests"), "{note}");
+    }
+
+    #[test]
+    fn secret_values_in_container_environments() {
+        let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: debug, labels: {app: debug}}
+spec:
+  securityContext: {runAsNonRoot: true}
+  initContainers:
+    - name: init
+      image: busybox:1.36
+      resources: {requests: {memory: 8Mi}, limits: {memory: 8Mi}}
+      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}
+      env:
+        - {name: API_TOKEN, value: tok_live_abc123}
+  containers:
+    - name: app
+      image: acme/app:1.0
+      resources: {requests: {memory: 8Mi}, limits: {memory: 8Mi}}
+      securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}
+      env:
+        - name: DB_HOST
+          value: db
+        - name: DB_PASSWORD_FILE
+          value: /run/secrets/db
+        - name: REDIS_PASSWORD
+          valueFrom: {secretKeyRef: {name: redis, key: password}}
+        - name: JWT_SECRET
+          value: \"${JWT_SECRET}\"
+        - name: DB_PASSWORD
+          value: \"hunter22!\"
+";
+        let out = audit(&[("debug-pod.yaml", text)]);
+        let p = "debug-pod.yaml".to_owned();
+        assert_eq!(found(&out), vec![("k8s/secret-in-env", p.clone(), Some(12)), ("k8s/secret-in-env", p, Some(27))]);
+        let evidence: Vec<&str> = out.findings().iter().map(|f| f.evidence.as_str()).collect();
+        assert_eq!(evidence, ["Pod/debug container app: DB_PASSWORD=hun…", "Pod/debug container init: API_TOKEN=tok…"]);
+        // A Pod gets the container rules, not the probe, PDB and NetworkPolicy ones.
+        assert!(out.was_checked(&SECRET_IN_ENV) && out.was_checked(&NO_SECURITY_CONTEXT));
+        assert!(!out.was_checked(&NO_LIVENESS_PROBE) && !out.was_checked(&NO_PDB));
+        assert!(!out.was_checked(&NO_NETWORK_POLICY));
+
+        let bare =
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: c\n      image: nginx\n";
+        let out = audit(&[("pod.yaml", bare)]);
+        let p = "pod.yaml".to_owned();
+        assert_eq!(
+            found(&out),
+            vec![
+                ("k8s/no-resources", p.clone(), Some(6)),
+                ("k8s/no-security-context", p.clone(), Some(6)),
+                ("k8s/unpinned-image", p, Some(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn list_items_are_documents() {
+        let list = "\
+apiVersion: v1
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata:
+    name: web
+  spec:
+    template:
+      metadata:
+        labels: {app: web}
+      spec:
+        containers:
+        - name: web
+          image: nginx:latest
+          env:
+          - name: ADMIN_PASSWORD
+            value: changeit123
+
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: web}
+  data: {password: aHVudGVyMjI=}
+kind: List
+metadata:
+  resourceVersion: \"\"
+";
+        // A typed list from the API: its items have no kind of their own; a flow sequence shares
+        // the list's lines.
+        let typed = "\
+apiVersion: apps/v1
+kind: DeploymentList
+items: [{metadata: {name: api}, spec: {template: {spec: {containers: [{name: api, image: \"acme/api:1.0\"}]}}}}]
+";
+        let out = audit(&[("get.yaml", list), ("typed.yaml", typed)]);
+        let p = "get.yaml".to_owned();
+        let t = "typed.yaml".to_owned();
+        assert_eq!(
+            found(&out),
+            vec![
+                ("k8s/no-liveness-probe", p.clone(), Some(13)),
+                ("k8s/no-liveness-probe", t.clone(), Some(2)),
+                ("k8s/no-network-policy", p.clone(), Some(4)),
+                ("k8s/no-network-policy", t.clone(), Some(2)),
+                ("k8s/no-pdb", p.clone(), Some(4)),
+                ("k8s/no-pdb", t.clone(), Some(2)),
+                ("k8s/no-readiness-probe", p.clone(), Some(13)),
+                ("k8s/no-readiness-probe", t.clone(), Some(2)),
+                ("k8s/no-resources", p.clone(), Some(13)),
+                ("k8s/no-resources", t.clone(), Some(2)),
+                ("k8s/no-security-context", p.clone(), Some(13)),
+                ("k8s/no-security-context", t, Some(2)),
+                ("k8s/secret-committed", p.clone(), Some(20)),
+                ("k8s/secret-in-env", p.clone(), Some(16)),
+                ("k8s/unpinned-image", p, Some(14)),
+            ]
+        );
+        let labels: BTreeSet<&str> = out
+            .findings()
+            .iter()
+            .filter_map(|f| f.evidence.split(' ').next())
+            .map(|l| l.trim_end_matches(':'))
+            .collect();
+        assert_eq!(labels, ["Deployment/api", "Deployment/web", "Secret/web"].into());
     }
 
     #[test]

@@ -51,9 +51,9 @@ pub(crate) fn line_containing(text: &str, needle: &str) -> Option<u32> {
     text.lines().position(|l| l.contains(needle)).and_then(|i| u32::try_from(i + 1).ok())
 }
 
-/// A line of evidence, trimmed and cut at 160 characters.
+/// A line of evidence: whitespace (newlines included) collapsed, cut at 160 characters.
 pub(crate) fn excerpt(line: &str) -> String {
-    let t = line.trim();
+    let t = line.split_whitespace().collect::<Vec<_>>().join(" ");
     if t.chars().count() > 160 { format!("{}…", t.chars().take(160).collect::<String>()) } else { t.to_owned() }
 }
 

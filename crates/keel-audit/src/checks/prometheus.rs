@@ -60,11 +60,41 @@ pub(crate) static NO_ALERTS: Rule = Rule {
 
 pub(crate) const RULES: &[&Rule] = &[&INVALID_RULES, &NO_RUNBOOK, &RUNBOOK_MISSING, &NO_SUMMARY, &NO_ALERTS];
 
-/// Whether a YAML document is a Prometheus rule file: `groups:` whose entries have `rules:`.
-fn is_rule_file(doc: &Value) -> bool {
-    doc.get("groups")
-        .and_then(Value::as_sequence)
-        .is_some_and(|g| !g.is_empty() && g.iter().all(|grp| grp.get("rules").is_some_and(Value::is_sequence)))
+/// The rule groups of a YAML document: a Prometheus rule file's `groups:` (entries with
+/// `rules:`), or a `kind: PrometheusRule`'s `spec.groups`.
+fn rule_groups(doc: &Value) -> Option<&Vec<Value>> {
+    let groups = match doc.get("kind").and_then(Value::as_str) {
+        Some("PrometheusRule") => doc.get("spec").and_then(|s| s.get("groups")),
+        _ => doc.get("groups"),
+    }?;
+    groups
+        .as_sequence()
+        .filter(|g| !g.is_empty() && g.iter().all(|grp| grp.get("rules").is_some_and(Value::is_sequence)))
+}
+
+/// `promtool check rules` on `groups` written to a file of their own (so a PrometheusRule's
+/// groups are checked too); the first line of its complaint, or `None` when they pass.
+fn promtool_check(groups: &[Value], index: usize) -> Option<String> {
+    let mut doc = serde_norway::Mapping::new();
+    doc.insert(Value::String("groups".into()), Value::Sequence(groups.to_vec()));
+    let text = serde_norway::to_string(&Value::Mapping(doc)).ok()?;
+    // Unique per call: audits may run side by side in one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("keel-audit-rules-{}-{call}-{index}.yaml", std::process::id()));
+    std::fs::write(&path, text).ok()?;
+    let output = Command::new("promtool").args(["check", "rules"]).arg(&path).output();
+    let _ = std::fs::remove_file(&path);
+    let o = output.ok()?;
+    if o.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let first = text
+        .lines()
+        .find(|l| l.contains("error") || l.contains("FAILED") || l.contains(':'))
+        .unwrap_or("promtool check rules failed");
+    Some(crate::checks::excerpt(&first.replace(&path.display().to_string(), "")))
 }
 
 pub(crate) fn check(repo: &Repo, out: &mut Collector) {
@@ -80,71 +110,67 @@ pub(crate) fn check(repo: &Repo, out: &mut Collector) {
         if !text.contains("groups:") {
             continue;
         }
-        let Ok(doc) = serde_norway::from_str::<Value>(&text) else { continue };
-        if !is_rule_file(&doc) {
-            continue;
-        }
-        rule_files += 1;
-        for rule in [&INVALID_RULES, &NO_RUNBOOK, &RUNBOOK_MISSING, &NO_SUMMARY] {
-            out.checked(rule);
-        }
-        if promtool {
-            let path = repo.root().join(rel);
-            if let Ok(o) = Command::new("promtool").args(["check", "rules"]).arg(&path).output()
-                && !o.status.success()
-            {
-                let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-                let root = repo.root().display().to_string();
-                let first = text
-                    .lines()
-                    .find(|l| l.contains("FAILED") || l.contains("error") || l.contains(':'))
-                    .unwrap_or("promtool check rules failed");
-                out.find(&INVALID_RULES, rel, None, first.replace(&root, "").trim().to_owned());
+        // Every document of the file (a PrometheusRule beside a Deployment, say).
+        let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+            .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+            .collect();
+        for (index, doc) in docs.iter().enumerate() {
+            let Some(groups) = rule_groups(doc) else { continue };
+            rule_files += 1;
+            for rule in [&INVALID_RULES, &NO_RUNBOOK, &RUNBOOK_MISSING, &NO_SUMMARY] {
+                out.checked(rule);
             }
-        }
-        let groups = doc.get("groups").and_then(Value::as_sequence).cloned().unwrap_or_default();
-        for group in &groups {
-            for rule in group.get("rules").and_then(Value::as_sequence).into_iter().flatten() {
-                let expr = rule.get("expr").map(value_text).unwrap_or_default();
-                let name = rule.get("alert").or_else(|| rule.get("record")).map(value_text).unwrap_or_default();
-                if name.is_empty() || expr.trim().is_empty() {
-                    if !promtool {
-                        let line = line_containing(&text, &name);
-                        out.find(
-                            &INVALID_RULES,
-                            rel,
-                            line,
-                            format!("rule `{name}` without a name (alert/record) or an expr"),
-                        );
-                    }
-                    continue;
-                }
-                let Some(alert) = rule.get("alert").map(value_text) else { continue };
-                alerts += 1;
-                let line = line_containing(&text, &format!("alert: {alert}"));
-                let annotations = rule.get("annotations");
-                let annotation =
-                    |k: &str| annotations.and_then(|a| a.get(k)).map(value_text).filter(|v| !v.trim().is_empty());
-                match annotation("runbook_url").or_else(|| annotation("runbook")) {
-                    None => out.find(&NO_RUNBOOK, rel, line, format!("alert {alert} has no runbook_url")),
-                    Some(url) => {
-                        if let Some(target) = repo_target(&url, rel)
-                            && !repo.has(&target)
-                        {
+            if promtool && let Some(complaint) = promtool_check(groups, index) {
+                out.find(&INVALID_RULES, rel, None, complaint);
+            }
+            for group in groups {
+                for rule in group.get("rules").and_then(Value::as_sequence).into_iter().flatten() {
+                    let expr = rule.get("expr").map(value_text).unwrap_or_default();
+                    let name = rule.get("alert").or_else(|| rule.get("record")).map(value_text).unwrap_or_default();
+                    if name.is_empty() || expr.trim().is_empty() {
+                        if !promtool {
+                            let line = line_containing(&text, &name);
                             out.find(
-                                &RUNBOOK_MISSING,
+                                &INVALID_RULES,
                                 rel,
                                 line,
-                                format!("alert {alert}: runbook {target} is not in the repository"),
+                                format!("rule `{name}` without a name (alert/record) or an expr"),
                             );
                         }
+                        continue;
                     }
-                }
-                if annotation("summary").is_none()
-                    && annotation("description").is_none()
-                    && annotation("message").is_none()
-                {
-                    out.find(&NO_SUMMARY, rel, line, format!("alert {alert} has no summary or description"));
+                    let Some(alert) = rule.get("alert").map(value_text) else { continue };
+                    alerts += 1;
+                    let line = line_containing(&text, &format!("alert: {alert}"));
+                    let annotations = rule.get("annotations");
+                    let annotation =
+                        |k: &str| annotations.and_then(|a| a.get(k)).map(value_text).filter(|v| !v.trim().is_empty());
+                    match annotation("runbook_url").or_else(|| annotation("runbook")) {
+                        None => out.find(&NO_RUNBOOK, rel, line, format!("alert {alert} has no runbook_url")),
+                        Some(url) => {
+                            if let Some(target) = repo_target(&url, rel)
+                                && in_this_repo(repo, &target)
+                                && !repo.has(&target)
+                                && !repo
+                                    .files()
+                                    .iter()
+                                    .any(|f| f.starts_with(&format!("{}/", target.trim_end_matches('/'))))
+                            {
+                                out.find(
+                                    &RUNBOOK_MISSING,
+                                    rel,
+                                    line,
+                                    format!("alert {alert}: runbook {target} is not in the repository"),
+                                );
+                            }
+                        }
+                    }
+                    if annotation("summary").is_none()
+                        && annotation("description").is_none()
+                        && annotation("message").is_none()
+                    {
+                        out.find(&NO_SUMMARY, rel, line, format!("alert {alert} has no summary or description"));
+                    }
                 }
             }
         }
@@ -158,6 +184,14 @@ pub(crate) fn check(repo: &Repo, out: &mut Collector) {
             out.find(&NO_ALERTS, "", None, "no Prometheus alerting rules in the repository");
         }
     }
+}
+
+/// Whether a runbook path names this repository's content: its first segment is one of the
+/// repository's top-level files or folders (a link into another repository's `runbooks/` is not
+/// checked).
+fn in_this_repo(repo: &Repo, target: &str) -> bool {
+    let first = target.split('/').next().unwrap_or(target);
+    repo.files().iter().any(|f| f == first || f.starts_with(&format!("{first}/")))
 }
 
 fn value_text(v: &Value) -> String {
@@ -267,5 +301,26 @@ mod tests {
             );
             eprintln!("skipped: promtool is not installed");
         }
+    }
+
+    #[test]
+    fn prometheus_rule_resources_and_links_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("docs/runbooks")).unwrap();
+        std::fs::write(dir.path().join("docs/runbooks/index.md"), "#").unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch").unwrap();
+        let rules = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\napiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: x}\nspec:\n  groups:\n    - name: x\n      rules:\n        - alert: Elsewhere\n          expr: up == 0\n          annotations: {summary: s, runbook_url: \"https://github.com/acme/runbooks/blob/main/alerts/elsewhere.md\"}\n        - alert: Folder\n          expr: up == 0\n          annotations: {summary: s, runbook_url: \"https://github.com/acme/app/tree/main/docs/runbooks\"}\n        - alert: Bare\n          expr: up == 0\n";
+        std::fs::write(dir.path().join("monitoring.yaml"), rules).unwrap();
+        let repo = Repo::open(dir.path(), &[]).unwrap();
+        let mut out = Collector::default();
+        check(&repo, &mut out);
+        let got: Vec<(&str, Option<u32>)> = out.findings().iter().map(|f| (f.rule.id, f.line)).collect();
+        assert_eq!(
+            got,
+            [("prometheus/no-runbook", Some(18)), ("prometheus/no-summary", Some(18))],
+            "{:?}",
+            out.findings()
+        );
+        assert!(out.was_checked(&NO_ALERTS) && !out.findings().iter().any(|f| f.rule.id == "prometheus/no-alerts"));
     }
 }

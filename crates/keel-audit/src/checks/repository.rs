@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::secrets::{literal_value, masked, secret_name};
+use super::secrets::{masked, secret_value};
 use crate::{Area, Collector, Repo, Rule, Severity, file_name, is_test_path};
 
 pub(crate) static NO_CI: Rule = Rule {
@@ -168,7 +168,7 @@ fn env_files(repo: &Repo, out: &mut Collector) {
             let line = line.strip_prefix("export ").unwrap_or(line);
             let Some((k, v)) = line.split_once('=') else { continue };
             keys += 1;
-            if secret_name(k.trim()) && literal_value(v) {
+            if secret_value(k.trim(), v) {
                 secrets.push(k.trim().to_owned());
             }
         }
@@ -207,7 +207,11 @@ fn is_config_file(rel: &str) -> bool {
     );
     // Compose files and Kubernetes Secrets have rules of their own.
     let own_rules = name.contains("compose");
-    ext_ok && !generated && !own_rules && !is_test_path(rel)
+    // Translations hold labels (`"password": "Password"`), not settings.
+    let locale = rel
+        .split('/')
+        .any(|d| matches!(d, "locales" | "locale" | "i18n" | "l10n" | "translations" | "lang" | "langs" | "messages"));
+    ext_ok && !generated && !own_rules && !locale && !is_test_path(rel)
 }
 
 fn config_secrets(repo: &Repo, out: &mut Collector) {
@@ -240,7 +244,7 @@ fn config_secrets(repo: &Repo, out: &mut Collector) {
                     || value.starts_with('|')
                     || value.starts_with('>');
                 let last = key.rsplit('.').next().unwrap_or(key);
-                if secret_name(last) && !nested && literal_value(value) {
+                if !nested && secret_value(last, value) {
                     out.find(&SECRET_IN_CONFIG, rel, lineno, format!("{key} = {}", masked(value)));
                 }
             }

@@ -54,8 +54,31 @@ pub(crate) fn secret_name(key: &str) -> bool {
         "_provider",
         "_key_id",
         "_kid",
+        "_expires_in",
+        "_expires",
+        "_expiration",
+        "_limit",
+        "_max",
+        "_min",
+        "_enabled",
+        "_required",
+        "_version",
+        "_prefix",
+        "_format",
+        "_location",
+        "_bytes",
+        "_bits",
+        "_rounds",
+        "_cost",
+        "_iterations",
     ];
-    if NOT_VALUES.iter().any(|s| k.ends_with(s)) || k.contains("secret_name") || k.contains("secret_key_ref") {
+    // Settings about secrets, not secrets: `MAX_TOKENS`, `ENABLE_API_KEY_AUTH`.
+    const NOT_PREFIXES: &[&str] = &["max_", "min_", "enable_", "disable_", "use_", "require_", "allow_", "num_"];
+    if NOT_VALUES.iter().any(|s| k.ends_with(s))
+        || NOT_PREFIXES.iter().any(|p| k.starts_with(p))
+        || k.contains("secret_name")
+        || k.contains("secret_key_ref")
+    {
         return false;
     }
     const MARKERS: &[&str] = &[
@@ -103,6 +126,17 @@ pub(crate) fn literal_value(value: &str) -> bool {
         && !lower.starts_with("your-")
         && !lower.starts_with("set-")
         && !lower.starts_with("change_me_in")
+}
+
+/// Whether `key: value` is a secret written into a file: a secret's name, a literal value, and
+/// not a label for one (`"password": "Password"`, `"resetToken": "Reset token"` in a
+/// translation file).
+pub(crate) fn secret_value(key: &str, value: &str) -> bool {
+    let v = value.trim().trim_matches(|c| c == '"' || c == '\'');
+    let words =
+        |s: &str| s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect::<String>();
+    let label = words(v) == words(key) || (v.contains(' ') && v.chars().next().is_some_and(char::is_uppercase));
+    secret_name(key) && literal_value(value) && !label
 }
 
 /// `abcd…` for evidence: enough to find the value, not enough to leak it into a report.
@@ -163,5 +197,12 @@ mod tests {
             assert!(!literal_value(v), "{v}");
         }
         assert_eq!(masked("\"hunter22\""), "hun…");
+        for k in ["MAX_TOKENS", "REFRESH_TOKEN_EXPIRES_IN", "ENABLE_API_KEY_AUTH", "token_limit"] {
+            assert!(!secret_name(k), "{k}");
+        }
+        assert!(secret_value("MYSQL_ROOT_PASSWORD", "123456"));
+        assert!(!secret_value("password", "Password"));
+        assert!(!secret_value("resetToken", "Reset token"));
+        assert!(secret_value("db_password", "correct horse battery staple"));
     }
 }

@@ -92,7 +92,10 @@ pub(crate) fn http() -> Result<Client, AuditError> {
         .map_err(|e| AuditError::Live(format!("HTTP client: {e}")))
 }
 
-/// A response's status, headers and body (bounded to 1 MiB).
+/// Bodies are read up to this; the rest is not read.
+const MAX_BODY: usize = 1 << 20;
+
+/// A response's status, headers and body (its first 1 MiB: no more is read).
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub(crate) status: u16,
@@ -106,15 +109,21 @@ impl Answer {
     }
 }
 
-async fn answer(r: Response) -> Answer {
+async fn answer(mut r: Response) -> Answer {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    let bytes = r.bytes().await.unwrap_or_default();
-    let body = String::from_utf8_lossy(&bytes[..bytes.len().min(1 << 20)]).into_owned();
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_BODY {
+        match r.chunk().await {
+            Ok(Some(c)) => bytes.extend_from_slice(&c[..c.len().min(MAX_BODY - bytes.len())]),
+            _ => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&bytes).into_owned();
     Answer { status, headers, body }
 }
 
-/// One request; `None` when it could not be sent or no response came.
+/// One request; `None` when it could not be sent or no response came within 10 s.
 pub(crate) async fn send(
     c: &Client,
     method: Method,
@@ -122,14 +131,29 @@ pub(crate) async fn send(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> Option<Answer> {
-    let mut rb = c.request(method, url);
+    send_within(c, method, url, headers, body, REQUEST_TIMEOUT).await
+}
+
+/// The per-request bound.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`send`] bounded by `within`, the body's reading included.
+async fn send_within(
+    c: &Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    within: Duration,
+) -> Option<Answer> {
+    let mut rb = c.request(method, url).timeout(within);
     for (k, v) in headers {
         rb = rb.header(*k, *v);
     }
     if let Some(b) = body {
         rb = rb.body(b);
     }
-    Some(answer(rb.send().await.ok()?).await)
+    tokio::time::timeout(within, async { Some(answer(rb.send().await.ok()?).await) }).await.ok().flatten()
 }
 
 pub(crate) async fn get(c: &Client, url: &str) -> Option<Answer> {
@@ -160,24 +184,33 @@ pub(crate) async fn wait_until_up(
         }
         let mut has_readiness = false;
         let mut answered = false;
+        // Each request bounded by the time left (and 1 s), so the deadline holds against a
+        // server that accepts and never answers.
+        let within = |start: Instant| timeout.saturating_sub(start.elapsed()).min(Duration::from_secs(1));
         for u in &readiness {
-            if let Some(a) = get(c, u).await {
+            if within(start).is_zero() {
+                break;
+            }
+            if let Some(a) = send_within(c, Method::GET, u, &[], None, within(start)).await {
                 answered = true;
                 if (200..300).contains(&a.status) {
                     return Ok(());
                 }
-                has_readiness |= a.status != 404 && a.status != 405;
+                has_readiness |= served(a.status);
             }
         }
         for u in &others {
-            if let Some(a) = get(c, u).await {
+            if within(start).is_zero() {
+                break;
+            }
+            if let Some(a) = send_within(c, Method::GET, u, &[], None, within(start)).await {
                 answered = true;
                 if !has_readiness && (200..300).contains(&a.status) {
                     return Ok(());
                 }
             }
         }
-        if start.elapsed() > timeout {
+        if start.elapsed() >= timeout {
             if answered {
                 return Ok(());
             }
@@ -188,18 +221,27 @@ pub(crate) async fn wait_until_up(
     }
 }
 
-/// The first of `paths` the service serves (anything but 404/405), with its answer, trying the
-/// API then the management URL.
+/// Whether a status says the path exists: not 404/405, not an authentication wall (401/403:
+/// some stacks answer every unknown path so), not a redirect.
+pub(crate) fn served(status: u16) -> bool {
+    !matches!(status, 404 | 405 | 401 | 403 | 300..=399)
+}
+
+/// The first of `paths` that answers 2xx (on the API, then the management URL), else the first
+/// that is [`served`], with its answer.
 pub(crate) async fn find(c: &Client, base: &Base, paths: &[&str]) -> Option<(String, Answer)> {
+    let mut fallback = None;
     for p in paths {
         for u in base.candidates(p) {
-            if let Some(a) = get(c, &u).await
-                && a.status != 404
-                && a.status != 405
-            {
-                return Some((u, a));
+            if let Some(a) = get(c, &u).await {
+                if (200..300).contains(&a.status) {
+                    return Some((u, a));
+                }
+                if fallback.is_none() && served(a.status) {
+                    fallback = Some((u, a));
+                }
             }
         }
     }
-    None
+    fallback
 }

@@ -123,18 +123,19 @@ async fn idle(base: &Base, bound: Duration) -> Outcome {
     if s.write_all(req.as_bytes()).await.is_err() {
         return Outcome::Unreachable("closed before the request".into());
     }
-    // The response: read until the headers and a Content-Length body (or a short quiet spell).
+    // The response: read until the headers and a Content-Length body (or a short quiet spell),
+    // within 10 s and 1 MiB (a response that streams forever is not a keep-alive one).
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     let first = Instant::now();
     loop {
+        if first.elapsed() > Duration::from_secs(10) || got.len() > (1 << 20) {
+            return Outcome::Unreachable("GET / did not answer within 10 s, or its response does not end".into());
+        }
         match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Closed,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
             Err(_) if !got.is_empty() => break,
-            Err(_) if first.elapsed() > Duration::from_secs(10) => {
-                return Outcome::Unreachable("no response to GET /".into());
-            }
             Err(_) => {}
         }
         if complete(&got) {

@@ -79,7 +79,8 @@ pub struct LiveOptions {
 }
 
 impl LiveOptions {
-    /// Defaults for `url`: 60 s to start, 30 s bounds, 120 s idle, a burst of 200 on `/`.
+    /// Defaults for `url`: 60 s to start, 45 s bounds (past the common 30 s request timeout),
+    /// 120 s idle, a burst of 200 on `/`.
     pub fn new(url: impl Into<String>) -> LiveOptions {
         LiveOptions {
             url: url.into(),
@@ -88,7 +89,7 @@ impl LiveOptions {
             dependencies: Vec::new(),
             origin: None,
             startup_timeout: Duration::from_secs(60),
-            bound: Duration::from_secs(30),
+            bound: Duration::from_secs(45),
             idle_bound: Duration::from_secs(120),
             burst: 200,
             path: "/".to_owned(),

@@ -6,13 +6,15 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::AuditError;
 
 /// Log lines kept, oldest dropped first.
 const MAX_LINES: usize = 20_000;
+/// A longer line is cut here (the rest of it is still read and dropped).
+const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// How the process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,8 @@ impl Service {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own process group: signals reach what a wrapper script started, too.
+        c.process_group(0);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -75,10 +79,17 @@ impl Service {
         self.exited
     }
 
-    /// Sends SIGTERM.
+    /// Sends SIGTERM to the service's process group.
     pub(crate) fn terminate(&self) -> bool {
-        let Some(pid) = self.child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) else { return false };
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+        self.signal_group(rustix::process::Signal::TERM)
+    }
+
+    fn signal_group(&self, signal: rustix::process::Signal) -> bool {
+        let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw)
+        else {
+            return false;
+        };
+        rustix::process::kill_process_group(pid, signal).is_ok()
     }
 
     /// Waits up to `bound` for the exit; `None` if it is still running.
@@ -94,9 +105,19 @@ impl Service {
         }
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL to the process group, and reap.
     pub(crate) async fn kill(&mut self) {
+        self.signal_group(rustix::process::Signal::KILL);
         let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // Whatever the audit's outcome, nothing it started outlives it.
+        if self.exited.is_none() {
+            self.signal_group(rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -109,9 +130,29 @@ fn exit_of(status: std::process::ExitStatus) -> Exit {
     }
 }
 
-async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, lines: Arc<Mutex<VecDeque<String>>>) {
-    let mut it = reader.lines();
-    while let Ok(Some(line)) = it.next_line().await {
+async fn collect<R: tokio::io::AsyncRead + Unpin>(mut reader: BufReader<R>, lines: Arc<Mutex<VecDeque<String>>>) {
+    // Bytes, not `lines()`: output that is not UTF-8 must not stop the reading (a service
+    // writing into a pipe nobody reads blocks).
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut reader).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if n == MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            // Drop the rest of an over-long line, a bounded piece at a time.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                match (&mut reader).take(MAX_LINE_BYTES as u64).read_until(b'\n', &mut rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if rest.last() == Some(&b'\n') => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
         if let Ok(mut l) = lines.lock() {
             if l.len() >= MAX_LINES {
                 l.pop_front();

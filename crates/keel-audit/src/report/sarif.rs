@@ -34,17 +34,38 @@ fn rule(r: &Rule) -> Value {
     })
 }
 
-fn result(f: &Finding, index: usize, suppressed: Option<&str>) -> Value {
+/// A path as a URI reference: each segment percent-encoded (RFC 3986 unreserved characters kept).
+fn uri(path: &str) -> String {
+    let mut out = String::new();
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn result(f: &Finding, index: usize, occurrence: usize, suppressed: Option<&str>) -> Value {
     let mut v = j!({
         "ruleId": f.rule.id,
         "ruleIndex": index,
         "level": level(f.severity()),
         "message": {"text": format!("{}: {}", f.rule.title, f.evidence)},
-        "partialFingerprints": {"keelAudit/v1": f.fingerprint()},
+        // The n-th finding with the same fingerprint: code scanning keeps them apart.
+        "partialFingerprints": {"keelAudit/v1": format!("{}:{occurrence}", f.fingerprint())},
     });
-    // SARIF needs a location; a repository-wide finding points at the root.
-    let uri = if f.path.is_empty() { ".".to_owned() } else { f.path.clone() };
-    let mut physical = j!({"artifactLocation": {"uri": uri, "uriBaseId": "%SRCROOT%"}});
+    // SARIF needs a location: a finding about the whole repository (or the running service)
+    // points at the root; a file outside the root (--manifests) by an absolute file URI.
+    let artifact = if f.path.is_empty() {
+        j!({"uri": ".", "uriBaseId": "%SRCROOT%"})
+    } else if f.path.starts_with('/') {
+        j!({"uri": format!("file://{}", uri(&f.path))})
+    } else {
+        j!({"uri": uri(&f.path), "uriBaseId": "%SRCROOT%"})
+    };
+    let mut physical = j!({"artifactLocation": artifact});
     if let Some(line) = f.line {
         physical["region"] = j!({"startLine": line});
     }
@@ -60,8 +81,21 @@ fn result(f: &Finding, index: usize, suppressed: Option<&str>) -> Value {
 pub fn sarif(report: &Report) -> String {
     let rules: Vec<&Rule> = checks::rules().collect();
     let index = |f: &Finding| rules.iter().position(|r| r.id == f.rule.id).unwrap_or(0);
-    let mut results: Vec<Value> = report.findings.iter().map(|f| result(f, index(f), None)).collect();
-    results.extend(report.accepted.iter().map(|(f, why)| result(f, index(f), Some(why))));
+    let mut seen = std::collections::HashMap::new();
+    let mut occurrence = |f: &Finding| {
+        let n = seen.entry(f.fingerprint()).or_insert(0usize);
+        *n += 1;
+        *n
+    };
+    let mut results = Vec::new();
+    for f in &report.findings {
+        let n = occurrence(f);
+        results.push(result(f, index(f), n, None));
+    }
+    for (f, why) in &report.accepted {
+        let n = occurrence(f);
+        results.push(result(f, index(f), n, Some(why)));
+    }
     let doc = j!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
