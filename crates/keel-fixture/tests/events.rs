@@ -1773,3 +1773,33 @@ async fn a_second_consumer_of_the_same_topic_and_group_is_refused() {
     let err = err.to_string();
     assert!(err.contains("`orders` in group `billing` is already running"), "{err}");
 }
+
+/// A RabbitMQ bus nothing publishes to is ready again once the broker is back: the readiness
+/// check redials (lapin does not reconnect by itself), or an idle service would stay out of
+/// rotation, kept away from the traffic that could have reconnected it. `keel audit` found it
+/// on examples/symbols (docs/audit.md).
+#[tokio::test]
+async fn an_idle_rabbitmq_bus_is_ready_again_after_an_outage() {
+    use keel::health::{HealthCheck, Outcome};
+    let url = testing::rabbitmq_url();
+    if !testing::require("RabbitMQ", &url) {
+        return;
+    }
+    let target = testing::host_port(&url).unwrap();
+    let proxy = FaultProxy::start(target, Mode::Forward).await.unwrap();
+    let through = url.replace(&target.to_string(), &proxy.host_port()).replace("localhost:5672", &proxy.host_port());
+    assert!(through.contains(&proxy.host_port()), "{through}");
+    let bus = Bus::new(&bus_config(Broker::Rabbit, Some(through))).unwrap();
+    bus.connect().await.unwrap();
+    let check = bus.readiness_check();
+    let up = || async { matches!(check.check().await, Outcome::Up) };
+    assert!(up().await);
+
+    proxy.take_down();
+    until(Duration::from_secs(10), || async { (!up().await).then_some(()) }).await;
+    proxy.restore();
+    let back = std::time::Instant::now();
+    until(Duration::from_secs(10), || async { up().await.then_some(()) }).await;
+    eprintln!("ready again {:?} after the broker returned", back.elapsed());
+    assert!(bus.is_connected());
+}

@@ -621,6 +621,21 @@ impl Connects for Bus {
         self.inner.config.required
     }
     fn ready(&self) -> CheckFuture<'_> {
+        // An idle service never publishes, so nothing else would reconnect a lost RabbitMQ
+        // connection: readiness would stay down, keeping away the traffic that could reconnect it.
+        #[cfg(feature = "rabbitmq")]
+        if let Some(Conn::Rabbit(c)) = self.inner.conn.get()
+            && !c.is_connected()
+        {
+            let c = c.clone();
+            return Box::pin(async move {
+                if c.redial().await {
+                    Outcome::Up
+                } else {
+                    Outcome::Down("rabbitmq connection lost; reconnecting".to_owned())
+                }
+            });
+        }
         let outcome = if self.is_connected() {
             Outcome::Up
         } else if self.inner.conn.get().is_some() {

@@ -163,6 +163,13 @@ impl Conn {
         self.with_live(async |l| Ok(l.publish.clone())).await
     }
 
+    /// Dials the broker again if the connection is lost (at the reconnection gate's pace) and
+    /// says whether it is up. lapin does not reconnect by itself, and a service that publishes
+    /// nothing would otherwise stay disconnected.
+    pub(super) async fn redial(&self) -> bool {
+        self.publisher().await.is_ok()
+    }
+
     pub(super) fn is_connected(&self) -> bool {
         match self.live.try_lock() {
             Ok(g) => g.as_ref().is_some_and(|l| l.connection.status().connected()),
