@@ -127,9 +127,22 @@ pub struct AuditArgs {
     /// Requests sent (50 at a time) to look for rate limiting.
     #[arg(long, value_name = "N", default_value_t = 200, help_heading = "Live audit")]
     burst: usize,
+    /// A header sent with every request (repeatable): `--header 'Authorization: Bearer …'`.
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "url", value_parser = parse_header, help_heading = "Live audit")]
+    headers: Vec<(String, String)>,
     /// Only the live audit (PATH is not read).
     #[arg(long, requires = "url", help_heading = "Live audit")]
     live_only: bool,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once(':').ok_or_else(|| format!("`{s}`: NAME: VALUE"))?;
+    let (k, v) = (k.trim(), v.trim());
+    let ok = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok || v.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(format!("`{s}`: not a header (NAME: VALUE, one line)"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -172,6 +185,21 @@ pub fn audit_main(program: &str, args: impl IntoIterator<Item = OsString>) -> Ex
     }
 }
 
+/// The name of the first of SIGINT, SIGTERM or SIGHUP received.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
 fn exit_clap(e: clap::Error) -> ExitCode {
     let _ = e.print();
     if e.use_stderr() { ExitCode::from(EXIT_ERROR) } else { ExitCode::SUCCESS }
@@ -210,9 +238,17 @@ fn run(a: &AuditArgs, program: &str) -> ExitCode {
                 burst: a.burst.max(1),
                 path: if a.live_path.starts_with('/') { a.live_path.clone() } else { format!("/{}", a.live_path) },
                 slow_path: a.slow_path.clone(),
+                headers: a.headers.clone(),
             };
             match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(rt) => rt.block_on(crate::audit_live(&options, &live, a.live_only)),
+                // Interrupted, the audit's future is dropped, and with it the service it started
+                // (its process group is killed).
+                Ok(rt) => rt.block_on(async {
+                    tokio::select! {
+                        r = crate::audit_live(&options, &live, a.live_only) => r,
+                        s = interrupted() => Err(crate::AuditError::Live(format!("interrupted by {s}"))),
+                    }
+                }),
                 Err(e) => Err(crate::AuditError::Live(format!("runtime: {e}"))),
             }
         }

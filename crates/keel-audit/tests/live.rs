@@ -92,6 +92,34 @@ fn every_live_problem_of_the_bad_service_is_found() {
 }
 
 #[test]
+fn a_service_that_dies_during_the_audit_is_an_error_not_findings() {
+    if !python() {
+        return;
+    }
+    let port = free_port();
+    // Answers GET, and exits on the first POST (the error checks send one).
+    let service = format!(
+        "python3 -c 'import http.server, os\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.send_header(\"Content-Length\", \"2\"); self.end_headers(); self.wfile.write(b\"ok\")\n    def do_POST(self):\n        os._exit(137)\nhttp.server.HTTPServer((\"127.0.0.1\", {port}), H).serve_forever()'"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "audit",
+            "--live-only",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--run",
+            &service,
+            "--bound",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the service exited (Code(137)) during the error checks"), "{stderr}");
+}
+
+#[test]
 fn a_service_that_never_answers_is_an_error_not_a_report() {
     if !python() {
         return;

@@ -202,7 +202,8 @@ static P: LazyLock<Option<Patterns>> = LazyLock::new(|| {
         )?,
         go_client_literal: re(r"(?:^|[^*.\w])http\.Client\s*\{")?,
         // gin's `r.Run(":8080")` and echo's `e.Start(":8080")`: http.ListenAndServe underneath.
-        go_framework_server: re(r#"\b\w+\.(?:Run|Start)\(\s*(?:"[^"]*:\d*"|\w*[Aa]ddr\w*)?\s*\)"#)?,
+        // The variables holding a gin engine or an echo instance.
+        go_framework_server: re(r"(\w+)\s*:?=\s*(?:gin\.(?:Default|New)|echo\.New)\(\)")?,
         go_sigterm: re(
             r"syscall\.SIGTERM|unix\.SIGTERM|signal\.Notify(?:Context)?\(\s*\w+(?:\(\))?\s*\)|kratos\.New\(",
         )?,
@@ -210,7 +211,8 @@ static P: LazyLock<Option<Patterns>> = LazyLock::new(|| {
         js_function: re(
             r"^\s*(?:export\s+)?(?:async\s+)?function\s+(\w+)|^\s*(?:export\s+)?(?:const|let|var)\s+(\w+)\s*=\s*(?:async\s*)?(?:\(|function|\w+\s*=>)",
         )?,
-        js_main_catch: re(r"^\s*(?:await\s+)?\w+\([^)]*\)\s*\.catch\(")?,
+        // At column 0: the module's own start-up call, not a call inside a function.
+        js_main_catch: re(r"^(?:await\s+)?\w+\([^)]*\)\s*\.catch\(")?,
         js_error_leak: re(
             r"\.(?:json|send)\([^;]*\b(?:err|error|e)\.(?:stack|message)\b|\.send\(\s*(?:err|error)\s*\)",
         )?,
@@ -297,6 +299,7 @@ fn go(files: &[Source<'_>], out: &mut Collector) {
         let dir = src.rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let mut current = String::new();
         let text_lines: Vec<(u32, &str)> = lines(&src.text).collect();
+        let engines: Vec<String> = p.go_framework_server.captures_iter(&src.text).map(|c| c[1].to_owned()).collect();
         for (idx, &(n, line)) in text_lines.iter().enumerate() {
             if let Some(c) = func.captures(line) {
                 current = c[1].to_owned();
@@ -347,9 +350,13 @@ fn go(files: &[Source<'_>], out: &mut Collector) {
             {
                 out.find(&CLIENT_NO_TIMEOUT, src.rel, Some(n), format!("{} without Timeout", excerpt(line)));
             }
-            let framework =
-                src.text.contains("github.com/gin-gonic/gin") || src.text.contains("github.com/labstack/echo");
-            if framework && p.go_framework_server.is_match(line) {
+            // gin's `r.Run(addr)` and echo's `e.Start(addr)` listen with http.ListenAndServe's
+            // defaults; echo's server can be given timeouts (`e.Server.ReadTimeout = …`) first.
+            let framework_server =
+                engines.iter().any(|e| line.contains(&format!("{e}.Run(")) || line.contains(&format!("{e}.Start(")));
+            let configured =
+                src.text.contains(".Server.ReadHeaderTimeout =") || src.text.contains(".Server.ReadTimeout =");
+            if framework_server && !configured {
                 out.find(
                     &SERVER_NO_TIMEOUTS,
                     src.rel,
@@ -452,19 +459,28 @@ fn js(repo: &Repo, files: &[Source<'_>], out: &mut Collector) {
             .js_sigterm_handler
             .captures_iter(&src.text)
             .filter_map(|c| c.get(1).map(|m| m.as_str().to_owned()))
+            .filter(|name| name != "async" && name != "function")
             .collect();
+        // The named function a line is in, while its braces are open.
         let mut function = String::new();
+        let mut depth = 0i32;
+        let mut function_depth = 0i32;
         for (idx, &(n, line)) in text_lines.iter().enumerate() {
             if comment(line) {
                 continue;
             }
             if let Some(c) = p.js_function.captures(line) {
                 function = c.get(1).or_else(|| c.get(2)).map(|m| m.as_str().to_owned()).unwrap_or_default();
+                function_depth = depth;
             }
-            if p.js_sigterm_handler.is_match(line) {
-                // An inline handler may exit: the next lines are its body. SIGINT alone is
-                // Ctrl-C, not what an orchestrator sends.
-                signal_until = n + 20;
+            depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+            let in_function = !function.is_empty();
+            if let Some(c) = p.js_sigterm_handler.captures(line) {
+                // An inline handler may exit: the next lines are its body (a named one is
+                // exempted by name above). SIGINT alone is Ctrl-C, not what an orchestrator sends.
+                if c.get(1).is_none_or(|m| matches!(m.as_str(), "async" | "function")) {
+                    signal_until = n + 20;
+                }
                 serving.entry(key).or_default().1 = true;
             }
             if cors.is_match(line) {
@@ -483,6 +499,9 @@ fn js(repo: &Repo, files: &[Source<'_>], out: &mut Collector) {
             }
             if console.is_match(line) {
                 console_lines.push(n);
+            }
+            if in_function && depth <= function_depth && line.contains('}') {
+                function.clear();
             }
             if listen.is_match(line)
                 && (line.contains("app.") || line.contains("server.") || line.contains("createServer"))
@@ -535,8 +554,9 @@ fn strip_cfg_test(text: &str) -> String {
         while j < lines.len() {
             keep[j] = false;
             let l = lines[j];
-            depth += l.matches('{').count() as i32 - l.matches('}').count() as i32;
-            opened |= l.contains('{');
+            let (open, close) = braces(l);
+            depth += open - close;
+            opened |= open > 0;
             let item_line = j > i || !l.trim_end().ends_with(']');
             // `mod tests;` / `use …;`: the item ends at its semicolon when no block opened.
             if (opened && depth <= 0) || (!opened && item_line && l.trim_end().ends_with(';')) {
@@ -547,6 +567,37 @@ fn strip_cfg_test(text: &str) -> String {
         i = j + 1;
     }
     lines.iter().zip(keep).map(|(l, k)| if k { *l } else { "" }).collect::<Vec<_>>().join("\n")
+}
+
+/// The `{` and `}` of a Rust line outside string and char literals and `//` comments.
+fn braces(line: &str) -> (i32, i32) {
+    let (mut open, mut close) = (0, 0);
+    let mut chars = line.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_string => {
+                chars.next();
+            }
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '/' if chars.peek() == Some(&'/') => break,
+            // A char literal ('{', '\'', '\\'): skip to its closing quote; a lifetime ('a) has none
+            // within three characters and is left alone.
+            '\'' => {
+                let rest: String = chars.clone().take(3).collect();
+                if let Some(end) = rest.char_indices().skip(1).find(|&(_, ch)| ch == '\'').map(|(i, _)| i) {
+                    for _ in 0..=end {
+                        chars.next();
+                    }
+                }
+            }
+            '{' => open += 1,
+            '}' => close += 1,
+            _ => {}
+        }
+    }
+    (open, close)
 }
 
 /// Whether `re` matches `line` outside a string literal (an odd number of unescaped quotes
@@ -747,6 +798,15 @@ mod tests {
     }
 
     #[test]
+    fn braces_outside_literals() {
+        assert_eq!(braces("fn f() { x }"), (1, 1));
+        assert_eq!(braces("assert_eq!(close(), '}');"), (0, 0));
+        assert_eq!(braces("let s = \"{{}\"; // }"), (0, 0));
+        assert_eq!(braces("fn f<'a>(x: &'a str) {"), (1, 0));
+        assert_eq!(braces("let c = '\\''; {"), (1, 0));
+    }
+
+    #[test]
     fn rust_test_modules_are_skipped_item_by_item() {
         let main = "#[cfg(test)]\nmod tests;\n\nfn main() {\n    let c = '\"'; let client = reqwest::Client::new();\n    run().unwrap();\n}\n\n#[cfg(test)]\nfn helper() {\n    x.unwrap();\n}\n";
         let found = run(&[("src/main.rs", main)]);
@@ -756,5 +816,23 @@ mod tests {
             [("code/http-client-without-timeout", Some(5)), ("code/panic-at-startup", Some(6))],
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn framework_servers_are_the_engines_and_js_handlers_end_with_their_braces() {
+        let gin = "package main\n\nimport \"github.com/gin-gonic/gin\"\n\nfunc main() {\n\tr := gin.Default()\n\tif err := exec.Command(\"migrate\").Run(); err != nil {\n\t}\n\twg.Start()\n\tr.Run(\":8080\")\n}\n\nfunc stop() { signal.NotifyContext(ctx, syscall.SIGTERM) }\n";
+        let found = run(&[("main.go", gin)]);
+        assert_eq!(
+            found.iter().map(|f| (f.0, f.2)).collect::<Vec<_>>(),
+            [("code/server-without-timeouts", Some(10))],
+            "{found:?}"
+        );
+        let echo = "package main\n\nimport \"github.com/labstack/echo/v4\"\n\nfunc main() {\n\te := echo.New()\n\te.Server.ReadHeaderTimeout = 5 * time.Second\n\te.Start(\":8080\")\n}\n";
+        assert!(run(&[("main.go", echo)]).iter().all(|f| f.0 != "code/server-without-timeouts"));
+
+        let js = "async function shutdown() {\n  await server.close();\n}\nprocess.on('SIGTERM', shutdown);\nclass Repo {\n  async load() {\n    try {\n      await db.query();\n    } catch (err) {\n      process.exit(1);\n    }\n  }\n}\nasync function publish() {\n  connect().catch((e) => {\n    process.exit(1);\n  });\n}\n";
+        let found = run(&[("package.json", r#"{"dependencies": {"pino": "9"}}"#), ("src/index.js", js)]);
+        let exits: Vec<Option<u32>> = found.iter().filter(|f| f.0 == "code/exit-outside-main").map(|f| f.2).collect();
+        assert_eq!(exits, [Some(10), Some(16)], "{found:?}");
     }
 }

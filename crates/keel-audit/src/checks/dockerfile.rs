@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::excerpt;
-use super::secrets::{masked, secret_value};
+use super::secrets::{literal_value, masked, secret_name};
 use crate::{Area, Collector, Repo, Rule, Severity, file_name, is_test_path};
 
 pub(crate) static ROOT_USER: Rule = Rule {
@@ -246,7 +246,7 @@ fn audit_one(repo: &Repo, rel: &str, text: &str, out: &mut Collector) {
             "ARG" => {
                 for decl in ins.args.split_whitespace() {
                     let (k, v) = decl.split_once('=').unwrap_or((decl, ""));
-                    if secret_value(k, v) {
+                    if secret_name(k) && literal_value(v) {
                         out.find(&SECRET_IN_LAYER, rel, Some(ins.line), format!("ARG {k}={}", masked(v)));
                     }
                     // Only defaults before the first stage apply to FROM lines.
@@ -398,7 +398,7 @@ fn env_secrets(rel: &str, ins: &Instr, out: &mut Collector) {
         ins.args.split_once(char::is_whitespace).map(|(k, v)| vec![(k.to_owned(), v.to_owned())]).unwrap_or_default()
     };
     for (k, v) in pairs {
-        if secret_value(&k, &v) {
+        if secret_name(&k) && literal_value(&v) {
             out.find(&SECRET_IN_LAYER, rel, Some(ins.line), format!("ENV {k}={}", masked(&v)));
         }
     }

@@ -73,28 +73,27 @@ fn rule_groups(doc: &Value) -> Option<&Vec<Value>> {
 }
 
 /// `promtool check rules` on `groups` written to a file of their own (so a PrometheusRule's
-/// groups are checked too); the first line of its complaint, or `None` when they pass.
-fn promtool_check(groups: &[Value], index: usize) -> Option<String> {
+/// groups are checked too): the first line of its complaint, `None` when they pass, `Err` when
+/// promtool could not be run on them.
+fn promtool_check(groups: &[Value]) -> Result<Option<String>, String> {
+    use std::io::Write as _;
     let mut doc = serde_norway::Mapping::new();
     doc.insert(Value::String("groups".into()), Value::Sequence(groups.to_vec()));
-    let text = serde_norway::to_string(&Value::Mapping(doc)).ok()?;
-    // Unique per call: audits may run side by side in one process.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("keel-audit-rules-{}-{call}-{index}.yaml", std::process::id()));
-    std::fs::write(&path, text).ok()?;
-    let output = Command::new("promtool").args(["check", "rules"]).arg(&path).output();
-    let _ = std::fs::remove_file(&path);
-    let o = output.ok()?;
+    let text = serde_norway::to_string(&Value::Mapping(doc)).map_err(|e| e.to_string())?;
+    // A new file of our own (O_EXCL), removed when dropped.
+    let mut file =
+        tempfile::Builder::new().prefix("keel-audit-rules-").suffix(".yaml").tempfile().map_err(|e| e.to_string())?;
+    file.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    let o = Command::new("promtool").args(["check", "rules"]).arg(file.path()).output().map_err(|e| e.to_string())?;
     if o.status.success() {
-        return None;
+        return Ok(None);
     }
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     let first = text
         .lines()
         .find(|l| l.contains("error") || l.contains("FAILED") || l.contains(':'))
         .unwrap_or("promtool check rules failed");
-    Some(crate::checks::excerpt(&first.replace(&path.display().to_string(), "")))
+    Ok(Some(crate::checks::excerpt(&first.replace(&file.path().display().to_string(), ""))))
 }
 
 pub(crate) fn check(repo: &Repo, out: &mut Collector) {
@@ -114,14 +113,18 @@ pub(crate) fn check(repo: &Repo, out: &mut Collector) {
         let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
             .filter_map(|d| serde::Deserialize::deserialize(d).ok())
             .collect();
-        for (index, doc) in docs.iter().enumerate() {
+        for doc in &docs {
             let Some(groups) = rule_groups(doc) else { continue };
             rule_files += 1;
             for rule in [&INVALID_RULES, &NO_RUNBOOK, &RUNBOOK_MISSING, &NO_SUMMARY] {
                 out.checked(rule);
             }
-            if promtool && let Some(complaint) = promtool_check(groups, index) {
-                out.find(&INVALID_RULES, rel, None, complaint);
+            if promtool {
+                match promtool_check(groups) {
+                    Ok(None) => {}
+                    Ok(Some(complaint)) => out.find(&INVALID_RULES, rel, None, complaint),
+                    Err(e) => out.note(format!("{rel}: promtool could not be run on its rules: {e}")),
+                }
             }
             for group in groups {
                 for rule in group.get("rules").and_then(Value::as_sequence).into_iter().flatten() {

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::secrets::{masked, secret_value};
+use super::secrets::{literal_value, masked, secret_name, secret_value};
 use crate::{Area, Collector, Repo, Rule, Severity, file_name, is_test_path};
 
 pub(crate) static NO_CI: Rule = Rule {
@@ -168,7 +168,7 @@ fn env_files(repo: &Repo, out: &mut Collector) {
             let line = line.strip_prefix("export ").unwrap_or(line);
             let Some((k, v)) = line.split_once('=') else { continue };
             keys += 1;
-            if secret_value(k.trim(), v) {
+            if secret_name(k.trim()) && literal_value(v) {
                 secrets.push(k.trim().to_owned());
             }
         }

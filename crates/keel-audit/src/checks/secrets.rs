@@ -128,14 +128,12 @@ pub(crate) fn literal_value(value: &str) -> bool {
         && !lower.starts_with("change_me_in")
 }
 
-/// Whether `key: value` is a secret written into a file: a secret's name, a literal value, and
-/// not a label for one (`"password": "Password"`, `"resetToken": "Reset token"` in a
-/// translation file).
+/// Whether `key: value` in a configuration file is a secret: a secret's name, a literal value,
+/// and not a label (`"resetToken": "Reset token"`, a capitalised phrase). Not for `.env` files
+/// or Dockerfiles, whose values are never labels.
 pub(crate) fn secret_value(key: &str, value: &str) -> bool {
     let v = value.trim().trim_matches(|c| c == '"' || c == '\'');
-    let words =
-        |s: &str| s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect::<String>();
-    let label = words(v) == words(key) || (v.contains(' ') && v.chars().next().is_some_and(char::is_uppercase));
+    let label = v.contains(' ') && v.chars().next().is_some_and(char::is_uppercase);
     secret_name(key) && literal_value(value) && !label
 }
 
@@ -201,7 +199,7 @@ mod tests {
             assert!(!secret_name(k), "{k}");
         }
         assert!(secret_value("MYSQL_ROOT_PASSWORD", "123456"));
-        assert!(!secret_value("password", "Password"));
+        assert!(secret_value("password", "password"), "a weak default credential");
         assert!(!secret_value("resetToken", "Reset token"));
         assert!(secret_value("db_password", "correct horse battery staple"));
     }

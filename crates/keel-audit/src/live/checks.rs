@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use reqwest::{Client, Method};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::LiveOptions;
 use super::client::{self, Answer, Base, LIVENESS, METRICS, READINESS, STARTUP};
 use super::service::{Exit, Service};
-use crate::{Area, Collector, Rule, Severity};
+use crate::{Area, AuditError, Collector, Rule, Severity};
 
 macro_rules! rule {
     ($name:ident, $id:literal, $sev:ident, $area:ident, $seed:literal, $title:literal, $why:literal, $fix:literal) => {
@@ -336,21 +335,40 @@ pub(crate) async fn all(
     base: &Base,
     opts: &LiveOptions,
     proxies: &[(String, keel_testing::FaultProxy)],
-    svc: Option<&Service>,
+    mut svc: Option<&mut Service>,
     out: &mut Collector,
-) -> Sent {
+) -> Result<Sent, AuditError> {
     let (live, ready) = probes(c, base, out).await;
+    alive(&mut svc, "the probe checks")?;
     headers(c, base, opts, out).await;
     cors(c, base, opts, out).await;
     errors(c, base, opts, out).await;
-    body_limit(base, &opts.path, out).await;
+    alive(&mut svc, "the error checks")?;
+    body_limit(base, opts, out).await;
+    alive(&mut svc, "the body-limit check")?;
     let sent = ids(c, base, opts, svc.is_some(), out).await;
     for (name, proxy) in proxies {
         cut(c, name, proxy, live.as_deref(), ready.as_deref(), opts.bound, out).await;
+        alive(&mut svc, &format!("the {name} cut"))?;
     }
     metrics(c, base, out).await;
     rate_limit(c, base, opts, out).await;
-    sent
+    alive(&mut svc, "the rate-limit check")?;
+    Ok(sent)
+}
+
+/// Fails the audit when the started service has exited: what follows would judge a dead
+/// service (every request failing), and a crash is not a finding to score but the news.
+pub(crate) fn alive(svc: &mut Option<&mut Service>, during: &str) -> Result<(), AuditError> {
+    if let Some(s) = svc.as_deref_mut()
+        && let Some(exit) = s.try_exit()
+    {
+        return Err(AuditError::Live(format!(
+            "the service exited ({exit:?}) during {during}; its last output:\n{}",
+            s.tail(20)
+        )));
+    }
+    Ok(())
 }
 
 async fn probes(c: &Client, base: &Base, out: &mut Collector) -> (Option<String>, Option<String>) {
@@ -514,13 +532,15 @@ async fn errors(c: &Client, base: &Base, opts: &LiveOptions, out: &mut Collector
 }
 
 /// Sends a 64 MiB body and watches whether the server reads it all before answering.
-async fn body_limit(base: &Base, path: &str, out: &mut Collector) {
+async fn body_limit(base: &Base, opts: &LiveOptions, out: &mut Collector) {
     const SIZE: usize = 64 << 20;
-    let Ok(s) = TcpStream::connect(base.addr).await else { return };
+    let path = &opts.path;
+    let Some(s) = client::connect(base.addr).await else { return };
     let (mut r, mut w) = s.into_split();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\nContent-Type: application/json\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n",
-        base.host
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}Content-Type: application/json\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n",
+        base.host,
+        extra = base.extra
     );
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
@@ -582,7 +602,7 @@ async fn ids(c: &Client, base: &Base, opts: &LiveOptions, running: bool, out: &m
                 &NO_REQUEST_ID,
                 "",
                 None,
-                format!("X-Request-Id {request_id} not echoed (logs not available without --run)"),
+                "the X-Request-Id sent is not echoed (the logs are read only with --run)",
             );
         }
         out.note("live/no-trace-propagation and live/logs-not-json need --run (the service's output)");
@@ -665,16 +685,20 @@ async fn cut(
     }
     proxy.take_down();
     let start = Instant::now();
+    // Each request bounded by what is left of the bound (at most 2 s).
+    let within = |since: Instant| {
+        bound.saturating_sub(since.elapsed()).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    };
     let mut dropped = None;
     let mut live_failed = None;
     while start.elapsed() < bound {
-        if dropped.is_none() && !ok(&client::get(c, ready).await) {
+        if dropped.is_none() && !ok(&client::send_within(c, Method::GET, ready, &[], None, within(start)).await) {
             dropped = Some(start.elapsed());
         }
         if let Some(l) = live
             && live_failed.is_none()
         {
-            let a = client::get(c, l).await;
+            let a = client::send_within(c, Method::GET, l, &[], None, within(start)).await;
             if !ok(&a) {
                 live_failed = Some(a.map_or("no answer".to_owned(), |a| a.status.to_string()));
             }
@@ -705,7 +729,7 @@ async fn cut(
     let back = Instant::now();
     let mut recovered = false;
     while back.elapsed() < bound {
-        if ok(&client::get(c, ready).await) {
+        if ok(&client::send_within(c, Method::GET, ready, &[], None, within(back)).await) {
             recovered = true;
             break;
         }
@@ -738,15 +762,24 @@ async fn metrics(c: &Client, base: &Base, out: &mut Collector) {
         &["code", "status", "status_code", "http_status_code", "http_response_status_code", "response_code"];
     let mut counter = false;
     let mut duration = false;
+    // The client libraries' own families (`promhttp_metric_handler_requests_total`,
+    // `go_gc_duration_seconds`) say nothing about the service's requests.
+    const RUNTIME: &[&str] =
+        &["go_", "process_", "promhttp_", "nodejs_", "python_", "jvm_", "dotnet_", "ruby_", "tokio_"];
     for (name, family) in &scrape.families {
         let kind = format!("{:?}", family.family_type).to_ascii_lowercase();
         let n = name.to_ascii_lowercase();
+        if RUNTIME.iter().any(|p| n.starts_with(p)) {
+            continue;
+        }
         let labels = family.get_label_names();
-        if kind == "counter" && n.contains("request") && labels.iter().any(|l| STATUS.contains(&l.as_str())) {
+        let http = n.contains("http") || n.contains("request") || n.contains("grpc_server");
+        if kind == "counter" && http && labels.iter().any(|l| STATUS.contains(&l.as_str())) {
             counter = true;
         }
         if (kind == "histogram" || kind == "summary")
-            && (n.contains("duration") || n.contains("latency") || n.ends_with("_seconds"))
+            && http
+            && (n.contains("duration") || n.contains("latency") || n.contains("seconds"))
         {
             duration = true;
         }
@@ -812,20 +845,27 @@ pub(crate) async fn drain(c: &Client, base: &Base, opts: &LiveOptions, svc: &mut
     out.checked(&ABRUPT_SHUTDOWN);
     out.checked(&SLOW_SHUTDOWN);
     // In flight: headers sent and 5 of the body's 8 bytes (`{"a":` now, ` 1}` after SIGTERM).
-    let mut inflight = match TcpStream::connect(base.addr).await {
-        Ok(mut s) => {
+    if let Some(exit) = svc.try_exit() {
+        out.note(format!("live/abrupt-shutdown: the service had already exited ({exit:?}) before SIGTERM"));
+        return;
+    }
+    let mut inflight = match client::connect(base.addr).await {
+        Some(mut s) => {
             let head = format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\nContent-Type: application/json\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{{\"a\":",
-                opts.path, base.host
+                "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}Content-Type: application/json\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{{\"a\":",
+                opts.path,
+                base.host,
+                extra = base.extra
             );
             if s.write_all(head.as_bytes()).await.is_ok() { Some(s) } else { None }
         }
-        Err(_) => None,
+        None => None,
     };
     let slow = opts.slow_path.as_ref().map(|p| {
         let c = c.clone();
         let url = base.url(p);
-        tokio::spawn(async move { client::get(&c, &url).await })
+        let within = opts.bound + Duration::from_secs(1);
+        tokio::spawn(async move { client::send_within(&c, Method::GET, &url, &[], None, within).await })
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A server that answered before the body was complete did not keep the request in flight:
@@ -881,7 +921,26 @@ pub(crate) async fn drain(c: &Client, base: &Base, opts: &LiveOptions, svc: &mut
             None => problems.push("the slow request in flight at SIGTERM got no response".to_owned()),
         }
     }
-    match svc.wait(left()).await {
+    let exit = svc.wait(left()).await;
+    // A wrapper may exit and leave what it started running: the group must be gone too.
+    if exit.is_some() {
+        while svc.group_alive() && !left().is_zero() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if svc.group_alive() {
+            out.find(
+                &SLOW_SHUTDOWN,
+                "",
+                None,
+                format!(
+                    "the command exited but a process it started still ran {}s after SIGTERM (killed)",
+                    opts.bound.as_secs()
+                ),
+            );
+            svc.kill().await;
+        }
+    }
+    match exit {
         Some((Exit::Code(0), _)) => {}
         Some((Exit::Code(code), _)) => problems.push(format!("exited {code}")),
         Some((Exit::Signal(sig), _)) => problems.push(format!("killed by signal {sig}: no SIGTERM handler")),

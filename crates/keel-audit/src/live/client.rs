@@ -33,19 +33,23 @@ pub(crate) struct Base {
     /// `host:port` of the API, for raw connections.
     pub(crate) addr: SocketAddr,
     pub(crate) host: String,
+    /// `--header` lines for raw requests (`Name: value\r\n` each).
+    pub(crate) extra: String,
 }
 
 impl Base {
-    pub(crate) fn parse(api: &str, management: Option<&str>) -> Result<Base, AuditError> {
+    pub(crate) fn parse(api: &str, management: Option<&str>, headers: &[(String, String)]) -> Result<Base, AuditError> {
         let (addr, host) = authority(api)?;
         if let Some(m) = management {
             authority(m)?;
         }
+        let extra = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         Ok(Base {
             api: api.trim_end_matches('/').to_owned(),
             management: management.map(|m| m.trim_end_matches('/').to_owned()),
             addr,
             host,
+            extra,
         })
     }
 
@@ -79,11 +83,21 @@ fn authority(url: &str) -> Result<(SocketAddr, String), AuditError> {
     Ok((addr, host.to_owned()))
 }
 
-/// A client that follows no redirects, uses no proxy and gives up after 10 s.
-pub(crate) fn http() -> Result<Client, AuditError> {
+/// A client that follows no redirects, uses no proxy, gives up after 10 s and sends `headers`
+/// (`--header`) with every request.
+pub(crate) fn http(headers: &[(String, String)]) -> Result<Client, AuditError> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (k, v) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| AuditError::Live(format!("--header {k}: {e}")))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(v).map_err(|e| AuditError::Live(format!("--header {k}: {e}")))?;
+        map.insert(name, value);
+    }
     // Already installed (by an embedding program) is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder()
+        .default_headers(map)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -137,8 +151,13 @@ pub(crate) async fn send(
 /// The per-request bound.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A TCP connection to `addr`, given up after 10 s (a peer that drops SYNs).
+pub(crate) async fn connect(addr: SocketAddr) -> Option<tokio::net::TcpStream> {
+    tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()
+}
+
 /// [`send`] bounded by `within`, the body's reading included.
-async fn send_within(
+pub(crate) async fn send_within(
     c: &Client,
     method: Method,
     url: &str,
@@ -161,8 +180,10 @@ pub(crate) async fn get(c: &Client, url: &str) -> Option<Answer> {
 }
 
 /// Polls until the service is ready: a readiness endpoint answers 2xx, or, when it has none,
-/// a liveness endpoint or `/` does. Gives up when the process exits; at `timeout` it goes on if
-/// anything answers at all (the checks then report what is wrong), and fails if nothing does.
+/// a liveness endpoint or `/` does. Once an endpoint is found only it is polled (every 250 ms:
+/// a rate limiter is not to be tripped by the wait). Gives up when the process exits; at
+/// `timeout` it goes on if anything answered (the checks then report what is wrong), and fails
+/// if nothing did.
 pub(crate) async fn wait_until_up(
     c: &Client,
     base: &Base,
@@ -173,6 +194,12 @@ pub(crate) async fn wait_until_up(
     let readiness: Vec<String> = READINESS.iter().flat_map(|p| base.candidates(p)).collect();
     let mut others: Vec<String> = LIVENESS.iter().flat_map(|p| base.candidates(p)).collect();
     others.push(base.url("/"));
+    // Each request bounded by the time left (and 1 s), so the deadline holds against a server
+    // that accepts and never answers.
+    let within = |start: Instant| timeout.saturating_sub(start.elapsed()).min(Duration::from_secs(1));
+    let get = |u: String, w: Duration| async move { send_within(c, Method::GET, &u, &[], None, w).await };
+    let mut target: Option<String> = None;
+    let mut answered = false;
     loop {
         if let Some(s) = svc.as_deref_mut()
             && let Some(exit) = s.try_exit()
@@ -182,31 +209,31 @@ pub(crate) async fn wait_until_up(
                 s.tail(20)
             )));
         }
-        let mut has_readiness = false;
-        let mut answered = false;
-        // Each request bounded by the time left (and 1 s), so the deadline holds against a
-        // server that accepts and never answers.
-        let within = |start: Instant| timeout.saturating_sub(start.elapsed()).min(Duration::from_secs(1));
-        for u in &readiness {
-            if within(start).is_zero() {
-                break;
-            }
-            if let Some(a) = send_within(c, Method::GET, u, &[], None, within(start)).await {
-                answered = true;
-                if (200..300).contains(&a.status) {
+        match &target {
+            Some(u) => {
+                if let Some(a) = get(u.clone(), within(start)).await
+                    && (200..300).contains(&a.status)
+                {
                     return Ok(());
                 }
-                has_readiness |= served(a.status);
             }
-        }
-        for u in &others {
-            if within(start).is_zero() {
-                break;
-            }
-            if let Some(a) = send_within(c, Method::GET, u, &[], None, within(start)).await {
-                answered = true;
-                if !has_readiness && (200..300).contains(&a.status) {
-                    return Ok(());
+            None => {
+                // Discovery: the first readiness endpoint served, else the first of the others.
+                'discover: for (list, is_readiness) in [(&readiness, true), (&others, false)] {
+                    for u in list {
+                        if within(start).is_zero() {
+                            break 'discover;
+                        }
+                        let Some(a) = get(u.clone(), within(start)).await else { continue };
+                        answered = true;
+                        if (200..300).contains(&a.status) {
+                            return Ok(());
+                        }
+                        if served(a.status) && (is_readiness || target.is_none()) {
+                            target = Some(u.clone());
+                            break 'discover;
+                        }
+                    }
                 }
             }
         }

@@ -67,13 +67,16 @@ async fn watch(stream: &mut TcpStream, until: Instant) -> Option<Outcome> {
 }
 
 async fn slowloris(base: &Base, bound: Duration) -> Outcome {
-    let mut s = match TcpStream::connect(base.addr).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::Unreachable(e.to_string()),
+    let Some(mut s) = super::client::connect(base.addr).await else {
+        return Outcome::Unreachable(format!("cannot connect to {}", base.addr));
     };
     let start = Instant::now();
     let until = start + bound;
-    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\nX-Padding: ", base.host);
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}X-Padding: ",
+        base.host,
+        extra = base.extra
+    );
     if s.write_all(head.as_bytes()).await.is_err() {
         return Outcome::Closed;
     }
@@ -90,15 +93,15 @@ async fn slowloris(base: &Base, bound: Duration) -> Outcome {
 }
 
 async fn slow_body(base: &Base, bound: Duration, path: &str) -> Outcome {
-    let mut s = match TcpStream::connect(base.addr).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::Unreachable(e.to_string()),
+    let Some(mut s) = super::client::connect(base.addr).await else {
+        return Outcome::Unreachable(format!("cannot connect to {}", base.addr));
     };
     let start = Instant::now();
     let until = start + bound;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\nContent-Type: application/json\r\nContent-Length: 1024\r\n\r\n",
-        base.host
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}Content-Type: application/json\r\nContent-Length: 1024\r\n\r\n",
+        base.host,
+        extra = base.extra
     );
     if s.write_all(head.as_bytes()).await.is_err() {
         return Outcome::Closed;
@@ -115,11 +118,11 @@ async fn slow_body(base: &Base, bound: Duration, path: &str) -> Outcome {
 }
 
 async fn idle(base: &Base, bound: Duration) -> Outcome {
-    let mut s = match TcpStream::connect(base.addr).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::Unreachable(e.to_string()),
+    let Some(mut s) = super::client::connect(base.addr).await else {
+        return Outcome::Unreachable(format!("cannot connect to {}", base.addr));
     };
-    let req = format!("GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n\r\n", base.host);
+    let req =
+        format!("GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}\r\n", base.host, extra = base.extra);
     if s.write_all(req.as_bytes()).await.is_err() {
         return Outcome::Unreachable("closed before the request".into());
     }

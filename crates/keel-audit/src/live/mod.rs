@@ -76,6 +76,8 @@ pub struct LiveOptions {
     pub path: String,
     /// A path whose request takes a while, started before SIGTERM to prove it completes.
     pub slow_path: Option<String>,
+    /// Headers sent with every request (`Authorization: Bearer …` for a service behind auth).
+    pub headers: Vec<(String, String)>,
 }
 
 impl LiveOptions {
@@ -94,13 +96,14 @@ impl LiveOptions {
             burst: 200,
             path: "/".to_owned(),
             slow_path: None,
+            headers: Vec::new(),
         }
     }
 }
 
 /// Runs the live audit, adding its findings to `out`.
 pub(crate) async fn run(opts: &LiveOptions, out: &mut Collector) -> Result<(), AuditError> {
-    let base = client::Base::parse(&opts.url, opts.management_url.as_deref())?;
+    let base = client::Base::parse(&opts.url, opts.management_url.as_deref(), &opts.headers)?;
     let mut proxies = Vec::new();
     let mut env = Vec::new();
     for d in &opts.dependencies {
@@ -122,7 +125,7 @@ pub(crate) async fn run(opts: &LiveOptions, out: &mut Collector) -> Result<(), A
         Some(cmd) => Some(service::Service::start(cmd, &env)?),
         None => None,
     };
-    let http = client::http()?;
+    let http = client::http(&opts.headers)?;
     let ready = client::wait_until_up(&http, &base, opts.startup_timeout, svc.as_mut()).await;
     if let Err(e) = ready {
         if let Some(s) = svc.as_mut() {
@@ -130,8 +133,9 @@ pub(crate) async fn run(opts: &LiveOptions, out: &mut Collector) -> Result<(), A
         }
         return Err(e);
     }
-    let sent = checks::all(&http, &base, opts, &proxies, svc.as_ref(), out).await;
+    let sent = checks::all(&http, &base, opts, &proxies, svc.as_mut(), out).await?;
     hold::all(&base, opts, out).await;
+    checks::alive(&mut svc.as_mut(), "the slow-client checks")?;
     if let Some(s) = svc.as_mut() {
         checks::drain(&http, &base, opts, s, out).await;
         // After the exit, so the lines written while draining are in.

@@ -27,6 +27,8 @@ pub(crate) enum Exit {
 
 pub(crate) struct Service {
     child: Child,
+    /// The process group (the leader's pid): it outlives the leader while a member runs.
+    pgid: Option<rustix::process::Pid>,
     lines: Arc<Mutex<VecDeque<String>>>,
     exited: Option<Exit>,
 }
@@ -48,6 +50,7 @@ impl Service {
             c.env(k, v);
         }
         let mut child = c.spawn().map_err(|e| AuditError::Live(format!("cannot start `{cmd}`: {e}")))?;
+        let pgid = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw);
         let lines: Arc<Mutex<VecDeque<String>>> = Arc::default();
         if let Some(out) = child.stdout.take() {
             tokio::spawn(collect(BufReader::new(out), lines.clone()));
@@ -55,7 +58,7 @@ impl Service {
         if let Some(err) = child.stderr.take() {
             tokio::spawn(collect(BufReader::new(err), lines.clone()));
         }
-        Ok(Service { child, lines, exited: None })
+        Ok(Service { child, pgid, lines, exited: None })
     }
 
     /// The output so far (stdout and stderr interleaved as read).
@@ -85,11 +88,12 @@ impl Service {
     }
 
     fn signal_group(&self, signal: rustix::process::Signal) -> bool {
-        let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw)
-        else {
-            return false;
-        };
-        rustix::process::kill_process_group(pid, signal).is_ok()
+        self.pgid.is_some_and(|g| rustix::process::kill_process_group(g, signal).is_ok())
+    }
+
+    /// Whether a process of the group still runs (the leader may have exited before the rest).
+    pub(crate) fn group_alive(&self) -> bool {
+        self.pgid.is_some_and(|g| rustix::process::test_kill_process_group(g).is_ok())
     }
 
     /// Waits up to `bound` for the exit; `None` if it is still running.
@@ -114,10 +118,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        // Whatever the audit's outcome, nothing it started outlives it.
-        if self.exited.is_none() {
-            self.signal_group(rustix::process::Signal::KILL);
-        }
+        // Whatever the audit's outcome, nothing it started outlives it: the group is killed even
+        // after its leader exited (the group id is not reused while a member lives).
+        self.signal_group(rustix::process::Signal::KILL);
     }
 }
 
