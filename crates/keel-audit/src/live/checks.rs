@@ -751,13 +751,18 @@ async fn metrics(c: &Client, base: &Base, out: &mut Collector) {
     };
     out.checked(&METRICS_INVALID);
     out.checked(&METRICS_NO_RED);
-    let scrape = match openmetrics_parser::prometheus::parse_prometheus(&a.body) {
-        Ok(s) => s,
-        Err(e) => {
-            out.find(&METRICS_INVALID, "", None, format!("{url}: {}", crate::checks::excerpt(&e.to_string())));
+    // Validity is promtool's word (Prometheus's own parser); its lint remarks are not errors.
+    match promtool_metrics(&a.body).await {
+        Ok(()) => {}
+        Err(Some(e)) => {
+            out.find(&METRICS_INVALID, "", None, format!("{url}: {}", crate::checks::excerpt(&e)));
             return;
         }
-    };
+        Err(None) => out.note(
+            "promtool is not installed: /metrics was read but not validated (install Debian's `prometheus` package)",
+        ),
+    }
+    let families = exposition_families(&a.body);
     const STATUS: &[&str] =
         &["code", "status", "status_code", "http_status_code", "http_response_status_code", "response_code"];
     let mut counter = false;
@@ -766,13 +771,11 @@ async fn metrics(c: &Client, base: &Base, out: &mut Collector) {
     // `go_gc_duration_seconds`) say nothing about the service's requests.
     const RUNTIME: &[&str] =
         &["go_", "process_", "promhttp_", "nodejs_", "python_", "jvm_", "dotnet_", "ruby_", "tokio_"];
-    for (name, family) in &scrape.families {
-        let kind = format!("{:?}", family.family_type).to_ascii_lowercase();
+    for (name, (kind, labels)) in &families {
         let n = name.to_ascii_lowercase();
         if RUNTIME.iter().any(|p| n.starts_with(p)) {
             continue;
         }
-        let labels = family.get_label_names();
         let http = n.contains("http") || n.contains("request") || n.contains("grpc_server");
         if kind == "counter" && http && labels.iter().any(|l| STATUS.contains(&l.as_str())) {
             counter = true;
@@ -794,6 +797,95 @@ async fn metrics(c: &Client, base: &Base, out: &mut Collector) {
     if !missing.is_empty() {
         out.find(&METRICS_NO_RED, "", None, format!("{url}: no {}", missing.join(", no ")));
     }
+}
+
+/// `promtool check metrics` on an exposition: `Err(Some(why))` when it does not parse,
+/// `Err(None)` when promtool is not installed.
+async fn promtool_metrics(text: &str) -> Result<(), Option<String>> {
+    let child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(mut child) = child else { return Err(None) };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes()).await;
+    }
+    let Ok(Ok(o)) = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await else {
+        return Err(Some("promtool check metrics did not finish within 10 s".into()));
+    };
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    // Exit 1 and a parsing error: not valid. Exit 3: lint remarks on a valid exposition.
+    if o.status.code() == Some(1) || said.contains("parsing error") {
+        return Err(Some(
+            said.lines().find(|l| l.contains("error")).unwrap_or("promtool check metrics failed").to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The metric families of a Prometheus text exposition: name → (type, label names), from the
+/// `# TYPE` lines and the samples' label names (a sample `x_bucket`, `x_sum` or `x_count`
+/// belongs to `x`). Enough to look for RED families; validity is promtool's.
+fn exposition_families(text: &str) -> std::collections::BTreeMap<String, (String, std::collections::BTreeSet<String>)> {
+    let mut families: std::collections::BTreeMap<String, (String, std::collections::BTreeSet<String>)> =
+        Default::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                families.entry(name.to_owned()).or_default().0 = kind.to_ascii_lowercase();
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains_key(*f)))
+            .unwrap_or(name)
+            .to_owned();
+        let labels = families.entry(family).or_default();
+        if line[name_end..].starts_with('{') {
+            labels.1.extend(label_names(&line[name_end + 1..]));
+        }
+    }
+    families
+}
+
+/// The label names of `a="x",b="y"}…`: names before `=`, quoted values skipped.
+fn label_names(s: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut name = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '}' => break,
+            '=' => {
+                names.push(std::mem::take(&mut name).trim().trim_start_matches(',').trim().to_owned());
+                // The quoted value, escapes included.
+                if chars.next() == Some('"') {
+                    let mut escaped = false;
+                    for v in chars.by_ref() {
+                        if escaped {
+                            escaped = false;
+                        } else if v == '\\' {
+                            escaped = true;
+                        } else if v == '"' {
+                            break;
+                        }
+                    }
+                }
+            }
+            c => name.push(c),
+        }
+    }
+    names
 }
 
 async fn rate_limit(c: &Client, base: &Base, opts: &LiveOptions, out: &mut Collector) {
@@ -979,6 +1071,35 @@ mod tests {
         assert!(!re.is_some_and(|r| {
             r.is_match(r#"{"type":"about:blank","title":"Not Found","status":404,"request_id":"r-1"}"#)
         }));
+    }
+
+    #[tokio::test]
+    async fn promtool_judges_the_exposition_and_ignores_its_lint() {
+        if std::process::Command::new("promtool").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "promtool is required under CI=true (.ci/promtool.sh)");
+            return;
+        }
+        assert_eq!(
+            promtool_metrics("# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 1\n").await,
+            Ok(())
+        );
+        // Lint remarks only (no _total suffix, no help): still valid.
+        assert_eq!(promtool_metrics("# TYPE foo counter\nfoo 1\n").await, Ok(()));
+        assert!(matches!(promtool_metrics("garbage{{ 1\n").await, Err(Some(e)) if e.contains("parsing error")));
+    }
+
+    #[test]
+    fn exposition_families_with_types_and_label_names() {
+        let text = "# HELP http_server_requests_total Requests.\n# TYPE http_server_requests_total counter\nhttp_server_requests_total{route=\"/a,{b}\",status=\"200\"} 3\n# TYPE http_server_request_duration_seconds histogram\nhttp_server_request_duration_seconds_bucket{route=\"/a\",le=\"0.1\"} 1\nhttp_server_request_duration_seconds_sum{route=\"/a\"} 0.2\nup 1\n";
+        let f = exposition_families(text);
+        assert_eq!(f["http_server_requests_total"].0, "counter");
+        assert_eq!(
+            f["http_server_requests_total"].1.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["route", "status"]
+        );
+        assert_eq!(f["http_server_request_duration_seconds"].0, "histogram");
+        assert!(f["http_server_request_duration_seconds"].1.contains("le"));
+        assert!(f.contains_key("up"));
     }
 
     #[test]
