@@ -17,7 +17,6 @@ const SKIPPED_DIRS: &[&str] = &[".git", "target", "node_modules", "vendor", "dis
 pub struct Repo {
     root: PathBuf,
     files: Vec<String>,
-    excluded: Vec<String>,
 }
 
 impl Repo {
@@ -41,7 +40,7 @@ impl Repo {
         files.retain(|f| !excluded.iter().any(|e| f == e || f.starts_with(&format!("{e}/"))));
         files.sort();
         files.dedup();
-        Ok(Repo { root: root.to_path_buf(), files, excluded })
+        Ok(Repo { root: root.to_path_buf(), files })
     }
 
     /// The audited root.
@@ -52,11 +51,6 @@ impl Repo {
     /// Every file, sorted.
     pub fn files(&self) -> &[String] {
         &self.files
-    }
-
-    /// The prefixes left out.
-    pub fn excluded(&self) -> &[String] {
-        &self.excluded
     }
 
     /// Whether `rel` is one of the repository's files.

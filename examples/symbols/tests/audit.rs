@@ -11,10 +11,6 @@ use keel_audit::live::{Dependency, LiveOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_symbols");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_symbols_api_passes_the_live_audit_with_both_dependencies_cut() {
     let Some(db) = common::mariadb().await else { return };
@@ -36,7 +32,7 @@ async fn the_symbols_api_passes_the_live_audit_with_both_dependencies_cut() {
     let db_url = db.url().replace(&mariadb.to_string(), "$KEEL_AUDIT_MARIADB_ADDR");
     let bus_url = keel::testing::rabbitmq_url().replace(&rabbitmq.to_string(), "$KEEL_AUDIT_RABBITMQ_ADDR");
     assert!(db_url.contains("$KEEL_AUDIT") && bus_url.contains("$KEEL_AUDIT"), "{db_url} {bus_url}");
-    let (port, mgmt) = (free_port(), free_port());
+    let (port, mgmt) = (keel::testing::unused_port(), keel::testing::unused_port());
     let run = format!(
         "env -C {dir} SYMBOLS__HTTP__PORT={port} SYMBOLS__MANAGEMENT__ADDR=127.0.0.1:{mgmt} SYMBOLS__LOG__FORMAT=json \
          SYMBOLS__HTTP__REQUEST_TIMEOUT=10s \

@@ -15,10 +15,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn the_repository_has_no_open_finding() {
     let out =
@@ -39,7 +35,7 @@ async fn audit_events(db_url: &str, env: &str, args: &[&str]) -> (Option<i32>, s
         .replace("127.0.0.1:5432", "$KEEL_AUDIT_POSTGRES_ADDR")
         .replace("localhost:5432", "$KEEL_AUDIT_POSTGRES_ADDR");
     assert!(url.contains("$KEEL_AUDIT_POSTGRES_ADDR"), "{url}");
-    let (port, mgmt) = (free_port(), free_port());
+    let (port, mgmt) = (keel::testing::unused_port(), keel::testing::unused_port());
     let dir = tempfile::tempdir().unwrap();
     let run = format!(
         "env CITYEVENTS_EVENTS__HTTP__PORT={port} CITYEVENTS_EVENTS__MANAGEMENT__ADDR=127.0.0.1:{mgmt} \

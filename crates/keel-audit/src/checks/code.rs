@@ -675,13 +675,7 @@ mod tests {
     use super::*;
 
     fn run(files: &[(&str, &str)]) -> Vec<(&'static str, String, Option<u32>)> {
-        let dir = tempfile::tempdir().unwrap();
-        for (p, t) in files {
-            let path = dir.path().join(p);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, t).unwrap();
-        }
-        let repo = Repo::open(dir.path(), &[]).unwrap();
+        let (_dir, repo) = crate::checks::test_repo(files);
         let mut out = Collector::default();
         check(&repo, &mut out);
         out.findings().iter().map(|f| (f.rule.id, f.path.clone(), f.line)).collect()

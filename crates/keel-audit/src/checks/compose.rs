@@ -511,13 +511,7 @@ mod tests {
     use super::*;
 
     fn audit(files: &[(&str, &str)]) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let p = dir.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-        let repo = Repo::open(dir.path(), &[]).unwrap();
+        let (_dir, repo) = crate::checks::test_repo(files);
         let mut out = Collector::default();
         check(&repo, &mut out);
         out

@@ -57,6 +57,20 @@ pub(crate) fn excerpt(line: &str) -> String {
     if t.chars().count() > 160 { format!("{}…", t.chars().take(160).collect::<String>()) } else { t.to_owned() }
 }
 
+/// A repository of `files` (path, text) in a temporary directory, for the checks' tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let repo = Repo::open(dir.path(), &[]).unwrap();
+    (dir, repo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,42 +67,26 @@ async fn watch(stream: &mut TcpStream, until: Instant) -> Option<Outcome> {
 }
 
 async fn slowloris(base: &Base, bound: Duration) -> Outcome {
-    let Some(mut s) = super::client::connect(base.addr).await else {
-        return Outcome::Unreachable(format!("cannot connect to {}", base.addr));
-    };
-    let start = Instant::now();
-    let until = start + bound;
-    let head = format!(
-        "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}X-Padding: ",
-        base.host,
-        extra = base.extra
-    );
-    if s.write_all(head.as_bytes()).await.is_err() {
-        return Outcome::Closed;
-    }
-    while Instant::now() < until {
-        if let Some(o) = watch(&mut s, until).await {
-            return o;
-        }
-        // One more byte of a header that never ends.
-        if s.write_all(b"a").await.is_err() {
-            return Outcome::Closed;
-        }
-    }
-    Outcome::Open
+    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{}X-Padding: ", base.host, base.extra);
+    // One more byte of a header that never ends.
+    trickle(base, &head, b"a", bound).await
 }
 
 async fn slow_body(base: &Base, bound: Duration, path: &str) -> Outcome {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{}Content-Type: application/json\r\nContent-Length: 1024\r\n\r\n",
+        base.host, base.extra
+    );
+    trickle(base, &head, b" ", bound).await
+}
+
+/// Sends `head`, then `byte` every time the server stays quiet for a while, until it answers
+/// or closes, or `bound` passes.
+async fn trickle(base: &Base, head: &str, byte: &[u8], bound: Duration) -> Outcome {
     let Some(mut s) = super::client::connect(base.addr).await else {
         return Outcome::Unreachable(format!("cannot connect to {}", base.addr));
     };
-    let start = Instant::now();
-    let until = start + bound;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel-audit\r\n{extra}Content-Type: application/json\r\nContent-Length: 1024\r\n\r\n",
-        base.host,
-        extra = base.extra
-    );
+    let until = Instant::now() + bound;
     if s.write_all(head.as_bytes()).await.is_err() {
         return Outcome::Closed;
     }
@@ -110,7 +94,7 @@ async fn slow_body(base: &Base, bound: Duration, path: &str) -> Outcome {
         if let Some(o) = watch(&mut s, until).await {
             return o;
         }
-        if s.write_all(b" ").await.is_err() {
+        if s.write_all(byte).await.is_err() {
             return Outcome::Closed;
         }
     }
