@@ -996,16 +996,35 @@ fn secret_of(id: &str) -> String {
     format!("secret of {id}")
 }
 
+/// The replicas' refresh interval: a new key is active three of them after it is made, which
+/// must cover a refresh delayed by the load below on a busy two-core machine.
+const REFRESH_MS: u64 = 200;
+
 /// Replicas `a` and `b` rotate twice while writers insert and overwrite values and readers
 /// decrypt them: no read fails, every value ends on the newest key with its own plaintext, and
 /// the first rotated key is retired once nothing uses it; the configuration's key stays.
 async fn data_keys_rotate_under_load(url: &str) {
     sqlx::any::install_default_drivers();
     let backend = keel::data::Backend::from_url(url).unwrap();
-    let pool = sqlx::any::AnyPoolOptions::new().max_connections(10).connect(url).await.unwrap();
+    // SQLite as Keel opens it: in its default rollback journal a reader waits for every writer,
+    // and a replica whose refresh waits past the activation delay would miss a key.
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(10)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == keel::data::Backend::Sqlite {
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .unwrap();
     keel::security::keys::migrations().run(&pool, backend).await.unwrap();
     sqlx::raw_sql("CREATE TABLE secrets (id VARCHAR(36) PRIMARY KEY, value TEXT NULL)").execute(&pool).await.unwrap();
-    let cfg = encryption_config(Duration::from_millis(100));
+    let cfg = encryption_config(Duration::from_millis(REFRESH_MS));
     let column = || [EncryptedColumn::new("secrets", "id", "value").unwrap()];
     let a = DataKeys::with_pool(pool.clone(), backend, &cfg, column()).unwrap();
     let b = DataKeys::with_pool(pool.clone(), backend, &cfg, column()).unwrap();
@@ -1037,7 +1056,7 @@ async fn data_keys_rotate_under_load(url: &str) {
             while !stop.is_cancelled() {
                 // A failed read keeps the keys; the activation delay covers a missed one.
                 let _ = keys.refresh().await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(REFRESH_MS)).await;
             }
             0u64
         }));
