@@ -130,6 +130,10 @@ pub struct AuditArgs {
     /// A header sent with every request (repeatable): `--header 'Authorization: Bearer …'`.
     #[arg(long = "header", value_name = "NAME: VALUE", requires = "url", value_parser = parse_header, help_heading = "Live audit")]
     headers: Vec<(String, String)>,
+    /// The OTLP transport the started service is told to use (OTEL_EXPORTER_OTLP_PROTOCOL):
+    /// grpc, http/protobuf or http/json. The audit's receiver serves all three.
+    #[arg(long, value_name = "PROTOCOL", default_value = "http/protobuf", value_parser = crate::live::OtlpProtocol::parse, requires = "run", help_heading = "Live audit")]
+    otlp_protocol: crate::live::OtlpProtocol,
     /// Only the live audit (PATH is not read).
     #[arg(long, requires = "url", help_heading = "Live audit")]
     live_only: bool,
@@ -239,6 +243,7 @@ fn run(a: &AuditArgs, program: &str) -> ExitCode {
                 path: if a.live_path.starts_with('/') { a.live_path.clone() } else { format!("/{}", a.live_path) },
                 slow_path: a.slow_path.clone(),
                 headers: a.headers.clone(),
+                otlp_protocol: a.otlp_protocol,
             };
             match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 // Interrupted, the audit's future is dropped, and with it the service it started

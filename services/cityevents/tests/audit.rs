@@ -101,20 +101,27 @@ async fn the_events_service_passes_the_live_audit_but_rate_limiting_which_the_ga
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exported_spans_prove_trace_propagation_when_no_log_line_carries_the_trace_id() {
-    let Some(db) = database(Backend::Postgres).await else { return };
+    // Keel's exporter over each transport the audit's receiver serves, at once (own databases).
+    let (Some(grpc), Some(http)) = (database(Backend::Postgres).await, database(Backend::Postgres).await) else {
+        return;
+    };
     // Without the access log no log line of the audit's requests carries their ids: the trace
     // id reaches the audit only as a span exported to its OTLP receiver, the request id not at all.
-    let (_, v, stderr) = audit_events(
-        db.url(),
-        "CITYEVENTS_EVENTS__LOG__ACCESS_LOG=false",
-        &["--bound", "2s", "--idle-bound", "2s", "--burst", "1"],
-    )
-    .await;
-    assert_eq!(
-        status(&v, "live/no-trace-propagation"),
-        "pass",
-        "{stderr}\n{}",
-        serde_json::to_string_pretty(&v).unwrap()
-    );
-    assert_eq!(status(&v, "live/no-request-id"), "fail");
+    let run = |db: &str, protocol: &'static str| {
+        let db = db.to_owned();
+        async move {
+            let args = ["--bound", "2s", "--idle-bound", "2s", "--burst", "1", "--otlp-protocol", protocol];
+            (protocol, audit_events(&db, "CITYEVENTS_EVENTS__LOG__ACCESS_LOG=false", &args).await)
+        }
+    };
+    let (a, b) = tokio::join!(run(grpc.url(), "grpc"), run(http.url(), "http/protobuf"));
+    for (protocol, (_, v, stderr)) in [a, b] {
+        assert_eq!(
+            status(&v, "live/no-trace-propagation"),
+            "pass",
+            "{protocol}: {stderr}\n{}",
+            serde_json::to_string_pretty(&v).unwrap()
+        );
+        assert_eq!(status(&v, "live/no-request-id"), "fail", "{protocol}");
+    }
 }

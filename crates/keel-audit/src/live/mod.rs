@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::{AuditError, Collector};
 
 pub(crate) use checks::RULES;
+pub use otlp::OtlpProtocol;
 
 /// A dependency the service reaches through the auditor's fault proxy.
 #[derive(Clone, Debug)]
@@ -78,11 +79,14 @@ pub struct LiveOptions {
     pub slow_path: Option<String>,
     /// Headers sent with every request (`Authorization: Bearer …` for a service behind auth).
     pub headers: Vec<(String, String)>,
+    /// The OTLP transport the started service is told to export spans with (the receiver
+    /// serves every one).
+    pub otlp_protocol: OtlpProtocol,
 }
 
 impl LiveOptions {
     /// Defaults for `url`: 60 s to start, 45 s bounds (past the common 30 s request timeout),
-    /// 120 s idle, a burst of 200 on `/`.
+    /// 120 s idle, a burst of 200 on `/`, spans over OTLP `http/protobuf`.
     pub fn new(url: impl Into<String>) -> LiveOptions {
         LiveOptions {
             url: url.into(),
@@ -97,6 +101,7 @@ impl LiveOptions {
             path: "/".to_owned(),
             slow_path: None,
             headers: Vec::new(),
+            otlp_protocol: OtlpProtocol::default(),
         }
     }
 }
@@ -115,7 +120,7 @@ pub(crate) async fn run(opts: &LiveOptions, out: &mut Collector) -> Result<(), A
     }
     // With --run, spans the service exports come here (OTEL_EXPORTER_OTLP_* in its environment).
     let sink = match &opts.run {
-        Some(_) => Some(otlp::Sink::start().await?),
+        Some(_) => Some(otlp::Sink::start(opts.otlp_protocol).await?),
         None => None,
     };
     if let Some(s) = &sink {
