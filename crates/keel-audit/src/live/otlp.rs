@@ -5,7 +5,8 @@
 //! a service's SDK has nothing to complain about in the logs the audit reads.
 //!
 //! Requests decode into messages that keep only the trace ids (every other field is skipped), so
-//! memory is bounded by the body limit, the few requests served at once and [`MAX_TRACES`].
+//! memory is bounded by the body limit, the few requests served at once, the time a body may take
+//! and [`MAX_TRACES`] ids of 16 bytes.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ const MAX_TRACES: usize = 100_000;
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Exports decoded at once; more wait their turn.
 const CONCURRENT: usize = 4;
+/// How long an export's body may take to arrive: a stalled one must not hold a turn.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const GRPC_TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const GRPC_METRICS: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -133,17 +136,20 @@ struct JsonScope {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonSpan {
+    /// `null` is the default value in the protobuf JSON mapping.
     #[serde(default)]
-    trace_id: String,
+    trace_id: Option<String>,
 }
 
 #[derive(Clone, Default)]
 struct Receiver(Arc<Mutex<HashSet<String>>>);
 
 impl Receiver {
+    /// Keeps trace ids of 16 bytes; other lengths are no W3C trace id (and would let one export
+    /// fill memory with a few large ones).
     fn keep<'a>(&self, ids: impl Iterator<Item = &'a [u8]>) {
         if let Ok(mut seen) = self.0.lock() {
-            for id in ids {
+            for id in ids.filter(|id| id.len() == 16) {
                 if seen.len() >= MAX_TRACES {
                     break;
                 }
@@ -152,9 +158,10 @@ impl Receiver {
         }
     }
 
+    /// Keeps trace ids of 32 hex digits, as [`Receiver::keep`].
     fn keep_hex<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         if let Ok(mut seen) = self.0.lock() {
-            for id in ids {
+            for id in ids.filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())) {
                 if seen.len() >= MAX_TRACES {
                     break;
                 }
@@ -177,7 +184,7 @@ fn json_ids(doc: &JsonTraceIds) -> impl Iterator<Item = &str> {
         .iter()
         .flat_map(|r| r.scope_spans.iter().chain(r.instrumentation_library_spans.iter()))
         .flat_map(|s| s.spans.iter())
-        .map(|s| s.trace_id.as_str())
+        .filter_map(|s| s.trace_id.as_deref())
 }
 
 /// The unary gRPC method of traces: records the trace ids of an export.
@@ -336,6 +343,7 @@ impl Sink {
             // The limit above applies to what this yields: a gzip bomb stops at MAX_BODY. (gRPC
             // messages are decompressed, and bounded, by tonic.)
             .layer(tower_http::decompression::RequestDecompressionLayer::new())
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(CONCURRENT))
             .with_state(receiver);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -418,8 +426,11 @@ mod tests {
         // Too large for a message: refused, not buffered.
         let mut big = export(0xad);
         big.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(MAX_BODY);
-        let refused = client.export(big).await.unwrap_err();
+        let refused = client.export(big.clone()).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
+        // Small on the wire, too large once decompressed.
+        let refused = gzipped.export(big).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
         assert!(!sink.saw(&"ad".repeat(16)));
         // Metrics and logs are taken and dropped.
         let channel = tonic::transport::Endpoint::from_shared(endpoint(&sink)).unwrap().connect().await.unwrap();
@@ -457,12 +468,20 @@ mod tests {
 
         // OTLP/JSON spells ids in hex; older SDKs nest spans in instrumentationLibrarySpans.
         let json = serde_json::json!({"resourceSpans": [
-            {"scopeSpans": [{"spans": [{"traceId": "0202020202020202020202020202020A", "spanId": "0101010101010101"}]}]},
+            {"scopeSpans": [{"spans": [
+                {"traceId": "0202020202020202020202020202020A", "spanId": "0101010101010101"},
+                {"traceId": null}, {"traceId": "05".repeat(17)}, {"traceId": "zz".repeat(16)},
+            ]}]},
             {"instrumentationLibrarySpans": [{"spans": [{"traceId": "03".repeat(16)}]}]},
         ]});
         let r = post(serde_json::to_vec(&json).unwrap(), "application/json; charset=utf-8").send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(sink.saw("0202020202020202020202020202020a") && sink.saw(&"03".repeat(16)));
+        // Only W3C trace ids are kept, whatever their encoding.
+        let mut odd = export(0x06);
+        odd.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0x06; 17];
+        assert_eq!(post(odd.encode_to_vec(), "application/x-protobuf").send().await.unwrap().status(), 200);
+        assert_eq!(sink.ids.lock().unwrap().len(), 3, "{:?}", sink.ids.lock().unwrap());
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&export(0x04).encode_to_vec()).unwrap();
