@@ -145,46 +145,39 @@ struct JsonSpan {
 struct Receiver(Arc<Mutex<HashSet<String>>>);
 
 impl Receiver {
-    /// Keeps trace ids of 16 bytes; other lengths are no W3C trace id (and would let one export
-    /// fill memory with a few large ones).
-    fn keep<'a>(&self, ids: impl Iterator<Item = &'a [u8]>) {
+    /// Keeps `ids` (32 lowercase hex digits each) up to [`MAX_TRACES`].
+    fn keep(&self, ids: impl Iterator<Item = String>) {
         if let Ok(mut seen) = self.0.lock() {
-            for id in ids.filter(|id| id.len() == 16) {
+            for id in ids {
                 if seen.len() >= MAX_TRACES {
                     break;
                 }
-                seen.insert(id.iter().map(|b| format!("{b:02x}")).collect());
-            }
-        }
-    }
-
-    /// Keeps trace ids of 32 hex digits, as [`Receiver::keep`].
-    fn keep_hex<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        if let Ok(mut seen) = self.0.lock() {
-            for id in ids.filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())) {
-                if seen.len() >= MAX_TRACES {
-                    break;
-                }
-                seen.insert(id.to_ascii_lowercase());
+                seen.insert(id);
             }
         }
     }
 }
 
-fn span_ids(req: &TraceIds) -> impl Iterator<Item = &[u8]> {
+// Only W3C trace ids (16 bytes, 32 hex digits in JSON) are kept: other lengths are no trace id,
+// and would let one export fill memory with a few large ones.
+
+fn span_ids(req: &TraceIds) -> impl Iterator<Item = String> + '_ {
     req.resource_spans
         .iter()
         .flat_map(|r| r.scope_spans.iter())
         .flat_map(|s| s.spans.iter())
-        .map(|s| s.trace_id.as_slice())
+        .filter(|s| s.trace_id.len() == 16)
+        .map(|s| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn json_ids(doc: &JsonTraceIds) -> impl Iterator<Item = &str> {
+fn json_ids(doc: &JsonTraceIds) -> impl Iterator<Item = String> + '_ {
     doc.resource_spans
         .iter()
         .flat_map(|r| r.scope_spans.iter().chain(r.instrumentation_library_spans.iter()))
         .flat_map(|s| s.spans.iter())
         .filter_map(|s| s.trace_id.as_deref())
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
 }
 
 /// The unary gRPC method of traces: records the trace ids of an export.
@@ -258,6 +251,11 @@ fn answer(media: Media, status: StatusCode, code: i32, message: &str) -> Respons
     (status, [(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
+/// The answer to a body of another media type (JSON: there is no request encoding to follow).
+fn unsupported() -> Response {
+    answer(Media::Json, StatusCode::UNSUPPORTED_MEDIA_TYPE, 3, "application/x-protobuf or application/json")
+}
+
 /// The answer to a body that is too large (413) or unreadable (400).
 fn rejected(e: &BytesRejection, media: Media) -> Response {
     let status = e.status();
@@ -272,14 +270,7 @@ async fn http_traces(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(media) = media(&headers) else {
-        return answer(
-            Media::Json,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            3,
-            "application/x-protobuf or application/json",
-        );
-    };
+    let Some(media) = media(&headers) else { return unsupported() };
     let body = match body {
         Ok(b) => b,
         Err(e) => return rejected(&e, media),
@@ -287,7 +278,7 @@ async fn http_traces(
     let decoded = match media {
         Media::Protobuf => TraceIds::decode(body).map(|req| receiver.keep(span_ids(&req))).map_err(|e| e.to_string()),
         Media::Json => serde_json::from_slice::<JsonTraceIds>(&body)
-            .map(|doc| receiver.keep_hex(json_ids(&doc)))
+            .map(|doc| receiver.keep(json_ids(&doc)))
             .map_err(|e| e.to_string()),
     };
     match decoded {
@@ -298,14 +289,7 @@ async fn http_traces(
 
 /// `POST /v1/metrics` and `/v1/logs`: accepted and dropped.
 async fn http_ignored(headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let Some(media) = media(&headers) else {
-        return answer(
-            Media::Json,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            3,
-            "application/x-protobuf or application/json",
-        );
-    };
+    let Some(media) = media(&headers) else { return unsupported() };
     match body {
         Ok(_) => answer(media, StatusCode::OK, 0, ""),
         Err(e) => rejected(&e, media),
